@@ -1,0 +1,98 @@
+# k3snet developer entry points.
+#
+#   make test    install what is missing, then lint, type check and run the whole suite
+#   make demo    build the seed lab in network namespaces and fix it with k3snet
+#
+# Meant to work as root on a fresh Debian machine: `deps` installs the missing
+# system packages with apt-get and creates .venv with everything from the
+# `dev` dependency group.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp records that .venv holds everything pyproject.toml asks for. It lives
+# inside .venv, so deleting .venv also forces a reinstall; editing pyproject.toml
+# makes it stale.
+STAMP := $(VENV)/.k3snet-deps
+
+# System packages the library and the tests drive (ip, nft, iptables,
+# libnftables for the nftables bindings), plus what pip needs to create the venv
+# and to build python-iptables from its sdist (a C extension).
+APT_PACKAGES := iproute2 nftables iptables libnftables1 python3-venv gcc libc6-dev
+# Headers for the interpreter that builds the extension: Debian's python3 needs
+# python3-dev; an interpreter that ships its own headers (pyenv) needs nothing.
+PY_HEADERS := $(shell $(PYTHON) -c 'import os, sysconfig; \
+	print(int(os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))))' 2>/dev/null)
+ifneq ($(PY_HEADERS),1)
+APT_PACKAGES += python3-dev
+endif
+
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+HYPOTHESIS_PROFILE ?= ci
+PYTEST_ARGS ?=
+LINT_PATHS := k3snet tests benchmarks
+# `make demo NAT=iptables` passes --nat-backend iptables to the demo.
+NAT ?=
+DEMO_ARGS ?= $(if $(NAT),--nat-backend $(NAT))
+
+.PHONY: deps test lint typecheck pytest demo bench docs clean distclean
+
+deps: $(STAMP)
+
+# apt-get runs only when `dpkg -s` reports a package missing. pip >= 25.1
+# understands --group (PEP 735 dependency groups in pyproject.toml).
+$(STAMP): pyproject.toml
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+		dpkg -s "$$pkg" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing missing system packages:$$missing"; \
+		$(SUDO) apt-get update; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install --quiet -e . --group dev
+	touch $@
+
+lint: deps
+	$(BIN)/ruff check $(LINT_PATHS)
+
+typecheck: deps
+	$(BIN)/mypy
+
+# pytest exits 5 when it collects no tests; make treats any non-zero status as a
+# failure, so an empty or mis-configured suite fails `make test`. Never swallow
+# pytest's status: no `|| true`, no `-` prefix (pipefail is on if you add a tee).
+PYTEST := HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/python -m pytest --durations=15
+
+# Lint and type check first, then the suite.
+test: lint typecheck
+	$(PYTEST) $(PYTEST_ARGS)
+
+# The suite alone, e.g. `make pytest PYTEST_ARGS="-m 'not kernel'"`.
+pytest: deps
+	$(PYTEST) $(PYTEST_ARGS)
+
+demo: deps
+	$(BIN)/python -m k3snet.demo $(DEMO_ARGS)
+
+bench: deps
+	$(BIN)/python benchmarks/run.py
+
+docs: deps
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+clean:
+	rm -rf site .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,120 @@
+"""k3snet: make pod egress on K3s / Kubernetes nodes work, and keep it working.
+
+Model what a node needs (routes, NAT, forward rules, sysctls) as immutable
+values, compute the minimal plan from what it has, and apply it through a
+backend that touches only what k3snet owns::
+
+    import k3snet
+
+    spec = k3snet.seed_spec()                      # or k3snet.load_spec("egress.yaml")
+    desired = k3snet.compile(spec)
+    backend = k3snet.create_backend("memory")      # "netlink", "nftables", "iptables" ...
+    p = k3snet.plan(backend.observe(), desired)
+    print(p.render())
+    backend.apply(p)
+
+Only ``attrs`` is needed to import this package; backends pull their own
+dependencies through extras (``k3snet[nftables]``, ``k3snet[all]`` ...).
+"""
+
+from k3snet.backends import (
+    ApplyResult,
+    Backend,
+    available_backends,
+    create_backend,
+    load_backend,
+    register_backend,
+)
+from k3snet.errors import (
+    ApplyError,
+    BackendError,
+    BackendNotFoundError,
+    BackendUnavailableError,
+    CheckError,
+    ConflictError,
+    K3snetError,
+    ModelError,
+    PlanError,
+    Problem,
+    RollbackError,
+    SpecError,
+)
+from k3snet.model import (
+    K3SNET_ROUTE_PROTOCOL,
+    ForwardRule,
+    MasqueradeRule,
+    NetObject,
+    Route,
+    SnatRule,
+    State,
+    Sysctl,
+    aggregate,
+    contains,
+    overlaps,
+    parse_address,
+    parse_network,
+)
+from k3snet.planner import Change, Note, Plan, plan
+from k3snet.spec import (
+    Cluster,
+    Destination,
+    ForwardPolicy,
+    MasqueradePolicy,
+    NodeFacts,
+    Spec,
+    compile,  # noqa: A004 - k3snet.compile(spec, facts) is the documented name
+    load_ip_masq_agent_config,
+    load_spec,
+    seed_spec,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "K3SNET_ROUTE_PROTOCOL",
+    "ApplyError",
+    "ApplyResult",
+    "Backend",
+    "BackendError",
+    "BackendNotFoundError",
+    "BackendUnavailableError",
+    "Change",
+    "CheckError",
+    "Cluster",
+    "ConflictError",
+    "Destination",
+    "ForwardPolicy",
+    "ForwardRule",
+    "K3snetError",
+    "MasqueradePolicy",
+    "MasqueradeRule",
+    "ModelError",
+    "NetObject",
+    "NodeFacts",
+    "Note",
+    "Plan",
+    "PlanError",
+    "Problem",
+    "RollbackError",
+    "Route",
+    "SnatRule",
+    "Spec",
+    "SpecError",
+    "State",
+    "Sysctl",
+    "__version__",
+    "aggregate",
+    "available_backends",
+    "compile",
+    "contains",
+    "create_backend",
+    "load_backend",
+    "load_ip_masq_agent_config",
+    "load_spec",
+    "overlaps",
+    "parse_address",
+    "parse_network",
+    "plan",
+    "register_backend",
+    "seed_spec",
+]

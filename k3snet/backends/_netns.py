@@ -1,0 +1,131 @@
+"""Run code inside a named network namespace without moving the calling thread.
+
+``setns(2)`` changes the namespace of the calling *thread* only. A
+:class:`NetnsRunner` owns one worker thread that enters the namespace once and
+stays there; callers hand it functions to run. The main thread never leaves its
+namespace, so a failure cannot strand k3snet in the wrong one (or, worse, make it
+change the root namespace believing it is in a lab).
+
+Python 3.11 has no ``os.setns``; libc's is called through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TypeVar
+
+from k3snet.errors import BackendError
+
+__all__ = ["NETNS_DIR", "NetnsRunner", "netns_path", "validate_netns"]
+
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def netns_path(name: str) -> Path:
+    """The bind-mount ``ip netns add NAME`` creates."""
+    validate_netns(name)
+    return NETNS_DIR / name
+
+
+def validate_netns(name: str) -> str:
+    """A namespace name ``ip netns`` accepts; raise a clear error otherwise."""
+    if not name or "/" in name or name in {".", ".."} or len(name) > 255 or "\0" in name:
+        raise BackendError(f"invalid network namespace name {name!r}")
+    return name
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class NetnsRunner:
+    """Runs callables in the network namespace ``name`` (``None``: the current one).
+
+    >>> runner = NetnsRunner(None)
+    >>> runner.call(lambda: 6 * 7)
+    42
+    >>> runner.close()
+    """
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Future[object]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        if name is not None:
+            path = netns_path(name)
+            if not path.exists():
+                raise BackendError(f"network namespace {name!r} does not exist ({path})")
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the namespace and return its result (exceptions propagate)."""
+        if self.name is None:
+            return fn()
+        self._start()
+        future: Future[object] = Future()
+        self._jobs.put((fn, future))
+        return future.result()  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the worker thread (idempotent)."""
+        with self._lock:
+            if self._thread is not None:
+                self._jobs.put(None)
+                self._thread.join()
+                self._thread = None
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            ready: Future[None] = Future()
+            self._thread = threading.Thread(
+                target=self._work, args=(ready,), name=f"k3snet-netns-{self.name}", daemon=True
+            )
+            self._thread.start()
+        try:
+            ready.result()
+        except BaseException:
+            self.close()
+            raise
+
+    def _work(self, ready: Future[None]) -> None:
+        assert self.name is not None  # only started for a named namespace
+        try:
+            fd = os.open(netns_path(self.name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _setns(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            ready.set_exception(
+                BackendError(f"cannot enter network namespace {self.name!r}: {exc}")
+            )
+            return
+        ready.set_result(None)
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller as is
+                future.set_exception(exc)
+
+    def __enter__(self) -> NetnsRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,101 @@
+"""The backend protocol, and the semantics every backend keeps.
+
+A backend manages some *kinds* of objects (its ``capabilities``) on one system:
+a node's kernel, a file, a cluster. It is used in three steps::
+
+    observed = backend.observe()              # owned + foreign, read-only
+    p = k3snet.plan(observed, desired)        # pure
+    problems = backend.check(p)               # dry run, changes nothing
+    result = backend.apply(p)                 # all-or-nothing
+
+``apply`` semantics, which :func:`k3snet.testing.run_conformance` checks:
+
+* **all or nothing**: either every change is applied and an :class:`ApplyResult`
+  is returned, or :class:`~k3snet.errors.ApplyError` is raised and the system is
+  as it was before. Backends with kernel transactions (nftables,
+  ``iptables-restore``) get this for free; the others undo what they did and
+  report it in ``ApplyError.rolled_back``. If the undo fails too,
+  :class:`~k3snet.errors.RollbackError` says the state is unknown.
+* **only owned objects**: a backend never changes, reorders or deletes an
+  object it did not create; a plan naming one is refused.
+* **capabilities**: a plan with changes of other kinds is refused before
+  anything is done (use :meth:`k3snet.Plan.only` to split a plan).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from k3snet.errors import PlanError
+from k3snet.model.state import State
+from k3snet.planner import Change, Plan
+
+__all__ = ["ApplyResult", "Backend", "BackendFactory", "ensure_capable"]
+
+
+@attrs.frozen
+class ApplyResult:
+    """What an apply did: the changes applied, in order, and the system calls it took.
+
+    ``operations`` counts round trips to the system (netlink requests, nft
+    transactions, ``iptables-restore`` runs): the cost a reader can compare.
+    """
+
+    backend: str
+    applied: tuple[Change, ...] = ()
+    operations: int = 0
+
+    def render(self) -> str:
+        """``backend: N change(s) applied in K operation(s)`` and the changes."""
+        lines = [f"{self.backend}: {len(self.applied)} change(s) applied "
+                 f"in {self.operations} operation(s)"]
+        lines += [f"  {c}" for c in self.applied]
+        return "\n".join(lines)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Protocol: observe, check and apply changes to one system.
+
+    Implementations need no base class; they are found by name through the
+    ``k3snet.backends`` entry-point group (see :mod:`k3snet.backends.registry`).
+    """
+
+    @property
+    def name(self) -> str:
+        """Registry name (``memory``, ``netlink``, ``nftables`` ...)."""
+        ...
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The kinds this backend manages (``route``, ``sysctl``, ``nat``, ``forward``)."""
+        ...
+
+    def observe(self) -> State:
+        """What the system has now, owned and foreign, of this backend's kinds."""
+        ...
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        """Dry run: the problems applying ``plan`` would hit (empty when it would succeed)."""
+        ...
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Apply every change of ``plan``, all or nothing (see the module docs)."""
+        ...
+
+
+BackendFactory = Callable[..., Backend]
+"""Anything that builds a backend from keyword options (a class, usually)."""
+
+
+def ensure_capable(backend: Backend, plan: Plan) -> None:
+    """Refuse a plan that has changes of kinds ``backend`` does not manage."""
+    foreign_kinds = sorted({c.kind for c in plan.changes} - set(backend.capabilities))
+    if foreign_kinds:
+        raise PlanError(
+            f"backend {backend.name!r} manages {', '.join(sorted(backend.capabilities))}; "
+            f"the plan also changes {', '.join(foreign_kinds)} (split it with Plan.only)"
+        )

@@ -1,0 +1,87 @@
+"""Find backends by name, lazily, through the ``k3snet.backends`` entry-point group.
+
+A third-party package adds a backend without touching k3snet::
+
+    # its pyproject.toml
+    [project.entry-points."k3snet.backends"]
+    mybackend = "my_package.backend:MyBackend"
+
+Nothing is imported until a backend is asked for by name, so a missing optional
+dependency (``pyroute2``, ``nftables`` ...) only matters to whoever uses it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from k3snet.backends.base import Backend, BackendFactory
+from k3snet.errors import BackendNotFoundError, BackendUnavailableError
+
+__all__ = ["ENTRY_POINT_GROUP", "available_backends", "create_backend", "load_backend",
+           "register_backend", "unregister_backend"]
+
+ENTRY_POINT_GROUP = "k3snet.backends"
+
+# Built-ins, also reachable when k3snet runs from a source tree without its
+# entry points installed. Entry points of the same name win (they are k3snet's own).
+_BUILTIN: dict[str, tuple[str, str]] = {
+    "memory": ("k3snet.backends.memory:MemoryBackend", ""),
+    "netlink": ("k3snet.backends.netlink:NetlinkBackend", "netlink"),
+    "nftables": ("k3snet.backends.nftables:NftablesBackend", "nftables"),
+    "iptables": ("k3snet.backends.iptables:IptablesBackend", "iptables"),
+}
+
+_registered: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Register ``factory`` under ``name`` in this process (tests, embedding code)."""
+    _registered[name] = factory
+
+
+def unregister_backend(name: str) -> None:
+    """Undo :func:`register_backend` (unknown names are ignored)."""
+    _registered.pop(name, None)
+
+
+def available_backends() -> tuple[str, ...]:
+    """Every name :func:`load_backend` knows, sorted (nothing is imported)."""
+    names = set(_BUILTIN) | set(_registered)
+    names |= {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return tuple(sorted(names))
+
+
+def load_backend(name: str) -> BackendFactory:
+    """The factory registered under ``name``; imports it on first use."""
+    if name in _registered:
+        return _registered[name]
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        return _import(name, ep.value, _BUILTIN.get(name, ("", ""))[1])
+    if name in _BUILTIN:
+        target, extra = _BUILTIN[name]
+        return _import(name, target, extra)
+    raise BackendNotFoundError(
+        f"no backend named {name!r}; available: {', '.join(available_backends())}"
+    )
+
+
+def create_backend(name: str, **options: Any) -> Backend:
+    """Build the backend ``name`` with ``options`` (``netns=...``, ``path=...``)."""
+    return load_backend(name)(**options)
+
+
+def _import(name: str, target: str, extra: str) -> BackendFactory:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f" (pip install 'k3snet[{extra}]')" if extra else ""
+        raise BackendUnavailableError(
+            f"backend {name!r} cannot be loaded: {exc}{hint}"
+        ) from exc
+    factory: BackendFactory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part)
+    return factory

@@ -1,0 +1,137 @@
+"""The exceptions k3snet raises.
+
+Every exception is a :class:`K3snetError`; most also inherit the built-in
+exception a caller would expect, so ``except ValueError`` keeps working::
+
+    K3snetError
+    ├── SpecError(ValueError)          a spec (or import) has problems; lists them all
+    ├── ModelError(ValueError)         a model value is invalid (bad CIDR, name, ...)
+    ├── PlanError(ValueError)          a plan cannot be applied to a state
+    │   └── ConflictError              the plan has unresolved conflicts with foreign state
+    ├── BackendError(RuntimeError)     a backend failed talking to the system
+    │   ├── BackendNotFoundError(LookupError)  no backend registered under that name
+    │   ├── BackendUnavailableError    the backend's dependencies or tools are missing
+    │   ├── CheckError                 a dry run found the plan would fail
+    │   └── ApplyError                 an apply failed; says what was rolled back
+    └── RollbackError(ApplyError)      ... and the rollback failed too (state unknown)
+
+Backends translate the errors of their libraries (``OSError``, pyroute2's
+``NetlinkError``, libnftables' messages) at the boundary with
+``raise ... from exc``, so the original stays in ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from k3snet.planner import Change
+
+__all__ = [
+    "ApplyError",
+    "BackendError",
+    "BackendNotFoundError",
+    "BackendUnavailableError",
+    "CheckError",
+    "ConflictError",
+    "K3snetError",
+    "ModelError",
+    "PlanError",
+    "Problem",
+    "RollbackError",
+    "SpecError",
+]
+
+
+class K3snetError(Exception):
+    """Root of every exception k3snet raises."""
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a spec, at a path such as ``destinations[1].gateway``."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(K3snetError, ValueError):
+    """A spec has one or more problems; all of them are in :attr:`problems`."""
+
+    def __init__(self, problems: Iterable[Problem], *, source: str | None = None) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''}{where}:"
+        super().__init__("\n  ".join([head, *map(str, self.problems)]))
+
+
+class ModelError(K3snetError, ValueError):
+    """A model value is invalid (an address, a CIDR with host bits, a bad name)."""
+
+
+class PlanError(K3snetError, ValueError):
+    """A plan does not fit the state it is applied to."""
+
+
+class ConflictError(PlanError):
+    """The plan has conflicts with foreign state; nothing was applied."""
+
+
+class BackendError(K3snetError, RuntimeError):
+    """A backend failed while talking to the system it manages."""
+
+
+class BackendNotFoundError(BackendError, LookupError):
+    """No backend is registered under the requested name."""
+
+
+class BackendUnavailableError(BackendError):
+    """The backend exists but cannot run here (a library or tool is missing)."""
+
+
+class CheckError(BackendError):
+    """A dry run (``backend.check``) found that the plan would fail."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n  ".join([message, *self.problems]))
+
+
+class ApplyError(BackendError):
+    """An apply failed.
+
+    ``failed`` is the change that failed (or ``None`` when the whole transaction
+    was refused), ``done`` what had been applied before it and ``rolled_back``
+    what was undone. A backend with real transactions (nftables, iptables-restore)
+    leaves the system as it was: ``done`` is empty.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failed: Change | None = None,
+        done: Sequence[Change] = (),
+        rolled_back: Sequence[Change] = (),
+    ) -> None:
+        self.failed = failed
+        self.done = tuple(done)
+        self.rolled_back = tuple(rolled_back)
+        parts = [message]
+        if failed is not None:
+            parts.append(f"failed change: {failed}")
+        if rolled_back:
+            parts.append(f"rolled back {len(rolled_back)} change(s) applied before it")
+        super().__init__("; ".join(parts))
+
+
+class RollbackError(ApplyError):
+    """An apply failed and undoing it failed too: the system may be half-changed."""

@@ -1,0 +1,43 @@
+"""Immutable values for everything k3snet manages."""
+
+from k3snet.model._base import NetObject, validate_interface_name
+from k3snet.model.cidr import (
+    Address,
+    Network,
+    aggregate,
+    contains,
+    overlaps,
+    parse_address,
+    parse_network,
+    subtract,
+)
+from k3snet.model.forward import ForwardRule
+from k3snet.model.nat import MasqueradeRule, NatRule, SnatRule
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route
+from k3snet.model.state import KINDS, OBJECT_TYPES, State, object_from_dict
+from k3snet.model.sysctl import Sysctl
+
+__all__ = [
+    "K3SNET_ROUTE_PROTOCOL",
+    "KINDS",
+    "MAIN_TABLE",
+    "OBJECT_TYPES",
+    "Address",
+    "ForwardRule",
+    "MasqueradeRule",
+    "NatRule",
+    "NetObject",
+    "Network",
+    "Route",
+    "SnatRule",
+    "State",
+    "Sysctl",
+    "aggregate",
+    "contains",
+    "object_from_dict",
+    "overlaps",
+    "parse_address",
+    "parse_network",
+    "subtract",
+    "validate_interface_name",
+]

@@ -1,0 +1,178 @@
+"""What every k3snet object shares: identity key, total order, equality, (de)serialisation.
+
+Objects are compared and hashed through a tuple of plain ints and strings
+computed once at construction (``_sort``), so planning over 100k objects
+never calls back into :mod:`ipaddress` for hashing or ordering.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from k3snet.errors import ModelError
+from k3snet.model.cidr import Address, Network, parse_address, parse_network
+
+__all__ = ["NetObject", "validate_interface_name"]
+
+# The kernel's rule (dev_valid_name): 1..15 bytes, not "." or "..", no "/", ":" or
+# whitespace. We also refuse other characters that no tool quotes consistently.
+_IFNAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,15}")
+IFNAMSIZ = 16
+
+
+def validate_interface_name(name: str) -> str:
+    """Return ``name`` if the kernel would accept it as an interface name, else raise."""
+    if not isinstance(name, str):
+        raise ModelError(f"interface name must be a string, got {name!r}")
+    if len(name.encode()) >= IFNAMSIZ:
+        raise ModelError(
+            f"interface name {name!r} is {len(name.encode())} bytes; the kernel allows at most 15"
+        )
+    if name in {"", ".", ".."} or not _IFNAME.fullmatch(name):
+        raise ModelError(
+            f"interface name {name!r} is not valid (letters, digits and _.@+- only, "
+            "no '/', ':' or whitespace)"
+        )
+    return name
+
+
+def optional_interface(name: str | None) -> str | None:
+    """attrs converter: validate an optional interface name."""
+    return None if name is None else validate_interface_name(name)
+
+
+def optional_network(value: str | Network | None) -> Network | None:
+    """attrs converter: parse an optional CIDR."""
+    return None if value is None else parse_network(value)
+
+
+def optional_address(value: str | Address | None) -> Address | None:
+    """attrs converter: parse an optional address."""
+    return None if value is None else parse_address(value)
+
+
+def net_tuple(net: Network | None) -> tuple[int, int]:
+    """(address, prefix) as ints; (-1, -1) for "any"."""
+    return (-1, -1) if net is None else (int(net.network_address), net.prefixlen)
+
+
+class NetObject:
+    """Mixin for every managed object (routes, NAT rules, forward rules, sysctls).
+
+    Subclasses are ``attrs`` frozen slotted classes with ``eq=False``; they set
+    ``_key`` (identity: two objects with one key cannot both exist on a node, a
+    change of anything else is a *replace*) and ``_sort`` (the full content as
+    plain values) in ``__attrs_post_init__`` through :meth:`_seal`.
+    """
+
+    __slots__ = ()
+
+    kind: ClassVar[str]
+    """The group an object diffs in: ``sysctl``, ``route``, ``forward``, ``nat``."""
+    type_name: ClassVar[str]
+    """The tag in serialised form: ``route``, ``masquerade``, ``snat`` ..."""
+    rank: ClassVar[int]
+    """Dependency order: lower ranks are added first and deleted last."""
+
+    _key: tuple[Any, ...]
+    _sort: tuple[Any, ...]
+    _hash: int
+
+    def _seal(self, key: tuple[Any, ...], content: tuple[Any, ...]) -> None:
+        object.__setattr__(self, "_key", key)
+        full = (self.rank, *key, self.type_name, *content)
+        object.__setattr__(self, "_sort", full)
+        object.__setattr__(self, "_hash", hash(full))
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Identity on a node: objects with equal keys replace each other."""
+        return self._key
+
+    @property
+    def sort_key(self) -> tuple[Any, ...]:
+        """Total order across all kinds and families (cheap: computed once)."""
+        return self._sort
+
+    @property
+    def family(self) -> int | None:
+        """4, 6, or ``None`` for family-less objects (most sysctls)."""
+        return None
+
+    @property
+    def clash_key(self) -> tuple[Any, ...] | None:
+        """Objects (owned or foreign) with the same clash key compete for one slot.
+
+        ``None`` means the kind has no such slot (rules in our own chain never
+        collide with foreign rules).
+        """
+        return None
+
+    def met_by(self, other: NetObject) -> bool:
+        """True when the foreign object ``other`` already provides what ``self`` asks for."""
+        return False
+
+    def conflicts_with(self, other: NetObject) -> bool:
+        """True when the foreign ``other`` stands where ``self`` must go, differently."""
+        return False
+
+    def describe(self) -> str:
+        """One human line, as the plan prints it."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, with a ``type`` tag; inverse of :func:`object_from_dict`."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NetObject:
+        """Build from :meth:`to_dict` output (without the ``type`` tag)."""
+        raise NotImplementedError
+
+    # Equality, hashing and order go through the precomputed tuples.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NetObject):
+            return NotImplemented
+        return self._sort == other._sort
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, NetObject):
+            return NotImplemented
+        return self._sort != other._sort
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __lt__(self, other: NetObject) -> bool:
+        if not isinstance(other, NetObject):
+            return NotImplemented
+        return self._sort < other._sort
+
+    def __le__(self, other: NetObject) -> bool:
+        if not isinstance(other, NetObject):
+            return NotImplemented
+        return self._sort <= other._sort
+
+    def __gt__(self, other: NetObject) -> bool:
+        if not isinstance(other, NetObject):
+            return NotImplemented
+        return self._sort > other._sort
+
+    def __ge__(self, other: NetObject) -> bool:
+        if not isinstance(other, NetObject):
+            return NotImplemented
+        return self._sort >= other._sort
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def check_families(where: str, *values: Network | Address | None) -> int:
+    """All non-None values share one family; return it."""
+    families = {v.version for v in values if v is not None}
+    if len(families) > 1:
+        shown = ", ".join(str(v) for v in values if v is not None)
+        raise ModelError(f"{where}: mixes IPv4 and IPv6 ({shown})")
+    return families.pop() if families else 4

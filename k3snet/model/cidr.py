@@ -1,0 +1,160 @@
+"""CIDRs and addresses: parsing, overlap, containment and aggregation.
+
+k3snet uses the standard :mod:`ipaddress` types for every prefix and address;
+IPv4 and IPv6 mix freely in collections and are never compared across families.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import TypeAlias
+
+from k3snet.errors import ModelError
+
+__all__ = [
+    "Address",
+    "Network",
+    "aggregate",
+    "contains",
+    "family_of",
+    "network_sort_key",
+    "overlaps",
+    "parse_address",
+    "parse_network",
+    "subtract",
+]
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_network(value: str | Network, *, strict: bool = True) -> Network:
+    """Parse ``value`` as a CIDR.
+
+    With ``strict`` (the default) host bits must be zero: ``10.42.0.1/16`` is an
+    error, because it usually means a typo for the gateway or the prefix.
+
+    >>> parse_network("10.42.0.0/16")
+    IPv4Network('10.42.0.0/16')
+    >>> parse_network("10.42.0.1/16", strict=False)
+    IPv4Network('10.42.0.0/16')
+    """
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ModelError(f"expected a CIDR string, got {type(value).__name__} {value!r}")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=strict)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            fixed = ipaddress.ip_network(value.strip(), strict=False)
+            raise ModelError(f"{value!r} has host bits set (did you mean {fixed}?)") from exc
+        raise ModelError(f"{value!r} is not a valid CIDR") from exc
+
+
+def parse_address(value: str | Address) -> Address:
+    """Parse ``value`` as a single IPv4 or IPv6 address."""
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
+    if not isinstance(value, str):
+        raise ModelError(f"expected an address string, got {type(value).__name__} {value!r}")
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError as exc:
+        raise ModelError(f"{value!r} is not a valid IP address") from exc
+
+
+def family_of(value: Network | Address) -> int:
+    """4 or 6."""
+    return value.version
+
+
+def overlaps(a: Network, b: Network) -> bool:
+    """True when ``a`` and ``b`` share at least one address (never across families)."""
+    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+
+
+def contains(outer: Network, inner: Network | Address) -> bool:
+    """True when every address of ``inner`` lies in ``outer`` (never across families)."""
+    if outer.version != inner.version:
+        return False
+    if isinstance(inner, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return inner in outer
+    return inner.subnet_of(outer)  # type: ignore[arg-type]
+
+
+def network_sort_key(net: Network) -> tuple[int, int, int]:
+    """A key that orders networks of both families: v4 before v6, then address, prefix."""
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+def aggregate(prefixes: Iterable[str | Network]) -> tuple[Network, ...]:
+    """The smallest set of prefixes covering exactly the same addresses.
+
+    Works on a mix of families (IPv4 first, then IPv6) and accepts prefixes
+    with host bits set (they are masked, as the kernel does). For one family it
+    equals :func:`ipaddress.collapse_addresses`.
+
+    >>> aggregate(["10.0.0.0/25", "10.0.0.128/25", "fd00::/64", "10.0.0.5/32"])
+    (IPv4Network('10.0.0.0/24'), IPv6Network('fd00::/64'))
+    """
+    by_family: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+    for prefix in prefixes:
+        net = parse_network(prefix, strict=False)
+        start = int(net.network_address)
+        by_family[net.version].append((start, start + net.num_addresses))
+    result: list[Network] = []
+    for version, ranges in sorted(by_family.items()):
+        result.extend(_ranges_to_networks(version, _merge_ranges(ranges)))
+    return tuple(result)
+
+
+def subtract(base: Network, removed: Iterable[Network]) -> tuple[Network, ...]:
+    """The prefixes of ``base`` that are not in any of ``removed``, aggregated."""
+    start = int(base.network_address)
+    end = start + base.num_addresses
+    holes = _merge_ranges(
+        [
+            (max(start, int(r.network_address)), min(end, int(r.network_address) + r.num_addresses))
+            for r in removed
+            if overlaps(base, r)
+        ]
+    )
+    pieces: list[tuple[int, int]] = []
+    cursor = start
+    for lo, hi in holes:
+        if lo > cursor:
+            pieces.append((cursor, lo))
+        cursor = max(cursor, hi)
+    if cursor < end:
+        pieces.append((cursor, end))
+    return tuple(_ranges_to_networks(base.version, pieces))
+
+
+def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge half-open integer ranges that overlap or touch."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1]:
+            if hi > merged[-1][1]:
+                merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def _ranges_to_networks(version: int, ranges: list[tuple[int, int]]) -> list[Network]:
+    """Cover each half-open range with the fewest aligned prefixes."""
+    bits = 32 if version == 4 else 128
+    make = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    nets: list[Network] = []
+    for lo, hi in ranges:
+        while lo < hi:
+            # The largest block aligned at lo that does not pass hi.
+            size = (lo & -lo) if lo else 1 << bits
+            while size > hi - lo:
+                size >>= 1
+            nets.append(make((lo, bits - size.bit_length() + 1)))
+            lo += size
+    return nets

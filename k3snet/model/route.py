@@ -1,0 +1,180 @@
+"""Routes: what ``ip route`` shows, as values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import attrs
+
+from k3snet.errors import ModelError
+from k3snet.model._base import (
+    NetObject,
+    check_families,
+    optional_address,
+    optional_interface,
+)
+from k3snet.model.cidr import Address, Network, parse_network
+
+__all__ = ["K3SNET_ROUTE_PROTOCOL", "MAIN_TABLE", "Route", "RouteScope"]
+
+K3SNET_ROUTE_PROTOCOL = 211
+"""The route protocol number k3snet marks its routes with (unused in ``rt_protos``;
+Calico uses 80, bird 12, static 4, boot 3, kernel 2)."""
+
+MAIN_TABLE = 254
+_TABLE_NAMES = {253: "default", 254: "main", 255: "local"}
+_PROTOCOL_NAMES = {2: "kernel", 3: "boot", 4: "static", 12: "bird", 16: "dhcp",
+                   K3SNET_ROUTE_PROTOCOL: "k3snet"}
+# The kernel stores IPv6 routes added with metric 0 at IP6_RT_PRIO_USER.
+_IPV6_DEFAULT_METRIC = 1024
+
+RouteScope = Literal["universe", "link", "host"]
+_SCOPES = ("universe", "link", "host")
+
+
+def _table(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**32:
+        raise ModelError(f"route table must be an integer 1..4294967295, got {value!r}")
+    if value == 255:
+        raise ModelError("route table 255 (local) is the kernel's; k3snet does not manage it")
+    return value
+
+
+def _u32(name: str) -> Any:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+            raise ModelError(f"route {name} must be an integer 0..4294967295, got {value!r}")
+        return value
+
+    return check
+
+
+def _protocol(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise ModelError(f"route protocol must be 0..255, got {value!r}")
+    return value
+
+
+@attrs.frozen(eq=False)
+class Route(NetObject):
+    """One route: ``destination [via gateway] [dev device] table T metric M``.
+
+    ``metric=None`` and ``scope=None`` mean the kernel's defaults and are
+    normalised at construction (metric 0 for IPv4, 1024 for IPv6; scope ``link``
+    for a route without gateway, else ``universe``), so a route read back from
+    the kernel equals the one written.
+
+    >>> Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0").describe()
+    'route 192.168.2.0/24 via 192.168.1.1 dev eth0 table main metric 0 proto k3snet'
+    """
+
+    kind: ClassVar[str] = "route"
+    type_name: ClassVar[str] = "route"
+    rank: ClassVar[int] = 1
+
+    destination: Network = attrs.field(converter=parse_network)
+    gateway: Address | None = attrs.field(default=None, converter=optional_address, kw_only=True)
+    device: str | None = attrs.field(default=None, converter=optional_interface, kw_only=True)
+    table: int = attrs.field(default=MAIN_TABLE, converter=_table, kw_only=True)
+    metric: int | None = attrs.field(default=None, kw_only=True)
+    scope: RouteScope | None = attrs.field(default=None, kw_only=True)
+    protocol: int = attrs.field(default=K3SNET_ROUTE_PROTOCOL, converter=_protocol, kw_only=True)
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        check_families(f"route {self.destination}", self.destination, self.gateway)
+        if self.gateway is None and self.device is None:
+            raise ModelError(f"route {self.destination} needs a gateway, a device, or both")
+        v6 = self.destination.version == 6
+        metric = self.metric
+        if metric is None or (v6 and metric == 0):
+            metric = _IPV6_DEFAULT_METRIC if v6 else 0
+        object.__setattr__(self, "metric", _u32("metric")(metric))
+        scope = self.scope
+        if v6:
+            scope = "universe"  # the kernel has no scope for IPv6 routes
+        elif scope is None:
+            scope = "universe" if self.gateway is not None else "link"
+        elif scope not in _SCOPES:
+            raise ModelError(f"route scope must be one of {', '.join(_SCOPES)}, got {scope!r}")
+        object.__setattr__(self, "scope", scope)
+        dst = self.destination
+        key = ("route", dst.version, self.table, int(dst.network_address), dst.prefixlen, metric)
+        content = (
+            -1 if self.gateway is None else int(self.gateway),
+            self.device or "",
+            _SCOPES.index(scope),
+            self.protocol,
+        )
+        self._seal(key, content)
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return self.destination.version
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """Table and destination: two routes there compete whatever their metrics."""
+        return self._key[:5]
+
+    def met_by(self, other: NetObject) -> bool:
+        """A foreign route to the same place through the same next hop (any protocol, metric)."""
+        return (
+            isinstance(other, Route)
+            and other.clash_key == self.clash_key
+            and other.gateway == self.gateway
+            and (self.device is None or other.device == self.device)
+        )
+
+    def conflicts_with(self, other: NetObject) -> bool:
+        """A foreign route to the same destination in the same table, elsewhere."""
+        return (
+            isinstance(other, Route)
+            and other.clash_key == self.clash_key
+            and not self.met_by(other)
+        )
+
+    def describe(self) -> str:
+        """``route DST [via GW] [dev DEV] table T metric M [scope S] proto P``."""
+        parts = ["route", str(self.destination)]
+        if self.gateway is not None:
+            parts += ["via", str(self.gateway)]
+        if self.device is not None:
+            parts += ["dev", self.device]
+        parts += ["table", _TABLE_NAMES.get(self.table, str(self.table)), "metric", str(self.metric)]
+        default_scope = "universe" if self.gateway is not None or self.family == 6 else "link"
+        if self.scope != default_scope:
+            parts += ["scope", str(self.scope)]
+        parts += ["proto", _PROTOCOL_NAMES.get(self.protocol, str(self.protocol))]
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "type": self.type_name,
+            "destination": str(self.destination),
+            "gateway": None if self.gateway is None else str(self.gateway),
+            "device": self.device,
+            "table": self.table,
+            "metric": self.metric,
+            "scope": self.scope,
+            "protocol": self.protocol,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Route:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            data["destination"],
+            gateway=data.get("gateway"),
+            device=data.get("device"),
+            table=data.get("table", MAIN_TABLE),
+            metric=data.get("metric"),
+            scope=data.get("scope"),
+            protocol=data.get("protocol", K3SNET_ROUTE_PROTOCOL),
+        )

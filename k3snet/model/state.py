@@ -1,0 +1,139 @@
+"""State: every object one backend manages, split into owned and foreign."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from k3snet.errors import ModelError
+from k3snet.model._base import NetObject
+from k3snet.model.forward import ForwardRule
+from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.model.route import Route
+from k3snet.model.sysctl import Sysctl
+
+__all__ = ["KINDS", "OBJECT_TYPES", "State", "object_from_dict"]
+
+OBJECT_TYPES: Mapping[str, type[NetObject]] = {
+    cls.type_name: cls for cls in (Sysctl, Route, ForwardRule, MasqueradeRule, SnatRule)
+}
+"""Serialised ``type`` tag -> class."""
+
+KINDS: tuple[str, ...] = ("sysctl", "route", "forward", "nat")
+"""Every kind, in dependency order (what is added first)."""
+
+
+def object_from_dict(data: Mapping[str, Any]) -> NetObject:
+    """Build any k3snet object from its :meth:`~NetObject.to_dict` form."""
+    try:
+        cls = OBJECT_TYPES[data["type"]]
+    except KeyError as exc:
+        raise ModelError(f"unknown object type in {dict(data)!r}") from exc
+    return cls.from_dict(data)
+
+
+def _objects(values: Iterable[NetObject]) -> frozenset[NetObject]:
+    result = frozenset(values)
+    for obj in result:
+        if not isinstance(obj, NetObject):
+            raise ModelError(f"a State holds k3snet objects, not {type(obj).__name__} {obj!r}")
+    return result
+
+
+def _index(owned: frozenset[NetObject]) -> dict[tuple[Any, ...], NetObject]:
+    index: dict[tuple[Any, ...], NetObject] = {}
+    for obj in owned:
+        other = index.setdefault(obj.key, obj)
+        if other is not obj:
+            first, second = sorted((obj, other))
+            raise ModelError(f"two owned objects share one slot: {first} / {second}")
+    return index
+
+
+@attrs.frozen
+class State:
+    """What a backend manages: ``owned`` objects (k3snet wrote them) and ``foreign`` ones.
+
+    Owned objects have unique keys (two routes to one destination, table and
+    metric cannot coexist). Foreign objects are observed only; plans never name them.
+
+    >>> s = State(owned=[Sysctl("net.ipv4.ip_forward", 1)])
+    >>> len(s), s.kinds()
+    (1, ('sysctl',))
+    """
+
+    owned: frozenset[NetObject] = attrs.field(default=frozenset(), converter=_objects)
+    foreign: frozenset[NetObject] = attrs.field(default=frozenset(), converter=_objects)
+    _by_key: Mapping[tuple[Any, ...], NetObject] = attrs.field(
+        init=False, repr=False, eq=False, order=False, hash=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_by_key", _index(self.owned))
+
+    @property
+    def by_key(self) -> Mapping[tuple[Any, ...], NetObject]:
+        """Owned objects indexed by their key."""
+        return self._by_key
+
+    def __len__(self) -> int:
+        return len(self.owned)
+
+    def __iter__(self) -> Iterator[NetObject]:
+        """Owned objects in order."""
+        return iter(sorted(self.owned, key=_sort_key))
+
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds present among owned and foreign objects, in dependency order."""
+        present = {o.kind for o in self.owned} | {o.kind for o in self.foreign}
+        return tuple(k for k in KINDS if k in present)
+
+    def only(self, kinds: Iterable[str]) -> State:
+        """The part of this state (owned and foreign) of the given kinds."""
+        wanted = frozenset(kinds)
+        return State(
+            owned=(o for o in self.owned if o.kind in wanted),
+            foreign=(o for o in self.foreign if o.kind in wanted),
+        )
+
+    def merge(self, *others: State) -> State:
+        """Union with other states (owned keys must stay unique)."""
+        owned = set(self.owned)
+        foreign = set(self.foreign)
+        for other in others:
+            owned |= other.owned
+            foreign |= other.foreign
+        return State(owned=owned, foreign=foreign)
+
+    def with_owned(self, owned: Iterable[NetObject]) -> State:
+        """The same foreign objects with other owned ones."""
+        return State(owned=owned, foreign=self.foreign)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, sorted (byte-stable)."""
+        return {
+            "owned": [o.to_dict() for o in sorted(self.owned, key=_sort_key)],
+            "foreign": [o.to_dict() for o in sorted(self.foreign, key=_sort_key)],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> State:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            owned=[object_from_dict(o) for o in data.get("owned", ())],
+            foreign=[object_from_dict(o) for o in data.get("foreign", ())],
+        )
+
+    def render(self) -> str:
+        """Human listing: owned objects, then foreign ones."""
+        lines = [f"owned ({len(self.owned)}):"]
+        lines += [f"  {o.describe()}" for o in sorted(self.owned, key=_sort_key)]
+        lines.append(f"foreign ({len(self.foreign)}):")
+        lines += [f"  {o.describe()}" for o in sorted(self.foreign, key=_sort_key)]
+        return "\n".join(lines)
+
+
+def _sort_key(obj: NetObject) -> tuple[Any, ...]:
+    return obj.sort_key

@@ -1,0 +1,111 @@
+"""Kernel parameters under ``net.`` (``net.ipv4.ip_forward`` ...)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from k3snet.errors import ModelError
+from k3snet.model._base import NetObject
+
+__all__ = ["Sysctl"]
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_\-@+.]+")
+
+
+def _name(value: str) -> str:
+    """Canonical name: dotted, or slash-separated when a component has a dot.
+
+    sysctl(8) writes ``net/ipv4/conf/eth0.100/rp_filter`` for VLAN interfaces.
+    """
+    if not isinstance(value, str):
+        raise ModelError(f"sysctl name must be a string, got {value!r}")
+    parts = value.split("/") if "/" in value else value.split(".")
+    if any(not _COMPONENT.fullmatch(p) or p in {".", ".."} for p in parts) or len(parts) < 2:
+        raise ModelError(f"sysctl name {value!r} is not valid")
+    if parts[0] != "net":
+        raise ModelError(f"sysctl {value!r}: k3snet manages only net.* parameters")
+    if any("." in p for p in parts):
+        return "/".join(parts)
+    return ".".join(parts)
+
+
+def _value(value: str | int) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, str):
+        raise ModelError(f"sysctl value must be a string or integer, got {value!r}")
+    normal = " ".join(value.split())  # the kernel prints multi-value entries with tabs
+    if not normal:
+        raise ModelError("sysctl value must not be empty")
+    return normal
+
+
+@attrs.frozen(eq=False)
+class Sysctl(NetObject):
+    """``name = value``; ``previous`` is the value k3snet found before it took over.
+
+    ``previous`` is recorded by backends (not compared): removing an owned sysctl
+    restores it.
+
+    >>> Sysctl("net.ipv4.ip_forward", 1).describe()
+    'sysctl net.ipv4.ip_forward = 1'
+    """
+
+    kind: ClassVar[str] = "sysctl"
+    type_name: ClassVar[str] = "sysctl"
+    rank: ClassVar[int] = 0
+
+    name: str = attrs.field(converter=_name)
+    value: str = attrs.field(converter=_value)
+    previous: str | None = attrs.field(
+        default=None, kw_only=True, converter=attrs.converters.optional(_value)
+    )
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._seal(("sysctl", self.name), (self.value,))
+
+    @property
+    def path(self) -> str:
+        """Path under ``/proc/sys``: ``net/ipv4/ip_forward``."""
+        return self.name.replace(".", "/") if "/" not in self.name else self.name
+
+    @property
+    def family(self) -> int | None:
+        """4 for ``net.ipv4.*``, 6 for ``net.ipv6.*``, else ``None``."""
+        second = self.path.split("/")[1]
+        return {"ipv4": 4, "ipv6": 6}.get(second)
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """The parameter name: there is one value per name."""
+        return self._key
+
+    def met_by(self, other: NetObject) -> bool:
+        """The parameter already has the value (set by someone else)."""
+        return isinstance(other, Sysctl) and other.name == self.name and other.value == self.value
+
+    def describe(self) -> str:
+        """``sysctl NAME = VALUE``."""
+        return f"sysctl {self.name} = {self.value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (``previous`` included when known)."""
+        data: dict[str, Any] = {"type": self.type_name, "name": self.name, "value": self.value}
+        if self.previous is not None:
+            data["previous"] = self.previous
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Sysctl:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["name"], data["value"], previous=data.get("previous"))

@@ -1,0 +1,408 @@
+"""The planner: ``plan(observed, desired) -> Plan``, pure and minimal.
+
+Nothing here touches the system. A :class:`Plan` is an ordered tuple of
+:class:`Change` values plus :class:`Note` values saying which wanted objects
+foreign state already provides (``met``) or blocks (``conflict``).
+
+Properties (each one a hypothesis test in ``tests/property``):
+
+* soundness: ``plan(o, d).apply_to(o).owned == plan(o, d).target(d)``, which is
+  ``d.owned`` less what the notes set aside;
+* idempotence: ``plan(d, d)`` is empty;
+* minimality: every change is needed, an object whose key stays is *replaced*,
+  unchanged objects produce nothing;
+* foreign safety: no change names a foreign object;
+* determinism: equal inputs give byte-identical plans;
+* order: deletes (NAT first) before replaces before adds (sysctls and routes
+  before the forward and NAT rules that rely on them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import attrs
+
+from k3snet.errors import ModelError, PlanError
+from k3snet.model._base import NetObject
+from k3snet.model.state import State, object_from_dict
+from k3snet.model.sysctl import Sysctl
+
+__all__ = ["Action", "Change", "Note", "Plan", "plan"]
+
+Action = Literal["add", "delete", "replace"]
+_SYMBOL: Mapping[str, str] = {"add": "+", "delete": "-", "replace": "~"}
+PLAN_FORMAT = 1
+
+
+@attrs.frozen
+class Change:
+    """Add, delete or replace one owned object.
+
+    ``before`` is the object as observed (``None`` for an add), ``after`` the
+    object wanted (``None`` for a delete). A replace keeps the key.
+    """
+
+    action: Action
+    before: NetObject | None = None
+    after: NetObject | None = None
+
+    def __attrs_post_init__(self) -> None:
+        shape = (self.before is not None, self.after is not None)
+        expected = {"add": (False, True), "delete": (True, False), "replace": (True, True)}
+        if expected.get(self.action) != shape:
+            raise ModelError(f"a {self.action!r} change cannot have before={self.before}, "
+                             f"after={self.after}")
+        if self.before is not None and self.after is not None and self.before.key != self.after.key:
+            raise ModelError(f"a replace keeps the key: {self.before} / {self.after}")
+
+    @classmethod
+    def add(cls, obj: NetObject) -> Change:
+        """A change that creates ``obj``."""
+        return cls("add", None, obj)
+
+    @classmethod
+    def delete(cls, obj: NetObject) -> Change:
+        """A change that removes ``obj``."""
+        return cls("delete", obj, None)
+
+    @classmethod
+    def replace(cls, before: NetObject, after: NetObject) -> Change:
+        """A change that turns ``before`` into ``after`` in place."""
+        return cls("replace", before, after)
+
+    @property
+    def subject(self) -> NetObject:
+        """The object the change is about (``after``, or ``before`` for a delete)."""
+        obj = self.after if self.after is not None else self.before
+        assert obj is not None  # guaranteed by __attrs_post_init__
+        return obj
+
+    @property
+    def kind(self) -> str:
+        """The subject's kind."""
+        return self.subject.kind
+
+    def inverse(self) -> Change:
+        """The change that undoes this one."""
+        if self.action == "add":
+            return Change("delete", self.after, None)
+        if self.action == "delete":
+            return Change("add", None, self.before)
+        return Change("replace", self.after, self.before)
+
+    def render(self) -> str:
+        """``+ route ...``, ``- ...``, or ``~ new (was: old)``."""
+        line = f"{_SYMBOL[self.action]} {self.subject.describe()}"
+        if self.action == "replace" and self.before is not None:
+            line += f"\n    (was: {self.before.describe()})"
+        return line
+
+    def __str__(self) -> str:
+        return self.render().replace("\n   ", "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "action": self.action,
+            "before": None if self.before is None else self.before.to_dict(),
+            "after": None if self.after is None else self.after.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Change:
+        """Inverse of :meth:`to_dict`."""
+        before, after = data.get("before"), data.get("after")
+        return cls(
+            data["action"],
+            None if before is None else object_from_dict(before),
+            None if after is None else object_from_dict(after),
+        )
+
+
+@attrs.frozen
+class Note:
+    """What the planner decided about a wanted object that foreign state touches.
+
+    ``status`` is ``met`` (the foreign object already provides it: left alone,
+    not duplicated) or ``conflict`` (the foreign object stands where ours must
+    go, differently: reported, never replaced).
+    """
+
+    status: Literal["met", "conflict"]
+    wanted: NetObject
+    foreign: NetObject
+
+    def render(self) -> str:
+        """``= ...`` for a met need, ``! ...`` for a conflict."""
+        if self.status == "met":
+            return f"= {self.wanted.describe()}\n    (met by foreign: {self.foreign.describe()})"
+        return f"! {self.wanted.describe()}\n    (conflicts with foreign: {self.foreign.describe()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "status": self.status,
+            "wanted": self.wanted.to_dict(),
+            "foreign": self.foreign.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Note:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            data["status"], object_from_dict(data["wanted"]), object_from_dict(data["foreign"])
+        )
+
+
+def _changes(value: Iterable[Change]) -> tuple[Change, ...]:
+    return tuple(value)
+
+
+def _notes(value: Iterable[Note]) -> tuple[Note, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class Plan:
+    """An ordered tuple of changes, and notes about foreign state.
+
+    A plan is a value: print it (:meth:`render`), store it (:meth:`to_json`),
+    review it, and apply it to a state without touching anything
+    (:meth:`apply_to`) or to a system through a backend.
+    """
+
+    changes: tuple[Change, ...] = attrs.field(default=(), converter=_changes)
+    notes: tuple[Note, ...] = attrs.field(default=(), converter=_notes)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    def __bool__(self) -> bool:
+        """True when there is something to do (changes, not notes)."""
+        return bool(self.changes)
+
+    @property
+    def empty(self) -> bool:
+        """No change pending."""
+        return not self.changes
+
+    @property
+    def conflicts(self) -> tuple[Note, ...]:
+        """Wanted objects blocked by foreign ones."""
+        return tuple(n for n in self.notes if n.status == "conflict")
+
+    @property
+    def met(self) -> tuple[Note, ...]:
+        """Wanted objects foreign state already provides."""
+        return tuple(n for n in self.notes if n.status == "met")
+
+    def counts(self) -> dict[str, int]:
+        """How many adds, replaces and deletes."""
+        result = {"add": 0, "replace": 0, "delete": 0}
+        for change in self.changes:
+            result[change.action] += 1
+        return result
+
+    def only(self, kinds: Iterable[str]) -> Plan:
+        """The part of the plan about the given kinds (for one backend of several)."""
+        wanted = frozenset(kinds)
+        return Plan(
+            changes=(c for c in self.changes if c.kind in wanted),
+            notes=(n for n in self.notes if n.wanted.kind in wanted),
+        )
+
+    def target(self, desired: State) -> frozenset[NetObject]:
+        """What the owned scope becomes: ``desired.owned`` less what the notes set aside."""
+        set_aside = {n.wanted for n in self.notes}
+        return frozenset(o for o in desired.owned if o not in set_aside)
+
+    def apply_to(self, state: State) -> State:
+        """The state after applying every change, computed without touching anything.
+
+        Raises :class:`~k3snet.errors.PlanError` if the plan does not fit the
+        state (deleting what is not there, adding over an existing object).
+        Adding an owned sysctl takes the foreign value over (it becomes
+        ``previous``); deleting it puts ``previous`` back as foreign.
+        """
+        owned = dict(state.by_key)
+        foreign = set(state.foreign)
+        sysctl_foreign = {o.key: o for o in foreign if isinstance(o, Sysctl)}
+        for change in self.changes:
+            _apply_change(change, owned, foreign, sysctl_foreign)
+        return State(owned=owned.values(), foreign=foreign)
+
+    def render(self) -> str:
+        """A terraform-like listing: ``+`` add, ``~`` replace, ``-`` delete, ``=`` met, ``!`` conflict."""
+        counts = self.counts()
+        head = (f"Plan: {counts['add']} to add, {counts['replace']} to replace, "
+                f"{counts['delete']} to delete")
+        if self.notes:
+            head += f"; {len(self.met)} met by foreign state, {len(self.conflicts)} conflict(s)"
+        if not self.changes and not self.notes:
+            return "No changes. The system matches the spec."
+        lines = [head + "."]
+        lines += [c.render() for c in self.changes]
+        lines += [n.render() for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "format": PLAN_FORMAT,
+            "changes": [c.to_dict() for c in self.changes],
+            "notes": [n.to_dict() for n in self.notes],
+        }
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        """Stable JSON: equal plans give byte-identical text."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """Inverse of :meth:`to_dict`."""
+        if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+            raise ModelError(f"unsupported plan format {data.get('format')!r}")
+        return cls(
+            changes=[Change.from_dict(c) for c in data.get("changes", ())],
+            notes=[Note.from_dict(n) for n in data.get("notes", ())],
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        """Inverse of :meth:`to_json`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"not a plan: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _apply_change(
+    change: Change,
+    owned: dict[tuple[Any, ...], NetObject],
+    foreign: set[NetObject],
+    sysctl_foreign: dict[tuple[Any, ...], NetObject],
+) -> None:
+    subject = change.subject
+    current = owned.get(subject.key)
+    if change.action == "add":
+        if current is not None:
+            raise PlanError(f"cannot add {subject}: {current} is already there")
+        after = subject
+        previous = sysctl_foreign.pop(subject.key, None)
+        if isinstance(after, Sysctl) and previous is not None:
+            foreign.discard(previous)
+            after = attrs.evolve(after, previous=previous.value)  # type: ignore[arg-type]
+        owned[subject.key] = after
+        return
+    if current is None or current != change.before:
+        raise PlanError(f"cannot {change.action} {change.before}: not in the state "
+                        f"(found {current})")
+    if change.action == "replace":
+        after = change.after
+        assert after is not None
+        if isinstance(after, Sysctl) and isinstance(current, Sysctl):
+            after = attrs.evolve(after, previous=current.previous)
+        owned[subject.key] = after
+        return
+    del owned[subject.key]
+    if isinstance(current, Sysctl) and current.previous is not None:
+        restored = Sysctl(current.name, current.previous)
+        foreign.add(restored)
+        sysctl_foreign[restored.key] = restored
+
+
+def plan(observed: State, desired: State) -> Plan:
+    """The minimal, ordered changes that turn ``observed``'s owned objects into ``desired``'s.
+
+    Only ``desired.owned`` matters on the desired side. A wanted object that a
+    foreign object already provides is left to it (a ``met`` note); one that a
+    foreign object blocks is reported (a ``conflict`` note) and not planned.
+
+    >>> from k3snet.model import Route, State
+    >>> wanted = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    >>> print(plan(State(), wanted).render())
+    Plan: 1 to add, 0 to replace, 0 to delete.
+    + route 192.168.2.0/24 via 192.168.1.1 dev eth0 table main metric 0 proto k3snet
+    """
+    have = observed.by_key
+    want = desired.by_key
+    foreign = _ForeignIndex(observed.foreign)
+
+    deletes = [obj for key, obj in have.items() if key not in want]
+    replaces: list[Change] = []
+    adds: list[NetObject] = []
+    notes: list[Note] = []
+    for key, wanted in want.items():
+        current = have.get(key)
+        if current is not None:
+            if current != wanted:
+                replaces.append(Change("replace", current, wanted))
+            continue
+        note = foreign.judge(wanted)
+        if note is None:
+            adds.append(wanted)
+        else:
+            notes.append(note)
+
+    deletes.sort(key=_delete_order)
+    replaces.sort(key=_replace_order)
+    adds.sort(key=_sort_key)
+    notes.sort(key=_note_order)
+    changes = [Change("delete", obj, None) for obj in deletes]
+    changes += replaces
+    changes += [Change("add", None, obj) for obj in adds]
+    return Plan(changes=changes, notes=notes)
+
+
+class _ForeignIndex:
+    """Foreign objects, found by clash key where the kind has one, else by kind."""
+
+    def __init__(self, objects: Iterable[NetObject]) -> None:
+        self.by_clash: dict[tuple[Any, ...], list[NetObject]] = {}
+        self.by_kind: dict[str, list[NetObject]] = {}
+        for obj in sorted(objects, key=_sort_key):  # sorted: the first match is deterministic
+            clash = obj.clash_key
+            if clash is not None:
+                self.by_clash.setdefault(clash, []).append(obj)
+            self.by_kind.setdefault(obj.kind, []).append(obj)
+
+    def candidates(self, wanted: NetObject) -> Sequence[NetObject]:
+        clash = wanted.clash_key
+        if clash is not None:
+            return self.by_clash.get(clash, ())
+        return self.by_kind.get(wanted.kind, ())
+
+    def judge(self, wanted: NetObject) -> Note | None:
+        candidates = self.candidates(wanted)
+        if not candidates:
+            return None
+        for obj in candidates:
+            if wanted.met_by(obj):
+                return Note("met", wanted, obj)
+        for obj in candidates:
+            if wanted.conflicts_with(obj):
+                return Note("conflict", wanted, obj)
+        return None
+
+
+def _sort_key(obj: NetObject) -> tuple[Any, ...]:
+    return obj.sort_key
+
+
+def _delete_order(obj: NetObject) -> tuple[Any, ...]:
+    return (-obj.rank, obj.sort_key)
+
+
+def _replace_order(change: Change) -> tuple[Any, ...]:
+    return change.subject.sort_key
+
+
+def _note_order(note: Note) -> tuple[Any, ...]:
+    return (note.wanted.sort_key, note.foreign.sort_key)

@@ -1,0 +1,206 @@
+"""Small, safe helpers around named network namespaces (iproute2's ``ip netns``).
+
+These helpers exist for tests and labs. They never touch the root network
+namespace: every command either creates/deletes a *named* namespace or runs
+inside one through ``ip netns exec``. Names come from :func:`unique_name`, so
+parallel runs and other users of ``ip netns`` never collide with us.
+
+Example::
+
+    with temporary_netns("demo") as ns:
+        run_in(ns, ["ip", "link", "set", "lo", "up"])
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "NAME_PREFIX",
+    "NetnsCommandError",
+    "create_netns",
+    "delete_netns",
+    "kill_netns_processes",
+    "netns_exists",
+    "netns_pids",
+    "run_in",
+    "temporary_netns",
+    "unique_name",
+]
+
+#: Every namespace made by :func:`unique_name` starts with this, so a stray one is
+#: easy to recognise (and to clean up by hand) in ``ip netns list``.
+NAME_PREFIX = "k3snet-"
+
+#: Default bound, in seconds, for any command run by these helpers: a lab command
+#: that hangs must fail the test rather than hang it.
+DEFAULT_TIMEOUT = 10.0
+
+# Roles are interpolated into namespace names, which become file names under
+# /run/netns: keep them to a tame alphabet.
+_ROLE = re.compile(r"[a-z][a-z0-9]{0,7}")
+# What iproute2 accepts and what we create: no path separators, no dots-only names.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class NetnsCommandError(subprocess.CalledProcessError):
+    """A command run by these helpers exited non-zero.
+
+    It is a :class:`subprocess.CalledProcessError` (callers may catch either), whose
+    message also carries the command's stderr, since that is what explains it.
+    """
+
+    def __str__(self) -> str:
+        detail = (self.stderr or "").strip()
+        base = super().__str__()
+        return f"{base}: {detail}" if detail else base
+
+
+def unique_name(role: str) -> str:
+    """Return a fresh namespace name such as ``k3snet-pod-3fa9c1``.
+
+    ``role`` is a short lowercase word (1-8 of ``[a-z0-9]``, starting with a letter)
+    that says what the namespace plays in a lab. Six random hex digits keep
+    concurrent runs apart.
+
+    >>> unique_name("pod").startswith("k3snet-pod-")
+    True
+    """
+    if not _ROLE.fullmatch(role):
+        msg = f"role must match {_ROLE.pattern!r}, got {role!r}"
+        raise ValueError(msg)
+    return f"{NAME_PREFIX}{role}-{secrets.token_hex(3)}"
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        msg = f"not a valid network namespace name: {name!r}"
+        raise ValueError(msg)
+    return name
+
+
+def _run(
+    argv: Sequence[str],
+    *,
+    check: bool,
+    timeout: float,
+    input_text: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (never through a shell), capturing text output, bounded in time."""
+    result = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        input=input_text,
+        env=None if env is None else dict(env),
+    )
+    if check and result.returncode != 0:
+        raise NetnsCommandError(result.returncode, result.args, result.stdout, result.stderr)
+    return result
+
+
+def netns_exists(name: str) -> bool:
+    """Tell whether a named network namespace exists (as ``ip netns list`` shows it)."""
+    listing = _run(["ip", "netns", "list"], check=True, timeout=DEFAULT_TIMEOUT)
+    # Lines look like "name" or "name (id: 3)".
+    return any(line.split(" ", 1)[0] == name for line in listing.stdout.splitlines())
+
+
+def create_netns(name: str) -> str:
+    """Create the named network namespace and return its name.
+
+    Fails (:class:`NetnsCommandError`) if it already exists: a lab must own its
+    namespaces, never adopt someone else's.
+    """
+    _run(["ip", "netns", "add", _check_name(name)], check=True, timeout=DEFAULT_TIMEOUT)
+    return name
+
+
+def delete_netns(name: str) -> None:
+    """Delete the named network namespace; do nothing if it is already gone.
+
+    Its interfaces (veth ends included) go with it. Processes still running inside
+    keep the namespace alive until they exit, so callers stop them first (see
+    :func:`netns_pids`).
+    """
+    _check_name(name)
+    if netns_exists(name):
+        _run(["ip", "netns", "delete", name], check=True, timeout=DEFAULT_TIMEOUT)
+
+
+def netns_pids(name: str) -> tuple[int, ...]:
+    """Return the ids of the processes running inside the named namespace."""
+    listing = _run(["ip", "netns", "pids", _check_name(name)], check=True, timeout=DEFAULT_TIMEOUT)
+    return tuple(int(field) for field in listing.stdout.split())
+
+
+def run_in(
+    ns: str,
+    argv: Sequence[str],
+    check: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    input_text: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` inside namespace ``ns`` with ``ip netns exec`` and return the result.
+
+    Output is captured as text. ``timeout`` bounds the run (the child is killed and
+    :class:`subprocess.TimeoutExpired` raised past it). With ``check`` a non-zero exit
+    raises :class:`NetnsCommandError`. ``input_text`` is fed on stdin, which is how
+    ``nft -f -`` or ``iptables-restore`` get their scripts without a temporary file.
+    ``env`` replaces the environment (default: inherit ours).
+
+    Example::
+
+        routes = run_in(ns, ["ip", "-j", "route"]).stdout
+    """
+    if not argv:
+        msg = "argv must name a command"
+        raise ValueError(msg)
+    command = ["ip", "netns", "exec", _check_name(ns), *argv]
+    return _run(command, check=check, timeout=timeout, input_text=input_text, env=env)
+
+
+def kill_netns_processes(name: str) -> None:
+    """SIGKILL every process still running inside the named namespace.
+
+    Only for namespaces the caller created under a fresh :func:`unique_name`: what
+    runs there was started by the caller, and while it runs the namespace outlives
+    ``ip netns delete``.
+    """
+    for pid in netns_pids(name):
+        with suppress(ProcessLookupError):  # It exited meanwhile: nothing to do.
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def temporary_netns(role: str) -> Iterator[str]:
+    """Create a uniquely named namespace for ``role``; delete it on exit, even on error.
+
+    On exit, processes left inside it are killed first (see
+    :func:`kill_netns_processes`), so the namespace really goes away.
+
+    Example::
+
+        with temporary_netns("probe") as ns:
+            run_in(ns, ["ip", "link", "set", "lo", "up"])
+    """
+    name = create_netns(unique_name(role))
+    try:
+        yield name
+    finally:
+        try:
+            kill_netns_processes(name)
+        finally:
+            delete_netns(name)

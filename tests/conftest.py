@@ -1,0 +1,83 @@
+"""Session-wide test configuration.
+
+- Hypothesis profiles, chosen with the ``HYPOTHESIS_PROFILE`` environment variable:
+  ``dev`` (default, quick), ``ci`` (what ``make test`` uses) and ``thorough``.
+- A leftover check: the run fails if a network namespace named ``k3snet-*`` that
+  did not exist when the session started still exists when it ends. Tests must
+  delete every namespace they create, also when they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+NETNS_PREFIX = "k3snet-"
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is in the dev group; tolerate a bare install
+    pass
+else:
+    settings.register_profile(
+        "ci",
+        max_examples=500,
+        deadline=None,  # shared CI machines have noisy timings
+        derandomize=False,
+        print_blob=True,  # failures print a reproduce_failure blob
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    settings.register_profile("dev", max_examples=100)
+    settings.register_profile("thorough", max_examples=5000, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def _k3snet_namespaces() -> set[str] | None:
+    """Names of the ``k3snet-*`` network namespaces, or None if they cannot be listed."""
+    ip = shutil.which("ip")
+    if ip is None:
+        return None
+    result = subprocess.run([ip, "netns", "list"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return None
+    # Lines look like "name" or "name (id: 3)".
+    names = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    return {name for name in names if name.startswith(NETNS_PREFIX)}
+
+
+_netns_at_start = pytest.StashKey["set[str] | None"]()
+_netns_leftovers = pytest.StashKey["list[str]"]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_netns_at_start] = _k3snet_namespaces()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller checks
+        return
+    before = session.config.stash.get(_netns_at_start, None)
+    after = _k3snet_namespaces()
+    if before is None or after is None:
+        return
+    leftovers = sorted(after - before)
+    session.config.stash[_netns_leftovers] = leftovers
+    if leftovers:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    leftovers = config.stash.get(_netns_leftovers, [])
+    if leftovers:
+        terminalreporter.section("leftover network namespaces", red=True)
+        terminalreporter.line(
+            "these namespaces were created during the session and never deleted:",
+            red=True,
+        )
+        for name in leftovers:
+            terminalreporter.line(f"  {name}  (remove with: ip netns delete {name})")

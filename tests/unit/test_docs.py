@@ -1,0 +1,107 @@
+"""Every tutorial page runs as a test.
+
+Each ```` ```python ```` fenced block of a ``docs/*.md`` page is executed, in page
+order, in one namespace shared by the whole page (one page = one test). Blocks
+whose info string is ``python no-run`` are shown in the docs but not executed.
+Pages without a runnable block are not collected.
+
+Blocks are compiled with the page as their file name and their real line
+numbers, so a traceback points at the line in the Markdown page.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+_FENCE_OPEN = re.compile(r"^(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*)$")
+
+
+class Block(NamedTuple):
+    line: int  # 1-based line of the first code line (just after the opening fence)
+    code: str
+    runs: bool
+
+
+def python_blocks(text: str) -> list[Block]:
+    """The ``python`` fenced blocks of a Markdown text, in order."""
+    blocks: list[Block] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        opening = _FENCE_OPEN.match(lines[i].strip())
+        # Fences may be indented (inside a list or an admonition): so is their code.
+        indent = len(lines[i]) - len(lines[i].lstrip())
+        i += 1
+        if opening is None:
+            continue
+        fence, info = opening["fence"], opening["info"].split()
+        start = i
+        # A fence closes on a line of the same character, at least as long.
+        while i < len(lines) and not (
+            lines[i].strip().startswith(fence) and set(lines[i].strip()) == {fence[0]}
+        ):
+            i += 1
+        body = [line[indent:] if not line[:indent].strip() else line for line in lines[start:i]]
+        i += 1  # the closing fence
+        if info and info[0] == "python":
+            blocks.append(Block(start + 1, "\n".join(body) + "\n", "no-run" not in info[1:]))
+    return blocks
+
+
+def _runnable_pages() -> list[Path]:
+    return [
+        page
+        for page in sorted(DOCS.glob("*.md"))
+        if any(block.runs for block in python_blocks(page.read_text(encoding="utf-8")))
+    ]
+
+
+class DocsBlockError(AssertionError):
+    """A code block of a documentation page failed."""
+
+
+@pytest.mark.parametrize("page", _runnable_pages(), ids=lambda page: page.name)
+def test_page_runs(page: Path) -> None:
+    namespace: dict[str, object] = {"__name__": f"docs.{page.stem.replace('-', '_')}"}
+    for block in python_blocks(page.read_text(encoding="utf-8")):
+        if not block.runs:
+            continue
+        # Leading newlines keep the Markdown line numbers in tracebacks.
+        source = "\n" * (block.line - 1) + block.code
+        where = f"{page.relative_to(DOCS.parent)}, python block at line {block.line}"
+        try:
+            exec(compile(source, str(page), "exec"), namespace)  # noqa: S102 - our own docs
+        except Exception as exc:
+            raise DocsBlockError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def test_python_blocks_parsing() -> None:
+    text = (
+        "# Title\n"
+        "```python\n"
+        "a = 1\n"
+        "```\n"
+        "```sh\n"
+        "make test\n"
+        "```\n"
+        "````python no-run\n"
+        "```\n"
+        "b = 2\n"
+        "````\n"
+        "1. step\n"
+        "    ```python\n"
+        "    if a:\n"
+        "        c = 3\n"
+        "    ```\n"
+    )
+    assert python_blocks(text) == [
+        Block(3, "a = 1\n", runs=True),
+        Block(9, "```\nb = 2\n", runs=False),
+        Block(14, "if a:\n    c = 3\n", runs=True),
+    ]
