@@ -55,7 +55,8 @@ class Change:
         if expected.get(self.action) != shape:
             raise ModelError(f"a {self.action!r} change cannot have before={self.before}, "
                              f"after={self.after}")
-        if self.before is not None and self.after is not None and self.before.key != self.after.key:
+        before, after = self.before, self.after
+        if before is not None and after is not None and before.key != after.key:
             raise ModelError(f"a replace keeps the key: {self.before} / {self.after}")
 
     @classmethod
@@ -139,7 +140,8 @@ class Note:
         """``= ...`` for a met need, ``! ...`` for a conflict."""
         if self.status == "met":
             return f"= {self.wanted.describe()}\n    (met by foreign: {self.foreign.describe()})"
-        return f"! {self.wanted.describe()}\n    (conflicts with foreign: {self.foreign.describe()})"
+        return (f"! {self.wanted.describe()}\n"
+                f"    (conflicts with foreign: {self.foreign.describe()})")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -232,13 +234,18 @@ class Plan:
         """
         owned = dict(state.by_key)
         foreign = set(state.foreign)
-        sysctl_foreign = {o.key: o for o in foreign if isinstance(o, Sysctl)}
+        sysctl_foreign: dict[tuple[Any, ...], Sysctl] = {
+        o.key: o for o in foreign if isinstance(o, Sysctl)
+    }
         for change in self.changes:
             _apply_change(change, owned, foreign, sysctl_foreign)
         return State(owned=owned.values(), foreign=foreign)
 
     def render(self) -> str:
-        """A terraform-like listing: ``+`` add, ``~`` replace, ``-`` delete, ``=`` met, ``!`` conflict."""
+        """A terraform-like listing.
+
+        ``+`` add, ``~`` replace, ``-`` delete, ``=`` met by foreign state, ``!`` conflict.
+        """
         counts = self.counts()
         head = (f"Plan: {counts['add']} to add, {counts['replace']} to replace, "
                 f"{counts['delete']} to delete")
@@ -287,29 +294,26 @@ def _apply_change(
     change: Change,
     owned: dict[tuple[Any, ...], NetObject],
     foreign: set[NetObject],
-    sysctl_foreign: dict[tuple[Any, ...], NetObject],
+    sysctl_foreign: dict[tuple[Any, ...], Sysctl],
 ) -> None:
     subject = change.subject
     current = owned.get(subject.key)
     if change.action == "add":
         if current is not None:
             raise PlanError(f"cannot add {subject}: {current} is already there")
-        after = subject
         previous = sysctl_foreign.pop(subject.key, None)
-        if isinstance(after, Sysctl) and previous is not None:
+        if isinstance(subject, Sysctl) and previous is not None:
             foreign.discard(previous)
-            after = attrs.evolve(after, previous=previous.value)  # type: ignore[arg-type]
-        owned[subject.key] = after
+            subject = attrs.evolve(subject, previous=previous.value)
+        owned[subject.key] = subject
         return
     if current is None or current != change.before:
         raise PlanError(f"cannot {change.action} {change.before}: not in the state "
                         f"(found {current})")
     if change.action == "replace":
-        after = change.after
-        assert after is not None
-        if isinstance(after, Sysctl) and isinstance(current, Sysctl):
-            after = attrs.evolve(after, previous=current.previous)
-        owned[subject.key] = after
+        if isinstance(subject, Sysctl) and isinstance(current, Sysctl):
+            subject = attrs.evolve(subject, previous=current.previous)
+        owned[subject.key] = subject
         return
     del owned[subject.key]
     if isinstance(current, Sysctl) and current.previous is not None:

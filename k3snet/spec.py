@@ -74,7 +74,23 @@ IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE: tuple[str, ...] = (
 LINK_LOCAL = {4: parse_network("169.254.0.0/16"), 6: parse_network("fe80::/10")}
 FORWARDING_SYSCTL = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
 
+T = TypeVar("T")
+
 MasqueradeMode = Literal["destinations", "all", "off"]
+
+
+def _destinations(values: Iterable[Destination]) -> tuple[Destination, ...]:
+    return tuple(values)
+
+
+def _sysctls(values: Iterable[Sysctl]) -> tuple[Sysctl, ...]:
+    return tuple(values)
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(values, str):
+        raise ModelError(f"expected a list of names, got the string {values!r}")
+    return tuple(values)
 
 
 def _networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
@@ -190,13 +206,13 @@ class Spec:
     """Everything the operator wants for pod egress on a node."""
 
     cluster: Cluster = attrs.field(factory=Cluster)
-    destinations: tuple[Destination, ...] = attrs.field(default=(), converter=tuple)
+    destinations: tuple[Destination, ...] = attrs.field(default=(), converter=_destinations)
     masquerade: MasqueradePolicy = attrs.field(factory=MasqueradePolicy)
     forward: ForwardPolicy = attrs.field(factory=ForwardPolicy)
-    sysctls: tuple[Sysctl, ...] = attrs.field(default=(), converter=tuple)
+    sysctls: tuple[Sysctl, ...] = attrs.field(default=(), converter=_sysctls)
     manage_forwarding: bool = True
     """Turn on ``ip_forward`` / ``conf.all.forwarding`` for every family in use."""
-    backends: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    backends: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Spec:
@@ -261,6 +277,19 @@ def _destination_dict(d: Destination) -> dict[str, Any]:
     }
 
 
+def _interfaces(
+    value: Mapping[str, Iterable[str | ipaddress.IPv4Interface | ipaddress.IPv6Interface]],
+) -> dict[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]]:
+    result = {}
+    for name, addresses in value.items():
+        validate_interface_name(name)
+        try:
+            result[name] = tuple(ipaddress.ip_interface(a) for a in addresses)
+        except ValueError as exc:
+            raise ModelError(f"interface {name}: {exc}") from exc
+    return result
+
+
 @attrs.frozen
 class NodeFacts:
     """What compile needs to know about one node.
@@ -272,7 +301,7 @@ class NodeFacts:
     """
 
     interfaces: Mapping[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]] = (
-        attrs.field(factory=dict, converter=lambda m: _interfaces(m))
+        attrs.field(factory=dict, converter=_interfaces)
     )
     routes: tuple[Network, ...] = attrs.field(default=(), converter=_networks)
     hostname: str | None = None
@@ -286,17 +315,6 @@ class NodeFacts:
         return any(contains(n, address) for n in (*self.connected(), *self.routes))
 
 
-def _interfaces(
-    value: Mapping[str, Iterable[str | ipaddress.IPv4Interface | ipaddress.IPv6Interface]],
-) -> dict[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]]:
-    result = {}
-    for name, addresses in value.items():
-        validate_interface_name(name)
-        try:
-            result[name] = tuple(ipaddress.ip_interface(a) for a in addresses)
-        except ValueError as exc:
-            raise ModelError(f"interface {name}: {exc}") from exc
-    return result
 
 
 # ---------------------------------------------------------------- validation
@@ -317,7 +335,7 @@ def validate(spec: Spec) -> list[Problem]:
                 add(Problem(f"cluster.podCIDRs[{i}]",
                             f"{pod} overlaps service CIDR {svc}; pods and services need "
                             "separate ranges"))
-    families = {n.version for n in cluster.pod_cidrs}
+    families: set[int] = {n.version for n in cluster.pod_cidrs}
     seen: dict[Network, int] = {}
     for i, dest in enumerate(spec.destinations):
         path = f"destinations[{i}]"
@@ -365,7 +383,8 @@ def _destination_problems(
     if isinstance(dest.table, bool) or not isinstance(dest.table, int) or not (
         1 <= dest.table < 2**32 and dest.table != 255
     ):
-        add(Problem(f"{path}.table", f"table must be 1..4294967295 and not 255, got {dest.table!r}"))
+        add(Problem(f"{path}.table",
+                    f"table must be 1..4294967295 and not 255, got {dest.table!r}"))
     if dest.metric is not None and (
         isinstance(dest.metric, bool) or not isinstance(dest.metric, int)
         or not 0 <= dest.metric < 2**32
@@ -509,9 +528,6 @@ def _fact_problems(spec: Spec, facts: NodeFacts) -> list[Problem]:
 
 
 # ---------------------------------------------------------------- loading
-
-T = TypeVar("T")
-
 
 class _Reader:
     """Reads the YAML/JSON form, collecting every problem with its path."""

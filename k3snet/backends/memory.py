@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from k3snet.backends.base import ApplyResult, ensure_capable
 from k3snet.errors import ApplyError, ModelError, PlanError
 from k3snet.model._base import NetObject
-from k3snet.model.state import KINDS, State, object_from_dict
+from k3snet.model.state import State, known_kinds, object_from_dict
 from k3snet.planner import Change, Plan
 
 __all__ = ["MemoryBackend"]
@@ -33,7 +33,7 @@ _HEADER = "# k3snet memory state v1"
 class MemoryBackend:
     """An in-memory system: ``observe`` returns its state, ``apply`` changes it atomically.
 
-    ``capabilities`` defaults to every kind; ``fail_at=N`` makes the next apply
+    ``capabilities`` defaults to every registered kind; ``fail_at=N`` makes the next apply
     fail at its Nth change (0-based), after which the state is unchanged.
     """
 
@@ -43,14 +43,15 @@ class MemoryBackend:
         self,
         state: State | None = None,
         *,
-        capabilities: Iterable[str] = KINDS,
+        capabilities: Iterable[str] | None = None,
         fail_at: int | None = None,
     ) -> None:
         self._state = state if state is not None else State()
-        self._capabilities = frozenset(capabilities)
-        unknown = self._capabilities - set(KINDS)
+        known = known_kinds()
+        self._capabilities = frozenset(known if capabilities is None else capabilities)
+        unknown = self._capabilities - set(known)
         if unknown:
-            raise ModelError(f"unknown kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+            raise ModelError(f"unknown kinds {sorted(unknown)}; known: {', '.join(known)}")
         self._fail_at = fail_at
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, cast
 
 from k3snet.backends.base import Backend, BackendFactory
 from k3snet.errors import BackendNotFoundError, BackendUnavailableError
@@ -81,7 +81,7 @@ def _import(name: str, target: str, extra: str) -> BackendFactory:
         raise BackendUnavailableError(
             f"backend {name!r} cannot be loaded: {exc}{hint}"
         ) from exc
-    factory: BackendFactory = module
+    factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part)
-    return factory
+    return cast(BackendFactory, factory)

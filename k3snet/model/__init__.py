@@ -14,7 +14,14 @@ from k3snet.model.cidr import (
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatRule, SnatRule
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route
-from k3snet.model.state import KINDS, OBJECT_TYPES, State, object_from_dict
+from k3snet.model.state import (
+    KINDS,
+    OBJECT_TYPES,
+    State,
+    known_kinds,
+    object_from_dict,
+    register_object_type,
+)
 from k3snet.model.sysctl import Sysctl
 
 __all__ = [
@@ -34,10 +41,12 @@ __all__ = [
     "Sysctl",
     "aggregate",
     "contains",
+    "known_kinds",
     "object_from_dict",
     "overlaps",
     "parse_address",
     "parse_network",
+    "register_object_type",
     "subtract",
     "validate_interface_name",
 ]

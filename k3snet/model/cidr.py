@@ -72,7 +72,7 @@ def family_of(value: Network | Address) -> int:
 
 def overlaps(a: Network, b: Network) -> bool:
     """True when ``a`` and ``b`` share at least one address (never across families)."""
-    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+    return a.version == b.version and a.overlaps(b)
 
 
 def contains(outer: Network, inner: Network | Address) -> bool:
@@ -149,7 +149,8 @@ def _ranges_to_networks(version: int, ranges: list[tuple[int, int]]) -> list[Net
     bits = 32 if version == 4 else 128
     make = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
     nets: list[Network] = []
-    for lo, hi in ranges:
+    for start, hi in ranges:
+        lo = start
         while lo < hi:
             # The largest block aligned at lo that does not pass hi.
             size = (lo & -lo) if lo else 1 << bits

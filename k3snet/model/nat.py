@@ -49,9 +49,13 @@ class _NatBase(NetObject):
     rank: ClassVar[int] = 3
 
     source: Network = attrs.field(converter=parse_network)
-    destination: Network | None = attrs.field(default=None, converter=optional_network, kw_only=True)
+    destination: Network | None = attrs.field(
+        default=None, converter=optional_network, kw_only=True
+    )
     exclude: tuple[Network, ...] = attrs.field(default=(), converter=_exclusions, kw_only=True)
-    out_interface: str | None = attrs.field(default=None, converter=optional_interface, kw_only=True)
+    out_interface: str | None = attrs.field(
+        default=None, converter=optional_interface, kw_only=True
+    )
     random_fully: bool = attrs.field(default=False, kw_only=True)
 
     def _check(self) -> int:
@@ -128,7 +132,8 @@ class _NatBase(NetObject):
 class MasqueradeRule(_NatBase):
     """Masquerade: rewrite the source to the out interface's address.
 
-    >>> MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", out_interface="eth0").describe()
+    >>> rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", out_interface="eth0")
+    >>> rule.describe()
     'masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0'
     """
 

@@ -146,7 +146,8 @@ class Route(NetObject):
             parts += ["via", str(self.gateway)]
         if self.device is not None:
             parts += ["dev", self.device]
-        parts += ["table", _TABLE_NAMES.get(self.table, str(self.table)), "metric", str(self.metric)]
+        table = _TABLE_NAMES.get(self.table, str(self.table))
+        parts += ["table", table, "metric", str(self.metric)]
         default_scope = "universe" if self.gateway is not None or self.family == 6 else "link"
         if self.scope != default_scope:
             parts += ["scope", str(self.scope)]

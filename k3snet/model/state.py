@@ -14,21 +14,47 @@ from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route
 from k3snet.model.sysctl import Sysctl
 
-__all__ = ["KINDS", "OBJECT_TYPES", "State", "object_from_dict"]
+__all__ = ["KINDS", "OBJECT_TYPES", "State", "known_kinds", "object_from_dict",
+           "register_object_type"]
 
-OBJECT_TYPES: Mapping[str, type[NetObject]] = {
-    cls.type_name: cls for cls in (Sysctl, Route, ForwardRule, MasqueradeRule, SnatRule)
-}
-"""Serialised ``type`` tag -> class."""
+_TYPES: dict[str, type[NetObject]] = {}
+
+OBJECT_TYPES: Mapping[str, type[NetObject]] = _TYPES
+"""Serialised ``type`` tag -> class, for every registered object type (read-only view)."""
 
 KINDS: tuple[str, ...] = ("sysctl", "route", "forward", "nat")
-"""Every kind, in dependency order (what is added first)."""
+"""The node kinds built into k3snet, in dependency order (what is added first)."""
+
+
+def register_object_type(cls: type[NetObject]) -> type[NetObject]:
+    """Make a :class:`NetObject` subclass known to states, plans and their JSON forms.
+
+    Backends that manage new kinds of objects (a CNI config, a cluster resource)
+    register their classes once, at import time; usable as a class decorator.
+    """
+    existing = _TYPES.get(cls.type_name)
+    if existing is not None and existing is not cls:
+        raise ModelError(f"object type {cls.type_name!r} is already registered by {existing}")
+    _TYPES[cls.type_name] = cls
+    return cls
+
+
+for _cls in (Sysctl, Route, ForwardRule, MasqueradeRule, SnatRule):
+    register_object_type(_cls)
+
+
+def known_kinds() -> tuple[str, ...]:
+    """Every registered kind, in dependency order (rank, then name)."""
+    ranks: dict[str, int] = {}
+    for cls in _TYPES.values():
+        ranks[cls.kind] = min(cls.rank, ranks.get(cls.kind, cls.rank))
+    return tuple(sorted(ranks, key=lambda kind: (ranks[kind], kind)))
 
 
 def object_from_dict(data: Mapping[str, Any]) -> NetObject:
-    """Build any k3snet object from its :meth:`~NetObject.to_dict` form."""
+    """Build any registered k3snet object from its :meth:`~NetObject.to_dict` form."""
     try:
-        cls = OBJECT_TYPES[data["type"]]
+        cls = _TYPES[data["type"]]
     except KeyError as exc:
         raise ModelError(f"unknown object type in {dict(data)!r}") from exc
     return cls.from_dict(data)
@@ -88,7 +114,7 @@ class State:
     def kinds(self) -> tuple[str, ...]:
         """The kinds present among owned and foreign objects, in dependency order."""
         present = {o.kind for o in self.owned} | {o.kind for o in self.foreign}
-        return tuple(k for k in KINDS if k in present)
+        return tuple(k for k in known_kinds() if k in present)
 
     def only(self, kinds: Iterable[str]) -> State:
         """The part of this state (owned and foreign) of the given kinds."""

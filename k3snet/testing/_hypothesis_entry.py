@@ -1,15 +1,27 @@
 """Hypothesis plugin entry point: registers k3snet's type strategies.
 
-Hypothesis calls :func:`_register_strategies` when it is imported, so
+Hypothesis calls :func:`_register_strategies` while it is being imported, so
 ``st.from_type(k3snet.Route)`` works in any test suite that has k3snet installed.
+The strategies module itself imports hypothesis, so it is only imported when a
+strategy is first resolved.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def _resolve(cls: type[Any]) -> Any:
+    from k3snet.testing import strategies  # noqa: PLC0415 - see the module docstring
+
+    return strategies.for_type(cls)
+
 
 def _register_strategies() -> None:
-    # Imported here: the plugin runs at hypothesis import time and must stay cheap
-    # and free of import cycles.
-    from k3snet.testing import strategies  # noqa: PLC0415
+    from hypothesis import strategies as st  # noqa: PLC0415 - hypothesis is importing us
 
-    strategies.register_type_strategies()
+    from k3snet.model import ForwardRule, MasqueradeRule, Route, SnatRule, State, Sysctl  # noqa: PLC0415
+    from k3snet.spec import Spec  # noqa: PLC0415
+
+    for cls in (Route, MasqueradeRule, SnatRule, ForwardRule, Sysctl, State, Spec):
+        st.register_type_strategy(cls, _resolve)

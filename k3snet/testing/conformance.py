@@ -1,0 +1,187 @@
+"""A ready conformance suite for backends, the memory backend's and yours.
+
+Call it from your own test suite::
+
+    from k3snet.testing import run_conformance
+
+    def test_my_backend_conforms():
+        run_conformance(lambda: MyBackend(...))
+
+It checks the contract of :mod:`k3snet.backends.base` with random plans:
+
+1. the backend satisfies the :class:`~k3snet.backends.Backend` protocol and a
+   fresh one owns nothing;
+2. ``check`` changes nothing; ``apply`` applies exactly the plan's changes and
+   ``observe`` afterwards equals the plan's target (soundness on a real system);
+3. planning again right after an apply gives an empty plan (idempotence);
+4. a second random desired state is reached from the first (replace and delete
+   paths), and removing everything leaves the foreign state as it was found;
+5. plans with kinds outside ``capabilities``, or naming objects the backend does
+   not own, are refused and change nothing.
+
+Failures raise ``AssertionError`` with the example that broke, shrunk by hypothesis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
+
+from k3snet.backends.base import Backend
+from k3snet.errors import K3snetError
+from k3snet.model._base import NetObject
+from k3snet.model.forward import ForwardRule
+from k3snet.model.nat import MasqueradeRule
+from k3snet.model.route import Route
+from k3snet.model.state import State, known_kinds
+from k3snet.model.sysctl import Sysctl
+from k3snet.planner import Change, Plan, plan
+from k3snet.testing import strategies
+
+__all__ = ["run_conformance"]
+
+_ONE_OF_EACH: tuple[NetObject, ...] = (
+    Sysctl("net.ipv4.ip_forward", "1"),
+    Route("198.51.100.0/24", device="eth0"),
+    ForwardRule("10.42.0.0/16", "198.51.100.0/24"),
+    MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24"),
+)
+
+
+def run_conformance(
+    factory: Callable[[], Backend],
+    *,
+    objects: SearchStrategy[NetObject] | None = None,
+    max_examples: int = 20,
+    max_objects: int = 8,
+) -> None:
+    """Run the backend conformance suite against backends made by ``factory``.
+
+    ``factory()`` must return a backend that owns nothing yet (it may see foreign
+    state). ``objects`` draws objects the backend can really hold (for a kernel
+    backend: routes on devices that exist); by default, any object of the
+    backend's kinds. The backend is closed (if it has ``close``) at the end.
+    """
+    backend = factory()
+    try:
+        _check_protocol(backend)
+        kinds = sorted(backend.capabilities)
+        pool = objects if objects is not None else strategies.objects(
+            [k for k in kinds if k in {"sysctl", "route", "forward", "nat"}]
+        )
+        baseline = backend.observe()
+        assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
+        _check_refusals(backend, baseline)
+        _random_round_trips(backend, baseline, pool, max_examples, max_objects)
+    finally:
+        close = getattr(backend, "close", None)
+        if callable(close):
+            close()
+
+
+def _check_protocol(backend: Any) -> None:
+    assert isinstance(backend, Backend), f"{backend!r} does not implement the Backend protocol"
+    assert isinstance(backend.name, str), "backend.name must be a str"
+    assert backend.name, "backend.name must not be empty"
+    caps = backend.capabilities
+    assert isinstance(caps, frozenset), "backend.capabilities must be a frozenset"
+    assert caps, "backend.capabilities must not be empty"
+    unknown = caps - set(known_kinds())
+    assert not unknown, f"capabilities name unregistered kinds: {sorted(unknown)}"
+
+
+def _check_refusals(backend: Backend, baseline: State) -> None:
+    """Plans the backend must refuse without changing anything."""
+    strangers = [o for o in _ONE_OF_EACH if o.kind not in backend.capabilities]
+    if strangers:
+        stranger = strangers[0]
+        _expect_refusal(backend, baseline, Plan(changes=[Change.add(stranger)]),
+                        f"a plan adding {stranger} (kind {stranger.kind} not in capabilities)")
+    for foreign in sorted(baseline.foreign)[:3]:
+        if foreign.kind in backend.capabilities:
+            _expect_refusal(backend, baseline, Plan(changes=[Change.delete(foreign)]),
+                            f"a plan deleting the foreign {foreign}")
+
+
+def _expect_refusal(backend: Backend, baseline: State, bad: Plan, what: str) -> None:
+    assert backend.check(bad), f"check() found no problem with {what}"
+    try:
+        backend.apply(bad)
+    except K3snetError:
+        pass
+    else:
+        raise AssertionError(f"apply() accepted {what}")
+    after = backend.observe()
+    assert after == baseline, f"refusing {what} changed the state:\n{_diff(baseline, after)}"
+
+
+def _random_round_trips(
+    backend: Backend,
+    baseline: State,
+    pool: SearchStrategy[NetObject],
+    max_examples: int,
+    max_objects: int,
+) -> None:
+    wanted = st.lists(pool, max_size=max_objects, unique_by=lambda o: o.key)
+
+    @settings(max_examples=max_examples, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                     HealthCheck.data_too_large])
+    @given(first=wanted, second=wanted)
+    def round_trip(first: list[NetObject], second: list[NetObject]) -> None:
+        try:
+            for desired in (State(owned=first), State(owned=second), State()):
+                _converge(backend, desired)
+            final = backend.observe()
+            assert final == baseline, (
+                f"after removing everything, the state differs from the one found:\n"
+                f"{_diff(baseline, final)}"
+            )
+        finally:
+            _reset(backend)
+
+    round_trip()
+
+
+def _converge(backend: Backend, desired: State) -> None:
+    before = backend.observe()
+    p = plan(before, desired)
+    problems = backend.check(p)
+    assert problems == (), f"check() reported {problems} for a valid plan:\n{p.render()}"
+    assert backend.observe() == before, "check() changed the state"
+    result = backend.apply(p)
+    assert tuple(result.applied) == p.changes, (
+        f"apply() reports {len(result.applied)} change(s) for a plan of {len(p.changes)}"
+    )
+    after = backend.observe()
+    assert after.owned == p.target(desired), (
+        f"after apply, observe() differs from the plan's target:\n"
+        f"{_diff(State(owned=p.target(desired)), after.with_owned(after.owned))}\nplan:\n"
+        f"{p.render()}"
+    )
+    expected = p.apply_to(before)
+    assert after.foreign == expected.foreign, (
+        f"apply changed foreign state:\n{_diff(expected, after)}"
+    )
+    again = plan(after, desired)
+    assert again.empty, f"planning again right after apply is not empty:\n{again.render()}"
+
+
+def _reset(backend: Backend) -> None:
+    """Remove what an interrupted example left (best effort, errors shown by the next check)."""
+    with contextlib.suppress(K3snetError):
+        backend.apply(plan(backend.observe(), State()))
+
+
+def _diff(expected: State, actual: State) -> str:
+    lines = []
+    for label, exp, act in (("owned", expected.owned, actual.owned),
+                            ("foreign", expected.foreign, actual.foreign)):
+        lines += [f"  missing {label}: {o}" for o in sorted(exp - act)]
+        lines += [f"  extra {label}: {o}" for o in sorted(act - exp)]
+    return "\n".join(lines) or "  (no difference in objects)"

@@ -1,0 +1,372 @@
+"""Hypothesis strategies for k3snet values.
+
+Every function checks its arguments up front and returns a
+``SearchStrategy``. Values are built from integers (addresses, prefix lengths,
+indexes into small pools), so failing examples shrink towards small, readable
+ones: ``10.0.0.0/8`` rather than a random /27.
+
+Pools (``devices``, ``tables``, ``metrics`` ...) are small on purpose: drawn
+independently, two states then share keys often, which is what exercises
+replace, keep and delete in a planner test.
+
+>>> from hypothesis import given
+>>> @given(routes(family=4))
+... def test_route_round_trips(route):
+...     assert Route.from_dict(route.to_dict()) == route
+>>> test_route_round_trips()
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
+
+from k3snet.errors import ModelError
+from k3snet.model._base import NetObject
+from k3snet.model.cidr import Address, Network
+from k3snet.model.forward import ForwardRule
+from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.model.route import Route
+from k3snet.model.state import KINDS, State
+from k3snet.model.sysctl import Sysctl
+from k3snet.spec import Cluster, Destination, MasqueradeMode, MasqueradePolicy, Spec
+
+__all__ = [
+    "DEFAULT_DEVICES",
+    "addresses",
+    "families",
+    "for_type",
+    "forward_rules",
+    "interface_names",
+    "masquerade_rules",
+    "nat_rules",
+    "networks",
+    "objects",
+    "routes",
+    "snat_rules",
+    "specs",
+    "states",
+    "sysctls",
+]
+
+DEFAULT_DEVICES: tuple[str, ...] = ("eth0", "eth1", "cni0")
+_BITS = {4: 32, 6: 128}
+_FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+_SYSCTL_NAMES = (
+    *_FORWARDING,
+    "net.ipv4.conf.all.rp_filter",
+    "net.ipv4.conf.default.rp_filter",
+    "net.ipv4.conf.eth0.rp_filter",
+    "net.ipv6.conf.all.accept_ra",
+)
+
+
+def _check_family(family: int | None) -> None:
+    if family not in (None, 4, 6):
+        raise ModelError(f"family must be 4, 6 or None, got {family!r}")
+
+
+def _pool(name: str, values: Sequence[Any], *, allow_empty: bool = False) -> None:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise ModelError(f"{name} must be a sequence, got {values!r}")
+    if not values and not allow_empty:
+        raise ModelError(f"{name} must not be empty")
+
+
+def families(family: int | None = None) -> SearchStrategy[int]:
+    """4 or 6 (or only ``family`` when given)."""
+    _check_family(family)
+    return st.just(family) if family is not None else st.sampled_from((4, 6))
+
+
+def networks(
+    family: int | None = None,
+    *,
+    min_prefix: int | None = None,
+    max_prefix: int | None = None,
+) -> SearchStrategy[Network]:
+    """CIDRs without host bits, prefix length in ``[min_prefix, max_prefix]``.
+
+    Defaults: /8../32 for IPv4, /32../128 for IPv6 (no default routes: use
+    ``min_prefix=0`` to allow them).
+    """
+    _check_family(family)
+
+    def for_family(version: int) -> SearchStrategy[Network]:
+        bits = _BITS[version]
+        low = (8 if version == 4 else 32) if min_prefix is None else min_prefix
+        high = bits if max_prefix is None else max_prefix
+        if not 0 <= low <= high <= bits:
+            raise ModelError(f"need 0 <= min_prefix <= max_prefix <= {bits}, got {low}..{high}")
+        make = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+
+        def build(prefix: int) -> SearchStrategy[Network]:
+            host_bits = bits - prefix
+            return st.integers(0, 2**prefix - 1).map(lambda n: make((n << host_bits, prefix)))
+
+        return st.integers(low, high).flatmap(build)
+
+    if family is not None:
+        return for_family(family)
+    return st.sampled_from((4, 6)).flatmap(for_family)
+
+
+def addresses(family: int | None = None) -> SearchStrategy[Address]:
+    """Single addresses of either family."""
+    _check_family(family)
+    v4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
+    v6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
+    if family == 4:
+        return v4
+    if family == 6:
+        return v6
+    return st.one_of(v4, v6)
+
+
+def interface_names() -> SearchStrategy[str]:
+    """Names the kernel accepts: 1..15 characters of ``[a-z0-9_.@+-]``, not ``.``/``..``."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_.@+-"
+    return st.text(alphabet, min_size=1, max_size=15).filter(lambda s: s not in {".", ".."})
+
+
+def _in_network(net: Network) -> SearchStrategy[Address]:
+    first = int(net.network_address)
+    make = ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address
+    return st.integers(first, first + net.num_addresses - 1).map(make)
+
+
+def routes(
+    family: int | None = None,
+    *,
+    destinations: SearchStrategy[Network] | None = None,
+    gateways: dict[str, Sequence[str]] | None = None,
+    devices: Sequence[str] = DEFAULT_DEVICES,
+    tables: Sequence[int] = (254, 100),
+    metrics: Sequence[int | None] = (None, 100),
+) -> SearchStrategy[Route]:
+    """Routes (protocol k3snet).
+
+    ``gateways`` maps a device to the gateway addresses valid on it (for kernel
+    backends: addresses inside the device's connected prefixes); without it,
+    gateways are arbitrary addresses. A route without gateway is a device route.
+    """
+    _check_family(family)
+    _pool("devices", devices)
+    _pool("tables", tables)
+    _pool("metrics", metrics)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Route:
+        version = draw(families(family))
+        dest = draw(destinations if destinations is not None else networks(version))
+        version = dest.version
+        device = draw(st.sampled_from(devices))
+        gateway: Address | None = None
+        if gateways is not None:
+            choices = [g for g in gateways.get(device, ())
+                       if ipaddress.ip_address(g).version == version]
+            use_gateway = draw(st.booleans())
+            if choices and use_gateway:
+                gateway = ipaddress.ip_address(draw(st.sampled_from(choices)))
+        elif draw(st.booleans()):
+            gateway = draw(addresses(version))
+        return Route(dest, gateway=gateway, device=device, table=draw(st.sampled_from(tables)),
+                     metric=draw(st.sampled_from(metrics)))
+
+    return build()
+
+
+def _nat_fields(draw: st.DrawFn, family: int | None, sources: SearchStrategy[Network] | None,
+                devices: Sequence[str | None]) -> dict[str, Any]:
+    version = draw(families(family))
+    source = draw(sources if sources is not None else networks(version, max_prefix=24 if
+                                                                version == 4 else 64))
+    version = source.version
+    destination = draw(st.none() | networks(version, max_prefix=28 if version == 4 else 120))
+    exclude: list[Network] = []
+    if draw(st.booleans()):
+        if destination is None:
+            exclude = draw(st.lists(networks(version), max_size=3))
+        elif destination.prefixlen < _BITS[version]:
+            halves: list[Network] = list(destination.subnets(prefixlen_diff=1))
+            exclude = [draw(st.sampled_from(halves))]
+    return {
+        "source": source,
+        "destination": destination,
+        "exclude": exclude,
+        "out_interface": draw(st.sampled_from(devices)),
+        "random_fully": draw(st.booleans()),
+    }
+
+
+def masquerade_rules(
+    family: int | None = None,
+    *,
+    sources: SearchStrategy[Network] | None = None,
+    devices: Sequence[str | None] = (None, *DEFAULT_DEVICES[:2]),
+) -> SearchStrategy[MasqueradeRule]:
+    """Masquerade rules, with and without destination, exclusions and out interface."""
+    _check_family(family)
+    _pool("devices", devices)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> MasqueradeRule:
+        fields = _nat_fields(draw, family, sources, devices)
+        return MasqueradeRule(fields.pop("source"), **fields)
+
+    return build()
+
+
+def snat_rules(
+    family: int | None = None,
+    *,
+    sources: SearchStrategy[Network] | None = None,
+    devices: Sequence[str | None] = (None, *DEFAULT_DEVICES[:2]),
+) -> SearchStrategy[SnatRule]:
+    """SNAT rules to an address of the rule's family."""
+    _check_family(family)
+    _pool("devices", devices)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> SnatRule:
+        fields = _nat_fields(draw, family, sources, devices)
+        to_address = draw(addresses(fields["source"].version))
+        return SnatRule(fields.pop("source"), to_address=to_address, **fields)
+
+    return build()
+
+
+def nat_rules(
+    family: int | None = None, **options: Any
+) -> SearchStrategy[MasqueradeRule | SnatRule]:
+    """Either kind of NAT rule (options as for :func:`masquerade_rules`)."""
+    return st.one_of(masquerade_rules(family, **options), snat_rules(family, **options))
+
+
+def forward_rules(
+    family: int | None = None,
+    *,
+    sources: SearchStrategy[Network] | None = None,
+    devices: Sequence[str | None] = (None, *DEFAULT_DEVICES[:2]),
+) -> SearchStrategy[ForwardRule]:
+    """Forward-accept rules (pod CIDR to destination)."""
+    _check_family(family)
+    _pool("devices", devices)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> ForwardRule:
+        version = draw(families(family))
+        source = draw(sources if sources is not None else networks(version))
+        version = source.version
+        return ForwardRule(source, draw(networks(version)),
+                           in_interface=draw(st.sampled_from(devices)),
+                           out_interface=draw(st.sampled_from(devices)))
+
+    return build()
+
+
+def sysctls(
+    names: Sequence[str] = _SYSCTL_NAMES, values: Sequence[str] = ("0", "1", "2")
+) -> SearchStrategy[Sysctl]:
+    """Sysctls from a small pool of names and values."""
+    _pool("names", names)
+    _pool("values", values)
+    return st.builds(Sysctl, st.sampled_from(names), st.sampled_from(values))
+
+
+def _of_kind(kind: str, family: int | None) -> SearchStrategy[NetObject]:
+    strategy: SearchStrategy[NetObject]
+    if kind == "sysctl":
+        strategy = sysctls()
+    elif kind == "route":
+        strategy = routes(family)
+    elif kind == "forward":
+        strategy = forward_rules(family)
+    else:
+        strategy = nat_rules(family)
+    return strategy
+
+
+def objects(kinds: Sequence[str] = KINDS, family: int | None = None) -> SearchStrategy[NetObject]:
+    """Any node object of the given kinds."""
+    _check_family(family)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ModelError(f"kinds must be a non-empty subset of {', '.join(KINDS)}, got {kinds!r}")
+    return st.one_of([_of_kind(k, family) for k in kinds])
+
+
+def states(
+    owned: SearchStrategy[NetObject] | None = None,
+    *,
+    foreign: SearchStrategy[NetObject] | None = None,
+    max_owned: int = 12,
+    max_foreign: int = 6,
+) -> SearchStrategy[State]:
+    """States with unique owned keys, and foreign objects in slots of their own.
+
+    A foreign object never shares a key with an owned one (the kernel could not
+    hold both), but may well provide or block what another state wants.
+    """
+    if max_owned < 0 or max_foreign < 0:
+        raise ModelError("max_owned and max_foreign must be >= 0")
+    owned_objects = owned if owned is not None else objects()
+    foreign_objects = foreign if foreign is not None else owned_objects
+
+    @st.composite
+    def build(draw: st.DrawFn) -> State:
+        mine = draw(st.lists(owned_objects, max_size=max_owned, unique_by=lambda o: o.key))
+        taken = {o.key for o in mine}
+        theirs = draw(st.lists(foreign_objects.filter(lambda o: o.key not in taken),
+                               max_size=max_foreign, unique_by=lambda o: o.key))
+        return State(owned=mine, foreign=theirs)
+
+    return build()
+
+
+def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStrategy[Spec]:
+    """Valid specs: destinations outside the cluster CIDRs, at most one per CIDR."""
+    _check_family(family)
+    pod = {4: ipaddress.ip_network("10.42.0.0/16"), 6: ipaddress.ip_network("fd42:42::/56")}
+    svc = {4: ipaddress.ip_network("10.43.0.0/16"), 6: ipaddress.ip_network("fd43:43::/112")}
+    fams = (4, 6) if family is None else (family,)
+    cluster = Cluster(pod_cidrs=[pod[f] for f in fams], service_cidrs=[svc[f] for f in fams])
+
+    @st.composite
+    def destination(draw: st.DrawFn) -> Destination:
+        version = draw(st.sampled_from(fams))
+        cidr = draw(networks(version, min_prefix=16 if version == 4 else 48,
+                             max_prefix=30 if version == 4 else 126)
+                    .filter(lambda n: not n.overlaps(pod[n.version])
+                            and not n.overlaps(svc[n.version])))
+        device = draw(st.sampled_from((None, "eth0", "eth1")))
+        gateway = draw(st.none() | addresses(version)) if device is not None else None
+        return Destination(cidr, gateway=gateway, device=device,
+                           masquerade=draw(st.booleans()), forward=draw(st.booleans()))
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Spec:
+        dests = draw(st.lists(destination(), max_size=max_destinations,
+                              unique_by=lambda d: d.cidr))
+        modes: tuple[MasqueradeMode, ...] = ("destinations", "all", "off")
+        mode = draw(st.sampled_from(modes))
+        policy = MasqueradePolicy(mode=mode, random_fully=draw(st.booleans()))
+        return Spec(cluster=cluster, destinations=dests, masquerade=policy)
+
+    return build()
+
+
+def for_type(cls: type[Any]) -> SearchStrategy[Any]:
+    """The default strategy for a k3snet type (what ``st.from_type(cls)`` gives)."""
+    table: dict[type[Any], Any] = {
+        Route: routes, MasqueradeRule: masquerade_rules, SnatRule: snat_rules,
+        ForwardRule: forward_rules, Sysctl: sysctls, State: states, Spec: specs,
+    }
+    if cls not in table:
+        raise ModelError(f"no k3snet strategy for {cls!r}")
+    strategy: SearchStrategy[Any] = table[cls]()
+    return strategy

@@ -1,0 +1,74 @@
+"""CIDR helpers against the standard library."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from k3snet.model import aggregate, contains, overlaps, subtract
+from k3snet.testing import strategies as ks
+
+_v4 = ks.networks(4, min_prefix=0)
+_v6 = ks.networks(6, min_prefix=0)
+
+
+@given(st.lists(_v4, max_size=12))
+def test_aggregate_agrees_with_collapse_addresses_for_ipv4(nets: list[ipaddress.IPv4Network]) -> None:
+    assert list(aggregate(nets)) == list(ipaddress.collapse_addresses(nets))
+
+
+@given(st.lists(_v6, max_size=12))
+def test_aggregate_agrees_with_collapse_addresses_for_ipv6(nets: list[ipaddress.IPv6Network]) -> None:
+    assert list(aggregate(nets)) == list(ipaddress.collapse_addresses(nets))
+
+
+@given(st.lists(_v4, max_size=8), st.lists(_v6, max_size=8))
+def test_aggregate_of_mixed_families_is_each_family_collapsed(
+    v4: list[ipaddress.IPv4Network], v6: list[ipaddress.IPv6Network]
+) -> None:
+    mixed = [*v6, *v4]
+    expected = [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
+    assert list(aggregate(mixed)) == expected
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)), max_size=10))
+def test_aggregate_masks_host_bits_like_the_kernel(pairs: list[tuple[int, int]]) -> None:
+    raw = [f"{ipaddress.IPv4Address(a)}/{p}" for a, p in pairs]
+    masked = [ipaddress.ip_network(r, strict=False) for r in raw]
+    assert list(aggregate(raw)) == list(ipaddress.collapse_addresses(masked))
+
+
+@given(_v4, _v4)
+def test_overlap_and_containment_agree_with_ipaddress(
+    a: ipaddress.IPv4Network, b: ipaddress.IPv4Network
+) -> None:
+    assert overlaps(a, b) == a.overlaps(b)
+    assert contains(a, b) == b.subnet_of(a)
+
+
+@given(_v4, _v6)
+def test_no_overlap_or_containment_across_families(
+    a: ipaddress.IPv4Network, b: ipaddress.IPv6Network
+) -> None:
+    assert not overlaps(a, b)
+    assert not contains(a, b)
+    assert not contains(b, a)
+
+
+@given(ks.networks(4, min_prefix=8, max_prefix=28), st.lists(ks.networks(4), max_size=5))
+def test_subtract_covers_exactly_the_addresses_left(
+    base: ipaddress.IPv4Network, holes: list[ipaddress.IPv4Network]
+) -> None:
+    pieces = subtract(base, holes)
+    assert all(contains(base, p) for p in pieces)
+    assert not any(overlaps(p, h) for p in pieces for h in holes)
+    covered = sum(p.num_addresses for p in pieces)
+    # Addresses of base inside some hole (holes aggregated first, so none is counted twice).
+    hole_addresses = sum(
+        min(int(base.broadcast_address), int(h.broadcast_address))
+        - max(int(base.network_address), int(h.network_address)) + 1
+        for h in aggregate(h for h in holes if overlaps(base, h))
+    )
+    assert covered + hole_addresses == base.num_addresses
