@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -46,8 +47,12 @@ from k3snet.model.sysctl import Sysctl
 __all__ = [
     "API_VERSION",
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
+    "AgentSettings",
     "Cluster",
+    "ConnectivityTest",
     "Destination",
+    "DnsZone",
+    "EgressPolicy",
     "ForwardPolicy",
     "MasqueradePolicy",
     "NodeFacts",
@@ -201,6 +206,57 @@ class ForwardPolicy:
     in_interface: str | None = attrs.field(default=None, converter=_opt_ifname, kw_only=True)
 
 
+def _labels(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(k), v) for k, v in items))
+
+
+@attrs.frozen
+class DnsZone:
+    """Forward one DNS zone to resolvers outside the cluster (CoreDNS ``coredns-custom``)."""
+
+    zone: str
+    resolvers: tuple[Address, ...] = attrs.field(converter=_addresses)
+
+
+def _zones(values: Iterable[DnsZone]) -> tuple[DnsZone, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class EgressPolicy:
+    """Limit the selected pods' egress to the spec's destinations and cluster DNS.
+
+    Rendered as Kubernetes NetworkPolicies (``ipBlock`` with ``except`` where a
+    destination has exclusions). ``restrict=False`` renders nothing.
+    """
+
+    restrict: bool = False
+    namespace: str = "default"
+    pod_selector: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
+    """Label pairs (a mapping is accepted), sorted so equal selectors compare equal."""
+    allow_dns: bool = True
+
+
+@attrs.frozen
+class ConnectivityTest:
+    """A Job that proves pods reach a destination: ping, and a TCP connect to ``port``."""
+
+    target: Address = attrs.field(converter=parse_address)
+    port: int | None = None
+    namespace: str = "default"
+    image: str = "busybox:1.36"
+
+
+@attrs.frozen
+class AgentSettings:
+    """How the k3snet agent DaemonSet runs on every node."""
+
+    image: str = "ghcr.io/k3snet/k3snet:0.1.0"
+    namespace: str = "kube-system"
+    interval_seconds: int = 30
+
+
 @attrs.frozen
 class Spec:
     """Everything the operator wants for pod egress on a node."""
@@ -213,6 +269,10 @@ class Spec:
     manage_forwarding: bool = True
     """Turn on ``ip_forward`` / ``conf.all.forwarding`` for every family in use."""
     backends: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    dns: tuple[DnsZone, ...] = attrs.field(default=(), converter=_zones)
+    egress_policy: EgressPolicy = attrs.field(factory=EgressPolicy)
+    connectivity_test: ConnectivityTest | None = None
+    agent: AgentSettings = attrs.field(factory=AgentSettings)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Spec:
@@ -257,6 +317,25 @@ class Spec:
             "sysctls": {s.name: s.value for s in self.sysctls},
             "manageForwarding": self.manage_forwarding,
             "backends": list(self.backends),
+            "dns": {"zones": [{"zone": z.zone, "resolvers": [str(r) for r in z.resolvers]}
+                              for z in self.dns]},
+            "egressPolicy": {
+                "restrict": self.egress_policy.restrict,
+                "namespace": self.egress_policy.namespace,
+                "podSelector": dict(self.egress_policy.pod_selector),
+                "allowDNS": self.egress_policy.allow_dns,
+            },
+            "connectivityTest": None if self.connectivity_test is None else {
+                "target": str(self.connectivity_test.target),
+                "port": self.connectivity_test.port,
+                "namespace": self.connectivity_test.namespace,
+                "image": self.connectivity_test.image,
+            },
+            "agent": {
+                "image": self.agent.image,
+                "namespace": self.agent.namespace,
+                "intervalSeconds": self.agent.interval_seconds,
+            },
         }
 
 
@@ -345,6 +424,7 @@ def validate(spec: Spec) -> list[Problem]:
         seen.setdefault(dest.cidr, i)
         problems += _destination_problems(path, dest, cluster, families)
     problems += _masquerade_problems(spec.masquerade, cluster)
+    problems += _cluster_object_problems(spec)
     names: set[str] = set()
     for s in spec.sysctls:
         if s.name in names:
@@ -412,6 +492,52 @@ def _masquerade_problems(policy: MasqueradePolicy, cluster: Cluster) -> list[Pro
         if any(contains(n, address) for n in cluster.pod_cidrs):
             problems.append(Problem(f"masquerade.snatAddresses[{i}]",
                                     f"{address} is a pod address; SNAT needs a node address"))
+    return problems
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
+_LABEL_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+def _cluster_object_problems(spec: Spec) -> list[Problem]:
+    """Fields that end up in Kubernetes objects: names, labels, zones, ports."""
+    problems: list[Problem] = []
+    add = problems.append
+    zones: set[str] = set()
+    for i, zone in enumerate(spec.dns):
+        path = f"dns.zones[{i}]"
+        name = zone.zone.rstrip(".").lower()
+        if not name or any(not _DNS_LABEL.fullmatch(label) for label in name.split(".")):
+            add(Problem(f"{path}.zone", f"{zone.zone!r} is not a DNS zone name"))
+        if name in zones:
+            add(Problem(f"{path}.zone", f"duplicate zone {zone.zone!r}"))
+        zones.add(name)
+        if not zone.resolvers:
+            add(Problem(f"{path}.resolvers", "at least one resolver is needed"))
+    for path, namespace in (("egressPolicy.namespace", spec.egress_policy.namespace),
+                            ("agent.namespace", spec.agent.namespace),
+                            ("connectivityTest.namespace",
+                             spec.connectivity_test.namespace if spec.connectivity_test else "ok")):
+        if not _DNS_LABEL.fullmatch(namespace):
+            add(Problem(path, f"{namespace!r} is not a valid namespace name"))
+    for key, value in spec.egress_policy.pod_selector:
+        if not isinstance(key, str) or not _LABEL_NAME.fullmatch(key) or len(key) > 317:
+            add(Problem(f"egressPolicy.podSelector.{key}", "not a valid label key"))
+        if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
+            add(Problem(f"egressPolicy.podSelector.{key}",
+                        f"{value!r} is not a valid label value"))
+    test = spec.connectivity_test
+    if test is not None and test.port is not None and (
+        isinstance(test.port, bool) or not isinstance(test.port, int) or not 1 <= test.port <= 65535
+    ):
+        add(Problem("connectivityTest.port", f"must be 1..65535, got {test.port!r}"))
+    interval = spec.agent.interval_seconds
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        add(Problem("agent.intervalSeconds", f"must be a positive integer, got {interval!r}"))
+    if not spec.agent.image or any(c.isspace() for c in spec.agent.image):
+        add(Problem("agent.image", f"{spec.agent.image!r} is not an image reference"))
     return problems
 
 
@@ -582,7 +708,8 @@ class _Reader:
     def spec(self, data: Any) -> Spec:
         top = self.mapping(data, "", ("apiVersion", "kind", "cluster", "destinations",
                                       "masquerade", "forward", "sysctls", "manageForwarding",
-                                      "backends"))
+                                      "backends", "dns", "egressPolicy", "connectivityTest",
+                                      "agent"))
         if "apiVersion" in top and top["apiVersion"] != API_VERSION:
             self.problem("apiVersion", f"expected {API_VERSION}, got {top['apiVersion']!r}")
         if "kind" in top and top["kind"] != KIND:
@@ -597,9 +724,19 @@ class _Reader:
         backends = [self.convert(b, f"backends[{i}]", _backend_name)
                     for i, b in enumerate(self.sequence(top.get("backends"), "backends"))]
         manage = self.boolean(top.get("manageForwarding"), "manageForwarding", True)
-        return Spec(cluster=cluster, destinations=[d for d in destinations if d is not None],
-                    masquerade=masquerade, forward=forward, sysctls=sysctls,
-                    manage_forwarding=manage, backends=[b for b in backends if b is not None])
+        return Spec(
+            dns=self.dns(top.get("dns")),
+            egress_policy=self.egress_policy(top.get("egressPolicy")),
+            connectivity_test=self.connectivity_test(top.get("connectivityTest")),
+            agent=self.agent(top.get("agent")),
+            cluster=cluster,
+            destinations=[d for d in destinations if d is not None],
+            masquerade=masquerade,
+            forward=forward,
+            sysctls=sysctls,
+            manage_forwarding=manage,
+            backends=[b for b in backends if b is not None],
+        )
 
     def cluster(self, value: Any) -> Cluster:
         data = self.mapping(value, "cluster", ("podCIDRs", "serviceCIDRs"))
@@ -663,6 +800,69 @@ class _Reader:
             accept=self.boolean(data.get("accept"), "forward.accept", True),
             in_interface=self.convert(data.get("inInterface"), "forward.inInterface",
                                       _opt_ifname),
+        )
+
+    def dns(self, value: Any) -> list[DnsZone]:
+        data = self.mapping(value, "dns", ("zones",))
+        zones = []
+        for i, item in enumerate(self.sequence(data.get("zones"), "dns.zones")):
+            path = f"dns.zones[{i}]"
+            entry = self.mapping(item, path, ("zone", "resolvers"))
+            zone = entry.get("zone")
+            if not isinstance(zone, str):
+                self.problem(f"{path}.zone", "required, a zone name such as corp.example")
+                continue
+            resolvers = [self.convert(r, f"{path}.resolvers[{j}]", parse_address)
+                         for j, r in enumerate(self.sequence(entry.get("resolvers"),
+                                                             f"{path}.resolvers"))]
+            zones.append(DnsZone(zone, [r for r in resolvers if r is not None]))
+        return zones
+
+    def string(self, value: Any, path: str, default: str) -> str:
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.problem(path, f"expected a string, got {value!r}")
+            return default
+        return value
+
+    def egress_policy(self, value: Any) -> EgressPolicy:
+        data = self.mapping(value, "egressPolicy", ("restrict", "namespace", "podSelector",
+                                                    "allowDNS"))
+        raw_selector = data.get("podSelector")
+        selector: Mapping[Any, Any] = {}
+        if isinstance(raw_selector, Mapping):
+            selector = raw_selector
+        elif raw_selector is not None:
+            self.problem("egressPolicy.podSelector", "expected a mapping of labels")
+        return EgressPolicy(
+            restrict=self.boolean(data.get("restrict"), "egressPolicy.restrict", False),
+            namespace=self.string(data.get("namespace"), "egressPolicy.namespace", "default"),
+            pod_selector={str(k): v for k, v in selector.items()},
+            allow_dns=self.boolean(data.get("allowDNS"), "egressPolicy.allowDNS", True),
+        )
+
+    def connectivity_test(self, value: Any) -> ConnectivityTest | None:
+        if value is None:
+            return None
+        data = self.mapping(value, "connectivityTest", ("target", "port", "namespace", "image"))
+        target = self.convert(data.get("target"), "connectivityTest.target", parse_address)
+        if target is None:
+            return None
+        return ConnectivityTest(
+            target,
+            port=data.get("port"),
+            namespace=self.string(data.get("namespace"), "connectivityTest.namespace", "default"),
+            image=self.string(data.get("image"), "connectivityTest.image", "busybox:1.36"),
+        )
+
+    def agent(self, value: Any) -> AgentSettings:
+        data = self.mapping(value, "agent", ("image", "namespace", "intervalSeconds"))
+        defaults = AgentSettings()
+        return AgentSettings(
+            image=self.string(data.get("image"), "agent.image", defaults.image),
+            namespace=self.string(data.get("namespace"), "agent.namespace", defaults.namespace),
+            interval_seconds=data.get("intervalSeconds", defaults.interval_seconds),
         )
 
     def sysctls(self, value: Any) -> list[Sysctl]:
