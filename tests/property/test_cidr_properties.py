@@ -15,12 +15,16 @@ _v6 = ks.networks(6, min_prefix=0)
 
 
 @given(st.lists(_v4, max_size=12))
-def test_aggregate_agrees_with_collapse_addresses_for_ipv4(nets: list[ipaddress.IPv4Network]) -> None:
+def test_aggregate_agrees_with_collapse_addresses_for_ipv4(
+    nets: list[ipaddress.IPv4Network],
+) -> None:
     assert list(aggregate(nets)) == list(ipaddress.collapse_addresses(nets))
 
 
 @given(st.lists(_v6, max_size=12))
-def test_aggregate_agrees_with_collapse_addresses_for_ipv6(nets: list[ipaddress.IPv6Network]) -> None:
+def test_aggregate_agrees_with_collapse_addresses_for_ipv6(
+    nets: list[ipaddress.IPv6Network],
+) -> None:
     assert list(aggregate(nets)) == list(ipaddress.collapse_addresses(nets))
 
 

@@ -7,6 +7,7 @@ States are drawn from small pools, so observed and desired often share keys
 
 from __future__ import annotations
 
+import itertools
 from ipaddress import ip_network
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet import Change, Plan, PlanError, State, plan
-from k3snet.model import NetObject, Sysctl
+from k3snet.model import NetObject, Sysctl, object_from_dict
 from k3snet.testing import strategies as ks
 
 # Narrow pools so that independent draws collide often.
@@ -35,7 +36,9 @@ desired_states = ks.states(_pool, max_owned=10, max_foreign=0)
 
 
 @given(observed_states, desired_states)
-def test_soundness_plan_applied_to_observed_reaches_desired(observed: State, desired: State) -> None:
+def test_soundness_plan_applied_to_observed_reaches_desired(
+    observed: State, desired: State
+) -> None:
     p = plan(observed, desired)
     assert p.apply_to(observed).owned == p.target(desired)
 
@@ -168,8 +171,6 @@ def test_soundness_over_unconstrained_objects(observed: State, desired: State) -
 
 @given(ks.objects())
 def test_objects_round_trip_through_their_dict_form(obj: NetObject) -> None:
-    from k3snet.model import object_from_dict
-
     assert object_from_dict(obj.to_dict()) == obj
     assert hash(object_from_dict(obj.to_dict())) == hash(obj)
 
@@ -179,7 +180,7 @@ def test_objects_are_totally_ordered_across_kinds_and_families(
     a: list[NetObject], b: list[NetObject]
 ) -> None:
     merged = sorted(a + b)
-    assert all(x <= y for x, y in zip(merged, merged[1:], strict=False))
+    assert all(x <= y for x, y in itertools.pairwise(merged))
     assert sorted(merged, reverse=True) == merged[::-1]
 
 

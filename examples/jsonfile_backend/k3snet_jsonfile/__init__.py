@@ -1,0 +1,54 @@
+"""An example third-party k3snet backend: owned objects kept in a JSON file.
+
+It shows everything a backend needs: a ``name``, ``capabilities``,
+``observe``, ``check`` and an all-or-nothing ``apply`` (write a temporary file,
+then rename it over the old one). Register it through the ``k3snet.backends``
+entry-point group (see ``pyproject.toml`` beside this package) and test it with
+``k3snet.testing.run_conformance``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from k3snet import ApplyResult, Plan, PlanError, State
+from k3snet.backends import ensure_capable
+from k3snet.model import object_from_dict
+
+__all__ = ["JsonFileBackend"]
+
+
+class JsonFileBackend:
+    """Owns the objects listed in one JSON file; sees no foreign state."""
+
+    name = "jsonfile"
+    capabilities = frozenset({"route", "nat"})
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def observe(self) -> State:
+        if not self.path.exists():
+            return State()
+        return State(owned=[object_from_dict(o) for o in json.loads(self.path.read_text())])
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        try:
+            ensure_capable(self, plan)
+            plan.apply_to(self.observe())
+        except PlanError as exc:
+            return (str(exc),)
+        return ()
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        ensure_capable(self, plan)
+        new = plan.apply_to(self.observe())  # raises before anything is written
+        data = json.dumps([o.to_dict() for o in sorted(new.owned)], indent=1)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".k3snet-")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(data)
+        os.replace(tmp, self.path)  # atomic: all or nothing
+        return ApplyResult(self.name, plan.changes, operations=1)

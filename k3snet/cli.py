@@ -1,0 +1,276 @@
+"""The ``k3snet`` command: a thin layer over the library.
+
+Every subcommand parses its arguments, calls the library and prints. Bad input
+exits 1 with a one-line-per-problem message on stderr, never a traceback.
+
+Exit codes: ``plan`` follows terraform's ``-detailed-exitcode``: 0 nothing to
+do, 2 changes pending, 1 error. Everything else: 0 success, 1 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.registry import available_backends, create_backend, load_backend
+from k3snet.converge import converge
+from k3snet.errors import K3snetError
+from k3snet.facts import gather_facts
+from k3snet.model.state import State
+from k3snet.planner import plan
+from k3snet.spec import Spec, load_spec
+from k3snet.spec import compile as compile_spec
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_BACKENDS = ("netlink", "nftables")
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="k3snet",
+        description="Plan and apply the minimal changes that make pod egress work on this node.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def node_command(name: str, help_text: str, *, spec_required: bool = True) -> Any:
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("-f", "--spec", required=spec_required, type=Path,
+                         help="spec file (YAML or JSON)")
+        cmd.add_argument("--backend", action="append", default=[], metavar="NAME[:KINDS]",
+                         help="backend to use, repeatable; KINDS limits it, e.g. iptables:forward "
+                              f"(default: the spec's, else {' + '.join(DEFAULT_BACKENDS)}; "
+                              f"known: {', '.join(available_backends())})")
+        cmd.add_argument("--netns", help="act inside this network namespace")
+        cmd.add_argument("--output", choices=("text", "json"), default="text")
+        cmd.add_argument("--no-facts", action="store_true",
+                         help="do not read the node's interfaces to check the spec")
+        return cmd
+
+    node_command("plan", "Print the plan; exit 0 if nothing to do, 2 if changes are pending.")
+    apply = node_command("apply", "Apply the plan and print what was done.")
+    apply.add_argument("--allow-conflicts", action="store_true",
+                       help="apply the rest of the plan even if foreign state blocks part of it")
+    node_command("observe", "Print the owned and foreign state the backends see.",
+                 spec_required=False)
+    agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet).")
+    agent.add_argument("--interval", type=float, default=30.0)
+    agent.add_argument("--once", action="store_true", help="converge once and exit")
+
+    render = sub.add_parser("render", help="Write persistence files or Kubernetes manifests.")
+    render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
+    render.add_argument("-f", "--spec", required=True, type=Path)
+    render.add_argument("-o", "--out", type=Path,
+                        help="directory to write into (default: print to stdout)")
+
+    validate = sub.add_parser("validate", help="Check a spec; print every problem at once.")
+    validate.add_argument("-f", "--spec", required=True, type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``k3snet`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args))
+    except K3snetError as exc:
+        print(f"k3snet: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _spec(args: argparse.Namespace) -> Spec:
+    return load_spec(args.spec)
+
+
+def _backend(args: argparse.Namespace, spec: Spec | None) -> BackendGroup:
+    names = args.backend or (spec.backends if spec and spec.backends else DEFAULT_BACKENDS)
+    members = []
+    for entry in names:
+        name, _, kinds = entry.partition(":")
+        options: dict[str, Any] = {}
+        if args.netns is not None:
+            factory = load_backend(name)
+            if "netns" in inspect.signature(factory).parameters:
+                options["netns"] = args.netns
+        backend = create_backend(name, **options)
+        members.append(Member(backend, kinds.split(",") if kinds else None))
+    return BackendGroup(members)
+
+
+def _desired(args: argparse.Namespace, spec: Spec) -> State:
+    facts = None if args.no_facts else gather_facts(args.netns)
+    return compile_spec(spec, facts)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    desired = _desired(args, spec)
+    with _backend(args, spec) as backend:
+        p = plan(backend.observe(), desired.only(backend.capabilities))
+    if args.output == "json":
+        print(p.to_json(indent=2))
+    else:
+        print(p.render())
+    return EXIT_CHANGES if p.changes else EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    desired = _desired(args, spec)
+    with _backend(args, spec) as backend:
+        done = converge(backend, desired, allow_conflicts=args.allow_conflicts)
+    if args.output == "json":
+        _print_json({
+            "plan": done.plan.to_dict(),
+            "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
+            "operations": done.result.operations if done.result else 0,
+        })
+    elif done.result is None:
+        print(done.plan.render())
+    else:
+        print(done.plan.render())
+        print(done.result.render())
+    return EXIT_OK
+
+
+def cmd_observe(args: argparse.Namespace) -> int:
+    spec = _spec(args) if args.spec else None
+    with _backend(args, spec) as backend:
+        state = backend.observe()
+    if args.output == "json":
+        _print_json(state.to_dict())
+    else:
+        print(state.render())
+    return EXIT_OK
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    with _backend(args, spec) as backend:
+        while True:
+            desired = _desired(args, spec)
+            try:
+                done = converge(backend, desired)
+            except K3snetError as exc:
+                if args.once:
+                    raise
+                print(f"k3snet agent: {exc}", file=sys.stderr, flush=True)
+            else:
+                if done.result is not None:
+                    print(done.result.render(), flush=True)
+            if args.once:
+                return EXIT_OK
+            time.sleep(args.interval)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    compile_spec(spec)
+    print(f"{args.spec}: valid ({len(spec.destinations)} destination(s))")
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    files = RENDERERS[args.what](spec)
+    if args.out is None:
+        for name, text in files.items():
+            if len(files) > 1:
+                print(f"# --- {name}")
+            print(text, end="" if text.endswith("\n") else "\n")
+        return EXIT_OK
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (args.out / name).write_text(text)
+        print(args.out / name)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- renderers
+
+
+def _render_iptables(spec: Spec) -> dict[str, str]:
+    from k3snet.render.iptables import render_iptables_save  # noqa: PLC0415 - lazy
+
+    state = compile_spec(spec)
+    return {"rules.v4": render_iptables_save(state, 4), "rules.v6": render_iptables_save(state, 6)}
+
+
+def _render_nftables(spec: Spec) -> dict[str, str]:
+    from k3snet.render.nftables import render_nftables_conf  # noqa: PLC0415 - lazy
+
+    return {"k3snet.nft": render_nftables_conf(compile_spec(spec))}
+
+
+def _render_ifupdown(spec: Spec) -> dict[str, str]:
+    from k3snet.render.routes import render_ifupdown  # noqa: PLC0415 - lazy
+
+    return {"k3snet-routes": render_ifupdown(compile_spec(spec))}
+
+
+def _render_netplan(spec: Spec) -> dict[str, str]:
+    from k3snet.render.routes import render_netplan  # noqa: PLC0415 - lazy
+
+    return {"90-k3snet.yaml": render_netplan(compile_spec(spec))}
+
+
+def _render_networkd(spec: Spec) -> dict[str, str]:
+    from k3snet.render.routes import render_networkd  # noqa: PLC0415 - lazy
+
+    return dict(render_networkd(compile_spec(spec)))
+
+
+def _render_sysctl(spec: Spec) -> dict[str, str]:
+    from k3snet.render.sysctl import render_sysctl_d  # noqa: PLC0415 - lazy
+
+    return {"90-k3snet.conf": render_sysctl_d(compile_spec(spec))}
+
+
+def _render_manifests(spec: Spec) -> dict[str, str]:
+    from k3snet.render.manifests import dump_manifests, render_manifests  # noqa: PLC0415
+
+    return {"k3snet.yaml": dump_manifests(render_manifests(spec))}
+
+
+RENDERERS: dict[str, Callable[[Spec], dict[str, str]]] = {
+    "iptables": _render_iptables,
+    "nftables": _render_nftables,
+    "ifupdown": _render_ifupdown,
+    "netplan": _render_netplan,
+    "networkd": _render_networkd,
+    "sysctl": _render_sysctl,
+    "manifests": _render_manifests,
+}
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "plan": cmd_plan,
+    "apply": cmd_apply,
+    "observe": cmd_observe,
+    "agent": cmd_agent,
+    "validate": cmd_validate,
+    "render": cmd_render,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

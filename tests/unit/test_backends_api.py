@@ -1,0 +1,173 @@
+"""The backend registry, the memory backend, backend groups and the conformance suite."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k3snet import (
+    ApplyError,
+    BackendNotFoundError,
+    BackendUnavailableError,
+    ConflictError,
+    MasqueradeRule,
+    PlanError,
+    Route,
+    State,
+    Sysctl,
+    available_backends,
+    create_backend,
+    plan,
+    seed_spec,
+)
+from k3snet import compile as compile_spec
+from k3snet.backends import Backend, register_backend
+from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.memory import MemoryBackend
+from k3snet.backends.registry import unregister_backend
+from k3snet.converge import converge
+from k3snet.testing import run_conformance
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"
+STATIC = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
+
+
+def test_memory_backend_passes_the_conformance_suite() -> None:
+    found = State(foreign=[STATIC, Sysctl("net.ipv4.ip_forward", 0)])
+    run_conformance(lambda: MemoryBackend(found), max_examples=100)
+
+
+def test_a_memory_backend_limited_to_routes_passes_and_refuses_other_kinds() -> None:
+    run_conformance(lambda: MemoryBackend(capabilities=["route"]), max_examples=30)
+    backend = MemoryBackend(capabilities=["route"])
+    with pytest.raises(PlanError, match="the plan also changes sysctl"):
+        backend.apply(plan(State(), State(owned=[Sysctl("net.ipv4.ip_forward", 1)])))
+
+
+def test_conformance_catches_a_backend_that_forgets_what_it_applied() -> None:
+    class Forgetful(MemoryBackend):
+        def observe(self) -> State:
+            state = super().observe()
+            return state.with_owned(sorted(state.owned)[1:])  # drops one object
+
+    # Hypothesis reports several distinct failures as an ExceptionGroup.
+    with pytest.raises((AssertionError, ExceptionGroup)):
+        run_conformance(Forgetful, max_examples=20)
+
+
+def test_memory_backend_failure_injection_rolls_back_everything() -> None:
+    backend = MemoryBackend(State(foreign=[STATIC]))
+    before = backend.dump()
+    p = plan(backend.observe(), compile_spec(seed_spec()))
+    backend.fail_at(2)
+    with pytest.raises(ApplyError) as info:
+        backend.apply(p)
+    assert info.value.failed == p.changes[2]
+    assert [c.inverse() for c in reversed(p.changes[:2])] == list(info.value.rolled_back)
+    assert backend.dump() == before
+    backend.apply(p)  # the injected failure is one-shot
+    assert plan(backend.observe(), compile_spec(seed_spec())).empty
+
+
+def test_memory_backend_dump_and_load_round_trip() -> None:
+    backend = MemoryBackend(State(foreign=[STATIC]))
+    backend.apply(plan(backend.observe(), compile_spec(seed_spec())))
+    clone = MemoryBackend.from_dump(backend.dump())
+    assert clone.state == backend.state
+    assert clone.dump() == backend.dump()
+
+
+def test_seed_plan_leaves_the_administrators_static_route_alone() -> None:
+    backend = MemoryBackend(State(foreign=[STATIC]))
+    p = plan(backend.observe(), compile_spec(seed_spec()))
+    assert [n.status for n in p.notes] == ["met"]
+    assert all(not isinstance(c.subject, Route) for c in p.changes)
+    assert "(met by foreign: route 192.168.2.0/24 via 192.168.1.1 dev eth0" in p.render()
+
+
+def test_converge_refuses_conflicts_unless_allowed() -> None:
+    other = Route("192.168.2.0/24", gateway="192.168.1.254", device="eth0", protocol=4)
+    backend = MemoryBackend(State(foreign=[other]))
+    with pytest.raises(ConflictError, match="conflicts with foreign: route 192.168.2.0/24 via "
+                                            "192.168.1.254"):
+        converge(backend, compile_spec(seed_spec()))
+    assert not backend.observe().owned
+    done = converge(backend, compile_spec(seed_spec()), allow_conflicts=True)
+    assert done.result is not None
+    assert other in backend.observe().foreign
+
+
+def test_group_applies_in_dependency_order_and_undoes_earlier_members_on_failure() -> None:
+    node = MemoryBackend(capabilities=["route", "sysctl"])
+    nat = MemoryBackend(capabilities=["nat", "forward"])
+    group = BackendGroup([Member(nat), Member(node)])
+    assert [m.backend for m in group.members] == [node, nat]
+    p = plan(group.observe(), compile_spec(seed_spec()))
+    nat.fail_at(1)
+    with pytest.raises(ApplyError) as info:
+        group.apply(p)
+    assert not node.observe().owned
+    assert not nat.observe().owned
+    assert len(info.value.rolled_back) == 3  # 1 forward rule by nat, sysctl + route by node
+    group.apply(p)
+    assert plan(group.observe(), compile_spec(seed_spec())).empty
+
+
+def test_group_refuses_two_backends_for_one_kind() -> None:
+    with pytest.raises(ValueError, match="would manage"):
+        BackendGroup([MemoryBackend(), MemoryBackend(capabilities=["nat"])])
+
+
+def test_registry_names_builtins_and_explains_missing_ones() -> None:
+    assert {"memory", "netlink", "nftables", "iptables"} <= set(available_backends())
+    assert isinstance(create_backend("memory"), Backend)
+    with pytest.raises(BackendNotFoundError, match="no backend named 'nope'; available:"):
+        create_backend("nope")
+
+
+def test_registry_reports_a_backend_whose_dependency_is_missing() -> None:
+    register_backend("broken", lambda: None)  # type: ignore[arg-type,return-value]
+    unregister_backend("broken")
+    from k3snet.backends import registry
+
+    registry._BUILTIN["needs-missing"] = ("k3snet_no_such_module:Backend", "missing")
+    try:
+        with pytest.raises(BackendUnavailableError, match=r"pip install 'k3snet\[missing\]'"):
+            create_backend("needs-missing")
+    finally:
+        del registry._BUILTIN["needs-missing"]
+
+
+@pytest.fixture
+def installed_example(tmp_path: Path) -> Iterator[None]:
+    """Make the example package discoverable as if pip-installed: a dist-info with entry points."""
+    dist = tmp_path / "k3snet_jsonfile-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: k3snet-jsonfile\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[k3snet.backends]\njsonfile = k3snet_jsonfile:JsonFileBackend\n"
+    )
+    sys.path[:0] = [str(tmp_path), str(EXAMPLE)]
+    try:
+        yield
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.path.remove(str(EXAMPLE))
+        sys.modules.pop("k3snet_jsonfile", None)
+
+
+@pytest.mark.usefixtures("installed_example")
+def test_a_third_party_backend_registered_by_entry_point_passes_conformance(
+    tmp_path: Path,
+) -> None:
+    assert "jsonfile" in available_backends()
+    counter = iter(range(10**6))
+    run_conformance(lambda: create_backend("jsonfile", path=tmp_path / f"s{next(counter)}.json"),
+                    max_examples=30)
+    backend = create_backend("jsonfile", path=tmp_path / "demo.json")
+    rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+    backend.apply(plan(backend.observe(), State(owned=[rule])))
+    assert backend.observe().owned == {rule}

@@ -1,0 +1,70 @@
+"""The command line: exit codes, output forms, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k3snet import Plan
+from k3snet.cli import main
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+
+
+def test_plan_exits_2_when_changes_are_pending(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts"])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert out.startswith("Plan: 8 to add, 0 to replace, 0 to delete.")
+    assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in out
+
+
+def test_plan_json_round_trips(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts", "--output", "json"])
+    p = Plan.from_json(capsys.readouterr().out)
+    assert len(p) == 8
+
+
+def test_apply_prints_what_was_done(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["apply", "-f", str(SEED), "--backend", "memory", "--no-facts"]) == 0
+    out = capsys.readouterr().out
+    assert "memory: 8 change(s) applied in 8 operation(s)" in out
+
+
+def test_observe_prints_owned_and_foreign(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["observe", "--backend", "memory", "--output", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"owned": [], "foreign": []}
+
+
+def test_bad_spec_exits_1_with_every_problem_and_no_traceback(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("destinations:\n  - cidr: 10.42.1.0/24\n  - cidr: 192.168.2.1/24\ntypo: 1\n")
+    done = subprocess.run([sys.executable, "-m", "k3snet.cli", "validate", "-f", str(spec)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "3 problems in" in done.stderr
+    assert "destinations[1].cidr: '192.168.2.1/24' has host bits set" in done.stderr
+    assert "overlaps the cluster pod CIDR" in done.stderr
+
+
+def test_unknown_backend_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "-f", str(SEED), "--backend", "nope", "--no-facts"]) == 1
+    assert "no backend named 'nope'" in capsys.readouterr().err
+
+
+def test_backend_kinds_split_one_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["plan", "-f", str(SEED), "--backend", "memory:route,sysctl", "--no-facts"])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert "masquerade" not in out
+    assert out.startswith("Plan: 4 to add")
+
+
+def test_validate_accepts_the_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-f", str(SEED)]) == 0
+    assert "valid (2 destination(s))" in capsys.readouterr().out

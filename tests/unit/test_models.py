@@ -1,0 +1,163 @@
+"""Models: validation, normalisation, identity and their text forms."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import attrs
+import pytest
+
+from k3snet import (
+    ForwardRule,
+    MasqueradeRule,
+    ModelError,
+    Route,
+    SnatRule,
+    State,
+    Sysctl,
+    aggregate,
+    parse_network,
+)
+from k3snet.model import object_from_dict
+
+
+def test_parse_network_rejects_host_bits_and_says_what_was_meant() -> None:
+    with pytest.raises(ModelError, match=r"host bits set \(did you mean 10.42.0.0/16\?\)"):
+        parse_network("10.42.0.1/16")
+
+
+@pytest.mark.parametrize("bad", ["10.42.0.0/33", "not-a-cidr", "", "fd00::/129"])
+def test_parse_network_rejects_garbage(bad: str) -> None:
+    with pytest.raises(ModelError, match="not a valid CIDR"):
+        parse_network(bad)
+
+
+def test_aggregate_mixed_families_and_host_bits() -> None:
+    assert aggregate(["10.0.0.1/24", "10.0.1.0/24", "fd00::1/64", "fd00:0:0:1::/64"]) == (
+        ipaddress.ip_network("10.0.0.0/23"),
+        ipaddress.ip_network("fd00::/63"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("averyveryverylongname", "at most 15"),
+        ("eth 0", "not valid"),
+        ("eth0/1", "not valid"),
+        ("a:b", "not valid"),
+        ("..", "not valid"),
+    ],
+)
+def test_interface_names_the_kernel_rejects_are_refused(name: str, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        Route("192.168.2.0/24", device=name)
+
+
+def test_fifteen_byte_interface_name_is_accepted() -> None:
+    assert Route("192.168.2.0/24", device="a" * 15).device == "a" * 15
+
+
+def test_route_needs_a_next_hop_and_one_family() -> None:
+    with pytest.raises(ModelError, match="needs a gateway, a device"):
+        Route("192.168.2.0/24")
+    with pytest.raises(ModelError, match="mixes IPv4 and IPv6"):
+        Route("192.168.2.0/24", gateway="fd00::1")
+
+
+def test_route_defaults_normalise_to_what_the_kernel_reports() -> None:
+    v6 = Route("fd01:2::/64", gateway="fd01:1::1")
+    assert v6.metric == 1024
+    assert v6 == Route("fd01:2::/64", gateway="fd01:1::1", metric=0)
+    assert Route("10.0.0.0/8", device="eth0").scope == "link"
+    assert Route("10.0.0.0/8", gateway="192.168.1.1").scope == "universe"
+
+
+def test_route_key_is_table_destination_metric() -> None:
+    a = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
+    b = Route("192.168.2.0/24", gateway="192.168.1.254", device="eth0")
+    c = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", metric=100)
+    assert a.key == b.key
+    assert a != b
+    assert a.key != c.key
+    assert a.clash_key == c.clash_key
+
+
+def test_foreign_static_route_meets_the_need_whatever_its_protocol() -> None:
+    wanted = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
+    static = attrs.evolve(wanted, protocol=4)
+    other_gateway = attrs.evolve(static, gateway=ipaddress.ip_address("192.168.1.254"))
+    assert wanted.met_by(static)
+    assert not wanted.conflicts_with(static)
+    assert wanted.conflicts_with(other_gateway)
+
+
+def test_nat_exclusions_are_aggregated_and_must_lie_in_the_destination() -> None:
+    rule = MasqueradeRule("10.42.0.0/16", exclude=["10.0.0.0/9", "10.128.0.0/9", "10.0.0.0/8"])
+    assert rule.exclude == (ipaddress.ip_network("10.0.0.0/8"),)
+    with pytest.raises(ModelError, match="lies outside destination"):
+        MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", exclude=["10.0.0.0/8"])
+    with pytest.raises(ModelError, match="never match"):
+        MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", exclude=["192.168.0.0/16"])
+
+
+def test_masquerade_and_snat_share_one_key_so_switching_is_a_replace() -> None:
+    masq = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+    snat = SnatRule("10.42.0.0/16", destination="192.168.2.0/24", to_address="192.168.1.5")
+    assert masq.key == snat.key
+    assert masq != snat
+    with pytest.raises(ModelError, match="is not IPv6"):
+        SnatRule("fd42::/56", to_address="192.168.1.5")
+
+
+def test_flannel_style_masquerade_covers_a_destination_rule() -> None:
+    flannel = MasqueradeRule("10.42.0.0/16", exclude=["224.0.0.0/4", "10.42.0.0/16"])
+    wanted = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", out_interface="eth0")
+    assert wanted.met_by(flannel)
+    assert not MasqueradeRule("10.42.0.0/16", destination="224.0.0.0/8").met_by(flannel)
+
+
+def test_forward_rule_met_by_a_wider_foreign_accept() -> None:
+    wide = ForwardRule("10.42.0.0/16", "0.0.0.0/0")
+    assert ForwardRule("10.42.0.0/24", "192.168.2.0/24", out_interface="eth0").met_by(wide)
+    assert not ForwardRule("10.0.0.0/8", "192.168.2.0/24").met_by(wide)
+
+
+def test_sysctl_names_values_and_vlan_interfaces() -> None:
+    assert Sysctl("net.ipv4.ip_forward", True).value == "1"
+    assert Sysctl("net/ipv4/conf/eth0.100/rp_filter", 2).path == "net/ipv4/conf/eth0.100/rp_filter"
+    assert Sysctl("net.ipv4.tcp_rmem", "4096\t87380  6291456").value == "4096 87380 6291456"
+    assert Sysctl("net.ipv4.ip_forward", 1) == Sysctl("net.ipv4.ip_forward", 1, previous="0")
+    with pytest.raises(ModelError, match=r"only net\.\*"):
+        Sysctl("kernel.panic", 1)
+    with pytest.raises(ModelError, match="not valid"):
+        Sysctl("net.ipv4..x", 1)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", table=100, metric=5),
+        Route("fd01:2::/64", device="eth0", protocol=4),
+        MasqueradeRule("fd42::/56", exclude=["fd00::/8"], random_fully=True, out_interface="e"),
+        SnatRule("10.42.0.0/16", destination="192.168.2.0/24", to_address="192.168.1.5"),
+        ForwardRule("10.42.0.0/16", "192.168.2.0/24", in_interface="cni0"),
+        Sysctl("net.ipv4.ip_forward", 1, previous="0"),
+    ],
+    ids=lambda o: o.type_name,
+)
+def test_objects_round_trip_and_describe_themselves(obj: object) -> None:
+    assert object_from_dict(obj.to_dict()) == obj  # type: ignore[attr-defined]
+    assert str(obj)
+
+
+def test_state_refuses_two_owned_objects_in_one_slot() -> None:
+    with pytest.raises(ModelError, match="share one slot"):
+        State(owned=[Route("10.0.0.0/8", device="eth0"), Route("10.0.0.0/8", device="eth1")])
+
+
+def test_state_round_trips_and_renders_sorted() -> None:
+    state = State(owned=[MasqueradeRule("10.42.0.0/16"), Sysctl("net.ipv4.ip_forward", 1)],
+                  foreign=[Route("192.168.2.0/24", gateway="192.168.1.1", protocol=4)])
+    assert State.from_dict(state.to_dict()) == state
+    assert state.render().splitlines()[1] == "  sysctl net.ipv4.ip_forward = 1"

@@ -1,0 +1,155 @@
+"""Spec loading, validation (every problem at once) and compile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from k3snet import (
+    MasqueradeRule,
+    NodeFacts,
+    Route,
+    Spec,
+    SpecError,
+    Sysctl,
+    compile,
+    load_ip_masq_agent_config,
+    load_spec,
+    seed_spec,
+)
+from k3snet.spec import IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def problems_of(data: dict[str, object]) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict(data)
+    return [str(p) for p in info.value.problems]
+
+
+def test_seed_spec_compiles_to_route_forwarding_forward_and_masquerade() -> None:
+    lines = [o.describe() for o in compile(seed_spec())]
+    assert lines == [
+        "sysctl net.ipv4.ip_forward = 1",
+        "route 192.168.2.0/24 via 192.168.1.1 dev eth0 table main metric 0 proto k3snet",
+        "forward accept 10.42.0.0/16 -> 192.168.2.0/24 oif eth0 (+ replies)",
+        "masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0",
+    ]
+
+
+def test_example_seed_file_is_dual_stack() -> None:
+    state = compile(load_spec(EXAMPLES / "seed.yaml"))
+    assert Sysctl("net.ipv6.conf.all.forwarding", 1) in state.owned
+    assert MasqueradeRule("fd42:42::/56", destination="fd01:2::/64", out_interface="eth0") in (
+        state.owned
+    )
+
+
+def test_every_problem_is_reported_at_once_with_its_path() -> None:
+    found = problems_of({
+        "cluster": {"podCIDRs": ["10.42.0.1/16"], "serviceCIDRs": ["10.43.0.0/16"]},
+        "destinations": [
+            {"cidr": "10.43.5.0/24", "gateway": "fd00::1", "device": "averyveryverylongname"},
+            {"cidr": "192.168.2.0/24", "device": "eth 0"},
+            {"cidr": "192.168.2.0/24", "exclude": ["10.0.0.0/8"]},
+            {"gateway": "192.168.1.1"},
+        ],
+        "masquerade": {"mode": "destinations", "colour": "blue"},
+        "typo": 1,
+    })
+    expected_paths = [
+        "typo:", "cluster.podCIDRs[0]: '10.42.0.1/16' has host bits set",
+        "destinations[0].device:", "destinations[1].device:", "destinations[3].cidr: required",
+        "masquerade.colour: unknown key", "destinations[2].cidr: duplicate destination",
+        "destinations[2].exclude[0]: 10.0.0.0/8 is not inside",
+    ]
+    for expected in expected_paths:
+        assert any(p.startswith(expected) for p in found), (expected, found)
+
+
+def test_destination_overlapping_the_cluster_explains_why_it_fails() -> None:
+    found = problems_of({"destinations": [{"cidr": "10.43.0.0/24", "gateway": "fd00::1"}]})
+    assert any("overlaps the cluster service CIDR 10.43.0.0/16" in p and "never leaves" in p
+               for p in found)
+    assert any("is IPv6 but destination 10.43.0.0/24 is IPv4" in p for p in found)
+
+
+def test_destination_of_a_family_without_pod_cidr_is_refused() -> None:
+    found = problems_of({"destinations": [{"cidr": "fd01:2::/64", "device": "eth0"}]})
+    assert any("no IPv6 pod CIDR" in p for p in found)
+
+
+def test_facts_catch_missing_devices_and_unreachable_gateways() -> None:
+    facts = NodeFacts(interfaces={"eth0": ["192.168.9.5/24"]}, hostname="node-1")
+    with pytest.raises(SpecError) as info:
+        compile(Spec.from_dict({"destinations": [
+            {"cidr": "192.168.2.0/24", "gateway": "192.168.1.1", "device": "eth0"},
+            {"cidr": "192.168.3.0/24", "device": "ens3"},
+        ]}), facts)
+    text = str(info.value)
+    assert "gateway 192.168.1.1 is not inside any connected or routed prefix of node-1" in text
+    assert "no interface 'ens3' on node-1 (has: eth0)" in text
+
+
+def test_a_gateway_in_a_routed_prefix_is_reachable() -> None:
+    facts = NodeFacts(interfaces={"eth0": ["192.168.1.5/24"]}, routes=["172.16.0.0/12"])
+    spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "gateway": "172.16.0.1"}]})
+    assert Route("192.168.2.0/24", gateway="172.16.0.1") in compile(spec, facts).owned
+
+
+def test_ip_masq_agent_semantics_masquerade_everything_but_the_exceptions() -> None:
+    spec = Spec.from_yaml(
+        "cluster: {podCIDRs: [10.42.0.0/16, fd42::/56], serviceCIDRs: [10.43.0.0/16]}\n"
+        "masquerade: {mode: all, nonMasqueradeCIDRs: [192.168.0.0/16], outInterface: eth0}\n"
+    )
+    rules = sorted(o for o in compile(spec).owned if isinstance(o, MasqueradeRule))
+    assert [r.describe() for r in rules] == [
+        "masquerade 10.42.0.0/16 -> any except 10.42.0.0/15,169.254.0.0/16,192.168.0.0/16 oif eth0",
+        "masquerade fd42::/56 -> any except fd42::/56,fe80::/10 oif eth0",
+    ]
+
+
+def test_ip_masq_agent_config_import_keeps_its_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_text("masqLinkLocal: true\nresyncInterval: 60s\n")
+    config = load_ip_masq_agent_config(str(path))
+    assert [str(c) for c in config.non_masquerade_cidrs] == list(
+        IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE
+    )
+    assert config.masq_link_local
+    spec = Spec.from_dict({"masquerade": {"ipMasqAgentConfig": {"nonMasqueradeCIDRs": []}}})
+    assert spec.masquerade.mode == "all"
+    (rule,) = [o for o in compile(spec).owned if isinstance(o, MasqueradeRule)]
+    assert rule.describe() == "masquerade 10.42.0.0/16 -> any except 10.42.0.0/15,169.254.0.0/16"
+
+
+def test_ip_masq_agent_config_problems_are_reported() -> None:
+    with pytest.raises(SpecError, match=r"nonMasqueradeCIDRs\[0\]"):
+        load_ip_masq_agent_config({"nonMasqueradeCIDRs": ["nope"], "masqLinkLocal": True})
+
+
+def test_snat_address_replaces_masquerade() -> None:
+    spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "device": "eth0"}],
+                           "masquerade": {"snatAddresses": ["192.168.1.5"]}})
+    assert any(o.describe() == "snat 10.42.0.0/16 -> 192.168.2.0/24 oif eth0 to 192.168.1.5"
+               for o in compile(spec).owned)
+
+
+def test_yaml_round_trip_and_bad_yaml(tmp_path: Path) -> None:
+    spec = load_spec(EXAMPLES / "seed.yaml")
+    assert Spec.from_dict(spec.to_dict()) == spec
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("destinations: [\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_explicit_sysctl_wins_over_managed_forwarding() -> None:
+    spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "device": "eth0"}],
+                           "sysctls": {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 2}})
+    sysctls = sorted(o.describe() for o in compile(spec).owned if isinstance(o, Sysctl))
+    assert sysctls == ["sysctl net.ipv4.conf.all.rp_filter = 2", "sysctl net.ipv4.ip_forward = 1"]
