@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import types
 import subprocess
 import sys
+import types
 
 import pytest
 

@@ -13,12 +13,12 @@ from k3snet import (
     Spec,
     SpecError,
     Sysctl,
-    compile,
     load_ip_masq_agent_config,
     load_spec,
     seed_spec,
 )
 from k3snet.spec import IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE
+from k3snet.spec import compile as compile_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -30,7 +30,7 @@ def problems_of(data: dict[str, object]) -> list[str]:
 
 
 def test_seed_spec_compiles_to_route_forwarding_forward_and_masquerade() -> None:
-    lines = [o.describe() for o in compile(seed_spec())]
+    lines = [o.describe() for o in compile_spec(seed_spec())]
     assert lines == [
         "sysctl net.ipv4.ip_forward = 1",
         "route 192.168.2.0/24 via 192.168.1.1 dev eth0 table main metric 0 proto k3snet",
@@ -40,7 +40,7 @@ def test_seed_spec_compiles_to_route_forwarding_forward_and_masquerade() -> None
 
 
 def test_example_seed_file_is_dual_stack() -> None:
-    state = compile(load_spec(EXAMPLES / "seed.yaml"))
+    state = compile_spec(load_spec(EXAMPLES / "seed.yaml"))
     assert Sysctl("net.ipv6.conf.all.forwarding", 1) in state.owned
     assert MasqueradeRule("fd42:42::/56", destination="fd01:2::/64", out_interface="eth0") in (
         state.owned
@@ -84,7 +84,7 @@ def test_destination_of_a_family_without_pod_cidr_is_refused() -> None:
 def test_facts_catch_missing_devices_and_unreachable_gateways() -> None:
     facts = NodeFacts(interfaces={"eth0": ["192.168.9.5/24"]}, hostname="node-1")
     with pytest.raises(SpecError) as info:
-        compile(Spec.from_dict({"destinations": [
+        compile_spec(Spec.from_dict({"destinations": [
             {"cidr": "192.168.2.0/24", "gateway": "192.168.1.1", "device": "eth0"},
             {"cidr": "192.168.3.0/24", "device": "ens3"},
         ]}), facts)
@@ -96,7 +96,7 @@ def test_facts_catch_missing_devices_and_unreachable_gateways() -> None:
 def test_a_gateway_in_a_routed_prefix_is_reachable() -> None:
     facts = NodeFacts(interfaces={"eth0": ["192.168.1.5/24"]}, routes=["172.16.0.0/12"])
     spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "gateway": "172.16.0.1"}]})
-    assert Route("192.168.2.0/24", gateway="172.16.0.1") in compile(spec, facts).owned
+    assert Route("192.168.2.0/24", gateway="172.16.0.1") in compile_spec(spec, facts).owned
 
 
 def test_ip_masq_agent_semantics_masquerade_everything_but_the_exceptions() -> None:
@@ -104,7 +104,7 @@ def test_ip_masq_agent_semantics_masquerade_everything_but_the_exceptions() -> N
         "cluster: {podCIDRs: [10.42.0.0/16, fd42::/56], serviceCIDRs: [10.43.0.0/16]}\n"
         "masquerade: {mode: all, nonMasqueradeCIDRs: [192.168.0.0/16], outInterface: eth0}\n"
     )
-    rules = sorted(o for o in compile(spec).owned if isinstance(o, MasqueradeRule))
+    rules = sorted(o for o in compile_spec(spec).owned if isinstance(o, MasqueradeRule))
     assert [r.describe() for r in rules] == [
         "masquerade 10.42.0.0/16 -> any except 10.42.0.0/15,169.254.0.0/16,192.168.0.0/16 oif eth0",
         "masquerade fd42::/56 -> any except fd42::/56,fe80::/10 oif eth0",
@@ -121,7 +121,7 @@ def test_ip_masq_agent_config_import_keeps_its_defaults(tmp_path: Path) -> None:
     assert config.masq_link_local
     spec = Spec.from_dict({"masquerade": {"ipMasqAgentConfig": {"nonMasqueradeCIDRs": []}}})
     assert spec.masquerade.mode == "all"
-    (rule,) = [o for o in compile(spec).owned if isinstance(o, MasqueradeRule)]
+    (rule,) = [o for o in compile_spec(spec).owned if isinstance(o, MasqueradeRule)]
     assert rule.describe() == "masquerade 10.42.0.0/16 -> any except 10.42.0.0/15,169.254.0.0/16"
 
 
@@ -134,7 +134,7 @@ def test_snat_address_replaces_masquerade() -> None:
     spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "device": "eth0"}],
                            "masquerade": {"snatAddresses": ["192.168.1.5"]}})
     assert any(o.describe() == "snat 10.42.0.0/16 -> 192.168.2.0/24 oif eth0 to 192.168.1.5"
-               for o in compile(spec).owned)
+               for o in compile_spec(spec).owned)
 
 
 def test_yaml_round_trip_and_bad_yaml(tmp_path: Path) -> None:
@@ -151,5 +151,5 @@ def test_yaml_round_trip_and_bad_yaml(tmp_path: Path) -> None:
 def test_explicit_sysctl_wins_over_managed_forwarding() -> None:
     spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "device": "eth0"}],
                            "sysctls": {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 2}})
-    sysctls = sorted(o.describe() for o in compile(spec).owned if isinstance(o, Sysctl))
+    sysctls = sorted(o.describe() for o in compile_spec(spec).owned if isinstance(o, Sysctl))
     assert sysctls == ["sysctl net.ipv4.conf.all.rp_filter = 2", "sysctl net.ipv4.ip_forward = 1"]
