@@ -339,15 +339,16 @@ def plan(observed: State, desired: State) -> Plan:
     want = desired.by_key
     foreign = _ForeignIndex(observed.foreign)
 
-    deletes = [obj for key, obj in have.items() if key not in want]
+    # Set differences run in C on cached hashes: with one change among 100k
+    # objects, only the two or so objects that differ are looked at below.
+    deletes = [obj for obj in observed.owned - desired.owned if obj.key not in want]
     replaces: list[Change] = []
     adds: list[NetObject] = []
     notes: list[Note] = []
-    for key, wanted in want.items():
-        current = have.get(key)
+    for wanted in desired.owned - observed.owned:
+        current = have.get(wanted.key)
         if current is not None:
-            if current != wanted:
-                replaces.append(Change("replace", current, wanted))
+            replaces.append(Change("replace", current, wanted))
             continue
         note = foreign.judge(wanted)
         if note is None:
