@@ -129,7 +129,7 @@ class ApplyError(BackendError):
         if failed is not None:
             parts.append(f"failed change: {failed}")
         if rolled_back:
-            parts.append(f"rolled back {len(rolled_back)} change(s) applied before it")
+            parts.append(f"rolled back {len(rolled_back)} change(s) that had been applied")
         super().__init__("; ".join(parts))
 
 

@@ -227,8 +227,10 @@ def _zones(values: Iterable[DnsZone]) -> tuple[DnsZone, ...]:
 class EgressPolicy:
     """Limit the selected pods' egress to the spec's destinations and cluster DNS.
 
-    Rendered as Kubernetes NetworkPolicies (``ipBlock`` with ``except`` where a
-    destination has exclusions). ``restrict=False`` renders nothing.
+    Rendered as Kubernetes NetworkPolicies: an ``ipBlock`` per destination, with
+    ``except`` for the ``deny`` prefixes inside it. (A destination's ``exclude``
+    is about NAT, not reachability: pods still reach those prefixes, with their
+    own address.) ``restrict=False`` renders nothing.
     """
 
     restrict: bool = False
@@ -236,6 +238,8 @@ class EgressPolicy:
     pod_selector: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
     """Label pairs (a mapping is accepted), sorted so equal selectors compare equal."""
     allow_dns: bool = True
+    deny: tuple[Network, ...] = attrs.field(default=(), converter=_networks)
+    """Prefixes inside destinations that the selected pods must not reach."""
 
 
 @attrs.frozen
@@ -324,6 +328,7 @@ class Spec:
                 "namespace": self.egress_policy.namespace,
                 "podSelector": dict(self.egress_policy.pod_selector),
                 "allowDNS": self.egress_policy.allow_dns,
+                "except": [str(n) for n in self.egress_policy.deny],
             },
             "connectivityTest": None if self.connectivity_test is None else {
                 "target": str(self.connectivity_test.target),
@@ -522,6 +527,16 @@ def _cluster_object_problems(spec: Spec) -> list[Problem]:
                              spec.connectivity_test.namespace if spec.connectivity_test else "ok")):
         if not _DNS_LABEL.fullmatch(namespace):
             add(Problem(path, f"{namespace!r} is not a valid namespace name"))
+    for i, denied in enumerate(spec.egress_policy.deny):
+        holders = [d.cidr for d in spec.destinations if contains(d.cidr, denied)]
+        if not holders:
+            add(Problem(f"egressPolicy.except[{i}]",
+                        f"{denied} is not inside any destination (only a destination's "
+                        "ipBlock can have exceptions)"))
+        elif denied in holders:
+            add(Problem(f"egressPolicy.except[{i}]",
+                        f"{denied} is a whole destination; remove the destination instead"))
+    _duplicates(problems, "egressPolicy.except", spec.egress_policy.deny)
     for key, value in spec.egress_policy.pod_selector:
         if not isinstance(key, str) or not _LABEL_NAME.fullmatch(key) or len(key) > 317:
             add(Problem(f"egressPolicy.podSelector.{key}", "not a valid label key"))
@@ -828,7 +843,7 @@ class _Reader:
 
     def egress_policy(self, value: Any) -> EgressPolicy:
         data = self.mapping(value, "egressPolicy", ("restrict", "namespace", "podSelector",
-                                                    "allowDNS"))
+                                                    "allowDNS", "except"))
         raw_selector = data.get("podSelector")
         selector: Mapping[Any, Any] = {}
         if isinstance(raw_selector, Mapping):
@@ -840,6 +855,7 @@ class _Reader:
             namespace=self.string(data.get("namespace"), "egressPolicy.namespace", "default"),
             pod_selector={str(k): v for k, v in selector.items()},
             allow_dns=self.boolean(data.get("allowDNS"), "egressPolicy.allowDNS", True),
+            deny=self.networks(data.get("except"), "egressPolicy.except"),
         )
 
     def connectivity_test(self, value: Any) -> ConnectivityTest | None:

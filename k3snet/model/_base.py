@@ -7,6 +7,7 @@ never calls back into :mod:`ipaddress` for hashing or ordering.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -22,6 +23,7 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,15}")
 IFNAMSIZ = 16
 
 
+@functools.lru_cache(maxsize=4096)
 def validate_interface_name(name: str) -> str:
     """Return ``name`` if the kernel would accept it as an interface name, else raise."""
     if not isinstance(name, str):
@@ -169,10 +171,15 @@ class NetObject:
         return self.describe()
 
 
-def check_families(where: str, *values: Network | Address | None) -> int:
-    """All non-None values share one family; return it."""
-    families = {v.version for v in values if v is not None}
-    if len(families) > 1:
-        shown = ", ".join(str(v) for v in values if v is not None)
-        raise ModelError(f"{where}: mixes IPv4 and IPv6 ({shown})")
-    return families.pop() if families else 4
+def check_families(what: str, first: Network | Address, *values: Network | Address | None) -> int:
+    """All non-None values share ``first``'s family; return it.
+
+    ``what`` names the object in the error (``route``); the message is only
+    built when raising, since this runs for every object read back from a node.
+    """
+    family = first.version
+    for value in values:
+        if value is not None and value.version != family:
+            shown = ", ".join(str(v) for v in (first, *values) if v is not None)
+            raise ModelError(f"{what} {first}: mixes IPv4 and IPv6 ({shown})")
+    return family

@@ -41,7 +41,7 @@ class ForwardRule(NetObject):
     _hash: int = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        check_families(f"forward {self.source}", self.source, self.destination)
+        check_families("forward", self.source, self.destination)
         key = ("forward", self.family, *net_tuple(self.source), *net_tuple(self.destination))
         self._seal(key, (self.in_interface or "", self.out_interface or ""))
 

@@ -59,9 +59,7 @@ class _NatBase(NetObject):
     random_fully: bool = attrs.field(default=False, kw_only=True)
 
     def _check(self) -> int:
-        family = check_families(
-            f"{self.type_name} {self.source}", self.source, self.destination, *self.exclude
-        )
+        family = check_families(self.type_name, self.source, self.destination, *self.exclude)
         if not isinstance(self.random_fully, bool):
             raise ModelError(f"random_fully must be true or false, got {self.random_fully!r}")
         for excluded in self.exclude:

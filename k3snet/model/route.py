@@ -86,7 +86,7 @@ class Route(NetObject):
     _hash: int = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        check_families(f"route {self.destination}", self.destination, self.gateway)
+        check_families("route", self.destination, self.gateway)
         if self.gateway is None and self.device is None:
             raise ModelError(f"route {self.destination} needs a gateway, a device, or both")
         v6 = self.destination.version == 6

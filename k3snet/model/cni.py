@@ -1,0 +1,672 @@
+"""CNI objects: flannel's network config and Calico's IP pools, as values.
+
+Two kinds join the node kinds here, one level up the stack:
+
+* ``flannel`` (:class:`FlannelConfig`): the keys of flannel's ``net-conf.json``
+  that k3snet sets (``Network``, ``IPv6Network``, ``EnableIPv4``, ``EnableIPv6``,
+  ``EnableNFTables``, ``Backend``, and any other top-level key in ``extra``), for
+  one target: a file on a node or a ConfigMap. Fields left ``None`` are keys
+  k3snet does not set. Values are compared in canonical JSON, so a file that
+  spells a value differently (spaces, key order) still equals what was written.
+* ``ippool`` (:class:`IPPool`): one Calico ``IPPool`` resource, keyed by name.
+
+Both classes register themselves with :func:`~k3snet.model.state.register_object_type`
+when this module is imported.
+
+>>> FlannelConfig("configmap:kube-flannel/kube-flannel-cfg", network="10.42.0.0/16",
+...               backend_type="vxlan").describe()
+'flannel configmap:kube-flannel/kube-flannel-cfg Network=10.42.0.0/16 Backend={"Type":"vxlan"}'
+>>> IPPool("k3snet-pods-10-42-0-0-16", "10.42.0.0/16", nat_outgoing=True).describe()
+'ippool k3snet-pods-10-42-0-0-16 10.42.0.0/16 natOutgoing blockSize=26'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Literal
+
+import attrs
+
+from k3snet.errors import ModelError
+from k3snet.model._base import NetObject, net_tuple, optional_network
+from k3snet.model.cidr import Network, contains, overlaps, parse_network
+from k3snet.model.state import register_object_type
+
+__all__ = [
+    "BLOCK_SIZE_RANGE",
+    "DEFAULT_BLOCK_SIZE",
+    "ENCAPSULATION_MODES",
+    "FLANNEL_BACKEND_TYPES",
+    "FLANNEL_KEYS",
+    "FLANNEL_OWNED_MARKER",
+    "EncapsulationMode",
+    "FlannelConfig",
+    "IPPool",
+    "JsonMapping",
+    "configmap_target",
+    "file_target",
+    "pool_name",
+]
+
+FLANNEL_KEYS: tuple[str, ...] = (
+    "Network", "IPv6Network", "EnableIPv4", "EnableIPv6", "EnableNFTables", "Backend",
+)
+"""The top-level ``net-conf.json`` keys :class:`FlannelConfig` models as fields."""
+
+FLANNEL_BACKEND_TYPES: tuple[str, ...] = (
+    "vxlan", "host-gw", "wireguard", "udp", "ipip", "ipsec", "alloc", "extension",
+    "ali-vpc", "aws-vpc", "gce", "tencent-vpc",
+)
+"""``Backend.Type`` values flannel knows (K3s uses vxlan, host-gw and wireguard-native)."""
+
+FLANNEL_OWNED_MARKER = "k3snet.io/owned"
+"""The reserved top-level key where the file backend records which keys k3snet owns."""
+
+EncapsulationMode = Literal["Never", "Always", "CrossSubnet"]
+ENCAPSULATION_MODES: tuple[str, ...] = ("Never", "Always", "CrossSubnet")
+
+DEFAULT_BLOCK_SIZE: Mapping[int, int] = {4: 26, 6: 122}
+"""Calico's default ``blockSize`` per family (what an unset field means)."""
+
+BLOCK_SIZE_RANGE: Mapping[int, tuple[int, int]] = {4: (20, 32), 6: (116, 128)}
+"""The ``blockSize`` values Calico accepts per family."""
+
+# Kubernetes object names (RFC 1123 subdomain), the rule IPPool names follow.
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_TARGET_FILE = "file:"
+_TARGET_CONFIGMAP = "configmap:"
+
+
+# ------------------------------------------------------------------ JSON values
+
+
+def canonical_json(value: Any) -> str:
+    """The canonical text of a JSON value: sorted keys, no spaces, no NaN."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                          ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"not a JSON value: {value!r} ({exc})") from exc
+
+
+class JsonMapping(Mapping[str, Any]):
+    """An immutable, hashable mapping of strings to JSON values.
+
+    Values are kept as canonical JSON text (so ``{"a": 1}`` written in any
+    spacing or key order compares equal) and decoded afresh on access, so
+    nothing reachable from it can be mutated.
+
+    >>> JsonMapping({"VNI": 1, "Port": 8472}) == JsonMapping({"Port": 8472, "VNI": 1})
+    True
+    """
+
+    __slots__ = ("_items", "_texts")
+
+    def __init__(self, data: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
+        pairs = data.items() if isinstance(data, Mapping) else data
+        texts: dict[str, str] = {}
+        for key, value in pairs:
+            if not isinstance(key, str):
+                raise ModelError(f"JSON object keys are strings, got {key!r}")
+            texts[key] = canonical_json(value)
+        self._texts = texts
+        self._items = tuple(sorted(texts.items()))
+
+    @classmethod
+    def from_canonical(cls, items: Iterable[tuple[str, str]]) -> JsonMapping:
+        """Build from ``(key, canonical JSON text)`` pairs (as :meth:`canonical_items` gives)."""
+        return cls((key, json.loads(text)) for key, text in items)
+
+    def __getitem__(self, key: str) -> Any:
+        return json.loads(self._texts[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._texts
+
+    def canonical(self, key: str) -> str:
+        """The canonical JSON text of one value."""
+        return self._texts[key]
+
+    def canonical_items(self) -> tuple[tuple[str, str], ...]:
+        """``(key, canonical JSON text)`` pairs, sorted by key (hashable)."""
+        return self._items
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain (mutable) dict copy."""
+        return {key: json.loads(text) for key, text in self._items}
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, JsonMapping):
+            return self._items == other._items
+        if isinstance(other, Mapping):
+            try:
+                return self._items == JsonMapping(other)._items
+            except ModelError:
+                return False
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __repr__(self) -> str:
+        return f"JsonMapping({self.to_dict()!r})"
+
+
+def _json_mapping(value: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> JsonMapping:
+    if value is None:
+        return JsonMapping()
+    if isinstance(value, JsonMapping):
+        return value
+    return JsonMapping(value)
+
+
+# ------------------------------------------------------------------ flannel
+
+
+def file_target(path: str) -> str:
+    """The target string of a ``net-conf.json`` file (an absolute path)."""
+    return f"{_TARGET_FILE}{path}"
+
+
+def configmap_target(namespace: str, name: str) -> str:
+    """The target string of a ConfigMap holding ``net-conf.json``."""
+    return f"{_TARGET_CONFIGMAP}{namespace}/{name}"
+
+
+def _target(value: str) -> str:
+    if not isinstance(value, str):
+        raise ModelError(f"flannel target must be a string, got {value!r}")
+    if value.startswith(_TARGET_FILE):
+        path = value[len(_TARGET_FILE):]
+        if not path.startswith("/") or "\0" in path or "\n" in path:
+            raise ModelError(f"flannel target {value!r}: the file path must be absolute")
+        return value
+    if value.startswith(_TARGET_CONFIGMAP):
+        namespace, _, name = value[len(_TARGET_CONFIGMAP):].partition("/")
+        if not _DNS_LABEL.fullmatch(namespace) or len(namespace) > 63:
+            raise ModelError(f"flannel target {value!r}: {namespace!r} is not a namespace name")
+        if not _DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+            raise ModelError(f"flannel target {value!r}: {name!r} is not a ConfigMap name")
+        return value
+    raise ModelError(f"flannel target {value!r} must start with 'file:' or 'configmap:'")
+
+
+def _optional_bool(name: str) -> Any:
+    def check(value: bool | None) -> bool | None:
+        if value is not None and not isinstance(value, bool):
+            raise ModelError(f"flannel {name} must be true, false or unset, got {value!r}")
+        return value
+
+    return check
+
+
+def _v4_network(value: str | Network | None) -> Network | None:
+    net = optional_network(value)
+    if net is not None and net.version != 4:
+        raise ModelError(f"flannel Network must be IPv4, got {net} (use ipv6_network)")
+    return net
+
+
+def _v6_network(value: str | Network | None) -> Network | None:
+    net = optional_network(value)
+    if net is not None and net.version != 6:
+        raise ModelError(f"flannel IPv6Network must be IPv6, got {net}")
+    return net
+
+
+def _backend_type(value: str | None) -> str | None:
+    if value is not None and value not in FLANNEL_BACKEND_TYPES:
+        raise ModelError(f"flannel Backend.Type {value!r} is not one of "
+                         f"{', '.join(FLANNEL_BACKEND_TYPES)}")
+    return value
+
+
+def _tri(value: bool | None) -> int:
+    return -1 if value is None else int(value)
+
+
+@attrs.frozen(eq=False)
+class FlannelConfig(NetObject):
+    """The ``net-conf.json`` keys set on one target (a file, or a ConfigMap).
+
+    ``target`` is ``file:/abs/path`` or ``configmap:namespace/name`` (see
+    :func:`file_target`, :func:`configmap_target`); it is the identity: one
+    object per target. A field left ``None`` is a key this object does not set.
+    ``backend_type`` and ``backend_options`` together are the ``Backend`` key
+    (``{"Type": ..., **options}``); ``extra`` holds any other top-level key
+    (``SubnetLen``, ``SubnetMin`` ...) as JSON values.
+
+    Owned objects carry only the keys k3snet set; the observed *foreign* object
+    of a target is the whole config as it would be without k3snet.
+    """
+
+    kind: ClassVar[str] = "flannel"
+    type_name: ClassVar[str] = "flannel"
+    rank: ClassVar[int] = 10
+
+    target: str = attrs.field(converter=_target)
+    network: Network | None = attrs.field(default=None, converter=_v4_network, kw_only=True)
+    ipv6_network: Network | None = attrs.field(default=None, converter=_v6_network,
+                                               kw_only=True)
+    enable_ipv4: bool | None = attrs.field(default=None, converter=_optional_bool("EnableIPv4"),
+                                           kw_only=True)
+    enable_ipv6: bool | None = attrs.field(default=None, converter=_optional_bool("EnableIPv6"),
+                                           kw_only=True)
+    enable_nftables: bool | None = attrs.field(
+        default=None, converter=_optional_bool("EnableNFTables"), kw_only=True)
+    backend_type: str | None = attrs.field(default=None, converter=_backend_type, kw_only=True)
+    backend_options: JsonMapping = attrs.field(factory=JsonMapping, converter=_json_mapping,
+                                               kw_only=True)
+    extra: JsonMapping = attrs.field(factory=JsonMapping, converter=_json_mapping, kw_only=True)
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._lift_modelled_extra()
+        if self.backend_options and self.backend_type is None:
+            raise ModelError(f"flannel {self.target}: backend options need a backend type")
+        if "Type" in self.backend_options:
+            raise ModelError(f"flannel {self.target}: give Backend.Type as backend_type, "
+                             "not among the options")
+        if FLANNEL_OWNED_MARKER in self.extra:
+            raise ModelError(f"flannel {self.target}: {FLANNEL_OWNED_MARKER!r} is reserved "
+                             "for k3snet's ownership record")
+        clash = sorted(k for k in self.extra if k in self._field_members())
+        if clash:
+            raise ModelError(f"flannel {self.target}: {', '.join(clash)} given both as a "
+                             "field and in extra")
+        content = (
+            net_tuple(self.network),
+            net_tuple(self.ipv6_network),
+            _tri(self.enable_ipv4),
+            _tri(self.enable_ipv6),
+            _tri(self.enable_nftables),
+            self.backend_type or "",
+            self.backend_options.canonical_items(),
+            self.extra.canonical_items(),
+        )
+        self._seal(("flannel", self.target), content)
+
+    def _lift_modelled_extra(self) -> None:
+        """Move valid modelled keys given in ``extra`` into their fields (one spelling)."""
+        names = {"Network": "network", "IPv6Network": "ipv6_network",
+                 "EnableIPv4": "enable_ipv4", "EnableIPv6": "enable_ipv6",
+                 "EnableNFTables": "enable_nftables", "Backend": "backend_type"}
+        lifted: dict[str, Any] = {}
+        for key in FLANNEL_KEYS:
+            if key not in self.extra or getattr(self, names[key]) is not None:
+                continue
+            try:
+                fields = _field_from_member(key, self.extra[key])
+            except ModelError:
+                continue  # not a valid value for the field: it stays verbatim in extra
+            if key == "Network" and fields["network"].version != 4:
+                continue
+            if key == "IPv6Network" and fields["ipv6_network"].version != 6:
+                continue
+            lifted[key] = fields
+        if not lifted:
+            return
+        for fields in lifted.values():
+            for attribute, value in fields.items():
+                converted = JsonMapping(value) if attribute == "backend_options" else value
+                object.__setattr__(self, attribute, converted)
+        remaining = [(k, self.extra[k]) for k in self.extra if k not in lifted]
+        object.__setattr__(self, "extra", JsonMapping(remaining))
+
+    def _field_members(self) -> dict[str, Any]:
+        """The modelled keys this object sets, as JSON values."""
+        values: dict[str, Any] = {}
+        if self.network is not None:
+            values["Network"] = str(self.network)
+        if self.ipv6_network is not None:
+            values["IPv6Network"] = str(self.ipv6_network)
+        if self.enable_ipv4 is not None:
+            values["EnableIPv4"] = self.enable_ipv4
+        if self.enable_ipv6 is not None:
+            values["EnableIPv6"] = self.enable_ipv6
+        if self.enable_nftables is not None:
+            values["EnableNFTables"] = self.enable_nftables
+        if self.backend_type is not None:
+            values["Backend"] = {"Type": self.backend_type, **self.backend_options.to_dict()}
+        return values
+
+    def members(self) -> dict[str, Any]:
+        """Every top-level ``net-conf.json`` key this object sets, with its JSON value.
+
+        Modelled keys come first in :data:`FLANNEL_KEYS` order, then ``extra`` sorted.
+        """
+        values = self._field_members()
+        values.update(self.extra.to_dict())
+        return values
+
+    def member_texts(self) -> dict[str, str]:
+        """Like :meth:`members`, with canonical JSON text as values (for comparison)."""
+        return {key: canonical_json(value) for key, value in self.members().items()}
+
+    @classmethod
+    def from_members(cls, target: str, members: Mapping[str, Any]) -> FlannelConfig:
+        """Model the top-level keys of a parsed ``net-conf.json``, never failing on content.
+
+        A modelled key whose value does not validate (an unknown backend type, a
+        CIDR with host bits) is kept verbatim in ``extra`` rather than refused: an
+        observed config is reported as it is.
+        """
+        fields: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in members.items():
+            if key == FLANNEL_OWNED_MARKER:
+                continue
+            try:
+                fields.update(_field_from_member(key, value))
+            except (ModelError, TypeError, ValueError):
+                extra[key] = value
+        try:
+            return cls(target, extra=extra, **fields)
+        except ModelError:
+            # The fields are valid one by one; only their combination can fail here.
+            return cls(target, extra={k: v for k, v in members.items()
+                                      if k != FLANNEL_OWNED_MARKER})
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The top-level keys this object sets."""
+        return tuple(self.members())
+
+    def met_by(self, other: NetObject) -> bool:
+        """The foreign config of the same target already has every key set to this value."""
+        if not isinstance(other, FlannelConfig) or other.target != self.target:
+            return False
+        theirs = other.member_texts()
+        return all(theirs.get(key) == text for key, text in self.member_texts().items())
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """The target: one config per file or ConfigMap."""
+        return self._key
+
+    def describe(self) -> str:
+        """``flannel TARGET Key=value ...`` in canonical JSON for structured values."""
+        parts = [f"flannel {self.target}"]
+        for key, value in self.members().items():
+            shown = value if isinstance(value, str) else canonical_json(value)
+            if key == "Backend":
+                shown = json.dumps(value, separators=(",", ":"))  # Type first, as written
+            parts.append(f"{key}={shown}")
+        if len(parts) == 1:
+            parts.append("(no keys)")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "type": self.type_name,
+            "target": self.target,
+            "network": None if self.network is None else str(self.network),
+            "ipv6_network": None if self.ipv6_network is None else str(self.ipv6_network),
+            "enable_ipv4": self.enable_ipv4,
+            "enable_ipv6": self.enable_ipv6,
+            "enable_nftables": self.enable_nftables,
+            "backend_type": self.backend_type,
+            "backend_options": self.backend_options.to_dict(),
+            "extra": self.extra.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlannelConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            data["target"],
+            network=data.get("network"),
+            ipv6_network=data.get("ipv6_network"),
+            enable_ipv4=data.get("enable_ipv4"),
+            enable_ipv6=data.get("enable_ipv6"),
+            enable_nftables=data.get("enable_nftables"),
+            backend_type=data.get("backend_type"),
+            backend_options=data.get("backend_options") or {},
+            extra=data.get("extra") or {},
+        )
+
+
+def _field_from_member(key: str, value: Any) -> dict[str, Any]:
+    """The FlannelConfig keyword for one top-level key (raises on a bad value)."""
+    if key == "Network":
+        if not isinstance(value, str):
+            raise ModelError("Network is a string")
+        return {"network": parse_network(value)}
+    if key == "IPv6Network":
+        if not isinstance(value, str):
+            raise ModelError("IPv6Network is a string")
+        return {"ipv6_network": parse_network(value)}
+    names = {"EnableIPv4": "enable_ipv4", "EnableIPv6": "enable_ipv6",
+             "EnableNFTables": "enable_nftables"}
+    if key in names:
+        if not isinstance(value, bool):
+            raise ModelError(f"{key} is a boolean")
+        return {names[key]: value}
+    if key == "Backend":
+        if not isinstance(value, dict) or not isinstance(value.get("Type"), str):
+            raise ModelError("Backend is an object with a Type")
+        options = {k: v for k, v in value.items() if k != "Type"}
+        return {"backend_type": _backend_type(value["Type"]), "backend_options": options}
+    raise ModelError(f"{key} is not a modelled key")
+
+
+# ------------------------------------------------------------------ calico
+
+
+def pool_name(purpose: str, cidr: str | Network) -> str:
+    """A deterministic IPPool name: ``k3snet-<purpose>-<address>-<prefix>``.
+
+    >>> pool_name("pods", "10.42.0.0/16")
+    'k3snet-pods-10-42-0-0-16'
+    >>> pool_name("nonat", "fd00:10::/64")
+    'k3snet-nonat-fd00-10---64'
+    """
+    net = parse_network(cidr)
+    if not _DNS_LABEL.fullmatch(purpose):
+        raise ModelError(f"pool purpose {purpose!r} must be lowercase letters, digits and '-'")
+    address = str(net.network_address).replace(".", "-").replace(":", "-")
+    return f"k3snet-{purpose}-{address}-{net.prefixlen}"
+
+
+def _pool_name(value: str) -> str:
+    if not isinstance(value, str) or len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+        raise ModelError(f"IPPool name {value!r} is not a valid Kubernetes name (lowercase "
+                         "letters, digits, '-' and '.', at most 253 characters)")
+    return value
+
+
+def _strict_bool(name: str) -> Any:
+    def check(value: bool) -> bool:
+        if not isinstance(value, bool):
+            raise ModelError(f"IPPool {name} must be true or false, got {value!r}")
+        return value
+
+    return check
+
+
+def _mode(name: str) -> Any:
+    def check(value: str) -> str:
+        if value not in ENCAPSULATION_MODES:
+            raise ModelError(f"IPPool {name} must be one of {', '.join(ENCAPSULATION_MODES)}, "
+                             f"got {value!r}")
+        return value
+
+    return check
+
+
+def _selector(value: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 1024:
+        raise ModelError(f"IPPool nodeSelector must be a non-empty selector, got {value!r}")
+    if any(ord(c) < 0x20 for c in value):
+        raise ModelError(f"IPPool nodeSelector {value!r} contains control characters")
+    return value
+
+
+@attrs.frozen(eq=False)
+class IPPool(NetObject):
+    """One Calico ``IPPool``: a CIDR Calico allocates pod addresses from, and how.
+
+    ``block_size=None`` means Calico's default (26 for IPv4, 122 for IPv6) and is
+    normalised at construction, so a pool read back equals the one written.
+    ``nat_outgoing`` makes Felix masquerade traffic from the pool to any
+    destination outside every pool; a ``disabled`` pool allocates nothing, and
+    covering a destination with one exempts it from that NAT.
+
+    >>> IPPool("no-nat", "192.168.2.0/24", disabled=True).block_size
+    26
+    """
+
+    kind: ClassVar[str] = "ippool"
+    type_name: ClassVar[str] = "ippool"
+    rank: ClassVar[int] = 11
+
+    name: str = attrs.field(converter=_pool_name)
+    cidr: Network = attrs.field(converter=parse_network)
+    nat_outgoing: bool = attrs.field(default=False, converter=_strict_bool("natOutgoing"),
+                                     kw_only=True)
+    disabled: bool = attrs.field(default=False, converter=_strict_bool("disabled"),
+                                 kw_only=True)
+    ipip_mode: EncapsulationMode = attrs.field(default="Never", converter=_mode("ipipMode"),
+                                               kw_only=True)
+    vxlan_mode: EncapsulationMode = attrs.field(default="Never", converter=_mode("vxlanMode"),
+                                                kw_only=True)
+    block_size: int | None = attrs.field(default=None, kw_only=True)
+    node_selector: str = attrs.field(default="all()", converter=_selector, kw_only=True)
+    disable_bgp_export: bool = attrs.field(
+        default=False, converter=_strict_bool("disableBGPExport"), kw_only=True)
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        family = self.cidr.version
+        block = DEFAULT_BLOCK_SIZE[family] if self.block_size is None else self.block_size
+        low, high = BLOCK_SIZE_RANGE[family]
+        if isinstance(block, bool) or not isinstance(block, int) or not low <= block <= high:
+            raise ModelError(f"IPPool {self.name}: blockSize must be {low}..{high} for "
+                             f"IPv{family}, got {block!r}")
+        if self.cidr.prefixlen > block:
+            raise ModelError(f"IPPool {self.name}: {self.cidr} is smaller than one block "
+                             f"(/{block}); use blockSize >= {self.cidr.prefixlen}")
+        object.__setattr__(self, "block_size", block)
+        if family == 6 and self.ipip_mode != "Never":
+            raise ModelError(f"IPPool {self.name}: IP-in-IP is IPv4 only ({self.cidr})")
+        if self.ipip_mode != "Never" and self.vxlan_mode != "Never":
+            raise ModelError(f"IPPool {self.name}: ipipMode and vxlanMode cannot both be "
+                             "enabled")
+        content = (
+            *net_tuple(self.cidr),
+            self.nat_outgoing,
+            self.disabled,
+            ENCAPSULATION_MODES.index(self.ipip_mode),
+            ENCAPSULATION_MODES.index(self.vxlan_mode),
+            block,
+            self.node_selector,
+            self.disable_bgp_export,
+        )
+        self._seal(("ippool", self.name), content)
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return self.cidr.version
+
+    def met_by(self, other: NetObject) -> bool:
+        """A foreign pool already gives what this one is for.
+
+        For a disabled pool (a NAT exemption) any foreign pool covering its CIDR
+        does, since Felix never masquerades traffic to an address in a pool; for
+        an enabled pool, a foreign enabled pool with the same CIDR and the same
+        ``natOutgoing`` does.
+        """
+        if not isinstance(other, IPPool):
+            return False
+        if self.disabled:
+            return contains(other.cidr, self.cidr)
+        return (other.cidr == self.cidr and not other.disabled
+                and other.nat_outgoing == self.nat_outgoing)
+
+    def conflicts_with(self, other: NetObject) -> bool:
+        """A foreign pool of the same name, or one whose CIDR overlaps (Calico forbids both)."""
+        if not isinstance(other, IPPool) or self.met_by(other):
+            return False
+        return other.name == self.name or overlaps(other.cidr, self.cidr)
+
+    def to_spec(self) -> dict[str, Any]:
+        """The Calico ``spec`` of the resource, every field explicit."""
+        return {
+            "cidr": str(self.cidr),
+            "natOutgoing": self.nat_outgoing,
+            "disabled": self.disabled,
+            "ipipMode": self.ipip_mode,
+            "vxlanMode": self.vxlan_mode,
+            "blockSize": self.block_size,
+            "nodeSelector": self.node_selector,
+            "disableBGPExport": self.disable_bgp_export,
+        }
+
+    def describe(self) -> str:
+        """``ippool NAME CIDR [natOutgoing] [disabled] ...``: defaults are not shown."""
+        parts = ["ippool", self.name, str(self.cidr)]
+        if self.nat_outgoing:
+            parts.append("natOutgoing")
+        if self.disabled:
+            parts.append("disabled")
+        if self.ipip_mode != "Never":
+            parts.append(f"ipipMode={self.ipip_mode}")
+        if self.vxlan_mode != "Never":
+            parts.append(f"vxlanMode={self.vxlan_mode}")
+        parts.append(f"blockSize={self.block_size}")
+        if self.node_selector != "all()":
+            parts.append(f"nodeSelector={json.dumps(self.node_selector)}")
+        if self.disable_bgp_export:
+            parts.append("disableBGPExport")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "type": self.type_name,
+            "name": self.name,
+            "cidr": str(self.cidr),
+            "nat_outgoing": self.nat_outgoing,
+            "disabled": self.disabled,
+            "ipip_mode": self.ipip_mode,
+            "vxlan_mode": self.vxlan_mode,
+            "block_size": self.block_size,
+            "node_selector": self.node_selector,
+            "disable_bgp_export": self.disable_bgp_export,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IPPool:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            data["name"],
+            data["cidr"],
+            nat_outgoing=data.get("nat_outgoing", False),
+            disabled=data.get("disabled", False),
+            ipip_mode=data.get("ipip_mode", "Never"),
+            vxlan_mode=data.get("vxlan_mode", "Never"),
+            block_size=data.get("block_size"),
+            node_selector=data.get("node_selector", "all()"),
+            disable_bgp_export=data.get("disable_bgp_export", False),
+        )
+
+
+register_object_type(FlannelConfig)
+register_object_type(IPPool)

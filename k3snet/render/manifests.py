@@ -1,0 +1,714 @@
+"""Kubernetes manifests rendered from a spec (``k3snet render manifests -f SPEC``).
+
+:func:`render_manifests` turns a :class:`~k3snet.spec.Spec` into plain dicts,
+one per Kubernetes object, and :func:`dump_manifests` writes them as one
+multi-document YAML stream for ``kubectl apply -f -``::
+
+    from k3snet import seed_spec
+    from k3snet.render.manifests import dump_manifests, render_manifests
+
+    print(dump_manifests(render_manifests(seed_spec())))
+
+What is rendered, each object labelled ``app.kubernetes.io/name: k3snet`` and
+``app.kubernetes.io/managed-by: k3snet``:
+
+* always: the agent -- a ServiceAccount, the ``k3snet-spec`` ConfigMap holding the
+  spec, and a DaemonSet running ``k3snet agent`` on every node (host network,
+  ``NET_ADMIN`` and ``NET_RAW`` only, not privileged, read-only root filesystem);
+  RBAC only for what the spec's backends reach through the API (Calico IPPools,
+  the flannel ConfigMap), and a Namespace when the agent's is not a built-in one;
+* ``egressPolicy.restrict``: a NetworkPolicy allowing the selected pods egress to
+  exactly the spec's destinations, and to cluster DNS when ``allowDNS``;
+* ``dns``: K3s's ``coredns-custom`` ConfigMap forwarding each zone to its resolvers;
+* ``connectivityTest``: a Job pinging the target and connecting to its TCP port,
+  whose outcome :func:`read_connectivity_result` reads back.
+
+Everything is deterministic: the same spec gives byte-identical YAML. Every
+manifest validates with ``kubernetes-validate --strict`` for
+:data:`OLDEST_KUBERNETES_VERSION` and :data:`NEWEST_KUBERNETES_VERSION`
+(``tests/cluster/test_manifests.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import attrs
+
+from k3snet.errors import BackendError, Problem, SpecError
+from k3snet.model.cidr import contains
+from k3snet.spec import ConnectivityTest, DnsZone, Spec, validate
+
+__all__ = [
+    "AGENT_NAME",
+    "CONNECTIVITY_CONTAINER",
+    "CONNECTIVITY_JOB_NAME",
+    "COREDNS_CUSTOM_NAME",
+    "EGRESS_POLICY_NAME",
+    "FLANNEL_CONFIGMAP_NAME",
+    "MANAGED_BY_LABELS",
+    "NEWEST_KUBERNETES_VERSION",
+    "OLDEST_KUBERNETES_VERSION",
+    "SPEC_CONFIGMAP_NAME",
+    "SPEC_PATH",
+    "ConnectivityResult",
+    "dump_manifests",
+    "parse_connectivity_log",
+    "read_connectivity_result",
+    "render_manifests",
+]
+
+OLDEST_KUBERNETES_VERSION: Final = "1.25"
+"""The oldest Kubernetes minor version the manifests are validated against.
+
+The oldest schema set ``kubernetes-validate`` 1.37 still ships.
+"""
+
+NEWEST_KUBERNETES_VERSION: Final = "1.37"
+"""The newest Kubernetes minor version the manifests are validated against."""
+
+MANAGED_BY_LABELS: Final[Mapping[str, str]] = {
+    "app.kubernetes.io/name": "k3snet",
+    "app.kubernetes.io/managed-by": "k3snet",
+}
+"""Labels on every rendered object (select them with ``-l app.kubernetes.io/managed-by=k3snet``)."""
+
+AGENT_NAME: Final = "k3snet-agent"
+"""Name of the DaemonSet, its ServiceAccount and its RBAC objects."""
+
+SPEC_CONFIGMAP_NAME: Final = "k3snet-spec"
+"""The ConfigMap holding the spec YAML the agent reads."""
+
+SPEC_PATH: Final = "/etc/k3snet/spec.yaml"
+"""Where the agent container finds the spec (the ConfigMap, mounted read-only)."""
+
+EGRESS_POLICY_NAME: Final = "k3snet-egress"
+COREDNS_CUSTOM_NAME: Final = "coredns-custom"
+"""K3s's CoreDNS imports ``*.server`` and ``*.override`` keys of this kube-system ConfigMap."""
+
+CONNECTIVITY_JOB_NAME: Final = "k3snet-connectivity"
+CONNECTIVITY_CONTAINER: Final = "connectivity"
+FLANNEL_CONFIGMAP_NAME: Final = "kube-flannel-cfg"
+"""Upstream flannel's ConfigMap (net-conf.json); K3s's embedded flannel reads a file instead."""
+
+SPEC_HASH_ANNOTATION: Final = "k3snet.io/spec-sha256"
+
+_BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+# Agents of the node backends: when the spec names no backend the agent may pick
+# any of them, so the manifests must allow for all.
+_NODE_BACKENDS = frozenset({"netlink", "nftables", "iptables"})
+_PROC_SYS_MOUNT = "/host/proc/sys"
+_HOST_PREFIX = "/host"
+_RUN_DIR = "/run/k3snet"
+_XTABLES_LOCK = "/run/xtables.lock"
+_RESULT_PREFIX = "k3snet-connectivity"
+_JOB_TTL_SECONDS = 3600  # long enough to read the result back, short enough to clean up
+_JOB_DEADLINE_SECONDS = 300  # 4 pings and a 5 s connect, after pulling busybox (slow links)
+_DNS_PORT = 53
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _labels(component: str) -> dict[str, str]:
+    # A fresh dict each time: YAML must never see a shared object (no &anchors).
+    return {**MANAGED_BY_LABELS, "app.kubernetes.io/component": component}
+
+
+def _meta(name: str, component: str, namespace: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    meta["labels"] = _labels(component)
+    return meta
+
+
+def _uses(spec: Spec, backend: str) -> bool:
+    """Whether the agent may run ``backend``: named, or any node backend when none is."""
+    if not spec.backends:
+        return backend in _NODE_BACKENDS
+    return backend in spec.backends
+
+
+# ---------------------------------------------------------------- the agent
+
+
+@attrs.frozen
+class _AgentNeeds:
+    """What the agent touches, derived from the spec and the flannel options."""
+
+    sysctls: bool
+    iptables: bool
+    calico: bool
+    flannel_conf: str | None
+    flannel_configmap_namespace: str | None
+
+    @property
+    def api(self) -> bool:
+        """Whether the agent talks to the API server at all (else: no token mounted)."""
+        return self.calico or self.flannel_configmap_namespace is not None
+
+
+def _agent_needs(
+    spec: Spec, flannel_conf: str | None, flannel_configmap_namespace: str | None
+) -> _AgentNeeds:
+    problems: list[Problem] = []
+    if "flannel" in spec.backends:
+        if (flannel_conf is None) == (flannel_configmap_namespace is None):
+            problems.append(Problem("backends", (
+                "the flannel backend needs exactly one of flannel_conf (the net-conf.json "
+                "K3s reads with --flannel-conf) or flannel_configmap_namespace (upstream "
+                f"flannel's {FLANNEL_CONFIGMAP_NAME} ConfigMap)")))
+        if flannel_conf is not None and (
+            not flannel_conf.startswith("/")
+            or posixpath.normpath(flannel_conf) != flannel_conf
+            or posixpath.dirname(flannel_conf) == "/"  # never mount the host's root
+        ):
+            problems.append(Problem("backends", f"flannel_conf must be an absolute, normalised "
+                                                f"path of a file below a directory, got "
+                                                f"{flannel_conf!r}"))
+        if flannel_configmap_namespace is not None and not _DNS_LABEL.fullmatch(
+            flannel_configmap_namespace
+        ):
+            problems.append(Problem("backends", f"{flannel_configmap_namespace!r} is not a "
+                                                f"valid namespace name"))
+    elif flannel_conf is not None or flannel_configmap_namespace is not None:
+        problems.append(Problem("backends", "flannel options given but the spec's backends "
+                                            "do not include flannel"))
+    if problems:
+        raise SpecError(problems)
+    return _AgentNeeds(
+        # Sysctls are the netlink backend's. It needs the host's /proc/sys/net and
+        # its state directory even when the spec sets no sysctl any more: that is
+        # when it restores the values it recorded.
+        sysctls=_uses(spec, "netlink"),
+        iptables=_uses(spec, "iptables"),
+        calico="calico" in spec.backends,
+        flannel_conf=flannel_conf,
+        flannel_configmap_namespace=flannel_configmap_namespace,
+    )
+
+
+def _spec_text(spec: Spec) -> str:
+    import yaml  # noqa: PLC0415 - optional dependency (k3snet[cli] / k3snet[kube])
+
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+def _agent_objects(spec: Spec, needs: _AgentNeeds, spec_text: str) -> list[dict[str, Any]]:
+    ns = spec.agent.namespace
+    objs: list[dict[str, Any]] = []
+    if ns not in _BUILTIN_NAMESPACES:
+        metadata = _meta(ns, "agent")
+        # hostNetwork and hostPath are beyond the "baseline" Pod Security level: a
+        # cluster enforcing it by default would refuse the agent's pods.
+        metadata["labels"]["pod-security.kubernetes.io/enforce"] = "privileged"
+        objs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": metadata})
+    objs.append({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(AGENT_NAME, "agent", ns),
+        # No token unless a backend talks to the API server (least privilege).
+        "automountServiceAccountToken": needs.api,
+    })
+    objs.append({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(SPEC_CONFIGMAP_NAME, "agent", ns),
+        "data": {posixpath.basename(SPEC_PATH): spec_text},
+    })
+    objs += _rbac_objects(ns, needs)
+    objs.append(_daemonset(spec, needs, spec_text))
+    return objs
+
+
+def _subject(namespace: str) -> list[dict[str, Any]]:
+    return [{"kind": "ServiceAccount", "name": AGENT_NAME, "namespace": namespace}]
+
+
+def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
+    """The least RBAC: nothing for the spec (a mounted ConfigMap needs none)."""
+    objs: list[dict[str, Any]] = []
+    if needs.calico:
+        # IPPools are cluster-scoped; crd.projectcalico.org is the API that works
+        # without the Calico API server.
+        objs.append({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(AGENT_NAME, "agent"),
+            "rules": [{
+                "apiGroups": ["crd.projectcalico.org"],
+                "resources": ["ippools"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            }],
+        })
+        objs.append({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(AGENT_NAME, "agent"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": AGENT_NAME},
+            "subjects": _subject(namespace),
+        })
+    flannel_ns = needs.flannel_configmap_namespace
+    if flannel_ns is not None:
+        # One named ConfigMap: resourceNames limits get/update/patch to it (list and
+        # watch cannot be limited that way, so they are not granted).
+        objs.append({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(AGENT_NAME, "agent", flannel_ns),
+            "rules": [{
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [FLANNEL_CONFIGMAP_NAME],
+                "verbs": ["get", "update", "patch"],
+            }],
+        })
+        objs.append({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(AGENT_NAME, "agent", flannel_ns),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": AGENT_NAME},
+            "subjects": _subject(namespace),
+        })
+    return objs
+
+
+def _host_path(name: str, path: str, kind: str) -> dict[str, Any]:
+    return {"name": name, "hostPath": {"path": path, "type": kind}}
+
+
+def _agent_volumes(needs: _AgentNeeds) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts): the spec read-only, writable paths only where needed."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "spec", "configMap": {
+            "name": SPEC_CONFIGMAP_NAME,
+            "items": [{"key": posixpath.basename(SPEC_PATH),
+                       "path": posixpath.basename(SPEC_PATH)}],
+            "defaultMode": 0o444,
+        }},
+        # The root filesystem is read-only; libraries that need a scratch file
+        # (tempfile) get a small memory-backed /tmp.
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "spec", "mountPath": posixpath.dirname(SPEC_PATH), "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
+    ]
+    if needs.sysctls:
+        # The previous value of every sysctl k3snet sets is recorded here so that
+        # removal restores it: a hostPath, so it survives agent restarts (and is
+        # cleared at boot, like the sysctls themselves: /run is a tmpfs).
+        volumes.append(_host_path("run-k3snet", _RUN_DIR, "DirectoryOrCreate"))
+        mounts.append({"name": "run-k3snet", "mountPath": _RUN_DIR})
+        # /proc/sys is read-only in a container that is not privileged; the host's
+        # net subtree, mounted elsewhere, is writable with uid 0 (Cilium does the same).
+        volumes.append(_host_path("proc-sys-net", "/proc/sys/net", "Directory"))
+        mounts.append({"name": "proc-sys-net", "mountPath": f"{_PROC_SYS_MOUNT}/net"})
+    if needs.iptables:
+        # iptables-restore -w serialises with every other iptables user of the
+        # node (kube-proxy, flannel, kube-router) through this lock file.
+        volumes.append(_host_path("xtables-lock", _XTABLES_LOCK, "FileOrCreate"))
+        mounts.append({"name": "xtables-lock", "mountPath": _XTABLES_LOCK})
+    if needs.flannel_conf is not None:
+        # The directory, not the file: a file written by rename cannot replace a
+        # bind-mounted file.
+        directory = posixpath.dirname(needs.flannel_conf)
+        volumes.append(_host_path("flannel-conf", directory, "Directory"))
+        mounts.append({"name": "flannel-conf", "mountPath": _HOST_PREFIX + directory})
+    return volumes, mounts
+
+
+def _agent_env(needs: _AgentNeeds) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "K3SNET_NODE_NAME",
+         "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ]
+    if needs.sysctls:
+        env.append({"name": "K3SNET_PROC_SYS", "value": _PROC_SYS_MOUNT})
+    if needs.flannel_conf is not None:
+        env.append({"name": "K3SNET_FLANNEL_CONF", "value": _HOST_PREFIX + needs.flannel_conf})
+    if needs.flannel_configmap_namespace is not None:
+        env.append({"name": "K3SNET_FLANNEL_CONFIGMAP",
+                    "value": f"{needs.flannel_configmap_namespace}/{FLANNEL_CONFIGMAP_NAME}"})
+    return env
+
+
+def _daemonset(spec: Spec, needs: _AgentNeeds, spec_text: str) -> dict[str, Any]:
+    volumes, mounts = _agent_volumes(needs)
+    selector = {"app.kubernetes.io/name": "k3snet", "app.kubernetes.io/component": "agent"}
+    container = {
+        "name": "agent",
+        "image": spec.agent.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["k3snet", "agent", "-f", SPEC_PATH,
+                    "--interval", str(spec.agent.interval_seconds)],
+        "env": _agent_env(needs),
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "64Mi"},
+            "limits": {"cpu": "200m", "memory": "128Mi"},
+        },
+        "securityContext": {
+            "privileged": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            # Capabilities are effective only for uid 0 (Kubernetes sets no ambient
+            # capabilities), whatever user the image declares.
+            "runAsUser": 0,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": _meta(AGENT_NAME, "agent", spec.agent.namespace),
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {
+                    "labels": _labels("agent"),
+                    # A changed spec rolls the pods, so every node runs the new one.
+                    "annotations": {SPEC_HASH_ANNOTATION: hashlib.sha256(
+                        spec_text.encode()).hexdigest()},
+                },
+                "spec": {
+                    "serviceAccountName": AGENT_NAME,
+                    "automountServiceAccountToken": needs.api,
+                    "hostNetwork": True,
+                    "dnsPolicy": "ClusterFirstWithHostNet",
+                    "priorityClassName": "system-node-critical",
+                    # Every node, tainted or not (control plane, NoExecute, ...).
+                    "tolerations": [{"operator": "Exists"}],
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------- egress policy
+
+
+def _egress_policy(spec: Spec) -> dict[str, Any]:
+    policy = spec.egress_policy
+    rules: list[dict[str, Any]] = []
+    if spec.destinations:
+        # Never an empty "to": a rule without peers would allow every destination.
+        peers = []
+        for dest in spec.destinations:
+            block: dict[str, Any] = {"cidr": str(dest.cidr)}
+            denied = [str(n) for n in policy.deny if contains(dest.cidr, n)]
+            if denied:
+                block["except"] = denied
+            peers.append({"ipBlock": block})
+        rules.append({"to": peers})
+    if policy.allow_dns:
+        rules.append({
+            "to": [{
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }],
+            "ports": [{"protocol": "UDP", "port": _DNS_PORT},
+                      {"protocol": "TCP", "port": _DNS_PORT}],
+        })
+    selector: dict[str, Any] = (
+        {"matchLabels": dict(policy.pod_selector)} if policy.pod_selector else {}
+    )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(EGRESS_POLICY_NAME, "egress-policy", policy.namespace),
+        "spec": {
+            "podSelector": selector,
+            "policyTypes": ["Egress"],
+            "egress": rules,
+        },
+    }
+
+
+# ---------------------------------------------------------------- DNS
+
+
+def _zone_name(zone: DnsZone) -> str:
+    return zone.zone.rstrip(".").lower()
+
+
+def _server_block(zone: DnsZone) -> str:
+    resolvers = " ".join(str(r) for r in zone.resolvers)
+    return (f"{_zone_name(zone)}:{_DNS_PORT} {{\n"
+            "    errors\n"
+            "    cache 30\n"
+            f"    forward . {resolvers}\n"
+            "}\n")
+
+
+def _coredns_custom(zones: Sequence[DnsZone]) -> dict[str, Any]:
+    # Sorted by zone: the key order the API server returns, whatever the spec's order.
+    ordered = sorted(zones, key=_zone_name)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(COREDNS_CUSTOM_NAME, "dns", "kube-system"),
+        "data": {f"{_zone_name(z)}.server": _server_block(z) for z in ordered},
+    }
+
+
+# ---------------------------------------------------------------- connectivity test
+
+# Run by busybox sh with the target and port as positional arguments: nothing
+# is interpolated into the script. The summary line is what k3snet reads back.
+_CONNECTIVITY_SCRIPT = """\
+target="$1"
+port="$2"
+if ping -c 4 "$target"; then ping=ok; else ping=fail; fi
+if [ -z "$port" ]; then tcp=skipped
+elif nc -z -w 5 "$target" "$port"; then tcp=ok
+else tcp=fail
+fi
+echo "k3snet-connectivity target=$target port=${port:--} ping=$ping tcp=$tcp"
+[ "$ping" = ok ] && [ "$tcp" != fail ]
+"""
+
+
+def _connectivity_job(spec: Spec, test: ConnectivityTest) -> dict[str, Any]:
+    pod_labels = _labels("connectivity-test")
+    policy = spec.egress_policy
+    if policy.restrict and policy.namespace == test.namespace:
+        # The test pod is selected by the egress policy too, so it proves that the
+        # restricted pods (not just any pod) reach the destination.
+        pod_labels.update(dict(policy.pod_selector))
+    args = [str(test.target), "" if test.port is None else str(test.port)]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(CONNECTIVITY_JOB_NAME, "connectivity-test", test.namespace),
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": _JOB_DEADLINE_SECONDS,
+            "ttlSecondsAfterFinished": _JOB_TTL_SECONDS,
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": CONNECTIVITY_CONTAINER,
+                        "image": test.image,
+                        "command": ["sh", "-c", _CONNECTIVITY_SCRIPT, _RESULT_PREFIX, *args],
+                        "resources": {
+                            "requests": {"cpu": "10m", "memory": "16Mi"},
+                            "limits": {"cpu": "100m", "memory": "32Mi"},
+                        },
+                        "securityContext": {
+                            "privileged": False,
+                            "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True,
+                            # busybox ping opens a raw ICMP socket: uid 0 with NET_RAW.
+                            "runAsUser": 0,
+                            "capabilities": {"add": ["NET_RAW"], "drop": ["ALL"]},
+                        },
+                    }],
+                },
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------- public API
+
+
+def render_manifests(
+    spec: Spec,
+    *,
+    spec_text: str | None = None,
+    flannel_conf: str | None = None,
+    flannel_configmap_namespace: str | None = None,
+) -> list[dict[str, Any]]:
+    """The Kubernetes objects for ``spec``, in apply order.
+
+    ``spec_text`` is the YAML the agent's ConfigMap carries (the spec file as
+    written, comments included); by default the YAML form of ``spec``.
+
+    When the spec's backends include ``flannel``, say where the agent finds
+    flannel's config: ``flannel_conf``, the node file K3s reads with
+    ``--flannel-conf`` (mounted from the host), or ``flannel_configmap_namespace``,
+    the namespace of upstream flannel's ``kube-flannel-cfg`` ConfigMap (a Role
+    allows the agent to read and patch that one ConfigMap).
+
+    Raises :class:`~k3snet.errors.SpecError` for an invalid spec or flannel options.
+
+    >>> from k3snet import seed_spec
+    >>> [obj["kind"] for obj in render_manifests(seed_spec())]
+    ['ServiceAccount', 'ConfigMap', 'DaemonSet']
+    """
+    problems = validate(spec)
+    if problems:
+        raise SpecError(problems)
+    needs = _agent_needs(spec, flannel_conf, flannel_configmap_namespace)
+    text = _spec_text(spec) if spec_text is None else spec_text
+    objs = _agent_objects(spec, needs, text)
+    if spec.dns:
+        objs.append(_coredns_custom(spec.dns))
+    if spec.egress_policy.restrict:
+        objs.append(_egress_policy(spec))
+    if spec.connectivity_test is not None:
+        objs.append(_connectivity_job(spec, spec.connectivity_test))
+    return objs
+
+
+def dump_manifests(objs: Iterable[Mapping[str, Any]]) -> str:
+    """One multi-document YAML stream (``---`` between objects), for ``kubectl apply -f -``.
+
+    Keys keep the order the objects were built in (``apiVersion``, ``kind``,
+    ``metadata`` first); multi-line strings are written as ``|`` blocks; the same
+    objects always give the same bytes.
+    """
+    import yaml  # noqa: PLC0415 - optional dependency (k3snet[cli] / k3snet[kube])
+
+    class _Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True  # no &anchors / *aliases: every manifest reads on its own
+
+    def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, _str)
+    return yaml.dump_all(
+        [dict(obj) for obj in objs],
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        explicit_start=True,
+        width=100,
+    )
+
+
+# ---------------------------------------------------------------- reading a result back
+
+
+@attrs.frozen
+class ConnectivityResult:
+    """The outcome of the connectivity test Job.
+
+    ``succeeded`` is ``True`` or ``False`` once the Job has finished and ``None``
+    while it runs. ``ping`` and ``tcp`` are what its pod reported (``"ok"``,
+    ``"fail"``; ``tcp`` is ``"skipped"`` without a port), or ``None`` when the log
+    could not be read. ``message`` says it all in one line.
+    """
+
+    succeeded: bool | None
+    message: str
+    ping: str | None = None
+    tcp: str | None = None
+
+
+_RESULT_LINE = re.compile(rf"^{_RESULT_PREFIX}((?: [a-z]+=\S*)+)\s*$", re.MULTILINE)
+
+
+def parse_connectivity_log(log: str) -> dict[str, str] | None:
+    """The ``key=value`` pairs of the last ``k3snet-connectivity ...`` line of a log.
+
+    >>> parse_connectivity_log("PING ...\\nk3snet-connectivity target=10.0.0.1 ping=ok tcp=ok\\n")
+    {'target': '10.0.0.1', 'ping': 'ok', 'tcp': 'ok'}
+    """
+    matches = _RESULT_LINE.findall(log)
+    if not matches:
+        return None
+    return dict(pair.split("=", 1) for pair in matches[-1].split())
+
+
+_SUCCESS_CONDITIONS = ("Complete", "SuccessCriteriaMet")
+# FailureTarget (Kubernetes 1.31+) comes before Failed, once the outcome is decided.
+_FAILURE_CONDITIONS = ("Failed", "FailureTarget")
+
+
+def _job_outcome(job: Any) -> tuple[bool | None, str]:
+    for condition in (job.status.conditions or []) if job.status else []:
+        if condition.status != "True":
+            continue
+        detail = ": ".join(p for p in (condition.reason, condition.message) if p)
+        if condition.type in _SUCCESS_CONDITIONS:
+            return True, condition.type + (f" ({detail})" if detail else "")
+        if condition.type in _FAILURE_CONDITIONS:
+            return False, condition.type + (f" ({detail})" if detail else "")
+    return None, "still running"
+
+
+def _job_pod(core_api: Any, namespace: str, name: str, uid: str | None) -> Any:
+    """The newest pod of the Job (``backoffLimit: 0``: normally its only one)."""
+    pods = core_api.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
+    # The selector again, client-side, and the owner: a pod of an earlier Job of the
+    # same name must not speak for this one.
+    mine = [
+        pod for pod in pods
+        if (pod.metadata.labels or {}).get("job-name") == name
+        and (uid is None or not pod.metadata.owner_references
+             or any(ref.uid == uid for ref in pod.metadata.owner_references))
+    ]
+    if not mine:
+        return None
+    return max(mine, key=lambda pod: (str(pod.metadata.creation_timestamp or ""),
+                                      pod.metadata.name))
+
+
+def read_connectivity_result(
+    batch_api: Any, core_api: Any, namespace: str, name: str = CONNECTIVITY_JOB_NAME
+) -> ConnectivityResult:
+    """Read the connectivity test Job's status and, when possible, its pod's log.
+
+    ``batch_api`` and ``core_api`` are ``kubernetes.client.BatchV1Api`` and
+    ``CoreV1Api`` instances. The Job's conditions decide ``succeeded``; the pod
+    log (the ``k3snet-connectivity ping=... tcp=...`` line) says which check
+    failed. A log that cannot be read is mentioned in the message, not raised.
+
+    Raises :class:`~k3snet.errors.BackendError` when the Job cannot be read.
+    """
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - k3snet[kube]
+
+    where = f"Job {namespace}/{name}"
+    try:
+        job = batch_api.read_namespaced_job(name, namespace)
+    except ApiException as exc:
+        raise BackendError(f"cannot read {where}: {exc.status} {exc.reason}") from exc
+    succeeded, state = _job_outcome(job)
+    uid = job.metadata.uid if job.metadata else None
+    fields: dict[str, str] | None = None
+    note = ""
+    try:
+        pod = _job_pod(core_api, namespace, name, uid)
+        if pod is None:
+            note = "no pod found"
+        else:
+            log = core_api.read_namespaced_pod_log(pod.metadata.name, namespace,
+                                                   container=CONNECTIVITY_CONTAINER)
+            fields = parse_connectivity_log(log or "")
+            if fields is None:
+                note = f"pod {pod.metadata.name} has not reported yet"
+    except ApiException as exc:
+        note = f"log unavailable: {exc.status} {exc.reason}"
+    ping = fields.get("ping") if fields else None
+    tcp = fields.get("tcp") if fields else None
+    parts = [f"{where}: {state}"]
+    if fields:
+        target = fields.get("target", "?")
+        port = fields.get("port", "-")
+        parts.append(f"ping {target}: {ping}")
+        parts.append(f"tcp {target}:{port}: {tcp}" if tcp != "skipped" else "tcp: skipped")
+    if note:
+        parts.append(note)
+    verdict = {True: "passed", False: "FAILED", None: "pending"}[succeeded]
+    return ConnectivityResult(succeeded, f"connectivity test {verdict} -- " + "; ".join(parts),
+                              ping=ping, tcp=tcp)

@@ -1,0 +1,549 @@
+"""The Kubernetes manifests rendered from a spec (``k3snet.render.manifests``).
+
+Every manifest of several specs validates with ``kubernetes-validate --strict``
+for the oldest and newest Kubernetes versions k3snet supports; then the
+properties that matter: the agent's least privilege, the exact egress policy,
+nothing rendered for absent sections, and byte-identical output.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import ValidationError
+
+import k3snet
+from k3snet.errors import SpecError
+from k3snet.render.manifests import (
+    AGENT_NAME,
+    CONNECTIVITY_JOB_NAME,
+    COREDNS_CUSTOM_NAME,
+    EGRESS_POLICY_NAME,
+    FLANNEL_CONFIGMAP_NAME,
+    MANAGED_BY_LABELS,
+    NEWEST_KUBERNETES_VERSION,
+    OLDEST_KUBERNETES_VERSION,
+    SPEC_CONFIGMAP_NAME,
+    SPEC_PATH,
+    dump_manifests,
+    render_manifests,
+)
+from k3snet.spec import (
+    AgentSettings,
+    Cluster,
+    ConnectivityTest,
+    Destination,
+    DnsZone,
+    EgressPolicy,
+    Spec,
+)
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSIONS = (OLDEST_KUBERNETES_VERSION, NEWEST_KUBERNETES_VERSION)
+
+
+# ---------------------------------------------------------------- specs
+
+def _dual_stack() -> Spec:
+    return k3snet.load_spec(ROOT / "examples" / "seed.yaml")
+
+
+def _with_exclusions() -> Spec:
+    return Spec(destinations=[
+        Destination("192.168.2.0/24", gateway="192.168.1.1", device="eth0",
+                    exclude=["192.168.2.128/25", "192.168.2.10/32"]),
+        Destination("172.20.0.0/16", masquerade=False),
+    ], egress_policy=EgressPolicy(restrict=True, namespace="shop", pod_selector={"app": "web"},
+                                  deny=["192.168.2.128/25", "192.168.2.10/32"]))
+
+
+def _with_calico() -> Spec:
+    return Spec(destinations=[Destination("192.168.2.0/24")], backends=["calico"])
+
+
+def _with_dns_and_test() -> Spec:
+    return Spec(
+        destinations=[Destination("192.168.2.0/24", gateway="192.168.1.1", device="eth0")],
+        dns=[DnsZone("corp.example.", ["192.168.2.53", "192.168.2.54"]),
+             DnsZone("db.internal", ["fd01:2::53"])],
+        connectivity_test=ConnectivityTest("192.168.2.10", port=5432),
+    )
+
+
+def _everything() -> Spec:
+    return Spec(
+        cluster=Cluster(["10.42.0.0/16", "fd42:42::/56"], ["10.43.0.0/16", "fd43:43::/112"]),
+        destinations=[
+            Destination("192.168.2.0/24", gateway="192.168.1.1", device="eth0",
+                        exclude=["192.168.2.128/25"]),
+            Destination("fd01:2::/64", gateway="fd01:1::1", device="eth0"),
+        ],
+        backends=["netlink", "iptables", "calico", "flannel"],
+        dns=[DnsZone("corp.example", ["192.168.2.53"])],
+        egress_policy=EgressPolicy(restrict=True, namespace="shop",
+                                   pod_selector={"app": "web", "tier": "frontend"},
+                                   deny=["192.168.2.128/25"]),
+        connectivity_test=ConnectivityTest("fd01:2::10", port=443, namespace="shop"),
+        agent=AgentSettings(image="registry.example/k3snet:1.2.3", namespace="k3snet-system",
+                            interval_seconds=60),
+    )
+
+
+SPECS: dict[str, tuple[Spec, dict[str, Any]]] = {
+    "seed": (k3snet.seed_spec(), {}),
+    "dual-stack": (_dual_stack(), {}),
+    "exclusions": (_with_exclusions(), {}),
+    "calico": (_with_calico(), {}),
+    "dns-and-test": (_with_dns_and_test(), {}),
+    "everything-flannel-configmap": (_everything(),
+                                     {"flannel_configmap_namespace": "kube-flannel"}),
+    "everything-flannel-file": (_everything(), {"flannel_conf": "/etc/k3s/flannel/net-conf.json"}),
+    "restrict-dns-only": (Spec(egress_policy=EgressPolicy(restrict=True)), {}),
+    "restrict-nothing": (Spec(egress_policy=EgressPolicy(restrict=True, allow_dns=False)), {}),
+}
+
+
+def _render(name: str) -> list[dict[str, Any]]:
+    spec, options = SPECS[name]
+    return render_manifests(spec, **options)
+
+
+def _kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def _one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in _kind(objs, kind) if name is None or o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{len(found)} {kind} objects named {name}"
+    return found[0]
+
+
+def _containers(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if obj["kind"] in ("DaemonSet", "Job"):
+        pod = obj["spec"]["template"]["spec"]
+        yield from pod.get("initContainers", [])
+        yield from pod["containers"]
+
+
+def _agent_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    container: dict[str, Any]
+    (container,) = _one(objs, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+# ---------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_manifest_validates_strictly(name: str, version: str) -> None:
+    for obj in _render(name):
+        # Through YAML, as kubectl would read it.
+        (parsed,) = yaml.safe_load_all(dump_manifests([obj]))
+        validated = kubernetes_validate.validate(parsed, version, strict=True)
+        assert validated == version, f"schema of {validated} used for {version}"
+
+
+def test_validated_versions_are_the_extremes_shipped() -> None:
+    shipped = sorted({v.rsplit(".", 1)[0] for v in kubernetes_validate.utils.all_versions()},
+                     key=lambda v: tuple(map(int, v.split("."))))
+    assert shipped[0] == OLDEST_KUBERNETES_VERSION
+    assert shipped[-1] == NEWEST_KUBERNETES_VERSION
+
+
+def test_strict_validation_has_teeth() -> None:
+    # An unknown field must fail, or the validation above proves nothing.
+    obj = _one(_render("seed"), "DaemonSet")
+    obj["spec"]["template"]["spec"]["containers"][0]["privilegd"] = False
+    for version in VERSIONS:
+        with pytest.raises(ValidationError):
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+# ---------------------------------------------------------------- common properties
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_object_is_labelled_as_k3snets(name: str) -> None:
+    for obj in _render(name):
+        labels = obj["metadata"]["labels"]
+        assert {k: labels[k] for k in MANAGED_BY_LABELS} == {
+            "app.kubernetes.io/name": "k3snet", "app.kubernetes.io/managed-by": "k3snet"}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_output_is_byte_identical(name: str) -> None:
+    assert dump_manifests(_render(name)) == dump_manifests(_render(name))
+
+
+def test_output_is_byte_identical_across_processes() -> None:
+    # Other interpreters with other hash seeds: no set or dict-order accident.
+    spec, options = SPECS["everything-flannel-configmap"]
+    code = ("import sys\n"
+            "from k3snet.spec import Spec\n"
+            "from k3snet.render.manifests import dump_manifests, render_manifests\n"
+            "spec = Spec.from_yaml(sys.stdin.read())\n"
+            "sys.stdout.write(dump_manifests(render_manifests(spec, "
+            "flannel_configmap_namespace='kube-flannel')))\n")
+    assert options == {"flannel_configmap_namespace": "kube-flannel"}
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], input=yaml.safe_dump(spec.to_dict()),
+                       capture_output=True, text=True, check=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert outputs == {dump_manifests(_render("everything-flannel-configmap"))}
+
+
+def test_dump_is_multi_document_yaml_with_literal_blocks() -> None:
+    objs = _render("dns-and-test")
+    text = dump_manifests(objs)
+    assert list(yaml.safe_load_all(text)) == objs
+    assert text.count("\n---\n") == len(objs) - 1
+    assert text.startswith("---\n")
+    assert "&id" not in text
+    assert "*id" not in text
+    assert "corp.example.server: |" in text  # the Corefile reads as a block
+    # apiVersion, kind, metadata lead every document.
+    for doc in text.split("---\n")[1:]:
+        first, second, third = doc.splitlines()[:3]
+        assert first.startswith("apiVersion: ")
+        assert second.startswith("kind: ")
+        assert third == "metadata:"
+
+
+def test_invalid_spec_is_refused() -> None:
+    bad = Spec(dns=[DnsZone("not a zone!", [])])
+    with pytest.raises(SpecError) as info:
+        render_manifests(bad)
+    assert {p.path for p in info.value.problems} >= {"dns.zones[0].zone", "dns.zones[0].resolvers"}
+
+
+# ---------------------------------------------------------------- the agent
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_agent_has_least_privilege(name: str) -> None:
+    objs = _render(name)
+    pod = _one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    container = _agent_container(objs)
+    assert container["securityContext"] == {
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsUser": 0,
+        "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+    }
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert not {"hostPID", "hostIPC"} & set(pod)
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]
+    # Every container anywhere: never privileged, never escalating, read-only root.
+    for obj in objs:
+        for c in _containers(obj):
+            ctx = c["securityContext"]
+            assert ctx["privileged"] is False
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["readOnlyRootFilesystem"] is True
+            assert ctx["capabilities"]["drop"] == ["ALL"]
+            assert set(ctx["capabilities"]["add"]) <= {"NET_ADMIN", "NET_RAW"}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_agent_reads_the_spec_from_its_configmap(name: str) -> None:
+    spec, _ = SPECS[name]
+    objs = _render(name)
+    container = _agent_container(objs)
+    assert container["command"] == ["k3snet", "agent", "-f", SPEC_PATH,
+                                    "--interval", str(spec.agent.interval_seconds)]
+    assert container["image"] == spec.agent.image
+    configmap = _one(objs, "ConfigMap", SPEC_CONFIGMAP_NAME)
+    assert configmap["metadata"]["namespace"] == spec.agent.namespace
+    assert k3snet.Spec.from_yaml(configmap["data"]["spec.yaml"]) == spec
+    (spec_volume,) = [v for v in _one(objs, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+                      if v["name"] == "spec"]
+    assert spec_volume["configMap"]["name"] == SPEC_CONFIGMAP_NAME
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "spec"]
+    assert mount == {"name": "spec", "mountPath": "/etc/k3snet", "readOnly": True}
+
+
+def test_spec_text_is_carried_verbatim_and_rolls_the_pods() -> None:
+    spec = k3snet.seed_spec()
+    text = "# the operator's own file, comments kept\n" + yaml.safe_dump(spec.to_dict())
+    plain, verbatim = render_manifests(spec), render_manifests(spec, spec_text=text)
+    assert _one(verbatim, "ConfigMap", SPEC_CONFIGMAP_NAME)["data"] == {"spec.yaml": text}
+
+    def spec_hash(objs: list[dict[str, Any]]) -> str:
+        annotations = _one(objs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations["k3snet.io/spec-sha256"])
+
+    assert spec_hash(plain) != spec_hash(verbatim)
+
+
+def _host_paths(objs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """hostPath -> (type, mountPath) of the agent."""
+    pod = _one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    return {v["hostPath"]["path"]: (v["hostPath"]["type"], mounts[v["name"]]["mountPath"])
+            for v in pod["volumes"] if "hostPath" in v}
+
+
+def _env(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in _agent_container(objs)["env"]}
+
+
+def test_writable_host_paths_only_where_needed() -> None:
+    # No backend named: any node backend may run, so sysctls and the xtables lock.
+    assert _host_paths(_render("seed")) == {
+        "/run/k3snet": ("DirectoryOrCreate", "/run/k3snet"),
+        "/proc/sys/net": ("Directory", "/host/proc/sys/net"),
+        "/run/xtables.lock": ("FileOrCreate", "/run/xtables.lock"),
+    }
+    assert _env(_render("seed"))["K3SNET_PROC_SYS"] == "/host/proc/sys"
+    nft_only = render_manifests(attrs.evolve(k3snet.seed_spec(), backends=("nftables",)))
+    assert _host_paths(nft_only) == {}
+    assert "K3SNET_PROC_SYS" not in _env(nft_only)
+    netlink_only = render_manifests(Spec(backends=["netlink"]))
+    assert set(_host_paths(netlink_only)) == {"/run/k3snet", "/proc/sys/net"}
+    assert set(_host_paths(render_manifests(Spec(backends=["iptables"])))) == {
+        "/run/xtables.lock"}
+    # The only writable path inside the container itself is a small memory-backed /tmp.
+    pod = _one(nft_only, "DaemonSet")["spec"]["template"]["spec"]
+    assert [v for v in pod["volumes"] if "emptyDir" in v] == [
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
+
+
+def test_no_rbac_and_no_token_without_api_backends() -> None:
+    for name in ("seed", "dual-stack", "exclusions", "dns-and-test"):
+        objs = _render(name)
+        assert not [o for o in objs if o["kind"] in
+                    ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")], name
+        assert _one(objs, "ServiceAccount")["automountServiceAccountToken"] is False
+        pod = _one(objs, "DaemonSet")["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["serviceAccountName"] == AGENT_NAME
+
+
+def test_calico_gets_ippools_cluster_wide() -> None:
+    objs = _render("calico")
+    role = _one(objs, "ClusterRole")
+    assert role["rules"] == [{
+        "apiGroups": ["crd.projectcalico.org"],
+        "resources": ["ippools"],
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+    }]
+    binding = _one(objs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole", "name": AGENT_NAME}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
+                                    "namespace": "kube-system"}]
+    assert not _kind(objs, "Role")
+    assert _one(objs, "ServiceAccount")["automountServiceAccountToken"] is True
+
+
+def test_flannel_configmap_mode_gets_one_configmap() -> None:
+    objs = _render("everything-flannel-configmap")
+    role = _one(objs, "Role")
+    assert role["metadata"]["namespace"] == "kube-flannel"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "resourceNames": [FLANNEL_CONFIGMAP_NAME],
+                              "verbs": ["get", "update", "patch"]}]
+    binding = _one(objs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "kube-flannel"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
+                                    "namespace": "k3snet-system"}]
+    assert _env(objs)["K3SNET_FLANNEL_CONFIGMAP"] == "kube-flannel/kube-flannel-cfg"
+    assert "/etc/k3s/flannel" not in _host_paths(objs)
+
+
+def test_flannel_file_mode_mounts_the_directory_and_needs_no_rbac_for_it() -> None:
+    objs = _render("everything-flannel-file")
+    assert _host_paths(objs)["/etc/k3s/flannel"] == ("Directory", "/host/etc/k3s/flannel")
+    assert _env(objs)["K3SNET_FLANNEL_CONF"] == "/host/etc/k3s/flannel/net-conf.json"
+    assert not _kind(objs, "Role")
+    assert _one(objs, "ClusterRole")["rules"][0]["resources"] == ["ippools"]  # calico's
+
+
+@pytest.mark.parametrize(("backends", "options", "fragment"), [
+    (["flannel"], {}, "needs exactly one of"),
+    (["flannel"], {"flannel_conf": "/a/b.json", "flannel_configmap_namespace": "x"},
+     "needs exactly one of"),
+    (["flannel"], {"flannel_conf": "relative/net-conf.json"}, "absolute"),
+    (["flannel"], {"flannel_conf": "/etc/../net-conf.json"}, "absolute"),
+    (["flannel"], {"flannel_conf": "/net-conf.json"}, "below a directory"),
+    (["flannel"], {"flannel_configmap_namespace": "Kube_Flannel"}, "not a valid namespace"),
+    (["nftables"], {"flannel_conf": "/etc/flannel/net-conf.json"}, "do not include flannel"),
+])
+def test_flannel_options_are_checked(
+    backends: list[str], options: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(SpecError, match=fragment):
+        render_manifests(Spec(backends=backends), **options)
+
+
+def test_custom_agent_namespace_is_created_first() -> None:
+    objs = _render("everything-flannel-configmap")
+    assert objs[0] == {"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": "k3snet-system",
+                                    "labels": {**MANAGED_BY_LABELS,
+                                               "app.kubernetes.io/component": "agent",
+                                               "pod-security.kubernetes.io/enforce":
+                                                   "privileged"}}}
+    assert not _kind(_render("seed"), "Namespace")  # kube-system exists already
+
+
+# ---------------------------------------------------------------- egress policy
+
+def test_egress_policy_allows_exactly_the_destinations_and_dns() -> None:
+    policy = _one(_render("exclusions"), "NetworkPolicy")
+    assert policy["metadata"]["name"] == EGRESS_POLICY_NAME
+    assert policy["metadata"]["namespace"] == "shop"
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "policyTypes": ["Egress"],
+        "egress": [
+            {"to": [
+                {"ipBlock": {"cidr": "192.168.2.0/24",
+                             "except": ["192.168.2.128/25", "192.168.2.10/32"]}},
+                {"ipBlock": {"cidr": "172.20.0.0/16"}},
+            ]},
+            {"to": [{"namespaceSelector": {"matchLabels":
+                                           {"kubernetes.io/metadata.name": "kube-system"}},
+                     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        ],
+    }
+
+
+def test_egress_policy_dual_stack_and_selector() -> None:
+    policy = _one(_render("everything-flannel-file"), "NetworkPolicy")
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app": "web", "tier": "frontend"}}
+    assert policy["spec"]["egress"][0] == {"to": [
+        {"ipBlock": {"cidr": "192.168.2.0/24", "except": ["192.168.2.128/25"]}},
+        {"ipBlock": {"cidr": "fd01:2::/64"}},
+    ]}
+
+
+def test_nat_exclusions_do_not_block_reachability() -> None:
+    # A destination's exclude keeps the pod source address; pods still reach it.
+    spec = Spec(destinations=[Destination("192.168.2.0/24", exclude=["192.168.2.128/25"])],
+                egress_policy=EgressPolicy(restrict=True))
+    policy = next(o for o in render_manifests(spec) if o["kind"] == "NetworkPolicy")
+    assert policy["spec"]["egress"][0] == {"to": [{"ipBlock": {"cidr": "192.168.2.0/24"}}]}
+
+
+def test_egress_policy_never_has_a_rule_without_peers() -> None:
+    # A rule without "to" allows everything: no destinations means no rule at all.
+    dns_only = _one(_render("restrict-dns-only"), "NetworkPolicy")["spec"]
+    assert dns_only["podSelector"] == {}  # every pod of the namespace
+    assert len(dns_only["egress"]) == 1
+    assert dns_only["egress"][0]["ports"]
+    nothing = _one(_render("restrict-nothing"), "NetworkPolicy")["spec"]
+    assert nothing["egress"] == []  # deny all egress: what the spec says
+    no_dns = render_manifests(Spec(destinations=[Destination("192.168.2.0/24")],
+                                   egress_policy=EgressPolicy(restrict=True, allow_dns=False)))
+    assert _one(no_dns, "NetworkPolicy")["spec"]["egress"] == [
+        {"to": [{"ipBlock": {"cidr": "192.168.2.0/24"}}]}]
+    for name in sorted(SPECS):
+        for policy in _kind(_render(name), "NetworkPolicy"):
+            assert all(rule.get("to") for rule in policy["spec"]["egress"]), name
+
+
+# ---------------------------------------------------------------- absent sections
+
+@pytest.mark.parametrize("name", ["seed", "dual-stack", "calico"])
+def test_nothing_rendered_for_absent_sections(name: str) -> None:
+    objs = _render(name)
+    assert not _kind(objs, "NetworkPolicy")
+    assert not _kind(objs, "Job")
+    assert not [o for o in objs if o["metadata"]["name"] == COREDNS_CUSTOM_NAME]
+
+
+def test_restrict_false_renders_no_policy_even_with_a_selector() -> None:
+    spec = Spec(destinations=[Destination("192.168.2.0/24")],
+                egress_policy=EgressPolicy(restrict=False, pod_selector={"app": "web"}))
+    assert not _kind(render_manifests(spec), "NetworkPolicy")
+
+
+def test_seed_renders_the_agent_only() -> None:
+    assert [(o["kind"], o["metadata"]["name"]) for o in _render("seed")] == [
+        ("ServiceAccount", AGENT_NAME), ("ConfigMap", SPEC_CONFIGMAP_NAME),
+        ("DaemonSet", AGENT_NAME)]
+
+
+# ---------------------------------------------------------------- DNS
+
+def test_coredns_custom_forwards_each_zone() -> None:
+    configmap = _one(_render("dns-and-test"), "ConfigMap", COREDNS_CUSTOM_NAME)
+    assert configmap["metadata"]["namespace"] == "kube-system"
+    assert configmap["data"] == {
+        "corp.example.server": ("corp.example:53 {\n    errors\n    cache 30\n"
+                                "    forward . 192.168.2.53 192.168.2.54\n}\n"),
+        "db.internal.server": ("db.internal:53 {\n    errors\n    cache 30\n"
+                               "    forward . fd01:2::53\n}\n"),
+    }
+
+
+def test_coredns_custom_key_order_does_not_follow_the_spec_order() -> None:
+    zones = [DnsZone("b.example", ["10.0.0.1"]), DnsZone("a.example", ["10.0.0.2"])]
+    data = _one(render_manifests(Spec(dns=zones)), "ConfigMap", COREDNS_CUSTOM_NAME)["data"]
+    assert list(data) == ["a.example.server", "b.example.server"]
+    reversed_ = render_manifests(Spec(dns=zones[::-1]))
+    assert dump_manifests([_one(reversed_, "ConfigMap", COREDNS_CUSTOM_NAME)]) == dump_manifests(
+        [_one(render_manifests(Spec(dns=zones)), "ConfigMap", COREDNS_CUSTOM_NAME)])
+
+
+# ---------------------------------------------------------------- connectivity test
+
+def test_connectivity_job() -> None:
+    job = _one(_render("dns-and-test"), "Job")
+    assert job["metadata"]["name"] == CONNECTIVITY_JOB_NAME
+    assert job["metadata"]["namespace"] == "default"
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    assert job["spec"]["activeDeadlineSeconds"] > 0
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["image"] == "busybox:1.36"
+    command = container["command"]
+    assert command[:2] == ["sh", "-c"]
+    assert command[3:] == [
+        "k3snet-connectivity", "192.168.2.10", "5432"]
+    script = command[2]
+    assert 'ping -c 4 "$target"' in script
+    assert 'nc -z -w 5 "$target" "$port"' in script
+    assert "192.168.2.10" not in script  # arguments, never interpolated
+    assert container["securityContext"]["capabilities"] == {"add": ["NET_RAW"], "drop": ["ALL"]}
+
+
+def test_connectivity_pod_is_selected_by_the_egress_policy_of_its_namespace() -> None:
+    job = _one(_render("everything-flannel-file"), "Job")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels["app"] == "web"
+    assert labels["tier"] == "frontend"
+    other_ns = Spec(destinations=[Destination("192.168.2.0/24")],
+                    egress_policy=EgressPolicy(restrict=True, namespace="shop",
+                                               pod_selector={"app": "web"}),
+                    connectivity_test=ConnectivityTest("192.168.2.10"))
+    labels = _one(render_manifests(other_ns), "Job")["spec"]["template"]["metadata"]["labels"]
+    assert "app" not in labels
+
+
+def test_connectivity_job_without_port_skips_tcp() -> None:
+    spec = Spec(connectivity_test=ConnectivityTest("192.168.2.10"))
+    command = _one(render_manifests(spec), "Job")["spec"]["template"]["spec"]["containers"][0][
+        "command"]
+    assert command[3:] == ["k3snet-connectivity", "192.168.2.10", ""]
