@@ -62,7 +62,7 @@ def serve(port: int) -> None:
     while True:
         for key, _events in selector.select():
             listener = key.fileobj
-            assert isinstance(listener, socket.socket)  # noqa: S101 - only sockets are registered
+            assert isinstance(listener, socket.socket)
             _answer(listener)
 
 

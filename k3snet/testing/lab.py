@@ -229,7 +229,7 @@ def _start_server(db: str) -> subprocess.Popen[str]:
 
 
 def _await_ready(server: subprocess.Popen[str]) -> None:
-    assert server.stdout is not None  # noqa: S101 - we asked for a pipe
+    assert server.stdout is not None
     deadline = time.monotonic() + _SERVER_START_TIMEOUT
     while (left := deadline - time.monotonic()) > 0:
         readable, _, _ = select.select([server.stdout], [], [], left)
