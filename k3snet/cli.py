@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,10 +21,10 @@ from typing import Any
 
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.registry import available_backends, create_backend, load_backend
-from k3snet.converge import converge
+from k3snet.converge import compile_for, converge
 from k3snet.errors import K3snetError
 from k3snet.facts import gather_facts
-from k3snet.model.state import State
+from k3snet.model.state import KINDS, State
 from k3snet.planner import plan
 from k3snet.spec import Spec, load_spec
 from k3snet.spec import compile as compile_spec
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-f", "--spec", required=True, type=Path)
     render.add_argument("-o", "--out", type=Path,
                         help="directory to write into (default: print to stdout)")
+    render.add_argument("--flannel-conf", metavar="PATH",
+                        help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf)")
+    render.add_argument("--flannel-configmap-namespace", metavar="NS",
+                        help="manifests: the namespace of upstream flannel's kube-flannel-cfg")
 
     validate = sub.add_parser("validate", help="Check a spec; print every problem at once.")
     validate.add_argument("-f", "--spec", required=True, type=Path)
@@ -96,24 +101,45 @@ def _spec(args: argparse.Namespace) -> Spec:
     return load_spec(args.spec)
 
 
+# Backend options the agent's DaemonSet passes through its environment
+# (see k3snet.render.manifests): (backend, option, variable, parse).
+ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+    ("netlink", "proc_sys", "K3SNET_PROC_SYS", Path),
+    ("flannel", "path", "K3SNET_FLANNEL_CONF", Path),
+    ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", lambda v: tuple(v.split("/", 1))),
+)
+
+
+def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> dict[str, Any]:
+    """Keyword options for backend ``name``: --netns, the spec's, the agent's environment."""
+    wanted: dict[str, Any] = {}
+    if args.netns is not None:
+        wanted["netns"] = args.netns
+    if spec is not None and spec.cni.calico is not None and spec.cni.calico.allow_disruptive:
+        wanted["allow_disruptive"] = True
+    for backend, option, variable, parse in ENV_OPTIONS:
+        if backend == name and os.environ.get(variable):
+            wanted[option] = parse(os.environ[variable])
+    if not wanted:
+        return {}
+    accepted = inspect.signature(load_backend(name)).parameters
+    return {k: v for k, v in wanted.items() if k in accepted}
+
+
 def _backend(args: argparse.Namespace, spec: Spec | None) -> BackendGroup:
     names = args.backend or (spec.backends if spec and spec.backends else DEFAULT_BACKENDS)
     members = []
     for entry in names:
         name, _, kinds = entry.partition(":")
-        options: dict[str, Any] = {}
-        if args.netns is not None:
-            factory = load_backend(name)
-            if "netns" in inspect.signature(factory).parameters:
-                options["netns"] = args.netns
-        backend = create_backend(name, **options)
+        backend = create_backend(name, **_options(name, args, spec))
         members.append(Member(backend, kinds.split(",") if kinds else None))
     return BackendGroup(members)
 
 
-def _desired(args: argparse.Namespace, spec: Spec) -> State:
-    facts = None if args.no_facts else gather_facts(args.netns)
-    return compile_spec(spec, facts)
+def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> State:
+    node_kinds = backend.capabilities & set(KINDS)
+    facts = None if args.no_facts or not node_kinds else gather_facts(args.netns)
+    return compile_for(backend, spec, facts)
 
 
 def _print_json(data: Any) -> None:
@@ -125,9 +151,8 @@ def _print_json(data: Any) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = _spec(args)
-    desired = _desired(args, spec)
     with _backend(args, spec) as backend:
-        p = plan(backend.observe(), desired.only(backend.capabilities))
+        p = plan(backend.observe(), _desired(args, spec, backend))
     if args.output == "json":
         print(p.to_json(indent=2))
     else:
@@ -137,9 +162,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     spec = _spec(args)
-    desired = _desired(args, spec)
     with _backend(args, spec) as backend:
-        done = converge(backend, desired, allow_conflicts=args.allow_conflicts)
+        done = converge(backend, _desired(args, spec, backend),
+                        allow_conflicts=args.allow_conflicts)
     if args.output == "json":
         _print_json({
             "plan": done.plan.to_dict(),
@@ -169,9 +194,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     spec = _spec(args)
     with _backend(args, spec) as backend:
         while True:
-            desired = _desired(args, spec)
             try:
-                done = converge(backend, desired)
+                done = converge(backend, _desired(args, spec, backend))
             except K3snetError as exc:
                 if args.once:
                     raise
@@ -193,7 +217,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     spec = _spec(args)
-    files = RENDERERS[args.what](spec)
+    files = RENDERERS[args.what](spec, args)
     if args.out is None:
         for name, text in files.items():
             if len(files) > 1:
@@ -210,50 +234,56 @@ def cmd_render(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- renderers
 
 
-def _render_iptables(spec: Spec) -> dict[str, str]:
+def _render_iptables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.iptables import render_iptables_save  # noqa: PLC0415 - lazy
 
     state = compile_spec(spec)
     return {"rules.v4": render_iptables_save(state, 4), "rules.v6": render_iptables_save(state, 6)}
 
 
-def _render_nftables(spec: Spec) -> dict[str, str]:
+def _render_nftables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.nftables import render_nftables_conf  # noqa: PLC0415 - lazy
 
     return {"k3snet.nft": render_nftables_conf(compile_spec(spec))}
 
 
-def _render_ifupdown(spec: Spec) -> dict[str, str]:
+def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_ifupdown  # noqa: PLC0415 - lazy
 
     return {"k3snet-routes": render_ifupdown(compile_spec(spec))}
 
 
-def _render_netplan(spec: Spec) -> dict[str, str]:
+def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_netplan  # noqa: PLC0415 - lazy
 
     return {"90-k3snet.yaml": render_netplan(compile_spec(spec))}
 
 
-def _render_networkd(spec: Spec) -> dict[str, str]:
+def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_networkd  # noqa: PLC0415 - lazy
 
     return dict(render_networkd(compile_spec(spec)))
 
 
-def _render_sysctl(spec: Spec) -> dict[str, str]:
+def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.sysctl import render_sysctl_d  # noqa: PLC0415 - lazy
 
     return {"90-k3snet.conf": render_sysctl_d(compile_spec(spec))}
 
 
-def _render_manifests(spec: Spec) -> dict[str, str]:
+def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.manifests import dump_manifests, render_manifests  # noqa: PLC0415
 
-    return {"k3snet.yaml": dump_manifests(render_manifests(spec))}
+    objects = render_manifests(
+        spec,
+        spec_text=args.spec.read_text(),
+        flannel_conf=args.flannel_conf,
+        flannel_configmap_namespace=args.flannel_configmap_namespace,
+    )
+    return {"k3snet.yaml": dump_manifests(objects)}
 
 
-RENDERERS: dict[str, Callable[[Spec], dict[str, str]]] = {
+RENDERERS: dict[str, Callable[[Spec, argparse.Namespace], dict[str, str]]] = {
     "iptables": _render_iptables,
     "nftables": _render_nftables,
     "ifupdown": _render_ifupdown,

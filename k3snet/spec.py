@@ -48,11 +48,14 @@ __all__ = [
     "API_VERSION",
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
     "AgentSettings",
+    "CalicoSettings",
     "Cluster",
+    "CniSettings",
     "ConnectivityTest",
     "Destination",
     "DnsZone",
     "EgressPolicy",
+    "FlannelSettings",
     "ForwardPolicy",
     "MasqueradePolicy",
     "NodeFacts",
@@ -80,6 +83,9 @@ LINK_LOCAL = {4: parse_network("169.254.0.0/16"), 6: parse_network("fe80::/10")}
 FORWARDING_SYSCTL = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
 
 T = TypeVar("T")
+
+_FLANNEL_TYPES = ("vxlan", "host-gw", "wireguard", "ipip", "udp", "alivpc", "alloc", "tencentvpc",
+                  "extension", "ipsec", "gce", "aws-vpc")
 
 MasqueradeMode = Literal["destinations", "all", "off"]
 
@@ -261,6 +267,41 @@ class AgentSettings:
     interval_seconds: int = 30
 
 
+def _options(value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(k), v) for k, v in items))
+
+
+@attrs.frozen
+class FlannelSettings:
+    """What k3snet sets in flannel's net-conf.json besides the pod CIDRs (``None``: leave it)."""
+
+    backend_type: str | None = None
+    backend_options: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_options)
+    """``Backend`` options such as ``VNI`` or ``Port`` (a mapping is accepted)."""
+    enable_nftables: bool | None = None
+
+
+@attrs.frozen
+class CalicoSettings:
+    """How the spec's pod CIDRs become Calico IPPools."""
+
+    ipip_mode: Literal["Never", "Always", "CrossSubnet"] = "Never"
+    vxlan_mode: Literal["Never", "Always", "CrossSubnet"] = "Never"
+    block_size: int | None = None
+    node_selector: str = "all()"
+    allow_disruptive: bool = False
+    """Let ``apply`` delete and re-create a pool whose ``cidr``/``blockSize`` changes."""
+
+
+@attrs.frozen
+class CniSettings:
+    """CNI configuration k3snet manages (cluster level): flannel and/or Calico."""
+
+    flannel: FlannelSettings | None = None
+    calico: CalicoSettings | None = None
+
+
 @attrs.frozen
 class Spec:
     """Everything the operator wants for pod egress on a node."""
@@ -277,6 +318,7 @@ class Spec:
     egress_policy: EgressPolicy = attrs.field(factory=EgressPolicy)
     connectivity_test: ConnectivityTest | None = None
     agent: AgentSettings = attrs.field(factory=AgentSettings)
+    cni: CniSettings = attrs.field(factory=CniSettings)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Spec:
@@ -341,7 +383,24 @@ class Spec:
                 "namespace": self.agent.namespace,
                 "intervalSeconds": self.agent.interval_seconds,
             },
+            "cni": _cni_dict(self.cni),
         }
+
+
+def _cni_dict(cni: CniSettings) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if cni.flannel is not None:
+        data["flannel"] = {
+            "backend": {"type": cni.flannel.backend_type,
+                        "options": dict(cni.flannel.backend_options)},
+            "enableNFTables": cni.flannel.enable_nftables,
+        }
+    if cni.calico is not None:
+        c = cni.calico
+        data["calico"] = {"ipipMode": c.ipip_mode, "vxlanMode": c.vxlan_mode,
+                          "blockSize": c.block_size, "nodeSelector": c.node_selector,
+                          "allowDisruptive": c.allow_disruptive}
+    return data
 
 
 def _related(path: str, other: str) -> bool:
@@ -521,6 +580,13 @@ def _cluster_object_problems(spec: Spec) -> list[Problem]:
         zones.add(name)
         if not zone.resolvers:
             add(Problem(f"{path}.resolvers", "at least one resolver is needed"))
+    return problems + _policy_problems(spec)
+
+
+def _policy_problems(spec: Spec) -> list[Problem]:
+    """Names, labels and prefixes of the egress policy, the agent and the test Job."""
+    problems: list[Problem] = []
+    add = problems.append
     for path, namespace in (("egressPolicy.namespace", spec.egress_policy.namespace),
                             ("agent.namespace", spec.agent.namespace),
                             ("connectivityTest.namespace",
@@ -724,7 +790,7 @@ class _Reader:
         top = self.mapping(data, "", ("apiVersion", "kind", "cluster", "destinations",
                                       "masquerade", "forward", "sysctls", "manageForwarding",
                                       "backends", "dns", "egressPolicy", "connectivityTest",
-                                      "agent"))
+                                      "agent", "cni"))
         if "apiVersion" in top and top["apiVersion"] != API_VERSION:
             self.problem("apiVersion", f"expected {API_VERSION}, got {top['apiVersion']!r}")
         if "kind" in top and top["kind"] != KIND:
@@ -744,6 +810,7 @@ class _Reader:
             egress_policy=self.egress_policy(top.get("egressPolicy")),
             connectivity_test=self.connectivity_test(top.get("connectivityTest")),
             agent=self.agent(top.get("agent")),
+            cni=self.cni(top.get("cni")),
             cluster=cluster,
             destinations=[d for d in destinations if d is not None],
             masquerade=masquerade,
@@ -880,6 +947,53 @@ class _Reader:
             namespace=self.string(data.get("namespace"), "agent.namespace", defaults.namespace),
             interval_seconds=data.get("intervalSeconds", defaults.interval_seconds),
         )
+
+    def cni(self, value: Any) -> CniSettings:
+        data = self.mapping(value, "cni", ("flannel", "calico"))
+        flannel = calico = None
+        if data.get("flannel") is not None:
+            raw = self.mapping(data["flannel"], "cni.flannel", ("backend", "enableNFTables"))
+            backend = self.mapping(raw.get("backend"), "cni.flannel.backend", ("type", "options"))
+            options = backend.get("options")
+            if options is not None and not isinstance(options, Mapping):
+                self.problem("cni.flannel.backend.options", "expected a mapping")
+                options = None
+            kind = backend.get("type")
+            if kind is not None and kind not in _FLANNEL_TYPES:
+                self.problem("cni.flannel.backend.type",
+                             f"expected one of {', '.join(_FLANNEL_TYPES)}, got {kind!r}")
+                kind = None
+            nft = raw.get("enableNFTables")
+            flannel = FlannelSettings(
+                backend_type=kind,
+                backend_options=options or {},
+                enable_nftables=None if nft is None else self.boolean(
+                    nft, "cni.flannel.enableNFTables", False),
+            )
+        if data.get("calico") is not None:
+            raw = self.mapping(data["calico"], "cni.calico", (
+                "ipipMode", "vxlanMode", "blockSize", "nodeSelector", "allowDisruptive"))
+            modes = ("Never", "Always", "CrossSubnet")
+            for key in ("ipipMode", "vxlanMode"):
+                if raw.get(key, "Never") not in modes:
+                    self.problem(f"cni.calico.{key}",
+                                 f"expected one of {', '.join(modes)}, got {raw[key]!r}")
+            block = raw.get("blockSize")
+            if block is not None and (isinstance(block, bool) or not isinstance(block, int)):
+                self.problem("cni.calico.blockSize", f"expected an integer, got {block!r}")
+                block = None
+            calico = CalicoSettings(
+                ipip_mode=raw.get("ipipMode", "Never") if raw.get("ipipMode", "Never") in modes
+                else "Never",
+                vxlan_mode=raw.get("vxlanMode", "Never") if raw.get("vxlanMode", "Never") in modes
+                else "Never",
+                block_size=block,
+                node_selector=self.string(raw.get("nodeSelector"), "cni.calico.nodeSelector",
+                                          "all()"),
+                allow_disruptive=self.boolean(raw.get("allowDisruptive"),
+                                              "cni.calico.allowDisruptive", False),
+            )
+        return CniSettings(flannel=flannel, calico=calico)
 
     def sysctls(self, value: Any) -> list[Sysctl]:
         data = self.mapping(value, "sysctls", ()) if not isinstance(value, Mapping) else value

@@ -31,6 +31,8 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "netlink": ("k3snet.backends.netlink:NetlinkBackend", "netlink"),
     "nftables": ("k3snet.backends.nftables:NftablesBackend", "nftables"),
     "iptables": ("k3snet.backends.iptables:IptablesBackend", "iptables"),
+    "flannel": ("k3snet.backends.flannel:FlannelBackend", "kube"),
+    "calico": ("k3snet.backends.calico:CalicoBackend", "kube"),
 }
 
 _registered: dict[str, BackendFactory] = {}

@@ -200,13 +200,22 @@ def _target(value: str) -> str:
     raise ModelError(f"flannel target {value!r} must start with 'file:' or 'configmap:'")
 
 
-def _optional_bool(name: str) -> Any:
-    def check(value: bool | None) -> bool | None:
-        if value is not None and not isinstance(value, bool):
-            raise ModelError(f"flannel {name} must be true, false or unset, got {value!r}")
-        return value
+def _optional_bool(name: str, value: bool | None) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ModelError(f"flannel {name} must be true, false or unset, got {value!r}")
+    return value
 
-    return check
+
+def _enable_ipv4(value: bool | None) -> bool | None:
+    return _optional_bool("EnableIPv4", value)
+
+
+def _enable_ipv6(value: bool | None) -> bool | None:
+    return _optional_bool("EnableIPv6", value)
+
+
+def _enable_nftables(value: bool | None) -> bool | None:
+    return _optional_bool("EnableNFTables", value)
 
 
 def _v4_network(value: str | Network | None) -> Network | None:
@@ -257,12 +266,12 @@ class FlannelConfig(NetObject):
     network: Network | None = attrs.field(default=None, converter=_v4_network, kw_only=True)
     ipv6_network: Network | None = attrs.field(default=None, converter=_v6_network,
                                                kw_only=True)
-    enable_ipv4: bool | None = attrs.field(default=None, converter=_optional_bool("EnableIPv4"),
+    enable_ipv4: bool | None = attrs.field(default=None, converter=_enable_ipv4,
                                            kw_only=True)
-    enable_ipv6: bool | None = attrs.field(default=None, converter=_optional_bool("EnableIPv6"),
+    enable_ipv6: bool | None = attrs.field(default=None, converter=_enable_ipv6,
                                            kw_only=True)
-    enable_nftables: bool | None = attrs.field(
-        default=None, converter=_optional_bool("EnableNFTables"), kw_only=True)
+    enable_nftables: bool | None = attrs.field(default=None, converter=_enable_nftables,
+                                               kw_only=True)
     backend_type: str | None = attrs.field(default=None, converter=_backend_type, kw_only=True)
     backend_options: JsonMapping = attrs.field(factory=JsonMapping, converter=_json_mapping,
                                                kw_only=True)
@@ -488,23 +497,37 @@ def _pool_name(value: str) -> str:
     return value
 
 
-def _strict_bool(name: str) -> Any:
-    def check(value: bool) -> bool:
-        if not isinstance(value, bool):
-            raise ModelError(f"IPPool {name} must be true or false, got {value!r}")
-        return value
-
-    return check
+def _strict_bool(name: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ModelError(f"IPPool {name} must be true or false, got {value!r}")
+    return value
 
 
-def _mode(name: str) -> Any:
-    def check(value: str) -> str:
-        if value not in ENCAPSULATION_MODES:
-            raise ModelError(f"IPPool {name} must be one of {', '.join(ENCAPSULATION_MODES)}, "
-                             f"got {value!r}")
-        return value
+def _nat_outgoing(value: bool) -> bool:
+    return _strict_bool("natOutgoing", value)
 
-    return check
+
+def _disabled(value: bool) -> bool:
+    return _strict_bool("disabled", value)
+
+
+def _disable_bgp_export(value: bool) -> bool:
+    return _strict_bool("disableBGPExport", value)
+
+
+def _mode(name: str, value: str) -> EncapsulationMode:
+    if value not in ENCAPSULATION_MODES:
+        raise ModelError(f"IPPool {name} must be one of {', '.join(ENCAPSULATION_MODES)}, "
+                         f"got {value!r}")
+    return value  # type: ignore[return-value]  # checked against the Literal's values
+
+
+def _ipip_mode(value: str) -> EncapsulationMode:
+    return _mode("ipipMode", value)
+
+
+def _vxlan_mode(value: str) -> EncapsulationMode:
+    return _mode("vxlanMode", value)
 
 
 def _selector(value: str) -> str:
@@ -535,18 +558,18 @@ class IPPool(NetObject):
 
     name: str = attrs.field(converter=_pool_name)
     cidr: Network = attrs.field(converter=parse_network)
-    nat_outgoing: bool = attrs.field(default=False, converter=_strict_bool("natOutgoing"),
+    nat_outgoing: bool = attrs.field(default=False, converter=_nat_outgoing,
                                      kw_only=True)
-    disabled: bool = attrs.field(default=False, converter=_strict_bool("disabled"),
+    disabled: bool = attrs.field(default=False, converter=_disabled,
                                  kw_only=True)
-    ipip_mode: EncapsulationMode = attrs.field(default="Never", converter=_mode("ipipMode"),
+    ipip_mode: EncapsulationMode = attrs.field(default="Never", converter=_ipip_mode,
                                                kw_only=True)
-    vxlan_mode: EncapsulationMode = attrs.field(default="Never", converter=_mode("vxlanMode"),
+    vxlan_mode: EncapsulationMode = attrs.field(default="Never", converter=_vxlan_mode,
                                                 kw_only=True)
     block_size: int | None = attrs.field(default=None, kw_only=True)
     node_selector: str = attrs.field(default="all()", converter=_selector, kw_only=True)
-    disable_bgp_export: bool = attrs.field(
-        default=False, converter=_strict_bool("disableBGPExport"), kw_only=True)
+    disable_bgp_export: bool = attrs.field(default=False, converter=_disable_bgp_export,
+                                           kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)

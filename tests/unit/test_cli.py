@@ -68,3 +68,48 @@ def test_backend_kinds_split_one_plan(capsys: pytest.CaptureFixture[str]) -> Non
 def test_validate_accepts_the_seed(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "-f", str(SEED)]) == 0
     assert "valid (2 destination(s))" in capsys.readouterr().out
+
+
+def test_render_manifests_prints_the_objects(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "manifests", "-f", str(SEED)]) == 0
+    out = capsys.readouterr().out
+    assert "kind: DaemonSet" in out
+    assert "podCIDRs" in out  # the spec file itself travels in the ConfigMap
+
+
+def test_agent_environment_reaches_backend_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from k3snet.cli import _options, build_parser
+
+    monkeypatch.setenv("K3SNET_PROC_SYS", "/host/proc/sys")
+    args = build_parser().parse_args(["plan", "-f", str(SEED), "--netns", "lab"])
+    assert _options("memory", args) == {}  # the memory backend takes neither option
+    options = _options("netlink", args)
+    assert options == {"netns": "lab", "proc_sys": Path("/host/proc/sys")}
+
+
+def test_flannel_file_through_the_agent_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "net-conf.json"
+    original = '{\n  "Network": "10.42.0.0/16",\n  "Backend": {"Type": "vxlan"},\n  "x": [1, 2]\n}\n'
+    conf.write_text(original)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("cni:\n  flannel:\n    backend: {type: host-gw}\n")
+    monkeypatch.setenv("K3SNET_FLANNEL_CONF", str(conf))
+    assert main(["plan", "-f", str(spec), "--backend", "flannel"]) == 2
+    assert "host-gw" in capsys.readouterr().out
+    assert main(["apply", "-f", str(spec), "--backend", "flannel"]) == 0
+    assert '"Type":"host-gw"' in conf.read_text().replace(" ", "")
+    assert '"x": [1, 2]' in conf.read_text()  # unknown keys kept byte for byte
+    assert main(["plan", "-f", str(spec), "--backend", "flannel"]) == 0
+
+
+def test_pod_cidr_disagreeing_with_flannel_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}')
+    monkeypatch.setenv("K3SNET_FLANNEL_CONF", str(conf))
+    assert main(["plan", "-f", str(SEED), "--backend", "flannel"]) == 1
+    err = capsys.readouterr().err
+    assert "pod CIDR 10.42.0.0/16 disagrees with flannel's Network 10.244.0.0/16" in err

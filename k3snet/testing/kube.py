@@ -1,0 +1,495 @@
+"""An emulated Kubernetes API server for cluster tests, and strategies for CNI objects.
+
+No real API server runs in k3snet's tests. :class:`EmulatedApiServer` serves
+kmock's ``KubernetesEmulator`` (PyPI ``kmock``) over HTTP on 127.0.0.1 from a
+background thread, so the real, synchronous ``kubernetes`` client talks to it
+exactly as it would to a cluster. It needs no pytest::
+
+    with EmulatedApiServer() as server:
+        server.put("v1/configmaps", {"metadata": {"name": "x", "namespace": "ns"},
+                                     "data": {"net-conf.json": "{}"}})
+        backend = FlannelBackend(configmap=("ns", "x"), api_client=server.api_client())
+
+kmock's emulator keeps objects and merges patches into them; this module adds
+the smallest extension the backends' contract needs (``_Emulator``):
+
+* ``metadata.resourceVersion`` (a counter) and ``uid`` on every object, and the
+  optimistic-concurrency checks of the real server: a merge patch carrying a
+  ``resourceVersion`` other than the stored one, or a delete whose
+  ``preconditions`` do not match, is refused with 409 and changes nothing;
+* ``201 Created`` for a create (the client only decodes a created object then);
+* fault injection: :meth:`EmulatedApiServer.fail` makes matching requests
+  answer an error status (403, 409, 500 ...) or hang past the client's timeout,
+  *before* the emulator touches its objects. (kmock's own reactions cannot do
+  that: the emulator applies every write even when a reaction answers an error.)
+
+* kmock's request history is trimmed to the last few requests (its matching
+  walks the whole history for every request: quadratic over a long test); use
+  :meth:`EmulatedApiServer.requests` for the full log.
+
+Server-side apply and ``dryRun`` are not emulated (kmock would apply either as a
+plain merge patch); the backends use JSON merge patches, which it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import ipaddress
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import attrs
+from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
+
+from k3snet.errors import ModelError
+from k3snet.model.cidr import Network
+from k3snet.model.cni import (
+    BLOCK_SIZE_RANGE,
+    DEFAULT_BLOCK_SIZE,
+    ENCAPSULATION_MODES,
+    FLANNEL_BACKEND_TYPES,
+    FlannelConfig,
+    IPPool,
+)
+
+__all__ = [
+    "CALICO_RESOURCES",
+    "EmulatedApiServer",
+    "Fault",
+    "flannel_configs",
+    "ippools",
+]
+
+T = TypeVar("T")
+
+CALICO_RESOURCES: tuple[str, ...] = (
+    "crd.projectcalico.org/v1/ippools",
+    "projectcalico.org/v3/ippools",
+)
+"""The IPPool resources an emulated Calico cluster serves (both by default)."""
+
+_KINDS = {"ippools": "IPPool", "configmaps": "ConfigMap"}
+_KEPT_REQUESTS = 8
+
+
+def _resource_parts(resource: str) -> tuple[str, str, str]:
+    """``group/version/plural`` (or ``v1/plural`` for the core group) -> the three parts."""
+    parts = resource.strip("/").split("/")
+    if len(parts) == 2:
+        return "", parts[0], parts[1]
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    raise ModelError(f"resource {resource!r} is not group/version/plural or v1/plural")
+
+
+@attrs.frozen
+class Fault:
+    """Requests to answer with an error instead of serving them.
+
+    Matches on the HTTP ``method`` (``None``: any), the resource ``plural`` and the
+    object ``name`` (``None``: any). ``status`` is the error answered; ``delay``
+    seconds are waited first (longer than the client's timeout: a timeout).
+    ``times`` is how many requests it hits (``None``: all).
+    """
+
+    status: int = 500
+    method: str | None = None
+    plural: str | None = None
+    name: str | None = None
+    delay: float = 0.0
+    times: int | None = 1
+    message: str | None = None
+
+    def matches(self, method: str, plural: str | None, name: str | None) -> bool:
+        """True when a request is one this fault is for."""
+        return ((self.method is None or self.method.upper() == method.upper())
+                and (self.plural is None or self.plural == plural)
+                and (self.name is None or self.name == name))
+
+
+_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+            409: "Conflict", 422: "Invalid", 429: "TooManyRequests",
+            500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
+
+
+def _emulator_class() -> type[Any]:
+    """The extended emulator class (built lazily: kmock is a test-only dependency)."""
+    import kmock  # noqa: PLC0415 - test-only dependency
+    from kmock import KubernetesError  # noqa: PLC0415
+
+    @attrs.define(kw_only=True)
+    class _Emulator(kmock.KubernetesEmulator):
+        """kmock's emulator with resourceVersions, preconditions, 201s and faults."""
+
+        _faults: list[Fault] = attrs.field(factory=list, init=False)
+        _fault_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+        _version: int = attrs.field(default=0, init=False)
+        # (METHOD, path, body as sent): the checks below add metadata to request bodies.
+        log: list[tuple[str, str, Any]] = attrs.field(factory=list, init=False)
+
+        def add_fault(self, fault: Fault) -> None:
+            with self._fault_lock:
+                self._faults.append(fault)
+
+        def clear_faults(self) -> None:
+            with self._fault_lock:
+                self._faults.clear()
+
+        def _take_fault(self, request: Any) -> Fault | None:
+            plural = request.resource.plural if request.resource is not None else None
+            name = request.name
+            if name is None and isinstance(request.data, dict):  # a create names it in the body
+                name = (request.data.get("metadata") or {}).get("name")
+            with self._fault_lock:
+                for index, fault in enumerate(self._faults):
+                    if fault.matches(str(request.method.value), plural, name):
+                        if fault.times is not None:
+                            left = fault.times - 1
+                            if left <= 0:
+                                del self._faults[index]
+                            else:
+                                self._faults[index] = attrs.evolve(fault, times=left)
+                        return fault
+            return None
+
+        def next_version(self) -> str:
+            self._version += 1
+            return str(self._version)
+
+        def _stored(self, request: Any) -> Any:
+            key = (request.resource, request.namespace, request.name)
+            if key not in self._objects or self._objects[key].deleted:
+                return None
+            return self._objects[key]
+
+        async def _handle(self, request: Any) -> Any:
+            self.log.append((str(request.method.value), request.url.path,
+                             copy.deepcopy(request.data)))
+            # kmock matches each request against views over *all* past requests (O(n)
+            # each, quadratic over a test); only the current one matters for matching.
+            del self._requests[:-_KEPT_REQUESTS]
+            fault = self._take_fault(request)
+            if fault is not None:
+                if fault.delay:
+                    await asyncio.sleep(fault.delay)
+                raise KubernetesError(
+                    status=fault.status, reason=_REASONS.get(fault.status, "Failure"),
+                    message=fault.message or f"injected {fault.status} for {request.method.value}"
+                                             f" {request.url.path}",
+                    details={"name": request.name or ""})
+            action = request.action
+            data = request.data if isinstance(request.data, dict) else None
+            if request.resource is not None and action is not None:
+                self._precondition(request, str(action.value), data)
+            response = await super()._handle(request)
+            if (action is not None and str(action.value) == "CREATE"
+                    and response.status == 200 and not response.prepared):
+                response.set_status(201)
+            return response
+
+        def _precondition(self, request: Any, action: str, data: dict[str, Any] | None) -> None:
+            plural = request.resource.plural
+            conflict = KubernetesError(
+                status=409, reason="Conflict",
+                message=f'Operation cannot be fulfilled on {plural} "{request.name}": the '
+                        f"object has been modified; please apply your changes to the latest "
+                        f"version and try again", details={"name": request.name or ""})
+            if action == "CREATE" and data is not None:
+                metadata = data.setdefault("metadata", {})
+                metadata["resourceVersion"] = self.next_version()
+                metadata["uid"] = str(uuid.uuid4())
+                metadata.setdefault("creationTimestamp", datetime.datetime.now(
+                    tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            elif action == "UPDATE" and data is not None:
+                stored = self._stored(request)
+                metadata = data.get("metadata")
+                if not isinstance(metadata, dict):
+                    metadata = data["metadata"] = {}
+                wanted = metadata.get("resourceVersion")
+                if stored is not None and wanted is not None:
+                    have = (stored.get("metadata") or {}).get("resourceVersion")
+                    if str(wanted) != str(have):
+                        raise conflict
+                # The merge patch itself carries the new version into the stored object.
+                metadata["resourceVersion"] = self.next_version()
+            elif action == "DELETE" and data is not None:
+                stored = self._stored(request)
+                preconditions = data.get("preconditions") or {}
+                if stored is not None and preconditions:
+                    meta = stored.get("metadata") or {}
+                    for field in ("resourceVersion", "uid"):
+                        wanted = preconditions.get(field)
+                        if wanted is not None and str(wanted) != str(meta.get(field)):
+                            raise conflict
+
+    return _Emulator
+
+
+class EmulatedApiServer:
+    """kmock's Kubernetes emulator on ``127.0.0.1:<random port>``, in a background thread.
+
+    ``resources`` are declared so that listing them works while they hold no
+    object (like CRDs installed in a cluster). Use as a context manager, or
+    :meth:`start` / :meth:`stop`.
+    """
+
+    def __init__(self, *, resources: Iterable[str] = CALICO_RESOURCES) -> None:
+        self._resources = tuple(resources)
+        for resource in self._resources:
+            _resource_parts(resource)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._startup_error: BaseException | None = None
+        self._clients: list[Any] = []
+        self.emulator: Any = None
+        self.port = 0
+
+    # ------------------------------------------------------------ life cycle
+
+    def start(self) -> EmulatedApiServer:
+        """Start serving; returns self."""
+        if self._thread is not None:
+            raise RuntimeError("the emulated API server is already running")
+        self._thread = threading.Thread(target=self._run, name="k3snet-kube-emulator",
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout=30):
+            raise RuntimeError("the emulated API server did not start within 30 s")
+        if self._startup_error is not None:
+            raise RuntimeError(f"the emulated API server failed to start: "
+                               f"{self._startup_error}") from self._startup_error
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the API clients handed out."""
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._thread = None
+
+    def __enter__(self) -> EmulatedApiServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - reported to start(), which re-raises
+            self._startup_error = exc
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def _serve(self) -> None:
+        import aiohttp.test_utils  # noqa: PLC0415 - test-only dependency (via kmock)
+        import kmock  # noqa: PLC0415
+
+        self._stopping = asyncio.Event()
+        emulator = _emulator_class()()
+        for resource in self._resources:
+            group, version, plural = _resource_parts(resource)
+            emulator.resources[kmock.resource(group, version, plural)] = kmock.ResourceInfo(
+                kind=_KINDS.get(plural, plural.capitalize()), namespaced=plural != "ippools",
+                verbs={"get", "list", "create", "patch", "delete"})
+        self.emulator = emulator
+        async with emulator:
+            # aiohttp's raw server, not kmock.Server: that one also patches aiohttp's
+            # resolver process-wide, which a thread-hosted server must not do.
+            server = aiohttp.test_utils.RawTestServer(emulator, host="127.0.0.1", port=0)
+            await server.start_server()
+            try:
+                self.port = int(server.port or 0)
+                self._ready.set()
+                await self._stopping.wait()
+            finally:
+                await server.close()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def api_client(self, *, retries: bool = False) -> Any:
+        """A ``kubernetes.client.ApiClient`` for this server (closed by :meth:`stop`).
+
+        Retries are off by default, so a test of a timeout waits one timeout, not four.
+        """
+        from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+        configuration = client.Configuration()
+        configuration.host = self.url
+        configuration.retries = None if retries else False
+        api = client.ApiClient(configuration)
+        self._clients.append(api)
+        return api
+
+    # ------------------------------------------------------------ objects and faults
+
+    def _call(self, function: Callable[[], T]) -> T:
+        """Run ``function`` on the server's loop (between requests, never inside one)."""
+        assert self._loop is not None, "the emulated API server is not running"
+
+        async def run() -> T:
+            return function()
+
+        coroutine: Coroutine[Any, Any, T] = run()
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
+
+    def _key(self, resource: str, namespace: str | None, name: str) -> tuple[Any, ...]:
+        import kmock  # noqa: PLC0415
+
+        group, version, plural = _resource_parts(resource)
+        return (kmock.resource(group, version, plural), namespace, name)
+
+    def put(self, resource: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Store ``obj`` as is (a seed: no validation), with a fresh resourceVersion and uid."""
+        data = copy.deepcopy(dict(obj))
+        metadata = data.setdefault("metadata", {})
+        name, namespace = metadata["name"], metadata.get("namespace")
+
+        def store() -> dict[str, Any]:
+            metadata["resourceVersion"] = self.emulator.next_version()
+            metadata.setdefault("uid", str(uuid.uuid4()))
+            self.emulator.objects[self._key(resource, namespace, name)] = data
+            return copy.deepcopy(data)
+
+        return self._call(store)
+
+    def get(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """A copy of the stored object, or None."""
+        key = self._key(resource, namespace, name)
+
+        def read() -> dict[str, Any] | None:
+            objects = self.emulator.objects
+            if key not in objects or objects[key].deleted:
+                return None
+            found: dict[str, Any] = copy.deepcopy(objects[key].raw)
+            return found
+
+        return self._call(read)
+
+    def objects(self, resource: str) -> list[dict[str, Any]]:
+        """Copies of every stored object of ``resource``, sorted by namespace and name."""
+        wanted = self._key(resource, None, "")[0]
+
+        def read() -> list[dict[str, Any]]:
+            found = []
+            for (res, namespace, name), obj in self.emulator.objects.items():
+                if res == wanted and not obj.deleted:
+                    found.append(((namespace or "", name), copy.deepcopy(obj.raw)))
+            return [obj for _, obj in sorted(found, key=lambda pair: pair[0])]
+
+        return self._call(read)
+
+    def fail(self, status: int = 500, *, method: str | None = None, plural: str | None = None,
+             name: str | None = None, delay: float = 0.0, times: int | None = 1,
+             message: str | None = None) -> Fault:
+        """Make matching requests fail (see :class:`Fault`); returns the fault."""
+        fault = Fault(status=status, method=method, plural=plural, name=name, delay=delay,
+                      times=times, message=message)
+        self.emulator.add_fault(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """Remove every pending fault."""
+        self.emulator.clear_faults()
+
+    def requests(self) -> list[tuple[str, str, Any]]:
+        """``(METHOD, path, body)`` of every request served so far, in order (body parsed
+        from JSON, or None)."""
+        def read() -> list[tuple[str, str, Any]]:
+            log: list[tuple[str, str, Any]] = copy.deepcopy(self.emulator.log)
+            return log
+
+        return self._call(read)
+
+
+# ---------------------------------------------------------------- strategies
+
+_POOL_NAMES = ("k3snet-pods-a", "k3snet-pods-b", "k3snet-nonat-c", "k3snet-nonat-d",
+               "k3snet-e")
+_POOL_CIDRS = ("10.100.0.0/16", "10.101.0.0/24", "10.102.0.0/26", "192.168.2.0/24",
+               "192.168.2.8/29", "fd00:100::/64", "fd00:101::/120")
+
+
+def ippools(
+    names: Sequence[str] = _POOL_NAMES,
+    cidrs: Sequence[str | Network] = _POOL_CIDRS,
+) -> SearchStrategy[IPPool]:
+    """Valid IP pools: names and CIDRs from small pools (so states share keys), other
+    fields random within what Calico accepts."""
+    if isinstance(names, str) or not names:
+        raise ModelError("names must be a non-empty sequence of pool names")
+    if isinstance(cidrs, str) or not cidrs:
+        raise ModelError("cidrs must be a non-empty sequence of CIDRs")
+    networks = [ipaddress.ip_network(c) for c in cidrs]
+
+    @st.composite
+    def build(draw: st.DrawFn) -> IPPool:
+        cidr = draw(st.sampled_from(networks))
+        family = cidr.version
+        low, high = BLOCK_SIZE_RANGE[family]
+        block = draw(st.sampled_from(sorted({max(cidr.prefixlen, low),
+                                             max(cidr.prefixlen, DEFAULT_BLOCK_SIZE[family]),
+                                             high})))
+        encapsulation = draw(st.sampled_from(("none", "ipip", "vxlan") if family == 4
+                                             else ("none", "vxlan")))
+        mode = draw(st.sampled_from(ENCAPSULATION_MODES[1:]))
+        return IPPool(
+            draw(st.sampled_from(names)),
+            cidr,
+            nat_outgoing=draw(st.booleans()),
+            disabled=draw(st.booleans()),
+            ipip_mode=mode if encapsulation == "ipip" else "Never",
+            vxlan_mode=mode if encapsulation == "vxlan" else "Never",
+            block_size=block,
+            node_selector=draw(st.sampled_from(("all()", "!all()",
+                                                "kubernetes.io/os == 'linux'"))),
+            disable_bgp_export=draw(st.booleans()),
+        )
+
+    return build()
+
+
+def flannel_configs(target: str) -> SearchStrategy[FlannelConfig]:
+    """Flannel configs of ``target``: a random subset of keys, with valid values."""
+    FlannelConfig(target)  # validate the target up front
+
+    options = st.dictionaries(st.sampled_from(("VNI", "Port", "DirectRouting", "MTU")),
+                              st.integers(1, 9000) | st.booleans(), max_size=2)
+    extra = st.dictionaries(st.sampled_from(("SubnetLen", "SubnetMin", "k3snet-test")),
+                            st.integers(16, 28) | st.text("abc", max_size=3), max_size=2)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> FlannelConfig:
+        backend_type = draw(st.none() | st.sampled_from(FLANNEL_BACKEND_TYPES[:3]))
+        return FlannelConfig(
+            target,
+            network=draw(st.none() | st.sampled_from(("10.42.0.0/16", "10.244.0.0/16"))),
+            ipv6_network=draw(st.none() | st.sampled_from(("fd00:42::/56",))),
+            enable_ipv4=draw(st.none() | st.booleans()),
+            enable_ipv6=draw(st.none() | st.booleans()),
+            enable_nftables=draw(st.none() | st.booleans()),
+            backend_type=backend_type,
+            backend_options=draw(options) if backend_type is not None else {},
+            extra=draw(extra),
+        )
+
+    return build()

@@ -1,0 +1,406 @@
+"""The calico backend: IPPool resources through the real kubernetes client (emulated API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+from k3snet.backends.calico import (
+    CalicoBackend,
+    compile_ippools,
+    disruptive_changes,
+    disruptive_fields,
+    nat_exemptions,
+    pool_from_resource,
+)
+from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
+from k3snet.model.cni import IPPool, pool_name
+from k3snet.model.state import State, object_from_dict
+from k3snet.planner import Change, Plan, plan
+from k3snet.spec import Cluster, Destination, MasqueradePolicy, Spec
+from k3snet.testing import run_conformance
+from k3snet.testing.kube import EmulatedApiServer, ippools
+
+pytestmark = pytest.mark.cluster
+
+CRD = "crd.projectcalico.org/v1/ippools"
+V3 = "projectcalico.org/v3/ippools"
+LABEL = {"app.kubernetes.io/managed-by": "k3snet"}
+
+
+def _pool_resource(name: str, spec: dict[str, Any], *, api: str = "crd.projectcalico.org/v1",
+                   labels: dict[str, str] | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if labels is not None:
+        metadata["labels"] = labels
+    return {"apiVersion": api, "kind": "IPPool", "metadata": metadata, "spec": spec}
+
+
+# The pools a K3s cluster with Calico has before k3snet: the default pool, an
+# operator-made pool that overlaps addresses the strategies draw, and one k3snet
+# cannot model (a CIDR with host bits): all must stay exactly as they are.
+FOREIGN = (
+    _pool_resource("default-ipv4-ippool", {"cidr": "10.42.0.0/16", "natOutgoing": True,
+                                           "ipipMode": "Always", "blockSize": 26,
+                                           "nodeSelector": "all()",
+                                           "allowedUses": ["Workload", "Tunnel"]},
+                   labels={"app.kubernetes.io/managed-by": "tigera-operator"}),
+    _pool_resource("legacy-lan", {"cidr": "192.168.2.0/25", "disabled": True}),
+    _pool_resource("broken", {"cidr": "10.77.0.1/16", "natOutgoing": True}),
+)
+
+
+@pytest.fixture
+def seeded(api_server: EmulatedApiServer) -> EmulatedApiServer:
+    for resource in FOREIGN:
+        api_server.put(CRD, resource)
+    return api_server
+
+
+def _foreign_snapshot(server: EmulatedApiServer, resource: str = CRD) -> list[dict[str, Any]]:
+    return [o for o in server.objects(resource)
+            if (o["metadata"].get("labels") or {}) != LABEL]
+
+
+def _owned_snapshot(server: EmulatedApiServer, resource: str = CRD) -> dict[str, Any]:
+    return {o["metadata"]["name"]: o["spec"] for o in server.objects(resource)
+            if (o["metadata"].get("labels") or {}) == LABEL}
+
+
+def _pools(objects: Iterable[object]) -> dict[str, IPPool]:
+    return {p.name: p for p in objects if isinstance(p, IPPool)}
+
+
+def _backend(client: Any, **options: Any) -> CalicoBackend:
+    return CalicoBackend(api_client=client, timeout=0.5, **options)
+
+
+# ---------------------------------------------------------------- conformance
+
+
+def test_crd_backend_conforms_and_never_touches_foreign_pools(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    foreign = _foreign_snapshot(seeded)
+    run_conformance(lambda: _backend(api_client, allow_disruptive=True), objects=ippools(),
+                    max_examples=20)
+    assert _foreign_snapshot(seeded) == foreign  # byte-equal, resourceVersions included
+    assert _owned_snapshot(seeded) == {}
+
+
+def test_v3_backend_found_by_discovery_conforms(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    api_server.put(V3, _pool_resource("default-ipv4-ippool", {"cidr": "10.42.0.0/16",
+                                                               "natOutgoing": True},
+                                      api="projectcalico.org/v3"))
+    backend = _backend(api_client, api="auto")
+    assert backend.api == ("projectcalico.org", "v3")
+    run_conformance(lambda: _backend(api_client, api="auto", allow_disruptive=True),
+                    objects=ippools(), max_examples=8)
+    assert api_server.objects(CRD) == []
+
+
+def test_auto_falls_back_to_the_crd_api() -> None:
+    with EmulatedApiServer(resources=[CRD]) as server:
+        assert _backend(server.api_client(), api="auto").api == ("crd.projectcalico.org", "v1")
+
+
+def test_missing_calico_api_is_a_clear_error() -> None:
+    with EmulatedApiServer(resources=[]) as server:
+        backend = _backend(server.api_client())
+        with pytest.raises(BackendError, match=r"list IPPools \(crd.projectcalico.org/v1\): not "
+                                               r"found \(404\).*is Calico installed\?"):
+            backend.observe()
+
+
+# ---------------------------------------------------------------- the spec as pools
+
+
+def test_compile_turns_the_masquerade_policy_into_pools() -> None:
+    spec = Spec(destinations=[
+        Destination("192.168.2.0/24", exclude=["192.168.2.8/29", "192.168.2.16/29"]),
+        Destination("172.20.0.0/16", masquerade=False),
+    ])
+    pools = _pools(compile_ippools(spec))
+    assert sorted(pools) == [
+        "k3snet-nonat-172-20-0-0-16",
+        "k3snet-nonat-192-168-2-16-29",
+        "k3snet-nonat-192-168-2-8-29",
+        "k3snet-pods-10-42-0-0-16",
+    ]
+    pods = pools["k3snet-pods-10-42-0-0-16"]
+    assert pods.nat_outgoing
+    assert not pods.disabled
+    exempt = pools["k3snet-nonat-192-168-2-8-29"]
+    assert exempt.disabled
+    assert not exempt.nat_outgoing
+    assert exempt.block_size == 29  # a pool is at least one block
+    assert compile_ippools(spec) == compile_ippools(spec)  # deterministic
+
+
+def test_compile_mode_all_and_off() -> None:
+    spec = Spec(
+        cluster=Cluster(pod_cidrs=["10.42.0.0/16", "fd00:42::/56"],
+                        service_cidrs=["10.43.0.0/16", "fd00:43::/112"]),
+        masquerade=MasqueradePolicy("all", non_masquerade_cidrs=[
+            "10.0.0.0/8", "169.254.0.0/16", "fd00::/8"]),
+    )
+    exempt = nat_exemptions(spec)
+    # The pod CIDRs are pools already and link-local cannot be a pool: cut out of the ranges.
+    assert all(not e.overlaps(p) for e in exempt for p in spec.cluster.pod_cidrs
+               if e.version == p.version)
+    assert not any(str(e).startswith("169.254.") for e in exempt)
+    assert sum(e.num_addresses for e in exempt if e.version == 4) == 2**24 - 2**16
+    pools = _pools(compile_ippools(spec)).values()
+    assert {p.name for p in pools if not p.disabled} == {"k3snet-pods-10-42-0-0-16",
+                                                          "k3snet-pods-fd00-42---56"}
+    off = Spec(destinations=[Destination("192.168.2.0/24", masquerade=False)],
+               masquerade=MasqueradePolicy("off"))
+    assert [(p.name, p.nat_outgoing) for p in _pools(compile_ippools(off)).values()] == [
+        ("k3snet-pods-10-42-0-0-16", False)]
+
+
+def test_the_default_pool_meets_the_pod_pool(seeded: EmulatedApiServer, api_client: Any) -> None:
+    backend = _backend(api_client)
+    spec = Spec(destinations=[Destination("192.168.3.0/24", masquerade=False)])
+    p = plan(backend.observe(), compile_ippools(spec))
+    assert [str(c) for c in p] == ["+ ippool k3snet-nonat-192-168-3-0-24 192.168.3.0/24 "
+                                   "disabled blockSize=26"]
+    assert [(n.status, *_pools([n.foreign])) for n in p.notes] == [("met",
+                                                                     "default-ipv4-ippool")]
+    backend.apply(p)
+    assert plan(backend.observe(), compile_ippools(spec)).empty
+    # An exemption already covered by a foreign pool is met too, not duplicated.
+    covered = Spec(destinations=[Destination("192.168.2.0/24", exclude=["192.168.2.0/26"])])
+    notes = plan(backend.observe(), compile_ippools(covered)).notes
+    assert ("met", "legacy-lan") in [(n.status, *_pools([n.foreign])) for n in notes]
+
+
+# ---------------------------------------------------------------- minimal writes
+
+
+def test_a_change_patches_only_the_differing_fields(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    backend = _backend(api_client)
+    pool = IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)
+    backend.apply(plan(backend.observe(), State(owned=[pool])))
+    # Someone (Calico's API server, an admin) adds a field k3snet does not model.
+    stored = seeded.get(CRD, "k3snet-pods-a")
+    assert stored is not None
+    stored["spec"]["allowedUses"] = ["Workload"]
+    read_version = seeded.put(CRD, stored)["metadata"]["resourceVersion"]
+    changed = IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False, vxlan_mode="Always")
+    p = plan(backend.observe(), State(owned=[changed]))
+    assert [c.action for c in p] == ["replace"]
+    assert disruptive_changes(p) == ()
+    result = backend.apply(p)
+    assert result.operations == 2  # one list, one patch
+    method, path, body = seeded.requests()[-1]
+    assert (method, path) == ("PATCH", "/apis/crd.projectcalico.org/v1/ippools/k3snet-pods-a")
+    assert body["spec"] == {"natOutgoing": False, "vxlanMode": "Always"}
+    assert body["metadata"] == {"resourceVersion": read_version}  # conditional on what was read
+    after = seeded.get(CRD, "k3snet-pods-a")
+    assert after is not None
+    assert after["spec"]["allowedUses"] == ["Workload"]
+    assert backend.observe().owned == {changed}
+
+
+def test_disruptive_replace_is_marked_and_refused_unless_allowed(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    backend = _backend(api_client)
+    old = IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)
+    backend.apply(plan(backend.observe(), State(owned=[old])))
+    new = IPPool("k3snet-pods-a", "10.101.0.0/24", nat_outgoing=True, block_size=28)
+    p = plan(backend.observe(), State(owned=[new]))
+    (change,) = disruptive_changes(p)
+    assert disruptive_fields(change) == ("cidr", "blockSize")
+    (problem,) = backend.check(p)
+    assert "IPPool k3snet-pods-a: changing cidr, blockSize" in problem
+    assert "allow_disruptive=True" in problem
+    before = _owned_snapshot(seeded)
+    with pytest.raises(PlanError, match="IPPool k3snet-pods-a: changing cidr, blockSize"):
+        backend.apply(p)
+    assert _owned_snapshot(seeded) == before
+    allowed = _backend(api_client, allow_disruptive=True)
+    assert allowed.check(p) == ()
+    allowed.apply(p)
+    methods = [m for m, path, _ in seeded.requests()[-3:]]
+    assert methods == ["GET", "DELETE", "POST"]  # list, then delete and re-create
+    assert allowed.observe().owned == {new}
+
+
+def test_plans_naming_foreign_pools_are_refused(seeded: EmulatedApiServer, api_client: Any) -> None:
+    backend = _backend(api_client)
+    before = _foreign_snapshot(seeded)
+    foreign = _pools(backend.observe().foreign)["default-ipv4-ippool"]
+    with pytest.raises(PlanError, match="default-ipv4-ippool exists and is not k3snet's"):
+        backend.apply(Plan(changes=[Change.delete(foreign)]))
+    unmodelled = IPPool("broken", "10.78.0.0/16")  # same name as a pool k3snet cannot model
+    assert "broken exists and is not k3snet's" in backend.check(
+        Plan(changes=[Change.add(unmodelled)]))[0]
+    assert _foreign_snapshot(seeded) == before
+
+
+# ---------------------------------------------------------------- bad input and API failures
+
+
+def test_invalid_cidrs(seeded: EmulatedApiServer, api_client: Any) -> None:
+    backend = _backend(api_client)
+    # A foreign pool k3snet cannot model is skipped, not fatal, and left alone.
+    assert "broken" not in _pools(backend.observe().foreign)
+    with pytest.raises(ModelError, match=r"'10.0.0.0/33' is not a valid CIDR"):
+        IPPool("x", "10.0.0.0/33")
+    # A pool labelled as k3snet's with an invalid CIDR is an error naming it.
+    seeded.put(CRD, _pool_resource("k3snet-pods-z", {"cidr": "10.300.0.0/16"}, labels=LABEL))
+    with pytest.raises(BackendError, match=r"IPPool k3snet-pods-z: '10.300.0.0/16' is not a "
+                                           r"valid CIDR.*labelled as k3snet's"):
+        backend.observe()
+    p = Plan(changes=[Change.add(IPPool("k3snet-pods-a", "10.100.0.0/16"))])
+    assert "k3snet-pods-z" in backend.check(p)[0]
+    with pytest.raises(ApplyError, match=r"k3snet-pods-z.*nothing was changed"):
+        backend.apply(p)
+    assert seeded.get(CRD, "k3snet-pods-a") is None
+
+
+def _three_pools() -> State:
+    return State(owned=[
+        IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True),
+        IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=True),
+        IPPool("k3snet-nonat-c", "192.168.3.0/24", disabled=True),
+    ])
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (403, r"create IPPool k3snet-pods-a: forbidden \(403\)"),
+        (409, r"create IPPool k3snet-pods-a: conflict \(409\)"),
+        (500, r"create IPPool k3snet-pods-a: the API server failed \(500"),
+        (422, r"create IPPool k3snet-pods-a: rejected as invalid \(422\): spec.cidr"),
+    ],
+)
+def test_a_failed_create_rolls_back_what_was_done(
+    seeded: EmulatedApiServer, api_client: Any, status: int, message: str
+) -> None:
+    backend = _backend(api_client)
+    foreign = _foreign_snapshot(seeded)
+    p = plan(backend.observe(), _three_pools())
+    assert [name for c in p for name in _pools([c.subject])] == [
+        "k3snet-nonat-c", "k3snet-pods-a", "k3snet-pods-b"]
+    seeded.fail(status, method="POST", name="k3snet-pods-a",
+                message="spec.cidr: Invalid value" if status == 422 else None)
+    with pytest.raises(ApplyError, match=message) as info:
+        backend.apply(p)
+    error = info.value
+    assert error.failed == p.changes[1]
+    assert error.done == p.changes[:1]
+    assert [c.action for c in error.rolled_back] == ["delete"]
+    assert "the IP pools are as they were" in str(error)
+    assert _owned_snapshot(seeded) == {}
+    assert _foreign_snapshot(seeded) == foreign
+
+
+def test_a_timeout_in_the_middle_is_undone(seeded: EmulatedApiServer, api_client: Any) -> None:
+    backend = _backend(api_client)
+    backend.apply(plan(backend.observe(), _three_pools()))
+    before = _owned_snapshot(seeded)
+    desired = State(owned=[IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False),
+                           IPPool("k3snet-nonat-c", "192.168.3.0/24", disabled=True)])
+    p = plan(backend.observe(), desired)
+    assert [c.action for c in p] == ["delete", "replace"]
+    seeded.fail(504, method="PATCH", name="k3snet-pods-a", delay=1.5)
+    with pytest.raises(ApplyError, match=r"patch IPPool k3snet-pods-a \(natOutgoing\): no answer "
+                                         r"from the API server within 0.5s"):
+        backend.apply(p)
+    assert _owned_snapshot(seeded) == before  # the deleted pool is back
+    assert seeded.get(CRD, "k3snet-pods-b")["metadata"]["labels"] == LABEL  # type: ignore[index]
+
+
+def test_a_pool_changed_meanwhile_gives_409_and_nothing(
+    seeded: EmulatedApiServer, api_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = _backend(api_client)
+    backend.apply(plan(backend.observe(), _three_pools()))
+    p = plan(backend.observe(), State(owned=[
+        IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False),
+        IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=False),
+        IPPool("k3snet-nonat-c", "192.168.3.0/24", disabled=True),
+    ]))
+    original = CalicoBackend._list
+
+    def someone_edits_after_the_read(self: CalicoBackend) -> Any:
+        listing = original(self)
+        stored = seeded.get(CRD, "k3snet-pods-b")
+        assert stored is not None
+        stored["spec"]["nodeSelector"] = "zone == 'a'"
+        seeded.put(CRD, stored)  # a new resourceVersion
+        return listing
+
+    monkeypatch.setattr(CalicoBackend, "_list", someone_edits_after_the_read)
+    with pytest.raises(ApplyError, match=r"patch IPPool k3snet-pods-b \(natOutgoing\): conflict "
+                                         r"\(409\)") as info:
+        backend.apply(p)
+    assert [c.action for c in info.value.rolled_back] == ["replace"]
+    monkeypatch.setattr(CalicoBackend, "_list", original)
+    pools = _pools(backend.observe().owned)
+    assert pools["k3snet-pods-a"].nat_outgoing  # patched back
+    assert pools["k3snet-pods-b"].node_selector == "zone == 'a'"  # the other edit is kept
+
+
+def test_a_failed_undo_is_a_rollback_error(seeded: EmulatedApiServer, api_client: Any) -> None:
+    backend = _backend(api_client)
+    p = plan(backend.observe(), _three_pools())
+    seeded.fail(500, method="POST", name="k3snet-pods-a")
+    seeded.fail(503, method="DELETE", name="k3snet-nonat-c")
+    with pytest.raises(RollbackError, match="may be half-changed"):
+        backend.apply(p)
+
+
+def test_forbidden_listing_is_reported_on_observe_and_check(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    backend = _backend(api_client)
+    seeded.fail(403, method="GET", plural="ippools", times=2)
+    with pytest.raises(BackendError, match=r"list IPPools \(crd.projectcalico.org/v1\): "
+                                           r"forbidden \(403\)"):
+        backend.observe()
+    (problem,) = backend.check(plan(State(), _three_pools()))
+    assert "forbidden (403)" in problem
+
+
+# ---------------------------------------------------------------- model
+
+
+def test_ippool_model_and_resources() -> None:
+    pool = IPPool("k3snet-pods-10-42-0-0-16", "10.42.0.0/16", nat_outgoing=True,
+                  vxlan_mode="CrossSubnet")
+    assert object_from_dict(pool.to_dict()) == pool
+    assert pool.block_size == 26
+    resource = _pool_resource(pool.name, pool.to_spec(), labels=LABEL)
+    assert pool_from_resource(resource) == pool
+    legacy = _pool_resource("old", {"cidr": "10.9.0.0/16", "nat-outgoing": True,
+                                    "ipipMode": ""})
+    assert pool_from_resource(legacy) == IPPool("old", "10.9.0.0/16", nat_outgoing=True)
+    assert pool_name("pods", "10.42.0.0/16") == "k3snet-pods-10-42-0-0-16"
+    cases: list[tuple[Callable[[], object], str]] = [
+        (lambda: IPPool("Bad_Name", "10.0.0.0/16"), "not a valid Kubernetes name"),
+        (lambda: IPPool("x", "10.0.0.0/16", block_size=19), "blockSize must be 20..32"),
+        (lambda: IPPool("x", "10.0.0.0/30", block_size=26), "smaller than one block"),
+        (lambda: IPPool("x", "fd00::/64", ipip_mode="Always"), "IPv4 only"),
+        (lambda: IPPool("x", "10.0.0.0/16", ipip_mode="Always", vxlan_mode="Always"),
+         "cannot both"),
+        (lambda: IPPool("x", "10.0.0.0/16", nat_outgoing="yes"),  # type: ignore[arg-type]
+         "natOutgoing must be true"),
+        (lambda: IPPool("x", "10.0.0.0/16", ipip_mode="Sometimes"),
+         "ipipMode must be one of"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(ModelError, match=match):
+            bad()
+    with pytest.raises(ModelError, match=r"IPPool nocidr: spec\.cidr is missing"):
+        pool_from_resource(_pool_resource("nocidr", {}))

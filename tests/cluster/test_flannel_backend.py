@@ -1,0 +1,456 @@
+"""The flannel backend: net-conf.json as a file and as a ConfigMap (emulated API server)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k3snet.backends.flannel import (
+    OWNED_ANNOTATION,
+    FlannelBackend,
+    check_pod_cidr,
+    compile_flannel,
+    effective_config,
+    pod_cidr_problems,
+)
+from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, SpecError
+from k3snet.model.cni import FLANNEL_OWNED_MARKER, FlannelConfig, configmap_target
+from k3snet.model.state import State, object_from_dict
+from k3snet.planner import Change, Plan, plan
+from k3snet.spec import Cluster, Spec
+from k3snet.testing import run_conformance
+from k3snet.testing.kube import EmulatedApiServer, flannel_configs
+
+pytestmark = pytest.mark.cluster
+
+CONFIGMAPS = "v1/configmaps"
+
+# What a K3s node's --flannel-conf file looks like, with keys k3snet does not model,
+# odd spacing and a trailing newline: all of it must survive byte for byte.
+NET_CONF = """{
+  "Network": "10.42.0.0/16",
+  "EnableIPv6": false,
+  "EnableIPv4": true,
+  "IPv6Network": "::/0",
+  "SubnetLen" :24,
+  "Backend": {
+    "Type": "vxlan",
+    "VNI":   1,
+    "Port": 8472
+  },
+  "x-vendor": {"weird":  [1, 2,3], "nested": {"a": null}}
+}
+"""
+
+
+def _configmap(text: str = NET_CONF, **metadata: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel",
+                     "labels": {"app": "flannel"}, **metadata},
+        "data": {"net-conf.json": text, "cni-conf.json": '{"name": "cbr0"}'},
+    }
+
+
+def _stored(server: EmulatedApiServer) -> dict[str, Any]:
+    obj = server.get(CONFIGMAPS, "kube-flannel-cfg", "kube-flannel")
+    assert obj is not None
+    return obj
+
+
+def _content(obj: dict[str, Any]) -> dict[str, Any]:
+    """What must not change when nothing is applied: data and annotations."""
+    return {"data": obj["data"], "annotations": obj["metadata"].get("annotations") or {}}
+
+
+@pytest.fixture
+def conf_file(tmp_path: Path) -> Path:
+    path = tmp_path / "flannel" / "net-conf.json"
+    path.parent.mkdir()
+    path.write_text(NET_CONF)
+    path.chmod(0o640)
+    return path
+
+
+@pytest.fixture
+def configmap_backend(api_server: EmulatedApiServer, api_client: Any) -> FlannelBackend:
+    api_server.put(CONFIGMAPS, _configmap())
+    return FlannelBackend(api_client=api_client, timeout=0.5)
+
+
+def _converge(backend: FlannelBackend, desired: State) -> Plan:
+    p = plan(backend.observe(), desired)
+    backend.apply(p)
+    return p
+
+
+# ---------------------------------------------------------------- conformance
+
+
+def test_file_backend_conforms_and_leaves_the_file_byte_identical(conf_file: Path) -> None:
+    backend = FlannelBackend(path=conf_file)
+    run_conformance(lambda: FlannelBackend(path=conf_file),
+                    objects=flannel_configs(backend.target), max_examples=25)
+    assert conf_file.read_text() == NET_CONF
+    assert sorted(os.listdir(conf_file.parent)) == ["net-conf.json"]  # no temporary files left
+
+
+def test_configmap_backend_conforms_and_leaves_the_configmap_as_found(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    api_server.put(CONFIGMAPS, _configmap())
+    before = _stored(api_server)
+    target = configmap_target("kube-flannel", "kube-flannel-cfg")
+    run_conformance(lambda: FlannelBackend(api_client=api_client),
+                    objects=flannel_configs(target), max_examples=15)
+    after = _stored(api_server)
+    assert after["data"] == before["data"]  # both keys, byte for byte
+    assert not after["metadata"].get("annotations")
+    assert after["metadata"]["labels"] == before["metadata"]["labels"]
+
+
+# ---------------------------------------------------------------- minimal, byte-exact edits
+
+
+def test_changing_one_key_rewrites_only_its_value(conf_file: Path) -> None:
+    backend = FlannelBackend(path=conf_file)
+    desired = State(owned=[FlannelConfig(backend.target, network="10.244.0.0/16")])
+    p = _converge(backend, desired)
+    assert [c.action for c in p] == ["add"]
+    text = conf_file.read_text()
+    expected = NET_CONF.replace('"10.42.0.0/16"', '"10.244.0.0/16"')
+    marker = json.dumps({"Network": '"10.42.0.0/16"'}, sort_keys=True)
+    expected = expected.replace(
+        '[1, 2,3], "nested": {"a": null}}',
+        f'[1, 2,3], "nested": {{"a": null}}}},\n  "{FLANNEL_OWNED_MARKER}": {marker}')
+    assert text == expected
+    assert plan(backend.observe(), desired).empty
+    # Removing k3snet's config puts the original bytes back.
+    _converge(backend, State())
+    assert conf_file.read_text() == NET_CONF
+
+
+def test_adding_an_absent_key_follows_the_layout_and_is_removed_exactly(conf_file: Path) -> None:
+    backend = FlannelBackend(path=conf_file)
+    desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True,
+                                         extra={"SubnetMin": "10.42.8.0"})])
+    _converge(backend, desired)
+    text = conf_file.read_text()
+    assert '\n  "EnableNFTables": true,\n  "SubnetMin": "10.42.8.0",\n' in text
+    assert text.startswith(NET_CONF.rstrip()[:-2])  # everything before is untouched
+    observed = backend.observe()
+    assert observed.owned == desired.owned
+    _converge(backend, State())
+    assert conf_file.read_text() == NET_CONF
+
+
+def test_replace_gives_back_keys_and_keeps_the_rest(conf_file: Path) -> None:
+    backend = FlannelBackend(path=conf_file)
+    first = FlannelConfig(backend.target, network="10.244.0.0/16", backend_type="host-gw")
+    second = FlannelConfig(backend.target, backend_type="wireguard",
+                           backend_options={"PersistentKeepaliveInterval": 25})
+    _converge(backend, State(owned=[first]))
+    p = _converge(backend, State(owned=[second]))
+    assert [c.action for c in p] == ["replace"]
+    values = json.loads(conf_file.read_text())
+    assert values["Network"] == "10.42.0.0/16"  # given back: the original text
+    assert values["Backend"] == {"Type": "wireguard", "PersistentKeepaliveInterval": 25}
+    assert values["x-vendor"] == {"weird": [1, 2, 3], "nested": {"a": None}}
+    assert backend.observe().owned == {second}
+    _converge(backend, State())
+    assert conf_file.read_text() == NET_CONF
+
+
+def test_value_already_there_is_met_by_the_foreign_config(conf_file: Path) -> None:
+    backend = FlannelBackend(path=conf_file)
+    desired = State(owned=[FlannelConfig(backend.target, network="10.42.0.0/16",
+                                         backend_type="vxlan",
+                                         backend_options={"Port": 8472, "VNI": 1})])
+    p = plan(backend.observe(), desired)
+    assert p.empty
+    assert [n.status for n in p.notes] == ["met"]
+
+
+def test_file_mode_is_kept_and_the_file_is_replaced_atomically(conf_file: Path) -> None:
+    backend = FlannelBackend(path=conf_file)
+    inode = conf_file.stat().st_ino
+    _converge(backend, State(owned=[FlannelConfig(backend.target, enable_ipv6=True)]))
+    info = conf_file.stat()
+    assert oct(info.st_mode & 0o777) == oct(0o640)
+    assert info.st_ino != inode  # a new file renamed over the old one, never written in place
+
+
+def test_failed_write_leaves_the_file_unchanged(
+    conf_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = FlannelBackend(path=conf_file)
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)  # the rename that would commit the write
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, network="10.9.0.0/16")]))
+    with pytest.raises(ApplyError, match=r"flannel config file .*net-conf.json: cannot write it: "
+                                         r"No space left on device; the file is unchanged"):
+        backend.apply(p)
+    assert conf_file.read_text() == NET_CONF
+    assert sorted(os.listdir(conf_file.parent)) == ["net-conf.json"]
+
+
+def test_a_concurrent_change_of_the_file_is_not_overwritten(
+    conf_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = FlannelBackend(path=conf_file)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, network="10.9.0.0/16")]))
+    original_edit = FlannelBackend._edit
+
+    def edit_while_someone_writes(self: FlannelBackend, doc: Any, pl: Plan) -> Any:
+        conf_file.write_text(NET_CONF.replace("8472", "8473"))
+        return original_edit(self, doc, pl)
+
+    monkeypatch.setattr(FlannelBackend, "_edit", edit_while_someone_writes)
+    with pytest.raises(ApplyError, match="changed by someone else"):
+        backend.apply(p)
+    assert conf_file.read_text() == NET_CONF.replace("8472", "8473")
+
+
+def test_invalid_json_in_the_file_is_a_clear_error(conf_file: Path) -> None:
+    conf_file.write_text('{"Network": "10.42.0.0/16",}')
+    backend = FlannelBackend(path=conf_file)
+    with pytest.raises(BackendError, match=r"flannel config file .*net-conf.json: net-conf.json "
+                                           r"is not valid JSON: .*line 1, column 28"):
+        backend.observe()
+    problems = backend.check(Plan(changes=[Change.add(FlannelConfig(backend.target,
+                                                                    network="10.9.0.0/16"))]))
+    assert problems
+    assert "not valid JSON" in problems[0]
+
+
+def test_duplicate_top_level_keys_are_refused(conf_file: Path) -> None:
+    conf_file.write_text('{"Network": "10.42.0.0/16", "Network": "10.9.0.0/16"}')
+    with pytest.raises(BackendError, match="key 'Network' twice"):
+        FlannelBackend(path=conf_file).observe()
+
+
+def test_missing_file_is_observed_empty_and_never_created(tmp_path: Path) -> None:
+    path = tmp_path / "absent.json"
+    backend = FlannelBackend(path=path)
+    assert backend.observe() == State()
+    p = plan(State(), State(owned=[FlannelConfig(backend.target, network="10.9.0.0/16")]))
+    assert "does not exist" in backend.check(p)[0]
+    with pytest.raises(ApplyError, match="does not exist"):
+        backend.apply(p)
+    assert not path.exists()
+
+
+def test_plans_for_other_targets_or_foreign_configs_are_refused(conf_file: Path) -> None:
+    backend = FlannelBackend(path=conf_file)
+    other = FlannelConfig("file:/elsewhere.json", network="10.9.0.0/16")
+    with pytest.raises(PlanError, match="manages file:"):
+        backend.apply(Plan(changes=[Change.add(other)]))
+    (foreign,) = backend.observe().foreign
+    with pytest.raises(PlanError, match="k3snet does not own it"):
+        backend.apply(Plan(changes=[Change.delete(foreign)]))
+    assert conf_file.read_text() == NET_CONF
+
+
+def test_a_corrupt_ownership_record_is_reported(conf_file: Path) -> None:
+    conf_file.write_text('{"Network": "10.42.0.0/16", "k3snet.io/owned": {"Network": "{"}}')
+    with pytest.raises(BackendError, match="ownership record entry 'Network' holds invalid JSON"):
+        FlannelBackend(path=conf_file).observe()
+
+
+def test_path_and_configmap_are_exclusive(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not both"):
+        FlannelBackend(path=tmp_path / "x", configmap=("a", "b"))
+
+
+# ---------------------------------------------------------------- the ConfigMap
+
+
+def test_configmap_patch_carries_resource_version_and_only_what_changed(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend
+) -> None:
+    seeded = _stored(api_server)
+    desired = State(owned=[FlannelConfig(configmap_backend.target, network="10.244.0.0/16")])
+    result = configmap_backend.apply(plan(configmap_backend.observe(), desired))
+    assert result.operations == 2  # one read, one patch
+    method, path, body = api_server.requests()[-1]
+    assert (method, path) == ("PATCH",
+                              "/api/v1/namespaces/kube-flannel/configmaps/kube-flannel-cfg")
+    assert body["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
+    assert set(body["data"]) == {"net-conf.json"}  # cni-conf.json is not sent
+    stored = _stored(api_server)
+    assert stored["data"]["net-conf.json"] == NET_CONF.replace("10.42.0.0/16", "10.244.0.0/16")
+    assert stored["data"]["cni-conf.json"] == '{"name": "cbr0"}'
+    assert json.loads(stored["metadata"]["annotations"][OWNED_ANNOTATION]) == {
+        "Network": '"10.42.0.0/16"'}
+    assert plan(configmap_backend.observe(), desired).empty
+
+
+def test_configmap_changed_between_read_and_patch_gives_409_and_nothing(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    p = plan(configmap_backend.observe(),
+             State(owned=[FlannelConfig(configmap_backend.target, network="10.244.0.0/16")]))
+    edited = NET_CONF.replace("8472", "4789")
+    original_edit = FlannelBackend._edit
+
+    def someone_edits_meanwhile(self: FlannelBackend, doc: Any, pl: Plan) -> Any:
+        api_server.put(CONFIGMAPS, _configmap(edited))  # bumps the resourceVersion
+        return original_edit(self, doc, pl)
+
+    monkeypatch.setattr(FlannelBackend, "_edit", someone_edits_meanwhile)
+    with pytest.raises(ApplyError, match=r"patch ConfigMap kube-flannel/kube-flannel-cfg: "
+                                         r"conflict \(409\).*nothing was changed"):
+        configmap_backend.apply(p)
+    assert _stored(api_server)["data"]["net-conf.json"] == edited
+
+
+@pytest.mark.parametrize(
+    ("status", "method", "message"),
+    [
+        (403, "GET", r"read ConfigMap kube-flannel/kube-flannel-cfg: forbidden \(403\)"),
+        (500, "GET", r"read ConfigMap kube-flannel/kube-flannel-cfg: the API server failed "
+                     r"\(500"),
+        (403, "PATCH", r"patch ConfigMap kube-flannel/kube-flannel-cfg: forbidden \(403\)"),
+        (409, "PATCH", r"patch ConfigMap kube-flannel/kube-flannel-cfg: conflict \(409\)"),
+        (500, "PATCH", r"patch ConfigMap kube-flannel/kube-flannel-cfg: the API server failed"),
+    ],
+)
+def test_api_errors_name_the_configmap_and_change_nothing(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend,
+    status: int, method: str, message: str,
+) -> None:
+    before = _content(_stored(api_server))
+    p = plan(configmap_backend.observe(),
+             State(owned=[FlannelConfig(configmap_backend.target, network="10.244.0.0/16")]))
+    api_server.fail(status, method=method, plural="configmaps")
+    with pytest.raises(ApplyError, match=message) as info:
+        configmap_backend.apply(p)
+    assert "nothing was changed" in str(info.value)
+    assert _content(_stored(api_server)) == before
+
+
+def test_observe_reports_api_errors_with_the_object(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend
+) -> None:
+    api_server.fail(403, method="GET", plural="configmaps",
+                    message='configmaps "kube-flannel-cfg" is forbidden: User "system:'
+                            'serviceaccount:kube-system:k3snet" cannot get resource')
+    with pytest.raises(BackendError, match=r"read ConfigMap kube-flannel/kube-flannel-cfg: "
+                                           r"forbidden \(403\).*cannot get resource"):
+        configmap_backend.observe()
+
+
+def test_a_timeout_is_an_error_naming_the_configmap(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend
+) -> None:
+    before = _content(_stored(api_server))
+    p = plan(configmap_backend.observe(),
+             State(owned=[FlannelConfig(configmap_backend.target, network="10.244.0.0/16")]))
+    api_server.fail(504, method="PATCH", plural="configmaps", delay=1.5)
+    with pytest.raises(ApplyError, match=r"patch ConfigMap kube-flannel/kube-flannel-cfg: no "
+                                         r"answer from the API server within 0.5s"):
+        configmap_backend.apply(p)
+    assert _content(_stored(api_server)) == before
+
+
+def test_invalid_json_in_the_configmap_is_a_clear_error(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    api_server.put(CONFIGMAPS, _configmap('{"Network": "10.42.0.0/16", "Backend": {"Type": '))
+    before = _content(_stored(api_server))
+    backend = FlannelBackend(api_client=api_client)
+    with pytest.raises(BackendError, match=r"ConfigMap kube-flannel/kube-flannel-cfg: "
+                                           r"net-conf.json is not valid JSON"):
+        backend.observe()
+    p = Plan(changes=[Change.add(FlannelConfig(backend.target, network="10.9.0.0/16"))])
+    assert "not valid JSON" in backend.check(p)[0]
+    with pytest.raises(ApplyError, match=r"not valid JSON.*nothing was changed"):
+        backend.apply(p)
+    assert _content(_stored(api_server)) == before
+
+
+def test_configmap_without_net_conf_is_reported(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    cm = _configmap()
+    del cm["data"]["net-conf.json"]
+    api_server.put(CONFIGMAPS, cm)
+    with pytest.raises(BackendError, match=r"has no 'net-conf.json' key.*cni-conf.json"):
+        FlannelBackend(api_client=api_client).observe()
+
+
+def test_missing_configmap_is_observed_empty_and_not_created(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    backend = FlannelBackend(configmap=("kube-system", "flannel"), api_client=api_client)
+    assert backend.observe() == State()
+    p = plan(State(), State(owned=[FlannelConfig(backend.target, network="10.9.0.0/16")]))
+    with pytest.raises(ApplyError, match="ConfigMap kube-system/flannel does not exist"):
+        backend.apply(p)
+    assert api_server.get(CONFIGMAPS, "flannel", "kube-system") is None
+
+
+# ---------------------------------------------------------------- spec checks and model
+
+
+def test_pod_cidr_disagreeing_with_network_is_an_error_naming_both(conf_file: Path) -> None:
+    backend = FlannelBackend(path=conf_file)
+    observed = backend.observe()
+    spec = Spec(cluster=Cluster(pod_cidrs=["10.244.0.0/16"], service_cidrs=["10.96.0.0/12"]))
+    with pytest.raises(SpecError) as info:
+        check_pod_cidr(spec, observed)
+    (problem,) = info.value.problems
+    assert problem.path == "cluster.podCIDRs[0]"
+    assert "10.244.0.0/16" in problem.message
+    assert "flannel's Network 10.42.0.0/16" in problem.message
+    check_pod_cidr(Spec(), observed)  # K3s defaults agree
+    # What k3snet owns counts over the foreign value.
+    _converge(backend, compile_flannel(spec, target=backend.target))
+    assert pod_cidr_problems(spec, backend.observe()) == []
+    config = effective_config(backend.observe())
+    assert config is not None
+    assert str(config.network) == "10.244.0.0/16"
+    assert config.backend_type == "vxlan"
+
+
+def test_ipv6_pod_cidr_is_checked_against_ipv6network() -> None:
+    config = FlannelConfig("file:/x.json", network="10.42.0.0/16",
+                           ipv6_network="fd00:42::/56")
+    problems = pod_cidr_problems(["10.42.0.0/16", "fd00:43::/56"], config)
+    assert [p.path for p in problems] == ["cluster.podCIDRs[1]"]
+    assert "flannel's IPv6Network fd00:42::/56" in problems[0].message
+
+
+def test_flannel_config_model() -> None:
+    config = FlannelConfig("configmap:kube-flannel/kube-flannel-cfg", network="10.42.0.0/16",
+                           backend_type="vxlan", backend_options={"VNI": 1},
+                           extra={"SubnetLen": 24})
+    assert object_from_dict(config.to_dict()) == config
+    assert config.describe() == ('flannel configmap:kube-flannel/kube-flannel-cfg '
+                                 'Network=10.42.0.0/16 Backend={"Type":"vxlan","VNI":1} '
+                                 'SubnetLen=24')
+    # Modelled keys given in extra are lifted into their fields: one spelling, one value.
+    assert FlannelConfig(config.target, extra={"Network": "10.42.0.0/16"}) == FlannelConfig(
+        config.target, network="10.42.0.0/16")
+    # Observed values that do not validate stay verbatim instead of failing.
+    odd = FlannelConfig.from_members("file:/x.json", {"Network": "10.42.0.1/16",
+                                                      "Backend": {"Type": "vpn"}})
+    assert odd.network is None
+    assert odd.extra["Network"] == "10.42.0.1/16"
+    assert odd.extra["Backend"] == {"Type": "vpn"}
+    for bad in ("relative/path", "configmap:Bad_NS/x", "http://x"):
+        with pytest.raises(ModelError):
+            FlannelConfig(bad)
+    with pytest.raises(ModelError, match="IPv4"):
+        FlannelConfig("file:/x.json", network="fd00::/64")
+    with pytest.raises(ModelError, match="reserved"):
+        FlannelConfig("file:/x.json", extra={FLANNEL_OWNED_MARKER: {}})
