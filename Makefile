@@ -73,8 +73,8 @@ typecheck: deps
 # pytest's status: no `|| true`, no `-` prefix (pipefail is on if you add a tee).
 PYTEST := HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/python -m pytest --durations=15
 
-# Lint and type check first, then the suite.
-test: lint typecheck
+# Lint, type check and a strict docs build first, then the suite.
+test: lint typecheck docs
 	$(PYTEST) $(PYTEST_ARGS)
 
 # The suite alone, e.g. `make pytest PYTEST_ARGS="-m 'not kernel'"`.
