@@ -1,0 +1,1 @@
+"""Renderers: plans and states as text, JSON and persistence files (nftables.conf ...)."""

@@ -1,0 +1,220 @@
+"""Route and sysctl persistence renderers: ifupdown, netplan, systemd-networkd, sysctl.d.
+
+The renderers are pure; two tests (marked ``kernel``) also run what they render
+inside a throwaway namespace: the ifupdown ``up``/``down`` commands, read back by
+the netlink backend, and ``sysctl -p`` on the sysctl.d file.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k3snet.errors import ModelError
+from k3snet.model import Route, State, Sysctl
+from k3snet.render.routes import ip_route_args, render_ifupdown, render_netplan, render_networkd
+from k3snet.render.sysctl import render_sysctl_d
+from k3snet.testing.netns import run_in, temporary_netns
+
+ROUTES = (
+    Route("10.1.0.0/24", gateway="10.0.0.2", device="d0"),
+    Route("10.2.0.0/16", device="d0", table=100, metric=5),
+    Route("0.0.0.0/0", gateway="10.9.0.2", device="e0", table=1000),
+    Route("fd01::/64", gateway="fd00::2", device="d0"),
+    Route("fd02::/48", device="e0", table=100, metric=300),
+)
+STATE = State(owned=[*ROUTES, Sysctl("net.ipv4.ip_forward", 1)],
+              foreign=[Route("192.168.0.0/16", gateway="10.0.0.254", device="d0", protocol=4)])
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+
+def stanzas(text: str) -> dict[str, list[str]]:
+    """``iface`` header -> its indented option lines; fails on anything else."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith("iface "):
+            current = found.setdefault(line, [])
+        else:
+            assert line.startswith("    "), f"stray line {line!r}"
+            assert current is not None, f"option before any iface: {line!r}"
+            current.append(line.strip())
+    return found
+
+
+def test_ip_route_args_name_the_route_exactly() -> None:
+    assert ip_route_args(ROUTES[0]) == [
+        "10.1.0.0/24", "via", "10.0.0.2", "dev", "d0", "metric", "0", "proto", "211"]
+    assert ip_route_args(ROUTES[1]) == [
+        "10.2.0.0/16", "dev", "d0", "table", "100", "metric", "5", "proto", "211"]
+    host = Route("10.3.0.0/24", device="d0", scope="host")
+    assert ip_route_args(host)[-6:] == ["scope", "host", "metric", "0", "proto", "211"]
+
+
+def test_ifupdown_stanzas() -> None:
+    text = render_ifupdown(STATE)
+    assert "192.168.0.0" not in text  # foreign routes are not k3snet's to persist
+    found = stanzas(text)
+    assert list(found) == ["iface d0 inet manual", "iface d0 inet6 manual",
+                           "iface e0 inet manual", "iface e0 inet6 manual"]
+    d0 = found["iface d0 inet manual"]
+    assert d0 == [  # the model's order (table, destination, metric); deleted in reverse
+        "up ip route add 10.2.0.0/16 dev d0 table 100 metric 5 proto 211",
+        "up ip route add 10.1.0.0/24 via 10.0.0.2 dev d0 metric 0 proto 211",
+        "down ip route del 10.1.0.0/24 via 10.0.0.2 dev d0 metric 0 proto 211",
+        "down ip route del 10.2.0.0/16 dev d0 table 100 metric 5 proto 211",
+    ]
+    assert found["iface d0 inet6 manual"] == [
+        "up ip -6 route add fd01::/64 via fd00::2 dev d0 metric 1024 proto 211",
+        "down ip -6 route del fd01::/64 via fd00::2 dev d0 metric 1024 proto 211",
+    ]
+
+
+def test_ifupdown_static_stanza_needs_an_address() -> None:
+    text = render_ifupdown(STATE, addresses={"d0": ["10.0.0.1/24", "fd00::1/64"]})
+    found = stanzas(text)
+    assert found["iface d0 inet static"][0] == "address 10.0.0.1/24"
+    assert found["iface d0 inet6 static"][0] == "address fd00::1/64"
+    assert "iface e0 inet manual" in found  # no address given: manual, still valid
+    with pytest.raises(ModelError, match="interface address"):
+        render_ifupdown(STATE, addresses={"d0": ["not-an-address"]})
+
+
+@pytest.mark.parametrize("render", [render_ifupdown, render_netplan, render_networkd])
+def test_routes_without_device_are_refused(render: object) -> None:
+    state = State(owned=[ROUTES[0], Route("10.5.0.0/24", gateway="10.0.0.2"),
+                         Route("10.6.0.0/24", gateway="10.0.0.2")])
+    with pytest.raises(ModelError) as caught:
+        render(state)  # type: ignore[operator]
+    assert "10.5.0.0/24" in str(caught.value)
+    assert "10.6.0.0/24" in str(caught.value)  # every offending route at once
+
+
+def test_netplan_parses_back() -> None:
+    data = yaml.safe_load(render_netplan(STATE))
+    assert data["network"]["version"] == 2
+    ethernets = data["network"]["ethernets"]
+    assert set(ethernets) == {"d0", "e0"}
+    assert ethernets["d0"]["routes"] == [
+        {"to": "10.2.0.0/16", "scope": "link", "metric": 5, "table": 100},
+        {"to": "10.1.0.0/24", "via": "10.0.0.2"},
+        {"to": "fd01::/64", "via": "fd00::2"},
+    ]
+    assert ethernets["e0"]["routes"] == [
+        {"to": "0.0.0.0/0", "via": "10.9.0.2", "table": 1000},
+        {"to": "fd02::/48", "scope": "link", "metric": 300, "table": 100},
+    ]
+
+
+def test_netplan_sections_and_awkward_names() -> None:
+    state = State(owned=[Route("10.7.0.0/24", device="br0"), Route("10.8.0.0/24", device="1e3"),
+                         Route("10.9.0.0/24", device="@x")])
+    data = yaml.safe_load(render_netplan(state, sections={"br0": "bridges"}))
+    assert list(data["network"]["bridges"]) == ["br0"]
+    assert set(data["network"]["ethernets"]) == {"1e3", "@x"}  # strings, not a float
+    with pytest.raises(ModelError, match="section"):
+        render_netplan(state, sections={"br0": "bridge"})
+
+
+def test_networkd_files() -> None:
+    files = render_networkd(STATE)
+    assert set(files) == {"90-k3snet-d0.network", "90-k3snet-e0.network"}
+    sections = parse_networkd(files["90-k3snet-d0.network"])
+    assert sections[0] == ("Match", {"Name": "d0"})
+    assert sections[1:] == [
+        ("Route", {"Destination": "10.2.0.0/16", "Metric": "5", "Table": "100",
+                   "Protocol": "211"}),
+        ("Route", {"Destination": "10.1.0.0/24", "Gateway": "10.0.0.2", "Metric": "0",
+                   "Protocol": "211"}),
+        ("Route", {"Destination": "fd01::/64", "Gateway": "fd00::2", "Metric": "1024",
+                   "Protocol": "211"}),
+    ]
+    dropins = render_networkd(STATE, network_files={"d0": "10-d0.network"})
+    assert set(dropins) == {"10-d0.network.d/90-k3snet-routes.conf", "90-k3snet-e0.network"}
+    assert all(name == "Route" for name, _ in
+               parse_networkd(dropins["10-d0.network.d/90-k3snet-routes.conf"]))
+    with pytest.raises(ModelError, match=r"\.network file name"):
+        render_networkd(STATE, network_files={"d0": "../etc/passwd"})
+
+
+def parse_networkd(text: str) -> list[tuple[str, dict[str, str]]]:
+    """Sections in order (networkd repeats ``[Route]``, which configparser refuses)."""
+    sections: list[tuple[str, dict[str, str]]] = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            assert line.endswith("]")
+            sections.append((line[1:-1], {}))
+        else:
+            key, _, value = line.partition("=")
+            assert key, f"bad line {line!r}"
+            assert value, f"bad line {line!r}"
+            assert sections, f"key before any section: {line!r}"
+            sections[-1][1][key] = value
+    return sections
+
+
+def test_sysctl_d() -> None:
+    state = State(owned=[Sysctl("net.ipv4.ip_forward", 1, previous="0"),
+                         Sysctl("net/ipv4/conf/d0.5/rp_filter", 2), *ROUTES])
+    lines = [line for line in render_sysctl_d(state).splitlines()
+             if line and not line.startswith("#")]
+    assert lines == ["net.ipv4.ip_forward = 1", "net/ipv4/conf/d0.5/rp_filter = 2"]
+    assert "# before k3snet: 0" in render_sysctl_d(state)
+    assert [line for line in render_sysctl_d(State()).splitlines()
+            if not line.startswith("#") and line] == []
+
+
+@pytest.mark.kernel
+@needs_root
+def test_ifupdown_commands_round_trip_through_the_kernel() -> None:
+    from k3snet.backends.netlink import NetlinkBackend  # noqa: PLC0415 - kernel tests only
+
+    with temporary_netns("render") as ns, tempfile.TemporaryDirectory() as tmp:
+        for dev, peer, v4, v6 in (("d0", "d0p", "10.0.0.1/24", "fd00::1/64"),
+                                  ("e0", "e0p", "10.9.0.1/24", "fd09::1/64")):
+            run_in(ns, ["ip", "link", "add", dev, "type", "veth", "peer", "name", peer])
+            run_in(ns, ["ip", "link", "set", peer, "up"])
+            run_in(ns, ["ip", "link", "set", dev, "up"])
+            run_in(ns, ["ip", "addr", "add", v4, "dev", dev])
+            run_in(ns, ["ip", "addr", "add", v6, "dev", dev, "nodad"])
+        found = stanzas(render_ifupdown(STATE))
+        commands = [line.split(" ", 1) for lines in found.values() for line in lines]
+        for when, command in commands:
+            if when == "up":
+                run_in(ns, shlex.split(command))
+        with NetlinkBackend(ns, state_dir=tmp) as backend:
+            assert {r for r in backend.observe().owned if isinstance(r, Route)} == set(ROUTES)
+            for when, command in commands:
+                if when == "down":
+                    run_in(ns, shlex.split(command))
+            assert not backend.observe().owned
+
+
+@pytest.mark.kernel
+@needs_root
+@pytest.mark.skipif(shutil.which("sysctl") is None, reason="needs sysctl(8) (procps)")
+def test_sysctl_d_loads_with_sysctl_p(tmp_path: Path) -> None:
+    state = State(owned=[Sysctl("net.ipv4.ip_forward", 1),
+                         Sysctl("net.ipv4.conf.all.rp_filter", 2),
+                         Sysctl("net/ipv4/conf/d0.5/rp_filter", 1)])
+    conf = tmp_path / "90-k3snet.conf"
+    conf.write_text(render_sysctl_d(state))
+    with temporary_netns("render") as ns:
+        run_in(ns, ["ip", "link", "add", "d0.5", "type", "veth", "peer", "name", "d0p"])
+        result = run_in(ns, ["sysctl", "-p", str(conf)])
+        assert result.returncode == 0
+        for sysctl in state.owned:
+            assert isinstance(sysctl, Sysctl)
+            value = run_in(ns, ["cat", f"/proc/sys/{sysctl.path}"]).stdout.strip()
+            assert value == sysctl.value, sysctl
