@@ -29,6 +29,12 @@ from k3snet.model.cidr import (
 __all__ = ["MasqueradeRule", "NatRule", "SnatRule"]
 
 
+def _destination(value: str | Network | None) -> Network | None:
+    """A ``/0`` destination is "any": normalised to ``None`` so both spellings are one key."""
+    net = optional_network(value)
+    return None if net is not None and net.prefixlen == 0 else net
+
+
 def _exclusions(values: Iterable[str | Network]) -> tuple[Network, ...]:
     if isinstance(values, str):
         raise ModelError(f"exclude must be a list of CIDRs, got the string {values!r}")
@@ -50,7 +56,7 @@ class _NatBase(NetObject):
 
     source: Network = attrs.field(converter=parse_network)
     destination: Network | None = attrs.field(
-        default=None, converter=optional_network, kw_only=True
+        default=None, converter=_destination, kw_only=True
     )
     exclude: tuple[Network, ...] = attrs.field(default=(), converter=_exclusions, kw_only=True)
     out_interface: str | None = attrs.field(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from k3snet import Plan
-from k3snet.cli import main
+from k3snet.cli import _options, build_parser, main
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
@@ -78,8 +78,6 @@ def test_render_manifests_prints_the_objects(capsys: pytest.CaptureFixture[str])
 
 
 def test_agent_environment_reaches_backend_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    from k3snet.cli import _options, build_parser
-
     monkeypatch.setenv("K3SNET_PROC_SYS", "/host/proc/sys")
     args = build_parser().parse_args(["plan", "-f", str(SEED), "--netns", "lab"])
     assert _options("memory", args) == {}  # the memory backend takes neither option
@@ -91,8 +89,8 @@ def test_flannel_file_through_the_agent_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     conf = tmp_path / "net-conf.json"
-    original = '{\n  "Network": "10.42.0.0/16",\n  "Backend": {"Type": "vxlan"},\n  "x": [1, 2]\n}\n'
-    conf.write_text(original)
+    conf.write_text('{\n  "Network": "10.42.0.0/16",\n  "Backend": {"Type": "vxlan"},\n'
+                    '  "x": [1, 2]\n}\n')
     spec = tmp_path / "spec.yaml"
     spec.write_text("cni:\n  flannel:\n    backend: {type: host-gw}\n")
     monkeypatch.setenv("K3SNET_FLANNEL_CONF", str(conf))

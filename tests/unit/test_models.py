@@ -161,3 +161,8 @@ def test_state_round_trips_and_renders_sorted() -> None:
                   foreign=[Route("192.168.2.0/24", gateway="192.168.1.1", protocol=4)])
     assert State.from_dict(state.to_dict()) == state
     assert state.render().splitlines()[1] == "  sysctl net.ipv4.ip_forward = 1"
+
+
+def test_nat_destination_of_all_addresses_is_any() -> None:
+    assert MasqueradeRule("10.42.0.0/16", destination="0.0.0.0/0").destination is None
+    assert MasqueradeRule("fd42::/56", destination="::/0") == MasqueradeRule("fd42::/56")

@@ -1,0 +1,183 @@
+"""Foreign iptables rules k3snet can model (best effort, never raises).
+
+What the planner needs to know is whether somebody else already masquerades our
+traffic or accepts it in FORWARD, so it can say "met by foreign state" instead of
+adding a duplicate. Only rules whose meaning is simple are modelled:
+
+* nat: a ``MASQUERADE`` or ``SNAT --to-source ADDR`` rule in POSTROUTING or in a
+  chain POSTROUTING jumps to (flannel's ``FLANNEL-POSTRTG``), matching at most a
+  source, a destination or one negated destination (flannel's ``! -d 224.0.0.0/4``)
+  and an out interface. Marks, negated sources, ``-p`` and anything else: skipped.
+* filter: an ``ACCEPT`` in FORWARD or a chain FORWARD jumps to, matching at most
+  source, destination and interfaces, reached before any DROP/REJECT rule (but
+  kube-proxy's drop of ``INVALID`` packets), and
+  only if the replies are accepted too (a reverse plain accept, or a conntrack
+  ``ESTABLISHED`` accept covering them), as flannel's ``FLANNEL-FWD`` pair does.
+
+Rule order across chains is approximated (one level of jumps, in order); a
+RETURN that may skip most packets hides what follows it in its chain.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+
+from k3snet.backends._iptables_rules import (
+    PREFIX,
+    Line,
+    RuleFields,
+    TableDump,
+    parse_rule,
+    tokenize,
+)
+from k3snet.errors import K3snetError
+from k3snet.model._base import NetObject
+from k3snet.model.cidr import Network, contains
+from k3snet.model.forward import ForwardRule
+from k3snet.model.nat import MasqueradeRule, SnatRule
+
+__all__ = ["foreign_forward", "foreign_nat"]
+
+_STOP = frozenset({"DROP", "REJECT"})
+
+
+def _zero(family: int) -> Network:
+    return ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")
+
+
+def _walk(
+    dump: TableDump, builtin: str
+) -> Iterator[tuple[str, str | None, RuleFields | None, Line]]:
+    """(chain, target, fields, tokens) of the rules of ``builtin`` and, at each jump,
+    of the chain jumped to (one level). ``fields`` is ``None`` for a rule with
+    matches we do not model. Rules after a rule that may send most packets back
+    out of their chain (see :func:`_cuts`) are left out."""
+    for spec in dump.chain(builtin):
+        tokens = tokenize(spec)
+        target = _target(tokens)
+        if target is not None and target in dump.rules and not target.startswith(PREFIX):
+            for inner in dump.chain(target):
+                inner_tokens = tokenize(inner)
+                inner_target = _target(inner_tokens)
+                if _cuts(inner_target, inner_tokens):
+                    break
+                yield target, inner_target, parse_rule(inner_tokens), inner_tokens
+            continue
+        if _cuts(target, tokens):
+            return
+        yield builtin, target, parse_rule(tokens), tokens
+
+
+def _cuts(target: str | None, tokens: Line) -> bool:
+    """A RETURN/ACCEPT that may let most packets skip the rest of the chain.
+
+    Unconditional ones do; so do those matching on a negation without a positive
+    address match (kube-proxy's ``-m mark ! --mark 0x4000/0x4000 -j RETURN``, after
+    which its MASQUERADE only sees marked packets). Exemptions bounded by an
+    address (flannel's pod-to-pod RETURNs) or a positive mark are let through:
+    best effort.
+    """
+    if target not in ("RETURN", "ACCEPT"):
+        return False
+    conditions = list(tokens[: tokens.index("-j")]) if "-j" in tokens else list(tokens)
+    if "comment" in conditions:  # a comment never restricts anything
+        at = conditions.index("comment") - 1
+        del conditions[at: at + 4]
+    if not conditions:
+        return True
+    positive_address = any(
+        tok in ("-s", "-d") and (i == 0 or conditions[i - 1] != "!")
+        for i, tok in enumerate(conditions)
+    )
+    return "!" in conditions and not positive_address
+
+
+def _target(tokens: Line) -> str | None:
+    for flag in ("-j", "-g"):
+        if flag in tokens:
+            index = tokens.index(flag)
+            if index + 1 < len(tokens):
+                return tokens[index + 1]
+    return None
+
+
+def foreign_nat(dump: TableDump | None, family: int) -> set[NetObject]:
+    """Simple MASQUERADE/SNAT rules on the POSTROUTING path."""
+    found: set[NetObject] = set()
+    if dump is None:
+        return found
+    for _, _, fields, _ in _walk(dump, "POSTROUTING"):
+        if fields is None or fields.target not in ("MASQUERADE", "SNAT"):
+            continue
+        if fields.source_neg or fields.in_interface or fields.ctstate:
+            continue
+        obj = _nat_object(fields, family)
+        if obj is not None:
+            found.add(obj)
+    return found
+
+
+def _nat_object(fields: RuleFields, family: int) -> NetObject | None:
+    source = fields.source if fields.source is not None else _zero(family)
+    destination = fields.destination
+    exclude: list[Network] = []
+    if destination is not None and fields.destination_neg:
+        exclude = [destination]
+        destination = None
+    try:
+        if fields.target == "SNAT":
+            if fields.to_source is None:
+                return None
+            return SnatRule(source, destination=destination, exclude=exclude,
+                            out_interface=fields.out_interface,
+                            random_fully=fields.random_fully, to_address=fields.to_source)
+        return MasqueradeRule(source, destination=destination, exclude=exclude,
+                              out_interface=fields.out_interface,
+                              random_fully=fields.random_fully)
+    except (K3snetError, ValueError):
+        return None  # a port range, another family ...: not modelled
+
+
+def foreign_forward(dump: TableDump | None, family: int) -> set[NetObject]:
+    """Simple accepts on the FORWARD path whose replies are accepted too."""
+    found: set[NetObject] = set()
+    if dump is None:
+        return found
+    accepts: list[RuleFields] = []
+    for _, target, fields, _ in _walk(dump, "FORWARD"):
+        if target in _STOP:
+            if fields is not None and fields.ctstate == "INVALID":
+                continue  # kube-proxy's drop of invalid packets: valid traffic goes on
+            break  # what comes after a drop may never be reached
+        if fields is None:
+            continue
+        if fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg:
+            accepts.append(fields)
+    zero = _zero(family)
+    for rule in accepts:
+        if rule.ctstate is not None:
+            continue
+        source = rule.source if rule.source is not None else zero
+        destination = rule.destination if rule.destination is not None else zero
+        if source.version != family or destination.version != family:
+            continue
+        if any(_answers(reply, rule, source, destination) for reply in accepts):
+            try:
+                found.add(ForwardRule(source, destination, in_interface=rule.in_interface,
+                                      out_interface=rule.out_interface))
+            except K3snetError:
+                continue
+    return found
+
+
+def _answers(reply: RuleFields, rule: RuleFields, source: Network, destination: Network) -> bool:
+    """``reply`` accepts the packets coming back for ``rule``'s traffic."""
+    if reply.ctstate is not None and "ESTABLISHED" not in reply.ctstate.split(","):
+        return False
+    return (
+        (reply.source is None or contains(reply.source, destination))
+        and (reply.destination is None or contains(reply.destination, source))
+        and reply.in_interface in (None, rule.out_interface)
+        and reply.out_interface in (None, rule.in_interface)
+    )

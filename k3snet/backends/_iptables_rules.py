@@ -1,0 +1,625 @@
+"""The iptables layout k3snet writes, and the parsing that reads it back (pure, no I/O).
+
+Layout (per family: ``iptables`` for IPv4, ``ip6tables`` for IPv6)::
+
+    nat:    POSTROUTING  -m comment --comment k3snet -j K3SNET-POSTROUTING   (appended)
+            K3SNET-POSTROUTING   one jump per non-empty bucket, in group order
+            K3SNET-N-d24-s16-o-7 the NAT rules of one group and hash bucket
+            K3SNET-M-<hash16>    one rule's exclusions (RETURN ...) then its MASQUERADE/SNAT
+    filter: FORWARD      -m comment --comment k3snet -j K3SNET-FORWARD      (inserted first)
+            K3SNET-FORWARD       one jump per non-empty bucket
+            K3SNET-F-7           the forward accepts (and reply accepts) of one hash bucket
+
+Every rule we write carries ``-m comment --comment k3snet:<hash16>``: the hash
+(BLAKE2b, 8 bytes, of a canonical text of the object plus a layout version) is
+the diff key, as in Calico Felix. Reading back, an object is rebuilt from the
+rule text, re-hashed and re-rendered; a rule whose text no longer matches its
+hash, or that sits in the wrong chain, is drift.
+
+Why buckets: ``iptables-nft-restore`` must load a chain's whole rule cache to
+delete or insert by position, which costs ~100 ms for a 10k-rule chain. Rules of
+one *group* never overlap (same destination and source prefix lengths and the
+same out-interface specificity: two such rules either differ in both prefixes or
+are the same slot), so their order inside a group does not matter, and a group is
+split in 16 chains by the first hex digit of the hash. One change then touches a
+chain of ~N/16 rules, appended (``-A``) or deleted by spec (``-D``). Groups are
+jumped to most specific first (longer destination prefix, then longer source
+prefix, then rules with an out interface before those without): NAT is first
+match, so a more specific rule wins over a broader one. Forward accepts all have
+the same verdict: one group.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Final, NamedTuple
+
+import attrs
+
+from k3snet.errors import K3snetError
+from k3snet.model._base import NetObject
+from k3snet.model.cidr import Network
+from k3snet.model.forward import ForwardRule
+from k3snet.model.nat import MasqueradeRule, SnatRule
+
+__all__ = [
+    "HOOKS",
+    "TABLES",
+    "Dump",
+    "Hook",
+    "Line",
+    "Unit",
+    "bucket_order",
+    "clear_caches",
+    "content_hash",
+    "format_line",
+    "hook_line",
+    "is_bucket_chain",
+    "main_lines",
+    "parse_save",
+    "rebuild_unit",
+    "render_unit",
+    "table_image",
+    "table_of",
+    "tokenize",
+]
+
+Line = tuple[str, ...]
+"""One rule as tokens, without the leading ``-A CHAIN`` (addresses normalised)."""
+
+LAYOUT_VERSION: Final = "1"
+TAG: Final = "k3snet"
+PREFIX: Final = "K3SNET-"
+HASH_LEN: Final = 16
+_COMMENT_PREFIX: Final = f"{TAG}:"
+_CTSTATE: Final = "RELATED,ESTABLISHED"
+
+
+@attrs.frozen
+class Hook:
+    """Where a table's traffic enters our chains."""
+
+    table: str
+    builtin: str
+    main: str
+    first: bool
+    """True: the jump must be the first rule (FORWARD, ahead of DROP rules)."""
+
+
+HOOKS: Final[Mapping[str, Hook]] = {
+    "nat": Hook("nat", "POSTROUTING", "K3SNET-POSTROUTING", first=False),
+    "filter": Hook("filter", "FORWARD", "K3SNET-FORWARD", first=True),
+}
+TABLES: Final = ("filter", "nat")
+"""Tables in apply order (forward accepts before the NAT that relies on them)."""
+
+
+def table_of(obj: NetObject) -> str:
+    """The table an object lives in."""
+    if isinstance(obj, ForwardRule):
+        return "filter"
+    if isinstance(obj, MasqueradeRule | SnatRule):
+        return "nat"
+    raise K3snetError(f"the iptables backend cannot hold {obj.type_name} objects ({obj})")
+
+
+def hook_line(hook: Hook) -> Line:
+    """The jump from the built-in chain to our main chain."""
+    return ("-m", "comment", "--comment", TAG, "-j", hook.main)
+
+
+def _jump_line(chain: str) -> Line:
+    return ("-m", "comment", "--comment", TAG, "-j", chain)
+
+
+# -- hashing and naming -------------------------------------------------------------
+
+
+def _text(net: Network) -> str:
+    """``str(net)``, fast for IPv4 (ipaddress' own costs microseconds per call)."""
+    if net.version == 4:
+        return f"{socket.inet_ntoa(int(net.network_address).to_bytes(4, 'big'))}/{net.prefixlen}"
+    return str(net)
+
+
+def _canonical(obj: NetObject) -> tuple[str, str, str | None, tuple[str, ...], str | None]:
+    """(hash input, source, destination, exclusions, SNAT address) as text, computed once."""
+    if isinstance(obj, ForwardRule):
+        src, to_net = _text(obj.source), _text(obj.destination)
+        key = "|".join((LAYOUT_VERSION, "forward", src, to_net, obj.in_interface or "-",
+                        obj.out_interface or "-"))
+        return key, src, to_net, (), None
+    if isinstance(obj, MasqueradeRule | SnatRule):
+        src = _text(obj.source)
+        dst = None if obj.destination is None else _text(obj.destination)
+        excl = tuple(map(_text, obj.exclude)) if obj.exclude else ()
+        to = str(obj.to_address) if isinstance(obj, SnatRule) else None
+        parts = [LAYOUT_VERSION, obj.type_name, src, dst or "-", ",".join(excl),
+                 obj.out_interface or "-", "1" if obj.random_fully else "0"]
+        if to is not None:
+            parts.append(to)
+        return "|".join(parts), src, dst, excl, to
+    raise K3snetError(f"the iptables backend cannot hold {obj.type_name} objects ({obj})")
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=HASH_LEN // 2).hexdigest()
+
+
+def content_hash(obj: NetObject) -> str:
+    """16 hex digits identifying the object's whole content (and the layout version)."""
+    return _digest(_canonical(obj)[0])
+
+
+_NAT_BUCKET = re.compile(r"K3SNET-N-d(\d{1,3})-s(\d{1,3})-([oa])-([0-9a-f])")
+_FWD_BUCKET = re.compile(r"K3SNET-F-([0-9a-f])")
+
+
+def _nat_bucket(obj: MasqueradeRule | SnatRule, digest: str) -> str:
+    dplen = 0 if obj.destination is None else obj.destination.prefixlen
+    oif = "o" if obj.out_interface else "a"
+    return f"K3SNET-N-d{dplen}-s{obj.source.prefixlen}-{oif}-{digest[0]}"
+
+
+def bucket_order(chain: str) -> tuple[int, ...] | None:
+    """Where a bucket chain's jump goes in the main chain (``None``: not a bucket name)."""
+    if match := _NAT_BUCKET.fullmatch(chain):
+        dplen, splen, oif, digit = match.groups()
+        return (-int(dplen), -int(splen), 0 if oif == "o" else 1, int(digit, 16))
+    if match := _FWD_BUCKET.fullmatch(chain):
+        return (int(match.group(1), 16),)
+    return None
+
+
+def is_bucket_chain(chain: str) -> bool:
+    """Rules of a bucket chain may come in any order."""
+    return bucket_order(chain) is not None
+
+
+def main_lines(buckets: Iterable[str]) -> list[Line]:
+    """The main chain for these non-empty buckets: one jump each, most specific first."""
+    ordered = sorted(buckets, key=lambda c: bucket_order(c) or ())
+    return [_jump_line(chain) for chain in ordered]
+
+
+# -- rendering ----------------------------------------------------------------------
+
+
+class Unit(NamedTuple):
+    """The rules one object turns into (a named tuple: made once per object, fast)."""
+
+    obj: NetObject
+    digest: str
+    chain: str
+    lines: tuple[Line, ...]
+    """In the bucket chain (order free)."""
+    sub_chain: str | None = None
+    sub_lines: tuple[Line, ...] = ()
+    """In the object's own exclusion chain (order matters)."""
+
+    @property
+    def table(self) -> str:
+        """``nat`` or ``filter``."""
+        return table_of(self.obj)
+
+    def chains(self) -> Iterator[tuple[str, tuple[Line, ...]]]:
+        """Every chain the unit writes to, with its lines."""
+        yield self.chain, self.lines
+        if self.sub_chain is not None:
+            yield self.sub_chain, self.sub_lines
+
+
+def _addr(flag: str, net: Network | None, text: str | None) -> Line:
+    # iptables-save leaves out a /0 match: render what it prints back.
+    return () if net is None or text is None or net.prefixlen == 0 else (flag, text)
+
+
+def _nat_target(obj: MasqueradeRule | SnatRule, to: str | None) -> Line:
+    target: Line = ("-j", "MASQUERADE") if to is None else ("-j", "SNAT", "--to-source", to)
+    return (*target, "--random-fully") if obj.random_fully else target
+
+
+_BY_DIGEST: dict[str, Unit] = {}
+_BY_DIGEST_MAX = 1 << 17
+
+
+def render_unit(obj: NetObject) -> Unit:
+    """The rules of one object (cached: objects are immutable)."""
+    return _render_unit(obj)
+
+
+def clear_caches() -> None:
+    """Forget every rendered unit (benchmarks use it to measure a cold start)."""
+    _render_unit.cache_clear()
+    _BY_DIGEST.clear()
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _render_unit(obj: NetObject) -> Unit:
+    unit = _build_unit(obj)
+    if len(_BY_DIGEST) >= _BY_DIGEST_MAX:
+        _BY_DIGEST.clear()  # a bound, not an LRU: it only saves re-parsing rule text
+    _BY_DIGEST[unit.digest] = unit
+    return unit
+
+
+def _build_unit(obj: NetObject) -> Unit:
+    key, src_text, dst_text, excl_text, to = _canonical(obj)
+    digest = _digest(key)
+    tag = ("-m", "comment", "--comment", _COMMENT_PREFIX + digest)
+    if isinstance(obj, ForwardRule):
+        iif = ("-i", obj.in_interface) if obj.in_interface else ()
+        oif = ("-o", obj.out_interface) if obj.out_interface else ()
+        src = _addr("-s", obj.source, src_text)
+        dst = _addr("-d", obj.destination, dst_text)
+        back_src = ("-s", *dst[1:]) if dst else ()
+        back_dst = ("-d", *src[1:]) if src else ()
+        back_iif = ("-i", obj.out_interface) if obj.out_interface else ()
+        back_oif = ("-o", obj.in_interface) if obj.in_interface else ()
+        forward = (*src, *dst, *iif, *oif, *tag, "-j", "ACCEPT")
+        reply = (*back_src, *back_dst, *back_iif, *back_oif,
+                 "-m", "conntrack", "--ctstate", _CTSTATE, *tag, "-j", "ACCEPT")
+        return Unit(obj, digest, f"K3SNET-F-{digest[0]}", (forward, reply))
+    assert isinstance(obj, MasqueradeRule | SnatRule)  # _canonical refused the rest
+    chain = _nat_bucket(obj, digest)
+    oif = ("-o", obj.out_interface) if obj.out_interface else ()
+    src = _addr("-s", obj.source, src_text)
+    dst = _addr("-d", obj.destination, dst_text)
+    excl = obj.exclude
+    if not excl:
+        return Unit(obj, digest, chain, ((*src, *dst, *oif, *tag, *_nat_target(obj, to)),))
+    if len(excl) == 1 and excl[0].prefixlen > 0 and not dst:
+        # One exclusion and no destination: the single-rule "! -d" form (flannel's).
+        line = (*src, "!", "-d", excl_text[0], *oif, *tag, *_nat_target(obj, to))
+        return Unit(obj, digest, chain, (line,))
+    # Several exclusions (or one within a destination): the rule's own chain, so its
+    # RETURNs can never skip another rule.
+    sub = f"K3SNET-M-{digest}"
+    line = (*src, *dst, *oif, *tag, "-j", sub)
+    sub_lines = tuple((*_addr("-d", net, text), *tag, "-j", "RETURN")
+                      for net, text in zip(excl, excl_text, strict=True))
+    sub_lines += ((*tag, *_nat_target(obj, to)),)
+    return Unit(obj, digest, chain, (line,), sub, sub_lines)
+
+
+def table_image(objects: Iterable[NetObject]) -> dict[str, list[Line]]:
+    """Every chain of one table, deterministic (what a persistence file holds)."""
+    chains: dict[str, list[Line]] = {}
+    units = sorted((render_unit(o) for o in objects), key=lambda u: u.digest)
+    for unit in units:
+        for chain, lines in unit.chains():
+            chains.setdefault(chain, []).extend(lines)
+    buckets = [c for c in chains if is_bucket_chain(c)]
+    if not buckets:
+        return {}
+    hook = HOOKS[units[0].table]
+    image = {hook.main: main_lines(buckets)}
+    image.update(sorted(chains.items()))
+    return image
+
+
+# -- text ---------------------------------------------------------------------------
+
+_SAFE = re.compile(r"[^\s\"'\\]+")
+_UNSAFE = re.compile(r"[\s\"'\\]")
+
+
+def format_line(tokens: Sequence[str]) -> str:
+    """Tokens as one line of ``iptables-restore`` input (quoted only where needed)."""
+    joined = " ".join(tokens)
+    # Fast path (every rule k3snet writes): no token is empty or holds a blank or a quote.
+    if joined.count(" ") == len(tokens) - 1 and all(tokens) and (
+        _UNSAFE.search(joined.replace(" ", "")) is None
+    ):
+        return joined
+    return " ".join(t if _SAFE.fullmatch(t) else _quote(t) for t in tokens)
+
+
+def _quote(token: str) -> str:
+    return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def tokenize(text: str) -> Line:
+    """Split one rule of ``iptables-save`` output into tokens (its quoting undone)."""
+    if "\\" not in text and "'" not in text:
+        if '"' not in text:
+            return tuple(text.split())
+        # Fast path for the usual `--comment "..."`: odd pieces are quoted words.
+        tokens: list[str] = []
+        for index, piece in enumerate(text.split('"')):
+            if index % 2:
+                tokens.append(piece)
+            else:
+                tokens.extend(piece.split())
+        return tuple(tokens)
+    return _tokenize_slow(text)
+
+
+def _tokenize_slow(text: str) -> Line:
+    tokens: list[str] = []
+    current: list[str] = []
+    quote: str | None = None
+    started = False
+    chars = iter(text)
+    for char in chars:
+        if quote is not None:
+            if char == "\\":
+                current.append(next(chars, ""))
+            elif char == quote:
+                quote = None
+            else:
+                current.append(char)
+        elif char in "\"'":
+            quote, started = char, True
+        elif char.isspace():
+            if started:
+                tokens.append("".join(current))
+                current, started = [], False
+        else:
+            current.append(char)
+            started = True
+    if started:
+        tokens.append("".join(current))
+    return tuple(tokens)
+
+
+_ADDRESS_FLAGS: Final = frozenset({"-s", "-d", "--to-source"})
+
+
+def normalize(tokens: Line) -> Line:
+    """Addresses in canonical form (ip6tables-save may print ``::ffff:1.2.3.4``)."""
+    if not any(t in _ADDRESS_FLAGS for t in tokens):
+        return tokens
+    out = list(tokens)
+    for index, token in enumerate(tokens[:-1]):
+        if token in _ADDRESS_FLAGS:
+            value = tokens[index + 1]
+            if ":" not in value:
+                continue  # IPv4: iptables-save prints it as Python does
+            try:
+                canonical = (str(ipaddress.ip_network(value, strict=False)) if "/" in value
+                             else str(ipaddress.ip_address(value)))
+            except ValueError:
+                continue  # a port range or something else: leave it as printed
+            out[index + 1] = canonical
+    return tuple(out)
+
+
+@attrs.define
+class TableDump:
+    """One table of ``iptables-save`` output: chains in order, rules as printed."""
+
+    name: str
+    policies: dict[str, str] = attrs.field(factory=dict)
+    rules: dict[str, list[str]] = attrs.field(factory=dict)
+
+    def chain(self, name: str) -> list[str]:
+        """The rules of a chain as printed (empty if the chain does not exist)."""
+        return self.rules.get(name, [])
+
+
+Dump = dict[str, TableDump]
+"""Tables of one ``iptables-save`` run by name."""
+
+
+def parse_save(text: str) -> Dump:
+    """Parse ``iptables-save`` output (any tables; comments and counters ignored)."""
+    tables: Dump = {}
+    current: TableDump | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], TableDump(line[1:]))
+        elif current is None:
+            continue
+        elif line.startswith(":"):
+            name, _, rest = line[1:].partition(" ")
+            current.policies[name] = rest.split(" ", 1)[0]
+            current.rules.setdefault(name, [])
+        elif line.startswith("-A "):
+            body = line[3:]
+            chain, _, spec = body.partition(" ")
+            current.rules.setdefault(chain, []).append(spec)
+        elif line.startswith("[") and "] -A " in line:  # `iptables-save -c` counters
+            chain, _, spec = line.split("] -A ", 1)[1].partition(" ")
+            current.rules.setdefault(chain, []).append(spec)
+        elif line == "COMMIT":
+            current = None
+    return tables
+
+
+# -- reading rules back -------------------------------------------------------------
+
+
+@attrs.define
+class RuleFields:
+    """The parts of a simple rule (only the matches k3snet writes or models)."""
+
+    source: Network | None = None
+    source_neg: bool = False
+    destination: Network | None = None
+    destination_neg: bool = False
+    in_interface: str | None = None
+    out_interface: str | None = None
+    comment: str | None = None
+    ctstate: str | None = None
+    target: str | None = None
+    to_source: str | None = None
+    random_fully: bool = False
+
+
+def parse_rule(tokens: Line) -> RuleFields | None:  # noqa: PLR0912 - one branch per flag
+    """The fields of a rule made only of known matches; ``None`` for anything else."""
+    fields = RuleFields()
+    i, n, neg = 0, len(tokens), False
+    try:
+        while i < n:
+            tok = tokens[i]
+            if tok == "!":
+                neg = True
+                i += 1
+                continue
+            if tok in ("-s", "-d"):
+                net = ipaddress.ip_network(tokens[i + 1], strict=False)
+                if tok == "-s":
+                    fields.source, fields.source_neg = net, neg
+                else:
+                    fields.destination, fields.destination_neg = net, neg
+                i += 2
+            elif tok in ("-i", "-o") and not neg:
+                setattr(fields, "in_interface" if tok == "-i" else "out_interface", tokens[i + 1])
+                i += 2
+            elif tok == "-m" and not neg and tokens[i + 1] == "comment" and tokens[i + 2] == (
+                "--comment"
+            ):
+                fields.comment = tokens[i + 3]
+                i += 4
+            elif tok == "-m" and not neg and tokens[i + 1] in ("conntrack", "state") and tokens[
+                i + 2
+            ] in ("--ctstate", "--state"):
+                fields.ctstate = tokens[i + 3]
+                i += 4
+            elif tok == "-j" and not neg:
+                fields.target = tokens[i + 1]
+                i += 2
+            elif tok == "--to-source" and not neg and fields.target == "SNAT":
+                fields.to_source = tokens[i + 1]
+                i += 2
+            elif tok == "--random-fully" and fields.target in ("SNAT", "MASQUERADE"):
+                fields.random_fully = True
+                i += 1
+            else:
+                return None
+            if neg and tok not in ("-s", "-d"):
+                return None
+            neg = False
+    except (IndexError, ValueError):
+        return None
+    return fields
+
+
+def comment_digest(tokens: Line) -> str | None:
+    """The hash of a ``k3snet:<hash>`` comment in the rule, if any."""
+    for index, word in enumerate(tokens):
+        if word == "--comment" and index + 1 < len(tokens):
+            value = tokens[index + 1]
+            if value.startswith(_COMMENT_PREFIX) and len(value) == len(_COMMENT_PREFIX) + HASH_LEN:
+                return value[len(_COMMENT_PREFIX):]
+    return None
+
+
+def _zero(version: int) -> Network:
+    return ipaddress.ip_network("0.0.0.0/0" if version == 4 else "::/0")
+
+
+def _destinations(fields: RuleFields, family: int) -> list[Network | None]:
+    """Destinations to try: iptables-save prints no match for both ``None`` and ``/0``."""
+    if fields.destination is not None and not fields.destination_neg:
+        return [fields.destination]
+    return [None, _zero(family)]
+
+
+def rebuild_unit(
+    family: int,
+    digest: str,
+    chain: str,
+    lines: Sequence[Line],
+    chains: Mapping[str, Sequence[Line]],
+) -> Unit | None:
+    """The object that ``lines`` (all tagged ``digest``, found in ``chain``) render, or ``None``.
+
+    The object is rebuilt from the rule text, then must hash to ``digest`` and
+    render exactly the lines found (in the same bucket chain, with the same
+    exclusion chain): anything else is drift.
+    """
+    known = _BY_DIGEST.get(digest)
+    if known is not None and _matches(known, chain, lines, chains):
+        return known  # written (or read) by this process: no need to parse the text again
+    for obj in _rebuild_objects(family, chain, lines, chains):
+        try:
+            unit = render_unit(obj)
+        except K3snetError:
+            continue
+        if unit.digest == digest and _matches(unit, chain, lines, chains):
+            return unit
+    return None
+
+
+def _matches(
+    unit: Unit, chain: str, lines: Sequence[Line], chains: Mapping[str, Sequence[Line]]
+) -> bool:
+    """The rules found are exactly the unit's (its bucket chain, its exclusion chain)."""
+    if unit.chain != chain or sorted(unit.lines) != sorted(lines):
+        return False
+    return unit.sub_chain is None or tuple(chains.get(unit.sub_chain, ())) == unit.sub_lines
+
+
+def _rebuild_objects(
+    family: int, chain: str, lines: Sequence[Line], chains: Mapping[str, Sequence[Line]]
+) -> Iterator[NetObject]:
+    parsed = [parse_rule(line) for line in lines]
+    if any(p is None for p in parsed):
+        return
+    rules = [p for p in parsed if p is not None]
+    try:
+        if chain.startswith("K3SNET-F-"):
+            forward = [r for r in rules if r.ctstate is None]
+            if len(forward) != 1:
+                return
+            f = forward[0]
+            if f.source_neg or f.destination_neg:
+                return
+            yield ForwardRule(
+                f.source if f.source is not None else _zero(family),
+                f.destination if f.destination is not None else _zero(family),
+                in_interface=f.in_interface,
+                out_interface=f.out_interface,
+            )
+            return
+        if len(rules) != 1:
+            return
+        yield from _rebuild_nat(family, rules[0], chains)
+    except K3snetError:
+        return
+
+
+def _rebuild_nat(
+    family: int, rule: RuleFields, chains: Mapping[str, Sequence[Line]]
+) -> Iterator[NetObject]:
+    exclude: list[Network] = []
+    final = rule
+    if rule.target is not None and rule.target.startswith("K3SNET-M-"):
+        sub = [parse_rule(line) for line in chains.get(rule.target, ())]
+        if not sub or any(s is None for s in sub):
+            return
+        body = [s for s in sub if s is not None]
+        *returns, final = body
+        for ret in returns:
+            if ret.target != "RETURN" or ret.destination_neg:
+                return
+            exclude.append(ret.destination if ret.destination is not None else _zero(family))
+    elif rule.destination is not None and rule.destination_neg:
+        exclude.append(rule.destination)
+    if final.target not in ("MASQUERADE", "SNAT"):
+        return
+    if rule.source_neg:
+        return
+    source = rule.source if rule.source is not None else _zero(family)
+    for dest in _destinations(rule, family):
+        if final.target == "SNAT":
+            if final.to_source is None:
+                return
+            yield SnatRule(source, destination=dest, exclude=exclude,
+                           out_interface=rule.out_interface, random_fully=final.random_fully,
+                           to_address=final.to_source)
+        else:
+            yield MasqueradeRule(source, destination=dest, exclude=exclude,
+                                 out_interface=rule.out_interface,
+                                 random_fully=final.random_fully)

@@ -1,0 +1,459 @@
+"""What k3snet knows of one (family, table): the snapshot, and the edits that change it.
+
+A :class:`TableState` is read from ``iptables-save`` output (:func:`load_table`)
+and then kept up to date by the backend as it applies edits (it knows what it
+wrote, so one change among 10k never re-reads the table). :func:`plan_table`
+turns a plan's changes into :class:`Op` edits restricted to the chains they
+touch; the same ops drive ``iptables-restore`` input and libiptc calls.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import attrs
+
+from k3snet.backends._iptables_rules import (
+    PREFIX,
+    Hook,
+    Line,
+    TableDump,
+    Unit,
+    bucket_order,
+    comment_digest,
+    format_line,
+    hook_line,
+    is_bucket_chain,
+    main_lines,
+    normalize,
+    rebuild_unit,
+    render_unit,
+    tokenize,
+)
+from k3snet.model._base import NetObject
+from k3snet.planner import Change
+
+__all__ = ["INJECTED_CHAIN", "Delta", "Op", "TableEdit", "TableState", "commit_edit",
+           "diff_table", "load_table", "plan_table", "restore_text", "revert_ops"]
+
+OpKind = Literal["declare", "delete", "append", "insert", "flush", "remove", "fail"]
+
+INJECTED_CHAIN = "K3SNET-INJECTED-FAILURE"
+"""A chain that never exists: appending to it is the invalid line ``fail_after`` injects."""
+
+
+class Op(NamedTuple):
+    """One edit of one chain (a named tuple: 10k of them are made for a full apply).
+
+    ``append`` carries any number of ``lines``; ``delete`` and ``insert`` one.
+    ``position`` (1-based) is where the rule is at that moment for ``delete``
+    (libiptc deletes by number, ``iptables-restore`` by spec) and where it goes
+    for ``insert``.
+    """
+
+    kind: OpKind
+    chain: str
+    lines: tuple[Line, ...] = ()
+    position: int = 0
+    rendered: bool = False
+    """The lines come from :func:`render_unit` (no token needs quoting)."""
+
+    def restore_lines(self) -> list[str]:
+        """The op as lines of ``iptables-restore`` input."""
+        kind, chain = self.kind, self.chain
+        if kind == "append":
+            prefix = f"-A {chain} "
+            if self.rendered:
+                return [prefix + " ".join(line) for line in self.lines]
+            return [prefix + format_line(line) for line in self.lines]
+        if kind == "delete":
+            return [f"-D {chain} {format_line(self.lines[0])}"]
+        if kind == "insert":
+            return [f"-I {chain} {self.position} {format_line(self.lines[0])}"]
+        return [{"declare": f":{chain} - [0:0]", "flush": f"-F {chain}",
+                 "remove": f"-X {chain}", "fail": f"-A {INJECTED_CHAIN} -j ACCEPT"}[kind]]
+
+
+def restore_text(table: str, ops: Sequence[Op]) -> str:
+    """``iptables-restore --noflush`` input for one table: all of it or nothing."""
+    lines = [f"*{table}"]
+    for op in ops:
+        lines += op.restore_lines()
+    lines += ["COMMIT", ""]
+    return "\n".join(lines)
+
+
+def _jumps_to(line: Line, chain: str) -> bool:
+    return len(line) >= 2 and line[-2] in ("-j", "-g") and line[-1] == chain
+
+
+@attrs.define
+class TableState:
+    """Our chains in one table of one family, as last read or written."""
+
+    family: int
+    hook: Hook
+    hook_rules: list[Line]
+    """Every rule of the built-in chain (foreign ones too): positions of our jump."""
+    chains: dict[str, list[Line]]
+    """Each ``K3SNET-*`` chain and its rules, in kernel order."""
+    units: dict[str, Unit] = attrs.field(factory=dict)
+    """Valid units (their rules match their hash) by hash, active or not."""
+    by_chain: dict[str, set[str]] = attrs.field(factory=dict)
+    owned: dict[tuple[Any, ...], NetObject] = attrs.field(factory=dict)
+    """Objects whose rules are valid *and* reached (hook, main chain order)."""
+    inactive: set[str] = attrs.field(factory=set)
+    dirty: set[str] = attrs.field(factory=set)
+    """Chains holding rules that match no valid unit, or that should not exist."""
+    drift: list[str] = attrs.field(factory=list)
+
+    def hook_ok(self) -> bool:
+        """Exactly one jump, as we write it, first in the chain when it must be."""
+        jumps = [i for i, r in enumerate(self.hook_rules) if _jumps_to(r, self.hook.main)]
+        return (
+            len(jumps) == 1
+            and self.hook_rules[jumps[0]] == hook_line(self.hook)
+            and (not self.hook.first or jumps[0] == 0)
+        )
+
+
+def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
+    """Read our chains out of one table of ``iptables-save`` output."""
+    rules = dump.rules if dump is not None else {}
+    state = TableState(
+        family=family,
+        hook=hook,
+        hook_rules=[normalize(tokenize(s)) for s in rules.get(hook.builtin, ())],
+        chains={name: [normalize(tokenize(s)) for s in specs]
+                for name, specs in rules.items() if name.startswith(PREFIX)},
+    )
+    _find_units(state)
+    _find_strays(state)
+    _find_owned(state)
+    return state
+
+
+def _find_units(state: TableState) -> None:
+    for name, lines in state.chains.items():
+        if not is_bucket_chain(name):
+            continue
+        groups: dict[str, list[Line]] = {}
+        for line in lines:
+            digest = comment_digest(line)
+            if digest is None:
+                state.dirty.add(name)
+                state.drift.append(f"{name}: a rule without k3snet hash: {format_line(line)}")
+            else:
+                groups.setdefault(digest, []).append(line)
+        for digest, group in groups.items():
+            unit = None
+            if digest not in state.units:
+                unit = rebuild_unit(state.family, digest, name, group, state.chains)
+            if unit is None:
+                state.dirty.add(name)
+                state.drift.append(
+                    f"{name}: rules tagged k3snet:{digest} do not match their hash "
+                    "(edited by hand, duplicated or misplaced)"
+                )
+                continue
+            state.units[digest] = unit
+            state.by_chain.setdefault(name, set()).add(digest)
+
+
+def _find_strays(state: TableState) -> None:
+    subs = {u.sub_chain for u in state.units.values() if u.sub_chain is not None}
+    for name in state.chains:
+        if name == state.hook.main or name in subs or state.by_chain.get(name):
+            continue
+        state.dirty.add(name)
+        state.drift.append(f"{name}: a chain of ours that no valid rule uses")
+
+
+def _find_owned(state: TableState) -> None:
+    """Valid units are owned only when traffic reaches them: hook ok, main chain in order."""
+    main = state.chains.get(state.hook.main, [])
+    expected = main_lines(state.by_chain)
+    if main != expected:
+        state.drift.append(f"{state.hook.main}: jumps missing, extra or out of order")
+    reached: set[str] = set()
+    last: tuple[int, ...] | None = None
+    for line in main:  # the longest good prefix: anything odd may stop the rest
+        target = line[-1] if len(line) >= 2 and line[-2] == "-j" else ""
+        order = bucket_order(target)
+        if (order is None or not state.by_chain.get(target) or target in reached
+                or line != main_lines([target])[0] or (last is not None and order <= last)):
+            break
+        reached.add(target)
+        last = order
+    if state.units and not state.hook_ok():
+        state.drift.append(f"{state.hook.builtin}: the jump to {state.hook.main} is missing, "
+                           "duplicated or not where it must be")
+        reached = set()
+    for digest in sorted(state.units):
+        unit = state.units[digest]
+        if unit.chain in reached and unit.obj.key not in state.owned:
+            state.owned[unit.obj.key] = unit.obj
+        else:
+            state.inactive.add(digest)
+
+
+# -- edits --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class TableEdit:
+    """The ops that apply some changes to one table, and the table afterwards."""
+
+    ops: tuple[Op, ...]
+    chains: dict[str, list[Line] | None]
+    """Every chain the ops touch, as it will be (``None``: removed)."""
+    old_chains: dict[str, list[Line] | None]
+    """The same chains as they were (for a rollback)."""
+    hook_rules: list[Line]
+    old_hook_rules: list[Line]
+    removed: frozenset[str]
+    added: Mapping[str, Unit]
+
+
+def plan_table(state: TableState, changes: Iterable[Change]) -> TableEdit:
+    """The edits that apply ``changes`` (all of this table) and clean what they touch."""
+    removed: set[str] = set()
+    added: dict[str, Unit] = {}
+    for change in changes:
+        if change.before is not None:
+            removed.add(render_unit(change.before).digest)
+        if change.after is not None:
+            rendered = render_unit(change.after)
+            added[rendered.digest] = rendered
+    # Valid rules that traffic does not reach were left out of observe(); the plan
+    # re-adds those it wants, the others go.
+    removed |= state.inactive
+    removed -= set(added)
+
+    target, sizes = _bucket_targets(state, removed, added)
+    for chain in state.dirty:
+        target.setdefault(chain, None)
+    for digest in removed:
+        old = state.units.get(digest)
+        if old is not None and old.sub_chain is not None:
+            target[old.sub_chain] = None
+    for unit in added.values():
+        if unit.sub_chain is not None:
+            target[unit.sub_chain] = list(unit.sub_lines)
+    buckets = [c for c, size in sizes.items() if size]
+    target[state.hook.main] = main_lines(buckets) if buckets else None
+    if not buckets:  # nothing left: every chain of ours goes
+        for chain in state.chains:
+            target.setdefault(chain, None)
+    ops, chains, hook_rules = diff_table(state, target, want_jump=bool(buckets))
+    return TableEdit(
+        ops=tuple(ops),
+        chains=chains,
+        old_chains={c: state.chains.get(c) for c in chains},
+        hook_rules=hook_rules,
+        old_hook_rules=list(state.hook_rules),
+        removed=frozenset(removed),
+        added=added,
+    )
+
+
+def _bucket_targets(
+    state: TableState, removed: set[str], added: Mapping[str, Unit]
+) -> tuple[dict[str, list[Line] | Delta | None], dict[str, int]]:
+    """What each bucket chain touched becomes, and how many units every bucket holds."""
+
+    def lines(digests: Iterable[str]) -> list[Line]:
+        return [ln for d in sorted(digests)
+                for ln in (added[d] if d in added else state.units[d]).lines]
+
+    affected = {state.units[d].chain for d in removed if d in state.units}
+    affected |= {u.chain for u in added.values()}
+    affected |= {c for c in state.dirty if is_bucket_chain(c)}
+    incoming: dict[str, set[str]] = {}
+    for digest, unit in added.items():
+        incoming.setdefault(unit.chain, set()).add(digest)
+    sizes = {c: len(ds) for c, ds in state.by_chain.items()}
+    target: dict[str, list[Line] | Delta | None] = {}
+    for chain in sorted(affected):
+        present = state.by_chain.get(chain, set())
+        leaving = present & removed
+        arriving = incoming.get(chain, set()) - present
+        sizes[chain] = len(present) - len(leaving) + len(arriving)
+        if chain in state.chains and chain not in state.dirty and sizes[chain]:
+            # The usual case: remove and add just these rules, whatever else is there.
+            target[chain] = Delta(tuple(lines(leaving)), tuple(lines(arriving)))
+        else:
+            target[chain] = lines((present - removed) | incoming.get(chain, set())) or None
+    return target, sizes
+
+
+@attrs.frozen
+class Delta:
+    """Rules to remove from and add to an order-free chain, leaving the others alone."""
+
+    drop: tuple[Line, ...]
+    add: tuple[Line, ...]
+
+
+def diff_table(
+    state: TableState,
+    target: Mapping[str, list[Line] | Delta | None],
+    *,
+    want_jump: bool,
+) -> tuple[list[Op], dict[str, list[Line] | None], list[Line]]:
+    """Ops turning ``state``'s chains into ``target`` (only the chains named there).
+
+    A chain's target is its whole content, ``None`` (remove it) or a :class:`Delta`.
+    """
+    declares: list[Op] = []
+    deletes: list[Op] = []
+    appends: list[Op] = []
+    flushes: list[Op] = []
+    removes: list[Op] = []
+    result: dict[str, list[Line] | None] = {}
+    for chain in sorted(target):
+        want = target[chain]
+        have = state.chains.get(chain)
+        if isinstance(want, Delta) and have is not None:
+            result[chain] = _apply_delta(chain, have, want, deletes, appends)
+            continue
+        if isinstance(want, Delta):  # the chain is gone: nothing to keep
+            want = list(want.add)
+        if want is None:
+            if have is not None:
+                flushes.append(Op("flush", chain))
+                removes.append(Op("remove", chain))
+            result[chain] = None
+            continue
+        if have is None:
+            declares.append(Op("declare", chain))
+            appends.append(Op("append", chain, tuple(want), rendered=True))
+            result[chain] = list(want)
+            continue
+        if is_bucket_chain(chain):
+            drop = Counter(have) - Counter(want)
+            extra = Counter(want) - Counter(have)
+            if sum(drop.values()) <= len(want):
+                keep = [True] * len(have)
+                for index in range(len(have) - 1, -1, -1):  # from the end: positions hold
+                    if drop[have[index]] > 0:
+                        drop[have[index]] -= 1
+                        keep[index] = False
+                        deletes.append(Op("delete", chain, (have[index],), index + 1))
+                new_lines = [line for line in want if extra[line] > 0 and _take(extra, line)]
+                if new_lines:
+                    appends.append(Op("append", chain, tuple(new_lines), rendered=True))
+                result[chain] = [ln for ln, k in zip(have, keep, strict=True) if k] + new_lines
+                continue
+        elif have == want:
+            result[chain] = list(have)
+            continue
+        # Rewrite: with --noflush, declaring an existing chain flushes only that chain.
+        declares.append(Op("declare", chain))
+        appends.append(Op("append", chain, tuple(want), rendered=True))
+        result[chain] = list(want)
+    hook_ops, hook_rules = _hook_ops(state, want_jump)
+    ops = [*declares, *deletes, *appends, *hook_ops, *flushes, *removes]
+    return ops, result, hook_rules
+
+
+def _apply_delta(chain: str, have: list[Line], delta: Delta, deletes: list[Op],
+                 appends: list[Op]) -> list[Line]:
+    """Delete ops (from the end, so positions hold) and one append; the chain after them."""
+    where: dict[Line, list[int]] = {}
+    wanted = set(delta.drop)
+    for index, line in enumerate(have):
+        if line in wanted:
+            where.setdefault(line, []).append(index)
+    gone: list[int] = []
+    for line in delta.drop:
+        indices = where.get(line)
+        if indices:
+            gone.append(indices.pop(0))
+    for index in sorted(gone, reverse=True):
+        deletes.append(Op("delete", chain, (have[index],), index + 1))
+    if delta.add:
+        appends.append(Op("append", chain, delta.add, rendered=True))
+    dropped = set(gone)
+    return [line for i, line in enumerate(have) if i not in dropped] + list(delta.add)
+
+
+def _take(counter: Counter[Line], line: Line) -> bool:
+    counter[line] -= 1
+    return True
+
+
+def _hook_ops(state: TableState, want: bool) -> tuple[list[Op], list[Line]]:
+    hook = state.hook
+    rules = list(state.hook_rules)
+    jumps = [i for i, r in enumerate(rules) if _jumps_to(r, hook.main)]
+    if (want and state.hook_ok()) or (not want and not jumps):
+        return [], rules
+    ops = []
+    for index in reversed(jumps):
+        ops.append(Op("delete", hook.builtin, (rules[index],), index + 1))
+        del rules[index]
+    if want:
+        line = hook_line(hook)
+        if hook.first:
+            ops.append(Op("insert", hook.builtin, (line,), 1))
+            rules.insert(0, line)
+        else:
+            ops.append(Op("append", hook.builtin, (line,)))
+            rules.append(line)
+    return ops, rules
+
+
+def revert_ops(state: TableState, edit: TableEdit) -> list[Op]:
+    """Ops that put back what ``edit`` changed (``state`` is the table after the edit)."""
+    declares: list[Op] = []
+    appends: list[Op] = []
+    flushes: list[Op] = []
+    removes: list[Op] = []
+    for chain, old in sorted(edit.old_chains.items()):
+        new = edit.chains.get(chain)
+        if old == new:
+            continue
+        if old is None:
+            flushes.append(Op("flush", chain))
+            removes.append(Op("remove", chain))
+            continue
+        declares.append(Op("declare", chain))  # creates it, or flushes it
+        appends.append(Op("append", chain, tuple(old)))
+    hook = state.hook
+    current = list(state.hook_rules)
+    hook_ops: list[Op] = []
+    if current != edit.old_hook_rules:
+        for index in range(len(current) - 1, -1, -1):
+            if _jumps_to(current[index], hook.main):
+                hook_ops.append(Op("delete", hook.builtin, (current[index],), index + 1))
+        for index, line in enumerate(edit.old_hook_rules):
+            if _jumps_to(line, hook.main):
+                hook_ops.append(Op("insert", hook.builtin, (line,), index + 1))
+    return [*declares, *appends, *hook_ops, *flushes, *removes]
+
+
+def commit_edit(state: TableState, edit: TableEdit) -> None:
+    """Update ``state`` to what the kernel holds after ``edit`` was committed."""
+    for chain, lines in edit.chains.items():
+        if lines is None:
+            state.chains.pop(chain, None)
+        else:
+            state.chains[chain] = list(lines)
+    state.hook_rules = list(edit.hook_rules)
+    for digest in edit.removed:
+        unit = state.units.pop(digest, None)
+        if unit is not None:
+            state.by_chain.get(unit.chain, set()).discard(digest)
+            if state.owned.get(unit.obj.key) == unit.obj:
+                del state.owned[unit.obj.key]
+    for digest, new in edit.added.items():
+        state.units[digest] = new
+        state.by_chain.setdefault(new.chain, set()).add(digest)
+        state.owned[new.obj.key] = new.obj
+    state.by_chain = {c: ds for c, ds in state.by_chain.items() if ds}
+    state.inactive.clear()
+    state.dirty.clear()
+    state.drift.clear()

@@ -1,0 +1,65 @@
+"""Persistence for the iptables backend: ``/etc/iptables/rules.v4`` and ``rules.v6``.
+
+The file holds *only* k3snet's chains and the jumps into them, in the exact
+layout the :mod:`iptables backend <k3snet.backends.iptables>` writes, so that::
+
+    iptables-restore --noflush /etc/iptables/rules.v4
+    ip6tables-restore --noflush /etc/iptables/rules.v6
+
+at boot recreates our rules and leaves every foreign chain and rule (flannel,
+kube-proxy, Docker, the administrator's) alone: with ``--noflush`` a table is
+not flushed, and declaring ``:K3SNET-... - [0:0]`` empties only that chain.
+
+Meant for loading into a boot-time kernel. Loading the file a second time into a
+kernel that already has our chains re-creates their content but adds a second
+jump from POSTROUTING/FORWARD (the restore format has no "add if missing"); the
+backend's ``observe`` reports that as drift and its next apply removes the
+extra jump.
+
+>>> from k3snet.model import MasqueradeRule, State
+>>> text = render_iptables_save(State(owned=[MasqueradeRule("10.42.0.0/16")]), 4)
+>>> print(text.splitlines()[2])
+*nat
+"""
+
+from __future__ import annotations
+
+from k3snet.backends._iptables_rules import HOOKS, TABLES, format_line, hook_line, table_image
+from k3snet.errors import ModelError
+from k3snet.model._base import NetObject
+from k3snet.model.state import State
+
+__all__ = ["render_iptables_save"]
+
+_KINDS = {"filter": "forward", "nat": "nat"}
+
+
+def render_iptables_save(state: State, family: int) -> str:
+    """``iptables-save`` text of the owned NAT and forward rules of one family (4 or 6).
+
+    Other kinds (routes, sysctls) and the other family are left out; a state
+    with nothing for this family gives a file with only its header comments.
+    """
+    if family not in (4, 6):
+        raise ModelError(f"family must be 4 or 6, got {family!r}")
+    tool = "iptables" if family == 4 else "ip6tables"
+    lines = [
+        f"# k3snet: only k3snet's chains and jumps (IPv{family}).",
+        f"# Load with `{tool}-restore --noflush` so that foreign rules are kept.",
+    ]
+    for table in TABLES:
+        objects: list[NetObject] = [
+            o for o in state.owned if o.kind == _KINDS[table] and o.family == family
+        ]
+        image = table_image(objects)
+        if not image:
+            continue
+        hook = HOOKS[table]
+        lines.append(f"*{table}")
+        lines += [f":{chain} - [0:0]" for chain in image]
+        jump = format_line(hook_line(hook))
+        lines.append(f"-I {hook.builtin} 1 {jump}" if hook.first else f"-A {hook.builtin} {jump}")
+        lines += [f"-A {chain} {format_line(rule)}" for chain, rules in image.items()
+                  for rule in rules]
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n"

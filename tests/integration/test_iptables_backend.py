@@ -1,0 +1,533 @@
+"""The iptables backend against the real kernel, in namespaces these tests create.
+
+Every kernel test runs in a fresh ``k3snet-ipt-*`` namespace (deleted afterwards,
+also on failure) for iptables-nft and iptables-legacy with the ``restore`` driver,
+and for iptables-legacy with the ``libiptc`` driver. The kernel's own view
+(``iptables-save``) is what is checked, not only what ``observe`` says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from k3snet.backends._iptables_rules import clear_caches, rebuild_unit, render_unit, tokenize
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.errors import ApplyError, BackendError
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.planner import plan
+from k3snet.render.iptables import render_iptables_save
+from k3snet.testing import run_conformance, strategies
+from k3snet.testing.netns import create_netns, delete_netns, run_in, temporary_netns, unique_name
+
+CONFIGS = [
+    pytest.param(("nft", "restore"), id="nft-restore"),
+    pytest.param(("legacy", "restore"), id="legacy-restore"),
+    pytest.param(("legacy", "libiptc"), id="legacy-libiptc"),
+]
+
+# What K3s, flannel, kube-proxy, Docker and an administrator leave on a node.
+FOREIGN_V4 = """\
+*nat
+:FLANNEL-POSTRTG - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.42.0.0/24 -d 10.42.0.0/16 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.42.0.0/16 -d 10.42.0.0/24 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG ! -s 10.42.0.0/16 -d 10.42.0.0/24 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.42.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" \
+-j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s 10.42.0.0/16 -d 10.42.0.0/16 -m comment --comment "flanneld masq" \
+-j MASQUERADE --random-fully
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" \
+-j MASQUERADE --random-fully
+-A KUBE-SERVICES -d 10.43.0.1/32 -p tcp -m comment --comment "default/kubernetes:https" \
+-m tcp --dport 443 -j KUBE-MARK-MASQ
+COMMIT
+*filter
+:FORWARD DROP [0:0]
+:DOCKER-USER - [0:0]
+:KUBE-FORWARD - [0:0]
+:FLANNEL-FWD - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
+-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
+-A FORWARD -s 192.0.2.0/24 -j DROP
+-A DOCKER-USER -j RETURN
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 \
+-j ACCEPT
+-A FLANNEL-FWD -s 10.42.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
+-A FLANNEL-FWD -d 10.42.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
+COMMIT
+""".replace("\\\n", "")
+
+FOREIGN_V6 = """\
+*nat
+:FLANNEL-POSTRTG - [0:0]
+-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+-A FLANNEL-POSTRTG -s fd42:42::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" \
+-j MASQUERADE --random-fully
+COMMIT
+*filter
+:FORWARD DROP [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -s 2001:db8::/32 -j DROP
+-A DOCKER-USER -j RETURN
+COMMIT
+""".replace("\\\n", "")
+
+FLANNEL_MASQ = MasqueradeRule("10.42.0.0/16", exclude=["224.0.0.0/4"], random_fully=True)
+FLANNEL_FWD = ForwardRule("10.42.0.0/16", "0.0.0.0/0")
+
+DESIRED = State(owned=[
+    MasqueradeRule("10.50.0.0/16", destination="192.168.2.0/24", out_interface="eth0",
+                   random_fully=True),
+    SnatRule("10.50.0.0/16", destination="198.51.100.0/24",
+             exclude=["198.51.100.0/28", "198.51.100.64/26"], to_address="192.168.1.5"),
+    MasqueradeRule("10.99.0.0/16", exclude=["10.0.0.0/8"]),
+    MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24"),  # met by flannel's
+    ForwardRule("10.50.0.0/16", "192.168.2.0/24", in_interface="cni0", out_interface="eth0"),
+    MasqueradeRule("fd42:50::/56", destination="fd01:2::/64", out_interface="eth0"),
+    ForwardRule("fd42:50::/56", "fd01:2::/64"),
+])
+
+_COUNTERS = re.compile(r"\[\d+:\d+\]")
+
+
+# -- fixtures and helpers -------------------------------------------------------------
+
+
+@pytest.fixture
+def ns(require_root: None) -> Iterator[str]:
+    """A fresh, empty network namespace."""
+    for tool in ("iptables-nft-restore", "iptables-legacy-restore", "ip6tables-nft-restore"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    with temporary_netns("ipt") as name:
+        yield name
+
+
+@pytest.fixture(params=CONFIGS)
+def config(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(mode, driver)."""
+    mode, driver = request.param
+    if driver == "libiptc":
+        pytest.importorskip("iptc")
+    return mode, driver
+
+
+def make(ns: str, config: tuple[str, str], **options: object) -> IptablesBackend:
+    mode, driver = config
+    return IptablesBackend(ns, mode=mode, driver=driver, **options)  # type: ignore[arg-type]
+
+
+def tool(mode: str, family: int, kind: str) -> str:
+    return f"{'ip' if family == 4 else 'ip6'}tables-{mode}-{kind}"
+
+
+def restore(ns: str, mode: str, family: int, text: str, *extra: str) -> None:
+    run_in(ns, [tool(mode, family, "restore"), "--noflush", "-w", *extra], input_text=text)
+
+
+def seed(ns: str, mode: str) -> None:
+    restore(ns, mode, 4, FOREIGN_V4)
+    restore(ns, mode, 6, FOREIGN_V6)
+
+
+def save(ns: str, mode: str, family: int) -> str:
+    return run_in(ns, [tool(mode, family, "save")]).stdout
+
+
+def saves(ns: str, mode: str) -> dict[int, str]:
+    return {family: save(ns, mode, family) for family in (4, 6)}
+
+
+def kernel(ns: str, mode: str) -> dict[int, list[str]]:
+    """Both families' tables, without the timestamp comments and the counters."""
+    return {family: without_counters(text) for family, text in saves(ns, mode).items()}
+
+
+def foreign_lines(text: str) -> list[str]:
+    """Every table, chain and rule that is not ours (counters and comments dropped)."""
+    return [_COUNTERS.sub("[-]", line) for line in text.splitlines()
+            if line and not line.startswith("#") and "K3SNET" not in line]
+
+
+def without_counters(text: str) -> list[str]:
+    return [_COUNTERS.sub("[-]", line) for line in text.splitlines()
+            if line and not line.startswith("#")]
+
+
+def our_rules(text: str) -> dict[tuple[str, str], list[tuple[str, ...]]]:
+    """Our chains' rules and the jumps into them, per (table, chain), bucket chains sorted."""
+    rules: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(("-A ", "-I ")) and "K3SNET" in line:
+            words = line.split(" ", 2)
+            chain, rest = words[1], words[2]
+            if line.startswith("-I "):
+                rest = rest.split(" ", 1)[1]  # drop the position
+            rules.setdefault((table, chain), []).append(tokenize(rest))
+    for (_, chain), lines in rules.items():
+        if chain.startswith(("K3SNET-N-", "K3SNET-F-")):
+            lines.sort()
+    return rules
+
+
+def assert_kernel_matches(ns: str, mode: str, state: State) -> None:
+    for family in (4, 6):
+        assert our_rules(save(ns, mode, family)) == our_rules(
+            render_iptables_save(state, family)
+        ), f"IPv{family} kernel rules differ from the rendering of {state.render()}"
+
+
+def first_rule(text: str, table: str, chain: str) -> str:
+    section = text.split(f"*{table}\n", 1)[1]
+    return next(line for line in section.splitlines() if line.startswith(f"-A {chain} "))
+
+
+# -- pure: what we write reads back -------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=st.one_of(strategies.nat_rules(), strategies.forward_rules()))
+def test_every_object_is_rebuilt_from_its_rules(obj: NetObject) -> None:
+    unit = render_unit(obj)
+    chains = {unit.chain: list(unit.lines)}
+    if unit.sub_chain is not None:
+        chains[unit.sub_chain] = list(unit.sub_lines)
+    clear_caches()  # rebuilt from the text alone, as in a fresh process
+    assert obj.family is not None
+    assert rebuild_unit(obj.family, unit.digest, unit.chain, unit.lines, chains) == unit
+
+
+def test_tokenize_undoes_iptables_save_quoting() -> None:
+    assert tokenize('-s 10.0.0.0/8 -m comment --comment "a \\"b\\" c" -j ACCEPT') == (
+        "-s", "10.0.0.0/8", "-m", "comment", "--comment", 'a "b" c', "-j", "ACCEPT")
+    assert tokenize('-m comment --comment "k3snet:0123456789abcdef" -j MASQUERADE') == (
+        "-m", "comment", "--comment", "k3snet:0123456789abcdef", "-j", "MASQUERADE")
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(BackendError, match="driver"):
+        IptablesBackend(driver="iptc")  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match="mode"):
+        IptablesBackend(mode="nf_tables")  # type: ignore[arg-type]
+
+
+# -- kernel ---------------------------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_apply_observe_and_remove_leave_foreign_rules_alone(
+    ns: str, config: tuple[str, str]
+) -> None:
+    mode = config[0]
+    seed(ns, mode)
+    before = saves(ns, mode)
+    with make(ns, config) as backend:
+        observed = backend.observe()
+        assert not observed.owned
+        assert FLANNEL_MASQ in observed.foreign
+        assert FLANNEL_FWD in observed.foreign
+        # kube-proxy's masquerade only sees marked packets: it must not look universal.
+        assert MasqueradeRule("0.0.0.0/0", random_fully=True) not in observed.foreign
+        p = plan(observed, DESIRED)
+        assert [n.wanted for n in p.met] == [MasqueradeRule("10.42.0.0/16",
+                                                            destination="192.168.2.0/24")]
+        assert backend.check(p) == ()
+        assert kernel(ns, mode) == {f: without_counters(t) for f, t in before.items()}, (
+            "check() changed the kernel")
+
+        result = backend.apply(p)
+        assert result.applied == p.changes
+        assert result.operations == 4  # one restore run (or commit) per table and family
+        target = State(owned=p.target(DESIRED))
+        assert_kernel_matches(ns, mode, target)
+        after = saves(ns, mode)
+        for family in (4, 6):
+            assert foreign_lines(after[family]) == foreign_lines(before[family])
+            assert "-j K3SNET-FORWARD" in first_rule(after[family], "filter", "FORWARD")
+            assert after[family].count("-j K3SNET-POSTROUTING") == 1
+
+        again = backend.observe()
+        assert again.owned == target.owned
+        order = backend.ordered(4)  # the order packets meet them: NAT most specific first
+        assert set(order) == {o for o in target.owned if o.family == 4}
+        nat = [o for o in order if not isinstance(o, ForwardRule)]
+        assert nat[0] == MasqueradeRule("10.50.0.0/16", destination="192.168.2.0/24",
+                                        out_interface="eth0", random_fully=True)
+        assert nat[-1] == MasqueradeRule("10.99.0.0/16", exclude=["10.0.0.0/8"])
+        assert plan(again, DESIRED).empty
+        assert backend.drift == ()
+        clear_caches()  # nothing remembered: every object rebuilt from the kernel's text
+        with make(ns, config) as fresh:
+            assert fresh.observe() == again
+
+        backend.apply(plan(backend.observe(), State()))
+        final = saves(ns, mode)
+        for family in (4, 6):
+            assert "K3SNET" not in final[family]
+            assert foreign_lines(final[family]) == foreign_lines(before[family])
+        assert not backend.observe().owned
+
+
+@pytest.mark.kernel
+def test_one_change_among_many_is_one_small_restore(ns: str, config: tuple[str, str]) -> None:
+    mode = config[0]
+    rules = [MasqueradeRule(f"10.{i // 256}.{i % 256}.0/24", destination="192.168.2.0/24")
+             for i in range(300)]
+    with make(ns, config) as backend:
+        backend.apply(plan(backend.observe(), State(owned=rules)))
+        before = our_rules(save(ns, mode, 4))
+        changed = [*rules[:-1], SnatRule("10.99.0.0/24", destination="192.168.2.0/24",
+                                         to_address="192.168.1.5")]
+        p = plan(backend.observe(), State(owned=changed))
+        assert len(p) == 2
+        result = backend.apply(p)
+        assert result.operations == 1
+        after = our_rules(save(ns, mode, 4))
+        touched = {chain for chain in before.keys() | after.keys()
+                   if before.get(chain) != after.get(chain)}
+        assert len(touched) <= 3, f"one change rewrote {sorted(touched)}"
+        assert_kernel_matches(ns, mode, State(owned=changed))
+        assert plan(backend.observe(), State(owned=changed)).empty
+        # Applying again without observing in between: the backend knows what it wrote.
+        third = [*changed[:-1], MasqueradeRule("10.98.0.0/24")]
+        backend.apply(plan(State(owned=changed), State(owned=third)))
+        assert_kernel_matches(ns, mode, State(owned=third))
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("where", ["first table", "last table"])
+def test_a_refused_apply_leaves_the_kernel_as_it_was(
+    ns: str, config: tuple[str, str], where: str
+) -> None:
+    mode = config[0]
+    seed(ns, mode)
+    with make(ns, config) as backend:
+        backend.apply(plan(backend.observe(), DESIRED))
+    before = kernel(ns, mode)
+    wanted = State(owned=[
+        *[o for o in DESIRED.owned if not isinstance(o, ForwardRule)],
+        ForwardRule("10.60.0.0/16", "192.168.3.0/24"),
+        MasqueradeRule("10.61.0.0/16", exclude=["192.168.0.0/16", "172.16.0.0/12"]),
+        MasqueradeRule("fd42:61::/56"),
+    ])
+    with make(ns, config) as probe:
+        p = plan(probe.observe(), wanted)
+    tables = {(c.subject.family, c.kind) for c in p.changes}
+    assert len(tables) >= 3, p.render()
+    fail_after = 0 if where == "first table" else len(p.changes) - 1
+    with make(ns, config, fail_after=fail_after) as backend:
+        observed = backend.observe()
+        with pytest.raises(ApplyError) as caught:
+            backend.apply(p)
+        error = caught.value
+        assert error.failed == p.changes[fail_after]
+        if where == "first table":
+            assert error.done == ()
+            assert error.rolled_back == ()
+        else:
+            assert error.done
+            assert len(error.rolled_back) == len(error.done)
+        after = kernel(ns, mode)
+        assert after == before
+        assert backend.observe() == observed
+        assert plan(backend.observe(), wanted) == p
+        backend.apply(p)  # fail_after is used up: the same plan now goes through
+        assert_kernel_matches(ns, mode, State(owned=p.target(wanted)))
+
+
+@pytest.mark.kernel
+def test_a_missing_namespace_is_a_clear_error(require_root: None) -> None:
+    with pytest.raises(BackendError, match="does not exist"):
+        IptablesBackend(f"k3snet-missing-{secrets.token_hex(3)}")
+    name = create_netns(unique_name("ipt"))
+    try:
+        backend = IptablesBackend(name, mode="nft")
+    finally:
+        delete_netns(name)
+    with pytest.raises(BackendError, match=name):
+        backend.observe()
+
+
+@pytest.mark.kernel
+def test_libiptc_refuses_an_nft_namespace(ns: str) -> None:
+    pytest.importorskip("iptc")
+    with pytest.raises(BackendError, match="legacy"):
+        IptablesBackend(ns, driver="libiptc", mode="nft")
+    restore(ns, "nft", 4, "*nat\n:KUBE-POSTROUTING - [0:0]\nCOMMIT\n")
+    with pytest.raises(BackendError, match="iptables-nft"):
+        IptablesBackend(ns, driver="libiptc")
+
+
+@pytest.mark.kernel
+def test_mode_detection(ns: str) -> None:
+    version = subprocess.run(["iptables", "--version"], capture_output=True, text=True,
+                             check=True).stdout
+    expected = "legacy" if "legacy" in version else "nft"
+    assert IptablesBackend(ns).mode == expected  # nothing anywhere: the host's default
+    assert IptablesBackend(ns, mode="legacy").mode == "legacy"  # explicit wins
+    other = "legacy" if expected == "nft" else "nft"
+    restore(ns, other, 4, "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n")
+    backend = IptablesBackend(ns)
+    assert backend.mode == other, backend.mode_reason
+    # K3s chains in the host's default flavour outweigh a bare policy in the other one.
+    restore(ns, expected, 4, "*nat\n:FLANNEL-POSTRTG - [0:0]\nCOMMIT\n")
+    assert IptablesBackend(ns).mode == expected
+    # Our own chains outweigh everything.
+    restore(ns, other, 6, "*nat\n:K3SNET-POSTROUTING - [0:0]\nCOMMIT\n")
+    assert IptablesBackend(ns).mode == other
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
+    seed(ns, mode)
+    before = saves(ns, mode)
+    ipt = f"iptables-{mode}"
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        first_plan = plan(backend.observe(), DESIRED)
+        target = State(owned=first_plan.target(DESIRED))
+        backend.apply(first_plan)
+        victim = MasqueradeRule("10.99.0.0/16", exclude=["10.0.0.0/8"])
+        unit = render_unit(victim)
+        # 1. a rule edited by hand, its hash comment kept
+        bucket = [line for line in save(ns, mode, 4).splitlines()
+                  if line.startswith(f"-A {unit.chain} ")]
+        position = next(i for i, line in enumerate(bucket) if unit.digest in line) + 1
+        edited = list(unit.lines[0])
+        edited[edited.index("10.99.0.0/16")] = "10.98.0.0/16"
+        run_in(ns, [ipt, "-w", "-t", "nat", "-R", unit.chain, str(position), *edited])
+        # 2. a foreign rule inserted above our FORWARD jump (Docker restarting)
+        run_in(ns, [ipt, "-w", "-I", "FORWARD", "1", "-s", "203.0.113.0/24", "-j", "DROP"])
+        # 3. a second jump to our NAT chain, and a stray chain of ours
+        run_in(ns, [ipt, "-w", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment",
+                    "k3snet", "-j", "K3SNET-POSTROUTING"])
+        run_in(ns, [ipt, "-w", "-t", "nat", "-N", "K3SNET-STRAY"])
+
+        observed = backend.observe()
+        assert len(backend.drift) >= 4, backend.drift
+        assert victim not in observed.owned
+        assert not any(o.family == 4 for o in observed.owned), "a bad hook hides everything"
+        p = plan(observed, DESIRED)
+        assert p.counts()["add"] > 0
+        backend.apply(p)
+        assert_kernel_matches(ns, mode, target)
+        assert plan(backend.observe(), DESIRED).empty
+        assert backend.drift == ()
+        text = save(ns, mode, 4)
+        assert "-j K3SNET-FORWARD" in first_rule(text, "filter", "FORWARD")
+        assert "-A FORWARD -s 203.0.113.0/24 -j DROP" in text  # foreign: kept
+        assert text.count("-j K3SNET-POSTROUTING") == 1
+        assert "K3SNET-STRAY" not in text
+        # 4. jumps of our main chain out of order
+        main = [line for line in text.splitlines() if line.startswith("-A K3SNET-POSTROUTING")]
+        assert len(main) >= 2
+        first = main[0].split(" ", 2)[2].split()
+        run_in(ns, [ipt, "-w", "-t", "nat", "-D", "K3SNET-POSTROUTING", "1"])
+        run_in(ns, [ipt, "-w", "-t", "nat", "-A", "K3SNET-POSTROUTING", *first])
+        observed = backend.observe()
+        assert backend.drift
+        backend.apply(plan(observed, DESIRED))
+        assert_kernel_matches(ns, mode, target)
+        backend.apply(plan(backend.observe(), State()))
+    final = saves(ns, mode)
+    for family in (4, 6):
+        assert "K3SNET" not in final[family]
+        expected = foreign_lines(before[family])
+        if family == 4:  # the administrator's own rule stays where it was put
+            expected.insert(expected.index("-A FORWARD -j DOCKER-USER"),
+                            "-A FORWARD -s 203.0.113.0/24 -j DROP")
+        assert foreign_lines(final[family]) == expected
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_persistence_file_loads_and_keeps_foreign_rules(ns: str, mode: str) -> None:
+    seed(ns, mode)
+    before = saves(ns, mode)
+    for family in (4, 6):
+        text = render_iptables_save(DESIRED, family)
+        restore(ns, mode, family, text, "--test")
+        assert kernel(ns, mode)[family] == without_counters(before[family]), "--test changed it"
+        restore(ns, mode, family, text)
+    clear_caches()  # as at boot: objects rebuilt from the kernel's text alone
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        observed = backend.observe()
+        assert observed.owned == DESIRED.owned
+        assert backend.drift == ()
+    after = saves(ns, mode)
+    for family in (4, 6):
+        assert foreign_lines(after[family]) == foreign_lines(before[family])
+
+
+@pytest.mark.kernel
+def test_conformance(ns: str, config: tuple[str, str]) -> None:
+    run_conformance(
+        lambda: make(ns, config),
+        objects=st.one_of(strategies.nat_rules(), strategies.forward_rules()),
+        max_examples=int(os.environ.get("K3SNET_IPTABLES_EXAMPLES", "8")),
+    )
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("lab_config", CONFIGS)
+def test_forward_drop_is_opened_and_pods_reach_the_database(
+    require_root: None, lab_config: tuple[str, str]
+) -> None:
+    from k3snet.testing.lab import NODE_ADDRESSES, POD_CIDRS, Family, SeedLab  # noqa: PLC0415
+
+    mode, driver = lab_config
+    if driver == "libiptc":
+        pytest.importorskip("iptc")
+    with SeedLab.create() as lab:
+        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                          "net.ipv6.conf.all.forwarding=1"])
+        assert not lab.tcp_probe(4, timeout=1.0).ok  # FORWARD policy DROP
+        with IptablesBackend(lab.node, driver=driver) as backend:  # type: ignore[arg-type]
+            assert backend.mode == mode, backend.mode_reason  # detected from the DROP policy
+            routes: tuple[tuple[Family, str], ...] = ((4, "192.168.2.0/24"), (6, "fd01:2::/64"))
+            objects: list[NetObject] = []
+            for f, d in routes:
+                objects.append(MasqueradeRule(POD_CIDRS[f], destination=d, out_interface="eth0"))
+                objects.append(ForwardRule(POD_CIDRS[f], d, in_interface="cni0",
+                                           out_interface="eth0"))
+            wanted = State(owned=objects)
+            backend.apply(plan(backend.observe(), wanted))
+            for family, _ in routes:
+                probe = lab.tcp_probe(family)
+                assert probe.ok, probe.error
+                assert probe.source_seen == NODE_ADDRESSES[family]
+            counted = run_in(lab.node, [tool(mode, 4, "save"), "-c", "-t", "filter"]).stdout
+            hits = [line for line in counted.splitlines()
+                    if line.startswith("[") and "-A K3SNET-F-" in line and "conntrack" not in line]
+            assert hits, counted
+            assert not hits[0].startswith("[0:"), counted
+
