@@ -550,8 +550,8 @@ def render_manifests(
     Raises :class:`~k3snet.errors.SpecError` for an invalid spec or flannel options.
 
     >>> from k3snet import seed_spec
-    >>> [obj["kind"] for obj in render_manifests(seed_spec())]
-    ['ServiceAccount', 'ConfigMap', 'DaemonSet']
+    >>> print(" ".join(obj["kind"] for obj in render_manifests(seed_spec())))
+    ServiceAccount ConfigMap DaemonSet
     """
     problems = validate(spec)
     if problems:
