@@ -25,14 +25,14 @@ from k3snet.converge import compile_for, converge
 from k3snet.errors import K3snetError
 from k3snet.facts import gather_facts
 from k3snet.model.state import KINDS, State
-from k3snet.planner import plan
+from k3snet.planner import Plan, plan
 from k3snet.spec import Spec, load_spec
 from k3snet.spec import compile as compile_spec
 
 __all__ = ["build_parser", "main"]
 
 DEFAULT_BACKENDS = ("netlink", "nftables")
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_RUNNING = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="Check a spec; print every problem at once.")
     validate.add_argument("-f", "--spec", required=True, type=Path)
+
+    connectivity = sub.add_parser(
+        "connectivity",
+        help="Read the result of the connectivity test Job (k3snet render manifests). "
+             "Exit 0: passed, 1: failed or error, 3: still running.")
+    connectivity.add_argument("-f", "--spec", required=True, type=Path)
+    connectivity.add_argument("--kubeconfig",
+                              help="default: in-cluster, $KUBECONFIG, ~/.kube/config")
+    connectivity.add_argument("--context")
     return parser
 
 
@@ -157,7 +166,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(p.to_json(indent=2))
     else:
         print(p.render())
+        for line in _disruptive(p):
+            print(line)
     return EXIT_CHANGES if p.changes else EXIT_OK
+
+
+def _disruptive(p: Plan) -> list[str]:
+    """Warnings for changes that delete and re-create (a Calico pool's cidr/blockSize)."""
+    if not any(c.kind == "ippool" for c in p.changes):
+        return []
+    from k3snet.backends.calico import disruptive_changes  # noqa: PLC0415 - Calico users only
+
+    return [f"!! disruptive: {c} is a delete and re-create; apply refuses it unless "
+            "cni.calico.allowDisruptive is true" for c in disruptive_changes(p)]
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -213,6 +234,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
     compile_spec(spec)
     print(f"{args.spec}: valid ({len(spec.destinations)} destination(s))")
     return EXIT_OK
+
+
+def cmd_connectivity(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    if spec.connectivity_test is None:
+        print(f"k3snet: error: {args.spec} has no connectivityTest", file=sys.stderr)
+        return EXIT_ERROR
+    from k3snet.backends._kube import make_api_client  # noqa: PLC0415 - k3snet[kube] only
+    from k3snet.render.manifests import read_connectivity_result  # noqa: PLC0415
+
+    client, owned = make_api_client(kubeconfig=args.kubeconfig, context=args.context)
+    try:
+        from kubernetes import client as kube  # noqa: PLC0415 - k3snet[kube] only
+
+        result = read_connectivity_result(kube.BatchV1Api(client), kube.CoreV1Api(client),
+                                          spec.connectivity_test.namespace)
+    finally:
+        if owned:
+            client.close()
+    print(result.message)
+    if result.succeeded is None:
+        return EXIT_RUNNING
+    return EXIT_OK if result.succeeded else EXIT_ERROR
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -299,6 +343,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "observe": cmd_observe,
     "agent": cmd_agent,
     "validate": cmd_validate,
+    "connectivity": cmd_connectivity,
     "render": cmd_render,
 }
 

@@ -22,6 +22,7 @@ import kmock
 import pytest
 from kubernetes import client
 
+from k3snet.cli import main
 from k3snet.errors import BackendError
 from k3snet.render.manifests import (
     CONNECTIVITY_JOB_NAME,
@@ -335,3 +336,33 @@ def test_the_job_script_reports_and_exits_accordingly(
     parsed = parse_connectivity_log(run.stdout)
     assert parsed is not None
     assert parsed["ping"] == ("ok" if ping_rc == 0 else "fail")
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_cli_reads_the_result_through_a_kubeconfig(
+    cluster: FakeCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    server = cluster.batch.api_client.configuration.host
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: emu, cluster: {{server: '{server}'}}}}]\n"
+        "users: [{name: me, user: {}}]\n"
+        "contexts: [{name: emu, context: {cluster: emu, user: me}}]\n"
+        "current-context: emu\n"
+    )
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("connectivityTest:\n"
+                    f"  {{target: 192.168.2.10, port: 5432, namespace: {NAMESPACE}}}\n")
+    cluster.create_job(_job_manifest())
+    args = ["connectivity", "-f", str(spec), "--kubeconfig", str(kubeconfig)]
+    cluster.start_pod("k3snet-connectivity-cli", log="k3snet-connectivity ping=ok tcp=ok\n")
+    assert main(args) == 3  # still running
+    cluster.finish("Complete")
+    assert main(args) == 0
+    assert "connectivity test passed" in capsys.readouterr().out
+    cluster.finish("Failed", reason="BackoffLimitExceeded")
+    assert main(args) == 1
+    assert "FAILED" in capsys.readouterr().out

@@ -111,3 +111,24 @@ def test_pod_cidr_disagreeing_with_flannel_is_an_error(
     assert main(["plan", "-f", str(SEED), "--backend", "flannel"]) == 1
     err = capsys.readouterr().err
     assert "pod CIDR 10.42.0.0/16 disagrees with flannel's Network 10.244.0.0/16" in err
+
+
+@pytest.mark.parametrize(
+    ("what", "files", "needle"),
+    [
+        ("iptables", {"rules.v4", "rules.v6"}, "K3SNET-POSTROUTING"),
+        ("nftables", {"k3snet.nft"}, "masquerade"),
+        ("ifupdown", {"k3snet-routes"}, "up ip route"),
+        ("netplan", {"90-k3snet.yaml"}, "routes:"),
+        ("networkd", {"90-k3snet-eth0.network"}, "[Route]"),
+        ("sysctl", {"90-k3snet.conf"}, "net.ipv4.ip_forward = 1"),
+        ("manifests", {"k3snet.yaml"}, "kind: DaemonSet"),
+    ],
+)
+def test_render_writes_each_persistence_file(
+    what: str, files: set[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", what, "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == files
+    assert any(needle in p.read_text() for p in tmp_path.iterdir())
+    capsys.readouterr()
