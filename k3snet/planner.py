@@ -34,6 +34,9 @@ __all__ = ["Action", "Change", "Note", "Plan", "plan"]
 
 Action = Literal["add", "delete", "replace"]
 _SYMBOL: Mapping[str, str] = {"add": "+", "delete": "-", "replace": "~"}
+_SHAPES: Mapping[str, tuple[bool, bool]] = {
+    "add": (False, True), "delete": (True, False), "replace": (True, True),
+}
 PLAN_FORMAT = 1
 
 
@@ -50,14 +53,12 @@ class Change:
     after: NetObject | None = None
 
     def __attrs_post_init__(self) -> None:
-        shape = (self.before is not None, self.after is not None)
-        expected = {"add": (False, True), "delete": (True, False), "replace": (True, True)}
-        if expected.get(self.action) != shape:
-            raise ModelError(f"a {self.action!r} change cannot have before={self.before}, "
-                             f"after={self.after}")
         before, after = self.before, self.after
+        if _SHAPES.get(self.action) != (before is not None, after is not None):
+            raise ModelError(f"a {self.action!r} change cannot have before={before}, "
+                             f"after={after}")
         if before is not None and after is not None and before.key != after.key:
-            raise ModelError(f"a replace keeps the key: {self.before} / {self.after}")
+            raise ModelError(f"a replace keeps the key: {before} / {after}")
 
     @classmethod
     def add(cls, obj: NetObject) -> Change:
