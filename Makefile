@@ -21,9 +21,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.k3snet-deps
 
 # System packages the library and the tests drive (ip, nft, iptables,
-# libnftables for the nftables bindings), plus what pip needs to create the venv
+# libnftables for the nftables bindings, sysctl(8) for a renderer test), plus what pip needs to create the venv
 # and to build python-iptables from its sdist (a C extension).
-APT_PACKAGES := iproute2 nftables iptables libnftables1 python3-venv gcc libc6-dev
+APT_PACKAGES := iproute2 nftables iptables libnftables1 procps python3-venv gcc libc6-dev
 # Headers for the interpreter that builds the extension: Debian's python3 needs
 # python3-dev; an interpreter that ships its own headers (pyenv) needs nothing.
 PY_HEADERS := $(shell $(PYTHON) -c 'import os, sysconfig; \
@@ -47,7 +47,7 @@ deps: $(STAMP)
 
 # apt-get runs only when `dpkg -s` reports a package missing. pip >= 25.1
 # understands --group (PEP 735 dependency groups in pyproject.toml).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@missing=""; \
 	for pkg in $(APT_PACKAGES); do \
 		dpkg -s "$$pkg" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
