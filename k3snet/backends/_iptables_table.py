@@ -10,7 +10,7 @@ touch; the same ops drive ``iptables-restore`` input and libiptc calls.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import attrs
@@ -35,8 +35,9 @@ from k3snet.backends._iptables_rules import (
 from k3snet.model._base import NetObject
 from k3snet.planner import Change
 
-__all__ = ["INJECTED_CHAIN", "Delta", "Op", "TableEdit", "TableState", "commit_edit",
-           "diff_table", "load_table", "plan_table", "restore_text", "revert_ops"]
+__all__ = ["INJECTED_CHAIN", "Delta", "Op", "Sink", "TableEdit", "TableState", "commit_edit",
+           "diff_table", "load_table", "plan_table", "restore_lines", "restore_text",
+           "revert_ops"]
 
 OpKind = Literal["declare", "delete", "append", "insert", "flush", "remove", "fail"]
 
@@ -76,13 +77,17 @@ class Op(NamedTuple):
                  "remove": f"-X {chain}", "fail": f"-A {INJECTED_CHAIN} -j ACCEPT"}[kind]]
 
 
-def restore_text(table: str, ops: Sequence[Op]) -> str:
-    """``iptables-restore --noflush`` input for one table: all of it or nothing."""
-    lines = [f"*{table}"]
+def restore_lines(ops: Sequence[Op]) -> list[str]:
+    """The lines of ``iptables-restore`` input for ``ops`` (no table line, no ``COMMIT``)."""
+    lines: list[str] = []
     for op in ops:
         lines += op.restore_lines()
-    lines += ["COMMIT", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def restore_text(table: str, ops: Sequence[Op]) -> str:
+    """``iptables-restore --noflush`` input for one table: all of it or nothing."""
+    return "\n".join([f"*{table}", *restore_lines(ops), "COMMIT", ""])
 
 
 def _jumps_to(line: Line, chain: str) -> bool:
@@ -217,29 +222,53 @@ class TableEdit:
     added: Mapping[str, Unit]
 
 
-def plan_table(state: TableState, changes: Iterable[Change]) -> TableEdit:
-    """The edits that apply ``changes`` (all of this table) and clean what they touch."""
+Sink = Callable[[list[str]], None]
+"""Takes lines of ``iptables-restore`` input (no newlines), in order."""
+
+_STREAM_CHUNK = 512
+"""Lines handed to the sink at a time: big enough for few pipe writes, small enough
+that the restore process starts parsing early."""
+
+
+def plan_table(
+    state: TableState, changes: Iterable[Change], sink: Sink | None = None
+) -> TableEdit:
+    """The edits that apply ``changes`` (all of this table) and clean what they touch.
+
+    With a ``sink``, the rules of each new object that only needs appending are
+    handed to it as ``iptables-restore`` lines as soon as they are rendered, while
+    the next ones are: the restore process parses them meanwhile. The returned
+    ops are then only the rest, to be sent after them; ``chains`` is still the
+    whole result. (Rules are streamed when they go to a bucket chain that is
+    clean, i.e. not rewritten by this edit, declared first if new, for an object
+    not there already and without an exclusion chain, whose jump needs that chain
+    declared first. Their order in the bucket chain is then the plan's: bucket
+    chains are order-free.)
+    """
     removed: set[str] = set()
     added: dict[str, Unit] = {}
-    for change in changes:
-        if change.before is not None:
-            removed.add(render_unit(change.before).digest)
-        if change.after is not None:
-            rendered = render_unit(change.after)
-            added[rendered.digest] = rendered
+    real = state
+    if sink is None:
+        _render(changes, removed, added)
+        fresh: Mapping[str, Unit] = added
+        streamed: dict[str, list[Line]] = {}
+    else:
+        fresh, streamed = _render_streaming(state, changes, sink, removed, added)
+        if streamed:
+            state = _with_streamed(state, streamed, added, fresh)
     # Valid rules that traffic does not reach were left out of observe(); the plan
     # re-adds those it wants, the others go.
     removed |= state.inactive
     removed -= set(added)
 
-    target, sizes = _bucket_targets(state, removed, added)
+    target, sizes = _bucket_targets(state, removed, fresh, set(streamed))
     for chain in state.dirty:
         target.setdefault(chain, None)
     for digest in removed:
         old = state.units.get(digest)
         if old is not None and old.sub_chain is not None:
             target[old.sub_chain] = None
-    for unit in added.values():
+    for unit in fresh.values():
         if unit.sub_chain is not None:
             target[unit.sub_chain] = list(unit.sub_lines)
     buckets = [c for c, size in sizes.items() if size]
@@ -251,18 +280,91 @@ def plan_table(state: TableState, changes: Iterable[Change]) -> TableEdit:
     return TableEdit(
         ops=tuple(ops),
         chains=chains,
-        old_chains={c: state.chains.get(c) for c in chains},
+        old_chains={c: real.chains.get(c) for c in chains},
         hook_rules=hook_rules,
-        old_hook_rules=list(state.hook_rules),
+        old_hook_rules=list(real.hook_rules),
         removed=frozenset(removed),
         added=added,
     )
 
 
+def _render(changes: Iterable[Change], removed: set[str], added: dict[str, Unit]) -> None:
+    """Render every change: the hashes to remove, the units to add."""
+    for change in changes:
+        if change.before is not None:
+            removed.add(render_unit(change.before).digest)
+        if change.after is not None:
+            rendered = render_unit(change.after)
+            added[rendered.digest] = rendered
+
+
+def _render_streaming(
+    state: TableState, changes: Iterable[Change], sink: Sink, removed: set[str],
+    added: dict[str, Unit],
+) -> tuple[dict[str, Unit], dict[str, list[Line]]]:
+    """Render every change, streaming what can be (see :func:`plan_table`).
+
+    Fills ``removed`` and ``added``; returns the added units not streamed, and the
+    lines streamed to each chain.
+    """
+    # The loop of a 10k-rule apply: kept lean (locals, no calls but the render).
+    fresh: dict[str, Unit] = {}
+    streamed: dict[str, list[Line]] = {}
+    out: list[str] = []
+    dirty, units, existing = state.dirty, state.units, state.chains
+    for change in changes:
+        if change.before is not None:
+            removed.add(render_unit(change.before).digest)
+        if change.after is None:
+            continue
+        unit = render_unit(change.after)
+        digest, chain = unit.digest, unit.chain
+        if digest in added:
+            continue
+        added[digest] = unit
+        if unit.sub_chain is not None or chain in dirty or digest in units:
+            fresh[digest] = unit
+            continue
+        lines = streamed.get(chain)
+        if lines is None:
+            lines = streamed[chain] = []
+            if chain not in existing:
+                out.append(f":{chain} - [0:0]")
+        lines += unit.lines
+        for line in unit.lines:
+            out.append(f"-A {chain} {' '.join(line)}")  # rendered: nothing to quote
+        if len(out) >= _STREAM_CHUNK:
+            sink(out)
+            out = []
+    if out:
+        sink(out)
+    return fresh, streamed
+
+
+def _with_streamed(state: TableState, streamed: Mapping[str, list[Line]],
+                   added: Mapping[str, Unit], fresh: Mapping[str, Unit]) -> TableState:
+    """``state`` as it is once the streamed rules are in (``state`` itself is unchanged)."""
+    chains = dict(state.chains)
+    for chain, lines in streamed.items():
+        chains[chain] = [*state.chains.get(chain, ()), *lines]
+    units = dict(state.units)
+    by_chain = {c: set(ds) for c, ds in state.by_chain.items() if c in streamed}
+    by_chain = {**state.by_chain, **by_chain}
+    for digest, unit in added.items():
+        if digest not in fresh:
+            units[digest] = unit
+            by_chain.setdefault(unit.chain, set()).add(digest)
+    return attrs.evolve(state, chains=chains, units=units, by_chain=by_chain)
+
+
 def _bucket_targets(
-    state: TableState, removed: set[str], added: Mapping[str, Unit]
+    state: TableState, removed: set[str], added: Mapping[str, Unit], touched: set[str]
 ) -> tuple[dict[str, list[Line] | Delta | None], dict[str, int]]:
-    """What each bucket chain touched becomes, and how many units every bucket holds."""
+    """What each bucket chain touched becomes, and how many units every bucket holds.
+
+    ``added`` are the units to add that ``state`` does not hold yet; ``touched``
+    chains already got theirs (streamed).
+    """
 
     def lines(digests: Iterable[str]) -> list[Line]:
         return [ln for d in sorted(digests)
@@ -270,6 +372,7 @@ def _bucket_targets(
 
     affected = {state.units[d].chain for d in removed if d in state.units}
     affected |= {u.chain for u in added.values()}
+    affected |= touched
     affected |= {c for c in state.dirty if is_bucket_chain(c)}
     incoming: dict[str, set[str]] = {}
     for digest, unit in added.items():
@@ -362,6 +465,10 @@ def diff_table(
 def _apply_delta(chain: str, have: list[Line], delta: Delta, deletes: list[Op],
                  appends: list[Op]) -> list[Line]:
     """Delete ops (from the end, so positions hold) and one append; the chain after them."""
+    if not delta.drop:  # only additions (a big apply): no need to look at every rule
+        if delta.add:
+            appends.append(Op("append", chain, delta.add, rendered=True))
+        return [*have, *delta.add]
     where: dict[Line, list[int]] = {}
     wanted = set(delta.drop)
     for index, line in enumerate(have):

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from k3snet.backends import _iptables_rules
 from k3snet.backends._iptables_rules import clear_caches, rebuild_unit, render_unit, tokenize
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.errors import ApplyError, BackendError
@@ -224,6 +225,45 @@ def test_every_object_is_rebuilt_from_its_rules(obj: NetObject) -> None:
     assert rebuild_unit(obj.family, unit.digest, unit.chain, unit.lines, chains) == unit
 
 
+@pytest.mark.parametrize(("obj", "digest"), [
+    (MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24"), "f4ea67c6cf214f99"),
+    (MasqueradeRule("10.42.0.0/16", out_interface="eth0", random_fully=True), "2614235f0694fe1e"),
+    (MasqueradeRule("0.0.0.0/0", destination="192.168.2.0/24"), "6b47f6fd9ed811ee"),
+    (MasqueradeRule("fd42:50::/56", destination="fd01:2::/64", out_interface="eth0"),
+     "74af48b888a5226d"),
+    (SnatRule("10.50.0.0/16", destination="198.51.100.0/24",
+              exclude=["198.51.100.0/28", "198.51.100.64/26"], to_address="192.168.1.5"),
+     "9803df82231dec92"),
+    (ForwardRule("10.50.0.0/16", "192.168.2.0/24", in_interface="cni0", out_interface="eth0"),
+     "7d052c43265ec5b7"),
+])
+def test_hashes_of_rules_already_written_never_change(obj: NetObject, digest: str) -> None:
+    # Rules on nodes carry these: a new hash would make every one of them look foreign.
+    clear_caches()
+    assert render_unit(obj).digest == digest
+
+
+def test_the_usual_masquerade_renders_as_before() -> None:
+    unit = render_unit(MasqueradeRule("10.42.0.0/16", out_interface="eth0", random_fully=True))
+    assert unit.chain == "K3SNET-N-d0-s16-o-2"
+    assert unit.lines == (("-s", "10.42.0.0/16", "-o", "eth0", "-m", "comment", "--comment",
+                           "k3snet:2614235f0694fe1e", "-j", "MASQUERADE", "--random-fully"),)
+    unit = render_unit(MasqueradeRule("0.0.0.0/0", destination="192.168.2.0/24"))
+    assert unit.chain == "K3SNET-N-d24-s0-a-6"
+    assert unit.lines == (("-d", "192.168.2.0/24", "-m", "comment", "--comment",
+                           "k3snet:6b47f6fd9ed811ee", "-j", "MASQUERADE"),)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=st.one_of(strategies.nat_rules(), strategies.forward_rules()))
+def test_the_fast_rendering_hashes_the_canonical_text(obj: NetObject) -> None:
+    # Plain masquerades take an unrolled path: it must hash what _canonical() says.
+    assert isinstance(obj, MasqueradeRule | SnatRule | ForwardRule)
+    canonical = _iptables_rules._canonical(obj)
+    assert render_unit(obj).digest == _iptables_rules._digest(canonical[0])
+    assert canonical[1] == str(obj.source)  # the fast address text is ipaddress' own
+
+
 def test_tokenize_undoes_iptables_save_quoting() -> None:
     assert tokenize('-s 10.0.0.0/8 -m comment --comment "a \\"b\\" c" -j ACCEPT') == (
         "-s", "10.0.0.0/8", "-m", "comment", "--comment", 'a "b" c', "-j", "ACCEPT")
@@ -360,6 +400,40 @@ def test_a_refused_apply_leaves_the_kernel_as_it_was(
         assert plan(backend.observe(), wanted) == p
         backend.apply(p)  # fail_after is used up: the same plan now goes through
         assert_kernel_matches(ns, mode, State(owned=p.target(wanted)))
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_failure_while_streaming_a_table_commits_nothing(
+    ns: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The restore driver feeds each table's process while rendering it: an error in
+    # the middle of the second table must kill that process and undo the first one.
+    import k3snet.backends.iptables as module  # noqa: PLC0415 - patched here only
+
+    seed(ns, mode)
+    before = kernel(ns, mode)
+    real = module.plan_table
+    calls: list[int] = []
+
+    def failing(state: object, changes: object, sink: object = None) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            assert sink is not None
+            sink(["-A K3SNET-HALF-WRITTEN -j ACCEPT"])  # type: ignore[operator]
+            raise ValueError("injected while streaming")
+        return real(state, changes, sink)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "plan_table", failing)
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        with pytest.raises(ApplyError, match="injected while streaming") as caught:
+            backend.apply(plan(backend.observe(), DESIRED))
+        assert caught.value.done
+        assert len(caught.value.rolled_back) == len(caught.value.done)
+        assert kernel(ns, mode) == before
+        monkeypatch.setattr(module, "plan_table", real)
+        backend.apply(plan(backend.observe(), DESIRED))
+        assert plan(backend.observe(), DESIRED).empty
 
 
 @pytest.mark.kernel
