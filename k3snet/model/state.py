@@ -68,7 +68,7 @@ def _objects(values: Iterable[NetObject]) -> frozenset[NetObject]:
     return result
 
 
-def _index(owned: frozenset[NetObject]) -> dict[tuple[Any, ...], NetObject]:
+def _index(owned: Iterable[NetObject]) -> dict[tuple[Any, ...], NetObject]:
     index: dict[tuple[Any, ...], NetObject] = {}
     for obj in owned:
         other = index.setdefault(obj.key, obj)
@@ -95,9 +95,17 @@ class State:
     _by_key: Mapping[tuple[Any, ...], NetObject] = attrs.field(
         init=False, repr=False, eq=False, order=False, hash=False
     )
+    _ordered: tuple[NetObject, ...] = attrs.field(
+        init=False, repr=False, eq=False, order=False, hash=False
+    )
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_by_key", _index(self.owned))
+        # Owned objects are put in order once, when the value is built: plans,
+        # renderings and dumps then walk this order instead of sorting again,
+        # which keeps planning linear in the number of objects.
+        ordered = tuple(sorted(self.owned, key=_sort_key))
+        object.__setattr__(self, "_ordered", ordered)
+        object.__setattr__(self, "_by_key", _index(ordered))
 
     @property
     def by_key(self) -> Mapping[tuple[Any, ...], NetObject]:
@@ -109,7 +117,12 @@ class State:
 
     def __iter__(self) -> Iterator[NetObject]:
         """Owned objects in order."""
-        return iter(sorted(self.owned, key=_sort_key))
+        return iter(self._ordered)
+
+    @property
+    def ordered(self) -> tuple[NetObject, ...]:
+        """Owned objects in their total order (dependency rank first)."""
+        return self._ordered
 
     def kinds(self) -> tuple[str, ...]:
         """The kinds present among owned and foreign objects, in dependency order."""
@@ -120,7 +133,7 @@ class State:
         """The part of this state (owned and foreign) of the given kinds."""
         wanted = frozenset(kinds)
         return State(
-            owned=(o for o in self.owned if o.kind in wanted),
+            owned=(o for o in self._ordered if o.kind in wanted),
             foreign=(o for o in self.foreign if o.kind in wanted),
         )
 
@@ -140,7 +153,7 @@ class State:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, sorted (byte-stable)."""
         return {
-            "owned": [o.to_dict() for o in sorted(self.owned, key=_sort_key)],
+            "owned": [o.to_dict() for o in self._ordered],
             "foreign": [o.to_dict() for o in sorted(self.foreign, key=_sort_key)],
         }
 
@@ -155,7 +168,7 @@ class State:
     def render(self) -> str:
         """Human listing: owned objects, then foreign ones."""
         lines = [f"owned ({len(self.owned)}):"]
-        lines += [f"  {o.describe()}" for o in sorted(self.owned, key=_sort_key)]
+        lines += [f"  {o.describe()}" for o in self._ordered]
         lines.append(f"foreign ({len(self.foreign)}):")
         lines += [f"  {o.describe()}" for o in sorted(self.foreign, key=_sort_key)]
         return "\n".join(lines)
