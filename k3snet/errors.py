@@ -8,12 +8,13 @@ exception a caller would expect, so ``except ValueError`` keeps working::
     ├── ModelError(ValueError)         a model value is invalid (bad CIDR, name, ...)
     ├── PlanError(ValueError)          a plan cannot be applied to a state
     │   └── ConflictError              the plan has unresolved conflicts with foreign state
-    ├── BackendError(RuntimeError)     a backend failed talking to the system
-    │   ├── BackendNotFoundError(LookupError)  no backend registered under that name
-    │   ├── BackendUnavailableError    the backend's dependencies or tools are missing
-    │   ├── CheckError                 a dry run found the plan would fail
-    │   └── ApplyError                 an apply failed; says what was rolled back
-    └── RollbackError(ApplyError)      ... and the rollback failed too (state unknown)
+    └── BackendError(RuntimeError)     a backend failed talking to the system
+        ├── BackendNotFoundError(LookupError)  no backend registered under that name
+        ├── BackendUnavailableError    the backend's dependencies or tools are missing
+        ├── CheckError                 a dry run found the plan would fail
+        ├── KubeApiError               an API request failed (k3snet.backends._kube; .status)
+        └── ApplyError                 an apply failed; says what was rolled back
+            └── RollbackError          ... and the rollback failed too (state unknown)
 
 Backends translate the errors of their libraries (``OSError``, pyroute2's
 ``NetlinkError``, libnftables' messages) at the boundary with
