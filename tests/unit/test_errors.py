@@ -1,0 +1,44 @@
+"""The exception tree is the one ``k3snet.errors`` draws, and errors carry what they say."""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snet import errors
+from k3snet.backends._kube import KubeApiError
+from k3snet.model import Sysctl
+from k3snet.planner import Change
+
+
+@pytest.mark.parametrize(
+    ("cls", "parents"),
+    [
+        (errors.SpecError, (errors.K3snetError, ValueError)),
+        (errors.ModelError, (errors.K3snetError, ValueError)),
+        (errors.PlanError, (errors.K3snetError, ValueError)),
+        (errors.ConflictError, (errors.PlanError,)),
+        (errors.BackendError, (errors.K3snetError, RuntimeError)),
+        (errors.BackendNotFoundError, (errors.BackendError, LookupError)),
+        (errors.BackendUnavailableError, (errors.BackendError,)),
+        (errors.CheckError, (errors.BackendError,)),
+        (KubeApiError, (errors.BackendError,)),
+        (errors.ApplyError, (errors.BackendError,)),
+        (errors.RollbackError, (errors.ApplyError,)),
+    ],
+)
+def test_tree_matches_the_drawing(cls: type, parents: tuple[type, ...]) -> None:
+    assert all(issubclass(cls, p) for p in parents)
+    assert cls.__name__ in (errors.__doc__ or "")
+
+
+def test_spec_error_lists_every_problem() -> None:
+    exc = errors.SpecError([errors.Problem("a.b", "bad"), errors.Problem("c", "worse")],
+                           source="spec.yaml")
+    assert str(exc) == "2 problems in spec.yaml:\n  a.b: bad\n  c: worse"
+
+
+def test_apply_error_names_the_failed_change_and_the_rollback() -> None:
+    change = Change.add(Sysctl("net.ipv4.ip_forward", 1))
+    exc = errors.ApplyError("kernel said no", failed=change, rolled_back=[change.inverse()])
+    assert "failed change: + sysctl net.ipv4.ip_forward = 1" in str(exc)
+    assert "rolled back 1 change(s)" in str(exc)
