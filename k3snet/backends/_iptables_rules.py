@@ -62,6 +62,8 @@ __all__ = [
     "main_lines",
     "parse_save",
     "rebuild_unit",
+    "remember",
+    "render_new",
     "render_unit",
     "table_image",
     "table_of",
@@ -269,6 +271,25 @@ def render_unit(obj: NetObject) -> Unit:
     return unit
 
 
+def render_new(obj: NetObject) -> Unit:
+    """The rules of an object about to be written, without the lookup of :func:`render_unit`.
+
+    A big apply renders each new object once: looking it up and remembering it by
+    object (two calls of its Python ``__hash__``, a growing dict) costs a third of
+    the rendering. Pass the units written to :func:`remember` (one call for all).
+    """
+    if type(obj) is MasqueradeRule and not obj.exclude:
+        return _build_plain_masquerade(obj)
+    return _build_general(obj)
+
+
+def remember(units: Mapping[str, Unit]) -> None:
+    """Remember units by hash (as :func:`render_unit` does), for reading their rules back."""
+    if len(_BY_DIGEST) + len(units) > _CACHE_MAX:
+        _BY_DIGEST.clear()  # it only saves re-parsing rule text
+    _BY_DIGEST.update(units)
+
+
 def clear_caches() -> None:
     """Forget every rendered unit (benchmarks use it to measure a cold start)."""
     _UNITS.clear()
@@ -278,6 +299,11 @@ def clear_caches() -> None:
 def _build_unit(obj: NetObject) -> Unit:
     if type(obj) is MasqueradeRule and not obj.exclude:
         return _build_plain_masquerade(obj)
+    return _build_general(obj)
+
+
+def _build_general(obj: NetObject) -> Unit:
+    """Any object's unit (the reference the fast path below is tested against)."""
     key, src_text, dst_text, excl_text, to = _canonical(obj)
     digest = _digest(key)
     tag = ("-m", "comment", "--comment", _COMMENT_PREFIX + digest)
@@ -321,28 +347,35 @@ def _build_plain_masquerade(obj: MasqueradeRule) -> Unit:
 
     A full apply of 10k rules renders 10k of these: every step here is one C call
     or one f-string (same hash input, same tokens as :func:`_canonical` and
-    :func:`_build_unit`; the tests compare both paths).
+    :func:`_build_general`; the tests compare both paths). Addresses come from the
+    object's key, plain ints computed once by the model, not from :mod:`ipaddress`
+    (whose properties cost a Python call each).
     """
-    source, destination, out = obj.source, obj.destination, obj.out_interface
-    splen = source.prefixlen
-    src = _v4_text(source, splen) if type(source) is _V4NET else str(source)
-    if destination is None:
-        dst, dplen = "-", 0
+    _, version, saddr, splen, daddr, dplen, out = obj.key  # see _NatBase._nat_key
+    if version == 4:
+        src = _v4_source(saddr, splen)
+        if dplen < 0:  # no destination
+            dst, dplen = "-", 0
+        else:
+            dst = _V4_NET.get((daddr << 6) | dplen) or _v4_destination(daddr, dplen)
     else:
-        dplen = destination.prefixlen
-        dst = _v4_text(destination, dplen) if type(destination) is _V4NET else str(destination)
+        src = str(obj.source)
+        destination = obj.destination
+        dst = "-" if destination is None else str(destination)
+        dplen = max(dplen, 0)
+    random_fully = obj.random_fully
     digest = _BLAKE2B(
         f"{LAYOUT_VERSION}|masquerade|{src}|{dst}||{out or '-'}|"
-        f"{'1' if obj.random_fully else '0'}".encode(),
+        f"{'1' if random_fully else '0'}".encode(),
         digest_size=HASH_LEN // 2,
     ).hexdigest()
     comment = _COMMENT_PREFIX + digest
     line: Line
-    if splen and dplen and not out and not obj.random_fully:  # the usual shape, in one go
+    if splen and dplen and not out and not random_fully:  # the usual shape, in one go
         line = ("-s", src, "-d", dst, "-m", "comment", "--comment", comment, "-j", "MASQUERADE")
     else:
         line = ("-m", "comment", "--comment", comment, "-j", "MASQUERADE")
-        if obj.random_fully:
+        if random_fully:
             line += ("--random-fully",)
         if out:
             line = ("-o", out, *line)
@@ -350,22 +383,44 @@ def _build_plain_masquerade(obj: MasqueradeRule) -> Unit:
             line = ("-d", dst, *line)
         if splen:
             line = ("-s", src, *line)
-    chain = f"{_nat_group(dplen, splen, bool(out))}{digest[0]}"
-    return _new_unit(Unit, (obj, digest, chain, (line,), None, ()))
+    group = (dplen << 8) | (splen << 1) | (1 if out else 0)
+    chains = _NAT_CHAINS.get(group) or _nat_chains(group, dplen, splen, bool(out))
+    return _new_unit(Unit, (obj, digest, chains[digest[0]], (line,), None, ()))
 
 
-_V4_TEXT: dict[int, str] = {}
+_NAT_CHAINS: dict[int, dict[str, str]] = {}
+"""The 16 bucket chain names of each NAT group (by prefix lengths and interface), by
+the bucket digit: made once, shared by every unit."""
 
 
-def _v4_text(net: ipaddress.IPv4Network, prefixlen: int) -> str:
-    """``str(net)`` for IPv4, its address text remembered (destinations repeat a lot)."""
-    value = int(net.network_address)
-    address = _V4_TEXT.get(value)
-    if address is None:
-        if len(_V4_TEXT) >= _CACHE_MAX:
-            _V4_TEXT.clear()
-        address = _V4_TEXT[value] = _v4(value)
-    return f"{address}/{prefixlen}"
+def _nat_chains(group: int, dplen: int, splen: int, has_oif: bool) -> dict[str, str]:
+    prefix = _nat_group(dplen, splen, has_oif)
+    chains = _NAT_CHAINS[group] = {digit: f"{prefix}{digit}" for digit in "0123456789abcdef"}
+    return chains
+
+
+_V4_HIGH: dict[int, str] = {}
+"""``"a.b."`` by the top 16 bits of an address (pod sources share them)."""
+_V4_NET: dict[int, str] = {}
+"""``"a.b.c.d/p"`` by ``address << 6 | p`` (destinations repeat a lot)."""
+
+
+def _v4_source(value: int, prefixlen: int) -> str:
+    """``str(network)`` for IPv4, from ints (sources are mostly distinct: built, not kept)."""
+    high = _V4_HIGH.get(value >> 16)
+    if high is None:
+        high = _V4_HIGH[value >> 16] = f"{_OCTET[value >> 24]}.{_OCTET[(value >> 16) & 255]}."
+        if len(_V4_HIGH) >= _CACHE_MAX:
+            _V4_HIGH.clear()
+    return f"{high}{_OCTET[(value >> 8) & 255]}.{_OCTET[value & 255]}/{prefixlen}"
+
+
+def _v4_destination(value: int, prefixlen: int) -> str:
+    """``str(network)`` for IPv4, remembered."""
+    if len(_V4_NET) >= _CACHE_MAX:
+        _V4_NET.clear()
+    text = _V4_NET[(value << 6) | prefixlen] = f"{_v4(value)}/{prefixlen}"
+    return text
 
 
 @functools.lru_cache(maxsize=1024)

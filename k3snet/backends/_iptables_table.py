@@ -29,6 +29,8 @@ from k3snet.backends._iptables_rules import (
     main_lines,
     normalize,
     rebuild_unit,
+    remember,
+    render_new,
     render_unit,
     tokenize,
 )
@@ -251,7 +253,7 @@ def plan_table(
     if sink is None:
         _render(changes, removed, added)
         fresh: Mapping[str, Unit] = added
-        streamed: dict[str, list[Line]] = {}
+        streamed: dict[str, tuple[list[Line], list[str]]] = {}
     else:
         fresh, streamed = _render_streaming(state, changes, sink, removed, added)
         if streamed:
@@ -294,66 +296,71 @@ def _render(changes: Iterable[Change], removed: set[str], added: dict[str, Unit]
         if change.before is not None:
             removed.add(render_unit(change.before).digest)
         if change.after is not None:
-            rendered = render_unit(change.after)
+            rendered = render_new(change.after)
             added[rendered.digest] = rendered
+    remember(added)
 
 
 def _render_streaming(
     state: TableState, changes: Iterable[Change], sink: Sink, removed: set[str],
     added: dict[str, Unit],
-) -> tuple[dict[str, Unit], dict[str, list[Line]]]:
+) -> tuple[dict[str, Unit], dict[str, tuple[list[Line], list[str]]]]:
     """Render every change, streaming what can be (see :func:`plan_table`).
 
-    Fills ``removed`` and ``added``; returns the added units not streamed, and the
-    lines streamed to each chain.
+    Fills ``removed`` and ``added``; returns the added units not streamed, and for
+    each chain streamed to, its new lines and their units' hashes.
     """
     # The loop of a 10k-rule apply: kept lean (locals, no calls but the render).
     fresh: dict[str, Unit] = {}
-    streamed: dict[str, list[Line]] = {}
+    streamed: dict[str, tuple[list[Line], list[str]]] = {}
     out: list[str] = []
+    append = out.append
+    join = " ".join
     dirty, units, existing = state.dirty, state.units, state.chains
+    chunk = _STREAM_CHUNK
     for change in changes:
-        if change.before is not None:
-            removed.add(render_unit(change.before).digest)
-        if change.after is None:
+        before, after = change.before, change.after
+        if before is not None:
+            removed.add(render_unit(before).digest)
+        if after is None:
             continue
-        unit = render_unit(change.after)
-        digest, chain = unit.digest, unit.chain
-        if digest in added:
+        unit = render_new(after)
+        _, digest, chain, lines, sub_chain, _ = unit
+        if added.setdefault(digest, unit) is not unit:  # there already (one dict lookup)
             continue
-        added[digest] = unit
-        if unit.sub_chain is not None or chain in dirty or digest in units:
+        if sub_chain is not None or chain in dirty or digest in units:
             fresh[digest] = unit
             continue
-        lines = streamed.get(chain)
-        if lines is None:
-            lines = streamed[chain] = []
+        entry = streamed.get(chain)
+        if entry is None:
+            entry = streamed[chain] = ([], [])
             if chain not in existing:
-                out.append(f":{chain} - [0:0]")
-        lines += unit.lines
-        for line in unit.lines:
-            out.append(f"-A {chain} {' '.join(line)}")  # rendered: nothing to quote
-        if len(out) >= _STREAM_CHUNK:
+                append(f":{chain} - [0:0]")
+        entry[0].extend(lines)
+        entry[1].append(digest)
+        for line in lines:
+            append(f"-A {chain} {join(line)}")  # rendered: nothing to quote
+        if len(out) >= chunk:
             sink(out)
             out = []
+            append = out.append
     if out:
         sink(out)
+    remember(added)
     return fresh, streamed
 
 
-def _with_streamed(state: TableState, streamed: Mapping[str, list[Line]],
+def _with_streamed(state: TableState, streamed: Mapping[str, tuple[list[Line], list[str]]],
                    added: Mapping[str, Unit], fresh: Mapping[str, Unit]) -> TableState:
     """``state`` as it is once the streamed rules are in (``state`` itself is unchanged)."""
     chains = dict(state.chains)
-    for chain, lines in streamed.items():
+    by_chain = dict(state.by_chain)
+    for chain, (lines, digests) in streamed.items():
         chains[chain] = [*state.chains.get(chain, ()), *lines]
+        by_chain[chain] = state.by_chain.get(chain, set()).union(digests)
     units = dict(state.units)
-    by_chain = {c: set(ds) for c, ds in state.by_chain.items() if c in streamed}
-    by_chain = {**state.by_chain, **by_chain}
-    for digest, unit in added.items():
-        if digest not in fresh:
-            units[digest] = unit
-            by_chain.setdefault(unit.chain, set()).add(digest)
+    units.update(added if not fresh else
+                 {digest: unit for digest, unit in added.items() if digest not in fresh})
     return attrs.evolve(state, chains=chains, units=units, by_chain=by_chain)
 
 
@@ -556,10 +563,15 @@ def commit_edit(state: TableState, edit: TableEdit) -> None:
             state.by_chain.get(unit.chain, set()).discard(digest)
             if state.owned.get(unit.obj.key) == unit.obj:
                 del state.owned[unit.obj.key]
-    for digest, new in edit.added.items():
-        state.units[digest] = new
-        state.by_chain.setdefault(new.chain, set()).add(digest)
-        state.owned[new.obj.key] = new.obj
+    units, by_chain, owned = state.units, state.by_chain, state.owned
+    units.update(edit.added)
+    for digest, new in edit.added.items():  # 10k in a big apply: kept lean
+        members = by_chain.get(new.chain)
+        if members is None:
+            members = by_chain[new.chain] = set()
+        members.add(digest)
+        obj = new.obj
+        owned[obj.key] = obj
     state.by_chain = {c: ds for c, ds in state.by_chain.items() if ds}
     state.inactive.clear()
     state.dirty.clear()

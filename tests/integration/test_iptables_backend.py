@@ -20,7 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from k3snet.backends import _iptables_rules
-from k3snet.backends._iptables_rules import clear_caches, rebuild_unit, render_unit, tokenize
+from k3snet.backends._iptables_rules import (
+    clear_caches,
+    rebuild_unit,
+    render_new,
+    render_unit,
+    tokenize,
+)
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.errors import ApplyError, BackendError
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
@@ -264,6 +270,15 @@ def test_the_fast_rendering_hashes_the_canonical_text(obj: NetObject) -> None:
     assert canonical[1] == str(obj.source)  # the fast address text is ipaddress' own
 
 
+@settings(max_examples=300, deadline=None)
+@given(obj=strategies.nat_rules())
+def test_the_fast_rendering_renders_what_the_general_path_does(obj: NetObject) -> None:
+    # The unrolled path reads addresses from the object's key, not from ipaddress.
+    if type(obj) is MasqueradeRule and not obj.exclude:
+        assert _iptables_rules._build_plain_masquerade(obj) == _iptables_rules._build_general(obj)
+    assert render_new(obj) == _iptables_rules._build_general(obj) == render_unit(obj)
+
+
 def test_tokenize_undoes_iptables_save_quoting() -> None:
     assert tokenize('-s 10.0.0.0/8 -m comment --comment "a \\"b\\" c" -j ACCEPT') == (
         "-s", "10.0.0.0/8", "-m", "comment", "--comment", 'a "b" c', "-j", "ACCEPT")
@@ -400,6 +415,31 @@ def test_a_refused_apply_leaves_the_kernel_as_it_was(
         assert plan(backend.observe(), wanted) == p
         backend.apply(p)  # fail_after is used up: the same plan now goes through
         assert_kernel_matches(ns, mode, State(owned=p.target(wanted)))
+
+
+@pytest.mark.kernel
+def test_a_big_apply_pauses_the_gc_and_always_resumes_it(ns: str) -> None:
+    # 1000+ changes: rendered without the per-object memo, the GC paused meanwhile
+    # and resumed before the kernel's commit is awaited (or on failure).
+    import gc  # noqa: PLC0415 - only here
+
+    big = State(owned=[MasqueradeRule(f"10.{i // 256}.{i % 256}.0/24",
+                                      destination="192.168.2.0/24") for i in range(1200)])
+    assert gc.isenabled()
+    with IptablesBackend(ns, mode="legacy", fail_after=600) as backend:
+        p = plan(backend.observe(), big)
+        with pytest.raises(ApplyError):
+            backend.apply(p)
+        assert gc.isenabled()
+        assert not backend.observe().owned
+        backend.apply(p)
+        assert gc.isenabled()
+    clear_caches()  # read back from the rule text, as in a fresh process
+    with IptablesBackend(ns, mode="legacy") as backend:
+        assert plan(backend.observe(), big).empty
+        backend.apply(plan(backend.observe(), State()))
+        assert not backend.observe().owned
+    assert not any("K3SNET" in line for lines in kernel(ns, "legacy").values() for line in lines)
 
 
 @pytest.mark.kernel
