@@ -114,6 +114,7 @@ def _spec(args: argparse.Namespace) -> Spec:
 # (see k3snet.render.manifests): (backend, option, variable, parse).
 ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("netlink", "proc_sys", "K3SNET_PROC_SYS", Path),
+    ("netlink", "state_dir", "K3SNET_STATE_DIR", Path),
     ("flannel", "path", "K3SNET_FLANNEL_CONF", Path),
     ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", lambda v: tuple(v.split("/", 1))),
 )

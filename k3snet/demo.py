@@ -77,9 +77,10 @@ def _probe_all(lab: SeedLab, *, expect_ok: bool, expect_source: bool = True) -> 
             _expect(pinged, f"IPv{family}: ping from the pod got no reply")
 
 
-def _group(node: str, nat_backend: str, *, forward_backend: str | None = None) -> BackendGroup:
+def _group(lab: SeedLab, nat_backend: str, *, forward_backend: str | None = None) -> BackendGroup:
     """netlink for routes and sysctls, the NAT backend for NAT (and forward, by default)."""
-    members = [Member(create_backend("netlink", netns=node))]
+    node = lab.node
+    members = [Member(create_backend("netlink", netns=node, state_dir=lab.state_dir))]
     if forward_backend is None or forward_backend == nat_backend:
         members.append(Member(create_backend(nat_backend, netns=node), ["nat", "forward"]))
     else:
@@ -108,7 +109,7 @@ def part_one(spec: Spec, nat_backend: str) -> None:
             _show_probe(f"node -> db tcp/5432 IPv{family}", lab.node_probe(family=family))
         _probe_all(lab, expect_ok=False)
 
-        with _group(lab.node, nat_backend) as backend:
+        with _group(lab, nat_backend) as backend:
             _say(f"\n[2] The plan from {SPEC_PATH.name} (backends: netlink + {nat_backend}),"
                  " applied")
             _say("    (= lines: the administrator's static routes already do the job; "
@@ -131,14 +132,14 @@ def part_two(spec: Spec, nat_backend: str) -> None:
         _say("\n[5] A node where Docker/firewalld left the iptables FORWARD policy at DROP")
         nat_only = Spec(cluster=spec.cluster, destinations=spec.destinations,
                         masquerade=spec.masquerade, forward=ForwardPolicy(accept=False))
-        with _group(lab.node, nat_backend) as backend:
+        with _group(lab, nat_backend) as backend:
             _say("    Masquerade and forwarding only (forward.accept: false):")
             _fix(lab, nat_only, backend)
         _probe_all(lab, expect_ok=False)
 
         _say("\n[6] With k3snet's forward rule. An nftables accept cannot override an iptables")
         _say("    DROP (firewalld#527), so the forward rule goes into the iptables FORWARD path:")
-        with _group(lab.node, nat_backend, forward_backend="iptables") as backend:
+        with _group(lab, nat_backend, forward_backend="iptables") as backend:
             _fix(lab, spec, backend)
         _probe_all(lab, expect_ok=True)
 

@@ -34,6 +34,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import time
 import weakref
 from collections.abc import Mapping
@@ -270,6 +271,7 @@ class SeedLab:
         self._names = dict(names)
         self._server = server
         self._stack = stack
+        self._state_dir: Path | None = None
         # A lab dropped without close() (or at interpreter exit) still cleans up.
         self._finalizer = weakref.finalize(self, stack.close)
 
@@ -277,6 +279,9 @@ class SeedLab:
     def create(cls) -> Self:
         """Build the whole lab and return it, running; on any failure, undo it all."""
         with ExitStack() as stack:
+            # Files k3snet keeps for the node (the netlink backend's sysctl state)
+            # live and die with the lab, like its namespaces.
+            state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="k3snet-lab-"))
             names = {role: stack.enter_context(temporary_netns(role)) for role in _ROLES}
             for role, ns in names.items():
                 _setup_namespace(ns, role)
@@ -285,8 +290,18 @@ class SeedLab:
             server = _start_server(names["db"])
             # Registered last, so it runs first: the server must go before its namespace.
             stack.callback(_stop_server, server)
-            return cls(names, server, stack.pop_all())
+            lab = cls(names, server, stack.pop_all())
+            lab._state_dir = Path(state_dir)
+            return lab
         raise AssertionError("unreachable")  # pragma: no cover - ExitStack never swallows
+
+    @property
+    def state_dir(self) -> Path:
+        """A directory for k3snet's per-node files (``NetlinkBackend(state_dir=...)``),
+        deleted with the lab."""
+        if self._state_dir is None:
+            raise LabError("this lab was not built by SeedLab.create()")
+        return self._state_dir
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -7,12 +7,14 @@ the CLI is also driven against a lab node, as an operator would.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from k3snet.backends.netlink import DEFAULT_STATE_ROOT as STATE_ROOT
 from k3snet.demo import SPEC_PATH, run_demo
 from k3snet.testing.lab import NODE_ADDRESSES, SeedLab
 
@@ -23,37 +25,45 @@ pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("requ
 def test_demo_shows_the_failure_the_fix_and_the_forward_drop_case(
     nat_backend: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    before = set(STATE_ROOT.iterdir()) if STATE_ROOT.exists() else set()
     run_demo(nat_backend)  # raises DemoError if any probe disagrees with the story
+    after = set(STATE_ROOT.iterdir()) if STATE_ROOT.exists() else set()
+    assert after == before, "the demo left k3snet state files behind"
     out = capsys.readouterr().out
     assert "pod -> db tcp/5432 IPv4: FAILED" in out
     assert "the database saw 192.168.1.5" in out
     assert "No changes" in out or "Plan: 0 to add, 0 to replace, 0 to delete" in out
 
 
-def _k3snet(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args],
+def _k3snet(*args: str, state_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if state_dir is not None:
+        env["K3SNET_STATE_DIR"] = str(state_dir)
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env,
                           capture_output=True, text=True, check=False, timeout=120)
 
 
 def test_cli_plan_apply_plan_on_a_lab_node(tmp_path: Path) -> None:
     with SeedLab.create() as lab:
         backends = ["--backend", "netlink", "--backend", "nftables", "--netns", lab.node]
-        first = _k3snet("plan", "-f", str(SPEC_PATH), *backends)
+        first = _k3snet("plan", "-f", str(SPEC_PATH), *backends, state_dir=lab.state_dir)
         assert first.returncode == 2, first.stderr
         assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in first.stdout
         assert not lab.tcp_probe(4).ok
 
-        applied = _k3snet("apply", "-f", str(SPEC_PATH), *backends, "--output", "json")
+        applied = _k3snet("apply", "-f", str(SPEC_PATH), *backends, "--output", "json",
+                          state_dir=lab.state_dir)
         assert applied.returncode == 0, applied.stderr
         assert len(json.loads(applied.stdout)["applied"]) == 6
         probe = lab.tcp_probe(4)
         assert probe.ok
         assert probe.source_seen == NODE_ADDRESSES[4]
 
-        again = _k3snet("plan", "-f", str(SPEC_PATH), *backends)
+        again = _k3snet("plan", "-f", str(SPEC_PATH), *backends, state_dir=lab.state_dir)
         assert again.returncode == 0, again.stdout + again.stderr
 
-        observed = json.loads(_k3snet("observe", *backends, "--output", "json").stdout)
+        observed = json.loads(_k3snet("observe", *backends, "--output", "json",
+                                      state_dir=lab.state_dir).stdout)
         assert any(o["type"] == "masquerade" for o in observed["owned"])
         assert any(o["type"] == "route" and o["protocol"] == 4 for o in observed["foreign"])
 
@@ -62,7 +72,7 @@ def test_cli_reports_a_spec_the_node_cannot_satisfy(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("destinations:\n  - {cidr: 192.168.7.0/24, gateway: 10.9.9.9, device: eth9}\n")
     with SeedLab.create() as lab:
-        done = _k3snet("plan", "-f", str(spec), "--netns", lab.node)
+        done = _k3snet("plan", "-f", str(spec), "--netns", lab.node, state_dir=lab.state_dir)
         assert done.returncode == 1
         assert "Traceback" not in done.stderr
         assert "no interface 'eth9'" in done.stderr
