@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k3snet import Change, Plan, PlanError, State, plan
+from k3snet import Change, Plan, PlanError, Spec, State, plan
 from k3snet.model import NetObject, Sysctl, object_from_dict
 from k3snet.testing import strategies as ks
 
@@ -187,3 +187,12 @@ def test_objects_are_totally_ordered_across_kinds_and_families(
 def test_apply_to_refuses_a_delete_of_what_is_not_there() -> None:
     with pytest.raises(PlanError):
         Plan(changes=[Change.delete(Sysctl("net.ipv4.ip_forward", 1))]).apply_to(State())
+
+
+@given(st.from_type(State), st.from_type(Spec))
+def test_type_strategies_are_registered_through_the_hypothesis_entry_point(
+    state: State, spec: Spec
+) -> None:
+    assert isinstance(state, State)
+    assert plan(state, state).empty
+    assert Spec.from_dict(spec.to_dict()) == spec
