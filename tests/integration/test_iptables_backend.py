@@ -33,6 +33,7 @@ from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
 from k3snet.render.iptables import render_iptables_save
 from k3snet.testing import run_conformance, strategies
+from k3snet.testing.k3s import FLANNEL_FORWARD_V4, FLANNEL_NAT_V4, KUBE_PROXY_NAT_V4
 from k3snet.testing.netns import create_netns, delete_netns, run_in, temporary_netns, unique_name
 
 CONFIGS = [
@@ -42,50 +43,38 @@ CONFIGS = [
 ]
 
 # What K3s, flannel, kube-proxy, Docker and an administrator leave on a node.
-FOREIGN_V4 = """\
-*nat
-:FLANNEL-POSTRTG - [0:0]
-:KUBE-POSTROUTING - [0:0]
-:KUBE-SERVICES - [0:0]
-:KUBE-MARK-MASQ - [0:0]
--A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
--A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
--A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
--A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
--A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
--A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s 10.42.0.0/24 -d 10.42.0.0/16 -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s 10.42.0.0/16 -d 10.42.0.0/24 -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG ! -s 10.42.0.0/16 -d 10.42.0.0/24 -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s 10.42.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" \
--j MASQUERADE --random-fully
--A FLANNEL-POSTRTG ! -s 10.42.0.0/16 -d 10.42.0.0/16 -m comment --comment "flanneld masq" \
--j MASQUERADE --random-fully
--A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
--A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
--A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
--A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" \
--j MASQUERADE --random-fully
--A KUBE-SERVICES -d 10.43.0.1/32 -p tcp -m comment --comment "default/kubernetes:https" \
--m tcp --dport 443 -j KUBE-MARK-MASQ
-COMMIT
-*filter
-:FORWARD DROP [0:0]
-:DOCKER-USER - [0:0]
-:KUBE-FORWARD - [0:0]
-:FLANNEL-FWD - [0:0]
--A FORWARD -j DOCKER-USER
--A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
--A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
--A FORWARD -s 192.0.2.0/24 -j DROP
--A DOCKER-USER -j RETURN
--A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
--A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 \
--j ACCEPT
--A FLANNEL-FWD -s 10.42.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
--A FLANNEL-FWD -d 10.42.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
-COMMIT
-""".replace("\\\n", "")
+FOREIGN_V4 = "\n".join([
+    "*nat",
+    ":FLANNEL-POSTRTG - [0:0]",
+    ":KUBE-POSTROUTING - [0:0]",
+    ":KUBE-SERVICES - [0:0]",
+    ":KUBE-MARK-MASQ - [0:0]",
+    *KUBE_PROXY_NAT_V4[:3],
+    FLANNEL_NAT_V4[0],
+    "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+    *FLANNEL_NAT_V4[1:],
+    "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
+    *KUBE_PROXY_NAT_V4[3:],
+    '-A KUBE-SERVICES -d 10.43.0.1/32 -p tcp -m comment --comment "default/kubernetes:https" '
+    "-m tcp --dport 443 -j KUBE-MARK-MASQ",
+    "COMMIT",
+    "*filter",
+    ":FORWARD DROP [0:0]",
+    ":DOCKER-USER - [0:0]",
+    ":KUBE-FORWARD - [0:0]",
+    ":FLANNEL-FWD - [0:0]",
+    "-A FORWARD -j DOCKER-USER",
+    '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
+    FLANNEL_FORWARD_V4[0],
+    "-A FORWARD -s 192.0.2.0/24 -j DROP",
+    "-A DOCKER-USER -j RETURN",
+    "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
+    "-m mark --mark 0x4000/0x4000 -j ACCEPT",
+    *FLANNEL_FORWARD_V4[1:],
+    "COMMIT",
+    "",
+])
 
 FOREIGN_V6 = """\
 *nat

@@ -1,0 +1,43 @@
+"""What K3s leaves in iptables on a node: realistic foreign state for tests.
+
+flannel (vxlan, K3s defaults: pods 10.42.0.0/16, this node 10.42.0.0/24) and
+kube-proxy in iptables mode, as ``iptables-save`` prints them. Backend tests
+seed these before applying k3snet's own state and check they come out
+byte-identical; third-party backend authors can do the same.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FLANNEL_FORWARD_V4", "FLANNEL_NAT_V4", "KUBE_PROXY_NAT_V4"]
+
+_MASQ = '-m comment --comment "flanneld masq"'
+_FWD = '-m comment --comment "flanneld forward"'
+
+FLANNEL_NAT_V4: tuple[str, ...] = (
+    f"-A POSTROUTING {_MASQ} -j FLANNEL-POSTRTG",
+    f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {_MASQ} -j RETURN",
+    f"-A FLANNEL-POSTRTG -s 10.42.0.0/24 -d 10.42.0.0/16 {_MASQ} -j RETURN",
+    f"-A FLANNEL-POSTRTG -s 10.42.0.0/16 -d 10.42.0.0/24 {_MASQ} -j RETURN",
+    f"-A FLANNEL-POSTRTG ! -s 10.42.0.0/16 -d 10.42.0.0/24 {_MASQ} -j RETURN",
+    f"-A FLANNEL-POSTRTG -s 10.42.0.0/16 ! -d 224.0.0.0/4 {_MASQ} -j MASQUERADE --random-fully",
+    f"-A FLANNEL-POSTRTG ! -s 10.42.0.0/16 -d 10.42.0.0/16 {_MASQ} -j MASQUERADE --random-fully",
+)
+"""flannel's nat rules (needs ``:FLANNEL-POSTRTG - [0:0]`` declared)."""
+
+KUBE_PROXY_NAT_V4: tuple[str, ...] = (
+    '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+    '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+    '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+    "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+    "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
+    '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
+    "-j MASQUERADE --random-fully",
+)
+"""kube-proxy's nat hooks (needs ``:KUBE-SERVICES`` and ``:KUBE-POSTROUTING`` declared)."""
+
+FLANNEL_FORWARD_V4: tuple[str, ...] = (
+    f"-A FORWARD {_FWD} -j FLANNEL-FWD",
+    f"-A FLANNEL-FWD -s 10.42.0.0/16 {_FWD} -j ACCEPT",
+    f"-A FLANNEL-FWD -d 10.42.0.0/16 {_FWD} -j ACCEPT",
+)
+"""flannel's filter rules (needs ``:FLANNEL-FWD - [0:0]`` declared)."""
