@@ -41,10 +41,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from k3snet.backends.nftables import NftablesBackend, Syntax
+from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import MasqueradeRule, State
 from k3snet.planner import plan
 from k3snet.render.nftables import nft_rules, render_nftables_conf
-from k3snet.testing.netns import run_in, temporary_netns
 
 DESTINATION = "192.168.0.0/16"
 FULL_APPLY_TARGET = 1.5

@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from k3snet.backends.netlink import NetlinkBackend
+from k3snet.lab.netns import create_netns, delete_netns, unique_name
 from k3snet.model import Route, State
 from k3snet.planner import plan
-from k3snet.testing.netns import create_netns, delete_netns, unique_name
 
 TABLE = 100
 T = TypeVar("T")

@@ -242,7 +242,7 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
     if spec.connectivity_test is None:
         print(f"k3snet: error: {args.spec} has no connectivityTest", file=sys.stderr)
         return EXIT_ERROR
-    from k3snet.backends._kube import make_api_client  # noqa: PLC0415 - k3snet[kube] only
+    from k3snet.kube import make_api_client  # noqa: PLC0415 - k3snet[kube] only
     from k3snet.render.manifests import read_connectivity_result  # noqa: PLC0415
 
     client, owned = make_api_client(kubeconfig=args.kubeconfig, context=args.context)

@@ -1,6 +1,6 @@
 """``make demo``: the seed problem in network namespaces, broken, then fixed by k3snet.
 
-Builds the seed lab (:mod:`k3snet.testing.lab`): a pod behind a K3s node that
+Builds the seed lab (:mod:`k3snet.lab`): a pod behind a K3s node that
 reaches the database subnet through a router. Shows the pod failing to connect,
 prints the plan k3snet computes from ``examples/seed.yaml``, applies it, proves
 the fix with a real TCP exchange and a ping (the database sees the node's
@@ -25,10 +25,10 @@ from k3snet.backends.registry import create_backend
 from k3snet.converge import converge
 from k3snet.errors import K3snetError
 from k3snet.facts import gather_facts
+from k3snet.lab import NODE_ADDRESSES, Family, ProbeResult, SeedLab
 from k3snet.planner import plan
 from k3snet.spec import ForwardPolicy, Spec, load_spec
 from k3snet.spec import compile as compile_spec
-from k3snet.testing.lab import NODE_ADDRESSES, Family, ProbeResult, SeedLab
 
 __all__ = ["main", "run_demo"]
 

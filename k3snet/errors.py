@@ -12,7 +12,7 @@ exception a caller would expect, so ``except ValueError`` keeps working::
         ├── BackendNotFoundError(LookupError)  no backend registered under that name
         ├── BackendUnavailableError    the backend's dependencies or tools are missing
         ├── CheckError                 a dry run found the plan would fail
-        ├── KubeApiError               an API request failed (k3snet.backends._kube; .status)
+        ├── KubeApiError               an API request failed (k3snet.kube; .status)
         └── ApplyError                 an apply failed; says what was rolled back
             └── RollbackError          ... and the rollback failed too (state unknown)
 

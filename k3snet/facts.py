@@ -11,7 +11,7 @@ import json
 import subprocess
 from typing import Any
 
-from k3snet.backends._netns import validate_netns
+from k3snet.backends.netns import validate_netns
 from k3snet.errors import BackendError
 from k3snet.spec import NodeFacts
 

@@ -242,6 +242,26 @@ class Plan:
             _apply_change(change, owned, foreign, sysctl_foreign)
         return State(owned=owned.values(), foreign=foreign)
 
+    def problems(self, state: State) -> list[tuple[Change, str]]:
+        """Every change that does not fit ``state``, with why (empty when the plan fits).
+
+        The same rules as :meth:`apply_to`, but every change is judged (a change
+        that does not fit is skipped and the next one is judged against the rest),
+        so a backend can refuse a plan naming all of its problems at once.
+        """
+        owned = dict(state.by_key)
+        foreign = set(state.foreign)
+        sysctl_foreign: dict[tuple[Any, ...], Sysctl] = {
+            o.key: o for o in foreign if isinstance(o, Sysctl)
+        }
+        found: list[tuple[Change, str]] = []
+        for change in self.changes:
+            try:
+                _apply_change(change, owned, foreign, sysctl_foreign)
+            except PlanError as exc:
+                found.append((change, str(exc)))
+        return found
+
     def render(self) -> str:
         """A terraform-like listing.
 

@@ -11,7 +11,7 @@ Four traps of python-iptables are avoided here:
   bound to the network namespace of whichever thread made them first, and they
   commit their (possibly stale) copy when garbage-collected. We never use that
   cache: each call opens a private handle inside the namespace's worker thread
-  (:class:`~k3snet.backends._netns.NetnsRunner`), with autocommit off, and frees it;
+  (:class:`~k3snet.backends.netns.NetnsRunner`), with autocommit off, and frees it;
 * deciding whether ``-j NAME`` jumps to a chain asks ``Rule.tables``, which goes
   through that cache; our rules ask our own handle instead;
 * iptables >= 1.8.9 ships SNAT/MASQUERADE in one ``libxt_NAT.so`` whose
@@ -43,7 +43,7 @@ from typing import Any
 
 from k3snet.backends._iptables_rules import Line
 from k3snet.backends._iptables_table import INJECTED_CHAIN, Op
-from k3snet.backends._netns import NetnsRunner
+from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import BackendError, BackendUnavailableError
 
 __all__ = ["LibiptcDriver"]

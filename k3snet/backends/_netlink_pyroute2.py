@@ -8,7 +8,7 @@ One thread, one namespace
     pyroute2 0.9 keeps its socket and event loop per *thread*: an ``IPRoute``
     created in a namespace's worker thread and used from another thread talks to
     that other thread's namespace (the root one, usually). So the ``IPRoute`` is
-    created inside the :class:`~k3snet.backends._netns.NetnsRunner` worker thread,
+    created inside the :class:`~k3snet.backends.netns.NetnsRunner` worker thread,
     every use of it is a job run by that thread, and each job first checks that it
     runs in the thread that created it (:class:`~k3snet.errors.BackendError`
     otherwise). Nothing pyroute2 returns leaves the thread undecoded.
@@ -39,7 +39,6 @@ from typing import Any, Final, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 
-from k3snet.backends._netns import NetnsRunner
 from k3snet.backends.netlink import (
     _DUMP_RETRIES,
     _FAMILY_CODES,
@@ -58,6 +57,7 @@ from k3snet.backends.netlink import (
     _NetlinkError,
     _route_of,
 )
+from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import BackendError
 from k3snet.model.cidr import Address
 from k3snet.model.route import Route

@@ -20,12 +20,20 @@ a node's kernel, a file, a cluster. It is used in three steps::
   object it did not create; a plan naming one is refused.
 * **capabilities**: a plan with changes of other kinds is refused before
   anything is done (use :meth:`k3snet.Plan.only` to split a plan).
+* **lifecycle**: ``close()`` releases what the backend holds, and ``with
+  backend:`` closes it.
+
+The concerns every backend shares (lifecycle, plan fit, compensating undo,
+error mapping, observe cache, fault injection) are written once in
+:mod:`k3snet.backends.kit`; a custom backend can subclass
+:class:`~k3snet.backends.kit.BackendBase`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -84,6 +92,19 @@ class Backend(Protocol):
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change of ``plan``, all or nothing (see the module docs)."""
+        ...
+
+    def close(self) -> None:
+        """Release sockets, threads, clients (idempotent); the backend is not used after."""
+        ...
+
+    def __enter__(self) -> Any:
+        """``with backend:`` closes it at the end."""
+        ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Close the backend."""
         ...
 
 

@@ -39,20 +39,12 @@ destination from outgoing NAT).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any, Literal
 
 import attrs
 
-from k3snet.backends._kube import (
-    DEFAULT_TIMEOUT,
-    MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE,
-    KubeApiError,
-    kube_call,
-    make_api_client,
-)
 from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.kit import BackendBase
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -61,6 +53,14 @@ from k3snet.errors import (
     Problem,
     RollbackError,
     SpecError,
+)
+from k3snet.kube import (
+    DEFAULT_TIMEOUT,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    KubeApiError,
+    kube_call,
+    make_api_client,
 )
 from k3snet.model.cidr import Network, aggregate, subtract
 from k3snet.model.cni import (
@@ -193,7 +193,7 @@ class _Listing:
 # ---------------------------------------------------------------- the backend
 
 
-class CalicoBackend:
+class CalicoBackend(BackendBase):
     """Calico IP pools through the Kubernetes API (``crd.projectcalico.org/v1`` or v3).
 
     ``api_client`` is a ``kubernetes.client.ApiClient`` (else one is built from
@@ -215,6 +215,7 @@ class CalicoBackend:
         context: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
+        super().__init__()
         if api not in (*APIS, "auto"):
             raise ModelError(f"calico backend: api must be crd, v3 or auto, got {api!r}")
         if not field_manager or len(field_manager) > 128:
@@ -372,8 +373,11 @@ class CalicoBackend:
                             + "\n  ".join(problems))
         run = _Run(self, listing)
         done: list[Change] = []
-        for change in plan.changes:
+        fail_at = self.faults.take(plan)
+        for index, change in enumerate(plan.changes):
             try:
+                if index == fail_at:
+                    raise KubeApiError(f"injected failure (fault hook) at change {index}")
                 run.change(change)
             except KubeApiError as exc:
                 rolled_back = [c.inverse() for c in reversed(done)]
@@ -391,17 +395,11 @@ class CalicoBackend:
         return ApplyResult(self.name, tuple(done), operations=run.operations)
 
     def close(self) -> None:
-        """Release the API client if this backend built it."""
+        """Release the API client if this backend built it (idempotent)."""
         if self._owns_client and self._client is not None:
             self._client.close()
             self._client = None
-
-    def __enter__(self) -> CalicoBackend:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
+        super().close()
 
 
 class _Run:

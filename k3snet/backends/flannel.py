@@ -46,19 +46,19 @@ import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import attrs
 
-from k3snet.backends._kube import (
+from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.kit import BackendBase
+from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, Problem, SpecError
+from k3snet.kube import (
     DEFAULT_TIMEOUT,
     KubeApiError,
     kube_call,
     make_api_client,
 )
-from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, Problem, SpecError
 from k3snet.model.cidr import Network, parse_network
 from k3snet.model.cni import (
     FLANNEL_OWNED_MARKER,
@@ -436,7 +436,7 @@ def _foreign(target: str, doc: _Doc) -> FlannelConfig:
     return FlannelConfig.from_members(target, underlying)
 
 
-class FlannelBackend:
+class FlannelBackend(BackendBase):
     """Flannel's ``net-conf.json``, in a file (``path``) or a ConfigMap (``configmap``).
 
     Give at most one of ``path`` and ``configmap``; with neither, the ConfigMap of
@@ -460,6 +460,7 @@ class FlannelBackend:
         context: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
+        super().__init__()
         if path is not None and configmap is not None:
             raise ModelError("flannel backend: give a file path or a ConfigMap, not both")
         self._client: Any = None
@@ -510,6 +511,10 @@ class FlannelBackend:
             return ApplyResult(self.name, (), operations=0)
         doc = self._read_for_apply()
         text, record = self._edit(doc, plan)
+        fail_at = self.faults.take(plan)
+        if fail_at is not None:  # the write below is one step: refused, nothing is written
+            raise ApplyError(f"{self._store.where}: injected failure (fault hook), nothing was "
+                             "changed", failed=plan.changes[fail_at])
         operations = 1
         if text != doc.text or record != doc.record:
             operations += self._store.write(doc, text, record)
@@ -551,17 +556,11 @@ class FlannelBackend:
         return text, record
 
     def close(self) -> None:
-        """Release the API client if this backend built it."""
+        """Release the API client if this backend built it (idempotent)."""
         if self._owns_client and self._client is not None:
             self._client.close()
             self._client = None
-
-    def __enter__(self) -> FlannelBackend:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
+        super().close()
 
 
 def _apply_change(

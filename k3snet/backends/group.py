@@ -4,7 +4,8 @@ A node is usually driven by more than one backend (``netlink`` for routes and
 sysctls, ``nftables`` or ``iptables`` for NAT and forward rules). A
 :class:`BackendGroup` is itself a :class:`~k3snet.backends.Backend`: it splits a
 plan by kind, applies the parts in dependency order (the backend whose kinds
-come first goes first: sysctls and routes before NAT), and if one part fails,
+come first goes first: sysctls and routes before NAT), and if one part fails
+(for any reason: a refusal, an apply error, a crash of the member's code), it
 undoes the parts already applied, so the group keeps the all-or-nothing rule.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
+from k3snet.backends.kit import FaultHook
 from k3snet.errors import ApplyError, ModelError, RollbackError
 from k3snet.model.state import State, known_kinds
 from k3snet.planner import Change, Plan
@@ -63,6 +65,9 @@ class BackendGroup:
             raise ModelError("a backend group needs at least one backend")
         self.name = "+".join(m.backend.name for m in self.members)
         """The members' names, in apply order (``netlink+nftables``)."""
+        self.faults = FaultHook()
+        """The group's fault hook: an injected failure is handed to the member
+        that holds that change (see :class:`~k3snet.backends.kit.FaultHook`)."""
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -83,44 +88,84 @@ class BackendGroup:
         return tuple(problems)
 
     def apply(self, plan: Plan) -> ApplyResult:
-        """Apply each member's part in order; on failure undo the parts already applied."""
+        """Apply each member's part in order; on any failure undo the parts already applied.
+
+        All or nothing for any error of any member: an :class:`~k3snet.errors.ApplyError`,
+        a :class:`~k3snet.errors.PlanError` (a member refusing its part), or any
+        other exception. If nothing had been applied yet, the member's error is
+        raised as it is; otherwise the parts already applied are undone (in
+        reverse order, each through its own backend) and an ApplyError says so,
+        or a :class:`~k3snet.errors.RollbackError` if an undo failed too.
+        """
         ensure_capable(self, plan)
+        parts = [(member, plan.only(member.kinds)) for member in self.members]
+        hookless = self._arm_members(plan, parts)
         results: list[tuple[Member, ApplyResult]] = []
-        for member in self.members:
-            part = plan.only(member.kinds)
+        for member, part in parts:
             if not part.changes:
                 continue
             try:
+                if member is hookless:
+                    raise ApplyError(f"{member.backend.name}: injected failure before its part "
+                                     "(the backend has no fault hook)")
                 results.append((member, member.backend.apply(part)))
-            except ApplyError as exc:
-                undone = self._undo(results, exc)
+            except Exception as exc:
+                if not results:  # nothing of the group's doing to undo: the member's own error
+                    raise
+                undone = self._undo(results, exc, member)
+                previous = exc.rolled_back if isinstance(exc, ApplyError) else ()
                 raise ApplyError(
                     f"{member.backend.name}: {exc}",
-                    failed=exc.failed,
+                    failed=exc.failed if isinstance(exc, ApplyError) else None,
                     done=[],
-                    rolled_back=[*exc.rolled_back, *undone],
+                    rolled_back=[*previous, *undone],
                 ) from exc
         applied = tuple(c for _, r in results for c in r.applied)
         return ApplyResult(self.name, applied, sum(r.operations for _, r in results))
 
+    def _arm_members(self, plan: Plan, parts: Sequence[tuple[Member, Plan]]) -> Member | None:
+        """Hand the group's injected failure to the member that holds that change.
+
+        A member without a fault hook fails as a whole instead: the group raises
+        before applying its part (returned here).
+        """
+        at = self.faults.take(plan)
+        if at is None:
+            return None
+        failing = plan.changes[at]
+        for member, part in parts:
+            if failing in part.changes:
+                hook = getattr(member.backend, "faults", None)
+                if not isinstance(hook, FaultHook):
+                    return member
+                hook.fail_at(part.changes.index(failing))
+                return None
+        return None
+
     def close(self) -> None:
-        """Close every member that can be closed."""
+        """Close every member (all of them, even if one fails to close)."""
+        errors: list[Exception] = []
         for member in self.members:
-            close = getattr(member.backend, "close", None)
-            if callable(close):
-                close()
+            try:
+                member.backend.close()
+            except Exception as exc:  # noqa: BLE001 - the others are still closed
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     @staticmethod
-    def _undo(results: list[tuple[Member, ApplyResult]], cause: ApplyError) -> list[Change]:
+    def _undo(results: list[tuple[Member, ApplyResult]], cause: Exception,
+              failing: Member) -> list[Change]:
         undone: list[Change] = []
         for member, result in reversed(results):
             inverse = Plan(changes=[c.inverse() for c in reversed(result.applied)])
             try:
                 member.backend.apply(inverse)
-            except ApplyError as exc:
+            except Exception as exc:
                 raise RollbackError(
-                    f"{cause}; undoing {member.backend.name} failed too: {exc}",
-                    failed=cause.failed,
+                    f"{failing.backend.name}: {cause}; undoing {member.backend.name} "
+                    f"failed too: {exc}",
+                    failed=cause.failed if isinstance(cause, ApplyError) else None,
                     done=[c for _, r in results for c in r.applied],
                     rolled_back=undone,
                 ) from exc

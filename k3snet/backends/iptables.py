@@ -112,8 +112,9 @@ from k3snet.backends._iptables_table import (
     restore_text,
     revert_ops,
 )
-from k3snet.backends._netns import netns_path, validate_netns
 from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.kit import FaultHook
+from k3snet.backends.netns import netns_path, validate_netns
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -122,7 +123,7 @@ from k3snet.errors import (
     PlanError,
     RollbackError,
 )
-from k3snet.model._base import NetObject
+from k3snet.model import NetObject
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.state import State
@@ -190,10 +191,11 @@ class IptablesBackend:
 
     ``netns`` names the network namespace (``ip netns``) to work in; ``None`` is
     the caller's own. ``driver`` and ``mode`` are described in the module docs.
-    ``fail_after=N`` makes the next apply put an invalid line in the restore
-    input (or a failing libiptc call) after its Nth change, in the table that
-    change belongs to: that table's transaction is refused, tables already
-    committed are rolled back, and the kernel is left as it was (for tests).
+    ``faults.fail_at(N)`` (:class:`~k3snet.backends.kit.FaultHook`) makes the next
+    apply put an invalid line in the restore input (or a failing libiptc call)
+    for its change N, in the table that change belongs to: that table's
+    transaction is refused, tables already committed are rolled back, and the
+    kernel is left as it was (for tests).
     """
 
     name = "iptables"
@@ -205,22 +207,19 @@ class IptablesBackend:
         *,
         driver: Driver = "auto",
         mode: Mode = "auto",
-        fail_after: int | None = None,
         timeout: float = 30.0,
     ) -> None:
         if driver not in ("restore", "libiptc", "auto"):
             raise BackendError(f"driver must be 'restore', 'libiptc' or 'auto', not {driver!r}")
         if mode not in ("nft", "legacy", "auto"):
             raise BackendError(f"mode must be 'nft', 'legacy' or 'auto', not {mode!r}")
-        if fail_after is not None and (not isinstance(fail_after, int) or fail_after < 0):
-            raise BackendError(f"fail_after must be a non-negative integer, not {fail_after!r}")
         if netns is not None:
             path = netns_path(validate_netns(netns))
             if not path.exists():
                 raise BackendError(f"network namespace {netns!r} does not exist ({path})")
         self._netns = netns
         self._timeout = timeout
-        self._fail_after = fail_after
+        self.faults = FaultHook()
         self._driver: Literal["restore", "libiptc"] = "libiptc" if driver == "libiptc" else (
             "restore")
         self._mode: Literal["nft", "legacy"] | None = None if mode == "auto" else mode
@@ -325,7 +324,7 @@ class IptablesBackend:
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change, one transaction per table, or none (see the module docs)."""
         ensure_capable(self, plan)
-        fail_after, self._fail_after = self._fail_after, None
+        fail_after = self.faults.take(plan)
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
         with _gc_paused(len(plan.changes)) as pause:

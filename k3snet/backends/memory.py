@@ -2,8 +2,9 @@
 
 It is what every other backend is measured against (the conformance suite runs
 on it first) and what tests of embedding code use instead of a node. Like
-knftables' Fake, it dumps its state as text and loads it back, and it can be told
-to fail at the Nth change of the next apply to exercise rollback paths.
+knftables' Fake, it dumps its state as text and loads it back, and its
+:class:`~k3snet.backends.kit.FaultHook` makes an apply fail at any change to
+exercise rollback paths.
 
 >>> from k3snet.model import State, Sysctl
 >>> from k3snet.planner import plan
@@ -19,22 +20,24 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.errors import ApplyError, ModelError, PlanError
-from k3snet.model._base import NetObject
+from k3snet.backends.base import ApplyResult
+from k3snet.backends.kit import BackendBase, Compensation, fit_problems
+from k3snet.errors import ModelError
+from k3snet.model import NetObject
 from k3snet.model.state import State, known_kinds, object_from_dict
-from k3snet.planner import Change, Plan
+from k3snet.planner import Plan
 
 __all__ = ["MemoryBackend"]
 
 _HEADER = "# k3snet memory state v1"
 
 
-class MemoryBackend:
+class MemoryBackend(BackendBase):
     """An in-memory system: ``observe`` returns its state, ``apply`` changes it atomically.
 
-    ``capabilities`` defaults to every registered kind; ``fail_at=N`` makes the next apply
-    fail at its Nth change (0-based), after which the state is unchanged.
+    ``capabilities`` defaults to every registered kind. ``backend.faults.fail_at(N)``
+    makes the next apply fail at its change ``N`` (0-based), after which the state
+    is unchanged.
     """
 
     name = "memory"
@@ -44,15 +47,14 @@ class MemoryBackend:
         state: State | None = None,
         *,
         capabilities: Iterable[str] | None = None,
-        fail_at: int | None = None,
     ) -> None:
+        super().__init__()
         self._state = state if state is not None else State()
         known = known_kinds()
         self._capabilities = frozenset(known if capabilities is None else capabilities)
         unknown = self._capabilities - set(known)
         if unknown:
             raise ModelError(f"unknown kinds {sorted(unknown)}; known: {', '.join(known)}")
-        self._fail_at = fail_at
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -64,49 +66,34 @@ class MemoryBackend:
         """The whole state held (all kinds)."""
         return self._state
 
-    def fail_at(self, index: int | None) -> None:
-        """Make the next apply fail at change ``index`` (``None`` to stop failing)."""
-        self._fail_at = index
-
     def observe(self) -> State:
         """The state of the kinds this backend manages."""
         return self._state.only(self._capabilities)
 
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Problems applying ``plan`` would hit; nothing is changed."""
-        try:
-            ensure_capable(self, plan)
-            plan.apply_to(self._state)
-        except PlanError as exc:
-            return (str(exc),)
-        return ()
+        return tuple(fit_problems(self, plan, self._state))
 
     def apply(self, plan: Plan) -> ApplyResult:
-        """Apply every change or none; an injected failure rolls back what was done."""
-        ensure_capable(self, plan)
-        state = self._state
-        done: list[Change] = []
-        fail_at, self._fail_at = self._fail_at, None
-        for index, change in enumerate(plan.changes):
-            if index == fail_at:
-                raise ApplyError(
-                    f"memory backend: injected failure at change {index}",
-                    failed=change,
-                    done=done,
-                    rolled_back=[c.inverse() for c in reversed(done)],
-                )
-            try:
-                state = Plan(changes=[change]).apply_to(state)
-            except PlanError as exc:
-                raise ApplyError(
-                    f"memory backend: {exc}",
-                    failed=change,
-                    done=done,
-                    rolled_back=[c.inverse() for c in reversed(done)],
-                ) from exc
-            done.append(change)
+        """Apply every change or none; an injected failure rolls back what was done.
+
+        The whole plan is applied in one pass (linear in the state's size, whatever
+        the number of changes).
+        """
+        self.ensure_fits(plan, self._state)
+        before = self._state
+        fail_at = self.faults.take(plan)
+        if fail_at is not None:
+            # Make the changes before the failing one, as a real system would, then undo them.
+            undo = Compensation(self.name)
+            self._state = Plan(changes=plan.changes[:fail_at]).apply_to(before)
+            undo.record(plan.changes[:fail_at], lambda: self._restore(before))
+            undo.fail(plan.changes[fail_at], f"injected failure at change {fail_at}")
+        self._state = plan.apply_to(before)
+        return ApplyResult(self.name, plan.changes, operations=len(plan.changes))
+
+    def _restore(self, state: State) -> None:
         self._state = state
-        return ApplyResult(self.name, tuple(done), operations=len(done))
 
     def dump(self) -> str:
         """The state as text: one ``owned`` or ``foreign`` JSON object per line, sorted."""

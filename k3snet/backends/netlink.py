@@ -34,7 +34,7 @@ Two drivers
 
 Network namespaces
     The socket driver's sockets are created inside the target namespace by a
-    :class:`~k3snet.backends._netns.NetnsRunner` worker thread and used from the
+    :class:`~k3snet.backends.netns.NetnsRunner` worker thread and used from the
     caller's thread afterwards; the pyroute2 driver runs every call in that
     thread. Sysctls are read and written by that worker thread (``/proc/sys/net``
     resolves against the calling thread's namespace). The main thread never
@@ -92,8 +92,9 @@ from typing import Any, Final, Literal, NoReturn, Protocol
 
 import attrs
 
-from k3snet.backends._netns import NetnsRunner, netns_path
 from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.kit import FaultHook
+from k3snet.backends.netns import NetnsRunner, netns_path
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -102,7 +103,7 @@ from k3snet.errors import (
     PlanError,
     RollbackError,
 )
-from k3snet.model._base import NetObject
+from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteScope
 from k3snet.model.state import State
@@ -795,8 +796,9 @@ class NetlinkBackend:
     k3snet's routes. ``tables``: the routing tables observed and managed
     (``None``: all but ``local``); a plan touching another table is refused.
     ``watch_sysctls``: more sysctls to report as foreign besides
-    :data:`WATCHED_SYSCTLS`. ``fail_after=N`` makes the next apply fail, for
-    tests, after N changes were applied (the N+1th change fails).
+    :data:`WATCHED_SYSCTLS`. ``faults`` (:class:`~k3snet.backends.kit.FaultHook`):
+    ``faults.fail_at(N)`` makes the next apply fail at change N, for tests, after
+    the N changes before it were applied (and are then rolled back).
 
     ``driver``: how routes are read and written. ``"socket"`` (the default): raw
     rtnetlink sockets, batched requests and a route view kept warm by
@@ -829,7 +831,6 @@ class NetlinkBackend:
         state_dir: str | Path | None = None,
         protocol: int = K3SNET_ROUTE_PROTOCOL,
         tables: Iterable[int] | None = None,
-        fail_after: int | None = None,
         watch_sysctls: Iterable[str] = (),
         driver: Literal["socket", "pyroute2"] = "socket",
         proc_sys: str | Path = "/proc/sys",
@@ -852,7 +853,7 @@ class NetlinkBackend:
                                         for t in tables)
             except ModelError as exc:
                 raise BackendError(f"tables: {exc}") from exc
-        self.fail_after = fail_after
+        self.faults = FaultHook()
         try:
             self._watch = frozenset(Sysctl(n, "0").name for n in (*WATCHED_SYSCTLS,
                                                                    *watch_sysctls))
@@ -1142,7 +1143,7 @@ class NetlinkBackend:
         if not plan.changes:
             return ApplyResult(self.name, (), 0)
         start = self._operations
-        fail_after, self.fail_after = self.fail_after, None
+        fail_after = self.faults.take(plan)
         self._begin()
         has_sysctls = any(c.kind == "sysctl" for c in plan.changes)
         lock = self._store.locked() if has_sysctls else contextlib.nullcontext()
@@ -1230,7 +1231,7 @@ class NetlinkBackend:
                 done.append(step)
                 position += 1
         if stop < len(changes):
-            self._fail(changes[stop], f"injected failure (fail_after={fail_after})", done,
+            self._fail(changes[stop], f"injected failure (fault hook at change {fail_after})", done,
                        snapshot, None)
 
     def _apply_sysctl(self, step: _Step) -> None:

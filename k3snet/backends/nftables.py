@@ -58,9 +58,10 @@ Transactions
     refused command, which maps the failure to its change. The text is built only
     from validated values (addresses, prefixes, interface names limited to
     ``[A-Za-z0-9_.@+-]``, hex tags), never from free text.
-    ``fail_after=N`` (tests) puts a command the kernel refuses after the first
-    ``N`` changes' commands (the deletion of a rule handle that cannot exist:
-    libnftables lets it through, the kernel aborts the whole transaction).
+    ``faults.fail_at(N)`` (tests, :class:`~k3snet.backends.kit.FaultHook`) puts a
+    command the kernel refuses after the first ``N`` changes' commands (the
+    deletion of a rule handle that cannot exist: libnftables lets it through,
+    the kernel aborts the whole transaction).
 
 Handles and caching
     Deleting a rule needs its kernel handle. ``observe`` learns the handles of the
@@ -118,10 +119,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from k3snet.backends._netns import NetnsRunner
 from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.kit import FaultHook
+from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
-from k3snet.model._base import NetObject, validate_interface_name
+from k3snet.model import NetObject, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
@@ -795,9 +797,9 @@ class NftablesBackend:
     ``netns``: the network namespace to work in (``None``: the current one; a
     missing namespace raises :class:`~k3snet.errors.BackendError` here).
     ``family``: ``"inet"`` (one table) or ``"split"`` (``ip`` and ``ip6`` tables).
-    ``table``: the table name. ``fail_after=N`` (tests): every apply with more than
-    ``N`` changes carries, after the first ``N`` changes' commands, one the kernel
-    refuses, so the whole transaction is refused. ``observe_foreign``: whether
+    ``table``: the table name. ``faults.fail_at(N)`` (tests): the next apply
+    carries, after the first ``N`` changes' commands, one the kernel refuses, so
+    the whole transaction is refused. ``observe_foreign``: whether
     :meth:`observe` reads other tables (a few small listings). ``syntax``: batches
     in nft's own language (``"nft"``, the default: about 1.7x less parsing time on
     large batches, and errors quote the refused command) or in libnftables
@@ -818,16 +820,11 @@ class NftablesBackend:
         *,
         family: TableFamily = "inet",
         table: str = "k3snet",
-        fail_after: int | None = None,
         observe_foreign: bool = True,
         syntax: Syntax = "nft",
     ) -> None:
         self._families = table_families(family)
         self._table = validate_table_name(table)
-        if fail_after is not None and (
-            isinstance(fail_after, bool) or not isinstance(fail_after, int) or fail_after < 0
-        ):
-            raise ModelError(f"fail_after must be a number of changes >= 0, got {fail_after!r}")
         if syntax not in ("json", "nft"):
             raise ModelError(f"syntax must be 'json' or 'nft', got {syntax!r}")
         try:
@@ -838,7 +835,7 @@ class NftablesBackend:
                 "(pip install 'k3snet[nftables]')"
             ) from exc
         self.family: TableFamily = family
-        self.fail_after = fail_after
+        self.faults = FaultHook()
         self.observe_foreign = observe_foreign
         self.syntax: Syntax = syntax
         self._runner = NetnsRunner(netns)
@@ -1195,9 +1192,7 @@ class NftablesBackend:
 
     def _apply(self, kernel: _Kernel, plan: Plan) -> ApplyResult:
         calls = kernel.calls
-        inject = self.fail_after
-        if inject is not None and inject >= len(plan.changes):
-            inject = None
+        inject = self.faults.take(plan)
         cache, diff, batch = self._prepare(kernel, plan, inject)
         if batch.empty:
             return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
@@ -1206,7 +1201,7 @@ class NftablesBackend:
         if rc != 0:
             if kernel.genid() != genid:
                 self._cache = None  # someone else committed meanwhile: read again next time
-            cause = "injected failure (fail_after)" if inject is not None else "nftables"
+            cause = "injected failure (fault hook)" if inject is not None else "nftables"
             owner = inject if inject is not None else batch.owner_in(error)
             raise ApplyError(
                 f"{cause}: the kernel refused the transaction, nothing was changed: "

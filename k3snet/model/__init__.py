@@ -12,6 +12,7 @@ from k3snet.model.cidr import (
     subtract,
 )
 from k3snet.model.cni import FlannelConfig, IPPool, JsonMapping
+from k3snet.model.drift import Drift, ForwardDrift, NatDrift
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatRule, SnatRule
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route
@@ -31,11 +32,14 @@ __all__ = [
     "MAIN_TABLE",
     "OBJECT_TYPES",
     "Address",
+    "Drift",
     "FlannelConfig",
+    "ForwardDrift",
     "ForwardRule",
     "IPPool",
     "JsonMapping",
     "MasqueradeRule",
+    "NatDrift",
     "NatRule",
     "NetObject",
     "Network",

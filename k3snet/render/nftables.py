@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple
 
 from k3snet.errors import ModelError
-from k3snet.model._base import NetObject
+from k3snet.model import NetObject
 from k3snet.model.cidr import Network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule

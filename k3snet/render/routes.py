@@ -37,7 +37,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 
 from k3snet.errors import ModelError
-from k3snet.model._base import validate_interface_name
+from k3snet.model import validate_interface_name
 from k3snet.model.route import MAIN_TABLE, Route
 from k3snet.model.state import State
 

@@ -1,7 +1,9 @@
-"""Testing helpers shipped with k3snet: strategies, the conformance suite, lab fixtures.
+"""Testing helpers for users of k3snet: strategies, the conformance suite, fakes.
 
-Needs ``hypothesis`` (``pip install 'k3snet[testing]'``). The seed lab
-(:mod:`k3snet.testing.lab`) needs root and iproute2 and is imported on its own.
+Needs ``hypothesis`` (``pip install 'k3snet[testing]'``). Also here:
+:mod:`k3snet.testing.kube` (an emulated Kubernetes API server for cluster
+backends) and :mod:`k3snet.testing.k3s` (recorded iptables state of a K3s node).
+The seed lab, which needs root, lives in :mod:`k3snet.lab`.
 """
 
 from k3snet.testing import strategies

@@ -17,7 +17,13 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
 4. a second random desired state is reached from the first (replace and delete
    paths), and removing everything leaves the foreign state as it was found;
 5. plans with kinds outside ``capabilities``, or naming objects the backend does
-   not own, are refused and change nothing.
+   not own, are refused and change nothing;
+6. all or nothing: for random plans (of two or more changes where the backend can
+   hold two objects), a failure injected
+   through the backend's :class:`~k3snet.backends.kit.FaultHook` (``backend.faults``)
+   at *every* position raises :class:`~k3snet.errors.ApplyError` and leaves
+   ``observe()`` exactly as before. A backend without a fault hook, or one that
+   ignores it, or one that does not roll back, fails here.
 
 Failures raise ``AssertionError`` with the example that broke, shrunk by hypothesis.
 """
@@ -33,7 +39,8 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from k3snet.backends.base import Backend
-from k3snet.errors import K3snetError
+from k3snet.backends.kit import FaultHook
+from k3snet.errors import ApplyError, K3snetError, RollbackError
 from k3snet.model._base import NetObject
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule
@@ -57,7 +64,7 @@ def run_conformance(
     factory: Callable[[], Backend],
     *,
     objects: SearchStrategy[NetObject] | None = None,
-    max_examples: int = 20,
+    max_examples: int | None = None,
     max_objects: int = 8,
 ) -> None:
     """Run the backend conformance suite against backends made by ``factory``.
@@ -65,8 +72,12 @@ def run_conformance(
     ``factory()`` must return a backend that owns nothing yet (it may see foreign
     state). ``objects`` draws objects the backend can really hold (for a kernel
     backend: routes on devices that exist); by default, any object of the
-    backend's kinds. The backend is closed (if it has ``close``) at the end.
+    backend's kinds. ``max_examples`` is per stage; by default a tenth of the
+    active hypothesis profile's ``max_examples`` (at least 10), so a thorough
+    profile runs a thorough conformance suite. The backend is closed at the end.
     """
+    if max_examples is None:
+        max_examples = max(10, settings().max_examples // 10)
     backend = factory()
     try:
         _check_protocol(backend)
@@ -78,10 +89,9 @@ def run_conformance(
         assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
         _check_refusals(backend, baseline)
         _random_round_trips(backend, baseline, pool, max_examples, max_objects)
+        _all_or_nothing(backend, baseline, pool, max_examples, max_objects)
     finally:
-        close = getattr(backend, "close", None)
-        if callable(close):
-            close()
+        backend.close()
 
 
 def _check_protocol(backend: Any) -> None:
@@ -93,6 +103,11 @@ def _check_protocol(backend: Any) -> None:
     assert caps, "backend.capabilities must not be empty"
     unknown = caps - set(known_kinds())
     assert not unknown, f"capabilities name unregistered kinds: {sorted(unknown)}"
+    assert isinstance(getattr(backend, "faults", None), FaultHook), (
+        f"{backend.name} has no fault hook: give it a k3snet.backends.kit.FaultHook as "
+        "`faults` (BackendBase does) and honour it in apply, so the suite can prove that "
+        "a failed apply leaves the system as it was"
+    )
 
 
 def _check_refusals(backend: Backend, baseline: State) -> None:
@@ -146,6 +161,61 @@ def _random_round_trips(
             _reset(backend)
 
     round_trip()
+
+
+def _all_or_nothing(
+    backend: Backend,
+    baseline: State,
+    pool: SearchStrategy[NetObject],
+    max_examples: int,
+    max_objects: int,
+) -> None:
+    """A failure injected at every position of multi-change plans changes nothing."""
+    hook = backend.faults  # type: ignore[attr-defined]  # checked by _check_protocol
+    first_states = st.lists(pool, max_size=max_objects, unique_by=lambda o: o.key)
+    # At least one object: plans of two or more changes whenever the backend can
+    # hold two objects (a flannel target holds one config: its plans have one change).
+    second_states = st.lists(pool, min_size=1, max_size=max_objects, unique_by=lambda o: o.key)
+
+    @settings(max_examples=max_examples, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                     HealthCheck.data_too_large])
+    @given(first=first_states, second=second_states)
+    def fail_everywhere(first: list[NetObject], second: list[NetObject]) -> None:
+        try:
+            _converge(backend, State(owned=first))
+            before = backend.observe()
+            p = plan(before, State(owned=second))
+            if not p.changes:
+                return
+            for index in range(len(p.changes)):
+                _expect_injected_failure(backend, hook, p, index, before)
+        finally:
+            hook.fail_at(None)
+            _reset(backend)
+
+    fail_everywhere()
+
+
+def _expect_injected_failure(backend: Backend, hook: FaultHook, p: Plan, index: int,
+                             before: State) -> None:
+    where = f"a failure injected at change {index} of {len(p.changes)}"
+    hook.fail_at(index)
+    try:
+        backend.apply(p)
+    except RollbackError as exc:
+        raise AssertionError(f"{where}: the rollback failed: {exc}\nplan:\n{p.render()}") from exc
+    except ApplyError:
+        pass
+    else:
+        raise AssertionError(f"{where}: apply succeeded; the backend ignores its fault hook\n"
+                             f"plan:\n{p.render()}")
+    assert hook.armed is None, f"{where}: apply did not take the fault hook (still armed)"
+    after = backend.observe()
+    assert after == before, (
+        f"{where} left the backend changed (no rollback?):\n{_diff(before, after)}\n"
+        f"plan:\n{p.render()}"
+    )
 
 
 def _converge(backend: Backend, desired: State) -> None:

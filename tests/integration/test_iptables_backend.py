@@ -29,12 +29,12 @@ from k3snet.backends._iptables_rules import (
 )
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.errors import ApplyError, BackendError
+from k3snet.lab.netns import create_netns, delete_netns, run_in, temporary_netns, unique_name
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
 from k3snet.render.iptables import render_iptables_save
 from k3snet.testing import run_conformance, strategies
 from k3snet.testing.k3s import FLANNEL_FORWARD_V4, FLANNEL_NAT_V4, KUBE_PROXY_NAT_V4
-from k3snet.testing.netns import create_netns, delete_netns, run_in, temporary_netns, unique_name
 
 CONFIGS = [
     pytest.param(("nft", "restore"), id="nft-restore"),
@@ -386,8 +386,9 @@ def test_a_refused_apply_leaves_the_kernel_as_it_was(
     tables = {(c.subject.family, c.kind) for c in p.changes}
     assert len(tables) >= 3, p.render()
     fail_after = 0 if where == "first table" else len(p.changes) - 1
-    with make(ns, config, fail_after=fail_after) as backend:
+    with make(ns, config) as backend:
         observed = backend.observe()
+        backend.faults.fail_at(fail_after)
         with pytest.raises(ApplyError) as caught:
             backend.apply(p)
         error = caught.value
@@ -402,7 +403,7 @@ def test_a_refused_apply_leaves_the_kernel_as_it_was(
         assert after == before
         assert backend.observe() == observed
         assert plan(backend.observe(), wanted) == p
-        backend.apply(p)  # fail_after is used up: the same plan now goes through
+        backend.apply(p)  # the hook is used up: the same plan now goes through
         assert_kernel_matches(ns, mode, State(owned=p.target(wanted)))
 
 
@@ -415,8 +416,9 @@ def test_a_big_apply_pauses_the_gc_and_always_resumes_it(ns: str) -> None:
     big = State(owned=[MasqueradeRule(f"10.{i // 256}.{i % 256}.0/24",
                                       destination="192.168.2.0/24") for i in range(1200)])
     assert gc.isenabled()
-    with IptablesBackend(ns, mode="legacy", fail_after=600) as backend:
+    with IptablesBackend(ns, mode="legacy") as backend:
         p = plan(backend.observe(), big)
+        backend.faults.fail_at(600)
         with pytest.raises(ApplyError):
             backend.apply(p)
         assert gc.isenabled()
@@ -604,7 +606,7 @@ def test_conformance(ns: str, config: tuple[str, str]) -> None:
 def test_forward_drop_is_opened_and_pods_reach_the_database(
     require_root: None, lab_config: tuple[str, str]
 ) -> None:
-    from k3snet.testing.lab import NODE_ADDRESSES, POD_CIDRS, Family, SeedLab  # noqa: PLC0415
+    from k3snet.lab import NODE_ADDRESSES, POD_CIDRS, Family, SeedLab  # noqa: PLC0415
 
     mode, driver = lab_config
     if driver == "libiptc":

@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from k3snet.testing import lab as lab_module
-from k3snet.testing.lab import (
+from k3snet.lab import (
     NODE_ADDRESSES,
     POD_CIDRS,
     Family,
     ForwardTool,
     SeedLab,
 )
-from k3snet.testing.netns import netns_exists, run_in
+from k3snet.lab import seed as lab_module
+from k3snet.lab.netns import netns_exists, run_in
 
 pytestmark = [
     pytest.mark.lab,

@@ -25,13 +25,13 @@ from typing import Literal
 import pytest
 from hypothesis import strategies as st
 
-from k3snet.backends._netns import NetnsRunner
 from k3snet.backends.netlink import WATCHED_SYSCTLS, NetlinkBackend
+from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import ApplyError, BackendError, K3snetError, PlanError
+from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, State, Sysctl
 from k3snet.planner import Change, Plan, plan
 from k3snet.testing import strategies
-from k3snet.testing.netns import run_in, temporary_netns
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -267,7 +267,8 @@ def test_injected_failure_rolls_back_routes_and_sysctls(ns: str, tmp_path: Path,
     with NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
         backend.apply(plan(backend.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", 1)])))
     before_routes = kernel_routes(ns)
-    with NetlinkBackend(ns, state_dir=tmp_path, fail_after=3, driver=driver) as backend:
+    with NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        backend.faults.fail_at(3)
         observed = backend.observe()
         desired = State(owned=[
             Sysctl("net.ipv4.ip_forward", 1),
@@ -289,7 +290,7 @@ def test_injected_failure_rolls_back_routes_and_sysctls(ns: str, tmp_path: Path,
         assert sysctl_in(ns, "net/ipv4/conf/all/rp_filter") == "0"
         assert sysctl_in(ns, "net/ipv4/conf/d0/rp_filter") == "0"
         assert backend.observe() == observed
-        assert backend.fail_after is None  # one shot: the next apply goes through
+        assert backend.faults.armed is None  # one shot: the next apply goes through
         backend.apply(bad)
         assert backend.observe().owned == desired.owned
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from k3snet.backends.nftables import MARKER_CHAIN, NftablesBackend
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
+from k3snet.lab.netns import run_in, temporary_netns, unique_name
 from k3snet.model import ForwardRule, MasqueradeRule, SnatRule, State
 from k3snet.model._base import NetObject
 from k3snet.planner import Change, Plan, plan
@@ -35,7 +36,6 @@ from k3snet.render.nftables import (
 )
 from k3snet.testing import run_conformance, strategies
 from k3snet.testing.k3s import FLANNEL_FORWARD_V4, FLANNEL_NAT_V4, KUBE_PROXY_NAT_V4
-from k3snet.testing.netns import run_in, temporary_netns, unique_name
 
 SYNTAXES = ["json", "nft"]
 
@@ -249,8 +249,8 @@ def test_bad_options_are_refused() -> None:
         NftablesBackend(table="k3snet; flush ruleset")
     with pytest.raises(ModelError, match="family"):
         NftablesBackend(family="ip")  # type: ignore[arg-type]
-    with pytest.raises(ModelError, match="fail_after"):
-        NftablesBackend(fail_after=-1)
+    with pytest.raises(ValueError, match="fail_at"):
+        NftablesBackend().faults.fail_at(-1)
     with pytest.raises(ModelError, match="syntax"):
         NftablesBackend(syntax="xml")  # type: ignore[arg-type]
 
@@ -410,17 +410,17 @@ def test_a_refused_transaction_leaves_the_kernel_as_it_was(
         assert p.counts()["add"]
         assert p.counts()["delete"]
         ruleset = genid_text(seeded)
-        with (make(seeded, syntax, fail_after=fail_after) as failing,
-              pytest.raises(ApplyError, match="refused the transaction") as caught):
+        failing = make(seeded, syntax)
+        failing.faults.fail_at(fail_after)
+        with failing, pytest.raises(ApplyError, match="refused the transaction") as caught:
             failing.apply(p)
+        assert failing.faults.armed is None  # one shot
         assert caught.value.done == ()
         assert caught.value.rolled_back == ()
         assert caught.value.failed == p.changes[fail_after]
         assert genid_text(seeded) == ruleset  # handles included: nothing happened at all
         assert backend.observe() == observed
-        # a plan no longer than fail_after is not touched by the injection
-        with make(seeded, syntax, fail_after=len(p)) as lenient:
-            lenient.apply(p)
+        backend.apply(p)
         assert backend.observe().owned == frozenset(sorted(WANTED.owned)[2:])
 
 
@@ -452,9 +452,11 @@ def test_check_is_a_dry_run_the_kernel_validates(ns: str, syntax: str) -> None:
         ruleset = genid_text(ns)
         assert backend.check(p) == ()
         assert genid_text(ns) == ruleset
-        with make(ns, syntax, fail_after=1) as failing:
+        with make(ns, syntax) as failing:
+            failing.faults.fail_at(1)
             # check() never injects failures: it validates the real batch
             assert failing.check(p) == ()
+            assert failing.faults.armed == 1
 
 
 @pytest.mark.kernel

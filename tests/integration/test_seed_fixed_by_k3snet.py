@@ -16,7 +16,7 @@ import pytest
 
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT as STATE_ROOT
 from k3snet.demo import SPEC_PATH, run_demo
-from k3snet.testing.lab import NODE_ADDRESSES, SeedLab
+from k3snet.lab import NODE_ADDRESSES, SeedLab
 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("require_root")]
 

@@ -10,10 +10,12 @@ import pytest
 
 from k3snet import (
     ApplyError,
+    ApplyResult,
     BackendNotFoundError,
     BackendUnavailableError,
     ConflictError,
     MasqueradeRule,
+    Plan,
     PlanError,
     Route,
     State,
@@ -62,7 +64,7 @@ def test_memory_backend_failure_injection_rolls_back_everything() -> None:
     backend = MemoryBackend(State(foreign=[STATIC]))
     before = backend.dump()
     p = plan(backend.observe(), compile_spec(seed_spec()))
-    backend.fail_at(2)
+    backend.faults.fail_at(2)
     with pytest.raises(ApplyError) as info:
         backend.apply(p)
     assert info.value.failed == p.changes[2]
@@ -106,7 +108,7 @@ def test_group_applies_in_dependency_order_and_undoes_earlier_members_on_failure
     group = BackendGroup([Member(nat), Member(node)])
     assert [m.backend for m in group.members] == [node, nat]
     p = plan(group.observe(), compile_spec(seed_spec()))
-    nat.fail_at(1)
+    nat.faults.fail_at(1)
     with pytest.raises(ApplyError) as info:
         group.apply(p)
     assert not node.observe().owned
@@ -169,3 +171,40 @@ def test_a_third_party_backend_registered_by_entry_point_passes_conformance(
     rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
     backend.apply(plan(backend.observe(), State(owned=[rule])))
     assert backend.observe().owned == {rule}
+
+
+class _NoRollback(MemoryBackend):
+    """Honours its fault hook but leaves the changes made before the failure."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        fail_at = self.faults.take(plan)
+        for index, change in enumerate(plan.changes):
+            if index == fail_at:
+                raise ApplyError("injected", failed=change)
+            self._state = Plan(changes=[change]).apply_to(self._state)
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+class _IgnoresFaults(MemoryBackend):
+    """Never fails, whatever its fault hook says."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.faults.take(plan)
+        self._state = plan.apply_to(self._state)
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+@pytest.mark.parametrize("broken", [_NoRollback, _IgnoresFaults])
+def test_conformance_fails_a_backend_without_all_or_nothing(broken: type[MemoryBackend]) -> None:
+    with pytest.raises((AssertionError, ExceptionGroup)):
+        run_conformance(broken, max_examples=30)
+
+
+def test_conformance_fails_a_backend_without_a_fault_hook() -> None:
+    class NoHook(MemoryBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            del self.faults
+
+    with pytest.raises(AssertionError, match="has no fault hook"):
+        run_conformance(NoHook, max_examples=5)

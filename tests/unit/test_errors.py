@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from k3snet import errors
-from k3snet.backends._kube import KubeApiError
+from k3snet.kube import KubeApiError
 from k3snet.model import Sysctl
 from k3snet.planner import Change
 

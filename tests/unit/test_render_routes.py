@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from k3snet.errors import ModelError
+from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import Route, State, Sysctl
 from k3snet.render.routes import ip_route_args, render_ifupdown, render_netplan, render_networkd
 from k3snet.render.sysctl import render_sysctl_d
-from k3snet.testing.netns import run_in, temporary_netns
 
 ROUTES = (
     Route("10.1.0.0/24", gateway="10.0.0.2", device="d0"),

@@ -2,9 +2,10 @@
 
 It shows everything a backend needs: a ``name``, ``capabilities``,
 ``observe``, ``check`` and an all-or-nothing ``apply`` (write a temporary file,
-then rename it over the old one). Register it through the ``k3snet.backends``
-entry-point group (see ``pyproject.toml`` beside this package) and test it with
-``k3snet.testing.run_conformance``.
+then rename it over the old one), with the lifecycle, the plan-fit check and
+the fault hook taken from :class:`k3snet.backends.kit.BackendBase`. Register it
+through the ``k3snet.backends`` entry-point group (see ``pyproject.toml`` beside
+this package) and test it with ``k3snet.testing.run_conformance``.
 """
 
 from __future__ import annotations
@@ -14,20 +15,21 @@ import os
 import tempfile
 from pathlib import Path
 
-from k3snet import ApplyResult, Plan, PlanError, State
-from k3snet.backends import ensure_capable
+from k3snet import ApplyResult, Plan, State
+from k3snet.backends.kit import BackendBase, Compensation, fit_problems
 from k3snet.model import object_from_dict
 
 __all__ = ["JsonFileBackend"]
 
 
-class JsonFileBackend:
+class JsonFileBackend(BackendBase):
     """Owns the objects listed in one JSON file; sees no foreign state."""
 
     name = "jsonfile"
     capabilities = frozenset({"route", "nat"})
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
         self.path = Path(path)
 
     def observe(self) -> State:
@@ -36,16 +38,15 @@ class JsonFileBackend:
         return State(owned=[object_from_dict(o) for o in json.loads(self.path.read_text())])
 
     def check(self, plan: Plan) -> tuple[str, ...]:
-        try:
-            ensure_capable(self, plan)
-            plan.apply_to(self.observe())
-        except PlanError as exc:
-            return (str(exc),)
-        return ()
+        return tuple(fit_problems(self, plan, self.observe()))
 
     def apply(self, plan: Plan) -> ApplyResult:
-        ensure_capable(self, plan)
-        new = plan.apply_to(self.observe())  # raises before anything is written
+        observed = self.observe()
+        self.ensure_fits(plan, observed)  # refuses before anything is written
+        fail_at = self.faults.take(plan)
+        if fail_at is not None:  # the write below is one step: failing anywhere writes nothing
+            Compensation(self.name).fail(plan.changes[fail_at], "injected failure")
+        new = plan.apply_to(observed)
         data = json.dumps([o.to_dict() for o in sorted(new.owned)], indent=1)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".k3snet-")
         with os.fdopen(fd, "w") as handle:

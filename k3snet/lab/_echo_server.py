@@ -1,6 +1,6 @@
 """The seed lab's "legacy database": a TCP server that tells each client who it saw.
 
-Run inside the lab's db namespace as ``python -m k3snet.testing._echo_server --port
+Run inside the lab's db namespace as ``python -m k3snet.lab._echo_server --port
 5432``. It listens on IPv4 and IPv6 (two sockets, so an IPv4 peer shows as
 ``192.168.1.5`` rather than ``::ffff:192.168.1.5``), prints ``READY_LINE`` on
 stdout once both listen, then answers every connection with one line,

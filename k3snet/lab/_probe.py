@@ -2,8 +2,8 @@
 
 Run inside a lab namespace as::
 
-    python -m k3snet.testing._probe tcp --host ADDR --port 5432 --timeout 2
-    python -m k3snet.testing._probe ping --host ADDR --count 2 --timeout 2
+    python -m k3snet.lab._probe tcp --host ADDR --port 5432 --timeout 2
+    python -m k3snet.lab._probe ping --host ADDR --count 2 --timeout 2
 
 It prints exactly one JSON object on stdout and exits 0 whatever the outcome, so
 the caller tells a failed exchange (``"ok": false``) from a broken probe (no JSON):

@@ -45,8 +45,8 @@ from typing import Final, Literal, Self
 
 import attrs
 
-from k3snet.testing import _echo_server
-from k3snet.testing.netns import DEFAULT_TIMEOUT, run_in, temporary_netns
+from k3snet.lab import _echo_server
+from k3snet.lab.netns import DEFAULT_TIMEOUT, run_in, temporary_netns
 
 __all__ = [
     "DB_ADDRESSES",
@@ -211,7 +211,7 @@ def _address(names: Mapping[str, str]) -> None:
 
 def _start_server(db: str) -> subprocess.Popen[str]:
     """Start the echo server in ``db`` and wait until it listens."""
-    argv = ["ip", "netns", "exec", db, sys.executable, "-m", "k3snet.testing._echo_server"]
+    argv = ["ip", "netns", "exec", db, sys.executable, "-m", "k3snet.lab._echo_server"]
     server = subprocess.Popen(
         [*argv, "--port", str(DB_PORT)],
         stdin=subprocess.DEVNULL,
@@ -263,7 +263,7 @@ class SeedLab:
 
     Build it with :meth:`create` and use it as a context manager, which tears it
     down on exit. The namespace names are :attr:`pod`, :attr:`node`, :attr:`router`
-    and :attr:`db`; drive them with :func:`k3snet.testing.netns.run_in`.
+    and :attr:`db`; drive them with :func:`k3snet.lab.netns.run_in`.
     """
 
     def __init__(self, names: Mapping[str, str], server: subprocess.Popen[str], stack: ExitStack):
@@ -396,7 +396,7 @@ class SeedLab:
 
     def _run_probe(self, ns: str, args: list[str], budget: float) -> dict[str, object]:
         """Run the probe module in ``ns`` and return its JSON answer."""
-        argv = [sys.executable, "-m", "k3snet.testing._probe", *args]
+        argv = [sys.executable, "-m", "k3snet.lab._probe", *args]
         try:
             result = run_in(
                 ns, argv, check=False, timeout=budget + _PROBE_STARTUP_SLACK, env=_python_env()

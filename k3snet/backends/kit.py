@@ -1,0 +1,369 @@
+"""The backend kit: what every backend needs, written once.
+
+A backend is small when the concerns all backends share come from here:
+
+* :class:`BackendBase`: the lifecycle (``close`` and ``with``), a :class:`FaultHook`
+  as ``faults``, and :meth:`~BackendBase.ensure_capable` / :meth:`~BackendBase.ensure_fits`;
+* :func:`fit_problems`: does a plan fit what the backend owns? Built on the
+  planner's own rules (:meth:`k3snet.Plan.problems`), so every backend refuses
+  the same plans with the same words;
+* :class:`Compensation`: compensating undo for backends without kernel
+  transactions. Record each step's undo as it is done; on failure
+  :meth:`~Compensation.fail` undoes in reverse and raises
+  :class:`~k3snet.errors.ApplyError`, or :class:`~k3snet.errors.RollbackError`
+  when an undo fails too;
+* :func:`translate_errors`: the one place where a library's exception
+  (``OSError``, a client's ``ApiException``) becomes a k3snet error, ``from`` the
+  original, with the missing capability named when the system said "not permitted";
+* :class:`ObserveCache`: the observe-cache contract (a value kept while the
+  system's version token, such as the nftables generation id, stays the same);
+* :class:`FaultHook`: the one fault-injection hook, which
+  :func:`k3snet.testing.run_conformance` drives at every position of a plan.
+
+A custom backend that subclasses :class:`BackendBase` gets all of this::
+
+    class JsonFileBackend(BackendBase):
+        name = "jsonfile"
+        capabilities = frozenset({"nat"})
+
+        def apply(self, plan):
+            self.ensure_fits(plan, self.observe())
+            undo = Compensation(self.name)
+            fail_at = self.faults.take(plan)
+            for index, change in enumerate(plan.changes):
+                if index == fail_at:
+                    undo.fail(change, "injected failure")
+                ...
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Generic, NoReturn, Self, TypeVar
+
+from k3snet.backends.base import ensure_capable
+from k3snet.errors import ApplyError, BackendError, K3snetError, PlanError, RollbackError
+from k3snet.model.state import State
+from k3snet.planner import Change, Plan
+
+__all__ = [
+    "BackendBase",
+    "Compensation",
+    "FaultHook",
+    "ObserveCache",
+    "UndoFailure",
+    "ensure_fits",
+    "fit_problems",
+    "translate_errors",
+]
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- fault injection
+
+
+class FaultHook:
+    """The fault-injection hook: make the next apply fail at one change, once.
+
+    ``fail_at(i)`` arms it: the next :meth:`apply` with changes fails *at* change
+    ``i`` (0-based; an index past the end means the last change), as if the
+    system had refused that change. The changes before it may have been made;
+    the backend must leave the system exactly as it was before the apply and
+    raise :class:`~k3snet.errors.ApplyError`. The hook disarms itself when an
+    apply takes it (:meth:`take`), whether or not the plan had changes.
+
+    Backends honour it where a real failure would happen (an nftables batch gets
+    a command the kernel refuses, a netlink batch stops, a file write is not
+    renamed into place), so the conformance suite tests the real rollback path.
+    """
+
+    __slots__ = ("_at",)
+
+    def __init__(self) -> None:
+        self._at: int | None = None
+
+    def fail_at(self, index: int | None) -> None:
+        """Arm the hook for change ``index`` of the next apply (``None`` disarms it)."""
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int)
+                                  or index < 0):
+            raise ValueError(f"fail_at takes a change index >= 0 or None, not {index!r}")
+        self._at = index
+
+    @property
+    def armed(self) -> int | None:
+        """The index the next apply will fail at (``None``: it will not fail)."""
+        return self._at
+
+    def take(self, plan: Plan) -> int | None:
+        """For an apply of ``plan``: the index of the change to fail at (disarms the hook)."""
+        at, self._at = self._at, None
+        if at is None or not plan.changes:
+            return None
+        return min(at, len(plan.changes) - 1)
+
+
+# ---------------------------------------------------------------- plan fit
+
+
+def fit_problems(backend: object, plan: Plan, observed: State) -> list[str]:
+    """Why ``plan`` does not fit what ``backend`` observed (empty when it fits).
+
+    The plan's kinds must be among the backend's capabilities, and every change
+    must fit the owned state as the planner defines it (:meth:`k3snet.Plan.problems`):
+    no add over an existing object, no delete or replace of something k3snet
+    does not own as named. A change naming a foreign object says so.
+    """
+    problems: list[str] = []
+    try:
+        ensure_capable(backend, plan)  # type: ignore[arg-type]
+    except PlanError as exc:
+        problems.append(str(exc))
+    foreign = observed.foreign
+    for change, problem in plan.problems(observed):
+        before = change.before
+        if before is not None and before in foreign:
+            problems.append(f"cannot {change.action} {before}: it is not k3snet's (foreign); "
+                            "k3snet never changes it")
+        else:
+            problems.append(problem)
+    return problems
+
+
+def ensure_fits(backend: object, plan: Plan, observed: State) -> None:
+    """Raise :class:`~k3snet.errors.PlanError` listing every reason ``plan`` does not fit."""
+    problems = fit_problems(backend, plan, observed)
+    if problems:
+        name = getattr(backend, "name", type(backend).__name__)
+        raise PlanError(f"{name} backend refuses the plan, nothing was changed:\n  "
+                        + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------- compensating undo
+
+
+class UndoFailure(Exception):  # noqa: N818 - raised by undo callables, not a k3snet error
+    """Raised by an undo callable that undid only part of its steps.
+
+    ``undone`` are the inverse changes that did take effect, ``problems`` one
+    line per inverse that did not.
+    """
+
+    def __init__(self, problems: Sequence[str], undone: Sequence[Change] = ()) -> None:
+        self.problems = tuple(problems)
+        self.undone = tuple(undone)
+        super().__init__("; ".join(self.problems))
+
+
+class Compensation:
+    """The steps an apply has made, and how to take each one back.
+
+    ``record(changes, undo)`` after each step (``undo`` takes the step back, or
+    ``None`` when there is nothing to undo); on failure, :meth:`fail` runs the
+    undos in reverse order and raises :class:`~k3snet.errors.ApplyError` whose
+    ``done`` and ``rolled_back`` say what happened, or
+    :class:`~k3snet.errors.RollbackError` if an undo failed (the system may be
+    half-changed, and the message says which steps).
+    """
+
+    def __init__(self, backend: str, where: str = "") -> None:
+        self.backend = backend
+        self.where = where
+        self._steps: list[tuple[tuple[Change, ...], Callable[[], object] | None]] = []
+
+    @property
+    def done(self) -> tuple[Change, ...]:
+        """Every change recorded so far, in order."""
+        return tuple(c for changes, _ in self._steps for c in changes)
+
+    def record(self, changes: Change | Sequence[Change],
+               undo: Callable[[], object] | None = None) -> None:
+        """One step done: its change(s), and the callable that takes it back."""
+        batch = (changes,) if isinstance(changes, Change) else tuple(changes)
+        self._steps.append((batch, undo))
+
+    def rollback(self) -> tuple[list[Change], list[str]]:
+        """Undo every recorded step in reverse: (inverse changes done, problems)."""
+        undone: list[Change] = []
+        problems: list[str] = []
+        for changes, undo in reversed(self._steps):
+            inverses = [c.inverse() for c in reversed(changes)]
+            try:
+                if undo is not None:
+                    undo()
+            except UndoFailure as exc:
+                undone += exc.undone
+                problems += exc.problems
+            except Exception as exc:  # noqa: BLE001 - every undo failure is reported, none hides another
+                problems += [f"{inverse}: {exc}" for inverse in inverses]
+            else:
+                undone += inverses
+        self._steps.clear()
+        return undone, problems
+
+    def fail(self, failed: Change | None, reason: str,
+             cause: BaseException | None = None, *, extra_problems: Sequence[str] = ()
+             ) -> NoReturn:
+        """Undo everything recorded, then raise ApplyError (RollbackError if an undo failed)."""
+        done = list(self.done)
+        undone, problems = self.rollback()
+        problems = [*extra_problems, *problems]
+        where = f", {self.where}" if self.where else ""
+        subject = f"{failed} failed: " if failed is not None else ""
+        message = f"{self.backend} backend{where}: {subject}{reason}"
+        if problems:
+            message += ("\n  ROLLBACK FAILED, the system may be half-changed:\n    "
+                        + "\n    ".join(problems))
+            raise RollbackError(message, failed=failed, done=done,
+                                rolled_back=undone) from cause
+        if done:
+            message += f" (the {len(done)} change(s) made before it were undone)"
+        else:
+            message += " (nothing was changed)"
+        raise ApplyError(message, failed=failed, done=done, rolled_back=undone) from cause
+
+
+# ---------------------------------------------------------------- error mapping
+
+_PRIVILEGE_ERRNOS = frozenset({errno_codes.EPERM, errno_codes.EACCES})
+
+
+@contextmanager
+def translate_errors(
+    doing: str,
+    *,
+    errors: type[BaseException] | tuple[type[BaseException], ...] = OSError,
+    into: Callable[[str], BackendError] = BackendError,
+    capability: str | None = None,
+) -> Iterator[None]:
+    """Turn a library's exception into a k3snet error that says what was being done.
+
+    ``doing`` completes "cannot ..." (``"read the nftables generation id"``).
+    k3snet's own errors pass through untouched; ``errors`` become ``into(message)``
+    raised ``from`` the original. When the system answered "not permitted"
+    (``EPERM`` / ``EACCES``) and ``capability`` is given, the message names the
+    capability that is missing (``CAP_NET_ADMIN``).
+    """
+    try:
+        yield
+    except K3snetError:
+        raise
+    except errors as exc:
+        detail = str(exc) or type(exc).__name__
+        if capability is not None and _errno_of(exc) in _PRIVILEGE_ERRNOS:
+            detail += (f" (not permitted: this needs {capability}; run as root or grant the "
+                       "capability)")
+        raise into(f"cannot {doing}: {detail}") from exc
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int):
+        return abs(code)
+    return None
+
+
+# ---------------------------------------------------------------- observe cache
+
+
+class ObserveCache(Generic[T]):
+    """A value read from the system, kept while the system's version token is unchanged.
+
+    The contract every caching backend keeps:
+
+    * what is cached is stamped with a *version token* that every writer to the
+      system changes (the nftables generation id, a count of netlink
+      notifications, a resourceVersion), and reading the token is much cheaper
+      than reading the value;
+    * a read that saw the token change while it read is thrown away and done
+      again (at most ``attempts`` times, then :class:`~k3snet.errors.BackendError`);
+    * the cache is dropped after any failed apply (:meth:`invalidate`), and
+      ``refresh=True`` bypasses it.
+    """
+
+    def __init__(self, *, attempts: int = 3) -> None:
+        self.attempts = attempts
+        self._token: Hashable = None
+        self._value: T | None = None
+
+    @property
+    def value(self) -> T | None:
+        """The cached value, whatever its token (``None`` when empty)."""
+        return self._value
+
+    def invalidate(self) -> None:
+        """Forget the value: the next read loads it again."""
+        self._value = None
+        self._token = None
+
+    def put(self, token: Hashable, value: T) -> None:
+        """Keep ``value`` as read at version ``token``."""
+        self._token = token
+        self._value = value
+
+    def get(self, token: Hashable) -> T | None:
+        """The value if it was read at version ``token`` (else ``None``)."""
+        if self._value is not None and self._token == token:
+            return self._value
+        return None
+
+    def read(self, token: Callable[[], Hashable], load: Callable[[], T], *,
+             refresh: bool = False, what: str = "the system") -> T:
+        """The cached value if ``token()`` is unchanged, else a stable fresh ``load()``."""
+        before = token()
+        if not refresh:
+            cached = self.get(before)
+            if cached is not None:
+                return cached
+        for _ in range(self.attempts):
+            value = load()
+            after = token()
+            if after == before:
+                self.put(after, value)
+                return value
+            before = after
+        self.invalidate()
+        raise BackendError(f"{what} kept changing while k3snet read it "
+                           f"({self.attempts} attempts); try again")
+
+
+# ---------------------------------------------------------------- the base class
+
+
+class BackendBase:
+    """A base for backends: lifecycle, fault hook and plan-fit checks.
+
+    Subclasses set ``name`` and ``capabilities`` (a class attribute or a
+    property) and write ``observe``, ``check``
+    and ``apply``; they call ``super().__init__()`` and, if they hold resources,
+    override :meth:`close` (calling ``super().close()``). Nothing here touches
+    the system.
+    """
+
+    name: str = ""
+
+    def __init__(self) -> None:
+        self.faults = FaultHook()
+        self.closed = False
+
+    def close(self) -> None:
+        """Release what the backend holds (idempotent)."""
+        self.closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def ensure_capable(self, plan: Plan) -> None:
+        """Refuse a plan with kinds this backend does not manage (PlanError)."""
+        ensure_capable(self, plan)  # type: ignore[arg-type]
+
+    def ensure_fits(self, plan: Plan, observed: State) -> None:
+        """Refuse a plan that does not fit ``observed`` (PlanError listing every reason)."""
+        ensure_fits(self, plan, observed)
