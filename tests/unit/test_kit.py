@@ -1,0 +1,197 @@
+"""The backend kit: each shared concern, tested once."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from k3snet import ApplyError, Change, MasqueradeRule, Plan, PlanError, RollbackError, State
+from k3snet.backends.kit import (
+    BackendBase,
+    Compensation,
+    FaultHook,
+    ObserveCache,
+    UndoFailure,
+    ensure_fits,
+    fit_problems,
+    translate_errors,
+)
+from k3snet.errors import BackendError
+
+A = MasqueradeRule("10.42.0.0/16")
+B = MasqueradeRule("10.43.0.0/16")
+C = MasqueradeRule("10.44.0.0/16")
+
+
+class Nat(BackendBase):
+    name = "nat-only"
+    capabilities = frozenset({"nat"})
+
+
+# ---------------------------------------------------------------- FaultHook
+
+
+def test_fault_hook_fires_once_at_the_index_given() -> None:
+    hook = FaultHook()
+    p = Plan(changes=[Change.add(A), Change.add(B)])
+    hook.fail_at(1)
+    assert hook.armed == 1
+    assert hook.take(p) == 1
+    assert hook.armed is None
+    assert hook.take(p) is None
+
+
+def test_fault_hook_past_the_end_means_the_last_change_and_empty_plans_disarm() -> None:
+    hook = FaultHook()
+    hook.fail_at(9)
+    assert hook.take(Plan(changes=[Change.add(A), Change.add(B)])) == 1
+    hook.fail_at(0)
+    assert hook.take(Plan()) is None
+    assert hook.armed is None
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "0"])
+def test_fault_hook_refuses_what_is_not_an_index(bad: object) -> None:
+    with pytest.raises(ValueError, match="fail_at"):
+        FaultHook().fail_at(bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- plan fit
+
+
+def test_fit_problems_lists_every_problem_at_once() -> None:
+    observed = State(owned=[A], foreign=[C])
+    p = Plan(changes=[Change.add(A), Change.delete(B), Change.delete(C)])
+    problems = fit_problems(Nat(), p, observed)
+    assert len(problems) == 3
+    assert problems[0].startswith("cannot add")
+    assert "not in the state" in problems[1]
+    assert "not k3snet's (foreign)" in problems[2]
+
+
+def test_fit_problems_judges_each_change_after_the_ones_before() -> None:
+    p = Plan(changes=[Change.add(B), Change.replace(B, MasqueradeRule("10.43.0.0/16",
+                                                                       random_fully=True))])
+    assert fit_problems(Nat(), p, State()) == []
+
+
+def test_fit_problems_names_kinds_outside_the_capabilities() -> None:
+    from k3snet import Sysctl  # noqa: PLC0415 - only here
+
+    p = Plan(changes=[Change.add(Sysctl("net.ipv4.ip_forward", "1"))])
+    assert "also changes sysctl" in fit_problems(Nat(), p, State())[0]
+
+
+def test_ensure_fits_raises_plan_error_with_the_backend_name() -> None:
+    with pytest.raises(PlanError, match="nat-only backend refuses the plan"):
+        ensure_fits(Nat(), Plan(changes=[Change.delete(A)]), State())
+
+
+# ---------------------------------------------------------------- Compensation
+
+
+def test_compensation_undoes_in_reverse_and_raises_apply_error() -> None:
+    log: list[str] = []
+    undo = Compensation("demo", "netns x")
+    undo.record(Change.add(A), lambda: log.append("a"))
+    undo.record([Change.add(B), Change.add(C)], lambda: log.append("bc"))
+    with pytest.raises(ApplyError) as caught:
+        undo.fail(Change.add(MasqueradeRule("10.45.0.0/16")), "refused")
+    assert log == ["bc", "a"]
+    error = caught.value
+    assert not isinstance(error, RollbackError)
+    assert error.done == (Change.add(A), Change.add(B), Change.add(C))
+    assert error.rolled_back == (Change.delete(C), Change.delete(B), Change.delete(A))
+    assert "demo backend, netns x:" in str(error)
+    assert "3 change(s) made before it were undone" in str(error)
+
+
+def test_compensation_reports_every_failed_undo_as_rollback_error() -> None:
+    def broken() -> None:
+        raise OSError(errno.EIO, "gone")
+
+    def partial() -> None:
+        raise UndoFailure(["delete 10.44.0.0/16: busy"], undone=[Change.delete(B)])
+
+    undo = Compensation("demo")
+    undo.record(Change.add(A), broken)
+    undo.record([Change.add(B), Change.add(C)], partial)
+    with pytest.raises(RollbackError) as caught:
+        undo.fail(None, "refused", OSError("x"))
+    message = str(caught.value)
+    assert "ROLLBACK FAILED" in message
+    assert "busy" in message
+    assert "gone" in message
+    assert caught.value.rolled_back == (Change.delete(B),)
+
+
+def test_compensation_with_nothing_done_says_nothing_changed() -> None:
+    with pytest.raises(ApplyError, match="nothing was changed"):
+        Compensation("demo").fail(Change.add(A), "refused")
+
+
+# ---------------------------------------------------------------- translate_errors
+
+
+def test_translate_errors_maps_library_errors_and_keeps_the_cause() -> None:
+    cause = OSError(errno.ENOENT, "no such file")
+    with pytest.raises(BackendError, match=r"cannot read x: .*no such file") as caught, \
+            translate_errors("read x"):
+        raise cause
+    assert caught.value.__cause__ is cause
+
+
+def test_translate_errors_names_the_missing_capability() -> None:
+    with pytest.raises(BackendError, match="needs CAP_NET_ADMIN"), \
+            translate_errors("read the generation id", capability="CAP_NET_ADMIN"):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+
+def test_translate_errors_lets_k3snet_errors_and_others_through() -> None:
+    with pytest.raises(PlanError), translate_errors("x"):
+        raise PlanError("mine")
+    with pytest.raises(KeyError), translate_errors("x"):
+        raise KeyError("not an OSError")
+
+
+# ---------------------------------------------------------------- ObserveCache
+
+
+def test_observe_cache_reads_only_when_the_token_changes() -> None:
+    token = [1]
+    loads: list[int] = []
+    cache: ObserveCache[str] = ObserveCache()
+
+    def load() -> str:
+        loads.append(token[0])
+        return f"state at {token[0]}"
+
+    assert cache.read(lambda: token[0], load) == "state at 1"
+    assert cache.read(lambda: token[0], load) == "state at 1"
+    assert loads == [1]
+    token[0] = 2
+    assert cache.read(lambda: token[0], load) == "state at 2"
+    assert cache.read(lambda: token[0], load, refresh=True) == "state at 2"
+    assert loads == [1, 2, 2]
+    cache.invalidate()
+    assert cache.value is None
+
+
+def test_observe_cache_rereads_when_a_writer_commits_meanwhile_and_gives_up_typed() -> None:
+    counter = iter(range(100))
+    cache: ObserveCache[int] = ObserveCache(attempts=3)
+    with pytest.raises(BackendError, match=r"kept changing .*3 attempts"):
+        cache.read(lambda: next(counter), lambda: 0)
+    stable = iter([5, 6, 7, 7])
+    assert cache.read(lambda: next(stable), lambda: 42) == 42
+
+
+# ---------------------------------------------------------------- BackendBase
+
+
+def test_backend_base_gives_the_lifecycle_and_a_hook() -> None:
+    with Nat() as backend:
+        assert isinstance(backend.faults, FaultHook)
+        assert not backend.closed
+    assert backend.closed
