@@ -41,28 +41,71 @@ def parse_network(value: str | Network, *, strict: bool = True) -> Network:
     IPv4Network('10.42.0.0/16')
     """
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return value
+        return _without_zone(value)
     if not isinstance(value, str):
-        raise ModelError(f"expected a CIDR string, got {type(value).__name__} {value!r}")
+        raise ModelError(f"expected a CIDR string, got {type(value).__name__} {_shown(value)}")
     try:
-        return ipaddress.ip_network(value.strip(), strict=strict)
+        net = ipaddress.ip_network(value.strip(), strict=strict)
     except ValueError as exc:
         if "has host bits set" in str(exc):
             fixed = ipaddress.ip_network(value.strip(), strict=False)
-            raise ModelError(f"{value!r} has host bits set (did you mean {fixed}?)") from exc
-        raise ModelError(f"{value!r} is not a valid CIDR") from exc
+            raise ModelError(f"{_shown(value)} has host bits set (did you mean {fixed}?)") from exc
+        raise ModelError(f"{_shown(value)} is not a valid CIDR") from exc
+    return _without_zone(net)
 
 
 def parse_address(value: str | Address) -> Address:
     """Parse ``value`` as a single IPv4 or IPv6 address."""
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        return value
+        return _checked_zone(value)
     if not isinstance(value, str):
-        raise ModelError(f"expected an address string, got {type(value).__name__} {value!r}")
+        raise ModelError(f"expected an address string, got {type(value).__name__} {_shown(value)}")
     try:
-        return ipaddress.ip_address(value.strip())
+        address = ipaddress.ip_address(value.strip())
     except ValueError as exc:
-        raise ModelError(f"{value!r} is not a valid IP address") from exc
+        raise ModelError(f"{_shown(value)} is not a valid IP address") from exc
+    return _checked_zone(address)
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages never echo huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _without_zone(net: Network) -> Network:
+    """Refuse a prefix with an IPv6 zone id (``fd00::%x/64``): no prefix has one.
+
+    :mod:`ipaddress` accepts any text after ``%``; left in, it would reach nft
+    text, iptables lines and config files verbatim.
+    """
+    if isinstance(net, ipaddress.IPv6Network) and net.network_address.scope_id is not None:
+        raise ModelError(f"{_shown(str(net))}: a prefix has no zone id ('%...'); "
+                         "give the interface where the model has one (a route's device)")
+    return net
+
+
+def _checked_zone(address: Address) -> Address:
+    """Allow a zone id only on a link-local IPv6 address, and only an interface name.
+
+    ``fe80::1%eth0`` is meaningful; ``fd01::5%anything`` is not, and the text
+    after ``%`` would otherwise reach every output language verbatim.
+    """
+    if not isinstance(address, ipaddress.IPv6Address) or address.scope_id is None:
+        return address
+    zone = address.scope_id
+    if not address.is_link_local:
+        raise ModelError(f"{_shown(str(address))}: only a link-local address (fe80::/10) can "
+                         "have a zone id ('%...')")
+    # Imported here: _base imports this module.
+    from k3snet.model._base import validate_interface_name  # noqa: PLC0415
+
+    try:
+        validate_interface_name(zone)
+    except ModelError as exc:
+        raise ModelError(f"the zone id of {_shown(str(address))} must be an interface "
+                         f"name: {exc}") from exc
+    return address
 
 
 def family_of(value: Network | Address) -> int:
