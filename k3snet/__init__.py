@@ -25,6 +25,9 @@ from k3snet.backends import (
     load_backend,
     register_backend,
 )
+from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.memory import MemoryBackend
+from k3snet.converge import Convergence, converge, destroy
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -38,6 +41,7 @@ from k3snet.errors import (
     Problem,
     RollbackError,
     SpecError,
+    TeardownError,
 )
 from k3snet.model import (
     K3SNET_ROUTE_PROTOCOL,
@@ -76,18 +80,22 @@ __all__ = [
     "ApplyResult",
     "Backend",
     "BackendError",
+    "BackendGroup",
     "BackendNotFoundError",
     "BackendUnavailableError",
     "Change",
     "CheckError",
     "Cluster",
     "ConflictError",
+    "Convergence",
     "Destination",
     "ForwardPolicy",
     "ForwardRule",
     "K3snetError",
     "MasqueradePolicy",
     "MasqueradeRule",
+    "Member",
+    "MemoryBackend",
     "ModelError",
     "NetObject",
     "NodeFacts",
@@ -102,12 +110,15 @@ __all__ = [
     "SpecError",
     "State",
     "Sysctl",
+    "TeardownError",
     "__version__",
     "aggregate",
     "available_backends",
     "compile",
     "contains",
+    "converge",
     "create_backend",
+    "destroy",
     "load_backend",
     "load_ip_masq_agent_config",
     "load_spec",

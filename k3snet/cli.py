@@ -21,7 +21,7 @@ from typing import Any
 
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.registry import available_backends, create_backend, load_backend
-from k3snet.converge import compile_for, converge
+from k3snet.converge import compile_for, converge, destroy
 from k3snet.errors import K3snetError
 from k3snet.facts import gather_facts
 from k3snet.model.state import KINDS, State
@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     apply = node_command("apply", "Apply the plan and print what was done.")
     apply.add_argument("--allow-conflicts", action="store_true",
                        help="apply the rest of the plan even if foreign state blocks part of it")
+    apply.add_argument("--allow-teardown", action="store_true",
+                       help="apply even a plan that deletes everything k3snet owns through a "
+                            "backend (refused by default: see `k3snet destroy`)")
+    destroy = node_command("destroy", "Remove everything k3snet owns (rules, routes; owned "
+                           "sysctls get their previous values back); nothing else is touched.",
+                           spec_required=False)
+    destroy.add_argument("--auto-approve", action="store_true",
+                         help="do not ask for confirmation (needed when stdin is not a terminal)")
+    destroy.add_argument("--dry-run", action="store_true",
+                         help="print what would be removed, change nothing")
     node_command("observe", "Print the owned and foreign state the backends see.",
                  spec_required=False)
     agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet).")
@@ -186,7 +196,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     spec = _spec(args)
     with _backend(args, spec) as backend:
         done = converge(backend, _desired(args, spec, backend),
-                        allow_conflicts=args.allow_conflicts)
+                        allow_conflicts=args.allow_conflicts,
+                        allow_teardown=args.allow_teardown)
     if args.output == "json":
         _print_json({
             "plan": done.plan.to_dict(),
@@ -199,6 +210,35 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(done.plan.render())
         print(done.result.render())
     return EXIT_OK
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    spec = _spec(args) if args.spec else None
+    with _backend(args, spec) as backend:
+        preview = destroy(backend, dry_run=True)
+        if preview.plan.empty:
+            print("Nothing to destroy: k3snet owns nothing here.")
+            return EXIT_OK
+        print(preview.plan.render())
+        if args.dry_run:
+            return EXIT_CHANGES
+        if not args.auto_approve and not _confirm("Remove everything listed above?"):
+            print("k3snet: nothing was changed", file=sys.stderr)
+            return EXIT_ERROR
+        done = destroy(backend)
+    if done.result is not None:
+        print(done.result.render())
+    return EXIT_OK
+
+
+def _confirm(question: str) -> bool:
+    """Ask on a terminal; refuse (never guess) when stdin is not one."""
+    if not sys.stdin.isatty():
+        print("k3snet: error: stdin is not a terminal; pass --auto-approve to confirm",
+              file=sys.stderr)
+        return False
+    answer = input(f"{question} Only 'yes' is accepted: ")
+    return answer.strip() == "yes"
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
@@ -342,6 +382,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plan": cmd_plan,
     "apply": cmd_apply,
     "observe": cmd_observe,
+    "destroy": cmd_destroy,
     "agent": cmd_agent,
     "validate": cmd_validate,
     "connectivity": cmd_connectivity,

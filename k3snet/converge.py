@@ -11,7 +11,9 @@ import attrs
 
 from k3snet.backends.base import ApplyResult, Backend
 from k3snet.backends.group import BackendGroup
-from k3snet.errors import CheckError, ConflictError
+from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_lock, namespaces_of
+from k3snet.errors import CheckError, ConflictError, TeardownError
+from k3snet.model.drift import Drift
 from k3snet.model.state import KINDS, State
 from k3snet.planner import Plan, plan
 from k3snet.spec import NodeFacts, Spec
@@ -56,7 +58,7 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
                                      block_size=c.block_size, node_selector=c.node_selector))
     return State().merge(*parts).only(kinds)
 
-__all__ = ["Convergence", "compile_for", "converge"]
+__all__ = ["Convergence", "compile_for", "converge", "destroy", "refuse_teardown"]
 
 
 @attrs.frozen
@@ -74,23 +76,72 @@ def converge(
     *,
     dry_run: bool = False,
     allow_conflicts: bool = False,
+    allow_teardown: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> Convergence:
     """Bring ``backend``'s owned state to ``desired`` (its kinds only).
 
-    Raises :class:`~k3snet.errors.ConflictError` when foreign state blocks part
-    of the spec (unless ``allow_conflicts``), :class:`~k3snet.errors.CheckError`
-    when the dry run finds problems, and :class:`~k3snet.errors.ApplyError`
-    (nothing changed, or rolled back) when the apply fails.
+    Holds the lock of every network namespace the backend acts in (see
+    :mod:`k3snet.backends.lock`) from observe to the end of apply, so two k3snet
+    processes never apply one plan twice. Raises
+    :class:`~k3snet.errors.ConflictError` when foreign state blocks part of the
+    spec (unless ``allow_conflicts``), :class:`~k3snet.errors.TeardownError` when
+    the plan would delete everything k3snet owns through one backend (unless
+    ``allow_teardown``; :func:`destroy` is the way to remove everything),
+    :class:`~k3snet.errors.CheckError` when the dry run finds problems, and
+    :class:`~k3snet.errors.ApplyError` (nothing changed, or rolled back) when the
+    apply fails.
     """
-    observed = backend.observe()
-    p = plan(observed, desired.only(backend.capabilities))
-    if p.conflicts and not allow_conflicts:
-        lines = [n.render().replace("\n", " ") for n in p.conflicts]
-        raise ConflictError("foreign state conflicts with the spec; nothing was applied:\n  "
-                            + "\n  ".join(lines))
-    if dry_run or p.empty:
-        return Convergence(observed, p, None)
-    problems = backend.check(p)
-    if problems:
-        raise CheckError("the plan would fail; nothing was applied:", problems)
-    return Convergence(observed, p, backend.apply(p))
+    with namespace_lock(namespaces_of(backend), timeout=lock_timeout):
+        observed = backend.observe()
+        p = plan(observed, desired.only(backend.capabilities))
+        if p.conflicts and not allow_conflicts:
+            lines = [n.render().replace("\n", " ") for n in p.conflicts]
+            raise ConflictError("foreign state conflicts with the spec; nothing was applied:\n  "
+                                + "\n  ".join(lines))
+        if not allow_teardown:
+            refuse_teardown(backend, observed, p)
+        if dry_run or p.empty:
+            return Convergence(observed, p, None)
+        problems = backend.check(p)
+        if problems:
+            raise CheckError("the plan would fail; nothing was applied:", problems)
+        return Convergence(observed, p, backend.apply(p))
+
+
+def destroy(backend: Backend, *, dry_run: bool = False,
+            lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Convergence:
+    """Remove everything k3snet owns through ``backend``, and nothing else.
+
+    Owned routes, rules, chains and tables go; owned sysctls get their recorded
+    previous values back; foreign objects are not touched (the plan only ever
+    names owned ones). ``dry_run`` returns the plan without applying it.
+    """
+    return converge(backend, State(), dry_run=dry_run, allow_conflicts=True,
+                    allow_teardown=True, lock_timeout=lock_timeout)
+
+
+def refuse_teardown(backend: Backend, observed: State, p: Plan) -> None:
+    """Raise TeardownError if ``p`` leaves a backend that owns objects owning none.
+
+    A spec that lost its destinations (an empty or truncated file, a bad merge)
+    must not silently remove egress from a node; drift objects do not count as
+    something to keep.
+    """
+    members = backend.members if isinstance(backend, BackendGroup) else None
+    groups = ([(m.backend.name, m.kinds) for m in members] if members is not None
+              else [(backend.name, frozenset(backend.capabilities))])
+    deletes = {c.subject for c in p.changes if c.action == "delete"}
+    if not deletes:
+        return
+    adds = {c.kind for c in p.changes if c.action != "delete"}
+    emptied: list[str] = []
+    for name, kinds in groups:
+        owned = [o for o in observed.owned if o.kind in kinds and not isinstance(o, Drift)]
+        if owned and all(o in deletes for o in owned) and not adds & kinds:
+            emptied.append(f"{name} ({len(owned)} object(s) of {', '.join(sorted(kinds))})")
+    if emptied:
+        raise TeardownError(
+            "the plan deletes everything k3snet owns through " + ", ".join(emptied)
+            + "; nothing was applied. If that is what you want, run `k3snet destroy` "
+            "(k3snet.destroy) or pass allow_teardown=True (--allow-teardown)")

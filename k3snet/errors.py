@@ -7,7 +7,8 @@ exception a caller would expect, so ``except ValueError`` keeps working::
     ├── SpecError(ValueError)          a spec (or import) has problems; lists them all
     ├── ModelError(ValueError)         a model value is invalid (bad CIDR, name, ...)
     ├── PlanError(ValueError)          a plan cannot be applied to a state
-    │   └── ConflictError              the plan has unresolved conflicts with foreign state
+    │   ├── ConflictError              the plan has unresolved conflicts with foreign state
+    │   └── TeardownError              the plan would delete everything k3snet owns
     └── BackendError(RuntimeError)     a backend failed talking to the system
         ├── BackendNotFoundError(LookupError)  no backend registered under that name
         ├── BackendUnavailableError    the backend's dependencies or tools are missing
@@ -44,6 +45,7 @@ __all__ = [
     "Problem",
     "RollbackError",
     "SpecError",
+    "TeardownError",
 ]
 
 
@@ -84,6 +86,13 @@ class PlanError(K3snetError, ValueError):
 
 class ConflictError(PlanError):
     """The plan has conflicts with foreign state; nothing was applied."""
+
+
+class TeardownError(PlanError):
+    """The plan would delete everything k3snet owns through a backend; nothing was applied.
+
+    Use :func:`k3snet.destroy` (``k3snet destroy``) to remove everything on purpose.
+    """
 
 
 class BackendError(K3snetError, RuntimeError):

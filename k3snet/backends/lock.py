@@ -1,0 +1,118 @@
+"""One writer per network namespace: an advisory lock every k3snet process takes.
+
+Two k3snet processes converging one node at once (the agent and an operator's
+``k3snet apply``, or two applies from a script) would each observe the same
+state, each plan the same additions and each apply them: duplicates. So
+:func:`k3snet.converge` holds :func:`namespace_lock` for every network
+namespace its backends act in, from observe to the end of apply.
+
+The lock is ``flock(2)`` on a file named after the namespace's identity (device
+and inode of its ``/proc/.../ns/net`` or ``/run/netns`` handle, so two names of
+one namespace share a lock), in ``/run/k3snet/locks`` (``K3SNET_LOCK_DIR``
+overrides it). The kernel releases it when the process dies, even by SIGKILL.
+The file holds the holder's pid, quoted when another process has to wait too long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from k3snet.backends.netns import netns_path, validate_netns
+from k3snet.errors import BackendError
+
+__all__ = ["DEFAULT_LOCK_DIR", "DEFAULT_LOCK_TIMEOUT", "namespace_lock", "namespaces_of"]
+
+DEFAULT_LOCK_DIR = Path("/run/k3snet/locks")
+DEFAULT_LOCK_TIMEOUT = 60.0
+"""Seconds to wait for another k3snet process before giving up with a typed error."""
+
+_POLL = 0.05
+
+
+def _lock_dir() -> Path:
+    override = os.environ.get("K3SNET_LOCK_DIR")
+    return Path(override) if override else DEFAULT_LOCK_DIR
+
+
+def _identity(netns: str | None) -> tuple[str, str]:
+    """(lock file name, human name) of a namespace: its device and inode."""
+    handle = Path("/proc/self/ns/net") if netns is None else netns_path(validate_netns(netns))
+    try:
+        info = handle.stat()
+    except OSError as exc:
+        where = ("this process's network namespace" if netns is None
+                 else f"network namespace {netns!r}")
+        raise BackendError(f"cannot identify {where}: {exc}") from exc
+    return f"netns-{info.st_dev}-{info.st_ino}.lock", netns or "host"
+
+
+def namespaces_of(backend: object) -> list[str | None]:
+    """The network namespaces a backend (or a group's members) acts in.
+
+    A backend says so with a ``netns`` attribute (``None``: the caller's own);
+    backends without one (cluster objects, files, memory) need no node lock.
+    """
+    members = getattr(backend, "members", None)
+    backends = [m.backend for m in members] if members is not None else [backend]
+    found: list[str | None] = []
+    for member in backends:
+        if hasattr(member, "netns"):
+            netns = member.netns
+            if netns not in found:
+                found.append(netns)
+    return found
+
+
+@contextlib.contextmanager
+def namespace_lock(netns: Iterable[str | None], *,
+                   timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the k3snet lock of every namespace in ``netns`` (in a fixed order: no deadlock).
+
+    Waits up to ``timeout`` seconds for another k3snet process, then raises
+    :class:`~k3snet.errors.BackendError` naming the holder's pid.
+    """
+    wanted = sorted({_identity(n) for n in netns})
+    with contextlib.ExitStack() as stack:
+        if wanted:
+            directory = _lock_dir()
+            try:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise BackendError(f"cannot create the lock directory {directory}: {exc}") from exc
+            for filename, name in wanted:
+                stack.enter_context(_flock(directory / filename, name, timeout))
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: Path, name: str, timeout: float) -> Iterator[None]:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise BackendError(f"cannot open the lock file {path}: {exc}") from exc
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise BackendError(f"cannot lock {path}: {exc}") from exc
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise BackendError(
+                    f"another k3snet process (pid {holder}) is changing network namespace "
+                    f"{name!r}; waited {timeout:g} s for it (lock {path})")
+            time.sleep(_POLL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

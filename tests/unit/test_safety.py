@@ -1,0 +1,117 @@
+"""No teardown by accident, and one writer per network namespace."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from k3snet import (
+    BackendGroup,
+    MasqueradeRule,
+    MemoryBackend,
+    Route,
+    State,
+    Sysctl,
+    TeardownError,
+    converge,
+    destroy,
+    plan,
+)
+from k3snet.backends.lock import namespace_lock, namespaces_of
+from k3snet.errors import BackendError
+from k3snet.model import Drift
+
+RULE = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+ROUTE = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
+FOREIGN = Route("192.168.9.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
+FORWARDING = Sysctl("net.ipv4.ip_forward", "1", previous="0")
+
+
+def _node() -> BackendGroup:
+    return BackendGroup([
+        MemoryBackend(State(owned=[ROUTE, FORWARDING], foreign=[FOREIGN]),
+                      capabilities=["route", "sysctl"]),
+        MemoryBackend(State(owned=[RULE]), capabilities=["nat", "forward"]),
+    ])
+
+
+def test_an_empty_spec_does_not_tear_down_what_k3snet_owns() -> None:
+    node = _node()
+    before = node.observe()
+    with pytest.raises(TeardownError, match=r"deletes everything k3snet owns through .*k3snet "
+                                            r"destroy"):
+        converge(node, State())
+    assert node.observe() == before
+
+
+def test_a_spec_emptying_only_one_backend_is_refused_too() -> None:
+    node = _node()
+    with pytest.raises(TeardownError, match=r"memory \(1 object\(s\) of forward, nat\)"):
+        converge(node, State(owned=[ROUTE, FORWARDING]))
+
+
+def test_teardown_can_be_asked_for() -> None:
+    node = _node()
+    converge(node, State(owned=[ROUTE, FORWARDING]), allow_teardown=True)
+    assert RULE not in node.observe().owned
+
+
+def test_replacing_every_object_is_not_a_teardown() -> None:
+    node = _node()
+    other = MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24")
+    converge(node, State(owned=[ROUTE, FORWARDING, other]))
+    assert other in node.observe().owned
+
+
+def test_drift_alone_is_not_something_to_keep() -> None:
+    drift = Drift.of("nat", backend="memory", where="t", what="extra rule")
+    backend = MemoryBackend(State(owned=[drift]), capabilities=["nat", "forward"])
+    converge(backend, State())
+    assert not backend.observe().owned
+
+
+def test_destroy_removes_exactly_what_k3snet_owns_and_restores_sysctls() -> None:
+    node = _node()
+    preview = destroy(node, dry_run=True)
+    assert preview.result is None
+    assert {c.action for c in preview.plan.changes} == {"delete"}
+    done = destroy(node)
+    assert done.result is not None
+    after = node.observe()
+    assert not after.owned
+    assert FOREIGN in after.foreign
+    assert Sysctl("net.ipv4.ip_forward", "0") in after.foreign
+    assert plan(after, State()).empty
+
+
+def test_the_namespace_lock_serialises_writers_and_names_the_holder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path))
+    entered = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with namespace_lock([None]):
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert entered.wait(10)
+        with pytest.raises(BackendError, match=r"another k3snet process \(pid \d+\) is changing "
+                                               r"network namespace 'host'"), \
+                namespace_lock([None], timeout=0.2):
+            pass
+    finally:
+        release.set()
+        thread.join()
+    with namespace_lock([None], timeout=1):  # free again
+        pass
+
+
+def test_backends_without_a_namespace_need_no_lock() -> None:
+    assert namespaces_of(_node()) == []
+    assert namespaces_of(MemoryBackend()) == []
