@@ -10,6 +10,7 @@ do, 2 changes pending, 1 error. Everything else: 0 success, 1 error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -33,6 +34,7 @@ __all__ = ["build_parser", "main"]
 
 DEFAULT_BACKENDS = ("netlink", "nftables")
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_RUNNING = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     node_command("observe", "Print the owned and foreign state the backends see.",
                  spec_required=False)
     agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet).")
-    agent.add_argument("--interval", type=float, default=30.0)
+    agent.add_argument("--interval", type=_positive_seconds, default=30.0,
+                       help="seconds between passes (default: 30)")
     agent.add_argument("--once", action="store_true", help="converge once and exit")
 
     render = sub.add_parser("render", help="Write persistence files or Kubernetes manifests.")
@@ -102,15 +105,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``k3snet`` console script."""
+    """Entry point of the ``k3snet`` console script.
+
+    No input or output condition ends in a traceback: k3snet's errors and the
+    system's (a spec that is a directory, an output file that cannot be
+    written) are one line on stderr with exit 1; a closed pipe (``| head``)
+    ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(COMMANDS[args.command](args))
     except K3snetError as exc:
         print(f"k3snet: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`k3snet observe | head`): nothing more to say to it.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if os.environ.get("K3SNET_DEBUG"):
+            raise
+        print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
+              "K3SNET_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _os_error(exc: OSError) -> str:
+    """``cannot open PATH: reason``, without Python's ``[Errno N]`` noise."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return reason
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds > 0 (and finite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (0 < value < 1e7):
+        raise argparse.ArgumentTypeError(f"must be more than 0 and less than 1e7 s, not {text}")
+    return value
 
 
 # ---------------------------------------------------------------- helpers

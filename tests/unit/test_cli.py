@@ -132,3 +132,47 @@ def test_render_writes_each_persistence_file(
     assert {p.name for p in tmp_path.iterdir()} == files
     assert any(needle in p.read_text() for p in tmp_path.iterdir())
     capsys.readouterr()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], capture_output=True,
+                          text=True, check=False, timeout=60)
+
+
+@pytest.mark.parametrize("spec", ["/tmp", "/dev/null/nope", "/nonexistent/spec.yaml"])
+def test_a_spec_path_that_is_not_a_file_is_one_line_not_a_traceback(spec: str) -> None:
+    done = _cli("validate", "-f", spec)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("k3snet: error:")
+
+
+def test_an_output_directory_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    done = _cli("render", "sysctl", "-f", str(SEED), "-o", "/proc/k3snet-nope")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "/proc/k3snet-nope" in done.stderr
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    # A plan far larger than a pipe's buffer, so that writing it must meet the closed pipe.
+    spec = tmp_path / "big.yaml"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n" + "".join(
+        f"  - cidr: 172.{16 + i // 256}.{i % 256}.0/24\n" for i in range(3000)))
+    reader = subprocess.Popen([sys.executable, "-m", "k3snet.cli", "plan", "-f", str(spec),
+                               "--backend", "memory", "--no-facts"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None
+    reader.stdout.read(10)
+    reader.stdout.close()  # like `| head -c 10`
+    _out, err = reader.communicate(timeout=120)
+    assert err == b""
+    assert reader.returncode == 141
+
+
+@pytest.mark.parametrize("interval", ["-5", "0", "nan", "1e400", "x"])
+def test_agent_interval_must_be_a_positive_number(interval: str) -> None:
+    done = _cli("agent", "-f", str(SEED), "--backend", "memory", "--interval", interval)
+    assert done.returncode == 2  # argparse's usage error
+    assert "Traceback" not in done.stderr
+    assert "--interval" in done.stderr
