@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import queue
 import threading
@@ -112,8 +113,14 @@ class NetnsRunner:
             finally:
                 os.close(fd)
         except OSError as exc:
+            hint = ""
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                hint = (" (not permitted: entering another network namespace needs "
+                        "CAP_SYS_ADMIN; or run k3snet inside it, e.g. `ip netns exec NAME "
+                        "k3snet ...`, where CAP_NET_ADMIN is enough)")
             ready.set_exception(
-                BackendError(f"cannot enter network namespace {self.name!r}: {exc}")
+                BackendError(f"cannot enter network namespace {self.name!r}: "
+                             f"{exc.strerror or exc}{hint}")
             )
             return
         ready.set_result(None)
