@@ -17,6 +17,7 @@ Only ``attrs`` is needed to import this package; backends pull their own
 dependencies through extras (``k3snet[nftables]``, ``k3snet[all]`` ...).
 """
 
+from k3snet._version import __version__
 from k3snet.backends import (
     ApplyResult,
     Backend,
@@ -71,8 +72,6 @@ from k3snet.spec import (
     load_spec,
     seed_spec,
 )
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "K3SNET_ROUTE_PROTOCOL",

@@ -3,27 +3,44 @@
 Every subcommand parses its arguments, calls the library and prints. Bad input
 exits 1 with a one-line-per-problem message on stderr, never a traceback.
 
-Exit codes: ``plan`` follows terraform's ``-detailed-exitcode``: 0 nothing to
-do, 2 changes pending, 1 error. Everything else: 0 success, 1 error.
+Exit codes (one table, docs/cli.md):
+
+====  ==================================================================
+0     success; ``plan``: nothing to do
+1     error (nothing was applied, or what was applied was rolled back)
+2     ``plan``: changes pending; ``apply``/``destroy --detailed-exitcode``:
+      changes made
+3     ``connectivity``: the test Job is still running
+4     conflicts: foreign state blocks part of the spec (``apply`` refuses)
+64    usage error (bad arguments), never 2
+130   interrupted; 141: the output pipe was closed
+====  ==================================================================
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import inspect
 import json
+import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import attrs
+
+from k3snet._version import __version__
 from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.lock import namespace_id
 from k3snet.backends.registry import available_backends, create_backend, load_backend
-from k3snet.converge import compile_for, converge, destroy
-from k3snet.errors import K3snetError
+from k3snet.converge import Convergence, apply_plan, compile_for, converge, destroy, state_digest
+from k3snet.errors import ConflictError, K3snetError, PlanError
 from k3snet.facts import gather_facts
 from k3snet.model.state import KINDS, State
 from k3snet.planner import Plan, plan
@@ -33,20 +50,52 @@ from k3snet.spec import compile as compile_spec
 __all__ = ["build_parser", "main"]
 
 DEFAULT_BACKENDS = ("netlink", "nftables")
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_RUNNING = 0, 1, 2, 3
+JSON_FORMAT = 1
+"""The version of every JSON document the CLI prints or writes (the ``format`` key)."""
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_RUNNING, EXIT_CONFLICTS = 0, 1, 2, 3, 4
+EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "changes pending"
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors exiting 64, not 2 (2 means "changes pending")."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _common_options() -> _Parser:
+    """Options every subcommand takes: verbosity, log format, colour."""
+    common = _Parser(add_help=False)
+    group = common.add_argument_group("output")
+    group.add_argument("-v", "--verbose", action="count", default=0,
+                       help="log more (-v: info, -vv: debug) on stderr")
+    group.add_argument("-q", "--quiet", action="store_true", help="log errors only")
+    group.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="log lines as text or as one JSON object each")
+    group.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                       help="colour the plan (auto: on a terminal, unless NO_COLOR is set)")
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
+    common = _common_options()
+    parser = _Parser(
         prog="k3snet",
         description="Plan and apply the minimal changes that make pod egress work on this node.",
+        epilog="Exit codes: 0 ok / nothing to do, 1 error, 2 changes pending (plan) or made "
+               "(--detailed-exitcode), 3 still running (connectivity), 4 conflicts, 64 usage.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"k3snet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, help_text: str) -> Any:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
     def node_command(name: str, help_text: str, *, spec_required: bool = True) -> Any:
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd = add(name, help_text)
         cmd.add_argument("-f", "--spec", required=spec_required, type=Path,
                          help="spec file (YAML or JSON)")
         cmd.add_argument("--backend", action="append", default=[], metavar="NAME[:KINDS]",
@@ -59,10 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="do not read the node's interfaces to check the spec")
         return cmd
 
-    node_command("plan", "Print the plan; exit 0 if nothing to do, 2 if changes are pending.")
-    apply = node_command("apply", "Apply the plan and print what was done.")
+    plan_cmd = node_command("plan", "Print the plan; exit 0 if nothing to do, 2 if changes are "
+                            "pending, 4 if foreign state blocks part of the spec.")
+    plan_cmd.add_argument("--out", type=Path, metavar="FILE",
+                          help="also save the plan, with the node and what was observed, for "
+                               "`k3snet apply FILE`")
+    apply = node_command("apply", "Apply the plan (or a saved plan file) and print what was done.",
+                         spec_required=False)
+    apply.add_argument("planfile", nargs="?", type=Path,
+                       help="a plan saved by `k3snet plan --out`: applied exactly, or refused "
+                            "if the node changed since")
     apply.add_argument("--allow-conflicts", action="store_true",
                        help="apply the rest of the plan even if foreign state blocks part of it")
+    apply.add_argument("--auto-approve", action="store_true",
+                       help="do not ask for confirmation on a terminal")
+    apply.add_argument("--dry-run", action="store_true",
+                       help="run the backends' own check of the plan; change nothing")
+    apply.add_argument("--detailed-exitcode", action="store_true",
+                       help="exit 2 when changes were made, 0 when there was nothing to do")
     apply.add_argument("--allow-teardown", action="store_true",
                        help="apply even a plan that deletes everything k3snet owns through a "
                             "backend (refused by default: see `k3snet destroy`)")
@@ -73,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="do not ask for confirmation (needed when stdin is not a terminal)")
     destroy.add_argument("--dry-run", action="store_true",
                          help="print what would be removed, change nothing")
+    destroy.add_argument("--detailed-exitcode", action="store_true",
+                         help="exit 2 when something was removed, 0 when there was nothing")
     node_command("observe", "Print the owned and foreign state the backends see.",
                  spec_required=False)
     agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet).")
@@ -80,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between passes (default: 30)")
     agent.add_argument("--once", action="store_true", help="converge once and exit")
 
-    render = sub.add_parser("render", help="Write persistence files or Kubernetes manifests.")
+    render = add("render", "Write persistence files or Kubernetes manifests.")
     render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
     render.add_argument("-f", "--spec", required=True, type=Path)
     render.add_argument("-o", "--out", type=Path,
@@ -90,17 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--flannel-configmap-namespace", metavar="NS",
                         help="manifests: the namespace of upstream flannel's kube-flannel-cfg")
 
-    validate = sub.add_parser("validate", help="Check a spec; print every problem at once.")
+    validate = add("validate", "Check a spec; print every problem at once.")
     validate.add_argument("-f", "--spec", required=True, type=Path)
 
-    connectivity = sub.add_parser(
+    connectivity = add(
         "connectivity",
-        help="Read the result of the connectivity test Job (k3snet render manifests). "
-             "Exit 0: passed, 1: failed or error, 3: still running.")
+        "Read the result of the connectivity test Job (k3snet render manifests). "
+        "Exit 0: passed, 1: failed or error, 3: still running.")
     connectivity.add_argument("-f", "--spec", required=True, type=Path)
     connectivity.add_argument("--kubeconfig",
                               help="default: in-cluster, $KUBECONFIG, ~/.kube/config")
     connectivity.add_argument("--context")
+
+    completion = add("completion", "Print a shell completion script: "
+                     "`source <(k3snet completion bash)`.")
+    completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
 
 
@@ -113,11 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
     """
     args = build_parser().parse_args(argv)
+    _configure_logging(args)
     try:
         return int(COMMANDS[args.command](args))
     except K3snetError as exc:
-        print(f"k3snet: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        _report_error(args, exc)
+        return EXIT_CONFLICTS if isinstance(exc, ConflictError) else EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (`k3snet observe | head`): nothing more to say to it.
         with contextlib.suppress(OSError):
@@ -134,6 +204,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
               "K3SNET_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
+    """The error on stderr; with ``--output json`` also as a JSON object on stdout."""
+    print(f"k3snet: error: {exc}", file=sys.stderr)
+    if getattr(args, "output", "text") == "json":
+        problems = getattr(exc, "problems", ())
+        _print_json({"format": JSON_FORMAT, "kind": "error", "error": {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "problems": [str(p) for p in problems],
+        }})
+
+
+class _JsonLogFormatter(logging.Formatter):
+    """One JSON object per log record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }, sort_keys=True)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """stderr logging for the ``k3snet`` logger: -q errors, default warnings, -v info, -vv debug."""
+    level = logging.ERROR if args.quiet else (
+        logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLogFormatter() if args.log_format == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("k3snet")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def _os_error(exc: OSError) -> str:
@@ -188,8 +295,14 @@ def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> d
     return {k: v for k, v in wanted.items() if k in accepted}
 
 
-def _backend(args: argparse.Namespace, spec: Spec | None) -> BackendGroup:
-    names = args.backend or (spec.backends if spec and spec.backends else DEFAULT_BACKENDS)
+def _backend_names(args: argparse.Namespace, spec: Spec | None) -> list[str]:
+    return list(args.backend or (spec.backends if spec and spec.backends else DEFAULT_BACKENDS))
+
+
+def _backend(args: argparse.Namespace, spec: Spec | None,
+             names: Sequence[str] | None = None) -> BackendGroup:
+    if names is None:
+        names = _backend_names(args, spec)
     members = []
     for entry in names:
         name, _, kinds = entry.partition(":")
@@ -208,19 +321,162 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
+# ---------------------------------------------------------------- plan files
+
+PLANFILE_KIND = "k3snet-planfile"
+
+
+@attrs.frozen
+class _SavedPlan:
+    plan: Plan
+    backends: list[str]
+    observed: str
+
+
+def _node_identity(netns: str | None) -> dict[str, str | None]:
+    """What names this node and namespace: machine id, hostname, namespace and its inode."""
+    machine = None
+    for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            machine = Path(candidate).read_text().strip() or None
+            break
+    return {"machine_id": machine, "hostname": socket.gethostname(), "netns": netns,
+            "netns_id": namespace_id(netns)}
+
+
+def _save_planfile(args: argparse.Namespace, backend: BackendGroup, observed: State,
+                   p: Plan) -> None:
+    spec_bytes = args.spec.read_bytes()
+    document = {
+        "format": JSON_FORMAT,
+        "kind": PLANFILE_KIND,
+        "k3snet": __version__,
+        "node": _node_identity(args.netns),
+        "backends": _backend_names(args, None) if args.backend else
+        [f"{m.backend.name}:{','.join(sorted(m.kinds))}" for m in backend.members],
+        "spec": {"path": str(args.spec), "sha256": hashlib.sha256(spec_bytes).hexdigest()},
+        "observed": state_digest(observed.only(backend.capabilities)),
+        "plan": p.to_dict(),
+    }
+    args.out.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def _load_planfile(args: argparse.Namespace) -> _SavedPlan:
+    """Read a plan file, refusing one made on another node or namespace."""
+    path: Path = args.planfile
+    try:
+        document = json.loads(path.read_text())
+    except ValueError as exc:
+        raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
+    if not isinstance(document, dict) or document.get("kind") != PLANFILE_KIND:
+        raise PlanError(f"{path} is not a k3snet plan file (made by `k3snet plan --out`)")
+    if document.get("format") != JSON_FORMAT:
+        raise PlanError(f"{path}: plan file format {document.get('format')!r} is not "
+                        f"{JSON_FORMAT}; plan again with this k3snet")
+    node = document.get("node") or {}
+    if args.netns is None:
+        args.netns = node.get("netns")
+    here = _node_identity(args.netns)
+    for key, what in (("machine_id", "machine"), ("netns_id", "network namespace")):
+        if node.get(key) != here[key]:
+            raise PlanError(f"{path} was made for another {what} ({node.get(key)!r}, here "
+                            f"{here[key]!r}); plan on this node")
+    backends = document.get("backends")
+    if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
+        raise PlanError(f"{path}: no backends recorded")
+    return _SavedPlan(Plan.from_dict(document.get("plan") or {}), backends,
+                      str(document.get("observed")))
+
+
+# ---------------------------------------------------------------- terminal habits
+
+_COLOURS = {"+": "32", "~": "33", "-": "31", "!": "1;31", "=": "2"}
+
+
+def _colour(text: str, args: argparse.Namespace) -> str:
+    """Colour a plan's lines by their sign, on a terminal only (NO_COLOR turns it off)."""
+    choice = getattr(args, "color", "auto")
+    if choice == "never" or (choice == "auto" and (
+            os.environ.get("NO_COLOR") or not sys.stdout.isatty())):
+        return text
+    lines = []
+    for line in text.splitlines():
+        code = _COLOURS.get(line.lstrip()[:1])
+        lines.append(f"\x1b[{code}m{line}\x1b[0m" if code else line)
+    return "\n".join(lines)
+
+
+def _completion(shell: str) -> str:
+    """A completion script for ``shell``, generated from the parser itself."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = sorted(sub.choices)
+    options = {name: sorted({o for a in cmd._actions for o in a.option_strings})
+               for name, cmd in sub.choices.items()}
+    if shell == "bash":
+        cases = "\n".join(f'        {name}) opts="{" ".join(opts)}" ;;'
+                          for name, opts in sorted(options.items()))
+        return f"""# k3snet bash completion: source <(k3snet completion bash)
+_k3snet() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} cmd=${{COMP_WORDS[1]}} opts
+    if [[ $COMP_CWORD -eq 1 ]]; then
+        COMPREPLY=($(compgen -W "{' '.join(commands)} --help --version" -- "$cur"))
+        return
+    fi
+    case $cmd in
+{cases}
+    esac
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -o filenames -F _k3snet k3snet
+"""
+    cases = "\n".join(f"        ({name}) _arguments '*:file:_files' "
+                      + " ".join(f"'{o}[option]'" for o in opts) + " ;;"
+                      for name, opts in sorted(options.items()))
+    return f"""#compdef k3snet
+# k3snet zsh completion: k3snet completion zsh > "${{fpath[1]}}/_k3snet"
+_k3snet() {{
+    if (( CURRENT == 2 )); then
+        _values 'command' {' '.join(commands)}
+        return
+    fi
+    case $words[2] in
+{cases}
+    esac
+}}
+compdef _k3snet k3snet
+"""
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    print(_completion(args.shell), end="")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- commands
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = _spec(args)
     with _backend(args, spec) as backend:
-        p = plan(backend.observe(), _desired(args, spec, backend))
+        observed = backend.observe()
+        p = plan(observed, _desired(args, spec, backend))
+        if args.out is not None:
+            _save_planfile(args, backend, observed, p)
     if args.output == "json":
-        print(p.to_json(indent=2))
+        _print_json({**p.to_dict(), "kind": "plan"})
     else:
-        print(p.render())
+        print(_colour(p.render(), args))
         for line in _disruptive(p):
             print(line)
+        if args.out is not None:
+            print(f"Saved the plan to {args.out}; apply it with `k3snet apply {args.out}`.")
+    if p.conflicts:
+        return EXIT_CONFLICTS
     return EXIT_CHANGES if p.changes else EXIT_OK
 
 
@@ -235,23 +491,67 @@ def _disruptive(p: Plan) -> list[str]:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    spec = _spec(args)
-    with _backend(args, spec) as backend:
-        done = converge(backend, _desired(args, spec, backend),
-                        allow_conflicts=args.allow_conflicts,
-                        allow_teardown=args.allow_teardown)
+    if (args.planfile is None) == (args.spec is None):
+        print("k3snet apply: error: give either a spec (-f FILE) or a plan file",
+              file=sys.stderr)
+        return EXIT_USAGE
+    options = {"allow_conflicts": args.allow_conflicts, "allow_teardown": args.allow_teardown}
+    saved = _load_planfile(args) if args.planfile is not None else None
+    spec = _spec(args) if saved is None else None
+    with _backend(args, spec, names=saved.backends if saved else None) as backend:
+        desired = _desired(args, spec, backend) if spec is not None else State()
+
+        def run(p: Plan | None, digest: str | None, *, dry_run: bool) -> Convergence:
+            if p is None:
+                return converge(backend, desired, dry_run=dry_run, **options)
+            return apply_plan(backend, p, observed_digest=digest, dry_run=dry_run, **options)
+
+        fixed, digest = (saved.plan, saved.observed) if saved else (None, None)
+        if args.dry_run:
+            preview = run(fixed, digest, dry_run=True)
+            problems = backend.check(preview.plan) if preview.plan.changes else ()
+            _print_apply(args, preview, problems)
+            if problems:
+                return EXIT_ERROR
+            return EXIT_CHANGES if args.detailed_exitcode and preview.plan.changes else EXIT_OK
+        if not args.auto_approve and sys.stdin.isatty():
+            # What is approved is what is applied: the previewed plan, refused if stale.
+            preview = run(fixed, digest, dry_run=True)
+            if preview.plan.changes:
+                print(_colour(preview.plan.render(), args))
+                if not _confirm("Apply these changes?"):
+                    print("k3snet: nothing was changed", file=sys.stderr)
+                    return EXIT_ERROR
+                fixed = preview.plan
+                digest = state_digest(preview.observed.only(backend.capabilities))
+        done = run(fixed, digest, dry_run=False)
+    _print_apply(args, done)
+    changed = done.result is not None and bool(done.result.applied)
+    return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
+
+
+def _print_apply(args: argparse.Namespace, done: Convergence,
+                 problems: Sequence[str] = ()) -> None:
     if args.output == "json":
         _print_json({
+            "format": JSON_FORMAT,
+            "kind": "apply",
+            "dry_run": bool(args.dry_run),
             "plan": done.plan.to_dict(),
             "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
             "operations": done.result.operations if done.result else 0,
+            "problems": list(problems),
         })
-    elif done.result is None:
-        print(done.plan.render())
-    else:
-        print(done.plan.render())
+        return
+    print(_colour(done.plan.render(), args))
+    if done.result is not None:
         print(done.result.render())
-    return EXIT_OK
+    if args.dry_run:
+        if problems:
+            print("The backends' check found problems; nothing was changed:")
+            print("\n".join(f"  {p}" for p in problems))
+        elif done.plan.changes:
+            print("Dry run: the backends' check found no problem; nothing was changed.")
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
@@ -270,7 +570,8 @@ def cmd_destroy(args: argparse.Namespace) -> int:
         done = destroy(backend)
     if done.result is not None:
         print(done.result.render())
-    return EXIT_OK
+    changed = done.result is not None and bool(done.result.applied)
+    return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
 
 
 def _confirm(question: str) -> bool:
@@ -288,7 +589,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     with _backend(args, spec) as backend:
         state = backend.observe()
     if args.output == "json":
-        _print_json(state.to_dict())
+        _print_json({**state.to_dict(), "kind": "state"})
     else:
         print(state.render())
     return EXIT_OK
@@ -429,6 +730,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "connectivity": cmd_connectivity,
     "render": cmd_render,
+    "completion": cmd_completion,
 }
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ go) unless told otherwise: a half-fulfilled spec should never pass silently.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+
 import attrs
 
 from k3snet.backends.base import ApplyResult, Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_lock, namespaces_of
-from k3snet.errors import CheckError, ConflictError, TeardownError
+from k3snet.errors import CheckError, ConflictError, StalePlanError, TeardownError
 from k3snet.model.drift import Drift
 from k3snet.model.state import KINDS, State
 from k3snet.planner import Plan, plan
@@ -58,7 +61,10 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
                                      block_size=c.block_size, node_selector=c.node_selector))
     return State().merge(*parts).only(kinds)
 
-__all__ = ["Convergence", "compile_for", "converge", "destroy", "refuse_teardown"]
+__all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy", "refuse_teardown",
+           "state_digest"]
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -95,18 +101,63 @@ def converge(
     with namespace_lock(namespaces_of(backend), timeout=lock_timeout):
         observed = backend.observe()
         p = plan(observed, desired.only(backend.capabilities))
-        if p.conflicts and not allow_conflicts:
-            lines = [n.render().replace("\n", " ") for n in p.conflicts]
-            raise ConflictError("foreign state conflicts with the spec; nothing was applied:\n  "
-                                + "\n  ".join(lines))
-        if not allow_teardown:
-            refuse_teardown(backend, observed, p)
-        if dry_run or p.empty:
-            return Convergence(observed, p, None)
-        problems = backend.check(p)
-        if problems:
-            raise CheckError("the plan would fail; nothing was applied:", problems)
-        return Convergence(observed, p, backend.apply(p))
+        return _carry_out(backend, observed, p, dry_run=dry_run,
+                          allow_conflicts=allow_conflicts, allow_teardown=allow_teardown)
+
+
+def apply_plan(
+    backend: Backend,
+    p: Plan,
+    *,
+    observed_digest: str | None = None,
+    dry_run: bool = False,
+    allow_conflicts: bool = False,
+    allow_teardown: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> Convergence:
+    """Apply exactly the plan ``p`` (made earlier, e.g. saved by ``k3snet plan --out``).
+
+    With ``observed_digest`` (:func:`state_digest` of what the plan was made
+    from), the plan is refused with :class:`~k3snet.errors.StalePlanError` if the
+    backend now observes anything else: a plan is only right for the state it
+    was computed from. The same refusals as :func:`converge` apply.
+    """
+    with namespace_lock(namespaces_of(backend), timeout=lock_timeout):
+        observed = backend.observe()
+        if observed_digest is not None:
+            now = state_digest(observed.only(backend.capabilities))
+            if now != observed_digest:
+                raise StalePlanError(
+                    "the node changed since this plan was made (what the backends observe "
+                    f"now has digest {now[:12]}, the plan was made from {observed_digest[:12]}); "
+                    "nothing was applied: plan again")
+        return _carry_out(backend, observed, p, dry_run=dry_run,
+                          allow_conflicts=allow_conflicts, allow_teardown=allow_teardown)
+
+
+def state_digest(state: State) -> str:
+    """SHA-256 of a state's JSON form: equal states, equal digests."""
+    return hashlib.sha256(state.to_json().encode()).hexdigest()
+
+
+def _carry_out(backend: Backend, observed: State, p: Plan, *, dry_run: bool,
+               allow_conflicts: bool, allow_teardown: bool) -> Convergence:
+    if p.conflicts and not allow_conflicts:
+        lines = [n.render().replace("\n", " ") for n in p.conflicts]
+        raise ConflictError("foreign state conflicts with the spec; nothing was applied:\n  "
+                            + "\n  ".join(lines))
+    if not allow_teardown:
+        refuse_teardown(backend, observed, p)
+    if dry_run or p.empty:
+        return Convergence(observed, p, None)
+    problems = backend.check(p)
+    if problems:
+        raise CheckError("the plan would fail; nothing was applied:", problems)
+    log.info("%s: applying %d change(s)", backend.name, len(p.changes))
+    result = backend.apply(p)
+    log.info("%s: applied %d change(s) in %d operation(s)", backend.name, len(result.applied),
+             result.operations)
+    return Convergence(observed, p, result)
 
 
 def destroy(backend: Backend, *, dry_run: bool = False,

@@ -8,7 +8,8 @@ exception a caller would expect, so ``except ValueError`` keeps working::
     ├── ModelError(ValueError)         a model value is invalid (bad CIDR, name, ...)
     ├── PlanError(ValueError)          a plan cannot be applied to a state
     │   ├── ConflictError              the plan has unresolved conflicts with foreign state
-    │   └── TeardownError              the plan would delete everything k3snet owns
+    │   ├── TeardownError              the plan would delete everything k3snet owns
+    │   └── StalePlanError             a saved plan no longer fits what the node has
     └── BackendError(RuntimeError)     a backend failed talking to the system
         ├── BackendNotFoundError(LookupError)  no backend registered under that name
         ├── BackendUnavailableError    the backend's dependencies or tools are missing
@@ -45,6 +46,7 @@ __all__ = [
     "Problem",
     "RollbackError",
     "SpecError",
+    "StalePlanError",
     "TeardownError",
 ]
 
@@ -93,6 +95,10 @@ class TeardownError(PlanError):
 
     Use :func:`k3snet.destroy` (``k3snet destroy``) to remove everything on purpose.
     """
+
+
+class StalePlanError(PlanError):
+    """A saved plan was made from another state than the node has now; nothing was applied."""
 
 
 class BackendError(K3snetError, RuntimeError):

@@ -26,7 +26,8 @@ from pathlib import Path
 from k3snet.backends.netns import netns_path, validate_netns
 from k3snet.errors import BackendError
 
-__all__ = ["DEFAULT_LOCK_DIR", "DEFAULT_LOCK_TIMEOUT", "namespace_lock", "namespaces_of"]
+__all__ = ["DEFAULT_LOCK_DIR", "DEFAULT_LOCK_TIMEOUT", "namespace_id", "namespace_lock",
+           "namespaces_of"]
 
 DEFAULT_LOCK_DIR = Path("/run/k3snet/locks")
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -50,6 +51,11 @@ def _identity(netns: str | None) -> tuple[str, str]:
                  else f"network namespace {netns!r}")
         raise BackendError(f"cannot identify {where}: {exc}") from exc
     return f"netns-{info.st_dev}-{info.st_ino}.lock", netns or "host"
+
+
+def namespace_id(netns: str | None) -> str:
+    """A network namespace's identity, ``<device>-<inode>``: the same for all its names."""
+    return _identity(netns)[0].removeprefix("netns-").removesuffix(".lock")
 
 
 def namespaces_of(backend: object) -> list[str | None]:

@@ -2,7 +2,7 @@
 
 It is what every other backend is measured against (the conformance suite runs
 on it first) and what tests of embedding code use instead of a node. Like
-knftables' Fake, it dumps its state as text and loads it back, and its
+knftables' Fake, it dumps its state (as k3snet's one JSON form of states) and loads it back, and its
 :class:`~k3snet.backends.kit.FaultHook` makes an apply fail at any change to
 exercise rollback paths.
 
@@ -11,26 +11,30 @@ exercise rollback paths.
 >>> backend = MemoryBackend()
 >>> result = backend.apply(plan(backend.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", 1)])))
 >>> print(backend.dump())
-# k3snet memory state v1
-owned {"name": "net.ipv4.ip_forward", "type": "sysctl", "value": "1"}
+{
+ "foreign": [],
+ "format": 1,
+ "owned": [
+  {
+   "name": "net.ipv4.ip_forward",
+   "type": "sysctl",
+   "value": "1"
+  }
+ ]
+}
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.kit import BackendBase, Compensation, fit_problems
 from k3snet.errors import ModelError
-from k3snet.model import NetObject
-from k3snet.model.state import State, known_kinds, object_from_dict
+from k3snet.model.state import State, known_kinds
 from k3snet.planner import Plan
 
 __all__ = ["MemoryBackend"]
-
-_HEADER = "# k3snet memory state v1"
-
 
 class MemoryBackend(BackendBase):
     """An in-memory system: ``observe`` returns its state, ``apply`` changes it atomically.
@@ -96,11 +100,8 @@ class MemoryBackend(BackendBase):
         self._state = state
 
     def dump(self) -> str:
-        """The state as text: one ``owned`` or ``foreign`` JSON object per line, sorted."""
-        lines = [_HEADER]
-        lines += [_line("owned", o) for o in sorted(self._state.owned)]
-        lines += [_line("foreign", o) for o in sorted(self._state.foreign)]
-        return "\n".join(lines)
+        """The state as the one JSON form of k3snet states (:meth:`k3snet.State.to_json`)."""
+        return self._state.to_json(indent=1)
 
     def load(self, text: str) -> None:
         """Replace the state by one parsed from :meth:`dump` output."""
@@ -112,24 +113,6 @@ class MemoryBackend(BackendBase):
         return cls(parse_dump(text), **options)  # type: ignore[arg-type]
 
 
-def _line(where: str, obj: NetObject) -> str:
-    return f"{where} {json.dumps(obj.to_dict(), sort_keys=True)}"
-
-
 def parse_dump(text: str) -> State:
-    """Parse :meth:`MemoryBackend.dump` output; errors name the line."""
-    owned: list[NetObject] = []
-    foreign: list[NetObject] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        where, _, payload = line.partition(" ")
-        target = {"owned": owned, "foreign": foreign}.get(where)
-        if target is None:
-            raise ModelError(f"dump line {number}: expected 'owned' or 'foreign', got {where!r}")
-        try:
-            target.append(object_from_dict(json.loads(payload)))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"dump line {number}: {exc}") from exc
-    return State(owned=owned, foreign=foreign)
+    """Parse :meth:`MemoryBackend.dump` output (a :meth:`k3snet.State.to_json` text)."""
+    return State.from_json(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -15,13 +16,16 @@ from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route
 from k3snet.model.sysctl import Sysctl
 
-__all__ = ["KINDS", "OBJECT_TYPES", "State", "known_kinds", "object_from_dict",
+__all__ = ["KINDS", "OBJECT_TYPES", "STATE_FORMAT", "State", "known_kinds", "object_from_dict",
            "register_object_type"]
 
 _TYPES: dict[str, type[NetObject]] = {}
 
 OBJECT_TYPES: Mapping[str, type[NetObject]] = _TYPES
 """Serialised ``type`` tag -> class, for every registered object type (read-only view)."""
+
+STATE_FORMAT = 1
+"""The version of :meth:`State.to_dict`'s form (``format`` key)."""
 
 KINDS: tuple[str, ...] = ("sysctl", "route", "forward", "nat")
 """The node kinds built into k3snet, in dependency order (what is added first)."""
@@ -152,19 +156,38 @@ class State:
         return State(owned=owned, foreign=self.foreign)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, sorted (byte-stable)."""
+        """JSON-able form, sorted (byte-stable), with its format number."""
         return {
+            "format": STATE_FORMAT,
             "owned": [o.to_dict() for o in self._ordered],
             "foreign": [o.to_dict() for o in sorted(self.foreign, key=_sort_key)],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> State:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (a missing ``format`` is read as the current one)."""
+        if data.get("format", STATE_FORMAT) != STATE_FORMAT:
+            raise ModelError(f"unsupported state format {data.get('format')!r} "
+                             f"(this k3snet reads {STATE_FORMAT})")
         return cls(
             owned=[object_from_dict(o) for o in data.get("owned", ())],
             foreign=[object_from_dict(o) for o in data.get("foreign", ())],
         )
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        """Stable JSON: equal states give byte-identical text."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> State:
+        """Inverse of :meth:`to_json`; errors are :class:`~k3snet.errors.ModelError`."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ModelError(f"not a k3snet state (JSON): {exc}") from exc
+        if not isinstance(data, dict):
+            raise ModelError("not a k3snet state: expected a JSON object")
+        return cls.from_dict(data)
 
     def render(self) -> str:
         """Human listing: owned objects, then foreign ones."""

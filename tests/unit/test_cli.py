@@ -37,7 +37,8 @@ def test_apply_prints_what_was_done(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_observe_prints_owned_and_foreign(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["observe", "--backend", "memory", "--output", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"owned": [], "foreign": []}
+    assert json.loads(capsys.readouterr().out) == {"format": 1, "kind": "state", "owned": [],
+                                                   "foreign": []}
 
 
 def test_bad_spec_exits_1_with_every_problem_and_no_traceback(tmp_path: Path) -> None:
@@ -173,6 +174,130 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 @pytest.mark.parametrize("interval", ["-5", "0", "nan", "1e400", "x"])
 def test_agent_interval_must_be_a_positive_number(interval: str) -> None:
     done = _cli("agent", "-f", str(SEED), "--backend", "memory", "--interval", interval)
-    assert done.returncode == 2  # argparse's usage error
+    assert done.returncode == 64  # a usage error, never 2 (which means "changes pending")
     assert "Traceback" not in done.stderr
     assert "--interval" in done.stderr
+
+
+# ---------------------------------------------------------------- exit codes, one per case
+
+CONFLICTING = Path(__file__).resolve().parents[1] / "golden" / "conflicting-static-route.yaml"
+
+
+@pytest.mark.parametrize(("argv", "code"), [
+    (["plan", "-f", str(SEED), "--backend", "memory", "--no-facts"], 2),
+    (["apply", "-f", str(SEED), "--backend", "memory", "--no-facts"], 0),
+    (["apply", "-f", str(SEED), "--backend", "memory", "--no-facts", "--detailed-exitcode"], 2),
+    (["apply", "-f", str(SEED), "--backend", "memory", "--no-facts", "--dry-run"], 0),
+    (["apply", "-f", str(SEED), "--backend", "memory", "--no-facts", "--dry-run",
+      "--detailed-exitcode"], 2),
+    (["destroy", "--backend", "memory", "--auto-approve"], 0),
+    (["destroy", "--backend", "memory", "--auto-approve", "--detailed-exitcode"], 0),
+    (["observe", "--backend", "memory"], 0),
+    (["validate", "-f", str(SEED)], 0),
+    (["validate", "-f", "/nonexistent.yaml"], 1),
+    (["render", "sysctl", "-f", str(SEED)], 0),
+    (["completion", "bash"], 0),
+    (["apply", "--backend", "memory"], 64),  # neither a spec nor a plan file
+])
+def test_exit_codes(argv: list[str], code: int, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("command", ["plan", "apply", "observe", "destroy", "agent", "render",
+                                     "validate", "connectivity", "completion"])
+def test_usage_errors_exit_64_for_every_subcommand(command: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([command, "--no-such-option"])
+    assert caught.value.code == 64
+    with pytest.raises(SystemExit) as caught:
+        main(["no-such-command"])
+    assert caught.value.code == 64
+
+
+def test_conflicts_exit_4_for_plan_and_apply(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from k3snet import MemoryBackend, Route, State, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+
+    other = Route("192.168.2.0/24", gateway="192.168.1.254", device="eth0", protocol=4)
+    register_backend("memory-conflict", lambda: MemoryBackend(State(foreign=[other])))
+    try:
+        args = ["-f", str(SEED), "--backend", "memory-conflict", "--no-facts"]
+        assert main(["plan", *args]) == 4
+        assert "! route 192.168.2.0/24" in capsys.readouterr().out
+        assert main(["apply", *args]) == 4
+        assert main(["apply", *args, "--allow-conflicts"]) == 0
+    finally:
+        unregister_backend("memory-conflict")
+
+
+def test_errors_are_json_with_output_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "-f", str(SEED), "--backend", "nope", "--no-facts",
+                 "--output", "json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["format"] == 1
+    assert document["kind"] == "error"
+    assert document["error"]["type"] == "BackendNotFoundError"
+
+
+def test_version_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    import k3snet  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"k3snet {k3snet.__version__}"
+
+
+def test_colour_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["plan", "-f", str(SEED), "--backend", "memory", "--no-facts"]
+    main(args)
+    assert "\x1b[" not in capsys.readouterr().out  # captured output is not a terminal
+    main([*args, "--color", "always"])
+    assert "\x1b[32m+ masquerade" in capsys.readouterr().out
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    main(args)
+    assert "\x1b[" not in capsys.readouterr().out
+
+
+def test_verbose_logs_go_to_stderr_as_text_or_json(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["apply", "-f", str(SEED), "--backend", "memory", "--no-facts"]
+    main(args)
+    assert "applying" not in capsys.readouterr().err  # warnings only by default
+    main([*args, "-v"])
+    assert "INFO k3snet.converge: memory: applying 8 change(s)" in capsys.readouterr().err
+    main([*args, "-v", "--log-format", "json"])
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert records[0]["level"] == "info"
+    assert records[0]["logger"] == "k3snet.converge"
+
+
+def test_bash_completion_is_valid_bash_and_knows_the_commands(tmp_path: Path) -> None:
+    done = _cli("completion", "bash")
+    script = tmp_path / "k3snet.bash"
+    script.write_text(done.stdout)
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    for word in ("plan", "apply", "destroy", "--detailed-exitcode", "--auto-approve"):
+        assert word in done.stdout
+    zsh = _cli("completion", "zsh").stdout
+    assert zsh.startswith("#compdef k3snet")
+
+
+def test_destroy_without_a_terminal_needs_auto_approve(capsys: pytest.CaptureFixture[str]) -> None:
+    from k3snet import MemoryBackend, State, Sysctl, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.ip_forward", "1")]))
+    register_backend("memory-held", lambda: held)
+    try:
+        assert main(["destroy", "--backend", "memory-held"]) == 1
+        assert "pass --auto-approve" in capsys.readouterr().err
+        assert held.observe().owned
+        assert main(["destroy", "--backend", "memory-held", "--auto-approve",
+                     "--detailed-exitcode"]) == 2
+        assert not held.observe().owned
+    finally:
+        unregister_backend("memory-held")

@@ -1,0 +1,83 @@
+"""Plan files on a lab node: `plan --out` then `apply FILE` applies exactly that plan,
+or refuses it when the node changed or is another node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k3snet.demo import SPEC_PATH
+from k3snet.lab import SeedLab
+from k3snet.lab.netns import run_in
+
+pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("require_root")]
+
+BACKENDS = ["--backend", "netlink", "--backend", "nftables"]
+
+
+def _k3snet(*args: str, lab: SeedLab, tmp: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, K3SNET_STATE_DIR=str(lab.state_dir), K3SNET_LOCK_DIR=str(tmp))
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env,
+                          capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_a_saved_plan_is_applied_exactly_then_refused_as_stale(tmp_path: Path) -> None:
+    planfile = tmp_path / "node.plan"
+    with SeedLab.create() as lab:
+        made = _k3snet("plan", "-f", str(SPEC_PATH), *BACKENDS, "--netns", lab.node,
+                       "--out", str(planfile), lab=lab, tmp=tmp_path)
+        assert made.returncode == 2, made.stderr
+        document = json.loads(planfile.read_text())
+        assert document["kind"] == "k3snet-planfile"
+        assert document["node"]["netns"] == lab.node
+        assert document["spec"]["sha256"]
+        changes = document["plan"]["changes"]
+
+        # Applied without the spec, as saved; the netns comes from the file.
+        applied = _k3snet("apply", str(planfile), "--output", "json", lab=lab, tmp=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        assert json.loads(applied.stdout)["applied"] == changes
+        assert lab.tcp_probe(4).ok
+
+        # The node has changed since (the plan was applied): the same file is stale now.
+        again = _k3snet("apply", str(planfile), lab=lab, tmp=tmp_path)
+        assert again.returncode == 1
+        assert "the node changed since this plan was made" in again.stderr
+
+        # A foreign change also makes a fresh plan file stale.
+        fresh = tmp_path / "fresh.plan"
+        assert _k3snet("plan", "-f", str(SPEC_PATH), *BACKENDS, "--netns", lab.node, "--out",
+                       str(fresh), lab=lab, tmp=tmp_path).returncode == 0
+        run_in(lab.node, ["ip", "route", "add", "198.51.100.0/24", "via", "192.168.1.1"])
+        stale = _k3snet("apply", str(fresh), lab=lab, tmp=tmp_path)
+        assert stale.returncode == 1
+        assert "plan again" in stale.stderr
+
+
+def test_a_plan_file_for_another_namespace_is_refused(tmp_path: Path) -> None:
+    planfile = tmp_path / "node.plan"
+    with SeedLab.create() as lab:
+        assert _k3snet("plan", "-f", str(SPEC_PATH), *BACKENDS, "--netns", lab.node, "--out",
+                       str(planfile), lab=lab, tmp=tmp_path).returncode == 2
+        with SeedLab.create() as other:
+            refused = _k3snet("apply", str(planfile), "--netns", other.node, lab=other,
+                              tmp=tmp_path)
+            assert refused.returncode == 1
+            assert "was made for another network namespace" in refused.stderr
+            assert not other.tcp_probe(4).ok
+
+
+def test_apply_dry_run_runs_the_backends_check_and_changes_nothing(tmp_path: Path) -> None:
+    with SeedLab.create() as lab:
+        before = run_in(lab.node, ["nft", "-j", "list", "ruleset"]).stdout
+        done = _k3snet("apply", "-f", str(SPEC_PATH), *BACKENDS, "--netns", lab.node,
+                       "--dry-run", "--detailed-exitcode", lab=lab, tmp=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "the backends' check found no problem" in done.stdout
+        assert run_in(lab.node, ["nft", "-j", "list", "ruleset"]).stdout == before
+        assert not lab.tcp_probe(4).ok
