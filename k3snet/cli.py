@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -37,10 +36,10 @@ import attrs
 
 from k3snet._version import __version__
 from k3snet.backends.group import BackendGroup, Member
-from k3snet.backends.lock import namespace_id
-from k3snet.backends.registry import available_backends, create_backend, load_backend
+from k3snet.backends.lock import namespace_id, namespaces_of
+from k3snet.backends.registry import available_backends, backend_options, create_backend
 from k3snet.converge import Convergence, apply_plan, compile_for, converge, destroy, state_digest
-from k3snet.errors import ConflictError, K3snetError, PlanError
+from k3snet.errors import BackendOptionError, ConflictError, K3snetError, PlanError
 from k3snet.facts import gather_facts
 from k3snet.model.state import KINDS, State
 from k3snet.planner import Plan, plan
@@ -103,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                               f"(default: the spec's, else {' + '.join(DEFAULT_BACKENDS)}; "
                               f"known: {', '.join(available_backends())})")
         cmd.add_argument("--netns", help="act inside this network namespace")
+        cmd.add_argument("--backend-opt", action="append", default=[], metavar="NAME.KEY=VALUE",
+                         help="an option for backend NAME, repeatable (VALUE is read as JSON "
+                              "when it parses, else as text), e.g. nftables.family=split")
         cmd.add_argument("--output", choices=("text", "json"), default="text")
         cmd.add_argument("--no-facts", action="store_true",
                          help="do not read the node's interfaces to check the spec")
@@ -289,10 +291,28 @@ def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> d
     for backend, option, variable, parse in ENV_OPTIONS:
         if backend == name and os.environ.get(variable):
             wanted[option] = parse(os.environ[variable])
-    if not wanted:
-        return {}
-    accepted = inspect.signature(load_backend(name)).parameters
-    return {k: v for k, v in wanted.items() if k in accepted}
+    declared = backend_options(name) if wanted else {}
+    # Implicit options (--netns, the environment) go only to backends that declare them.
+    wanted = {k: v for k, v in wanted.items() if k in declared}
+    wanted.update(_explicit_options(name, args))  # checked by create_backend
+    return wanted
+
+
+def _explicit_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``--backend-opt NAME.KEY=VALUE`` options for backend ``name``."""
+    found: dict[str, Any] = {}
+    for entry in getattr(args, "backend_opt", ()):
+        target, dot, rest = entry.partition(".")
+        key, eq, text = rest.partition("=")
+        if not (dot and eq and target and key.isidentifier()):
+            raise BackendOptionError(f"--backend-opt {entry!r}: expected NAME.KEY=VALUE")
+        if target != name:
+            continue
+        try:
+            found[key] = json.loads(text)
+        except ValueError:
+            found[key] = text
+    return found
 
 
 def _backend_names(args: argparse.Namespace, spec: Spec | None) -> list[str]:
@@ -303,6 +323,12 @@ def _backend(args: argparse.Namespace, spec: Spec | None,
              names: Sequence[str] | None = None) -> BackendGroup:
     if names is None:
         names = _backend_names(args, spec)
+    used = {entry.partition(":")[0] for entry in names}
+    for entry in getattr(args, "backend_opt", ()):
+        target = entry.partition(".")[0]
+        if target not in used:
+            raise BackendOptionError(f"--backend-opt {entry!r}: no backend {target!r} in use "
+                                     f"({', '.join(sorted(used))})")
     members = []
     for entry in names:
         name, _, kinds = entry.partition(":")
@@ -312,8 +338,10 @@ def _backend(args: argparse.Namespace, spec: Spec | None,
 
 
 def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> State:
-    node_kinds = backend.capabilities & set(KINDS)
-    facts = None if args.no_facts or not node_kinds else gather_facts(args.netns)
+    # Facts describe the local node (its interfaces and routes): they are read only for
+    # backends acting on it (a network namespace here), never for remote or cloud ones.
+    local = bool(namespaces_of(backend)) and bool(backend.capabilities & set(KINDS))
+    facts = gather_facts(args.netns) if local and not args.no_facts else None
     return compile_for(backend, spec, facts)
 
 

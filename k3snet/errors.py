@@ -13,6 +13,7 @@ exception a caller would expect, so ``except ValueError`` keeps working::
     └── BackendError(RuntimeError)     a backend failed talking to the system
         ├── BackendNotFoundError(LookupError)  no backend registered under that name
         ├── BackendUnavailableError    the backend's dependencies or tools are missing
+        ├── BackendOptionError(TypeError)  an option the backend does not declare, or a bad one
         ├── CheckError                 a dry run found the plan would fail
         ├── KubeApiError               an API request failed (k3snet.kube; .status)
         └── ApplyError                 an apply failed; says what was rolled back
@@ -37,6 +38,7 @@ __all__ = [
     "ApplyError",
     "BackendError",
     "BackendNotFoundError",
+    "BackendOptionError",
     "BackendUnavailableError",
     "CheckError",
     "ConflictError",
@@ -111,6 +113,10 @@ class BackendNotFoundError(BackendError, LookupError):
 
 class BackendUnavailableError(BackendError):
     """The backend exists but cannot run here (a library or tool is missing)."""
+
+
+class BackendOptionError(BackendError, TypeError):
+    """A backend was given an option it does not declare, or a value it cannot take."""
 
 
 class CheckError(BackendError):

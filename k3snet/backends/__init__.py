@@ -8,6 +8,7 @@ from k3snet.backends.base import ApplyResult, Backend, BackendFactory, ensure_ca
 from k3snet.backends.registry import (
     ENTRY_POINT_GROUP,
     available_backends,
+    backend_options,
     create_backend,
     load_backend,
     register_backend,
@@ -20,6 +21,7 @@ __all__ = [
     "Backend",
     "BackendFactory",
     "available_backends",
+    "backend_options",
     "create_backend",
     "ensure_capable",
     "load_backend",

@@ -838,6 +838,8 @@ class NftablesBackend:
         self.faults = FaultHook()
         self.observe_foreign = observe_foreign
         self.syntax: Syntax = syntax
+        self.netns = netns
+        """The network namespace this backend acts in (``None``: the caller's own)."""
         self._runner = NetnsRunner(netns)
         self._cache: _Cache | None = None
         self._kernel: _Kernel | None = None

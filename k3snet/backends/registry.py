@@ -13,14 +13,15 @@ dependency (``pyroute2``, ``nftables`` ...) only matters to whoever uses it.
 from __future__ import annotations
 
 import importlib
+import inspect
 from importlib.metadata import entry_points
 from typing import Any, cast
 
 from k3snet.backends.base import Backend, BackendFactory
-from k3snet.errors import BackendNotFoundError, BackendUnavailableError
+from k3snet.errors import BackendNotFoundError, BackendOptionError, BackendUnavailableError
 
-__all__ = ["ENTRY_POINT_GROUP", "available_backends", "create_backend", "load_backend",
-           "register_backend", "unregister_backend"]
+__all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create_backend",
+           "load_backend", "register_backend", "unregister_backend"]
 
 ENTRY_POINT_GROUP = "k3snet.backends"
 
@@ -69,9 +70,38 @@ def load_backend(name: str) -> BackendFactory:
     )
 
 
+def backend_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options backend ``name`` declares (its factory's parameters).
+
+    Empty when the factory takes ``**options`` of its own (nothing to check against).
+    """
+    factory = load_backend(name)
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C factory: nothing declared
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return {}
+    return {n: p for n, p in parameters.items()
+            if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+
+
 def create_backend(name: str, **options: Any) -> Backend:
-    """Build the backend ``name`` with ``options`` (``netns=...``, ``path=...``)."""
-    return load_backend(name)(**options)
+    """Build the backend ``name`` with ``options`` (``netns=...``, ``path=...``).
+
+    Options the backend does not declare are refused with an error that lists
+    the ones it does (rather than a ``TypeError`` from deep inside).
+    """
+    declared = backend_options(name)
+    unknown = sorted(set(options) - set(declared)) if declared else []
+    if unknown:
+        raise BackendOptionError(
+            f"backend {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+            f"{', '.join(declared) or '(none)'}")
+    try:
+        return load_backend(name)(**options)
+    except TypeError as exc:
+        raise BackendOptionError(f"backend {name!r}: {exc}") from exc
 
 
 def _import(name: str, target: str, extra: str) -> BackendFactory:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,65 @@ def test_destroy_without_a_terminal_needs_auto_approve(capsys: pytest.CaptureFix
         assert not held.observe().owned
     finally:
         unregister_backend("memory-held")
+
+
+# ---------------------------------------------------------------- backend options
+
+
+@pytest.fixture
+def jsonfile() -> Iterator[None]:
+    from k3snet import register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"))
+    from k3snet_jsonfile import JsonFileBackend  # noqa: PLC0415
+
+    register_backend("jsonfile", JsonFileBackend)
+    yield
+    unregister_backend("jsonfile")
+    sys.path.pop(0)
+
+
+@pytest.mark.usefixtures("jsonfile")
+def test_backend_options_reach_a_custom_backend(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "nat.json"
+    args = ["-f", str(SEED), "--backend", "memory:route,sysctl,forward", "--backend",
+            "jsonfile:nat", "--backend-opt", f"jsonfile.path={store}", "--no-facts"]
+    assert main(["apply", *args]) == 0, capsys.readouterr().err
+    assert "masquerade" in store.read_text()
+    capsys.readouterr()
+    assert main(["plan", *args]) == 2  # the memory backend starts empty in every run
+    assert "masquerade" not in capsys.readouterr().out  # the JSON file kept the NAT rules
+
+
+@pytest.mark.usefixtures("jsonfile")
+@pytest.mark.parametrize(("option", "message"), [
+    ("jsonfile.colour=red", "backend 'jsonfile' has no option 'colour'; its options: path"),
+    ("nftables.family=split", "no backend 'nftables' in use"),
+    ("jsonfile", "expected NAME.KEY=VALUE"),
+])
+def test_bad_backend_options_are_clear_errors(option: str, message: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["plan", "-f", str(SEED), "--backend", "jsonfile:nat", "--backend-opt",
+                 f"jsonfile.path={tmp_path / 'x.json'}", "--backend-opt", option, "--no-facts"])
+    assert code == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("jsonfile")
+def test_a_missing_required_option_is_named_not_a_traceback(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "-f", str(SEED), "--backend", "jsonfile:nat", "--no-facts"]) == 1
+    assert "backend 'jsonfile'" in capsys.readouterr().err
+
+
+def test_facts_are_read_only_for_backends_acting_on_the_local_node(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from k3snet import cli  # noqa: PLC0415
+
+    def no_facts(*_args: object, **_kw: object) -> None:
+        raise AssertionError("facts gathered for a backend that is not on this node")
+
+    monkeypatch.setattr(cli, "gather_facts", no_facts)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory"]) == 2

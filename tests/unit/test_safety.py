@@ -115,3 +115,17 @@ def test_the_namespace_lock_serialises_writers_and_names_the_holder(
 def test_backends_without_a_namespace_need_no_lock() -> None:
     assert namespaces_of(_node()) == []
     assert namespaces_of(MemoryBackend()) == []
+
+
+@pytest.mark.kernel
+def test_every_kernel_backend_says_which_namespace_it_locks(tmp_path: Path) -> None:
+    from k3snet.backends.iptables import IptablesBackend  # noqa: PLC0415
+    from k3snet.backends.netlink import NetlinkBackend  # noqa: PLC0415
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+    from k3snet.lab.netns import temporary_netns  # noqa: PLC0415
+
+    with temporary_netns("lock") as ns:
+        for backend in (IptablesBackend(ns), NetlinkBackend(ns, state_dir=tmp_path),
+                        NftablesBackend(ns)):
+            with backend:
+                assert namespaces_of(backend) == [ns], backend
