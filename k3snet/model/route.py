@@ -16,7 +16,7 @@ from k3snet.model._base import (
 )
 from k3snet.model.cidr import Address, Network, parse_network
 
-__all__ = ["K3SNET_ROUTE_PROTOCOL", "MAIN_TABLE", "Route", "RouteScope"]
+__all__ = ["K3SNET_ROUTE_PROTOCOL", "MAIN_TABLE", "Route", "RouteScope", "protocol_name"]
 
 K3SNET_ROUTE_PROTOCOL = 211
 """The route protocol number k3snet marks its routes with (unused in ``rt_protos``;
@@ -24,8 +24,13 @@ Calico uses 80, bird 12, static 4, boot 3, kernel 2)."""
 
 MAIN_TABLE = 254
 _TABLE_NAMES = {253: "default", 254: "main", 255: "local"}
-_PROTOCOL_NAMES = {2: "kernel", 3: "boot", 4: "static", 12: "bird", 16: "dhcp",
-                   K3SNET_ROUTE_PROTOCOL: "k3snet"}
+# iproute2's rt_protos names (and k3snet's own): routes print and serialise by name.
+_PROTOCOL_NAMES = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static",
+                   8: "gated", 9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted",
+                   14: "xorp", 15: "ntk", 16: "dhcp", 17: "mrouted", 18: "keepalived",
+                   42: "babel", 99: "openr", 186: "bgp", 187: "isis", 188: "ospf", 189: "rip",
+                   192: "eigrp", K3SNET_ROUTE_PROTOCOL: "k3snet"}
+_PROTOCOL_NUMBERS = {name: number for number, name in _PROTOCOL_NAMES.items()}
 # The kernel stores IPv6 routes added with metric 0 at IP6_RT_PRIO_USER.
 _IPV6_DEFAULT_METRIC = 1024
 
@@ -50,10 +55,21 @@ def _u32(name: str) -> Any:
     return check
 
 
-def _protocol(value: int) -> int:
+def _protocol(value: int | str) -> int:
+    if isinstance(value, str):
+        number = _PROTOCOL_NUMBERS.get(value)
+        if number is None:
+            raise ModelError(f"unknown route protocol name {value[:40]!r}; known: "
+                             f"{', '.join(sorted(_PROTOCOL_NUMBERS))} (or a number 0..255)")
+        return number
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
-        raise ModelError(f"route protocol must be 0..255, got {value!r}")
+        raise ModelError(f"route protocol must be 0..255 or a name, got {value!r}")
     return value
+
+
+def protocol_name(number: int) -> str | int:
+    """The rt_protos name of a route protocol number (the number if it has none)."""
+    return _PROTOCOL_NAMES.get(number, number)
 
 
 @attrs.frozen(eq=False)
@@ -67,6 +83,8 @@ class Route(NetObject):
 
     >>> Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0").describe()
     'route 192.168.2.0/24 via 192.168.1.1 dev eth0 table main metric 0 proto k3snet'
+    >>> Route("192.168.2.0/24", gateway="192.168.1.1", protocol="static").protocol
+    4
     """
 
     kind: ClassVar[str] = "route"
@@ -80,6 +98,7 @@ class Route(NetObject):
     metric: int | None = attrs.field(default=None, kw_only=True)
     scope: RouteScope | None = attrs.field(default=None, kw_only=True)
     protocol: int = attrs.field(default=K3SNET_ROUTE_PROTOCOL, converter=_protocol, kw_only=True)
+    """The route protocol number; a name (``"static"``, ``"k3snet"``) is accepted too."""
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -164,7 +183,7 @@ class Route(NetObject):
             "table": self.table,
             "metric": self.metric,
             "scope": self.scope,
-            "protocol": self.protocol,
+            "protocol": protocol_name(self.protocol),
         }
 
     @classmethod

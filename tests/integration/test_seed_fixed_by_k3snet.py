@@ -65,7 +65,7 @@ def test_cli_plan_apply_plan_on_a_lab_node(tmp_path: Path) -> None:
         observed = json.loads(_k3snet("observe", *backends, "--output", "json",
                                       state_dir=lab.state_dir).stdout)
         assert any(o["type"] == "masquerade" for o in observed["owned"])
-        assert any(o["type"] == "route" and o["protocol"] == 4 for o in observed["foreign"])
+        assert any(o["type"] == "route" and o["protocol"] == "static" for o in observed["foreign"])
 
 
 def test_cli_reports_a_spec_the_node_cannot_satisfy(tmp_path: Path) -> None:

@@ -1,0 +1,31 @@
+"""JSON Schemas of every JSON document k3snet prints or writes.
+
+``object`` (one managed object), ``state`` (``k3snet observe --output json``,
+``State.to_dict``, the memory backend's dump), ``plan``, ``apply``, ``error`` and
+``planfile``. Each document carries ``format`` (1) and, from the CLI, a
+``kind``. The files ship in the package::
+
+    from k3snet.schemas import load_schema
+    schema = load_schema("plan")        # a dict, for jsonschema or an editor
+
+They reference each other by ``$id`` (``https://k3snet.invalid/schemas/NAME.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+__all__ = ["SCHEMA_NAMES", "load_schema"]
+
+SCHEMA_NAMES = ("object", "state", "plan", "apply", "error", "planfile")
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema ``name`` (one of :data:`SCHEMA_NAMES`) as a dict."""
+    if name not in SCHEMA_NAMES:
+        raise ValueError(f"no schema {name!r}; known: {', '.join(SCHEMA_NAMES)}")
+    text = resources.files(__package__).joinpath(f"{name}.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema

@@ -1,0 +1,89 @@
+"""Every JSON document k3snet prints validates against the schema shipped for it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given
+from referencing import Registry, Resource
+
+from k3snet import MemoryBackend, Plan, State, plan, register_backend
+from k3snet.backends.registry import unregister_backend
+from k3snet.cli import main
+from k3snet.model import Drift, MasqueradeRule, Route, SnatRule, Sysctl
+from k3snet.schemas import SCHEMA_NAMES, load_schema
+from k3snet.testing import strategies
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+REGISTRY: Registry[Any] = Registry().with_resources(
+    (load_schema(n)["$id"], Resource.from_contents(load_schema(n))) for n in SCHEMA_NAMES)
+
+
+def validate(document: object, name: str) -> None:
+    schema = load_schema(name)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema, registry=REGISTRY).validate(document)
+
+
+def test_the_schemas_are_valid_schemas() -> None:
+    for name in SCHEMA_NAMES:
+        jsonschema.Draft202012Validator.check_schema(load_schema(name))
+
+
+@given(strategies.objects())
+def test_every_object_the_strategies_draw_validates(obj: Any) -> None:
+    validate(obj.to_dict(), "object")
+
+
+def test_drift_and_protocol_names_validate() -> None:
+    validate(Drift.of("nat", backend="nftables", where="t", what="x").to_dict(), "object")
+    validate(Route("10.0.0.0/8", device="eth0", protocol="static").to_dict(), "object")
+    validate(Route("10.0.0.0/8", device="eth0", protocol=77).to_dict(), "object")
+
+
+def test_the_schema_rejects_what_is_not_an_object() -> None:
+    bad = MasqueradeRule("10.42.0.0/16").to_dict() | {"source": "not a cidr"}
+    with pytest.raises(jsonschema.ValidationError):
+        validate(bad, "object")
+    with pytest.raises(jsonschema.ValidationError):
+        validate(SnatRule("10.42.0.0/16", to_address="192.168.1.5").to_dict() | {"x": 1},
+                 "object")
+
+
+def _cli_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Any:
+    main([*argv, "--output", "json"])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_outputs_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    held = MemoryBackend(State(foreign=[Route("192.168.9.0/24", gateway="192.168.1.1",
+                                              device="eth0", protocol="static")],
+                               owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-held", lambda: held)
+    try:
+        common = ["--backend", "memory-held", "--no-facts"]
+        validate(_cli_json(["plan", "-f", str(SEED), *common], capsys), "plan")
+        validate(_cli_json(["apply", "-f", str(SEED), *common, "--dry-run"], capsys), "apply")
+        validate(_cli_json(["apply", "-f", str(SEED), *common], capsys), "apply")
+        validate(_cli_json(["observe", *common], capsys), "state")
+        validate(_cli_json(["plan", "-f", "/nonexistent", *common], capsys), "error")
+        out = tmp_path / "p.plan"
+        main(["plan", "-f", str(SEED), *common, "--out", str(out)])
+        validate(json.loads(out.read_text()), "planfile")
+        validate(json.loads(held.dump()), "state")
+    finally:
+        unregister_backend("memory-held")
+
+
+def test_plans_with_notes_validate() -> None:
+    static = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
+    p = plan(State(foreign=[static]), State(owned=[Route("192.168.2.0/24",
+                                                          gateway="192.168.1.1",
+                                                          device="eth0")]))
+    assert p.notes
+    validate(p.to_dict(), "plan")
+    assert Plan.from_dict(p.to_dict()) == p
