@@ -44,6 +44,7 @@ from k3snet.errors import (
     SpecError,
     TeardownError,
 )
+from k3snet.facts import facts_from_ip_json, gather_facts
 from k3snet.model import (
     K3SNET_ROUTE_PROTOCOL,
     ForwardRule,
@@ -118,6 +119,8 @@ __all__ = [
     "converge",
     "create_backend",
     "destroy",
+    "facts_from_ip_json",
+    "gather_facts",
     "load_backend",
     "load_ip_masq_agent_config",
     "load_spec",

@@ -15,7 +15,7 @@ from k3snet.backends.netns import validate_netns
 from k3snet.errors import BackendError
 from k3snet.spec import NodeFacts
 
-__all__ = ["gather_facts"]
+__all__ = ["facts_from_ip_json", "gather_facts"]
 
 
 def _ip_json(args: list[str], netns: str | None) -> Any:
@@ -33,25 +33,50 @@ def _ip_json(args: list[str], netns: str | None) -> Any:
 
 
 def gather_facts(netns: str | None = None, *, hostname: str | None = None) -> NodeFacts:
-    """Interfaces with their global addresses, and the prefixes the node routes."""
+    """Interfaces with their global addresses, and the prefixes the node routes (read live)."""
+    routes = [*_ip_json(["-4", "route", "show", "table", "all"], netns),
+              *_ip_json(["-6", "route", "show", "table", "all"], netns)]
+    return facts_from_ip_json(_ip_json(["addr", "show"], netns), routes,
+                              hostname=hostname or netns)
+
+
+def facts_from_ip_json(addresses: Any, routes: Any, *, hostname: str | None = None) -> NodeFacts:
+    """:class:`NodeFacts` from captured ``ip -j addr show`` and ``ip -j route show table all``.
+
+    For central planning of many nodes: capture on each node (IPv4 and IPv6 route
+    listings concatenated, or one each) and check every node's spec where the plan
+    is made. Malformed entries are skipped; a listing that is not a list is an error.
+
+    >>> facts = facts_from_ip_json(
+    ...     [{"ifname": "eth0", "addr_info": [{"local": "192.168.1.5", "prefixlen": 24,
+    ...                                        "scope": "global"}]}],
+    ...     [{"dst": "192.168.2.0/24", "gateway": "192.168.1.1", "dev": "eth0"}])
+    >>> facts.interfaces["eth0"]
+    (IPv4Interface('192.168.1.5/24'),)
+    """
+    if not isinstance(addresses, list) or not isinstance(routes, list):
+        raise BackendError("facts: expected the JSON lists of `ip -j addr show` and "
+                           "`ip -j route show table all`")
     interfaces: dict[str, list[str]] = {}
-    for link in _ip_json(["addr", "show"], netns):
-        name = link.get("ifname")
-        if not name or name == "lo":
+    for link in addresses:
+        name = link.get("ifname") if isinstance(link, dict) else None
+        if not isinstance(name, str) or not name or name == "lo":
             continue
         interfaces[name] = [
             f"{a['local']}/{a['prefixlen']}"
-            for a in link.get("addr_info", ())
-            if a.get("scope") == "global" and "local" in a
+            for a in link.get("addr_info", ()) or ()
+            if isinstance(a, dict) and a.get("scope") == "global" and "local" in a
         ]
-    routes = []
-    for family in ("-4", "-6"):
-        for route in _ip_json([family, "route", "show", "table", "all"], netns):
-            dst = route.get("dst")
-            if route.get("type", "unicast") != "unicast" or not dst or dst == "default":
-                continue
-            try:
-                routes.append(ipaddress.ip_network(dst, strict=False))
-            except ValueError:
-                continue
-    return NodeFacts(interfaces=interfaces, routes=routes, hostname=hostname or netns)
+    prefixes = []
+    for route in routes:
+        if not isinstance(route, dict):
+            continue
+        dst = route.get("dst")
+        if route.get("type", "unicast") != "unicast" or not isinstance(dst, str) or \
+                dst == "default":
+            continue
+        try:
+            prefixes.append(ipaddress.ip_network(dst, strict=False))
+        except ValueError:
+            continue
+    return NodeFacts(interfaces=interfaces, routes=prefixes, hostname=hostname)

@@ -1,0 +1,42 @@
+"""Node facts, read live or from captured `ip -j` output, agree."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from k3snet import BackendError, facts_from_ip_json, gather_facts
+from k3snet.lab.netns import run_in, temporary_netns
+
+
+@pytest.mark.kernel
+def test_captured_output_gives_the_same_facts_as_a_live_read() -> None:
+    with temporary_netns("facts") as ns:
+        for argv in (["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"],
+                     ["ip", "link", "set", "eth0", "up"],
+                     ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"],
+                     ["ip", "addr", "add", "fd01:1::5/64", "dev", "eth0", "nodad"],
+                     ["ip", "route", "add", "192.168.2.0/24", "via", "192.168.1.1"]):
+            run_in(ns, argv)
+        captured = (json.loads(run_in(ns, ["ip", "-j", "addr", "show"]).stdout),
+                    json.loads(run_in(ns, ["ip", "-4", "-j", "route", "show", "table",
+                                           "all"]).stdout)
+                    + json.loads(run_in(ns, ["ip", "-6", "-j", "route", "show", "table",
+                                             "all"]).stdout))
+        live = gather_facts(ns)
+    offline = facts_from_ip_json(*captured, hostname=ns)
+    assert offline == live
+    assert "eth0" in offline.interfaces
+
+
+def test_captured_output_that_is_not_a_listing_is_an_error() -> None:
+    with pytest.raises(BackendError, match="expected the JSON lists"):
+        facts_from_ip_json({"not": "a list"}, [])
+
+
+def test_malformed_entries_are_skipped() -> None:
+    facts = facts_from_ip_json([{"ifname": "eth0"}, "junk", {"ifname": 3}],
+                               [{"dst": "not-a-cidr"}, {"dst": "default"}, 7])
+    assert list(facts.interfaces) == ["eth0"]
+    assert not facts.routes
