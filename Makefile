@@ -41,7 +41,7 @@ LINT_PATHS := k3snet tests benchmarks examples
 NAT ?=
 DEMO_ARGS ?= $(if $(NAT),--nat-backend $(NAT))
 
-.PHONY: deps test lint typecheck pytest demo bench docs clean distclean
+.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean
 
 deps: $(STAMP)
 
@@ -90,8 +90,13 @@ bench: deps
 docs: deps
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
+# The wheel and the sdist, into dist/ (pip install "dist/k3snet-*.whl[spec]").
+dist: deps
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf site .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks *.egg-info
+	rm -rf site dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
