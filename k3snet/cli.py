@@ -537,7 +537,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         fixed, digest = (saved.plan, saved.observed) if saved else (None, None)
         if args.dry_run:
             preview = run(fixed, digest, dry_run=True)
-            problems = backend.check(preview.plan) if preview.plan.changes else ()
+            problems = tuple(backend.check(preview.plan)) if preview.plan.changes else ()
             _print_apply(args, preview, problems)
             if problems:
                 return EXIT_ERROR

@@ -11,6 +11,7 @@ from k3snet import (
     BackendGroup,
     MasqueradeRule,
     MemoryBackend,
+    Plan,
     Route,
     State,
     Sysctl,
@@ -129,3 +130,23 @@ def test_every_kernel_backend_says_which_namespace_it_locks(tmp_path: Path) -> N
                         NftablesBackend(ns)):
             with backend:
                 assert namespaces_of(backend) == [ns], backend
+
+
+def test_converge_applies_without_a_separate_dry_run_and_checks_only_when_asked() -> None:
+    from k3snet import CheckError  # noqa: PLC0415
+
+    calls: list[str] = []
+
+    class Counting(MemoryBackend):
+        def check(self, plan: Plan) -> tuple[str, ...]:
+            calls.append("check")
+            return ("refused by the backend's own check",)
+
+    backend = Counting(capabilities=["nat", "forward"])
+    converge(backend, State(owned=[RULE]))
+    assert calls == []
+    assert RULE in backend.observe().owned
+    with pytest.raises(CheckError, match="refused by the backend's own check"):
+        converge(backend, State(owned=[RULE, MasqueradeRule("10.43.0.0/16")]), dry_run=True,
+                 check=True)
+    assert calls == ["check"]
