@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from importlib.metadata import entry_points
 from typing import Any, cast
 
 from k3snet.backends.base import Backend, BackendFactory
@@ -26,7 +25,7 @@ __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create
 ENTRY_POINT_GROUP = "k3snet.backends"
 
 # Built-ins, also reachable when k3snet runs from a source tree without its
-# entry points installed. Entry points of the same name win (they are k3snet's own).
+# entry points installed. k3snet's own entry points name the same targets.
 _BUILTIN: dict[str, tuple[str, str]] = {
     "memory": ("k3snet.backends.memory:MemoryBackend", ""),
     "netlink": ("k3snet.backends.netlink:NetlinkBackend", "netlink"),
@@ -49,22 +48,38 @@ def unregister_backend(name: str) -> None:
     _registered.pop(name, None)
 
 
+def _entry_points(name: str | None = None) -> list[tuple[str, str]]:
+    """(name, target) of the ``k3snet.backends`` entry points (``name``: only that one)."""
+    # Imported here: scanning the installed distributions is the costly part of a
+    # cold start, and a built-in backend's name never needs it.
+    from importlib.metadata import entry_points  # noqa: PLC0415
+
+    found = (entry_points(group=ENTRY_POINT_GROUP) if name is None
+             else entry_points(group=ENTRY_POINT_GROUP, name=name))
+    return [(ep.name, ep.value) for ep in found]
+
+
 def available_backends() -> tuple[str, ...]:
     """Every name :func:`load_backend` knows, sorted (nothing is imported)."""
     names = set(_BUILTIN) | set(_registered)
-    names |= {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    names |= {ep_name for ep_name, _ in _entry_points()}
     return tuple(sorted(names))
 
 
 def load_backend(name: str) -> BackendFactory:
-    """The factory registered under ``name``; imports it on first use."""
+    """The factory registered under ``name``; imports it on first use.
+
+    In-process registrations come first, then k3snet's built-in backends (their
+    entry points name the same targets, so the metadata scan is skipped for
+    them), then the ``k3snet.backends`` entry points of other packages.
+    """
     if name in _registered:
         return _registered[name]
-    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
-        return _import(name, ep.value, _BUILTIN.get(name, ("", ""))[1])
     if name in _BUILTIN:
         target, extra = _BUILTIN[name]
         return _import(name, target, extra)
+    for _ep_name, target in _entry_points(name):
+        return _import(name, target, "")
     raise BackendNotFoundError(
         f"no backend named {name!r}; available: {', '.join(available_backends())}"
     )

@@ -18,9 +18,11 @@ PUBLIC_PACKAGES = ["k3snet", "k3snet.model", "k3snet.backends", "k3snet.testing"
 @pytest.mark.parametrize("name", PUBLIC_PACKAGES)
 def test_all_lists_exactly_the_public_names(name: str) -> None:
     package = importlib.import_module(name)
+    # dir(): k3snet loads its names lazily (PEP 562), and lists them in __dir__.
     public = {
-        n for n, value in vars(package).items()
-        if not n.startswith("_") and not isinstance(value, types.ModuleType)
+        n for n in dir(package)
+        if not n.startswith("_") and not isinstance(getattr(package, n), types.ModuleType)
+        and n != "TYPE_CHECKING"
     }
     assert set(package.__all__) - {"__version__", "strategies"} == public - {"annotations"}
 
@@ -41,3 +43,20 @@ def test_import_k3snet_needs_only_attrs() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_lazy_name_resolves_and_import_k3snet_loads_nothing_else() -> None:
+    code = ("import sys, k3snet\n"
+            "print(sorted(m for m in sys.modules if m.startswith('k3snet')))\n"
+            "for name in k3snet.__all__: getattr(k3snet, name)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "['k3snet', 'k3snet._version']"
+
+
+def test_converge_is_the_function_even_after_its_module_loads() -> None:
+    code = ("import k3snet.converge, sys\n"
+            "import k3snet\n"
+            "assert callable(k3snet.converge) and k3snet.converge.__name__ == 'converge'\n"
+            "assert sys.modules['k3snet.converge'].compile_for\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

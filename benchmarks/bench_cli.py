@@ -1,0 +1,72 @@
+"""Cold-start benchmark: what a fresh ``k3snet`` process pays before any kernel work.
+
+Run: ``.venv/bin/python benchmarks/bench_cli.py [--repeat 15]``
+
+Each figure is the median wall time of a fresh process (the way a script or a
+cron job runs k3snet), side by side with Python's own start-up and with
+``nft --version`` (a raw tool's start-up). The memory backend keeps kernel work
+out of the figures: what is left is imports, spec loading, planning and
+printing. Goals (issue 9): ``k3snet --version`` <= 150 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The console script, as users run it (``python -m k3snet`` adds runpy's own imports).
+_SCRIPT = Path(sys.executable).parent / "k3snet"
+K3SNET = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "k3snet"]
+SEED = str(ROOT / "examples" / "seed.yaml")
+
+
+def median_seconds(argv: list[str], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def big_spec(directory: Path, destinations: int) -> str:
+    path = directory / f"spec-{destinations}.yaml"
+    rows = "".join(f"  - cidr: 172.{16 + i // 256}.{i % 256}.0/24\n" for i in range(destinations))
+    path.write_text(f"apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n{rows}")
+    return str(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=15)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [
+            ("python -c pass (start-up)", [sys.executable, "-c", "pass"], None),
+            ("k3snet --version", [*K3SNET, "--version"], 0.150),
+            ("k3snet validate seed", [*K3SNET, "validate", "-f", SEED], None),
+            ("k3snet plan seed, memory", [*K3SNET, "plan", "-f", SEED, "--backend", "memory",
+                                          "--no-facts"], None),
+            ("k3snet validate 10k destinations", [*K3SNET, "validate", "-f",
+                                                  big_spec(Path(tmp), 10_000)], None),
+        ]
+        nft = shutil.which("nft")
+        if nft:
+            cases.insert(1, ("nft --version (raw tool start-up)", [nft, "--version"], None))
+        print(f"{'case':40} {'median':>10}  goal")
+        for label, argv, goal in cases:
+            seconds = median_seconds(argv, args.repeat)
+            mark = "" if goal is None else ("  ok" if seconds <= goal else f"  ABOVE {goal:.3f}")
+            print(f"{label:40} {seconds * 1000:8.1f} ms{mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
