@@ -11,7 +11,7 @@ from k3snet.model.cidr import (
     parse_network,
     subtract,
 )
-from k3snet.model.cni import FlannelConfig, IPPool, JsonMapping
+from k3snet.model.cni import FlannelConfig, FlannelNetworks, IPPool, JsonMapping
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatRule, SnatRule
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route
@@ -32,6 +32,7 @@ __all__ = [
     "OBJECT_TYPES",
     "Address",
     "FlannelConfig",
+    "FlannelNetworks",
     "ForwardRule",
     "IPPool",
     "JsonMapping",
