@@ -314,8 +314,7 @@ def pairs(value: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     return dict(value)
 
 
-def nested(key: str, attr: str, child: Section, *, omit_none: bool = False,
-           example: Any = None) -> Field:
+def nested(key: str, attr: str, child: Section, *, omit_none: bool = False) -> Field:
     """A key holding one object of ``child``'s class."""
 
     def read(reader: Reader, value: Any, path: str) -> Any:
@@ -325,10 +324,10 @@ def nested(key: str, attr: str, child: Section, *, omit_none: bool = False,
     def write(value: Any) -> Any:
         return None if value is None else write_section(child, value)
 
-    return Field(key, attr, read, write, child=child, omit_none=omit_none, example=example)
+    return Field(key, attr, read, write, child=child, omit_none=omit_none)
 
 
-def nested_list(key: str, attr: str, child: Section, *, example: Any = None) -> Field:
+def nested_list(key: str, attr: str, child: Section) -> Field:
     """A key holding a list of objects of ``child``'s class (``path[i]``)."""
 
     def read(reader: Reader, value: Any, path: str) -> Any:
@@ -339,4 +338,4 @@ def nested_list(key: str, attr: str, child: Section, *, example: Any = None) -> 
     def write(value: Any) -> Any:
         return [write_section(child, item) for item in value]
 
-    return Field(key, attr, read, write, child=child, many=True, example=example)
+    return Field(key, attr, read, write, child=child, many=True)

@@ -214,8 +214,8 @@ CALICO = Section(CalicoSettings, (
 ))
 
 CNI = Section(CniSettings, (
-    nested("flannel", "flannel", FLANNEL, omit_none=True, example={}),
-    nested("calico", "calico", CALICO, omit_none=True, example={}),
+    nested("flannel", "flannel", FLANNEL, omit_none=True),
+    nested("calico", "calico", CALICO, omit_none=True),
 ))
 
 SPEC = Section(Spec, (
