@@ -179,13 +179,16 @@ class Section:
         raise KeyError(key)
 
 
+_NO_NESTED: Mapping[str, Mapping[str, Any]] = {}
+
+
 def read_section(reader: Reader, section: Section, value: Any, path: str) -> Any:
     """Build ``section.cls`` from a mapping; ``None`` when a required key is missing or bad."""
     data = reader.mapping(value, path, section.keys)
     if section.prepare is not None:
         data = section.prepare(reader, data, path)
     inner = {outer: reader.mapping(data.get(outer), join(path, outer), keys)
-             for outer, keys in section.nested.items()}
+             for outer, keys in section.nested.items()} if section.nested else _NO_NESTED
     kwargs: dict[str, Any] = {}
     complete = True
     for f, outer, inner_key in section._reads:
@@ -266,7 +269,12 @@ def converted(convert: Callable[[Any], Any]) -> Read:
     """A read function applying a model converter (``parse_network`` ...)."""
 
     def read(reader: Reader, value: Any, path: str) -> Any:
-        return reader.convert(value, path, convert)
+        # Reader.convert inlined: this runs for every CIDR of a 10k-destination spec.
+        try:
+            return convert(value)
+        except (K3snetError, ValueError, TypeError) as exc:
+            reader.problem(path, str(exc))
+            return INVALID
 
     return read
 

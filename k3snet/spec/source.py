@@ -22,8 +22,11 @@ def load_mapping(text: str, source: str | None) -> Any:
             raise SpecError([Problem("", f"not JSON, and PyYAML is not installed for YAML "
                                          f"(pip install 'k3snet[spec]'): {exc}")],
                             source=source) from exc
+    # libyaml's safe loader when PyYAML was built with it: same data, parsing a
+    # 10k-destination spec about 3x faster (benchmarks/bench_spec.py, docs/performance.md).
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader, C or Python
     except yaml.YAMLError as exc:
         raise SpecError([Problem("", f"not valid YAML: {exc}")], source=source) from exc
 
