@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from k3snet.errors import ModelError, Problem, SpecError
-from k3snet.model._base import NetObject, validate_interface_name
+from k3snet.model import NetObject, validate_interface_name
 from k3snet.model.cidr import Address, Network, aggregate, contains, parse_network, subtract
 from k3snet.model.cni import (
     BLOCK_SIZE_RANGE,

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import attrs
 
 from k3snet.errors import ModelError
-from k3snet.model._base import validate_interface_name
+from k3snet.model import validate_interface_name
 from k3snet.model.cidr import Address, Network, parse_address, parse_network
 from k3snet.model.route import MAIN_TABLE
 from k3snet.model.sysctl import Sysctl

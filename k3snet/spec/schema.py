@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from k3snet.model._base import validate_interface_name
+from k3snet.model import validate_interface_name
 from k3snet.model.cidr import parse_address, parse_network
 from k3snet.model.sysctl import Sysctl
 from k3snet.spec.fields import (
