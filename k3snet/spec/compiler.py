@@ -116,6 +116,7 @@ def compile(  # noqa: A001 - the name is the concept
     Every problem raises in one :class:`~k3snet.errors.SpecError`. A backend
     takes its part with ``.only(backend.capabilities)``.
 
+    >>> from k3snet.spec import seed_spec
     >>> state = compile(seed_spec())
     >>> for obj in state: print(obj)
     sysctl net.ipv4.ip_forward = 1
