@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["bench_cli.py", "bench_planner.py", "bench_routes.py", "bench_nftables.py",
+ORDER = ["bench_cli.py", "bench_planner.py", "bench_spec.py", "bench_routes.py",
+         "bench_nftables.py",
          "bench_iptables.py"]
 
 

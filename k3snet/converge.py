@@ -17,49 +17,25 @@ from k3snet.backends.group import BackendGroup
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_lock, namespaces_of
 from k3snet.errors import CheckError, ConflictError, StalePlanError, TeardownError
 from k3snet.model.drift import Drift
-from k3snet.model.state import KINDS, State
+from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
 
 
 def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) -> State:
-    """The desired state of ``spec`` for the kinds ``backend`` manages.
+    """The desired state of ``spec`` for the kinds ``backend`` manages, without observing.
 
-    Node kinds come from :func:`k3snet.compile`; flannel's config from
-    :func:`k3snet.backends.flannel.compile_flannel` for each flannel backend's
-    target (when the spec has ``cni.flannel``; otherwise the spec's pod CIDRs are
-    only checked against flannel's ``Network``); Calico pools from
-    :func:`k3snet.backends.calico.compile_ippools` (when the spec has ``cni.calico``).
+    :func:`k3snet.compile` does the work; this only reads plain attributes of the
+    backend: its ``capabilities``, and the ``target`` of each flannel backend
+    (the flannel config it manages, passed to compile as a value).
     """
     members = backend.members if isinstance(backend, BackendGroup) else None
     backends = [m.backend for m in members] if members is not None else [backend]
-    kinds = backend.capabilities
-    parts: list[State] = []
-    if kinds & set(KINDS):
-        parts.append(compile_spec(spec, facts))
-    if "flannel" in kinds:
-        from k3snet.backends import flannel  # noqa: PLC0415 - only for flannel users
+    targets = [target for member in backends if "flannel" in member.capabilities
+               and (target := getattr(member, "target", None)) is not None]
+    return compile_spec(spec, facts, flannel_targets=targets).only(backend.capabilities)
 
-        for member in backends:
-            target = getattr(member, "target", None)
-            if "flannel" not in member.capabilities or target is None:
-                continue
-            settings = spec.cni.flannel
-            if settings is None:
-                flannel.check_pod_cidr(spec, member.observe())
-                continue
-            parts.append(flannel.compile_flannel(
-                spec, target=target, backend_type=settings.backend_type,
-                backend_options=dict(settings.backend_options),
-                enable_nftables=settings.enable_nftables))
-    if "ippool" in kinds and spec.cni.calico is not None:
-        from k3snet.backends.calico import compile_ippools  # noqa: PLC0415 - Calico users only
-
-        c = spec.cni.calico
-        parts.append(compile_ippools(spec, ipip_mode=c.ipip_mode, vxlan_mode=c.vxlan_mode,
-                                     block_size=c.block_size, node_selector=c.node_selector))
-    return State().merge(*parts).only(kinds)
 
 __all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy", "refuse_teardown",
            "state_digest"]

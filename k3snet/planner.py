@@ -2,12 +2,15 @@
 
 Nothing here touches the system. A :class:`Plan` is an ordered tuple of
 :class:`Change` values plus :class:`Note` values saying which wanted objects
-foreign state already provides (``met``) or blocks (``conflict``).
+foreign state already provides (``met``) or blocks (``conflict``). A wanted
+*expectation* (an object k3snet never writes, such as flannel's networks when
+flannel's config is left to flannel) is never added: it only gets a
+``conflict`` note when foreign state contradicts it.
 
 Properties (each one a hypothesis test in ``tests/property``):
 
 * soundness: ``plan(o, d).apply_to(o).owned == plan(o, d).target(d)``, which is
-  ``d.owned`` less what the notes set aside;
+  ``d.owned`` less what the notes set aside and less expectations;
 * idempotence: ``plan(d, d)`` is empty;
 * minimality: every change is needed, an object whose key stays is *replaced*,
   unchanged objects produce nothing;
@@ -130,33 +133,40 @@ class Note:
 
     ``status`` is ``met`` (the foreign object already provides it: left alone,
     not duplicated) or ``conflict`` (the foreign object stands where ours must
-    go, differently: reported, never replaced).
+    go, differently: reported, never replaced). ``reason`` explains a conflict
+    the two objects do not explain by themselves.
     """
 
     status: Literal["met", "conflict"]
     wanted: NetObject
     foreign: NetObject
+    reason: str | None = attrs.field(default=None, kw_only=True)
 
     def render(self) -> str:
-        """``= ...`` for a met need, ``! ...`` for a conflict."""
+        """``= ...`` for a met need, ``! ...`` for a conflict (and its reason)."""
         if self.status == "met":
             return f"= {self.wanted.describe()}\n    (met by foreign: {self.foreign.describe()})"
-        return (f"! {self.wanted.describe()}\n"
+        text = (f"! {self.wanted.describe()}\n"
                 f"    (conflicts with foreign: {self.foreign.describe()})")
+        return text if self.reason is None else f"{text}\n    ({self.reason})"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
+        """JSON-able form (``reason`` only when there is one)."""
+        data: dict[str, Any] = {
             "status": self.status,
             "wanted": self.wanted.to_dict(),
             "foreign": self.foreign.to_dict(),
         }
+        if self.reason is not None:
+            data["reason"] = self.reason
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Note:
         """Inverse of :meth:`to_dict`."""
         return cls(
-            data["status"], object_from_dict(data["wanted"]), object_from_dict(data["foreign"])
+            data["status"], object_from_dict(data["wanted"]), object_from_dict(data["foreign"]),
+            reason=data.get("reason"),
         )
 
 
@@ -221,9 +231,11 @@ class Plan:
         )
 
     def target(self, desired: State) -> frozenset[NetObject]:
-        """What the owned scope becomes: ``desired.owned`` less what the notes set aside."""
+        """What the owned scope becomes: ``desired.owned`` less what the notes set aside
+        and less expectations (never written).
+        """
         set_aside = {n.wanted for n in self.notes}
-        return frozenset(o for o in desired.owned if o not in set_aside)
+        return frozenset(o for o in desired.owned if o not in set_aside and not o.expectation)
 
     def apply_to(self, state: State) -> State:
         """The state after applying every change, computed without touching anything.
@@ -374,10 +386,10 @@ def plan(observed: State, desired: State) -> Plan:
             replaces.append(Change("replace", current, wanted))
             continue
         note = foreign.judge(wanted)
-        if note is None:
-            adds.append(wanted)
-        else:
+        if note is not None:
             notes.append(note)
+        elif not wanted.expectation:
+            adds.append(wanted)
 
     # Both states are already in order, so these are stable partitions by rank.
     deletes.sort(key=_delete_rank)
@@ -414,7 +426,7 @@ class _ForeignIndex:
                 return Note("met", wanted, obj)
         for obj in candidates:
             if wanted.conflicts_with(obj):
-                return Note("conflict", wanted, obj)
+                return Note("conflict", wanted, obj, reason=wanted.conflict_reason(obj))
         return None
 
 

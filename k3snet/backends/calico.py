@@ -29,7 +29,7 @@ addresses of running pods out of IPAM. Such a *replace* is marked by
 :func:`disruptive_changes` and refused by ``apply`` and ``check`` unless the
 backend was built with ``allow_disruptive=True``.
 
-**Masquerade policy.** :func:`compile_ippools` turns a spec into pools: the pod
+**Masquerade policy.** :func:`k3snet.spec.compile_ippools` turns a spec into pools: the pod
 CIDRs with ``natOutgoing`` (unless the mode is ``off``), and for each CIDR
 exempt from NAT a disabled pool covering it, since Felix never masquerades
 traffic to an address inside any pool (Calico's documented way to exclude a
@@ -50,9 +50,7 @@ from k3snet.errors import (
     BackendError,
     ModelError,
     PlanError,
-    Problem,
     RollbackError,
-    SpecError,
 )
 from k3snet.kube import (
     DEFAULT_TIMEOUT,
@@ -62,26 +60,18 @@ from k3snet.kube import (
     kube_call,
     make_api_client,
 )
-from k3snet.model.cidr import Network, aggregate, subtract
 from k3snet.model.cni import (
-    BLOCK_SIZE_RANGE,
-    DEFAULT_BLOCK_SIZE,
-    EncapsulationMode,
     IPPool,
-    pool_name,
 )
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
-from k3snet.spec import Spec, validate
 
 __all__ = [
     "APIS",
     "DISRUPTIVE_FIELDS",
     "CalicoBackend",
-    "compile_ippools",
     "disruptive_changes",
     "disruptive_fields",
-    "nat_exemptions",
     "pool_from_resource",
 ]
 
@@ -100,8 +90,6 @@ DISRUPTIVE_FIELDS: tuple[str, ...] = ("cidr", "blockSize")
 
 _SPEC_FIELDS = ("cidr", "natOutgoing", "disabled", "ipipMode", "vxlanMode", "blockSize",
                 "nodeSelector", "disableBGPExport")
-# Calico's link-local ranges: it refuses pools there, and they cannot be exempted this way.
-_LINK_LOCAL = ("169.254.0.0/16", "fe80::/10")
 
 
 # ---------------------------------------------------------------- disruptive changes
@@ -515,82 +503,3 @@ class _Run:
     def undo_all(self) -> None:
         while self.undo:
             self.undo.pop()()
-
-
-# ---------------------------------------------------------------- compile
-
-
-def _exempt_pool(net: Network) -> IPPool:
-    low, high = BLOCK_SIZE_RANGE[net.version]
-    block = min(high, max(DEFAULT_BLOCK_SIZE[net.version], net.prefixlen, low))
-    return IPPool(pool_name("nonat", net), net, disabled=True, nat_outgoing=False,
-                  block_size=block)
-
-
-def nat_exemptions(spec: Spec) -> tuple[Network, ...]:
-    """The CIDRs the spec's masquerade policy exempts from NAT, as Calico can express them.
-
-    Destinations with ``masquerade: false``, every ``exclude``, and in mode ``all``
-    the ``nonMasqueradeCIDRs``; aggregated, without the pod CIDRs (already pools)
-    and without link-local ranges (Calico refuses pools there). Empty in mode ``off``.
-    """
-    policy = spec.masquerade
-    if policy.mode == "off":
-        return ()
-    wanted: list[Network] = []
-    for dest in spec.destinations:
-        if not dest.masquerade:
-            wanted.append(dest.cidr)
-        wanted += dest.exclude
-    if policy.mode == "all":
-        wanted += policy.non_masquerade_cidrs
-    holes = [*spec.cluster.pod_cidrs, *aggregate(_LINK_LOCAL)]
-    result: list[Network] = []
-    for net in aggregate(wanted):
-        result += subtract(net, [h for h in holes if h.version == net.version])
-    return tuple(aggregate(result))
-
-
-def compile_ippools(
-    spec: Spec,
-    *,
-    ipip_mode: EncapsulationMode = "Never",
-    vxlan_mode: EncapsulationMode = "Never",
-    block_size: int | None = None,
-    node_selector: str = "all()",
-) -> State:
-    """The IP pools that carry ``spec``'s masquerade policy on a Calico cluster.
-
-    * one pool per pod CIDR (``k3snet-pods-...``), ``natOutgoing`` unless the
-      masquerade mode is ``off``, with the given encapsulation and block size;
-    * one disabled pool (``k3snet-nonat-...``) per CIDR exempt from NAT (see
-      :func:`nat_exemptions`).
-
-    Calico masquerades everything that leaves the pools, so in mode
-    ``destinations`` traffic to other places is NATed too; only exemptions can
-    be expressed. When the cluster's own pool already covers a pod CIDR with the
-    same NAT setting, the plan says the need is *met*, and nothing is created.
-
-    >>> from k3snet.spec import Destination, Spec
-    >>> spec = Spec(destinations=[Destination("192.168.2.0/24", exclude=["192.168.2.8/29"])])
-    >>> for pool in compile_ippools(spec): print(pool)
-    ippool k3snet-nonat-192-168-2-8-29 192.168.2.8/29 disabled blockSize=29
-    ippool k3snet-pods-10-42-0-0-16 10.42.0.0/16 natOutgoing blockSize=26
-    """
-    problems = validate(spec)
-    if problems:
-        raise SpecError(problems)
-    nat = spec.masquerade.mode != "off"
-    pools: list[IPPool] = []
-    for pod in spec.cluster.pod_cidrs:
-        try:
-            pools.append(IPPool(pool_name("pods", pod), pod, nat_outgoing=nat,
-                                ipip_mode=ipip_mode if pod.version == 4 else "Never",
-                                vxlan_mode=vxlan_mode, block_size=block_size,
-                                node_selector=node_selector))
-        except ModelError as exc:
-            raise SpecError([Problem("cluster.podCIDRs", str(exc))]) from exc
-    pools += [_exempt_pool(net) for net in nat_exemptions(spec)]
-    return State(owned=pools)
-
-

@@ -39,12 +39,10 @@ the API server answer 409 and nothing is written.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,34 +50,30 @@ import attrs
 
 from k3snet.backends.base import ApplyResult, ensure_capable
 from k3snet.backends.kit import BackendBase
-from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, Problem, SpecError
+from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.kube import (
     DEFAULT_TIMEOUT,
     KubeApiError,
     kube_call,
     make_api_client,
 )
-from k3snet.model.cidr import Network, parse_network
 from k3snet.model.cni import (
     FLANNEL_OWNED_MARKER,
     FlannelConfig,
     canonical_json,
     configmap_target,
+    effective_config,
     file_target,
 )
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
-from k3snet.spec import Spec
 
 __all__ = [
     "CONFIGMAP_KEY",
     "DEFAULT_CONFIGMAP",
     "OWNED_ANNOTATION",
     "FlannelBackend",
-    "check_pod_cidr",
-    "compile_flannel",
     "effective_config",
-    "pod_cidr_problems",
 ]
 
 DEFAULT_CONFIGMAP: tuple[str, str] = ("kube-flannel", "kube-flannel-cfg")
@@ -581,108 +575,3 @@ def _apply_change(
             record[key] = _ObjectText(text, where).raw(key)
         text = _set_value(text, key, value, where)
     return text, record
-
-
-# ---------------------------------------------------------------- spec helpers
-
-
-def effective_config(state: State, target: str | None = None) -> FlannelConfig | None:
-    """The config flannel reads: the foreign config with k3snet's owned keys over it."""
-    configs = [o for o in (*state.foreign, *state.owned) if isinstance(o, FlannelConfig)
-               and (target is None or o.target == target)]
-    if not configs:
-        return None
-    targets = {c.target for c in configs}
-    if len(targets) > 1:
-        raise ModelError(f"the state has flannel configs of {len(targets)} targets; name one")
-    members: dict[str, Any] = {}
-    for config in sorted(configs, key=lambda c: c in state.owned):  # foreign first
-        members.update(config.members())
-    return FlannelConfig.from_members(configs[0].target, members)
-
-
-SpecOrCidrs = Spec | str | Network | Iterable[str | Network]
-
-
-def _pod_cidrs(spec_or_cidrs: SpecOrCidrs) -> tuple[Network, ...]:
-    if isinstance(spec_or_cidrs, Spec):
-        return tuple(spec_or_cidrs.cluster.pod_cidrs)
-    if isinstance(spec_or_cidrs, str | ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return (parse_network(spec_or_cidrs),)
-    return tuple(parse_network(c) for c in spec_or_cidrs)
-
-
-def pod_cidr_problems(
-    spec_or_cidrs: SpecOrCidrs, config: FlannelConfig | State
-) -> list[Problem]:
-    """Every pod CIDR that disagrees with flannel's ``Network`` / ``IPv6Network``.
-
-    ``spec_or_cidrs`` is a :class:`~k3snet.spec.Spec` or pod CIDRs; ``config`` a
-    flannel config or an observed state (its effective config is used).
-    """
-    effective = effective_config(config) if isinstance(config, State) else config
-    if effective is None:
-        return []
-    problems = []
-    for index, pod in enumerate(_pod_cidrs(spec_or_cidrs)):
-        key, flannel_net = (("Network", effective.network) if pod.version == 4
-                            else ("IPv6Network", effective.ipv6_network))
-        if flannel_net is not None and flannel_net != pod:
-            problems.append(Problem(
-                f"cluster.podCIDRs[{index}]",
-                f"pod CIDR {pod} disagrees with flannel's {key} {flannel_net} in "
-                f"{effective.target}: flannel gives pods addresses from {flannel_net}, so rules "
-                f"for {pod} would miss them; make them equal",
-            ))
-    return problems
-
-
-def check_pod_cidr(spec_or_cidrs: SpecOrCidrs, config: FlannelConfig | State) -> None:
-    """Raise :class:`~k3snet.errors.SpecError` if a pod CIDR disagrees with flannel's network.
-
-    >>> cfg = FlannelConfig("file:/etc/flannel.json", network="10.244.0.0/16")
-    >>> check_pod_cidr(["10.42.0.0/16"], cfg)
-    Traceback (most recent call last):
-    ...
-    k3snet.errors.SpecError: 1 problem:
-      cluster.podCIDRs[0]: pod CIDR 10.42.0.0/16 disagrees with flannel's Network 10.244.0.0/16 \
-in file:/etc/flannel.json: flannel gives pods addresses from 10.244.0.0/16, so rules for \
-10.42.0.0/16 would miss them; make them equal
-    """
-    problems = pod_cidr_problems(spec_or_cidrs, config)
-    if problems:
-        raise SpecError(problems)
-
-
-def compile_flannel(
-    spec_or_cidrs: SpecOrCidrs,
-    *,
-    target: str,
-    backend_type: str | None = None,
-    backend_options: Mapping[str, Any] | None = None,
-    enable_nftables: bool | None = None,
-    extra: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
-) -> State:
-    """The flannel config k3snet wants on ``target``: the pod CIDRs as ``Network`` /
-    ``IPv6Network`` (with ``EnableIPv6`` when there is an IPv6 one), and the given
-    backend settings. Keys left unset stay flannel's.
-    """
-    pods = _pod_cidrs(spec_or_cidrs)
-    v4 = [p for p in pods if p.version == 4]
-    v6 = [p for p in pods if p.version == 6]
-    problems = [Problem("cluster.podCIDRs", f"flannel takes one IPv{f} network, the spec has "
-                        f"{len(nets)}: {', '.join(map(str, nets))}")
-                for f, nets in ((4, v4), (6, v6)) if len(nets) > 1]
-    if problems:
-        raise SpecError(problems)
-    config = FlannelConfig(
-        target,
-        network=v4[0] if v4 else None,
-        ipv6_network=v6[0] if v6 else None,
-        enable_ipv6=True if v6 else None,
-        enable_nftables=enable_nftables,
-        backend_type=backend_type,
-        backend_options=backend_options or {},
-        extra=extra or {},
-    )
-    return State(owned=[config])

@@ -11,7 +11,7 @@ from k3snet.model.cidr import (
     parse_network,
     subtract,
 )
-from k3snet.model.cni import FlannelConfig, IPPool, JsonMapping
+from k3snet.model.cni import FlannelConfig, FlannelNetworks, IPPool, JsonMapping
 from k3snet.model.drift import Drift, ForwardDrift, NatDrift
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatRule, SnatRule
@@ -34,6 +34,7 @@ __all__ = [
     "Address",
     "Drift",
     "FlannelConfig",
+    "FlannelNetworks",
     "ForwardDrift",
     "ForwardRule",
     "IPPool",

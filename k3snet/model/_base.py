@@ -77,6 +77,9 @@ class NetObject:
     """The tag in serialised form: ``route``, ``masquerade``, ``snat`` ..."""
     rank: ClassVar[int]
     """Dependency order: lower ranks are added first and deleted last."""
+    expectation: ClassVar[bool] = False
+    """True for an object k3snet never writes, only expects of foreign state: the plan
+    has a ``conflict`` note when foreign state contradicts it, and nothing otherwise."""
 
     _key: tuple[Any, ...]
     _sort: tuple[Any, ...]
@@ -119,6 +122,10 @@ class NetObject:
     def conflicts_with(self, other: NetObject) -> bool:
         """True when the foreign ``other`` stands where ``self`` must go, differently."""
         return False
+
+    def conflict_reason(self, other: NetObject) -> str | None:
+        """Why ``self`` conflicts with the foreign ``other``, when the two lines do not say it."""
+        return None
 
     def describe(self) -> str:
         """One human line, as the plan prints it."""

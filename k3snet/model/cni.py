@@ -32,7 +32,7 @@ import attrs
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple, optional_network
 from k3snet.model.cidr import Network, contains, overlaps, parse_network
-from k3snet.model.state import register_object_type
+from k3snet.model.state import State, register_object_type
 
 __all__ = [
     "BLOCK_SIZE_RANGE",
@@ -43,9 +43,11 @@ __all__ = [
     "FLANNEL_OWNED_MARKER",
     "EncapsulationMode",
     "FlannelConfig",
+    "FlannelNetworks",
     "IPPool",
     "JsonMapping",
     "configmap_target",
+    "effective_config",
     "file_target",
     "pool_name",
 ]
@@ -448,6 +450,105 @@ class FlannelConfig(NetObject):
         )
 
 
+def effective_config(state: State, target: str | None = None) -> FlannelConfig | None:
+    """The config flannel reads: the foreign config with k3snet's owned keys over it."""
+    configs = [o for o in (*state.foreign, *state.owned) if isinstance(o, FlannelConfig)
+               and (target is None or o.target == target)]
+    if not configs:
+        return None
+    targets = {c.target for c in configs}
+    if len(targets) > 1:
+        raise ModelError(f"the state has flannel configs of {len(targets)} targets; name one")
+    members: dict[str, Any] = {}
+    for config in sorted(configs, key=lambda c: c in state.owned):  # foreign first
+        members.update(config.members())
+    return FlannelConfig.from_members(configs[0].target, members)
+
+
+def _pod_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
+    if isinstance(values, str):
+        raise ModelError(f"expected a list of CIDRs, got the string {values!r}")
+    return tuple(parse_network(v) for v in values)
+
+
+@attrs.frozen(eq=False)
+class FlannelNetworks(NetObject):
+    """An expectation: flannel's ``Network`` / ``IPv6Network`` on ``target`` are the pod CIDRs.
+
+    Compile wants it for a flannel target whose config the spec leaves to
+    flannel (no ``cni.flannel``). k3snet never writes it (:attr:`expectation`):
+    the plan reports a foreign config that disagrees as a conflict, with the
+    reason, and says nothing otherwise (a missing config or key is not a conflict).
+
+    >>> want = FlannelNetworks("file:/etc/flannel.json", ["10.42.0.0/16"])
+    >>> print(want.conflict_reason(FlannelConfig("file:/etc/flannel.json",
+    ...                                          network="10.244.0.0/16")))
+    pod CIDR 10.42.0.0/16 disagrees with flannel's Network 10.244.0.0/16 in \
+file:/etc/flannel.json: flannel gives pods addresses from 10.244.0.0/16, so rules for \
+10.42.0.0/16 would miss them; make them equal
+    """
+
+    kind: ClassVar[str] = "flannel"
+    type_name: ClassVar[str] = "flannel-networks"
+    rank: ClassVar[int] = 10
+    expectation: ClassVar[bool] = True
+
+    target: str = attrs.field(converter=_target)
+    pod_cidrs: tuple[Network, ...] = attrs.field(converter=_pod_networks)
+    """In the spec's order (a problem names ``cluster.podCIDRs[i]``)."""
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._seal(("flannel-networks", self.target),
+                   tuple(net_tuple(n) for n in self.pod_cidrs))
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """The target's slot, the one its :class:`FlannelConfig` takes."""
+        return ("flannel", self.target)
+
+    def disagreements(self, config: FlannelConfig) -> list[tuple[int, str]]:
+        """``(index in pod_cidrs, message)`` for each pod CIDR ``config``'s network contradicts."""
+        found = []
+        for index, pod in enumerate(self.pod_cidrs):
+            key, net = (("Network", config.network) if pod.version == 4
+                        else ("IPv6Network", config.ipv6_network))
+            if net is not None and net != pod:
+                found.append((index, f"pod CIDR {pod} disagrees with flannel's {key} {net} in "
+                                     f"{config.target}: flannel gives pods addresses from {net}, "
+                                     f"so rules for {pod} would miss them; make them equal"))
+        return found
+
+    def conflicts_with(self, other: NetObject) -> bool:
+        """The foreign config of the target sets a network other than the pod CIDR."""
+        return (isinstance(other, FlannelConfig) and other.target == self.target
+                and bool(self.disagreements(other)))
+
+    def conflict_reason(self, other: NetObject) -> str | None:
+        """Each disagreeing pod CIDR, and why it matters."""
+        if not isinstance(other, FlannelConfig):
+            return None
+        return "; ".join(message for _, message in self.disagreements(other)) or None
+
+    def describe(self) -> str:
+        """``flannel TARGET expects Network=... IPv6Network=...``."""
+        keys = [f"{'Network' if n.version == 4 else 'IPv6Network'}={n}" for n in self.pod_cidrs]
+        return f"flannel {self.target} expects {' '.join(keys) or '(nothing)'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"type": self.type_name, "target": self.target,
+                "pod_cidrs": [str(n) for n in self.pod_cidrs]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlannelNetworks:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["target"], data["pod_cidrs"])
+
+
 def _field_from_member(key: str, value: Any) -> dict[str, Any]:
     """The FlannelConfig keyword for one top-level key (raises on a bad value)."""
     if key == "Network":
@@ -692,4 +793,5 @@ class IPPool(NetObject):
 
 
 register_object_type(FlannelConfig)
+register_object_type(FlannelNetworks)
 register_object_type(IPPool)

@@ -369,7 +369,7 @@ def _daemonset(spec: Spec, needs: _AgentNeeds, spec_text: str) -> dict[str, Any]
         "metadata": _meta(AGENT_NAME, "agent", spec.agent.namespace),
         "spec": {
             "selector": {"matchLabels": selector},
-            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
             "template": {
                 "metadata": {
                     "labels": _labels("agent"),

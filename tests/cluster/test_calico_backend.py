@@ -9,17 +9,22 @@ import pytest
 
 from k3snet.backends.calico import (
     CalicoBackend,
-    compile_ippools,
     disruptive_changes,
     disruptive_fields,
-    nat_exemptions,
     pool_from_resource,
 )
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
 from k3snet.model.cni import IPPool, pool_name
 from k3snet.model.state import State, object_from_dict
 from k3snet.planner import Change, Plan, plan
-from k3snet.spec import Cluster, Destination, MasqueradePolicy, Spec
+from k3snet.spec import (
+    Cluster,
+    Destination,
+    MasqueradePolicy,
+    Spec,
+    compile_ippools,
+    nat_exemptions,
+)
 from k3snet.testing import run_conformance
 from k3snet.testing.kube import EmulatedApiServer, ippools
 

@@ -9,19 +9,12 @@ from typing import Any
 
 import pytest
 
-from k3snet.backends.flannel import (
-    OWNED_ANNOTATION,
-    FlannelBackend,
-    check_pod_cidr,
-    compile_flannel,
-    effective_config,
-    pod_cidr_problems,
-)
+from k3snet.backends.flannel import OWNED_ANNOTATION, FlannelBackend, effective_config
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, SpecError
 from k3snet.model.cni import FLANNEL_OWNED_MARKER, FlannelConfig, configmap_target
 from k3snet.model.state import State, object_from_dict
 from k3snet.planner import Change, Plan, plan
-from k3snet.spec import Cluster, Spec
+from k3snet.spec import Cluster, Spec, check_pod_cidr, compile_flannel, pod_cidr_problems
 from k3snet.testing import run_conformance
 from k3snet.testing.kube import EmulatedApiServer, flannel_configs
 

@@ -104,15 +104,22 @@ def test_flannel_file_through_the_agent_environment(
     assert main(["plan", "-f", str(spec), "--backend", "flannel"]) == 0
 
 
-def test_pod_cidr_disagreeing_with_flannel_is_an_error(
+def test_pod_cidr_disagreeing_with_flannel_is_a_conflict(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     conf = tmp_path / "net-conf.json"
-    conf.write_text('{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}')
+    before = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}'
+    conf.write_text(before)
     monkeypatch.setenv("K3SNET_FLANNEL_CONF", str(conf))
-    assert main(["plan", "-f", str(SEED), "--backend", "flannel"]) == 1
-    err = capsys.readouterr().err
-    assert "pod CIDR 10.42.0.0/16 disagrees with flannel's Network 10.244.0.0/16" in err
+    reason = "pod CIDR 10.42.0.0/16 disagrees with flannel's Network 10.244.0.0/16"
+    assert main(["plan", "-f", str(SEED), "--backend", "flannel"]) == 4  # conflicts
+    out = capsys.readouterr().out
+    assert "1 conflict(s)" in out
+    assert f"! flannel file:{conf} expects Network=10.42.0.0/16" in out
+    assert reason in out
+    assert main(["apply", "-f", str(SEED), "--backend", "flannel"]) == 4
+    assert reason in capsys.readouterr().err
+    assert conf.read_text() == before  # an expectation is never written
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,410 @@
+"""Compile: the spec, node facts and CNI targets (values) to the desired :class:`State`.
+
+``compile`` is the one place a spec becomes objects, for node kinds and CNI
+kinds alike. It never observes: what it needs of a node comes in as
+:class:`NodeFacts`, what it needs of the CNI as targets (plain strings); a
+check against observed state (flannel's ``Network``) is an expectation the
+plan judges against what the backend observed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from k3snet.errors import ModelError, Problem, SpecError
+from k3snet.model import NetObject, validate_interface_name
+from k3snet.model.cidr import Address, Network, aggregate, contains, parse_network, subtract
+from k3snet.model.cni import (
+    BLOCK_SIZE_RANGE,
+    DEFAULT_BLOCK_SIZE,
+    EncapsulationMode,
+    FlannelConfig,
+    FlannelNetworks,
+    IPPool,
+    effective_config,
+    pool_name,
+)
+from k3snet.model.forward import ForwardRule
+from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.model.route import Route
+from k3snet.model.state import State
+from k3snet.model.sysctl import Sysctl
+from k3snet.spec.model import CalicoSettings, MasqueradePolicy, Spec
+from k3snet.spec.validate import validate
+
+__all__ = [
+    "NodeFacts",
+    "check_pod_cidr",
+    "compile",
+    "compile_flannel",
+    "compile_ippools",
+    "nat_exemptions",
+    "pod_cidr_problems",
+]
+
+LINK_LOCAL = {4: parse_network("169.254.0.0/16"), 6: parse_network("fe80::/10")}
+FORWARDING_SYSCTL = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
+
+
+def _networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
+    if isinstance(values, str):
+        raise ModelError(f"expected a list of CIDRs, got the string {values!r}")
+    return tuple(parse_network(v) for v in values)
+
+
+def _interfaces(
+    value: Mapping[str, Iterable[str | ipaddress.IPv4Interface | ipaddress.IPv6Interface]],
+) -> dict[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]]:
+    result = {}
+    for name, addresses in value.items():
+        validate_interface_name(name)
+        try:
+            result[name] = tuple(ipaddress.ip_interface(a) for a in addresses)
+        except ValueError as exc:
+            raise ModelError(f"interface {name}: {exc}") from exc
+    return result
+
+
+@attrs.frozen
+class NodeFacts:
+    """What compile needs to know about one node.
+
+    ``interfaces`` maps interface names to their addresses *with* prefix
+    (``"192.168.1.5/24"``): they give the connected prefixes a gateway must lie
+    in. ``routes`` are other prefixes the node already reaches (a gateway may lie
+    in one of them). Empty facts skip the checks that need them.
+    """
+
+    interfaces: Mapping[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]] = (
+        attrs.field(factory=dict, converter=_interfaces)
+    )
+    routes: tuple[Network, ...] = attrs.field(default=(), converter=_networks)
+    hostname: str | None = None
+
+    def connected(self) -> tuple[Network, ...]:
+        """Prefixes of the node's own interface addresses."""
+        return tuple(i.network for addrs in self.interfaces.values() for i in addrs)
+
+    def reaches(self, address: Address) -> bool:
+        """True when ``address`` is in a connected or routed prefix."""
+        return any(contains(n, address) for n in (*self.connected(), *self.routes))
+
+
+def compile(  # noqa: A001 - the name is the concept
+    spec: Spec,
+    facts: NodeFacts | None = None,
+    *,
+    flannel_targets: Iterable[str] = (),
+) -> State:
+    """The desired state of every kind, from values alone: never observes anything.
+
+    * node kinds: the routes, sysctls, forward and NAT rules one node must own;
+      ``facts`` (optional) lets compile check that devices exist and gateways
+      are reachable;
+    * ``flannel``, for each of ``flannel_targets`` (``file:/path`` or
+      ``configmap:ns/name``, the targets of the flannel backends in use): the
+      config of ``cni.flannel`` (:func:`compile_flannel`), or, when the spec
+      leaves flannel's config alone, the expectation that its networks are the
+      pod CIDRs (:class:`~k3snet.model.cni.FlannelNetworks`: the plan reports a
+      config that disagrees as a conflict);
+    * ``ippool``, when the spec has ``cni.calico`` (:func:`compile_ippools`).
+
+    Every problem raises in one :class:`~k3snet.errors.SpecError`. A backend
+    takes its part with ``.only(backend.capabilities)``.
+
+    >>> from k3snet.spec import seed_spec
+    >>> state = compile(seed_spec())
+    >>> for obj in state: print(obj)
+    sysctl net.ipv4.ip_forward = 1
+    route 192.168.2.0/24 via 192.168.1.1 dev eth0 table main metric 0 proto k3snet
+    forward accept 10.42.0.0/16 -> 192.168.2.0/24 oif eth0 (+ replies)
+    masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0
+    """
+    problems = validate(spec)
+    if facts is not None:
+        problems += _fact_problems(spec, facts)
+    cni: list[NetObject] = []
+    targets = tuple(flannel_targets)
+    if targets:
+        problems += _flannel_objects(spec, targets, cni)
+    if spec.cni.calico is not None and not problems:
+        problems += _calico_objects(spec, spec.cni.calico, cni)
+    if problems:
+        raise SpecError(problems)
+    owned: list[NetObject] = cni
+    families_in_use: set[int] = set()
+    for dest in spec.destinations:
+        pods = spec.cluster.pods(dest.family)
+        if dest.routed:
+            owned.append(Route(dest.cidr, gateway=dest.gateway, device=dest.device,
+                               table=dest.table, metric=dest.metric))
+        if spec.forward.accept and dest.forward:
+            owned += [ForwardRule(pod, dest.cidr, in_interface=spec.forward.in_interface,
+                                  out_interface=dest.device) for pod in pods]
+        if spec.masquerade.mode == "destinations" and dest.masquerade:
+            out = dest.device or spec.masquerade.out_interface
+            owned += [_nat_rule(spec.masquerade, pod, dest.cidr, dest.exclude, out) for pod in pods]
+        if pods:
+            families_in_use.add(dest.family)
+    if spec.masquerade.mode == "all":
+        for pod in spec.cluster.pod_cidrs:
+            owned.append(_nat_all_rule(spec, pod))
+            families_in_use.add(pod.version)
+    explicit = {s.name for s in spec.sysctls}
+    if spec.manage_forwarding:
+        owned += [Sysctl(FORWARDING_SYSCTL[f], "1") for f in sorted(families_in_use)
+                  if FORWARDING_SYSCTL[f] not in explicit]
+    owned += spec.sysctls
+    return State(owned=owned)
+
+
+def _nat_rule(
+    policy: MasqueradePolicy,
+    source: Network,
+    destination: Network | None,
+    exclude: Iterable[Network],
+    out: str | None,
+) -> MasqueradeRule | SnatRule:
+    snat = policy.snat_address(source.version)
+    if snat is not None:
+        return SnatRule(source, destination=destination, exclude=exclude, out_interface=out,
+                        random_fully=policy.random_fully, to_address=snat)
+    return MasqueradeRule(source, destination=destination, exclude=exclude, out_interface=out,
+                          random_fully=policy.random_fully)
+
+
+def _nat_all_rule(spec: Spec, pod: Network) -> MasqueradeRule | SnatRule:
+    family = pod.version
+    policy = spec.masquerade
+    keep = [n for n in policy.non_masquerade_cidrs if n.version == family]
+    keep += spec.cluster.own(family)
+    keep += [d.cidr for d in spec.destinations if d.family == family and not d.masquerade]
+    keep += [e for d in spec.destinations if d.family == family for e in d.exclude]
+    link_local = policy.masq_link_local if family == 4 else policy.masq_link_local_ipv6
+    if not link_local:
+        keep.append(LINK_LOCAL[family])
+    return _nat_rule(policy, pod, None, keep, policy.out_interface)
+
+
+def _fact_problems(spec: Spec, facts: NodeFacts) -> list[Problem]:
+    problems: list[Problem] = []
+    known = set(facts.interfaces)
+    for i, dest in enumerate(spec.destinations):
+        path = f"destinations[{i}]"
+        if known and dest.device is not None and dest.device not in known:
+            problems.append(Problem(f"{path}.device", f"no interface {dest.device!r} on "
+                                    f"{facts.hostname or 'the node'} "
+                                    f"(has: {', '.join(sorted(known))})"))
+        if (dest.gateway is not None and (facts.interfaces or facts.routes)
+                and not facts.reaches(dest.gateway)):
+            problems.append(Problem(f"{path}.gateway",
+                                    f"gateway {dest.gateway} is not inside any connected or "
+                                    f"routed prefix of {facts.hostname or 'the node'} "
+                                    f"({', '.join(map(str, facts.connected() + facts.routes))})"))
+        elif (dest.gateway is not None and dest.device is not None
+                and dest.device in facts.interfaces
+                and not any(contains(a.network, dest.gateway)
+                            for a in facts.interfaces[dest.device])
+                and not any(contains(n, dest.gateway) for n in facts.routes)):
+            problems.append(Problem(f"{path}.gateway",
+                                    f"gateway {dest.gateway} is not on {dest.device}'s networks"))
+    out = spec.masquerade.out_interface
+    if known and out is not None and out not in known:
+        problems.append(Problem("masquerade.outInterface", f"no interface {out!r} on the node"))
+    return problems
+
+
+# ---------------------------------------------------------------- flannel
+
+SpecOrCidrs = Spec | str | Network | Iterable[str | Network]
+
+
+def _pod_cidrs(spec_or_cidrs: SpecOrCidrs) -> tuple[Network, ...]:
+    if isinstance(spec_or_cidrs, Spec):
+        return tuple(spec_or_cidrs.cluster.pod_cidrs)
+    if isinstance(spec_or_cidrs, str | ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return (parse_network(spec_or_cidrs),)
+    return tuple(parse_network(c) for c in spec_or_cidrs)
+
+
+def _one_network_per_family(pods: tuple[Network, ...]) -> list[Problem]:
+    v4 = [p for p in pods if p.version == 4]
+    v6 = [p for p in pods if p.version == 6]
+    return [Problem("cluster.podCIDRs", f"flannel takes one IPv{f} network, the spec has "
+                    f"{len(nets)}: {', '.join(map(str, nets))}")
+            for f, nets in ((4, v4), (6, v6)) if len(nets) > 1]
+
+
+def _flannel_objects(spec: Spec, targets: tuple[str, ...], out: list[NetObject]) -> list[Problem]:
+    settings = spec.cni.flannel
+    if settings is None:
+        out += [FlannelNetworks(target, spec.cluster.pod_cidrs) for target in targets]
+        return []
+    try:
+        out += [compile_flannel(spec, target=target, backend_type=settings.backend_type,
+                                backend_options=dict(settings.backend_options),
+                                enable_nftables=settings.enable_nftables).ordered[0]
+                for target in targets]
+    except SpecError as exc:
+        return list(exc.problems)
+    return []
+
+
+def pod_cidr_problems(
+    spec_or_cidrs: SpecOrCidrs, config: FlannelConfig | State
+) -> list[Problem]:
+    """Every pod CIDR that disagrees with flannel's ``Network`` / ``IPv6Network``.
+
+    ``spec_or_cidrs`` is a :class:`~k3snet.spec.Spec` or pod CIDRs; ``config`` a
+    flannel config or an observed state (its effective config is used).
+    """
+    effective = effective_config(config) if isinstance(config, State) else config
+    if effective is None:
+        return []
+    expected = FlannelNetworks(effective.target, _pod_cidrs(spec_or_cidrs))
+    return [Problem(f"cluster.podCIDRs[{index}]", message)
+            for index, message in expected.disagreements(effective)]
+
+
+def check_pod_cidr(spec_or_cidrs: SpecOrCidrs, config: FlannelConfig | State) -> None:
+    """Raise :class:`~k3snet.errors.SpecError` if a pod CIDR disagrees with flannel's network.
+
+    >>> cfg = FlannelConfig("file:/etc/flannel.json", network="10.244.0.0/16")
+    >>> check_pod_cidr(["10.42.0.0/16"], cfg)
+    Traceback (most recent call last):
+    ...
+    k3snet.errors.SpecError: 1 problem:
+      cluster.podCIDRs[0]: pod CIDR 10.42.0.0/16 disagrees with flannel's Network 10.244.0.0/16 \
+in file:/etc/flannel.json: flannel gives pods addresses from 10.244.0.0/16, so rules for \
+10.42.0.0/16 would miss them; make them equal
+    """
+    problems = pod_cidr_problems(spec_or_cidrs, config)
+    if problems:
+        raise SpecError(problems)
+
+
+def compile_flannel(
+    spec_or_cidrs: SpecOrCidrs,
+    *,
+    target: str,
+    backend_type: str | None = None,
+    backend_options: Mapping[str, Any] | None = None,
+    enable_nftables: bool | None = None,
+    extra: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+) -> State:
+    """The flannel config k3snet wants on ``target``: the pod CIDRs as ``Network`` /
+    ``IPv6Network`` (with ``EnableIPv6`` when there is an IPv6 one), and the given
+    backend settings. Keys left unset stay flannel's.
+    """
+    pods = _pod_cidrs(spec_or_cidrs)
+    problems = _one_network_per_family(pods)
+    if problems:
+        raise SpecError(problems)
+    v4 = [p for p in pods if p.version == 4]
+    v6 = [p for p in pods if p.version == 6]
+    config = FlannelConfig(
+        target,
+        network=v4[0] if v4 else None,
+        ipv6_network=v6[0] if v6 else None,
+        enable_ipv6=True if v6 else None,
+        enable_nftables=enable_nftables,
+        backend_type=backend_type,
+        backend_options=backend_options or {},
+        extra=extra or {},
+    )
+    return State(owned=[config])
+
+
+# ---------------------------------------------------------------- calico
+
+
+def _exempt_pool(net: Network) -> IPPool:
+    low, high = BLOCK_SIZE_RANGE[net.version]
+    block = min(high, max(DEFAULT_BLOCK_SIZE[net.version], net.prefixlen, low))
+    return IPPool(pool_name("nonat", net), net, disabled=True, nat_outgoing=False,
+                  block_size=block)
+
+
+def nat_exemptions(spec: Spec) -> tuple[Network, ...]:
+    """The CIDRs the spec's masquerade policy exempts from NAT, as Calico can express them.
+
+    Destinations with ``masquerade: false``, every ``exclude``, and in mode ``all``
+    the ``nonMasqueradeCIDRs``; aggregated, without the pod CIDRs (already pools)
+    and without link-local ranges (Calico refuses pools there). Empty in mode ``off``.
+    """
+    policy = spec.masquerade
+    if policy.mode == "off":
+        return ()
+    wanted: list[Network] = []
+    for dest in spec.destinations:
+        if not dest.masquerade:
+            wanted.append(dest.cidr)
+        wanted += dest.exclude
+    if policy.mode == "all":
+        wanted += policy.non_masquerade_cidrs
+    holes = [*spec.cluster.pod_cidrs, *LINK_LOCAL.values()]
+    result: list[Network] = []
+    for net in aggregate(wanted):
+        result += subtract(net, [h for h in holes if h.version == net.version])
+    return tuple(aggregate(result))
+
+
+def _calico_objects(spec: Spec, settings: CalicoSettings, out: list[NetObject]) -> list[Problem]:
+    try:
+        out += _pools(spec, settings.ipip_mode, settings.vxlan_mode, settings.block_size,
+                      settings.node_selector)
+    except SpecError as exc:
+        return list(exc.problems)
+    return []
+
+
+def compile_ippools(
+    spec: Spec,
+    *,
+    ipip_mode: EncapsulationMode = "Never",
+    vxlan_mode: EncapsulationMode = "Never",
+    block_size: int | None = None,
+    node_selector: str = "all()",
+) -> State:
+    """The IP pools that carry ``spec``'s masquerade policy on a Calico cluster.
+
+    * one pool per pod CIDR (``k3snet-pods-...``), ``natOutgoing`` unless the
+      masquerade mode is ``off``, with the given encapsulation and block size;
+    * one disabled pool (``k3snet-nonat-...``) per CIDR exempt from NAT (see
+      :func:`nat_exemptions`).
+
+    Calico masquerades everything that leaves the pools, so in mode
+    ``destinations`` traffic to other places is NATed too; only exemptions can
+    be expressed. When the cluster's own pool already covers a pod CIDR with the
+    same NAT setting, the plan says the need is *met*, and nothing is created.
+
+    >>> from k3snet.spec import Destination, Spec
+    >>> spec = Spec(destinations=[Destination("192.168.2.0/24", exclude=["192.168.2.8/29"])])
+    >>> for pool in compile_ippools(spec): print(pool)
+    ippool k3snet-nonat-192-168-2-8-29 192.168.2.8/29 disabled blockSize=29
+    ippool k3snet-pods-10-42-0-0-16 10.42.0.0/16 natOutgoing blockSize=26
+    """
+    problems = validate(spec)
+    if problems:
+        raise SpecError(problems)
+    return State(owned=_pools(spec, ipip_mode, vxlan_mode, block_size, node_selector))
+
+
+def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMode,
+           block_size: int | None, node_selector: str) -> list[IPPool]:
+    nat = spec.masquerade.mode != "off"
+    pools: list[IPPool] = []
+    for pod in spec.cluster.pod_cidrs:
+        try:
+            pools.append(IPPool(pool_name("pods", pod), pod, nat_outgoing=nat,
+                                ipip_mode=ipip_mode if pod.version == 4 else "Never",
+                                vxlan_mode=vxlan_mode, block_size=block_size,
+                                node_selector=node_selector))
+        except ModelError as exc:
+            raise SpecError([Problem("cluster.podCIDRs", str(exc))]) from exc
+    pools += [_exempt_pool(net) for net in nat_exemptions(spec)]
+    return pools

@@ -1,0 +1,362 @@
+"""The machinery of field tables: a YAML key, the attribute it fills, how it is read,
+written and checked, each said once in a :class:`Field`.
+
+A :class:`Section` is the table of one mapping (``cluster``, a destination, ...)
+and the attrs class it becomes. From it come: the keys a mapping may hold (an
+unknown one is reported with its path), the reading of each value (a problem
+is reported with its path, and the class default is used instead), the
+writing back (:func:`write_section`), and the checks the values must pass
+(:func:`check_section`, run by :func:`~k3snet.spec.validate.validate` on
+parsed and programmatic specs alike). Defaults are the attrs classes' own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from k3snet.errors import K3snetError, Problem
+from k3snet.model.cidr import Network, parse_network
+from k3snet.spec.validators import Check
+
+__all__ = [
+    "INVALID",
+    "Field",
+    "Read",
+    "Reader",
+    "Section",
+    "boolean",
+    "check_section",
+    "converted",
+    "items",
+    "join",
+    "mapping",
+    "nested",
+    "nested_list",
+    "networks",
+    "opt_str",
+    "pairs",
+    "raw",
+    "read_section",
+    "string",
+    "strs",
+    "write_section",
+]
+
+T = TypeVar("T")
+
+
+class _Invalid:
+    """The result of reading a value that had a problem (already reported)."""
+
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+INVALID: Any = _Invalid()
+"""Returned by a read function that reported a problem: the class default applies."""
+
+
+def join(path: str, key: str) -> str:
+    """``path.key``, or ``key`` at the top."""
+    return f"{path}.{key}" if path else key
+
+
+class Reader:
+    """Collects every problem of one document, each with its path."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def problem(self, path: str, message: str) -> None:
+        """Record one problem."""
+        self.problems.append(Problem(path, message))
+
+    def mapping(self, value: Any, path: str, allowed: Sequence[str]) -> Mapping[str, Any]:
+        """``value`` as a mapping whose keys are all in ``allowed`` ({} when absent)."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problem(path, f"expected a mapping, got {type(value).__name__}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                self.problem(join(path, str(key)), f"unknown key (known: {', '.join(allowed)})")
+        return value
+
+    def convert(self, value: Any, path: str, convert: Callable[[Any], T]) -> T | Any:
+        """``convert(value)``, or :data:`INVALID` with the error as the problem."""
+        try:
+            return convert(value)
+        except (K3snetError, ValueError, TypeError) as exc:
+            self.problem(path, str(exc))
+            return INVALID
+
+    def sequence(self, value: Any, path: str) -> Sequence[Any]:
+        """``value`` as a list (() when absent or not a list)."""
+        if value is None:
+            return ()
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            self.problem(path, f"expected a list, got {type(value).__name__}")
+            return ()
+        return value
+
+    def networks(self, value: Any, path: str) -> tuple[Network, ...]:
+        """A list of CIDRs; a bad entry is reported (``path[i]``) and left out."""
+        result = [self.convert(v, f"{path}[{i}]", parse_network)
+                  for i, v in enumerate(self.sequence(value, path))]
+        return tuple(n for n in result if n is not INVALID)
+
+
+Read = Callable[[Reader, Any, str], Any]
+"""``(reader, value, path) -> model value`` (or :data:`INVALID`); never called with ``None``."""
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@attrs.frozen
+class Field:
+    """One YAML key of a section: the one place it is spelled.
+
+    ``key`` is dotted for a key of a nested mapping (``backend.type``). ``attr``
+    is the attribute it fills (``None``: a key that is only checked, like
+    ``apiVersion``; :attr:`write` then gets ``None``). A key left out or
+    ``null`` takes the class default, or is reported as ``required``.
+    ``example`` is a value differing from the default (docs and tests).
+    """
+
+    key: str
+    attr: str | None
+    read: Read
+    write: Callable[[Any], Any] = _same
+    checks: tuple[Check, ...] = ()
+    required: str | None = None
+    example: Any = None
+    omit_none: bool = False
+    """Written only when set (``cni.flannel``, ``cni.calico``)."""
+    child: Section | None = None
+    """The section of a nested object (or of each item, when ``many``)."""
+    many: bool = False
+
+
+Prepare = Callable[[Reader, Mapping[str, Any], str], Mapping[str, Any]]
+
+
+@attrs.frozen
+class Section:
+    """The field table of one mapping and the attrs class it becomes.
+
+    ``inputs`` are keys read only by ``prepare`` (which may rewrite the mapping
+    first, as ``masquerade.ipMasqAgentConfig`` does).
+    """
+
+    cls: type[Any]
+    fields: tuple[Field, ...]
+    inputs: tuple[str, ...] = ()
+    prepare: Prepare | None = None
+    keys: tuple[str, ...] = attrs.field(init=False)
+    nested: Mapping[str, tuple[str, ...]] = attrs.field(init=False)
+    _checked: tuple[tuple[str, str, tuple[Check, ...]], ...] = attrs.field(init=False, repr=False)
+    _children: tuple[tuple[str, str, Section, bool], ...] = attrs.field(init=False, repr=False)
+    _reads: tuple[tuple[Field, str, str], ...] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        keys: list[str] = []
+        nested: dict[str, list[str]] = {}
+        for f in self.fields:
+            outer, _, inner = f.key.partition(".")
+            if outer not in keys:
+                keys.append(outer)
+            if inner:
+                nested.setdefault(outer, []).append(inner)
+        object.__setattr__(self, "keys", (*keys, *self.inputs))
+        object.__setattr__(self, "_reads", tuple(
+            (f, *f.key.partition(".")[::2]) for f in self.fields))
+        object.__setattr__(self, "nested", {k: tuple(v) for k, v in nested.items()})
+        # Precomputed so that checking 10k destinations only touches checked fields.
+        object.__setattr__(self, "_checked", tuple(
+            (f.attr, f.key, f.checks) for f in self.fields if f.checks and f.attr is not None))
+        object.__setattr__(self, "_children", tuple(
+            (f.attr, f.key, f.child, f.many) for f in self.fields
+            if f.child is not None and f.attr is not None))
+
+    def field(self, key: str) -> Field:
+        """The field of one (dotted) key."""
+        for f in self.fields:
+            if f.key == key:
+                return f
+        raise KeyError(key)
+
+
+_NO_NESTED: Mapping[str, Mapping[str, Any]] = {}
+
+
+def read_section(reader: Reader, section: Section, value: Any, path: str) -> Any:
+    """Build ``section.cls`` from a mapping; ``None`` when a required key is missing or bad."""
+    data = reader.mapping(value, path, section.keys)
+    if section.prepare is not None:
+        data = section.prepare(reader, data, path)
+    inner = {outer: reader.mapping(data.get(outer), join(path, outer), keys)
+             for outer, keys in section.nested.items()} if section.nested else _NO_NESTED
+    kwargs: dict[str, Any] = {}
+    complete = True
+    for f, outer, inner_key in section._reads:
+        raw = inner[outer].get(inner_key) if inner_key else data.get(outer)
+        if raw is None:
+            if f.required is not None:
+                reader.problem(join(path, f.key), f.required)
+                complete = False
+            continue
+        result = f.read(reader, raw, f"{path}.{f.key}" if path else f.key)
+        if result is INVALID:
+            complete = complete and f.required is None
+        elif f.attr is not None:
+            kwargs[f.attr] = result
+    return section.cls(**kwargs) if complete else None
+
+
+def write_section(section: Section, obj: Any) -> dict[str, Any]:
+    """The YAML/JSON form of ``obj``, in table order."""
+    out: dict[str, Any] = {}
+    for f in section.fields:
+        value = None if f.attr is None else getattr(obj, f.attr)
+        if f.omit_none and value is None:
+            continue
+        outer, dot, rest = f.key.partition(".")
+        if dot:
+            out.setdefault(outer, {})[rest] = f.write(value)
+        else:
+            out[f.key] = f.write(value)
+    return out
+
+
+def check_section(section: Section, obj: Any, path: str, problems: list[Problem]) -> None:
+    """Run every field check of ``obj`` (and its nested objects), adding problems with paths."""
+    for attr, key, checks in section._checked:
+        value = getattr(obj, attr)
+        for check in checks:
+            message = check(value)
+            if message is not None:
+                problems.append(Problem(join(path, key), message))
+    for attr, key, child, many in section._children:
+        value = getattr(obj, attr)
+        if value is None:
+            continue
+        fpath = join(path, key)
+        if many:
+            for i, item in enumerate(value):
+                check_section(child, item, f"{fpath}[{i}]", problems)
+        else:
+            check_section(child, value, fpath, problems)
+
+
+# ---------------------------------------------------------------- read / write kit
+
+
+def boolean(reader: Reader, value: Any, path: str) -> Any:
+    """``true`` or ``false``."""
+    if not isinstance(value, bool):
+        reader.problem(path, f"expected true or false, got {value!r}")
+        return INVALID
+    return value
+
+
+def string(reader: Reader, value: Any, path: str) -> Any:
+    """Any string."""
+    if not isinstance(value, str):
+        reader.problem(path, f"expected a string, got {value!r}")
+        return INVALID
+    return value
+
+
+def raw(reader: Reader, value: Any, path: str) -> Any:
+    """The value as given: its field's checks judge it (a range, a choice)."""
+    return value
+
+
+def converted(convert: Callable[[Any], Any]) -> Read:
+    """A read function applying a model converter (``parse_network`` ...)."""
+
+    def read(reader: Reader, value: Any, path: str) -> Any:
+        # Reader.convert inlined: this runs for every CIDR of a 10k-destination spec.
+        try:
+            return convert(value)
+        except (K3snetError, ValueError, TypeError) as exc:
+            reader.problem(path, str(exc))
+            return INVALID
+
+    return read
+
+
+def networks(reader: Reader, value: Any, path: str) -> Any:
+    """A list of CIDRs."""
+    return reader.networks(value, path)
+
+
+def items(each: Read) -> Read:
+    """A list read item by item (``path[i]``); bad items are left out."""
+
+    def read(reader: Reader, value: Any, path: str) -> Any:
+        result = [each(reader, v, f"{path}[{i}]")
+                  for i, v in enumerate(reader.sequence(value, path))]
+        return tuple(v for v in result if v is not INVALID)
+
+    return read
+
+
+def mapping(message: str) -> Read:
+    """A mapping of plain keys to values (labels, options), with ``message`` for anything else."""
+
+    def read(reader: Reader, value: Any, path: str) -> Any:
+        if not isinstance(value, Mapping):
+            reader.problem(path, message)
+            return INVALID
+        return {str(k): v for k, v in value.items()}
+
+    return read
+
+
+def strs(values: Iterable[Any]) -> list[str]:
+    """Writer: a list of addresses or CIDRs as strings."""
+    return [str(v) for v in values]
+
+
+def opt_str(value: Any) -> str | None:
+    """Writer: an optional address as a string."""
+    return None if value is None else str(value)
+
+
+def pairs(value: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Writer: sorted pairs (labels, options) as a mapping."""
+    return dict(value)
+
+
+def nested(key: str, attr: str, child: Section, *, omit_none: bool = False) -> Field:
+    """A key holding one object of ``child``'s class."""
+
+    def read(reader: Reader, value: Any, path: str) -> Any:
+        result = read_section(reader, child, value, path)
+        return INVALID if result is None else result
+
+    def write(value: Any) -> Any:
+        return None if value is None else write_section(child, value)
+
+    return Field(key, attr, read, write, child=child, omit_none=omit_none)
+
+
+def nested_list(key: str, attr: str, child: Section) -> Field:
+    """A key holding a list of objects of ``child``'s class (``path[i]``)."""
+
+    def read(reader: Reader, value: Any, path: str) -> Any:
+        result = [read_section(reader, child, item, f"{path}[{i}]")
+                  for i, item in enumerate(reader.sequence(value, path))]
+        return tuple(r for r in result if r is not None)
+
+    def write(value: Any) -> Any:
+        return [write_section(child, item) for item in value]
+
+    return Field(key, attr, read, write, child=child, many=True)

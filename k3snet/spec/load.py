@@ -1,0 +1,45 @@
+"""Loading a spec: a file or YAML/JSON text or a mapping to a validated :class:`Spec`.
+
+Reading follows the field table (:mod:`k3snet.spec.schema`); then every check
+runs on what was read, and all problems come out at once in one
+:class:`~k3snet.errors.SpecError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from k3snet.errors import SpecError
+from k3snet.spec.fields import Reader
+from k3snet.spec.model import Spec
+from k3snet.spec.schema import read_spec
+from k3snet.spec.source import load_mapping, read_text
+from k3snet.spec.validate import validate
+
+__all__ = ["load_mapping", "load_spec", "spec_from_dict"]
+
+
+def _related(path: str, other: str) -> bool:
+    return path.startswith(other) or other.startswith(path)
+
+
+def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Spec:
+    """Read and check the YAML/JSON form (:meth:`Spec.from_dict`)."""
+    reader = Reader()
+    spec = read_spec(reader, data)
+    problems = list(reader.problems)
+    # Checks run on the parts that parsed, so one pass reports everything; a
+    # path that already has a reading problem is not reported twice.
+    bad = {p.path for p in problems}
+    problems += [p for p in validate(spec) if not any(_related(p.path, b) for b in bad if b)]
+    if problems:
+        raise SpecError(problems, source=source)
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read a spec from a YAML or JSON file."""
+    path = Path(path)
+    return Spec.from_yaml(read_text(path), source=str(path))

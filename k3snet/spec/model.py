@@ -1,0 +1,309 @@
+"""The spec's values: what the operator wants for pod egress, as frozen attrs classes.
+
+Their YAML spelling lives in :mod:`k3snet.spec.schema` (the field table), not here:
+these classes hold the defaults, the table holds the keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+
+from k3snet.errors import ModelError
+from k3snet.model import validate_interface_name
+from k3snet.model.cidr import Address, Network, parse_address, parse_network
+from k3snet.model.route import MAIN_TABLE
+from k3snet.model.sysctl import Sysctl
+
+__all__ = [
+    "API_VERSION",
+    "FLANNEL_TYPES",
+    "KIND",
+    "AgentSettings",
+    "CalicoSettings",
+    "Cluster",
+    "CniSettings",
+    "ConnectivityTest",
+    "Destination",
+    "DnsZone",
+    "EgressPolicy",
+    "FlannelSettings",
+    "ForwardPolicy",
+    "MasqueradeMode",
+    "MasqueradePolicy",
+    "Spec",
+    "seed_spec",
+]
+
+API_VERSION = "k3snet.io/v1alpha1"
+KIND = "EgressSpec"
+
+K3S_POD_CIDR = "10.42.0.0/16"
+K3S_SERVICE_CIDR = "10.43.0.0/16"
+
+FLANNEL_TYPES: tuple[str, ...] = (
+    "vxlan", "host-gw", "wireguard", "ipip", "udp", "alivpc", "alloc", "tencentvpc", "extension",
+    "ipsec", "gce", "aws-vpc",
+)
+"""Flannel backend types the spec accepts for ``cni.flannel.backend.type``."""
+
+MasqueradeMode = Literal["destinations", "all", "off"]
+
+
+def _destinations(values: Iterable[Destination]) -> tuple[Destination, ...]:
+    return tuple(values)
+
+
+def _sysctls(values: Iterable[Sysctl]) -> tuple[Sysctl, ...]:
+    return tuple(values)
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(values, str):
+        raise ModelError(f"expected a list of names, got the string {values!r}")
+    return tuple(values)
+
+
+def _networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
+    if isinstance(values, str):
+        raise ModelError(f"expected a list of CIDRs, got the string {values!r}")
+    return tuple(parse_network(v) for v in values)
+
+
+def _addresses(values: Iterable[str | Address]) -> tuple[Address, ...]:
+    if isinstance(values, str):
+        raise ModelError(f"expected a list of addresses, got the string {values!r}")
+    return tuple(parse_address(v) for v in values)
+
+
+def _opt_address(value: str | Address | None) -> Address | None:
+    return None if value is None else parse_address(value)
+
+
+def _opt_ifname(value: str | None) -> str | None:
+    return None if value is None else validate_interface_name(value)
+
+
+@attrs.frozen
+class Cluster:
+    """The cluster's own address space: pod and service CIDRs (K3s defaults)."""
+
+    pod_cidrs: tuple[Network, ...] = attrs.field(
+        default=(parse_network(K3S_POD_CIDR),), converter=_networks
+    )
+    service_cidrs: tuple[Network, ...] = attrs.field(
+        default=(parse_network(K3S_SERVICE_CIDR),), converter=_networks
+    )
+
+    def pods(self, family: int) -> tuple[Network, ...]:
+        """Pod CIDRs of one family."""
+        return tuple(n for n in self.pod_cidrs if n.version == family)
+
+    def own(self, family: int) -> tuple[Network, ...]:
+        """Pod and service CIDRs of one family."""
+        return tuple(n for n in (*self.pod_cidrs, *self.service_cidrs) if n.version == family)
+
+
+@attrs.frozen
+class Destination:
+    """A subnet pods must reach: how the node routes to it, and whether to NAT and forward.
+
+    ``gateway``/``device`` make k3snet own a route (unless one exists already,
+    in which case the plan says the need is met). ``exclude`` lists prefixes
+    inside ``cidr`` that must keep the pod source address.
+    """
+
+    cidr: Network = attrs.field(converter=parse_network)
+    gateway: Address | None = attrs.field(default=None, converter=_opt_address, kw_only=True)
+    device: str | None = attrs.field(default=None, converter=_opt_ifname, kw_only=True)
+    table: int = attrs.field(default=MAIN_TABLE, kw_only=True)
+    metric: int | None = attrs.field(default=None, kw_only=True)
+    masquerade: bool = attrs.field(default=True, kw_only=True)
+    forward: bool = attrs.field(default=True, kw_only=True)
+    exclude: tuple[Network, ...] = attrs.field(default=(), converter=_networks, kw_only=True)
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return self.cidr.version
+
+    @property
+    def routed(self) -> bool:
+        """True when the spec asks for a route to it."""
+        return self.gateway is not None or self.device is not None
+
+
+@attrs.frozen
+class MasqueradePolicy:
+    """Which pod traffic leaves the node with the node's address.
+
+    * ``destinations`` (default): only traffic to the spec's destinations;
+    * ``all``: everything but ``non_masquerade_cidrs`` (ip-masq-agent's semantics;
+      the cluster's own CIDRs and link-local are always kept, link-local unless
+      ``masq_link_local``), restricted to pod sources;
+    * ``off``: no NAT (the CNI or the network handles it).
+
+    ``snat_addresses`` (at most one per family) use SNAT to that address instead
+    of masquerade.
+    """
+
+    mode: MasqueradeMode = attrs.field(default="destinations")
+    non_masquerade_cidrs: tuple[Network, ...] = attrs.field(
+        default=(), converter=_networks, kw_only=True
+    )
+    masq_link_local: bool = attrs.field(default=False, kw_only=True)
+    masq_link_local_ipv6: bool = attrs.field(default=False, kw_only=True)
+    out_interface: str | None = attrs.field(default=None, converter=_opt_ifname, kw_only=True)
+    random_fully: bool = attrs.field(default=False, kw_only=True)
+    snat_addresses: tuple[Address, ...] = attrs.field(
+        default=(), converter=_addresses, kw_only=True
+    )
+
+    def snat_address(self, family: int) -> Address | None:
+        """The SNAT address for one family, if any."""
+        return next((a for a in self.snat_addresses if a.version == family), None)
+
+
+@attrs.frozen
+class ForwardPolicy:
+    """Whether to open the FORWARD path for pod traffic to the destinations (and replies)."""
+
+    accept: bool = True
+    in_interface: str | None = attrs.field(default=None, converter=_opt_ifname, kw_only=True)
+
+
+def _labels(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(k), v) for k, v in items))
+
+
+@attrs.frozen
+class DnsZone:
+    """Forward one DNS zone to resolvers outside the cluster (CoreDNS ``coredns-custom``)."""
+
+    zone: str
+    resolvers: tuple[Address, ...] = attrs.field(default=(), converter=_addresses)
+
+
+def _zones(values: Iterable[DnsZone]) -> tuple[DnsZone, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class EgressPolicy:
+    """Limit the selected pods' egress to the spec's destinations and cluster DNS.
+
+    Rendered as Kubernetes NetworkPolicies: an ``ipBlock`` per destination, with
+    ``except`` for the ``deny`` prefixes inside it. (A destination's ``exclude``
+    is about NAT, not reachability: pods still reach those prefixes, with their
+    own address.) ``restrict=False`` renders nothing.
+    """
+
+    restrict: bool = False
+    namespace: str = "default"
+    pod_selector: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
+    """Label pairs (a mapping is accepted), sorted so equal selectors compare equal."""
+    allow_dns: bool = True
+    deny: tuple[Network, ...] = attrs.field(default=(), converter=_networks)
+    """Prefixes inside destinations that the selected pods must not reach."""
+
+
+@attrs.frozen
+class ConnectivityTest:
+    """A Job that proves pods reach a destination: ping, and a TCP connect to ``port``."""
+
+    target: Address = attrs.field(converter=parse_address)
+    port: int | None = None
+    namespace: str = "default"
+    image: str = "busybox:1.36"
+
+
+@attrs.frozen
+class AgentSettings:
+    """How the k3snet agent DaemonSet runs on every node."""
+
+    image: str = "ghcr.io/k3snet/k3snet:0.1.0"
+    namespace: str = "kube-system"
+    interval_seconds: int = 30
+
+
+def _options(value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(k), v) for k, v in items))
+
+
+@attrs.frozen
+class FlannelSettings:
+    """What k3snet sets in flannel's net-conf.json besides the pod CIDRs (``None``: leave it)."""
+
+    backend_type: str | None = None
+    backend_options: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_options)
+    """``Backend`` options such as ``VNI`` or ``Port`` (a mapping is accepted)."""
+    enable_nftables: bool | None = None
+
+
+@attrs.frozen
+class CalicoSettings:
+    """How the spec's pod CIDRs become Calico IPPools."""
+
+    ipip_mode: Literal["Never", "Always", "CrossSubnet"] = "Never"
+    vxlan_mode: Literal["Never", "Always", "CrossSubnet"] = "Never"
+    block_size: int | None = None
+    node_selector: str = "all()"
+    allow_disruptive: bool = False
+    """Let ``apply`` delete and re-create a pool whose ``cidr``/``blockSize`` changes."""
+
+
+@attrs.frozen
+class CniSettings:
+    """CNI configuration k3snet manages (cluster level): flannel and/or Calico."""
+
+    flannel: FlannelSettings | None = None
+    calico: CalicoSettings | None = None
+
+
+@attrs.frozen
+class Spec:
+    """Everything the operator wants for pod egress on a node."""
+
+    cluster: Cluster = attrs.field(factory=Cluster)
+    destinations: tuple[Destination, ...] = attrs.field(default=(), converter=_destinations)
+    masquerade: MasqueradePolicy = attrs.field(factory=MasqueradePolicy)
+    forward: ForwardPolicy = attrs.field(factory=ForwardPolicy)
+    sysctls: tuple[Sysctl, ...] = attrs.field(default=(), converter=_sysctls)
+    manage_forwarding: bool = True
+    """Turn on ``ip_forward`` / ``conf.all.forwarding`` for every family in use."""
+    backends: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    dns: tuple[DnsZone, ...] = attrs.field(default=(), converter=_zones)
+    egress_policy: EgressPolicy = attrs.field(factory=EgressPolicy)
+    connectivity_test: ConnectivityTest | None = None
+    agent: AgentSettings = attrs.field(factory=AgentSettings)
+    cni: CniSettings = attrs.field(factory=CniSettings)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Spec:
+        """Parse the YAML/JSON form; every problem is reported in one SpecError."""
+        from k3snet.spec.load import spec_from_dict  # noqa: PLC0415 - load imports this module
+
+        return spec_from_dict(data, source=source)
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str | None = None) -> Spec:
+        """Parse YAML (or JSON) text."""
+        from k3snet.spec.load import load_mapping  # noqa: PLC0415 - load imports this module
+
+        return cls.from_dict(load_mapping(text, source), source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML/JSON form (inverse of :meth:`from_dict`), written by the field table."""
+        from k3snet.spec.schema import write_spec  # noqa: PLC0415 - schema imports this module
+
+        return write_spec(self)
+
+
+def seed_spec() -> Spec:
+    """The seed scenario: K3s pods on 192.168.1.0/24 nodes must reach 192.168.2.0/24."""
+    return Spec(destinations=[Destination("192.168.2.0/24", gateway="192.168.1.1",
+                                          device="eth0")])

@@ -1,0 +1,159 @@
+"""Checking a spec: every field check of the table, then the checks across fields.
+
+Each problem carries its path (``destinations[1].gateway``); :func:`validate`
+returns them all, and loading raises them in one :class:`~k3snet.errors.SpecError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from k3snet.errors import Problem
+from k3snet.model.cidr import Address, Network, contains, overlaps
+from k3snet.spec.fields import check_section
+from k3snet.spec.model import Cluster, Destination, MasqueradePolicy, Spec
+from k3snet.spec.schema import DNS_LABEL, SPEC
+
+__all__ = ["validate"]
+
+
+def validate(spec: Spec) -> list[Problem]:
+    """Every problem of a spec, each with its path: the field checks of the table, then
+    the checks across fields. Empty when the spec is sound.
+    """
+    problems: list[Problem] = []
+    check_section(SPEC, spec, "", problems)
+    add = problems.append
+    cluster = spec.cluster
+    if not cluster.pod_cidrs:
+        add(Problem("cluster.podCIDRs", "at least one pod CIDR is needed"))
+    _duplicates(problems, "cluster.podCIDRs", cluster.pod_cidrs)
+    _duplicates(problems, "cluster.serviceCIDRs", cluster.service_cidrs)
+    for i, pod in enumerate(cluster.pod_cidrs):
+        for svc in cluster.service_cidrs:
+            if overlaps(pod, svc):
+                add(Problem(f"cluster.podCIDRs[{i}]",
+                            f"{pod} overlaps service CIDR {svc}; pods and services need "
+                            "separate ranges"))
+    families: set[int] = {n.version for n in cluster.pod_cidrs}
+    seen: dict[Network, int] = {}
+    for i, dest in enumerate(spec.destinations):
+        path = f"destinations[{i}]"
+        if dest.cidr in seen:
+            add(Problem(f"{path}.cidr", f"duplicate destination {dest.cidr} "
+                                        f"(also destinations[{seen[dest.cidr]}])"))
+        seen.setdefault(dest.cidr, i)
+        problems += _destination_problems(path, dest, cluster, families)
+    problems += _masquerade_problems(spec.masquerade, cluster)
+    problems += _cluster_object_problems(spec)
+    names: set[str] = set()
+    for s in spec.sysctls:
+        if s.name in names:
+            add(Problem(f"sysctls.{s.name}", "duplicate sysctl"))
+        names.add(s.name)
+    return problems
+
+
+def _destination_problems(
+    path: str, dest: Destination, cluster: Cluster, families: set[int]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    add = problems.append
+    if dest.gateway is not None and dest.gateway.version != dest.family:
+        add(Problem(f"{path}.gateway", f"gateway {dest.gateway} is IPv{dest.gateway.version} "
+                                       f"but destination {dest.cidr} is IPv{dest.family}"))
+    for kind, nets in (("pod", cluster.pod_cidrs), ("service", cluster.service_cidrs)):
+        for net in nets:
+            if overlaps(dest.cidr, net):
+                add(Problem(f"{path}.cidr",
+                            f"{dest.cidr} overlaps the cluster {kind} CIDR {net}: traffic to it "
+                            f"is routed inside the cluster and never leaves the node, a common "
+                            f"cause of 'pods cannot reach the subnet'; renumber one of them"))
+    if dest.family not in families and cluster.pod_cidrs:
+        add(Problem(f"{path}.cidr", f"{dest.cidr} is IPv{dest.family} but the cluster has no "
+                                    f"IPv{dest.family} pod CIDR"))
+    for j, ex in enumerate(dest.exclude):
+        if ex.version != dest.family:
+            add(Problem(f"{path}.exclude[{j}]", f"{ex} is not IPv{dest.family} like {dest.cidr}"))
+        elif not contains(dest.cidr, ex):
+            add(Problem(f"{path}.exclude[{j}]", f"{ex} is not inside destination {dest.cidr}"))
+        elif ex == dest.cidr:
+            add(Problem(f"{path}.exclude[{j}]", "excludes the whole destination; set "
+                                                "masquerade: false instead"))
+    _duplicates(problems, f"{path}.exclude", dest.exclude)
+    return problems
+
+
+def _masquerade_problems(policy: MasqueradePolicy, cluster: Cluster) -> list[Problem]:
+    problems: list[Problem] = []
+    if policy.non_masquerade_cidrs and policy.mode != "all":
+        problems.append(Problem("masquerade.nonMasqueradeCIDRs",
+                                "only meaningful with mode: all (ip-masq-agent semantics)"))
+    _duplicates(problems, "masquerade.nonMasqueradeCIDRs", policy.non_masquerade_cidrs)
+    by_family: dict[int, Address] = {}
+    for i, address in enumerate(policy.snat_addresses):
+        if address.version in by_family:
+            problems.append(Problem(f"masquerade.snatAddresses[{i}]",
+                                    f"a second IPv{address.version} SNAT address "
+                                    f"({by_family[address.version]} is already given)"))
+        by_family.setdefault(address.version, address)
+        if any(contains(n, address) for n in cluster.pod_cidrs):
+            problems.append(Problem(f"masquerade.snatAddresses[{i}]",
+                                    f"{address} is a pod address; SNAT needs a node address"))
+    return problems
+
+
+_DNS_LABEL = re.compile(DNS_LABEL)
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
+_LABEL_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+def _cluster_object_problems(spec: Spec) -> list[Problem]:
+    """Fields that end up in Kubernetes objects: names, labels, zones, ports."""
+    problems: list[Problem] = []
+    add = problems.append
+    zones: set[str] = set()
+    for i, zone in enumerate(spec.dns):
+        path = f"dns.zones[{i}]"
+        name = zone.zone.rstrip(".").lower()
+        if not name or any(not _DNS_LABEL.fullmatch(label) for label in name.split(".")):
+            add(Problem(f"{path}.zone", f"{zone.zone!r} is not a DNS zone name"))
+        if name in zones:
+            add(Problem(f"{path}.zone", f"duplicate zone {zone.zone!r}"))
+        zones.add(name)
+        if not zone.resolvers:
+            add(Problem(f"{path}.resolvers", "at least one resolver is needed"))
+    return problems + _policy_problems(spec)
+
+
+def _policy_problems(spec: Spec) -> list[Problem]:
+    """Prefixes and labels of the egress policy (names and ports are field checks)."""
+    problems: list[Problem] = []
+    add = problems.append
+    for i, denied in enumerate(spec.egress_policy.deny):
+        holders = [d.cidr for d in spec.destinations if contains(d.cidr, denied)]
+        if not holders:
+            add(Problem(f"egressPolicy.except[{i}]",
+                        f"{denied} is not inside any destination (only a destination's "
+                        "ipBlock can have exceptions)"))
+        elif denied in holders:
+            add(Problem(f"egressPolicy.except[{i}]",
+                        f"{denied} is a whole destination; remove the destination instead"))
+    _duplicates(problems, "egressPolicy.except", spec.egress_policy.deny)
+    for key, value in spec.egress_policy.pod_selector:
+        if not isinstance(key, str) or not _LABEL_NAME.fullmatch(key) or len(key) > 317:
+            add(Problem(f"egressPolicy.podSelector.{key}", "not a valid label key"))
+        if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
+            add(Problem(f"egressPolicy.podSelector.{key}",
+                        f"{value!r} is not a valid label value"))
+    return problems
+
+
+def _duplicates(problems: list[Problem], path: str, values: Sequence[object]) -> None:
+    seen: set[object] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            problems.append(Problem(f"{path}[{i}]", f"duplicate entry {value}"))
+        seen.add(value)

@@ -1,0 +1,100 @@
+"""Reusable value checks for the spec's field table (in the spirit of attrs' validators).
+
+A check is a function ``value -> message | None``: ``None`` when the value is
+fine, else the problem, without its path (the table adds it). Each is built
+once and shared, so a range is written in one place::
+
+    >>> port = int_in(1, 65535)
+    >>> port(8080) is None, port(0)
+    (True, 'must be 1..65535, got 0')
+    >>> optional(port)(None) is None
+    True
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Check", "int_in", "integer", "matches", "one_of", "optional"]
+
+Check = Callable[[Any], "str | None"]
+"""``value -> problem message``, or ``None`` when the value passes."""
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but ``port: true`` is a mistake, not port 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def integer() -> Check:
+    """Any integer (not a bool)."""
+
+    def check(value: Any) -> str | None:
+        return None if _is_int(value) else f"expected an integer, got {value!r}"
+
+    return check
+
+
+def int_in(
+    low: int, high: int | None = None, *, name: str | None = None, excluding: tuple[int, ...] = ()
+) -> Check:
+    """An integer in ``low..high`` (no upper bound when ``high`` is ``None``), not in ``excluding``.
+
+    ``name`` starts the message (``table must be 1..4294967295 and not 255``).
+    """
+    if high is None:
+        wanted = "a positive integer" if low == 1 else f"an integer >= {low}"
+    else:
+        wanted = f"{low}..{high}"
+    if excluding:
+        wanted += " and not " + ", ".join(map(str, excluding))
+    prefix = f"{name} must be" if name else "must be"
+
+    def check(value: Any) -> str | None:
+        if (_is_int(value) and value >= low and (high is None or value <= high)
+                and value not in excluding):
+            return None
+        return f"{prefix} {wanted}, got {value!r}"
+
+    return check
+
+
+def one_of(*choices: Any, message: str | None = None) -> Check:
+    """One of ``choices``; ``message`` (a ``str.format`` template with ``{value}``) overrides
+    the default ``expected one of a, b, got 'x'``.
+    """
+    allowed = frozenset(choices)
+    template = message or ("expected one of " + ", ".join(map(str, choices)) + ", got {value!r}")
+
+    def check(value: Any) -> str | None:
+        try:
+            if value in allowed:
+                return None
+        except TypeError:  # unhashable (a list or mapping given for a word)
+            pass
+        return template.format(value=value)
+
+    return check
+
+
+def matches(pattern: str, message: str) -> Check:
+    """A string matching ``pattern`` in full; ``message`` is a template with ``{value}``."""
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> str | None:
+        if isinstance(value, str) and compiled.fullmatch(value):
+            return None
+        return message.format(value=value)
+
+    return check
+
+
+def optional(check: Check) -> Check:
+    """``check``, letting ``None`` (the key left unset) pass."""
+
+    def optional_check(value: Any) -> str | None:
+        return None if value is None else check(value)
+
+    return optional_check

@@ -1,0 +1,153 @@
+"""Compile makes every kind from values (spec, facts, CNI targets) and never observes."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k3snet import Plan, Spec, SpecError, State, plan
+from k3snet.backends.group import BackendGroup
+from k3snet.converge import compile_for
+from k3snet.model import FlannelConfig, FlannelNetworks, IPPool
+from k3snet.planner import Note
+from k3snet.spec import compile as compile_spec
+
+ROOT = Path(__file__).resolve().parents[2] / "k3snet"
+TARGET = "file:/etc/k3s/flannel.json"
+
+
+class _Unobservable:
+    """A backend that fails the test if anything observes it."""
+
+    def __init__(self, name: str, kinds: set[str], target: str | None = None) -> None:
+        self.name = name
+        self.capabilities = frozenset(kinds)
+        if target is not None:
+            self.target = target
+
+    def observe(self) -> State:
+        raise AssertionError(f"compile observed the {self.name} backend")
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"compile used {self.name}.{name}")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any level, relative imports resolved."""
+    package = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}
+    return found
+
+
+def _modules(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _modules("backends"), ids=lambda p: p.name)
+def test_no_backend_imports_the_spec(path: Path) -> None:
+    spec = {m for m in _imports(path) if m == "k3snet.spec" or m.startswith("k3snet.spec.")}
+    assert not spec, f"{path.relative_to(ROOT.parent)} imports {sorted(spec)}"
+
+
+@pytest.mark.parametrize("path", _modules("spec"), ids=lambda p: p.name)
+def test_the_spec_imports_no_backend(path: Path) -> None:
+    backends = {m for m in _imports(path) if m.startswith("k3snet.backends")}
+    assert not backends, f"{path.relative_to(ROOT.parent)} imports {sorted(backends)}"
+
+
+def test_the_import_scan_sees_imports() -> None:
+    found = _imports(ROOT / "converge.py")
+    assert "k3snet.spec.compile" in found  # so the tests above can fail
+
+
+def test_compile_for_never_observes() -> None:
+    spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "device": "eth0"}],
+                           "cni": {"calico": {}}})
+    group = BackendGroup([
+        _Unobservable("node", {"route", "sysctl", "nat", "forward"}),
+        _Unobservable("flannel", {"flannel"}, target=TARGET),
+        _Unobservable("calico", {"ippool"}),
+    ])
+    desired = compile_for(group, spec)
+    assert set(desired.kinds()) == {"sysctl", "flannel", "route", "ippool", "forward", "nat"}
+    assert FlannelNetworks(TARGET, ["10.42.0.0/16"]) in desired.owned
+    alone = compile_for(_Unobservable("flannel", {"flannel"}, target=TARGET), spec)
+    assert alone.owned == {FlannelNetworks(TARGET, ["10.42.0.0/16"])}
+
+
+def test_flannel_settings_compile_to_the_target_config() -> None:
+    spec = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                           "cni": {"flannel": {"backend": {"type": "host-gw"}}}})
+    (config,) = compile_spec(spec, flannel_targets=[TARGET]).only(["flannel"])
+    assert config == FlannelConfig(TARGET, network="10.42.0.0/16", ipv6_network="fd42::/56",
+                                   enable_ipv6=True, backend_type="host-gw")
+
+
+def test_flannel_takes_one_network_per_family() -> None:
+    spec = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16", "10.52.0.0/16"]},
+                           "cni": {"flannel": {}}})
+    assert compile_spec(spec).only(["flannel"]).owned == frozenset()  # no target, no check
+    with pytest.raises(SpecError, match=r"cluster.podCIDRs: flannel takes one IPv4 network"):
+        compile_spec(spec, flannel_targets=[TARGET])
+
+
+def test_calico_settings_compile_to_pools() -> None:
+    spec = Spec.from_dict({"cni": {"calico": {"ipipMode": "Always", "blockSize": 24}}})
+    pools = [o for o in compile_spec(spec) if isinstance(o, IPPool)]
+    assert [p.describe() for p in pools] == [
+        "ippool k3snet-pods-10-42-0-0-16 10.42.0.0/16 natOutgoing ipipMode=Always blockSize=24"]
+    with pytest.raises(SpecError, match=r"cluster.podCIDRs: "):
+        compile_spec(Spec.from_dict({"cni": {"calico": {"blockSize": 2}}}))
+
+
+def test_a_disagreeing_flannel_network_is_a_conflict_with_its_reason() -> None:
+    wanted = compile_spec(Spec(), flannel_targets=[TARGET]).only(["flannel"])
+    foreign = FlannelConfig(TARGET, network="10.244.0.0/16", backend_type="vxlan")
+    p = plan(State(foreign=[foreign]), wanted)
+    assert p.empty
+    (note,) = p.conflicts
+    assert note.reason is not None
+    assert note.reason.startswith("pod CIDR 10.42.0.0/16 disagrees with flannel's Network "
+                                  "10.244.0.0/16 in file:/etc/k3s/flannel.json")
+    assert p.render().splitlines()[1:] == [
+        f"! flannel {TARGET} expects Network=10.42.0.0/16",
+        f'    (conflicts with foreign: flannel {TARGET} Network=10.244.0.0/16 '
+        'Backend={"Type":"vxlan"})',
+        f"    ({note.reason})",
+    ]
+    assert Plan.from_json(p.to_json()) == p
+    assert p.target(wanted) == frozenset()
+
+
+@pytest.mark.parametrize("foreign", [
+    [],  # no config observed yet
+    [FlannelConfig(TARGET, network="10.42.0.0/16")],  # agrees
+    [FlannelConfig(TARGET, backend_type="vxlan")],  # no Network key
+    [FlannelConfig("file:/other.json", network="10.244.0.0/16")],  # another target
+])
+def test_an_expectation_is_never_written(foreign: list[FlannelConfig]) -> None:
+    wanted = State(owned=[FlannelNetworks(TARGET, ["10.42.0.0/16"])])
+    p = plan(State(foreign=foreign), wanted)
+    assert p.empty
+    assert not p.notes
+    assert p.apply_to(State(foreign=foreign)).owned == p.target(wanted) == frozenset()
+
+
+def test_a_note_without_reason_keeps_its_json_form() -> None:
+    note = Note("met", FlannelConfig(TARGET, network="10.42.0.0/16"),
+                FlannelConfig(TARGET, network="10.42.0.0/16"))
+    assert "reason" not in note.to_dict()
+    assert Note.from_dict(note.to_dict()) == note

@@ -1,0 +1,177 @@
+"""The spec's field table: every key round-trips, unknown keys and bad values carry paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from k3snet import Spec, SpecError
+from k3snet.spec import Destination, validate
+from k3snet.spec.fields import Field, Section
+from k3snet.spec.schema import SECTIONS, SPEC
+from k3snet.spec.validators import int_in, integer, matches, one_of, optional
+
+# What a section needs around it to be valid: its required keys, and the keys
+# other fields depend on (nonMasqueradeCIDRs needs mode: all).
+BASE: dict[str, dict[str, Any]] = {
+    "destinations[]": {"cidr": "192.168.7.0/24"},
+    "dns.zones[]": {"zone": "corp.example", "resolvers": ["192.168.1.53"]},
+    "connectivityTest": {"target": "192.168.7.1"},
+    "masquerade": {"mode": "all"},
+}
+
+
+def _place(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A spec document holding ``body`` as the mapping at section ``path``."""
+    doc: dict[str, Any] = {"destinations": [dict(BASE["destinations[]"])]}
+    if not path:
+        doc.update(body)
+        return doc
+    *parents, last = path.split(".")
+    where = doc
+    for part in parents:
+        where = where.setdefault(part, {})
+    if last.endswith("[]"):
+        where[last[:-2]] = [body]
+    else:
+        where[last] = body
+    return doc
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    """``{key: value}``, nested for a dotted key."""
+    outer, dot, inner = key.partition(".")
+    return {outer: {inner: value}} if dot else {key: value}
+
+
+def _get(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if part.endswith("[]"):
+            data = data[part[:-2]][0]
+        elif part:
+            data = data[part]
+    return data
+
+
+def _section_path(path: str) -> str:
+    """The problem path of a section: ``destinations[0]`` for ``destinations[]``."""
+    return path.replace("[]", "[0]")
+
+
+LEAVES = [(path, f) for path, section in SECTIONS.items() for f in section.fields
+          if f.attr is not None and f.child is None]
+
+
+def test_every_section_of_the_table_is_listed() -> None:
+    found: list[Section] = []
+
+    def walk(section: Section) -> None:
+        found.append(section)
+        for f in section.fields:
+            if f.child is not None:
+                walk(f.child)
+
+    walk(SPEC)
+    assert sorted(map(id, found)) == sorted(map(id, SECTIONS.values()))
+
+
+@pytest.mark.parametrize(("path", "field"), LEAVES, ids=[f"{p}:{f.key}" for p, f in LEAVES])
+def test_every_key_round_trips(path: str, field: Field) -> None:
+    assert field.example is not None, f"{path}.{field.key} has no example in the table"
+    outer, dot, inner = field.key.partition(".")
+    body = dict(BASE.get(path, {}))
+    body[outer] = {**body.get(outer, {}), inner: field.example} if dot else field.example
+    spec = Spec.from_dict(_place(path, body))
+    written = spec.to_dict()
+    assert Spec.from_dict(written) == spec
+    section = _get(written, path)
+    assert (section[outer][inner] if dot else section[outer]) == field.example
+    if outer not in BASE.get(path, {}):  # a required key's example is in the base document
+        default = _get(Spec.from_dict(_place(path, dict(BASE.get(path, {})))).to_dict(), path)
+        assert (default[outer][inner] if dot else default[outer]) != field.example
+
+
+@pytest.mark.parametrize("path", list(SECTIONS))
+def test_an_unknown_key_is_reported_with_its_path(path: str) -> None:
+    body = {**BASE.get(path, {}), "colour": "blue"}
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict(_place(path, body))
+    where = f"{_section_path(path)}.colour" if path else "colour"
+    known = ", ".join(SECTIONS[path].keys)
+    assert f"{where}: unknown key (known: {known})" in [str(p) for p in info.value.problems]
+
+
+def test_an_unknown_key_of_a_nested_mapping_is_reported_with_its_path() -> None:
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict({"cni": {"flannel": {"backend": {"type": "vxlan", "vni": 1}}},
+                        "dns": {"zone": []}})
+    found = [str(p) for p in info.value.problems]
+    assert "cni.flannel.backend.vni: unknown key (known: type, options)" in found
+    assert "dns.zone: unknown key (known: zones)" in found
+
+
+BAD_VALUES = [
+    ("destinations[]", "table", 255, "table must be 1..4294967295 and not 255, got 255"),
+    ("destinations[]", "table", 0, "table must be 1..4294967295 and not 255, got 0"),
+    ("destinations[]", "table", 2**32, "table must be 1..4294967295 and not 255, got 4294967296"),
+    ("destinations[]", "table", True, "table must be 1..4294967295 and not 255, got True"),
+    ("destinations[]", "metric", -1, "metric must be 0..4294967295, got -1"),
+    ("destinations[]", "metric", "5", "metric must be 0..4294967295, got '5'"),
+    ("connectivityTest", "port", 0, "must be 1..65535, got 0"),
+    ("connectivityTest", "port", 65536, "must be 1..65535, got 65536"),
+    ("connectivityTest", "namespace", "Bad_NS", "'Bad_NS' is not a valid namespace name"),
+    ("agent", "intervalSeconds", 0, "must be a positive integer, got 0"),
+    ("agent", "intervalSeconds", False, "must be a positive integer, got False"),
+    ("agent", "image", "a b", "'a b' is not an image reference"),
+    ("agent", "namespace", "-x", "'-x' is not a valid namespace name"),
+    ("egressPolicy", "namespace", "UPPER", "'UPPER' is not a valid namespace name"),
+    ("masquerade", "mode", "some", "must be destinations, all or off, got 'some'"),
+    ("cni.calico", "ipipMode", "Sometimes",
+     "expected one of Never, Always, CrossSubnet, got 'Sometimes'"),
+    ("cni.calico", "vxlanMode", ["Always"],
+     "expected one of Never, Always, CrossSubnet, got ['Always']"),
+    ("cni.calico", "blockSize", "26", "expected an integer, got '26'"),
+    ("cni.flannel", "backend.type", "bogus",
+     "expected one of vxlan, host-gw, wireguard, ipip, udp, alivpc, alloc, tencentvpc, "
+     "extension, ipsec, gce, aws-vpc, got 'bogus'"),
+]
+
+
+@pytest.mark.parametrize(("path", "key", "value", "message"), BAD_VALUES,
+                         ids=[f"{p}.{k}={v!r}" for p, k, v, _ in BAD_VALUES])
+def test_every_field_check_reports_its_path(path: str, key: str, value: Any,
+                                            message: str) -> None:
+    body = {**BASE.get(path, {}), **_nest(key, value)}
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict(_place(path, body))
+    assert [str(p) for p in info.value.problems] == [f"{_section_path(path)}.{key}: {message}"]
+
+
+def test_field_checks_also_judge_specs_built_in_code() -> None:
+    spec = Spec(destinations=[Destination("192.168.7.0/24"),
+                              Destination("192.168.8.0/24", table=255, metric=-1)])
+    assert [str(p) for p in validate(spec)] == [
+        "destinations[1].table: table must be 1..4294967295 and not 255, got 255",
+        "destinations[1].metric: metric must be 0..4294967295, got -1",
+    ]
+
+
+def test_every_problem_of_several_sections_comes_at_once() -> None:
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict({"destinations": [{"cidr": "192.168.7.0/24", "table": 0}],
+                        "agent": {"intervalSeconds": 0}, "connectivityTest": {"port": 1}})
+    assert sorted(p.path for p in info.value.problems) == [
+        "agent.intervalSeconds", "connectivityTest.target", "destinations[0].table"]
+
+
+def test_validators_are_plain_reusable_values() -> None:
+    assert int_in(1, 10)(10) is None
+    assert int_in(1, 10)(11) == "must be 1..10, got 11"
+    assert int_in(0)(-1) == "must be an integer >= 0, got -1"
+    assert int_in(1, 9, name="x", excluding=(5,))(5) == "x must be 1..9 and not 5, got 5"
+    assert one_of("a", "b")({}) == "expected one of a, b, got {}"
+    assert one_of("a", message="no: {value}")("c") == "no: c"
+    assert optional(integer())(None) is None
+    assert integer()(1.0) == "expected an integer, got 1.0"
+    assert matches("[a-z]+", "{value!r} bad")("A") == "'A' bad"
