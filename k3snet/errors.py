@@ -57,12 +57,28 @@ class K3snetError(Exception):
     """Root of every exception k3snet raises."""
 
 
+def _cut(text: str, limit: int) -> str:
+    """Messages quote values: a huge value must not make a huge message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _problem_path(value: object) -> str:
+    return _cut(str(value), 200)
+
+
+def _problem_message(value: object) -> str:
+    return _cut(str(value), 500)
+
+
 @attrs.frozen
 class Problem:
-    """One thing wrong with a spec, at a path such as ``destinations[1].gateway``."""
+    """One thing wrong with a spec, at a path such as ``destinations[1].gateway``.
 
-    path: str
-    message: str
+    Paths and messages are cut to 200 and 500 characters: they quote user input.
+    """
+
+    path: str = attrs.field(converter=_problem_path)
+    message: str = attrs.field(converter=_problem_message)
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message

@@ -216,7 +216,17 @@ def read_section(reader: Reader, section: Section, value: Any, path: str) -> Any
             complete = complete and f.required is None
         elif f.attr is not None:
             kwargs[f.attr] = result
-    return section.cls(**kwargs) if complete else None
+    if complete:
+        return section.cls(**kwargs)
+    # The object cannot be built, so validation will not see it: judge what was read
+    # now, so that every problem of the item is reported at once.
+    for attr, key, checks in section._checked:
+        if attr in kwargs:
+            for check in checks:
+                message = check(kwargs[attr])
+                if message is not None:
+                    reader.problem(join(path, key), message)
+    return None
 
 
 def write_section(section: Section, obj: Any) -> dict[str, Any]:

@@ -11,14 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from k3snet.errors import SpecError
+from k3snet.errors import Problem, SpecError
 from k3snet.spec.fields import Reader
-from k3snet.spec.model import Spec
+from k3snet.spec.model import API_VERSION, KIND, Spec
 from k3snet.spec.schema import read_spec
 from k3snet.spec.source import load_mapping, read_text
 from k3snet.spec.validate import validate
 
-__all__ = ["load_mapping", "load_spec", "spec_from_dict"]
+__all__ = ["load_mapping", "load_spec", "spec_from_dict", "spec_from_document"]
 
 
 def _related(path: str, other: str) -> bool:
@@ -37,6 +37,30 @@ def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Spe
     if problems:
         raise SpecError(problems, source=source)
     return spec
+
+
+def spec_from_document(data: Any, *, source: str | None = None) -> Spec:
+    """A spec *document* (a file, a ConfigMap's text): the header is required.
+
+    ``apiVersion`` and ``kind`` must be there, so that an empty file, ``{}`` or
+    some other YAML document is never read as "a spec that wants nothing"
+    (applying that would remove everything k3snet owns). The dict form of
+    :meth:`Spec.from_dict`, for specs built in code, keeps them optional.
+    """
+    if data is None or (isinstance(data, Mapping) and not data):
+        raise SpecError([Problem("", f"the spec is empty: it needs at least apiVersion: "
+                                     f"{API_VERSION} and kind: {KIND}")], source=source)
+    if isinstance(data, Mapping):
+        missing = [Problem(key, f"required: {key}: {value}")
+                   for key, value in (("apiVersion", API_VERSION), ("kind", KIND))
+                   if key not in data]
+        if missing:
+            try:
+                spec_from_dict(data, source=source)
+            except SpecError as exc:
+                missing += list(exc.problems)
+            raise SpecError(missing, source=source)
+    return spec_from_dict(data, source=source)
 
 
 def load_spec(path: str | Path) -> Spec:

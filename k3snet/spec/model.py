@@ -291,10 +291,10 @@ class Spec:
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str | None = None) -> Spec:
-        """Parse YAML (or JSON) text."""
-        from k3snet.spec.load import load_mapping  # noqa: PLC0415 - load imports this module
+        """Parse a YAML (or JSON) spec document; ``apiVersion`` and ``kind`` are required."""
+        from k3snet.spec.load import load_mapping, spec_from_document  # noqa: PLC0415
 
-        return cls.from_dict(load_mapping(text, source), source=source)
+        return spec_from_document(load_mapping(text, source), source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML/JSON form (inverse of :meth:`from_dict`), written by the field table."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from k3snet.model import validate_interface_name
 from k3snet.model.cidr import parse_address, parse_network
+from k3snet.model.cni import BLOCK_SIZE_RANGE
 from k3snet.model.sysctl import Sysctl
 from k3snet.spec.fields import (
     INVALID,
@@ -53,7 +54,7 @@ from k3snet.spec.model import (
     MasqueradePolicy,
     Spec,
 )
-from k3snet.spec.validators import int_in, integer, matches, one_of, optional
+from k3snet.spec.validators import int_in, matches, one_of, optional
 
 __all__ = ["DNS_LABEL", "SECTIONS", "SPEC", "read_spec", "write_spec"]
 
@@ -78,9 +79,19 @@ def _ifname(value: Any) -> Any:
 
 
 def _backend_name(value: Any) -> str:
-    if not isinstance(value, str) or not value.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"backend names are plain words, got {value!r}")
+    if (not isinstance(value, str) or len(value) > 64
+            or not value.replace("-", "").replace("_", "").isalnum()):
+        raise ValueError(f"backend names are plain words of at most 64 characters, "
+                         f"got {value!r}")
     return value
+
+
+def _block_size(value: Any) -> str | None:
+    """Calico's blockSize: 20..32 for IPv4 pools, 116..128 for IPv6 ones."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and any(
+            low <= value <= high for low, high in BLOCK_SIZE_RANGE.values())):
+        return None
+    return f"expected 20..32 (IPv4) or 116..128 (IPv6), got {value!r}"
 
 
 def _constant(key: str, expected: str) -> Field:
@@ -194,7 +205,7 @@ CONNECTIVITY_TEST = Section(ConnectivityTest, (
 AGENT = Section(AgentSettings, (
     Field("image", "image", string, checks=(_image,), example="registry.local/k3snet:1"),
     Field("namespace", "namespace", string, checks=(NAMESPACE,), example="k3snet"),
-    Field("intervalSeconds", "interval_seconds", raw, checks=(int_in(1),), example=60),
+    Field("intervalSeconds", "interval_seconds", raw, checks=(int_in(1, 86400),), example=60),
 ))
 
 FLANNEL = Section(FlannelSettings, (
@@ -208,7 +219,7 @@ FLANNEL = Section(FlannelSettings, (
 CALICO = Section(CalicoSettings, (
     Field("ipipMode", "ipip_mode", raw, checks=(ENCAPSULATION,), example="Always"),
     Field("vxlanMode", "vxlan_mode", raw, checks=(ENCAPSULATION,), example="CrossSubnet"),
-    Field("blockSize", "block_size", raw, checks=(optional(integer()),), example=24),
+    Field("blockSize", "block_size", raw, checks=(_block_size,), example=24),
     Field("nodeSelector", "node_selector", string, example="has(egress)"),
     Field("allowDisruptive", "allow_disruptive", boolean, example=True),
 ))

@@ -1,40 +1,137 @@
-"""Spec text (YAML, or JSON without PyYAML) to plain data, and spec files to :class:`Spec`."""
+"""Spec text (YAML, or JSON without PyYAML) to plain data, and spec files to text.
+
+A spec is read as root on every node, possibly from a ConfigMap anyone with
+edit rights can change, so reading is bounded whatever the input:
+
+* a file must be a regular file of at most :data:`MAX_BYTES`, and UTF-8;
+* YAML anchors and aliases are refused (an alias bomb of 525 bytes used to take
+  a minute and gigabytes), so are duplicate keys (the last one used to win
+  silently, e.g. a second ``destinations: []``) and nesting deeper than
+  :data:`MAX_DEPTH`;
+* numbers too long to convert and anything else the parser refuses are one
+  :class:`~k3snet.errors.SpecError`, never a traceback.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from k3snet.errors import Problem, SpecError
 
-__all__ = ["load_mapping", "read_text"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "load_mapping", "read_text"]
+
+MAX_BYTES = 4 * 1024 * 1024
+"""The largest spec k3snet reads (a 10k-destination spec is about 0.3 MiB)."""
+MAX_DEPTH = 32
+"""The deepest nesting of mappings and lists a spec may have (a real one has 5)."""
+
+
+def _error(message: str, source: str | None) -> SpecError:
+    return SpecError([Problem("", message)], source=source)
 
 
 def load_mapping(text: str, source: str | None) -> Any:
-    """Parse YAML (JSON when PyYAML is missing); a syntax error is a :class:`SpecError`."""
+    """Parse YAML (JSON when PyYAML is missing); any problem is a :class:`SpecError`."""
+    if len(text) > MAX_BYTES:
+        raise _error(f"the spec is {len(text)} characters; at most {MAX_BYTES} are read", source)
     try:
         import yaml  # noqa: PLC0415 - optional dependency (k3snet[spec])
     except ImportError:
         try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpecError([Problem("", f"not JSON, and PyYAML is not installed for YAML "
-                                         f"(pip install 'k3snet[spec]'): {exc}")],
-                            source=source) from exc
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
+        except _DuplicateKeyError as exc:
+            raise _error(str(exc), source) from None
+        except (ValueError, RecursionError) as exc:
+            raise _error(f"not JSON, and PyYAML is not installed for YAML "
+                         f"(pip install 'k3snet[spec]'): {str(exc)[:200]}", source) from None
+    else:
+        data = _load_yaml(yaml, text, source)
+    _check_depth(data, source)
+    return data
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(f"duplicate key {key[:80]!r}: every key may appear once")
+        result[key] = value
+    return result
+
+
+def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
     # libyaml's safe loader when PyYAML was built with it: same data, parsing a
     # 10k-destination spec about 3x faster (benchmarks/bench_spec.py, docs/performance.md).
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class StrictLoader(base):  # type: ignore[misc, valid-type]
+        """A safe loader that refuses aliases and duplicate keys."""
+
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            if node in self.constructed_objects or node in self.recursive_objects:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "anchors and aliases (&name, *name) are not allowed in a spec",
+                    node.start_mark)
+            return super().construct_object(node, deep=deep)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _value in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {str(key)[:80]!r}: every key may appear once",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
     try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader, C or Python
+        return yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
-        raise SpecError([Problem("", f"not valid YAML: {exc}")], source=source) from exc
+        raise _error(f"not valid YAML: {str(exc)[:300]}", source) from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # e.g. a 5000-digit number
+        raise _error(f"cannot read the YAML: {str(exc)[:200]}", source) from None
+
+
+def _check_depth(data: Any, source: str | None) -> None:
+    """Refuse nesting deeper than MAX_DEPTH (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise _error(f"the spec nests deeper than {MAX_DEPTH} levels", source)
+            children: Iterator[Any] = iter(value.values() if isinstance(value, dict) else value)
+            stack.extend((child, depth + 1) for child in children)
 
 
 def read_text(path: Path) -> str:
-    """A spec file's text; an unreadable file is a :class:`SpecError`."""
+    """A spec file's text: a regular UTF-8 file of at most MAX_BYTES, else a SpecError."""
+    where = str(path)
     try:
-        return path.read_text()
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+                raise _error(f"cannot read {path}: {kind}", where)
+            data = handle.read(MAX_BYTES + 1)
+    except IsADirectoryError:
+        raise _error(f"cannot read {path}: a directory", where) from None
     except OSError as exc:
-        raise SpecError([Problem("", f"cannot read {path}: {exc.strerror}")],
-                        source=str(path)) from exc
+        raise _error(f"cannot read {path}: {exc.strerror or exc}", where) from None
+    if len(data) > MAX_BYTES:
+        raise _error(f"{path} is larger than {MAX_BYTES} bytes; a spec is far smaller", where)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _error(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})", where) \
+            from None

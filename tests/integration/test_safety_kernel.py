@@ -178,7 +178,8 @@ def test_an_empty_spec_does_not_tear_down_a_lab_node(tmp_path: Path) -> None:
         assert applied.returncode == 0, applied.stderr
         before = _everything(lab.node)
         empty = tmp_path / "empty.yaml"
-        empty.write_text("destinations: []\n")
+        empty.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                         "destinations: []\n")
         refused = _run("apply", "-f", str(empty), *backends, "--netns", lab.node, "--no-facts",
                        lab=lab, lock_dir=tmp_path)
         assert refused.returncode == 1

@@ -70,7 +70,8 @@ def test_cli_plan_apply_plan_on_a_lab_node(tmp_path: Path) -> None:
 
 def test_cli_reports_a_spec_the_node_cannot_satisfy(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text("destinations:\n  - {cidr: 192.168.7.0/24, gateway: 10.9.9.9, device: eth9}\n")
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "destinations:\n  - {cidr: 192.168.7.0/24, gateway: 10.9.9.9, device: eth9}\n")
     with SeedLab.create() as lab:
         done = _k3snet("plan", "-f", str(spec), "--netns", lab.node, state_dir=lab.state_dir)
         assert done.returncode == 1

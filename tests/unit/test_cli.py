@@ -44,7 +44,8 @@ def test_observe_prints_owned_and_foreign(capsys: pytest.CaptureFixture[str]) ->
 
 def test_bad_spec_exits_1_with_every_problem_and_no_traceback(tmp_path: Path) -> None:
     spec = tmp_path / "bad.yaml"
-    spec.write_text("destinations:\n  - cidr: 10.42.1.0/24\n  - cidr: 192.168.2.1/24\ntypo: 1\n")
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "destinations:\n  - cidr: 10.42.1.0/24\n  - cidr: 192.168.2.1/24\ntypo: 1\n")
     done = subprocess.run([sys.executable, "-m", "k3snet.cli", "validate", "-f", str(spec)],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 1
@@ -94,7 +95,8 @@ def test_flannel_file_through_the_agent_environment(
     conf.write_text('{\n  "Network": "10.42.0.0/16",\n  "Backend": {"Type": "vxlan"},\n'
                     '  "x": [1, 2]\n}\n')
     spec = tmp_path / "spec.yaml"
-    spec.write_text("cni:\n  flannel:\n    backend: {type: host-gw}\n")
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "cni:\n  flannel:\n    backend: {type: host-gw}\n")
     monkeypatch.setenv("K3SNET_FLANNEL_CONF", str(conf))
     assert main(["plan", "-f", str(spec), "--backend", "flannel"]) == 2
     assert "host-gw" in capsys.readouterr().out

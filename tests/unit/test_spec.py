@@ -101,6 +101,7 @@ def test_a_gateway_in_a_routed_prefix_is_reachable() -> None:
 
 def test_ip_masq_agent_semantics_masquerade_everything_but_the_exceptions() -> None:
     spec = Spec.from_yaml(
+        "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
         "cluster: {podCIDRs: [10.42.0.0/16, fd42::/56], serviceCIDRs: [10.43.0.0/16]}\n"
         "masquerade: {mode: all, nonMasqueradeCIDRs: [192.168.0.0/16], outInterface: eth0}\n"
     )

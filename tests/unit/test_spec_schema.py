@@ -121,8 +121,8 @@ BAD_VALUES = [
     ("connectivityTest", "port", 0, "must be 1..65535, got 0"),
     ("connectivityTest", "port", 65536, "must be 1..65535, got 65536"),
     ("connectivityTest", "namespace", "Bad_NS", "'Bad_NS' is not a valid namespace name"),
-    ("agent", "intervalSeconds", 0, "must be a positive integer, got 0"),
-    ("agent", "intervalSeconds", False, "must be a positive integer, got False"),
+    ("agent", "intervalSeconds", 0, "must be 1..86400, got 0"),
+    ("agent", "intervalSeconds", False, "must be 1..86400, got False"),
     ("agent", "image", "a b", "'a b' is not an image reference"),
     ("agent", "namespace", "-x", "'-x' is not a valid namespace name"),
     ("egressPolicy", "namespace", "UPPER", "'UPPER' is not a valid namespace name"),
@@ -131,7 +131,9 @@ BAD_VALUES = [
      "expected one of Never, Always, CrossSubnet, got 'Sometimes'"),
     ("cni.calico", "vxlanMode", ["Always"],
      "expected one of Never, Always, CrossSubnet, got ['Always']"),
-    ("cni.calico", "blockSize", "26", "expected an integer, got '26'"),
+    ("cni.calico", "blockSize", "26", "expected 20..32 (IPv4) or 116..128 (IPv6), got '26'"),
+    ("cni.calico", "blockSize", 2**70,
+     "expected 20..32 (IPv4) or 116..128 (IPv6), got 1180591620717411303424"),
     ("cni.flannel", "backend.type", "bogus",
      "expected one of vxlan, host-gw, wireguard, ipip, udp, alivpc, alloc, tencentvpc, "
      "extension, ipsec, gce, aws-vpc, got 'bogus'"),
@@ -175,3 +177,12 @@ def test_validators_are_plain_reusable_values() -> None:
     assert optional(integer())(None) is None
     assert integer()(1.0) == "expected an integer, got 1.0"
     assert matches("[a-z]+", "{value!r} bad")("A") == "'A' bad"
+
+
+def test_every_problem_of_one_item_is_reported_at_once() -> None:
+    with pytest.raises(SpecError) as caught:
+        Spec.from_dict({"destinations": [{"cidr": "192.168.2.1/24", "metric": -1, "table": 0,
+                                          "device": "eth0;x"}]})
+    paths = sorted(p.path for p in caught.value.problems)
+    assert paths == ["destinations[0].cidr", "destinations[0].device", "destinations[0].metric",
+                     "destinations[0].table"]
