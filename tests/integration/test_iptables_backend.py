@@ -19,20 +19,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from k3snet.backends import _iptables_rules
-from k3snet.backends._iptables_rules import (
-    clear_caches,
-    rebuild_unit,
-    render_new,
-    render_unit,
-    tokenize,
-)
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.errors import ApplyError, BackendError
 from k3snet.lab.netns import create_netns, delete_netns, run_in, temporary_netns, unique_name
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
 from k3snet.render.iptables import render_iptables_save
+from k3snet.render.iptables import rules as iptables_rules
+from k3snet.render.iptables.rules import (
+    clear_caches,
+    rebuild_unit,
+    render_new,
+    render_unit,
+    tokenize,
+)
+from k3snet.render.tag import content_digest
 from k3snet.testing import run_conformance, strategies
 from k3snet.testing.k3s import FLANNEL_FORWARD_V4, FLANNEL_NAT_V4, KUBE_PROXY_NAT_V4
 
@@ -254,8 +255,8 @@ def test_the_usual_masquerade_renders_as_before() -> None:
 def test_the_fast_rendering_hashes_the_canonical_text(obj: NetObject) -> None:
     # Plain masquerades take an unrolled path: it must hash what _canonical() says.
     assert isinstance(obj, MasqueradeRule | SnatRule | ForwardRule)
-    canonical = _iptables_rules._canonical(obj)
-    assert render_unit(obj).digest == _iptables_rules._digest(canonical[0])
+    canonical = iptables_rules._canonical(obj)
+    assert render_unit(obj).digest == content_digest(canonical[0])
     assert canonical[1] == str(obj.source)  # the fast address text is ipaddress' own
 
 
@@ -264,8 +265,8 @@ def test_the_fast_rendering_hashes_the_canonical_text(obj: NetObject) -> None:
 def test_the_fast_rendering_renders_what_the_general_path_does(obj: NetObject) -> None:
     # The unrolled path reads addresses from the object's key, not from ipaddress.
     if type(obj) is MasqueradeRule and not obj.exclude:
-        assert _iptables_rules._build_plain_masquerade(obj) == _iptables_rules._build_general(obj)
-    assert render_new(obj) == _iptables_rules._build_general(obj) == render_unit(obj)
+        assert iptables_rules._build_plain_masquerade(obj) == iptables_rules._build_general(obj)
+    assert render_new(obj) == iptables_rules._build_general(obj) == render_unit(obj)
 
 
 def test_tokenize_undoes_iptables_save_quoting() -> None:
@@ -440,7 +441,7 @@ def test_a_failure_while_streaming_a_table_commits_nothing(
 ) -> None:
     # The restore driver feeds each table's process while rendering it: an error in
     # the middle of the second table must kill that process and undo the first one.
-    import k3snet.backends.iptables as module  # noqa: PLC0415 - patched here only
+    import k3snet.backends.iptables.backend as module  # noqa: PLC0415 - patched here only
 
     seed(ns, mode)
     before = kernel(ns, mode)

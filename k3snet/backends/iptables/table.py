@@ -15,11 +15,13 @@ from typing import Any, Literal, NamedTuple
 
 import attrs
 
-from k3snet.backends._iptables_rules import (
+from k3snet.backends.iptables.save import TableDump
+from k3snet.model import NetObject
+from k3snet.planner import Change
+from k3snet.render.iptables.rules import (
     PREFIX,
     Hook,
     Line,
-    TableDump,
     Unit,
     bucket_order,
     comment_digest,
@@ -34,8 +36,6 @@ from k3snet.backends._iptables_rules import (
     render_unit,
     tokenize,
 )
-from k3snet.model._base import NetObject
-from k3snet.planner import Change
 
 __all__ = ["INJECTED_CHAIN", "Delta", "Op", "Sink", "TableEdit", "TableState", "commit_edit",
            "diff_table", "load_table", "plan_table", "restore_lines", "restore_text",

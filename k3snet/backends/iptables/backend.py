@@ -14,7 +14,7 @@ Ownership
     ``KUBE-*``, ``CNI-*``, ``DOCKER*``, user rules) are never flushed, reordered or
     deleted: every edit names one of our chains, or our jump by its full spec.
     The layout (buckets by group and hash) is described in
-    :mod:`k3snet.backends._iptables_rules`.
+    :mod:`k3snet.render.iptables.rules`.
 
 Drivers
     ``restore`` (the default, also what ``auto`` picks): ``iptables-restore
@@ -25,18 +25,13 @@ Drivers
     restore input is all or nothing per table.
     ``libiptc``: python-iptables, legacy tables only, one commit per table,
     applied from a thread inside the namespace (see
-    :mod:`k3snet.backends._iptables_libiptc`). Both drivers *read* through
-    ``iptables-save``: one parser, one drift detector.
+    :mod:`k3snet.backends.iptables.libiptc`). Both drivers *read* through
+    ``iptables-save``: one parser, one drift detector. Every process and commit
+    goes through the I/O seam :class:`~k3snet.backends.iptables.driver.Kernel`
+    (``kernel=``), which tests replace with recorded ``iptables-save`` text.
 
 Mode detection (``mode="auto"``; an explicit ``mode`` always wins)
-    K3s may run either flavour, and reading the wrong one hides every rule. In
-    the namespace, the ``-save`` output of both flavours (IPv4 and IPv6) is
-    compared, in this order, and the first criterion only one flavour meets
-    decides: it has ``K3SNET-`` chains (ours, from an earlier run); it has
-    ``KUBE-``/``FLANNEL-`` chains (K3s is using it); it has any rule, user chain
-    or non-ACCEPT policy. When both have rules, the one with more wins (the rule
-    of kube-proxy's iptables-wrapper). When neither has anything, the flavour
-    ``iptables --version`` reports decides (the host's alternatives).
+    See :mod:`k3snet.backends.iptables.mode`.
 
 Apply cost (``benchmarks/bench_iptables.py``)
     The backend remembers what it read and wrote, so an apply reads nothing
@@ -72,35 +67,25 @@ Drift
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
-import os
-import re
-import select
-import shutil
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
-from types import TracebackType
-from typing import IO, Literal, NoReturn, Self
+from collections.abc import Callable, Iterator
+from typing import Literal, NoReturn
 
 import attrs
 
-from k3snet.backends._iptables_foreign import foreign_forward, foreign_nat
-from k3snet.backends._iptables_rules import (
-    HOOKS,
-    PREFIX,
-    TABLES,
-    Dump,
-    Line,
-    comment_digest,
-    parse_save,
-    render_unit,
-    table_of,
-    tokenize,
+from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.iptables.driver import (
+    Flavour,
+    Kernel,
+    Libiptc,
+    Processes,
+    RunFailedError,
+    tool_name,
 )
-from k3snet.backends._iptables_table import (
+from k3snet.backends.iptables.foreign import foreign_forward, foreign_nat
+from k3snet.backends.iptables.mode import detect_mode
+from k3snet.backends.iptables.save import TableDump, parse_save
+from k3snet.backends.iptables.table import (
     INJECTED_CHAIN,
     Op,
     TableEdit,
@@ -109,11 +94,9 @@ from k3snet.backends._iptables_table import (
     load_table,
     plan_table,
     restore_lines,
-    restore_text,
     revert_ops,
 )
-from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.backends.kit import FaultHook
+from k3snet.backends.kit import BackendBase
 from k3snet.backends.netns import netns_path, validate_netns
 from k3snet.errors import (
     ApplyError,
@@ -128,6 +111,14 @@ from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
+from k3snet.render.iptables.rules import (
+    HOOKS,
+    TABLES,
+    Line,
+    comment_digest,
+    render_unit,
+    table_of,
+)
 
 __all__ = ["Driver", "IptablesBackend", "Mode"]
 
@@ -135,41 +126,7 @@ Mode = Literal["nft", "legacy", "auto"]
 Driver = Literal["restore", "libiptc", "auto"]
 
 FAMILIES = (4, 6)
-_WAIT_SECONDS = 10
 _GC_PAUSE_MIN = 1000
-_PIPE_SIZE = 1 << 20
-_LINE_NUMBER = re.compile(r"line:? (\d+)")
-_KUBE_CHAIN = re.compile(r"^:(KUBE-|FLANNEL-)", re.MULTILINE)
-_OUR_CHAIN = re.compile(rf"^:{PREFIX}", re.MULTILINE)
-_USER_CHAIN = re.compile(r"^:\S+ - ", re.MULTILINE)
-_POLICY = re.compile(r"^:\S+ (DROP|REJECT) ", re.MULTILINE)
-_RULE = re.compile(r"^(?:\[\d+:\d+\] )?-A ", re.MULTILINE)
-
-
-@attrs.frozen
-class _Evidence:
-    """What one iptables flavour's ``-save`` output shows."""
-
-    ours: int
-    k8s: int
-    rules: int
-
-    @classmethod
-    def of(cls, text: str) -> _Evidence:
-        return cls(
-            ours=len(_OUR_CHAIN.findall(text)),
-            k8s=len(_KUBE_CHAIN.findall(text)),
-            rules=len(_RULE.findall(text)) + len(_USER_CHAIN.findall(text))
-            + len(_POLICY.findall(text)),
-        )
-
-
-class _RunFailedError(BackendError):
-    """A restore run or libiptc commit was refused; ``line`` is the rule at fault, if known."""
-
-    def __init__(self, message: str, line: Line | None) -> None:
-        self.line = line
-        super().__init__(message)
 
 
 @attrs.frozen
@@ -182,7 +139,7 @@ class _Step:
     edit: TableEdit
 
 
-class IptablesBackend:
+class IptablesBackend(BackendBase):
     """Masquerade/SNAT (nat table) and forward accepts (filter table) through iptables.
 
     >>> backend = IptablesBackend(mode="nft")   # doctest: +SKIP
@@ -191,11 +148,13 @@ class IptablesBackend:
 
     ``netns`` names the network namespace (``ip netns``) to work in; ``None`` is
     the caller's own. ``driver`` and ``mode`` are described in the module docs.
-    ``faults.fail_at(N)`` (:class:`~k3snet.backends.kit.FaultHook`) makes the next
-    apply put an invalid line in the restore input (or a failing libiptc call)
-    for its change N, in the table that change belongs to: that table's
-    transaction is refused, tables already committed are rolled back, and the
-    kernel is left as it was (for tests).
+    ``kernel`` replaces the I/O seam (:class:`~k3snet.backends.iptables.driver.Kernel`),
+    e.g. with a fake serving recorded ``iptables-save`` text; ``driver`` is then
+    whatever that kernel is. ``faults.fail_at(N)``
+    (:class:`~k3snet.backends.kit.FaultHook`) makes the next apply put an invalid
+    line in the restore input (or a failing libiptc call) for its change N, in
+    the table that change belongs to: that table's transaction is refused,
+    tables already committed are rolled back, and the kernel is left as it was.
     """
 
     name = "iptables"
@@ -208,35 +167,31 @@ class IptablesBackend:
         driver: Driver = "auto",
         mode: Mode = "auto",
         timeout: float = 30.0,
+        kernel: Kernel | None = None,
     ) -> None:
+        super().__init__()
         if driver not in ("restore", "libiptc", "auto"):
             raise BackendError(f"driver must be 'restore', 'libiptc' or 'auto', not {driver!r}")
         if mode not in ("nft", "legacy", "auto"):
             raise BackendError(f"mode must be 'nft', 'legacy' or 'auto', not {mode!r}")
-        if netns is not None:
+        if netns is not None and kernel is None:
             path = netns_path(validate_netns(netns))
             if not path.exists():
                 raise BackendError(f"network namespace {netns!r} does not exist ({path})")
         self._netns = netns
-        self._timeout = timeout
-        self.faults = FaultHook()
-        self._driver: Literal["restore", "libiptc"] = "libiptc" if driver == "libiptc" else (
-            "restore")
-        self._mode: Literal["nft", "legacy"] | None = None if mode == "auto" else mode
+        self._kernel: Kernel = kernel if kernel is not None else Processes(netns, timeout)
+        self._mode: Flavour | None = None if mode == "auto" else mode
         self._mode_reason = "given" if mode != "auto" else ""
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
-        self._libiptc = None
-        if self._driver == "libiptc":
+        if driver == "libiptc" and kernel is None:
             if self.mode == "nft":
                 raise BackendError(
                     "the libiptc driver (python-iptables) only sees legacy x_tables, and this "
                     f"namespace uses iptables-nft ({self._mode_reason}): its rules would be "
                     "invisible to iptables (ldx/python-iptables#298); use driver='restore'"
                 )
-            from k3snet.backends._iptables_libiptc import LibiptcDriver  # noqa: PLC0415
-
-            self._libiptc = LibiptcDriver(netns)
+            self._kernel = Libiptc(netns, timeout)
 
     # -- properties ---------------------------------------------------------------
 
@@ -248,13 +203,21 @@ class IptablesBackend:
     @property
     def driver(self) -> str:
         """``restore`` or ``libiptc``."""
-        return self._driver
+        return "restore" if self._kernel.streams else "libiptc"
 
     @property
-    def mode(self) -> Literal["nft", "legacy"]:
+    def kernel(self) -> Kernel:
+        """The I/O seam: what runs ``iptables-save`` and commits each table."""
+        return self._kernel
+
+    @property
+    def mode(self) -> Flavour:
         """``nft`` or ``legacy``: given, or detected on first use (see the module docs)."""
         if self._mode is None:
-            self._mode, self._mode_reason = self._detect_mode()
+            saves = {flavour: [text for family in FAMILIES
+                               if (text := self._kernel.save(family, flavour)) is not None]
+                     for flavour in ("nft", "legacy")}
+            self._mode, self._mode_reason = detect_mode(saves, self._kernel.version())
         return self._mode
 
     @property
@@ -275,19 +238,8 @@ class IptablesBackend:
 
     def close(self) -> None:
         """Release the libiptc worker thread (nothing to do for the restore driver)."""
-        if self._libiptc is not None:
-            self._libiptc.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._kernel.close()
+        super().close()
 
     # -- protocol -----------------------------------------------------------------
 
@@ -317,7 +269,7 @@ class IptablesBackend:
         for step in steps:
             try:
                 self._run(step.family, step.table, step.edit.ops, test=True)
-            except _RunFailedError as exc:
+            except RunFailedError as exc:
                 problems.append(f"IPv{step.family} {step.table}: {exc}")
         return tuple(problems)
 
@@ -337,7 +289,7 @@ class IptablesBackend:
             inject = (injected.subject.family, table_of(injected.subject))
         done: list[_Step] = []
         operations = 0
-        if self._libiptc is not None:
+        if not self._kernel.streams:
             for step in self._prepare(plan):  # every edit computed before anything runs
                 ops = list(step.edit.ops)
                 if inject == (step.family, step.table):
@@ -345,7 +297,7 @@ class IptablesBackend:
                 try:
                     operations += 1
                     self._run(step.family, step.table, ops)
-                except _RunFailedError as exc:
+                except RunFailedError as exc:
                     self._fail((step.family, step.table), self._failed(plan, injected, exc), exc,
                                done)
                 assert self._tables is not None  # set by _prepare
@@ -375,7 +327,7 @@ class IptablesBackend:
         family, table = where
         assert self._tables is not None
         state = self._tables[where]
-        run = _RestoreRun(self, family, table)
+        run = self._kernel.restore(family, self.mode, table)
         try:
             edit = plan_table(state, changes, sink=run.send)
             step = _Step(family, table, tuple(changes), edit)
@@ -386,7 +338,7 @@ class IptablesBackend:
         except BaseException as exc:
             run.abort()  # no COMMIT sent: nothing of this table was applied
             if done and isinstance(exc, Exception):  # earlier tables are in: take them out
-                refused = _RunFailedError(f"cannot prepare the edit: {exc}", None)
+                refused = RunFailedError(f"cannot prepare the edit: {exc}", None)
                 self._fail((family, table), None, refused, done)
             raise
         run.commit()
@@ -396,12 +348,12 @@ class IptablesBackend:
             pause.end()
         try:
             run.wait()
-        except _RunFailedError as exc:
+        except RunFailedError as exc:
             self._fail((family, table), self._failed(plan, injected, exc), exc, done)
         return step
 
     @staticmethod
-    def _failed(plan: Plan, injected: Change | None, exc: _RunFailedError) -> Change | None:
+    def _failed(plan: Plan, injected: Change | None, exc: RunFailedError) -> Change | None:
         if exc.line is not None and INJECTED_CHAIN in exc.line:
             return injected
         return _culprit(plan, exc.line)
@@ -482,7 +434,7 @@ class IptablesBackend:
         return {(family, table): pending[family, table]
                 for family in FAMILIES for table in TABLES if (family, table) in pending}
 
-    def _fail(self, where: tuple[int, str], failed: Change | None, exc: _RunFailedError,
+    def _fail(self, where: tuple[int, str], failed: Change | None, exc: RunFailedError,
               done: list[_Step]) -> NoReturn:
         """Undo the tables already committed, then raise ApplyError (or RollbackError)."""
         applied = [c for s in done for c in s.changes]
@@ -493,7 +445,7 @@ class IptablesBackend:
                 state = self._tables[previous.family, previous.table]
                 self._run(previous.family, previous.table, revert_ops(state, previous.edit))
                 rolled += [c.inverse() for c in reversed(previous.changes)]
-        except _RunFailedError as undo:
+        except RunFailedError as undo:
             self._tables = None  # unknown: the next call reads the kernel again
             raise RollbackError(
                 f"iptables: IPv{where[0]} {where[1]} refused the changes ({exc}) and "
@@ -508,196 +460,16 @@ class IptablesBackend:
             failed=failed, done=applied, rolled_back=rolled,
         ) from exc
 
-    def _run(self, family: int, table: str, ops: Sequence[Op], *, test: bool = False) -> None:
-        if not ops:
-            return
-        if self._libiptc is not None:
-            from k3snet.backends._iptables_libiptc import OpFailedError  # noqa: PLC0415
+    def _run(self, family: int, table: str, ops: list[Op] | tuple[Op, ...], *,
+             test: bool = False) -> None:
+        self._kernel.commit_ops(family, self.mode, table, ops, test=test)
 
-            try:
-                self._libiptc.run(family, table, ops, commit=not test)
-            except OpFailedError as exc:
-                raise _RunFailedError(f"libiptc: {exc}", exc.line) from exc
-            return
-        argv = [self._tool(family, "restore"), "--noflush", f"--wait={_WAIT_SECONDS}"]
-        if test:
-            argv.append("--test")
-        text = restore_text(table, ops)
-        result = self._exec(argv, text)
-        if result.returncode != 0:
-            message = " ".join(result.stderr.split()) or f"exit status {result.returncode}"
-            match = _LINE_NUMBER.search(result.stderr)
-            line = None
-            if match:
-                sent = text.splitlines()
-                number = int(match.group(1))
-                if 0 < number <= len(sent):
-                    line = tokenize(sent[number - 1])
-            raise _RunFailedError(message, line)
-
-    def _save(self, family: int) -> Dump:
-        result = self._exec([self._tool(family, "save")])
-        if result.returncode != 0:
-            raise BackendError(
-                f"{self._tool(family, 'save')} failed in {self._where()}: "
-                f"{result.stderr.strip() or result.returncode}"
-            )
-        return parse_save(result.stdout)
-
-    def _tool(self, family: int, kind: str) -> str:
-        name = f"{'ip' if family == 4 else 'ip6'}tables-{self.mode}-{kind}"
-        if shutil.which(name) is None:
-            raise BackendUnavailableError(f"{name} not found on PATH (install iptables)")
-        return name
-
-    def _where(self) -> str:
-        return f"network namespace {self._netns!r}" if self._netns else "the current namespace"
-
-    def _exec(
-        self, argv: Sequence[str], stdin: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        command = [*(("ip", "netns", "exec", self._netns) if self._netns else ()), *argv]
-        try:
-            result = subprocess.run(command, input=stdin, capture_output=True, text=True,
-                                    timeout=self._timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BackendError(f"cannot run {argv[0]} in {self._where()}: {exc}") from exc
-        if self._netns and result.returncode != 0 and "network namespace" in result.stderr:
-            raise BackendError(f"{self._where()} is not usable: {result.stderr.strip()}")
-        return result
-
-    def _detect_mode(self) -> tuple[Literal["nft", "legacy"], str]:
-        evidence: dict[str, _Evidence] = {}
-        for mode in ("nft", "legacy"):
-            texts = []
-            for family in FAMILIES:
-                tool = f"{'ip' if family == 4 else 'ip6'}tables-{mode}-save"
-                if shutil.which(tool) is None:
-                    continue
-                result = self._exec([tool])
-                if result.returncode == 0:
-                    texts.append(result.stdout)
-            evidence[mode] = _Evidence.of("\n".join(texts))
-        nft, legacy = evidence["nft"], evidence["legacy"]
-        for field, label in (("ours", "K3SNET- chains"), ("k8s", "KUBE-/FLANNEL- chains"),
-                             ("rules", "rules, user chains or DROP policies")):
-            has_nft, has_legacy = getattr(nft, field) > 0, getattr(legacy, field) > 0
-            if has_nft != has_legacy:
-                winner: Literal["nft", "legacy"] = "nft" if has_nft else "legacy"
-                return winner, f"only iptables-{winner} has {label}"
-        if nft.rules or legacy.rules:
-            if legacy.rules > nft.rules:
-                return "legacy", "iptables-legacy has more rules than iptables-nft"
-            return "nft", "iptables-nft has at least as many rules as iptables-legacy"
-        version = self._exec(["iptables", "--version"]) if shutil.which("iptables") else None
-        text = version.stdout if version is not None and version.returncode == 0 else ""
-        if "legacy" in text:
-            return "legacy", f"no rules in either flavour; `iptables --version`: {text.strip()}"
-        if "nf_tables" in text:
-            return "nft", f"no rules in either flavour; `iptables --version`: {text.strip()}"
-        return "nft", "no rules in either flavour and no `iptables` to ask; nft by default"
-
-
-class _RestoreRun:
-    """One ``iptables-restore --noflush`` process for one table, fed as lines come.
-
-    Nothing is applied before :meth:`commit` sends ``COMMIT``; :meth:`abort`
-    kills the process before that. Every line sent is kept, so an error's line
-    number points back at the rule.
-    """
-
-    def __init__(self, backend: IptablesBackend, family: int, table: str) -> None:
-        self._backend = backend
-        self._timeout = backend._timeout
-        argv = [backend._tool(family, "restore"), "--noflush", f"--wait={_WAIT_SECONDS}"]
-        if backend.netns:
-            argv = ["ip", "netns", "exec", backend.netns, *argv]
-        self._argv0 = argv[0]
-        self.sent: list[str] = [f"*{table}"]
-        self._broken = False
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in wait()
-        try:
-            # stderr to a file: the process can never block on a full pipe while we write.
-            self._process = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
-        except OSError as exc:
-            self._stderr.close()
-            raise BackendError(f"cannot run {argv[0]} in {backend._where()}: {exc}") from exc
-        # A pipe big enough for the whole input (~90 bytes a rule): the writes never wait
-        # for the process to start up (a few ms) or to catch up. Best effort.
-        with contextlib.suppress(OSError, AttributeError):
-            assert self._process.stdin is not None
-            fcntl.fcntl(self._process.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        self._write(self.sent)
-
-    def send(self, lines: list[str]) -> None:
-        """Queue rules (the process reads them while we go on)."""
-        self.sent += lines
-        self._write(lines)
-
-    def commit(self) -> None:
-        """Send ``COMMIT`` and close the input: the table is applied, or refused."""
-        self.sent.append("COMMIT")
-        self._write(["COMMIT"])
-        stdin = self._process.stdin
-        assert stdin is not None
-        with contextlib.suppress(OSError):  # it exited already: wait() says why
-            stdin.close()
-
-    def wait(self) -> None:
-        """Wait for the process; raise :class:`_RunFailedError` if it refused the table."""
-        # Popen.wait(timeout) polls with sleeps of up to 50 ms; the end of the (silent)
-        # stdout pipe says the process exited, to the microsecond.
-        stdout = self._process.stdout
-        assert stdout is not None
-        deadline = time.monotonic() + self._timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            ready = select.select([stdout], [], [], max(remaining, 0))[0] if remaining > 0 else []
-            if not ready:
-                self.abort()
-                raise BackendError(f"{self._argv0} did not finish within {self._timeout} s in "
-                                   f"{self._backend._where()}")
-            if not os.read(stdout.fileno(), 1 << 16):
-                break
-        returncode = self._process.wait()
-        stdout.close()
-        self._stderr.seek(0)
-        stderr = self._stderr.read().decode(errors="replace")
-        self._stderr.close()
-        if returncode == 0:
-            return
-        backend = self._backend
-        if backend.netns and "network namespace" in stderr:
-            raise BackendError(f"{backend._where()} is not usable: {stderr.strip()}")
-        message = " ".join(stderr.split()) or f"exit status {returncode}"
-        match = _LINE_NUMBER.search(stderr)
-        line = None
-        if match and 0 < int(match.group(1)) <= len(self.sent):
-            line = tokenize(self.sent[int(match.group(1)) - 1])
-        raise _RunFailedError(message, line)
-
-    def abort(self) -> None:
-        """Kill the process before it commits anything."""
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
-        for pipe in (self._process.stdin, self._process.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        self._stderr.close()
-
-    def _write(self, lines: list[str]) -> None:
-        if self._broken or not lines:
-            return
-        stdin = self._process.stdin
-        assert stdin is not None
-        try:
-            stdin.write(("\n".join(lines) + "\n").encode())
-            stdin.flush()
-        except OSError:  # it stopped reading (a refused line): wait() tells why
-            self._broken = True
+    def _save(self, family: int) -> dict[str, TableDump]:
+        text = self._kernel.save(family, self.mode)
+        if text is None:
+            raise BackendUnavailableError(
+                f"{tool_name(family, self.mode, 'save')} not found on PATH (install iptables)")
+        return parse_save(text)
 
 
 class _GcPause:

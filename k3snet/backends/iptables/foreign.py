@@ -23,19 +23,19 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from k3snet.backends._iptables_rules import (
-    PREFIX,
-    Line,
-    RuleFields,
-    TableDump,
-    parse_rule,
-    tokenize,
-)
+from k3snet.backends.iptables.save import TableDump
 from k3snet.errors import K3snetError
-from k3snet.model._base import NetObject
+from k3snet.model import NetObject
 from k3snet.model.cidr import Network, contains
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.render.iptables.rules import (
+    PREFIX,
+    Line,
+    RuleFields,
+    parse_rule,
+    tokenize,
+)
 
 __all__ = ["foreign_forward", "foreign_nat"]
 

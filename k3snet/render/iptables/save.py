@@ -24,10 +24,10 @@ extra jump.
 
 from __future__ import annotations
 
-from k3snet.backends._iptables_rules import HOOKS, TABLES, format_line, hook_line, table_image
 from k3snet.errors import ModelError
 from k3snet.model import NetObject
 from k3snet.model.state import State
+from k3snet.render.iptables.rules import HOOKS, TABLES, format_line, hook_line, table_image
 
 __all__ = ["render_iptables_save"]
 
