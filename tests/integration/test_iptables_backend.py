@@ -35,7 +35,7 @@ from k3snet.render.iptables.rules import (
 )
 from k3snet.render.tag import content_digest
 from k3snet.testing import run_conformance, strategies
-from k3snet.testing.k3s import FLANNEL_FORWARD_V4, FLANNEL_NAT_V4, KUBE_PROXY_NAT_V4
+from k3snet.testing.k3s import NODE_V4, NODE_V6
 
 CONFIGS = [
     pytest.param(("nft", "restore"), id="nft-restore"),
@@ -43,55 +43,8 @@ CONFIGS = [
     pytest.param(("legacy", "libiptc"), id="legacy-libiptc"),
 ]
 
-# What K3s, flannel, kube-proxy, Docker and an administrator leave on a node.
-FOREIGN_V4 = "\n".join([
-    "*nat",
-    ":FLANNEL-POSTRTG - [0:0]",
-    ":KUBE-POSTROUTING - [0:0]",
-    ":KUBE-SERVICES - [0:0]",
-    ":KUBE-MARK-MASQ - [0:0]",
-    *KUBE_PROXY_NAT_V4[:3],
-    FLANNEL_NAT_V4[0],
-    "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
-    *FLANNEL_NAT_V4[1:],
-    "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
-    *KUBE_PROXY_NAT_V4[3:],
-    '-A KUBE-SERVICES -d 10.43.0.1/32 -p tcp -m comment --comment "default/kubernetes:https" '
-    "-m tcp --dport 443 -j KUBE-MARK-MASQ",
-    "COMMIT",
-    "*filter",
-    ":FORWARD DROP [0:0]",
-    ":DOCKER-USER - [0:0]",
-    ":KUBE-FORWARD - [0:0]",
-    ":FLANNEL-FWD - [0:0]",
-    "-A FORWARD -j DOCKER-USER",
-    '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
-    FLANNEL_FORWARD_V4[0],
-    "-A FORWARD -s 192.0.2.0/24 -j DROP",
-    "-A DOCKER-USER -j RETURN",
-    "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
-    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
-    "-m mark --mark 0x4000/0x4000 -j ACCEPT",
-    *FLANNEL_FORWARD_V4[1:],
-    "COMMIT",
-    "",
-])
-
-FOREIGN_V6 = """\
-*nat
-:FLANNEL-POSTRTG - [0:0]
--A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
--A FLANNEL-POSTRTG -s fd42:42::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" \
--j MASQUERADE --random-fully
-COMMIT
-*filter
-:FORWARD DROP [0:0]
-:DOCKER-USER - [0:0]
--A FORWARD -j DOCKER-USER
--A FORWARD -s 2001:db8::/32 -j DROP
--A DOCKER-USER -j RETURN
-COMMIT
-""".replace("\\\n", "")
+FOREIGN_V4 = NODE_V4
+FOREIGN_V6 = NODE_V6
 
 FLANNEL_MASQ = MasqueradeRule("10.42.0.0/16", exclude=["224.0.0.0/4"], random_fully=True)
 FLANNEL_FWD = ForwardRule("10.42.0.0/16", "0.0.0.0/0")
