@@ -14,6 +14,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.errors import ApplyError, BackendError
 from k3snet.lab.netns import create_netns, delete_netns, run_in, temporary_netns, unique_name
-from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.model import Drift, ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
 from k3snet.render.iptables import render_iptables_save
 from k3snet.render.iptables import rules as iptables_rules
@@ -147,9 +148,15 @@ def our_rules(text: str) -> dict[tuple[str, str], list[tuple[str, ...]]]:
     return rules
 
 
+def our_layout(text: str) -> tuple[object, ...]:
+    """Our chains (declared), their rules and the jumps into them."""
+    return our_rules(text), sorted(line.split()[0] for line in text.splitlines()
+                                   if line.startswith(":K3SNET"))
+
+
 def assert_kernel_matches(ns: str, mode: str, state: State) -> None:
     for family in (4, 6):
-        assert our_rules(save(ns, mode, family)) == our_rules(
+        assert our_layout(save(ns, mode, family)) == our_layout(
             render_iptables_save(state, family)
         ), f"IPv{family} kernel rules differ from the rendering of {state.render()}"
 
@@ -492,7 +499,13 @@ def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
         observed = backend.observe()
         assert len(backend.drift) >= 4, backend.drift
         assert victim not in observed.owned
-        assert not any(o.family == 4 for o in observed.owned), "a bad hook hides everything"
+        # A foreign rule above our FORWARD jump hides our accepts; a second jump to our
+        # NAT chain still reaches it (the NAT rules stay ours, the extra jump is drift).
+        assert not any(o.family == 4 and isinstance(o, ForwardRule) for o in observed.owned)
+        assert MasqueradeRule("10.50.0.0/16", destination="192.168.2.0/24", out_interface="eth0",
+                              random_fully=True) in observed.owned
+        assert {d.where for d in observed.owned if isinstance(d, Drift)} >= {
+            "IPv4 nat K3SNET-STRAY", "IPv4 nat POSTROUTING", "IPv4 filter FORWARD"}
         p = plan(observed, DESIRED)
         assert p.counts()["add"] > 0
         backend.apply(p)
@@ -523,6 +536,102 @@ def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
             expected.insert(expected.index("-A FORWARD -j DOCKER-USER"),
                             "-A FORWARD -s 203.0.113.0/24 -j DROP")
         assert foreign_lines(final[family]) == expected
+
+
+VICTIM = MasqueradeRule("10.99.0.0/16", exclude=["10.0.0.0/8"])
+_HOOK = ["-m", "comment", "--comment", "k3snet", "-j"]
+
+
+def _drift_commands(kind: str) -> list[list[str]]:
+    """iptables arguments that put one kind of drift into k3snet's IPv4 chains."""
+    unit = render_unit(VICTIM)
+    return {
+        "extra-rule": [["-t", "nat", "-A", unit.chain, "-j", "ACCEPT"]],
+        "extra-rule-in-main": [["-t", "nat", "-A", "K3SNET-POSTROUTING", "-j", "RETURN"]],
+        "extra-chain": [["-t", "filter", "-N", "K3SNET-STRAY"]],
+        "forged-tag": [["-t", "nat", "-A", unit.chain, "-s", "10.77.0.0/16", "-m", "comment",
+                        "--comment", "k3snet:0123456789abcdef", "-j", "MASQUERADE"]],
+        "duplicate-rule": [["-t", "nat", "-A", unit.chain, *unit.lines[0]]],
+        "duplicate-main-jump": [["-t", "nat", "-A", "K3SNET-POSTROUTING", *_HOOK,
+                                 unit.chain]],
+        "missing-hook": [["-t", "nat", "-D", "POSTROUTING", *_HOOK, "K3SNET-POSTROUTING"]],
+        "misplaced-hook": [["-I", "FORWARD", "1", "-s", "203.0.113.0/24", "-j", "DROP"]],
+    }.get(kind, [])
+
+
+DRIFT_KINDS = ["extra-rule", "extra-rule-in-main", "extra-chain", "forged-tag", "duplicate-rule",
+               "duplicate-main-jump", "missing-hook", "misplaced-hook", "rules.v4-loaded-twice",
+               "two-concurrent-applies"]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("kind", DRIFT_KINDS)
+def test_each_drift_kind_is_a_planned_change_that_apply_repairs(
+    ns: str, mode: str, kind: str
+) -> None:
+    seed(ns, mode)
+    before = saves(ns, mode)
+    with make(ns, (mode, "restore")) as backend:
+        first = plan(backend.observe(), DESIRED)
+        target = State(owned=first.target(DESIRED))
+        if kind == "two-concurrent-applies":  # both read the node before either wrote
+            with make(ns, (mode, "restore")) as other:
+                second = plan(other.observe(), DESIRED)
+                backend.apply(first)
+                other.apply(second)
+        else:
+            backend.apply(first)
+    if kind == "rules.v4-loaded-twice":  # at boot, then once more by hand
+        restore(ns, mode, 4, render_iptables_save(target, 4))
+    for command in _drift_commands(kind):
+        run_in(ns, [f"iptables-{mode}", "-w", *command])
+    drifted = saves(ns, mode)
+    assert (any(our_layout(drifted[f]) != our_layout(render_iptables_save(target, f))
+                for f in (4, 6))
+            or foreign_lines(drifted[4]) != foreign_lines(before[4])), f"{kind}: no drift made"
+
+    with make(ns, (mode, "restore")) as backend:
+        observed = backend.observe()
+        drift = [o for o in observed.owned if isinstance(o, Drift)]
+        assert drift, f"{kind}: observe saw nothing"
+        p = plan(observed, DESIRED)
+        assert not p.empty  # `k3snet plan` exits 2
+        assert {c.subject for c in p.changes if c.action == "delete"} >= set(drift)
+        backend.apply(p)
+    # The kernel's own view: k3snet's chains are what it renders, foreign rules untouched.
+    after = saves(ns, mode)
+    assert_kernel_matches(ns, mode, target)
+    for family in (4, 6):
+        assert foreign_lines(after[family]) == foreign_lines(drifted[family])
+        if kind != "misplaced-hook":
+            assert foreign_lines(after[family]) == foreign_lines(before[family])
+        assert after[family].count("-j K3SNET-POSTROUTING") == 1
+        assert "-j K3SNET-FORWARD" in first_rule(after[family], "filter", "FORWARD")
+        assert "K3SNET-STRAY" not in after[family]
+    with make(ns, (mode, "restore")) as fresh:
+        assert plan(fresh.observe(), DESIRED).empty
+        assert fresh.drift == ()
+
+
+@pytest.mark.kernel
+def test_k3snet_plan_exits_2_on_drift_and_apply_repairs_it(
+    ns: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from k3snet.cli import main  # noqa: PLC0415 - only here
+
+    spec = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+    argv = ["-f", str(spec), "--backend", "iptables", "--netns", ns, "--no-facts"]
+    seed(ns, "nft")
+    assert main(["apply", *argv]) == 0
+    assert main(["plan", *argv]) == 0
+    run_in(ns, ["iptables-nft", "-w", "-t", "nat", "-N", "K3SNET-STRAY"])
+    capsys.readouterr()
+    assert main(["plan", *argv]) == 2
+    assert "drift in iptables IPv4 nat K3SNET-STRAY" in capsys.readouterr().out
+    assert main(["apply", *argv]) == 0
+    assert main(["plan", *argv]) == 0
+    assert "K3SNET-STRAY" not in save(ns, "nft", 4)
 
 
 @pytest.mark.kernel

@@ -20,8 +20,8 @@ from k3snet.backends.iptables.foreign import foreign_forward, foreign_nat
 from k3snet.backends.iptables.mode import detect_mode
 from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.iptables.table import Op, restore_lines
-from k3snet.errors import ApplyError
-from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.errors import ApplyError, PlanError
+from k3snet.model import Drift, ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
 from k3snet.render.iptables.rules import clear_caches, render_unit, tokenize
 
@@ -312,3 +312,99 @@ def test_a_negated_match_in_our_chain_is_never_read_as_our_rule() -> None:
         observed = backend.observe()
         assert MasqueradeRule("10.51.0.0/16", destination="192.168.2.0/24") not in observed.owned
         assert backend.drift
+
+
+# -- drift: seen by observe, a change in every plan, repaired by apply -----------------
+
+HOOK_NAT = "-A POSTROUTING -m comment --comment k3snet -j K3SNET-POSTROUTING"
+HOOK_FWD = "-A FORWARD -m comment --comment k3snet -j K3SNET-FORWARD"
+BUCKET = ('-A K3SNET-N-d24-s16-a-3 -s 10.51.0.0/16 -d 192.168.2.0/24 -m comment --comment '
+          '"k3snet:397ffea18f7845b1" -j MASQUERADE')
+LAST_JUMP = "-A K3SNET-POSTROUTING -m comment --comment k3snet -j K3SNET-N-d0-s16-a-4"
+
+
+def _after(text: str, line: str, extra: str) -> str:
+    assert line in text
+    return text.replace(line + "\n", f"{line}\n{extra}\n", 1)
+
+
+# name: (edit of the recorded IPv4 text, (table, chain) of the drift, a line the repair sends)
+DRIFTS = {
+    "extra-rule": (lambda t: _after(t, BUCKET, "-A K3SNET-N-d24-s16-a-3 -j ACCEPT"),
+                   ("nat", "K3SNET-N-d24-s16-a-3"), "-D K3SNET-N-d24-s16-a-3 -j ACCEPT"),
+    "extra-rule-in-main": (lambda t: _after(t, LAST_JUMP, "-A K3SNET-POSTROUTING -j RETURN"),
+                           ("nat", "K3SNET-POSTROUTING"), ":K3SNET-POSTROUTING - [0:0]"),
+    "extra-chain": (lambda t: _after(t, ":K3SNET-POSTROUTING - [0:0]", ":K3SNET-STRAY - [0:0]"),
+                    ("nat", "K3SNET-STRAY"), "-X K3SNET-STRAY"),
+    "forged-tag": (lambda t: _after(t, BUCKET, BUCKET.replace("10.51.", "10.77.").replace(
+                       "397ffea18f7845b1", "0123456789abcdef")),
+                   ("nat", "K3SNET-N-d24-s16-a-3"),
+                   "-D K3SNET-N-d24-s16-a-3 -s 10.77.0.0/16 -d 192.168.2.0/24 -m comment "
+                   "--comment k3snet:0123456789abcdef -j MASQUERADE"),
+    "tag-not-of-its-rule": (lambda t: t.replace(BUCKET, BUCKET.replace("10.51.", "10.77.")),
+                            ("nat", "K3SNET-N-d24-s16-a-3"),
+                            "-D K3SNET-N-d24-s16-a-3 -s 10.77.0.0/16 -d 192.168.2.0/24 -m comment "
+                            "--comment k3snet:397ffea18f7845b1 -j MASQUERADE"),
+    "duplicate-rule": (lambda t: _after(t, BUCKET, BUCKET), ("nat", "K3SNET-N-d24-s16-a-3"),
+                       "-D " + BUCKET[3:].replace('"', "")),
+    "duplicate-hook": (lambda t: _after(t, HOOK_NAT, HOOK_NAT), ("nat", "POSTROUTING"),
+                       "-D " + HOOK_NAT[3:]),
+    "duplicate-main-jump": (lambda t: _after(t, LAST_JUMP, LAST_JUMP),
+                            ("nat", "K3SNET-POSTROUTING"), ":K3SNET-POSTROUTING - [0:0]"),
+    "missing-hook": (lambda t: t.replace(HOOK_NAT + "\n", ""), ("nat", "POSTROUTING"),
+                     HOOK_NAT),
+    "misplaced-hook": (lambda t: t.replace(HOOK_FWD + "\n-A FORWARD -j DOCKER-USER\n",
+                                           "-A FORWARD -j DOCKER-USER\n" + HOOK_FWD + "\n"),
+                       ("filter", "FORWARD"), "-I FORWARD 1 " + HOOK_FWD.split(" ", 2)[2]),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(DRIFTS))
+def test_drift_is_an_owned_object_that_every_plan_deletes_and_apply_repairs(
+    mode: Flavour, name: str
+) -> None:
+    edit, (table, chain), repair = DRIFTS[name]
+    text = edit(recorded(mode, 4))
+    assert text != recorded(mode, 4)
+    kernel = FakeKernel({(mode, 4): text, (mode, 6): recorded(mode, 6)})
+    clear_caches()
+    with backend_on(kernel, mode) as backend:
+        observed = backend.observe()
+        drift = [o for o in observed.owned if isinstance(o, Drift)]
+        assert drift, backend.drift
+        assert {(d.backend, d.where.rsplit(" ", 1)[0]) for d in drift} == {
+            ("iptables", f"IPv4 {table}")}
+        assert any(d.where == f"IPv4 {table} {chain}" for d in drift), drift
+        assert all(d.kind == ("nat" if table == "nat" else "forward") for d in drift)
+        p = plan(observed, DESIRED)
+        assert not p.empty
+        assert {c.subject for c in p.changes if c.action == "delete"} >= set(drift)
+        assert "drift in iptables IPv4" in p.render()
+        backend.apply(p)
+        assert {run.table for run in kernel.runs} == {table}
+        sent = [line for run in kernel.runs for line in run.lines]
+        assert repair in sent, sent
+        # Once applied, what the backend holds is clean: nothing more to do.
+        assert backend.drift == ()
+        assert plan(p.apply_to(observed), DESIRED).empty
+
+
+def test_drift_of_another_backend_or_table_is_refused() -> None:
+    kernel = FakeKernel.recorded("nft")
+    with backend_on(kernel, "nft") as backend:
+        observed = backend.observe()
+        for foreign in (Drift.of("nat", backend="nftables", where="IPv4 nat X", what="y"),
+                        Drift.of("forward", backend="iptables", where="IPv4 nat X", what="y"),
+                        Drift.of("nat", backend="iptables", where="IPv4 nat X", what="y")):
+            p = plan(State(owned=[*observed.owned, foreign]), DESIRED)
+            with pytest.raises(PlanError):
+                backend.apply(p)
+            assert backend.check(p)
+    assert kernel.runs == []
+
+
+def test_a_clean_recording_has_no_drift() -> None:
+    for mode in MODES:
+        with backend_on(FakeKernel.recorded(mode), mode) as backend:
+            assert not [o for o in backend.observe().owned if isinstance(o, Drift)]

@@ -57,11 +57,15 @@ Apply cost (``benchmarks/bench_iptables.py``)
 
 Drift
     ``observe`` rebuilds each object from its rule text and checks it against
-    the hash and the chain it sits in; rules edited by hand, stray chains,
-    misordered jumps or a missing/duplicated/misplaced hook jump leave the
-    affected objects out of ``owned`` (so the plan re-adds them) and the next
-    apply touching that table rewrites what is wrong. :attr:`IptablesBackend.drift`
-    says what was found.
+    its tag and the chain it sits in. Everything in k3snet's chains that is not
+    exactly what k3snet renders (a rule edited by hand or without a tag, a forged
+    tag, a stray chain, a rule or a jump twice, a missing or misplaced hook jump)
+    is reported as an owned :class:`~k3snet.model.Drift` object (``where`` is
+    ``IPv4 nat CHAIN``): every plan deletes it (``k3snet plan`` exits 2), and the
+    apply of that delete rewrites what is wrong in that table, leaving foreign
+    rules alone. Objects whose rules are damaged or not reached are left out of
+    ``owned`` as well, so the plan re-adds them. :attr:`IptablesBackend.drift`
+    lists the findings as text.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ from k3snet.backends.iptables.table import (
     TableEdit,
     TableState,
     commit_edit,
+    drift_where,
     load_table,
     plan_table,
     restore_lines,
@@ -106,7 +111,7 @@ from k3snet.errors import (
     PlanError,
     RollbackError,
 )
-from k3snet.model import NetObject
+from k3snet.model import Drift, NetObject
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.state import State
@@ -228,7 +233,11 @@ class IptablesBackend(BackendBase):
 
     @property
     def drift(self) -> tuple[str, ...]:
-        """What the last :meth:`observe` found wrong in our chains (empty when clean)."""
+        """What the last :meth:`observe` found wrong in our chains (empty when clean).
+
+        One line per finding; each is also an owned :class:`~k3snet.model.Drift`
+        object in what :meth:`observe` returned.
+        """
         if self._tables is None:
             return ()
         return tuple(f"IPv{f} {t}: {message}" for (f, t), state in sorted(self._tables.items())
@@ -412,7 +421,7 @@ class IptablesBackend(BackendBase):
             where = (_WHERE.get(key[0], _NO_WHERE).get(key[1]) if type(subject) in _TABLE_OF
                      else None)
             if where is None:
-                where = (subject.family or 4, table_of(subject))
+                where = _where_of(subject)
             last = last_of.setdefault(key, index)
             if last == index:
                 current = tables[where].owned.get(key)
@@ -517,6 +526,16 @@ _WHERE: dict[object, dict[object, tuple[int, str]]] = {
 _NO_WHERE: dict[object, tuple[int, str]] = {}
 
 
+def _where_of(subject: NetObject) -> tuple[int, str]:
+    """(family, table) of an object this backend can hold (PlanError for anything else)."""
+    if isinstance(subject, Drift):
+        where = drift_where(subject)
+        if where is None:
+            raise PlanError(f"cannot delete {subject}: it is not the iptables backend's")
+        return where
+    return (subject.family or 4, table_of(subject))
+
+
 def _culprit(plan: Plan, line: Line | None) -> Change | None:
     """The change whose rule the kernel refused, if it can be told."""
     if line is None:
@@ -526,7 +545,8 @@ def _culprit(plan: Plan, line: Line | None) -> Change | None:
         return None
     for change in plan.changes:
         for obj in (change.after, change.before):
-            if obj is not None and render_unit(obj).digest == digest:
+            if (obj is not None and not isinstance(obj, Drift)
+                    and render_unit(obj).digest == digest):
                 return change
     return None
 
