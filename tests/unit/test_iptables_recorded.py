@@ -54,7 +54,8 @@ class FakeRun:
         self.committed = True
 
     def wait(self) -> None:
-        if self._refuse is not None and any(self._refuse in line for line in self.lines):
+        if self._refuse == "" or (self._refuse is not None
+                                  and any(self._refuse in line for line in self.lines)):
             raise RunFailedError(f"refused a line holding {self._refuse}", None)
 
     def abort(self) -> None:
@@ -72,6 +73,8 @@ class FakeKernel:
         self.saves = saves
         self._version = version
         self.refuse = refuse
+        self.refuse_runs: set[int] = set()
+        """Runs (by number, from 0) refused whatever they hold."""
         self.runs: list[FakeRun] = []
 
     @classmethod
@@ -86,7 +89,8 @@ class FakeKernel:
         return self._version
 
     def restore(self, family: int, mode: str, table: str) -> FakeRun:
-        run = FakeRun(family, mode, table, self.refuse)
+        refuse = "" if len(self.runs) in self.refuse_runs else self.refuse
+        run = FakeRun(family, mode, table, refuse)
         self.runs.append(run)
         return run
 
@@ -408,3 +412,73 @@ def test_a_clean_recording_has_no_drift() -> None:
     for mode in MODES:
         with backend_on(FakeKernel.recorded(mode), mode) as backend:
             assert not [o for o in backend.observe().owned if isinstance(o, Drift)]
+
+
+# -- the kit: refusals in the kit's words, compensation, errors at the boundary --------
+
+
+def test_a_plan_that_does_not_fit_is_refused_with_every_reason() -> None:
+    kernel = FakeKernel.recorded("nft")
+    with backend_on(kernel, "nft") as backend:
+        observed = backend.observe()
+        stranger = MasqueradeRule("10.66.0.0/16")
+        present = MasqueradeRule("10.51.0.0/16", destination="192.168.2.0/24")
+        bad = plan(State(owned=[stranger]), State())  # deletes what k3snet does not hold
+        bad = type(bad)(changes=(*bad.changes, *plan(State(), State(owned=[present])).changes))
+        with pytest.raises(PlanError) as caught:
+            backend.apply(bad)
+        message = str(caught.value)
+        assert message.startswith("iptables backend refuses the plan, nothing was changed")
+        assert "10.66.0.0/16" in message
+        assert "10.51.0.0/16" in message  # the second problem is named too
+        assert backend.check(bad) == (message,)
+        assert plan(backend.observe(), DESIRED).empty
+    assert observed.owned == DESIRED.owned
+    assert kernel.runs == []
+
+
+def test_a_failed_undo_is_a_rollback_error_naming_what_is_half_done() -> None:
+    from k3snet.errors import RollbackError  # noqa: PLC0415 - only here
+
+    kernel = FakeKernel.recorded("nft")
+    kernel.refuse_runs = {1, 2}  # the nat table, then the undo of the filter table
+    wanted = State(owned=[*DESIRED.owned, ForwardRule("10.60.0.0/16", "192.168.3.0/24"),
+                          MasqueradeRule("10.60.0.0/16", destination="192.168.0.0/16")])
+    with backend_on(kernel, "nft") as backend:
+        p = plan(backend.observe(), wanted)
+        with pytest.raises(RollbackError, match="ROLLBACK FAILED") as caught:
+            backend.apply(p)
+    assert [run.table for run in kernel.runs] == ["filter", "nat", "filter"]
+    assert caught.value.done
+    assert caught.value.rolled_back == ()
+
+
+def test_a_process_that_is_not_permitted_names_the_capability(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno  # noqa: PLC0415 - only here
+    import subprocess  # noqa: PLC0415
+
+    from k3snet.backends.iptables import driver  # noqa: PLC0415
+    from k3snet.errors import BackendError  # noqa: PLC0415
+
+    monkeypatch.setattr(driver.shutil, "which", lambda name: f"/usr/sbin/{name}")
+
+    def denied(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(args, 4, "", "iptables-nft-save v1.8.9: "
+                                           "Permission denied (you must be root)\n")
+
+    monkeypatch.setattr(driver.subprocess, "run", denied)
+    with pytest.raises(BackendError, match="CAP_NET_ADMIN") as caught:
+        driver.Processes(None).save(4, "nft")
+    assert "iptables-nft-save" in str(caught.value)
+
+    def not_permitted(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(driver.subprocess, "run", not_permitted)
+    with pytest.raises(BackendError, match="CAP_NET_ADMIN"):
+        IptablesBackend(mode="nft").observe()
+    monkeypatch.setattr(driver.subprocess, "Popen", not_permitted)
+    with pytest.raises(BackendError, match="CAP_NET_ADMIN"):
+        driver.Processes(None).restore(4, "nft", "nat")

@@ -101,15 +101,13 @@ from k3snet.backends.iptables.table import (
     restore_lines,
     revert_ops,
 )
-from k3snet.backends.kit import BackendBase
+from k3snet.backends.kit import BackendBase, Compensation
 from k3snet.backends.netns import netns_path, validate_netns
 from k3snet.errors import (
-    ApplyError,
     BackendError,
     BackendUnavailableError,
     K3snetError,
     PlanError,
-    RollbackError,
 )
 from k3snet.model import Drift, NetObject
 from k3snet.model.forward import ForwardRule
@@ -295,8 +293,10 @@ class IptablesBackend(BackendBase):
         inject = injected = None
         if fail_after is not None:
             injected = plan.changes[min(fail_after, len(plan.changes) - 1)]
-            inject = (injected.subject.family, table_of(injected.subject))
-        done: list[_Step] = []
+            inject = _where_of(injected.subject)
+        # Each table is one transaction; the tables committed before a refused one are
+        # taken back by compensation (revert ops computed from what was written).
+        undo = Compensation(self.name, self._kernel.where)
         operations = 0
         if not self._kernel.streams:
             for step in self._prepare(plan):  # every edit computed before anything runs
@@ -307,11 +307,11 @@ class IptablesBackend(BackendBase):
                     operations += 1
                     self._run(step.family, step.table, ops)
                 except RunFailedError as exc:
-                    self._fail((step.family, step.table), self._failed(plan, injected, exc), exc,
-                               done)
+                    self._fail(undo, step, self._failed(plan, injected, exc), exc)
                 assert self._tables is not None  # set by _prepare
-                commit_edit(self._tables[step.family, step.table], step.edit)
-                done.append(step)
+                state = self._tables[step.family, step.table]
+                commit_edit(state, step.edit)
+                undo.record(step.changes, self._reverter(state, step))
         else:
             # Every change is checked first; each table's edit is then computed while
             # its restore process reads it, and committed before the next table's.
@@ -319,14 +319,13 @@ class IptablesBackend(BackendBase):
             last = list(pending)[-1]
             for where, changes in pending.items():
                 operations += 1
-                done.append(self._stream(plan, where, changes, done, fail=inject == where,
-                                         injected=injected,
-                                         pause=pause if where == last else None))
+                self._stream(plan, where, changes, undo, fail=inject == where,
+                             injected=injected, pause=pause if where == last else None)
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _stream(self, plan: Plan, where: tuple[int, str], changes: list[Change],
-                done: list[_Step], *, fail: bool, injected: Change | None,
-                pause: _GcPause | None = None) -> _Step:
+                undo: Compensation, *, fail: bool, injected: Change | None,
+                pause: _GcPause | None = None) -> None:
         """One table through one ``iptables-restore`` run, fed while its edit is computed.
 
         The process parses the first rules while the next ones are rendered; it
@@ -346,9 +345,9 @@ class IptablesBackend(BackendBase):
             run.send(restore_lines(ops))
         except BaseException as exc:
             run.abort()  # no COMMIT sent: nothing of this table was applied
-            if done and isinstance(exc, Exception):  # earlier tables are in: take them out
-                refused = RunFailedError(f"cannot prepare the edit: {exc}", None)
-                self._fail((family, table), None, refused, done)
+            if undo.done and isinstance(exc, Exception):  # earlier tables are in: take them out
+                self._tables = None
+                undo.fail(None, f"IPv{family} {table}: cannot prepare the edit: {exc}", exc)
             raise
         run.commit()
         # The kernel commits the table meanwhile; if it refuses, _fail forgets this state.
@@ -358,8 +357,22 @@ class IptablesBackend(BackendBase):
         try:
             run.wait()
         except RunFailedError as exc:
-            self._fail((family, table), self._failed(plan, injected, exc), exc, done)
-        return step
+            self._fail(undo, step, self._failed(plan, injected, exc), exc)
+        undo.record(step.changes, self._reverter(state, step))
+
+    def _reverter(self, state: TableState, step: _Step) -> Callable[[], None]:
+        """What takes a committed table edit back (``state`` is the table after it)."""
+        def revert() -> None:
+            self._run(step.family, step.table, revert_ops(state, step.edit))
+        return revert
+
+    def _fail(self, undo: Compensation, step: _Step, failed: Change | None,
+              exc: RunFailedError) -> NoReturn:
+        """Undo the tables already committed, then raise ApplyError (or RollbackError)."""
+        # Read the kernel again next time: a refusal may mean it changed behind our back,
+        # and a rollback rewrites chains.
+        self._tables = None
+        undo.fail(failed, f"IPv{step.family} {step.table} refused the changes: {exc}", exc)
 
     @staticmethod
     def _failed(plan: Plan, injected: Change | None, exc: RunFailedError) -> Change | None:
@@ -421,7 +434,10 @@ class IptablesBackend(BackendBase):
             where = (_WHERE.get(key[0], _NO_WHERE).get(key[1]) if type(subject) in _TABLE_OF
                      else None)
             if where is None:
-                where = _where_of(subject)
+                try:
+                    where = _where_of(subject)
+                except K3snetError as exc:
+                    self._refuse(plan, str(exc))
             last = last_of.setdefault(key, index)
             if last == index:
                 current = tables[where].owned.get(key)
@@ -430,12 +446,11 @@ class IptablesBackend(BackendBase):
                 last_of[key] = index
             if change.action == "add":
                 if current is not None:
-                    raise PlanError(f"cannot add {subject}: {current} is already there")
+                    self._refuse(plan, f"cannot add {subject}: {current} is already there")
             elif current is None or current != change.before:
-                raise PlanError(
-                    f"cannot {change.action} {change.before}: it is not owned by the iptables "
-                    f"backend{'' if current is None else f' (found {current})'}"
-                )
+                self._refuse(plan, f"cannot {change.action} {change.before}: it is not owned "
+                                   f"by the iptables backend"
+                                   f"{'' if current is None else f' (found {current})'}")
             append = appenders.get(where)
             if append is None:
                 append = appenders[where] = pending.setdefault(where, []).append
@@ -443,31 +458,19 @@ class IptablesBackend(BackendBase):
         return {(family, table): pending[family, table]
                 for family in FAMILIES for table in TABLES if (family, table) in pending}
 
-    def _fail(self, where: tuple[int, str], failed: Change | None, exc: RunFailedError,
-              done: list[_Step]) -> NoReturn:
-        """Undo the tables already committed, then raise ApplyError (or RollbackError)."""
-        applied = [c for s in done for c in s.changes]
-        rolled: list[Change] = []
+    def _refuse(self, plan: Plan, reason: str) -> NoReturn:
+        """Refuse ``plan``, in the kit's words, with every reason it does not fit.
+
+        The check in :meth:`_validate` stops at the first problem and costs nothing
+        per change beyond a dict lookup; :func:`~k3snet.backends.kit.fit_problems`
+        needs a :class:`State` of everything owned (building it takes ~50-90 ms at
+        10k rules), so it runs only for a plan that is refused anyway.
+        """
         assert self._tables is not None
-        try:
-            for previous in reversed(done):
-                state = self._tables[previous.family, previous.table]
-                self._run(previous.family, previous.table, revert_ops(state, previous.edit))
-                rolled += [c.inverse() for c in reversed(previous.changes)]
-        except RunFailedError as undo:
-            self._tables = None  # unknown: the next call reads the kernel again
-            raise RollbackError(
-                f"iptables: IPv{where[0]} {where[1]} refused the changes ({exc}) and "
-                f"undoing the tables already committed failed too ({undo})",
-                failed=failed, done=applied, rolled_back=rolled,
-            ) from undo
-        # Read the kernel again next time: a refusal may mean it changed behind our back,
-        # and a rollback rewrote chains.
-        self._tables = None
-        raise ApplyError(
-            f"iptables: IPv{where[0]} {where[1]} refused the changes, nothing applied: {exc}",
-            failed=failed, done=applied, rolled_back=rolled,
-        ) from exc
+        observed = State(owned=[o for s in self._tables.values() for o in s.owned.values()],
+                         foreign=self._foreign)
+        self.ensure_fits(plan, observed)
+        raise PlanError(f"{self.name} backend refuses the plan, nothing was changed:\n  {reason}")
 
     def _run(self, family: int, table: str, ops: list[Op] | tuple[Op, ...], *,
              test: bool = False) -> None:
