@@ -214,7 +214,7 @@ def _find_units(state: TableState) -> None:
                 groups.setdefault(digest, []).append(line)
         for digest, group in groups.items():
             unit = None
-            distinct = list(dict.fromkeys(group))
+            distinct = group if len(group) == 1 else list(dict.fromkeys(group))
             if digest not in state.units:
                 unit = rebuild_unit(state.family, digest, name, distinct, state.chains)
             if unit is None:
