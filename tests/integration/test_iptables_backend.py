@@ -552,6 +552,10 @@ def _drift_commands(kind: str) -> list[list[str]]:
         "forged-tag": [["-t", "nat", "-A", unit.chain, "-s", "10.77.0.0/16", "-m", "comment",
                         "--comment", "k3snet:0123456789abcdef", "-j", "MASQUERADE"]],
         "duplicate-rule": [["-t", "nat", "-A", unit.chain, *unit.lines[0]]],
+        # VICTIM is alone in its bucket chain: rule 1, edited with its tag kept.
+        "tag-not-of-its-rule": [["-t", "nat", "-R", unit.chain, "1",
+                                 *(("10.98.0.0/16" if t == "10.99.0.0/16" else t)
+                                   for t in unit.lines[0])]],
         "duplicate-main-jump": [["-t", "nat", "-A", "K3SNET-POSTROUTING", *_HOOK,
                                  unit.chain]],
         "missing-hook": [["-t", "nat", "-D", "POSTROUTING", *_HOOK, "K3SNET-POSTROUTING"]],
@@ -559,7 +563,8 @@ def _drift_commands(kind: str) -> list[list[str]]:
     }.get(kind, [])
 
 
-DRIFT_KINDS = ["extra-rule", "extra-rule-in-main", "extra-chain", "forged-tag", "duplicate-rule",
+DRIFT_KINDS = ["extra-rule", "extra-rule-in-main", "extra-chain", "forged-tag",
+               "tag-not-of-its-rule", "duplicate-rule",
                "duplicate-main-jump", "missing-hook", "misplaced-hook", "rules.v4-loaded-twice",
                "two-concurrent-applies"]
 

@@ -33,27 +33,17 @@ Drivers
 Mode detection (``mode="auto"``; an explicit ``mode`` always wins)
     See :mod:`k3snet.backends.iptables.mode`.
 
-Apply cost (``benchmarks/bench_iptables.py``)
+Apply cost (figures: ``docs/performance.md``, ``benchmarks/bench_iptables.py``)
     The backend remembers what it read and wrote, so an apply reads nothing
     back. Each table's ``iptables-restore`` process is started first and fed
     while the edit is computed (new rules are streamed as they are rendered;
     ``COMMIT`` is sent last, so a failure before it applies nothing): the
-    process parses while Python renders (through a pipe big enough for the
-    whole input, so no write waits for the process to start up). A full apply
-    of N rules then costs the Python work (~3.5 us per rule: hash, rendering,
-    bookkeeping; new objects skip the per-object render memo, and the GC's
-    collection of what the apply allocated runs while the kernel commits)
-    plus the kernel's commit, against ~5 us per rule for a raw
-    ``iptables-restore``.
-    One change among 10k rules is one run of two or three lines (``-D`` by
-    spec, ``-A``) on a bucket chain of ~1/16 of the rules: ~30 ms with
-    iptables-nft (which still loads the table's rules to find the one to delete),
-    ~35-45 ms with iptables-legacy, nearly all of it the x_tables interface
-    copying the whole table out and back in (``IPT_SO_GET_ENTRIES`` ~8 ms and
-    ``IPT_SO_SET_REPLACE`` ~18 ms at 10k, plus libiptc's parse and rebuild of
-    the blob: an empty ``*nat``/``COMMIT`` run costs ~16 ms), ~25 ms with
-    libiptc (no process, same copy). python-iptables' own rule building
-    (~0.3 ms per rule) is paid once per rule *shape* only.
+    process parses while Python renders, through a pipe big enough for the
+    whole input. One change among 10k rules is one run of two or three lines
+    (``-D`` by spec, ``-A``) on a bucket chain of ~1/16 of the rules; what is
+    left of its cost is the kernel interface copying the whole table (legacy)
+    or loading the table's rules (nft). python-iptables' own rule building is
+    paid once per rule *shape* only.
 
 Drift
     ``observe`` rebuilds each object from its rule text and checks it against
