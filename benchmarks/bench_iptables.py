@@ -33,11 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from k3snet.backends._iptables_rules import clear_caches, format_line, render_unit
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
+from k3snet.render.iptables.rules import clear_caches, format_line, render_unit
 
 TARGET_FULL_RATIO = 1.5
 TARGET_ONE_CHANGE_MS = 50.0

@@ -14,27 +14,29 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from k3snet.backends import _iptables_rules
-from k3snet.backends._iptables_rules import (
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.errors import ApplyError, BackendError
+from k3snet.lab.netns import create_netns, delete_netns, run_in, temporary_netns, unique_name
+from k3snet.model import Drift, ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.planner import plan
+from k3snet.render.iptables import render_iptables_save
+from k3snet.render.iptables import rules as iptables_rules
+from k3snet.render.iptables.rules import (
     clear_caches,
     rebuild_unit,
     render_new,
     render_unit,
     tokenize,
 )
-from k3snet.backends.iptables import IptablesBackend
-from k3snet.errors import ApplyError, BackendError
-from k3snet.lab.netns import create_netns, delete_netns, run_in, temporary_netns, unique_name
-from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
-from k3snet.planner import plan
-from k3snet.render.iptables import render_iptables_save
+from k3snet.render.tag import content_digest
 from k3snet.testing import run_conformance, strategies
-from k3snet.testing.k3s import FLANNEL_FORWARD_V4, FLANNEL_NAT_V4, KUBE_PROXY_NAT_V4
+from k3snet.testing.k3s import NODE_V4, NODE_V6
 
 CONFIGS = [
     pytest.param(("nft", "restore"), id="nft-restore"),
@@ -42,55 +44,8 @@ CONFIGS = [
     pytest.param(("legacy", "libiptc"), id="legacy-libiptc"),
 ]
 
-# What K3s, flannel, kube-proxy, Docker and an administrator leave on a node.
-FOREIGN_V4 = "\n".join([
-    "*nat",
-    ":FLANNEL-POSTRTG - [0:0]",
-    ":KUBE-POSTROUTING - [0:0]",
-    ":KUBE-SERVICES - [0:0]",
-    ":KUBE-MARK-MASQ - [0:0]",
-    *KUBE_PROXY_NAT_V4[:3],
-    FLANNEL_NAT_V4[0],
-    "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
-    *FLANNEL_NAT_V4[1:],
-    "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
-    *KUBE_PROXY_NAT_V4[3:],
-    '-A KUBE-SERVICES -d 10.43.0.1/32 -p tcp -m comment --comment "default/kubernetes:https" '
-    "-m tcp --dport 443 -j KUBE-MARK-MASQ",
-    "COMMIT",
-    "*filter",
-    ":FORWARD DROP [0:0]",
-    ":DOCKER-USER - [0:0]",
-    ":KUBE-FORWARD - [0:0]",
-    ":FLANNEL-FWD - [0:0]",
-    "-A FORWARD -j DOCKER-USER",
-    '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
-    FLANNEL_FORWARD_V4[0],
-    "-A FORWARD -s 192.0.2.0/24 -j DROP",
-    "-A DOCKER-USER -j RETURN",
-    "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
-    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
-    "-m mark --mark 0x4000/0x4000 -j ACCEPT",
-    *FLANNEL_FORWARD_V4[1:],
-    "COMMIT",
-    "",
-])
-
-FOREIGN_V6 = """\
-*nat
-:FLANNEL-POSTRTG - [0:0]
--A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
--A FLANNEL-POSTRTG -s fd42:42::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" \
--j MASQUERADE --random-fully
-COMMIT
-*filter
-:FORWARD DROP [0:0]
-:DOCKER-USER - [0:0]
--A FORWARD -j DOCKER-USER
--A FORWARD -s 2001:db8::/32 -j DROP
--A DOCKER-USER -j RETURN
-COMMIT
-""".replace("\\\n", "")
+FOREIGN_V4 = NODE_V4
+FOREIGN_V6 = NODE_V6
 
 FLANNEL_MASQ = MasqueradeRule("10.42.0.0/16", exclude=["224.0.0.0/4"], random_fully=True)
 FLANNEL_FWD = ForwardRule("10.42.0.0/16", "0.0.0.0/0")
@@ -193,9 +148,15 @@ def our_rules(text: str) -> dict[tuple[str, str], list[tuple[str, ...]]]:
     return rules
 
 
+def our_layout(text: str) -> tuple[object, ...]:
+    """Our chains (declared), their rules and the jumps into them."""
+    return our_rules(text), sorted(line.split()[0] for line in text.splitlines()
+                                   if line.startswith(":K3SNET"))
+
+
 def assert_kernel_matches(ns: str, mode: str, state: State) -> None:
     for family in (4, 6):
-        assert our_rules(save(ns, mode, family)) == our_rules(
+        assert our_layout(save(ns, mode, family)) == our_layout(
             render_iptables_save(state, family)
         ), f"IPv{family} kernel rules differ from the rendering of {state.render()}"
 
@@ -254,8 +215,8 @@ def test_the_usual_masquerade_renders_as_before() -> None:
 def test_the_fast_rendering_hashes_the_canonical_text(obj: NetObject) -> None:
     # Plain masquerades take an unrolled path: it must hash what _canonical() says.
     assert isinstance(obj, MasqueradeRule | SnatRule | ForwardRule)
-    canonical = _iptables_rules._canonical(obj)
-    assert render_unit(obj).digest == _iptables_rules._digest(canonical[0])
+    canonical = iptables_rules._canonical(obj)
+    assert render_unit(obj).digest == content_digest(canonical[0])
     assert canonical[1] == str(obj.source)  # the fast address text is ipaddress' own
 
 
@@ -264,8 +225,8 @@ def test_the_fast_rendering_hashes_the_canonical_text(obj: NetObject) -> None:
 def test_the_fast_rendering_renders_what_the_general_path_does(obj: NetObject) -> None:
     # The unrolled path reads addresses from the object's key, not from ipaddress.
     if type(obj) is MasqueradeRule and not obj.exclude:
-        assert _iptables_rules._build_plain_masquerade(obj) == _iptables_rules._build_general(obj)
-    assert render_new(obj) == _iptables_rules._build_general(obj) == render_unit(obj)
+        assert iptables_rules._build_plain_masquerade(obj) == iptables_rules._build_general(obj)
+    assert render_new(obj) == iptables_rules._build_general(obj) == render_unit(obj)
 
 
 def test_tokenize_undoes_iptables_save_quoting() -> None:
@@ -440,7 +401,7 @@ def test_a_failure_while_streaming_a_table_commits_nothing(
 ) -> None:
     # The restore driver feeds each table's process while rendering it: an error in
     # the middle of the second table must kill that process and undo the first one.
-    import k3snet.backends.iptables as module  # noqa: PLC0415 - patched here only
+    import k3snet.backends.iptables.backend as module  # noqa: PLC0415 - patched here only
 
     seed(ns, mode)
     before = kernel(ns, mode)
@@ -538,7 +499,13 @@ def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
         observed = backend.observe()
         assert len(backend.drift) >= 4, backend.drift
         assert victim not in observed.owned
-        assert not any(o.family == 4 for o in observed.owned), "a bad hook hides everything"
+        # A foreign rule above our FORWARD jump hides our accepts; a second jump to our
+        # NAT chain still reaches it (the NAT rules stay ours, the extra jump is drift).
+        assert not any(o.family == 4 and isinstance(o, ForwardRule) for o in observed.owned)
+        assert MasqueradeRule("10.50.0.0/16", destination="192.168.2.0/24", out_interface="eth0",
+                              random_fully=True) in observed.owned
+        assert {d.where for d in observed.owned if isinstance(d, Drift)} >= {
+            "IPv4 nat K3SNET-STRAY", "IPv4 nat POSTROUTING", "IPv4 filter FORWARD"}
         p = plan(observed, DESIRED)
         assert p.counts()["add"] > 0
         backend.apply(p)
@@ -569,6 +536,107 @@ def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
             expected.insert(expected.index("-A FORWARD -j DOCKER-USER"),
                             "-A FORWARD -s 203.0.113.0/24 -j DROP")
         assert foreign_lines(final[family]) == expected
+
+
+VICTIM = MasqueradeRule("10.99.0.0/16", exclude=["10.0.0.0/8"])
+_HOOK = ["-m", "comment", "--comment", "k3snet", "-j"]
+
+
+def _drift_commands(kind: str) -> list[list[str]]:
+    """iptables arguments that put one kind of drift into k3snet's IPv4 chains."""
+    unit = render_unit(VICTIM)
+    return {
+        "extra-rule": [["-t", "nat", "-A", unit.chain, "-j", "ACCEPT"]],
+        "extra-rule-in-main": [["-t", "nat", "-A", "K3SNET-POSTROUTING", "-j", "RETURN"]],
+        "extra-chain": [["-t", "filter", "-N", "K3SNET-STRAY"]],
+        "forged-tag": [["-t", "nat", "-A", unit.chain, "-s", "10.77.0.0/16", "-m", "comment",
+                        "--comment", "k3snet:0123456789abcdef", "-j", "MASQUERADE"]],
+        "duplicate-rule": [["-t", "nat", "-A", unit.chain, *unit.lines[0]]],
+        # VICTIM is alone in its bucket chain: rule 1, edited with its tag kept.
+        "tag-not-of-its-rule": [["-t", "nat", "-R", unit.chain, "1",
+                                 *(("10.98.0.0/16" if t == "10.99.0.0/16" else t)
+                                   for t in unit.lines[0])]],
+        "duplicate-main-jump": [["-t", "nat", "-A", "K3SNET-POSTROUTING", *_HOOK,
+                                 unit.chain]],
+        "missing-hook": [["-t", "nat", "-D", "POSTROUTING", *_HOOK, "K3SNET-POSTROUTING"]],
+        "misplaced-hook": [["-I", "FORWARD", "1", "-s", "203.0.113.0/24", "-j", "DROP"]],
+    }.get(kind, [])
+
+
+DRIFT_KINDS = ["extra-rule", "extra-rule-in-main", "extra-chain", "forged-tag",
+               "tag-not-of-its-rule", "duplicate-rule",
+               "duplicate-main-jump", "missing-hook", "misplaced-hook", "rules.v4-loaded-twice",
+               "two-concurrent-applies"]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("kind", DRIFT_KINDS)
+def test_each_drift_kind_is_a_planned_change_that_apply_repairs(
+    ns: str, mode: str, kind: str
+) -> None:
+    seed(ns, mode)
+    before = saves(ns, mode)
+    with make(ns, (mode, "restore")) as backend:
+        first = plan(backend.observe(), DESIRED)
+        target = State(owned=first.target(DESIRED))
+        if kind == "two-concurrent-applies":  # both read the node before either wrote
+            with make(ns, (mode, "restore")) as other:
+                second = plan(other.observe(), DESIRED)
+                backend.apply(first)
+                other.apply(second)
+        else:
+            backend.apply(first)
+    if kind == "rules.v4-loaded-twice":  # at boot, then once more by hand
+        restore(ns, mode, 4, render_iptables_save(target, 4))
+    for command in _drift_commands(kind):
+        run_in(ns, [f"iptables-{mode}", "-w", *command])
+    drifted = saves(ns, mode)
+    assert (any(our_layout(drifted[f]) != our_layout(render_iptables_save(target, f))
+                for f in (4, 6))
+            or foreign_lines(drifted[4]) != foreign_lines(before[4])), f"{kind}: no drift made"
+
+    with make(ns, (mode, "restore")) as backend:
+        observed = backend.observe()
+        drift = [o for o in observed.owned if isinstance(o, Drift)]
+        assert drift, f"{kind}: observe saw nothing"
+        p = plan(observed, DESIRED)
+        assert not p.empty  # `k3snet plan` exits 2
+        assert {c.subject for c in p.changes if c.action == "delete"} >= set(drift)
+        backend.apply(p)
+    # The kernel's own view: k3snet's chains are what it renders, foreign rules untouched.
+    after = saves(ns, mode)
+    assert_kernel_matches(ns, mode, target)
+    for family in (4, 6):
+        assert foreign_lines(after[family]) == foreign_lines(drifted[family])
+        if kind != "misplaced-hook":
+            assert foreign_lines(after[family]) == foreign_lines(before[family])
+        assert after[family].count("-j K3SNET-POSTROUTING") == 1
+        assert "-j K3SNET-FORWARD" in first_rule(after[family], "filter", "FORWARD")
+        assert "K3SNET-STRAY" not in after[family]
+    with make(ns, (mode, "restore")) as fresh:
+        assert plan(fresh.observe(), DESIRED).empty
+        assert fresh.drift == ()
+
+
+@pytest.mark.kernel
+def test_k3snet_plan_exits_2_on_drift_and_apply_repairs_it(
+    ns: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from k3snet.cli import main  # noqa: PLC0415 - only here
+
+    spec = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+    argv = ["-f", str(spec), "--backend", "iptables", "--netns", ns, "--no-facts"]
+    seed(ns, "nft")
+    assert main(["apply", *argv]) == 0
+    assert main(["plan", *argv]) == 0
+    run_in(ns, ["iptables-nft", "-w", "-t", "nat", "-N", "K3SNET-STRAY"])
+    capsys.readouterr()
+    assert main(["plan", *argv]) == 2
+    assert "drift in iptables IPv4 nat K3SNET-STRAY" in capsys.readouterr().out
+    assert main(["apply", *argv]) == 0
+    assert main(["plan", *argv]) == 0
+    assert "K3SNET-STRAY" not in save(ns, "nft", 4)
 
 
 @pytest.mark.kernel

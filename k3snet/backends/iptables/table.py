@@ -15,11 +15,13 @@ from typing import Any, Literal, NamedTuple
 
 import attrs
 
-from k3snet.backends._iptables_rules import (
+from k3snet.backends.iptables.save import TableDump
+from k3snet.model import Drift, NetObject
+from k3snet.planner import Change
+from k3snet.render.iptables.rules import (
     PREFIX,
     Hook,
     Line,
-    TableDump,
     Unit,
     bucket_order,
     comment_digest,
@@ -34,12 +36,10 @@ from k3snet.backends._iptables_rules import (
     render_unit,
     tokenize,
 )
-from k3snet.model._base import NetObject
-from k3snet.planner import Change
 
-__all__ = ["INJECTED_CHAIN", "Delta", "Op", "Sink", "TableEdit", "TableState", "commit_edit",
-           "diff_table", "load_table", "plan_table", "restore_lines", "restore_text",
-           "revert_ops"]
+__all__ = ["DRIFT_KIND", "INJECTED_CHAIN", "Delta", "Op", "Sink", "TableEdit", "TableState",
+           "commit_edit", "diff_table", "drift_where", "load_table", "plan_table", "restore_lines",
+           "restore_text", "revert_ops"]
 
 OpKind = Literal["declare", "delete", "append", "insert", "flush", "remove", "fail"]
 
@@ -110,24 +110,79 @@ class TableState:
     """Valid units (their rules match their hash) by hash, active or not."""
     by_chain: dict[str, set[str]] = attrs.field(factory=dict)
     owned: dict[tuple[Any, ...], NetObject] = attrs.field(factory=dict)
-    """Objects whose rules are valid *and* reached (hook, main chain order)."""
+    """Objects whose rules are valid *and* reached (hook, main chain order), and one
+    :class:`~k3snet.model.Drift` per finding (see :attr:`findings`)."""
     inactive: set[str] = attrs.field(factory=set)
     dirty: set[str] = attrs.field(factory=set)
     """Chains holding rules that match no valid unit, or that should not exist."""
-    drift: list[str] = attrs.field(factory=list)
+    findings: list[tuple[str, str]] = attrs.field(factory=list)
+    """(chain, what): everything in our chains that is not what k3snet renders."""
+
+    @property
+    def table(self) -> str:
+        """``nat`` or ``filter``."""
+        return self.hook.table
+
+    @property
+    def drift(self) -> list[str]:
+        """The findings as ``CHAIN: what`` lines."""
+        return [f"{chain}: {what}" for chain, what in self.findings]
+
+    def hook_jumps(self) -> list[int]:
+        """Positions of the rules of the built-in chain that jump to our main chain."""
+        return [i for i, r in enumerate(self.hook_rules) if _jumps_to(r, self.hook.main)]
 
     def hook_ok(self) -> bool:
         """Exactly one jump, as we write it, first in the chain when it must be."""
-        jumps = [i for i, r in enumerate(self.hook_rules) if _jumps_to(r, self.hook.main)]
+        jumps = self.hook_jumps()
         return (
             len(jumps) == 1
             and self.hook_rules[jumps[0]] == hook_line(self.hook)
             and (not self.hook.first or jumps[0] == 0)
         )
 
+    def hook_reaches(self) -> bool:
+        """Traffic gets to our main chain: a jump as we write it, first when it must be."""
+        line = hook_line(self.hook)
+        if self.hook.first:
+            return bool(self.hook_rules) and self.hook_rules[0] == line
+        return line in self.hook_rules
+
+
+DRIFT_KIND: Mapping[str, str] = {"nat": "nat", "filter": "forward"}
+"""The kind of the drift found in each table (the kind whose backend repairs it)."""
+DRIFT_BACKEND = "iptables"
+
+
+def drift_where(drift: Drift) -> tuple[int, str] | None:
+    """(family, table) of a drift object this backend reported (``None``: not one of ours)."""
+    if drift.backend != DRIFT_BACKEND:
+        return None
+    words = drift.where.split(" ", 2)
+    if len(words) < 2 or words[0] not in ("IPv4", "IPv6") or DRIFT_KIND.get(words[1]) != drift.kind:
+        return None
+    return int(words[0][3]), words[1]
+
+
+def _drift_objects(state: TableState) -> list[Drift]:
+    """One :class:`Drift` per distinct finding (a finding seen n times says so)."""
+    counts = Counter(state.findings)
+    objects = []
+    for (chain, what), count in counts.items():
+        text = what if count == 1 else f"{what} ({count} times)"
+        objects.append(Drift.of(DRIFT_KIND[state.table], backend=DRIFT_BACKEND,
+                                where=f"IPv{state.family} {state.table} {chain}", what=text))
+    return objects
+
 
 def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
-    """Read our chains out of one table of ``iptables-save`` output."""
+    """Read our chains out of one table of ``iptables-save`` output.
+
+    Every rule of k3snet's is rebuilt into its object and checked against its tag
+    and its place; whatever is not exactly what k3snet renders is a finding, and
+    each finding is an owned :class:`~k3snet.model.Drift` object, so that every
+    plan deletes it and the apply of that delete rewrites what is wrong.
+    """
     rules = dump.rules if dump is not None else {}
     state = TableState(
         family=family,
@@ -139,10 +194,13 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
     _find_units(state)
     _find_strays(state)
     _find_owned(state)
+    for drift in _drift_objects(state):
+        state.owned[drift.key] = drift
     return state
 
 
 def _find_units(state: TableState) -> None:
+    findings = state.findings
     for name, lines in state.chains.items():
         if not is_bucket_chain(name):
             continue
@@ -151,20 +209,23 @@ def _find_units(state: TableState) -> None:
             digest = comment_digest(line)
             if digest is None:
                 state.dirty.add(name)
-                state.drift.append(f"{name}: a rule without k3snet hash: {format_line(line)}")
+                findings.append((name, f"a rule without a k3snet tag: {format_line(line)}"))
             else:
                 groups.setdefault(digest, []).append(line)
         for digest, group in groups.items():
             unit = None
+            distinct = group if len(group) == 1 else list(dict.fromkeys(group))
             if digest not in state.units:
-                unit = rebuild_unit(state.family, digest, name, group, state.chains)
+                unit = rebuild_unit(state.family, digest, name, distinct, state.chains)
             if unit is None:
                 state.dirty.add(name)
-                state.drift.append(
-                    f"{name}: rules tagged k3snet:{digest} do not match their hash "
-                    "(edited by hand, duplicated or misplaced)"
-                )
+                findings.append((name, f"rules tagged k3snet:{digest} that k3snet did not "
+                                       "write (edited, forged, or in the wrong chain)"))
                 continue
+            if len(distinct) < len(group):  # two writers, or the same rule loaded twice
+                state.dirty.add(name)
+                findings.append((name, f"the rules of {unit.obj.describe()} are there "
+                                       f"{len(group) // len(distinct)} times"))
             state.units[digest] = unit
             state.by_chain.setdefault(name, set()).add(digest)
 
@@ -175,28 +236,32 @@ def _find_strays(state: TableState) -> None:
         if name == state.hook.main or name in subs or state.by_chain.get(name):
             continue
         state.dirty.add(name)
-        state.drift.append(f"{name}: a chain of ours that no valid rule uses")
+        state.findings.append((name, "a chain of k3snet's that no rule of k3snet uses"))
 
 
 def _find_owned(state: TableState) -> None:
     """Valid units are owned only when traffic reaches them: hook ok, main chain in order."""
-    main = state.chains.get(state.hook.main, [])
+    hook, findings = state.hook, state.findings
+    main = state.chains.get(hook.main, [])
     expected = main_lines(state.by_chain)
     if main != expected:
-        state.drift.append(f"{state.hook.main}: jumps missing, extra or out of order")
+        findings.append((hook.main, "jumps missing, extra, twice or out of order"))
     reached: set[str] = set()
     last: tuple[int, ...] | None = None
     for line in main:  # the longest good prefix: anything odd may stop the rest
         target = line[-1] if len(line) >= 2 and line[-2] == "-j" else ""
         order = bucket_order(target)
-        if (order is None or not state.by_chain.get(target) or target in reached
+        if target in reached and line == main_lines([target])[0]:
+            continue  # a jump twice: the second one matches nothing more
+        if (order is None or not state.by_chain.get(target)
                 or line != main_lines([target])[0] or (last is not None and order <= last)):
             break
         reached.add(target)
         last = order
-    if state.units and not state.hook_ok():
-        state.drift.append(f"{state.hook.builtin}: the jump to {state.hook.main} is missing, "
-                           "duplicated or not where it must be")
+    jumps = state.hook_jumps()
+    if state.units or main or jumps:
+        _hook_findings(state, jumps)
+    if not state.hook_reaches():
         reached = set()
     for digest in sorted(state.units):
         unit = state.units[digest]
@@ -204,6 +269,26 @@ def _find_owned(state: TableState) -> None:
             state.owned[unit.obj.key] = unit.obj
         else:
             state.inactive.add(digest)
+            if unit.chain in reached:  # another unit holds the slot
+                findings.append((unit.chain, f"a second rule for {unit.obj.describe()}"))
+
+
+def _hook_findings(state: TableState, jumps: list[int]) -> None:
+    hook, findings = state.hook, state.findings
+    if not state.units:
+        findings.append((hook.main, "k3snet's main chain, with no rule of k3snet behind it"))
+        return
+    if not jumps:
+        findings.append((hook.builtin, f"no jump to {hook.main}: no rule of k3snet is reached"))
+        return
+    if len(jumps) > 1:
+        findings.append((hook.builtin, f"{len(jumps)} jumps to {hook.main} (k3snet writes one)"))
+    for index in jumps:
+        if state.hook_rules[index] != hook_line(hook):
+            findings.append((hook.builtin, f"a jump to {hook.main} that k3snet did not write: "
+                                           f"{format_line(state.hook_rules[index])}"))
+    if hook.first and jumps[0] != 0:
+        findings.append((hook.builtin, f"the jump to {hook.main} is not the first rule"))
 
 
 # -- edits --------------------------------------------------------------------------
@@ -293,7 +378,7 @@ def plan_table(
 def _render(changes: Iterable[Change], removed: set[str], added: dict[str, Unit]) -> None:
     """Render every change: the hashes to remove, the units to add."""
     for change in changes:
-        if change.before is not None:
+        if change.before is not None and not isinstance(change.before, Drift):
             removed.add(render_unit(change.before).digest)
         if change.after is not None:
             rendered = render_new(change.after)
@@ -320,7 +405,7 @@ def _render_streaming(
     chunk = _STREAM_CHUNK
     for change in changes:
         before, after = change.before, change.after
-        if before is not None:
+        if before is not None and not isinstance(before, Drift):  # a drift's repair: below
             removed.add(render_unit(before).digest)
         if after is None:
             continue
@@ -575,4 +660,6 @@ def commit_edit(state: TableState, edit: TableEdit) -> None:
     state.by_chain = {c: ds for c, ds in state.by_chain.items() if ds}
     state.inactive.clear()
     state.dirty.clear()
-    state.drift.clear()
+    if state.findings:  # the edit rewrote everything found wrong
+        state.findings.clear()
+        state.owned = {k: o for k, o in state.owned.items() if not isinstance(o, Drift)}

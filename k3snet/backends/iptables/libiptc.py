@@ -41,10 +41,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from k3snet.backends._iptables_rules import Line
-from k3snet.backends._iptables_table import INJECTED_CHAIN, Op
+from k3snet.backends.iptables.table import INJECTED_CHAIN, Op
 from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import BackendError, BackendUnavailableError
+from k3snet.render.iptables.rules import Line
 
 __all__ = ["LibiptcDriver"]
 

@@ -24,10 +24,10 @@ extra jump.
 
 from __future__ import annotations
 
-from k3snet.backends._iptables_rules import HOOKS, TABLES, format_line, hook_line, table_image
 from k3snet.errors import ModelError
-from k3snet.model import NetObject
+from k3snet.model import Drift, NetObject
 from k3snet.model.state import State
+from k3snet.render.iptables.rules import HOOKS, TABLES, format_line, hook_line, table_image
 
 __all__ = ["render_iptables_save"]
 
@@ -49,7 +49,8 @@ def render_iptables_save(state: State, family: int) -> str:
     ]
     for table in TABLES:
         objects: list[NetObject] = [
-            o for o in state.owned if o.kind == _KINDS[table] and o.family == family
+            o for o in state.owned
+            if o.kind == _KINDS[table] and o.family == family and not isinstance(o, Drift)
         ]
         image = table_image(objects)
         if not image:

@@ -15,7 +15,11 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   ``ESTABLISHED`` accept covering them), as flannel's ``FLANNEL-FWD`` pair does.
 
 Rule order across chains is approximated (one level of jumps, in order); a
-RETURN that may skip most packets hides what follows it in its chain.
+RETURN that may skip most packets hides what follows it in its chain, and a
+jump that matches on anything (``! -d X -j CHAIN``) hides what its chain does.
+A negated match (``! -s``, ``! -d``) is never read as the positive one: a rule
+that skips a destination does not serve it (``! -d`` on a NAT rule becomes an
+exclusion, anything else negated is not modelled).
 """
 
 from __future__ import annotations
@@ -23,19 +27,19 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from k3snet.backends._iptables_rules import (
-    PREFIX,
-    Line,
-    RuleFields,
-    TableDump,
-    parse_rule,
-    tokenize,
-)
+from k3snet.backends.iptables.save import TableDump
 from k3snet.errors import K3snetError
-from k3snet.model._base import NetObject
+from k3snet.model import NetObject
 from k3snet.model.cidr import Network, contains
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.render.iptables.rules import (
+    PREFIX,
+    Line,
+    RuleFields,
+    parse_rule,
+    tokenize,
+)
 
 __all__ = ["foreign_forward", "foreign_nat"]
 
@@ -51,22 +55,38 @@ def _walk(
 ) -> Iterator[tuple[str, str | None, RuleFields | None, Line]]:
     """(chain, target, fields, tokens) of the rules of ``builtin`` and, at each jump,
     of the chain jumped to (one level). ``fields`` is ``None`` for a rule with
-    matches we do not model. Rules after a rule that may send most packets back
-    out of their chain (see :func:`_cuts`) are left out."""
+    matches we do not model, and for every rule behind a jump that matches on
+    anything (``! -d 10.0.0.0/8 -j CHAIN``): what such a rule does is narrowed
+    by the jump, and reading it alone would overstate it. Rules after a rule
+    that may send most packets back out of their chain (see :func:`_cuts`) are
+    left out."""
     for spec in dump.chain(builtin):
         tokens = tokenize(spec)
         target = _target(tokens)
         if target is not None and target in dump.rules and not target.startswith(PREFIX):
+            narrowed = _conditions(tokens) != []
             for inner in dump.chain(target):
                 inner_tokens = tokenize(inner)
                 inner_target = _target(inner_tokens)
                 if _cuts(inner_target, inner_tokens):
                     break
-                yield target, inner_target, parse_rule(inner_tokens), inner_tokens
+                fields = None if narrowed else parse_rule(inner_tokens)
+                yield target, inner_target, fields, inner_tokens
             continue
         if _cuts(target, tokens):
             return
         yield builtin, target, parse_rule(tokens), tokens
+
+
+def _conditions(tokens: Line) -> list[str]:
+    """The matches of a rule: everything before its target, comments left out."""
+    conditions = list(tokens[: tokens.index("-j")]) if "-j" in tokens else list(tokens)
+    if "-g" in conditions:
+        conditions = conditions[: conditions.index("-g")]
+    while "comment" in conditions:  # a comment never restricts anything
+        at = conditions.index("comment") - 1
+        del conditions[at: at + 4]
+    return conditions
 
 
 def _cuts(target: str | None, tokens: Line) -> bool:
@@ -80,10 +100,7 @@ def _cuts(target: str | None, tokens: Line) -> bool:
     """
     if target not in ("RETURN", "ACCEPT"):
         return False
-    conditions = list(tokens[: tokens.index("-j")]) if "-j" in tokens else list(tokens)
-    if "comment" in conditions:  # a comment never restricts anything
-        at = conditions.index("comment") - 1
-        del conditions[at: at + 4]
+    conditions = _conditions(tokens)
     if not conditions:
         return True
     positive_address = any(

@@ -1,0 +1,545 @@
+"""The ``iptables`` backend: masquerade, SNAT and forward accepts in chains of our own.
+
+Works on both flavours K3s ships: ``iptables-nft`` (rules in nf_tables, through
+the ``xt`` compatibility layer) and ``iptables-legacy`` (x_tables). IPv4 goes
+through ``iptables``, IPv6 through ``ip6tables``.
+
+Ownership
+    k3snet writes only its own chains, ``K3SNET-POSTROUTING`` (nat) and
+    ``K3SNET-FORWARD`` (filter) and the chains below them, plus exactly one jump
+    from each built-in chain it hooks: appended to POSTROUTING, *inserted first*
+    in FORWARD (so a Docker/firewalld DROP rule or policy comes after it). Every
+    rule carries ``-m comment --comment k3snet:<hash>``; the hash of the object's
+    content is the diff key (Calico Felix). Foreign chains (``FLANNEL-*``,
+    ``KUBE-*``, ``CNI-*``, ``DOCKER*``, user rules) are never flushed, reordered or
+    deleted: every edit names one of our chains, or our jump by its full spec.
+    The layout (buckets by group and hash) is described in
+    :mod:`k3snet.render.iptables.rules`.
+
+Drivers
+    ``restore`` (the default, also what ``auto`` picks): ``iptables-restore
+    --noflush --wait`` (the nft or legacy variant, per mode) run in the namespace
+    with ``ip netns exec``: one run per table per family per apply, fed as the
+    edit is computed and holding only the edits (``-D``/``-A`` on the bucket
+    chains touched, ``:CHAIN`` to rewrite a small order-sensitive chain). A
+    restore input is all or nothing per table.
+    ``libiptc``: python-iptables, legacy tables only, one commit per table,
+    applied from a thread inside the namespace (see
+    :mod:`k3snet.backends.iptables.libiptc`). Both drivers *read* through
+    ``iptables-save``: one parser, one drift detector. Every process and commit
+    goes through the I/O seam :class:`~k3snet.backends.iptables.driver.Kernel`
+    (``kernel=``), which tests replace with recorded ``iptables-save`` text.
+
+Mode detection (``mode="auto"``; an explicit ``mode`` always wins)
+    See :mod:`k3snet.backends.iptables.mode`.
+
+Apply cost (figures: ``docs/performance.md``, ``benchmarks/bench_iptables.py``)
+    The backend remembers what it read and wrote, so an apply reads nothing
+    back. Each table's ``iptables-restore`` process is started first and fed
+    while the edit is computed (new rules are streamed as they are rendered;
+    ``COMMIT`` is sent last, so a failure before it applies nothing): the
+    process parses while Python renders, through a pipe big enough for the
+    whole input. One change among 10k rules is one run of two or three lines
+    (``-D`` by spec, ``-A``) on a bucket chain of ~1/16 of the rules; what is
+    left of its cost is the kernel interface copying the whole table (legacy)
+    or loading the table's rules (nft). python-iptables' own rule building is
+    paid once per rule *shape* only.
+
+Drift
+    ``observe`` rebuilds each object from its rule text and checks it against
+    its tag and the chain it sits in. Everything in k3snet's chains that is not
+    exactly what k3snet renders (a rule edited by hand or without a tag, a forged
+    tag, a stray chain, a rule or a jump twice, a missing or misplaced hook jump)
+    is reported as an owned :class:`~k3snet.model.Drift` object (``where`` is
+    ``IPv4 nat CHAIN``): every plan deletes it (``k3snet plan`` exits 2), and the
+    apply of that delete rewrites what is wrong in that table, leaving foreign
+    rules alone. Objects whose rules are damaged or not reached are left out of
+    ``owned`` as well, so the plan re-adds them. :attr:`IptablesBackend.drift`
+    lists the findings as text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Callable, Iterator
+from typing import Literal, NoReturn
+
+import attrs
+
+from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.iptables.driver import (
+    Flavour,
+    Kernel,
+    Libiptc,
+    Processes,
+    RunFailedError,
+    tool_name,
+)
+from k3snet.backends.iptables.foreign import foreign_forward, foreign_nat
+from k3snet.backends.iptables.mode import detect_mode
+from k3snet.backends.iptables.save import TableDump, parse_save
+from k3snet.backends.iptables.table import (
+    INJECTED_CHAIN,
+    Op,
+    TableEdit,
+    TableState,
+    commit_edit,
+    drift_where,
+    load_table,
+    plan_table,
+    restore_lines,
+    revert_ops,
+)
+from k3snet.backends.kit import BackendBase, Compensation
+from k3snet.backends.netns import netns_path, validate_netns
+from k3snet.errors import (
+    BackendError,
+    BackendUnavailableError,
+    K3snetError,
+    PlanError,
+)
+from k3snet.model import Drift, NetObject
+from k3snet.model.forward import ForwardRule
+from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.model.state import State
+from k3snet.planner import Change, Plan
+from k3snet.render.iptables.rules import (
+    HOOKS,
+    TABLES,
+    Line,
+    comment_digest,
+    render_unit,
+    table_of,
+)
+
+__all__ = ["Driver", "IptablesBackend", "Mode"]
+
+Mode = Literal["nft", "legacy", "auto"]
+Driver = Literal["restore", "libiptc", "auto"]
+
+FAMILIES = (4, 6)
+_GC_PAUSE_MIN = 1000
+
+
+@attrs.frozen
+class _Step:
+    """The edit of one (family, table) in an apply."""
+
+    family: int
+    table: str
+    changes: tuple[Change, ...]
+    edit: TableEdit
+
+
+class IptablesBackend(BackendBase):
+    """Masquerade/SNAT (nat table) and forward accepts (filter table) through iptables.
+
+    >>> backend = IptablesBackend(mode="nft")   # doctest: +SKIP
+    >>> p = plan(backend.observe(), desired)    # doctest: +SKIP
+    >>> backend.apply(p)                        # doctest: +SKIP
+
+    ``netns`` names the network namespace (``ip netns``) to work in; ``None`` is
+    the caller's own. ``driver`` and ``mode`` are described in the module docs.
+    ``kernel`` replaces the I/O seam (:class:`~k3snet.backends.iptables.driver.Kernel`),
+    e.g. with a fake serving recorded ``iptables-save`` text; ``driver`` is then
+    whatever that kernel is. ``faults.fail_at(N)``
+    (:class:`~k3snet.backends.kit.FaultHook`) makes the next apply put an invalid
+    line in the restore input (or a failing libiptc call) for its change N, in
+    the table that change belongs to: that table's transaction is refused,
+    tables already committed are rolled back, and the kernel is left as it was.
+    """
+
+    name = "iptables"
+    capabilities: frozenset[str] = frozenset({"nat", "forward"})
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        *,
+        driver: Driver = "auto",
+        mode: Mode = "auto",
+        timeout: float = 30.0,
+        kernel: Kernel | None = None,
+    ) -> None:
+        super().__init__()
+        if driver not in ("restore", "libiptc", "auto"):
+            raise BackendError(f"driver must be 'restore', 'libiptc' or 'auto', not {driver!r}")
+        if mode not in ("nft", "legacy", "auto"):
+            raise BackendError(f"mode must be 'nft', 'legacy' or 'auto', not {mode!r}")
+        if netns is not None and kernel is None:
+            path = netns_path(validate_netns(netns))
+            if not path.exists():
+                raise BackendError(f"network namespace {netns!r} does not exist ({path})")
+        self._netns = netns
+        self._kernel: Kernel = kernel if kernel is not None else Processes(netns, timeout)
+        self._mode: Flavour | None = None if mode == "auto" else mode
+        self._mode_reason = "given" if mode != "auto" else ""
+        self._tables: dict[tuple[int, str], TableState] | None = None
+        self._foreign: frozenset[NetObject] = frozenset()
+        if driver == "libiptc" and kernel is None:
+            if self.mode == "nft":
+                raise BackendError(
+                    "the libiptc driver (python-iptables) only sees legacy x_tables, and this "
+                    f"namespace uses iptables-nft ({self._mode_reason}): its rules would be "
+                    "invisible to iptables (ldx/python-iptables#298); use driver='restore'"
+                )
+            self._kernel = Libiptc(netns, timeout)
+
+    # -- properties ---------------------------------------------------------------
+
+    @property
+    def netns(self) -> str | None:
+        """The network namespace this backend works in."""
+        return self._netns
+
+    @property
+    def driver(self) -> str:
+        """``restore`` or ``libiptc``."""
+        return "restore" if self._kernel.streams else "libiptc"
+
+    @property
+    def kernel(self) -> Kernel:
+        """The I/O seam: what runs ``iptables-save`` and commits each table."""
+        return self._kernel
+
+    @property
+    def mode(self) -> Flavour:
+        """``nft`` or ``legacy``: given, or detected on first use (see the module docs)."""
+        if self._mode is None:
+            saves = {flavour: [text for family in FAMILIES
+                               if (text := self._kernel.save(family, flavour)) is not None]
+                     for flavour in ("nft", "legacy")}
+            self._mode, self._mode_reason = detect_mode(saves, self._kernel.version())
+        return self._mode
+
+    @property
+    def mode_reason(self) -> str:
+        """Why :attr:`mode` is what it is."""
+        _ = self.mode
+        return self._mode_reason
+
+    @property
+    def drift(self) -> tuple[str, ...]:
+        """What the last :meth:`observe` found wrong in our chains (empty when clean).
+
+        One line per finding; each is also an owned :class:`~k3snet.model.Drift`
+        object in what :meth:`observe` returned.
+        """
+        if self._tables is None:
+            return ()
+        return tuple(f"IPv{f} {t}: {message}" for (f, t), state in sorted(self._tables.items())
+                     for message in state.drift)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the libiptc worker thread (nothing to do for the restore driver)."""
+        self._kernel.close()
+        super().close()
+
+    # -- protocol -----------------------------------------------------------------
+
+    def observe(self) -> State:
+        """Our objects (rebuilt from rule text, hash-checked) and simple foreign rules."""
+        tables: dict[tuple[int, str], TableState] = {}
+        foreign: set[NetObject] = set()
+        for family in FAMILIES:
+            dump = self._save(family)
+            for table in TABLES:
+                tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
+            foreign |= foreign_nat(dump.get("nat"), family)
+            foreign |= foreign_forward(dump.get("filter"), family)
+        self._tables = tables
+        self._foreign = frozenset(foreign)
+        return State(owned=[o for s in tables.values() for o in s.owned.values()],
+                     foreign=self._foreign)
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        """Dry run: plan problems, then each table's edits tried without committing."""
+        try:
+            ensure_capable(self, plan)
+            steps = self._prepare(plan)
+        except K3snetError as exc:
+            return (str(exc),)
+        problems: list[str] = []
+        for step in steps:
+            try:
+                self._run(step.family, step.table, step.edit.ops, test=True)
+            except RunFailedError as exc:
+                problems.append(f"IPv{step.family} {step.table}: {exc}")
+        return tuple(problems)
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Apply every change, one transaction per table, or none (see the module docs)."""
+        ensure_capable(self, plan)
+        fail_after = self.faults.take(plan)
+        if not plan.changes:
+            return ApplyResult(self.name, (), operations=0)
+        with _gc_paused(len(plan.changes)) as pause:
+            return self._apply(plan, fail_after, pause)
+
+    def _apply(self, plan: Plan, fail_after: int | None, pause: _GcPause) -> ApplyResult:
+        inject = injected = None
+        if fail_after is not None:
+            injected = plan.changes[min(fail_after, len(plan.changes) - 1)]
+            inject = _where_of(injected.subject)
+        # Each table is one transaction; the tables committed before a refused one are
+        # taken back by compensation (revert ops computed from what was written).
+        undo = Compensation(self.name, self._kernel.where)
+        operations = 0
+        if not self._kernel.streams:
+            for step in self._prepare(plan):  # every edit computed before anything runs
+                ops = list(step.edit.ops)
+                if inject == (step.family, step.table):
+                    ops.append(Op("fail", step.table))
+                try:
+                    operations += 1
+                    self._run(step.family, step.table, ops)
+                except RunFailedError as exc:
+                    self._fail(undo, step, self._failed(plan, injected, exc), exc)
+                assert self._tables is not None  # set by _prepare
+                state = self._tables[step.family, step.table]
+                commit_edit(state, step.edit)
+                undo.record(step.changes, self._reverter(state, step))
+        else:
+            # Every change is checked first; each table's edit is then computed while
+            # its restore process reads it, and committed before the next table's.
+            pending = self._validate(plan)
+            last = list(pending)[-1]
+            for where, changes in pending.items():
+                operations += 1
+                self._stream(plan, where, changes, undo, fail=inject == where,
+                             injected=injected, pause=pause if where == last else None)
+        return ApplyResult(self.name, plan.changes, operations=operations)
+
+    def _stream(self, plan: Plan, where: tuple[int, str], changes: list[Change],
+                undo: Compensation, *, fail: bool, injected: Change | None,
+                pause: _GcPause | None = None) -> None:
+        """One table through one ``iptables-restore`` run, fed while its edit is computed.
+
+        The process parses the first rules while the next ones are rendered; it
+        commits only on the final ``COMMIT`` line, so anything going wrong before
+        (here or there) leaves the table as it was.
+        """
+        family, table = where
+        assert self._tables is not None
+        state = self._tables[where]
+        run = self._kernel.restore(family, self.mode, table)
+        try:
+            edit = plan_table(state, changes, sink=run.send)
+            step = _Step(family, table, tuple(changes), edit)
+            ops = list(edit.ops)
+            if fail:
+                ops.append(Op("fail", table))
+            run.send(restore_lines(ops))
+        except BaseException as exc:
+            run.abort()  # no COMMIT sent: nothing of this table was applied
+            if undo.done and isinstance(exc, Exception):  # earlier tables are in: take them out
+                self._tables = None
+                undo.fail(None, f"IPv{family} {table}: cannot prepare the edit: {exc}", exc)
+            raise
+        run.commit()
+        # The kernel commits the table meanwhile; if it refuses, _fail forgets this state.
+        commit_edit(state, edit)
+        if pause is not None:  # the last table: nothing much is allocated after this
+            pause.end()
+        try:
+            run.wait()
+        except RunFailedError as exc:
+            self._fail(undo, step, self._failed(plan, injected, exc), exc)
+        undo.record(step.changes, self._reverter(state, step))
+
+    def _reverter(self, state: TableState, step: _Step) -> Callable[[], None]:
+        """What takes a committed table edit back (``state`` is the table after it)."""
+        def revert() -> None:
+            self._run(step.family, step.table, revert_ops(state, step.edit))
+        return revert
+
+    def _fail(self, undo: Compensation, step: _Step, failed: Change | None,
+              exc: RunFailedError) -> NoReturn:
+        """Undo the tables already committed, then raise ApplyError (or RollbackError)."""
+        # Read the kernel again next time: a refusal may mean it changed behind our back,
+        # and a rollback rewrites chains.
+        self._tables = None
+        undo.fail(failed, f"IPv{step.family} {step.table} refused the changes: {exc}", exc)
+
+    @staticmethod
+    def _failed(plan: Plan, injected: Change | None, exc: RunFailedError) -> Change | None:
+        if exc.line is not None and INJECTED_CHAIN in exc.line:
+            return injected
+        return _culprit(plan, exc.line)
+
+    # -- views ----------------------------------------------------------------------
+
+    def ordered(self, family: int = 4) -> tuple[NetObject, ...]:
+        """Owned objects of one family in the order packets meet them (last observe/apply).
+
+        NAT is first match: this is the order that decides which rule wins.
+        """
+        if self._tables is None:
+            self.observe()
+        assert self._tables is not None
+        result: list[NetObject] = []
+        for table in TABLES:
+            state = self._tables[family, table]
+            owned = set(state.owned.values())
+            for jump in state.chains.get(state.hook.main, []):
+                for line in state.chains.get(jump[-1], []):
+                    digest = comment_digest(line)
+                    unit = state.units.get(digest) if digest else None
+                    if unit is not None and unit.obj in owned and unit.lines[0] == line:
+                        result.append(unit.obj)
+        return tuple(result)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _prepare(self, plan: Plan) -> list[_Step]:
+        """Check every change against what we own, and compute each table's edit."""
+        pending = self._validate(plan)
+        assert self._tables is not None
+        return [_Step(family, table, tuple(changes), plan_table(self._tables[family, table],
+                                                                 changes))
+                for (family, table), changes in pending.items()]
+
+    def _validate(self, plan: Plan) -> dict[tuple[int, str], list[Change]]:
+        """Check every change against what we own; the changes of each table, in apply order."""
+        if self._tables is None:
+            self.observe()
+        assert self._tables is not None
+        pending: dict[tuple[int, str], list[Change]] = {}
+        appenders: dict[tuple[int, str], Callable[[Change], None]] = {}
+        # key -> index of the last change to it in this plan: one dict operation for
+        # the usual key that the plan touches once (setdefault inserts it).
+        last_of: dict[tuple[object, ...], int] = {}
+        tables = self._tables
+        changes = plan.changes
+        for index, change in enumerate(changes):  # 10k of them in a big apply: kept lean
+            after = change.after
+            subject = after if after is not None else change.before
+            assert subject is not None  # a Change always has one
+            key = subject.key
+            # (family, table) from the key, which starts with kind and family for our
+            # types; anything else takes the general path (and table_of refuses it).
+            where = (_WHERE.get(key[0], _NO_WHERE).get(key[1]) if type(subject) in _TABLE_OF
+                     else None)
+            if where is None:
+                try:
+                    where = _where_of(subject)
+                except K3snetError as exc:
+                    self._refuse(plan, str(exc))
+            last = last_of.setdefault(key, index)
+            if last == index:
+                current = tables[where].owned.get(key)
+            else:
+                current = changes[last].after
+                last_of[key] = index
+            if change.action == "add":
+                if current is not None:
+                    self._refuse(plan, f"cannot add {subject}: {current} is already there")
+            elif current is None or current != change.before:
+                self._refuse(plan, f"cannot {change.action} {change.before}: it is not owned "
+                                   f"by the iptables backend"
+                                   f"{'' if current is None else f' (found {current})'}")
+            append = appenders.get(where)
+            if append is None:
+                append = appenders[where] = pending.setdefault(where, []).append
+            append(change)
+        return {(family, table): pending[family, table]
+                for family in FAMILIES for table in TABLES if (family, table) in pending}
+
+    def _refuse(self, plan: Plan, reason: str) -> NoReturn:
+        """Refuse ``plan``, in the kit's words, with every reason it does not fit.
+
+        The check in :meth:`_validate` stops at the first problem and costs nothing
+        per change beyond a dict lookup; :func:`~k3snet.backends.kit.fit_problems`
+        needs a :class:`State` of everything owned (building it takes ~50-90 ms at
+        10k rules), so it runs only for a plan that is refused anyway.
+        """
+        assert self._tables is not None
+        observed = State(owned=[o for s in self._tables.values() for o in s.owned.values()],
+                         foreign=self._foreign)
+        self.ensure_fits(plan, observed)
+        raise PlanError(f"{self.name} backend refuses the plan, nothing was changed:\n  {reason}")
+
+    def _run(self, family: int, table: str, ops: list[Op] | tuple[Op, ...], *,
+             test: bool = False) -> None:
+        self._kernel.commit_ops(family, self.mode, table, ops, test=test)
+
+    def _save(self, family: int) -> dict[str, TableDump]:
+        text = self._kernel.save(family, self.mode)
+        if text is None:
+            raise BackendUnavailableError(
+                f"{tool_name(family, self.mode, 'save')} not found on PATH (install iptables)")
+        return parse_save(text)
+
+
+class _GcPause:
+    """The cyclic GC paused by :func:`_gc_paused` (or not: small applies leave it alone)."""
+
+    def __init__(self, paused: bool) -> None:
+        self._paused = paused
+
+    def end(self) -> None:
+        """Resume the GC, and make now the collection of what the apply allocated.
+
+        Resumed, the GC would walk every object allocated meanwhile (~30k at 10k
+        rules, ~3 ms) at the next allocation anyway; done here, while the kernel
+        commits the table, it costs nothing.
+        """
+        if self._paused:
+            self._paused = False
+            gc.enable()
+            gc.collect(0)
+
+
+@contextlib.contextmanager
+def _gc_paused(size: int) -> Iterator[_GcPause]:
+    """Pause the cyclic GC while a big apply allocates its ~10 tuples per rule.
+
+    Those tuples never form cycles, yet each allocation burst triggers collections
+    that walk every live object (the 10k observed rules included): about a third
+    of a 10k-rule apply. Small applies leave the GC alone.
+    """
+    pause = _GcPause(size >= _GC_PAUSE_MIN and gc.isenabled())
+    if pause._paused:
+        gc.disable()
+    try:
+        yield pause
+    finally:
+        pause.end()
+
+
+_TABLE_OF: dict[type, str] = {ForwardRule: "filter", MasqueradeRule: "nat", SnatRule: "nat"}
+_WHERE: dict[object, dict[object, tuple[int, str]]] = {
+    kind: {family: (family, table) for family in FAMILIES}
+    for kind, table in (("nat", "nat"), ("forward", "filter"))
+}
+"""(family, table) by the first two items of a rule's key: its kind and family."""
+_NO_WHERE: dict[object, tuple[int, str]] = {}
+
+
+def _where_of(subject: NetObject) -> tuple[int, str]:
+    """(family, table) of an object this backend can hold (PlanError for anything else)."""
+    if isinstance(subject, Drift):
+        where = drift_where(subject)
+        if where is None:
+            raise PlanError(f"cannot delete {subject}: it is not the iptables backend's")
+        return where
+    return (subject.family or 4, table_of(subject))
+
+
+def _culprit(plan: Plan, line: Line | None) -> Change | None:
+    """The change whose rule the kernel refused, if it can be told."""
+    if line is None:
+        return None
+    digest = comment_digest(line)
+    if digest is None:
+        return None
+    for change in plan.changes:
+        for obj in (change.after, change.before):
+            if (obj is not None and not isinstance(obj, Drift)
+                    and render_unit(obj).digest == digest):
+                return change
+    return None
+

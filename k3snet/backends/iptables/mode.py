@@ -1,0 +1,69 @@
+"""Which iptables flavour a namespace uses, from what each flavour's ``-save`` shows (pure).
+
+K3s may run either flavour, and reading the wrong one hides every rule. The
+``-save`` output of both flavours (IPv4 and IPv6) is compared, in this order,
+and the first criterion only one flavour meets decides: it has ``K3SNET-``
+chains (ours, from an earlier run); it has ``KUBE-``/``FLANNEL-`` chains (K3s is
+using it); it has any rule, user chain or non-ACCEPT policy. When both have
+rules, the one with more wins (the rule of kube-proxy's iptables-wrapper). When
+neither has anything, the flavour ``iptables --version`` reports decides (the
+host's alternatives).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from k3snet.backends.iptables.driver import Flavour
+from k3snet.render.iptables.rules import PREFIX
+
+__all__ = ["Evidence", "detect_mode"]
+
+_KUBE_CHAIN = re.compile(r"^:(KUBE-|FLANNEL-)", re.MULTILINE)
+_OUR_CHAIN = re.compile(rf"^:{PREFIX}", re.MULTILINE)
+_USER_CHAIN = re.compile(r"^:\S+ - ", re.MULTILINE)
+_POLICY = re.compile(r"^:\S+ (DROP|REJECT) ", re.MULTILINE)
+_RULE = re.compile(r"^(?:\[\d+:\d+\] )?-A ", re.MULTILINE)
+
+
+@attrs.frozen
+class Evidence:
+    """What one iptables flavour's ``-save`` output shows."""
+
+    ours: int
+    k8s: int
+    rules: int
+
+    @classmethod
+    def of(cls, text: str) -> Evidence:
+        """Count what ``text`` (``-save`` output, both families joined) holds."""
+        return cls(
+            ours=len(_OUR_CHAIN.findall(text)),
+            k8s=len(_KUBE_CHAIN.findall(text)),
+            rules=len(_RULE.findall(text)) + len(_USER_CHAIN.findall(text))
+            + len(_POLICY.findall(text)),
+        )
+
+
+def detect_mode(saves: Mapping[str, Sequence[str]], version: str) -> tuple[Flavour, str]:
+    """The flavour in use and why, from each flavour's ``-save`` texts and the version."""
+    nft = Evidence.of("\n".join(saves.get("nft", ())))
+    legacy = Evidence.of("\n".join(saves.get("legacy", ())))
+    for field, label in (("ours", "K3SNET- chains"), ("k8s", "KUBE-/FLANNEL- chains"),
+                         ("rules", "rules, user chains or DROP policies")):
+        has_nft, has_legacy = getattr(nft, field) > 0, getattr(legacy, field) > 0
+        if has_nft != has_legacy:
+            winner: Flavour = "nft" if has_nft else "legacy"
+            return winner, f"only iptables-{winner} has {label}"
+    if nft.rules or legacy.rules:
+        if legacy.rules > nft.rules:
+            return "legacy", "iptables-legacy has more rules than iptables-nft"
+        return "nft", "iptables-nft has at least as many rules as iptables-legacy"
+    if "legacy" in version:
+        return "legacy", f"no rules in either flavour; `iptables --version`: {version.strip()}"
+    if "nf_tables" in version:
+        return "nft", f"no rules in either flavour; `iptables --version`: {version.strip()}"
+    return "nft", "no rules in either flavour and no `iptables` to ask; nft by default"

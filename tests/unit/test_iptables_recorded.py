@@ -1,0 +1,484 @@
+"""The iptables backend's readers, without root: recorded ``iptables-save`` through a fake seam.
+
+``tests/data/iptables/`` holds what ``iptables-save`` printed in a lab namespace
+(``record.py`` there) for both flavours and both families: a K3s node (flannel,
+kube-proxy, Docker, an administrator's rule) alone, and with k3snet's chains for
+``desired.json``. A :class:`FakeKernel` serves those texts as the backend's I/O
+seam and keeps every restore run the backend would have made.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables.driver import Flavour, RunFailedError
+from k3snet.backends.iptables.foreign import foreign_forward, foreign_nat
+from k3snet.backends.iptables.mode import detect_mode
+from k3snet.backends.iptables.save import parse_save
+from k3snet.backends.iptables.table import Op, restore_lines
+from k3snet.errors import ApplyError, PlanError
+from k3snet.model import Drift, ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.planner import plan
+from k3snet.render.iptables.rules import clear_caches, render_unit, tokenize
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "iptables"
+MODES: tuple[Flavour, ...] = ("nft", "legacy")
+DESIRED = State.from_dict(json.loads((DATA / "desired.json").read_text()))
+
+FLANNEL_MASQ = MasqueradeRule("10.42.0.0/16", exclude=["224.0.0.0/4"], random_fully=True)
+FLANNEL_MASQ_V6 = MasqueradeRule("fd42:42::/56", exclude=["ff00::/8"], random_fully=True)
+FLANNEL_FWD = {ForwardRule("10.42.0.0/16", "0.0.0.0/0"), ForwardRule("0.0.0.0/0", "10.42.0.0/16")}
+
+
+def recorded(mode: str, family: int, *, foreign_only: bool = False) -> str:
+    return (DATA / f"{mode}-{'foreign-' if foreign_only else ''}v{family}.save").read_text()
+
+
+class FakeRun:
+    """One restore run: the lines it was fed, and whether it was committed."""
+
+    def __init__(self, family: int, mode: str, table: str, refuse: str | None) -> None:
+        self.family, self.mode, self.table = family, mode, table
+        self.lines: list[str] = []
+        self.committed = self.aborted = False
+        self._refuse = refuse
+
+    def send(self, lines: list[str]) -> None:
+        self.lines += lines
+
+    def commit(self) -> None:
+        self.committed = True
+
+    def wait(self) -> None:
+        if self._refuse == "" or (self._refuse is not None
+                                  and any(self._refuse in line for line in self.lines)):
+            raise RunFailedError(f"refused a line holding {self._refuse}", None)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class FakeKernel:
+    """The backend's I/O seam, serving recorded ``iptables-save`` text (and keeping the runs)."""
+
+    streams = True
+    where = "a fake kernel"
+
+    def __init__(self, saves: dict[tuple[str, int], str], version: str = "",
+                 refuse: str | None = None) -> None:
+        self.saves = saves
+        self._version = version
+        self.refuse = refuse
+        self.refuse_runs: set[int] = set()
+        """Runs (by number, from 0) refused whatever they hold."""
+        self.runs: list[FakeRun] = []
+
+    @classmethod
+    def recorded(cls, mode: str, *, foreign_only: bool = False) -> FakeKernel:
+        return cls({(mode, family): recorded(mode, family, foreign_only=foreign_only)
+                    for family in (4, 6)})
+
+    def save(self, family: int, mode: str) -> str | None:
+        return self.saves.get((mode, family))
+
+    def version(self) -> str:
+        return self._version
+
+    def restore(self, family: int, mode: str, table: str) -> FakeRun:
+        refuse = "" if len(self.runs) in self.refuse_runs else self.refuse
+        run = FakeRun(family, mode, table, refuse)
+        self.runs.append(run)
+        return run
+
+    def commit_ops(self, family: int, mode: str, table: str, ops: list[Op], *,
+                   test: bool = False) -> None:
+        run = self.restore(family, mode, table)
+        run.send(restore_lines(ops))
+        if not test:
+            run.commit()
+        run.wait()
+
+    def close(self) -> None:
+        pass
+
+
+def backend_on(kernel: FakeKernel, mode: Flavour) -> IptablesBackend:
+    return IptablesBackend(mode=mode, kernel=kernel)
+
+
+# -- the iptables-save parser ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_save_parser_reads_every_table_chain_policy_and_rule(mode: str, family: int) -> None:
+    text = recorded(mode, family)
+    dump = parse_save(text)
+    assert set(dump) == {"filter", "nat"}
+    assert dump["filter"].policies["FORWARD"] == "DROP"
+    assert dump["nat"].policies["POSTROUTING"] == "ACCEPT"
+    assert dump["nat"].policies["FLANNEL-POSTRTG"] == "-"
+    rules = [line for line in text.splitlines() if line.startswith("-A ")]
+    assert sum(len(r) for t in dump.values() for r in t.rules.values()) == len(rules)
+    # Chains in the order printed, rules as printed (quotes kept for the tokenizer).
+    declared = [line[1:].split(" ", 1)[0] for line in text.split("*nat", 1)[1].splitlines()
+                if line.startswith(":")]
+    assert list(dump["nat"].rules) == declared
+    flannel = dump["nat"].chain("FLANNEL-POSTRTG")
+    assert flannel[-1 if family == 6 else 4].endswith("-j MASQUERADE --random-fully")
+    assert '"flanneld masq"' in flannel[0]
+    assert tokenize(dump["nat"].chain("POSTROUTING")[-1])[-2:] == ("-j", "K3SNET-POSTROUTING")
+
+
+def test_the_save_parser_skips_counters_comments_and_unknown_lines() -> None:
+    dump = parse_save("# c\n*nat\n:POSTROUTING ACCEPT [3:180]\n[3:180] -A POSTROUTING -j X\n"
+                      "junk\nCOMMIT\n-A POSTROUTING -j Y\n")
+    assert dump["nat"].rules == {"POSTROUTING": ["-j X"]}
+    assert dump["nat"].chain("MISSING") == []
+
+
+# -- k3snet's own chains, read back ----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_our_chains_read_back_as_the_state_applied(mode: Flavour) -> None:
+    clear_caches()  # rebuilt from the text alone, as in a fresh process
+    kernel = FakeKernel.recorded(mode)
+    with backend_on(kernel, mode) as backend:
+        observed = backend.observe()
+        assert observed.owned == DESIRED.owned
+        assert backend.drift == ()
+        assert plan(observed, DESIRED).empty
+        assert FLANNEL_MASQ in observed.foreign
+        assert FLANNEL_MASQ_V6 in observed.foreign
+        assert observed.foreign >= FLANNEL_FWD
+        nat = [o for o in backend.ordered(4) if not isinstance(o, ForwardRule)]
+        assert nat[0] == MasqueradeRule("10.52.0.0/24", destination="192.168.3.0/24")
+        assert nat[-1] == MasqueradeRule("10.99.0.0/16", exclude=["10.0.0.0/8"])
+    assert kernel.runs == []  # reading never writes
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_foreign_rules_read_from_a_k3s_node(mode: str) -> None:
+    found: set[NetObject] = set()
+    for family in (4, 6):
+        dump = parse_save(recorded(mode, family, foreign_only=True))
+        found |= foreign_nat(dump.get("nat"), family) | foreign_forward(dump.get("filter"), family)
+    # kube-proxy's MASQUERADE only sees marked packets, Docker's has `! -o docker0`:
+    # neither is modelled; flannel's rules are.
+    assert found == {FLANNEL_MASQ, FLANNEL_MASQ_V6, *FLANNEL_FWD}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_change_is_a_small_edit_of_our_chains_only(mode: Flavour) -> None:
+    kernel = FakeKernel.recorded(mode)
+    victim = MasqueradeRule("10.51.0.0/16", destination="192.168.2.0/24")
+    new = SnatRule("10.51.0.0/16", destination="192.168.2.0/24", to_address="192.168.1.5")
+    wanted = State(owned=[new if o == victim else o for o in DESIRED.owned])
+    with backend_on(kernel, mode) as backend:
+        p = plan(backend.observe(), wanted)
+        assert len(p) == 1
+        result = backend.apply(p)
+    assert result.operations == 1
+    [run] = kernel.runs
+    assert (run.family, run.table, run.committed) == (4, "nat", True)
+    old, added = render_unit(victim), render_unit(new)
+    assert f"-A {added.chain} {' '.join(added.lines[0])}" in run.lines
+    assert (f"-D {old.chain} {' '.join(old.lines[0])}" in run.lines
+            or f"-X {old.chain}" in run.lines)
+    # Only k3snet's chains are named: foreign and built-in chains are never edited.
+    assert all(line.split()[0].lstrip(":").startswith("K3SNET-")
+               or line.split()[1].startswith("K3SNET-") for line in run.lines), run.lines
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_refused_table_is_rolled_back_through_the_seam(mode: Flavour) -> None:
+    # The second table (nat) is refused: the filter table already committed is put back.
+    kernel = FakeKernel.recorded(mode)
+    kernel.refuse = "K3SNET-N-d16"
+    wanted = State(owned=[*DESIRED.owned, ForwardRule("10.60.0.0/16", "192.168.3.0/24"),
+                          MasqueradeRule("10.60.0.0/16", destination="192.168.0.0/16")])
+    with backend_on(kernel, mode) as backend:
+        p = plan(backend.observe(), wanted)
+        with pytest.raises(ApplyError) as caught:
+            backend.apply(p)
+    assert caught.value.done
+    assert len(caught.value.rolled_back) == len(caught.value.done)
+    filter_run, nat_run, undo = kernel.runs
+    assert filter_run.table == undo.table == "filter"
+    assert nat_run.table == "nat"
+    assert any("K3SNET-F-" in line for line in filter_run.lines)
+    assert any(line.startswith(("-F K3SNET-F-", "-D K3SNET-F-", ":K3SNET-F-"))
+               for line in undo.lines)
+
+
+# -- which flavour ---------------------------------------------------------------------
+
+
+def test_mode_detection_from_recorded_outputs() -> None:
+    ours = {m: [recorded(m, f) for f in (4, 6)] for m in MODES}
+    node = {m: [recorded(m, f, foreign_only=True) for f in (4, 6)] for m in MODES}
+    assert detect_mode({"nft": ours["nft"], "legacy": node["legacy"]}, "")[0] == "nft"
+    assert detect_mode({"nft": node["nft"], "legacy": ours["legacy"]}, "")[0] == "legacy"
+    assert detect_mode({"nft": [], "legacy": node["legacy"]}, "x (nf_tables)") == (
+        "legacy", "only iptables-legacy has KUBE-/FLANNEL- chains")
+    assert detect_mode({"nft": [], "legacy": []}, "iptables v1.8.9 (legacy)")[0] == "legacy"
+    assert detect_mode({"nft": [], "legacy": []}, "iptables v1.8.9 (nf_tables)")[0] == "nft"
+    kernel = FakeKernel({("legacy", 4): recorded("legacy", 4)}, version="iptables (nf_tables)")
+    assert IptablesBackend(kernel=kernel).mode == "legacy"
+
+
+# -- negated matches are never positive ones -------------------------------------------
+
+
+def _node_with(nat: list[str] = (), forward: list[str] = ()) -> State:  # type: ignore[assignment]
+    """observe() of the recorded K3s node (IPv4, nft) with extra foreign rules."""
+    text = recorded("nft", 4, foreign_only=True)
+    for table, lines in (("nat", nat), ("filter", forward)):
+        head, tail = text.split(f"*{table}\n", 1)
+        declared, rest = tail.split("\n-A ", 1)
+        chains = sorted({line.split()[1] for line in lines} - {"POSTROUTING", "FORWARD"})
+        extra = "".join(f":{c} - [0:0]\n" for c in chains)
+        text = f"{head}*{table}\n{declared}\n{extra}" + "\n".join(lines) + "\n-A " + rest
+    kernel = FakeKernel({("nft", 4): text, ("nft", 6): recorded("nft", 6, foreign_only=True)})
+    with backend_on(kernel, "nft") as backend:
+        return backend.observe()
+
+
+OURS = MasqueradeRule("10.50.0.0/16", destination="192.168.2.0/24")
+OURS_FWD = ForwardRule("10.50.0.0/16", "192.168.2.0/24")
+REPLY = "-A FORWARD -s 192.168.2.0/24 -d 10.50.0.0/16 -j ACCEPT"
+
+
+def test_a_positive_foreign_masquerade_meets_ours() -> None:
+    # The control: without the negations below, the same rules do our job.
+    observed = _node_with(nat=["-A POSTROUTING -s 10.50.0.0/16 -d 192.168.2.0/24 -j MASQUERADE"],
+                          forward=["-A FORWARD -s 10.50.0.0/16 -d 192.168.2.0/24 -j ACCEPT",
+                                   REPLY])
+    p = plan(observed, State(owned=[OURS, OURS_FWD]))
+    assert p.empty
+    assert {n.wanted for n in p.met} == {OURS, OURS_FWD}
+
+
+@pytest.mark.parametrize("rule", [
+    "-A POSTROUTING -s 10.50.0.0/16 ! -d 192.168.2.0/24 -j MASQUERADE",
+    "-A POSTROUTING ! -s 10.50.0.0/16 -d 192.168.2.0/24 -j MASQUERADE",
+    "-A POSTROUTING ! -s 10.50.0.0/16 ! -d 192.168.2.0/24 -j MASQUERADE",
+], ids=["not-d", "not-s", "not-both"])
+def test_a_foreign_masquerade_that_skips_our_traffic_does_not_meet_ours(rule: str) -> None:
+    observed = _node_with(nat=[rule])
+    p = plan(observed, State(owned=[OURS]))
+    assert [c.subject for c in p.changes] == [OURS], p.render()
+    if "! -s" not in rule:  # `! -d` is an exclusion: read as exactly that
+        assert MasqueradeRule("10.50.0.0/16", exclude=["192.168.2.0/24"]) in observed.foreign
+
+
+@pytest.mark.parametrize("accept", [
+    "-A FORWARD -s 10.50.0.0/16 ! -d 192.168.2.0/24 -j ACCEPT",
+    "-A FORWARD ! -s 10.50.0.0/16 -d 192.168.2.0/24 -j ACCEPT",
+], ids=["not-d", "not-s"])
+def test_a_foreign_accept_that_skips_our_traffic_does_not_meet_ours(accept: str) -> None:
+    observed = _node_with(forward=[accept, REPLY])
+    p = plan(observed, State(owned=[OURS_FWD]))
+    assert [c.subject for c in p.changes] == [OURS_FWD], p.render()
+    assert not [o for o in observed.foreign
+                if isinstance(o, ForwardRule) and o.destination.prefixlen in (0, 24)
+                and o.source.prefixlen == 16 and str(o.source) == "10.50.0.0/16"]
+
+
+def test_a_jump_that_skips_our_destination_hides_what_its_chain_does() -> None:
+    observed = _node_with(
+        nat=["-A POSTROUTING ! -d 192.168.2.0/24 -j SKIPPER", "-A SKIPPER -s 10.50.0.0/16 -j "
+             "MASQUERADE"],
+        forward=["-A FORWARD ! -d 192.168.2.0/24 -j SKIPPER", "-A SKIPPER -s 10.50.0.0/16 -j "
+                 "ACCEPT", "-A SKIPPER -d 10.50.0.0/16 -j ACCEPT"])
+    p = plan(observed, State(owned=[OURS, OURS_FWD]))
+    assert {c.subject for c in p.changes} == {OURS, OURS_FWD}, p.render()
+    assert not p.met
+
+
+def test_a_reply_accept_must_not_be_negated_either() -> None:
+    observed = _node_with(forward=["-A FORWARD -s 10.50.0.0/16 -d 192.168.2.0/24 -j ACCEPT",
+                                   "-A FORWARD ! -s 192.168.2.0/24 -d 10.50.0.0/16 -j ACCEPT"])
+    assert [c.subject for c in plan(observed, State(owned=[OURS_FWD])).changes] == [OURS_FWD]
+
+
+def test_a_negated_match_in_our_chain_is_never_read_as_our_rule() -> None:
+    # A rule of ours whose `-s` was turned into `! -s` (hash kept) is drift, not our object.
+    text = recorded("nft", 4).replace(
+        "-A K3SNET-N-d24-s16-a-3 -s 10.51.0.0/16", "-A K3SNET-N-d24-s16-a-3 ! -s 10.51.0.0/16")
+    kernel = FakeKernel({("nft", 4): text, ("nft", 6): recorded("nft", 6)})
+    with backend_on(kernel, "nft") as backend:
+        observed = backend.observe()
+        assert MasqueradeRule("10.51.0.0/16", destination="192.168.2.0/24") not in observed.owned
+        assert backend.drift
+
+
+# -- drift: seen by observe, a change in every plan, repaired by apply -----------------
+
+HOOK_NAT = "-A POSTROUTING -m comment --comment k3snet -j K3SNET-POSTROUTING"
+HOOK_FWD = "-A FORWARD -m comment --comment k3snet -j K3SNET-FORWARD"
+BUCKET = ('-A K3SNET-N-d24-s16-a-3 -s 10.51.0.0/16 -d 192.168.2.0/24 -m comment --comment '
+          '"k3snet:397ffea18f7845b1" -j MASQUERADE')
+LAST_JUMP = "-A K3SNET-POSTROUTING -m comment --comment k3snet -j K3SNET-N-d0-s16-a-4"
+
+
+def _after(text: str, line: str, extra: str) -> str:
+    assert line in text
+    return text.replace(line + "\n", f"{line}\n{extra}\n", 1)
+
+
+# name: (edit of the recorded IPv4 text, (table, chain) of the drift, a line the repair sends)
+DRIFTS = {
+    "extra-rule": (lambda t: _after(t, BUCKET, "-A K3SNET-N-d24-s16-a-3 -j ACCEPT"),
+                   ("nat", "K3SNET-N-d24-s16-a-3"), "-D K3SNET-N-d24-s16-a-3 -j ACCEPT"),
+    "extra-rule-in-main": (lambda t: _after(t, LAST_JUMP, "-A K3SNET-POSTROUTING -j RETURN"),
+                           ("nat", "K3SNET-POSTROUTING"), ":K3SNET-POSTROUTING - [0:0]"),
+    "extra-chain": (lambda t: _after(t, ":K3SNET-POSTROUTING - [0:0]", ":K3SNET-STRAY - [0:0]"),
+                    ("nat", "K3SNET-STRAY"), "-X K3SNET-STRAY"),
+    "forged-tag": (lambda t: _after(t, BUCKET, BUCKET.replace("10.51.", "10.77.").replace(
+                       "397ffea18f7845b1", "0123456789abcdef")),
+                   ("nat", "K3SNET-N-d24-s16-a-3"),
+                   "-D K3SNET-N-d24-s16-a-3 -s 10.77.0.0/16 -d 192.168.2.0/24 -m comment "
+                   "--comment k3snet:0123456789abcdef -j MASQUERADE"),
+    "tag-not-of-its-rule": (lambda t: t.replace(BUCKET, BUCKET.replace("10.51.", "10.77.")),
+                            ("nat", "K3SNET-N-d24-s16-a-3"),
+                            "-D K3SNET-N-d24-s16-a-3 -s 10.77.0.0/16 -d 192.168.2.0/24 -m comment "
+                            "--comment k3snet:397ffea18f7845b1 -j MASQUERADE"),
+    "duplicate-rule": (lambda t: _after(t, BUCKET, BUCKET), ("nat", "K3SNET-N-d24-s16-a-3"),
+                       "-D " + BUCKET[3:].replace('"', "")),
+    "duplicate-hook": (lambda t: _after(t, HOOK_NAT, HOOK_NAT), ("nat", "POSTROUTING"),
+                       "-D " + HOOK_NAT[3:]),
+    "duplicate-main-jump": (lambda t: _after(t, LAST_JUMP, LAST_JUMP),
+                            ("nat", "K3SNET-POSTROUTING"), ":K3SNET-POSTROUTING - [0:0]"),
+    "missing-hook": (lambda t: t.replace(HOOK_NAT + "\n", ""), ("nat", "POSTROUTING"),
+                     HOOK_NAT),
+    "misplaced-hook": (lambda t: t.replace(HOOK_FWD + "\n-A FORWARD -j DOCKER-USER\n",
+                                           "-A FORWARD -j DOCKER-USER\n" + HOOK_FWD + "\n"),
+                       ("filter", "FORWARD"), "-I FORWARD 1 " + HOOK_FWD.split(" ", 2)[2]),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(DRIFTS))
+def test_drift_is_an_owned_object_that_every_plan_deletes_and_apply_repairs(
+    mode: Flavour, name: str
+) -> None:
+    edit, (table, chain), repair = DRIFTS[name]
+    text = edit(recorded(mode, 4))
+    assert text != recorded(mode, 4)
+    kernel = FakeKernel({(mode, 4): text, (mode, 6): recorded(mode, 6)})
+    clear_caches()
+    with backend_on(kernel, mode) as backend:
+        observed = backend.observe()
+        drift = [o for o in observed.owned if isinstance(o, Drift)]
+        assert drift, backend.drift
+        assert {(d.backend, d.where.rsplit(" ", 1)[0]) for d in drift} == {
+            ("iptables", f"IPv4 {table}")}
+        assert any(d.where == f"IPv4 {table} {chain}" for d in drift), drift
+        assert all(d.kind == ("nat" if table == "nat" else "forward") for d in drift)
+        p = plan(observed, DESIRED)
+        assert not p.empty
+        assert {c.subject for c in p.changes if c.action == "delete"} >= set(drift)
+        assert "drift in iptables IPv4" in p.render()
+        backend.apply(p)
+        assert {run.table for run in kernel.runs} == {table}
+        sent = [line for run in kernel.runs for line in run.lines]
+        assert repair in sent, sent
+        # Once applied, what the backend holds is clean: nothing more to do.
+        assert backend.drift == ()
+        assert plan(p.apply_to(observed), DESIRED).empty
+
+
+def test_drift_of_another_backend_or_table_is_refused() -> None:
+    kernel = FakeKernel.recorded("nft")
+    with backend_on(kernel, "nft") as backend:
+        observed = backend.observe()
+        for foreign in (Drift.of("nat", backend="nftables", where="IPv4 nat X", what="y"),
+                        Drift.of("forward", backend="iptables", where="IPv4 nat X", what="y"),
+                        Drift.of("nat", backend="iptables", where="IPv4 nat X", what="y")):
+            p = plan(State(owned=[*observed.owned, foreign]), DESIRED)
+            with pytest.raises(PlanError):
+                backend.apply(p)
+            assert backend.check(p)
+    assert kernel.runs == []
+
+
+def test_a_clean_recording_has_no_drift() -> None:
+    for mode in MODES:
+        with backend_on(FakeKernel.recorded(mode), mode) as backend:
+            assert not [o for o in backend.observe().owned if isinstance(o, Drift)]
+
+
+# -- the kit: refusals in the kit's words, compensation, errors at the boundary --------
+
+
+def test_a_plan_that_does_not_fit_is_refused_with_every_reason() -> None:
+    kernel = FakeKernel.recorded("nft")
+    with backend_on(kernel, "nft") as backend:
+        observed = backend.observe()
+        stranger = MasqueradeRule("10.66.0.0/16")
+        present = MasqueradeRule("10.51.0.0/16", destination="192.168.2.0/24")
+        bad = plan(State(owned=[stranger]), State())  # deletes what k3snet does not hold
+        bad = type(bad)(changes=(*bad.changes, *plan(State(), State(owned=[present])).changes))
+        with pytest.raises(PlanError) as caught:
+            backend.apply(bad)
+        message = str(caught.value)
+        assert message.startswith("iptables backend refuses the plan, nothing was changed")
+        assert "10.66.0.0/16" in message
+        assert "10.51.0.0/16" in message  # the second problem is named too
+        assert backend.check(bad) == (message,)
+        assert plan(backend.observe(), DESIRED).empty
+    assert observed.owned == DESIRED.owned
+    assert kernel.runs == []
+
+
+def test_a_failed_undo_is_a_rollback_error_naming_what_is_half_done() -> None:
+    from k3snet.errors import RollbackError  # noqa: PLC0415 - only here
+
+    kernel = FakeKernel.recorded("nft")
+    kernel.refuse_runs = {1, 2}  # the nat table, then the undo of the filter table
+    wanted = State(owned=[*DESIRED.owned, ForwardRule("10.60.0.0/16", "192.168.3.0/24"),
+                          MasqueradeRule("10.60.0.0/16", destination="192.168.0.0/16")])
+    with backend_on(kernel, "nft") as backend:
+        p = plan(backend.observe(), wanted)
+        with pytest.raises(RollbackError, match="ROLLBACK FAILED") as caught:
+            backend.apply(p)
+    assert [run.table for run in kernel.runs] == ["filter", "nat", "filter"]
+    assert caught.value.done
+    assert caught.value.rolled_back == ()
+
+
+def test_a_process_that_is_not_permitted_names_the_capability(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno  # noqa: PLC0415 - only here
+    import subprocess  # noqa: PLC0415
+
+    from k3snet.backends.iptables import driver  # noqa: PLC0415
+    from k3snet.errors import BackendError  # noqa: PLC0415
+
+    monkeypatch.setattr(driver.shutil, "which", lambda name: f"/usr/sbin/{name}")
+
+    def denied(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(args, 4, "", "iptables-nft-save v1.8.9: "
+                                           "Permission denied (you must be root)\n")
+
+    monkeypatch.setattr(driver.subprocess, "run", denied)
+    with pytest.raises(BackendError, match="CAP_NET_ADMIN") as caught:
+        driver.Processes(None).save(4, "nft")
+    assert "iptables-nft-save" in str(caught.value)
+
+    def not_permitted(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(driver.subprocess, "run", not_permitted)
+    with pytest.raises(BackendError, match="CAP_NET_ADMIN"):
+        IptablesBackend(mode="nft").observe()
+    monkeypatch.setattr(driver.subprocess, "Popen", not_permitted)
+    with pytest.raises(BackendError, match="CAP_NET_ADMIN"):
+        driver.Processes(None).restore(4, "nft", "nat")
