@@ -109,8 +109,11 @@ def test_calico_settings_compile_to_pools() -> None:
     pools = [o for o in compile_spec(spec) if isinstance(o, IPPool)]
     assert [p.describe() for p in pools] == [
         "ippool k3snet-pods-10-42-0-0-16 10.42.0.0/16 natOutgoing ipipMode=Always blockSize=24"]
-    with pytest.raises(SpecError, match=r"cluster.podCIDRs: "):
-        compile_spec(Spec.from_dict({"cni": {"calico": {"blockSize": 2}}}))
+    with pytest.raises(SpecError, match=r"cni.calico.blockSize: expected 20..32"):
+        Spec.from_dict({"cni": {"calico": {"blockSize": 2}}})
+    with pytest.raises(SpecError, match=r"cluster.podCIDRs"):  # an IPv4 block for IPv6 pods
+        compile_spec(Spec.from_dict({"cluster": {"podCIDRs": ["fd42:42::/56"]},
+                                     "cni": {"calico": {"blockSize": 24}}}))
 
 
 def test_a_disagreeing_flannel_network_is_a_conflict_with_its_reason() -> None:
