@@ -354,7 +354,7 @@ def test_cli_reads_the_result_through_a_kubeconfig(
         "current-context: emu\n"
     )
     spec = tmp_path / "spec.yaml"
-    spec.write_text("connectivityTest:\n"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nconnectivityTest:\n"
                     f"  {{target: 192.168.2.10, port: 5432, namespace: {NAMESPACE}}}\n")
     cluster.create_job(_job_manifest())
     args = ["connectivity", "-f", str(spec), "--kubeconfig", str(kubeconfig)]
