@@ -8,7 +8,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from referencing import Registry, Resource
 
 from k3snet import MemoryBackend, Plan, State, plan, register_backend
@@ -34,6 +34,7 @@ def test_the_schemas_are_valid_schemas() -> None:
         jsonschema.Draft202012Validator.check_schema(load_schema(name))
 
 
+@settings(deadline=None)  # schema validation is slow on a loaded machine
 @given(strategies.objects())
 def test_every_object_the_strategies_draw_validates(obj: Any) -> None:
     validate(obj.to_dict(), "object")
