@@ -10,17 +10,20 @@ test reads it as JSON; the PLAY RECAP line is what Ansible itself counted.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import attrs
 import pytest
+import yaml
 
 from k3snet import BackendGroup, converge, load_spec
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend
@@ -33,6 +36,9 @@ from k3snet.lab.netns import run_in
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTION_ROOT = REPO  # holds ansible_collections/k3snet/k3snet
+MODULE_PATH = REPO / "ansible_collections/k3snet/k3snet/plugins/modules/egress.py"
+DOCS_PAGE = REPO / "docs/ansible.md"
+MODULE_NAME = "k3snet.k3snet.egress"
 PLAYBOOK_TIMEOUT = 300  # a bound on a hung run, not a timing assertion
 RECAP = re.compile(r"^localhost\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+"
                    r"failed=(\d+)\s+skipped=\d+\s+rescued=\d+\s+ignored=(\d+)", re.MULTILINE)
@@ -113,7 +119,23 @@ def playbook(tmp_path: Path, env: dict[str, str], tasks: Sequence[dict[str, Any]
 
 def egress(**args: Any) -> dict[str, Any]:
     """A task calling the module with ``args``."""
-    return {"k3snet.k3snet.egress": args}
+    return {MODULE_NAME: args}
+
+
+def load_module() -> ModuleType:
+    """The module's Python file, imported as a plain module (its main() is not run)."""
+    spec = importlib.util.spec_from_file_location("k3snet_ansible_egress", MODULE_PATH)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def returned_keys_are_documented(result: dict[str, Any]) -> bool:
+    """Every key of a module result is in RETURN, but those Ansible adds itself."""
+    documented = set(yaml.safe_load(load_module().RETURN))
+    return set(result) - {"failed", "invocation", "warnings", "deprecations"} <= documented
 
 
 def no_traceback(result: dict[str, Any], run: Run) -> bool:
@@ -170,6 +192,7 @@ def test_check_mode_then_apply_then_a_second_run_reports_no_change(
         assert result["changed"] is True
         assert check.changed == 1
         assert result["applied"] == []
+        assert returned_keys_are_documented(result)
         assert result["msg"].startswith("Plan: 6 to add, 0 to replace, 0 to delete")
         assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in result["plan_text"]
         assert len(result["plan"]["changes"]) == 6
@@ -284,3 +307,50 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "backend_options names backends not in use: iptables" in messages[4]
     assert "mutually exclusive" in messages[5]
     assert "spec_path, spec" in messages[6]
+
+
+def test_documentation_and_examples_match_the_argument_spec() -> None:
+    module = load_module()
+    documented = yaml.safe_load(module.DOCUMENTATION)["options"]
+    spec = module.ARGUMENT_SPEC
+    assert set(documented) == set(spec)
+    for name, option in spec.items():
+        doc = documented[name]
+        assert doc["type"] == option["type"], name
+        assert doc.get("default") == option.get("default"), name
+        assert doc.get("choices") == option.get("choices"), name
+        assert doc.get("elements") == option.get("elements"), name
+    for task in yaml.safe_load(module.EXAMPLES):
+        assert set(task[MODULE_NAME]) <= set(spec), task
+
+
+def yaml_blocks(page: Path) -> Iterator[Any]:
+    """The parsed ```` ```yaml ```` blocks of a Markdown page."""
+    for block in re.findall(r"^```yaml\n(.*?)^```$", page.read_text(), re.MULTILINE | re.DOTALL):
+        yield yaml.safe_load(block)
+
+
+def test_the_docs_playbooks_pass_a_syntax_check(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    """Every playbook and task on docs/ansible.md parses, and names only real options."""
+    options = set(load_module().ARGUMENT_SPEC)
+    books = []
+    for index, block in enumerate(yaml_blocks(DOCS_PAGE)):
+        if isinstance(block, dict):  # requirements.yml
+            assert block["collections"][0]["type"] == "git"
+            continue
+        plays = block if "hosts" in block[0] else [
+            {"hosts": "localhost", "gather_facts": False, "tasks": block}]
+        for play in plays:
+            for task in play["tasks"]:
+                if MODULE_NAME in task:
+                    assert set(task[MODULE_NAME]) <= options, task
+        book = tmp_path / f"docs-{index}.yml"
+        book.write_text(json.dumps(plays))
+        books.append(str(book))
+    assert len(books) >= 4
+    ansible_playbook = Path(sys.executable).with_name("ansible-playbook")
+    done = subprocess.run([str(ansible_playbook), "--syntax-check", *books], env=ansible_env,
+                          cwd=tmp_path, capture_output=True, text=True, check=False,
+                          timeout=PLAYBOOK_TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -96,15 +96,19 @@ requirements:
     extras for those backends)
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying
+      target.
     support: full
     details: Computes the plan and runs the backends' own check of it; changes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in
+      check_mode), when in diff mode.
     support: full
     details: The objects k3snet owns before, and after the plan.
 notes:
   - Needs root (or C(CAP_NET_ADMIN)) on the node; use O(ignore:become=true).
 author:
-  - k3snet developers
+  - k3snet developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -232,7 +236,7 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
                              f"(backends: {', '.join(names)})")
     members = []
     for entry in names:
-        name, _, kinds = entry.partition(":")
+        name, kinds = entry.split(":", 1) if ":" in entry else (entry, "")
         factory = k3snet.load_backend(name)
         accepted = inspect.signature(factory).parameters
         chosen = options.get(name) or {}
@@ -270,8 +274,9 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         if params["state"] == "absent":
             done = k3snet.destroy(backend, dry_run=module.check_mode,
                                   lock_timeout=params["lock_timeout"])
+        elif spec is None:  # required_if already refuses this; kept for type checkers
+            raise ParameterError("state=present needs spec_path or spec")
         else:
-            assert spec is not None  # required_if makes present come with a spec
             node_kinds = backend.capabilities & set(KINDS)
             facts = gather_facts(params["netns"]) if params["facts"] and node_kinds else None
             done = k3snet.converge(
