@@ -288,6 +288,9 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         egress(spec_path=str(SPEC_PATH), backends=["no-such-backend"]),
         egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"colour": "blue"}}),
         egress(spec_path=str(SPEC_PATH), backend_options={"iptables": {}}),
+        # Both refused by the constructor before it touches anything.
+        egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"driver": "bogus"}}),
+        egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"proc_sys": 5}}),
         egress(spec_path=str(SPEC_PATH), spec=bad_spec),
         egress(state="present"),
     ]
@@ -305,8 +308,11 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "backend 'netlink' has no option colour" in messages[3]
     assert "state_dir" in messages[3]  # the options it does have
     assert "backend_options names backends not in use: iptables" in messages[4]
-    assert "mutually exclusive" in messages[5]
-    assert "spec_path, spec" in messages[6]
+    assert messages[5] == "driver must be 'socket' or 'pyroute2', got 'bogus'"
+    assert messages[6].startswith("backend 'netlink': ")
+    assert "int" in messages[6]
+    assert "mutually exclusive" in messages[7]
+    assert "spec_path, spec" in messages[8]
 
 
 def test_documentation_and_examples_match_the_argument_spec() -> None:

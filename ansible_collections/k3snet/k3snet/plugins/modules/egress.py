@@ -255,7 +255,13 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
         if calico is not None and calico.allow_disruptive and "allow_disruptive" in accepted:
             wanted["allow_disruptive"] = True
         wanted.update(chosen)
-        backend = stack.enter_context(factory(**wanted))
+        try:
+            made = factory(**wanted)
+        except (TypeError, ValueError) as exc:  # an option value of the wrong type
+            if isinstance(exc, k3snet.K3snetError):
+                raise
+            raise ParameterError(f"backend {name!r}: {exc}") from exc
+        backend = stack.enter_context(made)
         members.append(k3snet.Member(backend, kinds.split(",") if kinds else None))
     return k3snet.BackendGroup(members)
 
