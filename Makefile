@@ -36,7 +36,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 HYPOTHESIS_PROFILE ?= ci
 PYTEST_ARGS ?=
-LINT_PATHS := k3snet tests benchmarks examples
+LINT_PATHS := k3snet tests benchmarks examples ansible_collections
 # `make demo NAT=iptables` passes --nat-backend iptables to the demo.
 NAT ?=
 DEMO_ARGS ?= $(if $(NAT),--nat-backend $(NAT))

@@ -81,3 +81,10 @@ def pytest_terminal_summary(
         )
         for name in leftovers:
             terminalreporter.line(f"  {name}  (remove with: ip netns delete {name})")
+
+
+@pytest.fixture
+def require_root() -> None:
+    """Skip the test unless we are root: namespaces, veths and sysctls need it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")

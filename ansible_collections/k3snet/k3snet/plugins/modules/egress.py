@@ -1,0 +1,339 @@
+#!/usr/bin/python
+# Copyright: k3snet developers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Ansible module ``k3snet.k3snet.egress``: converge a node's pod egress to a k3snet spec.
+
+A thin layer over the k3snet library, like the ``k3snet`` command: observe, plan,
+apply (or only plan in check mode), and report ``changed`` from the plan.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: egress
+short_description: Make pod egress work on a K3s node with k3snet
+version_added: "0.1.0"
+description:
+  - Brings the routes, NAT and forward rules and sysctls that k3snet owns on a node
+    to what a k3snet spec asks for, through k3snet's backends (netlink, nftables,
+    iptables, flannel, calico).
+  - Only objects k3snet owns are ever changed; foreign routes and rules are observed
+    and reported in the plan, never touched.
+  - C(changed) is true exactly when the plan had changes; a second run with the same
+    spec reports C(changed=false).
+  - The same library calls as C(k3snet apply) and C(k3snet destroy); the node needs
+    the k3snet Python package (see the requirements).
+options:
+  spec_path:
+    description:
+      - Path of a spec file (YAML or JSON) B(on the managed node).
+      - Mutually exclusive with O(spec).
+    type: path
+  spec:
+    description:
+      - The spec as a mapping, the same keys as a spec file (a file on the controller
+        reads in with the C(ansible.builtin.file) lookup and the C(from_yaml) filter,
+        see the examples).
+      - Mutually exclusive with O(spec_path).
+    type: dict
+  state:
+    description:
+      - V(present) applies the spec.
+      - V(absent) removes everything k3snet owns through the backends (owned sysctls
+        get their recorded previous values back), like C(k3snet destroy); no spec is
+        needed then (one may still name the backends).
+    type: str
+    choices: [present, absent]
+    default: present
+  backends:
+    description:
+      - Backends to use, each V(NAME) or V(NAME:KINDS) (for example V(iptables:forward)).
+      - Default the spec's C(backends), else V(netlink) and V(nftables), as the
+        C(k3snet) command.
+    type: list
+    elements: str
+  backend_options:
+    description:
+      - "Keyword options per backend name, for example
+        V({netlink: {state_dir: /var/lib/k3snet}}). Unknown options are refused with the
+        list of those the backend accepts."
+    type: dict
+    default: {}
+  netns:
+    description:
+      - Act inside this network namespace (a name as C(ip netns) knows it) instead of
+        the host's own.
+    type: str
+  allow_conflicts:
+    description:
+      - Apply the rest of the plan even when foreign state blocks part of it
+        (otherwise the task fails and nothing is changed).
+    type: bool
+    default: false
+  allow_teardown:
+    description:
+      - Apply even a plan that deletes everything k3snet owns through a backend
+        (an emptied or truncated spec). Refused by default; O(state=absent) is the
+        way to remove everything.
+    type: bool
+    default: false
+  facts:
+    description:
+      - Read the node's interfaces and routes (C(ip -j)) to check the spec against
+        them (devices exist, gateways are reachable).
+    type: bool
+    default: true
+  lock_timeout:
+    description:
+      - Seconds to wait for another k3snet process (the agent, another run) acting
+        in the same network namespace.
+    type: float
+    default: 60
+requirements:
+  - python >= 3.11 on the managed node
+  - k3snet (with the C(spec) extra for YAML spec files; C(nftables) or C(iptables)
+    extras for those backends)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying
+      target.
+    support: full
+    details: Computes the plan and runs the backends' own check of it; changes nothing.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in
+      check_mode), when in diff mode.
+    support: full
+    details: The objects k3snet owns before, and after the plan.
+notes:
+  - Needs root (or C(CAP_NET_ADMIN)) on the node; use O(ignore:become=true).
+author:
+  - k3snet developers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Pods reach the database subnet (spec file shipped to the node first)
+  k3snet.k3snet.egress:
+    spec_path: /etc/k3snet/egress.yaml
+  become: true
+
+- name: The same with an inline spec, in check mode and with a diff
+  k3snet.k3snet.egress:
+    spec:
+      cluster:
+        podCIDRs: [10.42.0.0/16]
+      destinations:
+        - cidr: 192.168.2.0/24
+          gateway: 192.168.1.1
+          device: eth0
+    backends: [netlink, nftables]
+  check_mode: true
+  diff: true
+  become: true
+
+- name: A spec kept next to the playbook, on the controller
+  k3snet.k3snet.egress:
+    spec: "{{ lookup('ansible.builtin.file', 'files/egress.yaml') | from_yaml }}"
+  become: true
+
+- name: Remove everything k3snet owns on the node
+  k3snet.k3snet.egress:
+    state: absent
+  become: true
+"""
+
+RETURN = r"""
+changed:
+  description: Whether the plan had changes (in check mode, whether it would).
+  returned: always
+  type: bool
+msg:
+  description: The plan's summary line, or that nothing was to do.
+  returned: success
+  type: str
+  sample: "Plan: 6 to add, 0 to replace, 0 to delete."
+plan:
+  description: The plan as k3snet's versioned JSON (C(k3snet plan --output json)).
+  returned: success
+  type: dict
+  sample: {"format": 1, "changes": [], "notes": []}
+plan_text:
+  description: The plan as C(k3snet plan) prints it (V(+) add, V(~) replace, V(-) delete,
+    V(=) met by foreign state, V(!) conflict).
+  returned: success
+  type: str
+applied:
+  description: The changes applied, in order (empty in check mode or when nothing was to do).
+  returned: success
+  type: list
+  elements: dict
+operations:
+  description: How many system operations the apply took.
+  returned: success
+  type: int
+diff:
+  description: The owned objects before and after the plan, one per line.
+  returned: success, in diff mode
+  type: dict
+"""
+
+import inspect
+import traceback
+from contextlib import ExitStack
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    import k3snet
+    from k3snet.converge import compile_for
+    from k3snet.facts import gather_facts
+    from k3snet.model.state import KINDS
+except ImportError:
+    K3SNET_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    K3SNET_IMPORT_ERROR = None
+
+# The same default as the `k3snet` command's, so a playbook and the command agree.
+DEFAULT_BACKENDS = ("netlink", "nftables")
+
+ARGUMENT_SPEC: dict[str, Any] = {
+    "spec_path": {"type": "path"},
+    "spec": {"type": "dict"},
+    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+    "backends": {"type": "list", "elements": "str"},
+    "backend_options": {"type": "dict", "default": {}},
+    "netns": {"type": "str"},
+    "allow_conflicts": {"type": "bool", "default": False},
+    "allow_teardown": {"type": "bool", "default": False},
+    "facts": {"type": "bool", "default": True},
+    "lock_timeout": {"type": "float", "default": 60.0},
+}
+
+
+class ParameterError(Exception):
+    """A module parameter the library would only refuse with a TypeError."""
+
+
+def load_spec(params: dict[str, Any]) -> k3snet.Spec | None:
+    """The spec from ``spec_path`` (a file on the node) or ``spec`` (a mapping), if any."""
+    if params["spec_path"] is not None:
+        return k3snet.load_spec(params["spec_path"])
+    if params["spec"] is not None:
+        return k3snet.Spec.from_dict(params["spec"], source="the spec option")
+    return None
+
+
+def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
+                  stack: ExitStack) -> k3snet.BackendGroup:
+    """The backend group the task names (closed by ``stack``)."""
+    names = params["backends"] or (list(spec.backends) if spec is not None and spec.backends
+                                   else list(DEFAULT_BACKENDS))
+    options: dict[str, Any] = params["backend_options"]
+    unused = sorted(set(options) - {n.partition(":")[0] for n in names})
+    if unused:
+        raise ParameterError(f"backend_options names backends not in use: {', '.join(unused)} "
+                             f"(backends: {', '.join(names)})")
+    members = []
+    for entry in names:
+        name, kinds = entry.split(":", 1) if ":" in entry else (entry, "")
+        factory = k3snet.load_backend(name)
+        accepted = inspect.signature(factory).parameters
+        chosen = options.get(name) or {}
+        if not isinstance(chosen, dict):
+            raise ParameterError(f"backend_options.{name} must be a mapping of option names "
+                                 "to values")
+        unknown = sorted(set(chosen) - set(accepted))
+        if unknown:
+            raise ParameterError(f"backend {name!r} has no option {', '.join(unknown)} "
+                                 f"(its options: {', '.join(sorted(accepted))})")
+        wanted: dict[str, Any] = {}
+        # Node backends act in the namespace; cluster-level ones (flannel, calico) have none.
+        if params["netns"] is not None and "netns" in accepted:
+            wanted["netns"] = params["netns"]
+        calico = spec.cni.calico if spec is not None else None
+        if calico is not None and calico.allow_disruptive and "allow_disruptive" in accepted:
+            wanted["allow_disruptive"] = True
+        wanted.update(chosen)
+        try:
+            made = factory(**wanted)
+        except (TypeError, ValueError) as exc:  # an option value of the wrong type
+            if isinstance(exc, k3snet.K3snetError):
+                raise
+            raise ParameterError(f"backend {name!r}: {exc}") from exc
+        backend = stack.enter_context(made)
+        members.append(k3snet.Member(backend, kinds.split(",") if kinds else None))
+    return k3snet.BackendGroup(members)
+
+
+def owned_lines(state: k3snet.State) -> str:
+    """The owned objects, one per line, in k3snet's order (a diff's before or after)."""
+    return "".join(f"{o.describe()}\n" for o in state.ordered)
+
+
+def run(module: AnsibleModule) -> dict[str, Any]:
+    """Converge (or destroy) as the parameters say; the result to exit with."""
+    params = module.params
+    spec = load_spec(params)
+    with ExitStack() as stack:
+        backend = build_backend(params, spec, stack)
+        if params["state"] == "absent":
+            done = k3snet.destroy(backend, dry_run=module.check_mode,
+                                  lock_timeout=params["lock_timeout"])
+        elif spec is None:  # required_if already refuses this; kept for type checkers
+            raise ParameterError("state=present needs spec_path or spec")
+        else:
+            node_kinds = backend.capabilities & set(KINDS)
+            facts = gather_facts(params["netns"]) if params["facts"] and node_kinds else None
+            done = k3snet.converge(
+                backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
+                allow_conflicts=params["allow_conflicts"],
+                allow_teardown=params["allow_teardown"], lock_timeout=params["lock_timeout"])
+        if module.check_mode and not done.plan.empty:
+            # What `apply` would run before changing anything: the backends' own dry run.
+            problems = backend.check(done.plan)
+            if problems:
+                raise k3snet.CheckError("the plan would fail; nothing was applied:", problems)
+    text = done.plan.render()
+    result: dict[str, Any] = {
+        "changed": not done.plan.empty,
+        "msg": text.splitlines()[0],
+        "plan": done.plan.to_dict(),
+        "plan_text": text,
+        "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
+        "operations": done.result.operations if done.result else 0,
+    }
+    if module._diff:  # how AnsibleModule says the play runs with --diff
+        where = f" (netns {params['netns']})" if params["netns"] else ""
+        result["diff"] = {
+            "before_header": f"k3snet owned objects{where}",
+            "after_header": f"k3snet owned objects after the plan{where}",
+            "before": owned_lines(done.observed),
+            "after": owned_lines(done.plan.apply_to(done.observed)),
+        }
+    return result
+
+
+def main() -> None:
+    """Module entry point."""
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        mutually_exclusive=[("spec_path", "spec")],
+        required_if=[("state", "present", ("spec_path", "spec"), True)],
+        supports_check_mode=True,
+    )
+    if K3SNET_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("k3snet"), exception=K3SNET_IMPORT_ERROR)
+    try:
+        result = run(module)
+    except (k3snet.K3snetError, ParameterError) as exc:
+        # k3snet's messages name every problem (with its spec path); no traceback.
+        module.fail_json(msg=str(exc))
+    except OSError as exc:  # an unreadable spec_path, a missing tool
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        module.fail_json(msg=where + (exc.strerror or str(exc)))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

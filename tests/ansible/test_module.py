@@ -1,0 +1,362 @@
+"""The Ansible module ``k3snet.k3snet.egress``, run by ansible-core's ``ansible-playbook``.
+
+Each run is a real ``ansible-playbook`` process (connection ``local``, the collection
+from this checkout) driving the module against a seed lab's node namespace; what it
+reports is checked against the kernel's own view (``nft -j list ruleset``, /proc/sys)
+and a real TCP connection from the lab's pod. The module's result is saved by a
+second task (``ansible.builtin.copy``, never changed, run even in check mode) so the
+test reads it as JSON; the PLAY RECAP line is what Ansible itself counted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import attrs
+import pytest
+import yaml
+
+from k3snet import BackendGroup, converge, load_spec
+from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend
+from k3snet.backends.nftables import NftablesBackend
+from k3snet.converge import compile_for
+from k3snet.demo import SPEC_PATH
+from k3snet.facts import gather_facts
+from k3snet.lab import NODE_ADDRESSES, SeedLab
+from k3snet.lab.netns import run_in
+
+REPO = Path(__file__).resolve().parents[2]
+COLLECTION_ROOT = REPO  # holds ansible_collections/k3snet/k3snet
+MODULE_PATH = REPO / "ansible_collections/k3snet/k3snet/plugins/modules/egress.py"
+DOCS_PAGE = REPO / "docs/ansible.md"
+MODULE_NAME = "k3snet.k3snet.egress"
+PLAYBOOK_TIMEOUT = 300  # a bound on a hung run, not a timing assertion
+RECAP = re.compile(r"^localhost\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+"
+                   r"failed=(\d+)\s+skipped=\d+\s+rescued=\d+\s+ignored=(\d+)", re.MULTILINE)
+
+
+@attrs.frozen
+class Run:
+    """One ansible-playbook run: its exit status, output, the module's results, the recap."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    results: list[dict[str, Any]]
+    changed: int  # tasks Ansible counted as changed (the saving task never is)
+    failed: int  # failed tasks, ignored (ignore_errors) or not
+
+
+@pytest.fixture
+def ansible_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for ansible-playbook that reads nothing of the user's or the host's."""
+    home = tmp_path / "ansible-home"
+    home.mkdir()
+    config = tmp_path / "ansible.cfg"
+    config.write_text("[defaults]\n")  # so no ansible.cfg in the cwd or ~ is read
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(f"localhost ansible_connection=local "
+                         f"ansible_python_interpreter={sys.executable}\n")
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    return dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(config),
+        ANSIBLE_HOME=str(home),
+        ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
+        ANSIBLE_REMOTE_TEMP=str(home / "remote-tmp"),
+        ANSIBLE_INVENTORY=str(inventory),
+        ANSIBLE_COLLECTIONS_PATH=str(COLLECTION_ROOT),
+        ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
+        ANSIBLE_GATHERING="explicit",
+        ANSIBLE_RETRY_FILES_ENABLED="false",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_STDOUT_CALLBACK="default",
+        # ansible-core refuses to start without a UTF-8 locale; C.UTF-8 is always there.
+        LC_ALL="C.UTF-8",
+        # The module's namespace lock lives with the test, not in /run/k3snet.
+        K3SNET_LOCK_DIR=str(locks),
+    )
+
+
+def playbook(tmp_path: Path, env: dict[str, str], tasks: Sequence[dict[str, Any]],
+             *flags: str) -> Run:
+    """Run the ``k3snet.k3snet.egress`` tasks in one play; ``flags`` e.g. ``--check``."""
+    out = tmp_path / f"results-{len(list(tmp_path.glob('results-*')))}.json"
+    play_tasks: list[dict[str, Any]] = []
+    for index, task in enumerate(tasks):
+        entry: dict[str, Any] = {"name": f"egress {index}", "register": f"r{index}"}
+        entry.update(task)
+        play_tasks.append(entry)
+    names = ", ".join(f"r{i}" for i in range(len(tasks)))
+    play_tasks.append({
+        "name": "save the results for the test",
+        "ansible.builtin.copy": {"content": f"{{{{ [{names}] | to_json }}}}", "dest": str(out)},
+        "check_mode": False, "diff": False, "changed_when": False,
+    })
+    book = tmp_path / "playbook.yml"
+    # JSON is YAML: no YAML writer needed.
+    book.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
+                                 "tasks": play_tasks}], indent=2))
+    ansible_playbook = Path(sys.executable).with_name("ansible-playbook")
+    done = subprocess.run([str(ansible_playbook), *flags, str(book)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, check=False, timeout=PLAYBOOK_TIMEOUT)
+    recap = RECAP.findall(done.stdout)
+    assert len(recap) == 1, done.stdout + done.stderr
+    changed, failed, ignored = (int(n) for n in recap[0])
+    results = json.loads(out.read_text()) if out.exists() else []
+    return Run(done.returncode, done.stdout, done.stderr, results, changed, failed + ignored)
+
+
+def egress(**args: Any) -> dict[str, Any]:
+    """A task calling the module with ``args``."""
+    return {MODULE_NAME: args}
+
+
+def load_module() -> ModuleType:
+    """The module's Python file, imported as a plain module (its main() is not run)."""
+    spec = importlib.util.spec_from_file_location("k3snet_ansible_egress", MODULE_PATH)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def returned_keys_are_documented(result: dict[str, Any]) -> bool:
+    """Every key of a module result is in RETURN, but those Ansible adds itself."""
+    documented = set(yaml.safe_load(load_module().RETURN))
+    return set(result) - {"failed", "invocation", "warnings", "deprecations"} <= documented
+
+
+def no_traceback(result: dict[str, Any], run: Run) -> bool:
+    """The module failed cleanly: its own message, no traceback, no MODULE FAILURE."""
+    # ansible-core 2.19 adds "exception" to every failed result; it holds a traceback
+    # only when the user turns them on (ANSIBLE_DISPLAY_TRACEBACK).
+    shown = run.stdout + run.stderr + str(result.get("exception", ""))
+    return ("Traceback" not in shown and "MODULE FAILURE" not in shown
+            and "module_stderr" not in result)
+
+
+def ruleset(ns: str) -> list[Any]:
+    """The namespace's whole nftables ruleset as the kernel lists it (no metainfo)."""
+    listing = json.loads(run_in(ns, ["nft", "-j", "list", "ruleset"]).stdout)["nftables"]
+    return [item for item in listing if "metainfo" not in item]
+
+
+def forwarding(ns: str) -> tuple[str, ...]:
+    """IPv4 and IPv6 forwarding of the namespace, as /proc/sys shows them."""
+    return tuple(run_in(ns, ["cat", "/proc/sys/net/ipv4/ip_forward",
+                             "/proc/sys/net/ipv6/conf/all/forwarding"]).stdout.split())
+
+
+def lab_node(lab: SeedLab) -> dict[str, Any]:
+    """The module options that act on the lab's node (state file kept with the lab)."""
+    return {"netns": lab.node, "backend_options": {"netlink": {"state_dir": str(lab.state_dir)}}}
+
+
+def kernel_view(lab: SeedLab) -> tuple[object, ...]:
+    """What the module could change on the node: its nftables ruleset and forwarding."""
+    return ruleset(lab.node), forwarding(lab.node)
+
+
+def state_files() -> set[Path]:
+    """What is in the netlink backend's default state root (the module must not write there)."""
+    return set(DEFAULT_STATE_ROOT.iterdir()) if DEFAULT_STATE_ROOT.exists() else set()
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_check_mode_then_apply_then_a_second_run_reports_no_change(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    files_before = state_files()
+    with SeedLab.create() as lab:
+        present = egress(spec_path=str(SPEC_PATH), **lab_node(lab))
+        untouched = kernel_view(lab)
+        assert forwarding(lab.node) == ("0", "0")
+
+        # Check mode (with a diff): says it would change, changes nothing.
+        check = playbook(tmp_path, ansible_env, [present], "--check", "--diff")
+        assert check.returncode == 0, check.stdout + check.stderr
+        (result,) = check.results
+        assert result["changed"] is True
+        assert check.changed == 1
+        assert result["applied"] == []
+        assert returned_keys_are_documented(result)
+        assert result["msg"].startswith("Plan: 6 to add, 0 to replace, 0 to delete")
+        assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in result["plan_text"]
+        assert len(result["plan"]["changes"]) == 6
+        assert result["diff"]["before"] == ""
+        assert "masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0\n" in result["diff"]["after"]
+        assert "+masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in check.stdout  # the diff
+        assert kernel_view(lab) == untouched
+        assert not lab.tcp_probe(4, timeout=1.0).ok
+
+        # The real run: changed, and the pod reaches the database as the node.
+        applied = playbook(tmp_path, ansible_env, [present], "--diff")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        (result,) = applied.results
+        assert result["changed"] is True
+        assert applied.changed == 1
+        assert len(result["applied"]) == 6
+        assert result["diff"]["after"].count("\n") == 6
+        assert forwarding(lab.node) == ("1", "1")
+        assert any("masquerade" in json.dumps(item) for item in ruleset(lab.node))
+        probe = lab.tcp_probe(4)
+        assert probe.ok, probe.error
+        assert probe.source_seen == NODE_ADDRESSES[4]
+
+        # The second run: nothing to do, and Ansible counts no change.
+        fixed = kernel_view(lab)
+        again = playbook(tmp_path, ansible_env, [present], "--diff")
+        assert again.returncode == 0, again.stdout + again.stderr
+        (result,) = again.results
+        assert result["changed"] is False
+        assert again.changed == 0
+        assert result["plan"]["changes"] == []
+        assert result["diff"]["before"] == result["diff"]["after"]
+        assert kernel_view(lab) == fixed
+    assert state_files() == files_before, "the module left state files in /run/k3snet"
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_teardown_is_refused_and_state_absent_removes_everything_once(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    with SeedLab.create() as lab:
+        untouched = kernel_view(lab)
+        # What `k3snet apply` (or an earlier playbook) left on the node.
+        with BackendGroup([NetlinkBackend(lab.node, state_dir=lab.state_dir),
+                           NftablesBackend(lab.node)]) as node:
+            converge(node, compile_for(node, load_spec(SPEC_PATH), gather_facts(lab.node)))
+        fixed = kernel_view(lab)
+        assert fixed != untouched
+        assert lab.tcp_probe(4).ok
+
+        # A spec that lost its destinations would remove egress: refused, nothing changed.
+        emptied = egress(spec={"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42:42::/56"]}},
+                         **lab_node(lab))
+        refused = playbook(tmp_path, ansible_env, [{**emptied, "ignore_errors": True}])
+        (result,) = refused.results
+        assert result["failed"] is True
+        assert "deletes everything k3snet owns" in result["msg"]
+        assert no_traceback(result, refused)
+        assert kernel_view(lab) == fixed
+
+        # state=absent in check mode, then for real, then again.
+        absent = egress(state="absent", **lab_node(lab))
+        preview = playbook(tmp_path, ansible_env, [absent], "--check")
+        (result,) = preview.results
+        assert result["changed"] is True
+        assert len(result["plan"]["changes"]) == 6
+        assert all(c["action"] == "delete" for c in result["plan"]["changes"])
+        assert kernel_view(lab) == fixed
+
+        removed = playbook(tmp_path, ansible_env, [absent])
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        (result,) = removed.results
+        assert result["changed"] is True
+        assert removed.changed == 1
+        assert kernel_view(lab) == untouched
+        assert not lab.tcp_probe(4, timeout=1.0).ok
+
+        gone = playbook(tmp_path, ansible_env, [absent])
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        (result,) = gone.results
+        assert result["changed"] is False
+        assert gone.changed == 0
+
+
+def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # None of these reaches a backend: no root, no namespace needed.
+    bad_spec = {"destinations": [{"cidr": "192.168.2.0/33"}], "masquerade": {"mode": "bogus"}}
+    tasks = [
+        egress(spec=bad_spec),
+        egress(spec_path=str(tmp_path / "missing.yaml")),
+        egress(spec_path=str(SPEC_PATH), backends=["no-such-backend"]),
+        egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"colour": "blue"}}),
+        egress(spec_path=str(SPEC_PATH), backend_options={"iptables": {}}),
+        # Both refused by the constructor before it touches anything.
+        egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"driver": "bogus"}}),
+        egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"proc_sys": 5}}),
+        egress(spec_path=str(SPEC_PATH), spec=bad_spec),
+        egress(state="present"),
+    ]
+    run = playbook(tmp_path, ansible_env, [{**t, "ignore_errors": True} for t in tasks])
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.failed == len(tasks)
+    results = run.results
+    assert all(r["failed"] is True and no_traceback(r, run) for r in results), results
+    messages = [r["msg"] for r in results]
+    assert messages[0] == ("2 problems in the spec option:\n"
+                           "  destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR\n"
+                           "  masquerade.mode: must be destinations, all or off, got 'bogus'")
+    assert "missing.yaml" in messages[1]
+    assert "no-such-backend" in messages[2]
+    assert "backend 'netlink' has no option colour" in messages[3]
+    assert "state_dir" in messages[3]  # the options it does have
+    assert "backend_options names backends not in use: iptables" in messages[4]
+    assert messages[5] == "driver must be 'socket' or 'pyroute2', got 'bogus'"
+    assert messages[6].startswith("backend 'netlink': ")
+    assert "int" in messages[6]
+    assert "mutually exclusive" in messages[7]
+    assert "spec_path, spec" in messages[8]
+
+
+def test_documentation_and_examples_match_the_argument_spec() -> None:
+    module = load_module()
+    documented = yaml.safe_load(module.DOCUMENTATION)["options"]
+    spec = module.ARGUMENT_SPEC
+    assert set(documented) == set(spec)
+    for name, option in spec.items():
+        doc = documented[name]
+        assert doc["type"] == option["type"], name
+        assert doc.get("default") == option.get("default"), name
+        assert doc.get("choices") == option.get("choices"), name
+        assert doc.get("elements") == option.get("elements"), name
+    for task in yaml.safe_load(module.EXAMPLES):
+        assert set(task[MODULE_NAME]) <= set(spec), task
+
+
+def yaml_blocks(page: Path) -> Iterator[Any]:
+    """The parsed ```` ```yaml ```` blocks of a Markdown page."""
+    for block in re.findall(r"^```yaml\n(.*?)^```$", page.read_text(), re.MULTILINE | re.DOTALL):
+        yield yaml.safe_load(block)
+
+
+def test_the_docs_playbooks_pass_a_syntax_check(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    """Every playbook and task on docs/ansible.md parses, and names only real options."""
+    options = set(load_module().ARGUMENT_SPEC)
+    books = []
+    for index, block in enumerate(yaml_blocks(DOCS_PAGE)):
+        if isinstance(block, dict):  # requirements.yml
+            assert block["collections"][0]["type"] == "git"
+            continue
+        plays = block if "hosts" in block[0] else [
+            {"hosts": "localhost", "gather_facts": False, "tasks": block}]
+        for play in plays:
+            for task in play["tasks"]:
+                if MODULE_NAME in task:
+                    assert set(task[MODULE_NAME]) <= options, task
+        book = tmp_path / f"docs-{index}.yml"
+        book.write_text(json.dumps(plays))
+        books.append(str(book))
+    assert len(books) >= 4
+    ansible_playbook = Path(sys.executable).with_name("ansible-playbook")
+    done = subprocess.run([str(ansible_playbook), "--syntax-check", *books], env=ansible_env,
+                          cwd=tmp_path, capture_output=True, text=True, check=False,
+                          timeout=PLAYBOOK_TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
