@@ -34,8 +34,10 @@ from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.state import State
 
 __all__ = [
+    "CHAIN_HOOKS",
     "CHAIN_SPECS",
     "FORWARD_CHAIN",
+    "MARKER_CHAIN",
     "NAT_CHAIN",
     "REPLY_SUFFIX",
     "TAG_PREFIX",
@@ -62,6 +64,14 @@ CHAIN_SPECS: dict[str, str] = {
 }
 """The base chains of k3snet's table, in nft syntax (both accept by default:
 k3snet only adds, it never filters)."""
+CHAIN_HOOKS: dict[str, dict[str, Any]] = {
+    NAT_CHAIN: {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
+    FORWARD_CHAIN: {"type": "filter", "hook": "forward", "prio": 0, "policy": "accept"},
+}
+"""The same base chains as libnftables JSON lists them (``srcnat`` is 100, ``filter`` 0)."""
+MARKER_CHAIN = "handle_marker"
+"""An empty regular chain of k3snet's table that the backend re-creates at the end
+of every transaction that adds rules: its new handle dates the rules added before it."""
 
 TableFamily = Literal["inet", "split"]
 """``inet``: one table for IPv4 and IPv6; ``split``: an ``ip`` and an ``ip6`` table."""

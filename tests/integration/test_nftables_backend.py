@@ -214,10 +214,10 @@ def test_rule_text_for_each_shape() -> None:
 
 @given(st.one_of(strategies.nat_rules(), strategies.forward_rules()))
 def test_rendered_json_reads_back_as_the_object(obj: NetObject) -> None:
-    from k3snet.backends.nftables import _own_object, _parse_rule  # noqa: PLC0415
+    from k3snet.backends.nftables.parse import own_object, parse_rule  # noqa: PLC0415
 
     for slot, expr in enumerate(nft_rules_json(obj)):
-        found = _own_object(_parse_rule(json.loads(expr)), nft_rules(obj)[slot].chain)
+        found = own_object(parse_rule(json.loads(expr)), nft_rules(obj)[slot].chain)
         assert found == (obj, slot == 1)
 
 
@@ -231,9 +231,9 @@ def test_more_specific_nat_rules_sort_first() -> None:
 
 
 def test_a_refused_nft_command_names_its_change() -> None:
-    from k3snet.backends.nftables import _Batch  # noqa: PLC0415
+    from k3snet.backends.nftables.batch import Batch  # noqa: PLC0415
 
-    batch = _Batch("k3snet", "nft")
+    batch = Batch("k3snet", "nft")
     batch.ensure_table("inet", None)
     batch.add_object("inet", MasqueradeRule("10.52.0.0/16"), 0)
     batch.delete_rule("inet", "postrouting", 7, 1)
@@ -241,7 +241,7 @@ def test_a_refused_nft_command_names_its_change() -> None:
              "delete rule inet k3snet postrouting handle 7\n"
              "                                          ^^^^^^^^\n")
     assert batch.owner_in(error) == 1
-    assert _Batch("k3snet", "json").owner_in(error) is None
+    assert Batch("k3snet", "json").owner_in(error) is None
 
 
 def test_bad_options_are_refused() -> None:

@@ -1,0 +1,485 @@
+"""The ``nftables`` backend: NAT and forward rules in a table k3snet owns, via libnftables.
+
+What it writes
+    One table of its own, ``inet k3snet`` (``ip k3snet`` + ``ip6 k3snet`` with
+    ``family="split"``), holding two base chains, ``postrouting`` (type nat, hook
+    postrouting, priority srcnat) and ``forward`` (type filter, hook forward,
+    priority filter), both with policy accept, and an empty regular chain
+    ``handle_marker`` (see *Handles*). Nothing is ever written to another table.
+    When k3snet owns no rule any more, its table is deleted.
+
+    ``inet`` is the default: NAT works in ``inet`` tables for both families since
+    Linux 5.2 (nftables 0.9.1), so one table, one listing and one transaction
+    target cover IPv4 and IPv6, and one ``delete table`` removes everything.
+    ``split`` is for older kernels, and for hosts whose tooling expects per-family
+    tables; it writes the same rules (``snat to`` instead of ``snat ip to``).
+
+How rules look
+    :mod:`k3snet.render.nftables` renders every object (``masquerade`` / ``snat`` in
+    ``postrouting``; an accept and a ``ct state established,related`` accept for
+    the replies in ``forward``), each rule tagged with a comment
+    ``k3snet:<content hash>``. :meth:`NftablesBackend.observe` rebuilds the
+    objects from the kernel's JSON (:mod:`.parse`), so what it reports is what
+    the kernel does. A tag that does not match its rule's content means the rule
+    was edited by hand; it is reported as what it now does (so a plan replaces
+    it) and listed in :attr:`NftablesBackend.drift`. The next apply, even one of
+    an empty plan, repairs the rest, since the table is k3snet's: it deletes
+    rules that map back to no object (statements k3snet never writes, a forward
+    rule without its reply half, duplicates), resets a base chain policy changed
+    to drop, and rebuilds the table (delete, re-create, in the same transaction)
+    when it holds a chain k3snet does not use or a base chain with another hook
+    or priority.
+
+    NAT statements are terminal, so among overlapping NAT rules the first match
+    wins. Rules are kept in :func:`~k3snet.render.nftables.chain_order_key` order
+    (more specific first). When a new rule must precede an existing overlapping
+    one, the existing one is deleted and re-added after it in the same
+    transaction: positioned inserts would make libnftables read every rule of
+    every table first.
+
+Forward rules and other firewalls
+    An ``accept`` in k3snet's ``forward`` chain only ends *this* chain: every other
+    base chain on the forward hook still sees the packet, and a drop there wins
+    (firewalld#527). So a FORWARD policy DROP set through iptables (nft or legacy)
+    is **not** opened by this backend; the ``iptables`` backend does that, from
+    inside iptables' FORWARD chain. Forward rules here are for hosts whose drop
+    comes from an nftables-only setup that defers to k3snet's table, and they
+    record the intent (observe, plan and drift work the same).
+
+Transactions
+    Each :meth:`~NftablesBackend.apply` sends one batch (:mod:`.batch`), which the
+    kernel commits as one transaction: if any command is refused, the kernel
+    keeps the ruleset as it was and :class:`~k3snet.errors.ApplyError` is raised
+    with ``done=()`` and ``rolled_back=()``. ``faults.fail_at(N)`` (tests,
+    :class:`~k3snet.backends.kit.FaultHook`) puts a command the kernel refuses
+    after the first ``N`` changes' commands (the deletion of a rule handle that
+    cannot exist: libnftables lets it through, the kernel aborts the whole
+    transaction).
+
+Handles and caching
+    Deleting a rule needs its kernel handle. ``observe`` learns the handles of the
+    rules it lists. For the rules an apply adds, libnftables' ``--echo`` would
+    report them, but it makes libnftables list the *whole* ruleset first
+    (kube-proxy's rules included). Instead each transaction that adds rules ends
+    by re-creating the empty ``handle_marker`` chain: the kernel numbers a table's
+    objects from one counter, in batch order, under the commit mutex, so the
+    marker's new handle (one tiny listing) gives the handle of every rule added
+    before it. ``observe`` and ``apply`` first read the generation id (one small
+    netlink round trip) and read k3snet's table again only if anyone committed
+    since (:mod:`.cache`); ``observe(refresh=True)`` reads it anyway.
+
+The backend is not thread-safe: each instance holds one worker thread inside its
+network namespace and one kernel seam (:mod:`.kernel`); use one instance per thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import TypeVar
+
+from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.kit import FaultHook
+from k3snet.backends.netns import NetnsRunner
+from k3snet.backends.nftables.batch import Batch, Syntax
+from k3snet.backends.nftables.cache import Cache, Diff, Key, Table, nat_overlap, rule_count
+from k3snet.backends.nftables.kernel import Libnftables, NftKernel, first_lines
+from k3snet.backends.nftables.parse import ForeignReader, read_own, table_of
+from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
+from k3snet.model import NetObject
+from k3snet.model.state import State
+from k3snet.planner import Plan
+from k3snet.render.nftables import (
+    CHAIN_HOOKS,
+    FORWARD_CHAIN,
+    MARKER_CHAIN,
+    NAT_CHAIN,
+    TableFamily,
+    chain_order_key,
+    nft_rules,
+    table_families,
+    validate_table_name,
+)
+
+__all__ = ["NftablesBackend"]
+
+T = TypeVar("T")
+_REREAD_ATTEMPTS = 3
+
+
+class NftablesBackend:
+    """NAT and forward rules in k3snet's own nftables table, one transaction per apply.
+
+    ``netns``: the network namespace to work in (``None``: the current one; a
+    missing namespace raises :class:`~k3snet.errors.BackendError` here).
+    ``family``: ``"inet"`` (one table) or ``"split"`` (``ip`` and ``ip6`` tables).
+    ``table``: the table name. ``faults.fail_at(N)`` (tests): the next apply
+    carries, after the first ``N`` changes' commands, one the kernel refuses, so
+    the whole transaction is refused. ``observe_foreign``: whether
+    :meth:`observe` reads other tables (a few small listings). ``syntax``: batches
+    in nft's own language (``"nft"``, the default: about 1.7x less parsing time on
+    large batches, and errors quote the refused command) or in libnftables
+    ``"json"``, through the same libnftables call. ``kernel``: what makes the
+    kernel seam (:class:`~k3snet.backends.nftables.kernel.NftKernel`; called once
+    inside the namespace), by default libnftables; tests pass a fake.
+
+    Example (``desired`` a :class:`~k3snet.model.State`)::
+
+        with NftablesBackend("k3snet-demo") as backend:
+            p = k3snet.plan(backend.observe(), desired.only(backend.capabilities))
+            backend.apply(p)
+    """
+
+    name = "nftables"
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        *,
+        family: TableFamily = "inet",
+        table: str = "k3snet",
+        observe_foreign: bool = True,
+        syntax: Syntax = "nft",
+        kernel: Callable[[], NftKernel] | None = None,
+    ) -> None:
+        self._families = table_families(family)
+        self._table = validate_table_name(table)
+        if syntax not in ("json", "nft"):
+            raise ModelError(f"syntax must be 'json' or 'nft', got {syntax!r}")
+        if kernel is None:
+            try:
+                import nftables  # noqa: F401, PLC0415 - only checks the optional dependency
+            except ImportError as exc:
+                raise BackendUnavailableError(
+                    "the nftables backend needs the 'nftables' Python bindings and libnftables1 "
+                    "(pip install 'k3snet[nftables]')"
+                ) from exc
+        self.family: TableFamily = family
+        self.faults = FaultHook()
+        self.observe_foreign = observe_foreign
+        self.syntax: Syntax = syntax
+        self._runner = NetnsRunner(netns)
+        self._cache: Cache | None = None
+        self._kernel: NftKernel | None = None
+        try:
+            self._kernel = self._runner.call(kernel or Libnftables)
+        except BaseException:
+            self._runner.close()
+            raise
+
+    # ---------------------------------------------------------------- the protocol
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """``nat`` and ``forward``."""
+        return frozenset({"nat", "forward"})
+
+    @property
+    def table(self) -> str:
+        """The name of k3snet's table(s)."""
+        return self._table
+
+    @property
+    def drift(self) -> tuple[str, ...]:
+        """What the last read of k3snet's table found changed outside k3snet.
+
+        Hand-edited rules (tag and content disagree), rules and chains that map to
+        nothing k3snet writes, base chains with another hook or priority. Edited
+        rules are reported as what they now do, so a plan replaces them; the rest
+        is removed or rebuilt by the next apply.
+        """
+        cache = self._cache
+        if cache is None:
+            return ()
+        notes = [f"{obj.describe()}: edited outside k3snet (tag {cache.edited[key]}, "
+                 f"content {nft_rules(obj)[0].comment})"
+                 for key, obj in sorted(cache.objects.items(), key=lambda i: i[1].sort_key)
+                 if key in cache.edited]
+        notes += [f"rule {family} {self._table} {chain} handle {handle}: {why}; "
+                  "the next apply removes it" for family, chain, handle, why in cache.stray_rules]
+        notes += [f"chain {family} {self._table} {chain}: not k3snet's; the next apply "
+                  "rebuilds the table without it" for family, chain in cache.stray_chains]
+        notes += [f"chain {family} {self._table} {chain}: policy {policy}; the next apply "
+                  "resets it to accept" for family, chain, policy in cache.policies]
+        notes += [f"chain {family} {self._table} {chain}: another type, hook or priority; "
+                  "the next apply rebuilds the table" for family, chain in cache.hooks]
+        return tuple(notes)
+
+    def observe(self, *, refresh: bool = False) -> State:
+        """k3snet's rules (owned) and other tables' NAT and forward rules (foreign).
+
+        Served from the cache when no nftables transaction was committed since the
+        last observe or apply (one generation-id query); ``refresh=True`` reads
+        the kernel anyway.
+        """
+        return self._call(lambda kernel: self._observe(kernel, refresh=refresh))
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        """Dry run: the problems applying ``plan`` would hit (the kernel sees the batch,
+        nothing is committed)."""
+        try:
+            ensure_capable(self, plan)
+        except PlanError as exc:
+            return (str(exc),)
+        return self._call(lambda kernel: self._check(kernel, plan))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Apply ``plan`` in one nftables transaction: every change, or none.
+
+        ``operations`` counts kernel round trips: the generation check, the
+        transaction, the marker listing, the final generation check (plus a table
+        read when the cache is stale).
+        """
+        ensure_capable(self, plan)
+        return self._call(lambda kernel: self._apply(kernel, plan))
+
+    def close(self) -> None:
+        """Free the libnftables context and stop the namespace worker (idempotent)."""
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None:
+            with contextlib.suppress(BackendError, OSError):
+                self._runner.call(kernel.close)
+        self._runner.close()
+
+    def __enter__(self) -> NftablesBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- reading
+
+    def _call(self, fn: Callable[[NftKernel], T]) -> T:
+        kernel = self._kernel
+        if kernel is None:
+            raise BackendError("this nftables backend is closed")
+        return self._runner.call(lambda: fn(kernel))
+
+    def _table_of(self, obj: NetObject) -> str:
+        return table_of(obj, self._families)
+
+    def _fresh(self, kernel: NftKernel, *, foreign: bool, refresh: bool = False) -> Cache:
+        """The cache, first re-read from the kernel if anyone committed since it was made."""
+        genid = kernel.genid()
+        cache = self._cache
+        if cache is not None and cache.genid == genid and not refresh:
+            if not foreign or cache.foreign is not None:
+                return cache
+            cache.foreign = self._read_foreign(kernel)
+            if kernel.genid() == genid:
+                return cache
+            genid = kernel.genid()
+        for _ in range(_REREAD_ATTEMPTS):
+            cache = self._read_own(kernel, genid)
+            if foreign:
+                cache.foreign = self._read_foreign(kernel)
+            after = kernel.genid()
+            if after == genid:
+                self._cache = cache
+                return cache
+            genid = after
+        raise BackendError("the nftables ruleset kept changing while k3snet read it; try again")
+
+    def _observe(self, kernel: NftKernel, *, refresh: bool) -> State:
+        cache = self._fresh(kernel, foreign=self.observe_foreign, refresh=refresh)
+        if cache.state is None:
+            foreign = cache.foreign if self.observe_foreign and cache.foreign else ()
+            cache.state = State(owned=cache.objects.values(), foreign=foreign)
+        return cache.state
+
+    def _read_foreign(self, kernel: NftKernel) -> frozenset[NetObject]:
+        own = frozenset((family, self._table) for family in self._families)
+        return ForeignReader(kernel, own).read()
+
+    def _read_own(self, kernel: NftKernel, genid: int) -> Cache:
+        return read_own(kernel, self._table, self._families, genid)
+
+    # ---------------------------------------------------------------- planning a batch
+
+    def _diff(self, cache: Cache, plan: Plan) -> Diff:
+        """What ``plan`` changes in k3snet's rules; PlanError if it does not fit the table."""
+        objects = dict(cache.objects)
+        change_of: dict[Key, int] = {}
+        for index, change in enumerate(plan.changes):
+            key = change.subject.key
+            current = objects.get(key)
+            if change.action == "add" and current is not None:
+                raise PlanError(f"cannot add {change.after}: {current} is already in "
+                                "k3snet's nftables table")
+            if change.action != "add" and (current is None or current != change.before):
+                raise PlanError(f"cannot {change.action} {change.before}: it is not in "
+                                f"k3snet's nftables table (found: {current})")
+            if change.after is None:
+                del objects[key]
+            else:
+                objects[key] = change.after
+            change_of.setdefault(key, index)
+        before = cache.objects
+        removed = [k for k in change_of if k in before and objects.get(k) != before[k]]
+        added = [k for k in change_of if k in objects and before.get(k) != objects[k]]
+        # A rule edited by hand that the plan keeps as it now is gets its tag back.
+        retag = [k for k in cache.edited if k not in change_of]
+        removed += retag
+        added += retag
+        moved = self._moves(cache, objects, added, set(removed))
+        return Diff(objects, removed, added, moved, change_of)
+
+    def _moves(self, cache: Cache, objects: dict[Key, NetObject], added: list[Key],
+               removed: set[Key]) -> list[Key]:
+        """Kept NAT rules that an added rule must precede: they are re-added after it.
+
+        Only rules whose source contains the added rule's source can come after it
+        (:func:`chain_order_key` sorts longer sources first), so each added rule
+        looks up at most 33 (IPv4) or 129 (IPv6) source prefixes.
+        """
+        queue = [k for k in added if k[0] == "nat"]
+        if not queue or not cache.nat_index:
+            return []
+        moved: dict[Key, None] = {}
+        appended = set(added)
+        while queue:
+            key = queue.pop()
+            version, src, src_len = key[1], key[2], key[3]
+            bits = 32 if version == 4 else 128
+            order = chain_order_key(objects[key])
+            for length in range(src_len, -1, -1):
+                masked = src & (((1 << bits) - 1) ^ ((1 << (bits - length)) - 1))
+                for other in cache.nat_index.get((version, masked, length), ()):
+                    if other in moved or other in appended or other in removed:
+                        continue
+                    if chain_order_key(objects[other]) > order and nat_overlap(key, other):
+                        moved[other] = None
+                        queue.append(other)
+        return sorted(moved, key=lambda k: chain_order_key(objects[k]))
+
+    def _batch(self, cache: Cache, diff: Diff, inject: int | None) -> Batch:
+        batch = Batch(self._table, self.syntax)
+        families = ({"inet"} if diff.objects else set()) if self._families == ("inet",) else {
+            self._table_of(o) for o in diff.objects.values()}
+        appended_by_family: dict[str, list[Key]] = {}
+        for key in (*diff.added, *diff.moved):
+            appended_by_family.setdefault(self._table_of(diff.objects[key]), []).append(key)
+        for family in self._families:
+            table = cache.tables.get(family)
+            if family not in families:
+                if table is not None:
+                    batch.delete_table(family)
+                continue
+            if family in cache.rebuild and table is not None:
+                batch.delete_table(family)
+                table = None
+            batch.ensure_table(family, table)
+            if table is None:
+                appended = [k for k, o in diff.objects.items() if self._table_of(o) == family]
+            else:
+                self._deletes(batch, cache, diff, family)
+                appended = appended_by_family.get(family, [])
+            appended.sort(key=lambda k: chain_order_key(diff.objects[k]))
+            for key in appended:
+                batch.add_object(family, diff.objects[key], diff.change_of.get(key))
+            if appended:
+                batch.marker(family, exists=table is not None and table.marker)
+        if inject is not None:
+            batch.inject_failure(inject, self._families[0])
+        return batch
+
+    def _deletes(self, batch: Batch, cache: Cache, diff: Diff, family: str) -> None:
+        batch.swept.add(family)
+        for rule_family, chain, handle, _ in cache.stray_rules:
+            if rule_family == family:
+                batch.delete_rule(family, chain, handle, None)
+        for keys in (diff.removed, diff.moved):
+            for key in keys:
+                obj = cache.objects[key]
+                if self._table_of(obj) != family:
+                    continue
+                chain = FORWARD_CHAIN if obj.kind == "forward" else NAT_CHAIN
+                for known in cache.handles[key]:
+                    assert known is not None  # made sure of by _prepare
+                    batch.delete_rule(family, chain, known, diff.change_of.get(key))
+
+    def _prepare(self, kernel: NftKernel, plan: Plan, inject: int | None,
+                 ) -> tuple[Cache, Diff, Batch]:
+        cache = self._fresh(kernel, foreign=False)
+        diff = self._diff(cache, plan)
+        unknown = any(None in cache.handles[k] for k in (*diff.removed, *diff.moved))
+        if unknown:  # added by an apply whose marker could not be read: look them up
+            cache = self._fresh(kernel, foreign=False, refresh=True)
+            diff = self._diff(cache, plan)
+        return cache, diff, self._batch(cache, diff, inject)
+
+    # ---------------------------------------------------------------- check / apply
+
+    def _check(self, kernel: NftKernel, plan: Plan) -> tuple[str, ...]:
+        try:
+            _, _, batch = self._prepare(kernel, plan, None)
+        except PlanError as exc:
+            return (str(exc),)
+        if batch.empty:
+            return ()
+        rc, error = kernel.run(batch.text(), json_input=batch.json, dry_run=True)
+        if rc != 0:
+            return (f"nftables would refuse the transaction: {first_lines(error)}",)
+        return ()
+
+    def _apply(self, kernel: NftKernel, plan: Plan) -> ApplyResult:
+        calls = kernel.calls
+        inject = self.faults.take(plan)
+        cache, diff, batch = self._prepare(kernel, plan, inject)
+        if batch.empty:
+            return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
+        genid = cache.genid
+        rc, error = kernel.run(batch.text(), json_input=batch.json)
+        if rc != 0:
+            if kernel.genid() != genid:
+                self._cache = None  # someone else committed meanwhile: read again next time
+            cause = "injected failure (fault hook)" if inject is not None else "nftables"
+            owner = inject if inject is not None else batch.owner_in(error)
+            raise ApplyError(
+                f"{cause}: the kernel refused the transaction, nothing was changed: "
+                f"{first_lines(error)}",
+                failed=plan.changes[owner] if owner is not None else None,
+            )
+        markers: dict[str, int | None] = {}
+        for family in batch.marked:
+            items = kernel.list("chain", family=family, table=self._table, name=MARKER_CHAIN) or []
+            chains = [i["chain"] for i in items if isinstance(i.get("chain"), dict)]
+            found = chains[0].get("handle") if chains else None
+            markers[family] = found if isinstance(found, int) else None
+        if kernel.genid() == genid + 1:
+            self._commit(cache, diff, batch, markers, genid + 1)
+        else:
+            self._cache = None  # someone else committed too: what we know may be stale
+        return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
+
+    def _commit(self, cache: Cache, diff: Diff, batch: Batch,
+                markers: dict[str, int | None], genid: int) -> None:
+        """Make the cache what the committed batch made of the kernel (no re-read)."""
+        for family in batch.deleted_tables:
+            cache.tables.pop(family, None)
+            cache.rebuild.discard(family)
+        for family in batch.created_tables:
+            cache.tables[family] = Table()
+        for family, chain in batch.created_chains:
+            cache.tables[family].chains[chain] = dict(CHAIN_HOOKS[chain])
+        for family in batch.marked:
+            cache.tables[family].marker = True
+        swept = batch.swept | set(batch.deleted_tables)
+        cache.stray_rules = [s for s in cache.stray_rules if s[0] not in swept]
+        cache.stray_chains = [s for s in cache.stray_chains if s[0] not in swept]
+        cache.policies = [s for s in cache.policies if s[0] not in swept]
+        cache.hooks = [s for s in cache.hooks if s[0] not in swept]
+        for key in diff.removed:
+            cache.drop(key)
+        for key in diff.added:
+            cache.put(key, diff.objects[key])
+        for family, rules in batch.added.items():
+            marker = markers.get(family)
+            for position, (key, slot) in enumerate(rules):
+                # Handles count up in batch order, and the marker was allocated last.
+                handle = None if marker is None else marker - (len(rules) - position)
+                slots = cache.handles.setdefault(key, [None] * rule_count(diff.objects[key]))
+                slots[slot] = handle
+                cache.edited.pop(key, None)
+        cache.genid = genid
+        cache.state = None
