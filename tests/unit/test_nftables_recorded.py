@@ -18,7 +18,10 @@ import pytest
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables.kernel import NftKernel
 from k3snet.backends.nftables.parse import ForeignReader
-from k3snet.model import ForwardRule, MasqueradeRule, SnatRule
+from k3snet.errors import PlanError
+from k3snet.model import Drift, ForwardRule, MasqueradeRule, SnatRule, State
+from k3snet.planner import Change, Plan, plan
+from k3snet.render.nftables import object_tag
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "nftables"
 
@@ -164,3 +167,109 @@ def test_the_foreign_reader_never_reads_k3snet_own_table(scenario: str) -> None:
     kernel = RecordedKernel(scenario)
     ForeignReader(kernel, frozenset({("inet", "k3snet")})).read()
     assert not any(" k3snet " in f"{command} " for command in kernel.listed)
+
+
+# -- drift in k3snet's own table -----------------------------------------------------------
+
+# recording -> (the drift observe reports, the commands of the repairing transaction)
+DRIFT = {
+    "drift-policy": (
+        ["drift in nftables inet k3snet forward: policy drop (k3snet's: accept)"],
+        ["add chain inet k3snet forward { type filter hook forward priority filter; "
+         "policy accept; }"]),
+    "drift-hook": (
+        ["drift in nftables inet k3snet postrouting: type nat hook postrouting priority 105 "
+         "(k3snet's: type nat hook postrouting priority 100)"],
+        ["delete table inet k3snet", "add table inet k3snet"]),
+    "drift-extra-rule": (
+        ["drift in nftables inet k3snet forward: rule handle 14: not a rule k3snet writes",
+         "drift in nftables inet k3snet postrouting: rule handle 13: not a rule k3snet writes"],
+        ["delete rule inet k3snet forward handle 14",
+         "delete rule inet k3snet postrouting handle 13"]),
+    "drift-extra-chain": (
+        ["drift in nftables inet k3snet: chain counter: not a chain k3snet writes"],
+        ["delete table inet k3snet", "add table inet k3snet"]),
+    "drift-duplicate": (
+        ["drift in nftables inet k3snet forward: rules handle 14, 15: a duplicate of forward "
+         "accept fd42:42::/56 -> fd01:2::/64 (+ replies)",
+         "drift in nftables inet k3snet postrouting: rule handle 13: a duplicate of masquerade "
+         "10.43.0.0/16 -> any except 10.0.0.0/8,224.0.0.0/4"],
+        ["delete rule inet k3snet forward handle 14", "delete rule inet k3snet forward handle 15",
+         "delete rule inet k3snet postrouting handle 13"]),
+}
+
+
+@pytest.mark.parametrize("scenario", list(DRIFT))
+def test_drift_is_observed_as_owned_drift_objects_and_repaired_in_one_transaction(
+    scenario: str,
+) -> None:
+    descriptions, repair = DRIFT[scenario]
+    nft, kernel = backend(scenario, observe_foreign=False)
+    with nft:
+        state = nft.observe()
+        drift = {o for o in state.owned if isinstance(o, Drift)}
+        assert sorted(d.describe() for d in drift) == descriptions
+        assert nft.drift == tuple(descriptions)
+        assert state.owned - drift == K3SNET  # the rules themselves are still read
+        p = plan(state, State(owned=K3SNET))
+        assert [(c.action, c.subject) for c in p.changes] == [("delete", d) for d in
+                                                              sorted(drift)]
+        assert nft.check(p) == ()
+        nft.apply(p)
+    commands = [c for c in kernel.batches[-1].splitlines() if c]
+    assert len(kernel.batches) == 2  # the dry run, then one transaction
+    assert commands[: len(repair)] == repair
+    if "delete table inet k3snet" in repair:  # a rebuild writes every rule again
+        assert sum(c.startswith("add rule") for c in commands) == 5 + 2 * 2
+
+
+def test_a_forged_tag_is_read_as_what_the_rule_does_and_as_drift() -> None:
+    forged = MasqueradeRule("10.77.0.0/16")
+    nft, kernel = backend("drift-forged-tag", observe_foreign=False)
+    with nft:
+        state = nft.observe()
+        (drift,) = (o for o in state.owned if isinstance(o, Drift))
+        assert drift.describe() == (
+            "drift in nftables inet k3snet postrouting: rule handle 13: tag "
+            f"k3snet:0123456789abcdef is not its content's ({object_tag(forged)})")
+        assert state.owned - {drift} == K3SNET | {forged}
+        # wanted as it is: the repair writes it again with its own tag
+        p = plan(state, State(owned=K3SNET | {forged}))
+        assert p.changes == (Change.delete(drift),)
+        nft.apply(p)
+    assert kernel.batches[-1].splitlines()[:2] == [
+        "delete rule inet k3snet postrouting handle 13",
+        f'add rule inet k3snet postrouting ip saddr 10.77.0.0/16 masquerade comment '
+        f'"{object_tag(forged)}"',
+    ]
+
+
+def test_a_forged_rule_not_wanted_is_deleted_once() -> None:
+    nft, kernel = backend("drift-forged-tag", observe_foreign=False)
+    with nft:
+        p = plan(nft.observe(), State(owned=K3SNET))
+        assert p.counts()["delete"] == 2  # the rule, and the drift
+        nft.apply(p)
+    assert kernel.batches[-1].splitlines() == ["delete rule inet k3snet postrouting handle 13"]
+
+
+def test_a_plan_that_does_not_delete_drift_leaves_it() -> None:
+    nft, kernel = backend("drift-policy", observe_foreign=False)
+    with nft:
+        added = MasqueradeRule("10.78.0.0/16")
+        p = Plan(changes=[Change.add(added)])
+        nft.apply(p)
+        assert not any("policy" in line for line in kernel.batches[-1].splitlines())
+        assert nft.drift  # still there: observe reports it until a plan deletes it
+
+
+def test_drift_that_is_not_there_is_refused_in_the_kit_words() -> None:
+    nft, kernel = backend("drift-policy", observe_foreign=False)
+    with nft:
+        stale = Drift.of("nat", backend="nftables", where="inet k3snet postrouting",
+                         what="policy drop (k3snet's: accept)")
+        p = Plan(changes=[Change.delete(stale)])
+        assert nft.check(p) == (f"cannot delete {stale}: not in the state (found None)",)
+        with pytest.raises(PlanError, match="nftables backend refuses the plan"):
+            nft.apply(p)
+    assert kernel.batches == []

@@ -20,15 +20,7 @@ How rules look
     the replies in ``forward``), each rule tagged with a comment
     ``k3snet:<content hash>``. :meth:`NftablesBackend.observe` rebuilds the
     objects from the kernel's JSON (:mod:`.parse`), so what it reports is what
-    the kernel does. A tag that does not match its rule's content means the rule
-    was edited by hand; it is reported as what it now does (so a plan replaces
-    it) and listed in :attr:`NftablesBackend.drift`. The next apply, even one of
-    an empty plan, repairs the rest, since the table is k3snet's: it deletes
-    rules that map back to no object (statements k3snet never writes, a forward
-    rule without its reply half, duplicates), resets a base chain policy changed
-    to drop, and rebuilds the table (delete, re-create, in the same transaction)
-    when it holds a chain k3snet does not use or a base chain with another hook
-    or priority.
+    the kernel does.
 
     NAT statements are terminal, so among overlapping NAT rules the first match
     wins. Rules are kept in :func:`~k3snet.render.nftables.chain_order_key` order
@@ -36,6 +28,19 @@ How rules look
     one, the existing one is deleted and re-added after it in the same
     transaction: positioned inserts would make libnftables read every rule of
     every table first.
+
+Drift
+    The table is k3snet's, so anything in it that is not exactly what k3snet
+    renders is observed as an owned :class:`~k3snet.model.Drift`: a base
+    chain's policy, type, hook or priority; a rule or chain k3snet does not
+    write; a forward rule without its other half; a duplicate; a tag that is not
+    its rule's content's (that rule is also reported as what it now does, so a
+    plan replaces it if it is not wanted). Every plan deletes drift (``k3snet
+    plan`` exits 2), and the apply of that delete repairs it in the same
+    transaction as the rest: the rules are deleted, the chain declared again
+    with k3snet's policy, or, for a chain k3snet does not use or a base chain
+    with another hook or priority, the table is rebuilt (deleted and written
+    again). :attr:`NftablesBackend.drift` describes what the last read found.
 
 Forward rules and other firewalls
     An ``accept`` in k3snet's ``forward`` chain only ends *this* chain: every other
@@ -78,15 +83,23 @@ import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
-from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.backends.kit import FaultHook
+from k3snet.backends.base import ApplyResult
+from k3snet.backends.kit import BackendBase, ObserveCache, fit_problems
 from k3snet.backends.netns import NetnsRunner
 from k3snet.backends.nftables.batch import Batch, Syntax
-from k3snet.backends.nftables.cache import Cache, Diff, Key, Table, nat_overlap, rule_count
+from k3snet.backends.nftables.cache import (
+    Cache,
+    Diff,
+    Key,
+    Repair,
+    Table,
+    nat_overlap,
+    rule_count,
+)
 from k3snet.backends.nftables.kernel import Libnftables, NftKernel, first_lines
 from k3snet.backends.nftables.parse import ForeignReader, read_own, table_of
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
-from k3snet.model import NetObject
+from k3snet.model import Drift, NetObject
 from k3snet.model.state import State
 from k3snet.planner import Plan
 from k3snet.render.nftables import (
@@ -96,7 +109,6 @@ from k3snet.render.nftables import (
     NAT_CHAIN,
     TableFamily,
     chain_order_key,
-    nft_rules,
     table_families,
     validate_table_name,
 )
@@ -107,7 +119,37 @@ T = TypeVar("T")
 _REREAD_ATTEMPTS = 3
 
 
-class NftablesBackend:
+def _table_repairs(diff: Diff) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """The tables to rebuild and the base chains to declare again, each with its change."""
+    rebuild: dict[str, int] = {}
+    chains: dict[str, dict[str, int]] = {}
+    for index, _, repair in diff.repairs:
+        if repair.rebuild:
+            rebuild.setdefault(repair.family, index)
+        if repair.chain is not None:
+            chains.setdefault(repair.family, {}).setdefault(repair.chain, index)
+    return rebuild, chains
+
+
+class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the backend
+    """The plan does not fit k3snet's table: the kit's fit check says why."""
+
+
+class _Generation:
+    """The generation-id token of the observe cache, starting from a value already read."""
+
+    def __init__(self, kernel: NftKernel, first: int) -> None:
+        self.kernel = kernel
+        self.pending: int | None = first
+        self.last = first
+
+    def __call__(self) -> int:
+        value, self.pending = self.pending, None
+        self.last = self.kernel.genid() if value is None else value
+        return self.last
+
+
+class NftablesBackend(BackendBase):
     """NAT and forward rules in k3snet's own nftables table, one transaction per apply.
 
     ``netns``: the network namespace to work in (``None``: the current one; a
@@ -117,11 +159,11 @@ class NftablesBackend:
     carries, after the first ``N`` changes' commands, one the kernel refuses, so
     the whole transaction is refused. ``observe_foreign``: whether
     :meth:`observe` reads other tables (a few small listings). ``syntax``: batches
-    in nft's own language (``"nft"``, the default: about 1.7x less parsing time on
-    large batches, and errors quote the refused command) or in libnftables
-    ``"json"``, through the same libnftables call. ``kernel``: what makes the
-    kernel seam (:class:`~k3snet.backends.nftables.kernel.NftKernel`; called once
-    inside the namespace), by default libnftables; tests pass a fake.
+    in nft's own language (``"nft"``, the default: less parsing time on large
+    batches, and errors quote the refused command) or in libnftables ``"json"``,
+    through the same libnftables call. ``kernel``: what makes the kernel seam
+    (:class:`~k3snet.backends.nftables.kernel.NftKernel`; called once inside the
+    namespace), by default libnftables; tests pass a fake.
 
     Example (``desired`` a :class:`~k3snet.model.State`)::
 
@@ -142,6 +184,7 @@ class NftablesBackend:
         syntax: Syntax = "nft",
         kernel: Callable[[], NftKernel] | None = None,
     ) -> None:
+        super().__init__()
         self._families = table_families(family)
         self._table = validate_table_name(table)
         if syntax not in ("json", "nft"):
@@ -155,11 +198,10 @@ class NftablesBackend:
                     "(pip install 'k3snet[nftables]')"
                 ) from exc
         self.family: TableFamily = family
-        self.faults = FaultHook()
         self.observe_foreign = observe_foreign
         self.syntax: Syntax = syntax
         self._runner = NetnsRunner(netns)
-        self._cache: Cache | None = None
+        self._observed: ObserveCache[Cache] = ObserveCache(attempts=_REREAD_ATTEMPTS)
         self._kernel: NftKernel | None = None
         try:
             self._kernel = self._runner.call(kernel or Libnftables)
@@ -181,32 +223,18 @@ class NftablesBackend:
 
     @property
     def drift(self) -> tuple[str, ...]:
-        """What the last read of k3snet's table found changed outside k3snet.
+        """The :class:`~k3snet.model.Drift` the last read found, described (read-only view).
 
-        Hand-edited rules (tag and content disagree), rules and chains that map to
-        nothing k3snet writes, base chains with another hook or priority. Edited
-        rules are reported as what they now do, so a plan replaces them; the rest
-        is removed or rebuilt by the next apply.
+        Observe reports each finding as an owned Drift object; a plan deletes
+        it, and the apply of that delete repairs it.
         """
-        cache = self._cache
+        cache = self._observed.value
         if cache is None:
             return ()
-        notes = [f"{obj.describe()}: edited outside k3snet (tag {cache.edited[key]}, "
-                 f"content {nft_rules(obj)[0].comment})"
-                 for key, obj in sorted(cache.objects.items(), key=lambda i: i[1].sort_key)
-                 if key in cache.edited]
-        notes += [f"rule {family} {self._table} {chain} handle {handle}: {why}; "
-                  "the next apply removes it" for family, chain, handle, why in cache.stray_rules]
-        notes += [f"chain {family} {self._table} {chain}: not k3snet's; the next apply "
-                  "rebuilds the table without it" for family, chain in cache.stray_chains]
-        notes += [f"chain {family} {self._table} {chain}: policy {policy}; the next apply "
-                  "resets it to accept" for family, chain, policy in cache.policies]
-        notes += [f"chain {family} {self._table} {chain}: another type, hook or priority; "
-                  "the next apply rebuilds the table" for family, chain in cache.hooks]
-        return tuple(notes)
+        return tuple(sorted(drift.describe() for drift, _ in cache.drift.values()))
 
     def observe(self, *, refresh: bool = False) -> State:
-        """k3snet's rules (owned) and other tables' NAT and forward rules (foreign).
+        """k3snet's rules and the drift in its table (owned), other tables' rules (foreign).
 
         Served from the cache when no nftables transaction was committed since the
         last observe or apply (one generation-id query); ``refresh=True`` reads
@@ -218,7 +246,7 @@ class NftablesBackend:
         """Dry run: the problems applying ``plan`` would hit (the kernel sees the batch,
         nothing is committed)."""
         try:
-            ensure_capable(self, plan)
+            self.ensure_capable(plan)
         except PlanError as exc:
             return (str(exc),)
         return self._call(lambda kernel: self._check(kernel, plan))
@@ -226,11 +254,13 @@ class NftablesBackend:
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply ``plan`` in one nftables transaction: every change, or none.
 
+        The delete of a :class:`~k3snet.model.Drift` object repairs it in the
+        same transaction (an add of one does nothing: drift is never re-created).
         ``operations`` counts kernel round trips: the generation check, the
         transaction, the marker listing, the final generation check (plus a table
         read when the cache is stale).
         """
-        ensure_capable(self, plan)
+        self.ensure_capable(plan)
         return self._call(lambda kernel: self._apply(kernel, plan))
 
     def close(self) -> None:
@@ -240,12 +270,7 @@ class NftablesBackend:
             with contextlib.suppress(BackendError, OSError):
                 self._runner.call(kernel.close)
         self._runner.close()
-
-    def __enter__(self) -> NftablesBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     # ---------------------------------------------------------------- reading
 
@@ -261,54 +286,61 @@ class NftablesBackend:
     def _fresh(self, kernel: NftKernel, *, foreign: bool, refresh: bool = False) -> Cache:
         """The cache, first re-read from the kernel if anyone committed since it was made."""
         genid = kernel.genid()
-        cache = self._cache
-        if cache is not None and cache.genid == genid and not refresh:
+        cache = None if refresh else self._observed.get(genid)
+        if cache is not None:
             if not foreign or cache.foreign is not None:
                 return cache
             cache.foreign = self._read_foreign(kernel)
-            if kernel.genid() == genid:
-                return cache
-            genid = kernel.genid()
-        for _ in range(_REREAD_ATTEMPTS):
-            cache = self._read_own(kernel, genid)
-            if foreign:
-                cache.foreign = self._read_foreign(kernel)
             after = kernel.genid()
             if after == genid:
-                self._cache = cache
                 return cache
             genid = after
-        raise BackendError("the nftables ruleset kept changing while k3snet read it; try again")
+        token = _Generation(kernel, genid)
+
+        def load() -> Cache:
+            read = read_own(kernel, self._table, self._families, token.last)
+            if foreign:
+                read.foreign = self._read_foreign(kernel)
+            return read
+
+        return self._observed.read(token, load, refresh=True, what="the nftables ruleset")
 
     def _observe(self, kernel: NftKernel, *, refresh: bool) -> State:
         cache = self._fresh(kernel, foreign=self.observe_foreign, refresh=refresh)
+        return self._state(cache)
+
+    def _state(self, cache: Cache) -> State:
         if cache.state is None:
             foreign = cache.foreign if self.observe_foreign and cache.foreign else ()
-            cache.state = State(owned=cache.objects.values(), foreign=foreign)
+            cache.state = State(owned=cache.owned(), foreign=foreign)
         return cache.state
 
     def _read_foreign(self, kernel: NftKernel) -> frozenset[NetObject]:
         own = frozenset((family, self._table) for family in self._families)
         return ForeignReader(kernel, own).read()
 
-    def _read_own(self, kernel: NftKernel, genid: int) -> Cache:
-        return read_own(kernel, self._table, self._families, genid)
-
     # ---------------------------------------------------------------- planning a batch
 
     def _diff(self, cache: Cache, plan: Plan) -> Diff:
-        """What ``plan`` changes in k3snet's rules; PlanError if it does not fit the table."""
+        """What ``plan`` changes in k3snet's rules and drift; _Misfit if it does not fit."""
         objects = dict(cache.objects)
         change_of: dict[Key, int] = {}
+        repairs: list[tuple[int, Drift, Repair]] = []
         for index, change in enumerate(plan.changes):
-            key = change.subject.key
+            subject = change.subject
+            key = subject.key
+            if isinstance(subject, Drift):
+                found = cache.drift.get(key)
+                if change.action == "delete" and found is not None and found[0] == subject:
+                    repairs.append((index, *found))
+                elif change.action != "add":  # an add of drift (an undo) does nothing
+                    raise _Misfit
+                continue
             current = objects.get(key)
             if change.action == "add" and current is not None:
-                raise PlanError(f"cannot add {change.after}: {current} is already in "
-                                "k3snet's nftables table")
+                raise _Misfit
             if change.action != "add" and (current is None or current != change.before):
-                raise PlanError(f"cannot {change.action} {change.before}: it is not in "
-                                f"k3snet's nftables table (found: {current})")
+                raise _Misfit
             if change.after is None:
                 del objects[key]
             else:
@@ -317,12 +349,12 @@ class NftablesBackend:
         before = cache.objects
         removed = [k for k in change_of if k in before and objects.get(k) != before[k]]
         added = [k for k in change_of if k in objects and before.get(k) != objects[k]]
-        # A rule edited by hand that the plan keeps as it now is gets its tag back.
-        retag = [k for k in cache.edited if k not in change_of]
+        # A rule with a forged tag that the plan keeps as it now is gets its tag back.
+        retag = [r.retag for _, _, r in repairs if r.retag is not None and r.retag not in change_of]
         removed += retag
         added += retag
         moved = self._moves(cache, objects, added, set(removed))
-        return Diff(objects, removed, added, moved, change_of)
+        return Diff(objects, removed, added, moved, change_of, repairs)
 
     def _moves(self, cache: Cache, objects: dict[Key, NetObject], added: list[Key],
                removed: set[Key]) -> list[Key]:
@@ -359,16 +391,17 @@ class NftablesBackend:
         appended_by_family: dict[str, list[Key]] = {}
         for key in (*diff.added, *diff.moved):
             appended_by_family.setdefault(self._table_of(diff.objects[key]), []).append(key)
+        rebuild, chains = _table_repairs(diff)
         for family in self._families:
             table = cache.tables.get(family)
             if family not in families:
                 if table is not None:
-                    batch.delete_table(family)
+                    batch.delete_table(family, rebuild.get(family))
                 continue
-            if family in cache.rebuild and table is not None:
-                batch.delete_table(family)
+            if family in rebuild and table is not None:
+                batch.delete_table(family, rebuild[family])
                 table = None
-            batch.ensure_table(family, table)
+            batch.ensure_table(family, table, chains.get(family, {}))
             if table is None:
                 appended = [k for k, o in diff.objects.items() if self._table_of(o) == family]
             else:
@@ -384,10 +417,13 @@ class NftablesBackend:
         return batch
 
     def _deletes(self, batch: Batch, cache: Cache, diff: Diff, family: str) -> None:
-        batch.swept.add(family)
-        for rule_family, chain, handle, _ in cache.stray_rules:
-            if rule_family == family:
-                batch.delete_rule(family, chain, handle, None)
+        deleted: set[int] = set()
+        for index, _, repair in diff.repairs:
+            if repair.family == family:
+                for chain, handle in repair.rules:
+                    if handle not in deleted:
+                        deleted.add(handle)
+                        batch.delete_rule(family, chain, handle, index)
         for keys in (diff.removed, diff.moved):
             for key in keys:
                 obj = cache.objects[key]
@@ -396,7 +432,9 @@ class NftablesBackend:
                 chain = FORWARD_CHAIN if obj.kind == "forward" else NAT_CHAIN
                 for known in cache.handles[key]:
                     assert known is not None  # made sure of by _prepare
-                    batch.delete_rule(family, chain, known, diff.change_of.get(key))
+                    if known not in deleted:
+                        deleted.add(known)
+                        batch.delete_rule(family, chain, known, diff.change_of.get(key))
 
     def _prepare(self, kernel: NftKernel, plan: Plan, inject: int | None,
                  ) -> tuple[Cache, Diff, Batch]:
@@ -408,13 +446,18 @@ class NftablesBackend:
             diff = self._diff(cache, plan)
         return cache, diff, self._batch(cache, diff, inject)
 
+    def _misfit(self, kernel: NftKernel, plan: Plan) -> list[str]:
+        """Every reason ``plan`` does not fit (the kit's words), from a fresh observe."""
+        problems = fit_problems(self, plan, self._observe(kernel, refresh=False))
+        return problems or ["the plan does not fit k3snet's nftables table"]
+
     # ---------------------------------------------------------------- check / apply
 
     def _check(self, kernel: NftKernel, plan: Plan) -> tuple[str, ...]:
         try:
             _, _, batch = self._prepare(kernel, plan, None)
-        except PlanError as exc:
-            return (str(exc),)
+        except _Misfit:
+            return tuple(self._misfit(kernel, plan))
         if batch.empty:
             return ()
         rc, error = kernel.run(batch.text(), json_input=batch.json, dry_run=True)
@@ -425,14 +468,18 @@ class NftablesBackend:
     def _apply(self, kernel: NftKernel, plan: Plan) -> ApplyResult:
         calls = kernel.calls
         inject = self.faults.take(plan)
-        cache, diff, batch = self._prepare(kernel, plan, inject)
+        try:
+            cache, diff, batch = self._prepare(kernel, plan, inject)
+        except _Misfit:
+            raise PlanError(f"{self.name} backend refuses the plan, nothing was changed:\n  "
+                            + "\n  ".join(self._misfit(kernel, plan))) from None
         if batch.empty:
             return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
         genid = cache.genid
         rc, error = kernel.run(batch.text(), json_input=batch.json)
         if rc != 0:
             if kernel.genid() != genid:
-                self._cache = None  # someone else committed meanwhile: read again next time
+                self._observed.invalidate()  # someone else committed meanwhile: read again
             cause = "injected failure (fault hook)" if inject is not None else "nftables"
             owner = inject if inject is not None else batch.owner_in(error)
             raise ApplyError(
@@ -449,7 +496,7 @@ class NftablesBackend:
         if kernel.genid() == genid + 1:
             self._commit(cache, diff, batch, markers, genid + 1)
         else:
-            self._cache = None  # someone else committed too: what we know may be stale
+            self._observed.invalidate()  # someone else committed too: what we know may be stale
         return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
 
     def _commit(self, cache: Cache, diff: Diff, batch: Batch,
@@ -457,18 +504,16 @@ class NftablesBackend:
         """Make the cache what the committed batch made of the kernel (no re-read)."""
         for family in batch.deleted_tables:
             cache.tables.pop(family, None)
-            cache.rebuild.discard(family)
         for family in batch.created_tables:
             cache.tables[family] = Table()
         for family, chain in batch.created_chains:
             cache.tables[family].chains[chain] = dict(CHAIN_HOOKS[chain])
         for family in batch.marked:
             cache.tables[family].marker = True
-        swept = batch.swept | set(batch.deleted_tables)
-        cache.stray_rules = [s for s in cache.stray_rules if s[0] not in swept]
-        cache.stray_chains = [s for s in cache.stray_chains if s[0] not in swept]
-        cache.policies = [s for s in cache.policies if s[0] not in swept]
-        cache.hooks = [s for s in cache.hooks if s[0] not in swept]
+        repaired = {drift.key for _, drift, _ in diff.repairs}
+        gone = set(batch.deleted_tables)  # a rebuilt or deleted table took all its drift along
+        cache.drift = {key: found for key, found in cache.drift.items()
+                       if key not in repaired and found[1].family not in gone}
         for key in diff.removed:
             cache.drop(key)
         for key in diff.added:
@@ -480,6 +525,6 @@ class NftablesBackend:
                 handle = None if marker is None else marker - (len(rules) - position)
                 slots = cache.handles.setdefault(key, [None] * rule_count(diff.objects[key]))
                 slots[slot] = handle
-                cache.edited.pop(key, None)
         cache.genid = genid
         cache.state = None
+        self._observed.put(genid, cache)

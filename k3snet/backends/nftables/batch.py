@@ -48,10 +48,10 @@ class Batch:
         self.deleted_tables: list[str] = []
         self.created_tables: list[str] = []
         self.created_chains: list[tuple[str, str]] = []
-        self.swept: set[str] = set()  # families whose stray rules and chains are deleted
 
     @property
     def empty(self) -> bool:
+        """No command: nothing to send."""
         return not self.commands
 
     def _emit(self, command: str, owner: int | None = None) -> None:
@@ -61,15 +61,23 @@ class Batch:
     def _ref(self, family: str) -> str:
         return f'"family":"{family}","table":"{self.table}"'
 
-    def delete_table(self, family: str) -> None:
+    def delete_table(self, family: str, owner: int | None = None) -> None:
+        """Delete k3snet's table of ``family`` (with everything in it)."""
         self.deleted_tables.append(family)
         if self.json:
-            self._emit(f'{{"delete":{{"table":{{"family":"{family}","name":"{self.table}"}}}}}}')
+            self._emit(f'{{"delete":{{"table":{{"family":"{family}","name":"{self.table}"}}}}}}',
+                       owner)
         else:
-            self._emit(f"delete table {family} {self.table}")
+            self._emit(f"delete table {family} {self.table}", owner)
 
-    def ensure_table(self, family: str, table: Table | None) -> None:
-        """Create what is missing of the table and its base chains; reset a changed policy."""
+    def ensure_table(self, family: str, table: Table | None,
+                     redeclare: dict[str, int] | None = None) -> None:
+        """Create what is missing of the table and its base chains.
+
+        ``redeclare`` maps base chains to declare again (a policy to reset) to
+        the change that repairs them.
+        """
+        redeclare = redeclare or {}
         if table is None:
             self.created_tables.append(family)
             if self.json:
@@ -77,15 +85,18 @@ class Batch:
             else:
                 self._emit(f"add table {family} {self.table}")
         for chain, hooks in CHAIN_HOOKS.items():
-            present = table.chains.get(chain) if table is not None else None
-            if present is not None and present.get("policy") == hooks["policy"]:
+            present = table is not None and chain in table.chains
+            if present and chain not in redeclare:
                 continue
+            owner = redeclare.get(chain)
             self.created_chains.append((family, chain))
             if self.json:
                 spec = ",".join(f'"{k}":{json.dumps(v)}' for k, v in hooks.items())
-                self._emit(f'{{"add":{{"chain":{{{self._ref(family)},"name":"{chain}",{spec}}}}}}}')
+                self._emit(f'{{"add":{{"chain":{{{self._ref(family)},"name":"{chain}",{spec}}}}}}}',
+                           owner)
             else:
-                self._emit(f"add chain {family} {self.table} {chain} {{ {CHAIN_SPECS[chain]} }}")
+                self._emit(f"add chain {family} {self.table} {chain} {{ {CHAIN_SPECS[chain]} }}",
+                           owner)
 
     def delete_rule(self, family: str, chain: str, handle: int, owner: int | None) -> None:
         """Delete a rule of one of k3snet's chains (their names need no quoting)."""

@@ -7,7 +7,11 @@ k3snet's own table
     :func:`read_own` rebuilds the objects from the kernel's JSON, so what
     observe reports is what the kernel does. Only rules shaped exactly as
     :mod:`k3snet.render.nftables` writes them map back to an object; everything
-    else in k3snet's table is drift.
+    else in k3snet's table is a :class:`~k3snet.model.Drift` (owned, so every
+    plan deletes it, and its delete is the repair): a base chain's policy,
+    type, hook or priority; a rule or chain k3snet does not write; a forward
+    rule without its other half; a duplicate; a tag that is not its rule's
+    content's (the rule is also reported as what it now does).
 
 Foreign state
     Best effort and read-only (:class:`ForeignReader`). One ``list chains``
@@ -41,10 +45,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from k3snet.backends.nftables.cache import Cache, Table
+from k3snet.backends.nftables.cache import Cache, Repair, Table
 from k3snet.backends.nftables.kernel import NftKernel
 from k3snet.errors import BackendError, ModelError
-from k3snet.model import NetObject, validate_interface_name
+from k3snet.model import Drift, NetObject, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
@@ -54,9 +58,9 @@ from k3snet.render.nftables import (
     MARKER_CHAIN,
     NAT_CHAIN,
     REPLY_SUFFIX,
-    TAG_PREFIX,
     nft_rules,
 )
+from k3snet.render.tag import tag_digest
 
 __all__ = ["ForeignReader", "Match", "own_object", "parse_rule", "read_own", "table_of"]
 
@@ -499,92 +503,142 @@ def _answers(other: ForwardRule, rule: ForwardRule) -> bool:
 
 
 def read_own(kernel: NftKernel, table_name: str, families: tuple[str, ...], genid: int) -> Cache:
-    """k3snet's table(s) as the kernel lists them, stamped with ``genid``."""
+    """k3snet's table(s) as the kernel lists them, stamped with ``genid``.
+
+    Every rule shaped as k3snet writes it becomes its object; everything else
+    in the table becomes a :class:`~k3snet.model.Drift` with its repair.
+    """
     cache = Cache(genid=genid)
     for family in families:
         items = kernel.list("table", family=family, name=table_name)
-        if items is None:
-            continue
-        table = cache.tables[family] = Table()
+        if items is not None:
+            _OwnTable(cache, family, table_name, families).read(items)
+    return cache
+
+
+def _chain_kind(chain: str) -> str:
+    """The drift kind of a finding in ``chain`` (the table as a whole counts as nat)."""
+    return "forward" if chain == FORWARD_CHAIN else "nat"
+
+
+def _handles(handles: Sequence[int]) -> str:
+    return ("rule handle " if len(handles) == 1 else "rules handle ") + ", ".join(
+        str(h) for h in handles)
+
+
+@dataclass
+class _OwnTable:
+    """Reads one of k3snet's tables into ``cache``: objects, handles and drift."""
+
+    cache: Cache
+    family: str
+    name: str
+    families: tuple[str, ...]
+    # forward rule halves by (main tag, is the reply half), in kernel order
+    halves: dict[tuple[str, bool], list[tuple[ForwardRule, int]]] = field(default_factory=dict)
+
+    def drift(self, chain: str | None, what: str, repair: Repair) -> None:
+        where = f"{self.family} {self.name}" + (f" {chain}" if chain else "")
+        self.cache.found(Drift.of(_chain_kind(chain or ""), backend="nftables", where=where,
+                                  what=what), repair)
+
+    def extra_rules(self, chain: str, handles: Sequence[int], why: str) -> None:
+        self.drift(chain, f"{_handles(handles)}: {why}",
+                   Repair(self.family, rules=tuple((chain, h) for h in handles)))
+
+    def read(self, items: list[dict[str, Any]]) -> None:
+        table = self.cache.tables[self.family] = Table()
         rules = []
         for item in items:
             if isinstance(item.get("chain"), dict):
                 table.chains[str(item["chain"].get("name"))] = item["chain"]
             elif isinstance(item.get("rule"), dict):
                 rules.append(item["rule"])
-        _read_chains(cache, family, table)
-        _read_rules(cache, family, rules, families)
-    return cache
+        self.read_chains(table)
+        for rule in rules:
+            self.read_rule(rule, table)
+        self.pair_halves()
 
-def _read_chains(cache: Cache, family: str, table: Table) -> None:
-    for name, chain in table.chains.items():
-        if name == MARKER_CHAIN and "hook" not in chain:
-            table.marker = True
-        elif name in CHAIN_HOOKS:
-            if any(chain.get(k) != CHAIN_HOOKS[name][k] for k in ("type", "hook", "prio")):
-                cache.hooks.append((family, name))
-                cache.rebuild.add(family)
-            elif chain.get("policy") != CHAIN_HOOKS[name]["policy"]:
-                cache.policies.append((family, name, str(chain.get("policy"))))
-        else:
-            # Chain names can be nft keywords, which nft's language cannot quote:
-            # rebuilding the table is the one removal that works for any name.
-            cache.stray_chains.append((family, name))
-            cache.rebuild.add(family)
+    def read_chains(self, table: Table) -> None:
+        for name, chain in table.chains.items():
+            if name == MARKER_CHAIN and "hook" not in chain:
+                table.marker = True
+            elif name in CHAIN_HOOKS:
+                spec = CHAIN_HOOKS[name]
+                if any(chain.get(k) != spec[k] for k in ("type", "hook", "prio")):
+                    self.drift(name, f"type {chain.get('type')} hook {chain.get('hook')} "
+                               f"priority {chain.get('prio')} (k3snet's: type {spec['type']} "
+                               f"hook {spec['hook']} priority {spec['prio']})",
+                               Repair(self.family, rebuild=True))
+                elif chain.get("policy") != spec["policy"]:
+                    self.drift(name, f"policy {chain.get('policy')} (k3snet's: "
+                               f"{spec['policy']})", Repair(self.family, chain=name))
+            else:
+                # Chain names can be nft keywords, which nft's language cannot quote:
+                # rebuilding the table is the one removal that works for any name.
+                self.drift(None, f"chain {name}: not a chain k3snet writes",
+                           Repair(self.family, rebuild=True))
+        for name in CHAIN_HOOKS:
+            if name not in table.chains:
+                self.drift(None, f"base chain {name} is missing", Repair(self.family, chain=name))
 
-def _read_rules(cache: Cache, family: str, rules: list[dict[str, Any]],
-                families: tuple[str, ...]) -> None:
-    split_proto = family if family in ("ip", "ip6") else None
-    halves: dict[str, tuple[ForwardRule, int]] = {}  # forward rule halves by comment
-    for rule in rules:
+    def read_rule(self, rule: dict[str, Any], table: Table) -> None:
         chain, handle, comment = rule.get("chain"), rule.get("handle"), rule.get("comment")
-        if not isinstance(handle, int):
-            continue
+        if not isinstance(handle, int) or not isinstance(chain, str):
+            return
+        if chain not in (NAT_CHAIN, FORWARD_CHAIN, MARKER_CHAIN):
+            return  # a rule of a chain that is drift itself: the rebuild removes both
         found = None
-        if (chain in (NAT_CHAIN, FORWARD_CHAIN) and isinstance(comment, str)
-                and comment.startswith(TAG_PREFIX) and isinstance(rule.get("expr"), list)):
+        if (chain != MARKER_CHAIN and isinstance(comment, str)
+                and tag_digest(comment.removesuffix(REPLY_SUFFIX)) is not None
+                and isinstance(rule.get("expr"), list)):
             with contextlib.suppress(ModelError, ValueError, TypeError):
-                found = own_object(parse_rule(rule["expr"]), str(chain))
-        if found is None or (split_proto and found[0].family != (4 if family == "ip" else 6)):
-            cache.stray_rules.append((family, str(chain), handle, "not a rule k3snet writes"))
-            continue
+                found = own_object(parse_rule(rule["expr"]), chain)
+        if found is None or table_of(found[0], self.families) != self.family:
+            self.extra_rules(chain, [handle], "not a rule k3snet writes")
+            return
         obj, reply = found
         assert isinstance(comment, str)
         if isinstance(obj, ForwardRule):
-            if comment.endswith(REPLY_SUFFIX) != reply or comment in halves:
-                cache.stray_rules.append((family, FORWARD_CHAIN, handle,
-                                          "a forward rule half out of place"))
+            if comment.endswith(REPLY_SUFFIX) != reply:
+                self.extra_rules(chain, [handle], "a forward rule half out of place")
             else:
-                halves[comment] = (obj, handle)
+                key = (comment.removesuffix(REPLY_SUFFIX), reply)
+                self.halves.setdefault(key, []).append((obj, handle))
         else:
-            _adopt(cache, family, obj, [handle], comment, families=families)
-    _pair_halves(cache, family, halves, families)
+            self.adopt(obj, [handle], comment)
 
-def _pair_halves(cache: Cache, family: str, halves: dict[str, tuple[ForwardRule, int]],
-                 families: tuple[str, ...]) -> None:
-    """A forward rule counts only with its reply half (same object, paired tags)."""
-    for comment, (obj, handle) in halves.items():
-        if comment.endswith(REPLY_SUFFIX):
-            main = halves.get(comment[: -len(REPLY_SUFFIX)])
-            if main is None or main[0] != obj:
-                cache.stray_rules.append((family, FORWARD_CHAIN, handle,
-                                          "a reply rule without its forward rule"))
-            continue
-        reply_half = halves.get(comment + REPLY_SUFFIX)
-        if reply_half is None or reply_half[0] != obj:
-            cache.stray_rules.append((family, FORWARD_CHAIN, handle,
-                                      "a forward rule without its reply rule"))
-        else:
-            _adopt(cache, family, obj, [handle, reply_half[1]], comment, families=families)
+    def pair_halves(self) -> None:
+        """A forward rule counts only with its reply half (same object, paired tags)."""
+        for (comment, reply), found in self.halves.items():
+            if reply:
+                continue
+            replies = self.halves.get((comment, True), [])
+            for obj, handle in found:
+                partner = next((r for r in replies if r[0] == obj), None)
+                if partner is None:
+                    self.extra_rules(FORWARD_CHAIN, [handle],
+                                     "a forward rule without its reply rule")
+                else:
+                    replies.remove(partner)
+                    self.adopt(obj, [handle, partner[1]], comment)
+        for (_, reply), found in self.halves.items():
+            if reply:  # what pairing left over
+                for _, handle in found:
+                    self.extra_rules(FORWARD_CHAIN, [handle],
+                                     "a reply rule without its forward rule")
 
-def _adopt(cache: Cache, family: str, obj: NetObject, handles: list[int], comment: str, *,
-           families: tuple[str, ...]) -> None:
-    """Record an object rebuilt from the kernel (a second one with its key is stray)."""
-    if obj.key in cache.objects or table_of(obj, families) != family:
+    def adopt(self, obj: NetObject, handles: list[int], comment: str) -> None:
+        """Record an object rebuilt from the kernel: a duplicate, or a forged tag, is drift."""
         chain = FORWARD_CHAIN if obj.kind == "forward" else NAT_CHAIN
-        cache.stray_rules += [(family, chain, h, "a duplicate") for h in handles]
-        return
-    if comment != nft_rules(obj)[0].comment:
-        cache.edited[obj.key] = comment
-    cache.put(obj.key, obj)
-    cache.handles[obj.key] = [*handles]
+        if obj.key in self.cache.objects:
+            self.extra_rules(chain, handles, f"a duplicate of {obj.describe()}")
+            return
+        tag = nft_rules(obj)[0].comment
+        if comment != tag:
+            # Reported as what the rule does now (so a plan replaces it if it is not
+            # wanted), and as drift: the repair writes it again with its own tag.
+            self.drift(chain, f"{_handles(handles)}: tag {comment} is not its content's ({tag})",
+                       Repair(self.family, retag=obj.key))
+        self.cache.put(obj.key, obj)
+        self.cache.handles[obj.key] = [*handles]
