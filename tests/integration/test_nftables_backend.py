@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,21 @@ def test_a_missing_namespace_is_a_clear_error(require_root: None) -> None:
     name = unique_name("gone")
     with pytest.raises(BackendError, match=f"network namespace '{name}' does not exist"):
         NftablesBackend(name)
+
+
+@pytest.mark.kernel
+def test_without_cap_net_admin_the_error_names_it(ns: str) -> None:
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    code = ("from k3snet.backends.nftables import NftablesBackend\n"
+            "with NftablesBackend() as backend:\n"
+            "    backend.observe()\n")
+    # root without CAP_NET_ADMIN: the bounding set decides what the new program gets
+    result = run_in(ns, ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin",
+                         sys.executable, "-c", code], check=False)
+    assert result.returncode == 1
+    assert ("k3snet.errors.BackendError: cannot read the nftables generation id: [Errno 1] "
+            "Operation not permitted (not permitted: this needs CAP_NET_ADMIN") in result.stderr
 
 
 @pytest.mark.kernel

@@ -9,16 +9,19 @@ The listings under ``tests/data/nftables/`` were recorded from lab namespaces by
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from k3snet.backends.nftables import NftablesBackend
-from k3snet.backends.nftables.kernel import NftKernel
+from k3snet.backends.nftables.kernel import Libnftables, NftKernel
 from k3snet.backends.nftables.parse import ForeignReader
-from k3snet.errors import PlanError
+from k3snet.errors import BackendError, PlanError
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, SnatRule, State
 from k3snet.planner import Change, Plan, plan
 from k3snet.render.nftables import object_tag
@@ -273,3 +276,37 @@ def test_drift_that_is_not_there_is_refused_in_the_kit_words() -> None:
         with pytest.raises(PlanError, match="nftables backend refuses the plan"):
             nft.apply(p)
     assert kernel.batches == []
+
+
+# -- the libnftables seam's error mapping ------------------------------------------------
+
+
+class _RefusingSocket:
+    """A netfilter netlink socket that answers every request with an error."""
+
+    def __init__(self, errno: int) -> None:
+        self.errno = errno
+        self.seq = 0
+
+    def send(self, data: bytes) -> int:
+        self.seq = struct.unpack_from("=IHHII", data)[3]
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        # nlmsghdr (NLMSG_ERROR), then the negative errno and the request's header
+        body = struct.pack("=i", -self.errno) + bytes(16)
+        return struct.pack("=IHHII", 16 + len(body), 2, 0, self.seq, 0) + body
+
+
+@pytest.mark.parametrize(("code", "capability"), [(errno.EPERM, True), (errno.EINVAL, False)])
+def test_a_refused_generation_id_read_names_the_missing_capability(
+    code: int, capability: bool
+) -> None:
+    kernel = Libnftables.__new__(Libnftables)  # no libnftables context: only genid is used
+    kernel._sock = _RefusingSocket(code)  # type: ignore[assignment]
+    kernel._seq = 0
+    kernel.calls = 0
+    with pytest.raises(BackendError, match="cannot read the nftables generation id") as caught:
+        kernel.genid()
+    assert ("this needs CAP_NET_ADMIN" in str(caught.value)) is capability
+    assert os.strerror(code) in str(caught.value)
