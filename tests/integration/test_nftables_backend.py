@@ -28,8 +28,7 @@ from k3snet.backends.nftables import MARKER_CHAIN, NftablesBackend
 from k3snet.cli import main
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.lab.netns import run_in, temporary_netns, unique_name
-from k3snet.model import Drift, ForwardRule, MasqueradeRule, SnatRule, State
-from k3snet.model._base import NetObject
+from k3snet.model import Drift, ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import Change, Plan, plan
 from k3snet.render.nftables import (
     chain_order_key,
