@@ -15,7 +15,8 @@ Scenarios
     holding one rule of each shape.
     ``forward-drops``: foreign forward chains where a drop or reject comes
     before an accept (directly, or in a chain jumped to), and one where the
-    drop cannot match the accepted packets.
+    drop cannot match the accepted packets. ``forward-two-chains``: an accept
+    in one forward base chain, a drop in another.
     ``drift-*``: k3snet's table, then one kind of drift made by hand.
 """
 
@@ -102,6 +103,24 @@ table ip fw4 {
 }
 """
 
+# Two base chains on the forward hook: an accept in one does not stop the other
+# from dropping the packet (firewalld#527).
+FORWARD_TWO_CHAINS = """\
+table ip fw1 {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ct state established,related accept
+		ip saddr 10.42.0.0/16 accept
+	}
+}
+table inet fw2 {
+	chain forward {
+		type filter hook forward priority filter + 10; policy accept;
+		ip daddr 192.168.2.0/24 drop
+	}
+}
+"""
+
 # One rule of each shape k3snet writes.
 K3SNET = State(owned=[
     MasqueradeRule("10.52.0.0/16", destination="192.168.2.0/24", out_interface="eth0",
@@ -178,6 +197,7 @@ def drift_duplicate(ns: str) -> None:
 SCENARIOS: dict[str, Callable[[str], None]] = {
     "k3s-node": k3s_node,
     "forward-drops": lambda ns: nft(ns, FORWARD_DROPS),
+    "forward-two-chains": lambda ns: nft(ns, FORWARD_TWO_CHAINS),
     "drift-policy": drift_policy,
     "drift-hook": drift_hook,
     "drift-extra-rule": drift_extra_rule,
