@@ -30,9 +30,12 @@ Foreign state
     are masqueraded by kube-proxy. iptables-nft writes ``-j MASQUERADE`` as a
     compat target whose options libnftables' JSON hides, so its
     ``--random-fully`` reads as ``random_fully=False``; its ``-j SNAT`` is not
-    modelled. Forward accepts whose replies are accepted too, and that no
-    earlier rule of their chain may drop, become foreign
-    :class:`~k3snet.model.ForwardRule` objects.
+    modelled. Forward accepts whose replies are accepted too become foreign
+    :class:`~k3snet.model.ForwardRule` objects when nothing may drop their
+    packets: no earlier rule of their chain (or of a chain it jumps to), and no
+    other base chain on the forward hook, since an accept ends only its own
+    chain (firewalld#527): every other one must accept the packets too, or let
+    them reach its accept policy.
 """
 
 from __future__ import annotations
@@ -349,6 +352,11 @@ class ForeignReader:
     nat: list[NetObject] = field(default_factory=list)
     accepts: list[ForwardRule] = field(default_factory=list)
     replies_accepted: bool = False
+    # every forward base chain: (family, table), name, policy; and where each accept was read
+    forward_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
+    origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
+    _walking: tuple[tuple[str, str], str] | None = None
+    _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
 
     def read(self) -> frozenset[NetObject]:
         try:
@@ -366,14 +374,60 @@ class ForeignReader:
             if chain.get("hook") == "postrouting" and chain.get("type") == "nat":
                 self._walk(where, str(name), [], 0, self._nat_rule)
             elif chain.get("hook") == "forward" and chain.get("type") == "filter":
+                self.forward_bases.append((where, str(name), str(chain.get("policy", "accept"))))
+                self._walking = (where, str(name))
                 self._walk(where, str(name), [], 0, self._forward_rule)
         found: set[NetObject] = set(self.nat)
         for rule in self.accepts:
-            if self.replies_accepted or any(_answers(other, rule) for other in self.accepts):
+            if not self.replies_accepted and not any(_answers(o, rule) for o in self.accepts):
+                continue
+            # An accept ends only its own chain: every other base chain on the forward
+            # hook must let the packets through too (firewalld#527).
+            if all(self._lets_through(base, rule) for base in self.forward_bases
+                   if (base[0], base[1]) not in self.origins.get(rule, set())):
                 found.add(rule)
         return frozenset(found)
 
+    def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule) -> bool:
+        """Whether base chain ``base`` accepts every packet of ``rule`` (False: it may not)."""
+        where, name, policy = base
+        if where[0] != "inet" and (where[0] == "ip") != (rule.family == 4):
+            return True  # a chain of the other address family never sees these packets
+        verdict = self._passes(where, name, rule, 0)
+        return policy == "accept" if verdict is None else verdict
+
+    def _passes(self, where: tuple[str, str], chain: str, rule: ForwardRule,
+                depth: int) -> bool | None:
+        """Walk ``chain`` for ``rule``'s packets: True (all accepted), False (some may be
+        dropped, or k3snet cannot tell), None (they all leave the chain unjudged)."""
+        for match in self._rules(where, chain):
+            verdict = match.verdict
+            if verdict in (None, "masquerade", "snat") or _misses(match, rule):
+                continue
+            whole = _covers(match, rule)
+            if verdict == "accept":
+                if whole:
+                    return True
+            elif verdict == "return":
+                if whole:
+                    return None
+            elif verdict in ("jump", "goto") and match.target and depth < _MAX_JUMP_DEPTH:
+                sub = self._passes(where, match.target, rule, depth + 1)
+                if sub is False:
+                    return False
+                if whole and (sub is True or verdict == "goto"):
+                    return sub
+            else:  # a drop, a reject, a target k3snet cannot see into, a jump too deep
+                return False
+        return None
+
     def _rules(self, where: tuple[str, str], chain: str) -> list[Match]:
+        known = self._listings.get((where, chain))
+        if known is None:
+            known = self._listings[(where, chain)] = self._list_rules(where, chain)
+        return known
+
+    def _list_rules(self, where: tuple[str, str], chain: str) -> list[Match]:
         family, table = where
         if self.listed >= _MAX_FOREIGN_CHAINS:
             return [Match(unknown=1, verdict="drop")]  # unseen: assume it may drop anything
@@ -484,11 +538,37 @@ class ForeignReader:
             if cond.verdict != "accept" and not _disjoint(cond, family, source, destination, oif):
                 return  # something earlier may drop these packets
         try:
-            self.accepts.append(
-                ForwardRule(source, destination, in_interface=iif, out_interface=oif)
-            )
+            rule = ForwardRule(source, destination, in_interface=iif, out_interface=oif)
         except ModelError:
             return
+        self.accepts.append(rule)
+        if self._walking is not None:
+            self.origins.setdefault(rule, set()).add(self._walking)
+
+
+def _misses(match: Match, rule: ForwardRule) -> bool:
+    """True when ``match`` can never match a packet of ``rule``."""
+    if _disjoint(match, rule.family, rule.source, rule.destination, rule.out_interface):
+        return True
+    iif = rule.in_interface
+    return iif is not None and any((name == iif) == neg for name, neg in match.iif)
+
+
+def _covers(match: Match, rule: ForwardRule) -> bool:
+    """True when ``match`` matches every packet of ``rule`` (only tests k3snet understands)."""
+    if match.unknown or match.marks or match.ct_reply:
+        return False
+    if match.proto is not None and (match.proto == "ip") != (rule.family == 4):
+        return False
+    for nets, subject in ((match.saddr, rule.source), (match.daddr, rule.destination)):
+        for net, neg in nets:
+            if (neg and overlaps(net, subject)) or (not neg and not contains(net, subject)):
+                return False
+    for names, device in ((match.iif, rule.in_interface), (match.oif, rule.out_interface)):
+        for name, neg in names:
+            if device is None or (name == device) == neg:
+                return False
+    return True
 
 
 def _answers(other: ForwardRule, rule: ForwardRule) -> bool:

@@ -13,9 +13,9 @@ Scenarios
     ``k3s-node``: flannel and kube-proxy through iptables-nft, kube-proxy's
     nftables mode, an administrator's ``inet edge`` table, and k3snet's table
     holding one rule of each shape.
-    ``forward-drops``: foreign forward chains where a drop or reject comes
-    before an accept (directly, or in a chain jumped to), and one where the
-    drop cannot match the accepted packets. ``forward-two-chains``: an accept
+    ``forward-drops``: foreign forward chains (one table each) where a drop or
+    reject comes before an accept (directly, or in a chain jumped to), and one
+    where the drop cannot match the accepted packets. ``forward-two-chains``: an accept
     in one forward base chain, a drop in another.
     ``drift-*``: k3snet's table, then one kind of drift made by hand.
 """
@@ -80,6 +80,7 @@ table inet fw1 {
 table ip fw2 {
 	chain forward {
 		type filter hook forward priority filter; policy accept;
+		ct state established,related accept
 		jump guard
 		ip saddr 10.60.0.0/16 accept
 	}
@@ -90,6 +91,7 @@ table ip fw2 {
 table ip fw3 {
 	chain forward {
 		type filter hook forward priority filter; policy accept;
+		ct state established,related accept
 		ip saddr 10.99.0.0/16 drop
 		ip saddr 10.70.0.0/16 accept
 	}
@@ -97,6 +99,7 @@ table ip fw3 {
 table ip fw4 {
 	chain forward {
 		type filter hook forward priority filter; policy accept;
+		ct state established,related accept
 		ip daddr 192.168.4.0/24 reject
 		ip saddr 10.80.0.0/16 accept
 	}
