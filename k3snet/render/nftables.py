@@ -6,8 +6,8 @@ exactly these rules, so a ruleset loaded from :func:`render_nftables_conf` is
 recognised by the backend as k3snet's own, with the same tags.
 
 Every kernel rule carries a comment ``k3snet:<hash>`` (``k3snet:<hash>:reply``
-for the reply half of a forward rule), where ``<hash>`` is 12 hex digits of a
-BLAKE2b digest of the object's rule text. Like Calico Felix's per-rule hashes,
+for the reply half of a forward rule), made by :func:`k3snet.render.tag.ownership_tag`
+from the object's rule text (with the layout version ``nft1``). Like Calico Felix's per-rule hashes,
 the tag identifies a rule without parsing it; the backend still rebuilds the
 object from the kernel's own view, so a hand-edited rule shows up as a tag that
 no longer matches its content.
@@ -20,7 +20,6 @@ ip saddr 10.42.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
 
 from __future__ import annotations
 
-import hashlib
 import re
 import socket
 from collections.abc import Iterable
@@ -32,10 +31,13 @@ from k3snet.model.cidr import Network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.state import State
+from k3snet.render.tag import TAG_PREFIX, ownership_tag
 
 __all__ = [
+    "CHAIN_HOOKS",
     "CHAIN_SPECS",
     "FORWARD_CHAIN",
+    "MARKER_CHAIN",
     "NAT_CHAIN",
     "REPLY_SUFFIX",
     "TAG_PREFIX",
@@ -50,8 +52,6 @@ __all__ = [
     "validate_table_name",
 ]
 
-TAG_PREFIX = "k3snet:"
-"""Every rule k3snet writes has a comment starting with this."""
 REPLY_SUFFIX = ":reply"
 """Appended to the tag of the reply half of a forward rule."""
 NAT_CHAIN = "postrouting"
@@ -62,13 +62,22 @@ CHAIN_SPECS: dict[str, str] = {
 }
 """The base chains of k3snet's table, in nft syntax (both accept by default:
 k3snet only adds, it never filters)."""
+CHAIN_HOOKS: dict[str, dict[str, Any]] = {
+    NAT_CHAIN: {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
+    FORWARD_CHAIN: {"type": "filter", "hook": "forward", "prio": 0, "policy": "accept"},
+}
+"""The same base chains as libnftables JSON lists them (``srcnat`` is 100, ``filter`` 0)."""
+MARKER_CHAIN = "handle_marker"
+"""An empty regular chain of k3snet's table that the backend re-creates at the end
+of every transaction that adds rules: its new handle dates the rules added before it."""
 
 TableFamily = Literal["inet", "split"]
 """``inet``: one table for IPv4 and IPv6; ``split``: an ``ip`` and an ``ip6`` table."""
 
 # nft identifiers: keep to a tame subset so a table name never needs quoting.
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
-_DIGEST_SIZE = 6  # 12 hex digits: collisions are negligible for 10^5 rules, comments stay short
+# Part of every tag's canonical text: a change of how rules are laid out changes every tag.
+_LAYOUT = "nft1"
 
 
 class NftRule(NamedTuple):
@@ -146,8 +155,8 @@ def _forward_bodies(rule: ForwardRule, proto: str) -> tuple[str, str]:
     )
 
 
-def _digest(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=_DIGEST_SIZE).hexdigest()
+def _tag(text: str) -> str:
+    return ownership_tag(f"{_LAYOUT}\n{text}")
 
 
 def nft_rules(obj: NetObject, *, inet: bool = True) -> tuple[NftRule, ...]:
@@ -161,13 +170,13 @@ def nft_rules(obj: NetObject, *, inet: bool = True) -> tuple[NftRule, ...]:
     proto = "ip" if obj.family == 4 else "ip6"
     if isinstance(obj, MasqueradeRule | SnatRule):
         body = _nat_body(obj, proto)
-        tag = TAG_PREFIX + _digest(body)
+        tag = _tag(body)
         if not inet and isinstance(obj, SnatRule):
             body = body.replace(f"snat {proto} to ", "snat to ", 1)
         return (NftRule(proto, NAT_CHAIN, body, tag),)
     if isinstance(obj, ForwardRule):
         there, back = _forward_bodies(obj, proto)
-        tag = TAG_PREFIX + _digest(f"{there}\n{back}")
+        tag = _tag(f"{there}\n{back}")
         return (
             NftRule(proto, FORWARD_CHAIN, there, tag),
             NftRule(proto, FORWARD_CHAIN, back, tag + REPLY_SUFFIX),

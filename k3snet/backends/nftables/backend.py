@@ -1,0 +1,531 @@
+"""The ``nftables`` backend: NAT and forward rules in a table k3snet owns, via libnftables.
+
+What it writes
+    One table of its own, ``inet k3snet`` (``ip k3snet`` + ``ip6 k3snet`` with
+    ``family="split"``), holding two base chains, ``postrouting`` (type nat, hook
+    postrouting, priority srcnat) and ``forward`` (type filter, hook forward,
+    priority filter), both with policy accept, and an empty regular chain
+    ``handle_marker`` (see *Handles*). Nothing is ever written to another table.
+    When k3snet owns no rule any more, its table is deleted.
+
+    ``inet`` is the default: NAT works in ``inet`` tables for both families since
+    Linux 5.2 (nftables 0.9.1), so one table, one listing and one transaction
+    target cover IPv4 and IPv6, and one ``delete table`` removes everything.
+    ``split`` is for older kernels, and for hosts whose tooling expects per-family
+    tables; it writes the same rules (``snat to`` instead of ``snat ip to``).
+
+How rules look
+    :mod:`k3snet.render.nftables` renders every object (``masquerade`` / ``snat`` in
+    ``postrouting``; an accept and a ``ct state established,related`` accept for
+    the replies in ``forward``), each rule tagged with a comment
+    ``k3snet:<content hash>``. :meth:`NftablesBackend.observe` rebuilds the
+    objects from the kernel's JSON (:mod:`.parse`), so what it reports is what
+    the kernel does.
+
+    NAT statements are terminal, so among overlapping NAT rules the first match
+    wins. Rules are kept in :func:`~k3snet.render.nftables.chain_order_key` order
+    (more specific first). When a new rule must precede an existing overlapping
+    one, the existing one is deleted and re-added after it in the same
+    transaction: positioned inserts would make libnftables read every rule of
+    every table first.
+
+Drift
+    The table is k3snet's, so anything in it that is not exactly what k3snet
+    renders is observed as an owned :class:`~k3snet.model.Drift`: a base
+    chain's policy, type, hook or priority; a rule or chain k3snet does not
+    write; a forward rule without its other half; a duplicate; a tag that is not
+    its rule's content's (that rule is also reported as what it now does, so a
+    plan replaces it if it is not wanted). Every plan deletes drift (``k3snet
+    plan`` exits 2), and the apply of that delete repairs it in the same
+    transaction as the rest: the rules are deleted, the chain declared again
+    with k3snet's policy, or, for a chain k3snet does not use or a base chain
+    with another hook or priority, the table is rebuilt (deleted and written
+    again). :attr:`NftablesBackend.drift` describes what the last read found.
+
+Forward rules and other firewalls
+    An ``accept`` in k3snet's ``forward`` chain only ends *this* chain: every other
+    base chain on the forward hook still sees the packet, and a drop there wins
+    (firewalld#527). So a FORWARD policy DROP set through iptables (nft or legacy)
+    is **not** opened by this backend; the ``iptables`` backend does that, from
+    inside iptables' FORWARD chain. Forward rules here are for hosts whose drop
+    comes from an nftables-only setup that defers to k3snet's table, and they
+    record the intent (observe, plan and drift work the same).
+
+Transactions
+    Each :meth:`~NftablesBackend.apply` sends one batch (:mod:`.batch`), which the
+    kernel commits as one transaction: if any command is refused, the kernel
+    keeps the ruleset as it was and :class:`~k3snet.errors.ApplyError` is raised
+    with ``done=()`` and ``rolled_back=()``. ``faults.fail_at(N)`` (tests,
+    :class:`~k3snet.backends.kit.FaultHook`) puts a command the kernel refuses
+    after the first ``N`` changes' commands (the deletion of a rule handle that
+    cannot exist: libnftables lets it through, the kernel aborts the whole
+    transaction).
+
+Handles and caching
+    Deleting a rule needs its kernel handle. ``observe`` learns the handles of the
+    rules it lists. For the rules an apply adds, libnftables' ``--echo`` would
+    report them, but it makes libnftables list the *whole* ruleset first
+    (kube-proxy's rules included). Instead each transaction that adds rules ends
+    by re-creating the empty ``handle_marker`` chain: the kernel numbers a table's
+    objects from one counter, in batch order, under the commit mutex, so the
+    marker's new handle (one tiny listing) gives the handle of every rule added
+    before it. ``observe`` and ``apply`` first read the generation id (one small
+    netlink round trip) and read k3snet's table again only if anyone committed
+    since (:mod:`.cache`); ``observe(refresh=True)`` reads it anyway.
+
+The backend is not thread-safe: each instance holds one worker thread inside its
+network namespace and one kernel seam (:mod:`.kernel`); use one instance per thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import TypeVar
+
+from k3snet.backends.base import ApplyResult
+from k3snet.backends.kit import BackendBase, ObserveCache, fit_problems
+from k3snet.backends.netns import NetnsRunner
+from k3snet.backends.nftables.batch import Batch, Syntax
+from k3snet.backends.nftables.cache import (
+    Cache,
+    Diff,
+    Key,
+    Repair,
+    Table,
+    nat_overlap,
+    rule_count,
+)
+from k3snet.backends.nftables.kernel import Libnftables, NftKernel, first_lines
+from k3snet.backends.nftables.parse import ForeignReader, read_own, table_of
+from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
+from k3snet.model import Drift, NetObject
+from k3snet.model.state import State
+from k3snet.planner import Plan
+from k3snet.render.nftables import (
+    CHAIN_HOOKS,
+    FORWARD_CHAIN,
+    MARKER_CHAIN,
+    NAT_CHAIN,
+    TableFamily,
+    chain_order_key,
+    table_families,
+    validate_table_name,
+)
+
+__all__ = ["NftablesBackend"]
+
+T = TypeVar("T")
+_REREAD_ATTEMPTS = 3
+
+
+def _table_repairs(diff: Diff) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """The tables to rebuild and the base chains to declare again, each with its change."""
+    rebuild: dict[str, int] = {}
+    chains: dict[str, dict[str, int]] = {}
+    for index, _, repair in diff.repairs:
+        if repair.rebuild:
+            rebuild.setdefault(repair.family, index)
+        if repair.chain is not None:
+            chains.setdefault(repair.family, {}).setdefault(repair.chain, index)
+    return rebuild, chains
+
+
+class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the backend
+    """The plan does not fit k3snet's table: the kit's fit check says why."""
+
+
+class _Generation:
+    """The generation-id token of the observe cache, starting from a value already read."""
+
+    def __init__(self, kernel: NftKernel, first: int) -> None:
+        self.kernel = kernel
+        self.pending: int | None = first
+        self.last = first
+
+    def __call__(self) -> int:
+        value, self.pending = self.pending, None
+        self.last = self.kernel.genid() if value is None else value
+        return self.last
+
+
+class NftablesBackend(BackendBase):
+    """NAT and forward rules in k3snet's own nftables table, one transaction per apply.
+
+    ``netns``: the network namespace to work in (``None``: the current one; a
+    missing namespace raises :class:`~k3snet.errors.BackendError` here).
+    ``family``: ``"inet"`` (one table) or ``"split"`` (``ip`` and ``ip6`` tables).
+    ``table``: the table name. ``faults.fail_at(N)`` (tests): the next apply
+    carries, after the first ``N`` changes' commands, one the kernel refuses, so
+    the whole transaction is refused. ``observe_foreign``: whether
+    :meth:`observe` reads other tables (a few small listings). ``syntax``: batches
+    in nft's own language (``"nft"``, the default: less parsing time on large
+    batches, and errors quote the refused command) or in libnftables ``"json"``,
+    through the same libnftables call. ``kernel``: what makes the kernel seam
+    (:class:`~k3snet.backends.nftables.kernel.NftKernel`; called once inside the
+    namespace), by default libnftables; tests pass a fake.
+
+    Example (``desired`` a :class:`~k3snet.model.State`)::
+
+        with NftablesBackend("k3snet-demo") as backend:
+            p = k3snet.plan(backend.observe(), desired.only(backend.capabilities))
+            backend.apply(p)
+    """
+
+    name = "nftables"
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        *,
+        family: TableFamily = "inet",
+        table: str = "k3snet",
+        observe_foreign: bool = True,
+        syntax: Syntax = "nft",
+        kernel: Callable[[], NftKernel] | None = None,
+    ) -> None:
+        super().__init__()
+        self._families = table_families(family)
+        self._table = validate_table_name(table)
+        if syntax not in ("json", "nft"):
+            raise ModelError(f"syntax must be 'json' or 'nft', got {syntax!r}")
+        if kernel is None:
+            try:
+                import nftables  # noqa: F401, PLC0415 - only checks the optional dependency
+            except ImportError as exc:
+                raise BackendUnavailableError(
+                    "the nftables backend needs the 'nftables' Python bindings and libnftables1 "
+                    "(pip install 'k3snet[nftables]')"
+                ) from exc
+        self.family: TableFamily = family
+        self.observe_foreign = observe_foreign
+        self.syntax: Syntax = syntax
+        self.netns = netns
+        """The network namespace this backend acts in (``None``: the caller's own)."""
+        self._runner = NetnsRunner(netns)
+        self._observed: ObserveCache[Cache] = ObserveCache(attempts=_REREAD_ATTEMPTS)
+        self._kernel: NftKernel | None = None
+        try:
+            self._kernel = self._runner.call(kernel or Libnftables)
+        except BaseException:
+            self._runner.close()
+            raise
+
+    # ---------------------------------------------------------------- the protocol
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """``nat`` and ``forward``."""
+        return frozenset({"nat", "forward"})
+
+    @property
+    def table(self) -> str:
+        """The name of k3snet's table(s)."""
+        return self._table
+
+    @property
+    def drift(self) -> tuple[str, ...]:
+        """The :class:`~k3snet.model.Drift` the last read found, described (read-only view).
+
+        Observe reports each finding as an owned Drift object; a plan deletes
+        it, and the apply of that delete repairs it.
+        """
+        cache = self._observed.value
+        if cache is None:
+            return ()
+        return tuple(sorted(drift.describe() for drift, _ in cache.drift.values()))
+
+    def observe(self, *, refresh: bool = False) -> State:
+        """k3snet's rules and the drift in its table (owned), other tables' rules (foreign).
+
+        Served from the cache when no nftables transaction was committed since the
+        last observe or apply (one generation-id query); ``refresh=True`` reads
+        the kernel anyway.
+        """
+        return self._call(lambda kernel: self._observe(kernel, refresh=refresh))
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        """Dry run: the problems applying ``plan`` would hit (the kernel sees the batch,
+        nothing is committed)."""
+        try:
+            self.ensure_capable(plan)
+        except PlanError as exc:
+            return (str(exc),)
+        return self._call(lambda kernel: self._check(kernel, plan))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Apply ``plan`` in one nftables transaction: every change, or none.
+
+        The delete of a :class:`~k3snet.model.Drift` object repairs it in the
+        same transaction (an add of one does nothing: drift is never re-created).
+        ``operations`` counts kernel round trips: the generation check, the
+        transaction, the marker listing, the final generation check (plus a table
+        read when the cache is stale).
+        """
+        self.ensure_capable(plan)
+        return self._call(lambda kernel: self._apply(kernel, plan))
+
+    def close(self) -> None:
+        """Free the libnftables context and stop the namespace worker (idempotent)."""
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None:
+            with contextlib.suppress(BackendError, OSError):
+                self._runner.call(kernel.close)
+        self._runner.close()
+        super().close()
+
+    # ---------------------------------------------------------------- reading
+
+    def _call(self, fn: Callable[[NftKernel], T]) -> T:
+        kernel = self._kernel
+        if kernel is None:
+            raise BackendError("this nftables backend is closed")
+        return self._runner.call(lambda: fn(kernel))
+
+    def _table_of(self, obj: NetObject) -> str:
+        return table_of(obj, self._families)
+
+    def _fresh(self, kernel: NftKernel, *, foreign: bool, refresh: bool = False) -> Cache:
+        """The cache, first re-read from the kernel if anyone committed since it was made."""
+        genid = kernel.genid()
+        cache = None if refresh else self._observed.get(genid)
+        if cache is not None:
+            if not foreign or cache.foreign is not None:
+                return cache
+            cache.foreign = self._read_foreign(kernel)
+            after = kernel.genid()
+            if after == genid:
+                return cache
+            genid = after
+        token = _Generation(kernel, genid)
+
+        def load() -> Cache:
+            read = read_own(kernel, self._table, self._families, token.last)
+            if foreign:
+                read.foreign = self._read_foreign(kernel)
+            return read
+
+        return self._observed.read(token, load, refresh=True, what="the nftables ruleset")
+
+    def _observe(self, kernel: NftKernel, *, refresh: bool) -> State:
+        cache = self._fresh(kernel, foreign=self.observe_foreign, refresh=refresh)
+        return self._state(cache)
+
+    def _state(self, cache: Cache) -> State:
+        if cache.state is None:
+            foreign = cache.foreign if self.observe_foreign and cache.foreign else ()
+            cache.state = State(owned=cache.owned(), foreign=foreign)
+        return cache.state
+
+    def _read_foreign(self, kernel: NftKernel) -> frozenset[NetObject]:
+        own = frozenset((family, self._table) for family in self._families)
+        return ForeignReader(kernel, own).read()
+
+    # ---------------------------------------------------------------- planning a batch
+
+    def _diff(self, cache: Cache, plan: Plan) -> Diff:
+        """What ``plan`` changes in k3snet's rules and drift; _Misfit if it does not fit."""
+        objects = dict(cache.objects)
+        change_of: dict[Key, int] = {}
+        repairs: list[tuple[int, Drift, Repair]] = []
+        for index, change in enumerate(plan.changes):
+            subject = change.subject
+            key = subject.key
+            if isinstance(subject, Drift):
+                found = cache.drift.get(key)
+                if change.action == "delete" and found is not None and found[0] == subject:
+                    repairs.append((index, *found))
+                elif change.action != "add":  # an add of drift (an undo) does nothing
+                    raise _Misfit
+                continue
+            current = objects.get(key)
+            if change.action == "add" and current is not None:
+                raise _Misfit
+            if change.action != "add" and (current is None or current != change.before):
+                raise _Misfit
+            if change.after is None:
+                del objects[key]
+            else:
+                objects[key] = change.after
+            change_of.setdefault(key, index)
+        before = cache.objects
+        removed = [k for k in change_of if k in before and objects.get(k) != before[k]]
+        added = [k for k in change_of if k in objects and before.get(k) != objects[k]]
+        # A rule with a forged tag that the plan keeps as it now is gets its tag back.
+        retag = [r.retag for _, _, r in repairs if r.retag is not None and r.retag not in change_of]
+        removed += retag
+        added += retag
+        moved = self._moves(cache, objects, added, set(removed))
+        return Diff(objects, removed, added, moved, change_of, repairs)
+
+    def _moves(self, cache: Cache, objects: dict[Key, NetObject], added: list[Key],
+               removed: set[Key]) -> list[Key]:
+        """Kept NAT rules that an added rule must precede: they are re-added after it.
+
+        Only rules whose source contains the added rule's source can come after it
+        (:func:`chain_order_key` sorts longer sources first), so each added rule
+        looks up at most 33 (IPv4) or 129 (IPv6) source prefixes.
+        """
+        queue = [k for k in added if k[0] == "nat"]
+        if not queue or not cache.nat_index:
+            return []
+        moved: dict[Key, None] = {}
+        appended = set(added)
+        while queue:
+            key = queue.pop()
+            version, src, src_len = key[1], key[2], key[3]
+            bits = 32 if version == 4 else 128
+            order = chain_order_key(objects[key])
+            for length in range(src_len, -1, -1):
+                masked = src & (((1 << bits) - 1) ^ ((1 << (bits - length)) - 1))
+                for other in cache.nat_index.get((version, masked, length), ()):
+                    if other in moved or other in appended or other in removed:
+                        continue
+                    if chain_order_key(objects[other]) > order and nat_overlap(key, other):
+                        moved[other] = None
+                        queue.append(other)
+        return sorted(moved, key=lambda k: chain_order_key(objects[k]))
+
+    def _batch(self, cache: Cache, diff: Diff, inject: int | None) -> Batch:
+        batch = Batch(self._table, self.syntax)
+        families = ({"inet"} if diff.objects else set()) if self._families == ("inet",) else {
+            self._table_of(o) for o in diff.objects.values()}
+        appended_by_family: dict[str, list[Key]] = {}
+        for key in (*diff.added, *diff.moved):
+            appended_by_family.setdefault(self._table_of(diff.objects[key]), []).append(key)
+        rebuild, chains = _table_repairs(diff)
+        for family in self._families:
+            table = cache.tables.get(family)
+            if family not in families:
+                if table is not None:
+                    batch.delete_table(family, rebuild.get(family))
+                continue
+            if family in rebuild and table is not None:
+                batch.delete_table(family, rebuild[family])
+                table = None
+            batch.ensure_table(family, table, chains.get(family, {}))
+            if table is None:
+                appended = [k for k, o in diff.objects.items() if self._table_of(o) == family]
+            else:
+                self._deletes(batch, cache, diff, family)
+                appended = appended_by_family.get(family, [])
+            appended.sort(key=lambda k: chain_order_key(diff.objects[k]))
+            for key in appended:
+                batch.add_object(family, diff.objects[key], diff.change_of.get(key))
+            if appended:
+                batch.marker(family, exists=table is not None and table.marker)
+        if inject is not None:
+            batch.inject_failure(inject, self._families[0])
+        return batch
+
+    def _deletes(self, batch: Batch, cache: Cache, diff: Diff, family: str) -> None:
+        deleted: set[int] = set()
+        for index, _, repair in diff.repairs:
+            if repair.family == family:
+                for chain, handle in repair.rules:
+                    if handle not in deleted:
+                        deleted.add(handle)
+                        batch.delete_rule(family, chain, handle, index)
+        for keys in (diff.removed, diff.moved):
+            for key in keys:
+                obj = cache.objects[key]
+                if self._table_of(obj) != family:
+                    continue
+                chain = FORWARD_CHAIN if obj.kind == "forward" else NAT_CHAIN
+                for known in cache.handles[key]:
+                    assert known is not None  # made sure of by _prepare
+                    if known not in deleted:
+                        deleted.add(known)
+                        batch.delete_rule(family, chain, known, diff.change_of.get(key))
+
+    def _prepare(self, kernel: NftKernel, plan: Plan, inject: int | None,
+                 ) -> tuple[Cache, Diff, Batch]:
+        cache = self._fresh(kernel, foreign=False)
+        diff = self._diff(cache, plan)
+        unknown = any(None in cache.handles[k] for k in (*diff.removed, *diff.moved))
+        if unknown:  # added by an apply whose marker could not be read: look them up
+            cache = self._fresh(kernel, foreign=False, refresh=True)
+            diff = self._diff(cache, plan)
+        return cache, diff, self._batch(cache, diff, inject)
+
+    def _misfit(self, kernel: NftKernel, plan: Plan) -> list[str]:
+        """Every reason ``plan`` does not fit (the kit's words), from a fresh observe."""
+        problems = fit_problems(self, plan, self._observe(kernel, refresh=False))
+        return problems or ["the plan does not fit k3snet's nftables table"]
+
+    # ---------------------------------------------------------------- check / apply
+
+    def _check(self, kernel: NftKernel, plan: Plan) -> tuple[str, ...]:
+        try:
+            _, _, batch = self._prepare(kernel, plan, None)
+        except _Misfit:
+            return tuple(self._misfit(kernel, plan))
+        if batch.empty:
+            return ()
+        rc, error = kernel.run(batch.text(), json_input=batch.json, dry_run=True)
+        if rc != 0:
+            return (f"nftables would refuse the transaction: {first_lines(error)}",)
+        return ()
+
+    def _apply(self, kernel: NftKernel, plan: Plan) -> ApplyResult:
+        calls = kernel.calls
+        inject = self.faults.take(plan)
+        try:
+            cache, diff, batch = self._prepare(kernel, plan, inject)
+        except _Misfit:
+            raise PlanError(f"{self.name} backend refuses the plan, nothing was changed:\n  "
+                            + "\n  ".join(self._misfit(kernel, plan))) from None
+        if batch.empty:
+            return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
+        genid = cache.genid
+        rc, error = kernel.run(batch.text(), json_input=batch.json)
+        if rc != 0:
+            self._observed.invalidate()  # the kit's contract: read again after any failure
+            cause = "injected failure (fault hook)" if inject is not None else "nftables"
+            owner = inject if inject is not None else batch.owner_in(error)
+            raise ApplyError(
+                f"{cause}: the kernel refused the transaction, nothing was changed: "
+                f"{first_lines(error)}",
+                failed=plan.changes[owner] if owner is not None else None,
+            )
+        markers: dict[str, int | None] = {}
+        for family in batch.marked:
+            items = kernel.list("chain", family=family, table=self._table, name=MARKER_CHAIN) or []
+            chains = [i["chain"] for i in items if isinstance(i.get("chain"), dict)]
+            found = chains[0].get("handle") if chains else None
+            markers[family] = found if isinstance(found, int) else None
+        if kernel.genid() == genid + 1:
+            self._commit(cache, diff, batch, markers, genid + 1)
+        else:
+            self._observed.invalidate()  # someone else committed too: what we know may be stale
+        return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
+
+    def _commit(self, cache: Cache, diff: Diff, batch: Batch,
+                markers: dict[str, int | None], genid: int) -> None:
+        """Make the cache what the committed batch made of the kernel (no re-read)."""
+        for family in batch.deleted_tables:
+            cache.tables.pop(family, None)
+        for family in batch.created_tables:
+            cache.tables[family] = Table()
+        for family, chain in batch.created_chains:
+            cache.tables[family].chains[chain] = dict(CHAIN_HOOKS[chain])
+        for family in batch.marked:
+            cache.tables[family].marker = True
+        repaired = {drift.key for _, drift, _ in diff.repairs}
+        gone = set(batch.deleted_tables)  # a rebuilt or deleted table took all its drift along
+        cache.drift = {key: found for key, found in cache.drift.items()
+                       if key not in repaired and found[1].family not in gone}
+        for key in diff.removed:
+            cache.drop(key)
+        for key in diff.added:
+            cache.put(key, diff.objects[key])
+        for family, rules in batch.added.items():
+            marker = markers.get(family)
+            for position, (key, slot) in enumerate(rules):
+                # Handles count up in batch order, and the marker was allocated last.
+                handle = None if marker is None else marker - (len(rules) - position)
+                slots = cache.handles.setdefault(key, [None] * rule_count(diff.objects[key]))
+                slots[slot] = handle
+        cache.genid = genid
+        cache.state = None
+        self._observed.put(genid, cache)

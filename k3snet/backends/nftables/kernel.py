@@ -1,0 +1,165 @@
+"""The nftables backend's I/O seam: the few kernel calls it makes, and libnftables' ones.
+
+The backend talks to the kernel only through :class:`NftKernel` (the seam, as
+knftables' ``execer``): the ruleset generation id, a JSON listing, and one
+batch run (a transaction, or a dry run). :class:`Libnftables` is the real one,
+made and used inside the namespace's worker thread; tests hand the backend a
+fake that serves recorded ``nft -j list`` output (``kernel=`` option).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import socket
+import struct
+from typing import Any, Protocol
+
+from k3snet.backends.kit import translate_errors
+from k3snet.errors import BackendError, BackendUnavailableError
+
+__all__ = ["Libnftables", "NftKernel", "first_lines"]
+
+# Netfilter netlink: NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, and its answer.
+_NETLINK_NETFILTER = 12
+_NFT_MSG_GETGEN = (10 << 8) | 16
+_NFTA_GEN_ID = 1
+_NLMSG_ERROR = 2
+_NLM_F_REQUEST = 1
+_CAPABILITY = "CAP_NET_ADMIN"
+
+
+class NftKernel(Protocol):
+    """Protocol: what the nftables backend asks of the kernel (one namespace, one thread).
+
+    ``calls`` counts round trips (the backend reports them as ``operations``).
+    """
+
+    calls: int
+
+    def genid(self) -> int:
+        """The ruleset generation id: every committed nftables transaction bumps it."""
+        ...
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        """The objects ``nft -j list KIND REF...`` prints; ``None`` if the object does not exist."""
+        ...
+
+    def run(self, batch: str, *, json_input: bool, dry_run: bool = False) -> tuple[int, str]:
+        """Run one batch (one transaction, or a dry run); return (rc, error text)."""
+        ...
+
+    def close(self) -> None:
+        """Release sockets and contexts (idempotent)."""
+        ...
+
+
+def first_lines(text: str, count: int = 4) -> str:
+    """The first ``count`` non-empty lines of an nft error, joined with `` | ``."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[:count]) or "no detail"
+
+
+class Libnftables:
+    """The real :class:`NftKernel`: a libnftables context and a netfilter netlink socket.
+
+    Made inside the namespace's worker thread, so libnftables' netlink socket and
+    ours both belong to that namespace.
+    """
+
+    def __init__(self) -> None:
+        import nftables  # noqa: PLC0415 - optional dependency, checked by the backend
+
+        try:
+            self.nft = nftables.Nftables()
+            lib = ctypes.CDLL("libnftables.so.1")
+        except OSError as exc:
+            raise BackendUnavailableError(
+                f"libnftables cannot be loaded ({exc}); install libnftables1"
+            ) from exc
+        self.nft.set_json_output(True)
+        self._set_dry_run = lib.nft_ctx_set_dry_run
+        self._set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        self._set_dry_run.restype = None
+        # pip-nftables keeps its context private; a dry run (nft -c) needs it.
+        self._ctx = self.nft._Nftables__ctx
+        with translate_errors("open a netfilter netlink socket", capability=_CAPABILITY):
+            self._sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER
+            )
+            self._sock.bind((0, 0))
+        self._seq = 0
+        self.calls = 0
+
+    def genid(self) -> int:
+        """The ruleset generation id (``NFT_MSG_GETGEN``, one small netlink round trip)."""
+        self.calls += 1
+        self._seq += 1
+        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+        header = struct.pack(
+            "=IHHII", 16 + len(body), _NFT_MSG_GETGEN, _NLM_F_REQUEST, self._seq, 0
+        )
+        doing = "read the nftables generation id"
+        with translate_errors(doing, capability=_CAPABILITY):
+            self._sock.send(header + body)
+            while True:
+                data = self._sock.recv(65536)
+                length, kind, _flags, seq = struct.unpack_from("=IHHI", data)
+                if seq == self._seq:
+                    break  # skip any answer to an earlier, interrupted request
+            if kind == _NLMSG_ERROR:
+                (errno,) = struct.unpack_from("=i", data, 16)
+                raise OSError(-errno, os.strerror(-errno))
+        offset = 20  # nlmsghdr, then nfgenmsg
+        while offset + 8 <= length:
+            attr_len, attr_type = struct.unpack_from("=HH", data, offset)
+            if attr_type & 0x3FFF == _NFTA_GEN_ID:
+                return int(struct.unpack_from(">I", data, offset + 4)[0])
+            offset += max(4, (attr_len + 3) & ~3)
+        raise BackendError("the kernel's nftables generation answer has no id")
+
+    def run(self, batch: str, *, json_input: bool, dry_run: bool = False) -> tuple[int, str]:
+        """Run one libnftables buffer (one transaction); return (rc, error text)."""
+        self.calls += 1
+        # With JSON output on, libnftables tries its JSON parser first; off for nft text.
+        self.nft.set_json_output(json_input)
+        self._set_dry_run(self._ctx, dry_run)
+        try:
+            rc, _output, error = self.nft.cmd(batch)
+        finally:
+            self._set_dry_run(self._ctx, False)
+            self.nft.set_json_output(True)
+        return int(rc), _with_capability(str(error))
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        """The objects ``list KIND REF...`` prints; ``None`` if the object does not exist.
+
+        Sent as a JSON command, so any table or chain name, even one nft's own
+        language would take for a keyword, is passed as data.
+        """
+        self.calls += 1
+        what = " ".join(["list", kind, *ref.values()])
+        command = {"nftables": [{"list": {kind: ref or None}}]}
+        rc, output, error = self.nft.cmd(json.dumps(command))
+        if rc != 0:
+            if "No such file or directory" in error:
+                return None
+            raise BackendError(f"nft {what!r} failed: {first_lines(_with_capability(error))}")
+        try:
+            items = json.loads(output)["nftables"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"nft {what!r} printed unreadable JSON: {exc}") from exc
+        return [item for item in items if isinstance(item, dict)]
+
+    def close(self) -> None:
+        """Close the netlink socket (libnftables' context goes with the object)."""
+        self._sock.close()
+
+
+def _with_capability(error: str) -> str:
+    """libnftables' "Operation not permitted", with the capability that is missing."""
+    if "Operation not permitted" in error:
+        return (f"{error.rstrip()} (not permitted: this needs {_CAPABILITY}; run as root or "
+                "grant the capability)")
+    return error

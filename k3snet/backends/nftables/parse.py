@@ -1,0 +1,724 @@
+"""Reading the kernel's JSON listings: k3snet's own table, and other tables' egress rules.
+
+Pure functions of ``nft -j list`` output (through the :class:`~.kernel.NftKernel`
+seam), tested without root on recorded listings.
+
+k3snet's own table
+    :func:`read_own` rebuilds the objects from the kernel's JSON, so what
+    observe reports is what the kernel does. Only rules shaped exactly as
+    :mod:`k3snet.render.nftables` writes them map back to an object; everything
+    else in k3snet's table is a :class:`~k3snet.model.Drift` (owned, so every
+    plan deletes it, and its delete is the repair): a base chain's policy,
+    type, hook or priority; a rule or chain k3snet does not write; a forward
+    rule without its other half; a duplicate; a tag that is not its rule's
+    content's (the rule is also reported as what it now does).
+
+Foreign state
+    Best effort and read-only (:class:`ForeignReader`). One ``list chains``
+    (names and hooks, no rules), then a listing of each base chain hooked at
+    ``postrouting`` (type nat) or ``forward`` (type filter) of other tables and
+    of the chains they jump to unconditionally, at most 64 chains: on a K3s node
+    with flannel on iptables-nft, a handful of small chains; kube-proxy's
+    service chains are never read. Simple ``masquerade`` / ``snat`` rules become
+    foreign :class:`~k3snet.model.MasqueradeRule` / :class:`~k3snet.model.SnatRule`
+    objects, earlier ``return`` rules with a destination become exclusions
+    (flannel's ``FLANNEL-POSTRTG`` reads as "masquerade 10.42.0.0/16 except
+    10.42.0.0/16, 224.0.0.0/4"), and a rule behind anything not understood is
+    left out rather than guessed (leaving out only costs a redundant rule of
+    k3snet's; a wrong guess would skip a needed one). A return that only tests a
+    set mark (kube-proxy's "masquerade me" mark 0x4000) is ignored: those packets
+    are masqueraded by kube-proxy. iptables-nft writes ``-j MASQUERADE`` as a
+    compat target whose options libnftables' JSON hides, so its
+    ``--random-fully`` reads as ``random_fully=False``; its ``-j SNAT`` is not
+    modelled. Forward accepts whose replies are accepted too become foreign
+    :class:`~k3snet.model.ForwardRule` objects when nothing may drop their
+    packets: no earlier rule of their chain (or of a chain it jumps to), and no
+    other base chain on the forward hook, since an accept ends only its own
+    chain (firewalld#527): every other one must accept the packets too, or let
+    them reach its accept policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from k3snet.backends.nftables.cache import Cache, Repair, Table
+from k3snet.backends.nftables.kernel import NftKernel
+from k3snet.errors import BackendError, ModelError
+from k3snet.model import Drift, NetObject, validate_interface_name
+from k3snet.model.cidr import Network, contains, overlaps
+from k3snet.model.forward import ForwardRule
+from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.render.nftables import (
+    CHAIN_HOOKS,
+    FORWARD_CHAIN,
+    MARKER_CHAIN,
+    NAT_CHAIN,
+    REPLY_SUFFIX,
+    nft_rules,
+)
+from k3snet.render.tag import tag_digest
+
+__all__ = ["ForeignReader", "Match", "own_object", "parse_rule", "read_own", "table_of"]
+
+# iptables targets that let the packet go on to the next rule (kube-proxy's MARK ...).
+_XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY",
+                          "DSCP", "TOS", "TCPMSS"})
+_MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
+_MAX_JUMP_DEPTH = 8
+
+
+def table_of(obj: NetObject, families: tuple[str, ...]) -> str:
+    """The nft family of the table ``obj``'s rules go in."""
+    if families == ("inet",):
+        return "inet"
+    return "ip" if obj.family == 4 else "ip6"
+
+
+@dataclass(slots=True)
+class Match:
+    """What one kernel rule tests and does, as far as k3snet understands it."""
+
+    proto: str | None = None  # "ip" / "ip6": from address matches or meta nfproto
+    saddr: list[tuple[Network, bool]] = field(default_factory=list)  # (prefix, negated)
+    daddr: list[tuple[Network, bool]] = field(default_factory=list)
+    iif: list[tuple[str, bool]] = field(default_factory=list)
+    oif: list[tuple[str, bool]] = field(default_factory=list)
+    nfproto: int = 0  # explicit "meta nfproto" tests
+    ct_reply: bool = False  # ct state established,related
+    marks: int = 0  # mark tests
+    mark_set_only: bool = False  # ... and each of them asks for set bits
+    unknown: int = 0  # tests k3snet cannot model
+    extras: int = 0  # harmless statements k3snet never writes (counter, xt comment ...)
+    verdict: str | None = None
+    target: str | None = None  # of a jump / goto
+    nat_addr: str | None = None
+    nat_flags: tuple[str, ...] = ()
+    nat_extra: bool = False  # ports, ranges, maps, other flags: not modelled
+
+    @property
+    def conditions(self) -> int:
+        """How many tests the rule makes (0: it applies to every packet)."""
+        return (len(self.saddr) + len(self.daddr) + len(self.iif) + len(self.oif)
+                + self.nfproto + self.ct_reply + self.marks + self.unknown)
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefix(address: str, length: int | None) -> Network:
+    """A prefix from the kernel's text (cached: destinations repeat across rules)."""
+    if ":" in address:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
+        return ipaddress.IPv6Network((value, 128 if length is None else length))
+    value = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+    return ipaddress.IPv4Network((value, 32 if length is None else length))
+
+
+def _network(value: Any) -> Network:
+    try:
+        if isinstance(value, str):
+            return _prefix(value, None)
+        if isinstance(value, dict) and "prefix" in value:
+            return _prefix(str(value["prefix"]["addr"]), int(value["prefix"]["len"]))
+    except OSError as exc:  # inet_pton: not an address
+        raise ValueError(f"not a prefix: {value!r}") from exc
+    raise ValueError(f"not a prefix: {value!r}")
+
+
+def _networks(value: Any) -> list[Network]:
+    if isinstance(value, dict) and "set" in value:
+        return [_network(v) for v in value["set"]]
+    return [_network(value)]
+
+
+def _mark_value(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value, 0)
+    return None
+
+
+def _parse_mark(op: str, right: Any, out: Match) -> None:
+    value = _mark_value(right)
+    positive = op == "==" and value is not None and value != 0
+    out.mark_set_only = positive and (out.marks == 0 or out.mark_set_only)
+    out.marks += 1
+
+
+def _parse_address(left: dict[str, Any], right: Any, negated: bool, out: Match) -> bool:
+    proto, fld = left["payload"].get("protocol"), left["payload"].get("field")
+    if proto not in ("ip", "ip6") or fld not in ("saddr", "daddr"):
+        return False
+    if out.proto not in (None, proto):
+        return False
+    nets = _networks(right)
+    if len(nets) > 1 and not negated:
+        return False  # "daddr { a, b }" is not one prefix ("!= { a, b }" is exclusions)
+    out.proto = proto
+    (out.saddr if fld == "saddr" else out.daddr).extend((n, negated) for n in nets)
+    return True
+
+
+def _parse_meta(left: dict[str, Any], op: str, right: Any, out: Match) -> bool:
+    key = left["meta"].get("key")
+    if key in ("iifname", "oifname") and isinstance(right, str):
+        (out.iif if key == "iifname" else out.oif).append((right, op == "!="))
+        return True
+    if key == "nfproto" and right in ("ipv4", "ipv6") and op == "==":
+        proto = "ip" if right == "ipv4" else "ip6"
+        if out.proto not in (None, proto):
+            return False
+        out.proto = proto
+        out.nfproto += 1
+        return True
+    if key == "mark":
+        _parse_mark(op, right, out)
+        return True
+    return False
+
+
+def _is_mark_mask(left: dict[str, Any]) -> bool:
+    """``meta mark & MASK``: what iptables-nft makes of ``-m mark --mark V/M``."""
+    operands = left["&"]
+    return (isinstance(operands, list) and len(operands) == 2
+            and isinstance(operands[0], dict)
+            and operands[0].get("meta", {}).get("key") == "mark")
+
+
+def _parse_match(m: dict[str, Any], out: Match) -> None:
+    op = m.get("op", "==")
+    left, right = m.get("left"), m.get("right")
+    understood = False
+    if op in ("==", "!=", "in") and isinstance(left, dict):
+        if "payload" in left:
+            understood = _parse_address(left, right, op == "!=", out)
+        elif "meta" in left:
+            understood = _parse_meta(left, op, right, out)
+        elif "&" in left and _is_mark_mask(left):
+            _parse_mark(op, right, out)
+            understood = True
+        elif "ct" in left and left["ct"].get("key") == "state" and op != "!=":
+            states = {right} if isinstance(right, str) else set(right or ())
+            out.ct_reply = understood = states == {"established", "related"}
+    if not understood:
+        out.unknown += 1
+
+
+def _parse_statement(name: str, body: Any, out: Match) -> None:
+    if name == "match":
+        _parse_match(body, out)
+    elif name in ("accept", "drop", "return"):
+        out.verdict = name
+    elif name == "reject":
+        out.verdict = "drop"
+    elif name in ("jump", "goto"):
+        out.verdict = name
+        out.target = str(body["target"])
+    elif name in ("masquerade", "snat"):
+        out.verdict = name
+        body = body or {}
+        out.nat_flags = (body.get("flags"),) if isinstance(body.get("flags"), str) else tuple(
+            body.get("flags") or ())
+        if name == "snat":
+            addr = body.get("addr")
+            out.nat_addr = addr if isinstance(addr, str) else None
+        unmodelled = set(body) - {"flags", "addr", "family"}
+        if unmodelled or set(out.nat_flags) - {"fully-random"} or (
+                name == "snat" and out.nat_addr is None):
+            out.nat_extra = True
+    elif name in ("counter", "log", "mangle"):
+        out.extras += 1  # counting, logging, setting a mark: no verdict changes
+    elif name == "xt":
+        _parse_xt(body, out)
+    else:
+        out.unknown += 1
+
+
+def _parse_xt(body: dict[str, Any], out: Match) -> None:
+    """iptables-nft's compat expressions (``-m comment``, ``-j MASQUERADE`` ...)."""
+    kind, name = body.get("type"), body.get("name")
+    if (kind == "match" and name == "comment") or (kind == "target" and name in _XT_CONTINUE):
+        out.extras += 1
+    elif kind == "target" and name == "MASQUERADE":
+        # libnftables' JSON hides the target's options, so a --random-fully is not
+        # seen (it does not change which packets are NATed).
+        out.verdict = "masquerade"
+        out.extras += 1
+    elif kind == "target":
+        out.verdict = f"xt {name}"  # an iptables target k3snet cannot see into
+    else:
+        out.unknown += 1
+
+
+def parse_rule(expr: Sequence[Any]) -> Match:
+    """Read a rule's JSON statements into a :class:`Match`; never raises on odd input."""
+    out = Match()
+    for statement in expr:
+        if not isinstance(statement, dict) or len(statement) != 1:
+            out.unknown += 1
+            continue
+        ((name, body),) = statement.items()
+        try:
+            _parse_statement(name, body, out)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            out.unknown += 1
+    return out
+
+
+def _any_network(proto: str) -> Network:
+    return ipaddress.ip_network("0.0.0.0/0" if proto == "ip" else "::/0")
+
+
+def own_object(match: Match, chain: str) -> tuple[NetObject, bool] | None:
+    """The object one of k3snet's rules stands for, and whether it is a reply half.
+
+    Strict: only rules shaped as :mod:`k3snet.render.nftables` writes them map
+    back; anything more or less (a counter, a mark test ...) makes it a stray rule.
+    """
+    if (match.unknown or match.extras or match.marks or match.nfproto or match.proto is None
+            or len(match.saddr) != 1 or match.saddr[0][1]
+            or len(match.iif) > 1 or len(match.oif) > 1
+            or any(neg for _, neg in match.iif + match.oif)
+            or sum(1 for _, neg in match.daddr if not neg) > 1):
+        return None
+    if chain == NAT_CHAIN:
+        return _own_nat(match)
+    if chain == FORWARD_CHAIN:
+        return _own_forward(match)
+    return None
+
+
+def _own_nat(match: Match) -> tuple[NetObject, bool] | None:
+    if match.ct_reply or match.iif or match.nat_extra:
+        return None
+    dst = [n for n, neg in match.daddr if not neg]
+    common: dict[str, Any] = {
+        "destination": dst[0] if dst else None,
+        "exclude": [n for n, neg in match.daddr if neg],
+        "out_interface": match.oif[0][0] if match.oif else None,
+        "random_fully": "fully-random" in match.nat_flags,
+    }
+    source = match.saddr[0][0]
+    if match.verdict == "masquerade":
+        return MasqueradeRule(source, **common), False
+    if match.verdict == "snat" and match.nat_addr is not None:
+        return SnatRule(source, to_address=match.nat_addr, **common), False
+    return None
+
+
+def _own_forward(match: Match) -> tuple[NetObject, bool] | None:
+    if match.verdict != "accept" or len(match.daddr) != 1 or match.daddr[0][1]:
+        return None
+    source, destination = match.saddr[0][0], match.daddr[0][0]
+    iif = match.iif[0][0] if match.iif else None
+    oif = match.oif[0][0] if match.oif else None
+    if match.ct_reply:  # the reply half: swapped back to the rule it answers
+        return ForwardRule(destination, source, in_interface=oif, out_interface=iif), True
+    return ForwardRule(source, destination, in_interface=iif, out_interface=oif), False
+
+
+# ---------------------------------------------------------------- foreign rules
+
+
+def _disjoint(cond: Match, family: int, source: Network, destination: Network | None,
+              oif: str | None) -> bool:
+    """True when ``cond`` can never match a packet ``source -> destination`` leaving ``oif``."""
+    if cond.proto is not None and (cond.proto == "ip") != (family == 4):
+        return True
+    for net, neg in cond.saddr:
+        if (not neg and not overlaps(net, source)) or (neg and contains(net, source)):
+            return True
+    if destination is not None:
+        for net, neg in cond.daddr:
+            if (not neg and not overlaps(net, destination)) or (neg and contains(net, destination)):
+                return True
+    return oif is not None and any((name == oif) == neg for name, neg in cond.oif)
+
+
+@dataclass
+class ForeignReader:
+    """Reads the egress-relevant chains of other tables: read-only, bounded, best effort."""
+
+    kernel: NftKernel
+    own_tables: frozenset[tuple[str, str]]
+    listed: int = 0
+    nat: list[NetObject] = field(default_factory=list)
+    accepts: list[ForwardRule] = field(default_factory=list)
+    replies_accepted: bool = False
+    # every forward base chain: (family, table), name, policy; and where each accept was read
+    forward_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
+    origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
+    _walking: tuple[tuple[str, str], str] | None = None
+    _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
+
+    def read(self) -> frozenset[NetObject]:
+        try:
+            chains = self.kernel.list("chains") or []
+        except BackendError:
+            return frozenset()  # best effort: no foreign state rather than no observe
+        for item in chains:
+            chain = item.get("chain")
+            if not isinstance(chain, dict):
+                continue
+            family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
+            where = (str(family), str(table))
+            if family not in ("ip", "ip6", "inet") or where in self.own_tables:
+                continue
+            if chain.get("hook") == "postrouting" and chain.get("type") == "nat":
+                self._walk(where, str(name), [], 0, self._nat_rule)
+            elif chain.get("hook") == "forward" and chain.get("type") == "filter":
+                self.forward_bases.append((where, str(name), str(chain.get("policy", "accept"))))
+                self._walking = (where, str(name))
+                self._walk(where, str(name), [], 0, self._forward_rule)
+        found: set[NetObject] = set(self.nat)
+        for rule in self.accepts:
+            if not self.replies_accepted and not any(_answers(o, rule) for o in self.accepts):
+                continue
+            # An accept ends only its own chain: every other base chain on the forward
+            # hook must let the packets through too (firewalld#527).
+            if all(self._lets_through(base, rule) for base in self.forward_bases
+                   if (base[0], base[1]) not in self.origins.get(rule, set())):
+                found.add(rule)
+        return frozenset(found)
+
+    def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule) -> bool:
+        """Whether base chain ``base`` accepts every packet of ``rule`` (False: it may not)."""
+        where, name, policy = base
+        if where[0] != "inet" and (where[0] == "ip") != (rule.family == 4):
+            return True  # a chain of the other address family never sees these packets
+        verdict = self._passes(where, name, rule, 0)
+        return policy == "accept" if verdict is None else verdict
+
+    def _passes(self, where: tuple[str, str], chain: str, rule: ForwardRule,
+                depth: int) -> bool | None:
+        """Walk ``chain`` for ``rule``'s packets: True (all accepted), False (some may be
+        dropped, or k3snet cannot tell), None (they all leave the chain unjudged)."""
+        for match in self._rules(where, chain):
+            verdict = match.verdict
+            if verdict in (None, "masquerade", "snat") or _misses(match, rule):
+                continue
+            whole = _covers(match, rule)
+            if verdict == "accept":
+                if whole:
+                    return True
+            elif verdict == "return":
+                if whole:
+                    return None
+            elif verdict in ("jump", "goto") and match.target and depth < _MAX_JUMP_DEPTH:
+                sub = self._passes(where, match.target, rule, depth + 1)
+                if sub is False:
+                    return False
+                if whole and (sub is True or verdict == "goto"):
+                    return sub
+            else:  # a drop, a reject, a target k3snet cannot see into, a jump too deep
+                return False
+        return None
+
+    def _rules(self, where: tuple[str, str], chain: str) -> list[Match]:
+        known = self._listings.get((where, chain))
+        if known is None:
+            known = self._listings[(where, chain)] = self._list_rules(where, chain)
+        return known
+
+    def _list_rules(self, where: tuple[str, str], chain: str) -> list[Match]:
+        family, table = where
+        if self.listed >= _MAX_FOREIGN_CHAINS:
+            return [Match(unknown=1, verdict="drop")]  # unseen: assume it may drop anything
+        self.listed += 1
+        try:
+            items = self.kernel.list("chain", family=family, table=table, name=chain) or []
+        except BackendError:
+            return [Match(unknown=1, verdict="drop")]
+        rules = []
+        for item in items:
+            rule = item.get("rule")
+            if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
+                match = parse_rule(rule["expr"])
+                if match.proto is None and family in ("ip", "ip6"):
+                    match.proto = family
+                rules.append(match)
+        return rules
+
+    def _walk(self, where: tuple[str, str], chain: str, exits: list[Match], depth: int,
+              visit: Callable[[Match, list[Match]], None]) -> tuple[list[Match], bool]:
+        """Walk ``chain`` after the exits seen so far.
+
+        Returns the conditional exits that also end the calling chain, and whether
+        every packet stops here. ``exits`` are the earlier rules that take some
+        packets away (returns, accepts, drops, jumps k3snet does not follow).
+        """
+        local = list(exits)
+        passed_up: list[Match] = []
+        for match in self._rules(where, chain):
+            verdict = match.verdict
+            if verdict in ("masquerade", "snat", "accept"):
+                visit(match, local)
+            if verdict in ("masquerade", "snat", None):
+                continue  # NAT ends the chain only for what it translates
+            if verdict == "return":
+                if not match.conditions:
+                    break
+                local.append(match)
+            elif verdict in ("jump", "goto") and not match.conditions and depth < _MAX_JUMP_DEPTH:
+                assert match.target is not None
+                sub, stop = self._walk(where, match.target, local, depth + 1, visit)
+                local += sub
+                passed_up += sub
+                if stop:
+                    return passed_up, True
+                if verdict == "goto":
+                    break
+            elif not match.conditions and verdict in ("accept", "drop"):
+                return [*passed_up, match], True
+            else:  # a conditional accept or drop, a jump k3snet does not follow, a target
+                local.append(match)
+                passed_up.append(match)
+        return passed_up, False
+
+    def _nat_rule(self, match: Match, exits: list[Match]) -> None:
+        if match.verdict not in ("masquerade", "snat") or match.proto is None:
+            return
+        if match.unknown or match.marks or match.iif or match.nat_extra or match.ct_reply:
+            return
+        dst = [n for n, neg in match.daddr if not neg]
+        if (len(match.saddr) > 1 or any(neg for _, neg in match.saddr + match.oif)
+                or len(dst) > 1 or len(match.oif) > 1):
+            return
+        source = match.saddr[0][0] if match.saddr else _any_network(match.proto)
+        destination = dst[0] if dst else None
+        oif = match.oif[0][0] if match.oif else None
+        family = 4 if match.proto == "ip" else 6
+        excluded = [n for n, neg in match.daddr if neg]
+        for cond in exits:
+            if cond.mark_set_only and cond.marks == cond.conditions:
+                continue  # kube-proxy's "masquerade me" mark: those packets are NATed anyway
+            if _disjoint(cond, family, source, destination, oif):
+                continue
+            positive = [n for n, neg in cond.daddr if not neg]
+            if cond.unknown or len(positive) != 1 or len(cond.daddr) != 1:
+                return  # cannot tell which packets this exit spares: leave the rule out
+            excluded.append(positive[0])  # may spare more than it does: errs on "not met"
+        whole = destination or _any_network(match.proto)
+        excluded = [e for e in excluded if overlaps(e, whole)]
+        try:
+            if oif is not None:
+                validate_interface_name(oif)  # "eth*" wildcards are not modelled
+            common: dict[str, Any] = {"destination": destination, "exclude": excluded,
+                                      "out_interface": oif,
+                                      "random_fully": "fully-random" in match.nat_flags}
+            if match.verdict == "masquerade":
+                self.nat.append(MasqueradeRule(source, **common))
+            elif match.nat_addr is not None:
+                self.nat.append(SnatRule(source, to_address=match.nat_addr, **common))
+        except ModelError:
+            return
+
+    def _forward_rule(self, match: Match, exits: list[Match]) -> None:
+        if match.ct_reply and match.conditions == 1:
+            self.replies_accepted = True
+            return
+        if match.unknown or match.marks or match.ct_reply or match.proto is None:
+            return
+        parts = (match.saddr, match.daddr, match.iif, match.oif)
+        if any(len(p) > 1 or any(neg for _, neg in p) for p in parts):
+            return
+        family = 4 if match.proto == "ip" else 6
+        source = match.saddr[0][0] if match.saddr else _any_network(match.proto)
+        destination = match.daddr[0][0] if match.daddr else _any_network(match.proto)
+        iif = match.iif[0][0] if match.iif else None
+        oif = match.oif[0][0] if match.oif else None
+        for cond in exits:
+            if cond.verdict != "accept" and not _disjoint(cond, family, source, destination, oif):
+                return  # something earlier may drop these packets
+        try:
+            rule = ForwardRule(source, destination, in_interface=iif, out_interface=oif)
+        except ModelError:
+            return
+        self.accepts.append(rule)
+        if self._walking is not None:
+            self.origins.setdefault(rule, set()).add(self._walking)
+
+
+def _misses(match: Match, rule: ForwardRule) -> bool:
+    """True when ``match`` can never match a packet of ``rule``."""
+    if _disjoint(match, rule.family, rule.source, rule.destination, rule.out_interface):
+        return True
+    iif = rule.in_interface
+    return iif is not None and any((name == iif) == neg for name, neg in match.iif)
+
+
+def _covers(match: Match, rule: ForwardRule) -> bool:
+    """True when ``match`` matches every packet of ``rule`` (only tests k3snet understands)."""
+    if match.unknown or match.marks or match.ct_reply:
+        return False
+    if match.proto is not None and (match.proto == "ip") != (rule.family == 4):
+        return False
+    for nets, subject in ((match.saddr, rule.source), (match.daddr, rule.destination)):
+        for net, neg in nets:
+            if (neg and overlaps(net, subject)) or (not neg and not contains(net, subject)):
+                return False
+    for names, device in ((match.iif, rule.in_interface), (match.oif, rule.out_interface)):
+        for name, neg in names:
+            if device is None or (name == device) == neg:
+                return False
+    return True
+
+
+def _answers(other: ForwardRule, rule: ForwardRule) -> bool:
+    """``other`` accepts the replies of ``rule``'s traffic."""
+    return (other.family == rule.family and contains(other.source, rule.destination)
+            and contains(other.destination, rule.source)
+            and other.in_interface in (None, rule.out_interface)
+            and other.out_interface in (None, rule.in_interface))
+
+
+# ---------------------------------------------------------------- k3snet's own table
+
+
+def read_own(kernel: NftKernel, table_name: str, families: tuple[str, ...], genid: int) -> Cache:
+    """k3snet's table(s) as the kernel lists them, stamped with ``genid``.
+
+    Every rule shaped as k3snet writes it becomes its object; everything else
+    in the table becomes a :class:`~k3snet.model.Drift` with its repair.
+    """
+    cache = Cache(genid=genid)
+    for family in families:
+        items = kernel.list("table", family=family, name=table_name)
+        if items is not None:
+            _OwnTable(cache, family, table_name, families).read(items)
+    return cache
+
+
+def _chain_kind(chain: str) -> str:
+    """The drift kind of a finding in ``chain`` (the table as a whole counts as nat)."""
+    return "forward" if chain == FORWARD_CHAIN else "nat"
+
+
+def _handles(handles: Sequence[int]) -> str:
+    return ("rule handle " if len(handles) == 1 else "rules handle ") + ", ".join(
+        str(h) for h in handles)
+
+
+@dataclass
+class _OwnTable:
+    """Reads one of k3snet's tables into ``cache``: objects, handles and drift."""
+
+    cache: Cache
+    family: str
+    name: str
+    families: tuple[str, ...]
+    # forward rule halves by (main tag, is the reply half), in kernel order
+    halves: dict[tuple[str, bool], list[tuple[ForwardRule, int]]] = field(default_factory=dict)
+
+    def drift(self, chain: str | None, what: str, repair: Repair) -> None:
+        where = f"{self.family} {self.name}" + (f" {chain}" if chain else "")
+        self.cache.found(Drift.of(_chain_kind(chain or ""), backend="nftables", where=where,
+                                  what=what), repair)
+
+    def extra_rules(self, chain: str, handles: Sequence[int], why: str) -> None:
+        self.drift(chain, f"{_handles(handles)}: {why}",
+                   Repair(self.family, rules=tuple((chain, h) for h in handles)))
+
+    def read(self, items: list[dict[str, Any]]) -> None:
+        table = self.cache.tables[self.family] = Table()
+        rules = []
+        for item in items:
+            if isinstance(item.get("chain"), dict):
+                table.chains[str(item["chain"].get("name"))] = item["chain"]
+            elif isinstance(item.get("rule"), dict):
+                rules.append(item["rule"])
+        self.read_chains(table)
+        for rule in rules:
+            self.read_rule(rule, table)
+        self.pair_halves()
+
+    def read_chains(self, table: Table) -> None:
+        for name, chain in table.chains.items():
+            if name == MARKER_CHAIN and "hook" not in chain:
+                table.marker = True
+            elif name in CHAIN_HOOKS:
+                spec = CHAIN_HOOKS[name]
+                if any(chain.get(k) != spec[k] for k in ("type", "hook", "prio")):
+                    self.drift(name, f"type {chain.get('type')} hook {chain.get('hook')} "
+                               f"priority {chain.get('prio')} (k3snet's: type {spec['type']} "
+                               f"hook {spec['hook']} priority {spec['prio']})",
+                               Repair(self.family, rebuild=True))
+                elif chain.get("policy") != spec["policy"]:
+                    self.drift(name, f"policy {chain.get('policy')} (k3snet's: "
+                               f"{spec['policy']})", Repair(self.family, chain=name))
+            else:
+                # Chain names can be nft keywords, which nft's language cannot quote:
+                # rebuilding the table is the one removal that works for any name.
+                self.drift(None, f"chain {name}: not a chain k3snet writes",
+                           Repair(self.family, rebuild=True))
+        for name in CHAIN_HOOKS:
+            if name not in table.chains:
+                self.drift(None, f"base chain {name} is missing", Repair(self.family, chain=name))
+
+    def read_rule(self, rule: dict[str, Any], table: Table) -> None:
+        chain, handle, comment = rule.get("chain"), rule.get("handle"), rule.get("comment")
+        if not isinstance(handle, int) or not isinstance(chain, str):
+            return
+        if chain not in (NAT_CHAIN, FORWARD_CHAIN, MARKER_CHAIN):
+            return  # a rule of a chain that is drift itself: the rebuild removes both
+        found = None
+        if (chain != MARKER_CHAIN and isinstance(comment, str)
+                and tag_digest(comment.removesuffix(REPLY_SUFFIX)) is not None
+                and isinstance(rule.get("expr"), list)):
+            with contextlib.suppress(ModelError, ValueError, TypeError):
+                found = own_object(parse_rule(rule["expr"]), chain)
+        if found is None or table_of(found[0], self.families) != self.family:
+            self.extra_rules(chain, [handle], "not a rule k3snet writes")
+            return
+        obj, reply = found
+        assert isinstance(comment, str)
+        if isinstance(obj, ForwardRule):
+            if comment.endswith(REPLY_SUFFIX) != reply:
+                self.extra_rules(chain, [handle], "a forward rule half out of place")
+            else:
+                key = (comment.removesuffix(REPLY_SUFFIX), reply)
+                self.halves.setdefault(key, []).append((obj, handle))
+        else:
+            self.adopt(obj, [handle], comment)
+
+    def pair_halves(self) -> None:
+        """A forward rule counts only with its reply half (same object, paired tags)."""
+        for (comment, reply), found in self.halves.items():
+            if reply:
+                continue
+            replies = self.halves.get((comment, True), [])
+            for obj, handle in found:
+                partner = next((r for r in replies if r[0] == obj), None)
+                if partner is None:
+                    self.extra_rules(FORWARD_CHAIN, [handle],
+                                     "a forward rule without its reply rule")
+                else:
+                    replies.remove(partner)
+                    self.adopt(obj, [handle, partner[1]], comment)
+        for (_, reply), found in self.halves.items():
+            if reply:  # what pairing left over
+                for _, handle in found:
+                    self.extra_rules(FORWARD_CHAIN, [handle],
+                                     "a reply rule without its forward rule")
+
+    def adopt(self, obj: NetObject, handles: list[int], comment: str) -> None:
+        """Record an object rebuilt from the kernel: a duplicate, or a forged tag, is drift."""
+        chain = FORWARD_CHAIN if obj.kind == "forward" else NAT_CHAIN
+        if obj.key in self.cache.objects:
+            self.extra_rules(chain, handles, f"a duplicate of {obj.describe()}")
+            return
+        tag = nft_rules(obj)[0].comment
+        if comment != tag:
+            # Reported as what the rule does now (so a plan replaces it if it is not
+            # wanted), and as drift: the repair writes it again with its own tag.
+            self.drift(chain, f"{_handles(handles)}: tag {comment} is not its content's ({tag})",
+                       Repair(self.family, retag=obj.key))
+        self.cache.put(obj.key, obj)
+        self.cache.handles[obj.key] = [*handles]
