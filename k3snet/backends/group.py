@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import FaultHook
 from k3snet.errors import ApplyError, ModelError, RollbackError
+from k3snet.model.drift import Drift
 from k3snet.model.state import State, known_kinds
 from k3snet.planner import Change, Plan
 
@@ -158,7 +159,9 @@ class BackendGroup:
               failing: Member) -> list[Change]:
         undone: list[Change] = []
         for member, result in reversed(results):
-            inverse = Plan(changes=[c.inverse() for c in reversed(result.applied)])
+            # A repaired drift has nothing to restore: its inverse would re-add a finding.
+            inverse = Plan(changes=[c.inverse() for c in reversed(result.applied)
+                                    if not isinstance(c.subject, Drift)])
             try:
                 member.backend.apply(inverse)
             except Exception as exc:

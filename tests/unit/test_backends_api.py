@@ -17,6 +17,7 @@ from k3snet import (
     MasqueradeRule,
     Plan,
     PlanError,
+    RollbackError,
     Route,
     State,
     Sysctl,
@@ -208,3 +209,20 @@ def test_conformance_fails_a_backend_without_a_fault_hook() -> None:
 
     with pytest.raises(AssertionError, match="has no fault hook"):
         run_conformance(NoHook, max_examples=5)
+
+
+def test_group_undo_does_not_re_add_repaired_drift() -> None:
+    from k3snet.model import Drift  # noqa: PLC0415
+
+    drift = Drift.of("forward", backend="memory", where="t", what="extra rule")
+    forward = MemoryBackend(State(owned=[drift]), capabilities=["forward"])
+    nat = MemoryBackend(capabilities=["nat"])
+    group = BackendGroup([nat, forward])
+    assert [m.backend for m in group.members] == [forward, nat]  # forward goes first
+    p = plan(group.observe(), State(owned=[MasqueradeRule("10.42.0.0/16")]))
+    nat.faults.fail_at(0)
+    with pytest.raises(ApplyError) as caught:
+        group.apply(p)
+    assert not isinstance(caught.value, RollbackError)
+    assert not forward.observe().owned  # the repair stays; no finding is re-added
+    assert not nat.observe().owned
