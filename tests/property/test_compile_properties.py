@@ -15,12 +15,15 @@ import itertools
 from collections.abc import Iterator
 from ipaddress import ip_network
 
+import pytest
 from hypothesis import given
 
-from k3snet import Spec
+from k3snet import Spec, SpecError
 from k3snet import compile as compile_spec
+from k3snet.errors import ModelError
 from k3snet.model import ForwardRule, MasqueradeRule, Route, SnatRule, Sysctl
 from k3snet.model.cidr import Network
+from k3snet.spec import Cluster, Destination
 from k3snet.testing import strategies as ks
 from tests.property.oracle import (
     OTHER_INTERFACE,
@@ -153,3 +156,15 @@ def test_compiled_forwarding_sysctls_cover_each_family_in_use(spec: Spec) -> Non
         families |= {p.version for p in spec.cluster.pod_cidrs}
     wanted = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
     assert names == {wanted[f] for f in families}
+
+
+@pytest.mark.xfail(raises=ModelError, strict=True,
+                   reason="validate() accepts exclusions that together cover the destination; "
+                          "compile() then fails building the NAT rule (a ModelError, not a "
+                          "SpecError with the path)")
+def test_exclusions_covering_the_whole_destination_are_a_spec_problem() -> None:
+    spec = Spec(cluster=Cluster(pod_cidrs=["10.42.0.0/16"]),
+                destinations=[Destination("192.168.2.0/24", device="eth0",
+                                          exclude=["192.168.2.0/25", "192.168.2.128/25"])])
+    with pytest.raises(SpecError, match=r"destinations\[0\]\.exclude"):
+        compile_spec(spec)
