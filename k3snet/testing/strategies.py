@@ -482,7 +482,9 @@ def state_pairs(
             action = draw(st.sampled_from(("add", "delete", "replace")))
             untouched = [k for k in keys if k not in touched]
             if action == "add" or not untouched:
-                new = draw(owned_objects.filter(lambda o: o.key not in desired))
+                # A key of its own: re-adding a deleted key would be one replace, not two changes.
+                new = draw(owned_objects.filter(lambda o: o.key not in desired
+                                                and o.key not in touched))
                 desired[new.key] = new
                 touched.add(new.key)
                 continue
