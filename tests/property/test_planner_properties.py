@@ -32,8 +32,14 @@ _pool = st.one_of(
               protocols=(211, 4), scopes=(None, "link", "host")),
     ks.masquerade_rules(sources=_sources, devices=(None, "eth0")),
     ks.snat_rules(sources=_sources, devices=(None, "eth0")),
-    ks.forward_rules(sources=_sources, destinations=_dest.map(ip_network),
-                     devices=(None, "eth0")),
+    # Two slots per family, so a forward rule with the same key and other
+    # interfaces (a replace) is drawn often.
+    ks.forward_rules(sources=st.just(ip_network("10.42.0.0/16")),
+                     destinations=st.sampled_from(["192.168.2.0/24", "192.168.3.0/24"]).map(
+                         ip_network), devices=(None, "eth0")),
+    ks.forward_rules(sources=st.just(ip_network("fd42:42::/56")),
+                     destinations=st.sampled_from(["fd01:2::/64", "fd01:3::/64"]).map(
+                         ip_network), devices=(None, "eth0")),
 )
 observed_states = ks.states(_pool, max_owned=10, max_foreign=6)
 desired_states = ks.states(_pool, max_owned=10, max_foreign=0)
