@@ -9,7 +9,15 @@ from __future__ import annotations
 import pytest
 
 from k3snet import Change, ModelError, Note, Plan, State, plan
-from k3snet.model import ForwardRule, MasqueradeRule, Route, Sysctl
+from k3snet.model import (
+    OBJECT_TYPES,
+    ForwardRule,
+    MasqueradeRule,
+    Route,
+    Sysctl,
+    object_from_dict,
+    register_object_type,
+)
 
 _ROUTE = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
 _FOREIGN_ROUTE = Route("192.168.3.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
@@ -75,3 +83,31 @@ def test_plan_only_keeps_the_changes_and_notes_of_the_given_kinds() -> None:
 
 def test_an_empty_plan_says_the_system_matches() -> None:
     assert plan(State(), State()).render() == "No changes. The system matches the spec."
+
+
+def test_plan_json_is_sorted_and_indents_on_request() -> None:
+    assert Plan().to_dict()["format"] == 1
+    assert Plan().to_json() == '{"changes": [], "format": 1, "notes": []}'
+    assert Plan().to_json(indent=2) == '{\n  "changes": [],\n  "format": 1,\n  "notes": []\n}'
+
+
+def test_route_describe_shows_table_and_scope_only_when_not_the_default() -> None:
+    assert Route("192.168.2.0/24", device="eth0").describe() == (
+        "route 192.168.2.0/24 dev eth0 table main metric 0 proto k3snet")
+    assert Route("192.168.2.0/24", device="eth0", scope="host", table=100).describe() == (
+        "route 192.168.2.0/24 dev eth0 table 100 metric 0 scope host proto k3snet")
+    assert Route("192.168.2.0/24", gateway="192.168.1.1", scope="link").describe() == (
+        "route 192.168.2.0/24 via 192.168.1.1 table main metric 0 scope link proto k3snet")
+    assert Route("fd01:2::/64", device="eth0").describe() == (
+        "route fd01:2::/64 dev eth0 table main metric 1024 proto k3snet")
+
+
+def test_register_object_type_refuses_a_second_class_for_one_tag() -> None:
+    class Impostor(Route):
+        __slots__ = ()
+
+    with pytest.raises(ModelError, match="'route' is already registered by"):
+        register_object_type(Impostor)
+    assert register_object_type(Route) is Route
+    assert OBJECT_TYPES["route"] is Route
+    assert type(object_from_dict(_ROUTE.to_dict())) is Route
