@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from k3snet import Change, ModelError, Note, Plan, State, plan
+from k3snet import Change, ModelError, Note, Plan, PlanError, State, plan
 from k3snet.model import (
     OBJECT_TYPES,
     ForwardRule,
     MasqueradeRule,
     Route,
+    SnatRule,
     Sysctl,
     object_from_dict,
     register_object_type,
@@ -111,3 +112,64 @@ def test_register_object_type_refuses_a_second_class_for_one_tag() -> None:
     assert register_object_type(Route) is Route
     assert OBJECT_TYPES["route"] is Route
     assert type(object_from_dict(_ROUTE.to_dict())) is Route
+
+
+def test_objects_read_their_dict_forms_with_the_optional_keys_left_out() -> None:
+    assert MasqueradeRule.from_dict({"source": "10.42.0.0/16"}) == MasqueradeRule("10.42.0.0/16")
+    assert not MasqueradeRule.from_dict({"source": "10.42.0.0/16"}).random_fully
+    assert SnatRule.from_dict({"source": "10.42.0.0/16", "to_address": "192.168.1.5"}) == (
+        SnatRule("10.42.0.0/16", to_address="192.168.1.5"))
+    route = Route.from_dict({"destination": "192.168.2.0/24", "device": "eth0"})
+    assert (route.table, route.protocol) == (254, 211)
+
+
+def test_objects_order_strictly() -> None:
+    low, high = sorted([_ROUTE, _NAT])
+    assert low < high
+    assert not high < low
+    assert not low < low  # noqa: PLR0124 - irreflexivity is what is tested
+    assert low <= low  # noqa: PLR0124
+
+
+def test_route_describe_names_unknown_protocols_by_number() -> None:
+    assert Route("192.168.2.0/24", device="eth0", protocol=99).describe().endswith("proto 99")
+
+
+def test_object_from_dict_names_what_it_cannot_read() -> None:
+    with pytest.raises(ModelError, match=r"unknown object type in \{'type': 'bogus'\}"):
+        object_from_dict({"type": "bogus"})
+
+
+def test_a_replace_prints_on_one_line() -> None:
+    moved = Route("192.168.2.0/24", gateway="192.168.1.254", device="eth0")
+    assert str(Change.replace(_ROUTE, moved)) == (
+        f"~ {moved.describe()} (was: {_ROUTE.describe()})")
+
+
+def test_ipv6_nat_without_destination_translates_all_of_ipv6_less_its_exclusions() -> None:
+    rule = MasqueradeRule("fd42:42::/56", exclude=["fd01:2::/64"])
+    assert all(n.version == 6 for n in rule.natted_destinations())
+    assert sum(n.num_addresses for n in rule.natted_destinations()) == 2**128 - 2**64
+    assert not MasqueradeRule("fd42:42::/56").met_by(rule)
+
+
+def test_apply_to_takes_a_foreign_sysctl_over_and_keeps_its_value_as_previous() -> None:
+    foreign = Sysctl("net.ipv4.ip_forward", 0)
+    after = Plan(changes=[Change.add(_SYSCTL)]).apply_to(State(foreign=[foreign]))
+    (owned,) = after.owned
+    assert owned.previous == "0"
+    assert foreign not in after.foreign
+    replaced = Plan(changes=[Change.replace(owned, Sysctl("net.ipv4.ip_forward", 2))]).apply_to(
+        after)
+    (kept,) = replaced.owned
+    assert (kept.value, kept.previous) == ("2", "0")
+    restored = Plan(changes=[Change.delete(kept)]).apply_to(replaced)
+    assert restored.foreign == {foreign}
+
+
+def test_apply_to_says_why_a_change_does_not_fit() -> None:
+    with pytest.raises(PlanError, match=r"cannot add .* is already there"):
+        Plan(changes=[Change.add(_ROUTE)]).apply_to(State(owned=[_ROUTE]))
+    moved = Route("192.168.2.0/24", gateway="192.168.1.254", device="eth0")
+    with pytest.raises(PlanError, match=r"cannot replace .*: not in the state \(found route"):
+        Plan(changes=[Change.replace(moved, _ROUTE)]).apply_to(State(owned=[_ROUTE]))
