@@ -2,6 +2,7 @@
 #
 #   make test    install what is missing, then lint, type check and run the whole suite
 #   make demo    build the seed lab in network namespaces and fix it with k3snet
+#   make mutation  mutation testing of the pure modules with mutmut (slow; docs/testing.md)
 #
 # Meant to work as root on a fresh Debian machine: `deps` installs the missing
 # system packages with apt-get and creates .venv with everything from the
@@ -41,7 +42,12 @@ LINT_PATHS := k3snet tests benchmarks examples ansible_collections
 NAT ?=
 DEMO_ARGS ?= $(if $(NAT),--nat-backend $(NAT))
 
-.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean
+# `make mutation MUTANTS='k3snet.model.* k3snet.planner.*'` limits the run to some
+# modules (mutmut's mutant-name globs); empty means every module [tool.mutmut] lists.
+MUTANTS ?=
+MUTATION_JOBS ?= 2
+
+.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation
 
 deps: $(STAMP)
 
@@ -87,6 +93,17 @@ demo: deps
 bench: deps
 	$(BIN)/python benchmarks/run.py
 
+# mutmut copies the tree to mutants/ and runs the root-free tests (selection in
+# [tool.mutmut], pyproject.toml) against each mutant, with the derandomized
+# `mutation` hypothesis profile. mutants/ is rebuilt every time: a stale copy
+# would judge old code. The netns leftover check is off: these sessions create
+# no namespace, but other runs on the machine may.
+mutation: deps
+	rm -rf mutants
+	K3SNET_SKIP_NETNS_CHECK=1 HYPOTHESIS_PROFILE=mutation \
+		$(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(BIN)/mutmut results
+
 docs: deps
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
@@ -96,7 +113,7 @@ dist: deps
 	$(BIN)/python -m build --outdir dist .
 
 clean:
-	rm -rf site dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks *.egg-info
+	rm -rf site dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks *.egg-info mutants
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

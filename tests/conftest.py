@@ -1,10 +1,19 @@
 """Session-wide test configuration.
 
-- Hypothesis profiles, chosen with the ``HYPOTHESIS_PROFILE`` environment variable:
-  ``dev`` (default, quick), ``ci`` (what ``make test`` uses) and ``thorough``.
+- Hypothesis profiles, chosen with the ``HYPOTHESIS_PROFILE`` environment variable
+  (unset means ``dev``; an unknown name is an error):
+
+  ``dev``       200 examples, no deadline: a quick local run that still draws the
+                rare shapes (same key and other value, big states) a few times;
+  ``ci``        500 examples, what ``make test`` uses;
+  ``thorough``  5000 examples, for a long run before a release;
+  ``mutation``  50 examples, derandomized, no example database and no shrinking,
+                so ``make mutation`` judges every mutant on the same draws, quickly.
 - A leftover check: the run fails if a network namespace named ``k3snet-*`` that
   did not exist when the session started still exists when it ends. Tests must
-  delete every namespace they create, also when they fail.
+  delete every namespace they create, also when they fail. ``K3SNET_SKIP_NETNS_CHECK=1``
+  turns the check off: ``make mutation`` sets it, since its sessions run no namespace
+  test and other runs on the machine may create namespaces meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import pytest
 NETNS_PREFIX = "k3snet-"
 
 try:
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
 except ImportError:  # hypothesis is in the dev group; tolerate a bare install
     pass
 else:
@@ -30,13 +39,33 @@ else:
         print_blob=True,  # failures print a reproduce_failure blob
         suppress_health_check=[HealthCheck.too_slow],
     )
-    settings.register_profile("dev", max_examples=100)
-    settings.register_profile("thorough", max_examples=5000, deadline=None)
+    # Written out rather than left to hypothesis' default (100 examples), so an
+    # unset HYPOTHESIS_PROFILE is a known, stated setting.
+    settings.register_profile("dev", max_examples=200, deadline=None, print_blob=True)
+    settings.register_profile(
+        "thorough",
+        max_examples=5000,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    settings.register_profile(
+        "mutation",
+        max_examples=50,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        # A mutant only needs to be killed, not explained: shrinking a failing
+        # 30-object state can take minutes per mutant.
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def _k3snet_namespaces() -> set[str] | None:
     """Names of the ``k3snet-*`` network namespaces, or None if they cannot be listed."""
+    if os.environ.get("K3SNET_SKIP_NETNS_CHECK") == "1":
+        return None
     ip = shutil.which("ip")
     if ip is None:
         return None

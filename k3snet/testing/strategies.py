@@ -27,13 +27,20 @@ from hypothesis.strategies import SearchStrategy
 
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
-from k3snet.model.cidr import Address, Network
+from k3snet.model.cidr import Address, Network, aggregate
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
-from k3snet.model.route import Route
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteScope
 from k3snet.model.state import KINDS, State
 from k3snet.model.sysctl import Sysctl
-from k3snet.spec import Cluster, Destination, MasqueradeMode, MasqueradePolicy, Spec
+from k3snet.spec import (
+    Cluster,
+    Destination,
+    ForwardPolicy,
+    MasqueradeMode,
+    MasqueradePolicy,
+    Spec,
+)
 
 __all__ = [
     "DEFAULT_DEVICES",
@@ -46,9 +53,11 @@ __all__ = [
     "nat_rules",
     "networks",
     "objects",
+    "replacements",
     "routes",
     "snat_rules",
     "specs",
+    "state_pairs",
     "states",
     "sysctls",
 ]
@@ -56,6 +65,8 @@ __all__ = [
 DEFAULT_DEVICES: tuple[str, ...] = ("eth0", "eth1", "cni0")
 _BITS = {4: 32, 6: 128}
 _FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+# Route protocols foreign routes carry: boot, static, bird, dhcp (see Route's docs).
+FOREIGN_PROTOCOLS: tuple[int, ...] = (3, 4, 12, 16)
 _SYSCTL_NAMES = (
     *_FORWARDING,
     "net.ipv4.conf.all.rp_filter",
@@ -147,17 +158,23 @@ def routes(
     devices: Sequence[str] = DEFAULT_DEVICES,
     tables: Sequence[int] = (254, 100),
     metrics: Sequence[int | None] = (None, 100),
+    protocols: Sequence[int] = (K3SNET_ROUTE_PROTOCOL,),
+    scopes: Sequence[RouteScope | None] = (None,),
 ) -> SearchStrategy[Route]:
-    """Routes (protocol k3snet).
+    """Routes (protocol k3snet unless ``protocols`` says otherwise).
 
     ``gateways`` maps a device to the gateway addresses valid on it (for kernel
     backends: addresses inside the device's connected prefixes); without it,
     gateways are arbitrary addresses. A route without gateway is a device route.
+    ``scopes`` applies to IPv4 device routes (a route via a gateway keeps the
+    kernel's ``universe``; IPv6 routes have no scope).
     """
     _check_family(family)
     _pool("devices", devices)
     _pool("tables", tables)
     _pool("metrics", metrics)
+    _pool("protocols", protocols)
+    _pool("scopes", scopes)
 
     @st.composite
     def build(draw: st.DrawFn) -> Route:
@@ -174,8 +191,10 @@ def routes(
                 gateway = ipaddress.ip_address(draw(st.sampled_from(choices)))
         elif draw(st.booleans()):
             gateway = draw(addresses(version))
+        scope = draw(st.sampled_from(scopes)) if gateway is None and version == 4 else None
         return Route(dest, gateway=gateway, device=device, table=draw(st.sampled_from(tables)),
-                     metric=draw(st.sampled_from(metrics)))
+                     metric=draw(st.sampled_from(metrics)), scope=scope,
+                     protocol=draw(st.sampled_from(protocols)))
 
     return build()
 
@@ -251,9 +270,14 @@ def forward_rules(
     family: int | None = None,
     *,
     sources: SearchStrategy[Network] | None = None,
+    destinations: SearchStrategy[Network] | None = None,
     devices: Sequence[str | None] = (None, *DEFAULT_DEVICES[:2]),
 ) -> SearchStrategy[ForwardRule]:
-    """Forward-accept rules (pod CIDR to destination)."""
+    """Forward-accept rules (pod CIDR to destination).
+
+    Narrow ``sources`` and ``destinations`` make two draws share a key (and so
+    differ only in their interfaces: a replace) often.
+    """
     _check_family(family)
     _pool("devices", devices)
 
@@ -262,7 +286,10 @@ def forward_rules(
         version = draw(families(family))
         source = draw(sources if sources is not None else networks(version))
         version = source.version
-        return ForwardRule(source, draw(networks(version)),
+        destination = draw(destinations if destinations is not None else networks(version))
+        if destination.version != version:
+            destination = draw(networks(version))
+        return ForwardRule(source, destination,
                            in_interface=draw(st.sampled_from(devices)),
                            out_interface=draw(st.sampled_from(devices)))
 
@@ -270,18 +297,30 @@ def forward_rules(
 
 
 def sysctls(
-    names: Sequence[str] = _SYSCTL_NAMES, values: Sequence[str] = ("0", "1", "2")
+    names: Sequence[str] = _SYSCTL_NAMES,
+    values: Sequence[str] = ("0", "1", "2"),
+    *,
+    previous: Sequence[str | None] = (None,),
 ) -> SearchStrategy[Sysctl]:
-    """Sysctls from a small pool of names and values."""
+    """Sysctls from a small pool of names and values.
+
+    ``previous`` is the pool of values a backend recorded before taking the
+    parameter over (``None``: not recorded); it never takes part in equality.
+    """
     _pool("names", names)
     _pool("values", values)
-    return st.builds(Sysctl, st.sampled_from(names), st.sampled_from(values))
+    _pool("previous", previous)
+    return st.builds(Sysctl, st.sampled_from(names), st.sampled_from(values),
+                     previous=st.sampled_from(previous))
 
 
-def _of_kind(kind: str, family: int | None) -> SearchStrategy[NetObject]:
+def _of_kind(kind: str, family: int | None, every_shape: bool) -> SearchStrategy[NetObject]:
     strategy: SearchStrategy[NetObject]
     if kind == "sysctl":
-        strategy = sysctls()
+        strategy = sysctls(previous=(None, "0", "1") if every_shape else (None,))
+    elif kind == "route" and every_shape:
+        strategy = routes(family, protocols=(K3SNET_ROUTE_PROTOCOL, *FOREIGN_PROTOCOLS),
+                          scopes=(None, "link", "host", "universe"))
     elif kind == "route":
         strategy = routes(family)
     elif kind == "forward":
@@ -291,13 +330,91 @@ def _of_kind(kind: str, family: int | None) -> SearchStrategy[NetObject]:
     return strategy
 
 
-def objects(kinds: Sequence[str] = KINDS, family: int | None = None) -> SearchStrategy[NetObject]:
-    """Any node object of the given kinds."""
+def objects(
+    kinds: Sequence[str] = KINDS, family: int | None = None, *, every_shape: bool = False
+) -> SearchStrategy[NetObject]:
+    """Any node object of the given kinds.
+
+    By default only shapes a backend writes for k3snet (routes of protocol
+    k3snet, sysctls without a recorded previous value). ``every_shape=True``
+    also draws what a node holds besides: routes of other protocols and scopes,
+    sysctls with a ``previous`` value.
+    """
     _check_family(family)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise ModelError(f"kinds must be a non-empty subset of {', '.join(KINDS)}, got {kinds!r}")
-    return st.one_of([_of_kind(k, family) for k in kinds])
+    return st.one_of([_of_kind(k, family, every_shape) for k in kinds])
+
+
+def replacements(obj: NetObject) -> SearchStrategy[NetObject]:
+    """Objects with ``obj``'s key and other content: what a plan must *replace* ``obj`` with.
+
+    A route with another next hop, scope or protocol; a forward rule with other
+    interfaces; a NAT rule with other exclusions, ``random_fully``, SNAT address,
+    or of the other NAT type (masquerade and SNAT share one key space); a sysctl
+    with another value.
+    """
+    if not isinstance(obj, NetObject):
+        raise ModelError(f"replacements() needs a k3snet object, got {obj!r}")
+    strategy: SearchStrategy[NetObject]
+    if isinstance(obj, Route):
+        strategy = _route_replacements(obj)
+    elif isinstance(obj, ForwardRule):
+        interfaces = st.sampled_from((None, *DEFAULT_DEVICES))
+        strategy = st.builds(ForwardRule, st.just(obj.source), st.just(obj.destination),
+                             in_interface=interfaces, out_interface=interfaces)
+    elif isinstance(obj, MasqueradeRule | SnatRule):
+        strategy = _nat_replacements(obj)
+    elif isinstance(obj, Sysctl):
+        strategy = st.builds(Sysctl, st.just(obj.name),
+                             st.sampled_from(("0", "1", "2", obj.value + "0")))
+    else:
+        raise ModelError(f"no replacements strategy for {type(obj).__name__}")
+    return strategy.filter(lambda other: other != obj)
+
+
+def _route_replacements(route: Route) -> SearchStrategy[NetObject]:
+    @st.composite
+    def build(draw: st.DrawFn) -> Route:
+        version = route.family
+        gateway = draw(st.none() | st.sampled_from(
+            [a for a in (route.gateway, *_edges(route.destination)) if a is not None]
+        ) | addresses(version))
+        device = draw(st.sampled_from((None, *DEFAULT_DEVICES)) if gateway is not None
+                      else st.sampled_from(DEFAULT_DEVICES))
+        scopes: tuple[RouteScope | None, ...] = (None, "link", "host")
+        scope = draw(st.sampled_from(scopes)) if gateway is None and version == 4 else None
+        return Route(route.destination, gateway=gateway, device=device, table=route.table,
+                     metric=route.metric, scope=scope,
+                     protocol=draw(st.sampled_from((route.protocol, *FOREIGN_PROTOCOLS))))
+
+    return build()
+
+
+def _edges(net: Network) -> tuple[Address, ...]:
+    return (net.network_address, net.broadcast_address)
+
+
+def _nat_replacements(rule: MasqueradeRule | SnatRule) -> SearchStrategy[NetObject]:
+    @st.composite
+    def build(draw: st.DrawFn) -> MasqueradeRule | SnatRule:
+        exclude: list[Network] = []
+        whole = rule.destination
+        if whole is not None and whole.prefixlen < _BITS[rule.family] and draw(st.booleans()):
+            halves: list[Network] = list(whole.subnets(prefixlen_diff=1))
+            exclude = [draw(st.sampled_from(halves))]
+        elif whole is None and draw(st.booleans()):
+            exclude = draw(st.lists(networks(rule.family), min_size=1, max_size=2))
+        fields: dict[str, Any] = {
+            "destination": rule.destination, "exclude": exclude,
+            "out_interface": rule.out_interface, "random_fully": draw(st.booleans()),
+        }
+        if draw(st.booleans()):
+            return MasqueradeRule(rule.source, **fields)
+        return SnatRule(rule.source, to_address=draw(addresses(rule.family)), **fields)
+
+    return build()
 
 
 def states(
@@ -328,11 +445,78 @@ def states(
     return build()
 
 
+def state_pairs(
+    owned: SearchStrategy[NetObject] | None = None,
+    *,
+    foreign: SearchStrategy[NetObject] | None = None,
+    min_owned: int = 17,
+    max_owned: int = 40,
+    min_changes: int = 2,
+    max_changes: int = 5,
+    max_foreign: int = 6,
+) -> SearchStrategy[tuple[State, State]]:
+    """(observed, desired) pairs: a large observed state and a few changes to it.
+
+    The desired state differs from the observed one in ``min_changes`` to
+    ``max_changes`` keys (each an add, a delete or a replace by
+    :func:`replacements`). The defaults (at least 17 objects, at least two
+    changes) draw what independent :func:`states` almost never do: a few changes
+    in a state large enough for the planner's small-subset path. Foreign
+    objects (observed side only) hold keys of their own.
+    """
+    if not 0 <= min_owned <= max_owned or not 1 <= min_changes <= max_changes:
+        raise ModelError("need 0 <= min_owned <= max_owned and 1 <= min_changes <= max_changes")
+    if max_foreign < 0:
+        raise ModelError("max_foreign must be >= 0")
+    owned_objects = owned if owned is not None else objects()
+    foreign_objects = foreign if foreign is not None else objects(every_shape=True)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> tuple[State, State]:
+        mine = draw(st.lists(owned_objects, min_size=min_owned, max_size=max_owned,
+                             unique_by=lambda o: o.key))
+        desired = {o.key: o for o in mine}
+        keys = sorted(desired)
+        touched: set[tuple[Any, ...]] = set()
+        for _ in range(draw(st.integers(min_changes, max_changes))):
+            action = draw(st.sampled_from(("add", "delete", "replace")))
+            untouched = [k for k in keys if k not in touched]
+            if action == "add" or not untouched:
+                # A key of its own: re-adding a deleted key would be one replace, not two changes.
+                new = draw(owned_objects.filter(lambda o: o.key not in desired
+                                                and o.key not in touched))
+                desired[new.key] = new
+                touched.add(new.key)
+                continue
+            key = draw(st.sampled_from(untouched))
+            touched.add(key)
+            if action == "delete":
+                del desired[key]
+            else:
+                desired[key] = draw(replacements(desired[key]))
+        taken = set(desired) | {o.key for o in mine}
+        theirs = draw(st.lists(foreign_objects.filter(lambda o: o.key not in taken),
+                               max_size=max_foreign, unique_by=lambda o: o.key))
+        return State(owned=mine, foreign=theirs), State(owned=desired.values())
+
+    return build()
+
+
 def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStrategy[Spec]:
-    """Valid specs: destinations outside the cluster CIDRs, at most one per CIDR."""
+    """Valid specs: destinations outside the cluster CIDRs, at most one per CIDR.
+
+    Destinations draw exclusions (prefixes strictly inside them), a table, a
+    metric, a device and a gateway; the policies draw an out interface for the
+    masquerade, an in interface for forwarding, SNAT addresses (one per family,
+    node addresses outside the pod CIDRs) and, in mode ``all``, non-masquerade
+    CIDRs.
+    """
     _check_family(family)
+    if max_destinations < 0:
+        raise ModelError("max_destinations must be >= 0")
     pod = {4: ipaddress.ip_network("10.42.0.0/16"), 6: ipaddress.ip_network("fd42:42::/56")}
     svc = {4: ipaddress.ip_network("10.43.0.0/16"), 6: ipaddress.ip_network("fd43:43::/112")}
+    snat = {4: ipaddress.ip_address("192.168.1.5"), 6: ipaddress.ip_address("fd01:1::5")}
     fams = (4, 6) if family is None else (family,)
     cluster = Cluster(pod_cidrs=[pod[f] for f in fams], service_cidrs=[svc[f] for f in fams])
 
@@ -345,8 +529,17 @@ def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStra
                             and not n.overlaps(svc[n.version])))
         device = draw(st.sampled_from((None, "eth0", "eth1")))
         gateway = draw(st.none() | addresses(version)) if device is not None else None
+        inside = networks(version, min_prefix=cidr.prefixlen + 1,
+                          max_prefix=min(cidr.prefixlen + 8, _BITS[version]))
+        # Exclusions that together cover the whole destination are left out: a
+        # spec with them does not compile (see tests/property/test_compile_properties.py).
+        exclude = draw(st.lists(inside.map(lambda n: _shift(n, cidr)), max_size=2, unique=True)
+                       .filter(lambda ex: list(aggregate(ex)) != [cidr]))
         return Destination(cidr, gateway=gateway, device=device,
-                           masquerade=draw(st.booleans()), forward=draw(st.booleans()))
+                           table=draw(st.sampled_from((254, 100, 1000))),
+                           metric=draw(st.sampled_from((None, 0, 100))),
+                           masquerade=draw(st.booleans()), forward=draw(st.booleans()),
+                           exclude=exclude)
 
     @st.composite
     def build(draw: st.DrawFn) -> Spec:
@@ -354,10 +547,28 @@ def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStra
                               unique_by=lambda d: d.cidr))
         modes: tuple[MasqueradeMode, ...] = ("destinations", "all", "off")
         mode = draw(st.sampled_from(modes))
-        policy = MasqueradePolicy(mode=mode, random_fully=draw(st.booleans()))
-        return Spec(cluster=cluster, destinations=dests, masquerade=policy)
+        non_masquerade: list[Network] = []
+        if mode == "all":
+            non_masquerade = draw(st.lists(st.sampled_from(fams).flatmap(networks),
+                                           max_size=2, unique=True))
+        policy = MasqueradePolicy(
+            mode=mode, random_fully=draw(st.booleans()),
+            out_interface=draw(st.sampled_from((None, "eth0", "eth2"))),
+            snat_addresses=[snat[f] for f in fams if draw(st.booleans())],
+            non_masquerade_cidrs=non_masquerade,
+        )
+        forward = ForwardPolicy(accept=draw(st.booleans()),
+                                in_interface=draw(st.sampled_from((None, "cni0", "flannel.1"))))
+        return Spec(cluster=cluster, destinations=dests, masquerade=policy, forward=forward)
 
     return build()
+
+
+def _shift(inner: Network, outer: Network) -> Network:
+    """``inner``'s low bits moved inside ``outer`` (a prefix strictly inside it)."""
+    host_bits = _BITS[outer.version] - outer.prefixlen
+    low = int(inner.network_address) & ((1 << host_bits) - 1)
+    return type(outer)((int(outer.network_address) | low, inner.prefixlen))
 
 
 def for_type(cls: type[Any]) -> SearchStrategy[Any]:

@@ -18,18 +18,28 @@ from k3snet import Change, Plan, PlanError, Spec, State, plan
 from k3snet.model import NetObject, Sysctl, object_from_dict
 from k3snet.testing import strategies as ks
 
-# Narrow pools so that independent draws collide often.
+# Narrow pools so that independent draws collide often: same key with another
+# value (a replace), same object (a keep), same foreign slot (met / conflict).
 _dest = st.sampled_from(["192.168.2.0/24", "192.168.3.0/24", "fd01:2::/64", "10.99.0.0/16"])
+_sources = st.sampled_from(["10.42.0.0/16", "fd42:42::/56"]).map(ip_network)
 _pool = st.one_of(
     ks.sysctls(names=("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
-                      "net.ipv4.conf.all.rp_filter"), values=("0", "1")),
+                      "net.ipv4.conf.all.rp_filter"), values=("0", "1"),
+               previous=(None, "0", "1")),
     ks.routes(destinations=_dest.map(ip_network),
               gateways={"eth0": ["192.168.1.1", "fd01:1::1"], "eth1": ["192.168.1.254"]},
-              devices=("eth0", "eth1"), tables=(254,), metrics=(None, 100)),
-    ks.masquerade_rules(sources=st.sampled_from(["10.42.0.0/16", "fd42:42::/56"]).map(
-        ip_network), devices=(None, "eth0")),
+              devices=("eth0", "eth1"), tables=(254,), metrics=(None, 100),
+              protocols=(211, 4), scopes=(None, "link", "host")),
+    ks.masquerade_rules(sources=_sources, devices=(None, "eth0")),
+    ks.snat_rules(sources=_sources, devices=(None, "eth0")),
+    # Two slots per family, so a forward rule with the same key and other
+    # interfaces (a replace) is drawn often.
     ks.forward_rules(sources=st.just(ip_network("10.42.0.0/16")),
-                     devices=(None, "eth0")),
+                     destinations=st.sampled_from(["192.168.2.0/24", "192.168.3.0/24"]).map(
+                         ip_network), devices=(None, "eth0")),
+    ks.forward_rules(sources=st.just(ip_network("fd42:42::/56")),
+                     destinations=st.sampled_from(["fd01:2::/64", "fd01:3::/64"]).map(
+                         ip_network), devices=(None, "eth0")),
 )
 observed_states = ks.states(_pool, max_owned=10, max_foreign=6)
 desired_states = ks.states(_pool, max_owned=10, max_foreign=0)
@@ -98,16 +108,23 @@ def test_minimality_unchanged_objects_produce_no_change(observed: State, desired
     assert len(p.changes) <= len(observed.owned ^ desired.owned)
 
 
+def _route_slot(obj: NetObject) -> tuple[object, ...] | None:
+    """(table, destination) read from the serialised form, not from ``clash_key``."""
+    data = obj.to_dict()
+    return (data["table"], data["destination"]) if data["type"] == "route" else None
+
+
 @given(observed_states, desired_states)
 def test_foreign_safety_no_change_names_a_foreign_object(observed: State, desired: State) -> None:
     p = plan(observed, desired)
-    # Slots a foreign object holds (routes); rules in our own chains hold none, and
-    # a sysctl is taken over with its previous value recorded.
-    foreign_slots = {o.clash_key for o in observed.foreign if o.clash_key is not None}
+    # Slots a foreign route holds (one destination in one table, whatever the
+    # metric); rules in our own chains hold none, and a sysctl is taken over
+    # with its previous value recorded.
+    foreign_slots = {_route_slot(o) for o in observed.foreign} - {None}
     for change in p.changes:
         assert change.before is None or change.before in observed.owned
-        if change.action == "add" and not isinstance(change.after, Sysctl):
-            assert change.subject.clash_key is None or change.subject.clash_key not in foreign_slots
+        if change.action == "add":
+            assert _route_slot(change.subject) not in foreign_slots
 
 
 @given(observed_states, desired_states)
@@ -196,3 +213,47 @@ def test_type_strategies_are_registered_through_the_hypothesis_entry_point(
     assert isinstance(state, State)
     assert plan(state, state).empty
     assert Spec.from_dict(spec.to_dict()) == spec
+
+
+# A few changes in a state of more than 16 objects: the planner's small-subset
+# path (sorting the changed objects instead of walking the whole state).
+_big_pairs = ks.state_pairs(ks.objects(every_shape=True), min_owned=17, max_owned=30,
+                            min_changes=2, max_changes=4)
+
+
+def _in_canonical_order(p: Plan) -> bool:
+    """Deletes by falling rank, then replaces, then adds by rising rank; each in the total order."""
+    def place(change: Change) -> tuple[object, ...]:
+        phase = {"delete": 0, "replace": 1, "add": 2}[change.action]
+        rank = -change.subject.rank if change.action == "delete" else 0
+        return (phase, rank, change.subject.sort_key)
+
+    places = [place(c) for c in p.changes]
+    return places == sorted(places)
+
+
+@given(_big_pairs)
+def test_order_few_changes_in_a_big_state_come_in_the_total_order(
+    pair: tuple[State, State],
+) -> None:
+    observed, desired = pair
+    p = plan(observed, desired)
+    assert len(p.changes) + len(p.notes) >= 2
+    assert _in_canonical_order(p), [str(c) for c in p.changes]
+
+
+@given(observed_states, desired_states)
+def test_order_small_states_come_in_the_total_order(observed: State, desired: State) -> None:
+    assert _in_canonical_order(plan(observed, desired))
+
+
+@given(_big_pairs)
+def test_soundness_and_minimality_few_changes_in_a_big_state(pair: tuple[State, State]) -> None:
+    observed, desired = pair
+    p = plan(observed, desired)
+    assert p.apply_to(observed).owned == p.target(desired)
+    differing = {o.key for o in observed.owned ^ desired.owned}
+    set_aside = {n.wanted.key for n in p.notes}
+    assert {c.subject.key for c in p.changes} == differing - (set_aside - observed.by_key.keys())
+    assert len(p.changes) == len({c.subject.key for c in p.changes})
+    assert plan(p.apply_to(observed), desired).empty

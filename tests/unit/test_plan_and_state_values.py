@@ -1,0 +1,175 @@
+"""Plans and states as values: their JSON forms, defaults, filters and renderings.
+
+Written against mutants the mutation run (``make mutation``) found alive: each
+assertion here fails for one of them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snet import Change, ModelError, Note, Plan, PlanError, State, plan
+from k3snet.model import (
+    OBJECT_TYPES,
+    ForwardRule,
+    MasqueradeRule,
+    Route,
+    SnatRule,
+    Sysctl,
+    object_from_dict,
+    register_object_type,
+)
+
+_ROUTE = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
+_FOREIGN_ROUTE = Route("192.168.3.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
+_NAT = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+_SYSCTL = Sysctl("net.ipv4.ip_forward", 1)
+
+
+def test_objects_refuse_order_comparisons_with_other_types() -> None:
+    for compare in (
+        lambda: _ROUTE < 1, lambda: _ROUTE <= 1, lambda: _ROUTE > 1, lambda: _ROUTE >= 1,
+    ):
+        with pytest.raises(TypeError):
+            compare()
+    assert _ROUTE != 1
+    assert not _ROUTE == 1  # noqa: SIM201 - __eq__ itself is under test
+
+
+def test_forward_rule_describes_its_interfaces() -> None:
+    rule = ForwardRule("10.42.0.0/16", "192.168.2.0/24", in_interface="cni0", out_interface="eth0")
+    assert rule.describe() == (
+        "forward accept 10.42.0.0/16 -> 192.168.2.0/24 iif cni0 oif eth0 (+ replies)"
+    )
+
+
+def test_state_merge_and_with_owned_keep_foreign_objects() -> None:
+    a = State(owned=[_ROUTE], foreign=[_FOREIGN_ROUTE])
+    b = State(owned=[_SYSCTL], foreign=[Sysctl("net.ipv4.conf.all.rp_filter", 2)])
+    merged = a.merge(b)
+    assert merged.owned == {_ROUTE, _SYSCTL}
+    assert merged.foreign == a.foreign | b.foreign
+    moved = a.with_owned([_NAT])
+    assert moved.owned == {_NAT}
+    assert moved.foreign == a.foreign
+
+
+def test_state_and_plan_read_their_json_forms_with_parts_left_out() -> None:
+    assert State.from_dict({}) == State()
+    assert State.from_dict({"owned": [_ROUTE.to_dict()]}) == State(owned=[_ROUTE])
+    assert State.from_dict({"foreign": [_ROUTE.to_dict()]}) == State(foreign=[_ROUTE])
+    assert Plan.from_dict({}) == Plan()
+    one = Plan(changes=[Change.add(_ROUTE)])
+    assert Plan.from_dict({"changes": one.to_dict()["changes"]}) == one
+    noted = Plan(notes=[Note("met", _ROUTE, _ROUTE)])
+    assert Plan.from_dict({"notes": noted.to_dict()["notes"]}) == noted
+
+
+def test_plan_refuses_another_format_and_text_that_is_not_json() -> None:
+    with pytest.raises(ModelError, match="unsupported plan format 2"):
+        Plan.from_dict({"format": 2})
+    assert Plan.from_dict({"format": 1}) == Plan()
+    with pytest.raises(ModelError, match="not a plan: "):
+        Plan.from_json("{")
+
+
+def test_plan_only_keeps_the_changes_and_notes_of_the_given_kinds() -> None:
+    p = Plan(changes=[Change.add(_ROUTE), Change.add(_NAT)],
+             notes=[Note("met", _SYSCTL, _SYSCTL), Note("conflict", _ROUTE, _FOREIGN_ROUTE)])
+    routes = p.only(["route"])
+    assert routes.changes == (Change.add(_ROUTE),)
+    assert routes.notes == (Note("conflict", _ROUTE, _FOREIGN_ROUTE),)
+    assert p.only(["sysctl"]).notes == (Note("met", _SYSCTL, _SYSCTL),)
+
+
+def test_an_empty_plan_says_the_system_matches() -> None:
+    assert plan(State(), State()).render() == "No changes. The system matches the spec."
+
+
+def test_plan_json_is_sorted_and_indents_on_request() -> None:
+    assert Plan().to_dict()["format"] == 1
+    assert Plan().to_json() == '{"changes": [], "format": 1, "notes": []}'
+    assert Plan().to_json(indent=2) == '{\n  "changes": [],\n  "format": 1,\n  "notes": []\n}'
+
+
+def test_route_describe_shows_table_and_scope_only_when_not_the_default() -> None:
+    assert Route("192.168.2.0/24", device="eth0").describe() == (
+        "route 192.168.2.0/24 dev eth0 table main metric 0 proto k3snet")
+    assert Route("192.168.2.0/24", device="eth0", scope="host", table=100).describe() == (
+        "route 192.168.2.0/24 dev eth0 table 100 metric 0 scope host proto k3snet")
+    assert Route("192.168.2.0/24", gateway="192.168.1.1", scope="link").describe() == (
+        "route 192.168.2.0/24 via 192.168.1.1 table main metric 0 scope link proto k3snet")
+    assert Route("fd01:2::/64", device="eth0").describe() == (
+        "route fd01:2::/64 dev eth0 table main metric 1024 proto k3snet")
+
+
+def test_register_object_type_refuses_a_second_class_for_one_tag() -> None:
+    class Impostor(Route):
+        __slots__ = ()
+
+    with pytest.raises(ModelError, match="'route' is already registered by"):
+        register_object_type(Impostor)
+    assert register_object_type(Route) is Route
+    assert OBJECT_TYPES["route"] is Route
+    assert type(object_from_dict(_ROUTE.to_dict())) is Route
+
+
+def test_objects_read_their_dict_forms_with_the_optional_keys_left_out() -> None:
+    assert MasqueradeRule.from_dict({"source": "10.42.0.0/16"}) == MasqueradeRule("10.42.0.0/16")
+    assert not MasqueradeRule.from_dict({"source": "10.42.0.0/16"}).random_fully
+    assert SnatRule.from_dict({"source": "10.42.0.0/16", "to_address": "192.168.1.5"}) == (
+        SnatRule("10.42.0.0/16", to_address="192.168.1.5"))
+    route = Route.from_dict({"destination": "192.168.2.0/24", "device": "eth0"})
+    assert (route.table, route.protocol) == (254, 211)
+
+
+def test_objects_order_strictly() -> None:
+    low, high = sorted([_ROUTE, _NAT])
+    assert low < high
+    assert not high < low
+    assert not low < low  # noqa: PLR0124 - irreflexivity is what is tested
+    assert low <= low  # noqa: PLR0124
+
+
+def test_route_describe_names_unknown_protocols_by_number() -> None:
+    assert Route("192.168.2.0/24", device="eth0", protocol=99).describe().endswith("proto 99")
+
+
+def test_object_from_dict_names_what_it_cannot_read() -> None:
+    with pytest.raises(ModelError, match=r"unknown object type in \{'type': 'bogus'\}"):
+        object_from_dict({"type": "bogus"})
+
+
+def test_a_replace_prints_on_one_line() -> None:
+    moved = Route("192.168.2.0/24", gateway="192.168.1.254", device="eth0")
+    assert str(Change.replace(_ROUTE, moved)) == (
+        f"~ {moved.describe()} (was: {_ROUTE.describe()})")
+
+
+def test_ipv6_nat_without_destination_translates_all_of_ipv6_less_its_exclusions() -> None:
+    rule = MasqueradeRule("fd42:42::/56", exclude=["fd01:2::/64"])
+    assert all(n.version == 6 for n in rule.natted_destinations())
+    assert sum(n.num_addresses for n in rule.natted_destinations()) == 2**128 - 2**64
+    assert not MasqueradeRule("fd42:42::/56").met_by(rule)
+
+
+def test_apply_to_takes_a_foreign_sysctl_over_and_keeps_its_value_as_previous() -> None:
+    foreign = Sysctl("net.ipv4.ip_forward", 0)
+    after = Plan(changes=[Change.add(_SYSCTL)]).apply_to(State(foreign=[foreign]))
+    (owned,) = after.owned
+    assert owned.previous == "0"
+    assert foreign not in after.foreign
+    replaced = Plan(changes=[Change.replace(owned, Sysctl("net.ipv4.ip_forward", 2))]).apply_to(
+        after)
+    (kept,) = replaced.owned
+    assert (kept.value, kept.previous) == ("2", "0")
+    restored = Plan(changes=[Change.delete(kept)]).apply_to(replaced)
+    assert restored.foreign == {foreign}
+
+
+def test_apply_to_says_why_a_change_does_not_fit() -> None:
+    with pytest.raises(PlanError, match=r"cannot add .* is already there"):
+        Plan(changes=[Change.add(_ROUTE)]).apply_to(State(owned=[_ROUTE]))
+    moved = Route("192.168.2.0/24", gateway="192.168.1.254", device="eth0")
+    with pytest.raises(PlanError, match=r"cannot replace .*: not in the state \(found route"):
+        Plan(changes=[Change.replace(moved, _ROUTE)]).apply_to(State(owned=[_ROUTE]))

@@ -1,0 +1,55 @@
+"""The planner's order on both of its paths: few changes in a big state, and many.
+
+``plan`` sorts a small set of changed objects directly and picks a large one
+from the state's ordered tuple (more than 8 objects per change). Both paths
+must give the same order: deletes NAT first, then replaces, then adds sysctls
+and routes before the rules relying on them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snet import State, plan
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, Sysctl
+
+_BULK = [Route(f"192.168.{i}.0/24", gateway="192.168.200.1", device="eth0") for i in range(20)]
+_ADDED: list[NetObject] = [
+    MasqueradeRule("10.42.0.0/16", destination="172.16.0.0/24", out_interface="eth0"),
+    ForwardRule("10.42.0.0/16", "172.16.0.0/24", out_interface="eth0"),
+    Route("172.16.0.0/24", gateway="192.168.200.1", device="eth0"),
+    Sysctl("net.ipv4.ip_forward", 1),
+]
+
+
+@pytest.mark.parametrize("bulk", [20, 3], ids=["small-subset-path", "linear-path"])
+def test_adds_come_in_dependency_order(bulk: int) -> None:
+    observed = State(owned=_BULK[:bulk])
+    desired = State(owned=[*_BULK[:bulk], *_ADDED])
+    p = plan(observed, desired)
+    assert [c.action for c in p.changes] == ["add"] * 4
+    assert [c.subject.kind for c in p.changes] == ["sysctl", "route", "forward", "nat"]
+
+
+@pytest.mark.parametrize("bulk", [20, 3], ids=["small-subset-path", "linear-path"])
+def test_deletes_come_nat_first(bulk: int) -> None:
+    observed = State(owned=[*_BULK[:bulk], *_ADDED])
+    desired = State(owned=_BULK[:bulk])
+    p = plan(observed, desired)
+    assert [c.subject.kind for c in p.changes] == ["nat", "forward", "route", "sysctl"]
+    assert {c.action for c in p.changes} == {"delete"}
+
+
+def test_two_adds_of_one_kind_in_a_big_state_come_in_the_total_order() -> None:
+    first = Route("172.16.0.0/24", gateway="192.168.200.1", device="eth0")
+    second = Route("172.16.1.0/24", gateway="192.168.200.1", device="eth0")
+    p = plan(State(owned=_BULK), State(owned=[*_BULK, second, first]))
+    assert [c.after for c in p.changes] == [first, second]
+
+
+def test_replaces_in_a_big_state_keep_the_key_and_the_total_order() -> None:
+    moved = [Route(r.destination, gateway="192.168.200.254", device="eth0") for r in _BULK[:2]]
+    p = plan(State(owned=_BULK), State(owned=[*_BULK[2:], *reversed(moved)]))
+    assert [c.action for c in p.changes] == ["replace", "replace"]
+    assert [c.after for c in p.changes] == moved
+    assert [c.before for c in p.changes] == _BULK[:2]
