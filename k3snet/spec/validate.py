@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 
 from k3snet.errors import Problem
-from k3snet.model.cidr import Address, Network, contains, overlaps
+from k3snet.model.cidr import Address, Network, aggregate, contains, overlaps
 from k3snet.spec.fields import check_section
 from k3snet.spec.model import Cluster, Destination, MasqueradePolicy, Spec
 from k3snet.spec.schema import DNS_LABEL, SPEC
@@ -82,6 +82,11 @@ def _destination_problems(
             add(Problem(f"{path}.exclude[{j}]", "excludes the whole destination; set "
                                                 "masquerade: false instead"))
     _duplicates(problems, f"{path}.exclude", dest.exclude)
+    inside = [ex for ex in dest.exclude if ex.version == dest.family
+              and contains(dest.cidr, ex) and ex != dest.cidr]
+    if len(inside) > 1 and list(aggregate(inside)) == [dest.cidr]:
+        add(Problem(f"{path}.exclude", f"the exclusions together cover the whole destination "
+                                       f"{dest.cidr}; set masquerade: false instead"))
     return problems
 
 

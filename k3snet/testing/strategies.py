@@ -531,8 +531,8 @@ def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStra
         gateway = draw(st.none() | addresses(version)) if device is not None else None
         inside = networks(version, min_prefix=cidr.prefixlen + 1,
                           max_prefix=min(cidr.prefixlen + 8, _BITS[version]))
-        # Exclusions that together cover the whole destination are left out: a
-        # spec with them does not compile (see tests/property/test_compile_properties.py).
+        # Exclusions that together cover the whole destination are left out: the
+        # spec refuses them (tests/property/test_compile_properties.py).
         exclude = draw(st.lists(inside.map(lambda n: _shift(n, cidr)), max_size=2, unique=True)
                        .filter(lambda ex: list(aggregate(ex)) != [cidr]))
         return Destination(cidr, gateway=gateway, device=device,

@@ -20,7 +20,6 @@ from hypothesis import given
 
 from k3snet import Spec, SpecError
 from k3snet import compile as compile_spec
-from k3snet.errors import ModelError
 from k3snet.model import ForwardRule, MasqueradeRule, Route, SnatRule, Sysctl
 from k3snet.model.cidr import Network
 from k3snet.spec import Cluster, Destination
@@ -158,10 +157,6 @@ def test_compiled_forwarding_sysctls_cover_each_family_in_use(spec: Spec) -> Non
     assert names == {wanted[f] for f in families}
 
 
-@pytest.mark.xfail(raises=ModelError, strict=True,
-                   reason="validate() accepts exclusions that together cover the destination; "
-                          "compile() then fails building the NAT rule (a ModelError, not a "
-                          "SpecError with the path)")
 def test_exclusions_covering_the_whole_destination_are_a_spec_problem() -> None:
     spec = Spec(cluster=Cluster(pod_cidrs=["10.42.0.0/16"]),
                 destinations=[Destination("192.168.2.0/24", device="eth0",
