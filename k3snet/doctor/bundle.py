@@ -116,17 +116,27 @@ class NodeCapture:
         prefix = ("ip", "netns", "exec", netns) if netns is not None else ()
         texts: dict[str, str] = {}
         missing: dict[str, str] = {}
+        # The commands are independent: run them at once (a capture in ~0.1 s, not ~0.5 s).
+        running: dict[str, subprocess.Popen[str]] = {}
         for name, argv in FILES.items():
             try:
-                done = subprocess.run([*prefix, *argv], capture_output=True, text=True,
-                                      timeout=timeout, check=False)
-            except (OSError, subprocess.TimeoutExpired) as exc:
+                running[name] = subprocess.Popen([*prefix, *argv], stdout=subprocess.PIPE,
+                                                 stderr=subprocess.PIPE, text=True)
+            except OSError as exc:
                 missing[name] = f"{argv[0]}: {exc}"
+        for name, process in running.items():
+            argv = FILES[name]
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                missing[name] = f"{' '.join(argv)}: timed out after {timeout} s"
                 continue
-            if done.returncode != 0:
-                missing[name] = f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}"
+            if process.returncode != 0:
+                missing[name] = f"{' '.join(argv)}: exit {process.returncode}: {stderr.strip()}"
                 continue
-            texts[name] = done.stdout
+            texts[name] = stdout
         for name, path in CNI_FILES.items():
             # CNI files live on the host's file system, which a network namespace shares.
             try:

@@ -12,7 +12,6 @@ table dropping, no route at all): their finding says what to change instead.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any, Literal
@@ -22,7 +21,7 @@ import attrs
 from k3snet.doctor.packet import BaseChain, ChainResult, NatAction, Packet
 from k3snet.doctor.routing import RouteEntry, table_name
 from k3snet.doctor.state import NodeState
-from k3snet.doctor.trace import Flow, Step, Trace, Verdict, trace
+from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl
 from k3snet.planner import Plan, plan
 
@@ -31,8 +30,6 @@ __all__ = ["Diagnosis", "Finding", "diagnose"]
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 Severity = Literal["blocking", "warning", "info"]
-# Interfaces that face pods (CNI bridges, overlays, veths) rather than the network.
-_POD_FACING = re.compile(r"^(cni|flannel|cali|vxlan|cilium|kube-|veth|tunl|weave|docker|br-)")
 _MAX_ROUNDS = 8
 
 
@@ -136,7 +133,7 @@ def destination_network(tr: Trace) -> IPNetwork:
 
 
 def _pod_facing(device: str | None, tr: Trace) -> bool:
-    return device is not None and (device == tr.ingress or bool(_POD_FACING.match(device)))
+    return device is not None and (device == tr.ingress or bool(POD_FACING.match(device)))
 
 
 # ---------------------------------------------------------------- state changes (simulated fixes)
@@ -257,20 +254,6 @@ def _not_translated(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _
                           out_interface=oif)
     skipped = [s for s in tr.steps if s.stage == "postrouting" and s.outcome == "pass"
                and not s.detail.startswith("policy")]
-    if _pod_facing(oif, tr):
-        # The packet goes back towards pods: the route, not NAT, is the problem.
-        why = (f"the route sends {tr.flow.destination} to {oif}, a pod-facing interface, "
-               "where nothing answers for it")
-        where = tr.route.describe() if tr.route else "routing"
-        what = f"{tr.flow.destination} is routed towards pods, not out of the node"
-        shadowed = _unshadow(tr)
-        if shadowed is not None:
-            fix, change = shadowed
-            return Finding("route-shadowed", what, where,
-                           f"{why}; {fix.describe()} would carry it", fix=(fix,)), change
-        return Finding("route-shadowed", what, where, why,
-                       advice="route the destination out of the node (spec destinations[].via) "
-                              "or choose a pod CIDR that does not overlap it"), None
     if skipped:
         code = "masquerade-skipped"
         what = "a rule in nat postrouting accepts the flow before anything masquerades it"
@@ -282,6 +265,20 @@ def _not_translated(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _
     why = (f"the destination sees the pod address {tr.flow.source} and answers it; the network "
            "beyond the node does not route pod CIDRs back, so replies are lost")
     return Finding(code, what, where, why, fix=(rule,)), lambda s: _with_masquerade(s, rule)
+
+
+def _route_to_pods(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    what = f"{tr.flow.destination} is routed towards pods, not out of the node"
+    why = (f"{step.detail}; a destination inside or near the pod CIDR is taken for a pod "
+           "address")
+    shadowed = _unshadow(tr)
+    if shadowed is not None:
+        fix, change = shadowed
+        return Finding("route-shadowed", what, step.where,
+                       f"{why}; {fix.describe()} would carry it out", fix=(fix,)), change
+    return Finding("route-shadowed", what, step.where, why,
+                   advice="route the destination out of the node (spec destinations[].via) "
+                          "or choose a pod CIDR that does not overlap it"), None
 
 
 def _rp_filter(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
@@ -376,6 +373,7 @@ _EXPLAINERS: dict[str, Callable[[NodeState, Trace, Step], tuple[Finding, _Change
     "postrouting-drop": _hook_drop,
     "not-translated": _not_translated,
     "rp-filter": _rp_filter,
+    "route-to-pods": _route_to_pods,
     "no-route": _no_route,
     "route-rejects": _route_rejects,
     "reply-misrouted": _reply_route,

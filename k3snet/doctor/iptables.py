@@ -31,6 +31,7 @@ from k3snet.doctor.packet import (
     Tri,
     Uncertain,
     all_of,
+    port_in,
 )
 
 __all__ = ["Chain", "Rule", "Table", "base_chains", "parse_save"]
@@ -256,9 +257,7 @@ def _port_range(arg: str) -> tuple[int, int]:
 
 
 def _port(value: int | None, ranges: list[tuple[int, int]]) -> Tri:
-    if value is None:  # the flow left this port open (an ephemeral source port)
-        return None
-    return any(low <= value <= high for low, high in ranges)
+    return port_in(value, ranges)
 
 
 def _multiport(packet: Packet, word: str, ranges: list[tuple[int, int]]) -> Tri:

@@ -28,6 +28,7 @@ from k3snet.doctor.packet import (
     NatAction,
     Packet,
     Uncertain,
+    port_in,
 )
 
 __all__ = ["Ruleset", "base_chains", "parse_ruleset"]
@@ -159,9 +160,7 @@ def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per ex
                     "tcp", "udp", "sctp")):
                 return _NoMatch
             value = packet.sport if field == "sport" else packet.dport
-            if value is None:  # the flow left this port open (an ephemeral source port)
-                raise _Unknown
-            return value
+            return _EPHEMERAL if value is None else value
         raise _Unknown
     if isinstance(left, Mapping) and "meta" in left:
         key = left["meta"].get("key")
@@ -202,13 +201,23 @@ class _NoMatchType:
     pass
 
 
+class _EphemeralType:
+    """A port the flow leaves open: somewhere in :data:`EPHEMERAL_PORTS`."""
+
+
 _NoMatch = _NoMatchType()
+_EPHEMERAL = _EphemeralType()
 _SYMBOLS = {"ipv4": 2, "ipv6": 10, "ip": 0x0800, "ip6": 0x86DD, **PROTOCOLS}
 
 
 def _contains(  # noqa: PLR0911 - one return per kind of right-hand side
         right: Any, value: Any, ruleset: Ruleset, family: str, table: str) -> bool:
     """Whether ``value`` (a packet field) is in ``right`` (literal, prefix, range, set)."""
+    if value is _EPHEMERAL:
+        found = port_in(None, _port_ranges(right, ruleset, family, table))
+        if found is None:
+            raise _Unknown
+        return found
     if isinstance(right, str) and right.startswith("@"):
         elements = ruleset.sets.get((family, table, right[1:]))
         if elements is None:
@@ -236,6 +245,25 @@ def _contains(  # noqa: PLR0911 - one return per kind of right-hand side
     return bool(_literal(right, value) == value)
 
 
+def _port_ranges(right: Any, ruleset: Ruleset, family: str,
+                 table: str) -> list[tuple[int, int]]:
+    """The port ranges a right-hand side names (for matching an unknown port)."""
+    if isinstance(right, int):
+        return [(right, right)]
+    if isinstance(right, str) and right.startswith("@"):
+        elements = ruleset.sets.get((family, table, right[1:]))
+        if elements is None:
+            raise _Unknown
+        return [r for e in elements for r in _port_ranges(e, ruleset, family, table)]
+    if isinstance(right, Mapping) and "range" in right:
+        low, high = right["range"]
+        if isinstance(low, int) and isinstance(high, int):
+            return [(low, high)]
+    if isinstance(right, Mapping) and "set" in right:
+        return [r for e in right["set"] for r in _port_ranges(e, ruleset, family, table)]
+    raise _Unknown
+
+
 def _literal(right: Any, like: Any) -> Any:
     """``right`` converted to ``like``'s kind (an address, a number)."""
     if isinstance(like, str):
@@ -261,6 +289,8 @@ def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset, chain: Nf
     op = match.get("op", "==")
     right = match.get("right")
     if op in ("<", ">", "<=", ">="):
+        if value is _EPHEMERAL:
+            raise _Unknown
         limit = _literal(right, value)
         return bool({"<": value < limit, ">": value > limit, "<=": value <= limit,
                      ">=": value >= limit}[op])

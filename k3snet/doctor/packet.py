@@ -20,6 +20,7 @@ from typing import Literal
 import attrs
 
 __all__ = [
+    "EPHEMERAL_PORTS",
     "PROTOCOLS",
     "BaseChain",
     "ChainResult",
@@ -29,6 +30,7 @@ __all__ = [
     "Tri",
     "Uncertain",
     "all_of",
+    "port_in",
 ]
 
 Tri = bool | None
@@ -37,6 +39,23 @@ IPAddress = IPv4Address | IPv6Address
 
 #: Protocol names and numbers the evaluators understand.
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132}
+
+
+#: Linux's default ``ip_local_port_range``: where a pod's unknown source port lies.
+EPHEMERAL_PORTS = (32768, 60999)
+
+
+def port_in(value: int | None, ranges: list[tuple[int, int]]) -> Tri:
+    """Is port ``value`` in one of ``ranges``? None stands for an ephemeral port: known
+    not to match ranges outside :data:`EPHEMERAL_PORTS`, to match ranges covering it."""
+    if value is not None:
+        return any(low <= value <= high for low, high in ranges)
+    low_e, high_e = EPHEMERAL_PORTS
+    if any(low <= low_e and high_e <= high for low, high in ranges):
+        return True
+    if all(high < low_e or low > high_e for low, high in ranges):
+        return False
+    return None
 
 
 def all_of(values: list[Tri]) -> Tri:
@@ -124,11 +143,7 @@ class ChainResult:
     @property
     def certain(self) -> bool:
         """No unknown rule could have changed the verdict."""
-        return all(u.effect in ("none", self._effect) for u in self.unknowns)
-
-    @property
-    def _effect(self) -> str:
-        return self.verdict
+        return all(u.effect in ("none", self.verdict) for u in self.unknowns)
 
 
 @attrs.frozen

@@ -357,13 +357,17 @@ def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddr
 
 def rp_filter_check(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry],
                     addresses: Sequence[Address], *, src: IPAddress, dst: IPAddress,
-                    iif: str, mode: int, mark: int | None = 0) -> tuple[bool | None, Lookup]:
+                    iif: str, mode: int, oif: str | None = None,
+                    mark: int | None = 0) -> tuple[bool | None, Lookup]:
     """Does a packet ``src -> dst`` arriving on ``iif`` pass reverse-path filtering?
 
     ``mode`` is the effective ``rp_filter`` (the larger of ``all`` and the
-    interface's). IPv4 only; mode 0 always passes.
+    interface's). IPv4 only; mode 0 always passes. ``oif`` is the interface a
+    forwarded packet leaves by: the kernel's reverse lookup runs as if the packet
+    came in there (``fib_validate_source`` gets the forward route's device), so
+    ``ip rule ... iif`` selectors see it; for local delivery it is ``lo``.
     """
-    back = lookup(routes, rules, src, src=dst, iif="lo", mark=mark)
+    back = lookup(routes, rules, src, src=dst, iif=oif or "lo", mark=mark)
     if mode == 0:
         return True, back
     if back.type == "unknown":

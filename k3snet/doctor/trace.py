@@ -21,6 +21,7 @@ never touches the system.
 from __future__ import annotations
 
 import enum
+import re
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Literal
 
@@ -42,6 +43,9 @@ __all__ = ["Flow", "Step", "Trace", "Verdict", "trace"]
 IPAddress = IPv4Address | IPv6Address
 Outcome = Literal["pass", "drop", "nat", "unknown", "info"]
 Direction = Literal["original", "reply"]
+
+#: Interfaces that face pods (CNI bridges, overlays, veths) rather than the network.
+POD_FACING = re.compile(r"^(cni|flannel|cali|vxlan|cilium|kube-|veth|tunl|weave|docker|br-)")
 
 # De-NAT of replies happens in nat prerouting (NF_IP_PRI_NAT_DST): chains before it
 # still see the translated destination.
@@ -276,8 +280,11 @@ class _Tracer:
         self.add(direction, "forwarding", "pass", name, value)
         return True
 
-    def rp_filter(self, packet: Packet) -> bool:
-        """Reverse-path filtering of ``packet`` on its input interface; False if dropped."""
+    def rp_filter(self, packet: Packet, oif: str) -> bool:
+        """Reverse-path filtering of ``packet`` on its input interface; False if dropped.
+
+        The reverse lookup uses mark 0 (``src_valid_mark`` is off by default).
+        """
         if packet.family != 4 or packet.iif is None:
             return True
         iface = packet.iif.replace(".", "/")
@@ -288,7 +295,7 @@ class _Tracer:
         fam = packet.family
         passed, back = rp_filter_check(
             self.state.routes[fam], self.state.rules[fam], self.state.addresses,
-            src=packet.src, dst=packet.dst, iif=packet.iif, mode=mode, mark=packet.mark)
+            src=packet.src, dst=packet.dst, iif=packet.iif, mode=mode, oif=oif, mark=0)
         kind = "strict" if mode == 1 else "loose"
         where = f"rp_filter={mode} ({kind}) on {packet.iif}"
         detail = f"the route back to {packet.src} is {back.describe()}"
@@ -361,7 +368,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
         return None
     route = found["route"] = t.routing(packet)
     where = f"table {table_name(route.route.table)}" if route.route else "routing"
-    if route.type == "unknown" or (route.route is not None and route.route.device is None):
+    if route.type == "unknown" or (route.type == "unicast" and route.route is not None
+                                   and route.route.device is None):
         t.add("original", "routing", "unknown", where, route.describe(), "route-unknown",
               certain=False)
         return None
@@ -377,7 +385,13 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     t.add("original", "routing", "pass", where, route.describe())
     oif = found["egress"] = route.route.device
     found["gateway"] = route.route.gateway
-    if not t.forwarding(packet) or not t.rp_filter(packet):
+    if not t.forwarding(packet) or not t.rp_filter(packet, oif):
+        return None
+    if _pod_facing(oif, iif) and route.route.gateway is None and not any(
+            a.device == oif and flow.destination in a.network for a in t.state.addresses):
+        t.add("original", "routing", "drop", f"dev {oif}",
+              f"{route.describe()}: sends {flow.destination} back towards pods on {oif}, "
+              "where nothing answers for it", "route-to-pods")
         return None
     packet = attrs.evolve(packet, oif=oif)
     packet, _, dropped = t.hook(packet, "forward", first=True)
@@ -436,7 +450,7 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
               f"{back.route.device}, not {iif} where the pod is", "reply-misrouted")
         return None
     t.add("reply", "routing", "pass", where, back.describe())
-    if not t.forwarding(reply) or not t.rp_filter(reply):
+    if not t.forwarding(reply) or not t.rp_filter(reply, iif):
         return None
     reply = attrs.evolve(reply, oif=iif)
     for hook in ("forward", "postrouting"):
@@ -461,3 +475,8 @@ def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
         t.add("original", "nat", "drop", oif,
               f"masquerade finds no address on {oif}", "masquerade-no-address")
     return address
+
+
+def _pod_facing(device: str, ingress: str) -> bool:
+    """``device`` leads to pods: the pod's own interface or a CNI's."""
+    return device == ingress or bool(POD_FACING.match(device))
