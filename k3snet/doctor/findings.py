@@ -313,6 +313,8 @@ def _unshadow(tr: Trace) -> tuple[Route, _Change] | None:
     lookup_ = tr.route
     if lookup_ is None or lookup_.route is None:
         return None
+    if lookup_.route.destination.prefixlen == lookup_.route.destination.max_prefixlen:
+        return None  # nothing is more specific than a host route: it must go
     better = [c for c in lookup_.candidates if c.type == "unicast" and c.device
               and not _pod_facing(c.device, tr)]
     if not better:

@@ -138,7 +138,10 @@ def _parse_rule(line: str) -> Rule:
     try:
         return _rule_from_words(line, words[2:])
     except (_UnparsedError, ValueError, IndexError) as exc:
-        return Rule(line, (), None, problem=f"cannot read: {exc}")
+        # Keep the target, so what the rule would do if it matched is still known.
+        target = next((words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-j", "-g")),
+                      None)
+        return Rule(line, (), target, problem=f"cannot read: {exc}")
 
 
 def _rule_from_words(text: str, words: list[str]) -> Rule:
@@ -167,6 +170,10 @@ def _rule_from_words(text: str, words: list[str]) -> Rule:
         matcher, used = _option(word, arg, module)
         if matcher is None:
             raise _UnparsedError(f"option {word}")
+        if matcher is _unknown:  # an option we do not know: it takes the words up to the next
+            used = 0
+            while i + 1 + used < len(words) and not words[i + 1 + used].startswith(("-", "!")):
+                used += 1
         name = f"{'! ' if negate else ''}{word} {arg}".strip() if used else word
         matches.append((name, _negated(matcher) if negate else matcher))
         i += 1 + used

@@ -9,10 +9,11 @@ crosses prerouting, routing back, forwarding, ``rp_filter`` on the uplink,
 forward and postrouting, and must leave through the pod's interface.
 
 Assumptions, stated in the steps they affect: the network beyond the node
-delivers the packet and routes the node's own addresses back to it, but not the
-pod addresses (K3s' default: pod CIDRs are known only inside the cluster; pass
-``upstream_routes_pods=True`` otherwise); replies come back through the
-interface the request left by; packets start with mark 0.
+delivers the packet and routes the node's own addresses back to it (to the
+interface that holds the address), but not the pod addresses (K3s' default: pod
+CIDRs are known only inside the cluster; pass ``upstream_routes_pods=True``
+otherwise); an interface facing pods leads to no destination beyond its own
+networks; packets start with mark 0.
 
 :func:`trace` is pure: it reads a :class:`~k3snet.doctor.state.NodeState` and
 never touches the system.
@@ -427,8 +428,14 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
         t.add("reply", "return", "info", "beyond the node",
               f"{seen} is not an address of this node: the reply comes back only if the "
               "network routes it here", certain=False)
+    # The network routes the node's address to the link that holds it; anything else
+    # is assumed to come back the way the request left.
+    back_in = next((a.device for a in t.state.addresses if a.address == seen), oif)
+    if back_in != oif:
+        t.add("reply", "return", "info", back_in,
+              f"the reply to {seen} comes back on {back_in}, the interface that holds it")
     proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
-    reply = Packet(fam, flow.destination, seen, proto, flow.port, flow.source_port, oif, None,
+    reply = Packet(fam, flow.destination, seen, proto, flow.port, flow.source_port, back_in, None,
                    "established", "reply", 0, local)  # type: ignore[arg-type]
     reply, _, dropped = t.hook(reply, "prerouting", first=False, before=_NAT_DST_PRIORITY)
     if dropped:

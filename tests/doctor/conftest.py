@@ -79,8 +79,8 @@ class Topology:
     route: Literal["specific", "default", "missing", "blackhole", "policy"] = "specific"
     uplink: Literal["eth0", "eth1"] = "eth0"
     cluster_route: bool = False
-    nat: Literal["none", "masq-nft", "masq-legacy", "masq-nftables", "snat", "flannel",
-                 "accept-first"] = "masq-nft"
+    nat: Literal["none", "masq-nft", "masq-legacy", "masq-nftables", "snat", "snat-other",
+                 "flannel", "accept-first"] = "masq-nft"
     nat_oif: Literal["any", "uplink", "wildcard", "wrong"] = "any"
     forward_policy: Literal["accept", "drop-nft", "drop-legacy"] = "accept"
     forward_accept: Literal["none", "both", "original-only"] = "none"
@@ -103,10 +103,12 @@ def _nat_rules(t: Topology) -> tuple[str, list[str]]:
            "wrong": ["-o", "eth9"]}[t.nat_oif]
     oif_text = " ".join(oif)
     node_address = UPLINKS[t.uplink][0]
-    if t.nat == "masq-nft" or t.nat == "masq-legacy":
+    if t.nat in ("masq-nft", "masq-legacy"):
         return t.nat.removeprefix("masq-"), [f"-A POSTROUTING -s 10.42.0.0/16 {oif_text} "
                                              "-j MASQUERADE"]
-    if t.nat == "snat":
+    if t.nat in ("snat", "snat-other"):
+        if t.nat == "snat-other":  # the other uplink's address: replies come back there
+            node_address = UPLINKS["eth1" if t.uplink == "eth0" else "eth0"][0]
         return "nft", [f"-A POSTROUTING -s 10.42.0.0/16 {oif_text} -j SNAT --to-source "
                        f"{node_address}"]
     if t.nat == "flannel":
@@ -277,7 +279,8 @@ def _build(stack: ExitStack) -> DoctorLab:
     # The server prints one line once it listens (or dies: EOF, an empty line).
     ready, _, _ = select.select([server.stdout], [], [], 10.0)
     if not ready or server.stdout.readline().strip() != "listening":
-        raise RuntimeError(f"echo server did not start: {server.stderr.read() if server.stderr else ''}")
+        detail = server.stderr.read() if server.stderr else ""
+        raise RuntimeError(f"echo server did not start: {detail}")
     return DoctorLab(names)
 
 
