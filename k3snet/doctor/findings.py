@@ -409,9 +409,12 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
             "the trace assumes they do not match; each is listed in the trace",
             severity="warning" if uncertain else "info"))
     if state.missing:
+        reasons = [f"{k}: {v}" for k, v in sorted(state.missing.items())
+                   if v != "not in the capture"]
         found.append(Finding("capture-incomplete", "parts of the node state were not captured",
                              ", ".join(sorted(state.missing)),
-                             "; ".join(f"{k}: {v}" for k, v in sorted(state.missing.items())),
+                             "the trace takes what is missing as empty (no rules, no routes)"
+                             + (f"; {'; '.join(reasons)}" if reasons else ""),
                              severity="info"))
     return found
 

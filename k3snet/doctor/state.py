@@ -16,7 +16,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 import attrs
 
 from k3snet.doctor import iptables, nftables
-from k3snet.doctor.bundle import BundleError, NodeCapture
+from k3snet.doctor.bundle import FILES, BundleError, NodeCapture
 from k3snet.doctor.packet import BaseChain
 from k3snet.doctor.routing import (
     Address,
@@ -91,7 +91,8 @@ class NodeState:
             chains=tuple(chains),
             cluster_cidrs=tuple(cidrs),
             sources=tuple(sources),
-            missing=dict(capture.missing),
+            missing={**{n: "not in the capture" for n in FILES if n not in capture.texts},
+                     **capture.missing},
         )
 
     def sysctl(self, name: str, default: int = 0) -> int:

@@ -75,7 +75,7 @@ def test_docker_forward_drop_is_found_and_fixed() -> None:
     assert d.verdict is Verdict.BLOCKED
     assert d.trace.blocked_at is not None
     assert d.trace.blocked_at.detail == "policy DROP"
-    assert [f.code for f in d.findings] == ["forward-drop"]
+    assert [f.code for f in d.findings if f.severity == "blocking"] == ["forward-drop"]
     assert d.after.verdict is Verdict.REACHES
     assert "forward accept 10.42.0.0/24 -> 192.168.2.0/24 oif eth0" in d.plan.render()
 
