@@ -80,7 +80,13 @@ def _expected(capture: NodeCapture, flow: Flow) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+#: IPv6 cases, recorded from the seed lab (k3snet.lab.SeedLab): name -> (what, fixed by hand?)
+V6_CASES = {"seed-v6": ("the seed over IPv6: forwarding off, no masquerade", False),
+            "healthy-v6": ("the seed over IPv6, forwarding on and masqueraded", True)}
+ALL_CASES = sorted([*CASES, *V6_CASES])
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_golden_case(case: str) -> None:
     directory = GOLDEN / case
     expected = json.loads((directory / "expected.json").read_text())
@@ -93,7 +99,7 @@ def test_golden_case(case: str) -> None:
     assert expected["kernel"]["ok"] == (got["verdict"] == "reaches")
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_golden_trace_is_stable_json(case: str) -> None:
     """Every step serialises; a blocked trace names the step that blocked it."""
     directory = GOLDEN / case
@@ -129,3 +135,38 @@ def test_record(doctor_lab: DoctorLab) -> None:
         expected["destination_network"] = DEST_NETS[topology.dest]
         (directory / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
         assert (expected["verdict"] == "reaches") == answer["ok"], case
+
+
+_V6_FIX = """table inet golden_fix {
+    chain post {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "eth0" ip6 saddr fd42:42::/56 masquerade
+    }
+}
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not os.environ.get("K3SNET_RECORD_GOLDEN"),
+                    reason="set K3SNET_RECORD_GOLDEN=1 to re-record the golden cases")
+def test_record_ipv6() -> None:
+    from k3snet.lab import DB_ADDRESSES, DB_PORT, POD_ADDRESSES, SeedLab  # noqa: PLC0415
+    from k3snet.lab.netns import run_in  # noqa: PLC0415
+
+    with SeedLab.create() as lab:
+        for case, (what, fixed) in V6_CASES.items():
+            if fixed:
+                run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+                run_in(lab.node, ["nft", "-f", "-"], input_text=_V6_FIX)
+            probe = lab.tcp_probe(family=6, timeout=1.0)
+            capture = NodeCapture.read_live(lab.node)
+            directory = GOLDEN / case
+            if directory.exists():
+                for old in directory.iterdir():
+                    old.unlink()
+            capture.write_dir(directory)
+            expected = _expected(capture, Flow(POD_ADDRESSES[6], DB_ADDRESSES[6], port=DB_PORT))
+            expected["case"] = what
+            expected["kernel"] = {"ok": probe.ok, "seen": probe.source_seen}
+            (directory / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
+            assert (expected["verdict"] == "reaches") == probe.ok, case

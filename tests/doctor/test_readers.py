@@ -244,3 +244,24 @@ def test_unparsable_iptables_line_is_an_unknown_rule() -> None:
     unknown = [s for s in result.steps if s.outcome == "unknown"]
     assert unknown
     assert "--weird-option" in unknown[0].detail
+
+
+def test_bundle_round_trip(tmp_path: Path) -> None:
+    capture = NodeCapture.read_dir(HEALTHY)
+    written = capture.write_dir(tmp_path / "copy")
+    assert {p.name for p in written} == {*capture.texts, "bundle.json"}
+    again = NodeCapture.read_dir(tmp_path / "copy")
+    assert dict(again.texts) == dict(capture.texts)
+    assert trace(NodeState.from_capture(again), FLOW).verdict is Verdict.REACHES
+
+
+def test_bundle_refuses_unknown_files() -> None:
+    with pytest.raises(BundleError):
+        NodeCapture.from_texts({"secrets.txt": "x"})
+
+
+def test_sysctls_are_read_with_their_interface_names() -> None:
+    capture = NodeCapture.from_texts({"sysctl.txt": "net.ipv4.conf.eth0/100.rp_filter = 1\n"
+                                                    "net.ipv4.ip_forward = 1\n"})
+    assert capture.sysctls() == {"net.ipv4.conf.eth0/100.rp_filter": "1",
+                                 "net.ipv4.ip_forward": "1"}
