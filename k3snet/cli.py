@@ -261,13 +261,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 EXIT_BLOCKED, EXIT_UNKNOWN = 3, 4
-# Which backend fixes which kind of object the doctor proposes.
-DOCTOR_BACKENDS = {"sysctl": "netlink", "route": "netlink", "nat": "nftables",
-                   "forward": "iptables"}
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose  # noqa: PLC0415
+    from k3snet.doctor.findings import FIX_BACKENDS  # noqa: PLC0415
 
     address, port = _destination(args.destination)
     flow = Flow(args.source, address, protocol=args.proto, port=port)
@@ -279,9 +277,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     d = diagnose(state, flow)
     if args.fix and d.fixes.owned:
         kinds = {o.kind for o in d.fixes.owned}
-        names = sorted({DOCTOR_BACKENDS[k] for k in kinds})
+        names = sorted({FIX_BACKENDS[k] for k in kinds})
         group = BackendGroup([Member(create_backend(n, **_options(n, args)),
-                                     [k for k in kinds if DOCTOR_BACKENDS[k] == n])
+                                     [k for k in kinds if FIX_BACKENDS[k] == n])
                               for n in names])
         with group as backend:
             d = diagnose(state, flow, observed=backend.observe())
@@ -291,7 +289,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             if not args.auto_approve and not _confirm():
                 print("k3snet: nothing applied", file=sys.stderr)
                 return EXIT_ERROR
-            done = converge(backend, d.fixes.merge(backend.observe().only(kinds)))
+            done = converge(backend, d.desired)
             if done.result is not None:
                 print(done.result.render())
         after = diagnose(NodeState.from_capture(NodeCapture.read_live(args.netns)), flow)

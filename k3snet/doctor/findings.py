@@ -25,7 +25,13 @@ from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl
 from k3snet.planner import Plan, plan
 
-__all__ = ["Diagnosis", "Finding", "diagnose"]
+__all__ = ["FIX_BACKENDS", "Diagnosis", "Finding", "diagnose"]
+
+#: The backend that applies each kind of fix object: routes and sysctls through
+#: netlink, masquerade through k3snet's nftables table, forward accepts through
+#: iptables (an accept in another table cannot override a ``DROP`` policy there).
+FIX_BACKENDS = {"sysctl": "netlink", "route": "netlink", "nat": "nftables",
+                "forward": "iptables"}
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -65,12 +71,14 @@ class Finding:
 
 @attrs.frozen
 class Diagnosis:
-    """A trace, its findings, the fix as a desired :class:`State` and its plan, and the
+    """A trace, its findings, the fix objects (``fixes``), the state to converge to
+    (``desired``: what the backends own now plus the fixes) and its ``plan``, and the
     trace predicted once the fix is applied (``after``)."""
 
     trace: Trace
     findings: tuple[Finding, ...]
     fixes: State
+    desired: State
     plan: Plan
     after: Trace
 
@@ -450,4 +458,4 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
     base = observed if observed is not None else State()
     have = base.by_key
     wanted = State(owned=[*base.owned, *(f for f in fixes if f.key not in have)])
-    return Diagnosis(first, tuple(findings), State(owned=fixes), plan(base, wanted), tr)
+    return Diagnosis(first, tuple(findings), State(owned=fixes), wanted, plan(base, wanted), tr)

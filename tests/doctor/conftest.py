@@ -235,7 +235,7 @@ class DoctorLab:
         if script:
             run_in(node, ["nft", "-f", "-"], input_text=script)
 
-    def probe(self, destination: str, timeout: float = 1.0) -> dict[str, object]:
+    def probe(self, destination: str, timeout: float = 1.5) -> dict[str, object]:
         """One TCP exchange from the pod; the probe's JSON answer."""
         # The probe is standard library only: run its file without site packages, the
         # package's import would cost ~1 s of every example.
