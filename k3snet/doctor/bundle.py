@@ -25,7 +25,7 @@ import attrs
 
 from k3snet.errors import K3snetError
 
-__all__ = ["FILES", "BundleError", "NodeCapture"]
+__all__ = ["CNI_FILES", "EXTRA_FILES", "FILES", "BundleError", "NodeCapture"]
 
 #: Bundle file name -> the argv that produces it (run inside the namespace).
 FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
@@ -49,6 +49,10 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
 CNI_FILES: Final[Mapping[str, str]] = MappingProxyType({
     "flannel-subnet.env": "/run/flannel/subnet.env",
 })
+
+#: Files only a person adds to a bundle (the node cannot read them itself):
+#: ``calico-ippools.json`` is ``kubectl get ippools.crd.projectcalico.org -o json``.
+EXTRA_FILES: Final = ("calico-ippools.json",)
 
 _MANIFEST = "bundle.json"
 _FORMAT = 1
@@ -152,7 +156,7 @@ class NodeCapture:
         if not root.is_dir():
             raise BundleError(f"{root}: not a directory")
         texts: dict[str, str] = {}
-        for name in (*FILES, *CNI_FILES):
+        for name in (*FILES, *CNI_FILES, *EXTRA_FILES):
             path = root / name
             if path.is_file():
                 try:
@@ -196,7 +200,7 @@ class NodeCapture:
     @classmethod
     def from_texts(cls, texts: Mapping[str, str], missing: Sequence[str] = ()) -> NodeCapture:
         """A capture built from texts in memory (tests, tools that fetched them elsewhere)."""
-        unknown = set(texts) - set(FILES) - set(CNI_FILES)
+        unknown = set(texts) - set(FILES) - set(CNI_FILES) - set(EXTRA_FILES)
         if unknown:
             raise BundleError(f"unknown capture files: {', '.join(sorted(unknown))}")
         return cls(texts, dict.fromkeys(missing, "not captured"))

@@ -407,6 +407,17 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
                 advice="choose a cluster CIDR that does not overlap the destination, or route "
                        "and masquerade the destination explicitly"))
             break
+    for pool in state.calico_pools:
+        if pool.cidr.version == dst.version and dst in pool.cidr:
+            found.append(Finding(
+                "destination-in-calico-pool", f"{dst} lies inside the Calico IP pool {pool.cidr}",
+                f"IPPool {pool.cidr}" + (" (disabled)" if pool.disabled else ""),
+                "Calico masquerades (natOutgoing) only traffic to destinations outside every "
+                "pool: to this one the pod's address leaves untranslated",
+                severity="warning",
+                advice="shrink or move the pool so it does not cover the destination, or "
+                       "masquerade the destination explicitly (the fix above)"))
+            break
     unknown = [s for s in tr.steps if s.outcome == "unknown"]
     if unknown:
         uncertain = [s for s in unknown if not s.certain]

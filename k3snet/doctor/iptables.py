@@ -167,6 +167,13 @@ def _rule_from_words(text: str, words: list[str]) -> Rule:
             i += 2
             continue
         arg = words[i + 1] if i + 1 < len(words) else ""
+        if module == "set" and word == "--match-set" and i + 2 < len(words):
+            name, flags = words[i + 1], words[i + 2]
+            in_set = _ipset_matcher(name, flags)
+            matches.append((f"{'! ' if negate else ''}--match-set {name} {flags}",
+                            _negated(in_set) if negate else in_set))
+            i += 3
+            continue
         matcher, used = _option(word, arg, module)
         if matcher is None:
             raise _UnparsedError(f"option {word}")
@@ -181,7 +188,7 @@ def _rule_from_words(text: str, words: list[str]) -> Rule:
 
 
 _MODULES: Final = frozenset({"tcp", "udp", "multiport", "conntrack", "state", "comment",
-                             "mark", "addrtype", "icmp", "icmp6"})
+                             "mark", "addrtype", "icmp", "icmp6", "set"})
 
 
 def _unknown(_packet: Packet) -> Tri:
@@ -232,6 +239,20 @@ def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # 
     if module in ("tcp", "udp", "icmp", "icmp6") or word.startswith("--"):
         return _unknown, 1 if arg and not arg.startswith("-") and arg != "!" else 0
     return None, 0
+
+
+def _ipset_matcher(name: str, flags: str) -> Matcher:
+    """Is the packet's source (``src``) or destination (``dst``) in ipset ``name``?
+
+    Unknown unless the doctor knows the set's members (Calico's pool sets).
+    """
+    def in_set(packet: Packet) -> Tri:
+        members = packet.ipsets.get(name)
+        if members is None or flags.split(",", 1)[0] not in ("src", "dst"):
+            return None
+        address = packet.src if flags.startswith("src") else packet.dst
+        return any(_in(address, network) for network in members)
+    return in_set
 
 
 def _in(address: object, network: object) -> bool:

@@ -13,8 +13,8 @@ unknown is reported, never skipped silently.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
 
 import attrs
@@ -36,6 +36,7 @@ __all__ = [
 Tri = bool | None
 Hook = Literal["prerouting", "forward", "postrouting"]
 IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
 
 #: Protocol names and numbers the evaluators understand.
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132}
@@ -74,7 +75,8 @@ class Packet:
     ``mark`` is the packet mark, or None when a rule the doctor cannot follow may
     have set it. ``ctstate`` is conntrack's view: ``new`` for a flow's first
     packet, ``established`` for its replies. ``local`` are the node's own
-    addresses (for ``addrtype`` / ``fib daddr type local`` matches).
+    addresses (for ``addrtype`` / ``fib daddr type local`` matches); ``ipsets`` the
+    members of the ipsets the doctor knows (Calico's pool sets, from its IP pools).
     """
 
     family: Literal[4, 6]
@@ -89,6 +91,7 @@ class Packet:
     direction: Literal["original", "reply"] = "original"
     mark: int | None = 0
     local: frozenset[IPAddress] = frozenset()
+    ipsets: Mapping[str, tuple[IPNetwork, ...]] = attrs.field(factory=dict)
 
     @property
     def proto_number(self) -> int:

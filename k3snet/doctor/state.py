@@ -27,7 +27,7 @@ from k3snet.doctor.routing import (
     parse_rules,
 )
 
-__all__ = ["NodeState"]
+__all__ = ["CalicoPool", "NodeState"]
 
 IPNetwork = IPv4Network | IPv6Network
 _FLANNEL_NETWORK = re.compile(r"^FLANNEL_(IPV6_)?NETWORK=(?P<cidr>\S+)\s*$", re.MULTILINE)
@@ -43,6 +43,7 @@ class NodeState:
     sysctls: Mapping[str, str]
     chains: tuple[BaseChain, ...]
     cluster_cidrs: tuple[IPNetwork, ...] = ()
+    calico_pools: tuple[CalicoPool, ...] = ()
     sources: tuple[str, ...] = ()
     missing: Mapping[str, str] = attrs.field(factory=dict)
 
@@ -84,6 +85,7 @@ class NodeState:
         for match in _FLANNEL_NETWORK.finditer(capture.text("flannel-subnet.env")):
             cidrs.append(ip_network(match["cidr"], strict=False))
         return cls(
+            calico_pools=_calico_pools(capture.json("calico-ippools.json")),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f)) for f in (4, 6)},
             rules={f: tuple(parse_rules(capture.json(f"rules-v{f}.json"), f)) for f in (4, 6)},
@@ -106,3 +108,35 @@ class NodeState:
     def local_addresses(self) -> frozenset[object]:
         """Every address of the node."""
         return frozenset(a.address for a in self.addresses)
+
+    def ipsets(self) -> dict[str, tuple[IPNetwork, ...]]:
+        """The ipsets whose members the doctor knows: Calico's, from its IP pools."""
+        if not self.calico_pools:
+            return {}
+        sets: dict[str, tuple[IPNetwork, ...]] = {}
+        for family, prefix in ((4, "cali40"), (6, "cali60")):
+            pools = [p for p in self.calico_pools if p.cidr.version == family]
+            sets[f"{prefix}all-ipam-pools"] = tuple(p.cidr for p in pools)
+            sets[f"{prefix}masq-ipam-pools"] = tuple(p.cidr for p in pools if p.nat_outgoing)
+        return sets
+
+
+@attrs.frozen
+class CalicoPool:
+    """One Calico IP pool: its CIDR, whether Calico masquerades traffic leaving it."""
+
+    cidr: IPNetwork
+    nat_outgoing: bool = False
+    disabled: bool = False
+
+
+def _calico_pools(data: object) -> tuple[CalicoPool, ...]:
+    """``kubectl get ippools -o json`` (a list or ``{"items": [...]}``) -> pools."""
+    items = data.get("items", []) if isinstance(data, Mapping) else data
+    pools = []
+    for item in items if isinstance(items, list) else []:
+        spec = item.get("spec", {}) if isinstance(item, Mapping) else {}
+        if "cidr" in spec:
+            pools.append(CalicoPool(ip_network(spec["cidr"], strict=False),
+                                    bool(spec.get("natOutgoing")), bool(spec.get("disabled"))))
+    return tuple(pools)

@@ -363,7 +363,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     found["ingress"] = iif
     proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
-                    iif, None, "new", "original", 0, t.state.local_addresses())  # type: ignore[arg-type]
+                    iif, None, "new", "original", 0, t.state.local_addresses(),  # type: ignore[arg-type]
+                    t.state.ipsets())
     packet, _, dropped = t.hook(packet, "prerouting", first=True)
     if dropped:
         return None
@@ -436,7 +437,7 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
               f"the reply to {seen} comes back on {back_in}, the interface that holds it")
     proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
     reply = Packet(fam, flow.destination, seen, proto, flow.port, flow.source_port, back_in, None,
-                   "established", "reply", 0, local)  # type: ignore[arg-type]
+                   "established", "reply", 0, local, t.state.ipsets())  # type: ignore[arg-type]
     reply, _, dropped = t.hook(reply, "prerouting", first=False, before=_NAT_DST_PRIORITY)
     if dropped:
         return None

@@ -265,3 +265,30 @@ def test_sysctls_are_read_with_their_interface_names() -> None:
                                                     "net.ipv4.ip_forward = 1\n"})
     assert capture.sysctls() == {"net.ipv4.conf.eth0/100.rp_filter": "1",
                                  "net.ipv4.ip_forward": "1"}
+
+
+def _pools(*pools: tuple[str, bool]) -> str:
+    return json.dumps({"items": [{"kind": "IPPool", "spec": {"cidr": cidr, "natOutgoing": nat}}
+                                 for cidr, nat in pools]})
+
+
+def test_calico_nat_outgoing_is_evaluated_from_its_ip_pools() -> None:
+    nat = (RULESETS / "calico-nat.save").read_text()
+    pods_only = _state(**{"iptables-legacy-v4.save": nat,
+                          "calico-ippools.json": _pools(("10.42.0.0/16", True))})
+    result = trace(pods_only, FLOW)
+    assert result.verdict is Verdict.REACHES, result.render()
+    assert str(result.source_seen) == "192.168.1.5"
+    # Without the pools the ipsets are unknown: the doctor says so, and cannot decide.
+    assert trace(_state(**{"iptables-legacy-v4.save": nat}), FLOW).verdict is Verdict.UNKNOWN
+
+
+def test_destination_inside_a_calico_pool_is_not_masqueraded() -> None:
+    nat = (RULESETS / "calico-nat.save").read_text()
+    state = _state(**{"iptables-legacy-v4.save": nat, "calico-ippools.json": _pools(
+        ("10.42.0.0/16", True), ("192.168.2.0/24", False))})
+    d = diagnose(state, FLOW)
+    assert d.verdict is Verdict.BLOCKED
+    codes = [f.code for f in d.findings]
+    assert codes[:2] == ["no-masquerade", "destination-in-calico-pool"]
+    assert d.after.verdict is Verdict.REACHES
