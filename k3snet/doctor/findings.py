@@ -453,7 +453,8 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
     seen_codes: set[tuple[str, str]] = set()
     for _ in range(_MAX_ROUNDS):
         step = tr.blocked_at
-        if tr.verdict != Verdict.BLOCKED or step is None:
+        # An uncertain trace (unknown verdict) that drops somewhere is explained too.
+        if tr.verdict is Verdict.REACHES or step is None:
             break
         finding, change = _explain(current, tr, step)
         if (finding.code, finding.where) in seen_codes:
