@@ -5,17 +5,7 @@ exits 1 with a one-line-per-problem message on stderr, never a traceback.
 
 Exit codes (one table, docs/cli.md):
 
-====  ==================================================================
-0     success; ``plan``: nothing to do
-1     error (nothing was applied, or what was applied was rolled back)
-2     ``plan``: changes pending; ``apply``/``destroy --detailed-exitcode``:
-      changes made
-3     ``connectivity``: the test Job is still running
-4     conflicts: foreign state blocks part of the spec (``apply`` refuses)
-64    usage error (bad arguments), never 2
-130   interrupted; 141: the output pipe was closed
-====  ==================================================================
-"""
+====  ==========================================================="""
 
 from __future__ import annotations
 
@@ -76,6 +66,26 @@ def _common_options() -> _Parser:
     group.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                        help="colour the plan (auto: on a terminal, unless NO_COLOR is set)")
     return common
+
+
+def _add_doctor(add: Callable[[str, str], Any]) -> None:
+    """The ``doctor`` subcommand's arguments."""
+    doctor = add(
+        "doctor", "Explain why a pod cannot reach a destination, and plan the fix. "
+                  "Exit 0: the flow reaches, 1: error, 3: blocked, 4: unknown.")
+    doctor.add_argument("--from", dest="source", required=True, metavar="POD_IP")
+    doctor.add_argument("--to", dest="destination", required=True, metavar="DEST[:PORT]",
+                        help="address, address:port, or [IPv6]:port")
+    doctor.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
+    where = doctor.add_mutually_exclusive_group()
+    where.add_argument("--netns", help="read the node state inside this network namespace")
+    where.add_argument("--state", type=Path, metavar="DIR",
+                       help="read a bundle written by `k3snet observe --save DIR`")
+    doctor.add_argument("--fix", action="store_true",
+                        help="apply the fix plan (after confirmation)")
+    doctor.add_argument("--auto-approve", action="store_true",
+                        help="with --fix: apply without asking")
+    doctor.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,8 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print what would be removed, change nothing")
     destroy.add_argument("--detailed-exitcode", action="store_true",
                          help="exit 2 when something was removed, 0 when there was nothing")
-    node_command("observe", "Print the owned and foreign state the backends see.",
-                 spec_required=False)
+    observe = node_command("observe", "Print the owned and foreign state the backends see.",
+                           spec_required=False)
+    observe.add_argument("--save", type=Path, metavar="DIR",
+                         help="instead, write the node state k3snet doctor reads (routes, rules, "
+                              "rulesets, sysctls; nothing secret) to DIR")
     agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet).")
     agent.add_argument("--interval", type=_positive_seconds, default=30.0,
                        help="seconds between passes (default: 30)")
@@ -159,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = add("validate", "Check a spec; print every problem at once.")
     validate.add_argument("-f", "--spec", required=True, type=Path)
+
+    _add_doctor(add)
 
     connectivity = add(
         "connectivity",
@@ -608,11 +623,23 @@ def _confirm(question: str) -> bool:
         print("k3snet: error: stdin is not a terminal; pass --auto-approve to confirm",
               file=sys.stderr)
         return False
-    answer = input(f"{question} Only 'yes' is accepted: ")
+    try:
+        answer = input(f"{question} Only 'yes' is accepted: ")
+    except EOFError:
+        return False
     return answer.strip() == "yes"
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
+    if args.save is not None:
+        from k3snet.doctor import NodeCapture  # noqa: PLC0415 - doctor users only
+
+        capture = NodeCapture.read_live(args.netns)
+        for path in capture.write_dir(args.save):
+            print(path)
+        for name, why in sorted(capture.missing.items()):
+            print(f"k3snet: not captured: {name}: {why}", file=sys.stderr)
+        return EXIT_OK
     spec = _spec(args) if args.spec else None
     with _backend(args, spec) as backend:
         state = backend.observe()
@@ -639,6 +666,66 @@ def cmd_agent(args: argparse.Namespace) -> int:
             if args.once:
                 return EXIT_OK
             time.sleep(args.interval)
+
+
+EXIT_BLOCKED, EXIT_UNKNOWN = 3, 4  # doctor's own codes (docs/cli.md)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose  # noqa: PLC0415
+    from k3snet.doctor.findings import FIX_BACKENDS  # noqa: PLC0415
+
+    address, port = _destination(args.destination)
+    flow = Flow(args.source, address, protocol=args.proto, port=port)
+    if args.fix and args.state is not None:
+        raise K3snetError("--fix changes a live node: it cannot be used with --state")
+    capture = (NodeCapture.read_dir(args.state) if args.state is not None
+               else NodeCapture.read_live(args.netns))
+    state = NodeState.from_capture(capture)
+    d = diagnose(state, flow)
+    if args.fix and d.fixes.owned:
+        kinds = {o.kind for o in d.fixes.owned}
+        names = sorted({FIX_BACKENDS[k] for k in kinds})
+        group = BackendGroup([Member(create_backend(n, **_options(n, args)),
+                                     [k for k in kinds if FIX_BACKENDS[k] == n])
+                              for n in names])
+        with group as backend:
+            d = diagnose(state, flow, observed=backend.observe())
+            print(d.render() if args.output == "text" else d.plan.to_json(indent=2))
+            if d.plan.empty:
+                return _doctor_exit(d.verdict)
+            if not args.auto_approve and not _confirm("Apply these changes?"):
+                print("k3snet: nothing applied", file=sys.stderr)
+                return EXIT_ERROR
+            done = converge(backend, d.desired)
+            if done.result is not None:
+                print(done.result.render())
+        after = diagnose(NodeState.from_capture(NodeCapture.read_live(args.netns)), flow)
+        print(f"now: {after.verdict.value}")
+        return _doctor_exit(after.verdict)
+    if args.output == "json":
+        _print_json(d.to_dict())
+    else:
+        print(d.render())
+    return _doctor_exit(d.verdict)
+
+
+def _doctor_exit(verdict: str) -> int:
+    """0 the flow reaches, 3 blocked, 4 unknown (``verdict`` is a :class:`Verdict`)."""
+    return {"reaches": EXIT_OK, "blocked": EXIT_BLOCKED}.get(str(verdict), EXIT_UNKNOWN)
+
+
+def _destination(text: str) -> tuple[str, int | None]:
+    """``ADDR``, ``ADDR:PORT`` or ``[ADDR]:PORT`` -> (address, port)."""
+    address, port = text, ""
+    if text.startswith("["):
+        address, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        address, _, port = text.partition(":")
+    if port and not port.isdigit():
+        raise K3snetError(f"--to {text!r}: the port must be a number")
+    return address, int(port) if port else None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -759,6 +846,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "connectivity": cmd_connectivity,
     "render": cmd_render,
     "completion": cmd_completion,
+    "doctor": cmd_doctor,
 }
 
 if __name__ == "__main__":

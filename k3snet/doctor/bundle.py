@@ -1,0 +1,206 @@
+"""A node's captured state: the raw texts the doctor traces a flow through.
+
+:class:`NodeCapture` holds what ``iptables-save`` (nft and legacy, IPv4 and IPv6),
+``nft -j list ruleset``, ``ip -j route show table all``, ``ip -j rule``,
+``ip -j addr`` and the forwarding / ``rp_filter`` sysctls print, plus the CNI
+settings a backend reads (flannel's ``subnet.env``). It is read live
+(:meth:`NodeCapture.read_live`, argv lists, optionally inside a network
+namespace) or from a directory (:meth:`NodeCapture.read_dir`), and written to one
+(:meth:`NodeCapture.write_dir`), so a node nobody can log in to can be diagnosed
+from the files its operator sends. Nothing secret is captured: no counters'
+owners, no keys, no process lists; only the files listed in :data:`FILES`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final
+
+import attrs
+
+from k3snet.errors import K3snetError
+
+__all__ = ["CNI_FILES", "EXTRA_FILES", "FILES", "BundleError", "NodeCapture"]
+
+#: Bundle file name -> the argv that produces it (run inside the namespace).
+FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
+    "iptables-nft-v4.save": ("iptables-nft-save",),
+    "iptables-nft-v6.save": ("ip6tables-nft-save",),
+    "iptables-legacy-v4.save": ("iptables-legacy-save",),
+    "iptables-legacy-v6.save": ("ip6tables-legacy-save",),
+    "nft-ruleset.json": ("nft", "-j", "list", "ruleset"),
+    "routes-v4.json": ("ip", "-4", "-j", "route", "show", "table", "all"),
+    "routes-v6.json": ("ip", "-6", "-j", "route", "show", "table", "all"),
+    "rules-v4.json": ("ip", "-4", "-j", "rule", "show"),
+    "rules-v6.json": ("ip", "-6", "-j", "rule", "show"),
+    "addr.json": ("ip", "-j", "addr", "show"),
+    "sysctl.txt": (
+        "sysctl", "-a", "-r",
+        r"^net\.ipv(4\.ip_forward|4\.conf\..*\.(forwarding|rp_filter)|6\.conf\..*\.forwarding)$",
+    ),
+})
+
+#: CNI files read when present (flannel's view of the cluster CIDR).
+CNI_FILES: Final[Mapping[str, str]] = MappingProxyType({
+    "flannel-subnet.env": "/run/flannel/subnet.env",
+})
+
+#: Files only a person adds to a bundle (the node cannot read them itself):
+#: ``calico-ippools.json`` is ``kubectl get ippools.crd.projectcalico.org -o json``.
+EXTRA_FILES: Final = ("calico-ippools.json",)
+
+_MANIFEST = "bundle.json"
+_FORMAT = 1
+_NETNS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SYSCTL_LINE = re.compile(r"\s*(?P<name>[\w./@+-]+)\s*=\s*(?P<value>.*?)\s*")
+
+
+def _frozen(values: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(values))
+
+
+class BundleError(K3snetError, ValueError):
+    """A capture could not be read or written (a missing directory, a malformed file)."""
+
+
+@attrs.frozen
+class NodeCapture:
+    """The raw texts of one node's networking state, keyed by bundle file name.
+
+    ``texts`` maps names from :data:`FILES` / :data:`CNI_FILES` to what the command
+    printed; ``missing`` says, for each file not captured, why (a tool not
+    installed, a command that failed). Parsers (:mod:`k3snet.doctor.iptables`,
+    :mod:`k3snet.doctor.nftables`, :mod:`k3snet.doctor.routing`) read these texts.
+    """
+
+    texts: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
+    missing: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
+
+    def text(self, name: str) -> str:
+        """The captured text of ``name`` ("" if it was not captured)."""
+        return self.texts.get(name, "")
+
+    def json(self, name: str) -> object:
+        """``name`` parsed as JSON (None if not captured or empty)."""
+        text = self.text(name).strip()
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{name}: not JSON ({exc})") from exc
+
+    def sysctls(self) -> dict[str, str]:
+        """The captured sysctls, ``{"net.ipv4.ip_forward": "1", ...}``."""
+        values: dict[str, str] = {}
+        for line in self.text("sysctl.txt").splitlines():
+            match = _SYSCTL_LINE.fullmatch(line)
+            if match:
+                values[match["name"]] = match["value"]
+        return values
+
+    # -- reading and writing ------------------------------------------------------------
+
+    @classmethod
+    def read_live(cls, netns: str | None = None, *, timeout: float = 30.0) -> NodeCapture:
+        """Run the capture commands (inside ``netns`` when given) and keep their output.
+
+        A command that is missing or fails is recorded in :attr:`missing`; only a
+        namespace that does not exist is an error.
+        """
+        if netns is not None and not _NETNS.fullmatch(netns):
+            raise BundleError(f"not a valid network namespace name: {netns!r}")
+        if netns is not None and not Path("/run/netns", netns).exists():
+            raise BundleError(f"network namespace {netns!r} does not exist")
+        prefix = ("ip", "netns", "exec", netns) if netns is not None else ()
+        texts: dict[str, str] = {}
+        missing: dict[str, str] = {}
+        # The commands are independent: run them at once (a capture in ~0.1 s, not ~0.5 s).
+        running: dict[str, subprocess.Popen[str]] = {}
+        for name, argv in FILES.items():
+            try:
+                running[name] = subprocess.Popen([*prefix, *argv], stdout=subprocess.PIPE,
+                                                 stderr=subprocess.PIPE, text=True)
+            except OSError as exc:
+                missing[name] = f"{argv[0]}: {exc}"
+        for name, process in running.items():
+            argv = FILES[name]
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                missing[name] = f"{' '.join(argv)}: timed out after {timeout} s"
+                continue
+            if process.returncode != 0:
+                missing[name] = f"{' '.join(argv)}: exit {process.returncode}: {stderr.strip()}"
+                continue
+            texts[name] = stdout
+        for name, path in CNI_FILES.items():
+            # CNI files live on the host's file system, which a network namespace shares.
+            try:
+                texts[name] = Path(path).read_text()
+            except OSError:
+                continue
+        return cls(texts, missing)
+
+    @classmethod
+    def read_dir(cls, directory: str | Path) -> NodeCapture:
+        """Read a bundle written by :meth:`write_dir` (or by hand: any of :data:`FILES`)."""
+        root = Path(directory)
+        if not root.is_dir():
+            raise BundleError(f"{root}: not a directory")
+        texts: dict[str, str] = {}
+        for name in (*FILES, *CNI_FILES, *EXTRA_FILES):
+            path = root / name
+            if path.is_file():
+                try:
+                    texts[name] = path.read_text()
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise BundleError(f"{path}: {exc}") from exc
+        missing: dict[str, str] = {}
+        manifest = root / _MANIFEST
+        if manifest.is_file():
+            try:
+                data = json.loads(manifest.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise BundleError(f"{manifest}: {exc}") from exc
+            if isinstance(data, dict) and isinstance(data.get("missing"), dict):
+                missing = {str(k): str(v) for k, v in data["missing"].items()}
+        if not texts:
+            raise BundleError(f"{root}: no capture files ({', '.join(FILES)})")
+        return cls(texts, missing)
+
+    def write_dir(self, directory: str | Path) -> list[Path]:
+        """Write every captured text and a ``bundle.json`` manifest; return the paths."""
+        root = Path(directory)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            written = []
+            for name in sorted(self.texts):
+                path = root / name
+                path.write_text(self.texts[name])
+                written.append(path)
+            manifest = root / _MANIFEST
+            manifest.write_text(json.dumps({
+                "format": _FORMAT,
+                "files": sorted(self.texts),
+                "missing": dict(sorted(self.missing.items())),
+                "commands": {name: list(argv) for name, argv in FILES.items()},
+            }, indent=2) + "\n")
+        except OSError as exc:
+            raise BundleError(f"{root}: {exc}") from exc
+        return [*written, manifest]
+
+    @classmethod
+    def from_texts(cls, texts: Mapping[str, str], missing: Sequence[str] = ()) -> NodeCapture:
+        """A capture built from texts in memory (tests, tools that fetched them elsewhere)."""
+        unknown = set(texts) - set(FILES) - set(CNI_FILES) - set(EXTRA_FILES)
+        if unknown:
+            raise BundleError(f"unknown capture files: {', '.join(sorted(unknown))}")
+        return cls(texts, dict.fromkeys(missing, "not captured"))

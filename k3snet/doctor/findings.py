@@ -1,0 +1,473 @@
+"""Why a flow fails and what would fix it: :func:`diagnose`.
+
+Each blocking step of a trace becomes a :class:`Finding` (what, where, why it
+matters) with the k3snet objects that fix it (a :class:`~k3snet.model.Sysctl`,
+:class:`~k3snet.model.MasqueradeRule`, :class:`~k3snet.model.ForwardRule` or
+:class:`~k3snet.model.Route`). The fix is then applied to a copy of the node
+state and the flow traced again, so a node with several problems (forwarding
+off *and* no masquerade) gets every finding and one plan; the last trace is the
+predicted outcome. Some causes have no k3snet fix (another program's nftables
+table dropping, no route at all): their finding says what to change instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import Any, Literal
+
+import attrs
+
+from k3snet.doctor.packet import BaseChain, ChainResult, NatAction, Packet
+from k3snet.doctor.routing import RouteEntry, table_name
+from k3snet.doctor.state import NodeState
+from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl
+from k3snet.planner import Plan, plan
+
+__all__ = ["FIX_BACKENDS", "Diagnosis", "Finding", "diagnose"]
+
+#: The backend that applies each kind of fix object: routes and sysctls through
+#: netlink, masquerade through k3snet's nftables table, forward accepts through
+#: iptables (an accept in another table cannot override a ``DROP`` policy there).
+FIX_BACKENDS = {"sysctl": "netlink", "route": "netlink", "nat": "nftables",
+                "forward": "iptables"}
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+Severity = Literal["blocking", "warning", "info"]
+_MAX_ROUNDS = 8
+
+
+@attrs.frozen
+class Finding:
+    """One cause: ``code`` (stable, for scripts), ``what`` happens, ``where`` (chain, rule,
+    route, sysctl), ``why`` it matters, the ``fix`` objects (possibly none) and
+    ``advice`` when k3snet cannot fix it itself."""
+
+    code: str
+    what: str
+    where: str
+    why: str
+    severity: Severity = "blocking"
+    fix: tuple[NetObject, ...] = ()
+    advice: str | None = None
+
+    def render(self) -> str:
+        """A few lines for people."""
+        lines = [f"[{self.severity}] {self.code}: {self.what}", f"    where: {self.where}",
+                 f"    why:   {self.why}"]
+        lines += [f"    fix:   {obj.describe()}" for obj in self.fix]
+        if self.advice:
+            lines.append(f"    do:    {self.advice}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"code": self.code, "what": self.what, "where": self.where, "why": self.why,
+                "severity": self.severity, "fix": [o.to_dict() for o in self.fix],
+                "advice": self.advice}
+
+
+@attrs.frozen
+class Diagnosis:
+    """A trace, its findings, the fix objects (``fixes``), the state to converge to
+    (``desired``: what the backends own now plus the fixes) and its ``plan``, and the
+    trace predicted once the fix is applied (``after``)."""
+
+    trace: Trace
+    findings: tuple[Finding, ...]
+    fixes: State
+    desired: State
+    plan: Plan
+    after: Trace
+
+    @property
+    def verdict(self) -> Verdict:
+        """The verdict of the flow as the node is now."""
+        return self.trace.verdict
+
+    def render(self) -> str:
+        """Trace, findings, fix plan and the predicted verdict."""
+        parts = [self.trace.render(), ""]
+        if self.findings:
+            parts.append("findings:")
+            parts += [f.render() for f in self.findings]
+        else:
+            parts.append("findings: none")
+        if self.fixes.owned:
+            parts += ["", "fix: " + self.plan.render(),
+                      f"after the fix: {self.after.verdict.value}" + (
+                          f"; the destination sees {self.after.source_seen}"
+                          if self.after.source_seen else "")]
+        return "\n".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"trace": self.trace.to_dict(), "findings": [f.to_dict() for f in self.findings],
+                "plan": self.plan.to_dict(), "after": {
+                    "verdict": self.after.verdict.value,
+                    "source_seen": str(self.after.source_seen) if self.after.source_seen
+                    else None}}
+
+
+# ---------------------------------------------------------------- what the node knows
+
+
+def _host(address: IPAddress) -> IPNetwork:
+    return ip_network(address)
+
+
+def pod_network(state: NodeState, tr: Trace) -> IPNetwork:
+    """The pod CIDR the flow's source belongs to: the cluster CIDR a CNI file gives,
+    else the connected network of the pod's interface, else the address itself."""
+    src = tr.flow.source
+    for cidr in state.cluster_cidrs:
+        if cidr.version == src.version and src in cidr:
+            return cidr
+    for a in state.addresses:
+        if a.device == tr.ingress and a.address.version == src.version and src in a.network:
+            return a.network
+    return _host(src)
+
+
+def destination_network(tr: Trace) -> IPNetwork:
+    """The destination prefix fixes name: the route's, unless it is a default route."""
+    route = tr.route.route if tr.route else None
+    if route is not None and route.destination.prefixlen > 0 and route.type == "unicast" and (
+            tr.flow.destination in route.destination) and not _pod_facing(route.device, tr):
+        return route.destination
+    return _host(tr.flow.destination)
+
+
+def _pod_facing(device: str | None, tr: Trace) -> bool:
+    return device is not None and (device == tr.ingress or bool(POD_FACING.match(device)))
+
+
+# ---------------------------------------------------------------- state changes (simulated fixes)
+
+
+def _with_sysctls(state: NodeState, values: dict[str, str]) -> NodeState:
+    sysctls = dict(state.sysctls)
+    for name, value in values.items():
+        sysctls[name] = value
+        if name == "net.ipv4.ip_forward":  # the kernel sets every interface's switch with it
+            for key in list(sysctls):
+                if key.startswith("net.ipv4.conf.") and key.endswith(".forwarding"):
+                    sysctls[key] = value
+    return attrs.evolve(state, sysctls=sysctls)
+
+
+def _with_route(state: NodeState, entry: RouteEntry) -> NodeState:
+    fam = entry.destination.version
+    routes = dict(state.routes)
+    routes[fam] = (*routes[fam], entry)
+    return attrs.evolve(state, routes=routes)
+
+
+def _with_masquerade(state: NodeState, rule: MasqueradeRule) -> NodeState:
+    def evaluate(packet: Packet) -> ChainResult:
+        if (packet.src in rule.source and (rule.destination is None
+                                           or packet.dst in rule.destination)
+                and rule.out_interface in (None, packet.oif)):
+            return ChainResult("nat", f"k3snet: {rule.describe()}", NatAction("masquerade"),
+                               mark=packet.mark)
+        return ChainResult("accept", "policy accept", mark=packet.mark)
+
+    chain = BaseChain("nft inet k3snet postrouting (planned)", "postrouting", 100, "nat",
+                      frozenset({rule.family}), evaluate)
+    return attrs.evolve(state, chains=(*state.chains, chain))
+
+
+def _with_forward_accept(state: NodeState, where: str, rule: ForwardRule) -> NodeState:
+    def wrap(chain: BaseChain) -> BaseChain:
+        inner = chain.evaluate
+
+        def evaluate(packet: Packet) -> ChainResult:
+            original = (packet.direction == "original" and packet.src in rule.source
+                        and packet.dst in rule.destination
+                        and rule.out_interface in (None, packet.oif))
+            reply = (packet.ctstate == "established" and packet.src in rule.destination
+                     and packet.dst in rule.source)
+            if original or reply:
+                return ChainResult("accept", f"k3snet: {rule.describe()}", mark=packet.mark)
+            return inner(packet)
+
+        return attrs.evolve(chain, evaluate=evaluate)
+
+    return attrs.evolve(state, chains=tuple(wrap(c) if c.where == where else c
+                                            for c in state.chains))
+
+
+# ---------------------------------------------------------------- explaining a blocking step
+
+_Change = Callable[[NodeState], NodeState]
+
+
+def _explain(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    code = step.code or "blocked"
+    explain = _EXPLAINERS.get(code)
+    if explain is not None:
+        return explain(state, tr, step)
+    return Finding(code, f"the flow is dropped at {step.stage}", step.where, step.detail,
+                   advice="no automatic fix is known for this step"), None
+
+
+def _forwarding_off(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    name = "net.ipv4.ip_forward" if tr.flow.family == 4 else "net.ipv6.conf.all.forwarding"
+    if step.where not in (name, "net.ipv4.ip_forward") and state.sysctl(name) == 1:
+        name = step.where  # one interface's switch is off while the global one is on
+    fix = Sysctl(name, 1)
+    finding = Finding("forwarding-off", "the node does not forward packets between interfaces",
+                      f"sysctl {step.where} = 0",
+                      "a pod's packets to anything outside the node are forwarded: with "
+                      "forwarding off the kernel drops them before any firewall rule",
+                      fix=(fix,))
+    return finding, lambda s: _with_sysctls(s, {name: "1"})
+
+
+def _forward_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    reply = step.direction == "reply"
+    what = ("the forward chain drops the replies" if reply
+            else "the forward chain drops the flow")
+    where = f"{step.where}: {step.detail}"
+    if step.where.startswith(("iptables", "ip6tables")):
+        rule = ForwardRule(pod_network(state, tr), destination_network(tr),
+                           out_interface=tr.egress)
+        why = ("a DROP policy (left by Docker, firewalld or a hardening script) or rule in the "
+               "iptables FORWARD chain stops pod traffic; an accept for the pod CIDR ahead of "
+               "it lets the flow and its replies through")
+        finding = Finding("forward-drop", what, where, why, fix=(rule,))
+        return finding, lambda s: _with_forward_accept(s, step.where, rule)
+    finding = Finding(
+        "foreign-table-drop", what, where,
+        "another program's nftables table drops the flow; a drop in any base chain is final, "
+        "so no accept elsewhere (k3snet's included) can let it through",
+        advice=f"allow the flow in {step.where.removeprefix('nft ')} (or in the configuration "
+               "of the program that owns that table)")
+    return finding, None
+
+
+def _hook_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    return Finding(step.code or "dropped", f"a {step.stage} chain drops the "
+                   f"{'replies' if step.direction == 'reply' else 'flow'}",
+                   f"{step.where}: {step.detail}",
+                   "a drop in any base chain is final",
+                   advice=f"allow the flow in {step.where}"), None
+
+
+def _not_translated(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    oif = tr.egress
+    rule = MasqueradeRule(pod_network(state, tr), destination=destination_network(tr),
+                          out_interface=oif)
+    skipped = [s for s in tr.steps if s.stage == "postrouting" and s.outcome == "pass"
+               and not s.detail.startswith("policy")]
+    if skipped:
+        code = "masquerade-skipped"
+        what = "a rule in nat postrouting accepts the flow before anything masquerades it"
+        where = f"{skipped[0].where}: {skipped[0].detail}"
+    else:
+        code = "no-masquerade"
+        what = "nothing translates the pod's source address"
+        where = "nat postrouting"
+    why = (f"the destination sees the pod address {tr.flow.source} and answers it; the network "
+           "beyond the node does not route pod CIDRs back, so replies are lost")
+    return Finding(code, what, where, why, fix=(rule,)), lambda s: _with_masquerade(s, rule)
+
+
+def _route_to_pods(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    what = f"{tr.flow.destination} is routed towards pods, not out of the node"
+    why = (f"{step.detail}; a destination inside or near the pod CIDR is taken for a pod "
+           "address")
+    shadowed = _unshadow(tr)
+    if shadowed is not None:
+        fix, change = shadowed
+        return Finding("route-shadowed", what, step.where,
+                       f"{why}; {fix.describe()} would carry it out", fix=(fix,)), change
+    return Finding("route-shadowed", what, step.where, why,
+                   advice="route the destination out of the node (spec destinations[].via) "
+                          "or choose a pod CIDR that does not overlap it"), None
+
+
+def _rp_filter(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    iface = step.where.rsplit(" on ", 1)[-1]
+    name_if = f"net.ipv4.conf.{iface.replace('.', '/')}.rp_filter"
+    values = {}
+    fixes = []
+    if state.sysctl("net.ipv4.conf.all.rp_filter") == 1:
+        values["net.ipv4.conf.all.rp_filter"] = "2"
+        fixes.append(Sysctl("net.ipv4.conf.all.rp_filter", 2))
+    if state.sysctl(name_if) == 1:
+        values[name_if] = "2"
+        fixes.append(Sysctl(name_if, 2))
+    side = "replies" if step.direction == "reply" else "the pod's packets"
+    finding = Finding(
+        "rp-filter", f"strict reverse-path filtering drops {side} on {iface}", step.where,
+        f"{step.detail}: strict mode drops a packet whose source the node would route out of "
+        "another interface (asymmetric or policy routing); loose mode (2) only asks that a "
+        "route exists", fix=tuple(fixes))
+    return finding, (lambda s: _with_sysctls(s, values)) if fixes else None
+
+
+def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    return Finding("no-route", f"the node has no route to {tr.flow.destination}",
+                   step.where, step.detail,
+                   advice=f"add a route to {tr.flow.destination} through the gateway that "
+                          "reaches it (spec destinations[].via)"), None
+
+
+def _unshadow(tr: Trace) -> tuple[Route, _Change] | None:
+    """A host route through the best route the chosen one shadows, if one leaves the node."""
+    lookup_ = tr.route
+    if lookup_ is None or lookup_.route is None:
+        return None
+    if lookup_.route.destination.prefixlen == lookup_.route.destination.max_prefixlen:
+        return None  # nothing is more specific than a host route: it must go
+    better = [c for c in lookup_.candidates if c.type == "unicast" and c.device
+              and not _pod_facing(c.device, tr)]
+    if not better:
+        return None
+    alt = better[0]
+    table = lookup_.route.table if isinstance(lookup_.route.table, int) else 254
+    fix = Route(_host(tr.flow.destination), gateway=alt.gateway, device=alt.device, table=table)
+    entry = RouteEntry(_host(tr.flow.destination), table=table, gateway=alt.gateway,
+                       device=alt.device)
+    return fix, lambda s: _with_route(s, entry)
+
+
+def _route_rejects(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    lookup_ = tr.route
+    shadowed = _unshadow(tr)
+    if lookup_ is not None and lookup_.route is not None and shadowed is not None:
+        fix, change = shadowed
+        return Finding("route-shadowed", f"a {lookup_.route.type} route shadows the route "
+                       f"to {tr.flow.destination}", step.where,
+                       f"{step.detail} is more specific than the route {fix.describe()} "
+                       "would follow", fix=(fix,)), change
+    return Finding("route-rejects", f"routing refuses {tr.flow.destination}", step.where,
+                   f"{step.detail}",
+                   advice="remove the blackhole/unreachable/prohibit route or rule, or add a "
+                          "more specific route"), None
+
+
+def _reply_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    back = tr.reply_route
+    pod_net = pod_network(state, tr)
+    table = 254
+    if back is not None and back.rule is not None and back.rule.action == "lookup" and (
+            isinstance(back.rule.table, int)):
+        table = back.rule.table
+    fix = Route(pod_net, device=tr.ingress, table=table)
+    entry = RouteEntry(pod_net, table=table, device=tr.ingress, scope="link")
+    rule_text = back.rule.describe() if back is not None and back.rule else "the main table"
+    finding = Finding(
+        "reply-misrouted", f"replies to {tr.flow.source} are routed away from the pod",
+        f"{step.where}: {step.detail}",
+        f"policy routing ({rule_text}) picks table {table_name(table)} for the replies, which "
+        f"has no route to the pod network {pod_net} through {tr.ingress}",
+        fix=(fix,))
+    return finding, lambda s: _with_route(s, entry)
+
+
+def _masquerade_no_address(state: NodeState, tr: Trace,
+                           step: Step) -> tuple[Finding, _Change | None]:
+    return Finding("masquerade-no-address", f"masquerade finds no address on {tr.egress}",
+                   step.where, step.detail,
+                   advice=f"give {tr.egress} an address or SNAT to a fixed one"), None
+
+
+_EXPLAINERS: dict[str, Callable[[NodeState, Trace, Step], tuple[Finding, _Change | None]]] = {
+    "forwarding-off": _forwarding_off,
+    "forward-drop": _forward_drop,
+    "prerouting-drop": _hook_drop,
+    "postrouting-drop": _hook_drop,
+    "not-translated": _not_translated,
+    "rp-filter": _rp_filter,
+    "route-to-pods": _route_to_pods,
+    "no-route": _no_route,
+    "route-rejects": _route_rejects,
+    "reply-misrouted": _reply_route,
+    "reply-no-route": _reply_route,
+    "masquerade-no-address": _masquerade_no_address,
+}
+
+
+def _context(state: NodeState, tr: Trace) -> list[Finding]:
+    """Findings that explain without blocking by themselves."""
+    found = []
+    dst = tr.flow.destination
+    for cidr in {*state.cluster_cidrs, pod_network(state, tr)}:
+        if cidr.version == dst.version and dst in cidr and cidr.prefixlen < cidr.max_prefixlen:
+            found.append(Finding(
+                "destination-in-pod-cidr", f"{dst} lies inside the pod CIDR {cidr}",
+                f"pod CIDR {cidr}",
+                "the node and the CNI treat it as a pod address: routed towards pods and left "
+                "untranslated by CNI masquerade rules",
+                severity="warning",
+                advice="choose a cluster CIDR that does not overlap the destination, or route "
+                       "and masquerade the destination explicitly"))
+            break
+    for pool in state.calico_pools:
+        if pool.cidr.version == dst.version and dst in pool.cidr:
+            found.append(Finding(
+                "destination-in-calico-pool", f"{dst} lies inside the Calico IP pool {pool.cidr}",
+                f"IPPool {pool.cidr}" + (" (disabled)" if pool.disabled else ""),
+                "Calico masquerades (natOutgoing) only traffic to destinations outside every "
+                "pool: to this one the pod's address leaves untranslated",
+                severity="warning",
+                advice="shrink or move the pool so it does not cover the destination, or "
+                       "masquerade the destination explicitly (the fix above)"))
+            break
+    unknown = [s for s in tr.steps if s.outcome == "unknown"]
+    if unknown:
+        uncertain = [s for s in unknown if not s.certain]
+        found.append(Finding(
+            "unknown-rules", f"{len(unknown)} rule(s) or value(s) could not be evaluated"
+            + (f", {len(uncertain)} of which could change the verdict" if uncertain else ""),
+            "; ".join(f"{s.where}: {s.detail}" for s in (uncertain or unknown)[:3]),
+            "the trace assumes they do not match; each is listed in the trace",
+            severity="warning" if uncertain else "info"))
+    if state.missing:
+        reasons = [f"{k}: {v}" for k, v in sorted(state.missing.items())
+                   if v != "not in the capture"]
+        found.append(Finding("capture-incomplete", "parts of the node state were not captured",
+                             ", ".join(sorted(state.missing)),
+                             "the trace takes what is missing as empty (no rules, no routes)"
+                             + (f"; {'; '.join(reasons)}" if reasons else ""),
+                             severity="info"))
+    return found
+
+
+def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
+             upstream_routes_pods: bool = False) -> Diagnosis:
+    """Trace ``flow``, explain each blocking step, and plan the fix.
+
+    The plan is computed against ``observed`` (what k3snet's backends see on the
+    node; default: an empty state, i.e. every fix object is added) with the fix
+    objects added to its owned ones.
+    """
+    first = trace(state, flow, upstream_routes_pods=upstream_routes_pods)
+    findings: list[Finding] = []
+    fixes: list[NetObject] = []
+    current, tr = state, first
+    seen_codes: set[tuple[str, str]] = set()
+    for _ in range(_MAX_ROUNDS):
+        step = tr.blocked_at
+        # An uncertain trace (unknown verdict) that drops somewhere is explained too.
+        if tr.verdict is Verdict.REACHES or step is None:
+            break
+        finding, change = _explain(current, tr, step)
+        if (finding.code, finding.where) in seen_codes:
+            break  # the fix did not help: do not loop
+        seen_codes.add((finding.code, finding.where))
+        findings.append(finding)
+        fixes += [f for f in finding.fix if f not in fixes]
+        if change is None:
+            break
+        current = change(current)
+        tr = trace(current, flow, upstream_routes_pods=upstream_routes_pods)
+    findings += _context(state, first)
+    base = observed if observed is not None else State()
+    have = base.by_key
+    wanted = State(owned=[*base.owned, *(f for f in fixes if f.key not in have)])
+    return Diagnosis(first, tuple(findings), State(owned=fixes), wanted, plan(base, wanted), tr)

@@ -1,0 +1,468 @@
+"""Read ``iptables-save`` output (any program's rules) and evaluate packets through it.
+
+:func:`parse_save` turns the text into tables of chains of :class:`Rule` values;
+:func:`base_chains` gives the chains netfilter hooks call (``FORWARD``,
+``POSTROUTING``, ``PREROUTING``) as :class:`~k3snet.doctor.packet.BaseChain`
+values at their fixed priorities. Matches understood: ``-s``/``-d``/``-i``/``-o``/``-p``
+(with ``!``, ``+`` wildcards), ``--sport``/``--dport``, ``multiport``,
+``conntrack``/``state`` ``--ctstate``, ``comment``, ``mark``, ``addrtype``. Targets:
+``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, gotos, ``MASQUERADE``,
+``SNAT``, ``MARK``, and the non-terminating ones (``LOG`` ...). Anything else makes
+the rule *unknown*, reported with its text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shlex
+from collections.abc import Callable
+from ipaddress import ip_address, ip_network
+from typing import Final, Literal
+
+import attrs
+
+from k3snet.doctor.packet import (
+    PROTOCOLS,
+    BaseChain,
+    ChainResult,
+    Hook,
+    NatAction,
+    Packet,
+    Tri,
+    Uncertain,
+    all_of,
+    port_in,
+)
+
+__all__ = ["Chain", "Rule", "Table", "base_chains", "parse_save"]
+
+Matcher = Callable[[Packet], Tri]
+
+# (table, chain) -> (hook, priority, kind), as x_tables and iptables-nft register them.
+_HOOKS: Final[dict[tuple[str, str], tuple[Hook, int, Literal["filter", "nat"]]]] = {
+    ("raw", "PREROUTING"): ("prerouting", -300, "filter"),
+    ("mangle", "PREROUTING"): ("prerouting", -150, "filter"),
+    ("nat", "PREROUTING"): ("prerouting", -100, "nat"),
+    ("mangle", "FORWARD"): ("forward", -150, "filter"),
+    ("filter", "FORWARD"): ("forward", 0, "filter"),
+    ("security", "FORWARD"): ("forward", 50, "filter"),
+    ("mangle", "POSTROUTING"): ("postrouting", -150, "filter"),
+    ("nat", "POSTROUTING"): ("postrouting", 100, "nat"),
+}
+# Targets that do not end the chain and change nothing the doctor follows.
+_CONTINUE: Final = frozenset({
+    "LOG", "NFLOG", "ULOG", "TRACE", "CT", "NOTRACK", "TCPMSS", "CHECKSUM", "CLASSIFY",
+    "DSCP", "TOS", "TTL", "HL", "SECMARK", "CONNSECMARK", "AUDIT", "IDLETIMER", "LED",
+})
+_MAX_DEPTH = 64
+_CT_STATES = {"NEW": "new", "ESTABLISHED": "established", "RELATED": "related",
+              "INVALID": "invalid", "UNTRACKED": "untracked", "SNAT": "snat", "DNAT": "dnat"}
+
+
+@attrs.frozen
+class Rule:
+    """One ``-A`` line: its text, matches, and target (``target_args`` are its options)."""
+
+    text: str
+    matches: tuple[tuple[str, Matcher], ...]
+    target: str | None
+    target_args: tuple[str, ...] = ()
+    goto: bool = False
+    problem: str | None = None
+
+    def match(self, packet: Packet) -> tuple[Tri, str]:
+        """The rule's match on ``packet`` and, when unknown, why."""
+        if self.problem is not None:
+            return None, self.problem
+        results = [(name, m(packet)) for name, m in self.matches]
+        value = all_of([r for _, r in results])
+        why = ", ".join(name for name, r in results if r is None)
+        return value, why
+
+
+@attrs.frozen
+class Chain:
+    """A chain: its policy (None for a user chain) and rules."""
+
+    name: str
+    policy: str | None
+    rules: list[Rule] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class Table:
+    """One ``*table`` section."""
+
+    name: str
+    chains: dict[str, Chain] = attrs.field(factory=dict)
+
+
+class _UnparsedError(ValueError):
+    pass
+
+
+def parse_save(text: str) -> dict[str, Table]:
+    """Parse ``iptables-save`` output into ``{table name: Table}``.
+
+    Lines it cannot parse become rules with a ``problem`` (evaluated as unknown), so
+    nothing is dropped silently.
+    """
+    tables: dict[str, Table] = {}
+    table: Table | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or line == "COMMIT":
+            continue
+        if line.startswith("*"):
+            table = tables.setdefault(line[1:], Table(line[1:]))
+            continue
+        if table is None:
+            continue
+        if line.startswith(":"):
+            name, _, rest = line[1:].partition(" ")
+            policy = rest.split(" ", 1)[0]
+            table.chains[name] = Chain(name, None if policy == "-" else policy)
+            continue
+        if line.startswith("-A "):
+            chain_name = line.split()[1]
+            chain = table.chains.setdefault(chain_name, Chain(chain_name, None))
+            chain.rules.append(_parse_rule(line))
+    return tables
+
+
+def _parse_rule(line: str) -> Rule:
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        return Rule(line, (), None, problem=f"cannot split: {exc}")
+    try:
+        return _rule_from_words(line, words[2:])
+    except (_UnparsedError, ValueError, IndexError) as exc:
+        # Keep the target, so what the rule would do if it matched is still known.
+        target = next((words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-j", "-g")),
+                      None)
+        return Rule(line, (), target, problem=f"cannot read: {exc}")
+
+
+def _rule_from_words(text: str, words: list[str]) -> Rule:
+    matches: list[tuple[str, Matcher]] = []
+    target: str | None = None
+    goto = False
+    target_args: list[str] = []
+    module = ""
+    i = 0
+    while i < len(words):
+        negate = words[i] == "!"
+        if negate:
+            i += 1
+        word = words[i]
+        if word in ("-j", "--jump", "-g", "--goto"):
+            target, goto = words[i + 1], word in ("-g", "--goto")
+            target_args = words[i + 2:]
+            break
+        if word in ("-m", "--match"):
+            module = words[i + 1]
+            if module not in _MODULES:
+                matches.append((f"-m {module}", _unknown))
+            i += 2
+            continue
+        arg = words[i + 1] if i + 1 < len(words) else ""
+        if module == "set" and word == "--match-set" and i + 2 < len(words):
+            name, flags = words[i + 1], words[i + 2]
+            in_set = _ipset_matcher(name, flags)
+            matches.append((f"{'! ' if negate else ''}--match-set {name} {flags}",
+                            _negated(in_set) if negate else in_set))
+            i += 3
+            continue
+        matcher, used = _option(word, arg, module)
+        if matcher is None:
+            raise _UnparsedError(f"option {word}")
+        if matcher is _unknown:  # an option we do not know: it takes the words up to the next
+            used = 0
+            while i + 1 + used < len(words) and not words[i + 1 + used].startswith(("-", "!")):
+                used += 1
+        name = f"{'! ' if negate else ''}{word} {arg}".strip() if used else word
+        matches.append((name, _negated(matcher) if negate else matcher))
+        i += 1 + used
+    return Rule(text, tuple(matches), target, tuple(target_args), goto)
+
+
+_MODULES: Final = frozenset({"tcp", "udp", "multiport", "conntrack", "state", "comment",
+                             "mark", "addrtype", "icmp", "icmp6", "set"})
+
+
+def _unknown(_packet: Packet) -> Tri:
+    return None
+
+
+def _negated(matcher: Matcher) -> Matcher:
+    def negated(packet: Packet) -> Tri:
+        value = matcher(packet)
+        return None if value is None else not value
+    return negated
+
+
+def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # noqa: PLR0911 - one return per option
+    """A matcher for one option and how many arguments it took (None: unknown option)."""
+    if word in ("-s", "--source", "-d", "--destination"):
+        network = ip_network(arg, strict=False)
+        source = word in ("-s", "--source")
+        return (lambda p: _in(p.src if source else p.dst, network)), 1
+    if word in ("-i", "--in-interface", "-o", "--out-interface"):
+        inbound = word in ("-i", "--in-interface")
+        return (lambda p: _ifname(p.iif if inbound else p.oif, arg)), 1
+    if word in ("-p", "--protocol"):
+        return (lambda p: _proto(p, arg)), 1
+    if word in ("--dport", "--destination-port", "--sport", "--source-port"):
+        low, high = _port_range(arg)
+        dest = word in ("--dport", "--destination-port")
+        return (lambda p: _port(p.dport if dest else p.sport, [(low, high)])), 1
+    if module == "multiport" and word in ("--dports", "--sports", "--ports",
+                                          "--destination-ports", "--source-ports"):
+        ranges = [_port_range(part) for part in arg.split(",")]
+        return (lambda p: _multiport(p, word, ranges)), 1
+    if word in ("--ctstate", "--state"):
+        states = {_CT_STATES.get(s, s.lower()) for s in arg.split(",")}
+        return (lambda p: p.ctstate in states), 1
+    if word == "--comment":
+        return (lambda _p: True), 1
+    if word == "--mark":
+        value, _, mask = arg.partition("/")
+        mark, bits = int(value, 0), int(mask, 0) if mask else 0xFFFFFFFF
+        return (lambda p: None if p.mark is None else (p.mark & bits) == mark), 1
+    if module == "addrtype" and word in ("--src-type", "--dst-type"):
+        types = set(arg.split(","))
+        source = word == "--src-type"
+        return (lambda p: _addrtype(p, source, types)), 1
+    if module == "addrtype" and word in ("--limit-iface-in", "--limit-iface-out"):
+        return _unknown, 0
+    if module in ("tcp", "udp", "icmp", "icmp6") or word.startswith("--"):
+        return _unknown, 1 if arg and not arg.startswith("-") and arg != "!" else 0
+    return None, 0
+
+
+def _ipset_matcher(name: str, flags: str) -> Matcher:
+    """Is the packet's source (``src``) or destination (``dst``) in ipset ``name``?
+
+    Unknown unless the doctor knows the set's members (Calico's pool sets).
+    """
+    def in_set(packet: Packet) -> Tri:
+        members = packet.ipsets.get(name)
+        if members is None or flags.split(",", 1)[0] not in ("src", "dst"):
+            return None
+        address = packet.src if flags.startswith("src") else packet.dst
+        return any(_in(address, network) for network in members)
+    return in_set
+
+
+def _in(address: object, network: object) -> bool:
+    try:
+        return address in network  # type: ignore[operator]
+    except TypeError:  # another family
+        return False
+
+
+def _ifname(name: str | None, pattern: str) -> Tri:
+    if name is None:
+        return False
+    if pattern.endswith("+"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def _proto(packet: Packet, arg: str) -> Tri:
+    if arg in ("all", "0"):
+        return True
+    number = PROTOCOLS.get(arg.lower()) if not arg.isdigit() else int(arg)
+    if number is None:
+        return None
+    return packet.proto_number == number
+
+
+def _port_range(arg: str) -> tuple[int, int]:
+    low, _, high = arg.partition(":")
+    return int(low or 0), int(high) if high else (int(low) if low else 65535)
+
+
+def _port(value: int | None, ranges: list[tuple[int, int]]) -> Tri:
+    return port_in(value, ranges)
+
+
+def _multiport(packet: Packet, word: str, ranges: list[tuple[int, int]]) -> Tri:
+    if word in ("--dports", "--destination-ports"):
+        return _port(packet.dport, ranges)
+    if word in ("--sports", "--source-ports"):
+        return _port(packet.sport, ranges)
+    return bool(_port(packet.dport, ranges) or _port(packet.sport, ranges))
+
+
+def _addrtype(packet: Packet, source: bool, types: set[str]) -> Tri:
+    address = packet.src if source else packet.dst
+    kind = "LOCAL" if address in packet.local else "UNICAST"
+    if address.is_multicast:
+        kind = "MULTICAST"
+    if types <= {"LOCAL", "UNICAST", "MULTICAST"}:
+        return kind in types
+    return None
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@attrs.define
+class _Run:
+    """The mutable state of one evaluation: the packet (its mark changes) and the record."""
+
+    packet: Packet
+    path: list[str] = attrs.field(factory=list)
+    unknowns: list[Uncertain] = attrs.field(factory=list)
+
+
+def _evaluate_chain(table: Table, chain: Chain, run: _Run, kind: str,
+                    depth: int = 0) -> ChainResult | None:
+    """Run ``chain``; a terminal verdict, or None when it returns (falls off its end)."""
+    if depth > _MAX_DEPTH:
+        run.unknowns.append(Uncertain(f"-A {chain.name}", "jumps nest too deep", "unknown"))
+        return None
+    for rule in chain.rules:
+        matched, why = rule.match(run.packet)
+        if matched is False:
+            continue
+        if matched is None:
+            run.unknowns.append(Uncertain(rule.text, why or "cannot evaluate",
+                                          _effect(table, rule, run, kind, depth)))
+            continue
+        outcome = _apply_target(table, rule, run, kind, depth)
+        if outcome == "return":
+            return None
+        if isinstance(outcome, ChainResult):
+            return outcome
+    return None
+
+
+def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - per target
+            depth: int) -> str:
+    """What ``rule`` would do if it matched (to judge whether not knowing matters)."""
+    target = rule.target
+    if target in (None, "RETURN") or target in _CONTINUE:
+        return "none"
+    if target == "ACCEPT":
+        return "accept"
+    if target in ("DROP", "REJECT"):
+        return "drop"
+    if target in ("MASQUERADE", "SNAT"):
+        return "nat"
+    if target in table.chains:
+        trial = _Run(run.packet)
+        result = _evaluate_chain(table, table.chains[target], trial, kind, depth + 1)
+        if result is None:
+            return "none" if not rule.goto else "policy"
+        return result.verdict
+    return "unknown"
+
+
+def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - per target
+                  depth: int) -> ChainResult | str | None:
+    target = rule.target
+    mark = run.packet.mark
+    if target is None or target in _CONTINUE:
+        return None
+    if target == "ACCEPT":
+        return ChainResult("accept", rule.text, mark=mark, path=tuple(run.path),
+                           unknowns=tuple(run.unknowns))
+    if target in ("DROP", "REJECT"):
+        return ChainResult("drop", rule.text, mark=mark, path=tuple(run.path),
+                           unknowns=tuple(run.unknowns))
+    if target == "RETURN":
+        run.path.append(rule.text)
+        return "return"
+    if target == "MARK":
+        run.packet = attrs.evolve(run.packet, mark=_set_mark(mark, rule.target_args))
+        run.path.append(rule.text)
+        return None
+    if target in ("MASQUERADE", "SNAT") and kind == "nat":
+        action = _nat_action(target, rule.target_args)
+        if action is None:
+            run.unknowns.append(Uncertain(rule.text, "SNAT target not understood", "nat"))
+            return None
+        return ChainResult("nat", rule.text, nat=action, mark=mark, path=tuple(run.path),
+                           unknowns=tuple(run.unknowns))
+    if target in table.chains:
+        run.path.append(rule.text)
+        result = _evaluate_chain(table, table.chains[target], run, kind, depth + 1)
+        if result is not None or not rule.goto:
+            return result
+        return "return"  # a goto that falls off returns from the calling chain too
+    run.unknowns.append(Uncertain(rule.text, f"target {target} not understood", "unknown"))
+    return None
+
+
+def _set_mark(mark: int | None, args: tuple[str, ...]) -> int | None:  # noqa: PLR0911 - per option
+    if mark is None or len(args) < 2:
+        return None
+    option, value = args[0], args[1]
+    number, _, mask_text = value.partition("/")
+    bits = int(number, 0)
+    mask = int(mask_text, 0) if mask_text else 0xFFFFFFFF
+    if option == "--set-xmark":
+        return (mark & ~mask & 0xFFFFFFFF) ^ bits
+    if option == "--set-mark":
+        return (mark & ~mask & 0xFFFFFFFF) | bits
+    if option == "--or-mark":
+        return mark | bits
+    if option == "--and-mark":
+        return mark & bits
+    if option == "--xor-mark":
+        return mark ^ bits
+    return None
+
+
+def _nat_action(target: str, args: tuple[str, ...]) -> NatAction | None:
+    if target == "MASQUERADE":
+        return NatAction("masquerade")
+    for option, value in itertools.pairwise(args):
+        if option == "--to-source":
+            address = value.split("-", 1)[0]
+            if address.startswith("["):  # [v6]:port
+                address = address[1:].split("]", 1)[0]
+            elif address.count(":") == 1:  # v4:port
+                address = address.split(":", 1)[0]
+            try:
+                return NatAction("snat", ip_address(address))
+            except ValueError:
+                return None
+    return None
+
+
+def _base(table: Table, chain: Chain, kind: str) -> Callable[[Packet], ChainResult]:
+    def evaluate(packet: Packet) -> ChainResult:
+        run = _Run(packet)
+        result = _evaluate_chain(table, chain, run, kind)
+        if result is not None:
+            return result
+        policy = (chain.policy or "ACCEPT").upper()
+        verdict: Literal["accept", "drop"] = "drop" if policy == "DROP" else "accept"
+        return ChainResult(verdict, f"policy {policy}", mark=run.packet.mark,
+                           path=tuple(run.path), unknowns=tuple(run.unknowns))
+    return evaluate
+
+
+def base_chains(tables: dict[str, Table], flavour: str, family: int) -> list[BaseChain]:
+    """The chains of ``tables`` that hooks call, as :class:`BaseChain` values.
+
+    ``flavour`` (``iptables-nft``, ``iptables-legacy``) only names them. A chain
+    with the default policy and no rules is left out: it decides nothing.
+    """
+    chains = []
+    for (table_name, chain_name), (hook, priority, kind) in _HOOKS.items():
+        table = tables.get(table_name)
+        chain = table.chains.get(chain_name) if table else None
+        if table is None or chain is None:
+            continue
+        if not chain.rules and (chain.policy or "ACCEPT") == "ACCEPT":
+            continue
+        command = "iptables" if family == 4 else "ip6tables"
+        where = f"{command}{flavour.removeprefix('iptables')} {table_name} {chain_name}"
+        chains.append(BaseChain(where, hook, priority, kind, frozenset({family}),
+                                _base(table, chain, kind)))
+    return chains

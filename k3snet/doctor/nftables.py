@@ -1,0 +1,498 @@
+"""Read ``nft -j list ruleset`` (every table, whoever wrote it) and evaluate packets.
+
+:func:`base_chains` gives each chain with a ``prerouting``, ``forward`` or
+``postrouting`` hook in the ``ip``, ``ip6`` and ``inet`` families as a
+:class:`~k3snet.doctor.packet.BaseChain`. Understood: matches on ``ip``/``ip6``
+``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports,
+``meta`` ``l4proto``/``nfproto``/``iifname``/``oifname``/``mark``, ``ct state`` and
+``ct direction``, with prefixes, ranges, anonymous and named sets; verdicts
+``accept``, ``drop``, ``reject``, ``jump``, ``goto``, ``return``, verdict maps;
+``masquerade``, ``snat``, ``meta mark set``. Any other expression makes its rule
+*unknown*, reported with a readable form of the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from ipaddress import ip_address, ip_network
+from typing import Any, Final, Literal
+
+import attrs
+
+from k3snet.doctor.packet import (
+    PROTOCOLS,
+    BaseChain,
+    ChainResult,
+    Hook,
+    NatAction,
+    Packet,
+    Uncertain,
+    port_in,
+)
+
+__all__ = ["Ruleset", "base_chains", "parse_ruleset"]
+
+_HOOKS: Final = frozenset({"prerouting", "forward", "postrouting"})
+_FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozenset({4, 6})}
+# Statements that neither match nor decide.
+_NEUTRAL: Final = frozenset({"counter", "log", "notrack", "quota", "limit", "meter"})
+_MAX_DEPTH = 64
+#: Tables iptables-nft owns; evaluated from iptables-save when that is captured.
+IPTABLES_NFT_TABLES: Final = frozenset({"filter", "nat", "mangle", "raw", "security"})
+
+
+class _Unknown(Exception):  # noqa: N818 - internal control flow, never escapes
+    """An expression the evaluator does not understand."""
+
+
+@attrs.frozen
+class NftChain:
+    """A chain: base chain attributes (None for a regular chain) and its rules' expressions."""
+
+    family: str
+    table: str
+    name: str
+    hook: str | None = None
+    priority: int = 0
+    kind: str = "filter"
+    policy: str = "accept"
+    rules: list[list[Any]] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class Ruleset:
+    """The chains and named sets of a ruleset, keyed by (family, table, name)."""
+
+    chains: dict[tuple[str, str, str], NftChain]
+    sets: dict[tuple[str, str, str], list[Any]]
+
+
+def parse_ruleset(data: object) -> Ruleset:
+    """Index ``nft -j list ruleset`` output (already parsed from JSON)."""
+    chains: dict[tuple[str, str, str], NftChain] = {}
+    sets: dict[tuple[str, str, str], list[Any]] = {}
+    items = data.get("nftables", []) if isinstance(data, Mapping) else []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        if "chain" in item:
+            c = item["chain"]
+            key = (c["family"], c["table"], c["name"])
+            chains[key] = NftChain(c["family"], c["table"], c["name"], c.get("hook"),
+                                   _priority(c.get("prio", 0)), c.get("type", "filter"),
+                                   c.get("policy", "accept"))
+        elif "rule" in item:
+            r = item["rule"]
+            key = (r["family"], r["table"], r["chain"])
+            chain = chains.setdefault(key, NftChain(r["family"], r["table"], r["chain"]))
+            chain.rules.append(list(r.get("expr", [])))
+        elif "set" in item or "map" in item:
+            s = item.get("set") or item.get("map") or {}
+            sets[(s["family"], s["table"], s["name"])] = list(s.get("elem", []))
+    return Ruleset(chains, sets)
+
+
+def _priority(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    names = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
+             "srcnat": 100}
+    if isinstance(value, str):
+        return names.get(value, 0)
+    return 0
+
+
+def rule_text(chain: NftChain, expr: list[Any]) -> str:
+    """A readable, stable form of a rule: its chain and compact JSON statements."""
+    body = " ".join(_statement_text(s) for s in expr)
+    return f"nft {chain.family} {chain.table} {chain.name}: {body}"
+
+
+def _statement_text(statement: Any) -> str:
+    if isinstance(statement, Mapping) and len(statement) == 1:
+        (key, value), = statement.items()
+        if value is None:
+            return str(key)
+        if key == "match":
+            return (f"{_value_text(value.get('left'))} {value.get('op', '==')} "
+                    f"{_value_text(value.get('right'))}")
+        if key in ("jump", "goto"):
+            return f"{key} {value.get('target')}"
+    return json.dumps(statement, sort_keys=True, separators=(",", ":"))
+
+
+def _value_text(value: Any) -> str:  # noqa: PLR0911 - one return per expression kind
+    if isinstance(value, Mapping):
+        if "payload" in value:
+            return f"{value['payload'].get('protocol')} {value['payload'].get('field')}"
+        if "meta" in value:
+            return f"meta {value['meta'].get('key')}"
+        if "ct" in value:
+            return f"ct {value['ct'].get('key')}"
+        if "prefix" in value:
+            return f"{value['prefix'].get('addr')}/{value['prefix'].get('len')}"
+        if "range" in value:
+            return "-".join(str(v) for v in value["range"])
+        if "set" in value:
+            return "{ " + ", ".join(_value_text(v) for v in value["set"]) + " }"
+    if isinstance(value, list):
+        return ",".join(_value_text(v) for v in value)
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+# ---------------------------------------------------------------- values of a packet
+
+
+def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per expression kind
+    """The packet's value for the left side of a match; False if the match cannot apply."""
+    if isinstance(left, Mapping) and "payload" in left:
+        proto, field = left["payload"].get("protocol"), left["payload"].get("field")
+        if proto in ("ip", "ip6"):
+            if (proto == "ip") != (packet.family == 4):
+                return _NoMatch
+            if field in ("saddr", "daddr"):
+                return packet.src if field == "saddr" else packet.dst
+            if field in ("protocol", "nexthdr"):
+                return packet.proto_number
+        if proto in ("tcp", "udp", "th", "sctp") and field in ("sport", "dport"):
+            if packet.proto != proto and not (proto == "th" and packet.proto in (
+                    "tcp", "udp", "sctp")):
+                return _NoMatch
+            value = packet.sport if field == "sport" else packet.dport
+            return _EPHEMERAL if value is None else value
+        raise _Unknown
+    if isinstance(left, Mapping) and "meta" in left:
+        key = left["meta"].get("key")
+        values = {
+            "l4proto": packet.proto_number,
+            "nfproto": 2 if packet.family == 4 else 10,
+            "protocol": 0x0800 if packet.family == 4 else 0x86DD,
+            "iifname": packet.iif,
+            "oifname": packet.oif,
+            "iif": packet.iif,
+            "oif": packet.oif,
+        }
+        if key == "mark":
+            if packet.mark is None:
+                raise _Unknown
+            return packet.mark
+        if key in values:
+            return values[key]
+        raise _Unknown
+    if isinstance(left, Mapping) and "ct" in left:
+        key = left["ct"].get("key")
+        if key == "state":
+            return packet.ctstate
+        if key == "direction":
+            return packet.direction
+        raise _Unknown
+    if isinstance(left, Mapping) and "&" in left:
+        inner, mask = left["&"]
+        value = _field(packet, inner)
+        if value is _NoMatch:
+            return value
+        if isinstance(value, int) and isinstance(mask, int):
+            return value & mask
+    raise _Unknown
+
+
+class _NoMatchType:
+    pass
+
+
+class _EphemeralType:
+    """A port the flow leaves open: somewhere in :data:`EPHEMERAL_PORTS`."""
+
+
+_NoMatch = _NoMatchType()
+_EPHEMERAL = _EphemeralType()
+_SYMBOLS = {"ipv4": 2, "ipv6": 10, "ip": 0x0800, "ip6": 0x86DD, **PROTOCOLS}
+
+
+def _contains(  # noqa: PLR0911 - one return per kind of right-hand side
+        right: Any, value: Any, ruleset: Ruleset, family: str, table: str) -> bool:
+    """Whether ``value`` (a packet field) is in ``right`` (literal, prefix, range, set)."""
+    if value is _EPHEMERAL:
+        found = port_in(None, _port_ranges(right, ruleset, family, table))
+        if found is None:
+            raise _Unknown
+        return found
+    if isinstance(right, str) and right.startswith("@"):
+        elements = ruleset.sets.get((family, table, right[1:]))
+        if elements is None:
+            raise _Unknown
+        return any(_contains(e, value, ruleset, family, table) for e in elements)
+    if isinstance(right, Mapping):
+        if "set" in right:
+            return any(_contains(e, value, ruleset, family, table) for e in right["set"])
+        if "prefix" in right:
+            network = ip_network(f"{right['prefix']['addr']}/{right['prefix']['len']}",
+                                 strict=False)
+            return isinstance(value, type(network.network_address)) and value in network
+        if "range" in right:
+            low, high = (_literal(v, value) for v in right["range"])
+            return bool(low <= value <= high)
+        if "elem" in right:
+            return _contains(right["elem"].get("val"), value, ruleset, family, table)
+        raise _Unknown
+    if isinstance(right, list):  # ct state { a, b } with the "in" operator
+        return any(_contains(e, value, ruleset, family, table) for e in right)
+    if isinstance(value, str) and isinstance(right, str):
+        if right.endswith("*") and not right.endswith("\\*"):
+            return value.startswith(right[:-1])
+        return value == right.replace("\\*", "*")
+    return bool(_literal(right, value) == value)
+
+
+def _port_ranges(right: Any, ruleset: Ruleset, family: str,
+                 table: str) -> list[tuple[int, int]]:
+    """The port ranges a right-hand side names (for matching an unknown port)."""
+    if isinstance(right, int):
+        return [(right, right)]
+    if isinstance(right, str) and right.startswith("@"):
+        elements = ruleset.sets.get((family, table, right[1:]))
+        if elements is None:
+            raise _Unknown
+        return [r for e in elements for r in _port_ranges(e, ruleset, family, table)]
+    if isinstance(right, Mapping) and "range" in right:
+        low, high = right["range"]
+        if isinstance(low, int) and isinstance(high, int):
+            return [(low, high)]
+    if isinstance(right, Mapping) and "set" in right:
+        return [r for e in right["set"] for r in _port_ranges(e, ruleset, family, table)]
+    raise _Unknown
+
+
+def _literal(right: Any, like: Any) -> Any:
+    """``right`` converted to ``like``'s kind (an address, a number)."""
+    if isinstance(like, str):
+        return str(right)
+    if isinstance(like, int):
+        if isinstance(right, int):
+            return right
+        if isinstance(right, str) and right in _SYMBOLS:
+            return _SYMBOLS[right]
+        raise _Unknown
+    try:
+        return ip_address(right)
+    except ValueError as exc:
+        raise _Unknown from exc
+
+
+def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset, chain: NftChain) -> bool:
+    value = _field(packet, match.get("left"))
+    if value is _NoMatch:
+        return False
+    if value is None:  # no such interface on this path
+        return match.get("op") == "!="
+    op = match.get("op", "==")
+    right = match.get("right")
+    if op in ("<", ">", "<=", ">="):
+        if value is _EPHEMERAL:
+            raise _Unknown
+        limit = _literal(right, value)
+        return bool({"<": value < limit, ">": value > limit, "<=": value <= limit,
+                     ">=": value >= limit}[op])
+    inside = _contains(right, value, ruleset, chain.family, chain.table)
+    if op == "!=":
+        return not inside
+    if op in ("==", "in"):
+        return inside
+    raise _Unknown
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@attrs.define
+class _Run:
+    packet: Packet
+    ruleset: Ruleset
+    path: list[str] = attrs.field(factory=list)
+    unknowns: list[Uncertain] = attrs.field(factory=list)
+
+    def result(self, verdict: Literal["accept", "drop", "nat"], rule: str,
+               nat: NatAction | None = None) -> ChainResult:
+        return ChainResult(verdict, rule, nat=nat, mark=self.packet.mark, path=tuple(self.path),
+                           unknowns=tuple(self.unknowns))
+
+
+def _run_chain(chain: NftChain, run: _Run, depth: int = 0) -> ChainResult | None:
+    if depth > _MAX_DEPTH:
+        run.unknowns.append(Uncertain(f"nft chain {chain.name}", "jumps nest too deep",
+                                      "unknown"))
+        return None
+    for expr in chain.rules:
+        outcome = _run_rule(chain, expr, run, depth)
+        if outcome == "return":
+            return None
+        if isinstance(outcome, ChainResult):
+            return outcome
+    return None
+
+
+def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
+              depth: int) -> ChainResult | str | None:
+    text = rule_text(chain, expr)
+    for index, statement in enumerate(expr):
+        if not isinstance(statement, Mapping) or len(statement) != 1:
+            _unknown_rule(chain, expr, index, text, run, depth=depth,
+                          reason="malformed statement")
+            return None
+        (key, value), = statement.items()
+        try:
+            if key == "match":
+                if not _match(run.packet, value, run.ruleset, chain):
+                    return None
+                continue
+            if key in _NEUTRAL or (key == "xt" and value.get("name") == "comment"):
+                continue
+            if key == "mangle" and _is_mark(value.get("key")):
+                mark = value.get("value")
+                run.packet = attrs.evolve(run.packet, mark=mark if isinstance(mark, int)
+                                          else None)
+                continue
+            decided = _decide(chain, key, value, text, run, depth=depth)
+        except _Unknown:
+            _unknown_rule(chain, expr, index, text, run, depth=depth,
+                          reason=f"cannot evaluate {_statement_text(statement)}")
+            return None
+        if decided is not None:
+            return decided
+    return None
+
+
+def _is_mark(key: Any) -> bool:
+    return isinstance(key, Mapping) and key.get("meta", {}).get("key") == "mark"
+
+
+def _decide(chain: NftChain, key: str, value: Any, text: str, run: _Run,  # noqa: PLR0911
+            *, depth: int) -> ChainResult | str | None:
+    """A verdict or NAT statement; None for a statement that lets the rule go on."""
+    if key == "accept":
+        return run.result("accept", text)
+    if key in ("drop", "reject"):
+        return run.result("drop", text)
+    if key == "return":
+        run.path.append(text)
+        return "return"
+    if key == "continue":
+        return "next"
+    if key in ("jump", "goto"):
+        return _jump(chain, key, value.get("target"), text, run, depth=depth)
+    if key == "vmap":
+        verdict = _vmap(run, chain, value)
+        if verdict is None:
+            return None
+        (v_key, v_value), = verdict.items()
+        return _decide(chain, v_key, v_value, text, run, depth=depth)
+    if key == "masquerade" and chain.kind == "nat":
+        return run.result("nat", text, NatAction("masquerade"))
+    if key == "snat" and chain.kind == "nat":
+        address = value.get("addr") if isinstance(value, Mapping) else None
+        if not isinstance(address, str):
+            raise _Unknown
+        return run.result("nat", text, NatAction("snat", ip_address(address)))
+    raise _Unknown
+
+
+def _jump(chain: NftChain, key: str, target: Any, text: str, run: _Run, *,
+          depth: int) -> ChainResult | str | None:
+    callee = run.ruleset.chains.get((chain.family, chain.table, str(target)))
+    if callee is None:
+        raise _Unknown
+    run.path.append(text)
+    result = _run_chain(callee, run, depth + 1)
+    if result is not None:
+        return result
+    return "return" if key == "goto" else "next"
+
+
+def _vmap(run: _Run, chain: NftChain, value: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    packet_value = _field(run.packet, value.get("key"))
+    if packet_value is _NoMatch:
+        return None
+    data = value.get("data")
+    entries: Iterable[Any]
+    if isinstance(data, str) and data.startswith("@"):
+        entries = run.ruleset.sets.get((chain.family, chain.table, data[1:]), [])
+    elif isinstance(data, Mapping) and "set" in data:
+        entries = data["set"]
+    else:
+        raise _Unknown
+    for entry in entries:
+        pair = entry if isinstance(entry, list) else entry.get("map") if isinstance(
+            entry, Mapping) else None
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise _Unknown
+        if _contains(pair[0], packet_value, run.ruleset, chain.family, chain.table):
+            verdict = pair[1]
+            if not isinstance(verdict, Mapping):
+                raise _Unknown
+            return verdict
+    return None
+
+
+def _unknown_rule(chain: NftChain, expr: list[Any], index: int, text: str, run: _Run, *,
+                  depth: int, reason: str) -> None:
+    """Record a rule whose statement ``index`` cannot be evaluated, and what it would do."""
+    run.unknowns.append(Uncertain(text, reason, _effect(chain, expr[index:], run, depth)))
+
+
+def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # noqa: PLR0911
+    for statement in rest:
+        if not isinstance(statement, Mapping) or len(statement) != 1:
+            return "unknown"
+        (key, value), = statement.items()
+        if key in ("accept",):
+            return "accept"
+        if key in ("drop", "reject"):
+            return "drop"
+        if key in ("masquerade", "snat"):
+            return "nat"
+        if key in ("jump", "goto"):
+            callee = run.ruleset.chains.get((chain.family, chain.table, str(
+                value.get("target") if isinstance(value, Mapping) else "")))
+            if callee is None:
+                return "unknown"
+            trial = _Run(run.packet, run.ruleset)
+            result = _run_chain(callee, trial, depth + 1)
+            return "none" if result is None and key == "jump" else (
+                result.verdict if result else "policy")
+        if key in ("vmap", "queue", "dnat", "redirect", "tproxy", "mangle", "xt"):
+            return "unknown"
+    return "none"
+
+
+def _evaluator(chain: NftChain, ruleset: Ruleset) -> Callable[[Packet], ChainResult]:
+    def evaluate(packet: Packet) -> ChainResult:
+        run = _Run(packet, ruleset)
+        result = _run_chain(chain, run)
+        if result is not None:
+            return result
+        verdict: Literal["accept", "drop"] = "drop" if chain.policy == "drop" else "accept"
+        return run.result(verdict, f"policy {chain.policy}")
+    return evaluate
+
+
+def base_chains(ruleset: Ruleset, *, skip_iptables_nft: bool) -> list[BaseChain]:
+    """The ruleset's base chains on the hooks a forwarded flow crosses.
+
+    With ``skip_iptables_nft`` the ``ip``/``ip6`` tables iptables-nft owns are left
+    out: they are evaluated from ``iptables-save``, which says more (``xt`` matches
+    are opaque in JSON).
+    """
+    chains = []
+    for chain in ruleset.chains.values():
+        if chain.hook not in _HOOKS or chain.family not in _FAMILIES:
+            continue
+        if skip_iptables_nft and chain.family in ("ip", "ip6") and (
+                chain.table in IPTABLES_NFT_TABLES):
+            continue
+        kind: Literal["filter", "nat"] = "nat" if chain.kind == "nat" else "filter"
+        hook: Hook = chain.hook  # type: ignore[assignment]
+        chains.append(BaseChain(f"nft {chain.family} {chain.table} {chain.name}", hook,
+                                chain.priority, kind, _FAMILIES[chain.family],
+                                _evaluator(chain, ruleset)))
+    return chains

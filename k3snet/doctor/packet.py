@@ -1,0 +1,166 @@
+"""The values the rule evaluators share: a packet, a base chain, what a chain decided.
+
+Both readers (:mod:`k3snet.doctor.iptables` for ``iptables-save``,
+:mod:`k3snet.doctor.nftables` for ``nft -j list ruleset``) turn a ruleset into
+:class:`BaseChain` values, each evaluating one :class:`Packet` to a
+:class:`ChainResult`. The tracer runs the base chains of a hook in priority order
+without knowing which reader made them.
+
+Matches are three-valued: ``True``, ``False`` or ``None`` (the rule cannot be
+evaluated from the captured state, e.g. an ipset's members). A rule whose match is
+unknown is reported, never skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Literal
+
+import attrs
+
+__all__ = [
+    "EPHEMERAL_PORTS",
+    "PROTOCOLS",
+    "BaseChain",
+    "ChainResult",
+    "Hook",
+    "NatAction",
+    "Packet",
+    "Tri",
+    "Uncertain",
+    "all_of",
+    "port_in",
+]
+
+Tri = bool | None
+Hook = Literal["prerouting", "forward", "postrouting"]
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+#: Protocol names and numbers the evaluators understand.
+PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132}
+
+
+#: Linux's default ``ip_local_port_range``: where a pod's unknown source port lies.
+EPHEMERAL_PORTS = (32768, 60999)
+
+
+def port_in(value: int | None, ranges: list[tuple[int, int]]) -> Tri:
+    """Is port ``value`` in one of ``ranges``? None stands for an ephemeral port: known
+    not to match ranges outside :data:`EPHEMERAL_PORTS`, to match ranges covering it."""
+    if value is not None:
+        return any(low <= value <= high for low, high in ranges)
+    low_e, high_e = EPHEMERAL_PORTS
+    if any(low <= low_e and high_e <= high for low, high in ranges):
+        return True
+    if all(high < low_e or low > high_e for low, high in ranges):
+        return False
+    return None
+
+
+def all_of(values: list[Tri]) -> Tri:
+    """Three-valued AND: False wins, then unknown, then True."""
+    if any(v is False for v in values):
+        return False
+    if any(v is None for v in values):
+        return None
+    return True
+
+
+@attrs.frozen
+class Packet:
+    """One packet as the netfilter hooks see it.
+
+    ``mark`` is the packet mark, or None when a rule the doctor cannot follow may
+    have set it. ``ctstate`` is conntrack's view: ``new`` for a flow's first
+    packet, ``established`` for its replies. ``local`` are the node's own
+    addresses (for ``addrtype`` / ``fib daddr type local`` matches); ``ipsets`` the
+    members of the ipsets the doctor knows (Calico's pool sets, from its IP pools).
+    """
+
+    family: Literal[4, 6]
+    src: IPAddress = attrs.field(converter=ip_address)
+    dst: IPAddress = attrs.field(converter=ip_address)
+    proto: str
+    sport: int | None
+    dport: int | None
+    iif: str | None
+    oif: str | None
+    ctstate: Literal["new", "established"] = "new"
+    direction: Literal["original", "reply"] = "original"
+    mark: int | None = 0
+    local: frozenset[IPAddress] = frozenset()
+    ipsets: Mapping[str, tuple[IPNetwork, ...]] = attrs.field(factory=dict)
+
+    @property
+    def proto_number(self) -> int:
+        """The IP protocol number (``tcp`` -> 6)."""
+        return PROTOCOLS.get(self.proto, -1)
+
+
+@attrs.frozen
+class NatAction:
+    """A source translation: ``masquerade`` (to the outgoing interface's address) or
+    ``snat`` to ``address``."""
+
+    kind: Literal["masquerade", "snat"]
+    address: IPAddress | None = None
+
+    def describe(self) -> str:
+        """``masquerade`` or ``snat to ADDR``."""
+        return "masquerade" if self.kind == "masquerade" else f"snat to {self.address}"
+
+
+@attrs.frozen
+class Uncertain:
+    """A rule that could not be evaluated, and what it would do if it matched.
+
+    ``effect`` is ``accept``, ``drop``, ``nat``, ``none`` (nothing decisive: a
+    jump to a chain that returns) or ``unknown``.
+    """
+
+    rule: str
+    reason: str
+    effect: str
+
+
+@attrs.frozen
+class ChainResult:
+    """What one base chain did to a packet.
+
+    ``verdict`` is ``accept`` (a rule accepted, or the policy), ``drop`` (a rule
+    dropped or rejected, or the policy) or ``nat`` (a rule translated the source:
+    ``nat``). ``rule`` is the text of the deciding rule (``policy DROP`` when the
+    policy decided). ``path`` lists the rules that matched on the way (jumps,
+    marks), ``unknowns`` every rule that could not be evaluated.
+    """
+
+    verdict: Literal["accept", "drop", "nat"]
+    rule: str
+    nat: NatAction | None = None
+    mark: int | None = 0
+    path: tuple[str, ...] = ()
+    unknowns: tuple[Uncertain, ...] = ()
+
+    @property
+    def certain(self) -> bool:
+        """No unknown rule could have changed the verdict."""
+        return all(u.effect in ("none", self.verdict) for u in self.unknowns)
+
+
+@attrs.frozen
+class BaseChain:
+    """A chain attached to a netfilter hook: where it is, and how to run a packet through it.
+
+    ``kind`` is ``filter`` or ``nat`` (nat chains only see a flow's first packet and
+    stop mattering once one of them translated it). ``where`` names it for humans:
+    ``iptables-nft filter FORWARD``, ``nft inet firewalld filter_FORWARD``.
+    """
+
+    where: str
+    hook: Hook
+    priority: int
+    kind: Literal["filter", "nat"]
+    families: frozenset[int]
+    evaluate: Callable[[Packet], ChainResult] = attrs.field(eq=False, repr=False)

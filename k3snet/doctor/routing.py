@@ -1,0 +1,414 @@
+"""Routing as the kernel does it, from ``ip -j rule`` and ``ip -j route show table all``.
+
+:func:`lookup` walks the policy rules in priority order, looks each rule's table
+up by longest prefix then lowest metric, and honours ``throw``, ``blackhole``,
+``unreachable``, ``prohibit``, ``goto``, ``nop`` and ``suppress_prefixlength``.
+:func:`rp_filter_check` is ``fib_validate_source``: the reverse lookup a packet's
+source must pass on its input interface under strict (1) or loose (2) mode.
+:func:`masquerade_source` picks the address masquerade gives a packet leaving an
+interface (``inet_select_addr``; for IPv6 the longest matching prefix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Any, Final
+
+import attrs
+
+__all__ = [
+    "Address",
+    "Lookup",
+    "RouteEntry",
+    "RuleEntry",
+    "lookup",
+    "masquerade_source",
+    "parse_addresses",
+    "parse_routes",
+    "parse_rules",
+    "rp_filter_check",
+]
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+_TABLES: Final = {"local": 255, "main": 254, "default": 253, "unspec": 0}
+_FAILING: Final = frozenset({"blackhole", "unreachable", "prohibit"})
+
+
+def _table(value: object) -> int | str:
+    if isinstance(value, int):
+        return value
+    text = str(value)
+    if text.isdigit():
+        return int(text)
+    return _TABLES.get(text, text)
+
+
+def table_name(table: int | str) -> str:
+    """``main`` for 254, ``local`` for 255 ...; other tables by number."""
+    names = {v: k for k, v in _TABLES.items()}
+    return names.get(table, str(table)) if isinstance(table, int) else table
+
+
+@attrs.frozen
+class RouteEntry:
+    """One route of one table."""
+
+    destination: IPNetwork
+    type: str = "unicast"
+    table: int | str = 254
+    gateway: IPAddress | None = None
+    device: str | None = None
+    metric: int = 0
+    prefsrc: IPAddress | None = None
+    protocol: str | None = None
+    scope: str | None = None
+
+    def describe(self) -> str:
+        """The route as ``ip route`` would print it (roughly)."""
+        parts = [] if self.type == "unicast" else [self.type]
+        default = self.destination.prefixlen == 0
+        parts.append("default" if default else str(self.destination))
+        if self.gateway is not None:
+            parts += ["via", str(self.gateway)]
+        if self.device:
+            parts += ["dev", self.device]
+        if self.table != 254:
+            parts += ["table", table_name(self.table)]
+        if self.metric:
+            parts += ["metric", str(self.metric)]
+        return " ".join(parts)
+
+
+@attrs.frozen
+class RuleEntry:
+    """One policy rule (``ip rule``): selector, action, target table."""
+
+    priority: int
+    action: str = "lookup"
+    table: int | str | None = 254
+    src: IPNetwork | None = None
+    dst: IPNetwork | None = None
+    iif: str | None = None
+    oif: str | None = None
+    fwmark: int | None = None
+    fwmask: int = 0xFFFFFFFF
+    invert: bool = False
+    goto: int | None = None
+    suppress_prefixlength: int | None = None
+    ipproto: int | None = None
+    unknown: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """The rule as ``ip rule`` would print it (roughly)."""
+        parts = [f"{self.priority}:"]
+        if self.invert:
+            parts.append("not")
+        parts += ["from", str(self.src) if self.src else "all"]
+        if self.dst:
+            parts += ["to", str(self.dst)]
+        if self.iif:
+            parts += ["iif", self.iif]
+        if self.oif:
+            parts += ["oif", self.oif]
+        if self.fwmark is not None:
+            parts += ["fwmark", f"{self.fwmark:#x}/{self.fwmask:#x}"]
+        parts += list(self.unknown)
+        if self.action == "lookup":
+            parts += ["lookup", table_name(self.table if self.table is not None else 254)]
+        elif self.action == "goto":
+            parts += ["goto", str(self.goto)]
+        else:
+            parts.append(self.action)
+        return " ".join(parts)
+
+
+@attrs.frozen
+class Address:
+    """An address on an interface (``ip -j addr``)."""
+
+    device: str
+    address: IPAddress
+    prefixlen: int
+    scope: str = "global"
+    secondary: bool = False
+
+    @property
+    def network(self) -> IPNetwork:
+        """The connected network."""
+        return ip_network(f"{self.address}/{self.prefixlen}", strict=False)
+
+
+def _network(value: object, length: object, family: int) -> IPNetwork | None:
+    if value in (None, "all"):
+        return None
+    text = str(value)
+    if text == "default":
+        return ip_network("0.0.0.0/0" if family == 4 else "::/0")
+    if length is not None and "/" not in text:
+        text = f"{text}/{length}"
+    return ip_network(text, strict=False)
+
+
+def parse_routes(data: object, family: int) -> list[RouteEntry]:
+    """``ip -j route show table all`` output (parsed JSON) -> routes of every table."""
+    routes = []
+    for item in data if isinstance(data, list) else []:
+        if not isinstance(item, Mapping) or "dst" not in item:
+            continue
+        if "dead" in item.get("flags", ()):
+            continue
+        destination = _network(item["dst"], None, family)
+        if destination is None or destination.version != family:
+            continue
+        gateway, device = item.get("gateway"), item.get("dev")
+        nexthops = item.get("nexthops")
+        if gateway is None and isinstance(nexthops, list) and nexthops:
+            # Multipath: the doctor follows the first nexthop (the hash picks one per flow).
+            gateway, device = nexthops[0].get("gateway"), nexthops[0].get("dev", device)
+        metric = item.get("metric", 0)
+        routes.append(RouteEntry(
+            destination,
+            str(item.get("type", "unicast")),
+            _table(item.get("table", "main")),
+            ip_address(gateway) if gateway else None,
+            device,
+            int(metric) if isinstance(metric, int) else 0,
+            ip_address(item["prefsrc"]) if item.get("prefsrc") else None,
+            item.get("protocol"),
+            item.get("scope"),
+        ))
+    return routes
+
+
+def _number(value: object, default: int) -> int:
+    if value is None:
+        return default
+    return int(str(value), 0)
+
+
+def parse_rules(data: object, family: int) -> list[RuleEntry]:
+    """``ip -j rule show`` output -> rules in priority order (the kernel's order)."""
+    rules = []
+    known = {"priority", "not", "src", "srclen", "dst", "dstlen", "iif", "oif", "fwmark",
+             "fwmask", "table", "action", "target", "suppress_prefixlen", "ipproto",
+             "iif_detached", "oif_detached", "flags", "protocol"}
+    for item in data if isinstance(data, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        unknown = tuple(f"{k} {v}" for k, v in sorted(item.items()) if k not in known)
+        action = str(item.get("action", "lookup"))
+        if action in ("to_tbl", "lookup"):
+            action = "lookup"
+        ipproto = item.get("ipproto")
+        rules.append(RuleEntry(
+            int(item.get("priority", 0)),
+            action,
+            _table(item["table"]) if "table" in item else (254 if action == "lookup" else None),
+            _network(item.get("src"), item.get("srclen"), family),
+            _network(item.get("dst"), item.get("dstlen"), family),
+            item.get("iif"),
+            item.get("oif"),
+            _number(item.get("fwmark"), 0) if "fwmark" in item else None,
+            _number(item.get("fwmask"), 0xFFFFFFFF),
+            "not" in item,
+            int(item["target"]) if action == "goto" and "target" in item else None,
+            int(item["suppress_prefixlen"]) if "suppress_prefixlen" in item else None,
+            {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58}.get(str(ipproto), -1)
+            if ipproto is not None else None,
+            unknown,
+        ))
+    return sorted(rules, key=lambda r: r.priority)
+
+
+def parse_addresses(data: object) -> list[Address]:
+    """``ip -j addr`` output -> every address with its interface (primaries first)."""
+    addresses = []
+    for link in data if isinstance(data, list) else []:
+        if not isinstance(link, Mapping):
+            continue
+        for info in link.get("addr_info", ()):
+            if "local" not in info:
+                continue
+            addresses.append(Address(link.get("ifname", "?"), ip_address(info["local"]),
+                                     int(info.get("prefixlen", 0)), info.get("scope", "global"),
+                                     bool(info.get("secondary"))))
+    return addresses
+
+
+# ---------------------------------------------------------------- lookup
+
+
+@attrs.frozen
+class Lookup:
+    """The result of a route lookup.
+
+    ``type`` is the route's type (``unicast``, ``local`` ...), ``blackhole`` /
+    ``unreachable`` / ``prohibit`` (from a route or a rule), ``none`` (no route
+    matched) or ``unknown`` (a rule could not be evaluated, e.g. a mark set by a
+    rule the doctor does not follow). ``rule`` is the rule that chose the table.
+    ``candidates`` are the other routes of every consulted table that also
+    contain the destination (what a shorter or later route would have done).
+    """
+
+    type: str
+    route: RouteEntry | None = None
+    rule: RuleEntry | None = None
+    candidates: tuple[RouteEntry, ...] = ()
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """A unicast or local route was found."""
+        return self.type in ("unicast", "local")
+
+    def describe(self) -> str:
+        """``ROUTE (rule RULE)``, or why no route was found."""
+        if self.route is not None:
+            via = f" [rule {self.rule.describe()}]" if self.rule and self.rule.priority not in (
+                0, 32766) else ""
+            return self.route.describe() + via
+        if self.rule is not None and self.type in _FAILING:
+            return f"rule {self.rule.describe()}"
+        return self.reason or "no route"
+
+
+def _rule_matches(rule: RuleEntry, src: IPAddress | None, dst: IPAddress, *, iif: str,
+                  mark: int | None, proto: int | None) -> bool | None:
+    checks: list[bool | None] = []
+    if rule.src is not None:
+        checks.append(src is not None and src.version == rule.src.version and src in rule.src)
+    if rule.dst is not None:
+        checks.append(dst.version == rule.dst.version and dst in rule.dst)
+    if rule.iif is not None:
+        checks.append(rule.iif == iif)
+    if rule.oif is not None:
+        checks.append(False)  # only output routing (sockets bound to a device) sets an oif
+    if rule.fwmark is not None:
+        checks.append(None if mark is None else (mark & rule.fwmask) == rule.fwmark)
+    if rule.ipproto is not None:
+        checks.append(proto == rule.ipproto)
+    if rule.unknown:
+        checks.append(None)
+    if any(c is False for c in checks):
+        matched: bool | None = False
+    elif any(c is None for c in checks):
+        return None
+    else:
+        matched = True
+    return (not matched) if rule.invert else matched
+
+
+def _table_lookup(routes: Sequence[RouteEntry], table: int | str,
+                  dst: IPAddress) -> list[RouteEntry]:
+    """The routes of ``table`` containing ``dst``, best first."""
+    matching = [r for r in routes if r.table == table and dst in r.destination
+                and r.type not in ("broadcast", "multicast", "anycast")]
+    matching += [r for r in routes if r.table == table and r.type == "broadcast"
+                 and r.destination.prefixlen == r.destination.max_prefixlen
+                 and dst in r.destination]
+    return sorted(matching, key=lambda r: (-r.destination.prefixlen, r.metric))
+
+
+def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddress,
+           *, src: IPAddress | None = None, iif: str = "lo", mark: int | None = 0,
+           proto: int | None = None) -> Lookup:
+    """Route ``dst`` as the kernel's FIB would for a packet from ``src`` arriving on ``iif``.
+
+    Without any rule (a capture with no ``ip rule`` output) the kernel's default
+    rules are assumed: local, main, default.
+    """
+    if not rules:
+        rules = [RuleEntry(0, table=255), RuleEntry(32766), RuleEntry(32767, table=253)]
+    candidates: list[RouteEntry] = []
+    index = 0
+    while index < len(rules):
+        rule = rules[index]
+        index += 1
+        matched = _rule_matches(rule, src, dst, iif=iif, mark=mark, proto=proto)
+        if matched is None:
+            return Lookup("unknown", rule=rule, candidates=tuple(candidates),
+                          reason=f"rule {rule.describe()} cannot be evaluated")
+        if not matched or rule.action == "nop":
+            continue
+        if rule.action in _FAILING:
+            return Lookup(rule.action, rule=rule, candidates=tuple(candidates))
+        if rule.action == "goto":
+            index = next((i for i, r in enumerate(rules) if r.priority >= (rule.goto or 0)),
+                         len(rules))
+            continue
+        if rule.action != "lookup" or rule.table is None:
+            return Lookup("unknown", rule=rule, reason=f"rule action {rule.action}")
+        found = _table_lookup(routes, rule.table, dst)
+        if not found:
+            continue
+        best = found[0]
+        if best.type == "throw":
+            candidates += found[1:]
+            continue
+        if (rule.suppress_prefixlength is not None
+                and best.destination.prefixlen <= rule.suppress_prefixlength):
+            candidates += found
+            continue
+        return Lookup(best.type, best, rule, (*candidates, *found[1:]))
+    return Lookup("none", candidates=tuple(candidates), reason=f"no route to {dst}")
+
+
+def rp_filter_check(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry],
+                    addresses: Sequence[Address], *, src: IPAddress, dst: IPAddress,
+                    iif: str, mode: int, oif: str | None = None,
+                    mark: int | None = 0) -> tuple[bool | None, Lookup]:
+    """Does a packet ``src -> dst`` arriving on ``iif`` pass reverse-path filtering?
+
+    ``mode`` is the effective ``rp_filter`` (the larger of ``all`` and the
+    interface's). IPv4 only; mode 0 always passes. ``oif`` is the interface a
+    forwarded packet leaves by: the kernel's reverse lookup runs as if the packet
+    came in there (``fib_validate_source`` gets the forward route's device), so
+    ``ip rule ... iif`` selectors see it; for local delivery it is ``lo``.
+    """
+    back = lookup(routes, rules, src, src=dst, iif=oif or "lo", mark=mark)
+    if mode == 0:
+        return True, back
+    if back.type == "unknown":
+        return None, back
+    if not any(a.device == iif and a.address.version == 4 for a in addresses):
+        return False, back  # an interface without IPv4 address fails any rp_filter
+    if back.type != "unicast":
+        return False, back
+    if mode == 1:
+        return back.route is not None and back.route.device == iif, back
+    return True, back
+
+
+def masquerade_source(addresses: Sequence[Address], device: str,
+                      nexthop: IPAddress) -> IPAddress | None:
+    """The source address masquerade picks on ``device`` for ``nexthop``.
+
+    IPv4: the first primary global address whose subnet holds the next hop, else
+    the first primary global one (``inet_select_addr``). IPv6: the global address
+    sharing the longest prefix with the next hop.
+    """
+    mine = [a for a in addresses if a.device == device and a.address.version == nexthop.version
+            and a.scope == "global"]
+    if nexthop.version == 4:
+        primaries = [a for a in mine if not a.secondary]
+        for a in primaries:
+            if nexthop in a.network:
+                return a.address
+        return primaries[0].address if primaries else None
+    if not mine:
+        return None
+    return max(mine, key=lambda a: _common_prefix(a.address, nexthop)).address
+
+
+def _common_prefix(a: IPAddress, b: IPAddress) -> int:
+    x = int(a) ^ int(b)
+    return a.max_prefixlen - x.bit_length()
+
+
+def as_dict(route: RouteEntry) -> dict[str, Any]:
+    """A route as JSON (for traces)."""
+    return {"destination": str(route.destination), "type": route.type,
+            "table": table_name(route.table), "gateway": str(route.gateway or "") or None,
+            "device": route.device, "metric": route.metric}

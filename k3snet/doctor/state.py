@@ -1,0 +1,142 @@
+"""A node's networking state, parsed from a :class:`~k3snet.doctor.bundle.NodeCapture`.
+
+:class:`NodeState` is everything :func:`k3snet.doctor.trace` reads: addresses,
+routes and policy rules per family, the forwarding and ``rp_filter`` sysctls, the
+netfilter base chains of every captured ruleset (iptables-nft, iptables-legacy,
+every nftables table) and the cluster CIDR when a CNI file says it. Which
+rulesets were evaluated from where is recorded in :attr:`NodeState.sources`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
+
+import attrs
+
+from k3snet.doctor import iptables, nftables
+from k3snet.doctor.bundle import FILES, BundleError, NodeCapture
+from k3snet.doctor.packet import BaseChain
+from k3snet.doctor.routing import (
+    Address,
+    RouteEntry,
+    RuleEntry,
+    parse_addresses,
+    parse_routes,
+    parse_rules,
+)
+
+__all__ = ["CalicoPool", "NodeState"]
+
+IPNetwork = IPv4Network | IPv6Network
+_FLANNEL_NETWORK = re.compile(r"^FLANNEL_(IPV6_)?NETWORK=(?P<cidr>\S+)\s*$", re.MULTILINE)
+
+
+@attrs.frozen
+class NodeState:
+    """The parsed state of one node (see the module docstring)."""
+
+    addresses: tuple[Address, ...]
+    routes: Mapping[int, tuple[RouteEntry, ...]]
+    rules: Mapping[int, tuple[RuleEntry, ...]]
+    sysctls: Mapping[str, str]
+    chains: tuple[BaseChain, ...]
+    cluster_cidrs: tuple[IPNetwork, ...] = ()
+    calico_pools: tuple[CalicoPool, ...] = ()
+    sources: tuple[str, ...] = ()
+    missing: Mapping[str, str] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_capture(cls, capture: NodeCapture) -> NodeState:
+        """Parse every text of ``capture``; a malformed file raises :class:`BundleError`."""
+        try:
+            return cls._parse(capture)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, BundleError):
+                raise
+            raise BundleError(f"cannot read the capture: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _parse(cls, capture: NodeCapture) -> NodeState:
+        chains: list[BaseChain] = []
+        sources: list[str] = []
+        has_nft_save = False
+        for flavour in ("nft", "legacy"):
+            for family in (4, 6):
+                name = f"iptables-{flavour}-v{family}.save"
+                text = capture.text(name)
+                if not text.strip():
+                    continue
+                has_nft_save = has_nft_save or flavour == "nft"
+                found = iptables.base_chains(iptables.parse_save(text), f"iptables-{flavour}",
+                                             family)
+                chains += found
+                sources.append(f"{name}: {len(found)} base chain(s)")
+        ruleset = capture.json("nft-ruleset.json")
+        if ruleset is not None:
+            found = nftables.base_chains(nftables.parse_ruleset(ruleset),
+                                         skip_iptables_nft=has_nft_save)
+            chains += found
+            sources.append(f"nft-ruleset.json: {len(found)} base chain(s)"
+                           + (" (iptables-nft tables read from iptables-save)"
+                              if has_nft_save else ""))
+        cidrs = []
+        for match in _FLANNEL_NETWORK.finditer(capture.text("flannel-subnet.env")):
+            cidrs.append(ip_network(match["cidr"], strict=False))
+        return cls(
+            calico_pools=_calico_pools(capture.json("calico-ippools.json")),
+            addresses=tuple(parse_addresses(capture.json("addr.json"))),
+            routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f)) for f in (4, 6)},
+            rules={f: tuple(parse_rules(capture.json(f"rules-v{f}.json"), f)) for f in (4, 6)},
+            sysctls=capture.sysctls(),
+            chains=tuple(chains),
+            cluster_cidrs=tuple(cidrs),
+            sources=tuple(sources),
+            missing={**{n: "not in the capture" for n in FILES if n not in capture.texts},
+                     **capture.missing},
+        )
+
+    def sysctl(self, name: str, default: int = 0) -> int:
+        """An integer sysctl (``default`` when not captured or not a number)."""
+        value = self.sysctls.get(name)
+        try:
+            return int(value) if value is not None else default
+        except ValueError:
+            return default
+
+    def local_addresses(self) -> frozenset[object]:
+        """Every address of the node."""
+        return frozenset(a.address for a in self.addresses)
+
+    def ipsets(self) -> dict[str, tuple[IPNetwork, ...]]:
+        """The ipsets whose members the doctor knows: Calico's, from its IP pools."""
+        if not self.calico_pools:
+            return {}
+        sets: dict[str, tuple[IPNetwork, ...]] = {}
+        for family, prefix in ((4, "cali40"), (6, "cali60")):
+            pools = [p for p in self.calico_pools if p.cidr.version == family]
+            sets[f"{prefix}all-ipam-pools"] = tuple(p.cidr for p in pools)
+            sets[f"{prefix}masq-ipam-pools"] = tuple(p.cidr for p in pools if p.nat_outgoing)
+        return sets
+
+
+@attrs.frozen
+class CalicoPool:
+    """One Calico IP pool: its CIDR, whether Calico masquerades traffic leaving it."""
+
+    cidr: IPNetwork
+    nat_outgoing: bool = False
+    disabled: bool = False
+
+
+def _calico_pools(data: object) -> tuple[CalicoPool, ...]:
+    """``kubectl get ippools -o json`` (a list or ``{"items": [...]}``) -> pools."""
+    items = data.get("items", []) if isinstance(data, Mapping) else data
+    pools = []
+    for item in items if isinstance(items, list) else []:
+        spec = item.get("spec", {}) if isinstance(item, Mapping) else {}
+        if "cidr" in spec:
+            pools.append(CalicoPool(ip_network(spec["cidr"], strict=False),
+                                    bool(spec.get("natOutgoing")), bool(spec.get("disabled"))))
+    return tuple(pools)

@@ -1,0 +1,490 @@
+"""Follow one flow through a node's state, as the kernel would: :func:`trace`.
+
+The original packet (the flow's first, conntrack ``new``) crosses the prerouting
+chains, the routing decision (policy rules, longest prefix), the forwarding
+switch, ``rp_filter`` on its input interface, the forward chains and the
+postrouting chains, where NAT picks the source the destination sees. The reply
+(``established``, addressed to that source and translated back before routing)
+crosses prerouting, routing back, forwarding, ``rp_filter`` on the uplink,
+forward and postrouting, and must leave through the pod's interface.
+
+Assumptions, stated in the steps they affect: the network beyond the node
+delivers the packet and routes the node's own addresses back to it (to the
+interface that holds the address), but not the pod addresses (K3s' default: pod
+CIDRs are known only inside the cluster; pass ``upstream_routes_pods=True``
+otherwise); an interface facing pods leads to no destination beyond its own
+networks; packets start with mark 0.
+
+:func:`trace` is pure: it reads a :class:`~k3snet.doctor.state.NodeState` and
+never touches the system.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, Literal
+
+import attrs
+
+from k3snet.doctor.packet import ChainResult, Hook, NatAction, Packet
+from k3snet.doctor.routing import (
+    Lookup,
+    lookup,
+    masquerade_source,
+    rp_filter_check,
+    table_name,
+)
+from k3snet.doctor.state import NodeState
+from k3snet.errors import ModelError
+
+__all__ = ["Flow", "Step", "Trace", "Verdict", "trace"]
+
+IPAddress = IPv4Address | IPv6Address
+Outcome = Literal["pass", "drop", "nat", "unknown", "info"]
+Direction = Literal["original", "reply"]
+
+#: Interfaces that face pods (CNI bridges, overlays, veths) rather than the network.
+POD_FACING = re.compile(r"^(cni|flannel|cali|vxlan|cilium|kube-|veth|tunl|weave|docker|br-)")
+
+# De-NAT of replies happens in nat prerouting (NF_IP_PRI_NAT_DST): chains before it
+# still see the translated destination.
+_NAT_DST_PRIORITY = -100
+
+
+class Verdict(enum.StrEnum):
+    """What happens to the flow: it ``reaches`` the destination and its replies come back,
+    it is ``blocked`` (a step says where), or it is ``unknown`` (a rule that could
+    not be evaluated might decide it)."""
+
+    REACHES = "reaches"
+    BLOCKED = "blocked"
+    UNKNOWN = "unknown"
+
+
+def _address(value: str | IPAddress) -> IPAddress:
+    try:
+        return ip_address(value)
+    except ValueError as exc:
+        raise ModelError(f"not an IP address: {value!r}") from exc
+
+
+@attrs.frozen
+class Flow:
+    """A pod's connection: ``source`` (the pod address) to ``destination``.
+
+    ``protocol`` is ``tcp``, ``udp`` or ``icmp``; ``port`` the destination port
+    (None: rules matching on it are reported unknown). ``source_port`` is the
+    pod's port, usually ephemeral and so unknown. ``in_interface`` overrides the
+    interface the pod's packets come from (default: where the node routes the
+    pod address).
+
+    >>> Flow("10.42.0.10", "192.168.2.10", port=5432).describe()
+    'tcp 10.42.0.10 -> 192.168.2.10:5432'
+    """
+
+    source: IPAddress = attrs.field(converter=_address)
+    destination: IPAddress = attrs.field(converter=_address)
+    protocol: Literal["tcp", "udp", "icmp"] = "tcp"
+    port: int | None = None
+    source_port: int | None = None
+    in_interface: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.source.version != self.destination.version:
+            raise ModelError(f"{self.source} and {self.destination} are of different families")
+        if self.protocol not in ("tcp", "udp", "icmp"):
+            raise ModelError(f"protocol must be tcp, udp or icmp, got {self.protocol!r}")
+        for port in (self.port, self.source_port):
+            if port is not None and not (isinstance(port, int) and 0 < port < 65536):
+                raise ModelError(f"port must be 1-65535, got {port!r}")
+        if self.protocol == "icmp" and self.port is not None:
+            raise ModelError("icmp has no port")
+
+    @property
+    def family(self) -> Literal[4, 6]:
+        """4 or 6."""
+        return 4 if self.source.version == 4 else 6
+
+    def describe(self) -> str:
+        """``tcp SRC -> DST:PORT``."""
+        dst = str(self.destination) if self.family == 4 else f"[{self.destination}]"
+        target = f"{dst}:{self.port}" if self.port is not None else str(self.destination)
+        return f"{self.protocol} {self.source} -> {target}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"source": str(self.source), "destination": str(self.destination),
+                "protocol": self.protocol, "port": self.port}
+
+
+@attrs.frozen
+class Step:
+    """One decision on the flow's way: which stage, what happened, what decided it.
+
+    ``outcome`` is ``pass``, ``drop``, ``nat``, ``unknown`` or ``info``;
+    ``where`` names the chain, routing table or sysctl; ``detail`` is the rule,
+    route or value that decided; ``code`` tags steps that findings explain
+    (``forwarding-off``, ``forward-drop`` ...); ``certain`` is false when a rule
+    that could not be evaluated might have decided otherwise.
+    """
+
+    direction: Direction
+    stage: str
+    outcome: Outcome
+    where: str
+    detail: str
+    code: str | None = None
+    certain: bool = True
+
+    def describe(self) -> str:
+        """One line: ``[reply] forward   drop  iptables-nft filter FORWARD: policy DROP``."""
+        mark = "" if self.certain else " (uncertain)"
+        side = "->" if self.direction == "original" else "<-"
+        return f"{side} {self.stage:<11} {self.outcome:<7} {self.where}: {self.detail}{mark}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"direction": self.direction, "stage": self.stage, "outcome": self.outcome,
+                "where": self.where, "detail": self.detail, "code": self.code,
+                "certain": self.certain}
+
+
+@attrs.frozen
+class Trace:
+    """The steps of one flow through a node and the verdict.
+
+    ``source_seen`` is the address the destination sees (None when the packet does
+    not leave the node). ``ingress`` / ``egress`` are the pod's interface and the
+    one the packet leaves by; ``route`` / ``reply_route`` the routing decisions;
+    ``nat`` the translating rule's action, if any.
+    """
+
+    flow: Flow
+    steps: tuple[Step, ...]
+    verdict: Verdict
+    source_seen: IPAddress | None = None
+    ingress: str | None = None
+    egress: str | None = None
+    gateway: IPAddress | None = None
+    route: Lookup | None = None
+    reply_route: Lookup | None = None
+    nat: NatAction | None = None
+
+    @property
+    def blocked_at(self) -> Step | None:
+        """The step that stopped the flow, if any."""
+        return next((s for s in self.steps if s.outcome == "drop"), None)
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The codes of every tagged step, in order."""
+        return tuple(s.code for s in self.steps if s.code)
+
+    def render(self) -> str:
+        """A human-readable trace, one step per line, then the verdict."""
+        lines = [f"flow: {self.flow.describe()}"]
+        lines += [f"  {s.describe()}" for s in self.steps]
+        seen = f"; the destination sees {self.source_seen}" if self.source_seen else ""
+        lines.append(f"verdict: {self.verdict.value}{seen}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"flow": self.flow.to_dict(), "verdict": self.verdict.value,
+                "source_seen": str(self.source_seen) if self.source_seen else None,
+                "ingress": self.ingress, "egress": self.egress,
+                "steps": [s.to_dict() for s in self.steps]}
+
+
+@attrs.define
+class _Tracer:
+    state: NodeState
+    flow: Flow
+    steps: list[Step] = attrs.field(factory=list)
+    uncertain: bool = False
+
+    def add(self, direction: Direction, stage: str, outcome: Outcome,  # noqa: PLR0917 - a Step
+            where: str, detail: str,
+            code: str | None = None, *, certain: bool = True) -> None:
+        self.steps.append(Step(direction, stage, outcome, where, detail, code, certain))
+        self.uncertain = self.uncertain or not certain
+
+    def hook(self, packet: Packet, hook: Hook, *, first: bool,
+             before: int | None = None, after: int | None = None
+             ) -> tuple[Packet, ChainResult | None, str | None]:
+        """Run ``packet`` through every base chain of ``hook`` (in priority order).
+
+        Returns the packet (its mark may change), the NAT result if a nat chain
+        translated it, and the ``where`` of a chain that dropped it (else None).
+        ``before`` / ``after`` restrict the priorities run.
+        """
+        direction: Direction = packet.direction
+        chains = sorted((c for c in self.state.chains
+                         if c.hook == hook and packet.family in c.families),
+                        key=lambda c: c.priority)
+        natted: ChainResult | None = None
+        for chain in chains:
+            if before is not None and chain.priority >= before:
+                continue
+            if after is not None and chain.priority < after:
+                continue
+            if chain.kind == "nat" and (not first or natted is not None):
+                continue  # nat chains see only a connection's first packet, until one NATs
+            result = chain.evaluate(packet)
+            packet = attrs.evolve(packet, mark=result.mark)
+            for unknown in result.unknowns:
+                self.add(direction, hook, "unknown", chain.where,
+                         f"{unknown.rule} ({unknown.reason}; if it matched: {unknown.effect})",
+                         "unknown-rule", certain=unknown.effect in ("none", result.verdict))
+            certain = result.certain
+            if result.verdict == "drop":
+                code = "forward-drop" if hook == "forward" else f"{hook}-drop"
+                self.add(direction, hook, "drop", chain.where, result.rule, code,
+                         certain=certain)
+                return packet, natted, chain.where
+            if result.verdict == "nat":
+                natted = result
+                assert result.nat is not None
+                self.add(direction, hook, "nat", chain.where,
+                         f"{result.rule} ({result.nat.describe()})", certain=certain)
+                continue
+            self.add(direction, hook, "pass", chain.where, result.rule, certain=certain)
+        return packet, natted, None
+
+    def routing(self, packet: Packet) -> Lookup:
+        fam = packet.family
+        return lookup(self.state.routes[fam], self.state.rules[fam], packet.dst,
+                      src=packet.src, iif=packet.iif or "lo", mark=packet.mark,
+                      proto=packet.proto_number)
+
+    def forwarding(self, packet: Packet) -> bool:
+        """The forwarding switch for ``packet``'s input interface; False if off."""
+        direction: Direction = packet.direction
+        if packet.family == 4:
+            iface = (packet.iif or "").replace(".", "/")
+            name = f"net.ipv4.conf.{iface}.forwarding"
+            if name not in self.state.sysctls:
+                name = "net.ipv4.ip_forward"
+        else:
+            name = "net.ipv6.conf.all.forwarding"
+        value = self.state.sysctls.get(name)
+        if value is None:
+            self.add(direction, "forwarding", "unknown", name, "not captured",
+                     "sysctl-missing", certain=False)
+            return True
+        if value.strip() == "0":
+            self.add(direction, "forwarding", "drop", name, "0: the node does not forward "
+                     f"packets arriving on {packet.iif}", "forwarding-off")
+            return False
+        self.add(direction, "forwarding", "pass", name, value)
+        return True
+
+    def rp_filter(self, packet: Packet, oif: str) -> bool:
+        """Reverse-path filtering of ``packet`` on its input interface; False if dropped.
+
+        The reverse lookup uses mark 0 (``src_valid_mark`` is off by default).
+        """
+        if packet.family != 4 or packet.iif is None:
+            return True
+        iface = packet.iif.replace(".", "/")
+        names = ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{iface}.rp_filter")
+        mode = max(self.state.sysctl(n) for n in names)
+        if mode == 0:
+            return True
+        fam = packet.family
+        passed, back = rp_filter_check(
+            self.state.routes[fam], self.state.rules[fam], self.state.addresses,
+            src=packet.src, dst=packet.dst, iif=packet.iif, mode=mode, oif=oif, mark=0)
+        kind = "strict" if mode == 1 else "loose"
+        where = f"rp_filter={mode} ({kind}) on {packet.iif}"
+        detail = f"the route back to {packet.src} is {back.describe()}"
+        direction: Direction = packet.direction
+        if passed is None:
+            self.add(direction, "rp_filter", "unknown", where, detail, certain=False)
+            return True
+        if not passed:
+            self.add(direction, "rp_filter", "drop", where, detail + (
+                f", not via {packet.iif}" if mode == 1 else ""), "rp-filter")
+            return False
+        self.add(direction, "rp_filter", "pass", where, detail)
+        return True
+
+
+def trace(state: NodeState, flow: Flow, *, upstream_routes_pods: bool = False) -> Trace:
+    """Follow ``flow`` through ``state``; every step with what decided it, and a verdict.
+
+    See the module docstring for the path and the assumptions.
+    """
+    t = _Tracer(state, flow)
+    found: dict[str, Any] = {}
+    verdict = _original(t, found)
+    if verdict is None and "source_seen" in found:
+        verdict = _reply(t, found, upstream_routes_pods)
+    if verdict is None:
+        blocked = any(s.outcome == "drop" for s in t.steps)
+        if t.uncertain:
+            verdict = Verdict.UNKNOWN
+        else:
+            verdict = Verdict.BLOCKED if blocked else Verdict.REACHES
+    return Trace(flow, tuple(t.steps), verdict, **found)
+
+
+def _ingress(t: _Tracer) -> str | None:
+    """The interface the pod's packets come from: where the node routes the pod address."""
+    flow, fam = t.flow, t.flow.family
+    pod_route = lookup(t.state.routes[fam], t.state.rules[fam], flow.source)
+    iif = flow.in_interface or (pod_route.route.device if pod_route.route else None)
+    if pod_route.type == "local":
+        t.add("original", "ingress", "unknown", "routing",
+              f"{flow.source} is an address of this node, not a pod's: only forwarded "
+              "flows are traced", "source-is-local")
+        return None
+    if iif is None:
+        t.add("original", "ingress", "unknown", "routing",
+              f"{flow.source} is not routed to any interface of this node "
+              f"({pod_route.describe()}): is it a pod of this node?", "source-unknown")
+        return None
+    t.add("original", "ingress", "info", iif,
+          f"{flow.source} arrives on {iif} ({pod_route.describe()})")
+    return iif
+
+
+def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR0911 - a stage each
+    """The flow's first packet, from the pod to where it leaves the node.
+
+    Fills ``found``; returns a verdict only when the trace cannot go on (else None).
+    """
+    flow, fam = t.flow, t.flow.family
+    iif = _ingress(t)
+    if iif is None:
+        return Verdict.UNKNOWN
+    found["ingress"] = iif
+    proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
+    packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
+                    iif, None, "new", "original", 0, t.state.local_addresses(),  # type: ignore[arg-type]
+                    t.state.ipsets())
+    packet, _, dropped = t.hook(packet, "prerouting", first=True)
+    if dropped:
+        return None
+    route = found["route"] = t.routing(packet)
+    where = f"table {table_name(route.route.table)}" if route.route else "routing"
+    if route.type == "unknown" or (route.type == "unicast" and route.route is not None
+                                   and route.route.device is None):
+        t.add("original", "routing", "unknown", where, route.describe(), "route-unknown",
+              certain=False)
+        return None
+    if route.type == "local":
+        t.add("original", "routing", "info", where,
+              f"{route.describe()}: delivered to the node itself (input chains not traced)",
+              "destination-is-local")
+        return Verdict.UNKNOWN
+    if not route.ok or route.route is None or route.route.device is None:
+        code = "no-route" if route.type == "none" else "route-rejects"
+        t.add("original", "routing", "drop", where, route.describe(), code)
+        return None
+    t.add("original", "routing", "pass", where, route.describe())
+    oif = found["egress"] = route.route.device
+    found["gateway"] = route.route.gateway
+    if not t.forwarding(packet) or not t.rp_filter(packet, oif):
+        return None
+    if _pod_facing(oif, iif) and route.route.gateway is None and not any(
+            a.device == oif and flow.destination in a.network for a in t.state.addresses):
+        t.add("original", "routing", "drop", f"dev {oif}",
+              f"{route.describe()}: sends {flow.destination} back towards pods on {oif}, "
+              "where nothing answers for it", "route-to-pods")
+        return None
+    packet = attrs.evolve(packet, oif=oif)
+    packet, _, dropped = t.hook(packet, "forward", first=True)
+    if dropped:
+        return None
+    packet, natted, dropped = t.hook(packet, "postrouting", first=True)
+    if dropped:
+        return None
+    seen = _source_seen(t, flow, natted, oif, route.route.gateway or flow.destination)
+    if seen is None:
+        return None
+    found["source_seen"] = seen
+    found["nat"] = natted.nat if natted else None
+    nexthop = f"via {route.route.gateway} " if route.route.gateway else ""
+    t.add("original", "egress", "info", oif,
+          f"leaves {nexthop}dev {oif}; the destination sees {seen}")
+    return None
+
+
+def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
+        t: _Tracer, found: dict[str, Any], upstream_routes_pods: bool) -> Verdict | None:
+    """The reply, addressed to what the destination saw, back to the pod."""
+    flow, fam = t.flow, t.flow.family
+    seen, iif, oif = found["source_seen"], found["ingress"], found["egress"]
+    local = t.state.local_addresses()
+    if seen == flow.source and not upstream_routes_pods:
+        t.add("reply", "return", "drop", "beyond the node",
+              f"the destination answers {seen}, the pod's own address, which the network "
+              "beyond this node does not route back to it (the source was not translated)",
+              "not-translated")
+        return None
+    if seen != flow.source and seen not in local:
+        t.add("reply", "return", "info", "beyond the node",
+              f"{seen} is not an address of this node: the reply comes back only if the "
+              "network routes it here", certain=False)
+    # The network routes the node's address to the link that holds it; anything else
+    # is assumed to come back the way the request left.
+    back_in = next((a.device for a in t.state.addresses if a.address == seen), oif)
+    if back_in != oif:
+        t.add("reply", "return", "info", back_in,
+              f"the reply to {seen} comes back on {back_in}, the interface that holds it")
+    proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
+    reply = Packet(fam, flow.destination, seen, proto, flow.port, flow.source_port, back_in, None,
+                   "established", "reply", 0, local, t.state.ipsets())  # type: ignore[arg-type]
+    reply, _, dropped = t.hook(reply, "prerouting", first=False, before=_NAT_DST_PRIORITY)
+    if dropped:
+        return None
+    reply = attrs.evolve(reply, dst=flow.source)  # conntrack translates the reply back
+    reply, _, dropped = t.hook(reply, "prerouting", first=False, after=_NAT_DST_PRIORITY)
+    if dropped:
+        return None
+    back = found["reply_route"] = t.routing(reply)
+    where = f"table {table_name(back.route.table)}" if back.route else "routing"
+    if not back.ok or back.route is None or back.type == "local":
+        certain = back.type != "unknown"
+        t.add("reply", "routing", "drop" if certain else "unknown", where, back.describe(),
+              "reply-no-route", certain=certain)
+        return None
+    if back.route.device != iif:
+        t.add("reply", "routing", "drop", where,
+              f"{back.describe()}: the reply to {flow.source} leaves by "
+              f"{back.route.device}, not {iif} where the pod is", "reply-misrouted")
+        return None
+    t.add("reply", "routing", "pass", where, back.describe())
+    if not t.forwarding(reply) or not t.rp_filter(reply, iif):
+        return None
+    reply = attrs.evolve(reply, oif=iif)
+    for hook in ("forward", "postrouting"):
+        reply, _, dropped = t.hook(reply, hook, first=False)
+        if dropped:
+            return None
+    t.add("reply", "delivery", "pass", iif, f"the reply reaches {flow.source}")
+    return None
+
+
+def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
+                 nexthop: IPAddress) -> IPAddress | None:
+    if natted is None or natted.nat is None:
+        t.add("original", "nat", "info", "postrouting",
+              f"no rule translates the source: the destination sees {flow.source}",
+              "no-nat")
+        return flow.source
+    if natted.nat.kind == "snat":
+        return natted.nat.address
+    address = masquerade_source(t.state.addresses, oif, nexthop)
+    if address is None:
+        t.add("original", "nat", "drop", oif,
+              f"masquerade finds no address on {oif}", "masquerade-no-address")
+    return address
+
+
+def _pod_facing(device: str, ingress: str) -> bool:
+    """``device`` leads to pods: the pod's own interface or a CNI's."""
+    return device == ingress or bool(POD_FACING.match(device))

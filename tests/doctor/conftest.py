@@ -1,0 +1,306 @@
+"""A lab for the doctor: a K3s-like node whose egress knobs are set per test.
+
+::
+
+    pod ns            node ns                         router ns                 db ns
+    eth0 10.42.0.10 - cni0 10.42.0.1/24
+                      eth0 192.168.1.5/24   ------   eth0 192.168.1.1
+                      eth1 192.168.4.5/24   ------   eth2 192.168.4.1
+                                                     eth1 192.168.2.1     ---  eth0 192.168.2.10
+                                                          10.42.200.1          10.42.200.10
+
+The router forwards and knows no way to the pod network, as in the seed lab; the
+database also answers on ``10.42.200.10``, inside the pod CIDR ``10.42.0.0/16``
+(the "overlapping destination"). Only the node's state changes between examples:
+:meth:`DoctorLab.configure` resets it and applies a :class:`Topology`. Nothing is
+done in the root namespace; the namespaces are deleted when the fixture ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import pytest
+
+from k3snet.doctor import NodeCapture
+from k3snet.lab import _probe
+from k3snet.lab.netns import run_in, temporary_netns
+
+POD = "10.42.0.10"
+DESTINATIONS = {"plain": "192.168.2.10", "overlap": "10.42.200.10"}
+DEST_NETS = {"plain": "192.168.2.0/24", "overlap": "10.42.200.0/24"}
+UPLINKS = {"eth0": ("192.168.1.5", "192.168.1.1"), "eth1": ("192.168.4.5", "192.168.4.1")}
+PORT = 5432
+_PROBE = str(Path(_probe.__file__).resolve())
+
+_LINKS = (
+    (("node", "cni0"), ("pod", "eth0")),
+    (("node", "eth0"), ("router", "eth0")),
+    (("node", "eth1"), ("router", "eth2")),
+    (("router", "eth1"), ("db", "eth0")),
+)
+_ADDRESSES = {
+    "pod": {"eth0": ("10.42.0.10/24",)},
+    "node": {"cni0": ("10.42.0.1/24",), "eth0": ("192.168.1.5/24",),
+             "eth1": ("192.168.4.5/24",)},
+    "router": {"eth0": ("192.168.1.1/24",), "eth2": ("192.168.4.1/24",),
+               "eth1": ("192.168.2.1/24", "10.42.200.1/24")},
+    "db": {"eth0": ("192.168.2.10/24", "10.42.200.10/24")},
+}
+_EMPTY_LEGACY = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+COMMIT
+"""
+
+
+@attrs.frozen
+class Topology:
+    """The node's knobs (see tests/doctor/test_differential.py for what each means)."""
+
+    forwarding: bool = True
+    dest: Literal["plain", "overlap"] = "plain"
+    route: Literal["specific", "default", "missing", "blackhole", "policy"] = "specific"
+    uplink: Literal["eth0", "eth1"] = "eth0"
+    cluster_route: bool = False
+    nat: Literal["none", "masq-nft", "masq-legacy", "masq-nftables", "snat", "snat-other",
+                 "flannel", "accept-first"] = "masq-nft"
+    nat_oif: Literal["any", "uplink", "wildcard", "wrong"] = "any"
+    forward_policy: Literal["accept", "drop-nft", "drop-legacy"] = "accept"
+    forward_accept: Literal["none", "both", "original-only"] = "none"
+    foreign: Literal["none", "drop-port", "drop-new-from-pods", "stateful",
+                     "drop-other-port"] = "none"
+    reply_rule: Literal["none", "misroute", "blackhole"] = "none"
+    rp_all: int = 0
+    rp_uplink: int = 0
+    rp_cni: int = 0
+
+    @property
+    def destination(self) -> str:
+        """The database address the pod connects to."""
+        return DESTINATIONS[self.dest]
+
+
+def _nat_rules(t: Topology) -> tuple[str, list[str]]:
+    """(tool, rules) for the nat table's POSTROUTING."""
+    oif = {"any": [], "uplink": ["-o", t.uplink], "wildcard": ["-o", "eth+"],
+           "wrong": ["-o", "eth9"]}[t.nat_oif]
+    oif_text = " ".join(oif)
+    node_address = UPLINKS[t.uplink][0]
+    if t.nat in ("masq-nft", "masq-legacy"):
+        return t.nat.removeprefix("masq-"), [f"-A POSTROUTING -s 10.42.0.0/16 {oif_text} "
+                                             "-j MASQUERADE"]
+    if t.nat in ("snat", "snat-other"):
+        if t.nat == "snat-other":  # the other uplink's address: replies come back there
+            node_address = UPLINKS["eth1" if t.uplink == "eth0" else "eth0"][0]
+        return "nft", [f"-A POSTROUTING -s 10.42.0.0/16 {oif_text} -j SNAT --to-source "
+                       f"{node_address}"]
+    if t.nat == "flannel":
+        return "nft", ["-N FLANNEL-POSTRTG", "-A POSTROUTING -m comment --comment "
+                       '"flanneld masq" -j FLANNEL-POSTRTG',
+                       "-A FLANNEL-POSTRTG -s 10.42.0.0/24 -d 10.42.0.0/16 -m comment "
+                       '--comment "flanneld masq" -j RETURN',
+                       "-A FLANNEL-POSTRTG -s 10.42.0.0/16 -d 10.42.0.0/16 -j RETURN",
+                       f"-A FLANNEL-POSTRTG -s 10.42.0.0/16 ! -d 224.0.0.0/4 {oif_text} "
+                       "-j MASQUERADE --random-fully"]
+    if t.nat == "accept-first":
+        return "nft", ["-A POSTROUTING -s 10.42.0.0/16 -j ACCEPT",
+                       f"-A POSTROUTING -s 10.42.0.0/16 {oif_text} -j MASQUERADE"]
+    return "nft", []
+
+
+def _restore_script(t: Topology, flavour: str) -> str:
+    nat_tool, nat = _nat_rules(t)
+    policy = "DROP" if t.forward_policy == f"drop-{flavour}" else "ACCEPT"
+    forward = []
+    if policy == "DROP" and t.forward_accept != "none":
+        forward.append("-A FORWARD -s 10.42.0.0/16 -m comment --comment \"pods out\" -j ACCEPT")
+        if t.forward_accept == "both":
+            forward.append("-A FORWARD -d 10.42.0.0/16 -m conntrack --ctstate "
+                           "RELATED,ESTABLISHED -j ACCEPT")
+    lines = ["*filter", ":INPUT ACCEPT [0:0]", f":FORWARD {policy} [0:0]", ":OUTPUT ACCEPT [0:0]",
+             *forward, "COMMIT", "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]",
+             ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]",
+             *(nat if nat_tool == flavour else []), "COMMIT", ""]
+    return "\n".join(lines)
+
+
+def _nft_script(t: Topology) -> str:
+    parts = []
+    if t.nat == "masq-nftables":
+        oif = {"any": "", "uplink": f'oifname "{t.uplink}" ', "wildcard": 'oifname "eth*" ',
+               "wrong": 'oifname "eth9" '}[t.nat_oif]
+        parts.append("table ip lab_nat {\n chain post {\n"
+                     "  type nat hook postrouting priority srcnat; policy accept;\n"
+                     f"  {oif}ip saddr 10.42.0.0/16 masquerade\n }}\n}}\n")
+    rules = {
+        "none": None,
+        "drop-port": ("accept", f"ip daddr {t.destination} tcp dport {PORT} drop"),
+        "drop-new-from-pods": ("accept", "ip saddr 10.42.0.0/16 ct state new drop"),
+        "stateful": ("drop", 'ct state established,related accept\n  iifname "cni0" accept'),
+        "drop-other-port": ("accept", "tcp dport 80 drop"),
+    }[t.foreign]
+    if rules is not None:
+        policy, body = rules
+        parts.append("table inet lab_fw {\n chain forward_filter {\n"
+                     f"  type filter hook forward priority -10; policy {policy};\n"
+                     f"  {body}\n }}\n}}\n")
+    return "".join(parts)
+
+
+def _ip_batch(t: Topology) -> str:
+    dst_net = DEST_NETS[t.dest]
+    _, gateway = UPLINKS[t.uplink]
+    other = "eth1" if t.uplink == "eth0" else "eth0"
+    lines = []
+    if t.cluster_route:
+        lines.append("route add 10.42.0.0/16 dev cni0 proto static")
+    if t.route in ("specific", "blackhole"):
+        lines.append(f"route add {dst_net} via {gateway} dev {t.uplink} proto static")
+    if t.route == "blackhole":
+        lines.append(f"route add blackhole {t.destination}/32 proto static")
+    if t.route == "default":
+        lines.append(f"route add default via {gateway} dev {t.uplink} proto static")
+    if t.route == "policy":
+        # Pods leave by the uplink through table 100; the node itself uses the other one.
+        lines.append(f"route add {dst_net} via {gateway} dev {t.uplink} table 100")
+        lines.append(f"route add {dst_net} via {UPLINKS[other][1]} dev {other} proto static")
+        lines.append("rule add iif cni0 lookup 100 pref 100")
+    if t.reply_rule == "misroute":
+        lines.append(f"route add 10.42.0.0/16 via {gateway} dev {t.uplink} table 200")
+    if t.reply_rule == "blackhole":
+        lines.append("route add blackhole 10.42.0.0/16 table 200")
+    if t.reply_rule != "none":
+        lines.append(f"rule add from {dst_net} lookup 200 pref 200")
+    return "\n".join(lines) + "\n"
+
+
+class DoctorLab:
+    """Four namespaces (see the module docstring) and an echo server in ``db``."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+        self.legacy_used = False
+
+    @property
+    def node(self) -> str:
+        """The node's namespace."""
+        return self.names["node"]
+
+    def reset(self) -> None:
+        """Back to a node with addresses only: no rules, extra routes, tables, rulesets."""
+        node = self.node
+        run_in(node, ["nft", "flush", "ruleset"])
+        if self.legacy_used:
+            run_in(node, ["iptables-legacy-restore"], input_text=_EMPTY_LEGACY)
+        for pref in ("100", "200"):
+            run_in(node, ["ip", "rule", "del", "pref", pref], check=False)
+        for table in ("100", "200"):
+            run_in(node, ["ip", "route", "flush", "table", table], check=False)
+        run_in(node, ["ip", "route", "flush", "proto", "static"], check=False)
+
+    def configure(self, t: Topology) -> None:
+        """Reset the node and apply ``t``."""
+        self.reset()
+        node = self.node
+        sysctls = [f"net.ipv4.ip_forward={int(t.forwarding)}",
+                   f"net.ipv4.conf.all.rp_filter={t.rp_all}",
+                   f"net.ipv4.conf.eth0.rp_filter={t.rp_uplink}",
+                   f"net.ipv4.conf.eth1.rp_filter={t.rp_uplink}",
+                   f"net.ipv4.conf.cni0.rp_filter={t.rp_cni}"]
+        run_in(node, ["sysctl", "-q", "-w", *sysctls])
+        run_in(node, ["ip", "-batch", "-"], input_text=_ip_batch(t))
+        nft_script = _restore_script(t, "nft")
+        run_in(node, ["iptables-nft-restore"], input_text=nft_script)
+        if t.forward_policy == "drop-legacy" or t.nat == "masq-legacy":
+            self.legacy_used = True
+            run_in(node, ["iptables-legacy-restore"], input_text=_restore_script(t, "legacy"))
+        script = _nft_script(t)
+        if script:
+            run_in(node, ["nft", "-f", "-"], input_text=script)
+
+    def probe(self, destination: str, timeout: float = 1.5) -> dict[str, object]:
+        """One TCP exchange from the pod; the probe's JSON answer."""
+        # The probe is standard library only: run its file without site packages, the
+        # package's import would cost ~1 s of every example.
+        argv = [sys.executable, "-I", "-S", _PROBE, "tcp", "--host", destination,
+                "--port", str(PORT), "--timeout", str(timeout)]
+        done = run_in(self.names["pod"], argv, check=False, timeout=timeout + 10)
+        answer: dict[str, object] = json.loads(done.stdout)
+        return answer
+
+    def capture(self) -> NodeCapture:
+        """The node's state, read with the doctor's own bundle reader."""
+        return NodeCapture.read_live(self.node)
+
+
+def _build(stack: ExitStack) -> DoctorLab:
+    names = {role: stack.enter_context(temporary_netns(role))
+             for role in ("pod", "node", "router", "db")}
+    for ns in names.values():
+        run_in(ns, ["ip", "link", "set", "lo", "up"])
+    run_in(names["router"], ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                             "net.ipv4.conf.all.rp_filter=0",
+                             "net.ipv4.conf.default.rp_filter=0"])
+    run_in(names["node"], ["sysctl", "-q", "-w", "net.ipv4.conf.default.rp_filter=0"])
+    for (role_a, if_a), (role_b, if_b) in _LINKS:
+        run_in(names[role_a], ["ip", "link", "add", if_a, "type", "veth", "peer", "name", if_b,
+                               "netns", names[role_b]])
+    for role, interfaces in _ADDRESSES.items():
+        for interface, addresses in interfaces.items():
+            for address in addresses:
+                run_in(names[role], ["ip", "addr", "add", address, "dev", interface])
+            run_in(names[role], ["ip", "link", "set", interface, "up"])
+    run_in(names["pod"], ["ip", "route", "add", "default", "via", "10.42.0.1"])
+    run_in(names["db"], ["ip", "route", "add", "default", "via", "192.168.2.1"])
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", names["db"], sys.executable, "-m", "k3snet.lab._echo_server",
+         "--port", str(PORT)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_python_env())
+    stack.callback(_stop, server)
+    assert server.stdout is not None
+    # The server prints one line once it listens (or dies: EOF, an empty line).
+    ready, _, _ = select.select([server.stdout], [], [], 10.0)
+    if not ready or server.stdout.readline().strip() != "listening":
+        detail = server.stderr.read() if server.stderr else ""
+        raise RuntimeError(f"echo server did not start: {detail}")
+    return DoctorLab(names)
+
+
+def _stop(server: subprocess.Popen[str]) -> None:
+    server.kill()
+    server.communicate(timeout=10)
+
+
+def _python_env() -> dict[str, str]:
+    """Our environment with this checkout's k3snet importable inside the namespaces."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.fixture(scope="module")
+def doctor_lab() -> Iterator[DoctorLab]:
+    """The lab, built once per module (examples reset the node instead of rebuilding)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    with ExitStack() as stack:
+        yield _build(stack)

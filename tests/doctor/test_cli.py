@@ -1,0 +1,108 @@
+"""``k3snet doctor`` and ``k3snet observe --save``: exit codes, outputs, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from k3snet.cli import main
+from k3snet.lab.netns import run_in, temporary_netns
+
+from .conftest import DESTINATIONS, POD, PORT, DoctorLab, Topology
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _doctor(case: str, *extra: str) -> list[str]:
+    return ["doctor", "--from", POD, "--to", f"{DESTINATIONS['plain']}:{PORT}",
+            "--state", str(GOLDEN / case), *extra]
+
+
+def test_blocked_flow_exits_3_with_findings_and_the_plan(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_doctor("seed")) == 3
+    out = capsys.readouterr().out
+    assert "verdict: blocked" in out
+    assert "forwarding-off" in out
+    assert "+ sysctl net.ipv4.ip_forward = 1" in out
+    assert "after the fix: reaches; the destination sees 192.168.1.5" in out
+
+
+def test_reaching_flow_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_doctor("healthy")) == 0
+    assert "verdict: reaches; the destination sees 192.168.1.5" in capsys.readouterr().out
+
+
+def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_doctor("no-masquerade", "-o", "json")) == 3
+    data = json.loads(capsys.readouterr().out)
+    assert data["trace"]["verdict"] == "blocked"
+    assert [f["code"] for f in data["findings"]] == ["no-masquerade"]
+    assert data["after"] == {"verdict": "reaches", "source_seen": "192.168.1.5"}
+    assert data["plan"]["changes"][0]["after"]["type"] == "masquerade"
+
+
+@pytest.mark.parametrize("argv", [
+    ["doctor", "--from", "nope", "--to", "192.168.2.10", "--state", str(GOLDEN / "seed")],
+    ["doctor", "--from", POD, "--to", "192.168.2.10:x", "--state", str(GOLDEN / "seed")],
+    ["doctor", "--from", POD, "--to", "192.168.2.10:99999", "--state", str(GOLDEN / "seed")],
+    ["doctor", "--from", POD, "--to", "fd01::1", "--state", str(GOLDEN / "seed")],
+    ["doctor", "--from", POD, "--to", "192.168.2.10", "--state", "/nonexistent/dir"],
+    ["doctor", "--from", POD, "--to", "192.168.2.10", "--state", str(GOLDEN)],
+    ["doctor", "--from", POD, "--to", "192.168.2.10", "--state", str(GOLDEN / "seed"), "--fix"],
+    ["doctor", "--from", POD, "--to", "192.168.2.10", "--netns", "../etc"],
+    ["doctor", "--from", POD, "--to", "192.168.2.10", "--proto", "icmp", "--to", "1.2.3.4:5",
+     "--state", str(GOLDEN / "seed")],
+])
+def test_bad_input_exits_1_without_traceback(argv: list[str],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("k3snet: error:")
+    assert "Traceback" not in err
+
+
+def test_malformed_bundle_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "routes-v4.json").write_text("[{broken")
+    argv = ["doctor", "--from", POD, "--to", "192.168.2.10", "--state", str(tmp_path)]
+    assert main(argv) == 1
+    assert "routes-v4.json" in capsys.readouterr().err
+
+
+@pytest.mark.kernel
+def test_observe_save_writes_a_bundle_doctor_reads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    with temporary_netns("obs") as ns:
+        run_in(ns, ["ip", "link", "set", "lo", "up"])
+        assert main(["observe", "--save", str(tmp_path), "--netns", ns]) == 0
+    written = capsys.readouterr().out.split()
+    assert str(tmp_path / "bundle.json") in written
+    assert json.loads((tmp_path / "routes-v4.json").read_text()) is not None
+    # No pod lives in an empty namespace: the doctor says so (unknown), it does not crash.
+    argv = ["doctor", "--from", POD, "--to", "192.168.2.10", "--state", str(tmp_path)]
+    assert main(argv) == 4
+    assert "not routed to any interface" in capsys.readouterr().out
+
+
+@pytest.mark.kernel
+def test_fix_applies_the_plan_and_the_flow_then_reaches(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The seed node, fixed by ``k3snet doctor --fix``; the kernel's probe then passes."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forwarding=False, nat="none")
+    doctor_lab.configure(topology)
+    assert not doctor_lab.probe(topology.destination)["ok"]
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}", "--fix", "--auto-approve"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "now: reaches" in out
+    answer = doctor_lab.probe(topology.destination)
+    assert answer == {"ok": True, "seen": "192.168.1.5", "error": None}

@@ -1,0 +1,294 @@
+"""The readers on what real nodes carry: K3s, flannel, kube-proxy, Docker, Calico, firewalld.
+
+No root needed: the node's addresses and routes come from the recorded ``healthy``
+golden bundle (the seed lab's node, masquerade and forwarding on); each test
+replaces the rulesets with text as those programs write it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, diagnose, trace
+from k3snet.doctor.bundle import BundleError
+from k3snet.doctor.packet import Packet
+from k3snet.doctor.routing import lookup, parse_routes, parse_rules
+
+HEALTHY = Path(__file__).parent / "golden" / "healthy"
+RULESETS = Path(__file__).parent / "rulesets"
+FLOW = Flow("10.42.0.10", "192.168.2.10", port=5432)
+
+# kube-proxy (iptables mode) and K3s' network policy controller (kube-router) filter
+# chains, as iptables-save prints them on a K3s node.
+K3S_FILTER = (RULESETS / "k3s-filter.save").read_text()
+
+K3S_NAT = (RULESETS / "k3s-nat.save").read_text()
+
+# Docker's FORWARD chain: policy DROP, containers on docker0 only.
+DOCKER_FILTER = (RULESETS / "docker-filter.save").read_text()
+
+# Calico (iptables dataplane): its own FORWARD entry, ipsets it keeps in the kernel.
+CALICO_FILTER = (RULESETS / "calico-filter.save").read_text()
+
+
+def _capture(**texts: str) -> NodeCapture:
+    base = NodeCapture.read_dir(HEALTHY)
+    merged = {k: v for k, v in base.texts.items()
+              if not k.startswith("iptables-") and k != "nft-ruleset.json"}
+    merged.update({k.replace("_", "-"): v for k, v in texts.items()})
+    return NodeCapture(merged)
+
+
+def _state(**texts: str) -> NodeState:
+    return NodeState.from_capture(_capture(**texts))
+
+
+def test_k3s_node_masquerades_through_flannel() -> None:
+    state = _state(**{"iptables-nft-v4.save": K3S_FILTER + K3S_NAT})
+    result = trace(state, FLOW)
+    assert result.verdict is Verdict.REACHES, result.render()
+    assert str(result.source_seen) == "192.168.1.5"
+    nat = [s for s in result.steps if s.outcome == "nat"]
+    assert "FLANNEL-POSTRTG -s 10.42.0.0/16 ! -d 224.0.0.0/4" in nat[0].detail
+    # kube-proxy's mark rules are evaluated (the mark is known: 0), not reported unknown.
+    assert not any("0x4000" in s.detail for s in result.steps if s.outcome == "unknown")
+    # physdev is not understood: reported with its text, and it cannot change the verdict.
+    unknown = [s for s in result.steps if s.outcome == "unknown"]
+    assert any("--physdev-is-bridged" in s.detail for s in unknown)
+    assert all(s.certain for s in unknown)
+
+
+def test_kube_proxy_nodeports_use_the_local_address_type() -> None:
+    """``-m addrtype --dst-type LOCAL`` is evaluated from the node's addresses."""
+    state = _state(**{"iptables-nft-v4.save": K3S_FILTER + K3S_NAT})
+    result = trace(state, FLOW)
+    assert not any("addrtype" in s.detail for s in result.steps if s.outcome == "unknown")
+
+
+def test_docker_forward_drop_is_found_and_fixed() -> None:
+    state = _state(**{"iptables-nft-v4.save": DOCKER_FILTER + K3S_NAT})
+    d = diagnose(state, FLOW)
+    assert d.verdict is Verdict.BLOCKED
+    assert d.trace.blocked_at is not None
+    assert d.trace.blocked_at.detail == "policy DROP"
+    assert [f.code for f in d.findings if f.severity == "blocking"] == ["forward-drop"]
+    assert d.after.verdict is Verdict.REACHES
+    assert "forward accept 10.42.0.0/24 -> 192.168.2.0/24 oif eth0" in d.plan.render()
+
+
+def test_calico_ipset_rule_is_unknown_and_decides_nothing_known() -> None:
+    state = _state(**{"iptables-legacy-v4.save": CALICO_FILTER + K3S_NAT})
+    result = trace(state, FLOW)
+    unknown = [s for s in result.steps if s.outcome == "unknown"]
+    assert any("--match-set cali40all-ipam-pools" in s.detail and not s.certain
+               for s in unknown)
+    assert result.verdict is Verdict.UNKNOWN
+    codes = [f.code for f in diagnose(state, FLOW).findings]
+    assert "unknown-rules" in codes
+
+
+def _nft(*items: dict[str, Any]) -> str:
+    return json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *items]})
+
+
+def _chain(table: str, name: str, hook: str | None = None, prio: int = 0, *,
+           policy: str = "accept", kind: str = "filter", family: str = "inet") -> dict[str, Any]:
+    chain: dict[str, Any] = {"family": family, "table": table, "name": name}
+    if hook:
+        chain.update(hook=hook, prio=prio, policy=policy, type=kind)
+    return {"chain": chain}
+
+
+def _rule(table: str, chain: str, *expr: dict[str, Any], family: str = "inet") -> dict[str, Any]:
+    return {"rule": {"family": family, "table": table, "chain": chain, "expr": list(expr)}}
+
+
+def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+SADDR = {"payload": {"protocol": "ip", "field": "saddr"}}
+DPORT = {"payload": {"protocol": "tcp", "field": "dport"}}
+CTSTATE = {"ct": {"key": "state"}}
+MASQ_NFT = [_chain("k3s", "post", "postrouting", 100, kind="nat"),
+            _rule("k3s", "post", _match(SADDR, {"prefix": {"addr": "10.42.0.0", "len": 16}}),
+                  {"masquerade": None})]
+
+
+def test_firewalld_like_table_drops_and_cannot_be_fixed_by_k3snet() -> None:
+    ruleset = _nft(
+        _chain("firewalld", "filter_FORWARD", "forward", 10),
+        _chain("firewalld", "filter_FORWARD_ZONES"),
+        _rule("firewalld", "filter_FORWARD",
+              _match(CTSTATE, ["established", "related"], "in"), {"accept": None}),
+        _rule("firewalld", "filter_FORWARD", {"jump": {"target": "filter_FORWARD_ZONES"}}),
+        _rule("firewalld", "filter_FORWARD",
+              {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}),
+        *MASQ_NFT,
+    )
+    d = diagnose(_state(**{"nft-ruleset.json": ruleset}), FLOW)
+    assert d.verdict is Verdict.BLOCKED
+    assert d.findings[0].code == "foreign-table-drop"
+    assert d.findings[0].fix == ()
+    assert "firewalld" in (d.findings[0].advice or "")
+
+
+def test_unknown_nft_expression_is_reported_with_its_text() -> None:
+    fib = {"fib": {"flags": ["saddr", "iif"], "result": "oif"}}
+    ruleset = _nft(_chain("rpf", "fwd", "forward", -5),
+                   _rule("rpf", "fwd", _match(fib, False), {"drop": None}), *MASQ_NFT)
+    result = trace(_state(**{"nft-ruleset.json": ruleset}), FLOW)
+    unknown = [s for s in result.steps if s.outcome == "unknown"]
+    assert unknown
+    assert '"fib"' in unknown[0].detail
+    assert not unknown[0].certain
+    assert result.verdict is Verdict.UNKNOWN
+
+
+def test_nft_sets_ports_and_verdict_maps() -> None:
+    ruleset = _nft(
+        {"set": {"family": "inet", "table": "t", "name": "blocked", "type": "ipv4_addr",
+                 "elem": [{"prefix": {"addr": "192.168.2.0", "len": 24}}]}},
+        _chain("t", "fwd", "forward", 0),
+        _chain("t", "deny"),
+        _rule("t", "fwd", _match(DPORT, {"set": [80, {"range": [5000, 5500]}]}),
+              {"vmap": {"key": {"payload": {"protocol": "ip", "field": "daddr"}},
+                        "data": {"set": [[{"prefix": {"addr": "192.168.2.0", "len": 24}},
+                                          {"jump": {"target": "deny"}}]]}}}),
+        _rule("t", "deny", _match({"payload": {"protocol": "ip", "field": "daddr"}},
+                                  "@blocked"), {"drop": None}),
+        *MASQ_NFT,
+    )
+    state = _state(**{"nft-ruleset.json": ruleset})
+    blocked = trace(state, FLOW)
+    assert blocked.verdict is Verdict.BLOCKED
+    assert blocked.blocked_at is not None
+    assert "@blocked" in blocked.blocked_at.detail
+    other_port = trace(state, Flow("10.42.0.10", "192.168.2.10", port=22))
+    assert other_port.verdict is Verdict.REACHES
+
+
+def test_iptables_nft_tables_are_not_counted_twice() -> None:
+    """With iptables-nft-save captured, nft's ip filter/nat tables are read from it."""
+    ruleset = _nft(_chain("filter", "FORWARD", "forward", 0, policy="drop", family="ip"))
+    save = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+    state = _state(**{"nft-ruleset.json": ruleset, "iptables-nft-v4.save": save + K3S_NAT})
+    assert trace(state, FLOW).verdict is Verdict.REACHES
+    alone = _state(**{"nft-ruleset.json": ruleset})
+    assert any(c.where == "nft ip filter FORWARD" for c in alone.chains)
+
+
+def test_mark_set_by_an_unfollowed_rule_makes_mark_matches_unknown() -> None:
+    save = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+            "-A PREROUTING -j CONNMARK --restore-mark\nCOMMIT\n")
+    result = trace(_state(**{"iptables-nft-v4.save": save + K3S_NAT}), FLOW)
+    assert any("CONNMARK" in s.detail for s in result.steps if s.outcome == "unknown")
+
+
+def test_policy_rules_and_tables() -> None:
+    routes = parse_routes([
+        {"dst": "default", "gateway": "192.168.1.1", "dev": "eth0"},
+        {"dst": "192.168.2.0/24", "gateway": "192.168.4.1", "dev": "eth1", "table": "100"},
+        {"type": "throw", "dst": "192.168.2.128/25", "table": "100"},
+        {"type": "blackhole", "dst": "192.168.9.0/24", "table": "7"},
+    ], 4)
+    rules = parse_rules([
+        {"priority": 0, "src": "all", "table": "local"},
+        {"priority": 10, "src": "10.42.0.0", "srclen": 16, "table": "100"},
+        {"priority": 20, "fwmark": "0x1", "fwmask": "0x1", "table": "7"},
+        {"priority": 30, "not": None, "src": "10.0.0.0", "srclen": 8, "action": "goto",
+         "target": 32766},
+        {"priority": 40, "src": "all", "action": "prohibit"},
+        {"priority": 32766, "src": "all", "table": "main"},
+    ], 4)
+    from ipaddress import ip_address  # noqa: PLC0415
+
+    pod, dst = ip_address("10.42.0.10"), ip_address("192.168.2.10")
+    assert lookup(routes, rules, dst, src=pod).route.device == "eth1"  # type: ignore[union-attr]
+    thrown = lookup(routes, rules, ip_address("192.168.2.200"), src=pod)
+    assert thrown.type == "prohibit"  # table 100 throws, rule 40 prohibits
+    node = lookup(routes, rules, dst, src=ip_address("192.168.1.5"))
+    assert node.route is not None  # goto skips prohibit
+    assert node.route.device == "eth0"
+    marked = lookup(routes, rules, ip_address("192.168.9.1"), src=ip_address("10.1.1.1"),
+                    mark=1)
+    assert marked.type == "blackhole"
+    assert lookup(routes, rules, dst, src=ip_address("10.1.1.1"), mark=None).type == "unknown"
+
+
+def test_packet_family_mismatch_is_no_match() -> None:
+    packet = Packet(6, "fd42::1", "fd01::1", "tcp", None, 5432, "cni0", "eth0")
+    state = _state(**{"nft-ruleset.json": _nft(*MASQ_NFT)})
+    chain = next(c for c in state.chains if c.kind == "nat")
+    assert 6 in chain.families
+    assert chain.evaluate(packet).verdict == "accept"  # `ip saddr` never matches IPv6
+
+
+@pytest.mark.parametrize("bad", [
+    {"routes-v4.json": "{not json"},
+    {"addr.json": '[{"addr_info": [{"local": "not-an-address", "prefixlen": 24}]}]'},
+])
+def test_malformed_captures_raise_bundle_errors(bad: dict[str, str]) -> None:
+    with pytest.raises(BundleError):
+        NodeState.from_capture(_capture(**bad))
+
+
+def test_unparsable_iptables_line_is_an_unknown_rule() -> None:
+    save = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            '-A FORWARD -s 10.42.0.0/16 --weird-option "unterminated -j DROP\nCOMMIT\n')
+    result = trace(_state(**{"iptables-nft-v4.save": save + K3S_NAT}), FLOW)
+    unknown = [s for s in result.steps if s.outcome == "unknown"]
+    assert unknown
+    assert "--weird-option" in unknown[0].detail
+
+
+def test_bundle_round_trip(tmp_path: Path) -> None:
+    capture = NodeCapture.read_dir(HEALTHY)
+    written = capture.write_dir(tmp_path / "copy")
+    assert {p.name for p in written} == {*capture.texts, "bundle.json"}
+    again = NodeCapture.read_dir(tmp_path / "copy")
+    assert dict(again.texts) == dict(capture.texts)
+    assert trace(NodeState.from_capture(again), FLOW).verdict is Verdict.REACHES
+
+
+def test_bundle_refuses_unknown_files() -> None:
+    with pytest.raises(BundleError):
+        NodeCapture.from_texts({"secrets.txt": "x"})
+
+
+def test_sysctls_are_read_with_their_interface_names() -> None:
+    capture = NodeCapture.from_texts({"sysctl.txt": "net.ipv4.conf.eth0/100.rp_filter = 1\n"
+                                                    "net.ipv4.ip_forward = 1\n"})
+    assert capture.sysctls() == {"net.ipv4.conf.eth0/100.rp_filter": "1",
+                                 "net.ipv4.ip_forward": "1"}
+
+
+def _pools(*pools: tuple[str, bool]) -> str:
+    return json.dumps({"items": [{"kind": "IPPool", "spec": {"cidr": cidr, "natOutgoing": nat}}
+                                 for cidr, nat in pools]})
+
+
+def test_calico_nat_outgoing_is_evaluated_from_its_ip_pools() -> None:
+    nat = (RULESETS / "calico-nat.save").read_text()
+    pods_only = _state(**{"iptables-legacy-v4.save": nat,
+                          "calico-ippools.json": _pools(("10.42.0.0/16", True))})
+    result = trace(pods_only, FLOW)
+    assert result.verdict is Verdict.REACHES, result.render()
+    assert str(result.source_seen) == "192.168.1.5"
+    # Without the pools the ipsets are unknown: the doctor says so, and cannot decide.
+    assert trace(_state(**{"iptables-legacy-v4.save": nat}), FLOW).verdict is Verdict.UNKNOWN
+
+
+def test_destination_inside_a_calico_pool_is_not_masqueraded() -> None:
+    nat = (RULESETS / "calico-nat.save").read_text()
+    state = _state(**{"iptables-legacy-v4.save": nat, "calico-ippools.json": _pools(
+        ("10.42.0.0/16", True), ("192.168.2.0/24", False))})
+    d = diagnose(state, FLOW)
+    assert d.verdict is Verdict.BLOCKED
+    codes = [f.code for f in d.findings]
+    assert codes[:2] == ["no-masquerade", "destination-in-calico-pool"]
+    assert d.after.verdict is Verdict.REACHES
