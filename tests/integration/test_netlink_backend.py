@@ -535,7 +535,7 @@ def test_default_proc_sys_and_option_errors(ns: str, tmp_path: Path,
         NetlinkBackend(ns, state_dir=tmp_path, proc_sys=tmp_path / "nosuch")
     with pytest.raises(BackendError, match="driver must be"):
         NetlinkBackend(ns, state_dir=tmp_path, driver="libnl")  # type: ignore[arg-type]
-    monkeypatch.setitem(sys.modules, "k3snet.backends._netlink_pyroute2", None)
+    monkeypatch.setitem(sys.modules, "k3snet.backends.netlink.pyroute2_driver", None)
     with pytest.raises(BackendError, match=r"pip install 'k3snet\[netlink\]'"):
         NetlinkBackend(ns, state_dir=tmp_path, driver="pyroute2")
 
@@ -543,7 +543,7 @@ def test_default_proc_sys_and_option_errors(ns: str, tmp_path: Path,
 def test_pyroute2_driver_refuses_other_threads(ns: str) -> None:
     """The guard behind the test above: a job run by any thread but the one that created
     the IPRoute is refused (pyroute2 would open a socket in that thread's namespace)."""
-    from k3snet.backends._netlink_pyroute2 import Pyroute2Driver  # noqa: PLC0415 - optional
+    from k3snet.backends.netlink.pyroute2_driver import Pyroute2Driver  # noqa: PLC0415
 
     with NetnsRunner(ns) as runner, NetnsRunner(ns) as other:
         made = Pyroute2Driver(runner, lambda: None)
