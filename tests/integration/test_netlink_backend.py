@@ -12,6 +12,7 @@ the semantics are the same, only the number of round trips differs.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import subprocess
@@ -554,3 +555,27 @@ def test_pyroute2_driver_refuses_other_threads(ns: str) -> None:
         made._runner = runner
         made.close()
         made.close()  # idempotent
+
+
+def test_a_replace_never_recreates_a_vanished_route(ns: str, driver: Driver) -> None:
+    """Each driver sends a replace without NLM_F_CREATE: the kernel refuses it (ENOENT)
+    when the route it replaces vanished, rather than creating it again."""
+    from k3snet.backends.netlink.pyroute2_driver import Pyroute2Driver  # noqa: PLC0415
+    from k3snet.backends.netlink.socket_driver import open_socket_driver  # noqa: PLC0415
+
+    gone = Route("10.13.0.0/24", gateway="10.0.0.2", device="d0")
+    moved = Route("10.13.0.0/24", gateway="10.9.0.2", device="e0")
+    _ip(ns, "route", "add", "10.13.0.0/24", "via", "10.0.0.2", "dev", "d0", "proto",
+        str(K3SNET_ROUTE_PROTOCOL))
+    _ip(ns, "route", "del", "10.13.0.0/24", "proto", str(K3SNET_ROUTE_PROTOCOL))
+    with NetnsRunner(ns) as runner:
+        made = (open_socket_driver(runner, lambda: None) if driver == "socket"
+                else Pyroute2Driver(runner, lambda: None))
+        try:
+            indexes = {link.name: link.index for link in made.links().values()}
+            failures = made.send([Change.replace(gone, moved)], indexes)
+        finally:
+            made.close()
+    assert list(failures) == [0]
+    assert failures[0].errno == errno.ENOENT
+    assert owned_in_kernel(ns) == set()
