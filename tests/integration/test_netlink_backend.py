@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -258,7 +259,7 @@ def test_kernel_refusal_rolls_back(ns: str, backend: NetlinkBackend) -> None:
     # The kernel handles a whole batch: the change after the failure was done and undone too.
     assert set(error.done) == {changes[0], changes[1], changes[2], changes[4]}
     assert set(error.rolled_back) == {c.inverse() for c in error.done}
-    assert "rolled back" in str(error)
+    assert "were undone" in str(error)
     assert kernel_routes(ns) == before
     assert backend.observe().owned == {keep, moved, gone}
 
@@ -578,4 +579,40 @@ def test_a_replace_never_recreates_a_vanished_route(ns: str, driver: Driver) -> 
             made.close()
     assert list(failures) == [0]
     assert failures[0].errno == errno.ENOENT
+    assert owned_in_kernel(ns) == set()
+
+
+_TRY_APPLY = """
+import sys
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.errors import K3snetError
+from k3snet.model import Route, State
+from k3snet.planner import plan
+try:
+    with NetlinkBackend(sys.argv[1], state_dir=sys.argv[2]) as backend:
+        backend.apply(plan(backend.observe(), State(owned=[Route("10.14.0.0/24", device="d0")])))
+except K3snetError as exc:
+    sys.exit(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def _apply_without(capability: str, ns: str, tmp_path: Path) -> str:
+    """Run an apply in a process whose capabilities lack ``capability``; its error."""
+    done = subprocess.run(["setpriv", f"--inh-caps=-{capability}",
+                           f"--bounding-set=-{capability}", sys.executable, "-c", _TRY_APPLY,
+                           ns, str(tmp_path)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1, done.stderr
+    return done.stderr
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_missing_capabilities_are_named(ns: str, tmp_path: Path) -> None:
+    refused = _apply_without("net_admin", ns, tmp_path)
+    assert refused.startswith("ApplyError: ")
+    assert "Operation not permitted" in refused
+    assert "CAP_NET_ADMIN" in refused
+    entered = _apply_without("sys_admin", ns, tmp_path)
+    assert entered.startswith("BackendError: cannot enter network namespace")
+    assert "CAP_SYS_ADMIN" in entered
     assert owned_in_kernel(ns) == set()

@@ -303,8 +303,8 @@ def test_plans_that_are_not_ours_are_refused(kernel: FakeKernel,
     backend.apply(plan(backend.observe(), State(owned=[A])))
     sent = len(drivers[0].sent)
     refused = {
-        "not k3snet's": Plan(changes=[Change.delete(STATIC)]),
-        "does not own": Plan(changes=[Change.delete(Route("10.9.9.0/24", device="d0"))]),
+        "not k3snet's (foreign)": Plan(changes=[Change.delete(STATIC)]),
+        "not in the state": Plan(changes=[Change.delete(Route("10.9.9.0/24", device="d0"))]),
         "is not k3snet's (211)": Plan(changes=[Change.add(
             Route("10.3.0.0/24", device="d0", protocol=5))]),
         "shares the slot": Plan(changes=[Change.replace(
@@ -349,3 +349,18 @@ def test_a_driver_without_notifications_dumps_every_call(
     assert backend._operations == before + 2  # links and routes, dumped again
     kernel.behind_our_back(A, notify=False)
     assert not backend.observe().owned
+
+
+def test_not_permitted_names_the_capability(kernel: FakeKernel,
+                                            make: Callable[..., Made]) -> None:
+    backend, _drivers = make()
+    kernel.refuse[str(A.destination)] = errno.EPERM
+    with pytest.raises(ApplyError, match="CAP_NET_ADMIN") as caught:
+        backend.apply(Plan(changes=[Change.add(B), Change.add(A)]))
+    assert caught.value.failed == Change.add(A)
+    assert "Operation not permitted" in str(caught.value)
+    assert kernel.routes == {}
+    kernel.refuse[str(A.destination)] = errno.ENETUNREACH
+    with pytest.raises(ApplyError) as unreachable:
+        backend.apply(Plan(changes=[Change.add(A)]))
+    assert "CAP_" not in str(unreachable.value)

@@ -60,13 +60,18 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, Final, Literal, NoReturn
+from typing import Any, Final, Literal
 
-import attrs
-
-from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.backends.kit import FaultHook
+from k3snet.backends.base import ApplyResult
+from k3snet.backends.kit import (
+    BackendBase,
+    Compensation,
+    UndoFailure,
+    fit_problems,
+    translate_errors,
+)
 from k3snet.backends.netlink.codec import Link, NetlinkError
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
@@ -78,7 +83,7 @@ from k3snet.backends.netlink.sysctls import (
     read_sysctls,
     write_sysctl,
 )
-from k3snet.backends.netlink.view import RouteCache
+from k3snet.backends.netlink.view import RouteCache, RouteView
 from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import (
     ApplyError,
@@ -86,7 +91,6 @@ from k3snet.errors import (
     K3snetError,
     ModelError,
     PlanError,
-    RollbackError,
 )
 from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network
@@ -113,24 +117,11 @@ egress depends on."""
 # (the socket driver's socket buffers are sized so that every failure of one fits).
 _BATCH_MESSAGES = 1024
 _MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never ours
+# What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
+_CAPABILITY = "CAP_NET_ADMIN"
 
 
-@attrs.define
-class _Step:
-    """One change being applied, with what undoing it needs."""
-
-    change: Change
-    undo: Callable[[], None] | None = None  # sysctls; routes undo through their inverse
-
-
-def _abbreviate(changes: Sequence[Change], limit: int = 10) -> str:
-    lines = [f"    {c}" for c in changes[:limit]]
-    if len(changes) > limit:
-        lines.append(f"    ... and {len(changes) - limit} more")
-    return "\n".join(lines)
-
-
-class NetlinkBackend:
+class NetlinkBackend(BackendBase):
     """Routes and ``net.*`` sysctls of one network namespace, through rtnetlink and /proc/sys.
 
     ``netns``: a namespace name as ``ip netns`` knows it (``None``: the caller's own
@@ -198,7 +189,7 @@ class NetlinkBackend:
                                         for t in tables)
             except ModelError as exc:
                 raise BackendError(f"tables: {exc}") from exc
-        self.faults = FaultHook()
+        super().__init__()
         try:
             self._watch = frozenset(Sysctl(n, "0").name for n in (*WATCHED_SYSCTLS,
                                                                    *watch_sysctls))
@@ -251,23 +242,16 @@ class NetlinkBackend:
             self._driver.close()
         finally:
             self._runner.close()
-
-    def __enter__(self) -> NetlinkBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            super().close()
 
     # -- observe
 
     def observe(self) -> State:
         """Routes and sysctls now: k3snet's own as ``owned``, the modellable rest as ``foreign``."""
         self._routes.begin()
-        try:
+        with translate_errors(f"observe {self._where}", capability=_CAPABILITY):
             view = self._routes.view()
             owned_sysctls, foreign_sysctls = self._observe_sysctls()
-        except OSError as exc:
-            raise BackendError(f"cannot observe {self._where}: {exc}") from exc
         return State(owned=[*view.owned.values(), *owned_sysctls],
                      foreign=[*view.foreign, *foreign_sysctls])
 
@@ -293,39 +277,35 @@ class NetlinkBackend:
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Dry run: what applying ``plan`` would hit. Nothing is changed.
 
-        Routes: the table is managed and the protocol ours; a delete or replace
-        names a route k3snet owns; an add's slot (table, destination, metric) is
-        free; the device exists and is up; the gateway is on-link (inside a prefix
-        of the device's addresses, or of a link-scope route on it, or link-local
-        with a device) and, for IPv6, not a local address. Sysctls: the parameter
-        exists; a delete or replace names one k3snet owns, with the kernel's
-        current value.
+        Every change must fit what k3snet owns (:func:`~k3snet.backends.kit.fit_problems`:
+        no add over an owned object, no delete or replace of anything but the owned
+        object as named). Routes: the table is managed and the protocol ours; a
+        replace shares its slot with no foreign route; an add's slot (table,
+        destination, metric) is free of foreign routes too; the device exists and
+        is up; the gateway is on-link (inside a prefix of the device's addresses,
+        or of a link-scope route on it, or link-local with a device) and, for IPv6,
+        not a local address. Sysctls: the parameter exists.
         """
-        problems: list[str] = []
-        try:
-            ensure_capable(self, plan)
-        except PlanError as exc:
-            problems.append(str(exc))
         self._routes.begin()
         try:
-            problems += self._check(plan)
-        except (OSError, K3snetError) as exc:
-            problems.append(f"cannot inspect {self._where}: {exc}")
-        return tuple(problems)
+            with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
+                return tuple(self._check(plan))
+        except K3snetError as exc:
+            return (str(exc),)
 
     def _check(self, plan: Plan) -> list[str]:
-        problems: list[str] = []
         route_changes = [c for c in plan.changes if c.kind == "route"]
-        sysctl_changes = [c for c in plan.changes if c.kind == "sysctl"]
+        view = self._routes.view() if route_changes else None
+        problems, missing = self._fit(plan, view)
+        problems += [problem for _change, problem in missing]
         if route_changes:
-            problems += self._check_routes(route_changes)
-        if sysctl_changes:
-            problems += self._check_sysctls(sysctl_changes)
+            assert view is not None
+            problems += self._check_routes(route_changes, view)
         return problems
 
-    def _check_routes(self, changes: Sequence[Change]) -> list[str]:
+    def _check_routes(self, changes: Sequence[Change], view: RouteView) -> list[str]:
+        """What the kernel would refuse: taken slots, missing or down devices, gateways."""
         problems: list[str] = []
-        view = self._routes.view()
         by_index = self._routes.links()
         links = {link.name: link for link in by_index.values()}
         addresses = self._driver.addresses()
@@ -340,11 +320,10 @@ class NetlinkBackend:
             if route.gateway is None and route.device is not None and route.scope != "host":
                 on_link.setdefault(route.device, []).append(route.destination)
         for change in changes:
-            problems += self._refusal(change, owned, taken)
             after = change.after
             if change.action == "add" and isinstance(after, Route):
-                clash = owned.get(after.key) or taken.get(after.key)
-                if clash is not None:
+                clash = taken.get(after.key)
+                if clash is not None and owned.get(after.key) is None:
                     problems.append(f"{change}: the slot (table, destination, metric) is "
                                     f"taken by {clash}")
             if isinstance(after, Route):
@@ -354,15 +333,47 @@ class NetlinkBackend:
             _simulate(owned, change)
         return problems
 
-    def _refusal(self, change: Change, owned: Mapping[tuple[Any, ...], NetObject],
-                 foreign: Mapping[tuple[Any, ...], Route] | None = None) -> list[str]:
-        """Why a route change is not this backend's to make (empty when it is)."""
+    def _fit(self, plan: Plan, view: RouteView | None
+             ) -> tuple[list[str], list[tuple[Change, str]]]:
+        """Why ``plan`` is not this backend's to apply, and the changes of absent sysctls.
+
+        The ownership rules are the kit's (:func:`~k3snet.backends.kit.fit_problems`),
+        judged against the part of the observed state the plan touches (cheap at
+        10 000 changes). ``view``: the route view, or ``None`` when no route change
+        names an existing route (adds are then left to the kernel's create-exclusive
+        check). Then what only this backend knows: route protocol, managed tables,
+        foreign routes sharing the slot of a replace.
+        """
+        routes = [c for c in plan.changes if c.kind == "route"]
+        sysctls = [c for c in plan.changes if c.kind == "sysctl"]
+        owned: list[NetObject] = []
+        foreign: list[NetObject] = []
         problems: list[str] = []
-        shared = None if foreign is None or change.action != "replace" else foreign.get(
-            change.subject.key)
-        if shared is not None:
+        shared: dict[tuple[Any, ...], Route] = {}
+        if view is not None:
+            keys = {c.subject.key for c in routes}
+            owned += [view.owned[key] for key in keys if key in view.owned]
+            foreign += [c.before for c in routes
+                        if c.before is not None and c.before in view.foreign]
+            if any(c.action == "replace" for c in routes):
+                shared = {r.key: r for r in view.foreign if r.key in keys}
+        missing: list[tuple[Change, str]] = []
+        if sysctls:
+            found_owned, found_foreign, missing = self._touched_sysctls(sysctls)
+            owned += found_owned
+            foreign += found_foreign
+        problems += fit_problems(self, plan, State(owned=owned, foreign=foreign))
+        for change in routes:
+            problems += self._refusal(change, shared)
+        return problems, missing
+
+    def _refusal(self, change: Change, shared: Mapping[tuple[Any, ...], Route]) -> list[str]:
+        """What only this backend refuses in a route change (empty when it is fine)."""
+        problems: list[str] = []
+        clash = shared.get(change.subject.key) if change.action == "replace" else None
+        if clash is not None:
             # NLM_F_REPLACE picks a route by slot, whatever its protocol: it could hit this one.
-            problems.append(f"{change}: the foreign {shared.describe()} shares the slot "
+            problems.append(f"{change}: the foreign {clash.describe()} shares the slot "
                             "(table, destination, metric); a replace could overwrite it")
         for route in (change.before, change.after):
             if not isinstance(route, Route):
@@ -373,83 +384,64 @@ class NetlinkBackend:
             if not self._routes.in_scope(route.table):
                 problems.append(f"{change}: table {route.table} is not managed by this backend "
                                 f"(tables={sorted(self.tables or ())})")
-        before = change.before
-        if before is not None and owned.get(before.key) != before:
-            found = owned.get(before.key)
-            problems.append(f"{change}: k3snet does not own {before.describe()} "
-                            f"(owned in that slot: {found.describe() if found else 'nothing'})")
         return problems
 
-    def _check_sysctls(self, changes: Sequence[Change]) -> list[str]:
-        refusals, missing = self._sysctl_problems(changes)
-        return [*refusals, *(problem for _change, problem in missing)]
-
-    def _sysctl_problems(
-        self, changes: Sequence[Change]
-    ) -> tuple[list[str], list[tuple[Change, str]]]:
-        """Changes naming sysctls k3snet does not own, and changes of absent sysctls."""
-        refusals: list[str] = []
-        missing: list[tuple[Change, str]] = []
+    def _touched_sysctls(self, changes: Sequence[Change]
+                         ) -> tuple[list[Sysctl], list[Sysctl], list[tuple[Change, str]]]:
+        """The sysctls ``changes`` name as observe reports them (owned, foreign), and the
+        changes of sysctls the kernel does not have."""
         data = self._store.load()
         names = sorted({str(c.subject.key[1]) for c in changes})
         root = self.proc_sys
         values = self._runner.call(lambda: read_sysctls(root, names))
         self._count()
-        owned = {name: Sysctl(name, current) for name in data.owned
-                 if (current := normal(name, values.get(name)))}
+        owned: list[Sysctl] = []
+        foreign: list[Sysctl] = []
+        for name in names:
+            current = normal(name, values.get(name))
+            if current is None:
+                continue
+            if name in data.owned:
+                owned.append(Sysctl(name, current, previous=data.owned[name][1]))
+            else:
+                foreign.append(Sysctl(name, current))
+        missing: list[tuple[Change, str]] = []
         for change in changes:
             subject = change.subject
             assert isinstance(subject, Sysctl)
             if values.get(subject.name) is None:
                 missing.append((change, f"{change}: no such sysctl in {self._where} "
                                         f"({root / subject.path})"))
-                continue
-            if change.action == "add" and subject.name in data.owned:
-                refusals.append(f"{change}: k3snet already owns {subject.name}")
-            before = change.before
-            if before is not None and owned.get(subject.name) != before:
-                refusals.append(f"{change}: k3snet does not own {before.describe()}")
-        return refusals, missing
+        return owned, foreign, missing
 
     # -- apply
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change of ``plan`` in order, or none (see the module docs)."""
-        ensure_capable(self, plan)
+        self.ensure_capable(plan)
+        fail_at = self.faults.take(plan)
         if not plan.changes:
             return ApplyResult(self.name, (), 0)
         start = self._operations
-        fail_after = self.faults.take(plan)
         self._routes.begin()
         has_sysctls = any(c.kind == "sysctl" for c in plan.changes)
         lock = self._store.locked() if has_sysctls else contextlib.nullcontext()
         try:
             with lock:
-                indexes = self._prepare(plan)
-                self._execute(plan, indexes, fail_after)
-        except OSError as exc:  # reading the kernel's view failed before anything was done
-            raise ApplyError(f"netlink backend, {self._where}: {exc}") from exc
+                with translate_errors(f"read the state of {self._where}", into=ApplyError,
+                                      capability=_CAPABILITY):
+                    indexes = self._prepare(plan)
+                self._execute(plan, indexes, fail_at)
+        except ApplyError:
+            self._routes.forget()  # what the kernel holds now is read again
+            raise
         return ApplyResult(self.name, plan.changes, self._operations - start)
 
     def _prepare(self, plan: Plan) -> dict[str, int]:
         """Refuse what is not ours (PlanError) and resolve devices; nothing is changed yet."""
         routes = [c for c in plan.changes if c.kind == "route"]
-        problems: list[str] = []
-        if any(c.before is not None for c in routes):
-            view = self._routes.view()
-            owned: dict[tuple[Any, ...], NetObject] = dict(view.owned)
-            foreign = {r.key: r for r in view.foreign}
-            for change in routes:
-                problems += self._refusal(change, owned, foreign)
-                _simulate(owned, change)
-        else:
-            for change in routes:
-                problems += self._refusal(change, {})
-        sysctls = [c for c in plan.changes if c.kind == "sysctl"]
-        missing: list[tuple[Change, str]] = []
-        if sysctls:
-            refusals, missing = self._sysctl_problems(sysctls)
-            problems += refusals
+        view = self._routes.view() if any(c.before is not None for c in routes) else None
+        problems, missing = self._fit(plan, view)
         if problems:
             raise PlanError("netlink backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))
@@ -470,48 +462,78 @@ class NetlinkBackend:
                     indexes[device] = by_name[device]
         return indexes
 
-    def _execute(self, plan: Plan, indexes: Mapping[str, int], fail_after: int | None) -> None:
+    def _execute(self, plan: Plan, indexes: Mapping[str, int], fail_at: int | None) -> None:
+        """Make the changes in order; on a failure undo what was done (Compensation)."""
         changes = plan.changes
-        stop = len(changes) if fail_after is None else min(fail_after, len(changes))
-        done: list[_Step] = []
-        snapshot = self._store.load() if any(c.kind == "sysctl" for c in changes) else None
+        stop = len(changes) if fail_at is None else fail_at
+        undo = Compensation(self.name, self._where)
+        if any(c.kind == "sysctl" for c in changes):
+            undo.record((), partial(self._restore_store, self._store.load()))
         position = 0
         while position < stop:
-            if changes[position].kind == "route":
-                end = position
-                while (end < stop and changes[end].kind == "route"
-                       and end - position < _BATCH_MESSAGES):
-                    end += 1
-                batch = changes[position:end]
-                try:
-                    failures = self._driver.send(batch, indexes)
-                except OSError as exc:  # the answers were lost: what the kernel did is unknown
-                    unknown = changes[position:end]
-                    self._fail(changes[position], f"lost the kernel's answers: {exc}", done,
-                               snapshot, exc, unknown=unknown)
-                done += [_Step(changes[position + i])
-                         for i in range(len(batch)) if i not in failures]
-                if failures:
-                    first = min(failures)
-                    more = f" ({len(failures) - 1} more change(s) of that batch failed too)" \
-                        if len(failures) > 1 else ""
-                    self._fail(changes[position + first], f"{failures[first]}{more}", done,
-                               snapshot, failures[first])
-                position = end
-            else:
-                step = _Step(changes[position])
-                try:
-                    self._apply_sysctl(step)
-                except (OSError, BackendError) as exc:
-                    self._fail(step.change, str(exc), done, snapshot, exc, partial=step)
-                done.append(step)
+            if changes[position].kind != "route":
+                self._execute_sysctl(changes[position], undo)
                 position += 1
+                continue
+            end = position
+            while end < stop and changes[end].kind == "route" and end - position < _BATCH_MESSAGES:
+                end += 1
+            batch = changes[position:end]
+            try:
+                failures = self._driver.send(batch, indexes)
+            except OSError as exc:  # the answers were lost: what the kernel did is unknown
+                undo.fail(batch[0], f"lost the kernel's answers: {exc}", exc,
+                          extra_problems=[f"{c}: outcome unknown" for c in batch])
+            made = [change for i, change in enumerate(batch) if i not in failures]
+            if made:
+                undo.record(made, partial(self._undo_routes, made))
+            if failures:
+                first = min(failures)
+                more = (f" ({len(failures) - 1} more change(s) of that batch failed too)"
+                        if len(failures) > 1 else "")
+                undo.fail(batch[first], _reason(failures[first], "write routes") + more,
+                          failures[first])
+            position = end
         if stop < len(changes):
-            self._fail(changes[stop], f"injected failure (fault hook at change {fail_after})", done,
-                       snapshot, None)
+            undo.fail(changes[stop], f"injected failure (fault hook at change {fail_at})")
 
-    def _apply_sysctl(self, step: _Step) -> None:
-        change = step.change
+    def _undo_routes(self, made: Sequence[Change]) -> None:
+        """Send the inverses of ``made`` as one batch (UndoFailure lists what failed)."""
+        inverses = [change.inverse() for change in reversed(made)]
+        try:
+            indexes = {link.name: link.index for link in self._routes.links().values()}
+            failures = self._driver.send(inverses, indexes)
+        except (OSError, KeyError) as exc:
+            failures = dict.fromkeys(range(len(inverses)), NetlinkError(errno.EIO, str(exc)))
+        if failures:
+            raise UndoFailure([f"{inverses[i]}: {failures[i]}" for i in sorted(failures)],
+                              [c for i, c in enumerate(inverses) if i not in failures])
+
+    def _restore_store(self, snapshot: SysctlState) -> None:
+        """Put the sysctl state file back as it was before the apply."""
+        try:
+            self._store.save(snapshot)
+        except BackendError as exc:
+            raise UndoFailure([str(exc)]) from exc
+
+    def _execute_sysctl(self, change: Change, undo: Compensation) -> None:
+        """Make one sysctl change and record its undo; a failure is undone at once."""
+        restores: list[Callable[[], None]] = []
+        try:
+            self._apply_sysctl(change, restores)
+        except (OSError, BackendError) as exc:
+            problems = []
+            for restore in restores:  # it wrote before failing: take that back first
+                try:
+                    restore()
+                except (OSError, BackendError) as again:
+                    problems.append(f"restoring {change.subject}: {again}")
+            name = getattr(change.subject, "name", "")
+            undo.fail(change, _reason(exc, f"write {name}"), exc, extra_problems=problems)
+        undo.record(change, restores[0] if restores else None)
+
+    def _apply_sysctl(self, change: Change, restores: list[Callable[[], None]]) -> None:
+        """Make one sysctl change; ``restores`` gets its undo before anything is written."""
         subject = change.subject
         assert isinstance(subject, Sysctl)
         name = subject.name
@@ -530,7 +552,7 @@ class NetlinkBackend:
         if change.action == "delete":
             recorded = state.owned[name][1]
             if recorded is not None:
-                step.undo = undo
+                restores.append(undo)
                 self._runner.call(lambda: write_sysctl(root, name, recorded))
                 self._count()
             del state.owned[name]
@@ -543,7 +565,7 @@ class NetlinkBackend:
         state.owned[name] = (value, previous)
         state.released.discard(name)
         self._store.save(state)
-        step.undo = undo
+        restores.append(undo)
         self._runner.call(lambda: write_sysctl(root, name, value))
         self._count()
         stored = normal(name, self._runner.call(lambda: read_sysctls(root, [name]))[name])
@@ -551,71 +573,16 @@ class NetlinkBackend:
         if stored != value:
             raise BackendError(f"the kernel stored {stored!r} for {name}, not {value!r}")
 
-    def _fail(self, failed: Change, reason: str, done: Sequence[_Step],
-              snapshot: SysctlState | None, cause: BaseException | None, *,
-              partial: _Step | None = None, unknown: Sequence[Change] = ()) -> NoReturn:
-        """Undo ``done`` in reverse, then raise ApplyError (or RollbackError).
 
-        ``partial`` is a failed sysctl step that wrote before failing (its undo runs
-        first); ``unknown`` are changes whose outcome the kernel did not report.
-        """
-        undone: list[Change] = []
-        problems = [f"{c}: outcome unknown" for c in unknown]
-        if partial is not None and partial.undo is not None:
-            try:
-                partial.undo()
-            except (OSError, BackendError) as exc:
-                problems.append(f"restoring {partial.change.subject}: {exc}")
-        steps = list(reversed(done))
-        position = 0
-        while position < len(steps):
-            step = steps[position]
-            if step.change.kind == "route":
-                end = position
-                while (end < len(steps) and steps[end].change.kind == "route"
-                       and end - position < _BATCH_MESSAGES):
-                    end += 1
-                self._undo_routes([s.change.inverse() for s in steps[position:end]],
-                                  undone, problems)
-                position = end
-            else:
-                inverse = step.change.inverse()
-                try:
-                    if step.undo is not None:
-                        step.undo()
-                    undone.append(inverse)
-                except (OSError, BackendError) as exc:
-                    problems.append(f"{inverse}: {exc}")
-                position += 1
-        if snapshot is not None:
-            try:
-                self._store.save(snapshot)
-            except BackendError as exc:
-                problems.append(str(exc))
-        applied = [s.change for s in done]
-        message = f"netlink backend, {self._where}: {failed} failed: {reason}"
-        if undone:
-            message += f"\n  rolled back:\n{_abbreviate(undone)}"
-        if problems:
-            message += "\n  ROLLBACK FAILED, the system may be half-changed:\n    " + \
-                "\n    ".join(problems)
-            raise RollbackError(message, failed=failed, done=applied,
-                                rolled_back=undone) from cause
-        raise ApplyError(message, failed=failed, done=applied, rolled_back=undone) from cause
-
-    def _undo_routes(self, inverses: Sequence[Change], undone: list[Change],
-                     problems: list[str]) -> None:
-        """Send the inverse route changes as one batch; sort them into undone and problems."""
-        try:
-            indexes = {link.name: link.index for link in self._routes.links().values()}
-            failures = self._driver.send(inverses, indexes)
-        except (OSError, KeyError) as exc:
-            failures = dict.fromkeys(range(len(inverses)), NetlinkError(errno.EIO, str(exc)))
-        for i, inverse in enumerate(inverses):
-            if i in failures:
-                problems.append(f"{inverse}: {failures[i]}")
-            else:
-                undone.append(inverse)
+def _reason(exc: BaseException, doing: str) -> str:
+    """``exc`` in the kit's words (:func:`~k3snet.backends.kit.translate_errors`): what
+    was being done, and CAP_NET_ADMIN named when the kernel said "not permitted"."""
+    try:
+        with translate_errors(doing, capability=_CAPABILITY):
+            raise exc
+    except BackendError as translated:
+        return str(translated)
+    return str(exc)  # not reached: translate_errors always raises
 
 
 def _simulate(owned: dict[tuple[Any, ...], Any], change: Change) -> None:
