@@ -12,12 +12,16 @@ from __future__ import annotations
 import errno
 import ipaddress
 import re
+import subprocess
+import sys
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from k3snet.backends import netlink
 from k3snet.backends.netlink import NetlinkBackend, codec
 from k3snet.backends.netlink.driver import RouteDriver
 from k3snet.backends.netns import NetnsRunner
@@ -364,3 +368,15 @@ def test_not_permitted_names_the_capability(kernel: FakeKernel,
     with pytest.raises(ApplyError) as unreachable:
         backend.apply(Plan(changes=[Change.add(A)]))
     assert "CAP_" not in str(unreachable.value)
+
+
+def test_the_package_exports_the_backend_only() -> None:
+    public = {name for name, value in vars(netlink).items()
+              if not name.startswith("_") and not isinstance(value, types.ModuleType)}
+    assert set(netlink.__all__) == public - {"annotations"}
+    assert set(netlink.__all__) == {"NetlinkBackend", "WATCHED_SYSCTLS", "DEFAULT_STATE_ROOT"}
+    code = ("import sys, k3snet.backends.netlink\n"
+            "print('pyroute2' in {m.split('.')[0] for m in sys.modules})\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"  # pyroute2 stays optional
