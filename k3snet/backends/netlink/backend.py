@@ -45,9 +45,14 @@ Sysctls
 
 All or nothing
     Routes have no kernel transaction. When a change fails, the changes already
-    done are undone in reverse order with their inverse changes, and
-    :class:`~k3snet.errors.ApplyError` names the failed change and lists what was
-    rolled back; if undoing fails too, :class:`~k3snet.errors.RollbackError`.
+    done are undone in reverse order with their inverse changes (the kit's
+    :class:`~k3snet.backends.kit.Compensation`, one batch of inverses per batch
+    of changes), and :class:`~k3snet.errors.ApplyError` names the failed change
+    and what was rolled back; if undoing fails too,
+    :class:`~k3snet.errors.RollbackError`. Plans are checked before anything is
+    sent: the kit's :func:`~k3snet.backends.kit.fit_problems` on what the plan
+    touches, plus what only this backend knows (route protocol, tables, a
+    foreign route sharing a replace's slot, devices).
 
 A backend instance is not thread-safe; use one per thread.
 
