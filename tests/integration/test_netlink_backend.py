@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +65,9 @@ def _ip(ns: str, *args: str) -> str:
 def ns() -> Iterator[str]:
     """A namespace with two veth pairs, flannel.1 (vxlan) and K3s-like foreign routes."""
     with temporary_netns("nl") as name:
+        # No duplicate address detection in a lab of its own: addresses are usable at once.
+        run_in(name, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                      "net.ipv6.conf.default.accept_dad=0"])
         _ip(name, "link", "set", "lo", "up")
         for dev, peer in (("d0", "d0p"), ("e0", "e0p")):
             _ip(name, "link", "add", dev, "type", "veth", "peer", "name", peer)
@@ -79,7 +83,28 @@ def ns() -> Iterator[str]:
         _ip(name, "link", "set", "flannel.1", "up")
         for args in _FOREIGN_ROUTES:
             _ip(name, *args)
+        _settle_link_local(name, ("d0", "d0p", "e0", "e0p", "flannel.1"))
         yield name
+
+
+def _settle_link_local(ns: str, devices: tuple[str, ...]) -> None:
+    """Wait until each device has its IPv6 link-local address, DAD done.
+
+    The kernel adds those addresses, and their routes in the local table, some
+    time after a link comes up; tests that compare the kernel's route listing
+    before and after an apply must start once they are there (on a loaded
+    machine they used to appear in the middle of a test).
+    """
+    deadline = time.monotonic() + 60
+    while True:
+        ready = {entry["ifname"] for entry in json.loads(_ip(ns, "-6", "-j", "addr", "show"))
+                 for address in entry.get("addr_info", ())
+                 if address.get("scope") == "link" and not address.get("tentative")}
+        if set(devices) <= ready:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no settled link-local address on {set(devices) - ready}")
+        time.sleep(0.05)
 
 
 @pytest.fixture(params=DRIVERS)
