@@ -57,6 +57,7 @@ class RouteCache:
         self.where = where
         self._routes: ObserveCache[RouteView] = ObserveCache()
         self._generation = 0
+        self._edits = 0  # in-place updates from our own notifications
         self._links: dict[int, Link] | None = None
         self._names: dict[int, str] = {}
 
@@ -86,6 +87,11 @@ class RouteCache:
     def view(self) -> RouteView:
         """The routes of the managed tables: kept from notifications, or dumped again."""
         return self._routes.read(self._token, self._load, what=f"the routes of {self.where}")
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever the view does (read it after :meth:`view`, which syncs)."""
+        return self._generation, self._edits
 
     def _token(self) -> int:
         self.sync()
@@ -134,8 +140,10 @@ class RouteCache:
             self._stale()
         elif kind == RTM_NEWROUTE:
             view.owned[route.key] = route
+            self._edits += 1
         elif view.owned.get(route.key) == route:
             del view.owned[route.key]
+            self._edits += 1
         else:
             self._stale()
 
