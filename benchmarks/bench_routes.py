@@ -15,7 +15,13 @@ each driver of :class:`~k3snet.backends.netlink.NetlinkBackend` side by side:
   dumps again with the pyroute2 one; and from a fresh backend, which must dump N
   routes first; ip: one ``ip route replace``);
 * observe N routes (a dump, decoded into Route objects, fresh backend);
-* full delete of the N routes.
+* full delete of the N routes;
+* pyroute2 at its fast path, without the backend: the N requests prepared as
+  ``rtmsg`` objects and sent with ``IPRoute.nlm_request_batch`` (1024 requests
+  per send on one socket, each acknowledged: with only the last acknowledged
+  pyroute2 0.9.7 waits forever), adding then deleting them; and the time
+  ``IPBatch`` takes only to compile the N add requests into its buffer (a lower
+  bound for that path: nothing is sent). Skip with ``--no-pyroute2-fast``.
 
 ``ops`` is what ``ApplyResult.operations`` reports: round trips to the kernel
 (socket: a batch of up to 1024 requests is one; pyroute2: one per request) and
@@ -40,6 +46,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from k3snet.backends.netlink import NetlinkBackend
+from k3snet.backends.netns import NetnsRunner
 from k3snet.lab.netns import create_netns, delete_netns, unique_name
 from k3snet.model import Route, State
 from k3snet.planner import plan
@@ -189,6 +196,69 @@ class Bench:
         return Measured(median(times))
 
 
+    def pyroute2_fast(self) -> dict[str, Measured]:
+        """pyroute2's batched requests on one socket (and IPBatch's compile), in the netns."""
+        with NetnsRunner(self.ns) as runner:
+            return runner.call(partial(pyroute2_fast_path, self.ns, self.count, self.runs))
+
+
+def pyroute2_fast_path(ns: str, count: int, runs: int) -> dict[str, Measured]:
+    """Run in the namespace's thread: pyroute2 sockets belong to the thread's namespace."""
+    from pyroute2 import IPBatch, IPRoute  # noqa: PLC0415 - optional, only for this case
+    from pyroute2.netlink import (  # noqa: PLC0415
+        NLM_F_ACK,
+        NLM_F_CREATE,
+        NLM_F_EXCL,
+        NLM_F_REQUEST,
+    )
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: PLC0415
+
+    wanted = routes(count)
+    with IPRoute() as ipr:
+        oif = ipr.link_lookup(ifname="d0")[0]
+
+        def requests(kind: int, flags: int) -> list[object]:
+            made = []
+            for route in wanted:
+                msg = rtmsg()
+                msg["family"] = 2  # AF_INET
+                msg["dst_len"] = route.destination.prefixlen
+                msg["table"] = TABLE
+                msg["proto"] = 211
+                msg["type"] = 1  # unicast
+                msg["attrs"] = [("RTA_DST", str(route.destination.network_address)),
+                                ("RTA_TABLE", TABLE), ("RTA_PRIORITY", 0),
+                                ("RTA_GATEWAY", str(route.gateway)), ("RTA_OIF", oif)]
+                msg["header"]["type"] = kind
+                msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | flags
+                made.append(msg)
+            return made
+
+        def send(kind: int, flags: int) -> None:
+            made = requests(kind, flags)
+            for start in range(0, len(made), 1024):
+                for _answer in ipr.nlm_request_batch(made[start:start + 1024]):
+                    pass
+
+        added: list[float] = []
+        deleted: list[float] = []
+        for _ in range(runs):
+            added.append(timed(partial(send, 24, NLM_F_CREATE | NLM_F_EXCL))[0])  # NEWROUTE
+            assert len(list(ipr.route("dump", table=TABLE))) == count
+            deleted.append(timed(partial(send, 25, 0))[0])  # RTM_DELROUTE
+            assert not list(ipr.route("dump", table=TABLE))
+
+    def compile_batch() -> None:
+        with IPBatch() as batch:
+            for route in wanted:
+                batch.route("add", dst=str(route.destination), table=TABLE, proto=211,
+                            gateway=str(route.gateway), oif=oif, priority=0)
+
+    compiled = timed(compile_batch)[0]
+    return {"add": Measured(median(added)), "delete": Measured(median(deleted)),
+            "compile": Measured(compiled)}
+
+
 def converge_with(backend: NetlinkBackend, desired: State) -> int:
     return backend.apply(plan(backend.observe(), desired)).operations
 
@@ -206,8 +276,9 @@ class Row:
     ip: Measured | None
 
 
-def run(count: int, runs: int, drivers: Sequence[Driver]) -> None:
+def run(count: int, runs: int, drivers: Sequence[Driver], fast: bool) -> None:
     ns = create_netns(unique_name("bench"))
+    fast_path: dict[str, Measured] = {}
     try:
         kind = setup(ns)
         with tempfile.TemporaryDirectory() as tmp:
@@ -216,6 +287,8 @@ def run(count: int, runs: int, drivers: Sequence[Driver]) -> None:
             ip_change = bench.ip_one_change()
             full = {driver: bench.full_cycle(driver) for driver in drivers}
             change = {driver: bench.one_change(driver) for driver in drivers}
+            if fast:
+                fast_path = bench.pyroute2_fast()
     finally:
         delete_netns(ns)
     n = count
@@ -233,6 +306,8 @@ def run(count: int, runs: int, drivers: Sequence[Driver]) -> None:
             {d: change[d]["cold"] for d in drivers}, ip_change),
     ]
     report(rows, drivers, count, runs, kind)
+    if fast_path:
+        report_fast(fast_path, full.get("socket"), by_ip, count)
 
 
 def ms(value: Measured | None) -> str:
@@ -277,12 +352,34 @@ def report(rows: list[Row], drivers: Sequence[Driver], count: int, runs: int,
           "the dumps the apply needed).")
 
 
+def report_fast(fast: dict[str, Measured], socket: dict[str, Measured] | None,
+                by_ip: dict[str, Measured], count: int) -> None:
+    """pyroute2 at its fast path next to ``ip -batch`` and the socket driver."""
+    mine = socket or {}
+    rows = [
+        (f"add {count} routes", fast["add"], by_ip["add"], mine.get("add")),
+        (f"delete {count} routes", fast["delete"], by_ip["delete"], mine.get("delete")),
+        (f"compile {count} adds (IPBatch, nothing sent)", fast["compile"], by_ip["add"], None),
+    ]
+    print(f"\npyroute2 at its fast path (nlm_request_batch: prepared rtmsg requests, 1024 "
+          f"per send on one socket)\n{'case':<54} {'pyroute2':>10} {'ip':>10} "
+          f"{'socket':>10} {'pyroute2/ip':>12} {'socket/ip':>10}")
+    print("-" * 111)
+    for name, theirs, ip_time, socket_time in rows:
+        print(f"{name:<54} {ms(theirs):>10} {ms(ip_time):>10} {ms(socket_time):>10} "
+              f"{ratio(theirs, ip_time):>12} {ratio(socket_time, ip_time):>10}")
+    print("\nThe rule (docs/performance.md): pyroute2 becomes the default driver if its fast "
+          "path comes within 1.5x of `ip -batch`.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--routes", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--drivers", default=",".join(DRIVERS),
                         help="comma-separated, from: socket, pyroute2")
+    parser.add_argument("--no-pyroute2-fast", action="store_true",
+                        help="skip pyroute2's batched requests (nlm_request_batch, IPBatch)")
     args = parser.parse_args()
     drivers: list[Driver] = []
     for name in args.drivers.split(","):
@@ -291,7 +388,7 @@ def main() -> None:
         drivers.append("socket" if name == "socket" else "pyroute2")
     if os.geteuid() != 0:
         sys.exit("needs root (it creates a network namespace)")
-    run(args.routes, args.runs, drivers)
+    run(args.routes, args.runs, drivers, not args.no_pyroute2_fast)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import os
 import queue
 import threading
@@ -22,6 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
+from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "NetnsRunner", "netns_path", "validate_netns"]
@@ -107,21 +107,16 @@ class NetnsRunner:
     def _work(self, ready: Future[None]) -> None:
         assert self.name is not None  # only started for a named namespace
         try:
-            fd = os.open(netns_path(self.name), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            hint = ""
-            if exc.errno in (errno.EPERM, errno.EACCES):
-                hint = (" (not permitted: entering another network namespace needs "
-                        "CAP_SYS_ADMIN; or run k3snet inside it, e.g. `ip netns exec NAME "
-                        "k3snet ...`, where CAP_NET_ADMIN is enough)")
-            ready.set_exception(
-                BackendError(f"cannot enter network namespace {self.name!r}: "
-                             f"{exc.strerror or exc}{hint}")
-            )
+            # setns(2) into a network namespace needs CAP_SYS_ADMIN: say so when refused.
+            with translate_errors(f"enter network namespace {self.name!r}",
+                                  capability="CAP_SYS_ADMIN"):
+                fd = os.open(netns_path(self.name), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _setns(fd)
+                finally:
+                    os.close(fd)
+        except BackendError as exc:
+            ready.set_exception(exc)
             return
         ready.set_result(None)
         while (job := self._jobs.get()) is not None:

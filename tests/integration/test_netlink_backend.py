@@ -12,11 +12,14 @@ the semantics are the same, only the number of round trips differs.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,6 +65,9 @@ def _ip(ns: str, *args: str) -> str:
 def ns() -> Iterator[str]:
     """A namespace with two veth pairs, flannel.1 (vxlan) and K3s-like foreign routes."""
     with temporary_netns("nl") as name:
+        # No duplicate address detection in a lab of its own: addresses are usable at once.
+        run_in(name, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                      "net.ipv6.conf.default.accept_dad=0"])
         _ip(name, "link", "set", "lo", "up")
         for dev, peer in (("d0", "d0p"), ("e0", "e0p")):
             _ip(name, "link", "add", dev, "type", "veth", "peer", "name", peer)
@@ -77,7 +83,28 @@ def ns() -> Iterator[str]:
         _ip(name, "link", "set", "flannel.1", "up")
         for args in _FOREIGN_ROUTES:
             _ip(name, *args)
+        _settle_link_local(name, ("d0", "d0p", "e0", "e0p", "flannel.1"))
         yield name
+
+
+def _settle_link_local(ns: str, devices: tuple[str, ...]) -> None:
+    """Wait until each device has its IPv6 link-local address, DAD done.
+
+    The kernel adds those addresses, and their routes in the local table, some
+    time after a link comes up; tests that compare the kernel's route listing
+    before and after an apply must start once they are there (on a loaded
+    machine they used to appear in the middle of a test).
+    """
+    deadline = time.monotonic() + 60
+    while True:
+        ready = {entry["ifname"] for entry in json.loads(_ip(ns, "-6", "-j", "addr", "show"))
+                 for address in entry.get("addr_info", ())
+                 if address.get("scope") == "link" and not address.get("tentative")}
+        if set(devices) <= ready:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no settled link-local address on {set(devices) - ready}")
+        time.sleep(0.05)
 
 
 @pytest.fixture(params=DRIVERS)
@@ -257,7 +284,7 @@ def test_kernel_refusal_rolls_back(ns: str, backend: NetlinkBackend) -> None:
     # The kernel handles a whole batch: the change after the failure was done and undone too.
     assert set(error.done) == {changes[0], changes[1], changes[2], changes[4]}
     assert set(error.rolled_back) == {c.inverse() for c in error.done}
-    assert "rolled back" in str(error)
+    assert "were undone" in str(error)
     assert kernel_routes(ns) == before
     assert backend.observe().owned == {keep, moved, gone}
 
@@ -535,7 +562,7 @@ def test_default_proc_sys_and_option_errors(ns: str, tmp_path: Path,
         NetlinkBackend(ns, state_dir=tmp_path, proc_sys=tmp_path / "nosuch")
     with pytest.raises(BackendError, match="driver must be"):
         NetlinkBackend(ns, state_dir=tmp_path, driver="libnl")  # type: ignore[arg-type]
-    monkeypatch.setitem(sys.modules, "k3snet.backends._netlink_pyroute2", None)
+    monkeypatch.setitem(sys.modules, "k3snet.backends.netlink.pyroute2_driver", None)
     with pytest.raises(BackendError, match=r"pip install 'k3snet\[netlink\]'"):
         NetlinkBackend(ns, state_dir=tmp_path, driver="pyroute2")
 
@@ -543,7 +570,7 @@ def test_default_proc_sys_and_option_errors(ns: str, tmp_path: Path,
 def test_pyroute2_driver_refuses_other_threads(ns: str) -> None:
     """The guard behind the test above: a job run by any thread but the one that created
     the IPRoute is refused (pyroute2 would open a socket in that thread's namespace)."""
-    from k3snet.backends._netlink_pyroute2 import Pyroute2Driver  # noqa: PLC0415 - optional
+    from k3snet.backends.netlink.pyroute2_driver import Pyroute2Driver  # noqa: PLC0415
 
     with NetnsRunner(ns) as runner, NetnsRunner(ns) as other:
         made = Pyroute2Driver(runner, lambda: None)
@@ -554,3 +581,63 @@ def test_pyroute2_driver_refuses_other_threads(ns: str) -> None:
         made._runner = runner
         made.close()
         made.close()  # idempotent
+
+
+def test_a_replace_never_recreates_a_vanished_route(ns: str, driver: Driver) -> None:
+    """Each driver sends a replace without NLM_F_CREATE: the kernel refuses it (ENOENT)
+    when the route it replaces vanished, rather than creating it again."""
+    from k3snet.backends.netlink.pyroute2_driver import Pyroute2Driver  # noqa: PLC0415
+    from k3snet.backends.netlink.socket_driver import open_socket_driver  # noqa: PLC0415
+
+    gone = Route("10.13.0.0/24", gateway="10.0.0.2", device="d0")
+    moved = Route("10.13.0.0/24", gateway="10.9.0.2", device="e0")
+    _ip(ns, "route", "add", "10.13.0.0/24", "via", "10.0.0.2", "dev", "d0", "proto",
+        str(K3SNET_ROUTE_PROTOCOL))
+    _ip(ns, "route", "del", "10.13.0.0/24", "proto", str(K3SNET_ROUTE_PROTOCOL))
+    with NetnsRunner(ns) as runner:
+        made = (open_socket_driver(runner, lambda: None) if driver == "socket"
+                else Pyroute2Driver(runner, lambda: None))
+        try:
+            indexes = {link.name: link.index for link in made.links().values()}
+            failures = made.send([Change.replace(gone, moved)], indexes)
+        finally:
+            made.close()
+    assert list(failures) == [0]
+    assert failures[0].errno == errno.ENOENT
+    assert owned_in_kernel(ns) == set()
+
+
+_TRY_APPLY = """
+import sys
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.errors import K3snetError
+from k3snet.model import Route, State
+from k3snet.planner import plan
+try:
+    with NetlinkBackend(sys.argv[1], state_dir=sys.argv[2]) as backend:
+        backend.apply(plan(backend.observe(), State(owned=[Route("10.14.0.0/24", device="d0")])))
+except K3snetError as exc:
+    sys.exit(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def _apply_without(capability: str, ns: str, tmp_path: Path) -> str:
+    """Run an apply in a process whose capabilities lack ``capability``; its error."""
+    done = subprocess.run(["setpriv", f"--inh-caps=-{capability}",
+                           f"--bounding-set=-{capability}", sys.executable, "-c", _TRY_APPLY,
+                           ns, str(tmp_path)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1, done.stderr
+    return done.stderr
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_missing_capabilities_are_named(ns: str, tmp_path: Path) -> None:
+    refused = _apply_without("net_admin", ns, tmp_path)
+    assert refused.startswith("ApplyError: ")
+    assert "Operation not permitted" in refused
+    assert "CAP_NET_ADMIN" in refused
+    entered = _apply_without("sys_admin", ns, tmp_path)
+    assert entered.startswith("BackendError: cannot enter network namespace")
+    assert "CAP_SYS_ADMIN" in entered
+    assert owned_in_kernel(ns) == set()

@@ -1,8 +1,8 @@
 """The ``pyroute2`` driver of the netlink backend: routes through :class:`pyroute2.IPRoute`.
 
-Chosen with ``NetlinkBackend(..., driver="pyroute2")``. The default socket driver
-is ~50x faster at adding 10 000 routes (``benchmarks/bench_routes.py``); this one
-is for those who want the well-known library doing the netlink work.
+Chosen with ``NetlinkBackend(..., driver="pyroute2")``; the default socket driver is
+much faster (figures in docs/performance.md). This one is for those who want the
+well-known library doing the netlink work.
 
 One thread, one namespace
     pyroute2 0.9 keeps its socket and event loop per *thread*: an ``IPRoute``
@@ -20,7 +20,7 @@ Same semantics as the socket driver
     table, metric, gateway and device. Every change of a batch is attempted, like
     the kernel does with the socket driver's batched requests, and refusals are
     reported by position with the kernel's extended-ack text. Dumped messages go
-    through the same modelling rules (:func:`~k3snet.backends.netlink._route_of`).
+    through the same modelling rules (:func:`~k3snet.backends.netlink.codec.route_of`).
 
 What it does not do
     It subscribes to no notifications, so the backend keeps no route view with it:
@@ -37,26 +37,22 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
-from pyroute2 import IPRoute, NetlinkError
+from pyroute2 import IPRoute
+from pyroute2 import NetlinkError as Pyroute2Error
 
-from k3snet.backends.netlink import (
-    _DUMP_RETRIES,
-    _FAMILY_CODES,
-    _SCOPE_CODES,
+from k3snet.backends.netlink.codec import (
+    FAMILY_CODES,
     IFF_UP,
     NLM_F_DUMP_INTR,
-    RTA_ENCAP,
-    RTA_IIF,
-    RTA_MULTIPATH,
-    RTA_NH_ID,
-    RTA_SRC,
-    RTA_VIA,
     RTN_UNICAST,
-    _Interface,
-    _Link,
-    _NetlinkError,
-    _route_of,
+    SCOPE_CODES,
+    UNMODELLED_ATTRS,
+    Interface,
+    Link,
+    NetlinkError,
+    route_of,
 )
+from k3snet.backends.netlink.driver import DUMP_RETRIES
 from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import BackendError
 from k3snet.model.cidr import Address
@@ -71,16 +67,15 @@ T = TypeVar("T")
 # with their type number. Either way: the ones the Route model has no field for.
 _UNMODELLED_NAMES: Final = frozenset({"RTA_SRC", "RTA_IIF", "RTA_MULTIPATH", "RTA_VIA",
                                       "RTA_ENCAP", "RTA_NH_ID"})
-_UNMODELLED_TYPES: Final = frozenset({RTA_SRC, RTA_IIF, RTA_MULTIPATH, RTA_VIA, RTA_ENCAP,
-                                      RTA_NH_ID})
+_UNMODELLED_TYPES: Final = UNMODELLED_ATTRS
 _COMMANDS: Final[Mapping[str, str]] = {"add": "add", "replace": "change", "delete": "del"}
 
 
-def _error(exc: NetlinkError) -> _NetlinkError:
+def _error(exc: Pyroute2Error) -> NetlinkError:
     """pyroute2's NetlinkError (not an OSError) as the backend's: errno and ext-ack text."""
     code = int(exc.code) if isinstance(exc.code, int) and exc.code > 0 else errno.EIO
     text = str(exc.args[1]) if len(exc.args) > 1 and exc.args[1] else ""
-    return _NetlinkError(code, "" if text == os.strerror(code) else text)
+    return NetlinkError(code, "" if text == os.strerror(code) else text)
 
 
 def _unmodelled(attrs: Sequence[Any]) -> bool:
@@ -109,7 +104,7 @@ def _route_from(msg: Any, names: Mapping[int, str]) -> Route | None:
     dst = msg.get("dst")
     table = msg.get("table")
     metric = msg.get("priority")
-    return _route_of(
+    return route_of(
         family=family, dst_len=msg["dst_len"], src_len=msg["src_len"], tos=msg["tos"],
         kind=msg["type"], flags=msg["flags"], scope=msg["scope"], protocol=msg["proto"],
         table=msg["table"] if table is None else table,
@@ -123,13 +118,13 @@ def _request(route: Route, ifindex: int | None) -> dict[str, Any]:
     """``IPRoute.route`` keywords naming every field of ``route``, as the socket driver does."""
     dst = route.destination
     request: dict[str, Any] = {
-        "family": _FAMILY_CODES[dst.version],
+        "family": FAMILY_CODES[dst.version],
         "dst": str(dst.network_address),
         "dst_len": dst.prefixlen,
         "table": route.table,
         "priority": int(route.metric or 0),
         "proto": route.protocol,
-        "scope": _SCOPE_CODES[str(route.scope)],
+        "scope": SCOPE_CODES[str(route.scope)],
         "type": RTN_UNICAST,
     }
     if route.gateway is not None:
@@ -159,7 +154,7 @@ class Pyroute2Driver:
         self._thread = threading.get_ident()
         try:
             self._ipr = IPRoute(ext_ack=True, strict_check=True)
-        except NetlinkError as exc:
+        except Pyroute2Error as exc:
             raise _error(exc) from exc
 
     def _run(self, job: Callable[[Any], T]) -> T:
@@ -189,40 +184,40 @@ class Pyroute2Driver:
 
     def _dump(self, ipr: Any, method: Callable[..., Any], **query: Any) -> list[Any]:
         """Every message of a dump; again when the kernel says it was interrupted."""
-        for _ in range(_DUMP_RETRIES):
+        for _ in range(DUMP_RETRIES):
             self._count()
             try:
                 messages = list(method("dump", **query))
-            except NetlinkError as exc:
+            except Pyroute2Error as exc:
                 raise _error(exc) from exc
             if not any(m["header"]["flags"] & NLM_F_DUMP_INTR for m in messages):
                 return messages
-        raise _NetlinkError(errno.EAGAIN, f"dump interrupted {_DUMP_RETRIES} times in a row")
+        raise NetlinkError(errno.EAGAIN, f"dump interrupted {DUMP_RETRIES} times in a row")
 
-    def links(self) -> dict[int, _Link]:
+    def links(self) -> dict[int, Link]:
         """The namespace's links by index."""
 
-        def job(ipr: Any) -> dict[int, _Link]:
-            links: dict[int, _Link] = {}
+        def job(ipr: Any) -> dict[int, Link]:
+            links: dict[int, Link] = {}
             for msg in self._dump(ipr, ipr.link):
                 name = msg.get("ifname")
                 if name is not None:
-                    links[msg["index"]] = _Link(msg["index"], name, bool(msg["flags"] & IFF_UP))
+                    links[msg["index"]] = Link(msg["index"], name, bool(msg["flags"] & IFF_UP))
             return links
 
         return self._run(job)
 
-    def addresses(self) -> dict[int, list[_Interface]]:
+    def addresses(self) -> dict[int, list[Interface]]:
         """The namespace's IPv4 and IPv6 addresses by link index."""
 
-        def job(ipr: Any) -> dict[int, list[_Interface]]:
-            found: dict[int, list[_Interface]] = {}
+        def job(ipr: Any) -> dict[int, list[Interface]]:
+            found: dict[int, list[Interface]] = {}
             for family in (socket.AF_INET, socket.AF_INET6):
                 for msg in self._dump(ipr, ipr.addr, family=family):
                     raw = msg.get("local") or msg.get("address")
                     if raw is None or msg["family"] != family:
                         continue
-                    interface: _Interface = (
+                    interface: Interface = (
                         ipaddress.IPv4Interface(f"{raw}/{msg['prefixlen']}")
                         if family == socket.AF_INET
                         else ipaddress.IPv6Interface(f"{raw}/{msg['prefixlen']}"))
@@ -247,7 +242,7 @@ class Pyroute2Driver:
         return self._run(job)
 
     def send(self, changes: Sequence[Change],
-             indexes: Mapping[str, int]) -> dict[int, _NetlinkError]:
+             indexes: Mapping[str, int]) -> dict[int, NetlinkError]:
         """One request per change, all attempted; the kernel's refusals by position.
 
         Raises OSError when pyroute2 fails otherwise (the outcome is unknown).
@@ -259,13 +254,13 @@ class Pyroute2Driver:
             ifindex = None if route.device is None else indexes[route.device]
             requests.append((_COMMANDS[change.action], _request(route, ifindex)))
 
-        def job(ipr: Any) -> dict[int, _NetlinkError]:
-            failures: dict[int, _NetlinkError] = {}
+        def job(ipr: Any) -> dict[int, NetlinkError]:
+            failures: dict[int, NetlinkError] = {}
             for position, (command, request) in enumerate(requests):
                 self._count()
                 try:
                     ipr.route(command, **request)
-                except NetlinkError as exc:
+                except Pyroute2Error as exc:
                     failures[position] = _error(exc)
                 except OSError:
                     raise

@@ -1,0 +1,642 @@
+"""The ``netlink`` backend: routes and ``net.*`` sysctls of one network namespace.
+
+Routes
+    k3snet's routes carry a route protocol number of their own
+    (:data:`~k3snet.model.route.K3SNET_ROUTE_PROTOCOL`, 211): ``observe`` reports
+    those as owned and every other unicast route it can model (``kernel``, ``boot``,
+    ``static``, ``bird``, ``dhcp``, flannel's ...) as foreign. Route types other
+    than unicast, the ``local`` table, cached clones, multipath, nexthop-object,
+    source-specific and TOS routes cannot be modelled and are skipped.
+
+    Writes are plain rtnetlink requests: an add is ``RTM_NEWROUTE`` with
+    ``NLM_F_CREATE | NLM_F_EXCL`` (the kernel refuses to overwrite anything), a
+    replace is one ``RTM_NEWROUTE`` with ``NLM_F_REPLACE`` (without ``NLM_F_CREATE``:
+    it fails if the route vanished), a delete is ``RTM_DELROUTE`` naming the
+    protocol, table, metric, gateway and device, so the kernel never matches a
+    foreign route. Many requests go out in one ``sendmsg`` (only the last asks for
+    an acknowledgement; the kernel answers failures anyway), which is what makes
+    10 000 routes cost less than ``ip -batch``.
+
+Drivers
+    Routes, links and addresses are read and written through a
+    :class:`~k3snet.backends.netlink.driver.RouteDriver`: ``driver="socket"`` (the
+    default, :mod:`~k3snet.backends.netlink.socket_driver`) speaks rtnetlink
+    through raw sockets created inside the namespace by a
+    :class:`~k3snet.backends.netns.NetnsRunner` worker thread, batched as above,
+    and listens to notifications so that its route view stays warm
+    (:mod:`~k3snet.backends.netlink.view`); ``driver="pyroute2"``
+    (:mod:`~k3snet.backends.netlink.pyroute2_driver`) makes the same requests
+    through :class:`pyroute2.IPRoute`, with the same semantics, inside the worker
+    thread. The main thread never changes namespace. Figures: docs/performance.md.
+
+Sysctls
+    They are files under ``proc_sys`` (default ``/proc/sys``; in a pod whose own
+    ``/proc/sys`` is read-only, the host's mounted elsewhere, e.g.
+    ``/host/proc/sys``). The kernel cannot tell who set a sysctl. Owned sysctls
+    and the values they had before k3snet took them over are kept in a small
+    JSON file per namespace
+    (default ``/run/k3snet/<netns or 'host'>/sysctl.json``; ``/run`` is a tmpfs,
+    cleared at boot just like the kernel's values). Removing an owned sysctl
+    writes its previous value back. ``observe`` reports owned sysctls with the
+    kernel's *current* value (so a value changed behind k3snet's back is repaired
+    by the next plan) and, as foreign, the current value of
+    :data:`WATCHED_SYSCTLS`, of ``watch_sysctls`` and of every sysctl k3snet
+    owned once and gave back.
+
+All or nothing
+    Routes have no kernel transaction. When a change fails, the changes already
+    done are undone in reverse order with their inverse changes (the kit's
+    :class:`~k3snet.backends.kit.Compensation`, one batch of inverses per batch
+    of changes), and :class:`~k3snet.errors.ApplyError` names the failed change
+    and what was rolled back; if undoing fails too,
+    :class:`~k3snet.errors.RollbackError`. Plans are checked before anything is
+    sent: the kit's :func:`~k3snet.backends.kit.fit_problems` on what the plan
+    touches, plus what only this backend knows (route protocol, tables, a
+    foreign route sharing a replace's slot, devices).
+
+A backend instance is not thread-safe; use one per thread.
+
+>>> backend = NetlinkBackend("k3snet-demo")  # doctest: +SKIP
+>>> backend.apply(plan(backend.observe(), desired))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from k3snet.backends.base import ApplyResult
+from k3snet.backends.kit import (
+    BackendBase,
+    Compensation,
+    UndoFailure,
+    fit_problems,
+    translate_errors,
+)
+from k3snet.backends.netlink.codec import Link, NetlinkError
+from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
+from k3snet.backends.netlink.socket_driver import open_socket_driver
+from k3snet.backends.netlink.sysctls import (
+    SysctlState,
+    SysctlStore,
+    namespace_identity,
+    normal,
+    read_sysctls,
+    write_sysctl,
+)
+from k3snet.backends.netlink.view import RouteCache, RouteView
+from k3snet.backends.netns import NetnsRunner
+from k3snet.errors import (
+    ApplyError,
+    BackendError,
+    K3snetError,
+    ModelError,
+    PlanError,
+)
+from k3snet.model import NetObject
+from k3snet.model.cidr import Address, Network
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route
+from k3snet.model.state import State
+from k3snet.model.sysctl import Sysctl
+from k3snet.planner import Change, Plan
+
+__all__ = ["DEFAULT_STATE_ROOT", "WATCHED_SYSCTLS", "NetlinkBackend"]
+
+DEFAULT_STATE_ROOT: Final = Path("/run/k3snet")
+"""Where sysctl state files live by default: ``DEFAULT_STATE_ROOT/<netns or 'host'>/``."""
+
+WATCHED_SYSCTLS: Final = (
+    "net.ipv4.ip_forward",
+    "net.ipv6.conf.all.forwarding",
+    "net.ipv4.conf.all.rp_filter",
+    "net.ipv4.conf.default.rp_filter",
+)
+"""Sysctls always reported (as foreign when k3snet does not own them): the ones pod
+egress depends on."""
+
+# The backend hands route changes to its driver in batches of at most this many
+# (the socket driver's socket buffers are sized so that every failure of one fits).
+_BATCH_MESSAGES = 1024
+_MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never ours
+# What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
+_CAPABILITY = "CAP_NET_ADMIN"
+
+
+class NetlinkBackend(BackendBase):
+    """Routes and ``net.*`` sysctls of one network namespace, through rtnetlink and /proc/sys.
+
+    ``netns``: a namespace name as ``ip netns`` knows it (``None``: the caller's own
+    namespace). ``state_dir``: the directory of the sysctl state file (default
+    ``/run/k3snet/<netns or 'host'>``). ``protocol``: the route protocol that marks
+    k3snet's routes. ``tables``: the routing tables observed and managed
+    (``None``: all but ``local``); a plan touching another table is refused.
+    ``watch_sysctls``: more sysctls to report as foreign besides
+    :data:`WATCHED_SYSCTLS`. ``faults`` (:class:`~k3snet.backends.kit.FaultHook`):
+    ``faults.fail_at(N)`` makes the next apply fail at change N, for tests, after
+    the N changes before it were applied (and are then rolled back).
+
+    ``driver``: how routes are read and written. ``"socket"`` (the default): raw
+    rtnetlink sockets, batched requests and a route view kept warm by
+    notifications. ``"pyroute2"``: :class:`pyroute2.IPRoute`, one request per
+    change and a dump on every call (no kept view), much slower (figures in
+    docs/performance.md); it is created and used only inside the namespace's
+    worker thread. Both keep the same semantics (ownership by protocol,
+    create-exclusive adds, one-request replaces, deletes naming protocol, table,
+    metric, gateway and device, rollback). Sysctls do not depend on the driver.
+    A callable is used as a :data:`~k3snet.backends.netlink.driver.DriverFactory`
+    (``factory(runner, count)`` returning a
+    :class:`~k3snet.backends.netlink.driver.RouteDriver`): the I/O seam, for tests.
+
+    ``proc_sys``: the directory sysctls are read and written under (default
+    ``/proc/sys``), e.g. ``/host/proc/sys`` in a pod whose own ``/proc/sys`` is
+    read-only and that mounts the host's ``/proc/sys/net`` there. Its ``net``
+    entries are resolved by the kernel against the network namespace of the
+    thread that opens them (the namespace's worker thread), like ``/proc/sys``.
+
+    ``apply`` returns :class:`~k3snet.backends.base.ApplyResult` whose
+    ``operations`` counts round trips: netlink batches (socket driver) or
+    requests (pyroute2 driver) and dumps, and sysctl reads and writes.
+    """
+
+    name = "netlink"
+    capabilities: frozenset[str] = frozenset({"route", "sysctl"})
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        *,
+        state_dir: str | Path | None = None,
+        protocol: int = K3SNET_ROUTE_PROTOCOL,
+        tables: Iterable[int] | None = None,
+        watch_sysctls: Iterable[str] = (),
+        driver: Literal["socket", "pyroute2"] | DriverFactory = "socket",
+        proc_sys: str | Path = "/proc/sys",
+    ) -> None:
+        if not callable(driver) and driver not in ("socket", "pyroute2"):
+            raise BackendError(f"driver must be 'socket' or 'pyroute2', got {driver!r}")
+        self.proc_sys = Path(proc_sys)
+        if not self.proc_sys.is_dir():
+            raise BackendError(f"proc_sys {str(proc_sys)!r} is not a directory")
+        if isinstance(protocol, bool) or not isinstance(protocol, int) or not (
+                _MIN_PROTOCOL <= protocol <= 255):
+            raise BackendError(f"route protocol must be {_MIN_PROTOCOL}..255 (0..4 belong to "
+                               f"the kernel and the administrator), got {protocol!r}")
+        self.netns = netns
+        self.protocol = protocol
+        self.tables: frozenset[int] | None = None
+        if tables is not None:
+            try:
+                self.tables = frozenset(Route("0.0.0.0/0", device="lo", table=t).table
+                                        for t in tables)
+            except ModelError as exc:
+                raise BackendError(f"tables: {exc}") from exc
+        super().__init__()
+        try:
+            self._watch = frozenset(Sysctl(n, "0").name for n in (*WATCHED_SYSCTLS,
+                                                                   *watch_sysctls))
+        except ModelError as exc:
+            raise BackendError(f"watch_sysctls: {exc}") from exc
+        self._operations = 0
+        self._observed: tuple[tuple[int, int], State] | None = None
+        self.driver: str = driver if isinstance(driver, str) else getattr(
+            driver, "__name__", type(driver).__name__)
+        self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
+        where = f"network namespace {netns!r}" if netns else "the host network namespace"
+        self._where = where
+        try:
+            identity = namespace_identity(netns)
+            self._driver = self._open_driver(driver)
+            self._routes = RouteCache(self._driver, protocol, self.tables, where)
+        except OSError as exc:
+            self._runner.close()
+            raise BackendError(f"cannot open rtnetlink in {where}: {exc}") from exc
+        except BaseException:
+            self._runner.close()
+            raise
+        directory = (Path(state_dir) if state_dir is not None
+                     else DEFAULT_STATE_ROOT / (netns or "host"))
+        self._store = SysctlStore(directory, netns, identity)
+
+    def _open_driver(self, driver: str | DriverFactory) -> RouteDriver:
+        if callable(driver):
+            return driver(self._runner, self._count)
+        if driver == "pyroute2":
+            # Imported here: pyroute2 is an optional dependency (the netlink extra).
+            try:
+                from k3snet.backends.netlink.pyroute2_driver import (  # noqa: PLC0415
+                    Pyroute2Driver,
+                )
+            except ImportError as exc:
+                raise BackendError("driver='pyroute2' needs pyroute2 "
+                                   "(pip install 'k3snet[netlink]')") from exc
+            return Pyroute2Driver(self._runner, self._count)
+        return open_socket_driver(self._runner, self._count)
+
+    def __repr__(self) -> str:
+        return (f"NetlinkBackend({self.netns!r}, protocol={self.protocol}, "
+                f"driver={self.driver!r})")
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        """Close the sockets and stop the namespace worker thread (idempotent)."""
+        try:
+            self._driver.close()
+        finally:
+            self._runner.close()
+            super().close()
+
+    # -- observe
+
+    def observe(self) -> State:
+        """Routes and sysctls now: k3snet's own as ``owned``, the modellable rest as ``foreign``."""
+        self._routes.begin()
+        with translate_errors(f"observe {self._where}", capability=_CAPABILITY):
+            view = self._routes.view()
+            owned_sysctls, foreign_sysctls = self._observe_sysctls()
+        state = State(owned=[*view.owned.values(), *owned_sysctls],
+                      foreign=[*view.foreign, *foreign_sysctls])
+        # Kept for the plan-fit check of the apply that usually follows: putting 10 000
+        # routes in order again for it would cost as much as the apply's batches.
+        self._observed = (self._routes.version, state)
+        return state
+
+    def _count(self) -> None:
+        self._operations += 1
+
+    def _observe_sysctls(self) -> tuple[list[Sysctl], list[Sysctl]]:
+        data = self._store.load()
+        others = sorted((self._watch | data.released) - set(data.owned))
+        root = self.proc_sys
+        values = self._runner.call(lambda: read_sysctls(root, [*data.owned, *others]))
+        owned: list[Sysctl] = []
+        for name, (_value, previous) in sorted(data.owned.items()):
+            current = normal(name, values.get(name))
+            if current is not None:  # gone with its interface: nothing left to own
+                owned.append(Sysctl(name, current, previous=previous))
+        foreign = [Sysctl(name, value) for name in others
+                   if (value := normal(name, values.get(name))) is not None]
+        return owned, foreign
+
+    # -- check
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        """Dry run: what applying ``plan`` would hit. Nothing is changed.
+
+        Every change must fit what k3snet owns (:func:`~k3snet.backends.kit.fit_problems`:
+        no add over an owned object, no delete or replace of anything but the owned
+        object as named). Routes: the table is managed and the protocol ours; a
+        replace shares its slot with no foreign route; an add's slot (table,
+        destination, metric) is free of foreign routes too; the device exists and
+        is up; the gateway is on-link (inside a prefix of the device's addresses,
+        or of a link-scope route on it, or link-local with a device) and, for IPv6,
+        not a local address. Sysctls: the parameter exists.
+        """
+        self._routes.begin()
+        try:
+            with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
+                return tuple(self._check(plan))
+        except K3snetError as exc:
+            return (str(exc),)
+
+    def _check(self, plan: Plan) -> list[str]:
+        route_changes = [c for c in plan.changes if c.kind == "route"]
+        view = self._routes.view() if route_changes else None
+        problems, missing = self._fit(plan, view)
+        problems += [problem for _change, problem in missing]
+        if route_changes:
+            assert view is not None
+            problems += self._check_routes(route_changes, view)
+        return problems
+
+    def _check_routes(self, changes: Sequence[Change], view: RouteView) -> list[str]:
+        """What the kernel would refuse: taken slots, missing or down devices, gateways."""
+        problems: list[str] = []
+        by_index = self._routes.links()
+        links = {link.name: link for link in by_index.values()}
+        addresses = self._driver.addresses()
+        owned = dict(view.owned)
+        taken = {r.key: r for r in view.foreign}
+        local = {iface.ip for ifaces in addresses.values() for iface in ifaces}
+        on_link: dict[str, list[Network]] = {}
+        for index, ifaces in addresses.items():
+            if index in by_index:
+                on_link.setdefault(by_index[index].name, []).extend(i.network for i in ifaces)
+        for route in (*view.owned.values(), *view.foreign):
+            if route.gateway is None and route.device is not None and route.scope != "host":
+                on_link.setdefault(route.device, []).append(route.destination)
+        for change in changes:
+            after = change.after
+            if change.action == "add" and isinstance(after, Route):
+                clash = taken.get(after.key)
+                if clash is not None and owned.get(after.key) is None:
+                    problems.append(f"{change}: the slot (table, destination, metric) is "
+                                    f"taken by {clash}")
+            if isinstance(after, Route):
+                problems += _route_problems(change, after, links, local, on_link)
+                if after.gateway is None and after.device is not None:
+                    on_link.setdefault(after.device, []).append(after.destination)
+            _simulate(owned, change)
+        return problems
+
+    def _fit(self, plan: Plan, view: RouteView | None
+             ) -> tuple[list[str], list[tuple[Change, str]]]:
+        """Why ``plan`` is not this backend's to apply, and the changes of absent sysctls.
+
+        The ownership rules are the kit's (:func:`~k3snet.backends.kit.fit_problems`),
+        judged against the part of the observed state the plan touches (cheap at
+        10 000 changes). ``view``: the route view, or ``None`` when no route change
+        names an existing route (adds are then left to the kernel's create-exclusive
+        check). Then what only this backend knows: route protocol, managed tables,
+        foreign routes sharing the slot of a replace.
+        """
+        routes = [c for c in plan.changes if c.kind == "route"]
+        sysctls = [c for c in plan.changes if c.kind == "sysctl"]
+        owned: list[NetObject] = []
+        foreign: list[NetObject] = []
+        problems: list[str] = []
+        shared: dict[tuple[Any, ...], Route] = {}
+        observed = self._observed
+        if (view is not None and not sysctls and observed is not None
+                and observed[0] == self._routes.version):
+            # The routes are what the last observe saw: its State answers for them.
+            problems += fit_problems(self, plan, observed[1])
+            if any(c.action == "replace" for c in routes):
+                keys = {c.subject.key for c in routes}
+                shared = {r.key: r for r in view.foreign if r.key in keys}
+            for change in routes:
+                problems += self._refusal(change, shared)
+            return problems, []
+        if view is not None:
+            keys = {c.subject.key for c in routes}
+            owned += [view.owned[key] for key in keys if key in view.owned]
+            foreign += [c.before for c in routes
+                        if c.before is not None and c.before in view.foreign]
+            if any(c.action == "replace" for c in routes):
+                shared = {r.key: r for r in view.foreign if r.key in keys}
+        missing: list[tuple[Change, str]] = []
+        if sysctls:
+            found_owned, found_foreign, missing = self._touched_sysctls(sysctls)
+            owned += found_owned
+            foreign += found_foreign
+        problems += fit_problems(self, plan, State(owned=owned, foreign=foreign))
+        for change in routes:
+            problems += self._refusal(change, shared)
+        return problems, missing
+
+    def _refusal(self, change: Change, shared: Mapping[tuple[Any, ...], Route]) -> list[str]:
+        """What only this backend refuses in a route change (empty when it is fine)."""
+        problems: list[str] = []
+        clash = shared.get(change.subject.key) if change.action == "replace" else None
+        if clash is not None:
+            # NLM_F_REPLACE picks a route by slot, whatever its protocol: it could hit this one.
+            problems.append(f"{change}: the foreign {clash.describe()} shares the slot "
+                            "(table, destination, metric); a replace could overwrite it")
+        for route in (change.before, change.after):
+            if not isinstance(route, Route):
+                continue
+            if route.protocol != self.protocol:
+                problems.append(f"{change}: route protocol {route.protocol} is not k3snet's "
+                                f"({self.protocol})")
+            if not self._routes.in_scope(route.table):
+                problems.append(f"{change}: table {route.table} is not managed by this backend "
+                                f"(tables={sorted(self.tables or ())})")
+        return problems
+
+    def _touched_sysctls(self, changes: Sequence[Change]
+                         ) -> tuple[list[Sysctl], list[Sysctl], list[tuple[Change, str]]]:
+        """The sysctls ``changes`` name as observe reports them (owned, foreign), and the
+        changes of sysctls the kernel does not have."""
+        data = self._store.load()
+        names = sorted({str(c.subject.key[1]) for c in changes})
+        root = self.proc_sys
+        values = self._runner.call(lambda: read_sysctls(root, names))
+        self._count()
+        owned: list[Sysctl] = []
+        foreign: list[Sysctl] = []
+        for name in names:
+            current = normal(name, values.get(name))
+            if current is None:
+                continue
+            if name in data.owned:
+                owned.append(Sysctl(name, current, previous=data.owned[name][1]))
+            else:
+                foreign.append(Sysctl(name, current))
+        missing: list[tuple[Change, str]] = []
+        for change in changes:
+            subject = change.subject
+            assert isinstance(subject, Sysctl)
+            if values.get(subject.name) is None:
+                missing.append((change, f"{change}: no such sysctl in {self._where} "
+                                        f"({root / subject.path})"))
+        return owned, foreign, missing
+
+    # -- apply
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Apply every change of ``plan`` in order, or none (see the module docs)."""
+        self.ensure_capable(plan)
+        fail_at = self.faults.take(plan)
+        if not plan.changes:
+            return ApplyResult(self.name, (), 0)
+        start = self._operations
+        self._routes.begin()
+        has_sysctls = any(c.kind == "sysctl" for c in plan.changes)
+        lock = self._store.locked() if has_sysctls else contextlib.nullcontext()
+        try:
+            with lock:
+                with translate_errors(f"read the state of {self._where}", into=ApplyError,
+                                      capability=_CAPABILITY):
+                    indexes = self._prepare(plan)
+                self._execute(plan, indexes, fail_at)
+        except ApplyError:
+            self._routes.forget()  # what the kernel holds now is read again
+            raise
+        return ApplyResult(self.name, plan.changes, self._operations - start)
+
+    def _prepare(self, plan: Plan) -> dict[str, int]:
+        """Refuse what is not ours (PlanError) and resolve devices; nothing is changed yet."""
+        routes = [c for c in plan.changes if c.kind == "route"]
+        view = self._routes.view() if any(c.before is not None for c in routes) else None
+        problems, missing = self._fit(plan, view)
+        if problems:
+            raise PlanError("netlink backend refuses the plan, nothing was changed:\n  "
+                            + "\n  ".join(problems))
+        if missing:
+            change, problem = missing[0]
+            raise ApplyError(f"{problem}; nothing was changed", failed=change)
+        indexes: dict[str, int] = {}
+        if routes:
+            by_name = {link.name: link.index for link in self._routes.links().values()}
+            for change in routes:
+                for route in (change.before, change.after):
+                    device = getattr(route, "device", None)
+                    if device is None:
+                        continue
+                    if device not in by_name:
+                        raise ApplyError(f"device {device!r} does not exist in {self._where}; "
+                                         "nothing was changed", failed=change)
+                    indexes[device] = by_name[device]
+        return indexes
+
+    def _execute(self, plan: Plan, indexes: Mapping[str, int], fail_at: int | None) -> None:
+        """Make the changes in order; on a failure undo what was done (Compensation)."""
+        changes = plan.changes
+        stop = len(changes) if fail_at is None else fail_at
+        undo = Compensation(self.name, self._where)
+        if any(c.kind == "sysctl" for c in changes):
+            undo.record((), partial(self._restore_store, self._store.load()))
+        position = 0
+        while position < stop:
+            if changes[position].kind != "route":
+                self._execute_sysctl(changes[position], undo)
+                position += 1
+                continue
+            end = position
+            while end < stop and changes[end].kind == "route" and end - position < _BATCH_MESSAGES:
+                end += 1
+            batch = changes[position:end]
+            try:
+                failures = self._driver.send(batch, indexes)
+            except OSError as exc:  # the answers were lost: what the kernel did is unknown
+                undo.fail(batch[0], f"lost the kernel's answers: {exc}", exc,
+                          extra_problems=[f"{c}: outcome unknown" for c in batch])
+            made = [change for i, change in enumerate(batch) if i not in failures]
+            if made:
+                undo.record(made, partial(self._undo_routes, made))
+            if failures:
+                first = min(failures)
+                more = (f" ({len(failures) - 1} more change(s) of that batch failed too)"
+                        if len(failures) > 1 else "")
+                undo.fail(batch[first], _reason(failures[first], "write routes") + more,
+                          failures[first])
+            position = end
+        if stop < len(changes):
+            undo.fail(changes[stop], f"injected failure (fault hook at change {fail_at})")
+
+    def _undo_routes(self, made: Sequence[Change]) -> None:
+        """Send the inverses of ``made`` as one batch (UndoFailure lists what failed)."""
+        inverses = [change.inverse() for change in reversed(made)]
+        try:
+            indexes = {link.name: link.index for link in self._routes.links().values()}
+            failures = self._driver.send(inverses, indexes)
+        except (OSError, KeyError) as exc:
+            failures = dict.fromkeys(range(len(inverses)), NetlinkError(errno.EIO, str(exc)))
+        if failures:
+            raise UndoFailure([f"{inverses[i]}: {failures[i]}" for i in sorted(failures)],
+                              [c for i, c in enumerate(inverses) if i not in failures])
+
+    def _restore_store(self, snapshot: SysctlState) -> None:
+        """Put the sysctl state file back as it was before the apply."""
+        try:
+            self._store.save(snapshot)
+        except BackendError as exc:
+            raise UndoFailure([str(exc)]) from exc
+
+    def _execute_sysctl(self, change: Change, undo: Compensation) -> None:
+        """Make one sysctl change and record its undo; a failure is undone at once."""
+        restores: list[Callable[[], None]] = []
+        try:
+            self._apply_sysctl(change, restores)
+        except (OSError, BackendError) as exc:
+            problems = []
+            for restore in restores:  # it wrote before failing: take that back first
+                try:
+                    restore()
+                except (OSError, BackendError) as again:
+                    problems.append(f"restoring {change.subject}: {again}")
+            name = getattr(change.subject, "name", "")
+            undo.fail(change, _reason(exc, f"write {name}"), exc, extra_problems=problems)
+        undo.record(change, restores[0] if restores else None)
+
+    def _apply_sysctl(self, change: Change, restores: list[Callable[[], None]]) -> None:
+        """Make one sysctl change; ``restores`` gets its undo before anything is written."""
+        subject = change.subject
+        assert isinstance(subject, Sysctl)
+        name = subject.name
+        state = self._store.load()
+        root = self.proc_sys
+        current = self._runner.call(lambda: read_sysctls(root, [name]))[name]
+        self._count()
+        if current is None:
+            raise BackendError(f"no such sysctl in {self._where} ({root / subject.path})")
+        restore: str = current
+
+        def undo() -> None:
+            self._runner.call(lambda: write_sysctl(root, name, restore))
+            self._count()
+
+        if change.action == "delete":
+            recorded = state.owned[name][1]
+            if recorded is not None:
+                restores.append(undo)
+                self._runner.call(lambda: write_sysctl(root, name, recorded))
+                self._count()
+            del state.owned[name]
+            state.released.add(name)
+            self._store.save(state)
+            return
+        value = str(subject.value)
+        previous = normal(name, current) if change.action == "add" else state.owned[name][1]
+        # The record goes first: a crash after the write must not lose the previous value.
+        state.owned[name] = (value, previous)
+        state.released.discard(name)
+        self._store.save(state)
+        restores.append(undo)
+        self._runner.call(lambda: write_sysctl(root, name, value))
+        self._count()
+        stored = normal(name, self._runner.call(lambda: read_sysctls(root, [name]))[name])
+        self._count()
+        if stored != value:
+            raise BackendError(f"the kernel stored {stored!r} for {name}, not {value!r}")
+
+
+def _reason(exc: BaseException, doing: str) -> str:
+    """``exc`` in the kit's words (:func:`~k3snet.backends.kit.translate_errors`): what
+    was being done, and CAP_NET_ADMIN named when the kernel said "not permitted"."""
+    try:
+        with translate_errors(doing, capability=_CAPABILITY):
+            raise exc
+    except BackendError as translated:
+        return str(translated)
+    return str(exc)  # not reached: translate_errors always raises
+
+
+def _simulate(owned: dict[tuple[Any, ...], Any], change: Change) -> None:
+    """What ``change`` does to the owned objects by key (for checks of later changes)."""
+    if change.after is not None:
+        owned[change.after.key] = change.after
+    elif change.before is not None and owned.get(change.before.key) == change.before:
+        del owned[change.before.key]
+
+
+def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
+                    local: set[Address], on_link: Mapping[str, Sequence[Network]]) -> list[str]:
+    """What the kernel would refuse in the route ``change`` wants."""
+    problems: list[str] = []
+    if route.device is not None:
+        link = links.get(route.device)
+        if link is None:
+            return [f"{change}: device {route.device!r} does not exist"]
+        if not link.up:
+            problems.append(f"{change}: device {route.device!r} is down")
+    gateway = route.gateway
+    if gateway is None:
+        return problems
+    if gateway.version == 6 and gateway in local:  # IPv4 accepts its own address
+        problems.append(f"{change}: gateway {gateway} is a local address")
+    elif gateway.version == 6 and gateway.is_link_local:
+        if route.device is None:
+            problems.append(f"{change}: link-local gateway {gateway} needs a device")
+    else:
+        devices = [route.device] if route.device is not None else list(on_link)
+        if not any(gateway in net for dev in devices for net in on_link.get(dev, ())
+                   if net.version == gateway.version):
+            where = f"device {route.device!r}" if route.device else "any device"
+            problems.append(f"{change}: gateway {gateway} is not on-link on {where} "
+                            "(not inside a connected prefix)")
+    return problems

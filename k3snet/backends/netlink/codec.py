@@ -1,0 +1,354 @@
+"""rtnetlink messages as bytes: the constants, the encoders and the decoders.
+
+Pure: nothing here opens a socket or reads the system, so every function is
+tested without root from real kernel dumps recorded under ``tests/data/netlink``.
+Both drivers (:mod:`.socket_driver`, :mod:`.pyroute2_driver`) build on it, and
+:func:`route_of` is the one place that says which kernel routes k3snet models.
+
+Constants come from ``linux/netlink.h``, ``linux/rtnetlink.h``, ``linux/if_link.h``
+and ``linux/if_addr.h``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterator, Mapping
+from typing import Final
+
+import attrs
+
+from k3snet.errors import ModelError
+from k3snet.model.cidr import Address, Network
+from k3snet.model.route import Route, RouteScope
+from k3snet.planner import Change
+
+__all__ = [
+    "HDR",
+    "NLMSG",
+    "Interface",
+    "Link",
+    "NetlinkError",
+    "address_dump_request",
+    "attr",
+    "attr_u32",
+    "attrs_of",
+    "decode_address",
+    "decode_link",
+    "decode_route",
+    "error_of",
+    "header_of",
+    "link_dump_request",
+    "message",
+    "messages",
+    "route_dump_request",
+    "route_message",
+    "route_of",
+    "route_request",
+]
+
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP_INTR = 0x10
+NLM_F_DUMP = 0x300
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_CAPPED = 0x100  # in acknowledgements: the request is echoed as its header only
+NLM_F_ACK_TLVS = 0x200  # in acknowledgements: extended-ack attributes follow
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLMSGERR_ATTR_MSG = 1
+
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_GETADDR = 22
+RTM_NEWROUTE = 24
+RTM_DELROUTE = 25
+RTM_GETROUTE = 26
+
+RTA_DST = 1
+RTA_SRC = 2
+RTA_IIF = 3
+RTA_OIF = 4
+RTA_GATEWAY = 5
+RTA_PRIORITY = 6
+RTA_MULTIPATH = 9
+RTA_TABLE = 15
+RTA_VIA = 18
+RTA_ENCAP = 22
+RTA_NH_ID = 30
+IFLA_IFNAME = 3
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+NLA_TYPE_MASK = 0x3FFF
+
+RTN_UNICAST = 1
+RTM_F_CLONED = 0x200
+RT_TABLE_LOCAL = 255
+IFF_UP = 0x1
+
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
+MONITOR_GROUPS: Final = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+                         | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE)
+"""The notification groups the socket driver listens to: links, addresses, routes."""
+
+NLMSG: Final = struct.Struct("=IHHII")
+"""nlmsghdr: length, type, flags, sequence number, port id."""
+RTMSG: Final = struct.Struct("=BBBBBBBBI")
+"""rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags."""
+IFINFO: Final = struct.Struct("=BxHiII")
+"""ifinfomsg: family, type, index, flags, change."""
+IFADDR: Final = struct.Struct("=BBBBI")
+"""ifaddrmsg: family, prefixlen, flags, scope, index."""
+RTATTR: Final = struct.Struct("=HH")
+U32: Final = struct.Struct("=I")
+I32: Final = struct.Struct("=i")
+HDR: Final = NLMSG.size
+
+SCOPE_CODES: Final[Mapping[str, int]] = {"universe": 0, "link": 253, "host": 254}
+SCOPE_NAMES: Final[Mapping[int, RouteScope]] = {0: "universe", 253: "link", 254: "host"}
+FAMILY_CODES: Final[Mapping[int, int]] = {4: socket.AF_INET, 6: socket.AF_INET6}
+UNMODELLED_ATTRS: Final = frozenset({RTA_SRC, RTA_IIF, RTA_MULTIPATH, RTA_VIA, RTA_ENCAP,
+                                     RTA_NH_ID})
+"""Route attributes the Route model has no field for: a route carrying one is skipped."""
+
+
+class NetlinkError(OSError):
+    """A negative acknowledgement: errno plus the kernel's extended-ack message."""
+
+    def __init__(self, code: int, detail: str = "") -> None:
+        text = os.strerror(code) + (f" ({detail})" if detail else "")
+        super().__init__(code, text)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # "Network is unreachable (Nexthop has invalid gateway)"
+
+
+# --- framing --------------------------------------------------------------------------
+
+
+def attr(kind: int, data: bytes) -> bytes:
+    """One route attribute (rtattr), padded to 4 bytes."""
+    length = 4 + len(data)
+    return RTATTR.pack(length, kind) + data + b"\0" * (-length & 3)
+
+
+def attr_u32(kind: int, value: int) -> bytes:
+    """One route attribute holding a native-endian u32."""
+    return RTATTR.pack(8, kind) + U32.pack(value)
+
+
+def attrs_of(data: bytes, offset: int) -> dict[int, bytes]:
+    """The attributes of a message from ``offset`` on, by type (the last one wins)."""
+    found: dict[int, bytes] = {}
+    end = len(data)
+    while offset + 4 <= end:
+        length, kind = RTATTR.unpack_from(data, offset)
+        if length < 4 or offset + length > end:
+            break
+        found[kind & NLA_TYPE_MASK] = data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return found
+
+
+def message(kind: int, flags: int, seq: int, body: bytes, pid: int = 0) -> bytes:
+    """One netlink message: the header, then ``body``."""
+    return NLMSG.pack(HDR + len(body), kind, flags, seq, pid) + body
+
+
+def header_of(msg: bytes) -> tuple[int, int, int, int, int]:
+    """(length, type, flags, seq, pid) of the message at the start of ``msg``."""
+    length, kind, flags, seq, pid = NLMSG.unpack_from(msg, 0)
+    return length, kind, flags, seq, pid
+
+
+def messages(buf: bytes | bytearray, size: int) -> Iterator[tuple[int, int, int, int, int, int]]:
+    """(offset, length, type, flags, seq, pid) of each netlink message in ``buf[:size]``."""
+    offset = 0
+    while offset + HDR <= size:
+        length, kind, flags, seq, pid = NLMSG.unpack_from(buf, offset)
+        if length < HDR or offset + length > size:
+            return
+        yield offset, length, kind, flags, seq, pid
+        offset += (length + 3) & ~3
+
+
+def error_of(msg: bytes) -> tuple[int, str]:
+    """errno (0 for an acknowledgement) and extended-ack text of an ``NLMSG_ERROR``."""
+    flags = NLMSG.unpack_from(msg, 0)[2]
+    code = -I32.unpack_from(msg, HDR)[0]
+    detail = ""
+    if flags & NLM_F_ACK_TLVS and len(msg) >= HDR + 4 + HDR:
+        echoed = NLMSG.unpack_from(msg, HDR + 4)[0]
+        start = HDR + 4 + (HDR if flags & NLM_F_CAPPED else (echoed + 3) & ~3)
+        text = attrs_of(msg, start).get(NLMSGERR_ATTR_MSG, b"")
+        detail = text.rstrip(b"\0").decode(errors="replace")
+    return code, detail
+
+
+# --- requests -------------------------------------------------------------------------
+
+
+def route_request(route: Route, ifindex: int | None) -> bytes:
+    """The body (rtmsg and attributes) of an ``RTM_NEWROUTE``/``RTM_DELROUTE`` for ``route``."""
+    dst = route.destination
+    table = route.table
+    parts = [
+        RTMSG.pack(FAMILY_CODES[dst.version], dst.prefixlen, 0, 0,
+                   table if table < 256 else 0,  # RTA_TABLE carries the full value
+                   route.protocol, SCOPE_CODES[str(route.scope)], RTN_UNICAST, 0),
+        attr(RTA_DST, dst.network_address.packed),
+        attr_u32(RTA_TABLE, table),
+        attr_u32(RTA_PRIORITY, int(route.metric or 0)),
+    ]
+    if route.gateway is not None:
+        parts.append(attr(RTA_GATEWAY, route.gateway.packed))
+    if ifindex is not None:
+        parts.append(attr_u32(RTA_OIF, ifindex))
+    return b"".join(parts)
+
+
+def route_message(change: Change, indexes: Mapping[str, int]) -> tuple[int, int, bytes]:
+    """The rtnetlink request (type, flags, body) that makes one route change.
+
+    ``indexes`` maps device names to link indexes. An add may not overwrite
+    anything; a replace may not create a route that vanished; a delete names
+    every field (protocol included), so the kernel never matches a foreign route.
+    """
+    route = change.subject
+    assert isinstance(route, Route)
+    ifindex = None if route.device is None else indexes[route.device]
+    if change.action == "add":
+        return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, route_request(route, ifindex)
+    if change.action == "replace":
+        # No NLM_F_CREATE: a replace must fail if the route it replaces vanished.
+        return RTM_NEWROUTE, NLM_F_REPLACE, route_request(route, ifindex)
+    return RTM_DELROUTE, 0, route_request(route, ifindex)
+
+
+def route_dump_request(family: int, table: int | None, protocol: int = 0) -> bytes:
+    """A strict-checking dump filter: the kernel returns only that table (and protocol)."""
+    head = RTMSG.pack(family, 0, 0, 0, 0 if table is None or table >= 256 else table,
+                      protocol, 0, 0, 0)
+    return head if table is None else head + attr_u32(RTA_TABLE, table)
+
+
+def link_dump_request() -> bytes:
+    """The body of an ``RTM_GETLINK`` dump of every link."""
+    return IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+
+
+def address_dump_request(family: int) -> bytes:
+    """The body of an ``RTM_GETADDR`` dump of one family's addresses."""
+    return IFADDR.pack(family, 0, 0, 0, 0)
+
+
+# --- decoding -------------------------------------------------------------------------
+
+
+def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, flags: int,
+             scope: int, protocol: int, table: int, dst: int, gateway: Address | None,
+             oif: int | None, metric: int, unmodelled: bool,
+             names: Mapping[int, str]) -> Route | None:
+    """The Route a decoded ``RTM_NEWROUTE`` describes, or ``None`` if it cannot be modelled.
+
+    The one place that says which kernel routes k3snet models; both drivers decode
+    their messages into these fields (``dst``: the destination as an integer, 0
+    without ``RTA_DST``; ``unmodelled``: an attribute the model has no field for).
+    Not modelled: route types other than unicast, the ``local`` table, cached
+    clones, source-specific and TOS routes, multipath, nexthop-object, encap and
+    ``via`` routes, routes through a device not in ``names``.
+    """
+    if (kind != RTN_UNICAST or src_len or tos or flags & RTM_F_CLONED or unmodelled
+            or family not in (socket.AF_INET, socket.AF_INET6)):
+        return None
+    scope_name = SCOPE_NAMES.get(scope)
+    if table in (0, RT_TABLE_LOCAL) or scope_name is None:
+        return None
+    device: str | None = None
+    if oif is not None:
+        device = names.get(oif)
+        if device is None:
+            return None
+    try:
+        destination: Network = (ipaddress.IPv4Network((dst, dst_len)) if family == socket.AF_INET
+                                else ipaddress.IPv6Network((dst, dst_len)))
+        return Route(destination, gateway=gateway, device=device, table=table, metric=metric,
+                     scope=scope_name, protocol=protocol)
+    except (ModelError, ValueError):  # a name or value the model refuses: not ours to manage
+        return None
+
+
+def decode_route(msg: bytes, names: Mapping[int, str]) -> Route | None:
+    """The Route a raw ``RTM_NEWROUTE`` message describes, or ``None`` (see :func:`route_of`)."""
+    family, dst_len, src_len, tos, rtm_table, protocol, scope, kind, flags = (
+        RTMSG.unpack_from(msg, HDR))
+    found = attrs_of(msg, HDR + RTMSG.size)
+    raw_gateway = found.get(RTA_GATEWAY)
+    gateway: Address | None = None
+    if raw_gateway is not None and family in (socket.AF_INET, socket.AF_INET6):
+        gateway = (ipaddress.IPv4Address(raw_gateway) if family == socket.AF_INET
+                   else ipaddress.IPv6Address(raw_gateway))
+    return route_of(
+        family=family, dst_len=dst_len, src_len=src_len, tos=tos, kind=kind, flags=flags,
+        scope=scope, protocol=protocol,
+        table=U32.unpack(found[RTA_TABLE])[0] if RTA_TABLE in found else rtm_table,
+        dst=int.from_bytes(found.get(RTA_DST, b""), "big"), gateway=gateway,
+        oif=U32.unpack(found[RTA_OIF])[0] if RTA_OIF in found else None,
+        metric=U32.unpack(found[RTA_PRIORITY])[0] if RTA_PRIORITY in found else 0,
+        unmodelled=not UNMODELLED_ATTRS.isdisjoint(found), names=names)
+
+
+@attrs.frozen
+class Link:
+    """A network device as rtnetlink reports it."""
+
+    index: int
+    name: str
+    up: bool
+
+
+def decode_link(msg: bytes) -> Link | None:
+    """The link a raw ``RTM_NEWLINK`` message describes (``None`` without a name)."""
+    _family, _kind, index, flags, _change = IFINFO.unpack_from(msg, HDR)
+    name = attrs_of(msg, HDR + IFINFO.size).get(IFLA_IFNAME)
+    if name is None:
+        return None
+    return Link(index, name.rstrip(b"\0").decode(errors="replace"), bool(flags & IFF_UP))
+
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def decode_address(msg: bytes) -> tuple[int, Interface] | None:
+    """(link index, address with prefix) of a raw ``RTM_NEWADDR`` message."""
+    family, prefixlen, _flags, _scope, index = IFADDR.unpack_from(msg, HDR)
+    found = attrs_of(msg, HDR + IFADDR.size)
+    raw = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)
+    if raw is None:
+        return None
+    if family == socket.AF_INET:
+        return index, ipaddress.IPv4Interface((raw, prefixlen))
+    if family == socket.AF_INET6:
+        return index, ipaddress.IPv6Interface((raw, prefixlen))
+    return None

@@ -1,0 +1,76 @@
+"""The I/O seam of the netlink backend: how it reads and writes routes, links, addresses.
+
+:class:`RouteDriver` is everything the backend asks of the kernel for routes;
+sysctls go through files (``proc_sys``). Two drivers implement it
+(:class:`~.socket_driver.SocketDriver`, :class:`~.pyroute2_driver.Pyroute2Driver`),
+and a test can hand the backend its own (``NetlinkBackend(driver=factory)``) to
+run the backend's logic without root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, Protocol
+
+from k3snet.backends.netlink.codec import Interface, Link, NetlinkError
+from k3snet.backends.netns import NetnsRunner
+from k3snet.model.route import Route
+from k3snet.planner import Change
+
+__all__ = ["DUMP_RETRIES", "DriverFactory", "RouteDriver"]
+
+DUMP_RETRIES: Final = 5
+"""How often a driver starts a dump again that the kernel reports as interrupted."""
+
+
+class RouteDriver(Protocol):
+    """Protocol: how the netlink backend reads and writes routes in its namespace.
+
+    Every method acts on the backend's namespace only, and counts each round trip
+    to the kernel through the ``count`` callback the driver was built with.
+    """
+
+    @property
+    def follows_changes(self) -> bool:
+        """Whether ``notifications`` reports route, link and address changes (else the
+        backend forgets its route view at the start of every call and dumps again)."""
+        ...
+
+    @property
+    def portid(self) -> int:
+        """The netlink port id the kernel's reports of our own requests carry."""
+        ...
+
+    def links(self) -> dict[int, Link]:
+        """The namespace's links by index."""
+        ...
+
+    def addresses(self) -> dict[int, list[Interface]]:
+        """The namespace's IPv4 and IPv6 addresses by link index."""
+        ...
+
+    def routes(self, tables: frozenset[int] | None, names: Mapping[int, str]) -> list[Route]:
+        """The modellable routes of ``tables`` (``None``: all), both families."""
+        ...
+
+    def send(self, changes: Sequence[Change],
+             indexes: Mapping[str, int]) -> dict[int, NetlinkError]:
+        """Make every route change (all are attempted); the kernel's refusals by position.
+
+        ``indexes`` maps every device the changes name to its link index. Raises
+        OSError when the kernel's answers were lost (outcome unknown).
+        """
+        ...
+
+    def notifications(self) -> tuple[list[bytes], bool]:
+        """Pending raw notifications (netlink messages), and whether some were lost."""
+        ...
+
+    def close(self) -> None:
+        """Release the driver's sockets (idempotent)."""
+        ...
+
+
+DriverFactory = Callable[[NetnsRunner, Callable[[], None]], RouteDriver]
+"""What builds a driver: ``factory(runner, count)``; ``runner`` runs code in the
+backend's namespace, ``count`` is called once per round trip to the kernel."""

@@ -1,0 +1,272 @@
+"""The default driver: rtnetlink over raw ``AF_NETLINK`` sockets (the stdlib only).
+
+Requests are batched: up to 1024 go out in one ``sendmsg`` and only the last asks
+for an acknowledgement (the kernel handles the whole datagram before ``sendmsg``
+returns and answers every failure anyway). A second socket listens to route,
+link and address notifications, so the backend can keep its route view warm.
+The sockets are created inside the target namespace (by the namespace's worker
+thread) and belong to it whatever thread uses them later.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final
+
+from k3snet.backends.netlink.codec import (
+    HDR,
+    I32,
+    MONITOR_GROUPS,
+    NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK,
+    NETLINK_GET_STRICT_CHK,
+    NETLINK_ROUTE,
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
+    NLMSG,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETROUTE,
+    SO_RCVBUFFORCE,
+    SO_SNDBUFFORCE,
+    SOL_NETLINK,
+    Interface,
+    Link,
+    NetlinkError,
+    address_dump_request,
+    decode_address,
+    decode_link,
+    decode_route,
+    error_of,
+    link_dump_request,
+    messages,
+    route_dump_request,
+    route_message,
+)
+from k3snet.backends.netlink.driver import DUMP_RETRIES
+from k3snet.backends.netns import NetnsRunner
+from k3snet.model.route import Route
+from k3snet.planner import Change
+
+__all__ = ["SocketDriver", "open_socket_driver"]
+
+# The socket driver sends a batch in sendmsg calls of at most _BATCH_BYTES (one, for
+# routes as the model has them: a request is at most 92 bytes). The socket buffers
+# below are sized so that every failure of a batch fits.
+_BATCH_BYTES = 128 * 1024
+_SNDBUF = 1 << 20
+_RCVBUF = 4 << 20
+_MONITOR_RCVBUF = 32 << 20
+
+
+def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)  # root may exceed rmem_max/wmem_max
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def _open_sockets() -> tuple[socket.socket, socket.socket]:
+    """A request socket and a notification socket, in the calling thread's namespace."""
+    request = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                            NETLINK_ROUTE)
+    monitor = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                            NETLINK_ROUTE)
+    try:
+        _set_buffer(request, SO_SNDBUFFORCE, socket.SO_SNDBUF, _SNDBUF)
+        _set_buffer(request, SO_RCVBUFFORCE, socket.SO_RCVBUF, _RCVBUF)
+        for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
+            request.setsockopt(SOL_NETLINK, option, 1)
+        request.bind((0, 0))
+        _set_buffer(monitor, SO_RCVBUFFORCE, socket.SO_RCVBUF, _MONITOR_RCVBUF)
+        monitor.bind((0, MONITOR_GROUPS))
+        monitor.setblocking(False)
+    except BaseException:
+        request.close()
+        monitor.close()
+        raise
+    return request, monitor
+
+
+def open_socket_driver(runner: NetnsRunner, count: Callable[[], None]) -> SocketDriver:
+    """A :class:`SocketDriver` whose sockets ``runner`` created in its namespace."""
+    request, monitor = runner.call(_open_sockets)
+    return SocketDriver(request, monitor, count)
+
+
+class SocketDriver:
+    """Requests, batches and dumps over one raw rtnetlink socket, plus a notification socket.
+
+    The sockets belong to the namespace they were created in, whatever thread
+    uses them later: the backend's thread uses them directly.
+    """
+
+    follows_changes: Final = True
+
+    def __init__(self, request: socket.socket, monitor: socket.socket,
+                 count: Callable[[], None]) -> None:
+        self.request = request
+        self.monitor = monitor
+        self.portid: int = request.getsockname()[0]
+        self._seq = 0
+        self._buf = bytearray(1 << 20)
+        self._count = count
+
+    def close(self) -> None:
+        """Close both sockets (idempotent)."""
+        self.request.close()
+        self.monitor.close()
+
+    def links(self) -> dict[int, Link]:
+        """The namespace's links by index."""
+        links: dict[int, Link] = {}
+        for msg in self.dump(RTM_GETLINK, link_dump_request()):
+            link = decode_link(msg)
+            if link is not None:
+                links[link.index] = link
+        return links
+
+    def addresses(self) -> dict[int, list[Interface]]:
+        """The namespace's IPv4 and IPv6 addresses by link index."""
+        found: dict[int, list[Interface]] = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self.dump(RTM_GETADDR, address_dump_request(family)):
+                decoded = decode_address(msg)
+                if decoded is not None:
+                    found.setdefault(decoded[0], []).append(decoded[1])
+        return found
+
+    def routes(self, tables: frozenset[int] | None, names: Mapping[int, str]) -> list[Route]:
+        """The modellable routes of ``tables`` (``None``: all), both families."""
+        found: list[Route] = []
+        # With strict checking the kernel filters by table itself: one dump per table.
+        chosen: Iterable[int | None] = sorted(tables) if tables else (None,)
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for table in chosen:
+                request = route_dump_request(family, table)
+                for msg in self.dump(RTM_GETROUTE, request, missing_ok=True):
+                    route = decode_route(msg, names)
+                    if route is not None:
+                        found.append(route)
+        return found
+
+    def send(self, changes: Sequence[Change],
+             indexes: Mapping[str, int]) -> dict[int, NetlinkError]:
+        """Every change as one request, in as few ``sendmsg`` calls as fit; refusals by position."""
+        requests = [route_message(change, indexes) for change in changes]
+        failures: dict[int, NetlinkError] = {}
+        start = 0
+        while start < len(requests):
+            end, size = start, 0
+            while end < len(requests) and (end == start or size < _BATCH_BYTES):
+                size += len(requests[end][2]) + HDR
+                end += 1
+            for position, failure in self.send_batch(requests[start:end]).items():
+                failures[start + position] = failure
+            start = end
+        return failures
+
+    def _take_seq(self, count: int = 1) -> int:
+        first = self._seq + 1
+        self._seq = (self._seq + count) & 0x7FFFFFFF
+        if self._seq < first:  # wrapped: start again low, away from old answers
+            self._seq = count
+            return 1
+        return first
+
+    def dump(self, kind: int, body: bytes, *, missing_ok: bool = False) -> list[bytes]:
+        """Every message of a dump; retried when the kernel says it was interrupted."""
+        for _ in range(DUMP_RETRIES):
+            seq = self._take_seq()
+            self._count()
+            self.request.send(NLMSG.pack(HDR + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP,
+                                         seq, 0) + body)
+            try:
+                found, interrupted = self._collect_dump(seq)
+            except NetlinkError as exc:
+                if missing_ok and exc.errno == errno.ENOENT:
+                    return []
+                raise
+            if not interrupted:
+                return found
+        raise NetlinkError(errno.EAGAIN, f"dump interrupted {DUMP_RETRIES} times in a row")
+
+    def _collect_dump(self, seq: int) -> tuple[list[bytes], bool]:
+        found: list[bytes] = []
+        interrupted = False
+        buf = self._buf
+        while True:
+            size = self.request.recv_into(buf)
+            for offset, length, kind, flags, mseq, _pid in messages(buf, size):
+                if mseq != seq:
+                    continue  # a late answer to an abandoned request
+                if flags & NLM_F_DUMP_INTR:
+                    interrupted = True
+                if kind == NLMSG_DONE:
+                    code = -I32.unpack_from(buf, offset + HDR)[0] if length >= HDR + 4 else 0
+                    if code:
+                        raise NetlinkError(code)
+                    return found, interrupted
+                msg = bytes(buf[offset:offset + length])
+                if kind == NLMSG_ERROR:
+                    code, detail = error_of(msg)
+                    raise NetlinkError(code or errno.EPROTO, detail)
+                found.append(msg)
+
+    def send_batch(self, requests: Sequence[tuple[int, int, bytes]]) -> dict[int, NetlinkError]:
+        """Send ``(type, flags, body)`` requests in one sendmsg; the failures, by position.
+
+        Only the last request asks for an acknowledgement: the kernel handles the
+        whole datagram before ``sendmsg`` returns and answers every failure, so the
+        last acknowledgement (or error) closes the batch.
+        """
+        first = self._take_seq(len(requests))
+        last = first + len(requests) - 1
+        parts: list[bytes] = []
+        for position, (kind, flags, body) in enumerate(requests):
+            ack = NLM_F_ACK if position == len(requests) - 1 else 0
+            parts.append(NLMSG.pack(HDR + len(body), kind, NLM_F_REQUEST | flags | ack,
+                                    first + position, 0))
+            parts.append(body)
+        self._count()
+        try:
+            self.request.send(b"".join(parts))
+        except OSError as exc:  # refused as a whole: nothing was handled
+            failure = NetlinkError(exc.errno or errno.EIO, "the batch was not sent")
+            return dict.fromkeys(range(len(requests)), failure)
+        failures: dict[int, NetlinkError] = {}
+        buf = self._buf
+        while True:
+            size = self.request.recv_into(buf)
+            for offset, length, kind, _flags, mseq, _pid in messages(buf, size):
+                if kind != NLMSG_ERROR or not first <= mseq <= last:
+                    continue
+                code, detail = error_of(bytes(buf[offset:offset + length]))
+                if code:
+                    failures[mseq - first] = NetlinkError(code, detail)
+                if mseq == last:
+                    return failures
+
+    def notifications(self) -> tuple[list[bytes], bool]:
+        """Pending notifications, and whether some were lost (the socket overran)."""
+        found: list[bytes] = []
+        lost = False
+        buf = self._buf
+        while True:
+            try:
+                size = self.monitor.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return found, lost
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                lost = True
+                continue
+            found.extend(bytes(buf[offset:offset + length])
+                         for offset, length, *_ in messages(buf, size))

@@ -1,0 +1,168 @@
+"""Sysctls of one namespace: the files under ``/proc/sys`` and k3snet's state file.
+
+The kernel cannot tell who set a sysctl, so the sysctls k3snet owns, and the
+values they had before it took them over, are kept in a small JSON file per
+namespace, tied to that namespace's identity (a file left by a deleted namespace
+of the same name is ignored). Reads and writes of ``/proc/sys/net`` must run in
+the target namespace's worker thread: the kernel resolves them against the
+calling thread's namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+
+from k3snet.backends.netns import netns_path
+from k3snet.errors import BackendError, ModelError
+from k3snet.model.sysctl import Sysctl
+
+__all__ = [
+    "SysctlState",
+    "SysctlStore",
+    "namespace_identity",
+    "normal",
+    "read_sysctls",
+    "write_sysctl",
+]
+
+_STATE_FILE = "sysctl.json"
+_STATE_FORMAT = 1
+
+
+
+def _sysctl_file(root: Path, name: str) -> Path:
+    return root / Sysctl(name, "0").path
+
+
+def read_sysctls(root: Path, names: Sequence[str]) -> dict[str, str | None]:
+    """Current values under ``root`` (``None`` when absent or unreadable); run in the
+    target namespace."""
+    values: dict[str, str | None] = {}
+    for name in names:
+        try:
+            values[name] = _sysctl_file(root, name).read_text()
+        except OSError:
+            values[name] = None
+    return values
+
+
+def write_sysctl(root: Path, name: str, value: str) -> None:
+    """Write ``value`` under ``root``; run in the target namespace.
+
+    No O_CREAT: a sysctl that does not exist is an error, never a new file.
+    O_TRUNC is what a shell redirection does (procfs ignores it) and keeps a plain
+    file standing in for ``/proc/sys`` exact.
+    """
+    fd = os.open(_sysctl_file(root, name), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def normal(name: str, raw: str | None) -> str | None:
+    """The model's spelling of a raw kernel value (``None`` when it has none)."""
+    if raw is None:
+        return None
+    try:
+        return Sysctl(name, raw).value
+    except ModelError:  # an empty value
+        return None
+
+
+@attrs.define
+class SysctlState:
+    """The state file's content: owned sysctls ``{name: (value, previous)}`` and names
+    k3snet owned once and gave back (reported as foreign from then on)."""
+
+    owned: dict[str, tuple[str, str | None]] = attrs.field(factory=dict)
+    released: set[str] = attrs.field(factory=set)
+
+    def copy(self) -> SysctlState:
+        """A copy that later changes of this one leave alone."""
+        return SysctlState(dict(self.owned), set(self.released))
+
+
+class SysctlStore:
+    """The JSON state file of one namespace, written atomically, tied to that namespace.
+
+    The namespace's identity (device and inode of its nsfs file) is stored too: a
+    file left by a deleted namespace of the same name is ignored, never trusted.
+    """
+
+    def __init__(self, directory: Path, namespace: str | None, identity: str) -> None:
+        self.directory = directory
+        self.path = directory / _STATE_FILE
+        self.namespace = namespace
+        self.identity = identity
+
+    def load(self) -> SysctlState:
+        """The file's content (empty when absent or left by another namespace)."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return SysctlState()
+        except OSError as exc:
+            raise BackendError(f"cannot read the sysctl state file {self.path}: {exc}") from exc
+        try:
+            data = json.loads(text)
+            if data.get("format") != _STATE_FORMAT:
+                raise ValueError(f"unknown format {data.get('format')!r}")
+            if data.get("identity") != self.identity:
+                return SysctlState()  # left by another namespace of the same name
+            owned = {str(name): (str(entry["value"]),
+                                 None if entry.get("previous") is None else str(entry["previous"]))
+                     for name, entry in data.get("owned", {}).items()}
+            released = {str(name) for name in data.get("released", ())}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BackendError(
+                f"the sysctl state file {self.path} is corrupt ({exc}); k3snet cannot tell "
+                "which sysctls it owns until it is repaired or removed"
+            ) from exc
+        return SysctlState(owned, released)
+
+    def save(self, state: SysctlState) -> None:
+        """Write ``state`` atomically (a temporary file renamed into place)."""
+        data = {
+            "format": _STATE_FORMAT,
+            "namespace": self.namespace,
+            "identity": self.identity,
+            "owned": {name: {"value": value, "previous": previous}
+                      for name, (value, previous) in sorted(state.owned.items())},
+            "released": sorted(state.released),
+        }
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+            temporary = self.path.with_name(f".{_STATE_FILE}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            raise BackendError(f"cannot write the sysctl state file {self.path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise applies on this namespace's sysctls (between processes)."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise BackendError(f"cannot lock {self.directory}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def namespace_identity(netns: str | None) -> str:
+    """Device and inode of the namespace's nsfs file: what tells two namespaces apart."""
+    path = netns_path(netns) if netns is not None else Path("/proc/self/ns/net")
+    stat = os.stat(path)
+    return f"{stat.st_dev}:{stat.st_ino}"

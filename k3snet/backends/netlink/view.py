@@ -1,0 +1,153 @@
+"""The netlink backend's route view: the routes of its tables, kept warm by notifications.
+
+After a dump, the view is kept in memory and updated from the notifications the
+backend's own requests cause (they carry its port id and the route *as the
+kernel stored it*). Any other notification (another program's route, a link or
+address change, a lost notification) bumps a generation counter, the view's
+version token in a :class:`~k3snet.backends.kit.ObserveCache`, and the next read
+dumps again. So one change among 10 000 routes costs one request, and drift is
+never hidden. A driver that reads no notifications (pyroute2) gets a fresh dump
+at the start of every public call (:meth:`RouteCache.begin`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from k3snet.backends.kit import ObserveCache
+from k3snet.backends.netlink.codec import (
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    Link,
+    decode_route,
+    header_of,
+)
+from k3snet.backends.netlink.driver import RouteDriver
+from k3snet.model.route import Route
+
+__all__ = ["RouteCache", "RouteView"]
+
+
+@attrs.define
+class RouteView:
+    """Routes in the observed tables: owned by key, foreign as a set."""
+
+    owned: dict[tuple[Any, ...], Route]
+    foreign: set[Route]
+
+
+class RouteCache:
+    """The links and the route view of one namespace, read through ``driver``.
+
+    ``protocol`` marks k3snet's routes; ``tables`` are the managed tables
+    (``None``: all the driver reports).
+    """
+
+    def __init__(self, driver: RouteDriver, protocol: int, tables: frozenset[int] | None,
+                 where: str) -> None:
+        self.driver = driver
+        self.protocol = protocol
+        self.tables = tables
+        self.where = where
+        self._routes: ObserveCache[RouteView] = ObserveCache()
+        self._generation = 0
+        self._edits = 0  # in-place updates from our own notifications
+        self._links: dict[int, Link] | None = None
+        self._names: dict[int, str] = {}
+
+    def begin(self) -> None:
+        """Start a public call: a driver that cannot follow changes forgets what it read."""
+        if not self.driver.follows_changes:
+            self.forget()
+
+    def forget(self) -> None:
+        """Drop the links and the route view: the next read dumps again."""
+        self._stale()
+        self._links = None
+
+    def in_scope(self, table: int) -> bool:
+        """Whether ``table`` is one of the managed tables."""
+        return self.tables is None or table in self.tables
+
+    def links(self) -> dict[int, Link]:
+        """The namespace's links by index (dumped when unknown)."""
+        self.sync()
+        if self._links is None:
+            links = self.driver.links()
+            self._links = links
+            self._names = {index: link.name for index, link in links.items()}
+        return self._links
+
+    def view(self) -> RouteView:
+        """The routes of the managed tables: kept from notifications, or dumped again."""
+        return self._routes.read(self._token, self._load, what=f"the routes of {self.where}")
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever the view does (read it after :meth:`view`, which syncs)."""
+        return self._generation, self._edits
+
+    def _token(self) -> int:
+        self.sync()
+        return self._generation
+
+    def _load(self) -> RouteView:
+        self.links()
+        view = RouteView({}, set())
+        for route in self.driver.routes(self.tables, self._names):
+            if self.in_scope(route.table):
+                self._sort_into(view, route)
+        return view
+
+    def _sort_into(self, view: RouteView, route: Route) -> None:
+        if route.protocol == self.protocol and route.key not in view.owned:
+            view.owned[route.key] = route
+        else:  # foreign, or a second k3snet route in one slot (ip route append): not ours
+            view.foreign.add(route)
+
+    def sync(self) -> None:
+        """Apply pending notifications to the kept view; forget it on anyone else's change."""
+        messages, lost = self.driver.notifications()
+        if lost:
+            self.forget()
+            return
+        for msg in messages:
+            _length, kind, _flags, _seq, pid = header_of(msg)
+            if kind in (RTM_NEWLINK, RTM_DELLINK):
+                # IPv4 drops routes of a vanished device without a notification.
+                self.forget()
+            elif kind in (RTM_NEWADDR, RTM_DELADDR):
+                self._stale()  # connected routes come and go without our requests
+            elif kind in (RTM_NEWROUTE, RTM_DELROUTE):
+                view = self._routes.value
+                if view is not None:
+                    self._follow(view, kind, pid, msg)
+
+    def _follow(self, view: RouteView, kind: int, pid: int, msg: bytes) -> None:
+        """Update ``view`` from the kernel's report of one of our own requests."""
+        if pid != self.driver.portid or self._links is None:
+            self._stale()
+            return
+        # No links() here: it would drain notifications inside this loop.
+        route = decode_route(msg, self._names)
+        if route is None or route.protocol != self.protocol or not self.in_scope(route.table):
+            self._stale()
+        elif kind == RTM_NEWROUTE:
+            view.owned[route.key] = route
+            self._edits += 1
+        elif view.owned.get(route.key) == route:
+            del view.owned[route.key]
+            self._edits += 1
+        else:
+            self._stale()
+
+    def _stale(self) -> None:
+        """The route view no longer matches the kernel (the links still do)."""
+        self._generation += 1
+        self._routes.invalidate()
