@@ -7,7 +7,7 @@ foreign state already provides (``met``) or blocks (``conflict``). A wanted
 flannel's config is left to flannel) is never added: it only gets a
 ``conflict`` note when foreign state contradicts it.
 
-Properties (each one a hypothesis test in ``tests/property``):
+Properties (each one a hypothesis test in ``tests/planner``):
 
 * soundness: ``plan(o, d).apply_to(o).owned == plan(o, d).target(d)``, which is
   ``d.owned`` less what the notes set aside and less expectations;

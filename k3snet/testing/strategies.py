@@ -532,7 +532,7 @@ def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStra
         inside = networks(version, min_prefix=cidr.prefixlen + 1,
                           max_prefix=min(cidr.prefixlen + 8, _BITS[version]))
         # Exclusions that together cover the whole destination are left out: the
-        # spec refuses them (tests/property/test_compile_properties.py).
+        # spec refuses them (tests/spec/test_compile_properties.py).
         exclude = draw(st.lists(inside.map(lambda n: _shift(n, cidr)), max_size=2, unique=True)
                        .filter(lambda ex: list(aggregate(ex)) != [cidr]))
         return Destination(cidr, gateway=gateway, device=device,

@@ -24,7 +24,7 @@ from k3snet.model import ForwardRule, MasqueradeRule, Route, SnatRule, Sysctl
 from k3snet.model.cidr import Network
 from k3snet.spec import Cluster, Destination
 from k3snet.testing import strategies as ks
-from tests.property.oracle import (
+from tests.planner.oracle import (
     OTHER_INTERFACE,
     Packet,
     edge_addresses,

@@ -20,7 +20,7 @@ from k3snet import State, plan
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, Sysctl
 from k3snet.model.cidr import Network
 from k3snet.testing import strategies as ks
-from tests.property.oracle import competes, does_the_job, packets
+from tests.planner.oracle import competes, does_the_job, packets
 
 _SOURCES = ("10.42.0.0/16", "10.42.0.0/17", "10.0.0.0/8", "fd42:42::/56", "fd42::/32")
 _DESTINATIONS = (None, "192.168.2.0/24", "192.168.0.0/16", "192.168.2.0/25", "fd01:2::/64")
