@@ -29,7 +29,7 @@ from typing import Any, Literal
 import attrs
 
 from k3snet.errors import ModelError, PlanError
-from k3snet.model._base import NetObject
+from k3snet.model import NetObject
 from k3snet.model.state import State, object_from_dict
 from k3snet.model.sysctl import Sysctl
 

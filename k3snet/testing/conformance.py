@@ -41,7 +41,7 @@ from hypothesis.strategies import SearchStrategy
 from k3snet.backends.base import Backend
 from k3snet.backends.kit import FaultHook
 from k3snet.errors import ApplyError, K3snetError, RollbackError
-from k3snet.model._base import NetObject
+from k3snet.model import NetObject
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule
 from k3snet.model.route import Route

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from k3snet.errors import ModelError
-from k3snet.model._base import NetObject
+from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network, aggregate
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
