@@ -132,7 +132,8 @@ def test_objects_order_strictly() -> None:
 
 
 def test_route_describe_names_unknown_protocols_by_number() -> None:
-    assert Route("192.168.2.0/24", device="eth0", protocol=99).describe().endswith("proto 99")
+    assert Route("192.168.2.0/24", device="eth0", protocol=77).describe().endswith("proto 77")
+    assert Route("192.168.2.0/24", device="eth0", protocol=99).describe().endswith("proto openr")
 
 
 def test_object_from_dict_names_what_it_cannot_read() -> None:
