@@ -373,7 +373,7 @@ PLANFILE_KIND = "k3snet-planfile"
 class _SavedPlan:
     plan: Plan
     backends: list[str]
-    observed: str
+    desired: State
 
 
 def _node_identity(netns: str | None) -> dict[str, str | None]:
@@ -388,7 +388,7 @@ def _node_identity(netns: str | None) -> dict[str, str | None]:
 
 
 def _save_planfile(args: argparse.Namespace, backend: BackendGroup, observed: State,
-                   p: Plan) -> None:
+                   desired: State, p: Plan) -> None:
     spec_bytes = args.spec.read_bytes()
     document = {
         "format": JSON_FORMAT,
@@ -399,6 +399,7 @@ def _save_planfile(args: argparse.Namespace, backend: BackendGroup, observed: St
         [f"{m.backend.name}:{','.join(sorted(m.kinds))}" for m in backend.members],
         "spec": {"path": str(args.spec), "sha256": hashlib.sha256(spec_bytes).hexdigest()},
         "observed": state_digest(observed.only(backend.capabilities)),
+        "desired": desired.only(backend.capabilities).to_dict(),
         "plan": p.to_dict(),
     }
     args.out.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -427,8 +428,11 @@ def _load_planfile(args: argparse.Namespace) -> _SavedPlan:
     backends = document.get("backends")
     if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
         raise PlanError(f"{path}: no backends recorded")
+    desired = document.get("desired")
+    if not isinstance(desired, dict):
+        raise PlanError(f"{path}: no desired state recorded; plan again with this k3snet")
     return _SavedPlan(Plan.from_dict(document.get("plan") or {}), backends,
-                      str(document.get("observed")))
+                      State.from_dict(desired))
 
 
 # ---------------------------------------------------------------- terminal habits
@@ -507,9 +511,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     spec = _spec(args)
     with _backend(args, spec) as backend:
         observed = backend.observe()
-        p = plan(observed, _desired(args, spec, backend))
+        desired = _desired(args, spec, backend)
+        p = plan(observed, desired)
         if args.out is not None:
-            _save_planfile(args, backend, observed, p)
+            _save_planfile(args, backend, observed, desired, p)
     if args.output == "json":
         _print_json({**p.to_dict(), "kind": "plan"})
     else:
@@ -544,14 +549,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     with _backend(args, spec, names=saved.backends if saved else None) as backend:
         desired = _desired(args, spec, backend) if spec is not None else State()
 
-        def run(p: Plan | None, digest: str | None, *, dry_run: bool) -> Convergence:
+        def run(p: Plan | None, wanted: State | None, *, dry_run: bool) -> Convergence:
             if p is None:
                 return converge(backend, desired, dry_run=dry_run, **options)
-            return apply_plan(backend, p, observed_digest=digest, dry_run=dry_run, **options)
+            return apply_plan(backend, p, desired=wanted, dry_run=dry_run, **options)
 
-        fixed, digest = (saved.plan, saved.observed) if saved else (None, None)
+        fixed, wanted = (saved.plan, saved.desired) if saved else (None, None)
         if args.dry_run:
-            preview = run(fixed, digest, dry_run=True)
+            preview = run(fixed, wanted, dry_run=True)
             problems = tuple(backend.check(preview.plan)) if preview.plan.changes else ()
             _print_apply(args, preview, problems)
             if problems:
@@ -559,15 +564,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
             return EXIT_CHANGES if args.detailed_exitcode and preview.plan.changes else EXIT_OK
         if not args.auto_approve and sys.stdin.isatty():
             # What is approved is what is applied: the previewed plan, refused if stale.
-            preview = run(fixed, digest, dry_run=True)
+            preview = run(fixed, wanted, dry_run=True)
             if preview.plan.changes:
                 print(_colour(preview.plan.render(), args))
                 if not _confirm("Apply these changes?"):
                     print("k3snet: nothing was changed", file=sys.stderr)
                     return EXIT_ERROR
                 fixed = preview.plan
-                digest = state_digest(preview.observed.only(backend.capabilities))
-        done = run(fixed, digest, dry_run=False)
+                wanted = desired
+        done = run(fixed, wanted, dry_run=False)
     _print_apply(args, done)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK

@@ -89,7 +89,7 @@ def apply_plan(
     backend: Backend,
     p: Plan,
     *,
-    observed_digest: str | None = None,
+    desired: State | None = None,
     dry_run: bool = False,
     check: bool = False,
     allow_conflicts: bool = False,
@@ -98,20 +98,23 @@ def apply_plan(
 ) -> Convergence:
     """Apply exactly the plan ``p`` (made earlier, e.g. saved by ``k3snet plan --out``).
 
-    With ``observed_digest`` (:func:`state_digest` of what the plan was made
-    from), the plan is refused with :class:`~k3snet.errors.StalePlanError` if the
-    backend now observes anything else: a plan is only right for the state it
-    was computed from. The same refusals as :func:`converge` apply.
+    With ``desired`` (the state the plan was made for), the plan is refused with
+    :class:`~k3snet.errors.StalePlanError` unless planning again from what the
+    backend observes now gives exactly ``p``: a plan is only right for the state
+    it was computed from. A change on the node that does not alter the plan (an
+    unrelated route, a counter) does not make it stale. The same refusals as
+    :func:`converge` apply.
     """
     with namespace_lock(namespaces_of(backend), timeout=lock_timeout):
         observed = backend.observe()
-        if observed_digest is not None:
-            now = state_digest(observed.only(backend.capabilities))
-            if now != observed_digest:
+        if desired is not None:
+            now = plan(observed, desired.only(backend.capabilities))
+            if now != p:
                 raise StalePlanError(
-                    "the node changed since this plan was made (what the backends observe "
-                    f"now has digest {now[:12]}, the plan was made from {observed_digest[:12]}); "
-                    "nothing was applied: plan again")
+                    "the node changed since this plan was made: planned again now, it "
+                    f"would be {len(now.changes)} change(s) and {len(now.notes)} note(s) "
+                    f"instead of {len(p.changes)} and {len(p.notes)}; nothing was applied: "
+                    "plan again")
         return _carry_out(backend, observed, p, dry_run=dry_run, check=check,
                           allow_conflicts=allow_conflicts, allow_teardown=allow_teardown)
 

@@ -49,11 +49,15 @@ def test_a_saved_plan_is_applied_exactly_then_refused_as_stale(tmp_path: Path) -
         assert again.returncode == 1
         assert "the node changed since this plan was made" in again.stderr
 
-        # A foreign change also makes a fresh plan file stale.
+        # An unrelated foreign change leaves a fresh plan file good ...
         fresh = tmp_path / "fresh.plan"
         assert _k3snet("plan", "-f", str(SPEC_PATH), *BACKENDS, "--netns", lab.node, "--out",
                        str(fresh), lab=lab, tmp=tmp_path).returncode == 0
         run_in(lab.node, ["ip", "route", "add", "198.51.100.0/24", "via", "192.168.1.1"])
+        assert _k3snet("apply", str(fresh), lab=lab, tmp=tmp_path).returncode == 0
+        # ... one that changes the plan makes it stale: the administrator's static route,
+        # which met the route need, is gone, so the plan would now add k3snet's own.
+        run_in(lab.node, ["ip", "route", "del", "192.168.2.0/24"])
         stale = _k3snet("apply", str(fresh), lab=lab, tmp=tmp_path)
         assert stale.returncode == 1
         assert "plan again" in stale.stderr
