@@ -14,8 +14,8 @@ import contextlib
 import inspect
 import json
 import os
+import socket
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="k3snet",
         description="Plan and apply the minimal changes that make pod egress work on this node.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def node_command(name: str, help_text: str, *, spec_required: bool = True) -> Any:
@@ -75,10 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print what would be removed, change nothing")
     node_command("observe", "Print the owned and foreign state the backends see.",
                  spec_required=False)
-    agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet).")
-    agent.add_argument("--interval", type=_positive_seconds, default=30.0,
-                       help="seconds between passes (default: 30)")
-    agent.add_argument("--once", action="store_true", help="converge once and exit")
+    agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet); "
+                         "see docs/agent.md.", spec_required=False)
+    _agent_arguments(agent)
 
     render = sub.add_parser("render", help="Write persistence files or Kubernetes manifests.")
     render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
@@ -102,6 +102,51 @@ def build_parser() -> argparse.ArgumentParser:
                               help="default: in-cluster, $KUBECONFIG, ~/.kube/config")
     connectivity.add_argument("--context")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("k3snet")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _agent_arguments(agent: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    agent.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]",
+                       help="read the spec from this ConfigMap through the API each pass "
+                            "(default key spec.yaml) instead of -f")
+    agent.add_argument("--interval", type=_positive_seconds, default=30.0,
+                       help="seconds between passes (default: 30)")
+    agent.add_argument("--once", action="store_true",
+                       help="converge once and exit (0: the pass succeeded, 1: it failed)")
+    agent.add_argument("--node-name", default=env("K3SNET_NODE_NAME") or socket.gethostname(),
+                       help="this node's name (default: $K3SNET_NODE_NAME, else the hostname)")
+    agent.add_argument("--listen", default=env("K3SNET_LISTEN", ":9743"), metavar="[HOST]:PORT",
+                       help="serve /healthz, /readyz and /metrics here; 'none' disables it "
+                            "(default: $K3SNET_LISTEN or :9743)")
+    agent.add_argument("--log-format", choices=("text", "json"),
+                       default=env("K3SNET_LOG_FORMAT", "text"))
+    agent.add_argument("--log-level", default=env("K3SNET_LOG_LEVEL", "INFO"),
+                       choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    agent.add_argument("--cleanup-on-exit", action="store_true",
+                       help="on SIGTERM/SIGINT remove what k3snet owns on this node (like "
+                            "`k3snet destroy`); by default the rules stay")
+    agent.add_argument("--kubeconfig", help="for the Lease, the node report and "
+                       "--spec-configmap (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
+    agent.add_argument("--no-kube", action="store_true",
+                       help="never talk to the API server: no node report, no Lease (every "
+                            "cluster-wide backend then writes from this agent)")
+    agent.add_argument("--no-node-report", action="store_true",
+                       help="do not annotate the Node with the last result")
+    agent.add_argument("--lease", default=None, metavar="NS/NAME",
+                       help="the Lease electing the writer of cluster-wide objects (default: "
+                            "$K3SNET_NAMESPACE or kube-system / k3snet-cluster-writer)")
+    agent.add_argument("--lease-duration", type=_positive_seconds, default=15.0)
+    agent.add_argument("--lease-renew-deadline", type=_positive_seconds, default=10.0)
+    agent.add_argument("--lease-retry-period", type=_positive_seconds, default=2.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -295,21 +340,10 @@ def cmd_observe(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    spec = _spec(args)
-    with _backend(args, spec) as backend:
-        while True:
-            try:
-                done = converge(backend, _desired(args, spec, backend))
-            except K3snetError as exc:
-                if args.once:
-                    raise
-                print(f"k3snet agent: {exc}", file=sys.stderr, flush=True)
-            else:
-                if done.result is not None:
-                    print(done.result.render(), flush=True)
-            if args.once:
-                return EXIT_OK
-            time.sleep(args.interval)
+    from k3snet.agent import run_from_cli  # noqa: PLC0415 - agent dependencies only here
+
+    return run_from_cli(args, make_backend=lambda spec: _backend(args, spec),
+                        desired=lambda spec, group: _desired(args, spec, group))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
