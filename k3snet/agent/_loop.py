@@ -181,6 +181,7 @@ class Agent:
         self.generation = 0
         self._refused_sha: str | None = None
         self._refusal: str | None = None
+        self._unreadable: str | None = None
         self._last_ok_sha: str | None = None
         self._last_ok_leader = False
         self.ready = False
@@ -243,7 +244,11 @@ class Agent:
             text = self.source.read()
         except K3snetError as exc:
             refused = _RefusedError("unreadable", exc)
+            if str(exc) != self._unreadable:  # said once, not every pass
+                self._unreadable = str(exc)
+                self._refuse(None, refused)
         else:
+            self._unreadable = None
             sha = _sha256(text)
             if sha not in (self._sha, self._refused_sha):
                 try:

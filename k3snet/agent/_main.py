@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import threading
@@ -86,11 +87,19 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
         host, port = parse_listen(args.listen)
         server = HealthServer(host, port, healthy=agent.health, ready=agent.readiness,
                               metrics=metrics.exposition).start()
+        logging.getLogger("k3snet.agent").info(
+            "serving /healthz, /readyz and /metrics on %s:%d", server.host, server.port)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: agent.stop())
+    log = logging.getLogger("k3snet.agent")
     try:
-        return agent.run(once=args.once)
+        status = agent.run(once=args.once)
+        if not args.once:
+            log.info("stopped after %d pass(es); %s", agent.passes,
+                     "removed what k3snet owned on this node" if args.cleanup_on_exit
+                     else "the rules stay in place (k3snet destroy removes them)")
+        return status
     finally:
         if server is not None:
             server.stop()
