@@ -23,7 +23,7 @@ from typing import Any
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.registry import available_backends, create_backend, load_backend
 from k3snet.converge import compile_for, converge, destroy
-from k3snet.errors import K3snetError
+from k3snet.errors import K3snetError, Problem, SpecError
 from k3snet.facts import gather_facts
 from k3snet.model.state import KINDS, State
 from k3snet.planner import Plan, plan
@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf)")
     render.add_argument("--flannel-configmap-namespace", metavar="NS",
                         help="manifests: the namespace of upstream flannel's kube-flannel-cfg")
+    render.add_argument("--profile", action="append", default=[], metavar="NAME=SPEC",
+                        help="manifests: a per-node override, repeatable: nodes labelled "
+                             "k3snet.io/profile=NAME run SPEC instead (its own DaemonSet)")
+    render.add_argument("--no-node-report", action="store_true",
+                        help="manifests: the agent does not annotate its Node (no API access "
+                             "unless a backend needs it)")
 
     validate = sub.add_parser("validate", help="Check a spec; print every problem at once.")
     validate.add_argument("-f", "--spec", required=True, type=Path)
@@ -435,11 +441,19 @@ def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.manifests import dump_manifests, render_manifests  # noqa: PLC0415
 
+    profiles: dict[str, tuple[Spec, str]] = {}
+    for entry in args.profile:
+        name, sep, path = entry.partition("=")
+        if not sep:
+            raise SpecError([Problem("", f"--profile must be NAME=SPEC, not {entry!r}")])
+        profiles[name] = (load_spec(path), Path(path).read_text())
     objects = render_manifests(
         spec,
         spec_text=args.spec.read_text(),
         flannel_conf=args.flannel_conf,
         flannel_configmap_namespace=args.flannel_configmap_namespace,
+        profiles=profiles,
+        node_report=not args.no_node_report,
     )
     return {"k3snet.yaml": dump_manifests(objects)}
 
