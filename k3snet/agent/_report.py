@@ -68,6 +68,8 @@ class NodeReporter:
         self.component = component
         self.timeout = timeout
         self._last: NodeReport | None = None
+        self.started = _now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        """When this agent started: a restart shows as a new value in the annotation."""
         self.writes = 0
         """API writes made so far (annotation patches and Events)."""
 
@@ -79,7 +81,8 @@ class NodeReporter:
         stamp = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {"metadata": {"annotations": {
             STATUS_ANNOTATION: result.status,
-            RESULT_ANNOTATION: json.dumps({**result.to_dict(), "time": stamp}, sort_keys=True),
+            RESULT_ANNOTATION: json.dumps({**result.to_dict(), "time": stamp,
+                                           "started": self.started}, sort_keys=True),
         }}}
         try:
             kube_call(f"annotate Node {self.node}", lambda: self._core.patch_node(
@@ -98,8 +101,7 @@ class NodeReporter:
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": f"{self.node}.k3snet.{uuid.uuid4().hex[:12]}",
                          "namespace": _EVENT_NAMESPACE},
-            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node,
-                               "uid": self.node},
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node},
             "reason": reason, "message": result.message[:1024], "type": kind,
             "source": {"component": self.component, "host": self.node},
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,

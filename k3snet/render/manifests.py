@@ -110,8 +110,8 @@ LEASE_NAME: Final = "k3snet-cluster-writer"
 LEASE_ROLE_NAME: Final = "k3snet-agent-lease"
 REPORT_ROLE_NAME: Final = "k3snet-agent-node-report"
 # Measured: see docs/agent.md ("Memory") for the figures and the command.
-AGENT_MEMORY_REQUEST: Final = "64Mi"
-AGENT_MEMORY_LIMIT: Final = "256Mi"
+AGENT_MEMORY_REQUEST: Final = "128Mi"
+AGENT_MEMORY_LIMIT: Final = "384Mi"
 AGENT_CPU_REQUEST: Final = "10m"
 
 _BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
