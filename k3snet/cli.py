@@ -150,6 +150,11 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     agent.add_argument("--lease", default=None, metavar="NS/NAME",
                        help="the Lease electing the writer of cluster-wide objects (default: "
                             "$K3SNET_NAMESPACE or kube-system / k3snet-cluster-writer)")
+    agent.add_argument("--lease-candidates", metavar="LABEL[=VALUE]",
+                       default=env("K3SNET_LEASE_CANDIDATES"),
+                       help="only nodes with this label compete for the Lease (e.g. "
+                            "node-role.kubernetes.io/control-plane); others never write "
+                            "cluster-wide objects nor read the Lease (default: every node)")
     agent.add_argument("--lease-duration", type=_positive_seconds, default=15.0)
     agent.add_argument("--lease-renew-deadline", type=_positive_seconds, default=10.0)
     agent.add_argument("--lease-retry-period", type=_positive_seconds, default=2.0)

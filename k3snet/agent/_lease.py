@@ -14,6 +14,11 @@ synchronous ``kubernetes`` client:
   (< ``duration``), so it stops writing before anyone else may start;
 * :meth:`LeaderElector.release` (on SIGTERM) empties ``holderIdentity``, so the
   next candidate takes over at its next read instead of after ``duration``.
+
+One change from client-go, for a DaemonSet where every node is a candidate: a
+candidate that sees a live holder reads again only when that holder's Lease could
+have expired (after ``duration``), not every ``retry_period``; 5,000 candidates
+then cost 5,000 / 15 s reads instead of 5,000 / 2 s (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -226,11 +231,21 @@ class LeaderElector:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.retry_period):
+        while not self._stop.wait(self.next_wait()):
             try:
                 self.step()
             except Exception:  # noqa: BLE001 - a bug must not end leader election silently
                 _log.exception("leader election step failed")
+
+    def next_wait(self) -> float:
+        """Seconds until the next step: ``retry_period`` for the holder and while the
+        Lease is free or expiring, else until the holder's Lease could expire."""
+        s = self.settings
+        with self._lock:
+            if self._leader or self._observed is None or not self._observed[0]:
+                return s.retry_period
+            expires = self._observed_at + s.duration - self._clock()
+        return min(s.duration, max(s.retry_period, expires))
 
     def stop(self, *, release: bool = True) -> None:
         """Stop the thread, then release the Lease (unless ``release`` is false)."""

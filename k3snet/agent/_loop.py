@@ -154,14 +154,16 @@ class Agent:
 
     ``make_backend`` builds the backends of a spec, ``desired`` compiles a spec
     for a group. ``elector_factory`` (optional) makes the Lease elector, started
-    only once the spec has a cluster-wide backend; without it this agent writes
-    cluster-wide objects itself (a single node, ``--no-leader-election``).
+    only once the spec has a cluster-wide backend, or returns None when this
+    node is no candidate (it then never writes cluster-wide objects); without a
+    factory this agent writes cluster-wide objects itself (``--no-kube``).
     """
 
     def __init__(self, source: SpecSource, make_backend: BackendFactory, desired: DesiredState,
                  options: AgentOptions, *, metrics: AgentMetrics | None = None,
                  reporter: NodeReporter | None = None,
-                 elector_factory: Callable[[Callable[[bool], None]], LeaderElector] | None = None,
+                 elector_factory: Callable[[Callable[[bool], None]],
+                                           LeaderElector | None] | None = None,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.source = source
@@ -189,6 +191,7 @@ class Agent:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._once = False
+        self._not_candidate = False
         self.passes = 0
 
     # ------------------------------------------------------------ probes
@@ -343,7 +346,14 @@ class Agent:
         if self._elector_factory is None:
             return True
         if self.elector is None:
+            if self._not_candidate:
+                return False
             self.elector = self._elector_factory(self._leadership_changed)
+            if self.elector is None:
+                self._not_candidate = True
+                _log.info("not a candidate for the Lease: cluster-wide objects are left to "
+                          "the candidates")
+                return False
         if self._once:
             self.elector.step()  # --once: one attempt, no thread
         elif not self._elector_started:

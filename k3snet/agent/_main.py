@@ -49,6 +49,18 @@ def _lease_settings(args: argparse.Namespace) -> LeaseSettings:
                          retry_period=args.lease_retry_period)
 
 
+def _has_label(api_client: Any, node: str, selector: str) -> bool:
+    """Whether the Node has label ``KEY`` (or ``KEY=VALUE``): read once, at the first need."""
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    from k3snet.kube import kube_call  # noqa: PLC0415
+
+    key, sep, value = selector.partition("=")
+    found = kube_call(f"read Node {node}", lambda: client.CoreV1Api(api_client).read_node(node))
+    labels = (found.metadata.labels if found.metadata is not None else None) or {}
+    return key in labels and (not sep or labels[key] == value)
+
+
 def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
                  desired: DesiredState) -> int:
     """Run the agent as ``k3snet agent`` was asked to; returns the exit status.
@@ -74,7 +86,10 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
     reporter = NodeReporter(api(), args.node_name) if use_kube and not args.no_node_report \
         else None
 
-    def elector(on_change: Callable[[bool], None]) -> LeaderElector:
+    def elector(on_change: Callable[[bool], None]) -> LeaderElector | None:
+        if args.lease_candidates and not _has_label(api(), args.node_name,
+                                                    args.lease_candidates):
+            return None
         return LeaderElector(api(), args.node_name, settings, on_change=on_change)
 
     agent = Agent(source, make_backend, desired,

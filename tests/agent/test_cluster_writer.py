@@ -181,3 +181,44 @@ def test_node_annotation_says_the_last_result(server: EmulatedApiServer, tmp_pat
 def test_lease_timing_is_checked() -> None:
     with pytest.raises(ValueError, match="retry period < renew deadline < duration"):
         LeaseSettings(duration=5, renew_deadline=10, retry_period=2)
+
+
+def test_candidates_read_a_live_lease_only_when_it_could_expire(
+    server: EmulatedApiServer,
+) -> None:
+    clock = FakeClock()
+    holder = _Stepped(server.api_client(), "node-a", SETTINGS, clock=clock)
+    candidate = _Stepped(server.api_client(), "node-b", SETTINGS, clock=clock)
+    assert candidate.next_wait() == SETTINGS.retry_period  # nothing seen yet
+    assert holder.step() is True
+    assert holder.next_wait() == SETTINGS.retry_period  # the holder renews often
+    assert candidate.step() is False
+    assert candidate.next_wait() == SETTINGS.duration
+    clock.now += 10
+    assert candidate.next_wait() == 5
+    clock.now += 4.5
+    assert candidate.next_wait() == SETTINGS.retry_period
+    assert holder.step() is True  # renewed: the candidate waits again
+    assert candidate.step() is False
+    assert candidate.next_wait() == SETTINGS.duration
+    holder.release()
+    assert candidate.step() is True  # a released Lease is taken at once
+
+
+def test_a_node_that_is_no_candidate_never_writes_pools(
+    server: EmulatedApiServer, tmp_path: Path
+) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    api = server.api_client()
+    agent = Agent(FileSpecSource(spec_path),
+                  lambda spec: BackendGroup([memory, CalicoBackend(api_client=api, api="crd")]),
+                  lambda spec, group: compile_for(group, spec), AgentOptions("node-c"),
+                  elector_factory=lambda on_change: None)
+    result = agent.run_pass()
+    assert (result.status, result.leader) == ("ok", False)
+    assert len(memory.state.owned) == 4
+    assert server.objects(POOLS) == []
+    assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
+    agent.shutdown()

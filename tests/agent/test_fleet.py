@@ -26,6 +26,7 @@ from .fleet import NODES, SERVICE, SERVICE_TWO, Fleet, node_address, spec_text, 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.cluster]
 
 POOLS = "crd.projectcalico.org/v1/ippools"
+BIG = 2000  # destinations: an apply long enough for the SIGKILL to land inside it
 FIGURES: dict[str, Any] = {}
 
 
@@ -154,7 +155,7 @@ def test_an_agent_killed_mid_apply_restarts_without_duplicates_or_orphans(
     fleet: Fleet,
 ) -> None:
     victim = 3
-    big = spec_text(extra=400)
+    big = spec_text(extra=BIG)
     namespace = "kube-system"
     fleet.api.put("v1/configmaps", {"metadata": {"name": "k3snet-spec-big",
                                                  "namespace": namespace},
@@ -167,16 +168,16 @@ def test_an_agent_killed_mid_apply_restarts_without_duplicates_or_orphans(
         seen.append(len(fleet.owned_routes(victim)))
         return seen[-1] > 0
 
-    wait_for("the big apply starts", partial, step=0.001)
+    wait_for("the big apply starts", partial, step=0)
     fleet.kill_agent(victim, signal.SIGKILL)
     at_kill = len(fleet.owned_routes(victim))
-    FIGURES["SIGKILL landed after owned routes"] = f"{at_kill} of 400"
+    FIGURES["SIGKILL landed after owned routes"] = f"{at_kill} of {BIG}"
     fleet.start_agent(victim, configmap=f"{namespace}/k3snet-spec-big")
     wait_for("the restarted agent converges", lambda: fleet.converged(_sha(big), [victim]))
     routes = fleet.owned_routes(victim)
     destinations = [r["dst"] for r in routes]
-    assert len(destinations) == len(set(destinations)) == 400  # no duplicate, no orphan
-    assert set(destinations) == {f"10.{100 + n // 256}.{n % 256}.0/24" for n in range(400)}
+    assert len(destinations) == len(set(destinations)) == BIG  # no duplicate, no orphan
+    assert set(destinations) == {f"10.{100 + n // 256}.{n % 256}.0/24" for n in range(BIG)}
     # back to the fleet's spec: the 400 routes go, nothing else
     fleet.kill_agent(victim, signal.SIGTERM)
     fleet.start_agent(victim)
