@@ -151,6 +151,13 @@ def test_drift_on_two_nodes_is_repaired(fleet: Fleet) -> None:
     assert fleet.probe(2)["seen"] == node_address(2)
 
 
+def _big_rules(fleet: Fleet, i: int) -> int:
+    """nftables rules of k3snet's table naming one of the big spec's 10.1xx destinations."""
+    listing = run_in(fleet.nodes[i], ["nft", "list", "table", "inet", "k3snet"],
+                     check=False).stdout
+    return sum(1 for line in listing.splitlines() if "ip daddr 10.1" in line)
+
+
 def test_an_agent_killed_mid_apply_restarts_without_duplicates_or_orphans(
     fleet: Fleet,
 ) -> None:
@@ -171,13 +178,16 @@ def test_an_agent_killed_mid_apply_restarts_without_duplicates_or_orphans(
     wait_for("the big apply starts", partial, step=0)
     fleet.kill_agent(victim, signal.SIGKILL)
     at_kill = len(fleet.owned_routes(victim))
-    FIGURES["SIGKILL landed after owned routes"] = f"{at_kill} of {BIG}"
+    rules_at_kill = _big_rules(fleet, victim)
+    FIGURES["SIGKILL landed after (owned routes, nft rules for them)"] = (
+        f"{at_kill} of {BIG}, {rules_at_kill} of {BIG}")
     fleet.start_agent(victim, configmap=f"{namespace}/k3snet-spec-big")
     wait_for("the restarted agent converges", lambda: fleet.converged(_sha(big), [victim]))
     routes = fleet.owned_routes(victim)
     destinations = [r["dst"] for r in routes]
     assert len(destinations) == len(set(destinations)) == BIG  # no duplicate, no orphan
     assert set(destinations) == {f"10.{100 + n // 256}.{n % 256}.0/24" for n in range(BIG)}
+    assert _big_rules(fleet, victim) == BIG
     # back to the fleet's spec: the 400 routes go, nothing else
     fleet.kill_agent(victim, signal.SIGTERM)
     fleet.start_agent(victim)
