@@ -17,7 +17,7 @@ from k3snet.agent._loop import Agent, AgentOptions, BackendFactory, DesiredState
 from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import NodeReporter
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
-from k3snet.errors import ModelError, Problem, SpecError
+from k3snet.errors import BackendUnavailableError, ModelError, Problem, SpecError
 
 __all__ = ["run_from_cli"]
 
@@ -82,6 +82,16 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
     source = _spec_source(args, api)
     settings = _lease_settings(args)
     use_kube = not args.no_kube
+    if use_kube and args.kubeconfig is None and args.spec_configmap is None:
+        # A plain host (no kubeconfig, no service account, or no kubernetes client):
+        # nothing to report to and no Lease to hold; the spec's own API backends
+        # would fail on their own. Say so once and carry on with the node.
+        try:
+            api()
+        except BackendUnavailableError as exc:
+            logging.getLogger("k3snet.agent").warning(
+                "no Kubernetes API: no node report, no Lease (%s)", exc)
+            use_kube = False
     metrics = AgentMetrics() if args.listen != "none" else None
     reporter = NodeReporter(api(), args.node_name) if use_kube and not args.no_node_report \
         else None

@@ -96,3 +96,18 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert done.value.code == 0
     assert re.fullmatch(r"k3snet \S+\n", capsys.readouterr().out)
+
+
+def test_without_a_kubernetes_api_the_agent_still_converges_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["agent", "-f", str(spec), "--backend", "memory", "--no-facts", "--once",
+                 "--listen", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "no Kubernetes API: no node report, no Lease" in err
+    assert "applied: 3 change(s)" in err
