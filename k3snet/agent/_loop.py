@@ -296,8 +296,8 @@ class Agent:
         except (TeardownError, SpecError) as exc:
             if fresh:
                 group.close()
-            raise _RefusedError("teardown" if isinstance(exc, TeardownError) else "invalid",
-                           exc) from exc
+            reason = "teardown" if isinstance(exc, TeardownError) else "invalid"
+            raise _RefusedError(reason, exc) from exc
         except BaseException:
             self._accept(spec, sha, group, fresh)  # valid: in force, even if this pass failed
             raise

@@ -26,7 +26,7 @@ from .fleet import NODES, SERVICE, SERVICE_TWO, Fleet, node_address, spec_text, 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.cluster]
 
 POOLS = "crd.projectcalico.org/v1/ippools"
-BIG = 2000  # destinations: an apply long enough for the SIGKILL to land inside it
+BIG = 1000  # destinations: an apply long enough for the SIGKILL to land inside it
 FIGURES: dict[str, Any] = {}
 
 
