@@ -3,6 +3,7 @@
 #   make test    install what is missing, then lint, type check and run the whole suite
 #   make demo    build the seed lab in network namespaces and fix it with k3snet
 #   make mutation  mutation testing of the pure modules with mutmut (slow; docs/testing.md)
+#   make image   build the agent's container image without a registry (podman), and test it
 #
 # Meant to work as root on a fresh Debian machine: `deps` installs the missing
 # system packages with apt-get and creates .venv with everything from the
@@ -47,7 +48,7 @@ DEMO_ARGS ?= $(if $(NAT),--nat-backend $(NAT))
 MUTANTS ?=
 MUTATION_JOBS ?= 2
 
-.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation
+.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation image
 
 deps: $(STAMP)
 
@@ -112,8 +113,50 @@ dist: deps
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist .
 
+# ---------------------------------------------------------------- the image
+# No registry is reachable from the build machines: the base is a Debian root
+# file system made by mmdebstrap from this machine's own apt sources (never a
+# hard-coded mirror), trimmed like debian:*-slim, and imported with podman; the
+# wheels are built here, so `podman build` runs with --network=none.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= localhost/k3snet:$(VERSION)
+DEBIAN_SUITE ?= bookworm
+DEBIAN_SOURCES ?= $(firstword $(wildcard /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list))
+BASE_IMAGE := localhost/k3snet-base:$(DEBIAN_SUITE)
+IMAGE_DIR := build/image
+IMAGE_PACKAGES := python3,python3-venv,nftables,iptables,libnftables1,iproute2,ca-certificates
+IMAGE_TOOLS := mmdebstrap podman runc
+# What debian:*-slim leaves out.
+SLIM := --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+	--dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/info/*' \
+	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias'
+# crun refuses hybrid cgroups and raising rlimits without CAP_SYS_RESOURCE (CI
+# machines); runc with explicit, lower limits works there and everywhere else.
+PODMAN ?= podman --runtime runc
+PODMAN_LIMITS ?= --ulimit nofile=1024:1024 --ulimit nproc=4096:4096
+
+$(IMAGE_DIR)/rootfs.tar: Makefile
+	@missing=""; for pkg in $(IMAGE_TOOLS); do dpkg -s "$$pkg" >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
+	test -n "$(DEBIAN_SOURCES)" || { echo "no Debian apt sources on this machine: set DEBIAN_SOURCES"; exit 1; }
+	mkdir -p $(IMAGE_DIR)
+	$(SUDO) mmdebstrap --quiet --variant=minbase --include=$(IMAGE_PACKAGES) $(SLIM) \
+		--format=tar $(DEBIAN_SUITE) $@.tmp $(DEBIAN_SOURCES)
+	mv $@.tmp $@
+
+image: deps $(IMAGE_DIR)/rootfs.tar
+	$(PODMAN) import --quiet $(IMAGE_DIR)/rootfs.tar $(BASE_IMAGE)
+	rm -rf $(IMAGE_DIR)/wheels
+	$(BIN)/python -m pip wheel --quiet --wheel-dir $(IMAGE_DIR)/wheels \
+		".[nftables,iptables,kube,agent,spec]"
+	$(PODMAN) build --quiet --network=none $(PODMAN_LIMITS) --build-arg BASE=$(BASE_IMAGE) \
+		-f Containerfile -t $(IMAGE) .
+	K3SNET_IMAGE=$(IMAGE) K3SNET_PODMAN="$(PODMAN)" K3SNET_PODMAN_LIMITS="$(PODMAN_LIMITS)" \
+		$(PYTEST) -m image tests/image
+
 clean:
-	rm -rf site dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks *.egg-info mutants
+	rm -rf site dist build .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks *.egg-info \
+		mutants
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

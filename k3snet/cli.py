@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,7 +28,14 @@ from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.lock import namespace_id, namespaces_of
 from k3snet.backends.registry import available_backends, backend_options, create_backend
 from k3snet.converge import Convergence, apply_plan, compile_for, converge, destroy, state_digest
-from k3snet.errors import BackendOptionError, ConflictError, K3snetError, PlanError
+from k3snet.errors import (
+    BackendOptionError,
+    ConflictError,
+    K3snetError,
+    PlanError,
+    Problem,
+    SpecError,
+)
 from k3snet.facts import gather_facts
 from k3snet.model.state import KINDS, State
 from k3snet.planner import Plan, plan
@@ -61,8 +67,10 @@ def _common_options() -> _Parser:
     group.add_argument("-v", "--verbose", action="count", default=0,
                        help="log more (-v: info, -vv: debug) on stderr")
     group.add_argument("-q", "--quiet", action="store_true", help="log errors only")
-    group.add_argument("--log-format", choices=("text", "json"), default="text",
-                       help="log lines as text or as one JSON object each")
+    group.add_argument("--log-format", choices=("text", "json"),
+                       default=os.environ.get("K3SNET_LOG_FORMAT", "text"),
+                       help="log lines as text or as one JSON object each "
+                            "(default: $K3SNET_LOG_FORMAT or text)")
     group.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                        help="colour the plan (auto: on a terminal, unless NO_COLOR is set)")
     return common
@@ -155,10 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     observe.add_argument("--save", type=Path, metavar="DIR",
                          help="instead, write the node state k3snet doctor reads (routes, rules, "
                               "rulesets, sysctls; nothing secret) to DIR")
-    agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet).")
-    agent.add_argument("--interval", type=_positive_seconds, default=30.0,
-                       help="seconds between passes (default: 30)")
-    agent.add_argument("--once", action="store_true", help="converge once and exit")
+    agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet); "
+                         "see docs/agent.md.", spec_required=False)
+    _agent_arguments(agent)
 
     render = add("render", "Write persistence files or Kubernetes manifests.")
     render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
@@ -169,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf)")
     render.add_argument("--flannel-configmap-namespace", metavar="NS",
                         help="manifests: the namespace of upstream flannel's kube-flannel-cfg")
+    render.add_argument("--profile", action="append", default=[], metavar="NAME=SPEC",
+                        help="manifests: a per-node override, repeatable: nodes labelled "
+                             "k3snet.io/profile=NAME run SPEC instead (its own DaemonSet)")
+    render.add_argument("--no-node-report", action="store_true",
+                        help="manifests: the agent does not annotate its Node (no API access "
+                             "unless a backend needs it)")
 
     validate = add("validate", "Check a spec; print every problem at once.")
     validate.add_argument("-f", "--spec", required=True, type=Path)
@@ -188,6 +201,45 @@ def build_parser() -> argparse.ArgumentParser:
                      "`source <(k3snet completion bash)`.")
     completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
+
+
+def _agent_arguments(agent: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    agent.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]",
+                       help="read the spec from this ConfigMap through the API each pass "
+                            "(default key spec.yaml) instead of -f")
+    agent.add_argument("--interval", type=_positive_seconds, default=30.0,
+                       help="seconds between passes (default: 30)")
+    agent.add_argument("--once", action="store_true",
+                       help="converge once and exit (0: the pass succeeded, 1: it failed)")
+    agent.add_argument("--node-name", default=env("K3SNET_NODE_NAME") or socket.gethostname(),
+                       help="this node's name (default: $K3SNET_NODE_NAME, else the hostname)")
+    agent.add_argument("--listen", default=env("K3SNET_LISTEN", ":9743"), metavar="[HOST]:PORT",
+                       help="serve /healthz, /readyz and /metrics here; 'none' disables it "
+                            "(default: $K3SNET_LISTEN or :9743)")
+    agent.add_argument("--log-level", default=env("K3SNET_LOG_LEVEL", "INFO"),
+                       choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    agent.add_argument("--cleanup-on-exit", action="store_true",
+                       help="on SIGTERM/SIGINT remove what k3snet owns on this node (like "
+                            "`k3snet destroy`); by default the rules stay")
+    agent.add_argument("--kubeconfig", help="for the Lease, the node report and "
+                       "--spec-configmap (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
+    agent.add_argument("--no-kube", action="store_true",
+                       help="never talk to the API server: no node report, no Lease (every "
+                            "cluster-wide backend then writes from this agent)")
+    agent.add_argument("--no-node-report", action="store_true",
+                       help="do not annotate the Node with the last result")
+    agent.add_argument("--lease", default=None, metavar="NS/NAME",
+                       help="the Lease electing the writer of cluster-wide objects (default: "
+                            "$K3SNET_NAMESPACE or kube-system / k3snet-cluster-writer)")
+    agent.add_argument("--lease-candidates", metavar="LABEL[=VALUE]",
+                       default=env("K3SNET_LEASE_CANDIDATES"),
+                       help="only nodes with this label compete for the Lease (e.g. "
+                            "node-role.kubernetes.io/control-plane); others never write "
+                            "cluster-wide objects nor read the Lease (default: every node)")
+    agent.add_argument("--lease-duration", type=_positive_seconds, default=15.0)
+    agent.add_argument("--lease-renew-deadline", type=_positive_seconds, default=10.0)
+    agent.add_argument("--lease-retry-period", type=_positive_seconds, default=2.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -656,21 +708,10 @@ def cmd_observe(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    spec = _spec(args)
-    with _backend(args, spec) as backend:
-        while True:
-            try:
-                done = converge(backend, _desired(args, spec, backend))
-            except K3snetError as exc:
-                if args.once:
-                    raise
-                print(f"k3snet agent: {exc}", file=sys.stderr, flush=True)
-            else:
-                if done.result is not None:
-                    print(done.result.render(), flush=True)
-            if args.once:
-                return EXIT_OK
-            time.sleep(args.interval)
+    from k3snet.agent import run_from_cli  # noqa: PLC0415 - agent dependencies only here
+
+    return run_from_cli(args, make_backend=lambda spec: _backend(args, spec),
+                        desired=lambda spec, group: _desired(args, spec, group))
 
 
 EXIT_BLOCKED, EXIT_UNKNOWN = 3, 4  # doctor's own codes (docs/cli.md)
@@ -822,11 +863,19 @@ def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.manifests import dump_manifests, render_manifests  # noqa: PLC0415
 
+    profiles: dict[str, tuple[Spec, str]] = {}
+    for entry in args.profile:
+        name, sep, path = entry.partition("=")
+        if not sep:
+            raise SpecError([Problem("", f"--profile must be NAME=SPEC, not {entry!r}")])
+        profiles[name] = (load_spec(path), Path(path).read_text())
     objects = render_manifests(
         spec,
         spec_text=args.spec.read_text(),
         flannel_conf=args.flannel_conf,
         flannel_configmap_namespace=args.flannel_configmap_namespace,
+        profiles=profiles,
+        node_report=not args.no_node_report,
     )
     return {"k3snet.yaml": dump_manifests(objects)}
 

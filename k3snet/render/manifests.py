@@ -45,14 +45,17 @@ from k3snet.spec import ConnectivityTest, DnsZone, Spec, validate
 
 __all__ = [
     "AGENT_NAME",
+    "AGENT_PORT",
     "CONNECTIVITY_CONTAINER",
     "CONNECTIVITY_JOB_NAME",
     "COREDNS_CUSTOM_NAME",
     "EGRESS_POLICY_NAME",
     "FLANNEL_CONFIGMAP_NAME",
+    "LEASE_NAME",
     "MANAGED_BY_LABELS",
     "NEWEST_KUBERNETES_VERSION",
     "OLDEST_KUBERNETES_VERSION",
+    "PROFILE_LABEL",
     "SPEC_CONFIGMAP_NAME",
     "SPEC_PATH",
     "ConnectivityResult",
@@ -97,6 +100,20 @@ FLANNEL_CONFIGMAP_NAME: Final = "kube-flannel-cfg"
 
 SPEC_HASH_ANNOTATION: Final = "k3snet.io/spec-sha256"
 
+AGENT_PORT: Final = 9743
+"""The agent's /healthz, /readyz and /metrics port (on the node: host network)."""
+PROFILE_LABEL: Final = "k3snet.io/profile"
+"""The node label choosing a per-node override (a profile); unlabelled nodes run the base spec."""
+DEFAULT_PROFILE: Final = "default"
+LEASE_NAME: Final = "k3snet-cluster-writer"
+"""The Lease whose holder alone writes cluster-wide objects (Calico pools, flannel's ConfigMap)."""
+LEASE_ROLE_NAME: Final = "k3snet-agent-lease"
+REPORT_ROLE_NAME: Final = "k3snet-agent-node-report"
+# Measured: see docs/agent.md ("Memory") for the figures and the command.
+AGENT_MEMORY_REQUEST: Final = "128Mi"
+AGENT_MEMORY_LIMIT: Final = "384Mi"
+AGENT_CPU_REQUEST: Final = "10m"
+
 _BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 # Agents of the node backends: when the spec names no backend the agent may pick
 # any of them, so the manifests must allow for all.
@@ -110,6 +127,14 @@ _JOB_TTL_SECONDS = 3600  # long enough to read the result back, short enough to 
 _JOB_DEADLINE_SECONDS = 300  # 4 pings and a 5 s connect, after pulling busybox (slow links)
 _DNS_PORT = 53
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# Directories the agent must never get writable (the flannel file's directory is).
+_SHARED_DIRECTORIES = frozenset({
+    "/etc", "/etc/rancher", "/etc/rancher/k3s", "/etc/rancher/node", "/var/lib",
+    "/var/lib/rancher", "/var/lib/rancher/k3s", "/var/lib/rancher/k3s/server",
+    "/var/lib/rancher/k3s/agent", "/var/lib/rancher/k3s/agent/etc", "/run", "/var/run",
+    "/etc/kubernetes", "/var/lib/kubelet", "/root", "/home", "/usr", "/opt",
+    "/tmp",  # noqa: S108 - a path refused, not used
+})
 
 
 def _labels(component: str) -> dict[str, str]:
@@ -144,15 +169,22 @@ class _AgentNeeds:
     calico: bool
     flannel_conf: str | None
     flannel_configmap_namespace: str | None
+    node_report: bool = True
+
+    @property
+    def cluster_wide(self) -> bool:
+        """Whether the agent writes objects shared by the cluster (then: one writer, by Lease)."""
+        return self.calico or self.flannel_configmap_namespace is not None
 
     @property
     def api(self) -> bool:
         """Whether the agent talks to the API server at all (else: no token mounted)."""
-        return self.calico or self.flannel_configmap_namespace is not None
+        return self.cluster_wide or self.node_report
 
 
 def _agent_needs(
-    spec: Spec, flannel_conf: str | None, flannel_configmap_namespace: str | None
+    spec: Spec, flannel_conf: str | None, flannel_configmap_namespace: str | None,
+    node_report: bool = True,
 ) -> _AgentNeeds:
     problems: list[Problem] = []
     if "flannel" in spec.backends:
@@ -169,6 +201,14 @@ def _agent_needs(
             problems.append(Problem("backends", f"flannel_conf must be an absolute, normalised "
                                                 f"path of a file below a directory, got "
                                                 f"{flannel_conf!r}"))
+        elif flannel_conf is not None and posixpath.dirname(flannel_conf) in _SHARED_DIRECTORIES:
+            # The agent mounts the file's directory writable (a file replaced by rename
+            # cannot be bind-mounted alone): never one holding K3s's credentials.
+            problems.append(Problem("backends", (
+                f"flannel_conf {flannel_conf!r} is in {posixpath.dirname(flannel_conf)}, which "
+                "holds other files (K3s's kubeconfig, tokens, config); the agent mounts the "
+                "file's directory writable, so give flannel's config a directory of its own, "
+                "e.g. /etc/rancher/k3s/flannel/net-conf.json")))
         if flannel_configmap_namespace is not None and not _DNS_LABEL.fullmatch(
             flannel_configmap_namespace
         ):
@@ -188,6 +228,7 @@ def _agent_needs(
         calico="calico" in spec.backends,
         flannel_conf=flannel_conf,
         flannel_configmap_namespace=flannel_configmap_namespace,
+        node_report=node_report,
     )
 
 
@@ -197,7 +238,8 @@ def _spec_text(spec: Spec) -> str:
     return yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=False)
 
 
-def _agent_objects(spec: Spec, needs: _AgentNeeds, spec_text: str) -> list[dict[str, Any]]:
+def _agent_objects(spec: Spec, needs: _AgentNeeds, spec_text: str,
+                   profiles: Sequence[_Profile] = ()) -> list[dict[str, Any]]:
     ns = spec.agent.namespace
     objs: list[dict[str, Any]] = []
     if ns not in _BUILTIN_NAMESPACES:
@@ -210,18 +252,65 @@ def _agent_objects(spec: Spec, needs: _AgentNeeds, spec_text: str) -> list[dict[
         "apiVersion": "v1",
         "kind": "ServiceAccount",
         "metadata": _meta(AGENT_NAME, "agent", ns),
-        # No token unless a backend talks to the API server (least privilege).
+        # No token unless the agent talks to the API server (least privilege).
         "automountServiceAccountToken": needs.api,
     })
-    objs.append({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(SPEC_CONFIGMAP_NAME, "agent", ns),
-        "data": {posixpath.basename(SPEC_PATH): spec_text},
-    })
+    default = _Profile(DEFAULT_PROFILE, spec, spec_text)
+    for profile in (default, *profiles):
+        objs.append({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta(profile.configmap, "agent", ns),
+            "data": {posixpath.basename(SPEC_PATH): profile.text},
+        })
     objs += _rbac_objects(ns, needs)
-    objs.append(_daemonset(spec, needs, spec_text))
+    others = [p.name for p in profiles]
+    objs.append(_daemonset(default, needs, others))
+    objs += [_daemonset(p, needs, []) for p in profiles]
     return objs
+
+
+@attrs.frozen
+class _Profile:
+    """A node group with a spec of its own (nodes labelled ``k3snet.io/profile=NAME``)."""
+
+    name: str
+    spec: Spec
+    text: str
+
+    @property
+    def configmap(self) -> str:
+        return (SPEC_CONFIGMAP_NAME if self.name == DEFAULT_PROFILE
+                else f"{SPEC_CONFIGMAP_NAME}-{self.name}")
+
+    @property
+    def daemonset(self) -> str:
+        return AGENT_NAME if self.name == DEFAULT_PROFILE else f"{AGENT_NAME}-{self.name}"
+
+
+def _profiles(spec: Spec, given: Mapping[str, Spec | tuple[Spec, str]]) -> list[_Profile]:
+    """Check the per-node overrides: valid names and specs that agree on what is shared."""
+    problems: list[Problem] = []
+    found: list[_Profile] = []
+    for name in sorted(given):
+        value = given[name]
+        other, text = value if isinstance(value, tuple) else (value, _spec_text(value))
+        where = f"profiles.{name}"
+        if name == DEFAULT_PROFILE or not _DNS_LABEL.fullmatch(name) or len(name) > 40:
+            problems.append(Problem(where, f"a profile name is a DNS label of at most 40 "
+                                           f"characters other than {DEFAULT_PROFILE!r}"))
+        problems += [attrs.evolve(p, path=f"{where}.{p.path}") for p in validate(other)]
+        # What one agent writes for the whole cluster, or what all pods share, must be
+        # the same in every profile: the Lease holder's spec decides cluster objects.
+        for field in ("backends", "cni", "agent", "cluster"):
+            if getattr(other, field) != getattr(spec, field):
+                problems.append(Problem(f"{where}.{field}", f"must equal the base spec's "
+                                        f"{field} (shared by every node or written once for "
+                                        "the cluster)"))
+        found.append(_Profile(name, other, text))
+    if problems:
+        raise SpecError(problems)
+    return found
 
 
 def _subject(namespace: str) -> list[dict[str, Any]]:
@@ -231,6 +320,34 @@ def _subject(namespace: str) -> list[dict[str, Any]]:
 def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     """The least RBAC: nothing for the spec (a mounted ConfigMap needs none)."""
     objs: list[dict[str, Any]] = []
+    if needs.node_report:
+        # The last result as an annotation of the agent's Node, and an Event when it
+        # changes (Node events live in "default", as the kubelet's do). RBAC cannot
+        # limit a DaemonSet's pods to their own Node: every agent may patch any Node.
+        objs.append({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(REPORT_ROLE_NAME, "agent"),
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}],
+        })
+        objs.append({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(REPORT_ROLE_NAME, "agent"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": REPORT_ROLE_NAME},
+            "subjects": _subject(namespace),
+        })
+        objs += _role(AGENT_NAME, "default", namespace, [
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}])
+    if needs.cluster_wide:
+        # One writer of cluster-wide objects: the holder of this Lease. Creating
+        # cannot be limited to a name; reading and renewing can.
+        objs += _role(LEASE_ROLE_NAME, namespace, namespace, [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": [LEASE_NAME], "verbs": ["get", "update", "patch"]}])
     if needs.calico:
         # IPPools are cluster-scoped; crd.projectcalico.org is the API that works
         # without the Calico API server.
@@ -278,15 +395,34 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     return objs
 
 
+def _role(name: str, namespace: str, subject_namespace: str,
+          rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A Role and its RoleBinding to the agent's ServiceAccount."""
+    return [{
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(name, "agent", namespace),
+        "rules": rules,
+    }, {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(name, "agent", namespace),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": _subject(subject_namespace),
+    }]
+
+
 def _host_path(name: str, path: str, kind: str) -> dict[str, Any]:
     return {"name": name, "hostPath": {"path": path, "type": kind}}
 
 
-def _agent_volumes(needs: _AgentNeeds) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _agent_volumes(
+    needs: _AgentNeeds, configmap: str = SPEC_CONFIGMAP_NAME
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, volumeMounts): the spec read-only, writable paths only where needed."""
     volumes: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {
-            "name": SPEC_CONFIGMAP_NAME,
+            "name": configmap,
             "items": [{"key": posixpath.basename(SPEC_PATH),
                        "path": posixpath.basename(SPEC_PATH)}],
             "defaultMode": 0o444,
@@ -299,6 +435,10 @@ def _agent_volumes(needs: _AgentNeeds) -> tuple[list[dict[str, Any]], list[dict[
         {"name": "spec", "mountPath": posixpath.dirname(SPEC_PATH), "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
     ]
+    # nft and iptables ask the kernel for a module they miss (nf_nat, xt_comment ...);
+    # the host's modules, read-only, as kube-proxy, flannel and calico-node mount them.
+    volumes.append(_host_path("lib-modules", "/lib/modules", "Directory"))
+    mounts.append({"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True})
     if needs.sysctls:
         # The previous value of every sysctl k3snet sets is recorded here so that
         # removal restores it: a hostPath, so it survives agent restarts (and is
@@ -328,6 +468,10 @@ def _agent_env(needs: _AgentNeeds) -> list[dict[str, Any]]:
         {"name": "K3SNET_NODE_NAME",
          "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
     ]
+    if needs.cluster_wide:
+        # The Lease lives in the agent's own namespace.
+        env.append({"name": "K3SNET_NAMESPACE",
+                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
     if needs.sysctls:
         env.append({"name": "K3SNET_PROC_SYS", "value": _PROC_SYS_MOUNT})
     if needs.flannel_conf is not None:
@@ -338,19 +482,44 @@ def _agent_env(needs: _AgentNeeds) -> list[dict[str, Any]]:
     return env
 
 
-def _daemonset(spec: Spec, needs: _AgentNeeds, spec_text: str) -> dict[str, Any]:
-    volumes, mounts = _agent_volumes(needs)
-    selector = {"app.kubernetes.io/name": "k3snet", "app.kubernetes.io/component": "agent"}
+def _agent_command(spec: Spec, needs: _AgentNeeds) -> list[str]:
+    command = ["k3snet", "agent", "-f", SPEC_PATH,
+               "--interval", str(spec.agent.interval_seconds), "--listen", f":{AGENT_PORT}"]
+    if not needs.api:
+        command.append("--no-kube")
+    elif not needs.node_report:
+        command.append("--no-node-report")
+    return command
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": AGENT_PORT},
+            "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> dict[str, Any]:
+    spec = profile.spec
+    volumes, mounts = _agent_volumes(needs, profile.configmap)
+    selector = {"app.kubernetes.io/name": "k3snet", "app.kubernetes.io/component": "agent",
+                PROFILE_LABEL: profile.name}
     container = {
         "name": "agent",
         "image": spec.agent.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["k3snet", "agent", "-f", SPEC_PATH,
-                    "--interval", str(spec.agent.interval_seconds)],
+        "command": _agent_command(spec, needs),
         "env": _agent_env(needs),
+        # hostNetwork: the port is the node's; declared so that it is visible (and
+        # scheduling knows it is taken).
+        "ports": [{"name": "metrics", "containerPort": AGENT_PORT, "protocol": "TCP"}],
+        # Live while passes keep finishing (/healthz fails when none has for 2 x
+        # the interval + 180 s); ready once rules are installed (flannel's rule).
+        "livenessProbe": _probe("/healthz", 20, 3),
+        "readinessProbe": _probe("/readyz", 5, 1),
+        # The first pass may wait for the node's xtables lock: 10 minutes to start.
+        "startupProbe": _probe("/healthz", 5, 120),
         "resources": {
-            "requests": {"cpu": "10m", "memory": "64Mi"},
-            "limits": {"cpu": "200m", "memory": "128Mi"},
+            "requests": {"cpu": AGENT_CPU_REQUEST, "memory": AGENT_MEMORY_REQUEST},
+            "limits": {"memory": AGENT_MEMORY_LIMIT},
         },
         "securityContext": {
             "privileged": False,
@@ -363,33 +532,48 @@ def _daemonset(spec: Spec, needs: _AgentNeeds, spec_text: str) -> dict[str, Any]
         },
         "volumeMounts": mounts,
     }
+    pod: dict[str, Any] = {
+        "serviceAccountName": AGENT_NAME,
+        "automountServiceAccountToken": needs.api,
+        "hostNetwork": True,
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "priorityClassName": "system-node-critical",
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        # Every node, tainted or not (control plane, NoExecute, ...).
+        "tolerations": [{"operator": "Exists"}],
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        # SIGTERM: the pass in progress ends, the Lease is released, the rules stay.
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if profile.name != DEFAULT_PROFILE:
+        pod["nodeSelector"][PROFILE_LABEL] = profile.name
+    elif others:
+        # Nodes of a profile run that profile's DaemonSet instead.
+        pod["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": PROFILE_LABEL, "operator": "NotIn", "values": sorted(others)}]}]}}}
+    labels = _labels("agent")
+    labels[PROFILE_LABEL] = profile.name
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": _meta(AGENT_NAME, "agent", spec.agent.namespace),
+        "metadata": _meta(profile.daemonset, "agent", spec.agent.namespace),
         "spec": {
             "selector": {"matchLabels": selector},
-            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
+            # The rules stay while an agent restarts, so a tenth of the nodes at a time
+            # is safe, and 5,000 nodes do not roll one by one for hours (docs/scale.md).
+            "updateStrategy": {"type": "RollingUpdate",
+                               "rollingUpdate": {"maxUnavailable": "10%"}},
             "template": {
                 "metadata": {
-                    "labels": _labels("agent"),
+                    "labels": labels,
                     # A changed spec rolls the pods, so every node runs the new one.
                     "annotations": {SPEC_HASH_ANNOTATION: hashlib.sha256(
-                        spec_text.encode()).hexdigest()},
+                        profile.text.encode()).hexdigest()},
                 },
-                "spec": {
-                    "serviceAccountName": AGENT_NAME,
-                    "automountServiceAccountToken": needs.api,
-                    "hostNetwork": True,
-                    "dnsPolicy": "ClusterFirstWithHostNet",
-                    "priorityClassName": "system-node-critical",
-                    # Every node, tainted or not (control plane, NoExecute, ...).
-                    "tolerations": [{"operator": "Exists"}],
-                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": pod,
             },
         },
     }
@@ -535,6 +719,8 @@ def render_manifests(
     spec_text: str | None = None,
     flannel_conf: str | None = None,
     flannel_configmap_namespace: str | None = None,
+    profiles: Mapping[str, Spec | tuple[Spec, str]] | None = None,
+    node_report: bool = True,
 ) -> list[dict[str, Any]]:
     """The Kubernetes objects for ``spec``, in apply order.
 
@@ -547,18 +733,28 @@ def render_manifests(
     the namespace of upstream flannel's ``kube-flannel-cfg`` ConfigMap (a Role
     allows the agent to read and patch that one ConfigMap).
 
-    Raises :class:`~k3snet.errors.SpecError` for an invalid spec or flannel options.
+    ``profiles`` are per-node overrides: ``{name: spec}`` (or ``(spec, text)``)
+    renders one more ConfigMap and DaemonSet per name, for the nodes labelled
+    ``k3snet.io/profile=<name>``; the base DaemonSet skips those nodes. A
+    profile may change what is the node's own (destinations, masquerade,
+    sysctls ...), not what is shared (``backends``, ``cni``, ``agent``, ``cluster``).
+
+    ``node_report`` (default on): the agent annotates its Node with its last
+    result and records Events (RBAC: patch Nodes, create Events).
+
+    Raises :class:`~k3snet.errors.SpecError` for an invalid spec, flannel options
+    or profile.
 
     >>> from k3snet import seed_spec
-    >>> print(" ".join(obj["kind"] for obj in render_manifests(seed_spec())))
+    >>> print(" ".join(obj["kind"] for obj in render_manifests(seed_spec(), node_report=False)))
     ServiceAccount ConfigMap DaemonSet
     """
     problems = validate(spec)
     if problems:
         raise SpecError(problems)
-    needs = _agent_needs(spec, flannel_conf, flannel_configmap_namespace)
+    needs = _agent_needs(spec, flannel_conf, flannel_configmap_namespace, node_report)
     text = _spec_text(spec) if spec_text is None else spec_text
-    objs = _agent_objects(spec, needs, text)
+    objs = _agent_objects(spec, needs, text, _profiles(spec, profiles or {}))
     if spec.dns:
         objs.append(_coredns_custom(spec.dns))
     if spec.egress_policy.restrict:

@@ -59,6 +59,7 @@ from k3snet.model.cni import (
 )
 
 __all__ = [
+    "AGENT_RESOURCES",
     "CALICO_RESOURCES",
     "EmulatedApiServer",
     "Fault",
@@ -74,7 +75,19 @@ CALICO_RESOURCES: tuple[str, ...] = (
 )
 """The IPPool resources an emulated Calico cluster serves (both by default)."""
 
-_KINDS = {"ippools": "IPPool", "configmaps": "ConfigMap"}
+AGENT_RESOURCES: tuple[str, ...] = (
+    "coordination.k8s.io/v1/leases",
+    "v1/nodes",
+    "v1/events",
+    "v1/configmaps",
+)
+"""What the agent reaches besides the CNI objects: its Lease, its Node (annotations),
+Events, and the spec ConfigMap (``EmulatedApiServer(resources=CALICO_RESOURCES +
+AGENT_RESOURCES)``)."""
+
+_KINDS = {"ippools": "IPPool", "configmaps": "ConfigMap", "leases": "Lease", "nodes": "Node",
+          "events": "Event"}
+_CLUSTER_SCOPED = frozenset({"ippools", "nodes"})
 _KEPT_REQUESTS = 8
 
 
@@ -306,7 +319,8 @@ class EmulatedApiServer:
         for resource in self._resources:
             group, version, plural = _resource_parts(resource)
             emulator.resources[kmock.resource(group, version, plural)] = kmock.ResourceInfo(
-                kind=_KINDS.get(plural, plural.capitalize()), namespaced=plural != "ippools",
+                kind=_KINDS.get(plural, plural.capitalize()),
+                namespaced=plural not in _CLUSTER_SCOPED,
                 verbs={"get", "list", "create", "patch", "delete"})
         self.emulator = emulator
         async with emulator:
@@ -384,6 +398,19 @@ class EmulatedApiServer:
             return found
 
         return self._call(read)
+
+    def delete(self, resource: str, name: str, namespace: str | None = None) -> bool:
+        """Delete a stored object behind every client's back (drift); False if absent."""
+        key = self._key(resource, namespace, name)
+
+        def remove() -> bool:
+            objects = self.emulator.objects
+            if key not in objects or objects[key].deleted:
+                return False
+            objects[key].delete()
+            return True
+
+        return self._call(remove)
 
     def objects(self, resource: str) -> list[dict[str, Any]]:
         """Copies of every stored object of ``resource``, sorted by namespace and name."""

@@ -12,7 +12,8 @@ import pytest
 import k3snet
 
 # Packages whose __init__ only re-exports: every public name there is API.
-PUBLIC_PACKAGES = ["k3snet", "k3snet.model", "k3snet.backends", "k3snet.testing", "k3snet.lab"]
+PUBLIC_PACKAGES = ["k3snet", "k3snet.model", "k3snet.backends", "k3snet.testing", "k3snet.lab",
+                   "k3snet.agent"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_PACKAGES)

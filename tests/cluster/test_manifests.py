@@ -25,13 +25,16 @@ import k3snet
 from k3snet.errors import SpecError
 from k3snet.render.manifests import (
     AGENT_NAME,
+    AGENT_PORT,
     CONNECTIVITY_JOB_NAME,
     COREDNS_CUSTOM_NAME,
     EGRESS_POLICY_NAME,
     FLANNEL_CONFIGMAP_NAME,
+    LEASE_NAME,
     MANAGED_BY_LABELS,
     NEWEST_KUBERNETES_VERSION,
     OLDEST_KUBERNETES_VERSION,
+    PROFILE_LABEL,
     SPEC_CONFIGMAP_NAME,
     SPEC_PATH,
     dump_manifests,
@@ -111,6 +114,10 @@ SPECS: dict[str, tuple[Spec, dict[str, Any]]] = {
     "everything-flannel-file": (_everything(), {"flannel_conf": "/etc/k3s/flannel/net-conf.json"}),
     "restrict-dns-only": (Spec(egress_policy=EgressPolicy(restrict=True)), {}),
     "restrict-nothing": (Spec(egress_policy=EgressPolicy(restrict=True, allow_dns=False)), {}),
+    "profiles": (k3snet.seed_spec(), {"profiles": {
+        "edge": Spec(destinations=[Destination("10.9.0.0/16", gateway="192.168.1.254",
+                                               device="eth1")]),
+        "gpu": Spec(destinations=[Destination("192.168.2.0/24")])}}),
 }
 
 
@@ -138,7 +145,7 @@ def _containers(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def _agent_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
     container: dict[str, Any]
-    (container,) = _one(objs, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    (container,) = _one(objs, "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]["containers"]
     return container
 
 
@@ -233,7 +240,7 @@ def test_invalid_spec_is_refused() -> None:
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_agent_has_least_privilege(name: str) -> None:
     objs = _render(name)
-    pod = _one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    pod = _one(objs, "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]
     container = _agent_container(objs)
     assert container["securityContext"] == {
         "privileged": False,
@@ -266,13 +273,14 @@ def test_agent_reads_the_spec_from_its_configmap(name: str) -> None:
     objs = _render(name)
     container = _agent_container(objs)
     assert container["command"] == ["k3snet", "agent", "-f", SPEC_PATH,
-                                    "--interval", str(spec.agent.interval_seconds)]
+                                    "--interval", str(spec.agent.interval_seconds),
+                                    "--listen", f":{AGENT_PORT}"]
     assert container["image"] == spec.agent.image
     configmap = _one(objs, "ConfigMap", SPEC_CONFIGMAP_NAME)
     assert configmap["metadata"]["namespace"] == spec.agent.namespace
     assert k3snet.Spec.from_yaml(configmap["data"]["spec.yaml"]) == spec
-    (spec_volume,) = [v for v in _one(objs, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
-                      if v["name"] == "spec"]
+    pod = _one(objs, "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]
+    (spec_volume,) = [v for v in pod["volumes"] if v["name"] == "spec"]
     assert spec_volume["configMap"]["name"] == SPEC_CONFIGMAP_NAME
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == "spec"]
     assert mount == {"name": "spec", "mountPath": "/etc/k3snet", "readOnly": True}
@@ -285,7 +293,8 @@ def test_spec_text_is_carried_verbatim_and_rolls_the_pods() -> None:
     assert _one(verbatim, "ConfigMap", SPEC_CONFIGMAP_NAME)["data"] == {"spec.yaml": text}
 
     def spec_hash(objs: list[dict[str, Any]]) -> str:
-        annotations = _one(objs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+        template = _one(objs, "DaemonSet", AGENT_NAME)["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
         return str(annotations["k3snet.io/spec-sha256"])
 
     assert spec_hash(plain) != spec_hash(verbatim)
@@ -293,7 +302,7 @@ def test_spec_text_is_carried_verbatim_and_rolls_the_pods() -> None:
 
 def _host_paths(objs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """hostPath -> (type, mountPath) of the agent."""
-    pod = _one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    pod = _one(objs, "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     return {v["hostPath"]["path"]: (v["hostPath"]["type"], mounts[v["name"]]["mountPath"])
             for v in pod["volumes"] if "hostPath" in v}
@@ -306,61 +315,110 @@ def _env(objs: list[dict[str, Any]]) -> dict[str, Any]:
 def test_writable_host_paths_only_where_needed() -> None:
     # No backend named: any node backend may run, so sysctls and the xtables lock.
     assert _host_paths(_render("seed")) == {
+        "/lib/modules": ("Directory", "/lib/modules"),
         "/run/k3snet": ("DirectoryOrCreate", "/run/k3snet"),
         "/proc/sys/net": ("Directory", "/host/proc/sys/net"),
         "/run/xtables.lock": ("FileOrCreate", "/run/xtables.lock"),
     }
     assert _env(_render("seed"))["K3SNET_PROC_SYS"] == "/host/proc/sys"
     nft_only = render_manifests(attrs.evolve(k3snet.seed_spec(), backends=("nftables",)))
-    assert _host_paths(nft_only) == {}
+    assert _host_paths(nft_only) == {"/lib/modules": ("Directory", "/lib/modules")}
     assert "K3SNET_PROC_SYS" not in _env(nft_only)
     netlink_only = render_manifests(Spec(backends=["netlink"]))
-    assert set(_host_paths(netlink_only)) == {"/run/k3snet", "/proc/sys/net"}
+    assert set(_host_paths(netlink_only)) == {"/lib/modules", "/run/k3snet", "/proc/sys/net"}
     assert set(_host_paths(render_manifests(Spec(backends=["iptables"])))) == {
-        "/run/xtables.lock"}
+        "/lib/modules", "/run/xtables.lock"}
+    # /lib/modules is the one host path mounted read-only
+    for name in SPECS:
+        pod = _one(_render(name), "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]
+        (modules,) = [m for m in pod["containers"][0]["volumeMounts"]
+                      if m["name"] == "lib-modules"]
+        assert modules == {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True}
     # The only writable path inside the container itself is a small memory-backed /tmp.
-    pod = _one(nft_only, "DaemonSet")["spec"]["template"]["spec"]
+    pod = _one(nft_only, "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]
     assert [v for v in pod["volumes"] if "emptyDir" in v] == [
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
 
 
-def test_no_rbac_and_no_token_without_api_backends() -> None:
+def test_no_rbac_and_no_token_without_the_api() -> None:
     for name in ("seed", "dual-stack", "exclusions", "dns-and-test"):
-        objs = _render(name)
+        spec, options = SPECS[name]
+        objs = render_manifests(spec, **options, node_report=False)
         assert not [o for o in objs if o["kind"] in
                     ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")], name
         assert _one(objs, "ServiceAccount")["automountServiceAccountToken"] is False
-        pod = _one(objs, "DaemonSet")["spec"]["template"]["spec"]
+        pod = _one(objs, "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
         assert pod["serviceAccountName"] == AGENT_NAME
+        assert _agent_container(objs)["command"][-1] == "--no-kube"
+
+
+def _rules(objs: list[dict[str, Any]], kind: str, name: str) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = _one(objs, kind, name)["rules"]
+    return rules
+
+
+def test_node_report_may_patch_nodes_and_create_events_only() -> None:
+    objs = _render("seed")
+    assert _rules(objs, "ClusterRole", "k3snet-agent-node-report") == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    events = _one(objs, "Role", AGENT_NAME)
+    assert events["metadata"]["namespace"] == "default"
+    assert events["rules"] == [{"apiGroups": [""], "resources": ["events"],
+                                "verbs": ["create"]}]
+    assert _one(objs, "RoleBinding", AGENT_NAME)["subjects"] == [
+        {"kind": "ServiceAccount", "name": AGENT_NAME, "namespace": "kube-system"}]
+    assert _one(objs, "ServiceAccount")["automountServiceAccountToken"] is True
+    # no Lease without a cluster-wide backend
+    assert not [o for o in objs if o["metadata"]["name"] == "k3snet-agent-lease"]
+    assert "K3SNET_NAMESPACE" not in _env(objs)
+    assert "--no-kube" not in _agent_container(objs)["command"]
+    without = render_manifests(k3snet.seed_spec(), node_report=False)
+    assert "--no-kube" in _agent_container(without)["command"]
+
+
+@pytest.mark.parametrize("name", ["calico", "everything-flannel-configmap",
+                                  "everything-flannel-file"])
+def test_cluster_wide_writers_get_their_lease(name: str) -> None:
+    spec, _ = SPECS[name]
+    objs = _render(name)
+    namespace = spec.agent.namespace
+    role = _one(objs, "Role", "k3snet-agent-lease")
+    assert role["metadata"]["namespace"] == namespace
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": [LEASE_NAME], "verbs": ["get", "update", "patch"]}]
+    assert _env(objs)["K3SNET_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
 def test_calico_gets_ippools_cluster_wide() -> None:
     objs = _render("calico")
-    role = _one(objs, "ClusterRole")
+    role = _one(objs, "ClusterRole", AGENT_NAME)
     assert role["rules"] == [{
         "apiGroups": ["crd.projectcalico.org"],
         "resources": ["ippools"],
         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
     }]
-    binding = _one(objs, "ClusterRoleBinding")
+    binding = _one(objs, "ClusterRoleBinding", AGENT_NAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
                                   "kind": "ClusterRole", "name": AGENT_NAME}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
                                     "namespace": "kube-system"}]
-    assert not _kind(objs, "Role")
+    assert {r["metadata"]["name"] for r in _kind(objs, "Role")} == {
+        AGENT_NAME, "k3snet-agent-lease"}  # events, the Lease: no flannel Role
     assert _one(objs, "ServiceAccount")["automountServiceAccountToken"] is True
 
 
 def test_flannel_configmap_mode_gets_one_configmap() -> None:
     objs = _render("everything-flannel-configmap")
-    role = _one(objs, "Role")
+    (role,) = [r for r in _kind(objs, "Role") if r["metadata"]["namespace"] == "kube-flannel"]
     assert role["metadata"]["namespace"] == "kube-flannel"
     assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
                               "resourceNames": [FLANNEL_CONFIGMAP_NAME],
                               "verbs": ["get", "update", "patch"]}]
-    binding = _one(objs, "RoleBinding")
-    assert binding["metadata"]["namespace"] == "kube-flannel"
+    (binding,) = [r for r in _kind(objs, "RoleBinding")
+                  if r["metadata"]["namespace"] == "kube-flannel"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
                                     "namespace": "k3snet-system"}]
     assert _env(objs)["K3SNET_FLANNEL_CONFIGMAP"] == "kube-flannel/kube-flannel-cfg"
@@ -371,8 +429,8 @@ def test_flannel_file_mode_mounts_the_directory_and_needs_no_rbac_for_it() -> No
     objs = _render("everything-flannel-file")
     assert _host_paths(objs)["/etc/k3s/flannel"] == ("Directory", "/host/etc/k3s/flannel")
     assert _env(objs)["K3SNET_FLANNEL_CONF"] == "/host/etc/k3s/flannel/net-conf.json"
-    assert not _kind(objs, "Role")
-    assert _one(objs, "ClusterRole")["rules"][0]["resources"] == ["ippools"]  # calico's
+    assert not [r for r in _kind(objs, "Role") if r["metadata"]["namespace"] == "kube-flannel"]
+    assert _one(objs, "ClusterRole", AGENT_NAME)["rules"][0]["resources"] == ["ippools"]
 
 
 @pytest.mark.parametrize(("backends", "options", "fragment"), [
@@ -383,6 +441,9 @@ def test_flannel_file_mode_mounts_the_directory_and_needs_no_rbac_for_it() -> No
     (["flannel"], {"flannel_conf": "/etc/../net-conf.json"}, "absolute"),
     (["flannel"], {"flannel_conf": "/net-conf.json"}, "below a directory"),
     (["flannel"], {"flannel_configmap_namespace": "Kube_Flannel"}, "not a valid namespace"),
+    (["flannel"], {"flannel_conf": "/etc/rancher/k3s/net-conf.json"}, "a directory of its own"),
+    (["flannel"], {"flannel_conf": "/var/lib/rancher/k3s/agent/net-conf.json"},
+     "a directory of its own"),
     (["nftables"], {"flannel_conf": "/etc/flannel/net-conf.json"}, "do not include flannel"),
 ])
 def test_flannel_options_are_checked(
@@ -479,6 +540,13 @@ def test_restrict_false_renders_no_policy_even_with_a_selector() -> None:
 def test_seed_renders_the_agent_only() -> None:
     assert [(o["kind"], o["metadata"]["name"]) for o in _render("seed")] == [
         ("ServiceAccount", AGENT_NAME), ("ConfigMap", SPEC_CONFIGMAP_NAME),
+        ("ClusterRole", "k3snet-agent-node-report"),
+        ("ClusterRoleBinding", "k3snet-agent-node-report"),
+        ("Role", AGENT_NAME), ("RoleBinding", AGENT_NAME),
+        ("DaemonSet", AGENT_NAME)]
+    assert [(o["kind"], o["metadata"]["name"])
+            for o in render_manifests(k3snet.seed_spec(), node_report=False)] == [
+        ("ServiceAccount", AGENT_NAME), ("ConfigMap", SPEC_CONFIGMAP_NAME),
         ("DaemonSet", AGENT_NAME)]
 
 
@@ -547,3 +615,80 @@ def test_connectivity_job_without_port_skips_tcp() -> None:
     command = _one(render_manifests(spec), "Job")["spec"]["template"]["spec"]["containers"][0][
         "command"]
     assert command[3:] == ["k3snet-connectivity", "192.168.2.10", ""]
+
+
+# ---------------------------------------------------------------- DaemonSet like the best ones
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_daemonset_runs_on_linux_with_probes_on_the_agent_port(name: str) -> None:
+    objs = _render(name)
+    for daemonset in _kind(objs, "DaemonSet"):
+        pod = daemonset["spec"]["template"]["spec"]
+        assert pod["nodeSelector"]["kubernetes.io/os"] == "linux"
+        (container,) = pod["containers"]
+        assert container["ports"] == [{"name": "metrics", "containerPort": AGENT_PORT,
+                                       "protocol": "TCP"}]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": AGENT_PORT}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": AGENT_PORT}
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+        assert f":{AGENT_PORT}" in container["command"]
+        # the limit is memory only (a CPU limit throttles a first apply of many rules)
+        assert set(container["resources"]["limits"]) == {"memory"}
+        assert pod["terminationGracePeriodSeconds"] >= 30
+
+
+def test_the_agent_listens_where_the_probes_look_by_default() -> None:
+    from k3snet.agent import parse_listen  # noqa: PLC0415
+    from k3snet.cli import build_parser  # noqa: PLC0415
+
+    args = build_parser().parse_args(["agent", "-f", "x"])
+    assert parse_listen(args.listen)[1] == AGENT_PORT
+
+
+def test_never_all_of_the_k3s_directory_writable() -> None:
+    for name in SPECS:
+        for path in _host_paths(_render(name)):
+            assert path not in ("/etc/rancher/k3s", "/etc/rancher", "/etc", "/var/lib/rancher/k3s")
+
+
+def test_profiles_are_daemonsets_selected_by_node_label() -> None:
+    objs = _render("profiles")
+    daemonsets = {d["metadata"]["name"]: d for d in _kind(objs, "DaemonSet")}
+    assert sorted(daemonsets) == [AGENT_NAME, f"{AGENT_NAME}-edge", f"{AGENT_NAME}-gpu"]
+    base = daemonsets[AGENT_NAME]["spec"]["template"]["spec"]
+    assert base["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": PROFILE_LABEL, "operator": "NotIn", "values": ["edge", "gpu"]}]}]}
+    selectors = []
+    for profile in ("edge", "gpu"):
+        ds = daemonsets[f"{AGENT_NAME}-{profile}"]
+        pod = ds["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", PROFILE_LABEL: profile}
+        assert "affinity" not in pod
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "spec"]
+        assert volume["configMap"]["name"] == f"{SPEC_CONFIGMAP_NAME}-{profile}"
+        configmap = _one(objs, "ConfigMap", f"{SPEC_CONFIGMAP_NAME}-{profile}")
+        assert k3snet.Spec.from_yaml(configmap["data"]["spec.yaml"]) == \
+            SPECS["profiles"][1]["profiles"][profile]
+        assert ds["spec"]["template"]["metadata"]["labels"][PROFILE_LABEL] == profile
+        selectors.append(ds["spec"]["selector"]["matchLabels"])
+    selectors.append(daemonsets[AGENT_NAME]["spec"]["selector"]["matchLabels"])
+    # no two DaemonSets select each other's pods
+    assert len({tuple(sorted(sel.items())) for sel in selectors}) == 3
+    assert {sel[PROFILE_LABEL] for sel in selectors} == {"default", "edge", "gpu"}
+
+
+@pytest.mark.parametrize(("profiles", "fragment"), [
+    ({"default": k3snet.seed_spec()}, "profile name"),
+    ({"Edge": k3snet.seed_spec()}, "profile name"),
+    ({"edge": Spec(destinations=[Destination("192.168.2.0/24")], backends=["nftables"])},
+     "must equal the base spec's backends"),
+    ({"edge": Spec(destinations=[Destination("192.168.2.0/24")],
+                   agent=AgentSettings(interval_seconds=5))}, "must equal the base spec's agent"),
+    ({"edge": Spec(destinations=[Destination("192.168.2.0/24", exclude=["10.0.0.0/8"])])},
+     "profiles.edge.destinations"),
+])
+def test_profiles_may_not_change_what_is_shared(profiles: dict[str, Spec], fragment: str) -> None:
+    with pytest.raises(SpecError, match=fragment):
+        render_manifests(k3snet.seed_spec(), profiles=profiles)

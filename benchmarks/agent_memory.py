@@ -1,0 +1,79 @@
+"""Peak RSS and CPU time of one agent pass at 0, 2k and 10k destinations (docs/agent.md).
+
+Runs ``k3snet agent --once`` in a child process, with the kubernetes client and
+prometheus_client imported as in the DaemonSet, on the memory backend (no kernel
+needed) and, as root, with the netlink and nftables backends in a fresh network
+namespace (``--kernel``). Prints one line per case: peak RSS (MiB) and CPU seconds.
+
+    python benchmarks/agent_memory.py [--kernel] [COUNT ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = """
+import sys, kubernetes, prometheus_client, resource
+from k3snet.cli import main
+status = main(sys.argv[1:])
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime, file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def spec(count: int) -> str:
+    lines = ["destinations:"]
+    for n in range(count):
+        lines += [f"  - cidr: 10.{100 + n // 256}.{n % 256}.0/24",
+                  "    gateway: 192.168.1.1", "    device: eth0"]
+    return "\n".join(lines) + "\n" if count else "destinations: []\n"
+
+
+def measure(count: int, backend_args: list[str], netns: str | None) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spec.yaml"
+        path.write_text(spec(count))
+        argv = [sys.executable, "-c", CHILD, "agent", "-f", str(path), "--once", "--no-kube",
+                "--listen", "none", "--log-level", "WARNING", *backend_args]
+        if netns:
+            argv += ["--netns", netns]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False,
+                              env={"K3SNET_STATE_DIR": tmp, "K3SNET_LOCK_DIR": tmp,
+                                   "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        last = done.stderr.strip().splitlines()[-1]
+        rss_kib, cpu = last.split()
+        if done.returncode != 0:
+            raise SystemExit(f"agent failed: {done.stderr[-2000:]}")
+        return int(rss_kib) / 1024, float(cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("counts", nargs="*", type=int, default=[0, 2000, 10000])
+    parser.add_argument("--kernel", action="store_true",
+                        help="also netlink+nftables in a fresh namespace (root)")
+    args = parser.parse_args()
+    print(f"{'backend':<18}{'destinations':>13}{'peak RSS MiB':>14}{'CPU s':>8}")
+    for count in args.counts:
+        rss, cpu = measure(count, ["--backend", "memory", "--no-facts"], None)
+        print(f"{'memory':<18}{count:>13}{rss:>14.1f}{cpu:>8.2f}")
+    if args.kernel:
+        from k3snet.lab.netns import run_in, temporary_netns  # noqa: PLC0415
+
+        for count in args.counts:
+            with temporary_netns("bench") as ns:
+                run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+                run_in(ns, ["ip", "link", "set", "eth1", "up"])
+                run_in(ns, ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"])
+                run_in(ns, ["ip", "link", "set", "eth0", "up"])
+                rss, cpu = measure(count, ["--backend", "netlink", "--backend", "nftables"], ns)
+            print(f"{'netlink+nftables':<18}{count:>13}{rss:>14.1f}{cpu:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

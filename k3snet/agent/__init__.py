@@ -1,0 +1,53 @@
+"""The node agent (``k3snet agent``): the DaemonSet that keeps every node converged.
+
+* :class:`Agent` -- the loop: re-reads the spec each pass, keeps the last good
+  one when a new one is invalid or would delete everything, converges the
+  node's backends, and the cluster-wide ones only as the Lease holder;
+* :class:`LeaderElector` -- client-go's leader election on a
+  ``coordination.k8s.io/v1`` Lease, for the synchronous ``kubernetes`` client;
+* :class:`HealthServer` -- ``/healthz``, ``/readyz``, ``/metrics`` (:class:`AgentMetrics`);
+* :class:`NodeReporter` -- the last result as Node annotations and Events;
+* :func:`configure_logging` -- timestamped log lines with the node name, text or JSON.
+
+Needs ``k3snet[agent]`` (prometheus_client) for metrics and ``k3snet[kube]``
+for the Lease, the node report and a spec read from a ConfigMap; all are
+imported only when used. See docs/agent.md.
+"""
+
+from k3snet.agent._http import HealthServer, parse_listen
+from k3snet.agent._lease import LeaderElector, LeaseSettings
+from k3snet.agent._logging import LOGGER_NAME, configure_logging
+from k3snet.agent._loop import (
+    Agent,
+    AgentOptions,
+    PassResult,
+    cluster_wide_kinds,
+    split_cluster_wide,
+)
+from k3snet.agent._main import run_from_cli
+from k3snet.agent._metrics import AgentMetrics
+from k3snet.agent._report import RESULT_ANNOTATION, STATUS_ANNOTATION, NodeReport, NodeReporter
+from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
+
+__all__ = [
+    "LOGGER_NAME",
+    "RESULT_ANNOTATION",
+    "STATUS_ANNOTATION",
+    "Agent",
+    "AgentMetrics",
+    "AgentOptions",
+    "ConfigMapSpecSource",
+    "FileSpecSource",
+    "HealthServer",
+    "LeaderElector",
+    "LeaseSettings",
+    "NodeReport",
+    "NodeReporter",
+    "PassResult",
+    "SpecSource",
+    "cluster_wide_kinds",
+    "configure_logging",
+    "parse_listen",
+    "run_from_cli",
+    "split_cluster_wide",
+]

@@ -1,0 +1,481 @@
+"""The agent's loop: read the spec, converge this node (and, as leader, the cluster), report.
+
+One pass:
+
+1. read the spec again (a mounted ConfigMap changes in place); a new text is
+   parsed and validated; an invalid one is *refused* and the last good spec
+   stays in force;
+2. converge the node's own backends (netlink, nftables, iptables, a flannel
+   file) with :func:`k3snet.converge`; a new spec that would delete everything
+   k3snet owns (:class:`~k3snet.errors.TeardownError`) is refused the same way;
+3. converge the cluster-wide backends (Calico IPPools, the flannel ConfigMap)
+   only while this agent holds the Lease (:mod:`k3snet.agent._lease`);
+4. record the outcome: a log line, the metrics, the node annotation.
+
+A failed pass never ends the loop: the next one starts after ``interval``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import attrs
+
+from k3snet.agent._lease import LeaderElector
+from k3snet.agent._metrics import AgentMetrics
+from k3snet.agent._report import NodeReport, NodeReporter
+from k3snet.agent._spec_source import SpecSource
+from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
+from k3snet.converge import converge, destroy
+from k3snet.errors import (
+    ApplyError,
+    BackendError,
+    CheckError,
+    ConflictError,
+    K3snetError,
+    Problem,
+    SpecError,
+    TeardownError,
+)
+from k3snet.model.state import State
+from k3snet.planner import Change
+from k3snet.spec import Spec
+
+__all__ = ["Agent", "AgentOptions", "PassResult", "cluster_wide_kinds", "split_cluster_wide"]
+
+_log = logging.getLogger("k3snet.agent")
+
+BackendFactory = Callable[[Spec], BackendGroup]
+"""Builds the backends a spec asks for (the CLI's ``--backend`` logic)."""
+DesiredState = Callable[[Spec, BackendGroup], State]
+"""The desired state of a spec for a group's kinds (``compile_for`` with node facts)."""
+Status = Literal["ok", "failed", "spec-refused"]
+_CLUSTER_KINDS = frozenset({"ippool", "flannel"})
+
+
+def cluster_wide_kinds(member: Member) -> frozenset[str]:
+    """The kinds of a group member whose objects are shared by the whole cluster.
+
+    Calico IPPools are one set per cluster, and so is flannel's
+    ``kube-flannel-cfg`` ConfigMap; a flannel *file* (K3s ``--flannel-conf``) is
+    the node's own, like routes, rules and sysctls.
+    """
+    kinds = member.kinds & {"ippool"}
+    target = getattr(member.backend, "target", None)
+    if "flannel" in member.kinds and isinstance(target, str) and target.startswith("configmap:"):
+        kinds |= {"flannel"}
+    return frozenset(kinds)
+
+
+def split_cluster_wide(group: BackendGroup) -> tuple[BackendGroup | None, BackendGroup | None]:
+    """(the node's part, the cluster-wide part) of a group, either may be None.
+
+    A member with both (the memory backend manages every kind) is split by kind.
+    """
+    node: list[Member] = []
+    cluster: list[Member] = []
+    for member in group.members:
+        shared = cluster_wide_kinds(member)
+        if member.kinds - shared:
+            node.append(member if not shared else Member(member.backend, member.kinds - shared))
+        if shared:
+            cluster.append(member if shared == member.kinds else Member(member.backend, shared))
+    return (BackendGroup(node) if node else None, BackendGroup(cluster) if cluster else None)
+
+
+@attrs.frozen
+class AgentOptions:
+    """How the loop runs (see ``k3snet agent --help``)."""
+
+    node_name: str
+    interval: float = 30.0
+    cleanup_on_exit: bool = False
+    """On SIGTERM, remove what k3snet owns on this node (``k3snet destroy``)."""
+    stale_after: float | None = None
+    """/healthz fails when no pass has ended for this long (default: 2 x interval
+    + 2 x the namespace lock timeout + 60 s)."""
+
+    @property
+    def liveness_limit(self) -> float:
+        """Seconds without a finished pass after which the agent is not healthy."""
+        if self.stale_after is not None:
+            return self.stale_after
+        return 2 * self.interval + 2 * DEFAULT_LOCK_TIMEOUT + 60
+
+
+@attrs.frozen
+class PassResult:
+    """What one pass did."""
+
+    status: Status
+    message: str
+    applied: tuple[Change, ...] = ()
+    spec_sha256: str | None = None
+    leader: bool = False
+    drift: int = 0
+    """How many of ``applied`` repaired drift (the spec in force had not changed)."""
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _reason(exc: BaseException) -> str:
+    """A short label for a failure (the ``reason`` of the failure metric)."""
+    for cls, label in ((ConflictError, "conflict"), (TeardownError, "teardown"),
+                       (SpecError, "spec"), (CheckError, "check"), (ApplyError, "apply")):
+        if isinstance(exc, cls):
+            return label
+    if isinstance(exc, BackendError):
+        return "api" if hasattr(exc, "status") else "backend"
+    return "error" if isinstance(exc, K3snetError) else "internal"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+class _RefusedError(Exception):
+    """A new spec is refused: invalid or deleting everything (carries the cause)."""
+
+    def __init__(self, reason: str, cause: K3snetError) -> None:
+        super().__init__(str(cause))
+        self.reason, self.cause = reason, cause
+
+
+class Agent:
+    """The node agent. :meth:`run_pass` is one pass; :meth:`run` loops until :meth:`stop`.
+
+    ``make_backend`` builds the backends of a spec, ``desired`` compiles a spec
+    for a group. ``elector_factory`` (optional) makes the Lease elector, started
+    only once the spec has a cluster-wide backend, or returns None when this
+    node is no candidate (it then never writes cluster-wide objects); without a
+    factory this agent writes cluster-wide objects itself (``--no-kube``).
+    """
+
+    def __init__(self, source: SpecSource, make_backend: BackendFactory, desired: DesiredState,
+                 options: AgentOptions, *, metrics: AgentMetrics | None = None,
+                 reporter: NodeReporter | None = None,
+                 elector_factory: Callable[[Callable[[bool], None]],
+                                           LeaderElector | None] | None = None,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self.options = options
+        self.metrics = metrics
+        self.reporter = reporter
+        self._make_backend = make_backend
+        self._desired = desired
+        self._elector_factory = elector_factory
+        self._clock, self._monotonic = clock, monotonic
+        self.elector: LeaderElector | None = None
+        self._elector_started = False
+        self._spec: Spec | None = None
+        self._sha: str | None = None
+        self._group: BackendGroup | None = None
+        self._group_backends: tuple[str, ...] | None = None
+        self.generation = 0
+        self._refused_sha: str | None = None
+        self._refusal: str | None = None
+        self._unreadable: str | None = None
+        self._last_ok_sha: str | None = None
+        self._last_ok_leader = False
+        self.ready = False
+        self._heartbeat = monotonic()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._once = False
+        self._not_candidate = False
+        self.passes = 0
+
+    # ------------------------------------------------------------ probes
+
+    def health(self) -> tuple[bool, str]:
+        """(/healthz) False when no pass has finished for ``liveness_limit`` seconds."""
+        age = self._monotonic() - self._heartbeat
+        limit = self.options.liveness_limit
+        if age > limit:
+            return False, f"stuck: no pass finished for {age:.0f} s (limit {limit:.0f} s)"
+        return True, f"ok: last pass {age:.0f} s ago"
+
+    def readiness(self) -> tuple[bool, str]:
+        """(/readyz) True once a pass has succeeded (rules installed), and from then on."""
+        if self.ready:
+            return True, f"ready: spec generation {self.generation} in force"
+        return False, "not ready: no pass has succeeded yet"
+
+    @property
+    def spec(self) -> Spec | None:
+        """The last good spec, in force (None before the first valid one)."""
+        return self._spec
+
+    @property
+    def spec_sha256(self) -> str | None:
+        """SHA-256 of the text of the spec in force."""
+        return self._sha
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this agent writes the cluster-wide objects now."""
+        return self._elector_factory is None or (self.elector is not None
+                                                 and self.elector.is_leader)
+
+    # ------------------------------------------------------------ one pass
+
+    def run_pass(self) -> PassResult:
+        """Read the spec, converge, record the outcome; never raises for a failed pass."""
+        started = self._monotonic()
+        self.passes += 1
+        try:
+            result = self._pass()
+        except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
+            result = self._failed(exc)
+        self._heartbeat = self._monotonic()
+        self._record(result, self._heartbeat - started)
+        return result
+
+    def _pass(self) -> PassResult:
+        candidate: tuple[Spec, str] | None = None
+        refused: _RefusedError | None = None
+        try:
+            text = self.source.read()
+        except K3snetError as exc:
+            refused = _RefusedError("unreadable", exc)
+            if str(exc) != self._unreadable:  # said once, not every pass
+                self._unreadable = str(exc)
+                self._refuse(None, refused)
+        else:
+            self._unreadable = None
+            sha = _sha256(text)
+            if sha not in (self._sha, self._refused_sha):
+                try:
+                    candidate = Spec.from_yaml(text, source=self.source.where), sha
+                except SpecError as exc:
+                    refused = self._refuse(sha, _RefusedError("invalid", exc))
+            elif sha == self._sha:
+                self._refusal = None  # the file went back to the spec in force
+                self._refused_sha = None
+        if candidate is not None:
+            try:
+                return self._try_new(*candidate)
+            except _RefusedError as exc:
+                refused = self._refuse(candidate[1], exc)
+        if self._spec is None:
+            raise refused.cause if refused is not None else SpecError(
+                [Problem("", self._refusal or "no valid spec yet")], source=self.source.where)
+        result = self._converge_current(changed=False)
+        if refused is not None or self._refusal is not None:
+            return attrs.evolve(result, status="spec-refused", message=(
+                f"{self._refusal}; {result.message}" if result.status == "ok"
+                else result.message))
+        return result
+
+    def _refuse(self, sha: str | None, refused: _RefusedError) -> _RefusedError:
+        if sha is not None:
+            self._refused_sha = sha
+        kept = (f"keeping spec generation {self.generation} ({self._sha[:12]})"
+                if self._sha else "no spec in force yet")
+        self._refusal = (f"new spec from {self.source.where} refused ({refused.reason}): "
+                         f"{_one_line(refused.cause)}; {kept}")
+        _log.error("%s", self._refusal, extra={"reason": refused.reason})
+        if self.metrics is not None:
+            self.metrics.spec_rejected.labels(reason=refused.reason).inc()
+        return refused
+
+    def _try_new(self, spec: Spec, sha: str) -> PassResult:
+        """Converge a new spec: refused if it would tear everything down or does not compile."""
+        group, fresh = self._group_for(spec)
+        try:
+            applied, leader = self._converge(spec, group)
+        except (TeardownError, SpecError) as exc:
+            if fresh:
+                group.close()
+            reason = "teardown" if isinstance(exc, TeardownError) else "invalid"
+            raise _RefusedError(reason, exc) from exc
+        except BaseException:
+            self._accept(spec, sha, group, fresh)  # valid: in force, even if this pass failed
+            raise
+        self._accept(spec, sha, group, fresh)
+        return self._ok(applied, leader, changed=True)
+
+    def _accept(self, spec: Spec, sha: str, group: BackendGroup, fresh: bool) -> None:
+        if fresh and self._group is not None:
+            self._group.close()
+        self._spec, self._sha, self._group = spec, sha, group
+        self._group_backends = tuple(spec.backends)
+        self.generation += 1
+        self._refused_sha = self._refusal = None
+        _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
+                  sha[:12], self.source.where)
+        if self.metrics is not None:
+            self.metrics.set_spec(sha, self.generation)
+
+    def _group_for(self, spec: Spec) -> tuple[BackendGroup, bool]:
+        if self._group is not None and self._group_backends == tuple(spec.backends):
+            return self._group, False
+        return self._make_backend(spec), True
+
+    def _converge_current(self, *, changed: bool) -> PassResult:
+        assert self._spec is not None
+        assert self._group is not None
+        applied, leader = self._converge(self._spec, self._group)
+        return self._ok(applied, leader, changed=changed)
+
+    def _converge(self, spec: Spec, group: BackendGroup) -> tuple[tuple[Change, ...], bool]:
+        node, cluster = split_cluster_wide(group)
+        applied: list[Change] = []
+        if node is not None:
+            applied += self._converge_one(spec, node)
+        leader = False
+        if cluster is not None and self._cluster_writer():
+            leader = True
+            applied += self._converge_one(spec, cluster)
+        return tuple(applied), leader
+
+    def _converge_one(self, spec: Spec, group: BackendGroup) -> Sequence[Change]:
+        done = converge(group, self._desired(spec, group))
+        return done.result.applied if done.result is not None else ()
+
+    def _cluster_writer(self) -> bool:
+        if self._elector_factory is None:
+            return True
+        if self.elector is None:
+            if self._not_candidate:
+                return False
+            self.elector = self._elector_factory(self._leadership_changed)
+            if self.elector is None:
+                self._not_candidate = True
+                _log.info("not a candidate for the Lease: cluster-wide objects are left to "
+                          "the candidates")
+                return False
+        if self._once:
+            self.elector.step()  # --once: one attempt, no thread
+        elif not self._elector_started:
+            self.elector.step()  # the first attempt now, then every retry period
+            self.elector.start()
+            self._elector_started = True
+        return self.elector.is_leader
+
+    def _leadership_changed(self, leader: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.leader.set(1 if leader else 0)
+        if leader:
+            self._wake.set()  # write the cluster-wide objects now, not an interval later
+
+    def _ok(self, applied: Sequence[Change], leader: bool, *, changed: bool) -> PassResult:
+        applied = tuple(applied)
+        drift = 0
+        if not changed and self._last_ok_sha == self._sha:
+            # Same spec as the last good pass: what had to change was drift, except
+            # cluster-wide objects written for the first time by a new leader.
+            first_lead = leader and not self._last_ok_leader
+            drift = sum(1 for c in applied
+                        if not (first_lead and c.kind in _CLUSTER_KINDS))
+        self._last_ok_sha, self._last_ok_leader = self._sha, leader
+        if applied:
+            what = "repaired drift" if drift else "applied"
+            message = f"{what}: {len(applied)} change(s): " + "; ".join(str(c) for c in applied)
+        else:
+            message = "in sync: no changes"
+        return PassResult("ok", message, applied, self._sha, leader, drift)
+
+    def _failed(self, exc: BaseException) -> PassResult:
+        reason = _reason(exc)
+        if reason == "internal":
+            _log.error("pass failed with an unexpected error (a bug: please report it)",
+                       exc_info=exc)
+        if self.metrics is not None:
+            self.metrics.failures.labels(reason=reason).inc()
+            if reason == "conflict":
+                self.metrics.conflicts.inc()
+        message = f"{reason}: {_one_line(exc)}"
+        if self._refusal is not None and reason != "spec":
+            message = f"{self._refusal}; {message}"
+        return PassResult("failed", message, (), self._sha, self.is_leader)
+
+    def _record(self, result: PassResult, seconds: float) -> None:
+        extra = {"status": result.status, "generation": self.generation,
+                 "duration_ms": round(seconds * 1000, 1), "changes": len(result.applied),
+                 "leader": result.leader}
+        if result.status == "ok":
+            self.ready = True
+            level = logging.WARNING if result.drift else logging.INFO
+            _log.log(level, "%s", result.message, extra=extra)
+        elif result.status == "spec-refused":
+            _log.warning("%s", result.message, extra=extra)
+        else:
+            _log.error("pass failed: %s", result.message, extra=extra)
+        if self.metrics is not None:
+            self.metrics.sync_duration.observe(seconds)
+            self.metrics.count_changes(result.applied)
+            self.metrics.drift_repairs.inc(result.drift)
+            self.metrics.ready.set(1 if self.ready else 0)
+            self.metrics.spec_kept.set(1 if self._refusal is not None else 0)
+            if result.status != "failed":
+                self.metrics.last_success.set(self._clock())
+        if self.reporter is not None:
+            self.reporter.report(NodeReport(result.status, result.message, self._sha,
+                                            self.generation, result.leader))
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self, *, once: bool = False) -> int:
+        """Pass after pass every ``interval`` until :meth:`stop`; then :meth:`shutdown`.
+
+        ``once``: one pass, exit status 0 when it succeeded, else 1.
+        """
+        self._once = once
+        try:
+            if once:
+                return 0 if self.run_pass().status == "ok" else 1
+            while not self._stopping.is_set():
+                self.run_pass()
+                self._wake.wait(self.options.interval)
+                self._wake.clear()
+            return 0
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        """Ask the loop to end after the pass in progress (what SIGTERM does)."""
+        self._stopping.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Start the next pass now instead of after the interval."""
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        """Release the Lease, clean up if asked, close the backends (idempotent)."""
+        if self.elector is not None:
+            self.elector.stop(release=True)
+            self.elector = None
+            self._elector_started = False
+            if self.metrics is not None:
+                self.metrics.leader.set(0)
+        if self._group is not None:
+            try:
+                if self.options.cleanup_on_exit:
+                    self._clean_up(self._group)
+            finally:
+                self._group.close()
+                self._group = None
+
+    def _clean_up(self, group: BackendGroup) -> None:
+        node, _ = split_cluster_wide(group)
+        if node is None:
+            return
+        try:
+            done = destroy(node)
+        except K3snetError as exc:
+            _log.error("clean-up on exit failed: %s", _one_line(exc))
+            return
+        removed = len(done.result.applied) if done.result is not None else 0
+        _log.warning("clean-up on exit: removed %d object(s) k3snet owned on this node "
+                     "(cluster-wide objects stay)", removed)

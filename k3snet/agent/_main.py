@@ -1,0 +1,132 @@
+"""``k3snet agent``: wires the loop, the probes, the Lease and the report from CLI arguments."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from k3snet.agent._http import HealthServer, parse_listen
+from k3snet.agent._lease import LeaderElector, LeaseSettings
+from k3snet.agent._logging import configure_logging
+from k3snet.agent._loop import Agent, AgentOptions, BackendFactory, DesiredState
+from k3snet.agent._metrics import AgentMetrics
+from k3snet.agent._report import NodeReporter
+from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
+from k3snet.errors import BackendUnavailableError, ModelError, Problem, SpecError
+
+__all__ = ["run_from_cli"]
+
+DEFAULT_LEASE_NAME = "k3snet-cluster-writer"
+
+
+def _spec_source(args: argparse.Namespace, api: Callable[[], Any]) -> SpecSource:
+    if (args.spec is None) == (args.spec_configmap is None):
+        raise SpecError([Problem("", "give exactly one of -f/--spec and --spec-configmap")])
+    if args.spec is not None:
+        return FileSpecSource(args.spec)
+    where, _, key = args.spec_configmap.partition(":")
+    namespace, sep, name = where.partition("/")
+    if not sep or not namespace or not name:
+        raise SpecError([Problem("", f"--spec-configmap must be NS/NAME[:KEY], not "
+                                     f"{args.spec_configmap!r}")])
+    return ConfigMapSpecSource(api(), namespace, name, key or "spec.yaml")
+
+
+def _lease_settings(args: argparse.Namespace) -> LeaseSettings:
+    namespace = os.environ.get("K3SNET_NAMESPACE") or "kube-system"
+    name = DEFAULT_LEASE_NAME
+    if args.lease:
+        namespace, sep, name = args.lease.partition("/")
+        if not sep or not namespace or not name:
+            raise ModelError(f"--lease must be NS/NAME, not {args.lease!r}")
+    return LeaseSettings(namespace, name, duration=args.lease_duration,
+                         renew_deadline=args.lease_renew_deadline,
+                         retry_period=args.lease_retry_period)
+
+
+def _has_label(api_client: Any, node: str, selector: str) -> bool:
+    """Whether the Node has label ``KEY`` (or ``KEY=VALUE``): read once, at the first need."""
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    from k3snet.kube import kube_call  # noqa: PLC0415
+
+    key, sep, value = selector.partition("=")
+    found = kube_call(f"read Node {node}", lambda: client.CoreV1Api(api_client).read_node(node))
+    labels = (found.metadata.labels if found.metadata is not None else None) or {}
+    return key in labels and (not sep or labels[key] == value)
+
+
+def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
+                 desired: DesiredState) -> int:
+    """Run the agent as ``k3snet agent`` was asked to; returns the exit status.
+
+    SIGTERM and SIGINT end the loop after the pass in progress; the rules stay
+    unless ``--cleanup-on-exit``; a held Lease is released.
+    """
+    configure_logging(args.node_name, args.log_format, args.log_level)
+    clients: list[Any] = []
+
+    def api() -> Any:
+        if not clients:
+            from k3snet.kube import make_api_client  # noqa: PLC0415 - k3snet[kube] only
+
+            client, _ = make_api_client(kubeconfig=args.kubeconfig)
+            clients.append(client)
+        return clients[0]
+
+    source = _spec_source(args, api)
+    settings = _lease_settings(args)
+    use_kube = not args.no_kube
+    if use_kube and args.kubeconfig is None and args.spec_configmap is None:
+        # A plain host (no kubeconfig, no service account, or no kubernetes client):
+        # nothing to report to and no Lease to hold; the spec's own API backends
+        # would fail on their own. Say so once and carry on with the node.
+        try:
+            api()
+        except BackendUnavailableError as exc:
+            logging.getLogger("k3snet.agent").warning(
+                "no Kubernetes API: no node report, no Lease (%s)", exc)
+            use_kube = False
+    metrics = AgentMetrics() if args.listen != "none" else None
+    reporter = NodeReporter(api(), args.node_name) if use_kube and not args.no_node_report \
+        else None
+
+    def elector(on_change: Callable[[bool], None]) -> LeaderElector | None:
+        if args.lease_candidates and not _has_label(api(), args.node_name,
+                                                    args.lease_candidates):
+            return None
+        return LeaderElector(api(), args.node_name, settings, on_change=on_change)
+
+    agent = Agent(source, make_backend, desired,
+                  AgentOptions(args.node_name, args.interval,
+                               cleanup_on_exit=args.cleanup_on_exit),
+                  metrics=metrics, reporter=reporter,
+                  elector_factory=elector if use_kube else None)
+    server = None
+    if metrics is not None:
+        host, port = parse_listen(args.listen)
+        server = HealthServer(host, port, healthy=agent.health, ready=agent.readiness,
+                              metrics=metrics.exposition).start()
+        logging.getLogger("k3snet.agent").info(
+            "serving /healthz, /readyz and /metrics on %s:%d", server.host, server.port)
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: agent.stop())
+    log = logging.getLogger("k3snet.agent")
+    try:
+        status = agent.run(once=args.once)
+        if not args.once:
+            log.info("stopped after %d pass(es); %s", agent.passes,
+                     "removed what k3snet owned on this node" if args.cleanup_on_exit
+                     else "the rules stay in place (k3snet destroy removes them)")
+        return status
+    finally:
+        if server is not None:
+            server.stop()
+        for client in clients:
+            client.close()

@@ -1,0 +1,92 @@
+"""The agent's Prometheus metrics, in a registry of its own (prometheus_client, imported lazily)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from k3snet.errors import BackendUnavailableError
+from k3snet.planner import Change
+
+__all__ = ["AgentMetrics"]
+
+# Seconds: a no-op pass on a small node takes milliseconds, a first apply of
+# thousands of rules seconds.
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client  # noqa: PLC0415 - optional dependency (k3snet[agent])
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"prometheus_client is not installed: {exc} (pip install 'k3snet[agent]')") from exc
+    return prometheus_client
+
+
+class AgentMetrics:
+    """Every metric the agent exports (names start with ``k3snet_agent_``).
+
+    ``registry`` is a fresh ``CollectorRegistry``: several agents in one process
+    (tests) never share counters.
+    """
+
+    def __init__(self) -> None:
+        p = _prometheus()
+        self.registry = p.CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.sync_duration = p.Histogram(
+            "k3snet_agent_sync_duration_seconds", "Duration of one pass (observe, plan, apply).",
+            buckets=_DURATION_BUCKETS, registry=r)
+        self.changes = p.Counter(
+            "k3snet_agent_changes", "Changes applied, by object kind and action.",
+            ["kind", "action"], registry=r)
+        self.conflicts = p.Counter(
+            "k3snet_agent_conflicts", "Passes refused because foreign state blocks the spec.",
+            registry=r)
+        self.failures = p.Counter(
+            "k3snet_agent_sync_failures", "Passes that failed, by reason.", ["reason"],
+            registry=r)
+        self.drift_repairs = p.Counter(
+            "k3snet_agent_drift_repairs",
+            "Changes applied although the spec in force did not change (drift repaired).",
+            registry=r)
+        self.last_success = p.Gauge(
+            "k3snet_agent_last_success_timestamp_seconds",
+            "Unix time of the end of the last successful pass.", registry=r)
+        self.spec_generation = p.Gauge(
+            "k3snet_agent_spec_generation",
+            "How many distinct specs this agent has put in force (1: the first).", registry=r)
+        self.spec_info = p.Gauge(
+            "k3snet_agent_spec_info", "The spec in force (value 1), by its SHA-256.",
+            ["sha256"], registry=r)
+        self.spec_rejected = p.Counter(
+            "k3snet_agent_spec_rejected",
+            "New specs refused (invalid, unreadable, or deleting everything), by reason.",
+            ["reason"], registry=r)
+        self.spec_kept = p.Gauge(
+            "k3snet_agent_spec_last_good_kept",
+            "1 while the newest spec is refused and the last good one stays in force.",
+            registry=r)
+        self.leader = p.Gauge(
+            "k3snet_agent_leader",
+            "1 while this agent holds the Lease and writes the cluster-wide objects.",
+            registry=r)
+        self.ready = p.Gauge(
+            "k3snet_agent_ready", "1 once a pass has succeeded (what /readyz reports).",
+            registry=r)
+
+    def count_changes(self, changes: tuple[Change, ...] | list[Change]) -> None:
+        """Add applied changes to ``k3snet_agent_changes_total{kind, action}``."""
+        for change in changes:
+            self.changes.labels(kind=change.kind, action=change.action).inc()
+
+    def set_spec(self, sha256: str, generation: int) -> None:
+        """Record the spec now in force (the info metric holds exactly one series)."""
+        self.spec_info.clear()
+        self.spec_info.labels(sha256=sha256).set(1)
+        self.spec_generation.set(generation)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition format and its content type (what ``/metrics`` serves)."""
+        p = _prometheus()
+        return p.generate_latest(self.registry), str(p.CONTENT_TYPE_LATEST)

@@ -1,0 +1,112 @@
+"""The node's last result where ``kubectl`` shows it: Node annotations and Events.
+
+``k3snet.io/agent-status`` (``ok``, ``failed``, ``spec-refused``) is short enough
+for a column (``kubectl get nodes -L`` takes labels only, so use
+``-o custom-columns``); ``k3snet.io/agent-result`` holds the details as JSON.
+Both are written only when the result *changes* (not every pass), and each
+change of status also creates an Event on the Node (``kubectl describe node``
+lists it; Events expire after an hour, the annotation stays).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import uuid
+from typing import Any
+
+import attrs
+
+from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, kube_call
+
+__all__ = ["RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport", "NodeReporter"]
+
+STATUS_ANNOTATION = "k3snet.io/agent-status"
+RESULT_ANNOTATION = "k3snet.io/agent-result"
+_EVENT_NAMESPACE = "default"  # where the kubelet puts a Node's events too
+_REASONS = {"ok": ("Normal", "K3snetConverged"), "failed": ("Warning", "K3snetSyncFailed"),
+            "spec-refused": ("Warning", "K3snetSpecRefused")}
+
+_log = logging.getLogger("k3snet.agent.report")
+
+
+@attrs.frozen
+class NodeReport:
+    """What one pass ended with, as the node annotation carries it."""
+
+    status: str
+    message: str
+    spec_sha256: str | None
+    generation: int
+    leader: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The annotation's JSON fields (plus ``time``, added when written)."""
+        return {"status": self.status, "message": self.message,
+                "spec": self.spec_sha256[:12] if self.spec_sha256 else None,
+                "generation": self.generation, "leader": self.leader}
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)
+
+
+class NodeReporter:
+    """Patches the Node's annotations and records Events, only on change.
+
+    Failures to report are logged and never fail the pass: a node whose
+    rules are right must not be reported broken because the API is slow.
+    """
+
+    def __init__(self, api_client: Any, node: str, *, component: str = "k3snet-agent",
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+        self._core: Any = client.CoreV1Api(api_client)
+        self.node = node
+        self.component = component
+        self.timeout = timeout
+        self._last: NodeReport | None = None
+        self.started = _now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        """When this agent started: a restart shows as a new value in the annotation."""
+        self.writes = 0
+        """API writes made so far (annotation patches and Events)."""
+
+    def report(self, result: NodeReport) -> None:
+        """Write ``result`` if it differs from the last one written."""
+        if result == self._last:
+            return
+        previous, self._last = self._last, result
+        stamp = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {"metadata": {"annotations": {
+            STATUS_ANNOTATION: result.status,
+            RESULT_ANNOTATION: json.dumps({**result.to_dict(), "time": stamp,
+                                           "started": self.started}, sort_keys=True),
+        }}}
+        try:
+            kube_call(f"annotate Node {self.node}", lambda: self._core.patch_node(
+                self.node, body, _content_type="application/merge-patch+json",
+                _request_timeout=self.timeout), timeout=self.timeout)
+            self.writes += 1
+            if previous is None or previous.status != result.status:
+                self._event(result, stamp)
+        except KubeApiError as exc:
+            self._last = previous  # try again next pass
+            _log.warning("cannot report the result on the node: %s", exc)
+
+    def _event(self, result: NodeReport, stamp: str) -> None:
+        kind, reason = _REASONS.get(result.status, ("Warning", "K3snetUnknown"))
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{self.node}.k3snet.{uuid.uuid4().hex[:12]}",
+                         "namespace": _EVENT_NAMESPACE},
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node},
+            "reason": reason, "message": result.message[:1024], "type": kind,
+            "source": {"component": self.component, "host": self.node},
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+            "reportingComponent": self.component, "reportingInstance": self.node,
+        }
+        kube_call(f"create Event for Node {self.node}", lambda: self._core.create_namespaced_event(
+            _EVENT_NAMESPACE, body, _request_timeout=self.timeout), timeout=self.timeout)
+        self.writes += 1

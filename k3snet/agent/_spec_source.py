@@ -1,0 +1,75 @@
+"""Where the agent reads its spec each pass: a file (the mounted ConfigMap) or a ConfigMap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from k3snet.errors import Problem, SpecError
+from k3snet.kube import DEFAULT_TIMEOUT, kube_call
+
+__all__ = ["ConfigMapSpecSource", "FileSpecSource", "SpecSource"]
+
+
+class SpecSource(Protocol):
+    """Protocol: the spec's text as it is now (raises SpecError when unreadable)."""
+
+    @property
+    def where(self) -> str:
+        """Where the spec comes from, for messages."""
+        ...
+
+    def read(self) -> str:
+        """The spec's current text."""
+        ...
+
+
+class FileSpecSource:
+    """A spec file, read again every pass (the kubelet updates a mounted ConfigMap in place)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def where(self) -> str:
+        """The file's path."""
+        return str(self.path)
+
+    def read(self) -> str:
+        """The file's text."""
+        try:
+            return self.path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise SpecError([Problem("", f"cannot read {self.path}: {reason}")],
+                            source=str(self.path)) from exc
+
+
+class ConfigMapSpecSource:
+    """One key of a ConfigMap, read through the API every pass (one GET)."""
+
+    def __init__(self, api_client: Any, namespace: str, name: str, key: str = "spec.yaml",
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+        self._core: Any = client.CoreV1Api(api_client)
+        self.namespace, self.name, self.key, self.timeout = namespace, name, key, timeout
+
+    @property
+    def where(self) -> str:
+        """``ConfigMap NS/NAME key KEY``."""
+        return f"ConfigMap {self.namespace}/{self.name} key {self.key}"
+
+    def read(self) -> str:
+        """The key's text; SpecError when the ConfigMap or the key is missing."""
+        configmap = kube_call(
+            f"read {self.where}",
+            lambda: self._core.read_namespaced_config_map(
+                self.name, self.namespace, _request_timeout=self.timeout),
+            timeout=self.timeout)
+        data = configmap.data or {}
+        if self.key not in data:
+            raise SpecError([Problem("", f"{self.where}: no such key (keys: "
+                                         f"{', '.join(sorted(data)) or 'none'})")],
+                            source=self.where)
+        return str(data[self.key])

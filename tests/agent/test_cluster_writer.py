@@ -1,0 +1,227 @@
+"""One writer for cluster-wide objects: only the Lease holder writes Calico pools.
+
+Two agents share an emulated API server; each keeps its own node's objects
+(a memory backend per node). The Lease clock is a fake the test moves, so the
+hand-over "within the lease time" is checked on the elector's own timeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k3snet.agent import (
+    STATUS_ANNOTATION,
+    Agent,
+    AgentMetrics,
+    AgentOptions,
+    FileSpecSource,
+    LeaderElector,
+    LeaseSettings,
+    NodeReporter,
+)
+from k3snet.backends.calico import CalicoBackend
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
+from k3snet.converge import compile_for
+from k3snet.spec import Spec
+from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
+
+pytestmark = pytest.mark.cluster
+
+POOLS = "crd.projectcalico.org/v1/ippools"
+LEASES = "coordination.k8s.io/v1/leases"
+SETTINGS = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=15.0,
+                         renew_deadline=10.0, retry_period=2.0)
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+destinations:
+  - cidr: 192.168.2.0/24
+  - cidr: 172.20.0.0/16
+    masquerade: false
+cni:
+  calico: {}
+"""
+NODE_KINDS = ("route", "sysctl", "nat", "forward")
+
+
+class _Stepped(LeaderElector):
+    """An elector without its thread: the test steps it (and its clock)."""
+
+    def start(self) -> LeaderElector:
+        return self
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def server() -> Iterator[EmulatedApiServer]:
+    with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
+        for name in ("node-a", "node-b"):
+            srv.put("v1/nodes", {"metadata": {"name": name}})
+        yield srv
+
+
+def _agent(srv: EmulatedApiServer, name: str, spec_path: Path,
+           clock: FakeClock) -> tuple[Agent, MemoryBackend]:
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    api = srv.api_client()
+
+    def make_backend(spec: Spec) -> BackendGroup:
+        return BackendGroup([memory, CalicoBackend(api_client=api, api="crd")])
+
+    def elector(on_change: Callable[[bool], None]) -> LeaderElector:
+        return _Stepped(api, name, SETTINGS, on_change=on_change, clock=clock)
+
+    agent = Agent(FileSpecSource(spec_path), make_backend,
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions(name, interval=1.0), metrics=AgentMetrics(),
+                  reporter=NodeReporter(api, name), elector_factory=elector)
+    return agent, memory
+
+
+def _pool_writes(srv: EmulatedApiServer) -> list[tuple[str, str]]:
+    return [(m, p) for m, p, _ in srv.requests()
+            if "/ippools" in p and m in ("POST", "PATCH", "PUT", "DELETE")]
+
+
+def _holder(srv: EmulatedApiServer) -> Any:
+    lease = srv.get(LEASES, SETTINGS.name, SETTINGS.namespace)
+    assert lease is not None
+    return lease["spec"].get("holderIdentity")
+
+
+def test_only_the_lease_holder_writes_pools_and_the_other_takes_over(
+    server: EmulatedApiServer, tmp_path: Path
+) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    clock = FakeClock()
+    a, memory_a = _agent(server, "node-a", spec_path, clock)
+    b, memory_b = _agent(server, "node-b", spec_path, clock)
+
+    first = a.run_pass()
+    assert (first.status, first.leader) == ("ok", True)
+    assert _holder(server) == "node-a"
+    pools = sorted(p["metadata"]["name"] for p in server.objects(POOLS))
+    assert pools == ["k3snet-nonat-172-20-0-0-16", "k3snet-pods-10-42-0-0-16"]
+    writes = len(_pool_writes(server))
+
+    second = b.run_pass()
+    assert (second.status, second.leader) == ("ok", False)
+    assert len(_pool_writes(server)) == writes  # b wrote no pool
+    # ... but b keeps its own node's objects, exactly like a
+    assert memory_b.state.owned == memory_a.state.owned
+    assert len(memory_b.state.owned) == 4
+
+    # a pool deleted by someone: only the leader repairs it
+    name = "k3snet-nonat-172-20-0-0-16"
+    assert server.delete(POOLS, name)
+    assert b.run_pass().applied == ()
+    assert a.run_pass().drift == 1
+    assert server.get(POOLS, name) is not None
+
+    # node-a dies without releasing (SIGKILL): b may take over once the Lease has not
+    # changed for its duration, as b's own clock sees it -- not before
+    assert b.elector is not None
+    clock.now += SETTINGS.duration - 1
+    assert b.elector.step() is False
+    clock.now += 2
+    assert b.elector.step() is True
+    assert _holder(server) == "node-b"
+    assert a.elector is not None
+    assert a.elector.is_leader is False  # a stopped writing before b could start
+    assert server.delete(POOLS, name)
+    taken = b.run_pass()
+    assert taken.leader is True
+    assert [str(c) for c in taken.applied] == [
+        "+ ippool k3snet-nonat-172-20-0-0-16 172.20.0.0/16 disabled blockSize=26"]
+    assert taken.drift == 0  # written by a new leader: not counted as drift
+    assert b.metrics is not None
+    assert b.metrics.registry.get_sample_value("k3snet_agent_leader") == 1
+
+    # b shuts down gracefully: the Lease is released, a takes it at its next step
+    b.shutdown()
+    assert _holder(server) is None
+    assert a.elector.step() is True
+    a.shutdown()
+
+
+def test_node_annotation_says_the_last_result(server: EmulatedApiServer, tmp_path: Path) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    agent, _ = _agent(server, "node-a", spec_path, FakeClock())
+    agent.run_pass()
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    assert node["metadata"]["annotations"][STATUS_ANNOTATION] == "ok"
+    spec_path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                         "destinations: []\ncni:\n  calico: {}\n")
+    agent.run_pass()
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    assert node["metadata"]["annotations"][STATUS_ANNOTATION] == "spec-refused"
+    reasons = [e["reason"] for e in server.objects("v1/events")]
+    assert sorted(reasons) == ["K3snetConverged", "K3snetSpecRefused"]
+    # unchanged result: no further write
+    patches = len([r for r in server.requests() if r[0] == "PATCH" and "/nodes/" in r[1]])
+    agent.run_pass()
+    assert len([r for r in server.requests()
+                if r[0] == "PATCH" and "/nodes/" in r[1]]) == patches
+    agent.shutdown()
+
+
+def test_lease_timing_is_checked() -> None:
+    with pytest.raises(ValueError, match="retry period < renew deadline < duration"):
+        LeaseSettings(duration=5, renew_deadline=10, retry_period=2)
+
+
+def test_candidates_read_a_live_lease_only_when_it_could_expire(
+    server: EmulatedApiServer,
+) -> None:
+    clock = FakeClock()
+    holder = _Stepped(server.api_client(), "node-a", SETTINGS, clock=clock)
+    candidate = _Stepped(server.api_client(), "node-b", SETTINGS, clock=clock)
+    assert candidate.next_wait() == SETTINGS.retry_period  # nothing seen yet
+    assert holder.step() is True
+    assert holder.next_wait() == SETTINGS.retry_period  # the holder renews often
+    assert candidate.step() is False
+    assert candidate.next_wait() == SETTINGS.duration
+    clock.now += 10
+    assert candidate.next_wait() == 5
+    clock.now += 4.5
+    assert candidate.next_wait() == SETTINGS.retry_period
+    assert holder.step() is True  # renewed: the candidate waits again
+    assert candidate.step() is False
+    assert candidate.next_wait() == SETTINGS.duration
+    holder.release()
+    assert candidate.step() is True  # a released Lease is taken at once
+
+
+def test_a_node_that_is_no_candidate_never_writes_pools(
+    server: EmulatedApiServer, tmp_path: Path
+) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    api = server.api_client()
+    agent = Agent(FileSpecSource(spec_path),
+                  lambda spec: BackendGroup([memory, CalicoBackend(api_client=api, api="crd")]),
+                  lambda spec, group: compile_for(group, spec), AgentOptions("node-c"),
+                  elector_factory=lambda on_change: None)
+    result = agent.run_pass()
+    assert (result.status, result.leader) == ("ok", False)
+    assert len(memory.state.owned) == 4
+    assert server.objects(POOLS) == []
+    assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
+    agent.shutdown()

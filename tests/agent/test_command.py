@@ -1,0 +1,113 @@
+"""``k3snet agent`` as a process: probes on a real port, SIGTERM, --once, bad arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from k3snet.cli import main
+
+SPEC = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n  - cidr: 192.168.2.0/24\n"
+BASE = ["--backend", "memory", "--no-kube", "--no-facts"]
+
+
+def _k3snet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "k3snet.cli", *args]
+
+
+def _readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz",
+                                    timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("cleanup", [False, True])
+def test_sigterm_ends_the_loop_after_the_pass(tmp_path: Path, cleanup: bool) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    args = _k3snet("agent", "-f", str(spec), *BASE, "--listen", "127.0.0.1:0",
+                   "--interval", "0.2", "--log-format", "json")
+    if cleanup:
+        args.append("--cleanup-on-exit")
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "K3SNET_NODE_NAME": "node-x"})
+    try:
+        assert proc.stderr is not None
+        lines: list[dict[str, object]] = []
+        port = None
+        while port is None:
+            line = proc.stderr.readline()
+            assert line, "the agent ended before serving"
+            lines.append(json.loads(line))
+            found = re.search(r"on 127\.0\.0\.1:(\d+)", str(lines[-1]["message"]))
+            port = int(found.group(1)) if found else None
+        deadline = time.monotonic() + 60  # a generous bound, not a timing assertion
+        while _readyz(port) != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    entries = lines + [json.loads(line) for line in rest.splitlines()]
+    assert {e["node"] for e in entries} == {"node-x"}
+    last = str(entries[-1]["message"])
+    if cleanup:
+        assert any("clean-up on exit: removed 3 object(s)" in str(e["message"])
+                   for e in entries)
+        assert "removed what k3snet owned" in last
+    else:
+        assert "the rules stay in place" in last
+
+
+def test_once_against_the_memory_backend(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["agent", "-f", str(spec), *BASE, "--once", "--listen", "none"]) == 0
+    (tmp_path / "bad.yaml").write_text("destinations: 3\n")
+    assert main(["agent", "-f", str(tmp_path / "bad.yaml"), *BASE, "--once",
+                 "--listen", "none"]) == 1
+
+
+def test_spec_file_or_configmap_exactly_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["agent", *BASE, "--once"]) == 1
+    assert "exactly one of -f/--spec and --spec-configmap" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert re.fullmatch(r"k3snet \S+\n", capsys.readouterr().out)
+
+
+def test_without_a_kubernetes_api_the_agent_still_converges_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["agent", "-f", str(spec), "--backend", "memory", "--no-facts", "--once",
+                 "--listen", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "no Kubernetes API: no node report, no Lease" in err
+    assert "applied: 3 change(s)" in err

@@ -1,0 +1,258 @@
+"""The agent's loop on the memory backend: spec reloads, the last good spec, drift, clean-up."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+from k3snet.agent import (
+    Agent,
+    AgentMetrics,
+    AgentOptions,
+    FileSpecSource,
+    configure_logging,
+    split_cluster_wide,
+)
+from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.memory import MemoryBackend
+from k3snet.converge import compile_for
+from k3snet.model.state import State
+from k3snet.planner import Plan, plan
+from k3snet.spec import Spec
+
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+destinations:
+  - cidr: 192.168.2.0/24
+"""
+SPEC_TWO = SPEC + "  - cidr: 172.20.0.0/16\n"
+NODE_KINDS = ("route", "sysctl", "nat", "forward")
+
+
+class Node:
+    """An agent over one MemoryBackend holding the node's kinds, its spec in a file."""
+
+    def __init__(self, tmp_path: Path, text: str = SPEC, **options: object) -> None:
+        self.path = tmp_path / "spec.yaml"
+        self.path.write_text(text)
+        self.memory = MemoryBackend(capabilities=NODE_KINDS)
+        self.metrics = AgentMetrics()
+        self.built: list[tuple[str, ...]] = []
+
+        def make_backend(spec: Spec) -> BackendGroup:
+            self.built.append(tuple(spec.backends))
+            return BackendGroup([self.memory])
+
+        self.agent = Agent(FileSpecSource(self.path), make_backend,
+                           lambda spec, group: compile_for(group, spec),
+                           AgentOptions("node-1", interval=0.01, **options),  # type: ignore[arg-type]
+                           metrics=self.metrics)
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels or None)
+
+    def owned(self) -> list[str]:
+        return sorted(str(o) for o in self.memory.state.owned)
+
+
+def test_first_pass_applies_and_makes_the_agent_ready(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    assert node.agent.readiness()[0] is False
+    result = node.agent.run_pass()
+    assert result.status == "ok"
+    assert len(result.applied) == 3
+    assert result.drift == 0
+    assert node.agent.readiness()[0] is True
+    assert node.agent.generation == 1
+    again = node.agent.run_pass()
+    assert (again.status, again.applied, again.message) == ("ok", (), "in sync: no changes")
+
+
+def test_a_changed_spec_file_is_read_on_the_next_pass(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.agent.run_pass()
+    before = node.owned()
+    node.path.write_text(SPEC_TWO)
+    result = node.agent.run_pass()
+    assert result.status == "ok"
+    assert result.drift == 0
+    assert node.agent.generation == 2
+    assert len(node.owned()) > len(before)
+    assert any("172.20.0.0/16" in o for o in node.owned())
+    assert node.sample("k3snet_agent_spec_generation") == 2
+
+
+def test_invalid_spec_keeps_the_last_good_one(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.agent.run_pass()
+    before = node.owned()
+    node.path.write_text("destinations:\n  - cidr: 999.1.2.0/24\n")
+    result = node.agent.run_pass()
+    assert result.status == "spec-refused"
+    assert "refused (invalid)" in result.message
+    assert "keeping spec generation 1" in result.message
+    assert node.owned() == before
+    assert node.agent.generation == 1
+    assert node.sample("k3snet_agent_spec_rejected_total", reason="invalid") == 1
+    assert node.sample("k3snet_agent_spec_last_good_kept") == 1
+    # Refused once, not re-parsed and re-counted every pass while the file stays the same.
+    assert node.agent.run_pass().status == "spec-refused"
+    assert node.sample("k3snet_agent_spec_rejected_total", reason="invalid") == 1
+    # Drift is still repaired under the last good spec.
+    node.memory.apply(Plan(changes=[c.inverse() for c in plan(State(), node.memory.state)
+                                    .changes if c.kind == "nat"]))
+    assert node.agent.run_pass().drift == 1
+    node.path.write_text(SPEC_TWO)
+    fixed = node.agent.run_pass()
+    assert fixed.status == "ok"
+    assert node.agent.generation == 2
+    assert node.sample("k3snet_agent_spec_last_good_kept") == 0
+
+
+def test_a_spec_deleting_everything_is_refused_and_the_rules_stay(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.agent.run_pass()
+    before = node.owned()
+    node.path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations: []\n")
+    result = node.agent.run_pass()
+    assert result.status == "spec-refused"
+    assert "refused (teardown)" in result.message
+    assert node.owned() == before
+    assert node.sample("k3snet_agent_spec_rejected_total", reason="teardown") == 1
+
+
+def test_an_unreadable_spec_keeps_the_last_good_one(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.agent.run_pass()
+    node.path.unlink()
+    result = node.agent.run_pass()
+    assert result.status == "spec-refused"
+    assert "refused (unreadable)" in result.message
+    assert node.sample("k3snet_agent_spec_rejected_total", reason="unreadable") == 1
+
+
+def test_no_valid_spec_at_start_fails_and_is_not_ready(tmp_path: Path) -> None:
+    node = Node(tmp_path, "destinations: 3\n")
+    result = node.agent.run_pass()
+    assert result.status == "failed"
+    assert node.agent.readiness()[0] is False
+    assert node.sample("k3snet_agent_sync_failures_total", reason="spec") == 1
+    assert node.owned() == []
+
+
+def test_drift_is_repaired_and_counted(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.agent.run_pass()
+    want = node.owned()
+    forward = [c for c in plan(State(), node.memory.state).changes if c.kind == "forward"]
+    node.memory.apply(Plan(changes=[c.inverse() for c in forward]))
+    assert node.owned() != want
+    result = node.agent.run_pass()
+    assert result.drift == 1
+    assert "repaired drift" in result.message
+    assert node.owned() == want
+    assert node.sample("k3snet_agent_drift_repairs_total") == 1
+    assert node.sample("k3snet_agent_changes_total", kind="forward", action="add") == 2
+
+
+def test_a_failing_backend_does_not_end_the_loop(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.memory.faults.fail_at(0)
+    failed = node.agent.run_pass()
+    assert failed.status == "failed"
+    assert failed.message.startswith("apply:")
+    assert node.sample("k3snet_agent_sync_failures_total", reason="apply") == 1
+    assert node.agent.run_pass().status == "ok"
+
+
+def test_run_stops_on_request_and_the_rules_stay(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    timer = threading.Timer(0.3, node.agent.stop)
+    timer.start()
+    assert node.agent.run() == 0
+    timer.join()
+    assert node.agent.passes >= 1
+    assert len(node.owned()) == 3
+
+
+def test_cleanup_on_exit_removes_what_k3snet_owns(tmp_path: Path) -> None:
+    node = Node(tmp_path, cleanup_on_exit=True)
+    node.agent.run_pass()
+    assert node.owned()
+    node.agent.shutdown()
+    assert node.owned() == []
+
+
+def test_once_exit_status(tmp_path: Path) -> None:
+    assert Node(tmp_path).agent.run(once=True) == 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    assert Node(bad, "destinations: 3\n").agent.run(once=True) == 1
+
+
+def test_backends_are_rebuilt_only_when_the_spec_names_others(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.agent.run_pass()
+    node.path.write_text(SPEC_TWO)
+    node.agent.run_pass()
+    assert node.built == [()]
+    node.path.write_text(SPEC_TWO + "backends: [memory]\n")
+    node.agent.run_pass()
+    assert node.built == [(), ("memory",)]
+
+
+def test_health_fails_when_no_pass_finished_for_too_long(tmp_path: Path) -> None:
+    now = [100.0]
+    node = Node(tmp_path, stale_after=60.0)
+    node.agent._monotonic = lambda: now[0]
+    node.agent.run_pass()
+    assert node.agent.health()[0] is True
+    now[0] += 61
+    ok, reason = node.agent.health()
+    assert not ok
+    assert "stuck" in reason
+
+
+def test_split_puts_cluster_wide_kinds_apart() -> None:
+    memory = MemoryBackend()
+    node, cluster = split_cluster_wide(BackendGroup([memory]))
+    assert node is not None
+    assert cluster is not None
+    assert cluster.capabilities == {"ippool"}
+    assert "ippool" not in node.capabilities
+    only_node, none = split_cluster_wide(BackendGroup([Member(memory, NODE_KINDS)]))
+    assert none is None
+    assert only_node is not None
+
+
+def test_log_lines_carry_time_and_node(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    configure_logging("node-7", "json", stream=stream)
+    try:
+        Node(tmp_path).agent.run_pass()
+    finally:
+        configure_logging("node-7", "text", stream=io.StringIO())
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert entries
+    assert {e["node"] for e in entries} == {"node-7"}
+    assert all(e["time"].endswith("Z") for e in entries)
+    last = entries[-1]
+    assert (last["status"], last["changes"], last["level"]) == ("ok", 3, "info")
+
+
+def test_text_log_format(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    logger = configure_logging("node-8", "text", stream=stream)
+    logger.warning("hello", extra={"k": 1})
+    line = stream.getvalue().strip()
+    assert line.endswith("WARNING node=node-8 hello (k=1)")
+    assert line[:4].isdigit()
+    with pytest.raises(ValueError, match="log format"):
+        configure_logging("x", "xml")  # type: ignore[arg-type]
+    logging.getLogger("k3snet.agent").handlers.clear()
