@@ -135,6 +135,13 @@ def _expect_refusal(backend: Backend, baseline: State, bad: Plan, what: str) -> 
     assert after == baseline, f"refusing {what} changed the state:\n{_diff(baseline, after)}"
 
 
+def _stage_settings(max_examples: int) -> settings:
+    """One stage's hypothesis settings: kernel backends are slow and keep no example database."""
+    return settings(max_examples=max_examples, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                           HealthCheck.data_too_large])
+
+
 def _random_round_trips(
     backend: Backend,
     baseline: State,
@@ -144,9 +151,7 @@ def _random_round_trips(
 ) -> None:
     wanted = st.lists(pool, max_size=max_objects, unique_by=lambda o: o.key)
 
-    @settings(max_examples=max_examples, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                     HealthCheck.data_too_large])
+    @_stage_settings(max_examples)
     @given(first=wanted, second=wanted)
     def round_trip(first: list[NetObject], second: list[NetObject]) -> None:
         try:
@@ -177,9 +182,7 @@ def _all_or_nothing(
     # hold two objects (a flannel target holds one config: its plans have one change).
     second_states = st.lists(pool, min_size=1, max_size=max_objects, unique_by=lambda o: o.key)
 
-    @settings(max_examples=max_examples, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                     HealthCheck.data_too_large])
+    @_stage_settings(max_examples)
     @given(first=first_states, second=second_states)
     def fail_everywhere(first: list[NetObject], second: list[NetObject]) -> None:
         try:
