@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -21,23 +20,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import attrs
-
 from k3snet._version import __version__
 from k3snet.backends.group import BackendGroup, Member
-from k3snet.backends.lock import namespace_id, namespaces_of
+from k3snet.backends.lock import namespaces_of
 from k3snet.backends.registry import available_backends, backend_options, create_backend
-from k3snet.converge import Convergence, apply_plan, compile_for, converge, destroy, state_digest
+from k3snet.converge import Convergence, apply_plan, compile_for, converge, destroy
 from k3snet.errors import (
     BackendOptionError,
     ConflictError,
     K3snetError,
-    PlanError,
     Problem,
     SpecError,
 )
 from k3snet.facts import gather_facts
 from k3snet.model.state import KINDS, State
+from k3snet.planfile import PlanFile
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec, load_spec
 from k3snet.spec import compile as compile_spec
@@ -418,73 +415,13 @@ def _print_json(data: Any) -> None:
 
 # ---------------------------------------------------------------- plan files
 
-PLANFILE_KIND = "k3snet-planfile"
-
-
-@attrs.frozen
-class _SavedPlan:
-    plan: Plan
-    backends: list[str]
-    desired: State
-
-
-def _node_identity(netns: str | None) -> dict[str, str | None]:
-    """What names this node and namespace: machine id, hostname, namespace and its inode."""
-    machine = None
-    for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        with contextlib.suppress(OSError):
-            machine = Path(candidate).read_text().strip() or None
-            break
-    return {"machine_id": machine, "hostname": socket.gethostname(), "netns": netns,
-            "netns_id": namespace_id(netns)}
-
-
 def _save_planfile(args: argparse.Namespace, backend: BackendGroup, observed: State,
                    desired: State, p: Plan) -> None:
-    spec_bytes = args.spec.read_bytes()
-    document = {
-        "format": JSON_FORMAT,
-        "kind": PLANFILE_KIND,
-        "k3snet": __version__,
-        "node": _node_identity(args.netns),
-        "backends": _backend_names(args, None) if args.backend else
-        [f"{m.backend.name}:{','.join(sorted(m.kinds))}" for m in backend.members],
-        "spec": {"path": str(args.spec), "sha256": hashlib.sha256(spec_bytes).hexdigest()},
-        "observed": state_digest(observed.only(backend.capabilities)),
-        "desired": desired.only(backend.capabilities).to_dict(),
-        "plan": p.to_dict(),
-    }
-    args.out.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-
-
-def _load_planfile(args: argparse.Namespace) -> _SavedPlan:
-    """Read a plan file, refusing one made on another node or namespace."""
-    path: Path = args.planfile
-    try:
-        document = json.loads(path.read_text())
-    except ValueError as exc:
-        raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
-    if not isinstance(document, dict) or document.get("kind") != PLANFILE_KIND:
-        raise PlanError(f"{path} is not a k3snet plan file (made by `k3snet plan --out`)")
-    if document.get("format") != JSON_FORMAT:
-        raise PlanError(f"{path}: plan file format {document.get('format')!r} is not "
-                        f"{JSON_FORMAT}; plan again with this k3snet")
-    node = document.get("node") or {}
-    if args.netns is None:
-        args.netns = node.get("netns")
-    here = _node_identity(args.netns)
-    for key, what in (("machine_id", "machine"), ("netns_id", "network namespace")):
-        if node.get(key) != here[key]:
-            raise PlanError(f"{path} was made for another {what} ({node.get(key)!r}, here "
-                            f"{here[key]!r}); plan on this node")
-    backends = document.get("backends")
-    if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
-        raise PlanError(f"{path}: no backends recorded")
-    desired = document.get("desired")
-    if not isinstance(desired, dict):
-        raise PlanError(f"{path}: no desired state recorded; plan again with this k3snet")
-    return _SavedPlan(Plan.from_dict(document.get("plan") or {}), backends,
-                      State.from_dict(desired))
+    names = _backend_names(args, None) if args.backend else [
+        f"{m.backend.name}:{','.join(sorted(m.kinds))}" for m in backend.members]
+    caps = backend.capabilities
+    PlanFile.make(p, desired=desired.only(caps), observed=observed.only(caps), backends=names,
+                  netns=args.netns, spec_path=args.spec).write(args.out)
 
 
 # ---------------------------------------------------------------- terminal habits
@@ -596,7 +533,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     options = {"allow_conflicts": args.allow_conflicts, "allow_teardown": args.allow_teardown}
-    saved = _load_planfile(args) if args.planfile is not None else None
+    saved = PlanFile.read(args.planfile, netns=args.netns) if args.planfile else None
+    if saved is not None:
+        args.netns = saved.node["netns"]
     spec = _spec(args) if saved is None else None
     with _backend(args, spec, names=saved.backends if saved else None) as backend:
         desired = _desired(args, spec, backend) if spec is not None else State()

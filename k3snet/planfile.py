@@ -1,0 +1,114 @@
+"""Plan files: a plan saved with what it needs to be applied later, exactly, or refused.
+
+``k3snet plan --out FILE`` writes one, ``k3snet apply FILE`` reads it; scripts
+can do the same::
+
+    saved = PlanFile.make(p, desired=desired, observed=observed, backends=["netlink"],
+                          netns="node1", spec_path=Path("egress.yaml"))
+    saved.write(Path("node1.plan"))
+    again = PlanFile.read(Path("node1.plan"), netns=None)   # checks machine and namespace
+    k3snet.converge.apply_plan(backend, again.plan, desired=again.desired)
+
+The file records the node (machine id, hostname, network namespace and its
+identity), the backends, the spec's SHA-256, a fingerprint of what the backends
+observed and the desired state (schema: ``k3snet.schemas.load_schema("planfile")``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from k3snet._version import __version__
+from k3snet.backends.lock import namespace_id
+from k3snet.converge import state_digest
+from k3snet.errors import PlanError
+from k3snet.model.state import State
+from k3snet.planner import Plan
+
+__all__ = ["PLANFILE_FORMAT", "PLANFILE_KIND", "PlanFile", "node_identity"]
+
+PLANFILE_KIND = "k3snet-planfile"
+PLANFILE_FORMAT = 1
+
+
+def node_identity(netns: str | None) -> dict[str, str | None]:
+    """What names this node and namespace: machine id, hostname, namespace and its identity."""
+    machine = None
+    for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            machine = Path(candidate).read_text().strip() or None
+            break
+    return {"machine_id": machine, "hostname": socket.gethostname(), "netns": netns,
+            "netns_id": namespace_id(netns)}
+
+
+@attrs.frozen
+class PlanFile:
+    """A saved plan and what it was made from and for."""
+
+    plan: Plan
+    desired: State
+    backends: tuple[str, ...]
+    node: Mapping[str, str | None]
+    observed: str
+    spec: Mapping[str, str] | None = None
+
+    @classmethod
+    def make(cls, p: Plan, *, desired: State, observed: State, backends: Sequence[str],
+             netns: str | None, spec_path: Path | None = None) -> PlanFile:
+        """A plan file for this node; ``desired`` and ``observed`` as the plan saw them."""
+        spec = None if spec_path is None else {
+            "path": str(spec_path), "sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest()}
+        return cls(p, desired, tuple(backends), node_identity(netns), state_digest(observed),
+                   spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {"format": PLANFILE_FORMAT, "kind": PLANFILE_KIND, "k3snet": __version__,
+                "node": dict(self.node), "backends": list(self.backends),
+                "spec": dict(self.spec) if self.spec is not None else None,
+                "observed": self.observed, "desired": self.desired.to_dict(),
+                "plan": self.plan.to_dict()}
+
+    def write(self, path: Path) -> None:
+        """Write the file (stable JSON)."""
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read(cls, path: Path, *, netns: str | None) -> PlanFile:
+        """Read a plan file, refusing one made on another machine or namespace.
+
+        ``netns``: the namespace it is applied in (``None``: the one it was made for).
+        """
+        try:
+            document = json.loads(path.read_text())
+        except ValueError as exc:
+            raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
+        if not isinstance(document, dict) or document.get("kind") != PLANFILE_KIND:
+            raise PlanError(f"{path} is not a k3snet plan file (made by `k3snet plan --out`)")
+        if document.get("format") != PLANFILE_FORMAT:
+            raise PlanError(f"{path}: plan file format {document.get('format')!r} is not "
+                            f"{PLANFILE_FORMAT}; plan again with this k3snet")
+        node = document.get("node") or {}
+        here = node_identity(netns if netns is not None else node.get("netns"))
+        for key, what in (("machine_id", "machine"), ("netns_id", "network namespace")):
+            if node.get(key) != here[key]:
+                raise PlanError(f"{path} was made for another {what} ({node.get(key)!r}, here "
+                                f"{here[key]!r}); plan on this node")
+        backends = document.get("backends")
+        if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
+            raise PlanError(f"{path}: no backends recorded")
+        desired = document.get("desired")
+        if not isinstance(desired, dict):
+            raise PlanError(f"{path}: no desired state recorded; plan again with this k3snet")
+        return cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
+                   tuple(backends), {**node, "netns": here["netns"]},
+                   str(document.get("observed")), document.get("spec"))

@@ -1,0 +1,57 @@
+"""Plan files as values: written, read back, refused when foreign or malformed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from k3snet import MasqueradeRule, PlanError, State, plan
+from k3snet.planfile import PlanFile
+
+
+def _saved(tmp_path: Path) -> tuple[PlanFile, Path]:
+    desired = State(owned=[MasqueradeRule("10.42.0.0/16")])
+    p = plan(State(), desired)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n")
+    saved = PlanFile.make(p, desired=desired, observed=State(), backends=["memory"],
+                          netns=None, spec_path=spec)
+    path = tmp_path / "node.plan"
+    saved.write(path)
+    return saved, path
+
+
+def test_a_plan_file_reads_back_as_written(tmp_path: Path) -> None:
+    saved, path = _saved(tmp_path)
+    again = PlanFile.read(path, netns=None)
+    assert again.plan == saved.plan
+    assert again.desired == saved.desired
+    assert again.backends == ("memory",)
+    assert again.spec == saved.spec
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d.update(kind="other"), "is not a k3snet plan file"),
+    (lambda d: d.update(format=9), "plan file format 9"),
+    (lambda d: d["node"].update(machine_id="elsewhere"), "made for another machine"),
+    (lambda d: d["node"].update(netns_id="1-2"), "made for another network namespace"),
+    (lambda d: d.pop("desired"), "no desired state recorded"),
+    (lambda d: d.update(backends="memory"), "no backends recorded"),
+])
+def test_a_foreign_or_malformed_plan_file_is_refused(tmp_path: Path, edit: object,
+                                                     message: str) -> None:
+    _saved_file, path = _saved(tmp_path)
+    document = json.loads(path.read_text())
+    edit(document)  # type: ignore[operator]
+    path.write_text(json.dumps(document))
+    with pytest.raises(PlanError, match=message):
+        PlanFile.read(path, netns=None)
+
+
+def test_a_file_that_is_not_json_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.plan"
+    path.write_text("not json")
+    with pytest.raises(PlanError, match="is not a k3snet plan file"):
+        PlanFile.read(path, netns=None)
