@@ -22,6 +22,11 @@ from k3snet.planner import Plan, plan
 from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
 
+__all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy", "refuse_teardown",
+           "state_digest"]
+
+log = logging.getLogger(__name__)
+
 
 def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) -> State:
     """The desired state of ``spec`` for the kinds ``backend`` manages, without observing.
@@ -35,12 +40,6 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
     targets = [target for member in backends if "flannel" in member.capabilities
                and (target := getattr(member, "target", None)) is not None]
     return compile_spec(spec, facts, flannel_targets=targets).only(backend.capabilities)
-
-
-__all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy", "refuse_teardown",
-           "state_digest"]
-
-log = logging.getLogger(__name__)
 
 
 @attrs.frozen
