@@ -39,6 +39,7 @@ from k3snet.render.nftables import (
 )
 from k3snet.testing import run_conformance, strategies
 from k3snet.testing.k3s import FLANNEL_FORWARD_V4, FLANNEL_NAT_V4, KUBE_PROXY_NAT_V4
+from tests.nftables.scenario import K3SNET_RULES, NFT_FOREIGN
 
 SYNTAXES = ["json", "nft"]
 
@@ -66,26 +67,6 @@ IPTABLES_V4 = "\n".join([
     "",
 ])
 
-NFT_FOREIGN = """\
-table ip kube-proxy {
-	chain nat-postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		jump masquerading
-	}
-	chain masquerading {
-		meta mark & 0x00004000 == 0x00000000 return
-		meta mark set meta mark ^ 0x00004000
-		masquerade fully-random
-	}
-}
-table inet edge {
-	chain post {
-		type nat hook postrouting priority srcnat + 10; policy accept;
-		ip saddr 10.50.0.0/16 oifname "eth0" snat ip to 192.168.1.5
-		ip6 saddr fd42:50::/56 ip6 daddr != fd00::/8 masquerade
-	}
-}
-"""
 
 # What flannel, kube-proxy and the edge table mean, as k3snet models them.
 FOREIGN_MODELLED = {
@@ -96,16 +77,7 @@ FOREIGN_MODELLED = {
     ForwardRule("0.0.0.0/0", "10.42.0.0/16"),
 }
 
-WANTED = State(owned=[
-    MasqueradeRule("10.52.0.0/16", destination="192.168.2.0/24", out_interface="eth0",
-                   random_fully=True),
-    MasqueradeRule("10.43.0.0/16", exclude=["10.0.0.0/8", "224.0.0.0/4"]),
-    SnatRule("10.44.0.0/16", destination="192.168.3.0/24", to_address="192.168.1.5"),
-    MasqueradeRule("fd42:42::/56", destination="fd01:2::/64", out_interface="eth0"),
-    SnatRule("fd42:43::/56", to_address="fd01:1::5", random_fully=True),
-    ForwardRule("10.52.0.0/16", "192.168.2.0/24", in_interface="cni0", out_interface="eth0"),
-    ForwardRule("fd42:42::/56", "fd01:2::/64"),
-])
+WANTED = K3SNET_RULES
 
 
 # -- fixtures and helpers -------------------------------------------------------------

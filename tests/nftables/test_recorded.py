@@ -25,20 +25,12 @@ from k3snet.errors import BackendError, PlanError
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, SnatRule, State
 from k3snet.planner import Change, Plan, plan
 from k3snet.render.nftables import object_tag
+from tests.nftables.scenario import K3SNET_RULES
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "nftables"
 
 # What record.py put in k3snet's table (one rule of each shape).
-K3SNET = {
-    MasqueradeRule("10.52.0.0/16", destination="192.168.2.0/24", out_interface="eth0",
-                   random_fully=True),
-    MasqueradeRule("10.43.0.0/16", exclude=["10.0.0.0/8", "224.0.0.0/4"]),
-    SnatRule("10.44.0.0/16", destination="192.168.3.0/24", to_address="192.168.1.5"),
-    MasqueradeRule("fd42:42::/56", destination="fd01:2::/64", out_interface="eth0"),
-    SnatRule("fd42:43::/56", to_address="fd01:1::5", random_fully=True),
-    ForwardRule("10.52.0.0/16", "192.168.2.0/24", in_interface="cni0", out_interface="eth0"),
-    ForwardRule("fd42:42::/56", "fd01:2::/64"),
-}
+K3SNET = set(K3SNET_RULES.owned)
 
 
 def listing(name: str) -> list[dict[str, Any]]:

@@ -30,10 +30,14 @@ from pathlib import Path
 
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.lab.netns import run_in, temporary_netns
-from k3snet.model import ForwardRule, MasqueradeRule, SnatRule, State
+from k3snet.model import ForwardRule, MasqueradeRule
 from k3snet.planner import plan
 from k3snet.render.nftables import nft_rules, render_nftables_conf
 from k3snet.testing.k3s import FLANNEL_FORWARD_V4, FLANNEL_NAT_V4, KUBE_PROXY_NAT_V4
+
+# Run as a script from anywhere: the scenario is shared with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from tests.nftables.scenario import K3SNET_RULES, NFT_FOREIGN
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,26 +50,6 @@ IPTABLES_V4 = "\n".join([
     ":FLANNEL-FWD - [0:0]", *FLANNEL_FORWARD_V4, "COMMIT", "",
 ])
 
-NFT_FOREIGN = """\
-table ip kube-proxy {
-	chain nat-postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		jump masquerading
-	}
-	chain masquerading {
-		meta mark & 0x00004000 == 0x00000000 return
-		meta mark set meta mark ^ 0x00004000
-		masquerade fully-random
-	}
-}
-table inet edge {
-	chain post {
-		type nat hook postrouting priority srcnat + 10; policy accept;
-		ip saddr 10.50.0.0/16 oifname "eth0" snat ip to 192.168.1.5
-		ip6 saddr fd42:50::/56 ip6 daddr != fd00::/8 masquerade
-	}
-}
-"""
 
 FORWARD_DROPS = """\
 table inet fw1 {
@@ -125,16 +109,7 @@ table inet fw2 {
 """
 
 # One rule of each shape k3snet writes.
-K3SNET = State(owned=[
-    MasqueradeRule("10.52.0.0/16", destination="192.168.2.0/24", out_interface="eth0",
-                   random_fully=True),
-    MasqueradeRule("10.43.0.0/16", exclude=["10.0.0.0/8", "224.0.0.0/4"]),
-    SnatRule("10.44.0.0/16", destination="192.168.3.0/24", to_address="192.168.1.5"),
-    MasqueradeRule("fd42:42::/56", destination="fd01:2::/64", out_interface="eth0"),
-    SnatRule("fd42:43::/56", to_address="fd01:1::5", random_fully=True),
-    ForwardRule("10.52.0.0/16", "192.168.2.0/24", in_interface="cni0", out_interface="eth0"),
-    ForwardRule("fd42:42::/56", "fd01:2::/64"),
-])
+K3SNET = K3SNET_RULES
 
 FORGED = "k3snet:0123456789abcdef"
 """A well-formed tag that no object's rules hash to."""
