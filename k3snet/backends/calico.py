@@ -526,13 +526,17 @@ class _Run:
         self.operations += 1
         return kube_call(what, call, timeout=self.backend.timeout)
 
-    def _body(self, pool: IPPool, resource_version: str | None = None) -> dict[str, Any]:
+    def _body(self, pool: IPPool, resource_version: str | None = None, *,
+              reset: IPPool | None = None) -> dict[str, Any]:
         metadata: dict[str, Any] = {"name": pool.name,
                                     "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
         if resource_version:
             metadata["resourceVersion"] = resource_version
+        # A newer field going back to its default is sent explicitly: left out, an apply
+        # would leave a value another writer set in place.
+        explicit = (reset.extra_spec() if reset is not None else {}).keys()
         return {"apiVersion": f"{self.group}/{self.version}", "kind": KIND,
-                "metadata": metadata, "spec": pool.to_spec()}
+                "metadata": metadata, "spec": pool.to_spec(explicit=explicit)}
 
     def change(self, change: Change) -> None:
         """Make one change; each request's undo is recorded as soon as it is done."""
@@ -602,13 +606,15 @@ class _Run:
         )
 
     def server_side_apply(self, before: IPPool, after: IPPool) -> None:
-        old, new = before.to_spec(), after.to_spec()
-        changed = [k for k in new if old.get(k) != new[k]]
+        old, new = before.to_spec(explicit=after.extra_spec()), after.to_spec(
+            explicit=before.extra_spec())
+        changed = [k for k in new if old.get(k) != new.get(k)]
         metadata = (self.raw.get(before.name) or {}).get("metadata") or {}
         applied = self._apply(f"apply IPPool {before.name} ({', '.join(changed)})",
-                              before.name, self._body(after, metadata.get("resourceVersion")))
+                              before.name, self._body(after, metadata.get("resourceVersion"),
+                                                      reset=before))
         if isinstance(applied, dict):
             self.raw[before.name] = applied
         self._will_undo(f"apply back IPPool {before.name}",
                         lambda: self._apply(f"apply back IPPool {before.name}", before.name,
-                                            self._body(before)))
+                                            self._body(before, reset=after)))

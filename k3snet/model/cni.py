@@ -829,8 +829,13 @@ class IPPool(NetObject):
             return other.invalid_reason()
         return None
 
-    def to_spec(self) -> dict[str, Any]:
-        """The Calico ``spec`` of the resource, every field explicit."""
+    def to_spec(self, *, explicit: Iterable[str] = ()) -> dict[str, Any]:
+        """The Calico ``spec`` of the resource.
+
+        The fields Calico has had from the start are explicit; the newer ones
+        (:meth:`extra_spec`) only where they differ from the default, or are named
+        in ``explicit`` (to set one back to its default).
+        """
         return {
             "cidr": str(self.cidr),
             "natOutgoing": self.nat_outgoing,
@@ -840,23 +845,23 @@ class IPPool(NetObject):
             "blockSize": self.block_size,
             "nodeSelector": self.node_selector,
             "disableBGPExport": self.disable_bgp_export,
-            **self.extra_spec(),
+            **self.extra_spec(explicit=explicit),
         }
 
-    def extra_spec(self) -> dict[str, Any]:
-        """The newer v3 fields, only where they differ from Calico's defaults.
+    def extra_spec(self, *, explicit: Iterable[str] = ()) -> dict[str, Any]:
+        """The newer v3 fields, where they differ from Calico's defaults or are in ``explicit``.
 
         Left out at their defaults so a pool written to an older CRD (without
         them in its schema) is the same object read back.
         """
-        spec: dict[str, Any] = {}
-        if self.allowed_uses != DEFAULT_ALLOWED_USES:
-            spec["allowedUses"] = list(self.allowed_uses)
-        if self.assignment_mode != "Automatic":
-            spec["assignmentMode"] = self.assignment_mode
-        if self.namespace_selector:
-            spec["namespaceSelector"] = self.namespace_selector
-        return spec
+        named = set(explicit)
+        values = {"allowedUses": list(self.allowed_uses),
+                  "assignmentMode": self.assignment_mode,
+                  "namespaceSelector": self.namespace_selector}
+        defaults = {"allowedUses": list(DEFAULT_ALLOWED_USES), "assignmentMode": "Automatic",
+                    "namespaceSelector": ""}
+        return {key: value for key, value in values.items()
+                if value != defaults[key] or key in named}
 
     def describe(self) -> str:
         """``ippool NAME CIDR [natOutgoing] [disabled] ...``: defaults are not shown."""

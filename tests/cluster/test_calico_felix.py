@@ -391,3 +391,19 @@ def test_the_spec_key_and_its_alias_allow_disruptive(cni: str) -> None:
     assert spec.cni.disruptive_allowed
     assert not Spec.from_yaml("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
                               ).cni.disruptive_allowed
+
+
+def test_a_newer_field_set_back_to_its_default_is_applied_explicitly(
+    api_server: EmulatedApiServer,
+) -> None:
+    backend = _backend(api_server)
+    narrow = IPPool("k3snet-nonat-172-20-0-0-16", "172.20.0.0/16", disabled=True,
+                    allowed_uses=["Tunnel"])
+    backend.apply(plan(backend.observe(), State(owned=[narrow])))
+    wide = IPPool("k3snet-nonat-172-20-0-0-16", "172.20.0.0/16", disabled=True)
+    backend.apply(plan(backend.observe(), State(owned=[wide])))
+    stored = api_server.get(CRD, wide.name)
+    assert stored is not None
+    assert stored["spec"]["allowedUses"] == ["Tunnel", "Workload"]
+    assert backend.observe().owned == {wide}
+    assert plan(backend.observe(), State(owned=[wide])).empty
