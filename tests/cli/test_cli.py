@@ -414,8 +414,11 @@ def test_allow_disruptive_flag_spec_key_and_marks(tmp_path: Path,
         assert "re-addresses every pod; allowed" in capsys.readouterr().out
         assert built == [False, True, True]
         main([*args, "--output", "json"])
-        assert json.loads(capsys.readouterr().out)["warnings"] == [
-            "IPPool p: field spec.blocksize is dropped"]
+        document = json.loads(capsys.readouterr().out)
+        assert document["warnings"] == ["IPPool p: field spec.blocksize is dropped"]
+        from tests.cli.test_schemas import validate  # noqa: PLC0415 - the schemas' validator
+
+        validate(document, "plan")
     finally:
         unregister_backend("memory-cni")
     # The flag every hint names exists where it is needed.
