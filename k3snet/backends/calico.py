@@ -403,8 +403,9 @@ class CalicoBackend(BackendBase):
                 owned_raw[name] = item
             else:
                 foreign[name] = pool
-        for warning in warnings:
-            log.warning("calico: %s", warning)
+        if tuple(warnings) != self.warnings:  # logged once, not on every agent pass
+            for warning in warnings:
+                log.warning("calico: %s", warning)
         self.warnings = tuple(warnings)
         return _Listing(owned, owned_raw, foreign, invalid, self.warnings)
 
