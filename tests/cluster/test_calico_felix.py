@@ -407,3 +407,29 @@ def test_a_newer_field_set_back_to_its_default_is_applied_explicitly(
     assert stored["spec"]["allowedUses"] == ["Tunnel", "Workload"]
     assert backend.observe().owned == {wide}
     assert plan(backend.observe(), State(owned=[wide])).empty
+
+
+def test_issue_7345_through_the_cli(api_server: EmulatedApiServer, tmp_path: Any,
+                                    monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import json  # noqa: PLC0415
+
+    from k3snet.cli import main  # noqa: PLC0415
+
+    _seed(api_server, ISSUE_7345)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": api_server.url}}],
+        "users": [{"name": "lab", "user": {}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}]}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_7345)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code = main(["plan", "-f", str(spec), "--backend", "calico", "--no-facts",
+                 "--backend-opt", f"calico.kubeconfig={kubeconfig}",
+                 "--backend-opt", "calico.api=crd"])
+    out = capsys.readouterr().out
+    assert code == 4, out  # conflicts, not "No changes"
+    assert "! calico masquerades pods to 192.168.2.0/24" in out
+    assert "Calico will not NAT it" in out
