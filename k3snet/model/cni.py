@@ -44,6 +44,7 @@ __all__ = [
     "FLANNEL_BACKEND_TYPES",
     "FLANNEL_KEYS",
     "FLANNEL_OWNED_MARKER",
+    "SELECT_ALL",
     "AssignmentMode",
     "CalicoNatDestination",
     "CalicoPodCIDR",
