@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from k3snet._version import __version__
 from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.kit import ALLOW_DISRUPTIVE
 from k3snet.backends.lock import namespaces_of
 from k3snet.backends.registry import available_backends, backend_options, create_backend
 from k3snet.converge import Convergence, apply_plan, compile_for, converge, destroy
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the backends' own check of the plan; change nothing")
     apply.add_argument("--detailed-exitcode", action="store_true",
                        help="exit 2 when changes were made, 0 when there was nothing to do")
+    for cmd in (plan_cmd, apply):
+        _allow_disruptive_flag(cmd)
     apply.add_argument("--allow-teardown", action="store_true",
                        help="apply even a plan that deletes everything k3snet owns through a "
                             "backend (refused by default: see `k3snet destroy`)")
@@ -200,7 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _allow_disruptive_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--allow-disruptive", action="store_true",
+                     help="let CNI backends make changes that disrupt running pods (a Calico "
+                          "pool deleted and re-created ...); the same as cni.allowDisruptive: "
+                          "true in the spec")
+
+
 def _agent_arguments(agent: argparse.ArgumentParser) -> None:
+    _allow_disruptive_flag(agent)
     env = os.environ.get
     agent.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]",
                        help="read the spec from this ConfigMap through the API each pass "
@@ -350,7 +361,8 @@ def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> d
     wanted: dict[str, Any] = {}
     if args.netns is not None:
         wanted["netns"] = args.netns
-    if spec is not None and spec.cni.calico is not None and spec.cni.calico.allow_disruptive:
+    if getattr(args, "allow_disruptive", False) or (spec is not None
+                                                    and spec.cni.disruptive_allowed):
         wanted["allow_disruptive"] = True
     for backend, option, variable, parse in ENV_OPTIONS:
         if backend == name and os.environ.get(variable):
@@ -504,12 +516,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         p = plan(observed, desired)
         if args.out is not None:
             _save_planfile(args, backend, observed, desired, p)
+        marks = _disruptive(backend, p)
+        warnings = _warnings(backend)
     if args.output == "json":
-        _print_json({**p.to_dict(), "kind": "plan"})
+        _print_json({**p.to_dict(), "kind": "plan", **({"warnings": warnings} if warnings
+                                                        else {})})
     else:
         print(_colour(p.render(), args))
-        for line in _disruptive(p):
+        for line in marks:
             print(line)
+        for line in warnings:
+            print(f"!! warning: {line}")
         if args.out is not None:
             print(f"Saved the plan to {args.out}; apply it with `k3snet apply {args.out}`.")
     if p.conflicts:
@@ -517,14 +534,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_CHANGES if p.changes else EXIT_OK
 
 
-def _disruptive(p: Plan) -> list[str]:
-    """Warnings for changes that delete and re-create (a Calico pool's cidr/blockSize)."""
-    if not any(c.kind == "ippool" for c in p.changes):
-        return []
-    from k3snet.backends.calico import disruptive_changes  # noqa: PLC0415 - Calico users only
+def _disruptive(backend: BackendGroup, p: Plan) -> list[str]:
+    """``!! disruptive:`` lines for the changes any backend with ``disruptive(change)`` names."""
+    lines = []
+    for member in backend.members:
+        judge = getattr(member.backend, "disruptive", None)
+        if judge is None:
+            continue
+        allowed = getattr(member.backend, "allow_disruptive", False)
+        for change in p.changes:
+            reason = judge(change)
+            if reason:
+                verdict = ("allowed" if allowed else
+                           f"apply refuses it unless allowed ({ALLOW_DISRUPTIVE})")
+                lines.append(f"!! disruptive: {change}: {reason}; {verdict}")
+    return lines
 
-    return [f"!! disruptive: {c} is a delete and re-create; apply refuses it unless "
-            "cni.calico.allowDisruptive is true" for c in disruptive_changes(p)]
+
+def _warnings(backend: BackendGroup) -> list[str]:
+    """What the backends' last observe found worth saying (a backend's ``warnings``)."""
+    return [str(w) for member in backend.members
+            for w in getattr(member.backend, "warnings", ()) or ()]
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

@@ -7,8 +7,10 @@ go) unless told otherwise: a half-fulfilled spec should never pass silently.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 
 import attrs
 
@@ -22,8 +24,8 @@ from k3snet.planner import Plan, plan
 from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
 
-__all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy", "refuse_teardown",
-           "state_digest"]
+__all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy",
+           "disruptive_allowed", "refuse_teardown", "state_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ def converge(
     check: bool = False,
     allow_conflicts: bool = False,
     allow_teardown: bool = False,
+    allow_disruptive: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> Convergence:
     """Bring ``backend``'s owned state to ``desired`` (its kinds only).
@@ -75,13 +78,17 @@ def converge(
     ``dry_run`` returns the plan without applying it; with ``check`` too, the
     backends' own check runs on it (an nftables batch validated by the kernel,
     ``iptables-restore --test`` ...) and :class:`~k3snet.errors.CheckError`
-    lists its problems.
+    lists its problems. ``allow_disruptive`` lets every backend that declares that
+    option (a CNI backend) make the changes its ``disruptive(change)`` names, for
+    this call (as ``cni.allowDisruptive: true`` in the spec and ``--allow-disruptive``
+    on the CLI do); they are refused otherwise.
     """
     with namespace_lock(namespaces_of(backend), timeout=lock_timeout):
         observed = backend.observe()
         p = plan(observed, desired.only(backend.capabilities))
         return _carry_out(backend, observed, p, dry_run=dry_run, check=check,
-                          allow_conflicts=allow_conflicts, allow_teardown=allow_teardown)
+                          allow_conflicts=allow_conflicts, allow_teardown=allow_teardown,
+                          allow_disruptive=allow_disruptive)
 
 
 def apply_plan(
@@ -93,6 +100,7 @@ def apply_plan(
     check: bool = False,
     allow_conflicts: bool = False,
     allow_teardown: bool = False,
+    allow_disruptive: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> Convergence:
     """Apply exactly the plan ``p`` (made earlier, e.g. saved by ``k3snet plan --out``).
@@ -115,7 +123,8 @@ def apply_plan(
                     f"instead of {len(p.changes)} and {len(p.notes)}; nothing was applied: "
                     "plan again")
         return _carry_out(backend, observed, p, dry_run=dry_run, check=check,
-                          allow_conflicts=allow_conflicts, allow_teardown=allow_teardown)
+                          allow_conflicts=allow_conflicts, allow_teardown=allow_teardown,
+                          allow_disruptive=allow_disruptive)
 
 
 def state_digest(state: State) -> str:
@@ -123,9 +132,35 @@ def state_digest(state: State) -> str:
     return hashlib.sha256(state.to_json().encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def disruptive_allowed(backend: Backend, allowed: bool = True) -> Iterator[None]:
+    """Within the block, every member of ``backend`` with an ``allow_disruptive``
+    attribute allows disruptive changes (when ``allowed``); restored afterwards."""
+    members = backend.members if isinstance(backend, BackendGroup) else None
+    backends = [m.backend for m in members] if members is not None else [backend]
+    saved = [(b, b.allow_disruptive) for b in backends if hasattr(b, "allow_disruptive")]
+    try:
+        if allowed:
+            for member, _ in saved:
+                member.allow_disruptive = True
+        yield
+    finally:
+        for member, value in saved:
+            member.allow_disruptive = value
+
+
 def _carry_out(backend: Backend, observed: State, p: Plan, *, dry_run: bool,
-               allow_conflicts: bool, allow_teardown: bool, check: bool = False
-               ) -> Convergence:
+               allow_conflicts: bool, allow_teardown: bool, check: bool = False,
+               allow_disruptive: bool = False) -> Convergence:
+    with disruptive_allowed(backend, allow_disruptive):
+        return _carry_out_allowed(backend, observed, p, dry_run=dry_run, check=check,
+                                  allow_conflicts=allow_conflicts,
+                                  allow_teardown=allow_teardown)
+
+
+def _carry_out_allowed(backend: Backend, observed: State, p: Plan, *, dry_run: bool,
+                       allow_conflicts: bool, allow_teardown: bool, check: bool
+                       ) -> Convergence:
     if p.conflicts and not allow_conflicts:
         lines = [n.render().replace("\n", " ") for n in p.conflicts]
         raise ConflictError("foreign state conflicts with the spec; nothing was applied:\n  "

@@ -2,56 +2,79 @@
 
 Two APIs serve IP pools:
 
-* ``crd.projectcalico.org/v1`` (``api="crd"``, the default): the CRDs Calico
-  stores its data in, served by every cluster running Calico in Kubernetes
-  datastore mode, even without the Calico API server;
 * ``projectcalico.org/v3`` (``api="v3"``): the Calico API server, which adds
-  defaulting and validation. ``api="auto"`` uses v3 when the server offers it.
+  defaulting and validation;
+* ``crd.projectcalico.org/v1`` (``api="crd"``): the CRDs Calico stores its data
+  in, served by every cluster running Calico in Kubernetes datastore mode, even
+  without the Calico API server.
+
+``api="auto"`` (the default) asks the API server's discovery whether it serves
+``ippools`` in ``projectcalico.org/v3`` and uses it when it does, else the CRDs.
+
+**Calico as Felix behaves.** What k3snet reads is judged by what Calico will
+do, not by field names (see :mod:`k3snet.model.cni`):
+
+* Felix never NATs traffic to an address inside *any* IP pool, enabled or
+  disabled: a spec destination inside a pool is a conflict
+  (:class:`~k3snet.model.cni.CalicoNatDestination`);
+* pods get addresses from pools, so a pod CIDR must be a pool that serves every
+  pod (enabled, ``allowedUses`` with ``Workload``, ``assignmentMode: Automatic``,
+  a ``namespaceSelector`` selecting everything) with the right ``natOutgoing``;
+  otherwise it is a conflict (:class:`~k3snet.model.cni.CalicoPodCIDR`), never an
+  implicit new enabled pool;
+* a pool k3snet cannot read (a CIDR with host bits, ``natOutgoing: "true"``) is
+  a conflict naming it (:class:`~k3snet.model.cni.CalicoPoolsReadable`), and no
+  new pool is created while it is there;
+* a field the API does not know, or knows in another case (``blocksize``,
+  ``vxlanmode``), is dropped as the structural schema drops it (the default
+  applies) and reported in :attr:`CalicoBackend.warnings` and the log.
+
+The observed foreign state holds each readable foreign pool, and one
+:class:`~k3snet.model.cni.CalicoPools` with all of them (and the unreadable
+ones) for those pool-wide judgements.
 
 **Ownership.** Pools k3snet creates carry the label
-``app.kubernetes.io/managed-by: k3snet``; every other pool is foreign: observed
-(so a wanted pool can be *met* by the cluster's default pool, or reported as a
-*conflict* with one that overlaps it), never changed.
+``app.kubernetes.io/managed-by: k3snet``; every other pool is foreign: observed,
+never changed.
 
-**Minimal writes.** A pool is created with ``POST``; a change of mutable fields
-is one JSON merge patch holding only the fields that differ and the
-``resourceVersion`` read (a concurrent edit gives 409, nothing is written); the
-field manager ``k3snet`` is sent with every write. A merge patch rather than
-server-side apply: the patch is exactly the fields that differ, it works the
-same on the CRD and v3 APIs, and kmock's emulator (the test API server) serves
-it. Each request goes to one object, so ``apply`` undoes what it did when a
-later request fails (deletes what it created, patches back what it patched,
-re-creates what it deleted) and reports it in the :class:`~k3snet.errors.ApplyError`.
+**Writes.** A pool is created with ``POST`` (which fails if the name was taken
+meanwhile); a change is a server-side apply of the pool's whole spec with the
+field manager ``k3snet`` and the ``resourceVersion`` read (a concurrent edit
+gives 409, nothing is written; a field another manager owns gives a 409
+conflict too, never forced). Each request goes to one object, so ``apply``
+undoes what it did when a later request fails (a kit
+:class:`~k3snet.backends.kit.Compensation`: deletes what it created, applies
+back what it changed, re-creates what it deleted).
 
 **Disruptive changes.** Calico forbids changing a pool's ``cidr`` or
 ``blockSize`` in place; the only way is delete and re-create, which takes the
-addresses of running pods out of IPAM. Such a *replace* is marked by
-:func:`disruptive_changes` and refused by ``apply`` and ``check`` unless the
-backend was built with ``allow_disruptive=True``.
+addresses of running pods out of IPAM; deleting an enabled pool does that too.
+:meth:`CalicoBackend.disruptive` says why; ``check`` and ``apply`` refuse such a
+plan unless the backend was built with ``allow_disruptive=True``
+(``cni.allowDisruptive: true`` in the spec, ``--allow-disruptive`` on the CLI).
 
-**Masquerade policy.** :func:`k3snet.spec.compile_ippools` turns a spec into pools: the pod
-CIDRs with ``natOutgoing`` (unless the mode is ``off``), and for each CIDR
-exempt from NAT a disabled pool covering it, since Felix never masquerades
-traffic to an address inside any pool (Calico's documented way to exclude a
-destination from outgoing NAT).
+**Masquerade policy.** :func:`k3snet.spec.compile_ippools` turns a spec into
+the expectations above and, for each CIDR exempt from NAT, a disabled pool
+covering it (Calico's documented way to exclude a destination from outgoing NAT).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
 
-from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.backends.kit import BackendBase
-from k3snet.errors import (
-    ApplyError,
-    BackendError,
-    ModelError,
-    PlanError,
-    RollbackError,
+from k3snet.backends.base import ApplyResult
+from k3snet.backends.kit import (
+    BackendBase,
+    Compensation,
+    UndoFailure,
+    disruptive_problems,
+    fit_problems,
 )
+from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.kube import (
     DEFAULT_TIMEOUT,
     MANAGED_BY_LABEL,
@@ -60,20 +83,23 @@ from k3snet.kube import (
     kube_call,
     make_api_client,
 )
-from k3snet.model.cni import (
-    IPPool,
-)
+from k3snet.model.cni import CalicoPools, IPPool
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
 
 __all__ = [
     "APIS",
     "DISRUPTIVE_FIELDS",
+    "KNOWN_SPEC_FIELDS",
     "CalicoBackend",
     "disruptive_changes",
     "disruptive_fields",
+    "disruptive_reason",
     "pool_from_resource",
+    "read_pool",
 ]
+
+log = logging.getLogger(__name__)
 
 ApiChoice = Literal["crd", "v3", "auto"]
 APIS: Mapping[str, tuple[str, str]] = {
@@ -84,12 +110,18 @@ APIS: Mapping[str, tuple[str, str]] = {
 
 PLURAL = "ippools"
 KIND = "IPPool"
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 
 DISRUPTIVE_FIELDS: tuple[str, ...] = ("cidr", "blockSize")
 """IPPool fields Calico forbids changing in place."""
 
-_SPEC_FIELDS = ("cidr", "natOutgoing", "disabled", "ipipMode", "vxlanMode", "blockSize",
-                "nodeSelector", "disableBGPExport")
+KNOWN_SPEC_FIELDS: tuple[str, ...] = (
+    "cidr", "vxlanMode", "ipipMode", "natOutgoing", "disabled", "disableBGPExport",
+    "blockSize", "nodeSelector", "namespaceSelector", "allowedUses", "assignmentMode",
+    "ipip", "nat-outgoing",
+)
+"""Every ``IPPoolSpec`` field of Calico's v3 API (``ipip`` and ``nat-outgoing`` are
+the deprecated v1 spellings); anything else is pruned by the API server."""
 
 
 # ---------------------------------------------------------------- disruptive changes
@@ -110,30 +142,66 @@ def disruptive_fields(change: Change) -> tuple[str, ...]:
     return tuple(fields)
 
 
-def disruptive_changes(plan: Plan) -> tuple[Change, ...]:
-    """The changes of ``plan`` that delete and re-create a pool (mark them in plan output)."""
-    return tuple(c for c in plan.changes if disruptive_fields(c))
-
-
-def _disruptive_message(change: Change) -> str:
-    fields = ", ".join(disruptive_fields(change))
+def disruptive_reason(change: Change) -> str | None:
+    """Why ``change`` disrupts running pods (one line), or None when it does not."""
+    fields = disruptive_fields(change)
     before, after = change.before, change.after
-    assert isinstance(before, IPPool) and isinstance(after, IPPool)  # noqa: PT018
-    return (f"IPPool {before.name}: changing {fields} ({before.cidr} blockSize "
-            f"{before.block_size} -> {after.cidr} blockSize {after.block_size}) means deleting "
-            f"and re-creating the pool, which Calico forbids doing in place and which disrupts "
-            f"pods with addresses from it; allow it explicitly (allow_disruptive=True, "
-            f"--allow-disruptive) or give the new pool another name")
+    if fields:
+        assert isinstance(before, IPPool) and isinstance(after, IPPool)  # noqa: PT018
+        return (f"changing IPPool {before.name}'s {', '.join(fields)} ({before.cidr} blockSize "
+                f"{before.block_size} -> {after.cidr} blockSize {after.block_size}) means "
+                "deleting and re-creating it (Calico forbids the change in place), which "
+                "takes the addresses of running pods out of IPAM")
+    if change.action == "delete" and isinstance(before, IPPool) and not before.disabled:
+        return (f"deleting enabled IPPool {before.name} ({before.cidr}) takes the addresses "
+                "of pods running on it out of IPAM (disable it first, or remove its "
+                f"{MANAGED_BY_LABEL} label to keep it as your own pool)")
+    return None
+
+
+def disruptive_changes(plan: Plan) -> tuple[Change, ...]:
+    """The changes of ``plan`` that disrupt running pods (mark them in plan output)."""
+    return tuple(c for c in plan.changes if disruptive_reason(c) is not None)
 
 
 # ---------------------------------------------------------------- resources <-> pools
 
+_DEFAULT_SPELLINGS = {"ipipMode": "Never", "vxlanMode": "Never", "nodeSelector": "all()"}
+_V1_IPIP_MODES = {"always": "Always", "cross-subnet": "CrossSubnet", "": "Always"}
 
-def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
-    """Model an IPPool resource (a dict as the API returns it); raises ModelError if invalid.
 
-    Unset fields take Calico's defaults; the deprecated ``nat-outgoing`` spelling
-    of the v1 CRD is read when ``natOutgoing`` is absent.
+def _dropped_fields(name: str, spec: Mapping[str, Any]) -> list[str]:
+    """Warnings for spec keys the API server does not know (it prunes them: the default applies)."""
+    known = {k.lower(): k for k in KNOWN_SPEC_FIELDS}
+    warnings = []
+    for key in spec:
+        if key in KNOWN_SPEC_FIELDS:
+            continue
+        meant = known.get(str(key).lower())
+        hint = (f" (Calico spells it {meant}; the pool has Calico's default for {meant})"
+                if meant else "")
+        warnings.append(f"IPPool {name}: field spec.{key} is not part of Calico's IPPool API "
+                        f"and is dropped by the API server{hint}")
+    return warnings
+
+
+def _typed(name: str, spec: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = spec.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ModelError(f"IPPool {name}: spec.{key} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
+    """Model an IPPool resource, as Calico reads it, and the warnings reading it gave.
+
+    Unset (or empty, as Go's ``omitempty`` writes them) fields take Calico's
+    defaults; the deprecated v1 spellings ``nat-outgoing`` and ``ipip`` are read
+    when the v3 fields are absent. Values of the wrong type raise
+    :class:`~k3snet.errors.ModelError`; unknown or mis-cased fields are dropped
+    (as the structural schema prunes them) and reported in the warnings.
     """
     try:
         name = item["metadata"]["name"]
@@ -142,18 +210,31 @@ def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
             raise ModelError(f"IPPool {name}: spec is not an object")
         if "cidr" not in spec:
             raise ModelError(f"IPPool {name}: spec.cidr is missing")
-        nat = spec.get("natOutgoing", spec.get("nat-outgoing", False))
-        return IPPool(
+        warnings = _dropped_fields(name, spec)
+        nat = _typed(name, spec, "natOutgoing", bool, None)
+        if nat is None:
+            nat = _typed(name, spec, "nat-outgoing", bool, False)
+        modes = {key: _typed(name, spec, key, str, "") or _DEFAULT_SPELLINGS[key]
+                 for key in _DEFAULT_SPELLINGS}
+        legacy = spec.get("ipip")
+        if not spec.get("ipipMode") and isinstance(legacy, Mapping) and legacy.get("enabled"):
+            modes["ipipMode"] = _V1_IPIP_MODES.get(str(legacy.get("mode") or ""), "Always")
+        uses = _typed(name, spec, "allowedUses", list, None)
+        pool = IPPool(
             name,
-            spec["cidr"],
+            _typed(name, spec, "cidr", str, None),
             nat_outgoing=nat,
-            disabled=spec.get("disabled", False),
-            ipip_mode=spec.get("ipipMode") or "Never",
-            vxlan_mode=spec.get("vxlanMode") or "Never",
-            block_size=spec.get("blockSize") or None,
-            node_selector=spec.get("nodeSelector") or "all()",
-            disable_bgp_export=spec.get("disableBGPExport", False),
+            disabled=_typed(name, spec, "disabled", bool, False),
+            ipip_mode=modes["ipipMode"],
+            vxlan_mode=modes["vxlanMode"],
+            block_size=_typed(name, spec, "blockSize", int, 0) or None,
+            node_selector=modes["nodeSelector"],
+            disable_bgp_export=_typed(name, spec, "disableBGPExport", bool, False),
+            allowed_uses=uses,
+            assignment_mode=_typed(name, spec, "assignmentMode", str, "") or "Automatic",
+            namespace_selector=_typed(name, spec, "namespaceSelector", str, ""),
         )
+        return pool, tuple(warnings)
     except ModelError as exc:
         name = (item.get("metadata") or {}).get("name", "?")
         message = str(exc)
@@ -164,9 +245,24 @@ def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
         raise ModelError(f"IPPool resource without a name or spec: {exc}") from exc
 
 
+def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
+    """Model an IPPool resource (a dict as the API returns it); raises ModelError if invalid.
+
+    See :func:`read_pool` (this drops its warnings).
+    """
+    return read_pool(item)[0]
+
+
 def _owned_label(item: Mapping[str, Any]) -> bool:
     labels = (item.get("metadata") or {}).get("labels") or {}
     return bool(labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE)
+
+
+def _problem(exc: ModelError, name: str) -> str:
+    """The reason of a ModelError, without the ``IPPool NAME:`` prefix."""
+    text = str(exc)
+    prefix = f"IPPool {name}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 @attrs.frozen
@@ -175,19 +271,29 @@ class _Listing:
 
     owned: dict[str, IPPool]
     owned_raw: dict[str, dict[str, Any]]
-    foreign: dict[str, IPPool | None]  # None: there, but not modelled (invalid)
+    foreign: dict[str, IPPool | None]  # None: there, but not readable
+    invalid: dict[str, str]  # foreign name -> why it is not readable
+    warnings: tuple[str, ...]
+
+    def state(self) -> State:
+        """Owned pools; foreign: the readable pools and one :class:`CalicoPools` of all."""
+        readable = [p for p in self.foreign.values() if p is not None]
+        return State(owned=self.owned.values(),
+                     foreign=[*readable, CalicoPools(readable, self.invalid)])
 
 
 # ---------------------------------------------------------------- the backend
 
 
 class CalicoBackend(BackendBase):
-    """Calico IP pools through the Kubernetes API (``crd.projectcalico.org/v1`` or v3).
+    """Calico IP pools through the Kubernetes API (``projectcalico.org/v3`` or the CRDs).
 
     ``api_client`` is a ``kubernetes.client.ApiClient`` (else one is built from
     ``kubeconfig``/``context`` or the in-cluster service account). ``api`` picks
-    the API (see the module docs). ``allow_disruptive`` lets ``apply`` delete and
-    re-create pools whose ``cidr``/``blockSize`` change. ``timeout`` bounds each request.
+    the API (see the module docs; ``auto`` by discovery). ``allow_disruptive``
+    lets ``apply`` make the changes :meth:`disruptive` names. ``timeout`` bounds
+    each request. :attr:`warnings` holds what the last read of the pools found
+    worth saying (fields the API server drops).
     """
 
     name = "calico"
@@ -196,7 +302,7 @@ class CalicoBackend(BackendBase):
         self,
         *,
         api_client: Any = None,
-        api: ApiChoice = "crd",
+        api: ApiChoice = "auto",
         allow_disruptive: bool = False,
         field_manager: str = "k3snet",
         kubeconfig: str | None = None,
@@ -219,6 +325,7 @@ class CalicoBackend(BackendBase):
         self.allow_disruptive = allow_disruptive
         self.field_manager = field_manager
         self.timeout = timeout
+        self.warnings: tuple[str, ...] = ()
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -249,6 +356,10 @@ class CalicoBackend(BackendBase):
         names = {r.name for r in (served.resources or ())}
         return APIS["v3"] if PLURAL in names else APIS["crd"]
 
+    def disruptive(self, change: Change) -> str | None:
+        """Why ``change`` disrupts running pods (see :func:`disruptive_reason`), or None."""
+        return disruptive_reason(change)
+
     # ------------------------------------------------------------ reading
 
     def _list(self) -> _Listing:
@@ -269,66 +380,57 @@ class CalicoBackend(BackendBase):
         owned: dict[str, IPPool] = {}
         owned_raw: dict[str, dict[str, Any]] = {}
         foreign: dict[str, IPPool | None] = {}
+        invalid: dict[str, str] = {}
+        warnings: list[str] = []
         items = result.get("items") if isinstance(result, dict) else None
         for item in items or ():
             name = (item.get("metadata") or {}).get("name")
             if not isinstance(name, str):
                 continue
-            if _owned_label(item):
-                try:
-                    owned[name] = pool_from_resource(item)
-                except ModelError as exc:
+            try:
+                pool, found = read_pool(item)
+            except ModelError as exc:
+                if _owned_label(item):
                     raise BackendError(
                         f"{exc} (the pool is labelled as k3snet's: fix it or delete it, k3snet "
                         "does not guess what it should be)") from exc
+                foreign[name] = None  # never raise on foreign things: a conflict says it
+                invalid[name] = _problem(exc, name)
+                continue
+            warnings += found
+            if _owned_label(item):
+                owned[name] = pool
                 owned_raw[name] = item
             else:
-                try:
-                    foreign[name] = pool_from_resource(item)
-                except ModelError:
-                    foreign[name] = None  # not modelled: never raise on foreign things
-        return _Listing(owned, owned_raw, foreign)
+                foreign[name] = pool
+        if tuple(warnings) != self.warnings:  # logged once, not on every agent pass
+            for warning in warnings:
+                log.warning("calico: %s", warning)
+        self.warnings = tuple(warnings)
+        return _Listing(owned, owned_raw, foreign, invalid, self.warnings)
 
     def observe(self) -> State:
-        """Owned pools (k3snet's label) and the foreign pools k3snet can model."""
-        listing = self._list()
-        return State(owned=listing.owned.values(),
-                     foreign=[p for p in listing.foreign.values() if p is not None])
+        """Owned pools (k3snet's label), the readable foreign pools, and all of them at once
+        (:class:`~k3snet.model.cni.CalicoPools`)."""
+        return self._list().state()
 
     # ------------------------------------------------------------ checking
 
     def _problems(self, plan: Plan, listing: _Listing) -> list[str]:
         """Why ``plan`` does not fit the pools listed (empty when it does)."""
         problems: list[str] = []
-        owned: dict[str, IPPool] = dict(listing.owned)
         for change in plan.changes:
             subject = change.subject
-            if not isinstance(subject, IPPool):
-                problems.append(f"calico backend: cannot apply {change}: not an IPPool")
-                continue
-            name = subject.name
-            if name in listing.foreign:
-                problems.append(f"IPPool {name} exists and is not k3snet's (no "
+            if isinstance(subject, IPPool) and subject.name in listing.foreign:
+                problems.append(f"IPPool {subject.name} exists and is not k3snet's (no "
                                 f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE} label); k3snet never "
                                 f"changes it: {change}")
-                continue
-            current = owned.get(name)
-            if change.action == "add":
-                if current is not None:
-                    problems.append(f"cannot add {subject}: k3snet's IPPool {name} already "
-                                    f"exists ({current}); observe and plan again")
-                    continue
-            elif current is None or current != change.before:
-                found = "no such k3snet pool" if current is None else str(current)
-                problems.append(f"cannot {change.action} {change.before}: found {found}; "
-                                "observe and plan again")
-                continue
-            if disruptive_fields(change) and not self.allow_disruptive:
-                problems.append(_disruptive_message(change))
-            if change.after is None:
-                owned.pop(name, None)
-            else:
-                owned[name] = subject
+            elif not isinstance(subject, IPPool):
+                problems.append(f"calico backend: cannot apply {change}: not an IPPool")
+        if problems:
+            return problems
+        problems += fit_problems(self, plan, listing.state())
+        problems += disruptive_problems(self, plan)
         return problems
 
     def check(self, plan: Plan) -> tuple[str, ...]:
@@ -336,10 +438,9 @@ class CalicoBackend(BackendBase):
 
         (No server-side dry run: the emulated API server used in tests would act on it.)
         """
+        if not plan.changes:
+            return tuple(fit_problems(self, plan, State()))
         try:
-            ensure_capable(self, plan)
-            if not plan.changes:
-                return ()
             return tuple(self._problems(plan, self._list()))
         except (PlanError, BackendError) as exc:
             return (str(exc),)
@@ -348,7 +449,8 @@ class CalicoBackend(BackendBase):
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change, or undo what was done and raise ApplyError."""
-        ensure_capable(self, plan)
+        self.ensure_capable(plan)
+        fail_at = self.faults.take(plan)
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
         try:
@@ -360,27 +462,17 @@ class CalicoBackend(BackendBase):
             raise PlanError("the plan does not fit the cluster; nothing was changed:\n  "
                             + "\n  ".join(problems))
         run = _Run(self, listing)
-        done: list[Change] = []
-        fail_at = self.faults.take(plan)
         for index, change in enumerate(plan.changes):
             try:
                 if index == fail_at:
                     raise KubeApiError(f"injected failure (fault hook) at change {index}")
                 run.change(change)
             except KubeApiError as exc:
-                rolled_back = [c.inverse() for c in reversed(done)]
-                try:
-                    run.undo_all()
-                except KubeApiError as undo_exc:
-                    raise RollbackError(
-                        f"{exc}; undoing the {len(done)} change(s) applied before it failed too "
-                        f"({undo_exc}): the IP pools may be half-changed, observe them",
-                        failed=change, done=done,
-                    ) from exc
-                raise ApplyError(f"{exc}; the IP pools are as they were", failed=change,
-                                 done=done, rolled_back=rolled_back) from exc
-            done.append(change)
-        return ApplyResult(self.name, tuple(done), operations=run.operations)
+                # The requests this change made before failing (a replace's delete) are
+                # taken back first; then every change done before it, in reverse.
+                run.undo.fail(change, str(exc), exc, extra_problems=run.take_back_pending())
+            run.undo.record(change, run.undo_of_pending())
+        return ApplyResult(self.name, run.undo.done, operations=run.operations)
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""
@@ -391,55 +483,91 @@ class CalicoBackend(BackendBase):
 
 
 class _Run:
-    """One apply: the requests made, and how to undo each of them."""
+    """One apply: the requests made, and how to undo each of them (a kit Compensation)."""
 
     def __init__(self, backend: CalicoBackend, listing: _Listing) -> None:
         self.backend = backend
         self.group, self.version = backend.api
         self.raw = dict(listing.owned_raw)  # name -> the resource as last seen or written
-        self.undo: list[Callable[[], None]] = []
+        self.undo = Compensation(backend.name)
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         self.client = client
         self.operations = 1  # the listing
+        self.pending: list[tuple[str, Callable[[], object]]] = []  # this change's undos
+
+    def _will_undo(self, what: str, undo: Callable[[], object]) -> None:
+        self.pending.append((what, undo))
+
+    def undo_of_pending(self) -> Callable[[], object]:
+        """The undo of the change just made (its requests' undos, in reverse)."""
+        steps, self.pending = self.pending, []
+
+        def undo() -> None:
+            problems = []
+            for what, step in reversed(steps):
+                try:
+                    step()
+                except KubeApiError as exc:
+                    problems.append(f"{what}: {exc}")
+            if problems:
+                raise UndoFailure(problems)
+
+        return undo
+
+    def take_back_pending(self) -> list[str]:
+        """Undo the requests of a change that failed half-way; the undos that failed."""
+        try:
+            self.undo_of_pending()()
+        except UndoFailure as exc:
+            return list(exc.problems)
+        return []
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         self.operations += 1
         return kube_call(what, call, timeout=self.backend.timeout)
 
-    def _body(self, pool: IPPool) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{self.group}/{self.version}",
-            "kind": KIND,
-            "metadata": {"name": pool.name, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
-            "spec": pool.to_spec(),
-        }
+    def _body(self, pool: IPPool, resource_version: str | None = None, *,
+              reset: IPPool | None = None) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"name": pool.name,
+                                    "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        # A newer field going back to its default is sent explicitly: left out, an apply
+        # would leave a value another writer set in place.
+        explicit = (reset.extra_spec() if reset is not None else {}).keys()
+        return {"apiVersion": f"{self.group}/{self.version}", "kind": KIND,
+                "metadata": metadata, "spec": pool.to_spec(explicit=explicit)}
 
     def change(self, change: Change) -> None:
+        """Make one change; each request's undo is recorded as soon as it is done."""
         before, after = change.before, change.after
         if change.action == "add":
             assert isinstance(after, IPPool)
-            self.create(after, self._body(after))
+            self.create(after.name, self._body(after))
         elif change.action == "delete":
             assert isinstance(before, IPPool)
             self.delete(before.name)
         elif disruptive_fields(change):
             assert isinstance(before, IPPool) and isinstance(after, IPPool)  # noqa: PT018
             self.delete(before.name)
-            self.create(after, self._body(after))
+            self.create(after.name, self._body(after))
         else:
             assert isinstance(before, IPPool) and isinstance(after, IPPool)  # noqa: PT018
-            self.patch(before, after)
+            self.server_side_apply(before, after)
 
-    def create(self, pool: IPPool, body: dict[str, Any]) -> None:
+    def create(self, name: str, body: dict[str, Any], *, record: bool = True) -> None:
+        # POST, not apply: a create must fail if the name was taken since the listing.
         created = self._call(
-            f"create IPPool {pool.name}",
+            f"{'create' if record else 're-create'} IPPool {name}",
             lambda: self.backend._objects.create_cluster_custom_object(
                 self.group, self.version, PLURAL, body, field_manager=self.backend.field_manager,
                 _request_timeout=self.backend.timeout),
         )
-        self.raw[pool.name] = created if isinstance(created, dict) else body
-        self.undo.append(lambda: self.delete(pool.name, record=False))
+        if record:
+            self.raw[name] = created if isinstance(created, dict) else body
+            self._will_undo(f"delete IPPool {name} (created)",
+                            lambda: self.delete(name, record=False))
 
     def delete(self, name: str, *, record: bool = True) -> None:
         seen = self.raw.get(name) or {}
@@ -463,43 +591,31 @@ class _Run:
                              if k in ("name", "labels", "annotations")},
                 "spec": seen.get("spec") or {},
             }
-            self.undo.append(lambda: self._recreate(name, recreate))
+            self._will_undo(f"re-create IPPool {name} (deleted)",
+                            lambda: self.create(name, recreate, record=False))
         self.raw.pop(name, None)
 
-    def _recreate(self, name: str, body: dict[str, Any]) -> None:
-        self._call(
-            f"re-create IPPool {name}",
-            lambda: self.backend._objects.create_cluster_custom_object(
-                self.group, self.version, PLURAL, body, field_manager=self.backend.field_manager,
-                _request_timeout=self.backend.timeout),
+    def _apply(self, what: str, name: str, body: dict[str, Any]) -> Any:
+        # Server-side apply: the whole spec k3snet manages, under its field manager, not
+        # forced (a field another manager owns is a 409 conflict, never taken over).
+        return self._call(
+            what,
+            lambda: self.backend._objects.patch_cluster_custom_object(
+                self.group, self.version, PLURAL, name, body,
+                field_manager=self.backend.field_manager, force=False,
+                _content_type=APPLY_CONTENT_TYPE, _request_timeout=self.backend.timeout),
         )
 
-    def patch(self, before: IPPool, after: IPPool) -> None:
-        old, new = before.to_spec(), after.to_spec()
-        changed = {k: new[k] for k in _SPEC_FIELDS if old[k] != new[k]}
+    def server_side_apply(self, before: IPPool, after: IPPool) -> None:
+        old, new = before.to_spec(explicit=after.extra_spec()), after.to_spec(
+            explicit=before.extra_spec())
+        changed = [k for k in new if old.get(k) != new.get(k)]
         metadata = (self.raw.get(before.name) or {}).get("metadata") or {}
-        body: dict[str, Any] = {"spec": changed}
-        if metadata.get("resourceVersion"):
-            body["metadata"] = {"resourceVersion": metadata["resourceVersion"]}
-        patched = self._call(
-            f"patch IPPool {before.name} ({', '.join(changed)})",
-            lambda: self.backend._objects.patch_cluster_custom_object(
-                self.group, self.version, PLURAL, before.name, body,
-                field_manager=self.backend.field_manager, _request_timeout=self.backend.timeout),
-        )
-        if isinstance(patched, dict):
-            self.raw[before.name] = patched
-        restore = {k: old[k] for k in changed}
-        self.undo.append(lambda: self._patch_back(before.name, restore))
-
-    def _patch_back(self, name: str, spec: dict[str, Any]) -> None:
-        self._call(
-            f"patch back IPPool {name}",
-            lambda: self.backend._objects.patch_cluster_custom_object(
-                self.group, self.version, PLURAL, name, {"spec": spec},
-                field_manager=self.backend.field_manager, _request_timeout=self.backend.timeout),
-        )
-
-    def undo_all(self) -> None:
-        while self.undo:
-            self.undo.pop()()
+        applied = self._apply(f"apply IPPool {before.name} ({', '.join(changed)})",
+                              before.name, self._body(after, metadata.get("resourceVersion"),
+                                                      reset=before))
+        if isinstance(applied, dict):
+            self.raw[before.name] = applied
+        self._will_undo(f"apply back IPPool {before.name}",
+                        lambda: self._apply(f"apply back IPPool {before.name}", before.name,
+                                            self._body(before, reset=after)))

@@ -7,6 +7,9 @@ A backend is small when the concerns all backends share come from here:
 * :func:`fit_problems`: does a plan fit what the backend owns? Built on the
   planner's own rules (:meth:`k3snet.Plan.problems`), so every backend refuses
   the same plans with the same words;
+* :func:`disruptive_problems`: the changes a backend's ``disruptive(change)``
+  names, refused unless the backend has ``allow_disruptive``, with the one
+  wording that names all three ways to allow them (:data:`ALLOW_DISRUPTIVE`);
 * :class:`Compensation`: compensating undo for backends without kernel
   transactions. Record each step's undo as it is done; on failure
   :meth:`~Compensation.fail` undoes in reverse and raises
@@ -50,11 +53,13 @@ from k3snet.model.state import State
 from k3snet.planner import Change, Plan
 
 __all__ = [
+    "ALLOW_DISRUPTIVE",
     "BackendBase",
     "Compensation",
     "FaultHook",
     "ObserveCache",
     "UndoFailure",
+    "disruptive_problems",
     "ensure_fits",
     "fit_problems",
     "translate_errors",
@@ -140,6 +145,32 @@ def ensure_fits(backend: object, plan: Plan, observed: State) -> None:
         name = getattr(backend, "name", type(backend).__name__)
         raise PlanError(f"{name} backend refuses the plan, nothing was changed:\n  "
                         + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------- disruptive changes
+
+ALLOW_DISRUPTIVE = ("cni.allowDisruptive: true in the spec, --allow-disruptive on the CLI, or "
+                    "allow_disruptive=True in the library")
+"""The three ways to allow a disruptive change, as every refusal names them."""
+
+
+def disruptive_problems(backend: object, plan: Plan) -> list[str]:
+    """One line per disruptive change of ``plan`` that ``backend`` does not allow.
+
+    A backend that can make disruptive changes has ``disruptive(change) -> str | None``
+    (the reason, or ``None``) and an ``allow_disruptive`` attribute (its
+    constructor's keyword); a backend without the method has no disruptive changes.
+    """
+    judge = getattr(backend, "disruptive", None)
+    if judge is None or getattr(backend, "allow_disruptive", False):
+        return []
+    problems = []
+    for change in plan.changes:
+        reason = judge(change)
+        if reason:
+            problems.append(f"{change} is disruptive: {reason}; it is refused unless allowed: "
+                            f"{ALLOW_DISRUPTIVE}")
+    return problems
 
 
 # ---------------------------------------------------------------- compensating undo

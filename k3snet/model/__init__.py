@@ -11,7 +11,16 @@ from k3snet.model.cidr import (
     parse_network,
     subtract,
 )
-from k3snet.model.cni import FlannelConfig, FlannelNetworks, IPPool, JsonMapping
+from k3snet.model.cni import (
+    CalicoNatDestination,
+    CalicoPodCIDR,
+    CalicoPools,
+    CalicoPoolsReadable,
+    FlannelConfig,
+    FlannelNetworks,
+    IPPool,
+    JsonMapping,
+)
 from k3snet.model.drift import Drift, ForwardDrift, NatDrift
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatRule, SnatRule
@@ -32,6 +41,10 @@ __all__ = [
     "MAIN_TABLE",
     "OBJECT_TYPES",
     "Address",
+    "CalicoNatDestination",
+    "CalicoPodCIDR",
+    "CalicoPools",
+    "CalicoPoolsReadable",
     "Drift",
     "FlannelConfig",
     "FlannelNetworks",

@@ -31,16 +31,25 @@ import attrs
 
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple, optional_network
-from k3snet.model.cidr import Network, contains, overlaps, parse_network
+from k3snet.model.cidr import Network, contains, overlaps, parse_network, subtract
 from k3snet.model.state import State, register_object_type
 
 __all__ = [
+    "ALLOWED_USES",
+    "ASSIGNMENT_MODES",
     "BLOCK_SIZE_RANGE",
+    "DEFAULT_ALLOWED_USES",
     "DEFAULT_BLOCK_SIZE",
     "ENCAPSULATION_MODES",
     "FLANNEL_BACKEND_TYPES",
     "FLANNEL_KEYS",
     "FLANNEL_OWNED_MARKER",
+    "SELECT_ALL",
+    "AssignmentMode",
+    "CalicoNatDestination",
+    "CalicoPodCIDR",
+    "CalicoPools",
+    "CalicoPoolsReadable",
     "EncapsulationMode",
     "FlannelConfig",
     "FlannelNetworks",
@@ -68,6 +77,21 @@ FLANNEL_OWNED_MARKER = "k3snet.io/owned"
 
 EncapsulationMode = Literal["Never", "Always", "CrossSubnet"]
 ENCAPSULATION_MODES: tuple[str, ...] = ("Never", "Always", "CrossSubnet")
+
+AssignmentMode = Literal["Automatic", "Manual"]
+ASSIGNMENT_MODES: tuple[str, ...] = ("Automatic", "Manual")
+"""``assignmentMode`` values; Calico's default is ``Automatic``."""
+
+ALLOWED_USES: tuple[str, ...] = ("LoadBalancer", "Tunnel", "Workload")
+"""``allowedUses`` values Calico knows."""
+
+DEFAULT_ALLOWED_USES: tuple[str, ...] = ("Tunnel", "Workload")
+"""What an unset or empty ``allowedUses`` means (Calico's default), sorted."""
+
+SELECT_ALL: tuple[str, ...] = ("", "all()")
+"""Selectors that select everything (an unset ``namespaceSelector`` is ``""``)."""
+
+_GLOBAL = re.compile(r"\bglobal\s*\(")
 
 DEFAULT_BLOCK_SIZE: Mapping[int, int] = {4: 26, 6: 122}
 """Calico's default ``blockSize`` per family (what an unset field means)."""
@@ -631,12 +655,47 @@ def _vxlan_mode(value: str) -> EncapsulationMode:
     return _mode("vxlanMode", value)
 
 
-def _selector(value: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 1024:
-        raise ModelError(f"IPPool nodeSelector must be a non-empty selector, got {value!r}")
+def _check_selector(name: str, value: str, *, empty: bool) -> str:
+    if not isinstance(value, str) or (not empty and not value.strip()) or len(value) > 1024:
+        raise ModelError(f"IPPool {name} must be a{'' if empty else ' non-empty'} selector, "
+                         f"got {value!r}")
     if any(ord(c) < 0x20 for c in value):
-        raise ModelError(f"IPPool nodeSelector {value!r} contains control characters")
+        raise ModelError(f"IPPool {name} {value!r} contains control characters")
+    if _GLOBAL.search(value):
+        # global() selects non-namespaced endpoints in policy; Calico's validation
+        # refuses it in an IPPool selector, so a pool spelling it is not one Calico uses.
+        raise ModelError(f"IPPool {name} {value!r}: global() is not a node or namespace "
+                         "selector Calico accepts in an IPPool (use all() or a label match)")
     return value
+
+
+def _selector(value: str) -> str:
+    return _check_selector("nodeSelector", value, empty=False)
+
+
+def _namespace_selector(value: str) -> str:
+    return _check_selector("namespaceSelector", value, empty=True)
+
+
+def _allowed_uses(value: Iterable[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_ALLOWED_USES
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ModelError(f"IPPool allowedUses must be a list, got {value!r}")
+    uses = tuple(value)
+    for use in uses:
+        if use not in ALLOWED_USES:
+            raise ModelError(f"IPPool allowedUses: {use!r} is not one of "
+                             f"{', '.join(ALLOWED_USES)}")
+    # Calico: "if not specified or empty, defaults to [Tunnel, Workload]".
+    return tuple(sorted(set(uses))) if uses else DEFAULT_ALLOWED_USES
+
+
+def _assignment_mode(value: str) -> AssignmentMode:
+    if value not in ASSIGNMENT_MODES:
+        raise ModelError(f"IPPool assignmentMode must be one of {', '.join(ASSIGNMENT_MODES)}, "
+                         f"got {value!r}")
+    return value  # type: ignore[return-value]  # checked against the Literal's values
 
 
 @attrs.frozen(eq=False)
@@ -671,6 +730,12 @@ class IPPool(NetObject):
     node_selector: str = attrs.field(default="all()", converter=_selector, kw_only=True)
     disable_bgp_export: bool = attrs.field(default=False, converter=_disable_bgp_export,
                                            kw_only=True)
+    allowed_uses: tuple[str, ...] = attrs.field(default=DEFAULT_ALLOWED_USES,
+                                                converter=_allowed_uses, kw_only=True)
+    assignment_mode: AssignmentMode = attrs.field(default="Automatic",
+                                                  converter=_assignment_mode, kw_only=True)
+    namespace_selector: str = attrs.field(default="", converter=_namespace_selector,
+                                          kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -701,6 +766,9 @@ class IPPool(NetObject):
             block,
             self.node_selector,
             self.disable_bgp_export,
+            self.allowed_uses,
+            ASSIGNMENT_MODES.index(self.assignment_mode),
+            self.namespace_selector,
         )
         self._seal(("ippool", self.name), content)
 
@@ -709,29 +777,66 @@ class IPPool(NetObject):
         """4 or 6."""
         return self.cidr.version
 
+    @property
+    def unusable_reason(self) -> str | None:
+        """Why Calico IPAM would not give an ordinary pod an address from this pool (or None).
+
+        A pool serves every pod only when it is enabled, allows the ``Workload``
+        use, assigns ``Automatic``-ally and selects every namespace.
+        """
+        if self.disabled:
+            return "it is disabled"
+        if "Workload" not in self.allowed_uses:
+            return f"its allowedUses ({', '.join(self.allowed_uses)}) leave out Workload"
+        if self.assignment_mode != "Automatic":
+            return "its assignmentMode is Manual (only pods asking for it by name get addresses)"
+        if self.namespace_selector not in SELECT_ALL:
+            return (f"its namespaceSelector {json.dumps(self.namespace_selector)} does not "
+                    "select every namespace")
+        return None
+
+    @property
+    def workload_usable(self) -> bool:
+        """True when Calico IPAM hands this pool's addresses to any pod (see unusable_reason)."""
+        return self.unusable_reason is None
+
     def met_by(self, other: NetObject) -> bool:
         """A foreign pool already gives what this one is for.
 
         For a disabled pool (a NAT exemption) any foreign pool covering its CIDR
         does, since Felix never masquerades traffic to an address in a pool; for
-        an enabled pool, a foreign enabled pool with the same CIDR and the same
-        ``natOutgoing`` does.
+        an enabled pool, a foreign pool usable by workloads with the same CIDR
+        and the same ``natOutgoing`` does.
         """
         if not isinstance(other, IPPool):
             return False
         if self.disabled:
             return contains(other.cidr, self.cidr)
-        return (other.cidr == self.cidr and not other.disabled
+        return (other.cidr == self.cidr and other.workload_usable
                 and other.nat_outgoing == self.nat_outgoing)
 
     def conflicts_with(self, other: NetObject) -> bool:
-        """A foreign pool of the same name, or one whose CIDR overlaps (Calico forbids both)."""
+        """A foreign pool of the same name, or one whose CIDR overlaps (Calico forbids both),
+        or a foreign pool k3snet cannot read (it might overlap: never guessed)."""
+        if isinstance(other, CalicoPools):
+            return bool(other.invalid)
         if not isinstance(other, IPPool) or self.met_by(other):
             return False
         return other.name == self.name or overlaps(other.cidr, self.cidr)
 
-    def to_spec(self) -> dict[str, Any]:
-        """The Calico ``spec`` of the resource, every field explicit."""
+    def conflict_reason(self, other: NetObject) -> str | None:
+        """Names the unreadable pools (an overlap or name clash explains itself)."""
+        if isinstance(other, CalicoPools) and other.invalid:
+            return other.invalid_reason()
+        return None
+
+    def to_spec(self, *, explicit: Iterable[str] = ()) -> dict[str, Any]:
+        """The Calico ``spec`` of the resource.
+
+        The fields Calico has had from the start are explicit; the newer ones
+        (:meth:`extra_spec`) only where they differ from the default, or are named
+        in ``explicit`` (to set one back to its default).
+        """
         return {
             "cidr": str(self.cidr),
             "natOutgoing": self.nat_outgoing,
@@ -741,7 +846,23 @@ class IPPool(NetObject):
             "blockSize": self.block_size,
             "nodeSelector": self.node_selector,
             "disableBGPExport": self.disable_bgp_export,
+            **self.extra_spec(explicit=explicit),
         }
+
+    def extra_spec(self, *, explicit: Iterable[str] = ()) -> dict[str, Any]:
+        """The newer v3 fields, where they differ from Calico's defaults or are in ``explicit``.
+
+        Left out at their defaults so a pool written to an older CRD (without
+        them in its schema) is the same object read back.
+        """
+        named = set(explicit)
+        values = {"allowedUses": list(self.allowed_uses),
+                  "assignmentMode": self.assignment_mode,
+                  "namespaceSelector": self.namespace_selector}
+        defaults = {"allowedUses": list(DEFAULT_ALLOWED_USES), "assignmentMode": "Automatic",
+                    "namespaceSelector": ""}
+        return {key: value for key, value in values.items()
+                if value != defaults[key] or key in named}
 
     def describe(self) -> str:
         """``ippool NAME CIDR [natOutgoing] [disabled] ...``: defaults are not shown."""
@@ -759,6 +880,12 @@ class IPPool(NetObject):
             parts.append(f"nodeSelector={json.dumps(self.node_selector)}")
         if self.disable_bgp_export:
             parts.append("disableBGPExport")
+        if self.allowed_uses != DEFAULT_ALLOWED_USES:
+            parts.append(f"allowedUses={','.join(self.allowed_uses)}")
+        if self.assignment_mode != "Automatic":
+            parts.append(f"assignmentMode={self.assignment_mode}")
+        if self.namespace_selector:
+            parts.append(f"namespaceSelector={json.dumps(self.namespace_selector)}")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -774,6 +901,9 @@ class IPPool(NetObject):
             "block_size": self.block_size,
             "node_selector": self.node_selector,
             "disable_bgp_export": self.disable_bgp_export,
+            "allowed_uses": list(self.allowed_uses),
+            "assignment_mode": self.assignment_mode,
+            "namespace_selector": self.namespace_selector,
         }
 
     @classmethod
@@ -789,9 +919,306 @@ class IPPool(NetObject):
             block_size=data.get("block_size"),
             node_selector=data.get("node_selector", "all()"),
             disable_bgp_export=data.get("disable_bgp_export", False),
+            allowed_uses=data.get("allowed_uses"),
+            assignment_mode=data.get("assignment_mode", "Automatic"),
+            namespace_selector=data.get("namespace_selector", ""),
         )
 
+def _pools_tuple(value: Iterable[IPPool]) -> tuple[IPPool, ...]:
+    pools = tuple(value)
+    if not all(isinstance(p, IPPool) for p in pools):
+        raise ModelError("CalicoPools holds IPPool values")
+    return tuple(sorted(pools, key=lambda p: p.name))
+
+
+def _invalid(value: Iterable[tuple[str, str]] | Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    pairs = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(name), str(problem)) for name, problem in pairs))
+
+
+_POOLS_SLOT = ("calico-pools",)
+
+
+@attrs.frozen(eq=False)
+class CalicoPools(NetObject):
+    """Every foreign IPPool of the cluster at once, as the calico backend observed them.
+
+    Felix's NAT decision looks at all pools together ("never NAT to an address
+    inside any pool"), and "is this pod CIDR a pool?" needs to see that no pool
+    is; one foreign object holding them all lets the expectations below judge
+    that, including when there is no pool at all. ``invalid`` are the pools
+    k3snet could not read, ``(name, why)``: they are reported, never skipped.
+    Observed only (foreign); never written.
+    """
+
+    kind: ClassVar[str] = "ippool"
+    type_name: ClassVar[str] = "calico-pools"
+    rank: ClassVar[int] = 11
+
+    pools: tuple[IPPool, ...] = attrs.field(default=(), converter=_pools_tuple)
+    invalid: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_invalid)
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._seal(_POOLS_SLOT, (tuple(p.sort_key for p in self.pools), self.invalid))
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """The one slot the pool-wide expectations look at."""
+        return _POOLS_SLOT
+
+    def overlapping(self, net: Network) -> tuple[IPPool, ...]:
+        """The pools sharing an address with ``net``."""
+        return tuple(p for p in self.pools if overlaps(p.cidr, net))
+
+    def invalid_reason(self) -> str:
+        """One sentence naming each unreadable pool and why."""
+        listed = "; ".join(f"IPPool {name}: {why}" for name, why in self.invalid)
+        return (f"{listed}: k3snet cannot tell which addresses such a pool covers, so it "
+                "cannot tell what Calico will NAT or whether a new pool would overlap it; "
+                "fix the pool or delete it")
+
+    def describe(self) -> str:
+        """``calico pools NAME CIDR[, ...] [unreadable NAME ...]``."""
+        text = ", ".join(f"{p.name} {p.cidr}" for p in self.pools) or "(none)"
+        if self.invalid:
+            text += " unreadable " + ", ".join(name for name, _ in self.invalid)
+        return f"calico pools {text}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"type": self.type_name, "pools": [p.to_dict() for p in self.pools],
+                "invalid": [list(pair) for pair in self.invalid]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalicoPools:
+        """Inverse of :meth:`to_dict`."""
+        return cls([IPPool.from_dict(p) for p in data.get("pools", ())],
+                   [tuple(pair) for pair in data.get("invalid", ())])
+
+
+@attrs.frozen(eq=False)
+class CalicoPodCIDR(NetObject):
+    """An expectation: a pod CIDR is a Calico pool that serves every pod, with ``natOutgoing``.
+
+    Calico gives pods addresses from its pools, not from the cluster's pod CIDR
+    setting, and masquerades per pool; so the pod CIDR must *be* a pool usable
+    by workloads (:attr:`IPPool.unusable_reason`) whose ``natOutgoing`` is what
+    the spec's masquerade mode asks. k3snet never creates it: a new enabled
+    pool would hand out pod addresses on every node. Anything else is a conflict.
+    """
+
+    kind: ClassVar[str] = "ippool"
+    type_name: ClassVar[str] = "calico-pod-cidr"
+    rank: ClassVar[int] = 11
+    expectation: ClassVar[bool] = True
+
+    cidr: Network = attrs.field(converter=parse_network)
+    nat_outgoing: bool = attrs.field(default=True, converter=_nat_outgoing, kw_only=True)
+    requires: JsonMapping = attrs.field(factory=JsonMapping, converter=_json_mapping,
+                                        kw_only=True)
+    """Other spec fields the pool must have, Calico spelling (``{"ipipMode": "Always"}``):
+    the ``cni.calico`` settings the spec gives other values than their defaults."""
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        unknown = sorted(set(self.requires) - {"ipipMode", "vxlanMode", "blockSize",
+                                               "nodeSelector"})
+        if unknown:
+            raise ModelError(f"calico pod CIDR {self.cidr}: cannot require {', '.join(unknown)}")
+        self._seal(("calico-pod-cidr", *net_tuple(self.cidr)),
+                   (self.nat_outgoing, self.requires.canonical_items()))
+
+    def _differences(self, pool: IPPool) -> list[str]:
+        spec = pool.to_spec()
+        return [f"{key} {spec[key]} (the spec wants {self.requires[key]})"
+                for key in self.requires if spec[key] != self.requires[key]]
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """The pool-wide slot (:class:`CalicoPools`)."""
+        return _POOLS_SLOT
+
+    def met_by(self, other: NetObject) -> bool:
+        """A usable pool of exactly this CIDR with the wanted ``natOutgoing``."""
+        return isinstance(other, CalicoPools) and any(
+            p.cidr == self.cidr and p.workload_usable and p.nat_outgoing == self.nat_outgoing
+            and not self._differences(p) for p in other.pools)
+
+    def conflicts_with(self, other: NetObject) -> bool:
+        """Whenever the pools do not meet it."""
+        return isinstance(other, CalicoPools) and not self.met_by(other)
+
+    def conflict_reason(self, other: NetObject) -> str | None:
+        """What the pools are instead, and what to do."""
+        if not isinstance(other, CalicoPools):
+            return None
+        same = [p for p in other.pools if p.cidr == self.cidr]
+        nat = "true" if self.nat_outgoing else "false"
+        for pool in same:
+            reason = pool.unusable_reason
+            if reason is not None:
+                return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
+                        f"from it: {reason}; fix that pool (k3snet never changes a pool it "
+                        "does not own)")
+        for pool in same:
+            differences = self._differences(pool)
+            if differences:
+                return (f"IPPool {pool.name} has pod CIDR {self.cidr} with "
+                        f"{', '.join(differences)}: change the pool or the spec's cni.calico "
+                        "(k3snet never changes a pool it does not own)")
+        if same:
+            pool = same[0]
+            return (f"IPPool {pool.name} has pod CIDR {self.cidr} with natOutgoing "
+                    f"{str(pool.nat_outgoing).lower()}, the masquerade mode wants {nat}: set "
+                    f"natOutgoing: {nat} on it (k3snet never changes a pool it does not own)")
+        near = ", ".join(f"{p.name} {p.cidr}" for p in other.overlapping(self.cidr))
+        found = f"pools overlapping it: {near}" if near else "no pool overlaps it"
+        return (f"pod CIDR {self.cidr} is not a Calico IPPool ({found}): Calico gives pods "
+                "addresses from its pools, so rules for this CIDR would miss them; k3snet "
+                "does not create an enabled pool (Calico would hand out pod addresses from it "
+                "on every node): make cluster.podCIDRs the pool's CIDR, or create the pool "
+                f"yourself with natOutgoing: {nat}")
+
+    def describe(self) -> str:
+        """``calico pod CIDR ... is a pool [natOutgoing]``."""
+        nat = " natOutgoing" if self.nat_outgoing else " without natOutgoing"
+        wants = "".join(f" {k}={json.dumps(self.requires[k])}" for k in self.requires)
+        return f"calico pod CIDR {self.cidr} is a pool{nat}{wants}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"type": self.type_name, "cidr": str(self.cidr),
+                "nat_outgoing": self.nat_outgoing, "requires": self.requires.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalicoPodCIDR:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["cidr"], nat_outgoing=data.get("nat_outgoing", True),
+                   requires=data.get("requires") or {})
+
+
+@attrs.frozen(eq=False)
+class CalicoNatDestination(NetObject):
+    """An expectation: pod traffic to ``cidr`` (less ``exclude``) is masqueraded by Calico.
+
+    Felix never NATs traffic to an address inside any IP pool, enabled or
+    disabled; so a destination that overlaps a foreign pool is a conflict:
+    pods reach it with their own addresses. Nothing is said otherwise.
+    """
+
+    kind: ClassVar[str] = "ippool"
+    type_name: ClassVar[str] = "calico-nat-destination"
+    rank: ClassVar[int] = 11
+    expectation: ClassVar[bool] = True
+
+    cidr: Network = attrs.field(converter=parse_network)
+    exclude: tuple[Network, ...] = attrs.field(default=(), converter=_pod_networks,
+                                               kw_only=True)
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._seal(("calico-nat-destination", *net_tuple(self.cidr)),
+                   tuple(net_tuple(n) for n in self.exclude))
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """The pool-wide slot (:class:`CalicoPools`)."""
+        return _POOLS_SLOT
+
+    def _blocking(self, pools: CalicoPools) -> tuple[IPPool, ...]:
+        parts = subtract(self.cidr, [n for n in self.exclude if n.version == self.cidr.version])
+        return tuple(p for p in pools.pools if any(overlaps(p.cidr, part) for part in parts))
+
+    def conflicts_with(self, other: NetObject) -> bool:
+        """A pool covers part of the destination that should be masqueraded."""
+        return isinstance(other, CalicoPools) and bool(self._blocking(other))
+
+    def conflict_reason(self, other: NetObject) -> str | None:
+        """Which pools, why Calico will not NAT, and the two ways out."""
+        if not isinstance(other, CalicoPools):
+            return None
+        pools = ", ".join(f"{p.name} {p.cidr}{' (disabled)' if p.disabled else ''}"
+                          for p in self._blocking(other))
+        return (f"destination {self.cidr} is inside IPPool {pools}: Calico will not NAT it "
+                "(Felix never masquerades traffic to an address inside any IP pool, enabled "
+                "or disabled), so pods reach it with their own addresses; fix: masquerade it "
+                "on the nodes with a node-level rule (the nftables or iptables backend), or "
+                f"make the pool narrower so it leaves {self.cidr} out")
+
+    def describe(self) -> str:
+        """``calico masquerades pods to CIDR [except ...]``."""
+        text = f"calico masquerades pods to {self.cidr}"
+        if self.exclude:
+            text += " except " + ", ".join(str(n) for n in self.exclude)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"type": self.type_name, "cidr": str(self.cidr),
+                "exclude": [str(n) for n in self.exclude]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalicoNatDestination:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["cidr"], exclude=data.get("exclude", ()))
+
+
+@attrs.frozen(eq=False)
+class CalicoPoolsReadable(NetObject):
+    """An expectation: k3snet can read every IPPool (a pool it cannot is a conflict naming it)."""
+
+    kind: ClassVar[str] = "ippool"
+    type_name: ClassVar[str] = "calico-pools-readable"
+    rank: ClassVar[int] = 11
+    expectation: ClassVar[bool] = True
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._seal(("calico-pools-readable",), ())
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """The pool-wide slot (:class:`CalicoPools`)."""
+        return _POOLS_SLOT
+
+    def conflicts_with(self, other: NetObject) -> bool:
+        """Some pool could not be read."""
+        return isinstance(other, CalicoPools) and bool(other.invalid)
+
+    def conflict_reason(self, other: NetObject) -> str | None:
+        """Each unreadable pool and why."""
+        return other.invalid_reason() if isinstance(other, CalicoPools) else None
+
+    def describe(self) -> str:
+        """``calico every IPPool readable``."""
+        return "calico every IPPool readable"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"type": self.type_name}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalicoPoolsReadable:
+        """Inverse of :meth:`to_dict`."""
+        return cls()
 
 register_object_type(FlannelConfig)
 register_object_type(FlannelNetworks)
 register_object_type(IPPool)
+register_object_type(CalicoPools)
+register_object_type(CalicoPodCIDR)
+register_object_type(CalicoNatDestination)
+register_object_type(CalicoPoolsReadable)

@@ -349,14 +349,14 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
              "resourceNames": [LEASE_NAME], "verbs": ["get", "update", "patch"]}])
     if needs.calico:
-        # IPPools are cluster-scoped; crd.projectcalico.org is the API that works
-        # without the Calico API server.
+        # IPPools are cluster-scoped; the calico backend uses projectcalico.org (v3) where
+        # the Calico API server runs, else crd.projectcalico.org (found by discovery).
         objs.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": _meta(AGENT_NAME, "agent"),
             "rules": [{
-                "apiGroups": ["crd.projectcalico.org"],
+                "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
                 "resources": ["ippools"],
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
             }],

@@ -21,6 +21,9 @@ from k3snet.model.cidr import Address, Network, aggregate, contains, parse_netwo
 from k3snet.model.cni import (
     BLOCK_SIZE_RANGE,
     DEFAULT_BLOCK_SIZE,
+    CalicoNatDestination,
+    CalicoPodCIDR,
+    CalicoPoolsReadable,
     EncapsulationMode,
     FlannelConfig,
     FlannelNetworks,
@@ -370,23 +373,32 @@ def compile_ippools(
     block_size: int | None = None,
     node_selector: str = "all()",
 ) -> State:
-    """The IP pools that carry ``spec``'s masquerade policy on a Calico cluster.
+    """What ``spec``'s masquerade policy needs of a Calico cluster's IP pools.
 
-    * one pool per pod CIDR (``k3snet-pods-...``), ``natOutgoing`` unless the
-      masquerade mode is ``off``, with the given encapsulation and block size;
-    * one disabled pool (``k3snet-nonat-...``) per CIDR exempt from NAT (see
-      :func:`nat_exemptions`).
+    Calico masquerades per pool: ``natOutgoing`` NATs pod traffic to anything
+    outside every pool, and Felix never NATs to an address inside any pool. So:
 
-    Calico masquerades everything that leaves the pools, so in mode
-    ``destinations`` traffic to other places is NATed too; only exemptions can
-    be expressed. When the cluster's own pool already covers a pod CIDR with the
-    same NAT setting, the plan says the need is *met*, and nothing is created.
+    * each pod CIDR must *be* a pool serving every pod, ``natOutgoing`` unless the
+      mode is ``off`` (:class:`~k3snet.model.cni.CalicoPodCIDR`, an expectation:
+      k3snet never creates an enabled pool). ``ipip_mode``, ``vxlan_mode``,
+      ``block_size`` and ``node_selector`` other than their defaults are required
+      of that pool too;
+    * each destination to masquerade must lie outside every pool
+      (:class:`~k3snet.model.cni.CalicoNatDestination`, an expectation);
+    * every pool must be readable (:class:`~k3snet.model.cni.CalicoPoolsReadable`);
+    * one disabled pool (``k3snet-nonat-...``, owned) per CIDR exempt from NAT
+      (see :func:`nat_exemptions`), unless a foreign pool covers it already.
+
+    In mode ``destinations`` Calico NATs traffic to other places too; only
+    exemptions can be expressed.
 
     >>> from k3snet.spec import Destination, Spec
     >>> spec = Spec(destinations=[Destination("192.168.2.0/24", exclude=["192.168.2.8/29"])])
-    >>> for pool in compile_ippools(spec): print(pool)
+    >>> for obj in compile_ippools(spec): print(obj)
+    calico masquerades pods to 192.168.2.0/24 except 192.168.2.8/29
+    calico pod CIDR 10.42.0.0/16 is a pool natOutgoing
+    calico every IPPool readable
     ippool k3snet-nonat-192-168-2-8-29 192.168.2.8/29 disabled blockSize=29
-    ippool k3snet-pods-10-42-0-0-16 10.42.0.0/16 natOutgoing blockSize=26
     """
     problems = validate(spec)
     if problems:
@@ -395,16 +407,30 @@ def compile_ippools(
 
 
 def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMode,
-           block_size: int | None, node_selector: str) -> list[IPPool]:
+           block_size: int | None, node_selector: str) -> list[NetObject]:
     nat = spec.masquerade.mode != "off"
-    pools: list[IPPool] = []
-    for pod in spec.cluster.pod_cidrs:
+    out: list[NetObject] = [CalicoPoolsReadable()]
+    for index, pod in enumerate(spec.cluster.pod_cidrs):
+        requires: dict[str, Any] = {}
+        if ipip_mode != "Never" and pod.version == 4:
+            requires["ipipMode"] = ipip_mode
+        if vxlan_mode != "Never":
+            requires["vxlanMode"] = vxlan_mode
+        if block_size is not None:
+            low, high = BLOCK_SIZE_RANGE[pod.version]
+            if not low <= block_size <= high:
+                raise SpecError([Problem(f"cluster.podCIDRs[{index}]",
+                                         f"blockSize {block_size} is not {low}..{high} for "
+                                         f"IPv{pod.version} pod CIDR {pod}")])
+            requires["blockSize"] = block_size
+        if node_selector != "all()":
+            requires["nodeSelector"] = node_selector
         try:
-            pools.append(IPPool(pool_name("pods", pod), pod, nat_outgoing=nat,
-                                ipip_mode=ipip_mode if pod.version == 4 else "Never",
-                                vxlan_mode=vxlan_mode, block_size=block_size,
-                                node_selector=node_selector))
+            out.append(CalicoPodCIDR(pod, nat_outgoing=nat, requires=requires))
         except ModelError as exc:
             raise SpecError([Problem("cluster.podCIDRs", str(exc))]) from exc
-    pools += [_exempt_pool(net) for net in nat_exemptions(spec)]
-    return pools
+    if nat:
+        out += [CalicoNatDestination(d.cidr, exclude=d.exclude) for d in spec.destinations
+                if d.masquerade]
+    out += [_exempt_pool(net) for net in nat_exemptions(spec)]
+    return out

@@ -253,7 +253,8 @@ class CalicoSettings:
     block_size: int | None = None
     node_selector: str = "all()"
     allow_disruptive: bool = False
-    """Let ``apply`` delete and re-create a pool whose ``cidr``/``blockSize`` changes."""
+    """The old spelling of :attr:`CniSettings.allow_disruptive` (still honoured, for every
+    backend)."""
 
 
 @attrs.frozen
@@ -262,6 +263,16 @@ class CniSettings:
 
     flannel: FlannelSettings | None = None
     calico: CalicoSettings | None = None
+    allow_disruptive: bool | None = None
+    """Let the CNI backends make changes that disrupt running pods (each backend's
+    ``disruptive(change)`` says which and why); refused otherwise. ``None``: not given
+    (the same as false; left out of the written spec)."""
+
+    @property
+    def disruptive_allowed(self) -> bool:
+        """``allowDisruptive``, or its alias ``calico.allowDisruptive``."""
+        return bool(self.allow_disruptive) or (self.calico is not None
+                                               and self.calico.allow_disruptive)
 
 
 @attrs.frozen

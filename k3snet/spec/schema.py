@@ -221,12 +221,13 @@ CALICO = Section(CalicoSettings, (
     Field("vxlanMode", "vxlan_mode", raw, checks=(ENCAPSULATION,), example="CrossSubnet"),
     Field("blockSize", "block_size", raw, checks=(_block_size,), example=24),
     Field("nodeSelector", "node_selector", string, example="has(egress)"),
-    Field("allowDisruptive", "allow_disruptive", boolean, example=True),
+    Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True),
 ))
 
 CNI = Section(CniSettings, (
     nested("flannel", "flannel", FLANNEL, omit_none=True),
     nested("calico", "calico", CALICO, omit_none=True),
+    Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True),
 ))
 
 SPEC = Section(Spec, (

@@ -27,8 +27,17 @@ the smallest extension the backends' contract needs (``_Emulator``):
   walks the whole history for every request: quadratic over a long test); use
   :meth:`EmulatedApiServer.requests` for the full log.
 
-Server-side apply and ``dryRun`` are not emulated (kmock would apply either as a
-plain merge patch); the backends use JSON merge patches, which it serves.
+* server-side apply (``PATCH`` with ``application/apply-patch+yaml``): the
+  ``fieldManager`` is required (400 without it); a missing object is created;
+  ``metadata.resourceVersion`` in the body is a precondition (409); the
+  top-level ``spec`` fields each manager applied are recorded in
+  ``metadata.managedFields`` (``fieldsV1``, as the real server writes them); a
+  field another manager applied with a different value is a 409 conflict unless
+  ``force=true``; a field the manager applied before and leaves out now is
+  removed (unless another manager applied it too). Ownership is tracked per
+  top-level ``spec`` field only, and only for apply requests.
+
+``dryRun`` is not emulated (kmock would act on the request).
 """
 
 from __future__ import annotations
@@ -131,6 +140,14 @@ _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotF
             500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
 
 
+def _applied_spec_fields(entry: Mapping[str, Any]) -> list[str]:
+    """The top-level ``spec`` fields one ``managedFields`` entry of an apply owns."""
+    if entry.get("operation") != "Apply":
+        return []
+    spec = ((entry.get("fieldsV1") or {}).get("f:spec")) or {}
+    return [name[2:] for name in spec if name.startswith("f:")]
+
+
 def _emulator_class() -> type[Any]:
     """The extended emulator class (built lazily: kmock is a test-only dependency)."""
     import kmock  # noqa: PLC0415 - test-only dependency
@@ -181,6 +198,73 @@ def _emulator_class() -> type[Any]:
                 return None
             return self._objects[key]
 
+        def _server_side_apply(self, request: Any) -> tuple[dict[str, Any], bool]:
+            """Serve one apply request (see the module docs); returns the stored object."""
+            manager = request.params.get("fieldManager")
+            if not manager:
+                raise KubernetesError(status=400, reason="BadRequest",
+                                      message="PATCH /apply: fieldManager is required for apply "
+                                              "requests", details={"name": request.name or ""})
+            force = str(request.params.get("force", "")).lower() == "true"
+            data = copy.deepcopy(request.data) if isinstance(request.data, dict) else {}
+            key = (request.resource, request.namespace, request.name)
+            stored = self._stored(request)
+            body_meta = data.get("metadata") or {}
+            given = data.get("spec")
+            spec: dict[str, Any] = given if isinstance(given, dict) else {}
+            applied_fields = sorted(spec)
+            if stored is None:
+                raw: dict[str, Any] = data
+                metadata = raw.setdefault("metadata", {})
+                metadata["uid"] = str(uuid.uuid4())
+                metadata.setdefault("creationTimestamp", datetime.datetime.now(
+                    tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                managed: list[dict[str, Any]] = []
+            else:
+                raw = copy.deepcopy(stored.raw)
+                metadata = raw.setdefault("metadata", {})
+                wanted = body_meta.get("resourceVersion")
+                if wanted is not None and str(wanted) != str(metadata.get("resourceVersion")):
+                    raise KubernetesError(
+                        status=409, reason="Conflict",
+                        message=f'Operation cannot be fulfilled on {request.resource.plural} '
+                                f'"{request.name}": the object has been modified; please apply '
+                                "your changes to the latest version and try again",
+                        details={"name": request.name or ""})
+                managed = list(metadata.get("managedFields") or [])
+                current = raw.setdefault("spec", {})
+                owners = {e.get("manager"): _applied_spec_fields(e) for e in managed}
+                clashes = sorted(
+                    (field, owner) for owner, fields in owners.items() if owner != manager
+                    for field in fields if field in spec and current.get(field) != spec[field])
+                if clashes and not force:
+                    listed = ", ".join(f'conflict with "{o}": .spec.{f}' for f, o in clashes)
+                    raise KubernetesError(status=409, reason="Conflict",
+                                          message=f"Apply failed with {len(clashes)} "
+                                                  f"conflict(s): {listed}",
+                                          details={"name": request.name or ""})
+                others = {f for owner, fields in owners.items() if owner != manager
+                          for f in fields}
+                for field in owners.get(manager, ()):
+                    if field not in spec and field not in others:
+                        current.pop(field, None)
+                current.update(spec)
+                for part in ("labels", "annotations"):
+                    if isinstance(body_meta.get(part), dict):
+                        metadata.setdefault(part, {}).update(body_meta[part])
+            managed = [e for e in managed if e.get("manager") != manager]
+            if force:  # forced: the fields taken over are no longer the others'
+                for entry in managed:
+                    fields = [f for f in _applied_spec_fields(entry) if f not in spec]
+                    entry["fieldsV1"] = {"f:spec": {f"f:{f}": {} for f in fields}}
+            managed.append({"manager": manager, "operation": "Apply",
+                            "apiVersion": raw.get("apiVersion", ""), "fieldsType": "FieldsV1",
+                            "fieldsV1": {"f:spec": {f"f:{f}": {} for f in applied_fields}}})
+            metadata["managedFields"] = managed
+            metadata["resourceVersion"] = self.next_version()
+            self.objects[key] = raw
+            return copy.deepcopy(raw), stored is None
+
         async def _handle(self, request: Any) -> Any:
             self.log.append((str(request.method.value), request.url.path,
                              copy.deepcopy(request.data)))
@@ -197,6 +281,14 @@ def _emulator_class() -> type[Any]:
                                              f" {request.url.path}",
                     details={"name": request.name or ""})
             action = request.action
+            content_type = str(request.headers.get("Content-Type", ""))
+            if (request.resource is not None and str(request.method.value) == "PATCH"
+                    and content_type.startswith("application/apply-patch")):
+                import aiohttp.web  # noqa: PLC0415 - test-only dependency (via kmock)
+
+                async with self._lock:
+                    stored, created = self._server_side_apply(request)
+                return aiohttp.web.json_response(stored, status=201 if created else 200)
             data = request.data if isinstance(request.data, dict) else None
             if request.resource is not None and action is not None:
                 self._precondition(request, str(action.value), data)

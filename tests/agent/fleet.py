@@ -49,7 +49,9 @@ def spec_text(*, second: bool = False, extra: int = 0) -> str:
     """The fleet's spec: the service's /24 (+ 192.168.3.0/24, + ``extra`` routes)."""
     lines = ["apiVersion: k3snet.io/v1alpha1", "kind: EgressSpec",
              "backends: [netlink, nftables, calico]", "cni:", "  calico: {}", "destinations:",
-             "  - cidr: 192.168.2.0/24", "    gateway: 192.168.1.1", "    device: eth0"]
+             "  - cidr: 192.168.2.0/24", "    gateway: 192.168.1.1", "    device: eth0",
+             # Exempt from NAT: the one IPPool k3snet writes (the leader only).
+             "  - cidr: 172.20.0.0/16", "    masquerade: false"]
     if second:
         lines += ["  - cidr: 192.168.3.0/24", "    gateway: 192.168.1.1", "    device: eth0"]
     for n in range(extra):
@@ -85,8 +87,9 @@ class Fleet:
         self.logs: dict[int, Path] = {}
         self._wire()
         self.server = self._serve()
+        # The CRDs only (no Calico API server): the agents' calico backend finds them.
         self.api = stack.enter_context(EmulatedApiServer(
-            resources=CALICO_RESOURCES + AGENT_RESOURCES))
+            resources=CALICO_RESOURCES[:1] + AGENT_RESOURCES))
         self.kubeconfig = self.tmp / "kubeconfig"
         self.kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "fleet",
@@ -96,6 +99,11 @@ class Fleet:
         }))
         for i in range(NODES):
             self.api.put("v1/nodes", {"metadata": {"name": self.name(i)}})
+        # Calico's default pool is the pod CIDR (k3snet never creates an enabled pool).
+        self.api.put("crd.projectcalico.org/v1/ippools", {
+            "apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+            "metadata": {"name": "default-ipv4-ippool"},
+            "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
         stack.callback(self.stop_agents)
 
     # ------------------------------------------------------------ the network

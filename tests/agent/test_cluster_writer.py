@@ -69,6 +69,10 @@ def server() -> Iterator[EmulatedApiServer]:
     with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
         for name in ("node-a", "node-b"):
             srv.put("v1/nodes", {"metadata": {"name": name}})
+        # Calico's own default pool: the pod CIDR must be a pool (k3snet never creates one).
+        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                        "metadata": {"name": "default-ipv4-ippool"},
+                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
         yield srv
 
 
@@ -114,7 +118,7 @@ def test_only_the_lease_holder_writes_pools_and_the_other_takes_over(
     assert (first.status, first.leader) == ("ok", True)
     assert _holder(server) == "node-a"
     pools = sorted(p["metadata"]["name"] for p in server.objects(POOLS))
-    assert pools == ["k3snet-nonat-172-20-0-0-16", "k3snet-pods-10-42-0-0-16"]
+    assert pools == ["default-ipv4-ippool", "k3snet-nonat-172-20-0-0-16"]
     writes = len(_pool_writes(server))
 
     second = b.run_pass()
@@ -222,6 +226,6 @@ def test_a_node_that_is_no_candidate_never_writes_pools(
     result = agent.run_pass()
     assert (result.status, result.leader) == ("ok", False)
     assert len(memory.state.owned) == 4
-    assert server.objects(POOLS) == []
+    assert [p["metadata"]["name"] for p in server.objects(POOLS)] == ["default-ipv4-ippool"]
     assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
     agent.shutdown()

@@ -93,8 +93,9 @@ def test_all_converge_and_every_pod_is_masqueraded_to_its_node(fleet: Fleet) -> 
     assert holder in {fleet.name(i) for i in range(NODES)}
     leaders = [i for i in range(NODES) if (fleet.result(i) or {}).get("leader")]
     assert [fleet.name(i) for i in leaders] == [holder]
+    # Calico's default pool meets the pod CIDR; the exemption is k3snet's one pool.
     assert sorted(p["metadata"]["name"] for p in fleet.api.objects(POOLS)) == [
-        "k3snet-pods-10-42-0-0-16"]
+        "default-ipv4-ippool", "k3snet-nonat-172-20-0-0-16"]
     pool_writers = [m for m, p, _ in fleet.api.requests() if "/ippools" in p
                     and m in ("POST", "PATCH", "PUT", "DELETE")]
     assert len(pool_writers) == 1
@@ -203,12 +204,12 @@ def test_the_leader_killed_another_takes_over_cluster_wide_writes(fleet: Fleet) 
     leader = int(holder.rsplit("-", 1)[1])
     started = time.monotonic()
     fleet.kill_agent(leader, signal.SIGKILL)
-    assert fleet.api.delete(POOLS, "k3snet-pods-10-42-0-0-16")
+    assert fleet.api.delete(POOLS, "k3snet-nonat-172-20-0-0-16")
 
     def taken_over() -> bool:
         new = fleet.holder()
         return (new not in (None, holder)
-                and fleet.api.get(POOLS, "k3snet-pods-10-42-0-0-16") is not None)
+                and fleet.api.get(POOLS, "k3snet-nonat-172-20-0-0-16") is not None)
 
     wait_for("another agent takes the Lease and writes the pool", taken_over)
     FIGURES["leader SIGKILL to pool rewritten by the new leader (s, lease 3 s)"] = round(

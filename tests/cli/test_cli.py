@@ -373,3 +373,54 @@ def test_facts_are_read_only_for_backends_acting_on_the_local_node(
 
     monkeypatch.setattr(cli, "gather_facts", no_facts)
     assert main(["plan", "-f", str(SEED), "--backend", "memory"]) == 2
+
+
+def test_allow_disruptive_flag_spec_key_and_marks(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from k3snet import MemoryBackend, State, Sysctl, register_backend  # noqa: PLC0415
+    from k3snet.backends.kit import ALLOW_DISRUPTIVE  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from k3snet.planner import Change  # noqa: PLC0415
+
+    built: list[bool] = []
+
+    class Cni(MemoryBackend):
+        """Any backend of the contract (not calico): the CLI asks it, not a calico import."""
+
+        def __init__(self, *, allow_disruptive: bool = False) -> None:
+            super().__init__(State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+            self.allow_disruptive = allow_disruptive
+            self.warnings = ("IPPool p: field spec.blocksize is dropped",)
+            built.append(allow_disruptive)
+
+        def disruptive(self, change: Change) -> str | None:
+            return "it re-addresses every pod" if change.action == "delete" else None
+
+    register_backend("memory-cni", Cni)
+    try:
+        args = ["plan", "-f", str(SEED), "--backend", "memory-cni", "--no-facts"]
+        assert main(args) == 2
+        out = capsys.readouterr().out
+        line = [x for x in out.splitlines() if x.startswith("!! disruptive:")]
+        assert line == [f"!! disruptive: - sysctl net.ipv4.conf.all.rp_filter = 2: it "
+                        f"re-addresses every pod; apply refuses it unless allowed "
+                        f"({ALLOW_DISRUPTIVE})"]
+        assert "!! warning: IPPool p: field spec.blocksize is dropped" in out
+        assert main([*args, "--allow-disruptive"]) == 2
+        assert "re-addresses every pod; allowed" in capsys.readouterr().out
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SEED.read_text() + "cni:\n  allowDisruptive: true\n")
+        assert main(["plan", "-f", str(spec), "--backend", "memory-cni", "--no-facts"]) == 2
+        assert "re-addresses every pod; allowed" in capsys.readouterr().out
+        assert built == [False, True, True]
+        main([*args, "--output", "json"])
+        document = json.loads(capsys.readouterr().out)
+        assert document["warnings"] == ["IPPool p: field spec.blocksize is dropped"]
+        from tests.cli.test_schemas import validate  # noqa: PLC0415 - the schemas' validator
+
+        validate(document, "plan")
+    finally:
+        unregister_backend("memory-cni")
+    # The flag every hint names exists where it is needed.
+    for command in (["plan", "-f", "x"], ["apply", "-f", "x"], ["agent", "-f", "x"]):
+        assert build_parser().parse_args([*command, "--allow-disruptive"]).allow_disruptive

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import attrs
 import pytest
 
 from k3snet.backends.calico import (
@@ -14,7 +15,7 @@ from k3snet.backends.calico import (
     pool_from_resource,
 )
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
-from k3snet.model.cni import IPPool, pool_name
+from k3snet.model.cni import CalicoNatDestination, CalicoPodCIDR, CalicoPools, IPPool, pool_name
 from k3snet.model.state import State, object_from_dict
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import (
@@ -59,6 +60,15 @@ FOREIGN = (
 
 @pytest.fixture
 def seeded(api_server: EmulatedApiServer) -> EmulatedApiServer:
+    """The foreign pools k3snet can read (an unreadable one blocks every new pool)."""
+    for resource in FOREIGN[:2]:
+        api_server.put(CRD, resource)
+    return api_server
+
+
+@pytest.fixture
+def seeded_all(api_server: EmulatedApiServer) -> EmulatedApiServer:
+    """Every foreign pool of :data:`FOREIGN`, the unreadable one too."""
     for resource in FOREIGN:
         api_server.put(CRD, resource)
     return api_server
@@ -79,6 +89,7 @@ def _pools(objects: Iterable[object]) -> dict[str, IPPool]:
 
 
 def _backend(client: Any, **options: Any) -> CalicoBackend:
+    options.setdefault("api", "crd")  # the emulator serves both APIs; these tests seed the CRDs
     return CalicoBackend(api_client=client, timeout=0.5, **options)
 
 
@@ -86,13 +97,13 @@ def _backend(client: Any, **options: Any) -> CalicoBackend:
 
 
 def test_crd_backend_conforms_and_never_touches_foreign_pools(
-    seeded: EmulatedApiServer, api_client: Any
+    seeded_all: EmulatedApiServer, api_client: Any
 ) -> None:
-    foreign = _foreign_snapshot(seeded)
+    foreign = _foreign_snapshot(seeded_all)
     run_conformance(lambda: _backend(api_client, allow_disruptive=True), objects=ippools(),
                     max_examples=20)
-    assert _foreign_snapshot(seeded) == foreign  # byte-equal, resourceVersions included
-    assert _owned_snapshot(seeded) == {}
+    assert _foreign_snapshot(seeded_all) == foreign  # byte-equal, resourceVersions included
+    assert _owned_snapshot(seeded_all) == {}
 
 
 def test_v3_backend_found_by_discovery_conforms(
@@ -130,19 +141,22 @@ def test_compile_turns_the_masquerade_policy_into_pools() -> None:
         Destination("172.20.0.0/16", masquerade=False),
     ])
     pools = _pools(compile_ippools(spec))
+    # Only exemptions become pools (disabled ones): never an enabled pod pool.
     assert sorted(pools) == [
         "k3snet-nonat-172-20-0-0-16",
         "k3snet-nonat-192-168-2-16-29",
         "k3snet-nonat-192-168-2-8-29",
-        "k3snet-pods-10-42-0-0-16",
     ]
-    pods = pools["k3snet-pods-10-42-0-0-16"]
-    assert pods.nat_outgoing
-    assert not pods.disabled
     exempt = pools["k3snet-nonat-192-168-2-8-29"]
     assert exempt.disabled
     assert not exempt.nat_outgoing
     assert exempt.block_size == 29  # a pool is at least one block
+    expectations = {o.describe() for o in compile_ippools(spec).owned if o.expectation}
+    assert expectations == {
+        "calico every IPPool readable",
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing",
+        "calico masquerades pods to 192.168.2.0/24 except 192.168.2.8/29, 192.168.2.16/29",
+    }
     assert compile_ippools(spec) == compile_ippools(spec)  # deterministic
 
 
@@ -159,25 +173,32 @@ def test_compile_mode_all_and_off() -> None:
                if e.version == p.version)
     assert not any(str(e).startswith("169.254.") for e in exempt)
     assert sum(e.num_addresses for e in exempt if e.version == 4) == 2**24 - 2**16
-    pools = _pools(compile_ippools(spec)).values()
-    assert {p.name for p in pools if not p.disabled} == {"k3snet-pods-10-42-0-0-16",
-                                                          "k3snet-pods-fd00-42---56"}
+    assert all(p.disabled for p in _pools(compile_ippools(spec)).values())
+    pods = [o for o in compile_ippools(spec) if isinstance(o, CalicoPodCIDR)]
+    assert [(str(p.cidr), p.nat_outgoing) for p in pods] == [("10.42.0.0/16", True),
+                                                             ("fd00:42::/56", True)]
     off = Spec(destinations=[Destination("192.168.2.0/24", masquerade=False)],
                masquerade=MasqueradePolicy("off"))
-    assert [(p.name, p.nat_outgoing) for p in _pools(compile_ippools(off)).values()] == [
-        ("k3snet-pods-10-42-0-0-16", False)]
+    assert _pools(compile_ippools(off)) == {}
+    assert [(str(o.cidr), o.nat_outgoing) for o in compile_ippools(off)
+            if isinstance(o, CalicoPodCIDR)] == [("10.42.0.0/16", False)]
+    # In mode off nothing is masqueraded: no destination expects Calico's NAT.
+    assert not [o for o in compile_ippools(off) if isinstance(o, CalicoNatDestination)]
 
 
-def test_the_default_pool_meets_the_pod_pool(seeded: EmulatedApiServer, api_client: Any) -> None:
+def test_the_default_pool_meets_the_pod_cidr(seeded: EmulatedApiServer,
+                                             api_client: Any) -> None:
     backend = _backend(api_client)
     spec = Spec(destinations=[Destination("192.168.3.0/24", masquerade=False)])
     p = plan(backend.observe(), compile_ippools(spec))
     assert [str(c) for c in p] == ["+ ippool k3snet-nonat-192-168-3-0-24 192.168.3.0/24 "
                                    "disabled blockSize=26"]
-    assert [(n.status, *_pools([n.foreign])) for n in p.notes] == [("met",
-                                                                     "default-ipv4-ippool")]
+    assert [(n.status, n.wanted.describe()) for n in p.notes] == [
+        ("met", "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing")]
     backend.apply(p)
-    assert plan(backend.observe(), compile_ippools(spec)).empty
+    again = plan(backend.observe(), compile_ippools(spec))
+    assert again.empty
+    assert not again.conflicts
     # An exemption already covered by a foreign pool is met too, not duplicated.
     covered = Spec(destinations=[Destination("192.168.2.0/24", exclude=["192.168.2.0/26"])])
     notes = plan(backend.observe(), compile_ippools(covered)).notes
@@ -187,31 +208,60 @@ def test_the_default_pool_meets_the_pod_pool(seeded: EmulatedApiServer, api_clie
 # ---------------------------------------------------------------- minimal writes
 
 
-def test_a_change_patches_only_the_differing_fields(
+def test_a_change_is_a_server_side_apply_by_k3snet(
     seeded: EmulatedApiServer, api_client: Any
 ) -> None:
     backend = _backend(api_client)
     pool = IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)
     backend.apply(plan(backend.observe(), State(owned=[pool])))
+    method, path, body = seeded.requests()[-1]
+    assert (method, path) == ("POST", "/apis/crd.projectcalico.org/v1/ippools")  # create: POST
     # Someone (Calico's API server, an admin) adds a field k3snet does not model.
     stored = seeded.get(CRD, "k3snet-pods-a")
     assert stored is not None
-    stored["spec"]["allowedUses"] = ["Workload"]
+    stored["spec"]["someFutureField"] = "kept"
     read_version = seeded.put(CRD, stored)["metadata"]["resourceVersion"]
     changed = IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False, vxlan_mode="Always")
     p = plan(backend.observe(), State(owned=[changed]))
     assert [c.action for c in p] == ["replace"]
     assert disruptive_changes(p) == ()
     result = backend.apply(p)
-    assert result.operations == 2  # one list, one patch
+    assert result.operations == 2  # one list, one apply
     method, path, body = seeded.requests()[-1]
     assert (method, path) == ("PATCH", "/apis/crd.projectcalico.org/v1/ippools/k3snet-pods-a")
-    assert body["spec"] == {"natOutgoing": False, "vxlanMode": "Always"}
-    assert body["metadata"] == {"resourceVersion": read_version}  # conditional on what was read
+    assert body["spec"] == changed.to_spec()  # the whole configuration k3snet manages
+    assert body["metadata"]["resourceVersion"] == read_version  # conditional on what was read
     after = seeded.get(CRD, "k3snet-pods-a")
     assert after is not None
-    assert after["spec"]["allowedUses"] == ["Workload"]
+    assert after["spec"]["someFutureField"] == "kept"
+    managers = {e["manager"]: e for e in after["metadata"]["managedFields"]}
+    assert managers["k3snet"]["operation"] == "Apply"
+    assert "f:natOutgoing" in managers["k3snet"]["fieldsV1"]["f:spec"]
     assert backend.observe().owned == {changed}
+
+
+def test_a_field_another_manager_applied_is_a_conflict_never_forced(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    from kubernetes import client  # noqa: PLC0415 - optional dependency
+
+    backend = _backend(api_client)
+    pool = IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)
+    backend.apply(plan(backend.observe(), State(owned=[pool])))
+    # An admin takes natOutgoing over with their own server-side apply.
+    client.CustomObjectsApi(api_client).patch_cluster_custom_object(
+        "crd.projectcalico.org", "v1", "ippools", "k3snet-pods-a",
+        {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+         "metadata": {"name": "k3snet-pods-a"}, "spec": {"natOutgoing": False}},
+        field_manager="admin", force=True, _content_type="application/apply-patch+yaml")
+    admin = backend.observe()
+    (owned,) = admin.owned
+    p = plan(admin, State(owned=[IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True,
+                                        vxlan_mode="Always")]))
+    with pytest.raises(ApplyError, match=r'apply IPPool k3snet-pods-a .*conflict \(409\).*'
+                                         r'conflict with "admin": .spec.natOutgoing'):
+        backend.apply(p)
+    assert backend.observe().owned == {owned}  # nothing changed
 
 
 def test_disruptive_replace_is_marked_and_refused_unless_allowed(
@@ -224,11 +274,16 @@ def test_disruptive_replace_is_marked_and_refused_unless_allowed(
     p = plan(backend.observe(), State(owned=[new]))
     (change,) = disruptive_changes(p)
     assert disruptive_fields(change) == ("cidr", "blockSize")
+    reason = backend.disruptive(change)
+    assert reason is not None
+    assert "changing IPPool k3snet-pods-a's cidr, blockSize" in reason
     (problem,) = backend.check(p)
-    assert "IPPool k3snet-pods-a: changing cidr, blockSize" in problem
-    assert "allow_disruptive=True" in problem
+    assert reason in problem
+    # The hint names the three ways that exist, in the contract's exact words.
+    assert ("cni.allowDisruptive: true in the spec, --allow-disruptive on the CLI, or "
+            "allow_disruptive=True in the library") in problem
     before = _owned_snapshot(seeded)
-    with pytest.raises(PlanError, match="IPPool k3snet-pods-a: changing cidr, blockSize"):
+    with pytest.raises(PlanError, match="changing IPPool k3snet-pods-a's cidr, blockSize"):
         backend.apply(p)
     assert _owned_snapshot(seeded) == before
     allowed = _backend(api_client, allow_disruptive=True)
@@ -239,7 +294,25 @@ def test_disruptive_replace_is_marked_and_refused_unless_allowed(
     assert allowed.observe().owned == {new}
 
 
-def test_plans_naming_foreign_pools_are_refused(seeded: EmulatedApiServer, api_client: Any) -> None:
+def test_deleting_an_enabled_pool_is_disruptive_disabling_it_is_not(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    backend = _backend(api_client)
+    legacy = IPPool("k3snet-pods-10-42-0-0-16", "10.44.0.0/16", nat_outgoing=True)
+    backend.apply(plan(backend.observe(), State(owned=[legacy])))
+    delete = plan(backend.observe(), State())
+    (problem,) = backend.check(delete)
+    assert "deleting enabled IPPool k3snet-pods-10-42-0-0-16" in problem
+    disable = plan(backend.observe(), State(owned=[attrs.evolve(legacy, disabled=True)]))
+    assert backend.check(disable) == ()
+    backend.apply(disable)
+    assert backend.check(plan(backend.observe(), State())) == ()  # a disabled one may go
+
+
+def test_plans_naming_foreign_pools_are_refused(
+    seeded_all: EmulatedApiServer, api_client: Any
+) -> None:
+    seeded = seeded_all
     backend = _backend(api_client)
     before = _foreign_snapshot(seeded)
     foreign = _pools(backend.observe().foreign)["default-ipv4-ippool"]
@@ -254,10 +327,21 @@ def test_plans_naming_foreign_pools_are_refused(seeded: EmulatedApiServer, api_c
 # ---------------------------------------------------------------- bad input and API failures
 
 
-def test_invalid_cidrs(seeded: EmulatedApiServer, api_client: Any) -> None:
+def test_invalid_cidrs(seeded_all: EmulatedApiServer, api_client: Any) -> None:
+    seeded = seeded_all
     backend = _backend(api_client)
-    # A foreign pool k3snet cannot model is skipped, not fatal, and left alone.
-    assert "broken" not in _pools(backend.observe().foreign)
+    # A foreign pool k3snet cannot model is not modelled as a pool, and is left alone...
+    observed = backend.observe()
+    assert "broken" not in _pools(observed.foreign)
+    # ... but it is never skipped: it is a conflict naming it, and no pool goes next to it.
+    (pools,) = [o for o in observed.foreign if isinstance(o, CalicoPools)]
+    assert [name for name, _ in pools.invalid] == ["broken"]
+    spec = Spec(destinations=[Destination("172.20.0.0/16", masquerade=False)])
+    p = plan(observed, compile_ippools(spec))
+    assert p.empty
+    reasons = [n.reason or "" for n in p.conflicts]
+    assert len(reasons) == 2  # the readability expectation, and the exemption pool
+    assert all("IPPool broken: '10.77.0.1/16'" in r for r in reasons)
     with pytest.raises(ModelError, match=r"'10.0.0.0/33' is not a valid CIDR"):
         IPPool("x", "10.0.0.0/33")
     # A pool labelled as k3snet's with an invalid CIDR is an error naming it.
@@ -305,13 +389,13 @@ def test_a_failed_create_rolls_back_what_was_done(
     assert error.failed == p.changes[1]
     assert error.done == p.changes[:1]
     assert [c.action for c in error.rolled_back] == ["delete"]
-    assert "the IP pools are as they were" in str(error)
+    assert "(the 1 change(s) made before it were undone)" in str(error)
     assert _owned_snapshot(seeded) == {}
     assert _foreign_snapshot(seeded) == foreign
 
 
 def test_a_timeout_in_the_middle_is_undone(seeded: EmulatedApiServer, api_client: Any) -> None:
-    backend = _backend(api_client)
+    backend = _backend(api_client, allow_disruptive=True)  # the plan deletes an enabled pool
     backend.apply(plan(backend.observe(), _three_pools()))
     before = _owned_snapshot(seeded)
     desired = State(owned=[IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False),
@@ -319,7 +403,7 @@ def test_a_timeout_in_the_middle_is_undone(seeded: EmulatedApiServer, api_client
     p = plan(backend.observe(), desired)
     assert [c.action for c in p] == ["delete", "replace"]
     seeded.fail(504, method="PATCH", name="k3snet-pods-a", delay=1.5)
-    with pytest.raises(ApplyError, match=r"patch IPPool k3snet-pods-a \(natOutgoing\): no answer "
+    with pytest.raises(ApplyError, match=r"apply IPPool k3snet-pods-a \(natOutgoing\): no answer "
                                          r"from the API server within 0.5s"):
         backend.apply(p)
     assert _owned_snapshot(seeded) == before  # the deleted pool is back
@@ -347,7 +431,7 @@ def test_a_pool_changed_meanwhile_gives_409_and_nothing(
         return listing
 
     monkeypatch.setattr(CalicoBackend, "_list", someone_edits_after_the_read)
-    with pytest.raises(ApplyError, match=r"patch IPPool k3snet-pods-b \(natOutgoing\): conflict "
+    with pytest.raises(ApplyError, match=r"apply IPPool k3snet-pods-b \(natOutgoing\): conflict "
                                          r"\(409\)") as info:
         backend.apply(p)
     assert [c.action for c in info.value.rolled_back] == ["replace"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from k3snet.backends.calico import pool_from_resource
+from k3snet.model.cni import CalicoPodCIDR
 from k3snet.spec import Destination, MasqueradePolicy, Spec, compile_ippools
 
 
@@ -25,6 +26,6 @@ def test_a_pool_without_nat_outgoing_does_not_masquerade() -> None:
 def test_pod_pools_masquerade_in_every_mode_but_off(mode: str, nat: bool) -> None:
     spec = Spec(destinations=[Destination("192.168.2.0/24")],
                 masquerade=MasqueradePolicy(mode=mode))  # type: ignore[arg-type]
-    pods = [p for p in compile_ippools(spec).owned if p.name.startswith("k3snet-pods-")]
+    pods = [p for p in compile_ippools(spec).owned if isinstance(p, CalicoPodCIDR)]
     assert pods
     assert {p.nat_outgoing for p in pods} == {nat}

@@ -396,7 +396,8 @@ def test_calico_gets_ippools_cluster_wide() -> None:
     objs = _render("calico")
     role = _one(objs, "ClusterRole", AGENT_NAME)
     assert role["rules"] == [{
-        "apiGroups": ["crd.projectcalico.org"],
+        # Both: the backend finds the API by discovery (v3 with the Calico API server).
+        "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
         "resources": ["ippools"],
         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
     }]

@@ -11,7 +11,7 @@ import pytest
 from k3snet import Plan, Spec, SpecError, State, plan
 from k3snet.backends.group import BackendGroup
 from k3snet.converge import compile_for
-from k3snet.model import FlannelConfig, FlannelNetworks, IPPool
+from k3snet.model import CalicoPodCIDR, FlannelConfig, FlannelNetworks, IPPool
 from k3snet.planner import Note
 from k3snet.spec import compile as compile_spec
 
@@ -106,9 +106,12 @@ def test_flannel_takes_one_network_per_family() -> None:
 
 def test_calico_settings_compile_to_pools() -> None:
     spec = Spec.from_dict({"cni": {"calico": {"ipipMode": "Always", "blockSize": 24}}})
-    pools = [o for o in compile_spec(spec) if isinstance(o, IPPool)]
-    assert [p.describe() for p in pools] == [
-        "ippool k3snet-pods-10-42-0-0-16 10.42.0.0/16 natOutgoing ipipMode=Always blockSize=24"]
+    # Never an enabled pool: the pod CIDR must be a pool with those settings (an expectation).
+    assert [o for o in compile_spec(spec) if isinstance(o, IPPool)] == []
+    (pods,) = [o for o in compile_spec(spec) if isinstance(o, CalicoPodCIDR)]
+    assert pods.describe() == ('calico pod CIDR 10.42.0.0/16 is a pool natOutgoing '
+                               'blockSize=24 ipipMode="Always"')
+    assert pods.expectation
     with pytest.raises(SpecError, match=r"cni.calico.blockSize: expected 20..32"):
         Spec.from_dict({"cni": {"calico": {"blockSize": 2}}})
     with pytest.raises(SpecError, match=r"cluster.podCIDRs"):  # an IPv4 block for IPv6 pods

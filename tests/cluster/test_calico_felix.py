@@ -1,0 +1,435 @@
+"""Calico as Felix behaves: clusters shaped like the ones users post, judged by what Calico does.
+
+Each cluster is seeded from a ``kubectl get ippools -o yaml`` style ``List``
+document into the emulated API server, read by the real backend, and planned
+against a spec. Every rule of issue 11 (item 1) has a test here that fails
+without the code that makes it true.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from k3snet.backends.calico import CalicoBackend, read_pool
+from k3snet.backends.kit import ALLOW_DISRUPTIVE, disruptive_problems
+from k3snet.converge import converge
+from k3snet.errors import ConflictError, ModelError, PlanError
+from k3snet.model.cni import CalicoPools, IPPool
+from k3snet.model.state import State
+from k3snet.planner import Change, Plan, plan
+from k3snet.spec import Spec, compile_ippools
+from k3snet.spec import compile as compile_spec
+from k3snet.testing.kube import EmulatedApiServer
+
+pytestmark = pytest.mark.cluster
+
+CRD = "crd.projectcalico.org/v1/ippools"
+V3 = "projectcalico.org/v3/ippools"
+
+# Calico issue #7345: a second pool for the pods, and the destination 192.168.2.0/24
+# inside the installation's default pool 192.168.0.0/16.
+ISSUE_7345 = """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: crd.projectcalico.org/v1
+  kind: IPPool
+  metadata:
+    name: default-ipv4-ippool
+  spec:
+    allowedUses: [Workload, Tunnel]
+    blockSize: 26
+    cidr: 192.168.0.0/16
+    ipipMode: Always
+    natOutgoing: true
+    nodeSelector: all()
+    vxlanMode: Never
+- apiVersion: crd.projectcalico.org/v1
+  kind: IPPool
+  metadata:
+    name: new-pool
+  spec:
+    blockSize: 26
+    cidr: 10.42.0.0/16
+    ipipMode: Always
+    natOutgoing: true
+    nodeSelector: all()
+metadata:
+  resourceVersion: ""
+"""
+
+# A K3s cluster installed with the tigera operator: VXLAN CrossSubnet on the K3s pod CIDR.
+K3S_CROSS_SUBNET = """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: crd.projectcalico.org/v1
+  kind: IPPool
+  metadata:
+    name: default-ipv4-ippool
+    labels: {app.kubernetes.io/managed-by: tigera-operator}
+  spec:
+    allowedUses: [Workload, Tunnel]
+    blockSize: 26
+    cidr: 10.42.0.0/16
+    ipipMode: Never
+    natOutgoing: true
+    nodeSelector: all()
+    vxlanMode: CrossSubnet
+"""
+
+SPEC_7345 = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+destinations:
+  - cidr: 192.168.2.0/24
+cni:
+  calico: {}
+"""
+
+
+def _seed(server: EmulatedApiServer, document: str, resource: str = CRD) -> None:
+    data = yaml.safe_load(document)
+    assert data["kind"] == "List"
+    for item in data["items"]:
+        server.put(resource, item)
+
+
+def _backend(server: EmulatedApiServer, **options: Any) -> CalicoBackend:
+    options.setdefault("api", "crd")
+    return CalicoBackend(api_client=server.api_client(), timeout=2.0, **options)
+
+
+def _pool(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def _plan(backend: CalicoBackend, spec: Spec) -> Plan:
+    """Plan as ``k3snet plan`` does: the spec compiled with its ``cni.calico`` settings."""
+    return plan(backend.observe(), compile_spec(spec).only(backend.capabilities))
+
+
+# ---------------------------------------------------------------- destinations inside pools
+
+
+def test_issue_7345_a_destination_inside_a_pool_is_a_conflict(
+    api_server: EmulatedApiServer,
+) -> None:
+    _seed(api_server, ISSUE_7345)
+    backend = _backend(api_server)
+    p = _plan(backend, Spec.from_yaml(SPEC_7345))
+    assert p.empty  # nothing to write ...
+    (conflict,) = p.conflicts  # ... but not "nothing to do"
+    assert conflict.wanted.describe() == "calico masquerades pods to 192.168.2.0/24"
+    reason = conflict.reason or ""
+    assert "inside IPPool default-ipv4-ippool 192.168.0.0/16" in reason
+    assert "Calico will not NAT it" in reason
+    assert "nftables or iptables backend" in reason  # the fix, both ways out
+    assert "make the pool narrower" in reason
+    assert "! calico masquerades pods to 192.168.2.0/24" in p.render()
+    # The pod CIDR is new-pool: met.
+    assert [n.wanted.describe() for n in p.met] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing"]
+    with pytest.raises(ConflictError, match="Calico will not NAT it"):
+        converge(backend, compile_ippools(Spec.from_yaml(SPEC_7345)))
+
+
+def test_a_disabled_pool_blocks_nat_too(api_server: EmulatedApiServer) -> None:
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("lan", cidr="192.168.2.0/25", disabled=True))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345))
+    (conflict,) = p.conflicts
+    assert "lan 192.168.2.0/25 (disabled)" in (conflict.reason or "")
+
+
+def test_an_excluded_part_inside_a_pool_is_no_conflict(api_server: EmulatedApiServer) -> None:
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("lan", cidr="192.168.2.0/25", disabled=True))
+    spec = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                            "  - cidr: 192.168.2.0/24\n"
+                                            "    exclude: [192.168.2.0/25]\n"))
+    p = _plan(_backend(api_server), spec)
+    assert not p.conflicts  # that part is exempt on purpose, and the pool already exempts it
+
+
+# ---------------------------------------------------------------- pod CIDRs must be pools
+
+
+def test_a_pod_cidr_that_is_not_a_pool_is_a_conflict_never_a_new_pool(
+    api_server: EmulatedApiServer,
+) -> None:
+    _seed(api_server, K3S_CROSS_SUBNET)
+    backend = _backend(api_server)
+    spec = Spec.from_yaml(SPEC_7345.replace("10.42.0.0/16", "10.52.0.0/16"))
+    p = _plan(backend, spec)
+    assert not [c for c in p.changes if c.action == "add"]  # no "+ ippool ... natOutgoing"
+    (conflict,) = p.conflicts
+    assert "pod CIDR 10.52.0.0/16 is not a Calico IPPool" in (conflict.reason or "")
+    assert "k3snet does not create an enabled pool" in (conflict.reason or "")
+    # With no pool at all it is a conflict too (not silence).
+    empty = EmulatedApiServer(resources=[CRD])
+    with empty:
+        (alone,) = _plan(_backend(empty), spec).conflicts
+        assert "no pool overlaps it" in (alone.reason or "")
+
+
+def test_k3s_cross_subnet_pool_meets_the_pod_cidr_and_its_settings(
+    api_server: EmulatedApiServer,
+) -> None:
+    _seed(api_server, K3S_CROSS_SUBNET)
+    backend = _backend(api_server)
+    crosssubnet = Spec.from_yaml(SPEC_7345.replace("calico: {}",
+                                                   "calico: {vxlanMode: CrossSubnet}"))
+    p = _plan(backend, crosssubnet)
+    assert (p.empty, p.conflicts) == (True, ())
+    # IPIP Always asked of a VXLAN pool: a conflict that says which field differs.
+    ipip = Spec.from_yaml(SPEC_7345.replace("calico: {}", "calico: {ipipMode: Always}"))
+    (conflict,) = _plan(backend, ipip).conflicts
+    assert "ipipMode Never (the spec wants Always)" in (conflict.reason or "")
+
+
+def test_ipip_always_pool_with_nat_off_disagrees_with_the_mode(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", ipipMode="Always"))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345))
+    (conflict,) = p.conflicts
+    assert "natOutgoing false, the masquerade mode wants true" in (conflict.reason or "")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("allowedUses", ["LoadBalancer"], "allowedUses (LoadBalancer) leave out Workload"),
+        ("allowedUses", ["Tunnel"], "allowedUses (Tunnel) leave out Workload"),
+        ("assignmentMode", "Manual", "assignmentMode is Manual"),
+        ("namespaceSelector", "team == 'a'", "namespaceSelector \"team == 'a'\" does not"),
+        ("disabled", True, "it is disabled"),
+    ],
+)
+def test_a_pool_workloads_cannot_use_never_meets_the_pod_cidr(
+    api_server: EmulatedApiServer, field: str, value: Any, why: str
+) -> None:
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              **{field: value}))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345))
+    assert not p.met
+    (conflict,) = p.conflicts
+    assert why in (conflict.reason or "")
+
+
+@pytest.mark.parametrize("selector", ["all()", ""])
+def test_a_namespace_selector_selecting_everything_is_usable(
+    api_server: EmulatedApiServer, selector: str
+) -> None:
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              namespaceSelector=selector, allowedUses=["Workload"]))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345.replace("192.168.2.0/24",
+                                                                      "172.30.0.0/24")))
+    assert (len(p.met), p.conflicts) == (1, ())
+
+
+# ---------------------------------------------------------------- the v3 IPPool spec
+
+
+def test_calico_defaults_for_every_v3_field() -> None:
+    pool, warnings = read_pool(_pool("p", cidr="10.42.0.0/16"))
+    assert warnings == ()
+    assert (pool.allowed_uses, pool.assignment_mode, pool.namespace_selector) == (
+        ("Tunnel", "Workload"), "Automatic", "")
+    assert (pool.node_selector, pool.block_size, pool.ipip_mode, pool.vxlan_mode) == (
+        "all()", 26, "Never", "Never")
+    assert (pool.nat_outgoing, pool.disabled, pool.disable_bgp_export) == (False, False, False)
+    assert read_pool(_pool("p", cidr="fd00:42::/56"))[0].block_size == 122
+    # An empty allowedUses is the default (Calico: "if not specified or empty").
+    assert read_pool(_pool("p", cidr="10.42.0.0/16", allowedUses=[]))[0].workload_usable
+    # The deprecated v1 ipip object still means IP-in-IP.
+    legacy = read_pool(_pool("p", cidr="10.42.0.0/16", ipip={"enabled": True,
+                                                              "mode": "cross-subnet"}))[0]
+    assert legacy.ipip_mode == "CrossSubnet"
+
+
+def test_node_selector_global_is_refused() -> None:
+    with pytest.raises(ModelError, match=r"global\(\) is not a node or namespace selector"):
+        IPPool("p", "10.42.0.0/16", node_selector="global()")
+    with pytest.raises(ModelError, match="global"):
+        read_pool(_pool("p", cidr="10.42.0.0/16", nodeSelector="global()"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ({"cidr": "10.42.0.1/16"}, "'10.42.0.1/16'"),
+        ({"cidr": "10.300.0.0/16"}, "'10.300.0.0/16'"),
+        ({"cidr": "10.42.0.0/16", "natOutgoing": "true"}, "natOutgoing must be a bool"),
+        ({"cidr": "10.42.0.0/16", "nodeSelector": "global()"}, "global()"),
+        ({"cidr": "10.42.0.0/16", "blockSize": "26"}, "blockSize must be a int"),
+    ],
+)
+def test_an_unreadable_foreign_pool_is_a_conflict_naming_it_and_never_overlapped(
+    api_server: EmulatedApiServer, spec: dict[str, Any], problem: str
+) -> None:
+    api_server.put(CRD, _pool("odd-pool", **spec))
+    backend = _backend(api_server)
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 172.20.0.0/16\n"
+                                              "    masquerade: false\n"))
+    p = _plan(backend, exempt)
+    assert not p.changes  # no exemption pool goes next to a pool k3snet cannot read
+    reasons = [n.reason or "" for n in p.conflicts]
+    assert any("IPPool odd-pool" in r and problem in r for r in reasons), reasons
+    (pools,) = [o for o in backend.observe().foreign if isinstance(o, CalicoPools)]
+    assert [name for name, _ in pools.invalid] == ["odd-pool"]
+
+
+def test_mis_cased_and_unknown_fields_are_dropped_and_reported(
+    api_server: EmulatedApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              blocksize=24, vxlanmode="Always", colour="blue"))
+    backend = _backend(api_server)
+    (pool,) = [p for p in backend.observe().foreign if isinstance(p, IPPool)]
+    # As the API server's structural schema prunes them: Calico's defaults apply.
+    assert (pool.block_size, pool.vxlan_mode) == (26, "Never")
+    assert len(backend.warnings) == 3
+    assert any("spec.blocksize" in w and "Calico spells it blockSize" in w
+               for w in backend.warnings)
+    assert any("spec.vxlanmode" in w and "Calico spells it vxlanMode" in w
+               for w in backend.warnings)
+    assert "spec.colour is not part of Calico's IPPool API" in " ".join(backend.warnings)
+    assert "spec.blocksize" in caplog.text
+
+
+# ---------------------------------------------------------------- the API in use
+
+
+def test_v3_is_used_when_the_calico_api_server_is_there() -> None:
+    with EmulatedApiServer(resources=[CRD, V3]) as server:
+        assert _backend(server, api="auto").api == ("projectcalico.org", "v3")
+        assert CalicoBackend(api_client=server.api_client()).api == ("projectcalico.org", "v3")
+    with EmulatedApiServer(resources=[CRD]) as server:
+        assert CalicoBackend(api_client=server.api_client()).api == (
+            "crd.projectcalico.org", "v1")
+
+
+def test_an_apply_without_field_manager_is_refused_by_the_emulator(
+    api_server: EmulatedApiServer,
+) -> None:
+    from kubernetes import client  # noqa: PLC0415 - optional dependency
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    api = client.CustomObjectsApi(api_server.api_client())
+    body = _pool("p", cidr="10.9.0.0/16")
+    with pytest.raises(ApiException) as info:
+        api.patch_cluster_custom_object("crd.projectcalico.org", "v1", "ippools", "p", body,
+                                        _content_type="application/apply-patch+yaml")
+    assert info.value.status == 400
+    api.patch_cluster_custom_object(  # a missing object is created (201)
+        "crd.projectcalico.org", "v1", "ippools", "p", body, field_manager="me",
+        _content_type="application/apply-patch+yaml")
+    created = api_server.get(CRD, "p")
+    assert created is not None
+    assert created["metadata"]["managedFields"][0]["manager"] == "me"
+    # The manager leaves a field out: server-side apply removes it.
+    smaller = _pool("p", cidr="10.9.0.0/16")
+    body["spec"]["natOutgoing"] = True
+    api.patch_cluster_custom_object("crd.projectcalico.org", "v1", "ippools", "p", body,
+                                    field_manager="me",
+                                    _content_type="application/apply-patch+yaml")
+    after = api.patch_cluster_custom_object("crd.projectcalico.org", "v1", "ippools", "p",
+                                            smaller, field_manager="me",
+                                            _content_type="application/apply-patch+yaml")
+    assert "natOutgoing" not in after["spec"]
+
+
+# ---------------------------------------------------------------- the disruptive escape hatch
+
+
+class _Disrupts:
+    """A backend of the contract: ``disruptive(change)`` and ``allow_disruptive``."""
+
+    def __init__(self, *, allow_disruptive: bool = False) -> None:
+        self.allow_disruptive = allow_disruptive
+
+    def disruptive(self, change: Change) -> str | None:
+        return "it re-addresses pods" if change.action == "delete" else None
+
+
+def test_kit_disruptive_problems_name_the_three_ways() -> None:
+    pool = IPPool("p", "10.9.0.0/16")
+    p = Plan(changes=[Change.delete(pool), Change.add(IPPool("q", "10.8.0.0/16"))])
+    (problem,) = disruptive_problems(_Disrupts(), p)
+    assert problem.endswith(ALLOW_DISRUPTIVE)
+    assert "it re-addresses pods" in problem
+    assert ALLOW_DISRUPTIVE == ("cni.allowDisruptive: true in the spec, --allow-disruptive on "
+                                "the CLI, or allow_disruptive=True in the library")
+    assert disruptive_problems(_Disrupts(allow_disruptive=True), p) == []
+    assert disruptive_problems(object(), p) == []  # no disruptive(): nothing is disruptive
+
+
+def test_converge_passes_allow_disruptive_to_the_backend(api_server: EmulatedApiServer) -> None:
+    backend = _backend(api_server)
+    legacy = IPPool("k3snet-pods-10-42-0-0-16", "10.42.0.0/16", nat_outgoing=True)
+    backend.apply(plan(backend.observe(), State(owned=[legacy])))
+    with pytest.raises(PlanError, match="deleting enabled IPPool"):
+        converge(backend, State(), allow_teardown=True)
+    assert backend.observe().owned == {legacy}
+    converge(backend, State(), allow_teardown=True, allow_disruptive=True)
+    assert backend.observe().owned == frozenset()
+    assert backend.allow_disruptive is False  # only for that call
+
+
+@pytest.mark.parametrize("cni", ["cni: {allowDisruptive: true}",
+                                 "cni: {calico: {allowDisruptive: true}}"])
+def test_the_spec_key_and_its_alias_allow_disruptive(cni: str) -> None:
+    spec = Spec.from_yaml(f"apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n{cni}\n")
+    assert spec.cni.disruptive_allowed
+    assert not Spec.from_yaml("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                              ).cni.disruptive_allowed
+
+
+def test_a_newer_field_set_back_to_its_default_is_applied_explicitly(
+    api_server: EmulatedApiServer,
+) -> None:
+    backend = _backend(api_server)
+    narrow = IPPool("k3snet-nonat-172-20-0-0-16", "172.20.0.0/16", disabled=True,
+                    allowed_uses=["Tunnel"])
+    backend.apply(plan(backend.observe(), State(owned=[narrow])))
+    wide = IPPool("k3snet-nonat-172-20-0-0-16", "172.20.0.0/16", disabled=True)
+    backend.apply(plan(backend.observe(), State(owned=[wide])))
+    stored = api_server.get(CRD, wide.name)
+    assert stored is not None
+    assert stored["spec"]["allowedUses"] == ["Tunnel", "Workload"]
+    assert backend.observe().owned == {wide}
+    assert plan(backend.observe(), State(owned=[wide])).empty
+
+
+def test_issue_7345_through_the_cli(api_server: EmulatedApiServer, tmp_path: Any,
+                                    monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import json  # noqa: PLC0415
+
+    from k3snet.cli import main  # noqa: PLC0415
+
+    _seed(api_server, ISSUE_7345)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": api_server.url}}],
+        "users": [{"name": "lab", "user": {}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}]}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_7345)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code = main(["plan", "-f", str(spec), "--backend", "calico", "--no-facts",
+                 "--backend-opt", f"calico.kubeconfig={kubeconfig}",
+                 "--backend-opt", "calico.api=crd"])
+    out = capsys.readouterr().out
+    assert code == 4, out  # conflicts, not "No changes"
+    assert "! calico masquerades pods to 192.168.2.0/24" in out
+    assert "Calico will not NAT it" in out
