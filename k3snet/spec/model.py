@@ -242,6 +242,13 @@ class FlannelSettings:
     backend_options: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_options)
     """``Backend`` options such as ``VNI`` or ``Port`` (a mapping is accepted)."""
     enable_nftables: bool | None = None
+    set_networks: bool = False
+    """Write the pod CIDRs as flannel's ``Network`` / ``IPv6Network`` (and ``EnableIPv6``).
+
+    Off by default: k3snet then only checks that flannel's networks are the pod
+    CIDRs (a ``!`` conflict when they are not), since changing them on a running
+    cluster re-addresses every pod (a disruptive change, refused unless allowed).
+    """
 
 
 @attrs.frozen
