@@ -428,7 +428,7 @@ def _folded(values: Mapping[str, Any], names: Mapping[str, str], where: str, ins
     for key, value in values.items():
         name = names.get(_fold(key), key)
         if name in spelled:
-            problems.append(f"{inside}{spelled[name]!r} and {inside}{key!r} are both flannel's "
+            problems.append(f"{inside + spelled[name]!r} and {inside + key!r} are both flannel's "
                             f"{name} (Go's JSON decoding matches keys case-insensitively and the "
                             "later one wins); keep one")
             continue
