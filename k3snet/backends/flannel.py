@@ -63,18 +63,32 @@ the API server answer 409 and nothing is written.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from k3snet.backends.base import ApplyResult
+from k3snet.backends.flannel_read import (
+    DISRUPTIVE_KEYS,
+    FLANNEL_FIELDS,
+    K3S_GENERATED_SUFFIX,
+    disruptions,
+    flannel_values,
+    is_k3s_generated,
+)
+from k3snet.backends.flannel_text import (
+    ObjectText,
+    Record,
+    apply_change,
+    copy_record,
+    parse_record,
+    record_text,
+)
 from k3snet.backends.kit import BackendBase, Compensation, fit_problems, translate_errors
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.kube import (
@@ -86,7 +100,6 @@ from k3snet.kube import (
 from k3snet.model.cni import (
     FLANNEL_OWNED_MARKER,
     FlannelConfig,
-    canonical_json,
     configmap_target,
     effective_config,
     file_target,
@@ -119,399 +132,6 @@ ALLOW_DISRUPTIVE_HINT = ("cni.allowDisruptive: true in the spec, --allow-disrupt
                          "or allow_disruptive=True in the library")
 """The three ways to allow a disruptive change, named in every refusal."""
 
-K3S_GENERATED_SUFFIX: tuple[str, ...] = ("agent", "etc", "flannel", "net-conf.json")
-"""The end of the path of the net-conf.json K3s writes on every start (under its data dir)."""
-
-FLANNEL_FIELDS: tuple[str, ...] = (
-    "EnableIPv4", "EnableIPv6", "EnableNFTables", "Network", "IPv6Network", "Networks",
-    "IPv6Networks", "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax", "SubnetLen",
-    "IPv6SubnetLen", "Backend",
-)
-"""The fields of flannel's ``subnet.Config`` (the keys it reads from net-conf.json)."""
-
-DISRUPTIVE_KEYS: Mapping[str, str] = {
-    "Network": "re-addresses every pod (flannel hands out pod subnets from it)",
-    "IPv6Network": "re-addresses every pod (flannel hands out pod subnets from it)",
-    "SubnetLen": "changes every node's pod subnet, so every pod is re-addressed",
-    "IPv6SubnetLen": "changes every node's pod subnet, so every pod is re-addressed",
-    "EnableIPv4": "adds or removes the pods' IPv4 network on every node",
-    "EnableIPv6": "adds or removes the pods' IPv6 network on every node",
-    "Backend.Type": ("rebuilds the network between nodes: pods on nodes that restarted flannel "
-                     "cannot reach pods on nodes that did not"),
-}
-"""The keys whose change is disruptive, with why (``Backend.Type``: the backend's type)."""
-
-_WS = " \t\n\r"
-
-# key -> the exact JSON text the key had before k3snet set it (None: it was absent); for
-# "Backend" merged key by key, a mapping of its members to their previous texts.
-Previous = str | None
-Record = dict[str, Previous | dict[str, Previous]]
-
-
-# ---------------------------------------------------------------- JSON text editing
-
-
-@attrs.frozen
-class _Member:
-    """Where one top-level member sits in the text."""
-
-    key: str
-    lead: int  # just after the "{" or "," before it
-    key_start: int
-    key_end: int
-    value_start: int
-    value_end: int
-
-
-def _skip(text: str, index: int) -> int:
-    while index < len(text) and text[index] in _WS:
-        index += 1
-    return index
-
-
-class _ObjectText:
-    """A JSON object's text with the spans of its top-level members, for surgical edits."""
-
-    def __init__(self, text: str, where: str) -> None:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BackendError(f"{where}: net-conf.json is not valid JSON: {exc.msg} "
-                               f"(line {exc.lineno}, column {exc.colno})") from exc
-        if not isinstance(value, dict):
-            raise BackendError(f"{where}: net-conf.json must be a JSON object, "
-                               f"not {type(value).__name__}")
-        self.text = text
-        self.values: dict[str, Any] = value
-        self.open, self.members = self._scan(text)
-        seen: set[str] = set()
-        for member in self.members:
-            if member.key in seen:
-                raise BackendError(f"{where}: net-conf.json has the key {member.key!r} twice; "
-                                   "remove one (which one flannel uses is not obvious)")
-            seen.add(member.key)
-        self.by_key = {m.key: m for m in self.members}
-
-    @staticmethod
-    def _scan(text: str) -> tuple[int, list[_Member]]:
-        # The text is known to be a valid JSON object (json.loads accepted it).
-        decoder = json.JSONDecoder()
-        index = _skip(text, 0)
-        opening = index
-        index += 1
-        lead = index
-        members: list[_Member] = []
-        index = _skip(text, index)
-        if text[index] == "}":
-            return opening, members
-        while True:
-            key_start = index
-            key, index = json.decoder.scanstring(text, index + 1)  # type: ignore[attr-defined]
-            key_end = index
-            index = _skip(text, index) + 1  # the ":"
-            value_start = _skip(text, index)
-            _, value_end = decoder.raw_decode(text, value_start)
-            members.append(_Member(key, lead, key_start, key_end, value_start, value_end))
-            index = _skip(text, value_end)
-            if text[index] == "}":
-                return opening, members
-            index += 1  # the ","
-            lead = index
-            index = _skip(text, index)
-
-    def raw(self, key: str) -> str | None:
-        """The exact text of a member's value, or None if absent."""
-        member = self.by_key.get(key)
-        return None if member is None else self.text[member.value_start:member.value_end]
-
-    def set(self, key: str, value_text: str) -> str:
-        """The text with ``key`` set to ``value_text`` (replaced in place, or appended)."""
-        text = self.text
-        member = self.by_key.get(key)
-        if member is not None:
-            return text[:member.value_start] + value_text + text[member.value_end:]
-        name = json.dumps(key, ensure_ascii=False)
-        if not self.members:
-            at = self.open + 1
-            return f"{text[:at]}{name}: {value_text}{text[at:]}"
-        # Copy the layout of the last member, so a pretty-printed file stays pretty.
-        last = self.members[-1]
-        separator = text[last.lead:last.key_start]
-        colon = text[last.key_end:last.value_start]
-        insert = f",{separator}{name}{colon}{value_text}"
-        return text[:last.value_end] + insert + text[last.value_end:]
-
-    def remove(self, key: str) -> str:
-        """The text without ``key`` (the exact inverse of appending it with :meth:`set`)."""
-        text = self.text
-        member = self.by_key.get(key)
-        if member is None:
-            return text
-        index = self.members.index(member)
-        if len(self.members) == 1:
-            return text[:member.lead] + text[member.value_end:]
-        if index == len(self.members) - 1:
-            previous = self.members[index - 1]
-            return text[:previous.value_end] + text[member.value_end:]
-        following = self.members[index + 1]
-        return text[:member.key_start] + text[following.key_start:]
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _fold(key: str) -> str:
-    """A key as Go's ``encoding/json`` compares it to a field name (case-insensitively).
-
-    Go folds ASCII letters and the two non-ASCII letters whose simple folding
-    reaches ASCII: U+017F (long s) is ``s`` and U+212A (Kelvin sign) is ``k``
-    (``str.lower`` already maps the Kelvin sign).
-    """
-    return key.lower().replace("\u017f", "s")
-
-
-def _respelled(doc: _ObjectText, key: str) -> str | None:
-    """A member of ``doc`` that flannel reads as ``key`` but is spelled otherwise."""
-    folded = _fold(key)
-    return next((m.key for m in doc.members if m.key != key and _fold(m.key) == folded), None)
-
-
-def _set_value(text: str, key: str, value: Any, where: str) -> str:
-    """Set ``key`` to ``value`` unless it already holds an equal value (bytes kept)."""
-    doc = _ObjectText(text, where)
-    other = _respelled(doc, key)
-    if other is not None:
-        raise PlanError(f"{where}: cannot set {key}: net-conf.json spells it {other!r}, which "
-                        f"flannel reads as {key} (Go's JSON decoding matches keys "
-                        f"case-insensitively); rename it to {key!r} and plan again")
-    if key in doc.values and canonical_json(doc.values[key]) == canonical_json(value):
-        return text
-    return doc.set(key, _dump(value))
-
-
-def _restore(text: str, key: str, previous: Previous | dict[str, Previous], where: str) -> str:
-    """Put back the exact text a key had (or remove it if it was absent).
-
-    ``previous`` as a mapping: the key is an object k3snet merged into, and each
-    of its members named there is put back the same way.
-    """
-    doc = _ObjectText(text, where)
-    if isinstance(previous, dict):
-        inner = doc.raw(key)
-        if inner is None or not isinstance(doc.values[key], dict):
-            return text  # the object is gone or was replaced: nothing of k3snet's is left in it
-        restored = inner
-        for member, was in previous.items():
-            restored = _restore(restored, member, was, where)
-        return text if restored == inner else doc.set(key, restored)
-    if previous is None:
-        return doc.remove(key)
-    if doc.raw(key) == previous:
-        return text
-    return doc.set(key, previous)
-
-
-def _previous_text(value: Any, what: str, where: str) -> Previous:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise BackendError(f"{where}: ownership record entry {what!r} is not a JSON text")
-    try:
-        json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise BackendError(f"{where}: ownership record entry {what!r} holds invalid "
-                           f"JSON ({exc.msg})") from exc
-    return value
-
-
-def _parse_record(raw: Any, where: str) -> Record:
-    """Validate an ownership record (a JSON object: key -> previous JSON text or null)."""
-    data = raw
-    if isinstance(raw, str):
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise BackendError(f"{where}: k3snet's ownership record is not valid JSON "
-                               f"({exc.msg}); restore it or remove it by hand") from exc
-    if not isinstance(data, dict):
-        raise BackendError(f"{where}: k3snet's ownership record must be a JSON object")
-    record: Record = {}
-    for key, previous in data.items():
-        if key == "Backend" and isinstance(previous, dict):
-            record[key] = {member: _previous_text(was, f"{key}.{member}", where)
-                           for member, was in previous.items()}
-        else:
-            record[key] = _previous_text(previous, key, where)
-    return record
-
-
-# ---------------------------------------------------------------- reading as flannel reads
-
-
-def _cidr(version: int) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        expected = f"an IPv{version} CIDR string"
-        if not isinstance(value, str) or "/" not in value:
-            return expected
-        try:
-            net = ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            return expected
-        if net.version != version:
-            return expected
-        if ipaddress.ip_interface(value).ip != net.network_address:
-            # Go's net.ParseCIDR masks them off without a word.
-            return f"a network without host bits (flannel would silently use {net})"
-        return None
-    return check
-
-
-def _address(version: int) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        try:
-            ok = isinstance(value, str) and ipaddress.ip_address(value).version == version
-        except ValueError:
-            ok = False
-        return None if ok else f"an IPv{version} address string"
-    return check
-
-
-def _list_of(item: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, list):
-            return "a list of CIDR strings"
-        found = next((p for p in map(item, value) if p is not None), None)
-        return None if found is None else f"a list, each item {found}"
-    return check
-
-
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "true or false"
-
-
-def _prefix_length(limit: int) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
-        return None if ok else f"an integer 0..{limit}"
-    return check
-
-
-def _backend(value: Any) -> str | None:
-    if not isinstance(value, dict):
-        return "an object with a Type"
-    kind = value.get("Type")
-    if kind is not None and not isinstance(kind, str):
-        return "an object whose Type is a string"
-    return None
-
-
-_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
-    "EnableIPv4": _boolean, "EnableIPv6": _boolean, "EnableNFTables": _boolean,
-    "Network": _cidr(4), "IPv6Network": _cidr(6),
-    "Networks": _list_of(_cidr(4)), "IPv6Networks": _list_of(_cidr(6)),
-    "SubnetMin": _address(4), "SubnetMax": _address(4),
-    "IPv6SubnetMin": _address(6), "IPv6SubnetMax": _address(6),
-    "SubnetLen": _prefix_length(32), "IPv6SubnetLen": _prefix_length(128),
-    "Backend": _backend,
-}
-_FIELD_BY_FOLD = {_fold(name): name for name in FLANNEL_FIELDS}
-
-
-def _folded(values: Mapping[str, Any], names: Mapping[str, str], where: str, inside: str
-            ) -> tuple[dict[str, Any], list[str]]:
-    """``values`` with each key flannel matches case-insensitively under its field name."""
-    out: dict[str, Any] = {}
-    spelled: dict[str, str] = {}
-    problems: list[str] = []
-    for key, value in values.items():
-        name = names.get(_fold(key), key)
-        if name in spelled:
-            problems.append(f"{inside + spelled[name]!r} and {inside + key!r} are both flannel's "
-                            f"{name} (Go's JSON decoding matches keys case-insensitively and the "
-                            "later one wins); keep one")
-            continue
-        spelled[name] = key
-        out[name] = value
-    return out, problems
-
-
-def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json") -> dict[str, Any]:
-    """The top-level keys of a parsed net-conf.json as flannel reads them, validated.
-
-    Keys flannel matches case-insensitively are renamed to its field names
-    (``network`` is ``Network``, ``Backend.type`` is ``Backend.Type``); unknown
-    keys are kept as they are (flannel ignores them). Raises
-    :class:`~k3snet.errors.BackendError` naming every value flannel would refuse or
-    read differently (a wrong type or family, host bits, two spellings of one key).
-
-    >>> flannel_values({"network": "10.244.0.0/16", "Backend": {"type": "vxlan", "VNI": 1}})
-    {'Network': '10.244.0.0/16', 'Backend': {'Type': 'vxlan', 'VNI': 1}}
-    """
-    out, problems = _folded(values, _FIELD_BY_FOLD, where, "")
-    for key, check in _CHECKS.items():
-        if key in out:
-            expected = check(out[key])
-            if expected is not None:
-                problems.append(f"{key} must be {expected}, got {_dump(out[key])}")
-    backend = out.get("Backend")
-    if isinstance(backend, dict):
-        inner, more = _folded(backend, {"type": "Type"}, where, "Backend.")
-        problems += more
-        if "Type" in inner and not isinstance(inner["Type"], str):
-            problems.append(f"Backend.Type must be a string, got {_dump(inner['Type'])}")
-        out["Backend"] = inner
-    if problems:
-        raise BackendError(f"{where}: flannel would not read net-conf.json as written: "
-                           + "; ".join(problems))
-    return out
-
-
-def _effective_value(values: Mapping[str, Any], key: str) -> Any:
-    """What flannel uses for ``key`` (its defaults where the key is absent)."""
-    if key == "EnableIPv4":
-        return values.get(key, True)
-    if key == "EnableIPv6":
-        return values.get(key, False)
-    if key == "Backend.Type":
-        backend = values.get("Backend")
-        return backend.get("Type", "") if isinstance(backend, dict) else "udp"
-    return values.get(key)
-
-
-def _disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    """Why going from config ``before`` to ``after`` disrupts pods (one line per key)."""
-    found = []
-    enabled = {4: "EnableIPv4", 6: "EnableIPv6"}
-    for key, why in DISRUPTIVE_KEYS.items():
-        family = 6 if key.startswith("IPv6") else 4 if key in ("Network", "SubnetLen") else 0
-        if family and not (_effective_value(before, enabled[family])
-                           and _effective_value(after, enabled[family])):
-            continue  # the family is off on one side: its Enable key says it all
-        old, new = _effective_value(before, key), _effective_value(after, key)
-        if canonical_json(old) != canonical_json(new):
-            shown = "unset" if old is None else _dump(old)
-            found.append(f"changing flannel's {key} ({shown} -> "
-                         f"{'unset' if new is None else _dump(new)}) {why}")
-    return found
-
-
-def is_k3s_generated(path: str | Path) -> bool:
-    """``path`` is the net-conf.json K3s writes anew on every start (``K3S_GENERATED_SUFFIX``).
-
-    >>> is_k3s_generated("/var/lib/rancher/k3s/agent/etc/flannel/net-conf.json")
-    True
-    >>> is_k3s_generated("/etc/rancher/k3s/flannel-net-conf.json")
-    False
-    """
-    parts = Path(path).parts
-    return tuple(parts[-len(K3S_GENERATED_SUFFIX):]) == K3S_GENERATED_SUFFIX
-
-
-def _record_text(record: Record) -> str:
-    return json.dumps(record, sort_keys=True, ensure_ascii=False)
-
 
 # ---------------------------------------------------------------- where the text lives
 
@@ -530,7 +150,7 @@ class _Doc:
 
 
 def _read_doc(text: str, record: Record | None, token: Any, where: str) -> _Doc:
-    values = dict(_ObjectText(text, where).values)
+    values = dict(ObjectText(text, where).values)
     values.pop(FLANNEL_OWNED_MARKER, None)
     return _Doc(text=text, record=record, token=token, values=flannel_values(values, where))
 
@@ -553,17 +173,17 @@ class _FileStore:
             text = data.decode()
         except UnicodeDecodeError as exc:
             raise BackendError(f"{self.where}: not UTF-8 text ({exc.reason})") from exc
-        doc = _ObjectText(text, self.where)
+        doc = ObjectText(text, self.where)
         record = None
         if FLANNEL_OWNED_MARKER in doc.values:
-            record = _parse_record(doc.values[FLANNEL_OWNED_MARKER], self.where)
+            record = parse_record(doc.values[FLANNEL_OWNED_MARKER], self.where)
             text = doc.remove(FLANNEL_OWNED_MARKER)
         return _read_doc(text, record, data, self.where)
 
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """Replace the file atomically; returns the number of system round trips."""
         if record is not None:
-            text = _ObjectText(text, self.where).set(FLANNEL_OWNED_MARKER, _record_text(record))
+            text = ObjectText(text, self.where).set(FLANNEL_OWNED_MARKER, record_text(record))
         with translate_errors(f"read {self.where} again before writing (nothing was "
                               "changed)", into=ApplyError):
             current = self.path.read_bytes()
@@ -637,7 +257,7 @@ class _ConfigMapStore:
         annotations = (metadata.annotations if metadata is not None else None) or {}
         record = None
         if OWNED_ANNOTATION in annotations:
-            record = _parse_record(annotations[OWNED_ANNOTATION], self.where)
+            record = parse_record(annotations[OWNED_ANNOTATION], self.where)
         version = metadata.resource_version if metadata is not None else None
         return _read_doc(text, record, version, self.where)
 
@@ -651,7 +271,7 @@ class _ConfigMapStore:
             body["data"] = {CONFIGMAP_KEY: text}
         if record != doc.record:
             metadata["annotations"] = {
-                OWNED_ANNOTATION: None if record is None else _record_text(record)
+                OWNED_ANNOTATION: None if record is None else record_text(record)
             }
         kube_call(
             f"patch {self.where}",
@@ -870,13 +490,13 @@ class FlannelBackend(BackendBase):
         if problems:
             raise PlanError(f"{self.name} backend refuses the plan for {self.target}, nothing "
                             "was changed:\n  " + "\n  ".join(problems))
-        text, record = doc.text, _copy_record(doc.record)
+        text, record = doc.text, copy_record(doc.record)
         values = doc.values
         reasons: list[str] = []
         for change in plan.changes:
-            text, record = _apply_change(text, record, change, where)
-            after = flannel_values(_ObjectText(text, where).values, where)
-            reasons += _disruptions(values, after)
+            text, record = apply_change(text, record, change, where)
+            after = flannel_values(ObjectText(text, where).values, where)
+            reasons += disruptions(values, after)
             values = after
         if reasons and refuse_disruptive and not self.allow_disruptive:
             raise PlanError(f"flannel backend refuses a disruptive change to {self.target}: "
@@ -890,55 +510,3 @@ class FlannelBackend(BackendBase):
             self._client.close()
             self._client = None
         super().close()
-
-
-def _copy_record(record: Record | None) -> Record | None:
-    if record is None:
-        return None
-    return {k: dict(v) if isinstance(v, dict) else v for k, v in record.items()}
-
-
-def _apply_change(
-    text: str, record: Record | None, change: Change, where: str
-) -> tuple[str, Record | None]:
-    if change.action == "delete":
-        for key, previous in (record or {}).items():
-            text = _restore(text, key, previous, where)
-        return text, None
-    after = change.after
-    assert isinstance(after, FlannelConfig)  # checked by the caller
-    wanted = after.members()
-    record = {} if record is None else record
-    for key in [k for k in record if k not in wanted]:  # keys the new config gives back
-        text = _restore(text, key, record.pop(key), where)
-    for key, value in wanted.items():
-        doc = _ObjectText(text, where)
-        current = doc.values.get(key)
-        merge = (key == "Backend" and isinstance(value, dict) and isinstance(current, dict)
-                 and isinstance(record.get(key, {}), dict))
-        if merge:
-            text, record[key] = _merge_object(doc, key, value, record.get(key), where)
-            continue
-        if isinstance(record.get(key), dict):
-            raise PlanError(f"{where}: {key} is no longer an object; k3snet set members of it "
-                            "and cannot give them back; restore it by hand")
-        if key not in record:
-            record[key] = doc.raw(key)
-        text = _set_value(text, key, value, where)
-    return text, record
-
-
-def _merge_object(doc: _ObjectText, key: str, value: dict[str, Any],
-                  owned: Any, where: str) -> tuple[str, dict[str, Previous]]:
-    """Set the members of object ``key`` that ``value`` names; give back those it no longer does."""
-    members: dict[str, Previous] = dict(owned or {})
-    raw = doc.raw(key)
-    assert raw is not None  # the caller found the key
-    inner = raw
-    for member in [m for m in members if m not in value]:
-        inner = _restore(inner, member, members.pop(member), where)
-    for member, wanted in value.items():
-        if member not in members:
-            members[member] = _ObjectText(inner, where).raw(member)
-        inner = _set_value(inner, member, wanted, f"{where} (in {key})")
-    return (doc.text if inner == raw else doc.set(key, inner)), members
