@@ -24,19 +24,11 @@ reserved top-level key ``"k3snet.io/owned"`` (flannel and K3s parse
   found, owned keys with their recorded previous values), which stays the same
   while k3snet changes its keys, and is what a wanted key is ``met`` by.
 
-``Backend`` is merged key by key: setting its ``Type`` and ``MTU`` records and
-changes only those two members of the object that is there (``VNI``, ``Port``
-and other options stay, byte for byte); the record holds them as
-``{"Backend": {"Type": ..., "MTU": ...}}``. A ``Backend`` k3snet created, or one
-recorded whole by an older k3snet, is owned whole.
-
-**Read as flannel reads it.** Flannel decodes ``net-conf.json`` with Go's
-``encoding/json``: a key matches a field case-insensitively (``"network"`` is
-``Network``; with two spellings the later one wins). k3snet models a mis-cased
-key under flannel's name, refuses a config with two spellings of one key, and
-refuses to edit a key it would have to respell (rename it first). Values are
-validated on read (types, families, host bits): a config flannel would refuse
-or read differently is an error, never "no changes".
+``Backend`` is merged key by key (its ``VNI``, ``Port`` ... stay), and the text
+is edited byte-minimally (:mod:`k3snet.backends.flannel_text`). The config is
+read as flannel reads it (:mod:`k3snet.backends.flannel_read`): mis-cased keys
+count as flannel's fields, and a value flannel would refuse or misread (a wrong
+type, host bits) is an error, never "no changes".
 
 **Disruptive changes.** Changing ``Network``, ``IPv6Network``, ``SubnetLen``,
 ``IPv6SubnetLen``, ``EnableIPv4``, ``EnableIPv6`` or the backend ``Type``
