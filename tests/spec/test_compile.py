@@ -181,3 +181,15 @@ def test_a_note_without_reason_keeps_its_json_form() -> None:
                 FlannelConfig(TARGET, network="10.42.0.0/16"))
     assert "reason" not in note.to_dict()
     assert Note.from_dict(note.to_dict()) == note
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "host-gw", "wireguard", "ali-vpc", "tencent-vpc"])
+def test_every_flannel_type_the_spec_accepts_compiles(kind: str) -> None:
+    spec = Spec.from_dict({"cni": {"flannel": {"backend": {"type": kind}}}})
+    assert FlannelConfig(TARGET, backend_type=kind) in compile_spec(
+        spec, flannel_targets=[TARGET]).owned
+
+
+def test_flannel_types_are_flannel_s_names() -> None:
+    with pytest.raises(SpecError, match=r"cni.flannel.backend.type"):
+        Spec.from_dict({"cni": {"flannel": {"backend": {"type": "alivpc"}}}})
