@@ -257,8 +257,10 @@ class FlannelConfig(NetObject):
     (``{"Type": ..., **options}``); ``extra`` holds any other top-level key
     (``SubnetLen``, ``SubnetMin`` ...) as JSON values.
 
-    Owned objects carry only the keys k3snet set; the observed *foreign* object
-    of a target is the whole config as it would be without k3snet.
+    Owned objects carry only the keys k3snet set (of ``Backend``, only the
+    members it set: the type and options are merged into the object flannel
+    has, see :func:`merge_members`); the observed *foreign* object of a target
+    is the whole config as it would be without k3snet.
     """
 
     kind: ClassVar[str] = "flannel"

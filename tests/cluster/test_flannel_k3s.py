@@ -48,6 +48,9 @@ K3S_WIREGUARD = K3S_VXLAN.replace('"Type": "vxlan"',
 # K3s, dual-stack --cluster-cidr=10.42.0.0/16,fd42:42::/56, vxlan.
 K3S_DUAL_STACK = (K3S_VXLAN.replace('"EnableIPv6": false', '"EnableIPv6": true')
                   .replace('"::/0"', '"fd42:42::/56"'))
+# K3s, IPv6-only --cluster-cidr=fd42:42::/56: IPv4 off, its network 0.0.0.0/0.
+K3S_IPV6_ONLY = (K3S_DUAL_STACK.replace('"EnableIPv4": true', '"EnableIPv4": false')
+                 .replace('"10.42.0.0/16"', '"0.0.0.0/0"'))
 # A --flannel-conf file someone wrote by hand: vxlan with its own VNI, port and MTU.
 CUSTOM_VXLAN = """{
   "Network": "10.42.0.0/16",
@@ -106,6 +109,14 @@ def test_k3s_dual_stack_config_is_checked_for_both_families(tmp_path: Path) -> N
     other = _file(tmp_path, K3S_DUAL_STACK.replace("fd42:42::/56", "fd00:1::/56"), "b.json")
     (note,) = _seed_plan(FlannelBackend(path=other)).conflicts
     assert "fd42:42::/56 disagrees with flannel's IPv6Network fd00:1::/56" in str(note.reason)
+
+
+def test_k3s_ipv6_only_config_is_not_checked_for_ipv4(tmp_path: Path) -> None:
+    backend = FlannelBackend(path=_file(tmp_path, K3S_IPV6_ONLY))
+    (foreign,) = backend.observe().foreign
+    assert foreign.enable_ipv4 is False
+    assert str(foreign.network) == "0.0.0.0/0"
+    assert _seed_plan(backend).conflicts == ()  # 10.42.0.0/16 vs 0.0.0.0/0: IPv4 is off
 
 
 def test_the_file_k3s_generates_is_not_edited(tmp_path: Path) -> None:
