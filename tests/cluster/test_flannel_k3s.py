@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from k3snet.backends.flannel import (
     ALLOW_DISRUPTIVE_HINT,
@@ -358,3 +360,31 @@ def test_flannel_values_folds_like_go() -> None:
     assert flannel_values({"SUBNETLEN": 24, "enableipv6": False, "x-other": 1}) == {
         "SubnetLen": 24, "EnableIPv6": False, "x-other": 1}
     assert flannel_values({"\u017fubnetLen": 24}) == {"SubnetLen": 24}  # long s folds to s
+
+
+# ---------------------------------------------------------------- the merge as a property
+
+_OPTION_NAMES = ("VNI", "Port", "MTU", "DirectRouting", "GBP", "x-vendor")
+_OPTION_VALUES = st.integers(0, 9000) | st.booleans() | st.text("ab", max_size=2)
+
+
+@given(
+    found=st.dictionaries(st.sampled_from(_OPTION_NAMES), _OPTION_VALUES, max_size=4),
+    wanted=st.dictionaries(st.sampled_from(_OPTION_NAMES), _OPTION_VALUES, max_size=3),
+    indent=st.sampled_from([None, 0, 2, "\t"]),
+)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_setting_backend_options_keeps_the_others_and_gives_back_every_byte(
+    tmp_path: Path, found: dict[str, Any], wanted: dict[str, Any], indent: int | str | None
+) -> None:
+    original = json.dumps({"Network": "10.42.0.0/16",
+                           "Backend": {"Type": "vxlan", **found}}, indent=indent) + "\n"
+    path = _file(tmp_path, original, "property.json")
+    backend = FlannelBackend(path=path)
+    desired = State(owned=[FlannelConfig(backend.target, backend_type="vxlan",
+                                         backend_options=wanted)])
+    _converge(backend, desired)
+    assert json.loads(path.read_text())["Backend"] == {"Type": "vxlan", **found, **wanted}
+    assert plan(backend.observe(), desired).empty
+    _converge(backend, State())
+    assert path.read_text() == original
