@@ -24,6 +24,22 @@ reserved top-level key ``"k3snet.io/owned"`` (flannel and K3s parse
   found, owned keys with their recorded previous values), which stays the same
   while k3snet changes its keys, and is what a wanted key is ``met`` by.
 
+``Backend`` is merged key by key (its ``VNI``, ``Port`` ... stay), and the text
+is edited byte-minimally (:mod:`k3snet.backends.flannel_text`). The config is
+read as flannel reads it (:mod:`k3snet.backends.flannel_read`): mis-cased keys
+count as flannel's fields, and a value flannel would refuse or misread (a wrong
+type, host bits) is an error, never "no changes".
+
+**Disruptive changes.** Changing ``Network``, ``IPv6Network``, ``SubnetLen``,
+``IPv6SubnetLen``, ``EnableIPv4``, ``EnableIPv6`` or the backend ``Type``
+re-addresses pods or rebuilds the network between nodes when flannel restarts:
+:meth:`FlannelBackend.disruptive` says why, and ``check``/``apply`` refuse such a
+plan unless the backend was built with ``allow_disruptive=True``.
+
+**K3s' own file.** K3s writes ``<data-dir>/agent/etc/flannel/net-conf.json``
+(``/var/lib/rancher/k3s/...``) again on every start unless ``--flannel-conf``
+names another file, so edits there are refused, with that way out.
+
 **Minimal edits.** ``apply`` rewrites only the text of the values that change
 and inserts or removes only the members it adds or removes; every other byte
 (unknown keys, their formatting, whitespace, key order) is kept, so removing
@@ -48,8 +64,24 @@ from typing import Any
 
 import attrs
 
-from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.backends.kit import BackendBase
+from k3snet.backends.base import ApplyResult
+from k3snet.backends.flannel_read import (
+    DISRUPTIVE_KEYS,
+    FLANNEL_FIELDS,
+    K3S_GENERATED_SUFFIX,
+    disruptions,
+    flannel_values,
+    is_k3s_generated,
+)
+from k3snet.backends.flannel_text import (
+    ObjectText,
+    Record,
+    apply_change,
+    copy_record,
+    parse_record,
+    record_text,
+)
+from k3snet.backends.kit import BackendBase, Compensation, fit_problems, translate_errors
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.kube import (
     DEFAULT_TIMEOUT,
@@ -60,7 +92,6 @@ from k3snet.kube import (
 from k3snet.model.cni import (
     FLANNEL_OWNED_MARKER,
     FlannelConfig,
-    canonical_json,
     configmap_target,
     effective_config,
     file_target,
@@ -69,11 +100,17 @@ from k3snet.model.state import State
 from k3snet.planner import Change, Plan
 
 __all__ = [
+    "ALLOW_DISRUPTIVE_HINT",
     "CONFIGMAP_KEY",
     "DEFAULT_CONFIGMAP",
+    "DISRUPTIVE_KEYS",
+    "FLANNEL_FIELDS",
+    "K3S_GENERATED_SUFFIX",
     "OWNED_ANNOTATION",
     "FlannelBackend",
     "effective_config",
+    "flannel_values",
+    "is_k3s_generated",
 ]
 
 DEFAULT_CONFIGMAP: tuple[str, str] = ("kube-flannel", "kube-flannel-cfg")
@@ -83,170 +120,9 @@ CONFIGMAP_KEY = "net-conf.json"
 OWNED_ANNOTATION = "k3snet.io/flannel-owned"
 """The ConfigMap annotation holding k3snet's ownership record (JSON: key -> previous text)."""
 
-_WS = " \t\n\r"
-
-# key -> the exact JSON text the key had before k3snet set it (None: it was absent).
-Record = dict[str, str | None]
-
-
-# ---------------------------------------------------------------- JSON text editing
-
-
-@attrs.frozen
-class _Member:
-    """Where one top-level member sits in the text."""
-
-    key: str
-    lead: int  # just after the "{" or "," before it
-    key_start: int
-    key_end: int
-    value_start: int
-    value_end: int
-
-
-def _skip(text: str, index: int) -> int:
-    while index < len(text) and text[index] in _WS:
-        index += 1
-    return index
-
-
-class _ObjectText:
-    """A JSON object's text with the spans of its top-level members, for surgical edits."""
-
-    def __init__(self, text: str, where: str) -> None:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BackendError(f"{where}: net-conf.json is not valid JSON: {exc.msg} "
-                               f"(line {exc.lineno}, column {exc.colno})") from exc
-        if not isinstance(value, dict):
-            raise BackendError(f"{where}: net-conf.json must be a JSON object, "
-                               f"not {type(value).__name__}")
-        self.text = text
-        self.values: dict[str, Any] = value
-        self.open, self.members = self._scan(text)
-        seen: set[str] = set()
-        for member in self.members:
-            if member.key in seen:
-                raise BackendError(f"{where}: net-conf.json has the key {member.key!r} twice; "
-                                   "remove one (which one flannel uses is not obvious)")
-            seen.add(member.key)
-        self.by_key = {m.key: m for m in self.members}
-
-    @staticmethod
-    def _scan(text: str) -> tuple[int, list[_Member]]:
-        # The text is known to be a valid JSON object (json.loads accepted it).
-        decoder = json.JSONDecoder()
-        index = _skip(text, 0)
-        opening = index
-        index += 1
-        lead = index
-        members: list[_Member] = []
-        index = _skip(text, index)
-        if text[index] == "}":
-            return opening, members
-        while True:
-            key_start = index
-            key, index = json.decoder.scanstring(text, index + 1)  # type: ignore[attr-defined]
-            key_end = index
-            index = _skip(text, index) + 1  # the ":"
-            value_start = _skip(text, index)
-            _, value_end = decoder.raw_decode(text, value_start)
-            members.append(_Member(key, lead, key_start, key_end, value_start, value_end))
-            index = _skip(text, value_end)
-            if text[index] == "}":
-                return opening, members
-            index += 1  # the ","
-            lead = index
-            index = _skip(text, index)
-
-    def raw(self, key: str) -> str | None:
-        """The exact text of a member's value, or None if absent."""
-        member = self.by_key.get(key)
-        return None if member is None else self.text[member.value_start:member.value_end]
-
-    def set(self, key: str, value_text: str) -> str:
-        """The text with ``key`` set to ``value_text`` (replaced in place, or appended)."""
-        text = self.text
-        member = self.by_key.get(key)
-        if member is not None:
-            return text[:member.value_start] + value_text + text[member.value_end:]
-        name = json.dumps(key, ensure_ascii=False)
-        if not self.members:
-            at = self.open + 1
-            return f"{text[:at]}{name}: {value_text}{text[at:]}"
-        # Copy the layout of the last member, so a pretty-printed file stays pretty.
-        last = self.members[-1]
-        separator = text[last.lead:last.key_start]
-        colon = text[last.key_end:last.value_start]
-        insert = f",{separator}{name}{colon}{value_text}"
-        return text[:last.value_end] + insert + text[last.value_end:]
-
-    def remove(self, key: str) -> str:
-        """The text without ``key`` (the exact inverse of appending it with :meth:`set`)."""
-        text = self.text
-        member = self.by_key.get(key)
-        if member is None:
-            return text
-        index = self.members.index(member)
-        if len(self.members) == 1:
-            return text[:member.lead] + text[member.value_end:]
-        if index == len(self.members) - 1:
-            previous = self.members[index - 1]
-            return text[:previous.value_end] + text[member.value_end:]
-        following = self.members[index + 1]
-        return text[:member.key_start] + text[following.key_start:]
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _set_value(text: str, key: str, value: Any, where: str) -> str:
-    """Set ``key`` to ``value`` unless it already holds an equal value (bytes kept)."""
-    doc = _ObjectText(text, where)
-    if key in doc.values and canonical_json(doc.values[key]) == canonical_json(value):
-        return text
-    return doc.set(key, _dump(value))
-
-
-def _restore(text: str, key: str, previous: str | None, where: str) -> str:
-    """Put back the exact text a key had (or remove it if it was absent)."""
-    doc = _ObjectText(text, where)
-    if previous is None:
-        return doc.remove(key)
-    if doc.raw(key) == previous:
-        return text
-    return doc.set(key, previous)
-
-
-def _parse_record(raw: Any, where: str) -> Record:
-    """Validate an ownership record (a JSON object: key -> previous JSON text or null)."""
-    data = raw
-    if isinstance(raw, str):
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise BackendError(f"{where}: k3snet's ownership record is not valid JSON "
-                               f"({exc.msg}); restore it or remove it by hand") from exc
-    if not isinstance(data, dict):
-        raise BackendError(f"{where}: k3snet's ownership record must be a JSON object")
-    record: Record = {}
-    for key, previous in data.items():
-        if previous is not None:
-            if not isinstance(previous, str):
-                raise BackendError(f"{where}: ownership record entry {key!r} is not a JSON text")
-            try:
-                json.loads(previous)
-            except json.JSONDecodeError as exc:
-                raise BackendError(f"{where}: ownership record entry {key!r} holds invalid "
-                                   f"JSON ({exc.msg})") from exc
-        record[key] = previous
-    return record
-
-
-def _record_text(record: Record) -> str:
-    return json.dumps(record, sort_keys=True, ensure_ascii=False)
+ALLOW_DISRUPTIVE_HINT = ("cni.allowDisruptive: true in the spec, --allow-disruptive on the CLI, "
+                         "or allow_disruptive=True in the library")
+"""The three ways to allow a disruptive change, named in every refusal."""
 
 
 # ---------------------------------------------------------------- where the text lives
@@ -254,11 +130,21 @@ def _record_text(record: Record) -> str:
 
 @attrs.frozen
 class _Doc:
-    """One read of the target: the text, k3snet's ownership record and a change token."""
+    """One read of the target: the text, k3snet's ownership record and a change token.
+
+    ``values`` are the text's keys as flannel reads them (:func:`flannel_values`).
+    """
 
     text: str
     record: Record | None
     token: Any
+    values: dict[str, Any]
+
+
+def _read_doc(text: str, record: Record | None, token: Any, where: str) -> _Doc:
+    values = dict(ObjectText(text, where).values)
+    values.pop(FLANNEL_OWNED_MARKER, None)
+    return _Doc(text=text, record=record, token=token, values=flannel_values(values, where))
 
 
 class _FileStore:
@@ -270,40 +156,34 @@ class _FileStore:
         self.where = f"flannel config file {path}"
 
     def read(self) -> _Doc | None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise BackendError(f"{self.where}: cannot read it: {exc.strerror}") from exc
+        with translate_errors(f"read {self.where}"):
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                return None
         try:
             text = data.decode()
         except UnicodeDecodeError as exc:
             raise BackendError(f"{self.where}: not UTF-8 text ({exc.reason})") from exc
-        doc = _ObjectText(text, self.where)
+        doc = ObjectText(text, self.where)
         record = None
         if FLANNEL_OWNED_MARKER in doc.values:
-            record = _parse_record(doc.values[FLANNEL_OWNED_MARKER], self.where)
+            record = parse_record(doc.values[FLANNEL_OWNED_MARKER], self.where)
             text = doc.remove(FLANNEL_OWNED_MARKER)
-        return _Doc(text=text, record=record, token=data)
+        return _read_doc(text, record, data, self.where)
 
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """Replace the file atomically; returns the number of system round trips."""
         if record is not None:
-            text = _ObjectText(text, self.where).set(FLANNEL_OWNED_MARKER, _record_text(record))
-        try:
+            text = ObjectText(text, self.where).set(FLANNEL_OWNED_MARKER, record_text(record))
+        with translate_errors(f"read {self.where} again before writing (nothing was "
+                              "changed)", into=ApplyError):
             current = self.path.read_bytes()
-        except OSError as exc:
-            raise ApplyError(f"{self.where}: cannot read it again before writing: "
-                             f"{exc.strerror}; nothing was changed") from exc
         if current != doc.token:
             raise ApplyError(f"{self.where}: changed by someone else while k3snet was applying; "
                              "nothing was written, observe and plan again")
-        try:
+        with translate_errors(f"write {self.where} (the file is unchanged)", into=ApplyError):
             _atomic_write(self.path, text.encode())
-        except OSError as exc:
-            raise ApplyError(f"{self.where}: cannot write it: {exc.strerror or exc}; the file "
-                             "is unchanged") from exc
         return 2
 
 
@@ -365,14 +245,13 @@ class _ConfigMapStore:
             raise BackendError(f"{self.where} has no {CONFIGMAP_KEY!r} key; is it flannel's "
                                "config? (keys: " + ", ".join(sorted(data)) + ")")
         text = data[CONFIGMAP_KEY]
-        _ObjectText(text, self.where)  # refuse invalid JSON now, with the object's name
         metadata = configmap.metadata
         annotations = (metadata.annotations if metadata is not None else None) or {}
         record = None
         if OWNED_ANNOTATION in annotations:
-            record = _parse_record(annotations[OWNED_ANNOTATION], self.where)
+            record = parse_record(annotations[OWNED_ANNOTATION], self.where)
         version = metadata.resource_version if metadata is not None else None
-        return _Doc(text=text, record=record, token=version)
+        return _read_doc(text, record, version, self.where)
 
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """One merge patch, conditional on the resourceVersion read."""
@@ -384,7 +263,7 @@ class _ConfigMapStore:
             body["data"] = {CONFIGMAP_KEY: text}
         if record != doc.record:
             metadata["annotations"] = {
-                OWNED_ANNOTATION: None if record is None else _record_text(record)
+                OWNED_ANNOTATION: None if record is None else record_text(record)
             }
         kube_call(
             f"patch {self.where}",
@@ -408,26 +287,44 @@ class _ApplyKubeError(KubeApiError, ApplyError):
 # ---------------------------------------------------------------- the backend
 
 
-def _content(doc: _Doc) -> dict[str, Any]:
-    values = dict(_ObjectText(doc.text, "").values)
-    values.pop(FLANNEL_OWNED_MARKER, None)
+def _owned(target: str, doc: _Doc) -> FlannelConfig | None:
+    """The keys k3snet set, with their current values (``Backend``: only its members)."""
+    if doc.record is None:
+        return None
+    members: dict[str, Any] = {}
+    for key, previous in doc.record.items():
+        if key not in doc.values:
+            continue
+        current = doc.values[key]
+        if isinstance(previous, dict) and isinstance(current, dict):
+            current = {k: current[k] for k in ("Type", *previous) if k in current}
+        members[key] = current
+    return FlannelConfig.from_members(target, members)
+
+
+def _foreign_values(doc: _Doc) -> dict[str, Any]:
+    """The config as it would be without k3snet: owned keys back at their previous values."""
+    values = dict(doc.values)
+    for key, previous in (doc.record or {}).items():
+        if isinstance(previous, dict):
+            current = values.get(key)
+            if isinstance(current, dict):
+                current = dict(current)
+                for member, was in previous.items():
+                    if was is None:
+                        current.pop(member, None)
+                    else:
+                        current[member] = json.loads(was)
+                values[key] = current
+        elif previous is None:
+            values.pop(key, None)
+        else:
+            values[key] = json.loads(previous)
     return values
 
 
-def _owned(target: str, doc: _Doc) -> FlannelConfig | None:
-    if doc.record is None:
-        return None
-    values = _content(doc)
-    return FlannelConfig.from_members(target, {k: values[k] for k in doc.record if k in values})
-
-
 def _foreign(target: str, doc: _Doc) -> FlannelConfig:
-    """The config as it would be without k3snet: owned keys back at their previous values."""
-    values = _content(doc)
-    record = doc.record or {}
-    underlying = {k: v for k, v in values.items() if k not in record}
-    underlying.update({k: json.loads(p) for k, p in record.items() if p is not None})
-    return FlannelConfig.from_members(target, underlying)
+    return FlannelConfig.from_members(target, _foreign_values(doc))
 
 
 class FlannelBackend(BackendBase):
@@ -437,9 +334,12 @@ class FlannelBackend(BackendBase):
     upstream flannel (:data:`DEFAULT_CONFIGMAP`). For a ConfigMap, ``api_client``
     is a ``kubernetes.client.ApiClient`` (else one is built from ``kubeconfig`` /
     ``context``, or the in-cluster service account); ``timeout`` bounds each request.
+    ``allow_disruptive`` lets ``apply`` make changes :meth:`disruptive` names
+    (a new ``Network``, ``SubnetLen``, address family or backend type).
 
     A missing file or ConfigMap is observed as empty; applying to it is refused
-    (k3snet edits flannel's config, it does not invent one).
+    (k3snet edits flannel's config, it does not invent one), and so is applying
+    to the file K3s generates (:func:`is_k3s_generated`).
     """
 
     name = "flannel"
@@ -453,10 +353,12 @@ class FlannelBackend(BackendBase):
         kubeconfig: str | None = None,
         context: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        allow_disruptive: bool = False,
     ) -> None:
         super().__init__()
         if path is not None and configmap is not None:
             raise ModelError("flannel backend: give a file path or a ConfigMap, not both")
+        self.allow_disruptive = allow_disruptive
         self._client: Any = None
         self._owns_client = False
         self._store: _FileStore | _ConfigMapStore
@@ -484,35 +386,70 @@ class FlannelBackend(BackendBase):
         doc = self._store.read()
         if doc is None:
             return State()
+        return self._state(doc)
+
+    def _state(self, doc: _Doc) -> State:
         owned = _owned(self.target, doc)
         return State(owned=[] if owned is None else [owned],
                      foreign=[_foreign(self.target, doc)])
 
+    def disruptive(self, change: Change) -> str | None:
+        """Why ``change`` disrupts pods once flannel restarts, or ``None``.
+
+        Judged against the config as it is now: a change that sets ``Network``
+        to the value already there is not disruptive; one that changes it is.
+        A change that does not fit the config (``check`` says why) is ``None``.
+        """
+        try:
+            doc = self._store.read()
+            if doc is None:
+                return None
+            _, _, reasons = self._edit(doc, Plan(changes=[change]))
+        except (PlanError, BackendError):
+            return None
+        return "; ".join(reasons) or None
+
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Problems applying ``plan`` would hit; nothing is written."""
         try:
-            ensure_capable(self, plan)
             if plan.changes:
-                self._edit(self._read_for_apply(), plan)
+                self._refuse_k3s_generated()
+                self._edit(self._read_for_apply(), plan, refuse_disruptive=True)
+            else:
+                self.ensure_capable(plan)
         except (PlanError, BackendError) as exc:
             return (str(exc),)
         return ()
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change in one atomic write of the changed keys, or nothing."""
-        ensure_capable(self, plan)
+        self.ensure_capable(plan)
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
+        self._refuse_k3s_generated()
         doc = self._read_for_apply()
-        text, record = self._edit(doc, plan)
+        text, record, _ = self._edit(doc, plan, refuse_disruptive=True)
+        undo = Compensation(self.name, self._store.where)  # one write: nothing to undo before it
         fail_at = self.faults.take(plan)
         if fail_at is not None:  # the write below is one step: refused, nothing is written
-            raise ApplyError(f"{self._store.where}: injected failure (fault hook), nothing was "
-                             "changed", failed=plan.changes[fail_at])
+            undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
         operations = 1
         if text != doc.text or record != doc.record:
             operations += self._store.write(doc, text, record)
         return ApplyResult(self.name, plan.changes, operations=operations)
+
+    def _refuse_k3s_generated(self) -> None:
+        store = self._store
+        if isinstance(store, _FileStore) and (is_k3s_generated(store.path)
+                                              or is_k3s_generated(store.path.resolve())):
+            raise PlanError(
+                f"{store.where} is the net-conf.json K3s generates: K3s writes it again on "
+                "every start (from --flannel-backend and --cluster-cidr), so k3snet's edit would "
+                "be lost. Copy it to a file you own (for example "
+                "/etc/rancher/k3s/flannel-net-conf.json), start K3s with --flannel-conf "
+                "naming that file (flannel-conf: in /etc/rancher/k3s/config.yaml), and point "
+                "k3snet's flannel backend at it (path=, --backend-opt flannel.path=, or "
+                "K3SNET_FLANNEL_CONF)")
 
     def _read_for_apply(self) -> _Doc:
         try:
@@ -526,11 +463,14 @@ class FlannelBackend(BackendBase):
                              "existing flannel config, it does not create one")
         return doc
 
-    def _edit(self, doc: _Doc, plan: Plan) -> tuple[str, Record | None]:
-        """The new text and record after every change (PlanError if one does not fit)."""
+    def _edit(self, doc: _Doc, plan: Plan, *, refuse_disruptive: bool = False
+              ) -> tuple[str, Record | None, list[str]]:
+        """The new text and record after every change, and why it is disruptive.
+
+        PlanError if a change does not fit what is owned (:func:`fit_problems`),
+        names another target, or (``refuse_disruptive``, unless allowed) is disruptive.
+        """
         where = self._store.where
-        owned = _owned(self.target, doc)
-        text, record = doc.text, None if doc.record is None else dict(doc.record)
         for change in plan.changes:
             subject = change.subject
             if not isinstance(subject, FlannelConfig):
@@ -538,16 +478,23 @@ class FlannelBackend(BackendBase):
             if subject.target != self.target:
                 raise PlanError(f"flannel backend manages {self.target}; the plan changes "
                                 f"{subject.target}")
-            if change.action == "add" and owned is not None:
-                raise PlanError(f"cannot add {subject}: k3snet already owns keys of "
-                                f"{self.target} ({owned}); observe and plan again")
-            if change.action != "add" and (owned is None or owned != change.before):
-                found = "no keys owned by k3snet" if owned is None else str(owned)
-                raise PlanError(f"cannot {change.action} {change.before}: k3snet does not own "
-                                f"it, found {found}; k3snet never changes keys it did not set")
-            text, record = _apply_change(text, record, change, where)
-            owned = change.after if isinstance(change.after, FlannelConfig) else None
-        return text, record
+        problems = fit_problems(self, plan, self._state(doc))
+        if problems:
+            raise PlanError(f"{self.name} backend refuses the plan for {self.target}, nothing "
+                            "was changed:\n  " + "\n  ".join(problems))
+        text, record = doc.text, copy_record(doc.record)
+        values = doc.values
+        reasons: list[str] = []
+        for change in plan.changes:
+            text, record = apply_change(text, record, change, where)
+            after = flannel_values(ObjectText(text, where).values, where)
+            reasons += disruptions(values, after)
+            values = after
+        if reasons and refuse_disruptive and not self.allow_disruptive:
+            raise PlanError(f"flannel backend refuses a disruptive change to {self.target}: "
+                            f"{'; '.join(reasons)}. Allow it with {ALLOW_DISRUPTIVE_HINT}, "
+                            "then restart flannel on every node")
+        return text, record, reasons
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""
@@ -555,23 +502,3 @@ class FlannelBackend(BackendBase):
             self._client.close()
             self._client = None
         super().close()
-
-
-def _apply_change(
-    text: str, record: Record | None, change: Change, where: str
-) -> tuple[str, Record | None]:
-    if change.action == "delete":
-        for key, previous in (record or {}).items():
-            text = _restore(text, key, previous, where)
-        return text, None
-    after = change.after
-    assert isinstance(after, FlannelConfig)  # checked by the caller
-    wanted = after.members()
-    record = {} if record is None else dict(record)
-    for key in [k for k in record if k not in wanted]:  # keys the new config gives back
-        text = _restore(text, key, record.pop(key), where)
-    for key, value in wanted.items():
-        if key not in record:
-            record[key] = _ObjectText(text, where).raw(key)
-        text = _set_value(text, key, value, where)
-    return text, record

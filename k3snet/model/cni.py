@@ -58,6 +58,7 @@ __all__ = [
     "configmap_target",
     "effective_config",
     "file_target",
+    "merge_members",
     "pool_name",
 ]
 
@@ -280,8 +281,10 @@ class FlannelConfig(NetObject):
     (``{"Type": ..., **options}``); ``extra`` holds any other top-level key
     (``SubnetLen``, ``SubnetMin`` ...) as JSON values.
 
-    Owned objects carry only the keys k3snet set; the observed *foreign* object
-    of a target is the whole config as it would be without k3snet.
+    Owned objects carry only the keys k3snet set (of ``Backend``, only the
+    members it set: the type and options are merged into the object flannel
+    has, see :func:`merge_members`); the observed *foreign* object of a target
+    is the whole config as it would be without k3snet.
     """
 
     kind: ClassVar[str] = "flannel"
@@ -420,11 +423,24 @@ class FlannelConfig(NetObject):
         return tuple(self.members())
 
     def met_by(self, other: NetObject) -> bool:
-        """The foreign config of the same target already has every key set to this value."""
+        """The foreign config of the same target already has every key set to this value.
+
+        ``Backend`` is compared key by key, as k3snet writes it: a config setting
+        ``Backend.Type`` and ``MTU`` is met by a foreign ``Backend`` with that type
+        and MTU, whatever other options (``VNI``, ``Port`` ...) it has.
+        """
         if not isinstance(other, FlannelConfig) or other.target != self.target:
             return False
         theirs = other.member_texts()
-        return all(theirs.get(key) == text for key, text in self.member_texts().items())
+        if not all(theirs.get(key) == text for key, text in self.member_texts().items()
+                   if key != "Backend"):
+            return False
+        if self.backend_type is None:
+            return True
+        options = other.backend_options
+        return other.backend_type == self.backend_type and all(
+            key in options and options.canonical(key) == text
+            for key, text in self.backend_options.canonical_items())
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -485,8 +501,28 @@ def effective_config(state: State, target: str | None = None) -> FlannelConfig |
         raise ModelError(f"the state has flannel configs of {len(targets)} targets; name one")
     members: dict[str, Any] = {}
     for config in sorted(configs, key=lambda c: c in state.owned):  # foreign first
-        members.update(config.members())
+        members = merge_members(members, config.members())
     return FlannelConfig.from_members(configs[0].target, members)
+
+
+def merge_members(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with the keys of ``over`` set over it; ``Backend`` objects merged key by key.
+
+    This is how k3snet writes flannel's config: its ``Backend.Type`` and options
+    go into the object that is there, the other options (``VNI``, ``Port`` ...) stay.
+
+    >>> merge_members({"Backend": {"Type": "vxlan", "VNI": 1, "MTU": 1280}},
+    ...               {"Backend": {"Type": "vxlan", "MTU": 1400}})
+    {'Backend': {'Type': 'vxlan', 'VNI': 1, 'MTU': 1400}}
+    """
+    merged = dict(base)
+    for key, value in over.items():
+        below = merged.get(key)
+        if key == "Backend" and isinstance(below, dict) and isinstance(value, dict):
+            merged[key] = {**below, **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def _pod_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
@@ -535,12 +571,20 @@ file:/etc/flannel.json: flannel gives pods addresses from 10.244.0.0/16, so rule
         return ("flannel", self.target)
 
     def disagreements(self, config: FlannelConfig) -> list[tuple[int, str]]:
-        """``(index in pod_cidrs, message)`` for each pod CIDR ``config``'s network contradicts."""
+        """``(index in pod_cidrs, message)`` for each pod CIDR ``config``'s network contradicts.
+
+        A family flannel does not run is not checked: flannel reads ``EnableIPv4``
+        as true and ``EnableIPv6`` as false when absent, and ignores the network
+        of a disabled family (K3s writes ``"IPv6Network": "::/0"`` with
+        ``"EnableIPv6": false`` on an IPv4-only cluster).
+        """
         found = []
         for index, pod in enumerate(self.pod_cidrs):
             key, net = (("Network", config.network) if pod.version == 4
                         else ("IPv6Network", config.ipv6_network))
-            if net is not None and net != pod:
+            enabled = (config.enable_ipv4 is not False if pod.version == 4
+                       else config.enable_ipv6 is True)
+            if enabled and net is not None and net != pod:
                 found.append((index, f"pod CIDR {pod} disagrees with flannel's {key} {net} in "
                                      f"{config.target}: flannel gives pods addresses from {net}, "
                                      f"so rules for {pod} would miss them; make them equal"))

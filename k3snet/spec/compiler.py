@@ -243,9 +243,29 @@ def _one_network_per_family(pods: tuple[Network, ...]) -> list[Problem]:
 
 
 def _flannel_objects(spec: Spec, targets: tuple[str, ...], out: list[NetObject]) -> list[Problem]:
+    """Per flannel target: what ``cni.flannel`` sets, and the check of flannel's networks.
+
+    The pod CIDRs become ``Network`` / ``IPv6Network`` only with ``setNetworks``;
+    otherwise they are an expectation (never written), so a cluster whose
+    flannel runs another network is told so instead of being re-addressed.
+    """
     settings = spec.cni.flannel
-    if settings is None:
+    if settings is None or not targets:
         out += [FlannelNetworks(target, spec.cluster.pod_cidrs) for target in targets]
+        return []
+    problems = _one_network_per_family(tuple(spec.cluster.pod_cidrs))
+    if problems:
+        return problems
+    if settings.backend_options and settings.backend_type is None:
+        return [Problem("cni.flannel.backend.options", "needs cni.flannel.backend.type: k3snet "
+                        "sets the options together with the type they belong to")]
+    if not settings.set_networks:
+        out += [FlannelNetworks(target, spec.cluster.pod_cidrs) for target in targets]
+        configs = [FlannelConfig(target, backend_type=settings.backend_type,
+                                 backend_options=dict(settings.backend_options),
+                                 enable_nftables=settings.enable_nftables)
+                   for target in targets]
+        out += [config for config in configs if config.keys]  # nothing to set: nothing owned
         return []
     try:
         out += [compile_flannel(spec, target=target, backend_type=settings.backend_type,

@@ -14,6 +14,7 @@ import attrs
 from k3snet.errors import ModelError
 from k3snet.model import validate_interface_name
 from k3snet.model.cidr import Address, Network, parse_address, parse_network
+from k3snet.model.cni import FLANNEL_BACKEND_TYPES
 from k3snet.model.route import MAIN_TABLE
 from k3snet.model.sysctl import Sysctl
 
@@ -43,11 +44,9 @@ KIND = "EgressSpec"
 K3S_POD_CIDR = "10.42.0.0/16"
 K3S_SERVICE_CIDR = "10.43.0.0/16"
 
-FLANNEL_TYPES: tuple[str, ...] = (
-    "vxlan", "host-gw", "wireguard", "ipip", "udp", "alivpc", "alloc", "tencentvpc", "extension",
-    "ipsec", "gce", "aws-vpc",
-)
-"""Flannel backend types the spec accepts for ``cni.flannel.backend.type``."""
+FLANNEL_TYPES: tuple[str, ...] = FLANNEL_BACKEND_TYPES
+"""Flannel backend types the spec accepts for ``cni.flannel.backend.type`` (flannel's names,
+spelled once in :data:`k3snet.model.cni.FLANNEL_BACKEND_TYPES`)."""
 
 MasqueradeMode = Literal["destinations", "all", "off"]
 
@@ -242,6 +241,13 @@ class FlannelSettings:
     backend_options: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_options)
     """``Backend`` options such as ``VNI`` or ``Port`` (a mapping is accepted)."""
     enable_nftables: bool | None = None
+    set_networks: bool = False
+    """Write the pod CIDRs as flannel's ``Network`` / ``IPv6Network`` (and ``EnableIPv6``).
+
+    Off by default: k3snet then only checks that flannel's networks are the pod
+    CIDRs (a ``!`` conflict when they are not), since changing them on a running
+    cluster re-addresses every pod (a disruptive change, refused unless allowed).
+    """
 
 
 @attrs.frozen

@@ -214,6 +214,7 @@ FLANNEL = Section(FlannelSettings, (
     Field("backend.options", "backend_options", mapping("expected a mapping"), pairs,
           example={"VNI": 4}),
     Field("enableNFTables", "enable_nftables", boolean, example=True),
+    Field("setNetworks", "set_networks", boolean, example=True),
 ))
 
 CALICO = Section(CalicoSettings, (

@@ -593,8 +593,12 @@ def flannel_configs(target: str) -> SearchStrategy[FlannelConfig]:
 
     options = st.dictionaries(st.sampled_from(("VNI", "Port", "DirectRouting", "MTU")),
                               st.integers(1, 9000) | st.booleans(), max_size=2)
-    extra = st.dictionaries(st.sampled_from(("SubnetLen", "SubnetMin", "k3snet-test")),
-                            st.integers(16, 28) | st.text("abc", max_size=3), max_size=2)
+    # Values flannel accepts for its keys (the backend refuses to write others).
+    extra = st.fixed_dictionaries({}, optional={
+        "SubnetLen": st.integers(16, 28),
+        "SubnetMin": st.sampled_from(("10.42.8.0", "10.244.8.0")),
+        "k3snet-test": st.integers(0, 9) | st.text("abc", max_size=3),
+    })
 
     @st.composite
     def build(draw: st.DrawFn) -> FlannelConfig:

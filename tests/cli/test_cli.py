@@ -96,14 +96,24 @@ def test_flannel_file_through_the_agent_environment(
                     '  "x": [1, 2]\n}\n')
     spec = tmp_path / "spec.yaml"
     spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
-                    "cni:\n  flannel:\n    backend: {type: host-gw}\n")
+                    "cni:\n  flannel:\n    backend: {type: vxlan, options: {Port: 4789}}\n")
     monkeypatch.setenv("K3SNET_FLANNEL_CONF", str(conf))
     assert main(["plan", "-f", str(spec), "--backend", "flannel"]) == 2
-    assert "host-gw" in capsys.readouterr().out
+    assert '"Port":4789' in capsys.readouterr().out
     assert main(["apply", "-f", str(spec), "--backend", "flannel"]) == 0
-    assert '"Type":"host-gw"' in conf.read_text().replace(" ", "")
+    assert '"Backend": {"Type": "vxlan","Port": 4789}' in conf.read_text()  # merged into it
     assert '"x": [1, 2]' in conf.read_text()  # unknown keys kept byte for byte
     assert main(["plan", "-f", str(spec), "--backend", "flannel"]) == 0
+    # A new backend type is disruptive: refused, with the ways to allow it.
+    before = conf.read_text()
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "cni:\n  flannel:\n    backend: {type: host-gw}\n")
+    capsys.readouterr()
+    assert main(["apply", "-f", str(spec), "--backend", "flannel"]) == 1
+    err = capsys.readouterr().err
+    assert "changing flannel's Backend.Type (\"vxlan\" -> \"host-gw\")" in err
+    assert "--allow-disruptive on the CLI" in err
+    assert conf.read_text() == before
 
 
 def test_pod_cidr_disagreeing_with_flannel_is_a_conflict(

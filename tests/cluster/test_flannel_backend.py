@@ -73,7 +73,7 @@ def conf_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def configmap_backend(api_server: EmulatedApiServer, api_client: Any) -> FlannelBackend:
     api_server.put(CONFIGMAPS, _configmap())
-    return FlannelBackend(api_client=api_client, timeout=0.5)
+    return FlannelBackend(api_client=api_client, timeout=0.5, allow_disruptive=True)
 
 
 def _converge(backend: FlannelBackend, desired: State) -> Plan:
@@ -86,8 +86,8 @@ def _converge(backend: FlannelBackend, desired: State) -> Plan:
 
 
 def test_file_backend_conforms_and_leaves_the_file_byte_identical(conf_file: Path) -> None:
-    backend = FlannelBackend(path=conf_file)
-    run_conformance(lambda: FlannelBackend(path=conf_file),
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    run_conformance(lambda: FlannelBackend(path=conf_file, allow_disruptive=True),
                     objects=flannel_configs(backend.target), max_examples=25)
     assert conf_file.read_text() == NET_CONF
     assert sorted(os.listdir(conf_file.parent)) == ["net-conf.json"]  # no temporary files left
@@ -99,7 +99,7 @@ def test_configmap_backend_conforms_and_leaves_the_configmap_as_found(
     api_server.put(CONFIGMAPS, _configmap())
     before = _stored(api_server)
     target = configmap_target("kube-flannel", "kube-flannel-cfg")
-    run_conformance(lambda: FlannelBackend(api_client=api_client),
+    run_conformance(lambda: FlannelBackend(api_client=api_client, allow_disruptive=True),
                     objects=flannel_configs(target), max_examples=15)
     after = _stored(api_server)
     assert after["data"] == before["data"]  # both keys, byte for byte
@@ -111,7 +111,7 @@ def test_configmap_backend_conforms_and_leaves_the_configmap_as_found(
 
 
 def test_changing_one_key_rewrites_only_its_value(conf_file: Path) -> None:
-    backend = FlannelBackend(path=conf_file)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     desired = State(owned=[FlannelConfig(backend.target, network="10.244.0.0/16")])
     p = _converge(backend, desired)
     assert [c.action for c in p] == ["add"]
@@ -129,7 +129,7 @@ def test_changing_one_key_rewrites_only_its_value(conf_file: Path) -> None:
 
 
 def test_adding_an_absent_key_follows_the_layout_and_is_removed_exactly(conf_file: Path) -> None:
-    backend = FlannelBackend(path=conf_file)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True,
                                          extra={"SubnetMin": "10.42.8.0"})])
     _converge(backend, desired)
@@ -143,7 +143,7 @@ def test_adding_an_absent_key_follows_the_layout_and_is_removed_exactly(conf_fil
 
 
 def test_replace_gives_back_keys_and_keeps_the_rest(conf_file: Path) -> None:
-    backend = FlannelBackend(path=conf_file)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     first = FlannelConfig(backend.target, network="10.244.0.0/16", backend_type="host-gw")
     second = FlannelConfig(backend.target, backend_type="wireguard",
                            backend_options={"PersistentKeepaliveInterval": 25})
@@ -152,7 +152,9 @@ def test_replace_gives_back_keys_and_keeps_the_rest(conf_file: Path) -> None:
     assert [c.action for c in p] == ["replace"]
     values = json.loads(conf_file.read_text())
     assert values["Network"] == "10.42.0.0/16"  # given back: the original text
-    assert values["Backend"] == {"Type": "wireguard", "PersistentKeepaliveInterval": 25}
+    # Backend is merged key by key: the type changes, VNI and Port stay (wireguard ignores them).
+    assert values["Backend"] == {"Type": "wireguard", "VNI": 1, "Port": 8472,
+                                 "PersistentKeepaliveInterval": 25}
     assert values["x-vendor"] == {"weird": [1, 2, 3], "nested": {"a": None}}
     assert backend.observe().owned == {second}
     _converge(backend, State())
@@ -160,7 +162,7 @@ def test_replace_gives_back_keys_and_keeps_the_rest(conf_file: Path) -> None:
 
 
 def test_value_already_there_is_met_by_the_foreign_config(conf_file: Path) -> None:
-    backend = FlannelBackend(path=conf_file)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     desired = State(owned=[FlannelConfig(backend.target, network="10.42.0.0/16",
                                          backend_type="vxlan",
                                          backend_options={"Port": 8472, "VNI": 1})])
@@ -170,7 +172,7 @@ def test_value_already_there_is_met_by_the_foreign_config(conf_file: Path) -> No
 
 
 def test_file_mode_is_kept_and_the_file_is_replaced_atomically(conf_file: Path) -> None:
-    backend = FlannelBackend(path=conf_file)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     inode = conf_file.stat().st_ino
     _converge(backend, State(owned=[FlannelConfig(backend.target, enable_ipv6=True)]))
     info = conf_file.stat()
@@ -181,15 +183,15 @@ def test_file_mode_is_kept_and_the_file_is_replaced_atomically(conf_file: Path) 
 def test_failed_write_leaves_the_file_unchanged(
     conf_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = FlannelBackend(path=conf_file)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
 
     def refuse(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", refuse)  # the rename that would commit the write
     p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, network="10.9.0.0/16")]))
-    with pytest.raises(ApplyError, match=r"flannel config file .*net-conf.json: cannot write it: "
-                                         r"No space left on device; the file is unchanged"):
+    with pytest.raises(ApplyError, match=r"cannot write flannel config file .*net-conf.json \(the "
+                                         r"file is unchanged\): .*No space left on device"):
         backend.apply(p)
     assert conf_file.read_text() == NET_CONF
     assert sorted(os.listdir(conf_file.parent)) == ["net-conf.json"]
@@ -198,13 +200,13 @@ def test_failed_write_leaves_the_file_unchanged(
 def test_a_concurrent_change_of_the_file_is_not_overwritten(
     conf_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = FlannelBackend(path=conf_file)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, network="10.9.0.0/16")]))
     original_edit = FlannelBackend._edit
 
-    def edit_while_someone_writes(self: FlannelBackend, doc: Any, pl: Plan) -> Any:
+    def edit_while_someone_writes(self: FlannelBackend, doc: Any, pl: Plan, **kw: Any) -> Any:
         conf_file.write_text(NET_CONF.replace("8472", "8473"))
-        return original_edit(self, doc, pl)
+        return original_edit(self, doc, pl, **kw)
 
     monkeypatch.setattr(FlannelBackend, "_edit", edit_while_someone_writes)
     with pytest.raises(ApplyError, match="changed by someone else"):
@@ -214,7 +216,7 @@ def test_a_concurrent_change_of_the_file_is_not_overwritten(
 
 def test_invalid_json_in_the_file_is_a_clear_error(conf_file: Path) -> None:
     conf_file.write_text('{"Network": "10.42.0.0/16",}')
-    backend = FlannelBackend(path=conf_file)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     with pytest.raises(BackendError, match=r"flannel config file .*net-conf.json: net-conf.json "
                                            r"is not valid JSON: .*line 1, column 28"):
         backend.observe()
@@ -227,7 +229,7 @@ def test_invalid_json_in_the_file_is_a_clear_error(conf_file: Path) -> None:
 def test_duplicate_top_level_keys_are_refused(conf_file: Path) -> None:
     conf_file.write_text('{"Network": "10.42.0.0/16", "Network": "10.9.0.0/16"}')
     with pytest.raises(BackendError, match="key 'Network' twice"):
-        FlannelBackend(path=conf_file).observe()
+        FlannelBackend(path=conf_file, allow_disruptive=True).observe()
 
 
 def test_missing_file_is_observed_empty_and_never_created(tmp_path: Path) -> None:
@@ -242,12 +244,12 @@ def test_missing_file_is_observed_empty_and_never_created(tmp_path: Path) -> Non
 
 
 def test_plans_for_other_targets_or_foreign_configs_are_refused(conf_file: Path) -> None:
-    backend = FlannelBackend(path=conf_file)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     other = FlannelConfig("file:/elsewhere.json", network="10.9.0.0/16")
     with pytest.raises(PlanError, match="manages file:"):
         backend.apply(Plan(changes=[Change.add(other)]))
     (foreign,) = backend.observe().foreign
-    with pytest.raises(PlanError, match="k3snet does not own it"):
+    with pytest.raises(PlanError, match=r"it is not k3snet's \(foreign\)"):
         backend.apply(Plan(changes=[Change.delete(foreign)]))
     assert conf_file.read_text() == NET_CONF
 
@@ -255,7 +257,7 @@ def test_plans_for_other_targets_or_foreign_configs_are_refused(conf_file: Path)
 def test_a_corrupt_ownership_record_is_reported(conf_file: Path) -> None:
     conf_file.write_text('{"Network": "10.42.0.0/16", "k3snet.io/owned": {"Network": "{"}}')
     with pytest.raises(BackendError, match="ownership record entry 'Network' holds invalid JSON"):
-        FlannelBackend(path=conf_file).observe()
+        FlannelBackend(path=conf_file, allow_disruptive=True).observe()
 
 
 def test_path_and_configmap_are_exclusive(tmp_path: Path) -> None:
@@ -295,9 +297,9 @@ def test_configmap_changed_between_read_and_patch_gives_409_and_nothing(
     edited = NET_CONF.replace("8472", "4789")
     original_edit = FlannelBackend._edit
 
-    def someone_edits_meanwhile(self: FlannelBackend, doc: Any, pl: Plan) -> Any:
+    def someone_edits_meanwhile(self: FlannelBackend, doc: Any, pl: Plan, **kw: Any) -> Any:
         api_server.put(CONFIGMAPS, _configmap(edited))  # bumps the resourceVersion
-        return original_edit(self, doc, pl)
+        return original_edit(self, doc, pl, **kw)
 
     monkeypatch.setattr(FlannelBackend, "_edit", someone_edits_meanwhile)
     with pytest.raises(ApplyError, match=r"patch ConfigMap kube-flannel/kube-flannel-cfg: "
@@ -360,7 +362,7 @@ def test_invalid_json_in_the_configmap_is_a_clear_error(
 ) -> None:
     api_server.put(CONFIGMAPS, _configmap('{"Network": "10.42.0.0/16", "Backend": {"Type": '))
     before = _content(_stored(api_server))
-    backend = FlannelBackend(api_client=api_client)
+    backend = FlannelBackend(api_client=api_client, allow_disruptive=True)
     with pytest.raises(BackendError, match=r"ConfigMap kube-flannel/kube-flannel-cfg: "
                                            r"net-conf.json is not valid JSON"):
         backend.observe()
@@ -378,7 +380,7 @@ def test_configmap_without_net_conf_is_reported(
     del cm["data"]["net-conf.json"]
     api_server.put(CONFIGMAPS, cm)
     with pytest.raises(BackendError, match=r"has no 'net-conf.json' key.*cni-conf.json"):
-        FlannelBackend(api_client=api_client).observe()
+        FlannelBackend(api_client=api_client, allow_disruptive=True).observe()
 
 
 def test_missing_configmap_is_observed_empty_and_not_created(
@@ -396,7 +398,7 @@ def test_missing_configmap_is_observed_empty_and_not_created(
 
 
 def test_pod_cidr_disagreeing_with_network_is_an_error_naming_both(conf_file: Path) -> None:
-    backend = FlannelBackend(path=conf_file)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     observed = backend.observe()
     spec = Spec(cluster=Cluster(pod_cidrs=["10.244.0.0/16"], service_cidrs=["10.96.0.0/12"]))
     with pytest.raises(SpecError) as info:
@@ -417,7 +419,7 @@ def test_pod_cidr_disagreeing_with_network_is_an_error_naming_both(conf_file: Pa
 
 def test_ipv6_pod_cidr_is_checked_against_ipv6network() -> None:
     config = FlannelConfig("file:/x.json", network="10.42.0.0/16",
-                           ipv6_network="fd00:42::/56")
+                           ipv6_network="fd00:42::/56", enable_ipv6=True)
     problems = pod_cidr_problems(["10.42.0.0/16", "fd00:43::/56"], config)
     assert [p.path for p in problems] == ["cluster.podCIDRs[1]"]
     assert "flannel's IPv6Network fd00:42::/56" in problems[0].message

@@ -91,9 +91,36 @@ def test_compile_for_never_observes() -> None:
 def test_flannel_settings_compile_to_the_target_config() -> None:
     spec = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
                            "cni": {"flannel": {"backend": {"type": "host-gw"}}}})
+    # The settings are written; the pod CIDRs are only checked against flannel's networks.
+    assert compile_spec(spec, flannel_targets=[TARGET]).only(["flannel"]).owned == {
+        FlannelConfig(TARGET, backend_type="host-gw"),
+        FlannelNetworks(TARGET, ["10.42.0.0/16", "fd42::/56"]),
+    }
+    spec = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                           "cni": {"flannel": {"backend": {"type": "host-gw"},
+                                               "setNetworks": True}}})
     (config,) = compile_spec(spec, flannel_targets=[TARGET]).only(["flannel"])
     assert config == FlannelConfig(TARGET, network="10.42.0.0/16", ipv6_network="fd42::/56",
                                    enable_ipv6=True, backend_type="host-gw")
+
+
+def test_an_empty_cni_flannel_never_wants_another_network() -> None:
+    """cni.flannel: {} on a 10.244.0.0/16 cluster: a conflict, never a rewrite to 10.42.0.0/16."""
+    spec = Spec.from_dict({"cni": {"flannel": {}}})
+    wanted = compile_spec(spec, flannel_targets=[TARGET]).only(["flannel"])
+    assert wanted.owned == {FlannelNetworks(TARGET, ["10.42.0.0/16"])}
+    foreign = FlannelConfig(TARGET, network="10.244.0.0/16", backend_type="vxlan")
+    p = plan(State(foreign=[foreign]), wanted)
+    assert p.changes == ()
+    (note,) = p.conflicts
+    assert "disagrees with flannel's Network 10.244.0.0/16" in str(note.reason)
+
+
+def test_flannel_backend_options_need_the_type() -> None:
+    spec = Spec.from_dict({"cni": {"flannel": {"backend": {"options": {"MTU": 1400}}}}})
+    with pytest.raises(SpecError, match=r"cni.flannel.backend.options: needs "
+                                        r"cni.flannel.backend.type"):
+        compile_spec(spec, flannel_targets=[TARGET])
 
 
 def test_flannel_takes_one_network_per_family() -> None:
@@ -157,3 +184,15 @@ def test_a_note_without_reason_keeps_its_json_form() -> None:
                 FlannelConfig(TARGET, network="10.42.0.0/16"))
     assert "reason" not in note.to_dict()
     assert Note.from_dict(note.to_dict()) == note
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "host-gw", "wireguard", "ali-vpc", "tencent-vpc"])
+def test_every_flannel_type_the_spec_accepts_compiles(kind: str) -> None:
+    spec = Spec.from_dict({"cni": {"flannel": {"backend": {"type": kind}}}})
+    assert FlannelConfig(TARGET, backend_type=kind) in compile_spec(
+        spec, flannel_targets=[TARGET]).owned
+
+
+def test_flannel_types_are_flannel_s_names() -> None:
+    with pytest.raises(SpecError, match=r"cni.flannel.backend.type"):
+        Spec.from_dict({"cni": {"flannel": {"backend": {"type": "alivpc"}}}})

@@ -1,0 +1,225 @@
+"""flannel's net-conf.json as flannel reads it: which keys it knows, how it matches
+them, which values it refuses, which changes disrupt pods, and which file K3s
+writes anew on every start.
+
+Flannel decodes net-conf.json with Go's ``encoding/json`` into its
+``subnet.Config``: a key matches a field case-insensitively (an exact match
+first; of two spellings, the later one wins), ``EnableIPv4`` defaults to true
+and ``EnableIPv6`` to false, and a CIDR's host bits are masked off without a word.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from k3snet.errors import BackendError
+from k3snet.model.cni import canonical_json
+
+__all__ = [
+    "DISRUPTIVE_KEYS",
+    "FLANNEL_FIELDS",
+    "K3S_GENERATED_SUFFIX",
+    "disruptions",
+    "flannel_values",
+    "fold",
+    "is_k3s_generated",
+]
+
+K3S_GENERATED_SUFFIX: tuple[str, ...] = ("agent", "etc", "flannel", "net-conf.json")
+"""The end of the path of the net-conf.json K3s writes on every start (under its data dir)."""
+
+FLANNEL_FIELDS: tuple[str, ...] = (
+    "EnableIPv4", "EnableIPv6", "EnableNFTables", "Network", "IPv6Network", "Networks",
+    "IPv6Networks", "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax", "SubnetLen",
+    "IPv6SubnetLen", "Backend",
+)
+"""The fields of flannel's ``subnet.Config`` (the keys it reads from net-conf.json)."""
+
+DISRUPTIVE_KEYS: Mapping[str, str] = {
+    "Network": "re-addresses every pod (flannel hands out pod subnets from it)",
+    "IPv6Network": "re-addresses every pod (flannel hands out pod subnets from it)",
+    "SubnetLen": "changes every node's pod subnet, so every pod is re-addressed",
+    "IPv6SubnetLen": "changes every node's pod subnet, so every pod is re-addressed",
+    "EnableIPv4": "adds or removes the pods' IPv4 network on every node",
+    "EnableIPv6": "adds or removes the pods' IPv6 network on every node",
+    "Backend.Type": ("rebuilds the network between nodes: pods on nodes that restarted flannel "
+                     "cannot reach pods on nodes that did not"),
+}
+"""The keys whose change is disruptive, with why (``Backend.Type``: the backend's type)."""
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def fold(key: str) -> str:
+    """A key as Go's ``encoding/json`` compares it to a field name (case-insensitively).
+
+    Go folds ASCII letters and the two non-ASCII letters whose simple folding
+    reaches ASCII: U+017F (long s) is ``s`` and U+212A (Kelvin sign) is ``k``
+    (``str.lower`` already maps the Kelvin sign).
+    """
+    return key.lower().replace("\u017f", "s")
+
+
+def _cidr(version: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        expected = f"an IPv{version} CIDR string"
+        if not isinstance(value, str) or "/" not in value:
+            return expected
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return expected
+        if net.version != version:
+            return expected
+        if ipaddress.ip_interface(value).ip != net.network_address:
+            # Go's net.ParseCIDR masks them off without a word.
+            return f"a network without host bits (flannel would silently use {net})"
+        return None
+    return check
+
+
+def _address(version: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        try:
+            ok = isinstance(value, str) and ipaddress.ip_address(value).version == version
+        except ValueError:
+            ok = False
+        return None if ok else f"an IPv{version} address string"
+    return check
+
+
+def _list_of(item: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list):
+            return "a list of CIDR strings"
+        found = next((p for p in map(item, value) if p is not None), None)
+        return None if found is None else f"a list, each item {found}"
+    return check
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _prefix_length(limit: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+        return None if ok else f"an integer 0..{limit}"
+    return check
+
+
+def _backend(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "an object with a Type"
+    kind = value.get("Type")
+    if kind is not None and not isinstance(kind, str):
+        return "an object whose Type is a string"
+    return None
+
+
+_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
+    "EnableIPv4": _boolean, "EnableIPv6": _boolean, "EnableNFTables": _boolean,
+    "Network": _cidr(4), "IPv6Network": _cidr(6),
+    "Networks": _list_of(_cidr(4)), "IPv6Networks": _list_of(_cidr(6)),
+    "SubnetMin": _address(4), "SubnetMax": _address(4),
+    "IPv6SubnetMin": _address(6), "IPv6SubnetMax": _address(6),
+    "SubnetLen": _prefix_length(32), "IPv6SubnetLen": _prefix_length(128),
+    "Backend": _backend,
+}
+_FIELD_BY_FOLD = {fold(name): name for name in FLANNEL_FIELDS}
+
+
+def _folded(values: Mapping[str, Any], names: Mapping[str, str], where: str, inside: str
+            ) -> tuple[dict[str, Any], list[str]]:
+    """``values`` with each key flannel matches case-insensitively under its field name."""
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    problems: list[str] = []
+    for key, value in values.items():
+        name = names.get(fold(key), key)
+        if name in spelled:
+            problems.append(f"{inside + spelled[name]!r} and {inside + key!r} are both flannel's "
+                            f"{name} (Go's JSON decoding matches keys case-insensitively and the "
+                            "later one wins); keep one")
+            continue
+        spelled[name] = key
+        out[name] = value
+    return out, problems
+
+
+def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json") -> dict[str, Any]:
+    """The top-level keys of a parsed net-conf.json as flannel reads them, validated.
+
+    Keys flannel matches case-insensitively are renamed to its field names
+    (``network`` is ``Network``, ``Backend.type`` is ``Backend.Type``); unknown
+    keys are kept as they are (flannel ignores them). Raises
+    :class:`~k3snet.errors.BackendError` naming every value flannel would refuse or
+    read differently (a wrong type or family, host bits, two spellings of one key).
+
+    >>> flannel_values({"network": "10.244.0.0/16", "Backend": {"type": "vxlan", "VNI": 1}})
+    {'Network': '10.244.0.0/16', 'Backend': {'Type': 'vxlan', 'VNI': 1}}
+    """
+    out, problems = _folded(values, _FIELD_BY_FOLD, where, "")
+    for key, check in _CHECKS.items():
+        if key in out:
+            expected = check(out[key])
+            if expected is not None:
+                problems.append(f"{key} must be {expected}, got {_dump(out[key])}")
+    backend = out.get("Backend")
+    if isinstance(backend, dict):
+        inner, more = _folded(backend, {"type": "Type"}, where, "Backend.")
+        problems += more
+        if "Type" in inner and not isinstance(inner["Type"], str):
+            problems.append(f"Backend.Type must be a string, got {_dump(inner['Type'])}")
+        out["Backend"] = inner
+    if problems:
+        raise BackendError(f"{where}: flannel would not read net-conf.json as written: "
+                           + "; ".join(problems))
+    return out
+
+
+def _effective_value(values: Mapping[str, Any], key: str) -> Any:
+    """What flannel uses for ``key`` (its defaults where the key is absent)."""
+    if key == "EnableIPv4":
+        return values.get(key, True)
+    if key == "EnableIPv6":
+        return values.get(key, False)
+    if key == "Backend.Type":
+        backend = values.get("Backend")
+        return backend.get("Type", "") if isinstance(backend, dict) else "udp"
+    return values.get(key)
+
+
+def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Why going from config ``before`` to ``after`` disrupts pods (one line per key)."""
+    found = []
+    enabled = {4: "EnableIPv4", 6: "EnableIPv6"}
+    for key, why in DISRUPTIVE_KEYS.items():
+        family = 6 if key.startswith("IPv6") else 4 if key in ("Network", "SubnetLen") else 0
+        if family and not (_effective_value(before, enabled[family])
+                           and _effective_value(after, enabled[family])):
+            continue  # the family is off on one side: its Enable key says it all
+        old, new = _effective_value(before, key), _effective_value(after, key)
+        if canonical_json(old) != canonical_json(new):
+            shown = "unset" if old is None else _dump(old)
+            found.append(f"changing flannel's {key} ({shown} -> "
+                         f"{'unset' if new is None else _dump(new)}) {why}")
+    return found
+
+
+def is_k3s_generated(path: str | Path) -> bool:
+    """``path`` is the net-conf.json K3s writes anew on every start (``K3S_GENERATED_SUFFIX``).
+
+    >>> is_k3s_generated("/var/lib/rancher/k3s/agent/etc/flannel/net-conf.json")
+    True
+    >>> is_k3s_generated("/etc/rancher/k3s/flannel-net-conf.json")
+    False
+    """
+    parts = Path(path).parts
+    return tuple(parts[-len(K3S_GENERATED_SUFFIX):]) == K3S_GENERATED_SUFFIX

@@ -1,0 +1,390 @@
+"""The flannel backend against configs shaped like the ones K3s and kube-flannel really run.
+
+The K3s documents are what ``pkg/agent/flannel/setup.go`` (k3s-io/k3s) writes to
+``<data-dir>/agent/etc/flannel/net-conf.json``: its ``flannelConf`` template (tab
+indented) with the backend template pasted in as it is, so the ``Backend`` object's
+lines are not indented further. kube-flannel's is the ``net-conf.json`` key of the
+``kube-flannel-cfg`` ConfigMap of ``kube-flannel.yml``, with ``DirectRouting`` added
+as its users do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from k3snet.backends.flannel import (
+    ALLOW_DISRUPTIVE_HINT,
+    OWNED_ANNOTATION,
+    FlannelBackend,
+    flannel_values,
+    is_k3s_generated,
+)
+from k3snet.backends.registry import backend_options
+from k3snet.errors import BackendError, PlanError
+from k3snet.model.cni import FLANNEL_OWNED_MARKER, FlannelConfig
+from k3snet.model.state import State
+from k3snet.planner import Change, Plan, plan
+from k3snet.spec import compile as compile_spec
+from k3snet.spec import load_spec
+from k3snet.testing.kube import EmulatedApiServer
+
+pytestmark = pytest.mark.cluster
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+CONFIGMAPS = "v1/configmaps"
+
+# K3s, IPv4-only cluster, --flannel-backend=vxlan (the default).
+K3S_VXLAN = ('{\n\t"Network": "10.42.0.0/16",\n\t"EnableIPv6": false,\n\t"EnableIPv4": true,\n'
+             '\t"IPv6Network": "::/0",\n\t"Backend": {\n\t"Type": "vxlan"\n}\n}\n')
+# K3s, IPv4-only, --flannel-backend=host-gw.
+K3S_HOST_GW = K3S_VXLAN.replace('"Type": "vxlan"', '"Type": "host-gw"')
+# K3s, --flannel-backend=wireguard-native.
+K3S_WIREGUARD = K3S_VXLAN.replace('"Type": "vxlan"',
+                                  '"Type": "wireguard",\n\t"PersistentKeepaliveInterval": 25')
+# K3s, dual-stack --cluster-cidr=10.42.0.0/16,fd42:42::/56, vxlan.
+K3S_DUAL_STACK = (K3S_VXLAN.replace('"EnableIPv6": false', '"EnableIPv6": true')
+                  .replace('"::/0"', '"fd42:42::/56"'))
+# K3s, IPv6-only --cluster-cidr=fd42:42::/56: IPv4 off, its network 0.0.0.0/0.
+K3S_IPV6_ONLY = (K3S_DUAL_STACK.replace('"EnableIPv4": true', '"EnableIPv4": false')
+                 .replace('"10.42.0.0/16"', '"0.0.0.0/0"'))
+# A --flannel-conf file someone wrote by hand: vxlan with its own VNI, port and MTU.
+CUSTOM_VXLAN = """{
+  "Network": "10.42.0.0/16",
+  "Backend": {"Type":"vxlan","VNI":1,"Port":8472,"MTU":1280}
+}
+"""
+# kube-flannel.yml's net-conf.json, with DirectRouting on.
+KUBE_FLANNEL = """{
+  "Network": "10.244.0.0/16",
+  "EnableNFTables": false,
+  "Backend": {
+    "Type": "vxlan",
+    "DirectRouting": true
+  }
+}
+"""
+
+
+def _file(tmp_path: Path, text: str, name: str = "flannel-net-conf.json") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _converge(backend: FlannelBackend, desired: State) -> Plan:
+    p = plan(backend.observe(), desired)
+    backend.apply(p)
+    return p
+
+
+def _seed_plan(backend: FlannelBackend) -> Plan:
+    wanted = compile_spec(load_spec(SEED), flannel_targets=[backend.target]).only(["flannel"])
+    return plan(backend.observe(), wanted)
+
+
+# ---------------------------------------------------------------- K3s' own documents
+
+
+@pytest.mark.parametrize("text", [K3S_VXLAN, K3S_HOST_GW, K3S_WIREGUARD],
+                         ids=["vxlan", "host-gw", "wireguard-native"])
+def test_k3s_ipv4_only_config_agrees_with_the_seed_spec(tmp_path: Path, text: str) -> None:
+    """IPv6 is off in flannel: fd42:42::/56 is not checked against IPv6Network ::/0."""
+    backend = FlannelBackend(path=_file(tmp_path, text))
+    (foreign,) = backend.observe().foreign
+    assert foreign.enable_ipv6 is False
+    assert str(foreign.ipv6_network) == "::/0"
+    p = _seed_plan(backend)
+    assert p.empty
+    assert p.conflicts == ()
+
+
+def test_k3s_dual_stack_config_is_checked_for_both_families(tmp_path: Path) -> None:
+    backend = FlannelBackend(path=_file(tmp_path, K3S_DUAL_STACK))
+    assert _seed_plan(backend).conflicts == ()
+    other = _file(tmp_path, K3S_DUAL_STACK.replace("fd42:42::/56", "fd00:1::/56"), "b.json")
+    (note,) = _seed_plan(FlannelBackend(path=other)).conflicts
+    assert "fd42:42::/56 disagrees with flannel's IPv6Network fd00:1::/56" in str(note.reason)
+
+
+def test_k3s_ipv6_only_config_is_not_checked_for_ipv4(tmp_path: Path) -> None:
+    backend = FlannelBackend(path=_file(tmp_path, K3S_IPV6_ONLY))
+    (foreign,) = backend.observe().foreign
+    assert foreign.enable_ipv4 is False
+    assert str(foreign.network) == "0.0.0.0/0"
+    assert _seed_plan(backend).conflicts == ()  # 10.42.0.0/16 vs 0.0.0.0/0: IPv4 is off
+
+
+def test_the_file_k3s_generates_is_not_edited(tmp_path: Path) -> None:
+    path = _file(tmp_path, K3S_VXLAN, "k3s/agent/etc/flannel/net-conf.json")
+    assert is_k3s_generated(path)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    assert backend.observe().foreign  # reading it is fine
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, enable_nftables=True)]))
+    (problem,) = backend.check(p)
+    assert "K3s writes it again on every start" in problem
+    assert "--flannel-conf" in problem
+    with pytest.raises(PlanError, match="--flannel-conf"):
+        backend.apply(p)
+    assert path.read_text() == K3S_VXLAN
+
+
+def test_a_link_to_the_file_k3s_generates_is_not_edited_either(tmp_path: Path) -> None:
+    real = _file(tmp_path, K3S_VXLAN, "rancher/k3s/agent/etc/flannel/net-conf.json")
+    link = tmp_path / "flannel.json"
+    link.symlink_to(real)
+    backend = FlannelBackend(path=link)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, enable_nftables=True)]))
+    with pytest.raises(PlanError, match=r"net-conf\.json K3s generates"):
+        backend.apply(p)
+
+
+# ---------------------------------------------------------------- Backend merged key by key
+
+
+def test_asking_for_an_mtu_keeps_vni_and_port_byte_for_byte(tmp_path: Path) -> None:
+    path = _file(tmp_path, CUSTOM_VXLAN)
+    backend = FlannelBackend(path=path)
+    desired = State(owned=[FlannelConfig(backend.target, backend_type="vxlan",
+                                         backend_options={"MTU": 1400})])
+    p = _converge(backend, desired)
+    assert [c.action for c in p] == ["add"]
+    text = path.read_text()
+    values = json.loads(text)
+    assert values["Backend"] == {"Type": "vxlan", "VNI": 1, "Port": 8472, "MTU": 1400}
+    # Only the MTU's bytes changed; the record holds the two members k3snet set.
+    assert text.startswith(CUSTOM_VXLAN.replace('"MTU":1280}', '"MTU":1400}').rstrip()[:-2])
+    assert values[FLANNEL_OWNED_MARKER] == {"Backend": {"MTU": "1280", "Type": '"vxlan"'}}
+    assert backend.observe().owned == desired.owned
+    assert plan(backend.observe(), desired).empty
+    (foreign,) = backend.observe().foreign
+    assert dict(foreign.backend_options) == {"VNI": 1, "Port": 8472, "MTU": 1280}
+    _converge(backend, State())
+    assert path.read_text() == CUSTOM_VXLAN
+
+
+def test_an_option_already_set_is_met_whatever_the_other_options(tmp_path: Path) -> None:
+    backend = FlannelBackend(path=_file(tmp_path, CUSTOM_VXLAN))
+    p = plan(backend.observe(), State(owned=[FlannelConfig(
+        backend.target, backend_type="vxlan", backend_options={"Port": 8472})]))
+    assert p.empty
+    assert [n.status for n in p.notes] == ["met"]
+
+
+def test_kube_flannel_configmap_keeps_direct_routing(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    api_server.put(CONFIGMAPS, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+        "data": {"net-conf.json": KUBE_FLANNEL, "cni-conf.json": "{}"},
+    })
+    backend = FlannelBackend(api_client=api_client)
+    desired = State(owned=[FlannelConfig(backend.target, backend_type="vxlan",
+                                         backend_options={"MTU": 1400})])
+    _converge(backend, desired)
+    stored = api_server.get(CONFIGMAPS, "kube-flannel-cfg", "kube-flannel")
+    assert stored is not None
+    text = stored["data"]["net-conf.json"]
+    assert text == KUBE_FLANNEL.replace('"DirectRouting": true',
+                                        '"DirectRouting": true,\n    "MTU": 1400')
+    assert json.loads(stored["metadata"]["annotations"][OWNED_ANNOTATION]) == {
+        "Backend": {"MTU": None, "Type": '"vxlan"'}}
+    _converge(backend, State())
+    stored = api_server.get(CONFIGMAPS, "kube-flannel-cfg", "kube-flannel")
+    assert stored is not None
+    assert stored["data"]["net-conf.json"] == KUBE_FLANNEL
+
+
+def test_kube_flannel_network_is_a_conflict_never_a_rewrite(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    """The seed spec (10.42.0.0/16) with cni.flannel: {} on kube-flannel's 10.244.0.0/16."""
+    api_server.put(CONFIGMAPS, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+        "data": {"net-conf.json": KUBE_FLANNEL},
+    })
+    backend = FlannelBackend(api_client=api_client)
+    spec = load_spec(SEED)
+    spec = type(spec).from_dict({**spec.to_dict(), "cni": {"flannel": {}}})
+    wanted = compile_spec(spec, flannel_targets=[backend.target]).only(["flannel"])
+    p = plan(backend.observe(), wanted)
+    assert p.changes == ()
+    (note,) = p.conflicts
+    assert "10.42.0.0/16 disagrees with flannel's Network 10.244.0.0/16" in str(note.reason)
+
+
+def test_a_backend_recorded_whole_by_an_older_k3snet_is_given_back_whole(tmp_path: Path) -> None:
+    original = CUSTOM_VXLAN
+    written = original.replace('{"Type":"vxlan","VNI":1,"Port":8472,"MTU":1280}',
+                               '{"Type": "host-gw"}')
+    record = json.dumps({"Backend": '{"Type":"vxlan","VNI":1,"Port":8472,"MTU":1280}'})
+    path = _file(tmp_path, written.rstrip()[:-2] + f',\n  "{FLANNEL_OWNED_MARKER}": {record}\n}}\n')
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    (owned,) = backend.observe().owned
+    assert owned == FlannelConfig(backend.target, backend_type="host-gw")
+    _converge(backend, State())
+    assert path.read_text() == original
+
+
+# ---------------------------------------------------------------- disruptive changes
+
+
+@pytest.mark.parametrize(("config", "reason"), [
+    ({"network": "10.244.0.0/16"},
+     'changing flannel\'s Network ("10.42.0.0/16" -> "10.244.0.0/16") re-addresses every pod'),
+    ({"extra": {"SubnetLen": 25}},
+     "changing flannel's SubnetLen (unset -> 25) changes every node's pod subnet"),
+    ({"enable_ipv6": True, "ipv6_network": "fd42:42::/56"},
+     "changing flannel's EnableIPv6 (false -> true) adds or removes the pods' IPv6 network"),
+    ({"enable_ipv4": False},
+     "changing flannel's EnableIPv4 (true -> false)"),
+    ({"backend_type": "host-gw"},
+     'changing flannel\'s Backend.Type ("vxlan" -> "host-gw") rebuilds the network'),
+])
+def test_disruptive_changes_are_refused_unless_allowed(
+    tmp_path: Path, config: dict[str, Any], reason: str
+) -> None:
+    path = _file(tmp_path, K3S_VXLAN)
+    backend = FlannelBackend(path=path)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, **config)]))
+    (change,) = p.changes
+    assert reason in str(backend.disruptive(change))
+    (problem,) = backend.check(p)
+    assert reason in problem
+    assert ALLOW_DISRUPTIVE_HINT in problem
+    assert ("cni.allowDisruptive: true in the spec, --allow-disruptive on the CLI, or "
+            "allow_disruptive=True in the library") in problem
+    with pytest.raises(PlanError, match="refuses a disruptive change"):
+        backend.apply(p)
+    assert path.read_text() == K3S_VXLAN
+    allowed = FlannelBackend(path=path, allow_disruptive=True)
+    assert allowed.check(p) == ()
+    allowed.apply(p)
+    assert path.read_text() != K3S_VXLAN
+    assert "allow_disruptive" in backend_options("flannel")
+
+
+def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path) -> None:
+    backend = FlannelBackend(path=_file(tmp_path, K3S_VXLAN))
+    same = Change.add(FlannelConfig(backend.target, network="10.42.0.0/16",
+                                    enable_nftables=True))
+    assert backend.disruptive(same) is None
+    mtu = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
+                                   backend_options={"MTU": 1400}))
+    assert backend.disruptive(mtu) is None
+    assert backend.check(Plan(changes=[mtu])) == ()
+    # The network of a family flannel has off is not disruptive to change.
+    v6 = Change.add(FlannelConfig(backend.target, ipv6_network="fd00::/56"))
+    assert backend.disruptive(v6) is None
+
+
+def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
+    path = _file(tmp_path, K3S_VXLAN)
+    _converge(FlannelBackend(path=path, allow_disruptive=True),
+              State(owned=[FlannelConfig(f"file:{path}", network="10.244.0.0/16")]))
+    backend = FlannelBackend(path=path)
+    p = plan(backend.observe(), State())
+    (change,) = p.changes
+    assert change.action == "delete"
+    assert "10.244.0.0/16\" -> \"10.42.0.0/16\"" in str(backend.disruptive(change))
+    with pytest.raises(PlanError, match="disruptive"):
+        backend.apply(p)
+
+
+# ---------------------------------------------------------------- values read as flannel reads them
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"Network": 42}', "Network must be an IPv4 CIDR string, got 42"),
+    ('{"Network": "10.42.0.1/16"}',
+     "Network must be a network without host bits (flannel would silently use 10.42.0.0/16)"),
+    ('{"Network": "fd42::/56"}', "Network must be an IPv4 CIDR string"),
+    ('{"Network": "10.42.0.0"}', "Network must be an IPv4 CIDR string"),
+    ('{"IPv6Network": "fd42::1/56"}', "IPv6Network must be a network without host bits"),
+    ('{"EnableIPv6": "false"}', 'EnableIPv6 must be true or false, got "false"'),
+    ('{"SubnetLen": "24"}', "SubnetLen must be an integer 0..32"),
+    ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
+    ('{"Backend": "vxlan"}', "Backend must be an object with a Type"),
+    ('{"Backend": {"Type": 1}}', "Backend must be an object whose Type is a string"),
+    ('{"Network": "10.42.0.0/16", "network": "10.244.0.0/16"}',
+     "'Network' and 'network' are both flannel's Network"),
+    ('{"Backend": {"Type": "vxlan", "type": "host-gw"}}',
+     "'Backend.Type' and 'Backend.type' are both flannel's Type"),
+])
+def test_values_flannel_would_refuse_or_misread_are_errors(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    backend = FlannelBackend(path=_file(tmp_path, text))
+    with pytest.raises(BackendError, match=r"flannel would not read net-conf\.json") as info:
+        backend.observe()
+    assert message in str(info.value)
+    p = Plan(changes=[Change.add(FlannelConfig(backend.target, enable_nftables=True))])
+    (problem,) = backend.check(p)
+    assert message in problem
+
+
+def test_a_mis_cased_key_is_read_as_flannel_reads_it(tmp_path: Path) -> None:
+    """Go's encoding/json matches "network" to the Network field; so does k3snet."""
+    path = _file(tmp_path, '{"network": "10.244.0.0/16", "backend": {"type": "vxlan"}}')
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    (foreign,) = backend.observe().foreign
+    assert str(foreign.network) == "10.244.0.0/16"
+    assert foreign.backend_type == "vxlan"
+    (note,) = _seed_plan(backend).conflicts  # not "no changes"
+    assert "disagrees with flannel's Network 10.244.0.0/16" in str(note.reason)
+    # Setting the key would need a second spelling of it: refused, with the rename.
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
+                                                           network="10.42.0.0/16")]))
+    (problem,) = backend.check(p)
+    assert "spells it 'network', which flannel reads as Network" in problem
+    with pytest.raises(PlanError, match="rename it to 'Network'"):
+        backend.apply(p)
+    mtu = FlannelConfig(backend.target, backend_type="vxlan", backend_options={"MTU": 1400})
+    with pytest.raises(PlanError, match="spells it 'backend'"):
+        backend.apply(plan(backend.observe(), State(owned=[mtu])))
+    path.write_text('{"Network": "10.42.0.0/16", "Backend": {"type": "vxlan"}}')
+    with pytest.raises(PlanError, match=r"spells it 'type', which flannel reads as Type"):
+        backend.apply(plan(backend.observe(), State(owned=[mtu])))
+    assert path.read_text() == '{"Network": "10.42.0.0/16", "Backend": {"type": "vxlan"}}'
+
+
+def test_flannel_values_folds_like_go() -> None:
+    assert flannel_values({"SUBNETLEN": 24, "enableipv6": False, "x-other": 1}) == {
+        "SubnetLen": 24, "EnableIPv6": False, "x-other": 1}
+    assert flannel_values({"\u017fubnetLen": 24}) == {"SubnetLen": 24}  # long s folds to s
+
+
+# ---------------------------------------------------------------- the merge as a property
+
+_OPTION_NAMES = ("VNI", "Port", "MTU", "DirectRouting", "GBP", "x-vendor")
+_OPTION_VALUES = st.integers(0, 9000) | st.booleans() | st.text("ab", max_size=2)
+
+
+@given(
+    found=st.dictionaries(st.sampled_from(_OPTION_NAMES), _OPTION_VALUES, max_size=4),
+    wanted=st.dictionaries(st.sampled_from(_OPTION_NAMES), _OPTION_VALUES, max_size=3),
+    indent=st.sampled_from([None, 0, 2, "\t"]),
+)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_setting_backend_options_keeps_the_others_and_gives_back_every_byte(
+    tmp_path: Path, found: dict[str, Any], wanted: dict[str, Any], indent: int | str | None
+) -> None:
+    original = json.dumps({"Network": "10.42.0.0/16",
+                           "Backend": {"Type": "vxlan", **found}}, indent=indent) + "\n"
+    path = _file(tmp_path, original, "property.json")
+    backend = FlannelBackend(path=path)
+    desired = State(owned=[FlannelConfig(backend.target, backend_type="vxlan",
+                                         backend_options=wanted)])
+    _converge(backend, desired)
+    assert json.loads(path.read_text())["Backend"] == {"Type": "vxlan", **found, **wanted}
+    assert plan(backend.observe(), desired).empty
+    _converge(backend, State())
+    assert path.read_text() == original
