@@ -11,6 +11,7 @@ from k3snet.model.cidr import (
     parse_network,
     subtract,
 )
+from k3snet.model.cilium import CiliumConfig, CiliumMasquerade
 from k3snet.model.cni import FlannelConfig, FlannelNetworks, IPPool, JsonMapping
 from k3snet.model.drift import Drift, ForwardDrift, NatDrift
 from k3snet.model.forward import ForwardRule
@@ -32,6 +33,8 @@ __all__ = [
     "MAIN_TABLE",
     "OBJECT_TYPES",
     "Address",
+    "CiliumConfig",
+    "CiliumMasquerade",
     "Drift",
     "FlannelConfig",
     "FlannelNetworks",
