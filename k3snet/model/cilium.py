@@ -447,8 +447,8 @@ def _fix_for(reason: str, family: int) -> str:
     """The way out of one reason :func:`why_not_masqueraded` gives."""
     v = f"ipv{family}"
     if "masquerading is off" in reason:
-        return (f"set cni.cilium.ipv{family}Masquerade: true (or enable-{v}-masquerade in "
-                "cilium-config)")
+        return (f"set cni.cilium.enableIPv{family}Masquerade: true (enable-{v}-masquerade "
+                "in cilium-config)")
     if "native-routing-cidr" in reason:
         return (f"narrow {v}-native-routing-cidr so it leaves the destination out "
                 f"(cni.cilium.ipv{family}NativeRoutingCIDR; a disruptive change)")
