@@ -62,6 +62,7 @@ __all__ = [
     "CiliumMasquerade",
     "cilium_target",
     "parse_go_bool",
+    "pool_problems",
     "setting_problem",
     "why_not_masqueraded",
 ]
@@ -89,10 +90,11 @@ CILIUM_DEFAULTS: Mapping[str, str] = {
     "enable-ip-masq-agent": "false",
     "enable-masquerade-to-route-source": "false",
     "enable-ipv4": "true",
-    "enable-ipv6": "false",
+    "enable-ipv6": "true",
     "ipam": "cluster-pool",
 }
-"""What the agent does when a key is absent (the Helm chart writes most of them)."""
+"""What the agent does when a key is absent: its flag defaults (``pkg/defaults``). The Helm
+chart writes most of them (``enable-ipv6: "false"`` unless ``ipv6.enabled``)."""
 
 CILIUM_DISRUPTIVE_KEYS: Mapping[str, str] = {
     "routing-mode": "changing Cilium's routing-mode changes how every pod reaches every "
@@ -501,6 +503,8 @@ class CiliumMasquerade(NetObject):
     masquerade: tuple[tuple[Network, str], ...] = attrs.field(default=(), converter=_pairs,
                                                               kw_only=True)
     exempt: tuple[Network, ...] = attrs.field(default=(), converter=_cidrs, kw_only=True)
+    pod_cidrs: tuple[Network, ...] = attrs.field(default=(), converter=_cidrs, kw_only=True)
+    """The spec's pod CIDRs: Cilium's cluster pool must hand out addresses inside them."""
     wanted: CiliumConfig | None = attrs.field(default=None, converter=_wanted, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -514,6 +518,7 @@ class CiliumMasquerade(NetObject):
         content = (
             tuple((*net_tuple(n), d) for n, d in self.masquerade),
             tuple(net_tuple(n) for n in self.exempt),
+            tuple(net_tuple(n) for n in self.pod_cidrs),
             () if self.wanted is None else self.wanted.sort_key,
         )
         self._seal(("cilium-masquerade", self.target), content)
@@ -526,7 +531,7 @@ class CiliumMasquerade(NetObject):
     def problems(self, config: CiliumConfig) -> list[str]:
         """Each destination Cilium (``config`` with :attr:`wanted` over it) treats otherwise."""
         effective = config.overlay(self.wanted)
-        found = []
+        found = pool_problems(effective, self.pod_cidrs)
         for destination, device in self.masquerade:
             reason = why_not_masqueraded(effective, destination, device or None)
             if reason is not None:
@@ -567,6 +572,7 @@ class CiliumMasquerade(NetObject):
             "target": self.target,
             "masquerade": [[str(n), d] for n, d in self.masquerade],
             "exempt": [str(n) for n in self.exempt],
+            "pod_cidrs": [str(n) for n in self.pod_cidrs],
             "wanted": None if self.wanted is None else self.wanted.to_dict(),
         }
 
@@ -577,7 +583,35 @@ class CiliumMasquerade(NetObject):
         return cls(data["target"],
                    masquerade=[(n, d or None) for n, d in data.get("masquerade", ())],
                    exempt=data.get("exempt", ()),
+                   pod_cidrs=data.get("pod_cidrs", ()),
                    wanted=None if wanted is None else CiliumConfig.from_dict(wanted))
+
+
+def pool_problems(config: CiliumConfig, pod_cidrs: Iterable[Network]) -> list[str]:
+    """Where Cilium's cluster pool (IPAM ``cluster-pool``) gives pods addresses outside
+    ``pod_cidrs``: rules k3snet writes for the pod CIDRs would miss those pods.
+
+    Other IPAM modes (``kubernetes`` takes each node's ``podCIDR``) are not judged.
+    """
+    pods = tuple(pod_cidrs)
+    if config.value("ipam") != "cluster-pool":
+        return []
+    found = []
+    for family in sorted({p.version for p in pods}):
+        key = f"cluster-pool-ipv{family}-cidr"
+        for text in (config.value(key) or "").replace(",", " ").split():
+            try:
+                pool = parse_network(text, strict=False)
+            except ModelError:
+                continue
+            mine = [p for p in pods if p.version == family]
+            if pool.version == family and not any(contains(p, pool) for p in mine):
+                found.append(
+                    f"Cilium gives pods addresses from {pool} ({key}), outside the pod CIDR "
+                    f"{', '.join(map(str, mine))}: rules for the pod CIDR miss those pods; make "
+                    "them equal (cluster.podCIDRs, or Helm "
+                    f"ipam.operator.clusterPoolIPv{family}PodCIDRList)")
+    return found
 
 
 def _exempt_problem(config: CiliumConfig, destination: Network) -> str:

@@ -460,8 +460,9 @@ def compile_cilium(spec: Spec, *, target: str) -> State:
     * the keys ``cni.cilium`` sets, as one owned :class:`~k3snet.model.cilium.CiliumConfig`
       (nothing when the spec has no ``cni.cilium``): k3snet never sets a key the
       spec does not name;
-    * a :class:`~k3snet.model.cilium.CiliumMasquerade` expectation: traffic from
-      pods to each destination the spec masquerades is masqueraded by Cilium
+    * a :class:`~k3snet.model.cilium.CiliumMasquerade` expectation: Cilium's
+      cluster pool lies inside the pod CIDRs, traffic from pods to each
+      destination the spec masquerades is masqueraded by Cilium
       (with the settings above laid over what the cluster has), and traffic to
       each exempt CIDR is not. The plan reports every destination Cilium treats
       otherwise as a conflict, with the reason and the way out.
@@ -487,7 +488,6 @@ def compile_cilium(spec: Spec, *, target: str) -> State:
         if policy.mode == "all":
             exempt += policy.non_masquerade_cidrs
     owned: list[NetObject] = [] if wanted is None else [wanted]
-    if masquerade or exempt:
-        owned.append(CiliumMasquerade(target, masquerade=masquerade, exempt=aggregate(exempt),
-                                      wanted=wanted))
+    owned.append(CiliumMasquerade(target, masquerade=masquerade, exempt=aggregate(exempt),
+                                  pod_cidrs=spec.cluster.pod_cidrs, wanted=wanted))
     return State(owned=owned)

@@ -429,10 +429,24 @@ def test_the_default_k3s_install_masquerades_the_seed_destination(
     assert not p.notes
 
 
+def test_helm_s_default_cluster_pool_outside_the_k3s_pod_cidr_is_a_conflict(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Helm's default ipam.operator.clusterPoolIPv4PodCIDRList is 10.0.0.0/8: pods get
+    # 10.0.x.y addresses, and rules for K3s' 10.42.0.0/16 never see them.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "cluster-pool-ipv4-cidr": "10.0.0.0/8"}))
+    (note,) = plan(backend.observe(), compile_for(backend, seed_spec())).conflicts
+    assert str(note.reason).startswith(
+        "Cilium gives pods addresses from 10.0.0.0/8 (cluster-pool-ipv4-cidr), outside the pod "
+        "CIDR 10.42.0.0/16")
+
+
 def test_objects_round_trip_through_json() -> None:
     wanted = CiliumConfig(TARGET, settings={"enable-bpf-masquerade": "true"},
                           ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})
     want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")],
-                            exempt=["192.168.7.0/24"], wanted=wanted)
+                            exempt=["192.168.7.0/24"], pod_cidrs=["10.42.0.0/16"],
+                            wanted=wanted)
     for obj in (wanted, want):
         assert object_from_dict(json.loads(json.dumps(obj.to_dict()))) == obj

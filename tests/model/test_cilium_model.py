@@ -78,10 +78,11 @@ def test_an_explicit_list_replaces_the_defaults_and_link_local_is_added() -> Non
 
 def test_ipv6_needs_enable_ipv6() -> None:
     v6 = parse_network("fd00:2::/64")
-    reason = why_not_masqueraded(_config(), v6)
+    reason = why_not_masqueraded(_config(enable_ipv6="false"), v6)  # as Helm writes it
     assert reason is not None
     assert "without IPv6" in reason
     assert why_not_masqueraded(_config(enable_ipv6="true"), v6) is None
+    assert why_not_masqueraded(_config(), v6) is None  # the agent's default: on
 
 
 def test_egress_masquerade_interfaces_match_names_and_prefixes() -> None:

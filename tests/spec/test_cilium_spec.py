@@ -73,7 +73,11 @@ def test_the_expectation_follows_the_masquerade_policy() -> None:
     assert [(str(n), d) for n, d in expected.masquerade] == [("192.168.2.0/24", "eth0")]
     assert [str(n) for n in expected.exempt] == ["192.168.2.8/29", "192.168.7.0/24"]
     data["masquerade"] = {"mode": "off"}
-    assert not compile_cilium(Spec.from_dict(data), target=TARGET).owned
+    (expected,) = compile_cilium(Spec.from_dict(data), target=TARGET)
+    assert isinstance(expected, CiliumMasquerade)
+    assert not expected.masquerade
+    assert not expected.exempt
+    assert [str(n) for n in expected.pod_cidrs] == ["10.42.0.0/16"]
 
 
 def test_compile_takes_cilium_targets() -> None:
