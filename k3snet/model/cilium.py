@@ -19,12 +19,14 @@ from a pod to a destination:
   sets any key but not ``nonMasqueradeCIDRs`` means no CIDR at all. Link-local
   ranges are added unless ``masqLinkLocal`` / ``masqLinkLocalIPv6`` is true.
 
-Read from Cilium 1.18's documentation (docs.cilium.io/en/stable,
-network/concepts/masquerading) and Cilium's main-branch source of the same time:
-the Helm template ``install/kubernetes/cilium/templates/cilium-configmap.yaml``
-(key names and Helm defaults, the ``ip-masq-agent`` ConfigMap written with
-``toJson``), ``pkg/ipmasq/ipmasq.go`` (the file's shape and the empty-file
-rule) and ``pkg/ipmasq/cell/config.go`` (the file path).
+Names and defaults were read from Cilium's documentation (docs.cilium.io
+``stable``, the 1.18 series, and ``latest``: network/concepts/masquerading) and
+Cilium's main-branch source of the same time: the Helm template
+``install/kubernetes/cilium/templates/cilium-configmap.yaml`` (key names, Helm
+defaults with 1.18 upgrade compatibility, the ``ip-masq-agent`` ConfigMap
+written with ``toJson``), ``pkg/ipmasq/ipmasq.go`` (the file's shape, Go's
+case-insensitive keys, the empty-file rule), ``pkg/ipmasq/cell/config.go`` (the
+path) and ``pkg/defaults`` (the agent's flag defaults).
 
 :class:`CiliumConfig` is the value k3snet owns (the keys it sets) or observes
 (the keys as they would be without k3snet); :class:`CiliumMasquerade` is an
