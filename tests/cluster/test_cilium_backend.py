@@ -23,7 +23,7 @@ from k3snet.backends.cilium import (
 )
 from k3snet.backends.registry import create_backend
 from k3snet.converge import compile_for
-from k3snet.errors import ApplyError, PlanError
+from k3snet.errors import ApplyError, BackendError, PlanError
 from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig, CiliumMasquerade
 from k3snet.model.state import State, object_from_dict
 from k3snet.planner import Change, Plan, plan
@@ -271,6 +271,34 @@ def test_edits_the_helm_json_ip_masq_agent_config_and_restores_it(
     assert foreign.ip_masq_agent["nonMasqueradeCIDRs"] == ["10.0.0.0/8"]
     _converge(backend, State())
     assert _data(k3s_cilium, "ip-masq-agent") == {"config": helm_text}
+
+
+def test_a_yaml_ip_masq_agent_config_stays_yaml(k3s_cilium: EmulatedApiServer,
+                                                backend: CiliumBackend) -> None:
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(RFC1918_YAML))
+    _converge(backend, State(owned=[CiliumConfig(TARGET, ip_masq_agent={
+        "masqLinkLocal": False})]))
+    written = _data(k3s_cilium, "ip-masq-agent")["config"]
+    assert written == RFC1918_YAML.replace("masqLinkLocal: true", "masqLinkLocal: false")
+    _converge(backend, State())
+    assert _data(k3s_cilium, "ip-masq-agent") == {"config": RFC1918_YAML}
+
+
+@pytest.mark.parametrize("text", [
+    "nonMasqueradeCIDRs: 10.0.0.0/8\n",  # a string, not a list
+    "nonMasqueradeCIDRs: [10.0.0.0/33]\n",
+    "masqLinkLocal: \"yes\"\n",
+    "[1, 2]\n",
+    "nonMasqueradeCIDRs: [10.0.0.0/8\n",
+])
+def test_an_ip_masq_agent_config_cilium_refuses_is_an_error_naming_it(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, text: str
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(text))
+    with pytest.raises(BackendError, match="ConfigMap kube-system/ip-masq-agent"):
+        backend.observe()
+    wanted = CiliumConfig(TARGET, settings={"enable-bpf-masquerade": "true"})
+    assert backend.check(Plan(changes=[Change.add(wanted)]))
 
 
 def test_reads_keys_in_any_case_as_cilium_does(k3s_cilium: EmulatedApiServer,
