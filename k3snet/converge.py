@@ -34,14 +34,17 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
     """The desired state of ``spec`` for the kinds ``backend`` manages, without observing.
 
     :func:`k3snet.compile` does the work; this only reads plain attributes of the
-    backend: its ``capabilities``, and the ``target`` of each flannel backend
-    (the flannel config it manages, passed to compile as a value).
+    backend: its ``capabilities``, and the ``target`` of each flannel and cilium
+    backend (the config it manages, passed to compile as a value).
     """
     members = backend.members if isinstance(backend, BackendGroup) else None
     backends = [m.backend for m in members] if members is not None else [backend]
     targets = [target for member in backends if "flannel" in member.capabilities
                and (target := getattr(member, "target", None)) is not None]
-    return compile_spec(spec, facts, flannel_targets=targets).only(backend.capabilities)
+    cilium = [target for member in backends if "cilium" in member.capabilities
+              and (target := getattr(member, "target", None)) is not None]
+    return compile_spec(spec, facts, flannel_targets=targets,
+                        cilium_targets=cilium).only(backend.capabilities)
 
 
 @attrs.frozen

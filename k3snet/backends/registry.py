@@ -33,6 +33,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "iptables": ("k3snet.backends.iptables:IptablesBackend", "iptables"),
     "flannel": ("k3snet.backends.flannel:FlannelBackend", "kube"),
     "calico": ("k3snet.backends.calico:CalicoBackend", "kube"),
+    "cilium": ("k3snet.backends.cilium:CiliumBackend", "kube"),
 }
 
 _registered: dict[str, BackendFactory] = {}

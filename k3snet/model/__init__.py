@@ -11,6 +11,7 @@ from k3snet.model.cidr import (
     parse_network,
     subtract,
 )
+from k3snet.model.cilium import CiliumConfig, CiliumMasquerade
 from k3snet.model.cni import (
     CalicoNatDestination,
     CalicoPodCIDR,
@@ -45,6 +46,8 @@ __all__ = [
     "CalicoPodCIDR",
     "CalicoPools",
     "CalicoPoolsReadable",
+    "CiliumConfig",
+    "CiliumMasquerade",
     "Drift",
     "FlannelConfig",
     "FlannelNetworks",

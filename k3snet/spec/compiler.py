@@ -18,6 +18,7 @@ import attrs
 from k3snet.errors import ModelError, Problem, SpecError
 from k3snet.model import NetObject, validate_interface_name
 from k3snet.model.cidr import Address, Network, aggregate, contains, parse_network, subtract
+from k3snet.model.cilium import CiliumConfig, CiliumMasquerade
 from k3snet.model.cni import (
     BLOCK_SIZE_RANGE,
     DEFAULT_BLOCK_SIZE,
@@ -36,13 +37,14 @@ from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route
 from k3snet.model.state import State
 from k3snet.model.sysctl import Sysctl
-from k3snet.spec.model import CalicoSettings, MasqueradePolicy, Spec
+from k3snet.spec.model import CalicoSettings, CiliumSettings, MasqueradePolicy, Spec
 from k3snet.spec.validate import validate
 
 __all__ = [
     "NodeFacts",
     "check_pod_cidr",
     "compile",
+    "compile_cilium",
     "compile_flannel",
     "compile_ippools",
     "nat_exemptions",
@@ -102,6 +104,7 @@ def compile(  # noqa: A001 - the name is the concept
     facts: NodeFacts | None = None,
     *,
     flannel_targets: Iterable[str] = (),
+    cilium_targets: Iterable[str] = (),
 ) -> State:
     """The desired state of every kind, from values alone: never observes anything.
 
@@ -114,7 +117,10 @@ def compile(  # noqa: A001 - the name is the concept
       leaves flannel's config alone, the expectation that its networks are the
       pod CIDRs (:class:`~k3snet.model.cni.FlannelNetworks`: the plan reports a
       config that disagrees as a conflict);
-    * ``ippool``, when the spec has ``cni.calico`` (:func:`compile_ippools`).
+    * ``ippool``, when the spec has ``cni.calico`` (:func:`compile_ippools`);
+    * ``cilium``, for each of ``cilium_targets`` (``configmap:ns/cilium-config``):
+      the keys ``cni.cilium`` sets, and the expectation that Cilium masquerades
+      the destinations as the spec says (:func:`compile_cilium`).
 
     Every problem raises in one :class:`~k3snet.errors.SpecError`. A backend
     takes its part with ``.only(backend.capabilities)``.
@@ -136,6 +142,7 @@ def compile(  # noqa: A001 - the name is the concept
         problems += _flannel_objects(spec, targets, cni)
     if spec.cni.calico is not None and not problems:
         problems += _calico_objects(spec, spec.cni.calico, cni)
+    cni += [obj for target in cilium_targets for obj in compile_cilium(spec, target=target)]
     if problems:
         raise SpecError(problems)
     owned: list[NetObject] = cni
@@ -454,3 +461,79 @@ def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMo
                 if d.masquerade]
     out += [_exempt_pool(net) for net in nat_exemptions(spec)]
     return out
+
+
+# ---------------------------------------------------------------- cilium
+
+
+def _flag(value: bool | None) -> str | None:
+    return None if value is None else ("true" if value else "false")
+
+
+def _cilium_config(target: str, settings: CiliumSettings | None) -> CiliumConfig | None:
+    """The keys ``cni.cilium`` sets (``None`` when it sets none)."""
+    if settings is None:
+        return None
+    values = {
+        "routing-mode": settings.routing_mode,
+        "tunnel-protocol": settings.tunnel_protocol,
+        "ipv4-native-routing-cidr": (None if settings.ipv4_native_routing_cidr is None
+                                     else str(settings.ipv4_native_routing_cidr)),
+        "ipv6-native-routing-cidr": (None if settings.ipv6_native_routing_cidr is None
+                                     else str(settings.ipv6_native_routing_cidr)),
+        "enable-ipv4-masquerade": _flag(settings.enable_ipv4_masquerade),
+        "enable-ipv6-masquerade": _flag(settings.enable_ipv6_masquerade),
+        "enable-bpf-masquerade": _flag(settings.bpf_masquerade),
+        "enable-ip-masq-agent": _flag(settings.ip_masq_agent),
+        "egress-masquerade-interfaces": settings.egress_masquerade_interfaces,
+    }
+    agent: dict[str, Any] = {}
+    if settings.non_masquerade_cidrs is not None:
+        agent["nonMasqueradeCIDRs"] = [str(n) for n in settings.non_masquerade_cidrs]
+    if settings.masq_link_local is not None:
+        agent["masqLinkLocal"] = settings.masq_link_local
+    if settings.masq_link_local_ipv6 is not None:
+        agent["masqLinkLocalIPv6"] = settings.masq_link_local_ipv6
+    chosen = {k: v for k, v in values.items() if v is not None}
+    if not chosen and not agent:
+        return None
+    return CiliumConfig(target, settings=chosen, ip_masq_agent=agent or None)
+
+
+def compile_cilium(spec: Spec, *, target: str) -> State:
+    """What k3snet wants of the Cilium install whose ``cilium-config`` is ``target``.
+
+    * the keys ``cni.cilium`` sets, as one owned :class:`~k3snet.model.cilium.CiliumConfig`
+      (nothing when the spec has no ``cni.cilium``): k3snet never sets a key the
+      spec does not name;
+    * a :class:`~k3snet.model.cilium.CiliumMasquerade` expectation: Cilium's
+      cluster pool lies inside the pod CIDRs, traffic from pods to each
+      destination the spec masquerades is masqueraded by Cilium
+      (with the settings above laid over what the cluster has), and traffic to
+      each exempt CIDR is not. The plan reports every destination Cilium treats
+      otherwise as a conflict, with the reason and the way out.
+
+    >>> from k3snet.spec import seed_spec
+    >>> for obj in compile_cilium(seed_spec(), target="configmap:kube-system/cilium-config"):
+    ...     print(obj)
+    cilium configmap:kube-system/cilium-config expects masquerade to 192.168.2.0/24 via eth0
+    """
+    wanted = _cilium_config(target, spec.cni.cilium)
+    policy = spec.masquerade
+    masquerade: list[tuple[Network, str | None]] = []
+    exempt: list[Network] = []
+    if policy.mode != "off":
+        for dest in spec.destinations:
+            if not spec.cluster.pods(dest.family):
+                continue
+            if dest.masquerade:
+                masquerade.append((dest.cidr, dest.device or policy.out_interface))
+            else:
+                exempt.append(dest.cidr)
+            exempt += dest.exclude
+        if policy.mode == "all":
+            exempt += policy.non_masquerade_cidrs
+    owned: list[NetObject] = [] if wanted is None else [wanted]
+    owned.append(CiliumMasquerade(target, masquerade=masquerade, exempt=aggregate(exempt),
+                                  pod_cidrs=spec.cluster.pod_cidrs, wanted=wanted))
+    return State(owned=owned)

@@ -24,6 +24,7 @@ __all__ = [
     "KIND",
     "AgentSettings",
     "CalicoSettings",
+    "CiliumSettings",
     "Cluster",
     "CniSettings",
     "ConnectivityTest",
@@ -263,12 +264,41 @@ class CalicoSettings:
     backend)."""
 
 
+def _opt_network(value: str | Network | None) -> Network | None:
+    return None if value is None else parse_network(value)
+
+
+def _opt_networks(values: Iterable[str | Network] | None) -> tuple[Network, ...] | None:
+    return None if values is None else _networks(values)
+
+
+@attrs.frozen
+class CiliumSettings:
+    """The Cilium settings k3snet sets (``None``: the key stays Cilium's and its admin's)."""
+
+    routing_mode: Literal["tunnel", "native"] | None = None
+    tunnel_protocol: Literal["vxlan", "geneve"] | None = None
+    ipv4_native_routing_cidr: Network | None = attrs.field(default=None, converter=_opt_network)
+    ipv6_native_routing_cidr: Network | None = attrs.field(default=None, converter=_opt_network)
+    enable_ipv4_masquerade: bool | None = None
+    enable_ipv6_masquerade: bool | None = None
+    bpf_masquerade: bool | None = None
+    ip_masq_agent: bool | None = None
+    egress_masquerade_interfaces: str | None = None
+    non_masquerade_cidrs: tuple[Network, ...] | None = attrs.field(default=None,
+                                                                   converter=_opt_networks)
+    """The ip-masq-agent's list (k3snet then owns the whole list)."""
+    masq_link_local: bool | None = None
+    masq_link_local_ipv6: bool | None = None
+
+
 @attrs.frozen
 class CniSettings:
-    """CNI configuration k3snet manages (cluster level): flannel and/or Calico."""
+    """CNI configuration k3snet manages (cluster level): flannel, Calico and/or Cilium."""
 
     flannel: FlannelSettings | None = None
     calico: CalicoSettings | None = None
+    cilium: CiliumSettings | None = None
     allow_disruptive: bool | None = None
     """Let the CNI backends make changes that disrupt running pods (each backend's
     ``disruptive(change)`` says which and why); refused otherwise. ``None``: not given

@@ -43,6 +43,7 @@ from k3snet.spec.model import (
     KIND,
     AgentSettings,
     CalicoSettings,
+    CiliumSettings,
     Cluster,
     CniSettings,
     ConnectivityTest,
@@ -54,7 +55,7 @@ from k3snet.spec.model import (
     MasqueradePolicy,
     Spec,
 )
-from k3snet.spec.validators import int_in, matches, one_of, optional
+from k3snet.spec.validators import Check, int_in, matches, one_of, optional
 
 __all__ = ["DNS_LABEL", "SECTIONS", "SPEC", "read_spec", "write_spec"]
 
@@ -225,9 +226,46 @@ CALICO = Section(CalicoSettings, (
     Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True),
 ))
 
+def _opt_strs(values: Any) -> list[str] | None:
+    return None if values is None else strs(values)
+
+
+def _family(version: int) -> Check:
+    def check(value: Any) -> str | None:
+        if value is None or value.version == version:
+            return None
+        return f"expected an IPv{version} CIDR, got {value}"
+
+    return check
+
+
+CILIUM = Section(CiliumSettings, (
+    Field("routingMode", "routing_mode", raw, checks=(optional(one_of("tunnel", "native")),),
+          example="native"),
+    Field("tunnelProtocol", "tunnel_protocol", raw,
+          checks=(optional(one_of("vxlan", "geneve")),), example="geneve"),
+    Field("ipv4NativeRoutingCIDR", "ipv4_native_routing_cidr", converted(parse_network),
+          opt_str, checks=(_family(4),), example="10.42.0.0/16"),
+    Field("ipv6NativeRoutingCIDR", "ipv6_native_routing_cidr", converted(parse_network),
+          opt_str, checks=(_family(6),), example="fd42::/48"),
+    Field("enableIPv4Masquerade", "enable_ipv4_masquerade", boolean, example=True),
+    Field("enableIPv6Masquerade", "enable_ipv6_masquerade", boolean, example=True),
+    Field("bpfMasquerade", "bpf_masquerade", boolean, example=True),
+    Field("ipMasqAgent", "ip_masq_agent", boolean, example=True),
+    Field("egressMasqueradeInterfaces", "egress_masquerade_interfaces", string,
+          checks=(optional(matches(r"[A-Za-z0-9_.@+\-]{1,15}([ ,][A-Za-z0-9_.@+\-]{1,15})*",
+                                   "{value!r} is not a list of interface names")),),
+          example="eth0"),
+    Field("nonMasqueradeCIDRs", "non_masquerade_cidrs", networks, _opt_strs,
+          example=["10.0.0.0/8"]),
+    Field("masqLinkLocal", "masq_link_local", boolean, example=True),
+    Field("masqLinkLocalIPv6", "masq_link_local_ipv6", boolean, example=True),
+))
+
 CNI = Section(CniSettings, (
     nested("flannel", "flannel", FLANNEL, omit_none=True),
     nested("calico", "calico", CALICO, omit_none=True),
+    nested("cilium", "cilium", CILIUM, omit_none=True),
     Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True),
 ))
 
@@ -255,7 +293,7 @@ SECTIONS: Mapping[str, Section] = {
     "": SPEC, "cluster": CLUSTER, "destinations[]": DESTINATION, "masquerade": MASQUERADE,
     "forward": FORWARD, "dns.zones[]": DNS_ZONE, "egressPolicy": EGRESS_POLICY,
     "connectivityTest": CONNECTIVITY_TEST, "agent": AGENT, "cni": CNI,
-    "cni.flannel": FLANNEL, "cni.calico": CALICO,
+    "cni.flannel": FLANNEL, "cni.calico": CALICO, "cni.cilium": CILIUM,
 }
 """Every section by its path (``[]``: each item of a list)."""
 

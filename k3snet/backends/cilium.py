@@ -1,0 +1,693 @@
+"""The ``cilium`` backend: Cilium's masquerade settings in its two ConfigMaps.
+
+* ``cilium-config`` (``CiliumBackend(configmap=("kube-system", "cilium-config"))``,
+  the default, where Cilium's Helm chart puts it on K3s): k3snet sets only the
+  keys of :data:`~k3snet.model.cilium.CILIUM_KEYS` that the spec asks for;
+* the ``ip-masq-agent`` ConfigMap in the same namespace (key ``config``, the
+  file Cilium's eBPF ip-masq-agent reads): ``nonMasqueradeCIDRs``,
+  ``masqLinkLocal``, ``masqLinkLocalIPv6``, again only those asked for.
+
+**Ownership.** When k3snet first sets a key it records the previous value
+(``null``: absent) in the annotation ``k3snet.io/cilium-owned`` of the
+ConfigMap it changed, in the same merge patch. ``observe`` reports ``owned``
+(the keys k3snet set, as they are now) and ``foreign`` (everything as it would
+be without k3snet, which stays the same while k3snet changes its keys); removing
+k3snet's settings puts the recorded values back. A key k3snet did not set is
+never rewritten unless the spec names it.
+
+**Minimal edits.** ``cilium-config`` is changed by one JSON merge patch holding
+only the owned keys, so every other key keeps its bytes. The ip-masq-agent
+``config`` value is one YAML/JSON document: k3snet changes only its owned keys
+but writes the document again (JSON stays JSON, YAML stays YAML; other keys
+kept), and when its last key goes, the document's exact previous text comes
+back if nobody changed it meanwhile. If the ip-masq-agent ConfigMap is missing
+k3snet creates it, and deletes it again when its keys go. Every write carries
+the ``resourceVersion`` read: a concurrent change makes the API server answer
+409 and the apply is undone (:class:`~k3snet.backends.kit.Compensation`).
+
+**When changes take effect.** The agent reads ``cilium-config`` when it starts
+(restart the ``cilium`` DaemonSet); the ip-masq-agent file is re-read when the
+kubelet updates the mounted ConfigMap, *if* the DaemonSet mounts it (Helm
+``ipMasqAgent.enabled=true``; k3snet does not edit the DaemonSet).
+
+**Disruptive changes** (:meth:`CiliumBackend.disruptive`): changing
+``routing-mode``, ``tunnel-protocol``, a native-routing CIDR or
+``enable-bpf-masquerade`` from what Cilium runs with is refused unless the
+backend is built with ``allow_disruptive=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.kit import BackendBase, Compensation
+from k3snet.errors import ApplyError, BackendError, K3snetError, ModelError, PlanError
+from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, kube_call, make_api_client
+from k3snet.model.cilium import (
+    CILIUM_CONTEXT_KEYS,
+    CILIUM_DEFAULTS,
+    CILIUM_DISRUPTIVE_KEYS,
+    CILIUM_KEYS,
+    IP_MASQ_AGENT_KEYS,
+    CiliumConfig,
+    cilium_target,
+    setting_problem,
+)
+from k3snet.model.state import State
+from k3snet.planner import Change, Plan
+
+__all__ = [
+    "AGENT_CONFIG_KEY",
+    "ALLOW_DISRUPTIVE_HINT",
+    "DEFAULT_CONFIGMAP",
+    "DEFAULT_IP_MASQ_AGENT",
+    "OWNED_ANNOTATION",
+    "CiliumBackend",
+]
+
+DEFAULT_CONFIGMAP: tuple[str, str] = ("kube-system", "cilium-config")
+"""Cilium's ConfigMap (namespace, name) as its Helm chart installs it on K3s."""
+
+DEFAULT_IP_MASQ_AGENT = "ip-masq-agent"
+"""The ConfigMap (in Cilium's namespace) Cilium's DaemonSet mounts as the ip-masq-agent file."""
+
+AGENT_CONFIG_KEY = "config"
+"""The key of the ip-masq-agent ConfigMap that becomes ``/etc/config/ip-masq-agent``."""
+
+OWNED_ANNOTATION = "k3snet.io/cilium-owned"
+"""The annotation holding k3snet's ownership record on each ConfigMap it changed."""
+
+ALLOW_DISRUPTIVE_HINT = ("cni.allowDisruptive: true in the spec, --allow-disruptive on the "
+                         "CLI, or allow_disruptive=True in the library")
+"""The three ways to allow a disruptive change (the shared wording of every CNI backend)."""
+
+
+# ---------------------------------------------------------------- the ip-masq-agent document
+
+
+def _canonical_agent_key(key: str) -> str | None:
+    """The field Cilium fills from ``key`` (Go's encoding/json matches names case-insensitively)."""
+    for name in IP_MASQ_AGENT_KEYS:
+        if key.lower() == name.lower():
+            return name
+    return None
+
+
+def _parse_agent(text: str | None, where: str) -> dict[str, Any] | None:
+    """The document's members (``None``: no key or an empty text, Cilium's defaults)."""
+    if text is None or text == "":
+        return None
+    import yaml  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BackendError(f"{where}: the ip-masq-agent config is not valid YAML or JSON "
+                           f"({exc}); Cilium cannot read it either") from exc
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise BackendError(f"{where}: the ip-masq-agent config must be a mapping, not "
+                           f"{type(value).__name__}")
+    return value
+
+
+def _agent_fields(members: dict[str, Any] | None, where: str) -> dict[str, Any] | None:
+    """The keys Cilium reads from the document, under their exact names."""
+    if members is None:
+        return None
+    fields: dict[str, Any] = {}
+    for key, value in members.items():
+        name = _canonical_agent_key(key)
+        if name is None:
+            continue
+        if name in fields:
+            raise BackendError(f"{where}: the ip-masq-agent config sets {name} twice "
+                               "(keys differing only in case); remove one")
+        fields[name] = value
+    try:
+        CiliumConfig("configmap:k3snet/check", ip_masq_agent=fields)
+    except ModelError as exc:
+        raise BackendError(f"{where}: {exc}; Cilium refuses this file too") from exc
+    return fields
+
+
+def _member_name(members: dict[str, Any], name: str) -> str:
+    """The spelling ``members`` uses for field ``name`` (``name`` itself when absent)."""
+    for key in members:
+        if _canonical_agent_key(key) == name:
+            return key
+    return name
+
+
+def _dump_agent(members: dict[str, Any], like: str | None) -> str:
+    """The document as text, in the family of ``like`` (JSON stays JSON, YAML stays YAML)."""
+    if like is not None and like.strip():
+        try:
+            json.loads(like)
+        except ValueError:
+            import yaml  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+            return str(yaml.safe_dump(members, sort_keys=False, default_flow_style=False))
+        if "\n" in like.strip():
+            return json.dumps(members, indent=2) + ("\n" if like.endswith("\n") else "")
+    return json.dumps(members, separators=(",", ":"))  # as Cilium's Helm chart writes it
+
+
+# ---------------------------------------------------------------- ownership records
+
+
+def _load_record(raw: str | None, where: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BackendError(f"{where}: k3snet's ownership record ({OWNED_ANNOTATION}) is not "
+                           "valid JSON; restore it or remove it by hand") from exc
+    if not isinstance(data, dict):
+        raise BackendError(f"{where}: k3snet's ownership record must be a JSON object")
+    return data
+
+
+def _config_record(raw: str | None, where: str) -> dict[str, str | None] | None:
+    data = _load_record(raw, where)
+    if data is None:
+        return None
+    for key, previous in data.items():
+        if key not in CILIUM_KEYS or not (previous is None or isinstance(previous, str)):
+            raise BackendError(f"{where}: ownership record entry {key!r} is not valid")
+    return data
+
+
+@attrs.frozen
+class _AgentRecord:
+    """What k3snet changed in the ip-masq-agent ConfigMap, and what was there before."""
+
+    keys: dict[str, Any]  # field -> previous JSON value, or None when absent
+    text: str | None  # the whole `config` text before k3snet's first change
+    created: bool  # k3snet created the ConfigMap
+
+    def dump(self) -> str:
+        return json.dumps({"keys": {k: None if v is None else json.dumps(v)
+                                    for k, v in self.keys.items()},
+                           "text": self.text, "created": self.created}, sort_keys=True)
+
+
+def _agent_record(raw: str | None, where: str) -> _AgentRecord | None:
+    data = _load_record(raw, where)
+    if data is None:
+        return None
+    try:
+        keys = {k: None if v is None else json.loads(v) for k, v in data["keys"].items()}
+        text, created = data["text"], data["created"]
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise BackendError(f"{where}: k3snet's ownership record is not valid") from exc
+    if (any(k not in IP_MASQ_AGENT_KEYS for k in keys) or not isinstance(created, bool)
+            or not (text is None or isinstance(text, str))):
+        raise BackendError(f"{where}: k3snet's ownership record is not valid")
+    return _AgentRecord(keys, text, created)
+
+
+# ---------------------------------------------------------------- one read of both ConfigMaps
+
+
+@attrs.frozen
+class _ConfigMap:
+    """One ConfigMap as read: its data, k3snet's annotation, its resourceVersion."""
+
+    data: dict[str, str]
+    owned: str | None
+    version: str | None
+
+
+@attrs.frozen
+class _Read:
+    config: _ConfigMap | None
+    agent: _ConfigMap | None
+
+
+class _Api:
+    """The two ConfigMaps through the Kubernetes API."""
+
+    def __init__(self, api_client: Any, namespace: str, names: tuple[str, str],
+                 timeout: float) -> None:
+        from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+        self.client = client
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.config_name, self.agent_name = names
+        self.timeout = timeout
+
+    def where(self, name: str) -> str:
+        return f"ConfigMap {self.namespace}/{name}"
+
+    def read(self, name: str) -> _ConfigMap | None:
+        try:
+            found = kube_call(
+                f"read {self.where(name)}",
+                lambda: self.core.read_namespaced_config_map(
+                    name, self.namespace, _request_timeout=self.timeout),
+                timeout=self.timeout)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        metadata = found.metadata
+        annotations = (metadata.annotations if metadata is not None else None) or {}
+        return _ConfigMap(dict(found.data or {}), annotations.get(OWNED_ANNOTATION),
+                          metadata.resource_version if metadata is not None else None)
+
+    def patch(self, name: str, version: str | None, data: dict[str, str | None],
+              owned: str | None, owned_changes: bool) -> str | None:
+        """One merge patch; returns the new resourceVersion."""
+        metadata: dict[str, Any] = {}
+        if version is not None:
+            metadata["resourceVersion"] = version
+        if owned_changes:
+            metadata["annotations"] = {OWNED_ANNOTATION: owned}
+        body: dict[str, Any] = {"metadata": metadata}
+        if data:
+            body["data"] = data
+        result = kube_call(
+            f"patch {self.where(name)}",
+            lambda: self.core.patch_namespaced_config_map(
+                name, self.namespace, body, field_manager="k3snet",
+                _content_type="application/merge-patch+json", _request_timeout=self.timeout),
+            timeout=self.timeout)
+        return _version_of(result)
+
+    def create(self, name: str, data: dict[str, str], owned: str) -> str | None:
+        body: Any = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": self.namespace,
+                             "annotations": {OWNED_ANNOTATION: owned}},
+                "data": data}
+        result = kube_call(
+            f"create {self.where(name)}",
+            lambda: self.core.create_namespaced_config_map(
+                self.namespace, body, field_manager="k3snet", _request_timeout=self.timeout),
+            timeout=self.timeout)
+        return _version_of(result)
+
+    def delete(self, name: str, version: str | None) -> None:
+        options = self.client.V1DeleteOptions(
+            preconditions=self.client.V1Preconditions(resource_version=version))
+        kube_call(f"delete {self.where(name)}", lambda: self.core.delete_namespaced_config_map(
+            name, self.namespace, body=options, _request_timeout=self.timeout),
+            timeout=self.timeout)
+
+
+def _version_of(result: Any) -> str | None:
+    metadata = getattr(result, "metadata", None)
+    return getattr(metadata, "resource_version", None)
+
+
+# ---------------------------------------------------------------- the backend
+
+
+@attrs.frozen
+class _Edit:
+    """What an apply writes: cilium-config keys, and the ip-masq-agent ConfigMap."""
+
+    config_data: dict[str, str | None]
+    config_record: dict[str, str | None] | None
+    agent_text: str | None  # new `config` text (None: unchanged)
+    agent_record: _AgentRecord | None
+    agent_action: str  # "", "patch", "create" or "delete"
+
+
+class CiliumBackend(BackendBase):
+    """Cilium's masquerade settings: ``cilium-config`` and the ip-masq-agent ConfigMap.
+
+    ``configmap`` is ``(namespace, name)`` of ``cilium-config``
+    (:data:`DEFAULT_CONFIGMAP`); ``ip_masq_agent`` the name of the ip-masq-agent
+    ConfigMap in the same namespace. ``api_client`` is a
+    ``kubernetes.client.ApiClient`` (else one is built from ``kubeconfig`` /
+    ``context`` or the in-cluster account); ``timeout`` bounds each request.
+    ``allow_disruptive`` lets ``apply`` make the changes :meth:`disruptive` names.
+
+    A missing ``cilium-config`` is observed as empty; applying to it is refused.
+    """
+
+    name = "cilium"
+
+    def __init__(
+        self,
+        *,
+        configmap: tuple[str, str] | None = None,
+        ip_masq_agent: str = DEFAULT_IP_MASQ_AGENT,
+        api_client: Any = None,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        allow_disruptive: bool = False,
+    ) -> None:
+        super().__init__()
+        namespace, cm_name = configmap if configmap is not None else DEFAULT_CONFIGMAP
+        self._target = cilium_target(namespace, cm_name)  # validates before connecting
+        cilium_target(namespace, ip_masq_agent)
+        self.allow_disruptive = allow_disruptive
+        self._client, self._owns_client = make_api_client(
+            api_client, kubeconfig=kubeconfig, context=context)
+        self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """``{"cilium"}``."""
+        return frozenset({"cilium"})
+
+    @property
+    def target(self) -> str:
+        """``configmap:NAMESPACE/NAME`` of the managed ``cilium-config``."""
+        return self._target
+
+    # ------------------------------------------------------------ reading
+
+    def _read(self) -> _Read:
+        config = self._api.read(self._api.config_name)
+        agent = self._api.read(self._api.agent_name) if config is not None else None
+        return _Read(config, agent)
+
+    def _where(self, agent: bool = False) -> str:
+        return self._api.where(self._api.agent_name if agent else self._api.config_name)
+
+    def _records(self, read: _Read) -> tuple[dict[str, str | None] | None, _AgentRecord | None]:
+        config_record = (None if read.config is None
+                         else _config_record(read.config.owned, self._where()))
+        agent_record = (None if read.agent is None
+                        else _agent_record(read.agent.owned, self._where(agent=True)))
+        return config_record, agent_record
+
+    def _agent_members(self, read: _Read) -> dict[str, Any] | None:
+        text = None if read.agent is None else read.agent.data.get(AGENT_CONFIG_KEY)
+        return _parse_agent(text, self._where(agent=True))
+
+    def _owned(self, read: _Read) -> CiliumConfig | None:
+        config_record, agent_record = self._records(read)
+        if config_record is None and agent_record is None:
+            return None
+        assert read.config is not None  # a record implies the ConfigMap was read
+        settings = {k: read.config.data[k] for k in config_record or {} if k in read.config.data}
+        agent = None
+        if agent_record is not None:
+            fields = _agent_fields(self._agent_members(read), self._where(agent=True)) or {}
+            agent = {k: fields[k] for k in agent_record.keys if k in fields}
+        return CiliumConfig(self.target, settings=settings, ip_masq_agent=agent)
+
+    def _foreign(self, read: _Read) -> CiliumConfig:
+        assert read.config is not None
+        config_record, agent_record = self._records(read)
+        data = dict(read.config.data)
+        for key, previous in (config_record or {}).items():
+            if previous is None:
+                data.pop(key, None)
+            else:
+                data[key] = previous
+        settings = {k: v for k, v in data.items() if k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)}
+        fields = _agent_fields(self._agent_members(read), self._where(agent=True))
+        if agent_record is not None:
+            if agent_record.text is None or agent_record.text == "":
+                previous_fields = None
+            else:
+                previous_fields = _agent_fields(_parse_agent(agent_record.text, ""), "") or {}
+            fields = dict(fields or {})
+            for key, previous in agent_record.keys.items():
+                if previous is None:
+                    fields.pop(key, None)
+                else:
+                    fields[key] = previous
+            if previous_fields is None and not fields:
+                fields = None
+        return CiliumConfig(self.target, settings=settings, ip_masq_agent=fields)
+
+    def observe(self) -> State:
+        """The keys k3snet set (owned) and the settings as they would be without them (foreign)."""
+        read = self._read()
+        if read.config is None:
+            return State()
+        owned = self._owned(read)
+        return State(owned=[] if owned is None else [owned], foreign=[self._foreign(read)])
+
+    # ------------------------------------------------------------ disruptive changes
+
+    def disruptive(self, change: Change) -> str | None:
+        """Why ``change`` disturbs running pods (one line), or ``None``.
+
+        A change is disruptive when it gives ``routing-mode``, ``tunnel-protocol``,
+        a native-routing CIDR or ``enable-bpf-masquerade`` a value other than the
+        one Cilium runs with now (reads the ConfigMap).
+        """
+        read = self._read()
+        if read.config is None:
+            return None
+        return self._disruptive(change, read)
+
+    def _disruptive(self, change: Change, read: _Read) -> str | None:
+        assert read.config is not None
+        current = read.config.data
+        record, _ = self._records(read)
+        wanted: dict[str, str | None] = {}
+        before, after = change.before, change.after
+        if isinstance(before, CiliumConfig):  # keys given back get their previous values
+            for key in before.settings:
+                wanted[key] = (record or {}).get(key)
+        if isinstance(after, CiliumConfig):
+            wanted.update({k: str(after.settings[k]) for k in after.settings})
+        for key in [k for k in CILIUM_DISRUPTIVE_KEYS if k in wanted]:  # in a fixed order
+            value = wanted[key]
+            now = current.get(key, CILIUM_DEFAULTS.get(key, ""))
+            new = value if value is not None else CILIUM_DEFAULTS.get(key, "")
+            probe = CiliumConfig(self.target, settings={key: new} if new else {})
+            if not probe.met_by(CiliumConfig(self.target, settings={key: now} if now else {})):
+                return f"{CILIUM_DISRUPTIVE_KEYS[key]} ({key}: {now or '(unset)'} -> " \
+                       f"{new or '(unset)'})"
+        return None
+
+    # ------------------------------------------------------------ check and apply
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        """Problems applying ``plan`` would hit; nothing is written."""
+        try:
+            ensure_capable(self, plan)
+            if plan.changes:
+                self._edit(self._read_for_apply(), plan)
+        except (PlanError, BackendError) as exc:
+            return (str(exc),)
+        return ()
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Apply every change (at most two writes, the second undone-with the first), or nothing."""
+        ensure_capable(self, plan)
+        if not plan.changes:
+            return ApplyResult(self.name, (), operations=0)
+        read = self._read_for_apply()
+        edit = self._edit(read, plan)
+        fail_at = self.faults.take(plan)
+        undo = Compensation(self.name, where=self._where())
+        steps = self._steps(read, edit)
+        operations = 2
+        if fail_at is not None and not steps:
+            undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
+        for index, step in enumerate(steps):
+            if fail_at is not None and index == len(steps) - 1:
+                # Fail as the API server would refuse the last write: the first is undone.
+                undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
+            try:
+                reverse = step()
+            except K3snetError as exc:
+                undo.fail(plan.changes[-1], str(exc), exc)
+            undo.record(plan.changes if index == 0 else (), reverse)
+            operations += 1
+        return ApplyResult(self.name, plan.changes, operations=operations)
+
+    def _read_for_apply(self) -> _Read:
+        try:
+            read = self._read()
+        except BackendError as exc:
+            if isinstance(exc, ApplyError):
+                raise
+            raise ApplyError(f"{exc}; nothing was changed") from exc
+        if read.config is None:
+            raise ApplyError(f"{self._where()} does not exist; k3snet changes keys of an "
+                             "existing Cilium config, it does not create one")
+        return read
+
+    def _edit(self, read: _Read, plan: Plan) -> _Edit:
+        """What to write for every change (PlanError if one does not fit)."""
+        assert read.config is not None
+        owned = self._owned(read)
+        config_record, agent_record = self._records(read)
+        data = dict(read.config.data)
+        agent_text = None if read.agent is None else read.agent.data.get(AGENT_CONFIG_KEY)
+        members = _parse_agent(agent_text, self._where(agent=True))
+        new_members = None if members is None else dict(members)
+        problems: list[str] = []
+        for change in plan.changes:
+            subject = change.subject
+            if not isinstance(subject, CiliumConfig):
+                raise PlanError(f"cilium backend: cannot apply {change}: not a Cilium config")
+            if subject.target != self.target:
+                raise PlanError(f"cilium backend manages {self.target}; the plan changes "
+                                f"{subject.target}")
+            if change.action == "add" and owned is not None:
+                raise PlanError(f"cannot add {subject}: k3snet already owns settings of "
+                                f"{self.target} ({owned}); observe and plan again")
+            if change.action != "add" and (owned is None or owned != change.before):
+                found = "no settings owned by k3snet" if owned is None else str(owned)
+                raise PlanError(f"cannot {change.action} {change.before}: k3snet does not own "
+                                f"it, found {found}; k3snet never changes keys it did not set")
+            after = change.after
+            if isinstance(after, CiliumConfig):
+                problems += [p for k in after.settings
+                             if (p := setting_problem(k, after.settings[k])) is not None]
+            reason = self._disruptive(change, read)
+            if reason is not None and not self.allow_disruptive:
+                problems.append(f"{reason}; k3snet refuses a disruptive change unless it is "
+                                f"allowed: {ALLOW_DISRUPTIVE_HINT}")
+            config_record = self._edit_config(data, config_record, change)
+            new_members, agent_record = self._edit_agent(new_members, agent_record, change,
+                                                         agent_text, read.agent is not None)
+            owned = after if isinstance(after, CiliumConfig) else None
+        if problems:
+            raise PlanError("cilium backend refuses the plan, nothing was changed:\n  "
+                            + "\n  ".join(problems))
+        changed = {k: data.get(k) for k in {*data, *read.config.data}
+                   if data.get(k) != read.config.data.get(k)}
+        return _Edit(changed, config_record, *self._agent_outcome(
+            read, agent_text, members, new_members, agent_record))
+
+    @staticmethod
+    def _edit_config(data: dict[str, str], record: dict[str, str | None] | None,
+                     change: Change) -> dict[str, str | None] | None:
+        after = change.after
+        wanted = after.settings.to_dict() if isinstance(after, CiliumConfig) else {}
+        record = dict(record or {})
+        for key in [k for k in record if k not in wanted]:  # keys given back
+            previous = record.pop(key)
+            if previous is None:
+                data.pop(key, None)
+            else:
+                data[key] = previous
+        for key, value in wanted.items():
+            if key not in record:
+                record[key] = data.get(key)
+            data[key] = value
+        # An owned config without keys is still k3snet's (an empty record), until deleted.
+        return record if isinstance(after, CiliumConfig) else None
+
+    def _edit_agent(self, members: dict[str, Any] | None, record: _AgentRecord | None,
+                    change: Change, text: str | None, exists: bool
+                    ) -> tuple[dict[str, Any] | None, _AgentRecord | None]:
+        after = change.after
+        wanted = (after.ip_masq_agent.to_dict()
+                  if isinstance(after, CiliumConfig) and after.ip_masq_agent is not None else {})
+        if record is None and not wanted:
+            return members, None
+        if record is None:
+            record = _AgentRecord({}, text, created=not exists)
+        keys = dict(record.keys)
+        doc = dict(members or {})
+        if wanted and members is None and "nonMasqueradeCIDRs" not in wanted:
+            raise PlanError(f"cannot set {', '.join(wanted)} in {self._where(agent=True)}: "
+                            "its config is empty, so Cilium uses its default non-masquerade "
+                            "CIDRs, and a file without nonMasqueradeCIDRs has none; give "
+                            "cni.cilium.nonMasqueradeCIDRs too")
+        fields = _agent_fields(doc, self._where(agent=True)) or {}
+        for key in [k for k in keys if k not in wanted]:
+            previous = keys.pop(key)
+            spelled = _member_name(doc, key)
+            if previous is None:
+                doc.pop(spelled, None)
+            else:
+                doc[spelled] = previous
+        for key, value in wanted.items():
+            if key not in keys:
+                keys[key] = fields.get(key)
+            doc[_member_name(doc, key)] = value
+        if (keys and "nonMasqueradeCIDRs" not in keys
+                and "nonMasqueradeCIDRs" not in (_agent_fields(doc, self._where(True)) or {})
+                and not _parse_agent(record.text, self._where(agent=True))):
+            raise PlanError(f"cannot leave {', '.join(keys)} alone in "
+                            f"{self._where(agent=True)}: its config was empty, so Cilium used "
+                            "its default non-masquerade CIDRs, and a file without "
+                            "nonMasqueradeCIDRs has none; keep cni.cilium.nonMasqueradeCIDRs")
+        return doc, attrs.evolve(record, keys=keys)
+
+    def _agent_outcome(self, read: _Read, text: str | None, members: dict[str, Any] | None,
+                       doc: dict[str, Any] | None, record: _AgentRecord | None
+                       ) -> tuple[str | None, _AgentRecord | None, str]:
+        before = None if read.agent is None else _agent_record(read.agent.owned,
+                                                                self._where(agent=True))
+        if record is None or (not record.keys and before is None):
+            return None, None, ""
+        if not record.keys:  # k3snet gives its last key back
+            previous = _parse_agent(record.text, self._where(agent=True))
+            if record.created and not doc:
+                return None, None, "delete"
+            if (previous or {}) == (doc or {}):
+                # The exact text found (None: the key was absent), byte for byte.
+                return record.text, None, "patch"
+            return _dump_agent(doc or {}, text), None, "patch"
+        new_text = text if doc == members else _dump_agent(doc or {}, text)
+        return new_text, record, "create" if read.agent is None else "patch"
+
+    def _steps(self, read: _Read, edit: _Edit) -> list[Any]:
+        """The writes, in order, each returning the callable that takes it back."""
+        assert read.config is not None
+        config = read.config
+        api = self._api
+        steps = []
+        old_record = config.owned
+        new_record = None if edit.config_record is None else json.dumps(edit.config_record,
+                                                                        sort_keys=True)
+        if edit.config_data or new_record != old_record:
+            def write_config() -> Any:
+                version = api.patch(api.config_name, config.version, edit.config_data,
+                                    new_record, new_record != old_record)
+                back = {k: config.data.get(k) for k in edit.config_data}
+                return lambda: api.patch(api.config_name, version, back, old_record,
+                                         new_record != old_record)
+            steps.append(write_config)
+        agent = read.agent
+        if edit.agent_action == "create":
+            text = edit.agent_text if edit.agent_text is not None else ""
+            assert edit.agent_record is not None
+
+            def create_agent() -> Any:
+                version = api.create(api.agent_name, {AGENT_CONFIG_KEY: text},
+                                     edit.agent_record.dump())  # type: ignore[union-attr]
+                return lambda: api.delete(api.agent_name, version)
+            steps.append(create_agent)
+        elif edit.agent_action == "delete":
+            assert agent is not None
+
+            def delete_agent() -> Any:
+                api.delete(api.agent_name, agent.version)
+                return None  # the last step: never undone
+            steps.append(delete_agent)
+        elif edit.agent_action == "patch":
+            assert agent is not None
+            agent_owned = None if edit.agent_record is None else edit.agent_record.dump()
+            data: dict[str, str | None] = {}
+            if edit.agent_text != agent.data.get(AGENT_CONFIG_KEY):
+                data[AGENT_CONFIG_KEY] = edit.agent_text
+            if data or agent_owned != agent.owned:
+                def patch_agent() -> Any:
+                    version = api.patch(api.agent_name, agent.version, data, agent_owned,
+                                        agent_owned != agent.owned)
+                    back = {AGENT_CONFIG_KEY: agent.data.get(AGENT_CONFIG_KEY)}
+                    return lambda: api.patch(api.agent_name, version, back, agent.owned, True)
+                steps.append(patch_agent)
+        return steps
+
+    def close(self) -> None:
+        """Release the API client if this backend built it (idempotent)."""
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
+        super().close()

@@ -1,0 +1,630 @@
+"""Cilium's masquerade settings, as values, and what Cilium does with them.
+
+Two ConfigMaps in Cilium's namespace decide whether Cilium masquerades traffic
+from a pod to a destination:
+
+* ``cilium-config`` (keys in :data:`CILIUM_KEYS`): ``enable-ipv4-masquerade`` /
+  ``enable-ipv6-masquerade`` turn masquerading on (default on);
+  ``ipv4-native-routing-cidr`` / ``ipv6-native-routing-cidr`` are never
+  masqueraded to; ``enable-bpf-masquerade`` picks the eBPF implementation over
+  iptables, and only with it does ``enable-ip-masq-agent`` apply;
+  ``egress-masquerade-interfaces`` limits iptables masquerading to some
+  interfaces; ``routing-mode`` / ``tunnel-protocol`` are how pods reach each
+  other. ``enable-ipv4``, ``enable-ipv6``, ``ipam`` and the ``cluster-pool-*-cidr``
+  keys are read (:data:`CILIUM_CONTEXT_KEYS`), never written.
+* ``ip-masq-agent`` (its key ``config``, YAML or JSON, mounted at
+  ``/etc/config/ip-masq-agent``): ``nonMasqueradeCIDRs``, ``masqLinkLocal``,
+  ``masqLinkLocalIPv6`` (:data:`IP_MASQ_AGENT_KEYS`). A missing or *empty* file
+  means Cilium's default list (:data:`IP_MASQ_AGENT_DEFAULTS`); a file that
+  sets any key but not ``nonMasqueradeCIDRs`` means no CIDR at all. Link-local
+  ranges are added unless ``masqLinkLocal`` / ``masqLinkLocalIPv6`` is true.
+
+Names and defaults were read from Cilium's documentation (docs.cilium.io
+``stable``, the 1.18 series, and ``latest``: network/concepts/masquerading) and
+Cilium's main-branch source of the same time: the Helm template
+``install/kubernetes/cilium/templates/cilium-configmap.yaml`` (key names, Helm
+defaults with 1.18 upgrade compatibility, the ``ip-masq-agent`` ConfigMap
+written with ``toJson``), ``pkg/ipmasq/ipmasq.go`` (the file's shape, Go's
+case-insensitive keys, the empty-file rule), ``pkg/ipmasq/cell/config.go`` (the
+path) and ``pkg/defaults`` (the agent's flag defaults).
+
+:class:`CiliumConfig` is the value k3snet owns (the keys it sets) or observes
+(the keys as they would be without k3snet); :class:`CiliumMasquerade` is an
+expectation: the spec's destinations are masqueraded, or exempt, as it says,
+judged against what Cilium will do (:func:`why_not_masqueraded`).
+
+>>> wanted = CiliumConfig(CILIUM_DEFAULT_TARGET, settings={"enable-bpf-masquerade": "true"})
+>>> wanted.describe()
+'cilium configmap:kube-system/cilium-config enable-bpf-masquerade=true'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from k3snet.errors import ModelError
+from k3snet.model._base import NetObject, net_tuple
+from k3snet.model.cidr import Network, contains, overlaps, parse_network
+from k3snet.model.cni import JsonMapping, canonical_json
+from k3snet.model.state import register_object_type
+
+__all__ = [
+    "CILIUM_CONTEXT_KEYS",
+    "CILIUM_DEFAULTS",
+    "CILIUM_DEFAULT_TARGET",
+    "CILIUM_DISRUPTIVE_KEYS",
+    "CILIUM_KEYS",
+    "IP_MASQ_AGENT_DEFAULTS",
+    "IP_MASQ_AGENT_KEYS",
+    "CiliumConfig",
+    "CiliumMasquerade",
+    "cilium_target",
+    "parse_go_bool",
+    "pool_problems",
+    "setting_problem",
+    "why_not_masqueraded",
+]
+
+CILIUM_KEYS: tuple[str, ...] = (
+    "routing-mode", "tunnel-protocol",
+    "enable-ipv4-masquerade", "enable-ipv6-masquerade",
+    "enable-bpf-masquerade", "enable-ip-masq-agent",
+    "ipv4-native-routing-cidr", "ipv6-native-routing-cidr",
+    "egress-masquerade-interfaces", "enable-masquerade-to-route-source",
+)
+"""The ``cilium-config`` keys k3snet may set (each only when the spec asks for it)."""
+
+CILIUM_CONTEXT_KEYS: tuple[str, ...] = (
+    "enable-ipv4", "enable-ipv6", "ipam", "cluster-pool-ipv4-cidr", "cluster-pool-ipv6-cidr",
+)
+"""``cilium-config`` keys read to judge masquerading, never written."""
+
+CILIUM_DEFAULTS: Mapping[str, str] = {
+    "routing-mode": "tunnel",
+    "tunnel-protocol": "vxlan",
+    "enable-ipv4-masquerade": "true",
+    "enable-ipv6-masquerade": "true",
+    "enable-bpf-masquerade": "false",
+    "enable-ip-masq-agent": "false",
+    "enable-masquerade-to-route-source": "false",
+    "enable-ipv4": "true",
+    "enable-ipv6": "true",
+    "ipam": "cluster-pool",
+}
+"""What the agent does when a key is absent: its flag defaults (``pkg/defaults``). The Helm
+chart writes most of them (``enable-ipv6: "false"`` unless ``ipv6.enabled``)."""
+
+CILIUM_DISRUPTIVE_KEYS: Mapping[str, str] = {
+    "routing-mode": "changing Cilium's routing-mode changes how every pod reaches every "
+                    "other node; connections break until every agent has restarted",
+    "tunnel-protocol": "changing Cilium's tunnel-protocol cuts pod traffic between nodes "
+                       "until every agent has restarted with it",
+    "ipv4-native-routing-cidr": "changing Cilium's ipv4-native-routing-cidr changes which "
+                                "traffic leaves unmasqueraded and how it is routed, on "
+                                "every node",
+    "ipv6-native-routing-cidr": "changing Cilium's ipv6-native-routing-cidr changes which "
+                                "traffic leaves unmasqueraded and how it is routed, on "
+                                "every node",
+    "enable-bpf-masquerade": "switching between iptables and eBPF masquerading drops the "
+                             "NAT state of every open masqueraded connection",
+}
+"""Keys whose change disturbs running pods, with the one-line reason."""
+
+IP_MASQ_AGENT_KEYS: tuple[str, ...] = ("nonMasqueradeCIDRs", "masqLinkLocal",
+                                       "masqLinkLocalIPv6")
+"""The keys of the ip-masq-agent config file Cilium reads."""
+
+IP_MASQ_AGENT_DEFAULTS: tuple[str, ...] = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "192.0.0.0/24",
+    "192.0.2.0/24", "192.88.99.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+    "240.0.0.0/4",
+)
+"""Cilium's non-masquerade CIDRs when the ip-masq-agent file is missing or empty."""
+
+_LINK_LOCAL = {4: parse_network("169.254.0.0/16"), 6: parse_network("fe80::/10")}
+_BOOL_KEYS = frozenset(k for k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS) if k.startswith("enable-"))
+_CIDR_KEYS = frozenset({"ipv4-native-routing-cidr", "ipv6-native-routing-cidr"})
+_CHOICES = {"routing-mode": ("tunnel", "native"), "tunnel-protocol": ("vxlan", "geneve")}
+_TARGET = re.compile(r"configmap:([a-z0-9]([-a-z0-9]*[a-z0-9])?)/"
+                     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)")
+# Go's strconv.ParseBool, which the agent's configuration reader uses.
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+CILIUM_DEFAULT_TARGET = "configmap:kube-system/cilium-config"
+"""The ``cilium-config`` ConfigMap of a Helm install in ``kube-system`` (K3s' usual place)."""
+
+
+def cilium_target(namespace: str, name: str = "cilium-config") -> str:
+    """The target string of a ``cilium-config`` ConfigMap."""
+    return _target(f"configmap:{namespace}/{name}")
+
+
+def _target(value: str) -> str:
+    if not isinstance(value, str) or not _TARGET.fullmatch(value) or len(value) > 330:
+        raise ModelError(f"cilium target {value!r} must be configmap:NAMESPACE/NAME")
+    return value
+
+
+def parse_go_bool(value: str) -> bool | None:
+    """The boolean Go's ``strconv.ParseBool`` reads in ``value`` (``None``: not one)."""
+    if value in _GO_TRUE:
+        return True
+    if value in _GO_FALSE:
+        return False
+    return None
+
+
+def setting_problem(key: str, value: str) -> str | None:  # noqa: PLR0911 - one check a line
+    """Why ``value`` is not one k3snet writes for ``key`` (``None``: it is fine)."""
+    if key not in CILIUM_KEYS:
+        return f"{key!r} is not a cilium-config key k3snet sets ({', '.join(CILIUM_KEYS)})"
+    if not isinstance(value, str):
+        return f"{key}: ConfigMap values are strings, got {value!r}"
+    if key in _BOOL_KEYS and value not in {"true", "false"}:
+        return f"{key}: expected \"true\" or \"false\", got {value!r}"
+    if key in _CHOICES and value not in _CHOICES[key]:
+        return f"{key}: expected one of {', '.join(_CHOICES[key])}, got {value!r}"
+    if key in _CIDR_KEYS:
+        try:
+            net = parse_network(value)
+        except ModelError as exc:
+            return f"{key}: {exc}"
+        if net.version != (4 if key.startswith("ipv4") else 6):
+            return f"{key}: {net} is not an IPv{4 if key.startswith('ipv4') else 6} CIDR"
+    if key == "egress-masquerade-interfaces" and (
+            not value.strip() or any(ord(c) < 0x20 for c in value)):
+        return f"{key}: expected interface names, got {value!r}"
+    return None
+
+
+def _settings(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> JsonMapping:
+    mapping = JsonMapping(value or ())
+    known = (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
+    for key in mapping:
+        if key not in known:
+            raise ModelError(f"cilium-config key {key!r} is not one k3snet models")
+        if not isinstance(mapping[key], str):
+            raise ModelError(f"cilium-config {key}: ConfigMap values are strings, "
+                             f"got {mapping[key]!r}")
+    return mapping
+
+
+def _ip_masq_agent(value: Mapping[str, Any] | Iterable[tuple[str, Any]] | None
+                   ) -> JsonMapping | None:
+    if value is None:
+        return None
+    mapping = JsonMapping(value)
+    for key in mapping:
+        if key not in IP_MASQ_AGENT_KEYS:
+            raise ModelError(f"ip-masq-agent key {key!r} is not one Cilium reads "
+                             f"({', '.join(IP_MASQ_AGENT_KEYS)})")
+    cidrs = mapping.get("nonMasqueradeCIDRs")
+    if "nonMasqueradeCIDRs" in mapping:
+        if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
+            raise ModelError("ip-masq-agent nonMasqueradeCIDRs must be a list of CIDRs")
+        for cidr in cidrs:
+            parse_network(cidr, strict=False)
+    for key in ("masqLinkLocal", "masqLinkLocalIPv6"):
+        if key in mapping and not isinstance(mapping[key], bool):
+            raise ModelError(f"ip-masq-agent {key} must be true or false, got {mapping[key]!r}")
+    return mapping
+
+
+@attrs.frozen(eq=False)
+class CiliumConfig(NetObject):
+    """Cilium's masquerade settings for one ``cilium-config`` ConfigMap (``target``).
+
+    ``settings`` are ``cilium-config`` keys with their string values;
+    ``ip_masq_agent`` the keys of the ``ip-masq-agent`` config file in the same
+    namespace, as JSON values (``None``: a missing or empty file, when Cilium
+    uses its default list). An owned object holds only what k3snet set; the
+    observed foreign object is everything as it would be without k3snet.
+    """
+
+    kind: ClassVar[str] = "cilium"
+    type_name: ClassVar[str] = "cilium"
+    rank: ClassVar[int] = 12
+
+    target: str = attrs.field(converter=_target)
+    settings: JsonMapping = attrs.field(factory=JsonMapping, converter=_settings,
+                                        kw_only=True)
+    ip_masq_agent: JsonMapping | None = attrs.field(default=None, converter=_ip_masq_agent,
+                                                    kw_only=True)
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        agent = (-1,) if self.ip_masq_agent is None else (1, self.ip_masq_agent.canonical_items())
+        self._seal(("cilium", self.target), (self.settings.canonical_items(), agent))
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """The target: one set of settings per Cilium install."""
+        return self._key
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of the ConfigMaps (Cilium's namespace)."""
+        return self.target.split(":", 1)[1].split("/", 1)[0]
+
+    def value(self, key: str) -> str | None:
+        """A ``cilium-config`` value as Cilium reads it: set, else the agent's default."""
+        if key in self.settings:
+            return str(self.settings[key])
+        return CILIUM_DEFAULTS.get(key)
+
+    def flag(self, key: str) -> bool:
+        """A boolean key as Cilium reads it (an unparsable value counts as its default)."""
+        value = self.value(key)
+        parsed = None if value is None else parse_go_bool(value)
+        if parsed is None:
+            parsed = parse_go_bool(CILIUM_DEFAULTS.get(key, "false"))
+        return bool(parsed)
+
+    def network(self, key: str) -> Network | None:
+        """A CIDR key as Cilium reads it (host bits masked; ``None``: unset or unparsable)."""
+        value = self.value(key)
+        if not value:
+            return None
+        try:
+            return parse_network(value.strip(), strict=False)
+        except ModelError:
+            return None
+
+    def overlay(self, other: CiliumConfig | None) -> CiliumConfig:
+        """This config with ``other``'s keys set over it (what Cilium reads with both)."""
+        if other is None:
+            return self
+        settings = {**self.settings.to_dict(), **other.settings.to_dict()}
+        agent = self.ip_masq_agent
+        if other.ip_masq_agent is not None:
+            agent = JsonMapping({**(agent.to_dict() if agent is not None else {}),
+                                 **other.ip_masq_agent.to_dict()})
+        return CiliumConfig(self.target, settings=settings, ip_masq_agent=agent)
+
+    def non_masquerade_cidrs(self, family: int) -> tuple[tuple[Network, str], ...]:
+        """The ip-masq-agent's non-masquerade CIDRs of ``family``, each with where it comes from."""
+        agent = self.ip_masq_agent
+        if agent is None:
+            found = [(parse_network(c), "Cilium's default list (the ip-masq-agent config "
+                                        "is empty)") for c in IP_MASQ_AGENT_DEFAULTS]
+        else:
+            found = [(parse_network(c, strict=False), "nonMasqueradeCIDRs of the ip-masq-agent "
+                                                      f"ConfigMap in {self.namespace}")
+                     for c in agent.get("nonMasqueradeCIDRs", [])]
+        key = "masqLinkLocal" if family == 4 else "masqLinkLocalIPv6"
+        if agent is None or not agent.get(key, False):
+            found.append((_LINK_LOCAL[family], f"link-local, added because {key} is not true"))
+        return tuple((net, why) for net, why in found if net.version == family)
+
+    def met_by(self, other: NetObject) -> bool:
+        """The foreign config already holds every key this one sets, with equal values."""
+        if not isinstance(other, CiliumConfig) or other.target != self.target:
+            return False
+        for key in self.settings:
+            if not _same_setting(key, str(self.settings[key]), other.value(key)):
+                return False
+        if self.ip_masq_agent is None:
+            return True
+        theirs = other.ip_masq_agent
+        if theirs is None:
+            return False
+        return all(key in theirs and _same_agent_value(key, self.ip_masq_agent[key], theirs[key])
+                   for key in self.ip_masq_agent)
+
+    def conflicts_with(self, other: NetObject) -> bool:
+        """Setting ip-masq-agent keys without ``nonMasqueradeCIDRs`` over an empty config."""
+        return self._drops_defaults(other) is not None
+
+    def conflict_reason(self, other: NetObject) -> str | None:
+        """Why writing these keys would change more than they say."""
+        return self._drops_defaults(other)
+
+    def _drops_defaults(self, other: NetObject) -> str | None:
+        if (not isinstance(other, CiliumConfig) or other.target != self.target
+                or self.ip_masq_agent is None or other.ip_masq_agent is not None
+                or "nonMasqueradeCIDRs" in self.ip_masq_agent):
+            return None
+        return ("the ip-masq-agent config is empty, so Cilium uses its default "
+                "non-masquerade CIDRs; a file with only "
+                f"{', '.join(self.ip_masq_agent)} has none at all: give "
+                "cni.cilium.nonMasqueradeCIDRs too")
+
+    def describe(self) -> str:
+        """``cilium TARGET key=value ... ip-masq-agent.key=value ...``."""
+        parts = [f"cilium {self.target}"]
+        parts += [f"{key}={self.settings[key]}" for key in _ordered(self.settings)]
+        if self.ip_masq_agent is not None:
+            agent = self.ip_masq_agent
+            parts += [f"ip-masq-agent.{key}={canonical_json(agent[key])}"
+                      for key in IP_MASQ_AGENT_KEYS if key in agent]
+            if not agent:
+                parts.append("ip-masq-agent=(empty)")
+        if len(parts) == 1:
+            parts.append("(no keys)")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "type": self.type_name,
+            "target": self.target,
+            "settings": self.settings.to_dict(),
+            "ip_masq_agent": None if self.ip_masq_agent is None else self.ip_masq_agent.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CiliumConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["target"], settings=data.get("settings") or {},
+                   ip_masq_agent=data.get("ip_masq_agent"))
+
+
+def _ordered(settings: JsonMapping) -> list[str]:
+    order = {key: i for i, key in enumerate((*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS))}
+    return sorted(settings, key=lambda k: order[k])
+
+
+def _same_setting(key: str, wanted: str, current: str | None) -> bool:
+    if current is None:
+        return False
+    if key in _BOOL_KEYS:
+        return parse_go_bool(wanted) is not None and parse_go_bool(wanted) == parse_go_bool(
+            current)
+    if key in _CIDR_KEYS:
+        try:
+            return parse_network(wanted) == parse_network(current.strip(), strict=False)
+        except ModelError:
+            return False
+    return wanted == current
+
+
+def _same_agent_value(key: str, wanted: Any, current: Any) -> bool:
+    if key == "nonMasqueradeCIDRs":
+        try:
+            return ({parse_network(c, strict=False) for c in wanted}
+                    == {parse_network(c, strict=False) for c in current})
+        except (ModelError, TypeError):
+            return False
+    return bool(wanted == current)
+
+
+# ---------------------------------------------------------------- what Cilium does
+
+
+def _interface_matches(device: str, patterns: str) -> bool:
+    for pattern in patterns.replace(",", " ").split():
+        if pattern.endswith("+") and device.startswith(pattern[:-1]):
+            return True
+        if device == pattern:
+            return True
+    return False
+
+
+def why_not_masqueraded(config: CiliumConfig, destination: Network,
+                        device: str | None = None) -> str | None:
+    """Why Cilium, configured as ``config``, does not masquerade pods' traffic to
+    ``destination`` (reached through ``device``); ``None`` when it does.
+
+    >>> cfg = CiliumConfig(CILIUM_DEFAULT_TARGET, settings={
+    ...     "ipv4-native-routing-cidr": "192.168.0.0/16"})
+    >>> print(why_not_masqueraded(cfg, parse_network("192.168.2.0/24")))
+    192.168.2.0/24 is inside Cilium's ipv4-native-routing-cidr 192.168.0.0/16: Cilium never \
+masquerades traffic to it
+    """
+    family = destination.version
+    v = f"ipv{family}"
+    if not config.flag(f"enable-{v}"):
+        return f"Cilium runs without IPv{family} (enable-{v}: {config.value(f'enable-{v}')!r})"
+    if not config.flag(f"enable-{v}-masquerade"):
+        return (f"masquerading is off in Cilium (enable-{v}-masquerade: "
+                f"{config.value(f'enable-{v}-masquerade')!r}): pods reach {destination} "
+                "with their own addresses")
+    native = config.network(f"{v}-native-routing-cidr")
+    if native is not None and overlaps(native, destination):
+        where = "inside" if contains(native, destination) else "partly inside"
+        return (f"{destination} is {where} Cilium's {v}-native-routing-cidr {native}: Cilium "
+                "never masquerades traffic to it")
+    bpf = config.flag("enable-bpf-masquerade")
+    if bpf and config.flag("enable-ip-masq-agent"):
+        for net, source in config.non_masquerade_cidrs(family):
+            if overlaps(net, destination):
+                where = "inside" if contains(net, destination) else "partly inside"
+                return (f"{destination} is {where} {net}, from {source}: Cilium's "
+                        "ip-masq-agent never masquerades traffic to it")
+    interfaces = config.value("egress-masquerade-interfaces")
+    if not bpf and interfaces and device is not None and not _interface_matches(device,
+                                                                                interfaces):
+        return (f"Cilium masquerades only traffic leaving {interfaces} "
+                f"(egress-masquerade-interfaces), and {destination} is reached via {device}")
+    return None
+
+
+def _fix_for(reason: str, family: int) -> str:
+    """The way out of one reason :func:`why_not_masqueraded` gives."""
+    v = f"ipv{family}"
+    if "masquerading is off" in reason:
+        return (f"set cni.cilium.enableIPv{family}Masquerade: true (enable-{v}-masquerade "
+                "in cilium-config)")
+    if "native-routing-cidr" in reason:
+        return (f"narrow {v}-native-routing-cidr so it leaves the destination out "
+                f"(cni.cilium.ipv{family}NativeRoutingCIDR; a disruptive change)")
+    if "ip-masq-agent" in reason:
+        return ("set cni.cilium.nonMasqueradeCIDRs to a list without it (k3snet then owns "
+                "the list and keeps the old one to put back)")
+    if "egress-masquerade-interfaces" in reason:
+        return "add the interface to cni.cilium.egressMasqueradeInterfaces"
+    return f"enable IPv{family} in Cilium"
+
+
+def _pairs(values: Iterable[tuple[str | Network, str | None]]) -> tuple[tuple[Network, str], ...]:
+    result = []
+    for cidr, device in values:
+        if device is not None and not isinstance(device, str):
+            raise ModelError(f"device must be a string or None, got {device!r}")
+        result.append((parse_network(cidr), device or ""))
+    return tuple(result)
+
+
+def _cidrs(values: Iterable[str | Network]) -> tuple[Network, ...]:
+    if isinstance(values, str):
+        raise ModelError(f"expected a list of CIDRs, got the string {values!r}")
+    return tuple(parse_network(v) for v in values)
+
+
+def _wanted(value: CiliumConfig | None) -> CiliumConfig | None:
+    if value is not None and not isinstance(value, CiliumConfig):
+        raise ModelError(f"expected a CiliumConfig or None, got {value!r}")
+    return value
+
+
+@attrs.frozen(eq=False)
+class CiliumMasquerade(NetObject):
+    """An expectation: Cilium masquerades pods' traffic to ``masquerade`` and not to ``exempt``.
+
+    ``masquerade`` holds ``(destination, device)`` pairs (``""``: any device).
+    ``wanted`` is the config k3snet is about to set on the target (or ``None``):
+    foreign state is judged with it laid over. k3snet never writes this object;
+    the plan reports a Cilium setup that contradicts it as a conflict, with
+    the reason and the way out.
+    """
+
+    kind: ClassVar[str] = "cilium"
+    type_name: ClassVar[str] = "cilium-masquerade"
+    rank: ClassVar[int] = 12
+    expectation: ClassVar[bool] = True
+
+    target: str = attrs.field(converter=_target)
+    masquerade: tuple[tuple[Network, str], ...] = attrs.field(default=(), converter=_pairs,
+                                                              kw_only=True)
+    exempt: tuple[Network, ...] = attrs.field(default=(), converter=_cidrs, kw_only=True)
+    pod_cidrs: tuple[Network, ...] = attrs.field(default=(), converter=_cidrs, kw_only=True)
+    """The spec's pod CIDRs: Cilium's cluster pool must hand out addresses inside them."""
+    wanted: CiliumConfig | None = attrs.field(default=None, converter=_wanted, kw_only=True)
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.wanted is not None and self.wanted.target != self.target:
+            raise ModelError(f"cilium expectation of {self.target} lays over a config of "
+                             f"{self.wanted.target}")
+        content = (
+            tuple((*net_tuple(n), d) for n, d in self.masquerade),
+            tuple(net_tuple(n) for n in self.exempt),
+            tuple(net_tuple(n) for n in self.pod_cidrs),
+            () if self.wanted is None else self.wanted.sort_key,
+        )
+        self._seal(("cilium-masquerade", self.target), content)
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """The target's slot, the one its :class:`CiliumConfig` takes."""
+        return ("cilium", self.target)
+
+    def problems(self, config: CiliumConfig) -> list[str]:
+        """Each destination Cilium (``config`` with :attr:`wanted` over it) treats otherwise."""
+        effective = config.overlay(self.wanted)
+        found = pool_problems(effective, self.pod_cidrs)
+        for destination, device in self.masquerade:
+            reason = why_not_masqueraded(effective, destination, device or None)
+            if reason is not None:
+                found.append(f"{reason}; {_fix_for(reason, destination.version)}")
+        for destination in self.exempt:
+            if why_not_masqueraded(effective, destination) is None:
+                found.append(_exempt_problem(effective, destination))
+        return found
+
+    def conflicts_with(self, other: NetObject) -> bool:
+        """The foreign config of the target makes Cilium treat a destination otherwise."""
+        return (isinstance(other, CiliumConfig) and other.target == self.target
+                and bool(self.problems(other)))
+
+    def conflict_reason(self, other: NetObject) -> str | None:
+        """Every destination Cilium treats otherwise, and the way out."""
+        if not isinstance(other, CiliumConfig):
+            return None
+        return "; ".join(self.problems(other)) or None
+
+    def describe(self) -> str:
+        """``cilium TARGET expects masquerade to ... and none to ...``."""
+        parts = [f"cilium {self.target} expects"]
+        if self.masquerade:
+            parts.append("masquerade to " + ", ".join(
+                f"{n}{f' via {d}' if d else ''}" for n, d in self.masquerade))
+        if self.exempt:
+            parts.append(("and " if self.masquerade else "") + "no masquerade to "
+                         + ", ".join(map(str, self.exempt)))
+        if len(parts) == 1:
+            parts.append("nothing")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "type": self.type_name,
+            "target": self.target,
+            "masquerade": [[str(n), d] for n, d in self.masquerade],
+            "exempt": [str(n) for n in self.exempt],
+            "pod_cidrs": [str(n) for n in self.pod_cidrs],
+            "wanted": None if self.wanted is None else self.wanted.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CiliumMasquerade:
+        """Inverse of :meth:`to_dict`."""
+        wanted = data.get("wanted")
+        return cls(data["target"],
+                   masquerade=[(n, d or None) for n, d in data.get("masquerade", ())],
+                   exempt=data.get("exempt", ()),
+                   pod_cidrs=data.get("pod_cidrs", ()),
+                   wanted=None if wanted is None else CiliumConfig.from_dict(wanted))
+
+
+def pool_problems(config: CiliumConfig, pod_cidrs: Iterable[Network]) -> list[str]:
+    """Where Cilium's cluster pool (IPAM ``cluster-pool``) gives pods addresses outside
+    ``pod_cidrs``: rules k3snet writes for the pod CIDRs would miss those pods.
+
+    Other IPAM modes (``kubernetes`` takes each node's ``podCIDR``) are not judged.
+    """
+    pods = tuple(pod_cidrs)
+    if config.value("ipam") != "cluster-pool":
+        return []
+    found = []
+    for family in sorted({p.version for p in pods}):
+        key = f"cluster-pool-ipv{family}-cidr"
+        for text in (config.value(key) or "").replace(",", " ").split():
+            try:
+                pool = parse_network(text, strict=False)
+            except ModelError:
+                continue
+            mine = [p for p in pods if p.version == family]
+            if pool.version == family and not any(contains(p, pool) for p in mine):
+                found.append(
+                    f"Cilium gives pods addresses from {pool} ({key}), outside the pod CIDR "
+                    f"{', '.join(map(str, mine))}: rules for the pod CIDR miss those pods; make "
+                    "them equal (cluster.podCIDRs, or Helm "
+                    f"ipam.operator.clusterPoolIPv{family}PodCIDRList)")
+    return found
+
+
+def _exempt_problem(config: CiliumConfig, destination: Network) -> str:
+    if config.flag("enable-bpf-masquerade") and config.flag("enable-ip-masq-agent"):
+        fix = "add it to cni.cilium.nonMasqueradeCIDRs"
+    else:
+        fix = ("Cilium's iptables masquerading exempts only the native-routing CIDR: turn on "
+               "eBPF masquerading with its ip-masq-agent (cni.cilium.bpfMasquerade, "
+               "cni.cilium.ipMasqAgent) and list it in cni.cilium.nonMasqueradeCIDRs")
+    return f"Cilium masquerades pods' traffic to {destination}, which the spec exempts; {fix}"
+
+
+register_object_type(CiliumConfig)
+register_object_type(CiliumMasquerade)

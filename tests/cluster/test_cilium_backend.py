@@ -1,0 +1,480 @@
+"""The cilium backend: cilium-config and the ip-masq-agent ConfigMap (emulated API server).
+
+The ConfigMaps are shaped like those of Cilium installed by Helm on K3s
+(``--flannel-backend=none``; ``helm install cilium cilium/cilium -n kube-system
+--set ipam.operator.clusterPoolIPv4PodCIDRList=10.42.0.0/16``): tunnel mode with
+VXLAN, iptables masquerading (no ``enable-bpf-masquerade`` key: the chart leaves
+it out), no ip-masq-agent ConfigMap.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
+
+from k3snet.backends.cilium import (
+    ALLOW_DISRUPTIVE_HINT,
+    OWNED_ANNOTATION,
+    CiliumBackend,
+)
+from k3snet.backends.registry import create_backend
+from k3snet.converge import compile_for
+from k3snet.errors import ApplyError, BackendError, PlanError
+from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig, CiliumMasquerade
+from k3snet.model.state import State, object_from_dict
+from k3snet.planner import Change, Plan, plan
+from k3snet.spec import Spec, seed_spec
+from k3snet.testing import run_conformance
+from k3snet.testing.kube import EmulatedApiServer
+
+pytestmark = pytest.mark.cluster
+
+CONFIGMAPS = "v1/configmaps"
+TARGET = CILIUM_DEFAULT_TARGET
+
+# The masquerade-relevant part of what Helm renders, with some of the other keys
+# around it: all of them must survive byte for byte.
+HELM_K3S_DATA = {
+    "identity-allocation-mode": "crd",
+    "debug": "false",
+    "enable-ipv4": "true",
+    "enable-ipv6": "false",
+    "monitor-aggregation": "medium",
+    "bpf-map-dynamic-size-ratio": "0.0025",
+    "cluster-name": "default",
+    "routing-mode": "tunnel",
+    "tunnel-protocol": "vxlan",
+    "enable-ipv4-masquerade": "true",
+    "enable-ipv6-masquerade": "true",
+    "enable-masquerade-to-route-source": "false",
+    "enable-xt-socket-fallback": "true",
+    "auto-direct-node-routes": "false",
+    "kube-proxy-replacement": "false",
+    "ipam": "cluster-pool",
+    "cluster-pool-ipv4-cidr": "10.42.0.0/16",
+    "cluster-pool-ipv4-mask-size": "24",
+    "write-cni-conf-when-ready": "/host/etc/cni/net.d/05-cilium.conflist",
+    "cni-exclusive": "true",
+    "extra-config": "  odd  spacing\n kept\n",
+}
+
+# Cilium's own example ip-masq-agent ConfigMap (examples/kubernetes-ip-masq-agent/rfc1918.yaml).
+RFC1918_YAML = """nonMasqueradeCIDRs:
+- 10.0.0.0/8
+- 172.16.0.0/12
+- 192.168.0.0/16
+masqLinkLocal: true
+"""
+
+
+def _cilium_config(data: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cilium-config", "namespace": "kube-system",
+                     "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                     "annotations": {"meta.helm.sh/release-name": "cilium",
+                                     "meta.helm.sh/release-namespace": "kube-system"}},
+        "data": dict(HELM_K3S_DATA if data is None else data),
+    }
+
+
+def _ip_masq_agent(text: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "ip-masq-agent", "namespace": "kube-system"},
+            "data": {"config": text}}
+
+
+def _stored(server: EmulatedApiServer, name: str = "cilium-config") -> dict[str, Any] | None:
+    return server.get(CONFIGMAPS, name, "kube-system")
+
+
+def _data(server: EmulatedApiServer, name: str = "cilium-config") -> dict[str, str]:
+    stored = _stored(server, name)
+    assert stored is not None
+    return dict(stored["data"])
+
+
+def _annotations(server: EmulatedApiServer, name: str = "cilium-config") -> dict[str, str]:
+    stored = _stored(server, name)
+    assert stored is not None
+    return dict(stored["metadata"].get("annotations") or {})
+
+
+def _converge(backend: CiliumBackend, desired: State) -> Plan:
+    p = plan(backend.observe(), desired)
+    backend.apply(p)
+    return p
+
+
+@pytest.fixture
+def k3s_cilium(api_server: EmulatedApiServer) -> EmulatedApiServer:
+    api_server.put(CONFIGMAPS, _cilium_config())
+    return api_server
+
+
+@pytest.fixture
+def backend(k3s_cilium: EmulatedApiServer, api_client: Any) -> CiliumBackend:
+    return CiliumBackend(api_client=api_client, timeout=0.5)
+
+
+def cilium_configs(target: str = TARGET) -> SearchStrategy[CiliumConfig]:
+    """Owned Cilium configs: a random subset of the keys k3snet sets, with valid values."""
+    settings = st.fixed_dictionaries({}, optional={
+        "routing-mode": st.sampled_from(("tunnel", "native")),
+        "tunnel-protocol": st.sampled_from(("vxlan", "geneve")),
+        "enable-ipv4-masquerade": st.sampled_from(("true", "false")),
+        "enable-bpf-masquerade": st.sampled_from(("true", "false")),
+        "enable-ip-masq-agent": st.sampled_from(("true", "false")),
+        "ipv4-native-routing-cidr": st.sampled_from(("10.42.0.0/16", "10.0.0.0/8")),
+        "egress-masquerade-interfaces": st.sampled_from(("eth0", "eth+")),
+    })
+    agent = st.none() | st.fixed_dictionaries(
+        {"nonMasqueradeCIDRs": st.lists(st.sampled_from(("10.0.0.0/8", "192.168.0.0/16",
+                                                         "172.16.0.0/12")),
+                                        unique=True, max_size=2)},
+        optional={"masqLinkLocal": st.booleans(), "masqLinkLocalIPv6": st.booleans()})
+    return st.builds(lambda s, a: CiliumConfig(target, settings=s, ip_masq_agent=a),
+                     settings, agent)
+
+
+# ---------------------------------------------------------------- conformance
+
+
+def test_conforms_and_leaves_both_configmaps_as_found(k3s_cilium: EmulatedApiServer,
+                                                      api_client: Any) -> None:
+    before = _stored(k3s_cilium)
+    run_conformance(lambda: CiliumBackend(api_client=api_client, allow_disruptive=True),
+                    objects=cilium_configs(), max_examples=15)
+    after = _stored(k3s_cilium)
+    assert before is not None
+    assert after is not None
+    assert after["data"] == before["data"]
+    assert after["metadata"]["annotations"] == before["metadata"]["annotations"]
+    assert after["metadata"]["labels"] == before["metadata"]["labels"]
+    assert _stored(k3s_cilium, "ip-masq-agent") is None  # created and deleted again
+
+
+def test_conforms_with_a_yaml_ip_masq_agent_config_and_gives_its_text_back(
+    k3s_cilium: EmulatedApiServer, api_client: Any
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(RFC1918_YAML))
+    run_conformance(lambda: CiliumBackend(api_client=api_client, allow_disruptive=True),
+                    objects=cilium_configs(), max_examples=15)
+    assert _data(k3s_cilium, "ip-masq-agent") == {"config": RFC1918_YAML}
+    assert OWNED_ANNOTATION not in _annotations(k3s_cilium, "ip-masq-agent")
+
+
+# ---------------------------------------------------------------- observe, ownership
+
+
+def test_observes_helm_defaults_on_k3s_as_foreign(backend: CiliumBackend) -> None:
+    state = backend.observe()
+    assert not state.owned
+    (foreign,) = state.foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.value("routing-mode") == "tunnel"
+    assert foreign.value("enable-bpf-masquerade") == "false"  # absent: the agent's default
+    assert foreign.ip_masq_agent is None  # no ConfigMap: Cilium's default list
+    assert "debug" not in foreign.settings  # only the keys that decide masquerading
+
+
+def test_sets_only_the_asked_key_and_puts_the_found_value_back(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    wanted = CiliumConfig(TARGET, settings={"enable-ipv4-masquerade": "false",
+                                            "egress-masquerade-interfaces": "eth0"})
+    p = _converge(backend, State(owned=[wanted]))
+    assert [c.action for c in p] == ["add"]
+    data = _data(k3s_cilium)
+    assert data == {**HELM_K3S_DATA, "enable-ipv4-masquerade": "false",
+                    "egress-masquerade-interfaces": "eth0"}
+    record = json.loads(_annotations(k3s_cilium)[OWNED_ANNOTATION])
+    assert record == {"enable-ipv4-masquerade": "true", "egress-masquerade-interfaces": None}
+    state = backend.observe()
+    assert state.owned == {wanted}
+    (foreign,) = state.foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.value("enable-ipv4-masquerade") == "true"  # as it would be without k3snet
+    _converge(backend, State())
+    assert _data(k3s_cilium) == HELM_K3S_DATA
+    assert OWNED_ANNOTATION not in _annotations(k3s_cilium)
+    assert _annotations(k3s_cilium)["meta.helm.sh/release-name"] == "cilium"
+
+
+def test_a_merge_patch_names_only_the_owned_key(k3s_cilium: EmulatedApiServer,
+                                                backend: CiliumBackend) -> None:
+    _converge(backend, State(owned=[CiliumConfig(TARGET, settings={
+        "enable-masquerade-to-route-source": "true"})]))
+    patches = [body for method, path, body in k3s_cilium.requests()
+               if method == "PATCH" and path.endswith("/cilium-config")]
+    assert patches
+    assert patches[-1]["data"] == {"enable-masquerade-to-route-source": "true"}
+
+
+def test_never_changes_a_key_it_did_not_set(backend: CiliumBackend) -> None:
+    foreign = next(iter(backend.observe().foreign))
+    with pytest.raises(PlanError, match="does not own"):
+        backend.apply(Plan(changes=[Change.delete(foreign)]))
+    assert backend.check(Plan(changes=[Change.delete(foreign)]))
+
+
+def test_a_value_met_by_the_cluster_is_not_written(k3s_cilium: EmulatedApiServer,
+                                                   backend: CiliumBackend) -> None:
+    wanted = CiliumConfig(TARGET, settings={"routing-mode": "tunnel",
+                                            "enable-bpf-masquerade": "false"})
+    p = plan(backend.observe(), State(owned=[wanted]))
+    assert p.empty
+    assert [n.status for n in p.notes] == ["met"]
+
+
+def test_refuses_to_create_cilium_config(api_server: EmulatedApiServer, api_client: Any) -> None:
+    backend = CiliumBackend(api_client=api_client)
+    assert backend.observe() == State()
+    with pytest.raises(ApplyError, match="does not exist"):
+        backend.apply(Plan(changes=[Change.add(CiliumConfig(TARGET, settings={
+            "enable-bpf-masquerade": "true"}))]))
+
+
+def test_a_concurrent_change_undoes_the_first_write(k3s_cilium: EmulatedApiServer,
+                                                    backend: CiliumBackend) -> None:
+    k3s_cilium.fail(409, method="POST", plural="configmaps")
+    wanted = CiliumConfig(TARGET, settings={"enable-ip-masq-agent": "true"},
+                          ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})
+    with pytest.raises(ApplyError, match="409"):
+        _converge(backend, State(owned=[wanted]))
+    assert _data(k3s_cilium) == HELM_K3S_DATA
+    assert OWNED_ANNOTATION not in _annotations(k3s_cilium)
+    assert _stored(k3s_cilium, "ip-masq-agent") is None
+
+
+# ---------------------------------------------------------------- the ip-masq-agent document
+
+
+def test_edits_the_helm_json_ip_masq_agent_config_and_restores_it(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    helm_text = '{"masqLinkLocal":false,"nonMasqueradeCIDRs":["10.0.0.0/8"],"x-note":"kept"}'
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(helm_text))
+    wanted = CiliumConfig(TARGET, ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8",
+                                                                        "172.16.0.0/12"]})
+    _converge(backend, State(owned=[wanted]))
+    written = _data(k3s_cilium, "ip-masq-agent")["config"]
+    assert json.loads(written) == {"masqLinkLocal": False, "x-note": "kept",
+                                   "nonMasqueradeCIDRs": ["10.0.0.0/8", "172.16.0.0/12"]}
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent is not None
+    assert foreign.ip_masq_agent["nonMasqueradeCIDRs"] == ["10.0.0.0/8"]
+    _converge(backend, State())
+    assert _data(k3s_cilium, "ip-masq-agent") == {"config": helm_text}
+
+
+def test_a_yaml_ip_masq_agent_config_stays_yaml(k3s_cilium: EmulatedApiServer,
+                                                backend: CiliumBackend) -> None:
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(RFC1918_YAML))
+    _converge(backend, State(owned=[CiliumConfig(TARGET, ip_masq_agent={
+        "masqLinkLocal": False})]))
+    written = _data(k3s_cilium, "ip-masq-agent")["config"]
+    assert written == RFC1918_YAML.replace("masqLinkLocal: true", "masqLinkLocal: false")
+    _converge(backend, State())
+    assert _data(k3s_cilium, "ip-masq-agent") == {"config": RFC1918_YAML}
+
+
+@pytest.mark.parametrize("text", [
+    "nonMasqueradeCIDRs: 10.0.0.0/8\n",  # a string, not a list
+    "nonMasqueradeCIDRs: [10.0.0.0/33]\n",
+    "masqLinkLocal: \"yes\"\n",
+    "[1, 2]\n",
+    "nonMasqueradeCIDRs: [10.0.0.0/8\n",
+])
+def test_an_ip_masq_agent_config_cilium_refuses_is_an_error_naming_it(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, text: str
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(text))
+    with pytest.raises(BackendError, match="ConfigMap kube-system/ip-masq-agent"):
+        backend.observe()
+    wanted = CiliumConfig(TARGET, settings={"enable-bpf-masquerade": "true"})
+    assert backend.check(Plan(changes=[Change.add(wanted)]))
+
+
+def test_reads_keys_in_any_case_as_cilium_does(k3s_cilium: EmulatedApiServer,
+                                               backend: CiliumBackend) -> None:
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent("nonmasqueradecidrs: [192.168.0.0/16]\n"))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent == {"nonMasqueradeCIDRs": ["192.168.0.0/16"]}
+
+
+def test_refuses_link_local_alone_over_an_empty_config(backend: CiliumBackend) -> None:
+    wanted = CiliumConfig(TARGET, ip_masq_agent={"masqLinkLocal": True})
+    p = plan(backend.observe(), State(owned=[wanted]))
+    assert p.empty
+    (note,) = p.conflicts
+    assert "default non-masquerade CIDRs" in str(note.reason)
+
+
+# ---------------------------------------------------------------- disruptive changes
+
+
+def test_changing_the_routing_mode_is_disruptive_and_refused_unless_allowed(
+    k3s_cilium: EmulatedApiServer, api_client: Any
+) -> None:
+    backend = CiliumBackend(api_client=api_client)
+    wanted = CiliumConfig(TARGET, settings={"routing-mode": "native",
+                                            "ipv4-native-routing-cidr": "10.42.0.0/16"})
+    p = plan(backend.observe(), State(owned=[wanted]))
+    (change,) = p.changes
+    reason = backend.disruptive(change)
+    assert reason is not None
+    assert "routing-mode" in reason
+    (problem,) = backend.check(p)
+    assert "routing-mode: tunnel -> native" in problem
+    assert ALLOW_DISRUPTIVE_HINT in problem
+    assert ("cni.allowDisruptive: true in the spec, --allow-disruptive on the CLI, or "
+            "allow_disruptive=True in the library") in problem
+    with pytest.raises(PlanError):
+        backend.apply(p)
+    assert _data(k3s_cilium) == HELM_K3S_DATA
+    allowed = create_backend("cilium", api_client=api_client, allow_disruptive=True)
+    assert isinstance(allowed, CiliumBackend)
+    allowed.apply(p)
+    assert _data(k3s_cilium)["routing-mode"] == "native"
+    # Giving the keys back is disruptive too (tunnel again), and allowed here.
+    assert allowed.disruptive(plan(allowed.observe(), State()).changes[0]) is not None
+    _converge(allowed, State())
+    assert _data(k3s_cilium) == HELM_K3S_DATA
+
+
+def test_setting_a_value_cilium_already_runs_with_is_not_disruptive(
+    backend: CiliumBackend
+) -> None:
+    change = Change.add(CiliumConfig(TARGET, settings={"tunnel-protocol": "vxlan",
+                                                       "enable-ipv4-masquerade": "false"}))
+    assert backend.disruptive(change) is None
+
+
+# ---------------------------------------------------------------- what Cilium will do
+
+
+def test_a_destination_inside_the_native_routing_cidr_is_a_conflict(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "routing-mode": "native",
+                                               "ipv4-native-routing-cidr": "192.168.0.0/16"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    p = plan(backend.observe(), State(owned=[want]))
+    (note,) = p.conflicts
+    assert "inside Cilium's ipv4-native-routing-cidr 192.168.0.0/16" in str(note.reason)
+    assert "cni.cilium.ipv4NativeRoutingCIDR" in str(note.reason)
+    assert p.render().splitlines()[1].startswith("! cilium")
+
+
+def test_masquerading_turned_off_by_the_admin_is_a_conflict(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ipv4-masquerade": "False"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", None)])
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    assert "masquerading is off" in str(note.reason)
+    assert "cni.cilium.enableIPv4Masquerade" in str(note.reason)
+
+
+def test_egress_masquerade_interfaces_that_miss_the_device_are_a_conflict(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "egress-masquerade-interfaces": "eth+"}))
+    fits = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth1")])
+    misses = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "wg0")])
+    assert not plan(backend.observe(), State(owned=[fits])).notes
+    (note,) = plan(backend.observe(), State(owned=[misses])).conflicts
+    assert "reached via wg0" in str(note.reason)
+
+
+def test_an_exempt_destination_cilium_masquerades_is_a_conflict(backend: CiliumBackend) -> None:
+    want = CiliumMasquerade(TARGET, exempt=["192.168.7.0/24"])
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    assert "Cilium masquerades pods' traffic to 192.168.7.0/24" in str(note.reason)
+
+
+SEED_WITH_IP_MASQ_AGENT = {**HELM_K3S_DATA, "enable-bpf-masquerade": "true",
+                           "enable-ip-masq-agent": "true", "kube-proxy-replacement": "true"}
+
+
+def test_seed_problem_a_routed_destination_cilium_does_not_masquerade_and_the_fix(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    """Cilium with eBPF masquerading and its ip-masq-agent (Helm ``bpf.masquerade=true``,
+    ``ipMasqAgent.enabled=true``, no config): the seed's 192.168.2.0/24, reached via
+    a static route to 192.168.1.1 on eth0, is inside the default non-masquerade
+    192.168.0.0/16, so pods reach it with their own addresses and replies never
+    come back. The plan says so; the spec that names the list fixes it."""
+    k3s_cilium.put(CONFIGMAPS, _cilium_config(SEED_WITH_IP_MASQ_AGENT))
+    spec = seed_spec()
+    p = plan(backend.observe(), compile_for(backend, spec))
+    assert p.empty
+    (note,) = p.conflicts
+    assert str(note.reason).startswith(
+        "192.168.2.0/24 is inside 192.168.0.0/16, from Cilium's default list (the "
+        "ip-masq-agent config is empty): Cilium's ip-masq-agent never masquerades traffic to it; "
+        "set cni.cilium.nonMasqueradeCIDRs")
+    assert "! cilium configmap:kube-system/cilium-config expects masquerade to " \
+           "192.168.2.0/24 via eth0" in p.render()
+
+    fixed = Spec.from_dict({**spec.to_dict(), "cni": {"cilium": {
+        "nonMasqueradeCIDRs": ["10.0.0.0/8", "172.16.0.0/12"]}}})
+    p = plan(backend.observe(), compile_for(backend, fixed))
+    assert not p.conflicts
+    assert p.render() == (
+        "Plan: 1 to add, 0 to replace, 0 to delete.\n"
+        "+ cilium configmap:kube-system/cilium-config "
+        'ip-masq-agent.nonMasqueradeCIDRs=["10.0.0.0/8","172.16.0.0/12"]')
+    backend.apply(p)
+    assert json.loads(_data(k3s_cilium, "ip-masq-agent")["config"]) == {
+        "nonMasqueradeCIDRs": ["10.0.0.0/8", "172.16.0.0/12"]}
+    assert _data(k3s_cilium) == SEED_WITH_IP_MASQ_AGENT  # cilium-config untouched
+    assert plan(backend.observe(), compile_for(backend, fixed)).empty
+    assert not plan(backend.observe(), compile_for(backend, fixed)).notes
+    # Without the spec's list, k3snet deletes the ConfigMap it created, and the
+    # conflict is back.
+    p = plan(backend.observe(), compile_for(backend, spec))
+    assert [c.action for c in p.changes] == ["delete"]
+    assert p.conflicts
+    backend.apply(p)
+    assert _stored(k3s_cilium, "ip-masq-agent") is None
+
+
+def test_the_default_k3s_install_masquerades_the_seed_destination(
+    backend: CiliumBackend
+) -> None:
+    p = plan(backend.observe(), compile_for(backend, seed_spec()))
+    assert p.empty
+    assert not p.notes
+
+
+def test_helm_s_default_cluster_pool_outside_the_k3s_pod_cidr_is_a_conflict(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Helm's default ipam.operator.clusterPoolIPv4PodCIDRList is 10.0.0.0/8: pods get
+    # 10.0.x.y addresses, and rules for K3s' 10.42.0.0/16 never see them.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "cluster-pool-ipv4-cidr": "10.0.0.0/8"}))
+    (note,) = plan(backend.observe(), compile_for(backend, seed_spec())).conflicts
+    assert str(note.reason).startswith(
+        "Cilium gives pods addresses from 10.0.0.0/8 (cluster-pool-ipv4-cidr), outside the pod "
+        "CIDR 10.42.0.0/16")
+
+
+def test_objects_round_trip_through_json() -> None:
+    wanted = CiliumConfig(TARGET, settings={"enable-bpf-masquerade": "true"},
+                          ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")],
+                            exempt=["192.168.7.0/24"], pod_cidrs=["10.42.0.0/16"],
+                            wanted=wanted)
+    for obj in (wanted, want):
+        assert object_from_dict(json.loads(json.dumps(obj.to_dict()))) == obj

@@ -1,0 +1,143 @@
+"""Cilium's masquerade settings as values, and what Cilium does with them (no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snet.errors import ModelError
+from k3snet.model.cidr import parse_network
+from k3snet.model.cilium import (
+    CILIUM_DEFAULT_TARGET,
+    CiliumConfig,
+    CiliumMasquerade,
+    parse_go_bool,
+    setting_problem,
+    why_not_masqueraded,
+)
+
+TARGET = CILIUM_DEFAULT_TARGET
+DEST = parse_network("192.168.2.0/24")
+
+
+def _config(ip_masq_agent: dict[str, object] | None = None, **settings: str) -> CiliumConfig:
+    return CiliumConfig(TARGET, settings={k.replace("_", "-"): v for k, v in settings.items()},
+                        ip_masq_agent=ip_masq_agent)
+
+
+def test_cilium_defaults_masquerade_everything_off_cluster() -> None:
+    assert why_not_masqueraded(_config(), DEST) is None
+    assert why_not_masqueraded(_config(), DEST, "eth0") is None
+
+
+@pytest.mark.parametrize("value", ["false", "False", "0", "f", "FALSE"])
+def test_masquerading_off_in_any_go_spelling(value: str) -> None:
+    reason = why_not_masqueraded(_config(enable_ipv4_masquerade=value), DEST)
+    assert reason is not None
+    assert reason.startswith("masquerading is off in Cilium")
+
+
+def test_an_unparsable_flag_counts_as_cilium_s_default() -> None:
+    assert parse_go_bool("yes") is None
+    assert why_not_masqueraded(_config(enable_ipv4_masquerade="yes"), DEST) is None
+
+
+def test_native_routing_cidr_inside_and_partly_inside() -> None:
+    inside = why_not_masqueraded(_config(ipv4_native_routing_cidr="192.168.0.0/16"), DEST)
+    assert inside is not None
+    assert "is inside Cilium's ipv4-native-routing-cidr 192.168.0.0/16" in inside
+    partly = why_not_masqueraded(_config(ipv4_native_routing_cidr="192.168.2.128/25"), DEST)
+    assert partly is not None
+    assert "partly inside" in partly
+    # Cilium masks host bits of the CIDR it reads.
+    assert why_not_masqueraded(_config(ipv4_native_routing_cidr="192.168.9.9/16"), DEST)
+    assert why_not_masqueraded(_config(ipv4_native_routing_cidr="10.42.0.0/16"), DEST) is None
+
+
+def test_ip_masq_agent_applies_only_with_bpf_masquerade() -> None:
+    iptables = _config(enable_ip_masq_agent="true")
+    assert why_not_masqueraded(iptables, DEST) is None
+    bpf = _config(enable_ip_masq_agent="true", enable_bpf_masquerade="true")
+    reason = why_not_masqueraded(bpf, DEST)
+    assert reason is not None
+    assert "192.168.0.0/16, from Cilium's default list" in reason
+
+
+def test_an_explicit_list_replaces_the_defaults_and_link_local_is_added() -> None:
+    bpf = {"enable_ip_masq_agent": "true", "enable_bpf_masquerade": "true"}
+    listed = _config({"nonMasqueradeCIDRs": ["10.0.0.0/8"]}, **bpf)
+    assert why_not_masqueraded(listed, DEST) is None
+    link_local = parse_network("169.254.10.0/24")
+    reason = why_not_masqueraded(listed, link_local)
+    assert reason is not None
+    assert "masqLinkLocal is not true" in reason
+    masq = _config({"nonMasqueradeCIDRs": [], "masqLinkLocal": True}, **bpf)
+    assert why_not_masqueraded(masq, link_local) is None
+    # A file with only masqLinkLocal has no CIDRs at all (not the defaults).
+    assert why_not_masqueraded(_config({"masqLinkLocal": True}, **bpf), DEST) is None
+
+
+def test_ipv6_needs_enable_ipv6() -> None:
+    v6 = parse_network("fd00:2::/64")
+    reason = why_not_masqueraded(_config(enable_ipv6="false"), v6)  # as Helm writes it
+    assert reason is not None
+    assert "without IPv6" in reason
+    assert why_not_masqueraded(_config(enable_ipv6="true"), v6) is None
+    assert why_not_masqueraded(_config(), v6) is None  # the agent's default: on
+
+
+def test_egress_masquerade_interfaces_match_names_and_prefixes() -> None:
+    cfg = _config(egress_masquerade_interfaces="eth+ bond0")
+    assert why_not_masqueraded(cfg, DEST, "eth1") is None
+    assert why_not_masqueraded(cfg, DEST, "bond0") is None
+    assert why_not_masqueraded(cfg, DEST, "wg0") is not None
+    # eBPF masquerading ignores the key (it uses the devices it is attached to).
+    bpf = _config(egress_masquerade_interfaces="eth0", enable_bpf_masquerade="true")
+    assert why_not_masqueraded(bpf, DEST, "wg0") is None
+
+
+def test_met_by_compares_as_cilium_reads() -> None:
+    wanted = _config(enable_bpf_masquerade="true", ipv4_native_routing_cidr="10.42.0.0/16")
+    assert wanted.met_by(_config(enable_bpf_masquerade="True",
+                                 ipv4_native_routing_cidr="10.42.0.0/16"))
+    assert not wanted.met_by(_config(enable_bpf_masquerade="true"))
+    assert _config(routing_mode="tunnel").met_by(_config())  # the agent's default
+    agent = _config({"nonMasqueradeCIDRs": ["10.0.0.0/8", "172.16.0.0/12"]})
+    assert agent.met_by(_config({"nonMasqueradeCIDRs": ["172.16.0.0/12", "10.0.0.0/8"],
+                                 "masqLinkLocal": False}))
+    assert not agent.met_by(_config())
+
+
+def test_values_are_checked() -> None:
+    assert setting_problem("routing-mode", "Native") is not None
+    assert setting_problem("enable-bpf-masquerade", "yes") is not None
+    assert setting_problem("ipv4-native-routing-cidr", "fd00::/64") is not None
+    assert setting_problem("ipv4-native-routing-cidr", "10.42.0.1/16") is not None
+    assert setting_problem("enable-ipv4", "true") is not None  # read, never written
+    assert setting_problem("tunnel-protocol", "geneve") is None
+    with pytest.raises(ModelError, match="not one k3snet models"):
+        CiliumConfig(TARGET, settings={"debug": "true"})
+    with pytest.raises(ModelError, match="not one Cilium reads"):
+        CiliumConfig(TARGET, ip_masq_agent={"resyncInterval": "60s"})
+    with pytest.raises(ModelError, match="must be true or false"):
+        CiliumConfig(TARGET, ip_masq_agent={"masqLinkLocal": "true"})
+    with pytest.raises(ModelError, match="configmap:NAMESPACE/NAME"):
+        CiliumConfig("kube-system/cilium-config")
+
+
+def test_the_expectation_lays_the_wanted_keys_over_the_cluster() -> None:
+    cluster = _config(ipv4_native_routing_cidr="192.168.0.0/16")
+    alone = CiliumMasquerade(TARGET, masquerade=[(DEST, "eth0")])
+    assert alone.conflicts_with(cluster)
+    fixed = CiliumMasquerade(TARGET, masquerade=[(DEST, "eth0")],
+                             wanted=_config(ipv4_native_routing_cidr="10.42.0.0/16"))
+    assert not fixed.conflicts_with(cluster)
+    assert alone.describe() == (f"cilium {TARGET} expects masquerade to 192.168.2.0/24 via eth0")
+
+
+def test_describe() -> None:
+    cfg = _config({"nonMasqueradeCIDRs": ["10.0.0.0/8"], "masqLinkLocal": True},
+                  enable_bpf_masquerade="true", routing_mode="native")
+    assert cfg.describe() == (
+        f"cilium {TARGET} routing-mode=native enable-bpf-masquerade=true "
+        'ip-masq-agent.nonMasqueradeCIDRs=["10.0.0.0/8"] ip-masq-agent.masqLinkLocal=true')
+    assert CiliumConfig(TARGET).describe() == f"cilium {TARGET} (no keys)"
