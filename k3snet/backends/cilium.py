@@ -44,7 +44,7 @@ from typing import Any
 import attrs
 
 from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.backends.kit import BackendBase, Compensation
+from k3snet.backends.kit import ALLOW_DISRUPTIVE, BackendBase, Compensation
 from k3snet.errors import ApplyError, BackendError, K3snetError, ModelError, PlanError
 from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, kube_call, make_api_client
 from k3snet.model.cilium import (
@@ -81,9 +81,8 @@ AGENT_CONFIG_KEY = "config"
 OWNED_ANNOTATION = "k3snet.io/cilium-owned"
 """The annotation holding k3snet's ownership record on each ConfigMap it changed."""
 
-ALLOW_DISRUPTIVE_HINT = ("cni.allowDisruptive: true in the spec, --allow-disruptive on the "
-                         "CLI, or allow_disruptive=True in the library")
-"""The three ways to allow a disruptive change (the shared wording of every CNI backend)."""
+ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
+"""The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
 
 
 # ---------------------------------------------------------------- the ip-masq-agent document

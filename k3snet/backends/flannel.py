@@ -81,7 +81,13 @@ from k3snet.backends.flannel_text import (
     parse_record,
     record_text,
 )
-from k3snet.backends.kit import BackendBase, Compensation, fit_problems, translate_errors
+from k3snet.backends.kit import (
+    ALLOW_DISRUPTIVE,
+    BackendBase,
+    Compensation,
+    fit_problems,
+    translate_errors,
+)
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.kube import (
     DEFAULT_TIMEOUT,
@@ -120,9 +126,8 @@ CONFIGMAP_KEY = "net-conf.json"
 OWNED_ANNOTATION = "k3snet.io/flannel-owned"
 """The ConfigMap annotation holding k3snet's ownership record (JSON: key -> previous text)."""
 
-ALLOW_DISRUPTIVE_HINT = ("cni.allowDisruptive: true in the spec, --allow-disruptive on the CLI, "
-                         "or allow_disruptive=True in the library")
-"""The three ways to allow a disruptive change, named in every refusal."""
+ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
+"""The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
 
 
 # ---------------------------------------------------------------- where the text lives
