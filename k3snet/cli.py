@@ -289,6 +289,8 @@ class _JsonLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps({
+            "format": JSON_FORMAT,
+            "kind": "log",  # the agent's lines too: schema k3snet/schemas/log.json
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,

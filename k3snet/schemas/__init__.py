@@ -1,9 +1,9 @@
 """JSON Schemas of every JSON document k3snet prints or writes.
 
 ``object`` (one managed object), ``state`` (``k3snet observe --output json``,
-``State.to_dict``, the memory backend's dump), ``plan``, ``apply``, ``error`` and
-``planfile``. Each document carries ``format`` (1) and, from the CLI, a
-``kind``. The files ship in the package::
+``State.to_dict``, the memory backend's dump), ``plan``, ``apply``, ``error``,
+``planfile`` and ``log`` (``--log-format json`` lines, the agent's events). Each
+document carries ``format`` (1) and, from the CLI, a ``kind``. The files ship in the package::
 
     from k3snet.schemas import load_schema
     schema = load_schema("plan")        # a dict, for jsonschema or an editor
@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["SCHEMA_NAMES", "load_schema"]
 
-SCHEMA_NAMES = ("object", "state", "plan", "apply", "error", "planfile")
+SCHEMA_NAMES = ("object", "state", "plan", "apply", "error", "planfile", "log")
 
 
 def load_schema(name: str) -> dict[str, Any]:
