@@ -36,7 +36,7 @@ from k3snet.facts import gather_facts
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import PlanFile
 from k3snet.planner import Plan, plan
-from k3snet.spec import Spec, load_spec
+from k3snet.spec import Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
 
 __all__ = ["build_parser", "main"]
@@ -337,6 +337,12 @@ def _spec(args: argparse.Namespace) -> Spec:
     return load_spec(args.spec)
 
 
+def _where(args: argparse.Namespace) -> str | None:
+    """The spec's file, for error messages (the agent may read a ConfigMap instead)."""
+    spec = getattr(args, "spec", None)
+    return None if spec is None else str(spec)
+
+
 # Backend options the agent's DaemonSet passes through its environment
 # (see k3snet.render.manifests): (backend, option, variable, parse).
 ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
@@ -348,7 +354,9 @@ ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
 
 
 def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> dict[str, Any]:
-    """Keyword options for backend ``name``: --netns, the spec's, the agent's environment."""
+    """Keyword options for backend ``name``: the spec's ``backends:`` options, overridden by
+    --netns, the agent's environment, then --backend-opt."""
+    given = spec_backend_options(spec, name) if spec is not None else {}
     wanted: dict[str, Any] = {}
     if args.netns is not None:
         wanted["netns"] = args.netns
@@ -359,7 +367,7 @@ def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> d
             wanted[option] = parse(os.environ[variable])
     declared = backend_options(name) if wanted else {}
     # Implicit options (--netns, the environment) go only to backends that declare them.
-    wanted = {k: v for k, v in wanted.items() if k in declared}
+    wanted = {**given, **{k: v for k, v in wanted.items() if k in declared}}
     wanted.update(_explicit_options(name, args))  # checked by create_backend
     return wanted
 
@@ -390,6 +398,10 @@ def _backend(args: argparse.Namespace, spec: Spec | None,
     if names is None:
         names = _backend_names(args, spec)
     used = {entry.partition(":")[0] for entry in names}
+    if spec is not None:  # the spec's backends: options, with their paths
+        check_backend_options(spec, backend_options,
+                              [n for n in sorted(used) if spec_backend_options(spec, n)],
+                              source=_where(args))
     for entry in getattr(args, "backend_opt", ()):
         target = entry.partition(".")[0]
         if target not in used:
@@ -717,6 +729,7 @@ def _destination(text: str) -> tuple[str, int | None]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _spec(args)
+    check_backend_options(spec, backend_options, source=str(args.spec))
     compile_spec(spec)
     print(f"{args.spec}: valid ({len(spec.destinations)} destination(s))")
     return EXIT_OK
