@@ -93,6 +93,16 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
     doctor.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
 
+def _add_explain(add: Callable[[str, str], Any]) -> None:
+    """The ``explain`` subcommand's arguments."""
+    explain = add("explain", "Describe a key of the spec (type, default, allowed values, "
+                             "meaning), e.g. `k3snet explain destinations.cidr`.")
+    explain.add_argument("path", nargs="?", default="", metavar="PATH",
+                         help="a dotted key (default: the whole spec)")
+    explain.add_argument("--schema", action="store_true",
+                         help="print the spec's JSON Schema instead (for editors)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     common = _common_options()
@@ -182,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = add("validate", "Check a spec; print every problem at once.")
     validate.add_argument("-f", "--spec", required=True, type=Path)
+    _add_explain(add)
 
     _add_doctor(add)
 
@@ -735,6 +746,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from k3snet.errors import UnknownFieldError  # noqa: PLC0415 - explain only
+    from k3snet.spec.explain import explain  # noqa: PLC0415 - builds the schema on first use
+    from k3snet.spec.json_schema import dumps, spec_json_schema  # noqa: PLC0415
+
+    if args.schema:
+        print(dumps(spec_json_schema()), end="")
+        return EXIT_OK
+    declared = None
+    if args.path.split(".", 1)[0].startswith("backends"):  # loads the backends' modules
+        declared = {}
+        for name in available_backends():
+            with contextlib.suppress(K3snetError):  # cannot be loaded here: not listed
+                declared[name] = backend_options(name)
+    try:
+        print(explain(args.path, backends=declared))
+    except UnknownFieldError as exc:
+        print(f"k3snet explain: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def cmd_connectivity(args: argparse.Namespace) -> int:
     spec = _spec(args)
     if spec.connectivity_test is None:
@@ -850,6 +883,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "observe": cmd_observe,
     "destroy": cmd_destroy,
     "agent": cmd_agent,
+    "explain": cmd_explain,
     "validate": cmd_validate,
     "connectivity": cmd_connectivity,
     "render": cmd_render,
