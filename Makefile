@@ -48,7 +48,8 @@ DEMO_ARGS ?= $(if $(NAT),--nat-backend $(NAT))
 MUTANTS ?=
 MUTATION_JOBS ?= 2
 
-.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation image
+.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation image \
+	spec-schema
 
 deps: $(STAMP)
 
@@ -107,6 +108,10 @@ mutation: deps
 
 docs: deps
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The spec's JSON Schema, generated from its field table (a test checks it is current).
+spec-schema: deps
+	$(BIN)/python -m k3snet.spec.json_schema > k3snet/schemas/spec.schema.json
 
 # The wheel and the sdist, into dist/ (pip install "dist/k3snet-*.whl[spec]").
 dist: deps

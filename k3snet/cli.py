@@ -37,7 +37,7 @@ from k3snet.facts import gather_facts
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import PlanFile
 from k3snet.planner import Plan, plan
-from k3snet.spec import Spec, load_spec
+from k3snet.spec import Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
 
 __all__ = ["build_parser", "main"]
@@ -92,6 +92,16 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
     doctor.add_argument("--auto-approve", action="store_true",
                         help="with --fix: apply without asking")
     doctor.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+
+def _add_explain(add: Callable[[str, str], Any]) -> None:
+    """The ``explain`` subcommand's arguments."""
+    explain = add("explain", "Describe a key of the spec (type, default, allowed values, "
+                             "meaning), e.g. `k3snet explain destinations.cidr`.")
+    explain.add_argument("path", nargs="?", default="", metavar="PATH",
+                         help="a dotted key (default: the whole spec)")
+    explain.add_argument("--schema", action="store_true",
+                         help="print the spec's JSON Schema instead (for editors)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = add("validate", "Check a spec; print every problem at once.")
     validate.add_argument("-f", "--spec", required=True, type=Path)
+    _add_explain(add)
 
     _add_doctor(add)
 
@@ -300,6 +311,8 @@ class _JsonLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps({
+            "format": JSON_FORMAT,
+            "kind": "log",  # the agent's lines too: schema k3snet/schemas/log.json
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -346,6 +359,12 @@ def _spec(args: argparse.Namespace) -> Spec:
     return load_spec(args.spec)
 
 
+def _where(args: argparse.Namespace) -> str | None:
+    """The spec's file, for error messages (the agent may read a ConfigMap instead)."""
+    spec = getattr(args, "spec", None)
+    return None if spec is None else str(spec)
+
+
 # Backend options the agent's DaemonSet passes through its environment
 # (see k3snet.render.manifests): (backend, option, variable, parse).
 ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
@@ -357,7 +376,9 @@ ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
 
 
 def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> dict[str, Any]:
-    """Keyword options for backend ``name``: --netns, the spec's, the agent's environment."""
+    """Keyword options for backend ``name``: the spec's ``backends:`` options, overridden by
+    --netns, the agent's environment, then --backend-opt."""
+    given = spec_backend_options(spec, name) if spec is not None else {}
     wanted: dict[str, Any] = {}
     if args.netns is not None:
         wanted["netns"] = args.netns
@@ -369,7 +390,7 @@ def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> d
             wanted[option] = parse(os.environ[variable])
     declared = backend_options(name) if wanted else {}
     # Implicit options (--netns, the environment) go only to backends that declare them.
-    wanted = {k: v for k, v in wanted.items() if k in declared}
+    wanted = {**given, **{k: v for k, v in wanted.items() if k in declared}}
     wanted.update(_explicit_options(name, args))  # checked by create_backend
     return wanted
 
@@ -400,6 +421,10 @@ def _backend(args: argparse.Namespace, spec: Spec | None,
     if names is None:
         names = _backend_names(args, spec)
     used = {entry.partition(":")[0] for entry in names}
+    if spec is not None:  # the spec's backends: options, with their paths
+        check_backend_options(spec, backend_options,
+                              [n for n in sorted(used) if spec_backend_options(spec, n)],
+                              source=_where(args))
     for entry in getattr(args, "backend_opt", ()):
         target = entry.partition(".")[0]
         if target not in used:
@@ -745,8 +770,31 @@ def _destination(text: str) -> tuple[str, int | None]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _spec(args)
+    check_backend_options(spec, backend_options, source=str(args.spec))
     compile_spec(spec)
     print(f"{args.spec}: valid ({len(spec.destinations)} destination(s))")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from k3snet.errors import UnknownFieldError  # noqa: PLC0415 - explain only
+    from k3snet.spec.explain import explain  # noqa: PLC0415 - builds the schema on first use
+    from k3snet.spec.json_schema import dumps, spec_json_schema  # noqa: PLC0415
+
+    if args.schema:
+        print(dumps(spec_json_schema()), end="")
+        return EXIT_OK
+    declared = None
+    if args.path.split(".", 1)[0].startswith("backends"):  # loads the backends' modules
+        declared = {}
+        for name in available_backends():
+            with contextlib.suppress(K3snetError):  # cannot be loaded here: not listed
+                declared[name] = backend_options(name)
+    try:
+        print(explain(args.path, backends=declared))
+    except UnknownFieldError as exc:
+        print(f"k3snet explain: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -865,6 +913,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "observe": cmd_observe,
     "destroy": cmd_destroy,
     "agent": cmd_agent,
+    "explain": cmd_explain,
     "validate": cmd_validate,
     "connectivity": cmd_connectivity,
     "render": cmd_render,

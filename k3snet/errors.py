@@ -5,6 +5,7 @@ exception a caller would expect, so ``except ValueError`` keeps working::
 
     K3snetError
     ├── SpecError(ValueError)          a spec (or import) has problems; lists them all
+    ├── UnknownFieldError(LookupError)  ``k3snet explain`` of a key the spec has not
     ├── ModelError(ValueError)         a model value is invalid (bad CIDR, name, ...)
     ├── PlanError(ValueError)          a plan cannot be applied to a state
     │   ├── ConflictError              the plan has unresolved conflicts with foreign state
@@ -50,6 +51,7 @@ __all__ = [
     "SpecError",
     "StalePlanError",
     "TeardownError",
+    "UnknownFieldError",
 ]
 
 
@@ -94,6 +96,14 @@ class SpecError(K3snetError, ValueError):
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''}{where}:"
         super().__init__("\n  ".join([head, *map(str, self.problems)]))
+
+
+class UnknownFieldError(K3snetError, LookupError):
+    """A path names no key of the spec; :attr:`suggestions` are the closest ones."""
+
+    def __init__(self, message: str, suggestions: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.suggestions = tuple(suggestions)
 
 
 class ModelError(K3snetError, ValueError):

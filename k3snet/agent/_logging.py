@@ -8,10 +8,12 @@ import logging
 import sys
 from typing import Any, Literal, TextIO
 
-__all__ = ["LOGGER_NAME", "LogFormat", "configure_logging"]
+__all__ = ["LOGGER_NAME", "LOG_FORMAT_VERSION", "LogFormat", "configure_logging"]
 
 LOGGER_NAME = "k3snet.agent"
 LogFormat = Literal["text", "json"]
+LOG_FORMAT_VERSION = 1
+"""``format`` of every JSON log line (schema ``log`` in :mod:`k3snet.schemas`)."""
 
 # LogRecord attributes every record has: anything else was passed with ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -50,6 +52,8 @@ class _TextFormatter(logging.Formatter):
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
+            "format": LOG_FORMAT_VERSION,
+            "kind": "log",
             "time": _timestamp(record),
             "level": record.levelname.lower(),
             "node": getattr(record, "node", None),
@@ -71,8 +75,9 @@ def configure_logging(node: str, fmt: LogFormat = "text", level: str | int = "IN
     """Send the ``k3snet.agent`` logger to ``stream`` (stderr), one line per record.
 
     Text: ``2026-01-01T00:00:00.000Z INFO node=NAME message (key=value ...)``;
-    JSON: one object per line with ``time``, ``level``, ``node``, ``logger``,
-    ``message`` and the record's extra fields. Replaces handlers set by an
+    JSON: one object per line with ``format`` (1), ``kind`` (``log``), ``time``,
+    ``level``, ``node``, ``logger``, ``message`` and the record's extra fields
+    (the JSON Schema ``log`` of :mod:`k3snet.schemas`). Replaces handlers set by an
     earlier call, so calling it twice does not duplicate lines.
     """
     if fmt not in ("text", "json"):

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -126,6 +126,11 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _backends_of(spec: Spec) -> tuple[Any, ...]:
+    """What the backend group is built from: a change of either rebuilds it."""
+    return (spec.backends, spec.backend_options)
+
+
 def _reason(exc: BaseException) -> str:
     """A short label for a failure (the ``reason`` of the failure metric)."""
     for cls, label in ((ConflictError, "conflict"), (TeardownError, "teardown"),
@@ -179,7 +184,7 @@ class Agent:
         self._spec: Spec | None = None
         self._sha: str | None = None
         self._group: BackendGroup | None = None
-        self._group_backends: tuple[str, ...] | None = None
+        self._group_backends: tuple[Any, ...] | None = None
         self.generation = 0
         self._refused_sha: str | None = None
         self._refusal: str | None = None
@@ -308,7 +313,7 @@ class Agent:
         if fresh and self._group is not None:
             self._group.close()
         self._spec, self._sha, self._group = spec, sha, group
-        self._group_backends = tuple(spec.backends)
+        self._group_backends = _backends_of(spec)
         self.generation += 1
         self._refused_sha = self._refusal = None
         _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
@@ -317,7 +322,7 @@ class Agent:
             self.metrics.set_spec(sha, self.generation)
 
     def _group_for(self, spec: Spec) -> tuple[BackendGroup, bool]:
-        if self._group is not None and self._group_backends == tuple(spec.backends):
+        if self._group is not None and self._group_backends == _backends_of(spec):
             return self._group, False
         return self._make_backend(spec), True
 

@@ -27,9 +27,12 @@ each with its path (``destinations[1].gateway``).
 The parts: :mod:`~k3snet.spec.model` (the values), :mod:`~k3snet.spec.schema`
 (the field table: every key spelled once), :mod:`~k3snet.spec.validators`
 (reusable checks), :mod:`~k3snet.spec.load`, :mod:`~k3snet.spec.validate`,
-:mod:`~k3snet.spec.ipmasq` (ip-masq-agent's config) and :mod:`~k3snet.spec.compiler`.
+:mod:`~k3snet.spec.ipmasq` (ip-masq-agent's config), :mod:`~k3snet.spec.backends` (the
+``backends:`` options), :mod:`~k3snet.spec.json_schema` (the JSON Schema, ``explain``) and
+:mod:`~k3snet.spec.compiler`.
 """
 
+from k3snet.spec.backends import check_backend_options, spec_backend_options
 from k3snet.spec.compiler import (
     NodeFacts,
     check_pod_cidr,
@@ -85,6 +88,7 @@ __all__ = [
     "MasqueradePolicy",
     "NodeFacts",
     "Spec",
+    "check_backend_options",
     "check_pod_cidr",
     "compile",
     "compile_cilium",
@@ -95,5 +99,6 @@ __all__ = [
     "nat_exemptions",
     "pod_cidr_problems",
     "seed_spec",
+    "spec_backend_options",
     "validate",
 ]

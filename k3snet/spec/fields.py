@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import attrs
 
 from k3snet.errors import K3snetError, Problem
-from k3snet.model.cidr import Network, parse_network
-from k3snet.spec.validators import Check
+from k3snet.model.cidr import Network, parse_address, parse_network
+from k3snet.spec.validators import Check, schema_of, with_schema
 
 __all__ = [
     "INVALID",
@@ -127,6 +127,9 @@ class Field:
     ``apiVersion``; :attr:`write` then gets ``None``). A key left out or
     ``null`` takes the class default, or is reported as ``required``.
     ``example`` is a value differing from the default (docs and tests).
+    ``doc`` says what the key means (the JSON Schema's description,
+    ``k3snet explain``); ``schema`` overrides the JSON Schema that
+    :mod:`k3snet.spec.json_schema` derives from ``read`` and ``checks``.
     """
 
     key: str
@@ -141,6 +144,11 @@ class Field:
     child: Section | None = None
     """The section of a nested object (or of each item, when ``many``)."""
     many: bool = False
+    doc: str = ""
+    schema: Mapping[str, Any] | None = None
+    spread: tuple[str, ...] = ()
+    """For a key filling several attributes (``attr`` is then ``None``): ``read``
+    returns one value per name, and ``write`` gets them as a tuple."""
 
 
 Prepare = Callable[[Reader, Mapping[str, Any], str], Mapping[str, Any]]
@@ -151,13 +159,15 @@ class Section:
     """The field table of one mapping and the attrs class it becomes.
 
     ``inputs`` are keys read only by ``prepare`` (which may rewrite the mapping
-    first, as ``masquerade.ipMasqAgentConfig`` does).
+    first, as ``masquerade.ipMasqAgentConfig`` does); ``input_schemas`` gives
+    their JSON Schemas (with a ``description``).
     """
 
     cls: type[Any]
     fields: tuple[Field, ...]
     inputs: tuple[str, ...] = ()
     prepare: Prepare | None = None
+    input_schemas: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     keys: tuple[str, ...] = attrs.field(init=False)
     nested: Mapping[str, tuple[str, ...]] = attrs.field(init=False)
     _checked: tuple[tuple[str, str, tuple[Check, ...]], ...] = attrs.field(init=False, repr=False)
@@ -216,6 +226,8 @@ def read_section(reader: Reader, section: Section, value: Any, path: str) -> Any
             complete = complete and f.required is None
         elif f.attr is not None:
             kwargs[f.attr] = result
+        elif f.spread:
+            kwargs.update(zip(f.spread, result, strict=True))
     if complete:
         return section.cls(**kwargs)
     # The object cannot be built, so validation will not see it: judge what was read
@@ -233,7 +245,11 @@ def write_section(section: Section, obj: Any) -> dict[str, Any]:
     """The YAML/JSON form of ``obj``, in table order."""
     out: dict[str, Any] = {}
     for f in section.fields:
-        value = None if f.attr is None else getattr(obj, f.attr)
+        value: Any
+        if f.spread:
+            value = tuple(getattr(obj, name) for name in f.spread)
+        else:
+            value = None if f.attr is None else getattr(obj, f.attr)
         if f.omit_none and value is None:
             continue
         outer, dot, rest = f.key.partition(".")
@@ -266,6 +282,14 @@ def check_section(section: Section, obj: Any, path: str, problems: list[Problem]
 
 # ---------------------------------------------------------------- read / write kit
 
+CIDR_SCHEMA: Mapping[str, Any] = {
+    "type": "string", "pattern": "^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$",
+    "description": "a CIDR, such as 192.168.2.0/24 or fd00::/64"}
+ADDRESS_SCHEMA: Mapping[str, Any] = {"type": "string", "pattern": "^[0-9A-Fa-f.:]+$",
+                                     "description": "an IPv4 or IPv6 address"}
+with_schema(parse_network, CIDR_SCHEMA)
+with_schema(parse_address, ADDRESS_SCHEMA)
+
 
 def boolean(reader: Reader, value: Any, path: str) -> Any:
     """``true`` or ``false``."""
@@ -273,6 +297,9 @@ def boolean(reader: Reader, value: Any, path: str) -> Any:
         reader.problem(path, f"expected true or false, got {value!r}")
         return INVALID
     return value
+
+
+with_schema(boolean, {"type": "boolean"})
 
 
 def string(reader: Reader, value: Any, path: str) -> Any:
@@ -283,9 +310,15 @@ def string(reader: Reader, value: Any, path: str) -> Any:
     return value
 
 
+with_schema(string, {"type": "string"})
+
+
 def raw(reader: Reader, value: Any, path: str) -> Any:
     """The value as given: its field's checks judge it (a range, a choice)."""
     return value
+
+
+with_schema(raw, {})
 
 
 def converted(convert: Callable[[Any], Any]) -> Read:
@@ -299,12 +332,15 @@ def converted(convert: Callable[[Any], Any]) -> Read:
             reader.problem(path, str(exc))
             return INVALID
 
-    return read
+    return with_schema(read, schema_of(convert) or {})
 
 
 def networks(reader: Reader, value: Any, path: str) -> Any:
     """A list of CIDRs."""
     return reader.networks(value, path)
+
+
+with_schema(networks, {"type": "array", "items": CIDR_SCHEMA})
 
 
 def items(each: Read) -> Read:
@@ -315,7 +351,7 @@ def items(each: Read) -> Read:
                   for i, v in enumerate(reader.sequence(value, path))]
         return tuple(v for v in result if v is not INVALID)
 
-    return read
+    return with_schema(read, {"type": "array", "items": schema_of(each) or {}})
 
 
 def mapping(message: str) -> Read:
@@ -327,7 +363,7 @@ def mapping(message: str) -> Read:
             return INVALID
         return {str(k): v for k, v in value.items()}
 
-    return read
+    return with_schema(read, {"type": "object"})
 
 
 def strs(values: Iterable[Any]) -> list[str]:
@@ -345,7 +381,8 @@ def pairs(value: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     return dict(value)
 
 
-def nested(key: str, attr: str, child: Section, *, omit_none: bool = False) -> Field:
+def nested(key: str, attr: str, child: Section, *, omit_none: bool = False,
+           doc: str = "") -> Field:
     """A key holding one object of ``child``'s class."""
 
     def read(reader: Reader, value: Any, path: str) -> Any:
@@ -355,10 +392,10 @@ def nested(key: str, attr: str, child: Section, *, omit_none: bool = False) -> F
     def write(value: Any) -> Any:
         return None if value is None else write_section(child, value)
 
-    return Field(key, attr, read, write, child=child, omit_none=omit_none)
+    return Field(key, attr, read, write, child=child, omit_none=omit_none, doc=doc)
 
 
-def nested_list(key: str, attr: str, child: Section) -> Field:
+def nested_list(key: str, attr: str, child: Section, *, doc: str = "") -> Field:
     """A key holding a list of objects of ``child``'s class (``path[i]``)."""
 
     def read(reader: Reader, value: Any, path: str) -> Any:
@@ -369,4 +406,4 @@ def nested_list(key: str, attr: str, child: Section) -> Field:
     def write(value: Any) -> Any:
         return [write_section(child, item) for item in value]
 
-    return Field(key, attr, read, write, child=child, many=True)
+    return Field(key, attr, read, write, child=child, many=True, doc=doc)

@@ -234,6 +234,12 @@ def _options(value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tupl
     return tuple(sorted((str(k), v) for k, v in items))
 
 
+def _backend_options(value: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Any]],
+                     ) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(name), _options(options)) for name, options in items if options))
+
+
 @attrs.frozen
 class FlannelSettings:
     """What k3snet sets in flannel's net-conf.json besides the pod CIDRs (``None``: leave it)."""
@@ -323,6 +329,10 @@ class Spec:
     manage_forwarding: bool = True
     """Turn on ``ip_forward`` / ``conf.all.forwarding`` for every family in use."""
     backends: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    backend_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = attrs.field(
+        default=(), converter=_backend_options, kw_only=True)
+    """Options of backends by name (a mapping of mappings is accepted): the keyword
+    options of their constructors, under ``backends:`` in the YAML form."""
     dns: tuple[DnsZone, ...] = attrs.field(default=(), converter=_zones)
     egress_policy: EgressPolicy = attrs.field(factory=EgressPolicy)
     connectivity_test: ConnectivityTest | None = None

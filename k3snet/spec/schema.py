@@ -9,6 +9,7 @@ all come from here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from k3snet.spec.fields import (
     boolean,
     converted,
     items,
+    join,
     mapping,
     nested,
     nested_list,
@@ -55,7 +57,7 @@ from k3snet.spec.model import (
     MasqueradePolicy,
     Spec,
 )
-from k3snet.spec.validators import Check, int_in, matches, one_of, optional
+from k3snet.spec.validators import Check, int_in, matches, one_of, optional, with_schema
 
 __all__ = ["DNS_LABEL", "SECTIONS", "SPEC", "read_spec", "write_spec"]
 
@@ -75,8 +77,15 @@ def _image(value: Any) -> str | None:
     return f"{value!r} is not an image reference"
 
 
+with_schema(_image, {"type": "string", "pattern": "^\\S+$"})
+
+
 def _ifname(value: Any) -> Any:
     return validate_interface_name(value)
+
+
+with_schema(_ifname, {"type": "string", "pattern": "^[^/\\s:]{1,15}$",
+                      "description": "an interface name (at most 15 characters)"})
 
 
 def _backend_name(value: Any) -> str:
@@ -87,12 +96,55 @@ def _backend_name(value: Any) -> str:
     return value
 
 
+BACKEND_NAME: Mapping[str, Any] = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+OPTION_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _backends(reader: Reader, value: Any, path: str) -> Any:
+    """``backends``: a list of names, or a mapping of names to their options."""
+    if not isinstance(value, Mapping):
+        return items(converted(_backend_name))(reader, value, path), ()
+    names: list[str] = []
+    options: list[tuple[str, dict[str, Any]]] = []
+    for key, given in value.items():
+        where = join(path, str(key))
+        name = reader.convert(key, where, _backend_name)
+        if name is INVALID:
+            continue
+        if given is not None and not isinstance(given, Mapping):
+            reader.problem(where, f"expected a mapping of options, got {type(given).__name__}")
+            continue
+        names.append(name)
+        good = {}
+        for option, setting in (given or {}).items():
+            if isinstance(option, str) and re.fullmatch(OPTION_PATTERN, option):
+                good[option] = setting
+            else:
+                reader.problem(join(where, str(option)), "an option name is a Python identifier")
+        if good:
+            options.append((name, good))
+    return tuple(names), tuple(options)
+
+
+def _write_backends(value: tuple[tuple[str, ...], Any]) -> Any:
+    """The list form, unless some backend has options."""
+    names, options = value
+    if not options:
+        return list(names)
+    given = {name: dict(settings) for name, settings in options}
+    return {name: given.get(name, {}) for name in names}
+
+
 def _block_size(value: Any) -> str | None:
     """Calico's blockSize: 20..32 for IPv4 pools, 116..128 for IPv6 ones."""
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and any(
             low <= value <= high for low, high in BLOCK_SIZE_RANGE.values())):
         return None
     return f"expected 20..32 (IPv4) or 116..128 (IPv6), got {value!r}"
+
+
+with_schema(_block_size, {"type": "integer", "anyOf": [
+    {"minimum": low, "maximum": high} for low, high in BLOCK_SIZE_RANGE.values()]})
 
 
 def _constant(key: str, expected: str) -> Field:
@@ -104,7 +156,8 @@ def _constant(key: str, expected: str) -> Field:
             return INVALID
         return value
 
-    return Field(key, None, read, lambda _: expected)
+    return Field(key, None, read, lambda _: expected, schema={"const": expected},
+                 doc=f"Always {expected}.")
 
 
 def _sysctls(reader: Reader, value: Any, path: str) -> Any:
@@ -116,6 +169,10 @@ def _sysctls(reader: Reader, value: Any, path: str) -> Any:
     return tuple(s for s in result if s is not INVALID)
 
 
+with_schema(_sysctls, {"type": "object", "additionalProperties": {
+    "type": ["string", "integer", "boolean"]}})
+
+
 def _zone(reader: Reader, value: Any, path: str) -> Any:
     if not isinstance(value, str):
         reader.problem(path, "required, a zone name such as corp.example")
@@ -123,25 +180,41 @@ def _zone(reader: Reader, value: Any, path: str) -> Any:
     return value
 
 
+with_schema(_zone, {"type": "string"})
+
+
 # ---------------------------------------------------------------- the table
 
 CLUSTER = Section(Cluster, (
-    Field("podCIDRs", "pod_cidrs", networks, strs, example=["10.52.0.0/16"]),
-    Field("serviceCIDRs", "service_cidrs", networks, strs, example=["10.53.0.0/16"]),
+    Field("podCIDRs", "pod_cidrs", networks, strs, example=["10.52.0.0/16"],
+          doc="The cluster's pod CIDRs, one per family (K3s --cluster-cidr): the sources "
+              "k3snet translates and forwards."),
+    Field("serviceCIDRs", "service_cidrs", networks, strs, example=["10.53.0.0/16"],
+          doc="The cluster's service CIDRs (K3s --service-cidr): never masqueraded, never "
+              "a destination."),
 ))
 
 DESTINATION = Section(Destination, (
     Field("cidr", "cidr", converted(parse_network), str, required="required",
-          example="192.168.7.0/24"),
-    Field("gateway", "gateway", converted(parse_address), opt_str, example="192.168.1.1"),
-    Field("device", "device", converted(_ifname), example="eth1"),
+          example="192.168.7.0/24",
+          doc="The subnet pods must reach (no host bits set)."),
+    Field("gateway", "gateway", converted(parse_address), opt_str, example="192.168.1.1",
+          doc="The next hop: with gateway or device, k3snet owns a route to cidr (unless one "
+              "exists already)."),
+    Field("device", "device", converted(_ifname), example="eth1",
+          doc="The interface the route leaves by, and the masquerade's out interface."),
     Field("table", "table", raw, checks=(int_in(1, U32, name="table", excluding=(255,)),),
-          example=100),
+          example=100, doc="The routing table of the route (254: main)."),
     Field("metric", "metric", raw, checks=(optional(int_in(0, U32, name="metric")),),
-          example=50),
-    Field("masquerade", "masquerade", boolean, example=False),
-    Field("forward", "forward", boolean, example=False),
-    Field("exclude", "exclude", networks, strs, example=["192.168.7.8/29"]),
+          example=50,
+          doc="The route's metric (unset: the kernel's, 0 for IPv4 and 1024 for IPv6)."),
+    Field("masquerade", "masquerade", boolean, example=False,
+          doc="Translate pod traffic to cidr to the node's address (masquerade.mode "
+              "destinations)."),
+    Field("forward", "forward", boolean, example=False,
+          doc="Open the FORWARD path from the pod CIDRs to cidr (and its replies)."),
+    Field("exclude", "exclude", networks, strs, example=["192.168.7.8/29"],
+          doc="Prefixes inside cidr that keep the pod source address (no NAT)."),
 ))
 
 
@@ -163,68 +236,104 @@ _FROM_IP_MASQ_AGENT = ("non_masquerade_cidrs", "masq_link_local", "masq_link_loc
 MASQUERADE = Section(MasqueradePolicy, (
     Field("mode", "mode", raw, checks=(one_of(
         "destinations", "all", "off", message="must be destinations, all or off, got {value!r}"),),
-        example="off"),
+        example="off",
+        doc="Which pod traffic is masqueraded: destinations (to the spec's destinations), all "
+            "(everything but nonMasqueradeCIDRs, ip-masq-agent's semantics) or off."),
     Field("nonMasqueradeCIDRs", "non_masquerade_cidrs", networks, strs,
-          example=["192.168.0.0/16"]),
-    Field("masqLinkLocal", "masq_link_local", boolean, example=True),
-    Field("masqLinkLocalIPv6", "masq_link_local_ipv6", boolean, example=True),
-    Field("outInterface", "out_interface", converted(_ifname), example="eth0"),
-    Field("randomFully", "random_fully", boolean, example=True),
+          example=["192.168.0.0/16"],
+          doc="mode all: destinations that keep the pod source address."),
+    Field("masqLinkLocal", "masq_link_local", boolean, example=True,
+          doc="mode all: masquerade traffic to 169.254.0.0/16 too."),
+    Field("masqLinkLocalIPv6", "masq_link_local_ipv6", boolean, example=True,
+          doc="mode all: masquerade traffic to fe80::/10 too."),
+    Field("outInterface", "out_interface", converted(_ifname), example="eth0",
+          doc="Masquerade only traffic leaving by this interface, when a destination names "
+              "no device."),
+    Field("randomFully", "random_fully", boolean, example=True,
+          doc="Fully randomised source ports (--random-fully), against conntrack races."),
     Field("snatAddresses", "snat_addresses", items(converted(parse_address)), strs,
-          example=["192.168.1.5"]),
-), inputs=("ipMasqAgentConfig",), prepare=_ip_masq_agent)
+          example=["192.168.1.5"],
+          doc="At most one address per family: SNAT to it instead of masquerading."),
+), inputs=("ipMasqAgentConfig",), prepare=_ip_masq_agent, input_schemas={
+    "ipMasqAgentConfig": {"type": ["string", "object"], "description": (
+        "Import an ip-masq-agent config (a path, or its mapping): its nonMasqueradeCIDRs, "
+        "masqLinkLocal and masqLinkLocalIPv6, under the keys this spec sets; implies mode all.")},
+})
 
 FORWARD = Section(ForwardPolicy, (
-    Field("accept", "accept", boolean, example=False),
-    Field("inInterface", "in_interface", converted(_ifname), example="cni0"),
+    Field("accept", "accept", boolean, example=False,
+          doc="Accept forwarded pod traffic to the destinations, and its replies."),
+    Field("inInterface", "in_interface", converted(_ifname), example="cni0",
+          doc="Accept it only when it enters by this interface (the CNI bridge)."),
 ))
 
 DNS_ZONE = Section(DnsZone, (
     Field("zone", "zone", _zone, required="required, a zone name such as corp.example",
-          example="corp.example"),
+          example="corp.example", doc="The DNS zone CoreDNS forwards (coredns-custom)."),
     Field("resolvers", "resolvers", items(converted(parse_address)), strs,
-          example=["192.168.1.53"]),
+          example=["192.168.1.53"], doc="The resolvers the zone is forwarded to."),
 ))
 
 EGRESS_POLICY = Section(EgressPolicy, (
-    Field("restrict", "restrict", boolean, example=True),
-    Field("namespace", "namespace", string, checks=(NAMESPACE,), example="apps"),
+    Field("restrict", "restrict", boolean, example=True,
+          doc="Render NetworkPolicies limiting the selected pods' egress to the destinations "
+              "and cluster DNS."),
+    Field("namespace", "namespace", string, checks=(NAMESPACE,), example="apps",
+          doc="The namespace of the selected pods."),
     Field("podSelector", "pod_selector", mapping("expected a mapping of labels"), pairs,
-          example={"app": "web"}),
-    Field("allowDNS", "allow_dns", boolean, example=False),
-    Field("except", "deny", networks, strs, example=["192.168.7.8/29"]),
+          example={"app": "web"}, doc="Labels selecting the pods (empty: every pod)."),
+    Field("allowDNS", "allow_dns", boolean, example=False,
+          doc="Let the selected pods reach the cluster DNS."),
+    Field("except", "deny", networks, strs, example=["192.168.7.8/29"],
+          doc="Prefixes inside destinations the selected pods must not reach."),
 ))
 
 CONNECTIVITY_TEST = Section(ConnectivityTest, (
     Field("target", "target", converted(parse_address), str, required="required",
-          example="192.168.7.1"),
-    Field("port", "port", raw, checks=(optional(int_in(1, 65535)),), example=443),
-    Field("namespace", "namespace", string, checks=(NAMESPACE,), example="apps"),
-    Field("image", "image", string, example="busybox:1.37"),
+          example="192.168.7.1", doc="The address the test Job pings."),
+    Field("port", "port", raw, checks=(optional(int_in(1, 65535)),), example=443,
+          doc="A TCP port the Job connects to (unset: ping only)."),
+    Field("namespace", "namespace", string, checks=(NAMESPACE,), example="apps",
+          doc="The namespace the Job runs in."),
+    Field("image", "image", string, example="busybox:1.37",
+          doc="The Job's image (needs ping and nc)."),
 ))
 
 AGENT = Section(AgentSettings, (
-    Field("image", "image", string, checks=(_image,), example="registry.local/k3snet:1"),
-    Field("namespace", "namespace", string, checks=(NAMESPACE,), example="k3snet"),
-    Field("intervalSeconds", "interval_seconds", raw, checks=(int_in(1, 86400),), example=60),
+    Field("image", "image", string, checks=(_image,), example="registry.local/k3snet:1",
+          doc="The agent DaemonSet's image."),
+    Field("namespace", "namespace", string, checks=(NAMESPACE,), example="k3snet",
+          doc="The namespace of the DaemonSet."),
+    Field("intervalSeconds", "interval_seconds", raw, checks=(int_in(1, 86400),), example=60,
+          doc="Seconds between two converge passes of the agent."),
 ))
 
 FLANNEL = Section(FlannelSettings, (
     Field("backend.type", "backend_type", raw, checks=(optional(one_of(*FLANNEL_TYPES)),),
-          example="host-gw"),
+          example="host-gw", doc="Flannel's backend Type in net-conf.json (unset: leave it)."),
     Field("backend.options", "backend_options", mapping("expected a mapping"), pairs,
-          example={"VNI": 4}),
-    Field("enableNFTables", "enable_nftables", boolean, example=True),
-    Field("setNetworks", "set_networks", boolean, example=True),
+          example={"VNI": 4}, doc="The other keys of flannel's Backend (VNI, Port ...)."),
+    Field("enableNFTables", "enable_nftables", boolean, example=True,
+          doc="Flannel's EnableNFTables (unset: leave it)."),
+    Field("setNetworks", "set_networks", boolean, example=True,
+          doc="Write the pod CIDRs as flannel's Network/IPv6Network (a disruptive change "
+              "when they differ); unset: only expect them."),
 ))
 
 CALICO = Section(CalicoSettings, (
-    Field("ipipMode", "ipip_mode", raw, checks=(ENCAPSULATION,), example="Always"),
-    Field("vxlanMode", "vxlan_mode", raw, checks=(ENCAPSULATION,), example="CrossSubnet"),
-    Field("blockSize", "block_size", raw, checks=(_block_size,), example=24),
-    Field("nodeSelector", "node_selector", string, example="has(egress)"),
-    Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True),
+    Field("ipipMode", "ipip_mode", raw, checks=(ENCAPSULATION,), example="Always",
+          doc="The ipipMode the pod CIDRs' pools must have (a conflict otherwise)."),
+    Field("vxlanMode", "vxlan_mode", raw, checks=(ENCAPSULATION,), example="CrossSubnet",
+          doc="The vxlanMode the pod CIDRs' pools must have (a conflict otherwise)."),
+    Field("blockSize", "block_size", raw, checks=(_block_size,), example=24,
+          doc="The blockSize the pod CIDRs' pools must have (unset: any; Calico's default "
+              "is 26 for IPv4 and 122 for IPv6)."),
+    Field("nodeSelector", "node_selector", string, example="has(egress)",
+          doc="The nodeSelector the pod CIDRs' pools must have."),
+    Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True,
+          doc="Alias of cni.allowDisruptive."),
 ))
+
 
 def _opt_strs(values: Any) -> list[str] | None:
     return None if values is None else strs(values)
@@ -241,51 +350,82 @@ def _family(version: int) -> Check:
 
 CILIUM = Section(CiliumSettings, (
     Field("routingMode", "routing_mode", raw, checks=(optional(one_of("tunnel", "native")),),
-          example="native"),
+          example="native",
+          doc="Cilium's routing-mode (tunnel or native)."),
     Field("tunnelProtocol", "tunnel_protocol", raw,
-          checks=(optional(one_of("vxlan", "geneve")),), example="geneve"),
+          checks=(optional(one_of("vxlan", "geneve")),), example="geneve",
+          doc="Cilium's tunnel-protocol (vxlan or geneve)."),
     Field("ipv4NativeRoutingCIDR", "ipv4_native_routing_cidr", converted(parse_network),
-          opt_str, checks=(_family(4),), example="10.42.0.0/16"),
+          opt_str, checks=(_family(4),), example="10.42.0.0/16",
+          doc="Cilium's ipv4-native-routing-cidr: Cilium does not masquerade inside it."),
     Field("ipv6NativeRoutingCIDR", "ipv6_native_routing_cidr", converted(parse_network),
-          opt_str, checks=(_family(6),), example="fd42::/48"),
-    Field("enableIPv4Masquerade", "enable_ipv4_masquerade", boolean, example=True),
-    Field("enableIPv6Masquerade", "enable_ipv6_masquerade", boolean, example=True),
-    Field("bpfMasquerade", "bpf_masquerade", boolean, example=True),
-    Field("ipMasqAgent", "ip_masq_agent", boolean, example=True),
+          opt_str, checks=(_family(6),), example="fd42::/48",
+          doc="Cilium's ipv6-native-routing-cidr: Cilium does not masquerade inside it."),
+    Field("enableIPv4Masquerade", "enable_ipv4_masquerade", boolean, example=True,
+          doc="Cilium's enable-ipv4-masquerade."),
+    Field("enableIPv6Masquerade", "enable_ipv6_masquerade", boolean, example=True,
+          doc="Cilium's enable-ipv6-masquerade."),
+    Field("bpfMasquerade", "bpf_masquerade", boolean, example=True,
+          doc="Cilium's enable-bpf-masquerade."),
+    Field("ipMasqAgent", "ip_masq_agent", boolean, example=True,
+          doc="Cilium's enable-ip-masq-agent (BPF masquerade only)."),
     Field("egressMasqueradeInterfaces", "egress_masquerade_interfaces", string,
           checks=(optional(matches(r"[A-Za-z0-9_.@+\-]{1,15}([ ,][A-Za-z0-9_.@+\-]{1,15})*",
                                    "{value!r} is not a list of interface names")),),
-          example="eth0"),
+          example="eth0", doc="Cilium's egress-masquerade-interfaces."),
     Field("nonMasqueradeCIDRs", "non_masquerade_cidrs", networks, _opt_strs,
-          example=["10.0.0.0/8"]),
-    Field("masqLinkLocal", "masq_link_local", boolean, example=True),
-    Field("masqLinkLocalIPv6", "masq_link_local_ipv6", boolean, example=True),
+          example=["10.0.0.0/8"],
+          doc="nonMasqueradeCIDRs of the ip-masq-agent ConfigMap Cilium reads."),
+    Field("masqLinkLocal", "masq_link_local", boolean, example=True,
+          doc="masqLinkLocal of the ip-masq-agent ConfigMap Cilium reads."),
+    Field("masqLinkLocalIPv6", "masq_link_local_ipv6", boolean, example=True,
+          doc="masqLinkLocalIPv6 of the ip-masq-agent ConfigMap Cilium reads."),
 ))
 
 CNI = Section(CniSettings, (
-    nested("flannel", "flannel", FLANNEL, omit_none=True),
-    nested("calico", "calico", CALICO, omit_none=True),
-    nested("cilium", "cilium", CILIUM, omit_none=True),
-    Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True),
+    nested("flannel", "flannel", FLANNEL, omit_none=True,
+           doc="Flannel's net-conf.json, written by the flannel backend."),
+    nested("calico", "calico", CALICO, omit_none=True,
+           doc="What the Calico IPPools must be; the calico backend writes only disabled "
+               "pools for CIDRs exempt from NAT."),
+    nested("cilium", "cilium", CILIUM, omit_none=True,
+           doc="Cilium's masquerade settings, written by the cilium backend."),
+    Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True,
+          doc="Let the CNI backends make changes that disrupt running pods."),
 ))
 
 SPEC = Section(Spec, (
     _constant("apiVersion", API_VERSION),
     _constant("kind", KIND),
-    nested("cluster", "cluster", CLUSTER),
-    nested_list("destinations", "destinations", DESTINATION),
-    nested("masquerade", "masquerade", MASQUERADE),
-    nested("forward", "forward", FORWARD),
+    nested("cluster", "cluster", CLUSTER, doc="The cluster's own address space."),
+    nested_list("destinations", "destinations", DESTINATION,
+                doc="The subnets pods must reach from this node."),
+    nested("masquerade", "masquerade", MASQUERADE,
+           doc="Which pod traffic leaves the node with the node's address."),
+    nested("forward", "forward", FORWARD, doc="The FORWARD path of pod traffic."),
     Field("sysctls", "sysctls", _sysctls, lambda values: {s.name: s.value for s in values},
-          example={"net.ipv4.conf.all.rp_filter": "2"}),
-    Field("manageForwarding", "manage_forwarding", boolean, example=False),
-    Field("backends", "backends", items(converted(_backend_name)), list,
-          example=["nftables", "netlink"]),
-    nested_list("dns.zones", "dns", DNS_ZONE),
-    nested("egressPolicy", "egress_policy", EGRESS_POLICY),
-    nested("connectivityTest", "connectivity_test", CONNECTIVITY_TEST),
-    nested("agent", "agent", AGENT),
-    nested("cni", "cni", CNI),
+          example={"net.ipv4.conf.all.rp_filter": "2"},
+          doc="Kernel parameters k3snet sets (name: value); their previous values come back "
+              "on destroy."),
+    Field("manageForwarding", "manage_forwarding", boolean, example=False,
+          doc="Turn on ip_forward / conf.all.forwarding for every family in use."),
+    Field("backends", None, _backends, _write_backends, spread=("backends", "backend_options"),
+          example={"nftables": {"family": "split"}, "netlink": {}},
+          doc="The backends `k3snet plan/apply` and the agent use (default: netlink and "
+              "nftables): a list of names, or a mapping of names to their options (checked "
+              "against the options each backend declares; --backend-opt overrides them).",
+          schema={"oneOf": [
+              {"type": "array", "items": BACKEND_NAME},
+              {"type": "object", "propertyNames": BACKEND_NAME, "additionalProperties": {
+                  "type": ["object", "null"], "propertyNames": {"pattern": OPTION_PATTERN}}},
+          ]}),
+    nested_list("dns.zones", "dns", DNS_ZONE, doc="DNS zones forwarded outside the cluster."),
+    nested("egressPolicy", "egress_policy", EGRESS_POLICY,
+           doc="NetworkPolicies limiting some pods' egress to the destinations."),
+    nested("connectivityTest", "connectivity_test", CONNECTIVITY_TEST,
+           doc="A Job proving pods reach a destination (k3snet connectivity reads it)."),
+    nested("agent", "agent", AGENT, doc="How the agent DaemonSet runs."),
+    nested("cni", "cni", CNI, doc="CNI configuration k3snet manages (cluster level)."),
 ))
 """The top of the spec: the table every other section hangs from."""
 

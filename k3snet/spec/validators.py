@@ -14,13 +14,31 @@ once and shared, so a range is written in one place::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-__all__ = ["Check", "int_in", "integer", "matches", "one_of", "optional"]
+__all__ = ["Check", "int_in", "integer", "matches", "one_of", "optional", "schema_of",
+           "with_schema"]
 
 Check = Callable[[Any], "str | None"]
 """``value -> problem message``, or ``None`` when the value passes."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The JSON Schema of what each check (or read function of the field table) accepts,
+# recorded where the check is built, so the spec's schema is derived, never restated.
+_SCHEMAS: dict[Callable[..., Any], Mapping[str, Any]] = {}
+
+
+def with_schema(fn: F, schema: Mapping[str, Any]) -> F:
+    """Record the JSON Schema of the values ``fn`` (a check or a read function) accepts."""
+    _SCHEMAS[fn] = schema
+    return fn
+
+
+def schema_of(fn: Callable[..., Any]) -> Mapping[str, Any] | None:
+    """What :func:`with_schema` recorded for ``fn`` (``None``: nothing known)."""
+    return _SCHEMAS.get(fn)
 
 
 def _is_int(value: Any) -> bool:
@@ -34,7 +52,7 @@ def integer() -> Check:
     def check(value: Any) -> str | None:
         return None if _is_int(value) else f"expected an integer, got {value!r}"
 
-    return check
+    return with_schema(check, {"type": "integer"})
 
 
 def int_in(
@@ -58,7 +76,12 @@ def int_in(
             return None
         return f"{prefix} {wanted}, got {value!r}"
 
-    return check
+    schema: dict[str, Any] = {"type": "integer", "minimum": low}
+    if high is not None:
+        schema["maximum"] = high
+    if excluding:
+        schema["not"] = {"enum": list(excluding)}
+    return with_schema(check, schema)
 
 
 def one_of(*choices: Any, message: str | None = None) -> Check:
@@ -76,7 +99,7 @@ def one_of(*choices: Any, message: str | None = None) -> Check:
             pass
         return template.format(value=value)
 
-    return check
+    return with_schema(check, {"enum": list(choices)})
 
 
 def matches(pattern: str, message: str) -> Check:
@@ -88,7 +111,7 @@ def matches(pattern: str, message: str) -> Check:
             return None
         return message.format(value=value)
 
-    return check
+    return with_schema(check, {"type": "string", "pattern": f"^(?:{pattern})$"})
 
 
 def optional(check: Check) -> Check:
@@ -97,4 +120,4 @@ def optional(check: Check) -> Check:
     def optional_check(value: Any) -> str | None:
         return None if value is None else check(value)
 
-    return optional_check
+    return with_schema(optional_check, schema_of(check) or {})

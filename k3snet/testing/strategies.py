@@ -27,7 +27,7 @@ from hypothesis.strategies import SearchStrategy
 
 from k3snet.errors import ModelError
 from k3snet.model import NetObject
-from k3snet.model.cidr import Address, Network, aggregate
+from k3snet.model.cidr import Address, Network, aggregate, parse_network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteScope
@@ -44,9 +44,13 @@ from k3snet.spec import (
 
 __all__ = [
     "DEFAULT_DEVICES",
+    "FOREIGN_ROUTE_PROTOCOLS",
     "addresses",
+    "cni_rules",
     "families",
     "for_type",
+    "foreign_objects",
+    "foreign_routes",
     "forward_rules",
     "interface_names",
     "masquerade_rules",
@@ -97,15 +101,25 @@ def families(family: int | None = None) -> SearchStrategy[int]:
 def networks(
     family: int | None = None,
     *,
+    within: Network | str | None = None,
     min_prefix: int | None = None,
     max_prefix: int | None = None,
 ) -> SearchStrategy[Network]:
     """CIDRs without host bits, prefix length in ``[min_prefix, max_prefix]``.
 
     Defaults: /8../32 for IPv4, /32../128 for IPv6 (no default routes: use
-    ``min_prefix=0`` to allow them).
+    ``min_prefix=0`` to allow them). ``within``: only CIDRs inside that parent
+    (drawn there directly, never filtered; by default from the parent itself,
+    ``min_prefix=parent.prefixlen + 1`` for strictly inside)::
+
+        networks(within="192.168.0.0/16", min_prefix=24, max_prefix=28)
     """
     _check_family(family)
+    if within is not None:
+        parent = parse_network(within)
+        if family not in (None, parent.version):
+            raise ModelError(f"family {family} does not match within={parent}")
+        return _inside(parent, min_prefix, max_prefix)
 
     def for_family(version: int) -> SearchStrategy[Network]:
         bits = _BITS[version]
@@ -126,9 +140,15 @@ def networks(
     return st.sampled_from((4, 6)).flatmap(for_family)
 
 
-def addresses(family: int | None = None) -> SearchStrategy[Address]:
-    """Single addresses of either family."""
+def addresses(family: int | None = None, *,
+              within: Network | str | None = None) -> SearchStrategy[Address]:
+    """Single addresses of either family (``within``: only inside that CIDR)."""
     _check_family(family)
+    if within is not None:
+        parent = parse_network(within)
+        if family not in (None, parent.version):
+            raise ModelError(f"family {family} does not match within={parent}")
+        return _in_network(parent)
     v4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
     v6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
     if family == 4:
@@ -421,25 +441,31 @@ def states(
     owned: SearchStrategy[NetObject] | None = None,
     *,
     foreign: SearchStrategy[NetObject] | None = None,
+    min_owned: int = 0,
     max_owned: int = 12,
+    min_foreign: int = 0,
     max_foreign: int = 6,
 ) -> SearchStrategy[State]:
     """States with unique owned keys, and foreign objects in slots of their own.
 
     A foreign object never shares a key with an owned one (the kernel could not
-    hold both), but may well provide or block what another state wants.
+    hold both), but may well provide or block what another state wants. Foreign
+    objects come from ``owned``'s pool unless ``foreign`` is given
+    (:func:`foreign_objects` draws what a K3s node really holds besides).
     """
-    if max_owned < 0 or max_foreign < 0:
-        raise ModelError("max_owned and max_foreign must be >= 0")
+    if not 0 <= min_owned <= max_owned or not 0 <= min_foreign <= max_foreign:
+        raise ModelError("need 0 <= min_owned <= max_owned and 0 <= min_foreign <= max_foreign")
     owned_objects = owned if owned is not None else objects()
     foreign_objects = foreign if foreign is not None else owned_objects
 
     @st.composite
     def build(draw: st.DrawFn) -> State:
-        mine = draw(st.lists(owned_objects, max_size=max_owned, unique_by=lambda o: o.key))
+        mine = draw(st.lists(owned_objects, min_size=min_owned, max_size=max_owned,
+                             unique_by=lambda o: o.key))
         taken = {o.key for o in mine}
         theirs = draw(st.lists(foreign_objects.filter(lambda o: o.key not in taken),
-                               max_size=max_foreign, unique_by=lambda o: o.key))
+                               min_size=min_foreign, max_size=max_foreign,
+                               unique_by=lambda o: o.key))
         return State(owned=mine, foreign=theirs)
 
     return build()
@@ -502,7 +528,18 @@ def state_pairs(
     return build()
 
 
-def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStrategy[Spec]:
+_MODES: tuple[MasqueradeMode, ...] = ("destinations", "all", "off")
+
+
+def specs(
+    family: int | None = None,
+    *,
+    min_destinations: int = 0,
+    max_destinations: int = 4,
+    modes: Sequence[MasqueradeMode] = _MODES,
+    cluster: Cluster | None = None,
+    destinations: SearchStrategy[Network] | None = None,
+) -> SearchStrategy[Spec]:
     """Valid specs: destinations outside the cluster CIDRs, at most one per CIDR.
 
     Destinations draw exclusions (prefixes strictly inside them), a table, a
@@ -510,31 +547,61 @@ def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStra
     masquerade, an in interface for forwarding, SNAT addresses (one per family,
     node addresses outside the pod CIDRs) and, in mode ``all``, non-masquerade
     CIDRs.
+
+    Steering: ``family`` (4 or 6; default dual stack), ``min_destinations`` /
+    ``max_destinations``, ``modes`` (the masquerade modes drawn, e.g.
+    ``("all",)``), ``cluster`` (fixed pod and service CIDRs, e.g. K3s's
+    defaults or a cluster's own; its pod CIDRs set the families) and
+    ``destinations`` (where destination CIDRs come from, e.g.
+    ``networks(within="192.168.0.0/16", min_prefix=24)``; CIDRs overlapping
+    the cluster's are left out).
     """
     _check_family(family)
-    if max_destinations < 0:
-        raise ModelError("max_destinations must be >= 0")
-    pod = {4: ipaddress.ip_network("10.42.0.0/16"), 6: ipaddress.ip_network("fd42:42::/56")}
-    svc = {4: ipaddress.ip_network("10.43.0.0/16"), 6: ipaddress.ip_network("fd43:43::/112")}
+    if not 0 <= min_destinations <= max_destinations:
+        raise ModelError("need 0 <= min_destinations <= max_destinations")
+    _pool("modes", modes)
+    bad_modes = [m for m in modes if m not in _MODES]
+    if bad_modes:
+        raise ModelError(f"modes must be among {', '.join(_MODES)}, got {bad_modes!r}")
+    if cluster is not None and not isinstance(cluster, Cluster):
+        raise ModelError(f"cluster must be a k3snet.spec.Cluster, got {cluster!r}")
     snat = {4: ipaddress.ip_address("192.168.1.5"), 6: ipaddress.ip_address("fd01:1::5")}
-    fams = (4, 6) if family is None else (family,)
-    cluster = Cluster(pod_cidrs=[pod[f] for f in fams], service_cidrs=[svc[f] for f in fams])
+    fams: tuple[int, ...]
+    if cluster is None:
+        pod = {4: ipaddress.ip_network("10.42.0.0/16"), 6: ipaddress.ip_network("fd42:42::/56")}
+        svc = {4: ipaddress.ip_network("10.43.0.0/16"), 6: ipaddress.ip_network("fd43:43::/112")}
+        fams = (4, 6) if family is None else (family,)
+        cluster = Cluster(pod_cidrs=[pod[f] for f in fams], service_cidrs=[svc[f] for f in fams])
+    else:
+        fams = tuple(sorted({n.version for n in cluster.pod_cidrs}))
+        if family is not None and fams != (family,):
+            raise ModelError(f"family {family} does not match the cluster's pod CIDRs")
+        if not fams:
+            raise ModelError("the cluster needs a pod CIDR")
+    own = cluster.pod_cidrs + cluster.service_cidrs
+
+    def outside(n: Network) -> bool:
+        return n.version in fams and not any(n.overlaps(c) for c in own if c.version == n.version)
 
     @st.composite
     def destination(draw: st.DrawFn) -> Destination:
-        version = draw(st.sampled_from(fams))
-        cidr = draw(networks(version, min_prefix=16 if version == 4 else 48,
-                             max_prefix=30 if version == 4 else 126)
-                    .filter(lambda n: not n.overlaps(pod[n.version])
-                            and not n.overlaps(svc[n.version])))
+        if destinations is not None:
+            cidr = draw(destinations.filter(outside))
+        else:
+            version = draw(st.sampled_from(fams))
+            cidr = draw(networks(version, min_prefix=16 if version == 4 else 48,
+                                 max_prefix=30 if version == 4 else 126).filter(outside))
+        version = cidr.version
         device = draw(st.sampled_from((None, "eth0", "eth1")))
         gateway = draw(st.none() | addresses(version)) if device is not None else None
-        inside = networks(version, min_prefix=cidr.prefixlen + 1,
-                          max_prefix=min(cidr.prefixlen + 8, _BITS[version]))
-        # Exclusions that together cover the whole destination are left out: the
-        # spec refuses them (tests/spec/test_compile_properties.py).
-        exclude = draw(st.lists(inside.map(lambda n: _shift(n, cidr)), max_size=2, unique=True)
-                       .filter(lambda ex: list(aggregate(ex)) != [cidr]))
+        exclude: list[Network] = []
+        if cidr.prefixlen < _BITS[version]:
+            inside = networks(within=cidr, min_prefix=cidr.prefixlen + 1,
+                              max_prefix=min(cidr.prefixlen + 8, _BITS[version]))
+            # Exclusions that together cover the whole destination are left out: the
+            # spec refuses them (tests/spec/test_compile_properties.py).
+            exclude = draw(st.lists(inside, max_size=2, unique=True)
+                           .filter(lambda ex: list(aggregate(ex)) != [cidr]))
         return Destination(cidr, gateway=gateway, device=device,
                            table=draw(st.sampled_from((254, 100, 1000))),
                            metric=draw(st.sampled_from((None, 0, 100))),
@@ -543,9 +610,8 @@ def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStra
 
     @st.composite
     def build(draw: st.DrawFn) -> Spec:
-        dests = draw(st.lists(destination(), max_size=max_destinations,
-                              unique_by=lambda d: d.cidr))
-        modes: tuple[MasqueradeMode, ...] = ("destinations", "all", "off")
+        dests = draw(st.lists(destination(), min_size=min_destinations,
+                              max_size=max_destinations, unique_by=lambda d: d.cidr))
         mode = draw(st.sampled_from(modes))
         non_masquerade: list[Network] = []
         if mode == "all":
@@ -554,7 +620,8 @@ def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStra
         policy = MasqueradePolicy(
             mode=mode, random_fully=draw(st.booleans()),
             out_interface=draw(st.sampled_from((None, "eth0", "eth2"))),
-            snat_addresses=[snat[f] for f in fams if draw(st.booleans())],
+            snat_addresses=[snat[f] for f in fams if not any(
+                snat[f] in c for c in own if c.version == f) and draw(st.booleans())],
             non_masquerade_cidrs=non_masquerade,
         )
         forward = ForwardPolicy(accept=draw(st.booleans()),
@@ -564,11 +631,130 @@ def specs(family: int | None = None, *, max_destinations: int = 4) -> SearchStra
     return build()
 
 
-def _shift(inner: Network, outer: Network) -> Network:
-    """``inner``'s low bits moved inside ``outer`` (a prefix strictly inside it)."""
-    host_bits = _BITS[outer.version] - outer.prefixlen
-    low = int(inner.network_address) & ((1 << host_bits) - 1)
-    return type(outer)((int(outer.network_address) | low, inner.prefixlen))
+def _inside(parent: Network, min_prefix: int | None,
+            max_prefix: int | None) -> SearchStrategy[Network]:
+    """CIDRs inside ``parent``: a prefix length, then an index among the subnets of that length."""
+    bits = _BITS[parent.version]
+    low = parent.prefixlen if min_prefix is None else min_prefix
+    high = bits if max_prefix is None else max_prefix
+    if not parent.prefixlen <= low <= high <= bits:
+        raise ModelError(f"need {parent.prefixlen} <= min_prefix <= max_prefix <= {bits} "
+                         f"within {parent}, got {low}..{high}")
+    base = int(parent.network_address)
+    make = type(parent)
+
+    def build(prefix: int) -> SearchStrategy[Network]:
+        host_bits = bits - prefix
+        count = 2 ** (prefix - parent.prefixlen)
+        return st.integers(0, count - 1).map(lambda n: make((base | (n << host_bits), prefix)))
+
+    return st.integers(low, high).flatmap(build)
+
+
+# ---------------------------------------------------------------- what a K3s node holds besides
+# Realistic foreign objects: the shapes the kernel, DHCP, routing daemons, flannel and
+# K3s leave on a node, for planner and backend tests that must live next to them.
+
+FOREIGN_ROUTE_PROTOCOLS: tuple[str, ...] = ("kernel", "boot", "static", "dhcp", "ra", "bird")
+"""Who else writes routes on a node: connected prefixes, ``ip route add``, static config,
+DHCP and router advertisements (default routes), a BGP daemon (bird)."""
+
+_K3S = Cluster()
+
+
+def foreign_routes(
+    family: int | None = None,
+    *,
+    protocols: Sequence[str] = FOREIGN_ROUTE_PROTOCOLS,
+    devices: Sequence[str] = ("eth0", "eth1"),
+    cluster: Cluster = _K3S,
+) -> SearchStrategy[Route]:
+    """Routes other software writes, each in the shape it writes them.
+
+    ``kernel``: a connected prefix on a device (scope link; IPv6 metric 256);
+    ``dhcp`` / ``ra``: a default route via a gateway on the link (metric 100 /
+    1024); ``boot``: what ``ip route add`` and flannel write (flannel: another
+    node's pod subnet, a /24 of the cluster's pod CIDR, via ``flannel.1``);
+    ``static`` and ``bird``: prefixes via a gateway, in the main or another table.
+    """
+    _check_family(family)
+    _pool("protocols", protocols)
+    _pool("devices", devices)
+    unknown = [p for p in protocols if p not in FOREIGN_ROUTE_PROTOCOLS]
+    if unknown:
+        raise ModelError(f"protocols must be among {', '.join(FOREIGN_ROUTE_PROTOCOLS)}, "
+                         f"got {unknown!r}")
+    lan = {4: parse_network("192.168.0.0/16"), 6: parse_network("fd01::/48")}
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Route:
+        protocol = draw(st.sampled_from(protocols))
+        version = draw(families(family))
+        if protocol == "ra":  # router advertisements are IPv6 only
+            version = 6
+        device = draw(st.sampled_from(devices))
+        link = draw(networks(within=lan[version], min_prefix=24 if version == 4 else 64,
+                             max_prefix=24 if version == 4 else 64))
+        on_link = draw(addresses(within=link).filter(lambda a: a != link.network_address))
+        if protocol == "kernel":
+            return Route(link, device=device, protocol="kernel",
+                         scope="link" if version == 4 else None,
+                         metric=None if version == 4 else 256)
+        if protocol in ("dhcp", "ra"):
+            gateway = parse_network("fe80::/64")[1] if protocol == "ra" else on_link
+            return Route(parse_network("0.0.0.0/0" if version == 4 else "::/0"),
+                         gateway=gateway, device=device, protocol=protocol,
+                         metric=100 if protocol == "dhcp" else 1024)
+        pods = [n for n in cluster.pod_cidrs if n.version == version]
+        if protocol == "boot" and pods and draw(st.booleans()):
+            subnet = draw(networks(within=pods[0], min_prefix=max(pods[0].prefixlen, 24
+                                                                   if version == 4 else 64),
+                                   max_prefix=24 if version == 4 else 64))
+            return Route(subnet, gateway=subnet.network_address, device="flannel.1",
+                         protocol="boot")
+        far = draw(networks(version, min_prefix=16 if version == 4 else 48,
+                            max_prefix=28 if version == 4 else 112))
+        return Route(far, gateway=on_link, device=device, protocol=protocol,
+                     table=draw(st.sampled_from((254, 100))) if protocol == "bird" else 254)
+
+    return build()
+
+
+def cni_rules(cluster: Cluster = _K3S) -> SearchStrategy[MasqueradeRule | ForwardRule]:
+    """The NAT and FORWARD rules flannel (as K3s runs it) writes for ``cluster``'s pod CIDRs.
+
+    Masquerade of pod traffic leaving the cluster (``FLANNEL-POSTRTG``: every
+    destination but the pod CIDR itself and multicast, ``--random-fully``) and
+    forward accepts from and to the pod CIDR (``FLANNEL-FWD``).
+    """
+    if not isinstance(cluster, Cluster) or not cluster.pod_cidrs:
+        raise ModelError(f"cni_rules needs a k3snet.spec.Cluster with pod CIDRs, got {cluster!r}")
+    multicast = {4: parse_network("224.0.0.0/4"), 6: parse_network("ff00::/8")}
+    anywhere = {4: parse_network("0.0.0.0/0"), 6: parse_network("::/0")}
+    shapes: list[MasqueradeRule | ForwardRule] = []
+    for pods in cluster.pod_cidrs:
+        shapes += [
+            MasqueradeRule(pods, exclude=[pods, multicast[pods.version]], random_fully=True),
+            ForwardRule(pods, anywhere[pods.version]),
+            ForwardRule(anywhere[pods.version], pods),
+        ]
+    return st.sampled_from(shapes)
+
+
+def foreign_objects(family: int | None = None, *,
+                    cluster: Cluster = _K3S) -> SearchStrategy[NetObject]:
+    """What a K3s node holds besides k3snet's objects: :func:`foreign_routes`,
+    :func:`cni_rules` and sysctls with the values a node boots with.
+
+    For ``states(foreign=foreign_objects())`` and ``state_pairs(foreign=...)``.
+    """
+    _check_family(family)
+    parts: list[SearchStrategy[NetObject]] = [foreign_routes(family, cluster=cluster),
+                                              sysctls(values=("0", "1"))]
+    pods = [n for n in cluster.pod_cidrs if family is None or n.version == family]
+    if pods:
+        parts.append(cni_rules(Cluster(pod_cidrs=pods, service_cidrs=cluster.service_cidrs)))
+    return st.one_of(parts)
 
 
 def for_type(cls: type[Any]) -> SearchStrategy[Any]:

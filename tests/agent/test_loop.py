@@ -205,6 +205,10 @@ def test_backends_are_rebuilt_only_when_the_spec_names_others(tmp_path: Path) ->
     node.path.write_text(SPEC_TWO + "backends: [memory]\n")
     node.agent.run_pass()
     assert node.built == [(), ("memory",)]
+    # Same names, other options (backends: mapping form): rebuilt too.
+    node.path.write_text(SPEC_TWO + "backends:\n  memory: {capabilities: [route]}\n")
+    node.agent.run_pass()
+    assert node.built == [(), ("memory",), ("memory",)]
 
 
 def test_health_fails_when_no_pass_finished_for_too_long(tmp_path: Path) -> None:

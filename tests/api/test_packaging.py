@@ -17,7 +17,8 @@ def test_the_wheel_installs_and_runs_the_getting_started_path(tmp_path: Path) ->
     wheel = next((tmp_path / "dist").glob("k3snet-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "k3snet/py.typed" in names
-    assert {f"k3snet/schemas/{n}.json" for n in ("plan", "state", "object")} <= set(names)
+    assert {f"k3snet/schemas/{n}.json" for n in ("plan", "state", "object", "log",
+                                                "spec.schema")} <= set(names)
     assert not [n for n in names if n.startswith("tests/")]
 
     env_dir = tmp_path / "venv"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,40 @@ def test_plans_with_notes_validate() -> None:
     assert p.notes
     validate(p.to_dict(), "plan")
     assert Plan.from_dict(p.to_dict()) == p
+
+
+def _log_lines(text: str) -> list[Any]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_agent_events_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    held = MemoryBackend(State())
+    register_backend("memory-agent", lambda: held)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("destinations: 3\n")
+    common = ["--backend", "memory-agent", "--no-facts", "--no-kube", "--once",
+              "--listen", "none", "--log-format", "json", "-v", "--node-name", "node-s"]
+    try:
+        assert main(["agent", "-f", str(SEED), *common]) == 0
+        good = _log_lines(capsys.readouterr().err)
+        assert main(["agent", "-f", str(bad), *common]) == 1
+        failed = _log_lines(capsys.readouterr().err)
+    finally:
+        unregister_backend("memory-agent")
+        logging.getLogger("k3snet.agent").handlers.clear()
+    passes = [e for e in good + failed if "status" in e]
+    assert {e["status"] for e in passes} == {"ok", "failed"}
+    assert {e["node"] for e in good + failed if e["logger"] == "k3snet.agent"} == {"node-s"}
+    for entry in good + failed:
+        validate(entry, "log")
+
+
+def test_cli_log_lines_validate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["apply", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--log-format", "json", "-vv"]) == 0
+    lines = _log_lines(capsys.readouterr().err)
+    assert lines
+    for entry in lines:
+        validate(entry, "log")
+    with pytest.raises(jsonschema.ValidationError):
+        validate({**lines[0], "format": 2}, "log")

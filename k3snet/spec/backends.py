@@ -1,0 +1,69 @@
+"""The spec's ``backends:`` options, checked against what each backend declares.
+
+Reading the spec only checks their shape (names, option names); whether a
+backend *has* an option is known to the backend alone (its constructor's
+parameters), so the caller passes what backends declare
+(:func:`k3snet.backends.registry.backend_options`): the spec never imports a
+backend. The CLI and the agent check where backends are about to be built,
+and ``k3snet validate`` checks them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from k3snet.errors import BackendNotFoundError, BackendUnavailableError, Problem, SpecError
+from k3snet.spec.model import Spec
+
+__all__ = ["backend_option_problems", "check_backend_options", "spec_backend_options"]
+
+Declared = Callable[[str], Mapping[str, Any]]
+"""``name -> the options backend name declares`` (empty: it takes any ``**options``)."""
+
+
+def spec_backend_options(spec: Spec, name: str) -> dict[str, Any]:
+    """The options ``spec`` gives backend ``name`` ({} when none)."""
+    for backend, options in spec.backend_options:
+        if backend == name:
+            return dict(options)
+    return {}
+
+
+def backend_option_problems(spec: Spec, declared: Declared,
+                            names: Iterable[str] | None = None) -> list[Problem]:
+    """Every option of ``spec`` a backend does not declare (path ``backends.NAME.KEY``).
+
+    ``names``: the backends in use (default: the spec's own and those it gives
+    options to); an unknown name is a problem too. A backend that cannot be
+    loaded here (a missing optional dependency) is not judged: building it says why.
+    """
+    wanted = dict.fromkeys(names if names is not None else
+                           (*spec.backends, *(n for n, _ in spec.backend_options)))
+    problems = []
+    for name in wanted:
+        path = f"backends.{name}"
+        try:
+            known = declared(name)
+        except BackendNotFoundError as exc:
+            problems.append(Problem(path, str(exc)))
+            continue
+        except BackendUnavailableError:
+            continue
+        if not known:  # the backend takes **options: nothing to check against
+            continue
+        problems += [Problem(f"{path}.{key}", f"unknown option; known: {', '.join(known)}")
+                     for key in spec_backend_options(spec, name) if key not in known]
+    return problems
+
+
+def check_backend_options(spec: Spec, declared: Declared, names: Iterable[str] | None = None,
+                          *, source: str | None = None) -> None:
+    """Raise one :class:`~k3snet.errors.SpecError` with every :func:`backend_option_problems`.
+
+    ``declared``: ``name -> options``, usually
+    :func:`k3snet.backends.registry.backend_options`.
+    """
+    problems = backend_option_problems(spec, declared, names)
+    if problems:
+        raise SpecError(problems, source=source)

@@ -1,0 +1,130 @@
+"""The strategies a user steers: CIDRs within a parent, counts, spec options, foreign shapes."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from k3snet import Spec, plan
+from k3snet.errors import ModelError
+from k3snet.model import ForwardRule, MasqueradeRule, Route, State
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, protocol_name
+from k3snet.spec import Cluster
+from k3snet.testing import strategies as ks
+
+PARENT = ipaddress.ip_network("192.168.0.0/16")
+
+
+@given(ks.networks(within="192.168.0.0/16", min_prefix=20, max_prefix=28))
+def test_networks_within_a_parent_stay_inside(net: ipaddress.IPv4Network) -> None:
+    assert net.subnet_of(PARENT)
+    assert 20 <= net.prefixlen <= 28
+
+
+@given(st.data())
+def test_a_tiny_parent_is_drawn_directly_not_filtered(data: st.DataObject) -> None:
+    # Four /32s in a /30, out of the whole IPv6-sized space of a filter: only direct draws pass
+    # hypothesis' health check here.
+    net = data.draw(ks.networks(within="10.1.2.4/30", min_prefix=32))
+    assert net.subnet_of(ipaddress.ip_network("10.1.2.4/30"))
+    big = data.draw(ks.networks(within="fd00:1::/32", min_prefix=128))
+    assert big.prefixlen == 128
+    assert big.subnet_of(ipaddress.ip_network("fd00:1::/32"))
+    address = data.draw(ks.addresses(within="10.1.2.4/30"))
+    assert address in ipaddress.ip_network("10.1.2.4/30")
+
+
+def test_bad_steering_is_refused_up_front() -> None:
+    with pytest.raises(ModelError, match="does not match"):
+        ks.networks(6, within="10.0.0.0/8")
+    with pytest.raises(ModelError, match="min_prefix"):
+        ks.networks(within="10.0.0.0/8", min_prefix=4)
+    with pytest.raises(ModelError):
+        ks.states(min_owned=3, max_owned=2)
+    with pytest.raises(ModelError, match="modes"):
+        ks.specs(modes=("some",))  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="family 6"):
+        ks.specs(6, cluster=Cluster())
+    with pytest.raises(ModelError, match="protocols"):
+        ks.foreign_routes(protocols=("k3snet",))
+
+
+@settings(deadline=None)
+@given(ks.states(min_owned=3, max_owned=5, min_foreign=2, max_foreign=4,
+                 foreign=ks.foreign_objects()))
+def test_states_honour_their_minimum_counts(state: State) -> None:
+    assert 3 <= len(state.owned) <= 5
+    assert 2 <= len(state.foreign) <= 4
+
+
+CLUSTER = Cluster(pod_cidrs=["10.0.0.0/12"], service_cidrs=["172.20.0.0/16"])
+
+
+@settings(deadline=None)
+@given(ks.specs(modes=("all",), cluster=CLUSTER, min_destinations=2,
+                destinations=ks.networks(within="10.0.0.0/8", min_prefix=16, max_prefix=24)))
+def test_specs_follow_mode_cluster_and_destinations(spec: Spec) -> None:
+    assert spec.masquerade.mode == "all"
+    assert spec.cluster == CLUSTER
+    assert len(spec.destinations) >= 2
+    for destination in spec.destinations:
+        assert destination.cidr.subnet_of(ipaddress.ip_network("10.0.0.0/8"))
+        assert not destination.cidr.overlaps(ipaddress.ip_network("10.0.0.0/12"))
+    assert Spec.from_dict(spec.to_dict()) == spec
+
+
+@given(ks.specs(family=6))
+def test_specs_of_one_family(spec: Spec) -> None:
+    assert {n.version for n in spec.cluster.pod_cidrs} == {6}
+    assert all(d.family == 6 for d in spec.destinations)
+
+
+@settings(deadline=None)
+@given(ks.foreign_routes())
+def test_foreign_routes_have_the_shape_their_writer_gives_them(route: Route) -> None:
+    name = protocol_name(route.protocol)
+    assert route.protocol != K3SNET_ROUTE_PROTOCOL
+    assert name in ks.FOREIGN_ROUTE_PROTOCOLS
+    if name == "kernel":
+        assert route.gateway is None
+    elif name in ("dhcp", "ra"):
+        assert route.destination.prefixlen == 0
+        assert route.gateway is not None
+    else:
+        assert route.gateway is not None
+
+
+def test_every_foreign_shape_is_drawn() -> None:
+    seen: set[str] = set()
+
+    @settings(max_examples=300, deadline=None)
+    @given(ks.foreign_objects(cluster=Cluster(pod_cidrs=["10.42.0.0/16", "fd42::/56"])))
+    def collect(obj: object) -> None:
+        if isinstance(obj, Route):
+            seen.add(str(protocol_name(obj.protocol)))
+        else:
+            seen.add(type(obj).__name__)
+
+    collect()
+    assert seen >= {*ks.FOREIGN_ROUTE_PROTOCOLS, "MasqueradeRule", "ForwardRule", "Sysctl"}
+
+
+FLANNEL = {MasqueradeRule("10.42.0.0/16", exclude=["10.42.0.0/16", "224.0.0.0/4"],
+                          random_fully=True),
+           ForwardRule("10.42.0.0/16", "0.0.0.0/0"), ForwardRule("0.0.0.0/0", "10.42.0.0/16")}
+
+
+@given(ks.cni_rules())
+def test_cni_rules_are_flannels(rule: MasqueradeRule | ForwardRule) -> None:
+    assert rule in FLANNEL
+
+
+@settings(deadline=None)
+@given(ks.states(foreign=ks.foreign_objects()), ks.states(max_foreign=0))
+def test_the_plan_reaches_its_target_next_to_realistic_foreign_state(
+        observed: State, desired: State) -> None:
+    p = plan(observed, desired)
+    assert p.apply_to(observed).owned == p.target(desired)

@@ -1,0 +1,84 @@
+"""``k3snet explain PATH``: a key's type, default, allowed values and meaning."""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import pytest
+
+import k3snet.spec.explain
+from k3snet.cli import EXIT_USAGE, main
+from k3snet.errors import UnknownFieldError
+from k3snet.spec.explain import explain, spec_paths
+from k3snet.spec.json_schema import spec_json_schema
+
+
+def test_the_module_example_runs() -> None:
+    failed, tried = doctest.testmod(k3snet.spec.explain)
+    assert tried
+    assert not failed
+
+
+def test_a_leaf_says_type_default_values_and_meaning(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "masquerade.mode"]) == 0
+    out = capsys.readouterr().out
+    assert "TYPE:     one of destinations, all, off" in out
+    assert "DEFAULT:  destinations" in out
+    assert "ip-masq-agent's semantics" in out
+    table = explain("destinations[].table")
+    assert "TYPE:     integer 1..4294967295, not 255" in table
+    assert "DEFAULT:  254" in table
+    assert explain("destinations.table") == table.replace("destinations[].", "destinations.")
+    cidr = explain("destinations.cidr")
+    assert "REQUIRED: yes" in cidr
+    assert "a CIDR" in cidr
+
+
+def test_an_object_lists_its_keys() -> None:
+    text = explain("destinations")
+    assert "TYPE:     list of object" in text
+    assert "    cidr" in text
+    assert "required" in text.split("    cidr", 1)[1].splitlines()[0]
+    assert "    apiVersion" in explain("")
+    assert "    backend " in explain("cni.flannel")
+    assert "TYPE:     one of vxlan, host-gw" in explain("cni.flannel.backend.type")
+
+
+def test_every_path_is_explained() -> None:
+    paths = spec_paths()
+    assert {"destinations.cidr", "cni.calico.blockSize", "masquerade.ipMasqAgentConfig"} <= set(
+        paths)
+    for path in paths:
+        assert explain(path).startswith(f"KEY:      {path}\n")
+
+
+def test_unknown_paths_are_usage_errors_with_suggestions(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "masquerade.destinations.cidr"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no key 'masquerade.destinations.cidr'" in err
+    assert "did you mean destinations.cidr" in err
+    with pytest.raises(UnknownFieldError) as info:
+        explain("masquerade.mod")
+    assert info.value.suggestions[0] == "masquerade.mode"
+    with pytest.raises(UnknownFieldError):
+        explain("destinations.cidr.more")
+
+
+def test_backends_lists_each_backends_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "backends"]) == 0
+    out = capsys.readouterr().out
+    assert "BACKENDS (their options):" in out
+    assert "nftables   netns, family, table" in out
+    assert main(["explain", "backends.nftables.table"]) == 0
+    assert "DEFAULT:  'k3snet'" in capsys.readouterr().out
+    assert main(["explain", "backends.nftables.tabel"]) == EXIT_USAGE
+    assert "did you mean table?" in capsys.readouterr().err
+    assert main(["explain", "backends.nftabels"]) == EXIT_USAGE
+    assert "did you mean backends.nftables" in capsys.readouterr().err
+
+
+def test_schema_prints_the_shipped_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "--schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == spec_json_schema()
