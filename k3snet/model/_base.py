@@ -37,6 +37,10 @@ def validate_interface_name(name: str) -> str:
             f"interface name {name!r} is not valid (letters, digits and _.@+- only, "
             "no '/', ':' or whitespace)"
         )
+    if name.startswith("@"):
+        # libnftables JSON reads "@..." as a set reference: nft cannot load such a
+        # name from JSON, not even the listing it printed itself.
+        raise ModelError(f"interface name {name!r} must not start with '@'")
     return name
 
 
