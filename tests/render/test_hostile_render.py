@@ -128,7 +128,7 @@ def _with(name: str, field: str | tuple[str, int], value: Any) -> dict[str, Any]
     return data
 
 
-@settings(max_examples=400)
+@settings(max_examples=settings.default.max_examples * 4 // 5)  # ci: 400
 @given(st.sampled_from(STRING_FIELDS), strategies.hostile_text())
 def test_hostile_text_in_a_model_field_is_refused_or_reads_back(
         field: tuple[str, str | tuple[str, int]], value: str) -> None:
@@ -168,7 +168,7 @@ def _interfaces() -> st.SearchStrategy[list[str]]:
     return st.lists(strategies.interface_names(), min_size=1, max_size=3, unique=True)
 
 
-@settings(max_examples=150)
+@settings(max_examples=settings.default.max_examples // 4)  # ci: 125
 @given(_interfaces().flatmap(lambda devices: st.one_of(
     strategies.routes(devices=devices, scopes=(None, "link", "host")),
     strategies.nat_rules(devices=(None, *devices)),
@@ -201,7 +201,7 @@ def _configmap_specs(objs: list[dict[str, Any]]) -> list[Any]:
     return [spec_from_document(yaml.safe_load(text)) for text in texts]
 
 
-@settings(max_examples=300)
+@settings(max_examples=settings.default.max_examples // 2)  # ci: 250
 @given(st.sampled_from(TARGETS), strategies.hostile_values())
 def test_hostile_values_in_spec_fields_are_refused_or_every_output_reads_back(
         target: Target, value: Any) -> None:

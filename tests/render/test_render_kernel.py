@@ -37,7 +37,8 @@ pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 DEVICES = ("eth0", "a@b+c.d-e_f", "x" * 15)
 GATEWAYS = {"eth0": ("192.168.1.1", "192.168.1.254", "fd01:1::1"),
             "a@b+c.d-e_f": ("10.9.0.1", "fd09::1")}
-KERNEL = settings(max_examples=20, deadline=None,
+# ci: 20 examples per language (about 15 s in all).
+KERNEL = settings(max_examples=max(5, settings.default.max_examples // 25), deadline=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture,
                                          HealthCheck.too_slow])
 
