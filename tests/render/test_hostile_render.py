@@ -30,6 +30,8 @@ from k3snet.model import (
     State,
     Sysctl,
     object_from_dict,
+    parse_address,
+    parse_network,
 )
 from k3snet.render.iptables.rules import HOOKS, TABLES
 from k3snet.render.iptables.save import render_iptables_save
@@ -164,11 +166,29 @@ def test_a_zone_on_a_route_gateway_becomes_its_device() -> None:
     reads_back(route)
 
 
+_ADDRESS_TEXT = re.compile(r"[0-9a-f.:/]+(%[A-Za-z0-9_.@+-]{1,15})?")
+
+
+@settings(max_examples=settings.default.max_examples // 2)  # ci: 250
+@given(st.one_of(strategies.hostile_text(), strategies.addresses().map(str),
+                 strategies.networks().map(str), strategies.addresses(6).map(
+                     lambda a: f"fe80::{int(a) & 0xffff:x}%eth0")))
+def test_cidr_and_address_text_is_refused_or_prints_as_address_characters_only(
+        text: str) -> None:
+    for parse in (parse_address, parse_network):
+        try:
+            value = parse(text)
+        except ModelError:
+            continue
+        assert _ADDRESS_TEXT.fullmatch(str(value)), str(value)
+        assert parse(str(value)) == value
+
+
 def _interfaces() -> st.SearchStrategy[list[str]]:
     return st.lists(strategies.interface_names(), min_size=1, max_size=3, unique=True)
 
 
-@settings(max_examples=settings.default.max_examples // 4)  # ci: 125
+@settings(max_examples=settings.default.max_examples // 5)  # ci: 100
 @given(_interfaces().flatmap(lambda devices: st.one_of(
     strategies.routes(devices=devices, scopes=(None, "link", "host")),
     strategies.nat_rules(devices=(None, *devices)),
@@ -201,7 +221,7 @@ def _configmap_specs(objs: list[dict[str, Any]]) -> list[Any]:
     return [spec_from_document(yaml.safe_load(text)) for text in texts]
 
 
-@settings(max_examples=settings.default.max_examples // 2)  # ci: 250
+@settings(max_examples=settings.default.max_examples // 3)  # ci: 166
 @given(st.sampled_from(TARGETS), strategies.hostile_values())
 def test_hostile_values_in_spec_fields_are_refused_or_every_output_reads_back(
         target: Target, value: Any) -> None:

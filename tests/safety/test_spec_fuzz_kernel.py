@@ -146,7 +146,7 @@ def test_the_base_document_applies_on_the_lab_node(node: tuple[str, Path],
     assert {i["table"]["name"] for i in before["nft"] if "table" in i} >= {"admin", "edge"}
     assert any("FLANNEL-FWD" in line for line in before["iptables"])
     assert any(r["dst"] == "198.51.100.0/24" for r in before["routes"])
-    assert before["sysctls"]["net.ipv4.conf.eth0.rp_filter"] == "1"
+    assert before["sysctls"]["net.ipv4.conf.eth0.rp_filter"].strip() == "1"
     with _backend(ns, state_dir) as backend:
         result = converge(backend, state)
         assert result.plan.changes
