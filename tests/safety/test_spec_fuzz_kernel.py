@@ -154,6 +154,29 @@ def test_the_base_document_applies_on_the_lab_node(node: tuple[str, Path],
     assert _foreign(ns, {o.name for o in state.owned if isinstance(o, Sysctl)}) == before
 
 
+@pytest.mark.parametrize(("change", "undo"), [
+    (["ip", "route", "add", "203.0.113.0/24", "via", "192.168.1.1", "proto", "static"],
+     ["ip", "route", "del", "203.0.113.0/24", "via", "192.168.1.1", "proto", "static"]),
+    (["nft", "add", "chain", "inet", "admin", "extra"],
+     ["nft", "delete", "chain", "inet", "admin", "extra"]),
+    (["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.79.0.0/16", "-j", "MASQUERADE"],
+     ["iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "10.79.0.0/16", "-j", "MASQUERADE"]),
+    (["sysctl", "-qw", "net.ipv4.conf.eth0.rp_filter=2"],
+     ["sysctl", "-qw", "net.ipv4.conf.eth0.rp_filter=1"]),
+])
+def test_the_foreign_snapshot_sees_a_change_of_each_kind(
+        node: tuple[str, Path], change: list[str], undo: list[str]) -> None:
+    """The comparison the fuzz relies on fails when foreign state changes."""
+    ns, _ = node
+    before = _foreign(ns, set())
+    run_in(ns, change)
+    try:
+        assert _foreign(ns, set()) != before
+    finally:
+        run_in(ns, undo)
+    assert _foreign(ns, set()) == before
+
+
 def _plausible() -> st.SearchStrategy[Any]:
     """Values valid in some field (so that many examples get as far as the kernel):
     odd interface names, addresses and prefixes of both families, numbers, words."""
