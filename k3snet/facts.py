@@ -12,7 +12,9 @@ import subprocess
 from typing import Any
 
 from k3snet.backends.netns import validate_netns
-from k3snet.errors import BackendError
+from k3snet.errors import BackendError, ModelError
+from k3snet.model import validate_interface_name
+from k3snet.model.cidr import parse_network
 from k3snet.spec import NodeFacts
 
 __all__ = ["facts_from_ip_json", "gather_facts"]
@@ -40,6 +42,28 @@ def gather_facts(netns: str | None = None, *, hostname: str | None = None) -> No
                               hostname=hostname or netns)
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _is_interface_name(name: str) -> bool:
+    try:
+        validate_interface_name(name)
+    except ModelError:
+        return False
+    return True
+
+
+def _interface(entry: dict[str, Any]) -> str | None:
+    """``local/prefixlen`` of one ``addr_info`` entry; ``None`` when it is not one."""
+    text = f"{entry.get('local')}/{entry.get('prefixlen')}"
+    try:
+        ipaddress.ip_interface(text)
+    except ValueError:
+        return None
+    return text
+
+
 def facts_from_ip_json(addresses: Any, routes: Any, *, hostname: str | None = None) -> NodeFacts:
     """:class:`NodeFacts` from captured ``ip -j addr show`` and ``ip -j route show table all``.
 
@@ -60,12 +84,12 @@ def facts_from_ip_json(addresses: Any, routes: Any, *, hostname: str | None = No
     interfaces: dict[str, list[str]] = {}
     for link in addresses:
         name = link.get("ifname") if isinstance(link, dict) else None
-        if not isinstance(name, str) or not name or name == "lo":
+        if not isinstance(name, str) or name == "lo" or not _is_interface_name(name):
             continue
         interfaces[name] = [
-            f"{a['local']}/{a['prefixlen']}"
-            for a in link.get("addr_info", ()) or ()
-            if isinstance(a, dict) and a.get("scope") == "global" and "local" in a
+            address for a in _list(link.get("addr_info"))
+            if isinstance(a, dict) and a.get("scope") == "global"
+            and (address := _interface(a)) is not None
         ]
     prefixes = []
     for route in routes:
@@ -76,7 +100,7 @@ def facts_from_ip_json(addresses: Any, routes: Any, *, hostname: str | None = No
                 dst == "default":
             continue
         try:
-            prefixes.append(ipaddress.ip_network(dst, strict=False))
-        except ValueError:
+            prefixes.append(parse_network(dst, strict=False))
+        except ValueError:  # ModelError too: a zone id ("fd00::%x/64") is refused
             continue
     return NodeFacts(interfaces=interfaces, routes=prefixes, hostname=hostname)

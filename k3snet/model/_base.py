@@ -25,7 +25,8 @@ IFNAMSIZ = 16
 
 @functools.lru_cache(maxsize=4096)
 def validate_interface_name(name: str) -> str:
-    """Return ``name`` if the kernel would accept it as an interface name, else raise."""
+    """Return ``name`` if the kernel would accept it as an interface name and every
+    output language can spell it (no leading ``@``), else raise."""
     if not isinstance(name, str):
         raise ModelError(f"interface name must be a string, got {name!r}")
     if len(name.encode()) >= IFNAMSIZ:
@@ -37,6 +38,10 @@ def validate_interface_name(name: str) -> str:
             f"interface name {name!r} is not valid (letters, digits and _.@+- only, "
             "no '/', ':' or whitespace)"
         )
+    if name.startswith("@"):
+        # libnftables JSON reads "@..." as a set reference: nft cannot load such a
+        # name from JSON, not even the listing it printed itself.
+        raise ModelError(f"interface name {name!r} must not start with '@'")
     return name
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from ipaddress import IPv6Address
 from typing import Any, ClassVar
 
 import attrs
@@ -33,6 +34,16 @@ def _destination(value: str | Network | None) -> Network | None:
     """A ``/0`` destination is "any": normalised to ``None`` so both spellings are one key."""
     net = optional_network(value)
     return None if net is not None and net.prefixlen == 0 else net
+
+
+def _snat_address(value: str | Address) -> Address:
+    """A node address without zone id: nft and iptables refuse ``fe80::1%eth0`` as a
+    SNAT address (the text after ``%`` would be written into both)."""
+    address = parse_address(value)
+    if isinstance(address, IPv6Address) and address.scope_id is not None:
+        raise ModelError(f"SNAT address {str(address)[:60]!r} has a zone id ('%...'); "
+                         "give the address alone")
+    return address
 
 
 def _exclusions(values: Iterable[str | Network]) -> tuple[Network, ...]:
@@ -185,7 +196,7 @@ class SnatRule(_NatBase):
 
     type_name: ClassVar[str] = "snat"
 
-    to_address: Address = attrs.field(converter=parse_address, kw_only=True)
+    to_address: Address = attrs.field(converter=_snat_address, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -106,6 +107,7 @@ class Route(NetObject):
 
     def __attrs_post_init__(self) -> None:
         check_families("route", self.destination, self.gateway)
+        self._move_zone_to_device()
         if self.gateway is None and self.device is None:
             raise ModelError(f"route {self.destination} needs a gateway, a device, or both")
         v6 = self.destination.version == 6
@@ -114,12 +116,14 @@ class Route(NetObject):
             metric = _IPV6_DEFAULT_METRIC if v6 else 0
         object.__setattr__(self, "metric", _u32("metric")(metric))
         scope = self.scope
+        if scope is not None and scope not in _SCOPES:
+            # Checked for IPv6 too, although dropped there: a wrong value is a mistake.
+            raise ModelError(f"route scope must be one of {', '.join(_SCOPES)}, "
+                             f"got {str(scope)[:40]!r}")
         if v6:
             scope = "universe"  # the kernel has no scope for IPv6 routes
         elif scope is None:
             scope = "universe" if self.gateway is not None else "link"
-        elif scope not in _SCOPES:
-            raise ModelError(f"route scope must be one of {', '.join(_SCOPES)}, got {scope!r}")
         object.__setattr__(self, "scope", scope)
         dst = self.destination
         key = ("route", dst.version, self.table, int(dst.network_address), dst.prefixlen, metric)
@@ -130,6 +134,23 @@ class Route(NetObject):
             self.protocol,
         )
         self._seal(key, content)
+
+    def _move_zone_to_device(self) -> None:
+        """``via fe80::1%eth0`` is ``via fe80::1 dev eth0``: the zone is kept as the device.
+
+        Left on the gateway, the zone compared equal to a gateway without one but
+        was written out (``ip route``, ifupdown, networkd refuse ``%``) and lost
+        on the way back from the kernel, which stores only the device.
+        """
+        gateway = self.gateway
+        if not isinstance(gateway, ipaddress.IPv6Address) or gateway.scope_id is None:
+            return
+        zone = gateway.scope_id
+        if self.device is not None and self.device != zone:
+            raise ModelError(f"route {self.destination}: gateway {str(gateway)[:60]} names "
+                             f"interface {zone}, but the device is {self.device}")
+        object.__setattr__(self, "device", zone)
+        object.__setattr__(self, "gateway", ipaddress.IPv6Address(int(gateway)))
 
     @property
     def family(self) -> int:

@@ -13,6 +13,8 @@ from k3snet.model._base import NetObject
 
 __all__ = ["Sysctl"]
 
+# /proc/sys reads and writes at most a page; the longest net.* values are a few words.
+_MAX_VALUE = 4096
 _COMPONENT = re.compile(r"[A-Za-z0-9_\-@+.]+")
 
 
@@ -43,6 +45,11 @@ def _value(value: str | int) -> str:
     normal = " ".join(value.split())  # the kernel prints multi-value entries with tabs
     if not normal:
         raise ModelError("sysctl value must not be empty")
+    # Values of net.* parameters are numbers and short words; NUL, escapes and other
+    # control or invisible characters would be written verbatim into sysctl.d.
+    if len(normal) > _MAX_VALUE or not normal.isascii() or not normal.isprintable():
+        raise ModelError(f"sysctl value {normal[:40]!r} must be printable ASCII of at most "
+                         f"{_MAX_VALUE} characters")
     return normal
 
 

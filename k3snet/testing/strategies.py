@@ -159,9 +159,11 @@ def addresses(family: int | None = None, *,
 
 
 def interface_names() -> SearchStrategy[str]:
-    """Names the kernel accepts: 1..15 characters of ``[a-z0-9_.@+-]``, not ``.``/``..``."""
+    """Names k3snet accepts: 1..15 characters of ``[a-z0-9_.@+-]``, not ``.``/``..``,
+    not starting with ``@``."""
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_.@+-"
-    return st.text(alphabet, min_size=1, max_size=15).filter(lambda s: s not in {".", ".."})
+    return st.text(alphabet, min_size=1, max_size=15).filter(
+        lambda s: s not in {".", ".."} and not s.startswith("@"))
 
 
 def _in_network(net: Network) -> SearchStrategy[Address]:
@@ -767,3 +769,54 @@ def for_type(cls: type[Any]) -> SearchStrategy[Any]:
         raise ModelError(f"no k3snet strategy for {cls!r}")
     strategy: SearchStrategy[Any] = table[cls]()
     return strategy
+
+
+# ------------------------------------------------------------------ hostile text
+# Added for issue 8 (property tests and fuzzing of every string field): text built
+# to break the languages k3snet writes (nft text and JSON, iptables-restore input,
+# route files, sysctl.d, Corefiles, YAML manifests). Kept as a block of its own.
+
+HOSTILE_FRAGMENTS: tuple[str, ...] = (
+    '"', "'", "{", "}", "[", "]", ";", "#", ",", "=", ":", "/", "\\", "%", "$(", "`",
+    "\n", "\r", "\t", " ", "\x00", "\x1b", "\x85", "\u2028", "\u202e", "\ufeff", "\u00e9", "\u210c",
+    "%eth0", "%1", "%x y", "..", "-j ACCEPT", "flush ruleset", "COMMIT\n*filter\n-F",
+    "}\n.:53 { forward . 192.0.2.1 }\n", '"}}]}}},{"flush":{"ruleset":null}}',
+    "\n[Route]\nDestination=0.0.0.0/0", "\n  - to: 0.0.0.0/0", "{{.Values}}",
+)
+"""Pieces of hostile text: metacharacters of every output language, zone ids,
+control and bidi characters, and whole injected lines or blocks."""
+
+_VALID_LOOKING: tuple[str, ...] = (
+    "eth0", "cni0", "flannel.1", "10.42.0.0/16", "192.168.1.5", "fd01:1::5", "fe80::1",
+    "fe80::1%eth0", "net.ipv4.ip_forward", "1", "corp.example",
+)
+
+
+def hostile_text(*, max_pieces: int = 6, max_long: int = 5000) -> SearchStrategy[str]:
+    """Hostile strings: fragments of :data:`HOSTILE_FRAGMENTS` and valid-looking values
+    glued together (``eth0"; flush ruleset``, ``fd01:1::5%1"}``), arbitrary unicode,
+    and very long names (up to ``max_long`` characters).
+    """
+    if max_pieces < 1 or max_long < 16:
+        raise ModelError("need max_pieces >= 1 and max_long >= 16")
+    piece = st.one_of(st.sampled_from(HOSTILE_FRAGMENTS), st.sampled_from(_VALID_LOOKING),
+                      st.text(max_size=3))
+    glued = st.lists(piece, min_size=1, max_size=max_pieces).map("".join)
+    long = st.tuples(st.sampled_from(_VALID_LOOKING), st.integers(16, max_long)).map(
+        lambda pair: pair[0] + "x" * pair[1])
+    return st.one_of(glued, glued, st.text(max_size=20), long)
+
+
+def hostile_values() -> SearchStrategy[Any]:
+    """What a hostile spec document may hold in any field: hostile text, wrong types,
+    huge numbers, nested containers."""
+    return st.one_of(
+        hostile_text(), hostile_text(), hostile_text(),
+        st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.lists(hostile_text(max_pieces=2), max_size=2),
+        st.dictionaries(hostile_text(max_pieces=2), st.integers(), max_size=2),
+    )
+
+
+__all__ += ["HOSTILE_FRAGMENTS", "hostile_text", "hostile_values"]

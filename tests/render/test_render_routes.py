@@ -117,10 +117,10 @@ def test_netplan_parses_back() -> None:
 
 def test_netplan_sections_and_awkward_names() -> None:
     state = State(owned=[Route("10.7.0.0/24", device="br0"), Route("10.8.0.0/24", device="1e3"),
-                         Route("10.9.0.0/24", device="@x")])
+                         Route("10.9.0.0/24", device="+1")])
     data = yaml.safe_load(render_netplan(state, sections={"br0": "bridges"}))
     assert list(data["network"]["bridges"]) == ["br0"]
-    assert set(data["network"]["ethernets"]) == {"1e3", "@x"}  # strings, not a float
+    assert set(data["network"]["ethernets"]) == {"1e3", "+1"}  # strings, not a float or an int
     with pytest.raises(ModelError, match="section"):
         render_netplan(state, sections={"br0": "bridge"})
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError, BackendUnavailableError
 
-__all__ = ["Libnftables", "NftKernel", "first_lines"]
+__all__ = ["Libnftables", "NftKernel", "first_lines", "listed_items"]
 
 # Netfilter netlink: NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, and its answer.
 _NETLINK_NETFILTER = 12
@@ -53,6 +53,17 @@ class NftKernel(Protocol):
     def close(self) -> None:
         """Release sockets and contexts (idempotent)."""
         ...
+
+
+def listed_items(output: str, what: str) -> list[dict[str, Any]]:
+    """The objects of ``nft -j list`` output; :class:`BackendError` if it is not that."""
+    try:
+        items = json.loads(output)["nftables"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackendError(f"nft {what!r} printed unreadable JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise BackendError(f"nft {what!r} printed unreadable JSON: 'nftables' is not a list")
+    return [item for item in items if isinstance(item, dict)]
 
 
 def first_lines(text: str, count: int = 4) -> str:
@@ -146,11 +157,7 @@ class Libnftables:
             if "No such file or directory" in error:
                 return None
             raise BackendError(f"nft {what!r} failed: {first_lines(_with_capability(error))}")
-        try:
-            items = json.loads(output)["nftables"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BackendError(f"nft {what!r} printed unreadable JSON: {exc}") from exc
-        return [item for item in items if isinstance(item, dict)]
+        return listed_items(output, what)
 
     def close(self) -> None:
         """Close the netlink socket (libnftables' context goes with the object)."""

@@ -1,0 +1,182 @@
+"""Small readers of what k3snet renders, for read-back tests: each turns a rendered
+file back into model values, strictly (a line it does not expect is an error), so a
+value that leaked into the text as extra syntax shows up as a failed read-back.
+
+ifupdown and route lines are read as ``ip route`` arguments, netplan with a YAML
+loader, systemd-networkd as the INI format it is (repeated ``[Route]`` sections, so
+not :mod:`configparser`), sysctl.d and Corefile server blocks line by line, and nft
+JSON through the nftables backend's own rule parser.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Any
+
+import yaml
+
+from k3snet.backends.nftables.parse import own_object, parse_rule
+from k3snet.model import NetObject, Route, Sysctl
+from k3snet.render.nftables import nft_rules, nft_rules_json
+
+_DEFAULT_METRIC = {4: 0, 6: 1024}
+
+
+class ReadBackError(AssertionError):
+    """A rendered file holds something its reader does not expect."""
+
+
+def route_from_args(args: list[str], *, protocol: int | None = None) -> Route:
+    """A route from ``ip route add`` arguments as :func:`k3snet.render.routes.ip_route_args`
+    writes them (``DST [via GW] [dev DEV] [table T] [scope S] metric M proto P``)."""
+    if not args:
+        raise ReadBackError("no route arguments")
+    fields: dict[str, Any] = {}
+    names = {"via": "gateway", "dev": "device", "table": "table", "scope": "scope",
+             "metric": "metric", "proto": "protocol"}
+    rest = args[1:]
+    if len(rest) % 2:
+        raise ReadBackError(f"odd route arguments: {args!r}")
+    for key, value in zip(rest[::2], rest[1::2], strict=True):
+        if key not in names or names[key] in fields:
+            raise ReadBackError(f"unexpected route argument {key!r} in {args!r}")
+        fields[names[key]] = int(value) if key in ("table", "metric", "proto") else value
+    if protocol is not None:
+        fields["protocol"] = protocol
+    return Route(args[0], **fields)
+
+
+def read_ifupdown(text: str) -> list[Route]:
+    """The routes of the ``up`` lines; every line must be a known shape."""
+    routes: list[Route] = []
+    downs = 0
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        words = line.split()
+        if words[0] == "iface" and len(words) == 4 and words[2] in ("inet", "inet6"):
+            continue
+        if words[0] == "address" and len(words) == 2:
+            continue
+        command = words[1:4] if words[1:3] != ["ip", "-6"] else [words[1], *words[3:5]]
+        start = 4 if words[1:3] != ["ip", "-6"] else 5
+        if words[0] == "up" and command == ["ip", "route", "add"]:
+            routes.append(route_from_args(words[start:]))
+        elif words[0] == "down" and command == ["ip", "route", "del"]:
+            downs += 1
+        else:
+            raise ReadBackError(f"unexpected ifupdown line {line!r}")
+    if downs != len(routes):
+        raise ReadBackError(f"{len(routes)} up lines but {downs} down lines")
+    return routes
+
+
+def read_netplan(text: str, *, protocol: int) -> list[Route]:
+    """The routes of a netplan file (netplan has no protocol: ``protocol`` fills it)."""
+    data = yaml.safe_load(text)
+    network = data["network"]
+    if set(network) - {"version", "ethernets", "bonds", "bridges", "vlans", "tunnels", "vrfs",
+                       "wifis", "modems", "dummy-devices", "virtual-ethernets"}:
+        raise ReadBackError(f"unexpected netplan keys {sorted(network)}")
+    routes = []
+    for section, devices in network.items():
+        if section == "version":
+            continue
+        for device, config in devices.items():
+            if set(config) != {"routes"}:
+                raise ReadBackError(f"unexpected keys for {device!r}: {sorted(config)}")
+            for entry in config["routes"]:
+                if set(entry) - {"to", "via", "scope", "metric", "table"}:
+                    raise ReadBackError(f"unexpected route keys {sorted(entry)}")
+                family = ipaddress.ip_network(entry["to"]).version
+                routes.append(Route(entry["to"], gateway=entry.get("via"), device=device,
+                                    table=entry.get("table", 254), protocol=protocol,
+                                    metric=entry.get("metric", _DEFAULT_METRIC[family]),
+                                    scope=entry.get("scope")))
+    return routes
+
+
+_SCOPES = {"global": "universe", "link": "link", "host": "host"}
+
+
+def read_networkd(files: dict[str, str]) -> list[Route]:
+    """The routes of systemd-networkd files (``[Match] Name=`` or the drop-in's parent)."""
+    routes = []
+    for name, text in files.items():
+        device: str | None = None
+        match = re.fullmatch(r"90-k3snet-(.+)\.network", name)
+        if match:
+            device = match[1]
+        sections: list[tuple[str, dict[str, str]]] = []
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                sections.append((line[1:-1], {}))
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not sections or key in sections[-1][1]:
+                raise ReadBackError(f"unexpected networkd line {line!r} in {name}")
+            sections[-1][1][key] = value
+        for section, values in sections:
+            if section == "Match":
+                if values.get("Name") != device or set(values) != {"Name"}:
+                    raise ReadBackError(f"[Match] {values} does not name {device!r}")
+                continue
+            if section != "Route" or set(values) - {"Destination", "Gateway", "Metric",
+                                                    "Table", "Scope", "Protocol"}:
+                raise ReadBackError(f"unexpected section [{section}] {values}")
+            routes.append(Route(values["Destination"], gateway=values.get("Gateway"),
+                                device=device, metric=int(values["Metric"]),
+                                table=int(values.get("Table", 254)),
+                                scope=_SCOPES[values["Scope"]] if "Scope" in values else None,
+                                protocol=int(values["Protocol"])))
+    return routes
+
+
+def read_sysctl_d(text: str) -> list[Sysctl]:
+    """``name = value`` lines, with the ``# before k3snet:`` comment as ``previous``."""
+    sysctls = []
+    previous: str | None = None
+    for line in text.splitlines():
+        if not line.isascii() or not line.isprintable():
+            raise ReadBackError(f"a sysctl.d line with control characters: {line!r}")
+        if line.startswith("# before k3snet: "):
+            previous = line.removeprefix("# before k3snet: ")
+            continue
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition(" = ")
+        if not sep:
+            raise ReadBackError(f"unexpected sysctl.d line {line!r}")
+        sysctls.append(Sysctl(name, value, previous=previous))
+        previous = None
+    return sysctls
+
+
+_SERVER = re.compile(r"(?P<zone>[^\s:{}]+):53 \{\n    errors\n    cache 30\n"
+                     r"    forward \. (?P<resolvers>[^\n{}]+)\n\}\n")
+
+
+def read_server_block(text: str) -> tuple[str, list[str]]:
+    """A Corefile server block as k3snet writes it: (zone, resolvers); nothing else."""
+    match = _SERVER.fullmatch(text)
+    if match is None:
+        raise ReadBackError(f"not one server block of k3snet's shape: {text[:200]!r}")
+    return match["zone"], match["resolvers"].split(" ")
+
+
+def read_nft_json(obj: NetObject) -> list[NetObject]:
+    """``obj``'s libnftables JSON statements, read back by the backend's rule parser."""
+    back = []
+    for rule, statements in zip(nft_rules(obj), nft_rules_json(obj), strict=True):
+        expr = json.loads(statements)
+        if not isinstance(expr, list) or not all(isinstance(s, dict) for s in expr):
+            raise ReadBackError(f"not a statement list: {statements!r}")
+        found = own_object(parse_rule(expr), rule.chain)
+        if found is None:
+            raise ReadBackError(f"the parser does not recognise {statements!r}")
+        back.append(found[0])
+    return back
