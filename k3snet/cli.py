@@ -86,6 +86,10 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
     where.add_argument("--netns", help="read the node state inside this network namespace")
     where.add_argument("--state", type=Path, metavar="DIR",
                        help="read a bundle written by `k3snet observe --save DIR`")
+    doctor.add_argument("-f", "--spec", type=Path,
+                        help="spec file: its cluster pod and service CIDRs are checked")
+    doctor.add_argument("--service-cidr", action="append", default=[], metavar="CIDR",
+                        help="the cluster's service CIDR (repeatable; K3s: 10.43.0.0/16)")
     doctor.add_argument("--fix", action="store_true",
                         help="apply the fix plan (after confirmation)")
     doctor.add_argument("--auto-approve", action="store_true",
@@ -666,7 +670,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         raise K3snetError("--fix changes a live node: it cannot be used with --state")
     capture = (NodeCapture.read_dir(args.state) if args.state is not None
                else NodeCapture.read_live(args.netns))
-    state = NodeState.from_capture(capture)
+    state = _doctor_cluster(NodeState.from_capture(capture), args)
     d = diagnose(state, flow)
     if args.fix and d.fixes.owned:
         kinds = {o.kind for o in d.fixes.owned}
@@ -685,7 +689,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             done = converge(backend, d.desired)
             if done.result is not None:
                 print(done.result.render())
-        after = diagnose(NodeState.from_capture(NodeCapture.read_live(args.netns)), flow)
+        after = diagnose(_doctor_cluster(
+            NodeState.from_capture(NodeCapture.read_live(args.netns)), args), flow)
         print(f"now: {after.verdict.value}")
         return _doctor_exit(after.verdict)
     if args.output == "json":
@@ -693,6 +698,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print(d.render())
     return _doctor_exit(d.verdict)
+
+
+def _doctor_cluster(state: Any, args: argparse.Namespace) -> Any:
+    """``state`` (a NodeState) with the spec's cluster CIDRs and ``--service-cidr``."""
+    pods, services = [], list(args.service_cidr)
+    if args.spec is not None:
+        cluster = _spec(args).cluster
+        pods, services = list(cluster.pod_cidrs), [*cluster.service_cidrs, *services]
+    try:
+        return state.with_cluster(pod_cidrs=pods, service_cidrs=services)
+    except ValueError as exc:
+        raise K3snetError(f"--service-cidr: {exc}") from exc
 
 
 def _doctor_exit(verdict: str) -> int:

@@ -5,12 +5,16 @@ routes and policy rules per family, the forwarding and ``rp_filter`` sysctls, th
 netfilter base chains of every captured ruleset (iptables-nft, iptables-legacy,
 every nftables table) and the cluster CIDR when a CNI file says it. Which
 rulesets were evaluated from where is recorded in :attr:`NodeState.sources`.
+
+The service CIDRs are not on the node (kube-proxy's rules name each ClusterIP,
+not the range they come from): :meth:`NodeState.with_cluster` adds them, from a
+spec's ``cluster`` or ``k3snet doctor --service-cidr``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 import attrs
@@ -43,6 +47,7 @@ class NodeState:
     sysctls: Mapping[str, str]
     chains: tuple[BaseChain, ...]
     cluster_cidrs: tuple[IPNetwork, ...] = ()
+    service_cidrs: tuple[IPNetwork, ...] = ()
     calico_pools: tuple[CalicoPool, ...] = ()
     sources: tuple[str, ...] = ()
     missing: Mapping[str, str] = attrs.field(factory=dict)
@@ -96,6 +101,21 @@ class NodeState:
             missing={**{n: "not in the capture" for n in FILES if n not in capture.texts},
                      **capture.missing},
         )
+
+    def with_cluster(self, *, pod_cidrs: Iterable[str | IPNetwork] = (),
+                     service_cidrs: Iterable[str | IPNetwork] = ()) -> NodeState:
+        """This state with the cluster's pod and service CIDRs added (from a spec's
+        ``cluster``, or given by hand); what a CNI file said is kept."""
+        def merged(have: tuple[IPNetwork, ...],
+                   more: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+            out = list(have)
+            for cidr in more:
+                network = ip_network(cidr, strict=False)
+                if network not in out:
+                    out.append(network)
+            return tuple(out)
+        return attrs.evolve(self, cluster_cidrs=merged(self.cluster_cidrs, pod_cidrs),
+                            service_cidrs=merged(self.service_cidrs, service_cidrs))
 
     def sysctl(self, name: str, default: int = 0) -> int:
         """An integer sysctl (``default`` when not captured or not a number)."""

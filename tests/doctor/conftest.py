@@ -7,11 +7,19 @@
                       eth0 192.168.1.5/24   ------   eth0 192.168.1.1
                       eth1 192.168.4.5/24   ------   eth2 192.168.4.1
                                                      eth1 192.168.2.1     ---  eth0 192.168.2.10
+                                                                                    192.168.2.11
                                                           10.42.200.1          10.42.200.10
+                                                          10.43.0.1            10.43.0.10
 
 The router forwards and knows no way to the pod network, as in the seed lab; the
 database also answers on ``10.42.200.10``, inside the pod CIDR ``10.42.0.0/16``
-(the "overlapping destination"). Only the node's state changes between examples:
+(the "overlapping destination"), and on ``10.43.0.10``, inside K3s' service CIDR
+``10.43.0.0/16``. kube-proxy-like rules (iptables-nft, iptables-legacy or
+kube-proxy's nftables mode) give the Service ``lab/db`` (ClusterIP
+``10.43.0.100:80``, NodePort ``30432``) two endpoints, ``192.168.2.10:5432`` and
+``192.168.2.11:5432``, and the Service ``lab/other`` the ClusterIP ``10.43.0.10:5432``
+(the external database's address) with an endpoint on another node's pod network
+that this lab does not route. Only the node's state changes between examples:
 :meth:`DoctorLab.configure` resets it and applies a :class:`Topology`. Nothing is
 done in the root namespace; the namespaces are deleted when the fixture ends.
 """
@@ -36,8 +44,14 @@ from k3snet.lab import _probe
 from k3snet.lab.netns import run_in, temporary_netns
 
 POD = "10.42.0.10"
-DESTINATIONS = {"plain": "192.168.2.10", "overlap": "10.42.200.10"}
-DEST_NETS = {"plain": "192.168.2.0/24", "overlap": "10.42.200.0/24"}
+DESTINATIONS = {"plain": "192.168.2.10", "overlap": "10.42.200.10",
+                "service-overlap": "10.43.0.10", "service": "10.43.0.100",
+                "nodeport": "192.168.1.5"}
+#: The network the node's routes carry the flow to (a Service's: its endpoints').
+DEST_NETS = {"plain": "192.168.2.0/24", "overlap": "10.42.200.0/24",
+             "service-overlap": "10.43.0.0/24", "service": "192.168.2.0/24",
+             "nodeport": "192.168.2.0/24"}
+SERVICE_CIDR = "10.43.0.0/16"
 UPLINKS = {"eth0": ("192.168.1.5", "192.168.1.1"), "eth1": ("192.168.4.5", "192.168.4.1")}
 PORT = 5432
 _PROBE = str(Path(_probe.__file__).resolve())
@@ -53,8 +67,9 @@ _ADDRESSES = {
     "node": {"cni0": ("10.42.0.1/24",), "eth0": ("192.168.1.5/24",),
              "eth1": ("192.168.4.5/24",)},
     "router": {"eth0": ("192.168.1.1/24",), "eth2": ("192.168.4.1/24",),
-               "eth1": ("192.168.2.1/24", "10.42.200.1/24")},
-    "db": {"eth0": ("192.168.2.10/24", "10.42.200.10/24")},
+               "eth1": ("192.168.2.1/24", "10.42.200.1/24", "10.43.0.1/24")},
+    "db": {"eth0": ("192.168.2.10/24", "192.168.2.11/24", "10.42.200.10/24",
+                    "10.43.0.10/24")},
 }
 _EMPTY_LEGACY = """*filter
 :INPUT ACCEPT [0:0]
@@ -75,7 +90,8 @@ class Topology:
     """The node's knobs (see tests/doctor/test_differential.py for what each means)."""
 
     forwarding: bool = True
-    dest: Literal["plain", "overlap"] = "plain"
+    dest: Literal["plain", "overlap", "service-overlap", "service", "nodeport"] = "plain"
+    kube_proxy: Literal["none", "iptables-nft", "iptables-legacy", "nftables"] = "none"
     route: Literal["specific", "default", "missing", "blackhole", "policy"] = "specific"
     uplink: Literal["eth0", "eth1"] = "eth0"
     cluster_route: bool = False
@@ -95,6 +111,124 @@ class Topology:
     def destination(self) -> str:
         """The database address the pod connects to."""
         return DESTINATIONS[self.dest]
+
+    @property
+    def port(self) -> int:
+        """The port the pod connects to (the Service's port, its NodePort, or the db's)."""
+        return {"service": 80, "nodeport": 30432}.get(self.dest, PORT)
+
+
+#: kube-proxy's nat rules (iptables mode) for the lab's two Services, as it writes them.
+KUBE_PROXY_NAT = """:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-LABDB - [0:0]
+:KUBE-EXT-LABDB - [0:0]
+:KUBE-SEP-LABDB10 - [0:0]
+:KUBE-SEP-LABDB11 - [0:0]
+:KUBE-SVC-LABOTHER - [0:0]
+:KUBE-SEP-LABOTHER - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" \
+-j MASQUERADE --random-fully
+-A KUBE-SERVICES -d 10.43.0.100/32 -p tcp -m comment --comment "lab/db:pg cluster IP" \
+-m tcp --dport 80 -j KUBE-SVC-LABDB
+-A KUBE-SERVICES -d 10.43.0.10/32 -p tcp -m comment --comment "lab/other:pg cluster IP" \
+-m tcp --dport 5432 -j KUBE-SVC-LABOTHER
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the \
+last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-NODEPORTS -p tcp -m comment --comment "lab/db:pg" -m tcp --dport 30432 \
+-j KUBE-EXT-LABDB
+-A KUBE-EXT-LABDB -m comment --comment "masquerade traffic for lab/db:pg external \
+destinations" -j KUBE-MARK-MASQ
+-A KUBE-EXT-LABDB -j KUBE-SVC-LABDB
+-A KUBE-SVC-LABDB ! -s 10.42.0.0/16 -d 10.43.0.100/32 -p tcp -m comment --comment \
+"lab/db:pg cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ
+-A KUBE-SVC-LABDB -m comment --comment "lab/db:pg -> 192.168.2.10:5432" -m statistic \
+--mode random --probability 0.50000000000 -j KUBE-SEP-LABDB10
+-A KUBE-SVC-LABDB -m comment --comment "lab/db:pg -> 192.168.2.11:5432" -j KUBE-SEP-LABDB11
+-A KUBE-SEP-LABDB10 -s 192.168.2.10/32 -m comment --comment "lab/db:pg" -j KUBE-MARK-MASQ
+-A KUBE-SEP-LABDB10 -p tcp -m comment --comment "lab/db:pg" -m tcp -j DNAT \
+--to-destination 192.168.2.10:5432
+-A KUBE-SEP-LABDB11 -s 192.168.2.11/32 -m comment --comment "lab/db:pg" -j KUBE-MARK-MASQ
+-A KUBE-SEP-LABDB11 -p tcp -m comment --comment "lab/db:pg" -m tcp -j DNAT \
+--to-destination 192.168.2.11:5432
+-A KUBE-SVC-LABOTHER ! -s 10.42.0.0/16 -d 10.43.0.10/32 -p tcp -m comment --comment \
+"lab/other:pg cluster IP" -m tcp --dport 5432 -j KUBE-MARK-MASQ
+-A KUBE-SVC-LABOTHER -m comment --comment "lab/other:pg -> 10.42.1.5:5432" \
+-j KUBE-SEP-LABOTHER
+-A KUBE-SEP-LABOTHER -s 10.42.1.5/32 -m comment --comment "lab/other:pg" -j KUBE-MARK-MASQ
+-A KUBE-SEP-LABOTHER -p tcp -m comment --comment "lab/other:pg" -m tcp -j DNAT \
+--to-destination 10.42.1.5:5432
+"""
+
+#: The same Services as kube-proxy's nftables mode writes them (its own ``ip kube-proxy``
+#: table: verdict maps keyed on address . protocol . port, ``numgen`` for the endpoint).
+KUBE_PROXY_NFT = """table ip kube-proxy {
+ map service-ips {
+  type ipv4_addr . inet_proto . inet_service : verdict
+  elements = { 10.43.0.100 . tcp . 80 : goto service-labdb, \
+10.43.0.10 . tcp . 5432 : goto service-labother }
+ }
+ map service-nodeports {
+  type inet_proto . inet_service : verdict
+  elements = { tcp . 30432 : goto external-labdb }
+ }
+ set nodeport-ips {
+  type ipv4_addr
+  elements = { 192.168.1.5, 192.168.4.5 }
+ }
+ chain mark-for-masquerade {
+  meta mark set meta mark or 0x4000
+ }
+ chain masquerading {
+  meta mark & 0x4000 == 0 return
+  meta mark set meta mark xor 0x4000
+  masquerade fully-random
+ }
+ chain services {
+  ip daddr . meta l4proto . th dport vmap @service-ips
+  ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+ }
+ chain nat-prerouting {
+  type nat hook prerouting priority dstnat; policy accept;
+  jump services
+ }
+ chain nat-postrouting {
+  type nat hook postrouting priority srcnat; policy accept;
+  jump masquerading
+ }
+ chain service-labdb {
+  ip daddr 10.43.0.100 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
+  numgen random mod 2 vmap { 0 : goto endpoint-labdb-10, 1 : goto endpoint-labdb-11 }
+ }
+ chain external-labdb {
+  jump mark-for-masquerade
+  goto service-labdb
+ }
+ chain endpoint-labdb-10 {
+  ip saddr 192.168.2.10 jump mark-for-masquerade
+  meta l4proto tcp dnat to 192.168.2.10:5432
+ }
+ chain endpoint-labdb-11 {
+  ip saddr 192.168.2.11 jump mark-for-masquerade
+  meta l4proto tcp dnat to 192.168.2.11:5432
+ }
+ chain service-labother {
+  ip daddr 10.43.0.10 tcp dport 5432 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
+  numgen random mod 1 vmap { 0 : goto endpoint-labother }
+ }
+ chain endpoint-labother {
+  ip saddr 10.42.1.5 jump mark-for-masquerade
+  meta l4proto tcp dnat to 10.42.1.5:5432
+ }
+}
+"""
 
 
 def _nat_rules(t: Topology) -> tuple[str, list[str]]:
@@ -134,15 +268,16 @@ def _restore_script(t: Topology, flavour: str) -> str:
         if t.forward_accept == "both":
             forward.append("-A FORWARD -d 10.42.0.0/16 -m conntrack --ctstate "
                            "RELATED,ESTABLISHED -j ACCEPT")
+    kube_proxy = KUBE_PROXY_NAT.splitlines() if t.kube_proxy == f"iptables-{flavour}" else []
     lines = ["*filter", ":INPUT ACCEPT [0:0]", f":FORWARD {policy} [0:0]", ":OUTPUT ACCEPT [0:0]",
              *forward, "COMMIT", "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]",
-             ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]",
+             ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]", *kube_proxy,
              *(nat if nat_tool == flavour else []), "COMMIT", ""]
     return "\n".join(lines)
 
 
 def _nft_script(t: Topology) -> str:
-    parts = []
+    parts = [KUBE_PROXY_NFT] if t.kube_proxy == "nftables" else []
     if t.nat == "masq-nftables":
         oif = {"any": "", "uplink": f'oifname "{t.uplink}" ', "wildcard": 'oifname "eth*" ',
                "wrong": 'oifname "eth9" '}[t.nat_oif]
@@ -228,19 +363,21 @@ class DoctorLab:
         run_in(node, ["ip", "-batch", "-"], input_text=_ip_batch(t))
         nft_script = _restore_script(t, "nft")
         run_in(node, ["iptables-nft-restore"], input_text=nft_script)
-        if t.forward_policy == "drop-legacy" or t.nat == "masq-legacy":
+        if "legacy" in (t.forward_policy.removeprefix("drop-"), t.nat.removeprefix("masq-"),
+                        t.kube_proxy.removeprefix("iptables-")):
             self.legacy_used = True
             run_in(node, ["iptables-legacy-restore"], input_text=_restore_script(t, "legacy"))
         script = _nft_script(t)
         if script:
             run_in(node, ["nft", "-f", "-"], input_text=script)
 
-    def probe(self, destination: str, timeout: float = 1.5) -> dict[str, object]:
+    def probe(self, destination: str, timeout: float = 1.5, port: int = PORT
+              ) -> dict[str, object]:
         """One TCP exchange from the pod; the probe's JSON answer."""
         # The probe is standard library only: run its file without site packages, the
         # package's import would cost ~1 s of every example.
         argv = [sys.executable, "-I", "-S", _PROBE, "tcp", "--host", destination,
-                "--port", str(PORT), "--timeout", str(timeout)]
+                "--port", str(port), "--timeout", str(timeout)]
         done = run_in(self.names["pod"], argv, check=False, timeout=timeout + 10)
         answer: dict[str, object] = json.loads(done.stdout)
         return answer
