@@ -125,7 +125,9 @@ def _statement_text(statement: Any) -> str:
         if key in ("snat", "dnat") and isinstance(value, Mapping) and isinstance(
                 value.get("addr"), str):
             port = value.get("port")
-            return f"{key} to {value['addr']}" + (f":{port}" if isinstance(port, int) else "")
+            address = f"[{value['addr']}]" if ":" in value["addr"] and isinstance(
+                port, int) else value["addr"]
+            return f"{key} to {address}" + (f":{port}" if isinstance(port, int) else "")
     return json.dumps(statement, sort_keys=True, separators=(",", ":"))
 
 

@@ -117,6 +117,14 @@ class NodeState:
         return attrs.evolve(self, cluster_cidrs=merged(self.cluster_cidrs, pod_cidrs),
                             service_cidrs=merged(self.service_cidrs, service_cidrs))
 
+    def with_calico_pools(self, pools: Iterable[CalicoPool], source: str) -> NodeState:
+        """This state with Calico's IP pools replaced by ``pools`` (read live, e.g. by
+        :func:`k3snet.doctor.cni.read_calico_pools`); ``source`` says from where."""
+        pools = tuple(pools)
+        missing = {k: v for k, v in self.missing.items() if k != "calico-ippools.json"}
+        return attrs.evolve(self, calico_pools=pools, missing=missing,
+                            sources=(*self.sources, f"{source}: {len(pools)} IP pool(s)"))
+
     def sysctl(self, name: str, default: int = 0) -> int:
         """An integer sysctl (``default`` when not captured or not a number)."""
         value = self.sysctls.get(name)

@@ -19,7 +19,9 @@ kube-proxy's nftables mode) give the Service ``lab/db`` (ClusterIP
 ``10.43.0.100:80``, NodePort ``30432``) two endpoints, ``192.168.2.10:5432`` and
 ``192.168.2.11:5432``, and the Service ``lab/other`` the ClusterIP ``10.43.0.10:5432``
 (the external database's address) with an endpoint on another node's pod network
-that this lab does not route. Only the node's state changes between examples:
+that this lab does not route. Every link also carries IPv6 (:data:`V6`: ``10.42.0.10``
+is ``fd42:42::10`` and so on); a topology of family 6 is the same node written with
+the IPv6 tools and addresses (:func:`to_v6`). Only the node's state changes between examples:
 :meth:`DoctorLab.configure` resets it and applies a :class:`Topology`. Nothing is
 done in the root namespace; the namespaces are deleted when the fixture ends.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -52,6 +55,43 @@ DEST_NETS = {"plain": "192.168.2.0/24", "overlap": "10.42.200.0/24",
              "service-overlap": "10.43.0.0/24", "service": "192.168.2.0/24",
              "nodeport": "192.168.2.0/24"}
 SERVICE_CIDR = "10.43.0.0/16"
+
+#: Each IPv4 address and network of the lab, and its IPv6 twin.
+V6 = {
+    "10.42.0.10": "fd42:42::10", "10.42.0.1": "fd42:42::1", "10.42.0.0/16": "fd42:42::/56",
+    "10.42.0.0/24": "fd42:42::/64", "10.42.200.10": "fd42:42:0:c8::10",
+    "10.42.200.1": "fd42:42:0:c8::1", "10.42.200.0/24": "fd42:42:0:c8::/64",
+    "10.42.1.5": "fd42:42:0:1::5",
+    "10.43.0.0/16": "fd43:43::/112", "10.43.0.0/24": "fd43:43::/120", "10.43.0.10": "fd43:43::10",
+    "10.43.0.1": "fd43:43::1", "10.43.0.100": "fd43:43::64",
+    "192.168.1.5": "fd01:1::5", "192.168.1.1": "fd01:1::1", "192.168.1.0/24": "fd01:1::/64",
+    "192.168.4.5": "fd01:4::5", "192.168.4.1": "fd01:4::1", "192.168.4.0/24": "fd01:4::/64",
+    "192.168.2.10": "fd01:2::10", "192.168.2.11": "fd01:2::11", "192.168.2.1": "fd01:2::1",
+    "192.168.2.0/24": "fd01:2::/64", "224.0.0.0/4": "ff00::/8",
+}
+_V6_PREFIXLEN = {"/24": "/64"}
+_IPV4 = re.compile(r"(?<![\w.:])(\d+\.\d+\.\d+\.\d+)(/\d+|:\d+)?(?![\w.])")
+
+
+def to_v6(text: str) -> str:
+    """``text`` (rules, routes, addresses of the lab) with every IPv4 address and network
+    replaced by its twin in :data:`V6`; ``ADDR:PORT`` becomes ``[ADDR6]:PORT``, a
+    ``/32`` host ``/128``, an interface address ``/24`` a ``/64`` (``/120`` in the service
+    CIDR). nftables ``ip`` matches and tables become ``ip6``."""
+    def one(match: re.Match[str]) -> str:
+        address, suffix = match[1], match[2] or ""
+        if suffix.startswith(":"):
+            return f"[{V6[address]}]{suffix}"
+        if suffix in ("", "/32"):
+            return V6[address] + ("/128" if suffix else "")
+        if address + suffix in V6:
+            return V6[address + suffix]
+        # An interface address with its prefix length.
+        return V6[address] + ("/120" if address.startswith("10.43.") else "/64")
+    text = _IPV4.sub(one, text)
+    text = re.sub(r"\bip (saddr|daddr)\b", r"ip6 \1", text)
+    text = re.sub(r"\btable ip\b", "table ip6", text)
+    return text.replace("ipv4_addr", "ipv6_addr")
 UPLINKS = {"eth0": ("192.168.1.5", "192.168.1.1"), "eth1": ("192.168.4.5", "192.168.4.1")}
 PORT = 5432
 _PROBE = str(Path(_probe.__file__).resolve())
@@ -89,6 +129,7 @@ COMMIT
 class Topology:
     """The node's knobs (see tests/doctor/test_differential.py for what each means)."""
 
+    family: Literal[4, 6] = 4
     forwarding: bool = True
     dest: Literal["plain", "overlap", "service-overlap", "service", "nodeport"] = "plain"
     kube_proxy: Literal["none", "iptables-nft", "iptables-legacy", "nftables"] = "none"
@@ -110,7 +151,13 @@ class Topology:
     @property
     def destination(self) -> str:
         """The database address the pod connects to."""
-        return DESTINATIONS[self.dest]
+        address = DESTINATIONS[self.dest]
+        return V6[address] if self.family == 6 else address
+
+    @property
+    def pod(self) -> str:
+        """The pod's address in the topology's family."""
+        return V6[POD] if self.family == 6 else POD
 
     @property
     def port(self) -> int:
@@ -344,32 +391,38 @@ class DoctorLab:
         run_in(node, ["nft", "flush", "ruleset"])
         if self.legacy_used:
             run_in(node, ["iptables-legacy-restore"], input_text=_EMPTY_LEGACY)
-        for pref in ("100", "200"):
-            run_in(node, ["ip", "rule", "del", "pref", pref], check=False)
-        for table in ("100", "200"):
-            run_in(node, ["ip", "route", "flush", "table", table], check=False)
-        run_in(node, ["ip", "route", "flush", "proto", "static"], check=False)
+            run_in(node, ["ip6tables-legacy-restore"], input_text=_EMPTY_LEGACY)
+        for family in ("-4", "-6"):
+            for pref in ("100", "200"):
+                run_in(node, ["ip", family, "rule", "del", "pref", pref], check=False)
+            for table in ("100", "200"):
+                run_in(node, ["ip", family, "route", "flush", "table", table], check=False)
+            run_in(node, ["ip", family, "route", "flush", "proto", "static"], check=False)
 
     def configure(self, t: Topology) -> None:
         """Reset the node and apply ``t``."""
         self.reset()
         node = self.node
         sysctls = [f"net.ipv4.ip_forward={int(t.forwarding)}",
+                   f"net.ipv6.conf.all.forwarding={int(t.forwarding)}",
                    f"net.ipv4.conf.all.rp_filter={t.rp_all}",
                    f"net.ipv4.conf.eth0.rp_filter={t.rp_uplink}",
                    f"net.ipv4.conf.eth1.rp_filter={t.rp_uplink}",
                    f"net.ipv4.conf.cni0.rp_filter={t.rp_cni}"]
         run_in(node, ["sysctl", "-q", "-w", *sysctls])
-        run_in(node, ["ip", "-batch", "-"], input_text=_ip_batch(t))
-        nft_script = _restore_script(t, "nft")
-        run_in(node, ["iptables-nft-restore"], input_text=nft_script)
+        v6 = t.family == 6
+        convert = to_v6 if v6 else (lambda text: text)
+        tool = "ip6tables" if v6 else "iptables"
+        run_in(node, ["ip", f"-{t.family}", "-batch", "-"], input_text=convert(_ip_batch(t)))
+        run_in(node, [f"{tool}-nft-restore"], input_text=convert(_restore_script(t, "nft")))
         if "legacy" in (t.forward_policy.removeprefix("drop-"), t.nat.removeprefix("masq-"),
                         t.kube_proxy.removeprefix("iptables-")):
             self.legacy_used = True
-            run_in(node, ["iptables-legacy-restore"], input_text=_restore_script(t, "legacy"))
+            run_in(node, [f"{tool}-legacy-restore"],
+                   input_text=convert(_restore_script(t, "legacy")))
         script = _nft_script(t)
         if script:
-            run_in(node, ["nft", "-f", "-"], input_text=script)
+            run_in(node, ["nft", "-f", "-"], input_text=convert(script))
 
     def probe(self, destination: str, timeout: float = 1.5, port: int = PORT
               ) -> dict[str, object]:
@@ -393,6 +446,7 @@ def _build(stack: ExitStack) -> DoctorLab:
     for ns in names.values():
         run_in(ns, ["ip", "link", "set", "lo", "up"])
     run_in(names["router"], ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                             "net.ipv6.conf.all.forwarding=1",
                              "net.ipv4.conf.all.rp_filter=0",
                              "net.ipv4.conf.default.rp_filter=0"])
     run_in(names["node"], ["sysctl", "-q", "-w", "net.ipv4.conf.default.rp_filter=0"])
@@ -403,9 +457,14 @@ def _build(stack: ExitStack) -> DoctorLab:
         for interface, addresses in interfaces.items():
             for address in addresses:
                 run_in(names[role], ["ip", "addr", "add", address, "dev", interface])
+                # nodad: usable at once, no duplicate address detection to wait for.
+                run_in(names[role], ["ip", "addr", "add", to_v6(address), "dev", interface,
+                                     "nodad"])
             run_in(names[role], ["ip", "link", "set", interface, "up"])
     run_in(names["pod"], ["ip", "route", "add", "default", "via", "10.42.0.1"])
     run_in(names["db"], ["ip", "route", "add", "default", "via", "192.168.2.1"])
+    run_in(names["pod"], ["ip", "-6", "route", "add", "default", "via", V6["10.42.0.1"]])
+    run_in(names["db"], ["ip", "-6", "route", "add", "default", "via", V6["192.168.2.1"]])
     server = subprocess.Popen(
         ["ip", "netns", "exec", names["db"], sys.executable, "-m", "k3snet.lab._echo_server",
          "--port", str(PORT)],

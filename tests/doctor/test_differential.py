@@ -1,6 +1,8 @@
 """The tracer against the real kernel: same verdict, same source address seen.
 
-Hypothesis draws the node's knobs (:class:`Topology`: forwarding, routes and a
+Hypothesis draws the node's knobs (:class:`Topology`: the family -- IPv4 or IPv6,
+where routes, policy rules, ip6tables and nftables ``ip6`` rules and the masquerade
+are IPv6's --, forwarding, routes and a
 policy rule, a blackhole, a cluster route shadowing the destination, masquerade
 in iptables-nft / iptables-legacy / nftables / SNAT / flannel's chain / after an
 accept, its out interface, the FORWARD policy and accepts in either iptables
@@ -28,13 +30,13 @@ from hypothesis import strategies as st
 
 from k3snet.doctor import Flow, NodeState, Verdict, trace
 
-from .conftest import POD, DoctorLab, Topology
+from .conftest import DoctorLab, Topology
 
 pytestmark = [pytest.mark.kernel]
 
 EXAMPLES = {"ci": 30, "thorough": 200}.get(os.environ.get("HYPOTHESIS_PROFILE", ""), 15)
-#: Verdicts of the examples run in this session (counted by the last test).
-RUNS: list[str] = []
+#: (family, verdict) of the examples run in this session (counted by the last test).
+RUNS: list[tuple[int, str]] = []
 
 
 def _mostly(usual: str, *others: str) -> st.SearchStrategy[str]:
@@ -57,6 +59,7 @@ def _consistent(topology: Topology) -> Topology:
 
 topologies = st.builds(
     Topology,
+    family=st.sampled_from([4, 6]),
     forwarding=st.sampled_from([True, True, True, False]),
     dest=st.sampled_from(["plain", "overlap", "service-overlap", "service", "nodeport"]),
     kube_proxy=_mostly("none", "iptables-nft", "iptables-legacy", "nftables"),
@@ -83,11 +86,11 @@ def test_trace_agrees_with_the_kernel(doctor_lab: DoctorLab, topology: Topology)
     doctor_lab.configure(topology)
     answer = doctor_lab.probe(topology.destination, port=topology.port)
     state = NodeState.from_capture(doctor_lab.capture())
-    result = trace(state, Flow(POD, topology.destination, port=topology.port))
+    result = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
     # The kernel picked one endpoint at random: every endpoint must agree for the
     # comparison to be exact (the lab's two are alike).
     assert len({(e.verdict, e.source_seen) for e in result.endpoints}) <= 1, result.render()
-    RUNS.append(result.verdict.value)
+    RUNS.append((topology.family, result.verdict.value))
     detail = f"{topology}\nkernel: {answer}\n{result.render()}"
     assert result.verdict is not Verdict.UNKNOWN, detail
     assert (result.verdict is Verdict.REACHES) == answer["ok"], detail
@@ -102,6 +105,6 @@ def test_example_count_follows_the_profile(capsys: pytest.CaptureFixture[str]) -
         pytest.skip("the differential test did not run (not root, or deselected)")
     wanted = 200 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 15
     assert wanted <= EXAMPLES <= len(RUNS)
-    counts = {v: RUNS.count(v) for v in sorted(set(RUNS))}
+    counts = {f"IPv{f} {v}": RUNS.count((f, v)) for f, v in sorted(set(RUNS))}
     with capsys.disabled():
-        print(f"\ndoctor differential: {len(RUNS)} topologies, verdicts {counts}")  # noqa: T201
+        print(f"\ndoctor differential: {len(RUNS)} topologies, {counts}")  # noqa: T201
