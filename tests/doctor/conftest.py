@@ -137,7 +137,8 @@ class Topology:
     uplink: Literal["eth0", "eth1"] = "eth0"
     cluster_route: bool = False
     nat: Literal["none", "masq-nft", "masq-legacy", "masq-nftables", "snat", "snat-other",
-                 "flannel", "accept-first"] = "masq-nft"
+                 "flannel", "accept-first", "flannel-after-accept", "calico",
+                 "calico-pool-covers"] = "masq-nft"
     nat_oif: Literal["any", "uplink", "wildcard", "wrong"] = "any"
     forward_policy: Literal["accept", "drop-nft", "drop-legacy"] = "accept"
     forward_accept: Literal["none", "both", "original-only"] = "none"
@@ -292,8 +293,9 @@ def _nat_rules(t: Topology) -> tuple[str, list[str]]:
             node_address = UPLINKS["eth1" if t.uplink == "eth0" else "eth0"][0]
         return "nft", [f"-A POSTROUTING -s 10.42.0.0/16 {oif_text} -j SNAT --to-source "
                        f"{node_address}"]
-    if t.nat == "flannel":
-        return "nft", ["-N FLANNEL-POSTRTG", "-A POSTROUTING -m comment --comment "
+    if t.nat in ("flannel", "flannel-after-accept"):
+        first = ["-A POSTROUTING -s 10.42.0.0/16 -j ACCEPT"] if t.nat != "flannel" else []
+        return "nft", ["-N FLANNEL-POSTRTG", *first, "-A POSTROUTING -m comment --comment "
                        '"flanneld masq" -j FLANNEL-POSTRTG',
                        "-A FLANNEL-POSTRTG -s 10.42.0.0/24 -d 10.42.0.0/16 -m comment "
                        '--comment "flanneld masq" -j RETURN',
@@ -323,8 +325,41 @@ def _restore_script(t: Topology, flavour: str) -> str:
     return "\n".join(lines)
 
 
+#: Calico's nat-outgoing as a table of its own with its pool sets (the shape of its
+#: nftables dataplane; its iptables one matches ipsets this machine cannot create).
+CALICO_NFT = """table ip calico {{
+ set cali40masq-ipam-pools {{
+  type ipv4_addr; flags interval;
+  elements = {{ 10.42.0.0/16 }}
+ }}
+ set cali40all-ipam-pools {{
+  type ipv4_addr; flags interval;
+  elements = {{ {pools} }}
+ }}
+ chain nat-POSTROUTING {{
+  type nat hook postrouting priority srcnat; policy accept;
+  jump nat-cali-nat-outgoing
+ }}
+ chain nat-cali-nat-outgoing {{
+  ip saddr @cali40masq-ipam-pools ip daddr != @cali40all-ipam-pools masquerade fully-random
+ }}
+}}
+"""
+
+
+def calico_pools(t: Topology) -> list[tuple[str, bool]]:
+    """(CIDR, natOutgoing) of the Calico IP pools of ``t`` (none without Calico)."""
+    if t.nat == "calico":
+        return [("10.42.0.0/16", True)]
+    if t.nat == "calico-pool-covers":  # a disabled pool over the destination's network
+        return [("10.42.0.0/16", True), (DEST_NETS[t.dest], False)]
+    return []
+
+
 def _nft_script(t: Topology) -> str:
     parts = [KUBE_PROXY_NFT] if t.kube_proxy == "nftables" else []
+    if calico_pools(t):
+        parts.append(CALICO_NFT.format(pools=", ".join(c for c, _ in calico_pools(t))))
     if t.nat == "masq-nftables":
         oif = {"any": "", "uplink": f'oifname "{t.uplink}" ', "wildcard": 'oifname "eth*" ',
                "wrong": 'oifname "eth9" '}[t.nat_oif]

@@ -2,10 +2,10 @@
 
 Hypothesis draws the node's knobs (:class:`Topology`: the family -- IPv4 or IPv6,
 where routes, policy rules, ip6tables and nftables ``ip6`` rules and the masquerade
-are IPv6's --, forwarding, routes and a
-policy rule, a blackhole, a cluster route shadowing the destination, masquerade
-in iptables-nft / iptables-legacy / nftables / SNAT / flannel's chain / after an
-accept, its out interface, the FORWARD policy and accepts in either iptables
+are IPv6's --, forwarding, routes and a policy rule, a blackhole, a cluster route
+shadowing the destination, masquerade in iptables-nft / iptables-legacy / nftables /
+SNAT / flannel's chain (or after an accept) / Calico's pool sets / after an accept, its
+out interface, the FORWARD policy and accepts in either iptables
 flavour, a foreign nftables table with a forward hook, a policy rule sending
 replies elsewhere, ``rp_filter`` modes, a destination inside the pod CIDR or the
 service CIDR, a Service's ClusterIP or NodePort with kube-proxy's rules in
@@ -67,7 +67,8 @@ topologies = st.builds(
     uplink=st.sampled_from(["eth0", "eth1"]),
     cluster_route=st.booleans(),
     nat=_mostly("masq-nft", "none", "masq-legacy", "masq-nftables", "snat", "snat-other",
-                "flannel", "accept-first"),
+                "flannel", "accept-first", "flannel-after-accept", "calico",
+                "calico-pool-covers"),
     nat_oif=_mostly("any", "uplink", "wildcard", "wrong"),
     forward_policy=_mostly("accept", "drop-nft", "drop-legacy"),
     forward_accept=st.sampled_from(["none", "both", "both", "original-only"]),

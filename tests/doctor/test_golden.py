@@ -25,7 +25,7 @@ import pytest
 
 from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, diagnose, trace
 
-from .conftest import DEST_NETS, POD, SERVICE_CIDR, DoctorLab, Topology
+from .conftest import DEST_NETS, POD, SERVICE_CIDR, DoctorLab, Topology, calico_pools
 
 GOLDEN = Path(__file__).parent / "golden"
 FLANNEL_ENV = ("FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_MTU=1450\n"
@@ -64,6 +64,12 @@ CASES: dict[str, tuple[str, Topology]] = {
     "legacy-masquerade-nft-drop": ("masquerade in iptables-legacy, FORWARD DROP in iptables-nft",
                                    Topology(nat="masq-legacy", forward_policy="drop-nft",
                                             forward_accept="both")),
+    "flannel-masquerade-after-accept": (
+        "flannel's masquerade chain placed after a rule that accepts first",
+        Topology(nat="flannel-after-accept")),
+    "destination-in-calico-pool": (
+        "a Calico pool covers the destination: Calico's nat-outgoing leaves it untranslated",
+        Topology(nat="calico-pool-covers")),
     "destination-in-service-cidr": (
         "the destination is a ClusterIP too: kube-proxy sends it to another Service's pod",
         Topology(dest="service-overlap", kube_proxy="iptables-nft")),
@@ -159,6 +165,13 @@ def test_record(doctor_lab: DoctorLab) -> None:
         if topology.nat == "flannel" or topology.cluster_route:
             # What K3s' flannel writes on a node: the cluster CIDR and this node's subnet.
             capture = NodeCapture({**capture.texts, "flannel-subnet.env": FLANNEL_ENV},
+                                  capture.missing)
+        if calico_pools(topology):
+            # What `kubectl get ippools -o json` says on a Calico cluster.
+            pools = {"items": [{"kind": "IPPool", "metadata": {"name": f"pool-{i}"},
+                                "spec": {"cidr": cidr, "natOutgoing": nat}}
+                               for i, (cidr, nat) in enumerate(calico_pools(topology))]}
+            capture = NodeCapture({**capture.texts, "calico-ippools.json": json.dumps(pools)},
                                   capture.missing)
         directory = GOLDEN / case
         if directory.exists():
