@@ -219,14 +219,17 @@ class Trace:
         """A human-readable trace, one step per line, then the verdict."""
         lines = [f"flow: {self.flow.describe()}"]
         if len(self.endpoints) > 1:
-            lines.append(f"  (endpoint {self.describe_target()}: one of {len(self.endpoints)} "
-                         "picked at random, each traced, the first of the worst shown)")
+            what = f"endpoint {self.describe_target()}" if self.dnat else f"branch {self.branch}"
+            lines.append(f"  ({what}: one of {len(self.endpoints)} picked at random, each "
+                         "traced, the first of the worst shown)")
         lines += [f"  {s.describe()}" for s in self.steps]
         seen = f"; the destination sees {self.source_seen}" if self.source_seen else ""
         to = f" (to {self.describe_target()})" if self.dnat is not None else ""
         lines.append(f"verdict: {self.verdict.value}{to}{seen}")
-        if len(self.endpoints) > 1:
+        if len(self.endpoints) > 1 and self.dnat is not None:
             lines.append("endpoints (kube-proxy picks one at random for each connection):")
+        elif len(self.endpoints) > 1:
+            lines.append("random branches (a rule picks one for each connection):")
             lines += [f"  {e.describe_target()}: {e.verdict.value}" + (
                 f"; the destination sees {e.source_seen}" if e.source_seen else "")
                 for e in self.endpoints]

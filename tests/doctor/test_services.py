@@ -157,3 +157,19 @@ def test_cli_service_cidr_and_spec(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "destination-in-service-cidr" in codes
     assert main([*base, "--service-cidr", "10.43.0.0/33"]) == 1
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_random_drop_is_a_branch_too() -> None:
+    """A random rule outside any DNAT (a sampled drop): both branches are traced, the
+    dropping one is the verdict."""
+    capture = NodeCapture.read_dir(GOLDEN / "healthy")
+    text = capture.text("iptables-nft-v4.save").replace(
+        ":OUTPUT ACCEPT [0:0]\nCOMMIT",
+        ":OUTPUT ACCEPT [0:0]\n-A FORWARD -m statistic --mode random --probability 0.01 "
+        "-j DROP\nCOMMIT", 1)
+    state = _state("healthy", **{"iptables-nft-v4.save": text})
+    result = trace(state, Flow(POD, "192.168.2.10", port=5432))
+    assert result.verdict is Verdict.BLOCKED
+    assert [e.verdict for e in result.endpoints] == [Verdict.BLOCKED, Verdict.REACHES]
+    assert "random branches (a rule picks one for each connection):" in result.render()
+    assert "(branch 0: one of 2 picked at random" in result.render()
