@@ -174,8 +174,9 @@ def _with_masquerade(state: NodeState, rule: MasqueradeRule) -> NodeState:
                                mark=packet.mark)
         return ChainResult("accept", "policy accept", mark=packet.mark)
 
+    # Created by the fix, k3snet's table is the newest: first of the chains at its priority.
     chain = BaseChain("nft inet k3snet postrouting (planned)", "postrouting", 100, "nat",
-                      frozenset({rule.family}), evaluate)
+                      frozenset({rule.family}), evaluate, order=(2**31, 0))
     return attrs.evolve(state, chains=(*state.chains, chain))
 
 

@@ -61,30 +61,49 @@ class NftChain:
     kind: str = "filter"
     policy: str = "accept"
     rules: list[list[Any]] = attrs.field(factory=list)
+    handle: int = 0
 
 
 @attrs.frozen
 class Ruleset:
-    """The chains and named sets of a ruleset, keyed by (family, table, name)."""
+    """The chains and named sets of a ruleset, keyed by (family, table, name), and the
+    tables' handles (the order they were created in), keyed by (family, name)."""
 
     chains: dict[tuple[str, str, str], NftChain]
     sets: dict[tuple[str, str, str], list[Any]]
+    tables: dict[tuple[str, str], int] = attrs.field(factory=dict)
+
+    def order(self, family: str, table: str, chain: str) -> tuple[int, int] | None:
+        """(table handle, chain handle) of a chain, None when not in the ruleset."""
+        found = self.chains.get((family, table, chain))
+        handle = self.tables.get((family, table))
+        if found is None or handle is None:
+            return None
+        return handle, found.handle
 
 
 def parse_ruleset(data: object) -> Ruleset:
     """Index ``nft -j list ruleset`` output (already parsed from JSON)."""
     chains: dict[tuple[str, str, str], NftChain] = {}
     sets: dict[tuple[str, str, str], list[Any]] = {}
+    tables: dict[tuple[str, str], int] = {}
     items = data.get("nftables", []) if isinstance(data, Mapping) else []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, Mapping):
             continue
-        if "chain" in item:
+        if "table" in item:
+            t = item["table"]
+            handle = t.get("handle")
+            if isinstance(handle, int):
+                tables[(t["family"], t["name"])] = handle
+        elif "chain" in item:
             c = item["chain"]
             key = (c["family"], c["table"], c["name"])
+            handle = c.get("handle")
             chains[key] = NftChain(c["family"], c["table"], c["name"], c.get("hook"),
                                    _priority(c.get("prio", 0)), c.get("type", "filter"),
-                                   c.get("policy", "accept"))
+                                   c.get("policy", "accept"),
+                                   handle=handle if isinstance(handle, int) else 0)
         elif "rule" in item:
             r = item["rule"]
             key = (r["family"], r["table"], r["chain"])
@@ -93,7 +112,7 @@ def parse_ruleset(data: object) -> Ruleset:
         elif "set" in item or "map" in item:
             s = item.get("set") or item.get("map") or {}
             sets[(s["family"], s["table"], s["name"])] = list(s.get("elem", []))
-    return Ruleset(chains, sets)
+    return Ruleset(chains, sets, tables)
 
 
 def _priority(value: object) -> int:
@@ -581,5 +600,6 @@ def base_chains(ruleset: Ruleset, *, skip_iptables_nft: bool) -> list[BaseChain]
         hook: Hook = chain.hook  # type: ignore[assignment]
         chains.append(BaseChain(f"nft {chain.family} {chain.table} {chain.name}", hook,
                                 chain.priority, kind, _FAMILIES[chain.family],
-                                _evaluator(chain, ruleset)))
+                                _evaluator(chain, ruleset),
+                                ruleset.order(chain.family, chain.table, chain.name)))
     return chains

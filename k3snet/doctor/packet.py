@@ -180,6 +180,9 @@ class BaseChain:
     ``kind`` is ``filter`` or ``nat`` (nat chains only see a flow's first packet and
     stop mattering once one of them translated it). ``where`` names it for humans:
     ``iptables-nft filter FORWARD``, ``nft inet firewalld filter_FORWARD``.
+    ``order`` is when the chain was registered, as far as the capture says (its
+    nftables table and chain handles; None for iptables-legacy): of two chains at
+    the same priority the kernel runs the later registered one first.
     """
 
     where: str
@@ -188,3 +191,12 @@ class BaseChain:
     kind: Literal["filter", "nat"]
     families: frozenset[int]
     evaluate: Callable[[Packet], ChainResult] = attrs.field(eq=False, repr=False)
+    order: tuple[int, int] | None = None
+
+    @property
+    def run_key(self) -> tuple[int, int, int, int]:
+        """Sort key of the kernel's order on a hook: priority, then (at equal priority)
+        the later registered first; chains of unknown order before the others."""
+        if self.order is None:
+            return (self.priority, 0, 0, 0)
+        return (self.priority, 1, -self.order[0], -self.order[1])

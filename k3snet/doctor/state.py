@@ -67,6 +67,8 @@ class NodeState:
         chains: list[BaseChain] = []
         sources: list[str] = []
         has_nft_save = False
+        data = capture.json("nft-ruleset.json")
+        ruleset = nftables.parse_ruleset(data) if data is not None else None
         for flavour in ("nft", "legacy"):
             for family in (4, 6):
                 name = f"iptables-{flavour}-v{family}.save"
@@ -76,12 +78,15 @@ class NodeState:
                 has_nft_save = has_nft_save or flavour == "nft"
                 found = iptables.base_chains(iptables.parse_save(text), f"iptables-{flavour}",
                                              family)
+                if flavour == "nft" and ruleset is not None:
+                    # iptables-nft's chains are nftables chains: their handles say when.
+                    fam = "ip" if family == 4 else "ip6"
+                    found = [attrs.evolve(c, order=ruleset.order(fam, *c.where.split()[-2:]))
+                             for c in found]
                 chains += found
                 sources.append(f"{name}: {len(found)} base chain(s)")
-        ruleset = capture.json("nft-ruleset.json")
         if ruleset is not None:
-            found = nftables.base_chains(nftables.parse_ruleset(ruleset),
-                                         skip_iptables_nft=has_nft_save)
+            found = nftables.base_chains(ruleset, skip_iptables_nft=has_nft_save)
             chains += found
             sources.append(f"nft-ruleset.json: {len(found)} base chain(s)"
                            + (" (iptables-nft tables read from iptables-save)"

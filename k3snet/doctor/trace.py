@@ -280,7 +280,7 @@ class _Tracer:
         direction: Direction = packet.direction
         chains = sorted((c for c in self.state.chains
                          if c.hook == hook and packet.family in c.families),
-                        key=lambda c: c.priority)
+                        key=lambda c: c.run_key)
         natted: ChainResult | None = None
         for chain in chains:
             if before is not None and chain.priority >= before:

@@ -83,6 +83,10 @@ CASES: dict[str, tuple[str, Topology]] = {
                                           nat="masq-legacy")),
     "service-nodeport-nftables": ("a NodePort, kube-proxy's nftables mode masquerades it",
                                   Topology(dest="nodeport", kube_proxy="nftables", nat="none")),
+    "service-nat-equal-priority": (
+        "two nat chains at the same priority (kube-proxy's table, iptables-nft's SNAT): the "
+        "later registered runs first", Topology(dest="nodeport", kube_proxy="nftables",
+                                                 nat="snat-other")),
     "service-forward-drop": ("a ClusterIP (kube-proxy nftables mode) behind FORWARD DROP",
                              Topology(dest="service", kube_proxy="nftables",
                                       forward_policy="drop-nft")),
@@ -132,6 +136,8 @@ def test_golden_case(case: str) -> None:
                                         "service_cidrs"}
     # What the kernel did when the state was recorded agrees with the verdict.
     assert expected["kernel"]["ok"] == (got["verdict"] == "reaches")
+    if expected["kernel"]["ok"]:
+        assert expected["kernel"]["seen"] == got["source_seen"]
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

@@ -173,3 +173,20 @@ def test_a_random_drop_is_a_branch_too() -> None:
     assert [e.verdict for e in result.endpoints] == [Verdict.BLOCKED, Verdict.REACHES]
     assert "random branches (a rule picks one for each connection):" in result.render()
     assert "(branch 0: one of 2 picked at random" in result.render()
+
+
+def test_chains_at_the_same_priority_run_later_registered_first() -> None:
+    """kube-proxy's nat chain and iptables-nft's both at srcnat: the kernel runs the chain
+    registered last first (recorded: the destination saw kube-proxy's masquerade). With
+    the tables' handles swapped, iptables-nft's SNAT would win."""
+    flow = Flow(POD, "192.168.1.5", port=30432)
+    recorded = trace(_state("service-nat-equal-priority"), flow)
+    assert str(recorded.source_seen) == "192.168.1.5"
+    capture = NodeCapture.read_dir(GOLDEN / "service-nat-equal-priority")
+    data = json.loads(capture.text("nft-ruleset.json"))
+    for item in data["nftables"]:
+        if "table" in item and item["table"]["name"] == "kube-proxy":
+            item["table"]["handle"] = 0  # as if created before iptables-nft's tables
+    swapped = trace(_state("service-nat-equal-priority",
+                           **{"nft-ruleset.json": json.dumps(data)}), flow)
+    assert str(swapped.source_seen) == "192.168.4.5"
