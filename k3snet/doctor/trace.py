@@ -226,10 +226,10 @@ class Trace:
         seen = f"; the destination sees {self.source_seen}" if self.source_seen else ""
         to = f" (to {self.describe_target()})" if self.dnat is not None else ""
         lines.append(f"verdict: {self.verdict.value}{to}{seen}")
-        if len(self.endpoints) > 1 and self.dnat is not None:
-            lines.append("endpoints (kube-proxy picks one at random for each connection):")
-        elif len(self.endpoints) > 1:
-            lines.append("random branches (a rule picks one for each connection):")
+        if len(self.endpoints) > 1:
+            lines.append("endpoints (kube-proxy picks one at random for each connection):"
+                         if self.dnat is not None
+                         else "random branches (a rule picks one for each connection):")
             lines += [f"  {e.describe_target()}: {e.verdict.value}" + (
                 f"; the destination sees {e.source_seen}" if e.source_seen else "")
                 for e in self.endpoints]

@@ -37,7 +37,12 @@ def test_each_endpoint_is_traced(case: str) -> None:
         "192.168.2.10:5432", "192.168.2.11:5432"]
     assert [e.branch for e in result.endpoints] == [0, 1]
     assert result.dnat == NatAction("dnat", ip_address("192.168.2.10"), 5432)
-    assert "verdict: " + result.verdict.value + " (to 192.168.2.10:5432)" in result.render()
+    rendered = result.render()
+    assert "verdict: " + result.verdict.value + " (to 192.168.2.10:5432)" in rendered
+    tail = rendered.splitlines()[-3:]
+    assert tail[0] == "endpoints (kube-proxy picks one at random for each connection):"
+    assert tail[1].startswith(f"  192.168.2.10:5432: {result.endpoints[0].verdict.value}")
+    assert tail[2].startswith(f"  192.168.2.11:5432: {result.endpoints[1].verdict.value}")
     assert result.to_dict()["endpoints"][1]["endpoint"] == "192.168.2.11:5432"
 
 
