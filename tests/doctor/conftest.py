@@ -36,6 +36,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Literal
 
@@ -352,6 +353,8 @@ def calico_pools(t: Topology) -> list[tuple[str, bool]]:
     if t.nat == "calico":
         return [("10.42.0.0/16", True)]
     if t.nat == "calico-pool-covers":  # a disabled pool over the destination's network
+        if ip_network(DEST_NETS[t.dest]).subnet_of(ip_network("10.42.0.0/16")):
+            return [("10.42.0.0/16", True)]  # the pod pool covers it already
         return [("10.42.0.0/16", True), (DEST_NETS[t.dest], False)]
     return []
 
