@@ -182,7 +182,9 @@ class BaseChain:
     ``iptables-nft filter FORWARD``, ``nft inet firewalld filter_FORWARD``.
     ``order`` is when the chain was registered, as far as the capture says (its
     nftables table and chain handles; None for iptables-legacy): of two chains at
-    the same priority the kernel runs the later registered one first.
+    the same priority the kernel runs the later registered one first. A chain of
+    unknown order is taken as the oldest (x_tables tables are set up once, when
+    first used; nftables tables come and go with the programs that load them).
     """
 
     where: str
@@ -196,7 +198,7 @@ class BaseChain:
     @property
     def run_key(self) -> tuple[int, int, int, int]:
         """Sort key of the kernel's order on a hook: priority, then (at equal priority)
-        the later registered first; chains of unknown order before the others."""
+        the later registered first; chains of unknown order after the others."""
         if self.order is None:
-            return (self.priority, 0, 0, 0)
-        return (self.priority, 1, -self.order[0], -self.order[1])
+            return (self.priority, 1, 0, 0)
+        return (self.priority, 0, -self.order[0], -self.order[1])

@@ -491,6 +491,10 @@ def _build(stack: ExitStack) -> DoctorLab:
     for (role_a, if_a), (role_b, if_b) in _LINKS:
         run_in(names[role_a], ["ip", "link", "add", if_a, "type", "veth", "peer", "name", if_b,
                                "netns", names[role_b]])
+    # iptables-legacy's tables exist from the start, as on a node that used it at boot:
+    # registered before any nftables table, they run last at equal priority.
+    run_in(names["node"], ["iptables-legacy-restore"], input_text=_EMPTY_LEGACY)
+    run_in(names["node"], ["ip6tables-legacy-restore"], input_text=_EMPTY_LEGACY)
     for role, interfaces in _ADDRESSES.items():
         for interface, addresses in interfaces.items():
             for address in addresses:
@@ -515,7 +519,9 @@ def _build(stack: ExitStack) -> DoctorLab:
     if not ready or server.stdout.readline().strip() != "listening":
         detail = server.stderr.read() if server.stderr else ""
         raise RuntimeError(f"echo server did not start: {detail}")
-    return DoctorLab(names)
+    lab = DoctorLab(names)
+    lab.legacy_used = True
+    return lab
 
 
 def _stop(server: subprocess.Popen[str]) -> None:

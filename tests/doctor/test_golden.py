@@ -87,6 +87,10 @@ CASES: dict[str, tuple[str, Topology]] = {
         "two nat chains at the same priority (kube-proxy's table, iptables-nft's SNAT): the "
         "later registered runs first", Topology(dest="nodeport", kube_proxy="nftables",
                                                  nat="snat-other")),
+    "service-nat-legacy-order": (
+        "kube-proxy's masquerade in iptables-legacy, an iptables-nft SNAT at the same priority: "
+        "the nftables chain runs first", Topology(dest="nodeport", kube_proxy="iptables-legacy",
+                                                   nat="snat-other")),
     "service-forward-drop": ("a ClusterIP (kube-proxy nftables mode) behind FORWARD DROP",
                              Topology(dest="service", kube_proxy="nftables",
                                       forward_policy="drop-nft")),
