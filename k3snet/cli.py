@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import attrs
+
 from k3snet._version import __version__
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE
@@ -87,6 +89,15 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
     where.add_argument("--netns", help="read the node state inside this network namespace")
     where.add_argument("--state", type=Path, metavar="DIR",
                        help="read a bundle written by `k3snet observe --save DIR`")
+    doctor.add_argument("-f", "--spec", type=Path,
+                        help="spec file: its cluster pod and service CIDRs are checked")
+    doctor.add_argument("--service-cidr", action="append", default=[], metavar="CIDR",
+                        help="the cluster's service CIDR (repeatable; K3s: 10.43.0.0/16)")
+    doctor.add_argument("--kubeconfig", metavar="FILE",
+                        help="read Calico's IP pools through the calico backend with this "
+                             "kube config (default on a node: $KUBECONFIG, the in-cluster "
+                             "account or K3s' /etc/rancher/k3s/k3s.yaml, when present)")
+    doctor.add_argument("--context", help="with --kubeconfig: the context to use")
     doctor.add_argument("--fix", action="store_true",
                         help="apply the fix plan (after confirmation)")
     doctor.add_argument("--auto-approve", action="store_true",
@@ -721,7 +732,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         raise K3snetError("--fix changes a live node: it cannot be used with --state")
     capture = (NodeCapture.read_dir(args.state) if args.state is not None
                else NodeCapture.read_live(args.netns))
-    state = NodeState.from_capture(capture)
+    state = _doctor_calico(_doctor_cluster(NodeState.from_capture(capture), args), args)
     d = diagnose(state, flow)
     if args.fix and d.fixes.owned:
         kinds = {o.kind for o in d.fixes.owned}
@@ -740,7 +751,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             done = converge(backend, d.desired)
             if done.result is not None:
                 print(done.result.render())
-        after = diagnose(NodeState.from_capture(NodeCapture.read_live(args.netns)), flow)
+        after = diagnose(attrs.evolve(
+            NodeState.from_capture(NodeCapture.read_live(args.netns)),
+            cluster_cidrs=state.cluster_cidrs, service_cidrs=state.service_cidrs,
+            calico_pools=state.calico_pools), flow)
         print(f"now: {after.verdict.value}")
         return _doctor_exit(after.verdict)
     if args.output == "json":
@@ -748,6 +762,42 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print(d.render())
     return _doctor_exit(d.verdict)
+
+
+def _doctor_cluster(state: Any, args: argparse.Namespace) -> Any:
+    """``state`` (a NodeState) with the spec's cluster CIDRs and ``--service-cidr``."""
+    pods, services = [], list(args.service_cidr)
+    if args.spec is not None:
+        cluster = _spec(args).cluster
+        pods, services = list(cluster.pod_cidrs), [*cluster.service_cidrs, *services]
+    try:
+        return state.with_cluster(pod_cidrs=pods, service_cidrs=services)
+    except ValueError as exc:
+        raise K3snetError(f"--service-cidr: {exc}") from exc
+
+
+K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+
+
+def _doctor_calico(state: Any, args: argparse.Namespace) -> Any:
+    """``state`` with Calico's IP pools read through the calico backend, when a kube
+    config is given (``--kubeconfig``) or, on a live node, available."""
+    from k3snet.doctor.cni import read_calico_pools  # noqa: PLC0415 - doctor users only
+
+    kubeconfig, explicit = args.kubeconfig, args.kubeconfig is not None
+    if not explicit:
+        if args.state is not None:
+            return state  # offline: the bundle's calico-ippools.json, if any
+        if not (os.environ.get("KUBECONFIG") or os.environ.get("KUBERNETES_SERVICE_HOST")):
+            if not Path(K3S_KUBECONFIG).is_file():
+                return state
+            kubeconfig = K3S_KUBECONFIG
+    found = read_calico_pools(kubeconfig=kubeconfig, context=args.context)
+    if found.pools is not None:
+        return state.with_calico_pools(found.pools, "the calico backend")
+    if explicit or not (found.why or "").startswith("no calico backend"):
+        return attrs.evolve(state, missing={**state.missing, "calico-ippools.json": found.why})
+    return state
 
 
 def _doctor_exit(verdict: str) -> int:

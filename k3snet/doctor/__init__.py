@@ -3,7 +3,8 @@
 From a node's own state (read live, or from a bundle written by ``k3snet observe
 --save``), :func:`trace` follows a flow through routing, policy rules, every
 netfilter chain on its way (iptables nft and legacy, every nftables table),
-NAT, ``rp_filter`` and the reply's way back, and says which rule or route decided
+NAT (kube-proxy's DNAT to each of a Service's endpoints included), ``rp_filter``
+and the reply's way back, and says which rule or route decided
 each step. :func:`diagnose` turns the blocking steps into findings and a k3snet
 plan that fixes them::
 

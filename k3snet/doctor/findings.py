@@ -135,9 +135,9 @@ def destination_network(tr: Trace) -> IPNetwork:
     """The destination prefix fixes name: the route's, unless it is a default route."""
     route = tr.route.route if tr.route else None
     if route is not None and route.destination.prefixlen > 0 and route.type == "unicast" and (
-            tr.flow.destination in route.destination) and not _pod_facing(route.device, tr):
+            tr.target in route.destination) and not _pod_facing(route.device, tr):
         return route.destination
-    return _host(tr.flow.destination)
+    return _host(tr.target)
 
 
 def _pod_facing(device: str | None, tr: Trace) -> bool:
@@ -174,8 +174,9 @@ def _with_masquerade(state: NodeState, rule: MasqueradeRule) -> NodeState:
                                mark=packet.mark)
         return ChainResult("accept", "policy accept", mark=packet.mark)
 
+    # Created by the fix, k3snet's table is the newest: first of the chains at its priority.
     chain = BaseChain("nft inet k3snet postrouting (planned)", "postrouting", 100, "nat",
-                      frozenset({rule.family}), evaluate)
+                      frozenset({rule.family}), evaluate, order=(2**31, 0))
     return attrs.evolve(state, chains=(*state.chains, chain))
 
 
@@ -276,7 +277,7 @@ def _not_translated(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _
 
 
 def _route_to_pods(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
-    what = f"{tr.flow.destination} is routed towards pods, not out of the node"
+    what = f"{tr.target} is routed towards pods, not out of the node"
     why = (f"{step.detail}; a destination inside or near the pod CIDR is taken for a pod "
            "address")
     shadowed = _unshadow(tr)
@@ -310,9 +311,16 @@ def _rp_filter(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Chang
 
 
 def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
-    return Finding("no-route", f"the node has no route to {tr.flow.destination}",
+    if tr.dnat is not None:
+        return Finding("no-route", f"the node has no route to the Service endpoint "
+                       f"{tr.describe_target()} that {tr.flow.destination} is translated to",
+                       step.where, step.detail,
+                       advice="check the endpoint's node and the CNI's routes to it; if "
+                              f"{tr.flow.destination} is a host outside the cluster, see the "
+                              "Service finding below"), None
+    return Finding("no-route", f"the node has no route to {tr.target}",
                    step.where, step.detail,
-                   advice=f"add a route to {tr.flow.destination} through the gateway that "
+                   advice=f"add a route to {tr.target} through the gateway that "
                           "reaches it (spec destinations[].via)"), None
 
 
@@ -329,8 +337,8 @@ def _unshadow(tr: Trace) -> tuple[Route, _Change] | None:
         return None
     alt = better[0]
     table = lookup_.route.table if isinstance(lookup_.route.table, int) else 254
-    fix = Route(_host(tr.flow.destination), gateway=alt.gateway, device=alt.device, table=table)
-    entry = RouteEntry(_host(tr.flow.destination), table=table, gateway=alt.gateway,
+    fix = Route(_host(tr.target), gateway=alt.gateway, device=alt.device, table=table)
+    entry = RouteEntry(_host(tr.target), table=table, gateway=alt.gateway,
                        device=alt.device)
     return fix, lambda s: _with_route(s, entry)
 
@@ -341,10 +349,10 @@ def _route_rejects(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _C
     if lookup_ is not None and lookup_.route is not None and shadowed is not None:
         fix, change = shadowed
         return Finding("route-shadowed", f"a {lookup_.route.type} route shadows the route "
-                       f"to {tr.flow.destination}", step.where,
+                       f"to {tr.target}", step.where,
                        f"{step.detail} is more specific than the route {fix.describe()} "
                        "would follow", fix=(fix,)), change
-    return Finding("route-rejects", f"routing refuses {tr.flow.destination}", step.where,
+    return Finding("route-rejects", f"routing refuses {tr.target}", step.where,
                    f"{step.detail}",
                    advice="remove the blackhole/unreachable/prohibit route or rule, or add a "
                           "more specific route"), None
@@ -407,6 +415,7 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
                 advice="choose a cluster CIDR that does not overlap the destination, or route "
                        "and masquerade the destination explicitly"))
             break
+    found += _service_findings(state, tr)
     for pool in state.calico_pools:
         if pool.cidr.version == dst.version and dst in pool.cidr:
             found.append(Finding(
@@ -436,6 +445,41 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
                              + (f"; {'; '.join(reasons)}" if reasons else ""),
                              severity="info"))
     return found
+
+
+def _service_findings(state: NodeState, tr: Trace) -> list[Finding]:
+    """The destination inside a service CIDR, or translated to a Service's endpoint."""
+    dst = tr.flow.destination
+    cidr = next((c for c in state.service_cidrs if c.version == dst.version and dst in c), None)
+    dnat = next((s for s in tr.steps if s.direction == "original" and s.outcome == "nat"
+                 and s.stage == "prerouting"), None)
+    if cidr is None and dnat is None:
+        return []
+    endpoints = tr.endpoints or (tr,)
+    to = ", ".join(e.describe_target() for e in endpoints)
+    sent = (f"kube-proxy's DNAT sends it to {to}" + (
+        " (one endpoint picked at random per connection)" if len(endpoints) > 1 else "")
+        if dnat is not None else "")
+    if cidr is None:
+        assert dnat is not None
+        return [Finding(
+            "service-dnat", f"{dst} is translated to a Service endpoint: {sent}",
+            f"{dnat.where}: {dnat.detail}",
+            "the trace follows the endpoint; a host outside the cluster with this address is "
+            "never reached while the translation is in place",
+            severity="info",
+            advice="if you meant a host outside the cluster, the Service's address overlaps it: "
+                   "choose a service CIDR that does not (and give it with --service-cidr)")]
+    why = (f"{sent}, not to a host with that address outside the cluster" if dnat is not None
+           else "no Service uses this address now, but kube-proxy sends any ClusterIP it is "
+                "given to the Service's endpoints, and kube-proxy's nftables mode drops traffic "
+                "to the range's unallocated addresses")
+    return [Finding(
+        "destination-in-service-cidr", f"{dst} lies inside the service CIDR {cidr}",
+        f"service CIDR {cidr}" + (f"; {dnat.where}: {dnat.detail}" if dnat else ""), why,
+        severity="warning",
+        advice="choose a service CIDR that does not overlap the destination (K3s "
+               "--service-cidr, set when the cluster is created)")]
 
 
 def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,

@@ -5,10 +5,11 @@
 ``POSTROUTING``, ``PREROUTING``) as :class:`~k3snet.doctor.packet.BaseChain`
 values at their fixed priorities. Matches understood: ``-s``/``-d``/``-i``/``-o``/``-p``
 (with ``!``, ``+`` wildcards), ``--sport``/``--dport``, ``multiport``,
-``conntrack``/``state`` ``--ctstate``, ``comment``, ``mark``, ``addrtype``. Targets:
-``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, gotos, ``MASQUERADE``,
-``SNAT``, ``MARK``, and the non-terminating ones (``LOG`` ...). Anything else makes
-the rule *unknown*, reported with its text.
+``conntrack``/``state`` ``--ctstate``, ``comment``, ``mark``, ``addrtype``,
+``statistic --mode random`` (a random branch: :attr:`Packet.pick` says which one
+is followed). Targets: ``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, gotos,
+``MASQUERADE``, ``SNAT``, ``DNAT``, ``MARK``, and the non-terminating ones (``LOG``
+...). Anything else makes the rule *unknown*, reported with its text.
 """
 
 from __future__ import annotations
@@ -70,11 +71,17 @@ class Rule:
     goto: bool = False
     problem: str | None = None
 
+    @property
+    def random(self) -> bool:
+        """The rule is a random branch (``-m statistic --mode random``)."""
+        return any(m is _random for _, m in self.matches)
+
     def match(self, packet: Packet) -> tuple[Tri, str]:
-        """The rule's match on ``packet`` and, when unknown, why."""
+        """The rule's match on ``packet`` (a random branch's other matches) and, when
+        unknown, why."""
         if self.problem is not None:
             return None, self.problem
-        results = [(name, m(packet)) for name, m in self.matches]
+        results = [(name, m(packet)) for name, m in self.matches if m is not _random]
         value = all_of([r for _, r in results])
         why = ", ".join(name for name, r in results if r is None)
         return value, why
@@ -167,6 +174,10 @@ def _rule_from_words(text: str, words: list[str]) -> Rule:
             i += 2
             continue
         arg = words[i + 1] if i + 1 < len(words) else ""
+        if module == "statistic" and word == "--mode" and arg == "random" and not negate:
+            matches.append(("statistic random", _random))
+            i += 2
+            continue
         if module == "set" and word == "--match-set" and i + 2 < len(words):
             name, flags = words[i + 1], words[i + 2]
             in_set = _ipset_matcher(name, flags)
@@ -188,10 +199,15 @@ def _rule_from_words(text: str, words: list[str]) -> Rule:
 
 
 _MODULES: Final = frozenset({"tcp", "udp", "multiport", "conntrack", "state", "comment",
-                             "mark", "addrtype", "icmp", "icmp6", "set"})
+                             "mark", "addrtype", "icmp", "icmp6", "set", "statistic"})
 
 
 def _unknown(_packet: Packet) -> Tri:
+    return None
+
+
+def _random(_packet: Packet) -> Tri:
+    """The marker of a random branch; :func:`_evaluate_chain` decides it from ``pick``."""
     return None
 
 
@@ -224,7 +240,7 @@ def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # 
     if word in ("--ctstate", "--state"):
         states = {_CT_STATES.get(s, s.lower()) for s in arg.split(",")}
         return (lambda p: p.ctstate in states), 1
-    if word == "--comment":
+    if word == "--comment" or (module == "statistic" and word == "--probability"):
         return (lambda _p: True), 1
     if word == "--mark":
         value, _, mask = arg.partition("/")
@@ -316,6 +332,14 @@ class _Run:
     packet: Packet
     path: list[str] = attrs.field(factory=list)
     unknowns: list[Uncertain] = attrs.field(factory=list)
+    randoms: int = 0
+    random_taken: bool = False
+
+    def result(self, verdict: Literal["accept", "drop", "nat"], rule: str,
+               nat: NatAction | None = None) -> ChainResult:
+        return ChainResult(verdict, rule, nat=nat, mark=self.packet.mark, path=tuple(self.path),
+                           unknowns=tuple(self.unknowns), randoms=self.randoms,
+                           random_taken=self.random_taken)
 
 
 def _evaluate_chain(table: Table, chain: Chain, run: _Run, kind: str,
@@ -332,6 +356,12 @@ def _evaluate_chain(table: Table, chain: Chain, run: _Run, kind: str,
             run.unknowns.append(Uncertain(rule.text, why or "cannot evaluate",
                                           _effect(table, rule, run, kind, depth)))
             continue
+        if rule.random:
+            # kube-proxy's endpoint choice: follow the branch ``pick`` names.
+            run.randoms += 1
+            if run.randoms - 1 != run.packet.pick:
+                continue
+            run.random_taken = True
         outcome = _apply_target(table, rule, run, kind, depth)
         if outcome == "return":
             return None
@@ -350,7 +380,7 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
         return "accept"
     if target in ("DROP", "REJECT"):
         return "drop"
-    if target in ("MASQUERADE", "SNAT"):
+    if target in ("MASQUERADE", "SNAT", "DNAT"):
         return "nat"
     if target in table.chains:
         trial = _Run(run.packet)
@@ -368,11 +398,9 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
     if target is None or target in _CONTINUE:
         return None
     if target == "ACCEPT":
-        return ChainResult("accept", rule.text, mark=mark, path=tuple(run.path),
-                           unknowns=tuple(run.unknowns))
+        return run.result("accept", rule.text)
     if target in ("DROP", "REJECT"):
-        return ChainResult("drop", rule.text, mark=mark, path=tuple(run.path),
-                           unknowns=tuple(run.unknowns))
+        return run.result("drop", rule.text)
     if target == "RETURN":
         run.path.append(rule.text)
         return "return"
@@ -380,13 +408,12 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
         run.packet = attrs.evolve(run.packet, mark=_set_mark(mark, rule.target_args))
         run.path.append(rule.text)
         return None
-    if target in ("MASQUERADE", "SNAT") and kind == "nat":
+    if target in ("MASQUERADE", "SNAT", "DNAT") and kind == "nat":
         action = _nat_action(target, rule.target_args)
         if action is None:
-            run.unknowns.append(Uncertain(rule.text, "SNAT target not understood", "nat"))
+            run.unknowns.append(Uncertain(rule.text, f"{target} target not understood", "nat"))
             return None
-        return ChainResult("nat", rule.text, nat=action, mark=mark, path=tuple(run.path),
-                           unknowns=tuple(run.unknowns))
+        return run.result("nat", rule.text, action)
     if target in table.chains:
         run.path.append(rule.text)
         result = _evaluate_chain(table, table.chains[target], run, kind, depth + 1)
@@ -420,15 +447,24 @@ def _set_mark(mark: int | None, args: tuple[str, ...]) -> int | None:  # noqa: P
 def _nat_action(target: str, args: tuple[str, ...]) -> NatAction | None:
     if target == "MASQUERADE":
         return NatAction("masquerade")
+    option_name = "--to-source" if target == "SNAT" else "--to-destination"
     for option, value in itertools.pairwise(args):
-        if option == "--to-source":
-            address = value.split("-", 1)[0]
-            if address.startswith("["):  # [v6]:port
-                address = address[1:].split("]", 1)[0]
-            elif address.count(":") == 1:  # v4:port
-                address = address.split(":", 1)[0]
+        if option == option_name:
+            # ADDR[-ADDR][:PORT[-PORT]] or [V6][-[V6]][:PORT]: the first address and port.
+            port_text = ""
+            if value.startswith("["):
+                address, _, rest = value[1:].partition("]")
+                port_text = rest.removeprefix(":") if rest.startswith(":") else ""
+            elif value.count(":") == 1:
+                address, _, port_text = value.partition(":")
+            else:
+                address = value
+            address = address.split("-", 1)[0]
             try:
-                return NatAction("snat", ip_address(address))
+                port = int(port_text.split("-", 1)[0]) if port_text else None
+                if target == "SNAT":
+                    return NatAction("snat", ip_address(address))
+                return NatAction("dnat", ip_address(address), port)
             except ValueError:
                 return None
     return None
@@ -442,8 +478,7 @@ def _base(table: Table, chain: Chain, kind: str) -> Callable[[Packet], ChainResu
             return result
         policy = (chain.policy or "ACCEPT").upper()
         verdict: Literal["accept", "drop"] = "drop" if policy == "DROP" else "accept"
-        return ChainResult(verdict, f"policy {policy}", mark=run.packet.mark,
-                           path=tuple(run.path), unknowns=tuple(run.unknowns))
+        return run.result(verdict, f"policy {policy}")
     return evaluate
 
 

@@ -6,9 +6,12 @@
 ``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports,
 ``meta`` ``l4proto``/``nfproto``/``iifname``/``oifname``/``mark``, ``ct state`` and
 ``ct direction``, with prefixes, ranges, anonymous and named sets; verdicts
-``accept``, ``drop``, ``reject``, ``jump``, ``goto``, ``return``, verdict maps;
-``masquerade``, ``snat``, ``meta mark set``. Any other expression makes its rule
-*unknown*, reported with a readable form of the JSON.
+``accept``, ``drop``, ``reject``, ``jump``, ``goto``, ``return``, verdict maps
+(concatenated keys such as kube-proxy's ``ip daddr . meta l4proto . th dport``,
+``numgen random`` as a random branch: :attr:`Packet.pick` says which one is
+followed); ``masquerade``, ``snat``, ``dnat``, ``meta mark set`` (with ``or``,
+``and``, ``xor`` of the mark). Any other expression makes its rule *unknown*,
+reported with a readable form of the JSON.
 """
 
 from __future__ import annotations
@@ -58,30 +61,49 @@ class NftChain:
     kind: str = "filter"
     policy: str = "accept"
     rules: list[list[Any]] = attrs.field(factory=list)
+    handle: int = 0
 
 
 @attrs.frozen
 class Ruleset:
-    """The chains and named sets of a ruleset, keyed by (family, table, name)."""
+    """The chains and named sets of a ruleset, keyed by (family, table, name), and the
+    tables' handles (the order they were created in), keyed by (family, name)."""
 
     chains: dict[tuple[str, str, str], NftChain]
     sets: dict[tuple[str, str, str], list[Any]]
+    tables: dict[tuple[str, str], int] = attrs.field(factory=dict)
+
+    def order(self, family: str, table: str, chain: str) -> tuple[int, int] | None:
+        """(table handle, chain handle) of a chain, None when not in the ruleset."""
+        found = self.chains.get((family, table, chain))
+        handle = self.tables.get((family, table))
+        if found is None or handle is None:
+            return None
+        return handle, found.handle
 
 
 def parse_ruleset(data: object) -> Ruleset:
     """Index ``nft -j list ruleset`` output (already parsed from JSON)."""
     chains: dict[tuple[str, str, str], NftChain] = {}
     sets: dict[tuple[str, str, str], list[Any]] = {}
+    tables: dict[tuple[str, str], int] = {}
     items = data.get("nftables", []) if isinstance(data, Mapping) else []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, Mapping):
             continue
-        if "chain" in item:
+        if "table" in item:
+            t = item["table"]
+            handle = t.get("handle")
+            if isinstance(handle, int):
+                tables[(t["family"], t["name"])] = handle
+        elif "chain" in item:
             c = item["chain"]
             key = (c["family"], c["table"], c["name"])
+            handle = c.get("handle")
             chains[key] = NftChain(c["family"], c["table"], c["name"], c.get("hook"),
                                    _priority(c.get("prio", 0)), c.get("type", "filter"),
-                                   c.get("policy", "accept"))
+                                   c.get("policy", "accept"),
+                                   handle=handle if isinstance(handle, int) else 0)
         elif "rule" in item:
             r = item["rule"]
             key = (r["family"], r["table"], r["chain"])
@@ -90,7 +112,7 @@ def parse_ruleset(data: object) -> Ruleset:
         elif "set" in item or "map" in item:
             s = item.get("set") or item.get("map") or {}
             sets[(s["family"], s["table"], s["name"])] = list(s.get("elem", []))
-    return Ruleset(chains, sets)
+    return Ruleset(chains, sets, tables)
 
 
 def _priority(value: object) -> int:
@@ -119,6 +141,12 @@ def _statement_text(statement: Any) -> str:
                     f"{_value_text(value.get('right'))}")
         if key in ("jump", "goto"):
             return f"{key} {value.get('target')}"
+        if key in ("snat", "dnat") and isinstance(value, Mapping) and isinstance(
+                value.get("addr"), str):
+            port = value.get("port")
+            address = f"[{value['addr']}]" if ":" in value["addr"] and isinstance(
+                port, int) else value["addr"]
+            return f"{key} to {address}" + (f":{port}" if isinstance(port, int) else "")
     return json.dumps(statement, sort_keys=True, separators=(",", ":"))
 
 
@@ -146,6 +174,9 @@ def _value_text(value: Any) -> str:  # noqa: PLR0911 - one return per expression
 
 def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per expression kind
     """The packet's value for the left side of a match; False if the match cannot apply."""
+    if isinstance(left, Mapping) and "concat" in left and isinstance(left["concat"], list):
+        parts = tuple(_field(packet, part) for part in left["concat"])
+        return _NoMatch if any(v is _NoMatch for v in parts) else _Concat(parts)
     if isinstance(left, Mapping) and "payload" in left:
         proto, field = left["payload"].get("protocol"), left["payload"].get("field")
         if proto in ("ip", "ip6"):
@@ -210,9 +241,11 @@ _EPHEMERAL = _EphemeralType()
 _SYMBOLS = {"ipv4": 2, "ipv6": 10, "ip": 0x0800, "ip6": 0x86DD, **PROTOCOLS}
 
 
-def _contains(  # noqa: PLR0911 - one return per kind of right-hand side
+def _contains(  # noqa: PLR0911, PLR0912 - one return per kind of right-hand side
         right: Any, value: Any, ruleset: Ruleset, family: str, table: str) -> bool:
     """Whether ``value`` (a packet field) is in ``right`` (literal, prefix, range, set)."""
+    if isinstance(value, _Concat):
+        return _contains_concat(right, value, ruleset, family, table)
     if value is _EPHEMERAL:
         found = port_in(None, _port_ranges(right, ruleset, family, table))
         if found is None:
@@ -243,6 +276,27 @@ def _contains(  # noqa: PLR0911 - one return per kind of right-hand side
             return value.startswith(right[:-1])
         return value == right.replace("\\*", "*")
     return bool(_literal(right, value) == value)
+
+
+def _contains_concat(right: Any, value: Any, ruleset: Ruleset, family: str,
+                     table: str) -> bool:
+    """Whether the concatenated ``value`` equals an element of ``right`` part by part."""
+    if isinstance(right, str) and right.startswith("@"):
+        elements = ruleset.sets.get((family, table, right[1:]))
+        if elements is None:
+            raise _Unknown
+        return any(_contains_concat(e, value, ruleset, family, table) for e in elements)
+    if isinstance(right, Mapping) and "set" in right:
+        return any(_contains_concat(e, value, ruleset, family, table) for e in right["set"])
+    if isinstance(right, Mapping) and "elem" in right:
+        return _contains_concat(right["elem"].get("val"), value, ruleset, family, table)
+    if isinstance(right, Mapping) and "concat" in right:
+        parts = right["concat"]
+        if not isinstance(parts, list) or len(parts) != len(value.values):
+            raise _Unknown
+        return all(_contains(p, v, ruleset, family, table)
+                   for p, v in zip(parts, value.values, strict=True))
+    raise _Unknown
 
 
 def _port_ranges(right: Any, ruleset: Ruleset, family: str,
@@ -309,13 +363,17 @@ def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset, chain: Nf
 class _Run:
     packet: Packet
     ruleset: Ruleset
+    kind: str = "filter"
     path: list[str] = attrs.field(factory=list)
     unknowns: list[Uncertain] = attrs.field(factory=list)
+    randoms: int = 0
+    random_taken: bool = False
 
     def result(self, verdict: Literal["accept", "drop", "nat"], rule: str,
                nat: NatAction | None = None) -> ChainResult:
         return ChainResult(verdict, rule, nat=nat, mark=self.packet.mark, path=tuple(self.path),
-                           unknowns=tuple(self.unknowns))
+                           unknowns=tuple(self.unknowns), randoms=self.randoms,
+                           random_taken=self.random_taken)
 
 
 def _run_chain(chain: NftChain, run: _Run, depth: int = 0) -> ChainResult | None:
@@ -349,9 +407,8 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
             if key in _NEUTRAL or (key == "xt" and value.get("name") == "comment"):
                 continue
             if key == "mangle" and _is_mark(value.get("key")):
-                mark = value.get("value")
-                run.packet = attrs.evolve(run.packet, mark=mark if isinstance(mark, int)
-                                          else None)
+                run.packet = attrs.evolve(run.packet,
+                                          mark=_mark_value(value.get("value"), run.packet))
                 continue
             decided = _decide(chain, key, value, text, run, depth=depth)
         except _Unknown:
@@ -365,6 +422,23 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
 
 def _is_mark(key: Any) -> bool:
     return isinstance(key, Mapping) and key.get("meta", {}).get("key") == "mark"
+
+
+def _mark_value(value: Any, packet: Packet) -> int | None:
+    """The mark ``meta mark set VALUE`` gives: a number, or ``mark OP number`` (kube-proxy's
+    ``mark set mark or 0x4000``); None when it depends on something not followed."""
+    if isinstance(value, int):
+        return value
+    if _is_mark(value):
+        return packet.mark
+    if isinstance(value, Mapping) and len(value) == 1:
+        (op, operands), = value.items()
+        if op in ("|", "&", "^") and isinstance(operands, list) and len(operands) == 2:
+            left, right = (_mark_value(v, packet) for v in operands)
+            if left is None or right is None:
+                return None
+            return {"|": left | right, "&": left & right, "^": left ^ right}[op] & 0xFFFFFFFF
+    return None
 
 
 def _decide(chain: NftChain, key: str, value: Any, text: str, run: _Run,  # noqa: PLR0911
@@ -387,13 +461,20 @@ def _decide(chain: NftChain, key: str, value: Any, text: str, run: _Run,  # noqa
             return None
         (v_key, v_value), = verdict.items()
         return _decide(chain, v_key, v_value, text, run, depth=depth)
-    if key == "masquerade" and chain.kind == "nat":
+    # A nat statement counts in a chain a nat base chain jumps to (kube-proxy's).
+    if key == "masquerade" and run.kind == "nat":
         return run.result("nat", text, NatAction("masquerade"))
-    if key == "snat" and chain.kind == "nat":
+    if key == "snat" and run.kind == "nat":
         address = value.get("addr") if isinstance(value, Mapping) else None
         if not isinstance(address, str):
             raise _Unknown
         return run.result("nat", text, NatAction("snat", ip_address(address)))
+    if key == "dnat" and run.kind == "nat":
+        address = value.get("addr") if isinstance(value, Mapping) else None
+        port = value.get("port") if isinstance(value, Mapping) else None
+        if not isinstance(address, str) or not (port is None or isinstance(port, int)):
+            raise _Unknown  # a map lookup or a range: not followed
+        return run.result("nat", text, NatAction("dnat", ip_address(address), port))
     raise _Unknown
 
 
@@ -410,7 +491,12 @@ def _jump(chain: NftChain, key: str, target: Any, text: str, run: _Run, *,
 
 
 def _vmap(run: _Run, chain: NftChain, value: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    packet_value = _field(run.packet, value.get("key"))
+    key = value.get("key")
+    packet_value: Any
+    if isinstance(key, Mapping) and "numgen" in key:
+        packet_value = _numgen(run, key["numgen"])
+    else:
+        packet_value = _field(run.packet, key)
     if packet_value is _NoMatch:
         return None
     data = value.get("data")
@@ -434,6 +520,26 @@ def _vmap(run: _Run, chain: NftChain, value: Mapping[str, Any]) -> Mapping[str, 
     return None
 
 
+@attrs.frozen
+class _Concat:
+    """A packet's values for a concatenated key (``ip daddr . meta l4proto . th dport``)."""
+
+    values: tuple[Any, ...]
+
+
+def _numgen(run: _Run, numgen: Mapping[str, Any]) -> int:
+    """``numgen random mod N``: the branch :attr:`Packet.pick` names (the last when it
+    names none), recorded as a random choice."""
+    mod, offset = numgen.get("mod"), numgen.get("offset", 0)
+    if numgen.get("mode") != "random" or not isinstance(mod, int) or mod < 1 or not isinstance(
+            offset, int):
+        raise _Unknown
+    run.randoms += 1
+    # Like the iptables statistic rules: the last branch is the fall-through one.
+    run.random_taken = run.random_taken or run.packet.pick < mod - 1
+    return offset + min(run.packet.pick, mod - 1)
+
+
 def _unknown_rule(chain: NftChain, expr: list[Any], index: int, text: str, run: _Run, *,
                   depth: int, reason: str) -> None:
     """Record a rule whose statement ``index`` cannot be evaluated, and what it would do."""
@@ -449,25 +555,25 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
             return "accept"
         if key in ("drop", "reject"):
             return "drop"
-        if key in ("masquerade", "snat"):
+        if key in ("masquerade", "snat", "dnat"):
             return "nat"
         if key in ("jump", "goto"):
             callee = run.ruleset.chains.get((chain.family, chain.table, str(
                 value.get("target") if isinstance(value, Mapping) else "")))
             if callee is None:
                 return "unknown"
-            trial = _Run(run.packet, run.ruleset)
+            trial = _Run(run.packet, run.ruleset, kind=run.kind)
             result = _run_chain(callee, trial, depth + 1)
             return "none" if result is None and key == "jump" else (
                 result.verdict if result else "policy")
-        if key in ("vmap", "queue", "dnat", "redirect", "tproxy", "mangle", "xt"):
+        if key in ("vmap", "queue", "redirect", "tproxy", "mangle", "xt"):
             return "unknown"
     return "none"
 
 
 def _evaluator(chain: NftChain, ruleset: Ruleset) -> Callable[[Packet], ChainResult]:
     def evaluate(packet: Packet) -> ChainResult:
-        run = _Run(packet, ruleset)
+        run = _Run(packet, ruleset, kind=chain.kind)
         result = _run_chain(chain, run)
         if result is not None:
             return result
@@ -494,5 +600,6 @@ def base_chains(ruleset: Ruleset, *, skip_iptables_nft: bool) -> list[BaseChain]
         hook: Hook = chain.hook  # type: ignore[assignment]
         chains.append(BaseChain(f"nft {chain.family} {chain.table} {chain.name}", hook,
                                 chain.priority, kind, _FAMILIES[chain.family],
-                                _evaluator(chain, ruleset)))
+                                _evaluator(chain, ruleset),
+                                ruleset.order(chain.family, chain.table, chain.name)))
     return chains

@@ -30,6 +30,7 @@ __all__ = [
     "Tri",
     "Uncertain",
     "all_of",
+    "endpoint_text",
     "port_in",
 ]
 
@@ -73,7 +74,10 @@ class Packet:
     """One packet as the netfilter hooks see it.
 
     ``mark`` is the packet mark, or None when a rule the doctor cannot follow may
-    have set it. ``ctstate`` is conntrack's view: ``new`` for a flow's first
+    have set it. ``pick`` chooses among random branches (kube-proxy's
+    ``-m statistic --mode random`` rules, nftables ``numgen random``): the n-th
+    random branch whose other matches hold is taken, or the fall-through one when
+    there are fewer. ``ctstate`` is conntrack's view: ``new`` for a flow's first
     packet, ``established`` for its replies. ``local`` are the node's own
     addresses (for ``addrtype`` / ``fib daddr type local`` matches); ``ipsets`` the
     members of the ipsets the doctor knows (Calico's pool sets, from its IP pools).
@@ -92,6 +96,7 @@ class Packet:
     mark: int | None = 0
     local: frozenset[IPAddress] = frozenset()
     ipsets: Mapping[str, tuple[IPNetwork, ...]] = attrs.field(factory=dict)
+    pick: int = 0
 
     @property
     def proto_number(self) -> int:
@@ -101,15 +106,29 @@ class Packet:
 
 @attrs.frozen
 class NatAction:
-    """A source translation: ``masquerade`` (to the outgoing interface's address) or
-    ``snat`` to ``address``."""
+    """A translation: ``masquerade`` (the source, to the outgoing interface's address),
+    ``snat`` (the source, to ``address``) or ``dnat`` (the destination, to
+    ``address`` and ``port``; None keeps the flow's port)."""
 
-    kind: Literal["masquerade", "snat"]
+    kind: Literal["masquerade", "snat", "dnat"]
     address: IPAddress | None = None
+    port: int | None = None
 
     def describe(self) -> str:
-        """``masquerade`` or ``snat to ADDR``."""
-        return "masquerade" if self.kind == "masquerade" else f"snat to {self.address}"
+        """``masquerade``, ``snat to ADDR`` or ``dnat to ADDR[:PORT]``."""
+        if self.kind == "masquerade":
+            return "masquerade"
+        if self.kind == "snat":
+            return f"snat to {self.address}"
+        return f"dnat to {endpoint_text(self.address, self.port)}"
+
+
+def endpoint_text(address: IPAddress | None, port: int | None) -> str:
+    """``ADDR:PORT``, ``[V6]:PORT`` or ``ADDR``."""
+    if port is None:
+        return str(address)
+    return f"[{address}]:{port}" if address is not None and address.version == 6 else (
+        f"{address}:{port}")
 
 
 @attrs.frozen
@@ -130,10 +149,13 @@ class ChainResult:
     """What one base chain did to a packet.
 
     ``verdict`` is ``accept`` (a rule accepted, or the policy), ``drop`` (a rule
-    dropped or rejected, or the policy) or ``nat`` (a rule translated the source:
-    ``nat``). ``rule`` is the text of the deciding rule (``policy DROP`` when the
-    policy decided). ``path`` lists the rules that matched on the way (jumps,
-    marks), ``unknowns`` every rule that could not be evaluated.
+    dropped or rejected, or the policy) or ``nat`` (a rule translated the source
+    or the destination: ``nat``). ``rule`` is the text of the deciding rule
+    (``policy DROP`` when the policy decided). ``path`` lists the rules that
+    matched on the way (jumps, marks), ``unknowns`` every rule that could not be
+    evaluated. ``randoms`` counts the random branches met (see :attr:`Packet.pick`)
+    and ``random_taken`` says whether the packet took one of them rather than the
+    fall-through: while it did, another ``pick`` leads elsewhere.
     """
 
     verdict: Literal["accept", "drop", "nat"]
@@ -142,6 +164,8 @@ class ChainResult:
     mark: int | None = 0
     path: tuple[str, ...] = ()
     unknowns: tuple[Uncertain, ...] = ()
+    randoms: int = 0
+    random_taken: bool = False
 
     @property
     def certain(self) -> bool:
@@ -156,6 +180,11 @@ class BaseChain:
     ``kind`` is ``filter`` or ``nat`` (nat chains only see a flow's first packet and
     stop mattering once one of them translated it). ``where`` names it for humans:
     ``iptables-nft filter FORWARD``, ``nft inet firewalld filter_FORWARD``.
+    ``order`` is when the chain was registered, as far as the capture says (its
+    nftables table and chain handles; None for iptables-legacy): of two chains at
+    the same priority the kernel runs the later registered one first. A chain of
+    unknown order is taken as the oldest (x_tables tables are set up once, when
+    first used; nftables tables come and go with the programs that load them).
     """
 
     where: str
@@ -164,3 +193,12 @@ class BaseChain:
     kind: Literal["filter", "nat"]
     families: frozenset[int]
     evaluate: Callable[[Packet], ChainResult] = attrs.field(eq=False, repr=False)
+    order: tuple[int, int] | None = None
+
+    @property
+    def run_key(self) -> tuple[int, int, int, int]:
+        """Sort key of the kernel's order on a hook: priority, then (at equal priority)
+        the later registered first; chains of unknown order after the others."""
+        if self.order is None:
+            return (self.priority, 1, 0, 0)
+        return (self.priority, 0, -self.order[0], -self.order[1])

@@ -5,12 +5,16 @@ routes and policy rules per family, the forwarding and ``rp_filter`` sysctls, th
 netfilter base chains of every captured ruleset (iptables-nft, iptables-legacy,
 every nftables table) and the cluster CIDR when a CNI file says it. Which
 rulesets were evaluated from where is recorded in :attr:`NodeState.sources`.
+
+The service CIDRs are not on the node (kube-proxy's rules name each ClusterIP,
+not the range they come from): :meth:`NodeState.with_cluster` adds them, from a
+spec's ``cluster`` or ``k3snet doctor --service-cidr``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 import attrs
@@ -43,6 +47,7 @@ class NodeState:
     sysctls: Mapping[str, str]
     chains: tuple[BaseChain, ...]
     cluster_cidrs: tuple[IPNetwork, ...] = ()
+    service_cidrs: tuple[IPNetwork, ...] = ()
     calico_pools: tuple[CalicoPool, ...] = ()
     sources: tuple[str, ...] = ()
     missing: Mapping[str, str] = attrs.field(factory=dict)
@@ -62,6 +67,8 @@ class NodeState:
         chains: list[BaseChain] = []
         sources: list[str] = []
         has_nft_save = False
+        data = capture.json("nft-ruleset.json")
+        ruleset = nftables.parse_ruleset(data) if data is not None else None
         for flavour in ("nft", "legacy"):
             for family in (4, 6):
                 name = f"iptables-{flavour}-v{family}.save"
@@ -71,12 +78,15 @@ class NodeState:
                 has_nft_save = has_nft_save or flavour == "nft"
                 found = iptables.base_chains(iptables.parse_save(text), f"iptables-{flavour}",
                                              family)
+                if flavour == "nft" and ruleset is not None:
+                    # iptables-nft's chains are nftables chains: their handles say when.
+                    fam = "ip" if family == 4 else "ip6"
+                    found = [attrs.evolve(c, order=ruleset.order(fam, *c.where.split()[-2:]))
+                             for c in found]
                 chains += found
                 sources.append(f"{name}: {len(found)} base chain(s)")
-        ruleset = capture.json("nft-ruleset.json")
         if ruleset is not None:
-            found = nftables.base_chains(nftables.parse_ruleset(ruleset),
-                                         skip_iptables_nft=has_nft_save)
+            found = nftables.base_chains(ruleset, skip_iptables_nft=has_nft_save)
             chains += found
             sources.append(f"nft-ruleset.json: {len(found)} base chain(s)"
                            + (" (iptables-nft tables read from iptables-save)"
@@ -96,6 +106,29 @@ class NodeState:
             missing={**{n: "not in the capture" for n in FILES if n not in capture.texts},
                      **capture.missing},
         )
+
+    def with_cluster(self, *, pod_cidrs: Iterable[str | IPNetwork] = (),
+                     service_cidrs: Iterable[str | IPNetwork] = ()) -> NodeState:
+        """This state with the cluster's pod and service CIDRs added (from a spec's
+        ``cluster``, or given by hand); what a CNI file said is kept."""
+        def merged(have: tuple[IPNetwork, ...],
+                   more: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+            out = list(have)
+            for cidr in more:
+                network = ip_network(cidr, strict=False)
+                if network not in out:
+                    out.append(network)
+            return tuple(out)
+        return attrs.evolve(self, cluster_cidrs=merged(self.cluster_cidrs, pod_cidrs),
+                            service_cidrs=merged(self.service_cidrs, service_cidrs))
+
+    def with_calico_pools(self, pools: Iterable[CalicoPool], source: str) -> NodeState:
+        """This state with Calico's IP pools replaced by ``pools`` (read live, e.g. by
+        :func:`k3snet.doctor.cni.read_calico_pools`); ``source`` says from where."""
+        pools = tuple(pools)
+        missing = {k: v for k, v in self.missing.items() if k != "calico-ippools.json"}
+        return attrs.evolve(self, calico_pools=pools, missing=missing,
+                            sources=(*self.sources, f"{source}: {len(pools)} IP pool(s)"))
 
     def sysctl(self, name: str, default: int = 0) -> int:
         """An integer sysctl (``default`` when not captured or not a number)."""

@@ -1,7 +1,8 @@
 """Follow one flow through a node's state, as the kernel would: :func:`trace`.
 
 The original packet (the flow's first, conntrack ``new``) crosses the prerouting
-chains, the routing decision (policy rules, longest prefix), the forwarding
+chains (where kube-proxy's ``DNAT`` to a Service's endpoint changes its
+destination), the routing decision (policy rules, longest prefix), the forwarding
 switch, ``rp_filter`` on its input interface, the forward chains and the
 postrouting chains, where NAT picks the source the destination sees. The reply
 (``established``, addressed to that source and translated back before routing)
@@ -13,7 +14,9 @@ delivers the packet and routes the node's own addresses back to it (to the
 interface that holds the address), but not the pod addresses (K3s' default: pod
 CIDRs are known only inside the cluster; pass ``upstream_routes_pods=True``
 otherwise); an interface facing pods leads to no destination beyond its own
-networks; packets start with mark 0.
+networks; packets start with mark 0. When a rule picks at random (kube-proxy's
+endpoint choice), every branch is traced and the worst is returned, with the
+others in :attr:`Trace.endpoints`.
 
 :func:`trace` is pure: it reads a :class:`~k3snet.doctor.state.NodeState` and
 never touches the system.
@@ -28,7 +31,7 @@ from typing import Any, Literal
 
 import attrs
 
-from k3snet.doctor.packet import ChainResult, Hook, NatAction, Packet
+from k3snet.doctor.packet import ChainResult, Hook, NatAction, Packet, endpoint_text
 from k3snet.doctor.routing import (
     Lookup,
     lookup,
@@ -51,6 +54,8 @@ POD_FACING = re.compile(r"^(cni|flannel|cali|vxlan|cilium|kube-|veth|tunl|weave|
 # De-NAT of replies happens in nat prerouting (NF_IP_PRI_NAT_DST): chains before it
 # still see the translated destination.
 _NAT_DST_PRIORITY = -100
+#: The most random branches (a Service's endpoints) followed for one flow.
+MAX_BRANCHES = 32
 
 
 class Verdict(enum.StrEnum):
@@ -158,7 +163,13 @@ class Trace:
     ``source_seen`` is the address the destination sees (None when the packet does
     not leave the node). ``ingress`` / ``egress`` are the pod's interface and the
     one the packet leaves by; ``route`` / ``reply_route`` the routing decisions;
-    ``nat`` the translating rule's action, if any.
+    ``nat`` the source translation, if any; ``dnat`` the destination translation
+    (kube-proxy sending a Service's ClusterIP or NodePort to an endpoint), if any.
+
+    When a rule picks at random (kube-proxy's ``statistic --mode random``,
+    nftables' ``numgen random``), ``branch`` is the branch this trace followed and
+    ``endpoints`` holds the trace of every branch, this one included; the trace
+    :func:`trace` returns is the worst of them (blocked, then unknown).
     """
 
     flow: Flow
@@ -171,6 +182,28 @@ class Trace:
     route: Lookup | None = None
     reply_route: Lookup | None = None
     nat: NatAction | None = None
+    dnat: NatAction | None = None
+    branch: int | None = None
+    more_branches: bool = attrs.field(default=False, repr=False)
+    endpoints: tuple[Trace, ...] = attrs.field(default=(), repr=False)
+
+    @property
+    def target(self) -> IPAddress:
+        """Where the packet goes once translated: the endpoint, or the flow's destination."""
+        if self.dnat is not None and self.dnat.address is not None:
+            return self.dnat.address
+        return self.flow.destination
+
+    @property
+    def target_port(self) -> int | None:
+        """The destination port once translated."""
+        if self.dnat is not None and self.dnat.port is not None:
+            return self.dnat.port
+        return self.flow.port
+
+    def describe_target(self) -> str:
+        """``ADDR:PORT`` of where the packet goes once translated."""
+        return endpoint_text(self.target, self.target_port)
 
     @property
     def blocked_at(self) -> Step | None:
@@ -185,17 +218,38 @@ class Trace:
     def render(self) -> str:
         """A human-readable trace, one step per line, then the verdict."""
         lines = [f"flow: {self.flow.describe()}"]
+        if len(self.endpoints) > 1:
+            what = f"endpoint {self.describe_target()}" if self.dnat else f"branch {self.branch}"
+            lines.append(f"  ({what}: one of {len(self.endpoints)} picked at random, each "
+                         "traced, the first of the worst shown)")
         lines += [f"  {s.describe()}" for s in self.steps]
         seen = f"; the destination sees {self.source_seen}" if self.source_seen else ""
-        lines.append(f"verdict: {self.verdict.value}{seen}")
+        to = f" (to {self.describe_target()})" if self.dnat is not None else ""
+        lines.append(f"verdict: {self.verdict.value}{to}{seen}")
+        if len(self.endpoints) > 1:
+            lines.append("endpoints (kube-proxy picks one at random for each connection):"
+                         if self.dnat is not None
+                         else "random branches (a rule picks one for each connection):")
+            lines += [f"  {e.describe_target()}: {e.verdict.value}" + (
+                f"; the destination sees {e.source_seen}" if e.source_seen else "")
+                for e in self.endpoints]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {"flow": self.flow.to_dict(), "verdict": self.verdict.value,
-                "source_seen": str(self.source_seen) if self.source_seen else None,
-                "ingress": self.ingress, "egress": self.egress,
-                "steps": [s.to_dict() for s in self.steps]}
+        data: dict[str, Any] = {
+            "flow": self.flow.to_dict(), "verdict": self.verdict.value,
+            "source_seen": str(self.source_seen) if self.source_seen else None,
+            "ingress": self.ingress, "egress": self.egress,
+            "steps": [s.to_dict() for s in self.steps]}
+        if self.dnat is not None:
+            data["endpoint"] = self.describe_target()
+        if len(self.endpoints) > 1:
+            data["endpoints"] = [
+                {"endpoint": e.describe_target(), "verdict": e.verdict.value,
+                 "source_seen": str(e.source_seen) if e.source_seen else None}
+                for e in self.endpoints]
+        return data
 
 
 @attrs.define
@@ -204,6 +258,9 @@ class _Tracer:
     flow: Flow
     steps: list[Step] = attrs.field(factory=list)
     uncertain: bool = False
+    pick: int = 0
+    randoms: int = 0
+    random_taken: bool = False
 
     def add(self, direction: Direction, stage: str, outcome: Outcome,  # noqa: PLR0917 - a Step
             where: str, detail: str,
@@ -223,7 +280,7 @@ class _Tracer:
         direction: Direction = packet.direction
         chains = sorted((c for c in self.state.chains
                          if c.hook == hook and packet.family in c.families),
-                        key=lambda c: c.priority)
+                        key=lambda c: c.run_key)
         natted: ChainResult | None = None
         for chain in chains:
             if before is not None and chain.priority >= before:
@@ -232,7 +289,9 @@ class _Tracer:
                 continue
             if chain.kind == "nat" and (not first or natted is not None):
                 continue  # nat chains see only a connection's first packet, until one NATs
-            result = chain.evaluate(packet)
+            result = chain.evaluate(attrs.evolve(packet, pick=self.pick))
+            self.randoms += result.randoms
+            self.random_taken = self.random_taken or result.random_taken
             packet = attrs.evolve(packet, mark=result.mark)
             for unknown in result.unknowns:
                 self.add(direction, hook, "unknown", chain.where,
@@ -315,9 +374,26 @@ class _Tracer:
 def trace(state: NodeState, flow: Flow, *, upstream_routes_pods: bool = False) -> Trace:
     """Follow ``flow`` through ``state``; every step with what decided it, and a verdict.
 
-    See the module docstring for the path and the assumptions.
+    See the module docstring for the path and the assumptions. When a rule picks at
+    random (a Service's endpoints), each branch is traced (up to
+    :data:`MAX_BRANCHES`) and the worst trace is returned, every branch's trace in
+    its ``endpoints``.
     """
-    t = _Tracer(state, flow)
+    first = _trace_branch(state, flow, upstream_routes_pods, 0)
+    if first.branch is None:
+        return first
+    branches = [first]
+    while branches[-1].more_branches and len(branches) < MAX_BRANCHES:
+        branches.append(_trace_branch(state, flow, upstream_routes_pods, len(branches)))
+    rank = {Verdict.BLOCKED: 0, Verdict.UNKNOWN: 1, Verdict.REACHES: 2}
+    worst = min(branches, key=lambda b: rank[b.verdict])  # the first of the worst
+    return attrs.evolve(worst, endpoints=tuple(branches))
+
+
+def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
+                  pick: int) -> Trace:
+    """One trace, following random branch ``pick`` wherever a rule picks at random."""
+    t = _Tracer(state, flow, pick=pick)
     found: dict[str, Any] = {}
     verdict = _original(t, found)
     if verdict is None and "source_seen" in found:
@@ -328,6 +404,9 @@ def trace(state: NodeState, flow: Flow, *, upstream_routes_pods: bool = False) -
             verdict = Verdict.UNKNOWN
         else:
             verdict = Verdict.BLOCKED if blocked else Verdict.REACHES
+    if t.randoms:
+        found["branch"] = pick
+        found["more_branches"] = t.random_taken
     return Trace(flow, tuple(t.steps), verdict, **found)
 
 
@@ -365,9 +444,17 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     iif, None, "new", "original", 0, t.state.local_addresses(),  # type: ignore[arg-type]
                     t.state.ipsets())
-    packet, _, dropped = t.hook(packet, "prerouting", first=True)
+    packet, dnat, dropped = t.hook(packet, "prerouting", first=True)
     if dropped:
         return None
+    if dnat is not None and dnat.nat is not None and dnat.nat.kind == "dnat":
+        action = found["dnat"] = dnat.nat
+        packet = attrs.evolve(packet, dst=action.address or packet.dst,
+                              dport=action.port if action.port is not None else packet.dport)
+        t.add("original", "dnat", "info", "nat prerouting",
+              f"the destination is now {endpoint_text(packet.dst, packet.dport)}"
+              + (" (a Service endpoint picked at random: each is traced)"
+                 if t.randoms else ""))
     route = found["route"] = t.routing(packet)
     where = f"table {table_name(route.route.table)}" if route.route else "routing"
     if route.type == "unknown" or (route.type == "unicast" and route.route is not None
@@ -390,9 +477,9 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     if not t.forwarding(packet) or not t.rp_filter(packet, oif):
         return None
     if _pod_facing(oif, iif) and route.route.gateway is None and not any(
-            a.device == oif and flow.destination in a.network for a in t.state.addresses):
+            a.device == oif and packet.dst in a.network for a in t.state.addresses):
         t.add("original", "routing", "drop", f"dev {oif}",
-              f"{route.describe()}: sends {flow.destination} back towards pods on {oif}, "
+              f"{route.describe()}: sends {packet.dst} back towards pods on {oif}, "
               "where nothing answers for it", "route-to-pods")
         return None
     packet = attrs.evolve(packet, oif=oif)
@@ -402,7 +489,7 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     packet, natted, dropped = t.hook(packet, "postrouting", first=True)
     if dropped:
         return None
-    seen = _source_seen(t, flow, natted, oif, route.route.gateway or flow.destination)
+    seen = _source_seen(t, flow, natted, oif, route.route.gateway or packet.dst)
     if seen is None:
         return None
     found["source_seen"] = seen
@@ -419,7 +506,8 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     flow, fam = t.flow, t.flow.family
     seen, iif, oif = found["source_seen"], found["ingress"], found["egress"]
     local = t.state.local_addresses()
-    if seen == flow.source and not upstream_routes_pods:
+    to_pod = _pod_facing(oif, iif)  # a Service endpoint on this node's pod network
+    if seen == flow.source and not upstream_routes_pods and not to_pod:
         t.add("reply", "return", "drop", "beyond the node",
               f"the destination answers {seen}, the pod's own address, which the network "
               "beyond this node does not route back to it (the source was not translated)",
@@ -436,7 +524,11 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
         t.add("reply", "return", "info", back_in,
               f"the reply to {seen} comes back on {back_in}, the interface that holds it")
     proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
-    reply = Packet(fam, flow.destination, seen, proto, flow.port, flow.source_port, back_in, None,
+    # The endpoint answers (a DNAT's source is translated back only in postrouting).
+    dnat: NatAction | None = found.get("dnat")
+    answerer = dnat.address if dnat is not None and dnat.address is not None else flow.destination
+    port = dnat.port if dnat is not None and dnat.port is not None else flow.port
+    reply = Packet(fam, answerer, seen, proto, port, flow.source_port, back_in, None,
                    "established", "reply", 0, local, t.state.ipsets())  # type: ignore[arg-type]
     reply, _, dropped = t.hook(reply, "prerouting", first=False, before=_NAT_DST_PRIORITY)
     if dropped:

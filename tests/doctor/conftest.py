@@ -7,11 +7,21 @@
                       eth0 192.168.1.5/24   ------   eth0 192.168.1.1
                       eth1 192.168.4.5/24   ------   eth2 192.168.4.1
                                                      eth1 192.168.2.1     ---  eth0 192.168.2.10
+                                                                                    192.168.2.11
                                                           10.42.200.1          10.42.200.10
+                                                          10.43.0.1            10.43.0.10
 
 The router forwards and knows no way to the pod network, as in the seed lab; the
 database also answers on ``10.42.200.10``, inside the pod CIDR ``10.42.0.0/16``
-(the "overlapping destination"). Only the node's state changes between examples:
+(the "overlapping destination"), and on ``10.43.0.10``, inside K3s' service CIDR
+``10.43.0.0/16``. kube-proxy-like rules (iptables-nft, iptables-legacy or
+kube-proxy's nftables mode) give the Service ``lab/db`` (ClusterIP
+``10.43.0.100:80``, NodePort ``30432``) two endpoints, ``192.168.2.10:5432`` and
+``192.168.2.11:5432``, and the Service ``lab/other`` the ClusterIP ``10.43.0.10:5432``
+(the external database's address) with an endpoint on another node's pod network
+that this lab does not route. Every link also carries IPv6 (:data:`V6`: ``10.42.0.10``
+is ``fd42:42::10`` and so on); a topology of family 6 is the same node written with
+the IPv6 tools and addresses (:func:`to_v6`). Only the node's state changes between examples:
 :meth:`DoctorLab.configure` resets it and applies a :class:`Topology`. Nothing is
 done in the root namespace; the namespaces are deleted when the fixture ends.
 """
@@ -20,11 +30,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Literal
 
@@ -36,8 +48,51 @@ from k3snet.lab import _probe
 from k3snet.lab.netns import run_in, temporary_netns
 
 POD = "10.42.0.10"
-DESTINATIONS = {"plain": "192.168.2.10", "overlap": "10.42.200.10"}
-DEST_NETS = {"plain": "192.168.2.0/24", "overlap": "10.42.200.0/24"}
+DESTINATIONS = {"plain": "192.168.2.10", "overlap": "10.42.200.10",
+                "service-overlap": "10.43.0.10", "service": "10.43.0.100",
+                "nodeport": "192.168.1.5"}
+#: The network the node's routes carry the flow to (a Service's: its endpoints').
+DEST_NETS = {"plain": "192.168.2.0/24", "overlap": "10.42.200.0/24",
+             "service-overlap": "10.43.0.0/24", "service": "192.168.2.0/24",
+             "nodeport": "192.168.2.0/24"}
+SERVICE_CIDR = "10.43.0.0/16"
+
+#: Each IPv4 address and network of the lab, and its IPv6 twin.
+V6 = {
+    "10.42.0.10": "fd42:42::10", "10.42.0.1": "fd42:42::1", "10.42.0.0/16": "fd42:42::/56",
+    "10.42.0.0/24": "fd42:42::/64", "10.42.200.10": "fd42:42:0:c8::10",
+    "10.42.200.1": "fd42:42:0:c8::1", "10.42.200.0/24": "fd42:42:0:c8::/64",
+    "10.42.1.5": "fd42:42:0:1::5",
+    "10.43.0.0/16": "fd43:43::/112", "10.43.0.0/24": "fd43:43::/120", "10.43.0.10": "fd43:43::10",
+    "10.43.0.1": "fd43:43::1", "10.43.0.100": "fd43:43::64",
+    "192.168.1.5": "fd01:1::5", "192.168.1.1": "fd01:1::1", "192.168.1.0/24": "fd01:1::/64",
+    "192.168.4.5": "fd01:4::5", "192.168.4.1": "fd01:4::1", "192.168.4.0/24": "fd01:4::/64",
+    "192.168.2.10": "fd01:2::10", "192.168.2.11": "fd01:2::11", "192.168.2.1": "fd01:2::1",
+    "192.168.2.0/24": "fd01:2::/64", "224.0.0.0/4": "ff00::/8",
+}
+_V6_PREFIXLEN = {"/24": "/64"}
+_IPV4 = re.compile(r"(?<![\w.:])(\d+\.\d+\.\d+\.\d+)(/\d+|:\d+)?(?![\w.])")
+
+
+def to_v6(text: str) -> str:
+    """``text`` (rules, routes, addresses of the lab) with every IPv4 address and network
+    replaced by its twin in :data:`V6`; ``ADDR:PORT`` becomes ``[ADDR6]:PORT``, a
+    ``/32`` host ``/128``, an interface address ``/24`` a ``/64`` (``/120`` in the service
+    CIDR). nftables ``ip`` matches and tables become ``ip6``."""
+    def one(match: re.Match[str]) -> str:
+        address, suffix = match[1], match[2] or ""
+        if suffix.startswith(":"):
+            return f"[{V6[address]}]{suffix}"
+        if suffix in ("", "/32"):
+            return V6[address] + ("/128" if suffix else "")
+        if address + suffix in V6:
+            return V6[address + suffix]
+        # An interface address with its prefix length.
+        return V6[address] + ("/120" if address.startswith("10.43.") else "/64")
+    text = _IPV4.sub(one, text)
+    text = re.sub(r"\bip (saddr|daddr)\b", r"ip6 \1", text)
+    text = re.sub(r"\btable ip\b", "table ip6", text)
+    return text.replace("ipv4_addr", "ipv6_addr")
 UPLINKS = {"eth0": ("192.168.1.5", "192.168.1.1"), "eth1": ("192.168.4.5", "192.168.4.1")}
 PORT = 5432
 _PROBE = str(Path(_probe.__file__).resolve())
@@ -53,8 +108,9 @@ _ADDRESSES = {
     "node": {"cni0": ("10.42.0.1/24",), "eth0": ("192.168.1.5/24",),
              "eth1": ("192.168.4.5/24",)},
     "router": {"eth0": ("192.168.1.1/24",), "eth2": ("192.168.4.1/24",),
-               "eth1": ("192.168.2.1/24", "10.42.200.1/24")},
-    "db": {"eth0": ("192.168.2.10/24", "10.42.200.10/24")},
+               "eth1": ("192.168.2.1/24", "10.42.200.1/24", "10.43.0.1/24")},
+    "db": {"eth0": ("192.168.2.10/24", "192.168.2.11/24", "10.42.200.10/24",
+                    "10.43.0.10/24")},
 }
 _EMPTY_LEGACY = """*filter
 :INPUT ACCEPT [0:0]
@@ -74,13 +130,16 @@ COMMIT
 class Topology:
     """The node's knobs (see tests/doctor/test_differential.py for what each means)."""
 
+    family: Literal[4, 6] = 4
     forwarding: bool = True
-    dest: Literal["plain", "overlap"] = "plain"
+    dest: Literal["plain", "overlap", "service-overlap", "service", "nodeport"] = "plain"
+    kube_proxy: Literal["none", "iptables-nft", "iptables-legacy", "nftables"] = "none"
     route: Literal["specific", "default", "missing", "blackhole", "policy"] = "specific"
     uplink: Literal["eth0", "eth1"] = "eth0"
     cluster_route: bool = False
     nat: Literal["none", "masq-nft", "masq-legacy", "masq-nftables", "snat", "snat-other",
-                 "flannel", "accept-first"] = "masq-nft"
+                 "flannel", "accept-first", "flannel-after-accept", "calico",
+                 "calico-pool-covers"] = "masq-nft"
     nat_oif: Literal["any", "uplink", "wildcard", "wrong"] = "any"
     forward_policy: Literal["accept", "drop-nft", "drop-legacy"] = "accept"
     forward_accept: Literal["none", "both", "original-only"] = "none"
@@ -94,7 +153,131 @@ class Topology:
     @property
     def destination(self) -> str:
         """The database address the pod connects to."""
-        return DESTINATIONS[self.dest]
+        address = DESTINATIONS[self.dest]
+        return V6[address] if self.family == 6 else address
+
+    @property
+    def pod(self) -> str:
+        """The pod's address in the topology's family."""
+        return V6[POD] if self.family == 6 else POD
+
+    @property
+    def port(self) -> int:
+        """The port the pod connects to (the Service's port, its NodePort, or the db's)."""
+        return {"service": 80, "nodeport": 30432}.get(self.dest, PORT)
+
+
+#: kube-proxy's nat rules (iptables mode) for the lab's two Services, as it writes them.
+KUBE_PROXY_NAT = """:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-LABDB - [0:0]
+:KUBE-EXT-LABDB - [0:0]
+:KUBE-SEP-LABDB10 - [0:0]
+:KUBE-SEP-LABDB11 - [0:0]
+:KUBE-SVC-LABOTHER - [0:0]
+:KUBE-SEP-LABOTHER - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" \
+-j MASQUERADE --random-fully
+-A KUBE-SERVICES -d 10.43.0.100/32 -p tcp -m comment --comment "lab/db:pg cluster IP" \
+-m tcp --dport 80 -j KUBE-SVC-LABDB
+-A KUBE-SERVICES -d 10.43.0.10/32 -p tcp -m comment --comment "lab/other:pg cluster IP" \
+-m tcp --dport 5432 -j KUBE-SVC-LABOTHER
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the \
+last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-NODEPORTS -p tcp -m comment --comment "lab/db:pg" -m tcp --dport 30432 \
+-j KUBE-EXT-LABDB
+-A KUBE-EXT-LABDB -m comment --comment "masquerade traffic for lab/db:pg external \
+destinations" -j KUBE-MARK-MASQ
+-A KUBE-EXT-LABDB -j KUBE-SVC-LABDB
+-A KUBE-SVC-LABDB ! -s 10.42.0.0/16 -d 10.43.0.100/32 -p tcp -m comment --comment \
+"lab/db:pg cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ
+-A KUBE-SVC-LABDB -m comment --comment "lab/db:pg -> 192.168.2.10:5432" -m statistic \
+--mode random --probability 0.50000000000 -j KUBE-SEP-LABDB10
+-A KUBE-SVC-LABDB -m comment --comment "lab/db:pg -> 192.168.2.11:5432" -j KUBE-SEP-LABDB11
+-A KUBE-SEP-LABDB10 -s 192.168.2.10/32 -m comment --comment "lab/db:pg" -j KUBE-MARK-MASQ
+-A KUBE-SEP-LABDB10 -p tcp -m comment --comment "lab/db:pg" -m tcp -j DNAT \
+--to-destination 192.168.2.10:5432
+-A KUBE-SEP-LABDB11 -s 192.168.2.11/32 -m comment --comment "lab/db:pg" -j KUBE-MARK-MASQ
+-A KUBE-SEP-LABDB11 -p tcp -m comment --comment "lab/db:pg" -m tcp -j DNAT \
+--to-destination 192.168.2.11:5432
+-A KUBE-SVC-LABOTHER ! -s 10.42.0.0/16 -d 10.43.0.10/32 -p tcp -m comment --comment \
+"lab/other:pg cluster IP" -m tcp --dport 5432 -j KUBE-MARK-MASQ
+-A KUBE-SVC-LABOTHER -m comment --comment "lab/other:pg -> 10.42.1.5:5432" \
+-j KUBE-SEP-LABOTHER
+-A KUBE-SEP-LABOTHER -s 10.42.1.5/32 -m comment --comment "lab/other:pg" -j KUBE-MARK-MASQ
+-A KUBE-SEP-LABOTHER -p tcp -m comment --comment "lab/other:pg" -m tcp -j DNAT \
+--to-destination 10.42.1.5:5432
+"""
+
+#: The same Services as kube-proxy's nftables mode writes them (its own ``ip kube-proxy``
+#: table: verdict maps keyed on address . protocol . port, ``numgen`` for the endpoint).
+KUBE_PROXY_NFT = """table ip kube-proxy {
+ map service-ips {
+  type ipv4_addr . inet_proto . inet_service : verdict
+  elements = { 10.43.0.100 . tcp . 80 : goto service-labdb, \
+10.43.0.10 . tcp . 5432 : goto service-labother }
+ }
+ map service-nodeports {
+  type inet_proto . inet_service : verdict
+  elements = { tcp . 30432 : goto external-labdb }
+ }
+ set nodeport-ips {
+  type ipv4_addr
+  elements = { 192.168.1.5, 192.168.4.5 }
+ }
+ chain mark-for-masquerade {
+  meta mark set meta mark or 0x4000
+ }
+ chain masquerading {
+  meta mark & 0x4000 == 0 return
+  meta mark set meta mark xor 0x4000
+  masquerade fully-random
+ }
+ chain services {
+  ip daddr . meta l4proto . th dport vmap @service-ips
+  ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+ }
+ chain nat-prerouting {
+  type nat hook prerouting priority dstnat; policy accept;
+  jump services
+ }
+ chain nat-postrouting {
+  type nat hook postrouting priority srcnat; policy accept;
+  jump masquerading
+ }
+ chain service-labdb {
+  ip daddr 10.43.0.100 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
+  numgen random mod 2 vmap { 0 : goto endpoint-labdb-10, 1 : goto endpoint-labdb-11 }
+ }
+ chain external-labdb {
+  jump mark-for-masquerade
+  goto service-labdb
+ }
+ chain endpoint-labdb-10 {
+  ip saddr 192.168.2.10 jump mark-for-masquerade
+  meta l4proto tcp dnat to 192.168.2.10:5432
+ }
+ chain endpoint-labdb-11 {
+  ip saddr 192.168.2.11 jump mark-for-masquerade
+  meta l4proto tcp dnat to 192.168.2.11:5432
+ }
+ chain service-labother {
+  ip daddr 10.43.0.10 tcp dport 5432 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
+  numgen random mod 1 vmap { 0 : goto endpoint-labother }
+ }
+ chain endpoint-labother {
+  ip saddr 10.42.1.5 jump mark-for-masquerade
+  meta l4proto tcp dnat to 10.42.1.5:5432
+ }
+}
+"""
 
 
 def _nat_rules(t: Topology) -> tuple[str, list[str]]:
@@ -111,8 +294,9 @@ def _nat_rules(t: Topology) -> tuple[str, list[str]]:
             node_address = UPLINKS["eth1" if t.uplink == "eth0" else "eth0"][0]
         return "nft", [f"-A POSTROUTING -s 10.42.0.0/16 {oif_text} -j SNAT --to-source "
                        f"{node_address}"]
-    if t.nat == "flannel":
-        return "nft", ["-N FLANNEL-POSTRTG", "-A POSTROUTING -m comment --comment "
+    if t.nat in ("flannel", "flannel-after-accept"):
+        first = ["-A POSTROUTING -s 10.42.0.0/16 -j ACCEPT"] if t.nat != "flannel" else []
+        return "nft", ["-N FLANNEL-POSTRTG", *first, "-A POSTROUTING -m comment --comment "
                        '"flanneld masq" -j FLANNEL-POSTRTG',
                        "-A FLANNEL-POSTRTG -s 10.42.0.0/24 -d 10.42.0.0/16 -m comment "
                        '--comment "flanneld masq" -j RETURN',
@@ -134,15 +318,51 @@ def _restore_script(t: Topology, flavour: str) -> str:
         if t.forward_accept == "both":
             forward.append("-A FORWARD -d 10.42.0.0/16 -m conntrack --ctstate "
                            "RELATED,ESTABLISHED -j ACCEPT")
+    kube_proxy = KUBE_PROXY_NAT.splitlines() if t.kube_proxy == f"iptables-{flavour}" else []
     lines = ["*filter", ":INPUT ACCEPT [0:0]", f":FORWARD {policy} [0:0]", ":OUTPUT ACCEPT [0:0]",
              *forward, "COMMIT", "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]",
-             ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]",
+             ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]", *kube_proxy,
              *(nat if nat_tool == flavour else []), "COMMIT", ""]
     return "\n".join(lines)
 
 
+#: Calico's nat-outgoing as a table of its own with its pool sets (the shape of its
+#: nftables dataplane; its iptables one matches ipsets this machine cannot create).
+CALICO_NFT = """table ip calico {{
+ set cali40masq-ipam-pools {{
+  type ipv4_addr; flags interval;
+  elements = {{ 10.42.0.0/16 }}
+ }}
+ set cali40all-ipam-pools {{
+  type ipv4_addr; flags interval;
+  elements = {{ {pools} }}
+ }}
+ chain nat-POSTROUTING {{
+  type nat hook postrouting priority srcnat; policy accept;
+  jump nat-cali-nat-outgoing
+ }}
+ chain nat-cali-nat-outgoing {{
+  ip saddr @cali40masq-ipam-pools ip daddr != @cali40all-ipam-pools masquerade fully-random
+ }}
+}}
+"""
+
+
+def calico_pools(t: Topology) -> list[tuple[str, bool]]:
+    """(CIDR, natOutgoing) of the Calico IP pools of ``t`` (none without Calico)."""
+    if t.nat == "calico":
+        return [("10.42.0.0/16", True)]
+    if t.nat == "calico-pool-covers":  # a disabled pool over the destination's network
+        if ip_network(DEST_NETS[t.dest]).subnet_of(ip_network("10.42.0.0/16")):
+            return [("10.42.0.0/16", True)]  # the pod pool covers it already
+        return [("10.42.0.0/16", True), (DEST_NETS[t.dest], False)]
+    return []
+
+
 def _nft_script(t: Topology) -> str:
-    parts = []
+    parts = [KUBE_PROXY_NFT] if t.kube_proxy == "nftables" else []
+    if calico_pools(t):
+        parts.append(CALICO_NFT.format(pools=", ".join(c for c, _ in calico_pools(t))))
     if t.nat == "masq-nftables":
         oif = {"any": "", "uplink": f'oifname "{t.uplink}" ', "wildcard": 'oifname "eth*" ',
                "wrong": 'oifname "eth9" '}[t.nat_oif]
@@ -209,38 +429,46 @@ class DoctorLab:
         run_in(node, ["nft", "flush", "ruleset"])
         if self.legacy_used:
             run_in(node, ["iptables-legacy-restore"], input_text=_EMPTY_LEGACY)
-        for pref in ("100", "200"):
-            run_in(node, ["ip", "rule", "del", "pref", pref], check=False)
-        for table in ("100", "200"):
-            run_in(node, ["ip", "route", "flush", "table", table], check=False)
-        run_in(node, ["ip", "route", "flush", "proto", "static"], check=False)
+            run_in(node, ["ip6tables-legacy-restore"], input_text=_EMPTY_LEGACY)
+        for family in ("-4", "-6"):
+            for pref in ("100", "200"):
+                run_in(node, ["ip", family, "rule", "del", "pref", pref], check=False)
+            for table in ("100", "200"):
+                run_in(node, ["ip", family, "route", "flush", "table", table], check=False)
+            run_in(node, ["ip", family, "route", "flush", "proto", "static"], check=False)
 
     def configure(self, t: Topology) -> None:
         """Reset the node and apply ``t``."""
         self.reset()
         node = self.node
         sysctls = [f"net.ipv4.ip_forward={int(t.forwarding)}",
+                   f"net.ipv6.conf.all.forwarding={int(t.forwarding)}",
                    f"net.ipv4.conf.all.rp_filter={t.rp_all}",
                    f"net.ipv4.conf.eth0.rp_filter={t.rp_uplink}",
                    f"net.ipv4.conf.eth1.rp_filter={t.rp_uplink}",
                    f"net.ipv4.conf.cni0.rp_filter={t.rp_cni}"]
         run_in(node, ["sysctl", "-q", "-w", *sysctls])
-        run_in(node, ["ip", "-batch", "-"], input_text=_ip_batch(t))
-        nft_script = _restore_script(t, "nft")
-        run_in(node, ["iptables-nft-restore"], input_text=nft_script)
-        if t.forward_policy == "drop-legacy" or t.nat == "masq-legacy":
+        v6 = t.family == 6
+        convert = to_v6 if v6 else (lambda text: text)
+        tool = "ip6tables" if v6 else "iptables"
+        run_in(node, ["ip", f"-{t.family}", "-batch", "-"], input_text=convert(_ip_batch(t)))
+        run_in(node, [f"{tool}-nft-restore"], input_text=convert(_restore_script(t, "nft")))
+        if "legacy" in (t.forward_policy.removeprefix("drop-"), t.nat.removeprefix("masq-"),
+                        t.kube_proxy.removeprefix("iptables-")):
             self.legacy_used = True
-            run_in(node, ["iptables-legacy-restore"], input_text=_restore_script(t, "legacy"))
+            run_in(node, [f"{tool}-legacy-restore"],
+                   input_text=convert(_restore_script(t, "legacy")))
         script = _nft_script(t)
         if script:
-            run_in(node, ["nft", "-f", "-"], input_text=script)
+            run_in(node, ["nft", "-f", "-"], input_text=convert(script))
 
-    def probe(self, destination: str, timeout: float = 1.5) -> dict[str, object]:
+    def probe(self, destination: str, timeout: float = 1.5, port: int = PORT
+              ) -> dict[str, object]:
         """One TCP exchange from the pod; the probe's JSON answer."""
         # The probe is standard library only: run its file without site packages, the
         # package's import would cost ~1 s of every example.
         argv = [sys.executable, "-I", "-S", _PROBE, "tcp", "--host", destination,
-                "--port", str(PORT), "--timeout", str(timeout)]
+                "--port", str(port), "--timeout", str(timeout)]
         done = run_in(self.names["pod"], argv, check=False, timeout=timeout + 10)
         answer: dict[str, object] = json.loads(done.stdout)
         return answer
@@ -256,19 +484,29 @@ def _build(stack: ExitStack) -> DoctorLab:
     for ns in names.values():
         run_in(ns, ["ip", "link", "set", "lo", "up"])
     run_in(names["router"], ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                             "net.ipv6.conf.all.forwarding=1",
                              "net.ipv4.conf.all.rp_filter=0",
                              "net.ipv4.conf.default.rp_filter=0"])
     run_in(names["node"], ["sysctl", "-q", "-w", "net.ipv4.conf.default.rp_filter=0"])
     for (role_a, if_a), (role_b, if_b) in _LINKS:
         run_in(names[role_a], ["ip", "link", "add", if_a, "type", "veth", "peer", "name", if_b,
                                "netns", names[role_b]])
+    # iptables-legacy's tables exist from the start, as on a node that used it at boot:
+    # registered before any nftables table, they run last at equal priority.
+    run_in(names["node"], ["iptables-legacy-restore"], input_text=_EMPTY_LEGACY)
+    run_in(names["node"], ["ip6tables-legacy-restore"], input_text=_EMPTY_LEGACY)
     for role, interfaces in _ADDRESSES.items():
         for interface, addresses in interfaces.items():
             for address in addresses:
                 run_in(names[role], ["ip", "addr", "add", address, "dev", interface])
+                # nodad: usable at once, no duplicate address detection to wait for.
+                run_in(names[role], ["ip", "addr", "add", to_v6(address), "dev", interface,
+                                     "nodad"])
             run_in(names[role], ["ip", "link", "set", interface, "up"])
     run_in(names["pod"], ["ip", "route", "add", "default", "via", "10.42.0.1"])
     run_in(names["db"], ["ip", "route", "add", "default", "via", "192.168.2.1"])
+    run_in(names["pod"], ["ip", "-6", "route", "add", "default", "via", V6["10.42.0.1"]])
+    run_in(names["db"], ["ip", "-6", "route", "add", "default", "via", V6["192.168.2.1"]])
     server = subprocess.Popen(
         ["ip", "netns", "exec", names["db"], sys.executable, "-m", "k3snet.lab._echo_server",
          "--port", str(PORT)],
@@ -281,7 +519,9 @@ def _build(stack: ExitStack) -> DoctorLab:
     if not ready or server.stdout.readline().strip() != "listening":
         detail = server.stderr.read() if server.stderr else ""
         raise RuntimeError(f"echo server did not start: {detail}")
-    return DoctorLab(names)
+    lab = DoctorLab(names)
+    lab.legacy_used = True
+    return lab
 
 
 def _stop(server: subprocess.Popen[str]) -> None:

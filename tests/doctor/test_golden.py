@@ -9,6 +9,10 @@ what the kernel's own probe did when the state was recorded.
 Re-record (root, network namespaces) with::
 
     K3SNET_RECORD_GOLDEN=1 .venv/bin/python -m pytest tests/doctor/test_golden.py -k record
+
+(``K3SNET_RECORD_GOLDEN=case,case`` re-records only those cases.) A case whose
+``expected.json`` lists ``service_cidrs`` is diagnosed with them, as
+``k3snet doctor --service-cidr`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pytest
 
 from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, diagnose, trace
 
-from .conftest import DEST_NETS, POD, PORT, DoctorLab, Topology
+from .conftest import DEST_NETS, POD, SERVICE_CIDR, DoctorLab, Topology, calico_pools
 
 GOLDEN = Path(__file__).parent / "golden"
 FLANNEL_ENV = ("FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_MTU=1450\n"
@@ -60,15 +64,50 @@ CASES: dict[str, tuple[str, Topology]] = {
     "legacy-masquerade-nft-drop": ("masquerade in iptables-legacy, FORWARD DROP in iptables-nft",
                                    Topology(nat="masq-legacy", forward_policy="drop-nft",
                                             forward_accept="both")),
+    "flannel-masquerade-after-accept": (
+        "flannel's masquerade chain placed after a rule that accepts first",
+        Topology(nat="flannel-after-accept")),
+    "destination-in-calico-pool": (
+        "a Calico pool covers the destination: Calico's nat-outgoing leaves it untranslated",
+        Topology(nat="calico-pool-covers")),
+    "destination-in-service-cidr": (
+        "the destination is a ClusterIP too: kube-proxy sends it to another Service's pod",
+        Topology(dest="service-overlap", kube_proxy="iptables-nft")),
+    "destination-in-service-cidr-unallocated": (
+        "the destination lies inside the service CIDR, no Service uses it (yet)",
+        Topology(dest="service-overlap")),
+    "service-clusterip": ("a ClusterIP with two endpoints, kube-proxy in iptables-nft",
+                          Topology(dest="service", kube_proxy="iptables-nft")),
+    "service-clusterip-legacy": ("a ClusterIP, kube-proxy and masquerade in iptables-legacy",
+                                 Topology(dest="service", kube_proxy="iptables-legacy",
+                                          nat="masq-legacy")),
+    "service-nodeport-nftables": ("a NodePort, kube-proxy's nftables mode masquerades it",
+                                  Topology(dest="nodeport", kube_proxy="nftables", nat="none")),
+    "service-nat-equal-priority": (
+        "two nat chains at the same priority (kube-proxy's table, iptables-nft's SNAT): the "
+        "later registered runs first", Topology(dest="nodeport", kube_proxy="nftables",
+                                                 nat="snat-other")),
+    "service-nat-legacy-order": (
+        "kube-proxy's masquerade in iptables-legacy, an iptables-nft SNAT at the same priority: "
+        "the nftables chain runs first", Topology(dest="nodeport", kube_proxy="iptables-legacy",
+                                                   nat="snat-other")),
+    "service-forward-drop": ("a ClusterIP (kube-proxy nftables mode) behind FORWARD DROP",
+                             Topology(dest="service", kube_proxy="nftables",
+                                      forward_policy="drop-nft")),
 }
+#: Cases diagnosed with the cluster's service CIDR (``k3snet doctor --service-cidr``).
+WITH_SERVICE_CIDR = frozenset({"destination-in-service-cidr",
+                               "destination-in-service-cidr-unallocated"})
 
 
 def _flow(topology: Topology) -> Flow:
-    return Flow(POD, topology.destination, port=PORT)
+    return Flow(POD, topology.destination, port=topology.port)
 
 
-def _expected(capture: NodeCapture, flow: Flow) -> dict[str, object]:
-    d = diagnose(NodeState.from_capture(capture), flow)
+def _expected(capture: NodeCapture, flow: Flow,
+              service_cidrs: list[str] | None = None) -> dict[str, object]:
+    state = NodeState.from_capture(capture).with_cluster(service_cidrs=service_cidrs or ())
+    d = diagnose(state, flow)
     return {
         "flow": flow.to_dict(),
         "verdict": d.verdict.value,
@@ -77,6 +116,8 @@ def _expected(capture: NodeCapture, flow: Flow) -> dict[str, object]:
         "plan": d.plan.render(),
         "after": d.after.verdict.value,
         "after_source_seen": str(d.after.source_seen) if d.after.source_seen else None,
+        **({"endpoints": [e.describe_target() + " " + e.verdict.value for e in d.trace.endpoints]}
+           if d.trace.endpoints else {}),
     }
 
 
@@ -93,10 +134,14 @@ def test_golden_case(case: str) -> None:
     capture = NodeCapture.read_dir(directory)
     data = expected["flow"]
     flow = Flow(data["source"], data["destination"], port=data["port"])
-    got = _expected(capture, flow)
-    assert got == {k: expected[k] for k in got}
+    got = _expected(capture, flow, expected.get("service_cidrs"))
+    assert got == {k: expected.get(k) for k in got}
+    assert set(expected) - set(got) <= {"case", "kernel", "destination_network",
+                                        "service_cidrs"}
     # What the kernel did when the state was recorded agrees with the verdict.
     assert expected["kernel"]["ok"] == (got["verdict"] == "reaches")
+    if expected["kernel"]["ok"]:
+        assert expected["kernel"]["seen"] == got["source_seen"]
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
@@ -112,24 +157,41 @@ def test_golden_trace_is_stable_json(case: str) -> None:
         assert result.blocked_at is not None
 
 
+def _wanted(case: str) -> bool:
+    chosen = os.environ.get("K3SNET_RECORD_GOLDEN", "")
+    return chosen == "1" or case in chosen.split(",")
+
+
 @pytest.mark.kernel
 @pytest.mark.skipif(not os.environ.get("K3SNET_RECORD_GOLDEN"),
                     reason="set K3SNET_RECORD_GOLDEN=1 to re-record the golden cases")
 def test_record(doctor_lab: DoctorLab) -> None:
     for case, (what, topology) in CASES.items():
+        if not _wanted(case):
+            continue
         doctor_lab.configure(topology)
-        answer = doctor_lab.probe(topology.destination)
+        answer = doctor_lab.probe(topology.destination, port=topology.port)
         capture = doctor_lab.capture()
         if topology.nat == "flannel" or topology.cluster_route:
             # What K3s' flannel writes on a node: the cluster CIDR and this node's subnet.
             capture = NodeCapture({**capture.texts, "flannel-subnet.env": FLANNEL_ENV},
+                                  capture.missing)
+        if calico_pools(topology):
+            # What `kubectl get ippools -o json` says on a Calico cluster.
+            pools = {"items": [{"kind": "IPPool", "metadata": {"name": f"pool-{i}"},
+                                "spec": {"cidr": cidr, "natOutgoing": nat}}
+                               for i, (cidr, nat) in enumerate(calico_pools(topology))]}
+            capture = NodeCapture({**capture.texts, "calico-ippools.json": json.dumps(pools)},
                                   capture.missing)
         directory = GOLDEN / case
         if directory.exists():
             for old in directory.iterdir():
                 old.unlink()
         capture.write_dir(directory)
-        expected = _expected(capture, _flow(topology))
+        cidrs = [SERVICE_CIDR] if case in WITH_SERVICE_CIDR else None
+        expected = _expected(capture, _flow(topology), cidrs)
+        if cidrs:
+            expected["service_cidrs"] = cidrs
         expected["case"] = what
         expected["kernel"] = {"ok": answer["ok"], "seen": answer["seen"]}
         expected["destination_network"] = DEST_NETS[topology.dest]
@@ -155,6 +217,8 @@ def test_record_ipv6() -> None:
 
     with SeedLab.create() as lab:
         for case, (what, fixed) in V6_CASES.items():
+            if not _wanted(case):
+                continue
             if fixed:
                 run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
                 run_in(lab.node, ["nft", "-f", "-"], input_text=_V6_FIX)
