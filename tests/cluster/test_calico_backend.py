@@ -90,7 +90,10 @@ def _pools(objects: Iterable[object]) -> dict[str, IPPool]:
 
 def _backend(client: Any, **options: Any) -> CalicoBackend:
     options.setdefault("api", "crd")  # the emulator serves both APIs; these tests seed the CRDs
-    return CalicoBackend(api_client=client, timeout=0.5, **options)
+    # A generous timeout: on a loaded machine the emulator may take longer than half a
+    # second. The timeout test sets a short one for the request it hangs.
+    options.setdefault("timeout", 10.0)
+    return CalicoBackend(api_client=client, **options)
 
 
 # ---------------------------------------------------------------- conformance
@@ -403,6 +406,7 @@ def test_a_timeout_in_the_middle_is_undone(seeded: EmulatedApiServer, api_client
     p = plan(backend.observe(), desired)
     assert [c.action for c in p] == ["delete", "replace"]
     seeded.fail(504, method="PATCH", name="k3snet-pods-a", delay=1.5)
+    backend.timeout = 0.5
     with pytest.raises(ApplyError, match=r"apply IPPool k3snet-pods-a \(natOutgoing\): no answer "
                                          r"from the API server within 0.5s"):
         backend.apply(p)

@@ -118,7 +118,7 @@ def k3s_cilium(api_server: EmulatedApiServer) -> EmulatedApiServer:
 
 @pytest.fixture
 def backend(k3s_cilium: EmulatedApiServer, api_client: Any) -> CiliumBackend:
-    return CiliumBackend(api_client=api_client, timeout=0.5)
+    return CiliumBackend(api_client=api_client, timeout=10.0)  # generous: a loaded machine
 
 
 def cilium_configs(target: str = TARGET) -> SearchStrategy[CiliumConfig]:
