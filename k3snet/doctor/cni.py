@@ -22,12 +22,27 @@ __all__ = ["LivePools", "calico_pools", "read_calico_pools"]
 
 def calico_pools(backend: Any) -> tuple[CalicoPool, ...]:
     """The IP pools ``backend`` (a calico backend, or anything observing ``ippool``
-    objects) observes, owned and foreign, by name."""
+    objects) observes, owned and foreign, by name.
+
+    The calico backend observes the foreign pools as one
+    :class:`~k3snet.model.cni.CalicoPools`; a pool it could not read makes the
+    answer incomplete, so it raises :class:`~k3snet.errors.K3snetError` naming it
+    rather than judge Calico's ipsets without it.
+    """
+    from k3snet.model.cni import CalicoPools, IPPool  # noqa: PLC0415 - the CNI model, lazily
+
     state = backend.observe()
-    pools = sorted((o for o in (*state.owned, *state.foreign) if o.kind == "ippool"),
-                   key=lambda o: str(o.name))
+    found: dict[str, IPPool] = {}
+    for obj in (*state.owned, *state.foreign):
+        if isinstance(obj, CalicoPools):
+            if obj.invalid:
+                raise K3snetError("the calico backend cannot read IP pool(s) " + "; ".join(
+                    f"{name} ({why})" for name, why in obj.invalid))
+            found.update((p.name, p) for p in obj.pools)
+        elif isinstance(obj, IPPool):
+            found[obj.name] = obj
     return tuple(CalicoPool(ip_network(str(p.cidr), strict=False), bool(p.nat_outgoing),
-                            bool(p.disabled)) for p in pools)
+                            bool(p.disabled)) for _, p in sorted(found.items()))
 
 
 @attrs.frozen

@@ -41,7 +41,9 @@ def _state() -> NodeState:
 
 @pytest.fixture
 def server() -> Any:
-    with EmulatedApiServer() as api_server:
+    # Calico without its API server: the pools are the CRDs (the calico backend's
+    # discovery picks projectcalico.org/v3 when the API server is there).
+    with EmulatedApiServer(resources=(CRD,)) as api_server:
         api_server.put(CRD, _pool("default-ipv4-ippool", {"cidr": "10.42.0.0/16",
                                                           "natOutgoing": True}))
         yield api_server
@@ -77,6 +79,16 @@ def test_failures_are_reported_not_raised(server: EmulatedApiServer) -> None:
     found = read_calico_pools(api_client=server.api_client(), timeout=5)
     assert found.pools is None
     assert "could not list the IP pools" in (found.why or "")
+
+
+def test_a_pool_the_backend_cannot_read_makes_the_pools_unknown(
+    server: EmulatedApiServer,
+) -> None:
+    # Calico's ipsets hold every pool: judging them without one would be a guess.
+    server.put(CRD, _pool("broken", {"cidr": "10.300.0.0/16"}))
+    found = read_calico_pools(api_client=server.api_client(), timeout=5)
+    assert found.pools is None
+    assert "broken" in (found.why or "")
 
 
 def test_a_cluster_without_calico_has_no_pools() -> None:
