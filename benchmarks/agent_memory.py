@@ -27,11 +27,11 @@ sys.exit(status)
 
 
 def spec(count: int) -> str:
-    lines = ["destinations:"]
+    lines = ["apiVersion: k3snet.io/v1alpha1", "kind: EgressSpec", "destinations:"]
     for n in range(count):
         lines += [f"  - cidr: 10.{100 + n // 256}.{n % 256}.0/24",
                   "    gateway: 192.168.1.1", "    device: eth0"]
-    return "\n".join(lines) + "\n" if count else "destinations: []\n"
+    return "\n".join(lines if count else [*lines[:2], "destinations: []"]) + "\n"
 
 
 def measure(count: int, backend_args: list[str], netns: str | None) -> tuple[float, float]:
