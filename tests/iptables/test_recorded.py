@@ -358,8 +358,9 @@ DRIFTS = {
     "missing-hook": (lambda t: t.replace(HOOK_NAT + "\n", ""), ("nat", "POSTROUTING"),
                      HOOK_NAT),
     # A repaired jump goes back where it was (k3snet never moves it above a foreign rule).
-    "edited-hook": (lambda t: t.replace(HOOK_FWD + "\n-A FORWARD -j DOCKER-USER\n",
-                                        "-A FORWARD -j DOCKER-USER\n-A FORWARD -j K3SNET-FORWARD\n"),
+    "edited-hook": (lambda t: t.replace(
+                        HOOK_FWD + "\n-A FORWARD -j DOCKER-USER\n",
+                        "-A FORWARD -j DOCKER-USER\n-A FORWARD -j K3SNET-FORWARD\n"),
                     ("filter", "FORWARD"), "-I FORWARD 2 " + HOOK_FWD.split(" ", 2)[2]),
 }
 
