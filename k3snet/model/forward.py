@@ -133,7 +133,7 @@ def _family(value: int) -> int:
 
 @attrs.frozen(eq=False)
 class ForwardBlock(NetObject):
-    r"""A foreign rule that ``verdict``\ s forwarded packets before k3snet's accept sees them.
+    """A foreign rule that drops, rejects or returns forwarded packets before k3snet's accept.
 
     Only ever *observed* (foreign): ``rule`` is the rule's text as its tool lists
     it, ``where`` where it sits (``iptables IPv4 filter FORWARD``, ``nftables inet
