@@ -121,6 +121,13 @@ def _rule_text(value: object) -> str:
     return line if len(line) <= _MAX_TEXT else line[: _MAX_TEXT - 3] + "..."
 
 
+def _verdict(value: object) -> str:
+    if value not in _VERDICTS:
+        raise ModelError(f"a foreign rule's verdict is one of {', '.join(_VERDICTS)}, "
+                         f"not {value!r}")
+    return str(value)
+
+
 def _optional_net(value: str | Network | None) -> Network | None:
     return None if value is None else parse_network(value)
 
@@ -156,7 +163,7 @@ class ForwardBlock(NetObject):
     rank: ClassVar[int] = 2
 
     ip_family: int = attrs.field(converter=_family)
-    verdict: str = attrs.field(validator=attrs.validators.in_(_VERDICTS))
+    verdict: str = attrs.field(converter=_verdict)
     rule: str = attrs.field(converter=_rule_text)
     where: str = attrs.field(converter=_rule_text)
     source: Network | None = attrs.field(default=None, converter=_optional_net, kw_only=True)
