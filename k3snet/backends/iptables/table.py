@@ -144,14 +144,12 @@ class TableState:
         return hook_line(self.hook) in self.hook_rules
 
     def hook_index(self) -> int:
-        """Where our jump is (its first copy), or where a new one would go (0-based).
+        """Where our jump is (its first copy, where a repair puts it back), or where a
+        new one would go (0-based).
 
         The foreign rules before it are those that decide first
         (:func:`~k3snet.backends.iptables.foreign.foreign_blocks`).
         """
-        line = hook_line(self.hook)
-        if line in self.hook_rules:
-            return self.hook_rules.index(line)
         jumps = self.hook_jumps()
         return jumps[0] if jumps else hook_position(self.hook_rules)
 
