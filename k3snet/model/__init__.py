@@ -23,7 +23,7 @@ from k3snet.model.cni import (
     JsonMapping,
 )
 from k3snet.model.drift import Drift, ForwardDrift, NatDrift
-from k3snet.model.forward import ForwardRule
+from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatRule, SnatRule
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route
 from k3snet.model.state import (
@@ -51,6 +51,7 @@ __all__ = [
     "Drift",
     "FlannelConfig",
     "FlannelNetworks",
+    "ForwardBlock",
     "ForwardDrift",
     "ForwardRule",
     "IPPool",

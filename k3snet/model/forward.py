@@ -1,4 +1,11 @@
-"""Forward-accept rules: let pod traffic through a FORWARD chain whose policy is DROP."""
+"""Forward-accept rules, and the foreign rules that decide the same traffic otherwise.
+
+A :class:`ForwardRule` lets pod traffic through a FORWARD chain whose policy is
+DROP. A :class:`ForwardBlock` is a foreign rule (an admin's, another program's)
+that drops, rejects or returns forwarded traffic where it is met before
+k3snet's accept: a wanted forward rule it touches is a ``conflict``, never
+overridden (docs/reliability.md, "An admin's rule is never overridden").
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,11 @@ from typing import Any, ClassVar
 
 import attrs
 
+from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, check_families, net_tuple, optional_interface
-from k3snet.model.cidr import Network, contains, parse_network
+from k3snet.model.cidr import Network, contains, overlaps, parse_network
 
-__all__ = ["ForwardRule"]
+__all__ = ["ForwardBlock", "ForwardRule"]
 
 
 @attrs.frozen(eq=False)
@@ -60,6 +68,17 @@ class ForwardRule(NetObject):
             and other.out_interface in (None, self.out_interface)
         )
 
+    def conflicts_with(self, other: NetObject) -> bool:
+        """A foreign rule met before ours that decides some of our packets otherwise."""
+        return isinstance(other, ForwardBlock) and other.decides(self)
+
+    def conflict_reason(self, other: NetObject) -> str | None:
+        """Why a :class:`ForwardBlock` wins: it comes first, and k3snet never moves above it."""
+        if isinstance(other, ForwardBlock):
+            return (f"that rule {other.verdict}s some of this traffic before k3snet's accept "
+                    "is reached; k3snet does not place its rules above it")
+        return None
+
     def describe(self) -> str:
         """``forward accept SRC -> DST [iif IF] [oif IF] (+ replies)``."""
         parts = ["forward accept", str(self.source), "->", str(self.destination)]
@@ -88,3 +107,140 @@ class ForwardRule(NetObject):
             in_interface=data.get("in_interface"),
             out_interface=data.get("out_interface"),
         )
+
+
+_VERDICTS = ("drop", "reject", "return")
+_MAX_TEXT = 512
+
+
+def _rule_text(value: object) -> str:
+    """One line of bounded text (it comes from the kernel's listing of a foreign rule)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ModelError(f"a foreign rule's text is a non-empty string, got {value!r}")
+    line = " ".join(value.split())
+    return line if len(line) <= _MAX_TEXT else line[: _MAX_TEXT - 3] + "..."
+
+
+def _verdict(value: object) -> str:
+    if value not in _VERDICTS:
+        raise ModelError(f"a foreign rule's verdict is one of {', '.join(_VERDICTS)}, "
+                         f"not {value!r}")
+    return str(value)
+
+
+def _optional_net(value: str | Network | None) -> Network | None:
+    return None if value is None else parse_network(value)
+
+
+def _family(value: int) -> int:
+    if value not in (4, 6):
+        raise ModelError(f"family must be 4 or 6, got {value!r}")
+    return value
+
+
+@attrs.frozen(eq=False)
+class ForwardBlock(NetObject):
+    """A foreign rule that drops, rejects or returns forwarded packets before k3snet's accept.
+
+    Only ever *observed* (foreign): ``rule`` is the rule's text as its tool lists
+    it, ``where`` where it sits (``iptables IPv4 filter FORWARD``, ``nftables inet
+    fw forward``). ``source`` / ``destination`` / interfaces are what it matches
+    (``None``: any; a negated or unmodelled match counts as any, so a doubt is a
+    conflict rather than an override). A wanted :class:`ForwardRule` whose packets
+    (either way) it may match conflicts with it.
+
+    >>> block = ForwardBlock(4, "drop", "-s 10.42.0.0/16 -d 192.168.2.0/24 -j DROP",
+    ...                      "iptables IPv4 filter FORWARD", source="10.42.0.0/16",
+    ...                      destination="192.168.2.0/24")
+    >>> block.decides(ForwardRule("10.42.0.0/16", "192.168.0.0/16"))
+    True
+    >>> block.describe()
+    'drop by iptables IPv4 filter FORWARD: -s 10.42.0.0/16 -d 192.168.2.0/24 -j DROP'
+    """
+
+    kind: ClassVar[str] = "forward"
+    type_name: ClassVar[str] = "forward-block"
+    rank: ClassVar[int] = 2
+
+    ip_family: int = attrs.field(converter=_family)
+    verdict: str = attrs.field(converter=_verdict)
+    rule: str = attrs.field(converter=_rule_text)
+    where: str = attrs.field(converter=_rule_text)
+    source: Network | None = attrs.field(default=None, converter=_optional_net, kw_only=True)
+    destination: Network | None = attrs.field(default=None, converter=_optional_net,
+                                              kw_only=True)
+    in_interface: str | None = attrs.field(default=None, converter=optional_interface, kw_only=True)
+    out_interface: str | None = attrs.field(
+        default=None, converter=optional_interface, kw_only=True
+    )
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        for net in (self.source, self.destination):
+            if net is not None and net.version != self.ip_family:
+                raise ModelError(f"foreign rule {self.rule!r}: {net} is not IPv{self.ip_family}")
+        key = ("forward-block", self.ip_family, self.where, self.rule)
+        self._seal(key, (self.verdict, *net_tuple(self.source), *net_tuple(self.destination),
+                         self.in_interface or "", self.out_interface or ""))
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return self.ip_family
+
+    def decides(self, rule: ForwardRule) -> bool:
+        """True when this rule may match packets of ``rule``, new ones or replies."""
+        if rule.family != self.ip_family:
+            return False
+        return (self._may_match(rule.source, rule.destination, rule.in_interface,
+                                rule.out_interface)
+                or self._may_match(rule.destination, rule.source, rule.out_interface,
+                                   rule.in_interface))
+
+    def _may_match(self, source: Network, destination: Network, iif: str | None,
+                   oif: str | None) -> bool:
+        return (
+            (self.source is None or overlaps(self.source, source))
+            and (self.destination is None or overlaps(self.destination, destination))
+            and _may_be(self.in_interface, iif)
+            and _may_be(self.out_interface, oif)
+        )
+
+    def describe(self) -> str:
+        """``VERDICT by WHERE: RULE``."""
+        return f"{self.verdict} by {self.where}: {self.rule}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "type": self.type_name,
+            "family": self.ip_family,
+            "verdict": self.verdict,
+            "rule": self.rule,
+            "where": self.where,
+            "source": None if self.source is None else str(self.source),
+            "destination": None if self.destination is None else str(self.destination),
+            "in_interface": self.in_interface,
+            "out_interface": self.out_interface,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ForwardBlock:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            data["family"], data["verdict"], data["rule"], data["where"],
+            source=data.get("source"), destination=data.get("destination"),
+            in_interface=data.get("in_interface"), out_interface=data.get("out_interface"),
+        )
+
+
+def _may_be(pattern: str | None, device: str | None) -> bool:
+    """An interface match (``eth+`` is a prefix) may match the packets of ``device``."""
+    if pattern is None or device is None:
+        return True
+    if pattern.endswith("+"):
+        return device.startswith(pattern[:-1])
+    return pattern == device

@@ -11,7 +11,7 @@ import attrs
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 from k3snet.model.drift import ForwardDrift, NatDrift
-from k3snet.model.forward import ForwardRule
+from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route
 from k3snet.model.sysctl import Sysctl
@@ -44,7 +44,8 @@ def register_object_type(cls: type[NetObject]) -> type[NetObject]:
     return cls
 
 
-for _cls in (Sysctl, Route, ForwardRule, MasqueradeRule, SnatRule, NatDrift, ForwardDrift):
+for _cls in (Sysctl, Route, ForwardRule, MasqueradeRule, SnatRule, NatDrift, ForwardDrift,
+             ForwardBlock):
     register_object_type(_cls)
 
 

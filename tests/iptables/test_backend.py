@@ -62,6 +62,8 @@ DESIRED = State(owned=[
     ForwardRule("fd42:50::/56", "fd01:2::/64"),
 ])
 
+DESIRED_FORWARD_V4 = ForwardRule("10.50.0.0/16", "192.168.2.0/24", in_interface="cni0",
+                                 out_interface="eth0")
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
 
 
@@ -162,8 +164,21 @@ def assert_kernel_matches(ns: str, mode: str, state: State) -> None:
 
 
 def first_rule(text: str, table: str, chain: str) -> str:
-    section = text.split(f"*{table}\n", 1)[1]
-    return next(line for line in section.splitlines() if line.startswith(f"-A {chain} "))
+    return chain_rules(text, table, chain)[0]
+
+
+def chain_rules(text: str, table: str, chain: str) -> list[str]:
+    section = text.split(f"*{table}\n", 1)[1].split("COMMIT", 1)[0]
+    return [line for line in section.splitlines() if line.startswith(f"-A {chain} ")]
+
+
+def assert_jump_after_foreign(text: str, first: str | None = None) -> None:
+    """k3snet's FORWARD jump, created on a node without a catch-all deny, comes after
+    every foreign rule: whatever those decide is decided before k3snet's accepts."""
+    rules = chain_rules(text, "filter", "FORWARD")
+    assert first is None or rules[0] == first, rules
+    assert rules[-1] == "-A FORWARD -m comment --comment k3snet -j K3SNET-FORWARD", rules
+    assert sum("K3SNET-FORWARD" in rule for rule in rules) == 1, rules
 
 
 # -- pure: what we write reads back -------------------------------------------------
@@ -275,7 +290,7 @@ def test_apply_observe_and_remove_leave_foreign_rules_alone(
         after = saves(ns, mode)
         for family in (4, 6):
             assert foreign_lines(after[family]) == foreign_lines(before[family])
-            assert "-j K3SNET-FORWARD" in first_rule(after[family], "filter", "FORWARD")
+            assert_jump_after_foreign(after[family])
             assert after[family].count("-j K3SNET-POSTROUTING") == 1
 
         again = backend.observe()
@@ -489,7 +504,8 @@ def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
         edited = list(unit.lines[0])
         edited[edited.index("10.99.0.0/16")] = "10.98.0.0/16"
         run_in(ns, [ipt, "-w", "-t", "nat", "-R", unit.chain, str(position), *edited])
-        # 2. a foreign rule inserted above our FORWARD jump (Docker restarting)
+        # 2. a foreign rule inserted above our FORWARD jump (an admin): not drift, and
+        # it stays first (it drops none of our traffic, so our accepts stay ours)
         run_in(ns, [ipt, "-w", "-I", "FORWARD", "1", "-s", "203.0.113.0/24", "-j", "DROP"])
         # 3. a second jump to our NAT chain, and a stray chain of ours
         run_in(ns, [ipt, "-w", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment",
@@ -499,13 +515,14 @@ def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
         observed = backend.observe()
         assert len(backend.drift) >= 4, backend.drift
         assert victim not in observed.owned
-        # A foreign rule above our FORWARD jump hides our accepts; a second jump to our
-        # NAT chain still reaches it (the NAT rules stay ours, the extra jump is drift).
-        assert not any(o.family == 4 and isinstance(o, ForwardRule) for o in observed.owned)
+        # A second jump to our NAT chain still reaches it (the NAT rules stay ours, the
+        # extra jump is drift).
+        assert DESIRED_FORWARD_V4 in observed.owned
         assert MasqueradeRule("10.50.0.0/16", destination="192.168.2.0/24", out_interface="eth0",
                               random_fully=True) in observed.owned
-        assert {d.where for d in observed.owned if isinstance(d, Drift)} >= {
-            "IPv4 nat K3SNET-STRAY", "IPv4 nat POSTROUTING", "IPv4 filter FORWARD"}
+        assert {d.where for d in observed.owned if isinstance(d, Drift)} & {
+            "IPv4 nat K3SNET-STRAY", "IPv4 nat POSTROUTING", "IPv4 filter FORWARD"} == {
+            "IPv4 nat K3SNET-STRAY", "IPv4 nat POSTROUTING"}
         p = plan(observed, DESIRED)
         assert p.counts()["add"] > 0
         backend.apply(p)
@@ -513,8 +530,7 @@ def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
         assert plan(backend.observe(), DESIRED).empty
         assert backend.drift == ()
         text = save(ns, mode, 4)
-        assert "-j K3SNET-FORWARD" in first_rule(text, "filter", "FORWARD")
-        assert "-A FORWARD -s 203.0.113.0/24 -j DROP" in text  # foreign: kept
+        assert_jump_after_foreign(text, first="-A FORWARD -s 203.0.113.0/24 -j DROP")
         assert text.count("-j K3SNET-POSTROUTING") == 1
         assert "K3SNET-STRAY" not in text
         # 4. jumps of our main chain out of order
@@ -559,14 +575,14 @@ def _drift_commands(kind: str) -> list[list[str]]:
         "duplicate-main-jump": [["-t", "nat", "-A", "K3SNET-POSTROUTING", *_HOOK,
                                  unit.chain]],
         "missing-hook": [["-t", "nat", "-D", "POSTROUTING", *_HOOK, "K3SNET-POSTROUTING"]],
-        "misplaced-hook": [["-I", "FORWARD", "1", "-s", "203.0.113.0/24", "-j", "DROP"]],
+        "missing-forward-hook": [["-t", "filter", "-D", "FORWARD", *_HOOK, "K3SNET-FORWARD"]],
     }.get(kind, [])
 
 
 DRIFT_KINDS = ["extra-rule", "extra-rule-in-main", "extra-chain", "forged-tag",
                "tag-not-of-its-rule", "duplicate-rule",
-               "duplicate-main-jump", "missing-hook", "misplaced-hook", "rules.v4-loaded-twice",
-               "two-concurrent-applies"]
+               "duplicate-main-jump", "missing-hook", "missing-forward-hook",
+               "rules.v4-loaded-twice", "two-concurrent-applies"]
 
 
 @pytest.mark.kernel
@@ -609,10 +625,9 @@ def test_each_drift_kind_is_a_planned_change_that_apply_repairs(
     assert_kernel_matches(ns, mode, target)
     for family in (4, 6):
         assert foreign_lines(after[family]) == foreign_lines(drifted[family])
-        if kind != "misplaced-hook":
-            assert foreign_lines(after[family]) == foreign_lines(before[family])
+        assert foreign_lines(after[family]) == foreign_lines(before[family])
         assert after[family].count("-j K3SNET-POSTROUTING") == 1
-        assert "-j K3SNET-FORWARD" in first_rule(after[family], "filter", "FORWARD")
+        assert_jump_after_foreign(after[family])
         assert "K3SNET-STRAY" not in after[family]
     with make(ns, (mode, "restore")) as fresh:
         assert plan(fresh.observe(), DESIRED).empty

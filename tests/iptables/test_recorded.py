@@ -357,9 +357,11 @@ DRIFTS = {
                             ("nat", "K3SNET-POSTROUTING"), ":K3SNET-POSTROUTING - [0:0]"),
     "missing-hook": (lambda t: t.replace(HOOK_NAT + "\n", ""), ("nat", "POSTROUTING"),
                      HOOK_NAT),
-    "misplaced-hook": (lambda t: t.replace(HOOK_FWD + "\n-A FORWARD -j DOCKER-USER\n",
-                                           "-A FORWARD -j DOCKER-USER\n" + HOOK_FWD + "\n"),
-                       ("filter", "FORWARD"), "-I FORWARD 1 " + HOOK_FWD.split(" ", 2)[2]),
+    # A repaired jump goes back where it was (k3snet never moves it above a foreign rule).
+    "edited-hook": (lambda t: t.replace(
+                        HOOK_FWD + "\n-A FORWARD -j DOCKER-USER\n",
+                        "-A FORWARD -j DOCKER-USER\n-A FORWARD -j K3SNET-FORWARD\n"),
+                    ("filter", "FORWARD"), "-I FORWARD 2 " + HOOK_FWD.split(" ", 2)[2]),
 }
 
 

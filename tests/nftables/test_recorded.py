@@ -22,7 +22,15 @@ from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables.kernel import Libnftables, NftKernel
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.errors import BackendError, PlanError
-from k3snet.model import Drift, ForwardRule, MasqueradeRule, SnatRule, State
+from k3snet.model import (
+    Drift,
+    ForwardBlock,
+    ForwardRule,
+    MasqueradeRule,
+    NetObject,
+    SnatRule,
+    State,
+)
 from k3snet.planner import Change, Plan, plan
 from k3snet.render.nftables import object_tag
 from tests.nftables.scenario import K3SNET_RULES
@@ -161,7 +169,12 @@ def test_a_k3s_node_foreign_rules_are_modelled_from_the_egress_chains_only() -> 
 def test_a_conditional_drop_before_an_accept_is_not_read_as_a_plain_accept(
     tables: set[str] | None, accepted: set[ForwardRule]
 ) -> None:
-    assert ForeignReader(RecordedKernel("forward-drops", tables), frozenset()).read() == accepted
+    found = ForeignReader(RecordedKernel("forward-drops", tables), frozenset()).read()
+    assert {o for o in found if isinstance(o, ForwardRule)} == accepted
+
+
+def _blocks(found: frozenset[NetObject]) -> set[str]:
+    return {o.describe() for o in found if isinstance(o, ForwardBlock)}
 
 
 def test_a_drop_in_another_forward_base_chain_is_not_overridden_by_an_accept() -> None:
@@ -169,7 +182,25 @@ def test_a_drop_in_another_forward_base_chain_is_not_overridden_by_an_accept() -
     # drops what goes to 192.168.2.0/24 (firewalld#527): not met for all of it
     assert ForeignReader(RecordedKernel("forward-two-chains", {"fw1"}), frozenset()).read() == {
         ForwardRule("10.42.0.0/16", "0.0.0.0/0")}
-    assert ForeignReader(RecordedKernel("forward-two-chains"), frozenset()).read() == set()
+    found = ForeignReader(RecordedKernel("forward-two-chains"), frozenset()).read()
+    assert not any(isinstance(o, ForwardRule) for o in found)
+    # ... and that drop is a block: a forward rule to 192.168.2.0/24 is a conflict
+    assert _blocks(found) == {"drop by nftables inet fw2 forward: ip daddr 192.168.2.0/24 drop"}
+    wanted = ForwardRule("10.42.0.0/16", "192.168.2.0/24")
+    assert any(wanted.conflicts_with(o) for o in found)
+    assert not any(ForwardRule("10.42.0.0/16", "192.168.9.0/24").conflicts_with(o)
+                   for o in found)
+
+
+def test_foreign_drops_naming_addresses_are_blocks_one_jump_down() -> None:
+    found = ForeignReader(RecordedKernel("forward-drops"), frozenset()).read()
+    assert _blocks(found) == {
+        "drop by nftables inet fw1 forward: ip daddr 192.168.2.0/24 drop",
+        "drop by nftables ip fw2 guard: ip daddr 192.168.3.0/24 drop",
+        "drop by nftables ip fw3 forward: ip saddr 10.99.0.0/16 drop",
+        # the parser reads a reject as a drop: both end the packet
+        "drop by nftables ip fw4 forward: ip daddr 192.168.4.0/24 drop",
+    }
 
 
 @pytest.mark.parametrize("scenario", ["k3s-node", "forward-drops", "forward-two-chains"])

@@ -7,8 +7,12 @@ through ``iptables``, IPv6 through ``ip6tables``.
 Ownership
     k3snet writes only its own chains, ``K3SNET-POSTROUTING`` (nat) and
     ``K3SNET-FORWARD`` (filter) and the chains below them, plus exactly one jump
-    from each built-in chain it hooks: appended to POSTROUTING, *inserted first*
-    in FORWARD (so a Docker/firewalld DROP rule or policy comes after it). Every
+    from each built-in chain it hooks, created after the rules already there
+    (ahead of a final catch-all DROP/REJECT only) and never moved afterwards:
+    an admin's rule above it stays above it and decides (a foreign DROP, REJECT
+    or RETURN met first that may match our traffic is observed as a
+    :class:`~k3snet.model.ForwardBlock`, and the plan shows a ``!`` conflict
+    naming it; see :mod:`k3snet.render.iptables.rules`). Every
     rule carries ``-m comment --comment k3snet:<hash>``; the hash of the object's
     content is the diff key (Calico Felix). Foreign chains (``FLANNEL-*``,
     ``KUBE-*``, ``CNI-*``, ``DOCKER*``, user rules) are never flushed, reordered or
@@ -76,7 +80,7 @@ from k3snet.backends.iptables.driver import (
     RunFailedError,
     tool_name,
 )
-from k3snet.backends.iptables.foreign import foreign_forward, foreign_nat
+from k3snet.backends.iptables.foreign import foreign_blocks, foreign_forward, foreign_nat
 from k3snet.backends.iptables.mode import detect_mode
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
@@ -90,6 +94,7 @@ from k3snet.backends.iptables.table import (
     plan_table,
     restore_lines,
     revert_ops,
+    set_aside,
 )
 from k3snet.backends.kit import BackendBase, Compensation
 from k3snet.backends.netns import netns_path, validate_netns
@@ -250,6 +255,12 @@ class IptablesBackend(BackendBase):
                 tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
             foreign |= foreign_nat(dump.get("nat"), family)
             foreign |= foreign_forward(dump.get("filter"), family)
+            # What a foreign rule decides before our jump is not ours: our rules for it
+            # are left out of ``owned``, so the plan says "!" instead of re-adding them.
+            filter_state = tables[family, "filter"]
+            blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index())
+            set_aside(filter_state, blocks)
+            foreign |= blocks
         self._tables = tables
         self._foreign = frozenset(foreign)
         return State(owned=[o for s in tables.values() for o in s.owned.values()],

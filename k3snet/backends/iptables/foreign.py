@@ -14,6 +14,13 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   only if the replies are accepted too (a reverse plain accept, or a conntrack
   ``ESTABLISHED`` accept covering them), as flannel's ``FLANNEL-FWD`` pair does.
 
+* filter, what decides otherwise (:func:`foreign_blocks`): every ``DROP``,
+  ``REJECT`` (and, in FORWARD itself, ``RETURN`` to a policy that is not
+  ACCEPT) met before k3snet's jump, in FORWARD or one jump level down, as a
+  :class:`~k3snet.model.ForwardBlock` carrying the rule's text. Here a doubt
+  counts against k3snet: a negated or unmodelled match is read as "any", so a
+  rule that may drop our traffic is a conflict rather than overridden.
+
 Rule order across chains is approximated (one level of jumps, in order); a
 RETURN that may skip most packets hides what follows it in its chain, and a
 jump that matches on anything (``! -d X -j CHAIN``) hides what its chain does.
@@ -31,17 +38,18 @@ from k3snet.backends.iptables.save import TableDump
 from k3snet.errors import K3snetError
 from k3snet.model import NetObject
 from k3snet.model.cidr import Network, contains
-from k3snet.model.forward import ForwardRule
+from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.render.iptables.rules import (
     PREFIX,
     Line,
     RuleFields,
+    format_line,
     parse_rule,
     tokenize,
 )
 
-__all__ = ["foreign_forward", "foreign_nat"]
+__all__ = ["foreign_blocks", "foreign_forward", "foreign_nat"]
 
 _STOP = frozenset({"DROP", "REJECT"})
 
@@ -198,3 +206,61 @@ def _answers(reply: RuleFields, rule: RuleFields, source: Network, destination: 
         and reply.in_interface in (None, rule.out_interface)
         and reply.out_interface in (None, rule.in_interface)
     )
+
+
+_VERDICT = {"DROP": "drop", "REJECT": "reject", "RETURN": "return"}
+
+
+def foreign_blocks(dump: TableDump | None, family: int, before: int) -> set[NetObject]:
+    """Foreign rules met before FORWARD's rule number ``before`` (0-based: where
+    k3snet's jump is or would go) that drop, reject or return forwarded packets.
+
+    Read one jump level down, like the other readers here. A ``RETURN`` in
+    FORWARD hands the packet to the chain's policy (a decision unless the policy
+    is ACCEPT); in a chain jumped to it only goes back to FORWARD. kube-proxy's
+    drop of ``INVALID`` packets is left out: valid traffic goes on.
+    """
+    found: set[NetObject] = set()
+    if dump is None:
+        return found
+    policy = dump.policies.get("FORWARD", "ACCEPT")
+    for spec in dump.chain("FORWARD")[:before]:
+        tokens = tokenize(spec)
+        target = _target(tokens)
+        if target is not None and target in dump.rules and not target.startswith(PREFIX):
+            for inner in dump.chain(target):
+                inner_tokens = tokenize(inner)
+                inner_target = _target(inner_tokens)
+                if inner_target in ("DROP", "REJECT"):
+                    _block(found, family, target, inner_tokens, inner_target, outer=tokens)
+            continue
+        if target in ("DROP", "REJECT") or (target == "RETURN" and policy != "ACCEPT"):
+            _block(found, family, "FORWARD", tokens, target)
+    return found
+
+
+def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
+           outer: Line = ()) -> None:
+    """Add the block ``tokens`` makes (narrowed by the jump ``outer`` that leads there)."""
+    matches = {**_addresses(outer), **{k: v for k, v in _addresses(tokens).items()
+                                       if v is not None}}
+    if _conditions(tokens) == ["-m", "conntrack", "--ctstate", "INVALID"] or (
+            _conditions(tokens) == ["-m", "state", "--state", "INVALID"]):
+        return  # kube-proxy's drop of invalid packets: valid traffic goes on
+    text = f"-A {chain} {format_line(tokens)}"
+    try:
+        found.add(ForwardBlock(family, _VERDICT[target], text, f"iptables IPv{family} filter",
+                               **matches))
+    except (K3snetError, ValueError):
+        # A match k3snet cannot hold (another family, an odd interface): read it as "any".
+        found.add(ForwardBlock(family, _VERDICT[target], text, f"iptables IPv{family} filter"))
+
+
+def _addresses(tokens: Line) -> dict[str, str | None]:
+    """The positive ``-s``/``-d``/``-i``/``-o`` of a rule (negated ones count as any)."""
+    names = {"-s": "source", "-d": "destination", "-i": "in_interface", "-o": "out_interface"}
+    found: dict[str, str | None] = {}
+    for index, token in enumerate(tokens[:-1]):
+        if token in names and (index == 0 or tokens[index - 1] != "!"):
+            found[names[token]] = tokens[index + 1]
+    return found

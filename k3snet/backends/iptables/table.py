@@ -17,6 +17,7 @@ import attrs
 
 from k3snet.backends.iptables.save import TableDump
 from k3snet.model import Drift, NetObject
+from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.planner import Change
 from k3snet.render.iptables.rules import (
     PREFIX,
@@ -27,6 +28,7 @@ from k3snet.render.iptables.rules import (
     comment_digest,
     format_line,
     hook_line,
+    hook_position,
     is_bucket_chain,
     main_lines,
     normalize,
@@ -39,7 +41,7 @@ from k3snet.render.iptables.rules import (
 
 __all__ = ["DRIFT_KIND", "INJECTED_CHAIN", "Delta", "Op", "Sink", "TableEdit", "TableState",
            "commit_edit", "diff_table", "drift_where", "load_table", "plan_table", "restore_lines",
-           "restore_text", "revert_ops"]
+           "restore_text", "revert_ops", "set_aside"]
 
 OpKind = Literal["declare", "delete", "append", "insert", "flush", "remove", "fail"]
 
@@ -133,20 +135,23 @@ class TableState:
         return [i for i, r in enumerate(self.hook_rules) if _jumps_to(r, self.hook.main)]
 
     def hook_ok(self) -> bool:
-        """Exactly one jump, as we write it, first in the chain when it must be."""
+        """Exactly one jump, as we write it (wherever it is: k3snet never moves it)."""
         jumps = self.hook_jumps()
-        return (
-            len(jumps) == 1
-            and self.hook_rules[jumps[0]] == hook_line(self.hook)
-            and (not self.hook.first or jumps[0] == 0)
-        )
+        return len(jumps) == 1 and self.hook_rules[jumps[0]] == hook_line(self.hook)
 
     def hook_reaches(self) -> bool:
-        """Traffic gets to our main chain: a jump as we write it, first when it must be."""
-        line = hook_line(self.hook)
-        if self.hook.first:
-            return bool(self.hook_rules) and self.hook_rules[0] == line
-        return line in self.hook_rules
+        """Traffic gets to our main chain: a jump as we write it."""
+        return hook_line(self.hook) in self.hook_rules
+
+    def hook_index(self) -> int:
+        """Where our jump is (its first copy, where a repair puts it back), or where a
+        new one would go (0-based).
+
+        The foreign rules before it are those that decide first
+        (:func:`~k3snet.backends.iptables.foreign.foreign_blocks`).
+        """
+        jumps = self.hook_jumps()
+        return jumps[0] if jumps else hook_position(self.hook_rules)
 
 
 DRIFT_KIND: Mapping[str, str] = {"nat": "nat", "filter": "forward"}
@@ -287,8 +292,24 @@ def _hook_findings(state: TableState, jumps: list[int]) -> None:
         if state.hook_rules[index] != hook_line(hook):
             findings.append((hook.builtin, f"a jump to {hook.main} that k3snet did not write: "
                                            f"{format_line(state.hook_rules[index])}"))
-    if hook.first and jumps[0] != 0:
-        findings.append((hook.builtin, f"the jump to {hook.main} is not the first rule"))
+
+
+def set_aside(state: TableState, blocks: Iterable[NetObject]) -> None:
+    """Leave out of ``owned`` the forward rules a foreign rule met first may decide.
+
+    Their units become inactive, like those traffic does not reach: the plan
+    sees a conflict for them instead of an object in place, and an edit of the
+    table removes them (they are shadowed for the traffic that rule decides).
+    """
+    judges = [b for b in blocks if isinstance(b, ForwardBlock)]
+    if not judges:
+        return
+    for digest, unit in state.units.items():
+        obj = unit.obj
+        if (isinstance(obj, ForwardRule) and state.owned.get(obj.key) == obj
+                and any(block.decides(obj) for block in judges)):
+            del state.owned[obj.key]
+            state.inactive.add(digest)
 
 
 # -- edits --------------------------------------------------------------------------
@@ -585,6 +606,9 @@ def _take(counter: Counter[Line], line: Line) -> bool:
 
 
 def _hook_ops(state: TableState, want: bool) -> tuple[list[Op], list[Line]]:
+    """The jump from the built-in chain: kept where it is, created where
+    :func:`~k3snet.render.iptables.rules.hook_position` says, never moved above a
+    foreign rule (a repaired jump goes back where its first copy was)."""
     hook = state.hook
     rules = list(state.hook_rules)
     jumps = [i for i, r in enumerate(rules) if _jumps_to(r, hook.main)]
@@ -596,12 +620,12 @@ def _hook_ops(state: TableState, want: bool) -> tuple[list[Op], list[Line]]:
         del rules[index]
     if want:
         line = hook_line(hook)
-        if hook.first:
-            ops.append(Op("insert", hook.builtin, (line,), 1))
-            rules.insert(0, line)
-        else:
+        position = jumps[0] if jumps else hook_position(rules)
+        if position >= len(rules):
             ops.append(Op("append", hook.builtin, (line,)))
-            rules.append(line)
+        else:
+            ops.append(Op("insert", hook.builtin, (line,), position + 1))
+        rules.insert(position, line)
     return ops, rules
 
 

@@ -71,7 +71,9 @@ Handles and caching
     marker's new handle (one tiny listing) gives the handle of every rule added
     before it. ``observe`` and ``apply`` first read the generation id (one small
     netlink round trip) and read k3snet's table again only if anyone committed
-    since (:mod:`.cache`); ``observe(refresh=True)`` reads it anyway.
+    since (:mod:`.cache`); ``observe(refresh=True)`` reads it anyway. A read is
+    never retried for want of a quiet ruleset (see ``_fresh``): under a foreign
+    writer committing all the time, an apply still takes its usual round trips.
 
 The backend is not thread-safe: each instance holds one worker thread inside its
 network namespace and one kernel seam (:mod:`.kernel`); use one instance per thread.
@@ -116,7 +118,6 @@ from k3snet.render.nftables import (
 __all__ = ["NftablesBackend"]
 
 T = TypeVar("T")
-_REREAD_ATTEMPTS = 3
 
 
 def _table_repairs(diff: Diff) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
@@ -133,20 +134,6 @@ def _table_repairs(diff: Diff) -> tuple[dict[str, int], dict[str, dict[str, int]
 
 class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the backend
     """The plan does not fit k3snet's table: the kit's fit check says why."""
-
-
-class _Generation:
-    """The generation-id token of the observe cache, starting from a value already read."""
-
-    def __init__(self, kernel: NftKernel, first: int) -> None:
-        self.kernel = kernel
-        self.pending: int | None = first
-        self.last = first
-
-    def __call__(self) -> int:
-        value, self.pending = self.pending, None
-        self.last = self.kernel.genid() if value is None else value
-        return self.last
 
 
 class NftablesBackend(BackendBase):
@@ -203,7 +190,7 @@ class NftablesBackend(BackendBase):
         self.netns = netns
         """The network namespace this backend acts in (``None``: the caller's own)."""
         self._runner = NetnsRunner(netns)
-        self._observed: ObserveCache[Cache] = ObserveCache(attempts=_REREAD_ATTEMPTS)
+        self._observed: ObserveCache[Cache] = ObserveCache()
         self._kernel: NftKernel | None = None
         try:
             self._kernel = self._runner.call(kernel or Libnftables)
@@ -286,26 +273,27 @@ class NftablesBackend(BackendBase):
         return table_of(obj, self._families)
 
     def _fresh(self, kernel: NftKernel, *, foreign: bool, refresh: bool = False) -> Cache:
-        """The cache, first re-read from the kernel if anyone committed since it was made."""
+        """The cache, first re-read from the kernel if anyone committed since it was made.
+
+        No stable read of the whole ruleset is needed, so a foreign writer
+        committing all the time never stops k3snet (docs/reliability.md, "Progress
+        under load"): each listing of k3snet's table is one consistent dump
+        (libnftables lists again by itself when the ruleset changed during it),
+        only k3snet writes that table (under the per-namespace lock), and the
+        transaction refuses deletes of handles that are gone. The cache is stamped
+        with the generation id read *before* the listing: a commit during it only
+        makes the next call read again. Foreign tables are read best effort, a
+        listing each, never retried: they feed the plan's notes, and may change
+        right after the read anyway.
+        """
         genid = kernel.genid()
         cache = None if refresh else self._observed.get(genid)
-        if cache is not None:
-            if not foreign or cache.foreign is not None:
-                return cache
+        if cache is None:
+            cache = read_own(kernel, self._table, self._families, genid)
+            self._observed.put(genid, cache)
+        if foreign and cache.foreign is None:
             cache.foreign = self._read_foreign(kernel)
-            after = kernel.genid()
-            if after == genid:
-                return cache
-            genid = after
-        token = _Generation(kernel, genid)
-
-        def load() -> Cache:
-            read = read_own(kernel, self._table, self._families, token.last)
-            if foreign:
-                read.foreign = self._read_foreign(kernel)
-            return read
-
-        return self._observed.read(token, load, refresh=True, what="the nftables ruleset")
+        return cache
 
     def _observe(self, kernel: NftKernel, *, refresh: bool) -> State:
         cache = self._fresh(kernel, foreign=self.observe_foreign, refresh=refresh)

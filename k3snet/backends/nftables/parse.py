@@ -53,7 +53,7 @@ from k3snet.backends.nftables.kernel import NftKernel
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift, NetObject, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
-from k3snet.model.forward import ForwardRule
+from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.render.nftables import (
     CHAIN_HOOKS,
@@ -378,6 +378,7 @@ class ForeignReader:
                 self._walking = (where, str(name))
                 self._walk(where, str(name), [], 0, self._forward_rule)
         found: set[NetObject] = set(self.nat)
+        found |= self._blocks()
         for rule in self.accepts:
             if not self.replies_accepted and not any(_answers(o, rule) for o in self.accepts):
                 continue
@@ -387,6 +388,28 @@ class ForeignReader:
                    if (base[0], base[1]) not in self.origins.get(rule, set())):
                 found.add(rule)
         return frozenset(found)
+
+    def _blocks(self) -> set[NetObject]:
+        """Foreign drops and rejects at the forward hook that name addresses.
+
+        An accept in k3snet's chain ends only that chain; a drop in any other base
+        chain on the hook, at any priority, still wins. So such a rule (in a base
+        chain or one jump below it) decides the traffic it names, and a wanted
+        forward rule it may match is a conflict. Rules without a positive address
+        match (``ct state invalid drop``, a policy) are not read as blocks: they
+        are defaults (see docs/reliability.md). Uses the listings already made.
+        """
+        found: set[NetObject] = set()
+        for where, name, _ in self.forward_bases:
+            chains = [name]
+            chains += [m.target for m in self._rules(where, name)
+                       if m.verdict in ("jump", "goto") and m.target]
+            for chain in dict.fromkeys(chains):
+                for match in self._rules(where, chain):
+                    block = _block_of(match, where, chain)
+                    if block is not None:
+                        found.add(block)
+        return found
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule) -> bool:
         """Whether base chain ``base`` accepts every packet of ``rule`` (False: it may not)."""
@@ -722,3 +745,38 @@ class _OwnTable:
                        Repair(self.family, retag=obj.key))
         self.cache.put(obj.key, obj)
         self.cache.handles[obj.key] = [*handles]
+
+
+def _block_of(match: Match, where: tuple[str, str], chain: str) -> ForwardBlock | None:
+    """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None)."""
+    if match.verdict not in ("drop", "reject") or match.proto is None:
+        return None
+    saddr = [net for net, neg in match.saddr if not neg]
+    daddr = [net for net, neg in match.daddr if not neg]
+    if not saddr and not daddr:
+        return None
+    words = [f"{match.proto} saddr {net}" for net in saddr]
+    words += [f"{match.proto} daddr {net}" for net in daddr]
+    words += [f"iifname {name}" for name, neg in match.iif if not neg]
+    words += [f"oifname {name}" for name, neg in match.oif if not neg]
+    others = match.conditions - len(saddr) - len(daddr) - len(
+        [1 for _, neg in match.iif if not neg]) - len([1 for _, neg in match.oif if not neg])
+    if others:
+        words.append(f"(and {others} more match{'es' if others > 1 else ''})")
+    words.append(match.verdict)
+    iif = [name for name, neg in match.iif if not neg]
+    oif = [name for name, neg in match.oif if not neg]
+    fields: dict[str, Any] = {
+        # One prefix each is what a block holds; several (a set) count as any.
+        "source": saddr[0] if len(saddr) == 1 else None,
+        "destination": daddr[0] if len(daddr) == 1 else None,
+    }
+    text = " ".join(words)
+    place = f"nftables {where[0]} {where[1]} {chain}"
+    family = 4 if match.proto == "ip" else 6
+    try:
+        return ForwardBlock(family, match.verdict, text, place, **fields,
+                            in_interface=iif[0] if len(iif) == 1 else None,
+                            out_interface=oif[0] if len(oif) == 1 else None)
+    except ModelError:
+        return ForwardBlock(family, match.verdict, text, place, **fields)

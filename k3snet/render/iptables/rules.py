@@ -6,9 +6,17 @@ Layout (per family: ``iptables`` for IPv4, ``ip6tables`` for IPv6)::
             K3SNET-POSTROUTING   one jump per non-empty bucket, in group order
             K3SNET-N-d24-s16-o-7 the NAT rules of one group and hash bucket
             K3SNET-M-<hash16>    one rule's exclusions (RETURN ...) then its MASQUERADE/SNAT
-    filter: FORWARD      -m comment --comment k3snet -j K3SNET-FORWARD      (inserted first)
+    filter: FORWARD      -m comment --comment k3snet -j K3SNET-FORWARD      (see below)
             K3SNET-FORWARD       one jump per non-empty bucket
             K3SNET-F-7           the forward accepts (and reply accepts) of one hash bucket
+
+Where the hook jumps go (:func:`hook_position`): when k3snet creates a jump it
+goes after every rule already in the built-in chain except a final run of
+catch-all ``DROP``/``REJECT`` rules (firewalld's and the RHEL iptables service's
+default deny, a policy written as a rule): whatever an admin or another program
+decided about specific traffic is met first and decides. Once there, the jump
+is never moved: a rule inserted above it later stays above it, and what it
+drops of k3snet's traffic is a conflict (docs/reliability.md).
 
 Every rule we write carries ``-m comment --comment k3snet:<digest>``, the
 ownership tag of :mod:`k3snet.render.tag` over a canonical text of the object
@@ -62,6 +70,7 @@ __all__ = [
     "content_hash",
     "format_line",
     "hook_line",
+    "hook_position",
     "is_bucket_chain",
     "main_lines",
     "normalize",
@@ -92,7 +101,8 @@ class Hook:
     builtin: str
     main: str
     first: bool
-    """True: the jump must be the first rule (FORWARD, ahead of DROP rules)."""
+    """Unused since k3snet stopped putting its FORWARD jump first (kept for callers):
+    a jump goes where :func:`hook_position` says and is never moved."""
 
 
 HOOKS: Final[Mapping[str, Hook]] = {
@@ -115,6 +125,35 @@ def table_of(obj: NetObject) -> str:
 def hook_line(hook: Hook) -> Line:
     """The jump from the built-in chain to our main chain."""
     return ("-m", "comment", "--comment", TAG, "-j", hook.main)
+
+
+_DENY: Final = frozenset({"DROP", "REJECT"})
+
+
+def hook_position(rules: Sequence[Line]) -> int:
+    """Where a new jump goes in a built-in chain holding ``rules`` (0-based index).
+
+    After every rule but a final run of catch-all ``DROP``/``REJECT`` rules (no
+    match but comments): those are a default deny, which k3snet's accepts exist
+    to open; any rule matching something is somebody's decision and stays first.
+    """
+    position = len(rules)
+    while position and _is_catch_all_deny(rules[position - 1]):
+        position -= 1
+    return position
+
+
+def _is_catch_all_deny(line: Line) -> bool:
+    if "-j" not in line:
+        return False
+    at = line.index("-j")
+    if at + 1 >= len(line) or line[at + 1] not in _DENY:
+        return False
+    matches = list(line[:at])
+    while "comment" in matches:  # a comment never restricts anything
+        index = matches.index("comment") - 1
+        del matches[index: index + 4]
+    return not matches
 
 
 def _jump_line(chain: str) -> Line:

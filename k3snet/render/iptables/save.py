@@ -59,7 +59,9 @@ def render_iptables_save(state: State, family: int) -> str:
         lines.append(f"*{table}")
         lines += [f":{chain} - [0:0]" for chain in image]
         jump = format_line(hook_line(hook))
-        lines.append(f"-I {hook.builtin} 1 {jump}" if hook.first else f"-A {hook.builtin} {jump}")
+        # Appended, like an apply creates it: the rules loaded before this file
+        # (an admin's) come first and decide.
+        lines.append(f"-A {hook.builtin} {jump}")
         lines += [f"-A {chain} {format_line(rule)}" for chain, rules in image.items()
                   for rule in rules]
         lines.append("COMMIT")
