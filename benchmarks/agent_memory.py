@@ -27,11 +27,13 @@ sys.exit(status)
 
 
 def spec(count: int) -> str:
-    lines = ["destinations:"]
+    """A spec of ``count`` routed destinations (its header as ``k3snet validate`` wants it)."""
+    lines = ["apiVersion: k3snet.io/v1alpha1", "kind: EgressSpec"]
+    lines += ["destinations:"] if count else ["destinations: []"]
     for n in range(count):
         lines += [f"  - cidr: 10.{100 + n // 256}.{n % 256}.0/24",
                   "    gateway: 192.168.1.1", "    device: eth0"]
-    return "\n".join(lines) + "\n" if count else "destinations: []\n"
+    return "\n".join(lines) + "\n"
 
 
 def measure(count: int, backend_args: list[str], netns: str | None) -> tuple[float, float]:

@@ -207,6 +207,9 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                             "(default key spec.yaml) instead of -f")
     agent.add_argument("--interval", type=_positive_seconds, default=30.0,
                        help="seconds between passes (default: 30)")
+    agent.add_argument("--no-watch", action="store_true",
+                       help="pass only every --interval: do not look for changes on the node "
+                            "in between (nftables generation id, netlink notifications)")
     agent.add_argument("--once", action="store_true",
                        help="converge once and exit (0: the pass succeeded, 1: it failed)")
     agent.add_argument("--node-name", default=env("K3SNET_NODE_NAME") or socket.gethostname(),
@@ -401,12 +404,24 @@ def _backend(args: argparse.Namespace, spec: Spec | None,
     return BackendGroup(members)
 
 
-def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> State:
+def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup,
+             memo: list[Any] | None = None) -> State:
     # Facts describe the local node (its interfaces and routes): they are read only for
     # backends acting on it (a network namespace here), never for remote or cloud ones.
     local = bool(namespaces_of(backend)) and bool(backend.capabilities & set(KINDS))
     facts = gather_facts(args.netns) if local and not args.no_facts else None
-    return compile_for(backend, spec, facts)
+    if memo is None:
+        return compile_for(backend, spec, facts)
+    # The agent's passes: compile is pure, so the same spec, backends and facts give the
+    # same state; compiling 2k destinations again cost 250 of a 430 ms no-op pass
+    # (benchmarks/agent_steady.py). The agent hands a new group object each pass:
+    # its members' backends (kept alive here) and kinds are what counts.
+    members = [(m.backend, m.kinds) for m in backend.members]
+    if memo and memo[0] is spec and memo[2] == facts and len(memo[1]) == len(members) and all(
+            a is b and k == j for (a, k), (b, j) in zip(memo[1], members, strict=True)):
+        return memo[3]  # type: ignore[no-any-return]
+    memo[:] = [spec, members, facts, compile_for(backend, spec, facts)]
+    return memo[3]  # type: ignore[no-any-return]
 
 
 def _print_json(data: Any) -> None:
@@ -649,8 +664,9 @@ def cmd_observe(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from k3snet.agent import run_from_cli  # noqa: PLC0415 - agent dependencies only here
 
+    memo: list[Any] = []
     return run_from_cli(args, make_backend=lambda spec: _backend(args, spec),
-                        desired=lambda spec, group: _desired(args, spec, group))
+                        desired=lambda spec, group: _desired(args, spec, group, memo))
 
 
 EXIT_BLOCKED, EXIT_UNKNOWN = 3, 4  # doctor's own codes (docs/cli.md)

@@ -13,6 +13,14 @@ One pass:
 4. record the outcome: a log line, the metrics, the node annotation.
 
 A failed pass never ends the loop: the next one starts after ``interval``.
+
+Between passes the agent looks at the node backends' change tokens every
+``watch`` seconds (the nftables generation id, the netlink route view's
+version after reading its notifications: a small round trip, no listing). When
+one moves, someone changed the node: the next pass starts then, not an interval
+later, so drift is repaired within about a second; the interval stays the
+backstop for what announces no change (sysctls, iptables-legacy, facts read
+with ``ip``).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Literal
 
 import attrs
@@ -97,6 +105,13 @@ class AgentOptions:
     interval: float = 30.0
     cleanup_on_exit: bool = False
     """On SIGTERM, remove what k3snet owns on this node (``k3snet destroy``)."""
+    watch: float | None = 0.25
+    """Seconds between two looks at the backends' change tokens (``None``: only the
+    interval starts passes)."""
+    watch_gap: float = 1.0
+    """A pass started by a change starts at least this long after the previous one
+    started: a busy node (kube-proxy committing every second) costs at most one
+    pass per ``watch_gap``."""
     stale_after: float | None = None
     """/healthz fails when no pass has ended for this long (default: 2 x interval
     + 2 x the namespace lock timeout + 60 s)."""
@@ -435,12 +450,58 @@ class Agent:
             if once:
                 return 0 if self.run_pass().status == "ok" else 1
             while not self._stopping.is_set():
+                started = self._monotonic()
                 self.run_pass()
-                self._wake.wait(self.options.interval)
+                self._wait_after(started)
                 self._wake.clear()
             return 0
         finally:
             self.shutdown()
+
+    def changes_seen(self, token: tuple[Hashable | None, ...] | None
+                     ) -> tuple[bool, tuple[Hashable | None, ...] | None]:
+        """(whether the node backends' change tokens moved since ``token``, the tokens now).
+
+        ``None`` when there is nothing to watch (no group yet, or no member can
+        tell), or reading failed (the next interval's pass reports the failure).
+        """
+        if self._group is None:
+            return False, None
+        node, _ = split_cluster_wide(self._group)
+        if node is None:
+            return False, None
+        try:
+            now = node.change_token()
+        except Exception as exc:  # noqa: BLE001 - the interval's pass reports it properly
+            _log.debug("cannot read the change tokens: %s", _one_line(exc))
+            return False, None
+        if all(t is None for t in now):
+            return False, None
+        return token is not None and now != token, now
+
+    def _wait_after(self, started: float) -> None:
+        """Wait for the interval, a wake-up, or (watching) a change on the node."""
+        deadline = started + self.options.interval
+        watch = self.options.watch
+        _, token = self.changes_seen(None) if watch else (False, None)
+        if watch is None or token is None:
+            self._wake.wait(max(0.0, deadline - self._monotonic()))
+            return
+        earliest = started + self.options.watch_gap
+        while True:
+            left = deadline - self._monotonic()
+            if left <= 0 or self._wake.wait(min(watch, left)):
+                return
+            moved, token = self.changes_seen(token)
+            if token is None:
+                self._wake.wait(max(0.0, deadline - self._monotonic()))
+                return
+            if moved:
+                _log.debug("the node changed: passing now, before the interval")
+                gap = earliest - self._monotonic()
+                if gap > 0:
+                    self._wake.wait(gap)
+                return
 
     def stop(self) -> None:
         """Ask the loop to end after the pass in progress (what SIGTERM does)."""

@@ -360,6 +360,16 @@ class BackendBase:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def change_token(self) -> Hashable | None:
+        """A value that changes whenever what :meth:`observe` reports may have changed.
+
+        Much cheaper to read than an observe (the nftables generation id, a
+        count of netlink notifications), so the agent can look for drift every
+        fraction of a second and observe only when something moved. ``None``
+        (this default): the backend cannot tell; the agent's interval covers it.
+        """
+        return None
+
     def ensure_capable(self, plan: Plan) -> None:
         """Refuse a plan with kinds this backend does not manage (PlanError)."""
         ensure_capable(self, plan)  # type: ignore[arg-type]

@@ -265,6 +265,20 @@ class NetlinkBackend(BackendBase):
         self._observed = (self._routes.version, state)
         return state
 
+    def change_token(self) -> tuple[int, int] | None:
+        """The route view's version after reading the pending notifications (no dump).
+
+        It changes with any route, link or address change in the namespace, ours
+        included; ``None`` with a driver that reads no notifications (pyroute2).
+        Owned sysctls are not covered (the kernel announces no sysctl change).
+        """
+        if not self._driver.follows_changes:
+            return None
+        with translate_errors(f"read the notifications of {self._where}",
+                              capability=_CAPABILITY):
+            self._routes.sync()
+        return self._routes.version
+
     def _count(self) -> None:
         self._operations += 1
 

@@ -244,6 +244,11 @@ class NftablesBackend(BackendBase):
         """
         return self._call(lambda kernel: self._observe(kernel, refresh=refresh))
 
+    def change_token(self) -> int:
+        """The ruleset generation id: any committed nftables transaction in the namespace
+        (iptables-nft's too) changes it; one small netlink round trip."""
+        return self._call(lambda kernel: kernel.genid())
+
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Dry run: the problems applying ``plan`` would hit (the kernel sees the batch,
         nothing is committed)."""
