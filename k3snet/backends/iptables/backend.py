@@ -30,6 +30,13 @@ Drivers
     goes through the I/O seam :class:`~k3snet.backends.iptables.driver.Kernel`
     (``kernel=``), which tests replace with recorded ``iptables-save`` text.
 
+Observe cache (iptables-nft)
+    iptables-nft's commits are nftables transactions: they bump the ruleset
+    generation id (:mod:`k3snet.backends.nfgen`), read in one small round trip.
+    What ``observe`` read is kept, stamped with that id, and served again while
+    it has not moved; it is also :meth:`IptablesBackend.change_token`, which the
+    agent watches. iptables-legacy has no such counter: every observe reads.
+
 Mode detection (``mode="auto"``; an explicit ``mode`` always wins)
     See :mod:`k3snet.backends.iptables.mode`.
 
@@ -92,7 +99,8 @@ from k3snet.backends.iptables.table import (
     revert_ops,
 )
 from k3snet.backends.kit import BackendBase, Compensation
-from k3snet.backends.netns import netns_path, validate_netns
+from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
+from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import (
     BackendError,
     BackendUnavailableError,
@@ -177,6 +185,10 @@ class IptablesBackend(BackendBase):
         self._mode_reason = "given" if mode != "auto" else ""
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
+        self._generation: GenerationReader | None = None
+        self._no_generation = False
+        # (generation id, the tables read, the State made of them): see "Observe cache".
+        self._observed: tuple[int, dict[tuple[int, str], TableState], State] | None = None
         if driver == "libiptc" and kernel is None:
             if self.mode == "nft":
                 raise BackendError(
@@ -234,14 +246,43 @@ class IptablesBackend(BackendBase):
     # -- lifecycle ----------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the libiptc worker thread (nothing to do for the restore driver)."""
+        """Release the libiptc worker thread and the generation-id socket."""
         self._kernel.close()
+        if self._generation is not None:
+            self._generation.close()
+            self._generation = None
         super().close()
 
     # -- protocol -----------------------------------------------------------------
 
+    def change_token(self) -> int | None:
+        """The nftables generation id with iptables-nft (any commit in the namespace
+        moves it); ``None`` with iptables-legacy or a replaced kernel seam."""
+        if self._no_generation or not isinstance(self._kernel, Processes) or self.mode != "nft":
+            return None
+        if self._generation is None:
+            runner = NetnsRunner(self._netns)
+            try:
+                self._generation = runner.call(GenerationReader)  # bound to the namespace
+            except K3snetError:
+                self._no_generation = True  # no netfilter netlink here: read every time
+                return None
+            finally:
+                runner.close()
+        return self._generation.read()
+
     def observe(self) -> State:
-        """Our objects (rebuilt from rule text, hash-checked) and simple foreign rules."""
+        """Our objects (rebuilt from rule text, hash-checked) and simple foreign rules.
+
+        With iptables-nft, served from what the last observe read while the
+        generation id has not moved (see the module docs).
+        """
+        token = self.change_token()
+        kept = self._observed
+        # A failed apply drops self._tables (it may have been edited in place): then read.
+        if token is not None and kept is not None and kept[0] == token and \
+                kept[1] is self._tables:
+            return kept[2]
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
         for family in FAMILIES:
@@ -252,8 +293,12 @@ class IptablesBackend(BackendBase):
             foreign |= foreign_forward(dump.get("filter"), family)
         self._tables = tables
         self._foreign = frozenset(foreign)
-        return State(owned=[o for s in tables.values() for o in s.owned.values()],
-                     foreign=self._foreign)
+        state = State(owned=[o for s in tables.values() for o in s.owned.values()],
+                      foreign=self._foreign)
+        # Kept only if nobody committed while the tables were read.
+        stable = token is not None and self.change_token() == token
+        self._observed = (token, tables, state) if stable and token is not None else None
+        return state
 
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Dry run: plan problems, then each table's edits tried without committing."""
@@ -273,6 +318,7 @@ class IptablesBackend(BackendBase):
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change, one transaction per table, or none (see the module docs)."""
         ensure_capable(self, plan)
+        self._observed = None  # the apply edits self._tables in place: observe reads again
         fail_after = self.faults.take(plan)
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
