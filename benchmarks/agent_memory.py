@@ -16,6 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from goals import Figure, record
+
+from k3snet.render.manifests import AGENT_MEMORY_LIMIT
+
+LIMIT_MIB = float(AGENT_MEMORY_LIMIT.removesuffix("Mi"))
+
 CHILD = """
 import sys, kubernetes, prometheus_client, resource
 from k3snet.cli import main
@@ -64,6 +70,8 @@ def main() -> None:
     for count in args.counts:
         rss, cpu = measure(count, ["--backend", "memory", "--no-facts"], None)
         print(f"{'memory':<18}{count:>13}{rss:>14.1f}{cpu:>8.2f}")
+        record(Figure(f"agent peak RSS, {count} destinations", "memory", rss, "MiB", LIMIT_MIB,
+                      detail=f"one pass, {cpu:.2f} s CPU; goal = the DaemonSet's limit"))
     if args.kernel:
         from k3snet.lab.netns import run_in, temporary_netns  # noqa: PLC0415
 
@@ -75,6 +83,9 @@ def main() -> None:
                 run_in(ns, ["ip", "link", "set", "eth0", "up"])
                 rss, cpu = measure(count, ["--backend", "netlink", "--backend", "nftables"], ns)
             print(f"{'netlink+nftables':<18}{count:>13}{rss:>14.1f}{cpu:>8.2f}")
+            record(Figure(f"agent peak RSS, {count} destinations", "netlink+nftables", rss,
+                          "MiB", LIMIT_MIB,
+                          detail=f"one pass, {cpu:.2f} s CPU; goal = the DaemonSet's limit"))
 
 
 if __name__ == "__main__":
