@@ -67,9 +67,7 @@ Drift
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal, NoReturn
 
 import attrs
@@ -98,7 +96,7 @@ from k3snet.backends.iptables.table import (
     restore_lines,
     revert_ops,
 )
-from k3snet.backends.kit import BackendBase, Compensation
+from k3snet.backends.kit import GC_PAUSE_MIN, BackendBase, Compensation, GcPause, gc_paused
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import (
@@ -127,7 +125,6 @@ Mode = Literal["nft", "legacy", "auto"]
 Driver = Literal["restore", "libiptc", "auto"]
 
 FAMILIES = (4, 6)
-_GC_PAUSE_MIN = 1000
 
 
 @attrs.frozen
@@ -285,12 +282,13 @@ class IptablesBackend(BackendBase):
             return kept[2]
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
-        for family in FAMILIES:
-            dump = self._save(family)
-            for table in TABLES:
-                tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
-            foreign |= foreign_nat(dump.get("nat"), family)
-            foreign |= foreign_forward(dump.get("filter"), family)
+        with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the save
+            for family in FAMILIES:
+                dump = self._save(family)
+                for table in TABLES:
+                    tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
+                foreign |= foreign_nat(dump.get("nat"), family)
+                foreign |= foreign_forward(dump.get("filter"), family)
         self._tables = tables
         self._foreign = frozenset(foreign)
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
@@ -322,10 +320,10 @@ class IptablesBackend(BackendBase):
         fail_after = self.faults.take(plan)
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
-        with _gc_paused(len(plan.changes)) as pause:
+        with gc_paused(len(plan.changes)) as pause:
             return self._apply(plan, fail_after, pause)
 
-    def _apply(self, plan: Plan, fail_after: int | None, pause: _GcPause) -> ApplyResult:
+    def _apply(self, plan: Plan, fail_after: int | None, pause: GcPause) -> ApplyResult:
         inject = injected = None
         if fail_after is not None:
             injected = plan.changes[min(fail_after, len(plan.changes) - 1)]
@@ -361,7 +359,7 @@ class IptablesBackend(BackendBase):
 
     def _stream(self, plan: Plan, where: tuple[int, str], changes: list[Change],
                 undo: Compensation, *, fail: bool, injected: Change | None,
-                pause: _GcPause | None = None) -> None:
+                pause: GcPause | None = None) -> None:
         """One table through one ``iptables-restore`` run, fed while its edit is computed.
 
         The process parses the first rules while the next ones are rendered; it
@@ -518,42 +516,6 @@ class IptablesBackend(BackendBase):
             raise BackendUnavailableError(
                 f"{tool_name(family, self.mode, 'save')} not found on PATH (install iptables)")
         return parse_save(text)
-
-
-class _GcPause:
-    """The cyclic GC paused by :func:`_gc_paused` (or not: small applies leave it alone)."""
-
-    def __init__(self, paused: bool) -> None:
-        self._paused = paused
-
-    def end(self) -> None:
-        """Resume the GC, and make now the collection of what the apply allocated.
-
-        Resumed, the GC would walk every object allocated meanwhile (~30k at 10k
-        rules, ~3 ms) at the next allocation anyway; done here, while the kernel
-        commits the table, it costs nothing.
-        """
-        if self._paused:
-            self._paused = False
-            gc.enable()
-            gc.collect(0)
-
-
-@contextlib.contextmanager
-def _gc_paused(size: int) -> Iterator[_GcPause]:
-    """Pause the cyclic GC while a big apply allocates its ~10 tuples per rule.
-
-    Those tuples never form cycles, yet each allocation burst triggers collections
-    that walk every live object (the 10k observed rules included): about a third
-    of a 10k-rule apply. Small applies leave the GC alone.
-    """
-    pause = _GcPause(size >= _GC_PAUSE_MIN and gc.isenabled())
-    if pause._paused:
-        gc.disable()
-    try:
-        yield pause
-    finally:
-        pause.end()
 
 
 _TABLE_OF: dict[type, str] = {ForwardRule: "filter", MasqueradeRule: "nat", SnatRule: "nat"}

@@ -84,7 +84,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from k3snet.backends.base import ApplyResult
-from k3snet.backends.kit import BackendBase, ObserveCache, fit_problems
+from k3snet.backends.kit import (
+    GC_PAUSE_MIN,
+    BackendBase,
+    ObserveCache,
+    fit_problems,
+    gc_paused,
+)
 from k3snet.backends.netns import NetnsRunner
 from k3snet.backends.nftables.batch import Batch, Syntax
 from k3snet.backends.nftables.cache import (
@@ -305,7 +311,9 @@ class NftablesBackend(BackendBase):
         token = _Generation(kernel, genid)
 
         def load() -> Cache:
-            read = read_own(kernel, self._table, self._families, token.last)
+            # The size is unknown before the listing: a small table costs the pause nothing.
+            with gc_paused(GC_PAUSE_MIN):
+                read = read_own(kernel, self._table, self._families, token.last)
             if foreign:
                 read.foreign = self._read_foreign(kernel)
             return read
