@@ -32,10 +32,11 @@ def main() -> int:
     per_change = []
     for count in (2000, 8000):
         p = plan(State(), wanted(count))
-        sample = measure(lambda p=p: MemoryBackend().apply(p), runs)
-        per_change.append(sample.wall / count * 1e6)
-        record(Figure("MemoryBackend apply per change", "memory", per_change[-1], "us", None,
-                      detail=f"{count} adds, {sample.wall * 1000:.1f} ms"))
+        # Best of the runs: pure Python work, which a busy machine only ever slows down.
+        best = min(measure(lambda p=p: MemoryBackend().apply(p), 1).cpu for _ in range(runs))
+        per_change.append(best / count * 1e6)
+        record(Figure("MemoryBackend apply per change (CPU)", "memory", per_change[-1], "us",
+                      None, detail=f"{count} adds, {best * 1000:.1f} ms, best of {runs}"))
     record(Figure("MemoryBackend growth per change", "memory", per_change[1] / per_change[0],
                   "x", 1.25, detail="2k -> 8k adds"))
     return 0

@@ -119,8 +119,11 @@ class Node:
         return path
 
     def cli(self, *argv: str) -> None:
-        subprocess.run([*K3SNET, *argv, "--netns", self.ns, *self.args], check=True,
-                       env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        done = subprocess.run([*K3SNET, *argv, "--netns", self.ns, *self.args], check=False,
+                              env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"k3snet {' '.join(argv)} failed: {done.stderr[-2000:]}")
 
     def apply(self, spec: Path) -> None:
         self.cli("apply", "-f", str(spec), "--auto-approve", "--allow-teardown")
