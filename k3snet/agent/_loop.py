@@ -207,6 +207,9 @@ class Agent:
         self._stopping = threading.Event()
         self._once = False
         self._not_candidate = False
+        # "node"/"cluster" -> (the desired state, the change tokens) of the last pass
+        # that found nothing to do there: see _converge_one.
+        self._synced: dict[str, tuple[State, tuple[Hashable | None, ...]]] = {}
         self.passes = 0
 
     # ------------------------------------------------------------ probes
@@ -346,16 +349,41 @@ class Agent:
         node, cluster = split_cluster_wide(group)
         applied: list[Change] = []
         if node is not None:
-            applied += self._converge_one(spec, node)
+            applied += self._converge_one(spec, node, "node")
         leader = False
         if cluster is not None and self._cluster_writer():
             leader = True
-            applied += self._converge_one(spec, cluster)
+            applied += self._converge_one(spec, cluster, "cluster")
         return tuple(applied), leader
 
-    def _converge_one(self, spec: Spec, group: BackendGroup) -> Sequence[Change]:
-        done = converge(group, self._desired(spec, group))
+    def _converge_one(self, spec: Spec, group: BackendGroup, part: str) -> Sequence[Change]:
+        desired = self._desired(spec, group)
+        if self._in_sync(group, desired, part):
+            return ()
+        self._synced.pop(part, None)
+        done = converge(group, desired)
+        if done.plan.empty:
+            # Nothing to do: until a token moves (or the desired state does), observing
+            # and planning again would find nothing either.
+            tokens = self._tokens(group)
+            if tokens is not None:
+                self._synced[part] = (desired, tokens)
         return done.result.applied if done.result is not None else ()
+
+    def _tokens(self, group: BackendGroup) -> tuple[Hashable | None, ...] | None:
+        """The group's change tokens, if every member has one (else None: always observe)."""
+        try:
+            tokens = group.change_token()
+        except Exception:  # noqa: BLE001 - converge will meet (and report) the same failure
+            return None
+        return None if any(t is None for t in tokens) else tokens
+
+    def _in_sync(self, group: BackendGroup, desired: State, part: str) -> bool:
+        """Whether the last pass found nothing to do for this very desired state, and no
+        change token moved since: then this pass would find nothing either."""
+        synced = self._synced.get(part)
+        return (synced is not None and synced[0] is desired
+                and self._tokens(group) == synced[1])
 
     def _cluster_writer(self) -> bool:
         if self._elector_factory is None:

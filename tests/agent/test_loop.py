@@ -316,3 +316,43 @@ def test_no_change_no_pass_and_no_token_no_watch(tmp_path: Path) -> None:
     plain = Node(tmp_path)  # a MemoryBackend cannot tell: nothing to watch
     plain.agent.run_pass()
     assert plain.agent.changes_seen(None) == (False, None)
+
+
+class CountingMemory(WatchedMemory):
+    """A WatchedMemory that counts its observes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observes = 0
+
+    def observe(self) -> State:
+        self.observes += 1
+        return super().observe()
+
+
+def test_a_pass_with_nothing_moved_observes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = CountingMemory()
+    compiled: dict[int, State] = {}  # the CLI's memo: the same spec gives the same state
+
+    def desired(spec: Spec, group: BackendGroup) -> State:
+        return compiled.setdefault(id(spec), compile_for(group, spec))
+
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), desired,
+                  AgentOptions("node-1", interval=3600))
+    assert len(agent.run_pass().applied) == 3
+    assert agent.run_pass().applied == ()  # observed: nothing to do, tokens kept
+    seen = memory.observes
+    result = agent.run_pass()
+    assert (result.status, result.applied) == ("ok", ())
+    assert memory.observes == seen  # nothing moved: no observe, no plan
+    forward = [c for c in plan(State(), memory.state).changes if c.kind == "forward"]
+    memory.apply(Plan(changes=[c.inverse() for c in forward]))  # drift moves the token
+    repaired = agent.run_pass()
+    assert memory.observes > seen
+    assert repaired.drift == 1
+    path.write_text(SPEC_TWO)  # a new spec is a new desired state: observed again
+    seen = memory.observes
+    assert agent.run_pass().applied
+    assert memory.observes > seen
