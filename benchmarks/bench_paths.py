@@ -18,7 +18,8 @@ destinations of a generated spec: 10 000, ``--quick`` 1 000):
   goal 0.1x;
 * observe (a cold backend, library): against the raw listing; goal 1.2x; and
   its cost per object at 1k, 10k and 50k (``--quick``: 1k, 5k), which should
-  not grow by more than 1.25x from the middle size to the largest;
+  not grow by more than 1.5x from the middle size to the largest (quadratic
+  would show 5x);
 * full apply through the CLI from nothing, against ``nft -f`` /
   ``iptables-restore`` / ``ip -batch`` of the same objects; goal 1.5x;
 * the backends' check (``k3snet apply --dry-run`` runs it) against the apply of
@@ -302,7 +303,7 @@ def observe_cold(n: Node, sizes: list[int], runs: int) -> None:
         record(Figure("observe per object", n.name, cost, "us", None, detail=f"at {size}"))
     if len(per_object) >= 2:
         (_, middle), (size, last) = per_object[-2], per_object[-1]
-        record(Figure("observe growth per object", n.name, last / middle, "x", 1.25,
+        record(Figure("observe growth per object", n.name, last / middle, "x", 1.5,
                       detail=f"{per_object[-2][0]} -> {size}"))
     n.raw_clear()
 
