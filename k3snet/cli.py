@@ -423,18 +423,31 @@ def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup,
     # Facts describe the local node (its interfaces and routes): they are read only for
     # backends acting on it (a network namespace here), never for remote or cloud ones.
     local = bool(namespaces_of(backend)) and bool(backend.capabilities & set(KINDS))
-    facts = gather_facts(args.netns) if local and not args.no_facts else None
     if memo is None:
+        facts = gather_facts(args.netns) if local and not args.no_facts else None
         return compile_for(backend, spec, facts)
+    facts = token = None
+    if local and not args.no_facts:
+        # The agent: the netlink member's change token moves with every route, link and
+        # address change in this namespace, all that the facts are made of; read before
+        # the facts, it can only make them be read again too often, never too rarely.
+        watched = [read for m in backend.members if getattr(m.backend, "name", None) == "netlink"
+                   and (read := getattr(m.backend, "change_token", None)) is not None]
+        token = watched[0]() if watched else None
+        if token is not None and len(memo) == 5 and memo[4] == token:
+            facts = memo[2]
+        else:
+            facts = gather_facts(args.netns)
     # The agent's passes: compile is pure, so the same spec, backends and facts give the
     # same state; compiling 2k destinations again cost 250 of a 430 ms no-op pass
     # (benchmarks/agent_steady.py). The agent hands a new group object each pass:
     # its members' backends (kept alive here) and kinds are what counts.
     members = [(m.backend, m.kinds) for m in backend.members]
-    if memo and memo[0] is spec and memo[2] == facts and len(memo[1]) == len(members) and all(
-            a is b and k == j for (a, k), (b, j) in zip(memo[1], members, strict=True)):
-        return memo[3]  # type: ignore[no-any-return]
-    memo[:] = [spec, members, facts, compile_for(backend, spec, facts)]
+    if not (memo and memo[0] is spec and memo[2] == facts and len(memo[1]) == len(members)
+            and all(a is b and k == j
+                    for (a, k), (b, j) in zip(memo[1], members, strict=True))):
+        memo[:] = [spec, members, facts, compile_for(backend, spec, facts), None]
+    memo[4] = token  # the facts kept are as of this token
     return memo[3]  # type: ignore[no-any-return]
 
 

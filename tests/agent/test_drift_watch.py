@@ -122,3 +122,47 @@ def test_a_deleted_nftables_rule_is_put_back_long_before_the_interval(agent: str
     print(f"\nnftables rule repaired after {latency} s")  # noqa: T201 - as above
     assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
     assert {r.get("comment") for r in _our_rules(ns)} == {r.get("comment") for r in rules}
+
+
+def test_the_agent_reads_the_node_facts_again_only_after_a_change(
+        require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from k3snet import cli  # noqa: PLC0415 - the CLI's own agent wiring, as `k3snet agent`
+    from k3snet.agent import Agent, AgentOptions, FileSpecSource  # noqa: PLC0415
+
+    reads: list[str | None] = []
+    real = cli.gather_facts
+
+    def counted(netns: str | None = None) -> Any:
+        reads.append(netns)
+        return real(netns)
+
+    monkeypatch.setattr(cli, "gather_facts", counted)
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path))
+    with temporary_netns("facts") as ns:
+        run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+        run_in(ns, ["ip", "link", "set", "eth1", "up"])
+        run_in(ns, ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"])
+        run_in(ns, ["ip", "link", "set", "eth0", "up"])
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SPEC)
+        args = cli.build_parser().parse_args(["agent", "-f", str(spec), "--netns", ns,
+                                              "--backend", "netlink:route"])
+        memo: list[Any] = []
+        agent = Agent(FileSpecSource(spec), lambda s: cli._backend(args, s),
+                      lambda s, g: cli._desired(args, s, g, memo), AgentOptions("facts"))
+        try:
+            assert agent.run_pass().applied  # the routes: facts read
+            agent.run_pass()  # our own routes moved the token: read again, nothing to do
+            before = len(reads)
+            assert agent.run_pass().applied == ()
+            assert len(reads) == before  # nothing moved: the facts kept
+            run_in(ns, ["ip", "addr", "add", "192.168.7.5/24", "dev", "eth0"])
+            assert agent.run_pass().status == "ok"
+            assert len(reads) == before + 1  # an address came: read again
+            run_in(ns, ["ip", "addr", "del", "192.168.1.5/24", "dev", "eth0"])
+            failed = agent.run_pass()  # the gateway is no longer reachable: the spec fails
+            assert len(reads) == before + 2
+            assert failed.status != "ok", failed
+        finally:
+            agent.shutdown()
