@@ -508,8 +508,9 @@ class Agent:
         return token is not None and now != token, now
 
     def _wait_after(self, started: float) -> None:
-        """Wait for the interval, a wake-up, or (watching) a change on the node."""
-        deadline = started + self.options.interval
+        """Wait for the interval (from the end of the pass, as before), a wake-up, or
+        (watching) a change on the node."""
+        deadline = self._monotonic() + self.options.interval
         watch = self.options.watch
         _, token = self.changes_seen(None) if watch else (False, None)
         if watch is None or token is None:
