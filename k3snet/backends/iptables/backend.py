@@ -268,13 +268,22 @@ class IptablesBackend(BackendBase):
                 runner.close()
         return self._generation.read()
 
+    def _token_or_none(self) -> int | None:
+        """:meth:`change_token`, or None when it cannot be read (observe then reads)."""
+        try:
+            return self.change_token()
+        except BackendUnavailableError:
+            raise  # no iptables tools: observe would say the same
+        except K3snetError:
+            return None
+
     def observe(self) -> State:
         """Our objects (rebuilt from rule text, hash-checked) and simple foreign rules.
 
         With iptables-nft, served from what the last observe read while the
         generation id has not moved (see the module docs).
         """
-        token = self.change_token()
+        token = self._token_or_none()
         kept = self._observed
         # A failed apply drops self._tables (it may have been edited in place): then read.
         if token is not None and kept is not None and kept[0] == token and \
@@ -294,7 +303,7 @@ class IptablesBackend(BackendBase):
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
                       foreign=self._foreign)
         # Kept only if nobody committed while the tables were read.
-        stable = token is not None and self.change_token() == token
+        stable = token is not None and self._token_or_none() == token
         self._observed = (token, tables, state) if stable and token is not None else None
         return state
 
