@@ -93,7 +93,7 @@ demo: deps
 	$(BIN)/python -m k3snet.demo $(DEMO_ARGS)
 
 bench: deps
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick)
 
 # mutmut copies the tree to mutants/ and runs the root-free tests (selection in
 # [tool.mutmut], pyproject.toml) against each mutant, with the derandomized

@@ -16,6 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from goals import Figure, record
+
+from k3snet.render.manifests import AGENT_MEMORY_LIMIT
+
+LIMIT_MIB = float(AGENT_MEMORY_LIMIT.removesuffix("Mi"))
+
 CHILD = """
 import sys, kubernetes, prometheus_client, resource
 from k3snet.cli import main
@@ -27,11 +33,13 @@ sys.exit(status)
 
 
 def spec(count: int) -> str:
-    lines = ["apiVersion: k3snet.io/v1alpha1", "kind: EgressSpec", "destinations:"]
+    """A spec of ``count`` routed destinations (its header as ``k3snet validate`` wants it)."""
+    lines = ["apiVersion: k3snet.io/v1alpha1", "kind: EgressSpec"]
+    lines += ["destinations:"] if count else ["destinations: []"]
     for n in range(count):
         lines += [f"  - cidr: 10.{100 + n // 256}.{n % 256}.0/24",
                   "    gateway: 192.168.1.1", "    device: eth0"]
-    return "\n".join(lines if count else [*lines[:2], "destinations: []"]) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def measure(count: int, backend_args: list[str], netns: str | None) -> tuple[float, float]:
@@ -62,6 +70,8 @@ def main() -> None:
     for count in args.counts:
         rss, cpu = measure(count, ["--backend", "memory", "--no-facts"], None)
         print(f"{'memory':<18}{count:>13}{rss:>14.1f}{cpu:>8.2f}")
+        record(Figure(f"agent peak RSS, {count} destinations", "memory", rss, "MiB", LIMIT_MIB,
+                      detail=f"one pass, {cpu:.2f} s CPU; goal = the DaemonSet's limit"))
     if args.kernel:
         from k3snet.lab.netns import run_in, temporary_netns  # noqa: PLC0415
 
@@ -73,6 +83,9 @@ def main() -> None:
                 run_in(ns, ["ip", "link", "set", "eth0", "up"])
                 rss, cpu = measure(count, ["--backend", "netlink", "--backend", "nftables"], ns)
             print(f"{'netlink+nftables':<18}{count:>13}{rss:>14.1f}{cpu:>8.2f}")
+            record(Figure(f"agent peak RSS, {count} destinations", "netlink+nftables", rss,
+                          "MiB", LIMIT_MIB,
+                          detail=f"one pass, {cpu:.2f} s CPU; goal = the DaemonSet's limit"))
 
 
 if __name__ == "__main__":

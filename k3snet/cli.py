@@ -115,6 +115,18 @@ def _add_explain(add: Callable[[str, str], Any]) -> None:
                          help="print the spec's JSON Schema instead (for editors)")
 
 
+class _KnownBackends:
+    """The known backends' names, listed only when a help text is printed.
+
+    Listing them scans the installed distributions' entry points, 0.1-0.3 s of
+    CPU (importlib.metadata's import included) that every cold start paid,
+    five times, while building the parser (benchmarks/bench_cli.py).
+    """
+
+    def __str__(self) -> str:
+        return ", ".join(available_backends())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     common = _common_options()
@@ -134,10 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = add(name, help_text)
         cmd.add_argument("-f", "--spec", required=spec_required, type=Path,
                          help="spec file (YAML or JSON)")
-        cmd.add_argument("--backend", action="append", default=[], metavar="NAME[:KINDS]",
-                         help="backend to use, repeatable; KINDS limits it, e.g. iptables:forward "
-                              f"(default: the spec's, else {' + '.join(DEFAULT_BACKENDS)}; "
-                              f"known: {', '.join(available_backends())})")
+        backend = cmd.add_argument(
+            "--backend", action="append", default=[], metavar="NAME[:KINDS]",
+            help="backend to use, repeatable; KINDS limits it, e.g. iptables:forward "
+                 f"(default: the spec's, else {' + '.join(DEFAULT_BACKENDS)}; "
+                 "known: %(known)s)")
+        backend.known = _KnownBackends()  # argparse fills %(known)s from the action
         cmd.add_argument("--netns", help="act inside this network namespace")
         cmd.add_argument("--backend-opt", action="append", default=[], metavar="NAME.KEY=VALUE",
                          help="an option for backend NAME, repeatable (VALUE is read as JSON "
@@ -173,12 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     destroy = node_command("destroy", "Remove everything k3snet owns (rules, routes; owned "
                            "sysctls get their previous values back); nothing else is touched.",
                            spec_required=False)
-    destroy.add_argument("--auto-approve", action="store_true",
-                         help="do not ask for confirmation (needed when stdin is not a terminal)")
-    destroy.add_argument("--dry-run", action="store_true",
-                         help="print what would be removed, change nothing")
-    destroy.add_argument("--detailed-exitcode", action="store_true",
-                         help="exit 2 when something was removed, 0 when there was nothing")
+    _destroy_arguments(destroy)
     observe = node_command("observe", "Print the owned and foreign state the backends see.",
                            spec_required=False)
     observe.add_argument("--save", type=Path, metavar="DIR",
@@ -225,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _destroy_arguments(destroy: argparse.ArgumentParser) -> None:
+    destroy.add_argument("--auto-approve", action="store_true",
+                         help="do not ask for confirmation (needed when stdin is not a terminal)")
+    destroy.add_argument("--dry-run", action="store_true",
+                         help="print what would be removed, change nothing")
+    destroy.add_argument("--detailed-exitcode", action="store_true",
+                         help="exit 2 when something was removed, 0 when there was nothing")
+
+
 def _allow_disruptive_flag(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--allow-disruptive", action="store_true",
                      help="let CNI backends make changes that disrupt running pods (a Calico "
@@ -240,6 +258,9 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                             "(default key spec.yaml) instead of -f")
     agent.add_argument("--interval", type=_positive_seconds, default=30.0,
                        help="seconds between passes (default: 30)")
+    agent.add_argument("--no-watch", action="store_true",
+                       help="pass only every --interval: do not look for changes on the node "
+                            "in between (nftables generation id, netlink notifications)")
     agent.add_argument("--once", action="store_true",
                        help="converge once and exit (0: the pass succeeded, 1: it failed)")
     agent.add_argument("--node-name", default=env("K3SNET_NODE_NAME") or socket.gethostname(),
@@ -449,12 +470,37 @@ def _backend(args: argparse.Namespace, spec: Spec | None,
     return BackendGroup(members)
 
 
-def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> State:
+def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup,
+             memo: list[Any] | None = None) -> State:
     # Facts describe the local node (its interfaces and routes): they are read only for
     # backends acting on it (a network namespace here), never for remote or cloud ones.
     local = bool(namespaces_of(backend)) and bool(backend.capabilities & set(KINDS))
-    facts = gather_facts(args.netns) if local and not args.no_facts else None
-    return compile_for(backend, spec, facts)
+    if memo is None:
+        facts = gather_facts(args.netns) if local and not args.no_facts else None
+        return compile_for(backend, spec, facts)
+    facts = token = None
+    if local and not args.no_facts:
+        # The agent: the netlink member's change token moves with every route, link and
+        # address change in this namespace, all that the facts are made of; read before
+        # the facts, it can only make them be read again too often, never too rarely.
+        watched = [read for m in backend.members if getattr(m.backend, "name", None) == "netlink"
+                   and (read := getattr(m.backend, "change_token", None)) is not None]
+        token = watched[0]() if watched else None
+        if token is not None and len(memo) == 5 and memo[4] == token:
+            facts = memo[2]
+        else:
+            facts = gather_facts(args.netns)
+    # The agent's passes: compile is pure, so the same spec, backends and facts give the
+    # same state; compiling 2k destinations again cost 250 of a 430 ms no-op pass
+    # (benchmarks/agent_steady.py). The agent hands a new group object each pass:
+    # its members' backends (kept alive here) and kinds are what counts.
+    members = [(m.backend, m.kinds) for m in backend.members]
+    if not (memo and memo[0] is spec and memo[2] == facts and len(memo[1]) == len(members)
+            and all(a is b and k == j
+                    for (a, k), (b, j) in zip(memo[1], members, strict=True))):
+        memo[:] = [spec, members, facts, compile_for(backend, spec, facts), None]
+    memo[4] = token  # the facts kept are as of this token
+    return memo[3]  # type: ignore[no-any-return]
 
 
 def _print_json(data: Any) -> None:
@@ -715,8 +761,9 @@ def cmd_observe(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from k3snet.agent import run_from_cli  # noqa: PLC0415 - agent dependencies only here
 
+    memo: list[Any] = []
     return run_from_cli(args, make_backend=lambda spec: _backend(args, spec),
-                        desired=lambda spec, group: _desired(args, spec, group))
+                        desired=lambda spec, group: _desired(args, spec, group, memo))
 
 
 EXIT_BLOCKED, EXIT_UNKNOWN = 3, 4  # doctor's own codes (docs/cli.md)

@@ -13,6 +13,14 @@ One pass:
 4. record the outcome: a log line, the metrics, the node annotation.
 
 A failed pass never ends the loop: the next one starts after ``interval``.
+
+Between passes the agent looks at the node backends' change tokens every
+``watch`` seconds (the nftables generation id, the netlink route view's
+version after reading its notifications: a small round trip, no listing). When
+one moves, someone changed the node: the next pass starts then, not an interval
+later, so drift is repaired within about a second; the interval stays the
+backstop for what announces no change (sysctls, iptables-legacy, facts read
+with ``ip``).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -97,6 +105,13 @@ class AgentOptions:
     interval: float = 30.0
     cleanup_on_exit: bool = False
     """On SIGTERM, remove what k3snet owns on this node (``k3snet destroy``)."""
+    watch: float | None = 0.25
+    """Seconds between two looks at the backends' change tokens (``None``: only the
+    interval starts passes)."""
+    watch_gap: float = 1.0
+    """A pass started by a change starts at least this long after the previous one
+    started: a busy node (kube-proxy committing every second) costs at most one
+    pass per ``watch_gap``."""
     stale_after: float | None = None
     """/healthz fails when no pass has ended for this long (default: 2 x interval
     + 2 x the namespace lock timeout + 60 s)."""
@@ -197,6 +212,9 @@ class Agent:
         self._stopping = threading.Event()
         self._once = False
         self._not_candidate = False
+        # "node"/"cluster" -> (the desired state, the change tokens) of the last pass
+        # that found nothing to do there: see _converge_one.
+        self._synced: dict[str, tuple[State, tuple[Hashable | None, ...]]] = {}
         self.passes = 0
 
     # ------------------------------------------------------------ probes
@@ -336,16 +354,41 @@ class Agent:
         node, cluster = split_cluster_wide(group)
         applied: list[Change] = []
         if node is not None:
-            applied += self._converge_one(spec, node)
+            applied += self._converge_one(spec, node, "node")
         leader = False
         if cluster is not None and self._cluster_writer():
             leader = True
-            applied += self._converge_one(spec, cluster)
+            applied += self._converge_one(spec, cluster, "cluster")
         return tuple(applied), leader
 
-    def _converge_one(self, spec: Spec, group: BackendGroup) -> Sequence[Change]:
-        done = converge(group, self._desired(spec, group))
+    def _converge_one(self, spec: Spec, group: BackendGroup, part: str) -> Sequence[Change]:
+        desired = self._desired(spec, group)
+        if self._in_sync(group, desired, part):
+            return ()
+        self._synced.pop(part, None)
+        done = converge(group, desired)
+        if done.plan.empty:
+            # Nothing to do: until a token moves (or the desired state does), observing
+            # and planning again would find nothing either.
+            tokens = self._tokens(group)
+            if tokens is not None:
+                self._synced[part] = (desired, tokens)
         return done.result.applied if done.result is not None else ()
+
+    def _tokens(self, group: BackendGroup) -> tuple[Hashable | None, ...] | None:
+        """The group's change tokens, if every member has one (else None: always observe)."""
+        try:
+            tokens = group.change_token()
+        except Exception:  # noqa: BLE001 - converge will meet (and report) the same failure
+            return None
+        return None if any(t is None for t in tokens) else tokens
+
+    def _in_sync(self, group: BackendGroup, desired: State, part: str) -> bool:
+        """Whether the last pass found nothing to do for this very desired state, and no
+        change token moved since: then this pass would find nothing either."""
+        synced = self._synced.get(part)
+        return (synced is not None and synced[0] is desired
+                and self._tokens(group) == synced[1])
 
     def _cluster_writer(self) -> bool:
         if self._elector_factory is None:
@@ -440,12 +483,59 @@ class Agent:
             if once:
                 return 0 if self.run_pass().status == "ok" else 1
             while not self._stopping.is_set():
+                started = self._monotonic()
                 self.run_pass()
-                self._wake.wait(self.options.interval)
+                self._wait_after(started)
                 self._wake.clear()
             return 0
         finally:
             self.shutdown()
+
+    def changes_seen(self, token: tuple[Hashable | None, ...] | None
+                     ) -> tuple[bool, tuple[Hashable | None, ...] | None]:
+        """(whether the node backends' change tokens moved since ``token``, the tokens now).
+
+        ``None`` when there is nothing to watch (no group yet, or no member can
+        tell), or reading failed (the next interval's pass reports the failure).
+        """
+        if self._group is None:
+            return False, None
+        node, _ = split_cluster_wide(self._group)
+        if node is None:
+            return False, None
+        try:
+            now = node.change_token()
+        except Exception as exc:  # noqa: BLE001 - the interval's pass reports it properly
+            _log.debug("cannot read the change tokens: %s", _one_line(exc))
+            return False, None
+        if all(t is None for t in now):
+            return False, None
+        return token is not None and now != token, now
+
+    def _wait_after(self, started: float) -> None:
+        """Wait for the interval (from the end of the pass, as before), a wake-up, or
+        (watching) a change on the node."""
+        deadline = self._monotonic() + self.options.interval
+        watch = self.options.watch
+        _, token = self.changes_seen(None) if watch else (False, None)
+        if watch is None or token is None:
+            self._wake.wait(max(0.0, deadline - self._monotonic()))
+            return
+        earliest = started + self.options.watch_gap
+        while True:
+            left = deadline - self._monotonic()
+            if left <= 0 or self._wake.wait(min(watch, left)):
+                return
+            moved, token = self.changes_seen(token)
+            if token is None:
+                self._wake.wait(max(0.0, deadline - self._monotonic()))
+                return
+            if moved:
+                _log.debug("the node changed: passing now, before the interval")
+                gap = earliest - self._monotonic()
+                if gap > 0:
+                    self._wake.wait(gap)
+                return
 
     def stop(self) -> None:
         """Ask the loop to end after the pass in progress (what SIGTERM does)."""

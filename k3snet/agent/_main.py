@@ -104,6 +104,7 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
 
     agent = Agent(source, make_backend, desired,
                   AgentOptions(args.node_name, args.interval,
+                               watch=None if getattr(args, "no_watch", False) else 0.25,
                                cleanup_on_exit=args.cleanup_on_exit),
                   metrics=metrics, reporter=reporter,
                   elector_factory=elector if use_kube else None)

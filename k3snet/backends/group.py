@@ -11,7 +11,7 @@ undoes the parts already applied, so the group keeps the all-or-nothing rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import FaultHook
@@ -74,6 +74,19 @@ class BackendGroup:
     def capabilities(self) -> frozenset[str]:
         """Every kind some member manages."""
         return frozenset().union(*(m.kinds for m in self.members))
+
+    def change_token(self) -> tuple[Hashable | None, ...]:
+        """The members' change tokens (``None`` for a member that cannot tell).
+
+        See :meth:`k3snet.backends.kit.BackendBase.change_token`; a backend
+        without the method counts as one that cannot tell.
+        """
+        tokens: list[Hashable | None] = []
+        for member in self.members:
+            read: Callable[[], Hashable | None] | None = getattr(
+                member.backend, "change_token", None)
+            tokens.append(read() if read is not None else None)
+        return tuple(tokens)
 
     def observe(self) -> State:
         """The members' observations, each limited to the kinds it manages here."""

@@ -260,3 +260,103 @@ def test_text_log_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="log format"):
         configure_logging("x", "xml")  # type: ignore[arg-type]
     logging.getLogger("k3snet.agent").handlers.clear()
+
+
+class WatchedMemory(MemoryBackend):
+    """A MemoryBackend whose change token moves with every apply (the kernel's generation)."""
+
+    def __init__(self) -> None:
+        super().__init__(capabilities=NODE_KINDS)
+        self.generation = 0
+
+    def change_token(self) -> int:
+        return self.generation
+
+    def apply(self, p: Plan) -> object:  # type: ignore[override]
+        self.generation += 1
+        return super().apply(p)
+
+
+def _watched(tmp_path: Path, **options: object) -> tuple[Agent, WatchedMemory]:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = WatchedMemory()
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-1", interval=3600, **options))  # type: ignore[arg-type]
+    return agent, memory
+
+
+def test_a_change_on_the_node_starts_a_pass_before_the_interval(tmp_path: Path) -> None:
+    agent, memory = _watched(tmp_path, watch=0.01, watch_gap=0.0)
+    runner = threading.Thread(target=agent.run)
+    runner.start()
+    try:
+        deadline = threading.Event()
+        while agent.passes < 1 or not memory.state.owned:  # the first pass applied
+            deadline.wait(0.01)
+        want = sorted(map(str, memory.state.owned))
+        forward = [c for c in plan(State(), memory.state).changes if c.kind == "forward"]
+        memory.apply(Plan(changes=[c.inverse() for c in forward]))  # drift: token moves
+        for _ in range(1000):  # at most 10 s, against an interval of an hour
+            if sorted(map(str, memory.state.owned)) == want:
+                break
+            deadline.wait(0.01)
+        assert sorted(map(str, memory.state.owned)) == want
+        assert agent.passes == 2
+    finally:
+        agent.stop()
+        runner.join()
+
+
+def test_no_change_no_pass_and_no_token_no_watch(tmp_path: Path) -> None:
+    agent, memory = _watched(tmp_path, watch=0.01, watch_gap=0.0)
+    agent.run_pass()
+    moved, token = agent.changes_seen(None)
+    assert (moved, token) == (False, (memory.generation,))
+    assert agent.changes_seen(token) == (False, token)
+    memory.generation += 1
+    assert agent.changes_seen(token) == (True, (memory.generation,))
+    plain = Node(tmp_path)  # a MemoryBackend cannot tell: nothing to watch
+    plain.agent.run_pass()
+    assert plain.agent.changes_seen(None) == (False, None)
+
+
+class CountingMemory(WatchedMemory):
+    """A WatchedMemory that counts its observes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observes = 0
+
+    def observe(self) -> State:
+        self.observes += 1
+        return super().observe()
+
+
+def test_a_pass_with_nothing_moved_observes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = CountingMemory()
+    compiled: dict[int, State] = {}  # the CLI's memo: the same spec gives the same state
+
+    def desired(spec: Spec, group: BackendGroup) -> State:
+        return compiled.setdefault(id(spec), compile_for(group, spec))
+
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), desired,
+                  AgentOptions("node-1", interval=3600))
+    assert len(agent.run_pass().applied) == 3
+    assert agent.run_pass().applied == ()  # observed: nothing to do, tokens kept
+    seen = memory.observes
+    result = agent.run_pass()
+    assert (result.status, result.applied) == ("ok", ())
+    assert memory.observes == seen  # nothing moved: no observe, no plan
+    forward = [c for c in plan(State(), memory.state).changes if c.kind == "forward"]
+    memory.apply(Plan(changes=[c.inverse() for c in forward]))  # drift moves the token
+    repaired = agent.run_pass()
+    assert memory.observes > seen
+    assert repaired.drift == 1
+    path.write_text(SPEC_TWO)  # a new spec is a new desired state: observed again
+    seen = memory.observes
+    assert agent.run_pass().applied
+    assert memory.observes > seen

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables.kernel import Libnftables, NftKernel
 from k3snet.backends.nftables.parse import ForeignReader
@@ -340,9 +341,11 @@ class _RefusingSocket:
 def test_a_refused_generation_id_read_names_the_missing_capability(
     code: int, capability: bool
 ) -> None:
+    reader = GenerationReader.__new__(GenerationReader)  # with a socket that refuses
+    reader._sock = _RefusingSocket(code)  # type: ignore[assignment]
+    reader._seq = 0
     kernel = Libnftables.__new__(Libnftables)  # no libnftables context: only genid is used
-    kernel._sock = _RefusingSocket(code)  # type: ignore[assignment]
-    kernel._seq = 0
+    kernel._generation = reader
     kernel.calls = 0
     with pytest.raises(BackendError, match="cannot read the nftables generation id") as caught:
         kernel.genid()

@@ -34,6 +34,13 @@ Drivers
     goes through the I/O seam :class:`~k3snet.backends.iptables.driver.Kernel`
     (``kernel=``), which tests replace with recorded ``iptables-save`` text.
 
+Observe cache (iptables-nft)
+    iptables-nft's commits are nftables transactions: they bump the ruleset
+    generation id (:mod:`k3snet.backends.nfgen`), read in one small round trip.
+    What ``observe`` read is kept, stamped with that id, and served again while
+    it has not moved; it is also :meth:`IptablesBackend.change_token`, which the
+    agent watches. iptables-legacy has no such counter: every observe reads.
+
 Mode detection (``mode="auto"``; an explicit ``mode`` always wins)
     See :mod:`k3snet.backends.iptables.mode`.
 
@@ -64,9 +71,7 @@ Drift
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal, NoReturn
 
 import attrs
@@ -96,8 +101,9 @@ from k3snet.backends.iptables.table import (
     revert_ops,
     set_aside,
 )
-from k3snet.backends.kit import BackendBase, Compensation
-from k3snet.backends.netns import netns_path, validate_netns
+from k3snet.backends.kit import GC_PAUSE_MIN, BackendBase, Compensation, GcPause, gc_paused
+from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
+from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import (
     BackendError,
     BackendUnavailableError,
@@ -124,7 +130,6 @@ Mode = Literal["nft", "legacy", "auto"]
 Driver = Literal["restore", "libiptc", "auto"]
 
 FAMILIES = (4, 6)
-_GC_PAUSE_MIN = 1000
 
 
 @attrs.frozen
@@ -182,6 +187,10 @@ class IptablesBackend(BackendBase):
         self._mode_reason = "given" if mode != "auto" else ""
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
+        self._generation: GenerationReader | None = None
+        self._no_generation = False
+        # (generation id, the tables read, the State made of them): see "Observe cache".
+        self._observed: tuple[int, dict[tuple[int, str], TableState], State] | None = None
         if driver == "libiptc" and kernel is None:
             if self.mode == "nft":
                 raise BackendError(
@@ -239,32 +248,75 @@ class IptablesBackend(BackendBase):
     # -- lifecycle ----------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the libiptc worker thread (nothing to do for the restore driver)."""
+        """Release the libiptc worker thread and the generation-id socket."""
         self._kernel.close()
+        if self._generation is not None:
+            self._generation.close()
+            self._generation = None
         super().close()
 
     # -- protocol -----------------------------------------------------------------
 
+    def change_token(self) -> int | None:
+        """The nftables generation id with iptables-nft (any commit in the namespace
+        moves it); ``None`` with iptables-legacy or a replaced kernel seam."""
+        if self._no_generation or not isinstance(self._kernel, Processes) or self.mode != "nft":
+            return None
+        if self._generation is None:
+            runner = NetnsRunner(self._netns)
+            try:
+                self._generation = runner.call(GenerationReader)  # bound to the namespace
+            except K3snetError:
+                self._no_generation = True  # no netfilter netlink here: read every time
+                return None
+            finally:
+                runner.close()
+        return self._generation.read()
+
+    def _token_or_none(self) -> int | None:
+        """:meth:`change_token`, or None when it cannot be read (observe then reads)."""
+        try:
+            return self.change_token()
+        except BackendUnavailableError:
+            raise  # no iptables tools: observe would say the same
+        except K3snetError:
+            return None
+
     def observe(self) -> State:
-        """Our objects (rebuilt from rule text, hash-checked) and simple foreign rules."""
+        """Our objects (rebuilt from rule text, hash-checked) and simple foreign rules.
+
+        With iptables-nft, served from what the last observe read while the
+        generation id has not moved (see the module docs).
+        """
+        token = self._token_or_none()
+        kept = self._observed
+        # A failed apply drops self._tables (it may have been edited in place): then read.
+        if token is not None and kept is not None and kept[0] == token and \
+                kept[1] is self._tables:
+            return kept[2]
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
-        for family in FAMILIES:
-            dump = self._save(family)
-            for table in TABLES:
-                tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
-            foreign |= foreign_nat(dump.get("nat"), family)
-            foreign |= foreign_forward(dump.get("filter"), family)
-            # What a foreign rule decides before our jump is not ours: our rules for it
-            # are left out of ``owned``, so the plan says "!" instead of re-adding them.
-            filter_state = tables[family, "filter"]
-            blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index())
-            set_aside(filter_state, blocks)
-            foreign |= blocks
+        with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the save
+            for family in FAMILIES:
+                dump = self._save(family)
+                for table in TABLES:
+                    tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
+                foreign |= foreign_nat(dump.get("nat"), family)
+                foreign |= foreign_forward(dump.get("filter"), family)
+                # What a foreign rule decides before our jump is not ours: our rules for it
+                # are left out of ``owned``, so the plan says "!" instead of re-adding them.
+                filter_state = tables[family, "filter"]
+                blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index())
+                set_aside(filter_state, blocks)
+                foreign |= blocks
         self._tables = tables
         self._foreign = frozenset(foreign)
-        return State(owned=[o for s in tables.values() for o in s.owned.values()],
-                     foreign=self._foreign)
+        state = State(owned=[o for s in tables.values() for o in s.owned.values()],
+                      foreign=self._foreign)
+        # Kept only if nobody committed while the tables were read.
+        stable = token is not None and self._token_or_none() == token
+        self._observed = (token, tables, state) if stable and token is not None else None
+        return state
 
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Dry run: plan problems, then each table's edits tried without committing."""
@@ -284,13 +336,14 @@ class IptablesBackend(BackendBase):
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change, one transaction per table, or none (see the module docs)."""
         ensure_capable(self, plan)
+        self._observed = None  # the apply edits self._tables in place: observe reads again
         fail_after = self.faults.take(plan)
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
-        with _gc_paused(len(plan.changes)) as pause:
+        with gc_paused(len(plan.changes)) as pause:
             return self._apply(plan, fail_after, pause)
 
-    def _apply(self, plan: Plan, fail_after: int | None, pause: _GcPause) -> ApplyResult:
+    def _apply(self, plan: Plan, fail_after: int | None, pause: GcPause) -> ApplyResult:
         inject = injected = None
         if fail_after is not None:
             injected = plan.changes[min(fail_after, len(plan.changes) - 1)]
@@ -326,7 +379,7 @@ class IptablesBackend(BackendBase):
 
     def _stream(self, plan: Plan, where: tuple[int, str], changes: list[Change],
                 undo: Compensation, *, fail: bool, injected: Change | None,
-                pause: _GcPause | None = None) -> None:
+                pause: GcPause | None = None) -> None:
         """One table through one ``iptables-restore`` run, fed while its edit is computed.
 
         The process parses the first rules while the next ones are rendered; it
@@ -483,42 +536,6 @@ class IptablesBackend(BackendBase):
             raise BackendUnavailableError(
                 f"{tool_name(family, self.mode, 'save')} not found on PATH (install iptables)")
         return parse_save(text)
-
-
-class _GcPause:
-    """The cyclic GC paused by :func:`_gc_paused` (or not: small applies leave it alone)."""
-
-    def __init__(self, paused: bool) -> None:
-        self._paused = paused
-
-    def end(self) -> None:
-        """Resume the GC, and make now the collection of what the apply allocated.
-
-        Resumed, the GC would walk every object allocated meanwhile (~30k at 10k
-        rules, ~3 ms) at the next allocation anyway; done here, while the kernel
-        commits the table, it costs nothing.
-        """
-        if self._paused:
-            self._paused = False
-            gc.enable()
-            gc.collect(0)
-
-
-@contextlib.contextmanager
-def _gc_paused(size: int) -> Iterator[_GcPause]:
-    """Pause the cyclic GC while a big apply allocates its ~10 tuples per rule.
-
-    Those tuples never form cycles, yet each allocation burst triggers collections
-    that walk every live object (the 10k observed rules included): about a third
-    of a 10k-rule apply. Small applies leave the GC alone.
-    """
-    pause = _GcPause(size >= _GC_PAUSE_MIN and gc.isenabled())
-    if pause._paused:
-        gc.disable()
-    try:
-        yield pause
-    finally:
-        pause.end()
 
 
 _TABLE_OF: dict[type, str] = {ForwardRule: "filter", MasqueradeRule: "nat", SnatRule: "nat"}

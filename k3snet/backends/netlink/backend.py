@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -264,6 +264,22 @@ class NetlinkBackend(BackendBase):
         # routes in order again for it would cost as much as the apply's batches.
         self._observed = (self._routes.version, state)
         return state
+
+    def change_token(self) -> Hashable | None:
+        """The route view's version after reading the pending notifications (no dump),
+        and the sysctls ``observe`` reports (a few small files: the kernel announces no
+        sysctl change).
+
+        It changes with any route, link or address change in the namespace, ours
+        included; ``None`` with a driver that reads no notifications (pyroute2).
+        """
+        if not self._driver.follows_changes:
+            return None
+        with translate_errors(f"read the notifications of {self._where}",
+                              capability=_CAPABILITY):
+            self._routes.sync()
+            owned, foreign = self._observe_sysctls()
+        return self._routes.version, tuple(owned), tuple(foreign)
 
     def _count(self) -> None:
         self._operations += 1

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from k3snet.backends.kit import ObserveCache
+from k3snet.backends.kit import GC_PAUSE_MIN, ObserveCache, gc_paused
 from k3snet.backends.netlink.codec import (
     RTM_DELADDR,
     RTM_DELLINK,
@@ -100,9 +100,10 @@ class RouteCache:
     def _load(self) -> RouteView:
         self.links()
         view = RouteView({}, set())
-        for route in self.driver.routes(self.tables, self._names):
-            if self.in_scope(route.table):
-                self._sort_into(view, route)
+        with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the dump
+            for route in self.driver.routes(self.tables, self._names):
+                if self.in_scope(route.table):
+                    self._sort_into(view, route)
         return view
 
     def _sort_into(self, view: RouteView, route: Route) -> None:

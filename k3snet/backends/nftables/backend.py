@@ -86,7 +86,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from k3snet.backends.base import ApplyResult
-from k3snet.backends.kit import BackendBase, ObserveCache, fit_problems
+from k3snet.backends.kit import (
+    GC_PAUSE_MIN,
+    BackendBase,
+    ObserveCache,
+    fit_problems,
+    gc_paused,
+)
 from k3snet.backends.netns import NetnsRunner
 from k3snet.backends.nftables.batch import Batch, Syntax
 from k3snet.backends.nftables.cache import (
@@ -231,6 +237,11 @@ class NftablesBackend(BackendBase):
         """
         return self._call(lambda kernel: self._observe(kernel, refresh=refresh))
 
+    def change_token(self) -> int:
+        """The ruleset generation id: any committed nftables transaction in the namespace
+        (iptables-nft's too) changes it; one small netlink round trip."""
+        return self._call(lambda kernel: kernel.genid())
+
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Dry run: the problems applying ``plan`` would hit (the kernel sees the batch,
         nothing is committed)."""
@@ -289,7 +300,9 @@ class NftablesBackend(BackendBase):
         genid = kernel.genid()
         cache = None if refresh else self._observed.get(genid)
         if cache is None:
-            cache = read_own(kernel, self._table, self._families, genid)
+            # The size is unknown before the listing: a small table costs the pause nothing.
+            with gc_paused(GC_PAUSE_MIN):
+                cache = read_own(kernel, self._table, self._families, genid)
             self._observed.put(genid, cache)
         if foreign and cache.foreign is None:
             cache.foreign = self._read_foreign(kernel)

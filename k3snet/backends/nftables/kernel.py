@@ -11,22 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
-import socket
-import struct
 from typing import Any, Protocol
 
-from k3snet.backends.kit import translate_errors
+from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import BackendError, BackendUnavailableError
 
 __all__ = ["Libnftables", "NftKernel", "first_lines", "listed_items"]
 
-# Netfilter netlink: NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, and its answer.
-_NETLINK_NETFILTER = 12
-_NFT_MSG_GETGEN = (10 << 8) | 16
-_NFTA_GEN_ID = 1
-_NLMSG_ERROR = 2
-_NLM_F_REQUEST = 1
 _CAPABILITY = "CAP_NET_ADMIN"
 
 
@@ -95,40 +86,13 @@ class Libnftables:
         self._set_dry_run.restype = None
         # pip-nftables keeps its context private; a dry run (nft -c) needs it.
         self._ctx = self.nft._Nftables__ctx
-        with translate_errors("open a netfilter netlink socket", capability=_CAPABILITY):
-            self._sock = socket.socket(
-                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER
-            )
-            self._sock.bind((0, 0))
-        self._seq = 0
+        self._generation = GenerationReader()
         self.calls = 0
 
     def genid(self) -> int:
         """The ruleset generation id (``NFT_MSG_GETGEN``, one small netlink round trip)."""
         self.calls += 1
-        self._seq += 1
-        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
-        header = struct.pack(
-            "=IHHII", 16 + len(body), _NFT_MSG_GETGEN, _NLM_F_REQUEST, self._seq, 0
-        )
-        doing = "read the nftables generation id"
-        with translate_errors(doing, capability=_CAPABILITY):
-            self._sock.send(header + body)
-            while True:
-                data = self._sock.recv(65536)
-                length, kind, _flags, seq = struct.unpack_from("=IHHI", data)
-                if seq == self._seq:
-                    break  # skip any answer to an earlier, interrupted request
-            if kind == _NLMSG_ERROR:
-                (errno,) = struct.unpack_from("=i", data, 16)
-                raise OSError(-errno, os.strerror(-errno))
-        offset = 20  # nlmsghdr, then nfgenmsg
-        while offset + 8 <= length:
-            attr_len, attr_type = struct.unpack_from("=HH", data, offset)
-            if attr_type & 0x3FFF == _NFTA_GEN_ID:
-                return int(struct.unpack_from(">I", data, offset + 4)[0])
-            offset += max(4, (attr_len + 3) & ~3)
-        raise BackendError("the kernel's nftables generation answer has no id")
+        return self._generation.read()
 
     def run(self, batch: str, *, json_input: bool, dry_run: bool = False) -> tuple[int, str]:
         """Run one libnftables buffer (one transaction); return (rc, error text)."""
@@ -161,7 +125,7 @@ class Libnftables:
 
     def close(self) -> None:
         """Close the netlink socket (libnftables' context goes with the object)."""
-        self._sock.close()
+        self._generation.close()
 
 
 def _with_capability(error: str) -> str:
