@@ -92,6 +92,12 @@ def test_trace_agrees_with_the_kernel(doctor_lab: DoctorLab, topology: Topology)
     # comparison to be exact (the lab's two are alike).
     assert len({(e.verdict, e.source_seen) for e in result.endpoints}) <= 1, result.render()
     RUNS.append((topology.family, result.verdict.value))
+    if (result.verdict is Verdict.REACHES and not answer["ok"]
+            and "Timeout" in str(answer.get("error"))):
+        # A loaded machine can make a first probe miss 1.5 s (a fresh neighbour
+        # entry, a slow server): ask the kernel once more, with time to spare. A
+        # flow the kernel drops still times out.
+        answer = doctor_lab.probe(topology.destination, port=topology.port, timeout=8)
     detail = f"{topology}\nkernel: {answer}\n{result.render()}"
     assert result.verdict is not Verdict.UNKNOWN, detail
     assert (result.verdict is Verdict.REACHES) == answer["ok"], detail
