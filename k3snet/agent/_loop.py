@@ -16,11 +16,11 @@ A failed pass never ends the loop: the next one starts after ``interval``.
 
 Between passes the agent looks at the node backends' change tokens every
 ``watch`` seconds (the nftables generation id, the netlink route view's
-version after reading its notifications: a small round trip, no listing). When
-one moves, someone changed the node: the next pass starts then, not an interval
-later, so drift is repaired within about a second; the interval stays the
-backstop for what announces no change (sysctls, iptables-legacy, facts read
-with ``ip``).
+version after reading its notifications, and the sysctls it owns or watches:
+a small round trip and a few small files, no listing). When one moves, someone
+changed the node: the next pass starts then, not an interval later, so drift is
+repaired within about a second; the interval stays the backstop for what no
+token covers (iptables-legacy, a flannel file).
 """
 
 from __future__ import annotations
