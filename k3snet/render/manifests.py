@@ -120,6 +120,8 @@ _BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-
 _NODE_BACKENDS = frozenset({"netlink", "nftables", "iptables"})
 _PROC_SYS_MOUNT = "/host/proc/sys"
 _HOST_PREFIX = "/host"
+# Backends writing objects shared by the whole cluster (by the Lease holder only).
+_CLUSTER_BACKENDS = ("calico", "cilium", "flannel")
 # The cilium backend's defaults (k3snet.backends.cilium; render/ imports no backend).
 _CILIUM_CONFIGMAP = ("kube-system", "cilium-config")
 _CILIUM_IP_MASQ_AGENT = "ip-masq-agent"
@@ -328,6 +330,13 @@ def _profiles(spec: Spec, given: Mapping[str, Spec | tuple[Spec, str]]) -> list[
                 problems.append(Problem(f"{where}.{field}", f"must equal the base spec's "
                                         f"{field} (shared by every node or written once for "
                                         "the cluster)"))
+        # The options of the backends writing cluster-wide objects too: the RBAC is
+        # rendered from the base spec, and the Lease holder may run any profile.
+        for backend in _CLUSTER_BACKENDS:
+            if spec_backend_options(other, backend) != spec_backend_options(spec, backend):
+                problems.append(Problem(f"{where}.backends.{backend}", (
+                    "must equal the base spec's options of this backend (it writes objects "
+                    "shared by the cluster)")))
         found.append(_Profile(name, other, text))
     if problems:
         raise SpecError(problems)

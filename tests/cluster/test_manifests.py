@@ -724,3 +724,11 @@ def test_profiles_are_daemonsets_selected_by_node_label() -> None:
 def test_profiles_may_not_change_what_is_shared(profiles: dict[str, Spec], fragment: str) -> None:
     with pytest.raises(SpecError, match=fragment):
         render_manifests(k3snet.seed_spec(), profiles=profiles)
+
+
+def test_profiles_may_not_change_where_cilium_is_written() -> None:
+    moved = _with_cilium(configmap=["cilium-system", "cilium-config"])
+    with pytest.raises(SpecError, match=r"profiles\.edge\.backends\.cilium: must equal"):
+        render_manifests(_with_cilium(), profiles={"edge": moved})
+    same = render_manifests(_with_cilium(), profiles={"edge": _with_cilium()})
+    assert len(_kind(same, "DaemonSet")) == 2
