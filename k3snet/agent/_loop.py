@@ -8,7 +8,8 @@ One pass:
 2. converge the node's own backends (netlink, nftables, iptables, a flannel
    file) with :func:`k3snet.converge`; a new spec that would delete everything
    k3snet owns (:class:`~k3snet.errors.TeardownError`) is refused the same way;
-3. converge the cluster-wide backends (Calico IPPools, the flannel ConfigMap)
+3. converge the cluster-wide backends (Calico IPPools, the flannel ConfigMap,
+   Cilium's ConfigMaps)
    only while this agent holds the Lease (:mod:`k3snet.agent._lease`);
 4. record the outcome: a log line, the metrics, the node annotation.
 
@@ -16,11 +17,11 @@ A failed pass never ends the loop: the next one starts after ``interval``.
 
 Between passes the agent looks at the node backends' change tokens every
 ``watch`` seconds (the nftables generation id, the netlink route view's
-version after reading its notifications: a small round trip, no listing). When
-one moves, someone changed the node: the next pass starts then, not an interval
-later, so drift is repaired within about a second; the interval stays the
-backstop for what announces no change (sysctls, iptables-legacy, facts read
-with ``ip``).
+version after reading its notifications, and the sysctls it owns or watches:
+a small round trip and a few small files, no listing). When one moves, someone
+changed the node: the next pass starts then, not an interval later, so drift is
+repaired within about a second; the interval stays the backstop for what no
+token covers (iptables-legacy, a flannel file).
 """
 
 from __future__ import annotations
@@ -64,17 +65,18 @@ BackendFactory = Callable[[Spec], BackendGroup]
 DesiredState = Callable[[Spec, BackendGroup], State]
 """The desired state of a spec for a group's kinds (``compile_for`` with node facts)."""
 Status = Literal["ok", "failed", "spec-refused"]
-_CLUSTER_KINDS = frozenset({"ippool", "flannel"})
+_CLUSTER_KINDS = frozenset({"ippool", "flannel", "cilium"})
 
 
 def cluster_wide_kinds(member: Member) -> frozenset[str]:
     """The kinds of a group member whose objects are shared by the whole cluster.
 
-    Calico IPPools are one set per cluster, and so is flannel's
-    ``kube-flannel-cfg`` ConfigMap; a flannel *file* (K3s ``--flannel-conf``) is
-    the node's own, like routes, rules and sysctls.
+    Calico IPPools are one set per cluster, and so are flannel's
+    ``kube-flannel-cfg`` ConfigMap and Cilium's ``cilium-config`` and
+    ip-masq-agent ConfigMaps; a flannel *file* (K3s ``--flannel-conf``) is the
+    node's own, like routes, rules and sysctls.
     """
-    kinds = member.kinds & {"ippool"}
+    kinds = member.kinds & {"ippool", "cilium"}
     target = getattr(member.backend, "target", None)
     if "flannel" in member.kinds and isinstance(target, str) and target.startswith("configmap:"):
         kinds |= {"flannel"}

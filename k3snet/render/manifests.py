@@ -41,7 +41,7 @@ import attrs
 
 from k3snet.errors import BackendError, Problem, SpecError
 from k3snet.model.cidr import contains
-from k3snet.spec import ConnectivityTest, DnsZone, Spec, validate
+from k3snet.spec import ConnectivityTest, DnsZone, Spec, spec_backend_options, validate
 
 __all__ = [
     "AGENT_NAME",
@@ -120,6 +120,11 @@ _BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-
 _NODE_BACKENDS = frozenset({"netlink", "nftables", "iptables"})
 _PROC_SYS_MOUNT = "/host/proc/sys"
 _HOST_PREFIX = "/host"
+# Backends writing objects shared by the whole cluster (by the Lease holder only).
+_CLUSTER_BACKENDS = ("calico", "cilium", "flannel")
+# The cilium backend's defaults (k3snet.backends.cilium; render/ imports no backend).
+_CILIUM_CONFIGMAP = ("kube-system", "cilium-config")
+_CILIUM_IP_MASQ_AGENT = "ip-masq-agent"
 _RUN_DIR = "/run/k3snet"
 _XTABLES_LOCK = "/run/xtables.lock"
 _RESULT_PREFIX = "k3snet-connectivity"
@@ -170,11 +175,14 @@ class _AgentNeeds:
     flannel_conf: str | None
     flannel_configmap_namespace: str | None
     node_report: bool = True
+    cilium: tuple[str, tuple[str, str]] | None = None
+    """(namespace, (cilium-config's name, the ip-masq-agent ConfigMap's name))."""
 
     @property
     def cluster_wide(self) -> bool:
         """Whether the agent writes objects shared by the cluster (then: one writer, by Lease)."""
-        return self.calico or self.flannel_configmap_namespace is not None
+        return (self.calico or self.flannel_configmap_namespace is not None
+                or self.cilium is not None)
 
     @property
     def api(self) -> bool:
@@ -229,7 +237,22 @@ def _agent_needs(
         flannel_conf=flannel_conf,
         flannel_configmap_namespace=flannel_configmap_namespace,
         node_report=node_report,
+        cilium=_cilium_configmaps(spec) if "cilium" in spec.backends else None,
     )
+
+
+def _cilium_configmaps(spec: Spec) -> tuple[str, tuple[str, str]]:
+    """Where the cilium backend writes: its ``configmap`` and ``ip_masq_agent`` options.
+
+    The defaults are the backend's (Cilium's Helm chart on K3s); render/ does not
+    import backends, so they are repeated here.
+    """
+    options = spec_backend_options(spec, "cilium")
+    configmap = options.get("configmap", _CILIUM_CONFIGMAP)
+    if isinstance(configmap, str):
+        configmap = configmap.split("/", 1)
+    namespace, name = (str(part) for part in configmap)
+    return namespace, (name, str(options.get("ip_masq_agent", _CILIUM_IP_MASQ_AGENT)))
 
 
 def _spec_text(spec: Spec) -> str:
@@ -307,6 +330,13 @@ def _profiles(spec: Spec, given: Mapping[str, Spec | tuple[Spec, str]]) -> list[
                 problems.append(Problem(f"{where}.{field}", f"must equal the base spec's "
                                         f"{field} (shared by every node or written once for "
                                         "the cluster)"))
+        # The options of the backends writing cluster-wide objects too: the RBAC is
+        # rendered from the base spec, and the Lease holder may run any profile.
+        for backend in _CLUSTER_BACKENDS:
+            if spec_backend_options(other, backend) != spec_backend_options(spec, backend):
+                problems.append(Problem(f"{where}.backends.{backend}", (
+                    "must equal the base spec's options of this backend (it writes objects "
+                    "shared by the cluster)")))
         found.append(_Profile(name, other, text))
     if problems:
         raise SpecError(problems)
@@ -369,6 +399,15 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
                         "name": AGENT_NAME},
             "subjects": _subject(namespace),
         })
+    if needs.cilium is not None:
+        # Two named ConfigMaps in Cilium's namespace (cilium-config patched, the
+        # ip-masq-agent one created and deleted with k3snet's last key); creating
+        # cannot be limited to a name.
+        cilium_ns, names = needs.cilium
+        objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(names),
+             "verbs": ["get", "update", "patch", "delete"]}])
     flannel_ns = needs.flannel_configmap_namespace
     if flannel_ns is not None:
         # One named ConfigMap: resourceNames limits get/update/patch to it (list and

@@ -179,7 +179,8 @@ class Fleet:
         self.api.put("v1/configmaps", {"metadata": {"name": name, "namespace": namespace},
                                        "data": {"spec.yaml": text}})
 
-    def start_agent(self, i: int, *, configmap: str | None = None) -> subprocess.Popen[str]:
+    def start_agent(self, i: int, *, configmap: str | None = None,
+                    interval: float = 0.5) -> subprocess.Popen[str]:
         namespace, name = SPEC_CONFIGMAP
         log = self.tmp / f"agent-{i}.log"
         self.logs[i] = log
@@ -187,7 +188,7 @@ class Fleet:
         state.mkdir(exist_ok=True)
         argv = [sys.executable, "-m", "k3snet.cli", "agent", "--netns", self.nodes[i],
                 "--spec-configmap", configmap or f"{namespace}/{name}",
-                "--node-name", self.name(i), "--interval", "0.5", "--listen", "none",
+                "--node-name", self.name(i), "--interval", str(interval), "--listen", "none",
                 "--log-format", "json", "--lease", "/".join(LEASE), "--lease-duration", "3",
                 "--lease-renew-deadline", "2", "--lease-retry-period", "0.25"]
         env = {**PY_ENV, "KUBECONFIG": str(self.kubeconfig), "K3SNET_STATE_DIR": str(state),

@@ -228,8 +228,8 @@ def test_split_puts_cluster_wide_kinds_apart() -> None:
     node, cluster = split_cluster_wide(BackendGroup([memory]))
     assert node is not None
     assert cluster is not None
-    assert cluster.capabilities == {"ippool"}
-    assert "ippool" not in node.capabilities
+    assert cluster.capabilities == {"ippool", "cilium"}
+    assert not node.capabilities & {"ippool", "cilium"}
     only_node, none = split_cluster_wide(BackendGroup([Member(memory, NODE_KINDS)]))
     assert none is None
     assert only_node is not None

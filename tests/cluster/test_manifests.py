@@ -75,6 +75,11 @@ def _with_calico() -> Spec:
     return Spec(destinations=[Destination("192.168.2.0/24")], backends=["calico"])
 
 
+def _with_cilium(**options: Any) -> Spec:
+    return Spec(destinations=[Destination("192.168.2.0/24")], backends=["cilium"],
+                backend_options={"cilium": options} if options else {})
+
+
 def _with_dns_and_test() -> Spec:
     return Spec(
         destinations=[Destination("192.168.2.0/24", gateway="192.168.1.1", device="eth0")],
@@ -108,6 +113,9 @@ SPECS: dict[str, tuple[Spec, dict[str, Any]]] = {
     "dual-stack": (_dual_stack(), {}),
     "exclusions": (_with_exclusions(), {}),
     "calico": (_with_calico(), {}),
+    "cilium": (_with_cilium(), {}),
+    "cilium-elsewhere": (_with_cilium(configmap=["cilium-system", "cilium-cfg"],
+                                      ip_masq_agent="masq"), {}),
     "dns-and-test": (_with_dns_and_test(), {}),
     "everything-flannel-configmap": (_everything(),
                                      {"flannel_configmap_namespace": "kube-flannel"}),
@@ -378,7 +386,7 @@ def test_node_report_may_patch_nodes_and_create_events_only() -> None:
 
 
 @pytest.mark.parametrize("name", ["calico", "everything-flannel-configmap",
-                                  "everything-flannel-file"])
+                                  "everything-flannel-file", "cilium"])
 def test_cluster_wide_writers_get_their_lease(name: str) -> None:
     spec, _ = SPECS[name]
     objs = _render(name)
@@ -409,6 +417,29 @@ def test_calico_gets_ippools_cluster_wide() -> None:
     assert {r["metadata"]["name"] for r in _kind(objs, "Role")} == {
         AGENT_NAME, "k3snet-agent-lease"}  # events, the Lease: no flannel Role
     assert _one(objs, "ServiceAccount")["automountServiceAccountToken"] is True
+
+
+@pytest.mark.parametrize(("name", "namespace", "names"), [
+    ("cilium", "kube-system", ["cilium-config", "ip-masq-agent"]),
+    ("cilium-elsewhere", "cilium-system", ["cilium-cfg", "masq"])])
+def test_cilium_gets_its_two_configmaps_and_no_host_path(
+        name: str, namespace: str, names: list[str]) -> None:
+    objs = _render(name)
+    role = _one(objs, "Role", f"{AGENT_NAME}-cilium")
+    assert role["metadata"]["namespace"] == namespace
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names,
+         "verbs": ["get", "update", "patch", "delete"]}]
+    binding = _one(objs, "RoleBinding", f"{AGENT_NAME}-cilium")
+    assert binding["metadata"]["namespace"] == namespace
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
+                                    "namespace": "kube-system"}]
+    # ConfigMaps through the API only: nothing of the host beyond /lib/modules (read-only)
+    assert _host_paths(objs) == {"/lib/modules": ("Directory", "/lib/modules")}
+    assert not _kind(objs, "ClusterRole") or {
+        o["metadata"]["name"] for o in _kind(objs, "ClusterRole")} == {
+        "k3snet-agent-node-report"}
 
 
 def test_flannel_configmap_mode_gets_one_configmap() -> None:
@@ -693,3 +724,11 @@ def test_profiles_are_daemonsets_selected_by_node_label() -> None:
 def test_profiles_may_not_change_what_is_shared(profiles: dict[str, Spec], fragment: str) -> None:
     with pytest.raises(SpecError, match=fragment):
         render_manifests(k3snet.seed_spec(), profiles=profiles)
+
+
+def test_profiles_may_not_change_where_cilium_is_written() -> None:
+    moved = _with_cilium(configmap=["cilium-system", "cilium-config"])
+    with pytest.raises(SpecError, match=r"profiles\.edge\.backends\.cilium: must equal"):
+        render_manifests(_with_cilium(), profiles={"edge": moved})
+    same = render_manifests(_with_cilium(), profiles={"edge": _with_cilium()})
+    assert len(_kind(same, "DaemonSet")) == 2

@@ -1,0 +1,30 @@
+"""Fixtures of the agent's tests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from k3snet.agent import LOGGER_NAME
+
+
+@pytest.fixture(autouse=True)
+def _loggers_restored() -> Iterator[None]:
+    """Undo what an in-process ``k3snet`` command did to k3snet's loggers.
+
+    The CLI and ``configure_logging`` bind a handler to the stderr of the moment,
+    which pytest closes after the test: later tests logging through it printed
+    "--- Logging error --- ValueError: I/O operation on closed file".
+    """
+    loggers = [logging.getLogger(name) for name in ("k3snet", LOGGER_NAME)]
+    saved = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    yield
+    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
