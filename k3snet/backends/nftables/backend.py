@@ -82,6 +82,7 @@ network namespace and one kernel seam (:mod:`.kernel`); use one instance per thr
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -104,7 +105,7 @@ from k3snet.backends.nftables.cache import (
     nat_overlap,
     rule_count,
 )
-from k3snet.backends.nftables.kernel import Libnftables, NftKernel, first_lines
+from k3snet.backends.nftables.kernel import BoundedLister, Libnftables, NftKernel, first_lines
 from k3snet.backends.nftables.parse import ForeignReader, read_own, table_of
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
 from k3snet.model import Drift, NetObject
@@ -151,7 +152,10 @@ class NftablesBackend(BackendBase):
     ``table``: the table name. ``faults.fail_at(N)`` (tests): the next apply
     carries, after the first ``N`` changes' commands, one the kernel refuses, so
     the whole transaction is refused. ``observe_foreign``: whether
-    :meth:`observe` reads other tables (a few small listings). ``syntax``: batches
+    :meth:`observe` reads other tables (a few small listings).
+    ``foreign_timeout``: seconds the reading of other tables may take in all
+    (default 2); what is not read by then is left out, conservatively, and named
+    in :attr:`foreign_unread` (docs/reliability.md, "Progress under load"). ``syntax``: batches
     in nft's own language (``"nft"``, the default: less parsing time on large
     batches, and errors quote the refused command) or in libnftables ``"json"``,
     through the same libnftables call. ``kernel``: what makes the kernel seam
@@ -174,6 +178,7 @@ class NftablesBackend(BackendBase):
         family: TableFamily = "inet",
         table: str = "k3snet",
         observe_foreign: bool = True,
+        foreign_timeout: float = 2.0,
         syntax: Syntax = "nft",
         kernel: Callable[[], NftKernel] | None = None,
     ) -> None:
@@ -192,6 +197,14 @@ class NftablesBackend(BackendBase):
                 ) from exc
         self.family: TableFamily = family
         self.observe_foreign = observe_foreign
+        if not foreign_timeout > 0:
+            raise ModelError(f"foreign_timeout must be > 0 seconds, got {foreign_timeout!r}")
+        self.foreign_timeout = foreign_timeout
+        self._foreign_unread: tuple[str, ...] = ()
+        # The foreign reads' own libnftables context, in a helper thread (made lazily, in
+        # the worker thread); only with the real kernel: fakes serve recorded listings.
+        self._bounded: BoundedLister | None = None
+        self._bounded_kernel = kernel is None
         self.syntax: Syntax = syntax
         self.netns = netns
         """The network namespace this backend acts in (``None``: the caller's own)."""
@@ -227,6 +240,16 @@ class NftablesBackend(BackendBase):
         if cache is None:
             return ()
         return tuple(sorted(drift.describe() for drift, _ in cache.drift.values()))
+
+    @property
+    def foreign_unread(self) -> tuple[str, ...]:
+        """What the last read of other tables could not list within ``foreign_timeout``.
+
+        Empty when the foreign state was read whole. Otherwise observe's foreign
+        state is incomplete: what is missing is left out conservatively (k3snet's
+        rules never override another table's drop; see docs/reliability.md).
+        """
+        return self._foreign_unread
 
     def observe(self, *, refresh: bool = False) -> State:
         """k3snet's rules and the drift in its table (owned), other tables' rules (foreign).
@@ -266,6 +289,10 @@ class NftablesBackend(BackendBase):
     def close(self) -> None:
         """Free the libnftables context and stop the namespace worker (idempotent)."""
         kernel, self._kernel = self._kernel, None
+        bounded, self._bounded = self._bounded, None
+        if bounded is not None:
+            with contextlib.suppress(BackendError, OSError):
+                self._runner.call(bounded.close)
         if kernel is not None:
             with contextlib.suppress(BackendError, OSError):
                 self._runner.call(kernel.close)
@@ -320,7 +347,13 @@ class NftablesBackend(BackendBase):
 
     def _read_foreign(self, kernel: NftKernel) -> frozenset[NetObject]:
         own = frozenset((family, self._table) for family in self._families)
-        return ForeignReader(kernel, own).read()
+        if self._bounded is None and self._bounded_kernel:
+            self._bounded = BoundedLister()
+        reader = ForeignReader(kernel, own, bounded=self._bounded,
+                               deadline=time.monotonic() + self.foreign_timeout)
+        found = reader.read()
+        self._foreign_unread = tuple(reader.unread)
+        return found
 
     # ---------------------------------------------------------------- planning a batch
 

@@ -44,12 +44,13 @@ import contextlib
 import functools
 import ipaddress
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from k3snet.backends.nftables.cache import Cache, Repair, Table
-from k3snet.backends.nftables.kernel import NftKernel
+from k3snet.backends.nftables.kernel import BoundedLister, ListingTimeoutError, NftKernel
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift, NetObject, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
@@ -344,10 +345,21 @@ def _disjoint(cond: Match, family: int, source: Network, destination: Network | 
 
 @dataclass
 class ForeignReader:
-    """Reads the egress-relevant chains of other tables: read-only, bounded, best effort."""
+    """Reads the egress-relevant chains of other tables: read-only, bounded, best effort.
+
+    With ``bounded``, every listing goes through it and the whole read ends by
+    ``deadline`` (``time.monotonic()``): a chain not listed by then is read as
+    "may drop anything" (so no foreign accept is taken as meeting a need, and
+    no foreign NAT behind it is seen: k3snet then writes its own rule, which
+    is redundant at worst), and named in ``unread``. Without it, listings use
+    ``kernel`` (recorded listings in tests) and are not bounded.
+    """
 
     kernel: NftKernel
     own_tables: frozenset[tuple[str, str]]
+    bounded: BoundedLister | None = None
+    deadline: float = 0.0
+    unread: list[str] = field(default_factory=list)
     listed: int = 0
     nat: list[NetObject] = field(default_factory=list)
     accepts: list[ForwardRule] = field(default_factory=list)
@@ -360,7 +372,10 @@ class ForeignReader:
 
     def read(self) -> frozenset[NetObject]:
         try:
-            chains = self.kernel.list("chains") or []
+            chains = self._list("chains", {}) or []
+        except ListingTimeoutError as exc:
+            self.unread.append(str(exc))
+            return frozenset()
         except BackendError:
             return frozenset()  # best effort: no foreign state rather than no observe
         for item in chains:
@@ -456,7 +471,10 @@ class ForeignReader:
             return [Match(unknown=1, verdict="drop")]  # unseen: assume it may drop anything
         self.listed += 1
         try:
-            items = self.kernel.list("chain", family=family, table=table, name=chain) or []
+            items = self._list("chain", {"family": family, "table": table, "name": chain}) or []
+        except ListingTimeoutError as exc:
+            self.unread.append(str(exc))
+            return [Match(unknown=1, verdict="drop")]
         except BackendError:
             return [Match(unknown=1, verdict="drop")]
         rules = []
@@ -468,6 +486,14 @@ class ForeignReader:
                     match.proto = family
                 rules.append(match)
         return rules
+
+    def _list(self, kind: str, ref: dict[str, str]) -> list[dict[str, Any]] | None:
+        if self.bounded is None:
+            return self.kernel.list(kind, **ref)
+        if time.monotonic() >= self.deadline:
+            what = " ".join(["list", kind, *ref.values()])
+            raise ListingTimeoutError(f"nft {what!r} not tried: the foreign read's time was up")
+        return self.bounded.list(self.deadline, kind, **ref)
 
     def _walk(self, where: tuple[str, str], chain: str, exits: list[Match], depth: int,
               visit: Callable[[Match, list[Match]], None]) -> tuple[list[Match], bool]:
