@@ -105,7 +105,14 @@ from k3snet.backends.nftables.cache import (
     nat_overlap,
     rule_count,
 )
-from k3snet.backends.nftables.kernel import BoundedLister, Libnftables, NftKernel, first_lines
+from k3snet.backends.nftables.kernel import (
+    BoundedLister,
+    Libnftables,
+    Lists,
+    NftKernel,
+    OwnTableLister,
+    first_lines,
+)
 from k3snet.backends.nftables.parse import ForeignReader, read_own, table_of
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
 from k3snet.model import Drift, NetObject
@@ -155,7 +162,9 @@ class NftablesBackend(BackendBase):
     :meth:`observe` reads other tables (a few small listings).
     ``foreign_timeout``: seconds the reading of other tables may take in all
     (default 2); what is not read by then is left out, conservatively, and named
-    in :attr:`foreign_unread` (docs/reliability.md, "Progress under load"). ``syntax``: batches
+    in :attr:`foreign_unread` (docs/reliability.md, "Progress under load").
+    ``read_timeout``: seconds a listing of k3snet's own table may take (default
+    10), else a :class:`~k3snet.errors.BackendError` naming it. ``syntax``: batches
     in nft's own language (``"nft"``, the default: less parsing time on large
     batches, and errors quote the refused command) or in libnftables ``"json"``,
     through the same libnftables call. ``kernel``: what makes the kernel seam
@@ -179,6 +188,7 @@ class NftablesBackend(BackendBase):
         table: str = "k3snet",
         observe_foreign: bool = True,
         foreign_timeout: float = 2.0,
+        read_timeout: float = 10.0,
         syntax: Syntax = "nft",
         kernel: Callable[[], NftKernel] | None = None,
     ) -> None:
@@ -200,9 +210,13 @@ class NftablesBackend(BackendBase):
         if not foreign_timeout > 0:
             raise ModelError(f"foreign_timeout must be > 0 seconds, got {foreign_timeout!r}")
         self.foreign_timeout = foreign_timeout
+        if not read_timeout > 0:
+            raise ModelError(f"read_timeout must be > 0 seconds, got {read_timeout!r}")
+        self.read_timeout = read_timeout
         self._foreign_unread: tuple[str, ...] = ()
-        # The foreign reads' own libnftables context, in a helper thread (made lazily, in
-        # the worker thread); only with the real kernel: fakes serve recorded listings.
+        # Listings' own libnftables context, in a helper thread (made lazily, in the
+        # worker thread), so a listing that never ends can be given up on; only with
+        # the real kernel: fakes serve recorded listings.
         self._bounded: BoundedLister | None = None
         self._bounded_kernel = kernel is None
         self.syntax: Syntax = syntax
@@ -329,7 +343,7 @@ class NftablesBackend(BackendBase):
         if cache is None:
             # The size is unknown before the listing: a small table costs the pause nothing.
             with gc_paused(GC_PAUSE_MIN):
-                cache = read_own(kernel, self._table, self._families, genid)
+                cache = read_own(self._own_lister(kernel), self._table, self._families, genid)
             self._observed.put(genid, cache)
         if foreign and cache.foreign is None:
             cache.foreign = self._read_foreign(kernel)
@@ -345,11 +359,18 @@ class NftablesBackend(BackendBase):
             cache.state = State(owned=cache.owned(), foreign=foreign)
         return cache.state
 
-    def _read_foreign(self, kernel: NftKernel) -> frozenset[NetObject]:
-        own = frozenset((family, self._table) for family in self._families)
+    def _bounded_lister(self) -> BoundedLister | None:
         if self._bounded is None and self._bounded_kernel:
             self._bounded = BoundedLister()
-        reader = ForeignReader(kernel, own, bounded=self._bounded,
+        return self._bounded
+
+    def _own_lister(self, kernel: NftKernel) -> Lists:
+        bounded = self._bounded_lister()
+        return kernel if bounded is None else OwnTableLister(kernel, bounded, self.read_timeout)
+
+    def _read_foreign(self, kernel: NftKernel) -> frozenset[NetObject]:
+        own = frozenset((family, self._table) for family in self._families)
+        reader = ForeignReader(kernel, own, bounded=self._bounded_lister(),
                                deadline=time.monotonic() + self.foreign_timeout)
         found = reader.read()
         self._foreign_unread = tuple(reader.unread)

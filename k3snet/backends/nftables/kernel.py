@@ -23,8 +23,8 @@ from typing import Any, Protocol
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import BackendError, BackendUnavailableError
 
-__all__ = ["BoundedLister", "Libnftables", "ListingTimeoutError", "NftKernel", "first_lines",
-           "listed_items"]
+__all__ = ["BoundedLister", "Libnftables", "ListingTimeoutError", "Lists", "NftKernel",
+           "OwnTableLister", "first_lines", "listed_items"]
 
 _CAPABILITY = "CAP_NET_ADMIN"
 
@@ -51,6 +51,14 @@ class NftKernel(Protocol):
 
     def close(self) -> None:
         """Release sockets and contexts (idempotent)."""
+        ...
+
+
+class Lists(Protocol):
+    """Protocol: the listing half of :class:`NftKernel` (what reading a table needs)."""
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        """The objects ``nft -j list KIND REF...`` prints; ``None`` if the object does not exist."""
         ...
 
 
@@ -208,6 +216,29 @@ class BoundedLister:
         finally:
             if kernel is not None:
                 kernel.close()
+
+
+class OwnTableLister:
+    """Listings of k3snet's own table through a :class:`BoundedLister`, each within ``seconds``.
+
+    A listing not done in time is a :class:`~k3snet.errors.BackendError` naming
+    the bound (``NftablesBackend(read_timeout=)``): observe fails, and an apply
+    fails before changing anything. Counts its round trips in ``kernel.calls``.
+    """
+
+    def __init__(self, kernel: NftKernel, bounded: BoundedLister, seconds: float) -> None:
+        self.kernel = kernel
+        self.bounded = bounded
+        self.seconds = seconds
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        """``list KIND REF...`` within the bound, or :class:`BackendError` naming it."""
+        self.kernel.calls += 1
+        try:
+            return self.bounded.list(time.monotonic() + self.seconds, kind, **ref)
+        except ListingTimeoutError as exc:
+            raise BackendError(f"k3snet's own table could not be read within {self.seconds:g} s "
+                               f"(read_timeout): {exc}") from None
 
 
 def _timed_out(kind: str, ref: dict[str, str]) -> str:

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k3snet.backends.nftables.cache import Cache, Repair, Table
-from k3snet.backends.nftables.kernel import BoundedLister, ListingTimeoutError, NftKernel
+from k3snet.backends.nftables.kernel import BoundedLister, ListingTimeoutError, Lists, NftKernel
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift, NetObject, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
@@ -631,7 +631,7 @@ def _answers(other: ForwardRule, rule: ForwardRule) -> bool:
 # ---------------------------------------------------------------- k3snet's own table
 
 
-def read_own(kernel: NftKernel, table_name: str, families: tuple[str, ...], genid: int) -> Cache:
+def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: int) -> Cache:
     """k3snet's table(s) as the kernel lists them, stamped with ``genid``.
 
     Every rule shaped as k3snet writes it becomes its object; everything else
