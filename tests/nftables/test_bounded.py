@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables.kernel import BoundedLister, OwnTableLister
 from k3snet.backends.nftables.parse import ForeignReader
-from k3snet.errors import BackendError
+from k3snet.errors import BackendError, ModelError
 from k3snet.model import ForwardRule, MasqueradeRule
 from tests.nftables.test_recorded import RecordedKernel
 
@@ -81,3 +82,10 @@ def test_a_listing_within_the_bound_is_the_kernel_s() -> None:
         assert reader.unread == []
     finally:
         lister.close()
+
+
+@pytest.mark.parametrize("value", [0, -1, "2", True, float("nan")])
+@pytest.mark.parametrize("option", ["foreign_timeout", "read_timeout"])
+def test_a_bound_is_a_positive_number_of_seconds(option: str, value: object) -> None:
+    with pytest.raises(ModelError, match=f"{option} must be a number of seconds"):
+        NftablesBackend(kernel=lambda: RecordedKernel("k3s-node"), **{option: value})

@@ -146,6 +146,13 @@ def _table_repairs(diff: Diff) -> tuple[dict[str, int], dict[str, dict[str, int]
     return rebuild, chains
 
 
+def _seconds(name: str, value: object) -> float:
+    """A bound in seconds (an option may come from a spec or ``--backend-opt``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
+        raise ModelError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
 class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the backend
     """The plan does not fit k3snet's table: the kit's fit check says why."""
 
@@ -207,12 +214,8 @@ class NftablesBackend(BackendBase):
                 ) from exc
         self.family: TableFamily = family
         self.observe_foreign = observe_foreign
-        if not foreign_timeout > 0:
-            raise ModelError(f"foreign_timeout must be > 0 seconds, got {foreign_timeout!r}")
-        self.foreign_timeout = foreign_timeout
-        if not read_timeout > 0:
-            raise ModelError(f"read_timeout must be > 0 seconds, got {read_timeout!r}")
-        self.read_timeout = read_timeout
+        self.foreign_timeout = _seconds("foreign_timeout", foreign_timeout)
+        self.read_timeout = _seconds("read_timeout", read_timeout)
         self._foreign_unread: tuple[str, ...] = ()
         # Listings' own libnftables context, in a helper thread (made lazily, in the
         # worker thread), so a listing that never ends can be given up on; only with
