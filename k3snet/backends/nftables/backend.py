@@ -113,7 +113,7 @@ from k3snet.backends.nftables.kernel import (
     OwnTableLister,
     first_lines,
 )
-from k3snet.backends.nftables.parse import ForeignReader, read_own, table_of
+from k3snet.backends.nftables.parse import ForeignReader, read_foreign_within, read_own, table_of
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
 from k3snet.model import Drift, NetObject
 from k3snet.model.state import State
@@ -373,10 +373,11 @@ class NftablesBackend(BackendBase):
 
     def _read_foreign(self, kernel: NftKernel) -> frozenset[NetObject]:
         own = frozenset((family, self._table) for family in self._families)
-        reader = ForeignReader(kernel, own, bounded=self._bounded_lister(),
-                               deadline=time.monotonic() + self.foreign_timeout)
-        found = reader.read()
-        self._foreign_unread = tuple(reader.unread)
+        bounded = self._bounded_lister()
+        if bounded is None:
+            return ForeignReader(kernel, own).read()
+        found, self._foreign_unread = read_foreign_within(
+            bounded, own, time.monotonic() + self.foreign_timeout)
         return found
 
     # ---------------------------------------------------------------- planning a batch

@@ -18,15 +18,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import BackendError, BackendUnavailableError
 
 __all__ = ["BoundedLister", "Libnftables", "ListingTimeoutError", "Lists", "NftKernel",
-           "OwnTableLister", "first_lines", "listed_items"]
+           "OwnTableLister", "first_lines", "list_in_child", "listed_items"]
 
 _CAPABILITY = "CAP_NET_ADMIN"
+T = TypeVar("T")
 
 
 class NftKernel(Protocol):
@@ -171,21 +172,37 @@ class BoundedLister:
         self._stuck: Future[object] | None = None
         self.calls = 0
 
-    def list(self, deadline: float, kind: str, **ref: str) -> list[dict[str, Any]] | None:
-        """``list KIND REF...`` as :meth:`NftKernel.list`, or :class:`ListingTimeoutError`
-        once ``time.monotonic()`` passes ``deadline``."""
-        self.calls += 1
+    @property
+    def busy(self) -> bool:
+        """Whether the helper is still in a listing it was given up on."""
         if self._stuck is not None and self._stuck.done():
             self._stuck = None  # the abandoned dump finished: the helper is free again
-        if self._stuck is not None:
-            return _list_in_child(deadline, kind, ref)
+        return self._stuck is not None
+
+    def run(self, deadline: float, fn: Callable[[NftKernel], T]) -> T:
+        """``fn(kernel)`` in the helper thread, or :class:`ListingTimeoutError` once
+        ``time.monotonic()`` passes ``deadline`` (also at once while :attr:`busy`)."""
+        self.calls += 1
+        if self.busy:
+            raise ListingTimeoutError("the listing helper is still in an earlier listing")
         future: Future[object] = Future()
         self._start()
-        self._jobs.put((lambda kernel: kernel.list(kind, **ref), future))
+        self._jobs.put((fn, future))
         try:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[return-value]
         except FutureTimeout:
             self._stuck = future
+            raise ListingTimeoutError("the listing did not finish within its bound (the ruleset "
+                                      "kept changing during it)") from None
+
+    def list(self, deadline: float, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        """``list KIND REF...`` as :meth:`NftKernel.list`, or :class:`ListingTimeoutError`
+        once ``time.monotonic()`` passes ``deadline``."""
+        if self.busy:
+            return list_in_child(deadline, kind, **ref)
+        try:
+            return self.run(deadline, lambda kernel: kernel.list(kind, **ref))
+        except ListingTimeoutError:
             raise ListingTimeoutError(_timed_out(kind, ref)) from None
 
     def close(self) -> None:
@@ -246,8 +263,9 @@ def _timed_out(kind: str, ref: dict[str, str]) -> str:
             "(the ruleset kept changing during the listing)")
 
 
-def _list_in_child(deadline: float, kind: str, ref: dict[str, str]) -> list[dict[str, Any]] | None:
-    """``list KIND REF...`` through ``nft -j -f -`` (a JSON command: names passed as data)."""
+def list_in_child(deadline: float, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+    """``list KIND REF...`` through ``nft -j -f -`` (a JSON command: names passed as data),
+    killed past ``deadline`` (:class:`ListingTimeoutError`). Runs in the caller's namespace."""
     what = " ".join(["list", kind, *ref.values()])
     command = json.dumps({"nftables": [{"list": {kind: ref or None}}]})
     timeout = deadline - time.monotonic()
