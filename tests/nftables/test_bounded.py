@@ -17,7 +17,12 @@ from typing import Any
 import pytest
 
 from k3snet.backends.nftables import NftablesBackend
-from k3snet.backends.nftables.kernel import BoundedLister, OwnTableLister
+from k3snet.backends.nftables.kernel import (
+    BoundedLister,
+    ListingTimeoutError,
+    OwnTableLister,
+    list_in_child,
+)
 from k3snet.backends.nftables.parse import ForeignReader, read_foreign_within
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import ForwardRule, MasqueradeRule
@@ -88,3 +93,8 @@ def test_a_listing_within_the_bound_is_the_kernel_s() -> None:
 def test_a_bound_is_a_positive_number_of_seconds(option: str, value: object) -> None:
     with pytest.raises(ModelError, match=f"{option} must be a number of seconds"):
         NftablesBackend(kernel=lambda: RecordedKernel("k3s-node"), **{option: value})
+
+
+def test_a_child_listing_past_its_deadline_is_not_run() -> None:
+    with pytest.raises(ListingTimeoutError, match="did not finish within its bound"):
+        list_in_child(time.monotonic() - 1, "chains")

@@ -150,7 +150,7 @@ class ListingTimeoutError(BackendError):
 
 
 class BoundedLister:
-    """Listings of other tables that return within a deadline, whatever the kernel does.
+    """Listings that return within a deadline, whatever the kernel does.
 
     libnftables lists again, with no bound, while the ruleset generation changes
     during its dump: a foreign chain whose dump takes longer than a foreign
@@ -209,7 +209,7 @@ class BoundedLister:
         """Stop the helper thread; one stuck in a dump is left to end by itself."""
         if self._thread is not None:
             self._jobs.put(None)
-            if self._stuck is None:
+            if not self.busy:
                 self._thread.join()
             self._thread = None
 
