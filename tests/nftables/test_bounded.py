@@ -98,3 +98,20 @@ def test_a_bound_is_a_positive_number_of_seconds(option: str, value: object) -> 
 def test_a_child_listing_past_its_deadline_is_not_run() -> None:
     with pytest.raises(ListingTimeoutError, match="did not finish within its bound"):
         list_in_child(time.monotonic() - 1, "chains")
+
+
+def test_an_incomplete_foreign_read_is_a_warning_of_the_plan() -> None:
+    hanging = _Hanging("list chain ip filter FLANNEL-FWD")
+    nft = NftablesBackend(kernel=lambda: RecordedKernel("k3s-node"), foreign_timeout=0.3)
+    nft._bounded = BoundedLister(lambda: hanging)  # the helper's kernel: recorded, one hangs
+    try:
+        with nft:
+            assert nft.warnings == ()
+            state = nft.observe()
+            (warning,) = nft.warnings
+    finally:
+        hanging.release.set()
+    assert "within 0.3 s (foreign_timeout)" in warning
+    assert "list chain ip filter FLANNEL-FWD" in warning
+    assert not any(isinstance(obj, ForwardRule) for obj in state.foreign)
+    assert state.owned  # k3snet's own table was read all the same

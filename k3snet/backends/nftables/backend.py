@@ -268,6 +268,17 @@ class NftablesBackend(BackendBase):
         """
         return self._foreign_unread
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the last read found worth saying (``!! warning:`` under ``k3snet plan``):
+        an incomplete foreign state, with the listings it lacks."""
+        if not self._foreign_unread:
+            return ()
+        return (f"nftables: other tables were not read whole within {self.foreign_timeout:g} s "
+                "(foreign_timeout): their rules there are left out of the plan's notes "
+                f"(k3snet's rules never override another table's drop): "
+                f"{'; '.join(self._foreign_unread)}",)
+
     def observe(self, *, refresh: bool = False) -> State:
         """k3snet's rules and the drift in its table (owned), other tables' rules (foreign).
 
