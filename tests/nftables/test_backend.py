@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet.backends.nftables import MARKER_CHAIN, NftablesBackend
+from k3snet.backends.nftables.kernel import BoundedLister, Libnftables
 from k3snet.cli import main
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.lab.netns import run_in, temporary_netns, unique_name
@@ -195,6 +196,20 @@ def spy_lists(backend: NftablesBackend) -> list[str]:
         return real_list(kind, **ref)
 
     kernel.list = spy  # type: ignore[method-assign]
+
+    def foreign_kernel() -> Libnftables:
+        # The foreign reads' own libnftables context (in the BoundedLister's thread).
+        made = Libnftables()
+        real = made.list
+
+        def spy_foreign(kind: str, **ref: str) -> list[dict[str, Any]] | None:
+            commands.append(" ".join(["list", kind, *ref.values()]))
+            return real(kind, **ref)
+
+        made.list = spy_foreign  # type: ignore[method-assign]
+        return made
+
+    backend._bounded = BoundedLister(foreign_kernel)
     return commands
 
 

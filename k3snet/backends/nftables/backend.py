@@ -82,6 +82,7 @@ network namespace and one kernel seam (:mod:`.kernel`); use one instance per thr
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -104,8 +105,15 @@ from k3snet.backends.nftables.cache import (
     nat_overlap,
     rule_count,
 )
-from k3snet.backends.nftables.kernel import Libnftables, NftKernel, first_lines
-from k3snet.backends.nftables.parse import ForeignReader, read_own, table_of
+from k3snet.backends.nftables.kernel import (
+    BoundedLister,
+    Libnftables,
+    Lists,
+    NftKernel,
+    OwnTableLister,
+    first_lines,
+)
+from k3snet.backends.nftables.parse import ForeignReader, read_foreign_within, read_own, table_of
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
 from k3snet.model import Drift, NetObject
 from k3snet.model.state import State
@@ -138,6 +146,13 @@ def _table_repairs(diff: Diff) -> tuple[dict[str, int], dict[str, dict[str, int]
     return rebuild, chains
 
 
+def _seconds(name: str, value: object) -> float:
+    """A bound in seconds (an option may come from a spec or ``--backend-opt``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
+        raise ModelError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
 class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the backend
     """The plan does not fit k3snet's table: the kit's fit check says why."""
 
@@ -151,7 +166,12 @@ class NftablesBackend(BackendBase):
     ``table``: the table name. ``faults.fail_at(N)`` (tests): the next apply
     carries, after the first ``N`` changes' commands, one the kernel refuses, so
     the whole transaction is refused. ``observe_foreign``: whether
-    :meth:`observe` reads other tables (a few small listings). ``syntax``: batches
+    :meth:`observe` reads other tables (a few small listings).
+    ``foreign_timeout``: seconds the reading of other tables may take in all
+    (default 2); what is not read by then is left out, conservatively, and named
+    in :attr:`foreign_unread` (docs/reliability.md, "Progress under load").
+    ``read_timeout``: seconds a listing of k3snet's own table may take (default
+    10), else a :class:`~k3snet.errors.BackendError` naming it. ``syntax``: batches
     in nft's own language (``"nft"``, the default: less parsing time on large
     batches, and errors quote the refused command) or in libnftables ``"json"``,
     through the same libnftables call. ``kernel``: what makes the kernel seam
@@ -174,6 +194,8 @@ class NftablesBackend(BackendBase):
         family: TableFamily = "inet",
         table: str = "k3snet",
         observe_foreign: bool = True,
+        foreign_timeout: float = 2.0,
+        read_timeout: float = 10.0,
         syntax: Syntax = "nft",
         kernel: Callable[[], NftKernel] | None = None,
     ) -> None:
@@ -192,6 +214,14 @@ class NftablesBackend(BackendBase):
                 ) from exc
         self.family: TableFamily = family
         self.observe_foreign = observe_foreign
+        self.foreign_timeout = _seconds("foreign_timeout", foreign_timeout)
+        self.read_timeout = _seconds("read_timeout", read_timeout)
+        self._foreign_unread: tuple[str, ...] = ()
+        # Listings' own libnftables context, in a helper thread (made lazily, in the
+        # worker thread), so a listing that never ends can be given up on; only with
+        # the real kernel: fakes serve recorded listings.
+        self._bounded: BoundedLister | None = None
+        self._bounded_kernel = kernel is None
         self.syntax: Syntax = syntax
         self.netns = netns
         """The network namespace this backend acts in (``None``: the caller's own)."""
@@ -227,6 +257,27 @@ class NftablesBackend(BackendBase):
         if cache is None:
             return ()
         return tuple(sorted(drift.describe() for drift, _ in cache.drift.values()))
+
+    @property
+    def foreign_unread(self) -> tuple[str, ...]:
+        """What the last read of other tables could not list within ``foreign_timeout``.
+
+        Empty when the foreign state was read whole. Otherwise observe's foreign
+        state is incomplete: what is missing is left out conservatively (k3snet's
+        rules never override another table's drop; see docs/reliability.md).
+        """
+        return self._foreign_unread
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the last read found worth saying (``!! warning:`` under ``k3snet plan``):
+        an incomplete foreign state, with the listings it lacks."""
+        if not self._foreign_unread:
+            return ()
+        return (f"nftables: other tables were not read whole within {self.foreign_timeout:g} s "
+                "(foreign_timeout): their rules there are left out of the plan's notes "
+                f"(k3snet's rules never override another table's drop): "
+                f"{'; '.join(self._foreign_unread)}",)
 
     def observe(self, *, refresh: bool = False) -> State:
         """k3snet's rules and the drift in its table (owned), other tables' rules (foreign).
@@ -266,6 +317,10 @@ class NftablesBackend(BackendBase):
     def close(self) -> None:
         """Free the libnftables context and stop the namespace worker (idempotent)."""
         kernel, self._kernel = self._kernel, None
+        bounded, self._bounded = self._bounded, None
+        if bounded is not None:
+            with contextlib.suppress(BackendError, OSError):
+                self._runner.call(bounded.close)
         if kernel is not None:
             with contextlib.suppress(BackendError, OSError):
                 self._runner.call(kernel.close)
@@ -302,7 +357,7 @@ class NftablesBackend(BackendBase):
         if cache is None:
             # The size is unknown before the listing: a small table costs the pause nothing.
             with gc_paused(GC_PAUSE_MIN):
-                cache = read_own(kernel, self._table, self._families, genid)
+                cache = read_own(self._own_lister(kernel), self._table, self._families, genid)
             self._observed.put(genid, cache)
         if foreign and cache.foreign is None:
             cache.foreign = self._read_foreign(kernel)
@@ -318,9 +373,23 @@ class NftablesBackend(BackendBase):
             cache.state = State(owned=cache.owned(), foreign=foreign)
         return cache.state
 
+    def _bounded_lister(self) -> BoundedLister | None:
+        if self._bounded is None and self._bounded_kernel:
+            self._bounded = BoundedLister()
+        return self._bounded
+
+    def _own_lister(self, kernel: NftKernel) -> Lists:
+        bounded = self._bounded_lister()
+        return kernel if bounded is None else OwnTableLister(kernel, bounded, self.read_timeout)
+
     def _read_foreign(self, kernel: NftKernel) -> frozenset[NetObject]:
         own = frozenset((family, self._table) for family in self._families)
-        return ForeignReader(kernel, own).read()
+        bounded = self._bounded_lister()
+        if bounded is None:
+            return ForeignReader(kernel, own).read()
+        found, self._foreign_unread = read_foreign_within(
+            bounded, own, time.monotonic() + self.foreign_timeout)
+        return found
 
     # ---------------------------------------------------------------- planning a batch
 

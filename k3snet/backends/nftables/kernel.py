@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import ctypes
 import json
-from typing import Any, Protocol
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Protocol, TypeVar
 
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import BackendError, BackendUnavailableError
 
-__all__ = ["Libnftables", "NftKernel", "first_lines", "listed_items"]
+__all__ = ["BoundedLister", "Libnftables", "ListingTimeoutError", "Lists", "NftKernel",
+           "OwnTableLister", "first_lines", "list_in_child", "listed_items"]
 
 _CAPABILITY = "CAP_NET_ADMIN"
+T = TypeVar("T")
 
 
 class NftKernel(Protocol):
@@ -43,6 +52,14 @@ class NftKernel(Protocol):
 
     def close(self) -> None:
         """Release sockets and contexts (idempotent)."""
+        ...
+
+
+class Lists(Protocol):
+    """Protocol: the listing half of :class:`NftKernel` (what reading a table needs)."""
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        """The objects ``nft -j list KIND REF...`` prints; ``None`` if the object does not exist."""
         ...
 
 
@@ -126,6 +143,146 @@ class Libnftables:
     def close(self) -> None:
         """Close the netlink socket (libnftables' context goes with the object)."""
         self._generation.close()
+
+
+class ListingTimeoutError(BackendError):
+    """A listing that did not finish within its bound (the ruleset kept changing under it)."""
+
+
+class BoundedLister:
+    """Listings that return within a deadline, whatever the kernel does.
+
+    libnftables lists again, with no bound, while the ruleset generation changes
+    during its dump: a foreign chain whose dump takes longer than a foreign
+    writer's period (3000 rules under 50 commits/s) never lists. A libnftables
+    call cannot be interrupted, so it runs in a helper thread of its own (with
+    its own context), and the caller waits only until the deadline. A helper
+    still stuck is abandoned (it ends when its dump finally completes, or with
+    the process); while it is, listings run ``nft -j -f -`` in a child process
+    with the remaining time as timeout, which can be killed. Must be made and
+    used in the namespace's worker thread: the helper thread and the child
+    process inherit its network namespace.
+    """
+
+    def __init__(self, make: Callable[[], NftKernel] | None = None) -> None:
+        self._make = make or Libnftables
+        self._jobs: queue.SimpleQueue[tuple[Callable[[NftKernel], object], Future[object]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stuck: Future[object] | None = None
+        self.calls = 0
+
+    @property
+    def busy(self) -> bool:
+        """Whether the helper is still in a listing it was given up on."""
+        if self._stuck is not None and self._stuck.done():
+            self._stuck = None  # the abandoned dump finished: the helper is free again
+        return self._stuck is not None
+
+    def run(self, deadline: float, fn: Callable[[NftKernel], T]) -> T:
+        """``fn(kernel)`` in the helper thread, or :class:`ListingTimeoutError` once
+        ``time.monotonic()`` passes ``deadline`` (also at once while :attr:`busy`)."""
+        self.calls += 1
+        if self.busy:
+            raise ListingTimeoutError("the listing helper is still in an earlier listing")
+        future: Future[object] = Future()
+        self._start()
+        self._jobs.put((fn, future))
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[return-value]
+        except FutureTimeout:
+            self._stuck = future
+            raise ListingTimeoutError("the listing did not finish within its bound (the ruleset "
+                                      "kept changing during it)") from None
+
+    def list(self, deadline: float, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        """``list KIND REF...`` as :meth:`NftKernel.list`, or :class:`ListingTimeoutError`
+        once ``time.monotonic()`` passes ``deadline``."""
+        if self.busy:
+            return list_in_child(deadline, kind, **ref)
+        try:
+            return self.run(deadline, lambda kernel: kernel.list(kind, **ref))
+        except ListingTimeoutError:
+            raise ListingTimeoutError(_timed_out(kind, ref)) from None
+
+    def close(self) -> None:
+        """Stop the helper thread; one stuck in a dump is left to end by itself."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            if not self.busy:
+                self._thread.join()
+            self._thread = None
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="k3snet-nft-foreign",
+                                            daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        kernel: NftKernel | None = None
+        try:
+            while (job := self._jobs.get()) is not None:
+                fn, future = job
+                try:
+                    if kernel is None:
+                        kernel = self._make()
+                    future.set_result(fn(kernel))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller as is
+                    future.set_exception(exc)
+        finally:
+            if kernel is not None:
+                kernel.close()
+
+
+class OwnTableLister:
+    """Listings of k3snet's own table through a :class:`BoundedLister`, each within ``seconds``.
+
+    A listing not done in time is a :class:`~k3snet.errors.BackendError` naming
+    the bound (``NftablesBackend(read_timeout=)``): observe fails, and an apply
+    fails before changing anything. Counts its round trips in ``kernel.calls``.
+    """
+
+    def __init__(self, kernel: NftKernel, bounded: BoundedLister, seconds: float) -> None:
+        self.kernel = kernel
+        self.bounded = bounded
+        self.seconds = seconds
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        """``list KIND REF...`` within the bound, or :class:`BackendError` naming it."""
+        self.kernel.calls += 1
+        try:
+            return self.bounded.list(time.monotonic() + self.seconds, kind, **ref)
+        except ListingTimeoutError as exc:
+            raise BackendError(f"k3snet's own table could not be read within {self.seconds:g} s "
+                               f"(read_timeout): {exc}") from None
+
+
+def _timed_out(kind: str, ref: dict[str, str]) -> str:
+    return (f"nft {' '.join(['list', kind, *ref.values()])!r} did not finish within its bound "
+            "(the ruleset kept changing during the listing)")
+
+
+def list_in_child(deadline: float, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+    """``list KIND REF...`` through ``nft -j -f -`` (a JSON command: names passed as data),
+    killed past ``deadline`` (:class:`ListingTimeoutError`). Runs in the caller's namespace."""
+    what = " ".join(["list", kind, *ref.values()])
+    command = json.dumps({"nftables": [{"list": {kind: ref or None}}]})
+    timeout = deadline - time.monotonic()
+    if timeout <= 0:
+        raise ListingTimeoutError(_timed_out(kind, ref))
+    try:
+        done = subprocess.run(["nft", "-j", "-f", "-"], input=command, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ListingTimeoutError(_timed_out(kind, ref)) from None
+    except OSError as exc:
+        raise BackendError(f"nft {what!r} could not run: {exc}") from exc
+    if done.returncode != 0:
+        if "No such file or directory" in done.stderr:
+            return None
+        raise BackendError(f"nft {what!r} failed: {first_lines(done.stderr)}")
+    return listed_items(done.stdout, what)
 
 
 def _with_capability(error: str) -> str:

@@ -49,7 +49,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k3snet.backends.nftables.cache import Cache, Repair, Table
-from k3snet.backends.nftables.kernel import NftKernel
+from k3snet.backends.nftables.kernel import (
+    BoundedLister,
+    ListingTimeoutError,
+    Lists,
+    NftKernel,
+    list_in_child,
+)
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift, NetObject, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
@@ -65,7 +71,8 @@ from k3snet.render.nftables import (
 )
 from k3snet.render.tag import tag_digest
 
-__all__ = ["ForeignReader", "Match", "own_object", "parse_rule", "read_own", "table_of"]
+__all__ = ["ForeignReader", "Match", "own_object", "parse_rule", "read_foreign_within", "read_own",
+           "table_of"]
 
 # iptables targets that let the packet go on to the next rule (kube-proxy's MARK ...).
 _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY",
@@ -344,10 +351,18 @@ def _disjoint(cond: Match, family: int, source: Network, destination: Network | 
 
 @dataclass
 class ForeignReader:
-    """Reads the egress-relevant chains of other tables: read-only, bounded, best effort."""
+    """Reads the egress-relevant chains of other tables: read-only, bounded, best effort.
 
-    kernel: NftKernel
+    A listing that raises :class:`~.kernel.ListingTimeoutError` (see
+    :func:`read_foreign_within`) is read as "may drop anything" (so no foreign
+    accept is taken as meeting a need, and no foreign NAT behind it is seen:
+    k3snet then writes its own rule, which is redundant at worst), and named in
+    ``unread``.
+    """
+
+    kernel: Lists
     own_tables: frozenset[tuple[str, str]]
+    unread: list[str] = field(default_factory=list)
     listed: int = 0
     nat: list[NetObject] = field(default_factory=list)
     accepts: list[ForwardRule] = field(default_factory=list)
@@ -360,7 +375,10 @@ class ForeignReader:
 
     def read(self) -> frozenset[NetObject]:
         try:
-            chains = self.kernel.list("chains") or []
+            chains = self._list("chains", {}) or []
+        except ListingTimeoutError as exc:
+            self.unread.append(str(exc))
+            return frozenset()
         except BackendError:
             return frozenset()  # best effort: no foreign state rather than no observe
         for item in chains:
@@ -456,7 +474,10 @@ class ForeignReader:
             return [Match(unknown=1, verdict="drop")]  # unseen: assume it may drop anything
         self.listed += 1
         try:
-            items = self.kernel.list("chain", family=family, table=table, name=chain) or []
+            items = self._list("chain", {"family": family, "table": table, "name": chain}) or []
+        except ListingTimeoutError as exc:
+            self.unread.append(str(exc))
+            return [Match(unknown=1, verdict="drop")]
         except BackendError:
             return [Match(unknown=1, verdict="drop")]
         rules = []
@@ -468,6 +489,9 @@ class ForeignReader:
                     match.proto = family
                 rules.append(match)
         return rules
+
+    def _list(self, kind: str, ref: dict[str, str]) -> list[dict[str, Any]] | None:
+        return self.kernel.list(kind, **ref)
 
     def _walk(self, where: tuple[str, str], chain: str, exits: list[Match], depth: int,
               visit: Callable[[Match, list[Match]], None]) -> tuple[list[Match], bool]:
@@ -569,6 +593,82 @@ class ForeignReader:
             self.origins.setdefault(rule, set()).add(self._walking)
 
 
+def read_foreign_within(bounded: BoundedLister, own_tables: frozenset[tuple[str, str]],
+                        deadline: float) -> tuple[frozenset[NetObject], tuple[str, ...]]:
+    """Other tables' egress state, read by ``deadline`` (``time.monotonic()``): (found, unread).
+
+    The whole read runs in the helper's thread, one hand-off. Past the deadline
+    it is given up on, and read again from the listings it had completed: what
+    it had not is unread. While the helper is stuck in an earlier listing, each
+    listing runs ``nft`` in a child process killed at the deadline.
+    """
+    done: dict[tuple[str, ...], Any] = {}
+    try:
+        return bounded.run(deadline, lambda kernel: _whole(kernel, own_tables, done)), ()
+    except ListingTimeoutError:
+        pass
+    # Copied in one C call: the helper may still be adding to it.
+    lister: Lists = _Replay(dict(done)) if _started(done) else _ChildLister(deadline)
+    reader = ForeignReader(lister, own_tables)
+    return reader.read(), tuple(reader.unread)
+
+
+def _whole(kernel: NftKernel, own_tables: frozenset[tuple[str, str]],
+           done: dict[tuple[str, ...], Any]) -> frozenset[NetObject]:
+    done[("started",)] = True
+    return ForeignReader(_Recording(kernel, done), own_tables).read()
+
+
+def _started(done: dict[tuple[str, ...], Any]) -> bool:
+    return ("started",) in done
+
+
+@dataclass
+class _Recording:
+    """Lists through ``kernel`` and keeps each answer (or error) in ``done``."""
+
+    kernel: NftKernel
+    done: dict[tuple[str, ...], Any]
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        key = (kind, *ref.values())
+        try:
+            items = self.kernel.list(kind, **ref)
+        except BackendError as exc:
+            self.done[key] = exc
+            raise
+        self.done[key] = items
+        return items
+
+
+@dataclass
+class _Replay:
+    """The listings a read given up on had completed; any other is unread."""
+
+    done: dict[tuple[str, ...], Any]
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        key = (kind, *ref.values())
+        if key not in self.done:
+            what = " ".join(["list", kind, *ref.values()])
+            raise ListingTimeoutError(f"nft {what!r} did not finish within the foreign read's "
+                                      "bound (the ruleset kept changing during the listing)")
+        found = self.done[key]
+        if isinstance(found, BaseException):
+            raise found
+        return found  # type: ignore[no-any-return]
+
+
+@dataclass
+class _ChildLister:
+    """Listings through ``nft`` in a child process, killed at ``deadline``."""
+
+    deadline: float
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        return list_in_child(self.deadline, kind, **ref)
+
+
 def _misses(match: Match, rule: ForwardRule) -> bool:
     """True when ``match`` can never match a packet of ``rule``."""
     if _disjoint(match, rule.family, rule.source, rule.destination, rule.out_interface):
@@ -605,7 +705,7 @@ def _answers(other: ForwardRule, rule: ForwardRule) -> bool:
 # ---------------------------------------------------------------- k3snet's own table
 
 
-def read_own(kernel: NftKernel, table_name: str, families: tuple[str, ...], genid: int) -> Cache:
+def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: int) -> Cache:
     """k3snet's table(s) as the kernel lists them, stamped with ``genid``.
 
     Every rule shaped as k3snet writes it becomes its object; everything else
