@@ -18,7 +18,8 @@ pytestmark = pytest.mark.image
 IMAGE = os.environ.get("K3SNET_IMAGE")
 PODMAN = shlex.split(os.environ.get("K3SNET_PODMAN", "podman"))
 LIMITS = shlex.split(os.environ.get("K3SNET_PODMAN_LIMITS", ""))
-SPEC = "destinations:\n  - cidr: 192.168.2.0/24\n"
+SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+        "destinations:\n  - cidr: 192.168.2.0/24\n")
 
 if not IMAGE:
     pytest.skip("no image to test: run `make image`", allow_module_level=True)
