@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,7 +12,7 @@ from hypothesis import strategies as st
 from k3snet import Spec, SpecError
 from k3snet import compile as compile_spec
 from k3snet.model import known_kinds
-from k3snet.spec import NodeFacts, seed_spec
+from k3snet.spec import Cluster, NodeFacts, seed_spec
 from k3snet.testing import strategies as ks
 
 
@@ -44,3 +47,27 @@ def test_fact_problems_are_checked_whatever_the_kinds() -> None:
         with pytest.raises(SpecError) as refused:
             compile_spec(seed_spec(), facts, kinds=kinds)
         assert any("eth0" in p.message for p in refused.value.problems)
+
+
+def test_a_sound_spec_is_checked_once_and_an_unsound_one_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = importlib.import_module("k3snet.spec.validate")  # the package re-exports the name
+
+    calls: list[Spec] = []
+    real = checks._validate
+
+    def counted(spec: Spec) -> list[Any]:
+        calls.append(spec)
+        return real(spec)
+
+    monkeypatch.setattr(checks, "_validate", counted)
+    spec = seed_spec()
+    assert checks.validate(spec) == []
+    assert checks.validate(spec) == []
+    assert len(calls) == 1
+    assert checks.validate(seed_spec()) == []  # an equal spec, another object: checked
+    assert len(calls) == 2
+    bad = Spec(cluster=Cluster(pod_cidrs=["10.0.0.0/8"], service_cidrs=["10.1.0.0/16"]))
+    assert checks.validate(bad)
+    assert checks.validate(bad)
+    assert len(calls) == 4
