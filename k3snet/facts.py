@@ -59,9 +59,9 @@ def _ip_json_all(commands: list[list[str]], netns: str | None) -> list[Any]:
 
 def gather_facts(netns: str | None = None, *, hostname: str | None = None) -> NodeFacts:
     """Interfaces with their global addresses, and the prefixes the node routes (read live)."""
-    addresses, routes4, routes6 = _ip_json_all(
-        [["addr", "show"], ["-4", "route", "show", "table", "all"],
-         ["-6", "route", "show", "table", "all"]], netns)
+    routes4, routes6, addresses = _ip_json_all(
+        [["-4", "route", "show", "table", "all"], ["-6", "route", "show", "table", "all"],
+         ["addr", "show"]], netns)
     return facts_from_ip_json(addresses, [*routes4, *routes6], hostname=hostname or netns)
 
 
