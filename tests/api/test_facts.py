@@ -46,5 +46,6 @@ def test_malformed_entries_are_skipped() -> None:
 def test_a_failing_listing_is_a_backend_error_naming_it() -> None:
     # The three `ip -j` listings run side by side; a failure is still one error
     # naming the command, never a traceback or a half-read.
-    with pytest.raises(BackendError, match=r"`ip -j -n k3snet-no-such-ns -4 route show table all` failed"):
+    failed = r"`ip -j -n k3snet-no-such-ns -4 route show table all` failed"
+    with pytest.raises(BackendError, match=failed):
         gather_facts("k3snet-no-such-ns")
