@@ -1,10 +1,9 @@
 """A cache of parsed spec documents, next to k3snet's state, for cold processes.
 
-A fresh ``k3snet apply`` of a 10k-destination spec spent about half of its
-spec loading in the YAML parser (docs/performance.md). The parsed document is
-plain data, so it is kept as JSON (``json.loads`` of it is ~20x faster than
-YAML) under the state directory, keyed by a digest of the spec file's bytes and
-of the k3snet version. What is cached is only the *parse*: the document still
+A fresh ``k3snet apply`` of a large spec spent about half of its spec loading in
+the YAML parser. The parsed document is plain data, so it is kept as JSON (far
+cheaper to read than YAML) under the state directory, keyed by a digest of the
+spec file's bytes and of the k3snet version. What is cached is only the *parse*: the document still
 goes through the whole field table and every check (:func:`spec_from_document`),
 so the cache can never let through a spec that the file itself would not give.
 
@@ -19,9 +18,9 @@ Safe by construction:
 * writes are atomic (a 0600 temporary file in the same directory, then
   ``os.replace``), so a reader sees the old file or the new one, never half.
 
-A compiled :class:`~k3snet.model.State` is *not* cached: reading 30 000 objects
-back (``State.from_json``, 1.0 s; pickle, 0.8 s) costs more than compiling them
-(0.45 s), the :mod:`ipaddress` objects being what both pay for.
+A compiled :class:`~k3snet.model.State` is *not* cached: reading its objects
+back (JSON or pickle) costs more than compiling them. Figures and their
+commands: docs/performance.md, "The cold path".
 """
 
 from __future__ import annotations

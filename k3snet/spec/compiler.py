@@ -97,7 +97,7 @@ class NodeFacts:
     def reaches(self, address: Address) -> bool:
         """True when ``address`` is in a connected or routed prefix."""
         # Not one tuple of both: with 10 000 routes, building it for each of 10 000
-        # destinations was quadratic (0.35 s of a cold apply).
+        # destinations was quadratic (benchmarks/bench_cold.py, routes).
         return (any(contains(n, address) for n in self.connected())
                 or any(contains(n, address) for n in self.routes))
 
@@ -161,7 +161,7 @@ def compile(  # noqa: A001 - the name is the concept
 def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
     """Routes, forward and NAT rules, sysctls; of the ``wanted`` kinds when given."""
     # A cold `k3snet apply` with one backend needs one kind: building the 20 000 others
-    # of a 10k-destination spec cost 0.5 s of its 1.8 s compile (docs/performance.md).
+    # of a 10k-destination spec was a third of its compile (benchmarks/bench_cold.py).
     routes, forward, nat = (wanted is None or k in wanted for k in ("route", "forward", "nat"))
     owned: list[NetObject] = []
     families_in_use: set[int] = set()
