@@ -28,8 +28,9 @@ def validate(spec: Spec) -> list[Problem]:
     """
     # Loading a spec checks it, and compiling it checks it again (compile also takes
     # specs built in code): a cold apply of 10k destinations paid for it twice
-    # (benchmarks/bench_cold.py). A Spec is frozen all the way down, so the same
-    # object is sound the second time too.
+    # (benchmarks/bench_cold.py). A Spec is frozen (tuples of frozen values; only
+    # backend option values may be lists, and changing one in place after loading
+    # is not supported), so the same object is sound the second time too.
     global _sound  # noqa: PLW0603 - one slot, by identity
     if _sound is not None and _sound() is spec:
         return []
