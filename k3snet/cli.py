@@ -388,7 +388,11 @@ def _positive_seconds(text: str) -> float:
 
 
 def _spec(args: argparse.Namespace) -> Spec:
-    return load_spec(args.spec)
+    # A cold process: the parsed document is cached under the state directory
+    # (k3snet.spec.cache; it still goes through every check).
+    from k3snet.spec.cache import load_spec_cached  # noqa: PLC0415 - only commands with a spec
+
+    return load_spec_cached(args.spec)
 
 
 def _where(args: argparse.Namespace) -> str | None:

@@ -43,8 +43,8 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
                and (target := getattr(member, "target", None)) is not None]
     cilium = [target for member in backends if "cilium" in member.capabilities
               and (target := getattr(member, "target", None)) is not None]
-    return compile_spec(spec, facts, flannel_targets=targets,
-                        cilium_targets=cilium).only(backend.capabilities)
+    return compile_spec(spec, facts, flannel_targets=targets, cilium_targets=cilium,
+                        kinds=backend.capabilities)
 
 
 @attrs.frozen

@@ -20,26 +20,49 @@ from k3snet.spec import NodeFacts
 __all__ = ["facts_from_ip_json", "gather_facts"]
 
 
-def _ip_json(args: list[str], netns: str | None) -> Any:
+def _argv(args: list[str], netns: str | None) -> list[str]:
     argv = ["ip", "-j"]
     if netns is not None:
         argv += ["-n", validate_netns(netns)]
-    argv += args
+    return argv + args
+
+
+def _ip_json_all(commands: list[list[str]], netns: str | None) -> list[Any]:
+    """The JSON of several ``ip -j`` listings, the processes run side by side.
+
+    A cold ``k3snet apply`` waited for three in a row (each a fork, exec and
+    netlink dump); the answers and the errors are those of running them one by one.
+    """
+    argvs = [_argv(args, netns) for args in commands]
+    started: list[subprocess.Popen[str]] = []
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30)
+        for argv in argvs:
+            started.append(subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True))
+        outputs = [proc.communicate(timeout=30) for proc in started]
     except FileNotFoundError as exc:
         raise BackendError("iproute2's `ip` is not installed") from exc
-    except subprocess.CalledProcessError as exc:
-        raise BackendError(f"`{' '.join(argv)}` failed: {exc.stderr.strip()}") from exc
-    return json.loads(done.stdout or "[]")
+    except subprocess.TimeoutExpired as exc:
+        raise BackendError(f"`{' '.join(map(str, exc.cmd))}` timed out") from exc
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    results = []
+    for argv, proc, (out, err) in zip(argvs, started, outputs, strict=True):
+        if proc.returncode != 0:
+            raise BackendError(f"`{' '.join(argv)}` failed: {err.strip()}")
+        results.append(json.loads(out or "[]"))
+    return results
 
 
 def gather_facts(netns: str | None = None, *, hostname: str | None = None) -> NodeFacts:
     """Interfaces with their global addresses, and the prefixes the node routes (read live)."""
-    routes = [*_ip_json(["-4", "route", "show", "table", "all"], netns),
-              *_ip_json(["-6", "route", "show", "table", "all"], netns)]
-    return facts_from_ip_json(_ip_json(["addr", "show"], netns), routes,
-                              hostname=hostname or netns)
+    routes4, routes6, addresses = _ip_json_all(
+        [["-4", "route", "show", "table", "all"], ["-6", "route", "show", "table", "all"],
+         ["addr", "show"]], netns)
+    return facts_from_ip_json(addresses, [*routes4, *routes6], hostname=hostname or netns)
 
 
 def _list(value: Any) -> list[Any]:

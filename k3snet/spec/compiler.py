@@ -96,7 +96,10 @@ class NodeFacts:
 
     def reaches(self, address: Address) -> bool:
         """True when ``address`` is in a connected or routed prefix."""
-        return any(contains(n, address) for n in (*self.connected(), *self.routes))
+        # Not one tuple of both: with 10 000 routes, building it for each of 10 000
+        # destinations was quadratic (benchmarks/bench_cold.py, routes).
+        return (any(contains(n, address) for n in self.connected())
+                or any(contains(n, address) for n in self.routes))
 
 
 def compile(  # noqa: A001 - the name is the concept
@@ -105,6 +108,7 @@ def compile(  # noqa: A001 - the name is the concept
     *,
     flannel_targets: Iterable[str] = (),
     cilium_targets: Iterable[str] = (),
+    kinds: Iterable[str] | None = None,
 ) -> State:
     """The desired state of every kind, from values alone: never observes anything.
 
@@ -123,7 +127,9 @@ def compile(  # noqa: A001 - the name is the concept
       the destinations as the spec says (:func:`compile_cilium`).
 
     Every problem raises in one :class:`~k3snet.errors.SpecError`. A backend
-    takes its part with ``.only(backend.capabilities)``.
+    takes its part with ``.only(backend.capabilities)``; ``kinds`` gives the same
+    result as ``.only(kinds)`` without building the other kinds' objects (every
+    check still runs: the same spec is refused whatever the kinds).
 
     >>> from k3snet.spec import seed_spec
     >>> state = compile(seed_spec())
@@ -145,31 +151,44 @@ def compile(  # noqa: A001 - the name is the concept
     cni += [obj for target in cilium_targets for obj in compile_cilium(spec, target=target)]
     if problems:
         raise SpecError(problems)
-    owned: list[NetObject] = cni
+    wanted = None if kinds is None else frozenset(kinds)
+    owned = cni + _node_objects(spec, wanted)
+    if wanted is not None:
+        owned = [o for o in owned if o.kind in wanted]
+    return State(owned=owned)
+
+
+def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
+    """Routes, forward and NAT rules, sysctls; of the ``wanted`` kinds when given."""
+    # A cold `k3snet apply` with one backend needs one kind: building the 20 000 others
+    # of a 10k-destination spec was a third of its compile (benchmarks/bench_cold.py).
+    routes, forward, nat = (wanted is None or k in wanted for k in ("route", "forward", "nat"))
+    owned: list[NetObject] = []
     families_in_use: set[int] = set()
     for dest in spec.destinations:
         pods = spec.cluster.pods(dest.family)
-        if dest.routed:
+        if routes and dest.routed:
             owned.append(Route(dest.cidr, gateway=dest.gateway, device=dest.device,
                                table=dest.table, metric=dest.metric))
-        if spec.forward.accept and dest.forward:
+        if forward and spec.forward.accept and dest.forward:
             owned += [ForwardRule(pod, dest.cidr, in_interface=spec.forward.in_interface,
                                   out_interface=dest.device) for pod in pods]
-        if spec.masquerade.mode == "destinations" and dest.masquerade:
+        if nat and spec.masquerade.mode == "destinations" and dest.masquerade:
             out = dest.device or spec.masquerade.out_interface
             owned += [_nat_rule(spec.masquerade, pod, dest.cidr, dest.exclude, out) for pod in pods]
         if pods:
             families_in_use.add(dest.family)
     if spec.masquerade.mode == "all":
         for pod in spec.cluster.pod_cidrs:
-            owned.append(_nat_all_rule(spec, pod))
+            if nat:
+                owned.append(_nat_all_rule(spec, pod))
             families_in_use.add(pod.version)
     explicit = {s.name for s in spec.sysctls}
     if spec.manage_forwarding:
         owned += [Sysctl(FORWARDING_SYSCTL[f], "1") for f in sorted(families_in_use)
                   if FORWARDING_SYSCTL[f] not in explicit]
     owned += spec.sysctls
-    return State(owned=owned)
+    return owned
 
 
 def _nat_rule(

@@ -7,6 +7,7 @@ returns them all, and loading raises them in one :class:`~k3snet.errors.SpecErro
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 
 from k3snet.errors import Problem
@@ -18,10 +19,28 @@ from k3snet.spec.schema import DNS_LABEL, SPEC
 __all__ = ["validate"]
 
 
+_sound: weakref.ref[Spec] | None = None  # the last spec found sound
+
+
 def validate(spec: Spec) -> list[Problem]:
     """Every problem of a spec, each with its path: the field checks of the table, then
     the checks across fields. Empty when the spec is sound.
     """
+    # Loading a spec checks it, and compiling it checks it again (compile also takes
+    # specs built in code): a cold apply of 10k destinations paid for it twice
+    # (benchmarks/bench_cold.py). A Spec is frozen (tuples of frozen values; only
+    # backend option values may be lists, and changing one in place after loading
+    # is not supported), so the same object is sound the second time too.
+    global _sound  # noqa: PLW0603 - one slot, by identity
+    if _sound is not None and _sound() is spec:
+        return []
+    problems = _validate(spec)
+    if not problems:
+        _sound = weakref.ref(spec)
+    return problems
+
+
+def _validate(spec: Spec) -> list[Problem]:
     problems: list[Problem] = []
     check_section(SPEC, spec, "", problems)
     add = problems.append

@@ -40,3 +40,12 @@ def test_malformed_entries_are_skipped() -> None:
                                [{"dst": "not-a-cidr"}, {"dst": "default"}, 7])
     assert list(facts.interfaces) == ["eth0"]
     assert not facts.routes
+
+
+@pytest.mark.kernel
+def test_a_failing_listing_is_a_backend_error_naming_it() -> None:
+    # The three `ip -j` listings run side by side; a failure is still one error
+    # naming the command, never a traceback or a half-read.
+    failed = r"`ip -j -n k3snet-no-such-ns -4 route show table all` failed"
+    with pytest.raises(BackendError, match=failed):
+        gather_facts("k3snet-no-such-ns")

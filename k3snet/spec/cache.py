@@ -1,0 +1,168 @@
+"""A cache of parsed spec documents, next to k3snet's state, for cold processes.
+
+A fresh ``k3snet apply`` of a large spec spent about half of its spec loading in
+the YAML parser. The parsed document is plain data, so it is kept as JSON (far
+cheaper to read than YAML) under the state directory, keyed by a digest of the
+spec file's bytes and of the k3snet version. What is cached is only the *parse*: the document still
+goes through the whole field table and every check (:func:`spec_from_document`),
+so the cache can never let through a spec that the file itself would not give.
+
+Safe by construction:
+
+* any mismatch (other bytes, another k3snet version, another format) recomputes;
+* a file that is not a regular file owned by the effective user (root on a
+  node), that is group- or world-writable, or whose directory is either, is
+  ignored (``os.fstat`` of the opened file, ``O_NOFOLLOW``; ``os.lstat`` of the
+  directory): someone else could have put a different spec's document there;
+* an unreadable or corrupt file is ignored and rewritten;
+* writes are atomic (a 0600 temporary file in the same directory, then
+  ``os.replace``), so a reader sees the old file or the new one, never half.
+
+A compiled :class:`~k3snet.model.State` is *not* cached: reading its objects
+back (JSON or pickle) costs more than compiling them. Figures and their
+commands: docs/performance.md, "The cold path".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from k3snet._version import __version__
+from k3snet.spec.load import spec_from_document
+from k3snet.spec.model import Spec
+from k3snet.spec.source import MAX_BYTES, load_mapping
+
+__all__ = ["CACHE_FORMAT", "MAX_ENTRIES", "cache_directory", "load_spec_cached"]
+
+CACHE_FORMAT = 1
+"""Bumped when the cache file's layout changes (an old file is then a mismatch)."""
+
+MAX_ENTRIES = 32
+"""How many parsed specs (one per spec path) the cache keeps; the oldest go first."""
+
+_DEFAULT_ROOT = Path("/run/k3snet")  # the netlink backend's DEFAULT_STATE_ROOT
+
+
+def cache_directory() -> Path | None:
+    """Where parsed specs are kept: ``$K3SNET_STATE_DIR/spec-cache``, else
+    ``/run/k3snet/spec-cache`` when ``/run/k3snet`` exists; ``None`` (no cache) when
+    ``K3SNET_SPEC_CACHE=off`` or neither applies."""
+    if os.environ.get("K3SNET_SPEC_CACHE", "").lower() in {"0", "off", "no", "false"}:
+        return None
+    given = os.environ.get("K3SNET_STATE_DIR")
+    if given:
+        return Path(given) / "spec-cache"
+    return _DEFAULT_ROOT / "spec-cache" if _DEFAULT_ROOT.is_dir() else None
+
+
+def _digest(data: bytes) -> str:
+    head = f"k3snet {__version__}\0cache {CACHE_FORMAT}\0".encode()
+    return hashlib.sha256(head + data).hexdigest()
+
+
+def _trusted(info: os.stat_result) -> bool:
+    """Owned by us (root on a node) and writable by nobody else."""
+    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _read_cached(file: Path, key: str) -> Any:
+    """The cached document for ``key``, or ``None`` (missing, foreign, corrupt, stale)."""
+    try:
+        if not _trusted(os.lstat(file.parent)):
+            return None
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode) or not _trusted(info):
+                return None
+            raw = handle.read(4 * MAX_BYTES + 1)
+        entry = json.loads(raw)
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != key or "document" not in entry:
+        return None
+    return entry["document"]
+
+
+def _write_cached(file: Path, key: str, document: Any) -> None:
+    """Atomically replace ``file``; any failure leaves the cache as it was (it is optional)."""
+    try:
+        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _trusted(os.lstat(file.parent)):
+            return
+        text = json.dumps({"key": key, "document": document}, separators=(",", ":"))
+        if json.loads(text)["document"] != document:
+            return  # not plain JSON data (an int key, a date): read the YAML each time
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".spec-", suffix=".tmp")
+    except (OSError, TypeError, ValueError):
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp: mode 0600
+            handle.write(text)
+        os.replace(tmp, file)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return
+    _prune(file.parent, keep=file)
+
+
+def _prune(directory: Path, keep: Path) -> None:
+    """Keep the :data:`MAX_ENTRIES` newest files: one per spec path, and paths come and go
+    (test runs, renamed specs); only on a miss, so a hit never lists the directory."""
+    with contextlib.suppress(OSError):
+        entries = [(e.stat().st_mtime, e.path) for e in os.scandir(directory)
+                   if e.name.endswith(".json") and e.is_file(follow_symlinks=False)]
+        if len(entries) <= MAX_ENTRIES:
+            return
+        for _, old in sorted(entries, reverse=True)[MAX_ENTRIES:]:
+            if old != str(keep):
+                with contextlib.suppress(OSError):
+                    os.unlink(old)
+
+
+def load_spec_cached(path: str | Path, directory: Path | None = None) -> Spec:
+    """:func:`~k3snet.spec.load_spec`, with the parsed document cached in ``directory``
+    (default :func:`cache_directory`; ``None`` there: no cache). Same spec, same errors."""
+    path = Path(path)
+    where = str(path)
+    if directory is None:
+        directory = cache_directory()
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            data = handle.read(MAX_BYTES + 1) if stat.S_ISREG(info.st_mode) else None
+    except OSError:
+        data = None
+    if directory is None or data is None or len(data) > MAX_BYTES:
+        # Every message about an unreadable or oversized file comes from the one place
+        # that words it.
+        from k3snet.spec.load import load_spec  # noqa: PLC0415
+
+        return load_spec(path)
+    key = _digest(data)
+    # One file per spec path: a node alternating two specs keeps both parsed.
+    file = directory / (hashlib.sha256(os.fsencode(path.absolute())).hexdigest()[:32] + ".json")
+    document = _read_cached(file, key)
+    if document is None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            from k3snet.spec.load import load_spec  # noqa: PLC0415
+
+            return load_spec(path)
+        document = load_mapping(text, where)
+        spec = spec_from_document(document, source=where)
+        _write_cached(file, key, document)  # only documents that made a valid spec
+        return spec
+    return spec_from_document(document, source=where)

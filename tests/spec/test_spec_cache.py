@@ -1,0 +1,214 @@
+"""The parsed-spec cache (k3snet.spec.cache): used when it matches, ignored otherwise.
+
+Each test that checks a cache is *ignored* first plants a cached document of a
+different valid spec under the right key: had the cache been trusted, the other
+spec would come back, so the test fails if the check goes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+
+from k3snet import SpecError, plan
+from k3snet import compile as compile_spec
+from k3snet.cli import main
+from k3snet.model import State
+from k3snet.spec import Spec, load_spec, seed_spec
+from k3snet.spec import cache as spec_cache
+from k3snet.spec.cache import cache_directory, load_spec_cached
+from k3snet.testing import strategies as ks
+
+OTHER = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+         "destinations": [{"cidr": "203.0.113.0/24", "gateway": "192.168.1.9"}]}
+
+
+def _write(path: Path, spec: Spec) -> Path:
+    path.write_text(yaml.safe_dump(spec.to_dict()))
+    return path
+
+
+def _cached_file(directory: Path) -> Path:
+    (file,) = directory.iterdir()
+    return file
+
+
+def _plant_other(file: Path) -> None:
+    """Replace the cached document with OTHER, keeping the key (and the file's mode)."""
+    entry = json.loads(file.read_text())
+    entry["document"] = OTHER
+    file.write_text(json.dumps(entry))
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    return _write(tmp_path / "spec.yaml", seed_spec())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "spec-cache"
+
+
+def test_a_hit_reads_the_cached_document(spec_file: Path, store: Path) -> None:
+    assert load_spec_cached(spec_file, store) == seed_spec()
+    file = _cached_file(store)
+    assert file.stat().st_mode & 0o777 == 0o600
+    assert store.stat().st_mode & 0o777 == 0o700
+    _plant_other(file)
+    # Proof that the store is what answers (the file still holds the seed spec):
+    assert load_spec_cached(spec_file, store) == Spec.from_dict(OTHER)
+
+
+def test_other_spec_bytes_recompute(spec_file: Path, store: Path) -> None:
+    load_spec_cached(spec_file, store)
+    _plant_other(_cached_file(store))
+    spec_file.write_text(spec_file.read_text() + "\n# edited\n")
+    assert load_spec_cached(spec_file, store) == seed_spec()
+    assert load_spec_cached(spec_file, store) == seed_spec()  # rewritten under the new key
+
+
+def test_another_version_recomputes(spec_file: Path, store: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    load_spec_cached(spec_file, store)
+    _plant_other(_cached_file(store))
+    monkeypatch.setattr(spec_cache, "__version__", "99.0")
+    assert load_spec_cached(spec_file, store) == seed_spec()
+
+
+def test_another_cache_format_recomputes(spec_file: Path, store: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    load_spec_cached(spec_file, store)
+    _plant_other(_cached_file(store))
+    monkeypatch.setattr(spec_cache, "CACHE_FORMAT", spec_cache.CACHE_FORMAT + 1)
+    assert load_spec_cached(spec_file, store) == seed_spec()
+
+
+@pytest.mark.parametrize("junk", [b"", b"{", b"[1, 2]", b'{"key": 1}', b"\xff\xfe"])
+def test_a_corrupt_file_is_ignored_and_rewritten(spec_file: Path, store: Path,
+                                                 junk: bytes) -> None:
+    load_spec_cached(spec_file, store)
+    file = _cached_file(store)
+    file.write_bytes(junk)
+    assert load_spec_cached(spec_file, store) == seed_spec()
+    assert json.loads(file.read_text())["document"] == yaml.safe_load(spec_file.read_text())
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
+def test_a_file_others_can_write_is_ignored(spec_file: Path, store: Path, mode: int) -> None:
+    load_spec_cached(spec_file, store)
+    file = _cached_file(store)
+    _plant_other(file)
+    file.chmod(mode)
+    assert load_spec_cached(spec_file, store) == seed_spec()
+
+
+@pytest.mark.parametrize("mode", [0o720, 0o702, 0o777])
+def test_a_directory_others_can_write_is_ignored(spec_file: Path, store: Path,
+                                                 mode: int) -> None:
+    load_spec_cached(spec_file, store)
+    _plant_other(_cached_file(store))
+    store.chmod(mode)
+    assert load_spec_cached(spec_file, store) == seed_spec()
+    assert json.loads(_cached_file(store).read_text())["document"] == OTHER  # not written
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_file_of_another_owner_is_ignored(spec_file: Path, store: Path) -> None:
+    load_spec_cached(spec_file, store)
+    file = _cached_file(store)
+    _plant_other(file)
+    os.chown(file, 65534, 65534)
+    assert load_spec_cached(spec_file, store) == seed_spec()
+
+
+def test_a_symlinked_cache_file_is_ignored(spec_file: Path, store: Path, tmp_path: Path) -> None:
+    load_spec_cached(spec_file, store)
+    file = _cached_file(store)
+    _plant_other(file)
+    target = tmp_path / "elsewhere.json"
+    file.rename(target)
+    file.symlink_to(target)
+    assert load_spec_cached(spec_file, store) == seed_spec()
+
+
+def test_errors_are_the_same_and_invalid_specs_are_not_cached(tmp_path: Path,
+                                                              store: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                   "destinations: [{cidr: 10.0.0.1/8}]\n")
+    with pytest.raises(SpecError) as plain:
+        load_spec(bad)
+    with pytest.raises(SpecError) as cached:
+        load_spec_cached(bad, store)
+    assert str(cached.value) == str(plain.value)
+    assert not store.exists() or not any(store.iterdir())
+
+
+def test_a_document_json_cannot_hold_is_not_cached(store: Path) -> None:
+    # An int key or a date would come back from JSON as something else: such a
+    # document is read from the YAML each time instead.
+    file = store / "x.json"
+    spec_cache._write_cached(file, "k", {1: "x"})
+    spec_cache._write_cached(file, "k", {"when": datetime.date(2026, 1, 1)})
+    assert not file.exists()
+    spec_cache._write_cached(file, "k", {"a": [1, True, None, "x"]})
+    assert spec_cache._read_cached(file, "k") == {"a": [1, True, None, "x"]}
+    assert spec_cache._read_cached(file, "other key") is None
+
+
+def test_the_directory_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    assert cache_directory() == tmp_path / "spec-cache"
+    monkeypatch.setenv("K3SNET_SPEC_CACHE", "off")
+    assert cache_directory() is None
+
+
+def test_the_cli_uses_the_cache(spec_file: Path, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("K3SNET_SPEC_CACHE", raising=False)
+    assert main(["validate", "-f", str(spec_file)]) == 0
+    file = _cached_file(tmp_path / "state" / "spec-cache")
+    _plant_other(file)
+    assert main(["render", "nftables", "-f", str(spec_file)]) == 0
+    assert "203.0.113.0/24" in capsys.readouterr().out
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(spec=ks.specs())
+def test_the_plan_is_the_same_with_and_without_the_cache(spec: Spec, tmp_path: Path) -> None:
+    path = _write(tmp_path / "drawn.yaml", spec)
+    cache = tmp_path / "drawn-cache"
+    plain = load_spec(path)
+    want = plan(State(), compile_spec(plain)).render()
+    for _ in range(2):  # a miss that writes the cache, then a hit that reads it
+        cached = load_spec_cached(path, cache)
+        assert cached == plain
+        assert plan(State(), compile_spec(cached)).render() == want
+
+
+def test_the_cache_keeps_a_bounded_number_of_specs(tmp_path: Path, store: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spec_cache, "MAX_ENTRIES", 3)
+    paths = [_write(tmp_path / f"s{i}.yaml", seed_spec()) for i in range(5)]
+    for i, path in enumerate(paths):
+        load_spec_cached(path, store)
+        # Strictly increasing ages, whatever the clock's grain: the file just written
+        # is the only one with a real mtime.
+        for entry in store.iterdir():
+            if entry.stat().st_mtime > 10:
+                os.utime(entry, (i + 1, i + 1))
+    kept = {e.name for e in store.iterdir()}
+    assert len(kept) == 3
+    load_spec_cached(paths[0], store)  # the oldest went; it is parsed and kept again
+    assert len(list(store.iterdir())) == 3
+    assert {e.name for e in store.iterdir()} != kept
