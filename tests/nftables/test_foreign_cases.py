@@ -182,6 +182,32 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         nat([MASQ], family="ip"), {MasqueradeRule("0.0.0.0/0")}),
     "an ip6 table's rule without addresses is IPv6": (
         nat([MASQ], family="ip6"), {MasqueradeRule("::/0")}),
+    "logging and setting a mark change nothing": (
+        nat([saddr(POD), {"log": {"prefix": "x"}},
+             {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}, MASQ]),
+        {MasqueradeRule(POD)}),
+    "a rule in a chain gone to": (
+        nat([{"goto": {"target": "fl"}}], fl=[[saddr(POD), MASQ]]), {MasqueradeRule(POD)}),
+    "an iptables-nft match k3snet cannot see into": (
+        nat([saddr(POD), {"xt": {"type": "match", "name": "mark"}},
+             {"xt": {"type": "target", "name": "MASQUERADE"}}], family="ip"), set()),
+    "an iptables-nft snat is not modelled": (
+        nat([saddr(POD), {"xt": {"type": "target", "name": "SNAT"}}], family="ip"), set()),
+    "a return for all but other destinations hides the rule": (
+        nat([daddr("192.168.0.0/16", neg=True), RETURN], [saddr(POD), daddr("10.1.0.0/16"), MASQ]),
+        set()),
+    "a return for all but our destination spares nothing": (
+        nat([daddr("10.0.0.0/8", neg=True), RETURN], [saddr(POD), daddr("10.1.0.0/16"), MASQ]),
+        {MasqueradeRule(POD, destination="10.1.0.0/16")}),
+    "a return to another interface spares nothing": (
+        nat([meta("oifname", "eth2"), RETURN], [saddr(POD), meta("oifname", "eth1"), MASQ]),
+        {MasqueradeRule(POD, out_interface="eth1")}),
+    "a return to all but our interface spares nothing": (
+        nat([meta("oifname", "eth1", "!="), RETURN], [saddr(POD), meta("oifname", "eth1"), MASQ]),
+        {MasqueradeRule(POD, out_interface="eth1")}),
+    "a return to our interface hides the rule": (
+        nat([meta("oifname", "eth1"), RETURN], [saddr(POD), meta("oifname", "eth1"), MASQ]),
+        set()),
     "a statement that is not one key is not modelled": (
         nat([saddr(POD), {"counter": None, "log": None}, MASQ], [{"limit": {}}, MASQ]), set()),
 }
@@ -197,7 +223,9 @@ def forward(*bases: tuple[str, list[list[Expr]]], **chains: list[list[Expr]]) ->
     table: dict[tuple[str, str, str], tuple[str | None, str, list[list[Expr]]]] = {
         ("inet", f"fw{i}", "forward"): ("forward", policy, rules)
         for i, (policy, rules) in enumerate(bases)}
-    table |= {("inet", "fw0", name): (None, "", body) for name, body in chains.items()}
+    # the other chains are in every table (each table's jumps stay in their table)
+    table |= {("inet", f"fw{i}", name): (None, "", body) for name, body in chains.items()
+              for i in range(len(bases))}
     return Kernel(table)
 
 
@@ -259,6 +287,32 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         forward(("drop", PAIR), ("drop", [[meta("mark", 1), ACCEPT]])), set()),
     "another base chain accepting replies only": (
         forward(("drop", PAIR), ("drop", [[CT_REPLY, ACCEPT]])), set()),
+    "another base chain jumping to a chain that accepts": (
+        forward(("drop", PAIR), ("drop", [[jump("ok")]]), ok=[[saddr("10.0.0.0/8"), ACCEPT]]),
+        {FWD}),
+    "another base chain jumping to a chain that drops": (
+        forward(("drop", PAIR), ("accept", [[jump("bad")]]), bad=[[daddr("0.0.0.0/0"), DROP]]),
+        set()),
+    "another base chain jumping to a chain that decides nothing": (
+        forward(("drop", PAIR), ("drop", [[jump("none")], [saddr(POD), ACCEPT]]), none=[]),
+        {FWD}),
+    "another base chain going to a chain that decides nothing": (
+        forward(("drop", PAIR), ("drop", [[{"goto": {"target": "none"}}], [saddr(POD), ACCEPT]]),
+                none=[]), set()),
+    "another base chain dropping other traffic, then ours": (
+        forward(("drop", PAIR), ("accept", [[saddr("10.43.0.0/16"), DROP], [saddr(POD), DROP]])),
+        set()),
+    "a NAT statement in a filter chain decides nothing": (
+        forward(("drop", PAIR), ("accept", [[saddr(POD), MASQ],
+                                            [saddr(POD), snat(addr="192.0.2.1")]])), {FWD}),
+    "too many chains: the ones not read may drop anything": (
+        forward(("drop", [*([jump(f"c{i}")] for i in range(63)), [jump("guard")], *PAIR]),
+                guard=[[saddr("10.43.0.0/16"), DROP]], **{f"c{i}": [] for i in range(63)}),
+        set()),
+    "as many chains as are read": (
+        forward(("drop", [*([jump(f"c{i}")] for i in range(62)), [jump("guard")], *PAIR]),
+                guard=[[saddr("10.43.0.0/16"), DROP]], **{f"c{i}": [] for i in range(62)}),
+        {FWD}),
     "a jump to a chain that drops first": (
         forward(("drop", [[jump("guard")], *PAIR]), guard=[[daddr(B), DROP]]), set()),
     "a jump to a chain that drops other traffic": (
