@@ -208,6 +208,20 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
     "a return to our interface hides the rule": (
         nat([meta("oifname", "eth1"), RETURN], [saddr(POD), meta("oifname", "eth1"), MASQ]),
         set()),
+    "an unconditional return ends only the chain jumped to": (
+        nat([jump("c")], [saddr(POD), MASQ], c=[[RETURN], [saddr("10.43.0.0/16"), MASQ]]),
+        {MasqueradeRule(POD)}),
+    "a goto in a chain jumped to": (
+        nat([jump("a")], a=[[{"goto": {"target": "b"}}]], b=[[saddr(POD), MASQ]]),
+        {MasqueradeRule(POD)}),
+    "eight jumps down is read": (
+        nat([jump("c1")], **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 8)},
+            c8=[[saddr(POD), MASQ]]),
+        {MasqueradeRule(POD)}),
+    "nine jumps down is not": (
+        nat([jump("c1")], **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 9)},
+            c9=[[saddr(POD), MASQ]]),
+        set()),
     "a statement that is not one key is not modelled": (
         nat([saddr(POD), {"counter": None, "log": None}, MASQ], [{"limit": {}}, MASQ]), set()),
 }
@@ -313,6 +327,8 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         forward(("drop", [*([jump(f"c{i}")] for i in range(62)), [jump("guard")], *PAIR]),
                 guard=[[saddr("10.43.0.0/16"), DROP]], **{f"c{i}": [] for i in range(62)}),
         {FWD}),
+    "an accept of everything in a chain jumped to ends the base chain": (
+        forward(("drop", [[jump("all")], *PAIR]), all=[[ACCEPT]]), set()),
     "a jump to a chain that drops first": (
         forward(("drop", [[jump("guard")], *PAIR]), guard=[[daddr(B), DROP]]), set()),
     "a jump to a chain that drops other traffic": (
