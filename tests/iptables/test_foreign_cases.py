@@ -82,6 +82,11 @@ NAT_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
     "a rule cut short before its target is passed": (
         f"-A POSTROUTING -s 10.43.0.0/16 -j\n-A POSTROUTING -s {POD} -j MASQUERADE", 4,
         {MasqueradeRule(POD)}),
+    "an address with host bits is read as its network": (
+        "-A POSTROUTING -s 10.42.0.1/16 -j MASQUERADE", 4, {MasqueradeRule(POD)}),
+    "an option after --random-fully": (
+        f"-A POSTROUTING -s {POD} -j SNAT --random-fully --to-source 192.0.2.1", 4,
+        {SnatRule(POD, random_fully=True, to_address="192.0.2.1")}),
     "a narrowed jump hides its chain": (
         "-A POSTROUTING ! -d 10.0.0.0/8 -j FLANNEL-POSTRTG\n"
         f"-A FLANNEL-POSTRTG -s {POD} -j MASQUERADE", 4, set()),
@@ -161,6 +166,10 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         "-A FORWARD -i interface0123456 -j ACCEPT\n-A FORWARD -o interface0123456 -j ACCEPT\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -s {B} -d {POD} -j ACCEPT", 4,
         {ForwardRule(POD, B), ForwardRule(B, POD)}),
+    "an accept of replies through the state match": (
+        f"-A FORWARD -s {POD} -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -m state --state RELATED,ESTABLISHED -j ACCEPT", 4,
+        {ForwardRule(POD, "0.0.0.0/0")}),
     "an accept of new connections only does not answer": (
         f"-A FORWARD -s {POD} -j ACCEPT\n"
         f"-A FORWARD -d {POD} -m conntrack --ctstate NEW -j ACCEPT", 4, set()),

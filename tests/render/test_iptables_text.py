@@ -187,6 +187,13 @@ def test_objects_with_any_address_are_rebuilt_from_their_rules(obj: NetObject) -
     assert rebuilt.obj == obj
 
 
+def test_any_address_is_no_match_and_a_half_is_one() -> None:
+    unit = render_unit(SnatRule("0.0.0.0/0", destination="128.0.0.0/1", to_address="192.0.2.1"))
+    (line,) = unit.lines
+    assert "-s" not in line
+    assert line[:2] == ("-d", "128.0.0.0/1")
+
+
 def test_a_rule_whose_exclusion_chain_is_gone_is_not_ours() -> None:
     unit = render_unit(MasqueradeRule("10.42.0.0/16", exclude=["10.0.0.0/8", "172.16.0.0/12"]))
     assert unit.sub_chain is not None
