@@ -1,0 +1,347 @@
+"""The nftables foreign-rule reader, one small ruleset per case.
+
+Each case is a few chains in ``nft -j`` form (built with the helpers below, in
+the shapes libnftables prints) and the exact NAT and forward objects k3snet must
+read from them: what is modelled with every field, and what an unknown match, a
+negation, an exit before the rule or another base chain hides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from k3snet.backends.nftables.parse import ForeignReader
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule
+
+Expr = dict[str, Any]
+
+
+def _right(net: str) -> Any:
+    addr, _, length = net.partition("/")
+    return {"prefix": {"addr": addr, "len": int(length)}} if length else addr
+
+
+def addr(field: str, net: str, *, neg: bool = False) -> Expr:
+    proto = "ip6" if ":" in net else "ip"
+    return {"match": {"op": "!=" if neg else "==",
+                      "left": {"payload": {"protocol": proto, "field": field}},
+                      "right": _right(net)}}
+
+
+def saddr(net: str, *, neg: bool = False) -> Expr:
+    return addr("saddr", net, neg=neg)
+
+
+def daddr(net: str, *, neg: bool = False) -> Expr:
+    return addr("daddr", net, neg=neg)
+
+
+def meta(key: str, value: Any, op: str = "==") -> Expr:
+    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
+
+
+CT_REPLY = {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                      "right": ["established", "related"]}}
+MASQ: Expr = {"masquerade": None}
+RETURN: Expr = {"return": None}
+ACCEPT: Expr = {"accept": None}
+DROP: Expr = {"drop": None}
+
+
+def jump(target: str) -> Expr:
+    return {"jump": {"target": target}}
+
+
+def snat(**body: Any) -> Expr:
+    return {"snat": body}
+
+
+class Kernel:
+    """The kernel seam over a few chains: {(family, table, chain): (hook, policy, rules)}."""
+
+    def __init__(self, chains: dict[tuple[str, str, str], tuple[str | None, str, list[list[Expr]]]]
+                 ) -> None:
+        self.chains = chains
+
+    def _chain(self, key: tuple[str, str, str]) -> dict[str, Any]:
+        family, table, name = key
+        hook, policy, _ = self.chains[key]
+        chain: dict[str, Any] = {"family": family, "table": table, "name": name, "handle": 1}
+        if hook is not None:
+            chain |= {"type": "nat" if hook == "postrouting" else "filter", "hook": hook,
+                      "prio": 100, "policy": policy}
+        return {"chain": chain}
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        if kind == "chains":
+            return [self._chain(key) for key in self.chains]
+        key = (ref["family"], ref["table"], ref["name"])
+        if kind != "chain" or key not in self.chains:
+            return None
+        family, table, name = key
+        return [self._chain(key), *({"rule": {"family": family, "table": table, "chain": name,
+                                              "handle": i + 2, "expr": expr}}
+                                    for i, expr in enumerate(self.chains[key][2]))]
+
+    def genid(self) -> int:
+        return 1
+
+
+def nat(*rules: list[Expr], family: str = "inet", **chains: list[list[Expr]]) -> Kernel:
+    table: dict[tuple[str, str, str], tuple[str | None, str, list[list[Expr]]]] = {
+        (family, "t", "post"): ("postrouting", "accept", list(rules))}
+    table |= {(family, "t", name): (None, "", body) for name, body in chains.items()}
+    return Kernel(table)
+
+
+def read(kernel: Kernel) -> set[NetObject]:
+    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    return {o for o in found if isinstance(o, MasqueradeRule | SnatRule | ForwardRule)}
+
+
+POD = "10.42.0.0/16"
+NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
+    "masquerade": (nat([saddr(POD), MASQ]), {MasqueradeRule(POD)}),
+    "masquerade with every modelled field": (
+        nat([saddr(POD), daddr("192.168.2.0/24"), meta("oifname", "eth1"),
+             {"masquerade": {"flags": "fully-random"}}]),
+        {MasqueradeRule(POD, destination="192.168.2.0/24", out_interface="eth1",
+                        random_fully=True)}),
+    "masquerade with a list of flags": (
+        nat([saddr(POD), {"masquerade": {"flags": ["fully-random"]}}]),
+        {MasqueradeRule(POD, random_fully=True)}),
+    "masquerade with flags k3snet does not write": (
+        nat([saddr(POD), {"masquerade": {"flags": ["fully-random", "persistent"]}}]), set()),
+    "snat": (nat([saddr(POD), snat(addr="192.0.2.1")]),
+             {SnatRule(POD, to_address="192.0.2.1")}),
+    "snat with a port": (nat([saddr(POD), snat(addr="192.0.2.1", port=80)]), set()),
+    "snat without an address": (nat([saddr(POD), snat(flags="fully-random")]), set()),
+    "any IPv4 source, from meta nfproto": (
+        nat([meta("nfproto", "ipv4"), MASQ]), {MasqueradeRule("0.0.0.0/0")}),
+    "any IPv6 source, from meta nfproto": (
+        nat([meta("nfproto", "ipv6"), MASQ]), {MasqueradeRule("::/0")}),
+    "meta nfproto and an address of one family": (
+        nat([meta("nfproto", "ipv4"), saddr(POD), MASQ]), {MasqueradeRule(POD)}),
+    "meta nfproto against an address of the other family": (
+        nat([saddr(POD), meta("nfproto", "ipv6"), MASQ],
+            [meta("nfproto", "ipv6"), saddr(POD), MASQ]), set()),
+    "a negated meta nfproto is not modelled": (
+        nat([meta("nfproto", "ipv6", "!="), saddr(POD), MASQ]), set()),
+    "an IPv4 family return does not spare IPv6 traffic": (
+        nat([meta("nfproto", "ipv4"), RETURN], [saddr("fd42::/56"), MASQ],
+            [saddr(POD), MASQ]),
+        {MasqueradeRule("fd42::/56")}),
+    "an IPv6 family return does not spare IPv4 traffic": (
+        nat([meta("nfproto", "ipv6"), RETURN], [saddr("fd42::/56"), MASQ],
+            [saddr(POD), MASQ]),
+        {MasqueradeRule(POD)}),
+    "a negated out interface is not modelled": (
+        nat([saddr(POD), meta("oifname", "eth1", "!="), MASQ]), set()),
+    "an in interface is not modelled for NAT": (
+        nat([meta("iifname", "cni0"), saddr(POD), MASQ]), set()),
+    "another meta match is not modelled": (
+        nat([saddr(POD), meta("l4proto", "tcp"), MASQ]), set()),
+    "a wildcard interface is not modelled": (
+        nat([saddr(POD), meta("oifname", "eth*"), MASQ]), set()),
+    "kube-proxy's mark return spares nothing": (
+        nat([meta("mark", 0x4000), RETURN], [saddr(POD), MASQ]), {MasqueradeRule(POD)}),
+    "kube-proxy's mark return as a string": (
+        nat([meta("mark", "0x4000"), RETURN], [saddr(POD), MASQ]), {MasqueradeRule(POD)}),
+    "a masked mark return spares nothing": (
+        nat([{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 0x4000]},
+                        "right": 0x4000}}, RETURN], [saddr(POD), MASQ]),
+        {MasqueradeRule(POD)}),
+    "a return on a clear mark hides the rule": (
+        nat([meta("mark", 0), RETURN], [saddr(POD), MASQ]), set()),
+    "a return on an unset mark hides the rule": (
+        nat([meta("mark", 0x4000, "!="), RETURN], [saddr(POD), MASQ]), set()),
+    "a masquerade testing a mark is not modelled": (
+        nat([meta("mark", 0x4000), saddr(POD), MASQ]), set()),
+    "flannel's returns are exclusions": (
+        nat([jump("fl")], fl=[[saddr(POD), daddr(POD), RETURN],
+                              [saddr(POD), daddr("224.0.0.0/4"), RETURN],
+                              [{"counter": None}, saddr(POD), MASQ]]),
+        {MasqueradeRule(POD, exclude=[POD, "224.0.0.0/4"])}),
+    "a return for other sources spares nothing": (
+        nat([saddr("10.43.0.0/16"), RETURN], [saddr(POD), MASQ]), {MasqueradeRule(POD)}),
+    "an unconditional return ends the chain": (
+        nat([RETURN], [saddr(POD), MASQ]), set()),
+    "a return behind an unknown match hides the rule": (
+        nat([{"match": {"op": "==", "left": {"tcp": "dport"}, "right": 22}}, RETURN],
+            [saddr(POD), MASQ]), set()),
+    "a rejecting rule before ends nothing it does not match": (
+        nat([saddr("10.43.0.0/16"), {"reject": None}], [saddr(POD), MASQ]),
+        {MasqueradeRule(POD)}),
+    "an iptables-nft masquerade": (
+        nat([saddr(POD), {"xt": {"type": "match", "name": "comment"}},
+             {"xt": {"type": "target", "name": "MASQUERADE"}}], family="ip"),
+        {MasqueradeRule(POD)}),
+    "an ip table's rule without addresses is IPv4": (
+        nat([MASQ], family="ip"), {MasqueradeRule("0.0.0.0/0")}),
+    "an ip6 table's rule without addresses is IPv6": (
+        nat([MASQ], family="ip6"), {MasqueradeRule("::/0")}),
+    "logging and setting a mark change nothing": (
+        nat([saddr(POD), {"log": {"prefix": "x"}},
+             {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}, MASQ]),
+        {MasqueradeRule(POD)}),
+    "a rule in a chain gone to": (
+        nat([{"goto": {"target": "fl"}}], fl=[[saddr(POD), MASQ]]), {MasqueradeRule(POD)}),
+    "an iptables-nft match k3snet cannot see into": (
+        nat([saddr(POD), {"xt": {"type": "match", "name": "mark"}},
+             {"xt": {"type": "target", "name": "MASQUERADE"}}], family="ip"), set()),
+    "an iptables-nft snat is not modelled": (
+        nat([saddr(POD), {"xt": {"type": "target", "name": "SNAT"}}], family="ip"), set()),
+    "a return for all but other destinations hides the rule": (
+        nat([daddr("192.168.0.0/16", neg=True), RETURN], [saddr(POD), daddr("10.1.0.0/16"), MASQ]),
+        set()),
+    "a return for all but our destination spares nothing": (
+        nat([daddr("10.0.0.0/8", neg=True), RETURN], [saddr(POD), daddr("10.1.0.0/16"), MASQ]),
+        {MasqueradeRule(POD, destination="10.1.0.0/16")}),
+    "a return to another interface spares nothing": (
+        nat([meta("oifname", "eth2"), RETURN], [saddr(POD), meta("oifname", "eth1"), MASQ]),
+        {MasqueradeRule(POD, out_interface="eth1")}),
+    "a return to all but our interface spares nothing": (
+        nat([meta("oifname", "eth1", "!="), RETURN], [saddr(POD), meta("oifname", "eth1"), MASQ]),
+        {MasqueradeRule(POD, out_interface="eth1")}),
+    "a return to our interface hides the rule": (
+        nat([meta("oifname", "eth1"), RETURN], [saddr(POD), meta("oifname", "eth1"), MASQ]),
+        set()),
+    "an unconditional return ends only the chain jumped to": (
+        nat([jump("c")], [saddr(POD), MASQ], c=[[RETURN], [saddr("10.43.0.0/16"), MASQ]]),
+        {MasqueradeRule(POD)}),
+    "a goto in a chain jumped to": (
+        nat([jump("a")], a=[[{"goto": {"target": "b"}}]], b=[[saddr(POD), MASQ]]),
+        {MasqueradeRule(POD)}),
+    "eight jumps down is read": (
+        nat([jump("c1")], **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 8)},
+            c8=[[saddr(POD), MASQ]]),
+        {MasqueradeRule(POD)}),
+    "nine jumps down is not": (
+        nat([jump("c1")], **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 9)},
+            c9=[[saddr(POD), MASQ]]),
+        set()),
+    "a statement that is not one key is not modelled": (
+        nat([saddr(POD), {"counter": None, "log": None}, MASQ], [{"limit": {}}, MASQ]), set()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NAT_CASES))
+def test_foreign_nat_reads_exactly_what_the_ruleset_says(case: str) -> None:
+    kernel, expected = NAT_CASES[case]
+    assert read(kernel) == expected
+
+
+def forward(*bases: tuple[str, list[list[Expr]]], **chains: list[list[Expr]]) -> Kernel:
+    table: dict[tuple[str, str, str], tuple[str | None, str, list[list[Expr]]]] = {
+        ("inet", f"fw{i}", "forward"): ("forward", policy, rules)
+        for i, (policy, rules) in enumerate(bases)}
+    # the other chains are in every table (each table's jumps stay in their table)
+    table |= {("inet", f"fw{i}", name): (None, "", body) for name, body in chains.items()
+              for i in range(len(bases))}
+    return Kernel(table)
+
+
+B = "192.168.2.0/24"
+PAIR = [[saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]
+FWD = ForwardRule(POD, "0.0.0.0/0")
+FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
+    "an accept whose replies are accepted": (forward(("drop", PAIR)), {FWD}),
+    "an accept whose replies are not": (forward(("drop", PAIR[:1])), set()),
+    "an accept pair": (
+        forward(("drop", [[saddr(POD), daddr(B), ACCEPT], [saddr(B), daddr(POD), ACCEPT]])),
+        {ForwardRule(POD, B), ForwardRule(B, POD)}),
+    "interfaces": (
+        forward(("drop", [[meta("iifname", "cni0"), meta("oifname", "eth1"), saddr(POD), ACCEPT],
+                          [CT_REPLY, ACCEPT]])),
+        {ForwardRule(POD, "0.0.0.0/0", in_interface="cni0", out_interface="eth1")}),
+    "another base chain accepting all by policy": (
+        forward(("drop", PAIR), ("accept", [[saddr("10.43.0.0/16"), DROP]])), {FWD}),
+    "another base chain dropping by policy": (
+        forward(("drop", PAIR), ("drop", [[saddr("10.43.0.0/16"), ACCEPT]])), set()),
+    "another base chain accepting the traffic": (
+        forward(("drop", PAIR), ("drop", [[saddr("10.0.0.0/8"), ACCEPT]])), {FWD}),
+    "another base chain accepting part of the traffic": (
+        # (what it accepts is read too: the first chain accepts all of that)
+        forward(("drop", PAIR), ("drop", [[saddr("10.42.0.0/24"), ACCEPT]])),
+        {ForwardRule("10.42.0.0/24", "0.0.0.0/0")}),
+    "another base chain accepting other traffic first": (
+        forward(("drop", PAIR), ("drop", [[saddr("10.43.0.0/16"), ACCEPT],
+                                          [saddr(POD), ACCEPT]])), {FWD}),
+    "another base chain dropping a part": (
+        forward(("drop", PAIR), ("accept", [[daddr(B), DROP]])), set()),
+    "another base chain dropping an unknown part": (
+        forward(("drop", PAIR), ("accept", [[{"match": {"op": "==", "left": {"tcp": "dport"},
+                                                         "right": 22}}, DROP]])), set()),
+    "another base chain dropping what is excluded": (
+        forward(("drop", PAIR), ("accept", [[saddr(POD, neg=True), DROP]])), {FWD}),
+    "another base chain dropping on an unrelated in interface": (
+        forward(("drop", [[meta("iifname", "cni0"), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[meta("iifname", "eth9"), DROP]])),
+        {ForwardRule(POD, "0.0.0.0/0", in_interface="cni0")}),
+    "another base chain dropping on our in interface": (
+        forward(("drop", [[meta("iifname", "cni0"), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[meta("iifname", "cni0"), DROP]])), set()),
+    "another base chain dropping all but our in interface": (
+        forward(("drop", [[meta("iifname", "cni0"), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[meta("iifname", "cni0", "!="), DROP]])),
+        {ForwardRule(POD, "0.0.0.0/0", in_interface="cni0")}),
+    "another base chain testing an interface the rule does not name": (
+        forward(("drop", PAIR), ("drop", [[meta("oifname", "eth1"), ACCEPT]])), set()),
+    "another base chain of the other family": (
+        forward(("drop", PAIR), ("accept", [[saddr("fd00::/8"), DROP]])), {FWD}),
+    "another base chain returning our traffic to an accept policy": (
+        forward(("drop", PAIR), ("accept", [[saddr(POD), RETURN], [DROP]])), {FWD}),
+    "another base chain returning part of it": (
+        forward(("drop", PAIR), ("accept", [[saddr("10.42.0.0/24"), RETURN], [DROP]])), set()),
+    "another base chain jumping to an accept": (
+        forward(("drop", PAIR), ("drop", [[jump("ok")]])), set()),
+    "another base chain accepting by a mark": (
+        forward(("drop", PAIR), ("drop", [[meta("mark", 1), ACCEPT]])), set()),
+    "another base chain accepting replies only": (
+        forward(("drop", PAIR), ("drop", [[CT_REPLY, ACCEPT]])), set()),
+    "another base chain jumping to a chain that accepts": (
+        forward(("drop", PAIR), ("drop", [[jump("ok")]]), ok=[[saddr("10.0.0.0/8"), ACCEPT]]),
+        {FWD}),
+    "another base chain jumping to a chain that drops": (
+        forward(("drop", PAIR), ("accept", [[jump("bad")]]), bad=[[daddr("0.0.0.0/0"), DROP]]),
+        set()),
+    "another base chain jumping to a chain that decides nothing": (
+        forward(("drop", PAIR), ("drop", [[jump("none")], [saddr(POD), ACCEPT]]), none=[]),
+        {FWD}),
+    "another base chain going to a chain that decides nothing": (
+        forward(("drop", PAIR), ("drop", [[{"goto": {"target": "none"}}], [saddr(POD), ACCEPT]]),
+                none=[]), set()),
+    "another base chain dropping other traffic, then ours": (
+        forward(("drop", PAIR), ("accept", [[saddr("10.43.0.0/16"), DROP], [saddr(POD), DROP]])),
+        set()),
+    "a NAT statement in a filter chain decides nothing": (
+        forward(("drop", PAIR), ("accept", [[saddr(POD), MASQ],
+                                            [saddr(POD), snat(addr="192.0.2.1")]])), {FWD}),
+    "too many chains: the ones not read may drop anything": (
+        forward(("drop", [*([jump(f"c{i}")] for i in range(63)), [jump("guard")], *PAIR]),
+                guard=[[saddr("10.43.0.0/16"), DROP]], **{f"c{i}": [] for i in range(63)}),
+        set()),
+    "as many chains as are read": (
+        forward(("drop", [*([jump(f"c{i}")] for i in range(62)), [jump("guard")], *PAIR]),
+                guard=[[saddr("10.43.0.0/16"), DROP]], **{f"c{i}": [] for i in range(62)}),
+        {FWD}),
+    "an accept of everything in a chain jumped to ends the base chain": (
+        forward(("drop", [[jump("all")], *PAIR]), all=[[ACCEPT]]), set()),
+    "a jump to a chain that drops first": (
+        forward(("drop", [[jump("guard")], *PAIR]), guard=[[daddr(B), DROP]]), set()),
+    "a jump to a chain that drops other traffic": (
+        forward(("drop", [[jump("guard")], *PAIR]), guard=[[saddr("10.43.0.0/16"), DROP]]),
+        {FWD}),
+    "a negated accept is not modelled": (
+        forward(("drop", [[saddr(POD, neg=True), ACCEPT], [CT_REPLY, ACCEPT]])), set()),
+    "an accept of a marked packet is not modelled": (
+        forward(("drop", [[meta("mark", 1), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]])), set()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORWARD_CASES))
+def test_foreign_forward_reads_exactly_what_the_ruleset_says(case: str) -> None:
+    kernel, expected = FORWARD_CASES[case]
+    assert read(kernel) == expected
