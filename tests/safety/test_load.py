@@ -234,8 +234,10 @@ def test_applies_return_next_to_a_big_foreign_chain_under_a_writer(
     assert int(commits) >= 2 * APPLIES  # the writer was at it all along
     if backend_name == "nftables":
         assert all(r["converged"] for r in results), errors
-        # The big chain could not be listed under the writer: reported, not waited for.
-        assert all(any("bigfw" in u for u in r["unread"]) for r in results)
+        # The big chain could not be listed under the writer (reported, not waited
+        # for) in at least one apply: the case was exercised. Not in every one: a
+        # listing may fall between two of the writer's commits (9 of 10 on a run).
+        assert any(any("bigfw" in u for u in r["unread"]) for r in results)
     else:
         # iptables-nft-save and -restore list the big table again while the generation
         # moves, as libnftables does: an apply converges, or fails with the typed error
