@@ -38,6 +38,11 @@ def validate_interface_name(name: str) -> str:
             f"interface name {name!r} is not valid (letters, digits and _.@+- only, "
             "no '/', ':' or whitespace)"
         )
+    if name == "+":
+        # iptables reads "-o +" as every interface and iptables-save leaves it out:
+        # the rule would never read back as written. No interface is what it means.
+        raise ModelError("interface name '+' matches every interface in iptables; "
+                         "leave the interface out instead")
     if name.startswith("@"):
         # libnftables JSON reads "@..." as a set reference: nft cannot load such a
         # name from JSON, not even the listing it printed itself.

@@ -159,11 +159,11 @@ def addresses(family: int | None = None, *,
 
 
 def interface_names() -> SearchStrategy[str]:
-    """Names k3snet accepts: 1..15 characters of ``[a-z0-9_.@+-]``, not ``.``/``..``,
+    """Names k3snet accepts: 1..15 characters of ``[a-z0-9_.@+-]``, not ``.``/``..``/``+``,
     not starting with ``@``."""
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_.@+-"
     return st.text(alphabet, min_size=1, max_size=15).filter(
-        lambda s: s not in {".", ".."} and not s.startswith("@"))
+        lambda s: s not in {".", "..", "+"} and not s.startswith("@"))
 
 
 def _in_network(net: Network) -> SearchStrategy[Address]:

@@ -249,3 +249,12 @@ def test_an_interface_name_starting_with_at_is_refused() -> None:
     with pytest.raises(ModelError, match="must not start with '@'"):
         MasqueradeRule("10.0.0.0/8", out_interface="@x")
     assert MasqueradeRule("10.0.0.0/8", out_interface="a@x").out_interface == "a@x"
+
+
+def test_an_interface_name_that_is_only_a_plus_is_refused() -> None:
+    """iptables reads ``-o +`` as every interface and iptables-save leaves it out, so
+    the rule never read back as written (drift on every pass): found by
+    test_render_kernel.py. A trailing ``+`` after a prefix stays a prefix match."""
+    with pytest.raises(ModelError, match="leave the interface out"):
+        MasqueradeRule("10.0.0.0/8", out_interface="+")
+    assert MasqueradeRule("10.0.0.0/8", out_interface="eth+").out_interface == "eth+"
