@@ -166,7 +166,9 @@ def test_drift_on_two_nodes_is_repaired_by_the_watch(fleet: Fleet) -> None:
     run_in(fleet.nodes[1], ["nft", "delete", "table", "inet", "k3snet"])
     run_in(fleet.nodes[2], ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
     started = time.monotonic()
-    assert "table inet k3snet" not in fleet.nft(1, "list", "tables")
+    # No look at the deleted table here: the watch may have put it back already (it
+    # did within the few milliseconds of one `nft list` on a quiet run). The delete
+    # succeeded (run_in checks), and the agents' logs below count the repairing pass.
     checks = {1: lambda: "table inet k3snet" in fleet.nft(1, "list", "tables"),
               2: lambda: fleet.forwarding(2) == "1"}
     latency: dict[int, float] = {}
