@@ -26,6 +26,7 @@ from k3snet.doctor.packet import (
     PROTOCOLS,
     BaseChain,
     ChainResult,
+    ChainRun,
     Hook,
     NatAction,
     Packet,
@@ -325,21 +326,7 @@ def _addrtype(packet: Packet, source: bool, types: set[str]) -> Tri:
 # ---------------------------------------------------------------- evaluation
 
 
-@attrs.define
-class _Run:
-    """The mutable state of one evaluation: the packet (its mark changes) and the record."""
-
-    packet: Packet
-    path: list[str] = attrs.field(factory=list)
-    unknowns: list[Uncertain] = attrs.field(factory=list)
-    randoms: int = 0
-    random_taken: bool = False
-
-    def result(self, verdict: Literal["accept", "drop", "nat"], rule: str,
-               nat: NatAction | None = None) -> ChainResult:
-        return ChainResult(verdict, rule, nat=nat, mark=self.packet.mark, path=tuple(self.path),
-                           unknowns=tuple(self.unknowns), randoms=self.randoms,
-                           random_taken=self.random_taken)
+_Run = ChainRun
 
 
 def _evaluate_chain(table: Table, chain: Chain, run: _Run, kind: str,

@@ -27,6 +27,7 @@ from k3snet.doctor.packet import (
     PROTOCOLS,
     BaseChain,
     ChainResult,
+    ChainRun,
     Hook,
     NatAction,
     Packet,
@@ -360,20 +361,11 @@ def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset, chain: Nf
 
 
 @attrs.define
-class _Run:
-    packet: Packet
-    ruleset: Ruleset
-    kind: str = "filter"
-    path: list[str] = attrs.field(factory=list)
-    unknowns: list[Uncertain] = attrs.field(factory=list)
-    randoms: int = 0
-    random_taken: bool = False
+class _Run(ChainRun):
+    """A :class:`ChainRun` that also knows the ruleset (for jumps) and the chain's kind."""
 
-    def result(self, verdict: Literal["accept", "drop", "nat"], rule: str,
-               nat: NatAction | None = None) -> ChainResult:
-        return ChainResult(verdict, rule, nat=nat, mark=self.packet.mark, path=tuple(self.path),
-                           unknowns=tuple(self.unknowns), randoms=self.randoms,
-                           random_taken=self.random_taken)
+    ruleset: Ruleset = attrs.field(kw_only=True)
+    kind: str = attrs.field(default="filter", kw_only=True)
 
 
 def _run_chain(chain: NftChain, run: _Run, depth: int = 0) -> ChainResult | None:
@@ -562,7 +554,7 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
                 value.get("target") if isinstance(value, Mapping) else "")))
             if callee is None:
                 return "unknown"
-            trial = _Run(run.packet, run.ruleset, kind=run.kind)
+            trial = _Run(run.packet, ruleset=run.ruleset, kind=run.kind)
             result = _run_chain(callee, trial, depth + 1)
             return "none" if result is None and key == "jump" else (
                 result.verdict if result else "policy")
@@ -573,7 +565,7 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
 
 def _evaluator(chain: NftChain, ruleset: Ruleset) -> Callable[[Packet], ChainResult]:
     def evaluate(packet: Packet) -> ChainResult:
-        run = _Run(packet, ruleset, kind=chain.kind)
+        run = _Run(packet, ruleset=ruleset, kind=chain.kind)
         result = _run_chain(chain, run)
         if result is not None:
             return result

@@ -24,6 +24,7 @@ __all__ = [
     "PROTOCOLS",
     "BaseChain",
     "ChainResult",
+    "ChainRun",
     "Hook",
     "NatAction",
     "Packet",
@@ -171,6 +172,26 @@ class ChainResult:
     def certain(self) -> bool:
         """No unknown rule could have changed the verdict."""
         return all(u.effect in ("none", self.verdict) for u in self.unknowns)
+
+
+@attrs.define
+class ChainRun:
+    """The mutable state of one evaluation through a base chain, shared by the
+    iptables and nftables evaluators: the packet (its mark changes) and the record
+    that becomes its :class:`ChainResult`."""
+
+    packet: Packet
+    path: list[str] = attrs.field(factory=list)
+    unknowns: list[Uncertain] = attrs.field(factory=list)
+    randoms: int = 0
+    random_taken: bool = False
+
+    def result(self, verdict: Literal["accept", "drop", "nat"], rule: str,
+               nat: NatAction | None = None) -> ChainResult:
+        """The chain's result: ``verdict`` decided by ``rule``, with what was recorded."""
+        return ChainResult(verdict, rule, nat=nat, mark=self.packet.mark, path=tuple(self.path),
+                           unknowns=tuple(self.unknowns), randoms=self.randoms,
+                           random_taken=self.random_taken)
 
 
 @attrs.frozen
