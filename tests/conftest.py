@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -79,6 +80,25 @@ def _k3snet_namespaces() -> set[str] | None:
 
 _netns_at_start = pytest.StashKey["set[str] | None"]()
 _netns_leftovers = pytest.StashKey["list[str]"]()
+
+
+_session_lock_dir = pytest.StashKey["str | None"]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Set before any test runs, so the CLI processes the tests start inherit them.
+    made = None
+    if "K3SNET_LOCK_DIR" not in os.environ:
+        made = tempfile.mkdtemp(prefix="k3snet-test-locks-")
+        os.environ["K3SNET_LOCK_DIR"] = made
+    config.stash[_session_lock_dir] = made
+    os.environ.setdefault("K3SNET_SPEC_CACHE", "off")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = config.stash.get(_session_lock_dir, None)
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

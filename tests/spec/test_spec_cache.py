@@ -165,6 +165,7 @@ def test_a_document_json_cannot_hold_is_not_cached(store: Path) -> None:
 
 def test_the_directory_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
+    monkeypatch.delenv("K3SNET_SPEC_CACHE", raising=False)
     monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
     assert cache_directory() == tmp_path / "spec-cache"
     monkeypatch.setenv("K3SNET_SPEC_CACHE", "off")
