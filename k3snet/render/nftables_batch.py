@@ -26,7 +26,7 @@ add chain inet k3snet handle_marker
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, cast
 
 from k3snet.errors import ModelError
@@ -39,7 +39,7 @@ from k3snet.render.nftables import (
     validate_table_name,
 )
 
-__all__ = ["NftCommands", "Syntax", "validate_syntax"]
+__all__ = ["NftCommands", "Syntax", "list_command", "validate_syntax"]
 
 Syntax = Literal["json", "nft"]
 """How commands are written: libnftables JSON, or nft's own language."""
@@ -50,6 +50,21 @@ def validate_syntax(syntax: str) -> Syntax:
     if syntax in ("json", "nft"):
         return cast("Syntax", syntax)
     raise ModelError(f"syntax must be 'json' or 'nft', got {syntax!r}")
+
+
+def list_command(kind: str, ref: Mapping[str, str]) -> str:
+    """The libnftables JSON command ``list KIND REF...`` (``ref``: ``family``, ``table``,
+    ``name``; empty for ``ruleset``).
+
+    JSON, so any table or chain name, even one nft's own language would take for
+    a keyword, is passed as data.
+
+    >>> list_command("chain", {"family": "inet", "table": "k3snet", "name": "forward"})
+    '{"nftables": [{"list": {"chain": {"family": "inet", "table": "k3snet", "name": "forward"}}}]}'
+    >>> list_command("ruleset", {})
+    '{"nftables": [{"list": {"ruleset": null}}]}'
+    """
+    return json.dumps({"nftables": [{"list": {kind: dict(ref) or None}}]})
 
 
 class NftCommands:

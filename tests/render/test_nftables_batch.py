@@ -21,7 +21,7 @@ import k3snet.render.nftables_batch
 from k3snet.errors import ModelError
 from k3snet.model import ForwardRule, MasqueradeRule, Route, SnatRule
 from k3snet.render.nftables import FORWARD_CHAIN, MARKER_CHAIN, NAT_CHAIN, nft_rules
-from k3snet.render.nftables_batch import NftCommands, validate_syntax
+from k3snet.render.nftables_batch import NftCommands, list_command, validate_syntax
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "render"
 
@@ -131,6 +131,15 @@ def test_a_table_name_nft_cannot_read_is_refused() -> None:
 def test_only_nat_and_forward_rules_have_commands() -> None:
     with pytest.raises(ModelError, match="handles NAT and forward rules, not route"):
         NftCommands("k3snet", "json").add_rules("inet", Route("10.1.0.0/24", device="eth0"))
+
+
+def test_listing_commands_pass_names_as_data() -> None:
+    # A chain named like an nft keyword, or with a quote, stays a JSON string.
+    command = list_command("chain", {"family": "ip", "table": "filter", "name": 'a "b'})
+    assert command == ('{"nftables": [{"list": {"chain": {"family": "ip", "table": "filter", '
+                       '"name": "a \\"b"}}}]}')
+    assert json.loads(command)["nftables"][0]["list"]["chain"]["name"] == 'a "b'
+    assert list_command("ruleset", {}) == '{"nftables": [{"list": {"ruleset": null}}]}'
 
 
 def test_the_module_examples_hold() -> None:
