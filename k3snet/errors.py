@@ -16,7 +16,7 @@ exception a caller would expect, so ``except ValueError`` keeps working::
         ├── BackendUnavailableError    the backend's dependencies or tools are missing
         ├── BackendOptionError(TypeError)  an option the backend does not declare, or a bad one
         ├── CheckError                 a dry run found the plan would fail
-        ├── KubeApiError               an API request failed (k3snet.kube; .status)
+        ├── KubeApiError               an API request failed (k3snet.kube; .status, .reason)
         └── ApplyError                 an apply failed; says what was rolled back
             └── RollbackError          ... and the rollback failed too (state unknown)
 

@@ -3,10 +3,35 @@
 The ``kubernetes`` package is imported lazily, so the file-only flannel backend
 and the rest of k3snet work without it (``pip install 'k3snet[kube]'``).
 
-Every call to the API server goes through :func:`kube_call`, which turns the
-client's exceptions (``ApiException`` with a status, urllib3 timeouts and
-connection errors) into a :class:`KubeApiError` whose message says what k3snet
-was doing to which object and what the status means for the operator.
+Every call to the API server runs inside the kit's one error mapper,
+:func:`k3snet.backends.kit.translate_errors`, with the classifier
+:class:`KubeErrors`: the client's exceptions (``ApiException`` with a status,
+urllib3 timeouts and connection errors) become a :class:`KubeApiError` whose
+message says what k3snet was doing to which object and what the status means
+for the operator, and which carries the HTTP ``status`` and the Kubernetes
+``reason``::
+
+    with translate_errors(f"read ConfigMap {namespace}/{name}", classifier=KubeErrors()):
+        core.read_namespaced_config_map(name, namespace)
+
+What each failure becomes (``status``, ``reason``: the message says):
+
+* credentials refused: 401, ``Unauthorized``: ``unauthorized (401): ...``;
+* an RBAC permission missing: 403, ``Forbidden``: ``forbidden (403): ...``;
+* no such object (or API): 404, ``NotFound``: ``not found (404)``;
+* changed meanwhile, or the name is taken: 409, ``Conflict`` or ``AlreadyExists``:
+  ``conflict (409): ...``;
+* rejected by validation: 422, ``Invalid``: ``rejected as invalid (422)``;
+* throttled: 429, ``TooManyRequests``: ``throttled (429): ...``;
+* the API server failed: 5xx, its reason: ``the API server failed (5xx ...)``;
+* no answer in time: ``None``, ``Timeout``: ``no answer from the API server within
+  Ns (timed out; it may or may not have acted on the request)``;
+* the API server unreachable: ``None``, ``None``: ``cannot reach the API server: ...``.
+
+The ``reason`` is the one the API server's ``Status`` body names, when it names
+one (a one-word Kubernetes ``StatusReason``: it tells a 409 ``AlreadyExists``
+from a 409 ``Conflict``), else the one Kubernetes uses for that status. The
+message ends with the server's own message when it sent one.
 """
 
 from __future__ import annotations
@@ -14,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from k3snet.errors import BackendError, BackendUnavailableError
 
@@ -23,11 +48,9 @@ __all__ = [
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
     "KubeApiError",
-    "kube_call",
+    "KubeErrors",
     "make_api_client",
 ]
-
-T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for one API request before giving up."""
@@ -48,13 +71,30 @@ _HINTS = {
     429: "throttled (429): the API server asks to retry later",
 }
 
+# Kubernetes' StatusReason for a status, when the server's Status body names none
+# (k8s.io/apimachinery/pkg/apis/meta/v1/types.go).
+_REASONS = {
+    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+    405: "MethodNotAllowed", 406: "NotAcceptable", 409: "Conflict", 410: "Gone",
+    413: "RequestEntityTooLarge", 415: "UnsupportedMediaType", 422: "Invalid",
+    429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
+}
+_TIMEOUT_REASON = "Timeout"
+
 
 class KubeApiError(BackendError):
-    """A request to the Kubernetes API failed; ``status`` is the HTTP status (``None``:
-    no answer)."""
+    """A request to the Kubernetes API failed.
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    ``status`` is the HTTP status (``None``: no answer), ``reason`` the
+    Kubernetes reason (``"NotFound"``, ``"AlreadyExists"``, ``"Conflict"``,
+    ``"Forbidden"``, ``"Invalid"``, ``"Timeout"`` when no answer came in time;
+    ``None`` when there is none): the table in :mod:`k3snet.kube`.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 reason: str | None = None) -> None:
         self.status = status
+        self.reason = reason
         super().__init__(message)
 
 
@@ -99,36 +139,47 @@ def make_api_client(
         ) from exc
 
 
-def _server_message(body: Any) -> str:
-    """The ``message`` of a Kubernetes ``Status`` body, shortened."""
+def _status_body(body: Any) -> tuple[str, str | None]:
+    """The ``message`` (shortened) and ``reason`` of a Kubernetes ``Status`` body."""
     if not body:
-        return ""
+        return "", None
     text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+    reason = None
     try:
         data = json.loads(text)
     except ValueError:
         message = text
     else:
-        message = str(data.get("message", "")) if isinstance(data, dict) else text
+        if isinstance(data, dict):
+            message = str(data.get("message", ""))
+            found = data.get("reason")
+            # A StatusReason is one CamelCase word; anything else (kmock says "Object Not
+            # Found") is not one, and the status's own reason is used instead.
+            reason = found if isinstance(found, str) and found.isidentifier() else None
+        else:
+            message = text
     message = " ".join(message.split())
-    return message if len(message) <= 300 else message[:297] + "..."
+    return (message if len(message) <= 300 else message[:297] + "..."), reason
 
 
-def describe_api_exception(exc: BaseException, timeout: float | None) -> tuple[str, int | None]:
-    """A human phrase for what went wrong, and the HTTP status if there was one."""
+def _describe(exc: BaseException, timeout: float | None
+              ) -> tuple[str, int | None, str | None]:
+    """A human phrase for what went wrong, the HTTP status and the Kubernetes reason."""
     kubernetes = _kubernetes()
     import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
 
     if isinstance(exc, kubernetes.client.exceptions.ApiException):
         status = exc.status or None
         if status is None:  # the client's own failures (TLS, unusable arguments)
-            return f"the request failed before reaching the API server: {exc.reason}", None
+            return (f"the request failed before reaching the API server: {exc.reason}",
+                    None, None)
         if status >= 500:
             what = f"the API server failed ({status} {exc.reason or ''})".replace(" )", ")")
         else:
             what = _HINTS.get(status, f"refused ({status} {exc.reason or ''})")
-        message = _server_message(exc.body)
-        return (f"{what}: {message}" if message else what), status
+        message, reason = _status_body(exc.body)
+        return ((f"{what}: {message}" if message else what), status,
+                reason or _REASONS.get(status))
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
         exc = exc.reason
     # NewConnectionError derives from ConnectTimeoutError in urllib3: test it first.
@@ -136,28 +187,38 @@ def describe_api_exception(exc: BaseException, timeout: float | None) -> tuple[s
         exc, urllib3.exceptions.NewConnectionError
     ):
         limit = f" within {timeout:g}s" if timeout is not None else ""
-        return f"no answer from the API server{limit} (timed out; it may or may not " \
-               f"have acted on the request)", None
-    return f"cannot reach the API server: {type(exc).__name__}: {exc}", None
+        return (f"no answer from the API server{limit} (timed out; it may or may not "
+                f"have acted on the request)", None, _TIMEOUT_REASON)
+    return f"cannot reach the API server: {type(exc).__name__}: {exc}", None, None
 
 
-def kube_call(
-    what: str,
-    call: Callable[[], T],
-    *,
-    timeout: float | None = None,
-    error: type[KubeApiError] = KubeApiError,
-) -> T:
-    """Run one API request; failures become ``error`` saying ``what`` failed and why.
+class KubeErrors:
+    """The Kubernetes client's classifier for :func:`~k3snet.backends.kit.translate_errors`.
 
-    ``what`` names the action and the object: ``"patch ConfigMap kube-flannel/x"``.
+    It catches the client's ``ApiException``, urllib3's errors and ``OSError``,
+    and makes each an ``error`` (:class:`KubeApiError` or a subclass taking the
+    same arguments) with the message ``"DOING: WHAT HAPPENED"``, its ``status``
+    and ``reason`` (the table in :mod:`k3snet.kube`). ``timeout`` is the
+    request timeout in seconds, quoted when a request timed out. ``doing`` names
+    the action and the object: ``"patch ConfigMap kube-flannel/x"``.
     """
-    kubernetes = _kubernetes()
-    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
 
-    try:
-        return call()
-    except (kubernetes.client.exceptions.ApiException, urllib3.exceptions.HTTPError,
-            OSError) as exc:
-        phrase, status = describe_api_exception(exc, timeout)
-        raise error(f"{what}: {phrase}", status=status) from exc
+    __slots__ = ("error", "timeout")
+
+    def __init__(self, *, timeout: float | None = None,
+                 error: Callable[..., KubeApiError] = KubeApiError) -> None:
+        self.timeout = timeout
+        self.error = error
+
+    def catches(self) -> tuple[type[BaseException], ...]:
+        """``ApiException``, urllib3's ``HTTPError`` and ``OSError``."""
+        kubernetes = _kubernetes()
+        import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+        return (kubernetes.client.exceptions.ApiException, urllib3.exceptions.HTTPError,
+                OSError)
+
+    def classify(self, doing: str, exc: BaseException) -> KubeApiError:
+        """``error("DOING: WHAT HAPPENED", status=..., reason=...)``."""
+        phrase, status, reason = _describe(exc, self.timeout)
+        return self.error(f"{doing}: {phrase}", status=status, reason=reason)

@@ -32,8 +32,9 @@ from typing import Any
 
 import attrs
 
+from k3snet.backends.kit import translate_errors
 from k3snet.errors import ModelError
-from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, kube_call
+from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
 
 __all__ = ["LeaderElector", "LeaseSettings"]
 
@@ -144,8 +145,10 @@ class LeaderElector:
         now = self._clock()
         wall = _micro_time(_now())
         try:
-            lease = kube_call(f"read {self.where}", lambda: self._api.read_namespaced_lease(
-                s.name, s.namespace, _request_timeout=self._timeout), timeout=self._timeout)
+            with translate_errors(f"read {self.where}",
+                                  classifier=KubeErrors(timeout=self._timeout)):
+                lease = self._api.read_namespaced_lease(s.name, s.namespace,
+                                                        _request_timeout=self._timeout)
         except KubeApiError as exc:
             if exc.status != 404:
                 raise
@@ -171,9 +174,11 @@ class LeaderElector:
             body["spec"]["acquireTime"] = wall
             body["spec"]["leaseTransitions"] = transitions + 1
         try:
-            kube_call(f"update {self.where}", lambda: self._api.patch_namespaced_lease(
-                s.name, s.namespace, body, _content_type="application/merge-patch+json",
-                _request_timeout=self._timeout), timeout=self._timeout)
+            with translate_errors(f"update {self.where}",
+                                  classifier=KubeErrors(timeout=self._timeout)):
+                self._api.patch_namespaced_lease(
+                    s.name, s.namespace, body, _content_type="application/merge-patch+json",
+                    _request_timeout=self._timeout)
         except KubeApiError as exc:
             if exc.status == 409:
                 return False, None  # another candidate wrote first
@@ -190,8 +195,10 @@ class LeaderElector:
                      "acquireTime": wall, "renewTime": wall, "leaseTransitions": 0},
         }
         try:
-            kube_call(f"create {self.where}", lambda: self._api.create_namespaced_lease(
-                s.namespace, body, _request_timeout=self._timeout), timeout=self._timeout)
+            with translate_errors(f"create {self.where}",
+                                  classifier=KubeErrors(timeout=self._timeout)):
+                self._api.create_namespaced_lease(s.namespace, body,
+                                                  _request_timeout=self._timeout)
         except KubeApiError as exc:
             if exc.status == 409:
                 return False, None
@@ -207,16 +214,20 @@ class LeaderElector:
         s = self.settings
         self._set_leader(False, None)
         try:
-            lease = kube_call(f"read {self.where}", lambda: self._api.read_namespaced_lease(
-                s.name, s.namespace, _request_timeout=self._timeout), timeout=self._timeout)
+            with translate_errors(f"read {self.where}",
+                                  classifier=KubeErrors(timeout=self._timeout)):
+                lease = self._api.read_namespaced_lease(s.name, s.namespace,
+                                                        _request_timeout=self._timeout)
             if lease.spec is None or lease.spec.holder_identity != self.identity:
                 return
             body = {"metadata": {"resourceVersion": lease.metadata.resource_version},
                     "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
                              "renewTime": _micro_time(_now())}}
-            kube_call(f"release {self.where}", lambda: self._api.patch_namespaced_lease(
-                s.name, s.namespace, body, _content_type="application/merge-patch+json",
-                _request_timeout=self._timeout), timeout=self._timeout)
+            with translate_errors(f"release {self.where}",
+                                  classifier=KubeErrors(timeout=self._timeout)):
+                self._api.patch_namespaced_lease(
+                    s.name, s.namespace, body, _content_type="application/merge-patch+json",
+                    _request_timeout=self._timeout)
         except KubeApiError as exc:
             _log.warning("could not release %s (it expires by itself): %s", self.where, exc)
         else:

@@ -53,10 +53,12 @@ def _has_label(api_client: Any, node: str, selector: str) -> bool:
     """Whether the Node has label ``KEY`` (or ``KEY=VALUE``): read once, at the first need."""
     from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
-    from k3snet.kube import kube_call  # noqa: PLC0415
+    from k3snet.backends.kit import translate_errors  # noqa: PLC0415
+    from k3snet.kube import KubeErrors  # noqa: PLC0415
 
     key, sep, value = selector.partition("=")
-    found = kube_call(f"read Node {node}", lambda: client.CoreV1Api(api_client).read_node(node))
+    with translate_errors(f"read Node {node}", classifier=KubeErrors()):
+        found = client.CoreV1Api(api_client).read_node(node)
     labels = (found.metadata.labels if found.metadata is not None else None) or {}
     return key in labels and (not sep or labels[key] == value)
 

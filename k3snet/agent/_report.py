@@ -18,7 +18,8 @@ from typing import Any
 
 import attrs
 
-from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, kube_call
+from k3snet.backends.kit import translate_errors
+from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
 
 __all__ = ["RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport", "NodeReporter"]
 
@@ -85,9 +86,11 @@ class NodeReporter:
                                            "started": self.started}, sort_keys=True),
         }}}
         try:
-            kube_call(f"annotate Node {self.node}", lambda: self._core.patch_node(
-                self.node, body, _content_type="application/merge-patch+json",
-                _request_timeout=self.timeout), timeout=self.timeout)
+            with translate_errors(f"annotate Node {self.node}",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                self._core.patch_node(self.node, body,
+                                      _content_type="application/merge-patch+json",
+                                      _request_timeout=self.timeout)
             self.writes += 1
             if previous is None or previous.status != result.status:
                 self._event(result, stamp)
@@ -107,6 +110,8 @@ class NodeReporter:
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
             "reportingComponent": self.component, "reportingInstance": self.node,
         }
-        kube_call(f"create Event for Node {self.node}", lambda: self._core.create_namespaced_event(
-            _EVENT_NAMESPACE, body, _request_timeout=self.timeout), timeout=self.timeout)
+        with translate_errors(f"create Event for Node {self.node}",
+                              classifier=KubeErrors(timeout=self.timeout)):
+            self._core.create_namespaced_event(_EVENT_NAMESPACE, body,
+                                               _request_timeout=self.timeout)
         self.writes += 1

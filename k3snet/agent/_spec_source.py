@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from k3snet.backends.kit import translate_errors
 from k3snet.errors import Problem, SpecError
-from k3snet.kube import DEFAULT_TIMEOUT, kube_call
+from k3snet.kube import DEFAULT_TIMEOUT, KubeErrors
 
 __all__ = ["ConfigMapSpecSource", "FileSpecSource", "SpecSource"]
 
@@ -62,11 +63,9 @@ class ConfigMapSpecSource:
 
     def read(self) -> str:
         """The key's text; SpecError when the ConfigMap or the key is missing."""
-        configmap = kube_call(
-            f"read {self.where}",
-            lambda: self._core.read_namespaced_config_map(
-                self.name, self.namespace, _request_timeout=self.timeout),
-            timeout=self.timeout)
+        with translate_errors(f"read {self.where}", classifier=KubeErrors(timeout=self.timeout)):
+            configmap = self._core.read_namespaced_config_map(
+                self.name, self.namespace, _request_timeout=self.timeout)
         data = configmap.data or {}
         if self.key not in data:
             raise SpecError([Problem("", f"{self.where}: no such key (keys: "

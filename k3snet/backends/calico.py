@@ -73,6 +73,7 @@ from k3snet.backends.kit import (
     UndoFailure,
     disruptive_problems,
     fit_problems,
+    translate_errors,
 )
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.kube import (
@@ -80,7 +81,7 @@ from k3snet.kube import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     KubeApiError,
-    kube_call,
+    KubeErrors,
     make_api_client,
 )
 from k3snet.model.cni import CalicoPools, IPPool
@@ -343,12 +344,10 @@ class CalicoBackend(BackendBase):
         """v3 when the Calico API server serves ``ippools`` there, else the CRD API."""
         group, version = APIS["v3"]
         try:
-            served = kube_call(
-                f"discover {group}/{version}",
-                lambda: self._objects.get_api_resources(group, version,
-                                                        _request_timeout=self.timeout),
-                timeout=self.timeout,
-            )
+            with translate_errors(f"discover {group}/{version}",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                served = self._objects.get_api_resources(group, version,
+                                                         _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 return APIS["crd"]
@@ -365,17 +364,15 @@ class CalicoBackend(BackendBase):
     def _list(self) -> _Listing:
         group, version = self.api
         try:
-            result = kube_call(
-                f"list IPPools ({group}/{version})",
-                lambda: self._objects.list_cluster_custom_object(
-                    group, version, PLURAL, _request_timeout=self.timeout),
-                timeout=self.timeout,
-            )
+            with translate_errors(f"list IPPools ({group}/{version})",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                result = self._objects.list_cluster_custom_object(
+                    group, version, PLURAL, _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 server = " with its API server" if (group, version) == APIS["v3"] else ""
                 raise KubeApiError(f"{exc}; the API {group}/{version} is not served: is Calico "
-                                   f"installed{server}?", status=404) from exc
+                                   f"installed{server}?", status=404, reason=exc.reason) from exc
             raise
         owned: dict[str, IPPool] = {}
         owned_raw: dict[str, dict[str, Any]] = {}
@@ -525,7 +522,8 @@ class _Run:
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         self.operations += 1
-        return kube_call(what, call, timeout=self.backend.timeout)
+        with translate_errors(what, classifier=KubeErrors(timeout=self.backend.timeout)):
+            return call()
 
     def _body(self, pool: IPPool, resource_version: str | None = None, *,
               reset: IPPool | None = None) -> dict[str, Any]:

@@ -44,9 +44,9 @@ from typing import Any
 import attrs
 
 from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.backends.kit import ALLOW_DISRUPTIVE, BackendBase, Compensation
+from k3snet.backends.kit import ALLOW_DISRUPTIVE, BackendBase, Compensation, translate_errors
 from k3snet.errors import ApplyError, BackendError, K3snetError, ModelError, PlanError
-from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, kube_call, make_api_client
+from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors, make_api_client
 from k3snet.model.cilium import (
     CILIUM_CONTEXT_KEYS,
     CILIUM_DEFAULTS,
@@ -248,11 +248,10 @@ class _Api:
 
     def read(self, name: str) -> _ConfigMap | None:
         try:
-            found = kube_call(
-                f"read {self.where(name)}",
-                lambda: self.core.read_namespaced_config_map(
-                    name, self.namespace, _request_timeout=self.timeout),
-                timeout=self.timeout)
+            with translate_errors(f"read {self.where(name)}",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                found = self.core.read_namespaced_config_map(
+                    name, self.namespace, _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
@@ -273,12 +272,11 @@ class _Api:
         body: dict[str, Any] = {"metadata": metadata}
         if data:
             body["data"] = data
-        result = kube_call(
-            f"patch {self.where(name)}",
-            lambda: self.core.patch_namespaced_config_map(
+        with translate_errors(f"patch {self.where(name)}",
+                              classifier=KubeErrors(timeout=self.timeout)):
+            result = self.core.patch_namespaced_config_map(
                 name, self.namespace, body, field_manager="k3snet",
-                _content_type="application/merge-patch+json", _request_timeout=self.timeout),
-            timeout=self.timeout)
+                _content_type="application/merge-patch+json", _request_timeout=self.timeout)
         return _version_of(result)
 
     def create(self, name: str, data: dict[str, str], owned: str) -> str | None:
@@ -286,19 +284,19 @@ class _Api:
                 "metadata": {"name": name, "namespace": self.namespace,
                              "annotations": {OWNED_ANNOTATION: owned}},
                 "data": data}
-        result = kube_call(
-            f"create {self.where(name)}",
-            lambda: self.core.create_namespaced_config_map(
-                self.namespace, body, field_manager="k3snet", _request_timeout=self.timeout),
-            timeout=self.timeout)
+        with translate_errors(f"create {self.where(name)}",
+                              classifier=KubeErrors(timeout=self.timeout)):
+            result = self.core.create_namespaced_config_map(
+                self.namespace, body, field_manager="k3snet", _request_timeout=self.timeout)
         return _version_of(result)
 
     def delete(self, name: str, version: str | None) -> None:
         options = self.client.V1DeleteOptions(
             preconditions=self.client.V1Preconditions(resource_version=version))
-        kube_call(f"delete {self.where(name)}", lambda: self.core.delete_namespaced_config_map(
-            name, self.namespace, body=options, _request_timeout=self.timeout),
-            timeout=self.timeout)
+        with translate_errors(f"delete {self.where(name)}",
+                              classifier=KubeErrors(timeout=self.timeout)):
+            self.core.delete_namespaced_config_map(
+                name, self.namespace, body=options, _request_timeout=self.timeout)
 
 
 def _version_of(result: Any) -> str | None:

@@ -92,7 +92,7 @@ from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.kube import (
     DEFAULT_TIMEOUT,
     KubeApiError,
-    kube_call,
+    KubeErrors,
     make_api_client,
 )
 from k3snet.model.cni import (
@@ -235,12 +235,10 @@ class _ConfigMapStore:
 
     def read(self) -> _Doc | None:
         try:
-            configmap = kube_call(
-                f"read {self.where}",
-                lambda: self.core.read_namespaced_config_map(
-                    self.name, self.namespace, _request_timeout=self.timeout),
-                timeout=self.timeout,
-            )
+            with translate_errors(f"read {self.where}",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                configmap = self.core.read_namespaced_config_map(
+                    self.name, self.namespace, _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
@@ -270,23 +268,22 @@ class _ConfigMapStore:
             metadata["annotations"] = {
                 OWNED_ANNOTATION: None if record is None else record_text(record)
             }
-        kube_call(
-            f"patch {self.where}",
-            lambda: self.core.patch_namespaced_config_map(
+        with translate_errors(f"patch {self.where}",
+                              classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
+            self.core.patch_namespaced_config_map(
                 self.name, self.namespace, body, field_manager="k3snet",
-                _content_type="application/merge-patch+json", _request_timeout=self.timeout),
-            timeout=self.timeout,
-            error=_ApplyKubeError,
-        )
+                _content_type="application/merge-patch+json", _request_timeout=self.timeout)
         return 1
 
 
 class _ApplyKubeError(KubeApiError, ApplyError):
     """A failed write: an ApplyError (nothing was changed) that keeps the HTTP status."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None,
+                 reason: str | None = None) -> None:
         ApplyError.__init__(self, f"{message}; nothing was changed")
         self.status = status
+        self.reason = reason
 
 
 # ---------------------------------------------------------------- the backend

@@ -15,9 +15,11 @@ A backend is small when the concerns all backends share come from here:
   :meth:`~Compensation.fail` undoes in reverse and raises
   :class:`~k3snet.errors.ApplyError`, or :class:`~k3snet.errors.RollbackError`
   when an undo fails too;
-* :func:`translate_errors`: the one place where a library's exception
-  (``OSError``, a client's ``ApiException``) becomes a k3snet error, ``from`` the
-  original, with the missing capability named when the system said "not permitted";
+* :func:`translate_errors`: the one place where a library's exception becomes a
+  k3snet error, ``from`` the original: ``OSError`` with the missing capability
+  named when the system said "not permitted" (:class:`LibraryErrors`), or through
+  an :class:`ErrorClassifier` such as :class:`k3snet.kube.KubeErrors` (the
+  Kubernetes client's exceptions, by HTTP status);
 * :class:`ObserveCache`: the observe-cache contract (a value kept while the
   system's version token, such as the nftables generation id, stays the same);
 * :class:`FaultHook`: the one fault-injection hook, which
@@ -48,7 +50,7 @@ import gc
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Generic, NoReturn, Self, TypeVar
+from typing import Generic, NoReturn, Protocol, Self, TypeVar
 
 from k3snet.backends.base import ensure_capable
 from k3snet.errors import ApplyError, BackendError, K3snetError, PlanError, RollbackError
@@ -60,8 +62,10 @@ __all__ = [
     "GC_PAUSE_MIN",
     "BackendBase",
     "Compensation",
+    "ErrorClassifier",
     "FaultHook",
     "GcPause",
+    "LibraryErrors",
     "ObserveCache",
     "UndoFailure",
     "disruptive_problems",
@@ -268,6 +272,56 @@ class Compensation:
 _PRIVILEGE_ERRNOS = frozenset({errno_codes.EPERM, errno_codes.EACCES})
 
 
+class ErrorClassifier(Protocol):
+    """Protocol: how one library's exceptions become typed k3snet errors.
+
+    :func:`translate_errors` catches the types :meth:`catches` returns (asked
+    only when something was raised, so a classifier may import its library
+    lazily) and raises what :meth:`classify` makes of the exception, ``from`` it.
+    """
+
+    def catches(self) -> tuple[type[BaseException], ...]:
+        """The exception types this classifier maps; any other passes through."""
+        ...
+
+    def classify(self, doing: str, exc: BaseException) -> K3snetError:
+        """The k3snet error for ``exc``, raised while k3snet tried to do ``doing``."""
+        ...
+
+
+class LibraryErrors:
+    """The classifier of system calls: ``errors`` become ``into("cannot DOING: DETAIL")``.
+
+    When the system answered "not permitted" (``EPERM`` / ``EACCES``) and
+    ``capability`` is given, the message names the capability that is missing
+    (``CAP_NET_ADMIN``).
+    """
+
+    __slots__ = ("capability", "errors", "into")
+
+    def __init__(
+        self,
+        errors: type[BaseException] | tuple[type[BaseException], ...] = OSError,
+        into: Callable[[str], BackendError] = BackendError,
+        capability: str | None = None,
+    ) -> None:
+        self.errors = errors if isinstance(errors, tuple) else (errors,)
+        self.into = into
+        self.capability = capability
+
+    def catches(self) -> tuple[type[BaseException], ...]:
+        """``errors``."""
+        return self.errors
+
+    def classify(self, doing: str, exc: BaseException) -> BackendError:
+        """``into("cannot DOING: DETAIL")``, naming the missing capability if it was that."""
+        detail = str(exc) or type(exc).__name__
+        if self.capability is not None and _errno_of(exc) in _PRIVILEGE_ERRNOS:
+            detail += (f" (not permitted: this needs {self.capability}; run as root or grant "
+                       "the capability)")
+        return self.into(f"cannot {doing}: {detail}")
+
+
 @contextmanager
 def translate_errors(
     doing: str,
@@ -275,25 +329,32 @@ def translate_errors(
     errors: type[BaseException] | tuple[type[BaseException], ...] = OSError,
     into: Callable[[str], BackendError] = BackendError,
     capability: str | None = None,
+    classifier: ErrorClassifier | None = None,
 ) -> Iterator[None]:
     """Turn a library's exception into a k3snet error that says what was being done.
 
-    ``doing`` completes "cannot ..." (``"read the nftables generation id"``).
-    k3snet's own errors pass through untouched; ``errors`` become ``into(message)``
-    raised ``from`` the original. When the system answered "not permitted"
-    (``EPERM`` / ``EACCES``) and ``capability`` is given, the message names the
-    capability that is missing (``CAP_NET_ADMIN``).
+    k3snet's own errors pass through untouched. Without ``classifier``, ``errors``
+    become ``into("cannot DOING: DETAIL")`` raised ``from`` the original
+    (:class:`LibraryErrors`: ``doing`` completes "cannot ...", as in ``"read the
+    nftables generation id"``), naming ``capability`` when the system said "not
+    permitted". With a ``classifier`` (which then decides alone: ``errors``,
+    ``into`` and ``capability`` are not used), the exceptions it catches become
+    the typed error it makes, as :class:`k3snet.kube.KubeErrors` does by HTTP status::
+
+        with translate_errors(f"read ConfigMap {where}", classifier=KubeErrors()):
+            core.read_namespaced_config_map(name, namespace)
     """
     try:
         yield
     except K3snetError:
         raise
-    except errors as exc:
-        detail = str(exc) or type(exc).__name__
-        if capability is not None and _errno_of(exc) in _PRIVILEGE_ERRNOS:
-            detail += (f" (not permitted: this needs {capability}; run as root or grant the "
-                       "capability)")
-        raise into(f"cannot {doing}: {detail}") from exc
+    except BaseException as exc:
+        mapper = classifier if classifier is not None else LibraryErrors(errors, into, capability)
+        # The classifier's types are asked for only now: a client library stays
+        # unimported until one of its calls has failed.
+        if not isinstance(exc, mapper.catches()):
+            raise
+        raise mapper.classify(doing, exc) from exc
 
 
 def _errno_of(exc: BaseException) -> int | None:

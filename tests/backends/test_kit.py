@@ -11,6 +11,7 @@ from k3snet.backends.kit import (
     BackendBase,
     Compensation,
     FaultHook,
+    LibraryErrors,
     ObserveCache,
     UndoFailure,
     ensure_fits,
@@ -153,6 +154,67 @@ def test_translate_errors_lets_k3snet_errors_and_others_through() -> None:
         raise PlanError("mine")
     with pytest.raises(KeyError), translate_errors("x"):
         raise KeyError("not an OSError")
+
+
+class _RefusedError(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+        super().__init__(f"refused with {code}")
+
+
+class _TypedError(BackendError):
+    def __init__(self, message: str, code: int) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class _Classifier:
+    """A client library's classifier: asked for its types only once something failed."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def catches(self) -> tuple[type[BaseException], ...]:
+        self.asked += 1
+        return (_RefusedError,)
+
+    def classify(self, doing: str, exc: BaseException) -> _TypedError:
+        assert isinstance(exc, _RefusedError)
+        return _TypedError(f"{doing}: code {exc.code}", exc.code)
+
+
+def test_translate_errors_with_a_classifier_raises_its_typed_error() -> None:
+    classifier = _Classifier()
+    with translate_errors("read y", classifier=classifier):
+        pass
+    assert classifier.asked == 0  # nothing failed: the library's types were never needed
+    cause = _RefusedError(409)
+    with pytest.raises(_TypedError, match=r"^read y: code 409$") as caught, \
+            translate_errors("read y", classifier=classifier):
+        raise cause
+    assert (caught.value.code, caught.value.__cause__) == (409, cause)
+
+
+def test_a_classifier_decides_alone_what_it_maps() -> None:
+    # errors= and into= are the default classifier's; with a classifier they are not used.
+    with pytest.raises(OSError, match="disk"), \
+            translate_errors("x", classifier=_Classifier(), errors=OSError, into=ApplyError):
+        raise OSError("disk")
+    with pytest.raises(PlanError), translate_errors("x", classifier=_Classifier()):
+        raise PlanError("k3snet's own errors pass through")
+
+
+def test_library_errors_is_the_default_classifier() -> None:
+    mapper = LibraryErrors((KeyError, OSError), into=ApplyError, capability="CAP_NET_RAW")
+    assert mapper.catches() == (KeyError, OSError)
+    error = mapper.classify("open a socket", PermissionError(errno.EACCES, "Permission denied"))
+    assert type(error) is ApplyError
+    assert str(error) == ("cannot open a socket: [Errno 13] Permission denied (not permitted: "
+                          "this needs CAP_NET_RAW; run as root or grant the capability)")
+    assert str(LibraryErrors().classify("z", OSError())) == "cannot z: OSError"
+    with pytest.raises(ApplyError, match=r"^cannot look up k: 'k'$"), \
+            translate_errors("look up k", errors=(KeyError,), into=ApplyError):
+        raise KeyError("k")
 
 
 # ---------------------------------------------------------------- ObserveCache

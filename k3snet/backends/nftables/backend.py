@@ -95,7 +95,7 @@ from k3snet.backends.kit import (
     gc_paused,
 )
 from k3snet.backends.netns import NetnsRunner
-from k3snet.backends.nftables.batch import Batch, Syntax
+from k3snet.backends.nftables.batch import Batch
 from k3snet.backends.nftables.cache import (
     Cache,
     Diff,
@@ -128,6 +128,7 @@ from k3snet.render.nftables import (
     table_families,
     validate_table_name,
 )
+from k3snet.render.nftables_batch import Syntax, validate_syntax
 
 __all__ = ["NftablesBackend"]
 
@@ -202,8 +203,7 @@ class NftablesBackend(BackendBase):
         super().__init__()
         self._families = table_families(family)
         self._table = validate_table_name(table)
-        if syntax not in ("json", "nft"):
-            raise ModelError(f"syntax must be 'json' or 'nft', got {syntax!r}")
+        validate_syntax(syntax)
         if kernel is None:
             try:
                 import nftables  # noqa: F401, PLC0415 - only checks the optional dependency

@@ -5,42 +5,36 @@ transaction: if any command is refused, the kernel keeps the ruleset as it was.
 Batches are written in nft's own language (``syntax="nft"``, the default:
 libnftables parses it faster than JSON, and its errors quote the refused
 command, which maps a failure to its change) or in libnftables JSON
-(``syntax="json"``). Rule text comes from :mod:`k3snet.render.nftables`; every
-value in it is validated (addresses, prefixes, interface names limited to
-``[A-Za-z0-9_.@+-]``, hex tags), never free text.
+(``syntax="json"``). This module only sequences: each command is spelled by
+:mod:`k3snet.render.nftables_batch` (render/ owns the rule language), and every
+value in it is validated, never free text.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Literal
-
 from k3snet.backends.nftables.cache import Key, Table
 from k3snet.model import NetObject
-from k3snet.render.nftables import (
-    CHAIN_HOOKS,
-    CHAIN_SPECS,
-    MARKER_CHAIN,
-    NAT_CHAIN,
-    nft_rules,
-    nft_rules_json,
-)
+from k3snet.render.nftables import CHAIN_HOOKS, MARKER_CHAIN, NAT_CHAIN
+from k3snet.render.nftables_batch import NftCommands, Syntax
 
 __all__ = ["IMPOSSIBLE_HANDLE", "Batch", "Syntax"]
-
-Syntax = Literal["json", "nft"]
-"""How batches are written: libnftables JSON, or nft's own language."""
 
 IMPOSSIBLE_HANDLE = 1 << 62
 """The kernel numbers a table's objects from 1; no table ever gets this far."""
 
 
 class Batch:
-    """The commands of one transaction (nft or JSON syntax), and what they do."""
+    """The commands of one transaction (nft or JSON syntax), and what they do.
+
+    The commands are spelled by :class:`~k3snet.render.nftables_batch.NftCommands`;
+    a batch keeps their order, the change each is for, and what the transaction
+    will have made of the table once committed (for the backend's cache).
+    """
 
     def __init__(self, table: str, syntax: Syntax) -> None:
         self.table = table
-        self.json = syntax == "json"
+        self.nft = NftCommands(table, syntax)
+        self.json = self.nft.json
         self.commands: list[str] = []
         self.owners: list[int | None] = []  # the change each command is for
         self.added: dict[str, list[tuple[Key, int]]] = {}  # family -> (key, rule slot)
@@ -58,17 +52,10 @@ class Batch:
         self.commands.append(command)
         self.owners.append(owner)
 
-    def _ref(self, family: str) -> str:
-        return f'"family":"{family}","table":"{self.table}"'
-
     def delete_table(self, family: str, owner: int | None = None) -> None:
         """Delete k3snet's table of ``family`` (with everything in it)."""
         self.deleted_tables.append(family)
-        if self.json:
-            self._emit(f'{{"delete":{{"table":{{"family":"{family}","name":"{self.table}"}}}}}}',
-                       owner)
-        else:
-            self._emit(f"delete table {family} {self.table}", owner)
+        self._emit(self.nft.delete_table(family), owner)
 
     def ensure_table(self, family: str, table: Table | None,
                      redeclare: dict[str, int] | None = None) -> None:
@@ -80,58 +67,34 @@ class Batch:
         redeclare = redeclare or {}
         if table is None:
             self.created_tables.append(family)
-            if self.json:
-                self._emit(f'{{"add":{{"table":{{"family":"{family}","name":"{self.table}"}}}}}}')
-            else:
-                self._emit(f"add table {family} {self.table}")
-        for chain, hooks in CHAIN_HOOKS.items():
+            self._emit(self.nft.add_table(family))
+        for chain in CHAIN_HOOKS:
             present = table is not None and chain in table.chains
             if present and chain not in redeclare:
                 continue
-            owner = redeclare.get(chain)
             self.created_chains.append((family, chain))
-            if self.json:
-                spec = ",".join(f'"{k}":{json.dumps(v)}' for k, v in hooks.items())
-                self._emit(f'{{"add":{{"chain":{{{self._ref(family)},"name":"{chain}",{spec}}}}}}}',
-                           owner)
-            else:
-                self._emit(f"add chain {family} {self.table} {chain} {{ {CHAIN_SPECS[chain]} }}",
-                           owner)
+            self._emit(self.nft.add_base_chain(family, chain), redeclare.get(chain))
 
     def delete_rule(self, family: str, chain: str, handle: int, owner: int | None) -> None:
         """Delete a rule of one of k3snet's chains (their names need no quoting)."""
-        if self.json:
-            self._emit(f'{{"delete":{{"rule":{{{self._ref(family)},"chain":"{chain}",'
-                       f'"handle":{handle}}}}}}}', owner)
-        else:
-            self._emit(f"delete rule {family} {self.table} {chain} handle {handle}", owner)
+        self._emit(self.nft.delete_rule(family, chain, handle), owner)
 
     def add_object(self, family: str, obj: NetObject, owner: int | None) -> None:
-        inet = family == "inet"
+        """Append ``obj``'s rules to their chain, for change ``owner``."""
+        commands, owners = self.commands, self.owners
         slots = self.added.setdefault(family, [])
-        rules = nft_rules(obj, inet=inet)
-        exprs = nft_rules_json(obj, inet=inet) if self.json else ()
-        for slot, rule in enumerate(rules):
-            if self.json:
-                self._emit(f'{{"add":{{"rule":{{{self._ref(family)},"chain":"{rule.chain}",'
-                           f'"comment":"{rule.comment}","expr":{exprs[slot]}}}}}}}', owner)
-            else:
-                self._emit(f'add rule {family} {self.table} {rule.chain} {rule.body} '
-                           f'comment "{rule.comment}"', owner)
-            slots.append((obj.key, slot))
+        key = obj.key
+        for slot, command in enumerate(self.nft.add_rules(family, obj)):
+            commands.append(command)
+            owners.append(owner)
+            slots.append((key, slot))
 
     def marker(self, family: str, *, exists: bool) -> None:
         """Re-create the empty marker chain: its new handle dates the rules added before it."""
         self.marked.append(family)
-        if self.json:
-            ref = f'{{"chain":{{{self._ref(family)},"name":"{MARKER_CHAIN}"}}}}'
-            if exists:
-                self._emit(f'{{"delete":{ref}}}')
-            self._emit(f'{{"add":{ref}}}')
-        else:
-            if exists:
-                self._emit(f"delete chain {family} {self.table} {MARKER_CHAIN}")
-            self._emit(f"add chain {family} {self.table} {MARKER_CHAIN}")
+        if exists:
+            self._emit(self.nft.delete_chain(family, MARKER_CHAIN))
+        self._emit(self.nft.add_chain(family, MARKER_CHAIN))
 
     def inject_failure(self, change: int, family: str) -> None:
         """Insert a command the kernel refuses before the first command of change ``change``.
@@ -142,12 +105,7 @@ class Batch:
         """
         position = next((i for i, owner in enumerate(self.owners)
                          if owner is not None and owner >= change), len(self.commands))
-        if self.json:
-            command = (f'{{"delete":{{"rule":{{{self._ref(family)},"chain":"{NAT_CHAIN}",'
-                       f'"handle":{IMPOSSIBLE_HANDLE}}}}}}}')
-        else:
-            command = f"delete rule {family} {self.table} {NAT_CHAIN} handle {IMPOSSIBLE_HANDLE}"
-        self.commands.insert(position, command)
+        self.commands.insert(position, self.nft.delete_rule(family, NAT_CHAIN, IMPOSSIBLE_HANDLE))
         self.owners.insert(position, change)
 
     def owner_in(self, error: str) -> int | None:
@@ -163,6 +121,5 @@ class Batch:
                      if owner is not None and command.strip() in quoted), None)
 
     def text(self) -> str:
-        if self.json:
-            return '{"nftables":[' + ",".join(self.commands) + "]}"
-        return "\n".join(self.commands) + "\n"
+        """The batch as libnftables takes it."""
+        return self.nft.transaction(self.commands)

@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import BackendError, BackendUnavailableError
+from k3snet.render.nftables_batch import list_command
 
 __all__ = ["BoundedLister", "Libnftables", "ListingTimeoutError", "Lists", "NftKernel",
            "OwnTableLister", "first_lines", "list_in_child", "listed_items"]
@@ -132,8 +133,7 @@ class Libnftables:
         """
         self.calls += 1
         what = " ".join(["list", kind, *ref.values()])
-        command = {"nftables": [{"list": {kind: ref or None}}]}
-        rc, output, error = self.nft.cmd(json.dumps(command))
+        rc, output, error = self.nft.cmd(list_command(kind, ref))
         if rc != 0:
             if "No such file or directory" in error:
                 return None
@@ -267,7 +267,7 @@ def list_in_child(deadline: float, kind: str, **ref: str) -> list[dict[str, Any]
     """``list KIND REF...`` through ``nft -j -f -`` (a JSON command: names passed as data),
     killed past ``deadline`` (:class:`ListingTimeoutError`). Runs in the caller's namespace."""
     what = " ".join(["list", kind, *ref.values()])
-    command = json.dumps({"nftables": [{"list": {kind: ref or None}}]})
+    command = list_command(kind, ref)
     timeout = deadline - time.monotonic()
     if timeout <= 0:
         raise ListingTimeoutError(_timed_out(kind, ref))

@@ -1,0 +1,199 @@
+"""The Kubernetes classifier of the kit's one error mapper (k3snet.kube.KubeErrors).
+
+Each failure the module documents becomes a ``KubeApiError`` with the documented
+message, ``status`` and ``reason``, raised ``from`` the client's exception: first
+from the client's own exception values, then end to end against the emulated API
+server (the real client's answers).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from k3snet.backends.kit import translate_errors
+from k3snet.errors import ApplyError, BackendError
+from k3snet.kube import KubeApiError, KubeErrors
+from k3snet.testing.kube import EmulatedApiServer
+
+pytestmark = pytest.mark.cluster
+
+WHERE = "read ConfigMap kube-system/x"
+
+
+def _api_exception(status: int, reason: str, body: dict[str, Any] | None = None) -> Exception:
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - optional dependency
+
+    exc = ApiException(status=status, reason=reason)
+    exc.body = json.dumps(body).encode() if body is not None else None
+    return exc
+
+
+def _status_body(reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+            "message": message}
+
+
+def _mapped(exc: BaseException, *, timeout: float | None = 10.0) -> KubeApiError:
+    with pytest.raises(KubeApiError) as info, \
+            translate_errors(WHERE, classifier=KubeErrors(timeout=timeout)):
+        raise exc
+    assert info.value.__cause__ is exc
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("status", "http_reason", "body", "message", "reason"),
+    [
+        (401, "Unauthorized", None,
+         "unauthorized (401): the credentials in the kubeconfig or service account token were "
+         "refused", "Unauthorized"),
+        (403, "Forbidden", _status_body("Forbidden", 'configmaps "x" is forbidden'),
+         "forbidden (403): k3snet's account lacks the RBAC permission for this; grant it (see "
+         'the rendered ClusterRole): configmaps "x" is forbidden', "Forbidden"),
+        (404, "Not Found", _status_body("NotFound", 'configmaps "x" not found'),
+         'not found (404): configmaps "x" not found', "NotFound"),
+        (404, "Not Found", None, "not found (404)", "NotFound"),
+        (409, "Conflict", _status_body("Conflict", "the object has been modified"),
+         "conflict (409): the object was changed by someone else since k3snet read it, or "
+         "already exists; nothing was written, observe and plan again: the object has been "
+         "modified", "Conflict"),
+        (409, "Conflict", _status_body("AlreadyExists", 'configmaps "x" already exists'),
+         "conflict (409): the object was changed by someone else since k3snet read it, or "
+         "already exists; nothing was written, observe and plan again: configmaps \"x\" "
+         "already exists", "AlreadyExists"),
+        (422, "Unprocessable Entity", _status_body("Invalid", "data: Invalid value"),
+         "rejected as invalid (422): data: Invalid value", "Invalid"),
+        (429, "Too Many Requests", None,
+         "throttled (429): the API server asks to retry later", "TooManyRequests"),
+        (500, "Internal Server Error", _status_body("InternalError", "etcd is down"),
+         "the API server failed (500 Internal Server Error): etcd is down", "InternalError"),
+        (504, "Gateway Timeout", None, "the API server failed (504 Gateway Timeout)",
+         "Timeout"),
+        (418, "I'm a teapot", None, "refused (418 I'm a teapot)", None),
+    ],
+)
+def test_each_status_maps_to_the_documented_error(
+    status: int, http_reason: str, body: dict[str, Any] | None, message: str,
+    reason: str | None,
+) -> None:
+    error = _mapped(_api_exception(status, http_reason, body))
+    assert type(error) is KubeApiError
+    assert (str(error), error.status, error.reason) == (f"{WHERE}: {message}", status, reason)
+
+
+def test_a_reason_that_is_no_status_reason_gives_way_to_the_statuss_own() -> None:
+    error = _mapped(_api_exception(404, "Not Found", _status_body("Object Not Found", "gone")))
+    assert (str(error), error.reason) == (f"{WHERE}: not found (404): gone", "NotFound")
+
+
+def test_a_long_server_message_is_shortened_and_unparsable_bodies_quoted() -> None:
+    long = _mapped(_api_exception(422, "Unprocessable Entity",
+                                  _status_body("Invalid", "x " * 400)))
+    assert str(long).endswith("x x...")
+    assert len(str(long)) == len(f"{WHERE}: rejected as invalid (422): ") + 300
+    exc = _api_exception(403, "Forbidden")
+    exc.body = b"<html>no</html>"
+    plain = _mapped(exc)
+    assert str(plain).endswith("(see the rendered ClusterRole): <html>no</html>")
+    assert plain.reason == "Forbidden"
+
+
+def test_no_answer_in_time_is_a_timeout_without_status() -> None:
+    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    read = urllib3.exceptions.ReadTimeoutError(None, "/api", "Read timed out.")
+    error = _mapped(read, timeout=2.5)
+    assert (str(error), error.status, error.reason) == (
+        f"{WHERE}: no answer from the API server within 2.5s (timed out; it may or may not "
+        "have acted on the request)", None, "Timeout")
+    connect = urllib3.exceptions.MaxRetryError(
+        None, "/api", urllib3.exceptions.ConnectTimeoutError("connect timed out"))
+    error = _mapped(connect, timeout=None)
+    assert (str(error), error.status, error.reason) == (
+        f"{WHERE}: no answer from the API server (timed out; it may or may not have acted "
+        "on the request)", None, "Timeout")
+
+
+def test_an_unreachable_server_has_neither_status_nor_reason() -> None:
+    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    refused = urllib3.exceptions.MaxRetryError(
+        None, "/api",
+        urllib3.exceptions.NewConnectionError(None, "Connection refused"))
+    error = _mapped(refused)
+    # urllib3 prints the connection (None here) before its message.
+    assert str(error) == (f"{WHERE}: cannot reach the API server: NewConnectionError: "
+                          "None: Connection refused")
+    assert (error.status, error.reason) == (None, None)
+    error = _mapped(ConnectionResetError(104, "Connection reset by peer"))
+    assert str(error).startswith(f"{WHERE}: cannot reach the API server: ConnectionResetError")
+    no_status = _mapped(_api_exception(0, "certificate verify failed"))
+    assert str(no_status) == (f"{WHERE}: the request failed before reaching the API server: "
+                              "certificate verify failed")
+    assert (no_status.status, no_status.reason) == (None, None)
+
+
+def test_the_error_type_is_the_callers_and_other_exceptions_pass() -> None:
+    class WriteError(KubeApiError, ApplyError):
+        def __init__(self, message: str, *, status: int | None = None,
+                     reason: str | None = None) -> None:
+            ApplyError.__init__(self, f"{message}; nothing was changed")
+            self.status, self.reason = status, reason
+
+    with pytest.raises(WriteError, match=r"conflict \(409\).*; nothing was changed$") as info, \
+            translate_errors("patch x", classifier=KubeErrors(error=WriteError)):
+        raise _api_exception(409, "Conflict", _status_body("Conflict", "modified"))
+    assert (info.value.status, info.value.reason) == (409, "Conflict")
+    with pytest.raises(KeyError), translate_errors("x", classifier=KubeErrors()):
+        raise KeyError("not the client's")
+    with pytest.raises(BackendError, match=r"^mine$"), \
+            translate_errors("x", classifier=KubeErrors()):
+        raise BackendError("mine")
+
+
+# ---------------------------------------------------------------- the real client, end to end
+
+
+def _read(api_server: EmulatedApiServer, name: str, timeout: float = 10.0) -> Any:
+    from kubernetes import client  # noqa: PLC0415 - optional dependency
+
+    core = client.CoreV1Api(api_server.api_client())
+    with translate_errors(f"read ConfigMap kube-system/{name}",
+                          classifier=KubeErrors(timeout=timeout)):
+        return core.read_namespaced_config_map(name, "kube-system", _request_timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "words"),
+    [(403, "Forbidden", "forbidden (403)"), (404, "NotFound", "not found (404)"),
+     (409, "Conflict", "conflict (409)"), (422, "Invalid", "rejected as invalid (422)")],
+)
+def test_the_emulated_api_servers_answers_map_to_the_documented_error(
+    api_server: EmulatedApiServer, status: int, reason: str, words: str,
+) -> None:
+    api_server.fail(status, method="GET", plural="configmaps", message="as the server said")
+    with pytest.raises(KubeApiError) as info:
+        _read(api_server, "x")
+    assert (info.value.status, info.value.reason) == (status, reason)
+    assert str(info.value).startswith(f"read ConfigMap kube-system/x: {words}")
+    assert str(info.value).endswith(": as the server said")
+
+
+def test_a_missing_object_is_not_found_from_the_server_itself(
+    api_server: EmulatedApiServer,
+) -> None:
+    with pytest.raises(KubeApiError, match=r"^read ConfigMap kube-system/absent: not found "
+                                           r"\(404\)") as info:
+        _read(api_server, "absent")
+    assert (info.value.status, info.value.reason) == (404, "NotFound")
+
+
+def test_a_request_left_unanswered_is_a_timeout(api_server: EmulatedApiServer) -> None:
+    api_server.fail(504, method="GET", plural="configmaps", delay=1.5)
+    with pytest.raises(KubeApiError, match=r"no answer from the API server within 0.3s "
+                                           r"\(timed out") as info:
+        _read(api_server, "x", timeout=0.3)
+    assert (info.value.status, info.value.reason) == (None, "Timeout")
