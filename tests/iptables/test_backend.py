@@ -284,7 +284,8 @@ def test_apply_observe_and_remove_leave_foreign_rules_alone(
 
         result = backend.apply(p)
         assert result.applied == p.changes
-        assert result.operations == 4  # one restore run (or commit) per table and family
+        # One restore run per family (both tables in it); libiptc: one commit per table.
+        assert result.operations == (4 if config[1] == "libiptc" else 2)
         target = State(owned=p.target(DESIRED))
         assert_kernel_matches(ns, mode, target)
         after = saves(ns, mode)

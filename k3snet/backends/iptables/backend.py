@@ -71,7 +71,7 @@ Drift
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, NoReturn
 
 import attrs
@@ -367,52 +367,104 @@ class IptablesBackend(BackendBase):
                 commit_edit(state, step.edit)
                 undo.record(step.changes, self._reverter(state, step))
         else:
-            # Every change is checked first; each table's edit is then computed while
-            # its restore process reads it, and committed before the next table's.
+            # Every change is checked first; each family's tables then go through one
+            # restore process, each table's edit computed while the process reads it.
             pending = self._validate(plan)
-            last = list(pending)[-1]
-            for where, changes in pending.items():
+            families = [f for f in FAMILIES if any(w[0] == f for w in pending)]
+            for family in families:
                 operations += 1
-                self._stream(plan, where, changes, undo, fail=inject == where,
-                             injected=injected, pause=pause if where == last else None)
+                tables = [(table, changes) for (f, table), changes in pending.items()
+                          if f == family]
+                self._stream(plan, family, tables, undo, inject=inject, injected=injected,
+                             pause=pause if family == families[-1] else None)
         return ApplyResult(self.name, plan.changes, operations=operations)
 
-    def _stream(self, plan: Plan, where: tuple[int, str], changes: list[Change],
-                undo: Compensation, *, fail: bool, injected: Change | None,
-                pause: GcPause | None = None) -> None:
-        """One table through one ``iptables-restore`` run, fed while its edit is computed.
+    def _stream(self, plan: Plan, family: int, tables: list[tuple[str, list[Change]]],
+                undo: Compensation, *, inject: tuple[int, str] | None,
+                injected: Change | None, pause: GcPause | None = None) -> None:
+        """One family's tables through one ``iptables-restore`` run, fed while computed.
 
-        The process parses the first rules while the next ones are rendered; it
-        commits only on the final ``COMMIT`` line, so anything going wrong before
-        (here or there) leaves the table as it was.
+        Tables go in :data:`~k3snet.render.iptables.rules.TABLES` order (filter,
+        then nat: see docs/reliability.md, "Half states"). The process parses each
+        table's first rules while the next ones are rendered and commits each
+        table at its ``COMMIT`` line, while the next table is computed; it stops
+        at the first refusal, and its line number says which tables were
+        committed before: those are taken back (:class:`Compensation`).
         """
-        family, table = where
         assert self._tables is not None
-        state = self._tables[where]
-        run = self._kernel.restore(family, self.mode, table)
+        run = self._kernel.restore(family, self.mode)
+        sent: list[tuple[_Step, TableState]] = []
+        table = tables[0][0]
         try:
-            edit = plan_table(state, changes, sink=run.send)
-            step = _Step(family, table, tuple(changes), edit)
-            ops = list(edit.ops)
-            if fail:
-                ops.append(Op("fail", table))
-            run.send(restore_lines(ops))
+            for table, changes in tables:
+                state = self._tables[family, table]
+                run.table(table)
+                edit = plan_table(state, changes, sink=run.send)
+                step = _Step(family, table, tuple(changes), edit)
+                ops = list(edit.ops)
+                if inject == (family, table):
+                    ops.append(Op("fail", table))
+                run.send(restore_lines(ops))
+                run.commit()
+                # The kernel commits the table meanwhile; if it refuses, _fail forgets
+                # this state.
+                commit_edit(state, edit)
+                sent.append((step, state))
         except BaseException as exc:
-            run.abort()  # no COMMIT sent: nothing of this table was applied
-            if undo.done and isinstance(exc, Exception):  # earlier tables are in: take them out
+            # The open table is not applied; those committed before it are taken out.
+            problems = self._record(undo, family, sent, run.abort())[1]
+            if (undo.done or problems) and isinstance(exc, Exception):
                 self._tables = None
-                undo.fail(None, f"IPv{family} {table}: cannot prepare the edit: {exc}", exc)
+                undo.fail(None, f"IPv{family} {table}: cannot prepare the edit: {exc}", exc,
+                          extra_problems=problems)
             raise
-        run.commit()
-        # The kernel commits the table meanwhile; if it refuses, _fail forgets this state.
-        commit_edit(state, edit)
-        if pause is not None:  # the last table: nothing much is allocated after this
+        if pause is not None:  # the last run: nothing much is allocated after this
             pause.end()
         try:
             run.wait()
         except RunFailedError as exc:
-            self._fail(undo, step, self._failed(plan, injected, exc), exc)
-        undo.record(step.changes, self._reverter(state, step))
+            done, problems = self._record(undo, family, sent, exc.committed)
+            refused = next((step for step, _ in sent if step.table == exc.table),
+                           next((step for step, _ in sent if step.table not in done),
+                                sent[-1][0]))
+            self._fail(undo, refused, self._failed(plan, injected, exc), exc, problems)
+        self._record(undo, family, sent, tuple(step.table for step, _ in sent))
+
+    def _record(self, undo: Compensation, family: int, sent: list[tuple[_Step, TableState]],
+                committed: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[str]]:
+        """Record the tables of ``sent`` that were committed (``None``: read the kernel).
+
+        Returns those tables, and what could not be told (then nothing of that run
+        is recorded).
+        """
+        if committed is None:
+            try:
+                committed = self._read_committed(family, sent)
+            except K3snetError as exc:
+                return (), [f"IPv{family} {step.table}: cannot tell whether it was committed "
+                            f"({exc})" for step, _ in sent]
+        for step, state in sent:
+            if step.table in committed:
+                undo.record(step.changes, self._reverter(state, step))
+        return committed, []
+
+    def _read_committed(self, family: int, sent: list[tuple[_Step, TableState]]
+                        ) -> tuple[str, ...]:
+        """Which tables of ``sent`` hold their edit, read back with ``iptables-save``.
+
+        Only when the restore run cannot say (killed after a ``COMMIT`` was sent, or
+        failed without naming a line): a table whose chains and hook rules read as
+        the edit made them is taken as committed, any other as not.
+        """
+        dump = self._save(family)
+        committed = []
+        for step, _ in sent:
+            read = load_table(family, HOOKS[step.table], dump.get(step.table))
+            edit = step.edit
+            if read.hook_rules == edit.hook_rules and all(
+                    read.chains.get(chain) == lines for chain, lines in edit.chains.items()):
+                committed.append(step.table)
+        return tuple(committed)
 
     def _reverter(self, state: TableState, step: _Step) -> Callable[[], None]:
         """What takes a committed table edit back (``state`` is the table after it)."""
@@ -421,12 +473,13 @@ class IptablesBackend(BackendBase):
         return revert
 
     def _fail(self, undo: Compensation, step: _Step, failed: Change | None,
-              exc: RunFailedError) -> NoReturn:
+              exc: RunFailedError, problems: Sequence[str] = ()) -> NoReturn:
         """Undo the tables already committed, then raise ApplyError (or RollbackError)."""
         # Read the kernel again next time: a refusal may mean it changed behind our back,
         # and a rollback rewrites chains.
         self._tables = None
-        undo.fail(failed, f"IPv{step.family} {step.table} refused the changes: {exc}", exc)
+        undo.fail(failed, f"IPv{step.family} {step.table} refused the changes: {exc}", exc,
+                  extra_problems=problems)
 
     @staticmethod
     def _failed(plan: Plan, injected: Change | None, exc: RunFailedError) -> Change | None:
