@@ -11,8 +11,10 @@ Ownership
     (ahead of a final catch-all DROP/REJECT only) and never moved afterwards:
     an admin's rule above it stays above it and decides (a foreign DROP, REJECT
     or RETURN met first that may match our traffic is observed as a
-    :class:`~k3snet.model.ForwardBlock`, and the plan shows a ``!`` conflict
-    naming it; see :mod:`k3snet.render.iptables.rules`). Every
+    :class:`~k3snet.model.ForwardBlock`, a foreign MASQUERADE or SNAT met first
+    as a :class:`~k3snet.model.NatBlock`, and the plan shows a ``!`` conflict
+    naming it when it decides our traffic otherwise; see
+    :mod:`k3snet.render.iptables.rules`). Every
     rule carries ``-m comment --comment k3snet:<hash>``; the hash of the object's
     content is the diff key (Calico Felix). Foreign chains (``FLANNEL-*``,
     ``KUBE-*``, ``CNI-*``, ``DOCKER*``, user rules) are never flushed, reordered or
@@ -23,10 +25,13 @@ Ownership
 Drivers
     ``restore`` (the default, also what ``auto`` picks): ``iptables-restore
     --noflush --wait`` (the nft or legacy variant, per mode) run in the namespace
-    with ``ip netns exec``: one run per table per family per apply, fed as the
-    edit is computed and holding only the edits (``-D``/``-A`` on the bucket
-    chains touched, ``:CHAIN`` to rewrite a small order-sensitive chain). A
-    restore input is all or nothing per table.
+    with ``ip netns exec``: one run per family per apply, fed each table in
+    turn (filter, then nat) as its edit is computed and holding only the edits
+    (``-D``/``-A`` on the bucket chains touched, ``:CHAIN`` to rewrite a small
+    order-sensitive chain). The tool commits each table at its ``COMMIT`` (one
+    kernel transaction per table) and stops at the first refusal, naming the
+    line: the tables committed before it are taken back (docs/reliability.md,
+    "Half states").
     ``libiptc``: python-iptables, legacy tables only, one commit per table,
     applied from a thread inside the namespace (see
     :mod:`k3snet.backends.iptables.libiptc`). Both drivers *read* through
@@ -46,9 +51,10 @@ Mode detection (``mode="auto"``; an explicit ``mode`` always wins)
 
 Apply cost (figures: ``docs/performance.md``, ``benchmarks/bench_iptables.py``)
     The backend remembers what it read and wrote, so an apply reads nothing
-    back. Each table's ``iptables-restore`` process is started first and fed
-    while the edit is computed (new rules are streamed as they are rendered;
-    ``COMMIT`` is sent last, so a failure before it applies nothing): the
+    back. Each family's ``iptables-restore`` process is started first and fed
+    while the edit is computed (the first table's new rules are streamed as
+    they are rendered; a later table is rendered whole before the ``COMMIT``
+    of the one before it, so a failure while rendering applies nothing): the
     process parses while Python renders, through a pipe big enough for the
     whole input. One change among 10k rules is one run of two or three lines
     (``-D`` by spec, ``-A``) on a bucket chain of ~1/16 of the rules; what is
@@ -85,7 +91,12 @@ from k3snet.backends.iptables.driver import (
     RunFailedError,
     tool_name,
 )
-from k3snet.backends.iptables.foreign import foreign_blocks, foreign_forward, foreign_nat
+from k3snet.backends.iptables.foreign import (
+    foreign_blocks,
+    foreign_forward,
+    foreign_nat,
+    nat_blocks,
+)
 from k3snet.backends.iptables.mode import detect_mode
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
@@ -309,6 +320,11 @@ class IptablesBackend(BackendBase):
                 blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index())
                 set_aside(filter_state, blocks)
                 foreign |= blocks
+                # The same for NAT: the first NAT rule a connection meets decides.
+                nat_state = tables[family, "nat"]
+                nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index())
+                set_aside(nat_state, nat)
+                foreign |= nat
         self._tables = tables
         self._foreign = frozenset(foreign)
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
