@@ -24,7 +24,7 @@ from k3snet.model.cni import (
 )
 from k3snet.model.drift import Drift, ForwardDrift, NatDrift
 from k3snet.model.forward import ForwardBlock, ForwardRule
-from k3snet.model.nat import MasqueradeRule, NatRule, SnatRule
+from k3snet.model.nat import MasqueradeRule, NatBlock, NatRule, SnatRule
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route
 from k3snet.model.state import (
     KINDS,
@@ -57,6 +57,7 @@ __all__ = [
     "IPPool",
     "JsonMapping",
     "MasqueradeRule",
+    "NatBlock",
     "NatDrift",
     "NatRule",
     "NetObject",

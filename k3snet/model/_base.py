@@ -65,6 +65,33 @@ def optional_address(value: str | Address | None) -> Address | None:
     return None if value is None else parse_address(value)
 
 
+_MAX_TEXT = 512
+
+
+def foreign_rule_text(value: object) -> str:
+    """attrs converter: one line of bounded text (a foreign rule as its tool lists it)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ModelError(f"a foreign rule's text is a non-empty string, got {value!r}")
+    line = " ".join(value.split())
+    return line if len(line) <= _MAX_TEXT else line[: _MAX_TEXT - 3] + "..."
+
+
+def ip_family(value: int) -> int:
+    """attrs converter: an address family, 4 or 6."""
+    if value not in (4, 6):
+        raise ModelError(f"family must be 4 or 6, got {value!r}")
+    return value
+
+
+def interface_may_be(pattern: str | None, device: str | None) -> bool:
+    """An interface match (``eth+`` is a prefix) may match the packets of ``device``."""
+    if pattern is None or device is None:
+        return True
+    if pattern.endswith("+"):
+        return device.startswith(pattern[:-1])
+    return pattern == device
+
+
 def net_tuple(net: Network | None) -> tuple[int, int]:
     """(address, prefix) as ints; (-1, -1) for "any"."""
     return (-1, -1) if net is None else (int(net.network_address), net.prefixlen)

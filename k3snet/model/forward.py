@@ -15,7 +15,16 @@ from typing import Any, ClassVar
 import attrs
 
 from k3snet.errors import ModelError
-from k3snet.model._base import NetObject, check_families, net_tuple, optional_interface
+from k3snet.model._base import (
+    NetObject,
+    check_families,
+    foreign_rule_text,
+    interface_may_be,
+    ip_family,
+    net_tuple,
+    optional_interface,
+    optional_network,
+)
 from k3snet.model.cidr import Network, contains, overlaps, parse_network
 
 __all__ = ["ForwardBlock", "ForwardRule"]
@@ -110,32 +119,11 @@ class ForwardRule(NetObject):
 
 
 _VERDICTS = ("drop", "reject", "return")
-_MAX_TEXT = 512
-
-
-def _rule_text(value: object) -> str:
-    """One line of bounded text (it comes from the kernel's listing of a foreign rule)."""
-    if not isinstance(value, str) or not value.strip():
-        raise ModelError(f"a foreign rule's text is a non-empty string, got {value!r}")
-    line = " ".join(value.split())
-    return line if len(line) <= _MAX_TEXT else line[: _MAX_TEXT - 3] + "..."
-
-
 def _verdict(value: object) -> str:
     if value not in _VERDICTS:
         raise ModelError(f"a foreign rule's verdict is one of {', '.join(_VERDICTS)}, "
                          f"not {value!r}")
     return str(value)
-
-
-def _optional_net(value: str | Network | None) -> Network | None:
-    return None if value is None else parse_network(value)
-
-
-def _family(value: int) -> int:
-    if value not in (4, 6):
-        raise ModelError(f"family must be 4 or 6, got {value!r}")
-    return value
 
 
 @attrs.frozen(eq=False)
@@ -162,12 +150,12 @@ class ForwardBlock(NetObject):
     type_name: ClassVar[str] = "forward-block"
     rank: ClassVar[int] = 2
 
-    ip_family: int = attrs.field(converter=_family)
+    ip_family: int = attrs.field(converter=ip_family)
     verdict: str = attrs.field(converter=_verdict)
-    rule: str = attrs.field(converter=_rule_text)
-    where: str = attrs.field(converter=_rule_text)
-    source: Network | None = attrs.field(default=None, converter=_optional_net, kw_only=True)
-    destination: Network | None = attrs.field(default=None, converter=_optional_net,
+    rule: str = attrs.field(converter=foreign_rule_text)
+    where: str = attrs.field(converter=foreign_rule_text)
+    source: Network | None = attrs.field(default=None, converter=optional_network, kw_only=True)
+    destination: Network | None = attrs.field(default=None, converter=optional_network,
                                               kw_only=True)
     in_interface: str | None = attrs.field(default=None, converter=optional_interface, kw_only=True)
     out_interface: str | None = attrs.field(
@@ -205,8 +193,8 @@ class ForwardBlock(NetObject):
         return (
             (self.source is None or overlaps(self.source, source))
             and (self.destination is None or overlaps(self.destination, destination))
-            and _may_be(self.in_interface, iif)
-            and _may_be(self.out_interface, oif)
+            and interface_may_be(self.in_interface, iif)
+            and interface_may_be(self.out_interface, oif)
         )
 
     def describe(self) -> str:
@@ -235,12 +223,3 @@ class ForwardBlock(NetObject):
             source=data.get("source"), destination=data.get("destination"),
             in_interface=data.get("in_interface"), out_interface=data.get("out_interface"),
         )
-
-
-def _may_be(pattern: str | None, device: str | None) -> bool:
-    """An interface match (``eth+`` is a prefix) may match the packets of ``device``."""
-    if pattern is None or device is None:
-        return True
-    if pattern.endswith("+"):
-        return device.startswith(pattern[:-1])
-    return pattern == device

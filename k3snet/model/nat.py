@@ -12,6 +12,9 @@ from k3snet.errors import ModelError
 from k3snet.model._base import (
     NetObject,
     check_families,
+    foreign_rule_text,
+    interface_may_be,
+    ip_family,
     net_tuple,
     optional_interface,
     optional_network,
@@ -27,7 +30,7 @@ from k3snet.model.cidr import (
     subtract,
 )
 
-__all__ = ["MasqueradeRule", "NatRule", "SnatRule"]
+__all__ = ["MasqueradeRule", "NatBlock", "NatRule", "SnatRule"]
 
 
 def _destination(value: str | Network | None) -> Network | None:
@@ -112,6 +115,18 @@ class _NatBase(NetObject):
         if whole is None:
             whole = parse_network("0.0.0.0/0" if self.family == 4 else "::/0")
         return subtract(whole, self.exclude)
+
+    def conflicts_with(self, other: NetObject) -> bool:
+        """A foreign NAT rule met before ours that translates some of our packets otherwise."""
+        return isinstance(other, NatBlock) and other.decides(self)
+
+    def conflict_reason(self, other: NetObject) -> str | None:
+        """Why a :class:`NatBlock` wins: the first NAT rule a connection meets decides."""
+        if isinstance(other, NatBlock):
+            return ("that rule translates some of this traffic before k3snet's rule is "
+                    "reached (the first NAT rule met decides); k3snet does not place its "
+                    "rules above it")
+        return None
 
     def _covers(self, other: _NatBase) -> bool:
         """``other`` translates at least every packet ``self`` does."""
@@ -241,3 +256,123 @@ class SnatRule(_NatBase):
 
 NatRule = MasqueradeRule | SnatRule
 """Either NAT rule; both share one key space (a masquerade can be replaced by a SNAT)."""
+
+
+_ACTIONS = ("masquerade", "snat")
+
+
+def _action(value: object) -> str:
+    if value not in _ACTIONS:
+        raise ModelError(f"a foreign NAT rule's action is one of {', '.join(_ACTIONS)}, "
+                         f"not {value!r}")
+    return str(value)
+
+
+def _optional_address(value: str | Address | None) -> Address | None:
+    return None if value is None else _snat_address(value)
+
+
+@attrs.frozen(eq=False)
+class NatBlock(NetObject):
+    """A foreign NAT rule met before k3snet's, translating some of the same traffic otherwise.
+
+    Only ever *observed* (foreign): ``rule`` is the rule's text as its tool lists
+    it, ``where`` where it sits (``iptables IPv4 nat POSTROUTING``). ``action`` is
+    ``masquerade`` or ``snat`` (to ``to_address``; ``None``: an address or range
+    k3snet does not model, never the same as ours); ``source`` / ``destination`` /
+    ``out_interface`` are what it matches (``None``: any; a negated match counts
+    as any, so a doubt is a conflict rather than an override). The first NAT rule
+    a connection meets decides its translation: a wanted NAT rule some of whose
+    packets this rule may match, and translates otherwise, conflicts with it.
+
+    >>> block = NatBlock(4, "snat", "-s 10.42.0.0/16 -j SNAT --to-source 192.0.2.9",
+    ...                  "iptables IPv4 nat POSTROUTING", source="10.42.0.0/16",
+    ...                  to_address="192.0.2.9")
+    >>> block.decides(MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24"))
+    True
+    >>> block.decides(SnatRule("10.42.0.0/16", to_address="192.0.2.9"))
+    False
+    >>> block.describe().split(":")[0]
+    'snat to 192.0.2.9 by iptables IPv4 nat POSTROUTING'
+    """
+
+    kind: ClassVar[str] = "nat"
+    type_name: ClassVar[str] = "nat-block"
+    rank: ClassVar[int] = 3
+
+    ip_family: int = attrs.field(converter=ip_family)
+    action: str = attrs.field(converter=_action)
+    rule: str = attrs.field(converter=foreign_rule_text)
+    where: str = attrs.field(converter=foreign_rule_text)
+    source: Network | None = attrs.field(default=None, converter=optional_network, kw_only=True)
+    destination: Network | None = attrs.field(default=None, converter=optional_network,
+                                              kw_only=True)
+    out_interface: str | None = attrs.field(
+        default=None, converter=optional_interface, kw_only=True
+    )
+    to_address: Address | None = attrs.field(default=None, converter=_optional_address,
+                                             kw_only=True)
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        for value in (self.source, self.destination, self.to_address):
+            if value is not None and value.version != self.ip_family:
+                raise ModelError(f"foreign rule {self.rule!r}: {value} is not IPv{self.ip_family}")
+        if self.action == "masquerade" and self.to_address is not None:
+            raise ModelError(f"foreign rule {self.rule!r}: a masquerade has no to_address")
+        key = ("nat-block", self.ip_family, self.where, self.rule)
+        self._seal(key, (self.action, *net_tuple(self.source), *net_tuple(self.destination),
+                         self.out_interface or "",
+                         int(self.to_address) if self.to_address is not None else -1))
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return self.ip_family
+
+    def decides(self, rule: NetObject) -> bool:
+        """True when this rule may match packets of ``rule`` and translates them otherwise."""
+        if not isinstance(rule, MasqueradeRule | SnatRule) or rule.family != self.ip_family:
+            return False
+        if self.action == "masquerade":
+            same = isinstance(rule, MasqueradeRule)
+        else:
+            same = isinstance(rule, SnatRule) and rule.to_address == self.to_address
+        return (
+            not same
+            and (self.source is None or overlaps(self.source, rule.source))
+            and (self.destination is None
+                 or any(overlaps(self.destination, d) for d in rule.natted_destinations()))
+            and interface_may_be(self.out_interface, rule.out_interface)
+        )
+
+    def describe(self) -> str:
+        """``ACTION by WHERE: RULE``."""
+        action = self.action if self.to_address is None else f"snat to {self.to_address}"
+        return f"{action} by {self.where}: {self.rule}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "type": self.type_name,
+            "family": self.ip_family,
+            "action": self.action,
+            "rule": self.rule,
+            "where": self.where,
+            "source": None if self.source is None else str(self.source),
+            "destination": None if self.destination is None else str(self.destination),
+            "out_interface": self.out_interface,
+            "to_address": None if self.to_address is None else str(self.to_address),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NatBlock:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            data["family"], data["action"], data["rule"], data["where"],
+            source=data.get("source"), destination=data.get("destination"),
+            out_interface=data.get("out_interface"), to_address=data.get("to_address"),
+        )

@@ -38,28 +38,65 @@ def recorded(mode: str, family: int, *, foreign_only: bool = False) -> str:
     return (DATA / f"{mode}-{'foreign-' if foreign_only else ''}v{family}.save").read_text()
 
 
-class FakeRun:
-    """One restore run: the lines it was fed, and whether it was committed."""
+class FakeTable:
+    """One table of a restore run: the lines it was fed, and whether it was committed."""
 
     def __init__(self, family: int, mode: str, table: str, refuse: str | None) -> None:
         self.family, self.mode, self.table = family, mode, table
         self.lines: list[str] = []
-        self.committed = self.aborted = False
-        self._refuse = refuse
+        self.committed = False
+        self.refuse = refuse
+
+    def refused(self) -> bool:
+        return self.refuse == "" or (self.refuse is not None
+                                     and any(self.refuse in line for line in self.lines))
+
+
+class FakeRun:
+    """One restore run of one family, fed table after table, as the real tool is.
+
+    Like the tool, it stops at the first refused table: the tables before it are
+    committed, the rest not.
+    """
+
+    def __init__(self, kernel: FakeKernel, family: int, mode: str) -> None:
+        self.kernel, self.family, self.mode = kernel, family, mode
+        self.tables: list[FakeTable] = []
+        self.aborted = False
+
+    def table(self, name: str) -> None:
+        refuse = "" if len(self.kernel.tables) in self.kernel.refuse_tables else self.kernel.refuse
+        section = FakeTable(self.family, self.mode, name, refuse)
+        self.tables.append(section)
+        self.kernel.tables.append(section)
 
     def send(self, lines: list[str]) -> None:
-        self.lines += lines
+        self.tables[-1].lines += lines
 
     def commit(self) -> None:
-        self.committed = True
+        self.tables[-1].committed = True
+
+    def _outcome(self) -> tuple[str | None, tuple[str, ...]]:
+        """(the table refused, the tables committed before it)."""
+        done: list[str] = []
+        for section in self.tables:
+            if not section.committed:
+                return section.table, tuple(done)
+            if section.refused():
+                section.committed = False
+                return section.table, tuple(done)
+            done.append(section.table)
+        return None, tuple(done)
 
     def wait(self) -> None:
-        if self._refuse == "" or (self._refuse is not None
-                                  and any(self._refuse in line for line in self.lines)):
-            raise RunFailedError(f"refused a line holding {self._refuse}", None)
+        refused, done = self._outcome()
+        if refused is not None:
+            raise RunFailedError(f"refused the {refused} table", None, table=refused,
+                                 committed=done)
 
-    def abort(self) -> None:
+    def abort(self) -> tuple[str, ...] | None:
         self.aborted = True
+        return self._outcome()[1]
 
 
 class FakeKernel:
@@ -73,9 +110,11 @@ class FakeKernel:
         self.saves = saves
         self._version = version
         self.refuse = refuse
-        self.refuse_runs: set[int] = set()
-        """Runs (by number, from 0) refused whatever they hold."""
+        self.refuse_tables: set[int] = set()
+        """Tables (by number over all runs, from 0) refused whatever they hold."""
         self.runs: list[FakeRun] = []
+        self.tables: list[FakeTable] = []
+        """Every table of every run, in order."""
 
     @classmethod
     def recorded(cls, mode: str, *, foreign_only: bool = False) -> FakeKernel:
@@ -88,18 +127,20 @@ class FakeKernel:
     def version(self) -> str:
         return self._version
 
-    def restore(self, family: int, mode: str, table: str) -> FakeRun:
-        refuse = "" if len(self.runs) in self.refuse_runs else self.refuse
-        run = FakeRun(family, mode, table, refuse)
+    def restore(self, family: int, mode: str) -> FakeRun:
+        run = FakeRun(self, family, mode)
         self.runs.append(run)
         return run
 
     def commit_ops(self, family: int, mode: str, table: str, ops: list[Op], *,
                    test: bool = False) -> None:
-        run = self.restore(family, mode, table)
+        run = self.restore(family, mode)
+        run.table(table)
         run.send(restore_lines(ops))
         if not test:
             run.commit()
+        else:
+            run.tables[-1].committed = not run.tables[-1].refused()
         run.wait()
 
     def close(self) -> None:
@@ -184,7 +225,8 @@ def test_one_change_is_a_small_edit_of_our_chains_only(mode: Flavour) -> None:
         assert len(p) == 1
         result = backend.apply(p)
     assert result.operations == 1
-    [run] = kernel.runs
+    [process] = kernel.runs
+    [run] = process.tables
     assert (run.family, run.table, run.committed) == (4, "nat", True)
     old, added = render_unit(victim), render_unit(new)
     assert f"-A {added.chain} {' '.join(added.lines[0])}" in run.lines
@@ -208,9 +250,11 @@ def test_a_refused_table_is_rolled_back_through_the_seam(mode: Flavour) -> None:
             backend.apply(p)
     assert caught.value.done
     assert len(caught.value.rolled_back) == len(caught.value.done)
-    filter_run, nat_run, undo = kernel.runs
-    assert filter_run.table == undo.table == "filter"
-    assert nat_run.table == "nat"
+    # One restore run for both IPv4 tables, then one for the undo of filter.
+    assert [[t.table for t in run.tables] for run in kernel.runs] == [["filter", "nat"],
+                                                                      ["filter"]]
+    filter_run, nat_run, undo = kernel.tables
+    assert (filter_run.committed, nat_run.committed, undo.committed) == (True, False, True)
     assert any("K3SNET-F-" in line for line in filter_run.lines)
     assert any(line.startswith(("-F K3SNET-F-", "-D K3SNET-F-", ":K3SNET-F-"))
                for line in undo.lines)
@@ -388,8 +432,8 @@ def test_drift_is_an_owned_object_that_every_plan_deletes_and_apply_repairs(
         assert {c.subject for c in p.changes if c.action == "delete"} >= set(drift)
         assert "drift in iptables IPv4" in p.render()
         backend.apply(p)
-        assert {run.table for run in kernel.runs} == {table}
-        sent = [line for run in kernel.runs for line in run.lines]
+        assert {run.table for run in kernel.tables} == {table}
+        sent = [line for run in kernel.tables for line in run.lines]
         assert repair in sent, sent
         # Once applied, what the backend holds is clean: nothing more to do.
         assert backend.drift == ()
@@ -443,14 +487,14 @@ def test_a_failed_undo_is_a_rollback_error_naming_what_is_half_done() -> None:
     from k3snet.errors import RollbackError  # noqa: PLC0415 - only here
 
     kernel = FakeKernel.recorded("nft")
-    kernel.refuse_runs = {1, 2}  # the nat table, then the undo of the filter table
+    kernel.refuse_tables = {1, 2}  # the nat table, then the undo of the filter table
     wanted = State(owned=[*DESIRED.owned, ForwardRule("10.60.0.0/16", "192.168.3.0/24"),
                           MasqueradeRule("10.60.0.0/16", destination="192.168.0.0/16")])
     with backend_on(kernel, "nft") as backend:
         p = plan(backend.observe(), wanted)
         with pytest.raises(RollbackError, match="ROLLBACK FAILED") as caught:
             backend.apply(p)
-    assert [run.table for run in kernel.runs] == ["filter", "nat", "filter"]
+    assert [run.table for run in kernel.tables] == ["filter", "nat", "filter"]
     assert caught.value.done
     assert caught.value.rolled_back == ()
 
@@ -483,4 +527,4 @@ def test_a_process_that_is_not_permitted_names_the_capability(
         IptablesBackend(mode="nft").observe()
     monkeypatch.setattr(driver.subprocess, "Popen", not_permitted)
     with pytest.raises(BackendError, match="CAP_NET_ADMIN"):
-        driver.Processes(None).restore(4, "nft", "nat")
+        driver.Processes(None).restore(4, "nft")

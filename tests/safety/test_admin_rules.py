@@ -15,7 +15,7 @@ import pytest
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.lab.netns import run_in, temporary_netns
-from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, State
+from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, SnatRule, State
 from k3snet.planner import plan
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
@@ -132,3 +132,129 @@ def test_nftables_a_foreign_base_chain_that_drops_our_flow_is_a_conflict(ns: str
     assert "198.51.100.0" in ours  # the flow the admin does not decide is written
     forward = [r for r in _nft_rules(ns, "k3snet") if r["chain"] == "forward"]
     assert not any("192.168.2.0" in json.dumps(r) for r in forward), forward
+
+
+# -- foreign rules after k3snet's hooks, and foreign NAT before them --------------------
+
+MASQ = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+NAT_JUMP = "-A POSTROUTING -m comment --comment k3snet -j K3SNET-POSTROUTING"
+MORE = ForwardRule("10.42.0.0/16", "203.0.113.0/24")
+AFTER_OURS = {
+    "accept": ("filter", "FORWARD", "-s 10.42.0.0/16 -d 192.168.2.0/24 -j ACCEPT"),
+    "drop": ("filter", "FORWARD", "-s 10.42.0.0/16 -d 192.168.2.0/24 -j DROP"),
+    "masquerade": ("nat", "POSTROUTING", "-s 10.42.0.0/16 -d 192.168.2.0/24 -j MASQUERADE"),
+    "snat": ("nat", "POSTROUTING",
+             "-s 10.42.0.0/16 -d 192.168.2.0/24 -j SNAT --to-source 192.168.1.99"),
+}
+SNAT_FIRST = "-s 10.42.0.0/16 -d 192.168.2.0/24 -j SNAT --to-source 192.168.1.99"
+
+
+def builtin_rules(ns: str, mode: str, table: str, chain: str) -> list[str]:
+    text = run_in(ns, [f"iptables-{mode}-save", "-t", table]).stdout
+    return [line for line in text.splitlines() if line.startswith(f"-A {chain} ")]
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("rule", sorted(AFTER_OURS))
+def test_a_foreign_rule_after_our_jump_changes_nothing_and_is_never_touched(
+    ns: str, mode: str, rule: str
+) -> None:
+    table, chain, spec = AFTER_OURS[rule]
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+        run_in(ns, [f"iptables-{mode}", "-w", "-t", table, "-A", chain, *spec.split()])
+        placed = builtin_rules(ns, mode, table, chain)
+        assert placed == [JUMP if table == "filter" else NAT_JUMP, f"-A {chain} {spec}"]
+        observed = backend.observe()
+        assert observed.owned == DESIRED.owned  # k3snet's rules decide first: still its own
+        assert backend.drift == ()
+        p = plan(observed, DESIRED)
+        assert p.empty, p.render()
+        assert p.conflicts == ()
+        # An apply of another change leaves the foreign rule where it is.
+        more = State(owned=[*DESIRED.owned, MORE])
+        backend.apply(plan(backend.observe(), more))
+        assert builtin_rules(ns, mode, table, chain) == placed
+        assert plan(backend.observe(), more).empty
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_foreign_snat_inserted_before_our_masquerade_is_a_conflict_naming_it(
+    ns: str, mode: str
+) -> None:
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+        assert builtin_rules(ns, mode, "nat", "POSTROUTING") == [NAT_JUMP]
+        run_in(ns, [f"iptables-{mode}", "-w", "-t", "nat", "-I", "POSTROUTING", "1",
+                    *SNAT_FIRST.split()])
+        observed = backend.observe()
+        assert MASQ not in observed.owned  # the admin's SNAT decides that traffic first
+        p = plan(observed, DESIRED)
+        notes = [n for n in p.conflicts if n.wanted == MASQ]
+        assert len(notes) == 1, p.render()
+        assert f"-A POSTROUTING {SNAT_FIRST}" in notes[0].foreign.describe()
+        rendered = p.render()
+        assert f"! {MASQ.describe()}" in rendered
+        assert f"+ {MASQ.describe()}" not in rendered
+        assert "the first NAT rule met decides" in rendered
+        backend.apply(p)
+        # The kernel's view: the admin's rule still first, k3snet's jump not moved.
+        assert builtin_rules(ns, mode, "nat", "POSTROUTING") == [
+            f"-A POSTROUTING {SNAT_FIRST}", NAT_JUMP]
+        again = plan(backend.observe(), DESIRED)
+        assert again.empty
+        assert [n.wanted for n in again.conflicts] == [MASQ]
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_first_apply_after_a_foreign_snat_of_the_flow_adds_no_masquerade(
+    ns: str, mode: str
+) -> None:
+    run_in(ns, [f"iptables-{mode}", "-w", "-t", "nat", "-A", "POSTROUTING",
+                *SNAT_FIRST.split()])
+    # The same translation first is no conflict: an SNAT wanted to that address is met.
+    same = State(owned=[FLOW, SnatRule("10.42.0.0/16", destination="192.168.2.0/24",
+                                       to_address="192.168.1.99")])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        assert plan(backend.observe(), same).conflicts == ()
+        p = plan(backend.observe(), DESIRED)
+        assert [n.wanted for n in p.conflicts] == [MASQ], p.render()
+        assert all(c.subject != MASQ for c in p.changes)
+        backend.apply(p)
+        assert builtin_rules(ns, mode, "nat", "POSTROUTING")[0] == f"-A POSTROUTING {SNAT_FIRST}"
+        assert plan(backend.observe(), DESIRED).empty
+
+
+AFTER_NFT = """\
+table inet aftr {
+\tchain screen {
+\t\ttype filter hook forward priority filter + 10; policy accept;
+\t\tip saddr 10.42.0.0/16 ip daddr 192.168.2.0/24 accept
+\t}
+\tchain natafter {
+\t\ttype nat hook postrouting priority srcnat + 10; policy accept;
+\t\tip saddr 10.42.0.0/16 ip daddr 192.168.2.0/24 masquerade
+\t\tip saddr 10.42.0.0/16 ip daddr 192.168.2.0/24 snat ip to 192.168.1.99
+\t}
+}
+"""
+
+
+def test_nftables_foreign_chains_after_ours_change_nothing_and_are_never_touched(
+    ns: str,
+) -> None:
+    pytest.importorskip("nftables")
+    with NftablesBackend(ns) as backend:
+        backend.apply(plan(backend.observe(), DESIRED))
+        run_in(ns, ["nft", "-f", "-"], input_text=AFTER_NFT)
+        before = _nft_rules(ns, "aftr")
+        assert len(before) == 3
+        observed = backend.observe()
+        assert observed.owned == DESIRED.owned
+        p = plan(observed, DESIRED)
+        assert p.empty, p.render()
+        assert p.conflicts == ()
+        more = State(owned=[*DESIRED.owned, MORE])
+        backend.apply(plan(backend.observe(), more))
+        assert plan(backend.observe(), more).empty
+    assert _nft_rules(ns, "aftr") == before

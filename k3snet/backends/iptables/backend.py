@@ -11,8 +11,10 @@ Ownership
     (ahead of a final catch-all DROP/REJECT only) and never moved afterwards:
     an admin's rule above it stays above it and decides (a foreign DROP, REJECT
     or RETURN met first that may match our traffic is observed as a
-    :class:`~k3snet.model.ForwardBlock`, and the plan shows a ``!`` conflict
-    naming it; see :mod:`k3snet.render.iptables.rules`). Every
+    :class:`~k3snet.model.ForwardBlock`, a foreign MASQUERADE or SNAT met first
+    as a :class:`~k3snet.model.NatBlock`, and the plan shows a ``!`` conflict
+    naming it when it decides our traffic otherwise; see
+    :mod:`k3snet.render.iptables.rules`). Every
     rule carries ``-m comment --comment k3snet:<hash>``; the hash of the object's
     content is the diff key (Calico Felix). Foreign chains (``FLANNEL-*``,
     ``KUBE-*``, ``CNI-*``, ``DOCKER*``, user rules) are never flushed, reordered or
@@ -23,10 +25,13 @@ Ownership
 Drivers
     ``restore`` (the default, also what ``auto`` picks): ``iptables-restore
     --noflush --wait`` (the nft or legacy variant, per mode) run in the namespace
-    with ``ip netns exec``: one run per table per family per apply, fed as the
-    edit is computed and holding only the edits (``-D``/``-A`` on the bucket
-    chains touched, ``:CHAIN`` to rewrite a small order-sensitive chain). A
-    restore input is all or nothing per table.
+    with ``ip netns exec``: one run per family per apply, fed each table in
+    turn (filter, then nat) as its edit is computed and holding only the edits
+    (``-D``/``-A`` on the bucket chains touched, ``:CHAIN`` to rewrite a small
+    order-sensitive chain). The tool commits each table at its ``COMMIT`` (one
+    kernel transaction per table) and stops at the first refusal, naming the
+    line: the tables committed before it are taken back (docs/reliability.md,
+    "Half states").
     ``libiptc``: python-iptables, legacy tables only, one commit per table,
     applied from a thread inside the namespace (see
     :mod:`k3snet.backends.iptables.libiptc`). Both drivers *read* through
@@ -46,9 +51,10 @@ Mode detection (``mode="auto"``; an explicit ``mode`` always wins)
 
 Apply cost (figures: ``docs/performance.md``, ``benchmarks/bench_iptables.py``)
     The backend remembers what it read and wrote, so an apply reads nothing
-    back. Each table's ``iptables-restore`` process is started first and fed
-    while the edit is computed (new rules are streamed as they are rendered;
-    ``COMMIT`` is sent last, so a failure before it applies nothing): the
+    back. Each family's ``iptables-restore`` process is started first and fed
+    while the edit is computed (the first table's new rules are streamed as
+    they are rendered; a later table is rendered whole before the ``COMMIT``
+    of the one before it, so a failure while rendering applies nothing): the
     process parses while Python renders, through a pipe big enough for the
     whole input. One change among 10k rules is one run of two or three lines
     (``-D`` by spec, ``-A``) on a bucket chain of ~1/16 of the rules; what is
@@ -71,7 +77,7 @@ Drift
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, NoReturn
 
 import attrs
@@ -85,7 +91,12 @@ from k3snet.backends.iptables.driver import (
     RunFailedError,
     tool_name,
 )
-from k3snet.backends.iptables.foreign import foreign_blocks, foreign_forward, foreign_nat
+from k3snet.backends.iptables.foreign import (
+    foreign_blocks,
+    foreign_forward,
+    foreign_nat,
+    nat_blocks,
+)
 from k3snet.backends.iptables.mode import detect_mode
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
@@ -309,6 +320,11 @@ class IptablesBackend(BackendBase):
                 blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index())
                 set_aside(filter_state, blocks)
                 foreign |= blocks
+                # The same for NAT: the first NAT rule a connection meets decides.
+                nat_state = tables[family, "nat"]
+                nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index())
+                set_aside(nat_state, nat)
+                foreign |= nat
         self._tables = tables
         self._foreign = frozenset(foreign)
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
@@ -367,52 +383,118 @@ class IptablesBackend(BackendBase):
                 commit_edit(state, step.edit)
                 undo.record(step.changes, self._reverter(state, step))
         else:
-            # Every change is checked first; each table's edit is then computed while
-            # its restore process reads it, and committed before the next table's.
+            # Every change is checked first; each family's tables then go through one
+            # restore process, each table's edit computed while the process reads it.
             pending = self._validate(plan)
-            last = list(pending)[-1]
-            for where, changes in pending.items():
+            families = [f for f in FAMILIES if any(w[0] == f for w in pending)]
+            for family in families:
                 operations += 1
-                self._stream(plan, where, changes, undo, fail=inject == where,
-                             injected=injected, pause=pause if where == last else None)
+                tables = [(table, changes) for (f, table), changes in pending.items()
+                          if f == family]
+                self._stream(plan, family, tables, undo, inject=inject, injected=injected,
+                             pause=pause if family == families[-1] else None)
         return ApplyResult(self.name, plan.changes, operations=operations)
 
-    def _stream(self, plan: Plan, where: tuple[int, str], changes: list[Change],
-                undo: Compensation, *, fail: bool, injected: Change | None,
-                pause: GcPause | None = None) -> None:
-        """One table through one ``iptables-restore`` run, fed while its edit is computed.
+    def _stream(self, plan: Plan, family: int, tables: list[tuple[str, list[Change]]],
+                undo: Compensation, *, inject: tuple[int, str] | None,
+                injected: Change | None, pause: GcPause | None = None) -> None:
+        """One family's tables through one ``iptables-restore`` run, fed while computed.
 
-        The process parses the first rules while the next ones are rendered; it
-        commits only on the final ``COMMIT`` line, so anything going wrong before
-        (here or there) leaves the table as it was.
+        Tables go in :data:`~k3snet.render.iptables.rules.TABLES` order (filter,
+        then nat: see docs/reliability.md, "Half states"). The first table's rules
+        are streamed to the process while they are rendered; each later table is
+        rendered whole before the ``COMMIT`` of the one before it is sent, and is
+        then sent at once: the tool commits table after table without waiting for
+        us, which keeps the time between the commits short, and nothing is
+        committed if rendering fails. The tool stops at the first refusal, and its
+        line number says which tables were committed before: those are taken back
+        (:class:`Compensation`).
         """
-        family, table = where
         assert self._tables is not None
-        state = self._tables[where]
-        run = self._kernel.restore(family, self.mode, table)
+        run = self._kernel.restore(family, self.mode)
+        sent: list[tuple[_Step, TableState]] = []  # COMMIT sent
+        ready: tuple[_Step, TableState] | None = None  # sent but its COMMIT
+        table = tables[0][0]
         try:
-            edit = plan_table(state, changes, sink=run.send)
-            step = _Step(family, table, tuple(changes), edit)
-            ops = list(edit.ops)
-            if fail:
-                ops.append(Op("fail", table))
-            run.send(restore_lines(ops))
+            for table, changes in tables:
+                state = self._tables[family, table]
+                held: list[str] = []
+                if ready is None:
+                    run.table(table)
+                edit = plan_table(state, changes, sink=run.send if ready is None else held.extend)
+                step = _Step(family, table, tuple(changes), edit)
+                ops = list(edit.ops)
+                if inject == (family, table):
+                    ops.append(Op("fail", table))
+                held += restore_lines(ops)
+                if ready is not None:
+                    run.commit()
+                    sent.append(ready)
+                    commit_edit(ready[1], ready[0].edit)
+                    run.table(table)
+                run.send(held)
+                ready = (step, state)
+            assert ready is not None
+            run.commit()
+            sent.append(ready)
+            # The kernel commits the tables meanwhile; if it refuses, _fail forgets
+            # these states.
+            commit_edit(ready[1], ready[0].edit)
         except BaseException as exc:
-            run.abort()  # no COMMIT sent: nothing of this table was applied
-            if undo.done and isinstance(exc, Exception):  # earlier tables are in: take them out
-                self._tables = None
-                undo.fail(None, f"IPv{family} {table}: cannot prepare the edit: {exc}", exc)
+            # The open table is not applied; those committed before it are taken out.
+            self._tables = None
+            problems = self._record(undo, family, sent, run.abort())[1]
+            if isinstance(exc, Exception):  # ApplyError saying what was done and undone
+                undo.fail(None, f"IPv{family} {table}: cannot prepare the edit: {exc}", exc,
+                          extra_problems=problems)
             raise
-        run.commit()
-        # The kernel commits the table meanwhile; if it refuses, _fail forgets this state.
-        commit_edit(state, edit)
-        if pause is not None:  # the last table: nothing much is allocated after this
+        if pause is not None:  # the last run: nothing much is allocated after this
             pause.end()
         try:
             run.wait()
         except RunFailedError as exc:
-            self._fail(undo, step, self._failed(plan, injected, exc), exc)
-        undo.record(step.changes, self._reverter(state, step))
+            done, problems = self._record(undo, family, sent, exc.committed)
+            refused = next((step for step, _ in sent if step.table == exc.table),
+                           next((step for step, _ in sent if step.table not in done),
+                                sent[-1][0]))
+            self._fail(undo, refused, self._failed(plan, injected, exc), exc, problems)
+        self._record(undo, family, sent, tuple(step.table for step, _ in sent))
+
+    def _record(self, undo: Compensation, family: int, sent: list[tuple[_Step, TableState]],
+                committed: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[str]]:
+        """Record the tables of ``sent`` that were committed (``None``: read the kernel).
+
+        Returns those tables, and what could not be told (then nothing of that run
+        is recorded).
+        """
+        if committed is None:
+            try:
+                committed = self._read_committed(family, sent)
+            except K3snetError as exc:
+                return (), [f"IPv{family} {step.table}: cannot tell whether it was committed "
+                            f"({exc})" for step, _ in sent]
+        for step, state in sent:
+            if step.table in committed:
+                undo.record(step.changes, self._reverter(state, step))
+        return committed, []
+
+    def _read_committed(self, family: int, sent: list[tuple[_Step, TableState]]
+                        ) -> tuple[str, ...]:
+        """Which tables of ``sent`` hold their edit, read back with ``iptables-save``.
+
+        Only when the restore run cannot say (killed after a ``COMMIT`` was sent, or
+        failed without naming a line): a table whose chains and hook rules read as
+        the edit made them is taken as committed, any other as not.
+        """
+        dump = self._save(family)
+        committed = []
+        for step, _ in sent:
+            read = load_table(family, HOOKS[step.table], dump.get(step.table))
+            edit = step.edit
+            if read.hook_rules == edit.hook_rules and all(
+                    read.chains.get(chain) == lines for chain, lines in edit.chains.items()):
+                committed.append(step.table)
+        return tuple(committed)
 
     def _reverter(self, state: TableState, step: _Step) -> Callable[[], None]:
         """What takes a committed table edit back (``state`` is the table after it)."""
@@ -421,12 +503,13 @@ class IptablesBackend(BackendBase):
         return revert
 
     def _fail(self, undo: Compensation, step: _Step, failed: Change | None,
-              exc: RunFailedError) -> NoReturn:
+              exc: RunFailedError, problems: Sequence[str] = ()) -> NoReturn:
         """Undo the tables already committed, then raise ApplyError (or RollbackError)."""
         # Read the kernel again next time: a refusal may mean it changed behind our back,
         # and a rollback rewrites chains.
         self._tables = None
-        undo.fail(failed, f"IPv{step.family} {step.table} refused the changes: {exc}", exc)
+        undo.fail(failed, f"IPv{step.family} {step.table} refused the changes: {exc}", exc,
+                  extra_problems=problems)
 
     @staticmethod
     def _failed(plan: Plan, injected: Change | None, exc: RunFailedError) -> Change | None:

@@ -58,32 +58,46 @@ def tool_name(family: int, mode: Flavour, kind: str) -> str:
 
 
 class RunFailedError(BackendError):
-    """The kernel (or the tool) refused a table; ``line`` is the rule at fault, if known."""
+    """The kernel (or the tool) refused a table; ``line`` is the rule at fault, if known.
 
-    def __init__(self, message: str, line: Line | None) -> None:
+    ``table`` is the table refused (``None``: not known) and ``committed`` the
+    tables of the same run committed before it (``None``: not known, e.g. the
+    process was killed after a ``COMMIT`` was sent).
+    """
+
+    def __init__(self, message: str, line: Line | None, *, table: str | None = None,
+                 committed: tuple[str, ...] | None = ()) -> None:
         self.line = line
+        self.table = table
+        self.committed = committed
         super().__init__(message)
 
 
 class RestoreRun(Protocol):
-    """Protocol: one transaction on one table, fed line by line (``iptables-restore`` input).
+    """Protocol: one ``iptables-restore`` process for one family, fed table after table.
 
-    Nothing is applied before :meth:`commit`; :meth:`wait` raises
-    :class:`RunFailedError` when the table was refused; :meth:`abort` (before
-    ``commit``) applies nothing.
+    Each table is opened with :meth:`table`, fed with :meth:`send` and ended
+    with :meth:`commit`; the tool commits each table as it reads its ``COMMIT``
+    line (one kernel transaction per table: x_tables and iptables-nft alike),
+    and stops at the first refusal. :meth:`wait` raises :class:`RunFailedError`
+    naming the refused table and the tables committed before it; :meth:`abort`
+    gives up: the open table is not applied, and it returns the tables that were.
     """
 
+    def table(self, name: str) -> None:
+        """Open the next table (``*name``)."""
+
     def send(self, lines: list[str]) -> None:
-        """Queue lines (no newlines, no table line, no ``COMMIT``)."""
+        """Queue lines of the open table (no newlines, no table line, no ``COMMIT``)."""
 
     def commit(self) -> None:
-        """Send ``COMMIT``: the table is applied, or refused."""
+        """Send the open table's ``COMMIT``: it is applied, or refused, as the tool reads it."""
 
     def wait(self) -> None:
-        """Wait for the outcome of :meth:`commit`."""
+        """End the input and wait for the outcome of every :meth:`commit`."""
 
-    def abort(self) -> None:
-        """Give up before :meth:`commit`: nothing of the table is applied."""
+    def abort(self) -> tuple[str, ...] | None:
+        """Give up: the open table is not applied; the tables that were (``None``: unknown)."""
 
 
 class Kernel(Protocol):
@@ -106,8 +120,8 @@ class Kernel(Protocol):
     def version(self) -> str:
         """What ``iptables --version`` prints (empty when unknown)."""
 
-    def restore(self, family: int, mode: Flavour, table: str) -> RestoreRun:
-        """Start a transaction on one table (see :class:`RestoreRun`)."""
+    def restore(self, family: int, mode: Flavour) -> RestoreRun:
+        """Start one restore run for one family's tables (see :class:`RestoreRun`)."""
 
     def commit_ops(self, family: int, mode: Flavour, table: str, ops: Sequence[Op], *,
                    test: bool = False) -> None:
@@ -159,22 +173,26 @@ class Processes:
         result = self.run(["iptables", "--version"])
         return result.stdout if result.returncode == 0 else ""
 
-    def restore(self, family: int, mode: Flavour, table: str, *,
-                test: bool = False) -> RestoreProcess:
-        """Start ``iptables-restore --noflush`` for one table (``test``: ``--test``)."""
+    def restore(self, family: int, mode: Flavour, *, test: bool = False) -> RestoreProcess:
+        """Start ``iptables-restore --noflush`` for one family (``test``: ``--test``)."""
         argv = [self.tool(family, mode, "restore"), "--noflush", f"--wait={WAIT_SECONDS}"]
         if test:
             argv.append("--test")
-        return RestoreProcess(self, self.argv(argv), table)
+        return RestoreProcess(self, self.argv(argv))
 
     def commit_ops(self, family: int, mode: Flavour, table: str, ops: Sequence[Op], *,
                    test: bool = False) -> None:
         """One restore run holding ``ops``."""
         if not ops:
             return
-        run = self.restore(family, mode, table, test=test)
-        run.send(restore_lines(ops))
-        run.commit()
+        run = self.restore(family, mode, test=test)
+        try:
+            run.table(table)
+            run.send(restore_lines(ops))
+            run.commit()
+        except BaseException:
+            run.abort()
+            raise
         run.wait()
 
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -201,20 +219,27 @@ class Processes:
 
 
 class RestoreProcess:
-    """One ``iptables-restore --noflush`` process for one table, fed as lines come.
+    """One ``iptables-restore --noflush`` process for one family's tables, fed as lines come.
 
-    Nothing is applied before :meth:`commit` sends ``COMMIT``; :meth:`abort`
-    kills the process before that. Every line sent is kept, so an error's line
-    number points back at the rule.
+    Nothing of a table is applied before :meth:`commit` sends its ``COMMIT``;
+    the tool commits each table when it reads that line and stops at the first
+    error, naming the line. Every line sent is kept, with where each table starts
+    and where its ``COMMIT`` is, so an error's line number tells the rule at
+    fault, the table refused and the tables committed before it.
     """
 
-    def __init__(self, kernel: Processes, argv: list[str], table: str) -> None:
+    def __init__(self, kernel: Processes, argv: list[str]) -> None:
         self._kernel = kernel
         self._timeout = kernel.timeout
         self._argv0 = argv[0]
-        self.sent: list[str] = [f"*{table}"]
+        self.sent: list[str] = []
+        self._starts: list[tuple[int, str]] = []
+        """(line number of ``*table``, table) for each table opened."""
+        self._commits: list[tuple[int, str]] = []
+        """(line number of ``COMMIT``, table) for each table committed."""
+        self._open: str | None = None
         self._broken = False
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in wait()
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _reap()
         try:
             # stderr to a file: the process can never block on a full pipe while we write.
             with translate_errors(f"run {argv[0]} in {kernel.where}", capability=CAPABILITY):
@@ -228,24 +253,74 @@ class RestoreProcess:
         with contextlib.suppress(OSError, AttributeError):
             assert self._process.stdin is not None
             fcntl.fcntl(self._process.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        self._write(self.sent)
+
+    @property
+    def committed(self) -> tuple[str, ...]:
+        """The tables whose ``COMMIT`` was sent, in order."""
+        return tuple(table for _, table in self._commits)
+
+    def table(self, name: str) -> None:
+        """Open the next table: ``*name``."""
+        if self._open is not None:
+            raise BackendError(f"the {self._open} table is still open in {self._argv0}")
+        self._open = name
+        self.sent.append(f"*{name}")
+        self._starts.append((len(self.sent), name))
+        self._write([f"*{name}"])
 
     def send(self, lines: list[str]) -> None:
-        """Queue rules (the process reads them while we go on)."""
+        """Queue rules of the open table (the process reads them while we go on)."""
         self.sent += lines
         self._write(lines)
 
     def commit(self) -> None:
-        """Send ``COMMIT`` and close the input: the table is applied, or refused."""
+        """Send the open table's ``COMMIT``: the tool applies it, or refuses it, on reading it."""
+        if self._open is None:
+            raise BackendError(f"no table is open in {self._argv0}")
         self.sent.append("COMMIT")
+        self._commits.append((len(self.sent), self._open))
+        self._open = None
         self._write(["COMMIT"])
-        stdin = self._process.stdin
-        assert stdin is not None
-        with contextlib.suppress(OSError):  # it exited already: wait() says why
-            stdin.close()
 
     def wait(self) -> None:
-        """Wait for the process; raise :class:`RunFailedError` if it refused the table."""
+        """End the input and wait; raise :class:`RunFailedError` if a table was refused."""
+        self._close_input()
+        try:
+            returncode, stderr = self._reap()
+        except BackendError as exc:  # killed after the timeout: how far it got is unknown
+            raise RunFailedError(str(exc), None,
+                                 committed=None if self._commits else ()) from exc
+        if returncode != 0:
+            raise self._refusal(returncode, stderr)
+
+    def abort(self) -> tuple[str, ...] | None:
+        """Give up: the open table is not applied; return the tables that were.
+
+        Before any ``COMMIT`` the process is killed. After one, the input is ended
+        without the open table's ``COMMIT`` (the tool then refuses that table alone:
+        "COMMIT expected") and the process is waited for, so the tables before it
+        are known to be in; ``None`` when that cannot be told (the process did not
+        end in time, or failed on an earlier table without saying where).
+        """
+        if not self._commits:
+            self._kill()
+            return ()
+        self._close_input()
+        try:
+            returncode, stderr = self._reap()
+            return self.committed if returncode == 0 else self._refusal(returncode,
+                                                                          stderr).committed
+        except BackendError:  # not ended in time, or refused for a reason without a line
+            return None
+
+    def _close_input(self) -> None:
+        stdin = self._process.stdin
+        assert stdin is not None
+        with contextlib.suppress(OSError):  # it exited already: _reap() says why
+            stdin.close()
+
+    def _reap(self) -> tuple[int, str]:
+        """Wait for the process to end (killing it after the timeout): (status, stderr)."""
         # Popen.wait(timeout) polls with sleeps of up to 50 ms; the end of the (silent)
         # stdout pipe says the process exited, to the microsecond.
         stdout = self._process.stdout
@@ -255,7 +330,7 @@ class RestoreProcess:
             remaining = deadline - time.monotonic()
             ready = select.select([stdout], [], [], max(remaining, 0))[0] if remaining > 0 else []
             if not ready:
-                self.abort()
+                self._kill()
                 raise BackendError(f"{self._argv0} did not finish within {self._timeout} s in "
                                    f"{self._kernel.where}")
             if not os.read(stdout.fileno(), 1 << 16):
@@ -265,8 +340,15 @@ class RestoreProcess:
         self._stderr.seek(0)
         stderr = self._stderr.read().decode(errors="replace")
         self._stderr.close()
-        if returncode == 0:
-            return
+        return returncode, stderr
+
+    def _refusal(self, returncode: int, stderr: str) -> RunFailedError:
+        """The error for a failed run: the line at fault, its table, the tables before it.
+
+        The tool commits each table at its ``COMMIT`` line and stops at the first
+        error, whose line number it prints: the tables whose ``COMMIT`` came before
+        that line are in, the one holding it (or the one left open) is refused.
+        """
         kernel = self._kernel
         if kernel.netns and "network namespace" in stderr:
             raise BackendError(f"{kernel.where} is not usable: {stderr.strip()}")
@@ -274,13 +356,22 @@ class RestoreProcess:
             kernel._refused(f"run {self._argv0} in {kernel.where}", stderr, returncode)
         message = " ".join(stderr.split()) or f"exit status {returncode}"
         match = _LINE_NUMBER.search(stderr)
-        line = None
-        if match and 0 < int(match.group(1)) <= len(self.sent):
-            line = tokenize(self.sent[int(match.group(1)) - 1])
-        raise RunFailedError(message, line)
+        if match is None:
+            # Nothing says how far it got: only "nothing committed" is certain, if no
+            # COMMIT was sent.
+            return RunFailedError(message, None, table=None,
+                                  committed=None if self._commits else ())
+        number = int(match.group(1))
+        line = tokenize(self.sent[number - 1]) if 0 < number <= len(self.sent) else None
+        table = None
+        for start, name in self._starts:
+            if start <= number:
+                table = name
+        return RunFailedError(message, line, table=table,
+                              committed=tuple(t for at, t in self._commits if at < number))
 
-    def abort(self) -> None:
-        """Kill the process before it commits anything."""
+    def _kill(self) -> None:
+        """Kill the process (nothing after its last commit is applied) and free its pipes."""
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()

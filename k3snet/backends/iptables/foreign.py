@@ -21,6 +21,12 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   counts against k3snet: a negated or unmodelled match is read as "any", so a
   rule that may drop our traffic is a conflict rather than overridden.
 
+* nat, what translates otherwise (:func:`nat_blocks`): every ``MASQUERADE`` or
+  ``SNAT`` met before k3snet's POSTROUTING jump, in POSTROUTING or one jump level
+  down, as a :class:`~k3snet.model.NatBlock` carrying the rule's text (a doubt
+  counts against k3snet, as for forward blocks). ``RETURN``/``ACCEPT``
+  exemptions before the jump are not read as blocks.
+
 Rule order across chains is approximated (one level of jumps, in order); a
 RETURN that may skip most packets hides what follows it in its chain, and a
 jump that matches on anything (``! -d X -j CHAIN``) hides what its chain does.
@@ -39,7 +45,7 @@ from k3snet.errors import K3snetError
 from k3snet.model import NetObject
 from k3snet.model.cidr import Network, contains
 from k3snet.model.forward import ForwardBlock, ForwardRule
-from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.render.iptables.rules import (
     PREFIX,
     Line,
@@ -49,7 +55,7 @@ from k3snet.render.iptables.rules import (
     tokenize,
 )
 
-__all__ = ["foreign_blocks", "foreign_forward", "foreign_nat"]
+__all__ = ["foreign_blocks", "foreign_forward", "foreign_nat", "nat_blocks"]
 
 _STOP = frozenset({"DROP", "REJECT"})
 
@@ -264,3 +270,53 @@ def _addresses(tokens: Line) -> dict[str, str | None]:
         if token in names and (index == 0 or tokens[index - 1] != "!"):
             found[names[token]] = tokens[index + 1]
     return found
+
+
+def nat_blocks(dump: TableDump | None, family: int, before: int) -> set[NetObject]:
+    """Foreign ``MASQUERADE``/``SNAT`` rules met before POSTROUTING's rule number
+    ``before`` (0-based: where k3snet's jump is or would go), as :class:`NatBlock`.
+
+    Read one jump level down, like the other readers here; rules after a
+    ``RETURN``/``ACCEPT`` that may skip most of a jumped-to chain are not reached
+    (see :func:`_cuts`: kube-proxy's masquerade only sees marked packets).
+    """
+    found: set[NetObject] = set()
+    if dump is None:
+        return found
+    for spec in dump.chain("POSTROUTING")[:before]:
+        tokens = tokenize(spec)
+        target = _target(tokens)
+        if target is not None and target in dump.rules and not target.startswith(PREFIX):
+            for inner in dump.chain(target):
+                inner_tokens = tokenize(inner)
+                inner_target = _target(inner_tokens)
+                if _cuts(inner_target, inner_tokens):
+                    break
+                if inner_target in ("MASQUERADE", "SNAT"):
+                    _nat_block(found, family, target, inner_tokens, inner_target, outer=tokens)
+            continue
+        if target in ("MASQUERADE", "SNAT"):
+            _nat_block(found, family, "POSTROUTING", tokens, target)
+    return found
+
+
+def _nat_block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
+               outer: Line = ()) -> None:
+    """Add the block a NAT rule ``tokens`` makes (narrowed by the jump ``outer``)."""
+    matches = {**_addresses(outer), **{k: v for k, v in _addresses(tokens).items()
+                                       if v is not None}}
+    matches.pop("in_interface", None)  # not a match in POSTROUTING
+    action = "masquerade" if target == "MASQUERADE" else "snat"
+    to_address = None
+    if action == "snat" and "--to-source" in tokens[:-1]:
+        to_address = tokens[tokens.index("--to-source") + 1]
+    text = f"-A {chain} {format_line(tokens)}"
+    where = f"iptables IPv{family} nat"
+    for attempt in ({**matches, "to_address": to_address}, {"to_address": to_address}, {}):
+        try:
+            # A value k3snet cannot hold (a port range, another family): read as "any"
+            # (or as an SNAT to an address k3snet does not model).
+            found.add(NatBlock(family, action, text, where, **attempt))
+            return
+        except (K3snetError, ValueError):
+            continue

@@ -17,7 +17,8 @@ import attrs
 
 from k3snet.backends.iptables.save import TableDump
 from k3snet.model import Drift, NetObject
-from k3snet.model.forward import ForwardBlock, ForwardRule
+from k3snet.model.forward import ForwardBlock
+from k3snet.model.nat import NatBlock
 from k3snet.planner import Change
 from k3snet.render.iptables.rules import (
     PREFIX,
@@ -295,19 +296,22 @@ def _hook_findings(state: TableState, jumps: list[int]) -> None:
 
 
 def set_aside(state: TableState, blocks: Iterable[NetObject]) -> None:
-    """Leave out of ``owned`` the forward rules a foreign rule met first may decide.
+    """Leave out of ``owned`` the rules a foreign rule met first may decide otherwise.
 
-    Their units become inactive, like those traffic does not reach: the plan
-    sees a conflict for them instead of an object in place, and an edit of the
-    table removes them (they are shadowed for the traffic that rule decides).
+    ``blocks`` are :class:`~k3snet.model.ForwardBlock` (filter) or
+    :class:`~k3snet.model.NatBlock` (nat) objects; an owned object conflicts with
+    one when that rule decides some of its packets otherwise. Their units become
+    inactive, like those traffic does not reach: the plan sees a conflict for
+    them instead of an object in place, and an edit of the table removes them
+    (they are shadowed for the traffic that rule decides).
     """
-    judges = [b for b in blocks if isinstance(b, ForwardBlock)]
+    judges = [b for b in blocks if isinstance(b, ForwardBlock | NatBlock)]
     if not judges:
         return
     for digest, unit in state.units.items():
         obj = unit.obj
-        if (isinstance(obj, ForwardRule) and state.owned.get(obj.key) == obj
-                and any(block.decides(obj) for block in judges)):
+        if (state.owned.get(obj.key) == obj
+                and any(obj.conflicts_with(block) for block in judges)):
             del state.owned[obj.key]
             state.inactive.add(digest)
 

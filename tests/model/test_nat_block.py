@@ -1,0 +1,98 @@
+"""Foreign NAT rules met before k3snet's that translate the same traffic otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snet import ModelError, State, plan
+from k3snet.backends.iptables.foreign import nat_blocks
+from k3snet.backends.iptables.save import parse_save
+from k3snet.model import MasqueradeRule, NatBlock, NetObject, SnatRule, object_from_dict
+
+SNAT = NatBlock(4, "snat", "-A POSTROUTING -s 10.42.0.0/16 -d 192.168.2.0/24 -j SNAT "
+                "--to-source 192.168.1.99", "iptables IPv4 nat", source="10.42.0.0/16",
+                destination="192.168.2.0/24", to_address="192.168.1.99")
+MASQ = NatBlock(4, "masquerade", "-A POSTROUTING -s 10.42.0.0/16 -j MASQUERADE",
+                "iptables IPv4 nat", source="10.42.0.0/16")
+
+
+@pytest.mark.parametrize(("block", "wanted", "decided"), [
+    (SNAT, MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24"), True),
+    (SNAT, MasqueradeRule("10.42.1.0/24"), True),  # part of its traffic
+    (SNAT, SnatRule("10.42.0.0/16", to_address="192.168.1.5"), True),  # another address
+    (SNAT, SnatRule("10.42.0.0/16", to_address="192.168.1.99"), False),  # the same
+    (SNAT, MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24"), False),
+    (SNAT, MasqueradeRule("10.42.0.0/16", destination="192.168.0.0/16",
+                          exclude=["192.168.2.0/24"]), False),  # excluded: never NATed
+    (SNAT, MasqueradeRule("10.43.0.0/16"), False),
+    (SNAT, MasqueradeRule("fd42::/64"), False),  # another family
+    (MASQ, MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24"), False),
+    (MASQ, SnatRule("10.42.0.0/16", to_address="192.168.1.5"), True),
+])
+def test_a_nat_block_decides_the_flows_it_translates_otherwise(
+    block: NatBlock, wanted: MasqueradeRule | SnatRule, decided: bool
+) -> None:
+    assert block.decides(wanted) is decided
+    assert wanted.conflicts_with(block) is decided
+
+
+def test_an_out_interface_narrows_a_nat_block() -> None:
+    block = NatBlock(4, "masquerade", "-A POSTROUTING -o eth+ -j MASQUERADE", "x",
+                     out_interface="eth+")
+    assert block.decides(SnatRule("10.0.0.0/8", out_interface="eth1", to_address="192.0.2.1"))
+    assert not block.decides(SnatRule("10.0.0.0/8", out_interface="wg0",
+                                      to_address="192.0.2.1"))
+    assert block.decides(SnatRule("10.0.0.0/8", to_address="192.0.2.1"))  # any: maybe
+
+
+def test_a_nat_block_round_trips_and_refuses_nonsense() -> None:
+    for block in (SNAT, MASQ):
+        assert object_from_dict(block.to_dict()) == block
+    with pytest.raises(ModelError):
+        NatBlock(4, "masquerade", "x", "y", to_address="192.0.2.1")
+    with pytest.raises(ModelError):
+        NatBlock(4, "return", "x", "y")
+    with pytest.raises(ModelError):
+        NatBlock(6, "snat", "x", "y", source="10.0.0.0/8")
+    # An SNAT to an address (or range) k3snet does not model is never the same as ours.
+    unknown = NatBlock(4, "snat", "-j SNAT --to-source 192.0.2.1-192.0.2.9", "y")
+    assert unknown.decides(SnatRule("10.0.0.0/8", to_address="192.0.2.1"))
+
+
+def test_the_plan_shows_a_conflict_naming_the_rule_not_an_add() -> None:
+    wanted = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+    p = plan(State(foreign=[SNAT]), State(owned=[wanted]))
+    assert p.changes == ()
+    [note] = p.conflicts
+    assert note.foreign == SNAT
+    assert "--to-source 192.168.1.99" in p.render()
+    assert "the first NAT rule met decides" in p.render()
+
+
+def _blocks(rules: str, before: int | None = None) -> set[NetObject]:
+    text = ("*nat\n:POSTROUTING ACCEPT [0:0]\n:FLANNEL-POSTRTG - [0:0]\n:KUBE-POSTROUTING - [0:0]\n"
+            f"{rules.strip()}\nCOMMIT\n")
+    dump = parse_save(text).get("nat")
+    assert dump is not None
+    return nat_blocks(dump, 4, len(dump.chain("POSTROUTING")) if before is None else before)
+
+
+def test_the_reader_takes_nat_rules_before_the_jump_one_level_down() -> None:
+    found = _blocks("""
+-A POSTROUTING -j KUBE-POSTROUTING
+-A POSTROUTING -j FLANNEL-POSTRTG
+-A POSTROUTING -s 10.50.0.0/16 -d 192.168.2.0/24 -j SNAT --to-source 192.168.1.99
+-A POSTROUTING -s 10.60.0.0/16 -j MASQUERADE
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG -s 10.42.0.0/16 -d 10.42.0.0/16 -j RETURN
+-A FLANNEL-POSTRTG -s 10.42.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE --random-fully
+""", before=3)
+    # kube-proxy's masquerade sees marked packets only (cut); the rule at the jump's
+    # place and after it are not met first.
+    assert {(b.action, str(b.source), str(b.destination), b.to_address and str(b.to_address))
+            for b in found if isinstance(b, NatBlock)} == {
+        ("masquerade", "10.42.0.0/16", "None", None),
+        ("snat", "10.50.0.0/16", "192.168.2.0/24", "192.168.1.99"),
+    }
+    assert _blocks("-A POSTROUTING -s 10.50.0.0/16 -j MASQUERADE", before=0) == set()
