@@ -21,6 +21,7 @@ from k3snet.backends.iptables.xtables import (
     ENTRIES_AT,
     LAYOUTS,
     Layout,
+    TableDigest,
     digest_table,
     zero_counters,
 )
@@ -147,3 +148,17 @@ def test_a_blob_that_does_not_walk_is_refused(layout: Layout, bad: str) -> None:
         struct.pack_into("=H", blob, second + layout.next_offset, size)
     with pytest.raises(BackendError, match="cannot be read"):
         zero_counters(blob, ENTRIES_AT, len(blob), layout)
+
+
+@pytest.mark.parametrize("key", sorted(RECORDED))
+def test_a_table_as_last_read_keeps_its_digest_and_any_other_is_hashed(key: str) -> None:
+    info, blob, layout = recorded(key)
+    fresh = digest_table(info, bytearray(blob), layout)
+    zeroed = zeroed_one_by_one(blob, layout)
+    marker = TableDigest(fresh.entries, fresh.size, b"kept")  # not what a hash gives
+    assert digest_table(info, bytearray(blob), layout, (info, zeroed, marker)) is marker
+    changed = bytearray(zeroed)
+    changed[ENTRIES_AT] ^= 0x01  # the first entry's source address
+    assert digest_table(info, bytearray(blob), layout, (info, changed, marker)) == fresh
+    other = bytes([info[0] ^ 0x01]) + info[1:]
+    assert digest_table(info, bytearray(blob), layout, (other, zeroed, marker)) == fresh

@@ -75,6 +75,7 @@ Drift
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Literal, NoReturn
 
 import attrs
@@ -104,7 +105,7 @@ from k3snet.backends.iptables.table import (
     revert_ops,
     set_aside,
 )
-from k3snet.backends.iptables.xtables import legacy_token
+from k3snet.backends.iptables.xtables import Kept, legacy_token
 from k3snet.backends.kit import GC_PAUSE_MIN, BackendBase, Compensation, GcPause, gc_paused
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
@@ -194,6 +195,7 @@ class IptablesBackend(BackendBase):
         self._generation: GenerationReader | None = None
         self._no_generation = False
         self._legacy_reader: NetnsRunner | None = None  # a thread in the namespace
+        self._legacy_memo: dict[tuple[int, str], Kept] = {}  # its last read of each table
         # (change token, the tables read, the State made of them): see "Observe cache".
         self._observed: tuple[int | bytes, dict[tuple[int, str], TableState], State] | None \
             = None
@@ -263,6 +265,7 @@ class IptablesBackend(BackendBase):
         if self._legacy_reader is not None:
             self._legacy_reader.close()
             self._legacy_reader = None
+        self._legacy_memo.clear()
         super().close()
 
     # -- protocol -----------------------------------------------------------------
@@ -278,7 +281,7 @@ class IptablesBackend(BackendBase):
         if self.mode == "legacy":
             if self._legacy_reader is None:
                 self._legacy_reader = NetnsRunner(self._netns)
-            return self._legacy_reader.call(legacy_token)
+            return self._legacy_reader.call(partial(legacy_token, memo=self._legacy_memo))
         if self._no_generation:
             return None
         if self._generation is None:
