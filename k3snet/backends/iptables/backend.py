@@ -298,10 +298,10 @@ class IptablesBackend(BackendBase):
     def _token_or_none(self) -> int | bytes | None:
         """:meth:`change_token` for the observe cache, or None (observe then reads).
 
-        The iptables-legacy token copies the tables from the kernel (about a
-        third of what the ``iptables-legacy-save`` it spares costs): observe reads
-        it, twice, only once someone watches it (the agent), not for a one-shot
-        observe (the CLI), which would pay for a cache it never uses.
+        The iptables-legacy token copies the tables from the kernel (a good part
+        of what the ``iptables-legacy-save`` it spares costs: docs/performance.md):
+        observe reads it, twice, only once someone watches it (the agent), not for
+        a one-shot observe (the CLI), which would pay for a cache it never uses.
         """
         if self._legacy_reader is None and self.mode == "legacy":
             return None

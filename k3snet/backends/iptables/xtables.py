@@ -117,10 +117,10 @@ def zero_counters(blob: bytearray, start: int, end: int, layout: Layout) -> int:
     ``end`` exactly is refused (BackendError) rather than half read. ``start``
     and every entry are 8-aligned (``XT_ALIGN``), as the kernel hands them over.
 
-    Entry by entry this is a Python loop (4.2 ms for 10 000 rules); since a
-    chain's rules mostly share one shape, hence one size, each run of entries
-    of the same size is found and zeroed with strided slices instead (0.2 ms;
-    ``docs/performance.md``, "The iptables-legacy token").
+    Entry by entry this is a Python loop; since a chain's rules mostly share one
+    shape, hence one size, each run of entries of the same size is found and
+    zeroed with strided slices instead, several times faster (figures:
+    ``benchmarks/bench_legacy_token.py``, docs/performance.md).
     """
     next_at, counters = layout.next_offset, layout.counters
     unpack = _U16.unpack_from
@@ -225,8 +225,8 @@ def digest_table(info: bytes, blob: bytearray, layout: Layout, kept: Kept | None
     counters are zeroed in place).
 
     ``kept``: what the last read of this table found; when the table is byte for
-    byte the same, its digest is that one, without hashing again (comparing
-    costs 0.2 ms at 10 000 rules, the SHA-256 2.6 ms: ``bench_legacy_token.py``).
+    byte the same, its digest is that one, without hashing again (a comparison
+    costs a tenth of the SHA-256: ``benchmarks/bench_legacy_token.py``).
     """
     *_, entries, size = struct.unpack(f"={len(info) // 4}I", info)
     walked = zero_counters(blob, ENTRIES_AT, len(blob), layout)
@@ -248,7 +248,7 @@ def table_digests(tables: tuple[str, ...] = TABLES, memo: dict[tuple[int, str], 
     read: that would create it).
 
     ``memo`` keeps what each read found, for the next read (see
-    :func:`digest_table`): the entries of every table, some 4.5 MB at 10 000 rules.
+    :func:`digest_table`): a copy of the entries of every table read.
     Needs ``CAP_NET_ADMIN`` (BackendError naming it otherwise).
     """
     found: dict[tuple[int, str], TableDigest | None] = {}
