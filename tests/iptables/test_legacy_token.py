@@ -9,11 +9,15 @@ created by reading the token (``/proc/net/ip_tables_names``).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import socket
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +218,51 @@ def test_the_agent_saves_and_plans_again_only_after_a_change(
         assert len(ours()) == 2
     finally:
         agent.shutdown()
+
+
+def test_the_running_agent_repairs_a_deleted_rule_long_before_the_interval(
+        ns: str, tmp_path: Path) -> None:
+    """``k3snet agent --interval 60``: only the watch of the token can repair that soon."""
+    for argv in (["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+                 ["ip", "link", "set", "eth1", "up"],
+                 ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"],
+                 ["ip", "link", "set", "eth0", "up"]):
+        run_in(ns, argv)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(AGENT_SPEC)
+
+    def ours() -> list[str]:
+        return [line for line in save(ns, 4, "nat").splitlines()
+                if line.startswith("-A K3SNET-") and "k3snet:" in line]
+
+    def until(what: Callable[[], bool], limit: float) -> bool:
+        end = time.monotonic() + limit  # a bound for a stuck test, far below the interval
+        while time.monotonic() < end:
+            if what():
+                return True
+            time.sleep(0.05)
+        return False
+
+    with (tmp_path / "agent.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "k3snet.cli", "agent", "-f", str(spec), "--netns", ns,
+             "--backend", "iptables:nat", "--backend-opt", "iptables.mode=legacy",
+             "--no-kube", "--listen", "none", "--interval", "60", "--log-level", "DEBUG"],
+            stdout=subprocess.DEVNULL, stderr=log,
+            env={**os.environ, "K3SNET_STATE_DIR": str(tmp_path),
+                 "K3SNET_LOCK_DIR": str(tmp_path), "K3SNET_NODE_NAME": "legacy"})
+        try:
+            assert until(lambda: len(ours()) == 2, 60.0), (tmp_path / "agent.log").read_text()
+            time.sleep(1.5)  # past the first pass and its watch gap: a quiet node
+            victim = ours()[0]
+            run_in(ns, ["iptables-legacy", "-t", "nat", "-D", *shlex.split(victim)[1:]])
+            assert victim not in ours()
+            assert until(lambda: victim in ours(), 10.0), \
+                f"not repaired within 10 s (interval 60 s): {(tmp_path / 'agent.log').read_text()}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
