@@ -33,6 +33,7 @@ ORDER: list[tuple[str, list[str], list[str] | None]] = [
     ("bench_routes.py", [], None),
     ("bench_nftables.py", [], None),
     ("bench_iptables.py", [], None),
+    ("bench_legacy_token.py", [], None),
 ]
 
 

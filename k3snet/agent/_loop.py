@@ -18,10 +18,11 @@ A failed pass never ends the loop: the next one starts after ``interval``.
 Between passes the agent looks at the node backends' change tokens every
 ``watch`` seconds (the nftables generation id, the netlink route view's
 version after reading its notifications, and the sysctls it owns or watches:
-a small round trip and a few small files, no listing). When one moves, someone
-changed the node: the next pass starts then, not an interval later, so drift is
-repaired within about a second; the interval stays the backstop for what no
-token covers (iptables-legacy, a flannel file).
+a small round trip and a few small files, no listing; iptables-legacy's is a
+digest of its filter and nat tables, copied from the kernel without a process).
+When one moves, someone changed the node: the next pass starts then, not an
+interval later, so drift is repaired within about a second; the interval stays
+the backstop for what no token covers (a flannel file).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""iptables-nft's observe cache: kept while the nftables generation id stands still.
+"""The iptables observe cache: kept while the change token stands still (iptables-nft:
+the nftables generation id; iptables-legacy: the filter and nat tables' digest).
 
 Kernel tests in a fresh namespace: the saves the backend runs are counted (the
 real tools, through a counting wrapper), and every answer is compared with
@@ -91,11 +92,28 @@ def test_nothing_changed_nothing_read_and_any_commit_reads_again(ns: str) -> Non
         assert _ours_in_kernel(ns) == 2
 
 
-def test_legacy_has_no_token_and_reads_every_time(ns: str) -> None:
+def test_legacy_observe_is_kept_while_its_tables_stand_still(ns: str) -> None:
     backend, counting = _backend(ns, "legacy")
     with backend:
-        assert backend.change_token() is None
-        backend.observe()
+        backend.apply(plan(backend.observe(), DESIRED))
         read = counting.saves
-        backend.observe()
+        assert backend.observe() is not backend.observe()  # nobody watches: each one reads
+        assert counting.saves == read + 4
+        assert isinstance(backend.change_token(), bytes)  # watched from now on (the agent)
+        first = backend.observe()
+        assert first.owned == DESIRED.owned
+        read = counting.saves
+        assert backend.observe() is first  # no rule of filter or nat changed
+        assert counting.saves == read
+        run_in(ns, ["iptables-legacy", "-t", "mangle", "-A", "OUTPUT", "-j", "ACCEPT"])
+        assert backend.observe() is first  # a table observe does not read
+        run_in(ns, ["iptables-legacy", "-A", "INPUT", "-j", "ACCEPT"])  # anyone's rule
+        again = backend.observe()
+        assert again is not first
+        assert again.owned == DESIRED.owned
         assert counting.saves == read + 2  # IPv4 and IPv6
+        text = run_in(ns, ["iptables-legacy-save", "-t", "nat"]).stdout
+        victim = shlex.split(next(line for line in text.splitlines()
+                                  if line.startswith("-A K3SNET-") and "k3snet:" in line))[1:]
+        run_in(ns, ["iptables-legacy", "-t", "nat", "-D", *victim])  # drift by hand
+        assert backend.observe().owned != DESIRED.owned

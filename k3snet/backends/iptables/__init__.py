@@ -6,7 +6,8 @@ Modules: :mod:`~k3snet.backends.iptables.backend` (the backend),
 ``iptables-save`` parser), :mod:`~k3snet.backends.iptables.table` (what k3snet
 holds in one table, and the edits that change it),
 :mod:`~k3snet.backends.iptables.foreign` (the foreign rules k3snet can model),
-:mod:`~k3snet.backends.iptables.mode` (which flavour a namespace uses) and
+:mod:`~k3snet.backends.iptables.mode` (which flavour a namespace uses),
+:mod:`~k3snet.backends.iptables.xtables` (iptables-legacy's change token) and
 :mod:`~k3snet.backends.iptables.libiptc`. The rule language itself is
 :mod:`k3snet.render.iptables.rules`.
 """

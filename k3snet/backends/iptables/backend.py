@@ -39,12 +39,15 @@ Drivers
     goes through the I/O seam :class:`~k3snet.backends.iptables.driver.Kernel`
     (``kernel=``), which tests replace with recorded ``iptables-save`` text.
 
-Observe cache (iptables-nft)
+Observe cache
     iptables-nft's commits are nftables transactions: they bump the ruleset
     generation id (:mod:`k3snet.backends.nfgen`), read in one small round trip.
-    What ``observe`` read is kept, stamped with that id, and served again while
-    it has not moved; it is also :meth:`IptablesBackend.change_token`, which the
-    agent watches. iptables-legacy has no such counter: every observe reads.
+    iptables-legacy has no such counter; its token is a digest of the filter
+    and nat tables as the kernel hands them over, counters zeroed
+    (:mod:`k3snet.backends.iptables.xtables`: no process, no parsing). What
+    ``observe`` read is kept, stamped with the token, and served again while it
+    has not moved; the token is also :meth:`IptablesBackend.change_token`, which
+    the agent watches.
 
 Mode detection (``mode="auto"``; an explicit ``mode`` always wins)
     See :mod:`k3snet.backends.iptables.mode`.
@@ -78,6 +81,7 @@ Drift
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Literal, NoReturn
 
 import attrs
@@ -112,6 +116,7 @@ from k3snet.backends.iptables.table import (
     revert_ops,
     set_aside,
 )
+from k3snet.backends.iptables.xtables import Kept, legacy_token
 from k3snet.backends.kit import GC_PAUSE_MIN, BackendBase, Compensation, GcPause, gc_paused
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
@@ -200,8 +205,11 @@ class IptablesBackend(BackendBase):
         self._foreign: frozenset[NetObject] = frozenset()
         self._generation: GenerationReader | None = None
         self._no_generation = False
-        # (generation id, the tables read, the State made of them): see "Observe cache".
-        self._observed: tuple[int, dict[tuple[int, str], TableState], State] | None = None
+        self._legacy_reader: NetnsRunner | None = None  # a thread in the namespace
+        self._legacy_memo: dict[tuple[int, str], Kept] = {}  # its last read of each table
+        # (change token, the tables read, the State made of them): see "Observe cache".
+        self._observed: tuple[int | bytes, dict[tuple[int, str], TableState], State] | None \
+            = None
         if driver == "libiptc" and kernel is None:
             if self.mode == "nft":
                 raise BackendError(
@@ -259,19 +267,33 @@ class IptablesBackend(BackendBase):
     # -- lifecycle ----------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the libiptc worker thread and the generation-id socket."""
+        """Release the libiptc worker thread, the generation-id socket and the thread
+        reading the iptables-legacy token."""
         self._kernel.close()
         if self._generation is not None:
             self._generation.close()
             self._generation = None
+        if self._legacy_reader is not None:
+            self._legacy_reader.close()
+            self._legacy_reader = None
+        self._legacy_memo.clear()
         super().close()
 
     # -- protocol -----------------------------------------------------------------
 
-    def change_token(self) -> int | None:
-        """The nftables generation id with iptables-nft (any commit in the namespace
-        moves it); ``None`` with iptables-legacy or a replaced kernel seam."""
-        if self._no_generation or not isinstance(self._kernel, Processes) or self.mode != "nft":
+    def change_token(self) -> int | bytes | None:
+        """What moves when a rule may have changed: with iptables-nft the nftables
+        generation id (any commit in the namespace moves it), with iptables-legacy a
+        digest of the filter and nat tables without their counters (any rule, chain
+        or policy change in them moves it, traffic does not); ``None`` with a
+        replaced kernel seam."""
+        if not isinstance(self._kernel, Processes):
+            return None
+        if self.mode == "legacy":
+            if self._legacy_reader is None:
+                self._legacy_reader = NetnsRunner(self._netns)
+            return self._legacy_reader.call(partial(legacy_token, memo=self._legacy_memo))
+        if self._no_generation:
             return None
         if self._generation is None:
             runner = NetnsRunner(self._netns)
@@ -284,8 +306,16 @@ class IptablesBackend(BackendBase):
                 runner.close()
         return self._generation.read()
 
-    def _token_or_none(self) -> int | None:
-        """:meth:`change_token`, or None when it cannot be read (observe then reads)."""
+    def _token_or_none(self) -> int | bytes | None:
+        """:meth:`change_token` for the observe cache, or None (observe then reads).
+
+        The iptables-legacy token copies the tables from the kernel (a good part
+        of what the ``iptables-legacy-save`` it spares costs: docs/performance.md):
+        observe reads it, twice, only once someone watches it (the agent), not for
+        a one-shot observe (the CLI), which would pay for a cache it never uses.
+        """
+        if self._legacy_reader is None and self.mode == "legacy":
+            return None
         try:
             return self.change_token()
         except BackendUnavailableError:
@@ -296,8 +326,8 @@ class IptablesBackend(BackendBase):
     def observe(self) -> State:
         """Our objects (rebuilt from rule text, hash-checked) and simple foreign rules.
 
-        With iptables-nft, served from what the last observe read while the
-        generation id has not moved (see the module docs).
+        Served from what the last observe read while the change token has not
+        moved (see the module docs).
         """
         token = self._token_or_none()
         kept = self._observed
