@@ -48,6 +48,11 @@ def ns() -> Iterator[str]:
     with temporary_netns("grp") as name:
         for argv in (["ip", "link", "set", "lo", "up"],
                      ["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d0p"],
+                     # No link-local addresses: their local routes would appear when
+                     # duplicate address detection ends, a second or more later under
+                     # load, and change the kernel view between two readings.
+                     ["ip", "link", "set", "d0", "addrgenmode", "none"],
+                     ["ip", "link", "set", "d0p", "addrgenmode", "none"],
                      ["ip", "link", "set", "d0p", "up"], ["ip", "link", "set", "d0", "up"],
                      ["ip", "addr", "add", "10.0.0.1/24", "dev", "d0"],
                      ["ip", "addr", "add", "fd00::1/64", "dev", "d0", "nodad"],
