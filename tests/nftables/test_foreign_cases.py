@@ -224,6 +224,35 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         set()),
     "a statement that is not one key is not modelled": (
         nat([saddr(POD), {"counter": None, "log": None}, MASQ], [{"limit": {}}, MASQ]), set()),
+    "a set of exclusions": (
+        nat([saddr(POD), {"match": {"op": "!=", "left": daddr(POD)["match"]["left"],
+                                    "right": {"set": [_right("10.0.0.0/8"), "192.0.2.1"]}}},
+             MASQ]),
+        {MasqueradeRule(POD, exclude=["10.0.0.0/8", "192.0.2.1/32"])}),
+    "a set of destinations is not modelled": (
+        nat([saddr(POD), {"match": {"op": "==", "left": daddr(POD)["match"]["left"],
+                                    "right": {"set": [_right("10.0.0.0/8"), "192.0.2.1"]}}},
+             MASQ]), set()),
+    "a return for a set of sources hides the rule (a set is not one prefix)": (
+        nat([{"match": {"op": "==", "left": saddr(POD)["match"]["left"],
+                        "right": {"set": [_right("10.50.0.0/16"), _right("10.51.0.0/16")]}}},
+             RETURN], [saddr(POD), MASQ]), set()),
+    "one address is a /32": (nat([saddr("10.42.0.7"), MASQ]), {MasqueradeRule("10.42.0.7/32")}),
+    "a return on a clear mark written as text hides the rule": (
+        nat([meta("mark", "0x0"), RETURN], [saddr(POD), MASQ]), set()),
+    "a return on a mark that is not a number hides the rule": (
+        nat([meta("mark", "set"), RETURN], [saddr(POD), MASQ]), set()),
+    "a masquerade of one transport protocol is not modelled": (
+        nat([meta("l4proto", "tcp"), MASQ]), set()),
+    "meta nfproto and an address of the IPv6 family": (
+        nat([meta("nfproto", "ipv6"), saddr("fd42::/56"), MASQ]), {MasqueradeRule("fd42::/56")}),
+    "a match without an operator is an equality": (
+        nat([{"match": {"left": saddr(POD)["match"]["left"], "right": _right(POD)}}, MASQ]),
+        {MasqueradeRule(POD)}),
+    "a comparison that is not an equality is not modelled": (
+        nat([{"match": {"op": "<", "left": saddr(POD)["match"]["left"], "right": "10.42.0.0"}},
+             MASQ], [{"match": {"op": ">=", "left": {"meta": {"key": "nfproto"}},
+                                "right": "ipv4"}}, MASQ]), set()),
 }
 
 
@@ -336,6 +365,14 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         {FWD}),
     "a negated accept is not modelled": (
         forward(("drop", [[saddr(POD, neg=True), ACCEPT], [CT_REPLY, ACCEPT]])), set()),
+    "an accept of all but replies does not accept the replies": (
+        forward(("drop", [[saddr(POD), ACCEPT],
+                          [{"match": {"op": "!=", "left": {"ct": {"key": "state"}},
+                                      "right": ["established", "related"]}}, ACCEPT]])), set()),
+    "an accept of one state only does not accept the replies": (
+        forward(("drop", [[saddr(POD), ACCEPT],
+                          [{"match": {"op": "==", "left": {"ct": {"key": "state"}},
+                                      "right": "established"}}, ACCEPT]])), set()),
     "an accept of a marked packet is not modelled": (
         forward(("drop", [[meta("mark", 1), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]])), set()),
 }
