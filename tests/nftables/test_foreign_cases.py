@@ -365,6 +365,21 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         {FWD}),
     "a negated accept is not modelled": (
         forward(("drop", [[saddr(POD, neg=True), ACCEPT], [CT_REPLY, ACCEPT]])), set()),
+    "a NAT statement behind a mark in a filter chain decides nothing": (
+        forward(("drop", PAIR), ("accept", [[meta("mark", 1), saddr(POD), MASQ],
+                                            [meta("mark", 1), saddr(POD),
+                                             snat(addr="192.0.2.1")]])), {FWD}),
+    "another base chain going to a chain that accepts": (
+        forward(("drop", PAIR), ("drop", [[{"goto": {"target": "ok"}}]]),
+                ok=[[saddr("10.0.0.0/8"), ACCEPT]]), {FWD}),
+    "another base chain accepting eight jumps down": (
+        forward(("drop", PAIR), ("drop", [[jump("c1")]]),
+                **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 8)},
+                c8=[[saddr(POD), ACCEPT]]), {FWD}),
+    "another base chain accepting nine jumps down may drop": (
+        forward(("drop", PAIR), ("drop", [[jump("c1")]]),
+                **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 9)},
+                c9=[[saddr(POD), ACCEPT]]), set()),
     "an accept of all but replies does not accept the replies": (
         forward(("drop", [[saddr(POD), ACCEPT],
                           [{"match": {"op": "!=", "left": {"ct": {"key": "state"}},
