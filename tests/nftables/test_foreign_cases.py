@@ -224,6 +224,20 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         set()),
     "a statement that is not one key is not modelled": (
         nat([saddr(POD), {"counter": None, "log": None}, MASQ], [{"limit": {}}, MASQ]), set()),
+    "a narrower snat before a masquerade is read as its own rule": (
+        nat([saddr(POD), daddr("192.168.2.0/24"), snat(addr="192.0.2.1")], [saddr(POD), MASQ]),
+        {SnatRule(POD, destination="192.168.2.0/24", to_address="192.0.2.1"),
+         MasqueradeRule(POD)}),
+    "a return before a jump still spares what it matches": (
+        nat([saddr(POD), daddr("192.168.2.0/24"), RETURN], [jump("c")], [saddr(POD), MASQ],
+            c=[]),
+        {MasqueradeRule(POD, exclude=["192.168.2.0/24"])}),
+    "an accept two jumps down spares what it matches": (
+        nat([jump("a")], [saddr(POD), MASQ],
+            a=[[saddr(POD), daddr("192.168.2.0/24"), ACCEPT], [jump("b")]], b=[]),
+        {MasqueradeRule(POD, exclude=["192.168.2.0/24"])}),
+    "an accept of everything two jumps down ends the base chain": (
+        nat([jump("a")], [saddr(POD), MASQ], a=[[jump("b")]], b=[[ACCEPT]]), set()),
     "a set of exclusions": (
         nat([saddr(POD), {"match": {"op": "!=", "left": daddr(POD)["match"]["left"],
                                     "right": {"set": [_right("10.0.0.0/8"), "192.0.2.1"]}}},
@@ -369,6 +383,19 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         forward(("drop", PAIR), ("accept", [[meta("mark", 1), saddr(POD), MASQ],
                                             [meta("mark", 1), saddr(POD),
                                              snat(addr="192.0.2.1")]])), {FWD}),
+    "another base chain jumping to an accept only for some packets": (
+        forward(("drop", PAIR), ("drop", [[meta("iifname", "cni0"), jump("ok")]]),
+                ok=[[saddr("10.0.0.0/8"), ACCEPT]]), set()),
+    # (those packets end where the goto's chain ends: at the base chain's policy)
+    "another base chain going for some packets to a chain that decides nothing": (
+        forward(("drop", PAIR), ("drop", [[meta("iifname", "cni0"), {"goto": {"target": "none"}}],
+                                          [saddr(POD), ACCEPT]]), none=[]), set()),
+    "another base chain going for some packets to a chain that accepts them": (
+        forward(("drop", PAIR), ("drop", [[meta("iifname", "cni0"), {"goto": {"target": "ok"}}],
+                                          [saddr(POD), ACCEPT]]), ok=[[ACCEPT]]), {FWD}),
+    "another base chain jumping for some packets to a chain that decides nothing": (
+        forward(("drop", PAIR), ("drop", [[meta("iifname", "cni0"), jump("none")],
+                                          [saddr(POD), ACCEPT]]), none=[]), {FWD}),
     "another base chain going to a chain that accepts": (
         forward(("drop", PAIR), ("drop", [[{"goto": {"target": "ok"}}]]),
                 ok=[[saddr("10.0.0.0/8"), ACCEPT]]), {FWD}),
