@@ -238,6 +238,17 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         {MasqueradeRule(POD, exclude=["192.168.2.0/24"])}),
     "an accept of everything two jumps down ends the base chain": (
         nat([jump("a")], [saddr(POD), MASQ], a=[[jump("b")]], b=[[ACCEPT]]), set()),
+    "an inet table's masquerade of both families is not modelled": (nat([MASQ]), set()),
+    "two sources are not modelled": (
+        nat([saddr(POD), saddr("10.42.1.0/24"), MASQ]), set()),
+    "two destinations are not modelled": (
+        nat([saddr(POD), daddr("192.168.0.0/16"), daddr("192.168.2.0/24"), MASQ]), set()),
+    "two out interfaces are not modelled": (
+        nat([saddr(POD), meta("oifname", "eth0"), meta("oifname", "eth1"), MASQ]), set()),
+    "exits after kube-proxy's mark return still count": (
+        nat([meta("mark", 0x4000), RETURN], [saddr(POD), daddr("192.168.2.0/24"), RETURN],
+            [saddr(POD), MASQ]),
+        {MasqueradeRule(POD, exclude=["192.168.2.0/24"])}),
     "a set of exclusions": (
         nat([saddr(POD), {"match": {"op": "!=", "left": daddr(POD)["match"]["left"],
                                     "right": {"set": [_right("10.0.0.0/8"), "192.0.2.1"]}}},
@@ -407,6 +418,25 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         forward(("drop", PAIR), ("drop", [[jump("c1")]]),
                 **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 9)},
                 c9=[[saddr(POD), ACCEPT]]), set()),
+    "a reply accept after a drop of everything is never reached": (
+        forward(("drop", [[saddr(POD), ACCEPT], [DROP], [CT_REPLY, ACCEPT]])), set()),
+    "an accept of two sources is not modelled": (
+        forward(("drop", [[saddr(POD), saddr("10.42.1.0/24"), ACCEPT], [CT_REPLY, ACCEPT]])),
+        set()),
+    "an IPv6 accept behind a drop of its traffic": (
+        forward(("drop", [[daddr("fd01::/64"), DROP], [saddr("fd42::/56"), ACCEPT],
+                          [CT_REPLY, ACCEPT]])), set()),
+    "an IPv6 accept behind a drop of other traffic": (
+        forward(("drop", [[daddr("10.1.0.0/16"), DROP], [saddr("fd42::/56"), ACCEPT],
+                          [CT_REPLY, ACCEPT]])), {ForwardRule("fd42::/56", "::/0")}),
+    "an accept behind a drop to another out interface": (
+        forward(("drop", [[meta("oifname", "eth2"), DROP],
+                          [saddr(POD), meta("oifname", "eth1"), ACCEPT], [CT_REPLY, ACCEPT]])),
+        {ForwardRule(POD, "0.0.0.0/0", out_interface="eth1")}),
+    "an accept behind a drop to its out interface": (
+        forward(("drop", [[meta("oifname", "eth1"), DROP],
+                          [saddr(POD), meta("oifname", "eth1"), ACCEPT], [CT_REPLY, ACCEPT]])),
+        set()),
     "an accept of all but replies does not accept the replies": (
         forward(("drop", [[saddr(POD), ACCEPT],
                           [{"match": {"op": "!=", "left": {"ct": {"key": "state"}},
