@@ -407,6 +407,15 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
     "another base chain jumping for some packets to a chain that decides nothing": (
         forward(("drop", PAIR), ("drop", [[meta("iifname", "cni0"), jump("none")],
                                           [saddr(POD), ACCEPT]]), none=[]), {FWD}),
+    "another base chain dropping other destinations": (
+        forward(("drop", [[saddr(POD), daddr(B), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[daddr("192.168.9.0/24"), DROP]])), {ForwardRule(POD, B)}),
+    "another base chain dropping to other out interfaces": (
+        forward(("drop", [[saddr(POD), meta("oifname", "eth1"), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[meta("oifname", "eth2"), DROP]])),
+        {ForwardRule(POD, "0.0.0.0/0", out_interface="eth1")}),
+    "another base chain accepting all but part of the traffic": (
+        forward(("drop", PAIR), ("drop", [[saddr("10.42.1.0/24", neg=True), ACCEPT]])), set()),
     "another base chain going to a chain that accepts": (
         forward(("drop", PAIR), ("drop", [[{"goto": {"target": "ok"}}]]),
                 ok=[[saddr("10.0.0.0/8"), ACCEPT]]), {FWD}),

@@ -8,10 +8,12 @@ fail or time out, the jump depth, and which accepts are read.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
-from k3snet.backends.nftables.kernel import ListingTimeoutError
-from k3snet.backends.nftables.parse import ForeignReader
+from k3snet.backends.nftables.kernel import BoundedLister, ListingTimeoutError
+from k3snet.backends.nftables.parse import ForeignReader, read_foreign_within
 from k3snet.errors import BackendError
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject
 from tests.nftables.test_foreign_cases import (
@@ -196,3 +198,36 @@ def test_a_forward_base_chain_of_the_other_family_never_sees_the_packets() -> No
     assert read(Kernel(chains)) == {ForwardRule(POD, "0.0.0.0/0")}
     chains[("ip", "v4b", "fwd")] = ("forward", "drop", [])
     assert read(Kernel(chains)) == frozenset()
+
+
+class _StuckAfterAnError(Kernel):
+    """Fails listing ``bad``; blocks listing ``slow`` until ``release`` is set."""
+
+    def __init__(self, chains: Any) -> None:
+        super().__init__(chains)
+        self.release = threading.Event()
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        if ref.get("name") == "bad":
+            raise BackendError("nft said no")
+        if ref.get("name") == "slow":
+            self.release.wait()
+        return super().list(kind, **ref)
+
+
+def test_a_read_given_up_on_replays_the_errors_it_met_and_names_what_it_did_not_list() -> None:
+    chains = forward(("drop", [[jump("bad")], [saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
+                     bad=[]).chains
+    chains |= nat([jump("slow")], [saddr(POD), MASQ], family="ip", slow=[]).chains
+    kernel = _StuckAfterAnError(chains)
+    lister = BoundedLister(lambda: kernel)
+    try:
+        found, unread = read_foreign_within(lister, frozenset(), time.monotonic() + 0.5)
+    finally:
+        kernel.release.set()
+        lister.close()
+    # the chain that failed may still drop anything (as in a read that finished), and
+    # the one never listed hides the masquerade after the jump to it
+    assert found == frozenset()
+    assert unread == ("nft 'list chain ip t slow' did not finish within the foreign read's "
+                      "bound (the ruleset kept changing during the listing)",)
