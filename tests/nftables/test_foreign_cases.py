@@ -416,6 +416,16 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         {ForwardRule(POD, "0.0.0.0/0", out_interface="eth1")}),
     "another base chain accepting all but part of the traffic": (
         forward(("drop", PAIR), ("drop", [[saddr("10.42.1.0/24", neg=True), ACCEPT]])), set()),
+    "another base chain accepting our in interface": (
+        forward(("drop", [[meta("iifname", "cni0"), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("drop", [[meta("iifname", "cni0"), ACCEPT]])),
+        {ForwardRule(POD, "0.0.0.0/0", in_interface="cni0")}),
+    "another base chain accepting our out interface": (
+        forward(("drop", [[meta("oifname", "eth1"), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("drop", [[meta("oifname", "eth1"), ACCEPT]])),
+        {ForwardRule(POD, "0.0.0.0/0", out_interface="eth1")}),
+    "another base chain accepting all but one in interface": (
+        forward(("drop", PAIR), ("drop", [[meta("iifname", "eth9", "!="), ACCEPT]])), set()),
     "another base chain going to a chain that accepts": (
         forward(("drop", PAIR), ("drop", [[{"goto": {"target": "ok"}}]]),
                 ok=[[saddr("10.0.0.0/8"), ACCEPT]]), {FWD}),
