@@ -12,8 +12,15 @@ import itertools
 
 import pytest
 
-from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule
-from k3snet.render.iptables.rules import Unit, clear_caches, rebuild_unit, render_unit
+from k3snet.errors import K3snetError
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, SnatRule
+from k3snet.render.iptables.rules import (
+    Unit,
+    clear_caches,
+    content_hash,
+    rebuild_unit,
+    render_unit,
+)
 
 _EXCLUDES: tuple[tuple[str, ...], ...] = ((), ("192.168.2.0/24",),
                                           ("192.168.3.0/24", "192.168.4.0/24"))
@@ -74,6 +81,22 @@ def test_the_rules_elsewhere_or_cut_short_are_not_the_object(obj: NetObject) -> 
         if unit.sub_chain is not None:
             cut = {unit.chain: list(unit.lines), unit.sub_chain: list(unit.sub_lines[1:])}
             assert rebuild_unit(family, unit.digest, unit.chain, unit.lines, cut) is None
+            gone = {unit.chain: list(unit.lines)}
+            assert rebuild_unit(family, unit.digest, unit.chain, unit.lines, gone) is None
         wrong = "0" * 16 if unit.digest != "0" * 16 else "1" * 16
         if not known:
             assert rebuild_unit(family, wrong, unit.chain, unit.lines, _chains(unit)) is None
+
+
+@pytest.mark.parametrize("obj", [*_nat_rules()[::7], *_forward_rules()[::4]], ids=str)
+def test_the_content_hash_is_the_digest_of_the_rules_tag(obj: NetObject) -> None:
+    unit = render_unit(obj)
+    assert content_hash(obj) == unit.digest
+    assert unit.lines[0][unit.lines[0].index("--comment") + 1] == f"k3snet:{unit.digest}"
+
+
+def test_objects_of_other_kinds_have_no_rules() -> None:
+    with pytest.raises(K3snetError, match=r"cannot hold route objects \(route 192\.168\.2\.0/24"):
+        render_unit(Route("192.168.2.0/24", gateway="10.0.0.1"))
+    with pytest.raises(K3snetError, match="cannot hold route objects"):
+        content_hash(Route("192.168.2.0/24", gateway="10.0.0.1"))
