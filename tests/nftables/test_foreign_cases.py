@@ -432,11 +432,11 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
     "another base chain accepting eight jumps down": (
         forward(("drop", PAIR), ("drop", [[jump("c1")]]),
                 **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 8)},
-                c8=[[saddr(POD), ACCEPT]]), {FWD}),
+                c8=[[saddr("10.0.0.0/8"), ACCEPT]]), {FWD}),
     "another base chain accepting nine jumps down may drop": (
         forward(("drop", PAIR), ("drop", [[jump("c1")]]),
                 **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 9)},
-                c9=[[saddr(POD), ACCEPT]]), set()),
+                c9=[[saddr("10.0.0.0/8"), ACCEPT]]), set()),
     "a reply accept after a drop of everything is never reached": (
         forward(("drop", [[saddr(POD), ACCEPT], [DROP], [CT_REPLY, ACCEPT]])), set()),
     "an accept of two sources is not modelled": (
