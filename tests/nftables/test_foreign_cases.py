@@ -245,6 +245,10 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         nat([saddr(POD), daddr("192.168.0.0/16"), daddr("192.168.2.0/24"), MASQ]), set()),
     "two out interfaces are not modelled": (
         nat([saddr(POD), meta("oifname", "eth0"), meta("oifname", "eth1"), MASQ]), set()),
+    "exits after one for other sources still count": (
+        nat([saddr("10.43.0.0/16"), RETURN], [saddr(POD), daddr("192.168.2.0/24"), RETURN],
+            [saddr(POD), MASQ]),
+        {MasqueradeRule(POD, exclude=["192.168.2.0/24"])}),
     "exits after kube-proxy's mark return still count": (
         nat([meta("mark", 0x4000), RETURN], [saddr(POD), daddr("192.168.2.0/24"), RETURN],
             [saddr(POD), MASQ]),
