@@ -387,6 +387,8 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         {FWD}),
     "an accept of everything in a chain jumped to ends the base chain": (
         forward(("drop", [[jump("all")], *PAIR]), all=[[ACCEPT]]), set()),
+    "an accept of everything two jumps down ends the base chain": (
+        forward(("drop", [[jump("a")], *PAIR]), a=[[jump("b")]], b=[[ACCEPT]]), set()),
     "a jump to a chain that drops first": (
         forward(("drop", [[jump("guard")], *PAIR]), guard=[[daddr(B), DROP]]), set()),
     "a jump to a chain that drops other traffic": (
