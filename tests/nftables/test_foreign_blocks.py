@@ -88,6 +88,10 @@ BLOCKS: dict[str, tuple[list[Expr], set[NetObject]]] = {
         {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
     "an unknown match": ([UNKNOWN, daddr(B)],
                          {block(f"ip daddr {B} (and 1 more match) drop", destination=B)}),
+    "a port match": (
+        [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                    "right": 22}}, daddr(B)],
+        {block(f"ip daddr {B} (and 1 more match) drop", destination=B)}),
     "two unknown matches": ([UNKNOWN, UNKNOWN, daddr(B)],
                             {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
     "two statements k3snet cannot read": (

@@ -143,6 +143,10 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         nat([meta("iifname", "cni0"), saddr(POD), MASQ]), set()),
     "another meta match is not modelled": (
         nat([saddr(POD), meta("l4proto", "tcp"), MASQ]), set()),
+    "a port match is not modelled": (
+        nat([saddr(POD), {"match": {"op": "==", "left": {"payload": {"protocol": "tcp",
+                                                                     "field": "dport"}},
+                                    "right": 80}}, MASQ]), set()),
     "a wildcard interface is not modelled": (
         nat([saddr(POD), meta("oifname", "eth*"), MASQ]), set()),
     "kube-proxy's mark return spares nothing": (
