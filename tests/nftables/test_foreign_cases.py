@@ -143,6 +143,11 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         nat([meta("iifname", "cni0"), saddr(POD), MASQ]), set()),
     "another meta match is not modelled": (
         nat([saddr(POD), meta("l4proto", "tcp"), MASQ]), set()),
+    "a negated family test alone is not modelled": (
+        nat([meta("nfproto", "ipv6", "!="), MASQ]), set()),
+    "a return on a conntrack mark hides the rule": (
+        nat([{"match": {"op": "==", "left": {"&": [{"ct": {"key": "mark"}}, 0x4000]},
+                        "right": 0x4000}}, RETURN], [saddr(POD), MASQ]), set()),
     "a port match is not modelled": (
         nat([saddr(POD), {"match": {"op": "==", "left": {"payload": {"protocol": "tcp",
                                                                      "field": "dport"}},
