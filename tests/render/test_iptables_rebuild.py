@@ -100,3 +100,12 @@ def test_objects_of_other_kinds_have_no_rules() -> None:
         render_unit(Route("192.168.2.0/24", gateway="10.0.0.1"))
     with pytest.raises(K3snetError, match="cannot hold route objects"):
         content_hash(Route("192.168.2.0/24", gateway="10.0.0.1"))
+
+
+@pytest.mark.parametrize("length", [1, 8, 32])
+def test_one_exclusion_without_a_destination_is_one_negated_rule(length: int) -> None:
+    excluded = {1: "128.0.0.0/1", 8: "10.0.0.0/8", 32: "192.0.2.1/32"}[length]
+    unit = render_unit(MasqueradeRule("10.42.0.0/16", exclude=[excluded]))
+    assert unit.sub_chain is None
+    (line,) = unit.lines
+    assert line[:5] == ("-s", "10.42.0.0/16", "!", "-d", excluded)
