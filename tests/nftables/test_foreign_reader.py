@@ -214,6 +214,9 @@ class _StuckAfterAnError(Kernel):
             self.release.wait()
         return super().list(kind, **ref)
 
+    def close(self) -> None:
+        """The bounded lister's helper closes its kernel when it ends."""
+
 
 def test_a_read_given_up_on_replays_the_errors_it_met_and_names_what_it_did_not_list() -> None:
     chains = forward(("drop", [[jump("bad")], [saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
