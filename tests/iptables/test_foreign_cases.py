@@ -54,6 +54,9 @@ NAT_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
     "a negated destination is an exclusion": (
         f"-A POSTROUTING -s {POD} ! -d 224.0.0.0/4 -j MASQUERADE", 4,
         {MasqueradeRule(POD, exclude=["224.0.0.0/4"])}),
+    "a masquerade to a port range is not modelled": (
+        f"-A POSTROUTING -s {POD} -j MASQUERADE --to-ports 1024-2047\n"
+        "-A POSTROUTING -s 10.43.0.0/16 -j MASQUERADE", 4, {MasqueradeRule("10.43.0.0/16")}),
     "snat without an address is not modelled": (
         f"-A POSTROUTING -s {POD} -j SNAT\n-A POSTROUTING -s 10.43.0.0/16 -j MASQUERADE", 4,
         {MasqueradeRule("10.43.0.0/16")}),

@@ -60,6 +60,9 @@ def test_the_plan_shows_a_conflict_naming_the_rule_instead_of_adding() -> None:
     (["-j DOCKER-USER", "-s 10.0.0.0/8 -j DROP"], 2),
     (["-j DOCKER-USER", "-j REJECT --reject-with icmp-host-prohibited"], 1),
     (["-j DROP", "-s 10.0.0.0/8 -j ACCEPT", "-m comment --comment deny -j DROP", "-j REJECT"], 2),
+    # a goto has no -j, and a rule that only counts decides nothing: neither is a deny
+    (["-j DOCKER-USER", "-g FLANNEL-FWD"], 2),
+    (["-j DOCKER-USER", "-m comment --comment counted"], 2),
 ])
 def test_a_new_jump_goes_after_the_rules_but_a_final_catch_all_deny(
     rules: list[str], position: int

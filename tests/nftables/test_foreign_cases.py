@@ -143,6 +143,15 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         nat([meta("iifname", "cni0"), saddr(POD), MASQ]), set()),
     "another meta match is not modelled": (
         nat([saddr(POD), meta("l4proto", "tcp"), MASQ]), set()),
+    "a negated family test alone is not modelled": (
+        nat([meta("nfproto", "ipv6", "!="), MASQ]), set()),
+    "a return on a conntrack mark hides the rule": (
+        nat([{"match": {"op": "==", "left": {"&": [{"ct": {"key": "mark"}}, 0x4000]},
+                        "right": 0x4000}}, RETURN], [saddr(POD), MASQ]), set()),
+    "a port match is not modelled": (
+        nat([saddr(POD), {"match": {"op": "==", "left": {"payload": {"protocol": "tcp",
+                                                                     "field": "dport"}},
+                                    "right": 80}}, MASQ]), set()),
     "a wildcard interface is not modelled": (
         nat([saddr(POD), meta("oifname", "eth*"), MASQ]), set()),
     "kube-proxy's mark return spares nothing": (
@@ -224,6 +233,64 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         set()),
     "a statement that is not one key is not modelled": (
         nat([saddr(POD), {"counter": None, "log": None}, MASQ], [{"limit": {}}, MASQ]), set()),
+    "a narrower snat before a masquerade is read as its own rule": (
+        nat([saddr(POD), daddr("192.168.2.0/24"), snat(addr="192.0.2.1")], [saddr(POD), MASQ]),
+        {SnatRule(POD, destination="192.168.2.0/24", to_address="192.0.2.1"),
+         MasqueradeRule(POD)}),
+    "a return before a jump still spares what it matches": (
+        nat([saddr(POD), daddr("192.168.2.0/24"), RETURN], [jump("c")], [saddr(POD), MASQ],
+            c=[]),
+        {MasqueradeRule(POD, exclude=["192.168.2.0/24"])}),
+    "an accept two jumps down spares what it matches": (
+        nat([jump("a")], [saddr(POD), MASQ],
+            a=[[saddr(POD), daddr("192.168.2.0/24"), ACCEPT], [jump("b")]], b=[]),
+        {MasqueradeRule(POD, exclude=["192.168.2.0/24"])}),
+    "an accept of everything two jumps down ends the base chain": (
+        nat([jump("a")], [saddr(POD), MASQ], a=[[jump("b")]], b=[[ACCEPT]]), set()),
+    "an inet table's masquerade of both families is not modelled": (nat([MASQ]), set()),
+    "two sources are not modelled": (
+        nat([saddr(POD), saddr("10.42.1.0/24"), MASQ]), set()),
+    "two destinations are not modelled": (
+        nat([saddr(POD), daddr("192.168.0.0/16"), daddr("192.168.2.0/24"), MASQ]), set()),
+    "two out interfaces are not modelled": (
+        nat([saddr(POD), meta("oifname", "eth0"), meta("oifname", "eth1"), MASQ]), set()),
+    "exits after one for other sources still count": (
+        nat([saddr("10.43.0.0/16"), RETURN], [saddr(POD), daddr("192.168.2.0/24"), RETURN],
+            [saddr(POD), MASQ]),
+        {MasqueradeRule(POD, exclude=["192.168.2.0/24"])}),
+    "exits after kube-proxy's mark return still count": (
+        nat([meta("mark", 0x4000), RETURN], [saddr(POD), daddr("192.168.2.0/24"), RETURN],
+            [saddr(POD), MASQ]),
+        {MasqueradeRule(POD, exclude=["192.168.2.0/24"])}),
+    "a set of exclusions": (
+        nat([saddr(POD), {"match": {"op": "!=", "left": daddr(POD)["match"]["left"],
+                                    "right": {"set": [_right("10.0.0.0/8"), "192.0.2.1"]}}},
+             MASQ]),
+        {MasqueradeRule(POD, exclude=["10.0.0.0/8", "192.0.2.1/32"])}),
+    "a set of destinations is not modelled": (
+        nat([saddr(POD), {"match": {"op": "==", "left": daddr(POD)["match"]["left"],
+                                    "right": {"set": [_right("10.0.0.0/8"), "192.0.2.1"]}}},
+             MASQ]), set()),
+    "a return for a set of sources hides the rule (a set is not one prefix)": (
+        nat([{"match": {"op": "==", "left": saddr(POD)["match"]["left"],
+                        "right": {"set": [_right("10.50.0.0/16"), _right("10.51.0.0/16")]}}},
+             RETURN], [saddr(POD), MASQ]), set()),
+    "one address is a /32": (nat([saddr("10.42.0.7"), MASQ]), {MasqueradeRule("10.42.0.7/32")}),
+    "a return on a clear mark written as text hides the rule": (
+        nat([meta("mark", "0x0"), RETURN], [saddr(POD), MASQ]), set()),
+    "a return on a mark that is not a number hides the rule": (
+        nat([meta("mark", "set"), RETURN], [saddr(POD), MASQ]), set()),
+    "a masquerade of one transport protocol is not modelled": (
+        nat([meta("l4proto", "tcp"), MASQ]), set()),
+    "meta nfproto and an address of the IPv6 family": (
+        nat([meta("nfproto", "ipv6"), saddr("fd42::/56"), MASQ]), {MasqueradeRule("fd42::/56")}),
+    "a match without an operator is an equality": (
+        nat([{"match": {"left": saddr(POD)["match"]["left"], "right": _right(POD)}}, MASQ]),
+        {MasqueradeRule(POD)}),
+    "a comparison that is not an equality is not modelled": (
+        nat([{"match": {"op": "<", "left": saddr(POD)["match"]["left"], "right": "10.42.0.0"}},
+             MASQ], [{"match": {"op": ">=", "left": {"meta": {"key": "nfproto"}},
+                                "right": "ipv4"}}, MASQ]), set()),
 }
 
 
@@ -329,6 +396,8 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         {FWD}),
     "an accept of everything in a chain jumped to ends the base chain": (
         forward(("drop", [[jump("all")], *PAIR]), all=[[ACCEPT]]), set()),
+    "an accept of everything two jumps down ends the base chain": (
+        forward(("drop", [[jump("a")], *PAIR]), a=[[jump("b")]], b=[[ACCEPT]]), set()),
     "a jump to a chain that drops first": (
         forward(("drop", [[jump("guard")], *PAIR]), guard=[[daddr(B), DROP]]), set()),
     "a jump to a chain that drops other traffic": (
@@ -336,6 +405,80 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         {FWD}),
     "a negated accept is not modelled": (
         forward(("drop", [[saddr(POD, neg=True), ACCEPT], [CT_REPLY, ACCEPT]])), set()),
+    "a NAT statement behind a mark in a filter chain decides nothing": (
+        forward(("drop", PAIR), ("accept", [[meta("mark", 1), saddr(POD), MASQ],
+                                            [meta("mark", 1), saddr(POD),
+                                             snat(addr="192.0.2.1")]])), {FWD}),
+    "another base chain jumping to an accept only for some packets": (
+        forward(("drop", PAIR), ("drop", [[meta("iifname", "cni0"), jump("ok")]]),
+                ok=[[saddr("10.0.0.0/8"), ACCEPT]]), set()),
+    # (those packets end where the goto's chain ends: at the base chain's policy)
+    "another base chain going for some packets to a chain that decides nothing": (
+        forward(("drop", PAIR), ("drop", [[meta("iifname", "cni0"), {"goto": {"target": "none"}}],
+                                          [saddr(POD), ACCEPT]]), none=[]), set()),
+    "another base chain going for some packets to a chain that accepts them": (
+        forward(("drop", PAIR), ("drop", [[meta("iifname", "cni0"), {"goto": {"target": "ok"}}],
+                                          [saddr(POD), ACCEPT]]), ok=[[ACCEPT]]), {FWD}),
+    "another base chain jumping for some packets to a chain that decides nothing": (
+        forward(("drop", PAIR), ("drop", [[meta("iifname", "cni0"), jump("none")],
+                                          [saddr(POD), ACCEPT]]), none=[]), {FWD}),
+    "another base chain dropping other destinations": (
+        forward(("drop", [[saddr(POD), daddr(B), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[daddr("192.168.9.0/24"), DROP]])), {ForwardRule(POD, B)}),
+    "another base chain dropping to other out interfaces": (
+        forward(("drop", [[saddr(POD), meta("oifname", "eth1"), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[meta("oifname", "eth2"), DROP]])),
+        {ForwardRule(POD, "0.0.0.0/0", out_interface="eth1")}),
+    "another base chain accepting all but part of the traffic": (
+        forward(("drop", PAIR), ("drop", [[saddr("10.42.1.0/24", neg=True), ACCEPT]])), set()),
+    "another base chain accepting our in interface": (
+        forward(("drop", [[meta("iifname", "cni0"), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("drop", [[meta("iifname", "cni0"), ACCEPT]])),
+        {ForwardRule(POD, "0.0.0.0/0", in_interface="cni0")}),
+    "another base chain accepting our out interface": (
+        forward(("drop", [[meta("oifname", "eth1"), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("drop", [[meta("oifname", "eth1"), ACCEPT]])),
+        {ForwardRule(POD, "0.0.0.0/0", out_interface="eth1")}),
+    "another base chain accepting all but one in interface": (
+        forward(("drop", PAIR), ("drop", [[meta("iifname", "eth9", "!="), ACCEPT]])), set()),
+    "another base chain going to a chain that accepts": (
+        forward(("drop", PAIR), ("drop", [[{"goto": {"target": "ok"}}]]),
+                ok=[[saddr("10.0.0.0/8"), ACCEPT]]), {FWD}),
+    "another base chain accepting eight jumps down": (
+        forward(("drop", PAIR), ("drop", [[jump("c1")]]),
+                **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 8)},
+                c8=[[saddr("10.0.0.0/8"), ACCEPT]]), {FWD}),
+    "another base chain accepting nine jumps down may drop": (
+        forward(("drop", PAIR), ("drop", [[jump("c1")]]),
+                **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 9)},
+                c9=[[saddr("10.0.0.0/8"), ACCEPT]]), set()),
+    "a reply accept after a drop of everything is never reached": (
+        forward(("drop", [[saddr(POD), ACCEPT], [DROP], [CT_REPLY, ACCEPT]])), set()),
+    "an accept of two sources is not modelled": (
+        forward(("drop", [[saddr(POD), saddr("10.42.1.0/24"), ACCEPT], [CT_REPLY, ACCEPT]])),
+        set()),
+    "an IPv6 accept behind a drop of its traffic": (
+        forward(("drop", [[daddr("fd01::/64"), DROP], [saddr("fd42::/56"), ACCEPT],
+                          [CT_REPLY, ACCEPT]])), set()),
+    "an IPv6 accept behind a drop of other traffic": (
+        forward(("drop", [[daddr("10.1.0.0/16"), DROP], [saddr("fd42::/56"), ACCEPT],
+                          [CT_REPLY, ACCEPT]])), {ForwardRule("fd42::/56", "::/0")}),
+    "an accept behind a drop to another out interface": (
+        forward(("drop", [[meta("oifname", "eth2"), DROP],
+                          [saddr(POD), meta("oifname", "eth1"), ACCEPT], [CT_REPLY, ACCEPT]])),
+        {ForwardRule(POD, "0.0.0.0/0", out_interface="eth1")}),
+    "an accept behind a drop to its out interface": (
+        forward(("drop", [[meta("oifname", "eth1"), DROP],
+                          [saddr(POD), meta("oifname", "eth1"), ACCEPT], [CT_REPLY, ACCEPT]])),
+        set()),
+    "an accept of all but replies does not accept the replies": (
+        forward(("drop", [[saddr(POD), ACCEPT],
+                          [{"match": {"op": "!=", "left": {"ct": {"key": "state"}},
+                                      "right": ["established", "related"]}}, ACCEPT]])), set()),
+    "an accept of one state only does not accept the replies": (
+        forward(("drop", [[saddr(POD), ACCEPT],
+                          [{"match": {"op": "==", "left": {"ct": {"key": "state"}},
+                                      "right": "established"}}, ACCEPT]])), set()),
     "an accept of a marked packet is not modelled": (
         forward(("drop", [[meta("mark", 1), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]])), set()),
 }

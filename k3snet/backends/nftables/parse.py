@@ -454,7 +454,10 @@ class ForeignReader:
                     return None
             elif verdict in ("jump", "goto") and match.target and depth < _MAX_JUMP_DEPTH:
                 sub = self._passes(where, match.target, rule, depth + 1)
-                if sub is False:
+                # A goto for some packets to a chain that decides nothing: those leave
+                # this chain unjudged (at a base chain, for its policy), the others go
+                # on, and k3snet cannot tell which ends where.
+                if sub is False or (verdict == "goto" and sub is None and not whole):
                     return False
                 if whole and (sub is True or verdict == "goto"):
                     return sub

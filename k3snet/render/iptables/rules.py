@@ -415,7 +415,8 @@ def _build_plain_masquerade(obj: MasqueradeRule) -> Unit:
             line = ("-d", dst, *line)
         if splen:
             line = ("-s", src, *line)
-    group = (dplen << 8) | (splen << 1) | (1 if out else 0)
+    # A source length takes 8 bits (IPv6: up to 128), so shifted by one it needs 9.
+    group = (dplen << 9) | (splen << 1) | (1 if out else 0)
     chains = _NAT_CHAINS.get(group) or _nat_chains(group, dplen, splen, bool(out))
     return _new_unit(Unit, (obj, digest, chains[digest[0]], (line,), None, ()))
 

@@ -1,0 +1,202 @@
+"""Foreign drops read as :class:`~k3snet.model.ForwardBlock`, one small chain per case.
+
+A block's text names the matches k3snet models and counts the others ("and 2
+more matches"): every kind of test the parser meets (an unknown match, a mark,
+``meta nfproto``, a reply test, a negation, a statement it cannot read) is
+counted once per occurrence, so the text says how much of the rule k3snet did
+not model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from k3snet.backends.nftables.parse import ForeignReader
+from k3snet.model import ForwardBlock, NetObject
+from tests.nftables.test_foreign_cases import (
+    ACCEPT,
+    CT_REPLY,
+    DROP,
+    Expr,
+    Kernel,
+    daddr,
+    forward,
+    jump,
+    meta,
+    saddr,
+)
+
+B = "192.168.2.0/24"
+WHERE = "nftables inet fw0 forward"
+UNKNOWN: Expr = {"match": {"op": "==", "left": {"tcp": "dport"}, "right": 22}}
+BAD_ADDRESS: Expr = {"match": {"op": "==", "left": {"payload": {"protocol": "ip",
+                                                                 "field": "daddr"}},
+                               "right": "not-an-address"}}
+MASKED_MARK: Expr = {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 0x4000]},
+                               "right": 0x4000}}
+
+
+def blocks(kernel: Kernel) -> set[NetObject]:
+    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    return {o for o in found if isinstance(o, ForwardBlock)}
+
+
+def block(text: str, where: str = WHERE, family: int = 4, verdict: str = "drop",
+          **fields: Any) -> ForwardBlock:
+    return ForwardBlock(family, verdict, text, where, **fields)
+
+
+# (rule before the drop verdict) -> the block read
+BLOCKS: dict[str, tuple[list[Expr], set[NetObject]]] = {
+    "a destination": ([daddr(B)], {block(f"ip daddr {B} drop", destination=B)}),
+    "a source and a destination": (
+        [saddr("10.42.0.0/16"), daddr(B)],
+        {block(f"ip saddr 10.42.0.0/16 ip daddr {B} drop", source="10.42.0.0/16",
+               destination=B)}),
+    "an IPv6 source": (
+        [saddr("fd42::/56")], {block("ip6 saddr fd42::/56 drop", family=6, source="fd42::/56")}),
+    "one address, not a prefix": (
+        [daddr("192.168.2.7")],
+        {block("ip daddr 192.168.2.7/32 drop", destination="192.168.2.7/32")}),
+    "interfaces": (
+        [meta("iifname", "cni0"), meta("oifname", "eth1"), daddr(B)],
+        {block(f"ip daddr {B} iifname cni0 oifname eth1 drop", destination=B,
+               in_interface="cni0", out_interface="eth1")}),
+    "two destinations are any destination": (
+        [daddr("192.168.0.0/16"), daddr(B)],
+        {block(f"ip daddr 192.168.0.0/16 ip daddr {B} drop")}),
+    "two sources are any source": (
+        [saddr("10.42.0.0/16"), saddr("10.42.1.0/24"), daddr(B)],
+        {block(f"ip saddr 10.42.0.0/16 ip saddr 10.42.1.0/24 ip daddr {B} drop",
+               destination=B)}),
+    "two in interfaces are any": (
+        [meta("iifname", "a"), meta("iifname", "b"), daddr(B)],
+        {block(f"ip daddr {B} iifname a iifname b drop", destination=B)}),
+    "two out interfaces are any": (
+        [meta("oifname", "a"), meta("oifname", "b"), daddr(B)],
+        {block(f"ip daddr {B} oifname a oifname b drop", destination=B)}),
+    "a wildcard interface is any": (
+        [meta("iifname", "cni*"), meta("oifname", "eth*"), daddr(B)],
+        {block(f"ip daddr {B} iifname cni* oifname eth* drop", destination=B)}),
+    "a negated source counts as a match": (
+        [saddr("10.42.0.0/16", neg=True), daddr(B)],
+        {block(f"ip daddr {B} (and 1 more match) drop", destination=B)}),
+    "negated interfaces count as matches": (
+        [meta("iifname", "cni0", "!="), meta("oifname", "eth1", "!="), daddr(B)],
+        {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "an unknown match": ([UNKNOWN, daddr(B)],
+                         {block(f"ip daddr {B} (and 1 more match) drop", destination=B)}),
+    "a port match": (
+        [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                    "right": 22}}, daddr(B)],
+        {block(f"ip daddr {B} (and 1 more match) drop", destination=B)}),
+    "two unknown matches": ([UNKNOWN, UNKNOWN, daddr(B)],
+                            {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "two statements k3snet cannot read": (
+        [{"limit": {"rate": 1}}, {"quota": {"val": 1}}, daddr(B)],
+        {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "two statements of two keys": (
+        [{"counter": None, "log": None}, {"counter": None, "limit": None}, daddr(B)],
+        {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "two statements that are not objects": (
+        ["counter", None, daddr(B)],
+        {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "two addresses that are not addresses": (
+        [BAD_ADDRESS, BAD_ADDRESS, daddr(B)],
+        {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "two iptables-nft matches": (
+        [{"xt": {"type": "match", "name": "mark"}}, {"xt": {"type": "match", "name": "tcp"}},
+         daddr(B)],
+        {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "two marks": ([meta("mark", 1), meta("mark", 2), daddr(B)],
+                  {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "two masked marks": ([MASKED_MARK, MASKED_MARK, daddr(B)],
+                         {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "two family tests": ([meta("nfproto", "ipv4"), meta("nfproto", "ipv4"), daddr(B)],
+                         {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "a reply test": ([CT_REPLY, daddr(B)],
+                     {block(f"ip daddr {B} (and 1 more match) drop", destination=B)}),
+    "a reply test, then an unknown match": (
+        [CT_REPLY, UNKNOWN, daddr(B)],
+        {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+    "a state test that is not the reply test": (
+        [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}},
+         daddr(B)],
+        {block(f"ip daddr {B} (and 1 more match) drop", destination=B)}),
+    "harmless statements are not matches": (
+        [{"counter": None}, {"log": {"prefix": "x"}}, {"xt": {"type": "match", "name": "comment"}},
+         daddr(B)],
+        {block(f"ip daddr {B} drop", destination=B)}),
+    "an IPv4 family test names the family": (
+        [meta("nfproto", "ipv4"), daddr(B)],
+        {block(f"ip daddr {B} (and 1 more match) drop", destination=B)}),
+    "an address of the other family counts as a match": (
+        [saddr("10.42.0.0/16"), daddr("fd00::/8")],
+        {block("ip saddr 10.42.0.0/16 (and 1 more match) drop", source="10.42.0.0/16")}),
+    "a set of destinations counts as a match": (
+        [saddr("10.42.0.0/16"), {"match": {"op": "==", "left": daddr(B)["match"]["left"],
+                                           "right": {"set": ["192.0.2.1", "192.0.2.2"]}}}],
+        {block("ip saddr 10.42.0.0/16 (and 1 more match) drop", source="10.42.0.0/16")}),
+    "a set of exclusions counts as a match": (
+        [saddr("10.42.0.0/16"), {"match": {"op": "!=", "left": daddr(B)["match"]["left"],
+                                           "right": {"set": ["192.0.2.1", "192.0.2.2"]}}}],
+        {block("ip saddr 10.42.0.0/16 (and 2 more matches) drop", source="10.42.0.0/16")}),
+    "no address is no block": ([meta("iifname", "cni0")], set()),
+    "a negated address only is no block": ([daddr(B, neg=True)], set()),
+    "a family test only is no block": ([meta("nfproto", "ipv6")], set()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BLOCKS))
+def test_a_foreign_drop_is_read_as_the_block_it_is(case: str) -> None:
+    matches, expected = BLOCKS[case]
+    assert blocks(forward(("accept", [[*matches, DROP]]))) == expected
+
+
+def test_a_reject_is_a_drop_block() -> None:
+    assert blocks(forward(("accept", [[daddr(B), {"reject": {"type": "icmp"}}]]))) == {
+        block(f"ip daddr {B} drop", destination=B)}
+
+
+@pytest.mark.parametrize("verdict", [ACCEPT, {"return": None}, jump("x"),
+                                     {"xt": {"type": "target", "name": "REJECT"}},
+                                     {"masquerade": None}, {"counter": None}])
+def test_other_verdicts_are_no_blocks(verdict: Expr) -> None:
+    assert blocks(forward(("accept", [[daddr(B), verdict]]), x=[])) == set()
+
+
+def test_blocks_are_read_in_base_chains_and_one_jump_below() -> None:
+    kernel = forward(
+        ("accept", [[daddr("192.168.1.0/24"), DROP], [jump("one")], [jump("one")],
+                    [{"goto": {"target": "gone"}}]]),
+        one=[[daddr("192.168.2.0/24"), DROP], [jump("two")]],
+        two=[[daddr("192.168.3.0/24"), DROP]],
+        gone=[[saddr("10.9.0.0/16"), DROP]])
+    assert blocks(kernel) == {
+        block("ip daddr 192.168.1.0/24 drop", destination="192.168.1.0/24"),
+        block("ip daddr 192.168.2.0/24 drop", "nftables inet fw0 one",
+              destination="192.168.2.0/24"),
+        block("ip saddr 10.9.0.0/16 drop", "nftables inet fw0 gone", source="10.9.0.0/16"),
+    }
+
+
+def test_blocks_of_every_forward_base_chain_and_no_other() -> None:
+    kernel = forward(("accept", [[daddr("192.168.1.0/24"), DROP]]),
+                     ("drop", [[daddr("192.168.2.0/24"), DROP]]))
+    kernel.chains[("ip", "nat", "post")] = ("postrouting", "accept",
+                                           [[daddr("192.168.3.0/24"), DROP]])
+    kernel.chains[("ip", "other", "in")] = ("input", "accept", [[daddr("192.168.4.0/24"), DROP]])
+    assert blocks(kernel) == {
+        block("ip daddr 192.168.1.0/24 drop", destination="192.168.1.0/24"),
+        block("ip daddr 192.168.2.0/24 drop", "nftables inet fw1 forward",
+              destination="192.168.2.0/24"),
+    }
+
+
+def test_an_ip_table_s_drop_without_an_address_family_match_is_ipv4() -> None:
+    kernel = Kernel({("ip", "t", "fwd"): ("forward", "accept",
+                                          [[meta("iifname", "cni0"), DROP],
+                                           [daddr(B), DROP]])})
+    assert blocks(kernel) == {block(f"ip daddr {B} drop", "nftables ip t fwd", destination=B)}

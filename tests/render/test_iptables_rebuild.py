@@ -1,0 +1,111 @@
+"""Reading k3snet's iptables rules back, for every shape a NAT or forward rule can take.
+
+Each object is rendered, the process' memory of what it rendered is dropped
+(as in a fresh process), and the object must be rebuilt from the rule text
+alone, in its own chain; the same lines in another chain, or missing a line,
+are not it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from k3snet.errors import K3snetError
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, SnatRule
+from k3snet.render.iptables.rules import (
+    Unit,
+    clear_caches,
+    content_hash,
+    rebuild_unit,
+    render_unit,
+)
+
+_EXCLUDES: tuple[tuple[str, ...], ...] = ((), ("192.168.2.0/24",),
+                                          ("192.168.3.0/24", "192.168.4.0/24"))
+
+
+def _nat_rules() -> list[NetObject]:
+    found: list[NetObject] = []
+    for exclude, destination, oif, rnd in itertools.product(
+            _EXCLUDES, (None, "192.168.0.0/16", "0.0.0.0/0"), (None, "eth0"), (False, True)):
+        common = {"destination": destination, "exclude": list(exclude), "out_interface": oif,
+                  "random_fully": rnd}
+        found.append(MasqueradeRule("10.42.0.0/16", **common))  # type: ignore[arg-type]
+        found.append(SnatRule("10.42.0.0/16", to_address="192.0.2.1",
+                              **common))  # type: ignore[arg-type]
+    found.append(SnatRule("fd42::/56", destination="fd01::/64", exclude=["fd01::/80"],
+                          out_interface="eth0", to_address="fd00::1", random_fully=True))
+    return found
+
+
+def _forward_rules() -> list[NetObject]:
+    return [ForwardRule(src, dst, in_interface=iif, out_interface=oif)
+            for (src, dst), iif, oif in itertools.product(
+                [("10.42.0.0/16", "192.168.2.0/24"), ("0.0.0.0/0", "10.42.0.0/16"),
+                 ("fd42::/56", "::/0")], (None, "cni0"), (None, "eth0"))]
+
+
+def _chains(unit: Unit) -> dict[str, list[tuple[str, ...]]]:
+    chains = {unit.chain: list(unit.lines)}
+    if unit.sub_chain is not None:
+        chains[unit.sub_chain] = list(unit.sub_lines)
+    return chains
+
+
+@pytest.mark.parametrize("obj", [*_nat_rules(), *_forward_rules()], ids=str)
+def test_every_shape_is_rebuilt_from_its_rule_text_alone(obj: NetObject) -> None:
+    unit = render_unit(obj)
+    clear_caches()
+    assert obj.family is not None
+    rebuilt = rebuild_unit(obj.family, unit.digest, unit.chain, unit.lines, _chains(unit))
+    assert rebuilt == unit
+    assert rebuilt is not None
+    assert rebuilt.obj == obj
+
+
+@pytest.mark.parametrize("obj", [*_nat_rules()[::5], *_forward_rules()[::3]], ids=str)
+def test_the_rules_elsewhere_or_cut_short_are_not_the_object(obj: NetObject) -> None:
+    unit = render_unit(obj)
+    assert obj.family is not None
+    family = obj.family
+    for known in (True, False):  # remembered by this process, and from the text alone
+        if not known:
+            clear_caches()
+        other = "K3SNET-F-0" if unit.chain.startswith("K3SNET-N-") else "K3SNET-N-d0-s16-a-0"
+        assert rebuild_unit(family, unit.digest, other, unit.lines, _chains(unit)) is None
+        if len(unit.lines) > 1:
+            assert rebuild_unit(family, unit.digest, unit.chain, unit.lines[:1],
+                                _chains(unit)) is None
+        if unit.sub_chain is not None:
+            cut = {unit.chain: list(unit.lines), unit.sub_chain: list(unit.sub_lines[1:])}
+            assert rebuild_unit(family, unit.digest, unit.chain, unit.lines, cut) is None
+            gone = {unit.chain: list(unit.lines)}
+            assert rebuild_unit(family, unit.digest, unit.chain, unit.lines, gone) is None
+        wrong = "0" * 16 if unit.digest != "0" * 16 else "1" * 16
+        if not known:
+            assert rebuild_unit(family, wrong, unit.chain, unit.lines, _chains(unit)) is None
+
+
+@pytest.mark.parametrize("obj", [*_nat_rules()[::7], *_forward_rules()[::4]], ids=str)
+def test_the_content_hash_is_the_digest_of_the_rules_tag(obj: NetObject) -> None:
+    unit = render_unit(obj)
+    assert content_hash(obj) == unit.digest
+    assert unit.lines[0][unit.lines[0].index("--comment") + 1] == f"k3snet:{unit.digest}"
+
+
+def test_objects_of_other_kinds_have_no_rules() -> None:
+    with pytest.raises(K3snetError, match=r"cannot hold route objects \(route 192\.168\.2\.0/24"):
+        render_unit(Route("192.168.2.0/24", gateway="10.0.0.1"))
+    with pytest.raises(K3snetError, match="cannot hold route objects"):
+        content_hash(Route("192.168.2.0/24", gateway="10.0.0.1"))
+
+
+@pytest.mark.parametrize("length", [1, 8, 32])
+def test_one_exclusion_without_a_destination_is_one_negated_rule(length: int) -> None:
+    excluded = {1: "128.0.0.0/1", 8: "10.0.0.0/8", 32: "192.0.2.1/32"}[length]
+    unit = render_unit(MasqueradeRule("10.42.0.0/16", exclude=[excluded]))
+    assert unit.sub_chain is None
+    (line,) = unit.lines
+    assert line[:5] == ("-s", "10.42.0.0/16", "!", "-d", excluded)
