@@ -56,6 +56,9 @@ def _u32(name: str) -> Any:
     return check
 
 
+_metric = _u32("metric")
+
+
 def _protocol(value: int | str) -> int:
     if isinstance(value, str):
         number = _PROTOCOL_NUMBERS.get(value)
@@ -114,7 +117,7 @@ class Route(NetObject):
         metric = self.metric
         if metric is None or (v6 and metric == 0):
             metric = _IPV6_DEFAULT_METRIC if v6 else 0
-        object.__setattr__(self, "metric", _u32("metric")(metric))
+        object.__setattr__(self, "metric", _metric(metric))
         scope = self.scope
         if scope is not None and scope not in _SCOPES:
             # Checked for IPv6 too, although dropped there: a wrong value is a mistake.
