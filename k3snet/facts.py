@@ -15,6 +15,7 @@ from k3snet.backends.netns import validate_netns
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import validate_interface_name
 from k3snet.model.cidr import parse_network
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, protocol_name
 from k3snet.spec import NodeFacts
 
 __all__ = ["facts_from_ip_json", "gather_facts"]
@@ -87,12 +88,21 @@ def _interface(entry: dict[str, Any]) -> str | None:
     return text
 
 
+# k3snet's own routes are not facts about the node: they are what compile makes. Left
+# in, a gateway could count as reachable only through a route of the same spec (the
+# answer would change after the first apply), and a cold apply parsed its 10 000
+# routes for nothing. `ip` prints the protocol by name when rt_protos has one.
+_OWN_PROTOCOL = frozenset({str(K3SNET_ROUTE_PROTOCOL), str(protocol_name(K3SNET_ROUTE_PROTOCOL))})
+
+
 def facts_from_ip_json(addresses: Any, routes: Any, *, hostname: str | None = None) -> NodeFacts:
     """:class:`NodeFacts` from captured ``ip -j addr show`` and ``ip -j route show table all``.
 
     For central planning of many nodes: capture on each node (IPv4 and IPv6 route
     listings concatenated, or one each) and check every node's spec where the plan
-    is made. Malformed entries are skipped; a listing that is not a list is an error.
+    is made. Malformed entries are skipped, and so are k3snet's own routes (protocol
+    ``k3snet``, 211: what a spec makes is no fact about the node); a listing that
+    is not a list is an error.
 
     >>> facts = facts_from_ip_json(
     ...     [{"ifname": "eth0", "addr_info": [{"local": "192.168.1.5", "prefixlen": 24,
@@ -120,7 +130,7 @@ def facts_from_ip_json(addresses: Any, routes: Any, *, hostname: str | None = No
             continue
         dst = route.get("dst")
         if route.get("type", "unicast") != "unicast" or not isinstance(dst, str) or \
-                dst == "default":
+                dst == "default" or str(route.get("protocol")) in _OWN_PROTOCOL:
             continue
         try:
             prefixes.append(parse_network(dst, strict=False))

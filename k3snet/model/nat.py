@@ -52,6 +52,8 @@ def _snat_address(value: str | Address) -> Address:
 def _exclusions(values: Iterable[str | Network]) -> tuple[Network, ...]:
     if isinstance(values, str):
         raise ModelError(f"exclude must be a list of CIDRs, got the string {values!r}")
+    if isinstance(values, tuple | list) and not values:  # most rules: nothing to aggregate
+        return ()
     return aggregate(parse_network(v) for v in values)
 
 

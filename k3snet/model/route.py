@@ -56,6 +56,9 @@ def _u32(name: str) -> Any:
     return check
 
 
+_metric = _u32("metric")
+
+
 def _protocol(value: int | str) -> int:
     if isinstance(value, str):
         number = _PROTOCOL_NUMBERS.get(value)
@@ -106,15 +109,19 @@ class Route(NetObject):
     _hash: int = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        check_families("route", self.destination, self.gateway)
-        self._move_zone_to_device()
-        if self.gateway is None and self.device is None:
-            raise ModelError(f"route {self.destination} needs a gateway, a device, or both")
-        v6 = self.destination.version == 6
+        # Locals, not attributes: this runs for every route read from the kernel.
+        dst, gateway = self.destination, self.gateway
+        family = check_families("route", dst, gateway)
+        if isinstance(gateway, ipaddress.IPv6Address):
+            self._move_zone_to_device()
+            gateway = self.gateway
+        if gateway is None and self.device is None:
+            raise ModelError(f"route {dst} needs a gateway, a device, or both")
+        v6 = family == 6
         metric = self.metric
         if metric is None or (v6 and metric == 0):
             metric = _IPV6_DEFAULT_METRIC if v6 else 0
-        object.__setattr__(self, "metric", _u32("metric")(metric))
+        object.__setattr__(self, "metric", _metric(metric))
         scope = self.scope
         if scope is not None and scope not in _SCOPES:
             # Checked for IPv6 too, although dropped there: a wrong value is a mistake.
@@ -123,12 +130,11 @@ class Route(NetObject):
         if v6:
             scope = "universe"  # the kernel has no scope for IPv6 routes
         elif scope is None:
-            scope = "universe" if self.gateway is not None else "link"
+            scope = "universe" if gateway is not None else "link"
         object.__setattr__(self, "scope", scope)
-        dst = self.destination
-        key = ("route", dst.version, self.table, int(dst.network_address), dst.prefixlen, metric)
+        key = ("route", family, self.table, int(dst.network_address), dst.prefixlen, metric)
         content = (
-            -1 if self.gateway is None else int(self.gateway),
+            -1 if gateway is None else int(gateway),
             self.device or "",
             _SCOPES.index(scope),
             self.protocol,

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from k3snet._gc import gc_paused
 from k3snet.errors import ModelError, Problem, SpecError
 from k3snet.model import NetObject, validate_interface_name
 from k3snet.model.cidr import Address, Network, aggregate, contains, parse_network, subtract
@@ -139,11 +140,17 @@ def compile(  # noqa: A001 - the name is the concept
     forward accept 10.42.0.0/16 -> 192.168.2.0/24 oif eth0 (+ replies)
     masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0
     """
+    # Like reading (k3snet.spec.load): tens of thousands of objects, none in a cycle.
+    with gc_paused(len(spec.destinations)):
+        return _compile(spec, facts, tuple(flannel_targets), cilium_targets, kinds)
+
+
+def _compile(spec: Spec, facts: NodeFacts | None, targets: tuple[str, ...],
+             cilium_targets: Iterable[str], kinds: Iterable[str] | None) -> State:
     problems = validate(spec)
     if facts is not None:
         problems += _fact_problems(spec, facts)
     cni: list[NetObject] = []
-    targets = tuple(flannel_targets)
     if targets:
         problems += _flannel_objects(spec, targets, cni)
     if spec.cni.calico is not None and not problems:
@@ -165,8 +172,9 @@ def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
     routes, forward, nat = (wanted is None or k in wanted for k in ("route", "forward", "nat"))
     owned: list[NetObject] = []
     families_in_use: set[int] = set()
+    pods_of = {family: spec.cluster.pods(family) for family in (4, 6)}
     for dest in spec.destinations:
-        pods = spec.cluster.pods(dest.family)
+        pods = pods_of[dest.cidr.version]
         if routes and dest.routed:
             owned.append(Route(dest.cidr, gateway=dest.gateway, device=dest.device,
                                table=dest.table, metric=dest.metric))

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from k3snet._gc import gc_paused
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.fields import Reader
 from k3snet.spec.model import API_VERSION, KIND, Spec
@@ -28,12 +29,18 @@ def _related(path: str, other: str) -> bool:
 def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Spec:
     """Read and check the YAML/JSON form (:meth:`Spec.from_dict`)."""
     reader = Reader()
-    spec = read_spec(reader, data)
-    problems = list(reader.problems)
-    # Checks run on the parts that parsed, so one pass reports everything; a
-    # path that already has a reading problem is not reported twice.
-    bad = {p.path for p in problems}
-    problems += [p for p in validate(spec) if not any(_related(p.path, b) for b in bad if b)]
+    # Reading 10k destinations builds ~100k objects, none in a cycle: with the GC
+    # running, its collections took a third of Spec.from_dict's CPU
+    # (benchmarks/bench_spec.py, docs/performance.md).
+    listed = data.get("destinations") if isinstance(data, Mapping) else None
+    with gc_paused(len(listed) if isinstance(listed, list) else 0):
+        spec = read_spec(reader, data)
+        problems = list(reader.problems)
+        # Checks run on the parts that parsed, so one pass reports everything; a
+        # path that already has a reading problem is not reported twice.
+        bad = {p.path for p in problems}
+        problems += [p for p in validate(spec)
+                     if not any(_related(p.path, b) for b in bad if b)]
     if problems:
         raise SpecError(problems, source=source)
     return spec

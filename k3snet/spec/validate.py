@@ -59,10 +59,10 @@ def _validate(spec: Spec) -> list[Problem]:
     seen: dict[Network, int] = {}
     for i, dest in enumerate(spec.destinations):
         path = f"destinations[{i}]"
-        if dest.cidr in seen:
+        first = seen.setdefault(dest.cidr, i)  # one hash: ipaddress hashes in Python
+        if first != i:
             add(Problem(f"{path}.cidr", f"duplicate destination {dest.cidr} "
-                                        f"(also destinations[{seen[dest.cidr]}])"))
-        seen.setdefault(dest.cidr, i)
+                                        f"(also destinations[{first}])"))
         problems += _destination_problems(path, dest, cluster, families)
     problems += _masquerade_problems(spec.masquerade, cluster)
     problems += _cluster_object_problems(spec)

@@ -49,3 +49,28 @@ def test_a_failing_listing_is_a_backend_error_naming_it() -> None:
     failed = r"`ip -j -n k3snet-no-such-ns -4 route show table all` failed"
     with pytest.raises(BackendError, match=failed):
         gather_facts("k3snet-no-such-ns")
+
+
+@pytest.mark.kernel
+def test_k3snets_own_routes_are_not_facts_about_the_node() -> None:
+    # What a spec makes is not what it is checked against: a gateway reachable only
+    # through a route k3snet wrote must not count (the answer would change after the
+    # first apply), and a node with 10k of them should not pay for parsing them.
+    with temporary_netns("facts") as ns:
+        for argv in (["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"],
+                     ["ip", "link", "set", "eth0", "up"],
+                     ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"],
+                     ["ip", "route", "add", "192.168.2.0/24", "via", "192.168.1.1"],
+                     ["ip", "route", "add", "192.168.3.0/24", "via", "192.168.1.1",
+                      "proto", "211"]):
+            run_in(ns, argv)
+        facts = gather_facts(ns)
+    assert "192.168.2.0/24" in {str(n) for n in facts.routes}
+    assert "192.168.3.0/24" not in {str(n) for n in facts.routes}
+
+
+@pytest.mark.parametrize("protocol", ["211", "k3snet", 211])
+def test_a_route_of_k3snets_protocol_is_skipped_however_ip_names_it(protocol: object) -> None:
+    facts = facts_from_ip_json([], [{"dst": "192.168.3.0/24", "protocol": protocol},
+                                    {"dst": "192.168.2.0/24", "protocol": "static"}])
+    assert [str(n) for n in facts.routes] == ["192.168.2.0/24"]

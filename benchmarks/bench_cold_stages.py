@@ -1,0 +1,119 @@
+"""Where a cold one-change `k3snet apply` spends its CPU: each stage timed, two installs A/B.
+
+Run as root (one fresh network namespace per backend, deleted at the end)::
+
+    .venv/bin/python benchmarks/bench_cold_stages.py --before /path/to/old/.venv/bin/python \\
+        [--after .venv/bin/python] [--runs 2] [--backends routes nftables]
+
+Like ``bench_cold.py`` (10 000 owned, each version in turn adds one destination
+and takes it away again, the spec cache filled by earlier runs), but each
+``k3snet apply`` runs inside a wrapper (this file, ``--child``) that times the
+stages of the same CLI process: import, spec (the cached load and its checks),
+node facts, compile, observe, plan. Prints the median CPU / wall ms of each.
+``--read-timeout`` raises the nftables listing bound for a loaded machine. What
+was applied goes with the namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def child(argv: list[str]) -> int:
+    """Run the CLI with timers around its stages; the times go to stderr's last line."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    import k3snet.backends.group  # noqa: PLC0415 - the import is the first stage timed
+    import k3snet.cli  # noqa: PLC0415
+    import k3snet.converge  # noqa: PLC0415
+    import k3snet.spec.cache  # noqa: PLC0415 - for sys.modules
+
+    times: dict[str, list[float]] = {
+        "import": [time.process_time() - cpu0, time.perf_counter() - wall0]}
+
+    def wrap(owner: Any, name: str, stage: str) -> None:
+        real: Callable[..., Any] = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            cpu, wall = time.process_time(), time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                spent = times.setdefault(stage, [0.0, 0.0])
+                spent[0] += time.process_time() - cpu
+                spent[1] += time.perf_counter() - wall
+
+        setattr(owner, name, timed)
+
+    cli = sys.modules["k3snet.cli"]
+    wrap(sys.modules["k3snet.spec.cache"], "load_spec_cached", "spec")
+    wrap(cli, "gather_facts", "facts")
+    wrap(cli, "compile_for", "compile")
+    wrap(k3snet.backends.group.BackendGroup, "observe", "observe")
+    wrap(sys.modules["k3snet.converge"], "plan", "plan")
+    code = cli.main(argv)
+    times["total"] = [time.process_time() - cpu0, time.perf_counter() - wall0]
+    print(json.dumps(times), file=sys.stderr)
+    return int(code or 0)
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--child"]:
+        return child(sys.argv[2:])
+    sys.path.insert(0, str(Path(__file__).parent))
+    import bench_paths as paths  # noqa: PLC0415 - needs root, only here
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="the other install's python")
+    parser.add_argument("--after", default=sys.executable)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--read-timeout", type=float, default=300.0)
+    parser.add_argument("--backends", nargs="+", choices=list(paths.BACKENDS),
+                        default=["routes", "nftables"])
+    args = parser.parse_args()
+    versions = {"before": args.before, "after": args.after}
+    for name in args.backends:
+        extra = (["--backend-opt", f"nftables.read_timeout={args.read_timeout}"]
+                 if name == "nftables" else [])
+        with paths.node(name) as n:
+            base, plus = n.spec(args.count), n.spec(args.count, 1)
+
+            def apply(python: str, spec: Path, n: paths.Node = n,
+                      extra: list[str] = extra) -> dict[str, list[float]]:
+                done = subprocess.run(
+                    [python, __file__, "--child", "apply", "-f", str(spec), "--auto-approve",
+                     "--allow-teardown", "--netns", n.ns, *n.args, *extra],
+                    check=False, env=n.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"k3snet apply failed: {done.stderr[-2000:]}")
+                result: dict[str, list[float]] = json.loads(done.stderr.strip().splitlines()[-1])
+                return result
+
+            for spec in (base, plus, base):  # fill the caches, as earlier runs would
+                apply(args.after, spec)
+            results: dict[str, list[dict[str, list[float]]]] = {k: [] for k in versions}
+            for _ in range(args.runs):
+                for key, python in versions.items():
+                    for spec in (plus, base):
+                        paths.settle()
+                        results[key].append(apply(python, spec))
+            for key, samples in results.items():
+                stages = "  ".join(
+                    f"{stage} {statistics.median(s[stage][0] for s in samples) * 1000:.0f}/"
+                    f"{statistics.median(s[stage][1] for s in samples) * 1000:.0f}"
+                    for stage in samples[0])
+                print(f"{name:10} {key:6} CPU/wall ms: {stages}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
