@@ -101,15 +101,31 @@ _COUNTERS = re.compile(r"\[\d+:\d+\]")
 _OURS = re.compile(r"K3SNET")
 
 
+def _k3snets_nft(item: dict[str, Any]) -> bool:
+    """An item of ``nft -j list ruleset`` that is k3snet's: its own table, and its
+    chains, rules and jumps inside the iptables-nft tables (which the listing shows
+    too; iptables-save's side is filtered by name below)."""
+    body = next(iter(item.values()))
+    if body.get("table", body.get("name")) == "k3snet":
+        return True
+    if "chain" in item:
+        return bool(_OURS.match(str(body.get("name", ""))))
+    if "rule" in item:
+        if _OURS.match(str(body.get("chain", ""))):
+            return True
+        return any(_OURS.match(str(expr.get(verb, {}).get("target", "")))
+                   for expr in body.get("expr", []) for verb in ("jump", "goto")
+                   if isinstance(expr, dict))
+    return False
+
+
 def _foreign(ns: str, owned_sysctls: set[str]) -> dict[str, Any]:
     """Everything on the node that is not k3snet's, as the kernel lists it."""
     def out(*argv: str) -> str:
         return run_in(ns, list(argv)).stdout
 
     ruleset = json.loads(out("nft", "-j", "list", "ruleset"))["nftables"]
-    nft = [item for item in ruleset if "metainfo" not in item
-           and next(iter(item.values())).get("table", next(iter(item.values())).get("name"))
-           != "k3snet"]
+    nft = [item for item in ruleset if "metainfo" not in item and not _k3snets_nft(item)]
     routes = [r for family in ("-4", "-6")
               for r in json.loads(out("ip", family, "-j", "route", "show", "table", "all"))
               if r.get("protocol") != "211"
