@@ -57,8 +57,8 @@ def _everything() -> Spec:
             Destination("fd01:2::/64", gateway="fd01:1::1", device="eth0"),
         ],
         backends=["netlink", "iptables", "calico", "flannel"],
-        # out of order, a trailing dot and capitals: the keys are sorted, normalised zones
-        dns=[DnsZone("Corp.Example.", ["192.168.2.53", "192.168.2.54"]),
+        # out of order, a trailing dot and capitals (an X last): sorted keys, normalised zones
+        dns=[DnsZone("Corp.Example.TAX.", ["192.168.2.53", "192.168.2.54"]),
              DnsZone("b.internal", ["fd01:2::53"])],
         egress_policy=EgressPolicy(restrict=True, namespace="shop",
                                    pod_selector={"app": "web", "tier": "frontend"},
