@@ -78,9 +78,14 @@ def _edge(spec: Spec) -> Spec:
 
 SEED = k3snet.seed_spec()
 EVERYTHING = _everything()
-CILIUM = Spec(destinations=[Destination("192.168.2.0/24")], backends=["cilium"],
-              backend_options={"cilium": {"configmap": "cilium-system/cilium-cfg",
-                                          "ip_masq_agent": "masq"}})
+
+
+def _cilium(configmap: Any) -> Spec:
+    return Spec(destinations=[Destination("192.168.2.0/24")], backends=["cilium"],
+                backend_options={"cilium": {"configmap": configmap, "ip_masq_agent": "masq"}})
+
+
+CILIUM = _cilium(["cilium-system", "cilium-cfg"])
 FLANNEL_FILE = Spec(
     destinations=[Destination("192.168.2.0/24")], backends=["nftables", "flannel"],
     egress_policy=EgressPolicy(restrict=True, namespace="shop", allow_dns=False,
@@ -101,7 +106,7 @@ CASES: dict[str, tuple[Spec, dict[str, Any]]] = {
         "profiles": {"gpu": (attrs.evolve(EVERYTHING, manage_forwarding=False), _text("gpu")),
                      "edge": (_edge(EVERYTHING), _text("edge"))},
     }),
-    # cluster-wide writer without the node report; cilium's ConfigMaps as "ns/name"
+    # cluster-wide writer without the node report; cilium's ConfigMaps moved
     "cilium": (CILIUM, {"node_report": False}),
     # flannel's file; a policy with no rule at all; a test without a port
     "flannel-file": (FLANNEL_FILE, {"node_report": False,
@@ -146,6 +151,12 @@ def test_each_daemonset_rolls_with_its_own_spec_text(name: str) -> None:
         profile = pod["metadata"]["labels"][PROFILE_LABEL]
         assert text == (_text(name) if profile == "default"
                         else CASES[name][1]["profiles"][profile][1])
+
+
+def test_cilium_configmap_as_namespace_slash_name() -> None:
+    # the RBAC as for ["namespace", "name"] (only the spec text differs)
+    assert render_manifests(_cilium("cilium-system/cilium-cfg"), spec_text="") == \
+        render_manifests(CILIUM, spec_text="")
 
 
 # ---------------------------------------------------------------- the spec's own YAML
