@@ -169,6 +169,17 @@ def test_every_manifest_validates_strictly(name: str, version: str) -> None:
         assert validated == version, f"schema of {validated} used for {version}"
 
 
+RECORDED = sorted((ROOT / "tests" / "data" / "render").glob("manifests-*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=lambda p: p.stem)
+def test_every_recorded_manifest_validates_strictly(path: Path) -> None:
+    # The expected files of tests/render/test_manifest_files.py hold what clusters get.
+    for obj in yaml.safe_load_all(path.read_text()):
+        for version in VERSIONS:
+            assert kubernetes_validate.validate(obj, version, strict=True) == version
+
+
 def test_validated_versions_are_the_extremes_shipped() -> None:
     shipped = sorted({v.rsplit(".", 1)[0] for v in kubernetes_validate.utils.all_versions()},
                      key=lambda v: tuple(map(int, v.split("."))))
