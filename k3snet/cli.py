@@ -36,6 +36,7 @@ from k3snet.errors import (
     SpecError,
 )
 from k3snet.facts import gather_facts
+from k3snet.kube import configmap_ref
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import PlanFile
 from k3snet.planner import Plan, plan
@@ -407,7 +408,7 @@ ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("netlink", "proc_sys", "K3SNET_PROC_SYS", Path),
     ("netlink", "state_dir", "K3SNET_STATE_DIR", Path),
     ("flannel", "path", "K3SNET_FLANNEL_CONF", Path),
-    ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", lambda v: tuple(v.split("/", 1))),
+    ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", configmap_ref),
 )
 
 

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from k3snet.errors import BackendError, BackendUnavailableError
+from k3snet.errors import BackendError, BackendOptionError, BackendUnavailableError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -49,8 +49,34 @@ __all__ = [
     "MANAGED_BY_VALUE",
     "KubeApiError",
     "KubeErrors",
+    "configmap_ref",
     "make_api_client",
 ]
+
+def configmap_ref(value: str | Sequence[str], *, option: str = "configmap"
+                  ) -> tuple[str, str]:
+    """``(namespace, name)`` of a ConfigMap given as ``"NAMESPACE/NAME"`` or a pair.
+
+    Both forms reach backends: the pair from Python, the text from a spec's
+    ``backends:`` options and the environment. Anything else is a
+    :class:`~k3snet.errors.BackendOptionError` naming the option (the names
+    themselves are checked by the backend's target).
+
+    >>> configmap_ref("kube-system/cilium-config")
+    ('kube-system', 'cilium-config')
+    >>> configmap_ref(["kube-flannel", "kube-flannel-cfg"])
+    ('kube-flannel', 'kube-flannel-cfg')
+    """
+    parts = value.split("/") if isinstance(value, str) else value
+    if (not isinstance(parts, Sequence) or len(parts) != 2
+            or not all(isinstance(part, str) and part for part in parts)):
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise BackendOptionError(f"{option}: {shown} is not NAMESPACE/NAME "
+                                 "(or a [namespace, name] pair)")
+    return parts[0], parts[1]
+
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for one API request before giving up."""

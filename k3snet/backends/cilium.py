@@ -46,7 +46,13 @@ import attrs
 from k3snet.backends.base import ApplyResult, ensure_capable
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, BackendBase, Compensation, translate_errors
 from k3snet.errors import ApplyError, BackendError, K3snetError, ModelError, PlanError
-from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors, make_api_client
+from k3snet.kube import (
+    DEFAULT_TIMEOUT,
+    KubeApiError,
+    KubeErrors,
+    configmap_ref,
+    make_api_client,
+)
 from k3snet.model.cilium import (
     CILIUM_CONTEXT_KEYS,
     CILIUM_DEFAULTS,
@@ -336,7 +342,7 @@ class CiliumBackend(BackendBase):
     def __init__(
         self,
         *,
-        configmap: tuple[str, str] | None = None,
+        configmap: tuple[str, str] | str | None = None,
         ip_masq_agent: str = DEFAULT_IP_MASQ_AGENT,
         api_client: Any = None,
         kubeconfig: str | None = None,
@@ -345,7 +351,8 @@ class CiliumBackend(BackendBase):
         allow_disruptive: bool = False,
     ) -> None:
         super().__init__()
-        namespace, cm_name = configmap if configmap is not None else DEFAULT_CONFIGMAP
+        namespace, cm_name = (configmap_ref(configmap) if configmap is not None
+                              else DEFAULT_CONFIGMAP)
         self._target = cilium_target(namespace, cm_name)  # validates before connecting
         cilium_target(namespace, ip_masq_agent)
         self.allow_disruptive = allow_disruptive

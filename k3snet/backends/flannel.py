@@ -93,6 +93,7 @@ from k3snet.kube import (
     DEFAULT_TIMEOUT,
     KubeApiError,
     KubeErrors,
+    configmap_ref,
     make_api_client,
 )
 from k3snet.model.cni import (
@@ -350,7 +351,7 @@ class FlannelBackend(BackendBase):
         self,
         *,
         path: str | Path | None = None,
-        configmap: tuple[str, str] | None = None,
+        configmap: tuple[str, str] | str | None = None,
         api_client: Any = None,
         kubeconfig: str | None = None,
         context: str | None = None,
@@ -367,7 +368,8 @@ class FlannelBackend(BackendBase):
         if path is not None:
             self._store = _FileStore(Path(path).absolute())
         else:
-            namespace, cm_name = configmap if configmap is not None else DEFAULT_CONFIGMAP
+            namespace, cm_name = (configmap_ref(configmap) if configmap is not None
+                                  else DEFAULT_CONFIGMAP)
             configmap_target(namespace, cm_name)  # validate the names before connecting
             self._client, self._owns_client = make_api_client(
                 api_client, kubeconfig=kubeconfig, context=context)
