@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from k3snet import ModelError
@@ -18,6 +20,7 @@ from k3snet.spec import (
     FlannelSettings,
     ForwardPolicy,
     MasqueradePolicy,
+    NodeFacts,
     Spec,
     seed_spec,
 )
@@ -151,3 +154,25 @@ def test_backend_options_are_judged_against_what_each_backend_declares() -> None
         "backends.nftables.tabel: unknown option; known: family, table",
         "backends.nftables.zone: unknown option; known: family, table"]
     assert backend_option_problems(spec, lookup, []) == []
+
+
+def test_node_facts_read_interfaces_and_routes() -> None:
+    facts = NodeFacts(interfaces={"eth0": ["192.168.1.5/24", "fd00::5/64"],
+                                  "eth1": (ipaddress.ip_interface("10.1.2.3/8"),)},
+                      routes=["172.16.0.0/12"], hostname="n")
+    assert [str(n) for n in facts.connected()] == ["192.168.1.0/24", "fd00::/64", "10.0.0.0/8"]
+    assert [facts.reaches(parse_address(a)) for a in (
+        "192.168.1.1", "fd00::1", "10.200.0.1", "172.31.255.255", "172.32.0.0", "192.168.2.1")
+    ] == [True, True, True, True, False, False]
+    assert NodeFacts().connected() == ()
+    assert not NodeFacts().reaches(parse_address("10.0.0.1"))
+    for keywords, message in [
+        ({"routes": "10.0.0.0/8"}, "expected a list of CIDRs, got the string '10.0.0.0/8'"),
+        ({"interfaces": {"eth0": ["300.1.1.1/24"]}},
+         "interface eth0: '300.1.1.1/24' does not appear to be an IPv4 or IPv6 interface"),
+        ({"interfaces": {"a b": []}}, "interface name 'a b' is not valid (letters, digits and "
+                                      "_.@+- only, no '/', ':' or whitespace)"),
+    ]:
+        with pytest.raises(ModelError) as info:
+            NodeFacts(**keywords)  # type: ignore[arg-type]
+        assert str(info.value) == message
