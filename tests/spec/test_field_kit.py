@@ -34,6 +34,7 @@ from k3snet.spec.fields import (
     strs,
     write_section,
 )
+from k3snet.spec.json_schema import field_schema, section_schema
 from k3snet.spec.validators import (
     int_in,
     integer,
@@ -260,3 +261,52 @@ def test_inputs_and_prepare() -> None:
     assert read_section(reader, section, {"name": "n", "size_text": "5"}, "") == Inner("n", 5)
     assert read_section(reader, section, {"name": "n"}, "") == Inner("n")
     assert reader.problems == []
+
+
+@attrs.frozen
+class Shapes:
+    listed: tuple[str, ...] = attrs.field(factory=lambda: ("x",))
+    choice: str | None = None
+    either: Any = 1
+    open_: Any = None
+    both: tuple[int, int] = (0, 0)
+    first: int = 0
+    second: int | None = None
+
+
+SHAPES = Section(Shapes, (
+    Field("listed", "listed", items(string), list, doc="Listed."),
+    Field("choice", "choice", raw, checks=(one_of("a", None),)),
+    Field("either", "either", raw, schema={"type": ["integer", "string", "null"], "oneOf": [
+        {"type": "integer"}, {"type": "string"}]}, doc="Either."),
+    Field("open", "open_", converted(parse_network), str, doc="A network.", example="10.0.0.0/8"),
+    Field("pair", None, raw, list, spread=("first", "second")),
+    Field("const", None, raw, schema={"const": "c"}, required="required"),
+))
+
+
+def test_the_json_schema_of_a_small_table() -> None:
+    schema = section_schema(SHAPES)
+    properties = schema["properties"]
+    assert properties["listed"] == {"type": ["array", "null"], "items": {"type": "string"},
+                                    "description": "Listed.", "default": ["x"]}
+    assert properties["choice"] == {"enum": ["a", None]}
+    assert properties["either"] == {"type": ["integer", "string", "null"], "oneOf": [
+        {"type": "integer"}, {"type": "string"}, {"type": "null"}], "description": "Either.",
+        "default": 1}
+    assert properties["open"] == {
+        "type": ["string", "null"], "pattern": "^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$",
+        "description": "A network. Value: a CIDR, such as 192.168.2.0/24 or fd00::/64.",
+        "examples": ["10.0.0.0/8"]}
+    assert properties["pair"] == {}  # one of its attributes has no default
+    assert properties["const"] == {"const": "c"}
+    assert schema["required"] == ["const"]
+    assert schema["additionalProperties"] is False
+    assert field_schema(SHAPES, SHAPES.field("pair")) == {}
+    assert field_schema(OUTER, OUTER.field("deep.range")) == {"default": [0, 0]}
+    nested_schema = section_schema(OUTER)["properties"]
+    assert nested_schema["deep"]["type"] == ["object", "null"]
+    assert list(nested_schema["deep"]["properties"]) == ["mode", "range"]
+    assert nested_schema["items"]["type"] == ["array", "null"]
+    assert nested_schema["items"]["items"]["required"] == ["name"]
+    assert "default" not in nested_schema["inner"]
