@@ -34,7 +34,7 @@ from k3snet.spec.fields import (
     strs,
     write_section,
 )
-from k3snet.spec.json_schema import field_schema, section_schema
+from k3snet.spec.json_schema import dumps, field_schema, section_schema
 from k3snet.spec.validators import (
     int_in,
     integer,
@@ -310,3 +310,9 @@ def test_the_json_schema_of_a_small_table() -> None:
     assert nested_schema["items"]["type"] == ["array", "null"]
     assert nested_schema["items"]["items"]["required"] == ["name"]
     assert "default" not in nested_schema["inner"]
+
+
+def test_the_schema_file_is_indented_utf8_with_a_final_newline() -> None:
+    # Reviewable diffs: non-ASCII text (a doc in another language) is written as is.
+    assert dumps({"doc": "Adresse du nœud", "n": [1]}) == (
+        '{\n  "doc": "Adresse du nœud",\n  "n": [\n    1\n  ]\n}\n')
