@@ -159,7 +159,8 @@ FACTS: dict[str, tuple[Any, NodeFacts]] = {
         NodeFacts(interfaces={"eth0": ["192.168.1.5/24"], "eth1": ["192.168.2.5/24"]},
                   routes=["172.16.0.0/12"], hostname="node-1")),
     "facts: no hostname, no routes": ({
-        "destinations": [{"cidr": D, "gateway": "10.9.0.1", "device": "lo"}]},
+        "destinations": [{"cidr": D, "gateway": "10.9.0.1", "device": "lo"},
+                         {"cidr": "192.168.8.0/24", "device": "eth9"}]},
         NodeFacts(interfaces={"eth0": ["192.168.1.5/24", "fd00::5/64"], "lo": []})),
     "facts: routes only": ({
         "destinations": [{"cidr": D, "gateway": "10.9.0.1", "device": "eth3"},
