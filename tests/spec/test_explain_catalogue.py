@@ -35,7 +35,8 @@ class Family:
 
 BACKENDS = {
     "nft": {"netns": _option("netns", "str | None", None), "family": _option("family", Family),
-            "table": _option("table", str, "k3snet"), "count": _option("count")},
+            "table": _option("table", str, "k3snet"), "count": _option("count"),
+            "limit": _option("limit", int | None, 5)},  # an annotation without a __name__
     "plain": {},
 }
 
@@ -62,6 +63,7 @@ CASES.update({
     "backends.nft.netns": _explained("backends.nft.netns", backends=BACKENDS),
     "backends.nft.family": _explained("backends.nft.family", backends=BACKENDS),
     "backends.nft.count": _explained("backends.nft.count", backends=BACKENDS),
+    "backends.nft.limit": _explained("backends.nft.limit", backends=BACKENDS),
     "backends.nft.tabel": _explained("backends.nft.tabel", backends=BACKENDS),
     "backends.nft.zzz": _explained("backends.nft.zzz", backends=BACKENDS),
     "backends.nft.table.x": _explained("backends.nft.table.x", backends=BACKENDS),
