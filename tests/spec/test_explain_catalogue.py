@@ -78,6 +78,10 @@ CASES.update({
     "some.other.place.resolverz (a typo of the last key)": _explained(
         "some.other.place.resolverz"),
     "some.other.place.intervalSecs": _explained("some.other.place.intervalSecs"),
+    "qqqqqqqqqqqqqqq.masqLinkLocl (four keys end alike)": _explained(
+        "qqqqqqqqqqqqqqq.masqLinkLocl"),
+    "dest (close matches just above the cutoff)": _explained("dest"),
+    "egress.ns": _explained("egress.ns"),
     "destinations.cidr.more": _explained("destinations.cidr.more"),
 })
 
