@@ -197,7 +197,7 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "backends and their options": ({
         "backends": {"nftables": {"family": "split", "table": "k3s"}, "netlink": None,
                      "iptables": {}}}, {}),
-    "backends as a list": ({"backends": ["netlink", "iptables"]}, {}),
+    "backends as a list": ({"backends": ["netlink", "iptables", "my-back_end", "b" * 64]}, {}),
     "every other section": ({
         "dns": {"zones": [{"zone": "corp.example", "resolvers": ["192.168.1.53", "fd00::53"]}]},
         "egressPolicy": {"restrict": True, "namespace": "apps", "podSelector": {"tier": "web",
