@@ -80,6 +80,10 @@ CASES.update({
     "some.other.place.intervalSecs": _explained("some.other.place.intervalSecs"),
     "qqqqqqqqqqqqqqq.masqLinkLocl (four keys end alike)": _explained(
         "qqqqqqqqqqqqqqq.masqLinkLocl"),
+    "qqqqqqqqqqqqqqq.zzzzzzzzzzzz.masqLinkLocl (only the last key is close)": _explained(
+        "qqqqqqqqqqqqqqq.zzzzzzzzzzzz.masqLinkLocl"),
+    "qqqqqqqqqqqqqqq.zzzzzzzzzzzz.resolverz": _explained(
+        "qqqqqqqqqqqqqqq.zzzzzzzzzzzz.resolverz"),
     "dest (close matches just above the cutoff)": _explained("dest"),
     "egress.ns": _explained("egress.ns"),
     "destinations.cidr.more": _explained("destinations.cidr.more"),

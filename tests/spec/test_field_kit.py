@@ -239,7 +239,7 @@ def test_the_reader_kit() -> None:
     assert strs([1, "a"]) == ["1", "a"]
     assert pairs((("a", 1), ("b", 2))) == {"a": 1, "b": 2}
     assert OUTER.field("deep.mode").attr == "mode"
-    with pytest.raises(KeyError, match="^'mode'$"):
+    with pytest.raises(KeyError, match=r"^'mode'$"):
         OUTER.field("mode")
     assert OUTER.keys == ("flag", "inner", "items", "label", "nets", "words", "opts", "deep")
     assert OUTER.nested == {"deep": ("mode", "range")}

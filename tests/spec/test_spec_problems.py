@@ -53,7 +53,7 @@ DOCUMENTS: dict[str, Any] = {
     "sysctls not a mapping": {"sysctls": ["net.ipv4.ip_forward"]},
     "label mappings": {"egressPolicy": {"podSelector": "app=web"},
                        "cni": {"flannel": {"backend": {"type": "vxlan", "options": [1]}}}},
-    "backends list": {"backends": ["netlink", "bad name", 3, "x" * 65]},
+    "backends list": {"backends": ["netlink", "bad name", 3, "x" * 65, "-", "__", "a-_b"]},
     "backends mapping": {"backends": {"nftables": {"family": "split", "1x": 1, 2: 3},
                                       "bad name": {}, "netlink": 3, "iptables": None}},
     "interfaces": {"destinations": [{"cidr": D, "device": "a" * 16}],
