@@ -69,6 +69,7 @@ CASES.update({
     "backends.nft.table.x": _explained("backends.nft.table.x", backends=BACKENDS),
     "backends.nf": _explained("backends.nf", backends=BACKENDS),
     "backends.nft (without backends)": _explained("backends.nft"),
+    "backend.nft (a typo, with backends)": _explained("backend.nft", backends=BACKENDS),
     "masquerade.mod": _explained("masquerade.mod"),
     "destination.cidr": _explained("destination.cidr"),
     "cni.calico.blocksize": _explained("cni.calico.blocksize"),
