@@ -38,6 +38,7 @@ BACKENDS = {
             "table": _option("table", str, "k3snet"), "count": _option("count"),
             "limit": _option("limit", int | None, 5)},  # an annotation without a __name__
     "plain": {},
+    "many": {f"width{i}": _option(f"width{i}", int, i) for i in range(1, 6)},
 }
 
 
@@ -66,6 +67,10 @@ CASES.update({
     "backends.nft.limit": _explained("backends.nft.limit", backends=BACKENDS),
     "backends.nft.tabel": _explained("backends.nft.tabel", backends=BACKENDS),
     "backends.nft.zzz": _explained("backends.nft.zzz", backends=BACKENDS),
+    "backends.nft.couxxx (just above the cutoff)": _explained("backends.nft.couxxx",
+                                                              backends=BACKENDS),
+    "backends.many.width (five close options)": _explained("backends.many.width",
+                                                           backends=BACKENDS),
     "backends.nft.table.x": _explained("backends.nft.table.x", backends=BACKENDS),
     "backends.nf": _explained("backends.nf", backends=BACKENDS),
     "backends.nft (without backends)": _explained("backends.nft"),
