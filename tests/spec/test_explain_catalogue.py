@@ -90,6 +90,8 @@ CASES.update({
         "qqqqqqqqqqqqqqq.zzzzzzzzzzzz.masqLinkLocl"),
     "qqqqqqqqqqqqqqq.zzzzzzzzzzzz.resolverz": _explained(
         "qqqqqqqqqqqqqqq.zzzzzzzzzzzz.resolverz"),
+    "qqqqqqqqqqqqqqq.zzzzzzzzzzzz.imagxxx (a last key below its cutoff)": _explained(
+        "qqqqqqqqqqqqqqq.zzzzzzzzzzzz.imagxxx"),
     "dest (close matches just above the cutoff)": _explained("dest"),
     "egress.ns": _explained("egress.ns"),
     "destinations.cidr.more": _explained("destinations.cidr.more"),
