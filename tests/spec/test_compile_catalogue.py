@@ -112,6 +112,10 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
         "cni": {"flannel": {"setNetworks": True, "backend": {"type": "host-gw"},
                             "enableNFTables": True}}},
         {"flannel_targets": [FLANNEL, "configmap:kube-system/kube-flannel-cfg"]}),
+    "flannel: setNetworks with backend options": ({
+        "cni": {"flannel": {"setNetworks": True,
+                            "backend": {"type": "vxlan", "options": {"VNI": 7}}}}},
+        {"flannel_targets": [FLANNEL]}),
     "flannel: setNetworks, IPv6 only": ({
         "cluster": {"podCIDRs": ["fd42::/56"], "serviceCIDRs": ["fd43::/112"]},
         "cni": {"flannel": {"setNetworks": True}}}, {"flannel_targets": [FLANNEL]}),
