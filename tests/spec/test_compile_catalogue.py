@@ -144,6 +144,11 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
             "10.0.0.0/8", "169.254.0.0/16", "fe80::/10", "fd00::/8", "100.64.0.0/10"]},
         "cni": {"calico": {"ipipMode": "CrossSubnet", "vxlanMode": "Always",
                            "nodeSelector": "has(egress)", "allowDisruptive": True}}}, {}),
+    "calico: mode all keeps the destinations' exemptions": ({
+        "destinations": [{"cidr": "192.168.2.0/24", "masquerade": False},
+                         {"cidr": "192.168.3.0/24", "exclude": ["192.168.3.0/28"]}],
+        "masquerade": {"mode": "all", "nonMasqueradeCIDRs": ["172.16.0.0/12"]},
+        "cni": {"calico": {}}}, {}),
     "calico: IPv4 settings": ({
         "cni": {"calico": {"blockSize": 24, "ipipMode": "Always", "vxlanMode": "Never"}}}, {}),
     "calico: an IPv4 block size on a dual-stack cluster": ({
