@@ -1,0 +1,250 @@
+"""Every problem a spec can have, word for word, with its path: a catalogue of bad specs.
+
+Each case is one small document (or a spec built in code) with the problems k3snet
+reports for it, read from ``tests/data/spec/problems.txt``. The messages are what an
+operator reads when an apply is refused, so a change of wording or path is a change
+of behaviour: regenerate with ``K3SNET_REGENERATE=1`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k3snet import NodeFacts, Spec, SpecError, Sysctl
+from k3snet.spec import Destination, DnsZone, EgressPolicy, MasqueradePolicy, validate
+from k3snet.spec import compile as compile_spec
+from k3snet.spec.load import spec_from_document
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "spec"
+
+D = "192.168.7.0/24"  # a destination the other keys of a case hang from
+
+# name -> the document Spec.from_dict reads (every key that is not the case's is valid).
+DOCUMENTS: dict[str, Any] = {
+    # ---- the shape of mappings and lists (fields.Reader)
+    "top level not a mapping": ["cluster"],
+    "section not a mapping": {"cluster": "10.42.0.0/16", "masquerade": 3},
+    "nested mapping not a mapping": {"cni": {"flannel": {"backend": "vxlan"}}},
+    "unknown keys everywhere": {"colour": 1, "destinations": [{"cidr": D, "via": "x"}],
+                                "cni": {"calico": {"ipip": 1}}, "dns": {"zone": []}},
+    "list given a string": {"destinations": D, "cluster": {"podCIDRs": "10.42.0.0/16"}},
+    "list given a mapping": {"cluster": {"serviceCIDRs": {"a": 1}}},
+    "bad CIDR entries": {"cluster": {"podCIDRs": ["10.42.0.0/16", "nope", 7, None],
+                                     "serviceCIDRs": ["10.43.0.1/16"]}},
+    "bad scalars": {"destinations": [{"cidr": D, "masquerade": "yes", "forward": 1}],
+                    "manageForwarding": "no", "forward": {"accept": None, "inInterface": 5},
+                    "egressPolicy": {"namespace": 5, "podSelector": ["a"]}},
+    "bad addresses": {"destinations": [{"cidr": D, "gateway": "192.168.7.0/24"}],
+                      "masquerade": {"snatAddresses": ["x", "192.168.1.5"]},
+                      "connectivityTest": {"target": "nope"}},
+    "required keys": {"destinations": [{"gateway": "192.168.1.1"}, {}],
+                      "dns": {"zones": [{"resolvers": ["192.168.1.53"]}, {"zone": 5}]},
+                      "connectivityTest": {"port": 80}},
+    "an incomplete item still has its values checked": {
+        "destinations": [{"cidr": "nope", "table": 0, "metric": -1, "masquerade": "x"}]},
+    "a required key with a bad value": {"connectivityTest": {"target": 5, "port": 0}},
+    "header": {"apiVersion": "v1", "kind": "Pod"},
+    "sysctls": {"sysctls": {"net.ipv4.ip_forward": 1, "bad name": 1, "net.x": [1]}},
+    "sysctls not a mapping": {"sysctls": ["net.ipv4.ip_forward"]},
+    "label mappings": {"egressPolicy": {"podSelector": "app=web"},
+                       "cni": {"flannel": {"backend": {"type": "vxlan", "options": [1]}}}},
+    "backends list": {"backends": ["netlink", "bad name", 3, "x" * 65, "-", "__", "a-_b"]},
+    "backends mapping": {"backends": {"nftables": {"family": "split", "1x": 1, 2: 3},
+                                      "bad name": {}, "netlink": 3, "iptables": None}},
+    "interfaces": {"destinations": [{"cidr": D, "device": "a" * 16}],
+                   "masquerade": {"outInterface": "eth/0"}, "forward": {"inInterface": "a b"}},
+    "ranges": {"destinations": [{"cidr": D, "table": 4294967295, "metric": 4294967296}],
+               "agent": {"intervalSeconds": 86401},
+               "connectivityTest": {"target": "192.168.7.1", "port": 65535}},
+    "agent": {"agent": {"image": "", "namespace": "a" * 64, "intervalSeconds": "30"}},
+    "cilium": {"cni": {"cilium": {
+        "routingMode": "direct", "tunnelProtocol": "gre",
+        "ipv4NativeRoutingCIDR": "fd42::/48", "ipv6NativeRoutingCIDR": "10.42.0.0/16",
+        "egressMasqueradeInterfaces": "eth0,,eth1", "nonMasqueradeCIDRs": ["x"]}}},
+    "calico": {"cni": {"calico": {"blockSize": 33, "ipipMode": None, "vxlanMode": "never",
+                                  "nodeSelector": 1, "allowDisruptive": "y"}}},
+    "calico block sizes": {"cni": {"calico": {"blockSize": 115}}},
+    "flannel": {"cni": {"flannel": {"backend": {"type": 1}, "enableNFTables": 0,
+                                    "setNetworks": "true"}, "allowDisruptive": 1}},
+    "ip-masq-agent config with problems": {"masquerade": {"ipMasqAgentConfig": {
+        "nonMasqueradeCIDRs": ["x"], "masqLinkLocal": "no", "other": 1}}},
+    "ip-masq-agent config text": {"masquerade": {
+        "ipMasqAgentConfig": "nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqLinkLocal: true\n",
+        "nonMasqueradeCIDRs": ["10.0.0.0/8", "10.0.0.0/8"]}},
+    # ---- the checks across fields (validate)
+    "no pod CIDR": {"cluster": {"podCIDRs": []}},
+    "duplicate cluster CIDRs": {"cluster": {
+        "podCIDRs": ["10.42.0.0/16", "fd42::/56", "10.42.0.0/16"],
+        "serviceCIDRs": ["10.43.0.0/16", "10.43.0.0/16", "10.43.0.0/16"]}},
+    "pods overlap services": {"cluster": {"podCIDRs": ["10.42.0.0/16", "10.0.0.0/8"],
+                                          "serviceCIDRs": ["10.42.128.0/17", "10.43.0.0/16"]}},
+    "destinations overlap the cluster": {"destinations": [
+        {"cidr": "10.0.0.0/8"}, {"cidr": "10.43.1.0/24"}, {"cidr": "10.42.0.0/16"}]},
+    "duplicate destinations": {"destinations": [{"cidr": D}, {"cidr": "192.168.8.0/24"},
+                                                {"cidr": D}, {"cidr": D}]},
+    "gateway of the other family": {"destinations": [
+        {"cidr": D, "gateway": "fd00::1"},
+        {"cidr": "fd01::/64", "gateway": "192.168.1.1"}]},
+    "destination of a family without pods": {
+        "cluster": {"podCIDRs": ["fd42::/56"], "serviceCIDRs": []},
+        "destinations": [{"cidr": D}, {"cidr": "fd01::/64"}]},
+    "exclusions": {"destinations": [{"cidr": D, "exclude": [
+        "fd00::/64", "192.168.8.0/24", D, "192.168.7.0/25", "192.168.7.0/25",
+        "192.168.6.0/23"]}]},
+    "exclusions covering the destination": {"destinations": [
+        {"cidr": D, "exclude": ["192.168.7.0/25", "192.168.7.128/25"]},
+        {"cidr": "192.168.8.0/24", "exclude": ["192.168.8.0/25", "192.168.8.128/26"]}]},
+    "non-masquerade CIDRs outside mode all": {"masquerade": {
+        "mode": "destinations", "nonMasqueradeCIDRs": ["10.0.0.0/8", "10.0.0.0/8"]}},
+    "non-masquerade CIDRs in mode off": {"masquerade": {
+        "mode": "off", "nonMasqueradeCIDRs": ["10.0.0.0/8"]}},
+    "duplicate non-masquerade CIDRs in mode all": {"masquerade": {
+        "mode": "all", "nonMasqueradeCIDRs": ["10.0.0.0/8", "192.168.0.0/16", "10.0.0.0/8"]}},
+    "SNAT addresses": {"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                       "masquerade": {"snatAddresses": [
+                           "192.168.1.5", "fd00::5", "192.168.1.6", "10.42.0.9", "fd42::9",
+                           "fd00::6"]}},
+    "DNS zones": {"dns": {"zones": [
+        {"zone": "corp.example", "resolvers": ["192.168.1.53"]},
+        {"zone": "Corp.Example.", "resolvers": ["192.168.1.53"]},
+        {"zone": ".", "resolvers": ["192.168.1.53"]},
+        {"zone": "a..b", "resolvers": ["192.168.1.53"]},
+        {"zone": "-bad.example", "resolvers": ["192.168.1.53"]},
+        {"zone": "x" * 64 + ".example", "resolvers": ["192.168.1.53"]},
+        {"zone": "lab.example"},
+        {"zone": "ok.example", "resolvers": []}]}},
+    "egress exceptions": {
+        "destinations": [{"cidr": D}, {"cidr": "192.168.8.0/24"}],
+        "egressPolicy": {"except": ["192.168.7.8/29", "192.168.9.0/29", "192.168.8.0/24",
+                                    "192.168.7.8/29", "192.168.0.0/16"]}},
+    "pod selector labels": {"egressPolicy": {"podSelector": {
+        "app": "web", "Bad Key": "x", "-lead": "x", "a/b": "x", "k8s.io/app": "ok",
+        "UP.example/x": "y", "name": "a b", "empty": "", "long": "v" * 64, "num": 5,
+        "edge": "-x", "trail": "x-", "dots": "a.b_c-d", "x" * 64: "1", "y" * 63: "2",
+        ("d" * 60 + ".") * 4 + "ex/n": "3", ("d" * 62 + ".") * 4 + "e/n": "4",
+        ("d" * 62 + ".") * 4 + "d" * 62 + "/nn": "v317",
+        ("d" * 62 + ".") * 4 + "d" * 62 + "/nnn": "v318", "max": "v" * 63,
+        "no/": "5", "/x": "6", "a.-b/c": "7", "a_b/c": "8"}}},
+}
+
+# name -> a spec built in code (only the checks across fields see these).
+BUILT: dict[str, Callable[[], Spec]] = {
+    "sysctls named twice": lambda: Spec(sysctls=[
+        Sysctl("net.ipv4.ip_forward", 1), Sysctl("net.ipv4.conf.all.rp_filter", 2),
+        Sysctl("net.ipv4.ip_forward", 0)]),
+    "field checks of a spec built in code": lambda: Spec(
+        destinations=[Destination(D, table=0, metric=None)],
+        masquerade=MasqueradePolicy("most"),
+        egress_policy=EgressPolicy(namespace="Apps", pod_selector={"app": 5}),
+        dns=[DnsZone("", resolvers=[])]),
+}
+
+# name -> (document, facts) compiled with the facts of a node.
+FACTS: dict[str, tuple[Any, NodeFacts]] = {
+    "facts: devices and gateways": ({
+        "destinations": [
+            {"cidr": D, "device": "eth9"},
+            {"cidr": "192.168.8.0/24", "gateway": "10.9.0.1"},
+            {"cidr": "192.168.9.0/24", "gateway": "192.168.2.1", "device": "eth0"},
+            {"cidr": "192.168.10.0/24", "gateway": "192.168.1.1", "device": "eth1"},
+            {"cidr": "192.168.11.0/24", "gateway": "172.16.1.1", "device": "eth0"},
+            {"cidr": "192.168.12.0/24", "gateway": "192.168.1.1", "device": "eth0"},
+            {"cidr": "192.168.13.0/24", "gateway": "192.168.2.1"}],
+        "masquerade": {"outInterface": "eth7"}},
+        NodeFacts(interfaces={"eth0": ["192.168.1.5/24"], "eth1": ["192.168.2.5/24"]},
+                  routes=["172.16.0.0/12"], hostname="node-1")),
+    "facts: no hostname, no routes": ({
+        "destinations": [{"cidr": D, "gateway": "10.9.0.1", "device": "lo"},
+                         {"cidr": "192.168.8.0/24", "device": "eth9"}]},
+        NodeFacts(interfaces={"eth0": ["192.168.1.5/24", "fd00::5/64"], "lo": []})),
+    "facts: routes only": ({
+        "destinations": [{"cidr": D, "gateway": "10.9.0.1", "device": "eth3"},
+                         {"cidr": "192.168.8.0/24", "gateway": "172.16.0.1"}],
+        "masquerade": {"outInterface": "eth3"}},
+        NodeFacts(routes=["172.16.0.0/12"])),
+}
+
+
+def _problems(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except SpecError as exc:
+        return "\n".join(map(str, exc.problems))
+    return "(no problem)"
+
+
+def _cases() -> dict[str, Callable[[], str]]:
+    cases: dict[str, Callable[[], str]] = {}
+    for name, document in DOCUMENTS.items():
+        cases[name] = lambda document=document: _problems(lambda: Spec.from_dict(document))
+    for name, build in BUILT.items():
+        cases[name] = lambda build=build: "\n".join(map(str, validate(build()))) or "(no problem)"
+    for name, (document, facts) in FACTS.items():
+        cases[name] = lambda document=document, facts=facts: _problems(
+            lambda: compile_spec(Spec.from_dict(document), facts))
+    return cases
+
+
+CASES = _cases()
+
+
+def _recorded() -> dict[str, str]:
+    text = (DATA / "problems.txt").read_text()
+    out = {}
+    for block in text.split("### ")[1:]:
+        name, _, body = block.partition("\n")
+        out[name] = body.rstrip("\n")
+    return out
+
+
+def test_the_catalogue_is_recorded() -> None:
+    if os.environ.get("K3SNET_REGENERATE") == "1":
+        DATA.mkdir(parents=True, exist_ok=True)
+        (DATA / "problems.txt").write_text(
+            "".join(f"### {name}\n{case()}\n\n" for name, case in CASES.items()))
+    assert list(_recorded()) == list(CASES)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_problems_are_the_recorded_ones(name: str) -> None:
+    assert CASES[name]() == _recorded()[name]
+
+
+def test_a_spec_document_needs_its_header() -> None:
+    for empty in (None, {}):
+        with pytest.raises(SpecError) as info:
+            spec_from_document(empty, source="spec.yaml")
+        assert [str(p) for p in info.value.problems] == [
+            "the spec is empty: it needs at least apiVersion: k3snet.io/v1alpha1 and kind: "
+            "EgressSpec"]
+        assert info.value.source == "spec.yaml"
+    with pytest.raises(SpecError) as info:
+        spec_from_document({"kind": "EgressSpec", "destinations": [{"cidr": "10.0.0.1/8"}]},
+                           source="s")
+    assert [str(p) for p in info.value.problems] == [
+        "apiVersion: required: apiVersion: k3snet.io/v1alpha1",
+        "destinations[0].cidr: '10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)"]
+    assert info.value.source == "s"
+    with pytest.raises(SpecError) as info:
+        spec_from_document({"apiVersion": "k3snet.io/v1alpha1", "cluster": {}})
+    assert [str(p) for p in info.value.problems] == ["kind: required: kind: EgressSpec"]
+    header = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec"}
+    assert spec_from_document(header) == Spec()
+    with pytest.raises(SpecError) as info:
+        spec_from_document({**header, "destinations": [{"cidr": "x"}]}, source="f")
+    assert info.value.source == "f"
+
+
+def test_a_problem_found_while_reading_is_not_reported_again() -> None:
+    # The bad pod CIDR is left out when read, so the cluster has no pod CIDR left: that
+    # is the same problem, reported once (at the path of the reading).
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict({"cluster": {"podCIDRs": ["nope"]}}, source="x.yaml")
+    assert [str(p) for p in info.value.problems] == [
+        "cluster.podCIDRs[0]: 'nope' is not a valid CIDR"]
+    assert info.value.source == "x.yaml"

@@ -1,0 +1,173 @@
+"""Reading spec text, spec files and ip-masq-agent configs is bounded: every refusal is one
+SpecError, word for word."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from k3snet import SpecError
+from k3snet.spec import IpMasqAgentConfig, load_ip_masq_agent_config
+from k3snet.spec.source import MAX_BYTES, MAX_DEPTH, load_mapping, read_text
+
+
+def _refusal(text: str, source: str | None = "spec.yaml") -> str:
+    with pytest.raises(SpecError) as info:
+        load_mapping(text, source)
+    assert info.value.source == source
+    (problem,) = info.value.problems
+    assert problem.path == ""
+    return problem.message
+
+
+def _nested(depth: int, inner: str = "1") -> str:
+    """YAML flow text of ``depth`` nested mappings and lists (alternating)."""
+    text = inner
+    for level in range(depth):
+        text = f"{{k: {text}}}" if level % 2 else f"[{text}]"
+    return text
+
+
+def test_plain_yaml_and_json_are_read() -> None:
+    assert load_mapping("a: 1\nb: [x, {c: null}]\n", None) == {"a": 1, "b": ["x", {"c": None}]}
+    assert load_mapping('{"a": [1, 2]}', "s") == {"a": [1, 2]}
+    assert load_mapping("", None) is None
+
+
+def test_the_size_is_bounded() -> None:
+    assert load_mapping("#" * MAX_BYTES, None) is None
+    assert _refusal("#" * (MAX_BYTES + 1)) == (
+        f"the spec is {MAX_BYTES + 1} characters; at most {MAX_BYTES} are read")
+
+
+def test_anchors_aliases_and_duplicate_keys_are_refused() -> None:
+    assert _refusal("a: &x [1]\nb: *x\n").startswith(
+        "not valid YAML: anchors and aliases (&name, *name) are not allowed in a spec")
+    assert _refusal("a: 1\nb: 2\na: 3\n").startswith(
+        "not valid YAML: duplicate key 'a': every key may appear once")
+    long_key = "k" * 100
+    assert _refusal(f"{long_key}: 1\n{long_key}: 2\n").startswith(
+        f"not valid YAML: duplicate key '{'k' * 80}': every key may appear once")
+    # A key that is itself a collection is compared by identity: two are not the same key.
+    with pytest.raises(SpecError):  # PyYAML cannot hash a list key: refused anyway
+        load_mapping("? [a]\n: 1\n? [a]\n: 2\n", None)
+    assert load_mapping("x: {a: 1}\ny: {a: 2}\n", None) == {"x": {"a": 1}, "y": {"a": 2}}
+
+
+def test_bad_yaml_and_unreadable_numbers() -> None:
+    message = _refusal("destinations: [\n")
+    assert message.startswith("not valid YAML: ")
+    assert len(message) <= len("not valid YAML: ") + 300
+    assert _refusal("a: " + "9" * 5000 + "\n").startswith("cannot read the YAML: ")
+
+
+def test_the_depth_is_bounded() -> None:
+    assert load_mapping(_nested(MAX_DEPTH), None) is not None
+    assert _refusal(_nested(MAX_DEPTH + 1)) == f"the spec nests deeper than {MAX_DEPTH} levels"
+    assert _refusal("a: 1\nb: " + _nested(MAX_DEPTH)) == (
+        f"the spec nests deeper than {MAX_DEPTH} levels")
+    assert _refusal("- 1\n- " + _nested(MAX_DEPTH)) == (
+        f"the spec nests deeper than {MAX_DEPTH} levels")
+    assert load_mapping("a: 1\nb: " + _nested(MAX_DEPTH - 1), None) is not None
+
+
+@pytest.fixture
+def no_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyYAML missing (k3snet without the ``spec`` extra): JSON only."""
+    monkeypatch.setitem(sys.modules, "yaml", None)
+
+
+@pytest.mark.usefixtures("no_yaml")
+def test_without_pyyaml_json_is_read_with_the_same_bounds() -> None:
+    assert load_mapping('{"a": {"b": [1, null]}}', None) == {"a": {"b": [1, None]}}
+    assert _refusal('{"a": 1, "b": 2, "a": 3}') == (
+        "duplicate key 'a': every key may appear once")
+    assert _refusal('{"' + "k" * 100 + '": 1, "' + "k" * 100 + '": 2}') == (
+        f"duplicate key '{'k' * 80}': every key may appear once")
+    message = _refusal("a: 1\n")
+    assert message.startswith("not JSON, and PyYAML is not installed for YAML "
+                              "(pip install 'k3snet[spec]'): Expecting value")
+    assert _refusal("[" * 100000 + "]" * 100000).startswith("not JSON, and PyYAML")
+    deep = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
+    assert _refusal(deep) == f"the spec nests deeper than {MAX_DEPTH} levels"
+    assert load_mapping("[" * MAX_DEPTH + "]" * MAX_DEPTH, None) == _list(MAX_DEPTH)
+    assert _refusal("#" * (MAX_BYTES + 1), None).startswith(f"the spec is {MAX_BYTES + 1} ")
+
+
+def _list(depth: int) -> object:
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_a_spec_file_is_a_regular_utf8_file_of_bounded_size(tmp_path: Path) -> None:
+    good = tmp_path / "spec.yaml"
+    good.write_text("kind: EgressSpec  # é\n")
+    assert read_text(good) == "kind: EgressSpec  # é\n"
+    exact = tmp_path / "exact.yaml"
+    exact.write_bytes(b"#" * MAX_BYTES)
+    assert len(read_text(exact)) == MAX_BYTES
+
+    def refusal(path: Path) -> str:
+        with pytest.raises(SpecError) as info:
+            read_text(path)
+        assert info.value.source == str(path)
+        (problem,) = info.value.problems
+        return problem.message
+
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (MAX_BYTES + 1))
+    assert refusal(big) == f"{big} is larger than {MAX_BYTES} bytes; a spec is far smaller"
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"kind: caf\xe9\n")
+    assert refusal(latin) == f"{latin} is not UTF-8 text (byte 9: invalid continuation byte)"
+    assert refusal(tmp_path) == f"cannot read {tmp_path}: a directory"
+    assert refusal(tmp_path / "missing.yaml") == (
+        f"cannot read {tmp_path / 'missing.yaml'}: No such file or directory")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # so that opening it to read returns
+    try:
+        assert refusal(fifo) == f"cannot read {fifo}: not a regular file"
+    finally:
+        os.close(writer)
+
+
+def test_an_ip_masq_agent_config_is_a_path_text_or_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_text("nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqLinkLocalIPv6: true\n"
+                    "resyncInterval: 60\n")
+    from_file = load_ip_masq_agent_config(str(path))
+    assert from_file == IpMasqAgentConfig(non_masquerade_cidrs=["10.0.0.0/8"],
+                                          masq_link_local_ipv6=True, resync_interval="60")
+    assert load_ip_masq_agent_config(path) == from_file
+    assert load_ip_masq_agent_config(path.read_text()) == from_file
+    assert load_ip_masq_agent_config({"nonMasqueradeCIDRs": ["10.0.0.0/8"],
+                                      "masqLinkLocalIPv6": True, "resyncInterval": 60}) == from_file
+    assert load_ip_masq_agent_config({}) == IpMasqAgentConfig()
+    assert load_ip_masq_agent_config("masqLinkLocal: true") == IpMasqAgentConfig(
+        masq_link_local=True)
+
+    def refusal(source: object) -> tuple[str | None, list[str]]:
+        with pytest.raises(SpecError) as info:
+            load_ip_masq_agent_config(source)  # type: ignore[arg-type]
+        return info.value.source, [str(p) for p in info.value.problems]
+
+    bad = tmp_path / "bad"
+    bad.write_text("masqLinkLocal: 1\n")
+    assert refusal(str(bad)) == (str(bad), ["masqLinkLocal: expected true or false, got 1"])
+    assert refusal("masqLinkLocal: 1") == (
+        "ip-masq-agent config", ["masqLinkLocal: expected true or false, got 1"])
+    # Not a file and not YAML of a mapping: the text itself is read.
+    assert refusal(str(tmp_path / "missing")) == (
+        "ip-masq-agent config", ["expected a mapping, got str"])
+    assert refusal("a: [")[0] == "ip-masq-agent config"
+    assert refusal({"nonMasqueradeCIDRs": "10.0.0.0/8", "other": 1}) == (
+        "ip-masq-agent config", [
+            "other: unknown key (known: nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
+            "resyncInterval)",
+            "nonMasqueradeCIDRs: expected a list, got str"])
