@@ -87,6 +87,7 @@ CASES: dict[str, Case] = {
     "target name": lambda: FlannelConfig("configmap:kube/cfg_1"),
     "target no name": lambda: FlannelConfig("configmap:kube"),
     "target name 253": lambda: len(FlannelConfig("configmap:k/" + "b." * 126 + "b").target),
+    "target name 254": lambda: len(FlannelConfig("configmap:k/" + "b." * 126 + "bb").target),
     "target name 255": lambda: FlannelConfig("configmap:k/" + "b." * 127 + "b"),
     "target scheme": lambda: FlannelConfig("/etc/f.json"),
     # flannel fields
@@ -114,6 +115,9 @@ CASES: dict[str, Case] = {
     "extra kept": lambda: _f(extra={
         "Network": "fd00::/64", "IPv6Network": "10.42.0.0/16", "EnableIPv4": "yes",
         "Backend": {"Type": "nope"}, "EnableNFTables": None}),
+    "extra kept, the next lifted": lambda: _f(extra={"Network": "ten", "EnableIPv4": True}),
+    "extra kept, other family, the next lifted": lambda: _f(extra={
+        "IPv6Network": "10.0.0.0/8", "EnableIPv4": True}),
     "extra kept, host bits": lambda: _f(extra={"Network": "10.42.0.1/16", "IPv6Network": 6}),
     "extra kept, backend without type": lambda: _f(extra={"Backend": {"VNI": 1}}),
     "extra kept, backend not an object": lambda: _f(extra={"Backend": "vxlan"}),
@@ -364,6 +368,7 @@ CASES: dict[str, Case] = {
         "other kind": _pool(), "fine": _pools(_pool()),
         "unreadable": _pools(invalid=[("x", "its cidr is 'ten'")]),
     }.items()},
+    "readable, reason of another kind": lambda: CalicoPoolsReadable().conflict_reason(ROUTE),
     "clash keys": lambda: [o.clash_key and list(o.clash_key) for o in (
         _f(), FlannelNetworks(F, []), _pool(), _pools(), CalicoPodCIDR("10.42.0.0/16"),
         CalicoNatDestination("10.0.0.0/8"), CalicoPoolsReadable())],
