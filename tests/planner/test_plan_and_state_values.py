@@ -11,6 +11,7 @@ import pytest
 from k3snet import Change, ModelError, Note, Plan, PlanError, State, plan
 from k3snet.model import (
     OBJECT_TYPES,
+    ForwardBlock,
     ForwardRule,
     MasqueradeRule,
     Route,
@@ -174,3 +175,36 @@ def test_apply_to_says_why_a_change_does_not_fit() -> None:
     moved = Route("192.168.2.0/24", gateway="192.168.1.254", device="eth0")
     with pytest.raises(PlanError, match=r"cannot replace .*: not in the state \(found route"):
         Plan(changes=[Change.replace(moved, _ROUTE)]).apply_to(State(owned=[_ROUTE]))
+
+
+def test_a_conflict_note_prints_its_reason_and_keeps_it_through_json() -> None:
+    wanted = ForwardRule("10.42.0.0/16", "192.168.2.0/24")
+    block = ForwardBlock(4, "drop", "-d 192.168.2.0/24 -j DROP", "iptables IPv4 filter FORWARD",
+                         destination="192.168.2.0/24")
+    p = plan(State(foreign=[block]), State(owned=[wanted]))
+    assert not p
+    assert list(p) == []
+    (note,) = p.notes
+    assert note.render() == (
+        "! forward accept 10.42.0.0/16 -> 192.168.2.0/24 (+ replies)\n"
+        "    (conflicts with foreign: drop by iptables IPv4 filter FORWARD: "
+        "-d 192.168.2.0/24 -j DROP)\n"
+        "    (that rule drops some of this traffic before k3snet's accept is reached; "
+        "k3snet does not place its rules above it)")
+    assert note.to_dict()["reason"] == note.reason
+    again = Plan.from_json(p.to_json())
+    assert again == p
+    assert again.notes[0].reason == note.reason
+    # A note without a reason has no "reason" key, and prints no third line.
+    met = plan(State(foreign=[wanted]), State(owned=[wanted])).notes[0]
+    assert "reason" not in met.to_dict()
+    assert Note.from_dict(met.to_dict()) == met
+    bare = Note("conflict", wanted, block)
+    assert bare.render().count("\n") == 1
+    assert "reason" not in bare.to_dict()
+
+
+def test_a_plan_iterates_over_its_changes_and_is_true_when_it_has_some() -> None:
+    p = plan(State(), State(owned=[_ROUTE, _NAT]))
+    assert p
+    assert list(p) == list(p.changes) == [Change.add(_ROUTE), Change.add(_NAT)]
