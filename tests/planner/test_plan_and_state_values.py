@@ -130,6 +130,15 @@ def test_objects_order_strictly() -> None:
     assert not high < low
     assert not low < low  # noqa: PLR0124 - irreflexivity is what is tested
     assert low <= low  # noqa: PLR0124
+    assert high > low
+    assert not low > high
+    assert not low > low  # noqa: PLR0124
+    assert low >= low  # noqa: PLR0124
+    assert high >= low
+    assert not low >= high
+    same = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
+    assert same >= _ROUTE
+    assert not same > _ROUTE
 
 
 def test_route_describe_names_unknown_protocols_by_number() -> None:
