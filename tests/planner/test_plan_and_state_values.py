@@ -217,3 +217,14 @@ def test_a_plan_iterates_over_its_changes_and_is_true_when_it_has_some() -> None
     p = plan(State(), State(owned=[_ROUTE, _NAT]))
     assert p
     assert list(p) == list(p.changes) == [Change.add(_ROUTE), Change.add(_NAT)]
+
+
+def test_a_state_that_is_not_json_or_not_an_object_says_so() -> None:
+    with pytest.raises(ModelError) as not_json:
+        State.from_json("{owned")
+    assert str(not_json.value) == (
+        "not a k3snet state (JSON): Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)")
+    with pytest.raises(ModelError) as not_object:
+        State.from_json("[]")
+    assert str(not_object.value) == "not a k3snet state: expected a JSON object"
