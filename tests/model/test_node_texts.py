@@ -1,0 +1,63 @@
+"""NAT rules, routes and sysctls: every message, plan line and JSON form, case by case.
+
+Recorded in ``tests/data/model/node.json`` (see ``tests/model/recorded.py``).
+"""
+
+from __future__ import annotations
+
+from k3snet.model import MasqueradeRule, Route, SnatRule, Sysctl
+from tests.model.recorded import Case, check
+
+CASES: dict[str, Case] = {
+    # NAT
+    "masquerade": lambda: MasqueradeRule("10.42.0.0/16", destination="192.168.0.0/16",
+                                         exclude=["192.168.2.0/24", "192.168.3.0/24"],
+                                         out_interface="eth0", random_fully=True),
+    "masquerade v6": lambda: MasqueradeRule("fd00:42::/56", exclude=["fd00::/8"]),
+    "masquerade exclude string": lambda: MasqueradeRule("10.42.0.0/16", exclude="10.0.0.0/8"),
+    "masquerade random": lambda: MasqueradeRule("10.42.0.0/16", random_fully=1),
+    "masquerade exclusion outside": lambda: MasqueradeRule(
+        "10.42.0.0/16", destination="192.168.0.0/16", exclude=["10.0.0.0/8"]),
+    "masquerade excluded whole": lambda: MasqueradeRule(
+        "10.42.0.0/16", destination="192.168.2.0/24", exclude=["192.168.0.0/16"]),
+    "snat": lambda: SnatRule("10.42.0.0/16", to_address="192.168.1.5",
+                             destination="192.168.2.0/24"),
+    "snat v6": lambda: SnatRule("fd00:42::/56", to_address="fd00::5", out_interface="eth0"),
+    "snat zone": lambda: SnatRule("fd00:42::/56", to_address="fe80::1%eth0"),
+    "snat family": lambda: SnatRule("10.42.0.0/16", to_address="fd00::5"),
+    # routes
+    "route": lambda: Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", metric=5,
+                           table=100, scope="link", protocol="static"),
+    "route v6": lambda: Route("fd00:2::/64", gateway="fe80::1%eth0"),
+    "route v6 zone and device": lambda: Route("fd00:2::/64", gateway="fe80::1%eth0",
+                                              device="eth1"),
+    "route bare": lambda: Route("192.168.2.0/24"),
+    "route table": lambda: Route("192.168.2.0/24", device="eth0", table=0),
+    "route table bool": lambda: Route("192.168.2.0/24", device="eth0", table=True),
+    "route table local": lambda: Route("192.168.2.0/24", device="eth0", table=255),
+    "route table top": lambda: Route("192.168.2.0/24", device="eth0", table=4294967295).table,
+    "route table over": lambda: Route("192.168.2.0/24", device="eth0", table=4294967296),
+    "route metric": lambda: Route("192.168.2.0/24", device="eth0", metric=-1),
+    "route metric text": lambda: Route("192.168.2.0/24", device="eth0", metric="5"),
+    "route protocol name": lambda: Route("192.168.2.0/24", device="eth0", protocol="nope"),
+    "route protocol number": lambda: Route("192.168.2.0/24", device="eth0", protocol=256),
+    "route protocol numbers": lambda: [Route("192.168.2.0/24", device="eth0", protocol=p).protocol
+                                       for p in (0, 255, "kernel", "boot", "static")],
+    "route scope": lambda: Route("192.168.2.0/24", device="eth0", scope="site"),
+    # sysctls
+    "sysctl": lambda: Sysctl("net.ipv4.ip_forward", 1),
+    "sysctl slashes": lambda: Sysctl("net/ipv4/conf/eth0.100/rp_filter", " 2\t"),
+    "sysctl name": lambda: Sysctl(7, 1),
+    "sysctl name bad": lambda: Sysctl("net..ipv4", 1),
+    "sysctl name short": lambda: Sysctl("net", 1),
+    "sysctl not net": lambda: Sysctl("kernel.panic", 1),
+    "sysctl value": lambda: Sysctl("net.ipv4.ip_forward", 1.5),
+    "sysctl value empty": lambda: Sysctl("net.ipv4.ip_forward", " \t"),
+    "sysctl value control": lambda: Sysctl("net.ipv4.ip_forward", "1\x00"),
+    "sysctl value long": lambda: Sysctl("net.ipv4.ip_forward", "1" * 300),
+    "sysctl value words": lambda: Sysctl("net.ipv4.tcp_rmem", "4096\t131072  6291456"),
+}
+
+
+def test_node_texts() -> None:
+    check("node", CASES)
