@@ -5,7 +5,7 @@ Recorded in ``tests/data/model/node.json`` (see ``tests/model/recorded.py``).
 
 from __future__ import annotations
 
-from k3snet.model import MasqueradeRule, Route, SnatRule, Sysctl
+from k3snet.model import MasqueradeRule, Route, SnatRule, Sysctl, object_from_dict
 from tests.model.recorded import Case, check
 
 CASES: dict[str, Case] = {
@@ -24,6 +24,12 @@ CASES: dict[str, Case] = {
                              destination="192.168.2.0/24"),
     "snat v6": lambda: SnatRule("fd00:42::/56", to_address="fd00::5", out_interface="eth0"),
     "snat zone": lambda: SnatRule("fd00:42::/56", to_address="fe80::1%eth0"),
+    "nat families": lambda: MasqueradeRule("10.42.0.0/16", destination="fd00::/8"),
+    "nat families of exclusions": lambda: SnatRule("10.42.0.0/16", to_address="10.0.0.1",
+                                                   exclude=["fd00::/8"]),
+    "snat round trip": lambda: object_from_dict(SnatRule(
+        "10.42.0.0/16", to_address="192.168.1.5", destination="192.168.0.0/16",
+        exclude=["192.168.2.0/24"], out_interface="eth0", random_fully=True).to_dict()),
     "snat family": lambda: SnatRule("10.42.0.0/16", to_address="fd00::5"),
     # routes
     "route": lambda: Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", metric=5,
@@ -35,6 +41,7 @@ CASES: dict[str, Case] = {
     "route table": lambda: Route("192.168.2.0/24", device="eth0", table=0),
     "route table bool": lambda: Route("192.168.2.0/24", device="eth0", table=True),
     "route table local": lambda: Route("192.168.2.0/24", device="eth0", table=255),
+    "route table one": lambda: Route("192.168.2.0/24", device="eth0", table=1).table,
     "route table top": lambda: Route("192.168.2.0/24", device="eth0", table=4294967295).table,
     "route table over": lambda: Route("192.168.2.0/24", device="eth0", table=4294967296),
     "route metric": lambda: Route("192.168.2.0/24", device="eth0", metric=-1),
