@@ -50,6 +50,15 @@ CASES: dict[str, Case] = {
     "route protocol number": lambda: Route("192.168.2.0/24", device="eth0", protocol=256),
     "route protocol numbers": lambda: [Route("192.168.2.0/24", device="eth0", protocol=p).protocol
                                        for p in (0, 255, "kernel", "boot", "static")],
+    "route metric top": lambda: Route("192.168.2.0/24", device="eth0", metric=4294967295).metric,
+    "route metric over": lambda: Route("192.168.2.0/24", device="eth0", metric=4294967296),
+    "route protocol bool": lambda: Route("192.168.2.0/24", device="eth0", protocol=True),
+    "route protocol long name": lambda: Route("192.168.2.0/24", device="eth0",
+                                              protocol="p" * 50),
+    "route families": lambda: Route("192.168.2.0/24", gateway="fd00::1"),
+    "route scope long": lambda: Route("192.168.2.0/24", device="eth0", scope="s" * 50),
+    "route from dict": lambda: Route.from_dict({"destination": "192.168.2.0/24",
+                                                "device": "eth0", "scope": "host"}),
     "route scope": lambda: Route("192.168.2.0/24", device="eth0", scope="site"),
     # sysctls
     "sysctl": lambda: Sysctl("net.ipv4.ip_forward", 1),
@@ -62,9 +71,24 @@ CASES: dict[str, Case] = {
     "sysctl value empty": lambda: Sysctl("net.ipv4.ip_forward", " \t"),
     "sysctl value control": lambda: Sysctl("net.ipv4.ip_forward", "1\x00"),
     "sysctl value long": lambda: Sysctl("net.ipv4.ip_forward", "1" * 300),
+    "sysctl bools": lambda: [Sysctl("net.ipv4.ip_forward", True).value,
+                             Sysctl("net.ipv4.ip_forward", False).value],
+    "sysctl value 4096": lambda: len(Sysctl("net.ipv4.ip_forward", "1" * 4096).value),
+    "sysctl value 4097": lambda: Sysctl("net.ipv4.ip_forward", "1" * 4097),
+    "sysctl value long, control": lambda: Sysctl("net.ipv4.ip_forward", "1" * 50 + "\x7f"),
+    "sysctl name dot": lambda: Sysctl("net/./ipv4", 1),
+    "sysctl name dots": lambda: Sysctl("net/../ipv4", 1),
+    "sysctl previous": lambda: object_from_dict(
+        Sysctl("net.ipv4.ip_forward", 1, previous="0").to_dict()),
     "sysctl value words": lambda: Sysctl("net.ipv4.tcp_rmem", "4096\t131072  6291456"),
 }
 
 
 def test_node_texts() -> None:
     check("node", CASES)
+
+
+def test_a_route_without_a_device_differs_from_one_with_any_device() -> None:
+    bare = Route("192.168.2.0/24", gateway="192.168.1.1")
+    assert bare != Route("192.168.2.0/24", gateway="192.168.1.1", device="XXXX")
+    assert bare == Route.from_dict(bare.to_dict())
