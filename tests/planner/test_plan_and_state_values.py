@@ -20,6 +20,7 @@ from k3snet.model import (
     object_from_dict,
     register_object_type,
 )
+from k3snet.model.state import STATE_FORMAT
 
 _ROUTE = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
 _FOREIGN_ROUTE = Route("192.168.3.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
@@ -228,3 +229,19 @@ def test_a_state_that_is_not_json_or_not_an_object_says_so() -> None:
     with pytest.raises(ModelError) as not_object:
         State.from_json("[]")
     assert str(not_object.value) == "not a k3snet state: expected a JSON object"
+
+
+def test_a_state_of_another_format_is_refused_naming_both_formats() -> None:
+    with pytest.raises(ModelError) as other:
+        State.from_dict({"format": STATE_FORMAT + 1})
+    assert str(other.value) == (f"unsupported state format {STATE_FORMAT + 1!r} "
+                                f"(this k3snet reads {STATE_FORMAT})")
+    assert State.from_dict({"format": STATE_FORMAT}) == State()
+
+
+def test_state_json_is_sorted_and_indents_on_request() -> None:
+    state = State(owned=[_ROUTE, _NAT], foreign=[_FOREIGN_ROUTE])
+    text = state.to_json(indent=2)
+    assert text.startswith('{\n  "foreign": [')
+    assert state.to_json().startswith('{"foreign": [')
+    assert State.from_json(text) == state
