@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet.model import aggregate, contains, overlaps, subtract
+from k3snet.model.cidr import network_sort_key, parse_network
 from k3snet.testing import strategies as ks
 
 _v4 = ks.networks(4, min_prefix=0)
@@ -76,3 +77,10 @@ def test_subtract_covers_exactly_the_addresses_left(
         for h in aggregate(h for h in holes if overlaps(base, h))
     )
     assert covered + hole_addresses == base.num_addresses
+
+
+def test_network_sort_key_orders_ipv4_first_then_address_then_prefix() -> None:
+    nets = [parse_network(n) for n in ("fd00::/8", "10.0.0.0/16", "10.0.0.0/8", "9.0.0.0/8")]
+    assert [str(n) for n in sorted(nets, key=network_sort_key)] == [
+        "9.0.0.0/8", "10.0.0.0/8", "10.0.0.0/16", "fd00::/8"]
+    assert network_sort_key(parse_network("10.0.0.0/8")) == (4, 167772160, 8)

@@ -50,3 +50,19 @@ def test_the_memory_backend_repairs_drift_like_any_owned_object() -> None:
     assert backend.observe() == State()
     assert Plan.from_json(plan(State(owned=[POLICY]), State()).to_json()).changes[0].subject == \
         POLICY
+
+
+def test_drift_text_of_exactly_the_bound_is_kept_and_one_more_is_cut() -> None:
+    exact = "x" * 512
+    assert Drift.of("nat", backend="nftables", where="t", what=exact).what == exact
+    cut = Drift.of("nat", backend="nftables", where="t", what=exact + "y").what
+    assert cut == "x" * 509 + "..."
+
+
+def test_drift_messages_say_what_to_give() -> None:
+    with pytest.raises(ModelError) as bad:
+        Drift.of("nat", backend="nftables", where="t", what=7)  # type: ignore[arg-type]
+    assert str(bad.value) == "drift fields are non-empty strings, got 7"
+    with pytest.raises(ModelError) as kindless:
+        Drift("nftables", "t", "x")
+    assert str(kindless.value) == "use Drift.of(kind, ...) or NatDrift / ForwardDrift"

@@ -11,6 +11,7 @@ import pytest
 from k3snet import Change, ModelError, Note, Plan, PlanError, State, plan
 from k3snet.model import (
     OBJECT_TYPES,
+    ForwardBlock,
     ForwardRule,
     MasqueradeRule,
     Route,
@@ -19,6 +20,7 @@ from k3snet.model import (
     object_from_dict,
     register_object_type,
 )
+from k3snet.model.state import STATE_FORMAT
 
 _ROUTE = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
 _FOREIGN_ROUTE = Route("192.168.3.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
@@ -129,6 +131,15 @@ def test_objects_order_strictly() -> None:
     assert not high < low
     assert not low < low  # noqa: PLR0124 - irreflexivity is what is tested
     assert low <= low  # noqa: PLR0124
+    assert high > low
+    assert not low > high
+    assert not low > low  # noqa: PLR0124
+    assert low >= low  # noqa: PLR0124
+    assert high >= low
+    assert not low >= high
+    same = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
+    assert same >= _ROUTE
+    assert not same > _ROUTE
 
 
 def test_route_describe_names_unknown_protocols_by_number() -> None:
@@ -174,3 +185,63 @@ def test_apply_to_says_why_a_change_does_not_fit() -> None:
     moved = Route("192.168.2.0/24", gateway="192.168.1.254", device="eth0")
     with pytest.raises(PlanError, match=r"cannot replace .*: not in the state \(found route"):
         Plan(changes=[Change.replace(moved, _ROUTE)]).apply_to(State(owned=[_ROUTE]))
+
+
+def test_a_conflict_note_prints_its_reason_and_keeps_it_through_json() -> None:
+    wanted = ForwardRule("10.42.0.0/16", "192.168.2.0/24")
+    block = ForwardBlock(4, "drop", "-d 192.168.2.0/24 -j DROP", "iptables IPv4 filter FORWARD",
+                         destination="192.168.2.0/24")
+    p = plan(State(foreign=[block]), State(owned=[wanted]))
+    assert not p
+    assert list(p) == []
+    (note,) = p.notes
+    assert note.render() == (
+        "! forward accept 10.42.0.0/16 -> 192.168.2.0/24 (+ replies)\n"
+        "    (conflicts with foreign: drop by iptables IPv4 filter FORWARD: "
+        "-d 192.168.2.0/24 -j DROP)\n"
+        "    (that rule drops some of this traffic before k3snet's accept is reached; "
+        "k3snet does not place its rules above it)")
+    assert note.to_dict()["reason"] == note.reason
+    again = Plan.from_json(p.to_json())
+    assert again == p
+    assert again.notes[0].reason == note.reason
+    # A note without a reason has no "reason" key, and prints no third line.
+    met = plan(State(foreign=[wanted]), State(owned=[wanted])).notes[0]
+    assert "reason" not in met.to_dict()
+    assert Note.from_dict(met.to_dict()) == met
+    bare = Note("conflict", wanted, block)
+    assert bare.render().count("\n") == 1
+    assert "reason" not in bare.to_dict()
+
+
+def test_a_plan_iterates_over_its_changes_and_is_true_when_it_has_some() -> None:
+    p = plan(State(), State(owned=[_ROUTE, _NAT]))
+    assert p
+    assert list(p) == list(p.changes) == [Change.add(_ROUTE), Change.add(_NAT)]
+
+
+def test_a_state_that_is_not_json_or_not_an_object_says_so() -> None:
+    with pytest.raises(ModelError) as not_json:
+        State.from_json("{owned")
+    assert str(not_json.value) == (
+        "not a k3snet state (JSON): Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)")
+    with pytest.raises(ModelError) as not_object:
+        State.from_json("[]")
+    assert str(not_object.value) == "not a k3snet state: expected a JSON object"
+
+
+def test_a_state_of_another_format_is_refused_naming_both_formats() -> None:
+    with pytest.raises(ModelError) as other:
+        State.from_dict({"format": STATE_FORMAT + 1})
+    assert str(other.value) == (f"unsupported state format {STATE_FORMAT + 1!r} "
+                                f"(this k3snet reads {STATE_FORMAT})")
+    assert State.from_dict({"format": STATE_FORMAT}) == State()
+
+
+def test_state_json_is_sorted_and_indents_on_request() -> None:
+    state = State(owned=[_ROUTE, _NAT], foreign=[_FOREIGN_ROUTE])
+    text = state.to_json(indent=2)
+    assert text.startswith('{\n  "foreign": [')
+    assert state.to_json().startswith('{"foreign": [')
+    assert State.from_json(text) == state
