@@ -90,6 +90,12 @@ class _NatBase(NetObject):
                     f"{self.type_name} {self.source}: exclusion {excluded} lies outside "
                     f"destination {self.destination}"
                 )
+        if self.destination is None and any(e.prefixlen == 0 for e in self.exclude):
+            # Exclusions are aggregated: two halves that make up every address are /0 here.
+            raise ModelError(
+                f"{self.type_name} {self.source}: exclusions cover every destination; "
+                "the rule would never match"
+            )
         if self.destination is not None and any(
             contains(e, self.destination) for e in self.exclude
         ):

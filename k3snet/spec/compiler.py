@@ -188,8 +188,9 @@ def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
             families_in_use.add(dest.family)
     if spec.masquerade.mode == "all":
         for pod in spec.cluster.pod_cidrs:
-            if nat:
-                owned.append(_nat_all_rule(spec, pod))
+            rule = _nat_all_rule(spec, pod) if nat else None
+            if rule is not None:
+                owned.append(rule)
             families_in_use.add(pod.version)
     explicit = {s.name for s in spec.sysctls}
     if spec.manage_forwarding:
@@ -214,7 +215,9 @@ def _nat_rule(
                           random_fully=policy.random_fully)
 
 
-def _nat_all_rule(spec: Spec, pod: Network) -> MasqueradeRule | SnatRule:
+def _nat_all_rule(spec: Spec, pod: Network) -> MasqueradeRule | SnatRule | None:
+    """The rule of mode ``all`` for one pod CIDR; ``None`` when the exemptions cover every
+    destination (ip-masq-agent's ``nonMasqueradeCIDRs: [0.0.0.0/0]``: nothing is NATed)."""
     family = pod.version
     policy = spec.masquerade
     keep = [n for n in policy.non_masquerade_cidrs if n.version == family]
@@ -224,6 +227,8 @@ def _nat_all_rule(spec: Spec, pod: Network) -> MasqueradeRule | SnatRule:
     link_local = policy.masq_link_local if family == 4 else policy.masq_link_local_ipv6
     if not link_local:
         keep.append(LINK_LOCAL[family])
+    if any(n.prefixlen == 0 for n in aggregate(keep)):
+        return None
     return _nat_rule(policy, pod, None, keep, policy.out_interface)
 
 
