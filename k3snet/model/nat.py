@@ -131,6 +131,9 @@ class _NatBase(NetObject):
     def conflict_reason(self, other: NetObject) -> str | None:
         """Why a :class:`NatBlock` wins: the first NAT rule a connection meets decides."""
         if isinstance(other, NatBlock):
+            if other.action == "exempt":
+                return ("that rule lets some of this traffic leave untranslated before "
+                        "k3snet's rule is reached; k3snet does not place its rules above it")
             return ("that rule translates some of this traffic before k3snet's rule is "
                     "reached (the first NAT rule met decides); k3snet does not place its "
                     "rules above it")
@@ -266,7 +269,7 @@ NatRule = MasqueradeRule | SnatRule
 """Either NAT rule; both share one key space (a masquerade can be replaced by a SNAT)."""
 
 
-_ACTIONS = ("masquerade", "snat")
+_ACTIONS = ("masquerade", "snat", "exempt")
 
 
 def _action(value: object) -> str:
@@ -286,8 +289,10 @@ class NatBlock(NetObject):
 
     Only ever *observed* (foreign): ``rule`` is the rule's text as its tool lists
     it, ``where`` where it sits (``iptables IPv4 nat POSTROUTING``). ``action`` is
-    ``masquerade`` or ``snat`` (to ``to_address``; ``None``: an address or range
-    k3snet does not model, never the same as ours); ``source`` / ``destination`` /
+    ``masquerade``, ``snat`` (to ``to_address``; ``None``: an address or range
+    k3snet does not model, never the same as ours) or ``exempt`` (a ``RETURN`` or
+    ``ACCEPT`` that ends the NAT table for the packets it matches, so they leave
+    untranslated and k3snet's jump is never met); ``source`` / ``destination`` /
     ``out_interface`` are what it matches (``None``: any; a negated match counts
     as any, so a doubt is a conflict rather than an override). The first NAT rule
     a connection meets decides its translation: a wanted NAT rule some of whose
@@ -329,8 +334,8 @@ class NatBlock(NetObject):
         for value in (self.source, self.destination, self.to_address):
             if value is not None and value.version != self.ip_family:
                 raise ModelError(f"foreign rule {self.rule!r}: {value} is not IPv{self.ip_family}")
-        if self.action == "masquerade" and self.to_address is not None:
-            raise ModelError(f"foreign rule {self.rule!r}: a masquerade has no to_address")
+        if self.action != "snat" and self.to_address is not None:
+            raise ModelError(f"foreign rule {self.rule!r}: only an snat has a to_address")
         key = ("nat-block", self.ip_family, self.where, self.rule)
         self._seal(key, (self.action, *net_tuple(self.source), *net_tuple(self.destination),
                          self.out_interface or "",
@@ -345,7 +350,9 @@ class NatBlock(NetObject):
         """True when this rule may match packets of ``rule`` and translates them otherwise."""
         if not isinstance(rule, MasqueradeRule | SnatRule) or rule.family != self.ip_family:
             return False
-        if self.action == "masquerade":
+        if self.action == "exempt":
+            same = False  # untranslated is never what a NAT rule of k3snet wants
+        elif self.action == "masquerade":
             same = isinstance(rule, MasqueradeRule)
         else:
             same = isinstance(rule, SnatRule) and rule.to_address == self.to_address
@@ -359,7 +366,9 @@ class NatBlock(NetObject):
 
     def describe(self) -> str:
         """``ACTION by WHERE: RULE``."""
-        action = self.action if self.to_address is None else f"snat to {self.to_address}"
+        action = {"exempt": "no NAT"}.get(self.action, self.action)
+        if self.to_address is not None:
+            action = f"snat to {self.to_address}"
         return f"{action} by {self.where}: {self.rule}"
 
     def to_dict(self) -> dict[str, Any]:

@@ -119,12 +119,46 @@ NAT_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
     "a return bounded by a source does not cut": (
         "-A POSTROUTING -s 10.1.0.0/16 ! -d 10.1.0.0/16 -j RETURN\n"
         f"-A POSTROUTING -s {POD} -j MASQUERADE", 4, {MasqueradeRule(POD)}),
-    "a return bounded by a destination does not cut": (
+    # An exemption in POSTROUTING ends the nat table for its packets: the rules after
+    # it do not translate them (its destination becomes their exclusion).
+    "a return bounded by a destination spares it from what follows": (
         "-A POSTROUTING ! -s 10.1.0.0/16 -d 10.1.0.0/16 -j RETURN\n"
-        f"-A POSTROUTING -s {POD} -j MASQUERADE", 4, {MasqueradeRule(POD)}),
-    "a plain bounded return does not cut": (
+        f"-A POSTROUTING -s {POD} -j MASQUERADE", 4,
+        {MasqueradeRule(POD, exclude=["10.1.0.0/16"])}),
+    "a plain bounded return spares its destination from what follows": (
         "-A POSTROUTING -d 10.1.0.0/16 -j RETURN\n"
+        f"-A POSTROUTING -s {POD} -j MASQUERADE", 4,
+        {MasqueradeRule(POD, exclude=["10.1.0.0/16"])}),
+    "an accept bounded by a destination spares it from what follows": (
+        f"-A POSTROUTING -s {POD} -d 192.168.2.0/24 -j ACCEPT\n"
+        f"-A POSTROUTING -s {POD} -d 192.168.0.0/16 -j MASQUERADE", 4,
+        {MasqueradeRule(POD, destination="192.168.0.0/16", exclude=["192.168.2.0/24"])}),
+    "an exemption of the whole destination leaves nothing met": (
+        f"-A POSTROUTING -s {POD} -j ACCEPT\n"
+        f"-A POSTROUTING -s {POD} -j MASQUERADE", 4, set()),
+    "an exemption k3snet cannot read leaves what follows unmet": (
+        f"-A POSTROUTING -s {POD} -p tcp --dport 25 -j RETURN\n"
+        f"-A POSTROUTING -s {POD} -j MASQUERADE", 4, set()),
+    "an exemption of other sources changes nothing": (
+        "-A POSTROUTING -s 10.99.0.0/16 -j RETURN\n"
         f"-A POSTROUTING -s {POD} -j MASQUERADE", 4, {MasqueradeRule(POD)}),
+    "an exemption of other destinations changes nothing": (
+        "-A POSTROUTING -d 172.16.0.0/12 -j RETURN\n"
+        f"-A POSTROUTING -s {POD} -d 192.168.0.0/16 -j MASQUERADE", 4,
+        {MasqueradeRule(POD, destination="192.168.0.0/16")}),
+    "an exemption for marked packets is another program's traffic": (
+        f"-A POSTROUTING -s {POD} -m mark --mark 0x1/0x1 -j ACCEPT\n"
+        f"-A POSTROUTING -s {POD} -j MASQUERADE", 4, {MasqueradeRule(POD)}),
+    "an accept in a chain jumped to ends the nat table": (
+        "-A POSTROUTING -j FLANNEL-POSTRTG\n"
+        "-A FLANNEL-POSTRTG -d 10.1.0.0/16 -j ACCEPT\n"
+        f"-A FLANNEL-POSTRTG -s {POD} -j MASQUERADE", 4,
+        {MasqueradeRule(POD, exclude=["10.1.0.0/16"])}),
+    "a return in a chain jumped to only goes back": (
+        "-A POSTROUTING -j FLANNEL-POSTRTG\n"
+        "-A POSTROUTING -j OTHER\n"
+        "-A FLANNEL-POSTRTG -d 10.1.0.0/16 -j RETURN\n"
+        f"-A OTHER -s {POD} -j MASQUERADE", 4, {MasqueradeRule(POD)}),
 }
 
 

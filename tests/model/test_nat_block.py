@@ -96,3 +96,93 @@ def test_the_reader_takes_nat_rules_before_the_jump_one_level_down() -> None:
         ("snat", "10.50.0.0/16", "192.168.2.0/24", "192.168.1.99"),
     }
     assert _blocks("-A POSTROUTING -s 10.50.0.0/16 -j MASQUERADE", before=0) == set()
+
+
+EXEMPT = NatBlock(4, "exempt", "-A POSTROUTING -s 10.42.0.0/16 -d 192.168.2.0/24 -j RETURN",
+                  "iptables IPv4 nat", source="10.42.0.0/16", destination="192.168.2.0/24")
+
+
+@pytest.mark.parametrize(("wanted", "decided"), [
+    (MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24"), True),
+    (MasqueradeRule("10.42.0.0/16"), True),  # part of its traffic leaves untranslated
+    (SnatRule("10.42.0.0/16", to_address="192.168.1.5"), True),
+    (MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24"), False),
+    (MasqueradeRule("10.42.0.0/16", destination="192.168.0.0/16",
+                    exclude=["192.168.2.0/24"]), False),  # never translated anyway
+    (MasqueradeRule("10.43.0.0/16"), False),
+    (MasqueradeRule("fd42::/64"), False),
+])
+def test_an_exemption_decides_every_nat_flow_it_lets_leave_untranslated(
+    wanted: MasqueradeRule | SnatRule, decided: bool
+) -> None:
+    assert EXEMPT.decides(wanted) is decided
+    assert wanted.conflicts_with(EXEMPT) is decided
+
+
+def test_an_exemption_is_a_conflict_saying_the_traffic_leaves_untranslated() -> None:
+    wanted = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+    p = plan(State(foreign=[EXEMPT]), State(owned=[wanted]))
+    assert p.changes == ()
+    [note] = p.conflicts
+    assert note.foreign == EXEMPT
+    assert "no NAT by iptables IPv4 nat: -A POSTROUTING" in p.render()
+    assert "leave untranslated" in p.render()
+    assert object_from_dict(EXEMPT.to_dict()) == EXEMPT
+    with pytest.raises(ModelError):
+        NatBlock(4, "exempt", "x", "y", to_address="192.0.2.1")
+
+
+def _exempt(found: set[NetObject]) -> set[tuple[str, str, str]]:
+    return {(b.where, str(b.source), str(b.destination)) for b in found
+            if isinstance(b, NatBlock) and b.action == "exempt"}
+
+
+@pytest.mark.parametrize(("rules", "expected"), [
+    ("-A POSTROUTING -s 10.42.0.0/16 -d 192.168.2.0/24 -j RETURN",
+     {("iptables IPv4 nat", "10.42.0.0/16", "192.168.2.0/24")}),
+    ("-A POSTROUTING -d 192.168.2.0/24 -j ACCEPT",
+     {("iptables IPv4 nat", "None", "192.168.2.0/24")}),
+    # Negated or unmodelled matches count as any: a doubt is a conflict.
+    ("-A POSTROUTING ! -d 10.0.0.0/8 -p tcp -j RETURN", {("iptables IPv4 nat", "None", "None")}),
+    # An ACCEPT one jump down ends the nat table too (narrowed by the jump) ...
+    ("-A POSTROUTING -s 10.42.0.0/16 -j FLANNEL-POSTRTG\n"
+     "-A FLANNEL-POSTRTG -d 192.168.2.0/24 -j ACCEPT",
+     {("iptables IPv4 nat", "10.42.0.0/16", "192.168.2.0/24")}),
+    # ... a RETURN there only goes back to POSTROUTING (flannel's, kube-proxy's) ...
+    ("-A POSTROUTING -j FLANNEL-POSTRTG\n-A FLANNEL-POSTRTG -d 192.168.2.0/24 -j RETURN\n"
+     "-A POSTROUTING -j KUBE-POSTROUTING\n"
+     "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN", set()),
+    # ... unless the chain was gone to (-g): then it ends POSTROUTING.
+    ("-A POSTROUTING -g FLANNEL-POSTRTG\n-A FLANNEL-POSTRTG -d 192.168.2.0/24 -j RETURN",
+     {("iptables IPv4 nat", "None", "192.168.2.0/24")}),
+    # Rules testing for a set mark are another program's traffic.
+    ("-A POSTROUTING -m mark --mark 0x1/0x1 -j ACCEPT\n"
+     "-A POSTROUTING -m connmark --mark 0x2 -j RETURN\n"
+     "-A POSTROUTING -j KUBE-POSTROUTING\n"
+     "-A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j ACCEPT", set()),
+    ("-A POSTROUTING -m mark ! --mark 0x1/0x1 -j ACCEPT", {("iptables IPv4 nat", "None", "None")}),
+])
+def test_the_reader_takes_exemptions_that_end_the_nat_table_before_the_jump(
+    rules: str, expected: set[tuple[str, str, str]]
+) -> None:
+    assert _exempt(_blocks(rules)) == expected
+    assert _exempt(_blocks(rules, before=0)) == set()  # after the jump: k3snet's rule came first
+
+
+def test_a_masquerade_for_marked_packets_is_not_a_block() -> None:
+    # kube-proxy before 1.20 masqueraded marked packets with a positive mark match.
+    found = _blocks("-A POSTROUTING -j KUBE-POSTROUTING\n"
+                    "-A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE")
+    assert found == set()
+
+
+def test_a_k3s_node_has_no_exemption_before_the_jump() -> None:
+    from k3snet.testing.k3s import NODE_V4, NODE_V6  # noqa: PLC0415
+
+    for family, text in ((4, NODE_V4), (6, NODE_V6)):
+        dump = parse_save(text).get("nat")
+        assert dump is not None
+        found = nat_blocks(dump, family, len(dump.chain("POSTROUTING")))
+        assert _exempt(found) == set()
+        # flannel's masquerade (and Docker's, of its own bridge) are what decides first.
+        assert {b.action for b in found if isinstance(b, NatBlock)} == {"masquerade"}

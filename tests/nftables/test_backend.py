@@ -29,7 +29,15 @@ from k3snet.backends.nftables.kernel import BoundedLister, Libnftables
 from k3snet.cli import main
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.lab.netns import run_in, temporary_netns, unique_name
-from k3snet.model import Drift, ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.model import (
+    Drift,
+    ForwardRule,
+    MasqueradeRule,
+    NatBlock,
+    NetObject,
+    SnatRule,
+    State,
+)
 from k3snet.planner import Change, Plan, plan
 from k3snet.render.nftables import (
     chain_order_key,
@@ -76,6 +84,13 @@ FOREIGN_MODELLED = {
     MasqueradeRule("fd42:50::/56", exclude=["fd00::/8"]),
     ForwardRule("10.42.0.0/16", "0.0.0.0/0"),
     ForwardRule("0.0.0.0/0", "10.42.0.0/16"),
+    # flannel's masquerades (iptables-nft's ip nat, at srcnat like k3snet's chain: which
+    # runs first is not to be relied on, so they may decide first). kube-proxy's sees
+    # marked packets only, the edge table's runs after k3snet's (srcnat + 10).
+    NatBlock(4, "masquerade", "ip saddr 10.42.0.0/16 ip daddr != 224.0.0.0/4 masquerade",
+             "nftables ip nat FLANNEL-POSTRTG", source="10.42.0.0/16"),
+    NatBlock(4, "masquerade", "ip saddr != 10.42.0.0/16 ip daddr 10.42.0.0/16 masquerade",
+             "nftables ip nat FLANNEL-POSTRTG", destination="10.42.0.0/16"),
 }
 
 WANTED = K3SNET_RULES

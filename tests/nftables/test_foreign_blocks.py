@@ -1,8 +1,8 @@
 """Foreign drops read as :class:`~k3snet.model.ForwardBlock`, one small chain per case.
 
-A block's text names the matches k3snet models and counts the others ("and 2
-more matches"): every kind of test the parser meets (an unknown match, a mark,
-``meta nfproto``, a reply test, a negation, a statement it cannot read) is
+A block's text names the address and interface matches (negated ones too) and
+counts the others ("and 2 more matches"): every other kind of test the parser meets
+(an unknown match, a mark, ``meta nfproto``, a reply test, a statement it cannot read) is
 counted once per occurrence, so the text says how much of the rule k3snet did
 not model.
 """
@@ -80,12 +80,12 @@ BLOCKS: dict[str, tuple[list[Expr], set[NetObject]]] = {
     "a wildcard interface is any": (
         [meta("iifname", "cni*"), meta("oifname", "eth*"), daddr(B)],
         {block(f"ip daddr {B} iifname cni* oifname eth* drop", destination=B)}),
-    "a negated source counts as a match": (
+    "a negated source is named, and matches any source": (
         [saddr("10.42.0.0/16", neg=True), daddr(B)],
-        {block(f"ip daddr {B} (and 1 more match) drop", destination=B)}),
-    "negated interfaces count as matches": (
+        {block(f"ip saddr != 10.42.0.0/16 ip daddr {B} drop", destination=B)}),
+    "negated interfaces are named, and match any interface": (
         [meta("iifname", "cni0", "!="), meta("oifname", "eth1", "!="), daddr(B)],
-        {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
+        {block(f"ip daddr {B} iifname != cni0 oifname != eth1 drop", destination=B)}),
     "an unknown match": ([UNKNOWN, daddr(B)],
                          {block(f"ip daddr {B} (and 1 more match) drop", destination=B)}),
     "a port match": (
@@ -139,10 +139,11 @@ BLOCKS: dict[str, tuple[list[Expr], set[NetObject]]] = {
         [saddr("10.42.0.0/16"), {"match": {"op": "==", "left": daddr(B)["match"]["left"],
                                            "right": {"set": ["192.0.2.1", "192.0.2.2"]}}}],
         {block("ip saddr 10.42.0.0/16 (and 1 more match) drop", source="10.42.0.0/16")}),
-    "a set of exclusions counts as a match": (
+    "a set of exclusions is named, and matches any destination": (
         [saddr("10.42.0.0/16"), {"match": {"op": "!=", "left": daddr(B)["match"]["left"],
                                            "right": {"set": ["192.0.2.1", "192.0.2.2"]}}}],
-        {block("ip saddr 10.42.0.0/16 (and 2 more matches) drop", source="10.42.0.0/16")}),
+        {block("ip saddr 10.42.0.0/16 ip daddr != 192.0.2.1/32 ip daddr != 192.0.2.2/32 drop",
+               source="10.42.0.0/16")}),
     "no address is no block": ([meta("iifname", "cni0")], set()),
     "a negated address only is no block": ([daddr(B, neg=True)], set()),
     "a family test only is no block": ([meta("nfproto", "ipv6")], set()),

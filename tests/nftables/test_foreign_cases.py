@@ -59,7 +59,14 @@ def snat(**body: Any) -> Expr:
 
 
 class Kernel:
-    """The kernel seam over a few chains: {(family, table, chain): (hook, policy, rules)}."""
+    """The kernel seam over a few chains: {(family, table, chain): (hook, policy, rules)}.
+
+    Its nat chains sit at ``nat_prio``: by default ``srcnat + 10``, after k3snet's
+    chain, so what these cases read is what is met, not what decides before k3snet
+    (NAT blocks: ``test_nat_blocks.py``).
+    """
+
+    nat_prio: int | None = 110
 
     def __init__(self, chains: dict[tuple[str, str, str], tuple[str | None, str, list[list[Expr]]]]
                  ) -> None:
@@ -71,7 +78,9 @@ class Kernel:
         chain: dict[str, Any] = {"family": family, "table": table, "name": name, "handle": 1}
         if hook is not None:
             chain |= {"type": "nat" if hook == "postrouting" else "filter", "hook": hook,
-                      "prio": 100, "policy": policy}
+                      "prio": self.nat_prio if hook == "postrouting" else 0, "policy": policy}
+            if chain["prio"] is None:
+                del chain["prio"]
         return {"chain": chain}
 
     def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:

@@ -28,6 +28,7 @@ from k3snet.model import (
     ForwardBlock,
     ForwardRule,
     MasqueradeRule,
+    NatBlock,
     NetObject,
     SnatRule,
     State,
@@ -143,6 +144,13 @@ def test_a_k3s_node_foreign_rules_are_modelled_from_the_egress_chains_only() -> 
         # flannel's FLANNEL-FWD accepts both ways, so each answers the other
         ForwardRule("10.42.0.0/16", "0.0.0.0/0"),
         ForwardRule("0.0.0.0/0", "10.42.0.0/16"),
+        # flannel's masquerades sit in iptables-nft's ip nat at srcnat, k3snet's priority:
+        # they may decide first (kube-proxy's sees marked packets only; the edge table's
+        # chain runs after k3snet's, at srcnat + 10)
+        NatBlock(4, "masquerade", "ip saddr 10.42.0.0/16 ip daddr != 224.0.0.0/4 masquerade",
+                 "nftables ip nat FLANNEL-POSTRTG", source="10.42.0.0/16"),
+        NatBlock(4, "masquerade", "ip saddr != 10.42.0.0/16 ip daddr 10.42.0.0/16 masquerade",
+                 "nftables ip nat FLANNEL-POSTRTG", destination="10.42.0.0/16"),
     }
     # names and hooks of all chains, then only the egress path's chains
     assert sorted(kernel.listed) == sorted([

@@ -206,6 +206,55 @@ def test_a_foreign_snat_inserted_before_our_masquerade_is_a_conflict_naming_it(
         assert [n.wanted for n in again.conflicts] == [MASQ]
 
 
+EXEMPTIONS = {
+    "return": "-s 10.42.0.0/16 -d 192.168.2.0/24 -j RETURN",
+    "accept": "-d 192.168.2.0/24 -j ACCEPT",
+}
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("kind", sorted(EXEMPTIONS))
+def test_an_admin_exemption_inserted_before_our_masquerade_is_a_conflict_naming_it(
+    ns: str, mode: str, kind: str
+) -> None:
+    exemption = EXEMPTIONS[kind]
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+        run_in(ns, [f"iptables-{mode}", "-w", "-t", "nat", "-I", "POSTROUTING", "1",
+                    *exemption.split()])
+        observed = backend.observe()
+        assert MASQ not in observed.owned  # the admin's exemption decides that traffic first
+        p = plan(observed, DESIRED)
+        notes = [n for n in p.conflicts if n.wanted == MASQ]
+        assert len(notes) == 1, p.render()
+        assert f"-A POSTROUTING {exemption}" in notes[0].foreign.describe()
+        rendered = p.render()
+        assert f"! {MASQ.describe()}" in rendered
+        assert f"+ {MASQ.describe()}" not in rendered
+        assert "leave untranslated" in rendered
+        backend.apply(p)
+        # The kernel's view: the admin's rule still first, k3snet's jump not moved.
+        assert builtin_rules(ns, mode, "nat", "POSTROUTING") == [
+            f"-A POSTROUTING {exemption}", NAT_JUMP]
+        again = plan(backend.observe(), DESIRED)
+        assert again.empty
+        assert [n.wanted for n in again.conflicts] == [MASQ]
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_flannels_and_kube_proxys_returns_before_our_jump_are_no_conflict(
+    ns: str, mode: str
+) -> None:
+    from k3snet.testing.k3s import NODE_V4  # noqa: PLC0415
+
+    run_in(ns, [f"iptables-{mode}-restore", "--noflush"], input_text=NODE_V4)
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        p = plan(backend.observe(), DESIRED)
+        # flannel masquerades the pods' traffic first: met, not a conflict
+        assert [n.status for n in p.notes if n.wanted == MASQ] == ["met"], p.render()
+        assert not [n for n in p.conflicts if isinstance(n.wanted, MasqueradeRule)]
+
+
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_a_first_apply_after_a_foreign_snat_of_the_flow_adds_no_masquerade(
     ns: str, mode: str

@@ -24,8 +24,9 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
 * nat, what translates otherwise (:func:`nat_blocks`): every ``MASQUERADE`` or
   ``SNAT`` met before k3snet's POSTROUTING jump, in POSTROUTING or one jump level
   down, as a :class:`~k3snet.model.NatBlock` carrying the rule's text (a doubt
-  counts against k3snet, as for forward blocks). ``RETURN``/``ACCEPT``
-  exemptions before the jump are not read as blocks.
+  counts against k3snet, as for forward blocks), and every exemption met there
+  (a ``RETURN``/``ACCEPT`` ending the nat table: the packets leave
+  untranslated). A rule testing for a set mark is another program's traffic.
 
 Rule order across chains is approximated (one level of jumps, in order); a
 RETURN that may skip most packets hides what follows it in its chain, and a
@@ -43,7 +44,7 @@ from collections.abc import Iterator
 from k3snet.backends.iptables.save import TableDump
 from k3snet.errors import K3snetError
 from k3snet.model import NetObject
-from k3snet.model.cidr import Network, contains
+from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.render.iptables.rules import (
@@ -134,28 +135,71 @@ def _target(tokens: Line) -> str | None:
 
 
 def foreign_nat(dump: TableDump | None, family: int) -> set[NetObject]:
-    """Simple MASQUERADE/SNAT rules on the POSTROUTING path."""
+    """Simple MASQUERADE/SNAT rules on the POSTROUTING path.
+
+    An exemption met earlier (a ``RETURN``/``ACCEPT`` in POSTROUTING, an
+    ``ACCEPT`` in a chain it jumps to: the packets leave the nat table
+    untranslated) takes its packets away from the rules after it: one naming a
+    destination becomes an exclusion of theirs, one that cannot be told apart
+    (another match, a negation) leaves them out (not "met": k3snet then writes
+    its own rule, and :func:`nat_blocks` names the exemption as a conflict).
+    """
     found: set[NetObject] = set()
     if dump is None:
         return found
-    for _, _, fields, _ in _walk(dump, "POSTROUTING"):
+    exemptions: list[RuleFields | None] = []
+    for chain, target, fields, tokens in _walk(dump, "POSTROUTING"):
+        if target == "ACCEPT" or (target == "RETURN" and chain == "POSTROUTING"):
+            if not _marked(tokens):
+                exemptions.append(fields)
+            continue
         if fields is None or fields.target not in ("MASQUERADE", "SNAT"):
             continue
         if fields.source_neg or fields.in_interface or fields.ctstate:
             continue
-        obj = _nat_object(fields, family)
+        spared = _spared(fields, family, exemptions)
+        obj = None if spared is None else _nat_object(fields, family, spared)
         if obj is not None:
             found.add(obj)
     return found
 
 
-def _nat_object(fields: RuleFields, family: int) -> NetObject | None:
+def _spared(rule: RuleFields, family: int,
+            exemptions: list[RuleFields | None]) -> list[Network] | None:
+    """The destinations earlier exemptions take from ``rule``; ``None``: cannot tell."""
+    source = rule.source if rule.source is not None else _zero(family)
+    destination = rule.destination if not rule.destination_neg else None
+    spared: list[Network] = []
+    for exit_ in exemptions:
+        if exit_ is None or exit_.in_interface or exit_.ctstate:
+            return None
+        if exit_.source is not None and (
+                exit_.source.version != family
+                or (not exit_.source_neg and not overlaps(exit_.source, source))
+                or (exit_.source_neg and contains(exit_.source, source))):
+            continue  # other sources
+        if (exit_.destination is not None and not exit_.destination_neg and destination
+                and not overlaps(exit_.destination, destination)):
+            continue  # other destinations
+        if (exit_.out_interface is not None and rule.out_interface is not None
+                and exit_.out_interface != rule.out_interface):
+            continue  # another way out (names compared as written: "eth+" is not "eth0")
+        if exit_.destination is None or exit_.destination_neg or (
+                exit_.destination.version != family):
+            return None
+        spared.append(exit_.destination)  # may spare more than it does: errs on "not met"
+    return spared
+
+
+def _nat_object(fields: RuleFields, family: int, spared: list[Network]) -> NetObject | None:
     source = fields.source if fields.source is not None else _zero(family)
     destination = fields.destination
     exclude: list[Network] = []
     if destination is not None and fields.destination_neg:
         exclude = [destination]
         destination = None
+    whole = destination if destination is not None else _zero(family)
+    exclude = list(dict.fromkeys([*exclude, *(net for net in spared if overlaps(net, whole))]))
     try:
         if fields.target == "SNAT":
             if fields.to_source is None:
@@ -272,13 +316,26 @@ def _addresses(tokens: Line) -> dict[str, str | None]:
     return found
 
 
+_NAT_ACTION = {"MASQUERADE": "masquerade", "SNAT": "snat", "RETURN": "exempt",
+               "ACCEPT": "exempt"}
+
+
 def nat_blocks(dump: TableDump | None, family: int, before: int) -> set[NetObject]:
-    """Foreign ``MASQUERADE``/``SNAT`` rules met before POSTROUTING's rule number
-    ``before`` (0-based: where k3snet's jump is or would go), as :class:`NatBlock`.
+    """Foreign rules met before POSTROUTING's rule number ``before`` (0-based: where
+    k3snet's jump is or would go) that decide a connection's source NAT, as
+    :class:`NatBlock`: a ``MASQUERADE`` or ``SNAT``, and an exemption, a rule that
+    ends the nat table for its packets (``RETURN`` or ``ACCEPT`` in POSTROUTING;
+    ``ACCEPT`` in a chain it jumps to, and ``RETURN`` in a chain it goes to with
+    ``-g``): those packets leave untranslated and never meet k3snet's jump. A
+    ``RETURN`` in a chain jumped to only goes back to POSTROUTING.
 
     Read one jump level down, like the other readers here; rules after a
     ``RETURN``/``ACCEPT`` that may skip most of a jumped-to chain are not reached
-    (see :func:`_cuts`: kube-proxy's masquerade only sees marked packets).
+    (see :func:`_cuts`: kube-proxy's masquerade only sees marked packets). A rule
+    that tests for a set packet or connection mark (``-m mark --mark``, not ``!
+    --mark``) is about another program's marked traffic (kube-proxy's 0x4000 "to
+    masquerade", a proxy's marks), never k3snet's plain pod traffic, and makes no
+    block.
     """
     found: set[NetObject] = set()
     if dump is None:
@@ -287,26 +344,37 @@ def nat_blocks(dump: TableDump | None, family: int, before: int) -> set[NetObjec
         tokens = tokenize(spec)
         target = _target(tokens)
         if target is not None and target in dump.rules and not target.startswith(PREFIX):
+            gone_to = "-g" in tokens
             for inner in dump.chain(target):
                 inner_tokens = tokenize(inner)
                 inner_target = _target(inner_tokens)
+                if inner_target == "ACCEPT" or (gone_to and inner_target == "RETURN"):
+                    _nat_block(found, family, target, inner_tokens, inner_target, outer=tokens)
                 if _cuts(inner_target, inner_tokens):
                     break
                 if inner_target in ("MASQUERADE", "SNAT"):
                     _nat_block(found, family, target, inner_tokens, inner_target, outer=tokens)
             continue
-        if target in ("MASQUERADE", "SNAT"):
+        if target in _NAT_ACTION:
             _nat_block(found, family, "POSTROUTING", tokens, target)
     return found
+
+
+def _marked(tokens: Line) -> bool:
+    """The rule tests for a set packet or connection mark (``--mark`` not negated)."""
+    return any(word == "--mark" and (index == 0 or tokens[index - 1] != "!")
+               for index, word in enumerate(tokens))
 
 
 def _nat_block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
                outer: Line = ()) -> None:
     """Add the block a NAT rule ``tokens`` makes (narrowed by the jump ``outer``)."""
+    if _marked(tokens) or _marked(outer):
+        return  # another program's marked traffic, not k3snet's pods' (see nat_blocks)
     matches = {**_addresses(outer), **{k: v for k, v in _addresses(tokens).items()
                                        if v is not None}}
     matches.pop("in_interface", None)  # not a match in POSTROUTING
-    action = "masquerade" if target == "MASQUERADE" else "snat"
+    action = _NAT_ACTION[target]
     to_address = None
     if action == "snat" and "--to-source" in tokens[:-1]:
         to_address = tokens[tokens.index("--to-source") + 1]

@@ -60,7 +60,7 @@ from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift, NetObject, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
-from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.render.nftables import (
     CHAIN_HOOKS,
     FORWARD_CHAIN,
@@ -79,6 +79,7 @@ _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM
                           "DSCP", "TOS", "TCPMSS"})
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
+_OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
 
 
 def table_of(obj: NetObject, families: tuple[str, ...]) -> str:
@@ -371,6 +372,8 @@ class ForeignReader:
     forward_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
+    _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
+    nat_blocks: list[NatBlock] = field(default_factory=list)
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
 
     def read(self) -> frozenset[NetObject]:
@@ -390,13 +393,17 @@ class ForeignReader:
             if family not in ("ip", "ip6", "inet") or where in self.own_tables:
                 continue
             if chain.get("hook") == "postrouting" and chain.get("type") == "nat":
-                self._walk(where, str(name), [], 0, self._nat_rule)
+                prio = chain.get("prio")
+                first = not isinstance(prio, int) or prio <= _OWN_NAT_PRIO
+                self._walk(where, str(name), [], 0,
+                           self._nat_rule_first if first else self._nat_rule)
             elif chain.get("hook") == "forward" and chain.get("type") == "filter":
                 self.forward_bases.append((where, str(name), str(chain.get("policy", "accept"))))
                 self._walking = (where, str(name))
                 self._walk(where, str(name), [], 0, self._forward_rule)
         found: set[NetObject] = set(self.nat)
         found |= self._blocks()
+        found.update(self.nat_blocks)
         for rule in self.accepts:
             if not self.replies_accepted and not any(_answers(o, rule) for o in self.accepts):
                 continue
@@ -508,7 +515,8 @@ class ForeignReader:
         passed_up: list[Match] = []
         for match in self._rules(where, chain):
             verdict = match.verdict
-            if verdict in ("masquerade", "snat", "accept"):
+            if verdict in ("masquerade", "snat", "accept", "xt SNAT"):
+                self._at = (where, chain)
                 visit(match, local)
             if verdict in ("masquerade", "snat", None):
                 continue  # NAT ends the chain only for what it translates
@@ -569,6 +577,29 @@ class ForeignReader:
                 self.nat.append(SnatRule(source, to_address=match.nat_addr, **common))
         except ModelError:
             return
+
+    def _nat_rule_first(self, match: Match, exits: list[Match]) -> None:
+        """A NAT rule of a chain met no later than k3snet's: also a :class:`NatBlock`.
+
+        The kernel runs the nat base chains on the postrouting hook in priority
+        order, and the first chain that translates a connection decides it; the
+        others are not run for it (an ``accept`` or ``return`` only ends its own
+        chain: no exemption). Between equal priorities (iptables-nft's ``ip nat``
+        sits at ``srcnat`` too) the order is not something to rely on: a doubt
+        counts against k3snet, as in the iptables reader. What earlier rules of the
+        chain take away is not subtracted (a doubt again), except packets sent away
+        unless marked (kube-proxy's ``meta mark & 0x4000 == 0 return``): the NAT
+        after it sees marked packets only. A rule testing for a set mark is
+        likewise another program's traffic.
+        """
+        self._nat_rule(match, exits)
+        if match.verdict not in ("masquerade", "snat", "xt SNAT"):
+            return
+        if match.marks and match.mark_set_only:
+            return
+        if any(e.marks and e.marks == e.conditions and not e.mark_set_only for e in exits):
+            return
+        self.nat_blocks.extend(_nat_blocks_of(match, *self._at))
 
     def _forward_rule(self, match: Match, exits: list[Match]) -> None:
         if match.ct_reply and match.conditions == 1:
@@ -850,25 +881,64 @@ class _OwnTable:
         self.cache.handles[obj.key] = [*handles]
 
 
+def _rule_words(match: Match) -> tuple[list[str], list[Network], list[Network], list[str]]:
+    """What a foreign rule matches, as words of nft's language (for a block's text), and
+    its positive source and destination prefixes and out-interface names."""
+    proto = match.proto or "inet"
+    saddr = [net for net, neg in match.saddr if not neg]
+    daddr = [net for net, neg in match.daddr if not neg]
+    oif = [name for name, neg in match.oif if not neg]
+    words = []
+    for what, tests in ((f"{proto} saddr", match.saddr), (f"{proto} daddr", match.daddr),
+                        ("iifname", match.iif), ("oifname", match.oif)):
+        words += [f"{what} {'!= ' if neg else ''}{value}" for value, neg in tests]
+    others = match.conditions - len(words)
+    if others:
+        words.append(f"(and {others} more match{'es' if others > 1 else ''})")
+    return words, saddr, daddr, oif
+
+
+def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[NatBlock]:
+    """The :class:`NatBlock` (one per address family it may see) a foreign NAT rule makes."""
+    words, saddr, daddr, oif = _rule_words(match)
+    to_address = match.nat_addr if match.verdict == "snat" and not match.nat_extra else None
+    if match.verdict == "masquerade":
+        action, words = "masquerade", [*words, "masquerade"]
+    else:
+        action = "snat"
+        words.append(f"snat to {match.nat_addr}" if to_address else "snat (to an address "
+                     "or range k3snet does not model)")
+    text = " ".join(words)
+    place = f"nftables {where[0]} {where[1]} {chain}"
+    families = [4 if match.proto == "ip" else 6] if match.proto else [4, 6]
+    blocks = []
+    for family in families:
+        fields: dict[str, Any] = {
+            "source": saddr[0] if len(saddr) == 1 else None,
+            "destination": daddr[0] if len(daddr) == 1 else None,
+            "out_interface": oif[0] if len(oif) == 1 else None,
+            "to_address": to_address,
+        }
+        for attempt in (fields, {**fields, "out_interface": None}, {}):
+            try:
+                # A value k3snet cannot hold (an "eth*" wildcard, another family's
+                # address): read as "any", or as an SNAT to an address it does not model.
+                blocks.append(NatBlock(family, action, text, place, **attempt))
+                break
+            except ModelError:
+                continue
+    return blocks
+
+
 def _block_of(match: Match, where: tuple[str, str], chain: str) -> ForwardBlock | None:
     """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None)."""
     if match.verdict not in ("drop", "reject") or match.proto is None:
         return None
-    saddr = [net for net, neg in match.saddr if not neg]
-    daddr = [net for net, neg in match.daddr if not neg]
+    words, saddr, daddr, oif = _rule_words(match)
     if not saddr and not daddr:
         return None
-    words = [f"{match.proto} saddr {net}" for net in saddr]
-    words += [f"{match.proto} daddr {net}" for net in daddr]
-    words += [f"iifname {name}" for name, neg in match.iif if not neg]
-    words += [f"oifname {name}" for name, neg in match.oif if not neg]
-    others = match.conditions - len(saddr) - len(daddr) - len(
-        [1 for _, neg in match.iif if not neg]) - len([1 for _, neg in match.oif if not neg])
-    if others:
-        words.append(f"(and {others} more match{'es' if others > 1 else ''})")
     words.append(match.verdict)
     iif = [name for name, neg in match.iif if not neg]
-    oif = [name for name, neg in match.oif if not neg]
     fields: dict[str, Any] = {
         # One prefix each is what a block holds; several (a set) count as any.
         "source": saddr[0] if len(saddr) == 1 else None,

@@ -1,0 +1,166 @@
+"""Foreign NAT in other tables that may decide a connection before k3snet's chain.
+
+The kernel runs the nat base chains on the postrouting hook in priority order;
+the first one that translates a connection decides it, and an ``accept`` or a
+``return`` ends only its own chain (no exemption: the next nat chain still
+runs). So a ``masquerade`` or ``snat`` in a chain at k3snet's priority
+(``srcnat``, 100: equal priorities run in an order nobody should rely on) or
+before it is read as a :class:`~k3snet.model.NatBlock`; one after it is not.
+Root-free cases over the reader's kernel seam, then one lab namespace where
+``nft`` itself holds the foreign table.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from k3snet.backends.nftables.parse import ForeignReader
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import MasqueradeRule, NatBlock, SnatRule, State
+from k3snet.planner import plan
+from tests.nftables.test_foreign_cases import (
+    ACCEPT,
+    MASQ,
+    RETURN,
+    Kernel,
+    daddr,
+    jump,
+    meta,
+    nat,
+    saddr,
+    snat,
+)
+
+POD = "10.42.0.0/16"
+B = "192.168.2.0/24"
+UNMARKED_RETURN = [{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16384]},
+                              "right": 0}}, RETURN]
+MARKED = {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16384]},
+                    "right": 16384}}
+
+
+def blocks(kernel: Kernel, prio: int | None) -> set[tuple[Any, ...]]:
+    kernel.nat_prio = prio
+    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    return {(b.ip_family, b.action, b.rule, b.where, str(b.source), str(b.destination),
+             b.out_interface, b.to_address and str(b.to_address))
+            for b in found if isinstance(b, NatBlock)}
+
+
+def one(text: str, source: str | None = None, destination: str | None = None, *,
+        family: int = 4, action: str = "masquerade", oif: str | None = None,
+        to: str | None = None, where: str = "nftables inet t post") -> tuple[Any, ...]:
+    return (family, action, text, where, str(source), str(destination), oif, to)
+
+
+@pytest.mark.parametrize("prio", [-100, 99, 100, None])
+def test_a_nat_rule_at_or_before_k3snets_priority_is_a_block(prio: int | None) -> None:
+    kernel = nat([saddr(POD), daddr(B), snat(addr="192.0.2.9")])
+    assert blocks(kernel, prio) == {
+        one(f"ip saddr {POD} ip daddr {B} snat to 192.0.2.9", POD, B, action="snat",
+            to="192.0.2.9")}
+
+
+@pytest.mark.parametrize("prio", [101, 110, 300])
+def test_a_nat_rule_after_k3snets_priority_is_no_block(prio: int) -> None:
+    assert blocks(nat([saddr(POD), daddr(B), snat(addr="192.0.2.9")]), prio) == set()
+
+
+@pytest.mark.parametrize(("rules", "chains", "expected"), [
+    # inet without an address: both families may be translated
+    ([[MASQ]], {}, {one("masquerade"), one("masquerade", family=6)}),
+    # an out interface narrows; a wildcard k3snet cannot hold reads as any
+    ([[saddr(POD), meta("oifname", "eth0"), MASQ]], {},
+     {one(f"ip saddr {POD} oifname eth0 masquerade", POD, oif="eth0")}),
+    ([[saddr(POD), meta("oifname", "eth*"), MASQ]], {},
+     {one(f"ip saddr {POD} oifname eth* masquerade", POD)}),
+    # negations and unknown matches count as any: a doubt is a conflict
+    ([[saddr(POD), daddr("224.0.0.0/4", neg=True), MASQ]], {},
+     {one(f"ip saddr {POD} ip daddr != 224.0.0.0/4 masquerade", POD)}),
+    ([[saddr(POD), meta("l4proto", "tcp"), MASQ]], {},
+     {one(f"ip saddr {POD} (and 1 more match) masquerade", POD)}),
+    # an snat k3snet cannot read the address of is never the same as k3snet's
+    ([[saddr(POD), snat(addr="192.0.2.9", port=80)]], {},
+     {one(f"ip saddr {POD} snat (to an address or range k3snet does not model)", POD,
+          action="snat")}),
+    # rules of a chain jumped to (placed at the chain it is in)
+    ([[jump("sub")]], {"sub": [[saddr(POD), MASQ]]},
+     {one(f"ip saddr {POD} masquerade", POD, where="nftables inet t sub")}),
+    # what earlier rules take away is not subtracted (a doubt) ...
+    ([[daddr(B), ACCEPT], [saddr(POD), MASQ]], {}, {one(f"ip saddr {POD} masquerade", POD)}),
+    ([[daddr(B), RETURN], [saddr(POD), MASQ]], {}, {one(f"ip saddr {POD} masquerade", POD)}),
+    # ... but an unconditional exit ends the chain
+    ([[RETURN], [saddr(POD), MASQ]], {}, set()),
+    ([[ACCEPT], [saddr(POD), MASQ]], {}, set()),
+    # kube-proxy's: unmarked packets return, the masquerade sees marked ones only
+    ([[jump("masquerading")]],
+     {"masquerading": [UNMARKED_RETURN, [{"mangle": {"key": {"meta": {"key": "mark"}},
+                                                     "value": 16384}}], [MASQ]]}, set()),
+    # a rule testing for a set mark is another program's traffic
+    ([[MARKED, MASQ]], {}, set()),
+])
+def test_the_reader_takes_the_nat_rules_a_connection_may_meet_first(
+    rules: list[list[Any]], chains: dict[str, list[list[Any]]], expected: set[tuple[Any, ...]]
+) -> None:
+    assert blocks(nat(*rules, **chains), 100) == expected
+
+
+def test_an_iptables_nft_snat_is_a_block_to_an_address_k3snet_does_not_model() -> None:
+    xt_snat = {"xt": {"type": "target", "name": "SNAT"}}
+    assert blocks(nat([saddr(POD), xt_snat], family="ip"), 100) == {
+        one(f"ip saddr {POD} snat (to an address or range k3snet does not model)", POD,
+            action="snat", where="nftables ip t post")}
+
+
+# -- a lab namespace -------------------------------------------------------------------
+
+EARLY = """\
+table ip early {
+\tchain post {
+\t\ttype nat hook postrouting priority srcnat - 10; policy accept;
+\t\tip saddr 10.42.0.0/16 ip daddr 192.168.2.0/24 snat to 192.168.1.99
+\t}
+}
+"""
+WANTED = MasqueradeRule(POD, destination=B)
+
+
+@pytest.fixture
+def ns(require_root: None) -> Iterator[str]:
+    if shutil.which("nft") is None:
+        pytest.skip("nft is not installed")
+    pytest.importorskip("nftables")
+    with temporary_netns("natblk") as name:
+        yield name
+
+
+@pytest.mark.kernel
+def test_an_earlier_foreign_snat_is_a_conflict_and_stays_as_it_was(ns: str) -> None:
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415 - needs nftables
+
+    run_in(ns, ["nft", "-f", "-"], input_text=EARLY)
+    before = run_in(ns, ["nft", "-j", "list", "table", "ip", "early"]).stdout
+    with NftablesBackend(ns) as backend:
+        observed = backend.observe()
+        p = plan(observed, State(owned=[WANTED]))
+        assert p.changes == ()
+        [note] = p.conflicts
+        assert "snat to 192.168.1.99 by nftables ip early post" in note.foreign.describe()
+        assert "the first NAT rule met decides" in p.render()
+        # The same translation wanted: met, no conflict.
+        same = SnatRule(POD, destination=B, to_address="192.168.1.99")
+        assert [n.status for n in plan(observed, State(owned=[same])).notes] == ["met"]
+        # Another flow: added, into k3snet's own table only.
+        other = MasqueradeRule(POD, destination="198.51.100.0/24")
+        backend.apply(plan(observed, State(owned=[WANTED, other])))
+        assert backend.observe().owned == {other}
+    assert run_in(ns, ["nft", "-j", "list", "table", "ip", "early"]).stdout == before
+    ours = json.loads(run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout)
+    texts = [json.dumps(i["rule"]["expr"]) for i in ours["nftables"] if "rule" in i]
+    assert any("198.51.100.0" in t for t in texts)
+    assert not any("192.168.2.0" in t for t in texts)
