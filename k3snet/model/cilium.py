@@ -617,12 +617,16 @@ def pool_problems(config: CiliumConfig, pod_cidrs: Iterable[Network]) -> list[st
 
 
 def _exempt_problem(config: CiliumConfig, destination: Network) -> str:
-    if config.flag("enable-bpf-masquerade") and config.flag("enable-ip-masq-agent"):
-        fix = "add it to cni.cilium.nonMasqueradeCIDRs"
-    else:
+    if not config.flag("enable-bpf-masquerade"):
         fix = ("Cilium's iptables masquerading exempts only the native-routing CIDR: turn on "
                "eBPF masquerading with its ip-masq-agent (cni.cilium.bpfMasquerade, "
                "cni.cilium.ipMasqAgent) and list it in cni.cilium.nonMasqueradeCIDRs")
+    elif not config.flag("enable-ip-masq-agent"):
+        fix = ("Cilium's eBPF masquerading without its ip-masq-agent exempts only the "
+               "native-routing CIDR: turn on its ip-masq-agent (cni.cilium.ipMasqAgent) and "
+               "list it in cni.cilium.nonMasqueradeCIDRs")
+    else:
+        fix = "add it to cni.cilium.nonMasqueradeCIDRs"
     return f"Cilium masquerades pods' traffic to {destination}, which the spec exempts; {fix}"
 
 
