@@ -16,11 +16,20 @@ names.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, SnatRule, Sysctl
+from k3snet.model import (
+    ForwardRule,
+    MasqueradeRule,
+    NatBlock,
+    NetObject,
+    Route,
+    SnatRule,
+    Sysctl,
+)
 from k3snet.model.cidr import Address, Network
 
 BITS = {4: 32, 6: 128}
@@ -82,6 +91,40 @@ def nat_translation(rule: NetObject, packet: Packet) -> str | None:
     return "masquerade"
 
 
+def block_translation(block: NetObject, packet: Packet) -> str | None:
+    """What a foreign NAT rule met first does to the packet's source (``none``: it leaves
+    the nat table untranslated), or None when it does not match the packet."""
+    assert isinstance(block, NatBlock)
+    family = packet.family
+    data = block.to_dict()
+    if data["family"] != family:
+        return None
+    for field, address in (("source", packet.src), ("destination", packet.dst)):
+        if data[field] is not None and not _inside_text(family, address, data[field]):
+            return None
+    if data["out_interface"] is not None and data["out_interface"] != packet.oif:
+        return None
+    if data["action"] == "exempt":
+        return "none"
+    if data["action"] == "masquerade":
+        return "masquerade"
+    to = data["to_address"]
+    return "snat ?" if to is None else f"snat {int(ipaddress.ip_address(to))}"
+
+
+def _inside_text(family: int, address: int, prefix: str) -> bool:
+    """``inside`` for a prefix read from the serialised form (the block's own fields unused)."""
+    return inside(family, address, ipaddress.ip_network(prefix))
+
+
+def decided_otherwise(wanted: NetObject, block: NetObject) -> bool:
+    """Some packet ``wanted`` translates is matched by ``block`` and translated otherwise."""
+    return any(
+        (mine := nat_translation(wanted, p)) is not None
+        and (theirs := block_translation(block, p)) is not None and theirs != mine
+        for p in packets(wanted, block))
+
+
 def forward_accepts(rule: NetObject, packet: Packet) -> bool:
     """``rule`` accepts the packet as new traffic (the reply match mirrors it)."""
     assert isinstance(rule, ForwardRule)
@@ -120,6 +163,8 @@ def _nets(obj: NetObject) -> tuple[list[Network], list[Network | None]]:
         return [obj.source], [obj.destination]
     if isinstance(obj, Route):
         return [], [obj.destination]
+    if isinstance(obj, NatBlock):
+        return [obj.source], [obj.destination]
     return [], []
 
 
@@ -132,6 +177,8 @@ def _interfaces(obj: NetObject) -> tuple[set[str], set[str]]:
         outs.add(obj.out_interface)
     if isinstance(obj, Route) and obj.device:
         outs.add(obj.device)
+    if isinstance(obj, NatBlock) and obj.out_interface:
+        outs.add(obj.out_interface)
     return ins, outs
 
 

@@ -17,10 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet import State, plan
-from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, Sysctl
+from k3snet.model import ForwardRule, MasqueradeRule, NatBlock, NetObject, SnatRule, Sysctl
 from k3snet.model.cidr import Network
 from k3snet.testing import strategies as ks
-from tests.planner.oracle import competes, does_the_job, packets
+from tests.planner.oracle import competes, decided_otherwise, does_the_job, packets
 
 _SOURCES = ("10.42.0.0/16", "10.42.0.0/17", "10.0.0.0/8", "fd42:42::/56", "fd42::/32")
 _DESTINATIONS = (None, "192.168.2.0/24", "192.168.0.0/16", "192.168.2.0/25", "fd01:2::/64")
@@ -166,3 +166,50 @@ def test_the_sampled_packets_reach_every_region() -> None:
         assert int(ipaddress.ip_address(address)) in dsts
     assert {p.oif for p in packets(rule)} == {"eth0", "other0"}
     assert any(p.family == 4 for p in packets(ForwardRule("10.0.0.0/8", "10.0.0.0/8")))
+
+
+_BLOCK_DESTINATIONS = ("192.168.2.0/24", "192.168.0.0/16", "192.168.2.0/25", "192.168.2.128/26",
+                       "192.168.3.0/24", "fd01:2::/64", "fd01:2::/65")
+
+
+@st.composite
+def _nat_blocks(draw: st.DrawFn) -> NatBlock:
+    """A foreign NAT rule met before k3snet's: the pools above, so it overlaps ours often."""
+    family = draw(st.sampled_from((4, 6)))
+
+    def of_family(pool: tuple[str, ...]) -> list[str | None]:
+        return [None, *(p for p in pool if ip_network(p).version == family)]
+
+    action = draw(st.sampled_from(("masquerade", "snat", "exempt")))
+    to = None
+    if action == "snat":
+        to = draw(st.sampled_from(
+            [None, *(a for a in _TO if ipaddress.ip_address(a).version == family)]))
+    return NatBlock(family, action, "-A POSTROUTING ...", "iptables nat",
+                    source=draw(st.sampled_from(of_family(_SOURCES))),
+                    destination=draw(st.sampled_from(of_family(_BLOCK_DESTINATIONS))),
+                    out_interface=draw(st.sampled_from(_DEVICES)), to_address=to)
+
+
+@given(_nat_rules(), _nat_blocks())
+def test_a_nat_block_decides_exactly_when_some_packet_of_ours_is_translated_otherwise_first(
+    wanted: MasqueradeRule | SnatRule, block: NatBlock
+) -> None:
+    expected = decided_otherwise(wanted, block)
+    assert block.decides(wanted) == expected, f"{block.describe()} decides {wanted}?"
+    assert wanted.conflicts_with(block) == expected
+    assert not wanted.met_by(block)
+
+
+@given(_nat_rules(), st.lists(_nat_blocks(), max_size=4))
+def test_planner_reports_a_conflict_exactly_when_some_nat_block_decides_otherwise(
+    wanted: MasqueradeRule | SnatRule, blocks: list[NatBlock]
+) -> None:
+    p = plan(State(foreign=blocks), State(owned=[wanted]))
+    if any(decided_otherwise(wanted, b) for b in blocks):
+        assert [n.status for n in p.notes] == ["conflict"]
+        assert decided_otherwise(wanted, p.notes[0].foreign)
+        assert not p.changes
+    else:
+        assert not p.notes
+        assert [c.action for c in p.changes] == ["add"]
