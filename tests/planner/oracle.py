@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from k3snet.model import (
+    ForwardBlock,
     ForwardRule,
     MasqueradeRule,
     NatBlock,
@@ -125,6 +126,31 @@ def decided_otherwise(wanted: NetObject, block: NetObject) -> bool:
         for p in packets(wanted, block))
 
 
+def block_matches(block: NetObject, packet: Packet) -> bool:
+    """A foreign drop (reject, return to a dropping policy) matches the packet."""
+    assert isinstance(block, ForwardBlock)
+    data = block.to_dict()
+    if data["family"] != packet.family:
+        return False
+    for field, address in (("source", packet.src), ("destination", packet.dst)):
+        if data[field] is not None and not _inside_text(packet.family, address, data[field]):
+            return False
+    return (data["in_interface"] in (None, packet.iif)
+            and data["out_interface"] in (None, packet.oif))
+
+
+def mirror(packet: Packet) -> Packet:
+    """The reply to ``packet``: addresses and interfaces swapped."""
+    return Packet(packet.family, packet.dst, packet.src, packet.oif, packet.iif)
+
+
+def dropped_first(wanted: NetObject, block: NetObject) -> bool:
+    """Some packet ``wanted`` accepts, or its reply, is matched by ``block``."""
+    return any(forward_accepts(wanted, p) and (block_matches(block, p)
+                                               or block_matches(block, mirror(p)))
+               for p in packets(wanted, block))
+
+
 def forward_accepts(rule: NetObject, packet: Packet) -> bool:
     """``rule`` accepts the packet as new traffic (the reply match mirrors it)."""
     assert isinstance(rule, ForwardRule)
@@ -165,6 +191,9 @@ def _nets(obj: NetObject) -> tuple[list[Network], list[Network | None]]:
         return [], [obj.destination]
     if isinstance(obj, NatBlock):
         return [obj.source], [obj.destination]
+    if isinstance(obj, ForwardBlock):
+        # both ways: a reply's source is the wanted rule's destination
+        return [obj.source, obj.destination], [obj.source, obj.destination]
     return [], []
 
 
@@ -179,6 +208,15 @@ def _interfaces(obj: NetObject) -> tuple[set[str], set[str]]:
         outs.add(obj.device)
     if isinstance(obj, NatBlock) and obj.out_interface:
         outs.add(obj.out_interface)
+    if isinstance(obj, ForwardBlock):
+        # both ways: a reply comes in where the wanted traffic goes out
+        names = {n for n in (obj.in_interface, obj.out_interface) if n}
+        ins |= names
+        outs |= names
+    if isinstance(obj, ForwardRule):
+        names = {n for n in (obj.in_interface, obj.out_interface) if n}
+        ins |= names
+        outs |= names
     return ins, outs
 
 

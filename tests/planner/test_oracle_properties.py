@@ -17,10 +17,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet import State, plan
-from k3snet.model import ForwardRule, MasqueradeRule, NatBlock, NetObject, SnatRule, Sysctl
+from k3snet.model import (
+    ForwardBlock,
+    ForwardRule,
+    MasqueradeRule,
+    NatBlock,
+    NetObject,
+    SnatRule,
+    Sysctl,
+)
 from k3snet.model.cidr import Network
 from k3snet.testing import strategies as ks
-from tests.planner.oracle import competes, decided_otherwise, does_the_job, packets
+from tests.planner.oracle import (
+    competes,
+    decided_otherwise,
+    does_the_job,
+    dropped_first,
+    packets,
+)
 
 _SOURCES = ("10.42.0.0/16", "10.42.0.0/17", "10.0.0.0/8", "fd42:42::/56", "fd42::/32")
 _DESTINATIONS = (None, "192.168.2.0/24", "192.168.0.0/16", "192.168.2.0/25", "fd01:2::/64")
@@ -213,3 +227,30 @@ def test_planner_reports_a_conflict_exactly_when_some_nat_block_decides_otherwis
     else:
         assert not p.notes
         assert [c.action for c in p.changes] == ["add"]
+
+
+_BLOCK_NETS = ("10.42.0.0/16", "10.42.0.0/17", "10.42.128.0/24", "192.168.2.0/24",
+               "192.168.2.0/25", "192.168.0.0/16", "fd42:42::/56", "fd01:2::/64")
+
+
+@st.composite
+def _forward_blocks(draw: st.DrawFn) -> ForwardBlock:
+    """A foreign drop met before k3snet's accept, over the forward rules' pool."""
+    family = draw(st.sampled_from((4, 6)))
+    nets = [None, *(n for n in _BLOCK_NETS if ip_network(n).version == family)]
+    return ForwardBlock(family, draw(st.sampled_from(("drop", "reject", "return"))),
+                        "-A FORWARD ...", "iptables filter",
+                        source=draw(st.sampled_from(nets)),
+                        destination=draw(st.sampled_from(nets)),
+                        in_interface=draw(st.sampled_from(_DEVICES)),
+                        out_interface=draw(st.sampled_from(_DEVICES)))
+
+
+@given(_forward_rules, _forward_blocks())
+def test_a_forward_block_decides_exactly_when_it_matches_some_packet_we_accept_or_its_reply(
+    wanted: ForwardRule, block: ForwardBlock
+) -> None:
+    expected = dropped_first(wanted, block)
+    assert block.decides(wanted) == expected, f"{block.describe()} decides {wanted}?"
+    assert wanted.conflicts_with(block) == expected
+    assert not wanted.met_by(block)
