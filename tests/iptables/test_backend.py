@@ -47,7 +47,9 @@ CONFIGS = [
 FOREIGN_V4 = NODE_V4
 FOREIGN_V6 = NODE_V6
 
-FLANNEL_MASQ = MasqueradeRule("10.42.0.0/16", exclude=["224.0.0.0/4"], random_fully=True)
+# flannel's pod-to-pod returns before its masquerade spare the cluster CIDR
+FLANNEL_MASQ = MasqueradeRule("10.42.0.0/16", exclude=["10.42.0.0/16", "224.0.0.0/4"],
+                              random_fully=True)
 FLANNEL_FWD = ForwardRule("10.42.0.0/16", "0.0.0.0/0")
 
 DESIRED = State(owned=[

@@ -70,7 +70,8 @@ NAT_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         "-A POSTROUTING -j FLANNEL-POSTRTG\n"
         f"-A FLANNEL-POSTRTG -s {POD} -d {POD} -j RETURN\n"
         f"-A FLANNEL-POSTRTG -s {POD} ! -d 224.0.0.0/4 -j MASQUERADE --random-fully", 4,
-        {MasqueradeRule(POD, exclude=["224.0.0.0/4"], random_fully=True)}),
+        # the return spares pod-to-pod traffic from the masquerade after it
+        {MasqueradeRule(POD, exclude=[POD, "224.0.0.0/4"], random_fully=True)}),
     "a rule in a chain gone to": (
         "-A POSTROUTING -g FLANNEL-POSTRTG\n"
         f"-A FLANNEL-POSTRTG -s {POD} -j MASQUERADE", 4,

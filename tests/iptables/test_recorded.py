@@ -29,7 +29,10 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "iptables"
 MODES: tuple[Flavour, ...] = ("nft", "legacy")
 DESIRED = State.from_dict(json.loads((DATA / "desired.json").read_text()))
 
-FLANNEL_MASQ = MasqueradeRule("10.42.0.0/16", exclude=["224.0.0.0/4"], random_fully=True)
+# flannel's pod-to-pod returns before its masquerade spare the cluster CIDR, as the
+# nftables reader reads the same chain
+FLANNEL_MASQ = MasqueradeRule("10.42.0.0/16", exclude=["10.42.0.0/16", "224.0.0.0/4"],
+                              random_fully=True)
 FLANNEL_MASQ_V6 = MasqueradeRule("fd42:42::/56", exclude=["ff00::/8"], random_fully=True)
 FLANNEL_FWD = {ForwardRule("10.42.0.0/16", "0.0.0.0/0"), ForwardRule("0.0.0.0/0", "10.42.0.0/16")}
 

@@ -153,8 +153,9 @@ def _exempt(found: set[NetObject]) -> set[tuple[str, str, str]]:
      "-A POSTROUTING -j KUBE-POSTROUTING\n"
      "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN", set()),
     # ... unless the chain was gone to (-g): then it ends POSTROUTING.
+    # (and so does what reaches the end of that chain: the -g itself is an exemption)
     ("-A POSTROUTING -g FLANNEL-POSTRTG\n-A FLANNEL-POSTRTG -d 192.168.2.0/24 -j RETURN",
-     {("iptables IPv4 nat", "None", "192.168.2.0/24")}),
+     {("iptables IPv4 nat", "None", "192.168.2.0/24"), ("iptables IPv4 nat", "None", "None")}),
     # Rules testing for a set mark are another program's traffic.
     ("-A POSTROUTING -m mark --mark 0x1/0x1 -j ACCEPT\n"
      "-A POSTROUTING -m connmark --mark 0x2 -j RETURN\n"

@@ -41,6 +41,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
+import attrs
+
 from k3snet.backends.iptables.save import TableDump
 from k3snet.errors import K3snetError
 from k3snet.model import NetObject
@@ -137,57 +139,143 @@ def _target(tokens: Line) -> str | None:
 def foreign_nat(dump: TableDump | None, family: int) -> set[NetObject]:
     """Simple MASQUERADE/SNAT rules on the POSTROUTING path.
 
-    An exemption met earlier (a ``RETURN``/``ACCEPT`` in POSTROUTING, an
-    ``ACCEPT`` in a chain it jumps to: the packets leave the nat table
-    untranslated) takes its packets away from the rules after it: one naming a
-    destination becomes an exclusion of theirs, one that cannot be told apart
-    (another match, a negation) leaves them out (not "met": k3snet then writes
-    its own rule, and :func:`nat_blocks` names the exemption as a conflict).
+    A rule met earlier that takes packets away from the rules after it is an
+    *exit* for them: in the whole nat table, a ``RETURN``/``ACCEPT`` in
+    POSTROUTING (the packets leave untranslated), an ``ACCEPT``, ``MASQUERADE`` or
+    ``SNAT`` anywhere, a ``RETURN`` in a chain gone to with ``-g``, the end of
+    such a chain, and a jump k3snet does not follow; within a chain jumped to,
+    its own ``RETURN``. An exit that cannot match the later rule's packets, or
+    translates them the same way, changes nothing; one naming a destination
+    becomes an exclusion of the later rule; one that cannot be told apart
+    (another match, a negation) leaves the later rule out (not "met": k3snet
+    then writes its own rule, which is redundant at worst, and
+    :func:`nat_blocks` names what decides first as a conflict). An exit that
+    tests for a set mark is another program's traffic and takes none of
+    k3snet's (see :func:`nat_blocks`).
     """
     found: set[NetObject] = set()
     if dump is None:
         return found
-    exemptions: list[RuleFields | None] = []
-    for chain, target, fields, tokens in _walk(dump, "POSTROUTING"):
-        if target == "ACCEPT" or (target == "RETURN" and chain == "POSTROUTING"):
-            if not _marked(tokens):
-                exemptions.append(fields)
+    table_exits: list[_Exit] = []
+    for spec in dump.chain("POSTROUTING"):
+        tokens = tokenize(spec)
+        target = _target(tokens)
+        if target is not None and target in dump.rules and not target.startswith(PREFIX):
+            narrowed = _conditions(tokens) != []
+            gone_to = "-g" in tokens
+            chain_exits: list[_Exit] = []
+            for inner in dump.chain(target):
+                inner_tokens = tokenize(inner)
+                inner_target = _target(inner_tokens)
+                fields = None if narrowed else parse_rule(inner_tokens)
+                _add_nat(found, family, fields, [*table_exits, *chain_exits])
+                if _marked(inner_tokens) or inner_target in _GOES_ON:
+                    continue
+                exit_ = _Exit.of(inner_tokens, fields, outer=tokens)
+                if inner_target == "RETURN" and not gone_to:
+                    chain_exits.append(exit_)
+                else:  # the table ends for these packets (or a jump k3snet does not follow)
+                    table_exits.append(exit_)
+                if inner_target in ("RETURN", "ACCEPT") and _takes_all(inner_tokens):
+                    break
+            if gone_to:  # the end of a chain gone to leaves POSTROUTING too
+                table_exits.append(_Exit.of(tokens, None, leaves=True))
             continue
-        if fields is None or fields.target not in ("MASQUERADE", "SNAT"):
-            continue
-        if fields.source_neg or fields.in_interface or fields.ctstate:
-            continue
-        spared = _spared(fields, family, exemptions)
-        obj = None if spared is None else _nat_object(fields, family, spared)
-        if obj is not None:
-            found.add(obj)
+        fields = parse_rule(tokens)
+        _add_nat(found, family, fields, table_exits)
+        if not _marked(tokens) and target not in _GOES_ON:
+            table_exits.append(_Exit.of(tokens, fields))
     return found
 
 
-def _spared(rule: RuleFields, family: int,
-            exemptions: list[RuleFields | None]) -> list[Network] | None:
-    """The destinations earlier exemptions take from ``rule``; ``None``: cannot tell."""
+_GOES_ON = frozenset({None, "MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY",
+                      "DSCP", "TOS", "TCPMSS"})
+"""Targets after which a packet goes on to the next rule."""
+
+
+def _takes_all(tokens: Line) -> bool:
+    """A rule every packet of k3snet's matches: no condition, or only ``! --mark``
+    (kube-proxy's return of unmarked packets: k3snet's pod traffic carries no mark)."""
+    conditions = _conditions(tokens)
+    if not conditions:
+        return True
+    return (len(conditions) == 5 and conditions[0] == "-m"
+            and conditions[1] in ("mark", "connmark") and conditions[2:4] == ["!", "--mark"])
+
+
+@attrs.frozen
+class _Exit:
+    """A rule met before a NAT rule that takes some packets away from it."""
+
+    fields: RuleFields | None  # None: matches k3snet cannot model (all of them unknown)
+    source: Network | None  # positive address matches, known even when fields is None
+    destination: Network | None
+    translation: tuple[str, str | None] | None  # ("masquerade", None), ("snat", ADDR)
+
+    @classmethod
+    def of(cls, tokens: Line, fields: RuleFields | None, *, outer: Line = (),
+           leaves: bool = False) -> _Exit:
+        found = {**_addresses(outer), **{k: v for k, v in _addresses(tokens).items()
+                                         if v is not None}}
+        translation: tuple[str, str | None] | None = None
+        if fields is not None and not leaves:
+            if fields.target == "MASQUERADE":
+                translation = ("masquerade", None)
+            elif fields.target == "SNAT" and fields.to_source is not None:
+                translation = ("snat", fields.to_source)
+        return cls(None if leaves else fields, _net(found.get("source")),
+                   _net(found.get("destination")), translation)
+
+
+def _net(text: str | None) -> Network | None:
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def _add_nat(found: set[NetObject], family: int, fields: RuleFields | None,
+             exits: list[_Exit]) -> None:
+    """Add the foreign NAT object a MASQUERADE/SNAT rule met after ``exits`` stands for."""
+    if fields is None or fields.target not in ("MASQUERADE", "SNAT"):
+        return
+    if fields.source_neg or fields.in_interface or fields.ctstate:
+        return
+    spared = _spared(fields, family, exits)
+    obj = None if spared is None else _nat_object(fields, family, spared)
+    if obj is not None:
+        found.add(obj)
+
+
+def _spared(rule: RuleFields, family: int, exits: list[_Exit]) -> list[Network] | None:
+    """The destinations earlier exits take from ``rule``; ``None``: cannot tell."""
     source = rule.source if rule.source is not None else _zero(family)
     destination = rule.destination if not rule.destination_neg else None
+    mine = ("masquerade", None) if rule.target == "MASQUERADE" else ("snat", rule.to_source)
     spared: list[Network] = []
-    for exit_ in exemptions:
-        if exit_ is None or exit_.in_interface or exit_.ctstate:
-            return None
-        if exit_.source is not None and (
-                exit_.source.version != family
-                or (not exit_.source_neg and not overlaps(exit_.source, source))
-                or (exit_.source_neg and contains(exit_.source, source))):
+    for exit_ in exits:
+        if exit_.translation == mine:
+            continue  # translated the same way, whichever rule comes first
+        if exit_.source is not None and (exit_.source.version != family
+                                         or not overlaps(exit_.source, source)):
             continue  # other sources
-        if (exit_.destination is not None and not exit_.destination_neg and destination
-                and not overlaps(exit_.destination, destination)):
+        if exit_.destination is not None and (
+                exit_.destination.version != family
+                or (destination is not None and not overlaps(exit_.destination, destination))):
             continue  # other destinations
-        if (exit_.out_interface is not None and rule.out_interface is not None
-                and exit_.out_interface != rule.out_interface):
+        fields = exit_.fields
+        if fields is None or fields.in_interface or fields.ctstate:
+            return None  # matches k3snet cannot model: which packets it takes is unknown
+        if fields.source_neg and fields.source is not None and contains(fields.source, source):
+            continue  # skips our sources
+        if (fields.out_interface is not None and rule.out_interface is not None
+                and fields.out_interface != rule.out_interface):
             continue  # another way out (names compared as written: "eth+" is not "eth0")
-        if exit_.destination is None or exit_.destination_neg or (
-                exit_.destination.version != family):
+        if fields.destination is None or fields.destination_neg:
             return None
-        spared.append(exit_.destination)  # may spare more than it does: errs on "not met"
+        spared.append(fields.destination)  # may spare more than it does: errs on "not met"
     return spared
 
 
@@ -325,13 +413,15 @@ def nat_blocks(dump: TableDump | None, family: int, before: int) -> set[NetObjec
     k3snet's jump is or would go) that decide a connection's source NAT, as
     :class:`NatBlock`: a ``MASQUERADE`` or ``SNAT``, and an exemption, a rule that
     ends the nat table for its packets (``RETURN`` or ``ACCEPT`` in POSTROUTING;
-    ``ACCEPT`` in a chain it jumps to, and ``RETURN`` in a chain it goes to with
-    ``-g``): those packets leave untranslated and never meet k3snet's jump. A
+    ``ACCEPT`` in a chain it jumps to, a ``RETURN`` in a chain it goes to with
+    ``-g``, and that ``-g`` itself, for what reaches the end of the chain): those
+    packets leave untranslated and never meet k3snet's jump. A
     ``RETURN`` in a chain jumped to only goes back to POSTROUTING.
 
     Read one jump level down, like the other readers here; rules after a
-    ``RETURN``/``ACCEPT`` that may skip most of a jumped-to chain are not reached
-    (see :func:`_cuts`: kube-proxy's masquerade only sees marked packets). A rule
+    ``RETURN``/``ACCEPT`` that every packet of k3snet's matches are not reached
+    (kube-proxy's ``! --mark`` return: its masquerade only sees marked packets); after
+    any other, they are (a doubt counts against k3snet). A rule
     that tests for a set packet or connection mark (``-m mark --mark``, not ``!
     --mark``) is about another program's marked traffic (kube-proxy's 0x4000 "to
     masquerade", a proxy's marks), never k3snet's plain pod traffic, and makes no
@@ -350,10 +440,12 @@ def nat_blocks(dump: TableDump | None, family: int, before: int) -> set[NetObjec
                 inner_target = _target(inner_tokens)
                 if inner_target == "ACCEPT" or (gone_to and inner_target == "RETURN"):
                     _nat_block(found, family, target, inner_tokens, inner_target, outer=tokens)
-                if _cuts(inner_target, inner_tokens):
-                    break
+                if inner_target in ("RETURN", "ACCEPT") and _takes_all(inner_tokens):
+                    break  # none of k3snet's packets goes on in this chain
                 if inner_target in ("MASQUERADE", "SNAT"):
                     _nat_block(found, family, target, inner_tokens, inner_target, outer=tokens)
+            if gone_to:  # what reaches the end of a chain gone to leaves untranslated
+                _nat_block(found, family, "POSTROUTING", tokens, "RETURN")
             continue
         if target in _NAT_ACTION:
             _nat_block(found, family, "POSTROUTING", tokens, target)
