@@ -80,7 +80,10 @@ IPTABLES_V4 = "\n".join([
 # What flannel, kube-proxy and the edge table mean, as k3snet models them.
 FOREIGN_MODELLED = {
     MasqueradeRule("10.42.0.0/16", exclude=["10.42.0.0/16", "224.0.0.0/4"]),
-    SnatRule("10.50.0.0/16", out_interface="eth0", to_address="192.168.1.5"),
+    # the edge table's SNAT, but for the cluster CIDR, which flannel's masquerade of any
+    # source to 10.42.0.0/16 may translate first
+    SnatRule("10.50.0.0/16", exclude=["10.42.0.0/16"], out_interface="eth0",
+             to_address="192.168.1.5"),
     MasqueradeRule("fd42:50::/56", exclude=["fd00::/8"]),
     ForwardRule("10.42.0.0/16", "0.0.0.0/0"),
     ForwardRule("0.0.0.0/0", "10.42.0.0/16"),

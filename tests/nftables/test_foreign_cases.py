@@ -242,10 +242,21 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         set()),
     "a statement that is not one key is not modelled": (
         nat([saddr(POD), {"counter": None, "log": None}, MASQ], [{"limit": {}}, MASQ]), set()),
-    "a narrower snat before a masquerade is read as its own rule": (
+    "a narrower snat before a masquerade is its own rule and spares its destination": (
         nat([saddr(POD), daddr("192.168.2.0/24"), snat(addr="192.0.2.1")], [saddr(POD), MASQ]),
         {SnatRule(POD, destination="192.168.2.0/24", to_address="192.0.2.1"),
-         MasqueradeRule(POD)}),
+         MasqueradeRule(POD, exclude=["192.168.2.0/24"])}),
+    "a narrower masquerade before a masquerade takes nothing from it": (
+        nat([saddr(POD), daddr("192.168.2.0/24"), MASQ], [saddr(POD), MASQ]),
+        {MasqueradeRule(POD, destination="192.168.2.0/24"), MasqueradeRule(POD)}),
+    "a masquerade of every IPv4 packet ends the chain for them": (
+        nat([meta("nfproto", "ipv4"), MASQ], [saddr(POD), snat(addr="192.0.2.1")]),
+        {MasqueradeRule("0.0.0.0/0")}),
+    "a masquerade without any condition ends the chain": (
+        nat([MASQ], [saddr(POD), snat(addr="192.0.2.1")]), set()),
+    "kube-proxy's return of unmarked packets ends the chain for k3snet's": (
+        nat([{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16384]},
+                        "right": 0}}, RETURN], [saddr(POD), MASQ]), set()),
     "a return before a jump still spares what it matches": (
         nat([saddr(POD), daddr("192.168.2.0/24"), RETURN], [jump("c")], [saddr(POD), MASQ],
             c=[]),

@@ -164,3 +164,23 @@ def test_an_earlier_foreign_snat_is_a_conflict_and_stays_as_it_was(ns: str) -> N
     texts = [json.dumps(i["rule"]["expr"]) for i in ours["nftables"] if "rule" in i]
     assert any("198.51.100.0" in t for t in texts)
     assert not any("192.168.2.0" in t for t in texts)
+
+
+def test_what_another_chain_may_translate_first_is_not_met_by_a_later_one() -> None:
+    chains = {
+        ("ip", "early", "post"): ("postrouting", "accept",
+                                  [[saddr(POD), daddr(B), snat(addr="192.0.2.9")]]),
+        ("ip", "late", "post"): ("postrouting", "accept", [[saddr(POD), MASQ]]),
+    }
+    kernel = Kernel(chains)
+    kernel.nat_prio = 100  # both may run first: each block spares the other's rule
+    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    met = {o for o in found if isinstance(o, MasqueradeRule | SnatRule)}
+    # (the SNAT is not met at all: the masquerade of every destination may come first)
+    assert met == {MasqueradeRule(POD, exclude=[B])}
+    # A wanted masquerade to B is not met (the SNAT may come first): a conflict.
+    p = plan(State(foreign=found), State(owned=[MasqueradeRule(POD, destination=B)]))
+    assert [n.status for n in p.notes] == ["conflict"]
+    # To another destination, the later masquerade does the job.
+    other = MasqueradeRule(POD, destination="198.51.100.0/24")
+    assert [n.status for n in plan(State(foreign=found), State(owned=[other])).notes] == ["met"]

@@ -48,6 +48,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import attrs
+
 from k3snet.backends.nftables.cache import Cache, Repair, Table
 from k3snet.backends.nftables.kernel import (
     BoundedLister,
@@ -373,7 +375,10 @@ class ForeignReader:
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
-    nat_blocks: list[NatBlock] = field(default_factory=list)
+    # NAT blocks and "met" candidates, each with the base chain it was read from
+    nat_blocks: list[tuple[NatBlock, tuple[tuple[str, str], str] | None]] = field(
+        default_factory=list)
+    nat_origin: dict[NetObject, tuple[tuple[str, str], str] | None] = field(default_factory=dict)
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
 
     def read(self) -> frozenset[NetObject]:
@@ -395,15 +400,16 @@ class ForeignReader:
             if chain.get("hook") == "postrouting" and chain.get("type") == "nat":
                 prio = chain.get("prio")
                 first = not isinstance(prio, int) or prio <= _OWN_NAT_PRIO
+                self._walking = (where, str(name))
                 self._walk(where, str(name), [], 0,
                            self._nat_rule_first if first else self._nat_rule)
             elif chain.get("hook") == "forward" and chain.get("type") == "filter":
                 self.forward_bases.append((where, str(name), str(chain.get("policy", "accept"))))
                 self._walking = (where, str(name))
                 self._walk(where, str(name), [], 0, self._forward_rule)
-        found: set[NetObject] = set(self.nat)
+        found = self._met()
         found |= self._blocks()
-        found.update(self.nat_blocks)
+        found.update(block for block, _ in self.nat_blocks)
         for rule in self.accepts:
             if not self.replies_accepted and not any(_answers(o, rule) for o in self.accepts):
                 continue
@@ -413,6 +419,19 @@ class ForeignReader:
                    if (base[0], base[1]) not in self.origins.get(rule, set())):
                 found.add(rule)
         return frozenset(found)
+
+    def _met(self) -> set[NetObject]:
+        """The foreign NAT rules read, each without what a NAT rule of another base chain
+        that may run first translates otherwise (it does not do k3snet's job there)."""
+        found: set[NetObject] = set()
+        for obj in self.nat:
+            met: NetObject | None = obj
+            for block, base in self.nat_blocks:
+                if met is not None and base != self.nat_origin.get(obj) and block.decides(met):
+                    met = _spared_by(met, block)
+            if met is not None:
+                found.add(met)
+        return found
 
     def _blocks(self) -> set[NetObject]:
         """Foreign drops and rejects at the forward hook that name addresses.
@@ -518,11 +537,19 @@ class ForeignReader:
             if verdict in ("masquerade", "snat", "accept", "xt SNAT"):
                 self._at = (where, chain)
                 visit(match, local)
-            if verdict in ("masquerade", "snat", None):
-                continue  # NAT ends the chain only for what it translates
-            if verdict == "return":
+            if verdict is None:
+                continue
+            if verdict in ("masquerade", "snat"):
+                # A translation ends the chain (and its callers) for what it matches;
+                # with no condition, for everything that reached it.
+                local.append(match)
+                passed_up.append(match)
                 if not match.conditions:
                     break
+                continue
+            if verdict == "return":
+                if not match.conditions or _unmarked_only(match):
+                    break  # no packet of k3snet's goes on in this chain
                 local.append(match)
             elif verdict in ("jump", "goto") and not match.conditions and depth < _MAX_JUMP_DEPTH:
                 assert match.target is not None
@@ -553,16 +580,10 @@ class ForeignReader:
         destination = dst[0] if dst else None
         oif = match.oif[0][0] if match.oif else None
         family = 4 if match.proto == "ip" else 6
-        excluded = [n for n, neg in match.daddr if neg]
-        for cond in exits:
-            if cond.mark_set_only and cond.marks == cond.conditions:
-                continue  # kube-proxy's "masquerade me" mark: those packets are NATed anyway
-            if _disjoint(cond, family, source, destination, oif):
-                continue
-            positive = [n for n, neg in cond.daddr if not neg]
-            if cond.unknown or len(positive) != 1 or len(cond.daddr) != 1:
-                return  # cannot tell which packets this exit spares: leave the rule out
-            excluded.append(positive[0])  # may spare more than it does: errs on "not met"
+        spared = _spared(match, exits, family, source, destination=destination, oif=oif)
+        if spared is None:
+            return  # cannot tell which packets an exit spares: leave the rule out
+        excluded = [n for n, neg in match.daddr if neg] + spared
         whole = destination or _any_network(match.proto)
         excluded = [e for e in excluded if overlaps(e, whole)]
         try:
@@ -571,10 +592,14 @@ class ForeignReader:
             common: dict[str, Any] = {"destination": destination, "exclude": excluded,
                                       "out_interface": oif,
                                       "random_fully": "fully-random" in match.nat_flags}
+            obj: NetObject | None = None
             if match.verdict == "masquerade":
-                self.nat.append(MasqueradeRule(source, **common))
+                obj = MasqueradeRule(source, **common)
             elif match.nat_addr is not None:
-                self.nat.append(SnatRule(source, to_address=match.nat_addr, **common))
+                obj = SnatRule(source, to_address=match.nat_addr, **common)
+            if obj is not None:
+                self.nat.append(obj)
+                self.nat_origin[obj] = self._walking
         except ModelError:
             return
 
@@ -597,9 +622,7 @@ class ForeignReader:
             return
         if match.marks and match.mark_set_only:
             return
-        if any(e.marks and e.marks == e.conditions and not e.mark_set_only for e in exits):
-            return
-        self.nat_blocks.extend(_nat_blocks_of(match, *self._at))
+        self.nat_blocks.extend((block, self._walking) for block in _nat_blocks_of(match, *self._at))
 
     def _forward_rule(self, match: Match, exits: list[Match]) -> None:
         if match.ct_reply and match.conditions == 1:
@@ -879,6 +902,50 @@ class _OwnTable:
                        Repair(self.family, retag=obj.key))
         self.cache.put(obj.key, obj)
         self.cache.handles[obj.key] = [*handles]
+
+
+def _spared(match: Match, exits: list[Match], family: int, source: Network, *,
+            destination: Network | None, oif: str | None) -> list[Network] | None:
+    """The destinations earlier exits take from NAT rule ``match``; None: cannot tell."""
+    spared = []
+    for cond in exits:
+        if cond.mark_set_only and cond.marks == cond.conditions:
+            continue  # kube-proxy's "masquerade me" mark: those packets are NATed anyway
+        if _same_translation(cond, match):
+            continue  # translated the same way, whichever rule comes first
+        if _disjoint(cond, family, source, destination, oif):
+            continue
+        positive = [n for n, neg in cond.daddr if not neg]
+        if cond.unknown or len(positive) != 1 or len(cond.daddr) != 1:
+            return None
+        spared.append(positive[0])  # may spare more than it does: errs on "not met"
+    return spared
+
+
+def _spared_by(obj: NetObject, block: NatBlock) -> NetObject | None:
+    """``obj`` (a foreign masquerade or SNAT) without the destinations ``block`` translates
+    otherwise first; None when the block names no destination (or leaves nothing)."""
+    if block.destination is None or not isinstance(obj, MasqueradeRule | SnatRule):
+        return None
+    try:
+        return attrs.evolve(obj, exclude=[*obj.exclude, block.destination])
+    except ModelError:
+        return None  # nothing of it left
+
+
+def _unmarked_only(match: Match) -> bool:
+    """A rule that tests only for marks not set (kube-proxy's ``meta mark & 0x4000 == 0
+    return``): it matches every packet of k3snet's pod traffic, which carries no mark."""
+    return bool(match.marks) and match.marks == match.conditions and not match.mark_set_only
+
+
+def _same_translation(a: Match, b: Match) -> bool:
+    """Two NAT rules that translate a packet the same way (a masquerade each, or an snat
+    each to the same address k3snet can read)."""
+    if a.verdict != b.verdict or a.nat_extra or b.nat_extra:
+        return False
+    return a.verdict == "masquerade" or (a.verdict == "snat" and a.nat_addr is not None
+                                         and a.nat_addr == b.nat_addr)
 
 
 def _rule_words(match: Match) -> tuple[list[str], list[Network], list[Network], list[str]]:
