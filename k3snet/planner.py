@@ -22,6 +22,7 @@ Properties (each one a hypothesis test in ``tests/planner``):
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -215,6 +216,14 @@ class Plan:
         """Wanted objects foreign state already provides."""
         return tuple(n for n in self.notes if n.status == "met")
 
+    @functools.cached_property
+    def kinds(self) -> frozenset[str]:
+        """The kinds of the objects the changes are about (worked out once per plan)."""
+        # One pass without calls (``Change.kind`` is two): backends ask at every apply.
+        # ``after`` is None only for a delete, whose ``before`` Change guarantees.
+        return frozenset({(c.before if c.after is None else c.after).kind  # type: ignore[union-attr]
+                          for c in self.changes})
+
     def counts(self) -> dict[str, int]:
         """How many adds, replaces and deletes."""
         result = {"add": 0, "replace": 0, "delete": 0}
@@ -261,6 +270,8 @@ class Plan:
         that does not fit is skipped and the next one is judged against the rest),
         so a backend can refuse a plan naming all of its problems at once.
         """
+        if _fits_as_is(self.changes, state.by_key):
+            return []
         owned = dict(state.by_key)
         foreign = set(state.foreign)
         sysctl_foreign: dict[tuple[Any, ...], Sysctl] = {
@@ -321,6 +332,33 @@ class Plan:
         except json.JSONDecodeError as exc:
             raise ModelError(f"not a plan: {exc}") from exc
         return cls.from_dict(data)
+
+
+def _fits_as_is(changes: Sequence[Change], owned: Mapping[tuple[Any, ...], NetObject]) -> bool:
+    """True when each change names a key of its own and fits ``owned`` as it is.
+
+    Judging a change reads only its own key, so when no two changes share one,
+    none sees the effect of another and :meth:`Plan.problems`' walk would find
+    nothing: this one pass says so without copying the state. A fresh
+    ``plan(observed, desired)`` is always such a plan; any other answer falls
+    back to the walk, which names the problems.
+    """
+    keys: set[tuple[Any, ...]] = set()
+    for change in changes:
+        before = change.before
+        if before is None:  # an add: its key must be free
+            assert change.after is not None  # guaranteed by Change
+            key = change.after.key
+            if key in owned:
+                return False
+        else:  # a delete or replace (same key): the owned object must be ``before``
+            key = before.key
+            current = owned.get(key)
+            # ``is`` first: a plan made from this state names its very objects.
+            if current is not before and (current is None or current != before):
+                return False
+        keys.add(key)
+    return len(keys) == len(changes)
 
 
 def _apply_change(

@@ -114,7 +114,7 @@ BackendFactory = Callable[..., Backend]
 
 def ensure_capable(backend: Backend, plan: Plan) -> None:
     """Refuse a plan that has changes of kinds ``backend`` does not manage."""
-    foreign_kinds = sorted({c.kind for c in plan.changes} - set(backend.capabilities))
+    foreign_kinds = sorted(plan.kinds - set(backend.capabilities))
     if foreign_kinds:
         raise PlanError(
             f"backend {backend.name!r} manages {', '.join(sorted(backend.capabilities))}; "

@@ -206,6 +206,42 @@ def test_apply_to_refuses_a_delete_of_what_is_not_there() -> None:
         Plan(changes=[Change.delete(Sysctl("net.ipv4.ip_forward", 1))]).apply_to(State())
 
 
+def _changes_around(state: State) -> st.SearchStrategy[list[Change]]:
+    """Changes that may or may not fit ``state``: of its objects and of the pool, repeated."""
+    known = sorted(state.owned | state.foreign)
+    objects = st.one_of(st.sampled_from(known), _pool) if known else _pool
+    change = st.one_of(
+        objects.map(Change.add),
+        objects.map(Change.delete),
+        objects.flatmap(lambda o: ks.replacements(o).map(lambda new: Change.replace(o, new))),
+    )
+    return st.lists(change, max_size=6)
+
+
+@given(observed_states, desired_states, st.data())
+def test_problems_are_empty_exactly_when_apply_to_accepts_the_plan(
+    observed: State, desired: State, data: st.DataObject
+) -> None:
+    # Plan.problems answers at once for a plan whose changes name distinct keys and fit
+    # the state as it is; anything else is walked change by change, as apply_to does.
+    fresh = list(plan(observed, desired).changes)
+    extra = data.draw(_changes_around(observed))
+    changes = data.draw(st.sampled_from([fresh, extra, fresh + extra, extra + fresh]))
+    p = Plan(changes=changes)
+    found = p.problems(observed)
+    assert p.kinds == {c.kind for c in changes}
+    refusal = None
+    try:
+        p.apply_to(observed)
+    except PlanError as exc:
+        refusal = str(exc)
+    if refusal is None:
+        assert found == []
+    else:
+        assert found, "apply_to refuses a plan that problems() finds fitting"
+        assert found[0][1] == refusal
+
+
 @given(st.from_type(State), st.from_type(Spec))
 def test_type_strategies_are_registered_through_the_hypothesis_entry_point(
     state: State, spec: Spec

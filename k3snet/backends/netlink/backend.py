@@ -320,7 +320,7 @@ class NetlinkBackend(BackendBase):
             return (str(exc),)
 
     def _check(self, plan: Plan) -> list[str]:
-        route_changes = [c for c in plan.changes if c.kind == "route"]
+        route_changes = _of_kind(plan, "route")
         view = self._routes.view() if route_changes else None
         problems, missing = self._fit(plan, view)
         problems += [problem for _change, problem in missing]
@@ -370,8 +370,8 @@ class NetlinkBackend(BackendBase):
         check). Then what only this backend knows: route protocol, managed tables,
         foreign routes sharing the slot of a replace.
         """
-        routes = [c for c in plan.changes if c.kind == "route"]
-        sysctls = [c for c in plan.changes if c.kind == "sysctl"]
+        routes = _of_kind(plan, "route")
+        sysctls = _of_kind(plan, "sysctl")
         owned: list[NetObject] = []
         foreign: list[NetObject] = []
         problems: list[str] = []
@@ -461,7 +461,7 @@ class NetlinkBackend(BackendBase):
             return ApplyResult(self.name, (), 0)
         start = self._operations
         self._routes.begin()
-        has_sysctls = any(c.kind == "sysctl" for c in plan.changes)
+        has_sysctls = "sysctl" in plan.kinds
         lock = self._store.locked() if has_sysctls else contextlib.nullcontext()
         try:
             with lock:
@@ -476,7 +476,7 @@ class NetlinkBackend(BackendBase):
 
     def _prepare(self, plan: Plan) -> dict[str, int]:
         """Refuse what is not ours (PlanError) and resolve devices; nothing is changed yet."""
-        routes = [c for c in plan.changes if c.kind == "route"]
+        routes = _of_kind(plan, "route")
         view = self._routes.view() if any(c.before is not None for c in routes) else None
         problems, missing = self._fit(plan, view)
         if problems:
@@ -504,17 +504,19 @@ class NetlinkBackend(BackendBase):
         changes = plan.changes
         stop = len(changes) if fail_at is None else fail_at
         undo = Compensation(self.name, self._where)
-        if any(c.kind == "sysctl" for c in changes):
+        mixed = "sysctl" in plan.kinds
+        if mixed:
             undo.record((), partial(self._restore_store, self._store.load()))
         position = 0
         while position < stop:
-            if changes[position].kind != "route":
+            if mixed and changes[position].kind != "route":
                 self._execute_sysctl(changes[position], undo)
                 position += 1
                 continue
-            end = position
-            while end < stop and changes[end].kind == "route" and end - position < _BATCH_MESSAGES:
-                end += 1
+            # A batch: the routes from here up to the next sysctl, at most _BATCH_MESSAGES.
+            end = min(stop, position + _BATCH_MESSAGES)
+            if mixed:
+                end = next((i for i in range(position, end) if changes[i].kind != "route"), end)
             batch = changes[position:end]
             try:
                 failures = self._driver.send(batch, indexes)
@@ -609,6 +611,15 @@ class NetlinkBackend(BackendBase):
         self._count()
         if stored != value:
             raise BackendError(f"the kernel stored {stored!r} for {name}, not {value!r}")
+
+
+def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:
+    """The changes of ``plan`` about ``kind``, in order (the plan's own tuple when all are)."""
+    if kind not in plan.kinds:
+        return ()
+    if len(plan.kinds) == 1:
+        return plan.changes
+    return [c for c in plan.changes if c.kind == kind]
 
 
 def _reason(exc: BaseException, doing: str) -> str:
