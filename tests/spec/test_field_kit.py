@@ -353,3 +353,12 @@ def test_the_schema_writes_defaults_as_json_nests_one_level_and_keeps_constants(
     assert properties["version"] == {"type": "string", "const": "v1"}
     # An input without a recorded schema takes any value.
     assert properties["text"] == {}
+
+
+def test_a_list_key_given_something_else_is_a_problem_at_its_path() -> None:
+    assert _read({"words": "a", "items": {"name": "x"}})[1] == [
+        "top.items: expected a list, got dict", "top.words: expected a list, got str"]
+
+
+def test_a_key_with_two_dots_is_written_nested_once() -> None:
+    assert write_section(CORNERS, Corners())["deep"] == {"need": 0, "er.key": None}
