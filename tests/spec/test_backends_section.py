@@ -94,3 +94,12 @@ def test_the_cli_reports_an_unknown_spec_option_with_its_path(
     assert main(["validate", "-f", str(spec)]) == 1
     assert "backends.configurable.lable: unknown option" in capsys.readouterr().err
     assert configurable.built == []
+
+
+def test_check_backend_options_judges_only_the_named_backends_and_names_the_source() -> None:
+    spec = Spec.from_dict({"backends": {"nftables": {"tabel": "k3snet"}}})
+    check_backend_options(spec, backend_options, [])  # no backend named: none judged
+    with pytest.raises(SpecError) as caught:
+        check_backend_options(spec, backend_options, source="egress.yaml")
+    assert caught.value.source == "egress.yaml"
+    assert str(caught.value).startswith("1 problem in egress.yaml:")

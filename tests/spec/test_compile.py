@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from k3snet import Plan, Spec, SpecError, State, plan
@@ -13,6 +14,7 @@ from k3snet.backends.group import BackendGroup
 from k3snet.converge import compile_for
 from k3snet.model import CalicoPodCIDR, FlannelConfig, FlannelNetworks, IPPool
 from k3snet.planner import Note
+from k3snet.spec import NodeFacts, seed_spec
 from k3snet.spec import compile as compile_spec
 
 ROOT = Path(__file__).resolve().parents[2] / "k3snet"
@@ -196,3 +198,15 @@ def test_every_flannel_type_the_spec_accepts_compiles(kind: str) -> None:
 def test_flannel_types_are_flannel_s_names() -> None:
     with pytest.raises(SpecError, match=r"cni.flannel.backend.type"):
         Spec.from_dict({"cni": {"flannel": {"backend": {"type": "alivpc"}}}})
+
+
+@pytest.mark.parametrize("extra", [
+    {"facts": NodeFacts(interfaces={"eth0": ["192.168.1.5/24"]})},
+    {"flannel_targets": ["configmap:kube-flannel/kube-flannel-cfg"]},
+], ids=["with facts", "with flannel targets"])
+def test_a_spec_built_in_code_is_validated_whatever_else_compile_checks(
+        extra: dict[str, Any]) -> None:
+    seed = seed_spec()
+    bad = attrs.evolve(seed, agent=attrs.evolve(seed.agent, interval_seconds=0))
+    with pytest.raises(SpecError, match=r"agent\.intervalSeconds: must be 1\.\.86400, got 0"):
+        compile_spec(bad, **extra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -160,3 +161,64 @@ def test_a_cache_directory_that_cannot_be_made_is_no_cache(tmp_path: Path) -> No
     spec_file.write_text(yaml.safe_dump(seed_spec().to_dict()))
     assert load_spec_cached(spec_file, blocker / "store") == seed_spec()
     assert blocker.read_text() == ""
+
+
+def test_a_special_file_gives_the_plain_error(tmp_path: Path) -> None:
+    assert "not a regular file" in _same_error(Path("/dev/null"), tmp_path / "store")
+
+
+def _spec_file(tmp_path: Path) -> tuple[Path, Spec]:
+    body = HEADER + "destinations: [{cidr: 192.168.2.0/24}]\n"
+    return _text(tmp_path / "spec.yaml", body), Spec.from_yaml(body)
+
+
+def test_the_file_just_written_is_kept_when_pruning_among_newer_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spec_cache, "MAX_ENTRIES", 2)
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    for name in ["a", "b", "c"]:  # dated after the file about to be written
+        (store / f"{name}.json").write_text("{}")
+        os.utime(store / f"{name}.json", (4_000_000_000, 4_000_000_000))
+    path, want = _spec_file(tmp_path)
+    assert load_spec_cached(path, store) == want
+    written = [p for p in store.iterdir() if p.stem not in {"a", "b", "c"}]
+    assert len(written) == 1
+    assert json.loads(written[0].read_text())["document"] == yaml.safe_load(path.read_text())
+
+
+def test_cache_files_are_opened_close_on_exec_without_following_links(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    path, want = _spec_file(tmp_path)
+    load_spec_cached(path, store)
+    flags: list[int] = []
+    real_open = os.open
+
+    def recording_open(file: Any, flag: int, *args: Any, **kwargs: Any) -> int:
+        if Path(file).parent == store:
+            flags.append(flag)
+        return real_open(file, flag, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    assert load_spec_cached(path, store) == want
+    assert flags == [os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC]
+
+
+def test_failing_renames_and_removals_leave_loading_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError("refused")
+
+    path, want = _spec_file(tmp_path)
+    monkeypatch.setattr(os, "unlink", fail)
+    monkeypatch.setattr(os, "replace", fail)
+    assert load_spec_cached(path, tmp_path / "store") == want  # the temporary file stays
+    monkeypatch.undo()
+    pruned = tmp_path / "pruned"
+    pruned.mkdir(mode=0o700)
+    (pruned / "old.json").write_text("{}")
+    monkeypatch.setattr(spec_cache, "MAX_ENTRIES", 1)
+    monkeypatch.setattr(os, "unlink", fail)
+    assert load_spec_cached(path, pruned) == want  # old.json could not be pruned
+    assert len(list(pruned.iterdir())) == 2

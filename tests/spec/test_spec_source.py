@@ -61,7 +61,9 @@ def test_bad_yaml_and_unreadable_numbers() -> None:
     message = _refusal("destinations: [\n")
     assert message.startswith("not valid YAML: ")
     assert len(message) <= len("not valid YAML: ") + 300
-    assert _refusal("a: " + "9" * 5000 + "\n").startswith("cannot read the YAML: ")
+    assert _refusal("a: " + "9" * 5000 + "\n") == (
+        "cannot read the YAML: Exceeds the limit (4300 digits) for integer string conversion: "
+        "value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit")
 
 
 def test_the_depth_is_bounded() -> None:
@@ -171,3 +173,8 @@ def test_an_ip_masq_agent_config_is_a_path_text_or_mapping(tmp_path: Path) -> No
             "other: unknown key (known: nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
             "resyncInterval)",
             "nonMasqueradeCIDRs: expected a list, got str"])
+
+
+def test_anchor_and_duplicate_key_refusals_say_where() -> None:
+    assert _refusal("a: 1\nb: &x [1]\nc: *x\n").endswith("line 2, column 4")
+    assert _refusal("a: 1\nb: 2\na: 3\n").endswith("line 3, column 1")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 
 from k3snet import ModelError
-from k3snet.errors import BackendNotFoundError, BackendUnavailableError
+from k3snet.errors import BackendNotFoundError, BackendUnavailableError, SpecError
 from k3snet.model.cidr import parse_address, parse_network
 from k3snet.spec import (
     CalicoSettings,
@@ -176,3 +177,27 @@ def test_node_facts_read_interfaces_and_routes() -> None:
         with pytest.raises(ModelError) as info:
             NodeFacts(**keywords)  # type: ignore[arg-type]
         assert str(info.value) == message
+
+
+def _problems(change: dict[str, Any]) -> list[str]:
+    data = {**seed_spec().to_dict(), **change}
+    with pytest.raises(SpecError) as caught:
+        Spec.from_dict(data)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_exclusions_covering_the_destination_together_count_only_those_inside_it() -> None:
+    assert _problems({"destinations": [{"cidr": "192.168.2.0/24", "exclude": [
+        "192.168.2.0/24", "192.168.2.0/25"]}]}) == [
+        "destinations[0].exclude[0]: excludes the whole destination; set masquerade: false "
+        "instead"]
+    assert _problems({"destinations": [{"cidr": "192.168.2.0/24", "exclude": [
+        "192.168.2.0/25", "192.168.2.128/25", "192.168.3.0/24"]}]}) == [
+        "destinations[0].exclude[2]: 192.168.3.0/24 is not inside destination 192.168.2.0/24",
+        "destinations[0].exclude: the exclusions together cover the whole destination "
+        "192.168.2.0/24; set masquerade: false instead"]
+
+
+def test_zone_names_differ_by_a_final_upper_case_letter() -> None:
+    zones = [{"zone": name, "resolvers": ["10.43.0.10"]} for name in ("corp", "corp.X", "corp.")]
+    assert _problems({"dns": {"zones": zones}}) == ["dns.zones[2].zone: duplicate zone 'corp.'"]
