@@ -60,6 +60,7 @@ CASES: dict[str, Case] = {
     "route from dict": lambda: Route.from_dict({"destination": "192.168.2.0/24",
                                                 "device": "eth0", "scope": "host"}),
     "route scope": lambda: Route("192.168.2.0/24", device="eth0", scope="site"),
+    "route protocol without a name": lambda: Route("192.168.2.0/24", device="eth0", protocol=77),
     # sysctls
     "sysctl": lambda: Sysctl("net.ipv4.ip_forward", 1),
     "sysctl slashes": lambda: Sysctl("net/ipv4/conf/eth0.100/rp_filter", " 2\t"),

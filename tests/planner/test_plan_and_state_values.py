@@ -245,3 +245,15 @@ def test_state_json_is_sorted_and_indents_on_request() -> None:
     assert text.startswith('{\n  "foreign": [')
     assert state.to_json().startswith('{"foreign": [')
     assert State.from_json(text) == state
+
+
+def test_a_state_lists_the_kinds_of_its_owned_and_foreign_objects_in_dependency_order() -> None:
+    assert State().kinds() == ()
+    assert State(owned=[_NAT, _SYSCTL], foreign=[_FOREIGN_ROUTE]).kinds() == (
+        "sysctl", "route", "nat")
+    assert State(foreign=[_FOREIGN_ROUTE]).kinds() == ("route",)
+
+
+def test_a_state_iterates_over_its_owned_objects_in_order() -> None:
+    state = State(owned=[_NAT, _ROUTE, _SYSCTL], foreign=[_FOREIGN_ROUTE])
+    assert list(state) == list(state.ordered) == [_SYSCTL, _ROUTE, _NAT]
