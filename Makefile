@@ -47,8 +47,12 @@ DEMO_ARGS ?= $(if $(NAT),--nat-backend $(NAT))
 # modules (mutmut's mutant-name globs); empty means every module [tool.mutmut] lists.
 MUTANTS ?=
 MUTATION_JOBS ?= 2
+# Test paths judging the mutants instead of [tool.mutmut]'s selection (empty: that one).
+MUTATION_TESTS ?=
+# The tests that judge the spec package: `make mutation-spec` (docs/testing.md).
+SPEC_MUTATION_TESTS := tests/spec tests/api tests/cli tests/planner/test_golden_plans.py
 
-.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation image \
+.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec image \
 	spec-schema
 
 deps: $(STAMP)
@@ -99,12 +103,19 @@ bench: deps
 # [tool.mutmut], pyproject.toml) against each mutant, with the derandomized
 # `mutation` hypothesis profile. mutants/ is rebuilt every time: a stale copy
 # would judge old code. The netns leftover check is off: these sessions create
-# no namespace, but other runs on the machine may.
+# no namespace, but other runs on the machine may. mutmut's workers never see a
+# mutant of code that runs at import time: benchmarks/mutation.py judges those
+# survivors again, each in a new process (verdicts in mutants/fresh.json).
 mutation: deps
 	rm -rf mutants
-	K3SNET_SKIP_NETNS_CHECK=1 HYPOTHESIS_PROFILE=mutation \
-		$(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	K3SNET_SKIP_NETNS_CHECK=1 HYPOTHESIS_PROFILE=mutation MUTATION_TESTS='$(MUTATION_TESTS)' \
+		$(BIN)/python benchmarks/mutation.py run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	K3SNET_SKIP_NETNS_CHECK=1 HYPOTHESIS_PROFILE=mutation MUTATION_TESTS='$(MUTATION_TESTS)' \
+		$(BIN)/python benchmarks/mutation.py fresh --jobs $(MUTATION_JOBS)
 	$(BIN)/mutmut results
+
+mutation-spec:
+	$(MAKE) mutation MUTANTS='k3snet.spec.*' MUTATION_TESTS='$(SPEC_MUTATION_TESTS)'
 
 docs: deps
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from k3snet.errors import SpecError
@@ -84,3 +85,17 @@ def test_compile_takes_cilium_targets() -> None:
     state = compile_spec(_spec({"bpfMasquerade": True}), cilium_targets=[TARGET]).only(["cilium"])
     assert sorted(type(o).__name__ for o in state) == ["CiliumConfig", "CiliumMasquerade"]
     assert not compile_spec(seed_spec()).only(["cilium"]).owned
+
+
+def test_the_expectation_skips_only_destinations_of_a_family_without_pods() -> None:
+    # Validation refuses such a destination; a spec changed in code can still hold one,
+    # and the destinations after it are still expected.
+    data = seed_spec().to_dict()
+    data["cluster"]["podCIDRs"].append("fd42::/56")
+    data["destinations"].append({"cidr": "fd00:2::/64", "gateway": "fd00:1::1", "device": "eth1"})
+    spec = Spec.from_dict(data)
+    v6_only = attrs.evolve(spec.cluster, pod_cidrs=spec.cluster.pods(6))
+    assert [d.family for d in spec.destinations] == [4, 6]
+    (expected,) = compile_cilium(attrs.evolve(spec, cluster=v6_only), target=TARGET)
+    assert isinstance(expected, CiliumMasquerade)
+    assert [(str(n), d) for n, d in expected.masquerade] == [("fd00:2::/64", "eth1")]

@@ -316,3 +316,40 @@ def test_the_schema_file_is_indented_utf8_with_a_final_newline() -> None:
     # Reviewable diffs: non-ASCII text (a doc in another language) is written as is.
     assert dumps({"doc": "Adresse du nœud", "n": [1]}) == (
         '{\n  "doc": "Adresse du nœud",\n  "n": [\n    1\n  ]\n}\n')
+
+
+NETWORK = parse_network("10.0.0.0/8")
+
+
+@attrs.frozen
+class Corners:
+    net: Any = NETWORK
+    need: int = 0
+    typed: Any = None
+    kinds: Any = None
+    version: Any = None
+
+
+CORNERS = Section(Corners, (
+    Field("net", "net", raw),
+    Field("deep.need", "need", raw, required="required"),
+    Field("deep.er.key", "typed", raw),
+    Field("kinds", "kinds", raw, schema={"type": ["integer", "string"]}),
+    Field("version", None, raw, schema={"type": "string", "const": "v1"}),
+), inputs=("text",))
+
+
+def test_the_schema_writes_defaults_as_json_nests_one_level_and_keeps_constants() -> None:
+    schema = section_schema(CORNERS)
+    properties = schema["properties"]
+    # A default JSON cannot hold is written as its text.
+    assert properties["net"] == {"default": "10.0.0.0/8"}
+    # A dotted key nests once: the rest of the key is the inner key.
+    assert list(properties["deep"]["properties"]) == ["need", "er.key"]
+    # A required key of a nested mapping is not required at the top.
+    assert "required" not in schema
+    # A type list gets null added; a constant is never nullable.
+    assert properties["kinds"] == {"type": ["integer", "string", "null"]}
+    assert properties["version"] == {"type": "string", "const": "v1"}
+    # An input without a recorded schema takes any value.
+    assert properties["text"] == {}
