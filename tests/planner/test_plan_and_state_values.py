@@ -276,3 +276,9 @@ def test_a_change_of_the_wrong_shape_is_refused_naming_its_action_and_objects() 
     with pytest.raises(ModelError) as key:
         Change("replace", _ROUTE, moved)
     assert str(key.value) == f"a replace keeps the key: {_ROUTE} / {moved}"
+
+
+def test_a_state_of_something_else_than_k3snet_objects_names_its_type_and_value() -> None:
+    with pytest.raises(ModelError) as refused:
+        State(owned=[_ROUTE, "10.0.0.0/8"])
+    assert str(refused.value) == "a State holds k3snet objects, not str '10.0.0.0/8'"
