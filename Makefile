@@ -51,8 +51,12 @@ MUTATION_JOBS ?= 2
 MUTATION_TESTS ?=
 # The tests that judge the spec package: `make mutation-spec` (docs/testing.md).
 SPEC_MUTATION_TESTS := tests/spec tests/api tests/cli tests/planner/test_golden_plans.py
+# The tests that judge the model and the planner: `make mutation-model` (docs/testing.md).
+# No CLI, cluster or reader tests: they reach these modules only through the model's
+# own tested paths and cost minutes per mutant of cidr.py or plan().
+MODEL_MUTATION_TESTS := tests/model tests/planner tests/backends tests/api/test_strategies.py
 
-.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec image \
+.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model image \
 	spec-schema
 
 deps: $(STAMP)
@@ -116,6 +120,9 @@ mutation: deps
 
 mutation-spec:
 	$(MAKE) mutation MUTANTS='k3snet.spec.*' MUTATION_TESTS='$(SPEC_MUTATION_TESTS)'
+
+mutation-model:
+	$(MAKE) mutation MUTANTS='k3snet.model.* k3snet.planner.*' MUTATION_TESTS='$(MODEL_MUTATION_TESTS)'
 
 docs: deps
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

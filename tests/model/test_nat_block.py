@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from k3snet import ModelError, State, plan
@@ -187,3 +189,62 @@ def test_a_k3s_node_has_no_exemption_before_the_jump() -> None:
         assert _exempt(found) == set()
         # flannel's masquerade (and Docker's, of its own bridge) are what decides first.
         assert {b.action for b in found if isinstance(b, NatBlock)} == {"masquerade"}
+
+UNKNOWN = NatBlock(6, "snat", "-A POSTROUTING -o eth0 -j SNAT --to-source fd00::1-fd00::9",
+                   "ip6tables nat", out_interface="eth0")
+
+
+def test_a_nat_block_prints_its_translation_where_it_sits_and_its_rule() -> None:
+    assert SNAT.describe() == ("snat to 192.168.1.99 by iptables IPv4 nat: -A POSTROUTING "
+                               "-s 10.42.0.0/16 -d 192.168.2.0/24 -j SNAT --to-source 192.168.1.99")
+    assert MASQ.describe() == ("masquerade by iptables IPv4 nat: "
+                               "-A POSTROUTING -s 10.42.0.0/16 -j MASQUERADE")
+    # An SNAT to an address k3snet does not model prints without one.
+    assert UNKNOWN.describe() == ("snat by ip6tables nat: "
+                                  "-A POSTROUTING -o eth0 -j SNAT --to-source fd00::1-fd00::9")
+
+
+def test_a_nat_block_json_names_every_match_and_null_for_any() -> None:
+    assert SNAT.to_dict() == {
+        "type": "nat-block", "family": 4, "action": "snat", "rule": SNAT.rule,
+        "where": "iptables IPv4 nat", "source": "10.42.0.0/16",
+        "destination": "192.168.2.0/24", "out_interface": None, "to_address": "192.168.1.99",
+    }
+    assert UNKNOWN.to_dict() == {
+        "type": "nat-block", "family": 6, "action": "snat", "rule": UNKNOWN.rule,
+        "where": "ip6tables nat", "source": None, "destination": None,
+        "out_interface": "eth0", "to_address": None,
+    }
+    assert NatBlock.from_dict(UNKNOWN.to_dict()).out_interface == "eth0"
+    assert object_from_dict(UNKNOWN.to_dict()) == UNKNOWN
+
+
+def test_a_nat_rule_says_why_a_nat_block_wins_and_nothing_for_other_objects() -> None:
+    wanted = MasqueradeRule("10.42.0.0/16")
+    assert wanted.conflict_reason(SNAT) == (
+        "that rule translates some of this traffic before k3snet's rule is reached (the "
+        "first NAT rule met decides); k3snet does not place its rules above it")
+    assert wanted.conflict_reason(MasqueradeRule("10.43.0.0/16")) is None
+
+
+def test_a_nat_block_matching_anything_decides_only_nat_rules_of_its_family() -> None:
+    anything = NatBlock(4, "masquerade", "-A POSTROUTING -j MASQUERADE", "iptables IPv4 nat")
+    assert anything.decides(SnatRule("10.0.0.0/8", to_address="192.0.2.1"))
+    assert not anything.decides(SnatRule("fd00::/8", to_address="fd00::1"))
+    assert not UNKNOWN.decides(SnatRule("10.0.0.0/8", to_address="192.0.2.1"))
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: NatBlock(4, "masquerade", "x", "y", to_address="192.0.2.1"),
+     "foreign rule 'x': only an snat has a to_address"),
+    (lambda: NatBlock(6, "snat", "x", "y", source="10.0.0.0/8"),
+     "foreign rule 'x': 10.0.0.0/8 is not IPv6"),
+    (lambda: NatBlock(4, "return", "x", "y"),
+     "a foreign NAT rule's action is one of masquerade, snat, exempt, not 'return'"),
+])
+def test_a_nonsense_nat_block_is_refused_naming_the_rule_and_what_is_wrong(
+    make: Callable[[], NatBlock], message: str
+) -> None:
+    with pytest.raises(ModelError) as refused:
+        make()
+    assert str(refused.value) == message

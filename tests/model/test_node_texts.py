@@ -18,6 +18,10 @@ CASES: dict[str, Case] = {
     "masquerade random": lambda: MasqueradeRule("10.42.0.0/16", random_fully=1),
     "masquerade exclusion outside": lambda: MasqueradeRule(
         "10.42.0.0/16", destination="192.168.0.0/16", exclude=["10.0.0.0/8"]),
+    "masquerade excluding every destination": lambda: MasqueradeRule(
+        "10.42.0.0/16", exclude=["0.0.0.0/1", "128.0.0.0/1"]),
+    "snat excluding every destination": lambda: SnatRule(
+        "fd00:42::/56", to_address="fd00::5", exclude=["::/0"]),
     "masquerade excluded whole": lambda: MasqueradeRule(
         "10.42.0.0/16", destination="192.168.2.0/24", exclude=["192.168.0.0/16"]),
     "snat": lambda: SnatRule("10.42.0.0/16", to_address="192.168.1.5",
@@ -60,6 +64,7 @@ CASES: dict[str, Case] = {
     "route from dict": lambda: Route.from_dict({"destination": "192.168.2.0/24",
                                                 "device": "eth0", "scope": "host"}),
     "route scope": lambda: Route("192.168.2.0/24", device="eth0", scope="site"),
+    "route protocol without a name": lambda: Route("192.168.2.0/24", device="eth0", protocol=77),
     # sysctls
     "sysctl": lambda: Sysctl("net.ipv4.ip_forward", 1),
     "sysctl slashes": lambda: Sysctl("net/ipv4/conf/eth0.100/rp_filter", " 2\t"),

@@ -245,3 +245,40 @@ def test_state_json_is_sorted_and_indents_on_request() -> None:
     assert text.startswith('{\n  "foreign": [')
     assert state.to_json().startswith('{"foreign": [')
     assert State.from_json(text) == state
+
+
+def test_a_state_lists_the_kinds_of_its_owned_and_foreign_objects_in_dependency_order() -> None:
+    assert State().kinds() == ()
+    assert State(owned=[_NAT, _SYSCTL], foreign=[_FOREIGN_ROUTE]).kinds() == (
+        "sysctl", "route", "nat")
+    assert State(foreign=[_FOREIGN_ROUTE]).kinds() == ("route",)
+
+
+def test_a_state_iterates_over_its_owned_objects_in_order() -> None:
+    state = State(owned=[_NAT, _ROUTE, _SYSCTL], foreign=[_FOREIGN_ROUTE])
+    assert list(state) == list(state.ordered) == [_SYSCTL, _ROUTE, _NAT]
+
+
+def test_a_sysctl_deleted_then_added_in_one_plan_takes_back_the_value_it_restored() -> None:
+    mine = Sysctl("net.ipv4.ip_forward", 1, previous="0")
+    again = Plan([Change.delete(mine), Change.add(Sysctl("net.ipv4.ip_forward", 1))])
+    after = again.apply_to(State(owned=[mine]))
+    assert after == State(owned=[mine])
+    assert after.foreign == frozenset()
+    assert again.problems(State(owned=[mine])) == []
+
+
+def test_a_change_of_the_wrong_shape_is_refused_naming_its_action_and_objects() -> None:
+    moved = Route("192.168.3.0/24", gateway="192.168.1.1", device="eth0")
+    with pytest.raises(ModelError) as shape:
+        Change("delete", None, _ROUTE)
+    assert str(shape.value) == f"a 'delete' change cannot have before=None, after={_ROUTE}"
+    with pytest.raises(ModelError) as key:
+        Change("replace", _ROUTE, moved)
+    assert str(key.value) == f"a replace keeps the key: {_ROUTE} / {moved}"
+
+
+def test_a_state_of_something_else_than_k3snet_objects_names_its_type_and_value() -> None:
+    with pytest.raises(ModelError) as refused:
+        State(owned=[_ROUTE, "10.0.0.0/8"])
+    assert str(refused.value) == "a State holds k3snet objects, not str '10.0.0.0/8'"
