@@ -118,12 +118,15 @@ def test_every_rule_chain_and_policy_change_moves_it(ns: str, family: int, table
 
 
 def _send(family: int, count: int) -> None:
-    """UDP datagrams to the loopback, each from a socket of its own (a new
-    conntrack entry each, so the nat table sees every one)."""
+    """UDP datagrams to the loopback, each from a source port of its own (a new
+    conntrack entry each, so the nat table sees every one). The ports are chosen,
+    not left to the kernel: two sockets given the same ephemeral port would share
+    one conntrack entry, and the nat table would see only the first datagram."""
     address = "127.0.0.1" if family == 4 else "::1"
     af = socket.AF_INET if family == 4 else socket.AF_INET6
-    for _ in range(count):
+    for index in range(count):
         with socket.socket(af, socket.SOCK_DGRAM) as sock:
+            sock.bind((address, 40000 + index))
             sock.sendto(b"k3snet", (address, 9))
 
 
