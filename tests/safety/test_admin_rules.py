@@ -178,64 +178,38 @@ def test_a_foreign_rule_after_our_jump_changes_nothing_and_is_never_touched(
         assert plan(backend.observe(), more).empty
 
 
-@pytest.mark.parametrize("mode", ["nft", "legacy"])
-def test_a_foreign_snat_inserted_before_our_masquerade_is_a_conflict_naming_it(
-    ns: str, mode: str
-) -> None:
-    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
-        backend.apply(plan(backend.observe(), DESIRED))
-        assert builtin_rules(ns, mode, "nat", "POSTROUTING") == [NAT_JUMP]
-        run_in(ns, [f"iptables-{mode}", "-w", "-t", "nat", "-I", "POSTROUTING", "1",
-                    *SNAT_FIRST.split()])
-        observed = backend.observe()
-        assert MASQ not in observed.owned  # the admin's SNAT decides that traffic first
-        p = plan(observed, DESIRED)
-        notes = [n for n in p.conflicts if n.wanted == MASQ]
-        assert len(notes) == 1, p.render()
-        assert f"-A POSTROUTING {SNAT_FIRST}" in notes[0].foreign.describe()
-        rendered = p.render()
-        assert f"! {MASQ.describe()}" in rendered
-        assert f"+ {MASQ.describe()}" not in rendered
-        assert "the first NAT rule met decides" in rendered
-        backend.apply(p)
-        # The kernel's view: the admin's rule still first, k3snet's jump not moved.
-        assert builtin_rules(ns, mode, "nat", "POSTROUTING") == [
-            f"-A POSTROUTING {SNAT_FIRST}", NAT_JUMP]
-        again = plan(backend.observe(), DESIRED)
-        assert again.empty
-        assert [n.wanted for n in again.conflicts] == [MASQ]
-
-
-EXEMPTIONS = {
-    "return": "-s 10.42.0.0/16 -d 192.168.2.0/24 -j RETURN",
-    "accept": "-d 192.168.2.0/24 -j ACCEPT",
+# An admin's NAT rule placed first, and the reason the plan gives for it.
+ADMIN_NAT = {
+    "snat to another address": (SNAT_FIRST, "the first NAT rule met decides"),
+    "return": ("-s 10.42.0.0/16 -d 192.168.2.0/24 -j RETURN", "leave untranslated"),
+    "accept": ("-d 192.168.2.0/24 -j ACCEPT", "leave untranslated"),
 }
 
 
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
-@pytest.mark.parametrize("kind", sorted(EXEMPTIONS))
-def test_an_admin_exemption_inserted_before_our_masquerade_is_a_conflict_naming_it(
+@pytest.mark.parametrize("kind", sorted(ADMIN_NAT))
+def test_an_admin_nat_rule_inserted_before_our_masquerade_is_a_conflict_naming_it(
     ns: str, mode: str, kind: str
 ) -> None:
-    exemption = EXEMPTIONS[kind]
+    rule, reason = ADMIN_NAT[kind]
     with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
         backend.apply(plan(backend.observe(), DESIRED))
+        assert builtin_rules(ns, mode, "nat", "POSTROUTING") == [NAT_JUMP]
         run_in(ns, [f"iptables-{mode}", "-w", "-t", "nat", "-I", "POSTROUTING", "1",
-                    *exemption.split()])
+                    *rule.split()])
         observed = backend.observe()
-        assert MASQ not in observed.owned  # the admin's exemption decides that traffic first
+        assert MASQ not in observed.owned  # the admin's rule decides that traffic first
         p = plan(observed, DESIRED)
         notes = [n for n in p.conflicts if n.wanted == MASQ]
         assert len(notes) == 1, p.render()
-        assert f"-A POSTROUTING {exemption}" in notes[0].foreign.describe()
+        assert f"-A POSTROUTING {rule}" in notes[0].foreign.describe()
         rendered = p.render()
         assert f"! {MASQ.describe()}" in rendered
         assert f"+ {MASQ.describe()}" not in rendered
-        assert "leave untranslated" in rendered
+        assert reason in rendered
         backend.apply(p)
         # The kernel's view: the admin's rule still first, k3snet's jump not moved.
-        assert builtin_rules(ns, mode, "nat", "POSTROUTING") == [
-            f"-A POSTROUTING {exemption}", NAT_JUMP]
+        assert builtin_rules(ns, mode, "nat", "POSTROUTING") == [f"-A POSTROUTING {rule}", NAT_JUMP]
         again = plan(backend.observe(), DESIRED)
         assert again.empty
         assert [n.wanted for n in again.conflicts] == [MASQ]
