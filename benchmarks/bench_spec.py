@@ -7,8 +7,9 @@ Run::
 Cases (median and best of ``--runs``): ``Spec.from_dict`` on the parsed data
 (the field table's reading, then every check), and ``load_spec`` of the same
 spec as a YAML file (parsing included), the same through the parsed-spec cache
-(a hit: :mod:`k3snet.spec.cache`), and ``compile`` of the loaded spec. Wall
-time (median, best) and CPU time (median) of this process.
+(a hit: :mod:`k3snet.spec.cache`; what every run of a cron job's ``k3snet apply``
+after the first does), and ``compile`` of the loaded spec. Wall time (median,
+best) and CPU time (median) of this process.
 """
 
 from __future__ import annotations
@@ -83,9 +84,17 @@ def main(argv: list[str] | None = None) -> int:
             median, best, cpu = timed(args.runs, action)
             print(f"  {name:24} median {median * 1000:8.1f} ms   best {best * 1000:8.1f} ms   "
                   f"CPU {cpu * 1000:8.1f} ms")
-            if name.startswith("load_spec") and args.destinations == 10_000:
-                record(Figure("load a 10k-destination spec", "-", median * 1000, "ms", 100.0,
-                              detail=f"YAML file, median of {args.runs}"))
+            if args.destinations != 10_000:
+                continue
+            # A cron job's first run parses the YAML; every later run is a cache hit.
+            if name.startswith("load_spec"):
+                record(Figure("load a 10k-destination spec, first run", "-", median * 1000,
+                              "ms", 100.0, cpu_value=cpu * 1000,
+                              detail=f"YAML file parsed, median of {args.runs}"))
+            elif name.startswith("cached load"):
+                record(Figure("load a 10k-destination spec, later runs", "-", median * 1000,
+                              "ms", 100.0, cpu_value=cpu * 1000,
+                              detail=f"spec cache hit, median of {args.runs}"))
     return 0
 
 

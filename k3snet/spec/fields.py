@@ -69,6 +69,8 @@ class Reader:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        # Text already converted in this document, by converter (see converted()).
+        self.converted: dict[tuple[Callable[[Any], Any], str], Any] = {}
 
     def problem(self, path: str, message: str) -> None:
         """Record one problem."""
@@ -325,12 +327,23 @@ def converted(convert: Callable[[Any], Any]) -> Read:
     """A read function applying a model converter (``parse_network`` ...)."""
 
     def read(reader: Reader, value: Any, path: str) -> Any:
+        # A 10k-destination spec names one gateway thousands of times: each text is
+        # converted once per document (the results are immutable values; a text that
+        # fails is converted again, so each path gets its problem).
+        key = (convert, value) if type(value) is str else None
+        if key is not None:
+            known = reader.converted.get(key)
+            if known is not None:
+                return known
         # Reader.convert inlined: this runs for every CIDR of a 10k-destination spec.
         try:
-            return convert(value)
+            result = convert(value)
         except (K3snetError, ValueError, TypeError) as exc:
             reader.problem(path, str(exc))
             return INVALID
+        if key is not None:
+            reader.converted[key] = result
+        return result
 
     return with_schema(read, schema_of(convert) or {})
 

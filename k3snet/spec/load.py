@@ -17,7 +17,7 @@ from k3snet.spec.fields import Reader
 from k3snet.spec.model import API_VERSION, KIND, Spec
 from k3snet.spec.schema import read_spec
 from k3snet.spec.source import load_mapping, read_text
-from k3snet.spec.validate import validate
+from k3snet.spec.validate import known_sound, validate
 
 __all__ = ["load_mapping", "load_spec", "spec_from_dict", "spec_from_document"]
 
@@ -26,8 +26,15 @@ def _related(path: str, other: str) -> bool:
     return path.startswith(other) or other.startswith(path)
 
 
-def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Spec:
-    """Read and check the YAML/JSON form (:meth:`Spec.from_dict`)."""
+def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None,
+                   sound: bool = False) -> Spec:
+    """Read and check the YAML/JSON form (:meth:`Spec.from_dict`).
+
+    ``sound``: the document was found sound before by this very code (the spec cache
+    says so, :mod:`k3snet.spec.cache`), so the checks across fields are not run
+    again; it is still read through the field table, and any reading problem
+    sends it through every check as usual.
+    """
     reader = Reader()
     # Reading 10k destinations builds ~100k objects, none in a cycle: with the GC
     # running, its collections took a third of Spec.from_dict's CPU
@@ -35,6 +42,9 @@ def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Spe
     listed = data.get("destinations") if isinstance(data, Mapping) else None
     with gc_paused(len(listed) if isinstance(listed, list) else 0):
         spec = read_spec(reader, data)
+        if sound and not reader.problems:
+            known_sound(spec)
+            return spec
         problems = list(reader.problems)
         # Checks run on the parts that parsed, so one pass reports everything; a
         # path that already has a reading problem is not reported twice.
@@ -46,13 +56,14 @@ def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Spe
     return spec
 
 
-def spec_from_document(data: Any, *, source: str | None = None) -> Spec:
+def spec_from_document(data: Any, *, source: str | None = None, sound: bool = False) -> Spec:
     """A spec *document* (a file, a ConfigMap's text): the header is required.
 
     ``apiVersion`` and ``kind`` must be there, so that an empty file, ``{}`` or
     some other YAML document is never read as "a spec that wants nothing"
     (applying that would remove everything k3snet owns). The dict form of
     :meth:`Spec.from_dict`, for specs built in code, keeps them optional.
+    ``sound`` as in :func:`spec_from_dict`.
     """
     if data is None or (isinstance(data, Mapping) and not data):
         raise SpecError([Problem("", f"the spec is empty: it needs at least apiVersion: "
@@ -67,7 +78,7 @@ def spec_from_document(data: Any, *, source: str | None = None) -> Spec:
             except SpecError as exc:
                 missing += list(exc.problems)
             raise SpecError(missing, source=source)
-    return spec_from_dict(data, source=source)
+    return spec_from_dict(data, source=source, sound=sound)
 
 
 def load_spec(path: str | Path) -> Spec:

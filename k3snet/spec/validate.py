@@ -16,7 +16,7 @@ from k3snet.spec.fields import check_section
 from k3snet.spec.model import Cluster, Destination, MasqueradePolicy, Spec
 from k3snet.spec.schema import DNS_LABEL, SPEC
 
-__all__ = ["validate"]
+__all__ = ["known_sound", "validate"]
 
 
 _sound: weakref.ref[Spec] | None = None  # the last spec found sound
@@ -38,6 +38,13 @@ def validate(spec: Spec) -> list[Problem]:
     if not problems:
         _sound = weakref.ref(spec)
     return problems
+
+
+def known_sound(spec: Spec) -> None:
+    """Take ``spec`` as sound without checking it: only for a spec read from a document
+    this very code found sound before (the spec cache, :mod:`k3snet.spec.cache`)."""
+    global _sound  # noqa: PLW0603 - the slot of validate()
+    _sound = weakref.ref(spec)
 
 
 def _validate(spec: Spec) -> list[Problem]:

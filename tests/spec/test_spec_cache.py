@@ -8,9 +8,11 @@ spec would come back, so the test fails if the check goes.
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,6 +26,8 @@ from k3snet.spec import Spec, load_spec, seed_spec
 from k3snet.spec import cache as spec_cache
 from k3snet.spec.cache import cache_directory, load_spec_cached
 from k3snet.testing import strategies as ks
+
+validate_module = importlib.import_module("k3snet.spec.validate")  # the package names a function so
 
 OTHER = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
          "destinations": [{"cidr": "203.0.113.0/24", "gateway": "192.168.1.9"}]}
@@ -159,8 +163,8 @@ def test_a_document_json_cannot_hold_is_not_cached(store: Path) -> None:
     spec_cache._write_cached(file, "k", {"when": datetime.date(2026, 1, 1)})
     assert not file.exists()
     spec_cache._write_cached(file, "k", {"a": [1, True, None, "x"]})
-    assert spec_cache._read_cached(file, "k") == {"a": [1, True, None, "x"]}
-    assert spec_cache._read_cached(file, "other key") is None
+    assert spec_cache._read_cached(file, "k") == ({"a": [1, True, None, "x"]}, True)
+    assert spec_cache._read_cached(file, "other key") == (None, False)
 
 
 def test_the_directory_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
@@ -213,3 +217,86 @@ def test_the_cache_keeps_a_bounded_number_of_specs(tmp_path: Path, store: Path,
     load_spec_cached(paths[0], store)  # the oldest went; it is parsed and kept again
     assert len(list(store.iterdir())) == 3
     assert {e.name for e in store.iterdir()} != kept
+
+
+# A readable document the checks refuse: the destination overlaps the pod CIDR.
+UNSOUND = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+           "destinations": [{"cidr": "10.42.7.0/24", "gateway": "192.168.1.9"}]}
+
+
+def _plant(file: Path, document: dict[str, Any], **fields: Any) -> None:
+    entry = json.loads(file.read_text())
+    entry.update(document=document, **fields)
+    file.write_text(json.dumps(entry))
+
+
+@pytest.mark.parametrize("sound", [True, False, None, 1, "yes"])
+def test_the_checks_are_skipped_only_on_the_caches_word(spec_file: Path, store: Path,
+                                                         sound: object) -> None:
+    # The entry's "sound" (written only for a document that made a sound spec) is the
+    # only thing that lets a hit skip the checks across fields: with anything but
+    # `true` there, the planted unsound document is refused as the file would be.
+    load_spec_cached(spec_file, store)
+    assert json.loads(_cached_file(store).read_text())["sound"] is True
+    _plant(_cached_file(store), UNSOUND, sound=sound)
+    if sound is True:
+        (planted,) = load_spec_cached(spec_file, store).destinations
+        assert str(planted.cidr) == "10.42.7.0/24"
+    else:
+        with pytest.raises(SpecError, match="overlaps the cluster pod CIDR"):
+            load_spec_cached(spec_file, store)
+
+
+def test_a_hit_is_the_same_spec_and_is_known_sound(spec_file: Path, store: Path) -> None:
+    load_spec_cached(spec_file, store)
+    hit = load_spec_cached(spec_file, store)
+    assert validate_module._sound is not None
+    assert validate_module._sound() is hit
+    assert hit == load_spec(spec_file)
+
+
+def test_a_reading_problem_runs_every_check_even_on_the_caches_word(
+        spec_file: Path, store: Path) -> None:
+    load_spec_cached(spec_file, store)
+    broken = {**UNSOUND, "destinations": [*UNSOUND["destinations"], {"cidr": "nonsense"}]}
+    _plant(_cached_file(store), broken, sound=True)
+    with pytest.raises(SpecError) as caught:
+        load_spec_cached(spec_file, store)
+    paths = {p.path for p in caught.value.problems}
+    assert paths == {"destinations[0].cidr", "destinations[1].cidr"}
+
+
+def test_a_spec_importing_an_ip_masq_agent_file_is_checked_on_every_hit(
+        tmp_path: Path, store: Path) -> None:
+    # The imported file is read anew on every load and may have changed: a hit of a
+    # document naming it runs every check, whatever the entry says.
+    agent = tmp_path / "ip-masq-agent"
+    agent.write_text("nonMasqueradeCIDRs: [10.0.0.0/8]\n")
+    path = tmp_path / "spec.yaml"
+    path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    f"masquerade: {{ipMasqAgentConfig: {agent}}}\n")
+    load_spec_cached(path, store)
+    assert json.loads(_cached_file(store).read_text())["sound"] is False
+    agent.write_text("nonMasqueradeCIDRs: [10.0.0.0/8, 10.0.0.0/8]\n")
+    _plant(_cached_file(store), yaml.safe_load(path.read_text()), sound=True)
+    with pytest.raises(SpecError, match=r"duplicate entry 10\.0\.0\.0/8"):
+        load_spec_cached(path, store)
+
+
+def test_other_code_recomputes(spec_file: Path, store: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # A development install changes the code that judged a document without changing
+    # the version: the key covers each module's size and mtime.
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "validate.py").write_text("# v1\n")
+    monkeypatch.setattr(spec_cache, "_CODE", (code,))
+    load_spec_cached(spec_file, store)
+    _plant_other(_cached_file(store))
+    assert load_spec_cached(spec_file, store) == Spec.from_dict(OTHER)  # same code: a hit
+    os.utime(code / "validate.py", ns=(1, 1))
+    assert load_spec_cached(spec_file, store) == seed_spec()
+    _plant_other(_cached_file(store))
+    (code / "validate.py").write_text("# v2, same mtime\n")
+    os.utime(code / "validate.py", ns=(1, 1))
+    assert load_spec_cached(spec_file, store) == seed_spec()

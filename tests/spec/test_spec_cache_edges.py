@@ -139,15 +139,16 @@ def test_a_cache_file_is_written_only_into_a_trusted_directory(tmp_path: Path) -
     assert list(store.iterdir()) == []
     store.chmod(0o700)
     spec_cache._write_cached(store / "x.json", "k", {"a": 1})
-    assert json.loads((store / "x.json").read_text()) == {"key": "k", "document": {"a": 1}}
+    assert json.loads((store / "x.json").read_text()) == {"key": "k", "document": {"a": 1},
+                                                          "sound": True}
     assert [p.name for p in store.iterdir()] == ["x.json"]  # no temporary file left
-    assert spec_cache._read_cached(store / "x.json", "k") == {"a": 1}
+    assert spec_cache._read_cached(store / "x.json", "k") == ({"a": 1}, True)
     (store / "y.json").write_text(json.dumps({"key": "k"}))
-    assert spec_cache._read_cached(store / "y.json", "k") is None
+    assert spec_cache._read_cached(store / "y.json", "k") == (None, False)
     (store / "z.json").write_text(json.dumps({"key": "k", "document": None}))
-    assert spec_cache._read_cached(store / "z.json", "k") is None
+    assert spec_cache._read_cached(store / "z.json", "k") == (None, False)
     (store / "w.json").mkdir()
-    assert spec_cache._read_cached(store / "w.json", "k") is None
+    assert spec_cache._read_cached(store / "w.json", "k") == (None, False)
     # A file in its place that cannot be replaced: the cache stays as it was.
     spec_cache._write_cached(store / "w.json", "k", {"a": 2})
     assert (store / "w.json").is_dir()
