@@ -76,7 +76,11 @@ _SYSCTL_NAMES = (
     "net.ipv4.conf.all.rp_filter",
     "net.ipv4.conf.default.rp_filter",
     "net.ipv4.conf.eth0.rp_filter",
+    "net.ipv4.conf.eth1.rp_filter",
+    "net.ipv4.conf.cni0.rp_filter",
     "net.ipv6.conf.all.accept_ra",
+    "net.ipv6.conf.default.accept_ra",
+    "net.ipv6.conf.eth0.accept_ra",
 )
 
 
