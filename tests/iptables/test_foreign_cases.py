@@ -215,6 +215,10 @@ NAT_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
     "what follows an unconditional return in a chain jumped to is not read": (
         f"-A POSTROUTING -j OTHER\n-A OTHER -j RETURN\n-A OTHER -d {B} -j ACCEPT\n"
         f"-A POSTROUTING -s {POD} -j MASQUERADE", 4, {MasqueradeRule(POD)}),
+    "what follows an unconditional accept in a chain jumped to is not read": (
+        "-A POSTROUTING -d 172.16.0.0/12 -j OTHER\n-A OTHER -j ACCEPT\n"
+        f"-A OTHER -d {B} -j ACCEPT\n-A POSTROUTING -s {POD} -d 192.168.0.0/16 -j MASQUERADE", 4,
+        {MasqueradeRule(POD, destination="192.168.0.0/16")}),
     "a masquerade after an unconditional one in a chain jumped to": (
         f"-A POSTROUTING -j OTHER\n-A OTHER -j MASQUERADE\n-A OTHER -s {POD} -d {B} -j MASQUERADE",
         4, {MasqueradeRule("0.0.0.0/0"), MasqueradeRule(POD, destination=B)}),
