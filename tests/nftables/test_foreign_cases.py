@@ -344,6 +344,10 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         nat([jump("c")], [saddr(POD), daddr(B), snat(addr="192.0.2.1")], c=[[MASQ]],
             family="ip"),
         {MasqueradeRule("0.0.0.0/0")}),
+    "an iptables-nft MARK target before the rule is passed": (
+        nat([saddr("10.99.0.0/16"), {"xt": {"type": "target", "name": "MARK"}}],
+            [{"xt": {"type": "target", "name": "LOG"}}], [saddr(POD), MASQ], family="ip"),
+        {MasqueradeRule(POD)}),
     "a conditional NAT in a chain jumped to spares its destination after the jump": (
         nat([jump("c")], [saddr(POD), snat(addr="192.0.2.2")], c=[[daddr(B), MASQ]]),
         {MasqueradeRule("0.0.0.0/0", destination=B),

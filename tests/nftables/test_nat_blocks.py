@@ -88,6 +88,9 @@ def test_a_nat_rule_after_k3snets_priority_is_no_block(prio: int) -> None:
     ([[saddr(POD), snat(addr="192.0.2.9", port=80)]], {},
      {one(f"ip saddr {POD} snat (to an address or range k3snet does not model)", POD,
           action="snat")}),
+    ([[saddr(POD), snat(addr={"range": ["192.0.2.1", "192.0.2.9"]})]], {},
+     {one(f"ip saddr {POD} snat (to an address or range k3snet does not model)", POD,
+          action="snat")}),
     # rules of a chain jumped to (placed at the chain it is in)
     ([[jump("sub")]], {"sub": [[saddr(POD), MASQ]]},
      {one(f"ip saddr {POD} masquerade", POD, where="nftables inet t sub")}),
