@@ -55,8 +55,23 @@ SPEC_MUTATION_TESTS := tests/spec tests/api tests/cli tests/planner/test_golden_
 # No CLI, cluster or reader tests: they reach these modules only through the model's
 # own tested paths and cost minutes per mutant of cidr.py or plan().
 MODEL_MUTATION_TESTS := tests/model tests/planner tests/backends tests/api/test_strategies.py
+# The NAT readers, the plan-fit check and tag_digest: `make mutation-readers` (docs/testing.md,
+# "Fifth pass"). The whole iptables foreign reader and tag.py; of parse.py the foreign
+# reader's NAT path and the helpers it shares with the forward-block reader (the own-table
+# reader and the rest were judged in the third pass); of the planner, Plan.problems and its
+# fast path (Plan.kinds is a cached_property, which mutmut leaves alone).
+READERS_MUTATION_TESTS := tests/iptables tests/nftables tests/model/test_nat_block.py \
+	tests/model/test_forward_block.py tests/render/test_tag.py \
+	tests/planner/test_plan_and_state_values.py tests/planner/test_planner_properties.py \
+	tests/backends/test_kit.py
+READERS_PARSE := xǁForeignReaderǁread xǁForeignReaderǁ_met xǁForeignReaderǁ_walk \
+	xǁForeignReaderǁ_nat_rule xǁForeignReaderǁ_nat_rule_first x__spared x__spared_by \
+	x__unmarked_only x__same_translation x__rule_words x__nat_blocks_of x__block_of
+READERS_MUTANTS := k3snet.backends.iptables.foreign.* k3snet.render.tag.* \
+	k3snet.planner.xǁPlanǁproblems__mutmut_* k3snet.planner.x__fits_as_is__mutmut_* \
+	$(foreach f,$(READERS_PARSE),k3snet.backends.nftables.parse.$(f)__mutmut_*)
 
-.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model image \
+.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model mutation-readers image \
 	spec-schema
 
 deps: $(STAMP)
@@ -123,6 +138,9 @@ mutation-spec:
 
 mutation-model:
 	$(MAKE) mutation MUTANTS='k3snet.model.* k3snet.planner.*' MUTATION_TESTS='$(MODEL_MUTATION_TESTS)'
+
+mutation-readers:
+	$(MAKE) mutation MUTANTS='$(READERS_MUTANTS)' MUTATION_TESTS='$(READERS_MUTATION_TESTS)'
 
 docs: deps
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -111,6 +111,8 @@ def read(kernel: Kernel) -> set[NetObject]:
 
 
 POD = "10.42.0.0/16"
+B = "192.168.2.0/24"
+UNMARKED = {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16384]}, "right": 0}}
 NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
     "masquerade": (nat([saddr(POD), MASQ]), {MasqueradeRule(POD)}),
     "masquerade with every modelled field": (
@@ -311,6 +313,45 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         nat([{"match": {"op": "<", "left": saddr(POD)["match"]["left"], "right": "10.42.0.0"}},
              MASQ], [{"match": {"op": ">=", "left": {"meta": {"key": "nfproto"}},
                                 "right": "ipv4"}}, MASQ]), set()),
+
+    # Which earlier NAT rules translate the same way (and take nothing), which spare.
+    "a masquerade to ports is not the same translation": (
+        nat([saddr(POD), daddr(B), {"masquerade": {"port": {"range": [1024, 2047]}}}],
+            [saddr(POD), MASQ]),
+        {MasqueradeRule(POD, exclude=[B])}),
+    "an snat to another address spares its destination": (
+        nat([saddr(POD), daddr(B), snat(addr="192.0.2.1")], [saddr(POD), snat(addr="192.0.2.2")]),
+        {SnatRule(POD, destination=B, to_address="192.0.2.1"),
+         SnatRule(POD, exclude=[B], to_address="192.0.2.2")}),
+    "an snat to the same address takes nothing, the next exit spares": (
+        nat([saddr(POD), daddr(B), snat(addr="192.0.2.1")], [daddr("10.1.0.0/16"), RETURN],
+            [saddr(POD), snat(addr="192.0.2.1")]),
+        {SnatRule(POD, destination=B, to_address="192.0.2.1"),
+         SnatRule(POD, exclude=["10.1.0.0/16"], to_address="192.0.2.1")}),
+    "an accept of unmarked packets hides the rule": (
+        nat([UNMARKED, ACCEPT], [saddr(POD), MASQ]), set()),
+    "a rule without a verdict is passed": (
+        nat([saddr("10.99.0.0/16"), {"counter": None}], [saddr(POD), MASQ]),
+        {MasqueradeRule(POD)}),
+    # An unconditional NAT ends its chain: what follows is never met, even the same.
+    "an unconditional masquerade ends the chain": (
+        nat([MASQ], [saddr(POD), daddr(B), MASQ], family="ip"), {MasqueradeRule("0.0.0.0/0")}),
+    "an unconditional snat ends the chain": (
+        nat([snat(addr="192.0.2.1")], [saddr(POD), daddr(B), snat(addr="192.0.2.1")],
+            family="ip"),
+        {SnatRule("0.0.0.0/0", to_address="192.0.2.1")}),
+    "an unconditional masquerade in a chain jumped to ends its caller too": (
+        nat([jump("c")], [saddr(POD), daddr(B), snat(addr="192.0.2.1")], c=[[MASQ]],
+            family="ip"),
+        {MasqueradeRule("0.0.0.0/0")}),
+    "an iptables-nft MARK target before the rule is passed": (
+        nat([saddr("10.99.0.0/16"), {"xt": {"type": "target", "name": "MARK"}}],
+            [{"xt": {"type": "target", "name": "LOG"}}], [saddr(POD), MASQ], family="ip"),
+        {MasqueradeRule(POD)}),
+    "a conditional NAT in a chain jumped to spares its destination after the jump": (
+        nat([jump("c")], [saddr(POD), snat(addr="192.0.2.2")], c=[[daddr(B), MASQ]]),
+        {MasqueradeRule("0.0.0.0/0", destination=B),
+         SnatRule(POD, exclude=[B], to_address="192.0.2.2")}),
 }
 
 
@@ -330,7 +371,6 @@ def forward(*bases: tuple[str, list[list[Expr]]], **chains: list[list[Expr]]) ->
     return Kernel(table)
 
 
-B = "192.168.2.0/24"
 PAIR = [[saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]
 FWD = ForwardRule(POD, "0.0.0.0/0")
 FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {

@@ -88,6 +88,9 @@ def test_a_nat_rule_after_k3snets_priority_is_no_block(prio: int) -> None:
     ([[saddr(POD), snat(addr="192.0.2.9", port=80)]], {},
      {one(f"ip saddr {POD} snat (to an address or range k3snet does not model)", POD,
           action="snat")}),
+    ([[saddr(POD), snat(addr={"range": ["192.0.2.1", "192.0.2.9"]})]], {},
+     {one(f"ip saddr {POD} snat (to an address or range k3snet does not model)", POD,
+          action="snat")}),
     # rules of a chain jumped to (placed at the chain it is in)
     ([[jump("sub")]], {"sub": [[saddr(POD), MASQ]]},
      {one(f"ip saddr {POD} masquerade", POD, where="nftables inet t sub")}),
@@ -108,6 +111,45 @@ def test_the_reader_takes_the_nat_rules_a_connection_may_meet_first(
     rules: list[list[Any]], chains: dict[str, list[list[Any]]], expected: set[tuple[Any, ...]]
 ) -> None:
     assert blocks(nat(*rules, **chains), 100) == expected
+
+
+def test_an_ip6_table_makes_ipv6_blocks() -> None:
+    assert blocks(nat([saddr("fd42::/64"), MASQ], family="ip6"), 100) == {
+        one("ip6 saddr fd42::/64 masquerade", "fd42::/64", family=6,
+            where="nftables ip6 t post")}
+
+
+def test_a_nat_rule_testing_for_unmarked_packets_is_a_block() -> None:
+    # k3snet's pod traffic carries no mark: such a rule may translate it.
+    unmarked = UNMARKED_RETURN[0]
+    assert blocks(nat([unmarked, saddr(POD), MASQ]), 100) == {
+        one(f"ip saddr {POD} (and 1 more match) masquerade", POD)}
+
+
+def test_the_blocks_of_a_chain_take_nothing_from_the_rules_before_them_in_it() -> None:
+    # In one chain the first rule met decides: the masquerade after the SNAT never
+    # translates what the SNAT takes, though its block (any destination) decides it
+    # when it comes from another base chain (the test below).
+    kernel = nat([saddr(POD), daddr(B), snat(addr="192.0.2.9")], [saddr(POD), MASQ])
+    kernel.nat_prio = 100
+    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    assert {o for o in found if isinstance(o, MasqueradeRule | SnatRule)} == {
+        SnatRule(POD, destination=B, to_address="192.0.2.9"), MasqueradeRule(POD, exclude=[B])}
+    assert {(b.action, str(b.destination)) for b in found if isinstance(b, NatBlock)} == {
+        ("snat", B), ("masquerade", "None")}
+
+
+def test_two_base_chains_of_one_table_may_each_translate_first() -> None:
+    chains = {
+        ("ip", "t", "early"): ("postrouting", "accept",
+                               [[saddr(POD), daddr(B), snat(addr="192.0.2.9")]]),
+        ("ip", "t", "late"): ("postrouting", "accept", [[saddr(POD), MASQ]]),
+    }
+    kernel = Kernel(chains)
+    kernel.nat_prio = 100
+    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    assert {o for o in found if isinstance(o, MasqueradeRule | SnatRule)} == {
+        MasqueradeRule(POD, exclude=[B])}
 
 
 def test_an_iptables_nft_snat_is_a_block_to_an_address_k3snet_does_not_model() -> None:

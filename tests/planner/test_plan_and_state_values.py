@@ -282,3 +282,19 @@ def test_a_state_of_something_else_than_k3snet_objects_names_its_type_and_value(
     with pytest.raises(ModelError) as refused:
         State(owned=[_ROUTE, "10.0.0.0/8"])
     assert str(refused.value) == "a State holds k3snet objects, not str '10.0.0.0/8'"
+
+
+def test_problems_names_a_lone_change_that_does_not_fit() -> None:
+    # One change, so no two share a key: only the fit of each decides (Plan.problems'
+    # one-pass answer must not pass these).
+    on = Sysctl("net.ipv4.ip_forward", 1)
+    off = Sysctl("net.ipv4.ip_forward", 0)
+    add = Change.add(_ROUTE)
+    assert Plan([add]).problems(State(owned=[_ROUTE])) == [
+        (add, f"cannot add {_ROUTE}: {_ROUTE} is already there")]
+    for change in (Change.delete(on), Change.replace(on, Sysctl("net.ipv4.ip_forward", 2))):
+        assert Plan([change]).problems(State(owned=[off])) == [
+            (change, f"cannot {change.action} {on}: not in the state (found {off})")]
+    # The same changes fit the state they name.
+    assert Plan([add]).problems(State()) == []
+    assert Plan([Change.delete(on)]).problems(State(owned=[Sysctl("net.ipv4.ip_forward", 1)])) == []
