@@ -179,7 +179,7 @@ def foreign_nat(dump: TableDump | None, family: int) -> set[NetObject]:
                 if inner_target in ("RETURN", "ACCEPT") and _takes_all(inner_tokens):
                     break
             if gone_to:  # the end of a chain gone to leaves POSTROUTING too
-                table_exits.append(_Exit.of(tokens, None, leaves=True))
+                table_exits.append(_Exit.of(tokens, None))
             continue
         fields = parse_rule(tokens)
         _add_nat(found, family, fields, table_exits)
@@ -213,17 +213,16 @@ class _Exit:
     translation: tuple[str, str | None] | None  # ("masquerade", None), ("snat", ADDR)
 
     @classmethod
-    def of(cls, tokens: Line, fields: RuleFields | None, *, outer: Line = (),
-           leaves: bool = False) -> _Exit:
+    def of(cls, tokens: Line, fields: RuleFields | None, *, outer: Line = ()) -> _Exit:
         found = {**_addresses(outer), **{k: v for k, v in _addresses(tokens).items()
                                          if v is not None}}
         translation: tuple[str, str | None] | None = None
-        if fields is not None and not leaves:
+        if fields is not None:
             if fields.target == "MASQUERADE":
                 translation = ("masquerade", None)
             elif fields.target == "SNAT" and fields.to_source is not None:
                 translation = ("snat", fields.to_source)
-        return cls(None if leaves else fields, _net(found.get("source")),
+        return cls(fields, _net(found.get("source")),
                    _net(found.get("destination")), translation)
 
 
