@@ -55,8 +55,19 @@ SPEC_MUTATION_TESTS := tests/spec tests/api tests/cli tests/planner/test_golden_
 # No CLI, cluster or reader tests: they reach these modules only through the model's
 # own tested paths and cost minutes per mutant of cidr.py or plan().
 MODEL_MUTATION_TESTS := tests/model tests/planner tests/backends tests/api/test_strategies.py
+# The tests that judge the manifests and the iptables rule language: `make mutation-render`
+# (docs/testing.md). Only the root-free files that reach render/manifests.py or
+# render/iptables/rules.py (found with coverage); the CLI's and the docs' tests reach them
+# only through these.
+RENDER_MUTATION_TESTS := tests/render/test_manifest_files.py tests/render/test_connectivity_result.py \
+	tests/render/test_hostile_render.py tests/render/test_iptables_fast_path.py \
+	tests/render/test_iptables_rebuild.py tests/render/test_iptables_text.py tests/render/test_tag.py \
+	tests/model/test_forward_block.py tests/model/test_nat_block.py tests/iptables/test_recorded.py \
+	tests/iptables/test_foreign_cases.py tests/iptables/test_backend.py \
+	tests/iptables/test_nat_reader_oracle.py tests/hostile/test_parser_fuzz.py \
+	tests/cluster/test_manifests.py tests/cluster/test_connectivity_job.py
 
-.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model image \
+.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model mutation-render image \
 	spec-schema
 
 deps: $(STAMP)
@@ -123,6 +134,10 @@ mutation-spec:
 
 mutation-model:
 	$(MAKE) mutation MUTANTS='k3snet.model.* k3snet.planner.*' MUTATION_TESTS='$(MODEL_MUTATION_TESTS)'
+
+mutation-render:
+	$(MAKE) mutation MUTANTS='k3snet.render.manifests.* k3snet.render.iptables.rules.*' \
+		MUTATION_TESTS='$(RENDER_MUTATION_TESTS)'
 
 docs: deps
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
