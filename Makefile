@@ -58,10 +58,11 @@ MODEL_MUTATION_TESTS := tests/model tests/planner tests/backends tests/api/test_
 # The tests that judge the manifests and the iptables rule language: `make mutation-render`
 # (docs/testing.md). Only the root-free files that reach render/manifests.py or
 # render/iptables/rules.py (found with coverage); the CLI's and the docs' tests reach them
-# only through these.
+# too, through the same functions, at seconds per test.
 RENDER_MUTATION_TESTS := tests/render/test_manifest_files.py tests/render/test_connectivity_result.py \
 	tests/render/test_hostile_render.py tests/render/test_iptables_fast_path.py \
 	tests/render/test_iptables_rebuild.py tests/render/test_iptables_text.py tests/render/test_tag.py \
+	tests/render/test_iptables_parse_rule.py \
 	tests/model/test_forward_block.py tests/model/test_nat_block.py tests/iptables/test_recorded.py \
 	tests/iptables/test_foreign_cases.py tests/iptables/test_backend.py \
 	tests/iptables/test_nat_reader_oracle.py tests/hostile/test_parser_fuzz.py \
