@@ -71,7 +71,20 @@ READERS_MUTANTS := k3snet.backends.iptables.foreign.* k3snet.render.tag.* \
 	k3snet.planner.xǁPlanǁproblems__mutmut_* k3snet.planner.x__fits_as_is__mutmut_* \
 	$(foreach f,$(READERS_PARSE),k3snet.backends.nftables.parse.$(f)__mutmut_*)
 
-.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model mutation-readers image \
+# The tests that judge the manifests and the iptables rule language: `make mutation-render`
+# (docs/testing.md). Only the root-free files that reach render/manifests.py or
+# render/iptables/rules.py (found with coverage); the CLI's and the docs' tests reach them
+# too, through the same functions, at seconds per test.
+RENDER_MUTATION_TESTS := tests/render/test_manifest_files.py tests/render/test_connectivity_result.py \
+	tests/render/test_hostile_render.py tests/render/test_iptables_fast_path.py \
+	tests/render/test_iptables_rebuild.py tests/render/test_iptables_text.py tests/render/test_tag.py \
+	tests/render/test_iptables_parse_rule.py \
+	tests/model/test_forward_block.py tests/model/test_nat_block.py tests/iptables/test_recorded.py \
+	tests/iptables/test_foreign_cases.py tests/iptables/test_backend.py \
+	tests/iptables/test_nat_reader_oracle.py tests/hostile/test_parser_fuzz.py \
+	tests/cluster/test_manifests.py tests/cluster/test_connectivity_job.py
+
+.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model mutation-readers mutation-render image \
 	spec-schema
 
 deps: $(STAMP)
@@ -141,6 +154,10 @@ mutation-model:
 
 mutation-readers:
 	$(MAKE) mutation MUTANTS='$(READERS_MUTANTS)' MUTATION_TESTS='$(READERS_MUTATION_TESTS)'
+
+mutation-render:
+	$(MAKE) mutation MUTANTS='k3snet.render.manifests.* k3snet.render.iptables.rules.*' \
+		MUTATION_TESTS='$(RENDER_MUTATION_TESTS)'
 
 docs: deps
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

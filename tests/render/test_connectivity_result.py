@@ -45,11 +45,13 @@ class Apis:
         self.job = NS(status=NS(conditions=conditions),
                       metadata=NS(uid=UID) if metadata else None)
         self.pods, self.logs = pods, logs
+        self.selectors: list[str | None] = []
 
     def read_namespaced_job(self, name: str, namespace: str) -> NS:
         return self.job
 
     def list_namespaced_pod(self, namespace: str, label_selector: str | None = None) -> NS:
+        self.selectors.append(label_selector)
         return NS(items=list(self.pods))
 
     def read_namespaced_pod_log(self, name: str, namespace: str, container: Any = None) -> str:
@@ -94,6 +96,14 @@ def test_the_newest_pod_of_this_job_speaks() -> None:
     apis = Apis([_condition("Complete", reason="Done", message="all ok")], pods, logs)
     assert _read(apis) == (True, f"connectivity test passed -- {WHERE}: Complete (Done: all ok); "
                                  "ping b-new: ok; tcp: skipped")
+
+
+def test_the_api_server_lists_only_the_pods_of_the_job() -> None:
+    # A namespace may hold thousands of pods: the API server filters them by the Job's
+    # label (the reader checks the label again, and the owner).
+    apis = Apis([_condition("Complete")], [_pod("p", None)], {"p": LOG})
+    _read(apis)
+    assert apis.selectors == [f"job-name={CONNECTIVITY_JOB_NAME}"]
 
 
 def test_a_job_without_metadata_is_read_by_its_name() -> None:
