@@ -53,7 +53,7 @@ def tag_digest(comment: str, known: Container[str] = ()) -> str | None:
     """
     # No regex: observe reads one tag per rule. The digit check is most of this
     # function's cost; a process that rendered the rule skips it by a lookup
-    # (docs/performance.md, "The two slowdowns removed").
+    # (docs/performance.md, "The observe after an apply").
     if len(comment) == _TAG_LENGTH and comment.startswith(TAG_PREFIX):
         digest = comment[len(TAG_PREFIX):]
         if digest in known or not digest.strip(_HEX_DIGITS):  # every character a hex digit
