@@ -74,6 +74,9 @@ STATS = MUTANTS / "mutmut-stats.json"
 # Verdicts mutmut leaves for a mutant it did not judge (stopped before it, or while
 # judging it).
 UNJUDGED = frozenset({"not checked", "check was interrupted by user"})
+# CPU seconds a mutant may take when mutmut collected no stats (and what the control
+# runs get on top of mutmut's limit, for importing and collecting).
+NO_STATS_LIMIT = 600
 # The columns of the summary, in order; any other verdict is counted under "other".
 COLUMNS = ("killed", "timeout", "survived", "no tests")
 # In mutants/, with mutmut's call recording on ("stats"): import every module of
@@ -259,10 +262,16 @@ def _under(test: str, path: str) -> bool:
     return test == path or test.startswith((f"{path}/", f"{path}::"))
 
 
-def cpu_limit(tests: Iterable[str], stats: Mapping[str, Any] | None, default: float) -> int:
-    """CPU seconds a mutant may take: what mutmut allows its workers (``default`` without stats)."""
+def cpu_limit(tests: Iterable[str], stats: Mapping[str, Any] | None, fixed: float | None) -> int:
+    """CPU seconds a mutant may take: ``fixed`` if given, else what mutmut allows its workers.
+
+    mutmut's limit is 30 times the stats' time of the tests, plus 30 s; without
+    stats :data:`NO_STATS_LIMIT`.
+    """
+    if fixed is not None:
+        return math.ceil(fixed)
     if stats is None:
-        return math.ceil(default)
+        return NO_STATS_LIMIT
     estimate: float = sum(stats["duration_by_test"].get(t, 0.0) for t in tests)
     cfg = config()
     return math.ceil((estimate + cfg.timeout_constant) * cfg.timeout_multiplier * 2)
@@ -370,19 +379,23 @@ class Judge:
         return "timeout" if code in (-signal.SIGXCPU, -signal.SIGKILL) else "crashed"
 
     def close(self) -> None:
+        """Stop the child: at once if it is idle, killed if it is still judging a mutant."""
         self._conn.send(None)
-        self._process.join(60)
+        self._process.join(5)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
 
 
 def verdict_of(outcome: int | str) -> str:
-    """The verdict of one pytest outcome: a kill is pytest failing (exit code not 0)."""
+    """The verdict of one pytest outcome: a kill is pytest failing (exit code not 0).
+
+    5 (nothing collected) is "no tests". 4, pytest's usage error, is a kill too: the
+    control run took the same test ids with no mutant, so the mutant broke their
+    collection (a test module that calls the mutated function when imported).
+    """
     if isinstance(outcome, str):
         return outcome
-    if outcome == 4:  # pytest's usage error: the judge's fault, not the mutant's
-        raise RuntimeError("pytest refused its arguments: see mutants/inproc.log")
     return {0: "survived", 5: "no tests"}.get(outcome, "killed")
 
 
@@ -392,7 +405,7 @@ def judge_in_process(
     *,
     paths: list[str],
     stats: Mapping[str, Any] | None,
-    timeout: float,
+    timeout: float | None,
     record: Callable[[str, str], None],
     pytest_args: list[str],
 ) -> None:
@@ -404,11 +417,13 @@ def judge_in_process(
     jobs = {m: tests_for(m, paths, stats) for m in mutants}
     every = sorted({t for tests in jobs.values() if tests for t in tests}) or paths
     if mutants:
-        # The first run also imports and collects everything: allow for it.
-        clean = judge.judge("", args(every), cpu_limit(every, stats, timeout) + math.ceil(timeout))
+        # Every test runs (no -x stop): mutmut's limit, not ``timeout``, and the first run
+        # also imports and collects everything.
+        limit = cpu_limit(every, stats, None) + NO_STATS_LIMIT
+        clean = judge.judge("", args(every), limit)
         if clean != 0:
             raise RuntimeError(f"the tests fail with no mutant active ({clean}): see {INPROC_LOG}")
-        if judge.judge("fail", args(every), cpu_limit(every, stats, timeout)) == 0:
+        if judge.judge("fail", args(every), limit) == 0:
             raise RuntimeError(
                 "the tests pass with every mutated function failing: "
                 "they do not reach the mutants' copy"
@@ -422,7 +437,7 @@ def judge_in_process(
 
 
 def inproc(
-    names: list[str], *, tests: list[str], unjudged_only: bool, timeout: float, memory: int
+    names: list[str], *, tests: list[str], unjudged_only: bool, timeout: float | None, memory: int
 ) -> None:
     """Judge mutants in one pytest process, print and record each verdict, then the summary."""
     recorded = _recorded(INPROC_VERDICTS)
@@ -443,6 +458,8 @@ def inproc(
         INPROC_VERDICTS.write_text(json.dumps(recorded, indent=1, sort_keys=True))
 
     judge = Judge(MUTANTS, shadowed=Path(), package="k3snet", memory=memory, log=INPROC_LOG)
+    # A terminated judge stops its child too (a mutant may run for minutes).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         judge_in_process(
             judge,
@@ -532,8 +549,7 @@ def main() -> None:
     one.add_argument(
         "--timeout",
         type=float,
-        default=600.0,
-        help="CPU seconds per mutant without mutmut's stats (default: 600)",
+        help="CPU seconds per mutant (default: mutmut's limit from its stats, 600 without)",
     )
     one.add_argument(
         "--memory",

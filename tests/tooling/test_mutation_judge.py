@@ -6,6 +6,7 @@ package whose functions read ``MUTANT_UNDER_TEST`` as mutmut's trampolines do.
 
 from __future__ import annotations
 
+import math
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -109,7 +110,7 @@ def test_judge_kills_survives_and_times_out(
         mutants,
         paths=["tests"],
         stats=stats,
-        timeout=5,
+        timeout=None,
         record=verdicts.__setitem__,
         pytest_args=["-p", "no:cacheprovider"],
     )
@@ -134,10 +135,33 @@ def test_judge_refuses_tests_that_fail_with_no_mutant(
             ["fakepkg.x_double__mutmut_1"],
             paths=["tests"],
             stats=None,
-            timeout=30,
+            timeout=None,
             record=lambda *_: None,
             pytest_args=["-p", "no:cacheprovider"],
         )
+
+
+def test_verdicts_of_pytest_outcomes() -> None:
+    # 4 (test ids not found) after a control run that found them: the mutant broke
+    # the collection, a kill.
+    assert [mutation.verdict_of(o) for o in (0, 1, 2, 4, 5, "timeout", "crashed")] == [
+        "survived",
+        "killed",
+        "killed",
+        "killed",
+        "no tests",
+        "timeout",
+        "crashed",
+    ]
+
+
+def test_cpu_limit_is_mutmuts_unless_fixed() -> None:
+    stats = {"duration_by_test": {"t1": 1.5, "t2": 2.5}}
+    cfg = config()
+    expected = math.ceil((4.0 + cfg.timeout_constant) * cfg.timeout_multiplier * 2)
+    assert mutation.cpu_limit(["t1", "t2"], stats, None) == expected
+    assert mutation.cpu_limit(["t1", "t2"], stats, 20.5) == 21
+    assert mutation.cpu_limit(["tests"], None, None) == mutation.NO_STATS_LIMIT
 
 
 def test_default_choice_is_the_unjudged_and_the_survivors_not_recorded() -> None:
