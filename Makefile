@@ -49,8 +49,10 @@ MUTANTS ?=
 MUTATION_JOBS ?= 2
 # Test paths judging the mutants instead of [tool.mutmut]'s selection (empty: that one).
 MUTATION_TESTS ?=
-# Minutes mutmut may judge mutants (empty: no limit); the in-process judge takes the rest.
+# Minutes mutmut may judge mutants (empty: no limit); the in-process judge takes the rest,
+# each mutant within MUTATION_TIMEOUT CPU seconds (empty: mutmut's limit, from its stats).
 MUTATION_BUDGET ?=
+MUTATION_TIMEOUT ?=
 # The tests that judge the spec package: `make mutation-spec` (docs/testing.md).
 SPEC_MUTATION_TESTS := tests/spec tests/api tests/cli tests/planner/test_golden_plans.py
 # The tests that judge the model and the planner: `make mutation-model` (docs/testing.md).
@@ -120,7 +122,8 @@ mutation: deps
 	rm -rf mutants
 	$(MUTATION_ENV) MUTATION_BUDGET='$(MUTATION_BUDGET)' \
 		$(BIN)/python benchmarks/mutation.py run --max-children $(MUTATION_JOBS) $(MUTANTS)
-	$(MUTATION_ENV) $(BIN)/python benchmarks/mutation.py inproc --unjudged $(MUTANTS)
+	$(MUTATION_ENV) $(BIN)/python benchmarks/mutation.py inproc --unjudged $(MUTANTS) \
+		$(if $(MUTATION_TIMEOUT),--timeout $(MUTATION_TIMEOUT))
 	$(MUTATION_ENV) $(BIN)/python benchmarks/mutation.py fresh --jobs $(MUTATION_JOBS)
 	$(BIN)/python benchmarks/mutation.py summary $(MUTANTS)
 
