@@ -1,6 +1,6 @@
 """mutmut with a narrower test selection and a time budget, and two judges for what it leaves.
 
-``make mutation`` uses all three steps (docs/testing.md, "Mutation testing").
+``make mutation`` uses the four commands in turn (docs/testing.md, "Mutation testing").
 
 ``run``: mutmut's own ``run`` with ``pytest_add_cli_args_test_selection`` of
 ``[tool.mutmut]`` replaced by the test paths in ``MUTATION_TESTS`` (space
@@ -16,7 +16,7 @@ of tests): for each mutant it sets ``MUTANT_UNDER_TEST`` (mutmut's trampolines
 read it on every call), clears k3snet's caches and calls ``pytest.main`` with the
 tests that reach the mutated function (mutmut's stats, quickest first, ``-x``).
 A kill is pytest failing. The process is a child with a CPU-time limit per
-mutant (mutmut's own formula) and a memory limit: a mutant that loops forever is
+mutant (mutmut's own formula, or ``--timeout``) and a memory limit: a mutant that loops forever is
 stopped, counted as a timeout, and a new child takes the next one. By default it
 judges every mutant mutmut left unjudged and mutmut's survivors; ``--unjudged``
 with globs judges only the unjudged mutants of those (what ``make mutation``
@@ -36,7 +36,7 @@ A kill is pytest failing; the verdicts go to ``mutants/fresh.json``.
 ``fresh``'s) counted per module, and the survivors listed.
 
     MUTATION_BUDGET=30 python benchmarks/mutation.py run --max-children 2 'k3snet.spec.*'
-    python benchmarks/mutation.py inproc [--unjudged] [--tests PATH ...] [NAME ...]
+    python benchmarks/mutation.py inproc [NAME ...] [--unjudged] [--timeout S] [--tests PATH ...]
     python benchmarks/mutation.py fresh [--jobs 2] [--all] [--tests PATH ...] [NAME ...]
     python benchmarks/mutation.py summary [NAME ...]
 """
