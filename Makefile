@@ -49,6 +49,10 @@ MUTANTS ?=
 MUTATION_JOBS ?= 2
 # Test paths judging the mutants instead of [tool.mutmut]'s selection (empty: that one).
 MUTATION_TESTS ?=
+# Minutes mutmut may judge mutants (empty: no limit); the in-process judge takes the rest,
+# each mutant within MUTATION_TIMEOUT CPU seconds (empty: mutmut's limit, from its stats).
+MUTATION_BUDGET ?=
+MUTATION_TIMEOUT ?=
 # The tests that judge the spec package: `make mutation-spec` (docs/testing.md).
 SPEC_MUTATION_TESTS := tests/spec tests/api tests/cli tests/planner/test_golden_plans.py
 # The tests that judge the model and the planner: `make mutation-model` (docs/testing.md).
@@ -138,19 +142,25 @@ bench: deps
 # no namespace, but other runs on the machine may. mutmut's workers never see a
 # mutant of code that runs at import time: benchmarks/mutation.py judges those
 # survivors again, each in a new process (verdicts in mutants/fresh.json).
+# mutmut stalls on mutants reached by hundreds of tests, and MUTATION_BUDGET stops it:
+# `inproc` judges every mutant it left, in one pytest process (mutants/inproc.json),
+# so a run ends with every mutant judged; `summary` counts the last verdicts.
+MUTATION_ENV = K3SNET_SKIP_NETNS_CHECK=1 HYPOTHESIS_PROFILE=mutation MUTATION_TESTS='$(MUTATION_TESTS)'
 mutation: deps
 	rm -rf mutants
-	K3SNET_SKIP_NETNS_CHECK=1 HYPOTHESIS_PROFILE=mutation MUTATION_TESTS='$(MUTATION_TESTS)' \
+	$(MUTATION_ENV) MUTATION_BUDGET='$(MUTATION_BUDGET)' \
 		$(BIN)/python benchmarks/mutation.py run --max-children $(MUTATION_JOBS) $(MUTANTS)
-	K3SNET_SKIP_NETNS_CHECK=1 HYPOTHESIS_PROFILE=mutation MUTATION_TESTS='$(MUTATION_TESTS)' \
-		$(BIN)/python benchmarks/mutation.py fresh --jobs $(MUTATION_JOBS)
-	$(BIN)/mutmut results
+	$(MUTATION_ENV) $(BIN)/python benchmarks/mutation.py inproc --unjudged $(MUTANTS) \
+		$(if $(MUTATION_TIMEOUT),--timeout $(MUTATION_TIMEOUT))
+	$(MUTATION_ENV) $(BIN)/python benchmarks/mutation.py fresh --jobs $(MUTATION_JOBS)
+	$(BIN)/python benchmarks/mutation.py summary $(MUTANTS)
 
 mutation-spec:
-	$(MAKE) mutation MUTANTS='k3snet.spec.*' MUTATION_TESTS='$(SPEC_MUTATION_TESTS)'
+	$(MAKE) mutation MUTANTS='$(or $(MUTANTS),k3snet.spec.*)' MUTATION_TESTS='$(SPEC_MUTATION_TESTS)'
 
 mutation-model:
-	$(MAKE) mutation MUTANTS='k3snet.model.* k3snet.planner.*' MUTATION_TESTS='$(MODEL_MUTATION_TESTS)'
+	$(MAKE) mutation MUTANTS='$(or $(MUTANTS),k3snet.model.* k3snet.planner.*)' \
+		MUTATION_TESTS='$(MODEL_MUTATION_TESTS)'
 
 mutation-readers:
 	$(MAKE) mutation MUTANTS='$(READERS_MUTANTS)' MUTATION_TESTS='$(READERS_MUTATION_TESTS)'

@@ -17,6 +17,13 @@ Cases (docs/performance.md, "Issue 7 before/after"):
   backend and observes 10 000 k3snet masquerade rules that the same install
   wrote beforehand into a namespace of its own: one sample per process.
 
+For instruction counts, one side runs alone under callgrind, in a namespace made
+beforehand (``ip netns add NS``; for ``iptables-open`` filled by ``--side
+iptables-setup NS``), once with ``observe`` and once without::
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind PYTHON benchmarks/ab_focus.py \\
+        --side iptables-apply|iptables-open NS [observe]
+
 CPU time is the process's (all threads) plus its waited-for children
 (``iptables-nft-save``), each operation timed after a full collection (so that
 it pays for the collections its own allocations start, not for an earlier
@@ -127,6 +134,21 @@ def iptables_observe(ns: str) -> None:
     print(json.dumps({"observe": spent}), flush=True)
 
 
+def iptables_counted(ns: str, what: str, then: str | None) -> None:
+    """An operation for an instruction count (``valgrind --tool=callgrind``), run twice:
+    with ``then`` = ``observe`` and without; the difference is the observe's count.
+
+    ``apply``: the 10 000 rules applied into the empty ``ns``, then the observe in the
+    same process (the bench_iptables row "observe 10k (cold, 10k rules)"); ``open``: a
+    cold process's backend on ``ns`` holding them, then its observe.
+    """
+    with IptablesBackend(ns, mode="nft", driver="restore") as backend:
+        if what == "apply":
+            backend.apply(plan(backend.observe(), State(owned=_masquerade_rules())))
+        if then == "observe" and len(backend.observe().owned) != RULES:
+            sys.exit(f"observed another number of owned objects than {RULES}")
+
+
 def run_side(python: str, *args: str) -> list[dict[str, float]]:
     env = dict(os.environ, K3SNET_SKIP_NETNS_CHECK="1")
     out = subprocess.run([python, __file__, *args], check=True, env=env,
@@ -177,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             routes_side(rounds=3)
         elif what == "iptables-setup":
             iptables_setup(rest[0])
+        elif what in ("iptables-apply", "iptables-open"):
+            iptables_counted(rest[0], what.removeprefix("iptables-"), rest[1] if rest[1:] else None)
         else:
             iptables_observe(rest[0])
         return 0

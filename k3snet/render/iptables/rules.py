@@ -646,7 +646,7 @@ def comment_digest(tokens: Line) -> str | None:
         except ValueError:
             return None
         if start < len(tokens):
-            digest = tag_digest(tokens[start])
+            digest = tag_digest(tokens[start], _BY_DIGEST)
             if digest is not None:
                 return digest
 
