@@ -3,14 +3,14 @@
 A fresh ``k3snet apply`` of a large spec spent about half of its spec loading in
 the YAML parser. The parsed document is plain data, so it is kept as JSON (far
 cheaper to read than YAML) under the state directory, keyed by a digest of the
-spec file's bytes and of the k3snet version. What is cached is only the *parse*: the document still
-goes through the whole field table (:func:`spec_from_document`), so the cache
-can never let through a spec that the file itself would not give. A document
-is written only once it made a sound spec, and the key covers the code that
-judged it, so a hit whose document names no other file (an
-``ipMasqAgentConfig`` path is read anew every time and may have changed) skips
-the checks across fields, which would find nothing new: about a third of the
-load of a 10k-destination spec.
+spec file's bytes and of the k3snet version. What is cached is the *parse*, and
+whether it made a sound spec: the document still goes through the whole field
+table (:func:`spec_from_document`), so the cache can never let through a spec
+that the file itself would not give. A document is written only once it made a
+sound spec, and the key covers the code that judged it, so a hit whose document
+names no other file (an ``ipMasqAgentConfig`` path is read anew every time and
+may have changed) skips its checks (:func:`~k3snet.spec.validate.validate`),
+which would find nothing new: a third of the load of a 10k-destination spec.
 
 Safe by construction:
 
@@ -142,7 +142,7 @@ def _write_cached(file: Path, key: str, document: Any) -> None:
         if not _trusted(os.lstat(file.parent)):
             return
         # Only documents that made a sound spec are written: "sound" says the checks
-        # across fields need not run again, unless the spec depends on another file.
+        # need not run again, unless the spec depends on another file.
         entry = {"key": key, "document": document, "sound": _self_contained(document)}
         text = json.dumps(entry, separators=(",", ":"))
         if json.loads(text)["document"] != document:

@@ -31,7 +31,7 @@ def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None,
     """Read and check the YAML/JSON form (:meth:`Spec.from_dict`).
 
     ``sound``: the document was found sound before by this very code (the spec cache
-    says so, :mod:`k3snet.spec.cache`), so the checks across fields are not run
+    says so, :mod:`k3snet.spec.cache`), so its checks (:func:`validate`) are not run
     again; it is still read through the field table, and any reading problem
     sends it through every check as usual.
     """

@@ -234,7 +234,7 @@ def _plant(file: Path, document: dict[str, Any], **fields: Any) -> None:
 def test_the_checks_are_skipped_only_on_the_caches_word(spec_file: Path, store: Path,
                                                          sound: object) -> None:
     # The entry's "sound" (written only for a document that made a sound spec) is the
-    # only thing that lets a hit skip the checks across fields: with anything but
+    # only thing that lets a hit skip the checks (validate): with anything but
     # `true` there, the planted unsound document is refused as the file would be.
     load_spec_cached(spec_file, store)
     assert json.loads(_cached_file(store).read_text())["sound"] is True
