@@ -46,6 +46,7 @@ from k3snet._gc import gc_paused
 from k3snet._version import __version__
 from k3snet.spec.load import spec_from_document
 from k3snet.spec.model import Spec
+from k3snet.spec.schema import SPEC
 from k3snet.spec.source import MAX_BYTES, load_mapping
 
 __all__ = ["CACHE_FORMAT", "MAX_ENTRIES", "cache_directory", "load_spec_cached"]
@@ -96,13 +97,22 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(head + data).hexdigest()
 
 
+# (section key, input key) of every import a section reads besides its fields
+# (masquerade.ipMasqAgentConfig), from the field table.
+_IMPORTS = tuple((f.key, name) for f in SPEC.fields
+                 if f.child is not None and not f.many for name in f.child.inputs)
+
+
 def _self_contained(document: Any) -> bool:
-    """The document alone decides the spec: no ``masquerade.ipMasqAgentConfig`` path or
-    text (a file read anew on every load; a mapping is part of the document)."""
-    masquerade = document.get("masquerade") if isinstance(document, dict) else None
-    if not isinstance(masquerade, dict):
+    """The document alone decides the spec: no import given as a path or text (a file
+    read anew on every load, which may have changed; a mapping is part of the document)."""
+    if not isinstance(document, dict):
         return True
-    return isinstance(masquerade.get("ipMasqAgentConfig", {}), dict)
+    for section, name in _IMPORTS:
+        held = document.get(section)
+        if isinstance(held, dict) and not isinstance(held.get(name, {}), dict):
+            return False
+    return True
 
 
 def _trusted(info: os.stat_result) -> bool:
@@ -131,8 +141,7 @@ def _read_cached(file: Path, key: str) -> tuple[Any, bool]:
         return None, False
     if not isinstance(entry, dict) or entry.get("key") != key or "document" not in entry:
         return None, False
-    document = entry["document"]
-    return document, entry.get("sound") is True and _self_contained(document)
+    return entry["document"], entry.get("sound") is True
 
 
 def _write_cached(file: Path, key: str, document: Any) -> None:

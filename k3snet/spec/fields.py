@@ -70,7 +70,7 @@ class Reader:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         # Text already converted in this document, by converter (see converted()).
-        self.converted: dict[tuple[Callable[[Any], Any], str], Any] = {}
+        self.conversions: dict[tuple[Callable[[Any], Any], str], Any] = {}
 
     def problem(self, path: str, message: str) -> None:
         """Record one problem."""
@@ -332,7 +332,7 @@ def converted(convert: Callable[[Any], Any]) -> Read:
         # fails is converted again, so each path gets its problem).
         key = (convert, value) if type(value) is str else None
         if key is not None:
-            known = reader.converted.get(key)
+            known = reader.conversions.get(key)
             if known is not None:
                 return known
         # Reader.convert inlined: this runs for every CIDR of a 10k-destination spec.
@@ -342,7 +342,7 @@ def converted(convert: Callable[[Any], Any]) -> Read:
             reader.problem(path, str(exc))
             return INVALID
         if key is not None:
-            reader.converted[key] = result
+            reader.conversions[key] = result
         return result
 
     return with_schema(read, schema_of(convert) or {})

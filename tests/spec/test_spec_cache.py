@@ -267,9 +267,9 @@ def test_a_reading_problem_runs_every_check_even_on_the_caches_word(
 
 
 def test_a_spec_importing_an_ip_masq_agent_file_is_checked_on_every_hit(
-        tmp_path: Path, store: Path) -> None:
-    # The imported file is read anew on every load and may have changed: a hit of a
-    # document naming it runs every check, whatever the entry says.
+        tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The imported file is read anew on every load and may have changed: such a document
+    # is cached as not sound on its own, so a hit of it runs every check.
     agent = tmp_path / "ip-masq-agent"
     agent.write_text("nonMasqueradeCIDRs: [10.0.0.0/8]\n")
     path = tmp_path / "spec.yaml"
@@ -277,8 +277,11 @@ def test_a_spec_importing_an_ip_masq_agent_file_is_checked_on_every_hit(
                     f"masquerade: {{ipMasqAgentConfig: {agent}}}\n")
     load_spec_cached(path, store)
     assert json.loads(_cached_file(store).read_text())["sound"] is False
+    def parsed_again(*_: object) -> None:
+        raise AssertionError("the YAML was parsed again: not a hit")
+
+    monkeypatch.setattr(spec_cache, "load_mapping", parsed_again)
     agent.write_text("nonMasqueradeCIDRs: [10.0.0.0/8, 10.0.0.0/8]\n")
-    _plant(_cached_file(store), yaml.safe_load(path.read_text()), sound=True)
     with pytest.raises(SpecError, match=r"duplicate entry 10\.0\.0\.0/8"):
         load_spec_cached(path, store)
 
