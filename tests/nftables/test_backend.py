@@ -216,15 +216,21 @@ def spy_lists(backend: NftablesBackend) -> list[str]:
     kernel.list = spy  # type: ignore[method-assign]
 
     def foreign_kernel() -> Libnftables:
-        # The foreign reads' own libnftables context (in the BoundedLister's thread).
+        # The listings' own libnftables context (in the BoundedLister's thread); a text
+        # listing of k3snet's table is recorded as the same command.
         made = Libnftables()
-        real = made.list
+        real, real_text = made.list, made.list_text
 
         def spy_foreign(kind: str, **ref: str) -> list[dict[str, Any]] | None:
             commands.append(" ".join(["list", kind, *ref.values()]))
             return real(kind, **ref)
 
+        def spy_text(kind: str, **ref: str) -> str | None:
+            commands.append(" ".join(["list", kind, *ref.values()]))
+            return real_text(kind, **ref)
+
         made.list = spy_foreign  # type: ignore[method-assign]
+        made.list_text = spy_text  # type: ignore[method-assign]
         return made
 
     backend._bounded = BoundedLister(foreign_kernel)

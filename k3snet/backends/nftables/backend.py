@@ -114,6 +114,7 @@ from k3snet.backends.nftables.kernel import (
     first_lines,
 )
 from k3snet.backends.nftables.parse import ForeignReader, read_foreign_within, read_own, table_of
+from k3snet.backends.nftables.text import Lines
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
 from k3snet.model import Drift, NetObject
 from k3snet.model.state import State
@@ -227,6 +228,7 @@ class NftablesBackend(BackendBase):
         """The network namespace this backend acts in (``None``: the caller's own)."""
         self._runner = NetnsRunner(netns)
         self._observed: ObserveCache[Cache] = ObserveCache()
+        self._lines: Lines = {}  # the rule lines the last text read read, not read again
         self._kernel: NftKernel | None = None
         try:
             self._kernel = self._runner.call(kernel or Libnftables)
@@ -357,7 +359,9 @@ class NftablesBackend(BackendBase):
         if cache is None:
             # The size is unknown before the listing: a small table costs the pause nothing.
             with gc_paused(GC_PAUSE_MIN):
-                cache = read_own(self._own_lister(kernel), self._table, self._families, genid)
+                cache = read_own(self._own_lister(kernel), self._table, self._families, genid,
+                                 self._lines)
+            self._lines = cache.lines
             self._observed.put(genid, cache)
         if foreign and cache.foreign is None:
             cache.foreign = self._read_foreign(kernel)

@@ -66,6 +66,8 @@ class Cache:
     foreign: frozenset[NetObject] | None = None
     state: State | None = None
     nat_index: dict[tuple[int, int, int], set[Key]] = field(default_factory=dict)
+    # what the text reader read each rule line as (k3snet.backends.nftables.text.Lines)
+    lines: dict[Any, Any] = field(default_factory=dict)
 
     def put(self, key: Key, obj: NetObject) -> None:
         """Record ``obj`` (owned) under ``key``."""

@@ -1,0 +1,324 @@
+"""k3snet's own table read from nft's text listing (k3snet.backends.nftables.text).
+
+The text reader is a shortcut: it must give exactly what the JSON reader gives,
+and give up (``None``, the JSON listing then judges) on any line it does not
+take. Root-free tests hold the giving up to each kind of line; kernel tests read
+real tables both ways and compare the whole result (objects in order, handles,
+findings, chains), and check that a table k3snet writes is read from its text
+(a shortcut that never fires would pass every comparison).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from k3snet.backends.nftables import NftablesBackend
+from k3snet.backends.nftables import text as text_reader
+from k3snet.backends.nftables.cache import Cache
+from k3snet.backends.nftables.kernel import Libnftables, TextLists
+from k3snet.backends.nftables.parse import read_own
+from k3snet.backends.nftables.text import ListedRule, listed_rules
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.planner import plan
+from k3snet.render.nftables import CHAIN_SPECS, nft_rules, object_tag
+from k3snet.testing import strategies
+
+MASQ = MasqueradeRule("10.42.0.0/16", destination="192.168.0.0/16",
+                      exclude=["192.168.5.0/24", "192.168.6.0/24"], out_interface="eth0",
+                      random_fully=True)
+HOST = MasqueradeRule("10.42.0.0/16", destination="1.2.3.4/32")
+SNAT4 = SnatRule("10.43.0.0/16", to_address="192.168.1.5", destination="172.16.0.0/12")
+SNAT6 = SnatRule("fd00:42::/56", to_address="2001:db8::5", out_interface="eth0")
+HOST6 = MasqueradeRule("fd00:42::/56", destination="2001:db8::1/128", out_interface="x_y.z@1+-")
+FWD4 = ForwardRule("10.42.0.0/16", "192.168.0.0/16", in_interface="cni0", out_interface="eth0")
+FWD6 = ForwardRule("fd00:42::/56", "2001:db8::/32")
+SHAPES: list[NetObject] = [MASQ, HOST, SNAT4, SNAT6, HOST6, FWD4, FWD6]
+
+# nft's listing of a table holding MASQ and FWD4 (nft 1.0.6, `nft -a list table`).
+LISTED = """\
+table inet k3snet { # handle 1
+\tchain postrouting { # handle 1
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr 10.42.0.0/16 ip daddr 192.168.0.0/16 ip daddr != 192.168.5.0/24 \
+ip daddr != 192.168.6.0/24 oifname "eth0" masquerade fully-random \
+comment "k3snet:d411f0a78662b76b" # handle 3
+\t}
+
+\tchain forward { # handle 2
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip saddr 10.42.0.0/16 ip daddr 192.168.0.0/16 iifname "cni0" oifname "eth0" accept \
+comment "k3snet:982ff12c08e35ef6" # handle 8
+\t\tip saddr 192.168.0.0/16 ip daddr 10.42.0.0/16 iifname "eth0" oifname "cni0" \
+ct state established,related accept comment "k3snet:982ff12c08e35ef6:reply" # handle 9
+\t}
+
+\tchain handle_marker { # handle 12
+\t}
+}
+"""
+
+
+def test_a_table_k3snet_wrote_is_read_from_its_text() -> None:
+    listed = listed_rules(LISTED, "inet", "k3snet")
+    assert listed is not None
+    assert listed.chains == ("postrouting", "forward", "handle_marker")
+    tag = object_tag(FWD4)
+    assert listed.rules == (
+        ListedRule("postrouting", 3, object_tag(MASQ), MASQ, False, object_tag(MASQ)),
+        ListedRule("forward", 8, tag, FWD4, False, tag),
+        ListedRule("forward", 9, tag + ":reply", FWD4, True, tag),
+    )
+
+
+READ = listed_rules(LISTED, "inet", "k3snet")
+assert READ is not None
+
+
+def test_lines_read_before_are_not_read_again_and_changed_lines_are(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[str] = []
+    real = text_reader._read
+
+    def counted(body: str, *args: Any) -> Any:
+        read.append(body)
+        return real(body, *args)
+
+    monkeypatch.setattr(text_reader, "_read", counted)
+    assert listed_rules(LISTED, "inet", "k3snet", READ.lines) == READ
+    assert read == []
+    edited = LISTED.replace('"eth0" masquerade', '"eth1" masquerade')
+    changed = listed_rules(edited, "inet", "k3snet", READ.lines)
+    assert changed is not None
+    assert len(read) == 1
+    assert changed.rules[0].obj == attrs.evolve(MASQ, out_interface="eth1")
+    assert changed.rules[1:] == READ.rules[1:]
+    # the same line in a table of another family is read again
+    split = LISTED.replace("table inet", "table ip").replace("snat ip to", "snat to")
+    assert listed_rules(split, "ip", "k3snet", READ.lines) is not None
+    assert len(read) == 4
+
+
+def _replace(old: str, new: str) -> Callable[[str], str]:
+    def edit(text: str) -> str:
+        assert old in text
+        return text.replace(old, new, 1)
+    return edit
+
+
+MASQ_LINE = next(line for line in LISTED.splitlines() if "masquerade" in line)
+SPEC = CHAIN_SPECS["postrouting"]
+NOT_TAKEN: dict[str, Callable[[str], str]] = {
+    "another table's name": _replace("table inet k3snet", "table inet other"),
+    "another family": _replace("table inet k3snet", "table ip k3snet"),
+    "a table flag": _replace("# handle 1\n", "# handle 1\n\tflags dormant\n"),
+    "a set": _replace("\tchain handle_marker", "\tset s { # handle 13\n\t\ttype ipv4_addr\n"
+                      "\t}\n\n\tchain handle_marker"),
+    "another policy": _replace(SPEC, SPEC.replace("accept", "drop")),
+    "another priority": _replace(SPEC, SPEC.replace("srcnat", "srcnat + 5")),
+    "no hook line": _replace(f"\t\t{SPEC}\n", ""),
+    "a chain k3snet does not write": _replace("chain handle_marker", "chain other"),
+    "the forward chain missing": lambda text: text.replace("chain forward", "chain postrouting"),
+    "a rule in the marker chain": _replace("handle_marker { # handle 12\n",
+                                           "handle_marker { # handle 12\n" + MASQ_LINE + "\n"),
+    "a rule without a tag": _replace(' comment "k3snet:d411f0a78662b76b"', ""),
+    "a foreign comment": _replace("k3snet:d411f0a78662b76b", "keep me"),
+    "a counter": _replace(" masquerade fully-random", " counter packets 0 bytes 0 masquerade "
+                          "fully-random"),
+    "a host prefix spelled with its length": _replace("192.168.0.0/16 ip daddr !=",
+                                                      "192.168.0.1/32 ip daddr !="),
+    "a NAT rule in the forward chain": _replace("handle 8\n", "handle 8\n" + MASQ_LINE + "\n"),
+    "a forward rule in the NAT chain": lambda text: text.replace(
+        "# handle 3\n", "# handle 3\n" + next(line for line in text.splitlines()
+                                              if "accept comment" in line) + "\n", 1),
+    "the table left open": lambda text: text.rstrip("\n").removesuffix("}"),
+    "a line after the table": lambda text: text + "table inet k3snet { # handle 2\n",
+    "a chain listed twice": _replace("\tchain handle_marker { # handle 12\n\t}\n",
+                                     "\tchain handle_marker { # handle 12\n\t}\n\n"
+                                     "\tchain handle_marker { # handle 13\n\t}\n"),
+    "addresses of a family other than the rule's": _replace(
+        "ip saddr 10.42.0.0/16 ip daddr 192.168.0.0/16 ip daddr !=",
+        "ip saddr 10.42.0.0/16 ip6 daddr 192.168.0.0/16 ip daddr !="),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_TAKEN))
+def test_any_line_k3snet_does_not_write_sends_the_table_to_the_json_reader(case: str) -> None:
+    edited = NOT_TAKEN[case](LISTED)
+    assert edited != LISTED
+    assert listed_rules(edited, "inet", "k3snet") is None
+
+
+def test_a_tag_that_is_not_the_rules_own_is_read_for_the_json_reader_to_judge() -> None:
+    # The rule renders back: it is read, with its own tag beside the one it carries,
+    # and the reader reports the mismatch as drift (as from JSON).
+    forged = LISTED.replace("k3snet:d411f0a78662b76b", "k3snet:0123456789abcdef")
+    listed = listed_rules(forged, "inet", "k3snet")
+    assert listed is not None
+    assert listed.rules[0].comment == "k3snet:0123456789abcdef"
+    assert listed.rules[0].tag == object_tag(MASQ)
+
+
+@settings(max_examples=300)
+@given(position=st.integers(0, len(LISTED) - 1), junk=st.sampled_from(
+    ["", " ", "0", "1", "/", ".", ":", "!", '"', "\t", "\n", "ip ", "!= ", "f", "9", "#"]),
+    cut=st.integers(0, 3))
+def test_what_the_text_reader_takes_renders_back_to_the_text_it_read(
+        position: int, junk: str, cut: int) -> None:
+    text = LISTED[:position] + junk + LISTED[position + cut:]
+    listed = listed_rules(text, "inet", "k3snet")
+    # the lines of an earlier read change nothing but the work
+    assert listed_rules(text, "inet", "k3snet", READ.lines) == listed
+    if listed is None:
+        return
+    lines = text.splitlines()
+    for rule in listed.rules:
+        line = next(line for line in lines
+                    if line.startswith("\t\t") and line.endswith(f"# handle {rule.handle}"))
+        body = line.strip().partition(" comment ")[0]
+        rendered = nft_rules(rule.obj)[1 if rule.reply else 0].body
+        assert body == re.sub(r"(\d+\.\d+\.\d+\.\d+)/32\b", r"\1", rendered)  # nft: hosts bare
+
+
+# ---------------------------------------------------------------- on the kernel
+
+
+@pytest.fixture
+def ns(require_root: None) -> Iterator[str]:
+    if shutil.which("nft") is None:
+        pytest.skip("nft is not installed")
+    with temporary_netns("nft") as name:
+        yield name
+
+
+class _JsonOnly:
+    """A kernel's JSON listing alone: read_own reads JSON only."""
+
+    def __init__(self, kernel: Libnftables) -> None:
+        self.kernel = kernel
+        self.listed: list[str] = []  # the nft families listed as JSON
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        self.listed.append(ref["family"])
+        return self.kernel.list(kind, **ref)
+
+
+class _Both(_JsonOnly):
+    """The kernel's text listing too: read_own tries it first."""
+
+    def list_text(self, kind: str, **ref: str) -> str | None:
+        return self.kernel.list_text(kind, **ref)
+
+
+def _summary(cache: Cache) -> Any:
+    return (list(cache.objects.items()), cache.handles, cache.drift,
+            {family: (list(table.chains), table.marker) for family, table in cache.tables.items()})
+
+
+def both_reads(backend: NftablesBackend, family: str) -> tuple[Any, Any, list[bool]]:
+    """The table read with the text listing first, and from JSON only; whether each of
+    its nft tables was taken from its text (no JSON listing of it needed)."""
+    families = ("inet",) if family == "inet" else ("ip", "ip6")
+
+    def read(kernel: Any) -> tuple[Any, Any, list[bool]]:
+        both = _Both(kernel)
+        assert isinstance(both, TextLists)
+        via_text = _summary(read_own(both, "k3snet", families, 1))
+        via_json = _summary(read_own(_JsonOnly(kernel), "k3snet", families, 1))
+        return via_text, via_json, [f not in both.listed for f in families]
+
+    result: tuple[Any, Any, list[bool]] = backend._call(read)
+    return result
+
+
+def nft(ns: str, script: str) -> None:
+    run_in(ns, ["nft", "-f", "-"], input_text=script + "\n")
+
+
+def handle_of(ns: str, comment: str) -> int:
+    listing = json.loads(run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout)
+    return next(int(i["rule"]["handle"]) for i in listing["nftables"]
+                if i.get("rule", {}).get("comment") == comment)
+
+
+# (what to do to a table holding SHAPES, whether the text reader takes the table after)
+EDITS: dict[str, tuple[Callable[[str], None], bool]] = {
+    "nothing": (lambda ns: None, True),
+    "a forged tag": (lambda ns: nft(
+        ns, 'add rule inet k3snet postrouting ip saddr 10.77.0.0/16 masquerade '
+        'comment "k3snet:0123456789abcdef"'), True),
+    "a duplicate": (lambda ns: nft(ns, "\n".join(
+        f'add rule inet k3snet {r.chain} {r.body} comment "{r.comment}"'
+        for r in nft_rules(FWD4))), True),
+    "an edit keeping the tag": (lambda ns: nft(
+        ns, f"replace rule inet k3snet postrouting handle {handle_of(ns, object_tag(SNAT4))} "
+        f'ip saddr 10.43.0.0/16 ip daddr 172.16.0.0/12 snat ip to 192.168.1.9 '
+        f'comment "{object_tag(SNAT4)}"'), True),
+    "a reply half lost": (lambda ns: nft(
+        ns, "delete rule inet k3snet forward handle "
+        f"{handle_of(ns, object_tag(FWD6) + ':reply')}"), True),
+    "a counter": (lambda ns: nft(ns, "add rule inet k3snet postrouting counter"), False),
+    "another policy": (lambda ns: nft(
+        ns, "add chain inet k3snet forward { policy drop; }"), False),
+    "a chain k3snet does not write": (lambda ns: nft(
+        ns, "add chain inet k3snet extra"), False),
+    "the marker chain lost": (lambda ns: nft(
+        ns, "delete chain inet k3snet handle_marker"), True),
+    "a set": (lambda ns: nft(ns, "add set inet k3snet s { type ipv4_addr; }"), False),
+    "an IPv4-mapped destination (inet_ntop spells it)": (lambda ns: nft(
+        ns, 'add rule inet k3snet postrouting ip6 saddr fd00:44::/56 '
+        'ip6 daddr ::ffff:0.0.0.0/96 masquerade comment "'
+        f'{object_tag(MasqueradeRule("fd00:44::/56", destination="::ffff:0.0.0.0/96"))}"'),
+        True),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_text_and_json_read_the_same_table(ns: str, edit: str) -> None:
+    make, taken = EDITS[edit]
+    with NftablesBackend(ns, observe_foreign=False) as backend:
+        backend.apply(plan(backend.observe(), State(owned=SHAPES)))
+        make(ns)
+        via_text, via_json, listed = both_reads(backend, "inet")
+        assert via_text == via_json
+        assert listed == [taken]
+        if edit == "nothing":
+            assert {o for _, o in via_text[0]} == set(SHAPES)
+
+
+@pytest.mark.kernel
+def test_split_tables_are_read_from_their_text(ns: str) -> None:
+    with NftablesBackend(ns, family="split", observe_foreign=False) as backend:
+        backend.apply(plan(backend.observe(), State(owned=SHAPES)))
+        via_text, via_json, listed = both_reads(backend, "split")
+        assert via_text == via_json
+        assert listed == [True, True]
+        assert {o for _, o in via_text[0]} == set(SHAPES)
+
+
+@pytest.mark.kernel
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(objects=st.lists(st.one_of(strategies.nat_rules(), strategies.forward_rules()),
+                        max_size=6),
+       family=st.sampled_from(["inet", "split"]))
+def test_every_table_k3snet_writes_is_read_from_its_text(
+        ns: str, objects: list[NetObject], family: str) -> None:
+    wanted = State(owned={obj.key: obj for obj in objects}.values())  # one object a slot
+    with NftablesBackend(ns, family=family, observe_foreign=False) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(refresh=True), wanted))
+        via_text, via_json, listed = both_reads(backend, family)
+        assert via_text == via_json
+        assert {o for _, o in via_text[0]} == set(wanted.owned)
+        assert all(listed), listed
+        run_in(ns, ["nft", "flush", "ruleset"])
