@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -42,7 +43,10 @@ SNAT6 = SnatRule("fd00:42::/56", to_address="2001:db8::5", out_interface="eth0")
 HOST6 = MasqueradeRule("fd00:42::/56", destination="2001:db8::1/128", out_interface="x_y.z@1+-")
 FWD4 = ForwardRule("10.42.0.0/16", "192.168.0.0/16", in_interface="cni0", out_interface="eth0")
 FWD6 = ForwardRule("fd00:42::/56", "2001:db8::/32")
-SHAPES: list[NetObject] = [MASQ, HOST, SNAT4, SNAT6, HOST6, FWD4, FWD6]
+ANY = MasqueradeRule("10.44.0.0/16")
+MAPPED = MasqueradeRule("fd00:45::/56", destination="::ffff:0.0.0.0/96")  # nft: ::ffff:0.0.0.0
+COMPAT = ForwardRule("fd00:46::/56", "::8000:0/97")  # nft (inet_ntop): ::128.0.0.0/97
+SHAPES: list[NetObject] = [MASQ, HOST, SNAT4, SNAT6, HOST6, FWD4, FWD6, ANY, MAPPED, COMPAT]
 
 # nft's listing of a table holding MASQ and FWD4 (nft 1.0.6, `nft -a list table`).
 LISTED = """\
@@ -80,6 +84,33 @@ def test_a_table_k3snet_wrote_is_read_from_its_text() -> None:
     )
 
 
+# nft's listing of the tables k3snet writes for SHAPES: `inet`, and split into `ip` and
+# `ip6` (recorded with nft 1.0.6; test_the_recorded_listings_are_what_nft_prints below).
+RECORDED = Path(__file__).resolve().parents[1] / "data" / "nftables" / "text"
+
+
+@pytest.mark.parametrize("family", ["inet", "ip", "ip6"])
+def test_every_shape_is_read_from_the_text_nft_prints(family: str) -> None:
+    text = (RECORDED / f"{family}.txt").read_text()
+    listed = listed_rules(text, family, "k3snet")
+    assert listed is not None
+    wanted = [o for o in SHAPES if family == "inet" or o.family == (4 if family == "ip" else 6)]
+    assert {rule.obj for rule in listed.rules} == set(wanted)
+    assert len(listed.rules) == sum(2 if o.kind == "forward" else 1 for o in wanted)
+    for rule in listed.rules:
+        rendered = nft_rules(rule.obj, inet=family == "inet")
+        assert rule.tag == object_tag(rule.obj)
+        assert rule.comment == rendered[1 if rule.reply else 0].comment
+        assert rule.chain == rendered[0].chain
+    handles = [rule.handle for rule in listed.rules]
+    assert handles == sorted(handles)
+    assert len(set(handles)) == len(handles)
+    # a table read as the other kind of table is not taken
+    other = "ip" if family == "inet" else "inet"
+    assert listed_rules(text.replace(f"table {family} ", f"table {other} "), other,
+                        "k3snet") is None
+
+
 READ = listed_rules(LISTED, "inet", "k3snet")
 assert READ is not None
 
@@ -106,6 +137,14 @@ def test_lines_read_before_are_not_read_again_and_changed_lines_are(
     split = LISTED.replace("table inet", "table ip").replace("snat ip to", "snat to")
     assert listed_rules(split, "ip", "k3snet", READ.lines) is not None
     assert len(read) == 4
+    # a line twice in one read (a duplicate) is read once
+    twice = LISTED.replace("# handle 3\n", "# handle 3\n" + MASQ_LINE.replace(
+        "handle 3", "handle 4") + "\n")
+    again = listed_rules(twice, "inet", "k3snet")
+    assert again is not None
+    assert [r.handle for r in again.rules[:2]] == [3, 4]
+    assert again.rules[0].obj == again.rules[1].obj == MASQ
+    assert len(read) == 4 + 3  # three distinct lines, the duplicate not read twice
 
 
 def _replace(old: str, new: str) -> Callable[[str], str]:
@@ -334,3 +373,14 @@ def test_a_table_named_like_an_nft_keyword_is_read(ns: str, name: str) -> None:
         backend.apply(plan(backend.observe(), wanted))
         assert backend.observe(refresh=True).owned == wanted.owned
         assert len(plan(backend.observe(refresh=True), wanted)) == 0
+
+
+@pytest.mark.kernel
+def test_the_recorded_listings_are_what_nft_prints(ns: str) -> None:
+    for family, tables in (("inet", ["inet"]), ("split", ["ip", "ip6"])):
+        with temporary_netns("nft") as fresh, \
+                NftablesBackend(fresh, family=family, observe_foreign=False) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), State(owned=SHAPES)))
+            for table in tables:
+                printed = run_in(fresh, ["nft", "-a", "list", "table", table, "k3snet"]).stdout
+                assert printed == (RECORDED / f"{table}.txt").read_text(), table

@@ -195,7 +195,7 @@ def _read(body: str, chain: str, reply: bool, inet: bool) -> tuple[NetObject, st
 
 def _as_listed(body: str) -> str:
     """A rule's text as nft lists it (see ``_ADDRESS``)."""
-    if "/32" not in body and "/128" not in body and "ip6 " not in body:
+    if "/32" not in body and "ip6 " not in body:
         return body  # IPv4 prefixes that are not hosts: spelled alike
     return _ADDRESS.sub(_listed_address, body)
 
@@ -243,8 +243,8 @@ def _nat(body: str) -> NetObject | None:
 
 
 def _forward(body: str, reply: bool) -> NetObject | None:
-    found = _FORWARD.fullmatch(body)
-    if found is None or (found[6] is not None) != reply:
+    found = _FORWARD.fullmatch(body)  # a half read as the other renders otherwise
+    if found is None:
         return None
     source, destination = _prefix(found[2]), _prefix(found[3])
     iif, oif = found[4], found[5]
