@@ -86,9 +86,13 @@ def converge(
     this call (as ``cni.allowDisruptive: true`` in the spec and ``--allow-disruptive``
     on the CLI do); they are refused otherwise.
     """
+    wanted = desired.only(backend.capabilities)
+    expect = getattr(backend, "expect", None)
+    if callable(expect):  # an optional hint, no result changes (docs/custom-backend.md)
+        expect(wanted)
     with namespace_lock(namespaces_of(backend), timeout=lock_timeout):
         observed = backend.observe()
-        p = plan(observed, desired.only(backend.capabilities))
+        p = plan(observed, wanted)
         return _carry_out(backend, observed, p, dry_run=dry_run, check=check,
                           allow_conflicts=allow_conflicts, allow_teardown=allow_teardown,
                           allow_disruptive=allow_disruptive)

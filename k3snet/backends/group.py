@@ -88,6 +88,13 @@ class BackendGroup:
             tokens.append(read() if read is not None else None)
         return tuple(tokens)
 
+    def expect(self, state: State) -> None:
+        """Hand each member that takes the hint (``expect``) its part of ``state``."""
+        for member in self.members:
+            expect = getattr(member.backend, "expect", None)
+            if callable(expect):
+                expect(state.only(member.kinds))
+
     def observe(self) -> State:
         """The members' observations, each limited to the kinds it manages here."""
         return State().merge(*(m.backend.observe().only(m.kinds) for m in self.members))

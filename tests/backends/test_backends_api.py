@@ -119,6 +119,36 @@ def test_group_applies_in_dependency_order_and_undoes_earlier_members_on_failure
     assert plan(group.observe(), compile_spec(seed_spec())).empty
 
 
+class _Expecting(MemoryBackend):
+    """Records the hints converge gives (expect) and what was observed after each."""
+
+    def __init__(self, capabilities: list[str] | None = None) -> None:
+        super().__init__(capabilities=capabilities)
+        self.hints: list[tuple[State, int]] = []
+        self.observed = 0
+
+    def expect(self, state: State) -> None:
+        self.hints.append((state, self.observed))
+
+    def observe(self) -> State:
+        self.observed += 1
+        return super().observe()
+
+
+def test_converge_hands_each_backend_its_desired_part_before_observing() -> None:
+    desired = compile_spec(seed_spec())
+    alone = _Expecting()
+    converge(alone, desired)
+    assert alone.hints == [(desired.only(alone.capabilities), 0)]
+    node = _Expecting(capabilities=["route", "sysctl"])
+    nat = MemoryBackend(capabilities=["nat", "forward"])  # takes no hint: left alone
+    group = BackendGroup([Member(nat), Member(node)])
+    done = converge(group, desired)
+    assert node.hints == [(desired.only({"route", "sysctl"}), 0)]
+    assert done.result is not None
+    assert plan(group.observe(), desired).empty
+
+
 def test_group_refuses_two_backends_for_one_kind() -> None:
     with pytest.raises(ValueError, match="would manage"):
         BackendGroup([MemoryBackend(), MemoryBackend(capabilities=["nat"])])

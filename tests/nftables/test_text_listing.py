@@ -27,7 +27,7 @@ from k3snet.backends.nftables import text as text_reader
 from k3snet.backends.nftables.cache import Cache
 from k3snet.backends.nftables.kernel import Libnftables, TextLists
 from k3snet.backends.nftables.parse import read_own
-from k3snet.backends.nftables.text import ListedRule, listed_rules
+from k3snet.backends.nftables.text import ListedRule, expected_lines, listed_rules
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
@@ -147,6 +147,48 @@ def test_lines_read_before_are_not_read_again_and_changed_lines_are(
     assert len(read) == 4 + 3  # three distinct lines, the duplicate not read twice
 
 
+@settings(max_examples=300)
+@given(obj=st.one_of(strategies.nat_rules(), strategies.forward_rules()), inet=st.booleans())
+def test_an_expected_objects_lines_are_what_reading_them_gives(obj: NetObject,
+                                                               inet: bool) -> None:
+    lines = expected_lines([obj], inet)
+    assert len(lines) == (2 if obj.kind == "forward" else 1)
+    for (chain, body, reply, table_inet), read in lines.items():
+        assert table_inet == inet
+        assert text_reader._read(body, chain, reply, inet) == read
+        assert read == (obj, object_tag(obj))
+
+
+def test_expected_objects_are_taken_unread_and_only_when_the_table_holds_a_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[str] = []
+    seeded: list[int] = []
+    real_read, real_seed = text_reader._read, text_reader.expected_lines
+
+    def counted(body: str, *args: Any) -> Any:
+        read.append(body)
+        return real_read(body, *args)
+
+    def seeding(objects: Any, inet: bool) -> Any:
+        seeded.append(len(objects))
+        return real_seed(objects, inet)
+
+    monkeypatch.setattr(text_reader, "_read", counted)
+    monkeypatch.setattr(text_reader, "expected_lines", seeding)
+    expected = [FWD4, ANY, SNAT4]  # MASQ not among them: read
+    listed = listed_rules(LISTED, "inet", "k3snet", expected=expected)
+    assert listed == READ
+    assert len(read) == 1
+    assert seeded == [3]
+    # an earlier read's lines come first: no seeding then
+    assert listed_rules(LISTED, "inet", "k3snet", READ.lines, expected=expected) == READ
+    assert seeded == [3]
+    # a table without rules: nothing to seed
+    empty = "\n".join(line for line in LISTED.splitlines() if "comment" not in line) + "\n"
+    assert listed_rules(empty, "inet", "k3snet", expected=expected) is not None
+    assert seeded == [3]
+
+
 def _replace(old: str, new: str) -> Callable[[str], str]:
     def edit(text: str) -> str:
         assert old in text
@@ -263,9 +305,11 @@ def _summary(cache: Cache) -> Any:
             {family: (list(table.chains), table.marker) for family, table in cache.tables.items()})
 
 
-def both_reads(backend: NftablesBackend, family: str) -> tuple[Any, Any, list[bool]]:
+def both_reads(backend: NftablesBackend, family: str,
+               expected: tuple[NetObject, ...] = ()) -> tuple[Any, Any, list[bool]]:
     """The table read with the text listing first, and from JSON only; whether each of
-    its nft tables was taken from its text (no JSON listing of it needed)."""
+    its nft tables was taken from its text (no JSON listing of it needed). A read
+    with ``expected`` objects taken unread gives the same as the first."""
     families = ("inet",) if family == "inet" else ("ip", "ip6")
 
     def read(kernel: Any) -> tuple[Any, Any, list[bool]]:
@@ -273,6 +317,9 @@ def both_reads(backend: NftablesBackend, family: str) -> tuple[Any, Any, list[bo
         assert isinstance(both, TextLists)
         via_text = _summary(read_own(both, "k3snet", families, 1))
         via_json = _summary(read_own(_JsonOnly(kernel), "k3snet", families, 1))
+        # the same with the objects expected (an apply's desired state) taken unread
+        assert _summary(read_own(_Both(kernel), "k3snet", families, 1, expected=expected)) \
+            == via_text
         return via_text, via_json, [f not in both.listed for f in families]
 
     result: tuple[Any, Any, list[bool]] = backend._call(read)
@@ -328,7 +375,7 @@ def test_text_and_json_read_the_same_table(ns: str, edit: str) -> None:
     with NftablesBackend(ns, observe_foreign=False) as backend:
         backend.apply(plan(backend.observe(), State(owned=SHAPES)))
         make(ns)
-        via_text, via_json, listed = both_reads(backend, "inet")
+        via_text, via_json, listed = both_reads(backend, "inet", tuple(SHAPES))
         assert via_text == via_json
         assert listed == [taken]
         if edit == "nothing":
@@ -339,7 +386,7 @@ def test_text_and_json_read_the_same_table(ns: str, edit: str) -> None:
 def test_split_tables_are_read_from_their_text(ns: str) -> None:
     with NftablesBackend(ns, family="split", observe_foreign=False) as backend:
         backend.apply(plan(backend.observe(), State(owned=SHAPES)))
-        via_text, via_json, listed = both_reads(backend, "split")
+        via_text, via_json, listed = both_reads(backend, "split", tuple(SHAPES))
         assert via_text == via_json
         assert listed == [True, True]
         assert {o for _, o in via_text[0]} == set(SHAPES)
@@ -356,7 +403,7 @@ def test_every_table_k3snet_writes_is_read_from_its_text(
     wanted = State(owned={obj.key: obj for obj in objects}.values())  # one object a slot
     with NftablesBackend(ns, family=family, observe_foreign=False) as backend:  # type: ignore[arg-type]
         backend.apply(plan(backend.observe(refresh=True), wanted))
-        via_text, via_json, listed = both_reads(backend, family)
+        via_text, via_json, listed = both_reads(backend, family, tuple(wanted.owned))
         assert via_text == via_json
         assert {o for _, o in via_text[0]} == set(wanted.owned)
         assert all(listed), listed

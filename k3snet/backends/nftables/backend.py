@@ -229,6 +229,7 @@ class NftablesBackend(BackendBase):
         self._runner = NetnsRunner(netns)
         self._observed: ObserveCache[Cache] = ObserveCache()
         self._lines: Lines = {}  # the rule lines the last text read read, not read again
+        self._expected: tuple[NetObject, ...] = ()  # expect(): what the table likely holds
         self._kernel: NftKernel | None = None
         try:
             self._kernel = self._runner.call(kernel or Libnftables)
@@ -289,6 +290,16 @@ class NftablesBackend(BackendBase):
         the kernel anyway.
         """
         return self._call(lambda kernel: self._observe(kernel, refresh=refresh))
+
+    def expect(self, state: State) -> None:
+        """A hint: ``state``'s owned objects are likely what the table holds
+        (:func:`~k3snet.converge.converge` passes the desired state).
+
+        Changes no result: the next read of a table with no earlier read's lines
+        takes a line that is exactly one of their rules as that object without
+        parsing it (docs/performance.md, "Reading k3snet's table as text").
+        """
+        self._expected = tuple(state.owned)
 
     def change_token(self) -> int:
         """The ruleset generation id: any committed nftables transaction in the namespace
@@ -360,7 +371,7 @@ class NftablesBackend(BackendBase):
             # The size is unknown before the listing: a small table costs the pause nothing.
             with gc_paused(GC_PAUSE_MIN):
                 cache = read_own(self._own_lister(kernel), self._table, self._families, genid,
-                                 self._lines)
+                                 seen=self._lines, expected=self._expected)
             self._lines = cache.lines
             self._observed.put(genid, cache)
         if foreign and cache.foreign is None:

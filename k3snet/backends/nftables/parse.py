@@ -755,8 +755,8 @@ def _answers(other: ForwardRule, rule: ForwardRule) -> bool:
 # ---------------------------------------------------------------- k3snet's own table
 
 
-def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: int,
-             seen: Lines | None = None) -> Cache:
+def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: int, *,
+             seen: Lines | None = None, expected: Sequence[NetObject] = ()) -> Cache:
     """k3snet's table(s) as the kernel lists them, stamped with ``genid``.
 
     Every rule shaped as k3snet writes it becomes its object; everything else
@@ -766,7 +766,9 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
     that first: a table whose text is all k3snet's lines is read from it
     (:mod:`.text`, the same result, about three times quicker); any other is
     listed again as JSON and read from that. ``seen``: the lines an earlier read
-    read (its cache's ``lines``), which are not read again.
+    read (its cache's ``lines``), which are not read again; without them,
+    ``expected``: objects whose rules' lines are taken as them unread
+    (:func:`~.text.listed_rules`).
     """
     cache = Cache(genid=genid)
     text_of = kernel.list_text if isinstance(kernel, TextLists) else None
@@ -780,7 +782,7 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
             else:
                 if text is None:
                     continue  # no such table
-                listed = listed_rules(text, family, table_name, seen)
+                listed = listed_rules(text, family, table_name, seen, expected)
                 if listed is not None:
                     reader.read_listed(listed)
                     cache.lines.update(listed.lines)

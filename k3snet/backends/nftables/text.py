@@ -29,10 +29,11 @@ import functools
 import ipaddress
 import re
 import socket
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from k3snet.errors import ModelError
-from k3snet.model import NetObject
+from k3snet.model import Drift, NetObject
 from k3snet.model.cidr import Network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
@@ -45,7 +46,7 @@ from k3snet.render.nftables import (
     nft_rules,
 )
 
-__all__ = ["Lines", "ListedRule", "ListedTable", "listed_rules", "prefix_of"]
+__all__ = ["Lines", "ListedRule", "ListedTable", "expected_lines", "listed_rules", "prefix_of"]
 
 _TABLE = re.compile(r"table ([a-z0-9]+) ([A-Za-z][A-Za-z0-9_-]*) \{ # handle \d+")
 _CHAIN = re.compile(r"\tchain ([A-Za-z0-9_-]+) \{ # handle \d+")
@@ -102,17 +103,22 @@ class _NotOursError(Exception):
     """A line the text reader does not take: the JSON listing judges the table."""
 
 
-def listed_rules(text: str, family: str, name: str,
-                 seen: Lines | None = None) -> ListedTable | None:
+def listed_rules(text: str, family: str, name: str, seen: Lines | None = None,
+                 expected: Sequence[NetObject] = ()) -> ListedTable | None:
     """Table ``family name`` from ``nft -a list table`` text; ``None`` if it is not all
     k3snet's lines (see the module docstring), so that the JSON listing judges it.
-    ``seen``: what an earlier read read its lines as (:attr:`ListedTable.lines`)."""
+
+    ``seen``: what an earlier read read its lines as (:attr:`ListedTable.lines`).
+    Without it, ``expected``: objects the table likely holds (the desired state of
+    an apply): their rules' lines (:func:`expected_lines`) are taken as them
+    without being read, made once the table turns out to hold a rule.
+    """
     lines = text.split("\n")
     head = _TABLE.fullmatch(lines[0])
     if head is None or head[1] != family or head[2] != name:
         return None
     try:
-        return _Reader(family == "inet", seen or {}).read(lines[1:])
+        return _Reader(family == "inet", seen or {}, () if seen else expected).read(lines[1:])
     except _NotOursError:
         return None
 
@@ -120,9 +126,10 @@ def listed_rules(text: str, family: str, name: str,
 class _Reader:
     """The lines after the table's header, one at a time."""
 
-    def __init__(self, inet: bool, seen: Lines) -> None:
+    def __init__(self, inet: bool, seen: Lines, expected: Sequence[NetObject]) -> None:
         self.inet = inet
         self.seen = seen
+        self.expected = expected
         self.lines: Lines = {}
         self.chains: list[str] = []
         self.rules: list[ListedRule] = []
@@ -156,7 +163,12 @@ class _Reader:
         assert found is not None
         body, tag, reply = found[1], found[2], found[3] is not None
         key = (chain, body, reply, self.inet)
-        read = self.seen.get(key) or self.lines.get(key) or _read(body, chain, reply, self.inet)
+        read = self.seen.get(key) or self.lines.get(key)
+        if read is None and self.expected:
+            self.seen, self.expected = expected_lines(self.expected, self.inet), ()
+            read = self.seen.get(key)
+        if read is None:
+            read = _read(body, chain, reply, self.inet)
         _expect(read is not None)
         assert read is not None
         self.lines[key] = read
@@ -191,6 +203,26 @@ def _read(body: str, chain: str, reply: bool, inet: bool) -> tuple[NetObject, st
     if _as_listed(half.body) != body or half.chain != chain:
         return None
     return obj, rendered[0].comment
+
+
+def expected_lines(objects: Iterable[NetObject], inet: bool) -> Lines:
+    """The lines nft lists for ``objects``' rules (NAT and forward rules; others are left
+    out) in a table of an ``inet`` family or not, each read as its object.
+
+    What :func:`_read` gives for each such line, by the round trip a rule's text
+    makes (parsed, it is its object again; tested for drawn objects): taking a
+    line as the object whose rule prints it skips the parse, and what an apply
+    of that object writes is that line.
+    """
+    lines: Lines = {}
+    for obj in objects:
+        if obj.kind not in ("nat", "forward") or isinstance(obj, Drift):
+            continue
+        rendered = nft_rules(obj, inet=inet)
+        tag = rendered[0].comment
+        for half, rule in enumerate(rendered):
+            lines[rule.chain, _as_listed(rule.body), half == 1, inet] = (obj, tag)
+    return lines
 
 
 def _as_listed(body: str) -> str:
