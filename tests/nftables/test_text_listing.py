@@ -29,7 +29,16 @@ from k3snet.backends.nftables.kernel import Libnftables, TextLists
 from k3snet.backends.nftables.parse import read_own
 from k3snet.backends.nftables.text import ListedRule, expected_lines, listed_rules
 from k3snet.lab.netns import run_in, temporary_netns
-from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.model import (
+    Drift,
+    ForwardRule,
+    MasqueradeRule,
+    NatBlock,
+    NetObject,
+    Route,
+    SnatRule,
+    State,
+)
 from k3snet.planner import plan
 from k3snet.render.nftables import CHAIN_SPECS, nft_rules, object_tag
 from k3snet.testing import strategies
@@ -175,18 +184,21 @@ def test_expected_objects_are_taken_unread_and_only_when_the_table_holds_a_rule(
 
     monkeypatch.setattr(text_reader, "_read", counted)
     monkeypatch.setattr(text_reader, "expected_lines", seeding)
-    expected = [FWD4, ANY, SNAT4]  # MASQ not among them: read
+    # MASQ not among them: read; what is not a rule of this table is left out
+    expected = [FWD4, ANY, SNAT4, Route("10.9.0.0/16", device="eth0"),
+                Drift.of("nat", backend="nftables", where="inet k3snet", what="x"),
+                NatBlock(4, "masquerade", "-A POSTROUTING -j MASQUERADE", "iptables")]
     listed = listed_rules(LISTED, "inet", "k3snet", expected=expected)
     assert listed == READ
     assert len(read) == 1
-    assert seeded == [3]
+    assert seeded == [6]
     # an earlier read's lines come first: no seeding then
     assert listed_rules(LISTED, "inet", "k3snet", READ.lines, expected=expected) == READ
-    assert seeded == [3]
+    assert seeded == [6]
     # a table without rules: nothing to seed
     empty = "\n".join(line for line in LISTED.splitlines() if "comment" not in line) + "\n"
     assert listed_rules(empty, "inet", "k3snet", expected=expected) is not None
-    assert seeded == [3]
+    assert seeded == [6]
 
 
 def _replace(old: str, new: str) -> Callable[[str], str]:

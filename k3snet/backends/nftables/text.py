@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from k3snet.errors import ModelError
-from k3snet.model import Drift, NetObject
+from k3snet.model import NetObject
 from k3snet.model.cidr import Network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
@@ -216,8 +216,8 @@ def expected_lines(objects: Iterable[NetObject], inet: bool) -> Lines:
     """
     lines: Lines = {}
     for obj in objects:
-        if obj.kind not in ("nat", "forward") or isinstance(obj, Drift):
-            continue
+        if not isinstance(obj, MasqueradeRule | SnatRule | ForwardRule):
+            continue  # routes, drift, blocks: not rules of this table
         rendered = nft_rules(obj, inet=inet)
         tag = rendered[0].comment
         for half, rule in enumerate(rendered):
