@@ -21,9 +21,10 @@ from k3snet.backends.nftables.kernel import (
     BoundedLister,
     ListingTimeoutError,
     OwnTableLister,
+    TextUnlistedError,
     list_in_child,
 )
-from k3snet.backends.nftables.parse import ForeignReader, read_foreign_within
+from k3snet.backends.nftables.parse import ForeignReader, read_foreign_within, read_own
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import ForwardRule, MasqueradeRule
 from tests.nftables.test_recorded import RecordedKernel
@@ -86,6 +87,50 @@ def test_a_listing_within_the_bound_is_the_kernel_s() -> None:
         assert unread == ()
     finally:
         lister.close()
+
+
+class _HangingText(RecordedKernel):
+    """A recorded kernel that also lists text, whose text listing does not end until
+    ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__("k3s-node")
+        self.release = threading.Event()
+
+    def list_text(self, kind: str, **ref: str) -> str | None:
+        self.release.wait()
+        return None
+
+
+def test_a_helper_without_text_listings_reads_k3snet_table_as_json() -> None:
+    lister = BoundedLister(lambda: RecordedKernel("k3s-node"))
+    try:
+        own = OwnTableLister(RecordedKernel("k3s-node"), lister, 60)
+        with pytest.raises(TextUnlistedError, match="lists no text"):
+            own.list_text("table", family="inet", name="k3snet")
+        via_lister = read_own(own, "k3snet", ("inet",), 1)
+        direct = read_own(RecordedKernel("k3s-node"), "k3snet", ("inet",), 1)
+        assert via_lister.objects == direct.objects
+        assert via_lister.objects
+        assert via_lister.handles == direct.handles
+    finally:
+        lister.close()
+
+
+def test_a_text_listing_past_the_bound_is_the_same_error_and_a_busy_helper_lists_none() -> None:
+    hanging = _HangingText()
+    lister = BoundedLister(lambda: hanging)
+    own = OwnTableLister(RecordedKernel("k3s-node"), lister, 0.2)
+    try:
+        with pytest.raises(BackendError, match=r"within 0.2 s \(read_timeout\)"):
+            own.list_text("table", family="inet", name="k3snet")
+        # the helper is still in that listing: no text now (the JSON listing, in a child,
+        # serves), refused before any wait (a wait would end in the read_timeout error)
+        with pytest.raises(TextUnlistedError, match="still in an earlier listing"):
+            own.list_text("table", family="inet", name="k3snet")
+        lister.close()
+    finally:
+        hanging.release.set()
 
 
 @pytest.mark.parametrize("value", [0, -1, "2", True, float("nan")])
