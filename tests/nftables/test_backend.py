@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,15 +99,6 @@ WANTED = K3SNET_RULES
 
 
 # -- fixtures and helpers -------------------------------------------------------------
-
-
-@pytest.fixture
-def ns(require_root: None) -> Iterator[str]:
-    """A fresh, empty network namespace."""
-    if shutil.which("nft") is None:
-        pytest.skip("nft is not installed")
-    with temporary_netns("nft") as name:
-        yield name
 
 
 @pytest.fixture

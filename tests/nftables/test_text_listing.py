@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -283,14 +282,6 @@ def test_what_the_text_reader_takes_renders_back_to_the_text_it_read(
 
 
 # ---------------------------------------------------------------- on the kernel
-
-
-@pytest.fixture
-def ns(require_root: None) -> Iterator[str]:
-    if shutil.which("nft") is None:
-        pytest.skip("nft is not installed")
-    with temporary_netns("nft") as name:
-        yield name
 
 
 class _JsonOnly:

@@ -322,18 +322,16 @@ class OwnTableLister:
 
     def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
         """``list KIND REF...`` within the bound, or :class:`BackendError` naming it."""
-        self.kernel.calls += 1
-        try:
-            return self.bounded.list(time.monotonic() + self.seconds, kind, **ref)
-        except ListingTimeoutError as exc:
-            raise BackendError(f"k3snet's own table could not be read within {self.seconds:g} s "
-                               f"(read_timeout): {exc}") from None
+        return self._within(lambda deadline: self.bounded.list(deadline, kind, **ref))
 
     def list_text(self, kind: str, **ref: str) -> str | None:
         """``nft -a list KIND REF...`` within the bound, as :meth:`list`."""
+        return self._within(lambda deadline: self.bounded.list_text(deadline, kind, **ref))
+
+    def _within(self, listing: Callable[[float], T]) -> T:
         self.kernel.calls += 1
         try:
-            return self.bounded.list_text(time.monotonic() + self.seconds, kind, **ref)
+            return listing(time.monotonic() + self.seconds)
         except ListingTimeoutError as exc:
             raise BackendError(f"k3snet's own table could not be read within {self.seconds:g} s "
                                f"(read_timeout): {exc}") from None
