@@ -24,7 +24,12 @@ from hypothesis import strategies as st
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables import text as text_reader
 from k3snet.backends.nftables.cache import Cache
-from k3snet.backends.nftables.kernel import Libnftables, TextLists
+from k3snet.backends.nftables.kernel import (
+    Libnftables,
+    TextLists,
+    TextUnlistedError,
+    listed_items,
+)
 from k3snet.backends.nftables.parse import read_own
 from k3snet.backends.nftables.text import ListedRule, expected_lines, listed_rules
 from k3snet.lab.netns import run_in, temporary_netns
@@ -117,6 +122,85 @@ def test_every_shape_is_read_from_the_text_nft_prints(family: str) -> None:
     other = "ip" if family == "inet" else "inet"
     assert listed_rules(text.replace(f"table {family} ", f"table {other} "), other,
                         "k3snet") is None
+
+
+class _Recorded:
+    """The listing seam serving the recorded tables, as JSON and (``text``) as text;
+    ``edit`` changes the text first; ``listed`` names the families listed as JSON."""
+
+    def __init__(self, *, text: bool = True, edit: Callable[[str], str] = str) -> None:
+        self.edit = edit
+        self.listed: list[str] = []
+        if text:
+            self.list_text = self._text
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        assert kind == "table"
+        self.listed.append(ref["family"])
+        return listed_items((RECORDED / f"{ref['family']}.json").read_text(), "recorded")
+
+    def _text(self, kind: str, **ref: str) -> str | None:
+        assert kind == "table"
+        return self.edit((RECORDED / f"{ref['family']}.txt").read_text())
+
+
+def _families(family: str) -> tuple[str, ...]:
+    return ("inet",) if family == "inet" else ("ip", "ip6")
+
+
+@pytest.mark.parametrize("family", ["inet", "split"])
+def test_the_recorded_tables_read_from_their_text_are_what_their_json_gives(
+        family: str) -> None:
+    families = _families(family)
+    json_only = _summary(read_own(_Recorded(text=False), "k3snet", families, 1))
+    assert json_only[0]  # objects were read
+    kernel = _Recorded()
+    via_text = read_own(kernel, "k3snet", families, 1)
+    assert _summary(via_text) == json_only
+    assert kernel.listed == []  # no JSON listing needed
+    assert via_text.lines
+    # an earlier read's lines, or the objects expected, give the same
+    for options in ({"seen": via_text.lines}, {"expected": tuple(SHAPES)},
+                    {"expected": (MASQ, FWD4)}):
+        again = _Recorded()
+        assert _summary(read_own(again, "k3snet", families, 1, **options)) == json_only
+        assert again.listed == []
+
+
+@pytest.mark.parametrize("family", ["inet", "split"])
+def test_a_recorded_table_the_text_reader_does_not_take_is_read_from_its_json(
+        family: str) -> None:
+    families = _families(family)
+    json_only = _summary(read_own(_Recorded(text=False), "k3snet", families, 1))
+
+    def counter(text: str) -> str:
+        return text.replace(" masquerade comment", " counter masquerade comment", 1)
+
+    kernel = _Recorded(edit=counter)
+    assert _summary(read_own(kernel, "k3snet", families, 1)) == json_only
+    assert kernel.listed == [f for f in families if " masquerade comment" in
+                             (RECORDED / f"{f}.txt").read_text()]
+
+
+def test_no_table_in_the_text_listing_is_no_table() -> None:
+    kernel = _Recorded()
+    kernel.list_text = lambda kind, **ref: None
+    cache = read_own(kernel, "k3snet", ("inet",), 1)
+    assert cache.objects == {}
+    assert cache.tables == {}
+    assert kernel.listed == []
+
+
+def test_a_text_listing_that_cannot_be_made_is_read_from_json() -> None:
+    kernel = _Recorded()
+
+    def refused(kind: str, **ref: str) -> str | None:
+        raise TextUnlistedError("nft refused it")
+
+    kernel.list_text = refused
+    cache = read_own(kernel, "k3snet", ("inet",), 1)
+    assert _summary(cache) == _summary(read_own(_Recorded(text=False), "k3snet", ("inet",), 1))
+    assert kernel.listed == ["inet"]
 
 
 READ = listed_rules(LISTED, "inet", "k3snet")
