@@ -135,12 +135,12 @@ class _Recorded:
             self.list_text = self._text
 
     def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
-        assert kind == "table"
+        assert (kind, ref["name"]) == ("table", "k3snet")
         self.listed.append(ref["family"])
         return listed_items((RECORDED / f"{ref['family']}.json").read_text(), "recorded")
 
     def _text(self, kind: str, **ref: str) -> str | None:
-        assert kind == "table"
+        assert (kind, ref["name"]) == ("table", "k3snet")
         return self.edit((RECORDED / f"{ref['family']}.txt").read_text())
 
 
@@ -189,6 +189,43 @@ def test_no_table_in_the_text_listing_is_no_table() -> None:
     assert cache.objects == {}
     assert cache.tables == {}
     assert kernel.listed == []
+    # split: no ip table, and the ip6 table is still read
+    split = _Recorded()
+    split.list_text = lambda kind, **ref: (None if ref["family"] == "ip"
+                                           else (RECORDED / "ip6.txt").read_text())
+    cache = read_own(split, "k3snet", ("ip", "ip6"), 1)
+    assert list(cache.tables) == ["ip6"]
+    assert set(cache.objects.values()) == {o for o in SHAPES if o.family == 6}
+
+
+def test_lines_already_read_and_expected_objects_are_not_read_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    first = read_own(_Recorded(), "k3snet", ("inet",), 1)
+
+    def unread(*args: Any) -> Any:
+        raise AssertionError(f"line read again: {args}")
+
+    monkeypatch.setattr(text_reader, "_read", unread)
+    for options in ({"seen": first.lines}, {"expected": tuple(SHAPES)}):
+        again = read_own(_Recorded(), "k3snet", ("inet",), 1, **options)
+        assert _summary(again) == _summary(first)
+
+
+def test_a_rule_of_the_other_family_in_a_split_table_is_drift_named_with_its_chain() -> None:
+    six = next(line for line in (RECORDED / "ip6.txt").read_text().splitlines()
+               if "masquerade comment" in line)
+    hook = f"\t\t{SPEC}\n"
+
+    def with_six(text: str) -> str:
+        return text.replace(hook, hook + re.sub(r"# handle \d+$", "# handle 99", six) + "\n", 1)
+
+    kernel = _Recorded(edit=with_six)
+    cache = read_own(kernel, "k3snet", ("ip",), 1)
+    assert kernel.listed == []  # read from its text
+    [(drift, repair)] = cache.drift.values()
+    assert drift.describe() == ("drift in nftables ip k3snet postrouting: rule handle 99: "
+                                "not a rule k3snet writes")
+    assert repair.rules == (("postrouting", 99),)
 
 
 def test_a_text_listing_that_cannot_be_made_is_read_from_json() -> None:
