@@ -2,10 +2,12 @@
 
 The text reader is a shortcut: it must give exactly what the JSON reader gives,
 and give up (``None``, the JSON listing then judges) on any line it does not
-take. Root-free tests hold the giving up to each kind of line; kernel tests read
-real tables both ways and compare the whole result (objects in order, handles,
-findings, chains), and check that a table k3snet writes is read from its text
-(a shortcut that never fires would pass every comparison).
+take. Root-free tests hold the giving up to each kind of line, and read recorded
+tables (tests/data/nftables/text/: nft's text and JSON listings of one table) both
+ways; kernel tests read real tables both ways. Both compare the whole result
+(objects in order, handles, findings, chains) and check that a table k3snet
+writes is read from its text (a shortcut that never fires would pass every
+comparison).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from k3snet.backends.nftables.kernel import (
 )
 from k3snet.backends.nftables.parse import read_own
 from k3snet.backends.nftables.text import ListedRule, expected_lines, listed_rules
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import run_in
 from k3snet.model import (
     Drift,
     ForwardRule,
@@ -198,7 +200,7 @@ def test_no_table_in_the_text_listing_is_no_table() -> None:
     assert set(cache.objects.values()) == {o for o in SHAPES if o.family == 6}
 
 
-def test_lines_already_read_and_expected_objects_are_not_read_again(
+def test_read_own_reads_no_line_again_nor_an_expected_objects(
         monkeypatch: pytest.MonkeyPatch) -> None:
     first = read_own(_Recorded(), "k3snet", ("inet",), 1)
 
@@ -547,11 +549,13 @@ def test_a_table_named_like_an_nft_keyword_is_read(ns: str, name: str) -> None:
 
 
 @pytest.mark.kernel
-def test_the_recorded_listings_are_what_nft_prints(ns: str) -> None:
-    for family, tables in (("inet", ["inet"]), ("split", ["ip", "ip6"])):
-        with temporary_netns("nft") as fresh, \
-                NftablesBackend(fresh, family=family, observe_foreign=False) as backend:  # type: ignore[arg-type]
-            backend.apply(plan(backend.observe(), State(owned=SHAPES)))
-            for table in tables:
-                printed = run_in(fresh, ["nft", "-a", "list", "table", table, "k3snet"]).stdout
-                assert printed == (RECORDED / f"{table}.txt").read_text(), table
+@pytest.mark.parametrize(("family", "tables"), [("inet", ["inet"]), ("split", ["ip", "ip6"])])
+def test_the_recorded_listings_are_what_nft_prints(ns: str, family: str,
+                                                   tables: list[str]) -> None:
+    # In a fresh namespace, handles start where the recording's did.
+    with NftablesBackend(ns, family=family, observe_foreign=False) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), State(owned=SHAPES)))
+    for table in tables:
+        for listing, suffix in ((["-a"], "txt"), (["-j"], "json")):
+            printed = run_in(ns, ["nft", *listing, "list", "table", table, "k3snet"]).stdout
+            assert printed == (RECORDED / f"{table}.{suffix}").read_text(), (table, suffix)
