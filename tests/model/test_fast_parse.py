@@ -80,7 +80,9 @@ def _quads(draw: st.DrawFn) -> str:
 _texts = st.one_of(
     ks.networks(min_prefix=0).map(str),
     ks.addresses().map(str),
-    ks.networks(4, min_prefix=0).map(lambda n: f"{n.network_address + 1}/{n.prefixlen}"),
+    # host bits set: the address after the network's (255.255.255.255 wraps to 0.0.0.0)
+    ks.networks(4, min_prefix=0).map(
+        lambda n: f"{ipaddress.IPv4Address((int(n.network_address) + 1) % 2**32)}/{n.prefixlen}"),
     _quads(), _quads(), _near_ipv4, ks.hostile_text(max_long=64),
 )
 
