@@ -11,10 +11,13 @@ it, iptables-nft's included), and read again only when the id moved.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from k3snet.model import Drift, NetObject
 from k3snet.model.state import State
+
+if TYPE_CHECKING:
+    from k3snet.backends.nftables.text import Lines
 
 __all__ = ["Cache", "Diff", "Key", "Repair", "Table", "nat_overlap", "rule_count"]
 
@@ -66,8 +69,7 @@ class Cache:
     foreign: frozenset[NetObject] | None = None
     state: State | None = None
     nat_index: dict[tuple[int, int, int], set[Key]] = field(default_factory=dict)
-    # what the text reader read each rule line as (k3snet.backends.nftables.text.Lines)
-    lines: dict[Any, Any] = field(default_factory=dict)
+    lines: Lines = field(default_factory=dict)  # what the text reader read each rule line as
 
     def put(self, key: Key, obj: NetObject) -> None:
         """Record ``obj`` (owned) under ``key``."""
