@@ -582,6 +582,17 @@ def _drift_commands(kind: str) -> list[list[str]]:
     }.get(kind, [])
 
 
+def _fresh_reading(ns: str, mode: str, hint: State | None) -> tuple[object, ...]:
+    """What a fresh process's observe reads (render cache cleared), with or without ``expect``."""
+    clear_caches()
+    with make(ns, (mode, "restore")) as backend:
+        if hint is not None:
+            backend.expect(hint)
+        observed = backend.observe()
+        return observed.owned, observed.foreign, backend.drift, backend.ordered(4), \
+            backend.ordered(6)
+
+
 DRIFT_KINDS = ["extra-rule", "extra-rule-in-main", "extra-chain", "forged-tag",
                "tag-not-of-its-rule", "duplicate-rule",
                "duplicate-main-jump", "missing-hook", "missing-forward-hook",
@@ -614,6 +625,8 @@ def test_each_drift_kind_is_a_planned_change_that_apply_repairs(
     assert (any(our_layout(drifted[f]) != our_layout(render_iptables_save(target, f))
                 for f in (4, 6))
             or foreign_lines(drifted[4]) != foreign_lines(before[4])), f"{kind}: no drift made"
+    # The expect hint (what converge hands the backend first) changes nothing read.
+    assert _fresh_reading(ns, mode, DESIRED) == _fresh_reading(ns, mode, None)
 
     with make(ns, (mode, "restore")) as backend:
         observed = backend.observe()
@@ -635,6 +648,7 @@ def test_each_drift_kind_is_a_planned_change_that_apply_repairs(
     with make(ns, (mode, "restore")) as fresh:
         assert plan(fresh.observe(), DESIRED).empty
         assert fresh.drift == ()
+    assert _fresh_reading(ns, mode, DESIRED) == _fresh_reading(ns, mode, None)
 
 
 @pytest.mark.kernel

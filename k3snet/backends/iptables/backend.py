@@ -136,6 +136,8 @@ from k3snet.render.iptables.rules import (
     TABLES,
     Line,
     comment_digest,
+    remember,
+    render_new,
     render_unit,
     table_of,
 )
@@ -203,6 +205,7 @@ class IptablesBackend(BackendBase):
         self._mode_reason = "given" if mode != "auto" else ""
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
+        self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
         self._generation: GenerationReader | None = None
         self._no_generation = False
         self._legacy_reader: NetnsRunner | None = None  # a thread in the namespace
@@ -323,6 +326,29 @@ class IptablesBackend(BackendBase):
         except K3snetError:
             return None
 
+    def expect(self, state: State) -> None:
+        """A hint: ``state``'s owned objects are likely what the tables hold
+        (:func:`~k3snet.converge.converge` passes the desired state).
+
+        Changes no result: the next read of the tables renders those objects first,
+        so that a tagged rule which is exactly one of theirs is taken as that object
+        without parsing it (a rule this process wrote is taken the same way;
+        docs/performance.md, "Expected objects").
+        """
+        self._expected = tuple(o for o in state.owned if type(o) in _TABLE_OF)
+
+    def _render_expected(self) -> None:
+        """Render what :meth:`expect` named (once per hint) for the read about to run."""
+        expected, self._expected = self._expected, ()
+        units = {}
+        for obj in expected:
+            try:
+                unit = render_new(obj)
+            except K3snetError:
+                continue  # not a rule this backend can write: it cannot be in a table either
+            units[unit.digest] = unit
+        remember(units)
+
     def observe(self) -> State:
         """Our objects (rebuilt from rule text, hash-checked) and simple foreign rules.
 
@@ -335,6 +361,7 @@ class IptablesBackend(BackendBase):
         if token is not None and kept is not None and kept[0] == token and \
                 kept[1] is self._tables:
             return kept[2]
+        self._render_expected()
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
         with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the save
