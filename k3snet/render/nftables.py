@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Iterable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from k3snet.errors import ModelError
 from k3snet.model import NetObject
@@ -39,6 +39,7 @@ __all__ = [
     "FORWARD_CHAIN",
     "MARKER_CHAIN",
     "NAT_CHAIN",
+    "NFT_WORDS",
     "REPLY_SUFFIX",
     "TAG_PREFIX",
     "NftRule",
@@ -49,6 +50,7 @@ __all__ = [
     "object_tag",
     "render_nftables_conf",
     "table_families",
+    "validate_nft_name",
     "validate_table_name",
 ]
 
@@ -76,6 +78,25 @@ TableFamily = Literal["inet", "split"]
 
 # nft identifiers: keep to a tame subset so a table name never needs quoting.
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+NFT_WORDS: Final = frozenset({
+    "accept", "add", "all", "and", "arp", "bridge", "cgroup", "chain", "comment", "constant",
+    "continue", "counter", "cpu", "create", "ct", "day", "define", "delete", "describe", "device",
+    "devices", "dnat", "drop", "dst", "dup", "dynamic", "ecn", "element", "elements", "ether",
+    "exists", "expires", "exthdr", "fib", "flags", "flow", "flowtable", "frag", "fwd", "get",
+    "goto", "handle", "hbh", "hook", "hour", "ibrname", "icmp", "icmpv6", "iif", "iifgroup",
+    "iifname", "iiftype", "include", "index", "inet", "insert", "interval", "ip", "ip6", "ipsec",
+    "jhash", "jump", "limit", "list", "log", "lt", "map", "mark", "masquerade", "meta", "mh",
+    "missing", "monitor", "netdev", "nftrace", "not", "notrack", "numgen", "obrname", "offload",
+    "oif", "oifgroup", "oifname", "oiftype", "or", "osf", "pkttype", "policy", "position",
+    "priority", "queue", "quota", "random", "redefine", "redirect", "reject", "reset", "return",
+    "rt", "rtclassid", "rule", "ruleset", "secmark", "set", "size", "skgid", "skuid", "snat",
+    "socket", "srh", "symhash", "synproxy", "table", "tcp", "th", "time", "timeout", "tproxy",
+    "type", "typeof", "udp", "undefine", "update", "vlan", "vmap", "xt",
+})
+"""Words nft's own language reads as keywords where a table's name goes: ``add table
+inet counter`` is a syntax error, quoted or not. Every word of nft(8) that nft 1.0.6
+refuses there (tests/nftables/test_table_names.py checks each against the installed
+nft). A table so named can only be written and listed through nft's JSON."""
 # Part of every tag's canonical text: a change of how rules are laid out changes every tag.
 _LAYOUT = "nft1"
 
@@ -95,6 +116,19 @@ def validate_table_name(name: str) -> str:
         raise ModelError(
             f"nftables table name {name!r} must be a letter followed by up to 31 "
             "letters, digits, '_' or '-'"
+        )
+    return name
+
+
+def validate_nft_name(name: str) -> str:
+    """:func:`validate_table_name`, and a name nft's own language can say (not one of
+    :data:`NFT_WORDS`): for what is written or listed as nft text."""
+    validate_table_name(name)
+    if name in NFT_WORDS:
+        raise ModelError(
+            f"nftables table name {name!r} is a word of nft's language: nft cannot name a "
+            "table so (quoted or not), so neither a rules file nor an nft command can; "
+            "choose another name (or give the nftables backend syntax='json')"
         )
     return name
 
@@ -309,7 +343,7 @@ def render_nftables_conf(
         }
     }
     """
-    validate_table_name(table)
+    validate_nft_name(table)
     families = table_families(family)
     wanted = [o for o in state.owned if o.kind in ("nat", "forward")]
     lines = [

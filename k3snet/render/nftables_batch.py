@@ -36,6 +36,7 @@ from k3snet.render.nftables import (
     CHAIN_SPECS,
     nft_rules,
     nft_rules_json,
+    validate_nft_name,
     validate_table_name,
 )
 
@@ -78,8 +79,9 @@ class NftCommands:
     __slots__ = ("_heads", "_refs", "json", "syntax", "table")
 
     def __init__(self, table: str, syntax: Syntax = "nft") -> None:
-        self.table = validate_table_name(table)
         self.syntax = validate_syntax(syntax)
+        # nft's language cannot name a table after one of its words; JSON can.
+        self.table = validate_table_name(table) if syntax == "json" else validate_nft_name(table)
         self.json = syntax == "json"
         self._refs: dict[str, str] = {}
         self._heads: dict[str, str] = {}

@@ -127,6 +127,7 @@ from k3snet.render.nftables import (
     TableFamily,
     chain_order_key,
     table_families,
+    validate_nft_name,
     validate_table_name,
 )
 from k3snet.render.nftables_batch import Syntax, validate_syntax
@@ -203,8 +204,9 @@ class NftablesBackend(BackendBase):
     ) -> None:
         super().__init__()
         self._families = table_families(family)
-        self._table = validate_table_name(table)
         validate_syntax(syntax)
+        # nft's language cannot name a table after one of its words; JSON batches can.
+        self._table = validate_table_name(table) if syntax == "json" else validate_nft_name(table)
         if kernel is None:
             try:
                 import nftables  # noqa: F401, PLC0415 - only checks the optional dependency
