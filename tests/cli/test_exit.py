@@ -1,0 +1,86 @@
+"""The end of a ``k3snet`` process: everything written arrives, the code is kept, no teardown.
+
+The console script (and ``python -m k3snet``) leaves through ``os._exit`` once the
+command is done (:func:`k3snet.__main__.end`), skipping Python's teardown of
+every value the command built. These tests run it as users do, as a process
+writing into a pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k3snet.cli import main
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+# k3snet's console script, whatever sys.argv[0] is: __main__.main() reads sys.argv.
+RUN = ("import atexit, sys; atexit.register(lambda: print('teardown ran', file=sys.stderr)); "
+       "sys.argv = ['k3snet', *sys.argv[1:]]; from k3snet.__main__ import main; "
+       "sys.exit(main())")
+
+
+def _k3snet(*argv: str, full_exit: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "K3SNET_FULL_EXIT"}
+    if full_exit:
+        env["K3SNET_FULL_EXIT"] = "1"
+    return subprocess.run([sys.executable, "-c", RUN, *argv], capture_output=True, text=True,
+                          check=False, env=env, timeout=300)
+
+
+def _big_spec(tmp_path: Path, count: int = 3000) -> Path:
+    spec = tmp_path / "big.yaml"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n" + "".join(
+        f"  - cidr: 172.{16 + i // 256}.{i % 256}.0/24\n" for i in range(count)))
+    return spec
+
+
+def test_a_big_output_arrives_whole_and_python_teardown_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _big_spec(tmp_path)
+    argv = ("plan", "-f", str(spec), "--backend", "memory", "--no-facts")
+    assert main(list(argv)) == 2
+    expected = capsys.readouterr().out
+    assert len(expected) > 1 << 17  # more than a pipe and stdout's buffer hold
+    done = _k3snet(*argv)
+    assert done.returncode == 2
+    assert done.stdout == expected
+    assert "teardown ran" not in done.stderr  # os._exit: no atexit, no teardown
+    kept = _k3snet(*argv, full_exit=True)  # K3SNET_FULL_EXIT=1: Python's own exit
+    assert (kept.returncode, kept.stdout) == (2, expected)
+    assert "teardown ran" in kept.stderr
+
+
+@pytest.mark.parametrize(("argv", "code"), [
+    (("validate", "-f", str(SEED)), 0),
+    (("plan", "-f", str(SEED), "--backend", "memory", "--no-facts"), 2),
+    (("plan", "-f", str(SEED), "--backend", "nope", "--no-facts"), 1),
+    (("plan", "--no-such-option"), 64),
+])
+def test_the_exit_code_is_the_commands(argv: tuple[str, ...], code: int) -> None:
+    done = _k3snet(*argv)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_error_message_is_flushed_before_the_end() -> None:
+    done = _k3snet("plan", "-f", str(SEED), "--backend", "nope", "--no-facts")
+    assert "no backend named 'nope'" in done.stderr
+
+
+def test_a_pipe_closed_after_the_command_is_done_ends_quietly_with_141(tmp_path: Path) -> None:
+    spec = _big_spec(tmp_path)
+    reader = subprocess.Popen([sys.executable, "-c", RUN, "plan", "-f", str(spec), "--backend",
+                               "memory", "--no-facts"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None
+    reader.stdout.read(10)
+    reader.stdout.close()  # like `| head -c 10`
+    _out, err = reader.communicate(timeout=120)
+    assert b"Traceback" not in err
+    assert reader.returncode == 141
