@@ -6,7 +6,7 @@ Run as root (one fresh network namespace per backend, deleted at the end)::
         [--after .venv/bin/python] [--runs 2] [--backends routes nftables]
 
 Like ``bench_cold.py`` (10 000 owned, each version in turn adds one destination
-and takes it away again, the spec cache filled by earlier runs), but each
+and takes it away again, each version's spec cache filled by earlier runs), but each
 ``k3snet apply`` runs inside a wrapper (this file, ``--child``) that times the
 stages of the same CLI process: import, spec (the cached load and its checks),
 node facts, compile, observe, plan. Prints the median CPU / wall ms of each.
@@ -88,18 +88,23 @@ def main() -> int:
 
             def apply(python: str, spec: Path, n: paths.Node = n,
                       extra: list[str] = extra) -> dict[str, list[float]]:
+                # Each version its own spec cache: its key holds the modules' mtimes, so
+                # the two versions in turn would each parse the other's YAML again.
+                state = n.tmp / ("state-before" if python == args.before else "state-after")
+                state.mkdir(exist_ok=True)
                 done = subprocess.run(
                     [python, __file__, "--child", "apply", "-f", str(spec), "--auto-approve",
                      "--allow-teardown", "--netns", n.ns, *n.args, *extra],
-                    check=False, env=n.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                    text=True)
+                    check=False, env={**n.env, "K3SNET_STATE_DIR": str(state)},
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 if done.returncode != 0:
                     raise SystemExit(f"k3snet apply failed: {done.stderr[-2000:]}")
                 result: dict[str, list[float]] = json.loads(done.stderr.strip().splitlines()[-1])
                 return result
 
             for spec in (base, plus, base):  # fill the caches, as earlier runs would
-                apply(args.after, spec)
+                for python in dict.fromkeys(versions.values()):
+                    apply(python, spec)
             results: dict[str, list[dict[str, list[float]]]] = {k: [] for k in versions}
             for _ in range(args.runs):
                 for key, python in versions.items():
