@@ -28,7 +28,7 @@ from typing import Literal
 import pytest
 from hypothesis import strategies as st
 
-from k3snet.backends.netlink import WATCHED_SYSCTLS, NetlinkBackend
+from k3snet.backends.netlink import WATCHED_SYSCTLS, NetlinkBackend, codec
 from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import ApplyError, BackendError, K3snetError, PlanError
 from k3snet.lab.netns import run_in, temporary_netns
@@ -210,6 +210,34 @@ def test_observe_tells_owned_from_foreign(ns: str, backend: NetlinkBackend) -> N
     assert all(r.table != 255 for r in routes)
     sysctls = {s.name for s in state.foreign if isinstance(s, Sysctl)}
     assert sysctls == set(WATCHED_SYSCTLS)
+
+
+def test_the_expect_hint_changes_no_reading_of_the_kernels_routes(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), State(owned=_WANTED)))
+    # One field off each: never taken for the kernel's route.
+    near = [Route(r.destination, gateway=r.gateway, device=r.device, table=r.table,
+                  metric=(r.metric or 0) + 1) for r in _WANTED]
+    built: list[int] = []  # the protocol of every route built from its message
+    real = codec.route_of
+
+    def route_of(**fields: object) -> Route | None:
+        built.append(fields["protocol"])  # type: ignore[arg-type]
+        return real(**fields)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(codec, "route_of", route_of)
+    readings = []
+    for hint in ((), _WANTED, near, (*_WANTED, *near)):
+        built.clear()
+        with NetlinkBackend(ns, state_dir=tmp_path, driver="socket") as fresh:
+            fresh.expect(State(owned=hint))
+            readings.append(fresh.observe())
+        mine = sum(protocol == K3SNET_ROUTE_PROTOCOL for protocol in built)
+        # With k3snet's routes in the hint none of them is built again; else each is.
+        assert mine == (0 if _WANTED[0] in hint else len(_WANTED)), hint
+    assert all(reading == readings[0] for reading in readings)
+    assert readings[0].owned == State(owned=_WANTED).owned
 
 
 def test_apply_routes_and_remove_them(ns: str, backend: NetlinkBackend, tmp_path: Path,

@@ -15,7 +15,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
 import attrs
@@ -31,6 +31,7 @@ __all__ = [
     "Interface",
     "Link",
     "NetlinkError",
+    "RouteShape",
     "address_dump_request",
     "attr",
     "attr_u32",
@@ -39,6 +40,7 @@ __all__ = [
     "decode_link",
     "decode_route",
     "error_of",
+    "expected_routes",
     "header_of",
     "link_dump_request",
     "message",
@@ -299,24 +301,60 @@ def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, fl
         return None
 
 
-def decode_route(msg: bytes, names: Mapping[int, str]) -> Route | None:
-    """The Route a raw ``RTM_NEWROUTE`` message describes, or ``None`` (see :func:`route_of`)."""
+RouteShape = tuple[int, int, int, bytes | None, str | None, int, int, int, int]
+"""What a route message says of a Route: family, destination length and value, gateway
+bytes, device, table, metric, scope and protocol codes (:func:`expected_routes`)."""
+
+
+def expected_routes(routes: Iterable[Route]) -> dict[RouteShape, Route]:
+    """``routes`` by the fields of the message that describes each (for :func:`decode_route`).
+
+    A route whose message has exactly those fields, and nothing :func:`route_of`
+    refuses, decodes as that very Route: every field of a Route is one of them (a
+    gateway's zone, ``fe80::1%eth0``, is the Route's device already).
+    """
+    shapes: dict[RouteShape, Route] = {}
+    for route in routes:
+        dst, gateway = route.destination, route.gateway
+        shapes[(FAMILY_CODES[dst.version], dst.prefixlen, int(dst.network_address),
+                None if gateway is None else gateway.packed, route.device, route.table,
+                int(route.metric or 0), SCOPE_CODES[str(route.scope)], route.protocol)] = route
+    return shapes
+
+
+def decode_route(msg: bytes, names: Mapping[int, str],
+                 expected: Mapping[RouteShape, Route] | None = None) -> Route | None:
+    """The Route a raw ``RTM_NEWROUTE`` message describes, or ``None`` (see :func:`route_of`).
+
+    With ``expected`` (:func:`expected_routes`), a message that is exactly one of
+    those routes' is that Route, taken without building a new one.
+    """
     family, dst_len, src_len, tos, rtm_table, protocol, scope, kind, flags = (
         RTMSG.unpack_from(msg, HDR))
     found = attrs_of(msg, HDR + RTMSG.size)
     raw_gateway = found.get(RTA_GATEWAY)
+    table = U32.unpack(found[RTA_TABLE])[0] if RTA_TABLE in found else rtm_table
+    dst = int.from_bytes(found.get(RTA_DST, b""), "big")
+    oif = U32.unpack(found[RTA_OIF])[0] if RTA_OIF in found else None
+    metric = U32.unpack(found[RTA_PRIORITY])[0] if RTA_PRIORITY in found else 0
+    unmodelled = not UNMODELLED_ATTRS.isdisjoint(found)
+    # What route_of refuses and no Route can say (its table is never 0 or local either).
+    if expected and kind == RTN_UNICAST and not (src_len or tos or flags & RTM_F_CLONED
+                                                  or unmodelled):
+        device = None if oif is None else names.get(oif)
+        if oif is None or device is not None:
+            known = expected.get((family, dst_len, dst, raw_gateway, device, table, metric,
+                                  scope, protocol))
+            if known is not None:
+                return known
     gateway: Address | None = None
     if raw_gateway is not None and family in (socket.AF_INET, socket.AF_INET6):
         gateway = (ipaddress.IPv4Address(raw_gateway) if family == socket.AF_INET
                    else ipaddress.IPv6Address(raw_gateway))
     return route_of(
         family=family, dst_len=dst_len, src_len=src_len, tos=tos, kind=kind, flags=flags,
-        scope=scope, protocol=protocol,
-        table=U32.unpack(found[RTA_TABLE])[0] if RTA_TABLE in found else rtm_table,
-        dst=int.from_bytes(found.get(RTA_DST, b""), "big"), gateway=gateway,
-        oif=U32.unpack(found[RTA_OIF])[0] if RTA_OIF in found else None,
-        metric=U32.unpack(found[RTA_PRIORITY])[0] if RTA_PRIORITY in found else 0,
-        unmodelled=not UNMODELLED_ATTRS.isdisjoint(found), names=names)
+        scope=scope, protocol=protocol, table=table, dst=dst, gateway=gateway, oif=oif,
+        metric=metric, unmodelled=unmodelled, names=names)
 
 
 @attrs.frozen

@@ -50,7 +50,13 @@ class RouteDriver(Protocol):
         ...
 
     def routes(self, tables: frozenset[int] | None, names: Mapping[int, str]) -> list[Route]:
-        """The modellable routes of ``tables`` (``None``: all), both families."""
+        """The modellable routes of ``tables`` (``None``: all), both families.
+
+        Optional: a driver with ``reads_expected = True`` also takes ``expected=``,
+        routes by the fields of their message (:func:`~.codec.expected_routes`), and
+        returns a route whose message has exactly one's fields as that very object
+        (the backend passes them when :meth:`NetlinkBackend.expect` named some).
+        """
         ...
 
     def send(self, changes: Sequence[Change],

@@ -39,6 +39,7 @@ from k3snet.backends.netlink.codec import (
     Interface,
     Link,
     NetlinkError,
+    RouteShape,
     address_dump_request,
     decode_address,
     decode_link,
@@ -142,8 +143,13 @@ class SocketDriver:
                     found.setdefault(decoded[0], []).append(decoded[1])
         return found
 
-    def routes(self, tables: frozenset[int] | None, names: Mapping[int, str]) -> list[Route]:
-        """The modellable routes of ``tables`` (``None``: all), both families."""
+    reads_expected = True
+    """:meth:`routes` takes ``expected`` (see :class:`~.driver.RouteDriver`)."""
+
+    def routes(self, tables: frozenset[int] | None, names: Mapping[int, str],
+               expected: Mapping[RouteShape, Route] | None = None) -> list[Route]:
+        """The modellable routes of ``tables`` (``None``: all), both families; a route of
+        ``expected`` (:func:`~.codec.expected_routes`) is returned as that very object."""
         found: list[Route] = []
         # With strict checking the kernel filters by table itself: one dump per table.
         chosen: Iterable[int | None] = sorted(tables) if tables else (None,)
@@ -151,7 +157,7 @@ class SocketDriver:
             for table in chosen:
                 request = route_dump_request(family, table)
                 for msg in self.dump(RTM_GETROUTE, request, missing_ok=True):
-                    route = decode_route(msg, names)
+                    route = decode_route(msg, names, expected)
                     if route is not None:
                         found.append(route)
         return found

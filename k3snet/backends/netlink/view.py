@@ -12,6 +12,7 @@ at the start of every public call (:meth:`RouteCache.begin`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -26,6 +27,7 @@ from k3snet.backends.netlink.codec import (
     RTM_NEWROUTE,
     Link,
     decode_route,
+    expected_routes,
     header_of,
 )
 from k3snet.backends.netlink.driver import RouteDriver
@@ -60,6 +62,11 @@ class RouteCache:
         self._edits = 0  # in-place updates from our own notifications
         self._links: dict[int, Link] | None = None
         self._names: dict[int, str] = {}
+        self._expected: tuple[Route, ...] = ()  # expect(): what the next dump likely holds
+
+    def expect(self, routes: Iterable[Route]) -> None:
+        """A hint for the next dump: these routes are likely there (changes no result)."""
+        self._expected = tuple(routes)
 
     def begin(self) -> None:
         """Start a public call: a driver that cannot follow changes forgets what it read."""
@@ -100,8 +107,14 @@ class RouteCache:
     def _load(self) -> RouteView:
         self.links()
         view = RouteView({}, set())
+        expected, self._expected = self._expected, ()
         with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the dump
-            for route in self.driver.routes(self.tables, self._names):
+            if expected and getattr(self.driver, "reads_expected", False):
+                dumped = self.driver.routes(  # type: ignore[call-arg]
+                    self.tables, self._names, expected=expected_routes(expected))
+            else:
+                dumped = self.driver.routes(self.tables, self._names)
+            for route in dumped:
                 if self.in_scope(route.table):
                     self._sort_into(view, route)
         return view
