@@ -333,7 +333,7 @@ class IptablesBackend(BackendBase):
         Changes no result: the next read of the tables renders those objects first,
         so that a tagged rule which is exactly one of theirs is taken as that object
         without parsing it (a rule this process wrote is taken the same way;
-        docs/performance.md, "Expected objects").
+        docs/performance.md, "Expected objects: the iptables reader").
         """
         self._expected = tuple(o for o in state.owned if type(o) in _TABLE_OF)
 
