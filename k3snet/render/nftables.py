@@ -39,6 +39,7 @@ __all__ = [
     "FORWARD_CHAIN",
     "MARKER_CHAIN",
     "NAT_CHAIN",
+    "NFT_JSON_IFNAME_WORDS",
     "NFT_WORDS",
     "REPLY_SUFFIX",
     "TAG_PREFIX",
@@ -224,8 +225,23 @@ def _j_prefix(proto: str, fld: str, net: Network, op: str = "==") -> str:
             f'"len":{net.prefixlen}}}}}}}}}')
 
 
+NFT_JSON_IFNAME_WORDS: Final = frozenset({
+    "ah", "dccp", "esp", "icmp", "icmpv6", "redirect", "sctp", "tcp", "udp", "udplite",
+})
+"""Interface names libnftables' JSON parser reads as a protocol, not a name: a JSON rule
+matching ``oifname`` ``"sctp"`` is refused ("datatype mismatch, expected network
+interface name"), even as nft's own JSON listing of that rule (nft 1.0.6;
+tests/nftables/test_table_names.py checks the list against the installed nft). nft's
+language quotes the name (``oifname "sctp"``) and takes it."""
+
+
 def _j_ifname(key: str, name: str) -> str:
     # Interface names are validated ([A-Za-z0-9_.@+-]): nothing to escape.
+    if name in NFT_JSON_IFNAME_WORDS:
+        raise ModelError(
+            f"interface name {name!r} cannot be written through nft's JSON: libnftables "
+            "reads it as a protocol; give the nftables backend syntax='nft' (the default)"
+        )
     return f'{{"match":{{"op":"==","left":{{"meta":{{"key":"{key}"}}}},"right":"{name}"}}}}'
 
 

@@ -1,11 +1,17 @@
-"""k3snet's nftables table name: a word of nft's language is refused wherever nft text names it.
+"""Names nft cannot take: a table named after a word of nft's language, an interface in JSON.
 
 ``add table inet counter`` is a syntax error in nft's language, quoted or not, so a
 table so named cannot be written by ``nft -f`` nor by the backend's nft-syntax
 batches: :data:`~k3snet.render.nftables.NFT_WORDS` lists the words of nft(8)
-refused there, and the kernel test below holds that list to what the installed
-nft parses (``tests/data/nftables/nft8-words.txt``: every word of the nft(8) man
-page of nftables 1.0.6). Only the JSON syntax can name such a table.
+refused there, and a kernel test holds that list to what the installed nft parses
+(``tests/data/nftables/nft8-words.txt``: every word of the nft(8) man page of
+nftables 1.0.6). Only the JSON syntax can name such a table.
+
+The other way round, libnftables' JSON parser reads a few interface names as a
+protocol (``oifname`` ``"sctp"``), which nft's language takes quoted:
+:data:`~k3snet.render.nftables.NFT_JSON_IFNAME_WORDS`, held by a kernel test to the
+names among ``tests/data/nftables/ifname-words.txt`` (the words of nft(8) and of
+``/etc/protocols`` that are interface names) the installed nft refuses.
 """
 
 from __future__ import annotations
@@ -19,18 +25,22 @@ import pytest
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.errors import ModelError
 from k3snet.lab.netns import run_in
-from k3snet.model import MasqueradeRule, State
+from k3snet.model import ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
 from k3snet.render.nftables import (
+    NFT_JSON_IFNAME_WORDS,
     NFT_WORDS,
+    nft_rules,
+    nft_rules_json,
     render_nftables_conf,
     validate_nft_name,
     validate_table_name,
 )
 from k3snet.render.nftables_batch import NftCommands
 
-WORDS = (Path(__file__).resolve().parents[1] / "data" / "nftables" / "nft8-words.txt") \
-    .read_text().split()
+DATA = Path(__file__).resolve().parents[1] / "data" / "nftables"
+WORDS = (DATA / "nft8-words.txt").read_text().split()
+IFNAME_WORDS = (DATA / "ifname-words.txt").read_text().split()
 
 
 @pytest.mark.parametrize("word", ["counter", "table", "handle", "ip", "masquerade", "jump"])
@@ -86,3 +96,43 @@ def test_a_table_named_after_a_word_is_refused_before_anything_is_written(ns: st
     with NftablesBackend(ns, table="counter", syntax="json") as backend:
         backend.apply(plan(backend.observe(), wanted))
         assert backend.observe(refresh=True).owned == wanted.owned
+
+
+@pytest.mark.parametrize("name", sorted(NFT_JSON_IFNAME_WORDS))
+def test_an_interface_name_nfts_json_reads_as_a_protocol_is_refused_in_json_only(
+    name: str
+) -> None:
+    for obj in (MasqueradeRule("10.42.0.0/16", out_interface=name),
+                ForwardRule("10.42.0.0/16", "192.168.2.0/24", in_interface=name)):
+        with pytest.raises(ModelError, match=rf"'{name}' cannot be written through nft's JSON"):
+            nft_rules_json(obj)
+        assert f'"{name}"' in nft_rules(obj)[0].body  # nft's language quotes it
+
+
+def test_the_interface_list_holds_only_interface_names_of_the_word_list() -> None:
+    assert set(IFNAME_WORDS) >= NFT_JSON_IFNAME_WORDS
+    for name in IFNAME_WORDS:  # every one a name k3snet takes for an interface
+        assert MasqueradeRule("10.42.0.0/16", out_interface=name).out_interface == name
+
+
+@pytest.mark.kernel
+def test_the_interface_list_is_exactly_the_names_the_installed_nfts_json_refuses(
+    ns: str
+) -> None:
+    run_in(ns, ["nft", "add table inet t; add chain inet t c"])
+
+    def refused(names: list[str]) -> set[str]:
+        """Halving: a batch of names that loads (dry run) holds none the parser refuses."""
+        rules = ",".join(
+            '{"add":{"rule":{"family":"inet","table":"t","chain":"c","expr":[{"match":'
+            f'{{"op":"==","left":{{"meta":{{"key":"oifname"}}}},"right":"{name}"}}}},'
+            '{"accept":null}]}}}' for name in names)
+        done = run_in(ns, ["nft", "-c", "-j", "-f", "-"], check=False,
+                      input_text=f'{{"nftables":[{rules}]}}')
+        if done.returncode == 0:
+            return set()
+        if len(names) == 1:
+            return set(names)
+        return refused(names[:len(names) // 2]) | refused(names[len(names) // 2:])
+
+    assert refused(IFNAME_WORDS) == NFT_JSON_IFNAME_WORDS
