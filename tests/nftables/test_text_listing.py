@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from k3snet.backends.nftables import NftablesBackend
@@ -363,6 +363,12 @@ NOT_TAKEN: dict[str, Callable[[str], str]] = {
     "addresses of a family other than the rule's": _replace(
         "ip saddr 10.42.0.0/16 ip daddr 192.168.0.0/16 ip daddr !=",
         "ip saddr 10.42.0.0/16 ip6 daddr 192.168.0.0/16 ip daddr !="),
+    # nft prints no leading zero (a CI draw of the random-edit property below found it read)
+    "a rule's handle with a leading zero": _replace("# handle 8\n", "# handle 08\n"),
+    "a chain's handle with a leading zero": _replace("handle_marker { # handle 12\n",
+                                                     "handle_marker { # handle 012\n"),
+    "the table's handle with a leading zero": _replace("k3snet { # handle 1\n",
+                                                       "k3snet { # handle 01\n"),
 }
 
 
@@ -384,6 +390,7 @@ def test_a_tag_that_is_not_the_rules_own_is_read_for_the_json_reader_to_judge() 
 
 
 @settings(max_examples=300)
+@example(position=528, junk="0", cut=0)  # a CI draw: "# handle 08" was read as handle 8
 @given(position=st.integers(0, len(LISTED) - 1), junk=st.sampled_from(
     ["", " ", "0", "1", "/", ".", ":", "!", '"', "\t", "\n", "ip ", "!= ", "f", "9", "#"]),
     cut=st.integers(0, 3))

@@ -48,9 +48,10 @@ from k3snet.render.nftables import (
 
 __all__ = ["Lines", "ListedRule", "ListedTable", "expected_lines", "listed_rules", "prefix_of"]
 
-_TABLE = re.compile(r"table ([a-z0-9]+) ([A-Za-z][A-Za-z0-9_-]*) \{ # handle \d+")
-_CHAIN = re.compile(r"\tchain ([A-Za-z0-9_-]+) \{ # handle \d+")
-_RULE = re.compile(r'\t\t(.+) comment "(k3snet:[0-9a-f]{16})(:reply)?" # handle (\d+)')
+# A handle as nft prints it: no leading zero (anything nft does not print is not taken).
+_TABLE = re.compile(r"table ([a-z0-9]+) ([A-Za-z][A-Za-z0-9_-]*) \{ # handle [1-9]\d*")
+_CHAIN = re.compile(r"\tchain ([A-Za-z0-9_-]+) \{ # handle [1-9]\d*")
+_RULE = re.compile(r'\t\t(.+) comment "(k3snet:[0-9a-f]{16})(:reply)?" # handle ([1-9]\d*)')
 # What these read is only a proposal: the object must render back to the same text.
 _NAT = re.compile(
     r"(ip6?) saddr (\S+)"
