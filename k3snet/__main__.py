@@ -39,10 +39,12 @@ def end(code: int) -> int:
     """
     if os.environ.get("K3SNET_FULL_EXIT"):
         return code
+    from k3snet.cli import EXIT_BROKEN_PIPE  # noqa: PLC0415 - loaded by the command already
+
     try:
         sys.stdout.flush()
     except BrokenPipeError:
-        code = 141  # k3snet.cli.EXIT_BROKEN_PIPE: the reader went away
+        code = EXIT_BROKEN_PIPE  # the reader went away
     except OSError:
         code = code or 1
     with contextlib.suppress(OSError):

@@ -139,6 +139,28 @@ def test_the_hint_is_spent_by_the_read_it_served(monkeypatch: pytest.MonkeyPatch
         assert len(parsed) >= len(DESIRED.owned)
 
 
+def test_a_later_hinted_read_renders_nothing_the_process_rendered_already(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent reads again after any commit in the namespace: the hint must not make
+    # each such read render every expected object again.
+    kernel = FakeKernel.recorded("nft")
+    clear_caches()
+    built: list[object] = []
+    for name in ("_build_plain_masquerade", "_build_general"):
+        real = getattr(iptables_rules, name)
+        monkeypatch.setattr(iptables_rules, name,
+                            lambda obj, real=real: built.append(obj) or real(obj))
+    with backend_on(kernel, "nft") as backend:
+        backend.expect(DESIRED)
+        first = backend.observe()
+        assert len(built) >= len(DESIRED.owned)
+        built.clear()
+        backend.expect(DESIRED)
+        assert backend.observe() == first  # no token with a fake seam: read again
+        assert built == []
+
+
 def test_converge_hands_the_iptables_backend_its_part_of_the_desired_state(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -136,8 +136,6 @@ from k3snet.render.iptables.rules import (
     TABLES,
     Line,
     comment_digest,
-    remember,
-    render_new,
     render_unit,
     table_of,
 )
@@ -338,16 +336,17 @@ class IptablesBackend(BackendBase):
         self._expected = tuple(o for o in state.owned if type(o) in _TABLE_OF)
 
     def _render_expected(self) -> None:
-        """Render what :meth:`expect` named (once per hint) for the read about to run."""
+        """Render what :meth:`expect` named (once per hint) for the read about to run.
+
+        Through the render memo: an agent's later reads find these objects rendered
+        already (by this or an earlier read, or an apply) and pay a lookup each.
+        """
         expected, self._expected = self._expected, ()
-        units = {}
         for obj in expected:
             try:
-                unit = render_new(obj)
+                render_unit(obj)  # remembered by tag for rebuild_unit
             except K3snetError:
                 continue  # not a rule this backend can write: it cannot be in a table either
-            units[unit.digest] = unit
-        remember(units)
 
     def observe(self) -> State:
         """Our objects (rebuilt from rule text, hash-checked) and simple foreign rules.
