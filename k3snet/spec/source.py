@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from k3snet._gc import gc_paused
 from k3snet.errors import Problem, SpecError
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "load_mapping", "read_text"]
@@ -36,9 +37,21 @@ def _error(message: str, source: str | None) -> SpecError:
 
 
 def load_mapping(text: str, source: str | None) -> Any:
-    """Parse YAML (JSON when PyYAML is missing); any problem is a :class:`SpecError`."""
+    """Parse YAML (JSON when PyYAML is missing); any problem is a :class:`SpecError`.
+
+    The cyclic GC is paused while a large text is parsed (about one object per 64
+    characters): the parser's nodes made it collect over and over, 40 % of the
+    parse of a 10k-destination spec (docs/performance.md, "The cold path").
+    """
     if len(text) > MAX_BYTES:
         raise _error(f"the spec is {len(text)} characters; at most {MAX_BYTES} are read", source)
+    with gc_paused(len(text) // 64):
+        data = _parse(text, source)
+        _check_depth(data, source)
+    return data
+
+
+def _parse(text: str, source: str | None) -> Any:
     try:
         import yaml  # noqa: PLC0415 - optional dependency (k3snet[spec])
     except ImportError:
@@ -51,7 +64,6 @@ def load_mapping(text: str, source: str | None) -> Any:
                          f"(pip install 'k3snet[spec]'): {str(exc)[:200]}", source) from None
     else:
         data = _load_yaml(yaml, text, source)
-    _check_depth(data, source)
     return data
 
 
