@@ -13,8 +13,11 @@ node facts, compile, observe, plan, and the total inside; then the whole
 process as this one sees it (``process``: wall, and CPU from ``getrusage`` of
 the children) and what lies outside the stages (``outside``: the interpreter's
 start and the process's end). Prints the median CPU / wall ms of each.
-``--read-timeout`` raises the nftables listing bound for a loaded machine. What
-was applied goes with the namespace.
+``--read-timeout`` raises the nftables listing bound for a loaded machine.
+``--full`` times a full apply instead (every object added to an empty node, which a
+``k3snet destroy`` empties again, untimed, before each run), with two more stages:
+``apply`` (the backends' apply) and ``print`` (the output). What was applied goes
+with the namespace.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ def child(argv: list[str]) -> int:
     wrap(cli, "compile_for", "compile")
     wrap(k3snet.backends.group.BackendGroup, "observe", "observe")
     wrap(sys.modules["k3snet.converge"], "plan", "plan")
+    wrap(k3snet.backends.group.BackendGroup, "apply", "apply")
+    wrap(cli, "_print_apply", "print")
     code = cli.main(argv)
     times["total"] = [time.process_time() - cpu0, time.perf_counter() - wall0]
     print(json.dumps(times), file=sys.stderr)
@@ -87,6 +92,8 @@ def main() -> int:
     parser.add_argument("--read-timeout", type=float, default=300.0)
     parser.add_argument("--backends", nargs="+", choices=list(paths.BACKENDS),
                         default=["routes", "nftables"])
+    parser.add_argument("--full", action="store_true",
+                        help="a full apply from an empty node instead of one change")
     args = parser.parse_args()
     versions = {"before": args.before, "after": args.after}
     for name in args.backends:
@@ -125,6 +132,11 @@ def main() -> int:
             results: dict[str, list[dict[str, list[float]]]] = {k: [] for k in versions}
             for _ in range(args.runs):
                 for key, python in versions.items():
+                    if args.full:
+                        n.destroy()
+                        paths.settle()
+                        results[key].append(apply(python, base))
+                        continue
                     for spec in (plus, base):
                         paths.settle()
                         results[key].append(apply(python, spec))

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import attrs
 
 from k3snet._version import __version__
+from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE
 from k3snet.backends.lock import namespaces_of
@@ -39,7 +40,7 @@ from k3snet.facts import gather_facts
 from k3snet.kube import configmap_ref
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import PlanFile
-from k3snet.planner import Plan, plan
+from k3snet.planner import Change, Plan, plan
 from k3snet.spec import Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
 
@@ -663,6 +664,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             return apply_plan(backend, p, desired=wanted, dry_run=dry_run, **options)
 
         fixed, wanted = (saved.plan, saved.desired) if saved else (None, None)
+        shown: Plan | None = None  # the plan already printed for the user to approve
         if args.dry_run:
             preview = run(fixed, wanted, dry_run=True)
             problems = tuple(backend.check(preview.plan)) if preview.plan.changes else ()
@@ -680,14 +682,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     return EXIT_ERROR
                 fixed = preview.plan
                 wanted = desired
+                shown = preview.plan
         done = run(fixed, wanted, dry_run=False)
-    _print_apply(args, done)
+    _print_apply(args, done, shown=shown)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
 
 
 def _print_apply(args: argparse.Namespace, done: Convergence,
-                 problems: Sequence[str] = ()) -> None:
+                 problems: Sequence[str] = (), *, shown: Plan | None = None) -> None:
+    """The plan (unless ``shown`` already, for approval), then what was applied."""
     if args.output == "json":
         _print_json({
             "format": JSON_FORMAT,
@@ -699,9 +703,11 @@ def _print_apply(args: argparse.Namespace, done: Convergence,
             "problems": list(problems),
         })
         return
-    print(_colour(done.plan.render(), args))
+    if shown is None or not _same_changes(shown.changes, done.plan.changes):
+        print(_colour(done.plan.render(), args))
+        shown = done.plan
     if done.result is not None:
-        print(done.result.render())
+        print(_result_text(shown, done.result))
     if args.dry_run:
         if problems:
             print("The backends' check found problems; nothing was changed:")
@@ -724,10 +730,34 @@ def cmd_destroy(args: argparse.Namespace) -> int:
             print("k3snet: nothing was changed", file=sys.stderr)
             return EXIT_ERROR
         done = destroy(backend)
+        if not _same_changes(preview.plan.changes, done.plan.changes):
+            print(done.plan.render())  # the node changed since the listing above
     if done.result is not None:
-        print(done.result.render())
+        print(_result_text(done.plan, done.result))
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
+
+
+def _same_changes(a: Sequence[Change], b: Sequence[Change]) -> bool:
+    """The same changes, in any order (by identity first: an apply returns the plan's own)."""
+    if len(a) != len(b):
+        return False
+    return {id(c) for c in a} == {id(c) for c in b} or set(a) == set(b)
+
+
+def _result_text(shown: Plan, result: ApplyResult) -> str:
+    """``backend: N change(s) applied in K operation(s)``; the changes again only where
+    they are not the plan printed above (``shown``): one line per change is what a
+    user reads once, and what a 10k-change apply spent ~10 % of its time describing."""
+    head = (f"{result.backend}: {len(result.applied)} change(s) applied "
+            f"in {result.operations} operation(s)")
+    if _same_changes(shown.changes, result.applied):
+        return f"{head}, as planned above."
+    applied, planned = set(result.applied), set(shown.changes)
+    lines = [f"{head}, not as planned above:"]
+    lines += [f"  not applied: {c}" for c in shown.changes if c not in applied]
+    lines += [f"  applied, not planned: {c}" for c in result.applied if c not in planned]
+    return "\n".join(lines)
 
 
 def _confirm(question: str) -> bool:
@@ -802,7 +832,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 return EXIT_ERROR
             done = converge(backend, d.desired)
             if done.result is not None:
-                print(done.result.render())
+                print(_result_text(d.plan, done.result))
         after = diagnose(attrs.evolve(
             NodeState.from_capture(NodeCapture.read_live(args.netns)),
             cluster_cidrs=state.cluster_cidrs, service_cidrs=state.service_cidrs,

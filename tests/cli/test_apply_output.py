@@ -1,0 +1,97 @@
+"""What `k3snet apply` and `destroy` print: each change once, then what was applied, with the
+changes listed again only where they are not the plan printed above."""
+
+from __future__ import annotations
+
+import builtins
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from k3snet import MemoryBackend, Plan, State, Sysctl, register_backend
+from k3snet.backends.base import ApplyResult
+from k3snet.backends.registry import unregister_backend
+from k3snet.cli import main
+from k3snet.planner import Change
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+APPLY = ["apply", "-f", str(SEED), "--no-facts"]
+
+
+def _change_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line[:2] in {"+ ", "- ", "~ "}]
+
+
+def test_apply_lists_each_change_once_then_says_it_went_as_planned(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*APPLY, "--backend", "memory"]) == 0
+    out = capsys.readouterr().out
+    changes = _change_lines(out)
+    assert len(changes) == 8
+    for line in changes:
+        assert out.count(line[2:]) == 1, line  # the changes are never printed again
+    assert out.splitlines()[-1] == (
+        "memory: 8 change(s) applied in 8 operation(s), as planned above.")
+
+
+def test_an_approved_apply_shows_its_plan_once(capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+
+    def answer(question: str) -> str:
+        asked.append(question)
+        return "yes"
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(builtins, "input", answer)
+    assert main([*APPLY, "--backend", "memory"]) == 0
+    out = capsys.readouterr().out
+    assert asked == ["Apply these changes? Only 'yes' is accepted: "]
+    assert out.count("+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0") == 1
+    assert out.count("Plan: 8 to add") == 1
+    assert out.splitlines()[-1].endswith("as planned above.")
+
+
+class _Skewed(MemoryBackend):
+    """Reports an apply other than the plan: the first change left out, one more added."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        done = super().apply(plan)
+        other = Sysctl("net.ipv4.conf.all.rp_filter", "2")
+        return attrs.evolve(done, applied=(*done.applied[1:], Change("add", None, other)))
+
+
+@pytest.fixture
+def skewed() -> Iterator[str]:
+    register_backend("memory-skewed", _Skewed)
+    try:
+        yield "memory-skewed"
+    finally:
+        unregister_backend("memory-skewed")
+
+
+def test_an_apply_other_than_planned_lists_the_difference(
+        capsys: pytest.CaptureFixture[str], skewed: str) -> None:
+    assert main([*APPLY, "--backend", skewed]) == 0
+    out = capsys.readouterr().out.splitlines()
+    at = out.index("memory: 8 change(s) applied in 8 operation(s), not as planned above:")
+    assert out[at + 1:] == ["  not applied: + sysctl net.ipv4.ip_forward = 1",
+                            "  applied, not planned: + sysctl net.ipv4.conf.all.rp_filter = 2"]
+
+
+def test_destroy_lists_each_change_once(capsys: pytest.CaptureFixture[str]) -> None:
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.ip_forward", "1"),
+                                      Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-held-out", lambda: held)
+    try:
+        assert main(["destroy", "--backend", "memory-held-out", "--auto-approve"]) == 0
+    finally:
+        unregister_backend("memory-held-out")
+    out = capsys.readouterr().out
+    assert out.count("- sysctl net.ipv4.ip_forward = 1") == 1
+    assert out.splitlines()[-1] == (
+        "memory: 2 change(s) applied in 2 operation(s), as planned above.")
+    assert not held.observe().owned
