@@ -16,8 +16,9 @@ start and the process's end). Prints the median CPU / wall ms of each.
 ``--read-timeout`` raises the nftables listing bound for a loaded machine.
 ``--full`` times a full apply instead (every object added to an empty node, which a
 ``k3snet destroy`` empties again, untimed, before each run), with two more stages:
-``apply`` (the backends' apply) and ``print`` (the output). What was applied goes
-with the namespace.
+``apply`` (the backends' apply) and ``print`` (the output). ``--plan`` times a
+``k3snet plan`` of one pending change instead (nothing is applied). What was
+applied goes with the namespace.
 """
 
 from __future__ import annotations
@@ -92,8 +93,11 @@ def main() -> int:
     parser.add_argument("--read-timeout", type=float, default=300.0)
     parser.add_argument("--backends", nargs="+", choices=list(paths.BACKENDS),
                         default=["routes", "nftables"])
-    parser.add_argument("--full", action="store_true",
-                        help="a full apply from an empty node instead of one change")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true",
+                      help="a full apply from an empty node instead of one change")
+    mode.add_argument("--plan", action="store_true",
+                      help="`k3snet plan` of one pending change instead of applying it")
     args = parser.parse_args()
     versions = {"before": args.before, "after": args.after}
     for name in args.backends:
@@ -102,20 +106,21 @@ def main() -> int:
         with paths.node(name) as n:
             base, plus = n.spec(args.count), n.spec(args.count, 1)
 
-            def apply(python: str, spec: Path, n: paths.Node = n,
-                      extra: list[str] = extra) -> dict[str, list[float]]:
+            def apply(python: str, spec: Path, n: paths.Node = n, extra: list[str] = extra,
+                      command: str = "apply") -> dict[str, list[float]]:
                 # Each version its own spec cache: its key holds the modules' mtimes, so
                 # the two versions in turn would each parse the other's YAML again.
                 state = n.tmp / ("state-before" if python == args.before else "state-after")
                 state.mkdir(exist_ok=True)
                 cpu, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                argv = (["plan", "-f", str(spec)] if command == "plan" else
+                        ["apply", "-f", str(spec), "--auto-approve", "--allow-teardown"])
                 done = subprocess.run(
-                    [python, __file__, "--child", "apply", "-f", str(spec), "--auto-approve",
-                     "--allow-teardown", "--netns", n.ns, *n.args, *extra],
+                    [python, __file__, "--child", *argv, "--netns", n.ns, *n.args, *extra],
                     check=False, env={**n.env, "K3SNET_STATE_DIR": str(state)},
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                if done.returncode != 0:
-                    raise SystemExit(f"k3snet apply failed: {done.stderr[-2000:]}")
+                if done.returncode not in ((2,) if command == "plan" else (0,)):
+                    raise SystemExit(f"k3snet {command} failed: {done.stderr[-2000:]}")
                 wall = time.perf_counter() - wall
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu_s = (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime)
@@ -136,6 +141,10 @@ def main() -> int:
                         n.destroy()
                         paths.settle()
                         results[key].append(apply(python, base))
+                        continue
+                    if args.plan:  # one change pending, as in the one-change apply
+                        paths.settle()
+                        results[key].append(apply(python, plus, command="plan"))
                         continue
                     for spec in (plus, base):
                         paths.settle()

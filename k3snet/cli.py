@@ -599,8 +599,11 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = _spec(args)
     with _backend(args, spec) as backend:
-        observed = backend.observe()
+        # Compiled first, so the backends that take the hint (``expect``, as ``converge``
+        # gives it) read their own objects back without parsing them.
         desired = _desired(args, spec, backend)
+        backend.expect(desired.only(backend.capabilities))
+        observed = backend.observe()
         p = plan(observed, desired)
         if args.out is not None:
             _save_planfile(args, backend, observed, desired, p)

@@ -95,3 +95,4 @@ def test_destroy_lists_each_change_once(capsys: pytest.CaptureFixture[str]) -> N
     assert out.splitlines()[-1] == (
         "memory: 2 change(s) applied in 2 operation(s), as planned above.")
     assert not held.observe().owned
+
