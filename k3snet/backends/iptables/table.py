@@ -190,11 +190,13 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
     plan deletes it and the apply of that delete rewrites what is wrong.
     """
     rules = dump.rules if dump is not None else {}
+    # Only ip6tables-save prints addresses another way than k3snet renders them.
+    read = _read6 if family == 6 else tokenize
     state = TableState(
         family=family,
         hook=hook,
-        hook_rules=[normalize(tokenize(s)) for s in rules.get(hook.builtin, ())],
-        chains={name: [normalize(tokenize(s)) for s in specs]
+        hook_rules=[read(s) for s in rules.get(hook.builtin, ())],
+        chains={name: [read(s) for s in specs]
                 for name, specs in rules.items() if name.startswith(PREFIX)},
     )
     _find_units(state)
@@ -203,6 +205,10 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
     for drift in _drift_objects(state):
         state.owned[drift.key] = drift
     return state
+
+
+def _read6(text: str) -> Line:
+    return normalize(tokenize(text))
 
 
 def _find_units(state: TableState) -> None:
