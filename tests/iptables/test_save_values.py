@@ -77,3 +77,10 @@ def test_normalize_is_the_identity_on_ipv4_lines(tokens: list[str]) -> None:
     line = tuple(t for t in tokens if ":" not in t or "-" in t)
     assert normalize(line) == line
     assert normalize(tokenize(" ".join(line))) == tokenize(" ".join(line))
+
+
+def test_a_rule_ending_in_a_negation_is_not_read() -> None:
+    line = ("-s", "10.42.0.0/16", "-j", "MASQUERADE")
+    assert parse_rule(line) is not None
+    assert parse_rule((*line, "!")) is None
+    assert parse_rule(("!", "-s", "10.42.0.0/16", "-j", "MASQUERADE")) is not None

@@ -651,7 +651,7 @@ def parse_rule(tokens: Line) -> RuleFields | None:  # noqa: PLR0912 - one branch
             neg = False
     except (IndexError, ValueError):
         return None
-    return fields
+    return None if neg else fields  # a '!' negating nothing is no rule iptables prints
 
 
 def comment_digest(tokens: Line) -> str | None:
