@@ -1,4 +1,4 @@
-"""Where a cold one-change `k3snet apply` spends its CPU: each stage timed, two installs A/B.
+"""Where a cold `k3snet apply` (or `plan`) spends its CPU: each stage timed, two installs A/B.
 
 Run as root (one fresh network namespace per backend, deleted at the end)::
 
