@@ -235,29 +235,40 @@ def _nat_all_rule(spec: Spec, pod: Network) -> MasqueradeRule | SnatRule | None:
 def _fact_problems(spec: Spec, facts: NodeFacts) -> list[Problem]:
     problems: list[Problem] = []
     known = set(facts.interfaces)
+    # One verdict per distinct gateway and device: 10 000 destinations usually share a
+    # few, and each verdict scans every connected and routed prefix of the node.
+    verdicts: dict[tuple[Address, str | None], str | None] = {}
     for i, dest in enumerate(spec.destinations):
         path = f"destinations[{i}]"
         if known and dest.device is not None and dest.device not in known:
             problems.append(Problem(f"{path}.device", f"no interface {dest.device!r} on "
                                     f"{facts.hostname or 'the node'} "
                                     f"(has: {', '.join(sorted(known))})"))
-        if (dest.gateway is not None and (facts.interfaces or facts.routes)
-                and not facts.reaches(dest.gateway)):
-            problems.append(Problem(f"{path}.gateway",
-                                    f"gateway {dest.gateway} is not inside any connected or "
-                                    f"routed prefix of {facts.hostname or 'the node'} "
-                                    f"({', '.join(map(str, facts.connected() + facts.routes))})"))
-        elif (dest.gateway is not None and dest.device is not None
-                and dest.device in facts.interfaces
-                and not any(contains(a.network, dest.gateway)
-                            for a in facts.interfaces[dest.device])
-                and not any(contains(n, dest.gateway) for n in facts.routes)):
-            problems.append(Problem(f"{path}.gateway",
-                                    f"gateway {dest.gateway} is not on {dest.device}'s networks"))
+        if dest.gateway is None:
+            continue
+        key = (dest.gateway, dest.device)
+        if key not in verdicts:
+            verdicts[key] = _gateway_problem(dest.gateway, dest.device, facts)
+        message = verdicts[key]
+        if message is not None:
+            problems.append(Problem(f"{path}.gateway", message))
     out = spec.masquerade.out_interface
     if known and out is not None and out not in known:
         problems.append(Problem("masquerade.outInterface", f"no interface {out!r} on the node"))
     return problems
+
+
+def _gateway_problem(gateway: Address, device: str | None, facts: NodeFacts) -> str | None:
+    """Why ``gateway`` (through ``device``) cannot be used on the node of ``facts``."""
+    if (facts.interfaces or facts.routes) and not facts.reaches(gateway):
+        return (f"gateway {gateway} is not inside any connected or routed prefix of "
+                f"{facts.hostname or 'the node'} "
+                f"({', '.join(map(str, facts.connected() + facts.routes))})")
+    if (device is not None and device in facts.interfaces
+            and not any(contains(a.network, gateway) for a in facts.interfaces[device])
+            and not any(contains(n, gateway) for n in facts.routes)):
+        return f"gateway {gateway} is not on {device}'s networks"
+    return None
 
 
 # ---------------------------------------------------------------- flannel

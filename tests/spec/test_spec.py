@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k3snet import (
     MasqueradeRule,
@@ -154,3 +156,41 @@ def test_explicit_sysctl_wins_over_managed_forwarding() -> None:
                            "sysctls": {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 2}})
     sysctls = sorted(o.describe() for o in compile_spec(spec).owned if isinstance(o, Sysctl))
     assert sysctls == ["sysctl net.ipv4.conf.all.rp_filter = 2", "sysctl net.ipv4.ip_forward = 1"]
+
+
+_GATEWAYS = ["192.168.1.1", "192.168.9.1", "172.16.0.1", "fd00::1", "fd09::1"]
+_DEVICES = [None, "eth0", "eth1", "ens3"]
+
+
+def _fact_problem_lines(destinations: list[dict[str, str]], facts: NodeFacts) -> list[str]:
+    try:
+        compile_spec(Spec.from_dict({"destinations": destinations,
+                                     "cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]}}),
+                     facts)
+    except SpecError as exc:
+        return [f"{p.path}: {p.message}" for p in exc.problems]
+    return []
+
+
+@given(st.lists(st.tuples(st.sampled_from(_GATEWAYS), st.sampled_from(_DEVICES)),
+                min_size=1, max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_destinations_sharing_a_gateway_each_get_the_problems_they_get_alone(
+        pairs: list[tuple[str, str | None]]) -> None:
+    # The gateway verdict is made once per distinct gateway and device: every destination
+    # still gets its own problems, at its own path.
+    facts = NodeFacts(interfaces={"eth0": ["192.168.1.5/24", "fd00::5/64"],
+                                  "eth1": ["192.168.9.5/24"]},
+                      routes=["172.16.0.0/12"], hostname="node-1")
+    destinations = []
+    for n, (gateway, device) in enumerate(pairs):
+        entry = {"cidr": f"100.64.{n}.0/24" if "." in gateway else f"fd64:{n}::/64",
+                 "gateway": gateway}
+        if device is not None:
+            entry["device"] = device
+        destinations.append(entry)
+    expected = []
+    for n, entry in enumerate(destinations):
+        expected += [line.replace("destinations[0]", f"destinations[{n}]", 1)
+                     for line in _fact_problem_lines([entry], facts)]
+    assert _fact_problem_lines(destinations, facts) == expected
