@@ -136,15 +136,23 @@ class State:
         return tuple(k for k in known_kinds() if k in present)
 
     def only(self, kinds: Iterable[str]) -> State:
-        """The part of this state (owned and foreign) of the given kinds."""
+        """The part of this state (owned and foreign) of the given kinds (this very
+        state when it holds no other kind: building it again sorted every object)."""
         wanted = frozenset(kinds)
+        if all(o.kind in wanted for o in self.owned) and all(
+                o.kind in wanted for o in self.foreign):
+            return self
         return State(
             owned=(o for o in self._ordered if o.kind in wanted),
             foreign=(o for o in self.foreign if o.kind in wanted),
         )
 
     def merge(self, *others: State) -> State:
-        """Union with other states (owned keys must stay unique)."""
+        """Union with other states (owned keys must stay unique); the one state that
+        holds anything when the others are empty."""
+        full = [state for state in (self, *others) if state.owned or state.foreign]
+        if len(full) <= 1:
+            return full[0] if full else self
         owned = set(self.owned)
         foreign = set(self.foreign)
         for other in others:
