@@ -41,7 +41,7 @@ def load_mapping(text: str, source: str | None) -> Any:
 
     The cyclic GC is paused while a large text is parsed (about one object per 64
     characters): the parser's nodes made it collect over and over, 40 % of the
-    parse of a 10k-destination spec (docs/performance.md, "The cold path").
+    parse of a 10k-destination spec (docs/performance.md, "The evening of 2026-12-02").
     """
     if len(text) > MAX_BYTES:
         raise _error(f"the spec is {len(text)} characters; at most {MAX_BYTES} are read", source)
