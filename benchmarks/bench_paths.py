@@ -13,6 +13,9 @@ destinations of a generated spec: 10 000, ``--quick`` 1 000):
   owned objects plus the raw single-change command (``nft list table`` + ``nft
   add rule``; ``iptables-save`` + ``iptables -A``; ``ip route show`` + ``ip route
   replace``); goal 1.5x;
+* no-op, cold: ``k3snet apply`` of the spec the node already holds (what most
+  runs of a cron job are: nothing to do) against one raw read; no goal of its
+  own (the issue's first table had it: 3.3x-35x);
 * agent no-op: the agent's look for changes between passes (change tokens), and
   its full resync pass (spec read, facts, observe, plan), against one raw read;
   goal 0.1x;
@@ -257,6 +260,15 @@ def one_change_cold(n: Node, count: int, runs: int) -> None:
           detail=f"{count} owned; raw = read + 1 command")
 
 
+def no_op_cold(n: Node, count: int, runs: int) -> None:
+    """A cold ``k3snet apply`` with nothing to do (the node at ``count``) vs a raw read."""
+    base = n.spec(count)
+    n.apply(base)
+    mine = measure(lambda: n.apply(base), runs, before=settle)
+    raw = measure(n.raw_read, runs, before=settle)
+    ratio("no-op, cold CLI", n.name, mine, raw, goal=None, detail=f"{count} owned; raw = read")
+
+
 def agent_no_op(n: Node, count: int, runs: int) -> None:
     """The agent, warm, on a node where nothing changes (state of one_change_cold)."""
     path = n.spec(count)
@@ -363,6 +375,7 @@ def main() -> int:
         print(f"-- {name}, {count} owned objects, {runs} runs, medians", flush=True)
         with node(name) as n:
             one_change_cold(n, count, runs)
+            no_op_cold(n, count, runs)
             agent_no_op(n, count, runs)
             n.destroy()
             n.raw_clear()
