@@ -17,8 +17,10 @@ start and the process's end). Prints the median CPU / wall ms of each.
 ``--full`` times a full apply instead (every object added to an empty node, which a
 ``k3snet destroy`` empties again, untimed, before each run), with two more stages:
 ``apply`` (the backends' apply) and ``print`` (the output). ``--plan`` times a
-``k3snet plan`` of one pending change instead (nothing is applied). What was
-applied goes with the namespace.
+``k3snet plan`` of one pending change instead (nothing is applied), and
+``--observe`` a ``k3snet observe`` (no spec: the backends read without the hint
+of expected objects, as a library ``observe()`` does). What was applied goes
+with the namespace.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def main() -> int:
                       help="a full apply from an empty node instead of one change")
     mode.add_argument("--plan", action="store_true",
                       help="`k3snet plan` of one pending change instead of applying it")
+    mode.add_argument("--observe", action="store_true",
+                      help="`k3snet observe` (no spec, so no hint) instead of applying")
     args = parser.parse_args()
     versions = {"before": args.before, "after": args.after}
     for name in args.backends:
@@ -113,8 +117,8 @@ def main() -> int:
                 state = n.tmp / ("state-before" if python == args.before else "state-after")
                 state.mkdir(exist_ok=True)
                 cpu, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-                argv = (["plan", "-f", str(spec)] if command == "plan" else
-                        ["apply", "-f", str(spec), "--auto-approve", "--allow-teardown"])
+                argv = {"plan": ["plan", "-f", str(spec)], "observe": ["observe"]}.get(
+                    command, ["apply", "-f", str(spec), "--auto-approve", "--allow-teardown"])
                 done = subprocess.run(
                     [python, __file__, "--child", *argv, "--netns", n.ns, *n.args, *extra],
                     check=False, env={**n.env, "K3SNET_STATE_DIR": str(state)},
@@ -142,9 +146,10 @@ def main() -> int:
                         paths.settle()
                         results[key].append(apply(python, base))
                         continue
-                    if args.plan:  # one change pending, as in the one-change apply
+                    if args.plan or args.observe:  # one change pending, as in the apply
                         paths.settle()
-                        results[key].append(apply(python, plus, command="plan"))
+                        results[key].append(apply(python, plus, command="plan" if args.plan
+                                                  else "observe"))
                         continue
                     for spec in (plus, base):
                         paths.settle()
