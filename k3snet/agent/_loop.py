@@ -487,8 +487,12 @@ class Agent:
                 return 0 if self.run_pass().status == "ok" else 1
             while not self._stopping.is_set():
                 started = self._monotonic()
-                self.run_pass()
-                self._wait_after(started)
+                # The tokens before the pass: a change made while it ran (after its
+                # observe) must start the next pass, not hide in the baseline taken after.
+                _, before = (self.changes_seen(None) if self.options.watch is not None
+                             else (False, None))
+                result = self.run_pass()
+                self._wait_after(started, before if result.status == "ok" else None)
                 self._wake.clear()
             return 0
         finally:
@@ -515,9 +519,18 @@ class Agent:
             return False, None
         return token is not None and now != token, now
 
-    def _wait_after(self, started: float) -> None:
+    def _wait_after(self, started: float,
+                    before: tuple[Hashable | None, ...] | None = None) -> None:
         """Wait for the interval (from the end of the pass, as before), a wake-up, or
-        (watching) a change on the node."""
+        (watching) a change on the node.
+
+        ``before``: the tokens read just before a pass that succeeded. When they moved
+        while it ran, the next pass starts after the watch gap: a foreign change made
+        after the pass observed would otherwise be in the baseline read now and wait
+        for the interval. The pass's own apply moves them too; the pass after it then
+        finds nothing to do (and confirms what was applied) unless something else
+        changed.
+        """
         deadline = self._monotonic() + self.options.interval
         watch = self.options.watch
         _, token = self.changes_seen(None) if watch else (False, None)
@@ -525,6 +538,12 @@ class Agent:
             self._wake.wait(max(0.0, deadline - self._monotonic()))
             return
         earliest = started + self.options.watch_gap
+        if before is not None and token != before:
+            _log.debug("the node changed during the pass: passing again")
+            gap = earliest - self._monotonic()
+            if gap > 0:
+                self._wake.wait(gap)
+            return
         while True:
             left = deadline - self._monotonic()
             if left <= 0 or self._wake.wait(min(watch, left)):
