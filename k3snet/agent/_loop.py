@@ -366,16 +366,21 @@ class Agent:
 
     def _converge_one(self, spec: Spec, group: BackendGroup, part: str) -> Sequence[Change]:
         desired = self._desired(spec, group)
-        if self._in_sync(group, desired, part):
+        # Read before observing: what is recorded as in sync below is then at most what
+        # the observe saw. Read after, it took in a change made after the observe, and
+        # every later pass was "in sync" with it, observing nothing until another move.
+        tokens = self._tokens(group)
+        synced = self._synced.get(part)
+        if synced is not None and synced[0] is desired and tokens == synced[1]:
+            # The last pass found nothing to do for this very desired state and no
+            # change token moved since: this one would find nothing either.
             return ()
         self._synced.pop(part, None)
         done = converge(group, desired)
-        if done.plan.empty:
+        if done.plan.empty and tokens is not None:
             # Nothing to do: until a token moves (or the desired state does), observing
             # and planning again would find nothing either.
-            tokens = self._tokens(group)
-            if tokens is not None:
-                self._synced[part] = (desired, tokens)
+            self._synced[part] = (desired, tokens)
         return done.result.applied if done.result is not None else ()
 
     def _tokens(self, group: BackendGroup) -> tuple[Hashable | None, ...] | None:
@@ -385,13 +390,6 @@ class Agent:
         except Exception:  # noqa: BLE001 - converge will meet (and report) the same failure
             return None
         return None if any(t is None for t in tokens) else tokens
-
-    def _in_sync(self, group: BackendGroup, desired: State, part: str) -> bool:
-        """Whether the last pass found nothing to do for this very desired state, and no
-        change token moved since: then this pass would find nothing either."""
-        synced = self._synced.get(part)
-        return (synced is not None and synced[0] is desired
-                and self._tokens(group) == synced[1])
 
     def _cluster_writer(self) -> bool:
         if self._elector_factory is None:

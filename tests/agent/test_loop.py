@@ -411,3 +411,31 @@ def test_a_pass_with_nothing_moved_observes_nothing(tmp_path: Path) -> None:
     seen = memory.observes
     assert agent.run_pass().applied
     assert memory.observes > seen
+
+
+def test_a_change_after_a_quiet_pass_observed_is_found_by_the_next_pass(tmp_path: Path) -> None:
+    # A pass that finds nothing to do records the tokens as "in sync". Read after its
+    # observe, they took in a change made meanwhile, and every later pass skipped
+    # observing: the rule stayed missing until something else moved a token.
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = MovedWhileObserved()
+    compiled: dict[int, State] = {}  # the CLI's memo: the same spec gives the same state
+
+    def desired(spec: Spec, group: BackendGroup) -> State:
+        return compiled.setdefault(id(spec), compile_for(group, spec))
+
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), desired,
+                  AgentOptions("node-1", interval=3600))
+    assert len(agent.run_pass().applied) == 3
+    assert agent.run_pass().applied == ()
+    want = sorted(map(str, memory.state.owned))
+    nat = [c.inverse() for c in plan(State(), memory.state).changes if c.kind == "nat"]
+    memory.strike.append(Plan(changes=nat))  # removed right after the next observe
+    memory.generation += 1  # something moved: the next pass observes (and finds it whole)
+    assert agent.run_pass().applied == ()
+    assert not memory.strike
+    assert sorted(map(str, memory.state.owned)) != want
+    repaired = agent.run_pass()
+    assert repaired.drift == 1
+    assert sorted(map(str, memory.state.owned)) == want
