@@ -385,17 +385,24 @@ class CountingMemory(WatchedMemory):
         return super().observe()
 
 
-def test_a_pass_with_nothing_moved_observes_nothing(tmp_path: Path) -> None:
+def _memoized(tmp_path: Path, memory: WatchedMemory) -> tuple[Agent, Path]:
+    """An agent over ``memory`` whose desired state is the same object for the same spec
+    (the CLI's memo), with an interval of an hour; and its spec file."""
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC)
-    memory = CountingMemory()
-    compiled: dict[int, State] = {}  # the CLI's memo: the same spec gives the same state
+    compiled: dict[int, State] = {}
 
     def desired(spec: Spec, group: BackendGroup) -> State:
         return compiled.setdefault(id(spec), compile_for(group, spec))
 
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), desired,
                   AgentOptions("node-1", interval=3600))
+    return agent, path
+
+
+def test_a_pass_with_nothing_moved_observes_nothing(tmp_path: Path) -> None:
+    memory = CountingMemory()
+    agent, path = _memoized(tmp_path, memory)
     assert len(agent.run_pass().applied) == 3
     assert agent.run_pass().applied == ()  # observed: nothing to do, tokens kept
     seen = memory.observes
@@ -417,16 +424,8 @@ def test_a_change_after_a_quiet_pass_observed_is_found_by_the_next_pass(tmp_path
     # A pass that finds nothing to do records the tokens as "in sync". Read after its
     # observe, they took in a change made meanwhile, and every later pass skipped
     # observing: the rule stayed missing until something else moved a token.
-    path = tmp_path / "spec.yaml"
-    path.write_text(SPEC)
     memory = MovedWhileObserved()
-    compiled: dict[int, State] = {}  # the CLI's memo: the same spec gives the same state
-
-    def desired(spec: Spec, group: BackendGroup) -> State:
-        return compiled.setdefault(id(spec), compile_for(group, spec))
-
-    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), desired,
-                  AgentOptions("node-1", interval=3600))
+    agent, _ = _memoized(tmp_path, memory)
     assert len(agent.run_pass().applied) == 3
     assert agent.run_pass().applied == ()
     want = sorted(map(str, memory.state.owned))
