@@ -617,7 +617,7 @@ def parse_rule(tokens: Line) -> RuleFields | None:  # noqa: PLR0912 - one branch
                 i += 1
                 continue
             if tok in ("-s", "-d"):
-                net = _SAVED_NETWORKS.get(tokens[i + 1]) or _saved_network(tokens[i + 1])
+                net = _saved_network(tokens[i + 1])
                 if tok == "-s":
                     fields.source, fields.source_neg = net, neg
                 else:
