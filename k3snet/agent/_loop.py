@@ -218,6 +218,9 @@ class Agent:
         # "node"/"cluster" -> (the desired state, the change tokens) of the last pass
         # that found nothing to do there: see _converge_one.
         self._synced: dict[str, tuple[State, tuple[Hashable | None, ...]]] = {}
+        # (the group, the node part's change tokens read before the last pass observed):
+        # the watch's baseline after that pass (see run).
+        self._observed_at: tuple[BackendGroup, tuple[Hashable | None, ...] | None] | None = None
         self.passes = 0
 
     # ------------------------------------------------------------ probes
@@ -357,39 +360,46 @@ class Agent:
         node, cluster = split_cluster_wide(group)
         applied: list[Change] = []
         if node is not None:
-            applied += self._converge_one(spec, node, "node")
+            changes, tokens = self._converge_one(spec, node, "node")
+            applied += changes
+            self._observed_at = (group, tokens)
         leader = False
         if cluster is not None and self._cluster_writer():
             leader = True
-            applied += self._converge_one(spec, cluster, "cluster")
+            applied += self._converge_one(spec, cluster, "cluster")[0]
         return tuple(applied), leader
 
-    def _converge_one(self, spec: Spec, group: BackendGroup, part: str) -> Sequence[Change]:
+    def _converge_one(self, spec: Spec, group: BackendGroup, part: str
+                      ) -> tuple[Sequence[Change], tuple[Hashable | None, ...] | None]:
+        """What one part applied, and its change tokens as read before it observed
+        (``None``: unreadable)."""
         desired = self._desired(spec, group)
         # Read before observing: what is recorded as in sync below is then at most what
         # the observe saw. Read after, it took in a change made after the observe, and
         # every later pass was "in sync" with it, observing nothing until another move.
         tokens = self._tokens(group)
+        # Only when every member can tell is "no token moved" the same as "no change".
+        whole = tokens is not None and all(t is not None for t in tokens)
         synced = self._synced.get(part)
-        if synced is not None and synced[0] is desired and tokens == synced[1]:
+        if whole and synced is not None and synced[0] is desired and tokens == synced[1]:
             # The last pass found nothing to do for this very desired state and no
             # change token moved since: this one would find nothing either.
-            return ()
+            return (), tokens
         self._synced.pop(part, None)
         done = converge(group, desired)
-        if done.plan.empty and tokens is not None:
+        if done.plan.empty and whole and tokens is not None:
             # Nothing to do: until a token moves (or the desired state does), observing
             # and planning again would find nothing either.
             self._synced[part] = (desired, tokens)
-        return done.result.applied if done.result is not None else ()
+        return (done.result.applied if done.result is not None else ()), tokens
 
     def _tokens(self, group: BackendGroup) -> tuple[Hashable | None, ...] | None:
-        """The group's change tokens, if every member has one (else None: always observe)."""
+        """The group's change tokens (``None`` for a member that cannot tell), or ``None``
+        when reading them failed."""
         try:
-            tokens = group.change_token()
+            return group.change_token()
         except Exception:  # noqa: BLE001 - converge will meet (and report) the same failure
             return None
-        return None if any(t is None for t in tokens) else tokens
 
     def _cluster_writer(self) -> bool:
         if self._elector_factory is None:
@@ -485,16 +495,27 @@ class Agent:
                 return 0 if self.run_pass().status == "ok" else 1
             while not self._stopping.is_set():
                 started = self._monotonic()
-                # The tokens before the pass: a change made while it ran (after its
-                # observe) must start the next pass, not hide in the baseline taken after.
-                _, before = (self.changes_seen(None) if self.options.watch is not None
-                             else (False, None))
+                self._observed_at = None
                 result = self.run_pass()
-                self._wait_after(started, before if result.status == "ok" else None)
+                self._wait_after(started, self._baseline() if result.status != "failed"
+                                 else None)
                 self._wake.clear()
             return 0
         finally:
             self.shutdown()
+
+    def _baseline(self) -> tuple[Hashable | None, ...] | None:
+        """The node's change tokens as the last pass read them before it observed, if it
+        converged the group now in force (else ``None``).
+
+        A change made while the pass ran, after its observe, must start the next pass,
+        not hide in a baseline read after the pass. Read by the pass itself, this also
+        holds for an agent's first pass and for a new spec's new group, which no read
+        before the pass could cover.
+        """
+        if self._observed_at is None or self._observed_at[0] is not self._group:
+            return None
+        return self._observed_at[1]
 
     def changes_seen(self, token: tuple[Hashable | None, ...] | None
                      ) -> tuple[bool, tuple[Hashable | None, ...] | None]:

@@ -360,6 +360,40 @@ def test_a_change_made_while_a_pass_runs_starts_the_next_pass(tmp_path: Path) ->
         runner.join()
 
 
+def test_a_change_made_while_the_first_pass_runs_starts_the_next_pass(tmp_path: Path) -> None:
+    # A fresh agent has no group before its first pass, so the watch's baseline used to
+    # be read after that pass: a rule removed after it observed was in the baseline,
+    # and waited for the interval (an hour here). The pass's own reading (before its
+    # observe) is the baseline now.
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = MovedWhileObserved()
+
+    def started() -> Agent:
+        return Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
+                     lambda spec, group: compile_for(group, spec),
+                     AgentOptions("node-1", interval=3600, watch=0.01, watch_gap=0.0))
+
+    assert started().run_pass().applied  # an earlier agent left the node converged
+    want = sorted(map(str, memory.state.owned))
+    nat = [c.inverse() for c in plan(State(), memory.state).changes if c.kind == "nat"]
+    memory.strike.append(Plan(changes=nat))  # removed right after the first observe
+    agent = started()
+    runner = threading.Thread(target=agent.run)
+    runner.start()
+    try:
+        wait = threading.Event()
+        for _ in range(1000):  # at most 10 s, against an interval of an hour
+            if agent.passes >= 2 and sorted(map(str, memory.state.owned)) == want:
+                break
+            wait.wait(0.01)
+        assert not memory.strike
+        assert sorted(map(str, memory.state.owned)) == want
+    finally:
+        agent.stop()
+        runner.join()
+
+
 def test_no_change_no_pass_and_no_token_no_watch(tmp_path: Path) -> None:
     agent, memory = _watched(tmp_path, watch=0.01, watch_gap=0.0)
     agent.run_pass()
