@@ -107,8 +107,12 @@ class Reader:
 
     def networks(self, value: Any, path: str) -> tuple[Network, ...]:
         """A list of CIDRs; a bad entry is reported (``path[i]``) and left out."""
-        result = [self.convert(v, f"{path}[{i}]", parse_network)
-                  for i, v in enumerate(self.sequence(value, path))]
+        listed = self.sequence(value, path)
+        try:  # the common case: all good, and no path needed
+            return tuple([parse_network(v) for v in listed])
+        except (K3snetError, ValueError, TypeError):
+            pass
+        result = [self.convert(v, f"{path}[{i}]", parse_network) for i, v in enumerate(listed)]
         return tuple(n for n in result if n is not INVALID)
 
 
@@ -175,6 +179,10 @@ class Section:
     _checked: tuple[tuple[str, str, tuple[Check, ...]], ...] = attrs.field(init=False, repr=False)
     _children: tuple[tuple[str, str, Section, bool], ...] = attrs.field(init=False, repr=False)
     _reads: tuple[tuple[Field, str, str], ...] = attrs.field(init=False, repr=False)
+    # For read_section's fast path (a section of plain keys, none holding an object of
+    # another section: a destination): each key's field, and the keys that must be there.
+    _by_key: Mapping[str, Field] | None = attrs.field(init=False, repr=False)
+    _required: tuple[Field, ...] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         keys: list[str] = []
@@ -189,6 +197,10 @@ class Section:
         object.__setattr__(self, "_reads", tuple(
             (f, *f.key.partition(".")[::2]) for f in self.fields))
         object.__setattr__(self, "nested", {k: tuple(v) for k, v in nested.items()})
+        plain = not nested and all(f.child is None for f in self.fields)
+        object.__setattr__(self, "_by_key", {f.key: f for f in self.fields} if plain else None)
+        object.__setattr__(self, "_required", tuple(
+            f for f in self.fields if f.required is not None))
         # Precomputed so that checking 10k destinations only touches checked fields.
         object.__setattr__(self, "_checked", tuple(
             (f.attr, f.key, f.checks) for f in self.fields if f.checks and f.attr is not None))
@@ -212,6 +224,22 @@ def read_section(reader: Reader, section: Section, value: Any, path: str) -> Any
     data = reader.mapping(value, path, section.keys)
     if section.prepare is not None:
         data = section.prepare(reader, data, path)
+    by_key = section._by_key
+    if by_key is not None and type(data) is dict:
+        # The fast path: only the keys given (a destination has 3-5 of its 8). Any
+        # problem sends the item down the full path below, which reports every problem
+        # in table order.
+        had = len(reader.problems)
+        built = _read_given(reader, section, by_key, data, path)
+        if built is not None and len(reader.problems) == had:
+            return built
+        del reader.problems[had:]
+    return _read_in_table_order(reader, section, data, path)
+
+
+def _read_in_table_order(reader: Reader, section: Section, data: Mapping[str, Any],
+                         path: str) -> Any:
+    """``section.cls`` read field by field, every problem reported in table order."""
     inner = {outer: reader.mapping(data.get(outer), join(path, outer), keys)
              for outer, keys in section.nested.items()} if section.nested else _NO_NESTED
     kwargs: dict[str, Any] = {}
@@ -241,6 +269,27 @@ def read_section(reader: Reader, section: Section, value: Any, path: str) -> Any
                 if message is not None:
                     reader.problem(join(path, key), message)
     return None
+
+
+def _read_given(reader: Reader, section: Section, by_key: Mapping[str, Field],
+                data: dict[str, Any], path: str) -> Any:
+    """``section.cls`` from the keys of ``data`` alone, or ``None`` (any problem)."""
+    for f in section._required:
+        if data.get(f.key) is None:
+            return None
+    kwargs: dict[str, Any] = {}
+    for key, raw in data.items():
+        given = by_key.get(key)
+        if given is None or raw is None:
+            continue  # an unknown key (reported by the caller) or the default
+        result = given.read(reader, raw, f"{path}.{key}" if path else key)
+        if result is INVALID:
+            return None
+        if given.attr is not None:
+            kwargs[given.attr] = result
+        elif given.spread:
+            kwargs.update(zip(given.spread, result, strict=True))
+    return section.cls(**kwargs)
 
 
 def write_section(section: Section, obj: Any) -> dict[str, Any]:

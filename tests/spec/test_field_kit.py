@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from k3snet.model.cidr import parse_network
 from k3snet.spec.fields import (
@@ -35,6 +37,7 @@ from k3snet.spec.fields import (
     write_section,
 )
 from k3snet.spec.json_schema import dumps, field_schema, section_schema
+from k3snet.spec.schema import DESTINATION
 from k3snet.spec.validators import (
     int_in,
     integer,
@@ -44,6 +47,7 @@ from k3snet.spec.validators import (
     schema_of,
     with_schema,
 )
+from k3snet.testing.strategies import hostile_values
 
 
 def test_int_in_messages_and_bounds() -> None:
@@ -362,3 +366,52 @@ def test_a_list_key_given_something_else_is_a_problem_at_its_path() -> None:
 
 def test_a_key_with_two_dots_is_written_nested_once() -> None:
     assert write_section(CORNERS, Corners())["deep"] == {"need": 0, "er.key": None}
+
+
+def _full_path_only(section: Section) -> Section:
+    """``section`` read only through read_section's full path (the table order)."""
+    slow = attrs.evolve(section)
+    object.__setattr__(slow, "_by_key", None)
+    return slow
+
+
+_FLAT = Section(Outer, (
+    Field("flag", "flag", boolean),
+    Field("label", "label", string, omit_none=True, checks=(optional(matches("[a-z]+", "no")),),
+          required="required, a label"),
+    Field("nets", "nets", networks, strs),
+    Field("words", "words", items(_words)),
+    Field("more", "items", items(converted(parse_network))),
+    Field("range", None, raw, list, spread=("low", "high")),
+))
+
+
+_KEYS = st.sampled_from(sorted({*DESTINATION.keys, *_FLAT.keys, "", "x", "cidrs"}))
+_VALUES = st.sampled_from([
+    "10.0.0.0/8", "192.168.1.1", "eth0", 100, True, ["10.0.0.0/24"], [{"name": "a"}],
+    {"name": "b", "size": 2}, [{}], [1, 2], ["a"], ["bad"], "bad", None, "10.0.0.1/8",
+    " 10.1.0.0/16", ["10.0.0.0/8", "nope"]])
+
+
+@settings(max_examples=300)
+@given(st.sampled_from([DESTINATION, _FLAT]), st.one_of(
+    st.dictionaries(_KEYS, st.one_of(_VALUES, _VALUES, hostile_values()), max_size=8),
+    hostile_values()))
+@example(_FLAT, {"label": "x", "more": ["nope"], "nets": ["nope"]})
+@example(DESTINATION, {"exclude": ["nope"], "cidr": "10.0.0.0/8", "gateway": "x"})
+def test_the_fast_path_reads_what_the_table_order_path_reads(section: Section,
+                                                              document: Any) -> None:
+    # read_section first reads only the keys given (in a section of plain keys), and
+    # falls back to the full path on any problem: the object, the problems, their paths
+    # and their order are the same.
+    assert section._by_key is not None
+    assert OUTER._by_key is None  # nested objects: the full path only
+    fast, slow = Reader(), Reader()
+    try:
+        got = read_section(fast, section, document, "d[3]")
+    except Exception as exc:  # noqa: BLE001 - the same failure on both paths
+        with pytest.raises(type(exc)):
+            read_section(slow, _full_path_only(section), document, "d[3]")
+        return
+    assert got == read_section(slow, _full_path_only(section), document, "d[3]")
+    assert fast.problems == slow.problems
