@@ -206,16 +206,19 @@ def load_spec_cached(path: str | Path, directory: Path | None = None) -> Spec:
     key = _digest(data)
     # One file per spec path: a node alternating two specs keeps both parsed.
     file = directory / (hashlib.sha256(os.fsencode(path.absolute())).hexdigest()[:32] + ".json")
-    document, sound = _read_cached(file, key)
-    if document is None:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            from k3snet.spec.load import load_spec  # noqa: PLC0415
+    # One pause for reading the cached document and the spec from it: the collection
+    # that ends it walks both at once (each with its own pause: two collections).
+    with gc_paused(len(data) // 16):  # about one object per 16 bytes of YAML
+        document, sound = _read_cached(file, key)
+        if document is not None:
+            return spec_from_document(document, source=where, sound=sound)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        from k3snet.spec.load import load_spec  # noqa: PLC0415
 
-            return load_spec(path)
-        document = load_mapping(text, where)
-        spec = spec_from_document(document, source=where)
-        _write_cached(file, key, document)  # only documents that made a valid spec
-        return spec
-    return spec_from_document(document, source=where, sound=sound)
+        return load_spec(path)
+    document = load_mapping(text, where)
+    spec = spec_from_document(document, source=where)
+    _write_cached(file, key, document)  # only documents that made a valid spec
+    return spec

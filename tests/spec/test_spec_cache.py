@@ -8,6 +8,7 @@ spec would come back, so the test fails if the check goes.
 from __future__ import annotations
 
 import datetime
+import gc
 import importlib
 import json
 import os
@@ -68,6 +69,30 @@ def test_a_hit_reads_the_cached_document(spec_file: Path, store: Path) -> None:
     _plant_other(file)
     # Proof that the store is what answers (the file still holds the seed spec):
     assert load_spec_cached(spec_file, store) == Spec.from_dict(OTHER)
+
+
+def test_a_hit_on_a_large_spec_collects_once_and_leaves_the_gc_on(tmp_path: Path,
+                                                                  store: Path) -> None:
+    # The cached document and the spec read from it share one pause of the cyclic GC:
+    # one collection at its end walks both (two pauses: two collections).
+    entries = [{"cidr": f"10.{n // 256}.{n % 256}.0/24", "gateway": "192.0.2.1"}
+               for n in range(3000)]
+    path = tmp_path / "large.yaml"
+    path.write_text(yaml.safe_dump({**OTHER, "destinations": entries}))
+    first = load_spec_cached(path, store)
+    ran: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            ran.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        assert load_spec_cached(path, store) == first
+    finally:
+        gc.callbacks.remove(count)
+    assert len(ran) <= 1
+    assert gc.isenabled()
 
 
 def test_other_spec_bytes_recompute(spec_file: Path, store: Path) -> None:
