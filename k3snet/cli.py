@@ -486,11 +486,12 @@ def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup,
         return compile_for(backend, spec, facts)
     facts = token = None
     if local and not args.no_facts:
-        # The agent: the netlink member's change token moves with every route, link and
-        # address change in this namespace, all that the facts are made of; read before
-        # the facts, it can only make them be read again too often, never too rarely.
+        # The agent: the netlink member's route token moves with every route, link and
+        # address change in this namespace, all that the facts are made of (its change
+        # token also covers sysctls, which they are not); read before the facts, it can
+        # only make them be read again too often, never too rarely.
         watched = [read for m in backend.members if getattr(m.backend, "name", None) == "netlink"
-                   and (read := getattr(m.backend, "change_token", None)) is not None]
+                   and (read := getattr(m.backend, "route_token", None)) is not None]
         token = watched[0]() if watched else None
         if token is not None and len(memo) == 5 and memo[4] == token:
             facts = memo[2]

@@ -283,13 +283,26 @@ class NetlinkBackend(BackendBase):
         It changes with any route, link or address change in the namespace, ours
         included; ``None`` with a driver that reads no notifications (pyroute2).
         """
+        version = self.route_token()
+        if version is None:
+            return None
+        with translate_errors(f"read the sysctls of {self._where}", capability=_CAPABILITY):
+            owned, foreign = self._observe_sysctls()
+        return version, tuple(owned), tuple(foreign)
+
+    def route_token(self) -> tuple[int, int] | None:
+        """The route view's version after reading the pending notifications (no dump):
+        it changes with any route, link or address change in the namespace, ours
+        included, and with nothing else (what node facts are made of: the agent reads
+        them again only when it moved). ``None`` with a driver that reads no
+        notifications (pyroute2).
+        """
         if not self._driver.follows_changes:
             return None
         with translate_errors(f"read the notifications of {self._where}",
                               capability=_CAPABILITY):
             self._routes.sync()
-            owned, foreign = self._observe_sysctls()
-        return self._routes.version, tuple(owned), tuple(foreign)
+        return self._routes.version
 
     def _count(self) -> None:
         self._operations += 1
