@@ -543,12 +543,12 @@ class Agent:
         """Wait for the interval (from the end of the pass, as before), a wake-up, or
         (watching) a change on the node.
 
-        ``before``: the tokens read just before a pass that succeeded. When they moved
-        while it ran, the next pass starts after the watch gap: a foreign change made
-        after the pass observed would otherwise be in the baseline read now and wait
-        for the interval. The pass's own apply moves them too; the pass after it then
-        finds nothing to do (and confirms what was applied) unless something else
-        changed.
+        ``before``: the tokens a pass that succeeded read before it observed
+        (:meth:`_baseline`). When they moved while it ran, the next pass starts after
+        the watch gap: a foreign change made after the pass observed would otherwise
+        be in the baseline read now and wait for the interval. The pass's own apply
+        moves them too; the pass after it then finds nothing to do (and confirms what
+        was applied) unless something else changed.
         """
         deadline = self._monotonic() + self.options.interval
         watch = self.options.watch
