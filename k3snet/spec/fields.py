@@ -282,7 +282,9 @@ def _read_given(reader: Reader, section: Section, by_key: Mapping[str, Field],
         given = by_key.get(key)
         if given is None or raw is None:
             continue  # an unknown key (reported by the caller) or the default
-        result = given.read(reader, raw, f"{path}.{key}" if path else key)
+        # The item's own path, not the key's: a read uses its path only for a problem,
+        # and any problem sends the item down the full path, which spells each key's.
+        result = given.read(reader, raw, path)
         if result is INVALID:
             return None
         if given.attr is not None:

@@ -67,6 +67,8 @@ def _strings(values: Iterable[str]) -> tuple[str, ...]:
 
 
 def _networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
+    if type(values) is tuple and not values:  # most destinations' exclude: the default
+        return ()
     if isinstance(values, str):
         raise ModelError(f"expected a list of CIDRs, got the string {values!r}")
     return tuple(parse_network(v) for v in values)
