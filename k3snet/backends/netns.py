@@ -12,7 +12,7 @@ Python 3.11 has no ``os.setns``; libc's is called through ctypes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import queue
 import threading
@@ -24,7 +24,7 @@ from typing import TypeVar
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
-__all__ = ["NETNS_DIR", "NetnsRunner", "netns_path", "validate_netns"]
+__all__ = ["NETNS_DIR", "NetnsRunner", "libc", "netns_path", "validate_netns"]
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -44,9 +44,21 @@ def validate_netns(name: str) -> str:
     return name
 
 
+@functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library this process already runs on, for the calls Python 3.11 lacks
+    (``setns``, and ``getsockopt`` with an input buffer), with ``errno`` kept.
+
+    ``CDLL(None)`` is the process's own symbols, those of the libc it has loaded
+    among them. ``ctypes.util.find_library("c")`` imported more modules and ran
+    ``/sbin/ldconfig -p`` in a child process on every call (each namespace entered),
+    and finds nothing in an image without ``ldconfig``.
+    """
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+    if libc().setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -115,7 +127,7 @@ class NetnsRunner:
                     _setns(fd)
                 finally:
                     os.close(fd)
-        except BackendError as exc:
+        except BaseException as exc:  # noqa: BLE001 - raised by the caller, never left waiting
             ready.set_exception(exc)
             return
         ready.set_result(None)

@@ -24,7 +24,6 @@ table's name), hence libc's ``getsockopt`` through ctypes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import hashlib
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 import attrs
 
 from k3snet.backends.kit import translate_errors
+from k3snet.backends.netns import libc
 from k3snet.errors import BackendError
 
 __all__ = ["ENTRIES_AT", "LAYOUTS", "TABLES", "Kept", "Layout", "TableDigest", "digest_table",
@@ -85,18 +85,12 @@ LAYOUTS = (
 )
 """IPv4 (``IPT_SO_*``) and IPv6 (``IP6T_SO_*``)."""
 
-_libc: ctypes.CDLL | None = None
-
-
 def _getsockopt(sock: socket.socket, level: int, option: int, buffer: bytearray,
                 length: int) -> None:
     """libc ``getsockopt`` with ``buffer`` as input and output (``length`` bytes of it)."""
-    global _libc  # noqa: PLW0603 - loaded once, on first use
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     size = ctypes.c_uint32(length)
     view = (ctypes.c_char * len(buffer)).from_buffer(buffer)
-    if _libc.getsockopt(sock.fileno(), level, option, view, ctypes.byref(size)) != 0:
+    if libc().getsockopt(sock.fileno(), level, option, view, ctypes.byref(size)) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
 
