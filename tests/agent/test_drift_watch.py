@@ -12,6 +12,7 @@ interval".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -139,8 +140,11 @@ def test_a_deleted_nftables_rule_is_put_back_long_before_the_interval(agent: str
     assert {r.get("comment") for r in _our_rules(ns)} == {r.get("comment") for r in rules}
 
 
-def test_the_agent_reads_the_node_facts_again_only_after_a_change(
-        require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def _facts_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+                 ) -> Iterator[tuple[Any, str, list[str | None]]]:
+    """An agent wired as `k3snet agent --backend BACKEND` in a fresh namespace with an
+    eth0 on 192.168.1.0/24; its node facts reads are counted (one entry per read)."""
     from k3snet import cli  # noqa: PLC0415 - the CLI's own agent wiring, as `k3snet agent`
     from k3snet.agent import Agent, AgentOptions, FileSpecSource  # noqa: PLC0415
 
@@ -162,25 +166,31 @@ def test_the_agent_reads_the_node_facts_again_only_after_a_change(
         spec = tmp_path / "spec.yaml"
         spec.write_text(SPEC)
         args = cli.build_parser().parse_args(["agent", "-f", str(spec), "--netns", ns,
-                                              "--backend", "netlink:route"])
+                                              "--backend", backend])
         memo: list[Any] = []
         agent = Agent(FileSpecSource(spec), lambda s: cli._backend(args, s),
                       lambda s, g: cli._desired(args, s, g, memo), AgentOptions("facts"))
         try:
-            assert agent.run_pass().applied  # the routes: facts read
-            agent.run_pass()  # our own routes moved the token: read again, nothing to do
-            before = len(reads)
-            assert agent.run_pass().applied == ()
-            assert len(reads) == before  # nothing moved: the facts kept
-            run_in(ns, ["ip", "addr", "add", "192.168.7.5/24", "dev", "eth0"])
-            assert agent.run_pass().status == "ok"
-            assert len(reads) == before + 1  # an address came: read again
-            run_in(ns, ["ip", "addr", "del", "192.168.1.5/24", "dev", "eth0"])
-            failed = agent.run_pass()  # the gateway is no longer reachable: the spec fails
-            assert len(reads) == before + 2
-            assert failed.status != "ok", failed
+            yield agent, ns, reads
         finally:
             agent.shutdown()
+
+
+def test_the_agent_reads_the_node_facts_again_only_after_a_change(
+        require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with _facts_agent(tmp_path, monkeypatch, "netlink:route") as (agent, ns, reads):
+        assert agent.run_pass().applied  # the routes: facts read
+        agent.run_pass()  # our own routes moved the token: read again, nothing to do
+        before = len(reads)
+        assert agent.run_pass().applied == ()
+        assert len(reads) == before  # nothing moved: the facts kept
+        run_in(ns, ["ip", "addr", "add", "192.168.7.5/24", "dev", "eth0"])
+        assert agent.run_pass().status == "ok"
+        assert len(reads) == before + 1  # an address came: read again
+        run_in(ns, ["ip", "addr", "del", "192.168.1.5/24", "dev", "eth0"])
+        failed = agent.run_pass()  # the gateway is no longer reachable: the spec fails
+        assert len(reads) == before + 2
+        assert failed.status != "ok", failed
 
 
 def test_a_sysctl_change_does_not_read_the_node_facts_again(
@@ -188,41 +198,14 @@ def test_a_sysctl_change_does_not_read_the_node_facts_again(
     # The facts are links, addresses and routes: the netlink backend's route view tells
     # when they may have changed. Its change token also covers the sysctls, which the
     # facts hold nothing of: a drifted ip_forward is repaired without reading them.
-    from k3snet import cli  # noqa: PLC0415 - the CLI's own agent wiring, as `k3snet agent`
-    from k3snet.agent import Agent, AgentOptions, FileSpecSource  # noqa: PLC0415
-
-    reads: list[str | None] = []
-    real = cli.gather_facts
-
-    def counted(netns: str | None = None) -> Any:
-        reads.append(netns)
-        return real(netns)
-
-    monkeypatch.setattr(cli, "gather_facts", counted)
-    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path))
-    with temporary_netns("sysfacts") as ns:
-        run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
-        run_in(ns, ["ip", "link", "set", "eth1", "up"])
-        run_in(ns, ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"])
-        run_in(ns, ["ip", "link", "set", "eth0", "up"])
-        spec = tmp_path / "spec.yaml"
-        spec.write_text(SPEC)
-        args = cli.build_parser().parse_args(["agent", "-f", str(spec), "--netns", ns,
-                                              "--backend", "netlink"])
-        memo: list[Any] = []
-        agent = Agent(FileSpecSource(spec), lambda s: cli._backend(args, s),
-                      lambda s, g: cli._desired(args, s, g, memo), AgentOptions("facts"))
-        try:
-            first = agent.run_pass()
-            assert {c.kind for c in first.applied} == {"route", "sysctl"}, first
-            agent.run_pass()  # our own routes moved the route view: read again
-            before = len(reads)
-            run_in(ns, ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
-            repaired = agent.run_pass()
-            assert [c.kind for c in repaired.applied] == ["sysctl"], repaired
-            assert agent.run_pass().applied == ()
-            assert len(reads) == before  # no link, address or route moved
-            assert run_in(ns, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
-        finally:
-            agent.shutdown()
+    with _facts_agent(tmp_path, monkeypatch, "netlink") as (agent, ns, reads):
+        first = agent.run_pass()
+        assert {c.kind for c in first.applied} == {"route", "sysctl"}, first
+        agent.run_pass()  # our own routes moved the route view: read again
+        before = len(reads)
+        run_in(ns, ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        repaired = agent.run_pass()
+        assert [c.kind for c in repaired.applied] == ["sysctl"], repaired
+        assert agent.run_pass().applied == ()
+        assert len(reads) == before  # no link, address or route moved
+        assert run_in(ns, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
