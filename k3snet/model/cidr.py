@@ -70,15 +70,12 @@ def parse_network(value: str | Network, *, strict: bool = True) -> Network:
     if type(value) is ipaddress.IPv4Network:  # the common case first: no zone to check
         return value
     if type(value) is str:  # the next most common: IPv4 text, no zone to check either
-        match = _IPV4.fullmatch(value)
-        if match is not None:
-            address, prefix = match.groups()
-            try:
-                return ipaddress.IPv4Network(
-                    (int.from_bytes(_inet_aton(address), "big"),
-                     32 if prefix is None else int(prefix)), strict=strict)
-            except ValueError:
-                pass  # host bits set: the message comes from the path below
+        try:
+            fast = _ipv4_network(value, strict)
+        except ValueError:
+            fast = None  # host bits set: the message comes from the path below
+        if fast is not None:
+            return fast
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return _without_zone(value)
     if not isinstance(value, str):

@@ -122,7 +122,8 @@ def _trusted(info: os.stat_result) -> bool:
 
 def _read_cached(file: Path, key: str) -> tuple[Any, bool]:
     """The cached document for ``key`` and whether it made a sound spec on its own, or
-    ``(None, False)`` (missing, foreign, corrupt, stale)."""
+    ``(None, False)`` (missing, foreign, corrupt, stale). The caller pauses the cyclic GC
+    (:func:`load_spec_cached`: one pause for this and the spec read from it)."""
     try:
         if not _trusted(os.lstat(file.parent)):
             return None, False
@@ -135,8 +136,7 @@ def _read_cached(file: Path, key: str) -> tuple[Any, bool]:
             if not stat.S_ISREG(info.st_mode) or not _trusted(info):
                 return None, False
             raw = handle.read(4 * MAX_BYTES + 1)
-        with gc_paused(len(raw) // 64):  # about one object per 64 bytes of JSON
-            entry = json.loads(raw)
+        entry = json.loads(raw)
     except (OSError, ValueError, RecursionError):
         return None, False
     if not isinstance(entry, dict) or entry.get("key") != key or "document" not in entry:
