@@ -753,8 +753,7 @@ def _result_text(shown: Plan, result: ApplyResult) -> str:
     """``backend: N change(s) applied in K operation(s)``; the changes again only where
     they are not the plan printed above (``shown``): one line per change is what a
     user reads once, and what a 10k-change apply spent ~10 % of its time describing."""
-    head = (f"{result.backend}: {len(result.applied)} change(s) applied "
-            f"in {result.operations} operation(s)")
+    head = result.summary()
     if _same_changes(shown.changes, result.applied):
         return f"{head}, as planned above."
     applied, planned = set(result.applied), set(shown.changes)

@@ -97,7 +97,7 @@ def _fix(lab: SeedLab, spec: Spec, backend: BackendGroup) -> None:
     done = converge(backend, desired)
     _expect(done.result is not None, "nothing was applied")
     assert done.result is not None
-    _say(_indent(done.result.render().splitlines()[0]))
+    _say(_indent(done.result.summary()))
 
 
 def part_one(spec: Spec, nat_backend: str) -> None:

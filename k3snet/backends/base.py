@@ -56,12 +56,14 @@ class ApplyResult:
     applied: tuple[Change, ...] = ()
     operations: int = 0
 
+    def summary(self) -> str:
+        """``backend: N change(s) applied in K operation(s)``."""
+        return (f"{self.backend}: {len(self.applied)} change(s) applied "
+                f"in {self.operations} operation(s)")
+
     def render(self) -> str:
-        """``backend: N change(s) applied in K operation(s)`` and the changes."""
-        lines = [f"{self.backend}: {len(self.applied)} change(s) applied "
-                 f"in {self.operations} operation(s)"]
-        lines += [f"  {c}" for c in self.applied]
-        return "\n".join(lines)
+        """:meth:`summary` and the changes, one a line."""
+        return "\n".join([self.summary(), *(f"  {c}" for c in self.applied)])
 
 
 @runtime_checkable

@@ -13,6 +13,7 @@ from k3snet import (
     ApplyResult,
     BackendNotFoundError,
     BackendUnavailableError,
+    Change,
     ConflictError,
     MasqueradeRule,
     Plan,
@@ -256,3 +257,11 @@ def test_group_undo_does_not_re_add_repaired_drift() -> None:
     assert not isinstance(caught.value, RollbackError)
     assert not forward.observe().owned  # the repair stays; no finding is re-added
     assert not nat.observe().owned
+
+
+def test_an_apply_result_renders_its_summary_then_each_change() -> None:
+    changes = Plan(changes=[Change.add(Sysctl("net.ipv4.ip_forward", "1")),
+                            Change.add(Sysctl("net.ipv4.conf.all.rp_filter", "2"))]).changes
+    result = ApplyResult("memory", changes, operations=1)
+    assert result.summary() == "memory: 2 change(s) applied in 1 operation(s)"
+    assert result.render().splitlines() == [result.summary(), *(f"  {c}" for c in changes)]
