@@ -601,7 +601,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     spec = _spec(args)
     with _backend(args, spec) as backend:
         # Compiled first, so the backends that take the hint (``expect``, as ``converge``
-        # gives it) read their own objects back without parsing them.
+        # gives it) read their own objects back without parsing them; the backends that
+        # can list in the background meanwhile (``prefetch``) start now.
+        backend.prefetch()
         desired = _desired(args, spec, backend)
         backend.expect(desired.only(backend.capabilities))
         observed = backend.observe()
@@ -660,7 +662,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         args.netns = saved.node["netns"]
     spec = _spec(args) if saved is None else None
     with _backend(args, spec, names=saved.backends if saved else None) as backend:
-        desired = _desired(args, spec, backend) if spec is not None else State()
+        desired = State()
+        if spec is not None:
+            backend.prefetch()  # a listing in the background while the spec compiles
+            desired = _desired(args, spec, backend)
 
         def run(p: Plan | None, wanted: State | None, *, dry_run: bool) -> Convergence:
             if p is None:

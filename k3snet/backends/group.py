@@ -95,6 +95,13 @@ class BackendGroup:
             if callable(expect):
                 expect(state.only(member.kinds))
 
+    def prefetch(self) -> None:
+        """Tell each member that takes the hint (``prefetch``) to start its next read now."""
+        for member in self.members:
+            prefetch = getattr(member.backend, "prefetch", None)
+            if callable(prefetch):
+                prefetch()
+
     def observe(self) -> State:
         """The members' observations, each limited to the kinds it manages here."""
         return State().merge(*(m.backend.observe().only(m.kinds) for m in self.members))

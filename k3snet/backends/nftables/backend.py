@@ -84,6 +84,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TypeVar
 
 from k3snet.backends.base import ApplyResult
@@ -112,9 +113,10 @@ from k3snet.backends.nftables.kernel import (
     NftKernel,
     OwnTableLister,
     first_lines,
+    listing_key,
 )
 from k3snet.backends.nftables.parse import ForeignReader, read_foreign_within, read_own, table_of
-from k3snet.backends.nftables.text import Lines
+from k3snet.backends.nftables.text import Lines, expected_lines
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
 from k3snet.model import Drift, NetObject
 from k3snet.model.state import State
@@ -232,6 +234,8 @@ class NftablesBackend(BackendBase):
         self._observed: ObserveCache[Cache] = ObserveCache()
         self._lines: Lines = {}  # the rule lines the last text read read, not read again
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the table likely holds
+        # prefetch(): the generation id read before the listings it started, and them.
+        self._started: tuple[int, dict[tuple[str, ...], Future[str | None]]] | None = None
         self._kernel: NftKernel | None = None
         try:
             self._kernel = self._runner.call(kernel or Libnftables)
@@ -303,6 +307,19 @@ class NftablesBackend(BackendBase):
         """
         self._expected = tuple(state.owned)
 
+    def prefetch(self) -> None:
+        """A hint: start listing k3snet's table now, in the background, and return.
+
+        The listing (libnftables, in C, with the GIL released) then runs while
+        the caller works out what to ask for: ``k3snet apply`` and ``plan`` call
+        this before they compile the spec. Changes no result: the next read
+        takes that listing only if no nftables transaction was committed since
+        it began (the generation id read before it, as every cached read is
+        stamped), and lists again otherwise. Does nothing when the next read
+        would be served from the cache anyway, or with a fake kernel.
+        """
+        self._call(self._prefetch)
+
     def change_token(self) -> int:
         """The ruleset generation id: any committed nftables transaction in the namespace
         (iptables-nft's too) changes it; one small netlink round trip."""
@@ -368,17 +385,38 @@ class NftablesBackend(BackendBase):
         right after the read anyway.
         """
         genid = kernel.genid()
+        started, self._started = self._started, None
         cache = None if refresh else self._observed.get(genid)
         if cache is None:
+            # prefetch()'s listings, if nothing was committed since they began (the helper
+            # lists one at a time, so any others are only waited for).
+            ready = started[1] if started is not None and started[0] == genid else None
+            usable = ready is not None and not refresh
+            lister = self._own_lister(kernel, ready if usable else None)
+            seen, expected = self._lines, self._expected
             # The size is unknown before the listing: a small table costs the pause nothing.
             with gc_paused(GC_PAUSE_MIN):
-                cache = read_own(self._own_lister(kernel), self._table, self._families, genid,
-                                 seen=self._lines, expected=self._expected)
+                if usable and expected and not seen:  # rendered while the listing runs
+                    seen, expected = expected_lines(expected, self._families == ("inet",)), ()
+                cache = read_own(lister, self._table, self._families, genid,
+                                 seen=seen, expected=expected)
             self._lines = cache.lines
             self._observed.put(genid, cache)
         if foreign and cache.foreign is None:
             cache.foreign = self._read_foreign(kernel)
         return cache
+
+    def _prefetch(self, kernel: NftKernel) -> None:
+        bounded = self._bounded_lister()
+        if bounded is None or bounded.busy or self._started is not None:
+            return
+        genid = kernel.genid()
+        if self._observed.get(genid) is not None:
+            return
+        self._started = (genid, {
+            listing_key("table", family=family, name=self._table):
+                bounded.submit_text("table", family=family, name=self._table)
+            for family in self._families})
 
     def _observe(self, kernel: NftKernel, *, refresh: bool) -> State:
         cache = self._fresh(kernel, foreign=self.observe_foreign, refresh=refresh)
@@ -395,9 +433,11 @@ class NftablesBackend(BackendBase):
             self._bounded = BoundedLister()
         return self._bounded
 
-    def _own_lister(self, kernel: NftKernel) -> Lists:
+    def _own_lister(self, kernel: NftKernel,
+                    started: dict[tuple[str, ...], Future[str | None]] | None = None) -> Lists:
         bounded = self._bounded_lister()
-        return kernel if bounded is None else OwnTableLister(kernel, bounded, self.read_timeout)
+        return kernel if bounded is None else OwnTableLister(kernel, bounded, self.read_timeout,
+                                                             started)
 
     def _read_foreign(self, kernel: NftKernel) -> frozenset[NetObject]:
         own = frozenset((family, self._table) for family in self._families)

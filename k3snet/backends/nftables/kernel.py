@@ -27,7 +27,7 @@ from k3snet.render.nftables_batch import list_command
 
 __all__ = ["BoundedLister", "Libnftables", "ListingTimeoutError", "Lists", "NftKernel",
            "OwnTableLister", "TextLists", "TextUnlistedError", "first_lines", "list_in_child",
-           "listed_items"]
+           "listed_items", "listing_key"]
 
 _CAPABILITY = "CAP_NET_ADMIN"
 T = TypeVar("T")
@@ -237,13 +237,23 @@ class BoundedLister:
         self.calls += 1
         if self.busy:
             raise ListingTimeoutError("the listing helper is still in an earlier listing")
-        future: Future[object] = Future()
+        return self.wait(self.submit(fn), deadline)
+
+    def submit(self, fn: Callable[[NftKernel], T]) -> Future[T]:
+        """``fn(kernel)`` queued for the helper thread, not waited for (see :meth:`wait`)."""
+        future: Future[T] = Future()
         self._start()
-        self._jobs.put((fn, future))
+        self._jobs.put((fn, future))  # type: ignore[arg-type]
+        return future
+
+    def wait(self, future: Future[T], deadline: float) -> T:
+        """``future``'s result (a job of :meth:`submit`), or :class:`ListingTimeoutError`
+        once ``time.monotonic()`` passes ``deadline``; the helper is then :attr:`busy`
+        until that job ends."""
         try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[return-value]
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
-            self._stuck = future
+            self._stuck = future  # type: ignore[assignment]
             raise ListingTimeoutError("the listing did not finish within its bound (the ruleset "
                                       "kept changing during it)") from None
 
@@ -265,6 +275,12 @@ class BoundedLister:
         """
         if self.busy:
             raise TextUnlistedError("the listing helper is still in an earlier listing")
+        self.calls += 1
+        return self.text_of(self.submit_text(kind, **ref), deadline, kind, **ref)
+
+    def submit_text(self, kind: str, **ref: str) -> Future[str | None]:
+        """The listing :meth:`list_text` makes, queued and not waited for: its text
+        comes from :meth:`text_of`."""
 
         def listed(kernel: NftKernel) -> str | None:
             list_text = getattr(kernel, "list_text", None)
@@ -272,8 +288,14 @@ class BoundedLister:
                 raise TextUnlistedError("this kernel seam lists no text")
             return list_text(kind, **ref)  # type: ignore[no-any-return]
 
+        return self.submit(listed)
+
+    def text_of(self, future: Future[str | None], deadline: float, kind: str,
+                **ref: str) -> str | None:
+        """The text of a :meth:`submit_text` listing of ``kind`` ``ref`` (as :meth:`list_text`
+        returns or raises it), or :class:`ListingTimeoutError` past ``deadline``."""
         try:
-            return self.run(deadline, listed)
+            return self.wait(future, deadline)
         except ListingTimeoutError:
             raise ListingTimeoutError(_timed_out(kind, ref)) from None
 
@@ -315,17 +337,24 @@ class OwnTableLister:
     fails before changing anything. Counts its round trips in ``kernel.calls``.
     """
 
-    def __init__(self, kernel: NftKernel, bounded: BoundedLister, seconds: float) -> None:
+    def __init__(self, kernel: NftKernel, bounded: BoundedLister, seconds: float,
+                 started: dict[tuple[str, ...], Future[str | None]] | None = None) -> None:
         self.kernel = kernel
         self.bounded = bounded
         self.seconds = seconds
+        self.started = started or {}
 
     def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
         """``list KIND REF...`` within the bound, or :class:`BackendError` naming it."""
         return self._within(lambda deadline: self.bounded.list(deadline, kind, **ref))
 
     def list_text(self, kind: str, **ref: str) -> str | None:
-        """``nft -a list KIND REF...`` within the bound, as :meth:`list`."""
+        """``nft -a list KIND REF...`` within the bound, as :meth:`list`; taken from the
+        listing in ``started`` under :func:`listing_key` if there is one (once)."""
+        started = self.started.pop(listing_key(kind, **ref), None)
+        if started is not None:
+            return self._within(
+                lambda deadline: self.bounded.text_of(started, deadline, kind, **ref))
         return self._within(lambda deadline: self.bounded.list_text(deadline, kind, **ref))
 
     def _within(self, listing: Callable[[float], T]) -> T:
@@ -335,6 +364,12 @@ class OwnTableLister:
         except ListingTimeoutError as exc:
             raise BackendError(f"k3snet's own table could not be read within {self.seconds:g} s "
                                f"(read_timeout): {exc}") from None
+
+
+def listing_key(kind: str, **ref: str) -> tuple[str, ...]:
+    """What names the listing ``list KIND REF...`` (the key of :class:`OwnTableLister`'s
+    ``started``)."""
+    return (kind, *(f"{k}={v}" for k, v in sorted(ref.items())))
 
 
 def _timed_out(kind: str, ref: dict[str, str]) -> str:

@@ -1,0 +1,173 @@
+"""``NftablesBackend.prefetch()``: the table listed in the background, never read stale.
+
+A cold ``k3snet apply`` starts the listing of k3snet's table before it compiles the
+spec (tests/cli/test_expect_hint.py), outside the namespace lock. What the next
+observe reads must still be the kernel's table at that observe: the listing is
+taken only when no transaction was committed since it began (the generation id
+read before it), and the table is listed again otherwise. Kernel tests, as root,
+each in a namespace of its own; the kernel's own view is ``nft -j list``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from k3snet.backends.nftables import NftablesBackend
+from k3snet.backends.nftables.kernel import Libnftables
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardRule, MasqueradeRule, SnatRule, State
+from k3snet.planner import plan
+
+WANTED = State(owned=[
+    MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", out_interface="eth0"),
+    MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24", exclude=["192.168.3.0/28"]),
+    SnatRule("fd00:42::/56", destination="fd00:2::/64", to_address="fd00:1::5"),
+    ForwardRule("10.42.0.0/16", "192.168.2.0/24", out_interface="eth0"),
+])
+
+
+@pytest.fixture
+def listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text listing libnftables makes in this test (any thread), as its command."""
+    made: list[str] = []
+    real = Libnftables.list_text
+
+    def counted(self: Libnftables, kind: str, **ref: str) -> str | None:
+        made.append(" ".join(["list", kind, *ref.values()]))
+        return real(self, kind, **ref)
+
+    monkeypatch.setattr(Libnftables, "list_text", counted)
+    return made
+
+
+def _written(ns: str, state: State = WANTED) -> None:
+    with NftablesBackend(ns) as writer:
+        writer.apply(plan(writer.observe(), state))
+
+
+def _listed_now(ns: str) -> State:
+    """What a backend that never prefetched reads (no hint, no cache)."""
+    with NftablesBackend(ns) as fresh:
+        return fresh.observe()
+
+
+def _prefetched(backend: NftablesBackend) -> None:
+    """Wait until the listings :meth:`prefetch` started are done (they are then stale
+    for any commit that follows)."""
+    started: Any = backend._started  # the listing in flight
+    assert started is not None, "prefetch started no listing"
+    deadline = time.monotonic() + 30
+    while not all(f.done() for f in started[1].values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def _own_rules(ns: str) -> list[dict[str, Any]]:
+    listed = json.loads(run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout)
+    return [i["rule"] for i in listed["nftables"] if "rule" in i]
+
+
+def test_an_observe_after_a_prefetch_reads_the_table_once_and_as_it_is(
+        ns: str, listings: list[str]) -> None:
+    _written(ns)
+    listings.clear()
+    with NftablesBackend(ns) as reader:
+        # One object of the hint is not in the table and one in the table is not in the
+        # hint: the lines are taken from the hint where they can be, parsed otherwise.
+        extra = MasqueradeRule("10.42.0.0/16", destination="172.16.0.0/12")
+        reader.expect(WANTED.with_owned([*list(WANTED.owned)[1:], extra]))
+        reader.prefetch()
+        observed = reader.observe()
+    assert listings == ["list table inet k3snet"]
+    assert observed.owned == WANTED.owned
+    assert observed == _listed_now(ns)
+
+
+@pytest.mark.parametrize("commit", ["delete one of k3snet's rules", "add a foreign table"])
+def test_a_commit_after_the_prefetch_is_in_the_next_observe(
+        ns: str, listings: list[str], commit: str) -> None:
+    _written(ns)
+    with NftablesBackend(ns) as reader:
+        reader.expect(WANTED)
+        reader.prefetch()
+        _prefetched(reader)
+        # Another writer commits after the listing (another k3snet would, before this
+        # one takes the namespace lock): the listing is stale.
+        if commit == "add a foreign table":
+            run_in(ns, ["nft", "add", "table", "ip", "admin"])
+        else:
+            victim = next(r for r in _own_rules(ns) if "192.168.3.0" in json.dumps(r["expr"]))
+            run_in(ns, ["nft", "delete", "rule", "inet", "k3snet", victim["chain"], "handle",
+                        str(victim["handle"])])
+        listings.clear()
+        observed = reader.observe()
+    assert listings[0] == "list table inet k3snet"  # listed again, not taken stale
+    assert observed == _listed_now(ns)
+    gone = MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24",
+                          exclude=["192.168.3.0/28"])
+    assert (gone in observed.owned) == (commit == "add a foreign table")
+
+
+def test_a_prefetch_with_the_cache_current_lists_nothing(
+        ns: str, listings: list[str]) -> None:
+    _written(ns)
+    with NftablesBackend(ns) as reader:
+        first = reader.observe()
+        listings.clear()
+        reader.prefetch()
+        assert reader.observe() is first
+    assert listings == []
+
+
+def test_observe_refresh_after_a_prefetch_lists_again(ns: str, listings: list[str]) -> None:
+    _written(ns)
+    with NftablesBackend(ns) as reader:
+        reader.prefetch()
+        _prefetched(reader)
+        listings.clear()
+        assert reader.observe(refresh=True).owned == WANTED.owned
+    assert listings == ["list table inet k3snet"]
+
+
+def test_a_prefetch_never_read_is_closed_with_its_backend(ns: str, listings: list[str]) -> None:
+    _written(ns)
+    listings.clear()
+    reader = NftablesBackend(ns)
+    reader.prefetch()
+    reader.prefetch()  # one listing in flight at a time
+    reader.close()
+    assert listings == ["list table inet k3snet"]
+    assert reader._bounded is None  # its helper thread was stopped
+    # Nothing of it stays behind: the table is as written, and can be read again.
+    assert _listed_now(ns).owned == WANTED.owned
+
+
+def test_a_split_family_backend_takes_both_prefetched_tables(
+        ns: str, listings: list[str]) -> None:
+    with NftablesBackend(ns, family="split") as writer:
+        writer.apply(plan(writer.observe(), WANTED))
+    listings.clear()
+    with NftablesBackend(ns, family="split") as reader:
+        reader.expect(WANTED)
+        reader.prefetch()
+        observed = reader.observe()
+    assert sorted(listings) == ["list table ip k3snet", "list table ip6 k3snet"]
+    assert observed.owned == WANTED.owned
+
+
+def test_a_table_nft_cannot_name_is_listed_as_json_after_a_prefetch(
+        ns: str, listings: list[str]) -> None:
+    # nft's language cannot name a table "counter": the prefetched text listing fails,
+    # and the read falls back to the JSON listing as it does without a prefetch.
+    with NftablesBackend(ns, table="counter", syntax="json") as writer:
+        writer.apply(plan(writer.observe(), WANTED))
+    listings.clear()
+    with NftablesBackend(ns, table="counter", syntax="json") as reader:
+        reader.prefetch()
+        observed = reader.observe()
+    assert listings == ["list table inet counter"]
+    assert observed.owned == WANTED.owned
