@@ -454,8 +454,17 @@ def _backend_names(args: argparse.Namespace, spec: Spec | None) -> list[str]:
     return list(args.backend or (spec.backends if spec and spec.backends else DEFAULT_BACKENDS))
 
 
+_Recipe = list[tuple[str, "list[str] | None", dict[str, Any]]]
+"""The backends to make: each one's name, kinds (``None``: all it has) and options."""
+
+
 def _backend(args: argparse.Namespace, spec: Spec | None,
              names: Sequence[str] | None = None) -> BackendGroup:
+    return _group(_recipe(args, spec, names))
+
+
+def _recipe(args: argparse.Namespace, spec: Spec | None,
+            names: Sequence[str] | None = None) -> _Recipe:
     if names is None:
         names = _backend_names(args, spec)
     used = {entry.partition(":")[0] for entry in names}
@@ -468,12 +477,61 @@ def _backend(args: argparse.Namespace, spec: Spec | None,
         if target not in used:
             raise BackendOptionError(f"--backend-opt {entry!r}: no backend {target!r} in use "
                                      f"({', '.join(sorted(used))})")
-    members = []
+    recipe: _Recipe = []
     for entry in names:
         name, _, kinds = entry.partition(":")
-        backend = create_backend(name, **_options(name, args, spec))
-        members.append(Member(backend, kinds.split(",") if kinds else None))
-    return BackendGroup(members)
+        recipe.append((name, kinds.split(",") if kinds else None, _options(name, args, spec)))
+    return recipe
+
+
+def _group(recipe: _Recipe) -> BackendGroup:
+    made: list[Any] = []
+    try:
+        members = []
+        for name, kinds, options in recipe:
+            made.append(create_backend(name, **options))
+            members.append(Member(made[-1], kinds))
+        return BackendGroup(members)
+    except BaseException:
+        for backend in made:  # those made before the one that failed
+            with contextlib.suppress(Exception):
+                backend.close()
+        raise
+
+
+def _spec_and_backend(args: argparse.Namespace) -> tuple[Spec, BackendGroup]:
+    """The spec and its backends, the backends reading already (``prefetch``).
+
+    On a warm spec cache the backends are made from the spec without its
+    destinations (their names and options are all in that part), and start
+    reading the node while the destinations are read; they are kept if the
+    whole spec asks for the same ones, else made again from it. Anything wrong
+    on the early way is left for the usual order to say: the spec's problems
+    first, then the backends'.
+    """
+    from k3snet.spec.cache import load_spec_head_cached  # noqa: PLC0415 - as in _spec
+
+    early: tuple[_Recipe, BackendGroup] | None = None
+    head = load_spec_head_cached(args.spec)
+    if head is not None:
+        with contextlib.suppress(Exception):  # said again below, in the usual order
+            recipe = _recipe(args, head)
+            early = (recipe, _group(recipe))
+            early[1].prefetch()
+    try:
+        spec = _spec(args)
+        recipe = _recipe(args, spec)
+    except BaseException:
+        if early is not None:
+            early[1].close()
+        raise
+    if early is not None:
+        if early[0] == recipe:
+            return spec, early[1]
+        early[1].close()
+    group = _group(recipe)
+    group.prefetch()
+    return spec, group
 
 
 def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup,
@@ -598,12 +656,10 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    spec = _spec(args)
-    with _backend(args, spec) as backend:
+    spec, group = _spec_and_backend(args)  # the backends reading already (prefetch)
+    with group as backend:
         # Compiled first, so the backends that take the hint (``expect``, as ``converge``
-        # gives it) read their own objects back without parsing them; the backends that
-        # can list in the background meanwhile (``prefetch``) start now.
-        backend.prefetch()
+        # gives it) read their own objects back without parsing them.
         desired = _desired(args, spec, backend)
         backend.expect(desired.only(backend.capabilities))
         observed = backend.observe()
@@ -660,12 +716,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     saved = PlanFile.read(args.planfile, netns=args.netns) if args.planfile else None
     if saved is not None:
         args.netns = saved.node["netns"]
-    spec = _spec(args) if saved is None else None
-    with _backend(args, spec, names=saved.backends if saved else None) as backend:
-        desired = State()
-        if spec is not None:
-            backend.prefetch()  # a listing in the background while the spec compiles
-            desired = _desired(args, spec, backend)
+    if saved is None:
+        spec, group = _spec_and_backend(args)  # the backends reading already (prefetch)
+    else:
+        spec, group = None, _backend(args, None, names=saved.backends)
+    with group as backend:
+        desired = _desired(args, spec, backend) if spec is not None else State()
 
         def run(p: Plan | None, wanted: State | None, *, dry_run: bool) -> Convergence:
             if p is None:

@@ -26,6 +26,10 @@ Safe by construction:
 * writes are atomic (a 0600 temporary file in the same directory, then
   ``os.replace``), so a reader sees the old file or the new one, never half.
 
+:func:`load_spec_head_cached` reads a hit's spec without its destinations, so that a
+cold CLI can make its backends, and let them start reading, before the
+destinations are read; the whole load that follows takes the same document.
+
 A compiled :class:`~k3snet.model.State` is *not* cached: reading its objects
 back (JSON or pickle) costs more than compiling them. Figures and their
 commands: docs/performance.md, "The cold path".
@@ -44,12 +48,14 @@ from typing import Any
 
 from k3snet._gc import gc_paused
 from k3snet._version import __version__
+from k3snet.errors import K3snetError
 from k3snet.spec.load import spec_from_document
 from k3snet.spec.model import Spec
 from k3snet.spec.schema import SPEC
 from k3snet.spec.source import MAX_BYTES, load_mapping
 
-__all__ = ["CACHE_FORMAT", "MAX_ENTRIES", "cache_directory", "load_spec_cached"]
+__all__ = ["CACHE_FORMAT", "MAX_ENTRIES", "cache_directory", "load_spec_cached",
+           "load_spec_head_cached"]
 
 CACHE_FORMAT = 2
 """Bumped when the cache file's layout changes (an old file is then a mismatch)."""
@@ -184,32 +190,80 @@ def _prune(directory: Path, keep: Path) -> None:
                     os.unlink(old)
 
 
-def load_spec_cached(path: str | Path, directory: Path | None = None) -> Spec:
-    """:func:`~k3snet.spec.load_spec`, with the parsed document cached in ``directory``
-    (default :func:`cache_directory`; ``None`` there: no cache). Same spec, same errors."""
-    path = Path(path)
-    where = str(path)
+_handed: tuple[Path, str, Any, bool] | None = None
+"""The cached document :func:`load_spec_head_cached` read (its file, key, document and
+soundness), for the :func:`load_spec_cached` of that file that follows: taken once."""
+
+
+def _located(path: Path, directory: Path | None) -> tuple[Path, str, bytes] | None:
+    """The cache file and key of ``path``'s bytes, and the bytes; ``None`` when there is
+    no cache or the file is not a regular file of at most :data:`MAX_BYTES`."""
     if directory is None:
-        directory = cache_directory()
+        return None
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
             data = handle.read(MAX_BYTES + 1) if stat.S_ISREG(info.st_mode) else None
     except OSError:
-        data = None
-    if directory is None or data is None or len(data) > MAX_BYTES:
+        return None
+    if data is None or len(data) > MAX_BYTES:
+        return None
+    # One file per spec path: a node alternating two specs keeps both parsed.
+    file = directory / (hashlib.sha256(os.fsencode(path.absolute())).hexdigest()[:32] + ".json")
+    return file, _digest(data), data
+
+
+def load_spec_head_cached(path: str | Path, directory: Path | None = None) -> Spec | None:
+    """``path``'s spec without its destinations, from a cache hit; ``None`` on a miss or
+    if that part alone is no spec.
+
+    Everything but the destinations (the backends and their options, the CNI
+    settings) goes through the same checks as in :func:`load_spec_cached`. A
+    cold CLI makes its backends from it, so that they start reading the node
+    (``prefetch``) while the destinations are read; it makes them again if the
+    whole spec asks for other ones. The document is read once: the next
+    :func:`load_spec_cached` of the same bytes takes it.
+    """
+    global _handed  # noqa: PLW0603 - one hand-over from one call to the next
+    path = Path(path)
+    located = _located(path, cache_directory() if directory is None else directory)
+    if located is None:
+        return None
+    file, key, data = located
+    with gc_paused(len(data) // 16):  # about one object per 16 bytes of YAML
+        document, sound = _read_cached(file, key)
+    if not isinstance(document, dict):
+        return None
+    _handed = (file, key, document, sound)
+    head = {name: value for name, value in document.items() if name != "destinations"}
+    try:
+        return spec_from_document(head, source=str(path), sound=sound)
+    except K3snetError:
+        return None
+
+
+def load_spec_cached(path: str | Path, directory: Path | None = None) -> Spec:
+    """:func:`~k3snet.spec.load_spec`, with the parsed document cached in ``directory``
+    (default :func:`cache_directory`; ``None`` there: no cache). Same spec, same errors."""
+    global _handed
+    path = Path(path)
+    where = str(path)
+    located = _located(path, cache_directory() if directory is None else directory)
+    if located is None:
         # Every message about an unreadable or oversized file comes from the one place
         # that words it.
         from k3snet.spec.load import load_spec  # noqa: PLC0415
 
         return load_spec(path)
-    key = _digest(data)
-    # One file per spec path: a node alternating two specs keeps both parsed.
-    file = directory / (hashlib.sha256(os.fsencode(path.absolute())).hexdigest()[:32] + ".json")
+    file, key, data = located
+    handed, _handed = _handed, None
     # One pause for reading the cached document and the spec from it: the collection
     # that ends it walks both at once (each with its own pause: two collections).
     with gc_paused(len(data) // 16):  # about one object per 16 bytes of YAML
-        document, sound = _read_cached(file, key)
+        if handed is not None and handed[:2] == (file, key):
+            document, sound = handed[2:]
+        else:
+            document, sound = _read_cached(file, key)
         if document is not None:
             return spec_from_document(document, source=where, sound=sound)
     try:

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables.kernel import Libnftables
+from k3snet.cli import main
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, SnatRule, State
 from k3snet.planner import plan
+from k3snet.spec import cache as spec_cache
 
 WANTED = State(owned=[
     MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", out_interface="eth0"),
@@ -171,3 +174,36 @@ def test_a_table_nft_cannot_name_is_listed_as_json_after_a_prefetch(
         observed = reader.observe()
     assert listings == ["list table inet counter"]
     assert observed.owned == WANTED.owned
+
+
+def test_the_cli_on_a_warm_spec_cache_applies_each_spec_as_it_is(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The whole cold path of `k3snet apply` with the cache on (the suite runs with it
+    # off): the backends made from the spec's head, their listing started before the
+    # destinations are read, then taken. Each spec, applied twice, is what the kernel has.
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("K3SNET_SPEC_CACHE", raising=False)
+    heads: list[bool] = []
+    head = spec_cache.load_spec_head_cached
+
+    def recorded(path: Path) -> Any:
+        found = head(path)
+        heads.append(found is not None)
+        return found
+
+    monkeypatch.setattr(spec_cache, "load_spec_head_cached", recorded)
+    spec = tmp_path / "spec.yaml"
+    header = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n"
+    for cidrs in (["192.168.2.0/24", "192.168.3.0/24"], ["192.168.3.0/24"],
+                  ["192.168.2.0/24", "192.168.3.0/24"]):
+        spec.write_text(header + "".join(f"  - cidr: {c}\n    gateway: 192.168.1.1\n"
+                                         for c in cidrs))
+        for _ in range(2):  # a miss, then a hit
+            assert main(["apply", "-f", str(spec), "--netns", ns, "--backend", "nftables:nat",
+                         "--no-facts", "--auto-approve"]) == 0
+            listed = {e["match"]["right"]["prefix"]["addr"]
+                      for r in _own_rules(ns) for e in r["expr"]
+                      if "match" in e and e["match"]["left"].get("payload", {}).get("field")
+                      == "daddr"}
+            assert listed == {c.split("/")[0] for c in cidrs}
+    assert heads == [False, True] * 3  # each spec: a miss, then the early way

@@ -329,3 +329,54 @@ def test_other_code_recomputes(spec_file: Path, store: Path, tmp_path: Path,
     (code / "validate.py").write_text("# v2, same mtime\n")
     os.utime(code / "validate.py", ns=(1, 1))
     assert load_spec_cached(spec_file, store) == seed_spec()
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None,
+          max_examples=30)
+@given(spec=ks.specs())
+def test_the_head_of_a_hit_is_the_spec_without_destinations_and_the_document_read_once(
+        spec: Spec, tmp_path: Path) -> None:
+    path = _write(tmp_path / "drawn.yaml", spec)
+    cache = tmp_path / "drawn-cache"
+    plain = load_spec(path)
+    assert spec_cache.load_spec_head_cached(path, cache) is None  # a miss: no head
+    load_spec_cached(path, cache)
+    reads = []
+    real = spec_cache._read_cached
+
+    def counted(*args: Any) -> Any:
+        reads.append(args)
+        return real(*args)
+
+    spec_cache._read_cached = counted  # type: ignore[assignment]
+    try:
+        head = spec_cache.load_spec_head_cached(path, cache)
+        whole = load_spec_cached(path, cache)
+    finally:
+        spec_cache._read_cached = real  # type: ignore[assignment]
+    assert len(reads) == 1  # the whole spec took the document the head read
+    assert whole == plain
+    assert head == Spec.from_dict({**plain.to_dict(), "destinations": []})
+    assert (head.backends, head.backend_options, head.cni) == (
+        plain.backends, plain.backend_options, plain.cni)
+
+
+def test_a_spec_changed_after_its_head_was_read_is_read_whole_again(
+        spec_file: Path, store: Path) -> None:
+    load_spec_cached(spec_file, store)
+    assert spec_cache.load_spec_head_cached(spec_file, store) is not None
+    spec_file.write_text(yaml.safe_dump(OTHER))  # other bytes: the document handed is not it
+    assert load_spec_cached(spec_file, store) == Spec.from_dict(OTHER)
+
+
+def test_a_head_that_is_no_spec_on_its_own_is_none(tmp_path: Path, store: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(OTHER))
+    load_spec_cached(path, store)
+    file = _cached_file(store)
+    entry = json.loads(file.read_text())
+    entry["document"] = {**OTHER, "backends": "not a list"}  # as a planted document would
+    file.write_text(json.dumps(entry))
+    assert spec_cache.load_spec_head_cached(path, store) is None
+    with pytest.raises(SpecError, match="backends"):
+        load_spec_cached(path, store)  # and the whole says why, as without the head
