@@ -93,6 +93,7 @@ from k3snet.backends.iptables.driver import (
     Libiptc,
     Processes,
     RunFailedError,
+    StartedSave,
     tool_name,
 )
 from k3snet.backends.iptables.foreign import (
@@ -208,6 +209,8 @@ class IptablesBackend(BackendBase):
         self._no_generation = False
         self._legacy_reader: NetnsRunner | None = None  # a thread in the namespace
         self._legacy_memo: dict[tuple[int, str], Kept] = {}  # its last read of each table
+        # prefetch(): the change token read before the saves it started, and them.
+        self._started: tuple[int | bytes, dict[int, StartedSave]] | None = None
         # (change token, the tables read, the State made of them): see "Observe cache".
         self._observed: tuple[int | bytes, dict[tuple[int, str], TableState], State] | None \
             = None
@@ -269,7 +272,8 @@ class IptablesBackend(BackendBase):
 
     def close(self) -> None:
         """Release the libiptc worker thread, the generation-id socket and the thread
-        reading the iptables-legacy token."""
+        reading the iptables-legacy token; ends the saves :meth:`prefetch` started."""
+        self._cancel_started()
         self._kernel.close()
         if self._generation is not None:
             self._generation.close()
@@ -348,6 +352,33 @@ class IptablesBackend(BackendBase):
             except K3snetError:
                 continue  # not a rule this backend can write: it cannot be in a table either
 
+    def prefetch(self) -> None:
+        """A hint: start the ``iptables-save`` processes of the next read now, and return.
+
+        They run while the caller works out what to ask for (``k3snet apply`` and
+        ``plan`` call this before they compile the spec). Changes no result: only
+        with iptables-nft, whose change token (the nftables generation id) is one
+        small read, and the next :meth:`observe` takes their output only if that
+        token has not moved since they started, and saves again otherwise. Does
+        nothing with iptables-legacy (its token costs about what it would spare),
+        with a replaced kernel seam, or when the next observe would be served from
+        what the last one read.
+        """
+        if self._started is not None or not isinstance(self._kernel, Processes) \
+                or self.mode != "nft":
+            return
+        token = self._token_or_none()
+        kept = self._observed
+        if token is None or (kept is not None and kept[0] == token and kept[1] is self._tables):
+            return
+        self._started = (token, {family: self._kernel.start_save(family, "nft")
+                                 for family in FAMILIES})
+
+    def _cancel_started(self) -> None:
+        started, self._started = self._started, None
+        for save in (started[1].values() if started is not None else ()):
+            save.cancel()
+
     def observe(self) -> State:
         """Our objects (rebuilt from rule text, hash-checked) and simple foreign rules.
 
@@ -355,32 +386,43 @@ class IptablesBackend(BackendBase):
         moved (see the module docs).
         """
         token = self._token_or_none()
+        started, self._started = self._started, None
         kept = self._observed
         # A failed apply drops self._tables (it may have been edited in place): then read.
-        if token is not None and kept is not None and kept[0] == token and \
-                kept[1] is self._tables:
+        hit = token is not None and kept is not None and kept[0] == token and \
+            kept[1] is self._tables
+        if started is not None and (hit or started[0] != token):  # unneeded, or stale
+            for save in started[1].values():
+                save.cancel()
+            started = None
+        if hit:
+            assert kept is not None
             return kept[2]
         self._render_expected()
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
-        with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the save
-            for family in FAMILIES:
-                dump = self._save(family)
-                for table in TABLES:
-                    tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
-                foreign |= foreign_nat(dump.get("nat"), family)
-                foreign |= foreign_forward(dump.get("filter"), family)
-                # What a foreign rule decides before our jump is not ours: our rules for it
-                # are left out of ``owned``, so the plan says "!" instead of re-adding them.
-                filter_state = tables[family, "filter"]
-                blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index())
-                set_aside(filter_state, blocks)
-                foreign |= blocks
-                # The same for NAT: the first NAT rule a connection meets decides.
-                nat_state = tables[family, "nat"]
-                nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index())
-                set_aside(nat_state, nat)
-                foreign |= nat
+        try:
+            with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the save
+                for family in FAMILIES:
+                    dump = self._save(family, started[1].pop(family, None) if started else None)
+                    for table in TABLES:
+                        tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
+                    foreign |= foreign_nat(dump.get("nat"), family)
+                    foreign |= foreign_forward(dump.get("filter"), family)
+                    # What a foreign rule decides before our jump is not ours: our rules for it
+                    # are left out of ``owned``, so the plan says "!" instead of re-adding them.
+                    filter_state = tables[family, "filter"]
+                    blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index())
+                    set_aside(filter_state, blocks)
+                    foreign |= blocks
+                    # The same for NAT: the first NAT rule a connection meets decides.
+                    nat_state = tables[family, "nat"]
+                    nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index())
+                    set_aside(nat_state, nat)
+                    foreign |= nat
+        finally:
+            for save in (started[1].values() if started else ()):
+                save.cancel()  # what an error left unread
         self._tables = tables
         self._foreign = frozenset(foreign)
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
@@ -669,8 +711,8 @@ class IptablesBackend(BackendBase):
              test: bool = False) -> None:
         self._kernel.commit_ops(family, self.mode, table, ops, test=test)
 
-    def _save(self, family: int) -> dict[str, TableDump]:
-        text = self._kernel.save(family, self.mode)
+    def _save(self, family: int, started: StartedSave | None = None) -> dict[str, TableDump]:
+        text = started.text() if started is not None else self._kernel.save(family, self.mode)
         if text is None:
             raise BackendUnavailableError(
                 f"{tool_name(family, self.mode, 'save')} not found on PATH (install iptables)")

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from k3snet.backends.iptables.libiptc import LibiptcDriver
 
 __all__ = ["CAPABILITY", "Flavour", "Kernel", "Libiptc", "Processes", "RestoreRun",
-           "RunFailedError", "tool_name"]
+           "RunFailedError", "StartedSave", "tool_name"]
 
 Flavour = Literal["nft", "legacy"]
 """Which iptables: ``nft`` (nf_tables through the xt layer) or ``legacy`` (x_tables)."""
@@ -166,6 +166,16 @@ class Processes:
             self._refused(f"run {name} in {self.where}", result.stderr, result.returncode)
         return result.stdout
 
+    def start_save(self, family: int, mode: Flavour) -> StartedSave:
+        """:meth:`save`, its process started now and not waited for (see :class:`StartedSave`)."""
+        name = tool_name(family, mode, "save")
+        if shutil.which(name) is None:
+            return StartedSave(self, name, None)
+        with translate_errors(f"run {name} in {self.where}", capability=CAPABILITY):
+            process = subprocess.Popen(self.argv([name]), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+        return StartedSave(self, name, process)
+
     def version(self) -> str:
         """``iptables --version`` (empty when there is no ``iptables``)."""
         if shutil.which("iptables") is None:
@@ -216,6 +226,53 @@ class Processes:
             if _NOT_PERMITTED.search(stderr):
                 raise PermissionError(errno.EPERM, detail)
             raise OSError(detail)
+
+
+class StartedSave:
+    """An ``iptables-save`` process running (:meth:`Processes.start_save`).
+
+    :meth:`text` waits for it and gives what :meth:`Processes.save` gives, or raises
+    what it raises (the timeout counted from that call); :meth:`cancel` ends it
+    unread. Either reaps the process.
+    """
+
+    def __init__(self, kernel: Processes, name: str,
+                 process: subprocess.Popen[str] | None) -> None:
+        self._kernel = kernel
+        self._name = name
+        self._process = process
+
+    def text(self) -> str | None:
+        """The tool's output (``None``: the tool is not installed)."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        doing = f"run {self._name} in {self._kernel.where}"
+        try:
+            with translate_errors(doing, errors=(OSError, subprocess.TimeoutExpired),
+                                  capability=CAPABILITY):
+                stdout, stderr = process.communicate(timeout=self._kernel.timeout)
+        except BaseException:
+            _end(process)
+            raise
+        if process.returncode != 0:
+            if self._kernel.netns and "network namespace" in stderr:
+                raise BackendError(f"{self._kernel.where} is not usable: {stderr.strip()}")
+            Processes._refused(doing, stderr, process.returncode)
+        return stdout
+
+    def cancel(self) -> None:
+        """End the process unread (idempotent)."""
+        process, self._process = self._process, None
+        if process is not None:
+            _end(process)
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(OSError):
+        process.kill()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        process.communicate(timeout=5)
 
 
 class RestoreProcess:
