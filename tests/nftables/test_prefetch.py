@@ -64,7 +64,8 @@ def _prefetched(backend: NftablesBackend) -> None:
     started: Any = backend._started  # the listing in flight
     assert started is not None, "prefetch started no listing"
     deadline = time.monotonic() + 30
-    while not all(f.done() for f in started[1].values()):
+    futures = [*started.listings.values(), *([started.foreign.future] if started.foreign else [])]
+    while not all(f.done() for f in futures):
         assert time.monotonic() < deadline
         time.sleep(0.01)
 
@@ -90,9 +91,19 @@ def test_an_observe_after_a_prefetch_reads_the_table_once_and_as_it_is(
     assert observed == _listed_now(ns)
 
 
-@pytest.mark.parametrize("commit", ["delete one of k3snet's rules", "add a foreign table"])
+FOREIGN_NAT = ("table ip admin {\n chain post {\n  type nat hook postrouting priority srcnat;\n"
+               "  ip saddr 10.42.0.0/16 ip daddr 198.51.100.0/24 masquerade\n }\n}\n")
+
+
+def _foreign_nat(ns: str, tmp: Path) -> None:
+    rules = tmp / "foreign.nft"
+    rules.write_text(FOREIGN_NAT)
+    run_in(ns, ["nft", "-f", str(rules)])
+
+
+@pytest.mark.parametrize("commit", ["delete one of k3snet's rules", "add a foreign NAT rule"])
 def test_a_commit_after_the_prefetch_is_in_the_next_observe(
-        ns: str, listings: list[str], commit: str) -> None:
+        ns: str, listings: list[str], commit: str, tmp_path: Path) -> None:
     _written(ns)
     with NftablesBackend(ns) as reader:
         reader.expect(WANTED)
@@ -100,8 +111,8 @@ def test_a_commit_after_the_prefetch_is_in_the_next_observe(
         _prefetched(reader)
         # Another writer commits after the listing (another k3snet would, before this
         # one takes the namespace lock): the listing is stale.
-        if commit == "add a foreign table":
-            run_in(ns, ["nft", "add", "table", "ip", "admin"])
+        if commit == "add a foreign NAT rule":  # read into the foreign state
+            _foreign_nat(ns, tmp_path)
         else:
             victim = next(r for r in _own_rules(ns) if "192.168.3.0" in json.dumps(r["expr"]))
             run_in(ns, ["nft", "delete", "rule", "inet", "k3snet", victim["chain"], "handle",
@@ -112,7 +123,32 @@ def test_a_commit_after_the_prefetch_is_in_the_next_observe(
     assert observed == _listed_now(ns)
     gone = MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24",
                           exclude=["192.168.3.0/28"])
-    assert (gone in observed.owned) == (commit == "add a foreign table")
+    assert (gone in observed.owned) == (commit == "add a foreign NAT rule")
+    admin = MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24")
+    assert (admin in observed.foreign) == (commit == "add a foreign NAT rule")
+
+
+def test_a_prefetch_reads_the_other_tables_too(ns: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _written(ns)
+    _foreign_nat(ns, tmp_path)
+    json_listings: list[str] = []
+    real = Libnftables.list
+
+    def counted(self: Libnftables, kind: str, **ref: str) -> Any:
+        json_listings.append(" ".join(["list", kind, *ref.values()]))
+        return real(self, kind, **ref)
+
+    monkeypatch.setattr(Libnftables, "list", counted)
+    with NftablesBackend(ns) as reader:
+        reader.prefetch()
+        _prefetched(reader)
+        read_ahead = list(json_listings)
+        observed = reader.observe()
+    assert "list chains" in read_ahead  # the other tables were read before the observe
+    assert json_listings == read_ahead  # and the observe listed none again
+    assert MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24") in observed.foreign
+    assert observed == _listed_now(ns)
 
 
 def test_a_prefetch_with_the_cache_current_lists_nothing(

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,8 +77,8 @@ from k3snet.render.nftables import (
 )
 from k3snet.render.tag import tag_digest
 
-__all__ = ["ForeignReader", "Match", "own_object", "parse_rule", "read_foreign_within", "read_own",
-           "table_of"]
+__all__ = ["ForeignRead", "ForeignReader", "Match", "finish_foreign_read", "own_object",
+           "parse_rule", "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
 
 # iptables targets that let the packet go on to the next rule (kube-proxy's MARK ...).
 _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY",
@@ -656,7 +657,39 @@ def read_foreign_within(bounded: BoundedLister, own_tables: frozenset[tuple[str,
     try:
         return bounded.run(deadline, lambda kernel: _whole(kernel, own_tables, done)), ()
     except ListingTimeoutError:
-        pass
+        return _given_up(done, own_tables, deadline)
+
+
+@dataclass
+class ForeignRead:
+    """A read of other tables started in a :class:`BoundedLister`'s helper, not waited for
+    (:func:`start_foreign_read`, :func:`finish_foreign_read`)."""
+
+    own_tables: frozenset[tuple[str, str]]
+    future: Future[frozenset[NetObject]]
+    done: dict[tuple[str, ...], Any]
+
+
+def start_foreign_read(bounded: BoundedLister,
+                       own_tables: frozenset[tuple[str, str]]) -> ForeignRead:
+    """The read of :func:`read_foreign_within`, queued in the helper thread now."""
+    done: dict[tuple[str, ...], Any] = {}
+    bounded.calls += 1
+    return ForeignRead(own_tables, bounded.submit(lambda k: _whole(k, own_tables, done)), done)
+
+
+def finish_foreign_read(bounded: BoundedLister, read: ForeignRead,
+                        deadline: float) -> tuple[frozenset[NetObject], tuple[str, ...]]:
+    """What :func:`read_foreign_within` gives, for a read :func:`start_foreign_read` began:
+    waited for until ``deadline``, then what its completed listings say."""
+    try:
+        return bounded.wait(read.future, deadline), ()
+    except ListingTimeoutError:
+        return _given_up(read.done, read.own_tables, deadline)
+
+
+def _given_up(done: dict[tuple[str, ...], Any], own_tables: frozenset[tuple[str, str]],
+              deadline: float) -> tuple[frozenset[NetObject], tuple[str, ...]]:
     # Copied in one C call: the helper may still be adding to it.
     lister: Lists = _Replay(dict(done)) if _started(done) else _ChildLister(deadline)
     reader = ForeignReader(lister, own_tables)
