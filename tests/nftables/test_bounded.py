@@ -160,3 +160,31 @@ def test_an_incomplete_foreign_read_is_a_warning_of_the_plan() -> None:
     assert "list chain ip filter FLANNEL-FWD" in warning
     assert not any(isinstance(obj, ForwardRule) for obj in state.foreign)
     assert state.owned  # k3snet's own table was read all the same
+
+
+def test_close_does_not_wait_for_a_listing_nobody_waits_for() -> None:
+    # A prefetch's listing that is never taken (the command failed before its observe)
+    # may never end under a foreign writer: closing must not wait for it.
+    hanging = _Hanging("list table inet k3snet")
+    lister = BoundedLister(lambda: hanging)
+    try:
+        future = lister.submit(lambda kernel: kernel.list("table", family="inet", name="k3snet"))
+        closing = threading.Thread(target=lister.close, daemon=True)
+        closing.start()
+        closing.join(5)
+        assert not closing.is_alive(), "close() waits for the listing"
+        assert not future.done()
+    finally:
+        hanging.release.set()
+    assert future.result(timeout=10)  # released, the helper ends the job and itself
+
+
+def test_close_waits_for_a_helper_whose_jobs_are_done() -> None:
+    kernel = RecordedKernel("k3s-node")
+    lister = BoundedLister(lambda: kernel)
+    future = lister.submit(lambda k: k.list("table", family="inet", name="k3snet"))
+    future.result(timeout=10)
+    thread = lister._thread
+    lister.close()
+    assert thread is not None
+    assert not thread.is_alive()

@@ -222,6 +222,7 @@ class BoundedLister:
         self._jobs = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stuck: Future[object] | None = None
+        self._last: Future[object] | None = None  # the job queued last (they run in order)
         self.calls = 0
 
     @property
@@ -244,6 +245,7 @@ class BoundedLister:
         future: Future[T] = Future()
         self._start()
         self._jobs.put((fn, future))  # type: ignore[arg-type]
+        self._last = future  # type: ignore[assignment]
         return future
 
     def wait(self, future: Future[T], deadline: float) -> T:
@@ -300,10 +302,11 @@ class BoundedLister:
             raise ListingTimeoutError(_timed_out(kind, ref)) from None
 
     def close(self) -> None:
-        """Stop the helper thread; one stuck in a dump is left to end by itself."""
+        """Stop the helper thread; one still in a job is left to end by itself: a dump
+        given up on, or one nobody waited for (a prefetch), which may never end either."""
         if self._thread is not None:
             self._jobs.put(None)
-            if not self.busy:
+            if not self.busy and (self._last is None or self._last.done()):
                 self._thread.join()
             self._thread = None
 
