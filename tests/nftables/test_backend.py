@@ -223,7 +223,8 @@ def spy_lists(backend: NftablesBackend) -> list[str]:
         made.list_text = spy_text  # type: ignore[method-assign]
         return made
 
-    backend._bounded = BoundedLister(foreign_kernel)
+    backend._bounded = BoundedLister(foreign_kernel)  # k3snet's table
+    backend._foreign_bounded = BoundedLister(foreign_kernel)  # the other tables
     return commands
 
 

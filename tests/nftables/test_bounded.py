@@ -148,7 +148,7 @@ def test_a_child_listing_past_its_deadline_is_not_run() -> None:
 def test_an_incomplete_foreign_read_is_a_warning_of_the_plan() -> None:
     hanging = _Hanging("list chain ip filter FLANNEL-FWD")
     nft = NftablesBackend(kernel=lambda: RecordedKernel("k3s-node"), foreign_timeout=0.3)
-    nft._bounded = BoundedLister(lambda: hanging)  # the helper's kernel: recorded, one hangs
+    nft._foreign_bounded = BoundedLister(lambda: hanging)  # recorded, one listing hangs
     try:
         with nft:
             assert nft.warnings == ()

@@ -11,6 +11,7 @@ each in a namespace of its own; the kernel's own view is ``nft -j list``.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ from typing import Any
 import pytest
 
 from k3snet.backends.nftables import NftablesBackend
-from k3snet.backends.nftables.kernel import Libnftables
+from k3snet.backends.nftables.kernel import BoundedLister, Libnftables
 from k3snet.cli import main
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, SnatRule, State
-from k3snet.planner import plan
+from k3snet.planner import Plan, plan
 from k3snet.spec import cache as spec_cache
+from tests.nftables.test_bounded import _Hanging
+from tests.nftables.test_recorded import RecordedKernel
 
 WANTED = State(owned=[
     MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", out_interface="eth0"),
@@ -243,3 +246,67 @@ def test_the_cli_on_a_warm_spec_cache_applies_each_spec_as_it_is(
                       == "daddr"}
             assert listed == {c.split("/")[0] for c in cidrs}
     assert heads == [False, True] * 3  # each spec: a miss, then the early way
+
+
+@pytest.mark.parametrize("then", ["a commit", "a check, which reads no other table"])
+def test_a_prefetched_foreign_read_that_never_ends_does_not_block_k3snet_s_table(
+        ns: str, then: str) -> None:
+    # A foreign chain whose listing never ends (a writer committing all the time), read
+    # by a prefetch that a commit then makes stale, or that a check does not take: had
+    # k3snet's own table been listed in the same helper, behind it, it would not list
+    # within read_timeout. The foreign read is bounded by foreign_timeout, as any
+    # read is; k3snet's own table is listed in a helper of its own all the while.
+    hanging = _Hanging("list chain ip filter FLANNEL-FWD")
+    backend = NftablesBackend(ns, kernel=lambda: RecordedKernel("k3s-node"),
+                              foreign_timeout=0.3, read_timeout=3)
+    # The helpers' kernel: recorded, and one foreign chain's listing hangs.
+    backend._bounded = BoundedLister(lambda: hanging)
+    backend._foreign_bounded = BoundedLister(lambda: hanging)
+    try:
+        with backend:
+            backend.prefetch()
+            if then == "a commit":
+                backend._kernel.generation += 1  # type: ignore[union-attr]
+            else:  # the prefetch is taken, its foreign read is not
+                assert backend.check(Plan(())) == ()
+            began = time.monotonic()
+            observed = backend.observe(refresh=then != "a commit")
+            took = time.monotonic() - began
+    finally:
+        hanging.release.set()
+    assert took < 3
+    with NftablesBackend(kernel=lambda: RecordedKernel("k3s-node")) as plain:
+        assert observed.owned == plain.observe().owned
+
+
+class _HangingText(RecordedKernel):
+    """A recorded kernel whose text listing of k3snet's table never ends until released."""
+
+    def __init__(self) -> None:
+        super().__init__("k3s-node")
+        self.release = threading.Event()
+
+    def list_text(self, kind: str, **ref: str) -> str | None:
+        self.release.wait()
+        return None
+
+
+def test_a_stale_prefetched_listing_that_never_ends_is_given_up_within_read_timeout(
+        ns: str) -> None:
+    # The prefetch's listing of k3snet's table never ends and a commit makes it stale.
+    # The next listing, queued behind it in the same helper, would time out: the stale
+    # one is waited for within read_timeout and given up on, and the table is then
+    # listed in a child process (the lab's real ruleset: no k3snet table).
+    hanging = _HangingText()
+    backend = NftablesBackend(ns, kernel=lambda: RecordedKernel("k3s-node"), read_timeout=1)
+    backend._bounded = BoundedLister(lambda: hanging)
+    backend._foreign_bounded = BoundedLister(lambda: RecordedKernel("k3s-node"))
+    try:
+        with backend:
+            backend.prefetch()
+            backend._kernel.generation += 1  # type: ignore[union-attr]  # a commit
+            observed = backend.observe()
+    finally:
+        hanging.release.set()
+    assert observed.owned == frozenset()
+    assert observed.foreign  # the other tables, from their own helper

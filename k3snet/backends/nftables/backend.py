@@ -242,10 +242,14 @@ class NftablesBackend(BackendBase):
         self.foreign_timeout = _seconds("foreign_timeout", foreign_timeout)
         self.read_timeout = _seconds("read_timeout", read_timeout)
         self._foreign_unread: tuple[str, ...] = ()
-        # Listings' own libnftables context, in a helper thread (made lazily, in the
+        # Listings' own libnftables contexts, each in a helper thread (made lazily, in the
         # worker thread), so a listing that never ends can be given up on; only with
-        # the real kernel: fakes serve recorded listings.
+        # the real kernel: fakes serve recorded listings. One for k3snet's table, one
+        # for the other tables: a foreign chain that never lists never delays k3snet's
+        # own, and the foreign context never holds the big listing (the first command
+        # after one pays the release of its cache: ~20 ms at 10 000 rules).
         self._bounded: BoundedLister | None = None
+        self._foreign_bounded: BoundedLister | None = None
         self._bounded_kernel = kernel is None
         self.syntax: Syntax = syntax
         self.netns = netns
@@ -369,10 +373,12 @@ class NftablesBackend(BackendBase):
     def close(self) -> None:
         """Free the libnftables context and stop the namespace worker (idempotent)."""
         kernel, self._kernel = self._kernel, None
-        bounded, self._bounded = self._bounded, None
-        if bounded is not None:
-            with contextlib.suppress(BackendError, OSError):
-                self._runner.call(bounded.close)
+        helpers = (self._bounded, self._foreign_bounded)
+        self._bounded = self._foreign_bounded = None
+        for bounded in helpers:
+            if bounded is not None:
+                with contextlib.suppress(BackendError, OSError):
+                    self._runner.call(bounded.close)
         if kernel is not None:
             with contextlib.suppress(BackendError, OSError):
                 self._runner.call(kernel.close)
@@ -409,6 +415,7 @@ class NftablesBackend(BackendBase):
         # one at a time, so what is not taken is only waited for).
         started, self._started = self._started, None
         if started is not None and (started.genid != genid or refresh):
+            self._settle(started)
             started = None
         cache = None if refresh else self._observed.get(genid)
         if cache is None:
@@ -427,6 +434,24 @@ class NftablesBackend(BackendBase):
             cache.foreign = self._read_foreign(kernel, started.foreign if started else None)
         return cache
 
+    def _settle(self, started: _Started) -> None:
+        """Wait for the listings of k3snet's table a discarded :meth:`prefetch` started,
+        within ``read_timeout``.
+
+        The helper lists one at a time: the listing queued next would otherwise wait
+        behind one that may never end (a writer committing all the time) and fail
+        its own bound. A listing past its bound leaves the helper busy, as one given
+        up on does: the next listings run in child processes (docs/reliability.md).
+        What it started in the other tables' helper is left: reads queued there are
+        bounded by ``foreign_timeout`` as they are.
+        """
+        bounded = self._bounded
+        for future in started.listings.values():
+            if bounded is None or bounded.busy:
+                return
+            with contextlib.suppress(Exception):  # that stale listing's own outcome
+                bounded.wait(future, time.monotonic() + self.read_timeout)
+
     def _prefetch(self, kernel: NftKernel) -> None:
         bounded = self._bounded_lister()
         if bounded is None or bounded.busy or self._started is not None:
@@ -434,14 +459,14 @@ class NftablesBackend(BackendBase):
         genid = kernel.genid()
         if self._observed.get(genid) is not None:
             return
-        self._started = _Started(genid, {
-            listing_key("table", family=family, name=self._table):
-                bounded.submit_text("table", family=family, name=self._table)
-            for family in self._families},
-            # Queued after the listing, the read of the other tables runs while the spec
-            # compiles too; it also spares the observe the listing context's release of
-            # the big listing's cache (~20 ms at 10 000 rules, the next command's cost).
-            start_foreign_read(bounded, self._own_tables()) if self.observe_foreign else None)
+        listings = {listing_key("table", family=family, name=self._table):
+                    bounded.submit_text("table", family=family, name=self._table)
+                    for family in self._families}
+        foreign = self._foreign_lister() if self.observe_foreign else None
+        # The other tables are read meanwhile too, in their own helper.
+        ahead = start_foreign_read(foreign, self._own_tables()) \
+            if foreign is not None and not foreign.busy else None
+        self._started = _Started(genid, listings, ahead)
 
     def _observe(self, kernel: NftKernel, *, refresh: bool) -> State:
         cache = self._fresh(kernel, foreign=self.observe_foreign, refresh=refresh)
@@ -458,6 +483,11 @@ class NftablesBackend(BackendBase):
             self._bounded = BoundedLister()
         return self._bounded
 
+    def _foreign_lister(self) -> BoundedLister | None:
+        if self._foreign_bounded is None and self._bounded_kernel:
+            self._foreign_bounded = BoundedLister()
+        return self._foreign_bounded
+
     def _own_lister(self, kernel: NftKernel,
                     started: dict[tuple[str, ...], Future[str | None]] | None = None) -> Lists:
         bounded = self._bounded_lister()
@@ -471,7 +501,7 @@ class NftablesBackend(BackendBase):
                       ahead: ForeignRead | None = None) -> frozenset[NetObject]:
         """Other tables' rules; ``ahead``: that read, started by :meth:`prefetch` at the
         generation id of the cache it goes into."""
-        bounded = self._bounded_lister()
+        bounded = self._foreign_lister()
         if bounded is None:
             return ForeignReader(kernel, self._own_tables()).read()
         deadline = time.monotonic() + self.foreign_timeout
