@@ -332,14 +332,15 @@ class NftablesBackend(BackendBase):
         self._expected = tuple(state.owned)
 
     def prefetch(self) -> None:
-        """A hint: start listing k3snet's table now, in the background, and return.
+        """A hint: start listing k3snet's table (and reading the other tables) now, in
+        the background, and return.
 
         The listing (libnftables, in C, with the GIL released) then runs while
         the caller works out what to ask for: ``k3snet apply`` and ``plan`` call
         this before they compile the spec. Changes no result: the next read
-        takes that listing only if no nftables transaction was committed since
-        it began (the generation id read before it, as every cached read is
-        stamped), and lists again otherwise. Does nothing when the next read
+        takes what was started only if no nftables transaction was committed
+        since it began (the generation id read before it, as every cached read
+        is stamped), and reads again otherwise. Does nothing when the next read
         would be served from the cache anyway, or with a fake kernel.
         """
         self._call(self._prefetch)
@@ -411,8 +412,8 @@ class NftablesBackend(BackendBase):
         right after the read anyway.
         """
         genid = kernel.genid()
-        # What prefetch() started, if nothing was committed since it began (the helper lists
-        # one at a time, so what is not taken is only waited for).
+        # What prefetch() started, if nothing was committed since it began; a stale one is
+        # settled first, as the listing helper lists one at a time.
         started, self._started = self._started, None
         if started is not None and (started.genid != genid or refresh):
             self._settle(started)
