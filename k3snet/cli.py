@@ -504,16 +504,18 @@ def _spec_and_backend(args: argparse.Namespace) -> tuple[Spec, BackendGroup]:
 
     On a warm spec cache the backends are made from the spec without its
     destinations (their names and options are all in that part), and start
-    reading the node while the destinations are read; they are kept if the
-    whole spec asks for the same ones, else made again from it. Anything wrong
-    on the early way is left for the usual order to say: the spec's problems
-    first, then the backends'.
+    reading the node while the destinations are read. Otherwise, when the
+    command line names the backends, they are made from it alone, and read
+    while the spec's YAML is parsed. Either way they are kept only if the whole
+    spec asks for the same ones, else made again from it. Anything wrong on the
+    early way is left for the usual order to say: the spec's problems first,
+    then the backends'.
     """
     from k3snet.spec.cache import load_spec_head_cached  # noqa: PLC0415 - as in _spec
 
     early: tuple[_Recipe, BackendGroup] | None = None
     head = load_spec_head_cached(args.spec)
-    if head is not None:
+    if head is not None or args.backend:
         with contextlib.suppress(Exception):  # said again below, in the usual order
             recipe = _recipe(args, head)
             early = (recipe, _group(recipe))

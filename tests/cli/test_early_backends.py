@@ -1,5 +1,5 @@
-"""On a warm spec cache, `k3snet plan` and `apply` make their backends before the
-destinations are read, so that they start reading the node meanwhile (``prefetch``).
+"""`k3snet plan` and `apply` make their backends before the spec (on a warm spec cache,
+its destinations) is read, so that they start reading the node meanwhile (``prefetch``).
 
 Nothing else may change: the backends are those the whole spec asks for (made
 again otherwise), the spec's problems are said first, and backends made early
@@ -69,16 +69,46 @@ ARGS = ["-f", str(SEED), "--no-facts", "--backend", "memory-recording:nat"]
 
 
 @pytest.mark.parametrize("command", ["plan", "apply"])
-def test_a_warm_cache_makes_the_backends_before_the_destinations_are_read(
+def test_the_backends_are_made_and_reading_before_the_spec_is_read(
         recording: list[str], command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # A miss (the YAML parsed): made from the command line's --backend alone; a hit:
+    # from the cached spec without its destinations. Each made once, and kept.
     main([command, *ARGS])
-    assert recording[:3] == ["spec", "make", "prefetch"]  # a miss: the usual order
+    assert recording == ["make", "prefetch", "spec", "close"]
     cold = capsys.readouterr().out
     recording.clear()
     main([command, *ARGS])
-    assert recording == ["make", "prefetch", "spec", "close"]  # made once, kept
+    assert recording == ["make", "prefetch", "spec", "close"]
     assert capsys.readouterr().out == cold
     assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in cold
+
+
+def test_backends_the_spec_names_are_made_after_it_on_a_miss_before_it_on_a_hit(
+        recording: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Without --backend, only the spec says which backends: on a miss nothing is made
+    # before it is read (no guess), on a hit they are made from its head.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text() + "backends: [memory-recording]\n")
+    argv = ["plan", "-f", str(spec), "--no-facts"]
+    main(argv)
+    assert recording == ["spec", "make", "prefetch", "close"]
+    cold = capsys.readouterr().out
+    recording.clear()
+    main(argv)
+    assert recording == ["make", "prefetch", "spec", "close"]
+    assert capsys.readouterr().out == cold
+
+
+def test_a_guess_from_the_command_line_is_made_again_when_the_spec_gives_options(
+        recording: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text()
+                    + "backends:\n  memory-recording:\n    capabilities: [nat, route]\n")
+    main(["plan", "-f", str(spec), "--no-facts", "--backend", "memory-recording:nat"])
+    # A miss: made from --backend, then again with the spec's options.
+    assert recording == ["make", "prefetch", "spec", "close", "make", "prefetch", "close"]
+    assert _Recording.made[-1].capabilities == {"nat", "route"}
+    assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24" in capsys.readouterr().out
 
 
 def test_backends_made_early_are_made_again_when_the_whole_spec_asks_for_others(
