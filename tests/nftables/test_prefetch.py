@@ -11,7 +11,6 @@ each in a namespace of its own; the kernel's own view is ``nft -j list``.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, SnatRule, State
 from k3snet.planner import Plan, plan
 from k3snet.spec import cache as spec_cache
-from tests.nftables.test_bounded import _Hanging
+from tests.nftables.test_bounded import _Hanging, _HangingText
 from tests.nftables.test_recorded import RecordedKernel
 
 WANTED = State(owned=[
@@ -181,7 +180,10 @@ def test_a_prefetch_never_read_is_closed_with_its_backend(ns: str, listings: lis
     reader = NftablesBackend(ns)
     reader.prefetch()
     reader.prefetch()  # one listing in flight at a time
-    reader.close()
+    started: Any = reader._started
+    reader.close()  # returns without waiting for the listing (test_bounded.py)
+    for future in started.listings.values():
+        future.exception(timeout=30)  # the helper still ends it
     assert listings == ["list table inet k3snet"]
     assert reader._bounded is None  # its helper thread was stopped
     # Nothing of it stays behind: the table is as written, and can be read again.
@@ -277,18 +279,6 @@ def test_a_prefetched_foreign_read_that_never_ends_does_not_block_k3snet_s_table
     assert took < 3
     with NftablesBackend(kernel=lambda: RecordedKernel("k3s-node")) as plain:
         assert observed.owned == plain.observe().owned
-
-
-class _HangingText(RecordedKernel):
-    """A recorded kernel whose text listing of k3snet's table never ends until released."""
-
-    def __init__(self) -> None:
-        super().__init__("k3s-node")
-        self.release = threading.Event()
-
-    def list_text(self, kind: str, **ref: str) -> str | None:
-        self.release.wait()
-        return None
 
 
 def test_a_stale_prefetched_listing_that_never_ends_is_given_up_within_read_timeout(
