@@ -27,7 +27,12 @@ from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE
 from k3snet.backends.lock import namespaces_of
-from k3snet.backends.registry import available_backends, backend_options, create_backend
+from k3snet.backends.registry import (
+    available_backends,
+    backend_options,
+    create_backend,
+    load_backend,
+)
 from k3snet.converge import Convergence, apply_plan, compile_for, converge, destroy
 from k3snet.errors import (
     BackendOptionError,
@@ -499,23 +504,32 @@ def _group(recipe: _Recipe) -> BackendGroup:
         raise
 
 
+def _prefetching(names: Sequence[str]) -> bool:
+    """Whether any backend of ``names`` can start a read early (its class has ``prefetch``):
+    only then is a guess from the command line worth making (a guess may be thrown away)."""
+    with contextlib.suppress(Exception):  # unknown or unloadable: said in the usual order
+        return any(callable(getattr(load_backend(entry.partition(":")[0]), "prefetch", None))
+                   for entry in names)
+    return False
+
+
 def _spec_and_backend(args: argparse.Namespace) -> tuple[Spec, BackendGroup]:
     """The spec and its backends, the backends reading already (``prefetch``).
 
     On a warm spec cache the backends are made from the spec without its
     destinations (their names and options are all in that part), and start
     reading the node while the destinations are read. Otherwise, when the
-    command line names the backends, they are made from it alone, and read
-    while the spec's YAML is parsed. Either way they are kept only if the whole
-    spec asks for the same ones, else made again from it. Anything wrong on the
-    early way is left for the usual order to say: the spec's problems first,
-    then the backends'.
+    command line names the backends and one of them can read early, they are
+    made from it alone, and read while the spec's YAML is parsed. Either way
+    they are kept only if the whole spec asks for the same ones, else made
+    again from it. Anything wrong on the early way is left for the usual order
+    to say: the spec's problems first, then the backends'.
     """
     from k3snet.spec.cache import load_spec_head_cached  # noqa: PLC0415 - as in _spec
 
     early: tuple[_Recipe, BackendGroup] | None = None
     head = load_spec_head_cached(args.spec)
-    if head is not None or args.backend:
+    if head is not None or (args.backend and _prefetching(args.backend)):
         with contextlib.suppress(Exception):  # said again below, in the usual order
             recipe = _recipe(args, head)
             early = (recipe, _group(recipe))

@@ -173,3 +173,22 @@ def test_backends_made_before_one_that_fails_are_closed(
         cli._group([("memory-recording", None, {}),
                     ("memory-recording", ["nat"], {"capabilities": ["route"]})])
     assert [b.closed for b in _Recording.made] == [True, True]
+
+
+class _NoPrefetch(_Recording):
+    """A backend that cannot start a read early."""
+
+    prefetch = None  # type: ignore[assignment]
+
+
+def test_no_guess_is_made_for_backends_that_cannot_read_early(
+        recording: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # A guess may be thrown away (the spec gives options): it is made only where it
+    # can pay (a CNI or cluster backend is not built twice for nothing).
+    register_backend("memory-plain", _NoPrefetch)
+    try:
+        main(["plan", "-f", str(SEED), "--no-facts", "--backend", "memory-plain:nat"])
+    finally:
+        unregister_backend("memory-plain")
+    assert recording == ["spec", "make", "close"]  # a miss: the usual order
+    assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in capsys.readouterr().out

@@ -431,21 +431,28 @@ class NftablesBackend(BackendBase):
                                  seen=seen, expected=expected)
             self._lines = cache.lines
             self._observed.put(genid, cache)
+        ahead = started.foreign if started else None
         if foreign and cache.foreign is None:
-            cache.foreign = self._read_foreign(kernel, started.foreign if started else None)
+            cache.foreign, ahead = self._read_foreign(kernel, ahead), None
+        if ahead is not None and self._foreign_bounded is not None:
+            self._foreign_bounded.abandon(ahead.future)  # not taken: see _settle
         return cache
 
     def _settle(self, started: _Started) -> None:
-        """Wait for the listings of k3snet's table a discarded :meth:`prefetch` started,
-        within ``read_timeout``.
+        """What a discarded :meth:`prefetch` started: its listings of k3snet's table waited
+        for within ``read_timeout``, its read of the other tables abandoned.
 
-        The helper lists one at a time: the listing queued next would otherwise wait
-        behind one that may never end (a writer committing all the time) and fail
-        its own bound. A listing past its bound leaves the helper busy, as one given
-        up on does: the next listings run in child processes (docs/reliability.md).
-        What it started in the other tables' helper is left: reads queued there are
-        bounded by ``foreign_timeout`` as they are.
+        Each helper lists one at a time, so what is queued next would otherwise wait
+        behind a listing that may never end (a writer committing all the time) and
+        fail its bound: k3snet's table, or the whole foreign read (every table left
+        unread instead of the one chain that never lists). A listing given up on, or
+        abandoned while it runs, leaves its helper busy: the next listings run in
+        child processes (docs/reliability.md). The listing of k3snet's table is
+        waited for first, as it is usually about to end (one commit since, not a
+        storm), and a child's JSON listing of a big table costs three times more.
         """
+        if started.foreign is not None and self._foreign_bounded is not None:
+            self._foreign_bounded.abandon(started.foreign.future)
         bounded = self._bounded
         for future in started.listings.values():
             if bounded is None or bounded.busy:

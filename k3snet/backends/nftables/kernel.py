@@ -248,6 +248,13 @@ class BoundedLister:
         self._last = future  # type: ignore[assignment]
         return future
 
+    def abandon(self, future: Future[T]) -> None:
+        """A job of :meth:`submit` nobody will wait for: while it still runs, the helper
+        is :attr:`busy`, as after a job past its deadline (listings then run in child
+        processes instead of queueing behind it)."""
+        if self._stuck is None and not future.done():
+            self._stuck = future  # type: ignore[assignment]
+
     def wait(self, future: Future[T], deadline: float) -> T:
         """``future``'s result (a job of :meth:`submit`), or :class:`ListingTimeoutError`
         once ``time.monotonic()`` passes ``deadline``; the helper is then :attr:`busy`
