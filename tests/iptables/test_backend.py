@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from hypothesis import strategies as st
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.errors import ApplyError, BackendError
-from k3snet.lab.netns import create_netns, delete_netns, run_in, temporary_netns, unique_name
+from k3snet.lab.netns import create_netns, delete_netns, run_in, unique_name
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
 from k3snet.render.iptables import render_iptables_save
@@ -72,14 +70,6 @@ _COUNTERS = re.compile(r"\[\d+:\d+\]")
 # -- fixtures and helpers -------------------------------------------------------------
 
 
-@pytest.fixture
-def ns(require_root: None) -> Iterator[str]:
-    """A fresh, empty network namespace."""
-    for tool in ("iptables-nft-restore", "iptables-legacy-restore", "ip6tables-nft-restore"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    with temporary_netns("ipt") as name:
-        yield name
 
 
 @pytest.fixture(params=CONFIGS)

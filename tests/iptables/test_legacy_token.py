@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.driver import Flavour, Processes
 from k3snet.backends.iptables.xtables import TableDigest, table_digests
 from k3snet.backends.netns import NetnsRunner
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import run_in
 
 pytestmark = pytest.mark.kernel
 
@@ -39,13 +38,6 @@ SOURCES = {4: ("10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"),
 _COUNTER = re.compile(r"^\[(\d+):(\d+)\] -A", re.MULTILINE)
 
 
-@pytest.fixture
-def ns(require_root: None) -> Iterator[str]:
-    for tool in ("iptables-legacy", "ip6tables-legacy", "iptables-legacy-save"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    with temporary_netns("ltok") as name:
-        yield name
 
 
 def tool(family: int) -> str:

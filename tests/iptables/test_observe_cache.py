@@ -9,14 +9,12 @@ real tools, through a counting wrapper), and every answer is compared with
 from __future__ import annotations
 
 import shlex
-import shutil
-from collections.abc import Iterator
 
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.driver import Flavour, Processes
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import run_in
 from k3snet.model import Drift, MasqueradeRule, State
 from k3snet.planner import plan
 
@@ -38,13 +36,6 @@ class CountingProcesses(Processes):
         return super().save(family, mode)
 
 
-@pytest.fixture
-def ns(require_root: None) -> Iterator[str]:
-    for tool in ("iptables-nft-restore", "iptables-legacy-save", "ip6tables-nft-save"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    with temporary_netns("iptc") as name:
-        yield name
 
 
 def _backend(ns: str, mode: Flavour) -> tuple[IptablesBackend, CountingProcesses]:

@@ -10,15 +10,13 @@ Kernel tests in a fresh namespace, against the tools' own view.
 from __future__ import annotations
 
 import shlex
-import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.driver import Flavour, Processes, StartedSave
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import run_in
 from k3snet.model import MasqueradeRule, State
 from k3snet.planner import plan
 
@@ -46,13 +44,6 @@ class Counting(Processes):
         return self.started[-1]
 
 
-@pytest.fixture
-def ns(require_root: None) -> Iterator[str]:
-    for tool in ("iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    with temporary_netns("iptpf") as name:
-        yield name
 
 
 def _backend(ns: str, mode: Flavour = "nft") -> tuple[IptablesBackend, Counting]:
