@@ -14,12 +14,11 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from agent_memory import spec
 
 from k3snet.agent import Agent, AgentOptions, FileSpecSource
-from k3snet.cli import _backend, _desired, build_parser
+from k3snet.cli import _AgentDesired, _backend, build_parser
 from k3snet.lab.netns import run_in, temporary_netns
 
 PASSES = 20
@@ -47,9 +46,8 @@ def main() -> None:
             path.write_text(spec(count))
             args = build_parser().parse_args(["agent", "-f", str(path), "--netns", ns,
                                               "--backend", "netlink", "--backend", "nftables"])
-            memo: list[Any] = []  # as `k3snet agent` compiles: once per spec and facts
-            agent = Agent(FileSpecSource(path), lambda s, a=args: _backend(a, s),
-                          lambda s, g, a=args, m=memo: _desired(a, s, g, m),
+            desired = _AgentDesired(args)  # as `k3snet agent` compiles and reads the facts
+            agent = Agent(FileSpecSource(path), lambda s, a=args: _backend(a, s), desired,
                           AgentOptions("bench"))
             start = time.monotonic()
             assert agent.run_pass().status == "ok"
@@ -60,6 +58,7 @@ def main() -> None:
                 assert result.applied == (), result
             per_pass = (cpu() - before) / PASSES * 1000
             agent.shutdown()
+            desired.close()
         print(f"{count:>12}{first:>14.2f}{per_pass:>26.1f}")
 
 

@@ -55,7 +55,7 @@ from k3snet.agent import Agent, AgentOptions, FileSpecSource
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
-from k3snet.cli import _backend, _desired, build_parser
+from k3snet.cli import _AgentDesired, _backend, build_parser
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import State
 from k3snet.planner import plan
@@ -274,9 +274,9 @@ def agent_no_op(n: Node, count: int, runs: int) -> None:
     path = n.spec(count)
     os.environ["K3SNET_STATE_DIR"] = os.environ["K3SNET_LOCK_DIR"] = str(n.tmp)
     args = build_parser().parse_args(["agent", "-f", str(path), "--netns", n.ns, *n.args])
-    memo: list[Any] = []
-    agent = Agent(FileSpecSource(path), lambda s: _backend(args, s),
-                  lambda s, g: _desired(args, s, g, memo), AgentOptions("bench"))
+    desired = _AgentDesired(args)  # as `k3snet agent` compiles and reads the facts
+    agent = Agent(FileSpecSource(path), lambda s: _backend(args, s), desired,
+                  AgentOptions("bench"))
     try:
         assert agent.run_pass().status == "ok"
         agent.run_pass()
@@ -302,6 +302,7 @@ def agent_no_op(n: Node, count: int, runs: int) -> None:
               detail="spec, facts, observe, plan")
     finally:
         agent.shutdown()
+        desired.close()
 
 
 def observe_cold(n: Node, sizes: list[int], runs: int) -> None:

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # the names, for type checkers and the docs; at run time they
         SpecError,
         TeardownError,
     )
-    from k3snet.facts import facts_from_ip_json, gather_facts
+    from k3snet.facts import FactsWatch, facts_from_ip_json, gather_facts
     from k3snet.model import (
         K3SNET_ROUTE_PROTOCOL,
         ForwardRule,
@@ -98,6 +98,7 @@ _LAZY: dict[str, str] = {
     "ConflictError": "k3snet.errors",
     "Convergence": "k3snet.converge",
     "Destination": "k3snet.spec",
+    "FactsWatch": "k3snet.facts",
     "ForwardPolicy": "k3snet.spec",
     "ForwardRule": "k3snet.model",
     "K3SNET_ROUTE_PROTOCOL": "k3snet.model",
@@ -196,6 +197,7 @@ __all__ = [
     "ConflictError",
     "Convergence",
     "Destination",
+    "FactsWatch",
     "ForwardPolicy",
     "ForwardRule",
     "K3snetError",

@@ -41,12 +41,12 @@ from k3snet.errors import (
     Problem,
     SpecError,
 )
-from k3snet.facts import gather_facts
+from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import configmap_ref
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import PlanFile
 from k3snet.planner import Change, Plan, plan
-from k3snet.spec import Spec, check_backend_options, load_spec, spec_backend_options
+from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
 
 __all__ = ["build_parser", "main"]
@@ -550,38 +550,82 @@ def _spec_and_backend(args: argparse.Namespace) -> tuple[Spec, BackendGroup]:
     return spec, group
 
 
-def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup,
-             memo: list[Any] | None = None) -> State:
+def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> State:
+    return compile_for(backend, spec, _local_facts(args, backend, gather_facts))
+
+
+def _local_facts(args: argparse.Namespace, backend: BackendGroup,
+                 read: Callable[[str | None], NodeFacts]) -> NodeFacts | None:
     # Facts describe the local node (its interfaces and routes): they are read only for
     # backends acting on it (a network namespace here), never for remote or cloud ones.
     local = bool(namespaces_of(backend)) and bool(backend.capabilities & set(KINDS))
-    if memo is None:
-        facts = gather_facts(args.netns) if local and not args.no_facts else None
-        return compile_for(backend, spec, facts)
-    facts = token = None
-    if local and not args.no_facts:
-        # The agent: the netlink member's route token moves with every route, link and
-        # address change in this namespace, all that the facts are made of (its change
-        # token also covers sysctls, which they are not); read before the facts, it can
-        # only make them be read again too often, never too rarely.
-        watched = [read for m in backend.members if getattr(m.backend, "name", None) == "netlink"
-                   and (read := getattr(m.backend, "route_token", None)) is not None]
-        token = watched[0]() if watched else None
-        if token is not None and len(memo) == 5 and memo[4] == token:
-            facts = memo[2]
-        else:
-            facts = gather_facts(args.netns)
-    # The agent's passes: compile is pure, so the same spec, backends and facts give the
-    # same state; compiling 2k destinations again cost 250 of a 430 ms no-op pass
-    # (benchmarks/agent_steady.py). The agent hands a new group object each pass:
-    # its members' backends (kept alive here) and kinds are what counts.
-    members = [(m.backend, m.kinds) for m in backend.members]
-    if not (memo and memo[0] is spec and memo[2] == facts and len(memo[1]) == len(members)
-            and all(a is b and k == j
-                    for (a, k), (b, j) in zip(memo[1], members, strict=True))):
-        memo[:] = [spec, members, facts, compile_for(backend, spec, facts), None]
-    memo[4] = token  # the facts kept are as of this token
-    return memo[3]  # type: ignore[no-any-return]
+    return read(args.netns) if local and not args.no_facts else None
+
+
+class _AgentDesired:
+    """The desired state of each of the agent's passes, ``(spec, group) -> State``.
+
+    Compile is pure, so the same spec, backends and facts give the same state;
+    compiling 2k destinations again cost 250 of a 430 ms no-op pass
+    (benchmarks/agent_steady.py). The node facts are kept while a token of what
+    they are made of (every route, link and address change in the namespace)
+    stands still: the netlink backend's route token when one is in use, else a
+    :class:`~k3snet.facts.FactsWatch` of the agent's own. Read before the facts,
+    a token can only make them be read again too often, never too rarely.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        self._compiled: tuple[Spec, list[tuple[Any, frozenset[str]]], NodeFacts | None,
+                              State] | None = None
+        self._facts: tuple[object, object, NodeFacts] | None = None  # source, token, facts
+        self._watch: FactsWatch | None = None
+        self._watch_failed = False
+
+    def __call__(self, spec: Spec, backend: BackendGroup) -> State:
+        facts = _local_facts(self._args, backend, lambda netns: self._read_facts(backend, netns))
+        # The agent hands a new group object each pass: its members' backends and kinds
+        # are what counts (the backends kept alive here, so never another at their id).
+        members = [(m.backend, m.kinds) for m in backend.members]
+        kept = self._compiled
+        if not (kept and kept[0] is spec and kept[2] == facts and len(kept[1]) == len(members)
+                and all(a is b and k == j for (a, k), (b, j) in zip(kept[1], members,
+                                                                     strict=True))):
+            kept = self._compiled = (spec, members, facts, compile_for(backend, spec, facts))
+        return kept[3]
+
+    def close(self) -> None:
+        """Close the facts watch, if one was opened."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    def _read_facts(self, backend: BackendGroup, netns: str | None) -> NodeFacts:
+        source, token = self._token(backend, netns)
+        kept = self._facts
+        if source is not None and kept is not None and kept[0] is source and kept[1] == token:
+            return kept[2]
+        facts = gather_facts(netns)
+        self._facts = None if source is None else (source, token, facts)
+        return facts
+
+    def _token(self, backend: BackendGroup, netns: str | None) -> tuple[object, object]:
+        """(what keeps the token, the token); (None, None) when nothing can tell."""
+        for member in backend.members:
+            read = getattr(member.backend, "route_token", None)
+            if getattr(member.backend, "name", None) == "netlink" and read is not None:
+                token = read()  # None with a driver that reads no notifications (pyroute2)
+                if token is not None:
+                    return member.backend, token
+        if self._watch is None and not self._watch_failed:
+            try:
+                self._watch = FactsWatch(netns)
+            except (OSError, K3snetError) as exc:
+                self._watch_failed = True  # the facts are then read every pass
+                logging.getLogger("k3snet").debug("no node facts watch: %s", exc)
+        if self._watch is None:
+            return None, None
+        return self._watch, self._watch.token()
 
 
 def _print_json(data: Any) -> None:
@@ -876,9 +920,12 @@ def cmd_observe(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from k3snet.agent import run_from_cli  # noqa: PLC0415 - agent dependencies only here
 
-    memo: list[Any] = []
-    return run_from_cli(args, make_backend=lambda spec: _backend(args, spec),
-                        desired=lambda spec, group: _desired(args, spec, group, memo))
+    desired = _AgentDesired(args)
+    try:
+        return run_from_cli(args, make_backend=lambda spec: _backend(args, spec),
+                            desired=desired)
+    finally:
+        desired.close()
 
 
 EXIT_BLOCKED, EXIT_UNKNOWN = 3, 4  # doctor's own codes (docs/cli.md)

@@ -1,24 +1,27 @@
 """Facts about a node (interfaces, addresses, routed prefixes), read with ``ip -j``.
 
 Compile uses them to check a spec against the node it runs on: devices exist,
-gateways are reachable. Reading them needs only iproute2, not pyroute2.
+gateways are reachable. Reading them needs only iproute2, not pyroute2;
+:class:`FactsWatch` tells when they may have changed (netlink notifications).
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import socket
 import subprocess
 from typing import Any
 
-from k3snet.backends.netns import validate_netns
+from k3snet.backends.netns import NetnsRunner, validate_netns
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import validate_interface_name
 from k3snet.model.cidr import parse_network
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, protocol_name
 from k3snet.spec import NodeFacts
 
-__all__ = ["facts_from_ip_json", "gather_facts"]
+__all__ = ["FactsWatch", "facts_from_ip_json", "gather_facts"]
 
 
 def _argv(args: list[str], netns: str | None) -> list[str]:
@@ -56,6 +59,61 @@ def _ip_json_all(commands: list[list[str]], netns: str | None) -> list[Any]:
             raise BackendError(f"`{' '.join(argv)}` failed: {err.strip()}")
         results.append(json.loads(out or "[]"))
     return results
+
+
+class FactsWatch:
+    """Whether the node facts of a namespace may have changed since the last look.
+
+    A netlink socket in the namespace receives its route, link and address
+    notifications, what the facts are made of; :meth:`token` moves when any came
+    (or were too many to keep: the socket overran) since the last call. Read it
+    *before* the facts: a change while they are read moves it for the next call,
+    so facts kept while the token stands still are never older than the node.
+    The agent uses one when no netlink backend keeps such a token already::
+
+        watch = FactsWatch("node1")       # a namespace's name, or None: this one
+        token = watch.token()
+        facts = gather_facts("node1")
+        ...
+        if watch.token() != token:        # something moved: read them again
+            facts = gather_facts("node1")
+        watch.close()
+    """
+
+    _BUFFER = 64 * 1024
+    """Enough for a few hundred notifications; beyond, the overrun moves the token too."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        from k3snet.backends.netlink.socket_driver import open_monitor  # noqa: PLC0415
+
+        runner = NetnsRunner(netns)
+        try:
+            # The socket stays in the namespace it was made in; the thread is not needed.
+            self._socket = runner.call(lambda: open_monitor(self._BUFFER))
+        finally:
+            runner.close()
+        self._buffer = bytearray(self._BUFFER)
+        self._version = 0
+
+    def token(self) -> int:
+        """A number that moves with any route, link or address change since the last call."""
+        moved = False
+        while True:
+            try:
+                self._socket.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise BackendError(f"read the node's notifications: {exc}") from exc
+            moved = True  # a notification, or the news that some were lost
+        if moved:
+            self._version += 1
+        return self._version
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        self._socket.close()
 
 
 def gather_facts(netns: str | None = None, *, hostname: str | None = None) -> NodeFacts:

@@ -49,7 +49,7 @@ def read_block_style(text: str, resolve: Callable[[str], str]) -> dict[str, Any]
     """The mapping a plain block-style YAML ``text`` holds, or ``None``.
 
     ``resolve`` gives the tag PyYAML's implicit resolvers give a plain scalar
-    (:func:`k3snet.spec.source` passes PyYAML's own). ``None`` means the text is
+    (:mod:`k3snet.spec.source` passes PyYAML's own). ``None`` means the text is
     not a mapping in the style this reader knows; it says nothing on whether
     the text is valid YAML.
     """

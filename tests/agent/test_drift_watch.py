@@ -167,13 +167,14 @@ def _facts_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
         spec.write_text(SPEC)
         args = cli.build_parser().parse_args(["agent", "-f", str(spec), "--netns", ns,
                                               "--backend", backend])
-        memo: list[Any] = []
-        agent = Agent(FileSpecSource(spec), lambda s: cli._backend(args, s),
-                      lambda s, g: cli._desired(args, s, g, memo), AgentOptions("facts"))
+        desired = cli._AgentDesired(args)
+        agent = Agent(FileSpecSource(spec), lambda s: cli._backend(args, s), desired,
+                      AgentOptions("facts"))
         try:
             yield agent, ns, reads
         finally:
             agent.shutdown()
+            desired.close()
 
 
 def test_the_agent_reads_the_node_facts_again_only_after_a_change(
@@ -191,6 +192,41 @@ def test_the_agent_reads_the_node_facts_again_only_after_a_change(
         failed = agent.run_pass()  # the gateway is no longer reachable: the spec fails
         assert len(reads) == before + 2
         assert failed.status != "ok", failed
+
+
+def test_without_a_netlink_backend_the_agent_reads_the_node_facts_again_only_after_a_change(
+        require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No netlink backend, no route token: the agent's own facts watch tells instead.
+    with _facts_agent(tmp_path, monkeypatch, "nftables") as (agent, ns, reads):
+        assert agent.run_pass().applied  # the NAT rules: facts read
+        before = len(reads)
+        for _ in range(3):
+            assert agent.run_pass().applied == ()
+        assert len(reads) == before  # nothing moved: the facts kept, no `ip` run
+        run_in(ns, ["ip", "addr", "add", "192.168.7.5/24", "dev", "eth0"])
+        assert agent.run_pass().status == "ok"
+        assert len(reads) == before + 1  # an address came: read again
+        assert agent.run_pass().applied == ()
+        assert len(reads) == before + 1
+        run_in(ns, ["ip", "route", "add", "10.9.0.0/16", "via", "192.168.1.1"])
+        agent.run_pass()
+        assert len(reads) == before + 2  # a route too
+
+
+def test_without_any_watch_the_agent_reads_the_node_facts_every_pass(
+        require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from k3snet import cli  # noqa: PLC0415
+
+    def refused(netns: str | None) -> None:
+        raise PermissionError("no netlink socket here")
+
+    monkeypatch.setattr(cli, "FactsWatch", refused)
+    with _facts_agent(tmp_path, monkeypatch, "nftables") as (agent, _ns, reads):
+        agent.run_pass()
+        before = len(reads)
+        assert agent.run_pass().applied == ()
+        assert agent.run_pass().applied == ()
+        assert len(reads) == before + 2  # nothing can tell whether they moved
 
 
 def test_a_sysctl_change_does_not_read_the_node_facts_again(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from k3snet import BackendError, facts_from_ip_json, gather_facts
+from k3snet import BackendError, FactsWatch, facts_from_ip_json, gather_facts
 from k3snet.lab.netns import run_in, temporary_netns
 
 
@@ -74,3 +74,52 @@ def test_a_route_of_k3snets_protocol_is_skipped_however_ip_names_it(protocol: ob
     facts = facts_from_ip_json([], [{"dst": "192.168.3.0/24", "protocol": protocol},
                                     {"dst": "192.168.2.0/24", "protocol": "static"}])
     assert [str(n) for n in facts.routes] == ["192.168.2.0/24"]
+
+
+@pytest.mark.kernel
+def test_the_facts_watch_moves_with_a_link_address_or_route_of_its_namespace_only() -> None:
+    with temporary_netns("facts") as ns, temporary_netns("other") as other:
+        watch = FactsWatch(ns)
+        try:
+            token = watch.token()
+            assert watch.token() == token  # nothing happened
+            changes = (["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"],
+                       ["ip", "link", "set", "eth0", "up"],
+                       ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"],
+                       ["ip", "-6", "addr", "add", "fd01:1::5/64", "dev", "eth0", "nodad"],
+                       ["ip", "route", "add", "192.168.2.0/24", "via", "192.168.1.1"],
+                       ["ip", "route", "del", "192.168.2.0/24"])
+            for argv in changes:
+                run_in(other, argv)  # the same changes elsewhere move nothing here
+                assert watch.token() == token, argv
+                run_in(ns, argv)
+                moved = watch.token()
+                assert moved != token, argv
+                assert watch.token() == moved  # each change is seen once
+                token = moved
+        finally:
+            watch.close()
+
+
+@pytest.mark.kernel
+def test_the_facts_watch_moves_when_more_changed_than_it_could_keep() -> None:
+    # A flood overruns the watch's small socket buffer: the kernel then says some
+    # notifications were lost (ENOBUFS), which must move the token too.
+    with temporary_netns("facts") as ns:
+        run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"])
+        run_in(ns, ["ip", "link", "set", "eth0", "up"])
+        watch = FactsWatch(ns)
+        try:
+            token = watch.token()
+            batch = "".join(f"route add 10.{i >> 8}.{i & 255}.0/24 dev eth0\n"
+                            for i in range(5000))
+            run_in(ns, ["ip", "-batch", "-"], input_text=batch)
+            assert watch.token() != token
+            assert watch.token() == watch.token()
+        finally:
+            watch.close()
+
+
+def test_a_facts_watch_of_a_missing_namespace_is_a_backend_error() -> None:
+    with pytest.raises(BackendError, match="does not exist"):
+        FactsWatch("k3snet-no-such-ns")

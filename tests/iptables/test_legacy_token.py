@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -186,9 +185,9 @@ def test_the_agent_saves_and_plans_again_only_after_a_change(
     args = cli.build_parser().parse_args([
         "agent", "-f", str(spec), "--netns", ns, "--backend", "iptables:nat",
         "--backend-opt", "iptables.mode=legacy"])
-    memo: list[Any] = []
-    agent = Agent(FileSpecSource(spec), lambda s: cli._backend(args, s),
-                  lambda s, g: cli._desired(args, s, g, memo), AgentOptions("legacy"))
+    desired = cli._AgentDesired(args)
+    agent = Agent(FileSpecSource(spec), lambda s: cli._backend(args, s), desired,
+                  AgentOptions("legacy"))
 
     def ours() -> list[str]:
         return [line for line in save(ns, 4, "nat").splitlines()
@@ -213,6 +212,7 @@ def test_the_agent_saves_and_plans_again_only_after_a_change(
         assert len(ours()) == 2
     finally:
         agent.shutdown()
+        desired.close()
 
 
 def test_the_running_agent_repairs_a_deleted_rule_long_before_the_interval(

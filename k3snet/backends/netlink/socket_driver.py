@@ -55,7 +55,7 @@ from k3snet.backends.netns import NetnsRunner
 from k3snet.model.route import Route
 from k3snet.planner import Change
 
-__all__ = ["SocketDriver", "open_socket_driver"]
+__all__ = ["SocketDriver", "open_monitor", "open_socket_driver"]
 
 # The socket driver sends a batch in sendmsg calls of at most _BATCH_BYTES (one, for
 # routes as the model has them: a request is at most 92 bytes). The socket buffers
@@ -73,11 +73,24 @@ def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
+def open_monitor(buffer: int = _MONITOR_RCVBUF) -> socket.socket:
+    """A non-blocking socket that receives the route, link and address notifications of
+    the calling thread's namespace, with a receive buffer of ``buffer`` bytes."""
+    monitor = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                            NETLINK_ROUTE)
+    try:
+        _set_buffer(monitor, SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer)
+        monitor.bind((0, MONITOR_GROUPS))
+        monitor.setblocking(False)
+    except BaseException:
+        monitor.close()
+        raise
+    return monitor
+
+
 def _open_sockets() -> tuple[socket.socket, socket.socket]:
     """A request socket and a notification socket, in the calling thread's namespace."""
     request = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                            NETLINK_ROUTE)
-    monitor = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                             NETLINK_ROUTE)
     try:
         _set_buffer(request, SO_SNDBUFFORCE, socket.SO_SNDBUF, _SNDBUF)
@@ -85,12 +98,9 @@ def _open_sockets() -> tuple[socket.socket, socket.socket]:
         for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
             request.setsockopt(SOL_NETLINK, option, 1)
         request.bind((0, 0))
-        _set_buffer(monitor, SO_RCVBUFFORCE, socket.SO_RCVBUF, _MONITOR_RCVBUF)
-        monitor.bind((0, MONITOR_GROUPS))
-        monitor.setblocking(False)
+        monitor = open_monitor()
     except BaseException:
         request.close()
-        monitor.close()
         raise
     return request, monitor
 
