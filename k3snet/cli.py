@@ -617,15 +617,16 @@ class _AgentDesired:
                 token = read()  # None with a driver that reads no notifications (pyroute2)
                 if token is not None:
                     return member.backend, token
-        if self._watch is None and not self._watch_failed:
-            try:
+        try:
+            if self._watch is None and not self._watch_failed:
                 self._watch = FactsWatch(netns)
-            except (OSError, K3snetError) as exc:
-                self._watch_failed = True  # the facts are then read every pass
-                logging.getLogger("k3snet").debug("no node facts watch: %s", exc)
-        if self._watch is None:
-            return None, None
-        return self._watch, self._watch.token()
+            if self._watch is not None:
+                return self._watch, self._watch.token()
+        except (OSError, K3snetError) as exc:
+            self.close()
+            self._watch_failed = True  # the facts are then read every pass
+            logging.getLogger("k3snet").debug("no node facts watch: %s", exc)
+        return None, None
 
 
 def _print_json(data: Any) -> None:

@@ -229,6 +229,25 @@ def test_without_any_watch_the_agent_reads_the_node_facts_every_pass(
         assert len(reads) == before + 2  # nothing can tell whether they moved
 
 
+def test_a_facts_watch_that_breaks_leaves_the_agent_reading_the_facts_every_pass(
+        require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from k3snet import cli  # noqa: PLC0415
+    from k3snet.errors import BackendError  # noqa: PLC0415
+
+    with _facts_agent(tmp_path, monkeypatch, "nftables") as (agent, _ns, reads):
+        agent.run_pass()
+        agent.run_pass()
+        before = len(reads)
+
+        def broken(self: object) -> int:
+            raise BackendError("read the node's notifications: [Errno 9] Bad file descriptor")
+
+        monkeypatch.setattr(cli.FactsWatch, "token", broken)
+        assert agent.run_pass().status == "ok"  # the pass goes on, with the facts read
+        assert agent.run_pass().status == "ok"
+        assert len(reads) == before + 2
+
+
 def test_a_sysctl_change_does_not_read_the_node_facts_again(
         require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The facts are links, addresses and routes: the netlink backend's route view tells
