@@ -22,9 +22,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["read_block_style"]
+__all__ = ["CONTROL", "read_block_style"]
 
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 """Tabs, carriage returns and other control characters: left to PyYAML (with
 non-ASCII text), which refuses some and reads others in ways this reader does not."""
 _LINE = re.compile(r"""(\ *)(?:
@@ -53,7 +53,7 @@ def read_block_style(text: str, resolve: Callable[[str], str]) -> dict[str, Any]
     not a mapping in the style this reader knows; it says nothing on whether
     the text is valid YAML.
     """
-    if not text.isascii() or _CONTROL.search(text):
+    if not text.isascii() or CONTROL.search(text):
         return None
     reader = _Reader(resolve)
     try:
