@@ -88,7 +88,9 @@ def test_the_facts_watch_moves_with_a_link_address_or_route_of_its_namespace_onl
                        ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"],
                        ["ip", "-6", "addr", "add", "fd01:1::5/64", "dev", "eth0", "nodad"],
                        ["ip", "route", "add", "192.168.2.0/24", "via", "192.168.1.1"],
-                       ["ip", "route", "del", "192.168.2.0/24"])
+                       ["ip", "-6", "route", "add", "fd02::/64", "dev", "eth0"],
+                       ["ip", "route", "del", "192.168.2.0/24"],
+                       ["ip", "link", "set", "eth0", "down"])
             for argv in changes:
                 run_in(other, argv)  # the same changes elsewhere move nothing here
                 assert watch.token() == token, argv
