@@ -12,24 +12,16 @@ import json
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from k3snet.spec.source import _json_document, load_mapping
-from tests.spec.test_blockstyle import edited, same
+from tests.spec import test_blockstyle
+from tests.spec.test_blockstyle import edited
 
 
 def assert_agrees_with_pyyaml(text: str) -> None:
-    got = _json_document(text)
-    if got is None:
-        return
-    for loader in (yaml.CSafeLoader, yaml.SafeLoader):
-        try:
-            want = yaml.load(text, Loader=loader)  # noqa: S506 - safe loaders only
-        except (yaml.YAMLError, ValueError) as exc:
-            pytest.fail(f"read {got!r} where PyYAML ({loader.__name__}) refuses: {exc}\n{text}")
-        assert same(got, want), f"{loader.__name__}: {want!r}, json: {got!r}\n{text}"
+    test_blockstyle.assert_agrees_with_pyyaml(text, _json_document)
 
 
 STRINGS = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12) \
