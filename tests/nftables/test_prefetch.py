@@ -93,6 +93,36 @@ def test_an_observe_after_a_prefetch_reads_the_table_once_and_as_it_is(
     assert observed == _listed_now(ns)
 
 
+
+@pytest.mark.parametrize("table", ["absent", "holding k3snet's rules"])
+def test_a_finished_prefetch_renders_the_hint_only_for_a_table_with_rules(
+        ns: str, monkeypatch: pytest.MonkeyPatch, table: str) -> None:
+    # Before a first apply the table is absent: rendering 10 000 expected rules to take
+    # none of them cost a cold full apply ~55 ms (docs/performance.md).
+    from k3snet.backends.nftables import backend as backend_module  # noqa: PLC0415
+    from k3snet.backends.nftables import text as text_module  # noqa: PLC0415
+
+    rendered: list[int] = []
+    real = text_module.expected_lines
+
+    def counted(objects: Any, inet: bool) -> Any:
+        rendered.append(len(objects))
+        return real(objects, inet)
+
+    monkeypatch.setattr(backend_module, "expected_lines", counted)
+    monkeypatch.setattr(text_module, "expected_lines", counted)
+    if table != "absent":
+        _written(ns)
+    with NftablesBackend(ns) as reader:
+        reader.expect(WANTED)
+        reader.prefetch()
+        _prefetched(reader)
+        observed = reader.observe()
+    assert observed == _listed_now(ns)
+    assert rendered == ([] if table == "absent" else [len(WANTED.owned)])
+    assert observed.owned == (frozenset() if table == "absent" else WANTED.owned)
+
+
 FOREIGN_NAT = ("table ip admin {\n chain post {\n  type nat hook postrouting priority srcnat;\n"
                "  ip saddr 10.42.0.0/16 ip daddr 198.51.100.0/24 masquerade\n }\n}\n")
 

@@ -420,12 +420,15 @@ class NftablesBackend(BackendBase):
             started = None
         cache = None if refresh else self._observed.get(genid)
         if cache is None:
-            usable = started is not None
             lister = self._own_lister(kernel, started.listings if started else None)
             seen, expected = self._lines, self._expected
+            # Rendered now only while a listing still runs (the GIL is free meanwhile);
+            # otherwise by the reader, at the table's first rule: an empty or absent
+            # table, as before a first apply, costs no rendering.
+            running = started is not None and not all(f.done() for f in started.listings.values())
             # The size is unknown before the listing: a small table costs the pause nothing.
             with gc_paused(GC_PAUSE_MIN):
-                if usable and expected and not seen:  # rendered while the listing runs
+                if running and expected and not seen:
                     seen, expected = expected_lines(expected, self._families == ("inet",)), ()
                 cache = read_own(lister, self._table, self._families, genid,
                                  seen=seen, expected=expected)
