@@ -10,17 +10,20 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 from k3snet.errors import ModelError
 
 __all__ = [
     "Address",
     "Network",
+    "address_text",
     "aggregate",
     "contains",
     "family_of",
+    "ipv4_text",
     "network_sort_key",
+    "network_text",
     "overlaps",
     "parse_address",
     "parse_network",
@@ -54,6 +57,34 @@ def _ipv4_network(text: str, strict: bool) -> ipaddress.IPv4Network | None:
     return ipaddress.IPv4Network(
         (int.from_bytes(_inet_aton(address), "big"), 32 if prefix is None else int(prefix)),
         strict=strict)
+
+
+DECIMAL_OCTETS: Final = tuple(str(i) for i in range(256))
+"""Decimal octets: an f-string of four of them is ~4x faster than ipaddress' str() and
+~1.5x faster than socket.inet_ntoa (which costs ~230 ns a call)."""
+_V4NET: Final = ipaddress.IPv4Network
+_V4ADDR: Final = ipaddress.IPv4Address
+
+
+def ipv4_text(value: int) -> str:
+    """The dotted quad of an IPv4 address given as its integer."""
+    return (f"{DECIMAL_OCTETS[value >> 24]}.{DECIMAL_OCTETS[(value >> 16) & 255]}."
+            f"{DECIMAL_OCTETS[(value >> 8) & 255]}.{DECIMAL_OCTETS[value & 255]}")
+
+
+def network_text(net: Network) -> str:
+    """``str(net)``, fast for IPv4 (ipaddress' own costs about a microsecond a call;
+    plans, rules and JSON print tens of thousands of them)."""
+    if type(net) is _V4NET:
+        return f"{ipv4_text(int(net.network_address))}/{net.prefixlen}"
+    return str(net)
+
+
+def address_text(address: Address) -> str:
+    """``str(address)``, fast for IPv4."""
+    if type(address) is _V4ADDR:
+        return ipv4_text(int(address))
+    return str(address)
 
 
 def parse_network(value: str | Network, *, strict: bool = True) -> Network:

@@ -25,7 +25,7 @@ from k3snet.model._base import (
     optional_interface,
     optional_network,
 )
-from k3snet.model.cidr import Network, contains, overlaps, parse_network
+from k3snet.model.cidr import Network, contains, network_text, overlaps, parse_network
 
 __all__ = ["ForwardBlock", "ForwardRule"]
 
@@ -90,7 +90,7 @@ class ForwardRule(NetObject):
 
     def describe(self) -> str:
         """``forward accept SRC -> DST [iif IF] [oif IF] (+ replies)``."""
-        parts = ["forward accept", str(self.source), "->", str(self.destination)]
+        parts = ["forward accept", network_text(self.source), "->", network_text(self.destination)]
         if self.in_interface:
             parts += ["iif", self.in_interface]
         if self.out_interface:
@@ -101,8 +101,8 @@ class ForwardRule(NetObject):
         """JSON-able form."""
         return {
             "type": self.type_name,
-            "source": str(self.source),
-            "destination": str(self.destination),
+            "source": network_text(self.source),
+            "destination": network_text(self.destination),
             "in_interface": self.in_interface,
             "out_interface": self.out_interface,
         }
@@ -209,8 +209,8 @@ class ForwardBlock(NetObject):
             "verdict": self.verdict,
             "rule": self.rule,
             "where": self.where,
-            "source": None if self.source is None else str(self.source),
-            "destination": None if self.destination is None else str(self.destination),
+            "source": None if self.source is None else network_text(self.source),
+            "destination": None if self.destination is None else network_text(self.destination),
             "in_interface": self.in_interface,
             "out_interface": self.out_interface,
         }

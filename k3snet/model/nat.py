@@ -22,8 +22,10 @@ from k3snet.model._base import (
 from k3snet.model.cidr import (
     Address,
     Network,
+    address_text,
     aggregate,
     contains,
+    network_text,
     overlaps,
     parse_address,
     parse_network,
@@ -149,9 +151,10 @@ class _NatBase(NetObject):
         return all(any(contains(t, mine) for t in theirs) for mine in self.natted_destinations())
 
     def _describe(self, action: str) -> str:
-        parts = [action, str(self.source), "->", str(self.destination or "any")]
+        destination = "any" if self.destination is None else network_text(self.destination)
+        parts = [action, network_text(self.source), "->", destination]
         if self.exclude:
-            parts += ["except", ",".join(map(str, self.exclude))]
+            parts += ["except", ",".join(map(network_text, self.exclude))]
         if self.out_interface:
             parts += ["oif", self.out_interface]
         if self.random_fully:
@@ -161,9 +164,9 @@ class _NatBase(NetObject):
     def _base_dict(self) -> dict[str, Any]:
         return {
             "type": self.type_name,
-            "source": str(self.source),
-            "destination": None if self.destination is None else str(self.destination),
-            "exclude": [str(e) for e in self.exclude],
+            "source": network_text(self.source),
+            "destination": None if self.destination is None else network_text(self.destination),
+            "exclude": [network_text(e) for e in self.exclude],
             "out_interface": self.out_interface,
             "random_fully": self.random_fully,
         }
@@ -250,7 +253,7 @@ class SnatRule(_NatBase):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {**self._base_dict(), "to_address": str(self.to_address)}
+        return {**self._base_dict(), "to_address": address_text(self.to_address)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SnatRule:
@@ -379,10 +382,10 @@ class NatBlock(NetObject):
             "action": self.action,
             "rule": self.rule,
             "where": self.where,
-            "source": None if self.source is None else str(self.source),
-            "destination": None if self.destination is None else str(self.destination),
+            "source": None if self.source is None else network_text(self.source),
+            "destination": None if self.destination is None else network_text(self.destination),
             "out_interface": self.out_interface,
-            "to_address": None if self.to_address is None else str(self.to_address),
+            "to_address": None if self.to_address is None else address_text(self.to_address),
         }
 
     @classmethod

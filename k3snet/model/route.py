@@ -15,7 +15,7 @@ from k3snet.model._base import (
     optional_address,
     optional_interface,
 )
-from k3snet.model.cidr import Address, Network, parse_network
+from k3snet.model.cidr import Address, Network, address_text, network_text, parse_network
 
 __all__ = ["K3SNET_ROUTE_PROTOCOL", "MAIN_TABLE", "Route", "RouteScope", "protocol_name"]
 
@@ -187,9 +187,9 @@ class Route(NetObject):
 
     def describe(self) -> str:
         """``route DST [via GW] [dev DEV] table T metric M [scope S] proto P``."""
-        parts = ["route", str(self.destination)]
+        parts = ["route", network_text(self.destination)]
         if self.gateway is not None:
-            parts += ["via", str(self.gateway)]
+            parts += ["via", address_text(self.gateway)]
         if self.device is not None:
             parts += ["dev", self.device]
         table = _TABLE_NAMES.get(self.table, str(self.table))
@@ -204,8 +204,8 @@ class Route(NetObject):
         """JSON-able form."""
         return {
             "type": self.type_name,
-            "destination": str(self.destination),
-            "gateway": None if self.gateway is None else str(self.gateway),
+            "destination": network_text(self.destination),
+            "gateway": None if self.gateway is None else address_text(self.gateway),
             "device": self.device,
             "table": self.table,
             "metric": self.metric,

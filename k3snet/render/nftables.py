@@ -21,13 +21,13 @@ ip saddr 10.42.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterable
+from ipaddress import IPv4Network
 from typing import Any, Final, Literal, NamedTuple
 
 from k3snet.errors import ModelError
 from k3snet.model import NetObject
-from k3snet.model.cidr import Network
+from k3snet.model.cidr import Network, ipv4_text, network_text
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.state import State
@@ -144,14 +144,13 @@ def table_families(family: TableFamily) -> tuple[str, ...]:
 
 
 def _address(net: Network) -> str:
-    """``net``'s address as :mod:`ipaddress` prints it (IPv4 through libc: 2x faster)."""
-    if net.version == 4:
-        return socket.inet_ntoa(net.network_address.packed)
+    """``net``'s address as :mod:`ipaddress` prints it (IPv4 from its integer: 4x faster)."""
+    if type(net) is IPv4Network:
+        return ipv4_text(int(net.network_address))
     return str(net.network_address)
 
 
-def _prefix(net: Network) -> str:
-    return f"{_address(net)}/{net.prefixlen}"
+_prefix = network_text
 
 
 def _nat_body(rule: MasqueradeRule | SnatRule, proto: str) -> str:

@@ -1,4 +1,5 @@
-"""The fast paths of CIDR and address parsing, and of overlaps/contains, against the slow ones.
+"""The fast paths of CIDR and address parsing and printing, and of overlaps/contains, against
+the slow ones.
 
 :func:`parse_network` and :func:`parse_address` read the common IPv4 spelling
 without :mod:`ipaddress`'s text parser; anything else goes to it. Each fast
@@ -16,7 +17,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from k3snet.errors import ModelError
-from k3snet.model.cidr import Address, Network, contains, overlaps, parse_address, parse_network
+from k3snet.model.cidr import (
+    Address,
+    Network,
+    address_text,
+    contains,
+    network_text,
+    overlaps,
+    parse_address,
+    parse_network,
+)
 from k3snet.testing import strategies as ks
 
 
@@ -152,3 +162,20 @@ def test_a_network_contains_its_own_edges(net: Network) -> None:
     assert contains(net, net.broadcast_address)
     assert contains(net, net)
     assert overlaps(net, net)
+
+
+@given(_any_net)
+@example(ipaddress.IPv4Network("0.0.0.0/0"))
+@example(ipaddress.IPv4Network("255.255.255.255/32"))
+@example(ipaddress.IPv6Network("::ffff:10.0.0.0/104"))
+def test_network_text_is_what_ipaddress_prints(net: Network) -> None:
+    assert network_text(net) == str(net)
+
+
+@given(ks.addresses())
+@example(ipaddress.IPv4Address("0.0.0.0"))  # noqa: S104 - printed, never bound
+@example(ipaddress.IPv4Address("255.255.255.255"))
+@example(ipaddress.IPv6Address("fe80::1%eth0"))
+@example(ipaddress.IPv6Address("::ffff:1.2.3.4"))
+def test_address_text_is_what_ipaddress_prints(address: Address) -> None:
+    assert address_text(address) == str(address)
