@@ -13,6 +13,10 @@ destinations of a generated spec: 10 000, ``--quick`` 1 000):
   owned objects plus the raw single-change command (``nft list table`` + ``nft
   add rule``; ``iptables-save`` + ``iptables -A``; ``ip route show`` + ``ip route
   replace``); goal 1.5x;
+* the Python floor of that change: a fresh process importing what ``k3snet apply``
+  imports, loading the cached spec and compiling the backend's kind, with no kernel
+  work at all (no facts, observe, plan or apply), against the same raw side: a lower
+  bound of any cold run; above 1.5x, the goal cannot be met by this design;
 * no-op, cold: ``k3snet apply`` of the spec the node already holds (what most
   runs of a cron job are: nothing to do) against one raw read; no goal of its
   own (the issue's first table had it: 3.3x-35x);
@@ -67,6 +71,20 @@ from k3snet.spec import Spec, compile  # noqa: A004 - the library's name
 _SCRIPT = Path(sys.executable).parent / "k3snet"
 K3SNET = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "k3snet"]
 GATEWAY = "192.168.1.1"
+
+# What a cold `k3snet apply` does before its backend touches the kernel (Node.floor).
+_FLOOR = """
+import importlib, os, sys
+import k3snet.cli, k3snet.converge
+importlib.import_module(sys.argv[3])
+from k3snet.spec import compile
+from k3snet.spec.cache import load_spec_cached
+compile(load_spec_cached(sys.argv[1]), kinds={sys.argv[2]})
+os._exit(0)
+"""
+BACKEND_MODULES = {"nftables": "k3snet.backends.nftables", "iptables-nft":
+                   "k3snet.backends.iptables", "iptables-legacy": "k3snet.backends.iptables",
+                   "routes": "k3snet.backends.netlink"}
 
 # name -> (--backend arguments, kind)
 BACKENDS: dict[str, tuple[list[str], str]] = {
@@ -144,6 +162,13 @@ class Node:
 
     def destroy(self) -> None:
         self.cli("destroy", "--auto-approve")
+
+    def floor(self, spec: Path) -> None:
+        """What every cold run pays before any kernel work, in a fresh process: the
+        imports of ``k3snet apply`` with this backend, the cached spec, the compile of
+        the backend's kind. A lower bound: no node facts, observe, plan or apply."""
+        subprocess.run([sys.executable, "-c", _FLOOR, str(spec), self.kind,
+                        BACKEND_MODULES[self.name]], check=True, env=self.env)
 
     def backend(self) -> Any:
         if self.name == "nftables":
@@ -258,6 +283,9 @@ def one_change_cold(n: Node, count: int, runs: int) -> None:
         n.raw_change(current[0], add=False)
     ratio("1 change, cold CLI", n.name, mine, theirs, goal=1.5,
           detail=f"{count} owned; raw = read + 1 command")
+    floor = measure(lambda: n.floor(base), runs, before=settle)
+    ratio("1 change, Python floor", n.name, floor, theirs, goal=None,
+          detail="import + cached spec + compile, no kernel work; raw = read + 1 command")
 
 
 def no_op_cold(n: Node, count: int, runs: int) -> None:
