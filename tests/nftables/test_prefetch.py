@@ -93,7 +93,6 @@ def test_an_observe_after_a_prefetch_reads_the_table_once_and_as_it_is(
     assert observed == _listed_now(ns)
 
 
-
 @pytest.mark.parametrize("table", ["absent", "holding k3snet's rules"])
 def test_a_finished_prefetch_renders_the_hint_only_for_a_table_with_rules(
         ns: str, monkeypatch: pytest.MonkeyPatch, table: str) -> None:
