@@ -2,7 +2,8 @@
 
 ``k3snet agent`` runs with ``--interval 60`` in a fresh namespace (netlink and
 nftables backends, or the iptables backend on iptables-nft); the test removes
-one of its routes, nftables rules or iptables-nft rules and polls the kernel's
+one of its routes, nftables rules or iptables-nft rules (or flaps the link its
+routes leave by: the kernel flushes them without a notification for any) and polls the kernel's
 own listing (``ip -j route``, ``nft -j list``, ``iptables-nft-save``) for the
 repair, for at most 10 s. Only the change tokens (netlink notifications, the
 nftables generation id, which iptables-nft's commits move too) can start a pass
@@ -152,6 +153,25 @@ def test_a_deleted_nftables_rule_is_put_back_long_before_the_interval(agent: str
     assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
     assert {r.get("comment") for r in _our_rules(ns)} == {r.get("comment") for r in rules}
 
+
+
+
+def test_routes_lost_with_a_link_flap_are_put_back_long_before_the_interval(
+        agent: str, tmp_path: Path) -> None:
+    # A link going down takes its IPv4 routes along without a notification for any of
+    # them (`ip monitor route` shows only IPv6 ones); the link's own notifications
+    # tell. While it is down the routes cannot be put back (their gateway is
+    # unreachable): once it is up.
+    ns, log = agent, tmp_path / "agent.log"
+    time.sleep(1.5)
+    offset = len(log.read_text())
+    run_in(ns, ["ip", "link", "set", "eth0", "down"])
+    assert _until(lambda: not _our_routes(ns), POLL_LIMIT) is not None
+    run_in(ns, ["ip", "link", "set", "eth0", "up"])
+    latency = _until(lambda: (_our_routes(ns) == {"10.100.0.0/24", "10.100.1.0/24"}
+                              and _repaired_since(log, offset)), POLL_LIMIT)
+    print(f"\nroutes back after the link came up: {latency} s")  # noqa: T201 - as above
+    assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
 
 
 def _iptables_nft_rules(ns: str) -> list[str]:
