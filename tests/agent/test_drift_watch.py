@@ -2,7 +2,7 @@
 
 ``k3snet agent`` runs with ``--interval 60`` in a fresh namespace (netlink and
 nftables backends, or the iptables backend on iptables-nft); the test removes
-one of its routes, nftables rules or iptables-nft rules (or flaps the link its
+one of its routes (IPv4 or IPv6), nftables rules or iptables-nft rules (or flaps the link its
 routes leave by: the kernel flushes them without a notification for any) and polls the kernel's
 own listing (``ip -j route``, ``nft -j list``, ``iptables-nft-save``) for the
 repair, for at most 10 s. Only the change tokens (netlink notifications, the
@@ -76,17 +76,18 @@ def _repaired_since(log: Path, offset: int) -> bool:
 
 
 @contextlib.contextmanager
-def _running_agent(tmp_path: Path, backends: list[str],
-                   ready: Callable[[str], bool]) -> Iterator[str]:
+def _running_agent(tmp_path: Path, backends: list[str], ready: Callable[[str], bool],
+                   spec_text: str = SPEC) -> Iterator[str]:
     """A running ``k3snet agent --interval 60`` with ``backends`` (its command-line
     arguments) in a fresh namespace, once ``ready(ns)`` says its first pass is done."""
     with temporary_netns("watch") as ns:
         run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
         run_in(ns, ["ip", "link", "set", "eth1", "up"])
         run_in(ns, ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"])
+        run_in(ns, ["ip", "-6", "addr", "add", "fd00:1::5/64", "dev", "eth0", "nodad"])
         run_in(ns, ["ip", "link", "set", "eth0", "up"])
         spec = tmp_path / "spec.yaml"
-        spec.write_text(SPEC)
+        spec.write_text(spec_text)
         log = (tmp_path / "agent.log").open("w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "k3snet.cli", "agent", "-f", str(spec), "--netns", ns,
@@ -172,6 +173,41 @@ def test_routes_lost_with_a_link_flap_are_put_back_long_before_the_interval(
                               and _repaired_since(log, offset)), POLL_LIMIT)
     print(f"\nroutes back after the link came up: {latency} s")  # noqa: T201 - as above
     assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
+
+
+
+SPEC_V6 = """apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster:
+  podCIDRs: [10.42.0.0/16, fd00:42::/56]
+destinations:
+  - cidr: fd00:100::/64
+    gateway: fd00:1::1
+    device: eth0
+  - cidr: fd00:101::/64
+    gateway: fd00:1::1
+    device: eth0
+"""
+
+
+def _our_routes6(ns: str) -> set[str]:
+    listing = json.loads(run_in(ns, ["ip", "-6", "-j", "route", "show", "proto", "211"]).stdout
+                         or "[]")
+    return {route["dst"] for route in listing}
+
+
+def test_a_deleted_ipv6_route_is_put_back_long_before_the_interval(
+        require_root: None, tmp_path: Path) -> None:
+    with _running_agent(tmp_path, ["--backend", "netlink"],
+                        lambda ns: len(_our_routes6(ns)) == 2, spec_text=SPEC_V6) as ns:
+        log = tmp_path / "agent.log"
+        time.sleep(1.5)
+        offset = len(log.read_text())
+        run_in(ns, ["ip", "-6", "route", "del", "fd00:101::/64", "proto", "211"])
+        latency = _until(lambda: ("fd00:101::/64" in _our_routes6(ns)
+                                  and _repaired_since(log, offset)), POLL_LIMIT)
+        print(f"\nIPv6 route repaired after {latency} s")  # noqa: T201 - as above
+        assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
 
 
 def _iptables_nft_rules(ns: str) -> list[str]:
