@@ -2,15 +2,15 @@
 
 ``k3snet agent`` runs with ``--interval 60`` in a fresh namespace (netlink and
 nftables backends, or the iptables backend on iptables-nft); the test removes
-one of its routes (IPv4 or IPv6), nftables rules or iptables-nft rules (or flaps the link its
-routes leave by: the kernel flushes them without a notification for any) and polls the kernel's
-own listing (``ip -j route``, ``nft -j list``, ``iptables-nft-save``) for the
-repair, for at most 10 s. Only the change tokens (netlink notifications, the
-nftables generation id, which iptables-nft's commits move too) can start a pass
-that soon: the interval's pass would come 60 s after the first (each test fails
-with ``--no-watch``). The latency is printed (``pytest -s``) and
-recorded in docs/performance.md; it is not asserted, only "long before the
-interval".
+one of its routes (IPv4 or IPv6), nftables rules or iptables-nft rules, or
+flaps the link its routes leave by (the kernel flushes them without a
+notification for any), and polls the kernel's own listing (``ip -j route``,
+``nft -j list``, ``iptables-nft-save``) for the repair, for at most 10 s. Only
+the change tokens (netlink notifications, the nftables generation id, which
+iptables-nft's commits move too) can start a pass that soon: the interval's
+pass would come 60 s after the first (each test fails with ``--no-watch``).
+The latency is printed (``pytest -s``) and recorded in docs/performance.md; it
+is not asserted, only "long before the interval".
 """
 
 from __future__ import annotations
@@ -155,8 +155,6 @@ def test_a_deleted_nftables_rule_is_put_back_long_before_the_interval(agent: str
     assert {r.get("comment") for r in _our_rules(ns)} == {r.get("comment") for r in rules}
 
 
-
-
 def test_routes_lost_with_a_link_flap_are_put_back_long_before_the_interval(
         agent: str, tmp_path: Path) -> None:
     # A link going down takes its IPv4 routes along without a notification for any of
@@ -173,7 +171,6 @@ def test_routes_lost_with_a_link_flap_are_put_back_long_before_the_interval(
                               and _repaired_since(log, offset)), POLL_LIMIT)
     print(f"\nroutes back after the link came up: {latency} s")  # noqa: T201 - as above
     assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
-
 
 
 SPEC_V6 = """apiVersion: k3snet.io/v1alpha1
