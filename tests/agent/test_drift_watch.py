@@ -2,9 +2,9 @@
 
 ``k3snet agent`` runs with ``--interval 60`` in a fresh namespace (netlink and
 nftables backends, or the iptables backend on iptables-nft); the test removes
-one of its routes (IPv4 or IPv6), nftables rules or iptables-nft rules, or
-flaps the link its routes leave by (the kernel flushes them without a
-notification for any), and polls the kernel's own listing (``ip -j route``,
+one of its routes (IPv4 or IPv6), nftables rules or iptables-nft rules, flushes
+the whole nftables ruleset, or flaps the link its routes leave by (the kernel
+flushes them without a notification for any), and polls the kernel's own listing (``ip -j route``,
 ``nft -j list``, ``iptables-nft-save``) for the repair, for at most 10 s. Only
 the change tokens (netlink notifications, the nftables generation id, which
 iptables-nft's commits move too) can start a pass that soon: the interval's
@@ -47,9 +47,9 @@ destinations:
 """
 
 
-def _our_routes(ns: str) -> set[str]:
-    listing = json.loads(run_in(ns, ["ip", "-j", "route", "show", "proto", "211"]).stdout
-                         or "[]")
+def _our_routes(ns: str, family: str = "-4") -> set[str]:
+    listing = json.loads(run_in(ns, ["ip", family, "-j", "route", "show", "proto", "211"]
+                                ).stdout or "[]")
     return {route["dst"] for route in listing}
 
 
@@ -155,6 +155,23 @@ def test_a_deleted_nftables_rule_is_put_back_long_before_the_interval(agent: str
     assert {r.get("comment") for r in _our_rules(ns)} == {r.get("comment") for r in rules}
 
 
+def test_a_flushed_ruleset_is_put_back_long_before_the_interval(agent: str,
+                                                                 tmp_path: Path) -> None:
+    # What `systemctl restart nftables` does: /etc/nftables.conf starts with
+    # `flush ruleset`, which takes k3snet's table along with everything else.
+    ns, log = agent, tmp_path / "agent.log"
+    time.sleep(1.5)
+    offset = len(log.read_text())
+    rules = _our_rules(ns)
+    run_in(ns, ["nft", "flush", "ruleset"])
+    latency = _until(lambda: (len(_our_rules(ns)) == len(rules)
+                              and _repaired_since(log, offset)), POLL_LIMIT)
+    print(f"\nflushed ruleset put back after {latency} s")  # noqa: T201 - as above
+    assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
+    assert {r.get("comment") for r in _our_rules(ns)} == {r.get("comment") for r in rules}
+
+
+
 def test_routes_lost_with_a_link_flap_are_put_back_long_before_the_interval(
         agent: str, tmp_path: Path) -> None:
     # A link going down takes its IPv4 routes along without a notification for any of
@@ -187,21 +204,16 @@ destinations:
 """
 
 
-def _our_routes6(ns: str) -> set[str]:
-    listing = json.loads(run_in(ns, ["ip", "-6", "-j", "route", "show", "proto", "211"]).stdout
-                         or "[]")
-    return {route["dst"] for route in listing}
-
 
 def test_a_deleted_ipv6_route_is_put_back_long_before_the_interval(
         require_root: None, tmp_path: Path) -> None:
     with _running_agent(tmp_path, ["--backend", "netlink"],
-                        lambda ns: len(_our_routes6(ns)) == 2, spec_text=SPEC_V6) as ns:
+                        lambda ns: len(_our_routes(ns, "-6")) == 2, spec_text=SPEC_V6) as ns:
         log = tmp_path / "agent.log"
         time.sleep(1.5)
         offset = len(log.read_text())
         run_in(ns, ["ip", "-6", "route", "del", "fd00:101::/64", "proto", "211"])
-        latency = _until(lambda: ("fd00:101::/64" in _our_routes6(ns)
+        latency = _until(lambda: ("fd00:101::/64" in _our_routes(ns, "-6")
                                   and _repaired_since(log, offset)), POLL_LIMIT)
         print(f"\nIPv6 route repaired after {latency} s")  # noqa: T201 - as above
         assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
