@@ -75,6 +75,19 @@ def _repaired_since(log: Path, offset: int) -> bool:
     return "repaired drift" in log.read_text()[offset:]
 
 
+def _put_back(log: Path, damage: Callable[[], None], back: Callable[[], bool],
+              what: str) -> None:
+    """``damage()`` a quiet node, then wait for ``back()`` and a "repaired drift" pass
+    the agent logged after it (the repair may land before any listing here sees the
+    damage, so the log is the proof); the latency is printed, not asserted."""
+    time.sleep(1.5)  # past the first pass and its watch gap: a quiet node
+    offset = len(log.read_text())
+    damage()
+    latency = _until(lambda: back() and _repaired_since(log, offset), POLL_LIMIT)
+    print(f"\n{what} repaired after {latency} s")  # noqa: T201 - docs/performance.md, pytest -s
+    assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
+
+
 @contextlib.contextmanager
 def _running_agent(tmp_path: Path, backends: list[str], ready: Callable[[str], bool],
                    spec_text: str = SPEC) -> Iterator[str]:
@@ -123,35 +136,25 @@ def agent(require_root: None, tmp_path: Path) -> Iterator[str]:
 
 def test_a_deleted_route_is_put_back_long_before_the_interval(agent: str,
                                                                  tmp_path: Path) -> None:
-    ns, log = agent, tmp_path / "agent.log"
-    time.sleep(1.5)  # past the first pass and its watch gap: a quiet node
-    offset = len(log.read_text())
-    # ``ip route del`` exits 0 only when it removed the route; the agent may put it
-    # back before any listing here could see it gone, so the proof of the repair
-    # is the agent's own "repaired drift" pass, logged after the deletion.
-    run_in(ns, ["ip", "route", "del", "10.100.1.0/24", "proto", "211"])
-    latency = _until(lambda: "10.100.1.0/24" in _our_routes(ns)
-                     and _repaired_since(log, offset), POLL_LIMIT)
-    print(f"\nroute repaired after {latency} s")  # noqa: T201 - docs/performance.md, pytest -s
-    assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
+    ns = agent
+    # ``ip route del`` exits 0 only when it removed the route.
+    _put_back(tmp_path / "agent.log",
+              lambda: run_in(ns, ["ip", "route", "del", "10.100.1.0/24", "proto", "211"]),
+              lambda: "10.100.1.0/24" in _our_routes(ns), "route")
 
 
 def test_a_deleted_nftables_rule_is_put_back_long_before_the_interval(agent: str,
                                                                          tmp_path: Path) -> None:
-    ns, log = agent, tmp_path / "agent.log"
-    time.sleep(1.5)
-    offset = len(log.read_text())
+    ns = agent
     rules = _our_rules(ns)
     victim = next(r for r in rules if r.get("comment", "").startswith("k3snet"))
-    run_in(ns, ["nft", "delete", "rule", "inet", "k3snet", victim["chain"],
-                "handle", str(victim["handle"])])
-    # The repair may land before a listing here runs: a rule put back has a new
-    # handle, so the victim's handle gone and the count whole prove the repair.
-    latency = _until(lambda: (len(now := _our_rules(ns)) == len(rules)
-                              and victim["handle"] not in {r["handle"] for r in now}
-                              and _repaired_since(log, offset)), POLL_LIMIT)
-    print(f"\nnftables rule repaired after {latency} s")  # noqa: T201 - as above
-    assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
+    # A rule put back has a new handle: the victim's handle gone and the count whole.
+    _put_back(tmp_path / "agent.log",
+              lambda: run_in(ns, ["nft", "delete", "rule", "inet", "k3snet", victim["chain"],
+                                  "handle", str(victim["handle"])]),
+              lambda: (len(now := _our_rules(ns)) == len(rules)
+                       and victim["handle"] not in {r["handle"] for r in now}),
+              "nftables rule")
     assert {r.get("comment") for r in _our_rules(ns)} == {r.get("comment") for r in rules}
 
 
@@ -159,17 +162,11 @@ def test_a_flushed_ruleset_is_put_back_long_before_the_interval(agent: str,
                                                                  tmp_path: Path) -> None:
     # What `systemctl restart nftables` does: /etc/nftables.conf starts with
     # `flush ruleset`, which takes k3snet's table along with everything else.
-    ns, log = agent, tmp_path / "agent.log"
-    time.sleep(1.5)
-    offset = len(log.read_text())
+    ns = agent
     rules = _our_rules(ns)
-    run_in(ns, ["nft", "flush", "ruleset"])
-    latency = _until(lambda: (len(_our_rules(ns)) == len(rules)
-                              and _repaired_since(log, offset)), POLL_LIMIT)
-    print(f"\nflushed ruleset put back after {latency} s")  # noqa: T201 - as above
-    assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
+    _put_back(tmp_path / "agent.log", lambda: run_in(ns, ["nft", "flush", "ruleset"]),
+              lambda: len(_our_rules(ns)) == len(rules), "flushed ruleset")
     assert {r.get("comment") for r in _our_rules(ns)} == {r.get("comment") for r in rules}
-
 
 
 def test_routes_lost_with_a_link_flap_are_put_back_long_before_the_interval(
@@ -178,16 +175,16 @@ def test_routes_lost_with_a_link_flap_are_put_back_long_before_the_interval(
     # them (`ip monitor route` shows only IPv6 ones); the link's own notifications
     # tell. While it is down the routes cannot be put back (their gateway is
     # unreachable): once it is up.
-    ns, log = agent, tmp_path / "agent.log"
-    time.sleep(1.5)
-    offset = len(log.read_text())
-    run_in(ns, ["ip", "link", "set", "eth0", "down"])
-    assert _until(lambda: not _our_routes(ns), POLL_LIMIT) is not None
-    run_in(ns, ["ip", "link", "set", "eth0", "up"])
-    latency = _until(lambda: (_our_routes(ns) == {"10.100.0.0/24", "10.100.1.0/24"}
-                              and _repaired_since(log, offset)), POLL_LIMIT)
-    print(f"\nroutes back after the link came up: {latency} s")  # noqa: T201 - as above
-    assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
+    ns = agent
+
+    def flap() -> None:
+        run_in(ns, ["ip", "link", "set", "eth0", "down"])
+        assert _until(lambda: not _our_routes(ns), POLL_LIMIT) is not None
+        run_in(ns, ["ip", "link", "set", "eth0", "up"])
+
+    _put_back(tmp_path / "agent.log", flap,
+              lambda: _our_routes(ns) == {"10.100.0.0/24", "10.100.1.0/24"},
+              "routes of a flapped link")
 
 
 SPEC_V6 = """apiVersion: k3snet.io/v1alpha1
@@ -204,19 +201,14 @@ destinations:
 """
 
 
-
 def test_a_deleted_ipv6_route_is_put_back_long_before_the_interval(
         require_root: None, tmp_path: Path) -> None:
     with _running_agent(tmp_path, ["--backend", "netlink"],
                         lambda ns: len(_our_routes(ns, "-6")) == 2, spec_text=SPEC_V6) as ns:
-        log = tmp_path / "agent.log"
-        time.sleep(1.5)
-        offset = len(log.read_text())
-        run_in(ns, ["ip", "-6", "route", "del", "fd00:101::/64", "proto", "211"])
-        latency = _until(lambda: ("fd00:101::/64" in _our_routes(ns, "-6")
-                                  and _repaired_since(log, offset)), POLL_LIMIT)
-        print(f"\nIPv6 route repaired after {latency} s")  # noqa: T201 - as above
-        assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
+        _put_back(tmp_path / "agent.log",
+                  lambda: run_in(ns, ["ip", "-6", "route", "del", "fd00:101::/64",
+                                      "proto", "211"]),
+                  lambda: "fd00:101::/64" in _our_routes(ns, "-6"), "IPv6 route")
 
 
 def _iptables_nft_rules(ns: str) -> list[str]:
@@ -235,18 +227,13 @@ def test_a_deleted_iptables_nft_rule_is_put_back_long_before_the_interval(
     backends = ["--backend", "iptables:nat", "--backend-opt", "iptables.mode=nft"]
     with _running_agent(tmp_path, backends,
                         lambda ns: len(_iptables_nft_rules(ns)) == 2) as ns:
-        log = tmp_path / "agent.log"
-        time.sleep(1.5)  # past the first pass and its watch gap: a quiet node
-        offset = len(log.read_text())
         rules = _iptables_nft_rules(ns)
         victim = rules[0]
-        run_in(ns, ["iptables-nft", "-t", "nat", "-D", *shlex.split(victim)[1:]])
-        # A rule put back reads the same: the agent's "repaired drift" pass, logged
-        # after the deletion, and the rule there again prove the repair.
-        latency = _until(lambda: (victim in _iptables_nft_rules(ns)
-                                  and _repaired_since(log, offset)), POLL_LIMIT)
-        print(f"\niptables-nft rule repaired after {latency} s")  # noqa: T201 - as above
-        assert latency is not None, f"not repaired within {POLL_LIMIT} s (interval {INTERVAL} s)"
+        # A rule put back reads the same: the logged repair pass tells it was.
+        _put_back(tmp_path / "agent.log",
+                  lambda: run_in(ns, ["iptables-nft", "-t", "nat", "-D",
+                                      *shlex.split(victim)[1:]]),
+                  lambda: victim in _iptables_nft_rules(ns), "iptables-nft rule")
         assert sorted(_iptables_nft_rules(ns)) == sorted(rules)
 
 
