@@ -9,8 +9,8 @@ Like ``bench_cold.py`` (10 000 owned, each version in turn adds one destination
 and takes it away again, each version's spec cache filled by earlier runs), but each
 ``k3snet apply`` runs inside a wrapper (this file, ``--child``) that times the
 stages of the same CLI process: import, spec (the cached load and its checks),
-node facts, compile, observe, plan, and the total inside; then the whole
-process as this one sees it (``process``: wall, and CPU from ``getrusage`` of
+node facts, compile, observe, plan, close (the backends'), and the total inside;
+then the whole process as this one sees it (``process``: wall, and CPU from ``getrusage`` of
 the children) and what lies outside the stages (``outside``: the interpreter's
 start and the process's end). Prints the median CPU / wall ms of each.
 ``--read-timeout`` raises the nftables listing bound for a loaded machine.
@@ -70,6 +70,7 @@ def child(argv: list[str]) -> int:
     wrap(sys.modules["k3snet.converge"], "plan", "plan")
     wrap(k3snet.backends.group.BackendGroup, "apply", "apply")
     wrap(cli, "_print_apply", "print")
+    wrap(k3snet.backends.group.BackendGroup, "close", "close")
     code = cli.main(argv)
     times["total"] = [time.process_time() - cpu0, time.perf_counter() - wall0]
     print(json.dumps(times), file=sys.stderr)

@@ -221,6 +221,7 @@ class BoundedLister:
         self._jobs: queue.SimpleQueue[tuple[Callable[[NftKernel], object], Future[object]] | None]
         self._jobs = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._closed = threading.Event()  # the current helper's kernel is closed (close())
         self._stuck: Future[object] | None = None
         self._last: Future[object] | None = None  # the job queued last (they run in order)
         self.calls = 0
@@ -310,20 +311,28 @@ class BoundedLister:
 
     def close(self) -> None:
         """Stop the helper thread; one still in a job is left to end by itself: a dump
-        given up on, or one nobody waited for (a prefetch), which may never end either."""
+        given up on, or one nobody waited for (a prefetch), which may never end either.
+
+        An idle helper's kernel is closed (its netlink socket) when this returns; the
+        thread then frees libnftables' context and ends by itself. Freeing a context
+        that listed 10 000 rules takes 20-30 ms (its cache), which a cold CLI process,
+        about to end, no longer waits for (docs/performance.md, "Not waiting for
+        libnftables to free its cache").
+        """
         if self._thread is not None:
             self._jobs.put(None)
             if not self.busy and (self._last is None or self._last.done()):
-                self._thread.join()
+                self._closed.wait()
             self._thread = None
 
     def _start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="k3snet-nft-foreign",
-                                            daemon=True)
+            self._closed = threading.Event()  # a helper left in a dump sets its own
+            self._thread = threading.Thread(target=self._work, args=(self._closed,),
+                                            name="k3snet-nft-foreign", daemon=True)
             self._thread.start()
 
-    def _work(self) -> None:
+    def _work(self, closed: threading.Event) -> None:
         kernel: NftKernel | None = None
         try:
             while (job := self._jobs.get()) is not None:
@@ -337,6 +346,8 @@ class BoundedLister:
         finally:
             if kernel is not None:
                 kernel.close()
+            closed.set()
+        # Only now, as this frame ends, is the context (and libnftables' cache) freed.
 
 
 class OwnTableLister:
