@@ -37,16 +37,15 @@ commands: docs/performance.md, "The cold path".
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from k3snet._gc import gc_paused
+from k3snet._kept import code_identity, prune, read_trusted, state_directory, write_atomic
 from k3snet._version import __version__
 from k3snet.errors import K3snetError
 from k3snet.spec.load import spec_from_document
@@ -70,12 +69,7 @@ def cache_directory() -> Path | None:
     """Where parsed specs are kept: ``$K3SNET_STATE_DIR/spec-cache``, else
     ``/run/k3snet/spec-cache`` when ``/run/k3snet`` exists; ``None`` (no cache) when
     ``K3SNET_SPEC_CACHE=off`` or neither applies."""
-    if os.environ.get("K3SNET_SPEC_CACHE", "").lower() in {"0", "off", "no", "false"}:
-        return None
-    given = os.environ.get("K3SNET_STATE_DIR")
-    if given:
-        return Path(given) / "spec-cache"
-    return _DEFAULT_ROOT / "spec-cache" if _DEFAULT_ROOT.is_dir() else None
+    return state_directory("spec-cache", _DEFAULT_ROOT, "K3SNET_SPEC_CACHE")
 
 
 _CODE = (Path(__file__).parent, Path(__file__).parent.parent / "model")
@@ -83,18 +77,7 @@ _CODE = (Path(__file__).parent, Path(__file__).parent.parent / "model")
 
 def _code_identity() -> str:
     """Name, size and mtime of every module that reads and checks a spec document."""
-    parts = []
-    for directory in _CODE:
-        try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    if entry.name.endswith(".py"):
-                        info = entry.stat()
-                        parts.append(f"{directory.name}/{entry.name}:{info.st_size}:"
-                                     f"{info.st_mtime_ns}")
-        except OSError:
-            parts.append(f"{directory}: unreadable")
-    return "\0".join(sorted(parts))
+    return code_identity(_CODE)
 
 
 def _digest(data: bytes) -> str:
@@ -121,29 +104,16 @@ def _self_contained(document: Any) -> bool:
     return True
 
 
-def _trusted(info: os.stat_result) -> bool:
-    """Owned by us (root on a node) and writable by nobody else."""
-    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
 def _read_cached(file: Path, key: str) -> tuple[Any, bool]:
     """The cached document for ``key`` and whether it made a sound spec on its own, or
     ``(None, False)`` (missing, foreign, corrupt, stale). The caller pauses the cyclic GC
     (:func:`load_spec_cached`: one pause for this and the spec read from it)."""
-    try:
-        if not _trusted(os.lstat(file.parent)):
-            return None, False
-        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+    raw = read_trusted(file, 4 * MAX_BYTES)
+    if raw is None:
         return None, False
     try:
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode) or not _trusted(info):
-                return None, False
-            raw = handle.read(4 * MAX_BYTES + 1)
         entry = json.loads(raw)
-    except (OSError, ValueError, RecursionError):
+    except (ValueError, RecursionError):
         return None, False
     if not isinstance(entry, dict) or entry.get("key") != key or "document" not in entry:
         return None, False
@@ -152,42 +122,23 @@ def _read_cached(file: Path, key: str) -> tuple[Any, bool]:
 
 def _write_cached(file: Path, key: str, document: Any) -> None:
     """Atomically replace ``file``; any failure leaves the cache as it was (it is optional)."""
+    # Only documents that made a sound spec are written: "sound" says the checks
+    # need not run again, unless the spec depends on another file.
+    entry = {"key": key, "document": document, "sound": _self_contained(document)}
     try:
-        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not _trusted(os.lstat(file.parent)):
-            return
-        # Only documents that made a sound spec are written: "sound" says the checks
-        # need not run again, unless the spec depends on another file.
-        entry = {"key": key, "document": document, "sound": _self_contained(document)}
         text = json.dumps(entry, separators=(",", ":"))
         if json.loads(text)["document"] != document:
             return  # not plain JSON data (an int key, a date): read the YAML each time
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".spec-", suffix=".tmp")
-    except (OSError, TypeError, ValueError):
+    except (TypeError, ValueError):
         return
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp: mode 0600
-            handle.write(text)
-        os.replace(tmp, file)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        return
-    _prune(file.parent, keep=file)
+    if write_atomic(file, text, ".spec-"):
+        _prune(file.parent, keep=file)
 
 
 def _prune(directory: Path, keep: Path) -> None:
     """Keep the :data:`MAX_ENTRIES` newest files: one per spec path, and paths come and go
     (test runs, renamed specs); only on a miss, so a hit never lists the directory."""
-    with contextlib.suppress(OSError):
-        entries = [(e.stat().st_mtime, e.path) for e in os.scandir(directory)
-                   if e.name.endswith(".json") and e.is_file(follow_symlinks=False)]
-        if len(entries) <= MAX_ENTRIES:
-            return
-        for _, old in sorted(entries, reverse=True)[MAX_ENTRIES:]:
-            if old != str(keep):
-                with contextlib.suppress(OSError):
-                    os.unlink(old)
+    prune(directory, keep, MAX_ENTRIES)
 
 
 _handed: tuple[Path, str, Any, bool] | None = None

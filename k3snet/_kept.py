@@ -1,0 +1,114 @@
+"""Files k3snet keeps for its next process: read only when trusted, written atomically.
+
+The spec cache (:mod:`k3snet.spec.cache`: parsed spec documents) and the nftables
+backend's kept read (:mod:`k3snet.backends.nftables.kept`: its table as the last
+process left it) live under k3snet's state directory and share these rules:
+
+* a file is read only if it is a regular file owned by the effective user (root
+  on a node), writable by nobody else, in a directory that is the same
+  (``os.fstat`` of the file opened with ``O_NOFOLLOW``; ``os.lstat`` of the
+  directory): anyone else could have put other contents there;
+* writes are atomic (a 0600 temporary file in the same directory, then
+  ``os.replace``): a reader sees the old file or the new one, never half of one;
+* any failure leaves things as they were: a kept file is only ever a shortcut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["code_identity", "prune", "read_trusted", "state_directory", "trusted",
+           "write_atomic"]
+
+
+def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
+    """``$K3SNET_STATE_DIR/name``, else ``default_root/name`` when ``default_root`` is a
+    directory; ``None`` (nothing kept) when environment variable ``switch`` is ``off``
+    (or ``0``, ``no``, ``false``) or neither applies."""
+    if os.environ.get(switch, "").lower() in {"0", "off", "no", "false"}:
+        return None
+    given = os.environ.get("K3SNET_STATE_DIR")
+    if given:
+        return Path(given) / name
+    return default_root / name if default_root.is_dir() else None
+
+
+def code_identity(directories: Iterable[Path]) -> str:
+    """Name, size and mtime of every module in ``directories``: a development install
+    changes the code without changing the version."""
+    parts = []
+    for directory in directories:
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".py"):
+                        info = entry.stat()
+                        parts.append(f"{directory.name}/{entry.name}:{info.st_size}:"
+                                     f"{info.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{directory}: unreadable")
+    return "\0".join(sorted(parts))
+
+
+def trusted(info: os.stat_result) -> bool:
+    """Owned by us (root on a node) and writable by nobody else."""
+    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def read_trusted(file: Path, limit: int) -> bytes | None:
+    """The bytes of ``file`` (at most ``limit`` + 1 are read), or ``None`` when it is
+    missing, unreadable, not a regular file, or it or its directory is not
+    :func:`trusted`."""
+    try:
+        if not trusted(os.lstat(file.parent)):
+            return None
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode) or not trusted(info):
+                return None
+            return handle.read(limit + 1)
+    except OSError:
+        return None
+
+
+def write_atomic(file: Path, text: str | bytes, prefix: str) -> bool:
+    """Replace ``file`` by ``text`` atomically (its directory made 0700 if missing, and
+    only if it is :func:`trusted`); whether it was written."""
+    try:
+        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not trusted(os.lstat(file.parent)):
+            return False
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=prefix, suffix=".tmp")
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as handle:  # mkstemp: mode 0600
+            handle.write(text.encode() if isinstance(text, str) else text)
+        os.replace(tmp, file)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return False
+    return True
+
+
+def prune(directory: Path, keep: Path, entries: int, suffix: str = ".json") -> None:
+    """Keep the ``entries`` newest files of ``directory`` named ``*suffix`` (and ``keep``)."""
+    with contextlib.suppress(OSError):
+        found = [(e.stat().st_mtime, e.path) for e in os.scandir(directory)
+                 if e.name.endswith(suffix) and e.is_file(follow_symlinks=False)]
+        if len(found) <= entries:
+            return
+        for _, old in sorted(found, reverse=True)[entries:]:
+            if old != str(keep):
+                with contextlib.suppress(OSError):
+                    os.unlink(old)
