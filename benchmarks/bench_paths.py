@@ -12,7 +12,10 @@ destinations of a generated spec: 10 000, ``--quick`` 1 000):
   job runs it) adding or removing one destination, against one raw read of the
   owned objects plus the raw single-change command (``nft list table`` + ``nft
   add rule``; ``iptables-save`` + ``iptables -A``; ``ip route show`` + ``ip route
-  replace``); goal 1.5x;
+  replace``); goal 1.5x; nftables takes its kept read there (nothing else was
+  committed since the run before: the table is not listed), so it is timed once
+  more with foreign commits (``nft add table``, ``nft delete table``, untimed)
+  before each run;
 * the Python floor of that change: a fresh process importing what ``k3snet apply``
   imports, loading the cached spec and compiling the backend's kind, with no kernel
   work at all (no facts, observe, plan or apply), against the same raw side: a lower
@@ -24,7 +27,10 @@ destinations of a generated spec: 10 000, ``--quick`` 1 000):
   its full resync pass (spec read, facts, observe, plan), against one raw read;
   goal 0.1x;
 * observe (a cold backend, library, its render cache emptied as in a fresh
-  process, no ``expect`` hint): against the raw listing; goal 1.2x; and
+  process, no ``expect`` hint, nftables without its kept read: a read of the
+  kernel): against the raw listing; goal 1.2x; for nftables also the same
+  observe taking the kept read (nothing committed since the last backend closed:
+  no listing, no goal); and
   its cost per object at 1k, 10k and 50k (``--quick``: 1k, 5k), which should
   not grow by more than 1.5x from the middle size to the largest (quadratic
   would show 5x);
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import subprocess
 import sys
@@ -170,9 +177,11 @@ class Node:
         subprocess.run([sys.executable, "-c", _FLOOR, str(spec), self.kind,
                         BACKEND_MODULES[self.name]], check=True, env=self.env)
 
-    def backend(self) -> Any:
+    def backend(self, *, keep_read: bool = False) -> Any:
+        """A library backend for this node; for nftables without the kept read (a read
+        of the kernel) unless ``keep_read``."""
         if self.name == "nftables":
-            return NftablesBackend(self.ns)
+            return NftablesBackend(self.ns, keep_read=keep_read)
         if self.name == "routes":
             return NetlinkBackend(self.ns)
         return IptablesBackend(self.ns, mode=self.mode)  # type: ignore[arg-type]
@@ -256,12 +265,20 @@ def one_change_cold(n: Node, count: int, runs: int) -> None:
     base, plus = n.spec(count), n.spec(count, 1)
     n.apply(base)
     settle()
-    flip = iter(range(2 * runs + 2))
+    flip = itertools.count()
 
     def ours() -> None:  # add the extra destination, or take it away again
         n.apply(plus if next(flip) % 2 == 0 else base)
 
     mine = measure(ours, runs, before=settle)
+    listed = None
+    if n.name == "nftables":  # someone else committed before each run: the table is listed
+        def commit_elsewhere() -> None:  # two commits (adding a table again commits none)
+            run_in(n.ns, ["nft", "add", "table", "ip", "bench-elsewhere"])
+            run_in(n.ns, ["nft", "delete", "table", "ip", "bench-elsewhere"])
+            settle()
+
+        listed = measure(ours, runs, before=commit_elsewhere)
     if next(flip) % 2 == 1:
         n.apply(base)  # back to N
     extra = iter(range(count + 10, count + 10 + runs))
@@ -283,6 +300,9 @@ def one_change_cold(n: Node, count: int, runs: int) -> None:
         n.raw_change(current[0], add=False)
     ratio("1 change, cold CLI", n.name, mine, theirs, goal=1.5,
           detail=f"{count} owned; raw = read + 1 command")
+    if listed is not None:
+        ratio("1 change, cold CLI, after a foreign commit", n.name, listed, theirs, goal=None,
+              detail="the kept read stale: the table listed; raw = read + 1 command")
     floor = measure(lambda: n.floor(base), runs, before=settle)
     ratio("1 change, Python floor", n.name, floor, theirs, goal=None,
           detail="import + cached spec + compile, no kernel work; raw = read + 1 command")
@@ -349,6 +369,17 @@ def observe_cold(n: Node, sizes: list[int], runs: int) -> None:
         raw = measure(n.raw_read, runs, before=settle)
         ratio("observe, cold", n.name, mine, raw, goal=1.2, detail=f"{size} owned")
         per_object.append((size, mine.wall / size * 1e6))
+        if n.name == "nftables":  # the table as the last process left it, no hint either
+            os.environ["K3SNET_STATE_DIR"] = str(n.tmp)
+
+            def kept(size: int = size) -> None:
+                with n.backend(keep_read=True) as backend:
+                    assert len(backend.observe().owned) >= size
+
+            kept()  # the first one lists and keeps
+            taken = measure(kept, runs, before=settle_cold)
+            ratio("observe, cold, kept read", n.name, taken, raw, goal=None,
+                  detail=f"{size} owned; no listing, each object read from its kept text")
     for size, cost in per_object:
         record(Figure("observe per object", n.name, cost, "us", None, detail=f"at {size}"))
     if len(per_object) >= 2:

@@ -93,6 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["K3SNET_LOCK_DIR"] = made
     config.stash[_session_lock_dir] = made
     os.environ.setdefault("K3SNET_SPEC_CACHE", "off")
+    # The nftables backend's kept read (k3snet.backends.nftables.kept) is off too, unless a
+    # test turns it on (tests/nftables/test_kept.py): nothing is written to /run/k3snet.
+    os.environ.setdefault("K3SNET_READ_CACHE", "off")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -34,6 +34,7 @@ from k3snet.model import NetObject
 from k3snet.render.nftables import (
     CHAIN_HOOKS,
     CHAIN_SPECS,
+    NftRule,
     nft_rules,
     nft_rules_json,
     validate_nft_name,
@@ -132,12 +133,15 @@ class NftCommands:
                     f'"handle":{handle}}}}}}}')
         return f"delete rule {family} {self.table} {chain} handle {handle}"
 
-    def add_rules(self, family: str, obj: NetObject) -> list[str]:
+    def add_rules(self, family: str, obj: NetObject,
+                  rules: tuple[NftRule, ...] | None = None) -> list[str]:
         """Append ``obj``'s kernel rules (:func:`~k3snet.render.nftables.nft_rules`, in
-        order, with their tags) to their chain, spelled for a table of ``family``: one
-        command per rule."""
+        order, with their tags; ``rules``: those, when the caller rendered them for a
+        table of ``family`` already) to their chain, spelled for a table of ``family``:
+        one command per rule."""
         inet = family == "inet"
-        rules = nft_rules(obj, inet=inet)
+        if rules is None:
+            rules = nft_rules(obj, inet=inet)
         head = self._heads.get(family) or self._head(family)
         commands = []
         # Loops rather than comprehensions, and the command's head made once per family:

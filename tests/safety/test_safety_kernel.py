@@ -49,14 +49,18 @@ FOREIGN_IP6TABLES = "\n".join([
 ])
 
 
-def _k3snet(*args: str, lab: SeedLab, lock_dir: Path) -> subprocess.Popen[str]:
+def _k3snet(*args: str, lab: SeedLab, lock_dir: Path,
+            read_cache: str | None = None) -> subprocess.Popen[str]:
     env = dict(os.environ, K3SNET_STATE_DIR=str(lab.state_dir), K3SNET_LOCK_DIR=str(lock_dir))
+    if read_cache is not None:  # the nftables backend's kept read (conftest: off)
+        env["K3SNET_READ_CACHE"] = read_cache
     return subprocess.Popen([sys.executable, "-m", "k3snet.cli", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _run(*args: str, lab: SeedLab, lock_dir: Path) -> subprocess.CompletedProcess[str]:
-    proc = _k3snet(*args, lab=lab, lock_dir=lock_dir)
+def _run(*args: str, lab: SeedLab, lock_dir: Path,
+         read_cache: str | None = None) -> subprocess.CompletedProcess[str]:
+    proc = _k3snet(*args, lab=lab, lock_dir=lock_dir, read_cache=read_cache)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -106,24 +110,29 @@ def _everything(ns: str) -> dict[str, object]:
     }
 
 
-def test_concurrent_applies_never_duplicate_rules(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_cache", ["off", "on"])
+def test_concurrent_applies_never_duplicate_rules(tmp_path: Path, read_cache: str) -> None:
+    # "on": each process may take the table as the one before it left it (the kept read).
     backends = ["--backend", "netlink", "--backend", "nftables"]
     with SeedLab.create() as lab:
         args = ("apply", "-f", str(SPEC_PATH), *backends, "--netns", lab.node)
-        single = _run(*args, lab=lab, lock_dir=tmp_path)
+        single = _run(*args, lab=lab, lock_dir=tmp_path, read_cache=read_cache)
         assert single.returncode == 0, single.stderr
         expected = _k3snet_rules(lab.node)
         assert expected
         for _round in range(4):
             gone = _run("destroy", *backends, "--netns", lab.node, "--auto-approve", lab=lab,
-                        lock_dir=tmp_path)
+                        lock_dir=tmp_path, read_cache=read_cache)
             assert gone.returncode == 0, gone.stderr
             assert _k3snet_rules(lab.node) == []
-            writers = [_k3snet(*args, lab=lab, lock_dir=tmp_path) for _ in range(3)]
+            writers = [_k3snet(*args, lab=lab, lock_dir=tmp_path, read_cache=read_cache)
+                       for _ in range(3)]
             for writer in writers:
                 _out, err = writer.communicate(timeout=120)
                 assert writer.returncode == 0, err
             assert _k3snet_rules(lab.node) == expected
+        kept = list((lab.state_dir / "nftables-read").glob("*.kept"))
+        assert bool(kept) == (read_cache == "on")
 
 
 def test_destroy_on_a_node_full_of_foreign_state_leaves_only_the_foreign_state(

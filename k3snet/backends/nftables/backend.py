@@ -108,6 +108,7 @@ from k3snet.backends.nftables.cache import (
     nat_overlap,
     rule_count,
 )
+from k3snet.backends.nftables.kept import Kept
 from k3snet.backends.nftables.kernel import (
     BoundedLister,
     Libnftables,
@@ -201,7 +202,9 @@ class NftablesBackend(BackendBase):
     batches, and errors quote the refused command) or in libnftables ``"json"``,
     through the same libnftables call. ``kernel``: what makes the kernel seam
     (:class:`~k3snet.backends.nftables.kernel.NftKernel`; called once inside the
-    namespace), by default libnftables; tests pass a fake.
+    namespace), by default libnftables; tests pass a fake. ``keep_read``: keep what
+    is known of the table when closing, and take what the last backend kept instead
+    of listing while nothing was committed since (:mod:`.kept`; real kernel only).
 
     Example (``desired`` a :class:`~k3snet.model.State`)::
 
@@ -223,6 +226,7 @@ class NftablesBackend(BackendBase):
         read_timeout: float = 10.0,
         syntax: Syntax = "nft",
         kernel: Callable[[], NftKernel] | None = None,
+        keep_read: bool = True,
     ) -> None:
         super().__init__()
         self._families = table_families(family)
@@ -251,6 +255,9 @@ class NftablesBackend(BackendBase):
         self._bounded: BoundedLister | None = None
         self._foreign_bounded: BoundedLister | None = None
         self._bounded_kernel = kernel is None
+        self.keep_read = keep_read
+        self._kept: Kept | None = None  # the table as the last process left it (.kept)
+        self._kept_looked = False
         self.syntax: Syntax = syntax
         self.netns = netns
         """The network namespace this backend acts in (``None``: the caller's own)."""
@@ -372,7 +379,13 @@ class NftablesBackend(BackendBase):
         return self._call(lambda kernel: self._apply(kernel, plan))
 
     def close(self) -> None:
-        """Free the libnftables context and stop the namespace worker (idempotent)."""
+        """Keep what is known of the table for the next process (:mod:`.kept`), free the
+        libnftables context and stop the namespace worker (idempotent)."""
+        kept, cache = self._kept, self._observed.value
+        if kept is not None and cache is not None:
+            with contextlib.suppress(Exception), gc_paused(len(cache.objects)):
+                kept.keep(cache)  # only ever a shortcut for the next process
+        self._kept = None
         kernel, self._kernel = self._kernel, None
         helpers = (self._bounded, self._foreign_bounded)
         self._bounded = self._foreign_bounded = None
@@ -419,6 +432,13 @@ class NftablesBackend(BackendBase):
             self._settle(started)
             started = None
         cache = None if refresh else self._observed.get(genid)
+        if cache is None and not refresh and started is None:
+            kept = self._kept_read()  # the table as the last process left it, if still so
+            if kept is not None:
+                with gc_paused(GC_PAUSE_MIN):  # the size is in the file
+                    cache = kept.cache(genid, self._expected)
+            if cache is not None:
+                self._observed.put(genid, cache)
         if cache is None:
             lister = self._own_lister(kernel, started.listings if started else None)
             seen, expected = self._lines, self._expected
@@ -470,6 +490,9 @@ class NftablesBackend(BackendBase):
         genid = kernel.genid()
         if self._observed.get(genid) is not None:
             return
+        kept = self._kept_read()
+        if kept is not None and kept.stamped(genid):
+            return  # the table as the last process left it, nothing committed since
         listings = {listing_key("table", family=family, name=self._table):
                     bounded.submit_text("table", family=family, name=self._table)
                     for family in self._families}
@@ -478,6 +501,15 @@ class NftablesBackend(BackendBase):
         ahead = start_foreign_read(foreign, self._own_tables()) \
             if foreign is not None and not foreign.busy else None
         self._started = _Started(genid, listings, ahead)
+
+    def _kept_read(self) -> Kept | None:
+        """The kept read of k3snet's table in this namespace (looked up once, in the
+        namespace's worker thread); ``None`` with a fake kernel or ``keep_read=False``."""
+        if not self._kept_looked:
+            self._kept_looked = True
+            if self.keep_read and self._bounded_kernel:
+                self._kept = Kept.here(self._table, self._families)
+        return self._kept
 
     def _observe(self, kernel: NftKernel, *, refresh: bool) -> State:
         cache = self._fresh(kernel, foreign=self.observe_foreign, refresh=refresh)
@@ -683,6 +715,8 @@ class NftablesBackend(BackendBase):
         rc, error = kernel.run(batch.text(), json_input=batch.json)
         if rc != 0:
             self._observed.invalidate()  # the kit's contract: read again after any failure
+            if self._kept is not None:
+                self._kept.forget()
             cause = "injected failure (fault hook)" if inject is not None else "nftables"
             owner = inject if inject is not None else batch.owner_in(error)
             raise ApplyError(
@@ -721,6 +755,7 @@ class NftablesBackend(BackendBase):
             cache.drop(key)
         for key in diff.added:
             cache.put(key, diff.objects[key])
+        cache.bodies.update(batch.bodies)
         for family, rules in batch.added.items():
             marker = markers.get(family)
             for position, (key, slot) in enumerate(rules):

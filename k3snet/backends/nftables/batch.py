@@ -13,8 +13,9 @@ value in it is validated, never free text.
 from __future__ import annotations
 
 from k3snet.backends.nftables.cache import Key, Table
+from k3snet.backends.nftables.text import as_listed
 from k3snet.model import NetObject
-from k3snet.render.nftables import CHAIN_HOOKS, MARKER_CHAIN, NAT_CHAIN
+from k3snet.render.nftables import CHAIN_HOOKS, MARKER_CHAIN, NAT_CHAIN, nft_rules
 from k3snet.render.nftables_batch import NftCommands, Syntax
 
 __all__ = ["IMPOSSIBLE_HANDLE", "Batch", "Syntax"]
@@ -38,6 +39,7 @@ class Batch:
         self.commands: list[str] = []
         self.owners: list[int | None] = []  # the change each command is for
         self.added: dict[str, list[tuple[Key, int]]] = {}  # family -> (key, rule slot)
+        self.bodies: dict[Key, tuple[str, str]] = {}  # key -> its first rule as nft lists it
         self.marked: list[str] = []
         self.deleted_tables: list[str] = []
         self.created_tables: list[str] = []
@@ -84,7 +86,9 @@ class Batch:
         commands, owners = self.commands, self.owners
         slots = self.added.setdefault(family, [])
         key = obj.key
-        for slot, command in enumerate(self.nft.add_rules(family, obj)):
+        rules = nft_rules(obj, inet=family == "inet")
+        self.bodies[key] = (rules[0].chain, as_listed(rules[0].body))  # for the kept read
+        for slot, command in enumerate(self.nft.add_rules(family, obj, rules)):
             commands.append(command)
             owners.append(owner)
             slots.append((key, slot))

@@ -70,6 +70,8 @@ class Cache:
     state: State | None = None
     nat_index: dict[tuple[int, int, int], set[Key]] = field(default_factory=dict)
     lines: Lines = field(default_factory=dict)  # what the text reader read each rule line as
+    # key -> (chain, text) of the first rule of objects read from a kept file (.kept)
+    bodies: dict[Key, tuple[str, str]] = field(default_factory=dict)
 
     def put(self, key: Key, obj: NetObject) -> None:
         """Record ``obj`` (owned) under ``key``."""
@@ -85,6 +87,7 @@ class Cache:
             if not bucket:
                 del self.nat_index[(key[1], key[2], key[3])]
         self.handles.pop(key, None)
+        self.bodies.pop(key, None)
 
     def found(self, drift: Drift, repair: Repair) -> None:
         """Record a finding (a second one with the same key is the same finding)."""

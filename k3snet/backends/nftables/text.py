@@ -46,7 +46,8 @@ from k3snet.render.nftables import (
     nft_rules,
 )
 
-__all__ = ["Lines", "ListedRule", "ListedTable", "expected_lines", "listed_rules", "prefix_of"]
+__all__ = ["Lines", "ListedRule", "ListedTable", "as_listed", "expected_lines", "listed_rules",
+           "prefix_of", "read_line"]
 
 # A handle as nft prints it: no leading zero (anything nft does not print is not taken).
 _TABLE = re.compile(r"table ([a-z0-9]+) ([A-Za-z][A-Za-z0-9_-]*) \{ # handle [1-9]\d*")
@@ -201,9 +202,17 @@ def _read(body: str, chain: str, reply: bool, inet: bool) -> tuple[NetObject, st
         return None
     rendered = nft_rules(obj, inet=inet)
     half = rendered[1 if reply else 0]
-    if _as_listed(half.body) != body or half.chain != chain:
+    if as_listed(half.body) != body or half.chain != chain:
         return None
     return obj, rendered[0].comment
+
+
+def read_line(body: str, chain: str, inet: bool) -> NetObject | None:
+    """The object whose first rule nft lists as ``body`` in ``chain`` (of a table of an
+    ``inet`` family or not), read as :func:`listed_rules` reads a line it has not seen
+    (parsed, then rendered back to the same text); ``None`` for any other text."""
+    read = _read(body, chain, False, inet)
+    return None if read is None else read[0]
 
 
 def expected_lines(objects: Iterable[NetObject], inet: bool) -> Lines:
@@ -222,11 +231,11 @@ def expected_lines(objects: Iterable[NetObject], inet: bool) -> Lines:
         rendered = nft_rules(obj, inet=inet)
         tag = rendered[0].comment
         for half, rule in enumerate(rendered):
-            lines[rule.chain, _as_listed(rule.body), half == 1, inet] = (obj, tag)
+            lines[rule.chain, as_listed(rule.body), half == 1, inet] = (obj, tag)
     return lines
 
 
-def _as_listed(body: str) -> str:
+def as_listed(body: str) -> str:
     """A rule's text as nft lists it (see ``_ADDRESS``)."""
     if "/32" not in body and "ip6 " not in body:
         return body  # IPv4 prefixes that are not hosts: spelled alike
