@@ -369,3 +369,26 @@ def test_a_cold_cli_apply_after_another_lists_nothing_and_changes_the_kernel(
         out = run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout
         rules = [i["rule"] for i in json.loads(out)["nftables"] if "rule" in i]
         assert len(rules) == count
+
+
+def test_the_other_tables_are_still_read_ahead_when_the_kept_read_stands(
+        ns: str, kept_dir: Path, listings: list[str]) -> None:
+    run_in(ns, ["nft", "add", "table", "inet", "admin"])
+    run_in(ns, ["nft", "add", "chain", "inet", "admin", "post",
+                "{ type nat hook postrouting priority 50; }"])
+    run_in(ns, ["nft", "add", "rule", "inet", "admin", "post", "ip", "saddr", "10.77.0.0/16",
+                "masquerade"])
+    _apply(ns, BASE)
+    listings.clear()
+    with NftablesBackend(ns) as backend:
+        backend.prefetch()
+        started = backend._started
+        assert started is not None
+        assert started.listings == {}, "k3snet's table listed although the kept read stands"
+        assert started.foreign is not None, "the other tables are not read ahead"
+        backend.expect(State(owned=BASE))
+        state = backend.observe()
+    assert _own(listings) == []
+    assert state.owned == State(owned=BASE).owned
+    assert any(isinstance(o, MasqueradeRule) and str(o.source) == "10.77.0.0/16"
+               for o in state.foreign)

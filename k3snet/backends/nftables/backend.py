@@ -171,8 +171,9 @@ def _seconds(name: str, value: object) -> float:
 
 @attrs.frozen
 class _Started:
-    """What :meth:`NftablesBackend.prefetch` started: k3snet's table listed (by listing key)
-    and the other tables read, after reading the generation id ``genid``."""
+    """What :meth:`NftablesBackend.prefetch` started: k3snet's table listed (by listing key;
+    none when the kept read stands for it) and the other tables read, after reading the
+    generation id ``genid``."""
 
     genid: int
     listings: dict[tuple[str, ...], Future[str | None]]
@@ -432,7 +433,7 @@ class NftablesBackend(BackendBase):
             self._settle(started)
             started = None
         cache = None if refresh else self._observed.get(genid)
-        if cache is None and not refresh and started is None:
+        if cache is None and not refresh and not (started and started.listings):
             kept = self._kept_read()  # the table as the last process left it, if still so
             if kept is not None:
                 with gc_paused(GC_PAUSE_MIN):  # the size is in the file
@@ -490,12 +491,13 @@ class NftablesBackend(BackendBase):
         genid = kernel.genid()
         if self._observed.get(genid) is not None:
             return
+        # Nothing to list when the table is as the last process left it (the kept read);
+        # the other tables are read ahead all the same.
         kept = self._kept_read()
-        if kept is not None and kept.stamped(genid):
-            return  # the table as the last process left it, nothing committed since
-        listings = {listing_key("table", family=family, name=self._table):
-                    bounded.submit_text("table", family=family, name=self._table)
-                    for family in self._families}
+        listings = {} if kept is not None and kept.stamped(genid) else {
+            listing_key("table", family=family, name=self._table):
+            bounded.submit_text("table", family=family, name=self._table)
+            for family in self._families}
         foreign = self._foreign_lister() if self.observe_foreign else None
         # The other tables are read meanwhile too, in their own helper.
         ahead = start_foreign_read(foreign, self._own_tables()) \
