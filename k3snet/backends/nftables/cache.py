@@ -76,7 +76,11 @@ class Cache:
     def put(self, key: Key, obj: NetObject) -> None:
         """Record ``obj`` (owned) under ``key``."""
         if key not in self.objects and key[0] == "nat":
-            self.nat_index.setdefault((key[1], key[2], key[3]), set()).add(key)
+            bucket = self.nat_index.get(index := (key[1], key[2], key[3]))
+            if bucket is None:
+                self.nat_index[index] = {key}  # not setdefault: no set made for nothing
+            else:
+                bucket.add(key)
         self.objects[key] = obj
 
     def drop(self, key: Key) -> None:

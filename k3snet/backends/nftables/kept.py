@@ -213,11 +213,8 @@ class Kept:
                    and all(c in CHAIN_HOOKS or c == MARKER_CHAIN for c in table.chains)
                    for table in cache.tables.values())
 
-    def _cache(self, document: tuple[Any, ...], genid: int,
-               expected: Sequence[NetObject]) -> Cache:
-        _, _, tables, records = document
-        cache = Cache(genid=genid)
-        for family, chains, marker in tables:
+    def _tables(self, cache: Cache, kept_tables: Any) -> None:
+        for family, chains, marker in kept_tables:
             if (family not in self.families or family in cache.tables or type(marker) is not bool
                     or type(chains) is not tuple or NAT_CHAIN not in chains
                     or FORWARD_CHAIN not in chains or len(set(chains)) != len(chains)
@@ -225,6 +222,12 @@ class Kept:
                 raise _Unusable
             cache.tables[family] = Table(
                 chains={name: dict(CHAIN_HOOKS.get(name, {})) for name in chains}, marker=marker)
+
+    def _cache(self, document: tuple[Any, ...], genid: int,
+               expected: Sequence[NetObject]) -> Cache:
+        _, _, kept_tables, records = document
+        cache = Cache(genid=genid)
+        self._tables(cache, kept_tables)
         by_sort = {obj.sort_key: obj for obj in expected}
         objects, handles, bodies, nat_index = (cache.objects, cache.handles, cache.bodies,
                                                cache.nat_index)
@@ -249,7 +252,11 @@ class Kept:
                     raise _Unusable
             objects[key] = obj
             if key[0] == "nat":  # Cache.put, inline
-                nat_index.setdefault((key[1], key[2], key[3]), set()).add(key)
+                bucket = nat_index.get(index := (key[1], key[2], key[3]))
+                if bucket is None:
+                    nat_index[index] = {key}
+                else:
+                    bucket.add(key)
             handles[key] = list(held)
             if type(body) is str and type(chain) is str:
                 bodies[key] = (chain, body)
