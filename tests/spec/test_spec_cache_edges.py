@@ -15,6 +15,7 @@ from k3snet.spec import Spec, load_spec, seed_spec
 from k3snet.spec import cache as spec_cache
 from k3snet.spec.cache import cache_directory, load_spec_cached
 from k3snet.spec.source import MAX_BYTES
+from tests.spec.test_spec_cache import holds
 
 HEADER = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
 
@@ -53,7 +54,7 @@ def test_without_a_directory_nothing_is_cached(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path / "state"))
     assert load_spec_cached(spec_file) == seed_spec()
     (cached,) = (tmp_path / "state" / "spec-cache").iterdir()
-    assert json.loads(cached.read_text())["document"] == seed_spec().to_dict()
+    assert holds(cached, seed_spec().to_dict())
 
 
 def _same_error(path: Path, store: Path) -> str:
@@ -142,13 +143,13 @@ def test_a_cache_file_is_written_only_into_a_trusted_directory(tmp_path: Path) -
     assert json.loads((store / "x.json").read_text()) == {"key": "k", "document": {"a": 1},
                                                           "sound": True}
     assert [p.name for p in store.iterdir()] == ["x.json"]  # no temporary file left
-    assert spec_cache._read_cached(store / "x.json", "k") == ({"a": 1}, True)
+    assert spec_cache._read_cached(store / "x.json", "k") == ({"a": 1}, True, None)
     (store / "y.json").write_text(json.dumps({"key": "k"}))
-    assert spec_cache._read_cached(store / "y.json", "k") == (None, False)
+    assert spec_cache._read_cached(store / "y.json", "k") == (None, False, None)
     (store / "z.json").write_text(json.dumps({"key": "k", "document": None}))
-    assert spec_cache._read_cached(store / "z.json", "k") == (None, False)
+    assert spec_cache._read_cached(store / "z.json", "k") == (None, False, None)
     (store / "w.json").mkdir()
-    assert spec_cache._read_cached(store / "w.json", "k") == (None, False)
+    assert spec_cache._read_cached(store / "w.json", "k") == (None, False, None)
     # A file in its place that cannot be replaced: the cache stays as it was.
     spec_cache._write_cached(store / "w.json", "k", {"a": 2})
     assert (store / "w.json").is_dir()
@@ -185,7 +186,7 @@ def test_the_file_just_written_is_kept_when_pruning_among_newer_files(
     assert load_spec_cached(path, store) == want
     written = [p for p in store.iterdir() if p.stem not in {"a", "b", "c"}]
     assert len(written) == 1
-    assert json.loads(written[0].read_text())["document"] == yaml.safe_load(path.read_text())
+    assert holds(written[0], yaml.safe_load(path.read_text()))
 
 
 def test_cache_files_are_opened_close_on_exec_without_following_links(
