@@ -45,6 +45,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="k3snet-bench-") as tmp:
         results = Path(tmp) / "results.jsonl"
         env = {**os.environ, RESULTS_ENV: str(results)}
+        # k3snet's state (spec cache, the nftables kept read) in the run's own directory,
+        # not under /run/k3snet: each benchmark that needs its own sets another.
+        env.setdefault("K3SNET_STATE_DIR", str(Path(tmp) / "state"))
         for name, full, quick in ORDER:
             extra = quick if args.quick else full
             script = HERE / name

@@ -70,7 +70,8 @@ class Cache:
     state: State | None = None
     nat_index: dict[tuple[int, int, int], set[Key]] = field(default_factory=dict)
     lines: Lines = field(default_factory=dict)  # what the text reader read each rule line as
-    # key -> (chain, text) of the first rule of objects read from a kept file (.kept)
+    # key -> (chain, text) of the first rule, where known without a listing (an object read
+    # from a kept file, or added by an apply): what the kept read keeps (.kept)
     bodies: dict[Key, tuple[str, str]] = field(default_factory=dict)
 
     def put(self, key: Key, obj: NetObject) -> None:
