@@ -166,7 +166,7 @@ def _rows(destinations: tuple[Destination, ...]) -> list[list[Any]] | None:
     any of them would not come back equal (:func:`_destinations`).
 
     Reading 10 000 destinations of a cached document through the field table again
-    took ~70 ms; rows come back as the same values in ~30 ms (docs/performance.md,
+    took ~70 ms; rows come back as the same values in ~35-45 ms (docs/performance.md,
     "Destinations kept as rows"). Written only from a spec the document made, and
     only when every row reads back equal to its destination.
     """
@@ -210,12 +210,21 @@ def _destinations(rows: Any) -> tuple[Destination, ...]:
         if gateway is not None:
             via = gateways.get(key := (gateway[0], gateway[1]))
             if via is None:
+                if type(key[1]) is not int:
+                    raise TypeError("a destination row's gateway is no address")
                 via = gateways[key] = addresses[key[0]](key[1])
         made.append(Destination(
             networks[version]((address, length)), gateway=via, device=device, table=table,
             metric=metric, masquerade=masquerade, forward=forward,
-            exclude=[networks[v]((a, n)) for v, a, n in exclude] if exclude else ()))
+            exclude=[_network(networks, row) for row in exclude] if exclude else ()))
     return tuple(made)
+
+
+def _network(networks: dict[int, type[Network]], row: Any) -> Network:
+    version, address, length = row
+    if type(address) is not int or type(length) is not int:
+        raise TypeError("a destination row's exclusion is no network")
+    return networks[version]((address, length))
 
 
 def _with_rows(document: Any, rows: Any, where: str) -> Spec | None:

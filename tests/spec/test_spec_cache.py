@@ -432,7 +432,9 @@ def test_a_hit_takes_the_destinations_from_their_rows(spec_file: Path, store: Pa
     (5, "main"),  # a table by name
     (6, 1.5),
     (7, 1),  # not a boolean
+    (3, [4, True]),  # a boolean for an address
     (9, [[4, 1, 40]]),  # an exclusion that is no network
+    (9, [[4, "10.0.0.8", 29]]),
     (9, "nonsense"),
 ])
 def test_rows_that_make_no_destination_are_read_from_the_spec_file_again(
