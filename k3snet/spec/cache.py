@@ -132,7 +132,10 @@ def _read_cached(file: Path, key: str) -> tuple[Any, bool, Any]:
     if not isinstance(entry, dict) or entry.get("key") != key or "document" not in entry:
         return None, False, None
     sound = entry.get("sound") is True
-    return entry["document"], sound, entry.get("destinations") if sound else None
+    rows = entry.get("destinations")
+    if rows is not None and not sound:
+        return None, False, None  # rows stand for a sound document's list: not this one
+    return entry["document"], sound, rows
 
 
 def _write_cached(file: Path, key: str, document: Any, spec: Spec | None = None) -> None:

@@ -293,6 +293,10 @@ def test_bad_options_are_refused() -> None:
         NftablesBackend().faults.fail_at(-1)
     with pytest.raises(ModelError, match="syntax"):
         NftablesBackend(syntax="xml")  # type: ignore[arg-type]
+    for option in ("keep_read", "observe_foreign"):  # a spec's "no" is no false
+        for value in ("no", "false", 0, None):
+            with pytest.raises(ModelError, match=f"{option} must be true or false"):
+                NftablesBackend(**{option: value})
 
 
 # -- the kernel ---------------------------------------------------------------------------

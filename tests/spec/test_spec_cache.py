@@ -263,7 +263,9 @@ UNSOUND = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
 
 
 def _plant(file: Path, document: dict[str, Any], **fields: Any) -> None:
+    """Make the entry hold ``document`` whole (the seed's destination rows dropped)."""
     entry = json.loads(file.read_text())
+    entry.pop("destinations", None)
     entry.update(document=document, **fields)
     file.write_text(json.dumps(entry))
 
@@ -446,3 +448,17 @@ def test_rows_that_make_no_destination_are_read_from_the_spec_file_again(
     file.write_text(json.dumps(entry))
     assert load_spec_cached(spec_file, store) == seed_spec()
     assert holds(file, yaml.safe_load(spec_file.read_text()))  # and written again
+
+
+@pytest.mark.parametrize("sound", [False, None, "yes"])
+def test_rows_with_a_document_not_found_sound_are_no_hit(spec_file: Path, store: Path,
+                                                          sound: object) -> None:
+    # The document kept beside rows has no destinations of its own: read without its
+    # rows, it would be a spec that wants none (an apply of it removes every route).
+    load_spec_cached(spec_file, store)
+    file = _cached_file(store)
+    entry = json.loads(file.read_text())
+    assert "destinations" in entry
+    entry["sound"] = sound
+    file.write_text(json.dumps(entry))
+    assert load_spec_cached(spec_file, store) == seed_spec()

@@ -169,6 +169,13 @@ def _seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def _flag(name: str, value: object) -> bool:
+    """A yes/no option: only ``true`` or ``false`` (a spec's ``"no"`` is not false)."""
+    if not isinstance(value, bool):
+        raise ModelError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 @attrs.frozen
 class _Started:
     """What :meth:`NftablesBackend.prefetch` started: k3snet's table listed (by listing key;
@@ -243,7 +250,7 @@ class NftablesBackend(BackendBase):
                     "(pip install 'k3snet[nftables]')"
                 ) from exc
         self.family: TableFamily = family
-        self.observe_foreign = observe_foreign
+        self.observe_foreign = _flag("observe_foreign", observe_foreign)
         self.foreign_timeout = _seconds("foreign_timeout", foreign_timeout)
         self.read_timeout = _seconds("read_timeout", read_timeout)
         self._foreign_unread: tuple[str, ...] = ()
@@ -256,7 +263,7 @@ class NftablesBackend(BackendBase):
         self._bounded: BoundedLister | None = None
         self._foreign_bounded: BoundedLister | None = None
         self._bounded_kernel = kernel is None
-        self.keep_read = keep_read
+        self.keep_read = _flag("keep_read", keep_read)
         self._kept: Kept | None = None  # the table as the last process left it (.kept)
         self._kept_looked = False
         self.syntax: Syntax = syntax

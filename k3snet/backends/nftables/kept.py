@@ -103,6 +103,12 @@ def _boot_id() -> str | None:
         return None
 
 
+def _own_chains(chains: tuple[str, ...]) -> bool:
+    """Each chain one k3snet writes, once; both base chains there."""
+    return (NAT_CHAIN in chains and FORWARD_CHAIN in chains and len(set(chains)) == len(chains)
+            and all(c in CHAIN_HOOKS or c == MARKER_CHAIN for c in chains))
+
+
 class _Unusable(Exception):  # noqa: N818 - internal signal: list the table instead
     """The kept file does not make a cache: the table is listed instead."""
 
@@ -209,16 +215,12 @@ class Kept:
     def _keepable(self, cache: Cache) -> bool:
         if not cache.tables or cache.handles.keys() != cache.objects.keys():
             return False
-        return all(NAT_CHAIN in table.chains and FORWARD_CHAIN in table.chains
-                   and all(c in CHAIN_HOOKS or c == MARKER_CHAIN for c in table.chains)
-                   for table in cache.tables.values())
+        return all(_own_chains(tuple(table.chains)) for table in cache.tables.values())
 
     def _tables(self, cache: Cache, kept_tables: Any) -> None:
         for family, chains, marker in kept_tables:
             if (family not in self.families or family in cache.tables or type(marker) is not bool
-                    or type(chains) is not tuple or NAT_CHAIN not in chains
-                    or FORWARD_CHAIN not in chains or len(set(chains)) != len(chains)
-                    or any(c not in CHAIN_HOOKS and c != MARKER_CHAIN for c in chains)):
+                    or type(chains) is not tuple or not _own_chains(chains)):
                 raise _Unusable
             cache.tables[family] = Table(
                 chains={name: dict(CHAIN_HOOKS.get(name, {})) for name in chains}, marker=marker)
@@ -229,8 +231,7 @@ class Kept:
         cache = Cache(genid=genid)
         self._tables(cache, kept_tables)
         by_sort = {obj.sort_key: obj for obj in expected}
-        objects, handles, bodies, nat_index = (cache.objects, cache.handles, cache.bodies,
-                                               cache.nat_index)
+        objects, handles, bodies = cache.objects, cache.handles, cache.bodies
         families, tables = self.families, cache.tables
         single = families[0] if len(families) == 1 else None  # then every object's table
         # One loop, its checks spelled out: it runs once per rule of a 10 000-rule table.
@@ -250,13 +251,7 @@ class Kept:
             for handle in held:
                 if type(handle) is not int or handle <= 0:
                     raise _Unusable
-            objects[key] = obj
-            if key[0] == "nat":  # Cache.put, inline
-                bucket = nat_index.get(index := (key[1], key[2], key[3]))
-                if bucket is None:
-                    nat_index[index] = {key}
-                else:
-                    bucket.add(key)
+            cache.put(key, obj)
             handles[key] = list(held)
             if type(body) is str and type(chain) is str:
                 bodies[key] = (chain, body)
