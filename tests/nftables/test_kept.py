@@ -24,8 +24,10 @@ import pytest
 
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables import kept as kept_module
+from k3snet.backends.nftables import text as text_module
 from k3snet.backends.nftables.cache import Cache
 from k3snet.backends.nftables.kernel import Libnftables
+from k3snet.backends.nftables.text import as_listed
 from k3snet.cli import main
 from k3snet.errors import ApplyError
 from k3snet.lab.netns import create_netns, delete_netns, run_in, temporary_netns
@@ -369,6 +371,83 @@ def test_a_cold_cli_apply_after_another_lists_nothing_and_changes_the_kernel(
         out = run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout
         rules = [i["rule"] for i in json.loads(out)["nftables"] if "rule" in i]
         assert len(rules) == count
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every rule line the text reader reads by parsing it (a line neither seen, nor
+    expected, nor guessed), in this test."""
+    read: list[str] = []
+    real = text_module._read
+
+    def counted(body: str, *args: Any) -> Any:
+        read.append(body)
+        return real(body, *args)
+
+    monkeypatch.setattr(text_module, "_read", counted)
+    return read
+
+
+@pytest.mark.parametrize("family", ["inet", "split"])
+def test_after_another_programs_commit_the_listing_is_read_with_the_kept_lines(
+        ns: str, kept_dir: Path, listings: list[str], parsed: list[str], family: str) -> None:
+    families = ("inet",) if family == "inet" else ("ip", "ip6")
+    _apply(ns, [*BASE, ONE_MORE], family=family)
+    run_in(ns, ["nft", "add", "table", "ip", "other"])  # the kept read is stale now
+    listings.clear()
+    with NftablesBackend(ns, family=family) as backend:  # type: ignore[arg-type]
+        state = backend.observe()  # no hint: each line as the kept lines read it
+        assert sorted(_own(listings)) == sorted(f"list table {f} k3snet" for f in families)
+        assert parsed == []
+        with _listed(ns, family) as fresh:
+            assert _summary(_cache(backend)) == _summary(_cache(fresh))
+    assert state == State(owned=[*BASE, ONE_MORE])
+    listings.clear()
+    with NftablesBackend(ns, family=family) as backend:  # type: ignore[arg-type]
+        assert backend.observe() == state
+    assert _own(listings) == [], "not kept again, stamped anew"
+
+
+def test_lines_the_kept_read_did_not_have_are_read_from_their_text(
+        ns: str, kept_dir: Path, listings: list[str], parsed: list[str]) -> None:
+    _apply(ns, BASE)
+    # Another k3snet's rule, and a rule no k3snet writes, added behind the kept read.
+    (rule,) = nft_rules(ONE_MORE)
+    run_in(ns, ["nft", f"add rule inet k3snet postrouting {rule.body} comment "
+                f'"{rule.comment}"'])
+    run_in(ns, ["nft", "add", "rule", "inet", "k3snet", "postrouting", "counter"])
+    with NftablesBackend(ns) as backend:
+        state = backend.observe()
+        # The text reader read the new line, then gave up at the counter: JSON judged it.
+        assert parsed == [rule.body]
+        with _listed(ns, "inet") as fresh:
+            assert _summary(_cache(backend)) == _summary(_cache(fresh))
+            assert backend.drift == fresh.drift != ()
+    assert ONE_MORE in state.owned
+
+
+def _bodies_of_others(key: str, genid: int, tables: Any, records: Any) -> Any:
+    """Each kept object's text that of the next one (the last one's ONE_MORE's)."""
+    texts = [(r[3], r[4]) for r in records[1:]]
+    texts.append(("postrouting", nft_rules(ONE_MORE)[0].body))
+    moved = tuple((r[0], r[1], r[2], *t) for r, t in zip(records, texts, strict=True))
+    return key, genid, tables, moved
+
+
+def test_a_guess_from_a_wrong_kept_read_still_gives_exactly_the_kernels_table(
+        ns: str, kept_dir: Path, listings: list[str], parsed: list[str]) -> None:
+    _apply(ns, BASE)
+    _, _, _, records = marshal.loads(_kept_file(kept_dir).read_bytes())  # noqa: S302
+    (untold,) = [obj for obj in BASE if obj.sort_key == records[0][0]]  # its text went
+    _rewritten(_kept_file(kept_dir), _bodies_of_others)
+    run_in(ns, ["nft", "add", "table", "ip", "other"])
+    with NftablesBackend(ns) as backend:
+        state = backend.observe()
+        # Read from their text: only the lines of the object whose text the file lost.
+        assert parsed == [as_listed(rule.body) for rule in nft_rules(untold)]
+        with _listed(ns, "inet") as fresh:
+            assert _summary(_cache(backend)) == _summary(_cache(fresh))
+    assert state == State(owned=BASE)
 
 
 def test_the_other_tables_are_still_read_ahead_when_the_kept_read_stands(

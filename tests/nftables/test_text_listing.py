@@ -290,6 +290,43 @@ def test_an_expected_objects_lines_are_what_reading_them_gives(obj: NetObject,
         assert read == (obj, object_tag(obj))
 
 
+@settings(max_examples=300)
+@given(objects=st.lists(st.one_of(strategies.nat_rules(), strategies.forward_rules()),
+                        max_size=4), inet=st.booleans())
+def test_the_lines_guessed_from_first_rules_are_the_expected_lines_of_their_objects(
+        objects: list[NetObject], inet: bool) -> None:
+    firsts = [(rules[0].chain, text_reader.as_listed(rules[0].body), inet)
+              for rules in (nft_rules(obj, inet=inet) for obj in objects)]
+    assert text_reader.first_rule_lines(firsts) == expected_lines(objects, inet)
+
+
+def test_a_guessed_line_is_what_its_own_text_reads_as_whatever_the_guess() -> None:
+    # Texts that read as nothing are left out; each text is read as itself, not as
+    # what the guess meant by it (a first rule given as a reply half is no line).
+    there, back = (text_reader.as_listed(r.body) for r in nft_rules(FWD4))
+    masq = text_reader.as_listed(nft_rules(MASQ)[0].body)
+    guessed = text_reader.first_rule_lines([
+        ("postrouting", masq, True), ("postrouting", "ip saddr 10.0.0.0/8 counter", True),
+        ("postrouting", masq.replace("masquerade", "masquerade "), True),
+        ("forward", back, True), ("forward", there, True), ("forward", masq, True)])
+    assert guessed == {**expected_lines([MASQ], True), **expected_lines([FWD4], True)}
+    assert text_reader.first_rule_lines([]) == {}
+
+
+def test_guessing_lines_stops_once_told_enough() -> None:
+    firsts = [("postrouting", text_reader.as_listed(nft_rules(MasqueradeRule(
+        "10.42.0.0/16", destination=f"192.168.{n // 256}.{n % 256}/32"))[0].body), True)
+        for n in range(1000)]
+    asked: list[int] = []
+
+    def enough() -> bool:
+        asked.append(1)
+        return len(asked) == 2
+
+    assert len(text_reader.first_rule_lines(firsts, enough)) == 512
+    assert len(text_reader.first_rule_lines(firsts, lambda: False)) == 1000
+
+
 def test_expected_objects_are_taken_unread_and_only_when_the_table_holds_a_rule(
         monkeypatch: pytest.MonkeyPatch) -> None:
     read: list[str] = []

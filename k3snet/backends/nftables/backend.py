@@ -127,7 +127,7 @@ from k3snet.backends.nftables.parse import (
     start_foreign_read,
     table_of,
 )
-from k3snet.backends.nftables.text import Lines, expected_lines
+from k3snet.backends.nftables.text import Lines, expected_lines, first_rule_lines
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
 from k3snet.model import Drift, NetObject
 from k3snet.model.state import State
@@ -448,18 +448,20 @@ class NftablesBackend(BackendBase):
             if cache is not None:
                 self._observed.put(genid, cache)
         if cache is None:
-            lister = self._own_lister(kernel, started.listings if started else None)
+            listings = started.listings if started else None
             seen, expected = self._lines, self._expected
-            # Rendered now only while a listing still runs (the GIL is free meanwhile);
-            # otherwise by the reader, at the table's first rule: an empty or absent
-            # table, as before a first apply, costs no rendering.
-            running = started is not None and not all(f.done() for f in started.listings.values())
             # The size is unknown before the listing: a small table costs the pause nothing.
             with gc_paused(GC_PAUSE_MIN):
+                if not seen and not expected:
+                    listings, seen = self._kept_lines(listings)
+                # Rendered now only while a listing still runs (the GIL is free meanwhile);
+                # otherwise by the reader, at the table's first rule: an empty or absent
+                # table, as before a first apply, costs no rendering.
+                running = listings is not None and not all(f.done() for f in listings.values())
                 if running and expected and not seen:
                     seen, expected = expected_lines(expected, self._families == ("inet",)), ()
-                cache = read_own(lister, self._table, self._families, genid,
-                                 seen=seen, expected=expected)
+                cache = read_own(self._own_lister(kernel, listings), self._table,
+                                 self._families, genid, seen=seen, expected=expected)
             self._lines = cache.lines
             self._observed.put(genid, cache)
         ahead = started.foreign if started else None
@@ -510,6 +512,28 @@ class NftablesBackend(BackendBase):
         ahead = start_foreign_read(foreign, self._own_tables()) \
             if foreign is not None and not foreign.busy else None
         self._started = _Started(genid, listings, ahead)
+
+    def _kept_lines(self, listings: dict[tuple[str, ...], Future[str | None]] | None
+                    ) -> tuple[dict[tuple[str, ...], Future[str | None]] | None, Lines]:
+        """With neither lines of its own nor a hint: k3snet's table listed in the
+        background (unless ``listings`` already runs), and meanwhile the lines of the
+        kept read, stale as it is (something was committed since), read as the guess
+        of what the listing holds, until the listing ends (docs/performance.md, "The
+        kept read"). Sound whatever the guess: a listed line is taken as the object
+        that reading its own text gives (:func:`~.text.first_rule_lines`)."""
+        kept = self._kept_read()
+        bounded = self._bounded_lister()
+        if kept is None or bounded is None or bounded.busy:
+            return listings, {}
+        firsts = kept.first_rules()
+        if not firsts:
+            return listings, {}
+        if not listings:
+            listings = {listing_key("table", family=family, name=self._table):
+                        bounded.submit_text("table", family=family, name=self._table)
+                        for family in self._families}
+        running = tuple(listings.values())
+        return listings, first_rule_lines(firsts, lambda: all(f.done() for f in running))
 
     def _kept_read(self) -> Kept | None:
         """The kept read of k3snet's table in this namespace (looked up once, in the

@@ -160,6 +160,23 @@ class Kept:
         self.loaded = genid
         return cache
 
+    def first_rules(self) -> list[tuple[str, str, bool]]:
+        """Each kept object's first rule as ``(chain, text, inet table)``, whatever the
+        file's stamp: after another program's commit, what k3snet's table most likely
+        still holds (a guess for :func:`~.text.first_rule_lines`, never taken as the
+        table). Empty without a usable file."""
+        if self._document is None:
+            self._document = self._read() or ()
+        if not self._document:
+            return []
+        records = self._document[3]
+        if type(records) is not tuple:
+            return []
+        families, rule_chains = self.families, (NAT_CHAIN, FORWARD_CHAIN)
+        return [(record[3], record[4], record[1] == "inet") for record in records
+                if type(record) is tuple and len(record) == 5 and record[1] in families
+                and record[3] in rule_chains and type(record[4]) is str]
+
     def keep(self, cache: Cache) -> bool:
         """Write ``cache`` to the file, if it is a table exactly as k3snet writes it and
         not what the file already holds; whether it was written."""

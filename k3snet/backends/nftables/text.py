@@ -29,7 +29,7 @@ import functools
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from k3snet.errors import ModelError
@@ -43,11 +43,12 @@ from k3snet.render.nftables import (
     MARKER_CHAIN,
     NAT_CHAIN,
     REPLY_SUFFIX,
+    NftRule,
     nft_rules,
 )
 
-__all__ = ["Lines", "ListedRule", "ListedTable", "as_listed", "expected_lines", "listed_rules",
-           "prefix_of", "read_line"]
+__all__ = ["Lines", "ListedRule", "ListedTable", "as_listed", "expected_lines",
+           "first_rule_lines", "listed_rules", "prefix_of", "read_line"]
 
 # A handle as nft prints it: no leading zero (anything nft does not print is not taken).
 _TABLE = re.compile(r"table ([a-z0-9]+) ([A-Za-z][A-Za-z0-9_-]*) \{ # handle [1-9]\d*")
@@ -194,6 +195,13 @@ def _expect(condition: bool) -> None:
 
 def _read(body: str, chain: str, reply: bool, inet: bool) -> tuple[NetObject, str] | None:
     """The object whose rule (``reply``: its reply half) nft lists as ``body``, and its tag."""
+    read = _rendered(body, chain, reply, inet)
+    return None if read is None else (read[0], read[1][0].comment)
+
+
+def _rendered(body: str, chain: str, reply: bool, inet: bool
+              ) -> tuple[NetObject, tuple[NftRule, ...]] | None:
+    """:func:`_read`'s object, with its rules as rendered to check it."""
     try:
         obj = _nat(body) if chain == NAT_CHAIN else _forward(body, reply)
     except (ModelError, ValueError, TypeError, OSError):
@@ -204,7 +212,7 @@ def _read(body: str, chain: str, reply: bool, inet: bool) -> tuple[NetObject, st
     half = rendered[1 if reply else 0]
     if as_listed(half.body) != body or half.chain != chain:
         return None
-    return obj, rendered[0].comment
+    return obj, rendered
 
 
 def read_line(body: str, chain: str, inet: bool) -> NetObject | None:
@@ -232,6 +240,36 @@ def expected_lines(objects: Iterable[NetObject], inet: bool) -> Lines:
         tag = rendered[0].comment
         for half, rule in enumerate(rendered):
             lines[rule.chain, as_listed(rule.body), half == 1, inet] = (obj, tag)
+    return lines
+
+
+def first_rule_lines(firsts: Iterable[tuple[str, str, bool]],
+                     enough: Callable[[], bool] | None = None) -> Lines:
+    """The lines of the objects whose first rules nft lists as ``body`` in ``chain``
+    (each of ``firsts`` a ``(chain, body, inet)``), each line read as :func:`listed_rules`
+    reads it: the first rule's text parsed and rendered back, the other half of a
+    forward rule (its replies) as rendered from that object. A text that does not
+    read back is left out.
+
+    A guess of what a listing will hold, taken as :func:`expected_lines` are
+    (the ``seen`` of :func:`listed_rules`): a listed line is taken as an object
+    only when it is a key of these lines, and each key's object is what reading
+    that very text gives, wherever the guess came from. ``enough``, asked every
+    few hundred texts, ends the work early (the listing it guesses is done: the
+    reader reads the rest as it meets them).
+    """
+    lines: Lines = {}
+    for count, (chain, body, inet) in enumerate(firsts):
+        if enough is not None and count % 256 == 0 and count and enough():
+            break
+        read = _rendered(body, chain, False, inet)
+        if read is None:
+            continue
+        obj, rendered = read
+        tag = rendered[0].comment
+        lines[chain, body, False, inet] = (obj, tag)
+        for rule in rendered[1:]:
+            lines[rule.chain, as_listed(rule.body), True, inet] = (obj, tag)
     return lines
 
 
