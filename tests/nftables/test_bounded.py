@@ -10,6 +10,7 @@ tests/safety/test_load.py.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -18,10 +19,12 @@ import pytest
 
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables.kernel import (
+    HANDOVER_INTERVAL,
     BoundedLister,
     ListingTimeoutError,
     OwnTableLister,
     TextUnlistedError,
+    beside_listings,
     list_in_child,
 )
 from k3snet.backends.nftables.parse import ForeignReader, read_foreign_within, read_own
@@ -214,3 +217,25 @@ def test_close_returns_with_the_helpers_kernel_closed_and_leaves_the_freeing_to_
     thread.join(10)
     assert not thread.is_alive(), "the helper does not end by itself"
     assert freed.is_set()
+
+
+def test_beside_listings_the_gil_is_handed_over_quickly_and_the_interval_set_back() -> None:
+    before = sys.getswitchinterval()
+    try:
+        with beside_listings():
+            assert sys.getswitchinterval() == pytest.approx(HANDOVER_INTERVAL, rel=0.05)
+        assert sys.getswitchinterval() == before
+        sys.setswitchinterval(HANDOVER_INTERVAL / 2)  # a shorter one stays
+        seen = []
+
+        def fails() -> None:
+            with beside_listings():
+                seen.append(sys.getswitchinterval())
+                raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            fails()
+        assert seen == [pytest.approx(HANDOVER_INTERVAL / 2, rel=0.05)]
+        assert sys.getswitchinterval() == pytest.approx(HANDOVER_INTERVAL / 2, rel=0.05)
+    finally:
+        sys.setswitchinterval(before)

@@ -115,6 +115,7 @@ from k3snet.backends.nftables.kernel import (
     Lists,
     NftKernel,
     OwnTableLister,
+    beside_listings,
     first_lines,
     listing_key,
 )
@@ -533,7 +534,8 @@ class NftablesBackend(BackendBase):
                         bounded.submit_text("table", family=family, name=self._table)
                         for family in self._families}
         running = tuple(listings.values())
-        return listings, first_rule_lines(firsts, lambda: all(f.done() for f in running))
+        with beside_listings():
+            return listings, first_rule_lines(firsts, lambda: all(f.done() for f in running))
 
     def _kept_read(self) -> Kept | None:
         """The kept read of k3snet's table in this namespace (looked up once, in the
