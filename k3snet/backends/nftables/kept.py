@@ -31,6 +31,12 @@ the desired state, compiled anyway); an object not expected (one a plan is about
 to remove) is read back from its first rule's text as the text reader reads a
 listed line (parsed, then rendered back). If neither works the table is listed.
 ``K3SNET_READ_CACHE=off`` (or the backend's ``keep_read=False``) turns it off.
+
+A stale file (something was committed since) is still worth something: most
+commits are other programs', and k3snet's table is as it was. While the table is
+listed, the backend reads the file's first-rule texts (:meth:`Kept.first_rules`)
+as a guess of the lines to come (:func:`~.text.first_rule_lines`); that guess is
+never taken as the table, only as what each of those texts reads as.
 """
 
 from __future__ import annotations
