@@ -323,7 +323,7 @@ def test_guessing_lines_stops_once_told_enough() -> None:
         asked.append(1)
         return len(asked) == 2
 
-    assert len(text_reader.first_rule_lines(firsts, enough)) == 512
+    assert len(text_reader.first_rule_lines(firsts, enough)) == 2 * text_reader._ASKED_EVERY
     assert len(text_reader.first_rule_lines(firsts, lambda: False)) == 1000
 
 

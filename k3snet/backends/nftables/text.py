@@ -67,6 +67,9 @@ _FORWARD = re.compile(
     r'(ip6?) saddr (\S+) ip6? daddr (\S+)(?: iifname "([^"]*)")?(?: oifname "([^"]*)")?'
     r"( ct state established,related)? accept")
 _RULE_CHAINS = (NAT_CHAIN, FORWARD_CHAIN)
+# How many guessed texts first_rule_lines reads between two questions to ``enough`` (about
+# 1 ms of work: a listing that ended is noticed within it).
+_ASKED_EVERY = 64
 # nft prints a host's prefix as the bare address (192.0.2.1, not 192.0.2.1/32), and IPv6
 # addresses as inet_ntop(3) does (::ffff:0.0.0.0 and ::128.0.0.0, where Python writes
 # ::ffff:0:0 and ::8000:0).
@@ -255,12 +258,12 @@ def first_rule_lines(firsts: Iterable[tuple[str, str, bool]],
     (the ``seen`` of :func:`listed_rules`): a listed line is taken as an object
     only when it is a key of these lines, and each key's object is what reading
     that very text gives, wherever the guess came from. ``enough``, asked every
-    few hundred texts, ends the work early (the listing it guesses is done: the
+    64 texts, ends the work early (the listing it guesses is done: the
     reader reads the rest as it meets them).
     """
     lines: Lines = {}
     for count, (chain, body, inet) in enumerate(firsts):
-        if enough is not None and count % 256 == 0 and count and enough():
+        if enough is not None and count % _ASKED_EVERY == 0 and count and enough():
             break
         read = _rendered(body, chain, False, inet)
         if read is None:
