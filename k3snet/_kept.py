@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -87,11 +86,11 @@ def write_atomic(file: Path, text: str | bytes, prefix: str) -> bool:
         file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not trusted(os.lstat(file.parent)):
             return False
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=prefix, suffix=".tmp")
+        fd, tmp = _temporary(file.parent, prefix)
     except OSError:
         return False
     try:
-        with os.fdopen(fd, "wb") as handle:  # mkstemp: mode 0600
+        with os.fdopen(fd, "wb") as handle:
             handle.write(text.encode() if isinstance(text, str) else text)
         os.replace(tmp, file)
     except OSError:
@@ -99,6 +98,20 @@ def write_atomic(file: Path, text: str | bytes, prefix: str) -> bool:
             os.unlink(tmp)
         return False
     return True
+
+
+def _temporary(directory: Path, prefix: str) -> tuple[int, Path]:
+    """A new file (mode 0600) in ``directory``, open for writing: what ``tempfile.mkstemp``
+    makes, without importing :mod:`tempfile` (with ``shutil`` and ``random``, ~5 ms of
+    every cold process's start)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(16):
+        path = directory / f"{prefix}{os.urandom(8).hex()}.tmp"
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
 
 
 def prune(directory: Path, keep: Path, entries: int, suffix: str = ".json") -> None:

@@ -1,0 +1,76 @@
+"""k3snet._kept: the files a process keeps for the next one, written atomically and only
+where trusted, read only when trusted (the spec cache and the nftables kept read)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from k3snet import _kept
+
+
+def test_a_written_file_holds_what_was_written_mode_0600_and_leaves_no_temporary(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "state"
+    file = directory / "one.kept"
+    assert _kept.write_atomic(file, b"first", ".t-")
+    assert _kept.write_atomic(file, "second", ".t-")  # replaced, text encoded
+    assert file.read_bytes() == b"second"
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert sorted(p.name for p in directory.iterdir()) == ["one.kept"]
+    assert _kept.read_trusted(file, 100) == b"second"
+
+
+def test_nothing_is_written_into_a_directory_others_could_write(tmp_path: Path) -> None:
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    directory.chmod(0o777)
+    assert not _kept.write_atomic(directory / "one.kept", b"x", ".t-")
+    assert list(directory.iterdir()) == []
+
+
+def test_a_temporary_name_taken_is_never_opened_through_and_another_is_tried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"not to be touched")
+    names = iter([b"\x01" * 8, b"\x01" * 8, b"\x02" * 8])
+    monkeypatch.setattr(_kept.os, "urandom", lambda size: next(names))
+    (directory / f".t-{'01' * 8}.tmp").symlink_to(elsewhere)  # someone's planted link
+    assert _kept.write_atomic(directory / "one.kept", b"mine", ".t-")
+    assert elsewhere.read_bytes() == b"not to be touched"
+    assert (directory / "one.kept").read_bytes() == b"mine"
+    # Every name taken: no write, and nothing left behind.
+    monkeypatch.setattr(_kept.os, "urandom", lambda size: b"\x01" * 8)
+    assert not _kept.write_atomic(directory / "two.kept", b"x", ".t-")
+    assert not (directory / "two.kept").exists()
+    assert sorted(p.name for p in directory.iterdir()) == [f".t-{'01' * 8}.tmp", "one.kept"]
+
+
+def test_a_failed_write_removes_its_temporary(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "state"
+
+    def refused(src: object, dst: object) -> None:
+        raise OSError("refused")
+
+    monkeypatch.setattr(_kept.os, "replace", refused)
+    assert not _kept.write_atomic(directory / "one.kept", b"x", ".t-")
+    assert list(directory.iterdir()) == []
+
+
+def test_reading_refuses_a_symlink_or_a_file_others_could_write(tmp_path: Path) -> None:
+    directory = tmp_path / "state"
+    file = directory / "one.kept"
+    assert _kept.write_atomic(file, b"data", ".t-")
+    link = directory / "link.kept"
+    link.symlink_to(file)
+    assert _kept.read_trusted(link, 100) is None
+    file.chmod(0o620)
+    assert _kept.read_trusted(file, 100) is None
+    assert os.path.exists(file)
