@@ -426,6 +426,17 @@ def test_lines_the_kept_read_did_not_have_are_read_from_their_text(
     assert ONE_MORE in state.owned
 
 
+def test_a_table_deleted_behind_the_kept_read_reads_as_none(
+        ns: str, kept_dir: Path, listings: list[str]) -> None:
+    _apply(ns, BASE)
+    run_in(ns, ["nft", "delete", "table", "inet", "k3snet"])
+    listings.clear()
+    with NftablesBackend(ns) as backend:
+        assert backend.observe().owned == frozenset()
+        assert backend.drift == ()
+    assert _own(listings) == ["list table inet k3snet"]
+
+
 def _bodies_of_others(key: str, genid: int, tables: Any, records: Any) -> Any:
     """Each kept object's text that of the next one (the last one's ONE_MORE's)."""
     texts = [(r[3], r[4]) for r in records[1:]]

@@ -519,9 +519,9 @@ class NftablesBackend(BackendBase):
         """With neither lines of its own nor a hint: k3snet's table listed in the
         background (unless ``listings`` already runs), and meanwhile the lines of the
         kept read, stale as it is (something was committed since), read as the guess
-        of what the listing holds, until the listing ends (docs/performance.md, "The
-        kept read"). Sound whatever the guess: a listed line is taken as the object
-        that reading its own text gives (:func:`~.text.first_rule_lines`)."""
+        of what the listing holds, until the listing ends (docs/performance.md, "After
+        another program's commit"). Sound whatever the guess: a listed line is taken as
+        the object that reading its own text gives (:func:`~.text.first_rule_lines`)."""
         kept = self._kept_read()
         bounded = self._bounded_lister()
         if kept is None or bounded is None or bounded.busy:

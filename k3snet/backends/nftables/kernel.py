@@ -210,10 +210,10 @@ def beside_listings() -> Iterator[None]:
 
     The helper releases the GIL inside libnftables, but needs it back at each of
     its calls in and out (about ten per listing): behind a thread that never
-    waits, each costs up to the switch interval. A 1 000-rule table listed beside
-    the kept read's guess took 53 ms with 5 ms, 40 ms with 0.2 ms (medians of 9,
-    docs/performance.md, "The kept read"). The interval is the process's: it is
-    set back when the block ends.
+    waits, each costs up to the switch interval. A 1 000-rule table listed and read
+    beside the kept read's guess took 55 ms with 5 ms, 42 ms with 0.2 ms (medians
+    of 9, docs/performance.md, "After another program's commit"). The interval is
+    the process's: it is set back when the block ends.
     """
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, HANDOVER_INTERVAL))
