@@ -24,7 +24,6 @@ import pytest
 
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables import kept as kept_module
-from k3snet.backends.nftables import text as text_module
 from k3snet.backends.nftables.cache import Cache
 from k3snet.backends.nftables.kernel import Libnftables
 from k3snet.backends.nftables.text import as_listed
@@ -371,21 +370,6 @@ def test_a_cold_cli_apply_after_another_lists_nothing_and_changes_the_kernel(
         out = run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout
         rules = [i["rule"] for i in json.loads(out)["nftables"] if "rule" in i]
         assert len(rules) == count
-
-
-@pytest.fixture
-def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every rule line the text reader reads by parsing it (a line neither seen, nor
-    expected, nor guessed), in this test."""
-    read: list[str] = []
-    real = text_module._read
-
-    def counted(body: str, *args: Any) -> Any:
-        read.append(body)
-        return real(body, *args)
-
-    monkeypatch.setattr(text_module, "_read", counted)
-    return read
 
 
 @pytest.mark.parametrize("family", ["inet", "split"])
