@@ -320,20 +320,15 @@ def test_guessing_lines_stops_once_told_enough() -> None:
 
 
 def test_expected_objects_are_taken_unread_and_only_when_the_table_holds_a_rule(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    read: list[str] = []
+        monkeypatch: pytest.MonkeyPatch, parsed: list[str]) -> None:
+    read = parsed
     seeded: list[int] = []
-    real_read, real_seed = text_reader._read, text_reader.expected_lines
-
-    def counted(body: str, *args: Any) -> Any:
-        read.append(body)
-        return real_read(body, *args)
+    real_seed = text_reader.expected_lines
 
     def seeding(objects: Any, inet: bool) -> Any:
         seeded.append(len(objects))
         return real_seed(objects, inet)
 
-    monkeypatch.setattr(text_reader, "_read", counted)
     monkeypatch.setattr(text_reader, "expected_lines", seeding)
     # MASQ not among them: read; what is not a rule of this table is left out
     expected = [FWD4, ANY, SNAT4, Route("10.9.0.0/16", device="eth0"),
