@@ -239,3 +239,34 @@ def test_beside_listings_the_gil_is_handed_over_quickly_and_the_interval_set_bac
         assert sys.getswitchinterval() == pytest.approx(HANDOVER_INTERVAL / 2, rel=0.05)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_overlapping_blocks_beside_listings_set_back_what_the_first_found() -> None:
+    before = sys.getswitchinterval()
+    try:
+        first, second = beside_listings(), beside_listings()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first ends first: the second still runs
+        assert sys.getswitchinterval() == pytest.approx(HANDOVER_INTERVAL, rel=0.05)
+        second.__exit__(None, None, None)
+        assert sys.getswitchinterval() == before
+        entered = threading.Barrier(4)
+        leave = threading.Event()
+
+        def block() -> None:
+            with beside_listings():
+                entered.wait()
+                leave.wait()
+
+        threads = [threading.Thread(target=block) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        entered.wait()
+        assert sys.getswitchinterval() == pytest.approx(HANDOVER_INTERVAL, rel=0.05)
+        leave.set()
+        for thread in threads:
+            thread.join(10)
+        assert sys.getswitchinterval() == before
+    finally:
+        sys.setswitchinterval(before)

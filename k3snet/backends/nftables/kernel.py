@@ -213,14 +213,27 @@ def beside_listings() -> Iterator[None]:
     waits, each costs up to the switch interval. A 1 000-rule table listed and read
     beside the kept read's guess took 55 ms with 5 ms, 42 ms with 0.2 ms (medians
     of 9, docs/performance.md, "After another program's commit"). The interval is
-    the process's: it is set back when the block ends.
+    the process's: the first of overlapping blocks (any threads) sets it, the last
+    one to end sets back what the first found.
     """
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, HANDOVER_INTERVAL))
+    with _handover_lock:
+        if not _handover:
+            before = sys.getswitchinterval()
+            _handover.append(before)
+            sys.setswitchinterval(min(before, HANDOVER_INTERVAL))
+        else:
+            _handover.append(_handover[0])
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
+        with _handover_lock:
+            before = _handover.pop()
+            if not _handover:
+                sys.setswitchinterval(before)
+
+
+_handover_lock = threading.Lock()
+_handover: list[float] = []  # one entry per block running; the first, what it found
 
 
 class ListingTimeoutError(BackendError):
