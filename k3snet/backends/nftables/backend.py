@@ -177,6 +177,10 @@ def _flag(name: str, value: object) -> bool:
     return value
 
 
+_Listings = dict[tuple[str, ...], Future[str | None]]
+"""Listings of k3snet's table under way in the listing helper, by :func:`listing_key`."""
+
+
 @attrs.frozen
 class _Started:
     """What :meth:`NftablesBackend.prefetch` started: k3snet's table listed (by listing key;
@@ -184,7 +188,7 @@ class _Started:
     generation id ``genid``."""
 
     genid: int
-    listings: dict[tuple[str, ...], Future[str | None]]
+    listings: _Listings
     foreign: ForeignRead | None
 
 
@@ -504,18 +508,14 @@ class NftablesBackend(BackendBase):
         # Nothing to list when the table is as the last process left it (the kept read);
         # the other tables are read ahead all the same.
         kept = self._kept_read()
-        listings = {} if kept is not None and kept.stamped(genid) else {
-            listing_key("table", family=family, name=self._table):
-            bounded.submit_text("table", family=family, name=self._table)
-            for family in self._families}
+        listings = {} if kept is not None and kept.stamped(genid) else self._list_own(bounded)
         foreign = self._foreign_lister() if self.observe_foreign else None
         # The other tables are read meanwhile too, in their own helper.
         ahead = start_foreign_read(foreign, self._own_tables()) \
             if foreign is not None and not foreign.busy else None
         self._started = _Started(genid, listings, ahead)
 
-    def _kept_lines(self, listings: dict[tuple[str, ...], Future[str | None]] | None
-                    ) -> tuple[dict[tuple[str, ...], Future[str | None]] | None, Lines]:
+    def _kept_lines(self, listings: _Listings | None) -> tuple[_Listings | None, Lines]:
         """With neither lines of its own nor a hint: k3snet's table listed in the
         background (unless ``listings`` already runs), and meanwhile the lines of the
         kept read, stale as it is (something was committed since), read as the guess
@@ -529,13 +529,16 @@ class NftablesBackend(BackendBase):
         firsts = kept.first_rules()
         if not firsts:
             return listings, {}
-        if not listings:
-            listings = {listing_key("table", family=family, name=self._table):
-                        bounded.submit_text("table", family=family, name=self._table)
-                        for family in self._families}
+        listings = listings or self._list_own(bounded)
         running = tuple(listings.values())
         with beside_listings():
             return listings, first_rule_lines(firsts, lambda: all(f.done() for f in running))
+
+    def _list_own(self, bounded: BoundedLister) -> _Listings:
+        """k3snet's table(s) listed by ``bounded``, not waited for (by listing key)."""
+        return {listing_key("table", family=family, name=self._table):
+                bounded.submit_text("table", family=family, name=self._table)
+                for family in self._families}
 
     def _kept_read(self) -> Kept | None:
         """The kept read of k3snet's table in this namespace (looked up once, in the
@@ -567,7 +570,7 @@ class NftablesBackend(BackendBase):
         return self._foreign_bounded
 
     def _own_lister(self, kernel: NftKernel,
-                    started: dict[tuple[str, ...], Future[str | None]] | None = None) -> Lists:
+                    started: _Listings | None = None) -> Lists:
         bounded = self._bounded_lister()
         return kernel if bounded is None else OwnTableLister(kernel, bounded, self.read_timeout,
                                                              started)

@@ -149,9 +149,8 @@ class Kept:
 
     def stamped(self, genid: int) -> bool:
         """Whether the file holds the table as of generation ``genid`` (read once)."""
-        if self._document is None:
-            self._document = self._read() or ()
-        return bool(self._document) and self._document[1] == genid
+        document = self._loaded()
+        return bool(document) and document[1] == genid
 
     def cache(self, genid: int, expected: Sequence[NetObject]) -> Cache | None:
         """The table as of ``genid`` from the file, its objects taken from ``expected``
@@ -171,11 +170,8 @@ class Kept:
         file's stamp: after another program's commit, what k3snet's table most likely
         still holds (a guess for :func:`~.text.first_rule_lines`, never taken as the
         table). Empty without a usable file."""
-        if self._document is None:
-            self._document = self._read() or ()
-        if not self._document:
-            return []
-        records = self._document[3]
+        document = self._loaded()
+        records = document[3] if document else None
         if type(records) is not tuple:
             return []
         families, rule_chains = self.families, (NAT_CHAIN, FORWARD_CHAIN)
@@ -218,6 +214,12 @@ class Kept:
         self._document, self.loaded = (), None
         with contextlib.suppress(OSError):
             os.unlink(self.file)
+
+    def _loaded(self) -> tuple[Any, ...]:
+        """The file's document, read once (empty without a usable file)."""
+        if self._document is None:
+            self._document = self._read() or ()
+        return self._document
 
     def _read(self) -> tuple[Any, ...] | None:
         raw = read_trusted(self.file, _LIMIT)
