@@ -18,10 +18,12 @@ replace, keep and delete in a planner test.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any
 
+from hypothesis import assume
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
@@ -68,6 +70,15 @@ __all__ = [
 
 DEFAULT_DEVICES: tuple[str, ...] = ("eth0", "eth1", "cni0")
 _BITS = {4: 32, 6: 128}
+_WHOLE = {4: ipaddress.IPv4Network("0.0.0.0/0"), 6: ipaddress.IPv6Network("::/0")}
+_FAMILIES: dict[int | None, SearchStrategy[int]] = {
+    None: st.sampled_from((4, 6)), 4: st.just(4), 6: st.just(6)}
+_ADDRESS_OF: dict[int, SearchStrategy[Address]] = {
+    4: st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
+    6: st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
+}
+_ADDRESSES: dict[int | None, SearchStrategy[Address]] = {
+    4: _ADDRESS_OF[4], 6: _ADDRESS_OF[6], None: st.one_of(_ADDRESS_OF[4], _ADDRESS_OF[6])}
 _FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
 # Route protocols foreign routes carry: boot, static, bird, dhcp (see Route's docs).
 FOREIGN_PROTOCOLS: tuple[int, ...] = (3, 4, 12, 16)
@@ -99,7 +110,7 @@ def _pool(name: str, values: Sequence[Any], *, allow_empty: bool = False) -> Non
 def families(family: int | None = None) -> SearchStrategy[int]:
     """4 or 6 (or only ``family`` when given)."""
     _check_family(family)
-    return st.just(family) if family is not None else st.sampled_from((4, 6))
+    return _FAMILIES[family]
 
 
 def networks(
@@ -124,24 +135,58 @@ def networks(
         if family not in (None, parent.version):
             raise ModelError(f"family {family} does not match within={parent}")
         return _inside(parent, min_prefix, max_prefix)
+    for version in (4, 6) if family is None else (family,):
+        _prefix_range(version, min_prefix, max_prefix)  # a bad range fails here, not in a draw
+    return _networks(family, min_prefix, max_prefix)
 
-    def for_family(version: int) -> SearchStrategy[Network]:
-        bits = _BITS[version]
-        low = (8 if version == 4 else 32) if min_prefix is None else min_prefix
-        high = bits if max_prefix is None else max_prefix
-        if not 0 <= low <= high <= bits:
-            raise ModelError(f"need 0 <= min_prefix <= max_prefix <= {bits}, got {low}..{high}")
-        make = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
 
-        def build(prefix: int) -> SearchStrategy[Network]:
-            host_bits = bits - prefix
-            return st.integers(0, 2**prefix - 1).map(lambda n: make((n << host_bits, prefix)))
+# Strategies are immutable values: each one below is made once per distinct argument and
+# reused. Hypothesis checks a strategy (validate, is_empty, its recursion) the first time
+# it draws from it, and the composite strategies of this module call these for every
+# object they draw: made anew each time, that check was most of a draw's cost.
 
-        return st.integers(low, high).flatmap(build)
+@functools.lru_cache(maxsize=1024)
+def _networks(family: int | None, min_prefix: int | None,
+              max_prefix: int | None) -> SearchStrategy[Network]:
+    if family is None:
+        return st.sampled_from((4, 6)).flatmap(
+            lambda version: _networks(version, min_prefix, max_prefix))
+    low, high = _prefix_range(family, min_prefix, max_prefix)
+    return st.integers(low, high).flatmap(
+        lambda prefix: _inside(_WHOLE[family], prefix, prefix))
 
-    if family is not None:
-        return for_family(family)
-    return st.sampled_from((4, 6)).flatmap(for_family)
+
+def _pick(values: Sequence[Any]) -> SearchStrategy[Any]:
+    """``st.sampled_from(values)``, made once per distinct tuple of values (and of their
+    types: ``(0,)`` and ``(False,)`` are equal tuples)."""
+    picked = tuple(values)
+    return _sampled(picked, tuple(map(type, picked)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sampled(values: tuple[Any, ...], _types: tuple[type, ...]) -> SearchStrategy[Any]:
+    return st.sampled_from(values)
+
+
+@functools.lru_cache(maxsize=1024)
+def _maybe(strategy: SearchStrategy[Any]) -> SearchStrategy[Any]:
+    return st.none() | strategy
+
+
+@functools.lru_cache(maxsize=1024)
+def _lists(strategy: SearchStrategy[Any], min_size: int, max_size: int,
+           ) -> SearchStrategy[list[Any]]:
+    return st.lists(strategy, min_size=min_size, max_size=max_size)
+
+
+def _prefix_range(version: int, min_prefix: int | None, max_prefix: int | None,
+                  ) -> tuple[int, int]:
+    bits = _BITS[version]
+    low = (8 if version == 4 else 32) if min_prefix is None else min_prefix
+    high = bits if max_prefix is None else max_prefix
+    if not 0 <= low <= high <= bits:
+        raise ModelError(f"need 0 <= min_prefix <= max_prefix <= {bits}, got {low}..{high}")
+    return low, high
 
 
 def addresses(family: int | None = None, *,
@@ -153,13 +198,7 @@ def addresses(family: int | None = None, *,
         if family not in (None, parent.version):
             raise ModelError(f"family {family} does not match within={parent}")
         return _in_network(parent)
-    v4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
-    v6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
-    if family == 4:
-        return v4
-    if family == 6:
-        return v6
-    return st.one_of(v4, v6)
+    return _ADDRESSES[family]
 
 
 def interface_names() -> SearchStrategy[str]:
@@ -170,6 +209,7 @@ def interface_names() -> SearchStrategy[str]:
         lambda s: s not in {".", "..", "+"} and not s.startswith("@"))
 
 
+@functools.lru_cache(maxsize=1024)
 def _in_network(net: Network) -> SearchStrategy[Address]:
     first = int(net.network_address)
     make = ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address
@@ -207,20 +247,20 @@ def routes(
         version = draw(families(family))
         dest = draw(destinations if destinations is not None else networks(version))
         version = dest.version
-        device = draw(st.sampled_from(devices))
+        device = draw(_pick(devices))
         gateway: Address | None = None
         if gateways is not None:
             choices = [g for g in gateways.get(device, ())
                        if ipaddress.ip_address(g).version == version]
             use_gateway = draw(st.booleans())
             if choices and use_gateway:
-                gateway = ipaddress.ip_address(draw(st.sampled_from(choices)))
+                gateway = ipaddress.ip_address(draw(_pick(choices)))
         elif draw(st.booleans()):
             gateway = draw(addresses(version))
-        scope = draw(st.sampled_from(scopes)) if gateway is None and version == 4 else None
-        return Route(dest, gateway=gateway, device=device, table=draw(st.sampled_from(tables)),
-                     metric=draw(st.sampled_from(metrics)), scope=scope,
-                     protocol=draw(st.sampled_from(protocols)))
+        scope = draw(_pick(scopes)) if gateway is None and version == 4 else None
+        return Route(dest, gateway=gateway, device=device, table=draw(_pick(tables)),
+                     metric=draw(_pick(metrics)), scope=scope,
+                     protocol=draw(_pick(protocols)))
 
     return build()
 
@@ -231,19 +271,19 @@ def _nat_fields(draw: st.DrawFn, family: int | None, sources: SearchStrategy[Net
     source = draw(sources if sources is not None else networks(version, max_prefix=24 if
                                                                 version == 4 else 64))
     version = source.version
-    destination = draw(st.none() | networks(version, max_prefix=28 if version == 4 else 120))
+    destination = draw(_maybe(networks(version, max_prefix=28 if version == 4 else 120)))
     exclude: list[Network] = []
     if draw(st.booleans()):
         if destination is None:
-            exclude = draw(st.lists(networks(version), max_size=3))
+            exclude = draw(_lists(networks(version), 0, 3))
         elif destination.prefixlen < _BITS[version]:
             halves: list[Network] = list(destination.subnets(prefixlen_diff=1))
-            exclude = [draw(st.sampled_from(halves))]
+            exclude = [draw(_pick(halves))]
     return {
         "source": source,
         "destination": destination,
         "exclude": exclude,
-        "out_interface": draw(st.sampled_from(devices)),
+        "out_interface": draw(_pick(devices)),
         "random_fully": draw(st.booleans()),
     }
 
@@ -316,8 +356,8 @@ def forward_rules(
         if destination.version != version:
             destination = draw(networks(version))
         return ForwardRule(source, destination,
-                           in_interface=draw(st.sampled_from(devices)),
-                           out_interface=draw(st.sampled_from(devices)))
+                           in_interface=draw(_pick(devices)),
+                           out_interface=draw(_pick(devices)))
 
     return build()
 
@@ -407,13 +447,13 @@ def _route_replacements(route: Route) -> SearchStrategy[NetObject]:
         gateway = draw(st.none() | st.sampled_from(
             [a for a in (route.gateway, *_edges(route.destination)) if a is not None]
         ) | addresses(version))
-        device = draw(st.sampled_from((None, *DEFAULT_DEVICES)) if gateway is not None
-                      else st.sampled_from(DEFAULT_DEVICES))
+        device = draw(_pick((None, *DEFAULT_DEVICES)) if gateway is not None
+                      else _pick(DEFAULT_DEVICES))
         scopes: tuple[RouteScope | None, ...] = (None, "link", "host")
-        scope = draw(st.sampled_from(scopes)) if gateway is None and version == 4 else None
+        scope = draw(_pick(scopes)) if gateway is None and version == 4 else None
         return Route(route.destination, gateway=gateway, device=device, table=route.table,
                      metric=route.metric, scope=scope,
-                     protocol=draw(st.sampled_from((route.protocol, *FOREIGN_PROTOCOLS))))
+                     protocol=draw(_pick((route.protocol, *FOREIGN_PROTOCOLS))))
 
     return build()
 
@@ -429,9 +469,9 @@ def _nat_replacements(rule: MasqueradeRule | SnatRule) -> SearchStrategy[NetObje
         whole = rule.destination
         if whole is not None and whole.prefixlen < _BITS[rule.family] and draw(st.booleans()):
             halves: list[Network] = list(whole.subnets(prefixlen_diff=1))
-            exclude = [draw(st.sampled_from(halves))]
+            exclude = [draw(_pick(halves))]
         elif whole is None and draw(st.booleans()):
-            exclude = draw(st.lists(networks(rule.family), min_size=1, max_size=2))
+            exclude = draw(_lists(networks(rule.family), 1, 2))
         fields: dict[str, Any] = {
             "destination": rule.destination, "exclude": exclude,
             "out_interface": rule.out_interface, "random_fully": draw(st.booleans()),
@@ -463,18 +503,25 @@ def states(
         raise ModelError("need 0 <= min_owned <= max_owned and 0 <= min_foreign <= max_foreign")
     owned_objects = owned if owned is not None else objects()
     foreign_objects = foreign if foreign is not None else owned_objects
+    # Made once: a strategy made inside the draw is checked anew by Hypothesis every time.
+    owned_lists = st.lists(owned_objects, min_size=min_owned, max_size=max_owned,
+                           unique_by=_key_of)
+    foreign_lists = st.lists(foreign_objects, min_size=min_foreign, max_size=max_foreign,
+                             unique_by=_key_of)
 
     @st.composite
     def build(draw: st.DrawFn) -> State:
-        mine = draw(st.lists(owned_objects, min_size=min_owned, max_size=max_owned,
-                             unique_by=lambda o: o.key))
+        mine = draw(owned_lists)
         taken = {o.key for o in mine}
-        theirs = draw(st.lists(foreign_objects.filter(lambda o: o.key not in taken),
-                               min_size=min_foreign, max_size=max_foreign,
-                               unique_by=lambda o: o.key))
+        theirs = [o for o in draw(foreign_lists) if o.key not in taken]
+        assume(len(theirs) >= min_foreign)  # only a foreign key taken by an owned one drops
         return State(owned=mine, foreign=theirs)
 
     return build()
+
+
+def _key_of(obj: NetObject) -> tuple[Any, ...]:
+    return obj.key
 
 
 def state_pairs(
@@ -502,36 +549,50 @@ def state_pairs(
         raise ModelError("max_foreign must be >= 0")
     owned_objects = owned if owned is not None else objects()
     foreign_objects = foreign if foreign is not None else objects(every_shape=True)
+    owned_lists = st.lists(owned_objects, min_size=min_owned, max_size=max_owned,
+                           unique_by=_key_of)
+    foreign_lists = st.lists(foreign_objects, max_size=max_foreign, unique_by=_key_of)
+    changes = st.integers(min_changes, max_changes)
 
     @st.composite
     def build(draw: st.DrawFn) -> tuple[State, State]:
-        mine = draw(st.lists(owned_objects, min_size=min_owned, max_size=max_owned,
-                             unique_by=lambda o: o.key))
+        mine = draw(owned_lists)
         desired = {o.key: o for o in mine}
         keys = sorted(desired)
         touched: set[tuple[Any, ...]] = set()
-        for _ in range(draw(st.integers(min_changes, max_changes))):
-            action = draw(st.sampled_from(("add", "delete", "replace")))
+        for _ in range(draw(changes)):
+            action = draw(_pick(("add", "delete", "replace")))
             untouched = [k for k in keys if k not in touched]
             if action == "add" or not untouched:
                 # A key of its own: re-adding a deleted key would be one replace, not two changes.
-                new = draw(owned_objects.filter(lambda o: o.key not in desired
-                                                and o.key not in touched))
+                new = _draw_new(draw, owned_objects, desired.keys() | touched)
                 desired[new.key] = new
                 touched.add(new.key)
                 continue
-            key = draw(st.sampled_from(untouched))
+            key = draw(_pick(untouched))
             touched.add(key)
             if action == "delete":
                 del desired[key]
             else:
                 desired[key] = draw(replacements(desired[key]))
         taken = set(desired) | {o.key for o in mine}
-        theirs = draw(st.lists(foreign_objects.filter(lambda o: o.key not in taken),
-                               max_size=max_foreign, unique_by=lambda o: o.key))
+        theirs = [o for o in draw(foreign_lists) if o.key not in taken]
         return State(owned=mine, foreign=theirs), State(owned=desired.values())
 
     return build()
+
+
+def _draw_new(draw: st.DrawFn, objects: SearchStrategy[NetObject],
+              taken: Set[tuple[Any, ...]]) -> NetObject:
+    """An object whose key is not ``taken``: three tries, as a filter has, then the example
+    is dropped (a filtered strategy made for each draw was checked anew every time)."""
+    obj = draw(objects)
+    for _ in range(2):
+        if obj.key not in taken:
+            break
+        obj = draw(objects)
+    assume(obj.key not in taken)
+    return obj
 
 
 _MODES: tuple[MasqueradeMode, ...] = ("destinations", "all", "off")
@@ -589,17 +650,17 @@ def specs(
     def outside(n: Network) -> bool:
         return n.version in fams and not any(n.overlaps(c) for c in own if c.version == n.version)
 
+    given = destinations.filter(outside) if destinations is not None else None
+    drawn = {version: networks(version, min_prefix=16 if version == 4 else 48,
+                               max_prefix=30 if version == 4 else 126).filter(outside)
+             for version in fams}
+
     @st.composite
     def destination(draw: st.DrawFn) -> Destination:
-        if destinations is not None:
-            cidr = draw(destinations.filter(outside))
-        else:
-            version = draw(st.sampled_from(fams))
-            cidr = draw(networks(version, min_prefix=16 if version == 4 else 48,
-                                 max_prefix=30 if version == 4 else 126).filter(outside))
+        cidr = draw(given if given is not None else drawn[draw(_pick(fams))])
         version = cidr.version
-        device = draw(st.sampled_from((None, "eth0", "eth1")))
-        gateway = draw(st.none() | addresses(version)) if device is not None else None
+        device = draw(_pick((None, "eth0", "eth1")))
+        gateway = draw(_maybe(addresses(version))) if device is not None else None
         exclude: list[Network] = []
         if cidr.prefixlen < _BITS[version]:
             inside = networks(within=cidr, min_prefix=cidr.prefixlen + 1,
@@ -609,34 +670,38 @@ def specs(
             exclude = draw(st.lists(inside, max_size=2, unique=True)
                            .filter(lambda ex: list(aggregate(ex)) != [cidr]))
         return Destination(cidr, gateway=gateway, device=device,
-                           table=draw(st.sampled_from((254, 100, 1000))),
-                           metric=draw(st.sampled_from((None, 0, 100))),
+                           table=draw(_pick((254, 100, 1000))),
+                           metric=draw(_pick((None, 0, 100))),
                            masquerade=draw(st.booleans()), forward=draw(st.booleans()),
                            exclude=exclude)
 
+    all_destinations = st.lists(destination(), min_size=min_destinations,
+                                max_size=max_destinations, unique_by=lambda d: d.cidr)
+    kept_from_masquerade = st.lists(st.sampled_from(fams).flatmap(networks), max_size=2,
+                                    unique=True)
+
     @st.composite
     def build(draw: st.DrawFn) -> Spec:
-        dests = draw(st.lists(destination(), min_size=min_destinations,
-                              max_size=max_destinations, unique_by=lambda d: d.cidr))
-        mode = draw(st.sampled_from(modes))
+        dests = draw(all_destinations)
+        mode = draw(_pick(modes))
         non_masquerade: list[Network] = []
         if mode == "all":
-            non_masquerade = draw(st.lists(st.sampled_from(fams).flatmap(networks),
-                                           max_size=2, unique=True))
+            non_masquerade = draw(kept_from_masquerade)
         policy = MasqueradePolicy(
             mode=mode, random_fully=draw(st.booleans()),
-            out_interface=draw(st.sampled_from((None, "eth0", "eth2"))),
+            out_interface=draw(_pick((None, "eth0", "eth2"))),
             snat_addresses=[snat[f] for f in fams if not any(
                 snat[f] in c for c in own if c.version == f) and draw(st.booleans())],
             non_masquerade_cidrs=non_masquerade,
         )
         forward = ForwardPolicy(accept=draw(st.booleans()),
-                                in_interface=draw(st.sampled_from((None, "cni0", "flannel.1"))))
+                                in_interface=draw(_pick((None, "cni0", "flannel.1"))))
         return Spec(cluster=cluster, destinations=dests, masquerade=policy, forward=forward)
 
     return build()
 
 
+@functools.lru_cache(maxsize=1024)
 def _inside(parent: Network, min_prefix: int | None,
             max_prefix: int | None) -> SearchStrategy[Network]:
     """CIDRs inside ``parent``: a prefix length, then an index among the subnets of that length."""
@@ -648,13 +713,11 @@ def _inside(parent: Network, min_prefix: int | None,
                          f"within {parent}, got {low}..{high}")
     base = int(parent.network_address)
     make = type(parent)
-
-    def build(prefix: int) -> SearchStrategy[Network]:
-        host_bits = bits - prefix
-        count = 2 ** (prefix - parent.prefixlen)
-        return st.integers(0, count - 1).map(lambda n: make((base | (n << host_bits), prefix)))
-
-    return st.integers(low, high).flatmap(build)
+    if low == high:
+        host_bits = bits - low
+        count = 2 ** (low - parent.prefixlen)
+        return st.integers(0, count - 1).map(lambda n: make((base | (n << host_bits), low)))
+    return st.integers(low, high).flatmap(lambda prefix: _inside(parent, prefix, prefix))
 
 
 # ---------------------------------------------------------------- what a K3s node holds besides
@@ -694,11 +757,11 @@ def foreign_routes(
 
     @st.composite
     def build(draw: st.DrawFn) -> Route:
-        protocol = draw(st.sampled_from(protocols))
+        protocol = draw(_pick(protocols))
         version = draw(families(family))
         if protocol == "ra":  # router advertisements are IPv6 only
             version = 6
-        device = draw(st.sampled_from(devices))
+        device = draw(_pick(devices))
         link = draw(networks(within=lan[version], min_prefix=24 if version == 4 else 64,
                              max_prefix=24 if version == 4 else 64))
         on_link = draw(addresses(within=link).filter(lambda a: a != link.network_address))
@@ -721,7 +784,7 @@ def foreign_routes(
         far = draw(networks(version, min_prefix=16 if version == 4 else 48,
                             max_prefix=28 if version == 4 else 112))
         return Route(far, gateway=on_link, device=device, protocol=protocol,
-                     table=draw(st.sampled_from((254, 100))) if protocol == "bird" else 254)
+                     table=draw(_pick((254, 100))) if protocol == "bird" else 254)
 
     return build()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 from k3snet import Spec, plan
@@ -58,6 +58,52 @@ def test_bad_steering_is_refused_up_front() -> None:
 def test_states_honour_their_minimum_counts(state: State) -> None:
     assert 3 <= len(state.owned) <= 5
     assert 2 <= len(state.foreign) <= 4
+
+
+_SYSCTLS = ks.sysctls(names=("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
+                              "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.eth0.rp_filter"))
+
+
+@settings(deadline=None)
+@given(ks.states(_SYSCTLS, min_owned=1, max_owned=2, min_foreign=2, max_foreign=2))
+def test_states_keep_foreign_keys_apart_and_their_counts_from_a_pool_of_four_keys(
+        state: State) -> None:
+    """Four keys for three or four objects: most draws collide, none may get through."""
+    owned = {o.key for o in state.owned}
+    assert 1 <= len(owned) <= 2
+    assert len(state.foreign) == 2
+    assert not owned & {o.key for o in state.foreign}
+
+
+@settings(deadline=None)
+@given(ks.state_pairs(_SYSCTLS, foreign=_SYSCTLS, min_owned=1, max_owned=2, min_changes=2,
+                      max_changes=2, max_foreign=3))
+def test_state_pairs_add_only_new_keys_and_keep_foreign_keys_apart(
+        pair: tuple[State, State]) -> None:
+    observed, desired = pair
+    before = {o.key: o for o in observed.owned}
+    after = {o.key: o for o in desired.owned}
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert len(changed) == 2  # an add never lands on a key already touched or owned
+    assert not (before.keys() | after.keys()) & {o.key for o in observed.foreign}
+
+
+def test_a_strategy_is_made_once_for_the_same_steering() -> None:
+    """Hypothesis checks each new strategy object on its first draw; the composite
+    strategies ask for these on every object they draw."""
+    assert ks.networks(4, max_prefix=24) is ks.networks(4, max_prefix=24)
+    assert ks.networks(within="10.0.0.0/8") is ks.networks(
+        within=ipaddress.ip_network("10.0.0.0/8"))
+    assert ks.addresses(6) is ks.addresses(6)
+    assert ks.families() is ks.families()
+    assert ks.networks(4, max_prefix=24) is not ks.networks(4, max_prefix=25)
+
+
+def test_a_pool_made_once_tells_values_that_compare_equal_apart() -> None:
+    """``(False,) == (0,)``: a pool of ``0`` is not the pool of ``False`` made before."""
+    assert find(ks._pick((False,)), lambda _: True) is False
+    assert type(find(ks._pick((0,)), lambda _: True)) is int
+    assert ks._pick(["eth0", None]) is ks._pick(("eth0", None))
 
 
 CLUSTER = Cluster(pod_cidrs=["10.0.0.0/12"], service_cidrs=["172.20.0.0/16"])
