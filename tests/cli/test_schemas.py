@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -25,9 +26,16 @@ REGISTRY: Registry[Any] = Registry().with_resources(
 
 
 def validate(document: object, name: str) -> None:
+    _validator(name).validate(document)
+
+
+@functools.cache
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    """The schema checked once, its validator made once (per example it was most of the
+    property's time)."""
     schema = load_schema(name)
     jsonschema.Draft202012Validator.check_schema(schema)
-    jsonschema.Draft202012Validator(schema, registry=REGISTRY).validate(document)
+    return jsonschema.Draft202012Validator(schema, registry=REGISTRY)
 
 
 def test_the_schemas_are_valid_schemas() -> None:
