@@ -66,6 +66,7 @@ from k3snet.model.cni import (
     FlannelConfig,
     IPPool,
 )
+from k3snet.testing.strategies import _maybe, _pick
 
 __all__ = [
     "AGENT_RESOURCES",
@@ -562,25 +563,23 @@ def ippools(
 
     @st.composite
     def build(draw: st.DrawFn) -> IPPool:
-        cidr = draw(st.sampled_from(networks))
+        cidr = draw(_pick(networks))
         family = cidr.version
         low, high = BLOCK_SIZE_RANGE[family]
-        block = draw(st.sampled_from(sorted({max(cidr.prefixlen, low),
-                                             max(cidr.prefixlen, DEFAULT_BLOCK_SIZE[family]),
-                                             high})))
-        encapsulation = draw(st.sampled_from(("none", "ipip", "vxlan") if family == 4
-                                             else ("none", "vxlan")))
-        mode = draw(st.sampled_from(ENCAPSULATION_MODES[1:]))
+        block = draw(_pick(sorted({max(cidr.prefixlen, low),
+                                   max(cidr.prefixlen, DEFAULT_BLOCK_SIZE[family]), high})))
+        encapsulation = draw(_pick(("none", "ipip", "vxlan") if family == 4
+                                   else ("none", "vxlan")))
+        mode = draw(_pick(ENCAPSULATION_MODES[1:]))
         return IPPool(
-            draw(st.sampled_from(names)),
+            draw(_pick(names)),
             cidr,
             nat_outgoing=draw(st.booleans()),
             disabled=draw(st.booleans()),
             ipip_mode=mode if encapsulation == "ipip" else "Never",
             vxlan_mode=mode if encapsulation == "vxlan" else "Never",
             block_size=block,
-            node_selector=draw(st.sampled_from(("all()", "!all()",
-                                                "kubernetes.io/os == 'linux'"))),
+            node_selector=draw(_pick(("all()", "!all()", "kubernetes.io/os == 'linux'"))),
             disable_bgp_export=draw(st.booleans()),
         )
 
@@ -602,14 +601,14 @@ def flannel_configs(target: str) -> SearchStrategy[FlannelConfig]:
 
     @st.composite
     def build(draw: st.DrawFn) -> FlannelConfig:
-        backend_type = draw(st.none() | st.sampled_from(FLANNEL_BACKEND_TYPES[:3]))
+        backend_type = draw(_maybe(_pick(FLANNEL_BACKEND_TYPES[:3])))
         return FlannelConfig(
             target,
-            network=draw(st.none() | st.sampled_from(("10.42.0.0/16", "10.244.0.0/16"))),
-            ipv6_network=draw(st.none() | st.sampled_from(("fd00:42::/56",))),
-            enable_ipv4=draw(st.none() | st.booleans()),
-            enable_ipv6=draw(st.none() | st.booleans()),
-            enable_nftables=draw(st.none() | st.booleans()),
+            network=draw(_maybe(_pick(("10.42.0.0/16", "10.244.0.0/16")))),
+            ipv6_network=draw(_maybe(_pick(("fd00:42::/56",)))),
+            enable_ipv4=draw(_maybe(st.booleans())),
+            enable_ipv6=draw(_maybe(st.booleans())),
+            enable_nftables=draw(_maybe(st.booleans())),
             backend_type=backend_type,
             backend_options=draw(options) if backend_type is not None else {},
             extra=draw(extra),

@@ -168,6 +168,12 @@ def _sampled(values: tuple[Any, ...], _types: tuple[type, ...]) -> SearchStrateg
     return st.sampled_from(values)
 
 
+@functools.lru_cache(maxsize=256)
+def _host_offsets(count: int) -> SearchStrategy[int]:
+    """Offsets of the addresses of a prefix of ``count`` addresses, but its first."""
+    return st.integers(1, count - 1)
+
+
 @functools.lru_cache(maxsize=1024)
 def _maybe(strategy: SearchStrategy[Any]) -> SearchStrategy[Any]:
     return st.none() | strategy
@@ -764,7 +770,7 @@ def foreign_routes(
         device = draw(_pick(devices))
         link = draw(networks(within=lan[version], min_prefix=24 if version == 4 else 64,
                              max_prefix=24 if version == 4 else 64))
-        on_link = draw(addresses(within=link).filter(lambda a: a != link.network_address))
+        on_link = link.network_address + draw(_host_offsets(link.num_addresses))
         if protocol == "kernel":
             return Route(link, device=device, protocol="kernel",
                          scope="link" if version == 4 else None,
