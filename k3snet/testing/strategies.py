@@ -520,7 +520,7 @@ def states(
         mine = draw(owned_lists)
         taken = {o.key for o in mine}
         theirs = [o for o in draw(foreign_lists) if o.key not in taken]
-        assume(len(theirs) >= min_foreign)  # only a foreign key taken by an owned one drops
+        assume(len(theirs) >= min_foreign)  # too few once the taken keys are left out
         return State(owned=mine, foreign=theirs)
 
     return build()
@@ -656,14 +656,14 @@ def specs(
     def outside(n: Network) -> bool:
         return n.version in fams and not any(n.overlaps(c) for c in own if c.version == n.version)
 
-    given = destinations.filter(outside) if destinations is not None else None
+    chosen = destinations.filter(outside) if destinations is not None else None
     drawn = {version: networks(version, min_prefix=16 if version == 4 else 48,
                                max_prefix=30 if version == 4 else 126).filter(outside)
              for version in fams}
 
     @st.composite
     def destination(draw: st.DrawFn) -> Destination:
-        cidr = draw(given if given is not None else drawn[draw(_pick(fams))])
+        cidr = draw(chosen if chosen is not None else drawn[draw(_pick(fams))])
         version = cidr.version
         device = draw(_pick((None, "eth0", "eth1")))
         gateway = draw(_maybe(addresses(version))) if device is not None else None
