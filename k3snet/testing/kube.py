@@ -66,7 +66,7 @@ from k3snet.model.cni import (
     FlannelConfig,
     IPPool,
 )
-from k3snet.testing.strategies import _maybe, _pick
+from k3snet.testing._once import maybe, pick
 
 __all__ = [
     "AGENT_RESOURCES",
@@ -563,23 +563,23 @@ def ippools(
 
     @st.composite
     def build(draw: st.DrawFn) -> IPPool:
-        cidr = draw(_pick(networks))
+        cidr = draw(pick(networks))
         family = cidr.version
         low, high = BLOCK_SIZE_RANGE[family]
-        block = draw(_pick(sorted({max(cidr.prefixlen, low),
+        block = draw(pick(sorted({max(cidr.prefixlen, low),
                                    max(cidr.prefixlen, DEFAULT_BLOCK_SIZE[family]), high})))
-        encapsulation = draw(_pick(("none", "ipip", "vxlan") if family == 4
+        encapsulation = draw(pick(("none", "ipip", "vxlan") if family == 4
                                    else ("none", "vxlan")))
-        mode = draw(_pick(ENCAPSULATION_MODES[1:]))
+        mode = draw(pick(ENCAPSULATION_MODES[1:]))
         return IPPool(
-            draw(_pick(names)),
+            draw(pick(names)),
             cidr,
             nat_outgoing=draw(st.booleans()),
             disabled=draw(st.booleans()),
             ipip_mode=mode if encapsulation == "ipip" else "Never",
             vxlan_mode=mode if encapsulation == "vxlan" else "Never",
             block_size=block,
-            node_selector=draw(_pick(("all()", "!all()", "kubernetes.io/os == 'linux'"))),
+            node_selector=draw(pick(("all()", "!all()", "kubernetes.io/os == 'linux'"))),
             disable_bgp_export=draw(st.booleans()),
         )
 
@@ -601,14 +601,14 @@ def flannel_configs(target: str) -> SearchStrategy[FlannelConfig]:
 
     @st.composite
     def build(draw: st.DrawFn) -> FlannelConfig:
-        backend_type = draw(_maybe(_pick(FLANNEL_BACKEND_TYPES[:3])))
+        backend_type = draw(maybe(pick(FLANNEL_BACKEND_TYPES[:3])))
         return FlannelConfig(
             target,
-            network=draw(_maybe(_pick(("10.42.0.0/16", "10.244.0.0/16")))),
-            ipv6_network=draw(_maybe(_pick(("fd00:42::/56",)))),
-            enable_ipv4=draw(_maybe(st.booleans())),
-            enable_ipv6=draw(_maybe(st.booleans())),
-            enable_nftables=draw(_maybe(st.booleans())),
+            network=draw(maybe(pick(("10.42.0.0/16", "10.244.0.0/16")))),
+            ipv6_network=draw(maybe(pick(("fd00:42::/56",)))),
+            enable_ipv4=draw(maybe(st.booleans())),
+            enable_ipv6=draw(maybe(st.booleans())),
+            enable_nftables=draw(maybe(st.booleans())),
             backend_type=backend_type,
             backend_options=draw(options) if backend_type is not None else {},
             extra=draw(extra),

@@ -43,6 +43,7 @@ from k3snet.spec import (
     MasqueradePolicy,
     Spec,
 )
+from k3snet.testing._once import lists_of, maybe, pick
 
 __all__ = [
     "DEFAULT_DEVICES",
@@ -156,33 +157,10 @@ def _networks(family: int | None, min_prefix: int | None,
         lambda prefix: _inside(_WHOLE[family], prefix, prefix))
 
 
-def _pick(values: Sequence[Any]) -> SearchStrategy[Any]:
-    """``st.sampled_from(values)``, made once per distinct tuple of values (and of their
-    types: ``(0,)`` and ``(False,)`` are equal tuples)."""
-    picked = tuple(values)
-    return _sampled(picked, tuple(map(type, picked)))
-
-
-@functools.lru_cache(maxsize=4096)
-def _sampled(values: tuple[Any, ...], _types: tuple[type, ...]) -> SearchStrategy[Any]:
-    return st.sampled_from(values)
-
-
 @functools.lru_cache(maxsize=256)
 def _host_offsets(count: int) -> SearchStrategy[int]:
     """Offsets of the addresses of a prefix of ``count`` addresses, but its first."""
     return st.integers(1, count - 1)
-
-
-@functools.lru_cache(maxsize=1024)
-def _maybe(strategy: SearchStrategy[Any]) -> SearchStrategy[Any]:
-    return st.none() | strategy
-
-
-@functools.lru_cache(maxsize=1024)
-def _lists(strategy: SearchStrategy[Any], min_size: int, max_size: int,
-           ) -> SearchStrategy[list[Any]]:
-    return st.lists(strategy, min_size=min_size, max_size=max_size)
 
 
 def _prefix_range(version: int, min_prefix: int | None, max_prefix: int | None,
@@ -253,20 +231,20 @@ def routes(
         version = draw(families(family))
         dest = draw(destinations if destinations is not None else networks(version))
         version = dest.version
-        device = draw(_pick(devices))
+        device = draw(pick(devices))
         gateway: Address | None = None
         if gateways is not None:
             choices = [g for g in gateways.get(device, ())
                        if ipaddress.ip_address(g).version == version]
             use_gateway = draw(st.booleans())
             if choices and use_gateway:
-                gateway = ipaddress.ip_address(draw(_pick(choices)))
+                gateway = ipaddress.ip_address(draw(pick(choices)))
         elif draw(st.booleans()):
             gateway = draw(addresses(version))
-        scope = draw(_pick(scopes)) if gateway is None and version == 4 else None
-        return Route(dest, gateway=gateway, device=device, table=draw(_pick(tables)),
-                     metric=draw(_pick(metrics)), scope=scope,
-                     protocol=draw(_pick(protocols)))
+        scope = draw(pick(scopes)) if gateway is None and version == 4 else None
+        return Route(dest, gateway=gateway, device=device, table=draw(pick(tables)),
+                     metric=draw(pick(metrics)), scope=scope,
+                     protocol=draw(pick(protocols)))
 
     return build()
 
@@ -277,19 +255,19 @@ def _nat_fields(draw: st.DrawFn, family: int | None, sources: SearchStrategy[Net
     source = draw(sources if sources is not None else networks(version, max_prefix=24 if
                                                                 version == 4 else 64))
     version = source.version
-    destination = draw(_maybe(networks(version, max_prefix=28 if version == 4 else 120)))
+    destination = draw(maybe(networks(version, max_prefix=28 if version == 4 else 120)))
     exclude: list[Network] = []
     if draw(st.booleans()):
         if destination is None:
-            exclude = draw(_lists(networks(version), 0, 3))
+            exclude = draw(lists_of(networks(version), 0, 3))
         elif destination.prefixlen < _BITS[version]:
             halves: list[Network] = list(destination.subnets(prefixlen_diff=1))
-            exclude = [draw(_pick(halves))]
+            exclude = [draw(pick(halves))]
     return {
         "source": source,
         "destination": destination,
         "exclude": exclude,
-        "out_interface": draw(_pick(devices)),
+        "out_interface": draw(pick(devices)),
         "random_fully": draw(st.booleans()),
     }
 
@@ -362,8 +340,8 @@ def forward_rules(
         if destination.version != version:
             destination = draw(networks(version))
         return ForwardRule(source, destination,
-                           in_interface=draw(_pick(devices)),
-                           out_interface=draw(_pick(devices)))
+                           in_interface=draw(pick(devices)),
+                           out_interface=draw(pick(devices)))
 
     return build()
 
@@ -453,13 +431,13 @@ def _route_replacements(route: Route) -> SearchStrategy[NetObject]:
         gateway = draw(st.none() | st.sampled_from(
             [a for a in (route.gateway, *_edges(route.destination)) if a is not None]
         ) | addresses(version))
-        device = draw(_pick((None, *DEFAULT_DEVICES)) if gateway is not None
-                      else _pick(DEFAULT_DEVICES))
+        device = draw(pick((None, *DEFAULT_DEVICES)) if gateway is not None
+                      else pick(DEFAULT_DEVICES))
         scopes: tuple[RouteScope | None, ...] = (None, "link", "host")
-        scope = draw(_pick(scopes)) if gateway is None and version == 4 else None
+        scope = draw(pick(scopes)) if gateway is None and version == 4 else None
         return Route(route.destination, gateway=gateway, device=device, table=route.table,
                      metric=route.metric, scope=scope,
-                     protocol=draw(_pick((route.protocol, *FOREIGN_PROTOCOLS))))
+                     protocol=draw(pick((route.protocol, *FOREIGN_PROTOCOLS))))
 
     return build()
 
@@ -475,9 +453,9 @@ def _nat_replacements(rule: MasqueradeRule | SnatRule) -> SearchStrategy[NetObje
         whole = rule.destination
         if whole is not None and whole.prefixlen < _BITS[rule.family] and draw(st.booleans()):
             halves: list[Network] = list(whole.subnets(prefixlen_diff=1))
-            exclude = [draw(_pick(halves))]
+            exclude = [draw(pick(halves))]
         elif whole is None and draw(st.booleans()):
-            exclude = draw(_lists(networks(rule.family), 1, 2))
+            exclude = draw(lists_of(networks(rule.family), 1, 2))
         fields: dict[str, Any] = {
             "destination": rule.destination, "exclude": exclude,
             "out_interface": rule.out_interface, "random_fully": draw(st.booleans()),
@@ -567,7 +545,7 @@ def state_pairs(
         keys = sorted(desired)
         touched: set[tuple[Any, ...]] = set()
         for _ in range(draw(changes)):
-            action = draw(_pick(("add", "delete", "replace")))
+            action = draw(pick(("add", "delete", "replace")))
             untouched = [k for k in keys if k not in touched]
             if action == "add" or not untouched:
                 # A key of its own: re-adding a deleted key would be one replace, not two changes.
@@ -575,7 +553,7 @@ def state_pairs(
                 desired[new.key] = new
                 touched.add(new.key)
                 continue
-            key = draw(_pick(untouched))
+            key = draw(pick(untouched))
             touched.add(key)
             if action == "delete":
                 del desired[key]
@@ -663,10 +641,10 @@ def specs(
 
     @st.composite
     def destination(draw: st.DrawFn) -> Destination:
-        cidr = draw(chosen if chosen is not None else drawn[draw(_pick(fams))])
+        cidr = draw(chosen if chosen is not None else drawn[draw(pick(fams))])
         version = cidr.version
-        device = draw(_pick((None, "eth0", "eth1")))
-        gateway = draw(_maybe(addresses(version))) if device is not None else None
+        device = draw(pick((None, "eth0", "eth1")))
+        gateway = draw(maybe(addresses(version))) if device is not None else None
         exclude: list[Network] = []
         if cidr.prefixlen < _BITS[version]:
             inside = networks(within=cidr, min_prefix=cidr.prefixlen + 1,
@@ -676,8 +654,8 @@ def specs(
             exclude = draw(st.lists(inside, max_size=2, unique=True)
                            .filter(lambda ex: list(aggregate(ex)) != [cidr]))
         return Destination(cidr, gateway=gateway, device=device,
-                           table=draw(_pick((254, 100, 1000))),
-                           metric=draw(_pick((None, 0, 100))),
+                           table=draw(pick((254, 100, 1000))),
+                           metric=draw(pick((None, 0, 100))),
                            masquerade=draw(st.booleans()), forward=draw(st.booleans()),
                            exclude=exclude)
 
@@ -689,19 +667,19 @@ def specs(
     @st.composite
     def build(draw: st.DrawFn) -> Spec:
         dests = draw(all_destinations)
-        mode = draw(_pick(modes))
+        mode = draw(pick(modes))
         non_masquerade: list[Network] = []
         if mode == "all":
             non_masquerade = draw(kept_from_masquerade)
         policy = MasqueradePolicy(
             mode=mode, random_fully=draw(st.booleans()),
-            out_interface=draw(_pick((None, "eth0", "eth2"))),
+            out_interface=draw(pick((None, "eth0", "eth2"))),
             snat_addresses=[snat[f] for f in fams if not any(
                 snat[f] in c for c in own if c.version == f) and draw(st.booleans())],
             non_masquerade_cidrs=non_masquerade,
         )
         forward = ForwardPolicy(accept=draw(st.booleans()),
-                                in_interface=draw(_pick((None, "cni0", "flannel.1"))))
+                                in_interface=draw(pick((None, "cni0", "flannel.1"))))
         return Spec(cluster=cluster, destinations=dests, masquerade=policy, forward=forward)
 
     return build()
@@ -763,11 +741,11 @@ def foreign_routes(
 
     @st.composite
     def build(draw: st.DrawFn) -> Route:
-        protocol = draw(_pick(protocols))
+        protocol = draw(pick(protocols))
         version = draw(families(family))
         if protocol == "ra":  # router advertisements are IPv6 only
             version = 6
-        device = draw(_pick(devices))
+        device = draw(pick(devices))
         link = draw(networks(within=lan[version], min_prefix=24 if version == 4 else 64,
                              max_prefix=24 if version == 4 else 64))
         on_link = link.network_address + draw(_host_offsets(link.num_addresses))
@@ -790,7 +768,7 @@ def foreign_routes(
         far = draw(networks(version, min_prefix=16 if version == 4 else 48,
                             max_prefix=28 if version == 4 else 112))
         return Route(far, gateway=on_link, device=device, protocol=protocol,
-                     table=draw(_pick((254, 100))) if protocol == "bird" else 254)
+                     table=draw(pick((254, 100))) if protocol == "bird" else 254)
 
     return build()
 

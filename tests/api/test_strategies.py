@@ -14,6 +14,7 @@ from k3snet.model import ForwardRule, MasqueradeRule, Route, State
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, protocol_name
 from k3snet.spec import Cluster
 from k3snet.testing import strategies as ks
+from k3snet.testing._once import pick
 
 PARENT = ipaddress.ip_network("192.168.0.0/16")
 
@@ -101,9 +102,9 @@ def test_a_strategy_is_made_once_for_the_same_steering() -> None:
 
 def test_a_pool_made_once_tells_values_that_compare_equal_apart() -> None:
     """``(False,) == (0,)``: a pool of ``0`` is not the pool of ``False`` made before."""
-    assert find(ks._pick((False,)), lambda _: True) is False
-    assert type(find(ks._pick((0,)), lambda _: True)) is int
-    assert ks._pick(["eth0", None]) is ks._pick(("eth0", None))
+    assert find(pick((False,)), lambda _: True) is False
+    assert type(find(pick((0,)), lambda _: True)) is int
+    assert pick(["eth0", None]) is pick(("eth0", None))
 
 
 CLUSTER = Cluster(pod_cidrs=["10.0.0.0/12"], service_cidrs=["172.20.0.0/16"])
