@@ -141,10 +141,8 @@ def networks(
     return _networks(family, min_prefix, max_prefix)
 
 
-# Strategies are immutable values: each one below is made once per distinct argument and
-# reused. Hypothesis checks a strategy (validate, is_empty, its recursion) the first time
-# it draws from it, and the composite strategies of this module call these for every
-# object they draw: made anew each time, that check was most of a draw's cost.
+# The strategies below that the composites ask for on every draw are made once per
+# distinct arguments (lru_cache), for the reason k3snet.testing._once gives.
 
 @functools.lru_cache(maxsize=1024)
 def _networks(family: int | None, min_prefix: int | None,
@@ -152,9 +150,7 @@ def _networks(family: int | None, min_prefix: int | None,
     if family is None:
         return st.sampled_from((4, 6)).flatmap(
             lambda version: _networks(version, min_prefix, max_prefix))
-    low, high = _prefix_range(family, min_prefix, max_prefix)
-    return st.integers(low, high).flatmap(
-        lambda prefix: _inside(_WHOLE[family], prefix, prefix))
+    return _inside(_WHOLE[family], *_prefix_range(family, min_prefix, max_prefix))
 
 
 @functools.lru_cache(maxsize=256)
