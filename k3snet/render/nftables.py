@@ -49,6 +49,7 @@ __all__ = [
     "nft_rules_json",
     "object_tag",
     "render_nftables_conf",
+    "rule_tag",
     "table_families",
     "validate_nft_name",
     "validate_table_name",
@@ -188,6 +189,12 @@ def _forward_bodies(rule: ForwardRule, proto: str) -> tuple[str, str]:
 
 def _tag(text: str) -> str:
     return ownership_tag(f"{_LAYOUT}\n{text}")
+
+
+def rule_tag(text: str) -> str:
+    """The comment of a NAT rule whose text :func:`nft_rules` renders as ``text`` in an
+    ``inet`` table: ``nft_rules(obj)[0].comment`` for the object ``obj`` of that text."""
+    return _tag(text)
 
 
 def nft_rules(obj: NetObject, *, inet: bool = True) -> tuple[NftRule, ...]:

@@ -12,6 +12,7 @@ comparison).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from k3snet.backends.nftables import NftablesBackend
@@ -290,6 +291,79 @@ def test_the_lines_guessed_from_first_rules_are_the_expected_lines_of_their_obje
     firsts = [(rules[0].chain, text_reader.as_listed(rules[0].body), inet)
               for rules in (nft_rules(obj, inet=inet) for obj in objects)]
     assert text_reader.first_rule_lines(firsts) == expected_lines(objects, inet)
+
+
+# Destination texts for a NAT line of a known shape: as Python writes them (any length),
+# with host bits or a length out of range, and with leading zeros or octets out of range.
+_DESTINATIONS = st.one_of(
+    strategies.networks(4, min_prefix=0).map(str),
+    st.builds("{}/{}".format, strategies.addresses(4).map(str), st.integers(0, 40)),
+    st.from_regex(r"\d{1,4}\.\d{1,4}\.\d{1,4}\.\d{1,4}/\d{1,3}", fullmatch=True),
+)
+
+
+def _as_python_writes(text: str) -> bool:
+    try:
+        return str(ipaddress.ip_network(text, strict=False)) == text
+    except ValueError:
+        return False
+
+
+def _shapes(inet: bool) -> tuple[text_reader._Shapes, list[str]]:
+    """A shape reader, and the lines it read the full way."""
+    full: list[str] = []
+
+    def counted(body: str, *args: Any) -> Any:
+        full.append(body)
+        return text_reader._object_and_tag(body, *args)
+
+    return text_reader._Shapes(inet, counted), full
+
+
+@settings(max_examples=500)
+@given(first=strategies.nat_rules(4), destination=_DESTINATIONS, inet=st.booleans())
+def test_a_nat_line_read_by_the_shape_of_an_earlier_line_is_what_the_full_read_gives(
+        first: NetObject, destination: str, inet: bool) -> None:
+    line = text_reader.as_listed(nft_rules(first, inet=inet)[0].body)
+    found = text_reader._SHAPE.fullmatch(line)
+    assume(found is not None)  # a rule with a destination that is not a host
+    assert found is not None
+    other = f"{found[1]}{destination}{found[4]}"
+    shapes, full = _shapes(inet)
+    assert shapes.read(line) == (first, object_tag(first))
+    read = shapes.read(other)
+    assert read == text_reader._object_and_tag(other, "postrouting", False, inet)
+    # The shortcut is taken for a destination of the same length written as Python writes
+    # it, when the object builds (exclusions lie inside its destination...).
+    same = destination.partition("/")[2] == found[3] and _as_python_writes(destination)
+    assert full == ([line] if same and read is not None else [line, other])
+
+
+def test_a_table_of_one_shape_reads_its_first_line_the_full_way_and_the_rest_by_shape() -> None:
+    objects = [MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24",
+                              out_interface="eth0") for n in range(200)]
+    objects += [SnatRule("10.43.0.0/16", to_address="192.168.1.5",
+                         destination=f"100.65.{n}.0/24") for n in range(100)]
+    text = _listing(objects)
+    shapes, full = _shapes(True)
+    read = [shapes.read(line) for line in text]
+    assert read == [(obj, object_tag(obj)) for obj in objects]
+    assert full == [text[0], text[200]]
+    # A line that edits a word of the shape (not the destination) is read the full way.
+    edited = text[5].replace("masquerade", "masquerade fully-random")
+    assert shapes.read(edited) == (attrs.evolve(objects[5], random_fully=True),
+                                   object_tag(attrs.evolve(objects[5], random_fully=True)))
+    assert full[-1] == edited
+    # ...and a destination with host bits, or that is no destination, reads as nothing.
+    for bad in (text[5].replace("100.64.5.0/24", "100.64.5.1/24"),
+                text[5].replace("100.64.5.0/24", "100.64.05.0/24"),
+                text[5].replace("100.64.5.0/24", "100.64.5.0/024")):
+        assert shapes.read(bad) is None
+        assert full[-1] == bad
+
+
+def _listing(objects: list[NetObject]) -> list[str]:
+    return [text_reader.as_listed(nft_rules(obj)[0].body) for obj in objects]
 
 
 def test_a_guessed_line_is_what_its_own_text_reads_as_whatever_the_guess() -> None:
@@ -565,6 +639,49 @@ def test_every_table_k3snet_writes_is_read_from_its_text(
         assert {o for _, o in via_text[0]} == set(wanted.owned)
         assert all(listed), listed
         run_in(ns, ["nft", "flush", "ruleset"])
+
+
+# NAT rules of three shapes, each shape's rules differing in their destination only.
+SHAPED: list[NetObject] = [
+    *(MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24", out_interface="eth0")
+      for n in range(20)),
+    *(SnatRule("10.43.0.0/16", to_address="192.168.1.5", destination=f"100.65.0.{16 * n}/28",
+               random_fully=True) for n in range(10)),
+    *(MasqueradeRule("10.44.0.0/16", destination=f"100.66.{n}.0/24",
+                     exclude=[f"100.66.{n}.128/25"]) for n in range(10)),
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("family", ["inet", "split"])
+def test_rules_read_by_their_shape_are_what_the_json_listing_gives(
+        ns: str, family: str, parsed: list[str]) -> None:
+    with NftablesBackend(ns, family=family, observe_foreign=False) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), State(owned=SHAPED)))
+        table = "inet" if family == "inet" else "ip"
+        listing = json.loads(run_in(ns, ["nft", "-j", "list", "table", table, "k3snet"]).stdout)
+        handles = {i["rule"]["comment"]: i["rule"]["handle"] for i in listing["nftables"]
+                   if "rule" in i}
+        # Behind k3snet's back, their tags kept: one rule of each shape gets another
+        # destination (the third another exclusion with it), one another exclusion.
+        for obj, old, new in ((SHAPED[3], "100.64.3.0/24", "100.64.99.0/24"),
+                              (SHAPED[23], "100.65.0.48/28", "100.65.1.0/28"),
+                              (SHAPED[33], "100.66.3.", "100.66.99."),
+                              (SHAPED[35], "100.66.5.128/25", "100.66.5.0/25")):
+            rule = nft_rules(obj, inet=family == "inet")[0]
+            assert old in rule.body
+            nft(ns, f"replace rule {table} k3snet postrouting handle {handles[rule.comment]} "
+                f'{rule.body.replace(old, new)} comment "{rule.comment}"')
+        parsed.clear()
+        via_text, via_json, listed = both_reads(backend, family)
+        assert via_text == via_json
+        assert all(listed), listed
+        # Read the full way: the first line of each shape, the edited ones included.
+        full = set(parsed)
+        assert sum("oifname" in line for line in full) == 1  # 20 of one shape
+        assert sum("snat" in line for line in full) == 1  # 10 of another
+        assert sum("!=" in line for line in full) == 10  # an exclusion in each: 10 shapes
+        assert len(via_text[2]) == 4  # the four tags that are no longer their rule's
 
 
 @pytest.mark.kernel
