@@ -9,11 +9,16 @@ are not it.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
+import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k3snet.errors import K3snetError
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, SnatRule
+from k3snet.render.iptables import rules
 from k3snet.render.iptables.rules import (
     Unit,
     clear_caches,
@@ -21,6 +26,7 @@ from k3snet.render.iptables.rules import (
     rebuild_unit,
     render_unit,
 )
+from k3snet.testing import strategies
 
 _EXCLUDES: tuple[tuple[str, ...], ...] = ((), ("192.168.2.0/24",),
                                           ("192.168.3.0/24", "192.168.4.0/24"))
@@ -109,3 +115,76 @@ def test_one_exclusion_without_a_destination_is_one_negated_rule(length: int) ->
     assert unit.sub_chain is None
     (line,) = unit.lines
     assert line[:5] == ("-s", "10.42.0.0/16", "!", "-d", excluded)
+
+
+Found = tuple[tuple[tuple[str, ...], ...], str, str]
+"""A unit's rule lines as found, the chain they are in, the digest of their tag."""
+
+
+def _rebuilt(first: NetObject | None, unit: Unit, found: Found) -> Unit | None:
+    """``found`` rebuilt from its text, in a process that read ``first``'s rule (from its
+    text) just before, or nothing (``None``)."""
+    clear_caches()
+    if first is not None:
+        seen = render_unit(first)
+        clear_caches()
+        assert first.family is not None
+        assert rebuild_unit(first.family, seen.digest, seen.chain, seen.lines,
+                            _chains(seen)) == seen
+    lines, chain, digest = found
+    assert unit.obj.family is not None
+    return rebuild_unit(unit.obj.family, digest, chain, lines, _chains(unit))
+
+
+@settings(max_examples=300)
+@given(first=strategies.nat_rules(), data=st.data())
+def test_a_rule_read_by_the_shape_of_an_earlier_rule_is_what_its_text_alone_gives(
+        first: NetObject, data: st.DataObject) -> None:
+    assert isinstance(first, MasqueradeRule | SnatRule)
+    # Mostly the same rule with another destination (the shape is taken), else another rule.
+    destination = data.draw(st.one_of(strategies.networks(first.family, min_prefix=1),
+                                      st.none()))
+    try:
+        obj: NetObject = attrs.evolve(first, destination=destination)
+    except K3snetError:
+        obj = data.draw(strategies.nat_rules())
+    unit = render_unit(obj)
+    digest, chain = unit.digest, unit.chain
+    lines = unit.lines
+    # ...and its text as found, or edited: another word, another chain, another digest.
+    edit = data.draw(st.sampled_from(["none", "word", "chain", "digest"]))
+    if edit == "word":
+        at = data.draw(st.integers(0, len(lines[0]) - 1))
+        word = data.draw(st.sampled_from(["-d", "10.0.0.0/8", "!", "eth1", "MASQUERADE", ""]))
+        lines = ((*lines[0][:at], word, *lines[0][at + 1:]), *lines[1:])
+    elif edit == "chain":
+        chain = "K3SNET-N-d0-s16-a-0"
+    elif edit == "digest":
+        digest = "0" * 16 if digest != "0" * 16 else "1" * 16
+    alone = _rebuilt(None, unit, (lines, chain, digest))
+    assert _rebuilt(first, unit, (lines, chain, digest)) == alone
+    if edit == "none":
+        assert alone == unit
+
+
+def test_rules_of_one_shape_are_rebuilt_without_parsing_their_words(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = [MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24",
+                              out_interface="eth0") for n in range(50)]
+    units = [render_unit(obj) for obj in objects]
+    clear_caches()
+    parsed: list[tuple[str, ...]] = []
+    real = rules.parse_rule
+
+    def counted(tokens: tuple[str, ...]) -> Any:
+        parsed.append(tokens)
+        return real(tokens)
+
+    monkeypatch.setattr(rules, "parse_rule", counted)
+    for unit in units:
+        assert rebuild_unit(4, unit.digest, unit.chain, unit.lines, _chains(unit)) == unit
+    assert parsed == [units[0].lines[0]]
+    # A rule of that shape whose text is not its object's: read in full, and not it.
+    edited = (tuple(w.replace("100.64.7.0/24", "100.64.99.0/24") for w in units[7].lines[0]),)
+    assert rebuild_unit(4, units[7].digest, units[7].chain, edited, _chains(units[7])) is None
+    assert parsed[-1] == edited[0]

@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, NamedTuple
 
 import attrs
@@ -307,9 +307,10 @@ def remember(units: Mapping[str, Unit]) -> None:
 
 
 def clear_caches() -> None:
-    """Forget every rendered unit (benchmarks use it to measure a cold start)."""
+    """Forget every rendered unit and rule shape (benchmarks use it to measure a cold start)."""
     _UNITS.clear()
     _BY_DIGEST.clear()
+    _SHAPES.clear()
 
 
 def _build_unit(obj: NetObject) -> Unit:
@@ -680,14 +681,83 @@ def rebuild_unit(
     known = _BY_DIGEST.get(digest)
     if known is not None and _matches(known, chain, lines, chains):
         return known  # written (or read) by this process: no need to parse the text again
+    shape = _shape_of(family, lines)
+    if shape is not None:
+        unit = _by_shape(shape, digest, chain, lines, chains)
+        if unit is not None:
+            return unit
     for obj in _rebuild_objects(family, chain, lines, chains):
         try:
             unit = render_unit(obj)
         except K3snetError:
             continue
         if unit.digest == digest and _matches(unit, chain, lines, chains):
+            if shape is not None:
+                _learn_shape(shape, unit)
             return unit
     return None
+
+
+_Shape = tuple[int, int, Line, Line, Line]
+"""A NAT rule line without its destination and comment: (family, where the destination
+is, the words before it, between it and the comment, after the comment)."""
+_SHAPES: dict[_Shape, Callable[[Network], NetObject]] = {}
+_SHAPES_MAX: Final = 1024
+
+
+def _shape_of(family: int, lines: Sequence[Line]) -> _Shape | None:
+    """The shape of a unit's one rule line with a destination and a comment, if it is one."""
+    if len(lines) != 1:
+        return None
+    line = lines[0]
+    try:
+        at = line.index("-d") + 1
+        said = line.index("--comment", at) + 1
+    except ValueError:
+        return None
+    return family, at, line[:at], line[at + 1:said], line[said + 1:]
+
+
+def _by_shape(shape: _Shape, digest: str, chain: str, lines: Sequence[Line],
+              chains: Mapping[str, Sequence[Line]]) -> Unit | None:
+    """The unit of ``lines`` read as a rule of a shape seen before: the object of that
+    rule with this line's destination, taken only if it renders exactly these lines
+    with this digest in this chain (as any rebuilt object must), else ``None``.
+
+    Most rules of a table differ from each other in their destination (and so in
+    their comment) only: this skips parsing the words of each (docs/performance.md,
+    "Reading by shape").
+    """
+    make = _SHAPES.get(shape)
+    if make is None:
+        return None
+    try:
+        unit = render_unit(make(_saved_network(lines[0][shape[1]])))
+    except (K3snetError, ValueError):
+        return None
+    return unit if unit.digest == digest and _matches(unit, chain, lines, chains) else None
+
+
+def _learn_shape(shape: _Shape, unit: Unit) -> None:
+    """Keep what ``unit``'s rule has besides its destination, for :func:`_by_shape`."""
+    obj = unit.obj
+    if not isinstance(obj, MasqueradeRule | SnatRule) or obj.destination is None or \
+            unit.sub_chain is not None or shape[2][-2:-1] == ("!",):
+        return  # the "-d" of an exclusion ("! -d"), or no destination of its own
+    source, exclude, out, fully = obj.source, obj.exclude, obj.out_interface, obj.random_fully
+    if isinstance(obj, SnatRule):
+        to = obj.to_address
+
+        def make(net: Network) -> NetObject:
+            return SnatRule(source, destination=net, exclude=exclude, out_interface=out,
+                            random_fully=fully, to_address=to)
+    else:
+        def make(net: Network) -> NetObject:
+            return MasqueradeRule(source, destination=net, exclude=exclude, out_interface=out,
+                                  random_fully=fully)
+    if len(_SHAPES) >= _SHAPES_MAX:
+        _SHAPES.clear()  # a bound: a shape not kept costs one full read
+    _SHAPES[shape] = make
 
 
 def _matches(
