@@ -35,6 +35,7 @@ ORDER: list[tuple[str, list[str], list[str] | None]] = [
     ("bench_iptables.py", [], None),
     ("bench_legacy_token.py", [], None),
     ("bench_chain_dump.py", [], None),
+    ("bench_read_shapes.py", [], None),
 ]
 
 

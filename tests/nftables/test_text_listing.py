@@ -294,10 +294,12 @@ def test_the_lines_guessed_from_first_rules_are_the_expected_lines_of_their_obje
 
 
 # Destination texts for a NAT line of a known shape: as Python writes them (any length),
-# with host bits or a length out of range, and with leading zeros or octets out of range.
+# with host bits or a length out of range, with leading zeros or octets out of range, and
+# with digits that are not ASCII (which ``\d`` matches).
 _DESTINATIONS = st.one_of(
     strategies.networks(4, min_prefix=0).map(str),
     st.builds("{}/{}".format, strategies.addresses(4).map(str), st.integers(0, 40)),
+    st.from_regex(r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}/[0-9]{1,3}", fullmatch=True),
     st.from_regex(r"\d{1,4}\.\d{1,4}\.\d{1,4}\.\d{1,4}/\d{1,3}", fullmatch=True),
 )
 

@@ -1,0 +1,120 @@
+"""What reading NAT rules by their shape saves: nftables' and iptables' text read, with and
+without it, side by side in one run.
+
+Run as root (a fresh network namespace, deleted at the end, also on error)::
+
+    .venv/bin/python benchmarks/bench_read_shapes.py [--sizes 1000 10000] [--runs 7]
+
+For each size N, the namespace holds N NAT rules of the shape ``bench_paths.py`` writes
+(one pod source, a /28 destination each, out through ``eth0``), written once by k3snet's
+nftables backend and once by its iptables backend (nft mode). Their listings (``nft -a
+list table inet k3snet``, ``iptables-nft-save``) are taken once; what is timed, in this
+process, is k3snet reading that text into objects with nothing rendered before (a fresh
+process, a library ``observe()`` with no hint):
+
+* nftables: :func:`k3snet.backends.nftables.text.listed_rules`;
+* iptables: :func:`k3snet.backends.iptables.save.parse_save` and
+  :func:`k3snet.backends.iptables.table.load_table` of the nat table;
+
+each with the shape shortcut (as k3snet runs) and without it, the cyclic GC paused as
+the backends pause it for a read (every line read in
+full: for nftables the shape pattern made one that matches nothing, for iptables
+no shape found), alternating, CPU time, medians of ``--runs``. Both ways must give the
+same result (checked). Figures: docs/performance.md, "Reading by shape".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from bench_paths import Node
+
+from k3snet.backends.iptables.save import parse_save
+from k3snet.backends.iptables.table import load_table
+from k3snet.backends.kit import GC_PAUSE_MIN, gc_paused
+from k3snet.backends.nftables import text as nft_text
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.render.iptables import rules as ipt_rules
+from k3snet.render.iptables.rules import HOOKS, clear_caches
+
+_NOTHING = re.compile(r"(?!)")
+
+
+def _nft_read(text: str) -> Any:
+    clear_caches()
+    read = nft_text.listed_rules(text, "inet", "k3snet")
+    assert read is not None, "the text reader did not take the table"
+    return read
+
+
+def _ipt_read(text: str) -> Any:
+    clear_caches()
+    state = load_table(4, HOOKS["nat"], parse_save(text).get("nat"))
+    return sorted(state.owned.values()), state.findings
+
+
+def _listing(name: str, size: int) -> str:
+    """The listing of ``size`` rules written by the backend ``name`` (a namespace each)."""
+    with tempfile.TemporaryDirectory(prefix="k3snet-bench-") as tmp, \
+            temporary_netns("shapes") as ns:
+        Node(ns, Path(tmp), name).raw_full(size)()
+        argv = ["nft", "-a", "list", "table", "inet", "k3snet"] if name == "nftables" \
+            else ["iptables-nft-save"]
+        return run_in(ns, argv, timeout=300).stdout
+
+
+def _cpu_ms(fn: Callable[[], Any], runs: int, without: Callable[[], Any]
+            ) -> tuple[float, float, Any, Any]:
+    """Medians of ``fn`` timed as k3snet runs and inside ``without()`` (alternating)."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    reads: dict[bool, Any] = {}
+    for _ in range(runs):
+        for shortcut in (True, False):
+            reads.pop(shortcut, None)
+            gc.collect()
+            # The GC paused, as the backends pause it for a read (k3snet.backends.kit).
+            with gc_paused(GC_PAUSE_MIN), contextlib.ExitStack() as stack:
+                if not shortcut:
+                    stack.enter_context(without())
+                start = time.process_time()
+                reads[shortcut] = fn()
+                times[shortcut].append(time.process_time() - start)
+    mine, full = times[True], times[False]
+    first, second = reads[True], reads[False]
+    return statistics.median(mine) * 1000, statistics.median(full) * 1000, first, second
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    for size in args.sizes:
+        texts = {name: _listing(name, size) for name in ("nftables", "iptables-nft")}
+        for name, read, without in (
+                ("nftables text read", _nft_read, lambda: mock.patch.object(
+                    nft_text, "_SHAPE", _NOTHING)),
+                ("iptables unhinted read", _ipt_read, lambda: mock.patch.object(
+                    ipt_rules, "_shape_of", return_value=None))):
+            text = texts["nftables" if name.startswith("nftables") else "iptables-nft"]
+            mine, full, first, second = _cpu_ms(lambda r=read, t=text: r(t), args.runs, without)
+            assert first == second, f"{name}: the shortcut read something else"
+            print(f"{name}, {size} rules: by shape {mine:.1f} ms, every line in full "
+                  f"{full:.1f} ms ({mine / full:.2f}x; {mine / size * 1000:.1f} against "
+                  f"{full / size * 1000:.1f} us a rule)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
