@@ -5,22 +5,23 @@ Run as root (a fresh network namespace, deleted at the end, also on error)::
 
     .venv/bin/python benchmarks/bench_read_shapes.py [--sizes 1000 10000] [--runs 7]
 
-For each size N, the namespace holds N NAT rules of the shape ``bench_paths.py`` writes
-(one pod source, a /28 destination each, out through ``eth0``), written once by k3snet's
-nftables backend and once by its iptables backend (nft mode). Their listings (``nft -a
-list table inet k3snet``, ``iptables-nft-save``) are taken once; what is timed, in this
-process, is k3snet reading that text into objects with nothing rendered before (a fresh
-process, a library ``observe()`` with no hint):
+For each size N, a namespace holds the N NAT rules of the spec ``bench_paths.py`` writes
+(one pod source, a /28 destination each, out through ``eth0``), written by k3snet's
+nftables backend, another the same with the spec's N forward rules (two rules each), and
+a third the N NAT rules written by its iptables backend (nft mode). Their listings
+(``nft -a list table inet k3snet``, ``iptables-nft-save``) are taken once; what is
+timed, in this process, is k3snet reading that text into objects with nothing rendered
+before (a fresh process, a library ``observe()`` with no hint):
 
 * nftables: :func:`k3snet.backends.nftables.text.listed_rules`;
 * iptables: :func:`k3snet.backends.iptables.save.parse_save` and
   :func:`k3snet.backends.iptables.table.load_table` of the nat table;
 
-each with the shape shortcut (as k3snet runs) and without it, the cyclic GC paused as
-the backends pause it for a read (every line read in
-full: for nftables the shape pattern made one that matches nothing, for iptables
-no shape found), alternating, CPU time, medians of ``--runs``. Both ways must give the
-same result (checked). Figures: docs/performance.md, "Reading by shape".
+each with the shape shortcut (as k3snet runs) and without it (every line read in full:
+for nftables the shape patterns made ones that match nothing, for iptables no shape
+found), alternating, the cyclic GC paused as the backends pause it for a read, CPU time,
+medians of ``--runs``. Both ways must give the same result (checked). Figures:
+docs/performance.md, "Reading by shape".
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from bench_paths import Node
+from bench_paths import Node, spec_text
 
 from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.iptables.table import load_table
@@ -47,8 +48,15 @@ from k3snet.backends.nftables import text as nft_text
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.render.iptables import rules as ipt_rules
 from k3snet.render.iptables.rules import HOOKS, clear_caches
+from k3snet.render.nftables import render_nftables_conf
+from k3snet.spec import Spec, compile  # noqa: A004 - the library's name
 
 _NOTHING = re.compile(r"(?!)")
+
+
+def _nft_full() -> Any:
+    return mock.patch.object(nft_text, "_SHAPE", _NOTHING), mock.patch.object(
+        nft_text, "_REPLY_SHAPE", _NOTHING)
 
 
 def _nft_read(text: str) -> Any:
@@ -65,18 +73,25 @@ def _ipt_read(text: str) -> Any:
 
 
 def _listing(name: str, size: int) -> str:
-    """The listing of ``size`` rules written by the backend ``name`` (a namespace each)."""
+    """The listing of ``size`` destinations' rules written by the backend ``name`` (a
+    namespace each): NAT rules, and for ``nftables-forward`` their forward rules too."""
     with tempfile.TemporaryDirectory(prefix="k3snet-bench-") as tmp, \
             temporary_netns("shapes") as ns:
-        Node(ns, Path(tmp), name).raw_full(size)()
-        argv = ["nft", "-a", "list", "table", "inet", "k3snet"] if name == "nftables" \
-            else ["iptables-nft-save"]
+        node = Node(ns, Path(tmp), name.partition("-forward")[0])
+        if name == "nftables-forward":
+            node.nft_text(render_nftables_conf(
+                compile(Spec.from_yaml(spec_text(size))).only({"nat", "forward"})))
+        else:
+            node.raw_full(size)()
+        argv = ["iptables-nft-save"] if name == "iptables-nft" \
+            else ["nft", "-a", "list", "table", "inet", "k3snet"]
         return run_in(ns, argv, timeout=300).stdout
 
 
 def _cpu_ms(fn: Callable[[], Any], runs: int, without: Callable[[], Any]
             ) -> tuple[float, float, Any, Any]:
-    """Medians of ``fn`` timed as k3snet runs and inside ``without()`` (alternating)."""
+    """Medians of ``fn`` timed as k3snet runs and inside the patches ``without()`` makes
+    (alternating)."""
     times: dict[bool, list[float]] = {True: [], False: []}
     reads: dict[bool, Any] = {}
     for _ in range(runs):
@@ -86,7 +101,8 @@ def _cpu_ms(fn: Callable[[], Any], runs: int, without: Callable[[], Any]
             # The GC paused, as the backends pause it for a read (k3snet.backends.kit).
             with gc_paused(GC_PAUSE_MIN), contextlib.ExitStack() as stack:
                 if not shortcut:
-                    stack.enter_context(without())
+                    for patch in without():
+                        stack.enter_context(patch)
                 start = time.process_time()
                 reads[shortcut] = fn()
                 times[shortcut].append(time.process_time() - start)
@@ -101,18 +117,20 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     for size in args.sizes:
-        texts = {name: _listing(name, size) for name in ("nftables", "iptables-nft")}
-        for name, read, without in (
-                ("nftables text read", _nft_read, lambda: mock.patch.object(
-                    nft_text, "_SHAPE", _NOTHING)),
-                ("iptables unhinted read", _ipt_read, lambda: mock.patch.object(
-                    ipt_rules, "_shape_of", return_value=None))):
-            text = texts["nftables" if name.startswith("nftables") else "iptables-nft"]
+        texts = {name: _listing(name, size)
+                 for name in ("nftables", "nftables-forward", "iptables-nft")}
+        for name, listing, read, without in (
+                ("nftables text read", "nftables", _nft_read, _nft_full),
+                ("nftables text read, NAT and forward rules", "nftables-forward", _nft_read,
+                 _nft_full),
+                ("iptables unhinted read", "iptables-nft", _ipt_read, lambda: (
+                    mock.patch.object(ipt_rules, "_shape_of", return_value=None),))):
+            text = texts[listing]
             mine, full, first, second = _cpu_ms(lambda r=read, t=text: r(t), args.runs, without)
             assert first == second, f"{name}: the shortcut read something else"
-            print(f"{name}, {size} rules: by shape {mine:.1f} ms, every line in full "
+            print(f"{name}, {size} destinations: by shape {mine:.1f} ms, every line in full "
                   f"{full:.1f} ms ({mine / full:.2f}x; {mine / size * 1000:.1f} against "
-                  f"{full / size * 1000:.1f} us a rule)", flush=True)
+                  f"{full / size * 1000:.1f} us a destination)", flush=True)
     return 0
 
 

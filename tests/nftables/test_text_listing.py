@@ -323,18 +323,22 @@ def _shapes(inet: bool) -> tuple[text_reader._Shapes, list[str]]:
 
 
 @settings(max_examples=500)
-@given(first=strategies.nat_rules(4), destination=_DESTINATIONS, inet=st.booleans())
-def test_a_nat_line_read_by_the_shape_of_an_earlier_line_is_what_the_full_read_gives(
-        first: NetObject, destination: str, inet: bool) -> None:
-    line = text_reader.as_listed(nft_rules(first, inet=inet)[0].body)
-    found = text_reader._SHAPE.fullmatch(line)
+@given(first=st.one_of(strategies.nat_rules(4), strategies.forward_rules(4)),
+       destination=_DESTINATIONS, inet=st.booleans(), reply=st.booleans())
+def test_a_line_read_by_the_shape_of_an_earlier_line_is_what_the_full_read_gives(
+        first: NetObject, destination: str, inet: bool, reply: bool) -> None:
+    rules = nft_rules(first, inet=inet)
+    reply = reply and len(rules) == 2  # a forward rule's reply half
+    rule = rules[1 if reply else 0]
+    line = text_reader.as_listed(rule.body)
+    found = (text_reader._REPLY_SHAPE if reply else text_reader._SHAPE).fullmatch(line)
     assume(found is not None)  # a rule with a destination that is not a host
     assert found is not None
     other = f"{found[1]}{destination}{found[4]}"
     shapes, full = _shapes(inet)
-    assert shapes.read(line) == (first, object_tag(first))
-    read = shapes.read(other)
-    assert read == text_reader._object_and_tag(other, "postrouting", False, inet)
+    assert shapes.read(line, rule.chain, reply) == (first, object_tag(first))
+    read = shapes.read(other, rule.chain, reply)
+    assert read == text_reader._object_and_tag(other, rule.chain, reply, inet)
     # The shortcut is taken for a destination of the same length written as Python writes
     # it, when the object builds (exclusions lie inside its destination...).
     same = destination.partition("/")[2] == found[3] and _as_python_writes(destination)
@@ -348,20 +352,38 @@ def test_a_table_of_one_shape_reads_its_first_line_the_full_way_and_the_rest_by_
                          destination=f"100.65.{n}.0/24") for n in range(100)]
     text = _listing(objects)
     shapes, full = _shapes(True)
-    read = [shapes.read(line) for line in text]
+    read = [shapes.read(line, "postrouting", False) for line in text]
     assert read == [(obj, object_tag(obj)) for obj in objects]
     assert full == [text[0], text[200]]
     # A line that edits a word of the shape (not the destination) is read the full way.
     edited = text[5].replace("masquerade", "masquerade fully-random")
-    assert shapes.read(edited) == (attrs.evolve(objects[5], random_fully=True),
-                                   object_tag(attrs.evolve(objects[5], random_fully=True)))
+    fully = attrs.evolve(objects[5], random_fully=True)
+    assert shapes.read(edited, "postrouting", False) == (fully, object_tag(fully))
     assert full[-1] == edited
     # ...and a destination with host bits, or that is no destination, reads as nothing.
     for bad in (text[5].replace("100.64.5.0/24", "100.64.5.1/24"),
                 text[5].replace("100.64.5.0/24", "100.64.05.0/24"),
                 text[5].replace("100.64.5.0/24", "100.64.5.0/024")):
-        assert shapes.read(bad) is None
+        assert shapes.read(bad, "postrouting", False) is None
         assert full[-1] == bad
+
+
+def test_forward_rules_of_one_shape_are_read_by_it_each_half_its_own_shape() -> None:
+    objects = [ForwardRule("10.42.0.0/16", f"100.64.{n}.0/24", out_interface="eth0")
+               for n in range(100)]
+    halves = [nft_rules(obj) for obj in objects]
+    shapes, full = _shapes(True)
+    for reply in (False, True):
+        for obj, rules in zip(objects, halves, strict=True):
+            line = text_reader.as_listed(rules[reply].body)
+            assert shapes.read(line, "forward", reply) == (obj, object_tag(obj))
+    assert full == [text_reader.as_listed(halves[0][0].body),
+                    text_reader.as_listed(halves[0][1].body)]
+    # A reply half's shape is not its first half's, nor a NAT rule's.
+    there = text_reader.as_listed(halves[7][0].body)
+    assert shapes.read(there, "forward", True) is None
+    assert shapes.read(there, "postrouting", False) is None
+    assert full[-2:] == [there, there]
 
 
 def _listing(objects: list[NetObject]) -> list[str]:
@@ -651,6 +673,7 @@ SHAPED: list[NetObject] = [
                random_fully=True) for n in range(10)),
     *(MasqueradeRule("10.44.0.0/16", destination=f"100.66.{n}.0/24",
                      exclude=[f"100.66.{n}.128/25"]) for n in range(10)),
+    *(ForwardRule("10.42.0.0/16", f"100.64.{n}.0/24", out_interface="eth0") for n in range(20)),
 ]
 
 
@@ -665,14 +688,16 @@ def test_rules_read_by_their_shape_are_what_the_json_listing_gives(
         handles = {i["rule"]["comment"]: i["rule"]["handle"] for i in listing["nftables"]
                    if "rule" in i}
         # Behind k3snet's back, their tags kept: one rule of each shape gets another
-        # destination (the third another exclusion with it), one another exclusion.
-        for obj, old, new in ((SHAPED[3], "100.64.3.0/24", "100.64.99.0/24"),
-                              (SHAPED[23], "100.65.0.48/28", "100.65.1.0/28"),
-                              (SHAPED[33], "100.66.3.", "100.66.99."),
-                              (SHAPED[35], "100.66.5.128/25", "100.66.5.0/25")):
-            rule = nft_rules(obj, inet=family == "inet")[0]
+        # destination (the third another exclusion with it, the forward rule in its reply
+        # half), one another exclusion.
+        for obj, half, old, new in ((SHAPED[3], 0, "100.64.3.0/24", "100.64.99.0/24"),
+                                    (SHAPED[23], 0, "100.65.0.48/28", "100.65.1.0/28"),
+                                    (SHAPED[33], 0, "100.66.3.", "100.66.99."),
+                                    (SHAPED[35], 0, "100.66.5.128/25", "100.66.5.0/25"),
+                                    (SHAPED[44], 1, "100.64.4.0/24", "100.64.98.0/24")):
+            rule = nft_rules(obj, inet=family == "inet")[half]
             assert old in rule.body
-            nft(ns, f"replace rule {table} k3snet postrouting handle {handles[rule.comment]} "
+            nft(ns, f"replace rule {table} k3snet {rule.chain} handle {handles[rule.comment]} "
                 f'{rule.body.replace(old, new)} comment "{rule.comment}"')
         parsed.clear()
         via_text, via_json, listed = both_reads(backend, family)
@@ -680,10 +705,14 @@ def test_rules_read_by_their_shape_are_what_the_json_listing_gives(
         assert all(listed), listed
         # Read the full way: the first line of each shape, the edited ones included.
         full = set(parsed)
-        assert sum("oifname" in line for line in full) == 1  # 20 of one shape
+        assert sum(line.endswith('"eth0" masquerade') for line in full) == 1  # 20 of a shape
         assert sum("snat" in line for line in full) == 1  # 10 of another
         assert sum("!=" in line for line in full) == 10  # an exclusion in each: 10 shapes
-        assert len(via_text[2]) == 4  # the four tags that are no longer their rule's
+        assert sum(line.endswith(" accept") for line in full) == 2  # a shape for each half
+        found = sorted(d.describe().rpartition(": ")[2] for d, _ in via_text[2].values())
+        assert found[:2] == ["a forward rule without its reply rule",
+                             "a reply rule without its forward rule"]
+        assert len(found) == 6  # and four tags that are not their rule's
 
 
 @pytest.mark.kernel

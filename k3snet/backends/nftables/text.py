@@ -72,8 +72,10 @@ _FORWARD = re.compile(
     r'(ip6?) saddr (\S+) ip6? daddr (\S+)(?: iifname "([^"]*)")?(?: oifname "([^"]*)")?'
     r"( ct state established,related)? accept")
 _RULE_CHAINS = (NAT_CHAIN, FORWARD_CHAIN)
-# A NAT rule's text around its IPv4 destination prefix (a host's is listed bare: not here).
+# A NAT or forward rule's text around its IPv4 destination prefix (a host's is listed bare:
+# not here), and a forward rule's reply half's (whose source it is).
 _SHAPE = re.compile(r"(ip saddr \S+ ip daddr )([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)/([0-9]+)( .+)")
+_REPLY_SHAPE = re.compile(r"(ip saddr )([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)/([0-9]+)( ip daddr .+)")
 _ERRORS = (ModelError, ValueError, TypeError, OSError)  # what a text that is no object raises
 # How many guessed texts first_rule_lines reads between two questions to ``enough`` (about
 # 1 ms of work: a listing that ended is noticed within it).
@@ -183,8 +185,7 @@ class _Reader:
             self.seen, self.expected = expected_lines(self.expected, self.inet), ()
             read = self.seen.get(key)
         if read is None:
-            read = self.shapes.read(body) if chain == NAT_CHAIN else \
-                _read(body, chain, reply, self.inet)
+            read = self.shapes.read(body, chain, reply)
         _expect(read is not None)
         assert read is not None
         self.lines[key] = read
@@ -236,22 +237,24 @@ def _rendered(body: str, chain: str, reply: bool, inet: bool
 
 
 class _Shape(NamedTuple):
-    """What the NAT rules of one shape share: all but the destination (see :class:`_Shapes`)."""
+    """What the rules of one shape share: all but the destination (see :class:`_Shapes`)."""
 
     make: Callable[[Network], NetObject]
     length: int
-    tag_head: str
-    tag_tail: str
+    tag_parts: tuple[str, ...]
+    """The object's tag text around each place of its destination."""
 
 
 class _Shapes:
-    """NAT rule lines read as the lines of the same shape read before them.
+    """NAT and forward rule lines read as the lines of the same shape read before them.
 
-    Most of a table's NAT rules differ in their destination only (one source, one
-    way out, one verdict). The first line of each shape, ``<head><address>/<length>
-    <tail>``, is read as any other line (parsed, rendered back, compared); a later
-    line with the same head, length and tail is taken as the object of that first
-    line with the later line's destination, without parsing or rendering it again,
+    Most of a table's rules differ in their destination only (one source, one way
+    out, one verdict). The first line of each shape, ``<head><address>/<length>
+    <tail>`` (the destination where :data:`_SHAPE` finds it; in a forward rule's
+    reply half, where :data:`_REPLY_SHAPE` does), is read as any other line
+    (parsed, rendered back, compared); a later line of the same chain and half
+    with the same head, length and tail is taken as the object of that first line
+    with the later line's destination, without parsing or rendering it again,
     when its address is a dotted quad as ``ipv4_text`` writes it (no leading zero,
     no other spelling), without host bits, and the object builds (the model's
     checks, such as exclusions lying inside the destination, run as for any
@@ -259,23 +262,24 @@ class _Shapes:
     the line itself: the rule text is the same words around the destination, and
     :func:`as_listed` rewrites each address on its own (an IPv4 prefix that is not
     a host's it leaves as it is). A line that does not pass reads the full way. Its
-    tag is made from the first line's tag text with the later line's destination in
-    it. The same answers as the full read, line for line: tests/nftables/
-    test_text_listing.py draws rules and destination texts (hostile ones too) to hold
-    the two to it.
+    tag is made from the first line's tag text with the later line's destination
+    in each of its places. The same answers as the full read, line for line:
+    tests/nftables/test_text_listing.py draws rules and destination texts (hostile
+    ones too) to hold the two to it.
     """
 
     def __init__(self, inet: bool,
                  full: Callable[[str, str, bool, bool], tuple[NetObject, str] | None]) -> None:
         self.inet = inet
         self.full = full  # the full read of a line (``_read``'s arguments and answer)
-        self.known: dict[tuple[str, str, str], _Shape] = {}
+        self.known: dict[tuple[str, bool, str, str, str], _Shape] = {}
 
-    def read(self, body: str) -> tuple[NetObject, str] | None:
-        """The object the NAT rule line ``body`` reads as, and its tag; ``None`` if none."""
-        found = _SHAPE.fullmatch(body)
+    def read(self, body: str, chain: str, reply: bool) -> tuple[NetObject, str] | None:
+        """The object the rule line ``body`` (``reply``: a reply half) of ``chain`` reads
+        as, and its tag; ``None`` if none."""
+        found = (_REPLY_SHAPE if reply else _SHAPE).fullmatch(body)
         if found is not None:
-            shape = self.known.get((found[1], found[3], found[4]))
+            shape = self.known.get((chain, reply, found[1], found[3], found[4]))
             if shape is not None:
                 address = found[2]
                 try:  # a dotted quad as ipv4_text writes it, without host bits
@@ -283,36 +287,59 @@ class _Shapes:
                     if ipv4_text(value) == address:
                         net = ipaddress.IPv4Network((value, shape.length))
                         return shape.make(net), rule_tag(
-                            f"{shape.tag_head}{address}/{found[3]}{shape.tag_tail}")
+                            f"{address}/{found[3]}".join(shape.tag_parts))
                 except _ERRORS:
                     pass  # read the full way: it is refused there too, with its reason
-        read = self.full(body, NAT_CHAIN, False, self.inet)
+        read = self.full(body, chain, reply, self.inet)
         if read is not None and found is not None:
-            self._learn(found, read[0])
+            self._learn(chain, reply, found, read[0])
         return read
 
-    def _learn(self, found: re.Match[str], obj: NetObject) -> None:
+    def _learn(self, chain: str, reply: bool, found: re.Match[str], obj: NetObject) -> None:
         """Keep the shape of a line read the full way, if its destination is where
-        :data:`_SHAPE` found it in its tag text too."""
-        if not isinstance(obj, MasqueradeRule | SnatRule) or obj.destination is None:
-            return
-        said = _SHAPE.fullmatch(nft_rules(obj)[0].body)  # the tag's text (an inet table's)
-        if said is None or said[2] != found[2] or said[3] != found[3]:
-            return
-        source, exclude, out, fully = (obj.source, obj.exclude, obj.out_interface,
-                                       obj.random_fully)
-        if isinstance(obj, SnatRule):
-            to = obj.to_address
-
-            def make(net: Network) -> NetObject:
-                return SnatRule(source, destination=net, exclude=exclude, out_interface=out,
-                                random_fully=fully, to_address=to)
+        :data:`_SHAPE` (:data:`_REPLY_SHAPE`) finds it in each rule of its tag text."""
+        patterns: tuple[re.Pattern[str], ...]
+        if isinstance(obj, MasqueradeRule | SnatRule) and obj.destination is not None:
+            patterns = (_SHAPE,)
+        elif isinstance(obj, ForwardRule):
+            patterns = (_SHAPE, _REPLY_SHAPE)
         else:
-            def make(net: Network) -> NetObject:
-                return MasqueradeRule(source, destination=net, exclude=exclude,
-                                      out_interface=out, random_fully=fully)
-        self.known[found[1], found[3], found[4]] = _Shape(make, obj.destination.prefixlen,
-                                                          said[1], said[4])
+            return
+        destination = obj.destination
+        assert destination is not None
+        parts = [""]
+        for rule, pattern in zip(nft_rules(obj), patterns, strict=True):  # an inet table's
+            said = pattern.fullmatch(rule.body)
+            if said is None or said[2] != found[2] or said[3] != found[3]:
+                return
+            parts[-1] += ("\n" if len(parts) > 1 else "") + said[1]
+            parts.append(said[4])
+        self.known[chain, reply, found[1], found[3], found[4]] = _Shape(
+            _maker(obj), destination.prefixlen, tuple(parts))
+
+
+def _maker(obj: NetObject) -> Callable[[Network], NetObject]:
+    """What makes ``obj`` with another destination (a NAT or forward rule)."""
+    if isinstance(obj, ForwardRule):
+        source, iif, oif = obj.source, obj.in_interface, obj.out_interface
+
+        def forward(net: Network) -> NetObject:
+            return ForwardRule(source, net, in_interface=iif, out_interface=oif)
+        return forward
+    assert isinstance(obj, MasqueradeRule | SnatRule)
+    source, exclude, out, fully = obj.source, obj.exclude, obj.out_interface, obj.random_fully
+    if isinstance(obj, SnatRule):
+        to = obj.to_address
+
+        def snat(net: Network) -> NetObject:
+            return SnatRule(source, destination=net, exclude=exclude, out_interface=out,
+                            random_fully=fully, to_address=to)
+        return snat
+
+    def masquerade(net: Network) -> NetObject:
+        return MasqueradeRule(source, destination=net, exclude=exclude, out_interface=out,
+                              random_fully=fully)
+    return masquerade
 
 
 def read_line(body: str, chain: str, inet: bool) -> NetObject | None:
@@ -365,7 +392,7 @@ def first_rule_lines(firsts: Iterable[tuple[str, str, bool]],
         if enough is not None and count % _ASKED_EVERY == 0 and count and enough():
             break
         if chain == NAT_CHAIN:
-            nat = shapes[inet].read(body)
+            nat = shapes[inet].read(body, chain, False)
             if nat is not None:
                 lines[chain, body, False, inet] = nat
             continue
