@@ -6,16 +6,16 @@ Run as root (a fresh network namespace, deleted at the end, also on error)::
     .venv/bin/python benchmarks/bench_read_shapes.py [--sizes 1000 10000] [--runs 7]
 
 For each size N, a namespace holds the N NAT rules of the spec ``bench_paths.py`` writes
-(one pod source, a /28 destination each, out through ``eth0``), written by k3snet's
-nftables backend, another the same with the spec's N forward rules (two rules each), and
-a third the N NAT rules written by its iptables backend (nft mode). Their listings
+(one pod source, a /28 destination each, out through ``eth0``) as k3snet's nftables
+backend writes them, another the same with the spec's N forward rules (two rules each),
+and two more the same as its iptables backend writes them (nft mode). Their listings
 (``nft -a list table inet k3snet``, ``iptables-nft-save``) are taken once; what is
 timed, in this process, is k3snet reading that text into objects with nothing rendered
 before (a fresh process, a library ``observe()`` with no hint):
 
 * nftables: :func:`k3snet.backends.nftables.text.listed_rules`;
 * iptables: :func:`k3snet.backends.iptables.save.parse_save` and
-  :func:`k3snet.backends.iptables.table.load_table` of the nat table;
+  :func:`k3snet.backends.iptables.table.load_table` of the nat and filter tables;
 
 each with the shape shortcut (as k3snet runs) and without it (every line read in full:
 for nftables the shape patterns made ones that match nothing, for iptables no shape
@@ -46,6 +46,7 @@ from k3snet.backends.iptables.table import load_table
 from k3snet.backends.kit import GC_PAUSE_MIN, gc_paused
 from k3snet.backends.nftables import text as nft_text
 from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.render.iptables import render_iptables_save
 from k3snet.render.iptables import rules as ipt_rules
 from k3snet.render.iptables.rules import HOOKS, clear_caches
 from k3snet.render.nftables import render_nftables_conf
@@ -66,24 +67,34 @@ def _nft_read(text: str) -> Any:
     return read
 
 
+def _ipt_full() -> Any:
+    return (mock.patch.object(ipt_rules, "_shape_of", return_value=None),)
+
+
 def _ipt_read(text: str) -> Any:
     clear_caches()
-    state = load_table(4, HOOKS["nat"], parse_save(text).get("nat"))
-    return sorted(state.owned.values()), state.findings
+    dump = parse_save(text)
+    states = [load_table(4, HOOKS[table], dump.get(table)) for table in ("nat", "filter")]
+    return [(sorted(state.owned.values()), state.findings) for state in states]
 
 
 def _listing(name: str, size: int) -> str:
     """The listing of ``size`` destinations' rules written by the backend ``name`` (a
-    namespace each): NAT rules, and for ``nftables-forward`` their forward rules too."""
+    namespace each): NAT rules, and with ``-forward`` their forward rules too."""
+    backend = name.partition("-forward")[0]
     with tempfile.TemporaryDirectory(prefix="k3snet-bench-") as tmp, \
             temporary_netns("shapes") as ns:
-        node = Node(ns, Path(tmp), name.partition("-forward")[0])
-        if name == "nftables-forward":
-            node.nft_text(render_nftables_conf(
-                compile(Spec.from_yaml(spec_text(size))).only({"nat", "forward"})))
-        else:
+        node = Node(ns, Path(tmp), backend)
+        if name == backend:
             node.raw_full(size)()
-        argv = ["iptables-nft-save"] if name == "iptables-nft" \
+        else:
+            both = compile(Spec.from_yaml(spec_text(size))).only({"nat", "forward"})
+            if backend == "nftables":
+                node.nft_text(render_nftables_conf(both))
+            else:
+                run_in(ns, ["iptables-nft-restore", "--noflush"],
+                       input_text=render_iptables_save(both, 4), timeout=300)
+        argv = ["iptables-nft-save"] if backend == "iptables-nft" \
             else ["nft", "-a", "list", "table", "inet", "k3snet"]
         return run_in(ns, argv, timeout=300).stdout
 
@@ -117,14 +128,15 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     for size in args.sizes:
-        texts = {name: _listing(name, size)
-                 for name in ("nftables", "nftables-forward", "iptables-nft")}
+        texts = {name: _listing(name, size) for name in (
+            "nftables", "nftables-forward", "iptables-nft", "iptables-nft-forward")}
         for name, listing, read, without in (
                 ("nftables text read", "nftables", _nft_read, _nft_full),
                 ("nftables text read, NAT and forward rules", "nftables-forward", _nft_read,
                  _nft_full),
-                ("iptables unhinted read", "iptables-nft", _ipt_read, lambda: (
-                    mock.patch.object(ipt_rules, "_shape_of", return_value=None),))):
+                ("iptables unhinted read", "iptables-nft", _ipt_read, _ipt_full),
+                ("iptables unhinted read, NAT and forward rules", "iptables-nft-forward",
+                 _ipt_read, _ipt_full)):
             text = texts[listing]
             mine, full, first, second = _cpu_ms(lambda r=read, t=text: r(t), args.runs, without)
             assert first == second, f"{name}: the shortcut read something else"

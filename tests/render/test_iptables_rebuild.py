@@ -137,26 +137,29 @@ def _rebuilt(first: NetObject | None, unit: Unit, found: Found) -> Unit | None:
 
 
 @settings(max_examples=300)
-@given(first=strategies.nat_rules(), data=st.data())
+@given(first=st.one_of(strategies.nat_rules(), strategies.forward_rules()), data=st.data())
 def test_a_rule_read_by_the_shape_of_an_earlier_rule_is_what_its_text_alone_gives(
         first: NetObject, data: st.DataObject) -> None:
-    assert isinstance(first, MasqueradeRule | SnatRule)
+    assert isinstance(first, MasqueradeRule | SnatRule | ForwardRule)
     # Mostly the same rule with another destination (the shape is taken), else another rule.
     destination = data.draw(st.one_of(strategies.networks(first.family, min_prefix=1),
                                       st.none()))
     try:
         obj: NetObject = attrs.evolve(first, destination=destination)
     except K3snetError:
-        obj = data.draw(strategies.nat_rules())
+        obj = data.draw(st.one_of(strategies.nat_rules(), strategies.forward_rules()))
     unit = render_unit(obj)
     digest, chain = unit.digest, unit.chain
     lines = unit.lines
     # ...and its text as found, or edited: another word, another chain, another digest.
     edit = data.draw(st.sampled_from(["none", "word", "chain", "digest"]))
     if edit == "word":
-        at = data.draw(st.integers(0, len(lines[0]) - 1))
-        word = data.draw(st.sampled_from(["-d", "10.0.0.0/8", "!", "eth1", "MASQUERADE", ""]))
-        lines = ((*lines[0][:at], word, *lines[0][at + 1:]), *lines[1:])
+        which = data.draw(st.integers(0, len(lines) - 1))
+        at = data.draw(st.integers(0, len(lines[which]) - 1))
+        word = data.draw(st.sampled_from(["-d", "-s", "10.0.0.0/8", "!", "eth1", "MASQUERADE",
+                                          "ACCEPT", ""]))
+        edited = (*lines[which][:at], word, *lines[which][at + 1:])
+        lines = (*lines[:which], edited, *lines[which + 1:])
     elif edit == "chain":
         chain = "K3SNET-N-d0-s16-a-0"
     elif edit == "digest":
@@ -188,3 +191,24 @@ def test_rules_of_one_shape_are_rebuilt_without_parsing_their_words(
     edited = (tuple(w.replace("100.64.7.0/24", "100.64.99.0/24") for w in units[7].lines[0]),)
     assert rebuild_unit(4, units[7].digest, units[7].chain, edited, _chains(units[7])) is None
     assert parsed[-1] == edited[0]
+
+
+def test_forward_rules_of_one_shape_are_rebuilt_without_parsing_their_words(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    units = [render_unit(ForwardRule("10.42.0.0/16", f"100.64.{n}.0/24", out_interface="eth0"))
+             for n in range(50)]
+    clear_caches()
+    parsed: list[tuple[str, ...]] = []
+    real = rules.parse_rule
+
+    def counted(tokens: tuple[str, ...]) -> Any:
+        parsed.append(tokens)
+        return real(tokens)
+
+    monkeypatch.setattr(rules, "parse_rule", counted)
+    for unit in units:
+        assert rebuild_unit(4, unit.digest, unit.chain, unit.lines, _chains(unit)) == unit
+    assert parsed == list(units[0].lines)
+    # The reply half of another destination: the two halves disagree, read in full, not it.
+    mixed = (units[7].lines[0], units[8].lines[1])
+    assert rebuild_unit(4, units[7].digest, units[7].chain, mixed, _chains(units[7])) is None

@@ -51,6 +51,7 @@ from k3snet.render.nftables import (
     nft_rules,
     rule_tag,
 )
+from k3snet.render.shape import retarget
 
 __all__ = ["Lines", "ListedRule", "ListedTable", "as_listed", "expected_lines",
            "first_rule_lines", "listed_rules", "prefix_of", "read_line"]
@@ -240,6 +241,7 @@ class _Shape(NamedTuple):
     """What the rules of one shape share: all but the destination (see :class:`_Shapes`)."""
 
     make: Callable[[Network], NetObject]
+    """The object of the shape's first line (read in full), with another destination."""
     length: int
     tag_parts: tuple[str, ...]
     """The object's tag text around each place of its destination."""
@@ -315,31 +317,7 @@ class _Shapes:
             parts[-1] += ("\n" if len(parts) > 1 else "") + said[1]
             parts.append(said[4])
         self.known[chain, reply, found[1], found[3], found[4]] = _Shape(
-            _maker(obj), destination.prefixlen, tuple(parts))
-
-
-def _maker(obj: NetObject) -> Callable[[Network], NetObject]:
-    """What makes ``obj`` with another destination (a NAT or forward rule)."""
-    if isinstance(obj, ForwardRule):
-        source, iif, oif = obj.source, obj.in_interface, obj.out_interface
-
-        def forward(net: Network) -> NetObject:
-            return ForwardRule(source, net, in_interface=iif, out_interface=oif)
-        return forward
-    assert isinstance(obj, MasqueradeRule | SnatRule)
-    source, exclude, out, fully = obj.source, obj.exclude, obj.out_interface, obj.random_fully
-    if isinstance(obj, SnatRule):
-        to = obj.to_address
-
-        def snat(net: Network) -> NetObject:
-            return SnatRule(source, destination=net, exclude=exclude, out_interface=out,
-                            random_fully=fully, to_address=to)
-        return snat
-
-    def masquerade(net: Network) -> NetObject:
-        return MasqueradeRule(source, destination=net, exclude=exclude, out_interface=out,
-                              random_fully=fully)
-    return masquerade
+            retarget(obj), destination.prefixlen, tuple(parts))
 
 
 def read_line(body: str, chain: str, inet: bool) -> NetObject | None:

@@ -59,6 +59,7 @@ from k3snet.model.cidr import (
 )
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.render.shape import retarget
 from k3snet.render.tag import TAG_PREFIX, content_digest, tag_digest
 
 __all__ = [
@@ -681,9 +682,9 @@ def rebuild_unit(
     known = _BY_DIGEST.get(digest)
     if known is not None and _matches(known, chain, lines, chains):
         return known  # written (or read) by this process: no need to parse the text again
-    shape = _shape_of(family, lines)
-    if shape is not None:
-        unit = _by_shape(shape, digest, chain, lines, chains)
+    shaped = _shape_of(family, lines)
+    if shaped is not None:
+        unit = _by_shape(shaped, digest, chain, lines, chains)
         if unit is not None:
             return unit
     for obj in _rebuild_objects(family, chain, lines, chains):
@@ -692,72 +693,71 @@ def rebuild_unit(
         except K3snetError:
             continue
         if unit.digest == digest and _matches(unit, chain, lines, chains):
-            if shape is not None:
-                _learn_shape(shape, unit)
+            if shaped is not None:
+                _learn_shape(shaped[0], unit)
             return unit
     return None
 
 
-_Shape = tuple[int, int, Line, Line, Line]
-"""A NAT rule line without its destination and comment: (family, where the destination
-is, the words before it, between it and the comment, after the comment)."""
+_Shape = tuple[object, ...]
+"""A unit's rule lines without their destination and comment: the family, then for each
+line where the destination is in it, the words before it, between it and the comment,
+and after the comment."""
 _SHAPES: dict[_Shape, Callable[[Network], NetObject]] = {}
 _SHAPES_MAX: Final = 1024
 
 
-def _shape_of(family: int, lines: Sequence[Line]) -> _Shape | None:
-    """The shape of a unit's one rule line with a destination and a comment, if it is one."""
-    if len(lines) != 1:
+def _shape_of(family: int, lines: Sequence[Line]) -> tuple[_Shape, str] | None:
+    """The shape of a NAT rule's one line or a forward rule's two (the first with a
+    destination, ``-d``, the other with it as its source, ``-s``), and that destination;
+    ``None`` for any other lines."""
+    if not 1 <= len(lines) <= 2:
         return None
-    line = lines[0]
+    shape: list[object] = [family]
+    found: set[str] = set()
     try:
-        at = line.index("-d") + 1
-        said = line.index("--comment", at) + 1
-    except ValueError:
+        for line, flag in zip(lines, ("-d", "-s"), strict=False):
+            at = line.index(flag) + 1
+            if at >= 2 and line[at - 2] == "!":
+                return None  # an exclusion ("! -d"): not the rule's destination
+            said = line.index("--comment", at) + 1
+            shape += [at, line[:at], line[at + 1:said], line[said + 1:]]
+            found.add(line[at])
+    except (ValueError, IndexError):
         return None
-    return family, at, line[:at], line[at + 1:said], line[said + 1:]
+    return (tuple(shape), found.pop()) if len(found) == 1 else None
 
 
-def _by_shape(shape: _Shape, digest: str, chain: str, lines: Sequence[Line],
+def _by_shape(shaped: tuple[_Shape, str], digest: str, chain: str, lines: Sequence[Line],
               chains: Mapping[str, Sequence[Line]]) -> Unit | None:
-    """The unit of ``lines`` read as a rule of a shape seen before: the object of that
-    rule with this line's destination, taken only if it renders exactly these lines
-    with this digest in this chain (as any rebuilt object must), else ``None``.
+    """The unit of ``lines`` read as the rule of a shape seen before (``shaped``: the shape
+    and this rule's destination): the object of that rule with this destination, taken
+    only if it renders exactly these lines with this digest in this chain (as any rebuilt
+    object must), else ``None``.
 
     Most rules of a table differ from each other in their destination (and so in
     their comment) only: this skips parsing the words of each (docs/performance.md,
     "Reading by shape").
     """
-    make = _SHAPES.get(shape)
+    make = _SHAPES.get(shaped[0])
     if make is None:
         return None
     try:
-        unit = render_unit(make(_saved_network(lines[0][shape[1]])))
+        unit = render_unit(make(_saved_network(shaped[1])))
     except (K3snetError, ValueError):
         return None
     return unit if unit.digest == digest and _matches(unit, chain, lines, chains) else None
 
 
 def _learn_shape(shape: _Shape, unit: Unit) -> None:
-    """Keep what ``unit``'s rule has besides its destination, for :func:`_by_shape`."""
+    """Keep ``unit``'s object as the first of its shape, for :func:`_by_shape`."""
     obj = unit.obj
-    if not isinstance(obj, MasqueradeRule | SnatRule) or obj.destination is None or \
-            unit.sub_chain is not None or shape[2][-2:-1] == ("!",):
-        return  # the "-d" of an exclusion ("! -d"), or no destination of its own
-    source, exclude, out, fully = obj.source, obj.exclude, obj.out_interface, obj.random_fully
-    if isinstance(obj, SnatRule):
-        to = obj.to_address
-
-        def make(net: Network) -> NetObject:
-            return SnatRule(source, destination=net, exclude=exclude, out_interface=out,
-                            random_fully=fully, to_address=to)
-    else:
-        def make(net: Network) -> NetObject:
-            return MasqueradeRule(source, destination=net, exclude=exclude, out_interface=out,
-                                  random_fully=fully)
-    if len(_SHAPES) >= _SHAPES_MAX:
-        _SHAPES.clear()  # a bound: a shape not kept costs one full read
-    _SHAPES[shape] = make
+    if isinstance(obj, ForwardRule) or (isinstance(obj, MasqueradeRule | SnatRule)
+                                        and obj.destination is not None
+                                        and unit.sub_chain is None):
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()  # a bound: a shape not kept costs one full read
+        _SHAPES[shape] = retarget(obj)
 
 
 def _matches(
