@@ -192,8 +192,9 @@ def _tag(text: str) -> str:
 
 
 def rule_tag(text: str) -> str:
-    """The comment of a NAT rule whose text :func:`nft_rules` renders as ``text`` in an
-    ``inet`` table: ``nft_rules(obj)[0].comment`` for the object ``obj`` of that text."""
+    """``nft_rules(obj)[0].comment`` for the object ``obj`` whose rules :func:`nft_rules`
+    renders in an ``inet`` table as ``text``: a NAT rule's one body, a forward rule's
+    two joined by a newline."""
     return _tag(text)
 
 

@@ -15,10 +15,10 @@ takes a table from its text only when every line of it is one k3snet writes:
 The last check is what makes the read sound: a rule is taken as object ``o``
 only when nft prints it as it prints ``o``'s rule, and no parsing shortcut can
 make another rule pass (a regex that read too much or too little gives an object
-that renders to another text). NAT rules that differ from a rule read before
-only in their destination prefix are taken by that rule's *shape* instead
-(:class:`_Shapes`: the object of the first with the other destination, which
-renders to exactly the other line), about a third cheaper a line. Anything
+that renders to another text). NAT and forward rules that differ from a rule
+read before only in their destination prefix are taken by that rule's *shape*
+instead (:class:`_Shapes`: the object of the first with the other destination,
+which renders to exactly the other line), about a third cheaper a line. Anything
 else (a foreign rule, a counter, a set, another policy or priority, a table
 flag, an address nft spells otherwise than Python) makes :func:`listed_rules`
 return ``None``: the backend then reads the table as JSON, where every case is
