@@ -368,6 +368,18 @@ def test_a_table_of_one_shape_reads_its_first_line_the_full_way_and_the_rest_by_
         assert full[-1] == bad
 
 
+def test_rules_each_of_a_shape_of_its_own_make_no_shape() -> None:
+    # An exclusion in each: no two rules share a shape, so none is made (no rendering).
+    objects = [MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24",
+                              exclude=[f"100.64.{n}.128/25"]) for n in range(20)]
+    text = _listing(objects)
+    shapes, full = _shapes(True)
+    assert [shapes.read(line, "postrouting", False) for line in text] == [
+        (obj, object_tag(obj)) for obj in objects]
+    assert full == text
+    assert shapes.known == {}
+
+
 def test_forward_rules_of_one_shape_are_read_by_it_each_half_its_own_shape() -> None:
     objects = [ForwardRule("10.42.0.0/16", f"100.64.{n}.0/24", out_interface="eth0")
                for n in range(100)]

@@ -255,7 +255,8 @@ class _Shapes:
     <tail>`` (the destination where :data:`_SHAPE` finds it; in a forward rule's
     reply half, where :data:`_REPLY_SHAPE` does), is read as any other line
     (parsed, rendered back, compared); a later line of the same chain and half
-    with the same head, length and tail is taken as the object of that first line
+    with the same head, length and tail (the second one makes the shape: a line
+    of a shape of its own costs no more) is taken as the object of that first line
     with the later line's destination, without parsing or rendering it again,
     when its address is a dotted quad as ``ipv4_text`` writes it (no leading zero,
     no other spelling), without host bits, and the object builds (the model's
@@ -274,50 +275,63 @@ class _Shapes:
                  full: Callable[[str, str, bool, bool], tuple[NetObject, str] | None]) -> None:
         self.inet = inet
         self.full = full  # the full read of a line (``_read``'s arguments and answer)
-        self.known: dict[tuple[str, bool, str, str, str], _Shape] = {}
+        self.known: dict[_Key, _Shape | None] = {}  # None: that shape cannot be kept
+        self.once: dict[_Key, tuple[re.Match[str], NetObject]] = {}
+        """The first line of a shape no other line had yet, and its object: a table whose
+        every rule has a shape of its own (an exclusion in each) pays no shape."""
 
     def read(self, body: str, chain: str, reply: bool) -> tuple[NetObject, str] | None:
         """The object the rule line ``body`` (``reply``: a reply half) of ``chain`` reads
         as, and its tag; ``None`` if none."""
         found = (_REPLY_SHAPE if reply else _SHAPE).fullmatch(body)
-        if found is not None:
-            shape = self.known.get((chain, reply, found[1], found[3], found[4]))
-            if shape is not None:
-                address = found[2]
-                try:  # a dotted quad as ipv4_text writes it, without host bits
-                    value = int.from_bytes(socket.inet_aton(address), "big")
-                    if ipv4_text(value) == address:
-                        net = ipaddress.IPv4Network((value, shape.length))
-                        return shape.make(net), rule_tag(
-                            f"{address}/{found[3]}".join(shape.tag_parts))
-                except _ERRORS:
-                    pass  # read the full way: it is refused there too, with its reason
+        if found is None:
+            return self.full(body, chain, reply, self.inet)
+        key = (chain, reply, found[1], found[3], found[4])
+        shape = self.known.get(key)
+        if shape is None and key in self.once:  # a second line of this shape
+            shape = self.known[key] = _shape(*self.once.pop(key))
+        if shape is not None:
+            address = found[2]
+            try:  # a dotted quad as ipv4_text writes it, without host bits
+                value = int.from_bytes(socket.inet_aton(address), "big")
+                if ipv4_text(value) == address:
+                    net = ipaddress.IPv4Network((value, shape.length))
+                    return shape.make(net), rule_tag(f"{address}/{found[3]}".join(
+                        shape.tag_parts))
+            except _ERRORS:
+                pass  # read the full way: it is refused there too, with its reason
         read = self.full(body, chain, reply, self.inet)
-        if read is not None and found is not None:
-            self._learn(chain, reply, found, read[0])
+        if read is not None and key not in self.known and key not in self.once:
+            self.once[key] = (found, read[0])
         return read
 
-    def _learn(self, chain: str, reply: bool, found: re.Match[str], obj: NetObject) -> None:
-        """Keep the shape of a line read the full way, if its destination is where
-        :data:`_SHAPE` (:data:`_REPLY_SHAPE`) finds it in each rule of its tag text."""
-        patterns: tuple[re.Pattern[str], ...]
-        if isinstance(obj, MasqueradeRule | SnatRule) and obj.destination is not None:
-            patterns = (_SHAPE,)
-        elif isinstance(obj, ForwardRule):
-            patterns = (_SHAPE, _REPLY_SHAPE)
-        else:
-            return
-        destination = obj.destination
-        assert destination is not None
-        parts = [""]
-        for rule, pattern in zip(nft_rules(obj), patterns, strict=True):  # an inet table's
-            said = pattern.fullmatch(rule.body)
-            if said is None or said[2] != found[2] or said[3] != found[3]:
-                return
-            parts[-1] += ("\n" if len(parts) > 1 else "") + said[1]
-            parts.append(said[4])
-        self.known[chain, reply, found[1], found[3], found[4]] = _Shape(
-            retarget(obj), destination.prefixlen, tuple(parts))
+
+_Key = tuple[str, bool, str, str, str]
+"""A line's shape: its chain, whether it is a reply half, the words before its
+destination, the destination's length, the words after it."""
+
+
+def _shape(found: re.Match[str], obj: NetObject) -> _Shape | None:
+    """The shape of a line read the full way (``found`` by :data:`_SHAPE` or
+    :data:`_REPLY_SHAPE`, read as ``obj``), if its destination is where those find it
+    in each rule of its tag text."""
+    patterns: tuple[re.Pattern[str], ...]
+    if isinstance(obj, MasqueradeRule | SnatRule) and obj.destination is not None:
+        patterns = (_SHAPE,)
+    elif isinstance(obj, ForwardRule):
+        patterns = (_SHAPE, _REPLY_SHAPE)
+    else:
+        return None
+    destination = obj.destination
+    assert destination is not None
+    parts = [""]
+    for rule, pattern in zip(nft_rules(obj), patterns, strict=True):  # an inet table's
+        said = pattern.fullmatch(rule.body)
+        if said is None or said[2] != found[2] or said[3] != found[3]:
+            return None
+        parts[-1] += ("\n" if len(parts) > 1 else "") + said[1]
+        parts.append(said[4])
+    return _Shape(retarget(obj), destination.prefixlen, tuple(parts))
 
 
 def read_line(body: str, chain: str, inet: bool) -> NetObject | None:

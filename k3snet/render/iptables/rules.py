@@ -312,6 +312,7 @@ def clear_caches() -> None:
     _UNITS.clear()
     _BY_DIGEST.clear()
     _SHAPES.clear()
+    _ONCE.clear()
 
 
 def _build_unit(obj: NetObject) -> Unit:
@@ -704,6 +705,8 @@ _Shape = tuple[object, ...]
 line where the destination is in it, the words before it, between it and the comment,
 and after the comment."""
 _SHAPES: dict[_Shape, Callable[[Network], NetObject]] = {}
+_ONCE: dict[_Shape, MasqueradeRule | SnatRule | ForwardRule] = {}
+"""The first rule of a shape no other rule had yet."""
 _SHAPES_MAX: Final = 1024
 
 
@@ -711,21 +714,19 @@ def _shape_of(family: int, lines: Sequence[Line]) -> tuple[_Shape, str] | None:
     """The shape of a NAT rule's one line or a forward rule's two (the first with a
     destination, ``-d``, the other with it as its source, ``-s``), and that destination;
     ``None`` for any other lines."""
-    if not 1 <= len(lines) <= 2:
-        return None
     shape: list[object] = [family]
-    found: set[str] = set()
+    found = ""
     try:
-        for line, flag in zip(lines, ("-d", "-s"), strict=False):
+        for line, flag in zip(lines, ("-d", "-s") if len(lines) <= 2 else (), strict=False):
             at = line.index(flag) + 1
-            if at >= 2 and line[at - 2] == "!":
-                return None  # an exclusion ("! -d"): not the rule's destination
             said = line.index("--comment", at) + 1
+            if (found and line[at] != found) or (at >= 2 and line[at - 2] == "!"):
+                return None  # two destinations, or an exclusion ("! -d")
+            found = line[at]
             shape += [at, line[:at], line[at + 1:said], line[said + 1:]]
-            found.add(line[at])
     except (ValueError, IndexError):
         return None
-    return (tuple(shape), found.pop()) if len(found) == 1 else None
+    return (tuple(shape), found) if found else None
 
 
 def _by_shape(shaped: tuple[_Shape, str], digest: str, chain: str, lines: Sequence[Line],
@@ -741,7 +742,12 @@ def _by_shape(shaped: tuple[_Shape, str], digest: str, chain: str, lines: Sequen
     """
     make = _SHAPES.get(shaped[0])
     if make is None:
-        return None
+        first = _ONCE.pop(shaped[0], None)  # this is the second rule of that shape
+        if first is None:
+            return None
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()  # a bound: a shape not kept costs one full read
+        make = _SHAPES[shaped[0]] = retarget(first)
     try:
         unit = render_unit(make(_saved_network(shaped[1])))
     except (K3snetError, ValueError):
@@ -750,14 +756,15 @@ def _by_shape(shaped: tuple[_Shape, str], digest: str, chain: str, lines: Sequen
 
 
 def _learn_shape(shape: _Shape, unit: Unit) -> None:
-    """Keep ``unit``'s object as the first of its shape, for :func:`_by_shape`."""
+    """Keep ``unit``'s object as the first of its shape, for :func:`_by_shape` (made into
+    a shape when a second rule has it: a rule of a shape of its own costs no more)."""
     obj = unit.obj
     if isinstance(obj, ForwardRule) or (isinstance(obj, MasqueradeRule | SnatRule)
                                         and obj.destination is not None
                                         and unit.sub_chain is None):
-        if len(_SHAPES) >= _SHAPES_MAX:
-            _SHAPES.clear()  # a bound: a shape not kept costs one full read
-        _SHAPES[shape] = retarget(obj)
+        if len(_ONCE) >= _SHAPES_MAX:
+            _ONCE.clear()
+        _ONCE[shape] = obj
 
 
 def _matches(
