@@ -312,7 +312,6 @@ def clear_caches() -> None:
     _UNITS.clear()
     _BY_DIGEST.clear()
     _SHAPES.clear()
-    _ONCE.clear()
 
 
 def _build_unit(obj: NetObject) -> Unit:
@@ -704,9 +703,9 @@ _Shape = tuple[object, ...]
 """A unit's rule lines without their destination and comment: the family, then for each
 line where the destination is in it, the words before it, between it and the comment,
 and after the comment."""
-_SHAPES: dict[_Shape, Callable[[Network], NetObject]] = {}
-_ONCE: dict[_Shape, MasqueradeRule | SnatRule | ForwardRule] = {}
-"""The first rule of a shape no other rule had yet."""
+_SHAPES: dict[_Shape, Callable[[Network], NetObject] | MasqueradeRule | SnatRule | ForwardRule] = {}
+"""What makes the object of a rule of each shape; until a second rule has the shape, the
+first one's object (a rule of a shape of its own costs no rendering of a shape)."""
 _SHAPES_MAX: Final = 1024
 
 
@@ -742,12 +741,9 @@ def _by_shape(shaped: tuple[_Shape, str], digest: str, chain: str, lines: Sequen
     """
     make = _SHAPES.get(shaped[0])
     if make is None:
-        first = _ONCE.pop(shaped[0], None)  # this is the second rule of that shape
-        if first is None:
-            return None
-        if len(_SHAPES) >= _SHAPES_MAX:
-            _SHAPES.clear()  # a bound: a shape not kept costs one full read
-        make = _SHAPES[shaped[0]] = retarget(first)
+        return None
+    if isinstance(make, NetObject):  # the second rule of that shape: the shape now
+        make = _SHAPES[shaped[0]] = retarget(make)
     try:
         unit = render_unit(make(_saved_network(shaped[1])))
     except (K3snetError, ValueError):
@@ -756,15 +752,14 @@ def _by_shape(shaped: tuple[_Shape, str], digest: str, chain: str, lines: Sequen
 
 
 def _learn_shape(shape: _Shape, unit: Unit) -> None:
-    """Keep ``unit``'s object as the first of its shape, for :func:`_by_shape` (made into
-    a shape when a second rule has it: a rule of a shape of its own costs no more)."""
+    """Keep ``unit``'s object as the first of its shape, for :func:`_by_shape`."""
     obj = unit.obj
     if isinstance(obj, ForwardRule) or (isinstance(obj, MasqueradeRule | SnatRule)
                                         and obj.destination is not None
                                         and unit.sub_chain is None):
-        if len(_ONCE) >= _SHAPES_MAX:
-            _ONCE.clear()
-        _ONCE[shape] = obj
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()  # a bound: a shape not kept costs one full read
+        _SHAPES.setdefault(shape, obj)
 
 
 def _matches(
