@@ -8,10 +8,12 @@ Run as root (a fresh network namespace, deleted at the end, also on error)::
 For each size N, a namespace holds the N NAT rules of the spec ``bench_paths.py`` writes
 (one pod source, a /28 destination each, out through ``eth0``) as k3snet's nftables
 backend writes them, another the same with the spec's N forward rules (two rules each),
-and two more the same as its iptables backend writes them (nft mode). Their listings
-(``nft -a list table inet k3snet``, ``iptables-nft-save``) are taken once; what is
-timed, in this process, is k3snet reading that text into objects with nothing rendered
-before (a fresh process, a library ``observe()`` with no hint):
+a third with N masquerade rules that share no shape (an exclusion in each: the case
+where the shortcut can only cost), and three more the same as its iptables backend
+writes them (nft mode). Their listings (``nft -a list table inet k3snet``,
+``iptables-nft-save``) are taken once; what is timed, in this process, is k3snet
+reading that text into objects with nothing rendered before (a fresh process, a
+library ``observe()`` with no hint):
 
 * nftables: :func:`k3snet.backends.nftables.text.listed_rules`;
 * iptables: :func:`k3snet.backends.iptables.save.parse_save` and
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import ipaddress
 import re
 import statistics
 import sys
@@ -46,6 +49,7 @@ from k3snet.backends.iptables.table import load_table
 from k3snet.backends.kit import GC_PAUSE_MIN, gc_paused
 from k3snet.backends.nftables import text as nft_text
 from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import MasqueradeRule, State
 from k3snet.render.iptables import render_iptables_save
 from k3snet.render.iptables import rules as ipt_rules
 from k3snet.render.iptables.rules import HOOKS, clear_caches
@@ -78,22 +82,33 @@ def _ipt_read(text: str) -> Any:
     return [(sorted(state.owned.values()), state.findings) for state in states]
 
 
+def _own_shapes(size: int) -> State:
+    """``size`` masquerade rules that share no shape: an exclusion in each (half of its
+    destination)."""
+    nets = [ipaddress.IPv4Network((0x64400000 + (n << 8), 24)) for n in range(size)]
+    return State(owned=[MasqueradeRule("10.42.0.0/16", destination=net,
+                                       exclude=[next(net.subnets())]) for net in nets])
+
+
 def _listing(name: str, size: int) -> str:
     """The listing of ``size`` destinations' rules written by the backend ``name`` (a
-    namespace each): NAT rules, and with ``-forward`` their forward rules too."""
-    backend = name.partition("-forward")[0]
+    namespace each): NAT rules, with ``-forward`` their forward rules too, with ``-own``
+    NAT rules of a shape each."""
+    backend, _, kind = name.rpartition("-") if name.endswith(("-forward", "-own")) \
+        else (name, "", "")
     with tempfile.TemporaryDirectory(prefix="k3snet-bench-") as tmp, \
             temporary_netns("shapes") as ns:
         node = Node(ns, Path(tmp), backend)
-        if name == backend:
+        if not kind:
             node.raw_full(size)()
         else:
-            both = compile(Spec.from_yaml(spec_text(size))).only({"nat", "forward"})
+            state = _own_shapes(size) if kind == "own" else \
+                compile(Spec.from_yaml(spec_text(size))).only({"nat", "forward"})
             if backend == "nftables":
-                node.nft_text(render_nftables_conf(both))
+                node.nft_text(render_nftables_conf(state))
             else:
                 run_in(ns, ["iptables-nft-restore", "--noflush"],
-                       input_text=render_iptables_save(both, 4), timeout=300)
+                       input_text=render_iptables_save(state, 4), timeout=300)
         argv = ["iptables-nft-save"] if backend == "iptables-nft" \
             else ["nft", "-a", "list", "table", "inet", "k3snet"]
         return run_in(ns, argv, timeout=300).stdout
@@ -129,13 +144,18 @@ def main() -> int:
     args = parser.parse_args()
     for size in args.sizes:
         texts = {name: _listing(name, size) for name in (
-            "nftables", "nftables-forward", "iptables-nft", "iptables-nft-forward")}
+            "nftables", "nftables-forward", "nftables-own", "iptables-nft",
+            "iptables-nft-forward", "iptables-nft-own")}
         for name, listing, read, without in (
                 ("nftables text read", "nftables", _nft_read, _nft_full),
                 ("nftables text read, NAT and forward rules", "nftables-forward", _nft_read,
                  _nft_full),
                 ("iptables unhinted read", "iptables-nft", _ipt_read, _ipt_full),
                 ("iptables unhinted read, NAT and forward rules", "iptables-nft-forward",
+                 _ipt_read, _ipt_full),
+                ("nftables text read, every rule a shape of its own", "nftables-own",
+                 _nft_read, _nft_full),
+                ("iptables unhinted read, every rule a shape of its own", "iptables-nft-own",
                  _ipt_read, _ipt_full)):
             text = texts[listing]
             mine, full, first, second = _cpu_ms(lambda r=read, t=text: r(t), args.runs, without)
