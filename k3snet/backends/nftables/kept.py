@@ -56,7 +56,7 @@ from k3snet._kept import code_identity, prune, read_trusted, state_directory, wr
 from k3snet._version import __version__
 from k3snet.backends.nftables.cache import Cache, Table, rule_count
 from k3snet.backends.nftables.parse import table_of
-from k3snet.backends.nftables.text import read_line
+from k3snet.backends.nftables.text import FirstRules
 from k3snet.model import NetObject
 from k3snet.render.nftables import CHAIN_HOOKS, FORWARD_CHAIN, MARKER_CHAIN, NAT_CHAIN
 
@@ -259,13 +259,14 @@ class Kept:
         objects, handles, bodies = cache.objects, cache.handles, cache.bodies
         families, tables = self.families, cache.tables
         single = families[0] if len(families) == 1 else None  # then every object's table
+        texts = FirstRules()
         # One loop, its checks spelled out: it runs once per rule of a 10 000-rule table.
         for sort, family, held, chain, body in records:
             obj = by_sort.get(sort)
             if obj is None:  # not expected: read back from its first rule's text
                 if type(body) is not str or chain not in (NAT_CHAIN, FORWARD_CHAIN):
                     raise _Unusable
-                obj = read_line(body, chain, family == "inet")
+                obj = texts.read(body, chain, family == "inet")
                 if obj is None or obj.sort_key != sort:
                     raise _Unusable
             key = obj.key

@@ -53,7 +53,7 @@ from k3snet.render.nftables import (
 )
 from k3snet.render.shape import retarget
 
-__all__ = ["Lines", "ListedRule", "ListedTable", "as_listed", "expected_lines",
+__all__ = ["FirstRules", "Lines", "ListedRule", "ListedTable", "as_listed", "expected_lines",
            "first_rule_lines", "listed_rules", "prefix_of", "read_line"]
 
 # A handle as nft prints it: no leading zero (anything nft does not print is not taken).
@@ -334,12 +334,24 @@ def _shape(found: re.Match[str], obj: NetObject) -> _Shape | None:
     return _Shape(retarget(obj), destination.prefixlen, tuple(parts))
 
 
+class FirstRules:
+    """Objects read from the texts of their first rules, one after the other."""
+
+    def __init__(self) -> None:
+        self._shapes = {inet: _Shapes(inet, _read) for inet in (True, False)}
+
+    def read(self, body: str, chain: str, inet: bool) -> NetObject | None:
+        """The object whose first rule nft lists as ``body`` in ``chain`` (of a table of an
+        ``inet`` family or not), read as :func:`listed_rules` reads a line it has not
+        seen (parsed, then rendered back to the same text, or by the shape of a line this
+        reader read before); ``None`` for any other text."""
+        read = self._shapes[inet].read(body, chain, False)
+        return None if read is None else read[0]
+
+
 def read_line(body: str, chain: str, inet: bool) -> NetObject | None:
-    """The object whose first rule nft lists as ``body`` in ``chain`` (of a table of an
-    ``inet`` family or not), read as :func:`listed_rules` reads a line it has not seen
-    (parsed, then rendered back to the same text); ``None`` for any other text."""
-    read = _read(body, chain, False, inet)
-    return None if read is None else read[0]
+    """:meth:`FirstRules.read` of one text."""
+    return FirstRules().read(body, chain, inet)
 
 
 def expected_lines(objects: Iterable[NetObject], inet: bool) -> Lines:
