@@ -170,22 +170,34 @@ def test_a_rule_read_by_the_shape_of_an_earlier_rule_is_what_its_text_alone_give
         assert alone == unit
 
 
-def test_rules_of_one_shape_are_rebuilt_without_parsing_their_words(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    objects = [MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24",
-                              out_interface="eth0") for n in range(50)]
-    units = [render_unit(obj) for obj in objects]
-    clear_caches()
-    parsed: list[tuple[str, ...]] = []
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """Every rule line read word by word (``parse_rule``) in this test, in order."""
+    read: list[tuple[str, ...]] = []
     real = rules.parse_rule
 
     def counted(tokens: tuple[str, ...]) -> Any:
-        parsed.append(tokens)
+        read.append(tokens)
         return real(tokens)
 
     monkeypatch.setattr(rules, "parse_rule", counted)
+    return read
+
+
+def _read_cold(objects: list[NetObject]) -> list[Unit]:
+    """Each object's unit, rebuilt from its rules alone one after the other (as a fresh
+    process reads a table)."""
+    units = [render_unit(obj) for obj in objects]
+    clear_caches()
     for unit in units:
         assert rebuild_unit(4, unit.digest, unit.chain, unit.lines, _chains(unit)) == unit
+    return units
+
+
+def test_rules_of_one_shape_are_rebuilt_without_parsing_their_words(
+        parsed: list[tuple[str, ...]]) -> None:
+    units = _read_cold([MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24",
+                                       out_interface="eth0") for n in range(50)])
     assert parsed == [units[0].lines[0]]
     # A rule of that shape whose text is not its object's: read in full, and not it.
     edited = (tuple(w.replace("100.64.7.0/24", "100.64.99.0/24") for w in units[7].lines[0]),)
@@ -194,20 +206,9 @@ def test_rules_of_one_shape_are_rebuilt_without_parsing_their_words(
 
 
 def test_forward_rules_of_one_shape_are_rebuilt_without_parsing_their_words(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    units = [render_unit(ForwardRule("10.42.0.0/16", f"100.64.{n}.0/24", out_interface="eth0"))
-             for n in range(50)]
-    clear_caches()
-    parsed: list[tuple[str, ...]] = []
-    real = rules.parse_rule
-
-    def counted(tokens: tuple[str, ...]) -> Any:
-        parsed.append(tokens)
-        return real(tokens)
-
-    monkeypatch.setattr(rules, "parse_rule", counted)
-    for unit in units:
-        assert rebuild_unit(4, unit.digest, unit.chain, unit.lines, _chains(unit)) == unit
+        parsed: list[tuple[str, ...]]) -> None:
+    units = _read_cold([ForwardRule("10.42.0.0/16", f"100.64.{n}.0/24", out_interface="eth0")
+                        for n in range(50)])
     assert parsed == list(units[0].lines)
     # The reply half of another destination: the two halves disagree, read in full, not it.
     mixed = (units[7].lines[0], units[8].lines[1])
