@@ -59,7 +59,7 @@ from k3snet.model.cidr import (
 )
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
-from k3snet.render.shape import retarget
+from k3snet.render.shape import Shaped, retarget
 from k3snet.render.tag import TAG_PREFIX, content_digest, tag_digest
 
 __all__ = [
@@ -677,7 +677,9 @@ def rebuild_unit(
 
     The object is rebuilt from the rule text, then must hash to ``digest`` and
     render exactly the lines found (in the same bucket chain, with the same
-    exclusion chain): anything else is drift.
+    exclusion chain): anything else is drift. Lines of a shape rebuilt before are
+    first tried as that rule's object with their destination (:func:`_by_shape`),
+    held to the same test.
     """
     known = _BY_DIGEST.get(digest)
     if known is not None and _matches(known, chain, lines, chains):
@@ -703,7 +705,7 @@ _Shape = tuple[object, ...]
 """A unit's rule lines without their destination and comment: the family, then for each
 line where the destination is in it, the words before it, between it and the comment,
 and after the comment."""
-_SHAPES: dict[_Shape, Callable[[Network], NetObject] | MasqueradeRule | SnatRule | ForwardRule] = {}
+_SHAPES: dict[_Shape, Callable[[Network], NetObject] | Shaped] = {}
 """What makes the object of a rule of each shape; until a second rule has the shape, the
 first one's object (a rule of a shape of its own costs no rendering of a shape)."""
 _SHAPES_MAX: Final = 1024
