@@ -293,7 +293,7 @@ def test_the_lines_guessed_from_first_rules_are_the_expected_lines_of_their_obje
     assert text_reader.first_rule_lines(firsts) == expected_lines(objects, inet)
 
 
-# Destination texts for a NAT line of a known shape: as Python writes them (any length),
+# Destination texts for a line of a known shape: as Python writes them (any length),
 # with host bits or a length out of range, with leading zeros or octets out of range, and
 # with digits that are not ASCII (which ``\d`` matches).
 _DESTINATIONS = st.one_of(
@@ -677,7 +677,8 @@ def test_every_table_k3snet_writes_is_read_from_its_text(
         run_in(ns, ["nft", "flush", "ruleset"])
 
 
-# NAT rules of three shapes, each shape's rules differing in their destination only.
+# NAT rules of three shapes and forward rules of one, each shape's rules differing in their
+# destination only (the third NAT shape is each rule's own: its exclusion follows it).
 SHAPED: list[NetObject] = [
     *(MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24", out_interface="eth0")
       for n in range(20)),
