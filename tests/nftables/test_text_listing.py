@@ -345,6 +345,29 @@ def test_a_line_read_by_the_shape_of_an_earlier_line_is_what_the_full_read_gives
     assert full == ([line] if same and read is not None else [line, other])
 
 
+@settings(max_examples=300)
+@given(first=strategies.forward_rules(4), destination=_DESTINATIONS, inet=st.booleans(),
+       order=st.permutations(range(4)))
+def test_both_halves_of_forward_rules_read_by_shape_are_what_the_full_read_gives(
+        first: NetObject, destination: str, inet: bool, order: list[int]) -> None:
+    there, back = (text_reader.as_listed(r.body) for r in nft_rules(first, inet=inet))
+    found = text_reader._SHAPE.fullmatch(there), text_reader._REPLY_SHAPE.fullmatch(back)
+    assume(None not in found)  # a destination that is not a host
+    # Two forward rules of the same shapes, one with the drawn destination text, their
+    # four lines in any order: each reads as it reads alone, the full way.
+    lines = [(there, False), (back, False), (there, True), (back, True)]
+    shapes, _ = _shapes(inet)
+    for index in order:
+        line, other = lines[index]
+        reply = index % 2 == 1
+        if other:
+            match = found[reply]
+            assert match is not None
+            line = f"{match[1]}{destination}{match[4]}"
+        assert shapes.read(line, "forward", reply) == text_reader._object_and_tag(
+            line, "forward", reply, inet)
+
+
 def test_a_table_of_one_shape_reads_its_first_line_the_full_way_and_the_rest_by_shape() -> None:
     objects = [MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24",
                               out_interface="eth0") for n in range(200)]
@@ -396,6 +419,21 @@ def test_forward_rules_of_one_shape_are_read_by_it_each_half_its_own_shape() -> 
     assert shapes.read(there, "forward", True) is None
     assert shapes.read(there, "postrouting", False) is None
     assert full[-2:] == [there, there]
+    # Read one rule after the other, both halves give one object, made once.
+    in_turn, _ = _shapes(True)
+    read = [in_turn.read(text_reader.as_listed(rule.body), "forward", reply)
+            for rules in halves[:20] for reply, rule in enumerate(rules)]
+    assert all(read[i] == read[i + 1] and read[i][0] is read[i + 1][0]  # type: ignore[index]
+               for i in range(4, 40, 2))
+    # Forward rules to the same destinations out of two interfaces (two shapes of each
+    # half), every first half before any reply: each half is its own rule's.
+    pairs = [ForwardRule("10.42.0.0/16", f"100.64.{n}.0/24", out_interface=out)
+             for n in range(10) for out in ("eth0", "eth1")]
+    both, _ = _shapes(True)
+    for reply in (False, True):
+        for obj in pairs:
+            line = text_reader.as_listed(nft_rules(obj)[reply].body)
+            assert both.read(line, "forward", reply) == (obj, object_tag(obj))
 
 
 def _listing(objects: list[NetObject]) -> list[str]:

@@ -245,6 +245,9 @@ class _Shape(NamedTuple):
     length: int
     tag_parts: tuple[str, ...]
     """The object's tag text around each place of its destination."""
+    rule: tuple[Any, ...] | None
+    """A forward rule's fields but its destination (``None`` for a NAT rule): both halves
+    of one forward rule make the same object, made once (see :meth:`_Shapes.read`)."""
 
 
 class _Shapes:
@@ -266,7 +269,9 @@ class _Shapes:
     :func:`as_listed` rewrites each address on its own (an IPv4 prefix that is not
     a host's it leaves as it is). A line that does not pass reads the full way. Its
     tag is made from the first line's tag text with the later line's destination
-    in each of its places. The same answers as the full read, line for line:
+    in each of its places. The two halves of a forward rule read so make one object
+    (with the same fields and destination, the same object). The same answers as the
+    full read, line for line:
     tests/nftables/test_text_listing.py draws rules and destination texts (hostile
     ones too) to hold the two to it.
     """
@@ -279,6 +284,9 @@ class _Shapes:
         self.once: dict[_Key, tuple[re.Match[str], NetObject]] = {}
         """The first line of a shape no other line had yet, and its object: a table whose
         every rule has a shape of its own (an exclusion in each) pays no shape."""
+        self.halves: dict[tuple[Any, ...], tuple[NetObject, str]] = {}
+        """A forward rule read by shape from one half, until its other half is read: its
+        fields but the destination, the destination (an object is what its fields make)."""
 
     def read(self, body: str, chain: str, reply: bool) -> tuple[NetObject, str] | None:
         """The object the rule line ``body`` (``reply``: a reply half) of ``chain`` reads
@@ -292,12 +300,19 @@ class _Shapes:
             shape = self.known[key] = _shape(*self.once.pop(key))
         if shape is not None:
             address = found[2]
+            half = None if shape.rule is None else (shape.rule, address, shape.length)
+            made = self.halves.pop(half, None) if half is not None else None
+            if made is not None:  # the other half of a forward rule read by shape
+                return made
             try:  # a dotted quad as ipv4_text writes it, without host bits
                 value = int.from_bytes(socket.inet_aton(address), "big")
                 if ipv4_text(value) == address:
                     net = ipaddress.IPv4Network((value, shape.length))
-                    return shape.make(net), rule_tag(f"{address}/{found[3]}".join(
+                    made = shape.make(net), rule_tag(f"{address}/{found[3]}".join(
                         shape.tag_parts))
+                    if half is not None:
+                        self.halves[half] = made
+                    return made
             except _ERRORS:
                 pass  # read the full way: it is refused there too, with its reason
         read = self.full(body, chain, reply, self.inet)
@@ -331,7 +346,9 @@ def _shape(found: re.Match[str], obj: NetObject) -> _Shape | None:
             return None
         parts[-1] += ("\n" if len(parts) > 1 else "") + said[1]
         parts.append(said[4])
-    return _Shape(retarget(obj), destination.prefixlen, tuple(parts))
+    fields = (obj.source, obj.in_interface, obj.out_interface) \
+        if isinstance(obj, ForwardRule) else None
+    return _Shape(retarget(obj), destination.prefixlen, tuple(parts), fields)
 
 
 class FirstRules:
