@@ -18,7 +18,7 @@ make another rule pass (a regex that read too much or too little gives an object
 that renders to another text). NAT and forward rules that differ from a rule
 read before only in their destination prefix are taken by that rule's *shape*
 instead (:class:`_Shapes`: the object of the first with the other destination,
-which renders to exactly the other line), about a third cheaper a line. Anything
+which renders to exactly the other line), a quarter to a third cheaper a line. Anything
 else (a foreign rule, a counter, a set, another policy or priority, a table
 flag, an address nft spells otherwise than Python) makes :func:`listed_rules`
 return ``None``: the backend then reads the table as JSON, where every case is
@@ -54,7 +54,7 @@ from k3snet.render.nftables import (
 from k3snet.render.shape import retarget
 
 __all__ = ["FirstRules", "Lines", "ListedRule", "ListedTable", "as_listed", "expected_lines",
-           "first_rule_lines", "listed_rules", "prefix_of", "read_line"]
+           "first_rule_lines", "listed_rules", "prefix_of"]
 
 # A handle as nft prints it: no leading zero (anything nft does not print is not taken).
 _TABLE = re.compile(r"table ([a-z0-9]+) ([A-Za-z][A-Za-z0-9_-]*) \{ # handle [1-9]\d*")
@@ -364,11 +364,6 @@ class FirstRules:
         reader read before); ``None`` for any other text."""
         read = self._shapes[inet].read(body, chain, False)
         return None if read is None else read[0]
-
-
-def read_line(body: str, chain: str, inet: bool) -> NetObject | None:
-    """:meth:`FirstRules.read` of one text."""
-    return FirstRules().read(body, chain, inet)
 
 
 def expected_lines(objects: Iterable[NetObject], inet: bool) -> Lines:
