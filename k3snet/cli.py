@@ -310,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     _configure_logging(args)
+    _printable_output()
     try:
         return int(COMMANDS[args.command](args))
     except K3snetError as exc:
@@ -357,6 +358,16 @@ class _JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }, sort_keys=True)
+
+
+def _printable_output() -> None:
+    """Standard output that prints any text: a byte of an admin's rule that is not UTF-8
+    (read as a lone surrogate, :mod:`k3snet.backends.iptables`) is printed as ``\\udcXX``
+    instead of ending the command (stderr does so already)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(errors="backslashreplace")
 
 
 def _configure_logging(args: argparse.Namespace) -> None:

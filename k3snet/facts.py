@@ -41,8 +41,10 @@ def _ip_json_all(commands: list[list[str]], netns: str | None) -> list[Any]:
     started: list[subprocess.Popen[str]] = []
     try:
         for argv in argvs:
+            # An interface name is bytes to the kernel: one that is not UTF-8 reads as
+            # U+FFFD and is then skipped as no interface name (no spec can name it).
             started.append(subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True))
+                                            stderr=subprocess.PIPE, text=True, errors="replace"))
         outputs = [proc.communicate(timeout=30) for proc in started]
     except FileNotFoundError as exc:
         raise BackendError("iproute2's `ip` is not installed") from exc

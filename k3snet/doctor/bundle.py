@@ -124,8 +124,11 @@ class NodeCapture:
         running: dict[str, subprocess.Popen[str]] = {}
         for name, argv in FILES.items():
             try:
+                # A comment or an interface name is bytes to the kernel: a byte that is
+                # not UTF-8 is kept as U+FFFD (the bundle stays text the doctor reads).
                 running[name] = subprocess.Popen([*prefix, *argv], stdout=subprocess.PIPE,
-                                                 stderr=subprocess.PIPE, text=True)
+                                                 stderr=subprocess.PIPE, text=True,
+                                                 errors="replace")
             except OSError as exc:
                 missing[name] = f"{argv[0]}: {exc}"
         for name, process in running.items():

@@ -37,8 +37,8 @@ from k3snet.render.iptables.rules import Line, tokenize
 if TYPE_CHECKING:
     from k3snet.backends.iptables.libiptc import LibiptcDriver
 
-__all__ = ["CAPABILITY", "Flavour", "Kernel", "Libiptc", "Processes", "RestoreRun",
-           "RunFailedError", "StartedSave", "tool_name"]
+__all__ = ["CAPABILITY", "Flavour", "Kernel", "Libiptc", "Processes",
+           "RestoreRun", "RunFailedError", "StartedSave", "tool_name"]
 
 Flavour = Literal["nft", "legacy"]
 """Which iptables: ``nft`` (nf_tables through the xt layer) or ``legacy`` (x_tables)."""
@@ -46,6 +46,11 @@ Flavour = Literal["nft", "legacy"]
 CAPABILITY = "CAP_NET_ADMIN"
 WAIT_SECONDS = 10
 """``--wait``: how long a restore run waits for the xtables lock."""
+_TEXT_ERRORS = "surrogateescape"
+"""How the tools' text is decoded and encoded: a rule's comment is bytes to the kernel, and
+an admin's need not be UTF-8 (``B\\xfcro``). Each byte that is not reads as a lone
+surrogate and is written back as that byte, so a rule read can be deleted by its text
+(``-D``) and kept exactly (tests/safety/test_foreign_bytes.py)."""
 _PIPE_SIZE = 1 << 20
 _LINE_NUMBER = re.compile(r"line:? (\d+)")
 _NOT_PERMITTED = re.compile(r"permission denied|operation not permitted|must be root",
@@ -173,7 +178,7 @@ class Processes:
             return StartedSave(self, name, None)
         with translate_errors(f"run {name} in {self.where}", capability=CAPABILITY):
             process = subprocess.Popen(self.argv([name]), stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True)
+                                       stderr=subprocess.PIPE, text=True, errors=_TEXT_ERRORS)
         return StartedSave(self, name, process)
 
     def version(self) -> str:
@@ -210,7 +215,7 @@ class Processes:
         with translate_errors(f"run {argv[0]} in {self.where}",
                               errors=(OSError, subprocess.TimeoutExpired), capability=CAPABILITY):
             result = subprocess.run(self.argv(argv), capture_output=True, text=True,
-                                    timeout=self.timeout, check=False)
+                                    errors=_TEXT_ERRORS, timeout=self.timeout, check=False)
         if self.netns and result.returncode != 0 and "network namespace" in result.stderr:
             raise BackendError(f"{self.where} is not usable: {result.stderr.strip()}")
         return result
@@ -444,7 +449,7 @@ class RestoreProcess:
         stdin = self._process.stdin
         assert stdin is not None
         try:
-            stdin.write(("\n".join(lines) + "\n").encode())
+            stdin.write(("\n".join(lines) + "\n").encode(errors=_TEXT_ERRORS))
             stdin.flush()
         except OSError:  # it stopped reading (a refused line): wait() tells why
             self._broken = True

@@ -150,11 +150,11 @@ class Libnftables:
         self.nft.set_json_output(json_input)
         self._set_dry_run(self._ctx, dry_run)
         try:
-            rc, _output, error = self.nft.cmd(batch)
+            rc, _output, error = self._cmd(batch)
         finally:
             self._set_dry_run(self._ctx, False)
             self.nft.set_json_output(True)
-        return int(rc), _with_capability(str(error))
+        return int(rc), _with_capability(error)
 
     def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
         """The objects ``list KIND REF...`` prints; ``None`` if the object does not exist.
@@ -164,7 +164,7 @@ class Libnftables:
         """
         self.calls += 1
         what = " ".join(["list", kind, *ref.values()])
-        rc, output, error = self.nft.cmd(list_command(kind, ref))
+        rc, output, error = self._cmd(list_command(kind, ref))
         if rc != 0:
             if "No such file or directory" in error:
                 return None
@@ -185,7 +185,7 @@ class Libnftables:
         self.nft.set_json_output(False)
         self.nft.set_handle_output(True)
         try:
-            rc, output, error = self.nft.cmd(what)
+            rc, output, error = self._cmd(what)
         finally:
             self.nft.set_handle_output(handles)
             self.nft.set_json_output(True)
@@ -196,11 +196,25 @@ class Libnftables:
             # or not): the JSON listing, which takes names as data, reads it, and says
             # what went wrong if anything else did.
             raise TextUnlistedError(f"nft {what!r} failed: {first_lines(error)}")
-        return str(output)
+        return output
 
     def close(self) -> None:
         """Close the netlink socket (libnftables' context goes with the object)."""
         self._generation.close()
+
+    def _cmd(self, command: str) -> tuple[int, str, str]:
+        """One libnftables command: (rc, output, error).
+
+        As ``Nftables.cmd``, but a byte that is not UTF-8 reads as U+FFFD instead of
+        failing the whole listing: a comment is bytes to the kernel, and an admin's
+        need not be UTF-8 (such a line is no line of k3snet's; the JSON listing, which
+        leaves such a comment out, judges the table).
+        """
+        nft = self.nft
+        rc = nft.nft_run_cmd_from_buffer(self._ctx, command.encode())
+        output = nft.nft_ctx_get_output_buffer(self._ctx) or b""
+        error = nft.nft_ctx_get_error_buffer(self._ctx) or b""
+        return int(rc), output.decode(errors="replace"), error.decode(errors="replace")
 
 
 @contextlib.contextmanager
@@ -447,7 +461,7 @@ def list_in_child(deadline: float, kind: str, **ref: str) -> list[dict[str, Any]
         raise ListingTimeoutError(_timed_out(kind, ref))
     try:
         done = subprocess.run(["nft", "-j", "-f", "-"], input=command, capture_output=True,
-                              text=True, timeout=timeout, check=False)
+                              text=True, errors="replace", timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise ListingTimeoutError(_timed_out(kind, ref)) from None
     except OSError as exc:
