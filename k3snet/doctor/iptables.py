@@ -35,6 +35,7 @@ from k3snet.doctor.packet import (
     all_of,
     port_in,
 )
+from k3snet.render.iptables.rules import save_lines
 
 __all__ = ["Chain", "Rule", "Table", "base_chains", "parse_save"]
 
@@ -117,7 +118,7 @@ def parse_save(text: str) -> dict[str, Table]:
     """
     tables: dict[str, Table] = {}
     table: Table | None = None
-    for raw in text.splitlines():
+    for raw in save_lines(text):  # a comment holding a newline stays in its rule
         line = raw.strip()
         if not line or line.startswith("#") or line == "COMMIT":
             continue

@@ -34,7 +34,7 @@ from k3snet.backends.nftables.kernel import (
     listed_items,
 )
 from k3snet.backends.nftables.parse import read_own
-from k3snet.backends.nftables.text import ListedRule, expected_lines, listed_rules
+from k3snet.backends.nftables.text import ListedRule, as_listed, expected_lines, listed_rules
 from k3snet.lab.netns import run_in
 from k3snet.model import (
     Drift,
@@ -146,6 +146,11 @@ class _Recorded:
         assert (kind, ref["name"]) == ("table", "k3snet")
         return self.edit((RECORDED / f"{ref['family']}.txt").read_text())
 
+    def chain_rules(self, family: str, table: str, chain: str) -> int | None:
+        """The recorded table's rules in ``chain``, counted in its JSON listing."""
+        items = listed_items((RECORDED / f"{family}.json").read_text(), "recorded")
+        return sum(1 for item in items if item.get("rule", {}).get("chain") == chain)
+
 
 def _families(family: str) -> tuple[str, ...]:
     return ("inet",) if family == "inet" else ("ip", "ip6")
@@ -223,6 +228,8 @@ def test_a_rule_of_the_other_family_in_a_split_table_is_drift_named_with_its_cha
         return text.replace(hook, hook + re.sub(r"# handle \d+$", "# handle 99", six) + "\n", 1)
 
     kernel = _Recorded(edit=with_six)
+    counted = kernel.chain_rules  # the kernel holds that rule too
+    kernel.chain_rules = lambda *where: counted(*where) + (where[2] == "postrouting")  # type: ignore[method-assign, operator]
     cache = read_own(kernel, "k3snet", ("ip",), 1)
     assert kernel.listed == []  # read from its text
     [(drift, repair)] = cache.drift.values()
@@ -604,6 +611,9 @@ class _Both(_JsonOnly):
     def list_text(self, kind: str, **ref: str) -> str | None:
         return self.kernel.list_text(kind, **ref)
 
+    def chain_rules(self, family: str, table: str, chain: str) -> int | None:
+        return self.kernel.chain_rules(family, table, chain)
+
 
 def _summary(cache: Cache) -> Any:
     return (list(cache.objects.items()), cache.handles, cache.drift,
@@ -641,8 +651,26 @@ def handle_of(ns: str, comment: str) -> int:
                 if i.get("rule", {}).get("comment") == comment)
 
 
+def forge(ns: str) -> None:
+    """HOST's rule deleted, and a copy of ANY's added whose comment holds a newline: nft
+    prints it as ANY's line, with a handle no rule has, then HOST's, with its own."""
+    listing = json.loads(run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout)
+    rules = {item["rule"].get("comment"): item["rule"] for item in listing["nftables"]
+             if "rule" in item}
+    line = f"{as_listed(nft_rules(HOST)[0].body)} comment \"{object_tag(HOST)}"
+    comment = f'{object_tag(ANY)}" # handle 9999\n\t\t{line}'
+    where = {"family": "inet", "table": "k3snet", "chain": "postrouting"}
+    batch = [{"delete": {"rule": {**where, "handle": rules[object_tag(HOST)]["handle"]}}},
+             {"add": {"rule": {**where, "expr": rules[object_tag(ANY)]["expr"],
+                               "comment": comment}}}]
+    run_in(ns, ["nft", "-j", "-f", "-"], input_text=json.dumps({"nftables": batch}))
+    text = run_in(ns, ["nft", "-a", "list", "table", "inet", "k3snet"]).stdout
+    assert "# handle 9999\n" in text  # the forged lines, as nft prints them
+
+
 # (what to do to a table holding SHAPES, whether the text reader takes the table after)
 EDITS: dict[str, tuple[Callable[[str], None], bool]] = {
+    "a comment printing a forged line": (forge, False),
     "nothing": (lambda ns: None, True),
     "a forged tag": (lambda ns: nft(
         ns, 'add rule inet k3snet postrouting ip saddr 10.77.0.0/16 masquerade '
@@ -685,6 +713,25 @@ def test_text_and_json_read_the_same_table(ns: str, edit: str) -> None:
         assert listed == [taken]
         if edit == "nothing":
             assert {o for _, o in via_text[0]} == set(SHAPES)
+
+
+@pytest.mark.kernel
+def test_a_comment_that_prints_k3snet_lines_hides_no_drift_and_its_rule_is_repaired(
+        ns: str) -> None:
+    with NftablesBackend(ns, observe_foreign=False, keep_read=False) as backend:
+        backend.apply(plan(backend.observe(), State(owned=SHAPES)))
+        forge(ns)
+        observed = backend.observe()
+        assert HOST not in observed.owned  # deleted, whatever the text shows
+        assert backend.drift  # the copy of ANY's rule, whose comment is no tag
+        backend.apply(plan(observed, State(owned=SHAPES)))
+        assert plan(backend.observe(refresh=True), State(owned=SHAPES)).empty
+    # the kernel's view: one rule for each object, no comment holding a newline
+    listing = json.loads(run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout)
+    comments = [item["rule"].get("comment", "") for item in listing["nftables"]
+                if "rule" in item]
+    assert not any("\n" in comment for comment in comments)
+    assert sorted(comments) == sorted(rule.comment for obj in SHAPES for rule in nft_rules(obj))
 
 
 @pytest.mark.kernel

@@ -169,3 +169,36 @@ def test_a_bundle_of_such_a_node_is_saved_and_the_doctor_reads_it(
                              "--to", "192.168.2.10", "--state", str(saved_to)],
                             capture_output=True, env=env, timeout=120, check=False)
     assert doctor.returncode == 4, doctor.stderr  # no pod in this namespace: unknown, no crash
+
+
+# A comment can hold a newline, which iptables-save and nft print as it is: one rule then
+# prints lines that read as others. nftables' own case (no quoting at all) is
+# tests/nftables/test_text_listing.py, "a comment printing a forged line".
+HIDDEN = MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24")
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_iptables_a_comment_printing_k3snet_lines_hides_no_deleted_rule(
+        ns: str, mode: str) -> None:
+    wanted = State(owned=[*DESIRED.owned, HIDDEN])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), wanted))
+        before = saved(ns, mode)
+        lines = {line.split(b" -d ")[1].split(b"/")[0].decode(): line.decode()
+                 for line in before if line.startswith(b"-A K3SNET-N-")}
+        kept, hidden = lines["192.168.2.0"], lines["192.168.3.0"]
+        # The hidden rule deleted; a copy of the kept one printing the hidden rule's line.
+        run_bytes(ns, f"iptables-{mode}", "-w", "-t", "nat", "-D",
+                  *[token.strip('"') for token in hidden.split()[1:]])
+        chain, tag = kept.split()[1], kept.split("--comment ")[1].split()[0].strip('"')
+        run_bytes(ns, f"iptables-{mode}", "-w", "-t", "nat", "-A", chain, "-s", "10.42.0.0/16",
+                  "-d", "192.168.2.0/24", "-m", "comment", "--comment", f"{tag}\n{hidden}",
+                  "-j", "MASQUERADE")
+        assert len(saved(ns, mode)) == len(before) - 1 + 2  # the copy prints two lines
+        observed = backend.observe()
+        assert HIDDEN not in observed.owned
+        backend.apply(plan(observed, wanted))
+        assert plan(backend.observe(), wanted).empty
+    after = saved(ns, mode)
+    assert sum(line.startswith(b"-A K3SNET-N-") for line in after) == 2
+    assert not any(b"--comment \"k3snet:" in line and b"\n" in line for line in after)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import attrs
 
+from k3snet.render.iptables.rules import whole_rule
+
 __all__ = ["Dump", "TableDump", "parse_save"]
 
 
@@ -30,10 +32,13 @@ Dump = dict[str, TableDump]
 
 
 def parse_save(text: str) -> Dump:
-    """Parse ``iptables-save`` output (any tables; comments and counters ignored)."""
+    """Parse ``iptables-save`` output (any tables; comments and counters ignored); a
+    comment that holds a newline stays in its rule
+    (:func:`~k3snet.render.iptables.rules.whole_rule`)."""
     tables: Dump = {}
     current: TableDump | None = None
-    for raw in text.splitlines():
+    raws = iter(text.split("\n"))
+    for raw in raws:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -46,11 +51,11 @@ def parse_save(text: str) -> Dump:
             current.policies[name] = rest.split(" ", 1)[0]
             current.rules.setdefault(name, [])
         elif line.startswith("-A "):
-            body = line[3:]
+            body = whole_rule(raw, raws).strip()[3:]
             chain, _, spec = body.partition(" ")
             current.rules.setdefault(chain, []).append(spec)
         elif line.startswith("[") and "] -A " in line:  # `iptables-save -c` counters
-            chain, _, spec = line.split("] -A ", 1)[1].partition(" ")
+            chain, _, spec = whole_rule(raw, raws).strip().split("] -A ", 1)[1].partition(" ")
             current.rules.setdefault(chain, []).append(spec)
         elif line == "COMMIT":
             current = None

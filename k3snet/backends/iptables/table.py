@@ -561,7 +561,10 @@ def diff_table(
         if is_bucket_chain(chain):
             drop = Counter(have) - Counter(want)
             extra = Counter(want) - Counter(have)
-            if sum(drop.values()) <= len(want):
+            # A rule whose comment holds a newline cannot be named on one line of
+            # iptables-restore input (-D): its chain is rewritten instead.
+            if sum(drop.values()) <= len(want) and not any(
+                    "\n" in token for line in drop for token in line):
                 keep = [True] * len(have)
                 for index in range(len(have) - 1, -1, -1):  # from the end: positions hold
                     if drop[have[index]] > 0:

@@ -78,7 +78,10 @@ class TextLists(Protocol):
 
     Optional: k3snet's own table is read from it when a lister offers it
     (:mod:`.text`), and from the JSON listing when not, or when the text holds
-    anything the text reader does not take.
+    anything the text reader does not take. nft prints a comment as it is, newlines
+    included, so one rule can print lines that read as other rules: the text is
+    taken only when each of the table's base chains holds as many rules as it has
+    lines there (:meth:`chain_rules`).
     """
 
     def list_text(self, kind: str, **ref: str) -> str | None:
@@ -87,6 +90,12 @@ class TextLists(Protocol):
         :class:`TextUnlistedError` when this listing cannot be made now (the
         JSON listing then serves). The names in ``ref`` go into nft's language:
         only names it reads as names (:func:`~k3snet.render.nftables.validate_table_name`).
+        """
+        ...
+
+    def chain_rules(self, family: str, table: str, chain: str) -> int | None:
+        """How many rules base chain ``chain`` of table ``family table`` holds now (its
+        use count: nothing can jump to a base chain); ``None`` if there is no such chain.
         """
         ...
 
@@ -197,6 +206,11 @@ class Libnftables:
             # what went wrong if anything else did.
             raise TextUnlistedError(f"nft {what!r} failed: {first_lines(error)}")
         return output
+
+    def chain_rules(self, family: str, table: str, chain: str) -> int | None:
+        """:meth:`TextLists.chain_rules`: one small netlink round trip."""
+        self.calls += 1
+        return self._generation.chain_use(family, table, chain)
 
     def close(self) -> None:
         """Close the netlink socket (libnftables' context goes with the object)."""
@@ -430,6 +444,13 @@ class OwnTableLister:
             return self._within(
                 lambda deadline: self.bounded.text_of(started, deadline, kind, **ref))
         return self._within(lambda deadline: self.bounded.list_text(deadline, kind, **ref))
+
+    def chain_rules(self, family: str, table: str, chain: str) -> int | None:
+        """:meth:`TextLists.chain_rules` of the kernel (not the helper's, which may be
+        listing); :class:`TextUnlistedError` if that kernel counts none."""
+        if not isinstance(self.kernel, TextLists):
+            raise TextUnlistedError("this kernel seam counts no rules")
+        return self.kernel.chain_rules(family, table, chain)
 
     def _within(self, listing: Callable[[float], T]) -> T:
         self.kernel.calls += 1

@@ -87,9 +87,11 @@ __all__ = [
     "remember",
     "render_new",
     "render_unit",
+    "save_lines",
     "table_image",
     "table_of",
     "tokenize",
+    "whole_rule",
 ]
 
 Line = tuple[str, ...]
@@ -481,6 +483,50 @@ def format_line(tokens: Sequence[str]) -> str:
 
 def _quote(token: str) -> str:
     return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def save_lines(text: str) -> Iterator[str]:
+    """The lines of ``iptables-save`` output, each rule whole.
+
+    A rule is one line, except when a quoted value holds a newline (a comment can,
+    and iptables-save prints it as it is): the rule then goes on until its quote
+    closes, so that the lines such a comment prints are not read as rules of their
+    own (they can read as anyone's, k3snet's too). Lines end at ``\\n`` only: a
+    comment's other line breaks (U+2028, ``\\x1c``...) are part of its line, as
+    iptables-save prints them (tests/iptables/test_save_comments.py).
+    """
+    lines = iter(text.split("\n"))
+    for line in lines:
+        yield whole_rule(line, lines) if line.startswith(("-A ", "[")) else line
+
+
+def whole_rule(line: str, rest: Iterator[str]) -> str:
+    """Rule line ``line`` of ``iptables-save`` output, with the lines taken from ``rest``
+    while a quoted value in it goes on (:func:`save_lines`)."""
+    if not ((line.count('"') & 1 or "\\" in line) and _open_quote(line)):
+        return line
+    parts = [line]
+    for more in rest:
+        parts.append(more)
+        if not _open_quote("\n".join(parts)):
+            break
+    return "\n".join(parts)
+
+
+def _open_quote(line: str) -> bool:
+    """Whether ``line`` ends inside a double quote (iptables-save quotes a value with
+    ``"`` and escapes ``"``, ``\\`` and ``'`` in it with ``\\``)."""
+    if "\\" not in line:
+        return line.count('"') % 2 == 1
+    quoted = escaped = False
+    for char in line:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+    return quoted
 
 
 def tokenize(text: str) -> Line:
