@@ -68,12 +68,25 @@ def optional_address(value: str | Address | None) -> Address | None:
 _MAX_TEXT = 512
 
 
+def one_line(value: str) -> str:
+    """``value`` (text read from the kernel: it quotes what other programs wrote) as one
+    line of at most 512 printable characters: white space runs as one space, and a
+    character that is not printable (a terminal escape, a bidirectional override, a
+    byte that is not UTF-8 read as a lone surrogate) as its Python escape."""
+    line = " ".join(value.split())
+    if not line.isprintable():
+        line = "".join(char if char.isprintable() else
+                       char.encode("unicode_escape", "backslashreplace").decode("ascii")
+                       for char in line)
+    return line if len(line) <= _MAX_TEXT else line[: _MAX_TEXT - 3] + "..."
+
+
 def foreign_rule_text(value: object) -> str:
-    """attrs converter: one line of bounded text (a foreign rule as its tool lists it)."""
+    """attrs converter: one line of bounded, printable text (a foreign rule as its tool
+    lists it, :func:`one_line`)."""
     if not isinstance(value, str) or not value.strip():
         raise ModelError(f"a foreign rule's text is a non-empty string, got {value!r}")
-    line = " ".join(value.split())
-    return line if len(line) <= _MAX_TEXT else line[: _MAX_TEXT - 3] + "..."
+    return one_line(value)
 
 
 def ip_family(value: int) -> int:

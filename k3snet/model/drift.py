@@ -25,19 +25,17 @@ from typing import Any, ClassVar
 import attrs
 
 from k3snet.errors import ModelError
-from k3snet.model._base import NetObject
+from k3snet.model._base import NetObject, one_line
 
 __all__ = ["Drift", "ForwardDrift", "NatDrift"]
 
-_MAX_TEXT = 512
-
 
 def _text(value: object) -> str:
-    """A one-line, bounded description (it comes from the kernel's listing)."""
-    if not isinstance(value, str) or not value:
+    """A one-line, bounded, printable description (it comes from the kernel's listing,
+    :func:`~k3snet.model._base.one_line`)."""
+    if not isinstance(value, str) or not value.strip():
         raise ModelError(f"drift fields are non-empty strings, got {value!r}")
-    line = " ".join(value.split())
-    return line if len(line) <= _MAX_TEXT else line[: _MAX_TEXT - 3] + "..."
+    return one_line(value)
 
 
 @attrs.frozen(eq=False)

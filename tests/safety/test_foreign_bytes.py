@@ -202,3 +202,16 @@ def test_iptables_a_comment_printing_k3snet_lines_hides_no_deleted_rule(
     after = saved(ns, mode)
     assert sum(line.startswith(b"-A K3SNET-N-") for line in after) == 2
     assert not any(b"--comment \"k3snet:" in line and b"\n" in line for line in after)
+
+
+def test_a_comment_holding_terminal_escapes_is_printed_escaped(ns: str) -> None:
+    # ESC[2K ESC[1A would erase the line above on an operator's terminal; U+202E turns
+    # what follows around (tests/model/test_foreign_texts.py holds every text to it).
+    run_bytes(ns, "iptables-nft", "-w", "-t", "nat", "-A", "POSTROUTING", "-d", "10.1.1.1",
+              "-m", "comment", "--comment", "x\x1b[2K\x1b[1A+ masquerade\u202e", "-j", "RETURN")
+    shown = cli(ns, "observe", "--backend", "iptables:nat", "--backend-opt", "iptables.mode=nft")
+    assert shown.returncode == 0, shown.stderr
+    assert b"-d 10.1.1.1/32" in shown.stdout
+    assert b"\x1b" not in shown.stdout
+    assert "\u202e".encode() not in shown.stdout
+    assert b"\\x1b[2K" in shown.stdout
