@@ -25,7 +25,7 @@ from k3snet.model.cni import (
 from k3snet.model.drift import Drift, ForwardDrift, NatDrift
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, NatRule, SnatRule
-from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route, RouteBlock
 from k3snet.model.state import (
     KINDS,
     OBJECT_TYPES,
@@ -63,6 +63,7 @@ __all__ = [
     "NetObject",
     "Network",
     "Route",
+    "RouteBlock",
     "SnatRule",
     "State",
     "Sysctl",

@@ -12,12 +12,14 @@ from k3snet.errors import ModelError
 from k3snet.model._base import (
     NetObject,
     check_families,
+    one_line,
     optional_address,
     optional_interface,
 )
 from k3snet.model.cidr import Address, Network, address_text, network_text, parse_network
 
-__all__ = ["K3SNET_ROUTE_PROTOCOL", "MAIN_TABLE", "Route", "RouteScope", "protocol_name"]
+__all__ = ["K3SNET_ROUTE_PROTOCOL", "MAIN_TABLE", "Route", "RouteBlock", "RouteScope",
+           "protocol_name"]
 
 K3SNET_ROUTE_PROTOCOL = 211
 """The route protocol number k3snet marks its routes with (unused in ``rt_protos``;
@@ -178,7 +180,10 @@ class Route(NetObject):
         )
 
     def conflicts_with(self, other: NetObject) -> bool:
-        """A foreign route to the same destination in the same table, elsewhere."""
+        """A foreign route to the same destination in the same table, elsewhere, or one
+        there that k3snet cannot model (a :class:`RouteBlock`)."""
+        if isinstance(other, RouteBlock):
+            return other.clash_key == self.clash_key
         return (
             isinstance(other, Route)
             and other.clash_key == self.clash_key
@@ -225,3 +230,98 @@ class Route(NetObject):
             scope=data.get("scope"),
             protocol=data.get("protocol", K3SNET_ROUTE_PROTOCOL),
         )
+
+
+def _what(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ModelError(f"a route block's kind is a non-empty string, got {value!r}")
+    return one_line(value)
+
+
+@attrs.frozen(eq=False)
+class RouteBlock(NetObject):
+    """A route k3snet cannot model, standing at a table and destination.
+
+    Only ever *observed* (foreign): a route of another type (``blackhole``,
+    ``unreachable``, ``prohibit``, ``throw``...), a multipath, nexthop-object,
+    encap or ``via`` route, or one through a device k3snet cannot name. ``what``
+    says which. A wanted :class:`Route` to the same table and destination conflicts
+    with it, whatever their metrics, as with another route there: at the same
+    metric the kernel refuses k3snet's add, and at another one of the two shadows
+    the other. Of k3snet's own protocol too: k3snet never writes such a route.
+
+    >>> block = RouteBlock("192.168.2.0/24", what="multipath", protocol="static")
+    >>> block.describe()
+    'multipath route 192.168.2.0/24 table main metric 0 proto static'
+    >>> Route("192.168.2.0/24", gateway="192.168.1.1").conflicts_with(block)
+    True
+    """
+
+    kind: ClassVar[str] = "route"
+    type_name: ClassVar[str] = "route-block"
+    rank: ClassVar[int] = 1
+
+    destination: Network = attrs.field(converter=parse_network)
+    table: int = attrs.field(default=MAIN_TABLE, converter=_table, kw_only=True)
+    metric: int | None = attrs.field(default=None, kw_only=True)
+    what: str = attrs.field(default="unmodelled", converter=_what, kw_only=True)
+    protocol: int = attrs.field(default=K3SNET_ROUTE_PROTOCOL, converter=_protocol, kw_only=True)
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        dst, metric = self.destination, self.metric
+        v6 = dst.version == 6
+        if metric is None or (v6 and metric == 0):
+            metric = _IPV6_DEFAULT_METRIC if v6 else 0
+        object.__setattr__(self, "metric", _metric(metric))
+        key = ("route-block", dst.version, self.table, int(dst.network_address), dst.prefixlen,
+               metric)
+        self._seal(key, (self.what, self.protocol))
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return self.destination.version
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """Table and destination, as :attr:`Route.clash_key` says them."""
+        return ("route", *self._key[1:5])
+
+    @property
+    def slot(self) -> tuple[Any, ...]:
+        """Table, destination and metric, as a :class:`Route`'s key says them: the kernel
+        holds one route a slot (an add there is refused, a replace takes it)."""
+        return ("route", *self._key[1:])
+
+    def describe(self) -> str:
+        """``WHAT route DST table T metric M proto P``."""
+        table = _TABLE_NAMES.get(self.table, str(self.table))
+        return (f"{self.what} route {network_text(self.destination)} table {table} metric "
+                f"{self.metric} proto {_PROTOCOL_NAMES.get(self.protocol, str(self.protocol))}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "type": self.type_name,
+            "destination": network_text(self.destination),
+            "table": self.table,
+            "metric": self.metric,
+            "what": self.what,
+            "protocol": protocol_name(self.protocol),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RouteBlock:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            data["destination"],
+            table=data.get("table", MAIN_TABLE),
+            metric=data.get("metric"),
+            what=data.get("what", "unmodelled"),
+            protocol=data.get("protocol", K3SNET_ROUTE_PROTOCOL),
+        )
+

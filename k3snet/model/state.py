@@ -13,7 +13,7 @@ from k3snet.model._base import NetObject
 from k3snet.model.drift import ForwardDrift, NatDrift
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
-from k3snet.model.route import Route
+from k3snet.model.route import Route, RouteBlock
 from k3snet.model.sysctl import Sysctl
 
 __all__ = ["KINDS", "OBJECT_TYPES", "STATE_FORMAT", "State", "known_kinds", "object_from_dict",
@@ -45,7 +45,7 @@ def register_object_type(cls: type[NetObject]) -> type[NetObject]:
 
 
 for _cls in (Sysctl, Route, ForwardRule, MasqueradeRule, SnatRule, NatDrift, ForwardDrift,
-             ForwardBlock, NatBlock):
+             ForwardBlock, NatBlock, RouteBlock):
     register_object_type(_cls)
 
 

@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet.backends.netlink import codec
-from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route
+from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock
 from k3snet.planner import Change
 from k3snet.testing import strategies
 
@@ -33,29 +33,37 @@ NAMES = {index: name for name, index in INDEXES.items()}
 
 _TABLES = {"main": 254, "default": 253, "local": 255}
 _PROTOCOLS = {"kernel": 2, "boot": 3, "static": 4, "bird": 12, "dhcp": 16}
-# What iproute2 prints for what the Route model has no field for.
-_UNMODELLED_KEYS = {"nexthops", "nhid", "via", "from", "tos"}
+# What iproute2 prints for what the Route model has no field for: routes that stand at a
+# destination k3snet may want (RouteBlocks), and routes elsewhere in the kernel's tables.
+_UNMODELLED_KEYS = {"nexthops", "nhid", "via", "encap"}
+_ELSEWHERE_KEYS = {"from", "tos"}
 
 
 def dump(name: str) -> list[bytes]:
     return [bytes.fromhex(text) for text in RECORDED["dumps"][name]]
 
 
-def from_listing(entry: dict[str, Any], family: int) -> Route | None:
-    """The Route k3snet models for one ``ip -j route`` entry, or None when it models none."""
-    if entry.get("type", "unicast") != "unicast" or _UNMODELLED_KEYS & entry.keys():
-        return None
+def from_listing(entry: dict[str, Any], family: int) -> Route | RouteBlock | None:
+    """What k3snet models for one ``ip -j route`` entry: a Route, a RouteBlock where it
+    stands at a destination but the Route model cannot hold it, or None."""
     table = _TABLES.get(entry.get("table", "main")) or int(entry["table"])
-    if table == 255:
+    if table == 255 or _ELSEWHERE_KEYS & entry.keys():
         return None
     destination = entry["dst"]
     if destination == "default":
         destination = "0.0.0.0/0" if family == 4 else "::/0"
+    if "/" not in destination:
+        destination += "/32" if family == 4 else "/128"
     protocol = entry.get("protocol", "boot")  # iproute2 leaves out "proto boot"
+    number = _PROTOCOLS.get(protocol) or int(protocol)
+    kind = entry.get("type", "unicast")
+    if kind != "unicast" or _UNMODELLED_KEYS & entry.keys():
+        what = kind if kind != "unicast" else "multipath, nexthop-object, encap or via"
+        return RouteBlock(destination, table=table, metric=entry.get("metric", 0), what=what,
+                          protocol=number)
     return Route(destination, gateway=entry.get("gateway"), device=entry.get("dev"),
                  table=table, metric=entry.get("metric", 0),
-                 scope=entry.get("scope", "universe"),
-                 protocol=_PROTOCOLS.get(protocol) or int(protocol))
+                 scope=entry.get("scope", "universe"), protocol=number)
 
 
 @pytest.mark.parametrize(("name", "family"), [("route4", 4), ("route6", 6)])
@@ -69,36 +77,40 @@ def test_decoded_routes_are_the_kernels_listing(name: str, family: int) -> None:
     assert sum(route is not None for route in decoded) >= 10
 
 
-def test_routes_the_model_cannot_hold_are_skipped() -> None:
-    decoded = {str(route.destination) for name in ("route4", "route6")
-               for msg in dump(name) if (route := codec.decode_route(msg, NAMES)) is not None}
+def test_routes_the_model_cannot_hold_are_blocks_or_skipped() -> None:
+    decoded = [route for name in ("route4", "route6") for msg in dump(name)
+               if (route := codec.decode_route(msg, NAMES)) is not None]
+    blocks = {str(b.destination): b.what for b in decoded if isinstance(b, RouteBlock)}
+    assert blocks == {
+        "198.51.100.0/24": "multipath, nexthop-object, encap or via",  # RTA_MULTIPATH, proto 211
+        "fd51::/64": "multipath, nexthop-object, encap or via",  # multipath, IPv6
+        "10.70.0.0/24": "multipath, nexthop-object, encap or via",  # RTA_NH_ID, proto 211
+        "10.74.0.0/24": "multipath, nexthop-object, encap or via",  # RTA_VIA (IPv6 gateway)
+        "198.18.0.0/15": "blackhole",
+        "10.71.0.0/24": "unreachable",  # protocol 211: k3snet never writes one
+        "fd71::/64": "prohibit",
+    }
     skipped = {
-        "198.51.100.0/24": "multipath (RTA_MULTIPATH), protocol 211",
-        "fd51::/64": "multipath, IPv6",
-        "10.70.0.0/24": "through a nexthop object (RTA_NH_ID), protocol 211",
-        "10.74.0.0/24": "IPv4 via an IPv6 gateway (RTA_VIA), protocol 211",
         "fd74::/64": "source-specific (RTA_SRC), protocol 211",
         "10.75.0.0/24": "a TOS route, protocol 211",
-        "198.18.0.0/15": "blackhole",
-        "10.71.0.0/24": "unreachable, protocol 211",
-        "fd71::/64": "prohibit, protocol 211",
         "127.0.0.0/8": "the local table",
     }
-    assert not decoded & set(skipped)
-    owned = {r for name in ("route4", "route6") for msg in dump(name)
-             if (r := codec.decode_route(msg, NAMES)) is not None
-             and r.protocol == K3SNET_ROUTE_PROTOCOL}
+    assert not {str(route.destination) for route in decoded} & set(skipped)
+    owned = {r for r in decoded if isinstance(r, Route) and r.protocol == K3SNET_ROUTE_PROTOCOL}
     assert Route("10.4.0.0/24", gateway="10.0.0.3", device="d0", table=70000,
                  metric=5) in owned  # a table above 255 comes in RTA_TABLE only
     assert Route("10.72.0.1/32", device="d0", scope="host") in owned
     assert Route("fd03::/64", gateway="fe80::1", device="e0", table=1000) in owned
 
 
-def test_routes_through_unknown_devices_are_skipped() -> None:
+def test_routes_through_unknown_devices_are_blocks() -> None:
     without_d0 = {index: name for index, name in NAMES.items() if name != "d0"}
     decoded = [codec.decode_route(msg, without_d0) for msg in dump("route4")]
-    assert all(route is None or route.device != "d0" for route in decoded)
-    assert any(route is not None and route.device == "e0" for route in decoded)
+    routes = [route for route in decoded if isinstance(route, Route)]
+    assert all(route.device != "d0" for route in routes)
+    assert any(route.device == "e0" for route in routes)
+    # what went through d0 still stands where it stands: k3snet cannot name its device
+    assert any(isinstance(b, RouteBlock) and b.what == "unnamed device" for b in decoded)
 
 
 def test_table_dump_request_is_honoured() -> None:
@@ -219,7 +231,7 @@ def _round_trip(route: Route) -> Route | None:
 
 def test_recorded_routes_round_trip() -> None:
     routes = [route for name in ("route4", "route6") for msg in dump(name)
-              if (route := codec.decode_route(msg, NAMES)) is not None]
+              if isinstance(route := codec.decode_route(msg, NAMES), Route)]
     assert [_round_trip(route) for route in routes] == routes
 
 

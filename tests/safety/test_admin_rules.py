@@ -281,3 +281,45 @@ def test_nftables_foreign_chains_after_ours_change_nothing_and_are_never_touched
         backend.apply(plan(backend.observe(), more))
         assert plan(backend.observe(), more).empty
     assert _nft_rules(ns, "aftr") == before
+
+
+# An admin's route that k3snet cannot model, at the destination a spec wants routed.
+UNMODELLED_ROUTES = {
+    "multipath": (["route", "add", "10.9.1.0/24", "nexthop", "via", "192.168.1.1", "dev",
+                   "eth0", "nexthop", "via", "192.168.1.2", "dev", "eth0"],
+                  "multipath, nexthop-object, encap or via"),
+    "nexthop object": (["route", "add", "10.9.1.0/24", "nhid", "7"],
+                       "multipath, nexthop-object, encap or via"),
+    "blackhole": (["route", "add", "blackhole", "10.9.1.0/24"], "blackhole"),
+    "unreachable, k3snet's protocol": (["route", "add", "unreachable", "10.9.1.0/24", "proto",
+                                        "211"], "unreachable"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNMODELLED_ROUTES))
+def test_an_admin_route_k3snet_cannot_model_is_a_conflict_naming_it(ns: str, case: str) -> None:
+    from k3snet.backends.netlink import NetlinkBackend  # noqa: PLC0415 - this test only
+    from k3snet.model import Route, RouteBlock  # noqa: PLC0415
+
+    for argv in (["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+                 ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "eth1", "up"],
+                 ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"],
+                 ["ip", "nexthop", "add", "id", "7", "via", "192.168.1.1", "dev", "eth0"]):
+        run_in(ns, argv)
+    argv, what = UNMODELLED_ROUTES[case]
+    run_in(ns, ["ip", *argv])
+    before = json.loads(run_in(ns, ["ip", "-j", "route", "show", "table", "all"]).stdout)
+    route = Route("10.9.1.0/24", gateway="192.168.1.1", device="eth0")
+    wanted = State(owned=[route])
+    with NetlinkBackend(ns) as backend:
+        observed = backend.observe()
+        assert not any(isinstance(o, RouteBlock) for o in observed.owned)
+        p = plan(observed, wanted)
+        assert p.empty, p.render()
+        [note] = p.conflicts
+        assert isinstance(note.foreign, RouteBlock)
+        assert note.foreign.what == what
+        assert f"! {route.describe()}" in p.render()
+        backend.apply(p)  # nothing to do: the admin's route stays
+    after = json.loads(run_in(ns, ["ip", "-j", "route", "show", "table", "all"]).stdout)
+    assert after == before

@@ -4,9 +4,12 @@ Routes
     k3snet's routes carry a route protocol number of their own
     (:data:`~k3snet.model.route.K3SNET_ROUTE_PROTOCOL`, 211): ``observe`` reports
     those as owned and every other unicast route it can model (``kernel``, ``boot``,
-    ``static``, ``bird``, ``dhcp``, flannel's ...) as foreign. Route types other
-    than unicast, the ``local`` table, cached clones, multipath, nexthop-object,
-    source-specific and TOS routes cannot be modelled and are skipped.
+    ``static``, ``bird``, ``dhcp``, flannel's ...) as foreign. A route it cannot
+    model (another type than unicast, multipath, nexthop-object, encap, ``via``,
+    through a device it cannot name) is a foreign
+    :class:`~k3snet.model.RouteBlock` where it stands, so that a wanted route
+    there is a conflict; the ``local`` table, cached clones, source-specific and
+    TOS routes are left out.
 
     Writes are plain rtnetlink requests: an add is ``RTM_NEWROUTE`` with
     ``NLM_F_CREATE | NLM_F_EXCL`` (the kernel refuses to overwrite anything), a
@@ -99,7 +102,7 @@ from k3snet.errors import (
 )
 from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network
-from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock
 from k3snet.model.state import State
 from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Change, Plan
@@ -359,14 +362,15 @@ class NetlinkBackend(BackendBase):
         links = {link.name: link for link in by_index.values()}
         addresses = self._driver.addresses()
         owned = dict(view.owned)
-        taken = {r.key: r for r in view.foreign}
+        taken = {_slot(r): r for r in view.foreign}
         local = {iface.ip for ifaces in addresses.values() for iface in ifaces}
         on_link: dict[str, list[Network]] = {}
         for index, ifaces in addresses.items():
             if index in by_index:
                 on_link.setdefault(by_index[index].name, []).extend(i.network for i in ifaces)
         for route in (*view.owned.values(), *view.foreign):
-            if route.gateway is None and route.device is not None and route.scope != "host":
+            if (isinstance(route, Route) and route.gateway is None and route.device is not None
+                    and route.scope != "host"):
                 on_link.setdefault(route.device, []).append(route.destination)
         for change in changes:
             after = change.after
@@ -398,7 +402,7 @@ class NetlinkBackend(BackendBase):
         owned: list[NetObject] = []
         foreign: list[NetObject] = []
         problems: list[str] = []
-        shared: dict[tuple[Any, ...], Route] = {}
+        shared: dict[tuple[Any, ...], Route | RouteBlock] = {}
         observed = self._observed
         if (view is not None and not sysctls and observed is not None
                 and observed[0] == self._routes.version):
@@ -406,7 +410,7 @@ class NetlinkBackend(BackendBase):
             problems += fit_problems(self, plan, observed[1])
             if any(c.action == "replace" for c in routes):
                 keys = {c.subject.key for c in routes}
-                shared = {r.key: r for r in view.foreign if r.key in keys}
+                shared = {_slot(r): r for r in view.foreign if _slot(r) in keys}
             for change in routes:
                 problems += self._refusal(change, shared)
             return problems, []
@@ -416,7 +420,7 @@ class NetlinkBackend(BackendBase):
             foreign += [c.before for c in routes
                         if c.before is not None and c.before in view.foreign]
             if any(c.action == "replace" for c in routes):
-                shared = {r.key: r for r in view.foreign if r.key in keys}
+                shared = {_slot(r): r for r in view.foreign if _slot(r) in keys}
         missing: list[tuple[Change, str]] = []
         if sysctls:
             found_owned, found_foreign, missing = self._touched_sysctls(sysctls)
@@ -427,7 +431,8 @@ class NetlinkBackend(BackendBase):
             problems += self._refusal(change, shared)
         return problems, missing
 
-    def _refusal(self, change: Change, shared: Mapping[tuple[Any, ...], Route]) -> list[str]:
+    def _refusal(self, change: Change,
+                 shared: Mapping[tuple[Any, ...], Route | RouteBlock]) -> list[str]:
         """What only this backend refuses in a route change (empty when it is fine)."""
         problems: list[str] = []
         clash = shared.get(change.subject.key) if change.action == "replace" else None
@@ -690,3 +695,8 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
             problems.append(f"{change}: gateway {gateway} is not on-link on {where} "
                             "(not inside a connected prefix)")
     return problems
+
+
+def _slot(route: Route | RouteBlock) -> tuple[Any, ...]:
+    """Where the kernel holds ``route`` (table, destination, metric): a Route's key."""
+    return route.slot if isinstance(route, RouteBlock) else route.key

@@ -22,7 +22,7 @@ import attrs
 
 from k3snet.errors import ModelError
 from k3snet.model.cidr import Address, Network
-from k3snet.model.route import Route, RouteScope
+from k3snet.model.route import Route, RouteBlock, RouteScope
 from k3snet.planner import Change
 
 __all__ = [
@@ -131,7 +131,12 @@ SCOPE_NAMES: Final[Mapping[int, RouteScope]] = {0: "universe", 253: "link", 254:
 FAMILY_CODES: Final[Mapping[int, int]] = {4: socket.AF_INET, 6: socket.AF_INET6}
 UNMODELLED_ATTRS: Final = frozenset({RTA_SRC, RTA_IIF, RTA_MULTIPATH, RTA_VIA, RTA_ENCAP,
                                      RTA_NH_ID})
-"""Route attributes the Route model has no field for: a route carrying one is skipped."""
+"""Route attributes the Route model has no field for: a route carrying one is a
+:class:`~k3snet.model.RouteBlock`."""
+ROUTE_TYPES: Final[Mapping[int, str]] = {
+    2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole",
+    7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat", 11: "xresolve"}
+"""rtnetlink route types other than unicast, by the names ``ip route`` gives them."""
 
 
 class NetlinkError(OSError):
@@ -271,33 +276,47 @@ def address_dump_request(family: int) -> bytes:
 def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, flags: int,
              scope: int, protocol: int, table: int, dst: int, gateway: Address | None,
              oif: int | None, metric: int, unmodelled: bool,
-             names: Mapping[int, str]) -> Route | None:
-    """The Route a decoded ``RTM_NEWROUTE`` describes, or ``None`` if it cannot be modelled.
+             names: Mapping[int, str]) -> Route | RouteBlock | None:
+    """The Route a decoded ``RTM_NEWROUTE`` describes; a RouteBlock when it stands at a
+    destination but cannot be modelled; ``None`` when it stands at none k3snet writes.
 
     The one place that says which kernel routes k3snet models; both drivers decode
     their messages into these fields (``dst``: the destination as an integer, 0
     without ``RTA_DST``; ``unmodelled``: an attribute the model has no field for).
-    Not modelled: route types other than unicast, the ``local`` table, cached
-    clones, source-specific and TOS routes, multipath, nexthop-object, encap and
-    ``via`` routes, routes through a device not in ``names``.
+    Not modelled, a :class:`~k3snet.model.RouteBlock` (what it is, where it is):
+    route types other than unicast, multipath, nexthop-object, encap and ``via``
+    routes, routes through a device not in ``names`` or that the model refuses.
+    Left out: the ``local`` table, cached clones, source-specific and TOS routes
+    (each in a place of the kernel's tables no route of k3snet's takes).
     """
-    if (kind != RTN_UNICAST or src_len or tos or flags & RTM_F_CLONED or unmodelled
+    if (src_len or tos or flags & RTM_F_CLONED or table in (0, RT_TABLE_LOCAL)
             or family not in (socket.AF_INET, socket.AF_INET6)):
         return None
-    scope_name = SCOPE_NAMES.get(scope)
-    if table in (0, RT_TABLE_LOCAL) or scope_name is None:
-        return None
-    device: str | None = None
-    if oif is not None:
-        device = names.get(oif)
-        if device is None:
-            return None
     try:
         destination: Network = (ipaddress.IPv4Network((dst, dst_len)) if family == socket.AF_INET
                                 else ipaddress.IPv6Network((dst, dst_len)))
-        return Route(destination, gateway=gateway, device=device, table=table, metric=metric,
-                     scope=scope_name, protocol=protocol)
-    except (ModelError, ValueError):  # a name or value the model refuses: not ours to manage
+    except ValueError:
+        return None
+    scope_name = SCOPE_NAMES.get(scope)
+    device = None if oif is None else names.get(oif)
+    what: str | None = None
+    if kind != RTN_UNICAST:
+        what = ROUTE_TYPES.get(kind, f"type {kind}")
+    elif unmodelled:
+        what = "multipath, nexthop-object, encap or via"
+    elif scope_name is None:
+        what = f"scope {scope}"
+    elif oif is not None and device is None:
+        what = "unnamed device"
+    else:
+        try:
+            return Route(destination, gateway=gateway, device=device, table=table,
+                         metric=metric, scope=scope_name, protocol=protocol)
+        except (ModelError, ValueError):  # a name or value the model refuses
+            what = "unmodelled"
+    try:
+        return RouteBlock(destination, table=table, metric=metric, what=what, protocol=protocol)
+    except (ModelError, ValueError):
         return None
 
 
@@ -323,8 +342,9 @@ def expected_routes(routes: Iterable[Route]) -> dict[RouteShape, Route]:
 
 
 def decode_route(msg: bytes, names: Mapping[int, str],
-                 expected: Mapping[RouteShape, Route] | None = None) -> Route | None:
-    """The Route a raw ``RTM_NEWROUTE`` message describes, or ``None`` (see :func:`route_of`).
+                 expected: Mapping[RouteShape, Route] | None = None,
+                 ) -> Route | RouteBlock | None:
+    """What a raw ``RTM_NEWROUTE`` message describes, as :func:`route_of` says.
 
     With ``expected`` (:func:`expected_routes`), a message that is exactly one of
     those routes' is that Route, taken without building a new one.

@@ -14,7 +14,7 @@ from typing import Final, Protocol
 
 from k3snet.backends.netlink.codec import Interface, Link, NetlinkError
 from k3snet.backends.netns import NetnsRunner
-from k3snet.model.route import Route
+from k3snet.model.route import Route, RouteBlock
 from k3snet.planner import Change
 
 __all__ = ["DUMP_RETRIES", "DriverFactory", "RouteDriver"]
@@ -49,8 +49,10 @@ class RouteDriver(Protocol):
         """The namespace's IPv4 and IPv6 addresses by link index."""
         ...
 
-    def routes(self, tables: frozenset[int] | None, names: Mapping[int, str]) -> list[Route]:
-        """The modellable routes of ``tables`` (``None``: all), both families.
+    def routes(self, tables: frozenset[int] | None,
+               names: Mapping[int, str]) -> Sequence[Route | RouteBlock]:
+        """The routes of ``tables`` (``None``: all), both families: each a Route, or a
+        RouteBlock where a route stands that k3snet cannot model (:func:`~.codec.route_of`).
 
         Optional: a driver with ``reads_expected = True`` also takes ``expected=``,
         routes by the fields of their message (:func:`~.codec.expected_routes`), and

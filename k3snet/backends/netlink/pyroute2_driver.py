@@ -56,7 +56,7 @@ from k3snet.backends.netlink.driver import DUMP_RETRIES
 from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import BackendError
 from k3snet.model.cidr import Address
-from k3snet.model.route import Route
+from k3snet.model.route import Route, RouteBlock
 from k3snet.planner import Change
 
 __all__ = ["Pyroute2Driver"]
@@ -96,8 +96,8 @@ def _address(family: int, text: str | None) -> Address | None:
             else ipaddress.IPv6Address(text))
 
 
-def _route_from(msg: Any, names: Mapping[int, str]) -> Route | None:
-    """The Route a pyroute2 ``rtmsg`` describes, or ``None`` if it cannot be modelled."""
+def _route_from(msg: Any, names: Mapping[int, str]) -> Route | RouteBlock | None:
+    """What a pyroute2 ``rtmsg`` describes, as :func:`~.codec.route_of` says."""
     family = msg["family"]
     if family not in (socket.AF_INET, socket.AF_INET6):
         return None
@@ -226,11 +226,13 @@ class Pyroute2Driver:
 
         return self._run(job)
 
-    def routes(self, tables: frozenset[int] | None, names: Mapping[int, str]) -> list[Route]:
-        """The modellable routes of ``tables`` (``None``: all), one dump per family."""
+    def routes(self, tables: frozenset[int] | None,
+               names: Mapping[int, str]) -> list[Route | RouteBlock]:
+        """The routes of ``tables`` (``None``: all), one dump per family
+        (:meth:`~.driver.RouteDriver.routes`)."""
 
-        def job(ipr: Any) -> list[Route]:
-            found: list[Route] = []
+        def job(ipr: Any) -> list[Route | RouteBlock]:
+            found: list[Route | RouteBlock] = []
             for family in (socket.AF_INET, socket.AF_INET6):
                 # pyroute2 filters by table after the dump anyway: filter here, once.
                 for msg in self._dump(ipr, ipr.route, family=family):

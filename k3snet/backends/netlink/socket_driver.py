@@ -52,7 +52,7 @@ from k3snet.backends.netlink.codec import (
 )
 from k3snet.backends.netlink.driver import DUMP_RETRIES
 from k3snet.backends.netns import NetnsRunner
-from k3snet.model.route import Route
+from k3snet.model.route import Route, RouteBlock
 from k3snet.planner import Change
 
 __all__ = ["SocketDriver", "open_monitor", "open_socket_driver"]
@@ -157,10 +157,12 @@ class SocketDriver:
     """:meth:`routes` takes ``expected`` (see :class:`~.driver.RouteDriver`)."""
 
     def routes(self, tables: frozenset[int] | None, names: Mapping[int, str],
-               expected: Mapping[RouteShape, Route] | None = None) -> list[Route]:
-        """The modellable routes of ``tables`` (``None``: all), both families; a route of
-        ``expected`` (:func:`~.codec.expected_routes`) is returned as that very object."""
-        found: list[Route] = []
+               expected: Mapping[RouteShape, Route] | None = None,
+               ) -> list[Route | RouteBlock]:
+        """The routes of ``tables`` (``None``: all), both families
+        (:meth:`~.driver.RouteDriver.routes`); a route of ``expected``
+        (:func:`~.codec.expected_routes`) is returned as that very object."""
+        found: list[Route | RouteBlock] = []
         # With strict checking the kernel filters by table itself: one dump per table.
         chosen: Iterable[int | None] = sorted(tables) if tables else (None,)
         for family in (socket.AF_INET, socket.AF_INET6):

@@ -31,7 +31,7 @@ from k3snet.backends.netlink.codec import (
     header_of,
 )
 from k3snet.backends.netlink.driver import RouteDriver
-from k3snet.model.route import Route
+from k3snet.model.route import Route, RouteBlock
 
 __all__ = ["RouteCache", "RouteView"]
 
@@ -41,7 +41,7 @@ class RouteView:
     """Routes in the observed tables: owned by key, foreign as a set."""
 
     owned: dict[tuple[Any, ...], Route]
-    foreign: set[Route]
+    foreign: set[Route | RouteBlock]
 
 
 class RouteCache:
@@ -119,8 +119,10 @@ class RouteCache:
                     self._sort_into(view, route)
         return view
 
-    def _sort_into(self, view: RouteView, route: Route) -> None:
-        if route.protocol == self.protocol and route.key not in view.owned:
+    def _sort_into(self, view: RouteView, route: Route | RouteBlock) -> None:
+        # A RouteBlock is never k3snet's, whatever its protocol: k3snet never writes one.
+        if (isinstance(route, Route) and route.protocol == self.protocol
+                and route.key not in view.owned):
             view.owned[route.key] = route
         else:  # foreign, or a second k3snet route in one slot (ip route append): not ours
             view.foreign.add(route)
@@ -150,7 +152,8 @@ class RouteCache:
             return
         # No links() here: it would drain notifications inside this loop.
         route = decode_route(msg, self._names)
-        if route is None or route.protocol != self.protocol or not self.in_scope(route.table):
+        if (not isinstance(route, Route) or route.protocol != self.protocol
+                or not self.in_scope(route.table)):
             self._stale()
         elif kind == RTM_NEWROUTE:
             view.owned[route.key] = route
