@@ -32,7 +32,7 @@ from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network, aggregate, parse_network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
-from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteScope
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock, RouteScope
 from k3snet.model.state import KINDS, State
 from k3snet.model.sysctl import Sysctl
 from k3snet.spec import (
@@ -61,6 +61,7 @@ __all__ = [
     "networks",
     "objects",
     "replacements",
+    "route_blocks",
     "routes",
     "snat_rules",
     "specs",
@@ -769,6 +770,44 @@ def foreign_routes(
     return build()
 
 
+def route_blocks(family: int | None = None, *,
+                 cluster: Cluster = _K3S) -> SearchStrategy[RouteBlock]:
+    """Routes other software writes that the Route model cannot hold, as the netlink
+    backend reports them (:class:`~k3snet.model.RouteBlock`).
+
+    ``bird`` / ``static``: a multipath (ECMP) route to a prefix, in the main or
+    another table; ``bird``: Calico's blackhole of a pod block (a /26 of the
+    cluster's pod CIDR; IPv6 a /122); ``static``: an ``unreachable`` fallback at the
+    highest metric.
+    """
+    _check_family(family)
+    if not isinstance(cluster, Cluster):
+        raise ModelError(f"route_blocks needs a k3snet.spec.Cluster, got {cluster!r}")
+
+    @st.composite
+    def build(draw: st.DrawFn) -> RouteBlock:
+        version = draw(families(family))
+        shape = draw(_BLOCK_SHAPES)
+        pods = [n for n in cluster.pod_cidrs if n.version == version]
+        if shape == "blackhole" and pods:
+            block = 26 if version == 4 else 122
+            subnet = draw(networks(within=pods[0], min_prefix=max(pods[0].prefixlen, block),
+                                   max_prefix=max(pods[0].prefixlen, block)))
+            return RouteBlock(subnet, what="blackhole", protocol="bird")
+        far = draw(networks(version, min_prefix=16 if version == 4 else 48,
+                            max_prefix=28 if version == 4 else 112))
+        if shape == "unreachable":
+            return RouteBlock(far, what="unreachable", metric=2**32 - 1, protocol="static")
+        return RouteBlock(far, what="multipath, nexthop-object, encap or via",
+                          protocol=draw(pick(("bird", "static"))),
+                          table=draw(pick((254, 100))))
+
+    return build()
+
+
+_BLOCK_SHAPES = st.sampled_from(("multipath", "blackhole", "unreachable"))
+
+
 def cni_rules(cluster: Cluster = _K3S) -> SearchStrategy[MasqueradeRule | ForwardRule]:
     """The NAT and FORWARD rules flannel (as K3s runs it) writes for ``cluster``'s pod CIDRs.
 
@@ -793,12 +832,14 @@ def cni_rules(cluster: Cluster = _K3S) -> SearchStrategy[MasqueradeRule | Forwar
 def foreign_objects(family: int | None = None, *,
                     cluster: Cluster = _K3S) -> SearchStrategy[NetObject]:
     """What a K3s node holds besides k3snet's objects: :func:`foreign_routes`,
-    :func:`cni_rules` and sysctls with the values a node boots with.
+    :func:`route_blocks`, :func:`cni_rules` and sysctls with the values a node boots
+    with.
 
     For ``states(foreign=foreign_objects())`` and ``state_pairs(foreign=...)``.
     """
     _check_family(family)
     parts: list[SearchStrategy[NetObject]] = [foreign_routes(family, cluster=cluster),
+                                              route_blocks(family, cluster=cluster),
                                               sysctls(values=("0", "1"))]
     pods = [n for n in cluster.pod_cidrs if family is None or n.version == family]
     if pods:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from k3snet import Spec, plan
 from k3snet.errors import ModelError
-from k3snet.model import ForwardRule, MasqueradeRule, Route, State
+from k3snet.model import ForwardRule, MasqueradeRule, Route, RouteBlock, State, object_from_dict
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, protocol_name
 from k3snet.spec import Cluster
 from k3snet.testing import strategies as ks
@@ -152,11 +152,25 @@ def test_every_foreign_shape_is_drawn() -> None:
     def collect(obj: object) -> None:
         if isinstance(obj, Route):
             seen.add(str(protocol_name(obj.protocol)))
+        elif isinstance(obj, RouteBlock):
+            seen.add(obj.what)
         else:
             seen.add(type(obj).__name__)
 
     collect()
-    assert seen >= {*ks.FOREIGN_ROUTE_PROTOCOLS, "MasqueradeRule", "ForwardRule", "Sysctl"}
+    assert seen >= {*ks.FOREIGN_ROUTE_PROTOCOLS, "MasqueradeRule", "ForwardRule", "Sysctl",
+                    "multipath, nexthop-object, encap or via", "blackhole", "unreachable"}
+
+
+@given(ks.route_blocks(cluster=Cluster(pod_cidrs=["10.42.0.0/16", "fd42::/56"])))
+def test_route_blocks_have_the_shape_their_writer_gives_them(block: RouteBlock) -> None:
+    assert object_from_dict(block.to_dict()) == block
+    if block.what == "blackhole":  # Calico's pod blocks
+        assert block.destination.prefixlen == (26 if block.family == 4 else 122)
+        assert str(protocol_name(block.protocol)) == "bird"
+    wanted = Route(block.destination, gateway="192.168.1.1" if block.family == 4 else "fd01::1",
+                   table=block.table)
+    assert plan(State(foreign=[block]), State(owned=[wanted])).conflicts
 
 
 FLANNEL = {MasqueradeRule("10.42.0.0/16", exclude=["10.42.0.0/16", "224.0.0.0/4"],
