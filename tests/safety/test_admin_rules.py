@@ -296,8 +296,10 @@ UNMODELLED_ROUTES = {
 }
 
 
+@pytest.mark.parametrize("driver", ["socket", "pyroute2"])
 @pytest.mark.parametrize("case", list(UNMODELLED_ROUTES))
-def test_an_admin_route_k3snet_cannot_model_is_a_conflict_naming_it(ns: str, case: str) -> None:
+def test_an_admin_route_k3snet_cannot_model_is_a_conflict_naming_it(
+        ns: str, case: str, driver: str) -> None:
     from k3snet.backends.netlink import NetlinkBackend  # noqa: PLC0415 - this test only
     from k3snet.model import Route, RouteBlock  # noqa: PLC0415
 
@@ -311,7 +313,7 @@ def test_an_admin_route_k3snet_cannot_model_is_a_conflict_naming_it(ns: str, cas
     before = json.loads(run_in(ns, ["ip", "-j", "route", "show", "table", "all"]).stdout)
     route = Route("10.9.1.0/24", gateway="192.168.1.1", device="eth0")
     wanted = State(owned=[route])
-    with NetlinkBackend(ns) as backend:
+    with NetlinkBackend(ns, driver=driver) as backend:  # type: ignore[arg-type]
         observed = backend.observe()
         assert not any(isinstance(o, RouteBlock) for o in observed.owned)
         p = plan(observed, wanted)
