@@ -21,8 +21,8 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["code_identity", "prune", "read_trusted", "state_directory", "trusted",
-           "write_atomic"]
+__all__ = ["code_identity", "prune", "read_trusted", "replace_atomically", "state_directory",
+           "trusted", "untrusted", "write_atomic"]
 
 
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
@@ -55,8 +55,8 @@ def code_identity(directories: Iterable[Path]) -> str:
 
 
 def trusted(info: os.stat_result) -> bool:
-    """Owned by us (root on a node) and writable by nobody else."""
-    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    """Owned by us (root on a node) and writable by nobody else (:func:`untrusted`)."""
+    return untrusted(info) is None
 
 
 def read_trusted(file: Path, limit: int) -> bytes | None:
@@ -83,12 +83,22 @@ def write_atomic(file: Path, text: str | bytes, prefix: str) -> bool:
     """Replace ``file`` by ``text`` atomically (its directory made 0700 if missing, and
     only if it is :func:`trusted`); whether it was written."""
     try:
-        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not trusted(os.lstat(file.parent)):
-            return False
-        fd, tmp = _temporary(file.parent, prefix)
+        replace_atomically(file, text, prefix, mode=0o700)
     except OSError:
         return False
+    return True
+
+
+def replace_atomically(file: Path, text: str | bytes, prefix: str, *, mode: int) -> None:
+    """Replace ``file`` by ``text`` atomically (a 0600 temporary file, never one that was
+    there, then ``os.replace``), its directory made with ``mode`` if missing;
+    :class:`PermissionError` naming why when that directory is not :func:`trusted`,
+    :class:`OSError` when the write fails (nothing is then changed)."""
+    file.parent.mkdir(mode=mode, parents=True, exist_ok=True)
+    why = untrusted(os.lstat(file.parent))
+    if why is not None:
+        raise PermissionError(f"{file.parent} is {why}")
+    fd, tmp = _temporary(file.parent, prefix)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(text.encode() if isinstance(text, str) else text)
@@ -96,8 +106,16 @@ def write_atomic(file: Path, text: str | bytes, prefix: str) -> bool:
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        return False
-    return True
+        raise
+
+
+def untrusted(info: os.stat_result) -> str | None:
+    """Why a file or directory is not :func:`trusted` (``None`` when it is)."""
+    if info.st_uid != os.geteuid():
+        return f"owned by uid {info.st_uid}, not {os.geteuid()}"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by {'others' if info.st_mode & stat.S_IWOTH else 'its group'}"
+    return None
 
 
 def _temporary(directory: Path, prefix: str) -> tuple[int, Path]:

@@ -11,14 +11,17 @@ calling thread's namespace.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
 
+from k3snet._kept import replace_atomically, untrusted
 from k3snet.backends.netns import netns_path
 from k3snet.errors import BackendError, ModelError
 from k3snet.model.sysctl import Sysctl
@@ -34,6 +37,7 @@ __all__ = [
 
 _STATE_FILE = "sysctl.json"
 _STATE_FORMAT = 1
+_MAX_STATE_BYTES = 1 << 20  # a few hundred sysctls at most: a bigger file is corrupt
 
 
 
@@ -104,13 +108,16 @@ class SysctlStore:
         self.identity = identity
 
     def load(self) -> SysctlState:
-        """The file's content (empty when absent or left by another namespace)."""
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
+        """The file's content (empty when absent or left by another namespace).
+
+        It says which sysctls k3snet owns and what to write back into them, so it is
+        read only when it and its directory are k3snet's (owned by the effective user,
+        writable by nobody else: :func:`k3snet._kept.trusted`), and never through a
+        link; otherwise :class:`~k3snet.errors.BackendError` names the file and why.
+        """
+        text = self._read()
+        if text is None:
             return SysctlState()
-        except OSError as exc:
-            raise BackendError(f"cannot read the sysctl state file {self.path}: {exc}") from exc
         try:
             data = json.loads(text)
             if data.get("format") != _STATE_FORMAT:
@@ -128,8 +135,31 @@ class SysctlStore:
             ) from exc
         return SysctlState(owned, released)
 
+    def _read(self) -> str | None:
+        """The file's text, ``None`` when there is none (see :meth:`load`)."""
+        try:
+            why = untrusted(os.lstat(self.directory))
+            fd = None if why else os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            problem = "not a regular file (a link)" if exc.errno == errno.ELOOP else str(exc)
+            raise BackendError(f"cannot read the sysctl state file {self.path}: "
+                               f"{problem}") from exc
+        if fd is None:
+            raise BackendError(f"the directory of the sysctl state file {self.path} is {why}: "
+                               "k3snet takes which sysctls it owns only from a file of its own")
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            why = "not a regular file" if not stat.S_ISREG(info.st_mode) else untrusted(info)
+            if why is not None:
+                raise BackendError(f"the sysctl state file {self.path} is {why}: k3snet takes "
+                                   "which sysctls it owns only from a file of its own")
+            return handle.read(_MAX_STATE_BYTES).decode(errors="replace")
+
     def save(self, state: SysctlState) -> None:
-        """Write ``state`` atomically (a temporary file renamed into place)."""
+        """Write ``state`` atomically (a new temporary file renamed into place), into a
+        directory that is k3snet's only (see :meth:`load`)."""
         data = {
             "format": _STATE_FORMAT,
             "namespace": self.namespace,
@@ -139,10 +169,8 @@ class SysctlStore:
             "released": sorted(state.released),
         }
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-            temporary = self.path.with_name(f".{_STATE_FILE}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-            os.replace(temporary, self.path)
+            replace_atomically(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n",
+                               f".{_STATE_FILE}.", mode=0o755)
         except OSError as exc:
             raise BackendError(f"cannot write the sysctl state file {self.path}: {exc}") from exc
 
@@ -151,7 +179,8 @@ class SysctlStore:
         """Serialise applies on this namespace's sysctls (between processes)."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-            fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.directory / "lock",
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise BackendError(f"cannot lock {self.directory}: {exc}") from exc
         try:

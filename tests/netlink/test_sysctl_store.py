@@ -1,0 +1,88 @@
+"""The sysctl state file says which sysctls k3snet owns and what to write back: trusted only
+from k3snet's own user, as the spec cache and the kept read are, and written safely.
+
+It is authoritative, not a shortcut: where the spec cache and the kept read skip an
+untrusted file, the store refuses to go on, naming the file. No root needed but to
+give a file to another user (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.netlink.sysctls import SysctlState, SysctlStore
+from k3snet.errors import BackendError
+
+IDENTITY = "1:2"
+
+
+def store(directory: Path) -> SysctlStore:
+    return SysctlStore(directory, "lab", IDENTITY)
+
+
+def planted(directory: Path, owned: dict[str, object]) -> Path:
+    """A state file with ``owned`` as another writer would put it."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    path = directory / "sysctl.json"
+    path.write_text(json.dumps({"format": 1, "identity": IDENTITY, "owned": owned}))
+    path.chmod(0o600)
+    return path
+
+
+OWNED = {"net.ipv4.ip_forward": {"value": "1", "previous": "0"}}
+
+
+def test_a_state_file_round_trips_in_a_directory_of_its_own(tmp_path: Path) -> None:
+    kept = store(tmp_path / "state")
+    kept.save(SysctlState({"net.ipv4.ip_forward": ("1", "0")}, {"net.ipv4.conf.all.rp_filter"}))
+    assert kept.load() == SysctlState({"net.ipv4.ip_forward": ("1", "0")},
+                                      {"net.ipv4.conf.all.rp_filter"})
+    assert (tmp_path / "state" / "sysctl.json").stat().st_mode & 0o077 == 0
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["sysctl.json"]
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o777, 0o1777])
+def test_a_state_file_in_a_directory_others_can_write_is_refused(tmp_path: Path,
+                                                                 mode: int) -> None:
+    directory = tmp_path / "shared"
+    planted(directory, OWNED)
+    directory.chmod(mode)
+    with pytest.raises(BackendError, match="writable by"):
+        store(directory).load()
+    with pytest.raises(BackendError, match="writable by"):
+        store(directory).save(SysctlState())
+    assert json.loads((directory / "sysctl.json").read_text())["owned"] == OWNED
+
+
+def test_a_state_file_others_can_write_is_refused(tmp_path: Path) -> None:
+    path = planted(tmp_path / "state", OWNED)
+    path.chmod(0o666)
+    with pytest.raises(BackendError, match="writable by"):
+        store(tmp_path / "state").load()
+
+
+def test_a_state_file_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = planted(tmp_path / "elsewhere", OWNED)
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "sysctl.json").symlink_to(elsewhere)
+    with pytest.raises(BackendError, match="not a regular file"):
+        store(tmp_path / "state").load()
+
+
+def test_a_state_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    path = planted(tmp_path / "state", OWNED)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(BackendError, match="owned by uid 65534"):
+        store(tmp_path / "state").load()
+
+
+def test_no_state_file_is_no_sysctl_owned(tmp_path: Path) -> None:
+    assert store(tmp_path / "absent").load() == SysctlState()
+    (tmp_path / "empty").mkdir(mode=0o700)
+    assert store(tmp_path / "empty").load() == SysctlState()
