@@ -16,7 +16,7 @@ from referencing import Registry, Resource
 from k3snet import MemoryBackend, Plan, State, plan, register_backend
 from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
-from k3snet.model import Drift, MasqueradeRule, Route, SnatRule, Sysctl
+from k3snet.model import Drift, MasqueradeRule, Route, RouteBlock, SnatRule, Sysctl
 from k3snet.schemas import SCHEMA_NAMES, load_schema
 from k3snet.testing import strategies
 
@@ -47,6 +47,14 @@ def test_the_schemas_are_valid_schemas() -> None:
 @given(strategies.objects())
 def test_every_object_the_strategies_draw_validates(obj: Any) -> None:
     validate(obj.to_dict(), "object")
+
+
+@settings(deadline=None)
+@given(strategies.route_blocks())
+def test_every_route_block_validates_and_a_wrong_field_does_not(block: RouteBlock) -> None:
+    validate(block.to_dict(), "object")
+    with pytest.raises(jsonschema.ValidationError):
+        validate(block.to_dict() | {"gateway": "192.0.2.1"}, "object")
 
 
 def test_drift_and_protocol_names_validate() -> None:
