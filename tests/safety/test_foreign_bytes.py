@@ -108,7 +108,7 @@ def test_iptables_such_a_rule_inside_k3snet_chain_is_drift_and_its_repair_delete
                     f"iptables.mode={mode}")
         assert shown.returncode == 0, shown.stderr
         repair = plan(observed, DESIRED)
-        repair.render().encode("utf-8", "backslashreplace")
+        repair.render().encode("utf-8")  # every text quoted from the kernel is printable
         backend.apply(repair)
         assert saved(ns, mode) == ours  # the kernel's view: that rule alone is gone
         assert plan(backend.observe(), DESIRED).empty

@@ -139,23 +139,26 @@ class SysctlStore:
         """The file's text, ``None`` when there is none (see :meth:`load`)."""
         try:
             why = untrusted(os.lstat(self.directory))
-            fd = None if why else os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if why is not None:
+                raise self._untrusted(f"the directory of the sysctl state file {self.path}", why)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
             problem = "not a regular file (a link)" if exc.errno == errno.ELOOP else str(exc)
             raise BackendError(f"cannot read the sysctl state file {self.path}: "
                                f"{problem}") from exc
-        if fd is None:
-            raise BackendError(f"the directory of the sysctl state file {self.path} is {why}: "
-                               "k3snet takes which sysctls it owns only from a file of its own")
         with os.fdopen(fd, "rb") as handle:
             info = os.fstat(handle.fileno())
             why = "not a regular file" if not stat.S_ISREG(info.st_mode) else untrusted(info)
             if why is not None:
-                raise BackendError(f"the sysctl state file {self.path} is {why}: k3snet takes "
-                                   "which sysctls it owns only from a file of its own")
+                raise self._untrusted(f"the sysctl state file {self.path}", why)
             return handle.read(_MAX_STATE_BYTES).decode(errors="replace")
+
+    @staticmethod
+    def _untrusted(subject: str, why: str) -> BackendError:
+        return BackendError(f"{subject} is {why}: k3snet takes which sysctls it owns only "
+                            "from a file of its own")
 
     def save(self, state: SysctlState) -> None:
         """Write ``state`` atomically (a new temporary file renamed into place), into a
