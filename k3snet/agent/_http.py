@@ -1,13 +1,45 @@
-"""``/healthz``, ``/readyz`` and ``/metrics`` on a small stdlib HTTP server in a thread."""
+"""``/healthz``, ``/readyz`` and ``/metrics``: a one-thread HTTP server no client can exhaust.
+
+The agent listens on the node's port (the DaemonSet uses the host network), which
+every pod of the node can reach. The standard library's threading server gives
+each connection a thread and waits on it for ever: 3 000 connections that sent
+half a request held 3 000 threads and 78 MiB, and kept them, so that any pod could
+walk the agent to its memory limit. This server instead:
+
+* runs one thread and a selector, however many clients connect;
+* holds at most ``max_connections``; one more closes the oldest that has not sent
+  its whole request (a probe sends its request as it connects and is answered at
+  once, so a flood of idle connections pushes out only its own);
+* closes a connection not answered and written within ``deadline`` seconds of its
+  accept (a client that sends a byte at a time, or never reads its answer);
+* reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
+* answers ``GET`` and ``HEAD``, one request a connection (``Connection: close``).
+"""
 
 from __future__ import annotations
 
-import http.server
+import http
+import logging
+import selectors
+import socket
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
 
-__all__ = ["HealthServer", "parse_listen"]
+__all__ = ["DEADLINE", "MAX_CONNECTIONS", "REQUEST_LIMIT", "HealthServer", "parse_listen"]
+
+MAX_CONNECTIONS = 64
+"""Connections held at once; one more closes the oldest still sending its request."""
+
+DEADLINE = 10.0
+"""Seconds from a connection's accept to its answer written; it is closed then."""
+
+REQUEST_LIMIT = 8192
+"""Bytes of request line and headers read before answering 431."""
+
+_TEXT = "text/plain; charset=utf-8"
+
+Route = Callable[[], tuple[int, bytes, str]]
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -18,48 +50,52 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - probes come from the kubelet
 
 
+class _Client:
+    """One accepted connection: what it sent so far, then what is left to write."""
+
+    __slots__ = ("answer", "request", "sock", "started")
+
+    def __init__(self, sock: socket.socket, started: float) -> None:
+        self.sock = sock
+        self.started = started
+        self.request = bytearray()
+        self.answer: memoryview | None = None
+
+
 class HealthServer:
     """Serves the agent's probes and metrics until :meth:`stop`.
 
     ``healthy`` and ``ready`` return ``(ok, reason)``; ``metrics`` returns the
     body and its content type. Port 0 picks a free port (see :attr:`port`).
+    ``max_connections`` and ``deadline`` bound what clients can hold (see the
+    module's text).
     """
 
     def __init__(self, host: str, port: int, *,
                  healthy: Callable[[], tuple[bool, str]],
                  ready: Callable[[], tuple[bool, str]],
-                 metrics: Callable[[], tuple[bytes, str]] | None) -> None:
-        routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+                 metrics: Callable[[], tuple[bytes, str]] | None,
+                 max_connections: int = MAX_CONNECTIONS,
+                 deadline: float = DEADLINE) -> None:
+        if max_connections < 1 or not deadline > 0:
+            raise ValueError("max_connections must be at least 1 and deadline above 0")
+        self._routes: dict[str, Route] = {
             "/healthz": lambda: _probe(healthy()),
             "/readyz": lambda: _probe(ready()),
         }
         if metrics is not None:
-            routes["/metrics"] = lambda: (200, *metrics())
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            server_version = "k3snet-agent"
-
-            def do_GET(self) -> None:
-                route = routes.get(self.path.split("?", 1)[0])
-                if route is None:
-                    status, body, ctype = 404, b"not found\n", "text/plain; charset=utf-8"
-                else:
-                    status, body, ctype = route()
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass  # probes every few seconds would drown the agent's own log
-
-        family_server = _server_class(host)
-        self._server = family_server((host, port), Handler)
+            self._routes["/metrics"] = lambda: (200, *metrics())
+        self._max = max_connections
+        self._deadline = deadline
+        self._listener = _listen(host, port)
         self.host = host
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="k3snet-agent-http", daemon=True)
+        self.port = int(self._listener.getsockname()[1])
+        self._clients: dict[int, _Client] = {}  # by file descriptor, in accept order
+        self._stopping = threading.Event()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._selector = selectors.DefaultSelector()
+        self._thread = threading.Thread(target=self._serve, name="k3snet-agent-http",
+                                        daemon=True)
 
     def start(self) -> HealthServer:
         """Start serving in a daemon thread; returns self."""
@@ -67,25 +103,168 @@ class HealthServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving, close every connection and the listening socket."""
+        self._stopping.set()
         if self._thread.is_alive():
-            self._server.shutdown()
+            self._wake_write.send(b"\0")
             self._thread.join(timeout=10)
-        self._server.server_close()
+        else:
+            self._close_all()
+        self._wake_read.close()
+        self._wake_write.close()
+
+    @property
+    def connections(self) -> int:
+        """How many client connections are held now."""
+        return len(self._clients)
+
+    # ------------------------------------------------------------ the loop
+
+    def _serve(self) -> None:
+        selector = self._selector
+        selector.register(self._listener, selectors.EVENT_READ)
+        selector.register(self._wake_read, selectors.EVENT_READ)
+        try:
+            while not self._stopping.is_set():
+                for key, _events in selector.select(self._wait()):
+                    if key.fileobj is self._listener:
+                        self._accept()
+                    elif key.data is not None:
+                        self._turn(key.data)
+                self._expire()
+        except Exception:  # the probes stop answering: the liveness probe restarts the agent
+            logging.getLogger("k3snet.agent").exception("the health server stopped")
+        finally:
+            self._close_all()
+
+    def _wait(self) -> float | None:
+        """Seconds until the oldest connection's deadline (None: none held)."""
+        for client in self._clients.values():
+            return max(0.0, client.started + self._deadline - time.monotonic())
+        return None
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionError:  # the client gave up before its accept
+                continue
+            except OSError:  # out of descriptors or memory: the loop must not spin
+                time.sleep(0.1)
+                return
+            sock.setblocking(False)
+            if len(self._clients) >= self._max:
+                self._evict()
+            client = _Client(sock, time.monotonic())
+            self._clients[sock.fileno()] = client
+            self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def _evict(self) -> None:
+        """Close the oldest connection still sending its request (else the oldest)."""
+        oldest = next(iter(self._clients.values()))
+        victim = next((c for c in self._clients.values() if c.answer is None), oldest)
+        self._close(victim)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for client in list(self._clients.values()):
+            if now - client.started < self._deadline:
+                return
+            self._close(client)
+
+    def _turn(self, client: _Client) -> None:
+        """The client's socket is ready: read its request or write its answer."""
+        try:
+            if client.answer is None:
+                self._read(client)
+            else:
+                self._write(client)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset by the peer, or the like
+            self._close(client)
+
+    def _read(self, client: _Client) -> None:
+        data = client.sock.recv(4096)
+        if not data:
+            self._close(client)
+            return
+        client.request += data
+        end = client.request.find(b"\r\n\r\n")
+        if end < 0:
+            end = client.request.find(b"\n\n")
+        if end < 0 and len(client.request) > REQUEST_LIMIT:
+            self._answer(client, _text(431, "request headers too large"), head=False)
+        elif end >= 0:
+            self._answer(client, *self._route(bytes(client.request[:end])))
+
+    def _route(self, head: bytes) -> tuple[tuple[int, bytes, str], bool]:
+        """The answer to a request (its line and headers) and whether it is a HEAD."""
+        if len(head) > REQUEST_LIMIT:
+            return _text(431, "request headers too large"), False
+        words = head.split(b"\n", 1)[0].rstrip(b"\r").split(b" ")
+        if len(words) != 3 or not words[2].startswith(b"HTTP/1."):
+            return _text(400, "bad request"), False
+        method, target = words[0], words[1].decode("ascii", "replace")
+        if method not in (b"GET", b"HEAD"):
+            return _text(405, "only GET and HEAD"), False
+        route = self._routes.get(target.split("?", 1)[0])
+        if route is None:
+            return _text(404, "not found"), method == b"HEAD"
+        try:
+            return route(), method == b"HEAD"
+        except Exception as exc:  # noqa: BLE001 - a probe's answer, not the agent's end
+            logging.getLogger("k3snet.agent").warning("%s failed: %s", target, exc)
+            return _text(500, "internal error"), method == b"HEAD"
+
+    def _answer(self, client: _Client, answer: tuple[int, bytes, str], head: bool) -> None:
+        status, body, ctype = answer
+        lines = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+                 f"Server: k3snet-agent\r\nContent-Type: {ctype}\r\n"
+                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        client.answer = memoryview(lines.encode("latin-1") + (b"" if head else body))
+        self._selector.modify(client.sock, selectors.EVENT_WRITE, client)
+        self._write(client)
+
+    def _write(self, client: _Client) -> None:
+        assert client.answer is not None
+        sent = client.sock.send(client.answer)
+        client.answer = client.answer[sent:]
+        if not client.answer:
+            self._close(client)
+
+    def _close(self, client: _Client) -> None:
+        if self._clients.pop(client.sock.fileno(), None) is not None:
+            self._selector.unregister(client.sock)
+        client.sock.close()
+
+    def _close_all(self) -> None:
+        for client in list(self._clients.values()):
+            self._close(client)
+        self._selector.close()
+        self._listener.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on (host, port); IPv6 when the host has a colon."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _probe(result: tuple[bool, str]) -> tuple[int, bytes, str]:
     ok, reason = result
-    return (200 if ok else 503), (reason.rstrip("\n") + "\n").encode(), "text/plain; charset=utf-8"
+    return (200 if ok else 503), (reason.rstrip("\n") + "\n").encode(), _TEXT
 
 
-def _server_class(host: str) -> type[http.server.ThreadingHTTPServer]:
-    import socket  # noqa: PLC0415
-
-    if ":" not in host:
-        return http.server.ThreadingHTTPServer
-
-    class V6Server(http.server.ThreadingHTTPServer):
-        address_family = socket.AF_INET6
-
-    return V6Server
+def _text(status: int, text: str) -> tuple[int, bytes, str]:
+    return status, (text + "\n").encode(), _TEXT

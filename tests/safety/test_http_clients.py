@@ -1,0 +1,225 @@
+"""Hostile clients of the agent's probe port: none of them costs a thread or holds a probe up.
+
+The agent serves /healthz, /readyz and /metrics on the node's port (host network),
+which every pod of the node can reach. Each test plays a client that a pod could
+be, on 127.0.0.1 (an ephemeral port), and checks that the kubelet's probe is still
+answered and that what the client holds is bounded.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from k3snet.agent import HealthServer
+from k3snet.agent._http import REQUEST_LIMIT
+
+PROBE = b"GET /healthz HTTP/1.1\r\nHost: node\r\nUser-Agent: kube-probe/1.31\r\n\r\n"
+
+
+def _server(**options: object) -> HealthServer:
+    big = b"# a large exposition\n" * 800_000  # 16.8 MB
+    return HealthServer("127.0.0.1", 0, healthy=lambda: (True, "ok: last pass 1 s ago"),
+                        ready=lambda: (True, "ready"), metrics=lambda: (big, "text/plain"),
+                        **options).start()  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def server() -> Iterator[HealthServer]:
+    served = _server()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def _connect(server: HealthServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def _answer(sock: socket.socket, limit: int = 1 << 26) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    got = bytearray()
+    while len(got) < limit:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        got += data
+    return bytes(got)
+
+
+def _probe(server: HealthServer, request: bytes = PROBE) -> bytes:
+    with _connect(server) as sock:
+        sock.sendall(request)
+        return _answer(sock)
+
+
+def _trickle(sock: socket.socket, data: bytes) -> int:
+    """Send a byte every 10 ms until the server closes; how many were sent."""
+    for sent, byte in enumerate(data):
+        try:
+            sock.send(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return sent
+        time.sleep(0.01)
+    return len(data)
+
+
+def _closed_by_server(sock: socket.socket, within: float = 10.0) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_take_no_thread_and_a_probe_is_still_answered(
+        server: HealthServer) -> None:
+    threads = threading.active_count()
+    idle = [_connect(server) for _ in range(300)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished
+        answer = _probe(server)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert answer.endswith(b"\r\n\r\nok: last pass 1 s ago\n")
+        assert threading.active_count() == threads
+        assert server.connections <= 64
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_full_server_closes_its_oldest_unfinished_connection_for_a_new_one() -> None:
+    served = _server(max_connections=8)
+    idle = [_connect(served) for _ in range(8)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /")
+        assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert _closed_by_server(idle[0])
+        assert not _closed_by_server(idle[-1], within=0.2)
+    finally:
+        for sock in idle:
+            sock.close()
+        served.stop()
+
+
+def test_a_client_trickling_its_request_is_closed_at_the_deadline() -> None:
+    served = _server(deadline=0.5)
+    try:
+        with _connect(served) as sock:
+            sent = _trickle(sock, PROBE * 100)
+            assert sent < len(PROBE)
+            assert served.connections == 0
+        assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        served.stop()
+
+
+def test_a_client_never_reading_its_answer_holds_no_probe_up_and_is_closed_at_the_deadline(
+        ) -> None:
+    served = _server(deadline=1.0)
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", served.port))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            time.sleep(0.2)  # the server has written what the socket takes, and waits
+            assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
+            time.sleep(1.5)
+            assert served.connections == 0
+            assert len(_answer(sock)) < 800_000 * 21
+    finally:
+        served.stop()
+
+
+def test_headers_beyond_the_limit_are_refused_with_431(server: HealthServer) -> None:
+    endless = b"GET /healthz HTTP/1.1\r\n" + b"X-Pad: " + b"a" * (REQUEST_LIMIT + 100)
+    assert _probe(server, endless).startswith(b"HTTP/1.1 431 ")
+    long_but_whole = b"GET /healthz HTTP/1.1\r\n" + b"X: y\r\n" * REQUEST_LIMIT + b"\r\n"
+    assert _probe(server, long_but_whole).startswith(b"HTTP/1.1 431 ")
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"\r\n\r\n", b"400"),
+    (b"GET /healthz\r\n\r\n", b"400"),
+    (b"GET /healthz HTTP/2.0\r\n\r\n", b"400"),
+    (b"GET  /healthz HTTP/1.1\r\n\r\n", b"400"),
+    (b"\xff\xfe /healthz HTTP/1.1\r\n\r\n", b"405"),
+    (b"POST /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", b"405"),
+    (b"GET /\xff\x1b[2J HTTP/1.1\r\n\r\n", b"404"),
+    (b"GET /healthz?x=1 HTTP/1.0\n\n", b"200"),
+])
+def test_malformed_and_foreign_requests_get_a_status_and_a_closed_connection(
+        server: HealthServer, request_bytes: bytes, status: bytes) -> None:
+    answer = _probe(server, request_bytes)
+    assert answer.split(b" ", 2)[1] == status
+    assert b"\r\nConnection: close\r\n" in answer
+    assert _probe(server).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_head_is_answered_without_a_body(server: HealthServer) -> None:
+    answer = _probe(server, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nContent-Length: 16800000\r\n" in head + b"\r\n"
+    assert body == b""
+
+
+def test_a_failing_probe_is_500_and_the_server_goes_on() -> None:
+    def broken() -> tuple[bool, str]:
+        raise RuntimeError("boom")
+
+    served = HealthServer("127.0.0.1", 0, healthy=broken, ready=lambda: (True, "ready"),
+                          metrics=None).start()
+    try:
+        assert _probe(served).startswith(b"HTTP/1.1 500 ")
+        assert _probe(served, b"GET /readyz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    finally:
+        served.stop()
+
+
+def test_stop_closes_held_connections_and_the_port() -> None:
+    served = _server()
+    idle = _connect(served)
+    idle.sendall(b"GET /")
+    served.stop()
+    try:
+        assert _closed_by_server(idle)
+    finally:
+        idle.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", served.port), timeout=5).close()
+
+
+def test_ipv6_loopback_is_served() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    try:
+        served = HealthServer("::1", 0, healthy=lambda: (True, "ok"), ready=lambda: (True, "r"),
+                              metrics=None).start()
+    except OSError as exc:
+        pytest.skip(f"no ::1 here: {exc}")
+    try:
+        with socket.create_connection(("::1", served.port), timeout=10) as sock:
+            sock.sendall(PROBE)
+            assert _answer(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        served.stop()
+
+
+def test_bad_bounds_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        HealthServer("127.0.0.1", 0, healthy=lambda: (True, ""), ready=lambda: (True, ""),
+                     metrics=None, max_connections=0)
