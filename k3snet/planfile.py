@@ -29,7 +29,7 @@ import attrs
 from k3snet._version import __version__
 from k3snet.backends.lock import namespace_id
 from k3snet.converge import state_digest
-from k3snet.errors import PlanError
+from k3snet.errors import ModelError, PlanError
 from k3snet.model.state import State
 from k3snet.planner import Plan
 
@@ -98,6 +98,9 @@ class PlanFile:
             raise PlanError(f"{path}: plan file format {document.get('format')!r} is not "
                             f"{PLANFILE_FORMAT}; plan again with this k3snet")
         node = document.get("node") or {}
+        if not isinstance(node, dict) or not all(
+                isinstance(v, str) or v is None for v in node.values()):
+            raise PlanError(f"{path}: its node is a JSON object of texts")
         here = node_identity(netns if netns is not None else node.get("netns"))
         for key, what in (("machine_id", "machine"), ("netns_id", "network namespace")):
             if node.get(key) != here[key]:
@@ -109,6 +112,13 @@ class PlanFile:
         desired = document.get("desired")
         if not isinstance(desired, dict):
             raise PlanError(f"{path}: no desired state recorded; plan again with this k3snet")
-        return cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
-                   tuple(backends), {**node, "netns": here["netns"]},
-                   str(document.get("observed")), document.get("spec"))
+        spec = document.get("spec")
+        if spec is not None and not (isinstance(spec, dict) and all(
+                isinstance(v, str) for v in spec.values())):
+            raise PlanError(f"{path}: its spec is a JSON object of texts")
+        try:
+            return cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
+                       tuple(backends), {**node, "netns": here["netns"]},
+                       str(document.get("observed")), spec)
+        except ModelError as exc:
+            raise PlanError(f"{path}: {exc}") from exc

@@ -31,7 +31,7 @@ import attrs
 
 from k3snet.errors import ModelError, PlanError
 from k3snet.model import NetObject
-from k3snet.model.state import State, object_from_dict
+from k3snet.model.state import State, malformed, object_from_dict
 from k3snet.model.sysctl import Sysctl
 
 __all__ = ["Action", "Change", "Note", "Plan", "plan"]
@@ -119,13 +119,14 @@ class Change:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Change:
-        """Inverse of :meth:`to_dict`."""
-        before, after = data.get("before"), data.get("after")
-        return cls(
-            data["action"],
-            None if before is None else object_from_dict(before),
-            None if after is None else object_from_dict(after),
-        )
+        """Inverse of :meth:`to_dict`; errors are :class:`~k3snet.errors.ModelError`."""
+        with malformed("a change"):
+            before, after = data.get("before"), data.get("after")
+            return cls(
+                data["action"],
+                None if before is None else object_from_dict(before),
+                None if after is None else object_from_dict(after),
+            )
 
 
 @attrs.frozen
@@ -142,6 +143,12 @@ class Note:
     wanted: NetObject
     foreign: NetObject
     reason: str | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.status not in ("met", "conflict"):
+            raise ModelError(f"a note's status is 'met' or 'conflict', not {self.status!r}")
+        if self.reason is not None and not isinstance(self.reason, str):
+            raise ModelError(f"a note's reason is text, not {type(self.reason).__name__}")
 
     def render(self) -> str:
         """``= ...`` for a met need, ``! ...`` for a conflict (and its reason)."""
@@ -164,11 +171,12 @@ class Note:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Note:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            data["status"], object_from_dict(data["wanted"]), object_from_dict(data["foreign"]),
-            reason=data.get("reason"),
-        )
+        """Inverse of :meth:`to_dict`; errors are :class:`~k3snet.errors.ModelError`."""
+        with malformed("a note"):
+            return cls(
+                data["status"], object_from_dict(data["wanted"]),
+                object_from_dict(data["foreign"]), reason=data.get("reason"),
+            )
 
 
 def _changes(value: Iterable[Change]) -> tuple[Change, ...]:
@@ -316,20 +324,22 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        """Inverse of :meth:`to_dict`."""
-        if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
-            raise ModelError(f"unsupported plan format {data.get('format')!r}")
-        return cls(
-            changes=[Change.from_dict(c) for c in data.get("changes", ())],
-            notes=[Note.from_dict(n) for n in data.get("notes", ())],
-        )
+        """Inverse of :meth:`to_dict`; errors are :class:`~k3snet.errors.ModelError`."""
+        with malformed("a plan"):
+            if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+                raise ModelError(f"unsupported plan format {data.get('format')!r}")
+            changes, notes = data.get("changes", []), data.get("notes", [])
+            if not isinstance(changes, list) or not isinstance(notes, list):
+                raise ModelError("a plan's 'changes' and 'notes' are lists")
+            return cls(changes=[Change.from_dict(c) for c in changes],
+                       notes=[Note.from_dict(n) for n in notes])
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json`; errors are :class:`~k3snet.errors.ModelError`."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:
             raise ModelError(f"not a plan: {exc}") from exc
         return cls.from_dict(data)
 

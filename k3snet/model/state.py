@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -16,8 +17,8 @@ from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.model.route import Route, RouteBlock
 from k3snet.model.sysctl import Sysctl
 
-__all__ = ["KINDS", "OBJECT_TYPES", "STATE_FORMAT", "State", "known_kinds", "object_from_dict",
-           "register_object_type"]
+__all__ = ["KINDS", "OBJECT_TYPES", "STATE_FORMAT", "State", "known_kinds", "malformed",
+           "object_from_dict", "register_object_type"]
 
 _TYPES: dict[str, type[NetObject]] = {}
 
@@ -57,13 +58,56 @@ def known_kinds() -> tuple[str, ...]:
     return tuple(sorted(ranks, key=lambda kind: (ranks[kind], kind)))
 
 
-def object_from_dict(data: Mapping[str, Any]) -> NetObject:
-    """Build any registered k3snet object from its :meth:`~NetObject.to_dict` form."""
+@contextlib.contextmanager
+def malformed(what: str) -> Iterator[None]:
+    """Read ``what`` from JSON-like data: whatever its shape raises becomes one ModelError.
+
+    A missing field (``KeyError``), a list where text belongs (``TypeError``), a
+    mapping where a list belongs (``AttributeError``): each is a
+    :class:`~k3snet.errors.ModelError` naming ``what``, as a bad value already is.
+    """
     try:
-        cls = _TYPES[data["type"]]
-    except KeyError as exc:
-        raise ModelError(f"unknown object type in {dict(data)!r}") from exc
-    return cls.from_dict(data)
+        yield
+    except ModelError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise _malformed(what, exc) from exc
+
+
+def _malformed(what: str, exc: Exception) -> ModelError:
+    if isinstance(exc, KeyError):
+        return ModelError(f"{what} has no {exc.args[0]!r} field")
+    return ModelError(f"{what} is malformed: {exc}")
+
+
+def _mapping(data: object, what: str) -> Mapping[str, Any]:
+    if type(data) is not dict and not isinstance(data, Mapping):
+        raise ModelError(f"{what} is a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _list(data: Mapping[str, Any], key: str, what: str) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise ModelError(f"{what}'s {key!r} is a list, not {type(value).__name__}")
+    return value
+
+
+def object_from_dict(data: Mapping[str, Any]) -> NetObject:
+    """Build any registered k3snet object from its :meth:`~NetObject.to_dict` form.
+
+    Errors, whatever the data's shape, are :class:`~k3snet.errors.ModelError`.
+    """
+    type_name = _mapping(data, "an object").get("type")
+    cls = _TYPES.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise ModelError(f"unknown object type in {dict(data)!r}")
+    try:
+        return cls.from_dict(data)
+    except ModelError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise _malformed(f"a {type_name} object", exc) from exc
 
 
 def _objects(values: Iterable[NetObject]) -> frozenset[NetObject]:
@@ -174,13 +218,16 @@ class State:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> State:
-        """Inverse of :meth:`to_dict` (a missing ``format`` is read as the current one)."""
-        if data.get("format", STATE_FORMAT) != STATE_FORMAT:
+        """Inverse of :meth:`to_dict` (a missing ``format`` is read as the current one).
+
+        Errors, whatever the data's shape, are :class:`~k3snet.errors.ModelError`.
+        """
+        if _mapping(data, "a state").get("format", STATE_FORMAT) != STATE_FORMAT:
             raise ModelError(f"unsupported state format {data.get('format')!r} "
                              f"(this k3snet reads {STATE_FORMAT})")
         return cls(
-            owned=[object_from_dict(o) for o in data.get("owned", ())],
-            foreign=[object_from_dict(o) for o in data.get("foreign", ())],
+            owned=[object_from_dict(o) for o in _list(data, "owned", "a state")],
+            foreign=[object_from_dict(o) for o in _list(data, "foreign", "a state")],
         )
 
     def to_json(self, *, indent: int | None = None) -> str:

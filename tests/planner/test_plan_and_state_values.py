@@ -6,7 +6,13 @@ assertion here fails for one of them.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k3snet import Change, ModelError, Note, Plan, PlanError, State, plan
 from k3snet.model import (
@@ -298,3 +304,48 @@ def test_problems_names_a_lone_change_that_does_not_fit() -> None:
     # The same changes fit the state they name.
     assert Plan([add]).problems(State()) == []
     assert Plan([Change.delete(on)]).problems(State(owned=[Sysctl("net.ipv4.ip_forward", 1)])) == []
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["type", "owned", "foreign", "changes", "notes", "action", "before",
+                         "after", "status", "wanted", "destination", "format"]) | st.text(
+                             max_size=6), inner, max_size=4),
+    max_leaves=10)
+
+
+@settings(max_examples=500, deadline=None)
+@given(document=_JSON)
+def test_any_json_reads_as_a_state_and_a_plan_or_fails_with_a_model_error(
+        document: object) -> None:
+    text = json.dumps(document)
+    for read in (State.from_json, Plan.from_json):
+        with contextlib.suppress(ModelError):
+            read(text)
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    ({"owned": [{"type": "route"}]}, "a route object has no 'destination' field"),
+    ({"owned": [{"type": "route", "destination": "10.0.0.0/8", "device": []}]},
+     "a route object is malformed"),
+    ({"owned": "route"}, "a state's 'owned' is a list, not str"),
+    ({"foreign": [["route"]]}, "an object is a JSON object, not list"),
+    ([], "not a k3snet state: expected a JSON object"),
+])
+def test_a_malformed_state_names_what_is_wrong(document: object, message: str) -> None:
+    with pytest.raises(ModelError, match=re.escape(message)):
+        State.from_json(json.dumps(document))
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    ({"changes": [{}]}, "a change has no 'action' field"),
+    ({"changes": [{"action": []}]}, "a change is malformed"),
+    ({"changes": {}}, "a plan's 'changes' and 'notes' are lists"),
+    ({"notes": [{"status": "bogus", "wanted": _NAT.to_dict(), "foreign": _NAT.to_dict()}]},
+     "a note's status is 'met' or 'conflict', not 'bogus'"),
+    ([1], "a plan is malformed"),
+])
+def test_a_malformed_plan_names_what_is_wrong(document: object, message: str) -> None:
+    with pytest.raises(ModelError, match=re.escape(message)):
+        Plan.from_json(json.dumps(document))
