@@ -26,11 +26,18 @@ from k3snet.agent._loop import (
 )
 from k3snet.agent._main import run_from_cli
 from k3snet.agent._metrics import AgentMetrics
-from k3snet.agent._report import RESULT_ANNOTATION, STATUS_ANNOTATION, NodeReport, NodeReporter
+from k3snet.agent._report import (
+    MESSAGE_LIMIT,
+    RESULT_ANNOTATION,
+    STATUS_ANNOTATION,
+    NodeReport,
+    NodeReporter,
+)
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
 
 __all__ = [
     "LOGGER_NAME",
+    "MESSAGE_LIMIT",
     "RESULT_ANNOTATION",
     "STATUS_ANNOTATION",
     "Agent",

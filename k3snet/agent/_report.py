@@ -6,6 +6,12 @@ for a column (``kubectl get nodes -L`` takes labels only, so use
 Both are written only when the result *changes* (not every pass), and each
 change of status also creates an Event on the Node (``kubectl describe node``
 lists it; Events expire after an hour, the annotation stays).
+
+The result's message is cut to :data:`MESSAGE_LIMIT` characters (an Event's to
+1 024): a first pass at 10 000 destinations applies 20 000 changes, and a Node
+annotation listing them all would be megabytes, refused by the API server (256 KiB
+for all of a Node's annotations) or sent to every watcher of Nodes. The agent's
+log has the whole message.
 """
 
 from __future__ import annotations
@@ -21,8 +27,13 @@ import attrs
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
 
-__all__ = ["RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport", "NodeReporter"]
+__all__ = ["MESSAGE_LIMIT", "RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport",
+           "NodeReporter"]
 
+MESSAGE_LIMIT = 2048
+"""Characters of a pass's message that the Node annotation carries."""
+
+_EVENT_LIMIT = 1024
 STATUS_ANNOTATION = "k3snet.io/agent-status"
 RESULT_ANNOTATION = "k3snet.io/agent-result"
 _EVENT_NAMESPACE = "default"  # where the kubelet puts a Node's events too
@@ -44,9 +55,23 @@ class NodeReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The annotation's JSON fields (plus ``time``, added when written)."""
-        return {"status": self.status, "message": self.message,
+        return {"status": self.status, "message": shortened(self.message, MESSAGE_LIMIT),
                 "spec": self.spec_sha256[:12] if self.spec_sha256 else None,
                 "generation": self.generation, "leader": self.leader}
+
+
+def shortened(message: str, limit: int) -> str:
+    """``message`` cut to at most ``limit`` characters (at a ``; `` when one is near).
+
+    What is cut is counted at its end: ``...; ... (N more characters in the agent's log)``.
+    """
+    if len(message) <= limit:
+        return message
+    cut = limit - 64
+    boundary = message.rfind("; ", 0, cut)
+    if boundary > cut // 2:
+        cut = boundary
+    return f"{message[:cut]}; ... ({len(message) - cut} more characters in the agent's log)"
 
 
 def _now() -> datetime.datetime:
@@ -105,7 +130,7 @@ class NodeReporter:
             "metadata": {"name": f"{self.node}.k3snet.{uuid.uuid4().hex[:12]}",
                          "namespace": _EVENT_NAMESPACE},
             "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node},
-            "reason": reason, "message": result.message[:1024], "type": kind,
+            "reason": reason, "message": shortened(result.message, _EVENT_LIMIT), "type": kind,
             "source": {"component": self.component, "host": self.node},
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
             "reportingComponent": self.component, "reportingInstance": self.node,

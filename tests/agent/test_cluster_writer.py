@@ -7,13 +7,18 @@ hand-over "within the lease time" is checked on the elector's own timeline.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from k3snet.agent import (
+    MESSAGE_LIMIT,
+    RESULT_ANNOTATION,
     STATUS_ANNOTATION,
     Agent,
     AgentMetrics,
@@ -21,8 +26,10 @@ from k3snet.agent import (
     FileSpecSource,
     LeaderElector,
     LeaseSettings,
+    NodeReport,
     NodeReporter,
 )
+from k3snet.agent._report import shortened
 from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
@@ -229,3 +236,38 @@ def test_a_node_that_is_no_candidate_never_writes_pools(
     assert [p["metadata"]["name"] for p in server.objects(POOLS)] == ["default-ipv4-ippool"]
     assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
     agent.shutdown()
+
+
+def test_a_pass_of_thousands_of_changes_is_reported_shortened_and_logged_whole(
+        server: EmulatedApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC.replace("destinations:\n", "destinations:\n" + "".join(
+        f"  - cidr: 172.{16 + i // 256}.{i % 256}.0/24\n" for i in range(1500))))
+    agent, _ = _agent(server, "node-a", spec_path, FakeClock())
+    with caplog.at_level("INFO", logger="k3snet.agent"):
+        result = agent.run_pass()
+    assert result.status == "ok"
+    assert len(result.message) > 100_000
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    report = json.loads(node["metadata"]["annotations"][RESULT_ANNOTATION])
+    assert len(report["message"]) <= MESSAGE_LIMIT
+    kept, _, said = report["message"].rpartition("; ... (")
+    assert result.message.startswith(kept + "; ")
+    assert said == f"{len(result.message) - len(kept)} more characters in the agent's log)"
+    assert max(len(e["message"]) for e in server.objects("v1/events")) <= 1024
+    assert result.message in caplog.messages
+    agent.shutdown()
+
+
+@given(message=st.text(max_size=300) | st.lists(st.text(min_size=1, max_size=40), max_size=20)
+       .map("; ".join), limit=st.integers(min_value=80, max_value=200))
+def test_a_shortened_message_fits_its_limit_and_keeps_its_start(message: str,
+                                                                limit: int) -> None:
+    short = NodeReport("ok", message, None, 1, leader=False).to_dict()["message"]
+    assert len(shortened(message, limit)) <= limit
+    assert short == shortened(message, MESSAGE_LIMIT) == message  # under 2 048: whole
+    if len(message) > limit:
+        kept = shortened(message, limit).rpartition("; ... (")[0]
+        assert message.startswith(kept)
+        assert len(kept) >= (limit - 64) // 2
