@@ -417,8 +417,11 @@ def _set_mark(mark: int | None, args: tuple[str, ...]) -> int | None:  # noqa: P
         return None
     option, value = args[0], args[1]
     number, _, mask_text = value.partition("/")
-    bits = int(number, 0)
-    mask = int(mask_text, 0) if mask_text else 0xFFFFFFFF
+    try:
+        bits = int(number, 0)
+        mask = int(mask_text, 0) if mask_text else 0xFFFFFFFF
+    except ValueError:  # not a number iptables prints: the mark is unknown from here
+        return None
     if option == "--set-xmark":
         return (mark & ~mask & 0xFFFFFFFF) ^ bits
     if option == "--set-mark":

@@ -46,6 +46,11 @@ _MAX_DEPTH = 64
 IPTABLES_NFT_TABLES: Final = frozenset({"filter", "nat", "mangle", "raw", "security"})
 
 
+#: What a statement of an unexpected shape raises where a mapping, a list or a number
+#: was expected (a field of another type, a pair of three): such a statement is unknown.
+_MALFORMED = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
 class _Unknown(Exception):  # noqa: N818 - internal control flow, never escapes
     """An expression the evaluator does not understand."""
 
@@ -133,6 +138,13 @@ def rule_text(chain: NftChain, expr: list[Any]) -> str:
 
 
 def _statement_text(statement: Any) -> str:
+    try:
+        return _known_statement_text(statement)
+    except _MALFORMED:  # a shape of another nft version, or an edited bundle: as it is
+        return json.dumps(statement, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _known_statement_text(statement: Any) -> str:
     if isinstance(statement, Mapping) and len(statement) == 1:
         (key, value), = statement.items()
         if value is None:
@@ -403,7 +415,7 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
                                           mark=_mark_value(value.get("value"), run.packet))
                 continue
             decided = _decide(chain, key, value, text, run, depth=depth)
-        except _Unknown:
+        except (_Unknown, *_MALFORMED):  # a shape this reader does not know: never decides
             _unknown_rule(chain, expr, index, text, run, depth=depth,
                           reason=f"cannot evaluate {_statement_text(statement)}")
             return None

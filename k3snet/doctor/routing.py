@@ -168,6 +168,10 @@ def parse_routes(data: object, family: int) -> list[RouteEntry]:
             # Multipath: the doctor follows the first nexthop (the hash picks one per flow).
             gateway, device = nexthops[0].get("gateway"), nexthops[0].get("dev", device)
         metric = item.get("metric", 0)
+        if not all(isinstance(v, str) or v is None for v in (
+                device, item.get("protocol"), item.get("scope"), item.get("type"))):
+            raise ValueError(f"a route to {destination} names its device, protocol, scope "
+                              "or type with something other than text")
         routes.append(RouteEntry(
             destination,
             str(item.get("type", "unicast")),
@@ -231,9 +235,13 @@ def parse_addresses(data: object) -> list[Address]:
         for info in link.get("addr_info", ()):
             if "local" not in info:
                 continue
-            addresses.append(Address(link.get("ifname", "?"), ip_address(info["local"]),
-                                     int(info.get("prefixlen", 0)), info.get("scope", "global"),
-                                     bool(info.get("secondary"))))
+            address = Address(link.get("ifname", "?"), ip_address(info["local"]),
+                              int(info.get("prefixlen", 0)), info.get("scope", "global"),
+                              bool(info.get("secondary")))
+            if not isinstance(address.device, str) or not isinstance(address.scope, str):
+                raise ValueError(f"an address of {address.device!r} is not named with text")
+            _ = address.network  # a prefix length out of range is the capture's error
+            addresses.append(address)
     return addresses
 
 

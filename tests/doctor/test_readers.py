@@ -292,3 +292,44 @@ def test_destination_inside_a_calico_pool_is_not_masqueraded() -> None:
     codes = [f.code for f in d.findings]
     assert codes[:2] == ["no-masquerade", "destination-in-calico-pool"]
     assert d.after.verdict is Verdict.REACHES
+
+
+@pytest.mark.parametrize("statement", [
+    {"match": "x"},                                                     # a match that is text
+    {"match": {"left": {"payload": -5}, "op": "==", "right": 1}},       # payload not a mapping
+    {"match": {"left": {"&": {"a": 1}}, "op": "==", "right": 1}},       # "&" not a pair
+    {"vmap": {"key": {"meta": {"key": "oifname"}}, "data": None}},      # a vmap without data
+    {"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}}, "op": "==",
+               "right": {"prefix": {"addr": 1, "len": 24}}}},           # an address that is 1
+])
+def test_an_nft_statement_of_another_shape_makes_its_rule_unknown(statement: Any) -> None:
+    ruleset = _nft(_chain("t", "fwd", "forward", 0),
+                   _rule("t", "fwd", statement, {"drop": None}), *MASQ_NFT)
+    result = trace(_state(**{"nft-ruleset.json": ruleset}), FLOW)
+    unknown = [s for s in result.steps if s.outcome == "unknown"]
+    assert unknown
+    assert unknown[0].detail.startswith("nft inet t fwd: ")
+    assert result.verdict is Verdict.UNKNOWN
+
+
+def test_a_mark_that_is_not_a_number_makes_the_mark_unknown() -> None:
+    save = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+            "-A PREROUTING -j MARK --set-xmark -p\n"
+            "-A FORWARD -m mark --mark 0x1/0x1 -j DROP\nCOMMIT\n")
+    result = trace(_state(**{"iptables-nft-v4.save": save + K3S_NAT}), FLOW)
+    assert any("--mark 0x1/0x1" in s.detail for s in result.steps if s.outcome == "unknown")
+
+
+@pytest.mark.parametrize(("name", "document"), [
+    ("routes-v4.json", [{"dst": "default", "gateway": "192.168.1.1", "dev": []}]),
+    ("routes-v4.json", [{"dst": "default", "gateway": "192.168.1.1", "dev": "eth0",
+                         "protocol": 2**70}]),
+    ("addr.json", [{"ifname": "eth0", "addr_info": [{"local": "192.168.1.5",
+                                                      "prefixlen": -5}]}]),
+    ("addr.json", [{"ifname": ["eth0"], "addr_info": [{"local": "192.168.1.5",
+                                                        "prefixlen": 24}]}]),
+])
+def test_routes_and_addresses_named_with_other_types_are_bundle_errors(
+        name: str, document: Any) -> None:
+    with pytest.raises(BundleError, match="cannot read the capture"):
+        NodeState.from_capture(_capture(**{name: json.dumps(document)}))

@@ -1,0 +1,99 @@
+"""Bundles edited by hand, cut short or written by other tool versions: diagnosed or refused.
+
+A support bundle comes from another machine, and a live capture from whatever
+`nft` and `ip` the node has: a field of an unexpected type or shape must make the
+doctor say so (a :class:`BundleError`) or treat what it cannot read as unknown, never
+end in a traceback. Each example edits one golden bundle in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose
+from k3snet.doctor.bundle import BundleError
+
+GOLDEN = Path(__file__).parent / "golden"
+CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(
+        ["", "x", "10.0.0.0/8", "999.1.1.1", "fe80::1%eth0", "10.0.0.1/33", "0x10", "@set",
+         "\x1b[2J", "drop", "accept", "eth0"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
+        ["dev", "gateway", "prefsrc", "iif", "oif", "fwmark", "table", "priority", "nexthops",
+         "type", "addr", "len", "prefix", "payload", "meta", "key", "set", "map", "jump",
+         "goto", "vmap", "data", "match", "left", "right", "op", "expr", "&", "concat"]),
+        inner, max_size=2),
+    max_leaves=4)
+
+_WORDS = ["-j", "DROP", "ACCEPT", "MASQUERADE", "MARK", "--set-xmark", "--mark", "0x1/0x",
+          "-m", "mark", "conntrack", "--ctstate", "!", "-s", "-d", "999.1.1.1/99", "::/0", "-o",
+          "-p", "tcp", "--dport", "65536", "-g", "NOPE", "--to-source", ":X", "COMMIT", "*nat",
+          "=", '"', "\\", "net.ipv4.ip_forward"]
+
+
+def _places(value: Any, where: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    places = [where] if where else []
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for key, inner in items:
+        places += _places(inner, (*where, key))
+    return places
+
+
+def _diagnosed_or_refused(case: str, texts: dict[str, str]) -> None:
+    flow = json.loads((GOLDEN / case / "expected.json").read_text())["flow"]
+    try:
+        state = NodeState.from_capture(NodeCapture.from_texts(texts))
+    except BundleError:
+        return
+    diagnose(state, Flow(flow["source"], flow["destination"], port=flow["port"]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), case=st.sampled_from(CASES))
+def test_any_value_anywhere_in_a_bundle_json_is_diagnosed_or_a_bundle_error(
+        data: st.DataObject, case: str) -> None:
+    texts = dict(NodeCapture.read_dir(GOLDEN / case).texts)
+    name = data.draw(st.sampled_from(sorted(n for n in texts if n.endswith(".json"))))
+    document = json.loads(texts[name])
+    # What the doctor evaluates: the rules' statements and sets, routes, rules, addresses.
+    places = [p for p in _places(document) if name != "nft-ruleset.json"
+              or (len(p) > 3 and p[2] in ("rule", "set") and p[3] in ("expr", "elem"))]
+    if not places:
+        return
+    *parents, last = data.draw(st.sampled_from(places), label="place")
+    inner = document
+    for key in parents:
+        inner = inner[key]
+    if isinstance(inner[last], dict) and data.draw(st.booleans(), label="add a key"):
+        inner[last][data.draw(st.sampled_from(["dev", "iif", "table", "prefsrc", "expr",
+                                               "hook", "family", "elem", "jump"]))] = (
+            data.draw(_JSON, label="its value"))
+    else:
+        inner[last] = data.draw(_JSON, label="value")
+    texts[name] = json.dumps(document)
+    _diagnosed_or_refused(case, texts)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), case=st.sampled_from(CASES))
+def test_any_edit_of_a_line_of_a_saved_table_is_diagnosed_or_a_bundle_error(
+        data: st.DataObject, case: str) -> None:
+    texts = dict(NodeCapture.read_dir(GOLDEN / case).texts)
+    name = data.draw(st.sampled_from(sorted(n for n in texts if not n.endswith(".json")
+                                            and texts[n].strip())))
+    lines = texts[name].splitlines()
+    index = data.draw(st.integers(0, len(lines) - 1), label="line")
+    words = lines[index].split()
+    edited = data.draw(st.lists(st.sampled_from(_WORDS) | st.sampled_from(words or ["-A"]),
+                                max_size=8), label="words")
+    lines[index] = " ".join(edited)
+    texts[name] = "\n".join(lines) + "\n"
+    _diagnosed_or_refused(case, texts)
