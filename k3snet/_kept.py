@@ -11,6 +11,9 @@ process left it) live under k3snet's state directory and share these rules:
 * writes are atomic (a 0600 temporary file in the same directory, then
   ``os.replace``): a reader sees the old file or the new one, never half of one;
 * any failure leaves things as they were: a kept file is only ever a shortcut.
+
+Files a user asks for (a plan file, rendered manifests, a doctor bundle) are
+written the same way by :func:`write_output`, wherever they go.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["code_identity", "prune", "read_trusted", "replace_atomically", "state_directory",
-           "trusted", "untrusted", "write_atomic"]
+           "trusted", "untrusted", "write_atomic", "write_output"]
 
 
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
@@ -107,6 +110,41 @@ def replace_atomically(file: Path, text: str | bytes, prefix: str, *, mode: int)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_output(file: Path, text: str | bytes) -> None:
+    """Write a file a user asked for: a new temporary file beside it, then a rename.
+
+    A link standing at ``file`` is replaced, never followed (in a sticky directory
+    such as ``/tmp``, replacing another user's link or file is refused: an
+    ``OSError``); an interrupted write leaves what was there; the file gets the mode
+    of the regular file it replaces, else ``0666`` less the umask, as ``open()``'s.
+    """
+    try:
+        before = os.lstat(file)
+    except FileNotFoundError:
+        before = None
+    mode = stat.S_IMODE(before.st_mode) if before is not None and stat.S_ISREG(
+        before.st_mode) else 0o666 & ~_umask()
+    fd, tmp = _temporary(file.parent, f".{file.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode() if isinstance(text, str) else text)
+            os.fchmod(handle.fileno(), mode)
+        os.replace(tmp, file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux shows it in its status)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 def untrusted(info: os.stat_result) -> str | None:

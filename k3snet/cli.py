@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 import attrs
 
+from k3snet._kept import write_output
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
@@ -1103,7 +1104,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         return EXIT_OK
     args.out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        (args.out / name).write_text(text)
+        write_output(args.out / name, text)
         print(args.out / name)
     return EXIT_OK
 

@@ -26,10 +26,11 @@ from typing import Any
 
 import attrs
 
+from k3snet._kept import write_output
 from k3snet._version import __version__
 from k3snet.backends.lock import namespace_id
 from k3snet.converge import state_digest
-from k3snet.errors import ModelError, PlanError
+from k3snet.errors import BackendError, ModelError, PlanError
 from k3snet.model.state import State
 from k3snet.planner import Plan
 
@@ -79,8 +80,8 @@ class PlanFile:
                 "plan": self.plan.to_dict()}
 
     def write(self, path: Path) -> None:
-        """Write the file (stable JSON)."""
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        """Write the file (stable JSON) atomically; a link at ``path`` is replaced, not followed."""
+        write_output(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def read(cls, path: Path, *, netns: str | None) -> PlanFile:
@@ -101,7 +102,10 @@ class PlanFile:
         if not isinstance(node, dict) or not all(
                 isinstance(v, str) or v is None for v in node.values()):
             raise PlanError(f"{path}: its node is a JSON object of texts")
-        here = node_identity(netns if netns is not None else node.get("netns"))
+        try:
+            here = node_identity(netns if netns is not None else node.get("netns"))
+        except BackendError as exc:  # the namespace it names is not here, or no name at all
+            raise PlanError(f"{path}: {exc}") from exc
         for key, what in (("machine_id", "machine"), ("netns_id", "network namespace")):
             if node.get(key) != here[key]:
                 raise PlanError(f"{path} was made for another {what} ({node.get(key)!r}, here "

@@ -23,6 +23,7 @@ from typing import Final
 
 import attrs
 
+from k3snet._kept import write_output
 from k3snet.errors import K3snetError
 
 __all__ = ["CNI_FILES", "EXTRA_FILES", "FILES", "BundleError", "NodeCapture"]
@@ -187,10 +188,10 @@ class NodeCapture:
             written = []
             for name in sorted(self.texts):
                 path = root / name
-                path.write_text(self.texts[name])
+                write_output(path, self.texts[name])
                 written.append(path)
             manifest = root / _MANIFEST
-            manifest.write_text(json.dumps({
+            write_output(manifest, json.dumps({
                 "format": _FORMAT,
                 "files": sorted(self.texts),
                 "missing": dict(sorted(self.missing.items())),

@@ -1,0 +1,111 @@
+"""Files a user asks for (a plan, rendered files, a bundle) are written whole, never through a link.
+
+Root runs ``k3snet plan --out /tmp/node.plan``: a link planted there by someone else
+must not make k3snet write the plan into the file it points to, and an interrupted
+write must not leave half a plan where a script will apply it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k3snet import MasqueradeRule, State, plan
+from k3snet._kept import write_output
+from k3snet.doctor import NodeCapture
+from k3snet.planfile import PlanFile
+
+SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+        "destinations:\n  - cidr: 192.168.2.0/24\n")
+
+
+def _planfile() -> PlanFile:
+    desired = State(owned=[MasqueradeRule("10.42.0.0/16")])
+    return PlanFile.make(plan(State(), desired), desired=desired, observed=State(),
+                         backends=["memory"], netns=None)
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    return victim
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_plan_file_replaces_a_link_at_its_path_and_leaves_its_target(tmp_path: Path) -> None:
+    victim = _victim(tmp_path)
+    out = tmp_path / "node.plan"
+    out.symlink_to(victim)
+    _planfile().write(out)
+    assert victim.read_text() == "precious\n"
+    assert not out.is_symlink()
+    assert PlanFile.read(out, netns=None).plan == _planfile().plan
+    assert _leftovers(tmp_path) == []
+
+
+def test_rendered_files_replace_links_and_leave_their_targets(tmp_path: Path) -> None:
+    victim = _victim(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "99-k3snet.conf").symlink_to(victim)
+    done = subprocess.run([sys.executable, "-m", "k3snet.cli", "render", "sysctl", "-f",
+                           str(spec), "--out", str(out)], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "precious\n"
+    written = [Path(line) for line in done.stdout.splitlines()]
+    assert written
+    assert all(p.is_file() and not p.is_symlink() for p in written)
+    assert _leftovers(out) == []
+
+
+def test_a_bundle_replaces_links_and_leaves_their_targets(tmp_path: Path) -> None:
+    victim = _victim(tmp_path)
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "sysctl.txt").symlink_to(victim)
+    (out / "bundle.json").symlink_to(victim)
+    NodeCapture.from_texts({"sysctl.txt": "net.ipv4.ip_forward = 1\n"}).write_dir(out)
+    assert victim.read_text() == "precious\n"
+    assert NodeCapture.read_dir(out).texts["sysctl.txt"] == "net.ipv4.ip_forward = 1\n"
+    assert _leftovers(out) == []
+
+
+def test_an_interrupted_write_leaves_the_file_that_was_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "node.plan"
+    out.write_text("the plan of before\n")
+
+    def fail(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_output(out, "a new plan\n")
+    assert out.read_text() == "the plan of before\n"
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_new_file_takes_the_umask_and_a_replaced_one_keeps_its_mode(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        write_output(tmp_path / "new", "x")
+        assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o640
+        kept = tmp_path / "kept"
+        kept.write_text("y")
+        kept.chmod(0o604)
+        write_output(kept, "z")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o604
+        assert kept.read_text() == "z"
+    finally:
+        os.umask(old)
