@@ -274,6 +274,7 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     agent.add_argument("--node-name", default=env("K3SNET_NODE_NAME") or socket.gethostname(),
                        help="this node's name (default: $K3SNET_NODE_NAME, else the hostname)")
     agent.add_argument("--listen", default=env("K3SNET_LISTEN", ":9743"), metavar="[HOST]:PORT",
+                       type=_listen_address,
                        help="serve /healthz, /readyz and /metrics here; 'none' disables it "
                             "(default: $K3SNET_LISTEN or :9743)")
     agent.add_argument("--log-level", default=env("K3SNET_LOG_LEVEL", "INFO"),
@@ -401,6 +402,20 @@ def _positive_seconds(text: str) -> float:
     if not (0 < value < 1e7):
         raise argparse.ArgumentTypeError(f"must be more than 0 and less than 1e7 s, not {text}")
     return value
+
+
+def _listen_address(text: str) -> str:
+    """``--listen``: ``none``, or an address the agent can serve on (checked now: a port
+    above 65535 is a usage error, not a failed start)."""
+    if text == "none":
+        return text
+    from k3snet.agent import parse_listen  # noqa: PLC0415 - the agent's modules only here
+
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 # ---------------------------------------------------------------- helpers

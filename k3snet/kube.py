@@ -149,6 +149,9 @@ def make_api_client(
     """
     if api_client is not None:
         return api_client, False
+    for name, value in (("kubeconfig", kubeconfig), ("context", context)):
+        if value is not None and not isinstance(value, str):
+            raise BackendOptionError(f"{name} must be text, got {value!r}")
     kubernetes = _kubernetes()
     config = kubernetes.config
     try:

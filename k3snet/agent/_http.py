@@ -19,7 +19,9 @@ walk the agent to its memory limit. This server instead:
 from __future__ import annotations
 
 import http
+import ipaddress
 import logging
+import re
 import selectors
 import socket
 import threading
@@ -43,11 +45,31 @@ Route = Callable[[], tuple[int, bytes, str]]
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` (every address) or ``[V6]:PORT`` -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address must be HOST:PORT or :PORT, not {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - probes come from the kubelet
+    """``HOST:PORT``, ``:PORT`` (every address) or ``[V6]:PORT`` -> (host, port).
+
+    ``HOST`` is an IPv4 address or a host name; an IPv6 address is written in
+    brackets (``[::]:9743`` is every address of both families). Anything else,
+    a port above 65535 included, is a ``ValueError`` quoting the text.
+    """
+    bracketed = _BRACKETED.fullmatch(text)
+    if bracketed is not None:
+        host, port = bracketed["host"], bracketed["port"]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"listen address {text!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not (host == "" or _HOST.fullmatch(host)):
+            raise ValueError(f"listen address must be HOST:PORT, :PORT or [IPV6]:PORT, "
+                             f"not {text!r}")
+    if not port.isdigit() or len(port) > 5 or int(port) > 65535:
+        raise ValueError(f"listen address {text!r}: the port must be 0..65535")
+    return host or "0.0.0.0", int(port)  # noqa: S104 - probes come from the kubelet
+
+
+_BRACKETED = re.compile(r"\[(?P<host>[0-9A-Fa-f:.]+)\]:(?P<port>[0-9]*)")
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 class _Client:

@@ -73,6 +73,9 @@ from k3snet.backends.kit import (
     UndoFailure,
     disruptive_problems,
     fit_problems,
+    option_flag,
+    option_seconds,
+    option_text,
     translate_errors,
 )
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
@@ -313,8 +316,10 @@ class CalicoBackend(BackendBase):
         super().__init__()
         if api not in (*APIS, "auto"):
             raise ModelError(f"calico backend: api must be crd, v3 or auto, got {api!r}")
-        if not field_manager or len(field_manager) > 128:
-            raise ModelError(f"calico backend: field manager must be 1..128 characters, got "
+        timeout = option_seconds("timeout", timeout)
+        allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
+        if not option_text("field_manager", field_manager) or len(field_manager) > 128:
+            raise ModelError(f"calico backend: field_manager must be 1..128 characters, got "
                              f"{field_manager!r}")
         self._client, self._owns_client = make_api_client(
             api_client, kubeconfig=kubeconfig, context=context)

@@ -44,7 +44,15 @@ from typing import Any
 import attrs
 
 from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.backends.kit import ALLOW_DISRUPTIVE, BackendBase, Compensation, translate_errors
+from k3snet.backends.kit import (
+    ALLOW_DISRUPTIVE,
+    BackendBase,
+    Compensation,
+    option_flag,
+    option_seconds,
+    option_text,
+    translate_errors,
+)
 from k3snet.errors import ApplyError, BackendError, K3snetError, ModelError, PlanError
 from k3snet.kube import (
     DEFAULT_TIMEOUT,
@@ -354,8 +362,9 @@ class CiliumBackend(BackendBase):
         namespace, cm_name = (configmap_ref(configmap) if configmap is not None
                               else DEFAULT_CONFIGMAP)
         self._target = cilium_target(namespace, cm_name)  # validates before connecting
-        cilium_target(namespace, ip_masq_agent)
-        self.allow_disruptive = allow_disruptive
+        cilium_target(namespace, option_text("ip_masq_agent", ip_masq_agent) or "")
+        timeout = option_seconds("timeout", timeout)
+        self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self._client, self._owns_client = make_api_client(
             api_client, kubeconfig=kubeconfig, context=context)
         self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout)

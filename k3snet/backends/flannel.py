@@ -86,6 +86,8 @@ from k3snet.backends.kit import (
     BackendBase,
     Compensation,
     fit_problems,
+    option_flag,
+    option_seconds,
     translate_errors,
 )
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
@@ -361,7 +363,8 @@ class FlannelBackend(BackendBase):
         super().__init__()
         if path is not None and configmap is not None:
             raise ModelError("flannel backend: give a file path or a ConfigMap, not both")
-        self.allow_disruptive = allow_disruptive
+        timeout = option_seconds("timeout", timeout)
+        self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self._client: Any = None
         self._owns_client = False
         self._store: _FileStore | _ConfigMapStore

@@ -54,7 +54,14 @@ from typing import Generic, NoReturn, Protocol, Self, TypeVar
 # The GC pause lives with the model (the spec's loading and compile use it too).
 from k3snet._gc import GC_PAUSE_MIN, GcPause, gc_paused
 from k3snet.backends.base import ensure_capable
-from k3snet.errors import ApplyError, BackendError, K3snetError, PlanError, RollbackError
+from k3snet.errors import (
+    ApplyError,
+    BackendError,
+    K3snetError,
+    ModelError,
+    PlanError,
+    RollbackError,
+)
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
 
@@ -73,10 +80,44 @@ __all__ = [
     "ensure_fits",
     "fit_problems",
     "gc_paused",
+    "option_flag",
+    "option_seconds",
+    "option_text",
     "translate_errors",
 ]
 
 T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- options
+#
+# A backend's options come from a spec's ``backends:`` section or ``--backend-opt``
+# (JSON, else text): ``"false"`` is text and truthy, ``1e309`` is infinity, ``NaN`` is
+# a float. Each option is checked as the backend is built, before it connects to
+# anything, with one error naming it.
+
+
+def option_seconds(name: str, value: object) -> float:
+    """A bound in seconds: a number above 0 and below a day (not NaN, not a flag)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
+        raise ModelError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def option_flag(name: str, value: object) -> bool:
+    """A yes/no option: only ``true`` or ``false`` (a spec's ``"no"`` is not false)."""
+    if not isinstance(value, bool):
+        raise ModelError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def option_text(name: str, value: object, *, optional: bool = False) -> str | None:
+    """A text option (``None`` too when ``optional``): never a number or a list."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ModelError(f"{name} must be text, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------- fault injection

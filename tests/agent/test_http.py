@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -151,8 +154,30 @@ def test_parse_listen() -> None:
     assert parse_listen(":9743") == ("0.0.0.0", 9743)  # noqa: S104 - the parser under test
     assert parse_listen("127.0.0.1:0") == ("127.0.0.1", 0)
     assert parse_listen("[::1]:80") == ("::1", 80)
+    assert parse_listen("[::]:9743") == ("::", 9743)
+    assert parse_listen("node-1.example:9743") == ("node-1.example", 9743)
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_listen("9743")
+
+
+@pytest.mark.parametrize("text", [
+    ":99999", ":65536", ":", "127.0.0.1:", ":-1", ":+80", ":0x50", ": 80", ":9743 ",
+    "[::1:80", "::1:80", "[::1]80", "[zz]:80", "[127.0.0.1]:80", "[::1]:", "[]:80",
+    "host name:80", "-host:80", "host-:80", "a/b:80", "\x1b[2J:80", "localhost:080000",
+])
+def test_parse_listen_refuses_what_is_no_address(text: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(text))):
+        parse_listen(text)
+
+
+@pytest.mark.parametrize("text", [":99999", "[::1:80"])
+def test_the_agent_refuses_a_bad_listen_address_as_a_usage_error(text: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "k3snet.cli", "agent", "-f", "/nonexistent",
+                           "--listen", text, "--once"], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 64, done.stderr
+    assert "argument --listen" in done.stderr
+    assert "internal error" not in done.stderr
 
 
 def test_every_metric_is_listed_in_the_docs(served: tuple[Node, str]) -> None:

@@ -118,7 +118,14 @@ from k3snet.backends.iptables.table import (
     set_aside,
 )
 from k3snet.backends.iptables.xtables import Kept, legacy_token
-from k3snet.backends.kit import GC_PAUSE_MIN, BackendBase, Compensation, GcPause, gc_paused
+from k3snet.backends.kit import (
+    GC_PAUSE_MIN,
+    BackendBase,
+    Compensation,
+    GcPause,
+    gc_paused,
+    option_seconds,
+)
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import (
@@ -194,6 +201,7 @@ class IptablesBackend(BackendBase):
             raise BackendError(f"driver must be 'restore', 'libiptc' or 'auto', not {driver!r}")
         if mode not in ("nft", "legacy", "auto"):
             raise BackendError(f"mode must be 'nft', 'legacy' or 'auto', not {mode!r}")
+        timeout = option_seconds("timeout", timeout)
         if netns is not None and kernel is None:
             path = netns_path(validate_netns(netns))
             if not path.exists():

@@ -96,6 +96,8 @@ from k3snet.backends.kit import (
     ObserveCache,
     fit_problems,
     gc_paused,
+    option_flag,
+    option_seconds,
 )
 from k3snet.backends.netns import NetnsRunner
 from k3snet.backends.nftables.batch import Batch
@@ -129,7 +131,7 @@ from k3snet.backends.nftables.parse import (
     table_of,
 )
 from k3snet.backends.nftables.text import Lines, expected_lines, first_rule_lines
-from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, ModelError, PlanError
+from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, PlanError
 from k3snet.model import Drift, NetObject
 from k3snet.model.state import State
 from k3snet.planner import Plan
@@ -161,20 +163,6 @@ def _table_repairs(diff: Diff) -> tuple[dict[str, int], dict[str, dict[str, int]
         if repair.chain is not None:
             chains.setdefault(repair.family, {}).setdefault(repair.chain, index)
     return rebuild, chains
-
-
-def _seconds(name: str, value: object) -> float:
-    """A bound in seconds (an option may come from a spec or ``--backend-opt``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
-        raise ModelError(f"{name} must be a number of seconds > 0, got {value!r}")
-    return float(value)
-
-
-def _flag(name: str, value: object) -> bool:
-    """A yes/no option: only ``true`` or ``false`` (a spec's ``"no"`` is not false)."""
-    if not isinstance(value, bool):
-        raise ModelError(f"{name} must be true or false, got {value!r}")
-    return value
 
 
 _Listings = dict[tuple[str, ...], Future[str | None]]
@@ -255,9 +243,9 @@ class NftablesBackend(BackendBase):
                     "(pip install 'k3snet[nftables]')"
                 ) from exc
         self.family: TableFamily = family
-        self.observe_foreign = _flag("observe_foreign", observe_foreign)
-        self.foreign_timeout = _seconds("foreign_timeout", foreign_timeout)
-        self.read_timeout = _seconds("read_timeout", read_timeout)
+        self.observe_foreign = option_flag("observe_foreign", observe_foreign)
+        self.foreign_timeout = option_seconds("foreign_timeout", foreign_timeout)
+        self.read_timeout = option_seconds("read_timeout", read_timeout)
         self._foreign_unread: tuple[str, ...] = ()
         # Listings' own libnftables contexts, each in a helper thread (made lazily, in the
         # worker thread), so a listing that never ends can be given up on; only with
@@ -268,7 +256,7 @@ class NftablesBackend(BackendBase):
         self._bounded: BoundedLister | None = None
         self._foreign_bounded: BoundedLister | None = None
         self._bounded_kernel = kernel is None
-        self.keep_read = _flag("keep_read", keep_read)
+        self.keep_read = option_flag("keep_read", keep_read)
         self._kept: Kept | None = None  # the table as the last process left it (.kept)
         self._kept_looked = False
         self.syntax: Syntax = syntax
