@@ -75,7 +75,7 @@ def _common_options() -> _Parser:
     group.add_argument("-v", "--verbose", action="count", default=0,
                        help="log more (-v: info, -vv: debug) on stderr")
     group.add_argument("-q", "--quiet", action="store_true", help="log errors only")
-    group.add_argument("--log-format", choices=("text", "json"),
+    group.add_argument("--log-format", type=_one_of("text", "json"), metavar="{text,json}",
                        default=os.environ.get("K3SNET_LOG_FORMAT", "text"),
                        help="log lines as text or as one JSON object each "
                             "(default: $K3SNET_LOG_FORMAT or text)")
@@ -278,7 +278,9 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                        help="serve /healthz, /readyz and /metrics here; 'none' disables it "
                             "(default: $K3SNET_LISTEN or :9743)")
     agent.add_argument("--log-level", default=env("K3SNET_LOG_LEVEL", "INFO"),
-                       choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+                       type=_one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=True),
+                       metavar="{DEBUG,INFO,WARNING,ERROR}",
+                       help="(default: $K3SNET_LOG_LEVEL or INFO)")
     agent.add_argument("--cleanup-on-exit", action="store_true",
                        help="on SIGTERM/SIGINT remove what k3snet owns on this node (like "
                             "`k3snet destroy`); by default the rules stay")
@@ -402,6 +404,17 @@ def _positive_seconds(text: str) -> float:
     if not (0 < value < 1e7):
         raise argparse.ArgumentTypeError(f"must be more than 0 and less than 1e7 s, not {text}")
     return value
+
+
+def _one_of(*choices: str, fold: bool = False) -> Callable[[str], str]:
+    """argparse type: one of ``choices`` (upper-cased first with ``fold``). Unlike
+    ``choices=``, it also checks a default taken from the environment."""
+    def parse(text: str) -> str:
+        value = text.upper() if fold else text
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+        return value
+    return parse
 
 
 def _listen_address(text: str) -> str:

@@ -1,0 +1,52 @@
+"""Defaults taken from the environment are checked like the options they stand for.
+
+argparse checks ``choices=`` only for what the command line gives, not for a default:
+``K3SNET_LOG_LEVEL=LOUD`` reached the logging module and ended in an internal error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+        "destinations:\n  - cidr: 192.168.2.0/24\n")
+
+
+def _run(tmp_path: Path, command: list[str],
+         **environment: str) -> subprocess.CompletedProcess[str]:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    env = {**os.environ, **environment}
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", *command, "-f", str(spec),
+                           "--backend", "memory"], capture_output=True, text=True, check=False,
+                          timeout=120, env=env)
+
+
+@pytest.mark.parametrize(("variable", "value", "command", "option"), [
+    ("K3SNET_LOG_LEVEL", "LOUD", ["agent", "--once", "--no-kube", "--listen", "none"],
+     "--log-level"),
+    ("K3SNET_LOG_FORMAT", "xml", ["plan"], "--log-format"),
+    ("K3SNET_LOG_FORMAT", "xml", ["agent", "--once", "--no-kube", "--listen", "none"],
+     "--log-format"),
+    ("K3SNET_LISTEN", ":99999", ["agent", "--once", "--no-kube"], "--listen"),
+])
+def test_a_bad_default_from_the_environment_is_a_usage_error(
+        tmp_path: Path, variable: str, value: str, command: list[str], option: str) -> None:
+    done = _run(tmp_path, command, **{variable: value})
+    assert done.returncode == 64, done.stderr
+    assert f"argument {option}: " in done.stderr
+    assert repr(value) in done.stderr
+    assert "internal error" not in done.stderr
+
+
+def test_a_log_level_from_the_environment_may_be_lower_case(tmp_path: Path) -> None:
+    agent = ["agent", "--once", "--no-kube", "--listen", "none"]
+    assert " INFO " in _run(tmp_path, agent, K3SNET_LOG_LEVEL="info").stderr
+    done = _run(tmp_path, agent, K3SNET_LOG_LEVEL="warning")
+    assert done.returncode == 0, done.stderr
+    assert " INFO " not in done.stderr
