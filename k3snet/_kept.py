@@ -126,15 +126,20 @@ def write_output(file: Path, text: str | bytes) -> None:
         before = None
     mode = stat.S_IMODE(before.st_mode) if before is not None and stat.S_ISREG(
         before.st_mode) else 0o666 & ~_umask()
-    fd, tmp = _temporary(file.parent, f".{file.name}.")
+    try:
+        fd, tmp = _temporary(file.parent, f".{file.name}.")
+    except OSError as exc:  # named after the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(file)) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(text.encode() if isinstance(text, str) else text)
             os.fchmod(handle.fileno(), mode)
         os.replace(tmp, file)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror, str(file)) from exc
         raise
 
 

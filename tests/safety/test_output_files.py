@@ -109,3 +109,14 @@ def test_a_new_file_takes_the_umask_and_a_replaced_one_keeps_its_mode(tmp_path: 
         assert kept.read_text() == "z"
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("where", ["a-directory", "missing/node.plan"])
+def test_a_write_that_cannot_be_done_names_the_file_asked_for(tmp_path: Path,
+                                                              where: str) -> None:
+    (tmp_path / "a-directory").mkdir()
+    with pytest.raises(OSError, match=r"Is a directory|No such file") as raised:
+        write_output(tmp_path / where, "x")
+    assert raised.value.filename == str(tmp_path / where)
+    assert _leftovers(tmp_path) == []
+
