@@ -27,6 +27,7 @@ the backstop for what no token covers (a flannel file).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import threading
@@ -100,6 +101,11 @@ def split_cluster_wide(group: BackendGroup) -> tuple[BackendGroup | None, Backen
     return (BackendGroup(node) if node else None, BackendGroup(cluster) if cluster else None)
 
 
+FREE_REPAIRS = 2
+"""Drift repairs within :attr:`AgentOptions.repair_window` made as soon as the change is
+seen; each one more doubles the wait (another program is undoing k3snet's changes)."""
+
+
 @attrs.frozen
 class AgentOptions:
     """How the loop runs (see ``k3snet agent --help``)."""
@@ -114,10 +120,17 @@ class AgentOptions:
     watch_gap: float = 1.0
     """A pass started by a change starts at least this long after the previous one
     started: a busy node (kube-proxy committing every second) costs at most one
-    pass per ``watch_gap``."""
+    pass per ``watch_gap``. While another program keeps undoing what k3snet writes
+    (more than :data:`FREE_REPAIRS` passes repairing drift within
+    :meth:`repair_window`), the gap doubles with each repair, up to ``interval``."""
     stale_after: float | None = None
     """/healthz fails when no pass has ended for this long (default: 2 x interval
     + 2 x the namespace lock timeout + 60 s)."""
+
+    @property
+    def repair_window(self) -> float:
+        """Seconds over which drift repairs are counted (60 s, or 2 x the interval)."""
+        return max(60.0, 2 * self.interval)
 
     @property
     def liveness_limit(self) -> float:
@@ -222,6 +235,12 @@ class Agent:
         # the watch's baseline after that pass (see run).
         self._observed_at: tuple[BackendGroup, tuple[Hashable | None, ...] | None] | None = None
         self.passes = 0
+        # When the last passes that repaired drift ended (within the repair window), and
+        # the gap the last wait used: a fight with another writer slows the repairs.
+        self._repairs: collections.deque[float] = collections.deque()
+        self._gap = options.watch_gap
+        if self.metrics is not None:
+            self.metrics.repair_gap.set(options.watch_gap)
 
     # ------------------------------------------------------------ probes
 
@@ -466,6 +485,8 @@ class Agent:
             self.ready = True
             level = logging.WARNING if result.drift else logging.INFO
             _log.log(level, "%s", result.message, extra=extra)
+            if result.drift:
+                self._repairs.append(self._monotonic())
         elif result.status == "spec-refused":
             _log.warning("%s", result.message, extra=extra)
         else:
@@ -556,7 +577,7 @@ class Agent:
         if watch is None or token is None:
             self._wake.wait(max(0.0, deadline - self._monotonic()))
             return
-        earliest = started + self.options.watch_gap
+        earliest = started + self.repair_gap()
         if before is not None and token != before:
             _log.debug("the node changed during the pass: passing again")
             gap = earliest - self._monotonic()
@@ -577,6 +598,34 @@ class Agent:
                 if gap > 0:
                     self._wake.wait(gap)
                 return
+
+    def repair_gap(self) -> float:
+        """Seconds from the start of a pass to the start of a pass a change starts.
+
+        ``watch_gap``; doubled for each drift repair beyond :data:`FREE_REPAIRS`
+        within the repair window, up to the interval: when another program undoes
+        k3snet's changes as soon as they are made, the two must not trade them back
+        and forth once a second (a warning says so once, and when it stops).
+        """
+        options = self.options
+        now = self._monotonic()
+        while self._repairs and now - self._repairs[0] > options.repair_window:
+            self._repairs.popleft()
+        extra = len(self._repairs) - FREE_REPAIRS
+        gap = options.watch_gap if extra <= 0 else min(
+            options.watch_gap * 2.0 ** min(extra, 32), max(options.interval, options.watch_gap))
+        if gap > options.watch_gap and self._gap <= options.watch_gap:
+            _log.warning("drift repaired %d times within %.0f s: another program keeps undoing "
+                         "what k3snet writes; a change now starts a pass after %.0f s, doubling "
+                         "with each repair up to the interval (%.0f s)",
+                         len(self._repairs), options.repair_window, gap, options.interval)
+        elif gap <= options.watch_gap < self._gap:
+            _log.info("no drift repaired for %.0f s: a change starts a pass within %.0f s again",
+                      options.repair_window, options.watch_gap)
+        self._gap = gap
+        if self.metrics is not None:
+            self.metrics.repair_gap.set(gap)
+        return gap
 
     def stop(self) -> None:
         """Ask the loop to end after the pass in progress (what SIGTERM does)."""

@@ -74,6 +74,11 @@ class AgentMetrics:
         self.ready = p.Gauge(
             "k3snet_agent_ready", "1 once a pass has succeeded (what /readyz reports).",
             registry=r)
+        self.repair_gap = p.Gauge(
+            "k3snet_agent_repair_gap_seconds",
+            "Seconds a pass started by a change waits after the previous pass started "
+            "(--watch gap, doubled while another program keeps undoing k3snet's changes).",
+            registry=r)
 
     def count_changes(self, changes: tuple[Change, ...] | list[Change]) -> None:
         """Add applied changes to ``k3snet_agent_changes_total{kind, action}``."""

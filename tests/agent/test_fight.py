@@ -1,0 +1,97 @@
+"""Another program undoing k3snet's changes as soon as they are made: the agent backs off.
+
+An agent that watches the node repairs drift within a second. Against a program
+that deletes k3snet's rule each time it appears (a firewall manager, a controller
+reconciling the same chain), that would be a repair a second for ever, each with a
+warning. After FREE_REPAIRS repairs within the repair window, the wait before a
+change-started pass doubles with each repair, up to the interval; the interval's
+pass stays the backstop, and the gap comes back once repairs stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Hashable
+from pathlib import Path
+
+import pytest
+
+from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource
+from k3snet.agent._loop import FREE_REPAIRS
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
+from k3snet.converge import compile_for
+
+from .test_loop import NODE_KINDS, SPEC
+
+
+class Watched(MemoryBackend):
+    """A memory backend whose change token is its state: any change moves it."""
+
+    def change_token(self) -> Hashable:
+        return self.state
+
+
+def _agent(tmp_path: Path, memory: MemoryBackend, metrics: AgentMetrics,
+           **options: float) -> Agent:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    return Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
+                 lambda spec, group: compile_for(group, spec),
+                 AgentOptions("node-1", **options), metrics=metrics)  # type: ignore[arg-type]
+
+
+def test_an_agent_fought_over_its_rule_repairs_it_ever_more_slowly(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    memory, metrics = Watched(capabilities=NODE_KINDS), AgentMetrics()
+    agent = _agent(tmp_path, memory, metrics, interval=30.0, watch=0.005, watch_gap=0.05)
+    stop = threading.Event()
+
+    def fight() -> None:  # delete k3snet's NAT rule whenever it is there
+        while not stop.wait(0.005):
+            state = memory.state
+            if any(o.kind == "nat" for o in state.owned):
+                memory._restore(state.with_owned(o for o in state.owned if o.kind != "nat"))
+
+    loop = threading.Thread(target=agent.run)
+    fighter = threading.Thread(target=fight)
+    with caplog.at_level(logging.INFO, logger="k3snet.agent"):
+        loop.start()
+        while agent.passes == 0:
+            time.sleep(0.01)
+        fighter.start()
+        time.sleep(2.0)  # at one repair per 0.05 s gap: ~40 repairs without the back-off
+        stop.set()
+        fighter.join()
+        agent.stop()
+        loop.join(timeout=60)
+    repairs = metrics.registry.get_sample_value("k3snet_agent_drift_repairs_total") or 0
+    # 0.05 s twice, then 0.1, 0.2, 0.4, 0.8, 1.6 s: 7 or 8 in 2 s, at most 9
+    assert FREE_REPAIRS <= repairs <= 9
+    gap = metrics.registry.get_sample_value("k3snet_agent_repair_gap_seconds")
+    assert gap is not None
+    assert gap > 0.05
+    warned = [r for r in caplog.records if "another program keeps undoing" in r.getMessage()]
+    assert len(warned) == 1
+
+
+def test_the_gap_doubles_up_to_the_interval_and_comes_back_when_repairs_stop(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    agent = _agent(tmp_path, Watched(capabilities=NODE_KINDS), AgentMetrics(),
+                   interval=30.0, watch_gap=1.0)
+    agent._monotonic = lambda: now[0]
+    assert agent.options.repair_window == 60.0
+    gaps = []
+    for _ in range(10):
+        agent._repairs.append(now[0])
+        gaps.append(agent.repair_gap())
+    assert gaps == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0]
+    now[0] += 61.0
+    with caplog.at_level(logging.INFO, logger="k3snet.agent"):
+        assert agent.repair_gap() == 1.0
+    assert any("no drift repaired for 60 s" in r.getMessage() for r in caplog.records)
+    assert _agent(tmp_path, Watched(), AgentMetrics(), interval=300.0).options.repair_window \
+        == 600.0
