@@ -64,16 +64,31 @@ class RouteEntry:
     prefsrc: IPAddress | None = None
     protocol: str | None = None
     scope: str | None = None
+    nexthops: tuple[tuple[IPAddress | None, str | None], ...] = ()
+    """Every (gateway, device) of a multipath route, ``gateway`` and ``device`` being the
+    first; empty for a route of one nexthop."""
+
+    def via(self, index: int) -> RouteEntry:
+        """This route through its nexthop ``index`` alone (itself when it has one)."""
+        if not self.nexthops:
+            return self
+        gateway, device = self.nexthops[index]
+        return attrs.evolve(self, gateway=gateway, device=device, nexthops=())
 
     def describe(self) -> str:
         """The route as ``ip route`` would print it (roughly)."""
         parts = [] if self.type == "unicast" else [self.type]
         default = self.destination.prefixlen == 0
         parts.append("default" if default else str(self.destination))
-        if self.gateway is not None:
-            parts += ["via", str(self.gateway)]
-        if self.device:
-            parts += ["dev", self.device]
+        if self.nexthops:
+            for gateway, device in self.nexthops:
+                parts += ["nexthop", *(["via", str(gateway)] if gateway else []),
+                          *(["dev", device] if device else [])]
+        else:
+            if self.gateway is not None:
+                parts += ["via", str(self.gateway)]
+            if self.device:
+                parts += ["dev", self.device]
         if self.table != 254:
             parts += ["table", table_name(self.table)]
         if self.metric:
@@ -163,15 +178,26 @@ def parse_routes(data: object, family: int) -> list[RouteEntry]:
         if destination is None or destination.version != family:
             continue
         gateway, device = item.get("gateway"), item.get("dev")
-        nexthops = item.get("nexthops")
-        if gateway is None and isinstance(nexthops, list) and nexthops:
-            # Multipath: the doctor follows the first nexthop (the hash picks one per flow).
-            gateway, device = nexthops[0].get("gateway"), nexthops[0].get("dev", device)
+        hops: list[tuple[IPAddress | None, str | None]] = []
+        listed = item.get("nexthops")
+        if gateway is None and isinstance(listed, list) and listed:
+            # Multipath: the kernel's hash picks one nexthop per flow; the trace follows each.
+            for hop in listed:
+                if "dead" in hop.get("flags", ()):
+                    continue  # the kernel hashes no flow onto a dead nexthop
+                hop_gateway, hop_device = hop.get("gateway"), hop.get("dev", device)
+                if not all(isinstance(v, str) or v is None for v in (hop_gateway, hop_device)):
+                    raise ValueError(f"a nexthop of the route to {destination} is not text")
+                hops.append((ip_address(hop_gateway) if hop_gateway else None, hop_device))
+            if not hops:
+                continue
+            first, device = hops[0]
+            gateway = str(first) if first is not None else None
         metric = item.get("metric", 0)
         if not all(isinstance(v, str) or v is None for v in (
                 device, item.get("protocol"), item.get("scope"), item.get("type"))):
             raise ValueError(f"a route to {destination} names its device, protocol, scope "
-                              "or type with something other than text")
+                             "or type with something other than text")
         routes.append(RouteEntry(
             destination,
             str(item.get("type", "unicast")),
@@ -182,6 +208,7 @@ def parse_routes(data: object, family: int) -> list[RouteEntry]:
             ip_address(item["prefsrc"]) if item.get("prefsrc") else None,
             item.get("protocol"),
             item.get("scope"),
+            tuple(hops) if len(hops) > 1 else (),
         ))
     return routes
 

@@ -205,6 +205,12 @@ class Trace:
         """``ADDR:PORT`` of where the packet goes once translated."""
         return endpoint_text(self.target, self.target_port)
 
+    def describe_branch(self) -> str:
+        """``ADDR:PORT`` and, when known, ``via GATEWAY dev DEVICE`` it leaves by."""
+        via = f" via {self.gateway}" if self.gateway else ""
+        leaves = f" (leaves{via} dev {self.egress})" if self.egress else ""
+        return self.describe_target() + leaves
+
     @property
     def blocked_at(self) -> Step | None:
         """The step that stopped the flow, if any."""
@@ -220,7 +226,9 @@ class Trace:
         lines = [f"flow: {self.flow.describe()}"]
         if len(self.endpoints) > 1:
             what = f"endpoint {self.describe_target()}" if self.dnat else f"branch {self.branch}"
-            lines.append(f"  ({what}: one of {len(self.endpoints)} picked at random, each "
+            how = ("picked at random" if self.dnat
+                   else "ways a rule or a multipath route sends a connection")
+            lines.append(f"  ({what}: one of {len(self.endpoints)} {how}, each "
                          "traced, the first of the worst shown)")
         lines += [f"  {s.describe()}" for s in self.steps]
         seen = f"; the destination sees {self.source_seen}" if self.source_seen else ""
@@ -229,8 +237,10 @@ class Trace:
         if len(self.endpoints) > 1:
             lines.append("endpoints (kube-proxy picks one at random for each connection):"
                          if self.dnat is not None
-                         else "random branches (a rule picks one for each connection):")
-            lines += [f"  {e.describe_target()}: {e.verdict.value}" + (
+                         else "branches (a rule or a multipath route picks one for each "
+                              "connection):")
+            lines += [f"  {e.describe_target() if self.dnat else e.describe_branch()}: "
+                      f"{e.verdict.value}" + (
                 f"; the destination sees {e.source_seen}" if e.source_seen else "")
                 for e in self.endpoints]
         return "\n".join(lines)
@@ -247,7 +257,8 @@ class Trace:
         if len(self.endpoints) > 1:
             data["endpoints"] = [
                 {"endpoint": e.describe_target(), "verdict": e.verdict.value,
-                 "source_seen": str(e.source_seen) if e.source_seen else None}
+                 "source_seen": str(e.source_seen) if e.source_seen else None,
+                 "egress": e.egress, "gateway": str(e.gateway) if e.gateway else None}
                 for e in self.endpoints]
         return data
 
@@ -455,7 +466,18 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
               f"the destination is now {endpoint_text(packet.dst, packet.dport)}"
               + (" (a Service endpoint picked at random: each is traced)"
                  if t.randoms else ""))
-    route = found["route"] = t.routing(packet)
+    route = t.routing(packet)
+    multipath = ""
+    if route.route is not None and route.route.nexthops:
+        # The kernel hashes each flow onto one nexthop: each is a branch, all traced.
+        hops = len(route.route.nexthops)
+        index = min(t.pick, hops - 1)
+        t.randoms += 1
+        t.random_taken = t.random_taken or t.pick < hops - 1
+        multipath = (f"; multipath: nexthop {index + 1} of {hops} followed (the kernel picks "
+                     "one per flow by its hash: each is traced)")
+        route = attrs.evolve(route, route=route.route.via(index))
+    found["route"] = route
     where = f"table {table_name(route.route.table)}" if route.route else "routing"
     if route.type == "unknown" or (route.type == "unicast" and route.route is not None
                                    and route.route.device is None):
@@ -471,7 +493,7 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
         code = "no-route" if route.type == "none" else "route-rejects"
         t.add("original", "routing", "drop", where, route.describe(), code)
         return None
-    t.add("original", "routing", "pass", where, route.describe())
+    t.add("original", "routing", "pass", where, route.describe() + multipath)
     oif = found["egress"] = route.route.device
     found["gateway"] = route.route.gateway
     if not t.forwarding(packet) or not t.rp_filter(packet, oif):

@@ -333,3 +333,58 @@ def test_routes_and_addresses_named_with_other_types_are_bundle_errors(
         name: str, document: Any) -> None:
     with pytest.raises(BundleError, match="cannot read the capture"):
         NodeState.from_capture(_capture(**{name: json.dumps(document)}))
+
+
+def _multipath_routes() -> str:
+    """The healthy node's routes, its route to the destination made ECMP over eth0 and eth1."""
+    routes = json.loads(NodeCapture.read_dir(HEALTHY).texts["routes-v4.json"])
+    for route in routes:
+        if route.get("dst") == "192.168.2.0/24":
+            route.pop("gateway")
+            route.pop("dev")
+            route["nexthops"] = [{"gateway": "192.168.1.1", "dev": "eth0", "weight": 1,
+                                  "flags": []},
+                                 {"gateway": "192.168.4.1", "dev": "eth1", "weight": 1,
+                                  "flags": []}]
+    return json.dumps(routes)
+
+
+ETH0_MASQ_NFT = [_chain("k3s", "post", "postrouting", 100, kind="nat"),
+                 _rule("k3s", "post", _match(SADDR, {"prefix": {"addr": "10.42.0.0", "len": 16}}),
+                       _match({"meta": {"key": "oifname"}}, "eth0"), {"masquerade": None})]
+
+
+def test_each_nexthop_of_a_multipath_route_is_traced() -> None:
+    """ECMP over two uplinks, masquerade on one: the flows hashed onto the other leave with
+    the pod's address. The first nexthop alone (what the doctor followed) said it reaches."""
+    state = _state(**{"routes-v4.json": _multipath_routes(),
+                      "nft-ruleset.json": _nft(*ETH0_MASQ_NFT)})
+    result = trace(state, FLOW)
+    assert [(str(e.gateway), e.egress, e.verdict) for e in result.endpoints] == [
+        ("192.168.1.1", "eth0", Verdict.REACHES), ("192.168.4.1", "eth1", Verdict.BLOCKED)]
+    assert result.verdict is Verdict.BLOCKED
+    text = result.render()
+    assert "multipath: nexthop 2 of 2 followed" in text
+    assert "192.168.2.10:5432 (leaves via 192.168.4.1 dev eth1): blocked" in text
+    assert "192.168.2.10:5432 (leaves via 192.168.1.1 dev eth0): reaches; the destination " \
+           "sees 192.168.1.5" in text
+    assert [e["egress"] for e in result.to_dict()["endpoints"]] == ["eth0", "eth1"]
+    both = _state(**{"routes-v4.json": _multipath_routes(), "nft-ruleset.json": _nft(*MASQ_NFT)})
+    assert trace(both, FLOW).verdict is Verdict.REACHES
+
+
+def test_a_multipath_route_reads_every_nexthop() -> None:
+    routes = parse_routes(json.loads(_multipath_routes()), 4)
+    ecmp = next(r for r in routes if str(r.destination) == "192.168.2.0/24")
+    assert [(str(g), d) for g, d in ecmp.nexthops] == [("192.168.1.1", "eth0"),
+                                                       ("192.168.4.1", "eth1")]
+    assert (str(ecmp.gateway), ecmp.device) == ("192.168.1.1", "eth0")
+    assert ecmp.describe() == ("192.168.2.0/24 nexthop via 192.168.1.1 dev eth0 "
+                               "nexthop via 192.168.4.1 dev eth1")
+    assert ecmp.via(1).describe() == "192.168.2.0/24 via 192.168.4.1 dev eth1"
+    down = json.loads(_multipath_routes())
+    for route in down:
+        for hop in route.get("nexthops", ())[:1]:
+            hop["flags"] = ["dead", "linkdown"]
+    one = next(r for r in parse_routes(down, 4) if str(r.destination) == "192.168.2.0/24")
+    assert (one.nexthops, str(one.gateway), one.device) == ((), "192.168.4.1", "eth1")

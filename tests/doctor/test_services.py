@@ -176,8 +176,9 @@ def test_a_random_drop_is_a_branch_too() -> None:
     result = trace(state, Flow(POD, "192.168.2.10", port=5432))
     assert result.verdict is Verdict.BLOCKED
     assert [e.verdict for e in result.endpoints] == [Verdict.BLOCKED, Verdict.REACHES]
-    assert "random branches (a rule picks one for each connection):" in result.render()
-    assert "(branch 0: one of 2 picked at random" in result.render()
+    assert "branches (a rule or a multipath route picks one for each connection):" \
+        in result.render()
+    assert "(branch 0: one of 2 ways a rule or a multipath route sends" in result.render()
 
 
 def test_chains_at_the_same_priority_run_later_registered_first() -> None:
