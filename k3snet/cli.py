@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -271,8 +272,10 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                             "in between (nftables generation id, netlink notifications)")
     agent.add_argument("--once", action="store_true",
                        help="converge once and exit (0: the pass succeeded, 1: it failed)")
-    agent.add_argument("--node-name", default=env("K3SNET_NODE_NAME") or socket.gethostname(),
-                       help="this node's name (default: $K3SNET_NODE_NAME, else the hostname)")
+    agent.add_argument("--node-name", type=_node_name,
+                       default=env("K3SNET_NODE_NAME") or socket.gethostname().strip().lower(),
+                       help="this node's name (default: $K3SNET_NODE_NAME, else the hostname "
+                            "in lower case, as the kubelet names its Node)")
     agent.add_argument("--listen", default=env("K3SNET_LISTEN", ":9743"), metavar="[HOST]:PORT",
                        type=_listen_address,
                        help="serve /healthz, /readyz and /metrics here; 'none' disables it "
@@ -415,6 +418,19 @@ def _one_of(*choices: str, fold: bool = False) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
         return value
     return parse
+
+
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _node_name(text: str) -> str:
+    """``--node-name``: a Node's name, a DNS subdomain (what the API server accepts): a
+    mistyped one would have its annotation, Events and Lease refused on every pass."""
+    if len(text) > 253 or not _NODE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Node name (lower-case letters, digits, '-' and '.', at most "
+            "253 characters, a letter or digit at each end)")
+    return text
 
 
 def _listen_address(text: str) -> str:

@@ -50,3 +50,35 @@ def test_a_log_level_from_the_environment_may_be_lower_case(tmp_path: Path) -> N
     done = _run(tmp_path, agent, K3SNET_LOG_LEVEL="warning")
     assert done.returncode == 0, done.stderr
     assert " INFO " not in done.stderr
+
+
+@pytest.mark.parametrize("name", ["Worker-1", "worker_1", "-worker", "worker-", "a" * 254,
+                                  "worker..1", "wörker", "worker 1"])
+def test_a_node_name_the_api_server_refuses_is_a_usage_error(tmp_path: Path, name: str) -> None:
+    for given in (["--node-name", name], []):
+        done = _run(tmp_path, ["agent", "--once", "--no-kube", "--listen", "none", *given],
+                    K3SNET_NODE_NAME=name)
+        assert done.returncode == 64, done.stderr
+        assert "argument --node-name: " in done.stderr
+
+
+def test_a_node_name_may_be_a_dns_subdomain(tmp_path: Path) -> None:
+    done = _run(tmp_path, ["agent", "--once", "--no-kube", "--listen", "none"],
+                K3SNET_NODE_NAME="worker-1.eu-west.example")
+    assert done.returncode == 0, done.stderr
+    assert "node=worker-1.eu-west.example " in done.stderr
+
+
+@pytest.mark.usefixtures("require_root")
+def test_the_default_node_name_is_the_hostname_in_lower_case_as_the_kubelet_has_it(
+        tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    env = {k: v for k, v in os.environ.items() if k != "K3SNET_NODE_NAME"}
+    # A UTS namespace of its own: the machine's hostname is left alone.
+    script = (f"hostname Worker-1 && exec {sys.executable} -m k3snet.cli agent --once "
+              f"--no-kube --listen none --backend memory -f {spec}")
+    done = subprocess.run(["unshare", "--uts", "sh", "-c", script], capture_output=True,
+                          text=True, check=False, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "node=worker-1 " in done.stderr
