@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -44,7 +43,7 @@ from k3snet.errors import (
     SpecError,
 )
 from k3snet.facts import FactsWatch, gather_facts
-from k3snet.kube import configmap_ref
+from k3snet.kube import configmap_ref, name_problem
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import PlanFile
 from k3snet.planner import Change, Plan, plan
@@ -420,16 +419,12 @@ def _one_of(*choices: str, fold: bool = False) -> Callable[[str], str]:
     return parse
 
 
-_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-
 def _node_name(text: str) -> str:
     """``--node-name``: a Node's name, a DNS subdomain (what the API server accepts): a
     mistyped one would have its annotation, Events and Lease refused on every pass."""
-    if len(text) > 253 or not _NODE_NAME.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a Node name (lower-case letters, digits, '-' and '.', at most "
-            "253 characters, a letter or digit at each end)")
+    problem = name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

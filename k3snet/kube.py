@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,7 +52,40 @@ __all__ = [
     "KubeErrors",
     "configmap_ref",
     "make_api_client",
+    "name_problem",
 ]
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def name_problem(value: str, kind: str = "name") -> str | None:
+    """Why the API server would refuse ``value`` as a ``kind`` (``None``: it would not).
+
+    ``kind``: ``name`` (of a Node, a ConfigMap, a Lease: a DNS subdomain),
+    ``namespace`` (a DNS label) or ``key`` (of a ConfigMap's data).
+
+    >>> name_problem("kube-system", "namespace") is None
+    True
+    >>> name_problem("Worker-1").split(":")[0]
+    "'Worker-1' is not a name"
+    """
+    if kind == "namespace":
+        if not _DNS_LABEL.fullmatch(value):
+            return (f"{value!r} is not a namespace: lower-case letters, digits and '-', at most "
+                    "63 characters, a letter or digit at each end")
+        return None
+    if kind == "key":
+        if len(value) > 253 or not _DATA_KEY.fullmatch(value) or value in (".", ".."):
+            return (f"{value!r} is not a ConfigMap key: letters, digits, '-', '_' and '.', at "
+                    "most 253 characters")
+        return None
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+        return (f"{value!r} is not a name: lower-case letters, digits, '-' and '.', at most "
+                "253 characters, a letter or digit at each end")
+    return None
+
 
 def configmap_ref(value: str | Sequence[str], *, option: str = "configmap"
                   ) -> tuple[str, str]:

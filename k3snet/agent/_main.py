@@ -18,6 +18,7 @@ from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import NodeReporter
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
 from k3snet.errors import BackendUnavailableError, ModelError, Problem, SpecError
+from k3snet.kube import name_problem
 
 __all__ = ["run_from_cli"]
 
@@ -29,11 +30,14 @@ def _spec_source(args: argparse.Namespace, api: Callable[[], Any]) -> SpecSource
         raise SpecError([Problem("", "give exactly one of -f/--spec and --spec-configmap")])
     if args.spec is not None:
         return FileSpecSource(args.spec)
-    where, _, key = args.spec_configmap.partition(":")
+    where, colon, key = args.spec_configmap.partition(":")
     namespace, sep, name = where.partition("/")
-    if not sep or not namespace or not name:
-        raise SpecError([Problem("", f"--spec-configmap must be NS/NAME[:KEY], not "
-                                     f"{args.spec_configmap!r}")])
+    problem = (f"must be NS/NAME[:KEY], not {args.spec_configmap!r}"
+               if not sep or not namespace or not name or (colon and not key)
+               else name_problem(namespace, "namespace") or name_problem(name)
+               or (name_problem(key, "key") if key else None))
+    if problem is not None:
+        raise SpecError([Problem("", f"--spec-configmap {problem}")])
     return ConfigMapSpecSource(api(), namespace, name, key or "spec.yaml")
 
 
@@ -44,6 +48,9 @@ def _lease_settings(args: argparse.Namespace) -> LeaseSettings:
         namespace, sep, name = args.lease.partition("/")
         if not sep or not namespace or not name:
             raise ModelError(f"--lease must be NS/NAME, not {args.lease!r}")
+    problem = name_problem(namespace, "namespace") or name_problem(name)
+    if problem is not None:
+        raise ModelError(f"--lease: {problem}")
     return LeaseSettings(namespace, name, duration=args.lease_duration,
                          renew_deadline=args.lease_renew_deadline,
                          retry_period=args.lease_retry_period)

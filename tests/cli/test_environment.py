@@ -82,3 +82,26 @@ def test_the_default_node_name_is_the_hostname_in_lower_case_as_the_kubelet_has_
                           text=True, check=False, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert "node=worker-1 " in done.stderr
+
+
+@pytest.mark.parametrize(("option", "value", "said"), [
+    ("--spec-configmap", "kube system/k3snet-spec", "is not a namespace"),
+    ("--spec-configmap", "kube-system/K3snet_Spec", "is not a name"),
+    ("--spec-configmap", "kube-system/k3snet-spec:../spec", "is not a ConfigMap key"),
+    ("--spec-configmap", "kube-system/k3snet-spec:", "must be NS/NAME[:KEY]"),
+    ("--lease", "kube-system/Writer", "is not a name"),
+    ("--lease", "Kube-System/writer", "is not a namespace"),
+])
+def test_object_names_the_api_server_refuses_are_errors_before_any_request(
+        tmp_path: Path, option: str, value: str, said: str) -> None:
+    given = [option, value] if option == "--lease" else [option, value, "--no-kube"]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    command = [sys.executable, "-m", "k3snet.cli", "agent", "--once", "--listen", "none",
+               "--backend", "memory", *given]
+    if option == "--lease":
+        command += ["-f", str(spec), "--no-kube"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode != 0, done.stderr
+    assert said in done.stderr
+    assert "internal error" not in done.stderr
