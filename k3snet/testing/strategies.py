@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from typing import Any
 
 from hypothesis import assume
@@ -907,4 +907,58 @@ def hostile_values() -> SearchStrategy[Any]:
     )
 
 
-__all__ += ["HOSTILE_FRAGMENTS", "hostile_text", "hostile_values"]
+def json_values(*, max_leaves: int = 6) -> SearchStrategy[Any]:
+    """Any JSON value: ``null``, booleans, integers, finite floats, short text, and
+    lists and objects of them (up to ``max_leaves`` scalars)."""
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(
+        allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.text(max_size=8), inner, max_size=3), max_leaves=max_leaves)
+
+
+def json_places(document: Any) -> list[tuple[Any, ...]]:
+    """Every place inside a JSON document: the path of keys and indexes to each value."""
+    places: list[tuple[Any, ...]] = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), document)]
+    while stack:
+        where, value = stack.pop()
+        if where:
+            places.append(where)
+        items = value.items() if isinstance(value, dict) else (
+            enumerate(value) if isinstance(value, list) else ())
+        stack.extend(((*where, key), inner) for key, inner in reversed(list(items)))
+    return places
+
+
+@st.composite
+def edited_documents(draw: st.DrawFn, document: Any, values: SearchStrategy[Any] | None = None,
+                     *, where: Callable[[tuple[Any, ...]], bool] | None = None,
+                     keys: Sequence[str] = ()) -> Any:
+    """``document`` (JSON: dicts and lists) with one value replaced by a drawn one.
+
+    The place is any value inside it (``where`` keeps only the paths it accepts); when
+    ``keys`` are given, an object may instead gain (or have replaced) one of those keys.
+    ``values`` defaults to :func:`json_values`. Readers of k3snet's JSON (a plan file, a
+    state, a doctor bundle) are tested with it: whatever the edit, read or refused with
+    k3snet's own error. ``document`` itself is never changed.
+    """
+    import copy  # noqa: PLC0415 - only where a document is edited
+
+    edited = copy.deepcopy(document)
+    places = [p for p in json_places(edited) if where is None or where(p)]
+    if not places:
+        return edited
+    *parents, last = draw(st.sampled_from(places), label="place")
+    inner = edited
+    for key in parents:
+        inner = inner[key]
+    value = draw(values if values is not None else json_values(), label="value")
+    if keys and isinstance(inner[last], dict) and draw(st.booleans(), label="a key"):
+        inner[last][draw(st.sampled_from(list(keys)), label="key")] = value
+    else:
+        inner[last] = value
+    return edited
+
+
+__all__ += ["HOSTILE_FRAGMENTS", "edited_documents", "hostile_text", "hostile_values",
+            "json_places", "json_values"]

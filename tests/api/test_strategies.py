@@ -189,3 +189,39 @@ def test_the_plan_reaches_its_target_next_to_realistic_foreign_state(
         observed: State, desired: State) -> None:
     p = plan(observed, desired)
     assert p.apply_to(observed).owned == p.target(desired)
+
+
+_DOCUMENT = {"plan": {"changes": [{"action": "add", "after": {"type": "route"}}], "notes": []},
+             "format": 1}
+
+
+@given(edited=ks.edited_documents(_DOCUMENT))
+def test_an_edited_document_differs_in_one_place_and_the_original_is_untouched(
+        edited: object) -> None:
+    assert _DOCUMENT == {"plan": {"changes": [{"action": "add", "after": {"type": "route"}}],
+                                  "notes": []}, "format": 1}
+    differing = [p for p in ks.json_places(_DOCUMENT)
+                 if _at(edited, p) != _at(_DOCUMENT, p)]
+    if differing or edited != _DOCUMENT:  # the value drawn may be the one that was there
+        assert differing  # a key added where there was none: its object differs
+        shallowest = min(len(p) for p in differing)
+        assert len({p for p in differing if len(p) == shallowest}) == 1
+
+
+def _at(document: object, place: tuple[object, ...]) -> object:
+    for key in place:
+        try:
+            document = document[key]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return document
+
+
+_MISSING = object()
+
+
+def test_json_places_names_every_value_once() -> None:
+    assert ks.json_places(_DOCUMENT) == [
+        ("plan",), ("plan", "changes"), ("plan", "changes", 0),
+        ("plan", "changes", 0, "action"), ("plan", "changes", 0, "after"),
+        ("plan", "changes", 0, "after", "type"), ("plan", "notes"), ("format",)]

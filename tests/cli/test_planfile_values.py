@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from k3snet import MasqueradeRule, PlanError, State, plan
 from k3snet.planfile import PlanFile
+from k3snet.testing.strategies import edited_documents
 
 
 def _saved(tmp_path: Path) -> tuple[PlanFile, Path]:
@@ -60,35 +61,13 @@ def test_a_file_that_is_not_json_is_refused(tmp_path: Path) -> None:
         PlanFile.read(path, netns=None)
 
 
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                               max_size=3),
-    max_leaves=6)
-
-
-def _places(value: object, where: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    """Every place (a path of keys and indexes) inside a JSON document."""
-    places = [where] if where else []
-    items = value.items() if isinstance(value, dict) else (
-        enumerate(value) if isinstance(value, list) else ())
-    for key, inner in items:
-        places += _places(inner, (*where, key))
-    return places
-
-
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_value_anywhere_in_a_plan_file_is_read_or_refused_with_a_plan_error(
         tmp_path: Path, data: st.DataObject) -> None:
     _saved_file, path = _saved(tmp_path)
-    document = json.loads(path.read_text())
-    *parents, last = data.draw(st.sampled_from(_places(document)), label="place")
-    inner = document
-    for key in parents:
-        inner = inner[key]
-    inner[last] = data.draw(_JSON, label="value")
+    document = data.draw(edited_documents(json.loads(path.read_text())), label="document")
     path.write_text(json.dumps(document))
     with contextlib.suppress(PlanError):
         PlanFile.read(path, netns=None)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose
 from k3snet.doctor.bundle import BundleError
+from k3snet.testing.strategies import edited_documents
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
@@ -38,15 +39,6 @@ _WORDS = ["-j", "DROP", "ACCEPT", "MASQUERADE", "MARK", "--set-xmark", "--mark",
           "=", '"', "\\", "net.ipv4.ip_forward"]
 
 
-def _places(value: Any, where: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    places = [where] if where else []
-    items = value.items() if isinstance(value, dict) else (
-        enumerate(value) if isinstance(value, list) else ())
-    for key, inner in items:
-        places += _places(inner, (*where, key))
-    return places
-
-
 def _diagnosed_or_refused(case: str, texts: dict[str, str]) -> None:
     flow = json.loads((GOLDEN / case / "expected.json").read_text())["flow"]
     try:
@@ -62,22 +54,16 @@ def test_any_value_anywhere_in_a_bundle_json_is_diagnosed_or_a_bundle_error(
         data: st.DataObject, case: str) -> None:
     texts = dict(NodeCapture.read_dir(GOLDEN / case).texts)
     name = data.draw(st.sampled_from(sorted(n for n in texts if n.endswith(".json"))))
-    document = json.loads(texts[name])
-    # What the doctor evaluates: the rules' statements and sets, routes, rules, addresses.
-    places = [p for p in _places(document) if name != "nft-ruleset.json"
-              or (len(p) > 3 and p[2] in ("rule", "set") and p[3] in ("expr", "elem"))]
-    if not places:
-        return
-    *parents, last = data.draw(st.sampled_from(places), label="place")
-    inner = document
-    for key in parents:
-        inner = inner[key]
-    if isinstance(inner[last], dict) and data.draw(st.booleans(), label="add a key"):
-        inner[last][data.draw(st.sampled_from(["dev", "iif", "table", "prefsrc", "expr",
-                                               "hook", "family", "elem", "jump"]))] = (
-            data.draw(_JSON, label="its value"))
-    else:
-        inner[last] = data.draw(_JSON, label="value")
+
+    def evaluated(place: tuple[Any, ...]) -> bool:
+        """What the doctor evaluates: rules' statements and sets, routes, rules, addresses."""
+        return name != "nft-ruleset.json" or (
+            len(place) > 3 and place[2] in ("rule", "set") and place[3] in ("expr", "elem"))
+
+    document = data.draw(edited_documents(
+        json.loads(texts[name]), _JSON, where=evaluated,
+        keys=["dev", "iif", "table", "prefsrc", "expr", "hook", "family", "elem", "jump"]),
+        label="document")
     texts[name] = json.dumps(document)
     _diagnosed_or_refused(case, texts)
 
