@@ -423,8 +423,9 @@ def _node_name(text: str) -> str:
     """``--node-name``: a Node's name, a DNS subdomain (what the API server accepts): a
     mistyped one would have its annotation, Events and Lease refused on every pass."""
     problem = name_problem(text)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
+    if problem is not None:  # the default (the hostname) included: say how to name it
+        raise argparse.ArgumentTypeError(
+            f"{problem}; give the Node's name with --node-name or K3SNET_NODE_NAME")
     return text
 
 

@@ -232,13 +232,14 @@ class HealthServer:
         method, target = words[0], words[1].decode("ascii", "replace")
         if method not in (b"GET", b"HEAD"):
             return _text(405, "only GET and HEAD"), False
-        route = self._routes.get(target.split("?", 1)[0])
+        path = target.split("?", 1)[0]
+        route = self._routes.get(path)
         if route is None:
             return _text(404, "not found"), method == b"HEAD"
         try:
             return route(), method == b"HEAD"
         except Exception as exc:  # noqa: BLE001 - a probe's answer, not the agent's end
-            logging.getLogger("k3snet.agent").warning("%s failed: %s", target, exc)
+            logging.getLogger("k3snet.agent").warning("%s failed: %s", path, exc)
             return _text(500, "internal error"), method == b"HEAD"
 
     def _answer(self, client: _Client, answer: tuple[int, bytes, str], head: bool) -> None:

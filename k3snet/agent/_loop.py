@@ -122,7 +122,7 @@ class AgentOptions:
     started: a busy node (kube-proxy committing every second) costs at most one
     pass per ``watch_gap``. While another program keeps undoing what k3snet writes
     (more than :data:`FREE_REPAIRS` passes repairing drift within
-    :meth:`repair_window`), the gap doubles with each repair, up to ``interval``."""
+    :attr:`repair_window`), the gap doubles with each repair, up to ``interval``."""
     stale_after: float | None = None
     """/healthz fails when no pass has ended for this long (default: 2 x interval
     + 2 x the namespace lock timeout + 60 s)."""

@@ -67,7 +67,7 @@ def shortened(message: str, limit: int) -> str:
     """
     if len(message) <= limit:
         return message
-    cut = limit - 64
+    cut = max(0, limit - 64)
     boundary = message.rfind("; ", 0, cut)
     if boundary > cut // 2:
         cut = boundary
