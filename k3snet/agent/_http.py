@@ -278,8 +278,11 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
         sock.listen(128)
         sock.setblocking(False)
-    except BaseException:
+    except BaseException as exc:
         sock.close()
+        if isinstance(exc, OSError):  # which address, for a host name not found too
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise OSError(exc.errno, exc.strerror, f"listen on {where}") from exc
         raise
     return sock
 

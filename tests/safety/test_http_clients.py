@@ -223,3 +223,14 @@ def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="max_connections"):
         HealthServer("127.0.0.1", 0, healthy=lambda: (True, ""), ready=lambda: (True, ""),
                      metrics=None, max_connections=0)
+
+
+def test_an_address_that_cannot_be_listened_on_is_named_in_the_error() -> None:
+    taken = _server()
+    try:
+        with pytest.raises(OSError, match="Address already in use") as raised:
+            HealthServer("127.0.0.1", taken.port, healthy=lambda: (True, ""),
+                         ready=lambda: (True, ""), metrics=None)
+        assert raised.value.filename == f"listen on 127.0.0.1:{taken.port}"
+    finally:
+        taken.stop()
