@@ -48,8 +48,11 @@ def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT``, ``:PORT`` (every address) or ``[V6]:PORT`` -> (host, port).
 
     ``HOST`` is an IPv4 address or a host name; an IPv6 address is written in
-    brackets (``[::]:9743`` is every address of both families). Anything else,
-    a port above 65535 included, is a ``ValueError`` quoting the text.
+    brackets. ``:PORT`` and ``[::]:PORT`` are every address of both families (host
+    ``::``, served dual-stack; IPv4 alone where the kernel has no IPv6), so that
+    a probe reaches the agent on an IPv6-only or IPv6-first node too;
+    ``0.0.0.0:PORT`` is every IPv4 address. Anything else, a port above 65535
+    included, is a ``ValueError`` quoting the text.
     """
     bracketed = _BRACKETED.fullmatch(text)
     if bracketed is not None:
@@ -65,7 +68,7 @@ def parse_listen(text: str) -> tuple[str, int]:
                              f"not {text!r}")
     if not port.isdigit() or len(port) > 5 or int(port) > 65535:
         raise ValueError(f"listen address {text!r}: the port must be 0..65535")
-    return host or "0.0.0.0", int(port)  # noqa: S104 - probes come from the kubelet
+    return host or "::", int(port)
 
 
 _BRACKETED = re.compile(r"\[(?P<host>[0-9A-Fa-f:.]+)\]:(?P<port>[0-9]*)")
@@ -110,7 +113,8 @@ class HealthServer:
         self._max = max_connections
         self._deadline = deadline
         self._listener = _listen(host, port)
-        self.host = host
+        fell_back = host == "::" and self._listener.family == socket.AF_INET
+        self.host = "0.0.0.0" if fell_back else host  # noqa: S104 - every address, IPv4 only
         self.port = int(self._listener.getsockname()[1])
         self._clients: dict[int, _Client] = {}  # by file descriptor, in accept order
         self._stopping = threading.Event()
@@ -271,9 +275,19 @@ class HealthServer:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """A non-blocking listening socket on (host, port); IPv6 when the host has a colon."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    """A non-blocking listening socket on (host, port); IPv6 when the host has a colon,
+    ``::`` dual-stack whatever ``net.ipv6.bindv6only`` says (IPv4's ``0.0.0.0`` where the
+    kernel has no IPv6)."""
     try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+    except OSError:
+        if host != "::":
+            raise
+        return _listen("0.0.0.0", port)  # noqa: S104 - every address, as asked
+    try:
+        if host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)

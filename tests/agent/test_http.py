@@ -151,7 +151,8 @@ def test_conflicts_are_counted(tmp_path: Path) -> None:
 
 
 def test_parse_listen() -> None:
-    assert parse_listen(":9743") == ("0.0.0.0", 9743)  # noqa: S104 - the parser under test
+    assert parse_listen(":9743") == ("::", 9743)
+    assert parse_listen("0.0.0.0:9743") == ("0.0.0.0", 9743)  # noqa: S104 - the parser
     assert parse_listen("127.0.0.1:0") == ("127.0.0.1", 0)
     assert parse_listen("[::1]:80") == ("::1", 80)
     assert parse_listen("[::]:9743") == ("::", 9743)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from k3snet.agent import HealthServer
+from k3snet.agent import HealthServer, parse_listen
 from k3snet.agent._http import REQUEST_LIMIT
 
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: node\r\nUser-Agent: kube-probe/1.31\r\n\r\n"
@@ -234,3 +234,40 @@ def test_an_address_that_cannot_be_listened_on_is_named_in_the_error() -> None:
         assert raised.value.filename == f"listen on 127.0.0.1:{taken.port}"
     finally:
         taken.stop()
+
+
+def test_every_address_is_served_on_both_families() -> None:
+    """``--listen :PORT`` (the DaemonSet's): a kubelet probing the node's IPv6 address
+    (an IPv6-only or IPv6-first node) must reach the agent as one probing IPv4 does."""
+    host, port = parse_listen(":0")
+    served = HealthServer(host, port, healthy=lambda: (True, "ok"), ready=lambda: (True, "r"),
+                          metrics=None).start()
+    try:
+        for address in ("127.0.0.1", "::1"):
+            with socket.create_connection((address, served.port), timeout=10) as sock:
+                sock.sendall(PROBE)
+                assert _answer(sock).startswith(b"HTTP/1.1 200 OK\r\n"), address
+    finally:
+        served.stop()
+
+
+
+def test_every_address_falls_back_to_ipv4_where_the_kernel_has_no_ipv6(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: object) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(97, "Address family not supported by protocol")
+        return real(family, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    served = HealthServer(*parse_listen(":0"), healthy=lambda: (True, "ok"),
+                          ready=lambda: (True, "r"), metrics=None)
+    monkeypatch.setattr(socket, "socket", real)
+    served.start()
+    try:
+        assert served.host == "0.0.0.0"  # noqa: S104 - what the fallback says it serves
+        assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        served.stop()
