@@ -74,6 +74,13 @@ def shortened(message: str, limit: int) -> str:
     return f"{message[:cut]}; ... ({len(message) - cut} more characters in the agent's log)"
 
 
+def event_name(node: str, suffix: str) -> str:
+    """``NODE.k3snet.SUFFIX``, the node's part cut so that the name stays a valid one
+    (at most 253 characters: a node's name may be 253 on its own)."""
+    room = 253 - len(f".k3snet.{suffix}")
+    return f"{node[:room].rstrip('.-')}.k3snet.{suffix}"
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(tz=datetime.UTC)
 
@@ -127,7 +134,7 @@ class NodeReporter:
         kind, reason = _REASONS.get(result.status, ("Warning", "K3snetUnknown"))
         body = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{self.node}.k3snet.{uuid.uuid4().hex[:12]}",
+            "metadata": {"name": event_name(self.node, uuid.uuid4().hex[:12]),
                          "namespace": _EVENT_NAMESPACE},
             "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node},
             "reason": reason, "message": shortened(result.message, _EVENT_LIMIT), "type": kind,

@@ -29,11 +29,12 @@ from k3snet.agent import (
     NodeReport,
     NodeReporter,
 )
-from k3snet.agent._report import shortened
+from k3snet.agent._report import event_name, shortened
 from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
+from k3snet.kube import name_problem
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
 
@@ -271,3 +272,13 @@ def test_a_shortened_message_fits_its_limit_and_keeps_its_start(message: str,
         kept = shortened(message, limit).rpartition("; ... (")[0]
         assert message.startswith(kept)
         assert len(kept) >= (limit - 64) // 2
+
+
+@pytest.mark.parametrize("node", ["node-a", "a" * 253, ("a" * 62 + ".") * 4 + "b",
+                                  "x" * 232 + "-" + "y" * 20])
+def test_an_event_name_is_a_valid_name_whatever_the_node_name(node: str) -> None:
+    assert name_problem(node) is None
+    name = event_name(node, "0123456789ab")
+    assert name_problem(name) is None
+    assert name.endswith(".k3snet.0123456789ab")
+    assert node.startswith(name.removesuffix(".k3snet.0123456789ab"))
