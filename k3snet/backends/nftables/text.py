@@ -8,7 +8,9 @@ takes a table from its text only when every line of it is one k3snet writes:
 - the table's header, then its chains, each at most once and only those k3snet
   writes (``postrouting`` and ``forward``, both present, each with k3snet's hook
   line as nft prints it, and the empty marker chain);
-- rules only in the two base chains, each with a well-formed tag as its comment,
+- rules only in the two base chains, each with a well-formed tag as its comment and
+  a handle no other rule of the table has (a table numbers its rules once: a text
+  that says otherwise was not printed by nft, and a rule is deleted by its handle),
   whose text, read as an object, renders back (:func:`~k3snet.render.nftables.nft_rules`)
   to exactly the text nft printed.
 
@@ -151,6 +153,7 @@ class _Reader:
         self.lines: Lines = {}
         self.chains: list[str] = []
         self.rules: list[ListedRule] = []
+        self.handles: set[int] = set()  # a table numbers its rules once: never two alike
         self.chain: str | None = None
         self.spec: str | None = None  # the hook line the current chain must start with
 
@@ -190,7 +193,10 @@ class _Reader:
         _expect(read is not None)
         assert read is not None
         self.lines[key] = read
-        return ListedRule(chain, int(found[4]), tag + REPLY_SUFFIX if reply else tag, read[0],
+        handle = int(found[4])
+        _expect(handle not in self.handles)
+        self.handles.add(handle)
+        return ListedRule(chain, handle, tag + REPLY_SUFFIX if reply else tag, read[0],
                           reply, read[1])
 
     def open(self, line: str) -> None:
