@@ -140,6 +140,11 @@ class HealthServer:
         self._wake_write.close()
 
     @property
+    def address(self) -> str:
+        """Where it listens, ``HOST:PORT`` (``[V6]:PORT``): ``[::]:PORT`` is both families."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
     def connections(self) -> int:
         """How many client connections are held now."""
         return len(self._clients)
@@ -281,9 +286,11 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                              socket.SOCK_STREAM)
-    except OSError:
+    except OSError as exc:
         if host != "::":
             raise
+        logging.getLogger("k3snet.agent").warning(
+            "no IPv6 here (%s): serving every IPv4 address only", exc.strerror or exc)
         return _listen("0.0.0.0", port)  # noqa: S104 - every address, as asked
     try:
         if host == "::":
@@ -295,7 +302,7 @@ def _listen(host: str, port: int) -> socket.socket:
     except BaseException as exc:
         sock.close()
         if isinstance(exc, OSError):  # which address, for a host name not found too
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as .address
             raise OSError(exc.errno, exc.strerror, f"listen on {where}") from exc
         raise
     return sock

@@ -123,7 +123,7 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
         server = HealthServer(host, port, healthy=agent.health, ready=agent.readiness,
                               metrics=metrics.exposition).start()
         logging.getLogger("k3snet.agent").info(
-            "serving /healthz, /readyz and /metrics on %s:%d", server.host, server.port)
+            "serving /healthz, /readyz and /metrics on %s", server.address)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: agent.stop())

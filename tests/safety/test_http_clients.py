@@ -242,6 +242,7 @@ def test_every_address_is_served_on_both_families() -> None:
     host, port = parse_listen(":0")
     served = HealthServer(host, port, healthy=lambda: (True, "ok"), ready=lambda: (True, "r"),
                           metrics=None).start()
+    assert served.address == f"[::]:{served.port}"
     try:
         for address in ("127.0.0.1", "::1"):
             with socket.create_connection((address, served.port), timeout=10) as sock:
@@ -253,7 +254,7 @@ def test_every_address_is_served_on_both_families() -> None:
 
 
 def test_every_address_falls_back_to_ipv4_where_the_kernel_has_no_ipv6(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     real = socket.socket
 
     def no_ipv6(family: int = socket.AF_INET, *args: object) -> socket.socket:
@@ -268,6 +269,8 @@ def test_every_address_falls_back_to_ipv4_where_the_kernel_has_no_ipv6(
     served.start()
     try:
         assert served.host == "0.0.0.0"  # noqa: S104 - what the fallback says it serves
+        assert served.address == f"0.0.0.0:{served.port}"
+        assert any("no IPv6 here" in r.getMessage() for r in caplog.records)
         assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         served.stop()
