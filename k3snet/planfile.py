@@ -34,9 +34,12 @@ from k3snet.errors import BackendError, ModelError, PlanError
 from k3snet.model.state import State
 from k3snet.planner import Plan
 
-__all__ = ["PLANFILE_FORMAT", "PLANFILE_KIND", "PlanFile", "node_identity"]
+__all__ = ["MAX_PLANFILE_BYTES", "PLANFILE_FORMAT", "PLANFILE_KIND", "PlanFile",
+           "node_identity"]
 
 PLANFILE_KIND = "k3snet-planfile"
+MAX_PLANFILE_BYTES = 256 * 1024 * 1024
+"""The largest plan file read (a plan of 50 000 changes is tens of MB)."""
 PLANFILE_FORMAT = 1
 
 
@@ -89,6 +92,9 @@ class PlanFile:
 
         ``netns``: the namespace it is applied in (``None``: the one it was made for).
         """
+        if path.stat().st_size > MAX_PLANFILE_BYTES:
+            raise PlanError(f"{path}: larger than {MAX_PLANFILE_BYTES >> 20} MiB; not a k3snet "
+                            "plan file")
         try:
             document = json.loads(path.read_text())
         except ValueError as exc:

@@ -26,7 +26,11 @@ import attrs
 from k3snet._kept import write_output
 from k3snet.errors import K3snetError
 
-__all__ = ["CNI_FILES", "EXTRA_FILES", "FILES", "BundleError", "NodeCapture"]
+__all__ = ["CNI_FILES", "EXTRA_FILES", "FILES", "MAX_FILE_BYTES", "BundleError", "NodeCapture"]
+
+MAX_FILE_BYTES = 256 * 1024 * 1024
+"""The largest bundle file read: ``nft -j list ruleset`` of 50 000 rules is ~35 MB; a
+bigger file is not a capture, and reading it whole could take the doctor's memory."""
 
 #: Bundle file name -> the argv that produces it (run inside the namespace).
 FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
@@ -164,6 +168,9 @@ class NodeCapture:
             path = root / name
             if path.is_file():
                 try:
+                    if path.stat().st_size > MAX_FILE_BYTES:
+                        raise BundleError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; "
+                                          "a capture file is far smaller")
                     texts[name] = path.read_text()
                 except (OSError, UnicodeDecodeError) as exc:
                     raise BundleError(f"{path}: {exc}") from exc

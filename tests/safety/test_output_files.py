@@ -18,7 +18,9 @@ import pytest
 from k3snet import MasqueradeRule, State, plan
 from k3snet._kept import write_output
 from k3snet.doctor import NodeCapture
-from k3snet.planfile import PlanFile
+from k3snet.doctor.bundle import MAX_FILE_BYTES, BundleError
+from k3snet.errors import PlanError
+from k3snet.planfile import MAX_PLANFILE_BYTES, PlanFile
 
 SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
         "destinations:\n  - cidr: 192.168.2.0/24\n")
@@ -120,3 +122,18 @@ def test_a_write_that_cannot_be_done_names_the_file_asked_for(tmp_path: Path,
     assert raised.value.filename == str(tmp_path / where)
     assert _leftovers(tmp_path) == []
 
+
+
+def test_a_plan_file_or_a_bundle_file_too_large_to_be_one_is_refused_unread(
+        tmp_path: Path) -> None:
+    huge = tmp_path / "node.plan"
+    with huge.open("wb") as handle:  # sparse: no disk, no memory
+        handle.truncate(MAX_PLANFILE_BYTES + 1)
+    with pytest.raises(PlanError, match="larger than 256 MiB"):
+        PlanFile.read(huge, netns=None)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    with (bundle / "routes-v4.json").open("wb") as handle:
+        handle.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(BundleError, match="larger than 256 MiB"):
+        NodeCapture.read_dir(bundle)
