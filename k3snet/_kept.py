@@ -101,15 +101,7 @@ def replace_atomically(file: Path, text: str | bytes, prefix: str, *, mode: int)
     why = untrusted(os.lstat(file.parent))
     if why is not None:
         raise PermissionError(f"{file.parent} is {why}")
-    fd, tmp = _temporary(file.parent, prefix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode() if isinstance(text, str) else text)
-        os.replace(tmp, file)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    _replace(file, text, prefix, None)
 
 
 def write_output(file: Path, text: str | bytes) -> None:
@@ -126,14 +118,21 @@ def write_output(file: Path, text: str | bytes) -> None:
         before = None
     mode = stat.S_IMODE(before.st_mode) if before is not None and stat.S_ISREG(
         before.st_mode) else 0o666 & ~_umask()
+    _replace(file, text, f".{file.name}.", mode)
+
+
+def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None) -> None:
+    """``text`` into a new temporary file beside ``file`` (0600, else ``mode``), renamed
+    over it; nothing left behind on failure, whose :class:`OSError` names ``file``."""
     try:
-        fd, tmp = _temporary(file.parent, f".{file.name}.")
+        fd, tmp = _temporary(file.parent, prefix)
     except OSError as exc:  # named after the file asked for, not the temporary one
         raise OSError(exc.errno, exc.strerror, str(file)) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(text.encode() if isinstance(text, str) else text)
-            os.fchmod(handle.fileno(), mode)
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
         os.replace(tmp, file)
     except BaseException as exc:
         with contextlib.suppress(OSError):

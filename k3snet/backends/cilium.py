@@ -362,7 +362,7 @@ class CiliumBackend(BackendBase):
         namespace, cm_name = (configmap_ref(configmap) if configmap is not None
                               else DEFAULT_CONFIGMAP)
         self._target = cilium_target(namespace, cm_name)  # validates before connecting
-        cilium_target(namespace, option_text("ip_masq_agent", ip_masq_agent) or "")
+        cilium_target(namespace, option_text("ip_masq_agent", ip_masq_agent))
         timeout = option_seconds("timeout", timeout)
         self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self._client, self._owns_client = make_api_client(

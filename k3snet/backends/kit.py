@@ -111,10 +111,8 @@ def option_flag(name: str, value: object) -> bool:
     return value
 
 
-def option_text(name: str, value: object, *, optional: bool = False) -> str | None:
-    """A text option (``None`` too when ``optional``): never a number or a list."""
-    if value is None and optional:
-        return None
+def option_text(name: str, value: object) -> str:
+    """A text option: never a number, a list or ``None``."""
     if not isinstance(value, str):
         raise ModelError(f"{name} must be text, got {value!r}")
     return value
