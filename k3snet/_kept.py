@@ -13,19 +13,23 @@ process left it) live under k3snet's state directory and share these rules:
 * any failure leaves things as they were: a kept file is only ever a shortcut.
 
 Files a user asks for (a plan file, rendered manifests, a doctor bundle) are
-written the same way by :func:`write_output`, wherever they go.
+written the same way by :func:`write_output`, wherever they go; files a user names
+(a spec, an ip-masq-agent config, a plan file, a bundle) are read by
+:func:`read_input`: a regular file of bounded size, never waited on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["code_identity", "prune", "read_trusted", "replace_atomically", "state_directory",
-           "trusted", "untrusted", "write_atomic", "write_output"]
+__all__ = ["code_identity", "input_problem", "prune", "read_input", "read_trusted",
+           "replace_atomically", "state_directory", "trusted", "untrusted", "write_atomic",
+           "write_output"]
 
 
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
@@ -80,6 +84,35 @@ def read_trusted(file: Path, limit: int) -> bytes | None:
             return handle.read(limit + 1)
     except OSError:
         return None
+
+
+def read_input(file: str | Path, limit: int) -> bytes:
+    """The bytes of a file a user named: a regular file of at most ``limit`` bytes.
+
+    Anything else is an :class:`OSError` whose ``strerror`` says why (``a directory``,
+    ``not a regular file``, ``larger than N bytes``) and whose ``filename`` is
+    ``file``: a FIFO is refused, not waited on for a writer (it is opened without
+    blocking), and a device such as ``/dev/zero`` is never read (it would not end).
+    """
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise OSError(errno.EINVAL, kind, str(file))
+        if info.st_size <= limit:  # else refused unread: limit + 1 bytes would be memory
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                data = handle.read(limit + 1)  # more: a file growing, or one of /proc
+            if len(data) <= limit:
+                return data
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
+    finally:
+        os.close(fd)
+
+
+def input_problem(exc: OSError) -> str:
+    """What :func:`read_input` (or ``open``) found wrong, without the errno number."""
+    return exc.strerror or str(exc)
 
 
 def write_atomic(file: Path, text: str | bytes, prefix: str) -> bool:

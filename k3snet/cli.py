@@ -49,6 +49,7 @@ from k3snet.planfile import PlanFile
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
+from k3snet.spec.source import read_text
 
 __all__ = ["build_parser", "main"]
 
@@ -1197,10 +1198,10 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
         name, sep, path = entry.partition("=")
         if not sep:
             raise SpecError([Problem("", f"--profile must be NAME=SPEC, not {entry!r}")])
-        profiles[name] = (load_spec(path), Path(path).read_text())
+        profiles[name] = (load_spec(path), read_text(path))
     objects = render_manifests(
         spec,
-        spec_text=args.spec.read_text(),
+        spec_text=read_text(args.spec),
         flannel_conf=args.flannel_conf,
         flannel_configmap_namespace=args.flannel_configmap_namespace,
         profiles=profiles,

@@ -17,6 +17,7 @@ observed and the desired state (schema: ``k3snet.schemas.load_schema("planfile")
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import socket
@@ -26,13 +27,14 @@ from typing import Any
 
 import attrs
 
-from k3snet._kept import write_output
+from k3snet._kept import input_problem, read_input, write_output
 from k3snet._version import __version__
 from k3snet.backends.lock import namespace_id
 from k3snet.converge import state_digest
 from k3snet.errors import BackendError, ModelError, PlanError
 from k3snet.model.state import State
 from k3snet.planner import Plan
+from k3snet.spec.source import MAX_BYTES as SPEC_MAX_BYTES
 
 __all__ = ["MAX_PLANFILE_BYTES", "PLANFILE_FORMAT", "PLANFILE_KIND", "PlanFile",
            "node_identity"]
@@ -41,6 +43,23 @@ PLANFILE_KIND = "k3snet-planfile"
 MAX_PLANFILE_BYTES = 256 * 1024 * 1024
 """The largest plan file read (a plan of 50 000 changes is tens of MB)."""
 PLANFILE_FORMAT = 1
+
+
+def _read_json(path: Path) -> Any:
+    """A plan file's JSON document; a PlanError when it is not a readable regular file of
+    at most :data:`MAX_PLANFILE_BYTES` holding JSON (a FIFO or a device is refused
+    unread)."""
+    try:
+        data = read_input(path, MAX_PLANFILE_BYTES)
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise PlanError(f"{path}: larger than {MAX_PLANFILE_BYTES >> 20} MiB; not a "
+                            "k3snet plan file") from None
+        raise PlanError(f"cannot read {path}: {input_problem(exc)}") from None
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
 
 
 def node_identity(netns: str | None) -> dict[str, str | None]:
@@ -70,7 +89,8 @@ class PlanFile:
              netns: str | None, spec_path: Path | None = None) -> PlanFile:
         """A plan file for this node; ``desired`` and ``observed`` as the plan saw them."""
         spec = None if spec_path is None else {
-            "path": str(spec_path), "sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest()}
+            "path": str(spec_path), "sha256": hashlib.sha256(
+                read_input(spec_path, SPEC_MAX_BYTES)).hexdigest()}
         return cls(p, desired, tuple(backends), node_identity(netns), state_digest(observed),
                    spec)
 
@@ -92,13 +112,7 @@ class PlanFile:
 
         ``netns``: the namespace it is applied in (``None``: the one it was made for).
         """
-        if path.stat().st_size > MAX_PLANFILE_BYTES:
-            raise PlanError(f"{path}: larger than {MAX_PLANFILE_BYTES >> 20} MiB; not a k3snet "
-                            "plan file")
-        try:
-            document = json.loads(path.read_text())
-        except ValueError as exc:
-            raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
+        document = _read_json(path)
         if not isinstance(document, dict) or document.get("kind") != PLANFILE_KIND:
             raise PlanError(f"{path} is not a k3snet plan file (made by `k3snet plan --out`)")
         if document.get("format") != PLANFILE_FORMAT:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import Problem, SpecError
 from k3snet.kube import DEFAULT_TIMEOUT, KubeErrors
+from k3snet.spec.source import read_text
 
 __all__ = ["ConfigMapSpecSource", "FileSpecSource", "SpecSource"]
 
@@ -37,13 +38,8 @@ class FileSpecSource:
         return str(self.path)
 
     def read(self) -> str:
-        """The file's text."""
-        try:
-            return self.path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise SpecError([Problem("", f"cannot read {self.path}: {reason}")],
-                            source=str(self.path)) from exc
+        """The file's text (a regular UTF-8 file of bounded size, as every spec file)."""
+        return read_text(self.path)
 
 
 class ConfigMapSpecSource:

@@ -64,6 +64,7 @@ from typing import Any
 
 import attrs
 
+from k3snet._kept import read_input
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.flannel_read import (
     DISRUPTIVE_KEYS,
@@ -149,6 +150,11 @@ class _Doc:
     values: dict[str, Any]
 
 
+_MAX_FILE_BYTES = 1 << 20
+"""The largest ``net-conf.json`` file read (flannel's is a few hundred bytes); a larger
+file, a FIFO or a device is an error, never read whole or waited on."""
+
+
 def _read_doc(text: str, record: Record | None, token: Any, where: str) -> _Doc:
     values = dict(ObjectText(text, where).values)
     values.pop(FLANNEL_OWNED_MARKER, None)
@@ -166,7 +172,7 @@ class _FileStore:
     def read(self) -> _Doc | None:
         with translate_errors(f"read {self.where}"):
             try:
-                data = self.path.read_bytes()
+                data = read_input(self.path, _MAX_FILE_BYTES)
             except FileNotFoundError:
                 return None
         try:
@@ -186,7 +192,7 @@ class _FileStore:
             text = ObjectText(text, self.where).set(FLANNEL_OWNED_MARKER, record_text(record))
         with translate_errors(f"read {self.where} again before writing (nothing was "
                               "changed)", into=ApplyError):
-            current = self.path.read_bytes()
+            current = read_input(self.path, _MAX_FILE_BYTES)
         if current != doc.token:
             raise ApplyError(f"{self.where}: changed by someone else while k3snet was applying; "
                              "nothing was written, observe and plan again")

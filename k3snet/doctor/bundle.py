@@ -13,6 +13,7 @@ owners, no keys, no process lists; only the files listed in :data:`FILES`.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import subprocess
@@ -23,7 +24,7 @@ from typing import Final
 
 import attrs
 
-from k3snet._kept import write_output
+from k3snet._kept import input_problem, read_input, write_output
 from k3snet.errors import K3snetError
 
 __all__ = ["CNI_FILES", "EXTRA_FILES", "FILES", "MAX_FILE_BYTES", "BundleError", "NodeCapture"]
@@ -67,6 +68,20 @@ _SYSCTL_LINE = re.compile(r"\s*(?P<name>[\w./@+-]+)\s*=\s*(?P<value>.*?)\s*")
 
 def _frozen(values: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(values))
+
+
+def _read_capture(path: Path) -> str:
+    """A bundle file's text: a regular UTF-8 file of at most :data:`MAX_FILE_BYTES`, read
+    without waiting (:func:`k3snet._kept.read_input`), else a BundleError."""
+    try:
+        return read_input(path, MAX_FILE_BYTES).decode()
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise BundleError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; a capture "
+                              "file is far smaller") from None
+        raise BundleError(f"{path}: {input_problem(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 class BundleError(K3snetError, ValueError):
@@ -152,8 +167,8 @@ class NodeCapture:
         for name, path in CNI_FILES.items():
             # CNI files live on the host's file system, which a network namespace shares.
             try:
-                texts[name] = Path(path).read_text()
-            except OSError:
+                texts[name] = read_input(path, MAX_FILE_BYTES).decode()
+            except (OSError, UnicodeDecodeError):
                 continue
         return cls(texts, missing)
 
@@ -167,19 +182,13 @@ class NodeCapture:
         for name in (*FILES, *CNI_FILES, *EXTRA_FILES):
             path = root / name
             if path.is_file():
-                try:
-                    if path.stat().st_size > MAX_FILE_BYTES:
-                        raise BundleError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; "
-                                          "a capture file is far smaller")
-                    texts[name] = path.read_text()
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise BundleError(f"{path}: {exc}") from exc
+                texts[name] = _read_capture(path)
         missing: dict[str, str] = {}
         manifest = root / _MANIFEST
         if manifest.is_file():
             try:
-                data = json.loads(manifest.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                data = json.loads(_read_capture(manifest))
+            except json.JSONDecodeError as exc:
                 raise BundleError(f"{manifest}: {exc}") from exc
             if isinstance(data, dict) and isinstance(data.get("missing"), dict):
                 missing = {str(k): str(v) for k, v in data["missing"].items()}

@@ -48,7 +48,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any, Final
@@ -56,7 +55,14 @@ from typing import Any, Final
 import attrs
 
 from k3snet._gc import gc_paused
-from k3snet._kept import code_identity, prune, read_trusted, state_directory, write_atomic
+from k3snet._kept import (
+    code_identity,
+    prune,
+    read_input,
+    read_trusted,
+    state_directory,
+    write_atomic,
+)
 from k3snet._version import __version__
 from k3snet.errors import K3snetError
 from k3snet.model.cidr import Address, Network
@@ -260,12 +266,8 @@ def _located(path: Path, directory: Path | None) -> tuple[Path, str, bytes] | No
     if directory is None:
         return None
     try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            data = handle.read(MAX_BYTES + 1) if stat.S_ISREG(info.st_mode) else None
+        data = read_input(path, MAX_BYTES)
     except OSError:
-        return None
-    if data is None or len(data) > MAX_BYTES:
         return None
     # One file per spec path: a node alternating two specs keeps both parsed.
     file = directory / (hashlib.sha256(os.fsencode(path.absolute())).hexdigest()[:32] + ".json")

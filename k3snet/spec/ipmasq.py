@@ -16,7 +16,7 @@ import attrs
 from k3snet.errors import SpecError
 from k3snet.model.cidr import Network, parse_network
 from k3snet.spec.fields import Field, Reader, Section, boolean, networks, read_section
-from k3snet.spec.source import load_mapping
+from k3snet.spec.source import load_mapping, read_text
 
 __all__ = [
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
@@ -73,9 +73,9 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
         data: Any = source
     else:
         text = str(source)
-        if "\n" not in text and ":" not in text and Path(text).exists():
+        if isinstance(source, Path) or _a_path(text):
             where = text
-            text = Path(text).read_text()
+            text = read_text(text)
         data = load_mapping(text, where)
     reader = Reader()
     config = read_section(reader, IP_MASQ_AGENT, data, "")
@@ -83,3 +83,9 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
         raise SpecError(reader.problems, source=where)
     assert isinstance(config, IpMasqAgentConfig)  # the section has no required key
     return config
+
+
+def _a_path(text: str) -> bool:
+    """Whether ``text`` names a file rather than holding the config: one line without
+    ``:`` (every mapping of the config's keys has one) that is not a flow mapping."""
+    return "\n" not in text and ":" not in text and not text.lstrip().startswith("{")

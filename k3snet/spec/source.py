@@ -3,7 +3,8 @@
 A spec is read as root on every node, possibly from a ConfigMap anyone with
 edit rights can change, so reading is bounded whatever the input:
 
-* a file must be a regular file of at most :data:`MAX_BYTES`, and UTF-8;
+* a file must be a regular file of at most :data:`MAX_BYTES`, and UTF-8 (a FIFO or
+  a device is refused unread);
 * YAML anchors and aliases are refused (an alias bomb of 525 bytes used to take
   a minute and gigabytes), so are duplicate keys (the last one used to win
   silently, e.g. a second ``destinations: []``) and nesting deeper than
@@ -14,14 +15,14 @@ edit rights can change, so reading is bounded whatever the input:
 
 from __future__ import annotations
 
+import errno
 import json
-import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from k3snet._gc import gc_paused
+from k3snet._kept import input_problem, read_input
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.blockstyle import CONTROL as _CONTROL
 from k3snet.spec.blockstyle import read_block_style
@@ -163,22 +164,17 @@ def _check_depth(data: Any, source: str | None) -> None:
             stack.extend((child, depth + 1) for child in children)
 
 
-def read_text(path: Path) -> str:
-    """A spec file's text: a regular UTF-8 file of at most MAX_BYTES, else a SpecError."""
+def read_text(path: str | Path) -> str:
+    """A spec file's text: a regular UTF-8 file of at most MAX_BYTES, else a SpecError
+    (a FIFO or a device is refused unread, :func:`k3snet._kept.read_input`)."""
     where = str(path)
     try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-                raise _error(f"cannot read {path}: {kind}", where)
-            data = handle.read(MAX_BYTES + 1)
-    except IsADirectoryError:
-        raise _error(f"cannot read {path}: a directory", where) from None
+        data = read_input(path, MAX_BYTES)
     except OSError as exc:
-        raise _error(f"cannot read {path}: {exc.strerror or exc}", where) from None
-    if len(data) > MAX_BYTES:
-        raise _error(f"{path} is larger than {MAX_BYTES} bytes; a spec is far smaller", where)
+        if exc.errno == errno.EFBIG:
+            raise _error(f"{path} is larger than {MAX_BYTES} bytes; a spec is far smaller",
+                         where) from None
+        raise _error(f"cannot read {path}: {input_problem(exc)}", where) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

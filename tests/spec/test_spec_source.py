@@ -168,9 +168,11 @@ def test_an_ip_masq_agent_config_is_a_path_text_or_mapping(tmp_path: Path) -> No
     assert refusal(str(bad)) == (str(bad), ["masqLinkLocal: expected true or false, got 1"])
     assert refusal("masqLinkLocal: 1") == (
         "ip-masq-agent config", ["masqLinkLocal: expected true or false, got 1"])
-    # Not a file and not YAML of a mapping: the text itself is read.
-    assert refusal(str(tmp_path / "missing")) == (
-        "ip-masq-agent config", ["expected a mapping, got str"])
+    # One line without ":" names a file, even a missing one (it was read as YAML text,
+    # which said "expected a mapping, got str").
+    missing = str(tmp_path / "missing")
+    assert refusal(missing) == (missing, [f"cannot read {missing}: No such file or directory"])
+    assert load_ip_masq_agent_config("{}") == IpMasqAgentConfig()
     assert refusal("a: [")[0] == "ip-masq-agent config"
     assert refusal({"nonMasqueradeCIDRs": "10.0.0.0/8", "other": 1}) == (
         "ip-masq-agent config", [

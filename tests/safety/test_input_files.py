@@ -1,0 +1,225 @@
+"""Files a user names (a spec, an ip-masq-agent config, a plan file, a bundle, flannel's
+config file) are read only when they are regular files of bounded size.
+
+A FIFO at such a path used to hang k3snet for ever (``open`` waits for a writer: an
+agent pass, or ``k3snet apply`` in a cron job, stuck), and ``/dev/zero`` as an
+ip-masq-agent config, or a plan file, was read until the kernel killed the process
+(exit 137) or Python gave up (``internal error: MemoryError``). Each is now an
+error that names the file and says what it is.
+
+A reader that still waited on a FIFO would hang this test too: every FIFO here has a
+rescuer that, after a few seconds, opens it for writing and closes it (the reader
+then reads an empty file), and the test fails when the rescuer had to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k3snet._kept import read_input
+from k3snet.agent import FileSpecSource
+from k3snet.backends.flannel import FlannelBackend
+from k3snet.doctor import NodeCapture
+from k3snet.errors import BackendError, PlanError, SpecError
+from k3snet.planfile import PlanFile
+from k3snet.spec import load_ip_masq_agent_config, load_spec
+
+RESCUE_AFTER = 5.0
+SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+        "destinations:\n  - cidr: 192.168.2.0/24\n")
+
+
+class Rescuer:
+    """Opens a FIFO for writing (and closes it at once) whenever someone waits on it,
+    from :data:`RESCUE_AFTER` seconds on; :attr:`rescued` says whether it had to."""
+
+    def __init__(self, fifo: Path) -> None:
+        self.fifo, self.rescued, self.done = fifo, False, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        if self.done.wait(RESCUE_AFTER):
+            return
+        while not self.done.is_set():  # a writer opens only once a reader waits
+            try:
+                os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    return
+            else:  # and again, for a reader opening it once more
+                self.rescued = True
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def fifo(path: Path) -> Iterator[Path]:
+    """A FIFO at ``path`` with a :class:`Rescuer`; the test fails if it was needed."""
+    os.mkfifo(path)
+    rescuer = Rescuer(path)
+    try:
+        yield path
+    finally:
+        rescuer.stop()
+    assert not rescuer.rescued, f"{path}: k3snet waited on the FIFO for a writer"
+
+
+def _sparse(path: Path, size: int) -> Path:
+    with path.open("wb") as handle:  # no disk, no memory
+        handle.truncate(size)
+    return path
+
+
+def test_read_input_takes_regular_files_and_refuses_the_rest_unread(tmp_path: Path) -> None:
+    text = tmp_path / "spec.yaml"
+    text.write_text(SPEC)
+    assert read_input(text, 1000) == SPEC.encode()
+    link = tmp_path / "link"
+    link.symlink_to(text)  # a file the user named through a link is that file
+    assert read_input(link, 1000) == SPEC.encode()
+    # A regular file of /proc says it has no size: read up to the limit.
+    assert read_input("/proc/self/status", 1 << 20).startswith(b"Name:")
+    cases = {
+        "not a regular file": [tmp_path / "fifo", "/dev/zero", "/dev/null"],
+        "a directory": [tmp_path],
+        f"larger than {len(SPEC) - 1} bytes": [text],
+        "larger than 1000 bytes": [_sparse(tmp_path / "huge", 1 << 40)],
+    }
+    with fifo(tmp_path / "fifo"):
+        for why, paths in cases.items():
+            for path in paths:
+                limit = len(SPEC) - 1 if path == text else 1000
+                with pytest.raises(OSError, match=why) as raised:
+                    read_input(path, limit)
+                assert (raised.value.strerror, raised.value.filename) == (why, str(path))
+    with pytest.raises(FileNotFoundError):
+        read_input(tmp_path / "missing", 1000)
+
+
+def test_a_spec_file_that_is_a_fifo_or_a_device_is_refused_not_waited_on(
+        tmp_path: Path) -> None:
+    with fifo(tmp_path / "spec.yaml") as path:
+        with pytest.raises(SpecError, match=r"cannot read .*spec\.yaml: not a regular file"):
+            load_spec(path)
+        with pytest.raises(SpecError, match="not a regular file"):
+            FileSpecSource(path).read()
+
+
+def test_the_command_line_refuses_a_fifo_spec_and_ends(tmp_path: Path) -> None:
+    with fifo(tmp_path / "spec.yaml") as path:
+        # The spec cache is on here: its reader opened the file first, and waited too.
+        env = {**os.environ, "K3SNET_SPEC_CACHE": "on", "K3SNET_STATE_DIR": str(tmp_path)}
+        done = subprocess.run([sys.executable, "-m", "k3snet", "validate", "-f", str(path)],
+                              capture_output=True, text=True, env=env, timeout=120,
+                              check=False)
+    assert done.returncode == 1, done.stderr
+    assert "not a regular file" in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "missing"])
+def test_an_ip_masq_agent_config_that_is_no_file_is_a_spec_problem(
+        tmp_path: Path, kind: str) -> None:
+    why = {"fifo": "not a regular file", "directory": "a directory",
+           "missing": "No such file or directory"}[kind]
+    path = {"fifo": tmp_path / "config", "directory": tmp_path,
+            "missing": tmp_path / "missing"}[kind]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"{SPEC}masquerade:\n  ipMasqAgentConfig: {path}\n")
+    with contextlib.ExitStack() as stack:
+        if kind == "fifo":
+            stack.enter_context(fifo(path))
+        with pytest.raises(SpecError) as raised:
+            load_spec(spec)
+        with pytest.raises(SpecError, match=why):
+            load_ip_masq_agent_config(path)
+    [problem] = raised.value.problems
+    assert problem.path == "masquerade.ipMasqAgentConfig"
+    assert f"cannot read {path}: {why}" in problem.message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_plan_file_that_is_no_file_is_a_plan_error(tmp_path: Path, kind: str) -> None:
+    why = "a directory" if kind == "directory" else "not a regular file"
+    path = {"fifo": tmp_path / "node.plan", "directory": tmp_path}[kind]
+    with contextlib.ExitStack() as stack:
+        if kind == "fifo":
+            stack.enter_context(fifo(path))
+        with pytest.raises(PlanError, match=f"cannot read {path}: {why}"):
+            PlanFile.read(path, netns=None)
+
+
+# Run in a child whose address space is capped: a reader of /dev/zero would otherwise
+# take the machine's memory before it failed (the kernel killed it: exit 137).
+_DEVICES = """
+import json, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from k3snet.agent import FileSpecSource
+from k3snet.backends.flannel import FlannelBackend
+from k3snet.planfile import PlanFile
+from k3snet.spec import load_spec
+calls = {
+    "spec": lambda: load_spec(sys.argv[1]),
+    "agent": lambda: FileSpecSource(Path("/dev/zero")).read(),
+    "plan": lambda: PlanFile.read(Path("/dev/zero"), netns=None),
+    "flannel": lambda: FlannelBackend(path=Path("/dev/zero")).observe(),
+}
+found = {}
+for name, call in calls.items():
+    try:
+        call()
+        found[name] = "read"
+    except BaseException as exc:
+        found[name] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(found))
+"""
+
+
+def test_a_device_is_never_read_as_a_spec_a_config_a_plan_or_flannels_file(
+        tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"{SPEC}masquerade:\n  ipMasqAgentConfig: /dev/zero\n")
+    done = subprocess.run([sys.executable, "-c", _DEVICES, str(spec)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["spec"].startswith("SpecError: 1 problem in ")
+    assert "masquerade.ipMasqAgentConfig" in found["spec"]
+    for name in found:
+        assert "cannot read /dev/zero: not a regular file" in found[name] or (
+            name == "flannel" and "not a regular file: '/dev/zero'" in found[name]), found
+
+
+def test_a_bundle_skips_a_fifo_and_refuses_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "routes-v4.json").write_text("[]")
+    with fifo(tmp_path / "routes-v6.json"):
+        capture = NodeCapture.read_dir(tmp_path)
+    assert set(capture.texts) == {"routes-v4.json"}
+    (tmp_path / "addr.json").write_bytes(b"\xff[]")
+    with pytest.raises(ValueError, match=r"addr.json: not UTF-8 text"):
+        NodeCapture.read_dir(tmp_path)
+
+
+def test_flannels_config_file_as_a_fifo_or_too_large_is_an_error_not_a_hang(
+        tmp_path: Path) -> None:
+    path = tmp_path / "net-conf.json"
+    with fifo(path), pytest.raises(BackendError, match="not a regular file"):
+        FlannelBackend(path=path).observe()
+    _sparse(tmp_path / "big.json", 1 << 30)
+    with pytest.raises(BackendError, match="larger than"):
+        FlannelBackend(path=tmp_path / "big.json").observe()
