@@ -64,6 +64,8 @@ IP_MASQ_AGENT = Section(IpMasqAgentConfig, (
 def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqAgentConfig:
     """Read an ip-masq-agent config (a path, YAML/JSON text, or the parsed mapping).
 
+    A text of one line without ``:`` (and not ``{...}``) is a path, read as a spec
+    file is (a regular file of bounded size); a missing file is a SpecError.
     Missing ``nonMasqueradeCIDRs`` means ip-masq-agent's defaults
     (:data:`IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE`), as in the agent itself; an
     empty list means none.
