@@ -9,8 +9,8 @@ One pass:
    file) with :func:`k3snet.converge`; a new spec that would delete everything
    k3snet owns (:class:`~k3snet.errors.TeardownError`) is refused the same way;
 3. converge the cluster-wide backends (Calico IPPools, the flannel ConfigMap,
-   Cilium's ConfigMaps)
-   only while this agent holds the Lease (:mod:`k3snet.agent._lease`);
+   Cilium's ConfigMaps) only while this agent holds the Lease
+   (:mod:`k3snet.agent._lease`), whether or not step 2 succeeded;
 4. record the outcome: a log line, the metrics, the node annotation.
 
 A failed pass never ends the loop: the next one starts after ``interval``.
@@ -177,6 +177,20 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+class _PartsFailedError(Exception):
+    """The node part, the cluster-wide part or both failed (what was applied is kept)."""
+
+    def __init__(self, failures: Sequence[tuple[str, Exception]],
+                 applied: tuple[Change, ...], leader: bool) -> None:
+        super().__init__(str(failures[0][1]))
+        self.failures, self.applied, self.leader = tuple(failures), applied, leader
+
+    @property
+    def first(self) -> Exception:
+        """The failure the pass is counted under (the node's when both failed)."""
+        return self.failures[0][1]
+
+
 class _RefusedError(Exception):
     """A new spec is refused: invalid or deleting everything (carries the cause)."""
 
@@ -340,7 +354,7 @@ class Agent:
         """Converge a new spec: refused if it would tear everything down or does not compile."""
         group, fresh = self._group_for(spec)
         try:
-            applied, leader = self._converge(spec, group)
+            applied, leader = self._converge(spec, group, new=True)
         except (TeardownError, SpecError) as exc:
             if fresh:
                 group.close()
@@ -375,18 +389,56 @@ class Agent:
         applied, leader = self._converge(self._spec, self._group)
         return self._ok(applied, leader, changed=changed)
 
-    def _converge(self, spec: Spec, group: BackendGroup) -> tuple[tuple[Change, ...], bool]:
+    def _converge(self, spec: Spec, group: BackendGroup, *, new: bool = False
+                  ) -> tuple[tuple[Change, ...], bool]:
+        """Converge the node's part, then (as the Lease holder) the cluster-wide part.
+
+        The two are independent: a failing node part (its nftables apply refused) does
+        not keep the leader from writing the cluster-wide objects, which no other node
+        writes while it holds the Lease. A failure of either part is raised once both
+        ran (:class:`_PartsFailedError`, with what the other applied). Only a ``new``
+        spec that the node part refuses (teardown, invalid) is raised at once: it is
+        not put in force, so nothing of it is written anywhere.
+        """
         node, cluster = split_cluster_wide(group)
         applied: list[Change] = []
+        failures: list[tuple[str, Exception]] = []
         if node is not None:
-            changes, tokens = self._converge_one(spec, node, "node")
-            applied += changes
-            self._observed_at = (group, tokens)
+            try:
+                changes, tokens = self._converge_one(spec, node, "node")
+            except (TeardownError, SpecError) as exc:
+                if new:
+                    raise
+                failures.append(("node", exc))
+            except Exception as exc:  # noqa: BLE001 - raised below, once the cluster part ran
+                failures.append(("node", exc))
+            else:
+                applied += changes
+                self._observed_at = (group, tokens)
         leader = False
-        if cluster is not None and self._cluster_writer():
-            leader = True
-            applied += self._converge_one(spec, cluster, "cluster")[0]
+        if cluster is not None:
+            try:
+                leader = self._cluster_writer()
+                if leader:
+                    applied += self._converge_one(spec, cluster, "cluster")[0]
+            except Exception as exc:  # noqa: BLE001 - raised below, with the node's
+                failures.append(("cluster", exc))
+                self._cluster_synced(exc)
+            else:
+                if leader:
+                    self._cluster_synced(None)
+        if failures:
+            raise _PartsFailedError(failures, tuple(applied), leader)
         return tuple(applied), leader
+
+    def _cluster_synced(self, failure: Exception | None) -> None:
+        """Record how the cluster-wide part ended (this agent holding the Lease)."""
+        if self.metrics is None:
+            return
+        if failure is None:
+            self.metrics.cluster_last_success.set(self._clock())
+        else:
+            self.metrics.cluster_failures.labels(reason=_reason(failure)).inc()
 
     def _converge_one(self, spec: Spec, group: BackendGroup, part: str
                       ) -> tuple[Sequence[Change], tuple[Hashable | None, ...] | None]:
@@ -464,18 +516,27 @@ class Agent:
         return PassResult("ok", message, applied, self._sha, leader, drift)
 
     def _failed(self, exc: BaseException) -> PassResult:
-        reason = _reason(exc)
-        if reason == "internal":
-            _log.error("pass failed with an unexpected error (a bug: please report it)",
-                       exc_info=exc)
+        applied: tuple[Change, ...] = ()
+        leader = self.is_leader
+        parts: Sequence[tuple[str, BaseException]] = (("node", exc),)
+        if isinstance(exc, _PartsFailedError):
+            applied, leader, parts = exc.applied, exc.leader, exc.failures
+        reason = _reason(parts[0][1])
+        said = []
+        for part, failure in parts:
+            if _reason(failure) == "internal":
+                _log.error("pass failed with an unexpected error (a bug: please report it)",
+                           exc_info=failure)
+            what = "cluster-wide objects: " if part == "cluster" else ""
+            said.append(f"{what}{_reason(failure)}: {_one_line(failure)}")
         if self.metrics is not None:
             self.metrics.failures.labels(reason=reason).inc()
             if reason == "conflict":
                 self.metrics.conflicts.inc()
-        message = f"{reason}: {_one_line(exc)}"
+        message = "; ".join(said)
         if self._refusal is not None and reason != "spec":
             message = f"{self._refusal}; {message}"
-        return PassResult("failed", message, (), self._sha, self.is_leader)
+        return PassResult("failed", message, applied, self._sha, leader)
 
     def _record(self, result: PassResult, seconds: float) -> None:
         extra = {"status": result.status, "generation": self.generation,

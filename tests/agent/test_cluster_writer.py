@@ -35,6 +35,8 @@ from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
 from k3snet.kube import name_problem
+from k3snet.model.state import State
+from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
 
@@ -98,7 +100,7 @@ def _agent(srv: EmulatedApiServer, name: str, spec_path: Path,
     agent = Agent(FileSpecSource(spec_path), make_backend,
                   lambda spec, group: compile_for(group, spec),
                   AgentOptions(name, interval=1.0), metrics=AgentMetrics(),
-                  reporter=NodeReporter(api, name), elector_factory=elector)
+                  reporter=NodeReporter(api, name), elector_factory=elector, clock=clock)
     return agent, memory
 
 
@@ -282,3 +284,74 @@ def test_an_event_name_is_a_valid_name_whatever_the_node_name(node: str) -> None
     assert name_problem(name) is None
     assert name.endswith(".k3snet.0123456789ab")
     assert node.startswith(name.removesuffix(".k3snet.0123456789ab"))
+
+
+def _sample(agent: Agent, name: str, **labels: str) -> float | None:
+    assert agent.metrics is not None
+    return agent.metrics.registry.get_sample_value(name, labels or None)
+
+
+def test_a_leader_whose_node_part_fails_still_writes_the_cluster_wide_objects(
+    server: EmulatedApiServer, tmp_path: Path
+) -> None:
+    # The Lease holder used to renew the Lease but, its node part failing (an nftables
+    # apply refused), never reached the cluster writer: the pools never converged, and
+    # the other nodes said ok. The two parts are independent.
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    clock = FakeClock()
+    a, memory_a = _agent(server, "node-a", spec_path, clock)
+    name = "k3snet-nonat-172-20-0-0-16"
+    memory_a.faults.fail_at(0)
+    first = a.run_pass()
+    assert (first.status, first.leader) == ("failed", True)
+    assert first.message.startswith("apply:")
+    assert server.get(POOLS, name) is not None  # written although the node part failed
+    assert [str(c) for c in first.applied] == [
+        "+ ippool k3snet-nonat-172-20-0-0-16 172.20.0.0/16 disabled blockSize=26"]
+    assert memory_a.state.owned == frozenset()  # the node's apply was rolled back
+    assert _sample(a, "k3snet_agent_sync_failures_total", reason="apply") == 1
+    assert _sample(a, "k3snet_agent_cluster_last_success_timestamp_seconds") == clock.now
+    assert _sample(a, "k3snet_agent_changes_total", kind="ippool", action="add") == 1
+    # Still failing on the node: a deleted pool is written again all the same.
+    assert server.delete(POOLS, name)
+    memory_a.faults.fail_at(0)
+    assert a.run_pass().status == "failed"
+    assert server.get(POOLS, name) is not None
+    assert _sample(a, "k3snet_agent_cluster_sync_failures_total", reason="api") is None
+    a.shutdown()
+
+
+def test_a_failing_cluster_sync_is_counted_and_its_last_success_stays(
+    server: EmulatedApiServer, tmp_path: Path
+) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    clock = FakeClock()
+    a, memory_a = _agent(server, "node-a", spec_path, clock)
+    assert a.run_pass().status == "ok"
+    synced = clock.now
+    assert _sample(a, "k3snet_agent_cluster_last_success_timestamp_seconds") == synced
+    server.delete(POOLS, "k3snet-nonat-172-20-0-0-16")
+    server.fail(403, plural="ippools", times=None)
+    clock.now += 1  # within the renew deadline: still the holder
+    failed = a.run_pass()
+    assert (failed.status, failed.leader) == ("failed", True)
+    assert "cluster-wide objects: api:" in failed.message
+    assert _sample(a, "k3snet_agent_cluster_sync_failures_total", reason="api") == 1
+    assert _sample(a, "k3snet_agent_cluster_last_success_timestamp_seconds") == synced
+    # Both parts failing: the node's failure is the pass's, the cluster's is said too.
+    memory_a.apply(Plan(changes=[c.inverse() for c in plan(State(), memory_a.state).changes
+                                 if c.kind == "nat"]))  # drift: the node part has work
+    memory_a.faults.fail_at(0)
+    both = a.run_pass()
+    assert both.status == "failed"
+    assert both.message.startswith("apply:")
+    assert "cluster-wide objects: api:" in both.message
+    assert _sample(a, "k3snet_agent_cluster_sync_failures_total", reason="api") == 2
+    assert _sample(a, "k3snet_agent_sync_failures_total", reason="apply") == 1
+    server.clear_faults()
+    clock.now += 1  # within the renew deadline: still the holder
+    assert a.run_pass().status == "ok"
+    assert _sample(a, "k3snet_agent_cluster_last_success_timestamp_seconds") == clock.now
+    a.shutdown()
