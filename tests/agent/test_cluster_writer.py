@@ -33,7 +33,7 @@ from k3snet.agent._report import event_name, shortened
 from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
-from k3snet.converge import compile_for
+from k3snet.converge import compile_for, destroy
 from k3snet.kube import name_problem
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
@@ -355,3 +355,59 @@ def test_a_failing_cluster_sync_is_counted_and_its_last_success_stays(
     assert a.run_pass().status == "ok"
     assert _sample(a, "k3snet_agent_cluster_last_success_timestamp_seconds") == clock.now
     a.shutdown()
+
+
+def test_a_spec_dropping_the_last_pool_is_in_force_on_every_node_and_the_pool_stays(
+    server: EmulatedApiServer, tmp_path: Path
+) -> None:
+    # The leader used to refuse the whole spec (TeardownError in its cluster part) while
+    # every other node, never planning the pools, put it in force: the fleet split for
+    # good. Now the spec is in force everywhere; only the teardown of the pools waits.
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    clock = FakeClock()
+    a, memory_a = _agent(server, "node-a", spec_path, clock)
+    b, memory_b = _agent(server, "node-b", spec_path, clock)
+    assert a.run_pass().leader is True
+    assert b.run_pass().status == "ok"
+    name = "k3snet-nonat-172-20-0-0-16"
+    spec_path.write_text(SPEC.replace("  - cidr: 172.20.0.0/16\n    masquerade: false\n", ""))
+    refused = a.run_pass()
+    follower = b.run_pass()
+    assert (follower.status, follower.leader) == ("ok", False)
+    assert (refused.status, refused.leader) == ("spec-refused", True)
+    assert "cluster-wide part of spec" in refused.message
+    assert "refused (teardown)" in refused.message
+    assert a.spec_sha256 == b.spec_sha256  # one spec in force on every node
+    assert a.generation == b.generation == 2
+    assert memory_a.state.owned == memory_b.state.owned  # the same node objects
+    assert server.get(POOLS, name) is not None  # the pool is not torn down
+    assert _sample(a, "k3snet_agent_spec_rejected_total", reason="teardown") == 1
+    assert _sample(a, "k3snet_agent_spec_last_good_kept") == 1
+    assert _sample(a, "k3snet_agent_cluster_sync_failures_total", reason="teardown") == 1
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    assert node["metadata"]["annotations"][STATUS_ANNOTATION] == "spec-refused"
+    refusals = [e for e in server.objects("v1/events")
+                if e["involvedObject"]["name"] == "node-a" and e["reason"] == "K3snetSpecRefused"]
+    assert len(refusals) == 1
+    assert "cluster-wide part of spec" in refusals[0]["message"]
+    # Refused once: said and counted once, not on every pass.
+    clock.now += 1
+    assert a.run_pass().status == "spec-refused"
+    assert _sample(a, "k3snet_agent_spec_rejected_total", reason="teardown") == 1
+    # A new leader, with the spec in force since it was a follower, refuses the same.
+    a.shutdown()
+    assert b.elector is not None
+    assert b.elector.step() is True
+    taken = b.run_pass()
+    assert (taken.status, taken.leader) == ("spec-refused", True)
+    assert b.generation == 2
+    assert server.get(POOLS, name) is not None
+    # The operator allows the teardown (k3snet destroy --backend calico): in sync again.
+    destroy(CalicoBackend(api_client=server.api_client(), api="crd"))
+    assert server.get(POOLS, name) is None
+    clock.now += 1
+    assert b.run_pass().status == "ok"
+    assert _sample(b, "k3snet_agent_spec_last_good_kept") == 0
+    b.shutdown()
