@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet.agent import (
+    EVENT_TRIES,
     MESSAGE_LIMIT,
     RESULT_ANNOTATION,
     STATUS_ANNOTATION,
@@ -411,3 +412,63 @@ def test_a_spec_dropping_the_last_pool_is_in_force_on_every_node_and_the_pool_st
     assert b.run_pass().status == "ok"
     assert _sample(b, "k3snet_agent_spec_last_good_kept") == 0
     b.shutdown()
+
+
+def _report_calls(srv: EmulatedApiServer) -> tuple[int, int]:
+    """(Node patches, Event creations tried) so far."""
+    requests = srv.requests()
+    return (sum(1 for m, p, _ in requests if m == "PATCH" and "/nodes/" in p),
+            sum(1 for m, p, _ in requests if m == "POST" and p.endswith("/events")))
+
+
+def test_a_failed_event_is_retried_without_patching_the_node_again(
+    server: EmulatedApiServer,
+) -> None:
+    # A failed Event (no RBAC for Events: 403) used to undo the record of the Node's
+    # successful patch: every unchanged pass patched the Node again, and tried again.
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    server.fail(403, method="POST", plural="events", times=None)
+    ok = NodeReport("ok", "in sync: no changes", None, 1, leader=False)
+    reporter.report(ok)
+    assert _report_calls(server) == (1, 1)
+    for _ in range(50):  # 50 unchanged passes, a second apart
+        clock.now += 1
+        reporter.report(ok)
+    # Patched once; the Event tried again after 10 s, then 20 s more (t = 0, 10, 30).
+    assert _report_calls(server) == (1, 3)
+    for _ in range(5):  # however long it lasts: at most EVENT_TRIES tries
+        clock.now += 1000
+        reporter.report(ok)
+    assert _report_calls(server) == (1, EVENT_TRIES)
+    assert server.objects("v1/events") == []
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    assert node["metadata"]["annotations"][STATUS_ANNOTATION] == "ok"
+    # The next status change is patched once and its Event created (RBAC fixed).
+    server.clear_faults()
+    reporter.report(NodeReport("failed", "apply: refused", None, 1, leader=False))
+    reporter.report(NodeReport("failed", "apply: refused", None, 1, leader=False))
+    assert _report_calls(server) == (2, EVENT_TRIES + 1)
+    assert [e["reason"] for e in server.objects("v1/events")] == ["K3snetSyncFailed"]
+
+
+def test_an_event_that_failed_once_is_created_on_a_later_pass(
+    server: EmulatedApiServer,
+) -> None:
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    server.fail(500, method="POST", plural="events")
+    ok = NodeReport("ok", "in sync: no changes", None, 1, leader=False)
+    reporter.report(ok)
+    clock.now += 5
+    reporter.report(ok)  # not due yet
+    assert _report_calls(server) == (1, 1)
+    clock.now += 5
+    reporter.report(ok)
+    assert _report_calls(server) == (1, 2)
+    assert [e["reason"] for e in server.objects("v1/events")] == ["K3snetConverged"]
+    for _ in range(20):
+        clock.now += 100
+        reporter.report(ok)
+    assert _report_calls(server) == (1, 2)  # created: never again
