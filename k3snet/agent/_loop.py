@@ -183,12 +183,8 @@ class _PartsFailedError(Exception):
     def __init__(self, failures: Sequence[tuple[str, Exception]],
                  applied: tuple[Change, ...], leader: bool) -> None:
         super().__init__(str(failures[0][1]))
+        # The first failure is the pass's (the node's when both failed).
         self.failures, self.applied, self.leader = tuple(failures), applied, leader
-
-    @property
-    def first(self) -> Exception:
-        """The failure the pass is counted under (the node's when both failed)."""
-        return self.failures[0][1]
 
 
 class _RefusedError(Exception):
