@@ -27,6 +27,7 @@ from k3snet.agent._loop import (
 from k3snet.agent._main import run_from_cli
 from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import (
+    EVENT_TRIES,
     MESSAGE_LIMIT,
     RESULT_ANNOTATION,
     STATUS_ANNOTATION,
@@ -36,6 +37,7 @@ from k3snet.agent._report import (
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
 
 __all__ = [
+    "EVENT_TRIES",
     "LOGGER_NAME",
     "MESSAGE_LIMIT",
     "RESULT_ANNOTATION",

@@ -9,8 +9,8 @@ One pass:
    file) with :func:`k3snet.converge`; a new spec that would delete everything
    k3snet owns (:class:`~k3snet.errors.TeardownError`) is refused the same way;
 3. converge the cluster-wide backends (Calico IPPools, the flannel ConfigMap,
-   Cilium's ConfigMaps)
-   only while this agent holds the Lease (:mod:`k3snet.agent._lease`);
+   Cilium's ConfigMaps) only while this agent holds the Lease
+   (:mod:`k3snet.agent._lease`), whether or not step 2 succeeded;
 4. record the outcome: a log line, the metrics, the node annotation.
 
 A failed pass never ends the loop: the next one starts after ``interval``.
@@ -177,6 +177,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+class _PartsFailedError(Exception):
+    """The node part, the cluster-wide part or both failed (what was applied is kept)."""
+
+    def __init__(self, failures: Sequence[tuple[str, Exception]],
+                 applied: tuple[Change, ...], leader: bool) -> None:
+        super().__init__(str(failures[0][1]))
+        # The first failure is the pass's (the node's when both failed).
+        self.failures, self.applied, self.leader = tuple(failures), applied, leader
+
+
 class _RefusedError(Exception):
     """A new spec is refused: invalid or deleting everything (carries the cause)."""
 
@@ -219,6 +229,10 @@ class Agent:
         self.generation = 0
         self._refused_sha: str | None = None
         self._refusal: str | None = None
+        # The cluster-wide part's refusal of the spec in force (see _converge), and the
+        # (spec, reason) it was said for.
+        self._cluster_refusal: str | None = None
+        self._cluster_refused: tuple[str, str] | None = None
         self._unreadable: str | None = None
         self._last_ok_sha: str | None = None
         self._last_ok_leader = False
@@ -319,9 +333,8 @@ class Agent:
                 [Problem("", self._refusal or "no valid spec yet")], source=self.source.where)
         result = self._converge_current(changed=False)
         if refused is not None or self._refusal is not None:
-            return attrs.evolve(result, status="spec-refused", message=(
-                f"{self._refusal}; {result.message}" if result.status == "ok"
-                else result.message))
+            return attrs.evolve(result, status="spec-refused",
+                                message=f"{self._refusal}; {result.message}")
         return result
 
     def _refuse(self, sha: str | None, refused: _RefusedError) -> _RefusedError:
@@ -340,7 +353,7 @@ class Agent:
         """Converge a new spec: refused if it would tear everything down or does not compile."""
         group, fresh = self._group_for(spec)
         try:
-            applied, leader = self._converge(spec, group)
+            applied, leader = self._converge(spec, sha, group, new=True)
         except (TeardownError, SpecError) as exc:
             if fresh:
                 group.close()
@@ -372,21 +385,97 @@ class Agent:
     def _converge_current(self, *, changed: bool) -> PassResult:
         assert self._spec is not None
         assert self._group is not None
-        applied, leader = self._converge(self._spec, self._group)
+        assert self._sha is not None
+        applied, leader = self._converge(self._spec, self._sha, self._group)
         return self._ok(applied, leader, changed=changed)
 
-    def _converge(self, spec: Spec, group: BackendGroup) -> tuple[tuple[Change, ...], bool]:
+    def _converge(self, spec: Spec, sha: str, group: BackendGroup, *, new: bool = False
+                  ) -> tuple[tuple[Change, ...], bool]:
+        """Converge the node's part, then (as the Lease holder) the cluster-wide part.
+
+        The two are independent: a failing node part (its nftables apply refused) does
+        not keep the leader from writing the cluster-wide objects, which no other node
+        writes while it holds the Lease. A failure of either part is raised once both
+        ran (:class:`_PartsFailedError`, with what the other applied). Only a ``new``
+        spec that the node part refuses (teardown, invalid) is raised at once: it is
+        not put in force, so nothing of it is written anywhere.
+
+        The cluster-wide part's own refusal (its plan deletes every object k3snet owns
+        there, or it does not compile) never refuses the spec: the other nodes never
+        plan that part, so they put the spec in force, and a leader refusing it would
+        split the fleet for good. The spec is in force here too; the cluster-wide
+        objects are left as they are, and the refusal is reported (see
+        :meth:`_refuse_cluster`) until that part converges.
+        """
         node, cluster = split_cluster_wide(group)
         applied: list[Change] = []
+        failures: list[tuple[str, Exception]] = []
         if node is not None:
-            changes, tokens = self._converge_one(spec, node, "node")
-            applied += changes
-            self._observed_at = (group, tokens)
-        leader = False
-        if cluster is not None and self._cluster_writer():
-            leader = True
-            applied += self._converge_one(spec, cluster, "cluster")[0]
+            try:
+                changes, tokens = self._converge_one(spec, node, "node")
+            except (TeardownError, SpecError) as exc:
+                if new:
+                    raise
+                failures.append(("node", exc))
+            except Exception as exc:  # noqa: BLE001 - raised below, once the cluster part ran
+                failures.append(("node", exc))
+            else:
+                applied += changes
+                self._observed_at = (group, tokens)
+        changes, leader, failure = self._converge_cluster(spec, sha, cluster)
+        applied += changes
+        if failure is not None:
+            failures.append(("cluster", failure))
+        if failures:
+            raise _PartsFailedError(failures, tuple(applied), leader)
         return tuple(applied), leader
+
+    def _converge_cluster(self, spec: Spec, sha: str, cluster: BackendGroup | None
+                          ) -> tuple[Sequence[Change], bool, Exception | None]:
+        """(what the cluster-wide part applied, whether this agent is its writer, its
+        failure); a refusal is recorded, not returned (see :meth:`_converge`)."""
+        if cluster is None:
+            self._cluster_refusal = self._cluster_refused = None
+            return (), False, None
+        leader = False
+        try:
+            leader = self._cluster_writer()
+            changes = self._converge_one(spec, cluster, "cluster")[0] if leader else ()
+        except (TeardownError, SpecError) as exc:
+            self._refuse_cluster(sha, exc)
+            self._cluster_synced(exc)
+            return (), leader, None
+        except Exception as exc:  # noqa: BLE001 - the pass fails with it, once the node's ran
+            self._cluster_synced(exc)
+            return (), leader, exc
+        self._cluster_refusal = self._cluster_refused = None
+        if leader:
+            self._cluster_synced(None)
+        return changes, leader, None
+
+    def _refuse_cluster(self, sha: str, exc: TeardownError | SpecError) -> None:
+        """Leave the cluster-wide objects as they are and say why (logged and counted
+        once for a spec and a reason, reported on every pass)."""
+        reason = "teardown" if isinstance(exc, TeardownError) else "invalid"
+        self._cluster_refusal = (
+            f"the cluster-wide part of spec {sha[:12]} refused ({reason}): {_one_line(exc)}; "
+            "the spec is in force on every node, the cluster-wide objects are left as "
+            "they are")
+        if self._cluster_refused == (sha, reason):
+            return
+        self._cluster_refused = (sha, reason)
+        _log.error("%s", self._cluster_refusal, extra={"reason": reason})
+        if self.metrics is not None:
+            self.metrics.spec_rejected.labels(reason=reason).inc()
+
+    def _cluster_synced(self, failure: Exception | None) -> None:
+        """Record how the cluster-wide part ended (this agent holding the Lease)."""
+        if self.metrics is None:
+            return
+        if failure is None:
+            self.metrics.cluster_last_success.set(self._clock())
+        else:
+            self.metrics.cluster_failures.labels(reason=_reason(failure)).inc()
 
     def _converge_one(self, spec: Spec, group: BackendGroup, part: str
                       ) -> tuple[Sequence[Change], tuple[Hashable | None, ...] | None]:
@@ -461,21 +550,35 @@ class Agent:
             message = f"{what}: {len(applied)} change(s): " + "; ".join(str(c) for c in applied)
         else:
             message = "in sync: no changes"
+        if self._cluster_refusal is not None:
+            return PassResult("spec-refused", f"{self._cluster_refusal}; {message}", applied,
+                              self._sha, leader, drift)
         return PassResult("ok", message, applied, self._sha, leader, drift)
 
     def _failed(self, exc: BaseException) -> PassResult:
-        reason = _reason(exc)
-        if reason == "internal":
-            _log.error("pass failed with an unexpected error (a bug: please report it)",
-                       exc_info=exc)
+        applied: tuple[Change, ...] = ()
+        leader = self.is_leader
+        parts: Sequence[tuple[str, BaseException]] = (("node", exc),)
+        if isinstance(exc, _PartsFailedError):
+            applied, leader, parts = exc.applied, exc.leader, exc.failures
+        reason = _reason(parts[0][1])
+        said = []
+        for part, failure in parts:
+            if _reason(failure) == "internal":
+                _log.error("pass failed with an unexpected error (a bug: please report it)",
+                           exc_info=failure)
+            what = "cluster-wide objects: " if part == "cluster" else ""
+            said.append(f"{what}{_reason(failure)}: {_one_line(failure)}")
         if self.metrics is not None:
             self.metrics.failures.labels(reason=reason).inc()
             if reason == "conflict":
                 self.metrics.conflicts.inc()
-        message = f"{reason}: {_one_line(exc)}"
+        message = "; ".join(said)
+        if self._cluster_refusal is not None:
+            message = f"{message}; {self._cluster_refusal}"
         if self._refusal is not None and reason != "spec":
             message = f"{self._refusal}; {message}"
-        return PassResult("failed", message, (), self._sha, self.is_leader)
+        return PassResult("failed", message, applied, self._sha, leader)
 
     def _record(self, result: PassResult, seconds: float) -> None:
         extra = {"status": result.status, "generation": self.generation,
@@ -496,7 +599,8 @@ class Agent:
             self.metrics.count_changes(result.applied)
             self.metrics.drift_repairs.inc(result.drift)
             self.metrics.ready.set(1 if self.ready else 0)
-            self.metrics.spec_kept.set(1 if self._refusal is not None else 0)
+            kept = self._refusal is not None or self._cluster_refusal is not None
+            self.metrics.spec_kept.set(1 if kept else 0)
             if result.status != "failed":
                 self.metrics.last_success.set(self._clock())
         if self.reporter is not None:

@@ -46,6 +46,14 @@ class AgentMetrics:
         self.failures = p.Counter(
             "k3snet_agent_sync_failures", "Passes that failed, by reason.", ["reason"],
             registry=r)
+        self.cluster_failures = p.Counter(
+            "k3snet_agent_cluster_sync_failures",
+            "Passes in which this agent, holding the Lease, failed to converge the "
+            "cluster-wide objects, by reason.", ["reason"], registry=r)
+        self.cluster_last_success = p.Gauge(
+            "k3snet_agent_cluster_last_success_timestamp_seconds",
+            "Unix time this agent last converged the cluster-wide objects as the Lease "
+            "holder (0: never).", registry=r)
         self.drift_repairs = p.Counter(
             "k3snet_agent_drift_repairs",
             "Changes applied although the spec in force did not change (drift repaired).",

@@ -5,7 +5,10 @@ for a column (``kubectl get nodes -L`` takes labels only, so use
 ``-o custom-columns``); ``k3snet.io/agent-result`` holds the details as JSON.
 Both are written only when the result *changes* (not every pass), and each
 change of status also creates an Event on the Node (``kubectl describe node``
-lists it; Events expire after an hour, the annotation stays).
+lists it; Events expire after an hour, the annotation stays). An Event that
+cannot be created (no RBAC for Events: 403) is tried again on later passes
+without patching the Node again, after 10, 20, 40 and 80 s, then given up
+(:data:`EVENT_TRIES`).
 
 The result's message is cut to :data:`MESSAGE_LIMIT` characters (an Event's to
 1 024): a first pass at 10 000 destinations applies 20 000 changes, and a Node
@@ -19,7 +22,9 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -27,13 +32,17 @@ import attrs
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
 
-__all__ = ["MESSAGE_LIMIT", "RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport",
-           "NodeReporter"]
+__all__ = ["EVENT_TRIES", "MESSAGE_LIMIT", "RESULT_ANNOTATION", "STATUS_ANNOTATION",
+           "NodeReport", "NodeReporter"]
 
 MESSAGE_LIMIT = 2048
 """Characters of a pass's message that the Node annotation carries."""
 
+EVENT_TRIES = 5
+"""Tries to create one Event (a status change) before it is given up."""
+
 _EVENT_LIMIT = 1024
+_EVENT_RETRY = 10.0  # seconds before the second try; doubled for each next one
 STATUS_ANNOTATION = "k3snet.io/agent-status"
 RESULT_ANNOTATION = "k3snet.io/agent-result"
 _EVENT_NAMESPACE = "default"  # where the kubelet puts a Node's events too
@@ -93,22 +102,29 @@ class NodeReporter:
     """
 
     def __init__(self, api_client: Any, node: str, *, component: str = "k3snet-agent",
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         self._core: Any = client.CoreV1Api(api_client)
         self.node = node
         self.component = component
         self.timeout = timeout
+        self._clock = clock
         self._last: NodeReport | None = None
+        # The Event of the last status change, not created yet: (the result, its time
+        # stamp, tries made, when the next one is due).
+        self._pending: tuple[NodeReport, str, int, float] | None = None
         self.started = _now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         """When this agent started: a restart shows as a new value in the annotation."""
         self.writes = 0
         """API writes made so far (annotation patches and Events)."""
 
     def report(self, result: NodeReport) -> None:
-        """Write ``result`` if it differs from the last one written."""
+        """Write ``result`` if it differs from the last one written; else retry the
+        Event of the last status change if it failed and is due."""
         if result == self._last:
+            self._retry_event()
             return
         previous, self._last = self._last, result
         stamp = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -123,12 +139,40 @@ class NodeReporter:
                 self._core.patch_node(self.node, body,
                                       _content_type="application/merge-patch+json",
                                       _request_timeout=self.timeout)
-            self.writes += 1
-            if previous is None or previous.status != result.status:
-                self._event(result, stamp)
         except KubeApiError as exc:
             self._last = previous  # try again next pass
             _log.warning("cannot report the result on the node: %s", exc)
+            return
+        self.writes += 1
+        if previous is None or previous.status != result.status:
+            # A newer transition's Event replaces one still waiting to be created.
+            self._pending = (result, stamp, 0, self._clock())
+            self._retry_event()
+
+    def _retry_event(self) -> None:
+        """Create the pending Event if it is due; on failure, schedule the next try
+        (the Node's annotation is written already: it is not patched again)."""
+        if self._pending is None:
+            return
+        result, stamp, tries, due = self._pending
+        if self._clock() < due:
+            return
+        try:
+            self._event(result, stamp)
+        except KubeApiError as exc:
+            tries += 1
+            if tries >= EVENT_TRIES:
+                self._pending = None
+                _log.warning("cannot create the Event for the node's status %r (%d tries, "
+                             "given up; the Node's annotation says it): %s",
+                             result.status, tries, exc)
+                return
+            wait = _EVENT_RETRY * 2 ** (tries - 1)
+            self._pending = (result, stamp, tries, self._clock() + wait)
+            _log.warning("cannot create the Event for the node's status %r (try %d of %d, "
+                         "next in %.0f s): %s", result.status, tries, EVENT_TRIES, wait, exc)
+            return
+        self._pending = None
 
     def _event(self, result: NodeReport, stamp: str) -> None:
         kind, reason = _REASONS.get(result.status, ("Warning", "K3snetUnknown"))

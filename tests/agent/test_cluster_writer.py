@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet.agent import (
+    EVENT_TRIES,
     MESSAGE_LIMIT,
     RESULT_ANNOTATION,
     STATUS_ANNOTATION,
@@ -33,8 +34,10 @@ from k3snet.agent._report import event_name, shortened
 from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
-from k3snet.converge import compile_for
+from k3snet.converge import compile_for, destroy
 from k3snet.kube import name_problem
+from k3snet.model.state import State
+from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
 
@@ -98,7 +101,7 @@ def _agent(srv: EmulatedApiServer, name: str, spec_path: Path,
     agent = Agent(FileSpecSource(spec_path), make_backend,
                   lambda spec, group: compile_for(group, spec),
                   AgentOptions(name, interval=1.0), metrics=AgentMetrics(),
-                  reporter=NodeReporter(api, name), elector_factory=elector)
+                  reporter=NodeReporter(api, name), elector_factory=elector, clock=clock)
     return agent, memory
 
 
@@ -282,3 +285,190 @@ def test_an_event_name_is_a_valid_name_whatever_the_node_name(node: str) -> None
     assert name_problem(name) is None
     assert name.endswith(".k3snet.0123456789ab")
     assert node.startswith(name.removesuffix(".k3snet.0123456789ab"))
+
+
+def _sample(agent: Agent, name: str, **labels: str) -> float | None:
+    assert agent.metrics is not None
+    return agent.metrics.registry.get_sample_value(name, labels or None)
+
+
+def test_a_leader_whose_node_part_fails_still_writes_the_cluster_wide_objects(
+    server: EmulatedApiServer, tmp_path: Path
+) -> None:
+    # The Lease holder used to renew the Lease but, its node part failing (an nftables
+    # apply refused), never reached the cluster writer: the pools never converged, and
+    # the other nodes said ok. The two parts are independent.
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    clock = FakeClock()
+    a, memory_a = _agent(server, "node-a", spec_path, clock)
+    name = "k3snet-nonat-172-20-0-0-16"
+    memory_a.faults.fail_at(0)
+    first = a.run_pass()
+    assert (first.status, first.leader) == ("failed", True)
+    assert first.message.startswith("apply:")
+    assert server.get(POOLS, name) is not None  # written although the node part failed
+    assert [str(c) for c in first.applied] == [
+        "+ ippool k3snet-nonat-172-20-0-0-16 172.20.0.0/16 disabled blockSize=26"]
+    assert memory_a.state.owned == frozenset()  # the node's apply was rolled back
+    assert _sample(a, "k3snet_agent_sync_failures_total", reason="apply") == 1
+    assert _sample(a, "k3snet_agent_cluster_last_success_timestamp_seconds") == clock.now
+    assert _sample(a, "k3snet_agent_changes_total", kind="ippool", action="add") == 1
+    # Still failing on the node: a deleted pool is written again all the same.
+    assert server.delete(POOLS, name)
+    memory_a.faults.fail_at(0)
+    assert a.run_pass().status == "failed"
+    assert server.get(POOLS, name) is not None
+    assert _sample(a, "k3snet_agent_cluster_sync_failures_total", reason="api") is None
+    a.shutdown()
+
+
+def test_a_failing_cluster_sync_is_counted_and_its_last_success_stays(
+    server: EmulatedApiServer, tmp_path: Path
+) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    clock = FakeClock()
+    a, memory_a = _agent(server, "node-a", spec_path, clock)
+    assert a.run_pass().status == "ok"
+    synced = clock.now
+    assert _sample(a, "k3snet_agent_cluster_last_success_timestamp_seconds") == synced
+    server.delete(POOLS, "k3snet-nonat-172-20-0-0-16")
+    server.fail(403, plural="ippools", times=None)
+    clock.now += 1  # within the renew deadline: still the holder
+    failed = a.run_pass()
+    assert (failed.status, failed.leader) == ("failed", True)
+    assert "cluster-wide objects: api:" in failed.message
+    assert _sample(a, "k3snet_agent_cluster_sync_failures_total", reason="api") == 1
+    assert _sample(a, "k3snet_agent_cluster_last_success_timestamp_seconds") == synced
+    # Both parts failing: the node's failure is the pass's, the cluster's is said too.
+    memory_a.apply(Plan(changes=[c.inverse() for c in plan(State(), memory_a.state).changes
+                                 if c.kind == "nat"]))  # drift: the node part has work
+    memory_a.faults.fail_at(0)
+    both = a.run_pass()
+    assert both.status == "failed"
+    assert both.message.startswith("apply:")
+    assert "cluster-wide objects: api:" in both.message
+    assert _sample(a, "k3snet_agent_cluster_sync_failures_total", reason="api") == 2
+    assert _sample(a, "k3snet_agent_sync_failures_total", reason="apply") == 1
+    server.clear_faults()
+    clock.now += 1  # within the renew deadline: still the holder
+    assert a.run_pass().status == "ok"
+    assert _sample(a, "k3snet_agent_cluster_last_success_timestamp_seconds") == clock.now
+    a.shutdown()
+
+
+def test_a_spec_dropping_the_last_pool_is_in_force_on_every_node_and_the_pool_stays(
+    server: EmulatedApiServer, tmp_path: Path
+) -> None:
+    # The leader used to refuse the whole spec (TeardownError in its cluster part) while
+    # every other node, never planning the pools, put it in force: the fleet split for
+    # good. Now the spec is in force everywhere; only the teardown of the pools waits.
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    clock = FakeClock()
+    a, memory_a = _agent(server, "node-a", spec_path, clock)
+    b, memory_b = _agent(server, "node-b", spec_path, clock)
+    assert a.run_pass().leader is True
+    assert b.run_pass().status == "ok"
+    name = "k3snet-nonat-172-20-0-0-16"
+    spec_path.write_text(SPEC.replace("  - cidr: 172.20.0.0/16\n    masquerade: false\n", ""))
+    refused = a.run_pass()
+    follower = b.run_pass()
+    assert (follower.status, follower.leader) == ("ok", False)
+    assert (refused.status, refused.leader) == ("spec-refused", True)
+    assert "cluster-wide part of spec" in refused.message
+    assert "refused (teardown)" in refused.message
+    assert a.spec_sha256 == b.spec_sha256  # one spec in force on every node
+    assert a.generation == b.generation == 2
+    assert memory_a.state.owned == memory_b.state.owned  # the same node objects
+    assert server.get(POOLS, name) is not None  # the pool is not torn down
+    assert _sample(a, "k3snet_agent_spec_rejected_total", reason="teardown") == 1
+    assert _sample(a, "k3snet_agent_spec_last_good_kept") == 1
+    assert _sample(a, "k3snet_agent_cluster_sync_failures_total", reason="teardown") == 1
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    assert node["metadata"]["annotations"][STATUS_ANNOTATION] == "spec-refused"
+    refusals = [e for e in server.objects("v1/events")
+                if e["involvedObject"]["name"] == "node-a" and e["reason"] == "K3snetSpecRefused"]
+    assert len(refusals) == 1
+    assert "cluster-wide part of spec" in refusals[0]["message"]
+    # Refused once: said and counted once, not on every pass.
+    clock.now += 1
+    assert a.run_pass().status == "spec-refused"
+    assert _sample(a, "k3snet_agent_spec_rejected_total", reason="teardown") == 1
+    # A new leader, with the spec in force since it was a follower, refuses the same.
+    a.shutdown()
+    assert b.elector is not None
+    assert b.elector.step() is True
+    taken = b.run_pass()
+    assert (taken.status, taken.leader) == ("spec-refused", True)
+    assert b.generation == 2
+    assert server.get(POOLS, name) is not None
+    # The operator allows the teardown (k3snet destroy --backend calico): in sync again.
+    destroy(CalicoBackend(api_client=server.api_client(), api="crd"))
+    assert server.get(POOLS, name) is None
+    clock.now += 1
+    assert b.run_pass().status == "ok"
+    assert _sample(b, "k3snet_agent_spec_last_good_kept") == 0
+    b.shutdown()
+
+
+def _report_calls(srv: EmulatedApiServer) -> tuple[int, int]:
+    """(Node patches, Event creations tried) so far."""
+    requests = srv.requests()
+    return (sum(1 for m, p, _ in requests if m == "PATCH" and "/nodes/" in p),
+            sum(1 for m, p, _ in requests if m == "POST" and p.endswith("/events")))
+
+
+def test_a_failed_event_is_retried_without_patching_the_node_again(
+    server: EmulatedApiServer,
+) -> None:
+    # A failed Event (no RBAC for Events: 403) used to undo the record of the Node's
+    # successful patch: every unchanged pass patched the Node again, and tried again.
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    server.fail(403, method="POST", plural="events", times=None)
+    ok = NodeReport("ok", "in sync: no changes", None, 1, leader=False)
+    reporter.report(ok)
+    assert _report_calls(server) == (1, 1)
+    for _ in range(50):  # 50 unchanged passes, a second apart
+        clock.now += 1
+        reporter.report(ok)
+    # Patched once; the Event tried again after 10 s, then 20 s more (t = 0, 10, 30).
+    assert _report_calls(server) == (1, 3)
+    for _ in range(5):  # however long it lasts: at most EVENT_TRIES tries
+        clock.now += 1000
+        reporter.report(ok)
+    assert _report_calls(server) == (1, EVENT_TRIES)
+    assert server.objects("v1/events") == []
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    assert node["metadata"]["annotations"][STATUS_ANNOTATION] == "ok"
+    # The next status change is patched once and its Event created (RBAC fixed).
+    server.clear_faults()
+    reporter.report(NodeReport("failed", "apply: refused", None, 1, leader=False))
+    reporter.report(NodeReport("failed", "apply: refused", None, 1, leader=False))
+    assert _report_calls(server) == (2, EVENT_TRIES + 1)
+    assert [e["reason"] for e in server.objects("v1/events")] == ["K3snetSyncFailed"]
+
+
+def test_an_event_that_failed_once_is_created_on_a_later_pass(
+    server: EmulatedApiServer,
+) -> None:
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    server.fail(500, method="POST", plural="events")
+    ok = NodeReport("ok", "in sync: no changes", None, 1, leader=False)
+    reporter.report(ok)
+    clock.now += 5
+    reporter.report(ok)  # not due yet
+    assert _report_calls(server) == (1, 1)
+    clock.now += 5
+    reporter.report(ok)
+    assert _report_calls(server) == (1, 2)
+    assert [e["reason"] for e in server.objects("v1/events")] == ["K3snetConverged"]
+    for _ in range(20):
+        clock.now += 100
+        reporter.report(ok)
+    assert _report_calls(server) == (1, 2)  # created: never again
