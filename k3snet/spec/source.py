@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from k3snet._gc import gc_paused
+from k3snet._gojson import nests_deeper
 from k3snet._kept import input_problem, read_input
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.blockstyle import CONTROL as _CONTROL
@@ -154,14 +154,8 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
 
 def _check_depth(data: Any, source: str | None) -> None:
     """Refuse nesting deeper than MAX_DEPTH (checked without recursion)."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict | list):
-            if depth > MAX_DEPTH:
-                raise _error(f"the spec nests deeper than {MAX_DEPTH} levels", source)
-            children: Iterator[Any] = iter(value.values() if isinstance(value, dict) else value)
-            stack.extend((child, depth + 1) for child in children)
+    if nests_deeper(data, MAX_DEPTH):
+        raise _error(f"the spec nests deeper than {MAX_DEPTH} levels", source)
 
 
 def read_text(path: str | Path) -> str:
