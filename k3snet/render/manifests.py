@@ -203,7 +203,7 @@ def _agent_needs(
     elif flannel_conf is not None or flannel_configmap_namespace is not None:
         problems.append(Problem("backends", "flannel options given but the spec's backends "
                                             "do not include flannel"))
-    cilium = _cilium_configmaps(spec) if "cilium" in spec.backends else None
+    cilium = _cilium_configmaps(spec, problems) if "cilium" in spec.backends else None
     if problems:
         raise SpecError(problems)
     return _AgentNeeds(
@@ -302,18 +302,23 @@ def _configmap_option(value: Any, path: str, problems: list[Problem]) -> tuple[s
     return None if found else (namespace, name)
 
 
-def _cilium_configmaps(spec: Spec) -> tuple[str, tuple[str, str]]:
-    """Where the cilium backend writes: its ``configmap`` and ``ip_masq_agent`` options.
+def _cilium_configmaps(spec: Spec, problems: list[Problem]) -> tuple[str, tuple[str, str]] | None:
+    """Where the cilium backend writes: its ``configmap`` and ``ip_masq_agent`` options,
+    checked as the backend and the API server check them.
 
     The defaults are the backend's (Cilium's Helm chart on K3s); render/ does not
     import backends, so they are repeated here.
     """
     options = spec_backend_options(spec, "cilium")
-    configmap = options.get("configmap", _CILIUM_CONFIGMAP)
-    if isinstance(configmap, str):
-        configmap = configmap.split("/", 1)
-    namespace, name = (str(part) for part in configmap)
-    return namespace, (name, str(options.get("ip_masq_agent", _CILIUM_IP_MASQ_AGENT)))
+    configmap = _configmap_option(options.get("configmap", _CILIUM_CONFIGMAP),
+                                  "backends.cilium.configmap", problems)
+    agent = options.get("ip_masq_agent", _CILIUM_IP_MASQ_AGENT)
+    problem = object_name_problem(agent)
+    if problem is not None:
+        problems.append(Problem("backends.cilium.ip_masq_agent", problem))
+    if configmap is None or problem is not None:
+        return None
+    return configmap[0], (configmap[1], agent)
 
 
 def _spec_text(spec: Spec) -> str:
@@ -467,7 +472,7 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         cilium_ns, names = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
-            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(names),
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(set(names)),
              "verbs": ["get", "update", "patch", "delete"]}])
     if needs.flannel_configmap is not None:
         flannel_ns, flannel_name = needs.flannel_configmap

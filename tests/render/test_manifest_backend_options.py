@@ -1,5 +1,6 @@
-"""The manifests follow the spec's ``backends:`` options for flannel (its ConfigMap or
-file), and refuse values the backend or the API server would refuse, naming the option."""
+"""The manifests follow the spec's ``backends:`` options for the backends the agent reaches
+through the API (flannel's ConfigMap or file, Cilium's ConfigMaps), and refuse values
+the backend or the API server would refuse, naming the option."""
 
 from __future__ import annotations
 
@@ -115,3 +116,46 @@ def test_spec_flannel_options_render_cannot_follow_are_refused(
     options: dict[str, Any], render: dict[str, Any], problems: list[tuple[str, str]]
 ) -> None:
     assert _problems(_spec("flannel", **options), **render) == problems
+
+
+# ---------------------------------------------------------------- cilium
+
+
+def test_the_spec_s_cilium_options_are_the_configmaps_the_role_names() -> None:
+    spec = _spec("cilium", configmap="cilium-system/cilium-cfg", ip_masq_agent="masq.v1")
+    roles = _roles(_valid(render_manifests(spec, node_report=False)))
+    rules = roles["cilium-system", AGENT_NAME + "-cilium"]
+    assert rules[1]["resourceNames"] == ["cilium-cfg", "masq.v1"]
+
+
+@pytest.mark.parametrize(("options", "problems"), [
+    ({"configmap": 42},
+     [("backends.cilium.configmap", "42 is not NAMESPACE/NAME (or a [namespace, name] pair)")]),
+    ({"configmap": ["kube-system"]},
+     [("backends.cilium.configmap", "['kube-system'] is not NAMESPACE/NAME (or a "
+       "[namespace, name] pair)")]),
+    ({"configmap": "a/b/c"},
+     [("backends.cilium.configmap", "'a/b/c' is not NAMESPACE/NAME (or a [namespace, name] "
+       "pair)")]),
+    ({"configmap": ["Cilium", "cilium-config"]},
+     [("backends.cilium.configmap", "'Cilium' is not a valid namespace name (a DNS-1123 "
+       "label: lower-case letters, digits and '-', at most 63)")]),
+    ({"configmap": "k" * 64 + "/cilium-config"},
+     [("backends.cilium.configmap", f"{'k' * 64!r} is not a valid namespace name (a DNS-1123 "
+       "label: lower-case letters, digits and '-', at most 63)")]),
+    ({"configmap": "kube-system/Cilium Config"},
+     [("backends.cilium.configmap", "'Cilium Config' is not a valid ConfigMap name (a "
+       "DNS-1123 subdomain: lower-case letters, digits, '-' and '.', at most 253)")]),
+    ({"ip_masq_agent": None},
+     [("backends.cilium.ip_masq_agent", "None is not a valid ConfigMap name (a DNS-1123 "
+       "subdomain: lower-case letters, digits, '-' and '.', at most 253)")]),
+    ({"ip_masq_agent": "ip_masq_agent", "configmap": "kube-system/"},
+     [("backends.cilium.configmap", "'kube-system/' is not NAMESPACE/NAME (or a "
+       "[namespace, name] pair)"),
+      ("backends.cilium.ip_masq_agent", "'ip_masq_agent' is not a valid ConfigMap name (a "
+       "DNS-1123 subdomain: lower-case letters, digits, '-' and '.', at most 253)")]),
+])
+def test_cilium_options_the_api_server_would_refuse_are_refused_naming_the_option(
+    options: dict[str, Any], problems: list[tuple[str, str]]
+) -> None:
+    assert _problems(_spec("cilium", **options)) == problems
