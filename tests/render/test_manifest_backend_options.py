@@ -18,7 +18,7 @@ from k3snet.render.manifests import (  # noqa: E402
     OLDEST_KUBERNETES_VERSION,
     render_manifests,
 )
-from k3snet.spec import Destination, Spec  # noqa: E402
+from k3snet.spec import ConnectivityTest, Destination, Spec  # noqa: E402
 
 
 def _spec(backend: str, **options: Any) -> Spec:
@@ -159,3 +159,13 @@ def test_cilium_options_the_api_server_would_refuse_are_refused_naming_the_optio
     options: dict[str, Any], problems: list[tuple[str, str]]
 ) -> None:
     assert _problems(_spec("cilium", **options)) == problems
+
+
+# ---------------------------------------------------------------- the Job's image
+
+
+def test_a_connectivity_job_image_that_is_no_reference_is_refused() -> None:
+    spec = Spec(connectivity_test=ConnectivityTest("192.168.2.10", image="busybox 1.37"))
+    assert _problems(spec) == [("connectivityTest.image",
+                                "'busybox 1.37' is not an image reference")]
+
