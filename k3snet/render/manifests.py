@@ -133,14 +133,29 @@ _JOB_TTL_SECONDS = 3600  # long enough to read the result back, short enough to 
 _JOB_DEADLINE_SECONDS = 300  # 4 pings and a 5 s connect, after pulling busybox (slow links)
 _DNS_PORT = 53
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-# Directories the agent must never get writable (the flannel file's directory is).
+# The flannel file's directory is mounted writable into the agent (a file replaced by
+# rename cannot be bind-mounted alone). Directories holding other files: the file may
+# not sit directly in one (a directory of its own below it is fine).
 _SHARED_DIRECTORIES = frozenset({
-    "/etc", "/etc/rancher", "/etc/rancher/k3s", "/etc/rancher/node", "/var/lib",
-    "/var/lib/rancher", "/var/lib/rancher/k3s", "/var/lib/rancher/k3s/server",
-    "/var/lib/rancher/k3s/agent", "/var/lib/rancher/k3s/agent/etc", "/run", "/var/run",
-    "/etc/kubernetes", "/var/lib/kubelet", "/root", "/home", "/usr", "/opt",
+    "/etc", "/etc/rancher", "/etc/rancher/k3s", "/var/lib", "/var/lib/rancher",
+    "/var/lib/rancher/k3s", "/run", "/var/run", "/opt", "/srv", "/var",
     "/tmp",  # noqa: S108 - a path refused, not used
 })
+# Trees holding credentials or what runs as root: neither they nor any directory below
+# them may be mounted (K3s's TLS keys and tokens, kubeadm's PKI, the kubelet's and
+# K3s agent's client keys, containerd's config and socket, static pods, binaries).
+_SENSITIVE_TREES = (
+    "/var/lib/rancher/k3s/server", "/var/lib/rancher/k3s/agent", "/var/lib/rancher/k3s/data",
+    "/etc/rancher/k3s/config.yaml.d", "/etc/rancher/node", "/etc/kubernetes",
+    "/var/lib/kubelet", "/var/lib/etcd", "/var/lib/containerd", "/var/lib/docker",
+    "/run/k3s", "/run/containerd", "/run/secrets", "/var/run/k3s", "/var/run/containerd",
+    "/var/run/secrets", "/etc/cni", "/opt/cni", "/etc/ssh", "/etc/ssl", "/etc/pki",
+    "/etc/systemd", "/etc/sudoers.d", "/root", "/home", "/usr", "/bin", "/sbin", "/lib",
+    "/lib64", "/boot", "/proc", "/sys", "/dev",
+)
+# K3s's own net-conf.json directory, inside the agent tree but holding nothing else
+# (the flannel backend reads that file and refuses to apply to it).
+_K3S_FLANNEL_DIRECTORY = "/var/lib/rancher/k3s/agent/etc/flannel"
 
 
 def _labels(component: str) -> dict[str, str]:
@@ -277,13 +292,16 @@ def _flannel_conf_problem(flannel_conf: str) -> str | None:
             or directory == "/"):  # never mount the host's root
         return ("flannel_conf must be an absolute, normalised path of a file below a "
                 f"directory, got {flannel_conf!r}")
+    advice = ("the agent mounts the file's directory writable, so give flannel's config a "
+              "directory of its own, e.g. /etc/rancher/k3s/flannel/net-conf.json")
+    tree = next((t for t in _SENSITIVE_TREES
+                 if directory == t or directory.startswith(t + "/")), None)
+    if tree is not None and directory != _K3S_FLANNEL_DIRECTORY:
+        return (f"flannel_conf {flannel_conf!r} is below {tree}, which holds credentials or "
+                f"what runs as root; {advice}")
     if directory in _SHARED_DIRECTORIES:
-        # The agent mounts the file's directory writable (a file replaced by rename
-        # cannot be bind-mounted alone): never one holding K3s's credentials.
         return (f"flannel_conf {flannel_conf!r} is in {directory}, which holds other files "
-                "(K3s's kubeconfig, tokens, config); the agent mounts the file's directory "
-                "writable, so give flannel's config a directory of its own, e.g. "
-                "/etc/rancher/k3s/flannel/net-conf.json")
+                f"(K3s's kubeconfig, tokens, config); {advice}")
     return None
 
 

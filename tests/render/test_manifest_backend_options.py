@@ -169,3 +169,37 @@ def test_a_connectivity_job_image_that_is_no_reference_is_refused() -> None:
     assert _problems(spec) == [("connectivityTest.image",
                                 "'busybox 1.37' is not an image reference")]
 
+
+# ---------------------------------------------------------------- flannel_conf's directory
+
+
+@pytest.mark.parametrize(("path", "tree"), [
+    ("/var/lib/rancher/k3s/server/tls/net-conf.json", "/var/lib/rancher/k3s/server"),
+    ("/var/lib/rancher/k3s/server/cred/net-conf.json", "/var/lib/rancher/k3s/server"),
+    ("/var/lib/rancher/k3s/server/tls/etcd/net-conf.json", "/var/lib/rancher/k3s/server"),
+    ("/etc/kubernetes/pki/net-conf.json", "/etc/kubernetes"),
+    ("/var/lib/kubelet/pki/net-conf.json", "/var/lib/kubelet"),
+    ("/var/lib/rancher/k3s/agent/etc/containerd/net-conf.json", "/var/lib/rancher/k3s/agent"),
+    ("/var/lib/rancher/k3s/agent/pod-manifests/net-conf.json", "/var/lib/rancher/k3s/agent"),
+    ("/etc/rancher/k3s/config.yaml.d/net-conf.json", "/etc/rancher/k3s/config.yaml.d"),
+    ("/etc/rancher/node/x/net-conf.json", "/etc/rancher/node"),
+    ("/usr/local/bin/net-conf.json", "/usr"),
+    ("/root/flannel/net-conf.json", "/root"),
+])
+def test_a_flannel_conf_below_a_sensitive_directory_is_refused(path: str, tree: str) -> None:
+    message = (f"flannel_conf {path!r} is below {tree}, which holds credentials or what runs "
+               "as root; the agent mounts the file's directory writable, so give flannel's "
+               "config a directory of its own, e.g. /etc/rancher/k3s/flannel/net-conf.json")
+    assert _problems(Spec(backends=["flannel"]), flannel_conf=path) == [("backends", message)]
+    assert _problems(_spec("flannel", path=path)) == [("backends.flannel.path", message)]
+
+
+@pytest.mark.parametrize("path", [
+    "/etc/rancher/k3s/flannel/net-conf.json",  # what docs/backends.md recommends
+    "/var/lib/rancher/k3s/agent/etc/flannel/net-conf.json",  # K3s' own (read only)
+    "/etc/k3s/flannel/net-conf.json",
+    "/srv/flannel/net-conf.json",
+])
+def test_a_flannel_conf_in_a_directory_of_its_own_is_mounted(path: str) -> None:
+    objs = _valid(render_manifests(_spec("flannel", path=path), node_report=False))
+    assert _env(objs)["K3SNET_FLANNEL_CONF"] == "/host" + path
