@@ -163,7 +163,7 @@ def _parse_agent_yaml(text: str, where: str) -> Any:
                            f"({exc}); Cilium cannot read it either") from exc
     except RecursionError:
         raise BackendError(too_deep) from None
-    if nests_deeper(value, MAX_NESTING):
+    if nests_deeper(value, MAX_NESTING, shared=True):  # aliases share containers
         raise BackendError(too_deep)
     if isinstance(value, dict):
         # Cilium turns YAML into a JSON object with sorted keys before decoding it; which of

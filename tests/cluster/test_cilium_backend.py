@@ -10,6 +10,7 @@ it out), no ip-masq-agent ConfigMap.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -356,6 +357,20 @@ def test_an_ip_masq_agent_config_cilium_cannot_read_is_an_error_naming_it(
     with pytest.raises(BackendError, match="ConfigMap kube-system/ip-masq-agent") as info:
         backend.observe()
     assert reason in str(info.value)
+
+
+def test_a_yaml_config_sharing_structures_through_aliases_is_read_in_its_size(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # 9**9 paths through 9 lists: the nesting check must not walk every path.
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent("\n".join([*lines, "masqLinkLocal: true", ""])))
+    start = time.perf_counter()
+    (foreign,) = backend.observe().foreign
+    assert time.perf_counter() - start < 5
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent == {"masqLinkLocal": True}
 
 
 def test_a_json_config_with_a_key_in_two_spellings_is_edited_where_cilium_reads_it(
