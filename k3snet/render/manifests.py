@@ -854,7 +854,9 @@ def render_manifests(
     flannel's config: ``flannel_conf``, the node file K3s reads with
     ``--flannel-conf`` (mounted from the host), or ``flannel_configmap_namespace``,
     the namespace of upstream flannel's ``kube-flannel-cfg`` ConfigMap (a Role
-    allows the agent to read and patch that one ConfigMap).
+    allows the agent to read and patch that one ConfigMap); or leave both out when
+    the spec's ``backends.flannel`` options give ``path`` or ``configmap``
+    (``NAMESPACE/NAME``), which are then used (an option disagreeing with them is refused).
 
     ``profiles`` are per-node overrides: ``{name: spec}`` (or ``(spec, text)``)
     renders one more ConfigMap and DaemonSet per name, for the nodes labelled
