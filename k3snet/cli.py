@@ -212,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--out", type=Path,
                         help="directory to write into (default: print to stdout)")
     render.add_argument("--flannel-conf", metavar="PATH",
-                        help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf)")
+                        help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf; "
+                             "default: the spec's backends.flannel.path)")
     render.add_argument("--flannel-configmap-namespace", metavar="NS",
-                        help="manifests: the namespace of upstream flannel's kube-flannel-cfg")
+                        help="manifests: the namespace of upstream flannel's kube-flannel-cfg "
+                             "(default: the spec's backends.flannel.configmap)")
     render.add_argument("--profile", action="append", default=[], metavar="NAME=SPEC",
                         help="manifests: a per-node override, repeatable: nodes labelled "
                              "k3snet.io/profile=NAME run SPEC instead (its own DaemonSet)")

@@ -43,6 +43,7 @@ from typing import Any
 
 import attrs
 
+from k3snet._gojson import GO_SPACE, MAX_NESTING, JsonTextError, fold, load_json, nests_deeper
 from k3snet.backends.base import ApplyResult, ensure_capable
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
@@ -104,23 +105,44 @@ ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 
 def _canonical_agent_key(key: str) -> str | None:
     """The field Cilium fills from ``key`` (Go's encoding/json matches names case-insensitively)."""
+    folded = fold(key)
     for name in IP_MASQ_AGENT_KEYS:
-        if key.lower() == name.lower():
+        if folded == name.lower():
             return name
     return None
 
 
+def _last_occurrence(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members, each in the place of its last occurrence, with its last value."""
+    members: dict[str, Any] = {}
+    for key, value in pairs:
+        kept = (value is None and members.get(key) is not None
+                and _canonical_agent_key(key) not in (None, "nonMasqueradeCIDRs"))
+        last = members.pop(key) if kept else value  # Go: null leaves a bool as it was
+        members.pop(key, None)
+        members[key] = last
+    return members
+
+
 def _parse_agent(text: str | None, where: str) -> dict[str, Any] | None:
-    """The document's members (``None``: no key or an empty text, Cilium's defaults)."""
+    """The document's members (``None``: no key or an empty text, Cilium's defaults).
+
+    Cilium reads the file as k8s.io/apimachinery's ``yaml.ToJSON`` and Go's
+    ``json.Unmarshal`` do: a text whose first non-space character is ``{`` is JSON
+    as it is (a flow-style YAML mapping there is an error to Cilium), any other
+    text YAML. Nesting deeper than :data:`~k3snet._gojson.MAX_NESTING` is refused.
+    """
     if text is None or text == "":
         return None
-    import yaml  # noqa: PLC0415 - optional dependency (k3snet[kube])
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise BackendError(f"{where}: the ip-masq-agent config is not valid YAML or JSON "
-                           f"({exc}); Cilium cannot read it either") from exc
+    if text.lstrip(GO_SPACE).startswith("{"):
+        try:
+            value = load_json(text, object_pairs_hook=_last_occurrence)
+        except JsonTextError as exc:
+            raise BackendError(f"{where}: the ip-masq-agent config starts with '{{', so Cilium "
+                               f"reads it as JSON, and it is not JSON Cilium can read: {exc}"
+                               ) from None
+    else:
+        value = _parse_agent_yaml(text, where)
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
@@ -129,8 +151,38 @@ def _parse_agent(text: str | None, where: str) -> dict[str, Any] | None:
     return value
 
 
+def _parse_agent_yaml(text: str, where: str) -> Any:
+    import yaml  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    too_deep = (f"{where}: the ip-masq-agent config nests deeper than {MAX_NESTING} levels; "
+                "k3snet does not read it")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BackendError(f"{where}: the ip-masq-agent config is not valid YAML or JSON "
+                           f"({exc}); Cilium cannot read it either") from exc
+    except RecursionError:
+        raise BackendError(too_deep) from None
+    if nests_deeper(value, MAX_NESTING, shared=True):  # aliases share containers
+        raise BackendError(too_deep)
+    if isinstance(value, dict):
+        # Cilium turns YAML into a JSON object with sorted keys before decoding it; which of
+        # two spellings of a field wins there is not worth a reader to guess.
+        seen: dict[str, str] = {}
+        for key in value:
+            name = _canonical_agent_key(key) if isinstance(key, str) else None
+            if name is not None and seen.setdefault(name, key) != key:
+                raise BackendError(f"{where}: the ip-masq-agent config sets {name} twice "
+                                   "(keys differing only in case); remove one")
+    return value
+
+
 def _agent_fields(members: dict[str, Any] | None, where: str) -> dict[str, Any] | None:
-    """The keys Cilium reads from the document, under their exact names."""
+    """The keys Cilium reads from the document, under their exact names.
+
+    As Go's ``json.Unmarshal`` fills its struct: the last spelling of a field wins,
+    ``null`` empties ``nonMasqueradeCIDRs`` and leaves a bool as it was.
+    """
     if members is None:
         return None
     fields: dict[str, Any] = {}
@@ -138,9 +190,10 @@ def _agent_fields(members: dict[str, Any] | None, where: str) -> dict[str, Any] 
         name = _canonical_agent_key(key)
         if name is None:
             continue
-        if name in fields:
-            raise BackendError(f"{where}: the ip-masq-agent config sets {name} twice "
-                               "(keys differing only in case); remove one")
+        if value is None:
+            if name == "nonMasqueradeCIDRs":
+                fields[name] = []
+            continue
         fields[name] = value
     try:
         CiliumConfig("configmap:k3snet/check", ip_masq_agent=fields)
@@ -149,12 +202,20 @@ def _agent_fields(members: dict[str, Any] | None, where: str) -> dict[str, Any] 
     return fields
 
 
-def _member_name(members: dict[str, Any], name: str) -> str:
-    """The spelling ``members`` uses for field ``name`` (``name`` itself when absent)."""
-    for key in members:
-        if _canonical_agent_key(key) == name:
-            return key
-    return name
+def _effective(members: dict[str, Any] | None) -> tuple[Any, ...]:
+    """What Cilium reads from ``members``, and the members it does not read."""
+    if members is None:
+        return (None,)
+    return (_agent_fields(members, ""),
+            {k: v for k, v in members.items() if _canonical_agent_key(k) is None})
+
+
+def _set_member(members: dict[str, Any], name: str, value: Any) -> None:
+    """Set field ``name`` in its last spelling (where Cilium reads it), dropping the others."""
+    spellings = [k for k in members if _canonical_agent_key(k) == name]
+    for key in spellings[:-1]:
+        del members[key]
+    members[spellings[-1] if spellings else name] = value
 
 
 def _dump_agent(members: dict[str, Any], like: str | None) -> str:
@@ -613,15 +674,15 @@ class CiliumBackend(BackendBase):
         fields = _agent_fields(doc, self._where(agent=True)) or {}
         for key in [k for k in keys if k not in wanted]:
             previous = keys.pop(key)
-            spelled = _member_name(doc, key)
             if previous is None:
-                doc.pop(spelled, None)
+                for spelled in [k for k in doc if _canonical_agent_key(k) == key]:
+                    del doc[spelled]
             else:
-                doc[spelled] = previous
+                _set_member(doc, key, previous)
         for key, value in wanted.items():
             if key not in keys:
                 keys[key] = fields.get(key)
-            doc[_member_name(doc, key)] = value
+            _set_member(doc, key, value)
         if (keys and "nonMasqueradeCIDRs" not in keys
                 and "nonMasqueradeCIDRs" not in (_agent_fields(doc, self._where(True)) or {})
                 and not _parse_agent(record.text, self._where(agent=True))):
@@ -642,7 +703,7 @@ class CiliumBackend(BackendBase):
             previous = _parse_agent(record.text, self._where(agent=True))
             if record.created and not doc:
                 return None, None, "delete"
-            if (previous or {}) == (doc or {}):
+            if _effective(previous or {}) == _effective(doc or {}):
                 # The exact text found (None: the key was absent), byte for byte.
                 return record.text, None, "patch"
             return _dump_agent(doc or {}, text), None, "patch"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from k3snet._gojson import fold
 from k3snet.errors import BackendError
 from k3snet.model.cni import canonical_json
 
@@ -54,16 +55,6 @@ DISRUPTIVE_KEYS: Mapping[str, str] = {
 
 def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
-
-
-def fold(key: str) -> str:
-    """A key as Go's ``encoding/json`` compares it to a field name (case-insensitively).
-
-    Go folds ASCII letters and the two non-ASCII letters whose simple folding
-    reaches ASCII: U+017F (long s) is ``s`` and U+212A (Kelvin sign) is ``k``
-    (``str.lower`` already maps the Kelvin sign).
-    """
-    return key.lower().replace("\u017f", "s")
 
 
 def _cidr(version: int) -> Callable[[Any], str | None]:

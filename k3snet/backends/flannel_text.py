@@ -5,6 +5,8 @@ rewritten, inserted or removed without touching any other byte (unknown keys,
 spacing, key order). :func:`apply_change` edits a text by one planned change
 and keeps the record of what each key held before k3snet set it: its exact
 text, ``None`` (absent), or for ``Backend``, merged key by key, the same per member.
+Texts are read as flannel's Go reads them (:func:`k3snet._gojson.load_json`: no
+``NaN``, nesting bounded without recursion).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from k3snet.backends.flannel_read import fold
+from k3snet._gojson import JsonTextError, fold, load_json
 from k3snet.errors import BackendError, PlanError
 from k3snet.model.cni import FlannelConfig, canonical_json
 from k3snet.planner import Change
@@ -60,10 +62,9 @@ class ObjectText:
 
     def __init__(self, text: str, where: str) -> None:
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BackendError(f"{where}: net-conf.json is not valid JSON: {exc.msg} "
-                               f"(line {exc.lineno}, column {exc.colno})") from exc
+            value = load_json(text)  # as flannel's Go reads it; nesting bounded
+        except JsonTextError as exc:
+            raise BackendError(f"{where}: net-conf.json is not valid JSON: {exc}") from None
         if not isinstance(value, dict):
             raise BackendError(f"{where}: net-conf.json must be a JSON object, "
                                f"not {type(value).__name__}")
@@ -194,10 +195,10 @@ def _previous_text(value: Any, what: str, where: str) -> Previous:
     if not isinstance(value, str):
         raise BackendError(f"{where}: ownership record entry {what!r} is not a JSON text")
     try:
-        json.loads(value)
-    except json.JSONDecodeError as exc:
+        load_json(value)
+    except JsonTextError as exc:
         raise BackendError(f"{where}: ownership record entry {what!r} holds invalid "
-                           f"JSON ({exc.msg})") from exc
+                           f"JSON ({exc})") from None
     return value
 
 
@@ -206,10 +207,10 @@ def parse_record(raw: Any, where: str) -> Record:
     data = raw
     if isinstance(raw, str):
         try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
+            data = load_json(raw)
+        except JsonTextError as exc:
             raise BackendError(f"{where}: k3snet's ownership record is not valid JSON "
-                               f"({exc.msg}); restore it or remove it by hand") from exc
+                               f"({exc}); restore it or remove it by hand") from None
     if not isinstance(data, dict):
         raise BackendError(f"{where}: k3snet's ownership record must be a JSON object")
     record: Record = {}

@@ -116,11 +116,20 @@ def parse_network(value: str | Network, *, strict: bool = True) -> Network:
         fast = _ipv4_network(text, strict)
         net = ipaddress.ip_network(text, strict=strict) if fast is None else fast
     except ValueError as exc:
-        if "has host bits set" in str(exc):
-            fixed = ipaddress.ip_network(value.strip(), strict=False)
+        # Not the error's text: ipaddress quotes the input, which may say anything.
+        fixed = _lenient_network(text) if strict else None
+        if fixed is not None:
             raise ModelError(f"{_shown(value)} has host bits set (did you mean {fixed}?)") from exc
         raise ModelError(f"{_shown(value)} is not a valid CIDR") from exc
     return _without_zone(net)
+
+
+def _lenient_network(text: str) -> Network | None:
+    """``text`` as a network with its host bits masked off, or ``None`` if it is none."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
 
 
 def parse_address(value: str | Address) -> Address:

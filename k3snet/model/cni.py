@@ -59,6 +59,8 @@ __all__ = [
     "effective_config",
     "file_target",
     "merge_members",
+    "namespace_problem",
+    "object_name_problem",
     "pool_name",
 ]
 
@@ -202,6 +204,22 @@ def _json_mapping(value: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -
 def file_target(path: str) -> str:
     """The target string of a ``net-conf.json`` file (an absolute path)."""
     return f"{_TARGET_FILE}{path}"
+
+
+def namespace_problem(value: Any) -> str | None:
+    """Why ``value`` is not a namespace name the API server accepts (``None``: it is one)."""
+    if isinstance(value, str) and len(value) <= 63 and _DNS_LABEL.fullmatch(value):
+        return None
+    return (f"{value!r} is not a valid namespace name (a DNS-1123 label: lower-case letters, "
+            "digits and '-', at most 63)")
+
+
+def object_name_problem(value: Any, kind: str = "ConfigMap") -> str | None:
+    """Why ``value`` is not a name the API server accepts for a ``kind`` (``None``: it is one)."""
+    if isinstance(value, str) and len(value) <= 253 and _DNS_SUBDOMAIN.fullmatch(value):
+        return None
+    return (f"{value!r} is not a valid {kind} name (a DNS-1123 subdomain: lower-case letters, "
+            "digits, '-' and '.', at most 253)")
 
 
 def configmap_target(namespace: str, name: str) -> str:

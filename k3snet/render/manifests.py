@@ -41,6 +41,7 @@ import attrs
 
 from k3snet.errors import BackendError, Problem, SpecError
 from k3snet.model.cidr import contains
+from k3snet.model.cni import namespace_problem, object_name_problem
 from k3snet.spec import ConnectivityTest, DnsZone, Spec, spec_backend_options, validate
 
 __all__ = [
@@ -132,14 +133,29 @@ _JOB_TTL_SECONDS = 3600  # long enough to read the result back, short enough to 
 _JOB_DEADLINE_SECONDS = 300  # 4 pings and a 5 s connect, after pulling busybox (slow links)
 _DNS_PORT = 53
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-# Directories the agent must never get writable (the flannel file's directory is).
+# The flannel file's directory is mounted writable into the agent (a file replaced by
+# rename cannot be bind-mounted alone). Directories holding other files: the file may
+# not sit directly in one (a directory of its own below it is fine).
 _SHARED_DIRECTORIES = frozenset({
-    "/etc", "/etc/rancher", "/etc/rancher/k3s", "/etc/rancher/node", "/var/lib",
-    "/var/lib/rancher", "/var/lib/rancher/k3s", "/var/lib/rancher/k3s/server",
-    "/var/lib/rancher/k3s/agent", "/var/lib/rancher/k3s/agent/etc", "/run", "/var/run",
-    "/etc/kubernetes", "/var/lib/kubelet", "/root", "/home", "/usr", "/opt",
+    "/etc", "/etc/rancher", "/etc/rancher/k3s", "/var/lib", "/var/lib/rancher",
+    "/var/lib/rancher/k3s", "/run", "/var/run", "/opt", "/srv", "/var",
     "/tmp",  # noqa: S108 - a path refused, not used
 })
+# Trees holding credentials or what runs as root: neither they nor any directory below
+# them may be mounted (K3s's TLS keys and tokens, kubeadm's PKI, the kubelet's and
+# K3s agent's client keys, containerd's config and socket, static pods, binaries).
+_SENSITIVE_TREES = (
+    "/var/lib/rancher/k3s/server", "/var/lib/rancher/k3s/agent", "/var/lib/rancher/k3s/data",
+    "/etc/rancher/k3s/config.yaml.d", "/etc/rancher/node", "/etc/kubernetes",
+    "/var/lib/kubelet", "/var/lib/etcd", "/var/lib/containerd", "/var/lib/docker",
+    "/run/k3s", "/run/containerd", "/run/secrets", "/var/run/k3s", "/var/run/containerd",
+    "/var/run/secrets", "/etc/cni", "/opt/cni", "/etc/ssh", "/etc/ssl", "/etc/pki",
+    "/etc/systemd", "/etc/sudoers.d", "/root", "/home", "/usr", "/bin", "/sbin", "/lib",
+    "/lib64", "/boot", "/proc", "/sys", "/dev",
+)
+# K3s's own net-conf.json directory, inside the agent tree but holding nothing else
+# (the flannel backend reads that file and refuses to apply to it).
+_K3S_FLANNEL_DIRECTORY = "/var/lib/rancher/k3s/agent/etc/flannel"
 
 
 def _labels(component: str) -> dict[str, str]:
@@ -173,7 +189,8 @@ class _AgentNeeds:
     iptables: bool
     calico: bool
     flannel_conf: str | None
-    flannel_configmap_namespace: str | None
+    flannel_configmap: tuple[str, str] | None
+    """(namespace, name) of flannel's ConfigMap."""
     node_report: bool = True
     cilium: tuple[str, tuple[str, str]] | None = None
     """(namespace, (cilium-config's name, the ip-masq-agent ConfigMap's name))."""
@@ -181,7 +198,7 @@ class _AgentNeeds:
     @property
     def cluster_wide(self) -> bool:
         """Whether the agent writes objects shared by the cluster (then: one writer, by Lease)."""
-        return (self.calico or self.flannel_configmap_namespace is not None
+        return (self.calico or self.flannel_configmap is not None
                 or self.cilium is not None)
 
     @property
@@ -195,36 +212,13 @@ def _agent_needs(
     node_report: bool = True,
 ) -> _AgentNeeds:
     problems: list[Problem] = []
+    flannel: tuple[str | None, tuple[str, str] | None] = (None, None)
     if "flannel" in spec.backends:
-        if (flannel_conf is None) == (flannel_configmap_namespace is None):
-            problems.append(Problem("backends", (
-                "the flannel backend needs exactly one of flannel_conf (the net-conf.json "
-                "K3s reads with --flannel-conf) or flannel_configmap_namespace (upstream "
-                f"flannel's {FLANNEL_CONFIGMAP_NAME} ConfigMap)")))
-        if flannel_conf is not None and (
-            not flannel_conf.startswith("/")
-            or posixpath.normpath(flannel_conf) != flannel_conf
-            or posixpath.dirname(flannel_conf) == "/"  # never mount the host's root
-        ):
-            problems.append(Problem("backends", f"flannel_conf must be an absolute, normalised "
-                                                f"path of a file below a directory, got "
-                                                f"{flannel_conf!r}"))
-        elif flannel_conf is not None and posixpath.dirname(flannel_conf) in _SHARED_DIRECTORIES:
-            # The agent mounts the file's directory writable (a file replaced by rename
-            # cannot be bind-mounted alone): never one holding K3s's credentials.
-            problems.append(Problem("backends", (
-                f"flannel_conf {flannel_conf!r} is in {posixpath.dirname(flannel_conf)}, which "
-                "holds other files (K3s's kubeconfig, tokens, config); the agent mounts the "
-                "file's directory writable, so give flannel's config a directory of its own, "
-                "e.g. /etc/rancher/k3s/flannel/net-conf.json")))
-        if flannel_configmap_namespace is not None and not _DNS_LABEL.fullmatch(
-            flannel_configmap_namespace
-        ):
-            problems.append(Problem("backends", f"{flannel_configmap_namespace!r} is not a "
-                                                f"valid namespace name"))
+        flannel = _flannel_target(spec, flannel_conf, flannel_configmap_namespace, problems)
     elif flannel_conf is not None or flannel_configmap_namespace is not None:
         problems.append(Problem("backends", "flannel options given but the spec's backends "
                                             "do not include flannel"))
+    cilium = _cilium_configmaps(spec, problems) if "cilium" in spec.backends else None
     if problems:
         raise SpecError(problems)
     return _AgentNeeds(
@@ -234,25 +228,115 @@ def _agent_needs(
         sysctls=_uses(spec, "netlink"),
         iptables=_uses(spec, "iptables"),
         calico="calico" in spec.backends,
-        flannel_conf=flannel_conf,
-        flannel_configmap_namespace=flannel_configmap_namespace,
+        flannel_conf=flannel[0],
+        flannel_configmap=flannel[1],
         node_report=node_report,
-        cilium=_cilium_configmaps(spec) if "cilium" in spec.backends else None,
+        cilium=cilium,
     )
 
 
-def _cilium_configmaps(spec: Spec) -> tuple[str, tuple[str, str]]:
-    """Where the cilium backend writes: its ``configmap`` and ``ip_masq_agent`` options.
+def _flannel_target(
+    spec: Spec, flannel_conf: str | None, flannel_configmap_namespace: str | None,
+    problems: list[Problem],
+) -> tuple[str | None, tuple[str, str] | None]:
+    """The flannel file or ConfigMap the agent edits: render's options, or the spec's
+    ``backends.flannel`` options (``path``, ``configmap``), which the agent reads too."""
+    options = spec_backend_options(spec, "flannel")
+    conf_path = "backends"
+    if "path" in options:
+        conf_path = "backends.flannel.path"
+        given = options["path"]
+        if not isinstance(given, str):
+            problems.append(Problem(conf_path, f"must be a path (text), got {given!r}"))
+            return None, None
+        if flannel_conf is not None and flannel_conf != given:
+            problems.append(Problem(conf_path, f"{given!r} differs from flannel_conf "
+                                               f"{flannel_conf!r}; give one of them"))
+            return None, None
+        flannel_conf = given
+    configmap = None
+    if "configmap" in options:
+        configmap = _configmap_option(options["configmap"], "backends.flannel.configmap",
+                                      problems)
+        if configmap is None:
+            return None, None
+        if flannel_configmap_namespace not in (None, configmap[0]):
+            problems.append(Problem("backends.flannel.configmap", (
+                f"{'/'.join(configmap)!r} is in namespace {configmap[0]}, but "
+                f"flannel_configmap_namespace is {flannel_configmap_namespace!r}; give one "
+                "of them")))
+            return None, None
+    elif flannel_configmap_namespace is not None:
+        configmap = (flannel_configmap_namespace, FLANNEL_CONFIGMAP_NAME)
+    if (flannel_conf is None) == (configmap is None):
+        problems.append(Problem("backends", (
+            "the flannel backend needs exactly one of flannel_conf (the net-conf.json "
+            "K3s reads with --flannel-conf) or flannel_configmap_namespace (upstream "
+            f"flannel's {FLANNEL_CONFIGMAP_NAME} ConfigMap), or the spec's "
+            "backends.flannel.path or backends.flannel.configmap")))
+    if "configmap" not in options and flannel_configmap_namespace is not None:
+        problem = namespace_problem(flannel_configmap_namespace)
+        if problem is not None:
+            problems.append(Problem("backends", problem))
+    if flannel_conf is not None:
+        problem = _flannel_conf_problem(flannel_conf)
+        if problem is not None:
+            problems.append(Problem(conf_path, problem))
+    return flannel_conf, configmap
+
+
+def _flannel_conf_problem(flannel_conf: str) -> str | None:
+    """Why the agent must not mount ``flannel_conf``'s directory (``None``: it may)."""
+    directory = posixpath.dirname(flannel_conf)
+    if (not flannel_conf.startswith("/") or posixpath.normpath(flannel_conf) != flannel_conf
+            or directory == "/"):  # never mount the host's root
+        return ("flannel_conf must be an absolute, normalised path of a file below a "
+                f"directory, got {flannel_conf!r}")
+    advice = ("the agent mounts the file's directory writable, so give flannel's config a "
+              "directory of its own, e.g. /etc/rancher/k3s/flannel/net-conf.json")
+    tree = next((t for t in _SENSITIVE_TREES
+                 if directory == t or directory.startswith(t + "/")), None)
+    if tree is not None and directory != _K3S_FLANNEL_DIRECTORY:
+        return (f"flannel_conf {flannel_conf!r} is below {tree}, which holds credentials or "
+                f"what runs as root; {advice}")
+    if directory in _SHARED_DIRECTORIES:
+        return (f"flannel_conf {flannel_conf!r} is in {directory}, which holds other files "
+                f"(K3s's kubeconfig, tokens, config); {advice}")
+    return None
+
+
+def _configmap_option(value: Any, path: str, problems: list[Problem]) -> tuple[str, str] | None:
+    """``(namespace, name)`` of a ConfigMap option (``"NAMESPACE/NAME"`` or a pair), as the
+    backend reads it (:func:`k3snet.kube.configmap_ref`) and the API server accepts it."""
+    parts = value.split("/") if isinstance(value, str) else value
+    if (not isinstance(parts, list | tuple) or len(parts) != 2
+            or not all(isinstance(part, str) and part for part in parts)):
+        problems.append(Problem(path, f"{value!r} is not NAMESPACE/NAME (or a [namespace, "
+                                      "name] pair)"))
+        return None
+    namespace, name = parts
+    found = [p for p in (namespace_problem(namespace), object_name_problem(name)) if p]
+    problems += [Problem(path, problem) for problem in found]
+    return None if found else (namespace, name)
+
+
+def _cilium_configmaps(spec: Spec, problems: list[Problem]) -> tuple[str, tuple[str, str]] | None:
+    """Where the cilium backend writes: its ``configmap`` and ``ip_masq_agent`` options,
+    checked as the backend and the API server check them.
 
     The defaults are the backend's (Cilium's Helm chart on K3s); render/ does not
     import backends, so they are repeated here.
     """
     options = spec_backend_options(spec, "cilium")
-    configmap = options.get("configmap", _CILIUM_CONFIGMAP)
-    if isinstance(configmap, str):
-        configmap = configmap.split("/", 1)
-    namespace, name = (str(part) for part in configmap)
-    return namespace, (name, str(options.get("ip_masq_agent", _CILIUM_IP_MASQ_AGENT)))
+    configmap = _configmap_option(options.get("configmap", _CILIUM_CONFIGMAP),
+                                  "backends.cilium.configmap", problems)
+    agent = options.get("ip_masq_agent", _CILIUM_IP_MASQ_AGENT)
+    problem = object_name_problem(agent)
+    if problem is not None:
+        problems.append(Problem("backends.cilium.ip_masq_agent", problem))
+    if configmap is None or problem is not None:
+        return None
+    return configmap[0], (configmap[1], agent)
 
 
 def _spec_text(spec: Spec) -> str:
@@ -406,10 +490,10 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         cilium_ns, names = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
-            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(names),
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(set(names)),
              "verbs": ["get", "update", "patch", "delete"]}])
-    flannel_ns = needs.flannel_configmap_namespace
-    if flannel_ns is not None:
+    if needs.flannel_configmap is not None:
+        flannel_ns, flannel_name = needs.flannel_configmap
         # One named ConfigMap: resourceNames limits get/update/patch to it (list and
         # watch cannot be limited that way, so they are not granted).
         objs.append({
@@ -419,7 +503,7 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             "rules": [{
                 "apiGroups": [""],
                 "resources": ["configmaps"],
-                "resourceNames": [FLANNEL_CONFIGMAP_NAME],
+                "resourceNames": [flannel_name],
                 "verbs": ["get", "update", "patch"],
             }],
         })
@@ -515,9 +599,9 @@ def _agent_env(needs: _AgentNeeds) -> list[dict[str, Any]]:
         env.append({"name": "K3SNET_PROC_SYS", "value": _PROC_SYS_MOUNT})
     if needs.flannel_conf is not None:
         env.append({"name": "K3SNET_FLANNEL_CONF", "value": _HOST_PREFIX + needs.flannel_conf})
-    if needs.flannel_configmap_namespace is not None:
+    if needs.flannel_configmap is not None:
         env.append({"name": "K3SNET_FLANNEL_CONFIGMAP",
-                    "value": f"{needs.flannel_configmap_namespace}/{FLANNEL_CONFIGMAP_NAME}"})
+                    "value": "/".join(needs.flannel_configmap)})
     return env
 
 
@@ -770,7 +854,9 @@ def render_manifests(
     flannel's config: ``flannel_conf``, the node file K3s reads with
     ``--flannel-conf`` (mounted from the host), or ``flannel_configmap_namespace``,
     the namespace of upstream flannel's ``kube-flannel-cfg`` ConfigMap (a Role
-    allows the agent to read and patch that one ConfigMap).
+    allows the agent to read and patch that one ConfigMap); or leave both out when
+    the spec's ``backends.flannel`` options give ``path`` or ``configmap``
+    (``NAMESPACE/NAME``), which are then used (an option disagreeing with them is refused).
 
     ``profiles`` are per-node overrides: ``{name: spec}`` (or ``(spec, text)``)
     renders one more ConfigMap and DaemonSet per name, for the nodes labelled

@@ -295,7 +295,7 @@ CONNECTIVITY_TEST = Section(ConnectivityTest, (
           doc="A TCP port the Job connects to (unset: ping only)."),
     Field("namespace", "namespace", string, checks=(NAMESPACE,), example="apps",
           doc="The namespace the Job runs in."),
-    Field("image", "image", string, example="busybox:1.37",
+    Field("image", "image", string, checks=(_image,), example="busybox:1.37",
           doc="The Job's image (needs ping and nc)."),
 ))
 

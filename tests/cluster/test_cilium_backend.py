@@ -10,6 +10,7 @@ it out), no ip-masq-agent ConfigMap.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -307,6 +308,86 @@ def test_reads_keys_in_any_case_as_cilium_does(k3s_cilium: EmulatedApiServer,
     (foreign,) = backend.observe().foreign
     assert isinstance(foreign, CiliumConfig)
     assert foreign.ip_masq_agent == {"nonMasqueradeCIDRs": ["192.168.0.0/16"]}
+
+
+# Cilium reads the file with k8s.io/apimachinery's yaml.ToJSON, then Go's json.Unmarshal
+# (pkg/ipmasq/ipmasq.go): a text whose first non-space character is "{" is JSON, taken
+# as it is; any other text is YAML.
+@pytest.mark.parametrize(("text", "fields"), [
+    # Tabs are JSON whitespace (PyYAML refused this text).
+    ('{\n\t"nonMasqueradeCIDRs": [\n\t\t"10.0.0.0/8"\n\t],\n\t"masqLinkLocal": true\n}\n',
+     {"nonMasqueradeCIDRs": ["10.0.0.0/8"], "masqLinkLocal": True}),
+    # Go's encoding/json: the last of duplicate keys wins, whatever their case...
+    ('{"masqLinkLocal": false, "masqLinkLocal": true}', {"masqLinkLocal": True}),
+    ('{"nonMasqueradeCIDRs": ["10.0.0.0/8"], "NonMasqueradeCIDRs": ["192.168.0.0/16"]}',
+     {"nonMasqueradeCIDRs": ["192.168.0.0/16"]}),
+    ('{"NONMASQUERADECIDRS": ["10.0.0.0/8"], "nonMasqueradeCIDRs": ["192.168.0.0/16"], '
+     '"NONMASQUERADECIDRS": ["172.16.0.0/12"]}', {"nonMasqueradeCIDRs": ["172.16.0.0/12"]}),
+    # ...and null leaves a bool as it was, and makes a list empty.
+    ('{"masqLinkLocal": true, "masqLinkLocal": null}', {"masqLinkLocal": True}),
+    ('{"masqLinkLocal": null, "nonMasqueradeCIDRs": null}', {"nonMasqueradeCIDRs": []}),
+    ('\n \t{"nonMasqueradeCIDRs": ["10.0.0.0/8"], "other": {"deep": [1, 2.5]}}',
+     {"nonMasqueradeCIDRs": ["10.0.0.0/8"]}),
+])
+def test_a_json_ip_masq_agent_config_is_read_as_cilium_reads_it(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, text: str, fields: dict[str, Any]
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(text))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent == fields
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("{nonMasqueradeCIDRs: [10.0.0.0/8]}\n", "not JSON"),  # flow YAML: Cilium takes it as JSON
+    ("  {'nonMasqueradeCIDRs': ['10.0.0.0/8']}", "not JSON"),
+    ('{"nonMasqueradeCIDRs": ["10.0.0.0/8"]}\nmasqLinkLocal: true\n', "not JSON"),
+    ('{"nonMasqueradeCIDRs": ["10.0.0.0/8"], "other": NaN}', "NaN is not JSON"),
+    ('{"other": -Infinity}', "Infinity is not JSON"),
+    # Go's unicode.IsSpace skips U+3000 to find the "{", but JSON has no such space.
+    ('\u3000{"nonMasqueradeCIDRs": ["10.0.0.0/8"]}', "not JSON"),
+    ('{"a": ' + "[" * 500 + "]" * 500 + "}", "deeper than 128 levels"),
+    ("a: " + "[" * 500 + "]" * 500 + "\n", "deeper than 128 levels"),  # YAML
+    ("a:\n" + "".join(" " * i + "- \n" for i in range(1, 200)), "deeper than 128 levels"),
+])
+def test_an_ip_masq_agent_config_cilium_cannot_read_is_an_error_naming_it(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, text: str, reason: str
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(text))
+    with pytest.raises(BackendError, match="ConfigMap kube-system/ip-masq-agent") as info:
+        backend.observe()
+    assert reason in str(info.value)
+
+
+def test_a_yaml_config_sharing_structures_through_aliases_is_read_in_its_size(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # 9**9 paths through 9 lists: the nesting check must not walk every path.
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent("\n".join([*lines, "masqLinkLocal: true", ""])))
+    start = time.perf_counter()
+    (foreign,) = backend.observe().foreign
+    assert time.perf_counter() - start < 5
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent == {"masqLinkLocal": True}
+
+
+def test_a_json_config_with_a_key_in_two_spellings_is_edited_where_cilium_reads_it(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    text = ('{"nonMasqueradeCIDRs": ["10.0.0.0/8"], "NonMasqueradeCIDRs": ["192.168.0.0/16"], '
+            '"resyncInterval": "60s"}')
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(text))
+    wanted = CiliumConfig(TARGET, ip_masq_agent={"nonMasqueradeCIDRs": ["172.16.0.0/12"]})
+    _converge(backend, State(owned=[wanted]))
+    written = _data(k3s_cilium, "ip-masq-agent")["config"]
+    # One spelling is left: the one Cilium read (the last).
+    assert json.loads(written) == {"NonMasqueradeCIDRs": ["172.16.0.0/12"],
+                                   "resyncInterval": "60s"}
+    assert set(backend.observe().owned) == {wanted}
+    _converge(backend, State())
+    assert _data(k3s_cilium, "ip-masq-agent") == {"config": text}
 
 
 def test_refuses_link_local_alone_over_an_empty_config(backend: CiliumBackend) -> None:

@@ -234,6 +234,35 @@ def test_duplicate_top_level_keys_are_refused(conf_file: Path) -> None:
         FlannelBackend(path=conf_file, allow_disruptive=True).observe()
 
 
+@pytest.mark.parametrize(("text", "reason"), [
+    ('{"Network": "10.42.0.0/16", "Other": ' + "[" * 2000 + "]" * 2000 + "}",
+     "nests objects and arrays deeper than 128 levels"),
+    ('{"Network": "10.42.0.0/16", "Backend": ' + '{"a": ' * 129 + "1" + "}" * 130,
+     "nests objects and arrays deeper than 128 levels"),
+    # Go's encoding/json refuses what Python's json reads by default.
+    ('{"Network": "10.42.0.0/16", "SubnetLen": NaN}', "NaN is not JSON"),
+    ('{"Network": "10.42.0.0/16", "Other": [Infinity]}', "Infinity is not JSON"),
+    ('{"Network": "10.42.0.0/16", "Other": 1e999}', "beyond double range"),
+])
+def test_json_flannel_cannot_read_is_a_clear_error_naming_the_file(
+    conf_file: Path, text: str, reason: str
+) -> None:
+    conf_file.write_text(text)
+    with pytest.raises(BackendError, match=r"flannel config file .*net-conf.json: net-conf.json "
+                                           r"is not valid JSON") as info:
+        FlannelBackend(path=conf_file, allow_disruptive=True).observe()
+    assert reason in str(info.value)
+
+
+def test_a_deeply_nested_ownership_record_is_a_clear_error(conf_file: Path) -> None:
+    deep = json.dumps("[" * 2000 + "]" * 2000)
+    record = '{"Network": ' + deep + "}"
+    conf_file.write_text('{"Network": "10.42.0.0/16", "k3snet.io/owned": ' + record + "}")
+    with pytest.raises(BackendError, match="ownership record entry 'Network' holds invalid JSON "
+                                           r"\(it nests objects and arrays deeper than 128"):
+        FlannelBackend(path=conf_file, allow_disruptive=True).observe()
+
+
 def test_missing_file_is_observed_empty_and_never_created(tmp_path: Path) -> None:
     path = tmp_path / "absent.json"
     backend = FlannelBackend(path=path)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
+from k3snet.errors import ModelError
 from k3snet.model.cidr import aggregate, contains, parse_address, parse_network, subtract
 from tests.model.recorded import Case, check
 
@@ -56,3 +59,13 @@ CASES: dict[str, Case] = {
 
 def test_cidr_texts() -> None:
     check("cidr", CASES)
+
+
+@pytest.mark.parametrize("text", ["has host bits set", "10.0.0.0/8 has host bits set",
+                                  "fd00::1/64 has host bits set"])
+def test_a_text_quoting_the_host_bits_message_is_not_a_valid_cidr(text: str) -> None:
+    # ipaddress echoes the text in its error: the text itself once looked like the
+    # host-bits case, and the second parse raised a bare ValueError (the hostile render
+    # test found "has host bits set").
+    with pytest.raises(ModelError, match="is not a valid CIDR"):
+        parse_network(text)

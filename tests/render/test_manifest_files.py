@@ -209,7 +209,8 @@ def _problems(spec: Spec, **options: Any) -> list[tuple[str, str]]:
 FLANNEL = Spec(backends=["flannel"])
 EXACTLY_ONE = ("backends", "the flannel backend needs exactly one of flannel_conf (the "
                "net-conf.json K3s reads with --flannel-conf) or flannel_configmap_namespace "
-               "(upstream flannel's kube-flannel-cfg ConfigMap)")
+               "(upstream flannel's kube-flannel-cfg ConfigMap), or the spec's "
+               "backends.flannel.path or backends.flannel.configmap")
 
 
 def _not_normalised(path: str) -> tuple[str, str]:
@@ -227,16 +228,19 @@ def _shared(path: str, directory: str) -> tuple[str, str]:
 @pytest.mark.parametrize(("options", "problems"), [
     ({}, [EXACTLY_ONE]),
     ({"flannel_conf": "/a/b.json", "flannel_configmap_namespace": "Kube_Flannel"},
-     [EXACTLY_ONE, ("backends", "'Kube_Flannel' is not a valid namespace name")]),
+     [EXACTLY_ONE, ("backends", "'Kube_Flannel' is not a valid namespace name (a DNS-1123 "
+                  "label: lower-case letters, digits and '-', at most 63)")]),
     ({"flannel_conf": "a/b.json"}, [_not_normalised("a/b.json")]),
     ({"flannel_conf": "/a/./b.json"}, [_not_normalised("/a/./b.json")]),
     ({"flannel_conf": "/b.json"}, [_not_normalised("/b.json")]),
     ({"flannel_conf": "/etc/b.json"}, [_shared("/etc/b.json", "/etc")]),
     ({"flannel_conf": "/tmp/b.json"}, [_shared("/tmp/b.json", "/tmp")]),
     ({"flannel_configmap_namespace": "-flannel"},
-     [("backends", "'-flannel' is not a valid namespace name")]),
+     [("backends", "'-flannel' is not a valid namespace name (a DNS-1123 "
+                  "label: lower-case letters, digits and '-', at most 63)")]),
     ({"flannel_configmap_namespace": "f" * 64},
-     [("backends", f"{'f' * 64!r} is not a valid namespace name")]),
+     [("backends", f"{'f' * 64!r} is not a valid namespace name (a DNS-1123 label: "
+                  "lower-case letters, digits and '-', at most 63)")]),
 ])
 def test_flannel_options_are_refused_with_every_problem(
     options: dict[str, str], problems: list[tuple[str, str]]

@@ -80,3 +80,23 @@ def test_a_duplicate_key_in_json_is_still_refused_with_its_line() -> None:
 
     with pytest.raises(SpecError, match=r"(?s)duplicate key 'kind'.*line 1"):
         load_mapping('{"kind": "EgressSpec", "kind": "Other"}', "spec.json")
+
+
+@pytest.mark.parametrize("text", [
+    '{"00"\n: []}',  # found by the random edits: a key's ":" on the next line
+    '{"a" \r\n :1}',
+    '{"a": {"b"\n:1}}',
+    '{"' + "k" * 1100 + '": 1}',  # YAML's simple keys end within 1024 characters
+    '{"a": {"' + "k" * 600 + '"' + " " * 600 + ': 1}}',
+    '{"a": 1,"b"' + " " * 1100 + ":2}",
+])
+def test_keys_pyyaml_cannot_read_as_simple_keys_are_left_to_it(text: str) -> None:
+    assert json.loads(text) is not None  # valid JSON, which PyYAML refuses
+    assert _json_document(text) is None
+    assert_agrees_with_pyyaml(text)
+
+
+def test_long_values_and_a_colon_after_a_line_break_elsewhere_are_still_read_by_json() -> None:
+    text = '{"a": "' + "v" * 2000 + '",\n "b":\n [1,\n 2]}'
+    assert _json_document(text) == {"a": "v" * 2000, "b": [1, 2]}
+    assert_agrees_with_pyyaml(text)

@@ -123,6 +123,10 @@ BAD_VALUES = [
     ("connectivityTest", "port", 0, "must be 1..65535, got 0"),
     ("connectivityTest", "port", 65536, "must be 1..65535, got 65536"),
     ("connectivityTest", "namespace", "Bad_NS", "'Bad_NS' is not a valid namespace name"),
+    # the Job's image is checked as the agent's is
+    ("connectivityTest", "image", "busybox:1.37\n  command: [sh]",
+     "'busybox:1.37\\n  command: [sh]' is not an image reference"),
+    ("connectivityTest", "image", "", "'' is not an image reference"),
     ("agent", "intervalSeconds", 0, "must be 1..86400, got 0"),
     ("agent", "intervalSeconds", False, "must be 1..86400, got False"),
     ("agent", "image", "a b", "'a b' is not an image reference"),
