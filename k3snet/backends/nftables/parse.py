@@ -43,9 +43,10 @@ Foreign state
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,7 @@ _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM
                           "DSCP", "TOS", "TCPMSS"})
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
+_MAX_WALKED_RULES = 4096  # bounds the walk through conditional jumps (each is followed)
 _OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
 
 
@@ -347,6 +349,28 @@ def _disjoint(cond: Match, family: int, source: Network, destination: Network | 
     return oif is not None and any((name == oif) == neg for name, neg in cond.oif)
 
 
+@attrs.frozen
+class _Way:
+    """How the foreign walk reached a chain: the conditional jumps' tests on the way
+    (``guard``: a rule there is read as testing them too) and the chains passed."""
+
+    guard: Match | None = None
+    path: frozenset[tuple[tuple[str, str], str]] = frozenset()
+
+    def into(self, where: tuple[str, str], chain: str) -> _Way:
+        return attrs.evolve(self, path=self.path | {(where, chain)})
+
+    def follows(self, where: tuple[str, str], match: Match) -> bool:
+        """Whether the walk follows ``match``'s jump or goto: not deeper than
+        :data:`_MAX_JUMP_DEPTH`, nor back to a chain on the way (a cycle)."""
+        return (match.verdict in ("jump", "goto") and len(self.path) <= _MAX_JUMP_DEPTH
+                and (where, match.target) not in self.path)
+
+    def reaching(self, match: Match) -> Match | None:
+        """``match`` as the packets that come this way meet it (None: none can)."""
+        return match if self.guard is None else _guarded(self.guard, match)
+
+
 @dataclass
 class ForeignReader:
     """Reads the egress-relevant chains of other tables: read-only, bounded, best effort.
@@ -375,6 +399,8 @@ class ForeignReader:
         default_factory=list)
     nat_origin: dict[NetObject, tuple[tuple[str, str], str] | None] = field(default_factory=dict)
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
+    walked: int = 0  # rules walked so far (bounded by _MAX_WALKED_RULES)
+    _cut: bool = False  # the walk stopped at that bound
 
     def read(self) -> frozenset[NetObject]:
         try:
@@ -396,12 +422,12 @@ class ForeignReader:
                 prio = chain.get("prio")
                 first = not isinstance(prio, int) or prio <= _OWN_NAT_PRIO
                 self._walking = (where, str(name))
-                self._walk(where, str(name), [], 0,
+                self._walk(where, str(name), [], _Way(),
                            self._nat_rule_first if first else self._nat_rule)
             elif chain.get("hook") == "forward" and chain.get("type") == "filter":
                 self.forward_bases.append((where, str(name), str(chain.get("policy", "accept"))))
                 self._walking = (where, str(name))
-                self._walk(where, str(name), [], 0, self._forward_rule)
+                self._walk(where, str(name), [], _Way(), self._forward_rule)
         found = self._met()
         found |= self._blocks()
         found.update(block for block, _ in self.nat_blocks)
@@ -517,21 +543,25 @@ class ForeignReader:
     def _list(self, kind: str, ref: dict[str, str]) -> list[dict[str, Any]] | None:
         return self.kernel.list(kind, **ref)
 
-    def _walk(self, where: tuple[str, str], chain: str, exits: list[Match], depth: int,
+    def _walk(self, where: tuple[str, str], chain: str, exits: list[Match], way: _Way,
               visit: Callable[[Match, list[Match]], None]) -> tuple[list[Match], bool]:
-        """Walk ``chain`` after the exits seen so far.
+        """Walk ``chain`` after the exits seen so far, reached by ``way``.
 
         Returns the conditional exits that also end the calling chain, and whether
         every packet stops here. ``exits`` are the earlier rules that take some
-        packets away (returns, accepts, drops, jumps k3snet does not follow).
+        packets away (returns, accepts, drops, jumps k3snet does not follow). At
+        most :data:`_MAX_WALKED_RULES` rules are walked in all (a hostile
+        ruleset's conditional jumps could make the walk exponential): past that,
+        what is left is unread.
         """
         local = list(exits)
         passed_up: list[Match] = []
-        for match in self._rules(where, chain):
+        way = way.into(where, chain)
+        for match in self._walked_rules(where, chain):
             verdict = match.verdict
             if verdict in ("masquerade", "snat", "accept", "xt SNAT"):
                 self._at = (where, chain)
-                visit(match, local)
+                self._visit(way.reaching(match), local, visit)
             if verdict is None:
                 continue
             if verdict in ("masquerade", "snat"):
@@ -546,9 +576,9 @@ class ForeignReader:
                 if not match.conditions or _unmarked_only(match):
                     break  # no packet of k3snet's goes on in this chain
                 local.append(match)
-            elif verdict in ("jump", "goto") and not match.conditions and depth < _MAX_JUMP_DEPTH:
+            elif way.follows(where, match) and not match.conditions:
                 assert match.target is not None
-                sub, stop = self._walk(where, match.target, local, depth + 1, visit)
+                sub, stop = self._walk(where, match.target, local, way, visit)
                 local += sub
                 passed_up += sub
                 if stop:
@@ -557,10 +587,45 @@ class ForeignReader:
                     break
             elif not match.conditions and verdict in ("accept", "drop"):
                 return [*passed_up, match], True
-            else:  # a conditional accept or drop, a jump k3snet does not follow, a target
+            else:  # a conditional accept, drop or jump, a jump not followed, a target
+                self._walk_guarded(where, match, local, way, visit)
                 local.append(match)
                 passed_up.append(match)
         return passed_up, False
+
+    def _walk_guarded(self, where: tuple[str, str], jump: Match, exits: list[Match], way: _Way,
+                      visit: Callable[[Match, list[Match]], None]) -> None:
+        """Walk the chain a conditional ``jump`` leads to (if followed): what it does
+        applies to the packets the jump matches (its NAT is foreign NAT for those). For
+        the rest of the calling chain the jump stays an exit k3snet cannot see through
+        (a doubt)."""
+        if not way.follows(where, jump):
+            return
+        assert jump.target is not None
+        guard = way.reaching(jump)
+        if guard is not None:  # else no packet that comes this way passes the jump
+            self._walk(where, jump.target, exits, attrs.evolve(way, guard=guard), visit)
+
+    @staticmethod
+    def _visit(match: Match | None, exits: list[Match],
+               visit: Callable[[Match, list[Match]], None]) -> None:
+        if match is not None:  # None: no packet that comes this way reaches it
+            visit(match, exits)
+
+    def _walked_rules(self, where: tuple[str, str], chain: str) -> Iterator[Match]:
+        """The rules of ``chain``, each counted as walked; past the bound, one rule that
+        may drop anything instead of the rest (said once in ``unread``)."""
+        for match in self._rules(where, chain):
+            if self.walked >= _MAX_WALKED_RULES:
+                if not self._cut:
+                    self._cut = True
+                    self.unread.append(f"the walk of other tables' chains stopped after "
+                                       f"{_MAX_WALKED_RULES} rules (at {where[0]} {where[1]} "
+                                       f"{chain})")
+                yield Match(unknown=1, verdict="drop")
+                return
+            self.walked += 1
+            yield match
 
     def _nat_rule(self, match: Match, exits: list[Match]) -> None:
         if match.verdict not in ("masquerade", "snat") or match.proto is None:
@@ -751,6 +816,34 @@ class _ChildLister:
 
     def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
         return list_in_child(self.deadline, kind, **ref)
+
+
+def _narrowest(tests: list[tuple[Network, bool]]) -> list[tuple[Network, bool]] | None:
+    """Address tests that must all hold, with the positive prefixes cut to the narrowest
+    (two prefixes either nest or are disjoint); None when no address passes them all."""
+    positive = [net for net, neg in tests if not neg]
+    for net in positive:
+        if any(not overlaps(net, other) for other in positive):
+            return None
+    kept = [min(positive, key=lambda n: n.num_addresses)] if positive else []
+    return [(net, False) for net in kept] + [(net, neg) for net, neg in tests if neg]
+
+
+def _guarded(guard: Match, match: Match) -> Match | None:
+    """``match`` as reached through a conditional jump testing ``guard``: a rule making
+    the tests of both (None: no packet passes both)."""
+    if guard.proto is not None and match.proto not in (None, guard.proto):
+        return None
+    saddr, daddr = _narrowest(guard.saddr + match.saddr), _narrowest(guard.daddr + match.daddr)
+    if saddr is None or daddr is None:
+        return None
+    marks = guard.marks + match.marks
+    return dataclasses.replace(
+        match, proto=match.proto or guard.proto, saddr=saddr, daddr=daddr,
+        iif=guard.iif + match.iif, oif=guard.oif + match.oif,
+        nfproto=guard.nfproto + match.nfproto, ct_reply=guard.ct_reply or match.ct_reply,
+        marks=marks, unknown=guard.unknown + match.unknown,
+        mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks))
 
 
 def _misses(match: Match, rule: ForwardRule) -> bool:
