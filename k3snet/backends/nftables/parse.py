@@ -63,7 +63,14 @@ from k3snet.backends.nftables.kernel import (
     TextUnlistedError,
     list_in_child,
 )
-from k3snet.backends.nftables.text import Lines, ListedTable, listed_rules, prefix_of
+from k3snet.backends.nftables.text import (
+    Lines,
+    ListedTable,
+    chain_names,
+    listed_rules,
+    prefix_of,
+    table_flags,
+)
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift, NetObject, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
@@ -88,6 +95,7 @@ _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
 _MAX_WALKED_RULES = 4096  # bounds the walk through conditional jumps (each is followed)
+_TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})  # what nft names
 _OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
 
 
@@ -895,17 +903,21 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
     listed again as JSON and read from that. ``seen``: the lines an earlier read
     read (its cache's ``lines``), which are not read again; without them,
     ``expected``: objects whose rules' lines are taken as them unread
-    (:func:`~.text.listed_rules`).
+    (:func:`~.text.listed_rules`). A table's flags are read from its text
+    (:func:`~.text.table_flags`): ``dormant`` is drift, any other a
+    :class:`~k3snet.errors.BackendError` (see :meth:`_OwnTable.flagged`).
     """
     cache = Cache(genid=genid)
     texts = kernel if isinstance(kernel, TextLists) else None
     for family in families:
         reader = _OwnTable(cache, family, table_name, families)
+        text = None
         if texts is not None:
             try:
                 text = texts.list_text("table", family=family, name=table_name)
                 if text is None:
                     continue  # no such table
+                reader.flagged(table_flags(text))
                 listed = listed_rules(text, family, table_name, seen, expected)
                 if listed is not None and _every_rule_one_line(texts, family, table_name,
                                                                listed):
@@ -914,7 +926,14 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
                     continue
             except TextUnlistedError:
                 pass
-        items = kernel.list("table", family=family, name=table_name)
+        items: list[dict[str, Any]] | None
+        if reader.flags and text is not None:
+            # libnftables 1.0.6 lists a flagged table's JSON wrong: its chains are listed
+            # one by one instead (each listing names no table).
+            items = [item for chain in chain_names(text) for item in kernel.list(
+                "chain", family=family, table=table_name, name=chain) or ()]
+        else:
+            items = kernel.list("table", family=family, name=table_name)
         if items is not None:
             reader.read(items)
     return cache
@@ -957,6 +976,38 @@ class _OwnTable:
     families: tuple[str, ...]
     # forward rule halves by (main tag, is the reply half), in kernel order
     halves: dict[tuple[str, bool], list[tuple[ForwardRule, int]]] = field(default_factory=dict)
+    flags: tuple[str, ...] | None = None  # the table's, once read (from its text)
+
+    def flagged(self, flags: tuple[str, ...]) -> None:
+        """The table's flags, read: ``dormant`` (every chain unhooked) is drift that the
+        rebuild repairs; any other is refused (BackendError), ``owner`` above all:
+        only the process that owns the table may change or delete it."""
+        self.flags = flags
+        others = [f for f in flags if f != "dormant"]
+        if others:
+            what = ("another process owns it: only that process may change or delete it"
+                    if "owner" in others else "k3snet does not know what it does")
+            raise BackendError(
+                f"nftables table {self.family} {self.name} has flags {','.join(flags)} "
+                f"({what}); k3snet writes nothing there. End what made it (an owned table "
+                "goes with its process) or delete it, or give k3snet another table "
+                "(--backend-opt nftables.table=NAME)")
+        if flags:
+            self.drift(None, "flags dormant: the table's chains are unhooked, none of its "
+                       "rules sees a packet (apply rebuilds the table)",
+                       Repair(self.family, rebuild=True))
+
+    def json_flags(self, value: Any) -> None:
+        """Flags as libnftables' JSON lists them, when the text did not say: 1.0.6
+        prints another string there (``"k3snet"``), read as flags it cannot name."""
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, list) and names and all(n in _TABLE_FLAGS for n in names):
+            self.flagged(tuple(names))
+            return
+        self.flags = ("?",)
+        self.drift(None, f"flags libnftables printed as {value!r}: a flag such as dormant "
+                   "unhooks the table's chains (apply rebuilds the table)",
+                   Repair(self.family, rebuild=True))
 
     def drift(self, chain: str | None, what: str, repair: Repair) -> None:
         where = f"{self.family} {self.name}" + (f" {chain}" if chain else "")
@@ -971,6 +1022,9 @@ class _OwnTable:
         table = self.cache.tables[self.family] = Table()
         rules = []
         for item in items:
+            listed = item.get("table")
+            if isinstance(listed, dict) and "flags" in listed and self.flags is None:
+                self.json_flags(listed["flags"])
             if isinstance(item.get("chain"), dict):
                 table.chains[str(item["chain"].get("name"))] = item["chain"]
             elif isinstance(item.get("rule"), dict):
