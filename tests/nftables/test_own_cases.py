@@ -21,6 +21,7 @@ from k3snet.render.nftables import (
     FORWARD_CHAIN,
     MARKER_CHAIN,
     NAT_CHAIN,
+    TABLE_COMMENT,
     nft_rules,
     nft_rules_json,
 )
@@ -66,7 +67,9 @@ def table(family: str, *rules: Item, chains: list[Item] | None = None) -> list[I
     if chains is None:
         chains = [base(family, NAT_CHAIN), base(family, FORWARD_CHAIN),
                   chain(family, MARKER_CHAIN)]
-    return [{"table": {"family": family, "name": NAME, "handle": 1}}, *chains, *rules]
+    # marked, as a libnftables that prints a table's comment in JSON lists it (1.0.6 does not)
+    return [{"table": {"family": family, "name": NAME, "handle": 1, "comment": TABLE_COMMENT}},
+            *chains, *rules]
 
 
 class Kernel:

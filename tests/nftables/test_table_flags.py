@@ -22,6 +22,7 @@ from k3snet.errors import BackendError
 from k3snet.lab.netns import run_in
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
+from k3snet.render.nftables import TABLE_COMMENT
 
 WANTED = State(owned=[MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24"),
                       MasqueradeRule("fd42::/64", destination="fd00:b::/64"),
@@ -51,7 +52,8 @@ class _Json:
         self.flags = flags
 
     def list(self, kind: str, **ref: str) -> list[dict[str, object]] | None:
-        table = {"family": "inet", "name": "k3snet", "handle": 1, "flags": self.flags}
+        table = {"family": "inet", "name": "k3snet", "handle": 1, "flags": self.flags,
+                 "comment": TABLE_COMMENT}
         return [{"table": table}]
 
 

@@ -456,7 +456,8 @@ class NftablesBackend(BackendBase):
                 if running and expected and not seen:
                     seen, expected = expected_lines(expected, self._families == ("inet",)), ()
                 cache = read_own(self._own_lister(kernel, listings), self._table,
-                                 self._families, genid, seen=seen, expected=expected)
+                                 self._families, genid, seen=seen, expected=expected,
+                                 mark=self.syntax == "nft")
             self._lines = cache.lines
             self._observed.put(genid, cache)
         ahead = started.foreign if started else None

@@ -70,6 +70,7 @@ from k3snet.backends.nftables.text import (
     listed_rules,
     prefix_of,
     table_flags,
+    table_marked,
 )
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift, NetObject, validate_interface_name
@@ -82,6 +83,7 @@ from k3snet.render.nftables import (
     MARKER_CHAIN,
     NAT_CHAIN,
     REPLY_SUFFIX,
+    TABLE_COMMENT,
     nft_rules,
 )
 from k3snet.render.tag import tag_digest
@@ -891,7 +893,8 @@ def _answers(other: ForwardRule, rule: ForwardRule) -> bool:
 
 
 def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: int, *,
-             seen: Lines | None = None, expected: Sequence[NetObject] = ()) -> Cache:
+             seen: Lines | None = None, expected: Sequence[NetObject] = (),
+             mark: bool = True) -> Cache:
     """k3snet's table(s) as the kernel lists them, stamped with ``genid``.
 
     Every rule shaped as k3snet writes it becomes its object; everything else
@@ -906,6 +909,13 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
     (:func:`~.text.listed_rules`). A table's flags are read from its text
     (:func:`~.text.table_flags`): ``dormant`` is drift, any other a
     :class:`~k3snet.errors.BackendError` (see :meth:`_OwnTable.flagged`).
+
+    A table is k3snet's when it carries k3snet's mark (a table comment, seen in
+    the text: libnftables 1.0.6's JSON leaves it out), or holds k3snet's marker
+    chain or a rule with k3snet's tag (a table an older k3snet wrote; with
+    ``mark``, when its text shows no mark, that is drift whose repair rebuilds
+    it with the mark). Any other table of that name is another program's:
+    :class:`~k3snet.errors.BackendError`, before anything is planned there.
     """
     cache = Cache(genid=genid)
     texts = kernel if isinstance(kernel, TextLists) else None
@@ -918,10 +928,12 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
                 if text is None:
                     continue  # no such table
                 reader.flagged(table_flags(text))
+                reader.marked = table_marked(text)
                 listed = listed_rules(text, family, table_name, seen, expected)
                 if listed is not None and _every_rule_one_line(texts, family, table_name,
                                                                listed):
                     reader.read_listed(listed)
+                    reader.judge(mark=mark)
                     cache.lines.update(listed.lines)
                     continue
             except TextUnlistedError:
@@ -936,6 +948,7 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
             items = kernel.list("table", family=family, name=table_name)
         if items is not None:
             reader.read(items)
+            reader.judge(mark=mark)
     return cache
 
 
@@ -977,6 +990,26 @@ class _OwnTable:
     # forward rule halves by (main tag, is the reply half), in kernel order
     halves: dict[tuple[str, bool], list[tuple[ForwardRule, int]]] = field(default_factory=dict)
     flags: tuple[str, ...] | None = None  # the table's, once read (from its text)
+    marked: bool | None = None  # carries k3snet's mark (None: the listing cannot say)
+    k3snets: bool = False  # holds k3snet's marker chain or a rule with k3snet's tag
+
+    def judge(self, *, mark: bool) -> None:
+        """Refuse another program's table of k3snet's name; an older k3snet's table
+        (unmarked) is drift when ``mark`` (its repair rebuilds it with the mark)."""
+        if self.marked:
+            return
+        if not self.k3snets:
+            raise BackendError(
+                f"nftables table {self.family} {self.name} is not k3snet's: it has neither "
+                f'k3snet\'s mark (comment "{TABLE_COMMENT}") nor any chain or rule k3snet '
+                "writes, and k3snet rewrites and deletes what is in its table. Give k3snet a "
+                "table of its own (--backend-opt nftables.table=NAME, a name no other "
+                "program uses; the default is k3snet), or delete this table if nothing "
+                "needs it")
+        if self.marked is False and mark:
+            self.drift(None, "no mark of k3snet's (a table an older k3snet wrote): apply "
+                       f'rebuilds it with its comment "{TABLE_COMMENT}"',
+                       Repair(self.family, rebuild=True))
 
     def flagged(self, flags: tuple[str, ...]) -> None:
         """The table's flags, read: ``dormant`` (every chain unhooked) is drift that the
@@ -1025,6 +1058,8 @@ class _OwnTable:
             listed = item.get("table")
             if isinstance(listed, dict) and "flags" in listed and self.flags is None:
                 self.json_flags(listed["flags"])
+            if isinstance(listed, dict) and "comment" in listed and self.marked is None:
+                self.marked = listed["comment"] == TABLE_COMMENT
             if isinstance(item.get("chain"), dict):
                 table.chains[str(item["chain"].get("name"))] = item["chain"]
             elif isinstance(item.get("rule"), dict):
@@ -1037,7 +1072,7 @@ class _OwnTable:
     def read_chains(self, table: Table) -> None:
         for name, chain in table.chains.items():
             if name == MARKER_CHAIN and "hook" not in chain:
-                table.marker = True
+                table.marker = self.k3snets = True
             elif name in CHAIN_HOOKS:
                 spec = CHAIN_HOOKS[name]
                 if any(chain.get(k) != spec[k] for k in ("type", "hook", "prio")):
@@ -1061,6 +1096,8 @@ class _OwnTable:
         chain, handle, comment = rule.get("chain"), rule.get("handle"), rule.get("comment")
         if not isinstance(handle, int) or not isinstance(chain, str):
             return
+        if isinstance(comment, str) and tag_digest(comment.removesuffix(REPLY_SUFFIX)):
+            self.k3snets = True
         if chain not in (NAT_CHAIN, FORWARD_CHAIN, MARKER_CHAIN):
             return  # a rule of a chain that is drift itself: the rebuild removes both
         found = None
@@ -1078,6 +1115,7 @@ class _OwnTable:
         for name in listed.chains:
             table.chains[name] = dict(CHAIN_HOOKS.get(name, {}))
         table.marker = MARKER_CHAIN in table.chains
+        self.k3snets = table.marker or bool(listed.rules)
         for rule in listed.rules:
             self.take(rule.chain, rule.handle, rule.comment, (rule.obj, rule.reply), rule.tag)
         self.pair_halves()
