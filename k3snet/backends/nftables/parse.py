@@ -71,6 +71,7 @@ from k3snet.backends.nftables.text import (
     prefix_of,
     table_flags,
     table_marked,
+    table_objects,
 )
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift, NetObject, validate_interface_name
@@ -948,6 +949,9 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
             items = kernel.list("table", family=family, name=table_name)
         if items is not None:
             reader.read(items)
+            if reader.flags and text is not None:  # what the chains' listings leave out
+                for kind, name in table_objects(text):
+                    reader.object_drift(kind, name)
             reader.judge(mark=mark)
     return cache
 
@@ -1047,6 +1051,13 @@ class _OwnTable:
         self.cache.found(Drift.of(_chain_kind(chain or ""), backend="nftables", where=where,
                                   what=what), repair)
 
+    def object_drift(self, kind: str, name: str) -> None:
+        """A set, map or named object (``counter``, ``quota`` ...): k3snet writes none,
+        and the table's rebuild (any drift's repair may be one) deletes it with the
+        table, so it is drift the plan names rather than a loss nobody sees."""
+        self.drift(None, f"{kind} {name}: not an object k3snet writes (the table's rebuild "
+                   "deletes it)", Repair(self.family, rebuild=True))
+
     def extra_rules(self, chain: str, handles: Sequence[int], why: str) -> None:
         self.drift(chain, f"{_handles(handles)}: {why}",
                    Repair(self.family, rules=tuple((chain, h) for h in handles)))
@@ -1064,6 +1075,10 @@ class _OwnTable:
                 table.chains[str(item["chain"].get("name"))] = item["chain"]
             elif isinstance(item.get("rule"), dict):
                 rules.append(item["rule"])
+            elif len(item) == 1 and listed is None and "metainfo" not in item:
+                ((kind, body),) = item.items()
+                if isinstance(body, dict) and isinstance(body.get("name"), str):
+                    self.object_drift(kind, body["name"])
         self.read_chains(table)
         for rule in rules:
             self.read_rule(rule, table)

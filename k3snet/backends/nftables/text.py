@@ -58,13 +58,14 @@ from k3snet.render.shape import retarget
 
 __all__ = ["FirstRules", "Lines", "ListedRule", "ListedTable", "as_listed", "chain_names",
            "expected_lines", "first_rule_lines", "listed_rules", "prefix_of", "table_flags",
-           "table_marked"]
+           "table_marked", "table_objects"]
 
 # A handle as nft prints it: no leading zero (anything nft does not print is not taken).
 _TABLE = re.compile(r"table ([a-z0-9]+) ([A-Za-z][A-Za-z0-9_-]*) \{ # handle [1-9]\d*")
 _CHAIN = re.compile(r"\tchain ([A-Za-z0-9_-]+) \{ # handle [1-9]\d*")
 _FLAGS = re.compile(r"\tflags ([a-z]+(?:,[a-z]+)*)")
 _MARK = f'\tcomment "{TABLE_COMMENT}"'
+_OBJECT = re.compile(r"\t((?:ct )?[a-z]+) (\S+) \{.*")
 _ANY_CHAIN = re.compile(r"\tchain (\S+) \{.*")
 _RULE = re.compile(r'\t\t(.+) comment "(k3snet:[0-9a-f]{16})(:reply)?" # handle ([1-9]\d*)')
 # What these read is only a proposal: the object must render back to the same text.
@@ -166,6 +167,13 @@ def table_marked(text: str) -> bool:
     """Whether the table ``nft list table`` printed as ``text`` carries k3snet's mark
     (:data:`~k3snet.render.nftables.TABLE_COMMENT`), under its header and flags."""
     return _MARK in text.split("\n", 3)[1:3]
+
+
+def table_objects(text: str) -> list[tuple[str, str]]:
+    """(kind, name) of each set, map or named object (``counter``, ``quota``, ``ct
+    helper`` ...) of the table ``nft list table`` printed as ``text``: all but its chains."""
+    return [(found[1], found[2]) for line in text.split("\n")
+            if (found := _OBJECT.fullmatch(line)) and found[1] not in ("chain", "comment")]
 
 
 def chain_names(text: str) -> list[str]:
