@@ -41,6 +41,7 @@ __all__ = [
     "NFT_JSON_IFNAME_WORDS",
     "NFT_WORDS",
     "REPLY_SUFFIX",
+    "TABLE_COMMENT",
     "TAG_PREFIX",
     "NftRule",
     "TableFamily",
@@ -70,6 +71,10 @@ CHAIN_HOOKS: dict[str, dict[str, Any]] = {
     FORWARD_CHAIN: {"type": "filter", "hook": "forward", "prio": 0, "policy": "accept"},
 }
 """The same base chains as libnftables JSON lists them (``srcnat`` is 100, ``filter`` 0)."""
+TABLE_COMMENT = "k3snet's own table: k3snet rewrites and deletes it"
+"""The comment that marks a table as k3snet's (its backend refuses to write into or
+delete a table of the configured name that has neither this mark nor k3snet's
+chains or rules: another program's)."""
 MARKER_CHAIN = "handle_marker"
 """An empty regular chain of k3snet's table that the backend re-creates at the end
 of every transaction that adds rules: its new handle dates the rules added before it."""
@@ -324,7 +329,7 @@ def _table_text(family: str, table: str, objects: Iterable[NetObject]) -> list[s
     for obj in sorted(objects, key=chain_order_key):
         for rule in nft_rules(obj, inet=inet):
             chains[rule.chain].append(f'\t\t{rule.body} comment "{rule.comment}"')
-    lines = [f"table {family} {table} {{"]
+    lines = [f"table {family} {table} {{", f'\tcomment "{TABLE_COMMENT}"']
     for index, (chain, rules) in enumerate(chains.items()):
         if index:
             lines.append("")

@@ -10,13 +10,14 @@ JSON commands are written as text rather than through :func:`json.dumps` (a
 10k-rule batch renders several times faster). Every value in a command is
 k3snet's: a validated table name, an nft family, one of k3snet's chains, a
 kernel handle, or rule text from :func:`~k3snet.render.nftables.nft_rules`
-(validated addresses, prefixes, interface names and hex tags), never free text.
+(validated addresses, prefixes, interface names and hex tags), or the fixed comment
+that marks k3snet's table, never free text.
 
 >>> nft = NftCommands("k3snet", "nft")
 >>> nft.delete_rule("inet", "postrouting", 7)
 'delete rule inet k3snet postrouting handle 7'
 >>> print(nft.transaction([nft.add_table("inet"), nft.add_chain("inet", "handle_marker")]))
-add table inet k3snet
+add table inet k3snet { comment "k3snet's own table: k3snet rewrites and deletes it"; }
 add chain inet k3snet handle_marker
 <BLANKLINE>
 >>> NftCommands("k3snet", "json").delete_rule("inet", "postrouting", 7)
@@ -34,6 +35,7 @@ from k3snet.model import NetObject
 from k3snet.render.nftables import (
     CHAIN_HOOKS,
     CHAIN_SPECS,
+    TABLE_COMMENT,
     NftRule,
     nft_rules,
     nft_rules_json,
@@ -95,10 +97,13 @@ class NftCommands:
         return ref
 
     def add_table(self, family: str) -> str:
-        """Create k3snet's (empty) table of ``family``."""
+        """Create k3snet's (empty) table of ``family``, marked as k3snet's by its comment
+        (:data:`~k3snet.render.nftables.TABLE_COMMENT`; libnftables 1.0.6 ignores a
+        table's comment in JSON)."""
         if self.json:
-            return f'{{"add":{{"table":{{"family":"{family}","name":"{self.table}"}}}}}}'
-        return f"add table {family} {self.table}"
+            return (f'{{"add":{{"table":{{"family":"{family}","name":"{self.table}",'
+                    f'"comment":{json.dumps(TABLE_COMMENT)}}}}}}}')
+        return f'add table {family} {self.table} {{ comment "{TABLE_COMMENT}"; }}'
 
     def delete_table(self, family: str) -> str:
         """Delete k3snet's table of ``family``, with everything in it."""

@@ -352,6 +352,31 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         nat([jump("c")], [saddr(POD), snat(addr="192.0.2.2")], c=[[daddr(B), MASQ]]),
         {MasqueradeRule("0.0.0.0/0", destination=B),
          SnatRule(POD, exclude=[B], to_address="192.0.2.2")}),
+    # A conditional jump or goto: what the chain it leads to does applies to the
+    # packets the jump matches (the tests of both hold).
+    "a masquerade behind a conditional jump": (
+        nat([saddr(POD), jump("q")], q=[[MASQ]]), {MasqueradeRule(POD)}),
+    "an snat behind a conditional goto": (
+        nat([saddr(POD), {"goto": {"target": "q"}}], q=[[snat(addr="192.0.2.1")]]),
+        {SnatRule(POD, to_address="192.0.2.1")}),
+    "the tests of a conditional jump and of the rule it leads to both hold": (
+        nat([saddr(POD), jump("q")], q=[[daddr(B), MASQ]]),
+        {MasqueradeRule(POD, destination=B)}),
+    "a narrower source after a conditional jump is kept": (
+        nat([saddr(POD), jump("q")], q=[[saddr("10.42.1.0/24"), MASQ]]),
+        {MasqueradeRule("10.42.1.0/24")}),
+    "a rule no packet of the conditional jump matches is never met": (
+        nat([saddr("10.43.0.0/16"), jump("q")], q=[[saddr(POD), MASQ]]), set()),
+    "an IPv6 conditional jump in an inet table": (
+        nat([saddr("fd42::/64"), jump("q")], q=[[MASQ]]), {MasqueradeRule("fd42::/64")}),
+    "an IPv6 conditional jump to an IPv4 rule": (
+        nat([saddr("fd42::/64"), jump("q")], q=[[saddr(POD), MASQ]]), set()),
+    "two conditional jumps down": (
+        nat([saddr(POD), jump("a")], a=[[daddr(B), jump("b")]], b=[[MASQ]]),
+        {MasqueradeRule(POD, destination=B)}),
+    "a conditional jump back up a chain is not followed": (
+        nat([saddr(POD), jump("a")], a=[[daddr(B), jump("b")]], b=[[jump("a")], [MASQ]]),
+        set()),
 }
 
 

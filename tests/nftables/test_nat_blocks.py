@@ -94,6 +94,20 @@ def test_a_nat_rule_after_k3snets_priority_is_no_block(prio: int) -> None:
     # rules of a chain jumped to (placed at the chain it is in)
     ([[jump("sub")]], {"sub": [[saddr(POD), MASQ]]},
      {one(f"ip saddr {POD} masquerade", POD, where="nftables inet t sub")}),
+    # rules of a chain a conditional jump or goto leads to, as testing the jump's matches
+    ([[saddr(POD), jump("q")]], {"q": [[snat(addr="192.0.2.9")]]},
+     {one(f"ip saddr {POD} snat to 192.0.2.9", POD, action="snat", to="192.0.2.9",
+          where="nftables inet t q")}),
+    ([[saddr("fd42::/64"), {"goto": {"target": "q"}}]], {"q": [[MASQ]]},
+     {one("ip6 saddr fd42::/64 masquerade", "fd42::/64", family=6,
+          where="nftables inet t q")}),
+    ([[saddr(POD), jump("a")]], {"a": [[daddr(B), jump("b")]], "b": [[MASQ]]},
+     {one(f"ip saddr {POD} ip daddr {B} masquerade", POD, B, where="nftables inet t b")}),
+    # a jump cycle (the kernel refuses one; a recorded listing may hold it): walked once
+    ([[saddr(POD), jump("a")]], {"a": [[daddr(B), jump("b")]], "b": [[jump("a")], [MASQ]]},
+     {one(f"ip saddr {POD} ip daddr {B} masquerade", POD, B, where="nftables inet t b")}),
+    # a conditional jump no packet of the rule it leads to passes
+    ([[saddr("10.43.0.0/16"), jump("q")]], {"q": [[saddr(POD), MASQ]]}, set()),
     # what earlier rules take away is not subtracted (a doubt) ...
     ([[daddr(B), ACCEPT], [saddr(POD), MASQ]], {}, {one(f"ip saddr {POD} masquerade", POD)}),
     ([[daddr(B), RETURN], [saddr(POD), MASQ]], {}, {one(f"ip saddr {POD} masquerade", POD)}),
@@ -111,6 +125,18 @@ def test_the_reader_takes_the_nat_rules_a_connection_may_meet_first(
     rules: list[list[Any]], chains: dict[str, list[list[Any]]], expected: set[tuple[Any, ...]]
 ) -> None:
     assert blocks(nat(*rules, **chains), 100) == expected
+
+
+def test_the_walk_through_conditional_jumps_is_bounded() -> None:
+    # 40 conditional jumps in each of 9 chains: 40**8 paths, were each walked.
+    chains = {f"c{i}": [[saddr(POD), jump(f"c{i + 1}")]] * 40 for i in range(1, 8)}
+    kernel = nat(*[[saddr(POD), jump("c1")]] * 40, c8=[[saddr(POD), MASQ]], **chains)
+    kernel.nat_prio = 100
+    reader = ForeignReader(kernel, frozenset())  # type: ignore[arg-type]
+    reader.read()
+    assert reader.walked == 4096
+    assert reader.unread == ["the walk of other tables' chains stopped after 4096 rules "
+                             "(at inet t c7)"]
 
 
 def test_an_ip6_table_makes_ipv6_blocks() -> None:
@@ -206,6 +232,48 @@ def test_an_earlier_foreign_snat_is_a_conflict_and_stays_as_it_was(ns: str) -> N
     texts = [json.dumps(i["rule"]["expr"]) for i in ours["nftables"] if "rule" in i]
     assert any("198.51.100.0" in t for t in texts)
     assert not any("192.168.2.0" in t for t in texts)
+
+
+BEHIND_JUMPS = """\
+table inet fw {
+\tchain q {
+\t\tsnat ip to 192.168.1.99
+\t}
+\tchain q6 {
+\t\tmasquerade
+\t}
+\tchain post {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr 10.42.0.0/16 jump q
+\t\tip6 saddr fd42::/64 goto q6
+\t}
+}
+"""
+
+
+@pytest.mark.kernel
+def test_a_foreign_nat_behind_a_conditional_jump_is_a_conflict(ns: str) -> None:
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415 - needs nftables
+
+    run_in(ns, ["nft", "-f", "-"], input_text=BEHIND_JUMPS)
+    before = run_in(ns, ["nft", "-j", "list", "table", "inet", "fw"]).stdout
+    wanted6 = MasqueradeRule("fd42::/64", destination="fd00:b::/64")
+    with NftablesBackend(ns) as backend:
+        observed = backend.observe()
+        p = plan(observed, State(owned=[WANTED]))
+        [note] = p.conflicts
+        assert note.foreign.describe() == (
+            "snat to 192.168.1.99 by nftables inet fw q: "
+            "ip saddr 10.42.0.0/16 snat to 192.168.1.99")
+        # IPv6, through a goto: a masquerade is what is wanted there, so it is met.
+        assert [n.status for n in plan(observed, State(owned=[wanted6])).notes] == ["met"]
+        snat6 = SnatRule("fd42::/64", destination="fd00:b::/64", to_address="fd00::9")
+        [note6] = plan(observed, State(owned=[snat6])).conflicts
+        assert note6.foreign.describe() == (
+            "masquerade by nftables inet fw q6: ip6 saddr fd42::/64 masquerade")
+    # Read only: the foreign table is as it was, and k3snet wrote nothing.
+    assert run_in(ns, ["nft", "-j", "list", "table", "inet", "fw"]).stdout == before
+    assert "k3snet" not in run_in(ns, ["nft", "list", "tables"]).stdout
 
 
 def test_what_another_chain_may_translate_first_is_not_met_by_a_later_one() -> None:

@@ -34,7 +34,7 @@ from k3snet.model import (
     State,
 )
 from k3snet.planner import Change, Plan, plan
-from k3snet.render.nftables import object_tag
+from k3snet.render.nftables import TABLE_COMMENT, object_tag
 from tests.nftables.scenario import K3SNET_RULES
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "nftables"
@@ -224,6 +224,7 @@ def test_the_foreign_reader_never_reads_k3snet_own_table(scenario: str) -> None:
 
 # -- drift in k3snet's own table -----------------------------------------------------------
 
+ADD_TABLE = f'add table inet k3snet {{ comment "{TABLE_COMMENT}"; }}'
 # recording -> (the drift observe reports, the commands of the repairing transaction)
 DRIFT = {
     "drift-policy": (
@@ -233,7 +234,7 @@ DRIFT = {
     "drift-hook": (
         ["drift in nftables inet k3snet postrouting: type nat hook postrouting priority 105 "
          "(k3snet's: type nat hook postrouting priority 100)"],
-        ["delete table inet k3snet", "add table inet k3snet"]),
+        ["delete table inet k3snet", ADD_TABLE]),
     "drift-extra-rule": (
         ["drift in nftables inet k3snet forward: rule handle 14: not a rule k3snet writes",
          "drift in nftables inet k3snet postrouting: rule handle 13: not a rule k3snet writes"],
@@ -241,7 +242,7 @@ DRIFT = {
          "delete rule inet k3snet postrouting handle 13"]),
     "drift-extra-chain": (
         ["drift in nftables inet k3snet: chain counter: not a chain k3snet writes"],
-        ["delete table inet k3snet", "add table inet k3snet"]),
+        ["delete table inet k3snet", ADD_TABLE]),
     "drift-duplicate": (
         ["drift in nftables inet k3snet forward: rules handle 14, 15: a duplicate of forward "
          "accept fd42:42::/56 -> fd01:2::/64 (+ replies)",

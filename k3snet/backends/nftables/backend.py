@@ -301,7 +301,8 @@ class NftablesBackend(BackendBase):
 
     @property
     def foreign_unread(self) -> tuple[str, ...]:
-        """What the last read of other tables could not list within ``foreign_timeout``.
+        """What the last read of other tables could not list within ``foreign_timeout``,
+        or walk within 4096 rules.
 
         Empty when the foreign state was read whole. Otherwise observe's foreign
         state is incomplete: what is missing is left out conservatively (k3snet's
@@ -316,7 +317,8 @@ class NftablesBackend(BackendBase):
         if not self._foreign_unread:
             return ()
         return (f"nftables: other tables were not read whole within {self.foreign_timeout:g} s "
-                "(foreign_timeout): their rules there are left out of the plan's notes "
+                "(foreign_timeout) and a walk of 4096 rules: their rules there are left out "
+                "of the plan's notes "
                 f"(k3snet's rules never override another table's drop): "
                 f"{'; '.join(self._foreign_unread)}",)
 
@@ -454,7 +456,8 @@ class NftablesBackend(BackendBase):
                 if running and expected and not seen:
                     seen, expected = expected_lines(expected, self._families == ("inet",)), ()
                 cache = read_own(self._own_lister(kernel, listings), self._table,
-                                 self._families, genid, seen=seen, expected=expected)
+                                 self._families, genid, seen=seen, expected=expected,
+                                 mark=self.syntax == "nft")
             self._lines = cache.lines
             self._observed.put(genid, cache)
         ahead = started.foreign if started else None

@@ -43,9 +43,10 @@ Foreign state
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +63,16 @@ from k3snet.backends.nftables.kernel import (
     TextUnlistedError,
     list_in_child,
 )
-from k3snet.backends.nftables.text import Lines, ListedTable, listed_rules, prefix_of
+from k3snet.backends.nftables.text import (
+    Lines,
+    ListedTable,
+    chain_names,
+    listed_rules,
+    prefix_of,
+    table_flags,
+    table_marked,
+    table_objects,
+)
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift, NetObject, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
@@ -74,6 +84,7 @@ from k3snet.render.nftables import (
     MARKER_CHAIN,
     NAT_CHAIN,
     REPLY_SUFFIX,
+    TABLE_COMMENT,
     nft_rules,
 )
 from k3snet.render.tag import tag_digest
@@ -86,6 +97,8 @@ _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM
                           "DSCP", "TOS", "TCPMSS"})
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
+_MAX_WALKED_RULES = 4096  # bounds the walk through conditional jumps (each is followed)
+_TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})  # what nft names
 _OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
 
 
@@ -347,6 +360,28 @@ def _disjoint(cond: Match, family: int, source: Network, destination: Network | 
     return oif is not None and any((name == oif) == neg for name, neg in cond.oif)
 
 
+@attrs.frozen
+class _Way:
+    """How the foreign walk reached a chain: the conditional jumps' tests on the way
+    (``guard``: a rule there is read as testing them too) and the chains passed."""
+
+    guard: Match | None = None
+    path: frozenset[tuple[tuple[str, str], str]] = frozenset()
+
+    def into(self, where: tuple[str, str], chain: str) -> _Way:
+        return attrs.evolve(self, path=self.path | {(where, chain)})
+
+    def follows(self, where: tuple[str, str], match: Match) -> bool:
+        """Whether the walk follows ``match``'s jump or goto: not deeper than
+        :data:`_MAX_JUMP_DEPTH`, nor back to a chain on the way (a cycle)."""
+        return (match.verdict in ("jump", "goto") and len(self.path) <= _MAX_JUMP_DEPTH
+                and (where, match.target) not in self.path)
+
+    def reaching(self, match: Match) -> Match | None:
+        """``match`` as the packets that come this way meet it (None: none can)."""
+        return match if self.guard is None else _guarded(self.guard, match)
+
+
 @dataclass
 class ForeignReader:
     """Reads the egress-relevant chains of other tables: read-only, bounded, best effort.
@@ -375,6 +410,8 @@ class ForeignReader:
         default_factory=list)
     nat_origin: dict[NetObject, tuple[tuple[str, str], str] | None] = field(default_factory=dict)
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
+    walked: int = 0  # rules walked so far (bounded by _MAX_WALKED_RULES)
+    _cut: bool = False  # the walk stopped at that bound
 
     def read(self) -> frozenset[NetObject]:
         try:
@@ -396,12 +433,12 @@ class ForeignReader:
                 prio = chain.get("prio")
                 first = not isinstance(prio, int) or prio <= _OWN_NAT_PRIO
                 self._walking = (where, str(name))
-                self._walk(where, str(name), [], 0,
+                self._walk(where, str(name), [], _Way(),
                            self._nat_rule_first if first else self._nat_rule)
             elif chain.get("hook") == "forward" and chain.get("type") == "filter":
                 self.forward_bases.append((where, str(name), str(chain.get("policy", "accept"))))
                 self._walking = (where, str(name))
-                self._walk(where, str(name), [], 0, self._forward_rule)
+                self._walk(where, str(name), [], _Way(), self._forward_rule)
         found = self._met()
         found |= self._blocks()
         found.update(block for block, _ in self.nat_blocks)
@@ -517,21 +554,25 @@ class ForeignReader:
     def _list(self, kind: str, ref: dict[str, str]) -> list[dict[str, Any]] | None:
         return self.kernel.list(kind, **ref)
 
-    def _walk(self, where: tuple[str, str], chain: str, exits: list[Match], depth: int,
+    def _walk(self, where: tuple[str, str], chain: str, exits: list[Match], way: _Way,
               visit: Callable[[Match, list[Match]], None]) -> tuple[list[Match], bool]:
-        """Walk ``chain`` after the exits seen so far.
+        """Walk ``chain`` after the exits seen so far, reached by ``way``.
 
         Returns the conditional exits that also end the calling chain, and whether
         every packet stops here. ``exits`` are the earlier rules that take some
-        packets away (returns, accepts, drops, jumps k3snet does not follow).
+        packets away (returns, accepts, drops, jumps k3snet does not follow). At
+        most :data:`_MAX_WALKED_RULES` rules are walked in all (a hostile
+        ruleset's conditional jumps could make the walk exponential): past that,
+        what is left is unread.
         """
         local = list(exits)
         passed_up: list[Match] = []
-        for match in self._rules(where, chain):
+        way = way.into(where, chain)
+        for match in self._walked_rules(where, chain):
             verdict = match.verdict
             if verdict in ("masquerade", "snat", "accept", "xt SNAT"):
                 self._at = (where, chain)
-                visit(match, local)
+                self._visit(way.reaching(match), local, visit)
             if verdict is None:
                 continue
             if verdict in ("masquerade", "snat"):
@@ -546,9 +587,9 @@ class ForeignReader:
                 if not match.conditions or _unmarked_only(match):
                     break  # no packet of k3snet's goes on in this chain
                 local.append(match)
-            elif verdict in ("jump", "goto") and not match.conditions and depth < _MAX_JUMP_DEPTH:
+            elif way.follows(where, match) and not match.conditions:
                 assert match.target is not None
-                sub, stop = self._walk(where, match.target, local, depth + 1, visit)
+                sub, stop = self._walk(where, match.target, local, way, visit)
                 local += sub
                 passed_up += sub
                 if stop:
@@ -557,10 +598,45 @@ class ForeignReader:
                     break
             elif not match.conditions and verdict in ("accept", "drop"):
                 return [*passed_up, match], True
-            else:  # a conditional accept or drop, a jump k3snet does not follow, a target
+            else:  # a conditional accept, drop or jump, a jump not followed, a target
+                self._walk_guarded(where, match, local, way, visit)
                 local.append(match)
                 passed_up.append(match)
         return passed_up, False
+
+    def _walk_guarded(self, where: tuple[str, str], jump: Match, exits: list[Match], way: _Way,
+                      visit: Callable[[Match, list[Match]], None]) -> None:
+        """Walk the chain a conditional ``jump`` leads to (if followed): what it does
+        applies to the packets the jump matches (its NAT is foreign NAT for those). For
+        the rest of the calling chain the jump stays an exit k3snet cannot see through
+        (a doubt)."""
+        if not way.follows(where, jump):
+            return
+        assert jump.target is not None
+        guard = way.reaching(jump)
+        if guard is not None:  # else no packet that comes this way passes the jump
+            self._walk(where, jump.target, exits, attrs.evolve(way, guard=guard), visit)
+
+    @staticmethod
+    def _visit(match: Match | None, exits: list[Match],
+               visit: Callable[[Match, list[Match]], None]) -> None:
+        if match is not None:  # None: no packet that comes this way reaches it
+            visit(match, exits)
+
+    def _walked_rules(self, where: tuple[str, str], chain: str) -> Iterator[Match]:
+        """The rules of ``chain``, each counted as walked; past the bound, one rule that
+        may drop anything instead of the rest (said once in ``unread``)."""
+        for match in self._rules(where, chain):
+            if self.walked >= _MAX_WALKED_RULES:
+                if not self._cut:
+                    self._cut = True
+                    self.unread.append(f"the walk of other tables' chains stopped after "
+                                       f"{_MAX_WALKED_RULES} rules (at {where[0]} {where[1]} "
+                                       f"{chain})")
+                yield Match(unknown=1, verdict="drop")
+                return
+            self.walked += 1
+            yield match
 
     def _nat_rule(self, match: Match, exits: list[Match]) -> None:
         if match.verdict not in ("masquerade", "snat") or match.proto is None:
@@ -753,6 +829,34 @@ class _ChildLister:
         return list_in_child(self.deadline, kind, **ref)
 
 
+def _narrowest(tests: list[tuple[Network, bool]]) -> list[tuple[Network, bool]] | None:
+    """Address tests that must all hold, with the positive prefixes cut to the narrowest
+    (two prefixes either nest or are disjoint); None when no address passes them all."""
+    positive = [net for net, neg in tests if not neg]
+    for net in positive:
+        if any(not overlaps(net, other) for other in positive):
+            return None
+    kept = [min(positive, key=lambda n: n.num_addresses)] if positive else []
+    return [(net, False) for net in kept] + [(net, neg) for net, neg in tests if neg]
+
+
+def _guarded(guard: Match, match: Match) -> Match | None:
+    """``match`` as reached through a conditional jump testing ``guard``: a rule making
+    the tests of both (None: no packet passes both)."""
+    if guard.proto is not None and match.proto not in (None, guard.proto):
+        return None
+    saddr, daddr = _narrowest(guard.saddr + match.saddr), _narrowest(guard.daddr + match.daddr)
+    if saddr is None or daddr is None:
+        return None
+    marks = guard.marks + match.marks
+    return dataclasses.replace(
+        match, proto=match.proto or guard.proto, saddr=saddr, daddr=daddr,
+        iif=guard.iif + match.iif, oif=guard.oif + match.oif,
+        nfproto=guard.nfproto + match.nfproto, ct_reply=guard.ct_reply or match.ct_reply,
+        marks=marks, unknown=guard.unknown + match.unknown,
+        mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks))
+
+
 def _misses(match: Match, rule: ForwardRule) -> bool:
     """True when ``match`` can never match a packet of ``rule``."""
     if _disjoint(match, rule.family, rule.source, rule.destination, rule.out_interface):
@@ -790,7 +894,8 @@ def _answers(other: ForwardRule, rule: ForwardRule) -> bool:
 
 
 def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: int, *,
-             seen: Lines | None = None, expected: Sequence[NetObject] = ()) -> Cache:
+             seen: Lines | None = None, expected: Sequence[NetObject] = (),
+             mark: bool = True) -> Cache:
     """k3snet's table(s) as the kernel lists them, stamped with ``genid``.
 
     Every rule shaped as k3snet writes it becomes its object; everything else
@@ -802,28 +907,52 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
     listed again as JSON and read from that. ``seen``: the lines an earlier read
     read (its cache's ``lines``), which are not read again; without them,
     ``expected``: objects whose rules' lines are taken as them unread
-    (:func:`~.text.listed_rules`).
+    (:func:`~.text.listed_rules`). A table's flags are read from its text
+    (:func:`~.text.table_flags`): ``dormant`` is drift, any other a
+    :class:`~k3snet.errors.BackendError` (see :meth:`_OwnTable.flagged`).
+
+    A table is k3snet's when it carries k3snet's mark (a table comment, seen in
+    the text: libnftables 1.0.6's JSON leaves it out), or holds k3snet's marker
+    chain or a rule with k3snet's tag (a table an older k3snet wrote; with
+    ``mark``, when its text shows no mark, that is drift whose repair rebuilds
+    it with the mark). Any other table of that name is another program's:
+    :class:`~k3snet.errors.BackendError`, before anything is planned there.
     """
     cache = Cache(genid=genid)
     texts = kernel if isinstance(kernel, TextLists) else None
     for family in families:
         reader = _OwnTable(cache, family, table_name, families)
+        text = None
         if texts is not None:
             try:
                 text = texts.list_text("table", family=family, name=table_name)
                 if text is None:
                     continue  # no such table
+                reader.flagged(table_flags(text))
+                reader.marked = table_marked(text)
                 listed = listed_rules(text, family, table_name, seen, expected)
                 if listed is not None and _every_rule_one_line(texts, family, table_name,
                                                                listed):
                     reader.read_listed(listed)
+                    reader.judge(mark=mark)
                     cache.lines.update(listed.lines)
                     continue
             except TextUnlistedError:
                 pass
-        items = kernel.list("table", family=family, name=table_name)
+        items: list[dict[str, Any]] | None
+        if reader.flags and text is not None:
+            # libnftables 1.0.6 lists a flagged table's JSON wrong: its chains are listed
+            # one by one instead (each listing names no table).
+            items = [item for chain in chain_names(text) for item in kernel.list(
+                "chain", family=family, table=table_name, name=chain) or ()]
+        else:
+            items = kernel.list("table", family=family, name=table_name)
         if items is not None:
             reader.read(items)
+            if reader.flags and text is not None:  # what the chains' listings leave out
+                for kind, name in table_objects(text):
+                    reader.object_drift(kind, name)
+            reader.judge(mark=mark)
     return cache
 
 
@@ -864,11 +993,70 @@ class _OwnTable:
     families: tuple[str, ...]
     # forward rule halves by (main tag, is the reply half), in kernel order
     halves: dict[tuple[str, bool], list[tuple[ForwardRule, int]]] = field(default_factory=dict)
+    flags: tuple[str, ...] | None = None  # the table's, once read (from its text)
+    marked: bool | None = None  # carries k3snet's mark (None: the listing cannot say)
+    k3snets: bool = False  # holds k3snet's marker chain or a rule with k3snet's tag
+
+    def judge(self, *, mark: bool) -> None:
+        """Refuse another program's table of k3snet's name; an older k3snet's table
+        (unmarked) is drift when ``mark`` (its repair rebuilds it with the mark)."""
+        if self.marked:
+            return
+        if not self.k3snets:
+            raise BackendError(
+                f"nftables table {self.family} {self.name} is not k3snet's: it has neither "
+                f'k3snet\'s mark (comment "{TABLE_COMMENT}") nor any chain or rule k3snet '
+                "writes, and k3snet rewrites and deletes what is in its table. Give k3snet a "
+                "table of its own (--backend-opt nftables.table=NAME, a name no other "
+                "program uses; the default is k3snet), or delete this table if nothing "
+                "needs it")
+        if self.marked is False and mark:
+            self.drift(None, "no mark of k3snet's (a table an older k3snet wrote): apply "
+                       f'rebuilds it with its comment "{TABLE_COMMENT}"',
+                       Repair(self.family, rebuild=True))
+
+    def flagged(self, flags: tuple[str, ...]) -> None:
+        """The table's flags, read: ``dormant`` (every chain unhooked) is drift that the
+        rebuild repairs; any other is refused (BackendError), ``owner`` above all:
+        only the process that owns the table may change or delete it."""
+        self.flags = flags
+        others = [f for f in flags if f != "dormant"]
+        if others:
+            what = ("another process owns it: only that process may change or delete it"
+                    if "owner" in others else "k3snet does not know what it does")
+            raise BackendError(
+                f"nftables table {self.family} {self.name} has flags {','.join(flags)} "
+                f"({what}); k3snet writes nothing there. End what made it (an owned table "
+                "goes with its process) or delete it, or give k3snet another table "
+                "(--backend-opt nftables.table=NAME)")
+        if flags:
+            self.drift(None, "flags dormant: the table's chains are unhooked, none of its "
+                       "rules sees a packet (apply rebuilds the table)",
+                       Repair(self.family, rebuild=True))
+
+    def json_flags(self, value: Any) -> None:
+        """Flags as libnftables' JSON lists them, when the text did not say: 1.0.6
+        prints another string there (``"k3snet"``), read as flags it cannot name."""
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, list) and names and all(n in _TABLE_FLAGS for n in names):
+            self.flagged(tuple(names))
+            return
+        self.flags = ("?",)
+        self.drift(None, f"flags libnftables printed as {value!r}: a flag such as dormant "
+                   "unhooks the table's chains (apply rebuilds the table)",
+                   Repair(self.family, rebuild=True))
 
     def drift(self, chain: str | None, what: str, repair: Repair) -> None:
         where = f"{self.family} {self.name}" + (f" {chain}" if chain else "")
         self.cache.found(Drift.of(_chain_kind(chain or ""), backend="nftables", where=where,
                                   what=what), repair)
+
+    def object_drift(self, kind: str, name: str) -> None:
+        """A set, map or named object (``counter``, ``quota`` ...): k3snet writes none,
+        and the table's rebuild (any drift's repair may be one) deletes it with the
+        table, so it is drift the plan names rather than a loss nobody sees."""
+        self.drift(None, f"{kind} {name}: not an object k3snet writes (the table's rebuild "
+                   "deletes it)", Repair(self.family, rebuild=True))
 
     def extra_rules(self, chain: str, handles: Sequence[int], why: str) -> None:
         self.drift(chain, f"{_handles(handles)}: {why}",
@@ -878,10 +1066,19 @@ class _OwnTable:
         table = self.cache.tables[self.family] = Table()
         rules = []
         for item in items:
+            listed = item.get("table")
+            if isinstance(listed, dict) and "flags" in listed and self.flags is None:
+                self.json_flags(listed["flags"])
+            if isinstance(listed, dict) and "comment" in listed and self.marked is None:
+                self.marked = listed["comment"] == TABLE_COMMENT
             if isinstance(item.get("chain"), dict):
                 table.chains[str(item["chain"].get("name"))] = item["chain"]
             elif isinstance(item.get("rule"), dict):
                 rules.append(item["rule"])
+            elif len(item) == 1 and listed is None and "metainfo" not in item:
+                ((kind, body),) = item.items()
+                if isinstance(body, dict) and isinstance(body.get("name"), str):
+                    self.object_drift(kind, body["name"])
         self.read_chains(table)
         for rule in rules:
             self.read_rule(rule, table)
@@ -890,7 +1087,7 @@ class _OwnTable:
     def read_chains(self, table: Table) -> None:
         for name, chain in table.chains.items():
             if name == MARKER_CHAIN and "hook" not in chain:
-                table.marker = True
+                table.marker = self.k3snets = True
             elif name in CHAIN_HOOKS:
                 spec = CHAIN_HOOKS[name]
                 if any(chain.get(k) != spec[k] for k in ("type", "hook", "prio")):
@@ -914,6 +1111,8 @@ class _OwnTable:
         chain, handle, comment = rule.get("chain"), rule.get("handle"), rule.get("comment")
         if not isinstance(handle, int) or not isinstance(chain, str):
             return
+        if isinstance(comment, str) and tag_digest(comment.removesuffix(REPLY_SUFFIX)):
+            self.k3snets = True
         if chain not in (NAT_CHAIN, FORWARD_CHAIN, MARKER_CHAIN):
             return  # a rule of a chain that is drift itself: the rebuild removes both
         found = None
@@ -931,6 +1130,7 @@ class _OwnTable:
         for name in listed.chains:
             table.chains[name] = dict(CHAIN_HOOKS.get(name, {}))
         table.marker = MARKER_CHAIN in table.chains
+        self.k3snets = table.marker or bool(listed.rules)
         for rule in listed.rules:
             self.take(rule.chain, rule.handle, rule.comment, (rule.obj, rule.reply), rule.tag)
         self.pair_halves()

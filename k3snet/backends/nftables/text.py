@@ -49,18 +49,24 @@ from k3snet.render.nftables import (
     MARKER_CHAIN,
     NAT_CHAIN,
     REPLY_SUFFIX,
+    TABLE_COMMENT,
     NftRule,
     nft_rules,
     rule_tag,
 )
 from k3snet.render.shape import retarget
 
-__all__ = ["FirstRules", "Lines", "ListedRule", "ListedTable", "as_listed", "expected_lines",
-           "first_rule_lines", "listed_rules", "prefix_of"]
+__all__ = ["FirstRules", "Lines", "ListedRule", "ListedTable", "as_listed", "chain_names",
+           "expected_lines", "first_rule_lines", "listed_rules", "prefix_of", "table_flags",
+           "table_marked", "table_objects"]
 
 # A handle as nft prints it: no leading zero (anything nft does not print is not taken).
 _TABLE = re.compile(r"table ([a-z0-9]+) ([A-Za-z][A-Za-z0-9_-]*) \{ # handle [1-9]\d*")
 _CHAIN = re.compile(r"\tchain ([A-Za-z0-9_-]+) \{ # handle [1-9]\d*")
+_FLAGS = re.compile(r"\tflags ([a-z]+(?:,[a-z]+)*)")
+_MARK = f'\tcomment "{TABLE_COMMENT}"'
+_OBJECT = re.compile(r"\t((?:ct )?[a-z]+) (\S+) \{.*")
+_ANY_CHAIN = re.compile(r"\tchain (\S+) \{.*")
 _RULE = re.compile(r'\t\t(.+) comment "(k3snet:[0-9a-f]{16})(:reply)?" # handle ([1-9]\d*)')
 # What these read is only a proposal: the object must render back to the same text.
 _NAT = re.compile(
@@ -136,10 +142,43 @@ def listed_rules(text: str, family: str, name: str, seen: Lines | None = None,
     head = _TABLE.fullmatch(lines[0])
     if head is None or head[1] != family or head[2] != name:
         return None
+    body = lines[1:]
+    if body and body[0] == _MARK:
+        body = body[1:]  # the caller judges the mark (table_marked)
     try:
-        return _Reader(family == "inet", seen or {}, () if seen else expected).read(lines[1:])
+        return _Reader(family == "inet", seen or {}, () if seen else expected).read(body)
     except _NotOursError:
         return None
+
+
+def table_flags(text: str) -> tuple[str, ...]:
+    """The flags of the table ``nft list table`` printed as ``text`` (``dormant``,
+    ``owner`` ...): its ``flags`` line, right under the table's header.
+
+    Read from the text because libnftables 1.0.6 prints them wrong in JSON (another
+    string of its memory, ``"flags": "k3snet"``, or output that is no JSON at all).
+    """
+    lines = text.split("\n", 2)
+    found = _FLAGS.fullmatch(lines[1]) if len(lines) > 1 else None
+    return tuple(found[1].split(",")) if found else ()
+
+
+def table_marked(text: str) -> bool:
+    """Whether the table ``nft list table`` printed as ``text`` carries k3snet's mark
+    (:data:`~k3snet.render.nftables.TABLE_COMMENT`), under its header and flags."""
+    return _MARK in text.split("\n", 3)[1:3]
+
+
+def table_objects(text: str) -> list[tuple[str, str]]:
+    """(kind, name) of each set, map or named object (``counter``, ``quota``, ``ct
+    helper`` ...) of the table ``nft list table`` printed as ``text``: all but its chains."""
+    return [(found[1], found[2]) for line in text.split("\n")
+            if (found := _OBJECT.fullmatch(line)) and found[1] not in ("chain", "comment")]
+
+
+def chain_names(text: str) -> list[str]:
+    """The names of the chains ``nft list table`` printed as ``text``."""
+    return [found[1] for line in text.split("\n") if (found := _ANY_CHAIN.fullmatch(line))]
 
 
 class _Reader:
