@@ -75,11 +75,18 @@ Drift
     apply of that delete rewrites what is wrong in that table, leaving foreign
     rules alone. Objects whose rules are damaged or not reached are left out of
     ``owned`` as well, so the plan re-adds them. :attr:`IptablesBackend.drift`
-    lists the findings as text.
+    lists the findings as text. A ``K3SNET-*`` chain that is not k3snet's (no
+    rule of k3snet's in it, and a name k3snet does not write or a foreign jump
+    to it) and a foreign rule jumping to one of k3snet's chains are not drift:
+    they are kept and named in :attr:`IptablesBackend.warnings`, and a plan that
+    would write that chain, or delete a chain such a rule jumps to, is refused
+    up front (:func:`~k3snet.backends.iptables.table.edit_conflicts`).
 """
 
 from __future__ import annotations
 
+import logging
+import shlex
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Literal, NoReturn
@@ -106,11 +113,13 @@ from k3snet.backends.iptables.mode import detect_mode
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
     INJECTED_CHAIN,
+    ForeignJump,
     Op,
     TableEdit,
     TableState,
     commit_edit,
     drift_where,
+    edit_conflicts,
     load_table,
     plan_table,
     restore_lines,
@@ -144,11 +153,14 @@ from k3snet.render.iptables.rules import (
     TABLES,
     Line,
     comment_digest,
+    format_line,
     render_unit,
     table_of,
 )
 
 __all__ = ["Driver", "IptablesBackend", "Mode"]
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["nft", "legacy", "auto"]
 Driver = Literal["restore", "libiptc", "auto"]
@@ -212,6 +224,7 @@ class IptablesBackend(BackendBase):
         self._mode_reason = "given" if mode != "auto" else ""
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
+        self._warned: tuple[str, ...] = ()  # what was last logged (said once, not every pass)
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
         self._generation: GenerationReader | None = None
         self._no_generation = False
@@ -275,6 +288,37 @@ class IptablesBackend(BackendBase):
             return ()
         return tuple(f"IPv{f} {t}: {message}" for (f, t), state in sorted(self._tables.items())
                      for message in state.drift)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the last :meth:`observe` found worth saying (``!! warning:`` under
+        ``k3snet plan``): ``K3SNET-*`` chains that are not k3snet's, and rules that are
+        not k3snet's jumping to its chains. k3snet leaves both alone; a plan that would
+        write such a chain, or delete a chain such a rule jumps to, is refused."""
+        if self._tables is None:
+            return ()
+        found: list[str] = []
+        for (family, table), state in sorted(self._tables.items()):
+            where = f"IPv{family} {table}"
+            for chain in state.foreign_chains:
+                jumps = [f"-A {j.chain} {format_line(j.line)}" for j in state.foreign_jumps
+                         if j.target == chain]
+                found.append(f"{where}: chain {chain} is not k3snet's (no rule in it carries "
+                             "k3snet's tag" + (f"; jumped to by {'; '.join(jumps)}" if jumps
+                                               else "") + "): k3snet leaves it alone")
+            for jump in state.foreign_jumps:
+                if jump.target in state.chains:
+                    found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "
+                                 f"{jump.target}: -A {jump.chain} {format_line(jump.line)} "
+                                 "(kept; k3snet cannot delete that chain while it is there)")
+        return tuple(found)
+
+    def _log_warnings(self) -> None:
+        warnings = self.warnings
+        if warnings != self._warned:  # logged once, not on every agent pass
+            for warning in warnings:
+                log.warning("iptables: %s", warning)
+            self._warned = warnings
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -433,6 +477,7 @@ class IptablesBackend(BackendBase):
                 save.cancel()  # what an error left unread
         self._tables = tables
         self._foreign = frozenset(foreign)
+        self._log_warnings()
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
                       foreign=self._foreign)
         # Kept only if nobody committed while the tables were read.
@@ -698,8 +743,46 @@ class IptablesBackend(BackendBase):
             if append is None:
                 append = appenders[where] = pending.setdefault(where, []).append
             append(change)
-        return {(family, table): pending[family, table]
-                for family in FAMILIES for table in TABLES if (family, table) in pending}
+        ordered = {(family, table): pending[family, table]
+                   for family in FAMILIES for table in TABLES if (family, table) in pending}
+        problems = [problem for where, changes in ordered.items()
+                    for problem in self._conflicts(tables[where], changes)]
+        if problems:
+            self._refuse(plan, "\n  ".join(problems))
+        return ordered
+
+    def _conflicts(self, state: TableState, changes: list[Change]) -> list[str]:
+        """What the edit of ``changes`` would do to what is not k3snet's (see
+        :func:`~k3snet.backends.iptables.table.edit_conflicts`), as messages.
+
+        The edit is computed here only for a table that holds a foreign jump or
+        chain (rare): the usual apply pays one attribute test per table.
+        """
+        if not state.foreign_jumps and not state.foreign_chains:
+            return []
+        where = f"IPv{state.family} {state.table}"
+        problems = []
+        for chain, jump in edit_conflicts(state, plan_table(state, changes)):
+            rule = "" if jump is None else f"-A {jump.chain} {format_line(jump.line)}"
+            if chain in state.foreign_chains:
+                problems.append(
+                    f"{where}: this plan needs chain {chain}, which is not k3snet's (no rule "
+                    "in it carries k3snet's tag" + (f"; {rule} jumps to it" if rule else "")
+                    + "): k3snet does not write it; rename or remove it first")
+            else:
+                assert jump is not None
+                problems.append(
+                    f"{where}: this plan removes k3snet's chain {chain}, and a rule that is not "
+                    f"k3snet's jumps to it: {rule}; k3snet does not delete it: remove it "
+                    f"first with `{self._delete_command(state, jump)}`")
+        return problems
+
+    def _delete_command(self, state: TableState, jump: ForeignJump) -> str:
+        """The shell command that deletes a foreign rule (in the backend's namespace)."""
+        tool = tool_name(state.family, self.mode, "")[:-1]  # iptables-nft, ip6tables-legacy
+        argv = [tool, "-t", state.table, "-D", jump.chain, *jump.line]
+        netns = ["ip", "netns", "exec", self._netns] if self._netns else []
+        return shlex.join([*netns, *argv])
 
     def _refuse(self, plan: Plan, reason: str) -> NoReturn:
         """Refuse ``plan``, in the kit's words, with every reason it does not fit.
