@@ -165,3 +165,62 @@ def test_a_foreign_jump_into_a_chain_k3snet_would_delete_refuses_with_the_comman
         destroy(backend)
     text = save(ns, mode, 6)
     assert lines(text, "K3SNET") == [":K3SNET-MINE", "-A POSTROUTING -j K3SNET-MINE"]
+
+
+# (family, table, built-in chain, the admin's jump into k3snet's main chain)
+ADMIN_JUMPS = [
+    (4, "filter", "FORWARD", ["-s", "10.50.0.0/16", "-j", "K3SNET-FORWARD"]),
+    (4, "nat", "POSTROUTING", ["-j", "K3SNET-POSTROUTING"]),
+    (6, "filter", "FORWARD", ["-i", "eth9", "-j", "K3SNET-FORWARD"]),
+    (6, "nat", "POSTROUTING", ["-m", "comment", "--comment", "admin", "-j",
+                               "K3SNET-POSTROUTING"]),
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", MODES)
+def test_an_admins_own_jump_into_k3snets_chain_is_kept_and_destroy_names_it(
+    ns: str, mode: str
+) -> None:
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+    for family, table, builtin, rule in ADMIN_JUMPS:
+        run(ns, mode, family, "-t", table, "-I", builtin, "1", *rule)
+    theirs = {family: [line for line in body(save(ns, mode, family))
+                       if "-j K3SNET-" in line and "--comment k3snet" not in line
+                       and not line.startswith("-A K3SNET-")] for family in (4, 6)}
+    assert [len(found) for found in theirs.values()] == [2, 2], theirs
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        observed = backend.observe()
+        assert backend.drift == ()
+        assert plan(observed, DESIRED).empty
+        warned = "\n".join(backend.warnings)
+        for family in (4, 6):
+            assert all(line in warned for line in theirs[family]), (theirs, warned)
+        backend.apply(plan(observed, MORE))  # k3snet's own rules change; the jumps stay
+        assert plan(backend.observe(), MORE).empty
+        for family in (4, 6):
+            text = body(save(ns, mode, family))
+            assert all(line in text for line in theirs[family])
+            # k3snet's own jump is there once besides the admin's
+            assert text.count("-A FORWARD -m comment --comment k3snet -j K3SNET-FORWARD") == 1
+        before = {family: body(save(ns, mode, family)) for family in (4, 6)}
+        preview = destroy(backend, dry_run=True)
+        problems = backend.check(preview.plan)
+        with pytest.raises(PlanError) as caught:
+            destroy(backend)
+        message = str(caught.value)
+        assert {family: body(save(ns, mode, family)) for family in (4, 6)} == before
+    assert problems == (message,)  # the dry run says what apply says, every problem at once
+    commands = [part for part in message.split("`") if part.startswith("ip netns exec")]
+    assert len(commands) == 4, message
+    for family, table, builtin, rule in ADMIN_JUMPS:
+        expected = shlex.join(["ip", "netns", "exec", ns, ipt(mode, family), "-t", table,
+                               "-D", builtin, *rule])
+        assert expected in commands, (expected, commands)
+    for command in commands:
+        run_in(ns, shlex.split(command)[4:])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        destroy(backend)
+    for family in (4, 6):
+        assert "K3SNET" not in save(ns, mode, family)

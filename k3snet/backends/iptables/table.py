@@ -103,6 +103,12 @@ def _jumps_to(line: Line, chain: str) -> bool:
     return len(line) >= 2 and line[-2] in ("-j", "-g") and line[-1] == chain
 
 
+def _hooks_to(line: Line, chain: str) -> bool:
+    """A jump of k3snet's to ``chain``: one carrying k3snet's comment (an admin's own
+    jump, without it, is foreign: kept, never moved or deleted)."""
+    return _jumps_to(line, chain) and has_tag(line)
+
+
 def _jump_target(line: Line) -> str | None:
     """The chain a rule jumps or goes to (a chain target takes no options: it ends the rule)."""
     return line[-1] if len(line) >= 2 and line[-2] in ("-j", "-g") else None
@@ -175,8 +181,8 @@ class TableState:
         return [f"{chain}: {what}" for chain, what in self.findings]
 
     def hook_jumps(self) -> list[int]:
-        """Positions of the rules of the built-in chain that jump to our main chain."""
-        return [i for i, r in enumerate(self.hook_rules) if _jumps_to(r, self.hook.main)]
+        """Positions of k3snet's jumps (tagged) from the built-in chain to our main chain."""
+        return [i for i, r in enumerate(self.hook_rules) if _hooks_to(r, self.hook.main)]
 
     def hook_ok(self) -> bool:
         """Exactly one jump, as we write it (wherever it is: k3snet never moves it)."""
@@ -297,8 +303,8 @@ def _jumps_into(
             target = _jump_target(line)
             if target is None or target not in chains:
                 continue
-            if name == hook.builtin and target == hook.main:
-                continue  # k3snet's hook
+            if name == hook.builtin and _hooks_to(line, hook.main):
+                continue  # k3snet's hook (drift if not exactly as k3snet writes it)
             jumps.append(ForeignJump(name, line, target))
     return jumps
 
@@ -389,7 +395,8 @@ def _hook_findings(state: TableState, jumps: list[int]) -> None:
         findings.append((hook.builtin, f"{len(jumps)} jumps to {hook.main} (k3snet writes one)"))
     for index in jumps:
         if state.hook_rules[index] != hook_line(hook):
-            findings.append((hook.builtin, f"a jump to {hook.main} that k3snet did not write: "
+            findings.append((hook.builtin, f"a jump to {hook.main} with k3snet's comment that "
+                                           "k3snet did not write: "
                                            f"{format_line(state.hook_rules[index])}"))
 
 
@@ -737,7 +744,7 @@ def _hook_ops(state: TableState, want: bool) -> tuple[list[Op], list[Line]]:
     foreign rule (a repaired jump goes back where its first copy was)."""
     hook = state.hook
     rules = list(state.hook_rules)
-    jumps = [i for i, r in enumerate(rules) if _jumps_to(r, hook.main)]
+    jumps = [i for i, r in enumerate(rules) if _hooks_to(r, hook.main)]
     if (want and state.hook_ok()) or (not want and not jumps):
         return [], rules
     ops = []
@@ -776,10 +783,10 @@ def revert_ops(state: TableState, edit: TableEdit) -> list[Op]:
     hook_ops: list[Op] = []
     if current != edit.old_hook_rules:
         for index in range(len(current) - 1, -1, -1):
-            if _jumps_to(current[index], hook.main):
+            if _hooks_to(current[index], hook.main):
                 hook_ops.append(Op("delete", hook.builtin, (current[index],), index + 1))
         for index, line in enumerate(edit.old_hook_rules):
-            if _jumps_to(line, hook.main):
+            if _hooks_to(line, hook.main):
                 hook_ops.append(Op("insert", hook.builtin, (line,), index + 1))
     return [*declares, *appends, *hook_ops, *flushes, *removes]
 
