@@ -464,12 +464,14 @@ class IptablesBackend(BackendBase):
                     # What a foreign rule decides before our jump is not ours: our rules for it
                     # are left out of ``owned``, so the plan says "!" instead of re-adding them.
                     filter_state = tables[family, "filter"]
-                    blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index())
+                    blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index(),
+                                            ours=filter_state.chains)
                     set_aside(filter_state, blocks)
                     foreign |= blocks
                     # The same for NAT: the first NAT rule a connection meets decides.
                     nat_state = tables[family, "nat"]
-                    nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index())
+                    nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index(),
+                                     ours=nat_state.chains)
                     set_aside(nat_state, nat)
                     foreign |= nat
         finally:
