@@ -478,6 +478,28 @@ def test_an_admins_own_jump_into_k3snets_chain_is_kept(mode: Flavour) -> None:
     assert kernel.runs == []
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_mode_auto_warns_of_rules_in_the_other_flavour(mode: Flavour) -> None:
+    other: Flavour = "legacy" if mode == "nft" else "nft"
+    kernel = FakeKernel.recorded(mode)
+    kernel.saves[other, 4] = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j DROP\nCOMMIT\n"
+    with IptablesBackend(kernel=kernel) as backend:
+        assert backend.mode == mode
+        backend.observe()
+        assert [w for w in backend.warnings if "mode auto" in w] == [
+            f"mode auto picked iptables-{mode} ({backend.mode_reason}), but iptables-{other} "
+            "holds rules in the tables k3snet reads, which k3snet does not see and the kernel "
+            "runs as well (a DROP there drops what k3snet accepts): IPv4 filter: 1 rule; "
+            f"remove them, or pass mode='{other}' if that is the flavour in use"]
+        kernel.saves[other, 4] = "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"
+        backend.observe()  # a replaced kernel seam has no change token: read again
+        assert not [w for w in backend.warnings if "mode auto" in w]
+    with IptablesBackend(kernel=kernel, mode=mode) as backend:
+        kernel.saves[other, 4] = "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n"
+        backend.observe()
+        assert not [w for w in backend.warnings if "mode auto" in w]
+
+
 def test_drift_of_another_backend_or_table_is_refused() -> None:
     kernel = FakeKernel.recorded("nft")
     with backend_on(kernel, "nft") as backend:

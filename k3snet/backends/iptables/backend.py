@@ -109,7 +109,7 @@ from k3snet.backends.iptables.foreign import (
     foreign_nat,
     nat_blocks,
 )
-from k3snet.backends.iptables.mode import detect_mode
+from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
     INJECTED_CHAIN,
@@ -222,6 +222,11 @@ class IptablesBackend(BackendBase):
         self._kernel: Kernel = kernel if kernel is not None else Processes(netns, timeout)
         self._mode: Flavour | None = None if mode == "auto" else mode
         self._mode_reason = "given" if mode != "auto" else ""
+        # mode auto: what the other flavour holds in filter and nat (see warnings), and
+        # whether the detection's read of it is still fresh for the next observe.
+        self._auto = mode == "auto"
+        self._other_rules: list[str] = []
+        self._other_fresh = False
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
         self._warned: tuple[str, ...] = ()  # what was last logged (said once, not every pass)
@@ -265,10 +270,14 @@ class IptablesBackend(BackendBase):
     def mode(self) -> Flavour:
         """``nft`` or ``legacy``: given, or detected on first use (see the module docs)."""
         if self._mode is None:
-            saves = {flavour: [text for family in FAMILIES
-                               if (text := self._kernel.save(family, flavour)) is not None]
-                     for flavour in ("nft", "legacy")}
+            texts = {flavour: {family: self._kernel.save(family, flavour)
+                               for family in FAMILIES} for flavour in _FLAVOURS}
+            saves: dict[str, list[str]] = {
+                flavour: [text for text in by_family.values() if text is not None]
+                for flavour, by_family in texts.items()}
             self._mode, self._mode_reason = detect_mode(saves, self._kernel.version())
+            self._other_rules = other_flavour_rules(texts[_OTHER[self._mode]])
+            self._other_fresh = True  # the first observe need not read it again
         return self._mode
 
     @property
@@ -292,12 +301,22 @@ class IptablesBackend(BackendBase):
     @property
     def warnings(self) -> tuple[str, ...]:
         """What the last :meth:`observe` found worth saying (``!! warning:`` under
-        ``k3snet plan``): ``K3SNET-*`` chains that are not k3snet's, and rules that are
-        not k3snet's jumping to its chains. k3snet leaves both alone; a plan that would
-        write such a chain, or delete a chain such a rule jumps to, is refused."""
+        ``k3snet plan``): with ``mode="auto"``, rules in the flavour not picked (in
+        filter or nat: k3snet does not see them, the kernel runs them);
+        ``K3SNET-*`` chains that are not k3snet's, and rules that are not k3snet's
+        jumping to its chains. k3snet leaves those alone; a plan that would write
+        such a chain, or delete a chain such a rule jumps to, is refused."""
         if self._tables is None:
             return ()
         found: list[str] = []
+        if self._other_rules:
+            other = _OTHER[self.mode]
+            found.append(
+                f"mode auto picked iptables-{self.mode} ({self._mode_reason}), but "
+                f"iptables-{other} holds rules in the tables k3snet reads, which k3snet does "
+                "not see and the kernel runs as well (a DROP there drops what k3snet "
+                f"accepts): {'; '.join(self._other_rules)}; remove them, or pass "
+                f"mode='{other}' if that is the flavour in use")
         for (family, table), state in sorted(self._tables.items()):
             where = f"IPv{family} {table}"
             for chain in state.foreign_chains:
@@ -312,6 +331,48 @@ class IptablesBackend(BackendBase):
                                  f"{jump.target}: -A {jump.chain} {format_line(jump.line)} "
                                  "(kept; k3snet cannot delete that chain while it is there)")
         return tuple(found)
+
+    def _start_other_flavour(self) -> dict[int, StartedSave | None]:
+        """With ``mode="auto"``: start the other flavour's ``-save`` runs (see
+        :meth:`_read_other_flavour`); empty when there is nothing to read."""
+        if not self._auto or self._other_fresh:
+            return {}
+        other = _OTHER[self.mode]
+        if not isinstance(self._kernel, Processes):
+            return dict.fromkeys(FAMILIES)  # read when needed, one after the other
+        started: dict[int, StartedSave | None] = {}
+        try:
+            for family in FAMILIES:
+                started[family] = self._kernel.start_save(family, other)
+        except K3snetError:
+            for save in started.values():
+                if save is not None:
+                    save.cancel()
+            return dict.fromkeys(FAMILIES)
+        return started
+
+    def _read_other_flavour(self, started: dict[int, StartedSave | None]) -> None:
+        """With ``mode="auto"``: what the flavour not picked holds in filter and nat.
+
+        Read again by every observe that reads the kernel (not by one served from
+        the cache: a commit in the other flavour does not move the change token),
+        its ``-save`` runs started with this flavour's (docs/performance.md, "Two
+        flavours"). Best effort: a tool that is missing or fails reads as nothing.
+        """
+        if not self._auto:
+            return
+        if self._other_fresh:
+            self._other_fresh = False
+            return
+        other = _OTHER[self.mode]
+        texts: dict[int, str | None] = {}
+        for family, save in started.items():
+            try:
+                texts[family] = (save.text() if save is not None
+                                 else self._kernel.save(family, other))
+            except K3snetError:
+                texts[family] = None
+        self._other_rules = other_flavour_rules(texts)
 
     def _log_warnings(self) -> None:
         warnings = self.warnings
@@ -451,6 +512,7 @@ class IptablesBackend(BackendBase):
             assert kept is not None
             return kept[2]
         self._render_expected()
+        other = self._start_other_flavour()  # runs while this flavour is read
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
         try:
@@ -474,11 +536,17 @@ class IptablesBackend(BackendBase):
                                      ours=nat_state.chains)
                     set_aside(nat_state, nat)
                     foreign |= nat
+        except BaseException:
+            for pending in other.values():
+                if pending is not None:
+                    pending.cancel()
+            raise
         finally:
             for save in (started[1].values() if started else ()):
                 save.cancel()  # what an error left unread
         self._tables = tables
         self._foreign = frozenset(foreign)
+        self._read_other_flavour(other)
         self._log_warnings()
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
                       foreign=self._foreign)
@@ -811,6 +879,9 @@ class IptablesBackend(BackendBase):
                 f"{tool_name(family, self.mode, 'save')} not found on PATH (install iptables)")
         return parse_save(text)
 
+
+_FLAVOURS: tuple[Flavour, ...] = ("nft", "legacy")
+_OTHER: dict[Flavour, Flavour] = {"nft": "legacy", "legacy": "nft"}
 
 _TABLE_OF: dict[type, str] = {ForwardRule: "filter", MasqueradeRule: "nat", SnatRule: "nat"}
 _WHERE: dict[object, dict[object, tuple[int, str]]] = {
