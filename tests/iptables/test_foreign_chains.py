@@ -224,3 +224,26 @@ def test_an_admins_own_jump_into_k3snets_chain_is_kept_and_destroy_names_it(
         destroy(backend)
     for family in (4, 6):
         assert "K3SNET" not in save(ns, mode, family)
+
+
+@pytest.mark.kernel
+def test_k3snet_destroy_dry_run_says_what_destroy_would_refuse(
+    ns: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from k3snet.cli import main  # noqa: PLC0415 - only here
+
+    with IptablesBackend(ns, mode="nft") as backend:
+        backend.apply(plan(backend.observe(), DESIRED))
+    run(ns, "nft", 4, "-I", "FORWARD", "1", "-j", "K3SNET-FORWARD")
+    argv = ["--backend", "iptables", "--netns", ns]
+    capsys.readouterr()
+    assert main(["destroy", "--dry-run", *argv]) == 1
+    out = capsys.readouterr().out
+    assert "check found problems" in out
+    assert f"`ip netns exec {ns} iptables-nft -t filter -D FORWARD -j K3SNET-FORWARD`" in out
+    assert main(["destroy", "--auto-approve", *argv]) != 0
+    assert "-A FORWARD -j K3SNET-FORWARD" in save(ns, "nft", 4)
+    run(ns, "nft", 4, "-D", "FORWARD", "-j", "K3SNET-FORWARD")
+    assert main(["destroy", "--dry-run", *argv]) == 2
+    assert main(["destroy", "--auto-approve", *argv]) == 0
+    assert "K3SNET" not in save(ns, "nft", 4)
