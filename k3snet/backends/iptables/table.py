@@ -295,11 +295,14 @@ def _jumps_into(
 ) -> list[ForeignJump]:
     """Rules outside k3snet's chains that jump to a ``K3SNET-*`` chain (but k3snet's hook)."""
     jumps = []
+    # Plain loops: a kube-proxy nat table holds thousands of small foreign chains.
     for name, specs in rules.items():
         if name in chains and name not in foreign:
             continue  # one of k3snet's
-        lines = chains[name] if name in chains else (read(s) for s in specs if PREFIX in s)
-        for line in lines:
+        for spec in specs:
+            if PREFIX not in spec:
+                continue
+            line = read(spec)
             target = _jump_target(line)
             if target is None or target not in chains:
                 continue
