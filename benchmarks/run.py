@@ -36,6 +36,7 @@ ORDER: list[tuple[str, list[str], list[str] | None]] = [
     ("bench_legacy_token.py", [], None),
     ("bench_chain_dump.py", [], None),
     ("bench_read_shapes.py", [], None),
+    ("bench_two_flavours.py", [], None),
 ]
 
 

@@ -906,6 +906,14 @@ def cmd_destroy(args: argparse.Namespace) -> int:
             return EXIT_OK
         print(preview.plan.render())
         if args.dry_run:
+            # The backends' own check, as `apply --dry-run` runs it: a destroy that
+            # apply would refuse (an admin's jump into an iptables chain of k3snet's)
+            # is refused here too.
+            problems = backend.check(preview.plan)
+            if problems:
+                print("The backends' check found problems; nothing was changed:")
+                print("\n".join(f"  {p}" for p in problems))
+                return EXIT_ERROR
             return EXIT_CHANGES
         if not args.auto_approve and not _confirm("Remove everything listed above?"):
             print("k3snet: nothing was changed", file=sys.stderr)

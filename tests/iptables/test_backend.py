@@ -500,10 +500,11 @@ def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
         # 2. a foreign rule inserted above our FORWARD jump (an admin): not drift, and
         # it stays first (it drops none of our traffic, so our accepts stay ours)
         run_in(ns, [ipt, "-w", "-I", "FORWARD", "1", "-s", "203.0.113.0/24", "-j", "DROP"])
-        # 3. a second jump to our NAT chain, and a stray chain of ours
+        # 3. a second jump to our NAT chain, and a stray chain of ours (a name k3snet
+        # writes; K3SNET-* names it never writes are someone else's)
         run_in(ns, [ipt, "-w", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment",
                     "k3snet", "-j", "K3SNET-POSTROUTING"])
-        run_in(ns, [ipt, "-w", "-t", "nat", "-N", "K3SNET-STRAY"])
+        run_in(ns, [ipt, "-w", "-t", "nat", "-N", "K3SNET-N-d7-s3-o-f"])
 
         observed = backend.observe()
         assert len(backend.drift) >= 4, backend.drift
@@ -514,8 +515,8 @@ def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
         assert MasqueradeRule("10.50.0.0/16", destination="192.168.2.0/24", out_interface="eth0",
                               random_fully=True) in observed.owned
         assert {d.where for d in observed.owned if isinstance(d, Drift)} & {
-            "IPv4 nat K3SNET-STRAY", "IPv4 nat POSTROUTING", "IPv4 filter FORWARD"} == {
-            "IPv4 nat K3SNET-STRAY", "IPv4 nat POSTROUTING"}
+            "IPv4 nat K3SNET-N-d7-s3-o-f", "IPv4 nat POSTROUTING", "IPv4 filter FORWARD"} == {
+            "IPv4 nat K3SNET-N-d7-s3-o-f", "IPv4 nat POSTROUTING"}
         p = plan(observed, DESIRED)
         assert p.counts()["add"] > 0
         backend.apply(p)
@@ -525,7 +526,7 @@ def test_drift_is_found_and_repaired(ns: str, mode: str) -> None:
         text = save(ns, mode, 4)
         assert_jump_after_foreign(text, first="-A FORWARD -s 203.0.113.0/24 -j DROP")
         assert text.count("-j K3SNET-POSTROUTING") == 1
-        assert "K3SNET-STRAY" not in text
+        assert "K3SNET-N-d7-s3-o-f" not in text
         # 4. jumps of our main chain out of order
         main = [line for line in text.splitlines() if line.startswith("-A K3SNET-POSTROUTING")]
         assert len(main) >= 2
@@ -557,7 +558,8 @@ def _drift_commands(kind: str) -> list[list[str]]:
     return {
         "extra-rule": [["-t", "nat", "-A", unit.chain, "-j", "ACCEPT"]],
         "extra-rule-in-main": [["-t", "nat", "-A", "K3SNET-POSTROUTING", "-j", "RETURN"]],
-        "extra-chain": [["-t", "filter", "-N", "K3SNET-STRAY"]],
+        # a name k3snet writes (see tests/iptables/test_foreign_chains.py for others)
+        "extra-chain": [["-t", "filter", "-N", "K3SNET-N-d7-s3-o-f"]],
         "forged-tag": [["-t", "nat", "-A", unit.chain, "-s", "10.77.0.0/16", "-m", "comment",
                         "--comment", "k3snet:0123456789abcdef", "-j", "MASQUERADE"]],
         "duplicate-rule": [["-t", "nat", "-A", unit.chain, *unit.lines[0]]],
@@ -634,7 +636,7 @@ def test_each_drift_kind_is_a_planned_change_that_apply_repairs(
         assert foreign_lines(after[family]) == foreign_lines(before[family])
         assert after[family].count("-j K3SNET-POSTROUTING") == 1
         assert_jump_after_foreign(after[family])
-        assert "K3SNET-STRAY" not in after[family]
+        assert "K3SNET-N-d7-s3-o-f" not in after[family]
     with make(ns, (mode, "restore")) as fresh:
         assert plan(fresh.observe(), DESIRED).empty
         assert fresh.drift == ()
@@ -652,13 +654,13 @@ def test_k3snet_plan_exits_2_on_drift_and_apply_repairs_it(
     seed(ns, "nft")
     assert main(["apply", *argv]) == 0
     assert main(["plan", *argv]) == 0
-    run_in(ns, ["iptables-nft", "-w", "-t", "nat", "-N", "K3SNET-STRAY"])
+    run_in(ns, ["iptables-nft", "-w", "-t", "nat", "-N", "K3SNET-N-d7-s3-o-f"])
     capsys.readouterr()
     assert main(["plan", *argv]) == 2
-    assert "drift in iptables IPv4 nat K3SNET-STRAY" in capsys.readouterr().out
+    assert "drift in iptables IPv4 nat K3SNET-N-d7-s3-o-f" in capsys.readouterr().out
     assert main(["apply", *argv]) == 0
     assert main(["plan", *argv]) == 0
-    assert "K3SNET-STRAY" not in save(ns, "nft", 4)
+    assert "K3SNET-N-d7-s3-o-f" not in save(ns, "nft", 4)
 
 
 @pytest.mark.kernel

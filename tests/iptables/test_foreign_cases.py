@@ -340,7 +340,8 @@ def test_foreign_forward_reads_exactly_what_the_table_says(case: str) -> None:
 
 
 def _nat_blocks(rules: str) -> set[tuple[str, str, str, str, str | None, str]]:
-    text = _table("nat", {"POSTROUTING": "ACCEPT", "FLANNEL-POSTRTG": "-", "OTHER": "-"}, rules)
+    text = _table("nat", {"POSTROUTING": "ACCEPT", "FLANNEL-POSTRTG": "-", "OTHER": "-",
+                          "DEEP": "-"}, rules)
     dump = parse_save(text).get("nat")
     assert dump is not None
     found = nat_blocks(dump, 4, len(dump.chain("POSTROUTING")))
@@ -403,6 +404,35 @@ NAT_BLOCK_CASES: dict[str, tuple[str, set[tuple[str, str, str, str, str | None, 
         f"-A POSTROUTING -s {POD} -j SNAT --to-source 192.0.2.1-192.0.2.9",
         {("snat", f"-A POSTROUTING -s {POD} -j SNAT --to-source 192.0.2.1-192.0.2.9", "None",
           "None", None, "None")}),
+    # Any target that may translate counts, at any depth (NETMAP, a target k3snet does
+    # not know: an snat to an address it does not model).
+    "a netmap in POSTROUTING": (
+        f"-A POSTROUTING -s {POD} -j NETMAP --to 192.0.2.0/24",
+        {("snat", f"-A POSTROUTING -s {POD} -j NETMAP --to 192.0.2.0/24", POD, "None", None,
+          "None")}),
+    "a target k3snet does not know in POSTROUTING": (
+        f"-A POSTROUTING -s {POD} -j FULLCONENAT",
+        {("snat", f"-A POSTROUTING -s {POD} -j FULLCONENAT", POD, "None", None, "None")}),
+    "a netmap in a chain jumped to": (
+        f"-A POSTROUTING -d {B} -j OTHER\n-A OTHER -j NETMAP --to 192.0.2.0/24",
+        {("snat", "-A OTHER -j NETMAP --to 192.0.2.0/24", "None", B, None, "None")}),
+    "an snat two jumps down, narrowed by both jumps": (
+        f"-A POSTROUTING -s {POD} -j OTHER\n-A OTHER -d {B} -j DEEP\n"
+        "-A DEEP -j SNAT --to-source 192.0.2.1",
+        {("snat", "-A DEEP -j SNAT --to-source 192.0.2.1", POD, B, None, "192.0.2.1")}),
+    "a masquerade in a chain gone to from a chain jumped to": (
+        f"-A POSTROUTING -j OTHER\n-A OTHER -d {B} -g DEEP\n-A DEEP -s {POD} -j RETURN\n"
+        "-A DEEP -j MASQUERADE",
+        # DEEP's RETURN and end go back to POSTROUTING: no exemption
+        {("masquerade", "-A DEEP -j MASQUERADE", "None", B, None, "None")}),
+    "a chain gone to from a chain gone to: its end leaves POSTROUTING": (
+        f"-A POSTROUTING -d {B} -g OTHER\n-A OTHER -g DEEP\n-A DEEP -s {POD} -j MASQUERADE",
+        {("masquerade", f"-A DEEP -s {POD} -j MASQUERADE", POD, B, None, "None"),
+         ("exempt", "-A OTHER -g DEEP", "None", B, None, "None")}),
+    "a loop in the text is read once": (
+        f"-A POSTROUTING -j OTHER\n-A OTHER -j DEEP\n-A DEEP -j OTHER\n"
+        f"-A DEEP -s {POD} -j MASQUERADE",
+        {("masquerade", f"-A DEEP -s {POD} -j MASQUERADE", POD, "None", None, "None")}),
     "a comment spelled like an option is no option": (
         f"-A POSTROUTING -d {B} -m comment --comment --to-source -j RETURN",
         {("exempt", f"-A POSTROUTING -d {B} -m comment --comment --to-source -j RETURN", "None",
@@ -414,6 +444,41 @@ NAT_BLOCK_CASES: dict[str, tuple[str, set[tuple[str, str, str, str, str | None, 
 def test_nat_blocks_reads_exactly_what_decides_before_the_jump(case: str) -> None:
     rules, expected = NAT_BLOCK_CASES[case]
     assert _nat_blocks(rules) == expected
+
+
+def test_nat_blocks_stops_at_its_bound_and_counts_the_rest_against_k3snet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from k3snet.backends.iptables import foreign  # noqa: PLC0415 - only here
+
+    monkeypatch.setattr(foreign, "NAT_WALK_LIMIT", 5)
+    rules = "\n".join(["-A POSTROUTING -j OTHER", *["-A OTHER -j LOG"] * 10,
+                        f"-A OTHER -s {POD} -j MASQUERADE"])
+    found = _nat_blocks(rules)
+    assert len(found) == 1
+    (action, rule, source, destination, out, to), = found
+    assert (action, source, destination, out, to) == ("snat", "None", "None", None, "None")
+    assert "-A OTHER -j LOG" in rule
+    assert "5 rules" in rule
+
+
+def test_a_foreign_chain_named_like_k3snets_is_read_when_ours_leaves_it_out() -> None:
+    text = _table("nat", {"POSTROUTING": "ACCEPT", "K3SNET-MINE": "-",
+                          "K3SNET-POSTROUTING": "-"},
+                  f"-A POSTROUTING -j K3SNET-MINE\n-A K3SNET-MINE -s {POD} -j MASQUERADE\n"
+                  "-A POSTROUTING -j K3SNET-POSTROUTING\n"
+                  f"-A K3SNET-POSTROUTING -s {POD} -j SNAT --to-source 192.0.2.1")
+    dump = parse_save(text).get("nat")
+    assert nat_blocks(dump, 4, 2) == set()  # every K3SNET- chain taken for k3snet's
+    found = nat_blocks(dump, 4, 2, ours={"K3SNET-POSTROUTING"})
+    assert {(b.action, b.rule) for b in found if isinstance(b, NatBlock)} == {
+        ("masquerade", f"-A K3SNET-MINE -s {POD} -j MASQUERADE")}
+    text = _table("filter", {"FORWARD": "DROP", "K3SNET-MINE": "-"},
+                  f"-A FORWARD -j K3SNET-MINE\n-A K3SNET-MINE -s {POD} -j DROP")
+    dump = parse_save(text).get("filter")
+    assert foreign_blocks(dump, 4, 1) == set()
+    assert {b.rule for b in foreign_blocks(dump, 4, 1, ours=()) if isinstance(b, ForwardBlock)
+            } == {f"-A K3SNET-MINE -s {POD} -j DROP"}
 
 
 def _forward_blocks(rules: str, policy: str = "DROP") -> set[tuple[str, str, str, str,

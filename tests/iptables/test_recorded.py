@@ -385,8 +385,11 @@ DRIFTS = {
                    ("nat", "K3SNET-N-d24-s16-a-3"), "-D K3SNET-N-d24-s16-a-3 -j ACCEPT"),
     "extra-rule-in-main": (lambda t: _after(t, LAST_JUMP, "-A K3SNET-POSTROUTING -j RETURN"),
                            ("nat", "K3SNET-POSTROUTING"), ":K3SNET-POSTROUTING - [0:0]"),
-    "extra-chain": (lambda t: _after(t, ":K3SNET-POSTROUTING - [0:0]", ":K3SNET-STRAY - [0:0]"),
-                    ("nat", "K3SNET-STRAY"), "-X K3SNET-STRAY"),
+    # An empty chain with a name k3snet writes but does not use (a chain named K3SNET-*
+    # that k3snet never writes is someone else's: tests/iptables/test_foreign_chains.py).
+    "extra-chain": (lambda t: _after(t, ":K3SNET-POSTROUTING - [0:0]",
+                                     ":K3SNET-N-d7-s3-o-f - [0:0]"),
+                    ("nat", "K3SNET-N-d7-s3-o-f"), "-X K3SNET-N-d7-s3-o-f"),
     "forged-tag": (lambda t: _after(t, BUCKET, BUCKET.replace("10.51.", "10.77.").replace(
                        "397ffea18f7845b1", "0123456789abcdef")),
                    ("nat", "K3SNET-N-d24-s16-a-3"),
@@ -404,11 +407,20 @@ DRIFTS = {
                             ("nat", "K3SNET-POSTROUTING"), ":K3SNET-POSTROUTING - [0:0]"),
     "missing-hook": (lambda t: t.replace(HOOK_NAT + "\n", ""), ("nat", "POSTROUTING"),
                      HOOK_NAT),
-    # A repaired jump goes back where it was (k3snet never moves it above a foreign rule).
+    # A jump carrying k3snet's comment, edited: repaired where it was (k3snet never
+    # moves it above a foreign rule). (Until the admin's own jumps were told apart, this
+    # case was a jump without the comment: that is an admin's rule, ADMINS_JUMP below.)
     "edited-hook": (lambda t: t.replace(
                         HOOK_FWD + "\n-A FORWARD -j DOCKER-USER\n",
-                        "-A FORWARD -j DOCKER-USER\n-A FORWARD -j K3SNET-FORWARD\n"),
+                        "-A FORWARD -j DOCKER-USER\n-A FORWARD -i eth0 -m comment --comment "
+                        "k3snet -j K3SNET-FORWARD\n"),
                     ("filter", "FORWARD"), "-I FORWARD 2 " + HOOK_FWD.split(" ", 2)[2]),
+    # k3snet's jump gone, an admin's own (no k3snet comment) in its place: k3snet's is
+    # put back where a new one goes, the admin's stays (ADMINS_JUMP below).
+    "admins-jump-instead-of-hook": (lambda t: t.replace(
+                        HOOK_FWD + "\n-A FORWARD -j DOCKER-USER\n",
+                        "-A FORWARD -j DOCKER-USER\n-A FORWARD -j K3SNET-FORWARD\n"),
+                    ("filter", "FORWARD"), HOOK_FWD),
 }
 
 
@@ -438,9 +450,54 @@ def test_drift_is_an_owned_object_that_every_plan_deletes_and_apply_repairs(
         assert {run.table for run in kernel.tables} == {table}
         sent = [line for run in kernel.tables for line in run.lines]
         assert repair in sent, sent
+        assert "-D FORWARD -j K3SNET-FORWARD" not in sent  # an admin's jump: never deleted
         # Once applied, what the backend holds is clean: nothing more to do.
         assert backend.drift == ()
         assert plan(p.apply_to(observed), DESIRED).empty
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_admins_own_jump_into_k3snets_chain_is_kept(mode: Flavour) -> None:
+    admins = "-A FORWARD -s 10.51.0.0/16 -j K3SNET-FORWARD"
+    text = _after(recorded(mode, 4), "-A FORWARD -j DOCKER-USER", admins)
+    kernel = FakeKernel({(mode, 4): text, (mode, 6): recorded(mode, 6)})
+    clear_caches()
+    with backend_on(kernel, mode) as backend:
+        observed = backend.observe()
+        assert backend.drift == ()
+        assert plan(observed, DESIRED).empty
+        assert any(admins in warning for warning in backend.warnings), backend.warnings
+        # Removing k3snet's forward rules would remove the chain the admin jumps to.
+        forward = [o for o in observed.owned if isinstance(o, ForwardRule) and o.family == 4]
+        p = plan(observed, State(owned=[o for o in observed.owned if o not in forward]))
+        with pytest.raises(PlanError, match="iptables-nft -t filter -D FORWARD -s 10.51.0.0/16 "
+                                            "-j K3SNET-FORWARD" if mode == "nft" else
+                                            "iptables-legacy -t filter -D FORWARD"):
+            backend.apply(p)
+        assert backend.check(p)
+    assert kernel.runs == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mode_auto_warns_of_rules_in_the_other_flavour(mode: Flavour) -> None:
+    other: Flavour = "legacy" if mode == "nft" else "nft"
+    kernel = FakeKernel.recorded(mode)
+    kernel.saves[other, 4] = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j DROP\nCOMMIT\n"
+    with IptablesBackend(kernel=kernel) as backend:
+        assert backend.mode == mode
+        backend.observe()
+        assert [w for w in backend.warnings if "mode auto" in w] == [
+            f"mode auto picked iptables-{mode} ({backend.mode_reason}), but iptables-{other} "
+            "holds rules in the tables k3snet reads, which k3snet does not see and the kernel "
+            "runs as well (a DROP there drops what k3snet accepts): IPv4 filter: 1 rule; "
+            f"remove them, or pass mode='{other}' if that is the flavour in use"]
+        kernel.saves[other, 4] = "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"
+        backend.observe()  # a replaced kernel seam has no change token: read again
+        assert not [w for w in backend.warnings if "mode auto" in w]
+    with IptablesBackend(kernel=kernel, mode=mode) as backend:
+        kernel.saves[other, 4] = "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n"
+        backend.observe()
+        assert not [w for w in backend.warnings if "mode auto" in w]
 
 
 def test_drift_of_another_backend_or_table_is_refused() -> None:

@@ -75,11 +75,18 @@ Drift
     apply of that delete rewrites what is wrong in that table, leaving foreign
     rules alone. Objects whose rules are damaged or not reached are left out of
     ``owned`` as well, so the plan re-adds them. :attr:`IptablesBackend.drift`
-    lists the findings as text.
+    lists the findings as text. A ``K3SNET-*`` chain that is not k3snet's (no
+    rule of k3snet's in it, and a name k3snet does not write or a foreign jump
+    to it) and a foreign rule jumping to one of k3snet's chains are not drift:
+    they are kept and named in :attr:`IptablesBackend.warnings`, and a plan that
+    would write that chain, or delete a chain such a rule jumps to, is refused
+    up front (:func:`~k3snet.backends.iptables.table.edit_conflicts`).
 """
 
 from __future__ import annotations
 
+import logging
+import shlex
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Literal, NoReturn
@@ -102,15 +109,17 @@ from k3snet.backends.iptables.foreign import (
     foreign_nat,
     nat_blocks,
 )
-from k3snet.backends.iptables.mode import detect_mode
+from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
     INJECTED_CHAIN,
+    ForeignJump,
     Op,
     TableEdit,
     TableState,
     commit_edit,
     drift_where,
+    edit_conflicts,
     load_table,
     plan_table,
     restore_lines,
@@ -144,11 +153,14 @@ from k3snet.render.iptables.rules import (
     TABLES,
     Line,
     comment_digest,
+    format_line,
     render_unit,
     table_of,
 )
 
 __all__ = ["Driver", "IptablesBackend", "Mode"]
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["nft", "legacy", "auto"]
 Driver = Literal["restore", "libiptc", "auto"]
@@ -210,8 +222,14 @@ class IptablesBackend(BackendBase):
         self._kernel: Kernel = kernel if kernel is not None else Processes(netns, timeout)
         self._mode: Flavour | None = None if mode == "auto" else mode
         self._mode_reason = "given" if mode != "auto" else ""
+        # mode auto: what the other flavour holds in filter and nat (see warnings), and
+        # whether the detection's read of it is still fresh for the next observe.
+        self._auto = mode == "auto"
+        self._other_rules: list[str] = []
+        self._other_fresh = False
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
+        self._warned: tuple[str, ...] = ()  # what was last logged (said once, not every pass)
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
         self._generation: GenerationReader | None = None
         self._no_generation = False
@@ -252,10 +270,14 @@ class IptablesBackend(BackendBase):
     def mode(self) -> Flavour:
         """``nft`` or ``legacy``: given, or detected on first use (see the module docs)."""
         if self._mode is None:
-            saves = {flavour: [text for family in FAMILIES
-                               if (text := self._kernel.save(family, flavour)) is not None]
-                     for flavour in ("nft", "legacy")}
+            texts = {flavour: {family: self._kernel.save(family, flavour)
+                               for family in FAMILIES} for flavour in _FLAVOURS}
+            saves: dict[str, list[str]] = {
+                flavour: [text for text in by_family.values() if text is not None]
+                for flavour, by_family in texts.items()}
             self._mode, self._mode_reason = detect_mode(saves, self._kernel.version())
+            self._other_rules = other_flavour_rules(texts[_OTHER[self._mode]])
+            self._other_fresh = True  # the first observe need not read it again
         return self._mode
 
     @property
@@ -275,6 +297,89 @@ class IptablesBackend(BackendBase):
             return ()
         return tuple(f"IPv{f} {t}: {message}" for (f, t), state in sorted(self._tables.items())
                      for message in state.drift)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the last :meth:`observe` found worth saying (``!! warning:`` under
+        ``k3snet plan``): with ``mode="auto"``, rules in the flavour not picked (in
+        filter or nat: k3snet does not see them, the kernel runs them);
+        ``K3SNET-*`` chains that are not k3snet's, and rules that are not k3snet's
+        jumping to its chains. k3snet leaves those alone; a plan that would write
+        such a chain, or delete a chain such a rule jumps to, is refused."""
+        if self._tables is None:
+            return ()
+        found: list[str] = []
+        if self._other_rules:
+            other = _OTHER[self.mode]
+            found.append(
+                f"mode auto picked iptables-{self.mode} ({self._mode_reason}), but "
+                f"iptables-{other} holds rules in the tables k3snet reads, which k3snet does "
+                "not see and the kernel runs as well (a DROP there drops what k3snet "
+                f"accepts): {'; '.join(self._other_rules)}; remove them, or pass "
+                f"mode='{other}' if that is the flavour in use")
+        for (family, table), state in sorted(self._tables.items()):
+            where = f"IPv{family} {table}"
+            for chain in state.foreign_chains:
+                jumps = [f"-A {j.chain} {format_line(j.line)}" for j in state.foreign_jumps
+                         if j.target == chain]
+                found.append(f"{where}: chain {chain} is not k3snet's (no rule in it carries "
+                             "k3snet's tag" + (f"; jumped to by {'; '.join(jumps)}" if jumps
+                                               else "") + "): k3snet leaves it alone")
+            for jump in state.foreign_jumps:
+                if jump.target in state.chains:
+                    found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "
+                                 f"{jump.target}: -A {jump.chain} {format_line(jump.line)} "
+                                 "(kept; k3snet cannot delete that chain while it is there)")
+        return tuple(found)
+
+    def _start_other_flavour(self) -> dict[int, StartedSave | None]:
+        """With ``mode="auto"``: start the other flavour's ``-save`` runs (see
+        :meth:`_read_other_flavour`); empty when there is nothing to read."""
+        if not self._auto or self._other_fresh:
+            return {}
+        other = _OTHER[self.mode]
+        if not isinstance(self._kernel, Processes):
+            return dict.fromkeys(FAMILIES)  # read when needed, one after the other
+        started: dict[int, StartedSave | None] = {}
+        try:
+            for family in FAMILIES:
+                started[family] = self._kernel.start_save(family, other)
+        except K3snetError:
+            for save in started.values():
+                if save is not None:
+                    save.cancel()
+            return dict.fromkeys(FAMILIES)
+        return started
+
+    def _read_other_flavour(self, started: dict[int, StartedSave | None]) -> None:
+        """With ``mode="auto"``: what the flavour not picked holds in filter and nat.
+
+        Read again by every observe that reads the kernel (not by one served from
+        the cache: a commit in the other flavour does not move the change token),
+        its ``-save`` runs started with this flavour's (docs/performance.md, "Two
+        flavours"). Best effort: a tool that is missing or fails reads as nothing.
+        """
+        if not self._auto:
+            return
+        if self._other_fresh:
+            self._other_fresh = False
+            return
+        other = _OTHER[self.mode]
+        texts: dict[int, str | None] = {}
+        for family, save in started.items():
+            try:
+                texts[family] = (save.text() if save is not None
+                                 else self._kernel.save(family, other))
+            except K3snetError:
+                texts[family] = None
+        self._other_rules = other_flavour_rules(texts)
+
+    def _log_warnings(self) -> None:
+        warnings = self.warnings
+        if warnings != self._warned:  # logged once, not on every agent pass
+            for warning in warnings:
+                log.warning("iptables: %s", warning)
+            self._warned = warnings
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -407,6 +512,7 @@ class IptablesBackend(BackendBase):
             assert kept is not None
             return kept[2]
         self._render_expected()
+        other = self._start_other_flavour()  # runs while this flavour is read
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
         try:
@@ -420,19 +526,28 @@ class IptablesBackend(BackendBase):
                     # What a foreign rule decides before our jump is not ours: our rules for it
                     # are left out of ``owned``, so the plan says "!" instead of re-adding them.
                     filter_state = tables[family, "filter"]
-                    blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index())
+                    blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index(),
+                                            ours=filter_state.chains)
                     set_aside(filter_state, blocks)
                     foreign |= blocks
                     # The same for NAT: the first NAT rule a connection meets decides.
                     nat_state = tables[family, "nat"]
-                    nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index())
+                    nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index(),
+                                     ours=nat_state.chains)
                     set_aside(nat_state, nat)
                     foreign |= nat
+        except BaseException:
+            for pending in other.values():
+                if pending is not None:
+                    pending.cancel()
+            raise
         finally:
             for save in (started[1].values() if started else ()):
                 save.cancel()  # what an error left unread
         self._tables = tables
         self._foreign = frozenset(foreign)
+        self._read_other_flavour(other)
+        self._log_warnings()
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
                       foreign=self._foreign)
         # Kept only if nobody committed while the tables were read.
@@ -698,8 +813,46 @@ class IptablesBackend(BackendBase):
             if append is None:
                 append = appenders[where] = pending.setdefault(where, []).append
             append(change)
-        return {(family, table): pending[family, table]
-                for family in FAMILIES for table in TABLES if (family, table) in pending}
+        ordered = {(family, table): pending[family, table]
+                   for family in FAMILIES for table in TABLES if (family, table) in pending}
+        problems = [problem for where, changes in ordered.items()
+                    for problem in self._conflicts(tables[where], changes)]
+        if problems:
+            self._refuse(plan, "\n  ".join(problems))
+        return ordered
+
+    def _conflicts(self, state: TableState, changes: list[Change]) -> list[str]:
+        """What the edit of ``changes`` would do to what is not k3snet's (see
+        :func:`~k3snet.backends.iptables.table.edit_conflicts`), as messages.
+
+        The edit is computed here only for a table that holds a foreign jump or
+        chain (rare): the usual apply pays one attribute test per table.
+        """
+        if not state.foreign_jumps and not state.foreign_chains:
+            return []
+        where = f"IPv{state.family} {state.table}"
+        problems = []
+        for chain, jump in edit_conflicts(state, plan_table(state, changes)):
+            rule = "" if jump is None else f"-A {jump.chain} {format_line(jump.line)}"
+            if chain in state.foreign_chains:
+                problems.append(
+                    f"{where}: this plan needs chain {chain}, which is not k3snet's (no rule "
+                    "in it carries k3snet's tag" + (f"; {rule} jumps to it" if rule else "")
+                    + "): k3snet does not write it; rename or remove it first")
+            else:
+                assert jump is not None
+                problems.append(
+                    f"{where}: this plan removes k3snet's chain {chain}, and a rule that is not "
+                    f"k3snet's jumps to it: {rule}; k3snet does not delete it: remove it "
+                    f"first with `{self._delete_command(state, jump)}`")
+        return problems
+
+    def _delete_command(self, state: TableState, jump: ForeignJump) -> str:
+        """The shell command that deletes a foreign rule (in the backend's namespace)."""
+        tool = tool_name(state.family, self.mode, "")[:-1]  # iptables-nft, ip6tables-legacy
+        argv = [tool, "-t", state.table, "-D", jump.chain, *jump.line]
+        netns = ["ip", "netns", "exec", self._netns] if self._netns else []
+        return shlex.join([*netns, *argv])
 
     def _refuse(self, plan: Plan, reason: str) -> NoReturn:
         """Refuse ``plan``, in the kit's words, with every reason it does not fit.
@@ -726,6 +879,9 @@ class IptablesBackend(BackendBase):
                 f"{tool_name(family, self.mode, 'save')} not found on PATH (install iptables)")
         return parse_save(text)
 
+
+_FLAVOURS: tuple[Flavour, ...] = ("nft", "legacy")
+_OTHER: dict[Flavour, Flavour] = {"nft": "legacy", "legacy": "nft"}
 
 _TABLE_OF: dict[type, str] = {ForwardRule: "filter", MasqueradeRule: "nat", SnatRule: "nat"}
 _WHERE: dict[object, dict[object, tuple[int, str]]] = {

@@ -21,14 +21,15 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   counts against k3snet: a negated or unmodelled match is read as "any", so a
   rule that may drop our traffic is a conflict rather than overridden.
 
-* nat, what translates otherwise (:func:`nat_blocks`): every ``MASQUERADE`` or
-  ``SNAT`` met before k3snet's POSTROUTING jump, in POSTROUTING or one jump level
-  down, as a :class:`~k3snet.model.NatBlock` carrying the rule's text (a doubt
-  counts against k3snet, as for forward blocks), and every exemption met there
-  (a ``RETURN``/``ACCEPT`` ending the nat table: the packets leave
+* nat, what translates otherwise (:func:`nat_blocks`): every rule that may
+  translate (``MASQUERADE``, ``SNAT``, ``NETMAP``, any target k3snet does not
+  know) met before k3snet's POSTROUTING jump, at any depth of jumps (bounded,
+  loop-safe), as a :class:`~k3snet.model.NatBlock` carrying the rule's text (a
+  doubt counts against k3snet, as for forward blocks), and every exemption met
+  there (a ``RETURN``/``ACCEPT`` ending the nat table: the packets leave
   untranslated). A rule testing for a set mark is another program's traffic.
 
-Rule order across chains is approximated (one level of jumps, in order); a
+Elsewhere rule order across chains is approximated (one level of jumps, in order); a
 RETURN that may skip most packets hides what follows it in its chain, and a
 jump that matches on anything (``! -d X -j CHAIN``) hides what its chain does.
 A negated match (``! -s``, ``! -d``) is never read as the positive one: a rule
@@ -39,7 +40,7 @@ exclusion, anything else negated is not modelled).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 import attrs
 
@@ -348,14 +349,17 @@ def _answers(reply: RuleFields, rule: RuleFields, source: Network, destination: 
 _VERDICT = {"DROP": "drop", "REJECT": "reject", "RETURN": "return"}
 
 
-def foreign_blocks(dump: TableDump | None, family: int, before: int) -> set[NetObject]:
+def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
+                   ours: Container[str] | None = None) -> set[NetObject]:
     """Foreign rules met before FORWARD's rule number ``before`` (0-based: where
     k3snet's jump is or would go) that drop, reject or return forwarded packets.
 
     Read one jump level down, like the other readers here. A ``RETURN`` in
     FORWARD hands the packet to the chain's policy (a decision unless the policy
     is ACCEPT); in a chain jumped to it only goes back to FORWARD. kube-proxy's
-    drop of ``INVALID`` packets is left out: valid traffic goes on.
+    drop of ``INVALID`` packets is left out: valid traffic goes on. ``ours``:
+    k3snet's own chains, not read (default: every ``K3SNET-`` chain; an admin's
+    chain named so is read when ``ours`` leaves it out).
     """
     found: set[NetObject] = set()
     if dump is None:
@@ -364,7 +368,8 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int) -> set[NetO
     for spec in dump.chain("FORWARD")[:before]:
         tokens = tokenize(spec)
         target = _target(tokens)
-        if target is not None and target in dump.rules and not target.startswith(PREFIX):
+        if target is not None and target in dump.rules and (
+                not target.startswith(PREFIX) if ours is None else target not in ours):
             for inner in dump.chain(target):
                 inner_tokens = tokenize(inner)
                 inner_target = _target(inner_tokens)
@@ -405,50 +410,117 @@ def _addresses(tokens: Line) -> dict[str, str | None]:
 
 _NAT_ACTION = {"MASQUERADE": "masquerade", "SNAT": "snat", "RETURN": "exempt",
                "ACCEPT": "exempt"}
+"""The :class:`NatBlock` action of a target; any other target that is not in
+:data:`_GOES_ON` may translate (``NETMAP``, a target k3snet does not know): ``snat``
+to an address k3snet does not model."""
+
+NAT_WALK_LIMIT = 10_000
+"""The most rules :func:`nat_blocks` reads on the way to k3snet's jump (the usual
+POSTROUTING path, flannel's, kube-proxy's, Calico's and Docker's, is a few dozen)."""
+NAT_WALK_DEPTH = 64
+"""The deepest chain :func:`nat_blocks` follows (the kernel allows no loop, but text may)."""
 
 
-def nat_blocks(dump: TableDump | None, family: int, before: int) -> set[NetObject]:
+def nat_blocks(dump: TableDump | None, family: int, before: int, *,
+               ours: Container[str] | None = None) -> set[NetObject]:
     """Foreign rules met before POSTROUTING's rule number ``before`` (0-based: where
     k3snet's jump is or would go) that decide a connection's source NAT, as
-    :class:`NatBlock`: a ``MASQUERADE`` or ``SNAT``, and an exemption, a rule that
-    ends the nat table for its packets (``RETURN`` or ``ACCEPT`` in POSTROUTING;
-    ``ACCEPT`` in a chain it jumps to, a ``RETURN`` in a chain it goes to with
-    ``-g``, and that ``-g`` itself, for what reaches the end of the chain): those
-    packets leave untranslated and never meet k3snet's jump. A
-    ``RETURN`` in a chain jumped to only goes back to POSTROUTING.
+    :class:`NatBlock`: any rule that may translate (``MASQUERADE``, ``SNAT``,
+    ``NETMAP``, a target k3snet does not know: an ``snat`` to an address it does
+    not model), and an exemption, a rule that ends the nat table for its packets
+    (``RETURN`` or ``ACCEPT`` in POSTROUTING; ``ACCEPT`` anywhere below it, a
+    ``RETURN`` in a chain gone to with ``-g`` whose return leaves POSTROUTING, and
+    that ``-g`` itself, for what reaches the end of the chain): those packets
+    leave untranslated and never meet k3snet's jump. A ``RETURN`` in a chain
+    jumped to only goes back to the chain that jumped.
 
-    Read one jump level down, like the other readers here; rules after a
-    ``RETURN``/``ACCEPT`` that every packet of k3snet's matches are not reached
-    (kube-proxy's ``! --mark`` return: its masquerade only sees marked packets); after
-    any other, they are (a doubt counts against k3snet). A rule
-    that tests for a set packet or connection mark (``-m mark --mark``, not ``!
-    --mark``) is about another program's marked traffic (kube-proxy's 0x4000 "to
-    masquerade", a proxy's marks), never k3snet's plain pod traffic, and makes no
-    block.
+    Read at any depth: every chain jumped or gone to is followed (``ours``:
+    k3snet's own chains, not followed; default: every ``K3SNET-`` chain), a
+    chain already on the way is not followed again, and the walk stops after
+    :data:`NAT_WALK_LIMIT` rules or :data:`NAT_WALK_DEPTH` chains: what it did
+    not read counts against k3snet (an ``snat`` of any packet, naming the rule
+    where it stopped). Rules after a ``RETURN``/``ACCEPT`` that every packet of
+    k3snet's matches are not reached (kube-proxy's ``! --mark`` return: its
+    masquerade only sees marked packets); after any other, they are (a doubt
+    counts against k3snet). A rule that tests for a set packet or connection mark
+    (``-m mark --mark``, not ``! --mark``), or is reached through one, is about
+    another program's marked traffic (kube-proxy's 0x4000 "to masquerade", a
+    proxy's marks), never k3snet's plain pod traffic, and makes no block.
     """
     found: set[NetObject] = set()
     if dump is None:
         return found
-    for spec in dump.chain("POSTROUTING")[:before]:
-        tokens = tokenize(spec)
-        target = _target(tokens)
-        if target is not None and target in dump.rules and not target.startswith(PREFIX):
-            gone_to = "-g" in tokens
-            for inner in dump.chain(target):
-                inner_tokens = tokenize(inner)
-                inner_target = _target(inner_tokens)
-                if inner_target == "ACCEPT" or (gone_to and inner_target == "RETURN"):
-                    _nat_block(found, family, target, inner_tokens, inner_target, outer=tokens)
-                if inner_target in ("RETURN", "ACCEPT") and _takes_all(inner_tokens):
-                    break  # none of k3snet's packets goes on in this chain
-                if inner_target in ("MASQUERADE", "SNAT"):
-                    _nat_block(found, family, target, inner_tokens, inner_target, outer=tokens)
-            if gone_to:  # what reaches the end of a chain gone to leaves untranslated
-                _nat_block(found, family, "POSTROUTING", tokens, "RETURN")
-            continue
-        if target in _NAT_ACTION:
-            _nat_block(found, family, "POSTROUTING", tokens, target)
+    walk = _NatWalk(dump, family, found, ours)
+    try:
+        for spec in dump.chain("POSTROUTING")[:before]:
+            walk.rule("POSTROUTING", tokenize(spec), (), leaves=True, top=True,
+                      on_way=("POSTROUTING",))
+    except _WalkStopped as stop:
+        text = (f"-A {stop.chain} {format_line(stop.tokens)} (and what follows: not read, "
+                f"{stop.why})")
+        found.add(NatBlock(family, "snat", text, f"iptables IPv{family} nat"))
     return found
+
+
+class _WalkStopped(Exception):  # noqa: N818 - a signal within nat_blocks, never raised out
+    def __init__(self, chain: str, tokens: Line, why: str) -> None:
+        super().__init__(why)
+        self.chain, self.tokens, self.why = chain, tokens, why
+
+
+class _NatWalk:
+    """One walk of :func:`nat_blocks` down the POSTROUTING path (bounded, loop-safe)."""
+
+    def __init__(self, dump: TableDump, family: int, found: set[NetObject],
+                 ours: Container[str] | None) -> None:
+        self.dump, self.family, self.found, self.ours = dump, family, found, ours
+        self.read = 0
+
+    def followed(self, target: str | None) -> bool:
+        """A foreign chain to read (k3snet's own are not)."""
+        if target is None or target not in self.dump.rules:
+            return False
+        return not target.startswith(PREFIX) if self.ours is None else target not in self.ours
+
+    def rule(self, chain: str, tokens: Line, outers: tuple[Line, ...], *, leaves: bool,
+             top: bool, on_way: tuple[str, ...]) -> bool:
+        """Read one rule of ``chain``; ``False``: the rest of the chain is not reached.
+
+        ``outers`` are the jumps that led here, ``leaves`` whether a ``RETURN`` in
+        ``chain`` leaves POSTROUTING (untranslated).
+        """
+        self.read += 1
+        if self.read > NAT_WALK_LIMIT:
+            raise _WalkStopped(chain, tokens, f"more than {NAT_WALK_LIMIT} rules on the way "
+                                              "to k3snet's jump")
+        target = _target(tokens)
+        if target is not None and target in self.dump.rules:
+            if target in on_way or not self.followed(target):
+                return True  # a loop in the text, or k3snet's own chain
+            if len(on_way) > NAT_WALK_DEPTH:
+                raise _WalkStopped(chain, tokens, f"chains more than {NAT_WALK_DEPTH} deep")
+            gone_to = "-g" in tokens
+            inner_leaves = leaves if gone_to else False
+            end = True  # some packets reach the end of the chain
+            for spec in self.dump.chain(target):
+                if not self.rule(target, tokenize(spec), (*outers, tokens),
+                                 leaves=inner_leaves, top=False, on_way=(*on_way, target)):
+                    end = False
+                    break
+            if gone_to and leaves and end:  # they leave POSTROUTING untranslated
+                self.block(chain, tokens, "RETURN", outers)
+            return top or (end and not gone_to) or not _takes_all(tokens)
+        if target in ("RETURN", "ACCEPT"):
+            if target == "ACCEPT" or leaves:
+                self.block(chain, tokens, target, outers)
+            return top or not _takes_all(tokens)  # none of k3snet's packets goes on here
+        if target is None or target in _GOES_ON:
+            return True
+        self.block(chain, tokens, target, outers)  # MASQUERADE, SNAT, NETMAP, unknown
+        return top or not _takes_all(tokens)
+
+    def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
+        _nat_block(self.found, self.family, chain, tokens, target, outers=outers)
 
 
 def _marked(tokens: Line) -> bool:
@@ -458,14 +530,15 @@ def _marked(tokens: Line) -> bool:
 
 
 def _nat_block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
-               outer: Line = ()) -> None:
-    """Add the block a NAT rule ``tokens`` makes (narrowed by the jump ``outer``)."""
-    if _marked(tokens) or _marked(outer):
+               outers: tuple[Line, ...] = ()) -> None:
+    """Add the block a NAT rule ``tokens`` makes (narrowed by the jumps ``outers``)."""
+    if _marked(tokens) or any(map(_marked, outers)):
         return  # another program's marked traffic, not k3snet's pods' (see nat_blocks)
-    matches = {**_addresses(outer), **{k: v for k, v in _addresses(tokens).items()
-                                       if v is not None}}
+    matches: dict[str, str | None] = {}
+    for line in (*outers, tokens):  # the innermost match of each kind is the narrowest known
+        matches.update({k: v for k, v in _addresses(line).items() if v is not None})
     matches.pop("in_interface", None)  # not a match in POSTROUTING
-    action = _NAT_ACTION[target]
+    action = _NAT_ACTION.get(target, "snat")
     to_address = None
     if action == "snat" and "--to-source" in tokens[:-1]:
         to_address = tokens[tokens.index("--to-source") + 1]

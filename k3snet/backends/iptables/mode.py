@@ -8,6 +8,10 @@ using it); it has any rule, user chain or non-ACCEPT policy. When both have
 rules, the one with more wins (the rule of kube-proxy's iptables-wrapper). When
 neither has anything, the flavour ``iptables --version`` reports decides (the
 host's alternatives).
+
+Both flavours' rules run in the kernel side by side, but k3snet reads one:
+:func:`other_flavour_rules` says what the other one holds in the tables k3snet
+reads, for the backend's warning.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from k3snet.backends.iptables.driver import Flavour
-from k3snet.render.iptables.rules import PREFIX
+from k3snet.backends.iptables.save import parse_save
+from k3snet.render.iptables.rules import PREFIX, TABLES
 
-__all__ = ["Evidence", "detect_mode"]
+__all__ = ["Evidence", "detect_mode", "other_flavour_rules"]
 
 _KUBE_CHAIN = re.compile(r"^:(KUBE-|FLANNEL-)", re.MULTILINE)
 _OUR_CHAIN = re.compile(rf"^:{PREFIX}", re.MULTILINE)
@@ -67,3 +72,32 @@ def detect_mode(saves: Mapping[str, Sequence[str]], version: str) -> tuple[Flavo
     if "nf_tables" in version:
         return "nft", f"no rules in either flavour; `iptables --version`: {version.strip()}"
     return "nft", "no rules in either flavour and no `iptables` to ask; nft by default"
+
+
+def other_flavour_rules(texts: Mapping[int, str | None]) -> list[str]:
+    """What one flavour's ``-save`` texts (by family) hold in the tables k3snet reads.
+
+    One ``IPv4 filter: 2 rules, FORWARD policy DROP, 1 user chain`` line per table
+    that holds anything; empty when those tables are empty (or absent).
+    """
+    found = []
+    for family, text in sorted(texts.items()):
+        if not text:
+            continue
+        dump = parse_save(text)
+        for table in TABLES:
+            held = dump.get(table)
+            if held is None:
+                continue
+            parts = []
+            rules = sum(len(lines) for lines in held.rules.values())
+            if rules:
+                parts.append(f"{rules} rule{'s' if rules != 1 else ''}")
+            parts += [f"{chain} policy {policy}" for chain, policy in held.policies.items()
+                      if policy not in ("ACCEPT", "-")]
+            chains = sum(policy == "-" for policy in held.policies.values())
+            if chains:
+                parts.append(f"{chains} user chain{'s' if chains != 1 else ''}")
+            if parts:
+                found.append(f"IPv{family} {table}: {', '.join(parts)}")
+    return found

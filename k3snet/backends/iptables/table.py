@@ -9,6 +9,7 @@ touch; the same ops drive ``iptables-restore`` input and libiptc calls.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
@@ -22,6 +23,7 @@ from k3snet.model.nat import NatBlock
 from k3snet.planner import Change
 from k3snet.render.iptables.rules import (
     PREFIX,
+    TAG,
     Hook,
     Line,
     Unit,
@@ -39,10 +41,12 @@ from k3snet.render.iptables.rules import (
     render_unit,
     tokenize,
 )
+from k3snet.render.tag import TAG_PREFIX
 
-__all__ = ["DRIFT_KIND", "INJECTED_CHAIN", "Delta", "Op", "Sink", "TableEdit", "TableState",
-           "commit_edit", "diff_table", "drift_where", "load_table", "plan_table", "restore_lines",
-           "restore_text", "revert_ops", "set_aside"]
+__all__ = ["DRIFT_KIND", "INJECTED_CHAIN", "Delta", "ForeignJump", "Op", "Sink", "TableEdit",
+           "TableState", "commit_edit", "diff_table", "drift_where", "edit_conflicts",
+           "has_tag", "load_table", "plan_table", "restore_lines", "restore_text", "revert_ops",
+           "set_aside"]
 
 OpKind = Literal["declare", "delete", "append", "insert", "flush", "remove", "fail"]
 
@@ -99,6 +103,45 @@ def _jumps_to(line: Line, chain: str) -> bool:
     return len(line) >= 2 and line[-2] in ("-j", "-g") and line[-1] == chain
 
 
+def _hooks_to(line: Line, chain: str) -> bool:
+    """A jump of k3snet's to ``chain``: one carrying k3snet's comment (an admin's own
+    jump, without it, is foreign: kept, never moved or deleted)."""
+    return _jumps_to(line, chain) and has_tag(line)
+
+
+def _jump_target(line: Line) -> str | None:
+    """The chain a rule jumps or goes to (a chain target takes no options: it ends the rule)."""
+    return line[-1] if len(line) >= 2 and line[-2] in ("-j", "-g") else None
+
+
+def has_tag(line: Line) -> bool:
+    """The rule carries k3snet's comment (``k3snet`` or ``k3snet:...``, well formed or not)."""
+    for index, word in enumerate(line[:-1]):
+        if word == "--comment":
+            comment = line[index + 1]
+            if comment == TAG or comment.startswith(TAG_PREFIX):
+                return True
+    return False
+
+
+_SUB_CHAIN = re.compile(r"K3SNET-M-[0-9a-f]{16}")
+
+
+def _k3snet_name(name: str, hook: Hook) -> bool:
+    """A chain name k3snet writes in ``hook``'s table (main, bucket, exclusion chain)."""
+    return name == hook.main or is_bucket_chain(name) or (
+        hook.table == "nat" and _SUB_CHAIN.fullmatch(name) is not None)
+
+
+class ForeignJump(NamedTuple):
+    """A rule that is not k3snet's jumping to one of k3snet's chains (kept as it is)."""
+
+    chain: str
+    """The chain the rule is in."""
+    line: Line
+    target: str
+
+
 @attrs.define
 class TableState:
     """Our chains in one table of one family, as last read or written."""
@@ -120,6 +163,12 @@ class TableState:
     """Chains holding rules that match no valid unit, or that should not exist."""
     findings: list[tuple[str, str]] = attrs.field(factory=list)
     """(chain, what): everything in our chains that is not what k3snet renders."""
+    foreign_chains: dict[str, list[Line]] = attrs.field(factory=dict)
+    """``K3SNET-*`` chains that are not k3snet's (see :func:`load_table`): never written."""
+    foreign_jumps: list[ForeignJump] = attrs.field(factory=list)
+    """Rules that are not k3snet's jumping to ``K3SNET-*`` chains (k3snet's or not):
+    never touched, and a chain of k3snet's they jump to is never deleted
+    (:func:`edit_conflicts`)."""
 
     @property
     def table(self) -> str:
@@ -132,8 +181,8 @@ class TableState:
         return [f"{chain}: {what}" for chain, what in self.findings]
 
     def hook_jumps(self) -> list[int]:
-        """Positions of the rules of the built-in chain that jump to our main chain."""
-        return [i for i, r in enumerate(self.hook_rules) if _jumps_to(r, self.hook.main)]
+        """Positions of k3snet's jumps (tagged) from the built-in chain to our main chain."""
+        return [i for i, r in enumerate(self.hook_rules) if _hooks_to(r, self.hook.main)]
 
     def hook_ok(self) -> bool:
         """Exactly one jump, as we write it (wherever it is: k3snet never moves it)."""
@@ -192,12 +241,16 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
     rules = dump.rules if dump is not None else {}
     # Only ip6tables-save prints addresses another way than k3snet renders them.
     read = _read6 if family == 6 else tokenize
+    chains = {name: [read(s) for s in specs]
+              for name, specs in rules.items() if name.startswith(PREFIX)}
+    foreign, jumps = _foreign_chains(hook, rules, chains, read)
     state = TableState(
         family=family,
         hook=hook,
         hook_rules=[read(s) for s in rules.get(hook.builtin, ())],
-        chains={name: [read(s) for s in specs]
-                for name, specs in rules.items() if name.startswith(PREFIX)},
+        chains={name: lines for name, lines in chains.items() if name not in foreign},
+        foreign_chains={name: chains[name] for name in sorted(foreign)},
+        foreign_jumps=jumps,
     )
     _find_units(state)
     _find_strays(state)
@@ -209,6 +262,54 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
 
 def _read6(text: str) -> Line:
     return normalize(tokenize(text))
+
+
+def _foreign_chains(
+    hook: Hook, rules: Mapping[str, Sequence[str]], chains: Mapping[str, list[Line]],
+    read: Callable[[str], Line],
+) -> tuple[set[str], list[ForeignJump]]:
+    """The ``K3SNET-*`` chains that are not k3snet's, and the foreign jumps into k3snet's.
+
+    A chain is k3snet's when one of its rules carries k3snet's tag, or when it is
+    empty or holds only untagged rules (drift), has a name k3snet writes, and no
+    rule that is not k3snet's jumps to it. Anything else (an administrator's
+    ``iptables -N K3SNET-MINE``, or a chain of theirs that took a name k3snet
+    writes) is theirs. A rule outside k3snet's chains that jumps to one of them is
+    foreign, except k3snet's own jump from the built-in chain it hooks.
+    """
+    if not chains:
+        return set(), []
+    tagged = {name for name, lines in chains.items() if any(map(has_tag, lines))}
+    foreign = {name for name in chains if name not in tagged and not _k3snet_name(name, hook)}
+    while True:  # a chain found foreign makes the jumps in it foreign: to a fixed point
+        jumps = _jumps_into(hook, rules, chains, foreign, read)
+        more = {jump.target for jump in jumps} - tagged - foreign
+        if not more:
+            return foreign, jumps
+        foreign |= more
+
+
+def _jumps_into(
+    hook: Hook, rules: Mapping[str, Sequence[str]], chains: Mapping[str, list[Line]],
+    foreign: set[str], read: Callable[[str], Line],
+) -> list[ForeignJump]:
+    """Rules outside k3snet's chains that jump to a ``K3SNET-*`` chain (but k3snet's hook)."""
+    jumps = []
+    # Plain loops: a kube-proxy nat table holds thousands of small foreign chains.
+    for name, specs in rules.items():
+        if name in chains and name not in foreign:
+            continue  # one of k3snet's
+        for spec in specs:
+            if PREFIX not in spec:
+                continue
+            line = read(spec)
+            target = _jump_target(line)
+            if target is None or target not in chains:
+                continue
+            if name == hook.builtin and _hooks_to(line, hook.main):
+                continue  # k3snet's hook (drift if not exactly as k3snet writes it)
+            jumps.append(ForeignJump(name, line, target))
+    return jumps
 
 
 def _find_units(state: TableState) -> None:
@@ -297,8 +398,30 @@ def _hook_findings(state: TableState, jumps: list[int]) -> None:
         findings.append((hook.builtin, f"{len(jumps)} jumps to {hook.main} (k3snet writes one)"))
     for index in jumps:
         if state.hook_rules[index] != hook_line(hook):
-            findings.append((hook.builtin, f"a jump to {hook.main} that k3snet did not write: "
+            findings.append((hook.builtin, f"a jump to {hook.main} with k3snet's comment that "
+                                           "k3snet did not write: "
                                            f"{format_line(state.hook_rules[index])}"))
+
+
+def edit_conflicts(state: TableState, edit: TableEdit
+                   ) -> list[tuple[str, ForeignJump | None]]:
+    """What ``edit`` would do to something that is not k3snet's: (chain, jump) pairs.
+
+    A chain of k3snet's the edit removes while a foreign rule jumps to it (the
+    kernel refuses with EBUSY, iptables-nft only at commit time: the jump is
+    named), and a foreign ``K3SNET-*`` chain the edit would write (its first
+    foreign jump, or ``None``). Empty when the edit touches only k3snet's own.
+    """
+    if not state.foreign_jumps and not state.foreign_chains:
+        return []
+    found: list[tuple[str, ForeignJump | None]] = []
+    for chain, lines in sorted(edit.chains.items()):
+        jumps = [jump for jump in state.foreign_jumps if jump.target == chain]
+        if chain in state.foreign_chains:
+            found.append((chain, jumps[0] if jumps else None))
+        elif lines is None and chain in state.chains:
+            found += [(chain, jump) for jump in jumps]
+    return found
 
 
 def set_aside(state: TableState, blocks: Iterable[NetObject]) -> None:
@@ -624,7 +747,7 @@ def _hook_ops(state: TableState, want: bool) -> tuple[list[Op], list[Line]]:
     foreign rule (a repaired jump goes back where its first copy was)."""
     hook = state.hook
     rules = list(state.hook_rules)
-    jumps = [i for i, r in enumerate(rules) if _jumps_to(r, hook.main)]
+    jumps = [i for i, r in enumerate(rules) if _hooks_to(r, hook.main)]
     if (want and state.hook_ok()) or (not want and not jumps):
         return [], rules
     ops = []
@@ -663,10 +786,10 @@ def revert_ops(state: TableState, edit: TableEdit) -> list[Op]:
     hook_ops: list[Op] = []
     if current != edit.old_hook_rules:
         for index in range(len(current) - 1, -1, -1):
-            if _jumps_to(current[index], hook.main):
+            if _hooks_to(current[index], hook.main):
                 hook_ops.append(Op("delete", hook.builtin, (current[index],), index + 1))
         for index, line in enumerate(edit.old_hook_rules):
-            if _jumps_to(line, hook.main):
+            if _hooks_to(line, hook.main):
                 hook_ops.append(Op("insert", hook.builtin, (line,), index + 1))
     return [*declares, *appends, *hook_ops, *flushes, *removes]
 

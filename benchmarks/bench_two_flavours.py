@@ -1,0 +1,72 @@
+"""What ``mode="auto"`` pays to read the iptables flavour it did not pick, per cold observe.
+
+Run as root from the repository root::
+
+    .venv/bin/python benchmarks/bench_two_flavours.py [--rules 200] [--runs 40]
+
+For each flavour picked (a K3s node's rules loaded into it, ``--rules`` masquerade
+rules of k3snet's applied, one rule in the other flavour), cold observes of a
+``mode="auto"`` backend (which also reads the other flavour's filter and nat) and
+of one with the mode given, interleaved; the medians and their difference. The
+namespaces (``k3snet-ipt-*``) are deleted at the end, also on error; the root
+namespace is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import ForwardRule, MasqueradeRule, State
+from k3snet.planner import plan
+from k3snet.testing.k3s import NODE_V4, NODE_V6
+
+
+def cold_observe(backend: IptablesBackend) -> float:
+    """One observe that reads the kernel (the kept read dropped first), in seconds."""
+    backend._observed = None  # a cold read is what is measured
+    backend._tables = None
+    start = time.perf_counter()
+    backend.observe()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rules", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=40)
+    args = parser.parse_args()
+    desired = State(owned=[
+        *(MasqueradeRule(f"10.{i // 256}.{i % 256}.0/24", destination="192.168.2.0/24")
+          for i in range(args.rules)),
+        ForwardRule("10.50.0.0/16", "192.168.2.0/24")])
+    for picked in ("nft", "legacy"):
+        other = "legacy" if picked == "nft" else "nft"
+        with temporary_netns("ipt") as ns:
+            run_in(ns, [f"iptables-{picked}-restore", "--noflush"], input_text=NODE_V4)
+            run_in(ns, [f"ip6tables-{picked}-restore", "--noflush"], input_text=NODE_V6)
+            run_in(ns, [f"iptables-{other}", "-w", "-A", "FORWARD", "-s", "10.50.0.0/16",
+                        "-j", "DROP"])
+            with IptablesBackend(ns) as auto, \
+                    IptablesBackend(ns, mode=picked) as given:  # type: ignore[arg-type]
+                assert auto.mode == picked, auto.mode_reason
+                auto.apply(plan(auto.observe(), desired))
+                times: dict[str, list[float]] = {"auto": [], "given": []}
+                for _ in range(args.runs):
+                    times["auto"].append(cold_observe(auto))
+                    times["given"].append(cold_observe(given))
+                median = {name: 1000 * statistics.median(v) for name, v in times.items()}
+                print(f"{picked}: cold observe, {args.runs} runs interleaved, medians: "
+                      f"mode auto {median['auto']:.1f} ms, mode={picked!r} "
+                      f"{median['given']:.1f} ms, extra {median['auto'] - median['given']:+.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Chains and jumps that are not k3snet's, next to k3snet's, against the real kernel.
+
+An administrator may name a chain of their own ``K3SNET-...`` and jump to it, or
+jump to one of k3snet's chains from a rule of their own. k3snet writes and deletes
+only what is its own: such a chain or jump is left exactly as it is (a warning
+says so), and an apply or a destroy that would have to write that chain, or
+delete a chain that rule jumps to, is refused before anything runs (the dry run
+too), naming the chain and the rule. Every test runs for iptables-nft and
+iptables-legacy, IPv4 and IPv6, in a fresh ``k3snet-ipt-*`` namespace; what is
+checked is the kernel's own view (``iptables-save``).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.converge import destroy
+from k3snet.errors import PlanError
+from k3snet.lab.netns import run_in
+from k3snet.model import Drift, ForwardRule, MasqueradeRule, State
+from k3snet.planner import plan
+from k3snet.render.iptables.rules import render_unit
+
+MODES = ["nft", "legacy"]
+
+DESIRED = State(owned=[
+    MasqueradeRule("10.50.0.0/16", destination="192.168.2.0/24"),
+    ForwardRule("10.50.0.0/16", "192.168.2.0/24"),
+    MasqueradeRule("fd42:50::/56", destination="fd01:2::/64"),
+    ForwardRule("fd42:50::/56", "fd01:2::/64"),
+])
+MORE = State(owned=[*DESIRED.owned, MasqueradeRule("10.60.0.0/16", destination="192.168.3.0/24"),
+                    MasqueradeRule("fd42:60::/56", destination="fd01:3::/64")])
+
+
+def ipt(mode: str, family: int) -> str:
+    return f"{'ip' if family == 4 else 'ip6'}tables-{mode}"
+
+
+def run(ns: str, mode: str, family: int, *args: str) -> None:
+    run_in(ns, [ipt(mode, family), "-w", *args])
+
+
+def save(ns: str, mode: str, family: int) -> str:
+    return run_in(ns, [f"{ipt(mode, family)}-save"]).stdout
+
+
+def lines(text: str, word: str) -> list[str]:
+    """The chain declarations and rules of ``text`` that name ``word`` (counters dropped)."""
+    return [line.split(" ", 1)[0] if line.startswith(":") else line
+            for line in text.splitlines() if word in line]
+
+
+def body(text: str) -> list[str]:
+    """``iptables-save`` text without its comments and counters."""
+    return [line.rsplit(" [", 1)[0] if line.startswith(":") else line
+            for line in text.splitlines() if not line.startswith("#")]
+
+
+def admin_chains(ns: str, mode: str) -> None:
+    """An administrator's own K3SNET-MINE chain in nat and filter, both families, each
+    with a rule of theirs and a jump to it from the built-in chain."""
+    for family in (4, 6):
+        source = "10.9.0.0/16" if family == 4 else "fd09::/32"
+        for table, builtin in (("nat", "POSTROUTING"), ("filter", "FORWARD")):
+            run(ns, mode, family, "-t", table, "-N", "K3SNET-MINE")
+            run(ns, mode, family, "-t", table, "-A", "K3SNET-MINE", "-s", source, "-j", "RETURN")
+            run(ns, mode, family, "-t", table, "-I", builtin, "1", "-j", "K3SNET-MINE")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", MODES)
+def test_a_foreign_chain_with_k3snets_prefix_is_left_alone(ns: str, mode: str) -> None:
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+    admin_chains(ns, mode)
+    theirs = {family: lines(save(ns, mode, family), "K3SNET-MINE") for family in (4, 6)}
+    assert all(len(found) == 6 for found in theirs.values()), theirs
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        observed = backend.observe()
+        assert not [o for o in observed.owned if isinstance(o, Drift)], backend.drift
+        assert backend.drift == ()
+        assert plan(observed, DESIRED).empty
+        warned = "\n".join(backend.warnings)
+        assert "K3SNET-MINE" in warned
+        assert "-A POSTROUTING -j K3SNET-MINE" in warned
+        assert "-A FORWARD -j K3SNET-MINE" in warned
+        more = plan(observed, MORE)
+        assert backend.check(more) == ()
+        backend.apply(more)
+        assert plan(backend.observe(), MORE).empty
+        # destroy: a dry run with the check, then the real thing
+        preview = destroy(backend, dry_run=True)
+        assert backend.check(preview.plan) == ()
+        destroy(backend)
+        assert not backend.observe().owned
+    for family in (4, 6):
+        text = save(ns, mode, family)
+        assert lines(text, "K3SNET-MINE") == theirs[family]
+        assert lines(text, "K3SNET") == theirs[family]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", MODES)
+def test_an_apply_that_needs_a_foreign_chains_name_is_refused_up_front(
+    ns: str, mode: str
+) -> None:
+    # The administrator made the very bucket chain a new rule of k3snet's would go to.
+    wanted = ForwardRule("10.70.0.0/16", "192.168.7.0/24")
+    chain = render_unit(wanted).chain
+    run(ns, mode, 4, "-N", chain)
+    run(ns, mode, 4, "-A", chain, "-s", "10.9.0.0/16", "-j", "DROP")
+    run(ns, mode, 4, "-A", "FORWARD", "-j", chain)
+    before = {family: body(save(ns, mode, family)) for family in (4, 6)}
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        observed = backend.observe()
+        assert backend.drift == ()
+        p = plan(observed, State(owned=[wanted]))
+        problems = backend.check(p)
+        assert len(problems) == 1
+        assert chain in problems[0]
+        assert f"-A FORWARD -j {chain}" in problems[0]
+        with pytest.raises(PlanError, match=chain):
+            backend.apply(p)
+    assert {family: body(save(ns, mode, family)) for family in (4, 6)} == before
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", MODES)
+def test_a_foreign_jump_into_a_chain_k3snet_would_delete_refuses_with_the_command(
+    ns: str, mode: str
+) -> None:
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+    bucket = render_unit(MasqueradeRule("fd42:50::/56", destination="fd01:2::/64")).chain
+    # The administrator's own chain jumps into one of k3snet's (IPv6 nat).
+    run(ns, mode, 6, "-t", "nat", "-N", "K3SNET-MINE")
+    run(ns, mode, 6, "-t", "nat", "-A", "K3SNET-MINE", "-d", "fd01:2::/64", "-j", bucket)
+    run(ns, mode, 6, "-t", "nat", "-A", "POSTROUTING", "-j", "K3SNET-MINE")
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        observed = backend.observe()
+        assert backend.drift == ()
+        assert any(bucket in w and "K3SNET-MINE" in w for w in backend.warnings)
+        preview = destroy(backend, dry_run=True)
+        problems = backend.check(preview.plan)
+        assert problems
+        assert bucket in problems[0]
+        with pytest.raises(PlanError) as caught:
+            destroy(backend)
+        message = str(caught.value)
+        assert f"-A K3SNET-MINE -d fd01:2::/64 -j {bucket}" in message
+        command = next(part for part in message.split("`") if part.startswith("ip netns exec"))
+        assert plan(backend.observe(), State()).changes == preview.plan.changes
+        assert plan(observed, DESIRED).empty
+    assert bucket in save(ns, mode, 6)
+    # The command the error gives removes the administrator's jump; then destroy works.
+    argv = shlex.split(command)
+    assert argv[:4] == ["ip", "netns", "exec", ns]
+    assert argv[4:7] == [ipt(mode, 6), "-t", "nat"]
+    run_in(ns, argv[4:])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        destroy(backend)
+    text = save(ns, mode, 6)
+    assert lines(text, "K3SNET") == [":K3SNET-MINE", "-A POSTROUTING -j K3SNET-MINE"]
+
+
+# (family, table, built-in chain, the admin's jump into k3snet's main chain)
+ADMIN_JUMPS = [
+    (4, "filter", "FORWARD", ["-s", "10.50.0.0/16", "-j", "K3SNET-FORWARD"]),
+    (4, "nat", "POSTROUTING", ["-j", "K3SNET-POSTROUTING"]),
+    (6, "filter", "FORWARD", ["-i", "eth9", "-j", "K3SNET-FORWARD"]),
+    (6, "nat", "POSTROUTING", ["-m", "comment", "--comment", "admin", "-j",
+                               "K3SNET-POSTROUTING"]),
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", MODES)
+def test_an_admins_own_jump_into_k3snets_chain_is_kept_and_destroy_names_it(
+    ns: str, mode: str
+) -> None:
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+    for family, table, builtin, rule in ADMIN_JUMPS:
+        run(ns, mode, family, "-t", table, "-I", builtin, "1", *rule)
+    theirs = {family: [line for line in body(save(ns, mode, family))
+                       if "-j K3SNET-" in line and "--comment k3snet" not in line
+                       and not line.startswith("-A K3SNET-")] for family in (4, 6)}
+    assert [len(found) for found in theirs.values()] == [2, 2], theirs
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        observed = backend.observe()
+        assert backend.drift == ()
+        assert plan(observed, DESIRED).empty
+        warned = "\n".join(backend.warnings)
+        for family in (4, 6):
+            assert all(line in warned for line in theirs[family]), (theirs, warned)
+        backend.apply(plan(observed, MORE))  # k3snet's own rules change; the jumps stay
+        assert plan(backend.observe(), MORE).empty
+        for family in (4, 6):
+            text = body(save(ns, mode, family))
+            assert all(line in text for line in theirs[family])
+            # k3snet's own jump is there once besides the admin's
+            assert text.count("-A FORWARD -m comment --comment k3snet -j K3SNET-FORWARD") == 1
+        before = {family: body(save(ns, mode, family)) for family in (4, 6)}
+        preview = destroy(backend, dry_run=True)
+        problems = backend.check(preview.plan)
+        with pytest.raises(PlanError) as caught:
+            destroy(backend)
+        message = str(caught.value)
+        assert {family: body(save(ns, mode, family)) for family in (4, 6)} == before
+    assert problems == (message,)  # the dry run says what apply says, every problem at once
+    commands = [part for part in message.split("`") if part.startswith("ip netns exec")]
+    assert len(commands) == 4, message
+    for family, table, builtin, rule in ADMIN_JUMPS:
+        expected = shlex.join(["ip", "netns", "exec", ns, ipt(mode, family), "-t", table,
+                               "-D", builtin, *rule])
+        assert expected in commands, (expected, commands)
+    for command in commands:
+        run_in(ns, shlex.split(command)[4:])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        destroy(backend)
+    for family in (4, 6):
+        assert "K3SNET" not in save(ns, mode, family)
+
+
+@pytest.mark.kernel
+def test_k3snet_destroy_dry_run_says_what_destroy_would_refuse(
+    ns: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from k3snet.cli import main  # noqa: PLC0415 - only here
+
+    with IptablesBackend(ns, mode="nft") as backend:
+        backend.apply(plan(backend.observe(), DESIRED))
+    run(ns, "nft", 4, "-I", "FORWARD", "1", "-j", "K3SNET-FORWARD")
+    argv = ["--backend", "iptables", "--netns", ns]
+    capsys.readouterr()
+    assert main(["destroy", "--dry-run", *argv]) == 1
+    out = capsys.readouterr().out
+    assert "check found problems" in out
+    assert f"`ip netns exec {ns} iptables-nft -t filter -D FORWARD -j K3SNET-FORWARD`" in out
+    assert main(["destroy", "--auto-approve", *argv]) != 0
+    assert "-A FORWARD -j K3SNET-FORWARD" in save(ns, "nft", 4)
+    run(ns, "nft", 4, "-D", "FORWARD", "-j", "K3SNET-FORWARD")
+    assert main(["destroy", "--dry-run", *argv]) == 2
+    assert main(["destroy", "--auto-approve", *argv]) == 0
+    assert "K3SNET" not in save(ns, "nft", 4)

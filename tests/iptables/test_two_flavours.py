@@ -1,0 +1,62 @@
+"""Rules in the iptables flavour that ``mode="auto"`` did not pick, against the real kernel.
+
+iptables-nft and iptables-legacy rules live side by side in the kernel and both
+run: a legacy DROP next to nft rules drops the packet whatever the nft chains
+accept. k3snet reads one flavour; with ``mode="auto"`` it says when the other
+one holds rules in the tables it reads (filter, nat), naming the flavour, the
+family, the table and what is there. Fresh ``k3snet-ipt-*`` namespaces.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardRule, MasqueradeRule, State
+from k3snet.planner import plan
+
+DESIRED = State(owned=[ForwardRule("10.50.0.0/16", "192.168.2.0/24"),
+                       MasqueradeRule("10.50.0.0/16", destination="192.168.2.0/24")])
+K3S_CHAINS = "*nat\n:FLANNEL-POSTRTG - [0:0]\n-A POSTROUTING -j FLANNEL-POSTRTG\nCOMMIT\n"
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("picked", ["nft", "legacy"])
+def test_rules_of_the_flavour_auto_did_not_pick_are_a_warning(ns: str, picked: str) -> None:
+    other = "legacy" if picked == "nft" else "nft"
+    run_in(ns, [f"iptables-{picked}-restore", "--noflush"], input_text=K3S_CHAINS)
+    with IptablesBackend(ns) as backend:
+        assert backend.mode == picked, backend.mode_reason
+        backend.apply(plan(backend.observe(), DESIRED))
+        assert not [w for w in backend.warnings if other in w], backend.warnings
+    # An admin's DROP in the other flavour (IPv4) and a policy there (IPv6).
+    run_in(ns, [f"iptables-{other}", "-w", "-A", "FORWARD", "-s", "10.50.0.0/16", "-j", "DROP"])
+    run_in(ns, [f"ip6tables-{other}", "-w", "-P", "FORWARD", "DROP"])
+    with IptablesBackend(ns) as backend:
+        assert backend.mode == picked, backend.mode_reason
+        observed = backend.observe()
+        assert plan(observed, DESIRED).empty  # what k3snet reads is unchanged ...
+        warned = [w for w in backend.warnings if f"iptables-{other}" in w]
+        assert len(warned) == 1, backend.warnings  # ... but it says what it cannot see
+        assert "IPv4 filter: 1 rule" in warned[0]
+        assert "IPv6 filter: FORWARD policy DROP" in warned[0]
+        assert f"mode='{other}'" in warned[0] or f'mode="{other}"' in warned[0]
+    # A backend that saw nothing there at first sees it on its next read of the kernel.
+    run_in(ns, [f"iptables-{other}", "-w", "-D", "FORWARD", "-s", "10.50.0.0/16", "-j",
+                "DROP"])
+    run_in(ns, [f"ip6tables-{other}", "-w", "-P", "FORWARD", "ACCEPT"])
+    with IptablesBackend(ns) as backend:
+        backend.observe()
+        assert not [w for w in backend.warnings if other in w], backend.warnings
+        run_in(ns, [f"iptables-{other}", "-w", "-t", "nat", "-A", "POSTROUTING", "-j",
+                    "MASQUERADE"])
+        backend.apply(plan(backend.observe(), State(owned=[*DESIRED.owned, ForwardRule(
+            "10.51.0.0/16", "192.168.2.0/24")])))
+        backend.observe()
+        warned = [w for w in backend.warnings if f"iptables-{other}" in w]
+        assert len(warned) == 1, backend.warnings
+        assert "IPv4 nat: 1 rule" in warned[0]
+    with IptablesBackend(ns, mode=picked) as backend:  # type: ignore[arg-type]
+        backend.observe()  # an explicit mode: the user chose; nothing extra is read
+        assert not [w for w in backend.warnings if other in w], backend.warnings
