@@ -48,8 +48,10 @@ _SHAPES: Mapping[str, tuple[bool, bool]] = {
 }
 PLAN_FORMAT = 1
 # Below one foreign object for this many owned ones, the planner bisects the owned
-# objects for what each foreign one shadows; above, it walks the objects in place
-# (benchmarks/bench_planner.py --foreign: both cost the same near 1 in 16).
+# objects for what each foreign one shadows; above, it walks the objects in place.
+# Chosen from call counts (two bisections of 100k objects call the sort key ~34
+# times; the walk makes ~2 calls an object), not measured at the crossing; the
+# figures on either side: docs/performance.md, benchmarks/bench_planner.py --foreign.
 _BISECT_RATIO = 16
 
 
