@@ -8,6 +8,11 @@ runs of ``plan()`` alone; building the states is reported separately. The
 "doubling" column is time(N) / time(N/2): linear growth keeps it near 2.0.
 Targets (issue 2): full plan of 100k under 1 s, 1-change plan over 100k under
 0.3 s, doubling at most 2.2x.
+
+``--foreign F`` adds F foreign routes (``proto static``, metric 500: backups
+behind k3snet's routes, which they do not shadow) at the destinations of the
+first F routes, the shape of a node that also learns routes from BGP: the
+planner judges every owned route in place against them.
 """
 
 from __future__ import annotations
@@ -37,6 +42,13 @@ def objects(n: int) -> list[NetObject]:
     return result
 
 
+def foreign_routes(n: int, count: int) -> list[Route]:
+    """``count`` foreign backup routes at the destinations of the routes of ``objects(n)``."""
+    backups = [Route(obj.destination, gateway="192.168.1.9", device="eth0", metric=500,
+                     protocol="static") for obj in objects(n) if isinstance(obj, Route)]
+    return backups[:count]
+
+
 def timed(fn: Callable[[], object], repeat: int) -> float:
     """Median wall time of ``fn`` in seconds (garbage collection paused while timing)."""
     samples = []
@@ -55,17 +67,20 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+",
                         default=[1000, 10_000, 25_000, 50_000, 100_000, 200_000])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--foreign", type=int, default=0,
+                        help="foreign backup routes in the observed state (default 0)")
     args = parser.parse_args()
 
     print(f"# k3snet planner benchmark, Python {platform.python_version()} on "
-          f"{platform.machine()}, median of {args.repeat}")
+          f"{platform.machine()}, median of {args.repeat}, {args.foreign} foreign routes")
     print(f"{'N':>8} {'build state':>12} {'full plan':>10} {'doubling':>9} "
           f"{'1-change plan':>14} {'doubling':>9} {'changes':>8}")
     previous: tuple[int, float, float] | None = None
     for n in args.sizes:
         objs = objects(n + 1)
         start = time.perf_counter()
-        observed = State(owned=objs[:n])
+        foreign = foreign_routes(n, args.foreign)
+        observed = State(owned=objs[:n], foreign=foreign)
         build = time.perf_counter() - start
         # One change: the same N objects, one of them with a new gateway (a replace).
         changed = objs[:n]
@@ -74,7 +89,7 @@ def main() -> None:
         if isinstance(victim, Route):
             changed[index] = Route(victim.destination, gateway="192.168.1.254", device="eth0")
         desired = State(owned=changed)
-        empty = State()
+        empty = State(foreign=foreign)
         full = timed(functools.partial(plan, empty, observed), args.repeat)
         one = timed(functools.partial(plan, observed, desired), args.repeat)
         count = len(plan(observed, desired).changes)

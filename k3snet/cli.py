@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "sysctls get their previous values back); nothing else is touched.",
                            spec_required=False)
     _destroy_arguments(destroy)
+    _allow_disruptive_flag(destroy)
     observe = node_command("observe", "Print the owned and foreign state the backends see.",
                            spec_required=False)
     observe.add_argument("--save", type=Path, metavar="DIR",
@@ -905,6 +906,8 @@ def cmd_destroy(args: argparse.Namespace) -> int:
             print("Nothing to destroy: k3snet owns nothing here.")
             return EXIT_OK
         print(preview.plan.render())
+        for line in _disruptive(backend, preview.plan):
+            print(line)
         if args.dry_run:
             # The backends' own check, as `apply --dry-run` runs it: a destroy that
             # apply would refuse (an admin's jump into an iptables chain of k3snet's)

@@ -193,16 +193,19 @@ def _carry_out_allowed(backend: Backend, observed: State, p: Plan, *, dry_run: b
     return Convergence(observed, p, result)
 
 
-def destroy(backend: Backend, *, dry_run: bool = False,
+def destroy(backend: Backend, *, dry_run: bool = False, allow_disruptive: bool = False,
             lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Convergence:
     """Remove everything k3snet owns through ``backend``, and nothing else.
 
     Owned routes, rules, chains and tables go; owned sysctls get their recorded
     previous values back; foreign objects are not touched (the plan only ever
     names owned ones). ``dry_run`` returns the plan without applying it.
+    ``allow_disruptive`` lets the backends make the removals their
+    ``disruptive(change)`` names (a CNI config k3snet wrote), as for :func:`converge`.
     """
     return converge(backend, State(), dry_run=dry_run, allow_conflicts=True,
-                    allow_teardown=True, lock_timeout=lock_timeout)
+                    allow_teardown=True, allow_disruptive=allow_disruptive,
+                    lock_timeout=lock_timeout)
 
 
 def refuse_teardown(backend: Backend, observed: State, p: Plan) -> None:

@@ -5,12 +5,16 @@ Nothing here touches the system. A :class:`Plan` is an ordered tuple of
 foreign state already provides (``met``) or blocks (``conflict``). A wanted
 *expectation* (an object k3snet never writes, such as flannel's networks when
 flannel's config is left to flannel) is never added: it only gets a
-``conflict`` note when foreign state contradicts it.
+``conflict`` note when foreign state contradicts it. A wanted object already
+in place (or to be replaced in place) that a foreign object comes before (a
+route at a lower or equal metric) gets a note too: it does not do its job, and
+a replace there is not planned.
 
 Properties (each one a hypothesis test in ``tests/planner``):
 
 * soundness: ``plan(o, d).apply_to(o).owned == plan(o, d).target(d)``, which is
-  ``d.owned`` less what the notes set aside and less expectations;
+  ``d.owned`` less what the notes set aside and less expectations, plus the
+  owned objects the notes leave in place;
 * idempotence: ``plan(d, d)`` is empty;
 * minimality: every change is needed, an object whose key stays is *replaced*,
   unchanged objects produce nothing;
@@ -22,6 +26,7 @@ Properties (each one a hypothesis test in ``tests/planner``):
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,6 +47,12 @@ _SHAPES: Mapping[str, tuple[bool, bool]] = {
     "add": (False, True), "delete": (True, False), "replace": (True, True),
 }
 PLAN_FORMAT = 1
+# Below one foreign object for this many owned ones, the planner bisects the owned
+# objects for what each foreign one shadows; above, it walks the objects in place.
+# Chosen from call counts (two bisections of 100k objects call the sort key ~34
+# times; the walk makes ~2 calls an object), not measured at the crossing; the
+# figures on either side: docs/performance.md, benchmarks/bench_planner.py --foreign.
+_BISECT_RATIO = 16
 
 
 @attrs.frozen
@@ -136,30 +147,45 @@ class Note:
     ``status`` is ``met`` (the foreign object already provides it: left alone,
     not duplicated) or ``conflict`` (the foreign object stands where ours must
     go, differently: reported, never replaced). ``reason`` explains a conflict
-    the two objects do not explain by themselves.
+    the two objects do not explain by themselves. ``owned`` is k3snet's object
+    at the wanted one's key when there is one (``wanted`` itself, or what a
+    replace would have changed): the foreign object comes before it, and the
+    plan leaves it as it is.
     """
 
     status: Literal["met", "conflict"]
     wanted: NetObject
     foreign: NetObject
     reason: str | None = attrs.field(default=None, kw_only=True)
+    owned: NetObject | None = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.status not in ("met", "conflict"):
             raise ModelError(f"a note's status is 'met' or 'conflict', not {self.status!r}")
         if self.reason is not None and not isinstance(self.reason, str):
             raise ModelError(f"a note's reason is text, not {type(self.reason).__name__}")
+        if self.owned is not None and self.owned.key != self.wanted.key:
+            raise ModelError(f"a note's owned object has the wanted one's key: {self.owned} / "
+                             f"{self.wanted}")
 
     def render(self) -> str:
-        """``= ...`` for a met need, ``! ...`` for a conflict (and its reason)."""
+        """``= ...`` for a met need, ``! ...`` for a conflict (its reason, and what
+        becomes of k3snet's object in place)."""
         if self.status == "met":
-            return f"= {self.wanted.describe()}\n    (met by foreign: {self.foreign.describe()})"
-        text = (f"! {self.wanted.describe()}\n"
-                f"    (conflicts with foreign: {self.foreign.describe()})")
-        return text if self.reason is None else f"{text}\n    ({self.reason})"
+            text = f"= {self.wanted.describe()}\n    (met by foreign: {self.foreign.describe()})"
+        else:
+            text = (f"! {self.wanted.describe()}\n"
+                    f"    (conflicts with foreign: {self.foreign.describe()})")
+            if self.reason is not None:
+                text += f"\n    ({self.reason})"
+        if self.owned is None:
+            return text
+        if self.owned == self.wanted:
+            return f"{text}\n    (k3snet's is in place, but the foreign one comes first)"
+        return f"{text}\n    (k3snet's {self.owned.describe()} stays as it is)"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (``reason`` only when there is one)."""
+        """JSON-able form (``reason`` and ``owned`` only when there is one)."""
         data: dict[str, Any] = {
             "status": self.status,
             "wanted": self.wanted.to_dict(),
@@ -167,15 +193,19 @@ class Note:
         }
         if self.reason is not None:
             data["reason"] = self.reason
+        if self.owned is not None:
+            data["owned"] = self.owned.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Note:
         """Inverse of :meth:`to_dict`; errors are :class:`~k3snet.errors.ModelError`."""
         with malformed("a note"):
+            owned = data.get("owned")
             return cls(
                 data["status"], object_from_dict(data["wanted"]),
                 object_from_dict(data["foreign"]), reason=data.get("reason"),
+                owned=None if owned is None else object_from_dict(owned),
             )
 
 
@@ -249,10 +279,13 @@ class Plan:
 
     def target(self, desired: State) -> frozenset[NetObject]:
         """What the owned scope becomes: ``desired.owned`` less what the notes set aside
-        and less expectations (never written).
+        and less expectations (never written), plus the owned objects the notes leave
+        in place (:attr:`Note.owned`).
         """
         set_aside = {n.wanted for n in self.notes}
-        return frozenset(o for o in desired.owned if o not in set_aside and not o.expectation)
+        kept = {n.owned for n in self.notes if n.owned is not None}
+        return frozenset(o for o in desired.owned
+                         if o not in set_aside and not o.expectation) | kept
 
     def apply_to(self, state: State) -> State:
         """The state after applying every change, computed without touching anything.
@@ -408,7 +441,12 @@ def plan(observed: State, desired: State) -> Plan:
 
     Only ``desired.owned`` matters on the desired side. A wanted object that a
     foreign object already provides is left to it (a ``met`` note); one that a
-    foreign object blocks is reported (a ``conflict`` note) and not planned.
+    foreign object blocks is reported (a ``conflict`` note) and not planned. A
+    wanted object whose key k3snet owns is judged only against the foreign
+    objects that come before it (:meth:`~k3snet.model.NetObject.shadowed_by`): one
+    doing another job is a ``conflict`` whether the object is in place or to be
+    replaced (no replace is planned); one doing the same job leaves a replace to
+    it (``met``). Either note names the owned object, which the plan leaves as it is.
 
     >>> from k3snet.model import Route, State
     >>> wanted = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
@@ -431,13 +469,18 @@ def plan(observed: State, desired: State) -> Plan:
     for wanted in _in_order(desired, only_want):
         current = have.get(wanted.key)
         if current is not None:
-            replaces.append(Change("replace", current, wanted))
-            continue
-        note = foreign.judge(wanted)
+            note = foreign.judge_in_place(wanted, current)
+            if note is None:
+                replaces.append(Change("replace", current, wanted))
+        else:
+            note = foreign.judge(wanted)
+            if note is None and not wanted.expectation:
+                adds.append(wanted)
         if note is not None:
             notes.append(note)
-        elif not wanted.expectation:
-            adds.append(wanted)
+    shadowed = foreign.shadowed(observed, desired)
+    if shadowed:
+        notes = sorted([*notes, *shadowed], key=_wanted_order)
 
     # Both states are already in order, so these are stable partitions by rank.
     deletes.sort(key=_delete_rank)
@@ -453,10 +496,12 @@ class _ForeignIndex:
     def __init__(self, objects: Iterable[NetObject]) -> None:
         self.by_clash: dict[tuple[Any, ...], list[NetObject]] = {}
         self.by_kind: dict[str, list[NetObject]] = {}
+        self.clashing = 0  # how many objects have a clash key
         for obj in sorted(objects, key=_sort_key):  # sorted: the first match is deterministic
             clash = obj.clash_key
             if clash is not None:
                 self.by_clash.setdefault(clash, []).append(obj)
+                self.clashing += 1
             self.by_kind.setdefault(obj.kind, []).append(obj)
 
     def candidates(self, wanted: NetObject) -> Sequence[NetObject]:
@@ -477,9 +522,68 @@ class _ForeignIndex:
                 return Note("conflict", wanted, obj, reason=wanted.conflict_reason(obj))
         return None
 
+    def judge_in_place(self, wanted: NetObject, current: NetObject) -> Note | None:
+        """A note when a foreign object comes before ``wanted``, whose key k3snet owns
+        (``current``, equal to ``wanted`` when it is in place): a conflict when it does
+        another job; when it does the same, ``met`` for a replace (and nothing when
+        ``wanted`` is in place: the traffic goes its way)."""
+        return _in_place_note(wanted, current, self.candidates(wanted))
+
+    def shadowed(self, observed: State, desired: State) -> list[Note]:
+        """Notes for the wanted objects in place (owned in both states) that a foreign
+        object comes before.
+
+        With few foreign objects, the owned ones each comes before (its
+        :attr:`~k3snet.model.NetObject.shadow_span`) are found by bisecting
+        ``observed``'s order: O(F log N), nothing per owned object. With many, one
+        pass over the objects in place is cheaper: O(N) dictionary lookups.
+        Figures: docs/performance.md.
+        """
+        ordered = observed.ordered
+        if not self.by_clash or not ordered:
+            return []
+        if self.clashing * _BISECT_RATIO < len(ordered):
+            in_place = self._in_spans(ordered, desired.owned)
+            return [note for obj in in_place if (note := self.judge_in_place(obj, obj))]
+        get = self.by_clash.get
+        return [note for obj in observed.owned & desired.owned
+                if (clash := obj.clash_key) is not None and (found := get(clash))
+                and (note := _in_place_note(obj, obj, found))]
+
+    def _in_spans(self, ordered: Sequence[NetObject], wanted: frozenset[NetObject]
+                  ) -> set[NetObject]:
+        """The objects of ``ordered`` in ``wanted`` that lie in a foreign object's span."""
+        found: set[NetObject] = set()
+        for objs in self.by_clash.values():
+            for obj in objs:
+                span = obj.shadow_span
+                if span is None:
+                    continue
+                start = bisect.bisect_left(ordered, span[0], key=_sort_key)
+                end = bisect.bisect_left(ordered, span[1], lo=start, key=_sort_key)
+                found.update(o for o in ordered[start:end] if o in wanted)
+        return found
+
+
+def _in_place_note(wanted: NetObject, current: NetObject, candidates: Iterable[NetObject]
+                   ) -> Note | None:
+    """:meth:`_ForeignIndex.judge_in_place` among ``candidates`` (of ``wanted``'s clash key)."""
+    ahead = [obj for obj in candidates if wanted.shadowed_by(obj)]
+    for obj in ahead:
+        if not wanted.met_by(obj):
+            return Note("conflict", wanted, obj, reason=wanted.conflict_reason(obj),
+                        owned=current)
+    if ahead and wanted != current:
+        return Note("met", wanted, ahead[0], owned=current)
+    return None
+
 
 def _sort_key(obj: NetObject) -> tuple[Any, ...]:
     return obj.sort_key
+
+
+def _wanted_order(note: Note) -> tuple[Any, ...]:
+    return note.wanted.sort_key
 
 
 def _in_order(state: State, subset: frozenset[NetObject]) -> list[NetObject]:

@@ -177,6 +177,24 @@ class NetObject:
         """Why ``self`` conflicts with the foreign ``other``, when the two lines do not say it."""
         return None
 
+    @property
+    def shadow_span(self) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+        """The sort keys ``[low, high)`` of the objects this one, foreign, comes before.
+
+        An object in that span, owned and in place, does not do its job: the
+        system uses this one first (a route at a metric no lower than a foreign
+        route's to the same table and destination). ``None``: it shadows nothing.
+        A span, not a test, so that the planner finds what a foreign object
+        shadows by bisecting the owned objects in order (docs/performance.md).
+        """
+        return None
+
+    def shadowed_by(self, other: NetObject) -> bool:
+        """True when the foreign ``other`` comes before ``self`` (``self`` lies in its
+        :attr:`shadow_span`), whether or not it does the same job."""
+        span = other.shadow_span
+        return span is not None and span[0] <= self._sort < span[1]
+
     def describe(self) -> str:
         """One human line, as the plan prints it."""
         raise NotImplementedError

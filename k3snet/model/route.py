@@ -190,6 +190,20 @@ class Route(NetObject):
             and not self.met_by(other)
         )
 
+    @property
+    def shadow_span(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """The routes to the same table and destination at this metric or a higher one:
+        the kernel prefers this route to them (at an equal metric the two share a slot)."""
+        return _behind(self.rank, self._key)
+
+    def shadowed_by(self, other: NetObject) -> bool:
+        """A foreign route or block to the same table and destination at a metric no
+        higher: the span's test without building it (the planner asks once per
+        foreign route at the destination of a route in place)."""
+        if not isinstance(other, Route | RouteBlock):
+            return False
+        return other.metric <= self.metric and other.clash_key == self.clash_key  # type: ignore[operator]
+
     def describe(self) -> str:
         """``route DST [via GW] [dev DEV] table T metric M [scope S] proto P``."""
         parts = ["route", network_text(self.destination)]
@@ -230,6 +244,12 @@ class Route(NetObject):
             scope=data.get("scope"),
             protocol=data.get("protocol", K3SNET_ROUTE_PROTOCOL),
         )
+
+
+def _behind(rank: int, slot: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The sort keys of the routes a route in ``slot`` (a :class:`Route` key) comes before:
+    same table and destination, metric ``slot[5]`` up to the last (metrics are u32)."""
+    return (rank, *slot), (rank, *slot[:5], 2**32)
 
 
 def _what(value: object) -> str:
@@ -290,6 +310,12 @@ class RouteBlock(NetObject):
     def clash_key(self) -> tuple[Any, ...]:
         """Table and destination, as :attr:`Route.clash_key` says them."""
         return ("route", *self._key[1:5])
+
+    @property
+    def shadow_span(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """The routes to the same table and destination at this metric or a higher one,
+        as :attr:`Route.shadow_span` says them: this block comes first."""
+        return _behind(self.rank, self.slot)
 
     @property
     def slot(self) -> tuple[Any, ...]:

@@ -105,6 +105,15 @@ def test_plans_with_notes_validate() -> None:
     assert p.notes
     validate(p.to_dict(), "plan")
     assert Plan.from_dict(p.to_dict()) == p
+    # A note on an owned route a foreign one comes before names the owned route.
+    mine = Route("192.168.2.0/24", gateway="192.168.1.2", device="eth0", metric=100)
+    shadowed = plan(State(owned=[mine], foreign=[static]), State(owned=[mine]))
+    assert shadowed.to_dict()["notes"][0]["owned"] == mine.to_dict()
+    validate(shadowed.to_dict(), "plan")
+    bad = shadowed.to_dict()
+    bad["notes"][0]["owned"] = {"type": "route"}
+    with pytest.raises(jsonschema.ValidationError):
+        validate(bad, "plan")
 
 
 def _log_lines(text: str) -> list[Any]:

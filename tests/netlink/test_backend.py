@@ -359,7 +359,7 @@ def test_sysctls_are_restored_and_drift_is_repaired(ns: str, backend: NetlinkBac
     assert sysctl_in(ns, "net/ipv4/ip_forward") == "1"
     assert sysctl_in(ns, "net/ipv4/conf/d0/rp_filter") == "2"
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == root_forwarding
-    record = json.loads((tmp_path / "sysctl.json").read_text())
+    record = json.loads((tmp_path / ns / "sysctl.json").read_text())
     assert record["owned"]["net.ipv4.ip_forward"] == {"value": "1", "previous": "0"}
     observed = backend.observe()
     assert observed.owned == wanted.owned
@@ -405,8 +405,8 @@ def test_bad_input_changes_nothing(ns: str, backend: NetlinkBackend, tmp_path: P
         assert backend.observe() == observed
     with pytest.raises(ApplyError, match="no such sysctl"):
         backend.apply(Plan(changes=[Change.add(Sysctl("net.ipv4.conf.nosuch0.rp_filter", 1))]))
-    assert not (tmp_path / "sysctl.json").exists() or not json.loads(
-        (tmp_path / "sysctl.json").read_text())["owned"]
+    assert not (tmp_path / ns / "sysctl.json").exists() or not json.loads(
+        (tmp_path / ns / "sysctl.json").read_text())["owned"]
 
     foreign = Route("192.168.50.0/24", gateway="10.0.0.254", device="d0", protocol=4)
     assert foreign in observed.foreign

@@ -320,7 +320,7 @@ def test_plans_that_are_not_ours_are_refused(kernel: FakeKernel,
         with pytest.raises(PlanError, match=re.escape(needle)):
             backend.apply(bad)
     assert len(drivers[0].sent) == sent  # nothing reached the kernel
-    with NetlinkBackend(None, state_dir=backend._store.directory, proc_sys=backend.proc_sys,
+    with NetlinkBackend(None, state_dir=backend._store.directory.parent, proc_sys=backend.proc_sys,
                         tables=[100],
                         driver=lambda _r, count: FakeDriver(kernel, count)) as narrow:
         with pytest.raises(PlanError, match="not managed"):

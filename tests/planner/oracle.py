@@ -282,6 +282,20 @@ def _same_hop(
     return mine[0] == theirs[0] and (mine[1] is None or mine[1] == theirs[1])
 
 
+def comes_first(foreign: NetObject, wanted: NetObject) -> bool:
+    """The kernel prefers the foreign route to ``wanted``: the same slot (table and
+    prefix) and a metric no higher (IPv6 metric 0 is 1024; equal ones share a slot)."""
+    if not isinstance(foreign, Route) or not isinstance(wanted, Route):
+        return False
+    return route_slot(foreign) == route_slot(wanted) and _metric(foreign) <= _metric(wanted)
+
+
+def _metric(route: NetObject) -> int:
+    data = route.to_dict()
+    metric = int(data["metric"] or 0)
+    return 1024 if metric == 0 and ":" in data["destination"] else metric
+
+
 def competes(wanted: NetObject, foreign: NetObject) -> bool:
     """``foreign`` holds the one place ``wanted`` needs: a route in its slot, a sysctl's name.
 

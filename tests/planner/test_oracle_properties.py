@@ -29,6 +29,7 @@ from k3snet.model import (
 from k3snet.model.cidr import Network
 from k3snet.testing import strategies as ks
 from tests.planner.oracle import (
+    comes_first,
     competes,
     decided_otherwise,
     does_the_job,
@@ -168,6 +169,30 @@ def test_planner_leaves_a_need_to_a_foreign_object_exactly_when_one_does_the_job
     else:
         assert not p.notes
         assert [c.action for c in p.changes] == ["add"]
+
+
+@given(data=st.data())
+def test_a_route_in_place_or_replaced_is_noted_exactly_when_a_foreign_one_comes_first(
+    data: st.DataObject
+) -> None:
+    wanted = data.draw(_routes)
+    current = data.draw(st.one_of(st.just(wanted), ks.replacements(wanted)))
+    theirs = [o for o in data.draw(st.lists(_any | _routes, max_size=6)) if o != current]
+    p = plan(State(owned=[current], foreign=theirs), State(owned=[wanted]))
+    ahead = [o for o in theirs if comes_first(o, wanted)]
+    others = [o for o in ahead if not does_the_job(wanted, o)]
+    if others:
+        assert [n.status for n in p.notes] == ["conflict"]
+        assert p.notes[0].foreign in others
+    elif ahead and current != wanted:
+        assert [n.status for n in p.notes] == ["met"]
+        assert p.notes[0].foreign in ahead
+    else:
+        assert not p.notes
+        assert [c.action for c in p.changes] == ([] if current == wanted else ["replace"])
+    if p.notes:
+        assert p.notes[0].owned == current
+        assert not p.changes
 
 
 def test_the_sampled_packets_reach_every_region() -> None:

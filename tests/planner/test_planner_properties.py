@@ -286,6 +286,8 @@ def test_few_changes_in_a_big_state_are_sound_minimal_and_in_the_total_order(
     assert p.apply_to(observed).owned == p.target(desired)
     differing = {o.key for o in observed.owned ^ desired.owned}
     set_aside = {n.wanted.key for n in p.notes}
-    assert {c.subject.key for c in p.changes} == differing - (set_aside - observed.by_key.keys())
+    # A note sets a key aside whether k3snet owns it (a replace behind a foreign route
+    # that comes first is not planned) or not.
+    assert {c.subject.key for c in p.changes} == differing - set_aside
     assert len(p.changes) == len({c.subject.key for c in p.changes})
     assert plan(p.apply_to(observed), desired).empty

@@ -133,8 +133,9 @@ class NetlinkBackend(BackendBase):
     """Routes and ``net.*`` sysctls of one network namespace, through rtnetlink and /proc/sys.
 
     ``netns``: a namespace name as ``ip netns`` knows it (``None``: the caller's own
-    namespace). ``state_dir``: the directory of the sysctl state file (default
-    ``/run/k3snet/<netns or 'host'>``). ``protocol``: the route protocol that marks
+    namespace). ``state_dir``: the root of the sysctl state files, one directory per
+    namespace: ``state_dir/<netns or 'host'>/sysctl.json`` (default
+    ``/run/k3snet``). ``protocol``: the route protocol that marks
     k3snet's routes. ``tables``: the routing tables observed and managed
     (``None``: all but ``local``); a plan touching another table is refused.
     ``watch_sysctls``: more sysctls to report as foreign besides
@@ -220,9 +221,13 @@ class NetlinkBackend(BackendBase):
         except BaseException:
             self._runner.close()
             raise
-        directory = (Path(state_dir) if state_dir is not None
-                     else DEFAULT_STATE_ROOT / (netns or "host"))
-        self._store = SysctlStore(directory, netns, identity)
+        # One directory per namespace under the root, so that two namespaces never
+        # share one file (each would take the other's for a deleted namespace's).
+        root = Path(state_dir) if state_dir is not None else DEFAULT_STATE_ROOT
+        # Before 2026-12-04 a given state_dir held the file itself, for every namespace:
+        # read once by the namespace it names (its identity), then removed.
+        legacy = root if state_dir is not None else None
+        self._store = SysctlStore(root / (netns or "host"), netns, identity, legacy=legacy)
 
     def _open_driver(self, driver: str | DriverFactory) -> RouteDriver:
         if callable(driver):

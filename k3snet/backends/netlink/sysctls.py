@@ -99,13 +99,18 @@ class SysctlStore:
 
     The namespace's identity (device and inode of its nsfs file) is stored too: a
     file left by a deleted namespace of the same name is ignored, never trusted.
+    ``legacy``: a directory whose ``sysctl.json`` older versions shared between
+    namespaces; while this namespace has no file of its own, that one is read when
+    it names this namespace, and the first save removes it (so it is read once).
     """
 
-    def __init__(self, directory: Path, namespace: str | None, identity: str) -> None:
+    def __init__(self, directory: Path, namespace: str | None, identity: str, *,
+                 legacy: Path | None = None) -> None:
         self.directory = directory
         self.path = directory / _STATE_FILE
         self.namespace = namespace
         self.identity = identity
+        self.legacy = None if legacy is None else SysctlStore(legacy, namespace, identity)
 
     def load(self) -> SysctlState:
         """The file's content (empty when absent or left by another namespace).
@@ -117,7 +122,13 @@ class SysctlStore:
         """
         text = self._read()
         if text is None:
-            return SysctlState()
+            legacy = self.legacy
+            if legacy is None or not os.path.lexists(legacy.path):
+                return SysctlState()
+            return legacy.load()
+        return self._parse(text)
+
+    def _parse(self, text: str) -> SysctlState:
         try:
             data = json.loads(text)
             if data.get("format") != _STATE_FORMAT:
@@ -176,6 +187,22 @@ class SysctlStore:
                                f".{_STATE_FILE}.", mode=0o755)
         except OSError as exc:
             raise BackendError(f"cannot write the sysctl state file {self.path}: {exc}") from exc
+        if self.legacy is not None and os.path.lexists(self.legacy.path):
+            self.legacy.retire()
+
+    def retire(self) -> None:
+        """Remove the file when it is this namespace's (read by :meth:`load` from now on
+        in its new place); another namespace's is left for that one to read."""
+        text = self._read()
+        if text is None:
+            return
+        try:
+            mine = json.loads(text).get("identity") == self.identity
+        except (ValueError, AttributeError):
+            return
+        if mine:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

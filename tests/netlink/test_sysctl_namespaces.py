@@ -1,0 +1,90 @@
+"""One state root for several namespaces (``K3SNET_STATE_DIR``, the CLI's and the
+agent's): each namespace keeps its own sysctl file, so ``destroy`` in one restores
+that namespace's previous values whatever was applied in another.
+
+The kernel's own view is read with ``ip netns exec NS cat /proc/sys/...``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k3snet import converge, destroy
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.backends.netlink.sysctls import namespace_identity
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import State, Sysctl
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+
+_FORWARD = "net/ipv4/ip_forward"
+
+
+@pytest.fixture
+def two() -> Iterator[tuple[str, str]]:
+    with temporary_netns("route") as first, temporary_netns("route") as second:
+        yield first, second
+
+
+def _forwarding(ns: str) -> str:
+    return run_in(ns, ["cat", f"/proc/sys/{_FORWARD}"]).stdout.strip()
+
+
+def _set(ns: str, value: str) -> None:
+    run_in(ns, ["sysctl", "-qw", f"net.ipv4.ip_forward={value}"])
+
+
+_WANTED = State(owned=[Sysctl("net.ipv4.ip_forward", 1)])
+
+
+def test_destroy_in_one_namespace_restores_its_value_after_an_apply_in_another(
+        two: tuple[str, str], tmp_path: Path) -> None:
+    first, second = two
+    _set(first, "0")
+    _set(second, "0")
+    with NetlinkBackend(first, state_dir=tmp_path) as a:
+        converge(a, _WANTED)
+    with NetlinkBackend(second, state_dir=tmp_path) as b:
+        converge(b, _WANTED)
+    assert (_forwarding(first), _forwarding(second)) == ("1", "1")
+    with NetlinkBackend(first, state_dir=tmp_path) as a:
+        destroy(a)
+    assert (_forwarding(first), _forwarding(second)) == ("0", "1")
+    with NetlinkBackend(second, state_dir=tmp_path) as b:
+        destroy(b)
+    assert (_forwarding(first), _forwarding(second)) == ("0", "0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first, second])
+
+
+def _legacy(root: Path, ns: str, previous: str) -> Path:
+    """The shared file an older k3snet wrote at ``root/sysctl.json``, naming ``ns``."""
+    path = root / "sysctl.json"
+    path.write_text(json.dumps({
+        "format": 1, "namespace": ns, "identity": namespace_identity(ns),
+        "owned": {"net.ipv4.ip_forward": {"value": "1", "previous": previous}},
+        "released": []}))
+    path.chmod(0o644)
+    return path
+
+
+def test_an_older_shared_file_is_read_once_by_the_namespace_it_names(
+        two: tuple[str, str], tmp_path: Path) -> None:
+    first, second = two
+    _set(first, "1")
+    _set(second, "1")
+    legacy = _legacy(tmp_path, first, previous="0")
+    with NetlinkBackend(second, state_dir=tmp_path) as b:
+        assert not b.observe().owned  # another namespace's: never taken for its own
+        converge(b, _WANTED)  # a save in another namespace leaves the file alone
+    assert legacy.exists()
+    with NetlinkBackend(first, state_dir=tmp_path) as a:
+        assert a.observe().owned == _WANTED.owned
+        destroy(a)
+    assert _forwarding(first) == "0"  # the previous value the older file recorded
+    assert not legacy.exists()  # read once: the namespace's own file holds it now
+    assert (tmp_path / first / "sysctl.json").exists()
+    assert _forwarding(second) == "1"
