@@ -198,6 +198,34 @@ def test_the_nftables_backend_reads_mutated_listings_with_only_its_own_error(
         pass
 
 
+class UnreadableJumpKernel(RecordedKernel):
+    """A recorded kernel whose conditional jumps in other tables name their target in a
+    form k3snet cannot read (a string, not ``{"target": ...}``): the reduced example
+    the fuzz test above found."""
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        found = super().list(kind, **ref)
+        if found is None or ref.get("table") == "k3snet":
+            return found
+        found = copy.deepcopy(found)
+        for item in found:
+            for expr in item.get("rule", {}).get("expr", []):
+                if isinstance(expr.get("jump"), dict):
+                    expr["jump"] = str(expr["jump"])
+        return found
+
+
+@pytest.mark.parametrize("scenario", RULESETS)
+def test_a_conditional_jump_whose_target_is_unreadable_is_not_followed(scenario: str) -> None:
+    kernel = UnreadableJumpKernel(scenario)
+    backend = NftablesBackend(kernel=lambda: kernel, observe_foreign=True)
+    try:
+        with backend:
+            backend.observe()
+    except BackendError:
+        pass
+
+
 # ------------------------------------------------------------------ ip -j
 
 

@@ -373,9 +373,10 @@ class _Way:
 
     def follows(self, where: tuple[str, str], match: Match) -> bool:
         """Whether the walk follows ``match``'s jump or goto: not deeper than
-        :data:`_MAX_JUMP_DEPTH`, nor back to a chain on the way (a cycle)."""
-        return (match.verdict in ("jump", "goto") and len(self.path) <= _MAX_JUMP_DEPTH
-                and (where, match.target) not in self.path)
+        :data:`_MAX_JUMP_DEPTH`, nor back to a chain on the way (a cycle), nor one whose
+        target could not be read (it stays an exit k3snet cannot see through)."""
+        return (match.verdict in ("jump", "goto") and match.target is not None
+                and len(self.path) <= _MAX_JUMP_DEPTH and (where, match.target) not in self.path)
 
     def reaching(self, match: Match) -> Match | None:
         """``match`` as the packets that come this way meet it (None: none can)."""
