@@ -801,8 +801,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_CHANGES if p.changes else EXIT_OK
 
 
-def _disruptive(backend: BackendGroup, p: Plan) -> list[str]:
-    """``!! disruptive:`` lines for the changes any backend with ``disruptive(change)`` names."""
+def _disruptive(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
+    """``!! disruptive:`` lines for the changes any backend with ``disruptive(change)`` names
+    (``command``: the one that refuses them unless allowed)."""
     lines = []
     for member in backend.members:
         judge = getattr(member.backend, "disruptive", None)
@@ -813,7 +814,7 @@ def _disruptive(backend: BackendGroup, p: Plan) -> list[str]:
             reason = judge(change)
             if reason:
                 verdict = ("allowed" if allowed else
-                           f"apply refuses it unless allowed ({ALLOW_DISRUPTIVE})")
+                           f"{command} refuses it unless allowed ({ALLOW_DISRUPTIVE})")
                 lines.append(f"!! disruptive: {change}: {reason}; {verdict}")
     return lines
 
@@ -906,7 +907,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
             print("Nothing to destroy: k3snet owns nothing here.")
             return EXIT_OK
         print(preview.plan.render())
-        for line in _disruptive(backend, preview.plan):
+        for line in _disruptive(backend, preview.plan, "destroy"):
             print(line)
         if args.dry_run:
             # The backends' own check, as `apply --dry-run` runs it: a destroy that

@@ -62,7 +62,9 @@ def test_destroy_refuses_a_disruptive_removal_naming_the_ways_to_allow_it(
     assert main(_DESTROY) == 1
     captured = capsys.readouterr()
     assert ALLOW_DISRUPTIVE in captured.err
-    assert "!! disruptive: - sysctl net.ipv4.conf.all.rp_filter = 2" in captured.out
+    assert (f"!! disruptive: - sysctl net.ipv4.conf.all.rp_filter = 2: it re-addresses "
+            f"every pod; destroy refuses it unless allowed ({ALLOW_DISRUPTIVE})"
+            in captured.out)
     assert cni[-1].observe().owned == {_OWNED}
 
 
