@@ -348,7 +348,10 @@ def render_nftables_conf(
     loading the file again replaces the table atomically instead of appending
     duplicates (the idiom ``nft -f`` users rely on). Other kinds (routes,
     sysctls) and foreign objects are not nftables' business and are left out;
-    with no owned rule of a family, the file only deletes that table.
+    with no owned rule of a family, the file only deletes that table. A table of
+    the same name loaded before this file (another include of the admin's) is
+    replaced too, as the running backend would refuse to: give ``table`` a name
+    no other file uses.
 
     >>> from k3snet.model import MasqueradeRule, State
     >>> state = State(owned=[MasqueradeRule("10.42.0.0/16")])
@@ -358,6 +361,7 @@ def render_nftables_conf(
     table inet k3snet {}
     delete table inet k3snet
     table inet k3snet {
+        comment "k3snet's own table: k3snet rewrites and deletes it"
         chain postrouting {
             type nat hook postrouting priority srcnat; policy accept;
             ip saddr 10.42.0.0/16 masquerade comment "k3snet:..."
@@ -367,6 +371,7 @@ def render_nftables_conf(
             type filter hook forward priority filter; policy accept;
         }
     }
+    <BLANKLINE>
     """
     validate_nft_name(table)
     families = table_families(family)
