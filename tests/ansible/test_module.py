@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,11 +26,12 @@ import attrs
 import pytest
 import yaml
 
-from k3snet import BackendGroup, converge, load_spec
+from k3snet import BackendGroup, Spec, converge, load_spec
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.converge import compile_for
 from k3snet.demo import SPEC_PATH
+from k3snet.errors import SpecError
 from k3snet.facts import gather_facts
 from k3snet.lab import NODE_ADDRESSES, SeedLab
 from k3snet.lab.netns import run_in
@@ -360,3 +362,32 @@ def test_the_docs_playbooks_pass_a_syntax_check(
                           cwd=tmp_path, capture_output=True, text=True, check=False,
                           timeout=PLAYBOOK_TIMEOUT)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_spec_s_backend_options_and_allow_disruptive_reach_the_backends_as_in_the_cli(
+        tmp_path: Path) -> None:
+    # The same spec through the module and through `k3snet apply -f`: the same options
+    # (a playbook writing to another table or file than the agent would duplicate them).
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}')
+    spec = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+                           "destinations": [{"cidr": "192.168.2.0/24"}],
+                           "backends": {"nftables": {"table": "teama"},
+                                        "flannel": {"path": str(conf)}},
+                           "cni": {"allowDisruptive": True}})
+    module = load_module()
+    params = {name: option.get("default") for name, option in module.ARGUMENT_SPEC.items()}
+    with ExitStack() as stack:
+        group = module.build_backend(params, spec, stack)
+        nftables, flannel = (m.backend for m in group.members)
+        assert (nftables.table, flannel._store.path, flannel.allow_disruptive) == (
+            "teama", conf, True)
+        # The task's own backend_options still win over the spec's.
+        params["backend_options"] = {"nftables": {"table": "teamb"}}
+        group = module.build_backend(params, spec, stack)
+        assert group.members[0].backend.table == "teamb"
+    # A spec option no backend has is refused with the spec's own message.
+    bad = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24"}],
+                          "backends": {"nftables": {"colour": "blue"}}})
+    with ExitStack() as stack, pytest.raises(SpecError, match=r"backends\.nftables\.colour"):
+        module.build_backend(params | {"backend_options": {}}, bad, stack)

@@ -186,9 +186,11 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     import k3snet
+    from k3snet.backends.registry import backend_options as registered_options
     from k3snet.converge import compile_for
     from k3snet.facts import gather_facts
     from k3snet.model.state import KINDS
+    from k3snet.spec import check_backend_options, spec_backend_options
 except ImportError:
     K3SNET_IMPORT_ERROR: str | None = traceback.format_exc()
 else:
@@ -234,6 +236,10 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
     if unused:
         raise ParameterError(f"backend_options names backends not in use: {', '.join(unused)} "
                              f"(backends: {', '.join(names)})")
+    used = sorted({n.partition(":")[0] for n in names})
+    if spec is not None:  # the spec's backends: options, refused as `k3snet apply -f` does
+        check_backend_options(spec, registered_options,
+                              [n for n in used if spec_backend_options(spec, n)])
     members = []
     for entry in names:
         name, kinds = entry.split(":", 1) if ":" in entry else (entry, "")
@@ -247,12 +253,14 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
         if unknown:
             raise ParameterError(f"backend {name!r} has no option {', '.join(unknown)} "
                                  f"(its options: {', '.join(sorted(accepted))})")
-        wanted: dict[str, Any] = {}
+        # As `k3snet apply -f` builds it: the spec's options, then the task's netns and
+        # the spec's cni.allowDisruptive (to the backends that take them), then the
+        # task's backend_options.
+        wanted = spec_backend_options(spec, name) if spec is not None else {}
         # Node backends act in the namespace; cluster-level ones (flannel, calico) have none.
         if params["netns"] is not None and "netns" in accepted:
             wanted["netns"] = params["netns"]
-        calico = spec.cni.calico if spec is not None else None
-        if calico is not None and calico.allow_disruptive and "allow_disruptive" in accepted:
+        if spec is not None and spec.cni.disruptive_allowed and "allow_disruptive" in accepted:
             wanted["allow_disruptive"] = True
         wanted.update(chosen)
         try:
