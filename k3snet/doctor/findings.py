@@ -286,7 +286,8 @@ def _route_to_pods(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _C
         return Finding("route-shadowed", what, step.where,
                        f"{why}; {fix.describe()} would carry it out", fix=(fix,)), change
     return Finding("route-shadowed", what, step.where, why,
-                   advice="route the destination out of the node (spec destinations[].via) "
+                   advice="route the destination out of the node "
+                          "(spec destinations[].gateway, .device) "
                           "or choose a pod CIDR that does not overlap it"), None
 
 
@@ -321,7 +322,7 @@ def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change
     return Finding("no-route", f"the node has no route to {tr.target}",
                    step.where, step.detail,
                    advice=f"add a route to {tr.target} through the gateway that "
-                          "reaches it (spec destinations[].via)"), None
+                          "reaches it (spec destinations[].gateway, .device)"), None
 
 
 def _unshadow(tr: Trace) -> tuple[Route, _Change] | None:
