@@ -43,7 +43,7 @@ from k3snet.errors import (
     SpecError,
 )
 from k3snet.facts import FactsWatch, gather_facts
-from k3snet.kube import configmap_ref, name_problem
+from k3snet.kube import configmap_ref, name_problem, object_ref_problem
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import PlanFile
 from k3snet.planner import Change, Plan, plan
@@ -265,7 +265,7 @@ def _allow_disruptive_flag(cmd: argparse.ArgumentParser) -> None:
 def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     _allow_disruptive_flag(agent)
     env = os.environ.get
-    agent.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]",
+    agent.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]", type=_object_ref(key=True),
                        help="read the spec from this ConfigMap through the API each pass "
                             "(default key spec.yaml) instead of -f")
     agent.add_argument("--interval", type=_positive_seconds, default=30.0,
@@ -297,7 +297,7 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                             "cluster-wide backend then writes from this agent)")
     agent.add_argument("--no-node-report", action="store_true",
                        help="do not annotate the Node with the last result")
-    agent.add_argument("--lease", default=None, metavar="NS/NAME",
+    agent.add_argument("--lease", default=None, metavar="NS/NAME", type=_object_ref(),
                        help="the Lease electing the writer of cluster-wide objects (default: "
                             "$K3SNET_NAMESPACE or kube-system / k3snet-cluster-writer)")
     agent.add_argument("--lease-candidates", metavar="LABEL[=VALUE]",
@@ -431,6 +431,17 @@ def _node_name(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{problem}; give the Node's name with --node-name or K3SNET_NODE_NAME")
     return text
+
+
+def _object_ref(*, key: bool = False) -> Callable[[str], str]:
+    """``--lease`` (``NS/NAME``) and ``--spec-configmap`` (``NS/NAME[:KEY]``): names the
+    API server accepts, checked now (a usage error, not a pass failing for ever)."""
+    def parse(text: str) -> str:
+        problem = object_ref_problem(text, key=key)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+    return parse
 
 
 def _listen_address(text: str) -> str:

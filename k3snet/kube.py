@@ -87,6 +87,23 @@ def name_problem(value: str, kind: str = "name") -> str | None:
     return None
 
 
+def object_ref_problem(text: str, *, key: bool = False) -> str | None:
+    """Why ``text`` is not ``NS/NAME`` (``NS/NAME[:KEY]`` when ``key``), as the agent's
+    ``--lease`` and ``--spec-configmap`` take them (``None``: it is).
+
+    >>> object_ref_problem("kube-system/k3snet-spec:spec.yaml", key=True) is None
+    True
+    >>> object_ref_problem("kube-system")
+    "must be NS/NAME, not 'kube-system'"
+    """
+    where, colon, name_key = text.partition(":") if key else (text, "", "")
+    namespace, sep, name = where.partition("/")
+    if not sep or not namespace or not name or (colon and not name_key):
+        return f"must be NS/NAME{'[:KEY]' if key else ''}, not {text!r}"
+    return (name_problem(namespace, "namespace") or name_problem(name)
+            or (name_problem(name_key, "key") if name_key else None))
+
+
 def configmap_ref(value: str | Sequence[str], *, option: str = "configmap"
                   ) -> tuple[str, str]:
     """``(namespace, name)`` of a ConfigMap given as ``"NAMESPACE/NAME"`` or a pair.

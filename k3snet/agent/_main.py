@@ -18,7 +18,7 @@ from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import NodeReporter
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
 from k3snet.errors import BackendUnavailableError, ModelError, Problem, SpecError
-from k3snet.kube import name_problem
+from k3snet.kube import name_problem, object_ref_problem
 
 __all__ = ["run_from_cli"]
 
@@ -30,14 +30,11 @@ def _spec_source(args: argparse.Namespace, api: Callable[[], Any]) -> SpecSource
         raise SpecError([Problem("", "give exactly one of -f/--spec and --spec-configmap")])
     if args.spec is not None:
         return FileSpecSource(args.spec)
-    where, colon, key = args.spec_configmap.partition(":")
-    namespace, sep, name = where.partition("/")
-    problem = (f"must be NS/NAME[:KEY], not {args.spec_configmap!r}"
-               if not sep or not namespace or not name or (colon and not key)
-               else name_problem(namespace, "namespace") or name_problem(name)
-               or (name_problem(key, "key") if key else None))
-    if problem is not None:
+    problem = object_ref_problem(args.spec_configmap, key=True)
+    if problem is not None:  # the command line checks it too (exit 64); a library caller
         raise SpecError([Problem("", f"--spec-configmap {problem}")])
+    where, _, key = args.spec_configmap.partition(":")
+    namespace, _, name = where.partition("/")
     return ConfigMapSpecSource(api(), namespace, name, key or "spec.yaml")
 
 
@@ -45,11 +42,12 @@ def _lease_settings(args: argparse.Namespace) -> LeaseSettings:
     namespace = os.environ.get("K3SNET_NAMESPACE") or "kube-system"
     name = DEFAULT_LEASE_NAME
     if args.lease:
-        namespace, sep, name = args.lease.partition("/")
-        if not sep or not namespace or not name:
-            raise ModelError(f"--lease must be NS/NAME, not {args.lease!r}")
-    problem = name_problem(namespace, "namespace") or name_problem(name)
-    if problem is not None:
+        problem = object_ref_problem(args.lease)
+        if problem is not None:  # the command line checks it too (exit 64)
+            raise ModelError(f"--lease {problem}")
+        namespace, _, name = args.lease.partition("/")
+    problem = name_problem(namespace, "namespace")
+    if problem is not None:  # $K3SNET_NAMESPACE
         raise ModelError(f"--lease: {problem}")
     return LeaseSettings(namespace, name, duration=args.lease_duration,
                          renew_deadline=args.lease_renew_deadline,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from k3snet.cli import EXIT_USAGE
+
 SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
         "destinations:\n  - cidr: 192.168.2.0/24\n")
 
@@ -89,10 +91,12 @@ def test_the_default_node_name_is_the_hostname_in_lower_case_as_the_kubelet_has_
     ("--spec-configmap", "kube-system/K3snet_Spec", "is not a name"),
     ("--spec-configmap", "kube-system/k3snet-spec:../spec", "is not a ConfigMap key"),
     ("--spec-configmap", "kube-system/k3snet-spec:", "must be NS/NAME[:KEY]"),
+    ("--spec-configmap", "kube-system", "must be NS/NAME[:KEY]"),
     ("--lease", "kube-system/Writer", "is not a name"),
     ("--lease", "Kube-System/writer", "is not a namespace"),
+    ("--lease", "kube-system", "must be NS/NAME, not"),
 ])
-def test_object_names_the_api_server_refuses_are_errors_before_any_request(
+def test_object_names_the_api_server_refuses_are_usage_errors_before_any_request(
         tmp_path: Path, option: str, value: str, said: str) -> None:
     given = [option, value] if option == "--lease" else [option, value, "--no-kube"]
     spec = tmp_path / "spec.yaml"
@@ -102,6 +106,7 @@ def test_object_names_the_api_server_refuses_are_errors_before_any_request(
     if option == "--lease":
         command += ["-f", str(spec), "--no-kube"]
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
-    assert done.returncode != 0, done.stderr
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert f"argument {option}: " in done.stderr
     assert said in done.stderr
     assert "internal error" not in done.stderr
