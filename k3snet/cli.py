@@ -57,6 +57,8 @@ DEFAULT_BACKENDS = ("netlink", "nftables")
 JSON_FORMAT = 1
 """The version of every JSON document the CLI prints or writes (the ``format`` key)."""
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_RUNNING, EXIT_CONFLICTS = 0, 1, 2, 3, 4
+DEFAULT_LISTEN = ":9743"
+"""The agent's ``--listen`` unless ``$K3SNET_LISTEN`` says otherwise (none with ``--once``)."""
 EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "changes pending"
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
@@ -279,10 +281,11 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                        default=env("K3SNET_NODE_NAME") or socket.gethostname().strip().lower(),
                        help="this node's name (default: $K3SNET_NODE_NAME, else the hostname "
                             "in lower case, as the kubelet names its Node)")
-    agent.add_argument("--listen", default=env("K3SNET_LISTEN", ":9743"), metavar="[HOST]:PORT",
+    agent.add_argument("--listen", default=env("K3SNET_LISTEN"), metavar="[HOST]:PORT",
                        type=_listen_address,
                        help="serve /healthz, /readyz and /metrics here; 'none' disables it "
-                            "(default: $K3SNET_LISTEN or :9743)")
+                            f"(default: $K3SNET_LISTEN, else {DEFAULT_LISTEN}, and none "
+                            "with --once)")
     agent.add_argument("--log-level", default=env("K3SNET_LOG_LEVEL", "INFO"),
                        type=_one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=True),
                        metavar="{DEBUG,INFO,WARNING,ERROR}",
@@ -999,6 +1002,8 @@ def cmd_observe(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from k3snet.agent import run_from_cli  # noqa: PLC0415 - agent dependencies only here
 
+    if args.listen is None:  # a one-off pass has no probe to answer (the port may be taken)
+        args.listen = "none" if args.once else DEFAULT_LISTEN
     desired = _AgentDesired(args)
     try:
         return run_from_cli(args, make_backend=lambda spec: _backend(args, spec),

@@ -110,3 +110,26 @@ def test_object_names_the_api_server_refuses_are_usage_errors_before_any_request
     assert f"argument {option}: " in done.stderr
     assert said in done.stderr
     assert "internal error" not in done.stderr
+
+
+def test_agent_once_serves_no_probe_unless_asked_so_a_taken_port_does_not_stop_its_pass(
+        tmp_path: Path) -> None:
+    # In a network namespace of its own (gone with the process): the DaemonSet's agent
+    # already holds :9743 on the node, and an admin runs one pass by hand.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    bound = tmp_path / "bound"
+    holder = (f"{sys.executable} -c 'import pathlib, socket, time; s = socket.create_server("
+              f"(\"::\", 9743), family=socket.AF_INET6, dualstack_ipv6=True); "
+              f"pathlib.Path(\"{bound}\").touch(); time.sleep(60)'")
+    agent = f"{sys.executable} -m k3snet.cli agent --no-kube --backend memory -f {spec}"
+    script = (f"ip link set lo up && {{ {holder} & }}; holder=$!; "
+              f"while [ ! -e {bound} ]; do sleep 0.05; done; "
+              f"{agent} --once; echo once=$?; {agent} --once --listen :9743; echo asked=$?; "
+              "kill $holder")
+    env = {k: v for k, v in os.environ.items() if k != "K3SNET_LISTEN"}
+    done = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True,
+                          text=True, check=False, timeout=120, env=env)
+    assert "once=0" in done.stdout, done.stderr
+    assert "asked=1" in done.stdout, done.stderr
+    assert "Address already in use" in done.stderr
