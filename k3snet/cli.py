@@ -71,6 +71,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+_COMMON_FLAGS = frozenset({"-q", "--quiet", "--verbose"})
+_COMMON_VALUED = ("--log-format", "--color")
+
+
+def _common_after_command(argv: list[str]) -> list[str]:
+    """``argv`` with the common options given before the command (``k3snet -v plan``)
+    moved after it, where the command's parser reads them (``k3snet plan -v``)."""
+    moved: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in _COMMON_FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            moved.append(arg)
+        elif arg in _COMMON_VALUED and index + 1 < len(argv):
+            moved += argv[index:index + 2]
+            index += 1
+        elif arg.partition("=")[0] in _COMMON_VALUED:
+            moved.append(arg)
+        else:
+            break
+        index += 1
+    if not moved or index >= len(argv) or argv[index].startswith("-"):
+        return argv  # no command after them (`k3snet -v`, `k3snet -v --version`): argparse says
+    return [argv[index], *moved, *argv[index + 1:]]
+
+
 def _common_options() -> _Parser:
     """Options every subcommand takes: verbosity, log format, colour."""
     common = _Parser(add_help=False)
@@ -321,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     written) are one line on stderr with exit 1; a closed pipe (``| head``)
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_common_after_command(
+        sys.argv[1:] if argv is None else list(argv)))
     _configure_logging(args)
     _printable_output()
     try:

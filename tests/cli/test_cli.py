@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from k3snet import Plan
-from k3snet.cli import _options, build_parser, main
+from k3snet.cli import _common_after_command, _options, build_parser, main
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
@@ -434,3 +434,29 @@ def test_allow_disruptive_flag_spec_key_and_marks(tmp_path: Path,
     # The flag every hint names exists where it is needed.
     for command in (["plan", "-f", "x"], ["apply", "-f", "x"], ["agent", "-f", "x"]):
         assert build_parser().parse_args([*command, "--allow-disruptive"]).allow_disruptive
+
+
+@pytest.mark.parametrize(("given", "read"), [
+    (["-v", "plan", "-f", "s"], ["plan", "-v", "-f", "s"]),
+    (["-vv", "-q", "plan"], ["plan", "-vv", "-q"]),
+    (["--color", "never", "--log-format=json", "apply", "x"],
+     ["apply", "--color", "never", "--log-format=json", "x"]),
+    (["plan", "-v"], ["plan", "-v"]),  # already after it
+    (["-v"], ["-v"]),  # no command: argparse says what is missing
+    (["-v", "--version"], ["-v", "--version"]),
+    (["--color"], ["--color"]),  # its value missing: argparse says so
+    (["-x", "plan"], ["-x", "plan"]),  # not a common option: argparse refuses it
+    (["plan", "-f", "-v"], ["plan", "-f", "-v"]),  # after the command: never moved
+])
+def test_common_options_before_the_command_are_read_as_after_it(
+        given: list[str], read: list[str]) -> None:
+    assert _common_after_command(given) == read
+
+
+def test_k3snet_dash_v_plan_is_k3snet_plan_dash_v(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["-f", str(SEED), "--backend", "memory", "--no-facts"]
+    assert main(["-q", "--color", "never", "plan", *args]) == 2
+    before = capsys.readouterr()
+    assert main(["plan", "-q", "--color", "never", *args]) == 2
+    assert capsys.readouterr() == before
+    assert "Plan:" in before.out
