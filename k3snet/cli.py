@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         backend.known = _KnownBackends()  # argparse fills %(known)s from the action
         cmd.add_argument("--netns", help="act inside this network namespace")
         cmd.add_argument("--backend-opt", action="append", default=[], metavar="NAME.KEY=VALUE",
+                         type=_backend_opt,
                          help="an option for backend NAME, repeatable (VALUE is read as JSON "
                               "when it parses, else as text), e.g. nftables.family=split")
         cmd.add_argument("--output", choices=("text", "json"), default="text")
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="manifests: the namespace of upstream flannel's kube-flannel-cfg "
                              "(default: the spec's backends.flannel.configmap)")
     render.add_argument("--profile", action="append", default=[], metavar="NAME=SPEC",
+                        type=_profile,
                         help="manifests: a per-node override, repeatable: nodes labelled "
                              "k3snet.io/profile=NAME run SPEC instead (its own DaemonSet)")
     render.add_argument("--no-node-report", action="store_true",
@@ -472,6 +474,25 @@ def _object_ref(*, key: bool = False) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(problem)
         return text
     return parse
+
+
+def _backend_opt(text: str) -> str:
+    """``--backend-opt NAME.KEY=VALUE``: its shape, checked now (a usage error)."""
+    target, dot, rest = text.partition(".")
+    key, eq, _ = rest.partition("=")
+    if not (dot and eq and target and key.isidentifier()) or "=" in target:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME.KEY=VALUE, e.g. "
+                                         "nftables.family=split")
+    return text
+
+
+def _profile(text: str) -> str:
+    """``--profile NAME=SPEC``: its shape, checked now (a usage error)."""
+    name, sep, path = text.partition("=")
+    if not (sep and name and path):
+        raise argparse.ArgumentTypeError(f"expected NAME=SPEC (a profile name, a spec file), "
+                                         f"not {text!r}")
+    return text
 
 
 def _listen_address(text: str) -> str:

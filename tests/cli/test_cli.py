@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from k3snet import Plan
-from k3snet.cli import _common_after_command, _options, build_parser, main
+from k3snet.cli import EXIT_USAGE, _common_after_command, _options, build_parser, main
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
@@ -357,7 +357,6 @@ def test_backend_options_reach_a_custom_backend(tmp_path: Path,
 @pytest.mark.parametrize(("option", "message"), [
     ("jsonfile.colour=red", "backend 'jsonfile' has no option 'colour'; its options: path"),
     ("nftables.family=split", "no backend 'nftables' in use"),
-    ("jsonfile", "expected NAME.KEY=VALUE"),
 ])
 def test_bad_backend_options_are_clear_errors(option: str, message: str, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -365,6 +364,26 @@ def test_bad_backend_options_are_clear_errors(option: str, message: str, tmp_pat
                  f"jsonfile.path={tmp_path / 'x.json'}", "--backend-opt", option, "--no-facts"])
     assert code == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["plan", "--backend-opt", "jsonfile"],
+    ["plan", "--backend-opt", "nftables=x"],
+    ["plan", "--backend-opt", "a=b.c=d"],
+    ["plan", "--backend-opt", "nftables.=x"],
+    ["render", "manifests", "--profile", "edge"],
+    ["render", "manifests", "--profile", "=edge.yaml"],
+    ["render", "manifests", "--profile", "edge="],
+])
+def test_a_malformed_backend_opt_or_profile_is_a_usage_error_naming_the_shape(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([*argv, "-f", str(SEED)])
+    assert caught.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"argument {argv[-2]}: " in err
+    assert ("expected NAME.KEY=VALUE" if argv[-2] == "--backend-opt"
+            else "expected NAME=SPEC") in err
 
 
 @pytest.mark.usefixtures("jsonfile")
