@@ -1180,7 +1180,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         declared = {}
         for name in available_backends():
             with contextlib.suppress(K3snetError):  # cannot be loaded here: not listed
-                declared[name] = backend_options(name)
+                declared[name] = backend_options(name, resolve=True)
     try:
         print(explain(args.path, backends=declared))
     except UnknownFieldError as exc:

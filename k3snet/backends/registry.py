@@ -12,6 +12,7 @@ dependency (``pyroute2``, ``nftables`` ...) only matters to whoever uses it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from typing import Any, cast
@@ -86,16 +87,22 @@ def load_backend(name: str) -> BackendFactory:
     )
 
 
-def backend_options(name: str) -> dict[str, inspect.Parameter]:
+def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Parameter]:
     """The keyword options backend ``name`` declares (its factory's parameters).
 
     Empty when the factory takes ``**options`` of its own (nothing to check against).
+    ``resolve``: annotations as types (``Literal["inet", "split"]``), not the text a
+    module with ``from __future__ import annotations`` keeps (``"TableFamily"``);
+    the text where a name does not resolve.
     """
     factory = load_backend(name)
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # a builtin or C factory: nothing declared
         return {}
+    if resolve:
+        with contextlib.suppress(Exception):  # a name only imported for type checking
+            parameters = inspect.signature(factory, eval_str=True).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return {}
     return {n: p for n, p in parameters.items()

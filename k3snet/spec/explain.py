@@ -26,6 +26,8 @@ import inspect
 import json
 import re
 import textwrap
+import types
+import typing
 from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
@@ -132,8 +134,21 @@ def _explain_backend(parts: list[str], backends: Declared) -> str:
 def _annotation(p: inspect.Parameter) -> str:
     if p.annotation is inspect.Parameter.empty:
         return "any"
-    return p.annotation if isinstance(p.annotation, str) else getattr(
-        p.annotation, "__name__", str(p.annotation))
+    return _type_text(p.annotation)
+
+
+def _type_text(hint: Any) -> str:
+    """A type as ``explain`` says it: ``one of inet, split`` for a ``Literal``, ``str or
+    null`` for ``str | None``; a name for the rest (the text, unresolved)."""
+    if isinstance(hint, str):
+        return hint
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(str(v) for v in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(arg) for arg in typing.get_args(hint))
+    return getattr(hint, "__name__", None) or str(hint)
 
 
 def _param_default(p: inspect.Parameter, prefix: str) -> str:

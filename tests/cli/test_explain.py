@@ -8,6 +8,7 @@ import json
 import pytest
 
 import k3snet.spec.explain
+from k3snet.backends.registry import backend_options, register_backend, unregister_backend
 from k3snet.cli import EXIT_USAGE, main
 from k3snet.errors import UnknownFieldError
 from k3snet.spec.explain import explain, spec_paths
@@ -82,3 +83,26 @@ def test_backends_lists_each_backends_options(capsys: pytest.CaptureFixture[str]
 def test_schema_prints_the_shipped_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", "--schema"]) == 0
     assert json.loads(capsys.readouterr().out) == spec_json_schema()
+
+
+def test_a_backend_option_s_allowed_values_are_spelled_out(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "backends.nftables.family"]) == 0
+    assert "TYPE:     one of inet, split\n" in capsys.readouterr().out
+    assert main(["explain", "backends.iptables.mode"]) == 0
+    assert "TYPE:     one of nft, legacy, auto\n" in capsys.readouterr().out
+    assert main(["explain", "backends.nftables"]) == 0
+    assert "netns              <str or null> default None" in capsys.readouterr().out
+
+
+def test_an_annotation_that_does_not_resolve_is_said_as_written() -> None:
+    def factory(*, colour: Hue = "red") -> None:  # type: ignore[name-defined]  # noqa: F821
+        """A third-party backend naming a type only its type checker sees."""
+
+    register_backend("unresolved-hue", factory)  # type: ignore[arg-type]
+    try:
+        options = backend_options("unresolved-hue", resolve=True)
+    finally:
+        unregister_backend("unresolved-hue")
+    assert explain("backends.unresolved-hue.colour",
+                   backends={"unresolved-hue": options}).splitlines()[1] == "TYPE:     Hue"
