@@ -368,6 +368,10 @@ NAT_BLOCK_CASES: dict[str, tuple[str, set[tuple[str, str, str, str, str | None, 
         {("exempt", "-A OTHER -j ACCEPT", "None", "None", None, "None")}),
     "an unconditional return ends a chain jumped to": (
         f"-A POSTROUTING -j OTHER\n-A OTHER -j RETURN\n-A OTHER -s {POD} -j MASQUERADE", set()),
+    "an unconditional return two jumps down goes back to the chain that jumped": (
+        f"-A POSTROUTING -j OTHER\n-A OTHER -j DEEP\n-A DEEP -j RETURN\n"
+        f"-A OTHER -s {POD} -j MASQUERADE",
+        {("masquerade", f"-A OTHER -s {POD} -j MASQUERADE", POD, "None", None, "None")}),
     "a commented return of unmarked packets ends a chain jumped to": (
         "-A POSTROUTING -j OTHER\n"
         '-A OTHER -m comment --comment "kube" -m mark ! --mark 0x4000/0x4000 -j RETURN\n'

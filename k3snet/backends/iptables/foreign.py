@@ -386,8 +386,15 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
     return found
 
 
+_ON, _END, _BACK, _DONE = "on", "end", "back", "done"
+"""How packets leave a rule (to the next one; ``_DONE``: the table ends for them, ``_BACK``:
+they go back as a ``RETURN`` sends them) or a chain (``_END``: some reach its end)."""
+
+
 class _Walk:
-    """What the any-depth walks share: which chains they follow, and their bounds."""
+    """A bounded, loop-safe walk down a built-in chain and the chains it jumps or goes
+    to, in the kernel's order; a table's walk says what its verdicts do (the blocks
+    they make, whether packets go on) and the blocks' text."""
 
     def __init__(self, dump: TableDump, ours: Container[str] | None) -> None:
         self.dump, self.ours = dump, ours
@@ -406,16 +413,52 @@ class _Walk:
             raise _WalkStopped(chain, tokens, f"more than {WALK_LIMIT} rules on the way "
                                               "to k3snet's jump")
 
-    @staticmethod
-    def enter(chain: str, tokens: Line, on_way: tuple[str, ...]) -> None:
-        """Check the depth before following the jump ``tokens``; too deep: stop the walk."""
+    def chain(self, chain: str, specs: list[str], outers: tuple[Line, ...], *, leaves: bool,
+              on_way: tuple[str, ...]) -> str:
+        """Read ``specs``, rules of ``chain``, in order: how the packets leave it.
+
+        ``outers`` are the jumps that led here, ``leaves`` whether a ``RETURN`` in
+        ``chain`` leaves the built-in chain the walk started from.
+        """
+        for spec in specs:
+            left = self.rule(chain, tokenize(spec), outers, leaves=leaves, on_way=on_way)
+            if left != _ON:
+                return left
+        return _END
+
+    def rule(self, chain: str, tokens: Line, outers: tuple[Line, ...], *, leaves: bool,
+             on_way: tuple[str, ...]) -> str:
+        """Read one rule of ``chain`` (following its jump): how the packets leave it."""
+        self.count(chain, tokens)
+        target = _target(tokens)
+        every = self.takes_all(tokens, outers)
+        if target is None or target not in self.dump.rules:
+            return self.verdict(chain, tokens, target, outers, leaves=leaves, every=every)
+        if target in on_way or not self.followed(target):
+            return _ON  # a loop in the text, or k3snet's own chain
         if len(on_way) > WALK_DEPTH:
             raise _WalkStopped(chain, tokens, f"chains more than {WALK_DEPTH} deep")
+        gone_to = "-g" in tokens
+        left = self.chain(target, self.dump.chain(target), (*outers, tokens),
+                          leaves=leaves and gone_to, on_way=(*on_way, target))
+        if gone_to and leaves and left == _END:  # as a RETURN here: out of the built-in
+            self.block(chain, tokens, "RETURN", outers)
+        if not every or (left != _DONE and not gone_to):
+            return _ON  # a RETURN below a jump goes back to the rule after it
+        return _DONE if left == _DONE else _BACK
 
+    def takes_all(self, tokens: Line, outers: tuple[Line, ...]) -> bool:
+        """Every packet of k3snet's reaching the rule ``tokens`` matches it."""
+        return _takes_all(tokens)
 
-_ON, _END, _BACK, _DONE = "on", "end", "back", "done"
-"""How packets leave a rule (to the next one; ``_DONE``: the table ends for them, ``_BACK``:
-they go back as a ``RETURN`` sends them) or a chain (``_END``: some reach its end)."""
+    def verdict(self, chain: str, tokens: Line, target: str | None, outers: tuple[Line, ...],
+                *, leaves: bool, every: bool) -> str:
+        """What a rule that jumps to no chain does (the blocks it makes): how packets leave it."""
+        raise NotImplementedError
+
+    def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
+        """Add the block the rule ``tokens`` of ``chain`` makes as ``target``."""
+        raise NotImplementedError
 
 
 class _ForwardWalk(_Walk):
@@ -427,38 +470,10 @@ class _ForwardWalk(_Walk):
         self.family, self.found = family, found
         self.policy = dump.policies.get("FORWARD", "ACCEPT")
 
-    def chain(self, chain: str, specs: list[str], outers: tuple[Line, ...], *, leaves: bool,
-              on_way: tuple[str, ...]) -> str:
-        """Read ``specs``, rules of ``chain``, in order: how the packets leave it.
-
-        ``outers`` are the jumps that led here, ``leaves`` whether a ``RETURN`` in
-        ``chain`` hands the packet to FORWARD's policy.
-        """
-        for spec in specs:
-            left = self.rule(chain, tokenize(spec), outers, leaves=leaves, on_way=on_way)
-            if left != _ON:
-                return left
-        return _END
-
-    def rule(self, chain: str, tokens: Line, outers: tuple[Line, ...], *, leaves: bool,
-             on_way: tuple[str, ...]) -> str:
-        self.count(chain, tokens)
-        target = _target(tokens)
-        every = _takes_all(tokens)
-        if target is not None and target in self.dump.rules:
-            if target in on_way or not self.followed(target):
-                return _ON  # a loop in the text, or k3snet's own chain
-            self.enter(chain, tokens, on_way)
-            gone_to = "-g" in tokens
-            left = self.chain(target, self.dump.chain(target), (*outers, tokens),
-                              leaves=leaves and gone_to, on_way=(*on_way, target))
-            if gone_to and leaves and left == _END:  # back to FORWARD's policy
-                self.block(chain, tokens, "RETURN", outers)
-            if not every or (left != _DONE and not gone_to):
-                return _ON
-            return _DONE if left == _DONE else _BACK
+    def verdict(self, chain: str, tokens: Line, target: str | None, outers: tuple[Line, ...],
+                *, leaves: bool, every: bool) -> str:
         if target == "RETURN":
-            if leaves:
+            if leaves:  # to FORWARD's policy
                 self.block(chain, tokens, target, outers)
             return _BACK if every else _ON
         if target in ("DROP", "REJECT"):
@@ -546,9 +561,8 @@ def nat_blocks(dump: TableDump | None, family: int, before: int, *,
         return found
     walk = _NatWalk(dump, family, found, ours)
     try:
-        for spec in dump.chain("POSTROUTING")[:before]:
-            walk.rule("POSTROUTING", tokenize(spec), (), leaves=True, top=True,
-                      on_way=("POSTROUTING",))
+        walk.chain("POSTROUTING", dump.chain("POSTROUTING")[:before], (), leaves=True,
+                   on_way=("POSTROUTING",))
     except _WalkStopped as stop:
         text = (f"-A {stop.chain} {format_line(stop.tokens)} (and what follows: not read, "
                 f"{stop.why})")
@@ -570,38 +584,22 @@ class _NatWalk(_Walk):
         super().__init__(dump, ours)
         self.family, self.found = family, found
 
-    def rule(self, chain: str, tokens: Line, outers: tuple[Line, ...], *, leaves: bool,
-             top: bool, on_way: tuple[str, ...]) -> bool:
-        """Read one rule of ``chain``; ``False``: the rest of the chain is not reached.
+    def takes_all(self, tokens: Line, outers: tuple[Line, ...]) -> bool:
+        # POSTROUTING itself is read up to k3snet's jump whatever it meets.
+        return bool(outers) and _takes_all(tokens)
 
-        ``outers`` are the jumps that led here, ``leaves`` whether a ``RETURN`` in
-        ``chain`` leaves POSTROUTING (untranslated).
-        """
-        self.count(chain, tokens)
-        target = _target(tokens)
-        if target is not None and target in self.dump.rules:
-            if target in on_way or not self.followed(target):
-                return True  # a loop in the text, or k3snet's own chain
-            self.enter(chain, tokens, on_way)
-            gone_to = "-g" in tokens
-            inner_leaves = leaves if gone_to else False
-            end = True  # some packets reach the end of the chain
-            for spec in self.dump.chain(target):
-                if not self.rule(target, tokenize(spec), (*outers, tokens),
-                                 leaves=inner_leaves, top=False, on_way=(*on_way, target)):
-                    end = False
-                    break
-            if gone_to and leaves and end:  # they leave POSTROUTING untranslated
-                self.block(chain, tokens, "RETURN", outers)
-            return top or (end and not gone_to) or not _takes_all(tokens)
+    def verdict(self, chain: str, tokens: Line, target: str | None, outers: tuple[Line, ...],
+                *, leaves: bool, every: bool) -> str:
         if target in ("RETURN", "ACCEPT"):
-            if target == "ACCEPT" or leaves:
+            if target == "ACCEPT" or leaves:  # out of POSTROUTING untranslated
                 self.block(chain, tokens, target, outers)
-            return top or not _takes_all(tokens)  # none of k3snet's packets goes on here
+            if not every:
+                return _ON
+            return _BACK if target == "RETURN" else _DONE
         if target is None or target in _GOES_ON:
-            return True
+            return _ON
         self.block(chain, tokens, target, outers)  # MASQUERADE, SNAT, NETMAP, unknown
-        return top or not _takes_all(tokens)
+        return _DONE if every else _ON
 
     def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
         _nat_block(self.found, self.family, chain, tokens, target, outers=outers)
