@@ -543,6 +543,9 @@ FORWARD_BLOCK_CASES: dict[str, tuple[str, str, set[tuple[str, str, str, str, str
     "an accept narrowed by its jump ends only its chain": (
         f"-A FORWARD -s {POD} -j A\n-A A -j ACCEPT\n-A A -j DROP\n-A FORWARD -d {B} -j DROP",
         "DROP", {("drop", f"-A FORWARD -d {B} -j DROP", "None", B, None, None)}),
+    "docker's isolation drop, which its own jump's negation leaves no packet": (
+        "-A FORWARD -j A\n-A A -i docker0 ! -o docker0 -j B\n-A A -j RETURN\n"
+        "-A B -o docker0 -j DROP\n-A B -j RETURN", "DROP", set()),
     "kube-proxy's drop of invalid packets two levels down": (
         "-A FORWARD -j A\n-A A -j B\n-A B -m conntrack --ctstate INVALID -j DROP", "DROP",
         set()),

@@ -493,6 +493,9 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
     matches: dict[str, str | None] = {}
     for line in (*outers, tokens):  # the innermost match of each kind is the narrowest known
         matches.update({k: v for k, v in _addresses(line).items() if v is not None})
+    if any(matches.get(kind) == value for line in (*outers, tokens)
+           for kind, value in _addresses(line, negated=True).items()):
+        return  # a match the way there excludes (Docker's `! -o docker0`, then `-o docker0`)
     if _conditions(tokens) == ["-m", "conntrack", "--ctstate", "INVALID"] or (
             _conditions(tokens) == ["-m", "state", "--state", "INVALID"]):
         return  # kube-proxy's drop of invalid packets: valid traffic goes on
@@ -505,12 +508,13 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
         found.add(ForwardBlock(family, _VERDICT[target], text, f"iptables IPv{family} filter"))
 
 
-def _addresses(tokens: Line) -> dict[str, str | None]:
-    """The positive ``-s``/``-d``/``-i``/``-o`` of a rule (negated ones count as any)."""
+def _addresses(tokens: Line, *, negated: bool = False) -> dict[str, str | None]:
+    """The positive ``-s``/``-d``/``-i``/``-o`` of a rule (negated ones count as any);
+    ``negated``: the negated ones instead."""
     names = {"-s": "source", "-d": "destination", "-i": "in_interface", "-o": "out_interface"}
     found: dict[str, str | None] = {}
     for index, token in enumerate(tokens[:-1]):
-        if token in names and (index == 0 or tokens[index - 1] != "!"):
+        if token in names and (index > 0 and tokens[index - 1] == "!") == negated:
             found[names[token]] = tokens[index + 1]
     return found
 
