@@ -24,6 +24,12 @@ for nftables the shape patterns made ones that match nothing, for iptables no sh
 found), alternating, the cyclic GC paused as the backends pause it for a read, CPU time,
 medians of ``--runs``. Both ways must give the same result (checked). Figures:
 docs/performance.md, "Reading by shape".
+
+Last, the iptables read of the first namespace's listing with N one-rule ``KUBE-SEP-*``
+chains added to its nat table, as k3snet runs and without the foreign-jump scan (the
+search for an admin's ``K3SNET-*`` chains and for the foreign rules jumping into
+k3snet's, ``table._foreign_chains``, made to find nothing): what the scan costs.
+Figures: docs/performance.md, "Foreign jumps into k3snet's chains".
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from unittest import mock
 
 from bench_paths import Node, spec_text
 
+from k3snet.backends.iptables import table as ipt_table
 from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.iptables.table import load_table
 from k3snet.backends.kit import GC_PAUSE_MIN, gc_paused
@@ -75,6 +82,31 @@ def _ipt_full() -> Any:
     return (mock.patch.object(ipt_rules, "_shape_of", return_value=None),)
 
 
+def _no_scan() -> Any:
+    return (mock.patch.object(ipt_table, "_foreign_chains", return_value=(set(), [])),)
+
+
+def _scan_ms(text: str, runs: int) -> float:
+    """Median CPU time of the foreign-jump scan alone within :func:`_ipt_read`."""
+    scan = ipt_table._foreign_chains  # the function measured
+    times = []
+    for _ in range(runs):
+        spent = [0.0]
+
+        def timed(*args: Any, spent: list[float] = spent) -> Any:
+            start = time.process_time()
+            try:
+                return scan(*args)
+            finally:
+                spent[0] += time.process_time() - start
+
+        gc.collect()
+        with gc_paused(GC_PAUSE_MIN), mock.patch.object(ipt_table, "_foreign_chains", timed):
+            _ipt_read(text)
+        times.append(spent[0])
+    return statistics.median(times) * 1000
+
+
 def _ipt_read(text: str) -> Any:
     clear_caches()
     dump = parse_save(text)
@@ -93,15 +125,22 @@ def _own_shapes(size: int) -> State:
 def _listing(name: str, size: int) -> str:
     """The listing of ``size`` destinations' rules written by the backend ``name`` (a
     namespace each): NAT rules, with ``-forward`` their forward rules too, with ``-own``
-    NAT rules of a shape each."""
-    backend, _, kind = name.rpartition("-") if name.endswith(("-forward", "-own")) \
+    NAT rules of a shape each, with ``-foreign`` NAT rules and ``size`` foreign chains."""
+    backend, _, kind = name.rpartition("-") if name.endswith(("-forward", "-own",
+                                                               "-foreign")) \
         else (name, "", "")
     with tempfile.TemporaryDirectory(prefix="k3snet-bench-") as tmp, \
             temporary_netns("shapes") as ns:
         node = Node(ns, Path(tmp), backend)
-        if not kind:
+        if kind in ("", "foreign"):
             node.raw_full(size)()
-        else:
+        if kind == "foreign":  # kube-proxy's endpoint chains: one rule each
+            lines = ["*nat", *(f":KUBE-SEP-{n:06d} - [0:0]" for n in range(size)),
+                     *(f"-A KUBE-SEP-{n:06d} -s 10.43.{n // 256}.{n % 256}/32 -j RETURN"
+                       for n in range(size)), "COMMIT", ""]
+            run_in(ns, ["iptables-nft-restore", "--noflush"], input_text="\n".join(lines),
+                   timeout=300)
+        elif kind:
             state = _own_shapes(size) if kind == "own" else \
                 compile(Spec.from_yaml(spec_text(size))).only({"nat", "forward"})
             if backend == "nftables":
@@ -163,6 +202,14 @@ def main() -> int:
             print(f"{name}, {size} destinations: by shape {mine:.1f} ms, every line in full "
                   f"{full:.1f} ms ({mine / full:.2f}x; {mine / size * 1000:.1f} against "
                   f"{full / size * 1000:.1f} us a destination)", flush=True)
+        text = _listing("iptables-nft-foreign", size)
+        mine, without, first, second = _cpu_ms(lambda t=text: _ipt_read(t), args.runs, _no_scan)
+        assert first == second, "the foreign-jump scan changed what was read"
+        scan = _scan_ms(text, args.runs)
+        print(f"iptables unhinted read, {size} destinations and {size} foreign chains in nat: "
+              f"{mine:.1f} ms, without the foreign-jump scan {without:.1f} ms "
+              f"({mine - without:+.1f} ms); the scan alone {scan:.1f} ms "
+              f"({scan / mine:.1%} of the read)", flush=True)
     return 0
 
 

@@ -7,15 +7,22 @@ Run as root from the repository root::
 For each flavour picked (a K3s node's rules loaded into it, ``--rules`` masquerade
 rules of k3snet's applied, one rule in the other flavour), cold observes of a
 ``mode="auto"`` backend (which also reads the other flavour's filter and nat) and
-of one with the mode given, interleaved; the medians and their difference. The
-namespaces (``k3snet-ipt-*``) are deleted at the end, also on error; the root
-namespace is never touched.
+of one with the mode given, interleaved with the raw ``-save`` runs of the same
+tables (``ip netns exec NS iptables-FLAVOUR-save`` and ``ip6tables-...``, IPv4 and
+IPv6): the other flavour's two started together, as the backend starts them, and
+one after the other, and the picked flavour's two one after the other; the
+medians, and the auto observe's extra against them. Then, in fresh backends, the
+mode detection itself (the first use: both flavours' four ``-save`` runs, the
+version, the evidence read) against the four raw runs. The namespaces
+(``k3snet-ipt-*``) are deleted at the end, also on error; the root namespace is
+never touched.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +45,32 @@ def cold_observe(backend: IptablesBackend) -> float:
     return time.perf_counter() - start
 
 
+def raw_saves(ns: str, flavour: str, *, together: bool) -> float:
+    """The raw ``-save`` runs of one flavour, IPv4 and IPv6, in seconds (``together``:
+    both started before either is waited for, as the backend reads the other flavour)."""
+    argvs = [["ip", "netns", "exec", ns, f"{tool}-{flavour}-save"]
+             for tool in ("iptables", "ip6tables")]
+    start = time.perf_counter()
+    if together:
+        runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for argv in argvs]
+        for run in runs:
+            run.communicate()
+            assert run.returncode == 0, run.args
+    else:
+        for argv in argvs:
+            subprocess.run(argv, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def detection(ns: str) -> float:
+    """``mode="auto"``'s detection in a fresh backend (its first use), in seconds."""
+    with IptablesBackend(ns) as backend:
+        start = time.perf_counter()
+        _ = backend.mode
+        return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", type=int, default=200)
@@ -58,14 +91,31 @@ def main() -> None:
                     IptablesBackend(ns, mode=picked) as given:  # type: ignore[arg-type]
                 assert auto.mode == picked, auto.mode_reason
                 auto.apply(plan(auto.observe(), desired))
-                times: dict[str, list[float]] = {"auto": [], "given": []}
+                times: dict[str, list[float]] = {name: [] for name in (
+                    "auto", "given", "other together", "other in turn", "picked in turn")}
                 for _ in range(args.runs):
                     times["auto"].append(cold_observe(auto))
                     times["given"].append(cold_observe(given))
+                    times["other together"].append(raw_saves(ns, other, together=True))
+                    times["other in turn"].append(raw_saves(ns, other, together=False))
+                    times["picked in turn"].append(raw_saves(ns, picked, together=False))
                 median = {name: 1000 * statistics.median(v) for name, v in times.items()}
                 print(f"{picked}: cold observe, {args.runs} runs interleaved, medians: "
                       f"mode auto {median['auto']:.1f} ms, mode={picked!r} "
                       f"{median['given']:.1f} ms, extra {median['auto'] - median['given']:+.1f} ms")
+                print(f"{picked}: raw -save of the same tables, IPv4 and IPv6: the other "
+                      f"flavour's ({other}) started together {median['other together']:.1f} ms, "
+                      f"one after the other {median['other in turn']:.1f} ms; the picked "
+                      f"flavour's one after the other {median['picked in turn']:.1f} ms")
+            found: dict[str, list[float]] = {"detect": [], "raw": []}
+            for _ in range(args.runs):
+                found["detect"].append(detection(ns))
+                found["raw"].append(raw_saves(ns, picked, together=False)
+                                    + raw_saves(ns, other, together=False))
+            median = {name: 1000 * statistics.median(v) for name, v in found.items()}
+            print(f"{picked}: mode detection (first use), {args.runs} runs interleaved, "
+                  f"medians: {median['detect']:.1f} ms, the four raw -save runs "
+                  f"{median['raw']:.1f} ms, extra {median['detect'] - median['raw']:+.1f} ms")
 
 
 if __name__ == "__main__":

@@ -368,6 +368,10 @@ NAT_BLOCK_CASES: dict[str, tuple[str, set[tuple[str, str, str, str, str | None, 
         {("exempt", "-A OTHER -j ACCEPT", "None", "None", None, "None")}),
     "an unconditional return ends a chain jumped to": (
         f"-A POSTROUTING -j OTHER\n-A OTHER -j RETURN\n-A OTHER -s {POD} -j MASQUERADE", set()),
+    "an unconditional return two jumps down goes back to the chain that jumped": (
+        f"-A POSTROUTING -j OTHER\n-A OTHER -j DEEP\n-A DEEP -j RETURN\n"
+        f"-A OTHER -s {POD} -j MASQUERADE",
+        {("masquerade", f"-A OTHER -s {POD} -j MASQUERADE", POD, "None", None, "None")}),
     "a commented return of unmarked packets ends a chain jumped to": (
         "-A POSTROUTING -j OTHER\n"
         '-A OTHER -m comment --comment "kube" -m mark ! --mark 0x4000/0x4000 -j RETURN\n'
@@ -451,7 +455,7 @@ def test_nat_blocks_stops_at_its_bound_and_counts_the_rest_against_k3snet(
 ) -> None:
     from k3snet.backends.iptables import foreign  # noqa: PLC0415 - only here
 
-    monkeypatch.setattr(foreign, "NAT_WALK_LIMIT", 5)
+    monkeypatch.setattr(foreign, "WALK_LIMIT", 5)
     rules = "\n".join(["-A POSTROUTING -j OTHER", *["-A OTHER -j LOG"] * 10,
                         f"-A OTHER -s {POD} -j MASQUERADE"])
     found = _nat_blocks(rules)
@@ -483,7 +487,7 @@ def test_a_foreign_chain_named_like_k3snets_is_read_when_ours_leaves_it_out() ->
 
 def _forward_blocks(rules: str, policy: str = "DROP") -> set[tuple[str, str, str, str,
                                                                    str | None, str | None]]:
-    text = _table("filter", {"FORWARD": policy, "FLANNEL-FWD": "-"}, rules)
+    text = _table("filter", {"FORWARD": policy, "FLANNEL-FWD": "-", "A": "-", "B": "-"}, rules)
     dump = parse_save(text).get("filter")
     assert dump is not None
     found = foreign_blocks(dump, 4, len(dump.chain("FORWARD")))
@@ -509,6 +513,42 @@ FORWARD_BLOCK_CASES: dict[str, tuple[str, str, set[tuple[str, str, str, str, str
         f"-A FORWARD -d {B} -j RETURN", "ACCEPT", set()),
     "kube-proxy's drop of invalid packets, state match": (
         "-A FORWARD -m state --state INVALID -j DROP", "DROP", set()),
+    # At any depth of jumps, each jump narrowing what is reached below it.
+    "a drop three levels down, narrowed by every jump": (
+        f"-A FORWARD -s {POD} -j FLANNEL-FWD\n-A FLANNEL-FWD -o eth1 -j A\n-A A -j B\n"
+        f"-A B -d {B} -j DROP", "DROP",
+        {("drop", f"-A B -d {B} -j DROP", POD, B, None, "eth1")}),
+    "a chain already on the way is not followed again": (
+        f"-A FORWARD -j A\n-A A -j B\n-A B -j A\n-A B -s {POD} -j REJECT", "DROP",
+        {("reject", f"-A B -s {POD} -j REJECT", POD, "None", None, None)}),
+    "a return two levels down goes back to its caller only": (
+        f"-A FORWARD -j A\n-A A -j B\n-A B -j RETURN\n-A B -j DROP\n-A A -d {B} -j DROP",
+        "DROP", {("drop", f"-A A -d {B} -j DROP", "None", B, None, None)}),
+    "a return in a chain gone to from FORWARD hands the packet to a drop policy": (
+        f"-A FORWARD -g A\n-A A -g B\n-A B -d {B} -j RETURN", "DROP",
+        {("return", f"-A B -d {B} -j RETURN", "None", B, None, None),
+         ("return", "-A A -g B", "None", "None", None, None)}),
+    "a return below a jump in a chain gone to goes back to the chain that jumped": (
+        f"-A FORWARD -g A\n-A A -j B\n-A B -g FLANNEL-FWD\n-A FLANNEL-FWD -d {B} -j RETURN\n"
+        f"-A A -s {POD} -j ACCEPT", "DROP",
+        {("return", "-A FORWARD -g A", "None", "None", None, None)}),
+    "the end of a chain gone to from FORWARD hands the packet to a drop policy": (
+        f"-A FORWARD -s {POD} -g A\n-A A -d {B} -j ACCEPT", "DROP",
+        {("return", f"-A FORWARD -s {POD} -g A", POD, "None", None, None)}),
+    "a chain gone to returns to FORWARD when its caller was jumped to": (
+        f"-A FORWARD -j A\n-A A -g B\n-A A -j DROP\n-A B -d {B} -j RETURN", "DROP", set()),
+    "an accept of every packet ends the table": (
+        "-A FORWARD -j A\n-A A -j B\n-A B -j ACCEPT\n-A B -j DROP\n-A FORWARD -j DROP",
+        "DROP", set()),
+    "an accept narrowed by its jump ends only its chain": (
+        f"-A FORWARD -s {POD} -j A\n-A A -j ACCEPT\n-A A -j DROP\n-A FORWARD -d {B} -j DROP",
+        "DROP", {("drop", f"-A FORWARD -d {B} -j DROP", "None", B, None, None)}),
+    "docker's isolation drop, which its own jump's negation leaves no packet": (
+        "-A FORWARD -j A\n-A A -i docker0 ! -o docker0 -j B\n-A A -j RETURN\n"
+        "-A B -o docker0 -j DROP\n-A B -j RETURN", "DROP", set()),
+    "kube-proxy's drop of invalid packets two levels down": (
+        "-A FORWARD -j A\n-A A -j B\n-A B -m conntrack --ctstate INVALID -j DROP", "DROP",
+        set()),
     # A match k3snet cannot hold reads as any.
     "an in-interface k3snet cannot hold": (
         f"-A FORWARD -s {POD} -i interface0123456 -j DROP", "DROP",
@@ -521,3 +561,20 @@ FORWARD_BLOCK_CASES: dict[str, tuple[str, str, set[tuple[str, str, str, str, str
 def test_foreign_blocks_reads_exactly_what_decides_before_the_jump(case: str) -> None:
     rules, policy, expected = FORWARD_BLOCK_CASES[case]
     assert _forward_blocks(rules, policy) == expected
+
+
+@pytest.mark.parametrize(("bound", "value", "why"), [("WALK_LIMIT", 5, "5 rules"),
+                                                     ("WALK_DEPTH", 2, "2 deep")])
+def test_foreign_blocks_stops_at_its_bound_and_counts_the_rest_against_k3snet(
+    monkeypatch: pytest.MonkeyPatch, bound: str, value: int, why: str
+) -> None:
+    from k3snet.backends.iptables import foreign  # noqa: PLC0415 - only here
+
+    monkeypatch.setattr(foreign, bound, value)
+    rules = "\n".join(["-A FORWARD -j FLANNEL-FWD", "-A FLANNEL-FWD -j A", "-A A -j B",
+                        *["-A B -j LOG"] * 10, f"-A B -d {B} -j DROP"])
+    found = _forward_blocks(rules)
+    assert len(found) == 1
+    (verdict, rule, source, destination, in_, out), = found
+    assert (verdict, source, destination, in_, out) == ("drop", "None", "None", None, None)
+    assert why in rule

@@ -279,6 +279,27 @@ def test_mode_detection_from_recorded_outputs() -> None:
     assert IptablesBackend(kernel=kernel).mode == "legacy"
 
 
+ADMIN_K3SNET_CHAIN = """*filter
+:FORWARD ACCEPT [0:0]
+:K3SNET-MINE - [0:0]
+-A FORWARD -j K3SNET-MINE
+-A K3SNET-MINE -s 10.99.0.0/16 -j DROP
+COMMIT
+"""
+
+
+def test_an_admins_chain_named_like_k3snets_is_no_evidence_of_k3snet() -> None:
+    # The admin's K3SNET-MINE is not k3snet's (load_table says so): in legacy, next to
+    # one KUBE- chain in nft, it must not outweigh K3s's use of nft.
+    kube = "*nat\n:POSTROUTING ACCEPT [0:0]\n:KUBE-POSTROUTING - [0:0]\nCOMMIT\n"
+    assert detect_mode({"nft": [kube], "legacy": [ADMIN_K3SNET_CHAIN]}, "") == (
+        "nft", "only iptables-nft has KUBE-/FLANNEL- chains")
+    # k3snet's own chains, from an earlier run, still decide first.
+    ours = [recorded("legacy", f) for f in (4, 6)]
+    assert detect_mode({"nft": [kube], "legacy": ours}, "") == (
+        "legacy", "only iptables-legacy has K3SNET- chains")
+
+
 # -- negated matches are never positive ones -------------------------------------------
 
 

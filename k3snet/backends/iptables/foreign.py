@@ -15,8 +15,8 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   ``ESTABLISHED`` accept covering them), as flannel's ``FLANNEL-FWD`` pair does.
 
 * filter, what decides otherwise (:func:`foreign_blocks`): every ``DROP``,
-  ``REJECT`` (and, in FORWARD itself, ``RETURN`` to a policy that is not
-  ACCEPT) met before k3snet's jump, in FORWARD or one jump level down, as a
+  ``REJECT`` (and ``RETURN`` to FORWARD's policy when it is not ACCEPT) met
+  before k3snet's jump, at any depth of jumps (bounded, loop-safe), as a
   :class:`~k3snet.model.ForwardBlock` carrying the rule's text. Here a doubt
   counts against k3snet: a negated or unmodelled match is read as "any", so a
   rule that may drop our traffic is a conflict rather than overridden.
@@ -29,7 +29,9 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   there (a ``RETURN``/``ACCEPT`` ending the nat table: the packets leave
   untranslated). A rule testing for a set mark is another program's traffic.
 
-Elsewhere rule order across chains is approximated (one level of jumps, in order); a
+In :func:`foreign_nat` and :func:`foreign_forward` rule order across chains is
+approximated (one level of jumps, in order: a rule they miss further down is
+not read as met, so k3snet writes its own, redundant at worst); a
 RETURN that may skip most packets hides what follows it in its chain, and a
 jump that matches on anything (``! -d X -j CHAIN``) hides what its chain does.
 A negated match (``! -s``, ``! -d``) is never read as the positive one: a rule
@@ -354,38 +356,146 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
     """Foreign rules met before FORWARD's rule number ``before`` (0-based: where
     k3snet's jump is or would go) that drop, reject or return forwarded packets.
 
-    Read one jump level down, like the other readers here. A ``RETURN`` in
-    FORWARD hands the packet to the chain's policy (a decision unless the policy
-    is ACCEPT); in a chain jumped to it only goes back to FORWARD. kube-proxy's
-    drop of ``INVALID`` packets is left out: valid traffic goes on. ``ours``:
-    k3snet's own chains, not read (default: every ``K3SNET-`` chain; an admin's
-    chain named so is read when ``ours`` leaves it out).
+    Read at any depth, like :func:`nat_blocks`: every chain jumped or gone to is
+    followed (``ours``: k3snet's own chains, not followed; default: every
+    ``K3SNET-`` chain; an admin's chain named so is read when ``ours`` leaves it
+    out), a chain already on the way is not followed again, and the walk stops
+    after :data:`WALK_LIMIT` rules or :data:`WALK_DEPTH` chains: what it did not
+    read counts against k3snet (a drop of any packet, naming the rule where it
+    stopped). Each jump narrows what is reached below it. A ``RETURN`` goes back
+    to the chain that jumped (past the chains gone to with ``-g`` on the way):
+    when that is FORWARD's caller, the chain's policy decides (a block unless it
+    is ACCEPT), and so it does for the packets reaching the end of a chain gone
+    to from FORWARD. An ``ACCEPT``, ``DROP`` or ``REJECT`` (a ``RETURN``, a
+    ``-g``) every packet of k3snet's matches (:func:`_takes_all`) ends the table
+    (the chain) for the packets reaching it; after any other, the rules that
+    follow are read (a doubt counts against k3snet). kube-proxy's drop of
+    ``INVALID`` packets is left out: valid traffic goes on.
     """
     found: set[NetObject] = set()
     if dump is None:
         return found
-    policy = dump.policies.get("FORWARD", "ACCEPT")
-    for spec in dump.chain("FORWARD")[:before]:
-        tokens = tokenize(spec)
-        target = _target(tokens)
-        if target is not None and target in dump.rules and (
-                not target.startswith(PREFIX) if ours is None else target not in ours):
-            for inner in dump.chain(target):
-                inner_tokens = tokenize(inner)
-                inner_target = _target(inner_tokens)
-                if inner_target in ("DROP", "REJECT"):
-                    _block(found, family, target, inner_tokens, inner_target, outer=tokens)
-            continue
-        if target in ("DROP", "REJECT") or (target == "RETURN" and policy != "ACCEPT"):
-            _block(found, family, "FORWARD", tokens, target)
+    walk = _ForwardWalk(dump, family, found, ours)
+    try:
+        walk.chain("FORWARD", dump.chain("FORWARD")[:before], (), leaves=True,
+                   on_way=("FORWARD",))
+    except _WalkStopped as stop:
+        text = (f"-A {stop.chain} {format_line(stop.tokens)} (and what follows: not read, "
+                f"{stop.why})")
+        found.add(ForwardBlock(family, "drop", text, f"iptables IPv{family} filter"))
     return found
 
 
+_ON, _END, _BACK, _DONE = "on", "end", "back", "done"
+"""How packets leave a rule (to the next one; ``_DONE``: the table ends for them, ``_BACK``:
+they go back as a ``RETURN`` sends them) or a chain (``_END``: some reach its end)."""
+
+
+class _Walk:
+    """A bounded, loop-safe walk down a built-in chain and the chains it jumps or goes
+    to, in the kernel's order; a table's walk says what its verdicts do (the blocks
+    they make, whether packets go on) and the blocks' text."""
+
+    def __init__(self, dump: TableDump, ours: Container[str] | None) -> None:
+        self.dump, self.ours = dump, ours
+        self.read = 0
+
+    def followed(self, target: str | None) -> bool:
+        """A foreign chain to read (k3snet's own are not)."""
+        if target is None or target not in self.dump.rules:
+            return False
+        return not target.startswith(PREFIX) if self.ours is None else target not in self.ours
+
+    def count(self, chain: str, tokens: Line) -> None:
+        """Count one rule read; past :data:`WALK_LIMIT`, stop the walk."""
+        self.read += 1
+        if self.read > WALK_LIMIT:
+            raise _WalkStopped(chain, tokens, f"more than {WALK_LIMIT} rules on the way "
+                                              "to k3snet's jump")
+
+    def chain(self, chain: str, specs: list[str], outers: tuple[Line, ...], *, leaves: bool,
+              on_way: tuple[str, ...]) -> str:
+        """Read ``specs``, rules of ``chain``, in order: how the packets leave it.
+
+        ``outers`` are the jumps that led here, ``leaves`` whether a ``RETURN`` in
+        ``chain`` leaves the built-in chain the walk started from.
+        """
+        for spec in specs:
+            left = self.rule(chain, tokenize(spec), outers, leaves=leaves, on_way=on_way)
+            if left != _ON:
+                return left
+        return _END
+
+    def rule(self, chain: str, tokens: Line, outers: tuple[Line, ...], *, leaves: bool,
+             on_way: tuple[str, ...]) -> str:
+        """Read one rule of ``chain`` (following its jump): how the packets leave it."""
+        self.count(chain, tokens)
+        target = _target(tokens)
+        every = self.takes_all(tokens, outers)
+        if target is None or target not in self.dump.rules:
+            return self.verdict(chain, tokens, target, outers, leaves=leaves, every=every)
+        if target in on_way or not self.followed(target):
+            return _ON  # a loop in the text, or k3snet's own chain
+        if len(on_way) > WALK_DEPTH:
+            raise _WalkStopped(chain, tokens, f"chains more than {WALK_DEPTH} deep")
+        gone_to = "-g" in tokens
+        left = self.chain(target, self.dump.chain(target), (*outers, tokens),
+                          leaves=leaves and gone_to, on_way=(*on_way, target))
+        if gone_to and leaves and left == _END:  # as a RETURN here: out of the built-in
+            self.block(chain, tokens, "RETURN", outers)
+        if not every or (left != _DONE and not gone_to):
+            return _ON  # a RETURN below a jump goes back to the rule after it
+        return _DONE if left == _DONE else _BACK
+
+    def takes_all(self, tokens: Line, outers: tuple[Line, ...]) -> bool:
+        """Every packet of k3snet's reaching the rule ``tokens`` matches it."""
+        return _takes_all(tokens)
+
+    def verdict(self, chain: str, tokens: Line, target: str | None, outers: tuple[Line, ...],
+                *, leaves: bool, every: bool) -> str:
+        """What a rule that jumps to no chain does (the blocks it makes): how packets leave it."""
+        raise NotImplementedError
+
+    def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
+        """Add the block the rule ``tokens`` of ``chain`` makes as ``target``."""
+        raise NotImplementedError
+
+
+class _ForwardWalk(_Walk):
+    """One walk of :func:`foreign_blocks` down the FORWARD path (bounded, loop-safe)."""
+
+    def __init__(self, dump: TableDump, family: int, found: set[NetObject],
+                 ours: Container[str] | None) -> None:
+        super().__init__(dump, ours)
+        self.family, self.found = family, found
+        self.policy = dump.policies.get("FORWARD", "ACCEPT")
+
+    def verdict(self, chain: str, tokens: Line, target: str | None, outers: tuple[Line, ...],
+                *, leaves: bool, every: bool) -> str:
+        if target == "RETURN":
+            if leaves:  # to FORWARD's policy
+                self.block(chain, tokens, target, outers)
+            return _BACK if every else _ON
+        if target in ("DROP", "REJECT"):
+            self.block(chain, tokens, target, outers)
+        if target in ("ACCEPT", "DROP", "REJECT"):
+            return _DONE if every else _ON
+        return _ON  # LOG, MARK ... or a target k3snet does not model: read as going on
+
+    def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
+        if target != "RETURN" or self.policy != "ACCEPT":
+            _block(self.found, self.family, chain, tokens, target, outers=outers)
+
+
 def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
-           outer: Line = ()) -> None:
-    """Add the block ``tokens`` makes (narrowed by the jump ``outer`` that leads there)."""
-    matches = {**_addresses(outer), **{k: v for k, v in _addresses(tokens).items()
-                                       if v is not None}}
+           outers: tuple[Line, ...] = ()) -> None:
+    """Add the block ``tokens`` makes (narrowed by the jumps ``outers`` that lead there)."""
+    matches: dict[str, str | None] = {}
+    for line in (*outers, tokens):  # the innermost match of each kind is the narrowest known
+        matches.update({k: v for k, v in _addresses(line).items() if v is not None})
+    if any(matches.get(kind) == value for line in (*outers, tokens)
+           for kind, value in _addresses(line, negated=True).items()):
+        return  # a match the way there excludes (Docker's `! -o docker0`, then `-o docker0`)
     if _conditions(tokens) == ["-m", "conntrack", "--ctstate", "INVALID"] or (
             _conditions(tokens) == ["-m", "state", "--state", "INVALID"]):
         return  # kube-proxy's drop of invalid packets: valid traffic goes on
@@ -398,12 +508,13 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
         found.add(ForwardBlock(family, _VERDICT[target], text, f"iptables IPv{family} filter"))
 
 
-def _addresses(tokens: Line) -> dict[str, str | None]:
-    """The positive ``-s``/``-d``/``-i``/``-o`` of a rule (negated ones count as any)."""
+def _addresses(tokens: Line, *, negated: bool = False) -> dict[str, str | None]:
+    """The positive ``-s``/``-d``/``-i``/``-o`` of a rule (negated ones count as any);
+    ``negated``: the negated ones instead."""
     names = {"-s": "source", "-d": "destination", "-i": "in_interface", "-o": "out_interface"}
     found: dict[str, str | None] = {}
     for index, token in enumerate(tokens[:-1]):
-        if token in names and (index == 0 or tokens[index - 1] != "!"):
+        if token in names and (index > 0 and tokens[index - 1] == "!") == negated:
             found[names[token]] = tokens[index + 1]
     return found
 
@@ -414,11 +525,13 @@ _NAT_ACTION = {"MASQUERADE": "masquerade", "SNAT": "snat", "RETURN": "exempt",
 :data:`_GOES_ON` may translate (``NETMAP``, a target k3snet does not know): ``snat``
 to an address k3snet does not model."""
 
-NAT_WALK_LIMIT = 10_000
-"""The most rules :func:`nat_blocks` reads on the way to k3snet's jump (the usual
-POSTROUTING path, flannel's, kube-proxy's, Calico's and Docker's, is a few dozen)."""
-NAT_WALK_DEPTH = 64
-"""The deepest chain :func:`nat_blocks` follows (the kernel allows no loop, but text may)."""
+WALK_LIMIT = 10_000
+"""The most rules :func:`nat_blocks` and :func:`foreign_blocks` read on the way to
+k3snet's jump (the usual path, flannel's, kube-proxy's, Calico's and Docker's, is a
+few dozen)."""
+WALK_DEPTH = 64
+"""The deepest chain :func:`nat_blocks` and :func:`foreign_blocks` follow (the kernel
+allows no loop, but text may)."""
 
 
 def nat_blocks(dump: TableDump | None, family: int, before: int, *,
@@ -437,7 +550,7 @@ def nat_blocks(dump: TableDump | None, family: int, before: int, *,
     Read at any depth: every chain jumped or gone to is followed (``ours``:
     k3snet's own chains, not followed; default: every ``K3SNET-`` chain), a
     chain already on the way is not followed again, and the walk stops after
-    :data:`NAT_WALK_LIMIT` rules or :data:`NAT_WALK_DEPTH` chains: what it did
+    :data:`WALK_LIMIT` rules or :data:`WALK_DEPTH` chains: what it did
     not read counts against k3snet (an ``snat`` of any packet, naming the rule
     where it stopped). Rules after a ``RETURN``/``ACCEPT`` that every packet of
     k3snet's matches are not reached (kube-proxy's ``! --mark`` return: its
@@ -452,9 +565,8 @@ def nat_blocks(dump: TableDump | None, family: int, before: int, *,
         return found
     walk = _NatWalk(dump, family, found, ours)
     try:
-        for spec in dump.chain("POSTROUTING")[:before]:
-            walk.rule("POSTROUTING", tokenize(spec), (), leaves=True, top=True,
-                      on_way=("POSTROUTING",))
+        walk.chain("POSTROUTING", dump.chain("POSTROUTING")[:before], (), leaves=True,
+                   on_way=("POSTROUTING",))
     except _WalkStopped as stop:
         text = (f"-A {stop.chain} {format_line(stop.tokens)} (and what follows: not read, "
                 f"{stop.why})")
@@ -462,62 +574,36 @@ def nat_blocks(dump: TableDump | None, family: int, before: int, *,
     return found
 
 
-class _WalkStopped(Exception):  # noqa: N818 - a signal within nat_blocks, never raised out
+class _WalkStopped(Exception):  # noqa: N818 - a signal within the walks, never raised out
     def __init__(self, chain: str, tokens: Line, why: str) -> None:
         super().__init__(why)
         self.chain, self.tokens, self.why = chain, tokens, why
 
 
-class _NatWalk:
+class _NatWalk(_Walk):
     """One walk of :func:`nat_blocks` down the POSTROUTING path (bounded, loop-safe)."""
 
     def __init__(self, dump: TableDump, family: int, found: set[NetObject],
                  ours: Container[str] | None) -> None:
-        self.dump, self.family, self.found, self.ours = dump, family, found, ours
-        self.read = 0
+        super().__init__(dump, ours)
+        self.family, self.found = family, found
 
-    def followed(self, target: str | None) -> bool:
-        """A foreign chain to read (k3snet's own are not)."""
-        if target is None or target not in self.dump.rules:
-            return False
-        return not target.startswith(PREFIX) if self.ours is None else target not in self.ours
+    def takes_all(self, tokens: Line, outers: tuple[Line, ...]) -> bool:
+        # POSTROUTING itself is read up to k3snet's jump whatever it meets.
+        return bool(outers) and _takes_all(tokens)
 
-    def rule(self, chain: str, tokens: Line, outers: tuple[Line, ...], *, leaves: bool,
-             top: bool, on_way: tuple[str, ...]) -> bool:
-        """Read one rule of ``chain``; ``False``: the rest of the chain is not reached.
-
-        ``outers`` are the jumps that led here, ``leaves`` whether a ``RETURN`` in
-        ``chain`` leaves POSTROUTING (untranslated).
-        """
-        self.read += 1
-        if self.read > NAT_WALK_LIMIT:
-            raise _WalkStopped(chain, tokens, f"more than {NAT_WALK_LIMIT} rules on the way "
-                                              "to k3snet's jump")
-        target = _target(tokens)
-        if target is not None and target in self.dump.rules:
-            if target in on_way or not self.followed(target):
-                return True  # a loop in the text, or k3snet's own chain
-            if len(on_way) > NAT_WALK_DEPTH:
-                raise _WalkStopped(chain, tokens, f"chains more than {NAT_WALK_DEPTH} deep")
-            gone_to = "-g" in tokens
-            inner_leaves = leaves if gone_to else False
-            end = True  # some packets reach the end of the chain
-            for spec in self.dump.chain(target):
-                if not self.rule(target, tokenize(spec), (*outers, tokens),
-                                 leaves=inner_leaves, top=False, on_way=(*on_way, target)):
-                    end = False
-                    break
-            if gone_to and leaves and end:  # they leave POSTROUTING untranslated
-                self.block(chain, tokens, "RETURN", outers)
-            return top or (end and not gone_to) or not _takes_all(tokens)
+    def verdict(self, chain: str, tokens: Line, target: str | None, outers: tuple[Line, ...],
+                *, leaves: bool, every: bool) -> str:
         if target in ("RETURN", "ACCEPT"):
-            if target == "ACCEPT" or leaves:
+            if target == "ACCEPT" or leaves:  # out of POSTROUTING untranslated
                 self.block(chain, tokens, target, outers)
-            return top or not _takes_all(tokens)  # none of k3snet's packets goes on here
+            if not every:
+                return _ON
+            return _BACK if target == "RETURN" else _DONE
         if target is None or target in _GOES_ON:
-            return True
+            return _ON
         self.block(chain, tokens, target, outers)  # MASQUERADE, SNAT, NETMAP, unknown
-        return top or not _takes_all(tokens)
+        return _DONE if every else _ON
 
     def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
         _nat_block(self.found, self.family, chain, tokens, target, outers=outers)

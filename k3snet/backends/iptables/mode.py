@@ -2,12 +2,13 @@
 
 K3s may run either flavour, and reading the wrong one hides every rule. The
 ``-save`` output of both flavours (IPv4 and IPv6) is compared, in this order,
-and the first criterion only one flavour meets decides: it has ``K3SNET-``
-chains (ours, from an earlier run); it has ``KUBE-``/``FLANNEL-`` chains (K3s is
-using it); it has any rule, user chain or non-ACCEPT policy. When both have
-rules, the one with more wins (the rule of kube-proxy's iptables-wrapper). When
-neither has anything, the flavour ``iptables --version`` reports decides (the
-host's alternatives).
+and the first criterion only one flavour meets decides: it has k3snet's own
+``K3SNET-`` chains (from an earlier run; an admin's chain named so is not
+k3snet's, as :func:`~k3snet.backends.iptables.table.own_chains` tells); it has
+``KUBE-``/``FLANNEL-`` chains (K3s is using it); it has any rule, user chain or
+non-ACCEPT policy. When both have rules, the one with more wins (the rule of
+kube-proxy's iptables-wrapper). When neither has anything, the flavour
+``iptables --version`` reports decides (the host's alternatives).
 
 Both flavours' rules run in the kernel side by side, but k3snet reads one:
 :func:`other_flavour_rules` says what the other one holds in the tables k3snet
@@ -23,12 +24,13 @@ import attrs
 
 from k3snet.backends.iptables.driver import Flavour
 from k3snet.backends.iptables.save import parse_save
-from k3snet.render.iptables.rules import PREFIX, TABLES
+from k3snet.backends.iptables.table import own_chains
+from k3snet.render.iptables.rules import HOOKS, PREFIX, TABLES
 
 __all__ = ["Evidence", "detect_mode", "other_flavour_rules"]
 
 _KUBE_CHAIN = re.compile(r"^:(KUBE-|FLANNEL-)", re.MULTILINE)
-_OUR_CHAIN = re.compile(rf"^:{PREFIX}", re.MULTILINE)
+_K3SNET_NAMED = re.compile(rf"^:{PREFIX}", re.MULTILINE)
 _USER_CHAIN = re.compile(r"^:\S+ - ", re.MULTILINE)
 _POLICY = re.compile(r"^:\S+ (DROP|REJECT) ", re.MULTILINE)
 _RULE = re.compile(r"^(?:\[\d+:\d+\] )?-A ", re.MULTILINE)
@@ -43,20 +45,30 @@ class Evidence:
     rules: int
 
     @classmethod
-    def of(cls, text: str) -> Evidence:
-        """Count what ``text`` (``-save`` output, both families joined) holds."""
+    def of(cls, texts: Sequence[str]) -> Evidence:
+        """Count what ``texts`` (``-save`` outputs, one per family) hold."""
+        text = "\n".join(texts)
         return cls(
-            ours=len(_OUR_CHAIN.findall(text)),
+            ours=sum(_own_chains(save) for save in texts),
             k8s=len(_KUBE_CHAIN.findall(text)),
             rules=len(_RULE.findall(text)) + len(_USER_CHAIN.findall(text))
             + len(_POLICY.findall(text)),
         )
 
 
+def _own_chains(text: str) -> int:
+    """How many of k3snet's own chains one ``-save`` output holds (an admin's
+    ``K3SNET-*`` chain is not one); parsed only when a chain is named so."""
+    if _K3SNET_NAMED.search(text) is None:
+        return 0
+    return sum(len(own_chains(HOOKS[name], table)) for name, table in parse_save(text).items()
+               if name in HOOKS)
+
+
 def detect_mode(saves: Mapping[str, Sequence[str]], version: str) -> tuple[Flavour, str]:
     """The flavour in use and why, from each flavour's ``-save`` texts and the version."""
-    nft = Evidence.of("\n".join(saves.get("nft", ())))
-    legacy = Evidence.of("\n".join(saves.get("legacy", ())))
+    nft = Evidence.of(saves.get("nft", ()))
+    legacy = Evidence.of(saves.get("legacy", ()))
     for field, label in (("ours", "K3SNET- chains"), ("k8s", "KUBE-/FLANNEL- chains"),
                          ("rules", "rules, user chains or DROP policies")):
         has_nft, has_legacy = getattr(nft, field) > 0, getattr(legacy, field) > 0

@@ -45,8 +45,8 @@ from k3snet.render.tag import TAG_PREFIX
 
 __all__ = ["DRIFT_KIND", "INJECTED_CHAIN", "Delta", "ForeignJump", "Op", "Sink", "TableEdit",
            "TableState", "commit_edit", "diff_table", "drift_where", "edit_conflicts",
-           "has_tag", "load_table", "plan_table", "restore_lines", "restore_text", "revert_ops",
-           "set_aside"]
+           "has_tag", "load_table", "own_chains", "plan_table", "restore_lines", "restore_text",
+           "revert_ops", "set_aside"]
 
 OpKind = Literal["declare", "delete", "append", "insert", "flush", "remove", "fail"]
 
@@ -260,12 +260,25 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
     return state
 
 
+def own_chains(hook: Hook, dump: TableDump | None) -> set[str]:
+    """The names of k3snet's own chains in one table, as :func:`load_table` tells them
+    from an admin's ``K3SNET-*`` chains (see :func:`_foreign_chains`), without reading
+    their rules into objects."""
+    rules = dump.rules if dump is not None else {}
+    # Tags, names and jump targets decide: the address forms ip6tables-save prints do not.
+    # Read up to a chain's first tagged rule only (a 10k-rule chain: its first).
+    chains = {name: map(tokenize, specs) for name, specs in rules.items()
+              if name.startswith(PREFIX)}
+    foreign, _ = _foreign_chains(hook, rules, chains, tokenize)
+    return set(chains) - foreign
+
+
 def _read6(text: str) -> Line:
     return normalize(tokenize(text))
 
 
 def _foreign_chains(
-    hook: Hook, rules: Mapping[str, Sequence[str]], chains: Mapping[str, list[Line]],
+    hook: Hook, rules: Mapping[str, Sequence[str]], chains: Mapping[str, Iterable[Line]],
     read: Callable[[str], Line],
 ) -> tuple[set[str], list[ForeignJump]]:
     """The ``K3SNET-*`` chains that are not k3snet's, and the foreign jumps into k3snet's.
@@ -275,7 +288,8 @@ def _foreign_chains(
     rule that is not k3snet's jumps to it. Anything else (an administrator's
     ``iptables -N K3SNET-MINE``, or a chain of theirs that took a name k3snet
     writes) is theirs. A rule outside k3snet's chains that jumps to one of them is
-    foreign, except k3snet's own jump from the built-in chain it hooks.
+    foreign, except k3snet's own jump from the built-in chain it hooks. Each chain's
+    lines in ``chains`` are read once, up to the first tagged one.
     """
     if not chains:
         return set(), []
@@ -290,7 +304,7 @@ def _foreign_chains(
 
 
 def _jumps_into(
-    hook: Hook, rules: Mapping[str, Sequence[str]], chains: Mapping[str, list[Line]],
+    hook: Hook, rules: Mapping[str, Sequence[str]], chains: Mapping[str, Iterable[Line]],
     foreign: set[str], read: Callable[[str], Line],
 ) -> list[ForeignJump]:
     """Rules outside k3snet's chains that jump to a ``K3SNET-*`` chain (but k3snet's hook)."""
