@@ -7,9 +7,11 @@ half a request held 3 000 threads and 78 MiB, and kept them, so that any pod cou
 walk the agent to its memory limit. This server instead:
 
 * runs one thread and a selector, however many clients connect;
-* holds at most ``max_connections``; one more closes the oldest that has not sent
-  its whole request (a probe sends its request as it connects and is answered at
-  once, so a flood of idle connections pushes out only its own);
+* holds at most ``max_connections``; for one more, it first serves every request
+  that has arrived (a probe sends its request as it connects, so even one accepted
+  from a backlog full of idle connections is answered), then closes the oldest
+  connection that has sent nothing (else the oldest still sending its request):
+  a flood of idle connections pushes out only its own;
 * closes a connection not answered and written within ``deadline`` seconds of its
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
@@ -31,7 +33,7 @@ from collections.abc import Callable
 __all__ = ["DEADLINE", "MAX_CONNECTIONS", "REQUEST_LIMIT", "HealthServer", "parse_listen"]
 
 MAX_CONNECTIONS = 64
-"""Connections held at once; one more closes the oldest still sending its request."""
+"""Connections held at once; one more closes the oldest that sent nothing (see the module)."""
 
 DEADLINE = 10.0
 """Seconds from a connection's accept to its answer written; it is closed then."""
@@ -175,7 +177,8 @@ class HealthServer:
         return None
 
     def _accept(self) -> None:
-        while True:
+        # At most max_connections at a time: then the loop turns (deadlines, writes).
+        for _ in range(self._max):
             try:
                 sock, _address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -186,17 +189,25 @@ class HealthServer:
                 time.sleep(0.1)
                 return
             sock.setblocking(False)
-            if len(self._clients) >= self._max:
-                self._evict()
             client = _Client(sock, time.monotonic())
             self._clients[sock.fileno()] = client
             self._selector.register(sock, selectors.EVENT_READ, client)
+            if len(self._clients) > self._max:
+                self._make_room(client)
 
-    def _evict(self) -> None:
-        """Close the oldest connection still sending its request (else the oldest)."""
-        oldest = next(iter(self._clients.values()))
-        victim = next((c for c in self._clients.values() if c.answer is None), oldest)
-        self._close(victim)
+    def _make_room(self, newcomer: _Client) -> None:
+        """One connection too many: serve what has arrived, else close one (module text)."""
+        # The accepts drained from the backlog were never read: a probe among them has
+        # its whole request in its buffer, and must not count as one still sending.
+        for key, _events in self._selector.select(0):
+            if key.data is not None:
+                self._turn(key.data)
+        if len(self._clients) <= self._max:
+            return
+        # Not the newcomer: it was accepted just now, its request may be on its way.
+        waiting = [c for c in self._clients.values() if c.answer is None and c is not newcomer]
+        silent = (c for c in waiting if not c.request)
+        self._close(next(silent, waiting[0] if waiting else newcomer))
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -11,6 +11,9 @@ and inode of its ``/proc/.../ns/net`` or ``/run/netns`` handle, so two names of
 one namespace share a lock), in ``/run/k3snet/locks`` (``K3SNET_LOCK_DIR``
 overrides it). The kernel releases it when the process dies, even by SIGKILL.
 The file holds the holder's pid, quoted when another process has to wait too long.
+k3snet runs as root: the directory and every lock file must be its own (owned by
+the effective user, writable by nobody else, no link; :func:`k3snet._kept.untrusted`),
+else the lock is refused before anything is opened for writing or truncated.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from k3snet._kept import untrusted
 from k3snet.backends.netns import netns_path, validate_netns
 from k3snet.errors import BackendError
 
@@ -87,21 +92,62 @@ def namespace_lock(netns: Iterable[str | None], *,
     with contextlib.ExitStack() as stack:
         if wanted:
             directory = _lock_dir()
-            try:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as exc:
-                raise BackendError(f"cannot create the lock directory {directory}: {exc}") from exc
+            directory_fd = _open_directory(directory)
+            stack.callback(os.close, directory_fd)
             for filename, name in wanted:
-                stack.enter_context(_flock(directory / filename, name, timeout))
+                stack.enter_context(_flock(directory_fd, directory / filename, name, timeout))
         yield
 
 
-@contextlib.contextmanager
-def _flock(path: Path, name: str, timeout: float) -> Iterator[None]:
+def _open_directory(directory: Path) -> int:
+    """A descriptor of the lock directory (made 0700 if missing), once it is k3snet's own.
+
+    The files are then opened relative to it: the directory checked is the one used.
+    """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
+        raise BackendError(f"cannot create the lock directory {directory}: {exc}") from exc
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            problem = "a symbolic link" if directory.is_symlink() else "not a directory"
+            raise BackendError(f"the lock directory {directory} is {problem}: k3snet takes "
+                               "its lock only in a directory of its own") from exc
+        raise BackendError(f"cannot open the lock directory {directory}: {exc}") from exc
+    why = untrusted(os.fstat(fd))
+    if why is not None:
+        os.close(fd)
+        raise BackendError(f"the lock directory {directory} is {why}: k3snet takes its lock "
+                           "only in a directory of its own")
+    return fd
+
+
+def _open_lock_file(directory_fd: int, path: Path) -> int:
+    """The lock file, opened without following a link, once it is a regular file of k3snet's."""
+    # O_NONBLOCK: a FIFO or device at the name is refused below, not waited on.
+    flags = (os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
+             | os.O_CLOEXEC)
+    try:
+        fd = os.open(path.name, flags, 0o600, dir_fd=directory_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BackendError(f"the lock file {path} is a symbolic link: k3snet locks only "
+                               "a file of its own") from exc
         raise BackendError(f"cannot open the lock file {path}: {exc}") from exc
+    info = os.fstat(fd)
+    why = "not a regular file" if not stat.S_ISREG(info.st_mode) else untrusted(info)
+    if why is not None:
+        os.close(fd)
+        raise BackendError(f"the lock file {path} is {why}: k3snet locks only a file of "
+                           "its own")
+    return fd
+
+
+@contextlib.contextmanager
+def _flock(directory_fd: int, path: Path, name: str, timeout: float) -> Iterator[None]:
+    fd = _open_lock_file(directory_fd, path)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -187,6 +187,8 @@ class _AgentNeeds:
 
     sysctls: bool
     iptables: bool
+    node_lock: bool
+    """Whether a node backend may run: it converges under the namespace lock in /run/k3snet."""
     calico: bool
     flannel_conf: str | None
     flannel_configmap: tuple[str, str] | None
@@ -227,6 +229,7 @@ def _agent_needs(
         # when it restores the values it recorded.
         sysctls=_uses(spec, "netlink"),
         iptables=_uses(spec, "iptables"),
+        node_lock=any(_uses(spec, backend) for backend in _NODE_BACKENDS),
         calico="calico" in spec.backends,
         flannel_conf=flannel[0],
         flannel_configmap=flannel[1],
@@ -562,12 +565,16 @@ def _agent_volumes(
     # the host's modules, read-only, as kube-proxy, flannel and calico-node mount them.
     volumes.append(_host_path("lib-modules", "/lib/modules", "Directory"))
     mounts.append({"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True})
-    if needs.sysctls:
-        # The previous value of every sysctl k3snet sets is recorded here so that
-        # removal restores it: a hostPath, so it survives agent restarts (and is
-        # cleared at boot, like the sysctls themselves: /run is a tmpfs).
+    if needs.node_lock:
+        # The node backends converge under the namespace lock (/run/k3snet/locks):
+        # the host's directory, so that the agent and a host `k3snet apply` exclude
+        # each other (the root is read-only: without it no pass could converge).
+        # netlink also records here the previous value of every sysctl it sets, so
+        # that removal restores it: kept across agent restarts, cleared at boot like
+        # the sysctls themselves (/run is a tmpfs).
         volumes.append(_host_path("run-k3snet", _RUN_DIR, "DirectoryOrCreate"))
         mounts.append({"name": "run-k3snet", "mountPath": _RUN_DIR})
+    if needs.sysctls:
         # /proc/sys is read-only in a container that is not privileged; the host's
         # net subtree, mounted elsewhere, is writable with uid 0 (Cilium does the same).
         volumes.append(_host_path("proc-sys-net", "/proc/sys/net", "Directory"))

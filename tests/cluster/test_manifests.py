@@ -341,12 +341,14 @@ def test_writable_host_paths_only_where_needed() -> None:
     }
     assert _env(_render("seed"))["K3SNET_PROC_SYS"] == "/host/proc/sys"
     nft_only = render_manifests(attrs.evolve(k3snet.seed_spec(), backends=("nftables",)))
-    assert _host_paths(nft_only) == {"/lib/modules": ("Directory", "/lib/modules")}
+    # every node backend takes the namespace lock, in the host's /run/k3snet/locks
+    assert _host_paths(nft_only) == {"/lib/modules": ("Directory", "/lib/modules"),
+                                     "/run/k3snet": ("DirectoryOrCreate", "/run/k3snet")}
     assert "K3SNET_PROC_SYS" not in _env(nft_only)
     netlink_only = render_manifests(Spec(backends=["netlink"]))
     assert set(_host_paths(netlink_only)) == {"/lib/modules", "/run/k3snet", "/proc/sys/net"}
     assert set(_host_paths(render_manifests(Spec(backends=["iptables"])))) == {
-        "/lib/modules", "/run/xtables.lock"}
+        "/lib/modules", "/run/k3snet", "/run/xtables.lock"}
     # /lib/modules is the one host path mounted read-only
     for name in SPECS:
         pod = _one(_render(name), "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -82,6 +82,15 @@ def _closed_by_server(sock: socket.socket, within: float = 10.0) -> bool:
         return False
 
 
+def _until(condition: Callable[[], bool], within: float = 10.0) -> bool:
+    end = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_idle_connections_take_no_thread_and_a_probe_is_still_answered(
         server: HealthServer) -> None:
     threads = threading.active_count()
@@ -105,11 +114,50 @@ def test_a_full_server_closes_its_oldest_unfinished_connection_for_a_new_one() -
     try:
         for sock in idle:
             sock.sendall(b"GET /")
+        assert _until(lambda: served.connections == 8)
+        with _connect(served):  # one more, sending nothing: only unfinished ones to close
+            assert _closed_by_server(idle[0])
         assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
-        assert _closed_by_server(idle[0])
         assert not _closed_by_server(idle[-1], within=0.2)
     finally:
         for sock in idle:
+            sock.close()
+        served.stop()
+
+
+def test_a_probe_queued_behind_a_flood_of_idle_connections_is_answered() -> None:
+    # Not started yet: every connection waits in the listen backlog, so the first
+    # accept drains a probe whose whole request has arrived among 3 x max idle ones.
+    served = HealthServer("127.0.0.1", 0, healthy=lambda: (True, "ok"),
+                          ready=lambda: (True, "ready"), metrics=None, max_connections=8)
+    before = [_connect(served) for _ in range(4)]
+    probe = _connect(served)
+    probe.sendall(PROBE)
+    after = [_connect(served) for _ in range(24)]
+    try:
+        served.start()
+        assert _answer(probe).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert served.connections <= 8
+    finally:
+        for sock in (*before, probe, *after):
+            sock.close()
+        served.stop()
+
+
+def test_a_full_server_closes_connections_that_sent_nothing_before_one_still_sending() -> None:
+    served = _server(max_connections=4)
+    sending = _connect(served)
+    sending.sendall(b"GET /healthz HTTP/1.1\r\n")  # its headers still to come
+    assert _until(lambda: served.connections == 1)
+    idle = [_connect(served) for _ in range(4)]  # the fourth is one too many
+    try:
+        assert _closed_by_server(idle[0])
+        assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert not _closed_by_server(sending, within=0.2)
+        sending.sendall(b"\r\n")
+        assert _answer(sending).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        for sock in (sending, *idle):
             sock.close()
         served.stop()
 

@@ -1,0 +1,122 @@
+"""The namespace lock's directory and files are k3snet's own, or refused untouched.
+
+k3snet takes the lock as root; a lock directory another user can write (or owns), or
+a link or foreign file at a lock's name, would let that user make root truncate and
+write any file. Each is refused with a :class:`~k3snet.errors.BackendError` naming
+the path and what is wrong, and nothing it points to is changed.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.lock import namespace_id, namespace_lock
+from k3snet.errors import BackendError
+
+VICTIM_TEXT = "important root-owned config\n"
+
+
+@pytest.fixture
+def locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "locks"
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(directory))
+    return directory
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    file = tmp_path / "victim.conf"
+    file.write_text(VICTIM_TEXT)
+    file.chmod(0o644)
+    return file
+
+
+def _lock_file(directory: Path) -> Path:
+    return directory / f"netns-{namespace_id(None)}.lock"
+
+
+def _nobody() -> int:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    return pwd.getpwnam("nobody").pw_uid
+
+
+def test_a_missing_directory_is_made_private_and_the_lock_holds_the_pid(locks: Path) -> None:
+    with namespace_lock([None]):
+        file = _lock_file(locks)
+        assert file.read_text() == f"{os.getpid()}\n"
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(locks.stat().st_mode) == 0o700
+    with namespace_lock([None]):  # an existing directory and file of k3snet's
+        assert _lock_file(locks).read_text() == f"{os.getpid()}\n"
+
+
+def test_a_link_at_the_lock_s_name_is_refused_and_its_target_untouched(
+        locks: Path, victim: Path) -> None:
+    locks.mkdir(mode=0o700)
+    _lock_file(locks).symlink_to(victim)
+    with pytest.raises(BackendError, match=rf"lock file {_lock_file(locks)} .*link"), \
+            namespace_lock([None]):
+        pass
+    assert victim.read_text() == VICTIM_TEXT
+
+
+@pytest.mark.parametrize(("mode", "why"), [(0o777, "writable by others"),
+                                           (0o1777, "writable by others"),
+                                           (0o770, "writable by its group")])
+def test_a_directory_others_may_write_is_refused(
+        locks: Path, victim: Path, mode: int, why: str) -> None:
+    locks.mkdir()
+    locks.chmod(mode)
+    _lock_file(locks).symlink_to(victim)  # what another user could have planted there
+    with pytest.raises(BackendError, match=rf"lock directory {locks} is {why}"), \
+            namespace_lock([None]):
+        pass
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_a_directory_of_another_user_is_refused(locks: Path, victim: Path) -> None:
+    nobody = _nobody()
+    locks.mkdir(mode=0o700)
+    _lock_file(locks).symlink_to(victim)
+    os.chown(locks, nobody, -1)
+    with pytest.raises(BackendError, match=rf"lock directory {locks} is owned by uid {nobody}"), \
+            namespace_lock([None]):
+        pass
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_a_link_as_the_directory_is_refused(locks: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    locks.symlink_to(elsewhere)
+    with pytest.raises(BackendError, match=rf"lock directory {locks} is .*link"), \
+            namespace_lock([None]):
+        pass
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_lock_file_of_another_user_is_refused_and_not_truncated(locks: Path) -> None:
+    nobody = _nobody()
+    locks.mkdir(mode=0o700)
+    file = _lock_file(locks)
+    file.write_text("someone else's\n")
+    file.chmod(0o600)
+    os.chown(file, nobody, -1)
+    with pytest.raises(BackendError, match=rf"lock file {file} is owned by uid {nobody}"), \
+            namespace_lock([None]):
+        pass
+    assert file.read_text() == "someone else's\n"
+
+
+def test_a_lock_that_is_not_a_regular_file_is_refused(locks: Path) -> None:
+    locks.mkdir(mode=0o700)
+    os.mkfifo(_lock_file(locks), 0o600)
+    with pytest.raises(BackendError, match=rf"lock file {_lock_file(locks)} is not a regular"), \
+            namespace_lock([None]):
+        pass
