@@ -685,10 +685,11 @@ def test_daemonset_runs_on_linux_with_probes_on_the_agent_port(name: str) -> Non
 
 def test_the_agent_listens_where_the_probes_look_by_default() -> None:
     from k3snet.agent import parse_listen  # noqa: PLC0415
-    from k3snet.cli import build_parser  # noqa: PLC0415
+    from k3snet.cli import DEFAULT_LISTEN, build_parser  # noqa: PLC0415
 
     args = build_parser().parse_args(["agent", "-f", "x"])
-    assert parse_listen(args.listen)[1] == AGENT_PORT
+    assert args.listen is None  # then DEFAULT_LISTEN, unless --once
+    assert parse_listen(DEFAULT_LISTEN)[1] == AGENT_PORT
 
 
 def test_never_all_of_the_k3s_directory_writable() -> None:
