@@ -27,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from k3snet._gojson import MAX_NESTING, JsonTextError, text_nests_deeper
 from k3snet._kept import input_problem, read_input, write_output
 from k3snet._version import __version__
 from k3snet.backends.lock import namespace_id
@@ -47,8 +48,8 @@ PLANFILE_FORMAT = 1
 
 def _read_json(path: Path) -> Any:
     """A plan file's JSON document; a PlanError when it is not a readable regular file of
-    at most :data:`MAX_PLANFILE_BYTES` holding JSON (a FIFO or a device is refused
-    unread)."""
+    at most :data:`MAX_PLANFILE_BYTES` holding UTF-8 JSON nested at most
+    :data:`~k3snet._gojson.MAX_NESTING` deep (a FIFO or a device is refused unread)."""
     try:
         data = read_input(path, MAX_PLANFILE_BYTES)
     except OSError as exc:
@@ -57,7 +58,12 @@ def _read_json(path: Path) -> Any:
                             "k3snet plan file") from None
         raise PlanError(f"cannot read {path}: {input_problem(exc)}") from None
     try:
-        return json.loads(data)
+        text = data.decode("utf-8")
+        # Measured first: json.loads recurses, and a file of 200 000 "[" would be a
+        # RecursionError (an internal error) rather than a refused plan file.
+        if text_nests_deeper(text, MAX_NESTING):
+            raise JsonTextError(f"it nests objects and arrays deeper than {MAX_NESTING} levels")
+        return json.loads(text)
     except ValueError as exc:
         raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
 

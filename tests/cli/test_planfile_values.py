@@ -61,6 +61,13 @@ def test_a_file_that_is_not_json_is_refused(tmp_path: Path) -> None:
         PlanFile.read(path, netns=None)
 
 
+def test_a_plan_file_nested_too_deep_is_refused_not_an_internal_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.plan"
+    path.write_text("[" * 200_000)
+    with pytest.raises(PlanError, match="nests objects and arrays deeper than"):
+        PlanFile.read(path, netns=None)
+
+
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
