@@ -68,15 +68,41 @@ def _read_json(path: Path) -> Any:
         raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
 
 
-def node_identity(netns: str | None) -> dict[str, str | None]:
-    """What names this node and namespace: machine id, hostname, namespace and its identity."""
-    machine = None
+def _machine_id() -> str | None:
+    """This machine's id (systemd's or D-Bus's), ``None`` when it has none."""
     for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         with contextlib.suppress(OSError):
-            machine = Path(candidate).read_text().strip() or None
-            break
-    return {"machine_id": machine, "hostname": socket.gethostname(), "netns": netns,
+            return Path(candidate).read_text().strip() or None
+    return None
+
+
+def node_identity(netns: str | None) -> dict[str, str | None]:
+    """What names this node and namespace: machine id, hostname, namespace and its identity."""
+    return {"machine_id": _machine_id(), "hostname": socket.gethostname(), "netns": netns,
             "netns_id": namespace_id(netns)}
+
+
+def _check_node(path: Path, node: Mapping[str, str | None],
+                here: Mapping[str, str | None]) -> None:
+    """Refuse a plan file made for another node or namespace, or where that cannot be told.
+
+    Each of machine id, hostname and namespace identity must match: in an agent pod
+    the machine id is the image's (the same on every node, or none) and the host
+    namespace's identity is the same on every node, so the hostname is what tells
+    two nodes apart there. A machine id missing on either side tells nothing.
+    """
+    if not node.get("machine_id"):
+        raise PlanError(f"{path}: no machine id recorded, so k3snet cannot tell whether it "
+                        "was made on this node; plan on this node")
+    if not here["machine_id"]:
+        raise PlanError(f"{path}: this machine has no machine id (/etc/machine-id), so "
+                        "k3snet cannot tell whether the file was made here; plan and apply "
+                        "with a spec (-f) instead")
+    for key, what in (("machine_id", "machine"), ("hostname", "host"),
+                      ("netns_id", "network namespace")):
+        if node.get(key) != here[key]:
+            raise PlanError(f"{path} was made for another {what} ({node.get(key)!r}, here "
+                            f"{here[key]!r}); plan on this node")
 
 
 @attrs.frozen
@@ -132,10 +158,7 @@ class PlanFile:
             here = node_identity(netns if netns is not None else node.get("netns"))
         except BackendError as exc:  # the namespace it names is not here, or no name at all
             raise PlanError(f"{path}: {exc}") from exc
-        for key, what in (("machine_id", "machine"), ("netns_id", "network namespace")):
-            if node.get(key) != here[key]:
-                raise PlanError(f"{path} was made for another {what} ({node.get(key)!r}, here "
-                                f"{here[key]!r}); plan on this node")
+        _check_node(path, node, here)
         backends = document.get("backends")
         if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
             raise PlanError(f"{path}: no backends recorded")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k3snet import MasqueradeRule, PlanError, State, plan
+from k3snet import MasqueradeRule, PlanError, State, plan, planfile
 from k3snet.planfile import PlanFile
 from k3snet.testing.strategies import edited_documents
 
@@ -40,6 +40,8 @@ def test_a_plan_file_reads_back_as_written(tmp_path: Path) -> None:
     (lambda d: d.update(kind="other"), "is not a k3snet plan file"),
     (lambda d: d.update(format=9), "plan file format 9"),
     (lambda d: d["node"].update(machine_id="elsewhere"), "made for another machine"),
+    (lambda d: d["node"].update(hostname="node-b"), "made for another host"),
+    (lambda d: d["node"].update(machine_id=None), "no machine id recorded.*cannot tell"),
     (lambda d: d["node"].update(netns_id="1-2"), "made for another network namespace"),
     (lambda d: d.pop("desired"), "no desired state recorded"),
     (lambda d: d.update(backends="memory"), "no backends recorded"),
@@ -51,6 +53,15 @@ def test_a_foreign_or_malformed_plan_file_is_refused(tmp_path: Path, edit: objec
     edit(document)  # type: ignore[operator]
     path.write_text(json.dumps(document))
     with pytest.raises(PlanError, match=message):
+        PlanFile.read(path, netns=None)
+
+
+def test_a_plan_file_is_refused_where_the_machine_has_no_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An agent pod's image may hold no /etc/machine-id: None == None says nothing.
+    _saved_file, path = _saved(tmp_path)
+    monkeypatch.setattr(planfile, "_machine_id", lambda: None)
+    with pytest.raises(PlanError, match=r"this machine has no machine id.*cannot tell"):
         PlanFile.read(path, netns=None)
 
 
