@@ -864,7 +864,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     print("k3snet: nothing was changed", file=sys.stderr)
                     return EXIT_ERROR
                 fixed = preview.plan
-                wanted = desired
+                # With a plan file, what it was made for; with a spec, what it compiles to.
+                wanted = saved.desired if saved else desired
                 shown = preview.plan
         done = run(fixed, wanted, dry_run=False)
     _print_apply(args, done, shown=shown)
