@@ -28,6 +28,7 @@ from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE
 from k3snet.backends.lock import namespaces_of
+from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
     available_backends,
     backend_options,
@@ -43,7 +44,7 @@ from k3snet.errors import (
     SpecError,
 )
 from k3snet.facts import FactsWatch, gather_facts
-from k3snet.kube import configmap_ref, name_problem
+from k3snet.kube import name_problem
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import PlanFile
 from k3snet.planner import Change, Plan, plan
@@ -464,34 +465,15 @@ def _where(args: argparse.Namespace) -> str | None:
     return None if spec is None else str(spec)
 
 
-# Backend options the agent's DaemonSet passes through its environment
-# (see k3snet.render.manifests): (backend, option, variable, parse).
-ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
-    ("netlink", "proc_sys", "K3SNET_PROC_SYS", Path),
-    ("netlink", "state_dir", "K3SNET_STATE_DIR", Path),
-    ("flannel", "path", "K3SNET_FLANNEL_CONF", Path),
-    ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", configmap_ref),
-)
-
-
 def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> dict[str, Any]:
     """Keyword options for backend ``name``: the spec's ``backends:`` options, overridden by
     --netns, the agent's environment, then --backend-opt."""
-    given = spec_backend_options(spec, name) if spec is not None else {}
-    wanted: dict[str, Any] = {}
-    if args.netns is not None:
-        wanted["netns"] = args.netns
-    if getattr(args, "allow_disruptive", False) or (spec is not None
-                                                    and spec.cni.disruptive_allowed):
-        wanted["allow_disruptive"] = True
-    for backend, option, variable, parse in ENV_OPTIONS:
-        if backend == name and os.environ.get(variable):
-            wanted[option] = parse(os.environ[variable])
-    declared = backend_options(name) if wanted else {}
-    # Implicit options (--netns, the environment) go only to backends that declare them.
-    wanted = {**given, **{k: v for k, v in wanted.items() if k in declared}}
-    wanted.update(_explicit_options(name, args))  # checked by create_backend
-    return wanted
+    return resolve_backend_options(
+        name, spec_backend_options(spec, name) if spec is not None else None,
+        netns=args.netns,
+        allow_disruptive=bool(getattr(args, "allow_disruptive", False)
+                              or (spec is not None and spec.cni.disruptive_allowed)),
+        explicit=_explicit_options(name, args))
 
 
 def _explicit_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
