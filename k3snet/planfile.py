@@ -11,7 +11,8 @@ can do the same::
 
 The file records the node (machine id, hostname, network namespace and its
 identity), the backends, the spec's SHA-256, a fingerprint of what the backends
-observed and the desired state (schema: ``k3snet.schemas.load_schema("planfile")``).
+observed, the backends' options and the desired state
+(schema: ``k3snet.schemas.load_schema("planfile")``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ __all__ = ["MAX_PLANFILE_BYTES", "PLANFILE_FORMAT", "PLANFILE_KIND", "PlanFile",
 PLANFILE_KIND = "k3snet-planfile"
 MAX_PLANFILE_BYTES = 256 * 1024 * 1024
 """The largest plan file read (a plan of 50 000 changes is tens of MB)."""
-PLANFILE_FORMAT = 1
+PLANFILE_FORMAT = 2
+"""2: the backends' options and ``allow_disruptive`` are recorded (format 1 files, which
+lack them, are refused: applied with default options they would write elsewhere)."""
+RESERVED_OPTIONS = frozenset({"netns", "allow_disruptive"})
+"""Options a plan file never records per backend: the namespace is the node's (checked
+against its identity), ``allow_disruptive`` is recorded once for all backends."""
 
 
 def _read_json(path: Path) -> Any:
@@ -73,6 +79,39 @@ def _machine_id() -> str | None:
     for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         with contextlib.suppress(OSError):
             return Path(candidate).read_text().strip() or None
+    return None
+
+
+def _is_json(value: Any) -> bool:
+    """Whether ``value`` is made of JSON's types only (str, int, float, bool, None, lists,
+    objects with text keys); nesting is bounded by the reader's check."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif not (item is None or isinstance(item, (str, int, float, bool))):
+            return False
+    return True
+
+
+def _options_problem(options: Mapping[str, Any], backends: Sequence[str]) -> str | None:
+    """What is wrong with recorded backend options (``None``: nothing)."""
+    names = {entry.partition(":")[0] for entry in backends}
+    for name, given in options.items():
+        if name not in names:
+            return f"options for backend {name!r}, which it does not use"
+        if not isinstance(given, dict):
+            return f"the options of backend {name!r} are not a JSON object"
+        for key, value in given.items():
+            if not (key.isascii() and key.isidentifier()) or key in RESERVED_OPTIONS:
+                return f"backend {name!r} has no recordable option {key!r}"
+            if not _is_json(value):
+                return f"option {name}.{key} is not a JSON value"
     return None
 
 
@@ -115,22 +154,38 @@ class PlanFile:
     node: Mapping[str, str | None]
     observed: str
     spec: Mapping[str, str] | None = None
+    options: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    """Each backend's options as its spec and ``--backend-opt`` gave them (JSON values);
+    the namespace and the agent's environment are not among them."""
+    allow_disruptive: bool = False
 
     @classmethod
     def make(cls, p: Plan, *, desired: State, observed: State, backends: Sequence[str],
-             netns: str | None, spec_path: Path | None = None) -> PlanFile:
-        """A plan file for this node; ``desired`` and ``observed`` as the plan saw them."""
+             netns: str | None, spec_path: Path | None = None,
+             options: Mapping[str, Mapping[str, Any]] | None = None,
+             allow_disruptive: bool = False) -> PlanFile:
+        """A plan file for this node; ``desired`` and ``observed`` as the plan saw them.
+
+        ``options``: backend name -> the options it was built with from the spec and
+        explicit overrides (JSON values; a PlanError otherwise).
+        """
+        options = {name: dict(given) for name, given in (options or {}).items() if given}
+        problem = _options_problem(options, backends)
+        if problem:
+            raise PlanError(f"cannot save the plan: {problem}")
         spec = None if spec_path is None else {
             "path": str(spec_path), "sha256": hashlib.sha256(
                 read_input(spec_path, SPEC_MAX_BYTES)).hexdigest()}
         return cls(p, desired, tuple(backends), node_identity(netns), state_digest(observed),
-                   spec)
+                   spec, options, allow_disruptive)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {"format": PLANFILE_FORMAT, "kind": PLANFILE_KIND, "k3snet": __version__,
                 "node": dict(self.node), "backends": list(self.backends),
                 "spec": dict(self.spec) if self.spec is not None else None,
+                "options": {name: dict(given) for name, given in self.options.items()},
+                "allow_disruptive": self.allow_disruptive,
                 "observed": self.observed, "desired": self.desired.to_dict(),
                 "plan": self.plan.to_dict()}
 
@@ -169,9 +224,18 @@ class PlanFile:
         if spec is not None and not (isinstance(spec, dict) and all(
                 isinstance(v, str) for v in spec.values())):
             raise PlanError(f"{path}: its spec is a JSON object of texts")
+        options = document.get("options")
+        if not isinstance(options, dict):
+            raise PlanError(f"{path}: no backend options recorded; plan again with this k3snet")
+        problem = _options_problem(options, backends)
+        if problem:
+            raise PlanError(f"{path}: {problem}")
+        allow_disruptive = document.get("allow_disruptive")
+        if not isinstance(allow_disruptive, bool):
+            raise PlanError(f"{path}: its allow_disruptive is true or false")
         try:
             return cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
                        tuple(backends), {**node, "netns": here["netns"]},
-                       str(document.get("observed")), spec)
+                       str(document.get("observed")), spec, options, allow_disruptive)
         except ModelError as exc:
             raise PlanError(f"{path}: {exc}") from exc
