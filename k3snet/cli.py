@@ -40,6 +40,7 @@ from k3snet.errors import (
     BackendOptionError,
     ConflictError,
     K3snetError,
+    ModelError,
     PlanError,
     Problem,
     SpecError,
@@ -718,7 +719,7 @@ def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
             explicit=_explicit_options(name, args))))
     try:
         return _group(recipe)
-    except BackendOptionError as exc:  # a recorded value the backend refuses
+    except (BackendOptionError, ModelError) as exc:  # a recorded value the backend refuses
         raise PlanError(f"{args.planfile}: {exc}") from exc
 
 

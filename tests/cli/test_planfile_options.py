@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from k3snet import MemoryBackend, register_backend
+from k3snet import MemoryBackend, ModelError, register_backend
 from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
 
@@ -24,7 +24,7 @@ class _Tabled(MemoryBackend):
 
     def __init__(self, *, table: str = "k3snet", allow_disruptive: bool = False) -> None:
         if not table.isalnum():
-            raise ValueError(f"table {table!r}: letters and digits only")
+            raise ModelError(f"table {table!r}: letters and digits only")  # as nftables
         super().__init__()
         self.made.append({"table": table, "allow_disruptive": allow_disruptive})
 
@@ -80,5 +80,7 @@ def test_a_tampered_option_is_refused_as_the_spec_would_refuse_it(
     saved.write_text(json.dumps(document))
     tabled.clear()
     assert main(["apply", str(saved), "--auto-approve"]) == 1
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"k3snet: error: {saved}: " in err  # named as the plan file's problem
+    assert message in err
     assert tabled == []
