@@ -28,6 +28,7 @@ from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE
 from k3snet.backends.lock import namespaces_of
+from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
     available_backends,
     backend_options,
@@ -39,13 +40,15 @@ from k3snet.errors import (
     BackendOptionError,
     ConflictError,
     K3snetError,
+    ModelError,
+    PlanError,
     Problem,
     SpecError,
 )
 from k3snet.facts import FactsWatch, gather_facts
-from k3snet.kube import configmap_ref, name_problem, object_ref_problem
+from k3snet.kube import name_problem, object_ref_problem
 from k3snet.model.state import KINDS, State
-from k3snet.planfile import PlanFile
+from k3snet.planfile import RESERVED_OPTIONS, PlanFile
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
@@ -526,34 +529,19 @@ def _where(args: argparse.Namespace) -> str | None:
     return None if spec is None else str(spec)
 
 
-# Backend options the agent's DaemonSet passes through its environment
-# (see k3snet.render.manifests): (backend, option, variable, parse).
-ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
-    ("netlink", "proc_sys", "K3SNET_PROC_SYS", Path),
-    ("netlink", "state_dir", "K3SNET_STATE_DIR", Path),
-    ("flannel", "path", "K3SNET_FLANNEL_CONF", Path),
-    ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", configmap_ref),
-)
-
-
 def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> dict[str, Any]:
     """Keyword options for backend ``name``: the spec's ``backends:`` options, overridden by
     --netns, the agent's environment, then --backend-opt."""
-    given = spec_backend_options(spec, name) if spec is not None else {}
-    wanted: dict[str, Any] = {}
-    if args.netns is not None:
-        wanted["netns"] = args.netns
-    if getattr(args, "allow_disruptive", False) or (spec is not None
-                                                    and spec.cni.disruptive_allowed):
-        wanted["allow_disruptive"] = True
-    for backend, option, variable, parse in ENV_OPTIONS:
-        if backend == name and os.environ.get(variable):
-            wanted[option] = parse(os.environ[variable])
-    declared = backend_options(name) if wanted else {}
-    # Implicit options (--netns, the environment) go only to backends that declare them.
-    wanted = {**given, **{k: v for k, v in wanted.items() if k in declared}}
-    wanted.update(_explicit_options(name, args))  # checked by create_backend
-    return wanted
+    return resolve_backend_options(
+        name, spec_backend_options(spec, name) if spec is not None else None,
+        netns=args.netns, allow_disruptive=_disruptive_allowed(args, spec),
+        explicit=_explicit_options(name, args))
+
+
+def _disruptive_allowed(args: argparse.Namespace, spec: Spec | None) -> bool:
+    """--allow-disruptive, or the spec's ``cni.allowDisruptive``."""
+    return bool(getattr(args, "allow_disruptive", False)
+                or (spec is not None and spec.cni.disruptive_allowed))
 
 
 def _explicit_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -595,16 +583,20 @@ def _recipe(args: argparse.Namespace, spec: Spec | None,
         check_backend_options(spec, backend_options,
                               [n for n in sorted(used) if spec_backend_options(spec, n)],
                               source=_where(args))
-    for entry in getattr(args, "backend_opt", ()):
-        target = entry.partition(".")[0]
-        if target not in used:
-            raise BackendOptionError(f"--backend-opt {entry!r}: no backend {target!r} in use "
-                                     f"({', '.join(sorted(used))})")
+    _check_backend_opt_targets(args, used)
     recipe: _Recipe = []
     for entry in names:
         name, _, kinds = entry.partition(":")
         recipe.append((name, kinds.split(",") if kinds else None, _options(name, args, spec)))
     return recipe
+
+
+def _check_backend_opt_targets(args: argparse.Namespace, used: set[str]) -> None:
+    for entry in getattr(args, "backend_opt", ()):
+        target = entry.partition(".")[0]
+        if target not in used:
+            raise BackendOptionError(f"--backend-opt {entry!r}: no backend {target!r} in use "
+                                     f"({', '.join(sorted(used))})")
 
 
 def _group(recipe: _Recipe) -> BackendGroup:
@@ -753,13 +745,44 @@ def _print_json(data: Any) -> None:
 
 # ---------------------------------------------------------------- plan files
 
-def _save_planfile(args: argparse.Namespace, backend: BackendGroup, observed: State,
-                   desired: State, p: Plan) -> None:
+def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, *,
+                   observed: State, desired: State, p: Plan) -> None:
     names = _backend_names(args, None) if args.backend else [
         f"{m.backend.name}:{','.join(sorted(m.kinds))}" for m in backend.members]
+    # What the spec and --backend-opt gave each backend, so `apply FILE` builds the
+    # same ones; the namespace is the node's, the environment is read again.
+    options = {name: {k: v for k, v in {**spec_backend_options(spec, name),
+                                         **_explicit_options(name, args)}.items()
+                      if k not in RESERVED_OPTIONS}
+               for name in dict.fromkeys(n.partition(":")[0] for n in names)}
     caps = backend.capabilities
     PlanFile.make(p, desired=desired.only(caps), observed=observed.only(caps), backends=names,
-                  netns=args.netns, spec_path=args.spec).write(args.out)
+                  netns=args.netns, spec_path=args.spec, options=options,
+                  allow_disruptive=_disruptive_allowed(args, spec)).write(args.out)
+
+
+def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
+    """The backends a plan file was made with: its recorded options, checked as a spec's
+    are (names the backend declares; values by the backend), then the namespace from
+    the file, the environment and --backend-opt, as with a spec."""
+    _check_backend_opt_targets(args, {entry.partition(":")[0] for entry in saved.backends})
+    recipe: _Recipe = []
+    for entry in saved.backends:
+        name, _, kinds = entry.partition(":")
+        given = dict(saved.options.get(name, {}))
+        declared = backend_options(name)
+        unknown = sorted(set(given) - set(declared)) if declared else []
+        if unknown:
+            raise PlanError(f"{args.planfile}: backend {name!r} has no option "
+                            f"{', '.join(map(repr, unknown))}; known: {', '.join(declared)}")
+        recipe.append((name, kinds.split(",") if kinds else None, resolve_backend_options(
+            name, given, netns=args.netns,
+            allow_disruptive=saved.allow_disruptive or bool(args.allow_disruptive),
+            explicit=_explicit_options(name, args))))
+    try:
+        return _group(recipe)
+    except (BackendOptionError, ModelError) as exc:  # a recorded value the backend refuses
+        raise PlanError(f"{args.planfile}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- terminal habits
@@ -844,7 +867,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         observed = backend.observe()
         p = plan(observed, desired)
         if args.out is not None:
-            _save_planfile(args, backend, observed, desired, p)
+            _save_planfile(args, spec, backend, observed=observed, desired=desired, p=p)
         marks = _disruptive(backend, p)
         warnings = _warnings(backend)
     if args.output == "json":
@@ -899,7 +922,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if saved is None:
         spec, group = _spec_and_backend(args)  # the backends reading already (prefetch)
     else:
-        spec, group = None, _backend(args, None, names=saved.backends)
+        spec, group = None, _saved_backend(args, saved)
     with group as backend:
         desired = _desired(args, spec, backend) if spec is not None else State()
 
@@ -926,7 +949,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     print("k3snet: nothing was changed", file=sys.stderr)
                     return EXIT_ERROR
                 fixed = preview.plan
-                wanted = desired
+                # With a plan file, what it was made for; with a spec, what it compiles to.
+                wanted = saved.desired if saved else desired
                 shown = preview.plan
         done = run(fixed, wanted, dry_run=False)
     _print_apply(args, done, shown=shown)

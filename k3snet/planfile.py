@@ -11,7 +11,8 @@ can do the same::
 
 The file records the node (machine id, hostname, network namespace and its
 identity), the backends, the spec's SHA-256, a fingerprint of what the backends
-observed and the desired state (schema: ``k3snet.schemas.load_schema("planfile")``).
+observed, the backends' options and the desired state
+(schema: ``k3snet.schemas.load_schema("planfile")``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import attrs
 
+from k3snet._gojson import MAX_NESTING, JsonTextError, text_nests_deeper
 from k3snet._kept import input_problem, read_input, write_output
 from k3snet._version import __version__
 from k3snet.backends.lock import namespace_id
@@ -42,13 +44,18 @@ __all__ = ["MAX_PLANFILE_BYTES", "PLANFILE_FORMAT", "PLANFILE_KIND", "PlanFile",
 PLANFILE_KIND = "k3snet-planfile"
 MAX_PLANFILE_BYTES = 256 * 1024 * 1024
 """The largest plan file read (a plan of 50 000 changes is tens of MB)."""
-PLANFILE_FORMAT = 1
+PLANFILE_FORMAT = 2
+"""2: the backends' options and ``allow_disruptive`` are recorded (format 1 files, which
+lack them, are refused: applied with default options they would write elsewhere)."""
+RESERVED_OPTIONS = frozenset({"netns", "allow_disruptive"})
+"""Options a plan file never records per backend: the namespace is the node's (checked
+against its identity), ``allow_disruptive`` is recorded once for all backends."""
 
 
 def _read_json(path: Path) -> Any:
     """A plan file's JSON document; a PlanError when it is not a readable regular file of
-    at most :data:`MAX_PLANFILE_BYTES` holding JSON (a FIFO or a device is refused
-    unread)."""
+    at most :data:`MAX_PLANFILE_BYTES` holding UTF-8 JSON nested at most
+    :data:`~k3snet._gojson.MAX_NESTING` deep (a FIFO or a device is refused unread)."""
     try:
         data = read_input(path, MAX_PLANFILE_BYTES)
     except OSError as exc:
@@ -57,20 +64,84 @@ def _read_json(path: Path) -> Any:
                             "k3snet plan file") from None
         raise PlanError(f"cannot read {path}: {input_problem(exc)}") from None
     try:
-        return json.loads(data)
+        text = data.decode("utf-8")
+        # Measured first: json.loads recurses, and a file of 200 000 "[" would be a
+        # RecursionError (an internal error) rather than a refused plan file.
+        if text_nests_deeper(text, MAX_NESTING):
+            raise JsonTextError(f"it nests objects and arrays deeper than {MAX_NESTING} levels")
+        return json.loads(text)
     except ValueError as exc:
         raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
 
 
-def node_identity(netns: str | None) -> dict[str, str | None]:
-    """What names this node and namespace: machine id, hostname, namespace and its identity."""
-    machine = None
+def _machine_id() -> str | None:
+    """This machine's id (systemd's or D-Bus's), ``None`` when it has none."""
     for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         with contextlib.suppress(OSError):
-            machine = Path(candidate).read_text().strip() or None
-            break
-    return {"machine_id": machine, "hostname": socket.gethostname(), "netns": netns,
+            return Path(candidate).read_text().strip() or None
+    return None
+
+
+def _is_json(value: Any) -> bool:
+    """Whether ``value`` is made of JSON's types only (str, int, float, bool, None, lists,
+    objects with text keys); nesting is bounded by the reader's check."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif not (item is None or isinstance(item, (str, int, float, bool))):
+            return False
+    return True
+
+
+def _options_problem(options: Mapping[str, Any], backends: Sequence[str]) -> str | None:
+    """What is wrong with recorded backend options (``None``: nothing)."""
+    names = {entry.partition(":")[0] for entry in backends}
+    for name, given in options.items():
+        if name not in names:
+            return f"options for backend {name!r}, which it does not use"
+        if not isinstance(given, dict):
+            return f"the options of backend {name!r} are not a JSON object"
+        for key, value in given.items():
+            if not (key.isascii() and key.isidentifier()) or key in RESERVED_OPTIONS:
+                return f"backend {name!r} has no recordable option {key!r}"
+            if not _is_json(value):
+                return f"option {name}.{key} is not a JSON value"
+    return None
+
+
+def node_identity(netns: str | None) -> dict[str, str | None]:
+    """What names this node and namespace: machine id, hostname, namespace and its identity."""
+    return {"machine_id": _machine_id(), "hostname": socket.gethostname(), "netns": netns,
             "netns_id": namespace_id(netns)}
+
+
+def _check_node(path: Path, node: Mapping[str, str | None],
+                here: Mapping[str, str | None]) -> None:
+    """Refuse a plan file made for another node or namespace, or where that cannot be told.
+
+    Each of machine id, hostname and namespace identity must match: in an agent pod
+    the machine id is the image's (the same on every node, or none) and the host
+    namespace's identity is the same on every node, so the hostname is what tells
+    two nodes apart there. A machine id missing on either side tells nothing.
+    """
+    if not node.get("machine_id"):
+        raise PlanError(f"{path}: no machine id recorded, so k3snet cannot tell whether it "
+                        "was made on this node; plan on this node")
+    if not here["machine_id"]:
+        raise PlanError(f"{path}: this machine has no machine id (/etc/machine-id), so "
+                        "k3snet cannot tell whether the file was made here; plan and apply "
+                        "with a spec (-f) instead")
+    for key, what in (("machine_id", "machine"), ("hostname", "host"),
+                      ("netns_id", "network namespace")):
+        if node.get(key) != here[key]:
+            raise PlanError(f"{path} was made for another {what} ({node.get(key)!r}, here "
+                            f"{here[key]!r}); plan on this node")
 
 
 @attrs.frozen
@@ -83,22 +154,38 @@ class PlanFile:
     node: Mapping[str, str | None]
     observed: str
     spec: Mapping[str, str] | None = None
+    options: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    """Each backend's options as its spec and ``--backend-opt`` gave them (JSON values);
+    the namespace and the agent's environment are not among them."""
+    allow_disruptive: bool = False
 
     @classmethod
     def make(cls, p: Plan, *, desired: State, observed: State, backends: Sequence[str],
-             netns: str | None, spec_path: Path | None = None) -> PlanFile:
-        """A plan file for this node; ``desired`` and ``observed`` as the plan saw them."""
+             netns: str | None, spec_path: Path | None = None,
+             options: Mapping[str, Mapping[str, Any]] | None = None,
+             allow_disruptive: bool = False) -> PlanFile:
+        """A plan file for this node; ``desired`` and ``observed`` as the plan saw them.
+
+        ``options``: backend name -> the options it was built with from the spec and
+        explicit overrides (JSON values; a PlanError otherwise).
+        """
+        options = {name: dict(given) for name, given in (options or {}).items() if given}
+        problem = _options_problem(options, backends)
+        if problem:
+            raise PlanError(f"cannot save the plan: {problem}")
         spec = None if spec_path is None else {
             "path": str(spec_path), "sha256": hashlib.sha256(
                 read_input(spec_path, SPEC_MAX_BYTES)).hexdigest()}
         return cls(p, desired, tuple(backends), node_identity(netns), state_digest(observed),
-                   spec)
+                   spec, options, allow_disruptive)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {"format": PLANFILE_FORMAT, "kind": PLANFILE_KIND, "k3snet": __version__,
                 "node": dict(self.node), "backends": list(self.backends),
                 "spec": dict(self.spec) if self.spec is not None else None,
+                "options": {name: dict(given) for name, given in self.options.items()},
+                "allow_disruptive": self.allow_disruptive,
                 "observed": self.observed, "desired": self.desired.to_dict(),
                 "plan": self.plan.to_dict()}
 
@@ -126,10 +213,7 @@ class PlanFile:
             here = node_identity(netns if netns is not None else node.get("netns"))
         except BackendError as exc:  # the namespace it names is not here, or no name at all
             raise PlanError(f"{path}: {exc}") from exc
-        for key, what in (("machine_id", "machine"), ("netns_id", "network namespace")):
-            if node.get(key) != here[key]:
-                raise PlanError(f"{path} was made for another {what} ({node.get(key)!r}, here "
-                                f"{here[key]!r}); plan on this node")
+        _check_node(path, node, here)
         backends = document.get("backends")
         if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
             raise PlanError(f"{path}: no backends recorded")
@@ -140,9 +224,18 @@ class PlanFile:
         if spec is not None and not (isinstance(spec, dict) and all(
                 isinstance(v, str) for v in spec.values())):
             raise PlanError(f"{path}: its spec is a JSON object of texts")
+        options = document.get("options")
+        if not isinstance(options, dict):
+            raise PlanError(f"{path}: no backend options recorded; plan again with this k3snet")
+        problem = _options_problem(options, backends)
+        if problem:
+            raise PlanError(f"{path}: {problem}")
+        allow_disruptive = document.get("allow_disruptive")
+        if not isinstance(allow_disruptive, bool):
+            raise PlanError(f"{path}: its allow_disruptive is true or false")
         try:
             return cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
                        tuple(backends), {**node, "netns": here["netns"]},
-                       str(document.get("observed")), spec)
+                       str(document.get("observed")), spec, options, allow_disruptive)
         except ModelError as exc:
             raise PlanError(f"{path}: {exc}") from exc

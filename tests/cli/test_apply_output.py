@@ -55,6 +55,24 @@ def test_an_approved_apply_shows_its_plan_once(capsys: pytest.CaptureFixture[str
     assert out.splitlines()[-1].endswith("as planned above.")
 
 
+def test_an_approved_apply_of_a_plan_file_applies_that_plan(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The approved preview was re-planned towards nothing (the plan file's desired state
+    # was dropped) and always refused as stale.
+    saved = tmp_path / "node.plan"
+    assert main(["plan", "-f", str(SEED), "--no-facts", "--backend", "memory",
+                 "--out", str(saved)]) == 2
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(builtins, "input", lambda question: "yes")
+    assert main(["apply", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Plan: 8 to add") == 1
+    assert out.splitlines()[-1] == (
+        "memory: 8 change(s) applied in 8 operation(s), as planned above.")
+
+
 class _Skewed(MemoryBackend):
     """Reports an apply other than the plan: the first change left out, one more added."""
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k3snet import MasqueradeRule, PlanError, State, plan
+from k3snet import MasqueradeRule, PlanError, State, plan, planfile
 from k3snet.planfile import PlanFile
 from k3snet.testing.strategies import edited_documents
 
@@ -40,6 +40,8 @@ def test_a_plan_file_reads_back_as_written(tmp_path: Path) -> None:
     (lambda d: d.update(kind="other"), "is not a k3snet plan file"),
     (lambda d: d.update(format=9), "plan file format 9"),
     (lambda d: d["node"].update(machine_id="elsewhere"), "made for another machine"),
+    (lambda d: d["node"].update(hostname="node-b"), "made for another host"),
+    (lambda d: d["node"].update(machine_id=None), "no machine id recorded.*cannot tell"),
     (lambda d: d["node"].update(netns_id="1-2"), "made for another network namespace"),
     (lambda d: d.pop("desired"), "no desired state recorded"),
     (lambda d: d.update(backends="memory"), "no backends recorded"),
@@ -54,10 +56,26 @@ def test_a_foreign_or_malformed_plan_file_is_refused(tmp_path: Path, edit: objec
         PlanFile.read(path, netns=None)
 
 
+def test_a_plan_file_is_refused_where_the_machine_has_no_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An agent pod's image may hold no /etc/machine-id: None == None says nothing.
+    _saved_file, path = _saved(tmp_path)
+    monkeypatch.setattr(planfile, "_machine_id", lambda: None)
+    with pytest.raises(PlanError, match=r"this machine has no machine id.*cannot tell"):
+        PlanFile.read(path, netns=None)
+
+
 def test_a_file_that_is_not_json_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "x.plan"
     path.write_text("not json")
     with pytest.raises(PlanError, match="is not a k3snet plan file"):
+        PlanFile.read(path, netns=None)
+
+
+def test_a_plan_file_nested_too_deep_is_refused_not_an_internal_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.plan"
+    path.write_text("[" * 200_000)
+    with pytest.raises(PlanError, match="nests objects and arrays deeper than"):
         PlanFile.read(path, netns=None)
 
 
@@ -71,3 +89,51 @@ def test_any_value_anywhere_in_a_plan_file_is_read_or_refused_with_a_plan_error(
     path.write_text(json.dumps(document))
     with contextlib.suppress(PlanError):
         PlanFile.read(path, netns=None)
+
+
+def test_a_plan_file_records_the_backends_options_and_allow_disruptive(
+        tmp_path: Path) -> None:
+    desired = State(owned=[MasqueradeRule("10.42.0.0/16")])
+    saved = PlanFile.make(plan(State(), desired), desired=desired, observed=State(),
+                          backends=["memory:masquerade"], netns=None,
+                          options={"memory": {"table": "teamA", "limits": [1, {"a": None}]}},
+                          allow_disruptive=True)
+    saved.write(tmp_path / "node.plan")
+    again = PlanFile.read(tmp_path / "node.plan", netns=None)
+    assert again.options == {"memory": {"table": "teamA", "limits": [1, {"a": None}]}}
+    assert again.allow_disruptive is True
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ("teamA", "options are not a JSON object"),  # read: "no backend options recorded"
+    ({"nftables": {"table": "teamA"}}, "options for backend 'nftables', which it does not use"),
+    ({"memory": ["table"]}, "the options of backend 'memory' are not a JSON object"),
+    ({"memory": {"netns": "other"}}, "no recordable option 'netns'"),
+    ({"memory": {"allow_disruptive": True}}, "no recordable option 'allow_disruptive'"),
+    ({"memory": {"a-b": 1}}, "no recordable option 'a-b'"),
+])
+def test_tampered_backend_options_are_refused(tmp_path: Path, options: object,
+                                              message: str) -> None:
+    _saved_file, path = _saved(tmp_path)
+    document = json.loads(path.read_text())
+    document["options"] = options
+    path.write_text(json.dumps(document))
+    expected = "no backend options recorded" if isinstance(options, str) else message
+    with pytest.raises(PlanError, match=expected):
+        PlanFile.read(path, netns=None)
+
+
+def test_a_plan_file_of_format_1_without_options_is_refused(tmp_path: Path) -> None:
+    _saved_file, path = _saved(tmp_path)
+    document = json.loads(path.read_text())
+    document["format"] = 1
+    del document["options"], document["allow_disruptive"]
+    path.write_text(json.dumps(document))
+    with pytest.raises(PlanError, match="plan file format 1 is not 2; plan again"):
+        PlanFile.read(path, netns=None)
+
+
+def test_a_backend_option_that_is_not_json_is_not_saved() -> None:
+    with pytest.raises(PlanError, match=r"option memory\.path is not a JSON value"):
+        PlanFile.make(plan(State(), State()), desired=State(), observed=State(),
+                      backends=["memory"], netns=None, options={"memory": {"path": Path("/x")}})

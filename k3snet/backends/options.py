@@ -1,0 +1,55 @@
+"""The options a backend is built with, from every place that gives them.
+
+A spec's (or a plan file's) ``backends:`` options come first, then the options the
+command line and the agent's environment give implicitly (``netns``,
+``allow_disruptive``, ``K3SNET_STATE_DIR`` ...; only to backends that declare them),
+then explicit overrides (``--backend-opt``), checked when the backend is built. The
+CLI, the agent and the Ansible module all resolve options here, so a backend gets the
+same options whichever of them builds it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from k3snet.backends.registry import backend_options
+from k3snet.kube import configmap_ref
+
+__all__ = ["ENV_OPTIONS", "resolve_backend_options"]
+
+ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+    ("netlink", "proc_sys", "K3SNET_PROC_SYS", Path),
+    ("netlink", "state_dir", "K3SNET_STATE_DIR", Path),
+    ("flannel", "path", "K3SNET_FLANNEL_CONF", Path),
+    ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", configmap_ref),
+)
+"""Backend options the agent's DaemonSet passes through its environment
+(see :mod:`k3snet.render.manifests`): ``(backend, option, variable, parse)``."""
+
+
+def resolve_backend_options(name: str, given: Mapping[str, Any] | None = None, *,
+                            netns: str | None = None, allow_disruptive: bool = False,
+                            environ: Mapping[str, str] | None = None,
+                            explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword options for backend ``name``.
+
+    ``given``: the spec's options for it (:func:`k3snet.spec.spec_backend_options`), or a
+    plan file's; overridden by ``netns``, ``allow_disruptive`` and the :data:`ENV_OPTIONS`
+    found in ``environ`` (default: ``os.environ``), which go only to a backend that
+    declares them; then by ``explicit`` options, which the backend checks when built.
+    """
+    environ = os.environ if environ is None else environ
+    implicit: dict[str, Any] = {}
+    if netns is not None:
+        implicit["netns"] = netns
+    if allow_disruptive:
+        implicit["allow_disruptive"] = True
+    for backend, option, variable, parse in ENV_OPTIONS:
+        if backend == name and environ.get(variable):
+            implicit[option] = parse(environ[variable])
+    declared = backend_options(name) if implicit else {}
+    return {**(given or {}), **{k: v for k, v in implicit.items() if k in declared},
+            **(explicit or {})}
