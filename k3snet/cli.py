@@ -917,6 +917,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     options = {"allow_conflicts": args.allow_conflicts, "allow_teardown": args.allow_teardown}
     saved = PlanFile.read(args.planfile, netns=args.netns) if args.planfile else None
+    if saved is not None and args.backend:
+        print(f"k3snet apply: error: --backend with a plan file: the plan file names its "
+              f"backends ({', '.join(n.partition(':')[0] for n in saved.backends)}), the ones "
+              "it was made against", file=sys.stderr)
+        return EXIT_USAGE
     if saved is not None:
         args.netns = saved.node["netns"]
     if saved is None:

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -71,7 +72,14 @@ def _read_json(path: Path) -> Any:
             raise JsonTextError(f"it nests objects and arrays deeper than {MAX_NESTING} levels")
         return json.loads(text)
     except ValueError as exc:
+        if _SPEC_LINE.search(data[:65536].decode("utf-8", "replace")):
+            raise PlanError(f"{path} is a spec, not a plan file: apply it with `k3snet apply "
+                            f"-f {path}`") from None
         raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
+
+
+_SPEC_LINE = re.compile(r"^(kind:\s*EgressSpec|apiVersion:\s*k3snet\.io/)", re.MULTILINE)
+"""A line only a spec (YAML) has: what a plan file given in its place is told."""
 
 
 def _machine_id() -> str | None:
@@ -140,8 +148,12 @@ def _check_node(path: Path, node: Mapping[str, str | None],
     for key, what in (("machine_id", "machine"), ("hostname", "host"),
                       ("netns_id", "network namespace")):
         if node.get(key) != here[key]:
-            raise PlanError(f"{path} was made for another {what} ({node.get(key)!r}, here "
-                            f"{here[key]!r}); plan on this node")
+            made, now = repr(node.get(key)), repr(here[key])
+            if key == "netns_id":  # the names say more than the identities (device, inode)
+                made = f"{node.get('netns') or 'the host'!s}, {made}"
+                now = f"{here.get('netns') or 'the host'!s}, {now}"
+            raise PlanError(f"{path} was made for another {what} ({made}; here {now}); "
+                            "plan on this node")
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ import pytest
 from k3snet import MemoryBackend, Plan, State, Sysctl, register_backend
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.registry import unregister_backend
-from k3snet.cli import main
+from k3snet.cli import EXIT_USAGE, main
 from k3snet.planner import Change
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
@@ -71,6 +71,16 @@ def test_an_approved_apply_of_a_plan_file_applies_that_plan(
     assert out.count("Plan: 8 to add") == 1
     assert out.splitlines()[-1] == (
         "memory: 8 change(s) applied in 8 operation(s), as planned above.")
+
+
+def test_backend_with_a_plan_file_is_a_usage_error_not_ignored(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = tmp_path / "node.plan"
+    assert main(["plan", "-f", str(SEED), "--no-facts", "--backend", "memory",
+                 "--out", str(saved)]) == 2
+    capsys.readouterr()
+    assert main(["apply", str(saved), "--backend", "netlink", "--auto-approve"]) == EXIT_USAGE
+    assert "the plan file names its backends (memory)" in capsys.readouterr().err
 
 
 class _Skewed(MemoryBackend):

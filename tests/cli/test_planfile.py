@@ -73,6 +73,8 @@ def test_a_plan_file_for_another_namespace_is_refused(tmp_path: Path) -> None:
                               tmp=tmp_path)
             assert refused.returncode == 1
             assert "was made for another network namespace" in refused.stderr
+            assert f"({lab.node}, " in refused.stderr  # named, not only its identity
+            assert f"here {other.node}, " in refused.stderr
             assert not other.tcp_probe(4).ok
 
 

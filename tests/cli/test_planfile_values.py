@@ -72,6 +72,18 @@ def test_a_file_that_is_not_json_is_refused(tmp_path: Path) -> None:
         PlanFile.read(path, netns=None)
 
 
+@pytest.mark.parametrize("text", [
+    "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations: []\n",
+    "# my spec\ndestinations: []\nkind:   EgressSpec\n",
+])
+def test_a_spec_given_as_a_plan_file_is_told_to_use_dash_f(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(PlanError, match=r"is a spec, not a plan file: apply it with "
+                                        r"`k3snet apply -f .*spec\.yaml`"):
+        PlanFile.read(path, netns=None)
+
+
 def test_a_plan_file_nested_too_deep_is_refused_not_an_internal_error(tmp_path: Path) -> None:
     path = tmp_path / "deep.plan"
     path.write_text("[" * 200_000)
