@@ -14,6 +14,7 @@ import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -36,7 +37,8 @@ class Family:
 BACKENDS = {
     "nft": {"netns": _option("netns", "str | None", None), "family": _option("family", Family),
             "table": _option("table", str, "k3snet"), "count": _option("count"),
-            "limit": _option("limit", int | None, 5)},  # an annotation without a __name__
+            "limit": _option("limit", int | None, 5),  # a union: "int or null"
+            "mode": _option("mode", Literal["a", "b"], "a")},  # "one of a, b"
     "plain": {},
     "many": {f"width{i}": _option(f"width{i}", int, i) for i in range(1, 6)},
 }
