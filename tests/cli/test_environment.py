@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from k3snet.cli import EXIT_USAGE
+from k3snet.cli import EXIT_USAGE, main
 
 SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
         "destinations:\n  - cidr: 192.168.2.0/24\n")
@@ -29,6 +30,30 @@ def _run(tmp_path: Path, command: list[str],
                           timeout=120, env=env)
 
 
+@pytest.fixture
+def usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
+    """Runs the CLI in this process, which its parser must refuse with exit 64; gives stderr.
+
+    The parser refuses before any command runs, so no process of its own is needed (a
+    start of one costs ~0.4 s); a default it let through would run the command and
+    return instead of exiting, which fails here.
+    """
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+
+    def run(command: list[str], **environment: str) -> str:
+        for variable, value in environment.items():
+            monkeypatch.setenv(variable, value)
+        with pytest.raises(SystemExit) as exited:
+            main([*command, "-f", str(spec), "--backend", "memory"])
+        err = capsys.readouterr().err
+        assert exited.value.code == EXIT_USAGE, err
+        return err
+
+    return run
+
+
 @pytest.mark.parametrize(("variable", "value", "command", "option"), [
     ("K3SNET_LOG_LEVEL", "LOUD", ["agent", "--once", "--no-kube", "--listen", "none"],
      "--log-level"),
@@ -38,12 +63,12 @@ def _run(tmp_path: Path, command: list[str],
     ("K3SNET_LISTEN", ":99999", ["agent", "--once", "--no-kube"], "--listen"),
 ])
 def test_a_bad_default_from_the_environment_is_a_usage_error(
-        tmp_path: Path, variable: str, value: str, command: list[str], option: str) -> None:
-    done = _run(tmp_path, command, **{variable: value})
-    assert done.returncode == 64, done.stderr
-    assert f"argument {option}: " in done.stderr
-    assert repr(value) in done.stderr
-    assert "internal error" not in done.stderr
+        usage_error: Callable[..., str], variable: str, value: str, command: list[str],
+        option: str) -> None:
+    err = usage_error(command, **{variable: value})
+    assert f"argument {option}: " in err
+    assert repr(value) in err
+    assert "internal error" not in err
 
 
 def test_a_log_level_from_the_environment_may_be_lower_case(tmp_path: Path) -> None:
@@ -56,12 +81,12 @@ def test_a_log_level_from_the_environment_may_be_lower_case(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("name", ["Worker-1", "worker_1", "-worker", "worker-", "a" * 254,
                                   "worker..1", "wörker", "worker 1"])
-def test_a_node_name_the_api_server_refuses_is_a_usage_error(tmp_path: Path, name: str) -> None:
+def test_a_node_name_the_api_server_refuses_is_a_usage_error(
+        usage_error: Callable[..., str], name: str) -> None:
     for given in (["--node-name", name], []):
-        done = _run(tmp_path, ["agent", "--once", "--no-kube", "--listen", "none", *given],
-                    K3SNET_NODE_NAME=name)
-        assert done.returncode == 64, done.stderr
-        assert "argument --node-name: " in done.stderr
+        err = usage_error(["agent", "--once", "--no-kube", "--listen", "none", *given],
+                          K3SNET_NODE_NAME=name)
+        assert "argument --node-name: " in err
 
 
 def test_a_node_name_may_be_a_dns_subdomain(tmp_path: Path) -> None:
@@ -97,19 +122,11 @@ def test_the_default_node_name_is_the_hostname_in_lower_case_as_the_kubelet_has_
     ("--lease", "kube-system", "must be NS/NAME, not"),
 ])
 def test_object_names_the_api_server_refuses_are_usage_errors_before_any_request(
-        tmp_path: Path, option: str, value: str, said: str) -> None:
-    given = [option, value] if option == "--lease" else [option, value, "--no-kube"]
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC)
-    command = [sys.executable, "-m", "k3snet.cli", "agent", "--once", "--listen", "none",
-               "--backend", "memory", *given]
-    if option == "--lease":
-        command += ["-f", str(spec), "--no-kube"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
-    assert done.returncode == EXIT_USAGE, done.stderr
-    assert f"argument {option}: " in done.stderr
-    assert said in done.stderr
-    assert "internal error" not in done.stderr
+        usage_error: Callable[..., str], option: str, value: str, said: str) -> None:
+    err = usage_error(["agent", "--once", "--no-kube", "--listen", "none", option, value])
+    assert f"argument {option}: " in err
+    assert said in err
+    assert "internal error" not in err
 
 
 def test_agent_once_serves_no_probe_unless_asked_so_a_taken_port_does_not_stop_its_pass(

@@ -411,6 +411,28 @@ def _ip_batch(t: Topology) -> str:
     return "\n".join(lines) + "\n"
 
 
+class Probe:
+    """A probe running in the pod (:meth:`DoctorLab.start_probe`)."""
+
+    def __init__(self, process: subprocess.Popen[str], bound: float) -> None:
+        self.process = process
+        self.bound = bound
+
+    def answer(self) -> dict[str, object]:
+        """Wait for the probe (killed past its bound: a hang fails the test); its JSON answer."""
+        try:
+            stdout, stderr = self.process.communicate(timeout=self.bound)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise
+        if not stdout:
+            raise RuntimeError(f"the probe gave no answer (exit {self.process.returncode}): "
+                               f"{stderr}")
+        answer: dict[str, object] = json.loads(stdout)
+        return answer
+
+
 class DoctorLab:
     """Four namespaces (see the module docstring) and an echo server in ``db``."""
 
@@ -465,13 +487,22 @@ class DoctorLab:
     def probe(self, destination: str, timeout: float = 1.5, port: int = PORT
               ) -> dict[str, object]:
         """One TCP exchange from the pod; the probe's JSON answer."""
+        return self.start_probe(destination, timeout, port).answer()
+
+    def start_probe(self, destination: str, timeout: float = 1.5, port: int = PORT
+                    ) -> Probe:
+        """Start one TCP exchange from the pod; :meth:`Probe.answer` waits for it.
+
+        A flow the kernel drops takes the whole timeout: what only reads the node
+        (:meth:`capture`) can run meanwhile.
+        """
         # The probe is standard library only: run its file without site packages, the
         # package's import would cost ~1 s of every example.
-        argv = [sys.executable, "-I", "-S", _PROBE, "tcp", "--host", destination,
-                "--port", str(port), "--timeout", str(timeout)]
-        done = run_in(self.names["pod"], argv, check=False, timeout=timeout + 10)
-        answer: dict[str, object] = json.loads(done.stdout)
-        return answer
+        argv = ["ip", "netns", "exec", self.names["pod"], sys.executable, "-I", "-S", _PROBE,
+                "tcp", "--host", destination, "--port", str(port), "--timeout", str(timeout)]
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        return Probe(process, timeout + 10)
 
     def capture(self) -> NodeCapture:
         """The node's state, read with the doctor's own bundle reader."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,14 @@ def test_pod_cannot_reach_db_while_node_can(family: Family) -> None:
             "eth0": ("192.168.1.5/24", "fd01:1::5/64"),
         }
 
-        pod = lab.tcp_probe(family=family, timeout=FAILING_TIMEOUT)
+        # Both wait out their timeouts: at once.
+        with ThreadPoolExecutor(2) as pool:
+            pinged = pool.submit(lab.ping, family=family, count=1, timeout=1)
+            pod = lab.tcp_probe(family=family, timeout=FAILING_TIMEOUT)
         assert not pod.ok
         assert pod.source_seen is None
         assert pod.error
-        assert not lab.ping(family=family, count=1, timeout=1)
+        assert not pinged.result()
 
         node = lab.node_probe(family=family)
         assert node.ok, node.error
@@ -161,8 +165,12 @@ def test_forward_drop_policy_blocks_the_fix_until_accepted(tool: ForwardTool) ->
             listing = run_in(lab.node, [command, "-w", "-S", "FORWARD"]).stdout
             assert listing.splitlines()[0] == "-P FORWARD DROP"
 
-        for family in BOTH_FAMILIES:
-            assert not lab.tcp_probe(family=family, timeout=FAILING_TIMEOUT).ok
+        # Both families at once: each probe waits out its timeout.
+        with ThreadPoolExecutor(len(BOTH_FAMILIES)) as pool:
+            probes = list(pool.map(lambda family: lab.tcp_probe(family=family,
+                                                                timeout=FAILING_TIMEOUT),
+                                   BOTH_FAMILIES))
+        assert [probe.ok for probe in probes] == [False, False]
 
         # What an operator adds under such a policy: pod traffic out, replies back in.
         for command in _ip_tools(tool):
