@@ -34,7 +34,7 @@ except ImportError:  # hypothesis is in the dev group; tolerate a bare install
 else:
     settings.register_profile(
         "ci",
-        max_examples=500,
+        max_examples=300,
         deadline=None,  # shared CI machines have noisy timings
         derandomize=False,
         print_blob=True,  # failures print a reproduce_failure blob

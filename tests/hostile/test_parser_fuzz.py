@@ -51,8 +51,8 @@ RULESETS = sorted(p.name.removesuffix(".ruleset.json")
                   for p in (DATA / "nftables").glob("*.ruleset.json"))
 IP_JSON = json.loads((DATA / "netlink" / "dumps.json").read_text())["ip_json"]
 CAPTURES = sorted(p.name for p in GOLDEN.iterdir() if (p / "addr.json").exists())
-# A tenth of the profile's examples (ci: 50 per reader, about 15 s in all).
-FUZZ = settings(max_examples=max(10, settings.default.max_examples // 10), deadline=None)
+# A sixth of the profile's examples (ci: 50 per reader, about 15 s in all).
+FUZZ = settings(max_examples=max(10, settings.default.max_examples // 6), deadline=None)
 
 # ------------------------------------------------------------------ mutations
 

@@ -39,7 +39,7 @@ DEVICES = ("eth0", "a@b+c.d-e_f", "x" * 15)
 GATEWAYS = {"eth0": ("192.168.1.1", "192.168.1.254", "fd01:1::1"),
             "a@b+c.d-e_f": ("10.9.0.1", "fd09::1")}
 # ci: 15 examples per language (about 12 s in all).
-KERNEL = settings(max_examples=max(5, settings.default.max_examples // 33), deadline=None,
+KERNEL = settings(max_examples=max(5, settings.default.max_examples // 20), deadline=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture,
                                          HealthCheck.too_slow])
 

@@ -73,7 +73,7 @@ FOREIGN_SYSCTLS = {"net.ipv4.conf.eth0.rp_filter": "1", "net.ipv4.conf.default.r
 OUTCOMES: Counter[str] = Counter()
 
 # ci: 100 examples (about 12 s).
-FUZZ = settings(max_examples=max(10, settings.default.max_examples // 5), deadline=None,
+FUZZ = settings(max_examples=max(10, settings.default.max_examples // 3), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
