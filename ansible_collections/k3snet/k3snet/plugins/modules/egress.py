@@ -186,6 +186,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     import k3snet
+    from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
     from k3snet.converge import compile_for
     from k3snet.facts import gather_facts
@@ -254,15 +255,13 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
             raise ParameterError(f"backend {name!r} has no option {', '.join(unknown)} "
                                  f"(its options: {', '.join(sorted(accepted))})")
         # As `k3snet apply -f` builds it: the spec's options, then the task's netns and
-        # the spec's cni.allowDisruptive (to the backends that take them), then the
-        # task's backend_options.
-        wanted = spec_backend_options(spec, name) if spec is not None else {}
-        # Node backends act in the namespace; cluster-level ones (flannel, calico) have none.
-        if params["netns"] is not None and "netns" in accepted:
-            wanted["netns"] = params["netns"]
-        if spec is not None and spec.cni.disruptive_allowed and "allow_disruptive" in accepted:
-            wanted["allow_disruptive"] = True
-        wanted.update(chosen)
+        # the spec's cni.allowDisruptive (to the backends that declare them), then the
+        # task's backend_options. The agent's environment is not a playbook's input.
+        wanted = resolve_backend_options(
+            name, spec_backend_options(spec, name) if spec is not None else None,
+            netns=params["netns"],
+            allow_disruptive=spec is not None and spec.cni.disruptive_allowed,
+            environ={}, explicit=chosen)
         try:
             made = factory(**wanted)
         except (TypeError, ValueError) as exc:  # an option value of the wrong type
