@@ -372,18 +372,9 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
     follow are read (a doubt counts against k3snet). kube-proxy's drop of
     ``INVALID`` packets is left out: valid traffic goes on.
     """
-    found: set[NetObject] = set()
     if dump is None:
-        return found
-    walk = _ForwardWalk(dump, family, found, ours)
-    try:
-        walk.chain("FORWARD", dump.chain("FORWARD")[:before], (), leaves=True,
-                   on_way=("FORWARD",))
-    except _WalkStopped as stop:
-        text = (f"-A {stop.chain} {format_line(stop.tokens)} (and what follows: not read, "
-                f"{stop.why})")
-        found.add(ForwardBlock(family, "drop", text, f"iptables IPv{family} filter"))
-    return found
+        return set()
+    return _ForwardWalk(dump, family, ours).walk("FORWARD", before)
 
 
 _ON, _END, _BACK, _DONE = "on", "end", "back", "done"
@@ -396,9 +387,21 @@ class _Walk:
     to, in the kernel's order; a table's walk says what its verdicts do (the blocks
     they make, whether packets go on) and the blocks' text."""
 
-    def __init__(self, dump: TableDump, ours: Container[str] | None) -> None:
-        self.dump, self.ours = dump, ours
+    def __init__(self, dump: TableDump, family: int, ours: Container[str] | None) -> None:
+        self.dump, self.family, self.ours = dump, family, ours
+        self.found: set[NetObject] = set()
         self.read = 0
+
+    def walk(self, builtin: str, before: int) -> set[NetObject]:
+        """The blocks met in ``builtin``'s first ``before`` rules and below; what the walk
+        stopped before reading counts against k3snet (:meth:`unread`)."""
+        try:
+            self.chain(builtin, self.dump.chain(builtin)[:before], (), leaves=True,
+                       on_way=(builtin,))
+        except _WalkStopped as stop:
+            self.found.add(self.unread(f"-A {stop.chain} {format_line(stop.tokens)} (and what "
+                                       f"follows: not read, {stop.why})"))
+        return self.found
 
     def followed(self, target: str | None) -> bool:
         """A foreign chain to read (k3snet's own are not)."""
@@ -460,15 +463,20 @@ class _Walk:
         """Add the block the rule ``tokens`` of ``chain`` makes as ``target``."""
         raise NotImplementedError
 
+    def unread(self, text: str) -> NetObject:
+        """The block of what the walk did not read (``text`` names where it stopped)."""
+        raise NotImplementedError
+
 
 class _ForwardWalk(_Walk):
     """One walk of :func:`foreign_blocks` down the FORWARD path (bounded, loop-safe)."""
 
-    def __init__(self, dump: TableDump, family: int, found: set[NetObject],
-                 ours: Container[str] | None) -> None:
-        super().__init__(dump, ours)
-        self.family, self.found = family, found
+    def __init__(self, dump: TableDump, family: int, ours: Container[str] | None) -> None:
+        super().__init__(dump, family, ours)
         self.policy = dump.policies.get("FORWARD", "ACCEPT")
+
+    def unread(self, text: str) -> NetObject:
+        return ForwardBlock(self.family, "drop", text, f"iptables IPv{self.family} filter")
 
     def verdict(self, chain: str, tokens: Line, target: str | None, outers: tuple[Line, ...],
                 *, leaves: bool, every: bool) -> str:
@@ -560,18 +568,9 @@ def nat_blocks(dump: TableDump | None, family: int, before: int, *,
     another program's marked traffic (kube-proxy's 0x4000 "to masquerade", a
     proxy's marks), never k3snet's plain pod traffic, and makes no block.
     """
-    found: set[NetObject] = set()
     if dump is None:
-        return found
-    walk = _NatWalk(dump, family, found, ours)
-    try:
-        walk.chain("POSTROUTING", dump.chain("POSTROUTING")[:before], (), leaves=True,
-                   on_way=("POSTROUTING",))
-    except _WalkStopped as stop:
-        text = (f"-A {stop.chain} {format_line(stop.tokens)} (and what follows: not read, "
-                f"{stop.why})")
-        found.add(NatBlock(family, "snat", text, f"iptables IPv{family} nat"))
-    return found
+        return set()
+    return _NatWalk(dump, family, ours).walk("POSTROUTING", before)
 
 
 class _WalkStopped(Exception):  # noqa: N818 - a signal within the walks, never raised out
@@ -583,10 +582,8 @@ class _WalkStopped(Exception):  # noqa: N818 - a signal within the walks, never 
 class _NatWalk(_Walk):
     """One walk of :func:`nat_blocks` down the POSTROUTING path (bounded, loop-safe)."""
 
-    def __init__(self, dump: TableDump, family: int, found: set[NetObject],
-                 ours: Container[str] | None) -> None:
-        super().__init__(dump, ours)
-        self.family, self.found = family, found
+    def unread(self, text: str) -> NetObject:
+        return NatBlock(self.family, "snat", text, f"iptables IPv{self.family} nat")
 
     def takes_all(self, tokens: Line, outers: tuple[Line, ...]) -> bool:
         # POSTROUTING itself is read up to k3snet's jump whatever it meets.
