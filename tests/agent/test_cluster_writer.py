@@ -110,6 +110,20 @@ def _pool_writes(srv: EmulatedApiServer) -> list[tuple[str, str]]:
             if "/ippools" in p and m in ("POST", "PATCH", "PUT", "DELETE")]
 
 
+
+@pytest.fixture
+def spec_path(tmp_path: Path) -> Path:
+    """The spec file every agent of a test reads (SPEC; a test may rewrite it)."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The time every Lease of a test sees, moved by the test."""
+    return FakeClock()
+
 def _holder(srv: EmulatedApiServer) -> Any:
     lease = srv.get(LEASES, SETTINGS.name, SETTINGS.namespace)
     assert lease is not None
@@ -117,11 +131,8 @@ def _holder(srv: EmulatedApiServer) -> Any:
 
 
 def test_only_the_lease_holder_writes_pools_and_the_other_takes_over(
-    server: EmulatedApiServer, tmp_path: Path
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
 ) -> None:
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(SPEC)
-    clock = FakeClock()
     a, memory_a = _agent(server, "node-a", spec_path, clock)
     b, memory_b = _agent(server, "node-b", spec_path, clock)
 
@@ -172,9 +183,7 @@ def test_only_the_lease_holder_writes_pools_and_the_other_takes_over(
     a.shutdown()
 
 
-def test_node_annotation_says_the_last_result(server: EmulatedApiServer, tmp_path: Path) -> None:
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(SPEC)
+def test_node_annotation_says_the_last_result(server: EmulatedApiServer, spec_path: Path) -> None:
     agent, _ = _agent(server, "node-a", spec_path, FakeClock())
     agent.run_pass()
     node = server.get("v1/nodes", "node-a")
@@ -224,10 +233,8 @@ def test_candidates_read_a_live_lease_only_when_it_could_expire(
 
 
 def test_a_node_that_is_no_candidate_never_writes_pools(
-    server: EmulatedApiServer, tmp_path: Path
+    server: EmulatedApiServer, spec_path: Path
 ) -> None:
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(SPEC)
     memory = MemoryBackend(capabilities=NODE_KINDS)
     api = server.api_client()
     agent = Agent(FileSpecSource(spec_path),
@@ -293,14 +300,11 @@ def _sample(agent: Agent, name: str, **labels: str) -> float | None:
 
 
 def test_a_leader_whose_node_part_fails_still_writes_the_cluster_wide_objects(
-    server: EmulatedApiServer, tmp_path: Path
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
 ) -> None:
     # The Lease holder used to renew the Lease but, its node part failing (an nftables
     # apply refused), never reached the cluster writer: the pools never converged, and
     # the other nodes said ok. The two parts are independent.
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(SPEC)
-    clock = FakeClock()
     a, memory_a = _agent(server, "node-a", spec_path, clock)
     name = "k3snet-nonat-172-20-0-0-16"
     memory_a.faults.fail_at(0)
@@ -324,11 +328,8 @@ def test_a_leader_whose_node_part_fails_still_writes_the_cluster_wide_objects(
 
 
 def test_a_failing_cluster_sync_is_counted_and_its_last_success_stays(
-    server: EmulatedApiServer, tmp_path: Path
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
 ) -> None:
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(SPEC)
-    clock = FakeClock()
     a, memory_a = _agent(server, "node-a", spec_path, clock)
     assert a.run_pass().status == "ok"
     synced = clock.now
@@ -359,14 +360,11 @@ def test_a_failing_cluster_sync_is_counted_and_its_last_success_stays(
 
 
 def test_a_spec_dropping_the_last_pool_is_in_force_on_every_node_and_the_pool_stays(
-    server: EmulatedApiServer, tmp_path: Path
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
 ) -> None:
     # The leader used to refuse the whole spec (TeardownError in its cluster part) while
     # every other node, never planning the pools, put it in force: the fleet split for
     # good. Now the spec is in force everywhere; only the teardown of the pools waits.
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(SPEC)
-    clock = FakeClock()
     a, memory_a = _agent(server, "node-a", spec_path, clock)
     b, memory_b = _agent(server, "node-b", spec_path, clock)
     assert a.run_pass().leader is True
