@@ -437,6 +437,11 @@ NAT_BLOCK_CASES: dict[str, tuple[str, set[tuple[str, str, str, str, str | None, 
         f"-A POSTROUTING -j OTHER\n-A OTHER -j DEEP\n-A DEEP -j OTHER\n"
         f"-A DEEP -s {POD} -j MASQUERADE",
         {("masquerade", f"-A DEEP -s {POD} -j MASQUERADE", POD, "None", None, "None")}),
+    # A negation on the way that no packet of the rule's can pass: no block (as in FORWARD).
+    "a masquerade its own jump's negation leaves no packet": (
+        f"-A POSTROUTING ! -o eth1 -j OTHER\n-A OTHER -s {POD} -o eth1 -j MASQUERADE", set()),
+    "a masquerade a jump's negated source leaves no packet": (
+        f"-A POSTROUTING ! -s {POD} -j OTHER\n-A OTHER -s {POD} -j MASQUERADE", set()),
     "a comment spelled like an option is no option": (
         f"-A POSTROUTING -d {B} -m comment --comment --to-source -j RETURN",
         {("exempt", f"-A POSTROUTING -d {B} -m comment --comment --to-source -j RETURN", "None",

@@ -501,8 +501,7 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
     matches: dict[str, str | None] = {}
     for line in (*outers, tokens):  # the innermost match of each kind is the narrowest known
         matches.update({k: v for k, v in _addresses(line).items() if v is not None})
-    if any(matches.get(kind) == value for line in (*outers, tokens)
-           for kind, value in _addresses(line, negated=True).items()):
+    if _excluded(matches, (*outers, tokens)):
         return  # a match the way there excludes (Docker's `! -o docker0`, then `-o docker0`)
     if _conditions(tokens) == ["-m", "conntrack", "--ctstate", "INVALID"] or (
             _conditions(tokens) == ["-m", "state", "--state", "INVALID"]):
@@ -514,6 +513,13 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
     except (K3snetError, ValueError):
         # A match k3snet cannot hold (another family, an odd interface): read it as "any".
         found.add(ForwardBlock(family, _VERDICT[target], text, f"iptables IPv{family} filter"))
+
+
+def _excluded(matches: dict[str, str | None], lines: tuple[Line, ...]) -> bool:
+    """A negated match in ``lines`` (the jumps on the way and the rule) names the very
+    value a positive one in ``matches`` requires: no packet reaches the rule."""
+    return any(matches.get(kind) == value for line in lines
+               for kind, value in _addresses(line, negated=True).items())
 
 
 def _addresses(tokens: Line, *, negated: bool = False) -> dict[str, str | None]:
@@ -620,6 +626,8 @@ def _nat_block(found: set[NetObject], family: int, chain: str, tokens: Line, tar
     matches: dict[str, str | None] = {}
     for line in (*outers, tokens):  # the innermost match of each kind is the narrowest known
         matches.update({k: v for k, v in _addresses(line).items() if v is not None})
+    if _excluded(matches, (*outers, tokens)):
+        return  # a match the way there excludes (`! -o eth1` to a chain's `-o eth1`)
     matches.pop("in_interface", None)  # not a match in POSTROUTING
     action = _NAT_ACTION.get(target, "snat")
     to_address = None
