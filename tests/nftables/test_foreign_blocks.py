@@ -168,19 +168,55 @@ def test_other_verdicts_are_no_blocks(verdict: Expr) -> None:
     assert blocks(forward(("accept", [[daddr(B), verdict]]), x=[])) == set()
 
 
-def test_blocks_are_read_in_base_chains_and_one_jump_below() -> None:
+def test_blocks_are_read_in_base_chains_and_at_any_depth_below() -> None:
     kernel = forward(
         ("accept", [[daddr("192.168.1.0/24"), DROP], [jump("one")], [jump("one")],
                     [{"goto": {"target": "gone"}}]]),
         one=[[daddr("192.168.2.0/24"), DROP], [jump("two")]],
-        two=[[daddr("192.168.3.0/24"), DROP]],
+        two=[[daddr("192.168.3.0/24"), DROP], [jump("three")]],
+        three=[[daddr("192.168.4.0/24"), DROP]],
         gone=[[saddr("10.9.0.0/16"), DROP]])
     assert blocks(kernel) == {
         block("ip daddr 192.168.1.0/24 drop", destination="192.168.1.0/24"),
         block("ip daddr 192.168.2.0/24 drop", "nftables inet fw0 one",
               destination="192.168.2.0/24"),
+        block("ip daddr 192.168.3.0/24 drop", "nftables inet fw0 two",
+              destination="192.168.3.0/24"),
+        block("ip daddr 192.168.4.0/24 drop", "nftables inet fw0 three",
+              destination="192.168.4.0/24"),
         block("ip saddr 10.9.0.0/16 drop", "nftables inet fw0 gone", source="10.9.0.0/16"),
     }
+
+
+def test_a_block_below_a_conditional_jump_is_narrowed_by_the_jump() -> None:
+    kernel = forward(("accept", [[saddr("10.42.0.0/16"), jump("one")]]),
+                     one=[[meta("oifname", "eth1"), jump("two")]],
+                     two=[[daddr(B), DROP]])
+    assert blocks(kernel) == {
+        block(f"ip daddr {B} drop", "nftables inet fw0 two", source="10.42.0.0/16",
+              destination=B, out_interface="eth1")}
+
+
+def test_a_drop_a_negation_on_the_way_leaves_no_packet_is_no_block() -> None:
+    # Docker's isolation: `oifname != docker0` jumps to a chain that drops `oifname docker0`.
+    kernel = forward(("accept", [[meta("iifname", "docker0"), meta("oifname", "docker0", "!="),
+                                  jump("stage2")]]),
+                     stage2=[[meta("oifname", "docker0"), daddr(B), DROP]])
+    assert blocks(kernel) == set()
+
+
+def test_a_loop_of_jumps_is_read_once_and_the_walk_is_bounded() -> None:
+    kernel = forward(("accept", [[jump("one")]]),
+                     one=[[daddr(B), DROP], [jump("two")]], two=[[jump("one")]])
+    assert blocks(kernel) == {block(f"ip daddr {B} drop", "nftables inet fw0 one",
+                                    destination=B)}
+    def fan(target: str) -> list[list[Expr]]:
+        return [[saddr(f"10.{i}.0.0/16"), jump(target)] for i in range(80)]
+
+    wide = forward(("accept", fan("c1")), **{f"c{i}": fan(f"c{i + 1}") for i in range(1, 10)})
+    reader = ForeignReader(wide, frozenset())  # type: ignore[arg-type]
+    reader.read()  # 80 ** 8 rules without the bound
+    assert any("forward drops stopped after" in text for text in reader.unread)
 
 
 def test_blocks_of_every_forward_base_chain_and_no_other() -> None:

@@ -471,22 +471,41 @@ class ForeignReader:
 
         An accept in k3snet's chain ends only that chain; a drop in any other base
         chain on the hook, at any priority, still wins. So such a rule (in a base
-        chain or one jump below it) decides the traffic it names, and a wanted
-        forward rule it may match is a conflict. Rules without a positive address
-        match (``ct state invalid drop``, a policy) are not read as blocks: they
-        are defaults (see docs/reliability.md). Uses the listings already made.
+        chain or any chain jumped or gone to below it, narrowed by the jumps' tests
+        on the way) decides the traffic it names, and a wanted forward rule it may
+        match is a conflict. Rules without a positive address match (``ct state
+        invalid drop``, a policy) are not read as blocks: they are defaults (see
+        docs/reliability.md). Uses the listings already made; the walk is bounded
+        (:data:`_MAX_JUMP_DEPTH` chains deep, :data:`_MAX_WALKED_RULES` rules, what
+        is past it named in ``unread``) and does not follow a chain already on its way.
         """
         found: set[NetObject] = set()
+        budget = [_MAX_WALKED_RULES]
         for where, name, _ in self.forward_bases:
-            chains = [name]
-            chains += [m.target for m in self._rules(where, name)
-                       if m.verdict in ("jump", "goto") and m.target]
-            for chain in dict.fromkeys(chains):
-                for match in self._rules(where, chain):
-                    block = _block_of(match, where, chain)
-                    if block is not None:
-                        found.add(block)
+            self._block_walk(where, name, _Way(), found, budget)
         return found
+
+    def _block_walk(self, where: tuple[str, str], chain: str, way: _Way,
+                    found: set[NetObject], budget: list[int]) -> None:
+        way = way.into(where, chain)
+        for match in self._rules(where, chain):
+            if budget[0] <= 0:
+                self.unread.append(f"the read of other tables' forward drops stopped after "
+                                   f"{_MAX_WALKED_RULES} rules (at {where[0]} {where[1]} "
+                                   f"{chain})")
+                budget[0] = -1 << 62  # said once: the rest of the walk reads nothing
+                return
+            budget[0] -= 1
+            reached = way.reaching(match)
+            if reached is None:
+                continue  # no packet that comes this way reaches the rule
+            block = _block_of(match, where, chain, reached=reached)
+            if block is not None:
+                found.add(block)
+            if way.follows(where, match):
+                assert match.target is not None
+                self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found,
+                                 budget)
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule) -> bool:
         """Whether base chain ``base`` accepts every packet of ``rule`` (False: it may not)."""
@@ -1286,15 +1305,25 @@ def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[Nat
     return blocks
 
 
-def _block_of(match: Match, where: tuple[str, str], chain: str) -> ForwardBlock | None:
-    """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None)."""
-    if match.verdict not in ("drop", "reject") or match.proto is None:
+def _block_of(match: Match, where: tuple[str, str], chain: str, *,
+              reached: Match | None = None) -> ForwardBlock | None:
+    """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None).
+
+    ``reached``: ``match`` with the tests of the jumps on the way (what the block
+    holds); the text names the rule as written."""
+    seen = reached or match
+    if match.verdict not in ("drop", "reject") or seen.proto is None:
         return None
-    words, saddr, daddr, oif = _rule_words(match)
+    words, _, _, _ = _rule_words(match)
+    _, saddr, daddr, oif = _rule_words(seen)
     if not saddr and not daddr:
         return None
+    for names in (seen.iif, seen.oif):
+        if any(neg for _, neg in names) and any(
+                (name, not neg) in names for name, neg in names):
+            return None  # `oifname != docker0` on the way, `oifname docker0` here: no packet
     words.append(match.verdict)
-    iif = [name for name, neg in match.iif if not neg]
+    iif = [name for name, neg in seen.iif if not neg]
     fields: dict[str, Any] = {
         # One prefix each is what a block holds; several (a set) count as any.
         "source": saddr[0] if len(saddr) == 1 else None,
@@ -1302,7 +1331,7 @@ def _block_of(match: Match, where: tuple[str, str], chain: str) -> ForwardBlock 
     }
     text = " ".join(words)
     place = f"nftables {where[0]} {where[1]} {chain}"
-    family = 4 if match.proto == "ip" else 6
+    family = 4 if seen.proto == "ip" else 6
     try:
         return ForwardBlock(family, match.verdict, text, place, **fields,
                             in_interface=iif[0] if len(iif) == 1 else None,
