@@ -5,7 +5,7 @@
 
   ``dev``       200 examples, no deadline: a quick local run that still draws the
                 rare shapes (same key and other value, big states) a few times;
-  ``ci``        500 examples, what ``make test`` uses;
+  ``ci``        300 examples, what ``make test`` uses;
   ``thorough``  5000 examples, for a long run before a release;
   ``mutation``  50 examples, derandomized, no example database and no shrinking,
                 so ``make mutation`` judges every mutant on the same draws, quickly.
