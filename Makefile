@@ -119,7 +119,12 @@ typecheck: deps
 # pytest exits 5 when it collects no tests; make treats any non-zero status as a
 # failure, so an empty or mis-configured suite fails `make test`. Never swallow
 # pytest's status: no `|| true`, no `-` prefix (pipefail is on if you add a tee).
-PYTEST := HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/python -m pytest --durations=15
+# The suite runs in PYTEST_JOBS processes (pytest-xdist), each test file in one of
+# them (--dist loadfile: a file's module fixtures, the seed lab's among them, are
+# built once); PYTEST_JOBS=0 runs it in this process alone.
+PYTEST_JOBS ?= 2
+PYTEST := HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/python -m pytest --durations=15 \
+	-n $(PYTEST_JOBS) --dist loadfile
 
 # Lint, type check and a strict docs build first, then the suite.
 test: lint typecheck docs
