@@ -192,9 +192,10 @@ def test_a_block_below_a_conditional_jump_is_narrowed_by_the_jump() -> None:
     kernel = forward(("accept", [[saddr("10.42.0.0/16"), jump("one")]]),
                      one=[[meta("oifname", "eth1"), jump("two")]],
                      two=[[daddr(B), DROP]])
+    # Named, as the NAT blocks are, by every test a packet meets on the way there.
     assert blocks(kernel) == {
-        block(f"ip daddr {B} drop", "nftables inet fw0 two", source="10.42.0.0/16",
-              destination=B, out_interface="eth1")}
+        block(f"ip saddr 10.42.0.0/16 ip daddr {B} oifname eth1 drop", "nftables inet fw0 two",
+              source="10.42.0.0/16", destination=B, out_interface="eth1")}
 
 
 def test_a_drop_a_negation_on_the_way_leaves_no_packet_is_no_block() -> None:
@@ -202,6 +203,12 @@ def test_a_drop_a_negation_on_the_way_leaves_no_packet_is_no_block() -> None:
     kernel = forward(("accept", [[meta("iifname", "docker0"), meta("oifname", "docker0", "!="),
                                   jump("stage2")]]),
                      stage2=[[meta("oifname", "docker0"), daddr(B), DROP]])
+    assert blocks(kernel) == set()
+    # Two out interfaces a packet cannot have at once, a source a negation excludes.
+    kernel = forward(("accept", [[meta("oifname", "eth0"), jump("sub")],
+                                 [saddr("10.0.0.0/8", neg=True), jump("other")]]),
+                     sub=[[meta("oifname", "eth1"), daddr(B), DROP]],
+                     other=[[saddr("10.42.0.0/16"), daddr(B), DROP]])
     assert blocks(kernel) == set()
 
 

@@ -108,6 +108,14 @@ def test_a_nat_rule_after_k3snets_priority_is_no_block(prio: int) -> None:
      {one(f"ip saddr {POD} ip daddr {B} masquerade", POD, B, where="nftables inet t b")}),
     # a conditional jump no packet of the rule it leads to passes
     ([[saddr("10.43.0.0/16"), jump("q")]], {"q": [[saddr(POD), MASQ]]}, set()),
+    ([[saddr("10.0.0.0/8", neg=True), jump("q")]], {"q": [[saddr(POD), MASQ]]}, set()),
+    ([[meta("oifname", "eth1", "!="), jump("q")]], {"q": [[meta("oifname", "eth1"), MASQ]]},
+     set()),
+    ([[meta("oifname", "eth0"), jump("q")]], {"q": [[meta("oifname", "eth1"), MASQ]]}, set()),
+    # ... but a wildcard may pass with a name
+    ([[meta("oifname", "eth*"), jump("q")]], {"q": [[meta("oifname", "eth1"), MASQ]]},
+     {one("oifname eth* oifname eth1 masquerade", where="nftables inet t q"),
+      one("oifname eth* oifname eth1 masquerade", family=6, where="nftables inet t q")}),
     # what earlier rules take away is not subtracted (a doubt) ...
     ([[daddr(B), ACCEPT], [saddr(POD), MASQ]], {}, {one(f"ip saddr {POD} masquerade", POD)}),
     ([[daddr(B), RETURN], [saddr(POD), MASQ]], {}, {one(f"ip saddr {POD} masquerade", POD)}),

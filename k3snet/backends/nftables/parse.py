@@ -499,7 +499,7 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
-            block = _block_of(match, where, chain, reached=reached)
+            block = _block_of(reached, where, chain)
             if block is not None:
                 found.add(block)
             if way.follows(where, match):
@@ -857,7 +857,16 @@ def _narrowest(tests: list[tuple[Network, bool]]) -> list[tuple[Network, bool]] 
         if any(not overlaps(net, other) for other in positive):
             return None
     kept = [min(positive, key=lambda n: n.num_addresses)] if positive else []
+    if kept and any(neg and contains(net, kept[0]) for net, neg in tests):
+        return None  # `!= 10.0.0.0/8` on the way, `10.42.0.0/16` here
     return [(net, False) for net in kept] + [(net, neg) for net, neg in tests if neg]
+
+
+def _may_pass(tests: list[tuple[str, bool]]) -> bool:
+    """Whether some interface passes all these name tests (a packet has one: two plain
+    names, or a name and its own negation, leave none; a wildcard ``eth*`` may pass)."""
+    plain = {name for name, neg in tests if not neg and not name.endswith("*")}
+    return len(plain) <= 1 and not any(neg and name in plain for name, neg in tests)
 
 
 def _guarded(guard: Match, match: Match) -> Match | None:
@@ -866,13 +875,14 @@ def _guarded(guard: Match, match: Match) -> Match | None:
     if guard.proto is not None and match.proto not in (None, guard.proto):
         return None
     saddr, daddr = _narrowest(guard.saddr + match.saddr), _narrowest(guard.daddr + match.daddr)
-    if saddr is None or daddr is None:
+    iif, oif = guard.iif + match.iif, guard.oif + match.oif
+    if saddr is None or daddr is None or not _may_pass(iif) or not _may_pass(oif):
         return None
     marks = guard.marks + match.marks
     return dataclasses.replace(
         match, proto=match.proto or guard.proto, saddr=saddr, daddr=daddr,
-        iif=guard.iif + match.iif, oif=guard.oif + match.oif,
-        nfproto=guard.nfproto + match.nfproto, ct_reply=guard.ct_reply or match.ct_reply,
+        iif=iif, oif=oif, nfproto=guard.nfproto + match.nfproto,
+        ct_reply=guard.ct_reply or match.ct_reply,
         marks=marks, unknown=guard.unknown + match.unknown,
         mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks))
 
@@ -1305,25 +1315,16 @@ def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[Nat
     return blocks
 
 
-def _block_of(match: Match, where: tuple[str, str], chain: str, *,
-              reached: Match | None = None) -> ForwardBlock | None:
-    """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None).
-
-    ``reached``: ``match`` with the tests of the jumps on the way (what the block
-    holds); the text names the rule as written."""
-    seen = reached or match
-    if match.verdict not in ("drop", "reject") or seen.proto is None:
+def _block_of(match: Match, where: tuple[str, str], chain: str) -> ForwardBlock | None:
+    """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None);
+    ``match`` as the walk reached it (with the tests of the jumps on the way)."""
+    if match.verdict not in ("drop", "reject") or match.proto is None:
         return None
-    words, _, _, _ = _rule_words(match)
-    _, saddr, daddr, oif = _rule_words(seen)
+    words, saddr, daddr, oif = _rule_words(match)
     if not saddr and not daddr:
         return None
-    for names in (seen.iif, seen.oif):
-        if any(neg for _, neg in names) and any(
-                (name, not neg) in names for name, neg in names):
-            return None  # `oifname != docker0` on the way, `oifname docker0` here: no packet
     words.append(match.verdict)
-    iif = [name for name, neg in seen.iif if not neg]
+    iif = [name for name, neg in match.iif if not neg]
     fields: dict[str, Any] = {
         # One prefix each is what a block holds; several (a set) count as any.
         "source": saddr[0] if len(saddr) == 1 else None,
@@ -1331,7 +1332,7 @@ def _block_of(match: Match, where: tuple[str, str], chain: str, *,
     }
     text = " ".join(words)
     place = f"nftables {where[0]} {where[1]} {chain}"
-    family = 4 if seen.proto == "ip" else 6
+    family = 4 if match.proto == "ip" else 6
     try:
         return ForwardBlock(family, match.verdict, text, place, **fields,
                             in_interface=iif[0] if len(iif) == 1 else None,
