@@ -7,6 +7,7 @@ runs on what was read, and all problems come out at once in one
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from k3snet.spec.source import load_mapping, read_text
 from k3snet.spec.validate import known_sound, validate
 
 __all__ = ["load_mapping", "load_spec", "spec_from_dict", "spec_from_document"]
+
+
+# The one path a check puts in its message: "duplicate destination ... (also destinations[0])".
+_ALSO = re.compile(r"(?<=\(also )[^)]+(?=\)$)")
 
 
 def _related(path: str, other: str) -> bool:
@@ -49,8 +54,12 @@ def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None,
         # Checks run on the parts that parsed, so one pass reports everything; a
         # path that already has a reading problem is not reported twice.
         bad = {p.path for p in problems}
-        problems += [p for p in validate(spec)
-                     if not any(_related(p.path, b) for b in bad if b)]
+        found = validate(spec)
+        if reader.kept:  # some list items were left out: name the document's items
+            found = [Problem(reader.document_path(p.path),
+                             _ALSO.sub(lambda m: reader.document_path(m.group()), p.message))
+                     for p in found]
+        problems += [p for p in found if not any(_related(p.path, b) for b in bad if b)]
     if problems:
         raise SpecError(problems, source=source)
     return spec
