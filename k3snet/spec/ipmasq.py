@@ -24,6 +24,7 @@ __all__ = [
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
     "IpMasqAgentConfig",
     "load_ip_masq_agent_config",
+    "names_a_file",
 ]
 
 IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE: tuple[str, ...] = (
@@ -83,7 +84,7 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
         data: Any = source
     else:
         text = str(source)
-        if isinstance(source, Path) or _a_path(text):
+        if isinstance(source, Path) or names_a_file(text):
             where, from_file = text, True
             text = read_text(text)
         try:
@@ -131,7 +132,7 @@ def _unquoted(problems: tuple[Problem, ...] | list[Problem], data: Any, where: s
     return SpecError(kept, source=where)
 
 
-def _a_path(text: str) -> bool:
+def names_a_file(text: str) -> bool:
     """Whether ``text`` names a file rather than holding the config: one line without
     ``:`` (every mapping of the config's keys has one) that is not a flow mapping."""
     return "\n" not in text and ":" not in text and not text.lstrip().startswith("{")
