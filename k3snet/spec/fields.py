@@ -122,7 +122,7 @@ class Reader:
         try:
             return convert(value)
         except (K3snetError, ValueError, TypeError) as exc:
-            self.problem(path, str(exc))
+            self.problem(path, str(exc) + _mapping_hint(value))
             return INVALID
 
     def sequence(self, value: Any, path: str) -> Sequence[Any]:
@@ -146,6 +146,16 @@ class Reader:
 
 
 _INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _mapping_hint(value: Any) -> str:
+    """The hint for an unquoted IPv6 address ending in ``::`` that YAML read as a mapping
+    (``- fd00::`` is ``{'fd00:': None}``), else ``""``."""
+    if isinstance(value, Mapping) and len(value) == 1:
+        ((key, inner),) = value.items()
+        if inner is None and isinstance(key, str) and key.endswith(":"):
+            return f" (YAML reads an unquoted {key}: as a mapping: quote it, '{key}:')"
+    return ""
 
 Read = Callable[[Reader, Any, str], Any]
 """``(reader, value, path) -> model value`` (or :data:`INVALID`); never called with ``None``."""
@@ -421,7 +431,7 @@ def converted(convert: Callable[[Any], Any]) -> Read:
         try:
             result = convert(value)
         except (K3snetError, ValueError, TypeError) as exc:
-            reader.problem(path, str(exc))
+            reader.problem(path, str(exc) + _mapping_hint(value))
             return INVALID
         if key is not None:
             reader.conversions[key] = result

@@ -275,3 +275,17 @@ def test_the_checks_after_a_list_item_left_out_name_the_document_s_items() -> No
         "masquerade.snatAddresses[1]: 10.42.0.5 is a pod address; SNAT needs a node address",
     ]
 
+
+
+def test_an_unquoted_ipv6_address_read_as_a_mapping_is_told_to_be_quoted() -> None:
+    # "- fd00::" in a block list is {"fd00:": None} to YAML.
+    document = {"masquerade": {"snatAddresses": [{"fd00:": None}]},
+                "destinations": [{"cidr": D, "gateway": {"2001:db8:1:": None}}],
+                "dns": {"zones": [{"zone": "a.example", "resolvers": [{"a": None}]}]}}
+    assert _problems(lambda: Spec.from_dict(document)).splitlines() == [
+        "destinations[0].gateway: expected an address string, got dict {'2001:db8:1:': None} "
+        "(YAML reads an unquoted 2001:db8:1:: as a mapping: quote it, '2001:db8:1::')",
+        "masquerade.snatAddresses[0]: expected an address string, got dict {'fd00:': None} "
+        "(YAML reads an unquoted fd00:: as a mapping: quote it, 'fd00::')",
+        "dns.zones[0].resolvers[0]: expected an address string, got dict {'a': None}",
+    ]

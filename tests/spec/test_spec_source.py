@@ -285,3 +285,18 @@ def _problems(path: Path) -> list[object]:
     with pytest.raises(SpecError) as info:
         load_ip_masq_agent_config(str(path))
     return list(info.value.problems)
+
+
+@pytest.mark.parametrize("text", [
+    "gateway: 2001:db8::\n", "resolvers: [::1]\n", "snat: [fd00::]\n",
+    "a:\n  b: 1\n  gateway: fe80::\n"])
+def test_a_yaml_error_at_an_unquoted_ipv6_address_says_to_quote_it(text: str) -> None:
+    # "mapping values are not allowed in this context" alone left an admin guessing.
+    assert _refusal(text).endswith(
+        "\n  (an IPv6 address that starts or ends with '::' must be quoted in YAML "
+        "('fd00::', '::1'): unquoted, its ':' is read as a mapping's)")
+
+
+@pytest.mark.parametrize("text", ["a: b: c\n", "a: [b\n", "a: x::y: 1\n", "a: 'fd00::\n"])
+def test_a_yaml_error_elsewhere_has_no_ipv6_hint(text: str) -> None:
+    assert "IPv6" not in _refusal(text)
