@@ -2,9 +2,9 @@
 
 One pass:
 
-1. read the spec again (a mounted ConfigMap changes in place); a new text is
-   parsed and validated; an invalid one is *refused* and the last good spec
-   stays in force;
+1. read the spec again (a mounted ConfigMap changes in place), and the
+   ``ipMasqAgentConfig`` file it imports; a new text or file is parsed and
+   validated; an invalid one is *refused* and the last good spec stays in force;
 2. converge the node's own backends (netlink, nftables, iptables, a flannel
    file) with :func:`k3snet.converge`; a new spec that would delete everything
    k3snet owns (:class:`~k3snet.errors.TeardownError`) is refused the same way;
@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -37,6 +38,7 @@ from typing import Any, Literal
 
 import attrs
 
+from k3snet._kept import read_input
 from k3snet.agent._lease import LeaderElector
 from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import NodeReport, NodeReporter
@@ -57,6 +59,8 @@ from k3snet.errors import (
 from k3snet.model.state import State
 from k3snet.planner import Change
 from k3snet.spec import Spec
+from k3snet.spec.load import imported_files, load_mapping
+from k3snet.spec.source import MAX_BYTES
 
 __all__ = ["Agent", "AgentOptions", "PassResult", "cluster_wide_kinds", "split_cluster_wide"]
 
@@ -157,6 +161,16 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _imported_files(text: str, where: str) -> tuple[str, ...]:
+    """The files spec ``text`` imports (none when it cannot be read: it is refused)."""
+    if "ipMasqAgentConfig" not in text and "\\" not in text:  # no parse for most specs
+        return ()
+    try:
+        return imported_files(load_mapping(text, where))
+    except SpecError:
+        return ()
+
+
 def _backends_of(spec: Spec) -> tuple[Any, ...]:
     """What the backend group is built from: a change of either rebuilds it."""
     return (spec.backends, spec.backend_options)
@@ -229,6 +243,8 @@ class Agent:
         self.generation = 0
         self._refused_sha: str | None = None
         self._refusal: str | None = None
+        # (SHA-256 of a spec text, the files it imports): the last text's, found once.
+        self._imports: tuple[str, tuple[str, ...]] | None = None
         # The cluster-wide part's refusal of the spec in force (see _converge), and the
         # (spec, reason) it was said for.
         self._cluster_refusal: str | None = None
@@ -279,7 +295,8 @@ class Agent:
 
     @property
     def spec_sha256(self) -> str | None:
-        """SHA-256 of the text of the spec in force."""
+        """SHA-256 of the text of the spec in force (and of the files it imports, when it
+        imports an ``ipMasqAgentConfig`` file)."""
         return self._sha
 
     @property
@@ -314,7 +331,7 @@ class Agent:
                 self._refuse(None, refused)
         else:
             self._unreadable = None
-            sha = _sha256(text)
+            sha = self._spec_sha(text)
             if sha not in (self._sha, self._refused_sha):
                 try:
                     candidate = Spec.from_yaml(text, source=self.source.where), sha
@@ -336,6 +353,30 @@ class Agent:
             return attrs.evolve(result, status="spec-refused",
                                 message=f"{self._refusal}; {result.message}")
         return result
+
+    def _spec_sha(self, text: str) -> str:
+        """SHA-256 of the spec's text, and of the files it imports when it does.
+
+        An ``ipMasqAgentConfig`` file (ip-masq-agent's ConfigMap, mounted) changes in
+        place while the spec's text stays the same: keyed by the text alone, its new
+        contents were never read, and a spec refused for a bad one stayed refused
+        after the file was fixed. The imports of a text are found once (a parse of a
+        text that names one); each pass then reads those files, as loading does.
+        """
+        sha = _sha256(text)
+        if self._imports is None or self._imports[0] != sha:
+            self._imports = (sha, _imported_files(text, self.source.where))
+        files = self._imports[1]
+        if not files:
+            return sha
+        digest = hashlib.sha256(sha.encode())
+        for path in files:
+            digest.update(b"\0" + os.fsencode(path) + b"\0")
+            try:
+                digest.update(hashlib.sha256(read_input(path, MAX_BYTES)).digest())
+            except OSError as exc:  # loading says why; what matters here is a change
+                digest.update(f"unreadable: {exc.strerror}".encode())
+        return digest.hexdigest()
 
     def _refuse(self, sha: str | None, refused: _RefusedError) -> _RefusedError:
         if sha is not None:

@@ -12,6 +12,7 @@ parsed and programmatic specs alike). Defaults are the attrs classes' own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -71,6 +72,9 @@ class Reader:
         self.problems: list[Problem] = []
         # Text already converted in this document, by converter (see converted()).
         self.conversions: dict[tuple[Callable[[Any], Any], str], Any] = {}
+        # The document's index of each item read, by the path of a list that lost some
+        # (bad items are left out: the spec's destinations[1] may be the document's [2]).
+        self.kept: dict[str, tuple[int, ...]] = {}
 
     def problem(self, path: str, message: str) -> None:
         """Record one problem."""
@@ -88,12 +92,37 @@ class Reader:
                 self.problem(join(path, str(key)), f"unknown key (known: {', '.join(allowed)})")
         return value
 
+    def kept_items(self, path: str, result: Sequence[Any], missing: Any) -> tuple[Any, ...]:
+        """The items of the list at ``path`` that were read (not ``missing``), noting the
+        document's index of each when some were left out (:meth:`document_path`)."""
+        read = tuple([item for item in result if item is not missing])
+        if len(read) != len(result):  # rare: no index list for 10k good destinations
+            self.kept[path] = tuple(i for i, item in enumerate(result) if item is not missing)
+        return read
+
+    def document_path(self, path: str) -> str:
+        """A path into what was read (``destinations[1].gateway``) as a path into the
+        document, whose lists also held the items left out (``destinations[2].gateway``)."""
+        if not self.kept:
+            return path
+        out = ""
+        rest = path
+        while (match := _INDEX.search(rest)) is not None:
+            prefix = out + rest[:match.start()]
+            index = int(match.group(1))
+            kept = self.kept.get(prefix)
+            if kept is not None and index < len(kept):
+                index = kept[index]
+            out = f"{prefix}[{index}]"
+            rest = rest[match.end():]
+        return out + rest
+
     def convert(self, value: Any, path: str, convert: Callable[[Any], T]) -> T | Any:
         """``convert(value)``, or :data:`INVALID` with the error as the problem."""
         try:
             return convert(value)
         except (K3snetError, ValueError, TypeError) as exc:
-            self.problem(path, str(exc))
+            self.problem(path, str(exc) + _mapping_hint(value))
             return INVALID
 
     def sequence(self, value: Any, path: str) -> Sequence[Any]:
@@ -113,8 +142,20 @@ class Reader:
         except (K3snetError, ValueError, TypeError):
             pass
         result = [self.convert(v, f"{path}[{i}]", parse_network) for i, v in enumerate(listed)]
-        return tuple(n for n in result if n is not INVALID)
+        return self.kept_items(path, result, INVALID)
 
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _mapping_hint(value: Any) -> str:
+    """The hint for an unquoted IPv6 address ending in ``::`` that YAML read as a mapping
+    (``- fd00::`` is ``{'fd00:': None}``), else ``""``."""
+    if isinstance(value, Mapping) and len(value) == 1:
+        ((key, inner),) = value.items()
+        if inner is None and isinstance(key, str) and key.endswith(":"):
+            return f" (YAML reads an unquoted {key}: as a mapping: quote it, '{key}:')"
+    return ""
 
 Read = Callable[[Reader, Any, str], Any]
 """``(reader, value, path) -> model value`` (or :data:`INVALID`); never called with ``None``."""
@@ -390,7 +431,7 @@ def converted(convert: Callable[[Any], Any]) -> Read:
         try:
             result = convert(value)
         except (K3snetError, ValueError, TypeError) as exc:
-            reader.problem(path, str(exc))
+            reader.problem(path, str(exc) + _mapping_hint(value))
             return INVALID
         if key is not None:
             reader.conversions[key] = result
@@ -413,7 +454,7 @@ def items(each: Read) -> Read:
     def read(reader: Reader, value: Any, path: str) -> Any:
         result = [each(reader, v, f"{path}[{i}]")
                   for i, v in enumerate(reader.sequence(value, path))]
-        return tuple(v for v in result if v is not INVALID)
+        return reader.kept_items(path, result, INVALID)
 
     return with_schema(read, {"type": "array", "items": schema_of(each) or {}})
 
@@ -465,7 +506,7 @@ def nested_list(key: str, attr: str, child: Section, *, doc: str = "") -> Field:
     def read(reader: Reader, value: Any, path: str) -> Any:
         result = [read_section(reader, child, item, f"{path}[{i}]")
                   for i, item in enumerate(reader.sequence(value, path))]
-        return tuple(r for r in result if r is not None)
+        return reader.kept_items(path, result, None)
 
     def write(value: Any) -> Any:
         return [write_section(child, item) for item in value]

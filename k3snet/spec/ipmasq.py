@@ -7,13 +7,15 @@ settings; keys the spec sets itself win.
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from k3snet.errors import SpecError
+from k3snet.errors import Problem, SpecError
 from k3snet.model.cidr import Network, parse_network
 from k3snet.spec.fields import Field, Reader, Section, boolean, networks, read_section
 from k3snet.spec.source import load_mapping, read_text
@@ -22,6 +24,7 @@ __all__ = [
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
     "IpMasqAgentConfig",
     "load_ip_masq_agent_config",
+    "names_a_file",
 ]
 
 IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE: tuple[str, ...] = (
@@ -69,25 +72,67 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
     Missing ``nonMasqueradeCIDRs`` means ip-masq-agent's defaults
     (:data:`IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE`), as in the agent itself; an
     empty list means none.
+
+    The problems of a *file* never quote what it holds besides the values of
+    ip-masq-agent's own keys (:func:`_unquoted`): the agent reads the file as root
+    for a spec that anyone who may edit its ConfigMap wrote, and its problems end up
+    in the Node's annotation and Events.
     """
     where = "ip-masq-agent config"
+    from_file = False
     if isinstance(source, Mapping):
         data: Any = source
     else:
         text = str(source)
-        if isinstance(source, Path) or _a_path(text):
-            where = text
+        if isinstance(source, Path) or names_a_file(text):
+            where, from_file = text, True
             text = read_text(text)
-        data = load_mapping(text, where)
+        try:
+            data = load_mapping(text, where)
+        except SpecError as exc:
+            raise _unquoted(exc.problems, data=None, where=where) if from_file else exc from None
     reader = Reader()
     config = read_section(reader, IP_MASQ_AGENT, data, "")
     if reader.problems:
-        raise SpecError(reader.problems, source=where)
+        raise _unquoted(reader.problems, data, where) if from_file else \
+            SpecError(reader.problems, source=where)
     assert isinstance(config, IpMasqAgentConfig)  # the section has no required key
     return config
 
 
-def _a_path(text: str) -> bool:
+_KNOWN = tuple(f.key for f in IP_MASQ_AGENT.fields)
+_POSITION = re.compile(r"line \d+,? column \d+")
+
+
+def _unquoted(problems: tuple[Problem, ...] | list[Problem], data: Any, where: str) -> SpecError:
+    """The problems of a config *file*, without its text.
+
+    A parse error keeps only its position (PyYAML's messages quote the line, an
+    alias's or a duplicate key's name); a key that is not ip-masq-agent's is named
+    only when it is a near miss of one (a typo), the others are counted: naming
+    ``/etc/shadow`` as the config made every password hash an "unknown key".
+    """
+    if data is None:  # load_mapping refused the text: one problem
+        message = problems[0].message if problems else ""
+        position = _POSITION.findall(message)
+        at = f" ({position[-1]})" if position else ""
+        return SpecError([Problem("", f"cannot be read as YAML or JSON{at}; the file's text "
+                                      "is not shown")], source=where)
+    unknown = {str(key) for key in data if key not in _KNOWN} if isinstance(data, Mapping) \
+        else set()
+    hidden = {key for key in unknown
+              if not difflib.get_close_matches(key, _KNOWN, n=1, cutoff=0.8)}
+    paths = {Problem(key, "").path for key in hidden}  # as cut in the problems
+    kept = [p for p in problems if p.path not in paths]
+    if hidden:
+        count = len(hidden)
+        kept.append(Problem("", f"{count} key{'s' if count != 1 else ''} ip-masq-agent does "
+                                f"not read (not shown: the file may be another one than its "
+                                f"config; its keys are {', '.join(_KNOWN)})"))
+    return SpecError(kept, source=where)
+
+
+def names_a_file(text: str) -> bool:
     """Whether ``text`` names a file rather than holding the config: one line without
     ``:`` (every mapping of the config's keys has one) that is not a flow mapping."""
     return "\n" not in text and ":" not in text and not text.lstrip().startswith("{")

@@ -7,6 +7,7 @@ runs on what was read, and all problems come out at once in one
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,17 @@ from typing import Any
 from k3snet._gc import gc_paused
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.fields import Reader
+from k3snet.spec.ipmasq import names_a_file
 from k3snet.spec.model import API_VERSION, KIND, Spec
-from k3snet.spec.schema import read_spec
+from k3snet.spec.schema import SPEC, read_spec
 from k3snet.spec.source import load_mapping, read_text
 from k3snet.spec.validate import known_sound, validate
 
-__all__ = ["load_mapping", "load_spec", "spec_from_dict", "spec_from_document"]
+__all__ = ["imported_files", "load_mapping", "load_spec", "spec_from_dict", "spec_from_document"]
+
+
+# The one path a check puts in its message: "duplicate destination ... (also destinations[0])".
+_ALSO = re.compile(r"(?<=\(also )[^)]+(?=\)$)")
 
 
 def _related(path: str, other: str) -> bool:
@@ -49,8 +55,12 @@ def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None,
         # Checks run on the parts that parsed, so one pass reports everything; a
         # path that already has a reading problem is not reported twice.
         bad = {p.path for p in problems}
-        problems += [p for p in validate(spec)
-                     if not any(_related(p.path, b) for b in bad if b)]
+        found = validate(spec)
+        if reader.kept:  # some list items were left out: name the document's items
+            found = [Problem(reader.document_path(p.path),
+                             _ALSO.sub(lambda m: reader.document_path(m.group()), p.message))
+                     for p in found]
+        problems += [p for p in found if not any(_related(p.path, b) for b in bad if b)]
     if problems:
         raise SpecError(problems, source=source)
     return spec
@@ -85,3 +95,23 @@ def load_spec(path: str | Path) -> Spec:
     """Read a spec from a YAML or JSON file."""
     path = Path(path)
     return Spec.from_yaml(read_text(path), source=str(path))
+
+
+def imported_files(document: Any) -> tuple[str, ...]:
+    """The files a spec document imports, read anew on every load: each section input
+    (``masquerade.ipMasqAgentConfig``) given as a path rather than as text or a mapping.
+
+    What the document says is not all of the spec then: a reader that keeps a spec
+    while its text is unchanged (the agent) must look at these files too.
+    """
+    if not isinstance(document, Mapping):
+        return ()
+    found = []
+    for field in SPEC.fields:
+        if field.child is None or field.many or not field.child.inputs:
+            continue
+        held = document.get(field.key)
+        if isinstance(held, Mapping):
+            found += [value for name in field.child.inputs
+                      if isinstance(value := held.get(name), str) and names_a_file(value)]
+    return tuple(found)

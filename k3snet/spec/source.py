@@ -16,6 +16,7 @@ edit rights can change, so reading is bounded whatever the input:
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -167,9 +168,33 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
     try:
         return yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
-        raise _error(f"not valid YAML: {str(exc)[:300]}", source) from None
+        raise _error(f"not valid YAML: {str(exc)[:300]}{_ipv6_hint(text, exc)}",
+                     source) from None
     except (ValueError, RecursionError, MemoryError) as exc:  # e.g. a 5000-digit number
         raise _error(f"cannot read the YAML: {str(exc)[:200]}", source) from None
+
+
+IPV6_QUOTE_HINT = ("an IPv6 address that starts or ends with '::' must be quoted in YAML "
+                   "('fd00::', '::1'): unquoted, its ':' is read as a mapping's")
+"""What a problem adds when an unquoted IPv6 address may be its cause."""
+_TOKENS = re.compile(r"[^\s,\[\]{}]+")
+
+
+def _ipv6_hint(text: str, exc: Any) -> str:
+    """The hint for a YAML error on a line holding an unquoted IPv6 address that starts or
+    ends with ``::`` (``gateway: 2001:db8::``, ``[::1]``), else ``""``."""
+    mark = getattr(exc, "problem_mark", None)
+    lines = text.split("\n")
+    if mark is None or not 0 <= mark.line < len(lines):
+        return ""
+    for token in _TOKENS.findall(lines[mark.line]):
+        if token.startswith("::") or token.endswith("::"):
+            try:
+                ipaddress.IPv6Address(token)
+            except ValueError:
+                continue
+            return f"\n  ({IPV6_QUOTE_HINT})"
+    return ""
 
 
 def _check_depth(data: Any, source: str | None) -> None:

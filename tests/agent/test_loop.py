@@ -117,6 +117,43 @@ def test_invalid_spec_keeps_the_last_good_one(tmp_path: Path) -> None:
     assert node.sample("k3snet_agent_spec_last_good_kept") == 0
 
 
+def test_an_imported_ip_masq_agent_file_that_changes_is_read_on_the_next_pass(
+        tmp_path: Path) -> None:
+    # ip-masq-agent's ConfigMap, mounted, changes in place while the spec's text stays
+    # the same: the agent kept the first file's CIDRs until the spec's text changed, and
+    # a spec refused for a bad file stayed refused once the file was fixed.
+    config = tmp_path / "ip-masq-agent"
+    config.write_text("nonMasqueradeCIDRs: [10.0.0.0/8]\n")
+    node = Node(tmp_path, "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nmasquerade:\n"
+                          f"  ipMasqAgentConfig: {config}\n")
+
+    def nat() -> list[str]:
+        return [o for o in node.owned() if o.startswith("masquerade")]
+
+    assert node.agent.run_pass().status == "ok"
+    assert nat() == ["masquerade 10.42.0.0/16 -> any except 10.0.0.0/8,169.254.0.0/16"]
+    first = node.agent.spec_sha256
+    config.write_text("nonMasqueradeCIDRs: [10.0.0.0/8, 172.16.0.0/12]\n")
+    assert node.agent.run_pass().status == "ok"
+    assert nat() == [
+        "masquerade 10.42.0.0/16 -> any except 10.0.0.0/8,169.254.0.0/16,172.16.0.0/12"]
+    assert node.agent.generation == 2
+    assert node.agent.spec_sha256 != first
+    config.write_text("nonMasqueradeCIDRs: [nope]\n")
+    refused = node.agent.run_pass()
+    assert refused.status == "spec-refused"
+    assert "'nope' is not a valid CIDR" in refused.message
+    assert node.agent.generation == 2
+    config.write_text("nonMasqueradeCIDRs: [192.168.0.0/16]\n")
+    assert node.agent.run_pass().status == "ok"
+    assert node.agent.generation == 3
+    assert nat() == [
+        "masquerade 10.42.0.0/16 -> any except 10.42.0.0/15,169.254.0.0/16,192.168.0.0/16"]
+    # Unchanged text and file: nothing read again, nothing applied.
+    assert node.agent.run_pass().applied == ()
+    assert node.agent.generation == 3
+
+
 def test_a_spec_deleting_everything_is_refused_and_the_rules_stay(tmp_path: Path) -> None:
     node = Node(tmp_path)
     node.agent.run_pass()

@@ -235,6 +235,21 @@ def test_the_example_spec_with_random_edits_the_reader_reads_is_what_pyyaml_read
     assert_agrees_with_pyyaml(edited(data, (ROOT / "examples" / "seed.yaml").read_text()))
 
 
+# One value of arbitrary characters, in every place a value or a key takes: the sample
+# scalars above are near misses someone thought of; these are the ones nobody did.
+VALUE_FORMS = ["k: {}", "k:\n- {}", "k:\n  - {}", "k: [{}]", "k: [{}, x]", "- k: {}",
+               "k:\n  {}: 1", "{}: 1", "k: {}  # c", "k:\n  a: {}\n  b: 1"]
+
+
+@settings(max_examples=800)
+@given(st.sampled_from(VALUE_FORMS),
+       st.text(alphabet="ab01yYnNoOfFtTeE.-+_:#'\" []{},?!&*|>%@`~=<()/\\xX", min_size=1,
+               max_size=8))
+def test_one_value_of_any_characters_the_reader_reads_is_what_pyyaml_reads(
+        form: str, value: str) -> None:
+    assert_agrees_with_pyyaml(form.format(value))
+
+
 CORPUS = sorted((HERE.parent / "hostile" / "corpus").iterdir())
 
 

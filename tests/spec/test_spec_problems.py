@@ -248,3 +248,44 @@ def test_a_problem_found_while_reading_is_not_reported_again() -> None:
     assert [str(p) for p in info.value.problems] == [
         "cluster.podCIDRs[0]: 'nope' is not a valid CIDR"]
     assert info.value.source == "x.yaml"
+
+
+def test_the_checks_after_a_list_item_left_out_name_the_document_s_items() -> None:
+    # Bad items are left out when read: the checks across fields ran on the list without
+    # them and named its indices, so destinations[1]'s IPv4 gateway was reported as
+    # destinations[0]'s, then dropped as already reported there (where [0] had its own).
+    document = {
+        "destinations": [{"cidr": "nope", "gateway": "x"},
+                         {"cidr": "2001:db8::/48", "gateway": "192.168.1.1"},
+                         {"cidr": D}, {"cidr": D, "exclude": ["x", D]}],
+        "cluster": {"podCIDRs": ["bad", "10.42.0.0/16", "fd42::/56"]},
+        "masquerade": {"snatAddresses": ["x", "10.42.0.5"]},
+    }
+    assert _problems(lambda: Spec.from_dict(document)).splitlines() == [
+        "cluster.podCIDRs[0]: 'bad' is not a valid CIDR",
+        "destinations[0].cidr: 'nope' is not a valid CIDR",
+        "destinations[0].gateway: 'x' is not a valid IP address",
+        "destinations[3].exclude[0]: 'x' is not a valid CIDR",
+        "masquerade.snatAddresses[0]: 'x' is not a valid IP address",
+        "destinations[1].gateway: gateway 192.168.1.1 is IPv4 but destination 2001:db8::/48 "
+        "is IPv6",
+        f"destinations[3].cidr: duplicate destination {D} (also destinations[2])",
+        "destinations[3].exclude[1]: excludes the whole destination; set masquerade: false "
+        "instead",
+        "masquerade.snatAddresses[1]: 10.42.0.5 is a pod address; SNAT needs a node address",
+    ]
+
+
+
+def test_an_unquoted_ipv6_address_read_as_a_mapping_is_told_to_be_quoted() -> None:
+    # "- fd00::" in a block list is {"fd00:": None} to YAML.
+    document = {"masquerade": {"snatAddresses": [{"fd00:": None}]},
+                "destinations": [{"cidr": D, "gateway": {"2001:db8:1:": None}}],
+                "dns": {"zones": [{"zone": "a.example", "resolvers": [{"a": None}]}]}}
+    assert _problems(lambda: Spec.from_dict(document)).splitlines() == [
+        "destinations[0].gateway: expected an address string, got dict {'2001:db8:1:': None} "
+        "(YAML reads an unquoted 2001:db8:1:: as a mapping: quote it, '2001:db8:1::')",
+        "masquerade.snatAddresses[0]: expected an address string, got dict {'fd00:': None} "
+        "(YAML reads an unquoted fd00:: as a mapping: quote it, 'fd00::')",
+        "dns.zones[0].resolvers[0]: expected an address string, got dict {'a': None}",
+    ]

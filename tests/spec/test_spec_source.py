@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from k3snet import SpecError
-from k3snet.spec import IpMasqAgentConfig, load_ip_masq_agent_config
+from k3snet.spec import IpMasqAgentConfig, Spec, load_ip_masq_agent_config
 from k3snet.spec.source import MAX_BYTES, MAX_DEPTH, load_mapping, read_text
 
 
@@ -222,3 +222,81 @@ def test_a_large_spec_is_parsed_with_the_gc_paused_and_resumed_after(
     small = json.dumps({"destinations": entries[:5]})
     monkeypatch.setattr(gc, "disable", lambda: pytest.fail("the GC paused for a small spec"))
     assert load_mapping(small, None) == {"destinations": entries[:5]}
+
+
+SHADOW = "root:$6$SECRET1:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
+
+
+@pytest.mark.parametrize("loader", ["libyaml", "pure"])
+@pytest.mark.parametrize("text", [
+    SHADOW, "SECRET: 1\nSECRET: 2\n", "a: *SECRET\n", "token: [SECRET\n", "token: 'SECRET\n",
+    "a:\n  b: SECRET\n c: 1\n", "nonMasqueradeCIDRs: [10.0.0.0/8]\nSECRET: 1\n",
+])
+def test_the_problems_of_an_ip_masq_agent_config_file_never_quote_its_text(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str, text: str) -> None:
+    # The agent reads the file a spec names as root, and the spec may come from a
+    # ConfigMap others can edit; the problems go to the Node's annotation and Events.
+    # Naming /etc/shadow made every password hash an "unknown key".
+    import yaml  # noqa: PLC0415
+
+    if loader == "pure":
+        monkeypatch.setattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    path = tmp_path / "config"
+    path.write_text(text)
+    spec = (f"apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nmasquerade:\n"
+            f"  ipMasqAgentConfig: {path}\n")
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config(str(path))
+    assert "SECRET" not in str(info.value)
+    assert info.value.source == str(path)
+    with pytest.raises(SpecError) as info:
+        Spec.from_yaml(spec, source="ConfigMap k3snet/spec")
+    assert "SECRET" not in str(info.value)
+    assert "masquerade.ipMasqAgentConfig" in str(info.value)
+
+
+def test_an_ip_masq_agent_config_file_s_problems_still_say_what_is_wrong(
+        tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_text(SHADOW)
+    assert [str(p) for p in _problems(path)] == [
+        "2 keys ip-masq-agent does not read (not shown: the file may be another one than its "
+        "config; its keys are nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
+        "resyncInterval)"]
+    # A typo of one of its keys is named, and the values of its keys are quoted.
+    path.write_text("nonMasqueradeCidrs: [10.0.0.0/8]\nmasqLinkLocal: 1\nother: 2\n")
+    assert [str(p) for p in _problems(path)] == [
+        "nonMasqueradeCidrs: unknown key (known: nonMasqueradeCIDRs, masqLinkLocal, "
+        "masqLinkLocalIPv6, resyncInterval)",
+        "masqLinkLocal: expected true or false, got 1",
+        "1 key ip-masq-agent does not read (not shown: the file may be another one than its "
+        "config; its keys are nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
+        "resyncInterval)"]
+    path.write_text("a: 1\nb: [\n")
+    assert [str(p) for p in _problems(path)] == [
+        "cannot be read as YAML or JSON (line 3, column 1); the file's text is not shown"]
+    # Text given in the spec itself is the spec writer's own: quoted as before.
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config("SECRET: 1\nnonMasqueradeCIDRs: []\n")
+    assert "SECRET: unknown key" in str(info.value)
+
+
+def _problems(path: Path) -> list[object]:
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config(str(path))
+    return list(info.value.problems)
+
+
+@pytest.mark.parametrize("text", [
+    "gateway: 2001:db8::\n", "resolvers: [::1]\n", "snat: [fd00::]\n",
+    "a:\n  b: 1\n  gateway: fe80::\n"])
+def test_a_yaml_error_at_an_unquoted_ipv6_address_says_to_quote_it(text: str) -> None:
+    # "mapping values are not allowed in this context" alone left an admin guessing.
+    assert _refusal(text).endswith(
+        "\n  (an IPv6 address that starts or ends with '::' must be quoted in YAML "
+        "('fd00::', '::1'): unquoted, its ':' is read as a mapping's)")
+
+
+@pytest.mark.parametrize("text", ["a: b: c\n", "a: [b\n", "a: x::y: 1\n", "a: 'fd00::\n"])
+def test_a_yaml_error_elsewhere_has_no_ipv6_hint(text: str) -> None:
+    assert "IPv6" not in _refusal(text)
