@@ -1,8 +1,10 @@
 """Routing as the kernel does it, from ``ip -j rule`` and ``ip -j route show table all``.
 
 :func:`lookup` walks the policy rules in priority order, looks each rule's table
-up by longest prefix then lowest metric, and honours ``throw``, ``blackhole``,
-``unreachable``, ``prohibit``, ``goto``, ``nop`` and ``suppress_prefixlength``.
+up by longest prefix (for IPv6 then longest ``from`` prefix: source-specific
+routes) then lowest metric, and honours ``throw``, ``blackhole``, ``unreachable``,
+``prohibit``, ``goto``, ``nop`` and ``suppress_prefixlength``. The packet traced
+has TOS 0: a route with a ``tos`` never matches it.
 :func:`rp_filter_check` is ``fib_validate_source``: the reverse lookup a packet's
 source must pass on its input interface under strict (1) or loose (2) mode.
 :func:`masquerade_source` picks the address masquerade gives a packet leaving an
@@ -67,6 +69,10 @@ class RouteEntry:
     nexthops: tuple[tuple[IPAddress | None, str | None], ...] = ()
     """Every (gateway, device) of a multipath route, ``gateway`` and ``device`` being the
     first; empty for a route of one nexthop."""
+    source: IPNetwork | None = None
+    """An IPv6 source-specific route's ``from`` prefix: only packets from it use the route."""
+    tos: int = 0
+    """The route's ``tos``: the kernel uses a route with one only for packets of that TOS."""
 
     def via(self, index: int) -> RouteEntry:
         """This route through its nexthop ``index`` alone (itself when it has one)."""
@@ -80,6 +86,10 @@ class RouteEntry:
         parts = [] if self.type == "unicast" else [self.type]
         default = self.destination.prefixlen == 0
         parts.append("default" if default else str(self.destination))
+        if self.source is not None:
+            parts += ["from", str(self.source)]
+        if self.tos:
+            parts += ["tos", f"{self.tos:#x}"]
         if self.nexthops:
             for gateway, device in self.nexthops:
                 parts += ["nexthop", *(["via", str(gateway)] if gateway else []),
@@ -195,7 +205,8 @@ def parse_routes(data: object, family: int) -> list[RouteEntry]:
             gateway = str(first) if first is not None else None
         metric = item.get("metric", 0)
         if not all(isinstance(v, str) or v is None for v in (
-                device, item.get("protocol"), item.get("scope"), item.get("type"))):
+                device, item.get("protocol"), item.get("scope"), item.get("type"),
+                item.get("from"), item.get("tos"))):
             raise ValueError(f"a route to {destination} names its device, protocol, scope "
                              "or type with something other than text")
         routes.append(RouteEntry(
@@ -209,8 +220,28 @@ def parse_routes(data: object, family: int) -> list[RouteEntry]:
             item.get("protocol"),
             item.get("scope"),
             tuple(hops) if len(hops) > 1 else (),
+            _source(item.get("from"), family),
+            _tos(item.get("tos")),
         ))
     return routes
+
+
+def _source(value: str | None, family: int) -> IPNetwork | None:
+    """An IPv6 route's ``from`` prefix (``ip -6 route add ... from PREFIX``); ``::/0``
+    is every source, as no ``from`` is."""
+    source = _network(value, None, family)
+    return source if source is not None and source.prefixlen else None
+
+
+def _tos(value: str | None) -> int:
+    """A route's ``tos`` as ``ip`` prints it: a number, or a name from
+    ``/etc/iproute2/rt_dsfield`` (``AF11``); any name is some TOS other than 0."""
+    if value is None or value in ("default", "0"):
+        return 0
+    try:
+        return int(value, 16)
+    except ValueError:
+        return 0xFF  # a name ``ip`` found for a value: not 0 (0 prints as ``default``)
 
 
 def _number(value: object, default: int) -> int:
@@ -224,7 +255,8 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
     rules = []
     known = {"priority", "not", "src", "srclen", "dst", "dstlen", "iif", "oif", "fwmark",
              "fwmask", "table", "action", "target", "suppress_prefixlen", "ipproto",
-             "iif_detached", "oif_detached", "flags", "protocol"}
+             "iif_detached", "oif_detached", "flags", "protocol", "goto", "unresolved",
+             "nop"}
     for item in data if isinstance(data, list) else []:
         if not isinstance(item, Mapping):
             continue
@@ -232,6 +264,13 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
         action = str(item.get("action", "lookup"))
         if action in ("to_tbl", "lookup"):
             action = "lookup"
+        # ``ip -j rule`` prints a goto as ``"goto": N`` (``"unresolved"`` when no rule has
+        # priority N) and a nop as ``"nop"``, without any ``action``.
+        if "goto" in item:
+            action = "goto"
+        elif "nop" in item:
+            action = "nop"
+        target = item.get("goto", item.get("target"))
         ipproto = item.get("ipproto")
         rules.append(RuleEntry(
             int(item.get("priority", 0)),
@@ -244,7 +283,8 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
             _number(item.get("fwmark"), 0) if "fwmark" in item else None,
             _number(item.get("fwmask"), 0xFFFFFFFF),
             "not" in item,
-            int(item["target"]) if action == "goto" and "target" in item else None,
+            int(target) if action == "goto" and str(target).isdigit()
+            and "unresolved" not in item else None,
             int(item["suppress_prefixlen"]) if "suppress_prefixlen" in item else None,
             {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58}.get(str(ipproto), -1)
             if ipproto is not None else None,
@@ -335,15 +375,30 @@ def _rule_matches(rule: RuleEntry, src: IPAddress | None, dst: IPAddress, *, iif
     return (not matched) if rule.invert else matched
 
 
-def _table_lookup(routes: Sequence[RouteEntry], table: int | str,
-                  dst: IPAddress) -> list[RouteEntry]:
-    """The routes of ``table`` containing ``dst``, best first."""
-    matching = [r for r in routes if r.table == table and dst in r.destination
-                and r.type not in ("broadcast", "multicast", "anycast")]
-    matching += [r for r in routes if r.table == table and r.type == "broadcast"
-                 and r.destination.prefixlen == r.destination.max_prefixlen
-                 and dst in r.destination]
-    return sorted(matching, key=lambda r: (-r.destination.prefixlen, r.metric))
+def _table_lookup(routes: Sequence[RouteEntry], table: int | str, dst: IPAddress,
+                  src: IPAddress | None) -> list[RouteEntry]:
+    """The routes of ``table`` containing ``dst``, best first.
+
+    A route with a ``tos`` is left out (the traced packet's TOS is 0). IPv6 keeps a
+    destination's source-specific routes (``from``) in a subtree that is looked up
+    instead of the destination's other routes: when a prefix has any, only those whose
+    ``from`` holds ``src`` are candidates there (the longest ``from`` first, whatever
+    the metrics), and with none of them matching the lookup goes on to shorter
+    prefixes, passing over that prefix's routes without ``from`` (fib6_node_lookup_1).
+    """
+    def holds(route: RouteEntry) -> bool:
+        if route.table != table or dst not in route.destination or route.tos:
+            return False
+        if route.type == "broadcast":
+            return route.destination.prefixlen == route.destination.max_prefixlen
+        return route.type not in ("multicast", "anycast")
+    matching = [r for r in routes if holds(r)]
+    subtrees = {r.destination for r in matching if r.source is not None}
+    matching = [r for r in matching if r.destination not in subtrees or (
+        r.source is not None and src is not None and src.version == r.source.version
+        and src in r.source)]
+    return sorted(matching, key=lambda r: (-r.destination.prefixlen,
+                                           -(r.source.prefixlen if r.source else 0), r.metric))
 
 
 def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddress,
@@ -370,19 +425,22 @@ def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddr
         if rule.action in _FAILING:
             return Lookup(rule.action, rule=rule, candidates=tuple(candidates))
         if rule.action == "goto":
-            index = next((i for i, r in enumerate(rules) if r.priority >= (rule.goto or 0)),
-                         len(rules))
+            # The kernel jumps to the first rule of exactly that priority; a goto whose
+            # target does not exist ("unresolved") is passed over.
+            index = next((i for i, r in enumerate(rules) if r.priority == rule.goto), index)
             continue
         if rule.action != "lookup" or rule.table is None:
             return Lookup("unknown", rule=rule, reason=f"rule action {rule.action}")
-        found = _table_lookup(routes, rule.table, dst)
+        found = _table_lookup(routes, rule.table, dst, src)
         if not found:
             continue
         best = found[0]
         if best.type == "throw":
             candidates += found[1:]
             continue
-        if (rule.suppress_prefixlength is not None
+        # Only a lookup that succeeded is suppressed: a blackhole, unreachable or
+        # prohibit route ends the walk whatever its prefix length (fib_rules_lookup).
+        if (rule.suppress_prefixlength is not None and best.type not in _FAILING
                 and best.destination.prefixlen <= rule.suppress_prefixlength):
             candidates += found
             continue
