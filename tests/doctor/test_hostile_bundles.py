@@ -9,9 +9,11 @@ end in a traceback. Each example edits one golden bundle in one place.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,3 +85,17 @@ def test_any_edit_of_a_line_of_a_saved_table_is_diagnosed_or_a_bundle_error(
     lines[index] = " ".join(edited)
     texts[name] = "\n".join(lines) + "\n"
     _diagnosed_or_refused(case, texts)
+
+
+@pytest.mark.parametrize("name", ["nft-ruleset.json", "routes-v4.json", "rules-v6.json",
+                                  "addr.json", "calico-ippools.json", "bundle.json"])
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "[" + "1" * 5000 + "]",
+                                  '{"missing": {"x": ' + "1" * 5000 + "}}"])
+def test_a_bundle_json_too_deep_or_with_a_huge_number_is_a_bundle_error(
+        tmp_path: Path, name: str, text: str) -> None:
+    """json.loads raises RecursionError on deep nesting and a plain ValueError on a
+    5000-digit integer: both were internal errors ("a bug: please report it")."""
+    shutil.copytree(GOLDEN / "healthy", tmp_path, dirs_exist_ok=True)
+    (tmp_path / name).write_text(text)
+    with pytest.raises(BundleError, match=name):
+        NodeState.from_capture(NodeCapture.read_dir(tmp_path))
