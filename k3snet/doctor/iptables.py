@@ -34,6 +34,7 @@ from k3snet.doctor.packet import (
     Uncertain,
     all_of,
     port_in,
+    trial_certain,
 )
 from k3snet.render.iptables.rules import save_lines
 
@@ -362,7 +363,10 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
             depth: int) -> str:
     """What ``rule`` would do if it matched (to judge whether not knowing matters)."""
     target = rule.target
-    if target in (None, "RETURN") or target in _CONTINUE:
+    if target == "RETURN":
+        # Returning skips the rest of the chain, where the verdict may be decided.
+        return "unknown"
+    if target is None or target in _CONTINUE:
         return "none"
     if target == "ACCEPT":
         return "accept"
@@ -373,6 +377,8 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
     if target in table.chains:
         trial = _Run(run.packet)
         result = _evaluate_chain(table, table.chains[target], trial, kind, depth + 1)
+        if not trial_certain(result, trial.unknowns):
+            return "unknown"
         if result is None:
             return "none" if not rule.goto else "policy"
         return result.verdict

@@ -33,6 +33,7 @@ from k3snet.doctor.packet import (
     Packet,
     Uncertain,
     port_in,
+    trial_certain,
 )
 
 __all__ = ["Ruleset", "base_chains", "parse_ruleset"]
@@ -568,9 +569,12 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
                 return "unknown"
             trial = _Run(run.packet, ruleset=run.ruleset, kind=run.kind)
             result = _run_chain(callee, trial, depth + 1)
+            if not trial_certain(result, trial.unknowns):
+                return "unknown"
             return "none" if result is None and key == "jump" else (
                 result.verdict if result else "policy")
-        if key in ("vmap", "queue", "redirect", "tproxy", "mangle", "xt"):
+        if key in ("vmap", "queue", "redirect", "tproxy", "mangle", "xt", "return"):
+            # A return skips the rest of the chain, where the verdict may be decided.
             return "unknown"
     return "none"
 

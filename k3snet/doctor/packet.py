@@ -13,7 +13,7 @@ unknown is reported, never skipped silently.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
 
@@ -33,6 +33,7 @@ __all__ = [
     "all_of",
     "endpoint_text",
     "port_in",
+    "trial_certain",
 ]
 
 Tri = bool | None
@@ -143,6 +144,14 @@ class Uncertain:
     rule: str
     reason: str
     effect: str
+
+
+def trial_certain(result: ChainResult | None, unknowns: Sequence[Uncertain]) -> bool:
+    """Whether a trial run (what an unknown rule's jump would do) is known: none of the
+    unknown rules it met could have changed its outcome (``result``, or falling off the
+    chain's end when None)."""
+    outcome = result.verdict if result is not None else "none"
+    return all(u.effect in ("none", outcome) for u in unknowns)
 
 
 @attrs.frozen

@@ -388,3 +388,41 @@ def test_a_multipath_route_reads_every_nexthop() -> None:
             hop["flags"] = ["dead", "linkdown"]
     one = next(r for r in parse_routes(down, 4) if str(r.destination) == "192.168.2.0/24")
     assert (one.nexthops, str(one.gateway), one.device) == ((), "192.168.4.1", "eth1")
+
+
+def test_an_unknown_rule_that_returns_makes_the_verdict_unknown() -> None:
+    """Taking an unknown RETURN skips the rest of its chain, where the verdict was
+    decided: a pod in ipset ``trusted`` is forwarded by the policy, so "blocked" by the
+    DROP after it is not certain (it was, the RETURN judged harmless)."""
+    filter_table = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+                    ":OUTPUT ACCEPT [0:0]\n:FW - [0:0]\n-A FORWARD -j FW\n"
+                    "-A FW -m set --match-set trusted src -j RETURN\n"
+                    "-A FW -s 10.42.0.0/16 -j DROP\nCOMMIT\n")
+    state = _state(**{"iptables-nft-v4.save": filter_table + K3S_NAT})
+    assert trace(state, FLOW).verdict is Verdict.UNKNOWN
+    fib = {"fib": {"flags": ["daddr"], "result": "type"}}
+    ruleset = _nft(_chain("fw", "fwd", "forward", 0), _chain("fw", "check"),
+                   _rule("fw", "fwd", {"jump": {"target": "check"}}),
+                   _rule("fw", "check", _match(fib, "unicast"), {"return": None}),
+                   _rule("fw", "check", _match(SADDR, {"prefix": {"addr": "10.42.0.0",
+                                                                  "len": 16}}), {"drop": None}),
+                   *MASQ_NFT)
+    assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.UNKNOWN
+
+
+def test_an_unknown_jump_to_a_chain_with_an_unknown_drop_makes_the_verdict_unknown() -> None:
+    """The trial of what an unknown jump would do had its own unknown rules ignored: a
+    chain that drops only when a second set matches was judged to return ("none")."""
+    filter_table = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+                    ":OUTPUT ACCEPT [0:0]\n:BL - [0:0]\n"
+                    "-A FORWARD -m set --match-set watched src -j BL\n"
+                    "-A BL -m set --match-set banned dst -j DROP\nCOMMIT\n")
+    state = _state(**{"iptables-nft-v4.save": filter_table + K3S_NAT})
+    assert trace(state, FLOW).verdict is Verdict.UNKNOWN
+    ruleset = _nft(_chain("fw", "fwd", "forward", 0), _chain("fw", "bl"),
+                   _rule("fw", "fwd", _match({"fib": {"flags": ["saddr"], "result": "type"}},
+                                             "unicast"), {"jump": {"target": "bl"}}),
+                   _rule("fw", "bl", _match({"fib": {"flags": ["daddr"], "result": "type"}},
+                                            "unicast"), {"drop": None}),
+                   *MASQ_NFT)
+    assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.UNKNOWN
