@@ -474,25 +474,34 @@ def rp_filter_check(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry],
     return True, back
 
 
-def masquerade_source(addresses: Sequence[Address], device: str,
-                      nexthop: IPAddress) -> IPAddress | None:
-    """The source address masquerade picks on ``device`` for ``nexthop``.
+def masquerade_source(addresses: Sequence[Address], device: str, nexthop: IPAddress,
+                      destination: IPAddress | None = None) -> IPAddress | None:
+    """The source address masquerade picks on ``device`` for a packet to ``destination``
+    through ``nexthop``.
 
     IPv4: the first primary global address whose subnet holds the next hop, else
-    the first primary global one (``inet_select_addr``). IPv6: the global address
-    sharing the longest prefix with the next hop.
+    the first primary global one (``inet_select_addr``). IPv6: source address
+    selection for the packet's *destination* (``ipv6_dev_get_saddr``, not the next
+    hop, often a link-local router): of the global addresses, the one sharing the
+    longest prefix with it, counted up to the address's own prefix length (RFC 6724
+    rule 8, as Linux does). A device without a global address of the family borrows
+    another interface's (both kernel functions go on to every device: an unnumbered
+    uplink masquerades to the address on ``lo``); None only when the node has none.
     """
-    mine = [a for a in addresses if a.device == device and a.address.version == nexthop.version
-            and a.scope == "global"]
+    def globals_of(name: str | None) -> list[Address]:
+        return [a for a in addresses if a.address.version == nexthop.version
+                and a.scope == "global" and name in (None, a.device)]
+    mine = globals_of(device) or globals_of(None)
     if nexthop.version == 4:
         primaries = [a for a in mine if not a.secondary]
         for a in primaries:
-            if nexthop in a.network:
+            if a.device == device and nexthop in a.network:
                 return a.address
         return primaries[0].address if primaries else None
     if not mine:
         return None
-    return max(mine, key=lambda a: _common_prefix(a.address, nexthop)).address
+    target = destination if destination is not None else nexthop
+    return max(mine, key=lambda a: min(_common_prefix(a.address, target), a.prefixlen)).address
 
 
 def _common_prefix(a: IPAddress, b: IPAddress) -> int:

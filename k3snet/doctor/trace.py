@@ -511,7 +511,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     packet, natted, dropped = t.hook(packet, "postrouting", first=True)
     if dropped:
         return None
-    seen = _source_seen(t, flow, natted, oif, route.route.gateway or packet.dst)
+    seen = _source_seen(t, flow, natted, oif, route.route.gateway or packet.dst,
+                        destination=packet.dst)
     if seen is None:
         return None
     found["source_seen"] = seen
@@ -584,7 +585,7 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
 
 
 def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
-                 nexthop: IPAddress) -> IPAddress | None:
+                 nexthop: IPAddress, *, destination: IPAddress) -> IPAddress | None:
     if natted is None or natted.nat is None:
         t.add("original", "nat", "info", "postrouting",
               f"no rule translates the source: the destination sees {flow.source}",
@@ -592,7 +593,7 @@ def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
         return flow.source
     if natted.nat.kind == "snat":
         return natted.nat.address
-    address = masquerade_source(t.state.addresses, oif, nexthop)
+    address = masquerade_source(t.state.addresses, oif, nexthop, destination)
     if address is None:
         t.add("original", "nat", "drop", oif,
               f"masquerade finds no address on {oif}", "masquerade-no-address")
