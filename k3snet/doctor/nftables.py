@@ -10,7 +10,8 @@
 (concatenated keys such as kube-proxy's ``ip daddr . meta l4proto . th dport``,
 ``numgen random`` as a random branch: :attr:`Packet.pick` says which one is
 followed); ``masquerade``, ``snat``, ``dnat``, ``meta mark set`` (with ``or``,
-``and``, ``xor`` of the mark). Any other expression makes its rule *unknown*,
+``and``, ``xor`` of the mark); ``limit``/``quota``/``meter`` with the flow
+under every rate (``over`` does not match). Any other expression makes its rule *unknown*,
 reported with a readable form of the JSON.
 """
 
@@ -42,6 +43,8 @@ _HOOKS: Final = frozenset({"prerouting", "forward", "postrouting"})
 _FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozenset({4, 6})}
 # Statements that neither match nor decide.
 _NEUTRAL: Final = frozenset({"counter", "log", "notrack", "quota", "limit", "meter"})
+# Of those, the ones matching by rate or volume: ``over`` (``inv``) matches only beyond it.
+_RATED: Final = frozenset({"limit", "quota", "meter"})
 _MAX_DEPTH = 64
 #: Tables iptables-nft owns; evaluated from iptables-save when that is captured.
 IPTABLES_NFT_TABLES: Final = frozenset({"filter", "nat", "mangle", "raw", "security"})
@@ -409,6 +412,8 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
                 if not _match(run.packet, value, run.ruleset, chain):
                     return None
                 continue
+            if key in _RATED and _over(key, value):
+                return None  # the traced flow is one new connection, under every rate
             if key in _NEUTRAL or (key == "xt" and value.get("name") == "comment"):
                 continue
             if key == "mangle" and _is_mark(value.get("key")):
@@ -423,6 +428,19 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
         if decided is not None:
             return decided
     return None
+
+
+def _over(key: str, value: Any) -> bool:
+    """``limit rate over``, ``quota over`` (or a meter of one): a statement that matches
+    only a flow beyond a rate or a volume, which one new flow is taken not to be."""
+    if key == "meter":
+        value = value.get("stmt")
+        if not isinstance(value, Mapping) or len(value) != 1:
+            raise _Unknown
+        (key, value), = value.items()
+        if key not in ("limit", "quota"):
+            raise _Unknown
+    return isinstance(value, Mapping) and value.get("inv") is True
 
 
 def _is_mark(key: Any) -> bool:

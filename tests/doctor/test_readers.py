@@ -426,3 +426,24 @@ def test_an_unknown_jump_to_a_chain_with_an_unknown_drop_makes_the_verdict_unkno
                                             "unicast"), {"drop": None}),
                    *MASQ_NFT)
     assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.UNKNOWN
+
+
+@pytest.mark.parametrize("statement", [
+    {"limit": {"rate": 10, "burst": 5, "per": "second", "inv": True}},
+    {"quota": {"val": 10, "val_unit": "mbytes", "inv": True}},
+    {"meter": {"key": SADDR, "name": "m", "size": 65535,
+               "stmt": {"limit": {"rate": 5, "burst": 5, "per": "second", "inv": True}}}},
+])
+def test_an_nft_rate_limit_over_does_not_match_a_flow_under_it(statement: Any) -> None:
+    """``limit rate over 10/second drop`` drops only beyond the rate: it was neutral,
+    so the rule always matched and one new flow was "blocked"."""
+    ruleset = _nft(_chain("rl", "fwd", "forward", 0),
+                   _rule("rl", "fwd", statement, {"drop": None}), *MASQ_NFT)
+    assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.REACHES
+
+
+def test_an_nft_rate_limit_under_matches_a_flow() -> None:
+    ruleset = _nft(_chain("rl", "fwd", "forward", 0, policy="drop"),
+                   _rule("rl", "fwd", {"limit": {"rate": 10, "per": "second"}},
+                         {"accept": None}), *MASQ_NFT)
+    assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.REACHES
