@@ -338,6 +338,8 @@ def _evaluate_chain(table: Table, chain: Chain, run: _Run, kind: str,
         run.unknowns.append(Uncertain(f"-A {chain.name}", "jumps nest too deep", "unknown"))
         return None
     for rule in chain.rules:
+        if not run.visit(f"-A {chain.name}"):
+            return None
         matched, why = rule.match(run.packet)
         if matched is False:
             continue
@@ -375,7 +377,7 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
     if target in ("MASQUERADE", "SNAT", "DNAT"):
         return "nat"
     if target in table.chains:
-        trial = _Run(run.packet)
+        trial = _Run(run.packet, budget=run.budget)
         result = _evaluate_chain(table, table.chains[target], trial, kind, depth + 1)
         if not trial_certain(result, trial.unknowns):
             return "unknown"

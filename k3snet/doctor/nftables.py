@@ -390,6 +390,8 @@ def _run_chain(chain: NftChain, run: _Run, depth: int = 0) -> ChainResult | None
                                       "unknown"))
         return None
     for expr in chain.rules:
+        if not run.visit(f"nft chain {chain.name}"):
+            return None
         outcome = _run_rule(chain, expr, run, depth)
         if outcome == "return":
             return None
@@ -585,7 +587,7 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
                 value.get("target") if isinstance(value, Mapping) else "")))
             if callee is None:
                 return "unknown"
-            trial = _Run(run.packet, ruleset=run.ruleset, kind=run.kind)
+            trial = _Run(run.packet, ruleset=run.ruleset, kind=run.kind, budget=run.budget)
             result = _run_chain(callee, trial, depth + 1)
             if not trial_certain(result, trial.unknowns):
                 return "unknown"

@@ -99,3 +99,48 @@ def test_a_bundle_json_too_deep_or_with_a_huge_number_is_a_bundle_error(
     (tmp_path / name).write_text(text)
     with pytest.raises(BundleError, match=name):
         NodeState.from_capture(NodeCapture.read_dir(tmp_path))
+
+
+def _fan_out_iptables(levels: int) -> str:
+    lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             *(f":C{i} - [0:0]" for i in range(levels + 1)), "-A FORWARD -j C0"]
+    for i in range(levels):
+        lines += [f"-A C{i} -j C{i + 1}", f"-A C{i} -m set --match-set s src -j C{i + 1}"]
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def _fan_out_nft(levels: int) -> str:
+    items: list[dict[str, Any]] = [
+        {"table": {"family": "inet", "name": "fan", "handle": 9}},
+        {"chain": {"family": "inet", "table": "fan", "name": "fwd", "handle": 1,
+                   "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+        {"rule": {"family": "inet", "table": "fan", "chain": "fwd",
+                  "expr": [{"jump": {"target": "c0"}}]}}]
+    fib = {"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}},
+                     "right": "local"}}
+    for i in range(levels):
+        items.append({"chain": {"family": "inet", "table": "fan", "name": f"c{i}"}})
+        items += [{"rule": {"family": "inet", "table": "fan", "chain": f"c{i}",
+                            "expr": [*head, {"jump": {"target": f"c{i + 1}"}}]}}
+                  for head in ([], [fib])]
+    items.append({"chain": {"family": "inet", "table": "fan", "name": f"c{levels}"}})
+    return json.dumps({"nftables": items})
+
+
+@pytest.mark.parametrize("name", ["iptables-nft-v4.save", "nft-ruleset.json"])
+def test_chains_calling_each_other_repeatedly_end_in_an_unknown_verdict_not_a_hang(
+        name: str) -> None:
+    """A few hundred bytes: 40 chains, each calling the next twice (plainly and behind
+    a rule the doctor cannot evaluate, whose effect it tries). Depth was bounded,
+    breadth not: 2**40 rule evaluations. A walk stops after a bounded number of rule
+    evaluations and says so (the verdict is unknown)."""
+    texts = dict(NodeCapture.read_dir(GOLDEN / "healthy").texts)
+    if name.endswith(".save"):
+        kept = [p for p in texts[name].split("*") if p and not p.startswith("filter")]
+        texts[name] = "".join(f"*{p}" for p in kept) + _fan_out_iptables(40)
+    else:
+        texts[name] = _fan_out_nft(40)
+    state = NodeState.from_capture(NodeCapture.from_texts(texts))
+    result = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
+    assert result.verdict == "unknown"
+    assert any("rule evaluations" in s.detail for s in result.trace.steps)
