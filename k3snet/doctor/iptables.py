@@ -223,6 +223,10 @@ def _negated(matcher: Matcher) -> Matcher:
 
 def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # noqa: PLR0911 - one return per option
     """A matcher for one option and how many arguments it took (None: unknown option)."""
+    if module not in ("", *_MODULES) and word.startswith("--"):
+        # An option of a module not read here means what that module says:
+        # ``-m connmark --mark`` is the connection's mark, not the packet's.
+        return _unknown, 0
     if word in ("-s", "--source", "-d", "--destination"):
         network = ip_network(arg, strict=False)
         source = word in ("-s", "--source")

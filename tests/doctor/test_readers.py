@@ -447,3 +447,15 @@ def test_an_nft_rate_limit_under_matches_a_flow() -> None:
                    _rule("rl", "fwd", {"limit": {"rate": 10, "per": "second"}},
                          {"accept": None}), *MASQ_NFT)
     assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.REACHES
+
+
+def test_an_option_of_a_module_the_reader_does_not_know_is_unknown() -> None:
+    """``-m connmark ! --mark 0x1`` matches the connection's mark, not the packet's: the
+    packet's ``--mark`` reading made it a confident no-match for a packet marked 0x1 by
+    mangle (the connection's mark is 0: the kernel accepts, the doctor said blocked)."""
+    tables = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+              ":POSTROUTING ACCEPT [0:0]\n-A PREROUTING -j MARK --set-xmark 0x1/0xffffffff\n"
+              "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n"
+              ":OUTPUT ACCEPT [0:0]\n-A FORWARD -m connmark ! --mark 0x1 -j ACCEPT\nCOMMIT\n")
+    state = _state(**{"iptables-nft-v4.save": tables + K3S_NAT})
+    assert trace(state, FLOW).verdict is Verdict.UNKNOWN
