@@ -414,6 +414,8 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
                 if not _match(run.packet, value, run.ruleset, chain):
                     return None
                 continue
+            if key in ("snat", "dnat") and _other_family(value, run.packet):
+                continue  # ``snat ip to`` in an inet table leaves IPv6 packets be
             if key in _RATED and _over(key, value):
                 return None  # the traced flow is one new connection, under every rate
             if key in _NEUTRAL or (key == "xt" and value.get("name") == "comment"):
@@ -430,6 +432,13 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
         if decided is not None:
             return decided
     return None
+
+
+def _other_family(value: Any, packet: Packet) -> bool:
+    """A nat statement naming the family it translates (``snat ip to`` in an ``inet``
+    table), not the packet's: the kernel leaves the packet be (nft_nat_inet_eval)."""
+    family = value.get("family") if isinstance(value, Mapping) else None
+    return family in ("ip", "ip6") and (family == "ip") != (packet.family == 4)
 
 
 def _over(key: str, value: Any) -> bool:

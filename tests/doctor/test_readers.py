@@ -459,3 +459,20 @@ def test_an_option_of_a_module_the_reader_does_not_know_is_unknown() -> None:
               ":OUTPUT ACCEPT [0:0]\n-A FORWARD -m connmark ! --mark 0x1 -j ACCEPT\nCOMMIT\n")
     state = _state(**{"iptables-nft-v4.save": tables + K3S_NAT})
     assert trace(state, FLOW).verdict is Verdict.UNKNOWN
+
+
+def test_an_nft_snat_of_the_other_family_does_nothing_to_the_flow() -> None:
+    """In an ``inet`` table ``snat ip to ADDR`` translates IPv4 packets only
+    (nft_nat_inet_eval); for an IPv6 flow the rule goes on, here to a masquerade. It
+    was taken for the flow's translation: an IPv6 flow "seen" from an IPv4 address."""
+    v6 = Flow("fd42:42::10", "fd01:2::10", port=5432)
+    base = NodeCapture.read_dir(HEALTHY.parent / "healthy-v6")
+    ruleset = _nft(_chain("dual", "post", "postrouting", 100, kind="nat"),
+                   _rule("dual", "post", {"snat": {"family": "ip", "addr": "192.0.2.1"}}),
+                   _rule("dual", "post", {"masquerade": None}))
+    texts = {k: v for k, v in base.texts.items()
+             if not k.startswith("iptables-") and k != "nft-ruleset.json"}
+    state = NodeState.from_capture(NodeCapture({**texts, "nft-ruleset.json": ruleset}))
+    result = trace(state, v6)
+    assert result.verdict is Verdict.REACHES
+    assert str(result.source_seen) == "fd01:1::5"
