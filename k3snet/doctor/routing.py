@@ -124,6 +124,8 @@ class RuleEntry:
     suppress_prefixlength: int | None = None
     ipproto: int | None = None
     unknown: tuple[str, ...] = ()
+    tos: int = 0
+    """The rule's ``tos`` selector: it never matches the traced (TOS 0) packet."""
 
     def describe(self) -> str:
         """The rule as ``ip rule`` would print it (roughly)."""
@@ -139,6 +141,8 @@ class RuleEntry:
             parts += ["oif", self.oif]
         if self.fwmark is not None:
             parts += ["fwmark", f"{self.fwmark:#x}/{self.fwmask:#x}"]
+        if self.tos:
+            parts += ["tos", f"{self.tos:#x}"]
         parts += list(self.unknown)
         if self.action == "lookup":
             parts += ["lookup", table_name(self.table if self.table is not None else 254)]
@@ -256,11 +260,12 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
     known = {"priority", "not", "src", "srclen", "dst", "dstlen", "iif", "oif", "fwmark",
              "fwmask", "table", "action", "target", "suppress_prefixlen", "ipproto",
              "iif_detached", "oif_detached", "flags", "protocol", "goto", "unresolved",
-             "nop"}
+             "nop", "tos"}
     for item in data if isinstance(data, list) else []:
         if not isinstance(item, Mapping):
             continue
-        unknown = tuple(f"{k} {v}" for k, v in sorted(item.items()) if k not in known)
+        unknown = tuple(f"{k} {v}" for k, v in sorted(item.items()) if k not in known
+                        or (k == "tos" and not isinstance(v, str)))
         action = str(item.get("action", "lookup"))
         if action in ("to_tbl", "lookup"):
             action = "lookup"
@@ -289,6 +294,7 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
             {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58}.get(str(ipproto), -1)
             if ipproto is not None else None,
             unknown,
+            _tos(item["tos"] if isinstance(item.get("tos"), str) else None),
         ))
     return sorted(rules, key=lambda r: r.priority)
 
@@ -364,6 +370,8 @@ def _rule_matches(rule: RuleEntry, src: IPAddress | None, dst: IPAddress, *, iif
         checks.append(None if mark is None else (mark & rule.fwmask) == rule.fwmark)
     if rule.ipproto is not None:
         checks.append(proto == rule.ipproto)
+    if rule.tos:
+        checks.append(False)  # the traced packet's TOS is 0
     if rule.unknown:
         checks.append(None)
     if any(c is False for c in checks):
@@ -384,7 +392,8 @@ def _table_lookup(routes: Sequence[RouteEntry], table: int | str, dst: IPAddress
     instead of the destination's other routes: when a prefix has any, only those whose
     ``from`` holds ``src`` are candidates there (the longest ``from`` first, whatever
     the metrics), and with none of them matching the lookup goes on to shorter
-    prefixes, passing over that prefix's routes without ``from`` (fib6_node_lookup_1).
+    prefixes, passing over that prefix's routes without ``from`` (fib6_node_lookup_1),
+    except at ``::/0``, where they serve.
     """
     def holds(route: RouteEntry) -> bool:
         if route.table != table or dst not in route.destination or route.tos:
@@ -393,10 +402,13 @@ def _table_lookup(routes: Sequence[RouteEntry], table: int | str, dst: IPAddress
             return route.destination.prefixlen == route.destination.max_prefixlen
         return route.type not in ("multicast", "anycast")
     matching = [r for r in routes if holds(r)]
-    subtrees = {r.destination for r in matching if r.source is not None}
-    matching = [r for r in matching if r.destination not in subtrees or (
-        r.source is not None and src is not None and src.version == r.source.version
-        and src in r.source)]
+    # The table's root (::/0) keeps its own routes when its subtree has no match: the
+    # lookup falls back to the root itself, so a default without ``from`` still serves.
+    subtrees = {r.destination for r in matching
+                if r.source is not None and r.destination.prefixlen}
+    matching = [r for r in matching if (
+        r.destination not in subtrees if r.source is None
+        else src is not None and src.version == r.source.version and src in r.source)]
     return sorted(matching, key=lambda r: (-r.destination.prefixlen,
                                            -(r.source.prefixlen if r.source else 0), r.metric))
 

@@ -60,6 +60,16 @@ CASES: dict[str, tuple[int, list[str], str, str, int]] = {
     "v6-source-specific-route-only": (6, [
         "ip -6 route add 2001:db8:99::/64 from 2001:db8:42::/64 dev d1",
         "ip -6 route add 2001:db8:98::/47 dev d3"], "2001:db8:99::7", "2001:db8::2", 0),
+    "v6-source-specific-default-other-source": (6, [
+        "ip -6 route add default from 2001:db8:42::/64 dev d1",
+        "ip -6 route add default dev d2 metric 2000"], "2001:db8:99::7", "2001:db8::2", 0),
+    "v6-source-specific-default": (6, [
+        "ip -6 route add default from 2001:db8:42::/64 dev d1",
+        "ip -6 route add default dev d2 metric 2000"], "2001:db8:99::7", "2001:db8:42::2", 0),
+    "tos-rule-does-not-match-tos-0": (4, [
+        "ip rule add pref 100 tos 0x10 lookup 100",
+        "ip route add 198.51.100.0/24 dev d1 table 100",
+        "ip route add 198.51.100.0/24 dev d2"], "198.51.100.7", "192.0.2.2", 0),
     "fwmark-with-mask": (4, [
         "ip rule add pref 100 fwmark 0x10/0xf0 lookup 100",
         "ip route add 198.51.100.0/24 dev d1 table 100",
