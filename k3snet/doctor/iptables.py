@@ -15,6 +15,7 @@ is followed). Targets: ``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, goto
 from __future__ import annotations
 
 import itertools
+import re
 import shlex
 from collections.abc import Callable
 from ipaddress import ip_address, ip_network
@@ -107,6 +108,9 @@ class Table:
     chains: dict[str, Chain] = attrs.field(factory=dict)
 
 
+_COUNTERS: Final = re.compile(r"\[\d+:\d+\]\s+")
+
+
 class _UnparsedError(ValueError):
     pass
 
@@ -128,6 +132,9 @@ def parse_save(text: str) -> dict[str, Table]:
             continue
         if table is None:
             continue
+        counted = _COUNTERS.match(line)  # ``iptables-save -c``: ``[packets:bytes] -A ...``
+        if counted:
+            line = line[counted.end():]
         if line.startswith(":"):
             name, _, rest = line[1:].partition(" ")
             policy = rest.split(" ", 1)[0]

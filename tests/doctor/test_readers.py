@@ -476,3 +476,12 @@ def test_an_nft_snat_of_the_other_family_does_nothing_to_the_flow() -> None:
     result = trace(state, v6)
     assert result.verdict is Verdict.REACHES
     assert str(result.source_seen) == "fd01:1::5"
+
+
+def test_iptables_save_with_counters_keeps_its_rules() -> None:
+    """``iptables-save -c`` prefixes each rule with ``[packets:bytes]``: such lines were
+    skipped, so a bundle saved by hand with ``-c`` lost its DROP and "reached"."""
+    tables = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [10:600]\n:OUTPUT ACCEPT [0:0]\n"
+              "[3:180] -A FORWARD -s 10.42.0.0/16 -j DROP\nCOMMIT\n")
+    state = _state(**{"iptables-nft-v4.save": tables + K3S_NAT})
+    assert trace(state, FLOW).verdict is Verdict.BLOCKED
