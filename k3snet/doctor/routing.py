@@ -477,13 +477,15 @@ def rp_filter_check(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry],
         return True, back
     if back.type == "unknown":
         return None, back
-    if not any(a.device == iif and a.address.version == 4 for a in addresses):
-        return False, back  # an interface without IPv4 address fails any rp_filter
-    if back.type != "unicast":
+    if back.type != "unicast" or back.route is None:
         return False, back
-    if mode == 1:
-        return back.route is not None and back.route.device == iif, back
-    return True, back
+    # Any nexthop of a multipath route back will do (fib_info_nh_uses_dev), and a
+    # match passes even on an interface without an IPv4 address.
+    if iif in (back.route.device, *(device for _, device in back.route.nexthops)):
+        return True, back
+    if not any(a.device == iif and a.address.version == 4 for a in addresses):
+        return False, back  # without an address only a matching route back passes
+    return mode != 1, back
 
 
 def masquerade_source(addresses: Sequence[Address], device: str, nexthop: IPAddress,

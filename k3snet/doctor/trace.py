@@ -541,8 +541,10 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
               f"{seen} is not an address of this node: the reply comes back only if the "
               "network routes it here", certain=False)
     # The network routes the node's address to the link that holds it; anything else
-    # is assumed to come back the way the request left.
-    back_in = next((a.device for a in t.state.addresses if a.address == seen), oif)
+    # is assumed to come back the way the request left. ``lo`` is no link: an address
+    # there (an unnumbered uplink's, which masquerade borrows) is reached through it.
+    back_in = next((a.device for a in t.state.addresses
+                    if a.address == seen and a.device != "lo"), oif)
     if back_in != oif:
         t.add("reply", "return", "info", back_in,
               f"the reply to {seen} comes back on {back_in}, the interface that holds it")
