@@ -144,3 +144,21 @@ def test_chains_calling_each_other_repeatedly_end_in_an_unknown_verdict_not_a_ha
     result = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
     assert result.verdict == "unknown"
     assert any("rule evaluations" in s.detail for s in result.trace.steps)
+
+
+def test_a_fix_through_an_interface_k3snet_cannot_name_is_advice_not_an_error() -> None:
+    """A route through a device named ``10.0.0.0/8`` (an edited bundle): the fix the
+    doctor plans would go through it, and building it raised ModelError out of
+    :func:`diagnose` (hypothesis found it in the test above)."""
+    case = "route-shadowed-by-pod-route"
+    texts = dict(NodeCapture.read_dir(GOLDEN / case).texts)
+    routes = json.loads(texts["routes-v4.json"])
+    for route in routes:
+        if route["dst"] == "default":
+            route["dev"] = "10.0.0.0/8"
+    texts["routes-v4.json"] = json.dumps(routes)
+    flow = json.loads((GOLDEN / case / "expected.json").read_text())["flow"]
+    state = NodeState.from_capture(NodeCapture.from_texts(texts))
+    result = diagnose(state, Flow(flow["source"], flow["destination"], port=flow["port"]))
+    assert result.findings[0].fix == ()
+    assert "10.0.0.0/8" in (result.findings[0].advice or "")
