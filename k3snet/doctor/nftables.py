@@ -2,7 +2,9 @@
 
 :func:`base_chains` gives each chain with a ``prerouting``, ``forward`` or
 ``postrouting`` hook in the ``ip``, ``ip6`` and ``inet`` families as a
-:class:`~k3snet.doctor.packet.BaseChain`. Understood: matches on ``ip``/``ip6``
+:class:`~k3snet.doctor.packet.BaseChain`, and each ``ingress`` (``egress``) chain of
+the ``netdev`` and ``inet`` families as the first prerouting (last postrouting) one,
+run on its devices only. Understood: matches on ``ip``/``ip6``
 ``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports,
 ``meta`` ``l4proto``/``nfproto``/``iifname``/``oifname``/``mark``, ``ct state`` and
 ``ct direction``, with prefixes, ranges, anonymous and named sets; verdicts
@@ -40,7 +42,11 @@ from k3snet.doctor.packet import (
 __all__ = ["Ruleset", "base_chains", "parse_ruleset"]
 
 _HOOKS: Final = frozenset({"prerouting", "forward", "postrouting"})
-_FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozenset({4, 6})}
+_FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozenset({4, 6}),
+                     "netdev": frozenset({4, 6})}
+#: Device hooks, placed before every prerouting chain (ingress) and after every
+#: postrouting one (egress): they run on their devices only.
+_DEVICE_HOOKS: Final = {"ingress": ("prerouting", -(1 << 20)), "egress": ("postrouting", 1 << 20)}
 # Statements that neither match nor decide.
 _NEUTRAL: Final = frozenset({"counter", "log", "notrack", "quota", "limit", "meter"})
 # Of those, the ones matching by rate or volume: ``over`` (``inv``) matches only beyond it.
@@ -72,6 +78,8 @@ class NftChain:
     policy: str = "accept"
     rules: list[list[Any]] = attrs.field(factory=list)
     handle: int = 0
+    devices: tuple[str, ...] | None = None
+    """An ingress or egress chain's devices (None: not said, taken as every device)."""
 
 
 @attrs.frozen
@@ -113,7 +121,8 @@ def parse_ruleset(data: object) -> Ruleset:
             chains[key] = NftChain(c["family"], c["table"], c["name"], c.get("hook"),
                                    _priority(c.get("prio", 0)), c.get("type", "filter"),
                                    c.get("policy", "accept"),
-                                   handle=handle if isinstance(handle, int) else 0)
+                                   handle=handle if isinstance(handle, int) else 0,
+                                   devices=_devices(c.get("dev")))
         elif "rule" in item:
             r = item["rule"]
             key = (r["family"], r["table"], r["chain"])
@@ -123,6 +132,15 @@ def parse_ruleset(data: object) -> Ruleset:
             s = item.get("set") or item.get("map") or {}
             sets[(s["family"], s["table"], s["name"])] = list(s.get("elem", []))
     return Ruleset(chains, sets, tables)
+
+
+def _devices(value: object) -> tuple[str, ...] | None:
+    """A chain's ``dev`` (one name, or a list of them for a multi-device chain)."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
 
 
 def _priority(value: object) -> int:
@@ -619,6 +637,26 @@ def _evaluator(chain: NftChain, ruleset: Ruleset) -> Callable[[Packet], ChainRes
     return evaluate
 
 
+def _device_chain(chain: NftChain, ruleset: Ruleset) -> BaseChain:
+    """An ingress (egress) chain as the first prerouting (last postrouting) one, run only
+    for packets arriving on (leaving by) one of its devices."""
+    hook, priority = _DEVICE_HOOKS[str(chain.hook)]
+    evaluate = _evaluator(chain, ruleset)
+    where = f"nft {chain.family} {chain.table} {chain.name}"
+
+    def on_devices(packet: Packet) -> ChainResult:
+        device = packet.iif if chain.hook == "ingress" else packet.oif
+        if chain.devices is not None and device not in chain.devices:
+            return ChainResult("accept", f"{chain.hook} of {', '.join(chain.devices)} only",
+                               mark=packet.mark)
+        if chain.hook == "ingress":  # before conntrack: ``ct state`` reads invalid there
+            return evaluate(attrs.evolve(packet, ctstate="invalid"))
+        return evaluate(packet)
+    hook_name: Hook = hook  # type: ignore[assignment]
+    return BaseChain(where, hook_name, priority, "filter", _FAMILIES[chain.family], on_devices,
+                     ruleset.order(chain.family, chain.table, chain.name))
+
+
 def base_chains(ruleset: Ruleset, *, skip_iptables_nft: bool) -> list[BaseChain]:
     """The ruleset's base chains on the hooks a forwarded flow crosses.
 
@@ -628,7 +666,12 @@ def base_chains(ruleset: Ruleset, *, skip_iptables_nft: bool) -> list[BaseChain]
     """
     chains = []
     for chain in ruleset.chains.values():
-        if chain.hook not in _HOOKS or chain.family not in _FAMILIES:
+        if chain.family not in _FAMILIES:
+            continue
+        if chain.hook in _DEVICE_HOOKS and chain.family in ("netdev", "inet"):
+            chains.append(_device_chain(chain, ruleset))
+            continue
+        if chain.hook not in _HOOKS or chain.family == "netdev":
             continue
         if skip_iptables_nft and chain.family in ("ip", "ip6") and (
                 chain.table in IPTABLES_NFT_TABLES):

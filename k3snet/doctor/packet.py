@@ -95,7 +95,7 @@ class Packet:
     dport: int | None
     iif: str | None
     oif: str | None
-    ctstate: Literal["new", "established"] = "new"
+    ctstate: Literal["new", "established", "invalid"] = "new"
     direction: Literal["original", "reply"] = "original"
     mark: int | None = 0
     local: frozenset[IPAddress] = frozenset()

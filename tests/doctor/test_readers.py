@@ -485,3 +485,24 @@ def test_iptables_save_with_counters_keeps_its_rules() -> None:
               "[3:180] -A FORWARD -s 10.42.0.0/16 -j DROP\nCOMMIT\n")
     state = _state(**{"iptables-nft-v4.save": tables + K3S_NAT})
     assert trace(state, FLOW).verdict is Verdict.BLOCKED
+
+
+def _ingress(device: Any, *expr: dict[str, Any], family: str = "netdev") -> list[Any]:
+    chain = {"family": family, "table": "edge", "name": "in", "type": "filter",
+             "hook": "ingress", "prio": 0, "policy": "accept", "dev": device}
+    return [{"chain": chain}, _rule("edge", "in", *expr, family=family)]
+
+
+@pytest.mark.parametrize("family", ["netdev", "inet"])
+def test_an_nft_ingress_chain_on_the_pods_interface_drops_before_prerouting(
+        family: str) -> None:
+    """A ``netdev`` (or ``inet``) ingress chain runs before prerouting on its device:
+    its drop was not seen (only prerouting, forward and postrouting were read), so the
+    flow "reached"."""
+    drop = _match(SADDR, {"prefix": {"addr": "10.42.0.0", "len": 16}})
+    ruleset = _nft(*_ingress("cni0", drop, {"drop": None}, family=family), *MASQ_NFT)
+    result = trace(_state(**{"nft-ruleset.json": ruleset}), FLOW)
+    assert result.verdict is Verdict.BLOCKED
+    elsewhere = _nft(*_ingress(["eth1", "docker0"], drop, {"drop": None}, family=family),
+                     *MASQ_NFT)
+    assert trace(_state(**{"nft-ruleset.json": elsewhere}), FLOW).verdict is Verdict.REACHES
