@@ -24,6 +24,7 @@ from typing import Final
 
 import attrs
 
+from k3snet._gojson import JsonTextError, load_json
 from k3snet._kept import input_problem, read_input, write_output
 from k3snet.errors import K3snetError
 
@@ -88,6 +89,17 @@ class BundleError(K3snetError, ValueError):
     """A capture could not be read or written (a missing directory, a malformed file)."""
 
 
+def _load(name: str, text: str) -> object:
+    """A bundle file's JSON, else a BundleError naming it. Nesting is bounded (a file of
+    100 000 ``[`` is a RecursionError to :func:`json.loads`, and the doctor's readers
+    recurse into what they read: ``nft -j`` nests about 12 deep), and so are numbers
+    (a 5000-digit integer is a plain ValueError)."""
+    try:
+        return load_json(text)
+    except JsonTextError as exc:
+        raise BundleError(f"{name}: not JSON the doctor reads ({exc})") from None
+
+
 @attrs.frozen
 class NodeCapture:
     """The raw texts of one node's networking state, keyed by bundle file name.
@@ -110,10 +122,7 @@ class NodeCapture:
         text = self.text(name).strip()
         if not text:
             return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{name}: not JSON ({exc})") from exc
+        return _load(name, text)
 
     def sysctls(self) -> dict[str, str]:
         """The captured sysctls, ``{"net.ipv4.ip_forward": "1", ...}``."""
@@ -186,10 +195,7 @@ class NodeCapture:
         missing: dict[str, str] = {}
         manifest = root / _MANIFEST
         if manifest.is_file():
-            try:
-                data = json.loads(_read_capture(manifest))
-            except json.JSONDecodeError as exc:
-                raise BundleError(f"{manifest}: {exc}") from exc
+            data = _load(str(manifest), _read_capture(manifest))
             if isinstance(data, dict) and isinstance(data.get("missing"), dict):
                 missing = {str(k): str(v) for k, v in data["missing"].items()}
         if not texts:

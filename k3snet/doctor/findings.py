@@ -22,6 +22,7 @@ from k3snet.doctor.packet import BaseChain, ChainResult, NatAction, Packet
 from k3snet.doctor.routing import RouteEntry, table_name
 from k3snet.doctor.state import NodeState
 from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
+from k3snet.errors import ModelError
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl
 from k3snet.planner import Plan, plan
 
@@ -209,7 +210,11 @@ def _explain(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change 
     code = step.code or "blocked"
     explain = _EXPLAINERS.get(code)
     if explain is not None:
-        return explain(state, tr, step)
+        try:
+            return explain(state, tr, step)
+        except ModelError as exc:  # a name from the capture no fix object can hold
+            return Finding(code, f"the flow is dropped at {step.stage}", step.where,
+                           step.detail, advice=f"no automatic fix: {exc}"), None
     return Finding(code, f"the flow is dropped at {step.stage}", step.where, step.detail,
                    advice="no automatic fix is known for this step"), None
 

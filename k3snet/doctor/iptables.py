@@ -15,6 +15,7 @@ is followed). Targets: ``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, goto
 from __future__ import annotations
 
 import itertools
+import re
 import shlex
 from collections.abc import Callable
 from ipaddress import ip_address, ip_network
@@ -34,6 +35,7 @@ from k3snet.doctor.packet import (
     Uncertain,
     all_of,
     port_in,
+    trial_certain,
 )
 from k3snet.render.iptables.rules import save_lines
 
@@ -106,6 +108,9 @@ class Table:
     chains: dict[str, Chain] = attrs.field(factory=dict)
 
 
+_COUNTERS: Final = re.compile(r"\[\d+:\d+\]\s+")
+
+
 class _UnparsedError(ValueError):
     pass
 
@@ -127,6 +132,9 @@ def parse_save(text: str) -> dict[str, Table]:
             continue
         if table is None:
             continue
+        counted = _COUNTERS.match(line)  # ``iptables-save -c``: ``[packets:bytes] -A ...``
+        if counted:
+            line = line[counted.end():]
         if line.startswith(":"):
             name, _, rest = line[1:].partition(" ")
             policy = rest.split(" ", 1)[0]
@@ -222,6 +230,10 @@ def _negated(matcher: Matcher) -> Matcher:
 
 def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # noqa: PLR0911 - one return per option
     """A matcher for one option and how many arguments it took (None: unknown option)."""
+    if module not in ("", *_MODULES) and word.startswith("--"):
+        # An option of a module not read here means what that module says:
+        # ``-m connmark --mark`` is the connection's mark, not the packet's.
+        return _unknown, 0
     if word in ("-s", "--source", "-d", "--destination"):
         network = ip_network(arg, strict=False)
         source = word in ("-s", "--source")
@@ -337,6 +349,8 @@ def _evaluate_chain(table: Table, chain: Chain, run: _Run, kind: str,
         run.unknowns.append(Uncertain(f"-A {chain.name}", "jumps nest too deep", "unknown"))
         return None
     for rule in chain.rules:
+        if not run.visit(f"-A {chain.name}"):
+            return None
         matched, why = rule.match(run.packet)
         if matched is False:
             continue
@@ -362,7 +376,10 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
             depth: int) -> str:
     """What ``rule`` would do if it matched (to judge whether not knowing matters)."""
     target = rule.target
-    if target in (None, "RETURN") or target in _CONTINUE:
+    if target == "RETURN":
+        # Returning skips the rest of the chain, where the verdict may be decided.
+        return "unknown"
+    if target is None or target in _CONTINUE:
         return "none"
     if target == "ACCEPT":
         return "accept"
@@ -371,8 +388,10 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
     if target in ("MASQUERADE", "SNAT", "DNAT"):
         return "nat"
     if target in table.chains:
-        trial = _Run(run.packet)
+        trial = _Run(run.packet, budget=run.budget)
         result = _evaluate_chain(table, table.chains[target], trial, kind, depth + 1)
+        if not trial_certain(result, trial.unknowns):
+            return "unknown"
         if result is None:
             return "none" if not rule.goto else "policy"
         return result.verdict

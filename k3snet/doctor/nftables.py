@@ -2,7 +2,9 @@
 
 :func:`base_chains` gives each chain with a ``prerouting``, ``forward`` or
 ``postrouting`` hook in the ``ip``, ``ip6`` and ``inet`` families as a
-:class:`~k3snet.doctor.packet.BaseChain`. Understood: matches on ``ip``/``ip6``
+:class:`~k3snet.doctor.packet.BaseChain`, and each ``ingress`` (``egress``) chain of
+the ``netdev`` and ``inet`` families as the first prerouting (last postrouting) one,
+run on its devices only. Understood: matches on ``ip``/``ip6``
 ``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports,
 ``meta`` ``l4proto``/``nfproto``/``iifname``/``oifname``/``mark``, ``ct state`` and
 ``ct direction``, with prefixes, ranges, anonymous and named sets; verdicts
@@ -10,7 +12,8 @@
 (concatenated keys such as kube-proxy's ``ip daddr . meta l4proto . th dport``,
 ``numgen random`` as a random branch: :attr:`Packet.pick` says which one is
 followed); ``masquerade``, ``snat``, ``dnat``, ``meta mark set`` (with ``or``,
-``and``, ``xor`` of the mark). Any other expression makes its rule *unknown*,
+``and``, ``xor`` of the mark); ``limit``/``quota``/``meter`` with the flow
+under every rate (``over`` does not match). Any other expression makes its rule *unknown*,
 reported with a readable form of the JSON.
 """
 
@@ -33,14 +36,21 @@ from k3snet.doctor.packet import (
     Packet,
     Uncertain,
     port_in,
+    trial_certain,
 )
 
 __all__ = ["Ruleset", "base_chains", "parse_ruleset"]
 
 _HOOKS: Final = frozenset({"prerouting", "forward", "postrouting"})
-_FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozenset({4, 6})}
+_FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozenset({4, 6}),
+                     "netdev": frozenset({4, 6})}
+#: Device hooks, placed before every prerouting chain (ingress) and after every
+#: postrouting one (egress): they run on their devices only.
+_DEVICE_HOOKS: Final = {"ingress": ("prerouting", -(1 << 20)), "egress": ("postrouting", 1 << 20)}
 # Statements that neither match nor decide.
 _NEUTRAL: Final = frozenset({"counter", "log", "notrack", "quota", "limit", "meter"})
+# Of those, the ones matching by rate or volume: ``over`` (``inv``) matches only beyond it.
+_RATED: Final = frozenset({"limit", "quota", "meter"})
 _MAX_DEPTH = 64
 #: Tables iptables-nft owns; evaluated from iptables-save when that is captured.
 IPTABLES_NFT_TABLES: Final = frozenset({"filter", "nat", "mangle", "raw", "security"})
@@ -68,6 +78,8 @@ class NftChain:
     policy: str = "accept"
     rules: list[list[Any]] = attrs.field(factory=list)
     handle: int = 0
+    devices: tuple[str, ...] | None = None
+    """An ingress or egress chain's devices (None: not said, taken as every device)."""
 
 
 @attrs.frozen
@@ -109,7 +121,8 @@ def parse_ruleset(data: object) -> Ruleset:
             chains[key] = NftChain(c["family"], c["table"], c["name"], c.get("hook"),
                                    _priority(c.get("prio", 0)), c.get("type", "filter"),
                                    c.get("policy", "accept"),
-                                   handle=handle if isinstance(handle, int) else 0)
+                                   handle=handle if isinstance(handle, int) else 0,
+                                   devices=_devices(c.get("dev")))
         elif "rule" in item:
             r = item["rule"]
             key = (r["family"], r["table"], r["chain"])
@@ -119,6 +132,15 @@ def parse_ruleset(data: object) -> Ruleset:
             s = item.get("set") or item.get("map") or {}
             sets[(s["family"], s["table"], s["name"])] = list(s.get("elem", []))
     return Ruleset(chains, sets, tables)
+
+
+def _devices(value: object) -> tuple[str, ...] | None:
+    """A chain's ``dev`` (one name, or a list of them for a multi-device chain)."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
 
 
 def _priority(value: object) -> int:
@@ -386,6 +408,8 @@ def _run_chain(chain: NftChain, run: _Run, depth: int = 0) -> ChainResult | None
                                       "unknown"))
         return None
     for expr in chain.rules:
+        if not run.visit(f"nft chain {chain.name}"):
+            return None
         outcome = _run_rule(chain, expr, run, depth)
         if outcome == "return":
             return None
@@ -408,6 +432,10 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
                 if not _match(run.packet, value, run.ruleset, chain):
                     return None
                 continue
+            if key in ("snat", "dnat") and _other_family(value, run.packet):
+                continue  # ``snat ip to`` in an inet table leaves IPv6 packets be
+            if key in _RATED and _over(key, value):
+                return None  # the traced flow is one new connection, under every rate
             if key in _NEUTRAL or (key == "xt" and value.get("name") == "comment"):
                 continue
             if key == "mangle" and _is_mark(value.get("key")):
@@ -422,6 +450,26 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
         if decided is not None:
             return decided
     return None
+
+
+def _other_family(value: Any, packet: Packet) -> bool:
+    """A nat statement naming the family it translates (``snat ip to`` in an ``inet``
+    table), not the packet's: the kernel leaves the packet be (nft_nat_inet_eval)."""
+    family = value.get("family") if isinstance(value, Mapping) else None
+    return family in ("ip", "ip6") and (family == "ip") != (packet.family == 4)
+
+
+def _over(key: str, value: Any) -> bool:
+    """``limit rate over``, ``quota over`` (or a meter of one): a statement that matches
+    only a flow beyond a rate or a volume, which one new flow is taken not to be."""
+    if key == "meter":
+        value = value.get("stmt")
+        if not isinstance(value, Mapping) or len(value) != 1:
+            raise _Unknown
+        (key, value), = value.items()
+        if key not in ("limit", "quota"):
+            raise _Unknown
+    return isinstance(value, Mapping) and value.get("inv") is True
 
 
 def _is_mark(key: Any) -> bool:
@@ -566,11 +614,14 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
                 value.get("target") if isinstance(value, Mapping) else "")))
             if callee is None:
                 return "unknown"
-            trial = _Run(run.packet, ruleset=run.ruleset, kind=run.kind)
+            trial = _Run(run.packet, ruleset=run.ruleset, kind=run.kind, budget=run.budget)
             result = _run_chain(callee, trial, depth + 1)
+            if not trial_certain(result, trial.unknowns):
+                return "unknown"
             return "none" if result is None and key == "jump" else (
                 result.verdict if result else "policy")
-        if key in ("vmap", "queue", "redirect", "tproxy", "mangle", "xt"):
+        if key in ("vmap", "queue", "redirect", "tproxy", "mangle", "xt", "return"):
+            # A return skips the rest of the chain, where the verdict may be decided.
             return "unknown"
     return "none"
 
@@ -586,6 +637,26 @@ def _evaluator(chain: NftChain, ruleset: Ruleset) -> Callable[[Packet], ChainRes
     return evaluate
 
 
+def _device_chain(chain: NftChain, ruleset: Ruleset) -> BaseChain:
+    """An ingress (egress) chain as the first prerouting (last postrouting) one, run only
+    for packets arriving on (leaving by) one of its devices."""
+    hook, priority = _DEVICE_HOOKS[str(chain.hook)]
+    evaluate = _evaluator(chain, ruleset)
+    where = f"nft {chain.family} {chain.table} {chain.name}"
+
+    def on_devices(packet: Packet) -> ChainResult:
+        device = packet.iif if chain.hook == "ingress" else packet.oif
+        if chain.devices is not None and device not in chain.devices:
+            return ChainResult("accept", f"{chain.hook} of {', '.join(chain.devices)} only",
+                               mark=packet.mark)
+        if chain.hook == "ingress":  # before conntrack: ``ct state`` reads invalid there
+            return evaluate(attrs.evolve(packet, ctstate="invalid"))
+        return evaluate(packet)
+    hook_name: Hook = hook  # type: ignore[assignment]
+    return BaseChain(where, hook_name, priority, "filter", _FAMILIES[chain.family], on_devices,
+                     ruleset.order(chain.family, chain.table, chain.name))
+
+
 def base_chains(ruleset: Ruleset, *, skip_iptables_nft: bool) -> list[BaseChain]:
     """The ruleset's base chains on the hooks a forwarded flow crosses.
 
@@ -595,7 +666,12 @@ def base_chains(ruleset: Ruleset, *, skip_iptables_nft: bool) -> list[BaseChain]
     """
     chains = []
     for chain in ruleset.chains.values():
-        if chain.hook not in _HOOKS or chain.family not in _FAMILIES:
+        if chain.family not in _FAMILIES:
+            continue
+        if chain.hook in _DEVICE_HOOKS and chain.family in ("netdev", "inet"):
+            chains.append(_device_chain(chain, ruleset))
+            continue
+        if chain.hook not in _HOOKS or chain.family == "netdev":
             continue
         if skip_iptables_nft and chain.family in ("ip", "ip6") and (
                 chain.table in IPTABLES_NFT_TABLES):

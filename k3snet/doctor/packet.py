@@ -13,7 +13,7 @@ unknown is reported, never skipped silently.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
 
@@ -21,8 +21,10 @@ import attrs
 
 __all__ = [
     "EPHEMERAL_PORTS",
+    "MAX_RULE_VISITS",
     "PROTOCOLS",
     "BaseChain",
+    "Budget",
     "ChainResult",
     "ChainRun",
     "Hook",
@@ -33,6 +35,7 @@ __all__ = [
     "all_of",
     "endpoint_text",
     "port_in",
+    "trial_certain",
 ]
 
 Tri = bool | None
@@ -92,7 +95,7 @@ class Packet:
     dport: int | None
     iif: str | None
     oif: str | None
-    ctstate: Literal["new", "established"] = "new"
+    ctstate: Literal["new", "established", "invalid"] = "new"
     direction: Literal["original", "reply"] = "original"
     mark: int | None = 0
     local: frozenset[IPAddress] = frozenset()
@@ -145,6 +148,14 @@ class Uncertain:
     effect: str
 
 
+def trial_certain(result: ChainResult | None, unknowns: Sequence[Uncertain]) -> bool:
+    """Whether a trial run (what an unknown rule's jump would do) is known: none of the
+    unknown rules it met could have changed its outcome (``result``, or falling off the
+    chain's end when None)."""
+    outcome = result.verdict if result is not None else "none"
+    return all(u.effect in ("none", outcome) for u in unknowns)
+
+
 @attrs.frozen
 class ChainResult:
     """What one base chain did to a packet.
@@ -174,6 +185,25 @@ class ChainResult:
         return all(u.effect in ("none", self.verdict) for u in self.unknowns)
 
 
+MAX_RULE_VISITS = 100_000
+"""The rules one walk through a base chain (its jumps and the trials of what unknown
+rules would do included) evaluates at most: a ruleset of 50 000 rules is walked in
+far fewer, while chains that call each other repeatedly (each calling the next
+twice, 40 deep, is a few hundred bytes) would take 2**40."""
+
+
+@attrs.define
+class Budget:
+    """What is left of :data:`MAX_RULE_VISITS` for one walk, shared with its trials."""
+
+    left: int = MAX_RULE_VISITS
+
+    def spend(self) -> bool:
+        """Take one rule evaluation; False once none is left (the walk must stop)."""
+        self.left -= 1
+        return self.left >= 0
+
+
 @attrs.define
 class ChainRun:
     """The mutable state of one evaluation through a base chain, shared by the
@@ -185,6 +215,21 @@ class ChainRun:
     unknowns: list[Uncertain] = attrs.field(factory=list)
     randoms: int = 0
     random_taken: bool = False
+    budget: Budget = attrs.field(factory=Budget, kw_only=True)
+    stopped: bool = attrs.field(default=False, kw_only=True)
+
+    def visit(self, where: str) -> bool:
+        """Count one rule evaluation; False when the walk's budget is spent, which is
+        recorded (once) as an unknown that could change anything."""
+        if self.budget.spend():
+            return True
+        if not self.stopped:  # a trial's record is not the walk's: each says it once
+            self.stopped = True
+            self.unknowns.append(Uncertain(
+                where, f"the walk through the chains' jumps takes more than "
+                f"{MAX_RULE_VISITS} rule evaluations (chains calling each other "
+                "repeatedly); it stopped there", "unknown"))
+        return False
 
     def result(self, verdict: Literal["accept", "drop", "nat"], rule: str,
                nat: NatAction | None = None) -> ChainResult:

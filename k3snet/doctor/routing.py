@@ -1,8 +1,10 @@
 """Routing as the kernel does it, from ``ip -j rule`` and ``ip -j route show table all``.
 
 :func:`lookup` walks the policy rules in priority order, looks each rule's table
-up by longest prefix then lowest metric, and honours ``throw``, ``blackhole``,
-``unreachable``, ``prohibit``, ``goto``, ``nop`` and ``suppress_prefixlength``.
+up by longest prefix (for IPv6 then longest ``from`` prefix: source-specific
+routes) then lowest metric, and honours ``throw``, ``blackhole``, ``unreachable``,
+``prohibit``, ``goto``, ``nop`` and ``suppress_prefixlength``. The packet traced
+has TOS 0: a route with a ``tos`` never matches it.
 :func:`rp_filter_check` is ``fib_validate_source``: the reverse lookup a packet's
 source must pass on its input interface under strict (1) or loose (2) mode.
 :func:`masquerade_source` picks the address masquerade gives a packet leaving an
@@ -67,6 +69,10 @@ class RouteEntry:
     nexthops: tuple[tuple[IPAddress | None, str | None], ...] = ()
     """Every (gateway, device) of a multipath route, ``gateway`` and ``device`` being the
     first; empty for a route of one nexthop."""
+    source: IPNetwork | None = None
+    """An IPv6 source-specific route's ``from`` prefix: only packets from it use the route."""
+    tos: int = 0
+    """The route's ``tos``: the kernel uses a route with one only for packets of that TOS."""
 
     def via(self, index: int) -> RouteEntry:
         """This route through its nexthop ``index`` alone (itself when it has one)."""
@@ -80,6 +86,10 @@ class RouteEntry:
         parts = [] if self.type == "unicast" else [self.type]
         default = self.destination.prefixlen == 0
         parts.append("default" if default else str(self.destination))
+        if self.source is not None:
+            parts += ["from", str(self.source)]
+        if self.tos:
+            parts += ["tos", f"{self.tos:#x}"]
         if self.nexthops:
             for gateway, device in self.nexthops:
                 parts += ["nexthop", *(["via", str(gateway)] if gateway else []),
@@ -114,6 +124,8 @@ class RuleEntry:
     suppress_prefixlength: int | None = None
     ipproto: int | None = None
     unknown: tuple[str, ...] = ()
+    tos: int = 0
+    """The rule's ``tos`` selector: it never matches the traced (TOS 0) packet."""
 
     def describe(self) -> str:
         """The rule as ``ip rule`` would print it (roughly)."""
@@ -129,6 +141,8 @@ class RuleEntry:
             parts += ["oif", self.oif]
         if self.fwmark is not None:
             parts += ["fwmark", f"{self.fwmark:#x}/{self.fwmask:#x}"]
+        if self.tos:
+            parts += ["tos", f"{self.tos:#x}"]
         parts += list(self.unknown)
         if self.action == "lookup":
             parts += ["lookup", table_name(self.table if self.table is not None else 254)]
@@ -195,7 +209,8 @@ def parse_routes(data: object, family: int) -> list[RouteEntry]:
             gateway = str(first) if first is not None else None
         metric = item.get("metric", 0)
         if not all(isinstance(v, str) or v is None for v in (
-                device, item.get("protocol"), item.get("scope"), item.get("type"))):
+                device, item.get("protocol"), item.get("scope"), item.get("type"),
+                item.get("from"), item.get("tos"))):
             raise ValueError(f"a route to {destination} names its device, protocol, scope "
                              "or type with something other than text")
         routes.append(RouteEntry(
@@ -209,8 +224,28 @@ def parse_routes(data: object, family: int) -> list[RouteEntry]:
             item.get("protocol"),
             item.get("scope"),
             tuple(hops) if len(hops) > 1 else (),
+            _source(item.get("from"), family),
+            _tos(item.get("tos")),
         ))
     return routes
+
+
+def _source(value: str | None, family: int) -> IPNetwork | None:
+    """An IPv6 route's ``from`` prefix (``ip -6 route add ... from PREFIX``); ``::/0``
+    is every source, as no ``from`` is."""
+    source = _network(value, None, family)
+    return source if source is not None and source.prefixlen else None
+
+
+def _tos(value: str | None) -> int:
+    """A route's ``tos`` as ``ip`` prints it: a number, or a name from
+    ``/etc/iproute2/rt_dsfield`` (``AF11``); any name is some TOS other than 0."""
+    if value is None or value in ("default", "0"):
+        return 0
+    try:
+        return int(value, 16)
+    except ValueError:
+        return 0xFF  # a name ``ip`` found for a value: not 0 (0 prints as ``default``)
 
 
 def _number(value: object, default: int) -> int:
@@ -224,14 +259,23 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
     rules = []
     known = {"priority", "not", "src", "srclen", "dst", "dstlen", "iif", "oif", "fwmark",
              "fwmask", "table", "action", "target", "suppress_prefixlen", "ipproto",
-             "iif_detached", "oif_detached", "flags", "protocol"}
+             "iif_detached", "oif_detached", "flags", "protocol", "goto", "unresolved",
+             "nop", "tos"}
     for item in data if isinstance(data, list) else []:
         if not isinstance(item, Mapping):
             continue
-        unknown = tuple(f"{k} {v}" for k, v in sorted(item.items()) if k not in known)
+        unknown = tuple(f"{k} {v}" for k, v in sorted(item.items()) if k not in known
+                        or (k == "tos" and not isinstance(v, str)))
         action = str(item.get("action", "lookup"))
         if action in ("to_tbl", "lookup"):
             action = "lookup"
+        # ``ip -j rule`` prints a goto as ``"goto": N`` (``"unresolved"`` when no rule has
+        # priority N) and a nop as ``"nop"``, without any ``action``.
+        if "goto" in item:
+            action = "goto"
+        elif "nop" in item:
+            action = "nop"
+        target = item.get("goto", item.get("target"))
         ipproto = item.get("ipproto")
         rules.append(RuleEntry(
             int(item.get("priority", 0)),
@@ -244,11 +288,13 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
             _number(item.get("fwmark"), 0) if "fwmark" in item else None,
             _number(item.get("fwmask"), 0xFFFFFFFF),
             "not" in item,
-            int(item["target"]) if action == "goto" and "target" in item else None,
+            int(target) if action == "goto" and str(target).isdigit()
+            and "unresolved" not in item else None,
             int(item["suppress_prefixlen"]) if "suppress_prefixlen" in item else None,
             {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58}.get(str(ipproto), -1)
             if ipproto is not None else None,
             unknown,
+            _tos(item["tos"] if isinstance(item.get("tos"), str) else None),
         ))
     return sorted(rules, key=lambda r: r.priority)
 
@@ -324,6 +370,8 @@ def _rule_matches(rule: RuleEntry, src: IPAddress | None, dst: IPAddress, *, iif
         checks.append(None if mark is None else (mark & rule.fwmask) == rule.fwmark)
     if rule.ipproto is not None:
         checks.append(proto == rule.ipproto)
+    if rule.tos:
+        checks.append(False)  # the traced packet's TOS is 0
     if rule.unknown:
         checks.append(None)
     if any(c is False for c in checks):
@@ -335,15 +383,34 @@ def _rule_matches(rule: RuleEntry, src: IPAddress | None, dst: IPAddress, *, iif
     return (not matched) if rule.invert else matched
 
 
-def _table_lookup(routes: Sequence[RouteEntry], table: int | str,
-                  dst: IPAddress) -> list[RouteEntry]:
-    """The routes of ``table`` containing ``dst``, best first."""
-    matching = [r for r in routes if r.table == table and dst in r.destination
-                and r.type not in ("broadcast", "multicast", "anycast")]
-    matching += [r for r in routes if r.table == table and r.type == "broadcast"
-                 and r.destination.prefixlen == r.destination.max_prefixlen
-                 and dst in r.destination]
-    return sorted(matching, key=lambda r: (-r.destination.prefixlen, r.metric))
+def _table_lookup(routes: Sequence[RouteEntry], table: int | str, dst: IPAddress,
+                  src: IPAddress | None) -> list[RouteEntry]:
+    """The routes of ``table`` containing ``dst``, best first.
+
+    A route with a ``tos`` is left out (the traced packet's TOS is 0). IPv6 keeps a
+    destination's source-specific routes (``from``) in a subtree that is looked up
+    instead of the destination's other routes: when a prefix has any, only those whose
+    ``from`` holds ``src`` are candidates there (the longest ``from`` first, whatever
+    the metrics), and with none of them matching the lookup goes on to shorter
+    prefixes, passing over that prefix's routes without ``from`` (fib6_node_lookup_1),
+    except at ``::/0``, where they serve.
+    """
+    def holds(route: RouteEntry) -> bool:
+        if route.table != table or dst not in route.destination or route.tos:
+            return False
+        if route.type == "broadcast":
+            return route.destination.prefixlen == route.destination.max_prefixlen
+        return route.type not in ("multicast", "anycast")
+    matching = [r for r in routes if holds(r)]
+    # The table's root (::/0) keeps its own routes when its subtree has no match: the
+    # lookup falls back to the root itself, so a default without ``from`` still serves.
+    subtrees = {r.destination for r in matching
+                if r.source is not None and r.destination.prefixlen}
+    matching = [r for r in matching if (
+        r.destination not in subtrees if r.source is None
+        else src is not None and src.version == r.source.version and src in r.source)]
+    return sorted(matching, key=lambda r: (-r.destination.prefixlen,
+                                           -(r.source.prefixlen if r.source else 0), r.metric))
 
 
 def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddress,
@@ -370,19 +437,22 @@ def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddr
         if rule.action in _FAILING:
             return Lookup(rule.action, rule=rule, candidates=tuple(candidates))
         if rule.action == "goto":
-            index = next((i for i, r in enumerate(rules) if r.priority >= (rule.goto or 0)),
-                         len(rules))
+            # The kernel jumps to the first rule of exactly that priority; a goto whose
+            # target does not exist ("unresolved") is passed over.
+            index = next((i for i, r in enumerate(rules) if r.priority == rule.goto), index)
             continue
         if rule.action != "lookup" or rule.table is None:
             return Lookup("unknown", rule=rule, reason=f"rule action {rule.action}")
-        found = _table_lookup(routes, rule.table, dst)
+        found = _table_lookup(routes, rule.table, dst, src)
         if not found:
             continue
         best = found[0]
         if best.type == "throw":
             candidates += found[1:]
             continue
-        if (rule.suppress_prefixlength is not None
+        # Only a lookup that succeeded is suppressed: a blackhole, unreachable or
+        # prohibit route ends the walk whatever its prefix length (fib_rules_lookup).
+        if (rule.suppress_prefixlength is not None and best.type not in _FAILING
                 and best.destination.prefixlen <= rule.suppress_prefixlength):
             candidates += found
             continue
@@ -407,34 +477,45 @@ def rp_filter_check(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry],
         return True, back
     if back.type == "unknown":
         return None, back
-    if not any(a.device == iif and a.address.version == 4 for a in addresses):
-        return False, back  # an interface without IPv4 address fails any rp_filter
-    if back.type != "unicast":
+    if back.type != "unicast" or back.route is None:
         return False, back
-    if mode == 1:
-        return back.route is not None and back.route.device == iif, back
-    return True, back
+    # Any nexthop of a multipath route back will do (fib_info_nh_uses_dev), and a
+    # match passes even on an interface without an IPv4 address.
+    if iif in (back.route.device, *(device for _, device in back.route.nexthops)):
+        return True, back
+    if not any(a.device == iif and a.address.version == 4 for a in addresses):
+        return False, back  # without an address only a matching route back passes
+    return mode != 1, back
 
 
-def masquerade_source(addresses: Sequence[Address], device: str,
-                      nexthop: IPAddress) -> IPAddress | None:
-    """The source address masquerade picks on ``device`` for ``nexthop``.
+def masquerade_source(addresses: Sequence[Address], device: str, nexthop: IPAddress,
+                      destination: IPAddress | None = None) -> IPAddress | None:
+    """The source address masquerade picks on ``device`` for a packet to ``destination``
+    through ``nexthop``.
 
     IPv4: the first primary global address whose subnet holds the next hop, else
-    the first primary global one (``inet_select_addr``). IPv6: the global address
-    sharing the longest prefix with the next hop.
+    the first primary global one (``inet_select_addr``). IPv6: source address
+    selection for the packet's *destination* (``ipv6_dev_get_saddr``, not the next
+    hop, often a link-local router): of the global addresses, the one sharing the
+    longest prefix with it, counted up to the address's own prefix length (RFC 6724
+    rule 8, as Linux does). A device without a global address of the family borrows
+    another interface's (both kernel functions go on to every device: an unnumbered
+    uplink masquerades to the address on ``lo``); None only when the node has none.
     """
-    mine = [a for a in addresses if a.device == device and a.address.version == nexthop.version
-            and a.scope == "global"]
+    def globals_of(name: str | None) -> list[Address]:
+        return [a for a in addresses if a.address.version == nexthop.version
+                and a.scope == "global" and name in (None, a.device)]
+    mine = globals_of(device) or globals_of(None)
     if nexthop.version == 4:
         primaries = [a for a in mine if not a.secondary]
         for a in primaries:
-            if nexthop in a.network:
+            if a.device == device and nexthop in a.network:
                 return a.address
         return primaries[0].address if primaries else None
     if not mine:
         return None
-    return max(mine, key=lambda a: _common_prefix(a.address, nexthop)).address
+    target = destination if destination is not None else nexthop
+    return max(mine, key=lambda a: min(_common_prefix(a.address, target), a.prefixlen)).address
 
 
 def _common_prefix(a: IPAddress, b: IPAddress) -> int:

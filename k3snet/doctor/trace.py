@@ -511,7 +511,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     packet, natted, dropped = t.hook(packet, "postrouting", first=True)
     if dropped:
         return None
-    seen = _source_seen(t, flow, natted, oif, route.route.gateway or packet.dst)
+    seen = _source_seen(t, flow, natted, oif, route.route.gateway or packet.dst,
+                        destination=packet.dst)
     if seen is None:
         return None
     found["source_seen"] = seen
@@ -540,8 +541,10 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
               f"{seen} is not an address of this node: the reply comes back only if the "
               "network routes it here", certain=False)
     # The network routes the node's address to the link that holds it; anything else
-    # is assumed to come back the way the request left.
-    back_in = next((a.device for a in t.state.addresses if a.address == seen), oif)
+    # is assumed to come back the way the request left. ``lo`` is no link: an address
+    # there (an unnumbered uplink's, which masquerade borrows) is reached through it.
+    back_in = next((a.device for a in t.state.addresses
+                    if a.address == seen and a.device != "lo"), oif)
     if back_in != oif:
         t.add("reply", "return", "info", back_in,
               f"the reply to {seen} comes back on {back_in}, the interface that holds it")
@@ -584,7 +587,7 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
 
 
 def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
-                 nexthop: IPAddress) -> IPAddress | None:
+                 nexthop: IPAddress, *, destination: IPAddress) -> IPAddress | None:
     if natted is None or natted.nat is None:
         t.add("original", "nat", "info", "postrouting",
               f"no rule translates the source: the destination sees {flow.source}",
@@ -592,7 +595,7 @@ def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
         return flow.source
     if natted.nat.kind == "snat":
         return natted.nat.address
-    address = masquerade_source(t.state.addresses, oif, nexthop)
+    address = masquerade_source(t.state.addresses, oif, nexthop, destination)
     if address is None:
         t.add("original", "nat", "drop", oif,
               f"masquerade finds no address on {oif}", "masquerade-no-address")

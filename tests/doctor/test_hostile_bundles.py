@@ -9,9 +9,11 @@ end in a traceback. Each example edits one golden bundle in one place.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,3 +85,80 @@ def test_any_edit_of_a_line_of_a_saved_table_is_diagnosed_or_a_bundle_error(
     lines[index] = " ".join(edited)
     texts[name] = "\n".join(lines) + "\n"
     _diagnosed_or_refused(case, texts)
+
+
+@pytest.mark.parametrize("name", ["nft-ruleset.json", "routes-v4.json", "rules-v6.json",
+                                  "addr.json", "calico-ippools.json", "bundle.json"])
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "[" + "1" * 5000 + "]",
+                                  '{"missing": {"x": ' + "1" * 5000 + "}}"])
+def test_a_bundle_json_too_deep_or_with_a_huge_number_is_a_bundle_error(
+        tmp_path: Path, name: str, text: str) -> None:
+    """json.loads raises RecursionError on deep nesting and a plain ValueError on a
+    5000-digit integer: both were internal errors ("a bug: please report it")."""
+    shutil.copytree(GOLDEN / "healthy", tmp_path, dirs_exist_ok=True)
+    (tmp_path / name).write_text(text)
+    with pytest.raises(BundleError, match=name):
+        NodeState.from_capture(NodeCapture.read_dir(tmp_path))
+
+
+def _fan_out_iptables(levels: int) -> str:
+    lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             *(f":C{i} - [0:0]" for i in range(levels + 1)), "-A FORWARD -j C0"]
+    for i in range(levels):
+        lines += [f"-A C{i} -j C{i + 1}", f"-A C{i} -m set --match-set s src -j C{i + 1}"]
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def _fan_out_nft(levels: int) -> str:
+    items: list[dict[str, Any]] = [
+        {"table": {"family": "inet", "name": "fan", "handle": 9}},
+        {"chain": {"family": "inet", "table": "fan", "name": "fwd", "handle": 1,
+                   "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+        {"rule": {"family": "inet", "table": "fan", "chain": "fwd",
+                  "expr": [{"jump": {"target": "c0"}}]}}]
+    fib = {"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}},
+                     "right": "local"}}
+    for i in range(levels):
+        items.append({"chain": {"family": "inet", "table": "fan", "name": f"c{i}"}})
+        items += [{"rule": {"family": "inet", "table": "fan", "chain": f"c{i}",
+                            "expr": [*head, {"jump": {"target": f"c{i + 1}"}}]}}
+                  for head in ([], [fib])]
+    items.append({"chain": {"family": "inet", "table": "fan", "name": f"c{levels}"}})
+    return json.dumps({"nftables": items})
+
+
+@pytest.mark.parametrize("name", ["iptables-nft-v4.save", "nft-ruleset.json"])
+def test_chains_calling_each_other_repeatedly_end_in_an_unknown_verdict_not_a_hang(
+        name: str) -> None:
+    """A few hundred bytes: 40 chains, each calling the next twice (plainly and behind
+    a rule the doctor cannot evaluate, whose effect it tries). Depth was bounded,
+    breadth not: 2**40 rule evaluations. A walk stops after a bounded number of rule
+    evaluations and says so (the verdict is unknown)."""
+    texts = dict(NodeCapture.read_dir(GOLDEN / "healthy").texts)
+    if name.endswith(".save"):
+        kept = [p for p in texts[name].split("*") if p and not p.startswith("filter")]
+        texts[name] = "".join(f"*{p}" for p in kept) + _fan_out_iptables(40)
+    else:
+        texts[name] = _fan_out_nft(40)
+    state = NodeState.from_capture(NodeCapture.from_texts(texts))
+    result = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
+    assert result.verdict == "unknown"
+    assert any("rule evaluations" in s.detail for s in result.trace.steps)
+
+
+def test_a_fix_through_an_interface_k3snet_cannot_name_is_advice_not_an_error() -> None:
+    """A route through a device named ``10.0.0.0/8`` (an edited bundle): the fix the
+    doctor plans would go through it, and building it raised ModelError out of
+    :func:`diagnose` (hypothesis found it in the test above)."""
+    case = "route-shadowed-by-pod-route"
+    texts = dict(NodeCapture.read_dir(GOLDEN / case).texts)
+    routes = json.loads(texts["routes-v4.json"])
+    for route in routes:
+        if route["dst"] == "default":
+            route["dev"] = "10.0.0.0/8"
+    texts["routes-v4.json"] = json.dumps(routes)
+    flow = json.loads((GOLDEN / case / "expected.json").read_text())["flow"]
+    state = NodeState.from_capture(NodeCapture.from_texts(texts))
+    result = diagnose(state, Flow(flow["source"], flow["destination"], port=flow["port"]))
+    assert result.findings[0].fix == ()
+    assert "10.0.0.0/8" in (result.findings[0].advice or "")

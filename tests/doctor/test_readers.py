@@ -388,3 +388,121 @@ def test_a_multipath_route_reads_every_nexthop() -> None:
             hop["flags"] = ["dead", "linkdown"]
     one = next(r for r in parse_routes(down, 4) if str(r.destination) == "192.168.2.0/24")
     assert (one.nexthops, str(one.gateway), one.device) == ((), "192.168.4.1", "eth1")
+
+
+def test_an_unknown_rule_that_returns_makes_the_verdict_unknown() -> None:
+    """Taking an unknown RETURN skips the rest of its chain, where the verdict was
+    decided: a pod in ipset ``trusted`` is forwarded by the policy, so "blocked" by the
+    DROP after it is not certain (it was, the RETURN judged harmless)."""
+    filter_table = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+                    ":OUTPUT ACCEPT [0:0]\n:FW - [0:0]\n-A FORWARD -j FW\n"
+                    "-A FW -m set --match-set trusted src -j RETURN\n"
+                    "-A FW -s 10.42.0.0/16 -j DROP\nCOMMIT\n")
+    state = _state(**{"iptables-nft-v4.save": filter_table + K3S_NAT})
+    assert trace(state, FLOW).verdict is Verdict.UNKNOWN
+    fib = {"fib": {"flags": ["daddr"], "result": "type"}}
+    ruleset = _nft(_chain("fw", "fwd", "forward", 0), _chain("fw", "check"),
+                   _rule("fw", "fwd", {"jump": {"target": "check"}}),
+                   _rule("fw", "check", _match(fib, "unicast"), {"return": None}),
+                   _rule("fw", "check", _match(SADDR, {"prefix": {"addr": "10.42.0.0",
+                                                                  "len": 16}}), {"drop": None}),
+                   *MASQ_NFT)
+    assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.UNKNOWN
+
+
+def test_an_unknown_jump_to_a_chain_with_an_unknown_drop_makes_the_verdict_unknown() -> None:
+    """The trial of what an unknown jump would do had its own unknown rules ignored: a
+    chain that drops only when a second set matches was judged to return ("none")."""
+    filter_table = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+                    ":OUTPUT ACCEPT [0:0]\n:BL - [0:0]\n"
+                    "-A FORWARD -m set --match-set watched src -j BL\n"
+                    "-A BL -m set --match-set banned dst -j DROP\nCOMMIT\n")
+    state = _state(**{"iptables-nft-v4.save": filter_table + K3S_NAT})
+    assert trace(state, FLOW).verdict is Verdict.UNKNOWN
+    ruleset = _nft(_chain("fw", "fwd", "forward", 0), _chain("fw", "bl"),
+                   _rule("fw", "fwd", _match({"fib": {"flags": ["saddr"], "result": "type"}},
+                                             "unicast"), {"jump": {"target": "bl"}}),
+                   _rule("fw", "bl", _match({"fib": {"flags": ["daddr"], "result": "type"}},
+                                            "unicast"), {"drop": None}),
+                   *MASQ_NFT)
+    assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.UNKNOWN
+
+
+@pytest.mark.parametrize("statement", [
+    {"limit": {"rate": 10, "burst": 5, "per": "second", "inv": True}},
+    {"quota": {"val": 10, "val_unit": "mbytes", "inv": True}},
+    {"meter": {"key": SADDR, "name": "m", "size": 65535,
+               "stmt": {"limit": {"rate": 5, "burst": 5, "per": "second", "inv": True}}}},
+])
+def test_an_nft_rate_limit_over_does_not_match_a_flow_under_it(statement: Any) -> None:
+    """``limit rate over 10/second drop`` drops only beyond the rate: it was neutral,
+    so the rule always matched and one new flow was "blocked"."""
+    ruleset = _nft(_chain("rl", "fwd", "forward", 0),
+                   _rule("rl", "fwd", statement, {"drop": None}), *MASQ_NFT)
+    assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.REACHES
+
+
+def test_an_nft_rate_limit_under_matches_a_flow() -> None:
+    ruleset = _nft(_chain("rl", "fwd", "forward", 0, policy="drop"),
+                   _rule("rl", "fwd", {"limit": {"rate": 10, "per": "second"}},
+                         {"accept": None}), *MASQ_NFT)
+    assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.REACHES
+
+
+def test_an_option_of_a_module_the_reader_does_not_know_is_unknown() -> None:
+    """``-m connmark ! --mark 0x1`` matches the connection's mark, not the packet's: the
+    packet's ``--mark`` reading made it a confident no-match for a packet marked 0x1 by
+    mangle (the connection's mark is 0: the kernel accepts, the doctor said blocked)."""
+    tables = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+              ":POSTROUTING ACCEPT [0:0]\n-A PREROUTING -j MARK --set-xmark 0x1/0xffffffff\n"
+              "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n"
+              ":OUTPUT ACCEPT [0:0]\n-A FORWARD -m connmark ! --mark 0x1 -j ACCEPT\nCOMMIT\n")
+    state = _state(**{"iptables-nft-v4.save": tables + K3S_NAT})
+    assert trace(state, FLOW).verdict is Verdict.UNKNOWN
+
+
+def test_an_nft_snat_of_the_other_family_does_nothing_to_the_flow() -> None:
+    """In an ``inet`` table ``snat ip to ADDR`` translates IPv4 packets only
+    (nft_nat_inet_eval); for an IPv6 flow the rule goes on, here to a masquerade. It
+    was taken for the flow's translation: an IPv6 flow "seen" from an IPv4 address."""
+    v6 = Flow("fd42:42::10", "fd01:2::10", port=5432)
+    base = NodeCapture.read_dir(HEALTHY.parent / "healthy-v6")
+    ruleset = _nft(_chain("dual", "post", "postrouting", 100, kind="nat"),
+                   _rule("dual", "post", {"snat": {"family": "ip", "addr": "192.0.2.1"}}),
+                   _rule("dual", "post", {"masquerade": None}))
+    texts = {k: v for k, v in base.texts.items()
+             if not k.startswith("iptables-") and k != "nft-ruleset.json"}
+    state = NodeState.from_capture(NodeCapture({**texts, "nft-ruleset.json": ruleset}))
+    result = trace(state, v6)
+    assert result.verdict is Verdict.REACHES
+    assert str(result.source_seen) == "fd01:1::5"
+
+
+def test_iptables_save_with_counters_keeps_its_rules() -> None:
+    """``iptables-save -c`` prefixes each rule with ``[packets:bytes]``: such lines were
+    skipped, so a bundle saved by hand with ``-c`` lost its DROP and "reached"."""
+    tables = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [10:600]\n:OUTPUT ACCEPT [0:0]\n"
+              "[3:180] -A FORWARD -s 10.42.0.0/16 -j DROP\nCOMMIT\n")
+    state = _state(**{"iptables-nft-v4.save": tables + K3S_NAT})
+    assert trace(state, FLOW).verdict is Verdict.BLOCKED
+
+
+def _ingress(device: Any, *expr: dict[str, Any], family: str = "netdev") -> list[Any]:
+    chain = {"family": family, "table": "edge", "name": "in", "type": "filter",
+             "hook": "ingress", "prio": 0, "policy": "accept", "dev": device}
+    return [{"chain": chain}, _rule("edge", "in", *expr, family=family)]
+
+
+@pytest.mark.parametrize("family", ["netdev", "inet"])
+def test_an_nft_ingress_chain_on_the_pods_interface_drops_before_prerouting(
+        family: str) -> None:
+    """A ``netdev`` (or ``inet``) ingress chain runs before prerouting on its device:
+    its drop was not seen (only prerouting, forward and postrouting were read), so the
+    flow "reached"."""
+    drop = _match(SADDR, {"prefix": {"addr": "10.42.0.0", "len": 16}})
+    ruleset = _nft(*_ingress("cni0", drop, {"drop": None}, family=family), *MASQ_NFT)
+    result = trace(_state(**{"nft-ruleset.json": ruleset}), FLOW)
+    assert result.verdict is Verdict.BLOCKED
+    elsewhere = _nft(*_ingress(["eth1", "docker0"], drop, {"drop": None}, family=family),
+                     *MASQ_NFT)
+    assert trace(_state(**{"nft-ruleset.json": elsewhere}), FLOW).verdict is Verdict.REACHES
