@@ -71,6 +71,7 @@ from k3snet.model.cilium import (
     CiliumConfig,
     cilium_target,
     setting_problem,
+    startup_problems,
 )
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
@@ -627,6 +628,7 @@ class CiliumBackend(BackendBase):
             new_members, agent_record = self._edit_agent(new_members, agent_record, change,
                                                          agent_text, read.agent is not None)
             owned = after if isinstance(after, CiliumConfig) else None
+        problems += self._startup_problems(read.config.data, data)
         if problems:
             raise PlanError("cilium backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))
@@ -634,6 +636,19 @@ class CiliumBackend(BackendBase):
                    if data.get(k) != read.config.data.get(k)}
         return _Edit(changed, config_record, *self._agent_outcome(
             read, agent_text, members, new_members, agent_record))
+
+    def _startup_problems(self, before: dict[str, str], after: dict[str, str]) -> list[str]:
+        """The combinations of ``after`` the Cilium agent refuses to start with that
+        ``before`` did not have (a config already refused is not k3snet's to judge)."""
+        def problems(data: dict[str, str]) -> list[str]:
+            known = (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
+            return startup_problems(CiliumConfig(self.target, settings={
+                k: v for k, v in data.items() if k in known and isinstance(v, str)}))
+
+        had = problems(before)
+        return [f"{problem}: every Cilium agent would refuse to start with it (and restart "
+                f"for ever, pods without network on its node); {self._where()} is left as "
+                "it is" for problem in problems(after) if problem not in had]
 
     @staticmethod
     def _edit_config(data: dict[str, str], record: dict[str, str | None] | None,
