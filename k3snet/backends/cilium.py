@@ -43,7 +43,15 @@ from typing import Any
 
 import attrs
 
-from k3snet._gojson import GO_SPACE, MAX_NESTING, JsonTextError, fold, load_json, nests_deeper
+from k3snet._gojson import (
+    GO_SPACE,
+    MAX_NESTING,
+    JsonTextError,
+    excessive_aliasing,
+    fold,
+    load_json,
+    nests_deeper,
+)
 from k3snet.backends.base import ApplyResult, ensure_capable
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
@@ -166,6 +174,14 @@ def _parse_agent_yaml(text: str, where: str) -> Any:
         raise BackendError(too_deep) from None
     if nests_deeper(value, MAX_NESTING, shared=True):  # aliases share containers
         raise BackendError(too_deep)
+    expanded = excessive_aliasing(value)
+    if expanded is not None:
+        # Read as a tree (every check and write below does), it would take time and
+        # memory in its expanded size: a hang, then the liveness probe's kill, for ever.
+        raise BackendError(f"{where}: the ip-masq-agent config's YAML aliases expand it to "
+                           f"{expanded:.3g} nodes, almost all through aliases: Go's YAML "
+                           "decoder refuses such excessive aliasing, so Cilium cannot read it "
+                           "either; k3snet does not read it")
     if isinstance(value, dict):
         # Cilium turns YAML into a JSON object with sorted keys before decoding it; which of
         # two spellings of a field wins there is not worth a reader to guess.

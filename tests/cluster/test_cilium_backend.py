@@ -376,18 +376,42 @@ def test_an_ip_masq_agent_config_cilium_cannot_read_is_an_error_naming_it(
     assert reason in str(info.value)
 
 
-def test_a_yaml_config_sharing_structures_through_aliases_is_read_in_its_size(
+def _laughs(levels: int, fanout: int, key: str = "unread") -> str:
+    """A YAML document whose aliases expand to ``fanout ** levels`` values under ``key``."""
+    lines = [f"l0: &l0 [{', '.join(['10.0.0.0/8'] * fanout)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * fanout)}]" for i in range(1, levels)]
+    return "\n".join([*lines, f"{key}: *l{levels - 1}", "masqLinkLocal: true", ""])
+
+
+def test_a_yaml_config_sharing_structures_through_aliases_is_judged_in_its_size(
     k3s_cilium: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
-    # 9**9 paths through 9 lists: the nesting check must not walk every path.
-    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
-    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
-    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent("\n".join([*lines, "masqLinkLocal: true", ""])))
+    # 9**9 paths through 9 lists: neither the nesting check nor the aliasing check may
+    # walk every path. Go's YAML decoder (Cilium's) refuses it: excessive aliasing.
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(_laughs(9, 9)))
     start = time.perf_counter()
-    (foreign,) = backend.observe().foreign
+    with pytest.raises(BackendError, match="excessive aliasing"):
+        backend.observe()
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("key", ["unread", "nonMasqueradeCIDRs"])
+def test_yaml_aliases_are_read_or_refused_as_go_s_yaml_decoder_does(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, key: str
+) -> None:
+    # go-yaml's own reference: 10**3 values through aliases decode, 10**4 are "excessive
+    # aliasing". Read as a tree, 2**40 of them under nonMasqueradeCIDRs hung the agent.
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(_laughs(3, 10)))
+    (foreign,) = backend.observe().foreign
     assert isinstance(foreign, CiliumConfig)
-    assert foreign.ip_masq_agent == {"masqLinkLocal": True}
+    assert foreign.ip_masq_agent is not None
+    assert foreign.ip_masq_agent["masqLinkLocal"] is True
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(_laughs(4, 10, key)))
+    with pytest.raises(BackendError, match=r"ConfigMap kube-system/ip-masq-agent: .* "
+                                           r"expand it to 2\.58e\+04 nodes, almost all "
+                                           r"through aliases: Go's YAML decoder refuses such "
+                                           "excessive aliasing"):
+        backend.observe()
 
 
 def test_a_json_config_with_a_key_in_two_spellings_is_edited_where_cilium_reads_it(
