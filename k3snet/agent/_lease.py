@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,13 @@ class LeaseSettings:
     """The holder stops writing when it could not renew for this long."""
     retry_period: float = 2.0
     """Seconds between two reads (candidates) or renewals (the holder)."""
+
+    @property
+    def duration_seconds(self) -> int:
+        """``duration`` as the Lease's whole ``leaseDurationSeconds``: rounded up, so that
+        candidates reading it never wait less than the holder's ``renew_deadline`` (and
+        never 0, which the API server refuses)."""
+        return math.ceil(self.duration)
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.retry_period < self.renew_deadline < self.duration:
@@ -176,7 +184,7 @@ class LeaderElector:
         body: dict[str, Any] = {
             "metadata": {"resourceVersion": lease.metadata.resource_version},
             "spec": {"holderIdentity": self.identity,
-                     "leaseDurationSeconds": int(s.duration),
+                     "leaseDurationSeconds": s.duration_seconds,
                      "renewTime": wall},
         }
         if not mine:
@@ -200,7 +208,7 @@ class LeaderElector:
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": s.name, "namespace": s.namespace,
                          "labels": {"app.kubernetes.io/managed-by": "k3snet"}},
-            "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": int(s.duration),
+            "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": s.duration_seconds,
                      "acquireTime": wall, "renewTime": wall, "leaseTransitions": 0},
         }
         try:

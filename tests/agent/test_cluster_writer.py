@@ -505,3 +505,26 @@ def test_an_agent_restarted_on_the_holder_s_node_takes_the_lease_once_it_lapses(
     lease = server.get(LEASES, SETTINGS.name, SETTINGS.namespace)
     assert lease is not None
     assert lease["spec"]["leaseTransitions"] == 1  # a new holder, though the same name
+
+
+def test_a_fractional_lease_duration_never_lets_a_candidate_in_before_the_renew_deadline(
+    server: EmulatedApiServer, clock: FakeClock
+) -> None:
+    # 1.5 s was written as 1 s: a candidate took the Lease after 1.1 s while the holder,
+    # unable to renew, still led until its 1.2 s renew deadline: two writers.
+    settings = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=1.5,
+                             renew_deadline=1.2, retry_period=0.5)
+    api = server.api_client()
+    holder = _Stepped(api, "node-a", settings, clock=clock)
+    candidate = _Stepped(api, "node-b", settings, clock=clock)
+    assert holder.step()
+    assert not candidate.step()
+    clock.now += 1.1
+    assert not candidate.step()
+    assert holder.is_leader
+    lease = server.get(LEASES, settings.name, settings.namespace)
+    assert lease is not None
+    assert lease["spec"]["leaseDurationSeconds"] == 2  # rounded up, never 0
+    clock.now += 1.0  # past the renew deadline and the Lease's 2 s
+    assert not holder.is_leader
+    assert candidate.step()
