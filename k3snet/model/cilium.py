@@ -189,11 +189,15 @@ def startup_problems(config: CiliumConfig) -> list[str]:
 
     The combinations the agent's daemon initialisation returns an error for (Cilium
     1.17 to main, ``daemon/cmd``): the agent exits and restarts for ever, and pods on
-    that node get no network. Masquerading "on" is ``enable-ipv4-masquerade`` or
-    ``enable-ipv6-masquerade``. (Cilium before 1.19 also refuses eBPF masquerading
-    without BPF NodePort; k3snet does not read the kube-proxy replacement keys.)
+    that node get no network. Masquerading is "on" as Cilium's ``MasqueradingEnabled``
+    says: ``enable-ipv4-masquerade`` with ``enable-ipv4``, or ``enable-ipv6-masquerade``
+    with ``enable-ipv6`` (the agent clears a family's masquerade flag when the family is
+    off; Helm writes ``enable-ipv6-masquerade: "true"`` beside ``enable-ipv6: "false"``).
+    (Cilium before 1.19 also refuses eBPF masquerading without BPF NodePort; k3snet does
+    not read the kube-proxy replacement keys.)
     """
-    masquerading = config.flag("enable-ipv4-masquerade") or config.flag("enable-ipv6-masquerade")
+    masquerading = any(config.flag(f"enable-ipv{family}-masquerade")
+                       and config.flag(f"enable-ipv{family}") for family in (4, 6))
     bpf = config.flag("enable-bpf-masquerade")
     found = []
     if masquerading and bpf:

@@ -26,6 +26,7 @@ from k3snet.backends.registry import create_backend
 from k3snet.converge import compile_for
 from k3snet.errors import ApplyError, BackendError, PlanError
 from k3snet.model.cilium import (
+    CILIUM_CONTEXT_KEYS,
     CILIUM_DEFAULT_TARGET,
     CILIUM_KEYS,
     CiliumConfig,
@@ -151,7 +152,7 @@ def cilium_configs(target: str = TARGET) -> SearchStrategy[CiliumConfig]:
 
 
 def _cilium_starts_with(settings: dict[str, str]) -> bool:
-    helm = {k: v for k, v in HELM_K3S_DATA.items() if k in CILIUM_KEYS}
+    helm = {k: v for k, v in HELM_K3S_DATA.items() if k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)}
     return not startup_problems(CiliumConfig(TARGET, settings={**helm, **settings}))
 
 
@@ -460,6 +461,10 @@ CILIUM_REFUSES_TO_START = {
                                    "enable-ipv6-masquerade": "false"},
                                   {"enable-bpf-masquerade": "true"},
                                   "enable-bpf-masquerade: true needs enable-ipv4-masquerade"),
+    # Helm's enable-ipv6-masquerade: "true" counts for nothing with enable-ipv6: "false".
+    "ebpf-with-masquerading-only-for-a-family-that-is-off": (
+        {"enable-ipv4-masquerade": "false"}, {"enable-bpf-masquerade": "true"},
+        "enable-bpf-masquerade: true needs enable-ipv4-masquerade"),
 }
 
 
