@@ -264,6 +264,7 @@ def _emulator_class() -> type[Any]:
                 metadata.setdefault("creationTimestamp", datetime.datetime.now(
                     tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
                 managed: list[dict[str, Any]] = []
+                taken: set[str] = set()
             else:
                 raw = copy.deepcopy(stored.raw)
                 metadata = raw.setdefault("metadata", {})
@@ -282,6 +283,7 @@ def _emulator_class() -> type[Any]:
                 clashes = sorted(
                     (field, owner[0]) for owner, fields in owners.items() if owner != me
                     for field in fields if field in spec and current.get(field) != spec[field])
+                taken = {field for field, _ in clashes}  # forced: only these change hands
                 if clashes and not force:
                     listed = ", ".join(f'conflict with "{o}": .spec.{f}' for f, o in clashes)
                     raise KubernetesError(status=409, reason="Conflict",
@@ -298,9 +300,10 @@ def _emulator_class() -> type[Any]:
                     if isinstance(body_meta.get(part), dict):
                         metadata.setdefault(part, {}).update(body_meta[part])
             managed = [e for e in managed if _manager_key(e) != (manager, "Apply")]
-            if force:  # forced: the fields taken over are no longer the others'
+            if force:  # forced: the fields taken over are no longer the others'; fields
+                # applied with the value they had stay shared, as on the real server
                 for entry in managed:
-                    fields = [f for f in _applied_spec_fields(entry) if f not in spec]
+                    fields = [f for f in _applied_spec_fields(entry) if f not in taken]
                     entry["fieldsV1"] = {"f:spec": {f"f:{f}": {} for f in fields}}
             managed.append(_spec_entry(manager, "Apply", raw.get("apiVersion", ""),
                                        applied_fields))

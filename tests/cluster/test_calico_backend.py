@@ -291,6 +291,32 @@ def test_a_pool_k3snet_created_changes_in_place_though_its_create_holds_every_fi
     assert backend.observe().owned == {again}
 
 
+def test_the_emulator_keeps_managers_apart_by_operation_as_the_api_server_does(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # What the calico backend's force rests on (kubernetes/kubernetes#107417): a create
+    # is an Update entry; a forced apply takes only the fields it changes from it.
+    from kubernetes import client  # noqa: PLC0415 - optional dependency
+
+    objects = client.CustomObjectsApi(api_client)
+    body = _pool_resource("p", {"cidr": "10.9.0.0/16", "natOutgoing": True})
+    objects.create_cluster_custom_object("crd.projectcalico.org", "v1", "ippools", body,
+                                         field_manager="me")
+    applied = {**body, "spec": {"cidr": "10.9.0.0/16", "natOutgoing": False}}
+    with pytest.raises(client.ApiException, match=r'conflict with \\"me\\": .spec.natOutgoing'):
+        objects.patch_cluster_custom_object(
+            "crd.projectcalico.org", "v1", "ippools", "p", applied, field_manager="me",
+            _content_type="application/apply-patch+yaml")
+    objects.patch_cluster_custom_object(
+        "crd.projectcalico.org", "v1", "ippools", "p", applied, field_manager="me",
+        force=True, _content_type="application/apply-patch+yaml")
+    stored = api_server.get(CRD, "p")
+    assert stored is not None
+    owned = {(e["manager"], e["operation"]): sorted(e["fieldsV1"]["f:spec"])
+             for e in stored["metadata"]["managedFields"]}
+    assert owned == {("me", "Update"): ["f:cidr"], ("me", "Apply"): ["f:cidr", "f:natOutgoing"]}
+
+
 def test_a_field_an_admin_edited_is_a_conflict_though_k3snet_created_the_pool(
     api_server: EmulatedApiServer, api_client: Any
 ) -> None:
