@@ -7,7 +7,9 @@ with ``{``) decode with Go's ``encoding/json``. Python's :mod:`json` accepts mor
 unchanged (an integer too long for ``int``, a float beyond double range). :func:`fold`
 is how Go matches a key to a field name. Nesting
 is measured before parsing, without recursion, by :func:`text_nests_deeper`;
-parsed data by :func:`nests_deeper` (the spec reader uses it too).
+parsed data by :func:`nests_deeper` (the spec reader uses it too). YAML whose
+aliases expand it beyond what Go's YAML decoder accepts is found by
+:func:`excessive_aliasing`, in the size of the document, not of its expansion.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["GO_SPACE", "MAX_NESTING", "JsonTextError", "fold", "load_json", "nests_deeper",
-           "text_nests_deeper"]
+__all__ = ["GO_SPACE", "MAX_NESTING", "JsonTextError", "excessive_aliasing", "fold",
+           "load_json", "nests_deeper", "text_nests_deeper"]
 
 MAX_NESTING = 128
 """The deepest nesting of objects and arrays k3snet reads in a Go program's JSON
@@ -84,6 +86,90 @@ def nests_deeper(value: Any, limit: int, *, shared: bool = False) -> bool:
             children: Iterator[Any] = iter(item.values() if isinstance(item, dict) else item)
             stack.extend((child, depth + 1) for child in children)
     return False
+
+
+# go-yaml's (v2 and v3, under sigs.k8s.io/yaml) limits on alias expansion: its
+# decoder fails "document contains excessive aliasing" once more than 100 of more
+# than 1000 decoded nodes came from aliases and their share exceeds this ratio.
+_ALIAS_RANGE = (400_000, 4_000_000)
+
+
+def _allowed_alias_ratio(decoded: int) -> float:
+    low, high = _ALIAS_RANGE
+    if decoded <= low:
+        return 0.99
+    if decoded >= high:
+        return 0.10
+    return 0.99 - 0.89 * (decoded - low) / (high - low)
+
+
+def _members(item: dict[Any, Any] | list[Any]) -> list[Any]:
+    """What go-yaml decodes one node at a time: a mapping's keys and values, a list's items."""
+    return [*item.keys(), *item.values()] if isinstance(item, dict) else item
+
+
+def excessive_aliasing(value: Any) -> int | None:
+    """The number of nodes go-yaml decodes for parsed YAML ``value`` when it refuses the
+    document for excessive aliasing (Cilium reads its files with it); else ``None``.
+
+    A container PyYAML shares between places was written once (its anchor, the
+    first place in document order) and referred to by aliases elsewhere; go-yaml
+    decodes an alias node and then its target again, counting those nodes as
+    aliased. Sizes are memoised per container, so a few lines whose aliases expand
+    to 2**40 values are judged in their own size. ``value`` must be known to nest
+    at most :data:`MAX_NESTING` levels (:func:`nests_deeper`): the walk recurses.
+    The verdict is go-yaml's final one; its running check may stop a document
+    earlier, never later.
+    """
+    aliases: set[tuple[int, int]] = set()  # (container id, member index) of alias nodes
+    seen: set[int] = set()
+
+    def classify(item: Any) -> None:
+        seen.add(id(item))
+        for index, member in enumerate(_members(item)):
+            if isinstance(member, dict | list):
+                if id(member) in seen:
+                    aliases.add((id(item), index))
+                else:
+                    classify(member)
+
+    costs: dict[int, tuple[int, int]] = {}
+
+    def cost(item: Any) -> tuple[int, int]:
+        """(values in the expansion of ``item``, alias nodes decoded in it)."""
+        known = costs.get(id(item))
+        if known is None:
+            size, refs = 1, 0
+            for index, member in enumerate(_members(item)):
+                if isinstance(member, dict | list):
+                    more, inner = cost(member)
+                    size, refs = size + more, refs + inner + ((id(item), index) in aliases)
+                else:
+                    size += 1
+            known = costs[id(item)] = (size, refs)
+        return known
+
+    def aliased(item: Any) -> int:
+        """Nodes decoded inside aliases met outside any alias (below ``item``)."""
+        total = 0
+        for index, member in enumerate(_members(item)):
+            if isinstance(member, dict | list):
+                if (id(item), index) in aliases:
+                    total += sum(cost(member))
+                else:
+                    total += aliased(member)
+        return total
+
+    if not isinstance(value, dict | list):
+        return None
+    classify(value)
+    size, refs = cost(value)
+    decoded = 1 + size + refs  # the document node, every value, every alias node
+    via_alias = aliased(value)
+    if via_alias > 100 and decoded > 1000 and via_alias / decoded > _allowed_alias_ratio(
+            decoded):
+        return decoded
+    return None
 
 
 def _no_constant(name: str) -> Any:

@@ -6,7 +6,11 @@ synchronous ``kubernetes`` client:
 * a candidate reads the Lease every ``retry_period``; it takes it when it does
   not exist (create), has no holder, or has not changed for ``duration`` seconds
   *as seen by this candidate's own clock* (so clock skew between nodes does not
-  matter: only the holder's renewals, observed locally, count);
+  matter: only the holder's renewals, observed locally, count). A Lease naming
+  this candidate's identity is its own only if this elector acquired it: the
+  identity is the node's name, shared by every process on the node (``agent
+  --once`` by hand beside the DaemonSet's agent, an agent restarted after a
+  crash), so any other holder waits it out like a foreign one;
 * every write is a merge patch carrying the ``resourceVersion`` read, so of two
   candidates racing for an expired Lease exactly one wins (the other gets 409);
 * the holder renews every ``retry_period`` and considers itself leader only
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +58,13 @@ class LeaseSettings:
     """The holder stops writing when it could not renew for this long."""
     retry_period: float = 2.0
     """Seconds between two reads (candidates) or renewals (the holder)."""
+
+    @property
+    def duration_seconds(self) -> int:
+        """``duration`` as the Lease's whole ``leaseDurationSeconds``: rounded up, so that
+        candidates reading it never wait less than the holder's ``renew_deadline`` (and
+        never 0, which the API server refuses)."""
+        return math.ceil(self.duration)
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.retry_period < self.renew_deadline < self.duration:
@@ -161,16 +173,21 @@ class LeaderElector:
             self._observed, self._observed_at = record, now
         duration = (spec.lease_duration_seconds if spec is not None
                     and spec.lease_duration_seconds else s.duration)
-        if holder and holder != self.identity and now - self._observed_at < duration:
+        # Ours only if this elector acquired or renewed it: the identity is the node's
+        # name, and another process on the node (`agent --once` by hand, a restarted
+        # agent) reads the same name while the first still renews it.
+        with self._lock:
+            mine = holder == self.identity and self._leader
+        if holder and not mine and now - self._observed_at < duration:
             return False, None  # held by someone else, and alive as far as we can tell
         transitions = (spec.lease_transitions or 0) if spec is not None else 0
         body: dict[str, Any] = {
             "metadata": {"resourceVersion": lease.metadata.resource_version},
             "spec": {"holderIdentity": self.identity,
-                     "leaseDurationSeconds": int(s.duration),
+                     "leaseDurationSeconds": s.duration_seconds,
                      "renewTime": wall},
         }
-        if holder != self.identity:
+        if not mine:
             body["spec"]["acquireTime"] = wall
             body["spec"]["leaseTransitions"] = transitions + 1
         try:
@@ -191,7 +208,7 @@ class LeaderElector:
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": s.name, "namespace": s.namespace,
                          "labels": {"app.kubernetes.io/managed-by": "k3snet"}},
-            "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": int(s.duration),
+            "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": s.duration_seconds,
                      "acquireTime": wall, "renewTime": wall, "leaseTransitions": 0},
         }
         try:

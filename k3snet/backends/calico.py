@@ -41,7 +41,10 @@ never changed.
 meanwhile); a change is a server-side apply of the pool's whole spec with the
 field manager ``k3snet`` and the ``resourceVersion`` read (a concurrent edit
 gives 409, nothing is written; a field another manager owns gives a 409
-conflict too, never forced). Each request goes to one object, so ``apply``
+conflict too, never forced). The API server keys managers by name and
+operation, so the ``POST`` that created a pool is a second "k3snet" holding
+its fields; the apply is forced when that create is the only other holder of
+a field it changes (kubernetes/kubernetes#107417). Each request goes to one object, so ``apply``
 undoes what it did when a later request fails (a kit
 :class:`~k3snet.backends.kit.Compensation`: deletes what it created, applies
 back what it changed, re-creates what it deleted).
@@ -598,16 +601,43 @@ class _Run:
                             lambda: self.create(name, recreate, record=False))
         self.raw.pop(name, None)
 
-    def _apply(self, what: str, name: str, body: dict[str, Any]) -> Any:
-        # Server-side apply: the whole spec k3snet manages, under its field manager, not
-        # forced (a field another manager owns is a 409 conflict, never taken over).
+    def _apply(self, what: str, name: str, body: dict[str, Any], *, force: bool = False
+               ) -> Any:
+        # Server-side apply: the whole spec k3snet manages, under its field manager. Not
+        # forced unless only k3snet's own create holds the fields (see _own_create_holds):
+        # a field another manager owns is a 409 conflict, never taken over.
         return self._call(
             what,
             lambda: self.backend._objects.patch_cluster_custom_object(
                 self.group, self.version, PLURAL, name, body,
-                field_manager=self.backend.field_manager, force=False,
+                field_manager=self.backend.field_manager, force=force,
                 _content_type=APPLY_CONTENT_TYPE, _request_timeout=self.backend.timeout),
         )
+
+    def _own_create_holds(self, name: str, changed: list[str]) -> bool:
+        """Whether an apply of ``changed`` (top-level spec fields) must be forced to take
+        them from k3snet's own create, and may be.
+
+        The API server tells managers apart by name *and* operation: the ``POST`` that
+        created the pool recorded an ``Update`` entry for ``k3snet``, and a non-forced
+        apply by ``k3snet`` conflicts with it (kubernetes/kubernetes#107417). Forced is
+        right only when no other manager holds a changed field; the ``resourceVersion``
+        the apply carries guarantees the ownership is still what was read.
+        """
+        metadata = (self.raw.get(name) or {}).get("metadata") or {}
+        mine = others = False
+        for entry in metadata.get("managedFields") or ():
+            if not isinstance(entry, Mapping):
+                continue
+            fields = ((entry.get("fieldsV1") or {}).get("f:spec")) or {}
+            if not isinstance(fields, Mapping) or not any(f"f:{k}" in fields for k in changed):
+                continue
+            manager, operation = entry.get("manager"), entry.get("operation")
+            if manager == self.backend.field_manager and operation == "Update":
+                mine = True
+            elif not (manager == self.backend.field_manager and operation == "Apply"):
+                others = True
+        return mine and not others
 
     def server_side_apply(self, before: IPPool, after: IPPool) -> None:
         old, new = before.to_spec(explicit=after.extra_spec()), after.to_spec(
@@ -616,7 +646,8 @@ class _Run:
         metadata = (self.raw.get(before.name) or {}).get("metadata") or {}
         applied = self._apply(f"apply IPPool {before.name} ({', '.join(changed)})",
                               before.name, self._body(after, metadata.get("resourceVersion"),
-                                                      reset=before))
+                                                      reset=before),
+                              force=self._own_create_holds(before.name, changed))
         if isinstance(applied, dict):
             self.raw[before.name] = applied
         self._will_undo(f"apply back IPPool {before.name}",

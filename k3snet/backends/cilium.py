@@ -43,7 +43,15 @@ from typing import Any
 
 import attrs
 
-from k3snet._gojson import GO_SPACE, MAX_NESTING, JsonTextError, fold, load_json, nests_deeper
+from k3snet._gojson import (
+    GO_SPACE,
+    MAX_NESTING,
+    JsonTextError,
+    excessive_aliasing,
+    fold,
+    load_json,
+    nests_deeper,
+)
 from k3snet.backends.base import ApplyResult, ensure_capable
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
@@ -71,6 +79,7 @@ from k3snet.model.cilium import (
     CiliumConfig,
     cilium_target,
     setting_problem,
+    startup_problems,
 )
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
@@ -165,6 +174,14 @@ def _parse_agent_yaml(text: str, where: str) -> Any:
         raise BackendError(too_deep) from None
     if nests_deeper(value, MAX_NESTING, shared=True):  # aliases share containers
         raise BackendError(too_deep)
+    expanded = excessive_aliasing(value)
+    if expanded is not None:
+        # Read as a tree (every check and write below does), it would take time and
+        # memory in its expanded size: a hang, then the liveness probe's kill, for ever.
+        raise BackendError(f"{where}: the ip-masq-agent config's YAML aliases expand it to "
+                           f"{expanded:.3g} nodes, almost all through aliases: Go's YAML "
+                           "decoder refuses such excessive aliasing, so Cilium cannot read it "
+                           "either; k3snet does not read it")
     if isinstance(value, dict):
         # Cilium turns YAML into a JSON object with sorted keys before decoding it; which of
         # two spellings of a field wins there is not worth a reader to guess.
@@ -627,6 +644,7 @@ class CiliumBackend(BackendBase):
             new_members, agent_record = self._edit_agent(new_members, agent_record, change,
                                                          agent_text, read.agent is not None)
             owned = after if isinstance(after, CiliumConfig) else None
+        problems += self._startup_problems(read.config.data, data)
         if problems:
             raise PlanError("cilium backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))
@@ -634,6 +652,19 @@ class CiliumBackend(BackendBase):
                    if data.get(k) != read.config.data.get(k)}
         return _Edit(changed, config_record, *self._agent_outcome(
             read, agent_text, members, new_members, agent_record))
+
+    def _startup_problems(self, before: dict[str, str], after: dict[str, str]) -> list[str]:
+        """The combinations of ``after`` the Cilium agent refuses to start with that
+        ``before`` did not have (a config already refused is not k3snet's to judge)."""
+        def problems(data: dict[str, str]) -> list[str]:
+            known = (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
+            return startup_problems(CiliumConfig(self.target, settings={
+                k: v for k, v in data.items() if k in known and isinstance(v, str)}))
+
+        had = problems(before)
+        return [f"{problem}: every Cilium agent would refuse to start with it (and restart "
+                f"for ever, pods without network on its node); {self._where()} is left as "
+                "it is" for problem in problems(after) if problem not in had]
 
     @staticmethod
     def _edit_config(data: dict[str, str], record: dict[str, str | None] | None,

@@ -66,6 +66,7 @@ __all__ = [
     "parse_go_bool",
     "pool_problems",
     "setting_problem",
+    "startup_problems",
     "why_not_masqueraded",
 ]
 
@@ -180,6 +181,40 @@ def setting_problem(key: str, value: str) -> str | None:  # noqa: PLR0911 - one 
             not value.strip() or any(ord(c) < 0x20 for c in value)):
         return f"{key}: expected interface names, got {value!r}"
     return None
+
+
+def startup_problems(config: CiliumConfig) -> list[str]:
+    """Why the Cilium agent refuses to start with the ``cilium-config`` keys of ``config``
+    (empty: it starts).
+
+    The combinations the agent's daemon initialisation returns an error for (Cilium
+    1.17 to main, ``daemon/cmd``): the agent exits and restarts for ever, and pods on
+    that node get no network. Masquerading is "on" as Cilium's ``MasqueradingEnabled``
+    says: ``enable-ipv4-masquerade`` with ``enable-ipv4``, or ``enable-ipv6-masquerade``
+    with ``enable-ipv6`` (the agent clears a family's masquerade flag when the family is
+    off; Helm writes ``enable-ipv6-masquerade: "true"`` beside ``enable-ipv6: "false"``).
+    (Cilium before 1.19 also refuses eBPF masquerading without BPF NodePort; k3snet does
+    not read the kube-proxy replacement keys.)
+    """
+    masquerading = any(config.flag(f"enable-ipv{family}-masquerade")
+                       and config.flag(f"enable-ipv{family}") for family in (4, 6))
+    bpf = config.flag("enable-bpf-masquerade")
+    found = []
+    if masquerading and bpf:
+        interfaces = (config.value("egress-masquerade-interfaces") or "").replace(",", " ")
+        if interfaces.split():
+            found.append("eBPF masquerading (enable-bpf-masquerade: true) refuses "
+                         "egress-masquerade-interfaces (Cilium: use --devices instead)")
+        if config.flag("enable-masquerade-to-route-source"):
+            found.append("eBPF masquerading (enable-bpf-masquerade: true) does not support "
+                         "enable-masquerade-to-route-source: true")
+    elif config.flag("enable-ip-masq-agent"):
+        found.append("enable-ip-masq-agent: true needs enable-bpf-masquerade: true and "
+                     "enable-ipv4-masquerade or enable-ipv6-masquerade true")
+    elif bpf:
+        found.append("enable-bpf-masquerade: true needs enable-ipv4-masquerade or "
+                     "enable-ipv6-masquerade true")
+    return found
 
 
 def _settings(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> JsonMapping:

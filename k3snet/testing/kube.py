@@ -32,10 +32,13 @@ the smallest extension the backends' contract needs (``_Emulator``):
   ``metadata.resourceVersion`` in the body is a precondition (409); the
   top-level ``spec`` fields each manager applied are recorded in
   ``metadata.managedFields`` (``fieldsV1``, as the real server writes them); a
-  field another manager applied with a different value is a 409 conflict unless
+  field another manager owns with a different value is a 409 conflict unless
   ``force=true``; a field the manager applied before and leaves out now is
-  removed (unless another manager applied it too). Ownership is tracked per
-  top-level ``spec`` field only, and only for apply requests.
+  removed (unless another manager owns it too). As on the real server, a
+  manager is its name *and* its operation: a create or merge patch records an
+  ``Update`` entry for its ``fieldManager`` (else the User-Agent's product), and
+  an apply by the same name conflicts with it (kubernetes/kubernetes#107417).
+  Ownership is tracked per top-level ``spec`` field only.
 
 ``dryRun`` is not emulated (kmock would act on the request).
 """
@@ -142,11 +145,51 @@ _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotF
 
 
 def _applied_spec_fields(entry: Mapping[str, Any]) -> list[str]:
-    """The top-level ``spec`` fields one ``managedFields`` entry of an apply owns."""
-    if entry.get("operation") != "Apply":
-        return []
+    """The top-level ``spec`` fields one ``managedFields`` entry owns (Apply or Update)."""
     spec = ((entry.get("fieldsV1") or {}).get("f:spec")) or {}
     return [name[2:] for name in spec if name.startswith("f:")]
+
+
+def _manager_key(entry: Mapping[str, Any]) -> tuple[str, str]:
+    """A manager as the real server tells them apart: its name and its operation."""
+    return str(entry.get("manager")), str(entry.get("operation"))
+
+
+def _spec_entry(manager: str, operation: str, api_version: str,
+                fields: Iterable[str]) -> dict[str, Any]:
+    return {"manager": manager, "operation": operation, "apiVersion": api_version,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {f"f:{f}": {} for f in sorted(fields)}}}
+
+
+def _updated_managed_fields(managed: list[dict[str, Any]], manager: str, api_version: str,
+                            changed: Iterable[str]) -> list[dict[str, Any]]:
+    """``managed`` after an Update by ``manager`` that set the top-level spec fields
+    ``changed``: they become its own, and no longer anyone else's."""
+    changed = set(changed)
+    if not changed:
+        return managed
+    out = []
+    mine: set[str] = set()
+    for entry in managed:
+        fields = set(_applied_spec_fields(entry))
+        if _manager_key(entry) == (manager, "Update"):
+            mine |= fields
+            continue
+        out.append({**entry, "fieldsV1": {"f:spec": {f"f:{f}": {}
+                                                     for f in sorted(fields - changed)}}})
+    out.append(_spec_entry(manager, "Update", api_version, mine | changed))
+    return out
+
+
+def _update_manager(request: Any) -> str:
+    """The manager of a create or update: ``fieldManager``, else the User-Agent's product
+    (as the real server names it)."""
+    given = request.params.get("fieldManager")
+    if given:
+        return str(given)
+    agent = str(request.headers.get("User-Agent", "") or "unknown")
+    return agent.split("/", 1)[0] or "unknown"
 
 
 def _emulator_class() -> type[Any]:
@@ -221,6 +264,7 @@ def _emulator_class() -> type[Any]:
                 metadata.setdefault("creationTimestamp", datetime.datetime.now(
                     tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
                 managed: list[dict[str, Any]] = []
+                taken: set[str] = set()
             else:
                 raw = copy.deepcopy(stored.raw)
                 metadata = raw.setdefault("metadata", {})
@@ -234,33 +278,35 @@ def _emulator_class() -> type[Any]:
                         details={"name": request.name or ""})
                 managed = list(metadata.get("managedFields") or [])
                 current = raw.setdefault("spec", {})
-                owners = {e.get("manager"): _applied_spec_fields(e) for e in managed}
+                me = (manager, "Apply")
+                owners = {_manager_key(e): _applied_spec_fields(e) for e in managed}
                 clashes = sorted(
-                    (field, owner) for owner, fields in owners.items() if owner != manager
+                    (field, owner[0]) for owner, fields in owners.items() if owner != me
                     for field in fields if field in spec and current.get(field) != spec[field])
+                taken = {field for field, _ in clashes}  # forced: only these change hands
                 if clashes and not force:
                     listed = ", ".join(f'conflict with "{o}": .spec.{f}' for f, o in clashes)
                     raise KubernetesError(status=409, reason="Conflict",
                                           message=f"Apply failed with {len(clashes)} "
                                                   f"conflict(s): {listed}",
                                           details={"name": request.name or ""})
-                others = {f for owner, fields in owners.items() if owner != manager
+                others = {f for owner, fields in owners.items() if owner != me
                           for f in fields}
-                for field in owners.get(manager, ()):
+                for field in owners.get(me, ()):
                     if field not in spec and field not in others:
                         current.pop(field, None)
                 current.update(spec)
                 for part in ("labels", "annotations"):
                     if isinstance(body_meta.get(part), dict):
                         metadata.setdefault(part, {}).update(body_meta[part])
-            managed = [e for e in managed if e.get("manager") != manager]
-            if force:  # forced: the fields taken over are no longer the others'
+            managed = [e for e in managed if _manager_key(e) != (manager, "Apply")]
+            if force:  # forced: the fields taken over are no longer the others'; fields
+                # applied with the value they had stay shared, as on the real server
                 for entry in managed:
-                    fields = [f for f in _applied_spec_fields(entry) if f not in spec]
+                    fields = [f for f in _applied_spec_fields(entry) if f not in taken]
                     entry["fieldsV1"] = {"f:spec": {f"f:{f}": {} for f in fields}}
-            managed.append({"manager": manager, "operation": "Apply",
-                            "apiVersion": raw.get("apiVersion", ""), "fieldsType": "FieldsV1",
-                            "fieldsV1": {"f:spec": {f"f:{f}": {} for f in applied_fields}}})
+            managed.append(_spec_entry(manager, "Apply", raw.get("apiVersion", ""),
+                                       applied_fields))
             metadata["managedFields"] = managed
             metadata["resourceVersion"] = self.next_version()
             self.objects[key] = raw
@@ -306,8 +352,13 @@ def _emulator_class() -> type[Any]:
                 message=f'Operation cannot be fulfilled on {plural} "{request.name}": the '
                         f"object has been modified; please apply your changes to the latest "
                         f"version and try again", details={"name": request.name or ""})
+            manager = _update_manager(request)
             if action == "CREATE" and data is not None:
                 metadata = data.setdefault("metadata", {})
+                spec = data.get("spec")
+                if isinstance(spec, dict) and spec:
+                    metadata["managedFields"] = [_spec_entry(
+                        manager, "Update", str(data.get("apiVersion", "")), spec)]
                 metadata["resourceVersion"] = self.next_version()
                 metadata["uid"] = str(uuid.uuid4())
                 metadata.setdefault("creationTimestamp", datetime.datetime.now(
@@ -322,6 +373,15 @@ def _emulator_class() -> type[Any]:
                     have = (stored.get("metadata") or {}).get("resourceVersion")
                     if str(wanted) != str(have):
                         raise conflict
+                spec = data.get("spec")
+                if stored is not None and isinstance(spec, dict):
+                    now = stored.get("spec") or {}
+                    changed = [f for f, v in spec.items() if now.get(f) != v]
+                    managed = list((stored.get("metadata") or {}).get("managedFields") or [])
+                    updated = _updated_managed_fields(
+                        managed, manager, str(stored.get("apiVersion", "")), changed)
+                    if updated is not managed:  # a merge patch replaces the list whole
+                        metadata["managedFields"] = updated
                 # The merge patch itself carries the new version into the stored object.
                 metadata["resourceVersion"] = self.next_version()
             elif action == "DELETE" and data is not None:

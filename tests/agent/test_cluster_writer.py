@@ -470,3 +470,61 @@ def test_an_event_that_failed_once_is_created_on_a_later_pass(
         clock.now += 100
         reporter.report(ok)
     assert _report_calls(server) == (1, 2)  # created: never again
+
+
+def test_a_second_process_with_the_node_s_name_never_leads_beside_the_holder(
+    server: EmulatedApiServer, clock: FakeClock
+) -> None:
+    # The identity is the node's name: `k3snet agent --once` by hand on the leader's node
+    # reads a Lease naming "node-a". It took it as its own, led beside the DaemonSet's
+    # agent, and on exit released it under that agent, so node-b led too.
+    api = server.api_client()
+    daemonset = _Stepped(api, "node-a", SETTINGS, clock=clock)
+    assert daemonset.step()
+    by_hand = _Stepped(api, "node-a", SETTINGS, clock=clock)
+    clock.now += SETTINGS.retry_period
+    assert daemonset.step()
+    assert not by_hand.step()
+    by_hand.stop(release=True)
+    assert _holder(server) == "node-a"
+    other = _Stepped(api, "node-b", SETTINGS, clock=clock)
+    assert not other.step()
+    assert [daemonset.is_leader, by_hand.is_leader, other.is_leader] == [True, False, False]
+
+
+def test_an_agent_restarted_on_the_holder_s_node_takes_the_lease_once_it_lapses(
+    server: EmulatedApiServer, clock: FakeClock
+) -> None:
+    api = server.api_client()
+    crashed = _Stepped(api, "node-a", SETTINGS, clock=clock)
+    assert crashed.step()  # then killed: never renews, never releases
+    restarted = _Stepped(api, "node-a", SETTINGS, clock=clock)
+    assert not restarted.step()  # not its own: it waits the Lease out like anyone
+    clock.now += SETTINGS.duration
+    assert restarted.step()
+    lease = server.get(LEASES, SETTINGS.name, SETTINGS.namespace)
+    assert lease is not None
+    assert lease["spec"]["leaseTransitions"] == 1  # a new holder, though the same name
+
+
+def test_a_fractional_lease_duration_never_lets_a_candidate_in_before_the_renew_deadline(
+    server: EmulatedApiServer, clock: FakeClock
+) -> None:
+    # 1.5 s was written as 1 s: a candidate took the Lease after 1.1 s while the holder,
+    # unable to renew, still led until its 1.2 s renew deadline: two writers.
+    settings = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=1.5,
+                             renew_deadline=1.2, retry_period=0.5)
+    api = server.api_client()
+    holder = _Stepped(api, "node-a", settings, clock=clock)
+    candidate = _Stepped(api, "node-b", settings, clock=clock)
+    assert holder.step()
+    assert not candidate.step()
+    clock.now += 1.1
+    assert not candidate.step()
+    assert holder.is_leader
+    lease = server.get(LEASES, settings.name, settings.namespace)
+    assert lease is not None
+    assert lease["spec"]["leaseDurationSeconds"] == 2  # rounded up, never 0
+    clock.now += 1.0  # past the renew deadline and the Lease's 2 s
+    assert not holder.is_leader
+    assert candidate.step()

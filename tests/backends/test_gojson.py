@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from k3snet._gojson import JsonTextError, load_json, nests_deeper, text_nests_deeper
+from k3snet._gojson import (
+    JsonTextError,
+    excessive_aliasing,
+    load_json,
+    nests_deeper,
+    text_nests_deeper,
+)
 
 
 def test_nesting_is_measured_on_the_text_outside_strings() -> None:
@@ -16,6 +22,26 @@ def test_nesting_is_measured_on_the_text_outside_strings() -> None:
     assert text_nests_deeper('{"a": [[1]]}', 2)
     assert not text_nests_deeper("[" * 128 + "]" * 128)
     assert text_nests_deeper("[" * 129 + "]" * 129)
+
+
+def _shared(levels: int, fanout: int) -> Any:
+    """What YAML aliases make (a: &a [...], b: [*a, *a, ...]): fanout**levels values."""
+    level: Any = ["10.0.0.0/8"] * fanout
+    for _ in range(levels - 1):
+        level = [level] * fanout
+    return {"a": level, "masqLinkLocal": True}
+
+
+def test_excessive_aliasing_is_go_yaml_s_verdict_counted_without_expanding() -> None:
+    # go-yaml's reference points: 10**3 aliased values decode, 10**4 do not; 2**40 are
+    # sized from 40 shared lists (expanded, they would never end).
+    assert excessive_aliasing(_shared(3, 10)) is None
+    assert excessive_aliasing(_shared(4, 10)) is not None
+    # The document, the mapping, its 2 keys and its value True; 2**40 - 1 lists with
+    # 2**40 values at the bottom; an alias node second in each list above the bottom.
+    assert excessive_aliasing(_shared(40, 2)) == 1 + 1 + 2 + 1 + (2**41 - 1) + (2**39 - 1)
+    # No alias at all is never excessive, however large (a 1 MiB ConfigMap of values).
+    assert excessive_aliasing({"a": ["10.0.0.0/8"] * 500_000}) is None
 
 
 def test_a_shared_structure_is_measured_once_per_depth() -> None:

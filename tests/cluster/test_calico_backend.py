@@ -267,6 +267,75 @@ def test_a_field_another_manager_applied_is_a_conflict_never_forced(
     assert backend.observe().owned == {owned}  # nothing changed
 
 
+def test_a_pool_k3snet_created_changes_in_place_though_its_create_holds_every_field(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # The real API server tells managers apart by name and operation: the POST that
+    # created the pool left an Update entry for "k3snet", and a non-forced apply by
+    # "k3snet" conflicts with it (kubernetes/kubernetes#107417). The emulator does so too.
+    backend = _backend(api_client)
+    pool = IPPool("k3snet-nonat-192-168-5-0-24", "192.168.5.0/24", disabled=True)
+    backend.apply(plan(backend.observe(), State(owned=[pool])))
+    stored = api_server.get(CRD, pool.name)
+    assert stored is not None
+    assert [(e["manager"], e["operation"]) for e in stored["metadata"]["managedFields"]] == [
+        ("k3snet", "Update")]
+    changed = IPPool(pool.name, "192.168.5.0/24", disabled=True, disable_bgp_export=True)
+    backend.apply(plan(backend.observe(), State(owned=[changed])))
+    method, path, _ = api_server.requests()[-1]
+    assert (method, path) == ("PATCH", f"/apis/crd.projectcalico.org/v1/ippools/{pool.name}")
+    assert backend.observe().owned == {changed}
+    # Forced once, from k3snet's own create: the next change needs no force.
+    again = IPPool(pool.name, "192.168.5.0/24", disabled=True)
+    backend.apply(plan(backend.observe(), State(owned=[again])))
+    assert backend.observe().owned == {again}
+
+
+def test_the_emulator_keeps_managers_apart_by_operation_as_the_api_server_does(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # What the calico backend's force rests on (kubernetes/kubernetes#107417): a create
+    # is an Update entry; a forced apply takes only the fields it changes from it.
+    from kubernetes import client  # noqa: PLC0415 - optional dependency
+
+    objects = client.CustomObjectsApi(api_client)
+    body = _pool_resource("p", {"cidr": "10.9.0.0/16", "natOutgoing": True})
+    objects.create_cluster_custom_object("crd.projectcalico.org", "v1", "ippools", body,
+                                         field_manager="me")
+    applied = {**body, "spec": {"cidr": "10.9.0.0/16", "natOutgoing": False}}
+    with pytest.raises(client.ApiException, match=r'conflict with \\"me\\": .spec.natOutgoing'):
+        objects.patch_cluster_custom_object(
+            "crd.projectcalico.org", "v1", "ippools", "p", applied, field_manager="me",
+            _content_type="application/apply-patch+yaml")
+    objects.patch_cluster_custom_object(
+        "crd.projectcalico.org", "v1", "ippools", "p", applied, field_manager="me",
+        force=True, _content_type="application/apply-patch+yaml")
+    stored = api_server.get(CRD, "p")
+    assert stored is not None
+    owned = {(e["manager"], e["operation"]): sorted(e["fieldsV1"]["f:spec"])
+             for e in stored["metadata"]["managedFields"]}
+    assert owned == {("me", "Update"): ["f:cidr"], ("me", "Apply"): ["f:cidr", "f:natOutgoing"]}
+
+
+def test_a_field_an_admin_edited_is_a_conflict_though_k3snet_created_the_pool(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    from kubernetes import client  # noqa: PLC0415 - optional dependency
+
+    backend = _backend(api_client)
+    pool = IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)
+    backend.apply(plan(backend.observe(), State(owned=[pool])))
+    # An admin's `kubectl edit` (an Update by another manager) takes natOutgoing.
+    client.CustomObjectsApi(api_client).patch_cluster_custom_object(
+        "crd.projectcalico.org", "v1", "ippools", "k3snet-pods-a", {"spec": {"natOutgoing": False}},
+        field_manager="kubectl-edit", _content_type="application/merge-patch+json")
+    edited = backend.observe()
+    (owned,) = edited.owned
+    with pytest.raises(ApplyError, match=r'conflict with "kubectl-edit": .spec.natOutgoing'):
+        backend.apply(plan(edited, State(owned=[pool])))
+    assert backend.observe().owned == {owned}  # never forced over another manager
+
+
 def test_disruptive_replace_is_marked_and_refused_unless_allowed(
     seeded: EmulatedApiServer, api_client: Any
 ) -> None:

@@ -25,7 +25,14 @@ from k3snet.backends.cilium import (
 from k3snet.backends.registry import create_backend
 from k3snet.converge import compile_for
 from k3snet.errors import ApplyError, BackendError, PlanError
-from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig, CiliumMasquerade
+from k3snet.model.cilium import (
+    CILIUM_CONTEXT_KEYS,
+    CILIUM_DEFAULT_TARGET,
+    CILIUM_KEYS,
+    CiliumConfig,
+    CiliumMasquerade,
+    startup_problems,
+)
 from k3snet.model.state import State, object_from_dict
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import Spec, seed_spec
@@ -138,8 +145,15 @@ def cilium_configs(target: str = TARGET) -> SearchStrategy[CiliumConfig]:
                                                          "172.16.0.0/12")),
                                         unique=True, max_size=2)},
         optional={"masqLinkLocal": st.booleans(), "masqLinkLocalIPv6": st.booleans()})
+    # Only configs the Cilium agent starts with over the Helm install's keys: the
+    # backend refuses the others (test_refuses_a_config_the_cilium_agent_refuses_to_start_with).
     return st.builds(lambda s, a: CiliumConfig(target, settings=s, ip_masq_agent=a),
-                     settings, agent)
+                     settings.filter(_cilium_starts_with), agent)
+
+
+def _cilium_starts_with(settings: dict[str, str]) -> bool:
+    helm = {k: v for k, v in HELM_K3S_DATA.items() if k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)}
+    return not startup_problems(CiliumConfig(TARGET, settings={**helm, **settings}))
 
 
 # ---------------------------------------------------------------- conformance
@@ -241,9 +255,13 @@ def test_refuses_to_create_cilium_config(api_server: EmulatedApiServer, api_clie
 
 
 def test_a_concurrent_change_undoes_the_first_write(k3s_cilium: EmulatedApiServer,
-                                                    backend: CiliumBackend) -> None:
+                                                    api_client: Any) -> None:
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
     k3s_cilium.fail(409, method="POST", plural="configmaps")
-    wanted = CiliumConfig(TARGET, settings={"enable-ip-masq-agent": "true"},
+    # (Cilium's ip-masq-agent runs only with eBPF masquerading: the agent refuses to
+    # start with one and not the other.)
+    wanted = CiliumConfig(TARGET, settings={"enable-bpf-masquerade": "true",
+                                            "enable-ip-masq-agent": "true"},
                           ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})
     with pytest.raises(ApplyError, match="409"):
         _converge(backend, State(owned=[wanted]))
@@ -359,18 +377,42 @@ def test_an_ip_masq_agent_config_cilium_cannot_read_is_an_error_naming_it(
     assert reason in str(info.value)
 
 
-def test_a_yaml_config_sharing_structures_through_aliases_is_read_in_its_size(
+def _laughs(levels: int, fanout: int, key: str = "unread") -> str:
+    """A YAML document whose aliases expand to ``fanout ** levels`` values under ``key``."""
+    lines = [f"l0: &l0 [{', '.join(['10.0.0.0/8'] * fanout)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * fanout)}]" for i in range(1, levels)]
+    return "\n".join([*lines, f"{key}: *l{levels - 1}", "masqLinkLocal: true", ""])
+
+
+def test_a_yaml_config_sharing_structures_through_aliases_is_judged_in_its_size(
     k3s_cilium: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
-    # 9**9 paths through 9 lists: the nesting check must not walk every path.
-    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
-    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
-    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent("\n".join([*lines, "masqLinkLocal: true", ""])))
+    # 9**9 paths through 9 lists: neither the nesting check nor the aliasing check may
+    # walk every path. Go's YAML decoder (Cilium's) refuses it: excessive aliasing.
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(_laughs(9, 9)))
     start = time.perf_counter()
-    (foreign,) = backend.observe().foreign
+    with pytest.raises(BackendError, match="excessive aliasing"):
+        backend.observe()
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("key", ["unread", "nonMasqueradeCIDRs"])
+def test_yaml_aliases_are_read_or_refused_as_go_s_yaml_decoder_does(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, key: str
+) -> None:
+    # go-yaml's own reference: 10**3 values through aliases decode, 10**4 are "excessive
+    # aliasing". Read as a tree, 2**40 of them under nonMasqueradeCIDRs hung the agent.
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(_laughs(3, 10)))
+    (foreign,) = backend.observe().foreign
     assert isinstance(foreign, CiliumConfig)
-    assert foreign.ip_masq_agent == {"masqLinkLocal": True}
+    assert foreign.ip_masq_agent is not None
+    assert foreign.ip_masq_agent["masqLinkLocal"] is True
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(_laughs(4, 10, key)))
+    with pytest.raises(BackendError, match=r"ConfigMap kube-system/ip-masq-agent: .* "
+                                           r"expand it to 2\.58e\+04 nodes, almost all "
+                                           r"through aliases: Go's YAML decoder refuses such "
+                                           "excessive aliasing"):
+        backend.observe()
 
 
 def test_a_json_config_with_a_key_in_two_spellings_is_edited_where_cilium_reads_it(
@@ -399,6 +441,70 @@ def test_refuses_link_local_alone_over_an_empty_config(backend: CiliumBackend) -
 
 
 # ---------------------------------------------------------------- disruptive changes
+
+
+# What Cilium's agent returns an error for at start (daemon/cmd, 1.17 to main): it exits,
+# restarts for ever, and pods on its node have no network.
+CILIUM_REFUSES_TO_START = {
+    "ip-masq-agent-without-ebpf": ({}, {"enable-ip-masq-agent": "true"},
+                                   "enable-ip-masq-agent: true needs enable-bpf-masquerade"),
+    "ebpf-with-egress-interfaces": ({"egress-masquerade-interfaces": "eth0"},
+                                    {"enable-bpf-masquerade": "true"},
+                                    "refuses egress-masquerade-interfaces"),
+    "egress-interfaces-under-ebpf": ({"enable-bpf-masquerade": "true"},
+                                     {"egress-masquerade-interfaces": "eth0"},
+                                     "refuses egress-masquerade-interfaces"),
+    "ebpf-with-route-source": ({"enable-masquerade-to-route-source": "true"},
+                               {"enable-bpf-masquerade": "true"},
+                               "does not support enable-masquerade-to-route-source"),
+    "ebpf-without-masquerading": ({"enable-ipv4-masquerade": "false",
+                                   "enable-ipv6-masquerade": "false"},
+                                  {"enable-bpf-masquerade": "true"},
+                                  "enable-bpf-masquerade: true needs enable-ipv4-masquerade"),
+    # Helm's enable-ipv6-masquerade: "true" counts for nothing with enable-ipv6: "false".
+    "ebpf-with-masquerading-only-for-a-family-that-is-off": (
+        {"enable-ipv4-masquerade": "false"}, {"enable-bpf-masquerade": "true"},
+        "enable-bpf-masquerade: true needs enable-ipv4-masquerade"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CILIUM_REFUSES_TO_START))
+def test_refuses_a_config_the_cilium_agent_refuses_to_start_with(
+    case: str, api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    found, wanted, message = CILIUM_REFUSES_TO_START[case]
+    api_server.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, **found}))
+    before = _stored(api_server)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    p = plan(backend.observe(), State(owned=[CiliumConfig(TARGET, settings=wanted)]))
+    (problem,) = backend.check(p)
+    assert message in problem
+    assert "every Cilium agent would refuse to start" in problem
+    with pytest.raises(PlanError, match=message):
+        backend.apply(p)
+    assert _stored(api_server) == before  # nothing written
+
+
+def test_a_config_cilium_already_refuses_does_not_block_another_key(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # Not k3snet's doing: judged by what a change adds, never by what was there.
+    api_server.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-ip-masq-agent": "true"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0)
+    wanted = CiliumConfig(TARGET, settings={"enable-masquerade-to-route-source": "true"})
+    _converge(backend, State(owned=[wanted]))
+    assert _data(api_server)["enable-masquerade-to-route-source"] == "true"
+
+
+def test_ebpf_masquerading_with_its_ip_masq_agent_is_written(
+    k3s_cilium: EmulatedApiServer, api_client: Any
+) -> None:
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    wanted = CiliumConfig(TARGET, settings={"enable-bpf-masquerade": "true",
+                                            "enable-ip-masq-agent": "true"})
+    _converge(backend, State(owned=[wanted]))
+    data = _data(k3s_cilium)
+    assert (data["enable-bpf-masquerade"], data["enable-ip-masq-agent"]) == ("true", "true")
 
 
 def test_changing_the_routing_mode_is_disruptive_and_refused_unless_allowed(
