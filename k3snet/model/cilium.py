@@ -65,6 +65,7 @@ __all__ = [
     "cilium_target",
     "parse_go_bool",
     "pool_problems",
+    "read_go_flag",
     "setting_problem",
     "startup_problems",
     "why_not_masqueraded",
@@ -158,6 +159,14 @@ def parse_go_bool(value: str) -> bool | None:
     if value in _GO_FALSE:
         return False
     return None
+
+
+def read_go_flag(value: str) -> bool:
+    """A boolean ``cilium-config`` value as the Cilium agent reads it: the text trimmed
+    (its ``ReadDirConfig`` trims each file of the mounted ConfigMap), then viper's
+    ``GetBool``, which reads a value Go's ``ParseBool`` refuses (``yes``, ``""``) as
+    false, not as the key's default."""
+    return parse_go_bool(value.strip()) is True
 
 
 def setting_problem(key: str, value: str) -> str | None:  # noqa: PLR0911 - one check a line
@@ -296,12 +305,9 @@ class CiliumConfig(NetObject):
         return CILIUM_DEFAULTS.get(key)
 
     def flag(self, key: str) -> bool:
-        """A boolean key as Cilium reads it (an unparsable value counts as its default)."""
+        """A boolean key as Cilium reads it (:func:`read_go_flag`; unset: the default)."""
         value = self.value(key)
-        parsed = None if value is None else parse_go_bool(value)
-        if parsed is None:
-            parsed = parse_go_bool(CILIUM_DEFAULTS.get(key, "false"))
-        return bool(parsed)
+        return value is not None and read_go_flag(value)
 
     def network(self, key: str) -> Network | None:
         """A CIDR key as Cilium reads it (host bits masked; ``None``: unset or unparsable)."""
@@ -411,7 +417,7 @@ def _same_setting(key: str, wanted: str, current: str | None) -> bool:
     if current is None:
         return False
     if key in _BOOL_KEYS:
-        return parse_go_bool(wanted) is not None and parse_go_bool(wanted) == parse_go_bool(
+        return parse_go_bool(wanted) is not None and read_go_flag(wanted) == read_go_flag(
             current)
     if key in _CIDR_KEYS:
         try:

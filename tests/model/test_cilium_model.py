@@ -36,9 +36,18 @@ def test_masquerading_off_in_any_go_spelling(value: str) -> None:
     assert reason.startswith("masquerading is off in Cilium")
 
 
-def test_an_unparsable_flag_counts_as_cilium_s_default() -> None:
+def test_an_unparsable_flag_is_off_as_cilium_s_agent_reads_it() -> None:
+    # viper's GetBool reads what Go's ParseBool refuses as false, not as the default:
+    # masquerading is off, so k3snet must not count on Cilium's.
     assert parse_go_bool("yes") is None
-    assert why_not_masqueraded(_config(enable_ipv4_masquerade="yes"), DEST) is None
+    reason = why_not_masqueraded(_config(enable_ipv4_masquerade="yes"), DEST)
+    assert reason is not None
+    assert reason.startswith("masquerading is off in Cilium")
+
+
+def test_a_flag_is_read_trimmed_as_cilium_s_agent_reads_its_config_files() -> None:
+    assert why_not_masqueraded(_config(enable_ipv4_masquerade=" true\n"), DEST) is None
+    assert why_not_masqueraded(_config(enable_ipv4_masquerade=" false "), DEST) is not None
 
 
 def test_native_routing_cidr_inside_and_partly_inside() -> None:
