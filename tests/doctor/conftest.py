@@ -28,6 +28,7 @@ done in the root namespace; the namespaces are deleted when the fixture ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -458,6 +459,24 @@ class DoctorLab:
             for table in ("100", "200"):
                 run_in(node, ["ip", family, "route", "flush", "table", table], check=False)
             run_in(node, ["ip", family, "route", "flush", "proto", "static"], check=False)
+
+    @contextlib.contextmanager
+    def unnumbered_uplink(self) -> Iterator[None]:
+        """The node's IPv4 address ``192.168.9.5/32`` on ``lo``, none on ``eth0``, the
+        route to the destination ``onlink`` by ``eth0`` and the router's route back to
+        that address; all undone afterwards (the lab is shared by the module)."""
+        node, router = self.node, self.names["router"]
+        run_in(node, ["ip", "addr", "del", "192.168.1.5/24", "dev", "eth0"])
+        try:
+            run_in(node, ["ip", "addr", "add", "192.168.9.5/32", "dev", "lo"])
+            run_in(node, ["ip", "route", "replace", "192.168.2.0/24", "via", "192.168.1.1",
+                          "dev", "eth0", "onlink", "proto", "static"])
+            run_in(router, ["ip", "route", "add", "192.168.9.5/32", "dev", "eth0"])
+            yield
+        finally:
+            run_in(router, ["ip", "route", "del", "192.168.9.5/32"], check=False)
+            run_in(node, ["ip", "addr", "del", "192.168.9.5/32", "dev", "lo"], check=False)
+            run_in(node, ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"], check=False)
 
     def configure(self, t: Topology) -> None:
         """Reset the node and apply ``t``."""

@@ -41,19 +41,9 @@ def test_strict_rp_filter_passes_a_reply_on_an_unnumbered_uplink_the_route_back_
     ``eth0``, so the reply passes (the doctor said any such interface fails)."""
     topology = Topology(rp_uplink=1)
     doctor_lab.configure(topology)
-    node, router = doctor_lab.node, doctor_lab.names["router"]
-    run_in(node, ["ip", "addr", "del", "192.168.1.5/24", "dev", "eth0"])
-    try:
-        run_in(node, ["ip", "addr", "add", "192.168.9.5/32", "dev", "lo"])
-        run_in(node, ["ip", "route", "replace", "192.168.2.0/24", "via", "192.168.1.1",
-                      "dev", "eth0", "onlink", "proto", "static"])
-        run_in(router, ["ip", "route", "add", "192.168.9.5/32", "dev", "eth0"])
+    with doctor_lab.unnumbered_uplink():
         answer = doctor_lab.probe(topology.destination, port=topology.port, timeout=8)
         state = NodeState.from_capture(doctor_lab.capture())
         result = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
         assert answer["ok"], answer
         assert result.verdict is Verdict.REACHES, result.render()
-    finally:
-        run_in(router, ["ip", "route", "del", "192.168.9.5/32"], check=False)
-        run_in(node, ["ip", "addr", "del", "192.168.9.5/32", "dev", "lo"], check=False)
-        run_in(node, ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"], check=False)
