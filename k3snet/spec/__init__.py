@@ -52,6 +52,7 @@ from k3snet.spec.load import load_spec
 from k3snet.spec.model import (
     API_VERSION,
     AgentSettings,
+    BlockSizes,
     CalicoSettings,
     CiliumSettings,
     Cluster,
@@ -73,6 +74,7 @@ __all__ = [
     "API_VERSION",
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
     "AgentSettings",
+    "BlockSizes",
     "CalicoSettings",
     "CiliumSettings",
     "Cluster",

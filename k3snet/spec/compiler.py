@@ -38,8 +38,8 @@ from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route
 from k3snet.model.state import State
 from k3snet.model.sysctl import Sysctl
-from k3snet.spec.model import CalicoSettings, CiliumSettings, MasqueradePolicy, Spec
-from k3snet.spec.validate import validate
+from k3snet.spec.model import BlockSizes, CalicoSettings, CiliumSettings, MasqueradePolicy, Spec
+from k3snet.spec.validate import block_size_problems, validate
 
 __all__ = [
     "NodeFacts",
@@ -440,7 +440,7 @@ def compile_ippools(
     *,
     ipip_mode: EncapsulationMode = "Never",
     vxlan_mode: EncapsulationMode = "Never",
-    block_size: int | None = None,
+    block_size: int | BlockSizes | None = None,
     node_selector: str = "all()",
 ) -> State:
     """What ``spec``'s masquerade policy needs of a Calico cluster's IP pools.
@@ -452,7 +452,8 @@ def compile_ippools(
       mode is ``off`` (:class:`~k3snet.model.cni.CalicoPodCIDR`, an expectation:
       k3snet never creates an enabled pool). ``ipip_mode``, ``vxlan_mode``,
       ``block_size`` and ``node_selector`` other than their defaults are required
-      of that pool too;
+      of that pool too (``block_size``: one integer for a single-stack cluster,
+      :class:`~k3snet.spec.model.BlockSizes` for a dual-stack one);
     * each destination to masquerade must lie outside every pool
       (:class:`~k3snet.model.cni.CalicoNatDestination`, an expectation);
     * every pool must be readable (:class:`~k3snet.model.cni.CalicoPoolsReadable`);
@@ -477,22 +478,23 @@ def compile_ippools(
 
 
 def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMode,
-           block_size: int | None, node_selector: str) -> list[NetObject]:
+           block_size: int | BlockSizes | None, node_selector: str) -> list[NetObject]:
+    # The spec's own blockSize was judged by validate(); compile_ippools' argument not.
+    problems = block_size_problems(block_size, spec.cluster.pod_cidrs)
+    if problems:
+        raise SpecError(problems)
     nat = spec.masquerade.mode != "off"
     out: list[NetObject] = [CalicoPoolsReadable()]
-    for index, pod in enumerate(spec.cluster.pod_cidrs):
+    for pod in spec.cluster.pod_cidrs:
         requires: dict[str, Any] = {}
         if ipip_mode != "Never" and pod.version == 4:
             requires["ipipMode"] = ipip_mode
         if vxlan_mode != "Never":
             requires["vxlanMode"] = vxlan_mode
-        if block_size is not None:
-            low, high = BLOCK_SIZE_RANGE[pod.version]
-            if not low <= block_size <= high:
-                raise SpecError([Problem(f"cluster.podCIDRs[{index}]",
-                                         f"blockSize {block_size} is not {low}..{high} for "
-                                         f"IPv{pod.version} pod CIDR {pod}")])
-            requires["blockSize"] = block_size
+        size = block_size.for_family(pod.version) if isinstance(block_size, BlockSizes) \
+            else block_size
+        if size is not None:
+            requires["blockSize"] = size
         if node_selector != "all()":
             requires["nodeSelector"] = node_selector
         try:

@@ -174,6 +174,9 @@ def _kind(node: Mapping[str, Any]) -> str:
     """The name of a schema's ``type`` (a list, a mapping, a range)."""
     kinds = node.get("type", "any")
     kinds = [k for k in ([kinds] if isinstance(kinds, str) else kinds) if k != "null"] or ["any"]
+    if len(kinds) > 1 and "integer" in kinds and ("minimum" in node or "anyOf" in node):
+        # An integer's range said with it (blockSize: an integer, or one per family).
+        return ", or ".join(_kind({**node, "type": kind}) for kind in kinds)
     kind = "/".join(kinds)
     if kind == "array":
         items = node.get("items", {})

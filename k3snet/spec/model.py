@@ -20,9 +20,11 @@ from k3snet.model.sysctl import Sysctl
 
 __all__ = [
     "API_VERSION",
+    "BLOCK_SIZE_KEYS",
     "FLANNEL_TYPES",
     "KIND",
     "AgentSettings",
+    "BlockSizes",
     "CalicoSettings",
     "CiliumSettings",
     "Cluster",
@@ -259,13 +261,59 @@ class FlannelSettings:
     """
 
 
+BLOCK_SIZE_KEYS: Mapping[str, int] = {"ipv4": 4, "ipv6": 6}
+"""The keys of ``cni.calico.blockSize``'s per-family form, and their families."""
+
+
+@attrs.frozen
+class BlockSizes:
+    """``cni.calico.blockSize`` per family (``{ipv4: 26, ipv6: 122}``), for dual-stack clusters.
+
+    Calico takes 20..32 for an IPv4 pool and 116..128 for an IPv6 one, so one
+    integer never fits both. ``None``: no requirement on that family's pool (as an
+    unset ``blockSize``). The values are kept as given; :func:`~k3snet.spec.validate.validate`
+    judges them, with their paths (``cni.calico.blockSize.ipv6``).
+
+    >>> BlockSizes(ipv4=24).for_family(4), BlockSizes(ipv4=24).for_family(6)
+    (24, None)
+    """
+
+    ipv4: int | None = attrs.field(default=None, kw_only=True)
+    ipv6: int | None = attrs.field(default=None, kw_only=True)
+
+    def for_family(self, version: int) -> int | None:
+        """The size wanted of the pools of one family (4 or 6)."""
+        return self.ipv4 if version == 4 else self.ipv6
+
+    def given(self) -> tuple[tuple[str, int], ...]:
+        """The keys set, with their values, in key order (``ipv4`` first)."""
+        return tuple((key, value) for key in BLOCK_SIZE_KEYS
+                     if (value := getattr(self, key)) is not None)
+
+
+def _block_size(value: int | BlockSizes | Mapping[str, int] | None) -> int | BlockSizes | None:
+    """A mapping (``{"ipv4": 26}``) as :class:`BlockSizes`, one setting no family as
+    ``None`` (unset, as written back); anything else as given."""
+    if isinstance(value, Mapping):
+        unknown = sorted(map(str, set(value) - set(BLOCK_SIZE_KEYS)))
+        if unknown:
+            raise ModelError(f"blockSize per family takes ipv4 and ipv6, not "
+                             f"{', '.join(unknown)}")
+        value = BlockSizes(**value)
+    if isinstance(value, BlockSizes) and not value.given():
+        return None
+    return value
+
+
 @attrs.frozen
 class CalicoSettings:
     """How the spec's pod CIDRs become Calico IPPools."""
 
     ipip_mode: Literal["Never", "Always", "CrossSubnet"] = "Never"
     vxlan_mode: Literal["Never", "Always", "CrossSubnet"] = "Never"
-    block_size: int | None = None
+    block_size: int | BlockSizes | None = attrs.field(default=None, converter=_block_size)
+    """The blockSize the pod CIDRs' pools must have: one integer for a single-stack
+    cluster, :class:`BlockSizes` (a mapping is accepted) for a dual-stack one."""
     node_selector: str = "all()"
     allow_disruptive: bool = False
     """The old spelling of :attr:`CniSettings.allow_disruptive` (still honoured, for every

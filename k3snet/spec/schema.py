@@ -15,7 +15,7 @@ from typing import Any
 
 from k3snet.model import validate_interface_name
 from k3snet.model.cidr import parse_address, parse_network
-from k3snet.model.cni import BLOCK_SIZE_RANGE
+from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
 from k3snet.model.sysctl import Sysctl
 from k3snet.spec.fields import (
     INVALID,
@@ -41,9 +41,11 @@ from k3snet.spec.fields import (
 from k3snet.spec.ipmasq import load_ip_masq_agent_config
 from k3snet.spec.model import (
     API_VERSION,
+    BLOCK_SIZE_KEYS,
     FLANNEL_TYPES,
     KIND,
     AgentSettings,
+    BlockSizes,
     CalicoSettings,
     CiliumSettings,
     Cluster,
@@ -135,16 +137,44 @@ def _write_backends(value: tuple[tuple[str, ...], Any]) -> Any:
     return {name: given.get(name, {}) for name in names}
 
 
-def _block_size(value: Any) -> str | None:
-    """Calico's blockSize: 20..32 for IPv4 pools, 116..128 for IPv6 ones."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and any(
-            low <= value <= high for low, high in BLOCK_SIZE_RANGE.values())):
-        return None
-    return f"expected 20..32 (IPv4) or 116..128 (IPv6), got {value!r}"
+def _block_size(reader: Reader, value: Any, path: str) -> Any:
+    """``blockSize``: one integer, or a mapping of ``ipv4`` / ``ipv6`` to one each.
+
+    Only the shape is read here: the ranges depend on the cluster's families, and
+    :func:`~k3snet.spec.validate.block_size_problems` judges them (for specs built in
+    code too). An unknown key is reported and the others are still read, so that
+    their problems come out in the same pass.
+    """
+    if not isinstance(value, Mapping):
+        return value
+    given = reader.mapping(value, path, tuple(BLOCK_SIZE_KEYS))
+    known = {key: size for key, size in given.items() if key in BLOCK_SIZE_KEYS}
+    if not given:
+        reader.problem(path, "expected an integer, or a mapping with ipv4, ipv6 or both")
+    if not known:
+        return INVALID
+    return BlockSizes(**known)  # CalicoSettings takes one without sizes as unset
 
 
-with_schema(_block_size, {"type": "integer", "anyOf": [
-    {"minimum": low, "maximum": high} for low, high in BLOCK_SIZE_RANGE.values()]})
+def _write_block_size(value: int | BlockSizes | None) -> Any:
+    return dict(value.given()) if isinstance(value, BlockSizes) else value
+
+
+_BLOCK_RANGES = {
+    f"ipv{version}": {"type": ["integer", "null"], "minimum": low, "maximum": high,
+                      "description": f"The blockSize of the IPv{version} pod CIDR's pool "
+                                     f"(Calico: {low}..{high}, default "
+                                     f"{DEFAULT_BLOCK_SIZE[version]}); unset: any."}
+    for version, (low, high) in BLOCK_SIZE_RANGE.items()}
+BLOCK_SIZE_SCHEMA: Mapping[str, Any] = {
+    # Range keywords apply to numbers only and object keywords to objects only, so one
+    # schema holds both forms (and explain lists ipv4 and ipv6 as the object's keys).
+    "type": ["integer", "object"],
+    "anyOf": [{"minimum": low, "maximum": high} for low, high in BLOCK_SIZE_RANGE.values()],
+    "properties": {key: _BLOCK_RANGES[key] for key in BLOCK_SIZE_KEYS},
+    "additionalProperties": False,
+    "minProperties": 1,
+}
 
 
 def _constant(key: str, expected: str) -> Field:
@@ -325,9 +355,12 @@ CALICO = Section(CalicoSettings, (
           doc="The ipipMode the pod CIDRs' pools must have (a conflict otherwise)."),
     Field("vxlanMode", "vxlan_mode", raw, checks=(ENCAPSULATION,), example="CrossSubnet",
           doc="The vxlanMode the pod CIDRs' pools must have (a conflict otherwise)."),
-    Field("blockSize", "block_size", raw, checks=(_block_size,), example=24,
-          doc="The blockSize the pod CIDRs' pools must have (unset: any; Calico's default "
-              "is 26 for IPv4 and 122 for IPv6)."),
+    Field("blockSize", "block_size", _block_size, _write_block_size, example=24,
+          schema=BLOCK_SIZE_SCHEMA,
+          doc="The blockSize the pod CIDRs' pools must have (unset: any). One integer on a "
+              "single-stack cluster (Calico takes 20..32 for IPv4 pools, 116..128 for IPv6 "
+              "ones; its defaults are 26 and 122); on a dual-stack cluster one per family, "
+              "{ipv4: 26, ipv6: 122} (a family left out: any)."),
     Field("nodeSelector", "node_selector", string, example="has(egress)",
           doc="The nodeSelector the pod CIDRs' pools must have."),
     Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True,

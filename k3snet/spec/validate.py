@@ -12,11 +12,22 @@ from collections.abc import Sequence
 
 from k3snet.errors import Problem
 from k3snet.model.cidr import Address, Network, aggregate, contains, overlaps
+from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
 from k3snet.spec.fields import check_section
-from k3snet.spec.model import Cluster, Destination, MasqueradePolicy, Spec
+from k3snet.spec.model import (
+    BLOCK_SIZE_KEYS,
+    BlockSizes,
+    Cluster,
+    Destination,
+    MasqueradePolicy,
+    Spec,
+)
 from k3snet.spec.schema import DNS_LABEL, SPEC
+from k3snet.spec.validators import int_in
 
-__all__ = ["known_sound", "validate"]
+__all__ = ["BLOCK_SIZE_PATH", "block_size_problems", "known_sound", "validate"]
+
+BLOCK_SIZE_PATH = "cni.calico.blockSize"
 
 
 _sound: weakref.ref[Spec] | None = None  # the last spec found sound
@@ -72,6 +83,8 @@ def _validate(spec: Spec) -> list[Problem]:
                                         f"(also destinations[{first}])"))
         problems += _destination_problems(path, dest, cluster, families)
     problems += _masquerade_problems(spec.masquerade, cluster)
+    if spec.cni.calico is not None:
+        problems += block_size_problems(spec.cni.calico.block_size, cluster.pod_cidrs)
     problems += _cluster_object_problems(spec)
     names: set[str] = set()
     for s in spec.sysctls:
@@ -139,6 +152,57 @@ _DNS_LABEL = re.compile(DNS_LABEL)
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
 _LABEL_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                          r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+# Calico's blockSize ranges, as checks and as text ("20..32 (IPv4) or 116..128 (IPv6)").
+_BLOCK_FITS = {version: int_in(low, high) for version, (low, high) in BLOCK_SIZE_RANGE.items()}
+_BLOCK_RANGES = " or ".join(f"{low}..{high} (IPv{version})"
+                            for version, (low, high) in BLOCK_SIZE_RANGE.items())
+_BLOCK_POOLS = ", ".join(f"{low}..{high} for IPv{version} pools"
+                         for version, (low, high) in BLOCK_SIZE_RANGE.items())
+
+
+def block_size_problems(block_size: int | BlockSizes | None,
+                        pod_cidrs: Sequence[Network]) -> list[Problem]:
+    """What is wrong with ``cni.calico.blockSize`` for a cluster of these pod CIDRs.
+
+    Calico takes 20..32 for an IPv4 pool and 116..128 for an IPv6 one
+    (:data:`~k3snet.model.cni.BLOCK_SIZE_RANGE`): one integer fits a single-stack
+    cluster only, a dual-stack one needs the per-family form. Each problem is at
+    ``cni.calico.blockSize`` or at the family's key (``cni.calico.blockSize.ipv6``).
+    """
+    if block_size is None:
+        return []
+    families = sorted({n.version for n in pod_cidrs})
+    if isinstance(block_size, BlockSizes):
+        problems = []
+        for key, value in block_size.given():
+            version = BLOCK_SIZE_KEYS[key]
+            low, high = BLOCK_SIZE_RANGE[version]
+            path = f"{BLOCK_SIZE_PATH}.{key}"
+            if _BLOCK_FITS[version](value) is not None:
+                problems.append(Problem(path, f"expected {low}..{high} (Calico's range for "
+                                              f"IPv{version} pools), got {value!r}"))
+            elif families and version not in families:
+                problems.append(Problem(path, f"the cluster has no IPv{version} pod CIDR "
+                                              "(cluster.podCIDRs)"))
+        return problems
+    if all(fits(block_size) is not None for fits in _BLOCK_FITS.values()):
+        return [Problem(BLOCK_SIZE_PATH, f"expected {_BLOCK_RANGES}, got {block_size!r}")]
+    if len(families) > 1:
+        per_family = ", ".join(f"ipv{v}: {DEFAULT_BLOCK_SIZE[v]}" for v in BLOCK_SIZE_RANGE)
+        return [Problem(BLOCK_SIZE_PATH, f"one blockSize ({block_size}) cannot fit both "
+                                         f"families of a dual-stack cluster (Calico takes "
+                                         f"{_BLOCK_POOLS}): give one per family, such as "
+                                         f"blockSize: {{{per_family}}}")]
+    for version in families:
+        low, high = BLOCK_SIZE_RANGE[version]
+        if _BLOCK_FITS[version](block_size) is not None:
+            pods = ", ".join(str(n) for n in pod_cidrs)
+            return [Problem(BLOCK_SIZE_PATH, f"blockSize {block_size} is not {low}..{high}, "
+                                             f"Calico's range for the IPv{version} pod CIDR "
+                                             f"{pods}")]
+    return []
 
 
 def _cluster_object_problems(spec: Spec) -> list[Problem]:

@@ -26,6 +26,7 @@ from k3snet.spec import (
     compile_ippools,
     nat_exemptions,
 )
+from k3snet.spec import compile as compile_spec
 from k3snet.testing import run_conformance
 from k3snet.testing.kube import EmulatedApiServer, ippools
 
@@ -206,6 +207,33 @@ def test_the_default_pool_meets_the_pod_cidr(seeded: EmulatedApiServer,
     covered = Spec(destinations=[Destination("192.168.2.0/24", exclude=["192.168.2.0/26"])])
     notes = plan(backend.observe(), compile_ippools(covered)).notes
     assert ("met", "legacy-lan") in [(n.status, *_pools([n.foreign])) for n in notes]
+
+
+def test_a_dual_stack_spec_judges_each_pool_by_its_familys_block_size(
+        api_server: EmulatedApiServer, api_client: Any) -> None:
+    # A dual-stack cluster whose pools were made with blockSize 24 and 120.
+    for name, cidr, block in (("default-ipv4-ippool", "10.42.0.0/16", 24),
+                              ("default-ipv6-ippool", "fd42::/56", 120)):
+        api_server.put(CRD, _pool_resource(name, {"cidr": cidr, "natOutgoing": True,
+                                                  "blockSize": block}))
+    backend = _backend(api_client)
+    spec = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"],
+                                       "serviceCIDRs": ["10.43.0.0/16", "fd43::/112"]},
+                           "cni": {"calico": {"blockSize": {"ipv4": 24, "ipv6": 120}}}})
+    wanted = compile_spec(spec).only(backend.capabilities)
+    p = plan(backend.observe(), wanted)
+    assert p.empty
+    assert not p.conflicts
+    assert sorted(n.wanted.describe() for n in p.notes if n.status == "met") == [
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing blockSize=24",
+        "calico pod CIDR fd42::/56 is a pool natOutgoing blockSize=120"]
+    # The IPv6 pool with Calico's default block instead: that pool alone is a conflict.
+    other = Spec.from_dict({**spec.to_dict(), "cni": {"calico": {"blockSize": {"ipv6": 122}}}})
+    (conflict,) = plan(backend.observe(),
+                       compile_spec(other).only(backend.capabilities)).conflicts
+    assert conflict.wanted.describe() == ("calico pod CIDR fd42::/56 is a pool natOutgoing "
+                                          "blockSize=122")
+    assert "blockSize 120 (the spec wants 122)" in (conflict.reason or "")
 
 
 # ---------------------------------------------------------------- minimal writes

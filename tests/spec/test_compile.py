@@ -143,9 +143,10 @@ def test_calico_settings_compile_to_pools() -> None:
     assert pods.expectation
     with pytest.raises(SpecError, match=r"cni.calico.blockSize: expected 20..32"):
         Spec.from_dict({"cni": {"calico": {"blockSize": 2}}})
-    with pytest.raises(SpecError, match=r"cluster.podCIDRs"):  # an IPv4 block for IPv6 pods
-        compile_spec(Spec.from_dict({"cluster": {"podCIDRs": ["fd42:42::/56"]},
-                                     "cni": {"calico": {"blockSize": 24}}}))
+    with pytest.raises(SpecError, match=r"cni.calico.blockSize: blockSize 24 is not "
+                                        r"116..128"):  # an IPv4 block for IPv6 pods
+        Spec.from_dict({"cluster": {"podCIDRs": ["fd42:42::/56"]},
+                        "cni": {"calico": {"blockSize": 24}}})
 
 
 def test_a_disagreeing_flannel_network_is_a_conflict_with_its_reason() -> None:

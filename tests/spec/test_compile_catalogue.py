@@ -21,6 +21,7 @@ import pytest
 from k3snet import Spec, SpecError, State
 from k3snet.model import FlannelConfig
 from k3snet.spec import (
+    BlockSizes,
     Cluster,
     Destination,
     MasqueradePolicy,
@@ -151,10 +152,12 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
         "cni": {"calico": {}}}, {}),
     "calico: IPv4 settings": ({
         "cni": {"calico": {"blockSize": 24, "ipipMode": "Always", "vxlanMode": "Never"}}}, {}),
-    "calico: an IPv4 block size on a dual-stack cluster": ({
-        "cluster": DUAL, "cni": {"calico": {"blockSize": 24}}}, {}),
-    "calico: an IPv6 block size on a dual-stack cluster": ({
-        "cluster": DUAL, "cni": {"calico": {"blockSize": 120}}}, {}),
+    "calico: a block size per family on a dual-stack cluster": ({
+        "cluster": DUAL, "cni": {"calico": {"blockSize": {"ipv4": 24, "ipv6": 120}}}}, {}),
+    "calico: an IPv6 block size only on a dual-stack cluster": ({
+        "cluster": DUAL, "cni": {"calico": {"blockSize": {"ipv6": 120}}}}, {}),
+    "calico: a per-family block size on a single-stack cluster": ({
+        "cni": {"calico": {"blockSize": {"ipv4": 28}}}}, {}),
     "calico: block size bounds": ({
         "cni": {"calico": {"blockSize": 20}}}, {}),
     "calico: block size upper bound": ({
@@ -170,12 +173,12 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
         "masquerade": {"mode": "off"}, "cni": {"calico": {"nodeSelector": "all()"}}}, {}),
     "calico: a pod CIDR smaller than its blocks": ({
         "cluster": {"podCIDRs": ["10.42.0.0/28"]}, "cni": {"calico": {"blockSize": 26}}}, {}),
-    "calico: not judged when flannel has problems": ({
+    "calico: not compiled when flannel has problems": ({
         "cluster": {"podCIDRs": ["10.42.0.0/16", "10.44.0.0/16"]},
-        "cni": {"calico": {"blockSize": 120}, "flannel": {"setNetworks": True}}},
+        "cni": {"calico": {"blockSize": 24}, "flannel": {"setNetworks": True}}},
         {"flannel_targets": [FLANNEL]}),
-    "calico: judged with flannel": ({
-        "cni": {"calico": {"blockSize": 120}, "flannel": {"setNetworks": True}}},
+    "calico: compiled with flannel": ({
+        "cni": {"calico": {"blockSize": 24}, "flannel": {"setNetworks": True}}},
         {"flannel_targets": [FLANNEL]}),
     "cilium: every setting": ({
         "cluster": DUAL,
@@ -341,10 +344,19 @@ def test_compile_ippools_takes_its_settings_as_arguments() -> None:
         "calico pod CIDR fd42::/56 is a pool natOutgoing nodeSelector=\"x == 'y'\" "
         "vxlanMode=\"CrossSubnet\"",
         "calico every IPPool readable"]
+    assert _lines(compile_ippools(spec, block_size=BlockSizes(ipv4=24, ipv6=120)))[1:3] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing blockSize=24",
+        "calico pod CIDR fd42::/56 is a pool natOutgoing blockSize=120"]
     with pytest.raises(SpecError) as info:
         compile_ippools(spec, block_size=26)
     assert [str(p) for p in info.value.problems] == [
-        "cluster.podCIDRs[1]: blockSize 26 is not 116..128 for IPv6 pod CIDR fd42::/56"]
+        "cni.calico.blockSize: one blockSize (26) cannot fit both families of a dual-stack "
+        "cluster (Calico takes 20..32 for IPv4 pools, 116..128 for IPv6 pools): give one per "
+        "family, such as blockSize: {ipv4: 26, ipv6: 122}"]
+    with pytest.raises(SpecError) as info:
+        compile_ippools(spec, block_size=BlockSizes(ipv6=26))
+    assert [str(p) for p in info.value.problems] == [
+        "cni.calico.blockSize.ipv6: expected 116..128 (Calico's range for IPv6 pools), got 26"]
     with pytest.raises(SpecError) as info:
         compile_ippools(Spec(cluster=Cluster(pod_cidrs=[])))
     assert [str(p) for p in info.value.problems] == [

@@ -69,6 +69,24 @@ DOCUMENTS: dict[str, Any] = {
     "calico": {"cni": {"calico": {"blockSize": 33, "ipipMode": None, "vxlanMode": "never",
                                   "nodeSelector": 1, "allowDisruptive": "y"}}},
     "calico block sizes": {"cni": {"calico": {"blockSize": 115}}},
+    "calico block size per family": {"cni": {"calico": {"blockSize": {
+        "ipv4": 33, "ipv6": "122", "ipv5": 1, 4: 26}}}},
+    "calico block size per family, empty": {"cni": {"calico": {"blockSize": {}}}},
+    "calico block size per family, unknown keys only": {"cni": {"calico": {"blockSize": {
+        "v4": 26}}}},
+    # ---- calico's blockSize against the cluster's families (validate)
+    "calico block size on a dual-stack cluster": {
+        "cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+        "cni": {"calico": {"blockSize": 26}}},
+    "calico block size of the other family": {
+        "cluster": {"podCIDRs": ["fd42::/56"], "serviceCIDRs": []},
+        "cni": {"calico": {"blockSize": 24}}},
+    "calico block size per family without its pods": {
+        "cni": {"calico": {"blockSize": {"ipv4": 24, "ipv6": 120}}}},
+    "calico block size with the other problems of the spec": {
+        "cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+        "destinations": [{"cidr": "nope"}], "agent": {"intervalSeconds": 0},
+        "cni": {"calico": {"blockSize": {"ipv4": 19, "ipv6": 129}, "ipipMode": "x"}}},
     "flannel": {"cni": {"flannel": {"backend": {"type": 1}, "enableNFTables": 0,
                                     "setNetworks": "true"}, "allowDisruptive": 1}},
     "ip-masq-agent config with problems": {"masquerade": {"ipMasqAgentConfig": {
