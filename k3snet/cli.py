@@ -1261,16 +1261,21 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _render_iptables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
-    from k3snet.render.iptables import render_iptables_save  # noqa: PLC0415 - lazy
+    from k3snet.render.iptables import RULES_FILES, render_iptables_save  # noqa: PLC0415 - lazy
 
     state = compile_spec(spec)
-    return {"rules.v4": render_iptables_save(state, 4), "rules.v6": render_iptables_save(state, 6)}
+    return {name: render_iptables_save(state, family) for family, name in RULES_FILES.items()}
 
 
 def _render_nftables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.nftables import render_nftables_conf  # noqa: PLC0415 - lazy
 
-    return {"k3snet.nft": render_nftables_conf(compile_spec(spec))}
+    # The table the nftables backend will own after the boot: the spec's table and
+    # family, or the file loads a table the backend then reads as another program's
+    # (its rules kept for ever beside the backend's own).
+    options = spec_backend_options(spec, "nftables")
+    layout = {key: options[key] for key in ("table", "family") if key in options}
+    return {"k3snet.nft": render_nftables_conf(compile_spec(spec), **layout)}
 
 
 def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

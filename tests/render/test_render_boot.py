@@ -1,0 +1,106 @@
+"""Rendered persistence files loaded the way a node loads them at boot (issue 8).
+
+Each test loads ``k3snet render``'s output into a fresh namespace holding foreign
+state, as the boot-time tool the docs name would, and checks the kernel's own view
+(``nft -j list ruleset``, ``iptables-save``): the foreign state is unchanged, and
+``k3snet plan`` with the same spec finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from k3snet.cli import main
+from k3snet.lab.netns import run_in, temporary_netns
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+FOREIGN_NFT = """table inet kube-proxy {
+\tchain nat-postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr 10.42.0.0/16 masquerade
+\t}
+}
+"""
+
+
+def _tables(ns: str) -> list[tuple[str, str]]:
+    listing = json.loads(run_in(ns, ["nft", "-j", "list", "tables"]).stdout)["nftables"]
+    return sorted((item["table"]["family"], item["table"]["name"])
+                  for item in listing if "table" in item)
+
+
+def _table(ns: str, family: str, name: str) -> str:
+    return run_in(ns, ["nft", "-j", "list", "table", family, name]).stdout
+
+
+def test_rendered_nftables_file_holds_the_table_and_family_the_spec_gives_the_backend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text().replace(
+        "kind: EgressSpec\n",
+        "kind: EgressSpec\nbackends:\n  nftables: {table: egress, family: split}\n"))
+    assert main(["render", "nftables", "-f", str(spec), "-o", str(tmp_path)]) == 0
+    conf = (tmp_path / "k3snet.nft").read_text()
+    with temporary_netns("rboot") as ns:
+        run_in(ns, ["nft", "-f", "-"], input_text=FOREIGN_NFT)
+        foreign = _table(ns, "inet", "kube-proxy")
+        for _ in range(2):  # at boot, then a reload: replaced, not duplicated
+            run_in(ns, ["nft", "-f", "-"], input_text=conf)
+        assert _tables(ns) == [("inet", "kube-proxy"), ("ip", "egress"), ("ip6", "egress")]
+        assert _table(ns, "inet", "kube-proxy") == foreign
+        capsys.readouterr()
+        assert main(["plan", "-f", str(spec), "--backend", "nftables", "--netns", ns,
+                     "--no-facts"]) == 0, capsys.readouterr().out
+
+
+FOREIGN_IPTABLES = """*nat
+:KUBE-POSTROUTING - [0:0]
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A POSTROUTING -s 10.42.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE --random-fully
+-A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE
+COMMIT
+*filter
+:FLANNEL-FWD - [0:0]
+-A FORWARD -j FLANNEL-FWD
+-A FLANNEL-FWD -s 10.42.0.0/16 -j ACCEPT
+COMMIT
+"""
+
+
+def _foreign_lines(ns: str, save: str) -> list[str]:
+    return [line for line in run_in(ns, [save]).stdout.splitlines()
+            if not line.startswith("#") and "K3SNET" not in line]
+
+
+def test_rendered_iptables_files_loaded_as_they_say_keep_foreign_rules_and_meet_the_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    names = {path.name for path in tmp_path.iterdir()}
+    # netfilter-persistent loads rules.v4/rules.v6 without --noflush: never those names
+    assert names == {"k3snet.rules.v4", "k3snet.rules.v6"}
+    with temporary_netns("rboot") as ns:
+        for tool in ("iptables", "ip6tables"):
+            run_in(ns, [f"{tool}-restore", "--noflush"],
+                   input_text=FOREIGN_IPTABLES.replace("10.42.0.0/16", "fd42:42::/56")
+                   .replace("224.0.0.0/4", "ff00::/8") if tool == "ip6tables"
+                   else FOREIGN_IPTABLES)
+        before = {save: _foreign_lines(ns, save) for save in ("iptables-save", "ip6tables-save")}
+        for name in sorted(names):
+            text = (tmp_path / name).read_text()
+            # The command the file's own header gives, with the file where it says.
+            command = text.split("`", 2)[1].split()
+            assert command[-1] == f"/etc/k3snet/{name}"
+            run_in(ns, [*command[:-1], str(tmp_path / name)])
+        after = {save: _foreign_lines(ns, save) for save in ("iptables-save", "ip6tables-save")}
+        assert after == before
+        assert "K3SNET-POSTROUTING" in run_in(ns, ["ip6tables-save"]).stdout
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--backend", "iptables", "--netns", ns,
+                     "--no-facts"]) == 0, capsys.readouterr().out
