@@ -104,3 +104,29 @@ def test_rendered_iptables_files_loaded_as_they_say_keep_foreign_rules_and_meet_
         capsys.readouterr()
         assert main(["plan", "-f", str(SEED), "--backend", "iptables", "--netns", ns,
                      "--no-facts"]) == 0, capsys.readouterr().out
+
+
+def test_rendered_networkd_routes_go_in_a_drop_in_of_the_file_that_configures_the_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # networkd applies only the first .network file matching a link: on a node whose
+    # eth0 netplan configures (10-netplan-eth0.network), 90-k3snet-eth0.network is
+    # ignored and the routes never come back.
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(tmp_path),
+                 "--network-file", "eth0=10-netplan-eth0.network"]) == 0
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["10-netplan-eth0.network.d/90-k3snet-routes.conf"]
+    text = (tmp_path / written[0]).read_text()
+    assert "[Match]" not in text
+    assert text.count("[Route]") == 2
+    assert "Protocol=211" in text
+    capsys.readouterr()
+
+
+def test_a_network_file_option_without_its_device_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["render", "networkd", "-f", str(SEED), "--network-file", "10-eth0.network"])
+    assert exit_info.value.code == 64
+    assert "expected DEV=FILE" in capsys.readouterr().err
