@@ -130,3 +130,36 @@ def test_a_network_file_option_without_its_device_is_a_usage_error(
         main(["render", "networkd", "-f", str(SEED), "--network-file", "10-eth0.network"])
     assert exit_info.value.code == 64
     assert "expected DEV=FILE" in capsys.readouterr().err
+
+
+def test_ifupdown_up_lines_run_in_the_order_the_file_gives_restore_owned_routes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "ifupdown", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    text = (tmp_path / "k3snet-routes").read_text()
+    assert "at the END of /etc/network/interfaces" in text
+    ups = [line.strip().removeprefix("up ") for line in text.splitlines()
+           if line.strip().startswith("up ")]
+    assert len(ups) == 2
+    with temporary_netns("rboot") as ns:
+        run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"])
+        for device in ("eth0", "p0"):
+            run_in(ns, ["ip", "link", "set", device, "up"])
+        # Sourced before the interface's own stanza (interfaces.d/ on Debian), the
+        # gateway is not reachable yet: why the file says to source it at the end.
+        early = run_in(ns, ["sh", "-c", ups[0]], check=False)
+        assert early.returncode != 0
+        assert "invalid gateway" in early.stderr
+        # The interface's own stanza, then this file's, as ifupdown runs them (sh -c).
+        for address in ("192.168.1.10/24", "fd01:1::10/64"):
+            run_in(ns, ["ip", "address", "add", address, "dev", "eth0", "nodad"])
+        for line in ups:
+            run_in(ns, ["sh", "-c", line])
+        routes = json.loads(run_in(ns, ["ip", "-j", "route", "show", "proto", "211"]).stdout)
+        routes += json.loads(run_in(ns, ["ip", "-j", "-6", "route", "show", "proto", "211"]
+                                    ).stdout)
+        assert sorted((r["dst"], r["gateway"]) for r in routes) == [
+            ("192.168.2.0/24", "192.168.1.1"), ("fd01:2::/64", "fd01:1::1")]
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--backend", "netlink:route", "--netns", ns]
+                    ) == 0, capsys.readouterr().out
