@@ -163,3 +163,17 @@ def test_ifupdown_up_lines_run_in_the_order_the_file_gives_restore_owned_routes(
         capsys.readouterr()
         assert main(["plan", "-f", str(SEED), "--backend", "netlink:route", "--netns", ns]
                     ) == 0, capsys.readouterr().out
+
+
+def test_the_documented_boot_unit_runs_the_command_each_iptables_file_gives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    unit = docs.split("```ini\n", 1)[1].split("```", 1)[0]
+    starts = [line.removeprefix("ExecStart=") for line in unit.splitlines()
+              if line.startswith("ExecStart=")]
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    capsys.readouterr()
+    given = [(tmp_path / name).read_text().split("`", 2)[1]
+             for name in ("k3snet.rules.v4", "k3snet.rules.v6")]
+    assert starts == [f"/usr/sbin/{command}" for command in given]
