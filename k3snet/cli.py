@@ -240,23 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     _agent_arguments(agent)
 
     render = add("render", "Write persistence files or Kubernetes manifests.")
-    render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
-    render.add_argument("-f", "--spec", required=True, type=Path)
-    render.add_argument("-o", "--out", type=Path,
-                        help="directory to write into (default: print to stdout)")
-    render.add_argument("--flannel-conf", metavar="PATH",
-                        help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf; "
-                             "default: the spec's backends.flannel.path)")
-    render.add_argument("--flannel-configmap-namespace", metavar="NS",
-                        help="manifests: the namespace of upstream flannel's kube-flannel-cfg "
-                             "(default: the spec's backends.flannel.configmap)")
-    render.add_argument("--profile", action="append", default=[], metavar="NAME=SPEC",
-                        type=_profile,
-                        help="manifests: a per-node override, repeatable: nodes labelled "
-                             "k3snet.io/profile=NAME run SPEC instead (its own DaemonSet)")
-    render.add_argument("--no-node-report", action="store_true",
-                        help="manifests: the agent does not annotate its Node (no API access "
-                             "unless a backend needs it)")
+    _render_arguments(render)
 
     validate = add("validate", "Check a spec; print every problem at once.")
     validate.add_argument("-f", "--spec", required=True, type=Path)
@@ -495,6 +479,42 @@ def _profile(text: str) -> str:
     if not (sep and name and path):
         raise argparse.ArgumentTypeError(f"expected NAME=SPEC (a profile name, a spec file), "
                                          f"not {text!r}")
+    return text
+
+
+def _render_arguments(render: argparse.ArgumentParser) -> None:
+    """The options of ``k3snet render``."""
+    render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
+    render.add_argument("-f", "--spec", required=True, type=Path)
+    render.add_argument("-o", "--out", type=Path,
+                        help="directory to write into (default: print to stdout)")
+    render.add_argument("--flannel-conf", metavar="PATH",
+                        help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf; "
+                             "default: the spec's backends.flannel.path)")
+    render.add_argument("--flannel-configmap-namespace", metavar="NS",
+                        help="manifests: the namespace of upstream flannel's kube-flannel-cfg "
+                             "(default: the spec's backends.flannel.configmap)")
+    render.add_argument("--profile", action="append", default=[], metavar="NAME=SPEC",
+                        type=_profile,
+                        help="manifests: a per-node override, repeatable: nodes labelled "
+                             "k3snet.io/profile=NAME run SPEC instead (its own DaemonSet)")
+    render.add_argument("--network-file", action="append", default=[], metavar="DEV=FILE",
+                        type=_network_file,
+                        help="networkd: the .network file that already configures DEV "
+                             "(10-netplan-eth0.network), repeatable: DEV's routes go in a "
+                             "drop-in of it (networkd applies only the first file that "
+                             "matches a device, so a file of k3snet's own would be ignored)")
+    render.add_argument("--no-node-report", action="store_true",
+                        help="manifests: the agent does not annotate its Node (no API access "
+                             "unless a backend needs it)")
+
+
+def _network_file(text: str) -> str:
+    """``--network-file DEV=FILE``: its shape, checked now (a usage error)."""
+    device, sep, name = text.partition("=")
+    if not (sep and device and name):
+        raise argparse.ArgumentTypeError(f"expected DEV=FILE (an interface, the .network file "
+                                         f"that configures it), not {text!r}")
     return text
 
 
@@ -1252,6 +1272,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         return EXIT_OK
     args.out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
+        # A networkd drop-in is a file in a directory of its own (DEV.network.d/).
+        (args.out / name).parent.mkdir(parents=True, exist_ok=True)
         write_output(args.out / name, text)
         print(args.out / name)
     return EXIT_OK
@@ -1261,16 +1283,21 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _render_iptables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
-    from k3snet.render.iptables import render_iptables_save  # noqa: PLC0415 - lazy
+    from k3snet.render.iptables import RULES_FILES, render_iptables_save  # noqa: PLC0415 - lazy
 
     state = compile_spec(spec)
-    return {"rules.v4": render_iptables_save(state, 4), "rules.v6": render_iptables_save(state, 6)}
+    return {name: render_iptables_save(state, family) for family, name in RULES_FILES.items()}
 
 
 def _render_nftables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.nftables import render_nftables_conf  # noqa: PLC0415 - lazy
 
-    return {"k3snet.nft": render_nftables_conf(compile_spec(spec))}
+    # The table the nftables backend will own after the boot: the spec's table and
+    # family, or the file loads a table the backend then reads as another program's
+    # (its rules kept for ever beside the backend's own).
+    options = spec_backend_options(spec, "nftables")
+    layout = {key: options[key] for key in ("table", "family") if key in options}
+    return {"k3snet.nft": render_nftables_conf(compile_spec(spec), **layout)}
 
 
 def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
@@ -1288,7 +1315,8 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_networkd  # noqa: PLC0415 - lazy
 
-    return dict(render_networkd(compile_spec(spec)))
+    parents = dict(entry.partition("=")[::2] for entry in args.network_file)
+    return dict(render_networkd(compile_spec(spec), network_files=parents))
 
 
 def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

@@ -137,7 +137,7 @@ def test_pod_cidr_disagreeing_with_flannel_is_a_conflict(
 @pytest.mark.parametrize(
     ("what", "files", "needle"),
     [
-        ("iptables", {"rules.v4", "rules.v6"}, "K3SNET-POSTROUTING"),
+        ("iptables", {"k3snet.rules.v4", "k3snet.rules.v6"}, "K3SNET-POSTROUTING"),
         ("nftables", {"k3snet.nft"}, "masquerade"),
         ("ifupdown", {"k3snet-routes"}, "up ip route"),
         ("netplan", {"90-k3snet.yaml"}, "routes:"),

@@ -230,7 +230,10 @@ def test_the_rules_files_hold_exactly_our_chains() -> None:
     ])
     assert render_iptables_save(state, 4) == """\
 # k3snet: only k3snet's chains and jumps (IPv4).
-# Load with `iptables-restore --noflush` so that foreign rules are kept.
+# Load with `iptables-restore --noflush /etc/k3snet/k3snet.rules.v4`,
+# so that foreign rules are kept. Never as netfilter-persistent's
+# /etc/iptables/rules.v4: it loads without --noflush, which flushes every
+# table named below (kube-proxy's, flannel's, Docker's rules with them).
 *nat
 :K3SNET-POSTROUTING - [0:0]
 :K3SNET-M-3d4b9e1fa28c79e1 - [0:0]
@@ -248,7 +251,10 @@ COMMIT
 """  # noqa: E501 - rules as iptables-save prints them
     assert render_iptables_save(state, 6) == """\
 # k3snet: only k3snet's chains and jumps (IPv6).
-# Load with `ip6tables-restore --noflush` so that foreign rules are kept.
+# Load with `ip6tables-restore --noflush /etc/k3snet/k3snet.rules.v6`,
+# so that foreign rules are kept. Never as netfilter-persistent's
+# /etc/iptables/rules.v6: it loads without --noflush, which flushes every
+# table named below (kube-proxy's, flannel's, Docker's rules with them).
 *nat
 :K3SNET-POSTROUTING - [0:0]
 :K3SNET-N-d0-s56-o-2 - [0:0]

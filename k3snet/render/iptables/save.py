@@ -1,14 +1,21 @@
-"""Persistence for the iptables backend: ``/etc/iptables/rules.v4`` and ``rules.v6``.
+"""Persistence for the iptables backend: ``k3snet.rules.v4`` and ``k3snet.rules.v6``.
 
 The file holds *only* k3snet's chains and the jumps into them, in the exact
 layout the :mod:`iptables backend <k3snet.backends.iptables>` writes, so that::
 
-    iptables-restore --noflush /etc/iptables/rules.v4
-    ip6tables-restore --noflush /etc/iptables/rules.v6
+    iptables-restore --noflush /etc/k3snet/k3snet.rules.v4
+    ip6tables-restore --noflush /etc/k3snet/k3snet.rules.v6
 
 at boot recreates our rules and leaves every foreign chain and rule (flannel,
 kube-proxy, Docker, the administrator's) alone: with ``--noflush`` a table is
 not flushed, and declaring ``:K3SNET-... - [0:0]`` empties only that chain.
+
+The file is *not* netfilter-persistent's ``/etc/iptables/rules.v4``: that service
+loads its files without ``--noflush``, which flushes every table the file names
+(``*nat``, ``*filter``) and deletes its other chains, kube-proxy's, flannel's and
+Docker's among them, whenever it starts or reloads (and it owns that file: its
+``save`` overwrites it with the whole ruleset). Hence the names the CLI writes
+(:data:`RULES_FILES`) and the warning in the file itself.
 
 Meant for loading into a boot-time kernel. Loading the file a second time into a
 kernel that already has our chains re-creates their content but adds a second
@@ -18,7 +25,7 @@ extra jump.
 
 >>> from k3snet.model import MasqueradeRule, State
 >>> text = render_iptables_save(State(owned=[MasqueradeRule("10.42.0.0/16")]), 4)
->>> print(text.splitlines()[2])
+>>> print(text.splitlines()[5])
 *nat
 """
 
@@ -29,7 +36,11 @@ from k3snet.model import Drift, NetObject
 from k3snet.model.state import State
 from k3snet.render.iptables.rules import HOOKS, TABLES, format_line, hook_line, table_image
 
-__all__ = ["render_iptables_save"]
+__all__ = ["RULES_FILES", "render_iptables_save"]
+
+RULES_FILES = {4: "k3snet.rules.v4", 6: "k3snet.rules.v6"}
+"""The names ``k3snet render iptables`` writes, per family: not netfilter-persistent's
+``rules.v4``/``rules.v6``, which it loads without ``--noflush``."""
 
 _KINDS = {"filter": "forward", "nat": "nat"}
 
@@ -45,7 +56,10 @@ def render_iptables_save(state: State, family: int) -> str:
     tool = "iptables" if family == 4 else "ip6tables"
     lines = [
         f"# k3snet: only k3snet's chains and jumps (IPv{family}).",
-        f"# Load with `{tool}-restore --noflush` so that foreign rules are kept.",
+        f"# Load with `{tool}-restore --noflush /etc/k3snet/{RULES_FILES[family]}`,",
+        "# so that foreign rules are kept. Never as netfilter-persistent's",
+        f"# /etc/iptables/rules.v{family}: it loads without --noflush, which flushes every",
+        "# table named below (kube-proxy's, flannel's, Docker's rules with them).",
     ]
     for table in TABLES:
         objects: list[NetObject] = [

@@ -1,0 +1,179 @@
+"""Rendered persistence files loaded the way a node loads them at boot (issue 8).
+
+Each test loads ``k3snet render``'s output into a fresh namespace holding foreign
+state, as the boot-time tool the docs name would, and checks the kernel's own view
+(``nft -j list ruleset``, ``iptables-save``): the foreign state is unchanged, and
+``k3snet plan`` with the same spec finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from k3snet.cli import main
+from k3snet.lab.netns import run_in, temporary_netns
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+FOREIGN_NFT = """table inet kube-proxy {
+\tchain nat-postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr 10.42.0.0/16 masquerade
+\t}
+}
+"""
+
+
+def _tables(ns: str) -> list[tuple[str, str]]:
+    listing = json.loads(run_in(ns, ["nft", "-j", "list", "tables"]).stdout)["nftables"]
+    return sorted((item["table"]["family"], item["table"]["name"])
+                  for item in listing if "table" in item)
+
+
+def _table(ns: str, family: str, name: str) -> str:
+    return run_in(ns, ["nft", "-j", "list", "table", family, name]).stdout
+
+
+def test_rendered_nftables_file_holds_the_table_and_family_the_spec_gives_the_backend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text().replace(
+        "kind: EgressSpec\n",
+        "kind: EgressSpec\nbackends:\n  nftables: {table: egress, family: split}\n"))
+    assert main(["render", "nftables", "-f", str(spec), "-o", str(tmp_path)]) == 0
+    conf = (tmp_path / "k3snet.nft").read_text()
+    with temporary_netns("rboot") as ns:
+        run_in(ns, ["nft", "-f", "-"], input_text=FOREIGN_NFT)
+        foreign = _table(ns, "inet", "kube-proxy")
+        for _ in range(2):  # at boot, then a reload: replaced, not duplicated
+            run_in(ns, ["nft", "-f", "-"], input_text=conf)
+        assert _tables(ns) == [("inet", "kube-proxy"), ("ip", "egress"), ("ip6", "egress")]
+        assert _table(ns, "inet", "kube-proxy") == foreign
+        capsys.readouterr()
+        assert main(["plan", "-f", str(spec), "--backend", "nftables", "--netns", ns,
+                     "--no-facts"]) == 0, capsys.readouterr().out
+
+
+FOREIGN_IPTABLES = """*nat
+:KUBE-POSTROUTING - [0:0]
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A POSTROUTING -s 10.42.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE --random-fully
+-A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE
+COMMIT
+*filter
+:FLANNEL-FWD - [0:0]
+-A FORWARD -j FLANNEL-FWD
+-A FLANNEL-FWD -s 10.42.0.0/16 -j ACCEPT
+COMMIT
+"""
+
+
+def _foreign_lines(ns: str, save: str) -> list[str]:
+    return [line for line in run_in(ns, [save]).stdout.splitlines()
+            if not line.startswith("#") and "K3SNET" not in line]
+
+
+def test_rendered_iptables_files_loaded_as_they_say_keep_foreign_rules_and_meet_the_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    names = {path.name for path in tmp_path.iterdir()}
+    # netfilter-persistent loads rules.v4/rules.v6 without --noflush: never those names
+    assert names == {"k3snet.rules.v4", "k3snet.rules.v6"}
+    with temporary_netns("rboot") as ns:
+        for tool in ("iptables", "ip6tables"):
+            run_in(ns, [f"{tool}-restore", "--noflush"],
+                   input_text=FOREIGN_IPTABLES.replace("10.42.0.0/16", "fd42:42::/56")
+                   .replace("224.0.0.0/4", "ff00::/8") if tool == "ip6tables"
+                   else FOREIGN_IPTABLES)
+        before = {save: _foreign_lines(ns, save) for save in ("iptables-save", "ip6tables-save")}
+        for name in sorted(names):
+            text = (tmp_path / name).read_text()
+            # The command the file's own header gives, with the file where it says.
+            command = text.split("`", 2)[1].split()
+            assert command[-1] == f"/etc/k3snet/{name}"
+            run_in(ns, [*command[:-1], str(tmp_path / name)])
+        after = {save: _foreign_lines(ns, save) for save in ("iptables-save", "ip6tables-save")}
+        assert after == before
+        assert "K3SNET-POSTROUTING" in run_in(ns, ["ip6tables-save"]).stdout
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--backend", "iptables", "--netns", ns,
+                     "--no-facts"]) == 0, capsys.readouterr().out
+
+
+def test_rendered_networkd_routes_go_in_a_drop_in_of_the_file_that_configures_the_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # networkd applies only the first .network file matching a link: on a node whose
+    # eth0 netplan configures (10-netplan-eth0.network), 90-k3snet-eth0.network is
+    # ignored and the routes never come back.
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(tmp_path),
+                 "--network-file", "eth0=10-netplan-eth0.network"]) == 0
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["10-netplan-eth0.network.d/90-k3snet-routes.conf"]
+    text = (tmp_path / written[0]).read_text()
+    assert "[Match]" not in text
+    assert text.count("[Route]") == 2
+    assert "Protocol=211" in text
+    capsys.readouterr()
+
+
+def test_a_network_file_option_without_its_device_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["render", "networkd", "-f", str(SEED), "--network-file", "10-eth0.network"])
+    assert exit_info.value.code == 64
+    assert "expected DEV=FILE" in capsys.readouterr().err
+
+
+def test_ifupdown_up_lines_run_in_the_order_the_file_gives_restore_owned_routes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "ifupdown", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    text = (tmp_path / "k3snet-routes").read_text()
+    assert "at the END of /etc/network/interfaces" in text
+    ups = [line.strip().removeprefix("up ") for line in text.splitlines()
+           if line.strip().startswith("up ")]
+    assert len(ups) == 2
+    with temporary_netns("rboot") as ns:
+        run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"])
+        for device in ("eth0", "p0"):
+            run_in(ns, ["ip", "link", "set", device, "up"])
+        # Sourced before the interface's own stanza (interfaces.d/ on Debian), the
+        # gateway is not reachable yet: why the file says to source it at the end.
+        early = run_in(ns, ["sh", "-c", ups[0]], check=False)
+        assert early.returncode != 0
+        assert "invalid gateway" in early.stderr
+        # The interface's own stanza, then this file's, as ifupdown runs them (sh -c).
+        for address in ("192.168.1.10/24", "fd01:1::10/64"):
+            run_in(ns, ["ip", "address", "add", address, "dev", "eth0", "nodad"])
+        for line in ups:
+            run_in(ns, ["sh", "-c", line])
+        routes = json.loads(run_in(ns, ["ip", "-j", "route", "show", "proto", "211"]).stdout)
+        routes += json.loads(run_in(ns, ["ip", "-j", "-6", "route", "show", "proto", "211"]
+                                    ).stdout)
+        assert sorted((r["dst"], r["gateway"]) for r in routes) == [
+            ("192.168.2.0/24", "192.168.1.1"), ("fd01:2::/64", "fd01:1::1")]
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--backend", "netlink:route", "--netns", ns]
+                    ) == 0, capsys.readouterr().out
+
+
+def test_the_documented_boot_unit_runs_the_command_each_iptables_file_gives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    unit = docs.split("```ini\n", 1)[1].split("```", 1)[0]
+    starts = [line.removeprefix("ExecStart=") for line in unit.splitlines()
+              if line.startswith("ExecStart=")]
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    capsys.readouterr()
+    given = [(tmp_path / name).read_text().split("`", 2)[1]
+             for name in ("k3snet.rules.v4", "k3snet.rules.v6")]
+    assert starts == [f"/usr/sbin/{command}" for command in given]
