@@ -502,7 +502,7 @@ class NetlinkBackend(BackendBase):
                                       capability=_CAPABILITY):
                     indexes = self._prepare(plan)
                 self._execute(plan, indexes, fail_at)
-        except ApplyError:
+        except BaseException:  # an ApplyError, or an interruption (taken back too)
             self._routes.forget()  # what the kernel holds now is read again
             raise
         return ApplyResult(self.name, plan.changes, self._operations - start)
