@@ -154,7 +154,12 @@ class BackendGroup:
                     done=[],
                     rolled_back=[*previous, *undone],
                 ) from exc
-        applied = tuple(c for _, r in results for c in r.applied)
+        # In the plan's order, as every backend reports them (the members ran in theirs).
+        # Keyed by identity: the parts hold the plan's own Change values, and hashing
+        # every change of a big plan would cost more than the sort.
+        position = {id(change): index for index, change in enumerate(plan.changes)}
+        applied = tuple(sorted((c for _, r in results for c in r.applied),
+                               key=lambda c: position.get(id(c), len(position))))
         return ApplyResult(self.name, applied, sum(r.operations for _, r in results))
 
     def _arm_members(self, plan: Plan, parts: Sequence[tuple[Member, Plan]]) -> Member | None:
