@@ -123,7 +123,9 @@ class BackendGroup:
         other exception. If nothing had been applied yet, the member's error is
         raised as it is; otherwise the parts already applied are undone (in
         reverse order, each through its own backend) and an ApplyError says so,
-        or a :class:`~k3snet.errors.RollbackError` if an undo failed too.
+        or a :class:`~k3snet.errors.RollbackError` if an undo failed too. An
+        interruption (``KeyboardInterrupt``, ``SystemExit``) in a later member's part
+        undoes the earlier parts the same way, then is raised again as it came.
         """
         ensure_capable(self, plan)
         parts = [(member, plan.only(member.kinds)) for member in self.members]
@@ -137,10 +139,14 @@ class BackendGroup:
                     raise ApplyError(f"{member.backend.name}: injected failure before its part "
                                      "(the backend has no fault hook)")
                 results.append((member, member.backend.apply(part)))
-            except Exception as exc:
+            except BaseException as exc:
                 if not results:  # nothing of the group's doing to undo: the member's own error
                     raise
                 undone = self._undo(results, exc, member)
+                if not isinstance(exc, Exception):
+                    # Ctrl-C (KeyboardInterrupt) or SystemExit: the earlier parts are taken
+                    # back as for an error, then the interruption goes on as it came.
+                    raise
                 previous = exc.rolled_back if isinstance(exc, ApplyError) else ()
                 raise ApplyError(
                     f"{member.backend.name}: {exc}",
@@ -148,7 +154,12 @@ class BackendGroup:
                     done=[],
                     rolled_back=[*previous, *undone],
                 ) from exc
-        applied = tuple(c for _, r in results for c in r.applied)
+        # In the plan's order, as every backend reports them (the members ran in theirs).
+        # Keyed by identity: the parts hold the plan's own Change values, and hashing
+        # every change of a big plan would cost more than the sort.
+        position = {id(change): index for index, change in enumerate(plan.changes)}
+        applied = tuple(sorted((c for _, r in results for c in r.applied),
+                               key=lambda c: position.get(id(c), len(position))))
         return ApplyResult(self.name, applied, sum(r.operations for _, r in results))
 
     def _arm_members(self, plan: Plan, parts: Sequence[tuple[Member, Plan]]) -> Member | None:
@@ -182,7 +193,7 @@ class BackendGroup:
             raise errors[0]
 
     @staticmethod
-    def _undo(results: list[tuple[Member, ApplyResult]], cause: Exception,
+    def _undo(results: list[tuple[Member, ApplyResult]], cause: BaseException,
               failing: Member) -> list[Change]:
         undone: list[Change] = []
         for member, result in reversed(results):

@@ -285,6 +285,22 @@ class Compensation:
         self._steps.clear()
         return undone, problems
 
+    @contextmanager
+    def guarding(self) -> Iterator[None]:
+        """Within the block, anything raised other than by :meth:`fail` (Ctrl-C's
+        ``KeyboardInterrupt``, ``SystemExit``, a bug) takes the recorded steps back
+        first, then goes on as it came.
+
+        Without it, only the backend's own errors (:meth:`fail`) undid anything: an
+        interruption between two steps left the first ones made.
+        """
+        try:
+            yield
+        except BaseException:
+            # After fail() nothing is recorded any more: no step is undone twice.
+            self.rollback()
+            raise
+
     def fail(self, failed: Change | None, reason: str,
              cause: BaseException | None = None, *, extra_problems: Sequence[str] = ()
              ) -> NoReturn:

@@ -46,6 +46,15 @@ def test_memory_backend_passes_the_conformance_suite() -> None:
 
 def test_a_memory_backend_limited_to_routes_passes_and_refuses_other_kinds() -> None:
     run_conformance(lambda: MemoryBackend(capabilities=["route"]), max_examples=30)
+
+
+def test_a_group_of_backends_passes_the_conformance_suite() -> None:
+    """A BackendGroup keeps every rule of a single backend, all or nothing included; its
+    ``applied`` is the plan's changes in the plan's order (it used to list them member
+    by member, which a plan putting a forward rule before a route contradicts)."""
+    run_conformance(lambda: BackendGroup([MemoryBackend(capabilities=["route", "sysctl"]),
+                                          MemoryBackend(capabilities=["nat", "forward"])]),
+                    max_examples=30)
     backend = MemoryBackend(capabilities=["route"])
     with pytest.raises(PlanError, match="the plan also changes sysctl"):
         backend.apply(plan(State(), State(owned=[Sysctl("net.ipv4.ip_forward", 1)])))

@@ -102,7 +102,7 @@ def test_an_injected_failure_at_every_position_leaves_the_kernel_as_it_was(
 class _Refusing(NftablesBackend):
     """An nftables member that refuses its part (or crashes) after netlink applied."""
 
-    error: Exception = PlanError("refused by a later member")
+    error: BaseException = PlanError("refused by a later member")
 
     def apply(self, plan: Plan) -> ApplyResult:
         raise self.error
@@ -121,5 +121,23 @@ def test_any_error_of_a_later_member_takes_the_earlier_members_back(
             group.apply(p)
         assert caught.value.__cause__ is error
         assert {c.kind for c in caught.value.rolled_back} == {"route", "sysctl"}
+        assert kernel_view(ns) == before
+        assert not group.observe().owned
+
+
+def test_an_interruption_during_a_later_member_takes_the_earlier_members_back(
+        ns: str, tmp_path: Path) -> None:
+    """Ctrl-C (KeyboardInterrupt) as the nftables part starts: the routes and sysctls
+    netlink applied are taken back, and the interruption goes on (the CLI exits 130).
+    It used to leave them applied: the group caught only ``Exception``."""
+    before = kernel_view(ns)
+    refusing = _Refusing(ns)
+    interruption = KeyboardInterrupt()
+    refusing.error = interruption
+    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path), refusing]) as group:
+        p = plan(group.observe(), WANTED)
+        with pytest.raises(KeyboardInterrupt) as caught:
+            group.apply(p)
+        assert caught.value is interruption
         assert kernel_view(ns) == before
         assert not group.observe().owned

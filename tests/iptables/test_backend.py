@@ -728,3 +728,40 @@ def test_forward_drop_is_opened_and_pods_reach_the_database(
             assert hits, counted
             assert not hits[0].startswith("[0:"), counted
 
+
+
+@pytest.mark.kernel
+def test_an_interruption_between_two_families_takes_the_first_family_back(
+        ns: str, config: tuple[str, str]) -> None:
+    """Ctrl-C (KeyboardInterrupt) after the IPv4 tables were committed, as the IPv6 ones
+    start: the IPv4 tables are taken back, then the interruption goes on. It used to
+    leave them committed: only an error the backend raised itself ran the compensation."""
+    mode = config[0]
+    seed(ns, mode)
+    before = kernel(ns, mode)
+    with make(ns, config) as backend:
+        p = plan(backend.observe(), DESIRED)
+        assert {c.subject.family for c in p.changes} == {4, 6}, p.render()
+        interruption = KeyboardInterrupt()
+        if backend._kernel.streams:
+            streamed = backend._stream
+
+            def stream(plan_: object, family: int, *args: object, **kwargs: object) -> None:
+                if family == 6:
+                    raise interruption
+                streamed(plan_, family, *args, **kwargs)  # type: ignore[arg-type]
+
+            backend._stream = stream  # type: ignore[method-assign,assignment]
+        else:
+            ran = backend._run
+
+            def run(family: int, *args: object) -> None:
+                if family == 6:
+                    raise interruption
+                ran(family, *args)  # type: ignore[arg-type]
+
+            backend._run = run  # type: ignore[method-assign,assignment]
+        with pytest.raises(KeyboardInterrupt) as caught:
+            backend.apply(p)
+        assert caught.value is interruption
+    assert kernel(ns, mode) == before

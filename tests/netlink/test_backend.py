@@ -669,3 +669,56 @@ def test_missing_capabilities_are_named(ns: str, tmp_path: Path) -> None:
     assert entered.startswith("BackendError: cannot enter network namespace")
     assert "CAP_SYS_ADMIN" in entered
     assert owned_in_kernel(ns) == set()
+
+
+def test_an_interruption_mid_apply_takes_back_the_routes_and_sysctls_made(
+        ns: str, tmp_path: Path, driver: Driver) -> None:
+    """Ctrl-C (KeyboardInterrupt) as the routes go out, after two sysctls were written:
+    the sysctls get their values back and the state file owns nothing, then the
+    interruption goes on. It used to leave the sysctls changed: only an error the
+    backend raised itself ran the compensation."""
+    with NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        observed = backend.observe()
+        before = kernel_routes(ns)
+        bad = plan(observed, State(owned=[
+            Sysctl("net.ipv4.conf.all.rp_filter", 2),
+            Sysctl("net.ipv4.conf.d0.rp_filter", 1),
+            Route("10.7.0.0/24", device="d0"),
+        ]))
+        assert [c.kind for c in bad.changes] == ["sysctl", "sysctl", "route"], bad.render()
+        interruption = KeyboardInterrupt()
+
+        def interrupted(*_args: object) -> dict[int, Exception]:
+            raise interruption
+
+        backend._driver.send = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt) as caught:
+            backend.apply(bad)
+        assert caught.value is interruption
+        assert sysctl_in(ns, "net/ipv4/conf/all/rp_filter") == "0"
+        assert sysctl_in(ns, "net/ipv4/conf/d0/rp_filter") == "0"
+        assert kernel_routes(ns) == before
+        assert not backend.observe().owned
+
+
+def test_an_interruption_right_after_a_sysctl_write_gives_the_value_back(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C between the write of a sysctl and the record of its undo: the value is
+    written back and the state file owns nothing (no value left that k3snet no longer
+    knows it wrote, no original value lost)."""
+    import k3snet.backends.netlink.backend as module  # noqa: PLC0415
+
+    written = module.write_sysctl
+
+    def write_then_interrupt(root: Path, name: str, value: str) -> None:
+        written(root, name, value)
+        monkeypatch.setattr(module, "write_sysctl", written)  # the undo writes normally
+        raise KeyboardInterrupt
+
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        bad = plan(backend.observe(), State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", 2)]))
+        monkeypatch.setattr(module, "write_sysctl", write_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            backend.apply(bad)
+        assert sysctl_in(ns, "net/ipv4/conf/all/rp_filter") == "0"
+        assert not backend.observe().owned

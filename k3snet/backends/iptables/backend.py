@@ -589,31 +589,36 @@ class IptablesBackend(BackendBase):
         # taken back by compensation (revert ops computed from what was written).
         undo = Compensation(self.name, self._kernel.where)
         operations = 0
-        if not self._kernel.streams:
-            for step in self._prepare(plan):  # every edit computed before anything runs
-                ops = list(step.edit.ops)
-                if inject == (step.family, step.table):
-                    ops.append(Op("fail", step.table))
-                try:
-                    operations += 1
-                    self._run(step.family, step.table, ops)
-                except RunFailedError as exc:
-                    self._fail(undo, step, self._failed(plan, injected, exc), exc)
-                assert self._tables is not None  # set by _prepare
-                state = self._tables[step.family, step.table]
-                commit_edit(state, step.edit)
-                undo.record(step.changes, self._reverter(state, step))
-        else:
-            # Every change is checked first; each family's tables then go through one
-            # restore process, each table's edit computed while the process reads it.
-            pending = self._validate(plan)
-            families = [f for f in FAMILIES if any(w[0] == f for w in pending)]
-            for family in families:
-                operations += 1
-                tables = [(table, changes) for (f, table), changes in pending.items()
-                          if f == family]
-                self._stream(plan, family, tables, undo, inject=inject, injected=injected,
-                             pause=pause if family == families[-1] else None)
+        try:
+            with undo.guarding():  # an interruption takes back the tables committed
+                if not self._kernel.streams:
+                    for step in self._prepare(plan):  # every edit computed before anything runs
+                        ops = list(step.edit.ops)
+                        if inject == (step.family, step.table):
+                            ops.append(Op("fail", step.table))
+                        try:
+                            operations += 1
+                            self._run(step.family, step.table, ops)
+                        except RunFailedError as exc:
+                            self._fail(undo, step, self._failed(plan, injected, exc), exc)
+                        assert self._tables is not None  # set by _prepare
+                        state = self._tables[step.family, step.table]
+                        commit_edit(state, step.edit)
+                        undo.record(step.changes, self._reverter(state, step))
+                else:
+                    # Every change is checked first; each family's tables then go through one
+                    # restore process, each table's edit computed while the process reads it.
+                    pending = self._validate(plan)
+                    families = [f for f in FAMILIES if any(w[0] == f for w in pending)]
+                    for family in families:
+                        operations += 1
+                        tables = [(table, changes) for (f, table), changes in pending.items()
+                                  if f == family]
+                        self._stream(plan, family, tables, undo, inject=inject, injected=injected,
+                                     pause=pause if family == families[-1] else None)
+        except BaseException:
+            self._tables = None  # whatever stopped the apply, read the kernel again next time
+            raise
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _stream(self, plan: Plan, family: int, tables: list[tuple[str, list[Change]]],

@@ -502,7 +502,7 @@ class NetlinkBackend(BackendBase):
                                       capability=_CAPABILITY):
                     indexes = self._prepare(plan)
                 self._execute(plan, indexes, fail_at)
-        except ApplyError:
+        except BaseException:  # an ApplyError, or an interruption (taken back too)
             self._routes.forget()  # what the kernel holds now is read again
             raise
         return ApplyResult(self.name, plan.changes, self._operations - start)
@@ -540,34 +540,36 @@ class NetlinkBackend(BackendBase):
         mixed = "sysctl" in plan.kinds
         if mixed:
             undo.record((), partial(self._restore_store, self._store.load()))
-        position = 0
-        while position < stop:
-            if mixed and changes[position].kind != "route":
-                self._execute_sysctl(changes[position], undo)
-                position += 1
-                continue
-            # A batch: the routes from here up to the next sysctl, at most _BATCH_MESSAGES.
-            end = min(stop, position + _BATCH_MESSAGES)
-            if mixed:
-                end = next((i for i in range(position, end) if changes[i].kind != "route"), end)
-            batch = changes[position:end]
-            try:
-                failures = self._driver.send(batch, indexes)
-            except OSError as exc:  # the answers were lost: what the kernel did is unknown
-                undo.fail(batch[0], f"lost the kernel's answers: {exc}", exc,
-                          extra_problems=[f"{c}: outcome unknown" for c in batch])
-            made = [change for i, change in enumerate(batch) if i not in failures]
-            if made:
-                undo.record(made, partial(self._undo_routes, made))
-            if failures:
-                first = min(failures)
-                more = (f" ({len(failures) - 1} more change(s) of that batch failed too)"
-                        if len(failures) > 1 else "")
-                undo.fail(batch[first], _reason(failures[first], "write routes") + more,
-                          failures[first])
-            position = end
-        if stop < len(changes):
-            undo.fail(changes[stop], f"injected failure (fault hook at change {fail_at})")
+        with undo.guarding():
+            position = 0
+            while position < stop:
+                if mixed and changes[position].kind != "route":
+                    self._execute_sysctl(changes[position], undo)
+                    position += 1
+                    continue
+                # A batch: the routes from here up to the next sysctl, at most _BATCH_MESSAGES.
+                end = min(stop, position + _BATCH_MESSAGES)
+                if mixed:
+                    end = next((i for i in range(position, end)
+                                if changes[i].kind != "route"), end)
+                batch = changes[position:end]
+                try:
+                    failures = self._driver.send(batch, indexes)
+                except OSError as exc:  # the answers were lost: what the kernel did is unknown
+                    undo.fail(batch[0], f"lost the kernel's answers: {exc}", exc,
+                              extra_problems=[f"{c}: outcome unknown" for c in batch])
+                made = [change for i, change in enumerate(batch) if i not in failures]
+                if made:
+                    undo.record(made, partial(self._undo_routes, made))
+                if failures:
+                    first = min(failures)
+                    more = (f" ({len(failures) - 1} more change(s) of that batch failed too)"
+                            if len(failures) > 1 else "")
+                    undo.fail(batch[first], _reason(failures[first], "write routes") + more,
+                              failures[first])
+                position = end
+            if stop < len(changes):
+                undo.fail(changes[stop], f"injected failure (fault hook at change {fail_at})")
 
     def _undo_routes(self, made: Sequence[Change]) -> None:
         """Send the inverses of ``made`` as one batch (UndoFailure lists what failed)."""
@@ -602,6 +604,13 @@ class NetlinkBackend(BackendBase):
                     problems.append(f"restoring {change.subject}: {again}")
             name = getattr(change.subject, "name", "")
             undo.fail(change, _reason(exc, f"write {name}"), exc, extra_problems=problems)
+        except BaseException:
+            # Interrupted between the write and its record: the value is taken back
+            # here, as the state file is by the compensation (which never saw this step).
+            for restore in restores:
+                with contextlib.suppress(OSError, BackendError):
+                    restore()
+            raise
         undo.record(change, restores[0] if restores else None)
 
     def _apply_sysctl(self, change: Change, restores: list[Callable[[], None]]) -> None:
