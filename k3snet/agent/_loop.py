@@ -261,9 +261,11 @@ class Agent:
         # "node"/"cluster" -> (the desired state, the change tokens) of the last pass
         # that found nothing to do there: see _converge_one.
         self._synced: dict[str, tuple[State, tuple[Hashable | None, ...]]] = {}
-        # (the group, the node part's change tokens read before the last pass observed):
-        # the watch's baseline after that pass (see run).
-        self._observed_at: tuple[BackendGroup, tuple[Hashable | None, ...] | None] | None = None
+        # (the group, the node part's change tokens read before the last pass observed,
+        # whether that pass applied changes there): the watch's baseline after that pass
+        # (see run).
+        self._observed_at: tuple[BackendGroup, tuple[Hashable | None, ...] | None,
+                                 bool] | None = None
         self.passes = 0
         # When the last passes that repaired drift ended (within the repair window), and
         # the gap the last wait used: a fight with another writer slows the repairs.
@@ -462,7 +464,7 @@ class Agent:
                 failures.append(("node", exc))
             else:
                 applied += changes
-                self._observed_at = (group, tokens)
+                self._observed_at = (group, tokens, bool(changes))
         changes, leader, failure = self._converge_cluster(spec, sha, cluster)
         applied += changes
         if failure is not None:
@@ -663,8 +665,9 @@ class Agent:
                 started = self._monotonic()
                 self._observed_at = None
                 result = self.run_pass()
-                self._wait_after(started, self._baseline() if result.status != "failed"
-                                 else None)
+                before = self._baseline() if result.status != "failed" else None
+                self._wait_after(started, before, applied=before is not None and bool(
+                    self._observed_at and self._observed_at[2]))
                 self._wake.clear()
             return 0
         finally:
@@ -705,7 +708,8 @@ class Agent:
         return token is not None and now != token, now
 
     def _wait_after(self, started: float,
-                    before: tuple[Hashable | None, ...] | None = None) -> None:
+                    before: tuple[Hashable | None, ...] | None = None, *,
+                    applied: bool = False) -> None:
         """Wait for the interval (from the end of the pass, as before), a wake-up, or
         (watching) a change on the node.
 
@@ -714,7 +718,11 @@ class Agent:
         the watch gap: a foreign change made after the pass observed would otherwise
         be in the baseline read now and wait for the interval. The pass's own apply
         moves them too; the pass after it then finds nothing to do (and confirms what
-        was applied) unless something else changed.
+        was applied) unless something else changed. ``applied``: that pass applied
+        changes on the node, so the next pass comes after the watch gap even when the
+        tokens read now equal ``before``: a token that is the content itself (rather
+        than a generation) comes back to ``before`` when another program undoes the
+        pass's changes at once, and that undoing must not wait for the interval.
         """
         deadline = self._monotonic() + self.options.interval
         watch = self.options.watch
@@ -723,7 +731,7 @@ class Agent:
             self._wake.wait(max(0.0, deadline - self._monotonic()))
             return
         earliest = started + self.repair_gap()
-        if before is not None and token != before:
+        if before is not None and (token != before or applied):
             _log.debug("the node changed during the pass: passing again")
             gap = earliest - self._monotonic()
             if gap > 0:

@@ -223,3 +223,20 @@ def test_an_aborted_run_commits_the_tables_sent_whole_and_not_the_open_one(
     again.send([":K3SNET-THREE - [0:0]"])
     assert again.abort() == ()
     assert "K3SNET-THREE" not in run_in(ns, [f"iptables-{mode}-save"]).stdout
+
+
+def test_a_run_that_does_not_finish_in_time_is_named_by_its_tool_not_by_ip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In a namespace the command is `ip netns exec NS iptables-nft-restore ...`: the
+    # message must name the tool that hung, not `ip`.
+    seam = Processes("k3snet-elsewhere", timeout=0.3)
+    monkeypatch.setattr(seam, "tool", lambda *args: "iptables-nft-restore")
+    monkeypatch.setattr(seam, "argv", lambda argv: ["sleep", "5"])  # holds stdout open
+    run = seam.restore(4, "nft")
+    run.table("nat")
+    with pytest.raises(RunFailedError) as caught:
+        run.wait()
+    assert str(caught.value).startswith(
+        "iptables-nft-restore did not finish within 0.3 s in network namespace "
+        "'k3snet-elsewhere'"), caught.value

@@ -193,7 +193,7 @@ class Processes:
         argv = [self.tool(family, mode, "restore"), "--noflush", f"--wait={WAIT_SECONDS}"]
         if test:
             argv.append("--test")
-        return RestoreProcess(self, self.argv(argv))
+        return RestoreProcess(self, self.argv(argv), tool=argv[0])
 
     def commit_ops(self, family: int, mode: Flavour, table: str, ops: Sequence[Op], *,
                    test: bool = False) -> None:
@@ -290,10 +290,10 @@ class RestoreProcess:
     fault, the table refused and the tables committed before it.
     """
 
-    def __init__(self, kernel: Processes, argv: list[str]) -> None:
+    def __init__(self, kernel: Processes, argv: list[str], *, tool: str | None = None) -> None:
         self._kernel = kernel
         self._timeout = kernel.timeout
-        self._argv0 = argv[0]
+        self._argv0 = tool or argv[0]  # for messages: the tool, not `ip netns exec`
         self.sent: list[str] = []
         self._starts: list[tuple[int, str]] = []
         """(line number of ``*table``, table) for each table opened."""
@@ -304,7 +304,7 @@ class RestoreProcess:
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _reap()
         try:
             # stderr to a file: the process can never block on a full pipe while we write.
-            with translate_errors(f"run {argv[0]} in {kernel.where}", capability=CAPABILITY):
+            with translate_errors(f"run {self._argv0} in {kernel.where}", capability=CAPABILITY):
                 self._process = subprocess.Popen(
                     argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         except BackendError:
