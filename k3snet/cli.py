@@ -14,9 +14,11 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -64,6 +66,9 @@ DEFAULT_LISTEN = ":9743"
 """The agent's ``--listen`` unless ``$K3SNET_LISTEN`` says otherwise (none with ``--once``)."""
 EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "changes pending"
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+EXIT_TERMINATED = 143  # 128 + SIGTERM, likewise
+UNDONE_ON_SIGTERM = frozenset({"apply", "destroy"})
+"""The commands that change the node: SIGTERM takes back what they made, as Ctrl-C does."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -340,6 +345,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else list(argv)))
     _configure_logging(args)
     _printable_output()
+    with sigterm_undoes() if args.command in UNDONE_ON_SIGTERM else contextlib.nullcontext():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def sigterm_undoes() -> Iterator[None]:
+    """Within the block, SIGTERM (systemd stopping a unit, a timeout, ``kill``) ends the
+    command as Ctrl-C does: ``SystemExit(143)`` in the main thread, so an apply or
+    destroy in progress takes back what it made (the backends and groups undo on any
+    exception) before the process ends. Further SIGTERMs wait for that undo. The
+    previous handler comes back afterwards; outside the main thread, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the undo runs to its end
+        raise SystemExit(EXIT_TERMINATED)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command, each kind of failure as its exit code (see :func:`main`)."""
     try:
         return int(COMMANDS[args.command](args))
     except K3snetError as exc:

@@ -8,6 +8,10 @@ kernel's own listings (``ip -j route``, ``nft -j list ruleset``, /proc/sys).
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from k3snet import (
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
+from k3snet.cli import COMMANDS, EXIT_TERMINATED, UNDONE_ON_SIGTERM, main, sigterm_undoes
 from k3snet.lab.netns import run_in, temporary_netns
 
 pytestmark = pytest.mark.kernel
@@ -141,3 +146,58 @@ def test_an_interruption_during_a_later_member_takes_the_earlier_members_back(
         assert caught.value is interruption
         assert kernel_view(ns) == before
         assert not group.observe().owned
+
+
+@pytest.fixture
+def main_thread() -> None:
+    """SIGTERM is handled in the main thread only: elsewhere it would end the test run."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: SIGTERM would end the run")
+
+
+class _Terminated(NftablesBackend):
+    """An nftables member during whose part the process gets SIGTERM (systemd stopping it)."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler raises within this; a bound, not a timing
+        raise AssertionError("SIGTERM did not interrupt the apply")
+
+
+def test_sigterm_during_a_cli_apply_takes_the_earlier_members_back(
+        ns: str, tmp_path: Path, main_thread: None) -> None:
+    """What ``k3snet apply`` and ``destroy`` run under (``cli.sigterm_undoes``): SIGTERM
+    ends the command as Ctrl-C does (exit 143), after the group took back what netlink
+    made. It used to end the process at once, leaving the routes and sysctls."""
+    before = kernel_view(ns)
+    handler = signal.getsignal(signal.SIGTERM)
+    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path), _Terminated(ns)]) as group:
+        p = plan(group.observe(), WANTED)
+        with pytest.raises(SystemExit) as caught, sigterm_undoes():
+            group.apply(p)
+        assert caught.value.code == EXIT_TERMINATED == 143
+        assert kernel_view(ns) == before
+        assert not group.observe().owned
+    assert signal.getsignal(signal.SIGTERM) is handler  # given back
+
+
+@pytest.mark.parametrize("command", sorted(UNDONE_ON_SIGTERM))
+def test_the_commands_that_change_the_node_run_under_sigterm_undoes(
+        command: str, monkeypatch: pytest.MonkeyPatch, main_thread: None) -> None:
+    handler = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def run(args: object) -> int:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        return 0
+
+    monkeypatch.setitem(COMMANDS, command, run)
+    argv = ["apply", "-f", "spec.yaml"] if command == "apply" else ["destroy", "--auto-approve"]
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 143
+    assert len(seen) == 1
+    assert seen[0] is not handler
+    assert signal.getsignal(signal.SIGTERM) is handler
