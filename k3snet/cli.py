@@ -507,13 +507,20 @@ def _backend_opt(text: str) -> str:
     return text
 
 
-def _profile(text: str) -> str:
-    """``--profile NAME=SPEC``: its shape, checked now (a usage error)."""
-    name, sep, path = text.partition("=")
-    if not (sep and name and path):
-        raise argparse.ArgumentTypeError(f"expected NAME=SPEC (a profile name, a spec file), "
-                                         f"not {text!r}")
-    return text
+def _pair(shape: str, meaning: str) -> Callable[[str], str]:
+    """An option type for ``KEY=VALUE`` text (``shape``, e.g. ``NAME=SPEC``), both sides
+    given, checked when parsed (a usage error naming ``meaning``)."""
+    def check(text: str) -> str:
+        key, sep, value = text.partition("=")
+        if not (sep and key and value):
+            raise argparse.ArgumentTypeError(f"expected {shape} ({meaning}), not {text!r}")
+        return text
+
+    return check
+
+
+_profile = _pair("NAME=SPEC", "a profile name, a spec file")
+_network_file = _pair("DEV=FILE", "an interface, the .network file that configures it")
 
 
 def _render_arguments(render: argparse.ArgumentParser) -> None:
@@ -541,15 +548,6 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
     render.add_argument("--no-node-report", action="store_true",
                         help="manifests: the agent does not annotate its Node (no API access "
                              "unless a backend needs it)")
-
-
-def _network_file(text: str) -> str:
-    """``--network-file DEV=FILE``: its shape, checked now (a usage error)."""
-    device, sep, name = text.partition("=")
-    if not (sep and device and name):
-        raise argparse.ArgumentTypeError(f"expected DEV=FILE (an interface, the .network file "
-                                         f"that configures it), not {text!r}")
-    return text
 
 
 def _listen_address(text: str) -> str:

@@ -44,7 +44,7 @@ from typing import Literal
 import attrs
 import pytest
 
-from k3snet.doctor import NodeCapture
+from k3snet.doctor import Flow, NodeCapture, NodeState, Trace, trace
 from k3snet.lab import _probe
 from k3snet.lab.netns import run_in, temporary_netns
 
@@ -526,6 +526,16 @@ class DoctorLab:
     def capture(self) -> NodeCapture:
         """The node's state, read with the doctor's own bundle reader."""
         return NodeCapture.read_live(self.node)
+
+    def kernel_and_trace(self, t: Topology, timeout: float = 1.5
+                         ) -> tuple[dict[str, object], Trace]:
+        """The kernel's answer to ``t``'s flow (one probe from the pod) and the doctor's
+        trace of it from the node's capture. The capture only reads the node: it runs
+        while the probe does (a flow the kernel drops waits out the probe's timeout)."""
+        probe = self.start_probe(t.destination, timeout, t.port)
+        state = NodeState.from_capture(self.capture())
+        answer = probe.answer()
+        return answer, trace(state, Flow(t.pod, t.destination, port=t.port))
 
 
 def _build(stack: ExitStack) -> DoctorLab:

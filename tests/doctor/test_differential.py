@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k3snet.doctor import Flow, NodeState, Verdict, trace
+from k3snet.doctor import Verdict
 
 from .conftest import DoctorLab, Topology
 
@@ -89,12 +89,7 @@ _SLOW_MACHINE = ("Timeout", "No route to host")
 @given(topology=topologies)
 def test_trace_agrees_with_the_kernel(doctor_lab: DoctorLab, topology: Topology) -> None:
     doctor_lab.configure(topology)
-    probe = doctor_lab.start_probe(topology.destination, port=topology.port)
-    # The capture only reads the node's configuration: it runs while the probe does (a
-    # flow the kernel drops waits out the probe's timeout).
-    state = NodeState.from_capture(doctor_lab.capture())
-    answer = probe.answer()
-    result = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+    answer, result = doctor_lab.kernel_and_trace(topology)
     # The kernel picked one endpoint at random: every endpoint must agree for the
     # comparison to be exact (the lab's two are alike).
     assert len({(e.verdict, e.source_seen) for e in result.endpoints}) <= 1, result.render()

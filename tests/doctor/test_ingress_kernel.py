@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from k3snet.doctor import Flow, NodeState, Verdict, trace
+from k3snet.doctor import Verdict
 from k3snet.lab.netns import run_in
 
 from .conftest import DoctorLab, Topology
@@ -26,9 +26,7 @@ def test_a_netdev_ingress_drop_on_the_pods_interface_blocks_the_flow(
     topology = Topology()
     doctor_lab.configure(topology)
     run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=RULESET)
-    answer = doctor_lab.probe(topology.destination, port=topology.port)
-    state = NodeState.from_capture(doctor_lab.capture())
-    result = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+    answer, result = doctor_lab.kernel_and_trace(topology)
     assert not answer["ok"], answer
     assert result.verdict is Verdict.BLOCKED, result.render()
     assert "nft netdev edge in" in (result.blocked_at.where if result.blocked_at else "")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 
-from k3snet.doctor import Flow, NodeState, trace
 from k3snet.lab.netns import run_in
 
 from .conftest import DoctorLab, Topology
@@ -30,9 +29,7 @@ def test_ipv6_masquerade_picks_the_address_nearest_the_destination(
     run_in(node, ["ip", "-6", "addr", "add", f"{EXTRA}/64", "dev", "eth0", "nodad"])
     try:
         run_in(router, ["ip", "-6", "route", "add", "fd01:2:0:1::/64", "via", "fd01:1::5"])
-        answer = doctor_lab.probe(topology.destination, port=topology.port, timeout=8)
-        state = NodeState.from_capture(doctor_lab.capture())
-        result = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+        answer, result = doctor_lab.kernel_and_trace(topology, timeout=8)
         assert answer["ok"], answer
         assert answer["seen"] == EXTRA
         assert str(result.source_seen) == answer["seen"], result.render()
@@ -49,9 +46,7 @@ def test_masquerade_on_an_uplink_without_an_ipv4_address_borrows_the_one_on_lo(
     topology = Topology()
     doctor_lab.configure(topology)
     with doctor_lab.unnumbered_uplink():
-        answer = doctor_lab.probe(topology.destination, port=topology.port, timeout=8)
-        state = NodeState.from_capture(doctor_lab.capture())
-        result = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+        answer, result = doctor_lab.kernel_and_trace(topology, timeout=8)
         assert answer["ok"], answer
         assert answer["seen"] == "192.168.9.5"
         assert str(result.source_seen) == answer["seen"], result.render()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from k3snet.doctor import Flow, NodeState, Verdict, trace
+from k3snet.doctor import Verdict
 from k3snet.lab.netns import run_in
 
 from .conftest import DoctorLab, Topology
@@ -26,9 +26,7 @@ def test_strict_rp_filter_passes_a_reply_on_any_nexthop_of_a_multipath_route(
     run_in(doctor_lab.node, ["ip", "route", "replace", "192.168.2.0/24", "proto", "static",
                              "nexthop", "via", "192.168.4.1", "dev", "eth1",
                              "nexthop", "via", "192.168.1.1", "dev", "eth0"])
-    answer = doctor_lab.probe(topology.destination, port=topology.port, timeout=8)
-    state = NodeState.from_capture(doctor_lab.capture())
-    result = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+    answer, result = doctor_lab.kernel_and_trace(topology, timeout=8)
     assert answer["ok"], answer
     assert [e.verdict for e in result.endpoints] == [Verdict.REACHES] * 2, result.render()
     assert result.verdict is Verdict.REACHES, result.render()
@@ -42,8 +40,6 @@ def test_strict_rp_filter_passes_a_reply_on_an_unnumbered_uplink_the_route_back_
     topology = Topology(rp_uplink=1)
     doctor_lab.configure(topology)
     with doctor_lab.unnumbered_uplink():
-        answer = doctor_lab.probe(topology.destination, port=topology.port, timeout=8)
-        state = NodeState.from_capture(doctor_lab.capture())
-        result = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+        answer, result = doctor_lab.kernel_and_trace(topology, timeout=8)
         assert answer["ok"], answer
         assert result.verdict is Verdict.REACHES, result.render()
