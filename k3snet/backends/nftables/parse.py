@@ -413,6 +413,8 @@ class ForeignReader:
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
     walked: int = 0  # rules walked so far (bounded by _MAX_WALKED_RULES)
     _cut: bool = False  # the walk stopped at that bound
+    _block_rules: int = 0  # rules read for forward drops (bounded the same way)
+    _block_cut: bool = False
 
     def read(self) -> frozenset[NetObject]:
         try:
@@ -480,22 +482,22 @@ class ForeignReader:
         is past it named in ``unread``) and does not follow a chain already on its way.
         """
         found: set[NetObject] = set()
-        budget = [_MAX_WALKED_RULES]
         for where, name, _ in self.forward_bases:
-            self._block_walk(where, name, _Way(), found, budget)
+            self._block_walk(where, name, _Way(), found)
         return found
 
     def _block_walk(self, where: tuple[str, str], chain: str, way: _Way,
-                    found: set[NetObject], budget: list[int]) -> None:
+                    found: set[NetObject]) -> None:
         way = way.into(where, chain)
         for match in self._rules(where, chain):
-            if budget[0] <= 0:
-                self.unread.append(f"the read of other tables' forward drops stopped after "
-                                   f"{_MAX_WALKED_RULES} rules (at {where[0]} {where[1]} "
-                                   f"{chain})")
-                budget[0] = -1 << 62  # said once: the rest of the walk reads nothing
+            if self._block_rules >= _MAX_WALKED_RULES:
+                if not self._block_cut:
+                    self._block_cut = True
+                    self.unread.append(f"the read of other tables' forward drops stopped "
+                                       f"after {_MAX_WALKED_RULES} rules (at {where[0]} "
+                                       f"{where[1]} {chain})")
                 return
-            budget[0] -= 1
+            self._block_rules += 1
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
@@ -504,8 +506,7 @@ class ForeignReader:
                 found.add(block)
             if way.follows(where, match):
                 assert match.target is not None
-                self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found,
-                                 budget)
+                self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found)
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule) -> bool:
         """Whether base chain ``base`` accepts every packet of ``rule`` (False: it may not)."""
