@@ -665,17 +665,17 @@ class Agent:
                 started = self._monotonic()
                 self._observed_at = None
                 result = self.run_pass()
-                before = self._baseline() if result.status != "failed" else None
-                self._wait_after(started, before, applied=before is not None and bool(
-                    self._observed_at and self._observed_at[2]))
+                before, applied = (self._baseline() if result.status != "failed"
+                                   else (None, False))
+                self._wait_after(started, before, applied=applied)
                 self._wake.clear()
             return 0
         finally:
             self.shutdown()
 
-    def _baseline(self) -> tuple[Hashable | None, ...] | None:
+    def _baseline(self) -> tuple[tuple[Hashable | None, ...] | None, bool]:
         """The node's change tokens as the last pass read them before it observed, if it
-        converged the group now in force (else ``None``).
+        converged the group now in force (else ``None``), and whether it applied changes.
 
         A change made while the pass ran, after its observe, must start the next pass,
         not hide in a baseline read after the pass. Read by the pass itself, this also
@@ -683,8 +683,9 @@ class Agent:
         before the pass could cover.
         """
         if self._observed_at is None or self._observed_at[0] is not self._group:
-            return None
-        return self._observed_at[1]
+            return None, False
+        _, tokens, applied = self._observed_at
+        return tokens, applied
 
     def changes_seen(self, token: tuple[Hashable | None, ...] | None
                      ) -> tuple[bool, tuple[Hashable | None, ...] | None]:
