@@ -69,11 +69,16 @@ def test_k3snet_table_not_read_within_the_bound_is_an_error_naming_it() -> None:
     lister = BoundedLister(lambda: hanging)
     own = OwnTableLister(RecordedKernel("k3s-node"), lister, 0.2)
     try:
-        with pytest.raises(BackendError, match=r"within 0.2 s \(read_timeout\)"):
+        with pytest.raises(BackendError, match=r"within 0.2 s \(read_timeout") as raised:
             own.list("table", family="inet", name="k3snet")
         lister.close()  # returns although its helper thread is still in the listing
     finally:
         hanging.release.set()
+    # a slow listing is not always a changing ruleset: a table of 50 000 rules on a
+    # loaded machine outlasts 10 s by itself, so the error says what to do and does not
+    # assert one cause
+    assert "raise it for a table this large or a machine this busy" in str(raised.value)
+    assert "a large ruleset, a busy machine, or a ruleset that kept changing" in str(raised.value)
 
 
 def test_a_listing_within_the_bound_is_the_kernel_s() -> None:
@@ -125,7 +130,7 @@ def test_a_text_listing_past_the_bound_is_the_same_error_and_a_busy_helper_lists
     lister = BoundedLister(lambda: hanging)
     own = OwnTableLister(RecordedKernel("k3s-node"), lister, 0.2)
     try:
-        with pytest.raises(BackendError, match=r"within 0.2 s \(read_timeout\)"):
+        with pytest.raises(BackendError, match=r"within 0.2 s \(read_timeout"):
             own.list_text("table", family="inet", name="k3snet")
         # the helper is still in that listing: no text now (the JSON listing, in a child,
         # serves), refused before any wait (a wait would end in the read_timeout error)

@@ -264,8 +264,14 @@ _handover_lock = threading.Lock()
 _handover: list[float] = []  # one entry per block running; the first, what it found
 
 
+# Why a listing outlasts its bound. A ruleset that keeps changing restarts the dump,
+# but a big table on a loaded machine is slow by itself (50 000 rules under load 9 on
+# 2 vCPUs: `nft list table` took 12 s), so the message names both, not one guess.
+SLOW_LISTING = "a large ruleset, a busy machine, or a ruleset that kept changing during it"
+
+
 class ListingTimeoutError(BackendError):
-    """A listing that did not finish within its bound (the ruleset kept changing under it)."""
+    """A listing that did not finish within its bound (:data:`SLOW_LISTING` says why)."""
 
 
 class BoundedLister:
@@ -331,8 +337,8 @@ class BoundedLister:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             self._stuck = future  # type: ignore[assignment]
-            raise ListingTimeoutError("the listing did not finish within its bound (the ruleset "
-                                      "kept changing during it)") from None
+            raise ListingTimeoutError("the listing did not finish within its bound "
+                                      f"({SLOW_LISTING})") from None
 
     def list(self, deadline: float, kind: str, **ref: str) -> list[dict[str, Any]] | None:
         """``list KIND REF...`` as :meth:`NftKernel.list`, or :class:`ListingTimeoutError`
@@ -458,7 +464,8 @@ class OwnTableLister:
             return listing(time.monotonic() + self.seconds)
         except ListingTimeoutError as exc:
             raise BackendError(f"k3snet's own table could not be read within {self.seconds:g} s "
-                               f"(read_timeout): {exc}") from None
+                               f"(read_timeout; raise it for a table this large or a machine "
+                               f"this busy): {exc}") from None
 
 
 def listing_key(kind: str, **ref: str) -> tuple[str, ...]:
@@ -469,7 +476,7 @@ def listing_key(kind: str, **ref: str) -> tuple[str, ...]:
 
 def _timed_out(kind: str, ref: dict[str, str]) -> str:
     return (f"nft {' '.join(['list', kind, *ref.values()])!r} did not finish within its bound "
-            "(the ruleset kept changing during the listing)")
+            f"({SLOW_LISTING})")
 
 
 def list_in_child(deadline: float, kind: str, **ref: str) -> list[dict[str, Any]] | None:

@@ -55,6 +55,7 @@ import attrs
 
 from k3snet.backends.nftables.cache import Cache, Repair, Table
 from k3snet.backends.nftables.kernel import (
+    SLOW_LISTING,
     BoundedLister,
     ListingTimeoutError,
     Lists,
@@ -833,7 +834,7 @@ class _Replay:
         if key not in self.done:
             what = " ".join(["list", kind, *ref.values()])
             raise ListingTimeoutError(f"nft {what!r} did not finish within the foreign read's "
-                                      "bound (the ruleset kept changing during the listing)")
+                                      f"bound ({SLOW_LISTING})")
         found = self.done[key]
         if isinstance(found, BaseException):
             raise found
