@@ -47,6 +47,7 @@ from k3snet.spec import ConnectivityTest, DnsZone, Spec, spec_backend_options, v
 __all__ = [
     "AGENT_NAME",
     "AGENT_PORT",
+    "CONFIGMAP_MAX_BYTES",
     "CONNECTIVITY_CONTAINER",
     "CONNECTIVITY_JOB_NAME",
     "COREDNS_CUSTOM_NAME",
@@ -100,6 +101,8 @@ FLANNEL_CONFIGMAP_NAME: Final = "kube-flannel-cfg"
 """Upstream flannel's ConfigMap (net-conf.json); K3s's embedded flannel reads a file instead."""
 
 SPEC_HASH_ANNOTATION: Final = "k3snet.io/spec-sha256"
+CONFIGMAP_MAX_BYTES: Final = 1024 * 1024
+"""The most a ConfigMap may hold (its keys and values, in bytes): the API server refuses more."""
 
 AGENT_PORT: Final = 9743
 """The agent's /healthz, /readyz and /metrics port (on the node: host network)."""
@@ -889,11 +892,43 @@ def render_manifests(
     objs = _agent_objects(spec, needs, text, _profiles(spec, profiles or {}))
     if spec.dns:
         objs.append(_coredns_custom(spec.dns))
+    too_big = _oversized_configmaps(objs)
+    if too_big:
+        raise SpecError(too_big)
     if spec.egress_policy.restrict:
         objs.append(_egress_policy(spec))
     if spec.connectivity_test is not None:
         objs.append(_connectivity_job(spec, spec.connectivity_test))
     return objs
+
+
+def _oversized_configmaps(objs: Iterable[Mapping[str, Any]]) -> list[Problem]:
+    """ConfigMaps the API server would refuse as too large, counted as it counts them.
+
+    Caught here rather than by ``kubectl apply``: a spec of 10,000 destinations is well
+    over 1 MiB as YAML, and the API server's refusal would leave every node without it.
+    """
+    problems = []
+    for obj in objs:
+        if obj["kind"] != "ConfigMap":
+            continue
+        size = sum(len(key.encode()) + len(value.encode()) for key, value in obj["data"].items())
+        if size <= CONFIGMAP_MAX_BYTES:
+            continue
+        meta = obj["metadata"]
+        name = meta["name"]
+        where = ""
+        if name.startswith(SPEC_CONFIGMAP_NAME + "-"):
+            where = f"profiles.{name.removeprefix(SPEC_CONFIGMAP_NAME + '-')}"
+        elif name == COREDNS_CUSTOM_NAME:
+            where = "dns.zones"
+        advice = ("fewer zones" if name == COREDNS_CUSTOM_NAME else
+                  "a shorter spec text (comments, values left at their defaults, "
+                  "destinations merged into wider prefixes)")
+        problems.append(Problem(where, (
+            f"ConfigMap {meta['namespace']}/{name} would hold {size} bytes, more than the "
+            f"{CONFIGMAP_MAX_BYTES} (1 MiB) the API server accepts; give {advice}")))
+    return problems
 
 
 def dump_manifests(objs: Iterable[Mapping[str, Any]]) -> str:

@@ -26,6 +26,7 @@ from k3snet.errors import SpecError
 from k3snet.render.manifests import (
     AGENT_NAME,
     AGENT_PORT,
+    CONFIGMAP_MAX_BYTES,
     CONNECTIVITY_JOB_NAME,
     COREDNS_CUSTOM_NAME,
     EGRESS_POLICY_NAME,
@@ -317,6 +318,29 @@ def test_spec_text_is_carried_verbatim_and_rolls_the_pods() -> None:
         return str(annotations["k3snet.io/spec-sha256"])
 
     assert spec_hash(plain) != spec_hash(verbatim)
+
+
+def test_a_spec_configmap_the_api_server_would_refuse_is_refused_at_render() -> None:
+    # The API server refuses a ConfigMap whose keys and values exceed 1 MiB; a spec of
+    # 10,000 destinations (docs/scale.md) is 1.4 MB in its default text. Rendering it
+    # used to succeed, and `kubectl apply` then failed on every node's spec.
+    destinations = [Destination(f"10.{100 + i // 256}.{i % 256}.0/24", gateway="192.168.1.1",
+                                device="eth0") for i in range(10_000)]
+    spec = Spec(destinations=destinations)
+    with pytest.raises(SpecError,
+                       match=r"ConfigMap kube-system/k3snet-spec would hold \d+ bytes.*\(1 MiB\)"):
+        render_manifests(spec)
+    # A verbatim text just at the limit passes; one byte more is refused, for a profile too.
+    room = CONFIGMAP_MAX_BYTES - len("spec.yaml")
+    seed = k3snet.seed_spec()
+    text = yaml.safe_dump(seed.to_dict())
+    padded = text + "#" * (room - len(text.encode()) - 1) + "\n"
+    assert len(padded.encode()) == room
+    render_manifests(seed, spec_text=padded)
+    with pytest.raises(SpecError, match=r"ConfigMap kube-system/k3snet-spec "):
+        render_manifests(seed, spec_text=padded + "#")
+    with pytest.raises(SpecError, match=r"profiles\.edge: ConfigMap kube-system/k3snet-spec-edge"):
+        render_manifests(seed, profiles={"edge": (seed, padded + "é")})
 
 
 def _host_paths(objs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
