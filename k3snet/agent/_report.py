@@ -180,7 +180,10 @@ class NodeReporter:
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": event_name(self.node, uuid.uuid4().hex[:12]),
                          "namespace": _EVENT_NAMESPACE},
-            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node},
+            # The uid is the Node's name, as the kubelet writes it: `kubectl describe
+            # node` selects Events by involvedObject.uid, and lists none without one.
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node,
+                               "uid": self.node},
             "reason": reason, "message": shortened(result.message, _EVENT_LIMIT), "type": kind,
             "source": {"component": self.component, "host": self.node},
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
