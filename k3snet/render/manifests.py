@@ -501,26 +501,14 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     if needs.flannel_configmap is not None:
         flannel_ns, flannel_name = needs.flannel_configmap
         # One named ConfigMap: resourceNames limits get/update/patch to it (list and
-        # watch cannot be limited that way, so they are not granted).
-        objs.append({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": _meta(AGENT_NAME, "agent", flannel_ns),
-            "rules": [{
-                "apiGroups": [""],
-                "resources": ["configmaps"],
-                "resourceNames": [flannel_name],
-                "verbs": ["get", "update", "patch"],
-            }],
-        })
-        objs.append({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": _meta(AGENT_NAME, "agent", flannel_ns),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                        "name": AGENT_NAME},
-            "subjects": _subject(namespace),
-        })
+        # watch cannot be limited that way, so they are not granted). A name of its own:
+        # in "default" the node report's Role would otherwise be replaced by this one.
+        objs += _role(AGENT_NAME + "-flannel", flannel_ns, namespace, [{
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [flannel_name],
+            "verbs": ["get", "update", "patch"],
+        }])
     return objs
 
 

@@ -479,9 +479,36 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
         "k3snet-agent-node-report"}
 
 
+def _with_flannel_configmap_in_default() -> list[dict[str, Any]]:
+    return render_manifests(Spec(backends=["flannel"], backend_options={
+        "flannel": {"configmap": "default/kube-flannel-cfg"}}))
+
+
+@pytest.mark.parametrize("name", [*sorted(SPECS), "flannel-configmap-in-default"])
+def test_no_two_objects_share_a_name(name: str) -> None:
+    # kubectl apply keeps the last of two objects of one kind, namespace and name: with
+    # flannel's ConfigMap in "default", its Role replaced the node report's Role there
+    # (both were k3snet-agent), and the agent could no longer create Events.
+    objs = (_with_flannel_configmap_in_default() if name == "flannel-configmap-in-default"
+            else _render(name))
+    keys = [(o["apiVersion"], o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+            for o in objs]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+
+
+def test_flannel_configmap_in_default_keeps_the_event_role() -> None:
+    objs = _with_flannel_configmap_in_default()
+    rules = [r for o in _kind(objs, "Role") if o["metadata"]["namespace"] == "default"
+             for r in o["rules"]]
+    assert {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]} in rules
+    assert _one(objs, "Role", f"{AGENT_NAME}-flannel")["rules"][0]["resourceNames"] == [
+        FLANNEL_CONFIGMAP_NAME]
+
+
 def test_flannel_configmap_mode_gets_one_configmap() -> None:
     objs = _render("everything-flannel-configmap")
     (role,) = [r for r in _kind(objs, "Role") if r["metadata"]["namespace"] == "kube-flannel"]
+    assert role["metadata"]["name"] == f"{AGENT_NAME}-flannel"
     assert role["metadata"]["namespace"] == "kube-flannel"
     assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
                               "resourceNames": [FLANNEL_CONFIGMAP_NAME],
