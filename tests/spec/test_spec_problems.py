@@ -134,6 +134,8 @@ DOCUMENTS: dict[str, Any] = {
         {"zone": "a..b", "resolvers": ["192.168.1.53"]},
         {"zone": "-bad.example", "resolvers": ["192.168.1.53"]},
         {"zone": "x" * 64 + ".example", "resolvers": ["192.168.1.53"]},
+        {"zone": ("d" * 62 + ".") * 3 + "d" * 57, "resolvers": ["192.168.1.53"]},
+        {"zone": ("e" * 62 + ".") * 3 + "e" * 58, "resolvers": ["192.168.1.53"]},
         {"zone": "lab.example"},
         {"zone": "ok.example", "resolvers": []}]}},
     "egress exceptions": {
