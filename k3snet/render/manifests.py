@@ -462,15 +462,18 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}])
     if needs.cluster_wide:
         # One writer of cluster-wide objects: the holder of this Lease. Creating
-        # cannot be limited to a name; reading and renewing can.
+        # cannot be limited to a name; reading and renewing can. Only the verbs the
+        # agent sends (k3snet.agent._lease: read, merge patch, create): no update.
         objs += _role(LEASE_ROLE_NAME, namespace, namespace, [
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
              "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-             "resourceNames": [LEASE_NAME], "verbs": ["get", "update", "patch"]}])
+             "resourceNames": [LEASE_NAME], "verbs": ["get", "patch"]}])
     if needs.calico:
         # IPPools are cluster-scoped; the calico backend uses projectcalico.org (v3) where
         # the Calico API server runs, else crd.projectcalico.org (found by discovery).
+        # The verbs it sends: it lists the pools, applies (server-side: patch, and
+        # create for a new one), creates and deletes; it never gets one, watches or updates.
         objs.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -478,7 +481,7 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             "rules": [{
                 "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
                 "resources": ["ippools"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                "verbs": ["list", "create", "patch", "delete"],
             }],
         })
         objs.append({
@@ -492,22 +495,23 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     if needs.cilium is not None:
         # Two named ConfigMaps in Cilium's namespace (cilium-config patched, the
         # ip-masq-agent one created and deleted with k3snet's last key); creating
-        # cannot be limited to a name.
+        # cannot be limited to a name. Read and merge-patched, never updated.
         cilium_ns, names = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(set(names)),
-             "verbs": ["get", "update", "patch", "delete"]}])
+             "verbs": ["get", "patch", "delete"]}])
     if needs.flannel_configmap is not None:
         flannel_ns, flannel_name = needs.flannel_configmap
         # One named ConfigMap: resourceNames limits get/update/patch to it (list and
-        # watch cannot be limited that way, so they are not granted). A name of its own:
+        # watch cannot be limited that way, so they are not granted); read and merge-
+        # patched, never updated. A name of its own:
         # in "default" the node report's Role would otherwise be replaced by this one.
         objs += _role(AGENT_NAME + "-flannel", flannel_ns, namespace, [{
             "apiGroups": [""],
             "resources": ["configmaps"],
             "resourceNames": [flannel_name],
-            "verbs": ["get", "update", "patch"],
+            "verbs": ["get", "patch"],
         }])
     return objs
 

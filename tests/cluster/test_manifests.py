@@ -433,7 +433,7 @@ def test_cluster_wide_writers_get_their_lease(name: str) -> None:
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-         "resourceNames": [LEASE_NAME], "verbs": ["get", "update", "patch"]}]
+         "resourceNames": [LEASE_NAME], "verbs": ["get", "patch"]}]
     assert _env(objs)["K3SNET_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
@@ -444,7 +444,7 @@ def test_calico_gets_ippools_cluster_wide() -> None:
         # Both: the backend finds the API by discovery (v3 with the Calico API server).
         "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
         "resources": ["ippools"],
-        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+        "verbs": ["list", "create", "patch", "delete"],
     }]
     binding = _one(objs, "ClusterRoleBinding", AGENT_NAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
@@ -467,7 +467,7 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names,
-         "verbs": ["get", "update", "patch", "delete"]}]
+         "verbs": ["get", "patch", "delete"]}]
     binding = _one(objs, "RoleBinding", f"{AGENT_NAME}-cilium")
     assert binding["metadata"]["namespace"] == namespace
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
@@ -512,7 +512,7 @@ def test_flannel_configmap_mode_gets_one_configmap() -> None:
     assert role["metadata"]["namespace"] == "kube-flannel"
     assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
                               "resourceNames": [FLANNEL_CONFIGMAP_NAME],
-                              "verbs": ["get", "update", "patch"]}]
+                              "verbs": ["get", "patch"]}]
     (binding,) = [r for r in _kind(objs, "RoleBinding")
                   if r["metadata"]["namespace"] == "kube-flannel"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
