@@ -158,6 +158,12 @@ _LABEL_PREFIX_MAX = 253
 # A zone becomes the key ZONE.server of coredns-custom, and a ConfigMap key has at most
 # 253 characters: a longer key makes the API server refuse the whole ConfigMap.
 _ZONE_MAX = 253 - len(".server")
+# Zones the cluster's own DNS answers (K3s's Corefile: `kubernetes cluster.local
+# in-addr.arpa ip6.arpa` in its "." block). CoreDNS sends a query to the server block of
+# the most specific zone, so a coredns-custom block for one of these, or for a zone
+# above one (local, arpa), takes it away from the cluster: with cluster.local, no
+# Service name resolves any more, in every pod.
+_CLUSTER_DNS_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 
 
 # Calico's blockSize ranges, as checks and as text ("20..32 (IPv4) or 116..128 (IPv6)").
@@ -221,6 +227,12 @@ def _cluster_object_problems(spec: Spec) -> list[Problem]:
         name = zone.zone.rstrip(".").lower()
         if not name or any(not _DNS_LABEL.fullmatch(label) for label in name.split(".")):
             add(Problem(f"{path}.zone", f"{zone.zone!r} is not a DNS zone name"))
+        elif taken := next((z for z in _CLUSTER_DNS_ZONES if z == name or z.endswith(
+                "." + name) or (z == "cluster.local" and name.endswith("." + z))), None):
+            add(Problem(f"{path}.zone", (
+                f"{zone.zone!r} overlaps {taken}, which the cluster's own DNS answers: "
+                "CoreDNS answers each query from the most specific zone, so these "
+                "resolvers would get the cluster's names instead")))
         elif len(name) > _ZONE_MAX:
             add(Problem(f"{path}.zone", (
                 f"{zone.zone!r} is longer than {_ZONE_MAX} characters: its key ZONE.server "
