@@ -463,7 +463,7 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     if needs.cluster_wide:
         # One writer of cluster-wide objects: the holder of this Lease. Creating
         # cannot be limited to a name; reading and renewing can. Only the verbs the
-        # agent sends (k3snet.agent._lease: read, merge patch, create): no update.
+        # agent sends (k3snet.agent._lease: read, patch, create): no update.
         objs += _role(LEASE_ROLE_NAME, namespace, namespace, [
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
              "verbs": ["create"]},
@@ -495,7 +495,7 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     if needs.cilium is not None:
         # Two named ConfigMaps in Cilium's namespace (cilium-config patched, the
         # ip-masq-agent one created and deleted with k3snet's last key); creating
-        # cannot be limited to a name. Read and merge-patched, never updated.
+        # cannot be limited to a name. Read and patched, never updated.
         cilium_ns, names = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
@@ -503,10 +503,9 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
              "verbs": ["get", "patch", "delete"]}])
     if needs.flannel_configmap is not None:
         flannel_ns, flannel_name = needs.flannel_configmap
-        # One named ConfigMap: resourceNames limits get/update/patch to it (list and
-        # watch cannot be limited that way, so they are not granted); read and merge-
-        # patched, never updated. A name of its own:
-        # in "default" the node report's Role would otherwise be replaced by this one.
+        # One named ConfigMap, read and patched (never updated): resourceNames limits
+        # get/patch to it (list and watch cannot be limited that way, so they are not
+        # granted). A Role of its own name: in "default" it replaced the node report's.
         objs += _role(AGENT_NAME + "-flannel", flannel_ns, namespace, [{
             "apiGroups": [""],
             "resources": ["configmaps"],
