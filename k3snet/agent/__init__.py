@@ -27,6 +27,8 @@ from k3snet.agent._loop import (
 from k3snet.agent._main import run_from_cli
 from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import (
+    EVENT_BURST,
+    EVENT_INTERVAL,
     EVENT_TRIES,
     MESSAGE_LIMIT,
     RESULT_ANNOTATION,
@@ -37,6 +39,8 @@ from k3snet.agent._report import (
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
 
 __all__ = [
+    "EVENT_BURST",
+    "EVENT_INTERVAL",
     "EVENT_TRIES",
     "LOGGER_NAME",
     "MESSAGE_LIMIT",

@@ -8,7 +8,9 @@ change of status also creates an Event on the Node (``kubectl describe node``
 lists it; Events expire after an hour, the annotation stays). An Event that
 cannot be created (no RBAC for Events: 403) is tried again on later passes
 without patching the Node again, after 10, 20, 40 and 80 s, then given up
-(:data:`EVENT_TRIES`).
+(:data:`EVENT_TRIES`). Like the kubelet's own, Events are rate-limited: a status that
+flips every pass creates :data:`EVENT_BURST` Events, then one per
+:data:`EVENT_INTERVAL` seconds (the annotation follows every change).
 
 The result's message is cut to :data:`MESSAGE_LIMIT` characters (an Event's to
 1 024): a first pass at 10 000 destinations applies 20 000 changes, and a Node
@@ -32,14 +34,20 @@ import attrs
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
 
-__all__ = ["EVENT_TRIES", "MESSAGE_LIMIT", "RESULT_ANNOTATION", "STATUS_ANNOTATION",
-           "NodeReport", "NodeReporter"]
+__all__ = ["EVENT_BURST", "EVENT_INTERVAL", "EVENT_TRIES", "MESSAGE_LIMIT", "RESULT_ANNOTATION",
+           "STATUS_ANNOTATION", "NodeReport", "NodeReporter"]
 
 MESSAGE_LIMIT = 2048
 """Characters of a pass's message that the Node annotation carries."""
 
 EVENT_TRIES = 5
 """Tries to create one Event (a status change) before it is given up."""
+
+EVENT_BURST = 25
+"""Events (status changes) created in a row before :data:`EVENT_INTERVAL` applies."""
+
+EVENT_INTERVAL = 300.0
+"""Seconds per further Event once the burst is spent (client-go's spam filter: 25, 5 min)."""
 
 _EVENT_LIMIT = 1024
 _EVENT_RETRY = 10.0  # seconds before the second try; doubled for each next one
@@ -115,6 +123,10 @@ class NodeReporter:
         # The Event of the last status change, not created yet: (the result, its time
         # stamp, tries made, when the next one is due).
         self._pending: tuple[NodeReport, str, int, float] | None = None
+        # A token bucket: EVENT_BURST Events, refilled by one every EVENT_INTERVAL s.
+        self._tokens = float(EVENT_BURST)
+        self._refilled = clock()
+        self._dropped = 0
         self.started = _now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         """When this agent started: a restart shows as a new value in the annotation."""
         self.writes = 0
@@ -145,9 +157,32 @@ class NodeReporter:
             return
         self.writes += 1
         if previous is None or previous.status != result.status:
+            if not self._may_create_event():
+                return
             # A newer transition's Event replaces one still waiting to be created.
             self._pending = (result, stamp, 0, self._clock())
             self._retry_event()
+
+    def _may_create_event(self) -> bool:
+        """Take a token for one more Event; without one, count it dropped (said once)."""
+        now = self._clock()
+        self._tokens = min(float(EVENT_BURST),
+                           self._tokens + (now - self._refilled) / EVENT_INTERVAL)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            if self._dropped:
+                _log.info("%d status changes had no Event (at most %d, then one per %.0f s); "
+                          "the Node's annotation had each", self._dropped, EVENT_BURST,
+                          EVENT_INTERVAL)
+                self._dropped = 0
+            return True
+        if not self._dropped:
+            _log.warning("the node's status keeps changing: no Event for each change until "
+                         "it settles (one per %.0f s); the Node's annotation has the latest",
+                         EVENT_INTERVAL)
+        self._dropped += 1
+        return False
 
     def _retry_event(self) -> None:
         """Create the pending Event if it is due; on failure, schedule the next try
@@ -180,7 +215,10 @@ class NodeReporter:
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": event_name(self.node, uuid.uuid4().hex[:12]),
                          "namespace": _EVENT_NAMESPACE},
-            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node},
+            # The uid is the Node's name, as the kubelet writes it: `kubectl describe
+            # node` selects Events by involvedObject.uid, and lists none without one.
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node,
+                               "uid": self.node},
             "reason": reason, "message": shortened(result.message, _EVENT_LIMIT), "type": kind,
             "source": {"component": self.component, "host": self.node},
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,

@@ -47,6 +47,7 @@ from k3snet.spec import ConnectivityTest, DnsZone, Spec, spec_backend_options, v
 __all__ = [
     "AGENT_NAME",
     "AGENT_PORT",
+    "CONFIGMAP_MAX_BYTES",
     "CONNECTIVITY_CONTAINER",
     "CONNECTIVITY_JOB_NAME",
     "COREDNS_CUSTOM_NAME",
@@ -100,6 +101,8 @@ FLANNEL_CONFIGMAP_NAME: Final = "kube-flannel-cfg"
 """Upstream flannel's ConfigMap (net-conf.json); K3s's embedded flannel reads a file instead."""
 
 SPEC_HASH_ANNOTATION: Final = "k3snet.io/spec-sha256"
+CONFIGMAP_MAX_BYTES: Final = 1024 * 1024
+"""The most a ConfigMap may hold (its keys and values, in bytes): the API server refuses more."""
 
 AGENT_PORT: Final = 9743
 """The agent's /healthz, /readyz and /metrics port (on the node: host network)."""
@@ -459,15 +462,18 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}])
     if needs.cluster_wide:
         # One writer of cluster-wide objects: the holder of this Lease. Creating
-        # cannot be limited to a name; reading and renewing can.
+        # cannot be limited to a name; reading and renewing can. Only the verbs the
+        # agent sends (k3snet.agent._lease: read, patch, create): no update.
         objs += _role(LEASE_ROLE_NAME, namespace, namespace, [
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
              "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-             "resourceNames": [LEASE_NAME], "verbs": ["get", "update", "patch"]}])
+             "resourceNames": [LEASE_NAME], "verbs": ["get", "patch"]}])
     if needs.calico:
         # IPPools are cluster-scoped; the calico backend uses projectcalico.org (v3) where
         # the Calico API server runs, else crd.projectcalico.org (found by discovery).
+        # The verbs it sends: it lists the pools, applies (server-side: patch, and
+        # create for a new one), creates and deletes; it never gets one, watches or updates.
         objs.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -475,7 +481,7 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             "rules": [{
                 "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
                 "resources": ["ippools"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                "verbs": ["list", "create", "patch", "delete"],
             }],
         })
         objs.append({
@@ -489,35 +495,23 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     if needs.cilium is not None:
         # Two named ConfigMaps in Cilium's namespace (cilium-config patched, the
         # ip-masq-agent one created and deleted with k3snet's last key); creating
-        # cannot be limited to a name.
+        # cannot be limited to a name. Read and patched, never updated.
         cilium_ns, names = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(set(names)),
-             "verbs": ["get", "update", "patch", "delete"]}])
+             "verbs": ["get", "patch", "delete"]}])
     if needs.flannel_configmap is not None:
         flannel_ns, flannel_name = needs.flannel_configmap
-        # One named ConfigMap: resourceNames limits get/update/patch to it (list and
-        # watch cannot be limited that way, so they are not granted).
-        objs.append({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": _meta(AGENT_NAME, "agent", flannel_ns),
-            "rules": [{
-                "apiGroups": [""],
-                "resources": ["configmaps"],
-                "resourceNames": [flannel_name],
-                "verbs": ["get", "update", "patch"],
-            }],
-        })
-        objs.append({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": _meta(AGENT_NAME, "agent", flannel_ns),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                        "name": AGENT_NAME},
-            "subjects": _subject(namespace),
-        })
+        # One named ConfigMap, read and patched (never updated): resourceNames limits
+        # get/patch to it (list and watch cannot be limited that way, so they are not
+        # granted). A Role of its own name: in "default" it replaced the node report's.
+        objs += _role(AGENT_NAME + "-flannel", flannel_ns, namespace, [{
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [flannel_name],
+            "verbs": ["get", "patch"],
+        }])
     return objs
 
 
@@ -889,11 +883,43 @@ def render_manifests(
     objs = _agent_objects(spec, needs, text, _profiles(spec, profiles or {}))
     if spec.dns:
         objs.append(_coredns_custom(spec.dns))
+    too_big = _oversized_configmaps(objs)
+    if too_big:
+        raise SpecError(too_big)
     if spec.egress_policy.restrict:
         objs.append(_egress_policy(spec))
     if spec.connectivity_test is not None:
         objs.append(_connectivity_job(spec, spec.connectivity_test))
     return objs
+
+
+def _oversized_configmaps(objs: Iterable[Mapping[str, Any]]) -> list[Problem]:
+    """ConfigMaps the API server would refuse as too large, counted as it counts them.
+
+    Caught here rather than by ``kubectl apply``: a spec of 10,000 destinations is well
+    over 1 MiB as YAML, and the API server's refusal would leave every node without it.
+    """
+    problems = []
+    for obj in objs:
+        if obj["kind"] != "ConfigMap":
+            continue
+        size = sum(len(key.encode()) + len(value.encode()) for key, value in obj["data"].items())
+        if size <= CONFIGMAP_MAX_BYTES:
+            continue
+        meta = obj["metadata"]
+        name = meta["name"]
+        where = ""
+        if name.startswith(SPEC_CONFIGMAP_NAME + "-"):
+            where = f"profiles.{name.removeprefix(SPEC_CONFIGMAP_NAME + '-')}"
+        elif name == COREDNS_CUSTOM_NAME:
+            where = "dns.zones"
+        advice = ("fewer zones" if name == COREDNS_CUSTOM_NAME else
+                  "a shorter spec text (comments, values left at their defaults, "
+                  "destinations merged into wider prefixes)")
+        problems.append(Problem(where, (
+            f"ConfigMap {meta['namespace']}/{name} would hold {size} bytes, more than the "
+            f"{CONFIGMAP_MAX_BYTES} (1 MiB) the API server accepts; give {advice}")))
+    return problems
 
 
 def dump_manifests(objs: Iterable[Mapping[str, Any]]) -> str:

@@ -152,6 +152,18 @@ _DNS_LABEL = re.compile(DNS_LABEL)
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
 _LABEL_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                          r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+# A label key's prefix is a DNS subdomain: at most 253 characters (the name part's 63
+# are in the pattern).
+_LABEL_PREFIX_MAX = 253
+# A zone becomes the key ZONE.server of coredns-custom, and a ConfigMap key has at most
+# 253 characters: a longer key makes the API server refuse the whole ConfigMap.
+_ZONE_MAX = 253 - len(".server")
+# Zones the cluster's own DNS answers (K3s's Corefile: `kubernetes cluster.local
+# in-addr.arpa ip6.arpa` in its "." block). CoreDNS sends a query to the server block of
+# the most specific zone, so a coredns-custom block for one of these, or for a zone
+# above one (local, arpa), takes it away from the cluster: with cluster.local, no
+# Service name resolves any more, in every pod.
+_CLUSTER_DNS_ZONES = ("cluster.local", "in-addr.arpa", "ip6.arpa")
 
 
 # Calico's blockSize ranges, as checks and as text ("20..32 (IPv4) or 116..128 (IPv6)").
@@ -215,6 +227,17 @@ def _cluster_object_problems(spec: Spec) -> list[Problem]:
         name = zone.zone.rstrip(".").lower()
         if not name or any(not _DNS_LABEL.fullmatch(label) for label in name.split(".")):
             add(Problem(f"{path}.zone", f"{zone.zone!r} is not a DNS zone name"))
+        elif taken := next((z for z in _CLUSTER_DNS_ZONES if z == name or z.endswith(
+                "." + name) or (z == "cluster.local" and name.endswith("." + z))), None):
+            add(Problem(f"{path}.zone", (
+                f"{zone.zone!r} overlaps {taken}, which the cluster's own DNS answers: "
+                "CoreDNS answers each query from the most specific zone, so these "
+                "resolvers would get the cluster's names instead")))
+        elif len(name) > _ZONE_MAX:
+            add(Problem(f"{path}.zone", (
+                f"{zone.zone!r} is longer than {_ZONE_MAX} characters: its key ZONE.server "
+                "in the coredns-custom ConfigMap would be over the 253 the API server "
+                "accepts")))
         if name in zones:
             add(Problem(f"{path}.zone", f"duplicate zone {zone.zone!r}"))
         zones.add(name)
@@ -238,7 +261,8 @@ def _policy_problems(spec: Spec) -> list[Problem]:
                         f"{denied} is a whole destination; remove the destination instead"))
     _duplicates(problems, "egressPolicy.except", spec.egress_policy.deny)
     for key, value in spec.egress_policy.pod_selector:
-        if not isinstance(key, str) or not _LABEL_NAME.fullmatch(key) or len(key) > 317:
+        if (not isinstance(key, str) or not _LABEL_NAME.fullmatch(key)
+                or len(key.rpartition("/")[0]) > _LABEL_PREFIX_MAX):
             add(Problem(f"egressPolicy.podSelector.{key}", "not a valid label key"))
         if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
             add(Problem(f"egressPolicy.podSelector.{key}",

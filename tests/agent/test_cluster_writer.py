@@ -17,6 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet.agent import (
+    EVENT_BURST,
+    EVENT_INTERVAL,
     EVENT_TRIES,
     MESSAGE_LIMIT,
     RESULT_ANNOTATION,
@@ -417,6 +419,55 @@ def _report_calls(srv: EmulatedApiServer) -> tuple[int, int]:
     requests = srv.requests()
     return (sum(1 for m, p, _ in requests if m == "PATCH" and "/nodes/" in p),
             sum(1 for m, p, _ in requests if m == "POST" and p.endswith("/events")))
+
+
+def _described_node_events(srv: EmulatedApiServer, node: str) -> list[dict[str, Any]]:
+    """The Events ``kubectl describe node NODE`` lists: those whose involvedObject matches
+    its field selector (kind, name, no namespace, and a uid: the Node's own or, as the
+    kubelet writes it, the Node's name; kubectl's NodeDescriber asks for both)."""
+    found = srv.get("v1/nodes", node)
+    assert found is not None
+    uids = {node, found["metadata"].get("uid")}
+    return [e for e in srv.objects("v1/events")
+            if e["involvedObject"].get("kind") == "Node"
+            and e["involvedObject"].get("name") == node
+            and not e["involvedObject"].get("namespace")
+            and e["involvedObject"].get("uid") in uids]
+
+
+def test_events_are_listed_by_kubectl_describe_node(server: EmulatedApiServer) -> None:
+    # kubectl describe node selects Events by involvedObject.uid; the agent's had none,
+    # so they were never listed there, although docs/agent.md sends operators there.
+    reporter = NodeReporter(server.api_client(), "node-a", clock=FakeClock())
+    reporter.report(NodeReport("ok", "in sync: no changes", None, 1, leader=False))
+    reporter.report(NodeReport("failed", "apply: refused", None, 1, leader=False))
+    assert len(server.objects("v1/events")) == 2
+    assert sorted(e["reason"] for e in _described_node_events(server, "node-a")) == [
+        "K3snetConverged", "K3snetSyncFailed"]
+
+
+def test_a_flapping_status_creates_a_bounded_number_of_events(
+    server: EmulatedApiServer,
+) -> None:
+    # A status flipping every pass (ok, failed, ok ...) created an Event each pass, on
+    # every node of the fleet, for as long as it lasted. Now, as the kubelet's spam
+    # filter: a burst of EVENT_BURST, then one per EVENT_INTERVAL seconds; the Node's
+    # annotation still follows every change.
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    results = [NodeReport("ok", "in sync: no changes", None, 1, leader=False),
+               NodeReport("failed", "apply: refused", None, 1, leader=False)]
+    for i in range(200):  # a pass a second
+        reporter.report(results[i % 2])
+        clock.now += 1
+    assert _report_calls(server) == (200, EVENT_BURST)
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    assert node["metadata"]["annotations"][STATUS_ANNOTATION] == "failed"  # the 200th
+    clock.now += EVENT_INTERVAL  # quiet: one more Event may be created
+    reporter.report(results[0])
+    reporter.report(results[1])
+    assert _report_calls(server) == (202, EVENT_BURST + 1)
 
 
 def test_a_failed_event_is_retried_without_patching_the_node_again(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 from collections.abc import Hashable
 from pathlib import Path
@@ -543,3 +544,31 @@ def test_a_change_after_a_quiet_pass_observed_is_found_by_the_next_pass(tmp_path
     repaired = agent.run_pass()
     assert repaired.drift == 1
     assert sorted(map(str, memory.state.owned)) == want
+
+
+def test_every_failure_reason_the_agent_counts_is_documented() -> None:
+    # docs/agent.md's metrics table listed the sync_failures_total reasons without
+    # "error" (a k3snet error of no more specific kind): an alert or a dashboard built
+    # on the list missed those failures.
+    from k3snet.agent._loop import _reason  # noqa: PLC0415 - the labels, as counted
+    from k3snet.errors import (  # noqa: PLC0415
+        ApplyError,
+        BackendError,
+        CheckError,
+        ConflictError,
+        K3snetError,
+        ModelError,
+        SpecError,
+        TeardownError,
+    )
+    from k3snet.kube import KubeApiError  # noqa: PLC0415
+
+    failures: list[BaseException] = [
+        ConflictError("x"), TeardownError("x"), SpecError([]), CheckError("x"),
+        ApplyError("x"), KubeApiError("x", status=500), BackendError("x"), ModelError("x"),
+        K3snetError("x"), RuntimeError("x")]
+    reasons = {_reason(failure) for failure in failures}
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
+    (row,) = [line for line in docs.splitlines()
+              if line.startswith("| `k3snet_agent_sync_failures_total{reason}`")]
+    assert reasons <= set(re.findall(r"`([a-z]+)`", row))

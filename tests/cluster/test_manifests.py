@@ -26,6 +26,7 @@ from k3snet.errors import SpecError
 from k3snet.render.manifests import (
     AGENT_NAME,
     AGENT_PORT,
+    CONFIGMAP_MAX_BYTES,
     CONNECTIVITY_JOB_NAME,
     COREDNS_CUSTOM_NAME,
     EGRESS_POLICY_NAME,
@@ -319,6 +320,29 @@ def test_spec_text_is_carried_verbatim_and_rolls_the_pods() -> None:
     assert spec_hash(plain) != spec_hash(verbatim)
 
 
+def test_a_spec_configmap_the_api_server_would_refuse_is_refused_at_render() -> None:
+    # The API server refuses a ConfigMap whose keys and values exceed 1 MiB; a spec of
+    # 10,000 destinations (docs/scale.md) is 1.4 MB in its default text. Rendering it
+    # used to succeed, and `kubectl apply` then failed on every node's spec.
+    destinations = [Destination(f"10.{100 + i // 256}.{i % 256}.0/24", gateway="192.168.1.1",
+                                device="eth0") for i in range(10_000)]
+    spec = Spec(destinations=destinations)
+    with pytest.raises(SpecError,
+                       match=r"ConfigMap kube-system/k3snet-spec would hold \d+ bytes.*\(1 MiB\)"):
+        render_manifests(spec)
+    # A verbatim text just at the limit passes; one byte more is refused, for a profile too.
+    room = CONFIGMAP_MAX_BYTES - len("spec.yaml")
+    seed = k3snet.seed_spec()
+    text = yaml.safe_dump(seed.to_dict())
+    padded = text + "#" * (room - len(text.encode()) - 1) + "\n"
+    assert len(padded.encode()) == room
+    render_manifests(seed, spec_text=padded)
+    with pytest.raises(SpecError, match=r"ConfigMap kube-system/k3snet-spec "):
+        render_manifests(seed, spec_text=padded + "#")
+    with pytest.raises(SpecError, match=r"profiles\.edge: ConfigMap kube-system/k3snet-spec-edge"):
+        render_manifests(seed, profiles={"edge": (seed, padded + "é")})
+
+
 def _host_paths(objs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """hostPath -> (type, mountPath) of the agent."""
     pod = _one(objs, "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]
@@ -409,7 +433,7 @@ def test_cluster_wide_writers_get_their_lease(name: str) -> None:
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-         "resourceNames": [LEASE_NAME], "verbs": ["get", "update", "patch"]}]
+         "resourceNames": [LEASE_NAME], "verbs": ["get", "patch"]}]
     assert _env(objs)["K3SNET_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
@@ -420,7 +444,7 @@ def test_calico_gets_ippools_cluster_wide() -> None:
         # Both: the backend finds the API by discovery (v3 with the Calico API server).
         "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
         "resources": ["ippools"],
-        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+        "verbs": ["list", "create", "patch", "delete"],
     }]
     binding = _one(objs, "ClusterRoleBinding", AGENT_NAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
@@ -443,7 +467,7 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names,
-         "verbs": ["get", "update", "patch", "delete"]}]
+         "verbs": ["get", "patch", "delete"]}]
     binding = _one(objs, "RoleBinding", f"{AGENT_NAME}-cilium")
     assert binding["metadata"]["namespace"] == namespace
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
@@ -455,13 +479,40 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
         "k3snet-agent-node-report"}
 
 
+def _with_flannel_configmap_in_default() -> list[dict[str, Any]]:
+    return render_manifests(Spec(backends=["flannel"], backend_options={
+        "flannel": {"configmap": "default/kube-flannel-cfg"}}))
+
+
+@pytest.mark.parametrize("name", [*sorted(SPECS), "flannel-configmap-in-default"])
+def test_no_two_objects_share_a_name(name: str) -> None:
+    # kubectl apply keeps the last of two objects of one kind, namespace and name: with
+    # flannel's ConfigMap in "default", its Role replaced the node report's Role there
+    # (both were k3snet-agent), and the agent could no longer create Events.
+    objs = (_with_flannel_configmap_in_default() if name == "flannel-configmap-in-default"
+            else _render(name))
+    keys = [(o["apiVersion"], o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+            for o in objs]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+
+
+def test_flannel_configmap_in_default_keeps_the_event_role() -> None:
+    objs = _with_flannel_configmap_in_default()
+    rules = [r for o in _kind(objs, "Role") if o["metadata"]["namespace"] == "default"
+             for r in o["rules"]]
+    assert {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]} in rules
+    assert _one(objs, "Role", f"{AGENT_NAME}-flannel")["rules"][0]["resourceNames"] == [
+        FLANNEL_CONFIGMAP_NAME]
+
+
 def test_flannel_configmap_mode_gets_one_configmap() -> None:
     objs = _render("everything-flannel-configmap")
     (role,) = [r for r in _kind(objs, "Role") if r["metadata"]["namespace"] == "kube-flannel"]
+    assert role["metadata"]["name"] == f"{AGENT_NAME}-flannel"
     assert role["metadata"]["namespace"] == "kube-flannel"
     assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
                               "resourceNames": [FLANNEL_CONFIGMAP_NAME],
-                              "verbs": ["get", "update", "patch"]}]
+                              "verbs": ["get", "patch"]}]
     (binding,) = [r for r in _kind(objs, "RoleBinding")
                   if r["metadata"]["namespace"] == "kube-flannel"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,

@@ -60,12 +60,13 @@ def test_the_spec_s_flannel_configmap_is_the_one_the_role_and_env_name(configmap
     objs = _valid(render_manifests(_spec("flannel", configmap=configmap), node_report=False))
     assert _env(objs)["K3SNET_FLANNEL_CONFIGMAP"] == "kube-system/my-flannel"
     # the Role for flannel's ConfigMap (the Lease's Role is in the agent's namespace)
-    roles = {key: rules for key, rules in _roles(objs).items() if key[1] == AGENT_NAME}
-    assert list(roles) == [("kube-system", AGENT_NAME)]
-    (rule,) = roles["kube-system", AGENT_NAME]
+    flannel = f"{AGENT_NAME}-flannel"
+    roles = {key: rules for key, rules in _roles(objs).items() if key[1] == flannel}
+    assert list(roles) == [("kube-system", flannel)]
+    (rule,) = roles["kube-system", flannel]
     assert rule["resourceNames"] == ["my-flannel"]
     assert [b["metadata"]["namespace"] for b in objs if b["kind"] == "RoleBinding"
-            and b["metadata"]["name"] == AGENT_NAME] == ["kube-system"]
+            and b["metadata"]["name"] == flannel] == ["kube-system"]
 
 
 def test_the_render_namespace_agreeing_with_the_spec_s_configmap_is_accepted() -> None:
