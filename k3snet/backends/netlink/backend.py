@@ -89,6 +89,8 @@ from k3snet.backends.netlink.sysctls import (
     namespace_identity,
     normal,
     read_sysctls,
+    restore_spread,
+    spread_values,
     write_sysctl,
 )
 from k3snet.backends.netlink.view import RouteCache, RouteView
@@ -620,23 +622,43 @@ class NetlinkBackend(BackendBase):
         name = subject.name
         state = self._store.load()
         root = self.proc_sys
-        current = self._runner.call(lambda: read_sysctls(root, [name]))[name]
+        # The forwarding switches a write of ``name`` overwrites (none for most sysctls).
+        current, switches = self._runner.call(
+            lambda: (read_sysctls(root, [name])[name], spread_values(root, name)))
         self._count()
         if current is None:
             raise BackendError(f"no such sysctl in {self._where} ({root / subject.path})")
         restore: str = current
 
         def undo() -> None:
-            self._runner.call(lambda: write_sysctl(root, name, restore))
+            def write() -> None:
+                write_sysctl(root, name, restore)
+                restore_spread(root, switches)
+
+            self._runner.call(write)
             self._count()
 
         if change.action == "delete":
             recorded = state.owned[name][1]
             if recorded is not None:
                 restores.append(undo)
-                self._runner.call(lambda: write_sysctl(root, name, recorded))
+                # A switch still at the value the spread gave it goes back to what it held
+                # when k3snet took over (the previous value, unless recorded otherwise); one
+                # changed since keeps its value, which the write below would overwrite.
+                spread_value = normal(name, current)
+                originals = state.spread.get(name, {})
+                targets = {switch: originals.get(switch, recorded) if value == spread_value
+                           else value for switch, value in switches.items()
+                           if switch not in state.owned}
+
+                def give_back() -> None:
+                    write_sysctl(root, name, recorded)
+                    restore_spread(root, targets)
+
+                self._runner.call(give_back)
                 self._count()
             del state.owned[name]
+            state.spread.pop(name, None)
             state.released.add(name)
             self._store.save(state)
             return
@@ -644,6 +666,10 @@ class NetlinkBackend(BackendBase):
         previous = normal(name, current) if change.action == "add" else state.owned[name][1]
         # The record goes first: a crash after the write must not lose the previous value.
         state.owned[name] = (value, previous)
+        if change.action == "add":
+            # What the spread overwrites and the previous value alone would not give back.
+            state.spread[name] = {switch: held for switch, held in switches.items()
+                                  if held != previous}
         state.released.discard(name)
         self._store.save(state)
         restores.append(undo)
