@@ -144,6 +144,10 @@ class RouteCache:
                 view = self._routes.value
                 if view is not None:
                     self._follow(view, kind, pid, msg)
+                else:
+                    # No view to follow (none read yet, or dropped): the version still
+                    # moves, as route_token() promises the node facts it keeps.
+                    self._stale()
 
     def _follow(self, view: RouteView, kind: int, pid: int, msg: bytes) -> None:
         """Update ``view`` from the kernel's report of one of our own requests."""
