@@ -104,7 +104,7 @@ from k3snet.errors import (
 )
 from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network
-from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route, RouteBlock
 from k3snet.model.state import State
 from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Change, Plan
@@ -127,6 +127,7 @@ egress depends on."""
 # (the socket driver's socket buffers are sized so that every failure of one fits).
 _BATCH_MESSAGES = 1024
 _MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never ours
+_RA_PROTOCOL = 9  # RTPROT_RA: routes the kernel learned from router advertisements
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
 _CAPABILITY = "CAP_NET_ADMIN"
 
@@ -360,6 +361,66 @@ class NetlinkBackend(BackendBase):
         if route_changes:
             assert view is not None
             problems += self._check_routes(route_changes, view)
+        problems += self._advertised_route_problems(plan)
+        return problems
+
+    def _advertised_route_problems(self, plan: Plan) -> list[str]:
+        """The changes turning IPv6 forwarding on while that would drop a default route
+        learned from router advertisements.
+
+        A non-zero write to ``net.ipv6.conf.all.forwarding`` or to an interface's makes
+        the kernel delete, in the whole namespace, every such route whose interface's
+        ``accept_ra`` is not 2 (``rt6_purge_dflt_routers``), and with forwarding on an
+        ``accept_ra`` of 1 ignores the next advertisements: the node loses its IPv6
+        default route. An ``accept_ra`` the plan writes before counts.
+        """
+        sysctls = _of_kind(plan, "sysctl")
+        if not any(_enables_ipv6_forwarding(c) for c in sysctls):
+            return []
+        if self._routes.in_scope(MAIN_TABLE):  # where the kernel puts them
+            routes: Iterable[Route | RouteBlock] = self._routes.view().foreign
+        else:
+            names = {index: link.name for index, link in self._routes.links().items()}
+            routes = self._driver.routes(frozenset({MAIN_TABLE}), names)
+        learned = sorted((r for r in routes if isinstance(r, Route) and r.family == 6
+                          and r.protocol == _RA_PROTOCOL and r.destination.prefixlen == 0
+                          and r.device is not None), key=lambda r: r.sort_key)
+        if not learned:
+            return []
+        switches: dict[str, str] = {}
+        for route in learned:
+            assert route.device is not None
+            with contextlib.suppress(ModelError):  # a name no sysctl can spell: not judged
+                switches[route.device] = Sysctl(f"net/ipv6/conf/{route.device}/accept_ra",
+                                                "0").name
+        root = self.proc_sys
+        values = self._runner.call(lambda: read_sysctls(root, list(switches.values())))
+        self._count()
+        accept = {name: normal(name, value) for name, value in values.items()}
+        # Sysctls go in name order: all.forwarding before any interface's accept_ra.
+        later = {str(c.subject.key[1]) for c in sysctls if isinstance(c.after, Sysctl)
+                 and c.after.value == "2" and str(c.subject.key[1]) in accept}
+        problems: list[str] = []
+        for change in sysctls:
+            subject = change.subject
+            assert isinstance(subject, Sysctl)
+            if subject.name in accept:  # written before the forwarding switch: it counts
+                accept[subject.name] = (str(subject.value) if change.after is not None
+                                        else getattr(change.before, "previous", None))
+            if not _enables_ipv6_forwarding(change):
+                continue
+            for route in learned:
+                switch = switches.get(str(route.device))
+                if switch is None or accept.get(switch) == "2":
+                    continue
+                problems.append(
+                    f"{change}: turning IPv6 forwarding on makes the kernel drop the "
+                    f"{route.describe()} (learned from router advertisements; {switch} is "
+                    f"{accept.get(switch)}, not 2) and, with accept_ra 1, ignore the next "
+                    f"ones: the node would lose its IPv6 default route. Set {switch} to 2 "
+                    f"first (`sysctl -w {switch}=2`: advertisements are then accepted "
+                    "with forwarding on)" + (" before applying: this plan sets it only "
+                                             "after this change" if switch in later else ""))
         return problems
 
     def _check_routes(self, changes: Sequence[Change], view: RouteView) -> list[str]:
@@ -514,6 +575,7 @@ class NetlinkBackend(BackendBase):
         routes = _of_kind(plan, "route")
         view = self._routes.view() if any(c.before is not None for c in routes) else None
         problems, missing = self._fit(plan, view)
+        problems += self._advertised_route_problems(plan)
         if problems:
             raise PlanError("netlink backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))
@@ -688,6 +750,17 @@ def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:
     if len(plan.kinds) == 1:
         return plan.changes
     return [c for c in plan.changes if c.kind == kind]
+
+
+def _enables_ipv6_forwarding(change: Change) -> bool:
+    """Whether ``change`` writes a non-zero IPv6 ``forwarding`` of ``all`` or of an
+    interface (``default``'s only sets what new interfaces start with)."""
+    after = change.after
+    if not isinstance(after, Sysctl) or after.value == "0":
+        return False
+    parts = after.path.split("/")
+    return (len(parts) == 5 and parts[:3] == ["net", "ipv6", "conf"]
+            and parts[4] == "forwarding" and parts[3] != "default")
 
 
 def _reason(exc: BaseException, doing: str) -> str:
