@@ -86,6 +86,7 @@ from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netlink.sysctls import (
     SysctlState,
     SysctlStore,
+    interface_of,
     namespace_identity,
     normal,
     read_sysctls,
@@ -318,13 +319,23 @@ class NetlinkBackend(BackendBase):
     def _count(self) -> None:
         self._operations += 1
 
+    def _link_indexes(self, data: SysctlState) -> dict[str, int]:
+        """The namespace's link indexes by name, when ``data`` ties a sysctl to one."""
+        if not data.links:
+            return {}
+        return {link.name: link.index for link in self._routes.links().values()}
+
     def _observe_sysctls(self) -> tuple[list[Sysctl], list[Sysctl]]:
         data = self._store.load()
-        others = sorted((self._watch | data.released) - set(data.owned))
+        indexes = self._link_indexes(data)
+        # One of an interface deleted and created again is the new interface's: foreign.
+        mine = {name: entry for name, entry in data.owned.items()
+                if data.owns(name, indexes)}
+        others = sorted((self._watch | data.released | set(data.owned)) - set(mine))
         root = self.proc_sys
-        values = self._runner.call(lambda: read_sysctls(root, [*data.owned, *others]))
+        values = self._runner.call(lambda: read_sysctls(root, [*mine, *others]))
         owned: list[Sysctl] = []
-        for name, (_value, previous) in sorted(data.owned.items()):
+        for name, (_value, previous) in sorted(mine.items()):
             current = normal(name, values.get(name))
             if current is not None:  # gone with its interface: nothing left to own
                 owned.append(Sysctl(name, current, previous=previous))
@@ -524,6 +535,7 @@ class NetlinkBackend(BackendBase):
         """The sysctls ``changes`` name as observe reports them (owned, foreign), and the
         changes of sysctls the kernel does not have."""
         data = self._store.load()
+        indexes = self._link_indexes(data)
         names = sorted({str(c.subject.key[1]) for c in changes})
         root = self.proc_sys
         values = self._runner.call(lambda: read_sysctls(root, names))
@@ -534,7 +546,7 @@ class NetlinkBackend(BackendBase):
             current = normal(name, values.get(name))
             if current is None:
                 continue
-            if name in data.owned:
+            if data.owns(name, indexes):
                 owned.append(Sysctl(name, current, previous=data.owned[name][1]))
             else:
                 foreign.append(Sysctl(name, current))
@@ -677,6 +689,21 @@ class NetlinkBackend(BackendBase):
             raise
         undo.record(change, restores[0] if restores else None)
 
+    def _record_takeover(self, state: SysctlState, name: str, previous: str | None,
+                         switches: Mapping[str, str]) -> None:
+        """Record in ``state`` what taking ``name`` over needs besides its previous value."""
+        # What the spread overwrites and the previous value alone would not give back.
+        state.spread[name] = {switch: held for switch, held in switches.items()
+                              if held != previous}
+        # The interface taken over on: another one of the same name later is not it.
+        state.links.pop(name, None)
+        interface = interface_of(name)
+        if interface is not None:
+            index = {link.name: link.index
+                     for link in self._routes.links().values()}.get(interface)
+            if index is not None:
+                state.links[name] = index
+
     def _apply_sysctl(self, change: Change, restores: list[Callable[[], None]]) -> None:
         """Make one sysctl change; ``restores`` gets its undo before anything is written."""
         subject = change.subject
@@ -721,6 +748,7 @@ class NetlinkBackend(BackendBase):
                 self._count()
             del state.owned[name]
             state.spread.pop(name, None)
+            state.links.pop(name, None)
             state.released.add(name)
             self._store.save(state)
             return
@@ -729,9 +757,7 @@ class NetlinkBackend(BackendBase):
         # The record goes first: a crash after the write must not lose the previous value.
         state.owned[name] = (value, previous)
         if change.action == "add":
-            # What the spread overwrites and the previous value alone would not give back.
-            state.spread[name] = {switch: held for switch, held in switches.items()
-                                  if held != previous}
+            self._record_takeover(state, name, previous, switches)
         state.released.discard(name)
         self._store.save(state)
         restores.append(undo)

@@ -31,6 +31,7 @@ __all__ = [
     "SPREADING",
     "SysctlState",
     "SysctlStore",
+    "interface_of",
     "namespace_identity",
     "normal",
     "read_sysctls",
@@ -81,6 +82,16 @@ def write_sysctl(root: Path, name: str, value: str) -> None:
         os.write(fd, value.encode())
     finally:
         os.close(fd)
+
+
+def interface_of(name: str) -> str | None:
+    """The interface a per-interface sysctl belongs to (``net.ipv4.conf.eth0.rp_filter``:
+    ``eth0``); ``None`` for ``all``, ``default`` and sysctls of no interface."""
+    parts = Sysctl(name, "0").path.split("/")
+    if (len(parts) == 5 and parts[1] in ("ipv4", "ipv6") and parts[2] in ("conf", "neigh")
+            and parts[3] not in ("all", "default")):
+        return parts[3]
+    return None
 
 
 def spread_values(root: Path, name: str) -> dict[str, str]:
@@ -140,11 +151,24 @@ class SysctlState:
     owned: dict[str, tuple[str, str | None]] = attrs.field(factory=dict)
     released: set[str] = attrs.field(factory=set)
     spread: dict[str, dict[str, str]] = attrs.field(factory=dict)
+    links: dict[str, int] = attrs.field(factory=dict)
+    """For an owned sysctl of one interface (:func:`interface_of`), that interface's
+    index when k3snet took it over: another interface of the same name is not it."""
 
     def copy(self) -> SysctlState:
         """A copy that later changes of this one leave alone."""
         return SysctlState(dict(self.owned), set(self.released),
-                           {name: dict(values) for name, values in self.spread.items()})
+                           {name: dict(values) for name, values in self.spread.items()},
+                           dict(self.links))
+
+    def owns(self, name: str, indexes: Mapping[str, int]) -> bool:
+        """Whether ``name`` is owned here, on the very interface it was taken over on
+        (``indexes``: the namespace's link indexes by name)."""
+        if name not in self.owned:
+            return False
+        recorded = self.links.get(name)
+        interface = interface_of(name) if recorded is not None else None
+        return interface is None or indexes.get(interface) == recorded
 
 
 class SysctlStore:
@@ -194,12 +218,13 @@ class SysctlStore:
             released = {str(name) for name in data.get("released", ())}
             spread = {str(name): {str(switch): str(value) for switch, value in values.items()}
                       for name, values in data.get("spread", {}).items()}
+            links = {str(name): int(index) for name, index in data.get("links", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BackendError(
                 f"the sysctl state file {self.path} is corrupt ({exc}); k3snet cannot tell "
                 "which sysctls it owns until it is repaired or removed"
             ) from exc
-        return SysctlState(owned, released, spread)
+        return SysctlState(owned, released, spread, links)
 
     def _read(self) -> str | None:
         """The file's text, ``None`` when there is none (see :meth:`load`)."""
@@ -241,6 +266,10 @@ class SysctlStore:
                   for name, values in sorted(state.spread.items()) if values}
         if spread:  # left out when empty: older versions wrote no such key
             data["spread"] = spread
+        links = {name: index for name, index in sorted(state.links.items())
+                 if name in state.owned}
+        if links:
+            data["links"] = links
         try:
             replace_atomically(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n",
                                f".{_STATE_FILE}.", mode=0o755)
