@@ -464,6 +464,24 @@ def test_changes_behind_our_back_are_seen(ns: str, backend: NetlinkBackend) -> N
     assert backend.observe().owned == desired.owned
 
 
+def test_the_route_token_moves_with_every_foreign_route_change_kept_view_or_not(
+        ns: str, tmp_path: Path) -> None:
+    # The agent keeps the node facts while the token stands still: a route change the
+    # token misses (none is kept before the first observe, nor after a foreign change
+    # dropped it) would leave them without it until something else moved.
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        seen = [backend.route_token()]  # no view kept yet
+        for octet in range(3):
+            if octet == 2:
+                backend.observe()  # a kept view, followed from the notifications
+            _ip(ns, "route", "add", f"10.12.{octet}.0/24", "via", "10.0.0.9", "proto",
+                "static")
+            token = backend.route_token()
+            assert token not in seen, octet
+            seen.append(token)
+            assert len(json.loads(_ip(ns, "-j", "route", "show", f"10.12.{octet}.0/24"))) == 1
+
+
 def test_conformance(ns: str, tmp_path: Path, driver: Driver) -> None:
     from k3snet.testing import run_conformance  # noqa: PLC0415 - hypothesis-heavy import
 

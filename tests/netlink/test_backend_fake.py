@@ -380,3 +380,27 @@ def test_the_package_exports_the_backend_only() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "False"  # pyroute2 stays optional
+
+
+def test_a_route_changing_during_every_dump_neither_fails_observe_nor_stays_unseen(
+        kernel: FakeKernel, make: Callable[..., Made]) -> None:
+    # A node whose routes change a few times a second: every dump overlaps a change.
+    # Each observe must still answer (what the dump read), the route token must move,
+    # and the change the dump missed must not stay missed: the next observe dumps again.
+    backend, drivers = make()
+    driver = drivers[0]
+    dump = driver.routes
+
+    def churning(tables: frozenset[int] | None, names: Mapping[int, str]) -> list[Route]:
+        found = dump(tables, names)
+        kernel.behind_our_back(STATIC)  # after the dump passed its place
+        return found
+
+    driver.routes = churning  # type: ignore[method-assign]
+    tokens = [backend.route_token()]
+    seen = []
+    for _ in range(4):
+        seen.append(STATIC in backend.observe().foreign)
+        tokens.append(backend.route_token())
+    assert seen == [False, True, False, True]  # each reading is the dump before the change
+    assert len(set(tokens)) == len(tokens)

@@ -86,3 +86,25 @@ def test_no_state_file_is_no_sysctl_owned(tmp_path: Path) -> None:
     assert store(tmp_path / "absent").load() == SysctlState()
     (tmp_path / "empty").mkdir(mode=0o700)
     assert store(tmp_path / "empty").load() == SysctlState()
+
+
+def test_the_switches_a_forwarding_write_overwrote_round_trip_and_an_empty_record_is_left_out(
+        tmp_path: Path) -> None:
+    kept = store(tmp_path / "state")
+    spread = {"net.ipv4.ip_forward": {"net.ipv4.conf.e0.forwarding": "1"}}
+    kept.save(SysctlState({"net.ipv4.ip_forward": ("1", "0")}, set(), spread))
+    assert kept.load().spread == spread
+    kept.save(SysctlState({"net.ipv4.ip_forward": ("1", "0")}, set(),
+                          {"net.ipv4.ip_forward": {}}))
+    assert "spread" not in json.loads((tmp_path / "state" / "sysctl.json").read_text())
+
+
+def test_the_interface_index_of_an_owned_sysctl_round_trips_and_a_released_ones_is_dropped(
+        tmp_path: Path) -> None:
+    kept = store(tmp_path / "state")
+    name = "net.ipv4.conf.x0.rp_filter"
+    kept.save(SysctlState({name: ("2", "0")}, set(), {},
+                          {name: 7, "net.ipv4.conf.y0.rp_filter": 8}))
+    assert kept.load().links == {name: 7}
+    assert kept.load().owns(name, {"x0": 7})
+    assert not kept.load().owns(name, {"x0": 9})

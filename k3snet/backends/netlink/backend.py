@@ -86,9 +86,12 @@ from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netlink.sysctls import (
     SysctlState,
     SysctlStore,
+    interface_of,
     namespace_identity,
     normal,
     read_sysctls,
+    restore_spread,
+    spread_values,
     write_sysctl,
 )
 from k3snet.backends.netlink.view import RouteCache, RouteView
@@ -102,7 +105,7 @@ from k3snet.errors import (
 )
 from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network
-from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route, RouteBlock
 from k3snet.model.state import State
 from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Change, Plan
@@ -125,6 +128,7 @@ egress depends on."""
 # (the socket driver's socket buffers are sized so that every failure of one fits).
 _BATCH_MESSAGES = 1024
 _MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never ours
+_RA_PROTOCOL = 9  # RTPROT_RA: routes the kernel learned from router advertisements
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
 _CAPABILITY = "CAP_NET_ADMIN"
 
@@ -315,13 +319,23 @@ class NetlinkBackend(BackendBase):
     def _count(self) -> None:
         self._operations += 1
 
+    def _link_indexes(self, data: SysctlState) -> dict[str, int]:
+        """The namespace's link indexes by name, when ``data`` ties a sysctl to one."""
+        if not data.links:
+            return {}
+        return {link.name: link.index for link in self._routes.links().values()}
+
     def _observe_sysctls(self) -> tuple[list[Sysctl], list[Sysctl]]:
         data = self._store.load()
-        others = sorted((self._watch | data.released) - set(data.owned))
+        indexes = self._link_indexes(data)
+        # One of an interface deleted and created again is the new interface's: foreign.
+        mine = {name: entry for name, entry in data.owned.items()
+                if data.owns(name, indexes)}
+        others = sorted((self._watch | data.released | set(data.owned)) - set(mine))
         root = self.proc_sys
-        values = self._runner.call(lambda: read_sysctls(root, [*data.owned, *others]))
+        values = self._runner.call(lambda: read_sysctls(root, [*mine, *others]))
         owned: list[Sysctl] = []
-        for name, (_value, previous) in sorted(data.owned.items()):
+        for name, (_value, previous) in sorted(mine.items()):
             current = normal(name, values.get(name))
             if current is not None:  # gone with its interface: nothing left to own
                 owned.append(Sysctl(name, current, previous=previous))
@@ -358,6 +372,66 @@ class NetlinkBackend(BackendBase):
         if route_changes:
             assert view is not None
             problems += self._check_routes(route_changes, view)
+        problems += self._advertised_route_problems(plan)
+        return problems
+
+    def _advertised_route_problems(self, plan: Plan) -> list[str]:
+        """The changes turning IPv6 forwarding on while that would drop a default route
+        learned from router advertisements.
+
+        A non-zero write to ``net.ipv6.conf.all.forwarding`` or to an interface's makes
+        the kernel delete, in the whole namespace, every such route whose interface's
+        ``accept_ra`` is not 2 (``rt6_purge_dflt_routers``), and with forwarding on an
+        ``accept_ra`` of 1 ignores the next advertisements: the node loses its IPv6
+        default route. An ``accept_ra`` the plan writes before counts.
+        """
+        sysctls = _of_kind(plan, "sysctl")
+        if not any(_enables_ipv6_forwarding(c) for c in sysctls):
+            return []
+        if self._routes.in_scope(MAIN_TABLE):  # where the kernel puts them
+            routes: Iterable[Route | RouteBlock] = self._routes.view().foreign
+        else:
+            names = {index: link.name for index, link in self._routes.links().items()}
+            routes = self._driver.routes(frozenset({MAIN_TABLE}), names)
+        learned = sorted((r for r in routes if isinstance(r, Route) and r.family == 6
+                          and r.protocol == _RA_PROTOCOL and r.destination.prefixlen == 0
+                          and r.device is not None), key=lambda r: r.sort_key)
+        if not learned:
+            return []
+        switches: dict[str, str] = {}
+        for route in learned:
+            assert route.device is not None
+            with contextlib.suppress(ModelError):  # a name no sysctl can spell: not judged
+                switches[route.device] = Sysctl(f"net/ipv6/conf/{route.device}/accept_ra",
+                                                "0").name
+        root = self.proc_sys
+        values = self._runner.call(lambda: read_sysctls(root, list(switches.values())))
+        self._count()
+        accept = {name: normal(name, value) for name, value in values.items()}
+        # Sysctls go in name order: all.forwarding before any interface's accept_ra.
+        later = {str(c.subject.key[1]) for c in sysctls if isinstance(c.after, Sysctl)
+                 and c.after.value == "2" and str(c.subject.key[1]) in accept}
+        problems: list[str] = []
+        for change in sysctls:
+            subject = change.subject
+            assert isinstance(subject, Sysctl)
+            if subject.name in accept:  # written before the forwarding switch: it counts
+                accept[subject.name] = (str(subject.value) if change.after is not None
+                                        else getattr(change.before, "previous", None))
+            if not _enables_ipv6_forwarding(change):
+                continue
+            for route in learned:
+                switch = switches.get(str(route.device))
+                if switch is None or accept.get(switch) == "2":
+                    continue
+                problems.append(
+                    f"{change}: turning IPv6 forwarding on makes the kernel drop the "
+                    f"{route.describe()} (learned from router advertisements; {switch} is "
+                    f"{accept.get(switch)}, not 2) and, with accept_ra 1, ignore the next "
+                    f"ones: the node would lose its IPv6 default route. Set {switch} to 2 "
+                    f"first (`sysctl -w {switch}=2`: advertisements are then accepted "
+                    "with forwarding on)" + (" before applying: this plan sets it only "
+                                             "after this change" if switch in later else ""))
         return problems
 
     def _check_routes(self, changes: Sequence[Change], view: RouteView) -> list[str]:
@@ -461,6 +535,7 @@ class NetlinkBackend(BackendBase):
         """The sysctls ``changes`` name as observe reports them (owned, foreign), and the
         changes of sysctls the kernel does not have."""
         data = self._store.load()
+        indexes = self._link_indexes(data)
         names = sorted({str(c.subject.key[1]) for c in changes})
         root = self.proc_sys
         values = self._runner.call(lambda: read_sysctls(root, names))
@@ -471,7 +546,7 @@ class NetlinkBackend(BackendBase):
             current = normal(name, values.get(name))
             if current is None:
                 continue
-            if name in data.owned:
+            if data.owns(name, indexes):
                 owned.append(Sysctl(name, current, previous=data.owned[name][1]))
             else:
                 foreign.append(Sysctl(name, current))
@@ -512,6 +587,7 @@ class NetlinkBackend(BackendBase):
         routes = _of_kind(plan, "route")
         view = self._routes.view() if any(c.before is not None for c in routes) else None
         problems, missing = self._fit(plan, view)
+        problems += self._advertised_route_problems(plan)
         if problems:
             raise PlanError("netlink backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))
@@ -613,6 +689,21 @@ class NetlinkBackend(BackendBase):
             raise
         undo.record(change, restores[0] if restores else None)
 
+    def _record_takeover(self, state: SysctlState, name: str, previous: str | None,
+                         switches: Mapping[str, str]) -> None:
+        """Record in ``state`` what taking ``name`` over needs besides its previous value."""
+        # What the spread overwrites and the previous value alone would not give back.
+        state.spread[name] = {switch: held for switch, held in switches.items()
+                              if held != previous}
+        # The interface taken over on: another one of the same name later is not it.
+        state.links.pop(name, None)
+        interface = interface_of(name)
+        if interface is not None:
+            index = {link.name: link.index
+                     for link in self._routes.links().values()}.get(interface)
+            if index is not None:
+                state.links[name] = index
+
     def _apply_sysctl(self, change: Change, restores: list[Callable[[], None]]) -> None:
         """Make one sysctl change; ``restores`` gets its undo before anything is written."""
         subject = change.subject
@@ -620,23 +711,44 @@ class NetlinkBackend(BackendBase):
         name = subject.name
         state = self._store.load()
         root = self.proc_sys
-        current = self._runner.call(lambda: read_sysctls(root, [name]))[name]
+        # The forwarding switches a write of ``name`` overwrites (none for most sysctls).
+        current, switches = self._runner.call(
+            lambda: (read_sysctls(root, [name])[name], spread_values(root, name)))
         self._count()
         if current is None:
             raise BackendError(f"no such sysctl in {self._where} ({root / subject.path})")
         restore: str = current
 
         def undo() -> None:
-            self._runner.call(lambda: write_sysctl(root, name, restore))
+            def write() -> None:
+                write_sysctl(root, name, restore)
+                restore_spread(root, switches)
+
+            self._runner.call(write)
             self._count()
 
         if change.action == "delete":
             recorded = state.owned[name][1]
             if recorded is not None:
                 restores.append(undo)
-                self._runner.call(lambda: write_sysctl(root, name, recorded))
+                # A switch still at the value the spread gave it goes back to what it held
+                # when k3snet took over (the previous value, unless recorded otherwise); one
+                # changed since keeps its value, which the write below would overwrite.
+                spread_value = normal(name, current)
+                originals = state.spread.get(name, {})
+                targets = {switch: originals.get(switch, recorded) if value == spread_value
+                           else value for switch, value in switches.items()
+                           if switch not in state.owned}
+
+                def give_back() -> None:
+                    write_sysctl(root, name, recorded)
+                    restore_spread(root, targets)
+
+                self._runner.call(give_back)
                 self._count()
             del state.owned[name]
+            state.spread.pop(name, None)
+            state.links.pop(name, None)
             state.released.add(name)
             self._store.save(state)
             return
@@ -644,6 +756,8 @@ class NetlinkBackend(BackendBase):
         previous = normal(name, current) if change.action == "add" else state.owned[name][1]
         # The record goes first: a crash after the write must not lose the previous value.
         state.owned[name] = (value, previous)
+        if change.action == "add":
+            self._record_takeover(state, name, previous, switches)
         state.released.discard(name)
         self._store.save(state)
         restores.append(undo)
@@ -662,6 +776,17 @@ def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:
     if len(plan.kinds) == 1:
         return plan.changes
     return [c for c in plan.changes if c.kind == kind]
+
+
+def _enables_ipv6_forwarding(change: Change) -> bool:
+    """Whether ``change`` writes a non-zero IPv6 ``forwarding`` of ``all`` or of an
+    interface (``default``'s only sets what new interfaces start with)."""
+    after = change.after
+    if not isinstance(after, Sysctl) or after.value == "0":
+        return False
+    parts = after.path.split("/")
+    return (len(parts) == 5 and parts[:3] == ["net", "ipv6", "conf"]
+            and parts[4] == "forwarding" and parts[3] != "default")
 
 
 def _reason(exc: BaseException, doing: str) -> str:

@@ -16,8 +16,9 @@ import fcntl
 import json
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 import attrs
 
@@ -27,11 +28,15 @@ from k3snet.errors import BackendError, ModelError
 from k3snet.model.sysctl import Sysctl
 
 __all__ = [
+    "SPREADING",
     "SysctlState",
     "SysctlStore",
+    "interface_of",
     "namespace_identity",
     "normal",
     "read_sysctls",
+    "restore_spread",
+    "spread_values",
     "write_sysctl",
 ]
 
@@ -39,6 +44,14 @@ _STATE_FILE = "sysctl.json"
 _STATE_FORMAT = 1
 _MAX_STATE_BYTES = 1 << 20  # a few hundred sysctls at most: a bigger file is corrupt
 
+SPREADING: Final = {
+    "net.ipv4.ip_forward": "net/ipv4/conf",
+    "net.ipv4.conf.all.forwarding": "net/ipv4/conf",
+    "net.ipv6.conf.all.forwarding": "net/ipv6/conf",
+}
+"""Sysctls whose write the kernel spreads: it sets the ``forwarding`` of ``default`` and
+of every interface under the directory named (``inet_forward_change``,
+``addrconf_fixup_forwarding``), whatever they held."""
 
 
 def _sysctl_file(root: Path, name: str) -> Path:
@@ -71,6 +84,52 @@ def write_sysctl(root: Path, name: str, value: str) -> None:
         os.close(fd)
 
 
+def interface_of(name: str) -> str | None:
+    """The interface a per-interface sysctl belongs to (``net.ipv4.conf.eth0.rp_filter``:
+    ``eth0``); ``None`` for ``all``, ``default`` and sysctls of no interface."""
+    parts = Sysctl(name, "0").path.split("/")
+    if (len(parts) == 5 and parts[1] in ("ipv4", "ipv6") and parts[2] in ("conf", "neigh")
+            and parts[3] not in ("all", "default")):
+        return parts[3]
+    return None
+
+
+def spread_values(root: Path, name: str) -> dict[str, str]:
+    """The ``forwarding`` switches a write of ``name`` sets (:data:`SPREADING`), with their
+    values now: ``default``'s and each interface's (empty for another sysctl); run in the
+    target namespace. An interface whose name no sysctl name can spell is left out."""
+    conf = SPREADING.get(name)
+    if conf is None:
+        return {}
+    try:
+        entries = sorted(os.listdir(root / conf))
+    except OSError:  # a stand-in for /proc/sys without that directory
+        return {}
+    found: dict[str, str] = {}
+    for entry in entries:
+        if entry == "all":  # the switch itself (ip_forward and all.forwarding mirror each other)
+            continue
+        try:
+            switch = Sysctl(f"{conf}/{entry}/forwarding", "0").name
+        except ModelError:
+            continue
+        value = normal(switch, read_sysctls(root, [switch])[switch])
+        if value is not None:
+            found[switch] = value
+    return found
+
+
+def restore_spread(root: Path, values: Mapping[str, str]) -> None:
+    """Write back each switch of ``values`` (:func:`spread_values`) that holds another
+    value now; one whose interface is gone is skipped. Run in the target namespace."""
+    now = read_sysctls(root, list(values))
+    for switch, value in values.items():
+        if normal(switch, now[switch]) in (None, value):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # the interface left meanwhile
+            write_sysctl(root, switch, value)
+
+
 def normal(name: str, raw: str | None) -> str | None:
     """The model's spelling of a raw kernel value (``None`` when it has none)."""
     if raw is None:
@@ -83,15 +142,33 @@ def normal(name: str, raw: str | None) -> str | None:
 
 @attrs.define
 class SysctlState:
-    """The state file's content: owned sysctls ``{name: (value, previous)}`` and names
-    k3snet owned once and gave back (reported as foreign from then on)."""
+    """The state file's content: owned sysctls ``{name: (value, previous)}``, names
+    k3snet owned once and gave back (reported as foreign from then on), and, for an
+    owned sysctl of :data:`SPREADING`, the switches its write overwrote that held
+    another value than its previous one ``{name: {switch: value}}`` (written back with
+    the previous value)."""
 
     owned: dict[str, tuple[str, str | None]] = attrs.field(factory=dict)
     released: set[str] = attrs.field(factory=set)
+    spread: dict[str, dict[str, str]] = attrs.field(factory=dict)
+    links: dict[str, int] = attrs.field(factory=dict)
+    """For an owned sysctl of one interface (:func:`interface_of`), that interface's
+    index when k3snet took it over: another interface of the same name is not it."""
 
     def copy(self) -> SysctlState:
         """A copy that later changes of this one leave alone."""
-        return SysctlState(dict(self.owned), set(self.released))
+        return SysctlState(dict(self.owned), set(self.released),
+                           {name: dict(values) for name, values in self.spread.items()},
+                           dict(self.links))
+
+    def owns(self, name: str, indexes: Mapping[str, int]) -> bool:
+        """Whether ``name`` is owned here, on the very interface it was taken over on
+        (``indexes``: the namespace's link indexes by name)."""
+        if name not in self.owned:
+            return False
+        recorded = self.links.get(name)
+        interface = interface_of(name) if recorded is not None else None
+        return interface is None or indexes.get(interface) == recorded
 
 
 class SysctlStore:
@@ -139,12 +216,15 @@ class SysctlStore:
                                  None if entry.get("previous") is None else str(entry["previous"]))
                      for name, entry in data.get("owned", {}).items()}
             released = {str(name) for name in data.get("released", ())}
+            spread = {str(name): {str(switch): str(value) for switch, value in values.items()}
+                      for name, values in data.get("spread", {}).items()}
+            links = {str(name): int(index) for name, index in data.get("links", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BackendError(
                 f"the sysctl state file {self.path} is corrupt ({exc}); k3snet cannot tell "
                 "which sysctls it owns until it is repaired or removed"
             ) from exc
-        return SysctlState(owned, released)
+        return SysctlState(owned, released, spread, links)
 
     def _read(self) -> str | None:
         """The file's text, ``None`` when there is none (see :meth:`load`)."""
@@ -174,7 +254,7 @@ class SysctlStore:
     def save(self, state: SysctlState) -> None:
         """Write ``state`` atomically (a new temporary file renamed into place), into a
         directory that is k3snet's only (see :meth:`load`)."""
-        data = {
+        data: dict[str, object] = {
             "format": _STATE_FORMAT,
             "namespace": self.namespace,
             "identity": self.identity,
@@ -182,6 +262,14 @@ class SysctlStore:
                       for name, (value, previous) in sorted(state.owned.items())},
             "released": sorted(state.released),
         }
+        spread = {name: dict(sorted(values.items()))
+                  for name, values in sorted(state.spread.items()) if values}
+        if spread:  # left out when empty: older versions wrote no such key
+            data["spread"] = spread
+        links = {name: index for name, index in sorted(state.links.items())
+                 if name in state.owned}
+        if links:
+            data["links"] = links
         try:
             replace_atomically(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n",
                                f".{_STATE_FILE}.", mode=0o755)

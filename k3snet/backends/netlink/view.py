@@ -60,6 +60,9 @@ class RouteCache:
         self._routes: ObserveCache[RouteView] = ObserveCache()
         self._generation = 0
         self._edits = 0  # in-place updates from our own notifications
+        # Route notifications while no view was kept (none read yet, dropped, or being
+        # dumped): they move the version, not the generation a dump is checked against.
+        self._unseen = 0
         self._links: dict[int, Link] | None = None
         self._names: dict[int, str] = {}
         self._expected: tuple[Route, ...] = ()  # expect(): what the next dump likely holds
@@ -93,12 +96,21 @@ class RouteCache:
 
     def view(self) -> RouteView:
         """The routes of the managed tables: kept from notifications, or dumped again."""
-        return self._routes.read(self._token, self._load, what=f"the routes of {self.where}")
+        unseen = self._unseen
+        view = self._routes.read(self._token, self._load, what=f"the routes of {self.where}")
+        if self._unseen != unseen:
+            # A route changed while it was dumped, perhaps after the dump passed its place:
+            # this reading stands, the next one dumps again. (Checking the dump against it
+            # instead failed every observe on a node whose routes change a few times a
+            # second.)
+            self._routes.invalidate()
+        return view
 
     @property
     def version(self) -> tuple[int, int]:
-        """Changes whenever the view does (read it after :meth:`view`, which syncs)."""
-        return self._generation, self._edits
+        """Changes whenever the view does (read it after :meth:`view`, which syncs), and
+        with every route notification while no view is kept."""
+        return self._generation, self._edits + self._unseen
 
     def _token(self) -> int:
         self.sync()
@@ -144,6 +156,10 @@ class RouteCache:
                 view = self._routes.value
                 if view is not None:
                     self._follow(view, kind, pid, msg)
+                else:
+                    # No view to follow: the version still moves, as route_token()
+                    # promises the node facts it keeps.
+                    self._unseen += 1
 
     def _follow(self, view: RouteView, kind: int, pid: int, msg: bytes) -> None:
         """Update ``view`` from the kernel's report of one of our own requests."""

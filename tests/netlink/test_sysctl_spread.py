@@ -1,0 +1,76 @@
+"""Forwarding switches the kernel spreads: writing ``net.ipv4.ip_forward`` (or
+``net.ipv4.conf.all.forwarding``) or ``net.ipv6.conf.all.forwarding`` sets every
+interface's ``forwarding`` and ``default``'s too. Giving one back must leave each
+interface as the administrator had it, not at the value the spread left.
+
+The kernel's own view is read with ``ip netns exec NS cat /proc/sys/...``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.errors import ApplyError
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import State, Sysctl
+from k3snet.planner import plan
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+
+_SWITCHES = tuple(f"net/{family}/conf/{where}/forwarding" for family in ("ipv4", "ipv6")
+                  for where in ("all", "default", "d0", "e0"))
+_WANTED = State(owned=[Sysctl("net.ipv4.ip_forward", 1),
+                       Sysctl("net.ipv6.conf.all.forwarding", 1)])
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    """Two interfaces; the administrator forwards on e0 only (and IPv6 by default)."""
+    with temporary_netns("spread") as name:
+        for dev in ("d0", "e0"):
+            run_in(name, ["ip", "link", "add", dev, "type", "veth", "peer", "name", f"{dev}p"])
+        run_in(name, ["sysctl", "-qw", "net.ipv4.conf.e0.forwarding=1",
+                      "net.ipv6.conf.e0.forwarding=1", "net.ipv6.conf.default.forwarding=1"])
+        yield name
+
+
+def switches(ns: str) -> dict[str, str]:
+    """Every forwarding switch of ``ns``, as the kernel holds it."""
+    values = run_in(ns, ["cat", *(f"/proc/sys/{path}" for path in _SWITCHES)]).stdout.split()
+    return dict(zip(_SWITCHES, values, strict=True))
+
+
+def test_giving_forwarding_back_restores_each_interfaces_own_switch(
+        ns: str, tmp_path: Path) -> None:
+    before = switches(ns)
+    assert before["net/ipv4/conf/e0/forwarding"] == "1"
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _WANTED))
+        assert set(switches(ns).values()) == {"1"}  # the kernel spread them
+        backend.apply(plan(backend.observe(), State()))
+    assert switches(ns) == before
+
+
+def test_a_rolled_back_forwarding_change_restores_each_interfaces_own_switch(
+        ns: str, tmp_path: Path) -> None:
+    before = switches(ns)
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.faults.fail_at(2)
+        with pytest.raises(ApplyError):
+            backend.apply(plan(backend.observe(), _WANTED))
+    assert switches(ns) == before
+
+
+def test_a_switch_set_while_k3snet_owned_forwarding_is_kept_when_it_gives_it_back(
+        ns: str, tmp_path: Path) -> None:
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _WANTED))
+        run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.e0.forwarding=0"])  # the admin, meanwhile
+        backend.apply(plan(backend.observe(), State()))
+    after = switches(ns)
+    assert after["net/ipv4/conf/e0/forwarding"] == "0"
+    assert after["net/ipv6/conf/e0/forwarding"] == "1"
