@@ -400,13 +400,34 @@ def _run(args: argparse.Namespace) -> int:
 def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
     """The error on stderr; with ``--output json`` also as a JSON object on stdout."""
     print(f"k3snet: error: {exc}", file=sys.stderr)
-    if getattr(args, "output", "text") == "json":
-        problems = getattr(exc, "problems", ())
-        _print_json({"format": JSON_FORMAT, "kind": "error", "error": {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "problems": [str(p) for p in problems],
-        }})
+    if _json(args):
+        _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
+
+
+def _print_error_json(kind: str, message: str, problems: Sequence[object] = ()) -> None:
+    """An ``error`` document (schema ``error``) on stdout."""
+    _print_json({"format": JSON_FORMAT, "kind": "error", "error": {
+        "type": kind, "message": message, "problems": [str(p) for p in problems]}})
+
+
+def _json(args: argparse.Namespace) -> bool:
+    """Whether the command prints a JSON document (``--output json``)."""
+    return getattr(args, "output", "text") == "json"
+
+
+def _human(args: argparse.Namespace) -> Any:
+    """Where the lines for a person go: stdout, or stderr when stdout carries the JSON
+    document (a plan shown for approval must not break ``k3snet apply -o json | jq``)."""
+    return sys.stderr if _json(args) else sys.stdout
+
+
+def _not_confirmed(args: argparse.Namespace) -> int:
+    """Exit 1 for a change the user did not confirm, said on stderr and, with
+    ``--output json``, as an ``error`` document (type ``NotConfirmed``)."""
+    print("k3snet: nothing was changed", file=sys.stderr)
+    if _json(args):
+        _print_error_json("NotConfirmed", "nothing was changed: not confirmed")
+    return EXIT_ERROR
 
 
 class _JsonLogFormatter(logging.Formatter):
@@ -842,11 +863,12 @@ def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
 _COLOURS = {"+": "32", "~": "33", "-": "31", "!": "1;31", "=": "2"}
 
 
-def _colour(text: str, args: argparse.Namespace) -> str:
-    """Colour a plan's lines by their sign, on a terminal only (NO_COLOR turns it off)."""
+def _colour(text: str, args: argparse.Namespace, stream: Any = None) -> str:
+    """Colour a plan's lines by their sign, on a terminal only (NO_COLOR turns it off);
+    ``stream``: where the text goes (default stdout)."""
     choice = getattr(args, "color", "auto")
     if choice == "never" or (choice == "auto" and (
-            os.environ.get("NO_COLOR") or not sys.stdout.isatty())):
+            os.environ.get("NO_COLOR") or not (stream or sys.stdout).isatty())):
         return text
     lines = []
     for line in text.splitlines():
@@ -1001,10 +1023,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
             # What is approved is what is applied: the previewed plan, refused if stale.
             preview = run(fixed, wanted, dry_run=True)
             if preview.plan.changes:
-                print(_colour(preview.plan.render(), args))
-                if not _confirm("Apply these changes?"):
-                    print("k3snet: nothing was changed", file=sys.stderr)
-                    return EXIT_ERROR
+                human = _human(args)
+                print(_colour(preview.plan.render(), args, human), file=human)
+                if not _confirm("Apply these changes?", human):
+                    return _not_confirmed(args)
                 fixed = preview.plan
                 # With a plan file, what it was made for; with a spec, what it compiles to.
                 wanted = saved.desired if saved else desired
@@ -1015,13 +1037,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
 
 
-def _print_apply(args: argparse.Namespace, done: Convergence,
-                 problems: Sequence[str] = (), *, shown: Plan | None = None) -> None:
-    """The plan (unless ``shown`` already, for approval), then what was applied."""
+def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence[str] = (),
+                 *, shown: Plan | None = None, kind: str = "apply") -> None:
+    """The plan (unless ``shown`` already, for approval), then what was applied; with
+    ``--output json`` one document of ``kind`` (``apply`` or ``destroy``)."""
     if args.output == "json":
         _print_json({
             "format": JSON_FORMAT,
-            "kind": "apply",
+            "kind": kind,
             "dry_run": bool(args.dry_run),
             "plan": done.plan.to_dict(),
             "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
@@ -1044,31 +1067,39 @@ def _print_apply(args: argparse.Namespace, done: Convergence,
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     spec = _spec(args) if args.spec else None
+    as_json, human = _json(args), _human(args)
     with _backend(args, spec) as backend:
         preview = destroy(backend, dry_run=True)
         if preview.plan.empty:
-            print("Nothing to destroy: k3snet owns nothing here.")
+            if as_json:
+                _print_apply(args, preview, kind="destroy")
+            else:
+                print("Nothing to destroy: k3snet owns nothing here.")
             return EXIT_OK
-        print(preview.plan.render())
+        asking = not (args.dry_run or args.auto_approve)
+        if asking or not as_json:  # with JSON, the document holds the plan
+            print(preview.plan.render(), file=human)
         for line in _disruptive(backend, preview.plan, "destroy"):
-            print(line)
+            print(line, file=human)
         if args.dry_run:
             # The backends' own check, as `apply --dry-run` runs it: a destroy that
             # apply would refuse (an admin's jump into an iptables chain of k3snet's)
             # is refused here too.
-            problems = backend.check(preview.plan)
-            if problems:
+            problems = tuple(backend.check(preview.plan))
+            if as_json:
+                _print_apply(args, preview, problems, kind="destroy")
+            elif problems:
                 print("The backends' check found problems; nothing was changed:")
                 print("\n".join(f"  {p}" for p in problems))
-                return EXIT_ERROR
-            return EXIT_CHANGES
-        if not args.auto_approve and not _confirm("Remove everything listed above?"):
-            print("k3snet: nothing was changed", file=sys.stderr)
-            return EXIT_ERROR
+            return EXIT_ERROR if problems else EXIT_CHANGES
+        if asking and not _confirm("Remove everything listed above?", human):
+            return _not_confirmed(args)
         done = destroy(backend)
-        if not _same_changes(preview.plan.changes, done.plan.changes):
+        if as_json:
+            _print_apply(args, done, kind="destroy")
+        elif not _same_changes(preview.plan.changes, done.plan.changes):
             print(done.plan.render())  # the node changed since the listing above
-    if done.result is not None:
+    if done.result is not None and not as_json:
         print(_result_text(done.plan, done.result))
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
@@ -1095,14 +1126,20 @@ def _result_text(shown: Plan, result: ApplyResult) -> str:
     return "\n".join(lines)
 
 
-def _confirm(question: str) -> bool:
-    """Ask on a terminal; refuse (never guess) when stdin is not one."""
+def _confirm(question: str, stream: Any = None) -> bool:
+    """Ask on a terminal; refuse (never guess) when stdin is not one. The question goes
+    to ``stream`` (default stdout; stderr when stdout carries a JSON document)."""
     if not sys.stdin.isatty():
         print("k3snet: error: stdin is not a terminal; pass --auto-approve to confirm",
               file=sys.stderr)
         return False
+    prompt = f"{question} Only 'yes' is accepted: "
     try:
-        answer = input(f"{question} Only 'yes' is accepted: ")
+        if stream is None or stream is sys.stdout:
+            answer = input(prompt)
+        else:  # input() writes its prompt on stdout
+            print(prompt, end="", file=stream, flush=True)
+            answer = input()
     except EOFError:
         return False
     return answer.strip() == "yes"
@@ -1167,17 +1204,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(d.render() if args.output == "text" else d.plan.to_json(indent=2))
             if d.plan.empty:
                 return _doctor_exit(d.verdict)
-            if not args.auto_approve and not _confirm("Apply these changes?"):
-                print("k3snet: nothing applied", file=sys.stderr)
+            human = _human(args)  # with JSON, stdout holds the plan alone
+            if not args.auto_approve and not _confirm("Apply these changes?", human):
+                print("k3snet: nothing applied", file=sys.stderr)  # the plan was the document
                 return EXIT_ERROR
             done = converge(backend, d.desired)
             if done.result is not None:
-                print(_result_text(d.plan, done.result))
+                print(_result_text(d.plan, done.result), file=human)
         after = diagnose(attrs.evolve(
             NodeState.from_capture(NodeCapture.read_live(args.netns)),
             cluster_cidrs=state.cluster_cidrs, service_cidrs=state.service_cidrs,
             calico_pools=state.calico_pools), flow)
-        print(f"now: {after.verdict.value}")
+        print(f"now: {after.verdict.value}", file=_human(args))
         return _doctor_exit(after.verdict)
     if args.output == "json":
         _print_json(d.to_dict())

@@ -4,6 +4,7 @@ changes listed again only where they are not the plan printed above."""
 from __future__ import annotations
 
 import builtins
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,25 @@ def test_destroy_lists_each_change_once(capsys: pytest.CaptureFixture[str]) -> N
         "memory: 2 change(s) applied in 2 operation(s), as planned above.")
     assert not held.observe().owned
 
+
+
+@pytest.mark.parametrize(("command", "answer", "code"), [
+    (APPLY, "yes", 0), (APPLY, "no", 1), (["destroy"], "yes", 0), (["destroy"], "no", 1)])
+def test_the_plan_shown_for_approval_goes_to_stderr_when_stdout_is_json(
+        command: list[str], answer: str, code: int, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `k3snet apply -f SPEC --output json | jq` on a terminal: the plan and the question
+    # were printed on stdout before the document, and jq read no JSON.
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-asked", lambda: held)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(builtins, "input", lambda *prompt: answer if not prompt else "")
+    try:
+        assert main([*command, "--backend", "memory-asked", "--output", "json"]) == code
+    finally:
+        unregister_backend("memory-asked")
+    out, err = capsys.readouterr()
+    document = json.loads(out)  # the whole of stdout is one document
+    assert document["kind"] == ({"yes": command[0], "no": "error"}[answer])
+    assert "Only 'yes' is accepted" in err
+    assert "to delete." in err  # the plan the question is about

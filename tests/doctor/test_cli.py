@@ -106,3 +106,21 @@ def test_fix_applies_the_plan_and_the_flow_then_reaches(
     assert "now: reaches" in out
     answer = doctor_lab.probe(topology.destination)
     assert answer == {"ok": True, "seen": "192.168.1.5", "error": None}
+
+
+@pytest.mark.kernel
+def test_fix_with_json_output_prints_only_the_plan_document_on_stdout(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``doctor --fix --output json``: the summary and the verdict after the fix went to
+    stdout after the plan's JSON, which then did not parse; they go to stderr."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forwarding=False, nat="none")
+    doctor_lab.configure(topology)
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}", "--fix", "--auto-approve", "--output", "json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["changes"]  # the plan that was applied, alone
+    assert "now: reaches" in err
+    assert doctor_lab.probe(topology.destination)["ok"]
