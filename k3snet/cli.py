@@ -942,15 +942,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         p = plan(observed, desired)
         if args.out is not None:
             _save_planfile(args, spec, backend, observed=observed, desired=desired, p=p)
-        marks = _disruptive(backend, p)
+        marks = _disruptive_notes(backend, p)
         warnings = _warnings(backend)
     if args.output == "json":
-        _print_json({**p.to_dict(), "kind": "plan", **({"warnings": warnings} if warnings
-                                                        else {})})
+        _print_json({**p.to_dict(), "kind": "plan",
+                     **({"warnings": warnings} if warnings else {}),
+                     **({"disruptive": marks} if marks else {})})
     else:
         print(_colour(p.render(), args))
         for line in marks:
-            print(line)
+            print(f"!! disruptive: {line}")
         for line in warnings:
             print(f"!! warning: {line}")
         if args.out is not None:
@@ -963,6 +964,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _disruptive(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
     """``!! disruptive:`` lines for the changes any backend with ``disruptive(change)`` names
     (``command``: the one that refuses them unless allowed)."""
+    return [f"!! disruptive: {note}" for note in _disruptive_notes(backend, p, command)]
+
+
+def _disruptive_notes(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
+    """What :func:`_disruptive` says of each change, without the ``!! disruptive:`` mark
+    (``plan --output json``'s ``disruptive``)."""
     lines = []
     for member in backend.members:
         judge = getattr(member.backend, "disruptive", None)
@@ -974,7 +981,7 @@ def _disruptive(backend: BackendGroup, p: Plan, command: str = "apply") -> list[
             if reason:
                 verdict = ("allowed" if allowed else
                            f"{command} refuses it unless allowed ({ALLOW_DISRUPTIVE})")
-                lines.append(f"!! disruptive: {change}: {reason}; {verdict}")
+                lines.append(f"{change}: {reason}; {verdict}")
     return lines
 
 
