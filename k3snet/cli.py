@@ -327,7 +327,8 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                        default=env("K3SNET_LEASE_CANDIDATES"),
                        help="only nodes with this label compete for the Lease (e.g. "
                             "node-role.kubernetes.io/control-plane); others never write "
-                            "cluster-wide objects nor read the Lease (default: every node)")
+                            "cluster-wide objects nor read the Lease (default: "
+                            "$K3SNET_LEASE_CANDIDATES, else every node)")
     agent.add_argument("--lease-duration", type=_positive_seconds, default=15.0)
     agent.add_argument("--lease-renew-deadline", type=_positive_seconds, default=10.0)
     agent.add_argument("--lease-retry-period", type=_positive_seconds, default=2.0)

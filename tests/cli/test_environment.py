@@ -150,3 +150,19 @@ def test_agent_once_serves_no_probe_unless_asked_so_a_taken_port_does_not_stop_i
     assert "once=0" in done.stdout, done.stderr
     assert "asked=1" in done.stdout, done.stderr
     assert "Address already in use" in done.stderr
+
+
+def test_every_environment_variable_k3snet_reads_is_documented() -> None:
+    # K3SNET_LEASE_CANDIDATES was read as --lease-candidates' default, named nowhere.
+    import re  # noqa: PLC0415
+
+    import k3snet  # noqa: PLC0415
+    from k3snet import model  # noqa: PLC0415
+
+    package = Path(k3snet.__file__).parent
+    named = {name for path in package.rglob("*.py")
+             for name in re.findall(r"[\"'](K3SNET_[A-Z_]+)[\"']", path.read_text())}
+    named -= {name for name in named if hasattr(model, name)}  # constants, not variables
+    docs = "".join(path.read_text() for path in (package.parent / "docs").glob("*.md"))
+    assert named
+    assert sorted(name for name in named if name not in docs) == []
