@@ -26,12 +26,15 @@ def main() -> int:
         from k3snet._version import __version__  # noqa: PLC0415 - the whole point
 
         return end(_written(f"k3snet {__version__}\n"))
-    from k3snet.cli import main as cli_main  # noqa: PLC0415 - only when there is work
-
     try:
+        # Ctrl-C comes most often while the CLI's modules load (~10x Python's start).
+        from k3snet.cli import main as cli_main  # noqa: PLC0415 - only when there is work
+
         code = cli_main()
     except SystemExit as exc:  # argparse's --help and usage errors, SIGTERM's 143
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except KeyboardInterrupt:  # before the command's own handling: its code, 130
+        code = 130  # k3snet.cli.EXIT_INTERRUPTED (the module may be half loaded)
     return end(code)
 
 

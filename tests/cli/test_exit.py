@@ -125,3 +125,18 @@ def test_an_output_that_cannot_be_written_is_an_error_said_once(
     assert "Traceback" not in done.stderr
     assert "Exception ignored" not in done.stderr
     assert done.stderr.count("No space left on device") == 1, done.stderr
+
+
+def test_ctrl_c_while_the_cli_loads_ends_with_130_and_no_traceback() -> None:
+    # Ctrl-C right after starting lands in the imports of k3snet.cli, before the
+    # command's own handler: Python printed a KeyboardInterrupt traceback.
+    interrupt = ("import sys\n"
+                 "class Interrupt:\n"
+                 "    def find_spec(self, name, path=None, target=None):\n"
+                 "        if name == 'k3snet.cli':\n"
+                 "            raise KeyboardInterrupt\n"
+                 "sys.meta_path.insert(0, Interrupt())\n")
+    done = subprocess.run([sys.executable, "-c", interrupt + RUN, "plan", "-f", str(SEED)],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 130
+    assert done.stderr == ""
