@@ -49,6 +49,7 @@ from k3snet.errors import (
 )
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import name_problem, object_ref_problem
+from k3snet.model import Route
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile
 from k3snet.planner import Change, Plan, plan
@@ -1394,8 +1395,22 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_networkd  # noqa: PLC0415 - lazy
 
-    parents = dict(entry.partition("=")[::2] for entry in args.network_file)
-    return dict(render_networkd(compile_spec(spec), network_files=parents))
+    state = compile_spec(spec)
+    parents: dict[str, str] = {}
+    for entry in args.network_file:
+        device, _, parent = entry.partition("=")
+        if parents.get(device, parent) != parent:
+            print(f"k3snet: warning: --network-file {device}= given twice; the last, "
+                  f"{parent}, is used", file=sys.stderr)
+        parents[device] = parent
+    # A misspelt device leaves its routes in 90-k3snet-DEV.network, the file networkd
+    # ignores for a device another file configures: said, not silently dropped.
+    devices = sorted({str(o.device) for o in state.owned if isinstance(o, Route)})
+    for device in sorted(set(parents) - set(devices)):
+        print(f"k3snet: warning: --network-file {device}={parents[device]}: no route of the "
+              f"spec goes through {device} (its devices: {', '.join(devices) or 'none'}); "
+              "ignored", file=sys.stderr)
+    return dict(render_networkd(state, network_files=parents))
 
 
 def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
