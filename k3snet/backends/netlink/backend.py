@@ -633,9 +633,7 @@ class NetlinkBackend(BackendBase):
         if change.action == "delete":
             recorded = state.owned[name][1]
             if recorded is not None:
-                restores.append(undo)
-                self._runner.call(lambda: write_sysctl(root, name, recorded))
-                self._count()
+                self._write_sysctl(name, recorded, undo, restores)
             del state.owned[name]
             state.released.add(name)
             self._store.save(state)
@@ -646,13 +644,26 @@ class NetlinkBackend(BackendBase):
         state.owned[name] = (value, previous)
         state.released.discard(name)
         self._store.save(state)
-        restores.append(undo)
-        self._runner.call(lambda: write_sysctl(root, name, value))
-        self._count()
+        self._write_sysctl(name, value, undo, restores)
         stored = normal(name, self._runner.call(lambda: read_sysctls(root, [name]))[name])
         self._count()
         if stored != value:
             raise BackendError(f"the kernel stored {stored!r} for {name}, not {value!r}")
+
+    def _write_sysctl(self, name: str, value: str, undo: Callable[[], None],
+                      restores: list[Callable[[], None]]) -> None:
+        """Write ``value`` to sysctl ``name``, ``undo`` in ``restores`` from before the write
+        (an interruption right after it must find it) until the write is refused: a
+        write(2) to /proc/sys that fails changed nothing, and its "undo", refused for
+        the same reason (no CAP_NET_ADMIN, a read-only /proc/sys), was reported as
+        a failed rollback, "the system may be half-changed", of a node left as it was."""
+        restores.append(undo)
+        try:
+            self._runner.call(lambda: write_sysctl(self.proc_sys, name, value))
+        except OSError:
+            restores.remove(undo)
+            raise
+        self._count()
 
 
 def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:
