@@ -209,7 +209,8 @@ class NetlinkBackend(BackendBase):
         self.driver: str = driver if isinstance(driver, str) else getattr(
             driver, "__name__", type(driver).__name__)
         self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
-        where = f"network namespace {netns!r}" if netns else "the host network namespace"
+        # Not "the host's": under `ip netns exec NS` (no --netns) it is NS.
+        where = f"network namespace {netns!r}" if netns else "this process's network namespace"
         self._where = where
         try:
             identity = namespace_identity(netns)
