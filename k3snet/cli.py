@@ -348,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else list(argv)))
     _configure_logging(args)
     _printable_output()
+    _admin_path()
     with sigterm_undoes() if args.command in UNDONE_ON_SIGTERM else contextlib.nullcontext():
         return _run(args)
 
@@ -445,6 +446,24 @@ class _JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }, sort_keys=True)
+
+
+ADMIN_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+"""Where the tools k3snet runs live (iptables-save, nft, ip): appended to ``$PATH``."""
+
+
+def _admin_path() -> None:
+    """``$PATH`` with the sbin directories it lacks appended, as sudo's secure_path has them.
+
+    cron runs root's jobs with ``PATH=/usr/bin:/bin`` (Debian): the iptables backend
+    then reported "iptables-nft-save not found on PATH (install iptables)" on a node
+    where it is installed, in /usr/sbin. The user's own directories keep coming first.
+    """
+    path = os.environ.get("PATH", os.defpath)
+    present = set(path.split(os.pathsep))
+    missing = [d for d in ADMIN_PATH if d not in present]
+    if missing:
+        os.environ["PATH"] = os.pathsep.join([p for p in (path,) if p] + missing)
 
 
 def _printable_output() -> None:
