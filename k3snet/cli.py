@@ -425,6 +425,15 @@ def _human(args: argparse.Namespace) -> Any:
     return sys.stderr if _json(args) else sys.stdout
 
 
+def _asking(args: argparse.Namespace) -> Any:
+    """Where a plan shown for approval and its question go: stdout on a terminal, else
+    stderr. Redirected (``k3snet apply -f SPEC > apply.log`` on a terminal), they went
+    to the file: the command waited for an answer to a question nobody saw."""
+    if _json(args) or not sys.stdout.isatty():
+        return sys.stderr
+    return sys.stdout
+
+
 def _not_confirmed(args: argparse.Namespace) -> int:
     """Exit 1 for a change the user did not confirm, said on stderr and, with
     ``--output json``, as an ``error`` document (type ``NotConfirmed``)."""
@@ -1052,14 +1061,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
             # What is approved is what is applied: the previewed plan, refused if stale.
             preview = run(fixed, wanted, dry_run=True)
             if preview.plan.changes:
-                human = _human(args)
-                print(_colour(preview.plan.render(), args, human), file=human)
-                if not _confirm("Apply these changes?", human):
+                ask = _asking(args)
+                print(_colour(preview.plan.render(), args, ask), file=ask)
+                if not _confirm("Apply these changes?", ask):
                     return _not_confirmed(args)
                 fixed = preview.plan
                 # With a plan file, what it was made for; with a spec, what it compiles to.
                 wanted = saved.desired if saved else desired
-                shown = preview.plan
+                # Shown on stdout already, or else printed there with what was applied.
+                shown = preview.plan if ask is sys.stdout else None
         done = run(fixed, wanted, dry_run=False)
     _print_apply(args, done, shown=shown)
     changed = done.result is not None and bool(done.result.applied)
@@ -1106,10 +1116,11 @@ def cmd_destroy(args: argparse.Namespace) -> int:
                 print("Nothing to destroy: k3snet owns nothing here.")
             return EXIT_OK
         asking = not (args.dry_run or args.auto_approve)
+        shown = _asking(args) if asking else human
         if asking or not as_json:  # with JSON, the document holds the plan
-            print(preview.plan.render(), file=human)
+            print(preview.plan.render(), file=shown)
         for line in _disruptive(backend, preview.plan, "destroy"):
-            print(line, file=human)
+            print(line, file=shown)
         if args.dry_run:
             # The backends' own check, as `apply --dry-run` runs it: a destroy that
             # apply would refuse (an admin's jump into an iptables chain of k3snet's)
@@ -1121,13 +1132,14 @@ def cmd_destroy(args: argparse.Namespace) -> int:
                 print("The backends' check found problems; nothing was changed:")
                 print("\n".join(f"  {p}" for p in problems))
             return EXIT_ERROR if problems else EXIT_CHANGES
-        if asking and not _confirm("Remove everything listed above?", human):
+        if asking and not _confirm("Remove everything listed above?", shown):
             return _not_confirmed(args)
         done = destroy(backend)
         if as_json:
             _print_apply(args, done, kind="destroy")
-        elif not _same_changes(preview.plan.changes, done.plan.changes):
-            print(done.plan.render())  # the node changed since the listing above
+        elif shown is not sys.stdout or not _same_changes(preview.plan.changes,
+                                                          done.plan.changes):
+            print(done.plan.render())  # not listed on stdout, or the node changed since
     if done.result is not None and not as_json:
         print(_result_text(done.plan, done.result))
     changed = done.result is not None and bool(done.result.applied)
@@ -1234,9 +1246,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             if d.plan.empty:
                 return _doctor_exit(d.verdict)
             human = _human(args)  # with JSON, stdout holds the plan alone
-            if not args.auto_approve and not _confirm("Apply these changes?", human):
-                print("k3snet: nothing applied", file=sys.stderr)  # the plan was the document
-                return EXIT_ERROR
+            if not args.auto_approve:
+                ask = _asking(args)
+                if ask is not sys.stdout and sys.stdin.isatty():  # what is to be approved
+                    print(_colour(d.plan.render(), args, ask), file=ask)
+                if not _confirm("Apply these changes?", ask):
+                    print("k3snet: nothing applied", file=sys.stderr)  # the plan was the document
+                    return EXIT_ERROR
             done = converge(backend, d.desired)
             if done.result is not None:
                 print(_result_text(d.plan, done.result), file=human)

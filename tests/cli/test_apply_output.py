@@ -47,6 +47,7 @@ def test_an_approved_apply_shows_its_plan_once(capsys: pytest.CaptureFixture[str
         return "yes"
 
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal, both ways
     monkeypatch.setattr(builtins, "input", answer)
     assert main([*APPLY, "--backend", "memory"]) == 0
     out = capsys.readouterr().out
@@ -66,6 +67,7 @@ def test_an_approved_apply_of_a_plan_file_applies_that_plan(
                  "--out", str(saved)]) == 2
     capsys.readouterr()
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setattr(builtins, "input", lambda question: "yes")
     assert main(["apply", str(saved)]) == 0
     out = capsys.readouterr().out
@@ -147,3 +149,26 @@ def test_the_plan_shown_for_approval_goes_to_stderr_when_stdout_is_json(
     assert document["kind"] == ({"yes": command[0], "no": "error"}[answer])
     assert "Only 'yes' is accepted" in err
     assert "to delete." in err  # the plan the question is about
+
+
+@pytest.mark.parametrize("command", [APPLY, ["destroy"]])
+def test_with_stdout_redirected_the_plan_to_approve_and_the_question_go_to_the_terminal(
+        command: list[str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `k3snet apply -f SPEC > apply.log` on a terminal: the plan and the question went to
+    # the file, and the command waited for an answer to a question nobody saw.
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-redirected", lambda: held)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(builtins, "input", lambda *prompt: "" if prompt else "yes")
+    try:
+        assert main([*command, "--backend", "memory-redirected"]) == 0
+    finally:
+        unregister_backend("memory-redirected")
+    out, err = capsys.readouterr()
+    assert "Only 'yes' is accepted" in err
+    assert "- sysctl net.ipv4.conf.all.rp_filter = 2" in err  # what is approved, seen
+    assert "Only 'yes'" not in out
+    # The file still gets the plan once, then what was done.
+    assert out.count("- sysctl net.ipv4.conf.all.rp_filter = 2") == 1
+    assert out.splitlines()[-1].endswith("as planned above.")
