@@ -1242,7 +1242,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                               for n in names])
         with group as backend:
             d = diagnose(state, flow, observed=backend.observe())
-            print(d.render() if args.output == "text" else d.plan.to_json(indent=2))
+            _print_diagnosis(args, d)
             if d.plan.empty:
                 return _doctor_exit(d.verdict)
             human = _human(args)  # with JSON, stdout holds the plan alone
@@ -1262,11 +1262,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             calico_pools=state.calico_pools), flow)
         print(f"now: {after.verdict.value}", file=_human(args))
         return _doctor_exit(after.verdict)
+    _print_diagnosis(args, d)
+    return _doctor_exit(d.verdict)
+
+
+def _print_diagnosis(args: argparse.Namespace, d: Any) -> None:
+    """The diagnosis ``d`` as text, or as one ``doctor`` document (``format``, ``kind``,
+    then the trace, findings, plan and predicted verdict), with ``--fix`` too."""
     if args.output == "json":
-        _print_json(d.to_dict())
+        _print_json({"format": JSON_FORMAT, "kind": "doctor", **d.to_dict()})
     else:
         print(d.render())
-    return _doctor_exit(d.verdict)
 
 
 def _doctor_cluster(state: Any, args: argparse.Namespace) -> Any:
