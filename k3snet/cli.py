@@ -1169,7 +1169,7 @@ def _result_text(shown: Plan, result: ApplyResult) -> str:
 
 def _confirm(question: str, stream: Any = None) -> bool:
     """Ask on a terminal; refuse (never guess) when stdin is not one. The question goes
-    to ``stream`` (default stdout; stderr when stdout carries a JSON document)."""
+    to ``stream`` (default stdout; :func:`_asking` says which)."""
     if not sys.stdin.isatty():
         print("k3snet: error: stdin is not a terminal; pass --auto-approve to confirm",
               file=sys.stderr)
@@ -1245,13 +1245,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             _print_diagnosis(args, d)
             if d.plan.empty:
                 return _doctor_exit(d.verdict)
-            human = _human(args)  # with JSON, stdout holds the plan alone
+            human = _human(args)  # with JSON, stdout holds the diagnosis alone
             if not args.auto_approve:
                 ask = _asking(args)
                 if ask is not sys.stdout and sys.stdin.isatty():  # what is to be approved
                     print(_colour(d.plan.render(), args, ask), file=ask)
                 if not _confirm("Apply these changes?", ask):
-                    print("k3snet: nothing applied", file=sys.stderr)  # the plan was the document
+                    print("k3snet: nothing applied", file=sys.stderr)  # stdout: said above
                     return EXIT_ERROR
             done = converge(backend, d.desired)
             if done.result is not None:
