@@ -1464,10 +1464,14 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.manifests import dump_manifests, render_manifests  # noqa: PLC0415
 
     profiles: dict[str, tuple[Spec, str]] = {}
+    paths: dict[str, str] = {}
     for entry in args.profile:
         name, sep, path = entry.partition("=")
         if not sep:
             raise SpecError([Problem("", f"--profile must be NAME=SPEC, not {entry!r}")])
+        if paths.setdefault(name, path) != path:  # the last one silently won
+            raise SpecError([Problem("", f"--profile {name} is given twice, with "
+                                         f"{paths[name]} and {path}: one spec per profile")])
         profiles[name] = (load_spec(path), read_text(path))
     objects = render_manifests(
         spec,
