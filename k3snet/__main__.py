@@ -15,15 +15,36 @@ import sys
 
 
 def main() -> int:
-    """Run the ``k3snet`` command (the process ends in :func:`end` once it is done)."""
+    """Run the ``k3snet`` command (the process ends in :func:`end` once it is done).
+
+    Every way out goes through :func:`end`, the quick ``--version`` and argparse's
+    own exits (``--help``, a usage error) included: its flush is where a closed pipe
+    or a full disk shows, and there it is an exit code, not a traceback or Python's
+    "Exception ignored" with status 120.
+    """
     if sys.argv[1:] == ["--version"]:
         from k3snet._version import __version__  # noqa: PLC0415 - the whole point
 
-        print(f"k3snet {__version__}")
-        return 0
-    from k3snet.cli import main as cli_main  # noqa: PLC0415 - only when there is work
+        return end(_written(f"k3snet {__version__}\n"))
+    try:
+        # Ctrl-C comes most often while the CLI's modules load (~10x Python's start).
+        from k3snet.cli import main as cli_main  # noqa: PLC0415 - only when there is work
 
-    return end(cli_main())
+        code = cli_main()
+    except SystemExit as exc:  # argparse's --help and usage errors, SIGTERM's 143
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except KeyboardInterrupt:  # before the command's own handling: its code, 130
+        code = 130  # k3snet.cli.EXIT_INTERRUPTED (the module may be half loaded)
+    return end(code)
+
+
+def _written(text: str) -> int:
+    """Write ``text`` on stdout: 0, else the code a failed write ends with (see :func:`end`)."""
+    try:
+        sys.stdout.write(text)
+    except OSError as exc:  # unbuffered (PYTHONUNBUFFERED): the write itself fails
+        return _failed_write(exc, 0)
+    return 0
 
 
 def end(code: int) -> int:
@@ -37,20 +58,34 @@ def end(code: int) -> int:
     ``K3SNET_FULL_EXIT=1`` keeps Python's own exit (for a tool that writes its
     data at exit, such as coverage); then this returns ``code``.
     """
-    if os.environ.get("K3SNET_FULL_EXIT"):
-        return code
-    from k3snet.cli import EXIT_BROKEN_PIPE  # noqa: PLC0415 - loaded by the command already
-
     try:
         sys.stdout.flush()
-    except BrokenPipeError:
-        code = EXIT_BROKEN_PIPE  # the reader went away
-    except OSError:
-        code = code or 1
+    except OSError as exc:
+        code = _failed_write(exc, code)
+    if os.environ.get("K3SNET_FULL_EXIT"):
+        return code
     with contextlib.suppress(OSError):
         sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
+
+
+def _failed_write(exc: OSError, code: int) -> int:
+    """The exit code once writing stdout failed with ``exc``: 141 for a closed pipe (the
+    reader went away), else 1, an error, said on stderr unless the command failed
+    already (it said why: a full disk it hit while printing). What was not written is
+    dropped, so Python's own exit does not try it again."""
+    from k3snet.cli import EXIT_BROKEN_PIPE, EXIT_ERROR  # noqa: PLC0415 - only on this path
+
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if isinstance(exc, BrokenPipeError):
+        return EXIT_BROKEN_PIPE
+    if code != EXIT_ERROR:
+        with contextlib.suppress(OSError):
+            print(f"k3snet: error: cannot write the output: {exc.strerror or exc}",
+                  file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from k3snet.errors import (
 )
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import name_problem, object_ref_problem
+from k3snet.model import Route
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile
 from k3snet.planner import Change, Plan, plan
@@ -65,6 +66,7 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_RUNNING, EXIT_CONFLICTS = 0, 1, 2, 3, 4
 DEFAULT_LISTEN = ":9743"
 """The agent's ``--listen`` unless ``$K3SNET_LISTEN`` says otherwise (none with ``--once``)."""
 EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "changes pending"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 EXIT_TERMINATED = 143  # 128 + SIGTERM, likewise
 UNDONE_ON_SIGTERM = frozenset({"apply", "destroy"})
@@ -327,7 +329,8 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                        default=env("K3SNET_LEASE_CANDIDATES"),
                        help="only nodes with this label compete for the Lease (e.g. "
                             "node-role.kubernetes.io/control-plane); others never write "
-                            "cluster-wide objects nor read the Lease (default: every node)")
+                            "cluster-wide objects nor read the Lease (default: "
+                            "$K3SNET_LEASE_CANDIDATES, else every node)")
     agent.add_argument("--lease-duration", type=_positive_seconds, default=15.0)
     agent.add_argument("--lease-renew-deadline", type=_positive_seconds, default=10.0)
     agent.add_argument("--lease-retry-period", type=_positive_seconds, default=2.0)
@@ -345,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else list(argv)))
     _configure_logging(args)
     _printable_output()
+    _admin_path()
     with sigterm_undoes() if args.command in UNDONE_ON_SIGTERM else contextlib.nullcontext():
         return _run(args)
 
@@ -388,7 +392,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("K3SNET_DEBUG"):
             raise
@@ -400,13 +404,43 @@ def _run(args: argparse.Namespace) -> int:
 def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
     """The error on stderr; with ``--output json`` also as a JSON object on stdout."""
     print(f"k3snet: error: {exc}", file=sys.stderr)
-    if getattr(args, "output", "text") == "json":
-        problems = getattr(exc, "problems", ())
-        _print_json({"format": JSON_FORMAT, "kind": "error", "error": {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "problems": [str(p) for p in problems],
-        }})
+    if _json(args):
+        _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
+
+
+def _print_error_json(kind: str, message: str, problems: Sequence[object] = ()) -> None:
+    """An ``error`` document (schema ``error``) on stdout."""
+    _print_json({"format": JSON_FORMAT, "kind": "error", "error": {
+        "type": kind, "message": message, "problems": [str(p) for p in problems]}})
+
+
+def _json(args: argparse.Namespace) -> bool:
+    """Whether the command prints a JSON document (``--output json``)."""
+    return getattr(args, "output", "text") == "json"
+
+
+def _human(args: argparse.Namespace) -> Any:
+    """Where the lines for a person go: stdout, or stderr when stdout carries the JSON
+    document (a plan shown for approval must not break ``k3snet apply -o json | jq``)."""
+    return sys.stderr if _json(args) else sys.stdout
+
+
+def _asking(args: argparse.Namespace) -> Any:
+    """Where a plan shown for approval and its question go: stdout on a terminal, else
+    stderr. Redirected (``k3snet apply -f SPEC > apply.log`` on a terminal), they went
+    to the file: the command waited for an answer to a question nobody saw."""
+    if _json(args) or not sys.stdout.isatty():
+        return sys.stderr
+    return sys.stdout
+
+
+def _not_confirmed(args: argparse.Namespace) -> int:
+    """Exit 1 for a change the user did not confirm, said on stderr and, with
+    ``--output json``, as an ``error`` document (type ``NotConfirmed``)."""
+    print("k3snet: nothing was changed", file=sys.stderr)
+    if _json(args):
+        _print_error_json("NotConfirmed", "nothing was changed: not confirmed")
+    return EXIT_ERROR
 
 
 class _JsonLogFormatter(logging.Formatter):
@@ -421,6 +455,24 @@ class _JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }, sort_keys=True)
+
+
+ADMIN_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+"""Where the tools k3snet runs live (iptables-save, nft, ip): appended to ``$PATH``."""
+
+
+def _admin_path() -> None:
+    """``$PATH`` with the sbin directories it lacks appended, as sudo's secure_path has them.
+
+    cron runs root's jobs with ``PATH=/usr/bin:/bin`` (Debian): the iptables backend
+    then reported "iptables-nft-save not found on PATH (install iptables)" on a node
+    where it is installed, in /usr/sbin. The user's own directories keep coming first.
+    """
+    path = os.environ.get("PATH", os.defpath)
+    present = set(path.split(os.pathsep))
+    missing = [d for d in ADMIN_PATH if d not in present]
+    if missing:
+        os.environ["PATH"] = os.pathsep.join([p for p in (path,) if p] + missing)
 
 
 def _printable_output() -> None:
@@ -842,11 +894,12 @@ def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
 _COLOURS = {"+": "32", "~": "33", "-": "31", "!": "1;31", "=": "2"}
 
 
-def _colour(text: str, args: argparse.Namespace) -> str:
-    """Colour a plan's lines by their sign, on a terminal only (NO_COLOR turns it off)."""
+def _colour(text: str, args: argparse.Namespace, stream: Any = None) -> str:
+    """Colour a plan's lines by their sign, on a terminal only (NO_COLOR turns it off);
+    ``stream``: where the text goes (default stdout)."""
     choice = getattr(args, "color", "auto")
     if choice == "never" or (choice == "auto" and (
-            os.environ.get("NO_COLOR") or not sys.stdout.isatty())):
+            os.environ.get("NO_COLOR") or not (stream or sys.stdout).isatty())):
         return text
     lines = []
     for line in text.splitlines():
@@ -920,15 +973,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         p = plan(observed, desired)
         if args.out is not None:
             _save_planfile(args, spec, backend, observed=observed, desired=desired, p=p)
-        marks = _disruptive(backend, p)
+        marks = _disruptive_notes(backend, p)
         warnings = _warnings(backend)
     if args.output == "json":
-        _print_json({**p.to_dict(), "kind": "plan", **({"warnings": warnings} if warnings
-                                                        else {})})
+        _print_json({**p.to_dict(), "kind": "plan",
+                     **({"warnings": warnings} if warnings else {}),
+                     **({"disruptive": marks} if marks else {})})
     else:
         print(_colour(p.render(), args))
         for line in marks:
-            print(line)
+            print(f"!! disruptive: {line}")
         for line in warnings:
             print(f"!! warning: {line}")
         if args.out is not None:
@@ -941,6 +995,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _disruptive(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
     """``!! disruptive:`` lines for the changes any backend with ``disruptive(change)`` names
     (``command``: the one that refuses them unless allowed)."""
+    return [f"!! disruptive: {note}" for note in _disruptive_notes(backend, p, command)]
+
+
+def _disruptive_notes(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
+    """What :func:`_disruptive` says of each change, without the ``!! disruptive:`` mark
+    (``plan --output json``'s ``disruptive``)."""
     lines = []
     for member in backend.members:
         judge = getattr(member.backend, "disruptive", None)
@@ -952,7 +1012,7 @@ def _disruptive(backend: BackendGroup, p: Plan, command: str = "apply") -> list[
             if reason:
                 verdict = ("allowed" if allowed else
                            f"{command} refuses it unless allowed ({ALLOW_DISRUPTIVE})")
-                lines.append(f"!! disruptive: {change}: {reason}; {verdict}")
+                lines.append(f"{change}: {reason}; {verdict}")
     return lines
 
 
@@ -1001,27 +1061,29 @@ def cmd_apply(args: argparse.Namespace) -> int:
             # What is approved is what is applied: the previewed plan, refused if stale.
             preview = run(fixed, wanted, dry_run=True)
             if preview.plan.changes:
-                print(_colour(preview.plan.render(), args))
-                if not _confirm("Apply these changes?"):
-                    print("k3snet: nothing was changed", file=sys.stderr)
-                    return EXIT_ERROR
+                ask = _asking(args)
+                print(_colour(preview.plan.render(), args, ask), file=ask)
+                if not _confirm("Apply these changes?", ask):
+                    return _not_confirmed(args)
                 fixed = preview.plan
                 # With a plan file, what it was made for; with a spec, what it compiles to.
                 wanted = saved.desired if saved else desired
-                shown = preview.plan
+                # Shown on stdout already, or else printed there with what was applied.
+                shown = preview.plan if ask is sys.stdout else None
         done = run(fixed, wanted, dry_run=False)
     _print_apply(args, done, shown=shown)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
 
 
-def _print_apply(args: argparse.Namespace, done: Convergence,
-                 problems: Sequence[str] = (), *, shown: Plan | None = None) -> None:
-    """The plan (unless ``shown`` already, for approval), then what was applied."""
+def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence[str] = (),
+                 *, shown: Plan | None = None, kind: str = "apply") -> None:
+    """The plan (unless ``shown`` already, for approval), then what was applied; with
+    ``--output json`` one document of ``kind`` (``apply`` or ``destroy``)."""
     if args.output == "json":
         _print_json({
             "format": JSON_FORMAT,
-            "kind": "apply",
+            "kind": kind,
             "dry_run": bool(args.dry_run),
             "plan": done.plan.to_dict(),
             "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
@@ -1044,31 +1106,41 @@ def _print_apply(args: argparse.Namespace, done: Convergence,
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     spec = _spec(args) if args.spec else None
+    as_json, human = _json(args), _human(args)
     with _backend(args, spec) as backend:
         preview = destroy(backend, dry_run=True)
         if preview.plan.empty:
-            print("Nothing to destroy: k3snet owns nothing here.")
+            if as_json:
+                _print_apply(args, preview, kind="destroy")
+            else:
+                print("Nothing to destroy: k3snet owns nothing here.")
             return EXIT_OK
-        print(preview.plan.render())
+        asking = not (args.dry_run or args.auto_approve)
+        shown = _asking(args) if asking else human
+        if asking or not as_json:  # with JSON, the document holds the plan
+            print(preview.plan.render(), file=shown)
         for line in _disruptive(backend, preview.plan, "destroy"):
-            print(line)
+            print(line, file=shown)
         if args.dry_run:
             # The backends' own check, as `apply --dry-run` runs it: a destroy that
             # apply would refuse (an admin's jump into an iptables chain of k3snet's)
             # is refused here too.
-            problems = backend.check(preview.plan)
-            if problems:
+            problems = tuple(backend.check(preview.plan))
+            if as_json:
+                _print_apply(args, preview, problems, kind="destroy")
+            elif problems:
                 print("The backends' check found problems; nothing was changed:")
                 print("\n".join(f"  {p}" for p in problems))
-                return EXIT_ERROR
-            return EXIT_CHANGES
-        if not args.auto_approve and not _confirm("Remove everything listed above?"):
-            print("k3snet: nothing was changed", file=sys.stderr)
-            return EXIT_ERROR
+            return EXIT_ERROR if problems else EXIT_CHANGES
+        if asking and not _confirm("Remove everything listed above?", shown):
+            return _not_confirmed(args)
         done = destroy(backend)
-        if not _same_changes(preview.plan.changes, done.plan.changes):
-            print(done.plan.render())  # the node changed since the listing above
-    if done.result is not None:
+        if as_json:
+            _print_apply(args, done, kind="destroy")
+        elif shown is not sys.stdout or not _same_changes(preview.plan.changes,
+                                                          done.plan.changes):
+            print(done.plan.render())  # not listed on stdout, or the node changed since
+    if done.result is not None and not as_json:
         print(_result_text(done.plan, done.result))
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
@@ -1095,14 +1167,20 @@ def _result_text(shown: Plan, result: ApplyResult) -> str:
     return "\n".join(lines)
 
 
-def _confirm(question: str) -> bool:
-    """Ask on a terminal; refuse (never guess) when stdin is not one."""
+def _confirm(question: str, stream: Any = None) -> bool:
+    """Ask on a terminal; refuse (never guess) when stdin is not one. The question goes
+    to ``stream`` (default stdout; :func:`_asking` says which)."""
     if not sys.stdin.isatty():
         print("k3snet: error: stdin is not a terminal; pass --auto-approve to confirm",
               file=sys.stderr)
         return False
+    prompt = f"{question} Only 'yes' is accepted: "
     try:
-        answer = input(f"{question} Only 'yes' is accepted: ")
+        if stream is None or stream is sys.stdout:
+            answer = input(prompt)
+        else:  # input() writes its prompt on stdout
+            print(prompt, end="", file=stream, flush=True)
+            answer = input()
     except EOFError:
         return False
     return answer.strip() == "yes"
@@ -1164,26 +1242,37 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                               for n in names])
         with group as backend:
             d = diagnose(state, flow, observed=backend.observe())
-            print(d.render() if args.output == "text" else d.plan.to_json(indent=2))
+            _print_diagnosis(args, d)
             if d.plan.empty:
                 return _doctor_exit(d.verdict)
-            if not args.auto_approve and not _confirm("Apply these changes?"):
-                print("k3snet: nothing applied", file=sys.stderr)
-                return EXIT_ERROR
+            human = _human(args)  # with JSON, stdout holds the diagnosis alone
+            if not args.auto_approve:
+                ask = _asking(args)
+                if ask is not sys.stdout and sys.stdin.isatty():  # what is to be approved
+                    print(_colour(d.plan.render(), args, ask), file=ask)
+                if not _confirm("Apply these changes?", ask):
+                    print("k3snet: nothing applied", file=sys.stderr)  # stdout: said above
+                    return EXIT_ERROR
             done = converge(backend, d.desired)
             if done.result is not None:
-                print(_result_text(d.plan, done.result))
+                print(_result_text(d.plan, done.result), file=human)
         after = diagnose(attrs.evolve(
             NodeState.from_capture(NodeCapture.read_live(args.netns)),
             cluster_cidrs=state.cluster_cidrs, service_cidrs=state.service_cidrs,
             calico_pools=state.calico_pools), flow)
-        print(f"now: {after.verdict.value}")
+        print(f"now: {after.verdict.value}", file=_human(args))
         return _doctor_exit(after.verdict)
+    _print_diagnosis(args, d)
+    return _doctor_exit(d.verdict)
+
+
+def _print_diagnosis(args: argparse.Namespace, d: Any) -> None:
+    """The diagnosis ``d`` as text, or as one ``doctor`` document (``format``, ``kind``,
+    then the trace, findings, plan and predicted verdict), with ``--fix`` too."""
     if args.output == "json":
-        _print_json(d.to_dict())
+        _print_json({"format": JSON_FORMAT, "kind": "doctor", **d.to_dict()})
     else:
         print(d.render())
-    return _doctor_exit(d.verdict)
 
 
 def _doctor_cluster(state: Any, args: argparse.Namespace) -> Any:
@@ -1347,8 +1436,22 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_networkd  # noqa: PLC0415 - lazy
 
-    parents = dict(entry.partition("=")[::2] for entry in args.network_file)
-    return dict(render_networkd(compile_spec(spec), network_files=parents))
+    state = compile_spec(spec)
+    parents: dict[str, str] = {}
+    for entry in args.network_file:
+        device, _, parent = entry.partition("=")
+        if parents.get(device, parent) != parent:
+            print(f"k3snet: warning: --network-file {device}= given twice; the last, "
+                  f"{parent}, is used", file=sys.stderr)
+        parents[device] = parent
+    # A misspelt device leaves its routes in 90-k3snet-DEV.network, the file networkd
+    # ignores for a device another file configures: said, not silently dropped.
+    devices = sorted({str(o.device) for o in state.owned if isinstance(o, Route)})
+    for device in sorted(set(parents) - set(devices)):
+        print(f"k3snet: warning: --network-file {device}={parents[device]}: no route of the "
+              f"spec goes through {device} (its devices: {', '.join(devices) or 'none'}); "
+              "ignored", file=sys.stderr)
+    return dict(render_networkd(state, network_files=parents))
 
 
 def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
@@ -1361,10 +1464,14 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.manifests import dump_manifests, render_manifests  # noqa: PLC0415
 
     profiles: dict[str, tuple[Spec, str]] = {}
+    paths: dict[str, str] = {}
     for entry in args.profile:
         name, sep, path = entry.partition("=")
         if not sep:
             raise SpecError([Problem("", f"--profile must be NAME=SPEC, not {entry!r}")])
+        if paths.setdefault(name, path) != path:  # the last one silently won
+            raise SpecError([Problem("", f"--profile {name} is given twice, with "
+                                         f"{paths[name]} and {path}: one spec per profile")])
         profiles[name] = (load_spec(path), read_text(path))
     objects = render_manifests(
         spec,

@@ -4,6 +4,7 @@ changes listed again only where they are not the plan printed above."""
 from __future__ import annotations
 
 import builtins
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ def test_an_approved_apply_shows_its_plan_once(capsys: pytest.CaptureFixture[str
         return "yes"
 
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal, both ways
     monkeypatch.setattr(builtins, "input", answer)
     assert main([*APPLY, "--backend", "memory"]) == 0
     out = capsys.readouterr().out
@@ -65,6 +67,7 @@ def test_an_approved_apply_of_a_plan_file_applies_that_plan(
                  "--out", str(saved)]) == 2
     capsys.readouterr()
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setattr(builtins, "input", lambda question: "yes")
     assert main(["apply", str(saved)]) == 0
     out = capsys.readouterr().out
@@ -124,3 +127,48 @@ def test_destroy_lists_each_change_once(capsys: pytest.CaptureFixture[str]) -> N
         "memory: 2 change(s) applied in 2 operation(s), as planned above.")
     assert not held.observe().owned
 
+
+
+@pytest.mark.parametrize(("command", "answer", "code"), [
+    (APPLY, "yes", 0), (APPLY, "no", 1), (["destroy"], "yes", 0), (["destroy"], "no", 1)])
+def test_the_plan_shown_for_approval_goes_to_stderr_when_stdout_is_json(
+        command: list[str], answer: str, code: int, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `k3snet apply -f SPEC --output json | jq` on a terminal: the plan and the question
+    # were printed on stdout before the document, and jq read no JSON.
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-asked", lambda: held)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(builtins, "input", lambda *prompt: answer if not prompt else "")
+    try:
+        assert main([*command, "--backend", "memory-asked", "--output", "json"]) == code
+    finally:
+        unregister_backend("memory-asked")
+    out, err = capsys.readouterr()
+    document = json.loads(out)  # the whole of stdout is one document
+    assert document["kind"] == ({"yes": command[0], "no": "error"}[answer])
+    assert "Only 'yes' is accepted" in err
+    assert "to delete." in err  # the plan the question is about
+
+
+@pytest.mark.parametrize("command", [APPLY, ["destroy"]])
+def test_with_stdout_redirected_the_plan_to_approve_and_the_question_go_to_the_terminal(
+        command: list[str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `k3snet apply -f SPEC > apply.log` on a terminal: the plan and the question went to
+    # the file, and the command waited for an answer to a question nobody saw.
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-redirected", lambda: held)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(builtins, "input", lambda *prompt: "" if prompt else "yes")
+    try:
+        assert main([*command, "--backend", "memory-redirected"]) == 0
+    finally:
+        unregister_backend("memory-redirected")
+    out, err = capsys.readouterr()
+    assert "Only 'yes' is accepted" in err
+    assert "- sysctl net.ipv4.conf.all.rp_filter = 2" in err  # what is approved, seen
+    assert "Only 'yes'" not in out
+    # The file still gets the plan once, then what was done.
+    assert out.count("- sysctl net.ipv4.conf.all.rp_filter = 2") == 1
+    assert out.splitlines()[-1].endswith("as planned above.")

@@ -479,3 +479,43 @@ def test_k3snet_dash_v_plan_is_k3snet_plan_dash_v(capsys: pytest.CaptureFixture[
     assert main(["plan", "-q", "--color", "never", *args]) == 2
     assert capsys.readouterr() == before
     assert "Plan:" in before.out
+
+
+def test_plan_json_carries_the_disruptive_marks_the_text_shows(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # `plan --output json` dropped the `!! disruptive:` lines: a pipeline gating on the
+    # JSON plan could not see that `apply` would refuse a change.
+    from k3snet import MemoryBackend, State, Sysctl, register_backend  # noqa: PLC0415
+    from k3snet.backends.kit import ALLOW_DISRUPTIVE  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from k3snet.planner import Change  # noqa: PLC0415
+    from tests.cli.test_schemas import validate  # noqa: PLC0415 - the schemas' validator
+
+    class Cni(MemoryBackend):
+        def __init__(self, *, allow_disruptive: bool = False) -> None:
+            super().__init__(State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+            self.allow_disruptive = allow_disruptive
+
+        def disruptive(self, change: Change) -> str | None:
+            return "it re-addresses every pod" if change.action == "delete" else None
+
+    register_backend("memory-cni-json", Cni)
+    try:
+        args = ["plan", "-f", str(SEED), "--backend", "memory-cni-json", "--no-facts"]
+        assert main(args) == 2
+        text = [line.removeprefix("!! disruptive: ")
+                for line in capsys.readouterr().out.splitlines()
+                if line.startswith("!! disruptive:")]
+        assert main([*args, "--output", "json"]) == 2
+        document = json.loads(capsys.readouterr().out)
+        validate(document, "plan")
+        assert document["disruptive"] == text == [
+            "- sysctl net.ipv4.conf.all.rp_filter = 2: it re-addresses every pod; apply "
+            f"refuses it unless allowed ({ALLOW_DISRUPTIVE})"]
+        assert main([*args, "--output", "json", "--allow-disruptive"]) == 2
+        assert json.loads(capsys.readouterr().out)["disruptive"][0].endswith("; allowed")
+        assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                     "--output", "json"]) == 2
+        assert "disruptive" not in json.loads(capsys.readouterr().out)  # none: no key
+    finally:
+        unregister_backend("memory-cni-json")

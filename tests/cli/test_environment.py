@@ -150,3 +150,45 @@ def test_agent_once_serves_no_probe_unless_asked_so_a_taken_port_does_not_stop_i
     assert "once=0" in done.stdout, done.stderr
     assert "asked=1" in done.stdout, done.stderr
     assert "Address already in use" in done.stderr
+
+
+def test_every_environment_variable_k3snet_reads_is_documented() -> None:
+    # K3SNET_LEASE_CANDIDATES was read as --lease-candidates' default, named nowhere.
+    import re  # noqa: PLC0415
+
+    import k3snet  # noqa: PLC0415
+    from k3snet import model  # noqa: PLC0415
+
+    package = Path(k3snet.__file__).parent
+    named = {name for path in package.rglob("*.py")
+             for name in re.findall(r"[\"'](K3SNET_[A-Z_]+)[\"']", path.read_text())}
+    named -= {name for name in named if hasattr(model, name)}  # constants, not variables
+    docs = "".join(path.read_text() for path in (package.parent / "docs").glob("*.md"))
+    assert named
+    assert sorted(name for name in named if name not in docs) == []
+
+
+@pytest.mark.kernel
+def test_a_cron_path_without_sbin_still_finds_the_iptables_tools(tmp_path: Path) -> None:
+    # cron runs root's jobs with PATH=/usr/bin:/bin: `k3snet apply --backend iptables`
+    # said "iptables-nft-save not found on PATH (install iptables)" where it is in /usr/sbin.
+    import shutil  # noqa: PLC0415
+
+    from k3snet.cli import ADMIN_PATH  # noqa: PLC0415
+    from k3snet.lab.netns import temporary_netns  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    cron = "/usr/bin:/bin"
+    tool = shutil.which("iptables-nft-save") or shutil.which("iptables-legacy-save")
+    if tool is None or str(Path(tool).parent) not in ADMIN_PATH or shutil.which(
+            Path(tool).name, path=cron):
+        pytest.skip("needs the iptables tools in an sbin directory only")
+    env = {"PATH": cron, "K3SNET_LOCK_DIR": str(tmp_path),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    with temporary_netns("cron") as ns:
+        done = subprocess.run([sys.executable, "-m", "k3snet", "observe", "--backend",
+                               "iptables", "--netns", ns], capture_output=True, text=True,
+                              check=False, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("owned (0):")

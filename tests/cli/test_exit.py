@@ -84,3 +84,59 @@ def test_a_pipe_closed_after_the_command_is_done_ends_quietly_with_141(tmp_path:
     _out, err = reader.communicate(timeout=120)
     assert b"Traceback" not in err
     assert reader.returncode == 141
+
+
+def _k3snet_into(stdout: int, *argv: str, unbuffered: bool) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"K3SNET_FULL_EXIT", "PYTHONUNBUFFERED"}}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.run([sys.executable, "-c", RUN, *argv], stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, check=False, env=env, timeout=300)
+
+
+# Unbuffered (PYTHONUNBUFFERED=1), argparse drops a failed write of its help and
+# exits 0: those two cases are left out (argparse's own behaviour).
+@pytest.mark.parametrize(("argv", "unbuffered"), [
+    (("--version",), False), (("--version",), True), (("--help",), False),
+    (("plan", "--help"), False)])
+def test_a_pipe_closed_before_the_first_write_ends_with_141_for_every_command(
+        argv: tuple[str, ...], unbuffered: bool) -> None:
+    # The reader is gone before k3snet writes (`k3snet --version | true`). The quick
+    # --version and argparse's --help ended in a traceback or Python's status 120.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = _k3snet_into(write, *argv, unbuffered=unbuffered)
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize(("argv", "unbuffered"), [
+    (("--version",), False), (("--version",), True), (("--help",), False),
+    (("validate", "-f", str(SEED)), False), (("validate", "-f", str(SEED)), True)])
+def test_an_output_that_cannot_be_written_is_an_error_said_once(
+        argv: tuple[str, ...], unbuffered: bool) -> None:
+    with open("/dev/full", "w") as full:  # a file descriptor for the child
+        done = _k3snet_into(full.fileno(), *argv, unbuffered=unbuffered)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "Exception ignored" not in done.stderr
+    assert done.stderr.count("No space left on device") == 1, done.stderr
+
+
+def test_ctrl_c_while_the_cli_loads_ends_with_130_and_no_traceback() -> None:
+    # Ctrl-C right after starting lands in the imports of k3snet.cli, before the
+    # command's own handler: Python printed a KeyboardInterrupt traceback.
+    interrupt = ("import sys\n"
+                 "class Interrupt:\n"
+                 "    def find_spec(self, name, path=None, target=None):\n"
+                 "        if name == 'k3snet.cli':\n"
+                 "            raise KeyboardInterrupt\n"
+                 "sys.meta_path.insert(0, Interrupt())\n")
+    done = subprocess.run([sys.executable, "-c", interrupt + RUN, "plan", "-f", str(SEED)],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 130
+    assert done.stderr == ""

@@ -151,3 +151,40 @@ def test_cli_log_lines_validate(capsys: pytest.CaptureFixture[str]) -> None:
         validate(entry, "log")
     with pytest.raises(jsonschema.ValidationError):
         validate({**lines[0], "format": 2}, "log")
+
+
+def _held_destroy(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    """``k3snet destroy --output json ARGV`` over a backend owning one sysctl: the exit
+    code, stdout read as JSON (every path prints exactly one document) and stderr."""
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-destroy", lambda: held)
+    try:
+        code = main(["destroy", "--backend", "memory-destroy", "--output", "json", *argv])
+    finally:
+        unregister_backend("memory-destroy")
+    done = capsys.readouterr()
+    return code, json.loads(done.out), done.err
+
+
+def test_destroy_output_json_is_one_schema_valid_document_on_every_path(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # `destroy --output json` printed the text plan and summary on stdout.
+    code, pending, _ = _held_destroy(capsys, "--dry-run")
+    assert code == 2
+    validate(pending, "apply")
+    assert (pending["kind"], pending["dry_run"], pending["applied"]) == ("destroy", True, [])
+    assert [c["action"] for c in pending["plan"]["changes"]] == ["delete"]
+    code, done, err = _held_destroy(capsys, "--auto-approve", "--detailed-exitcode")
+    assert code == 2
+    validate(done, "apply")
+    assert (done["kind"], done["dry_run"], len(done["applied"])) == ("destroy", False, 1)
+    assert err == ""
+    code, refused, err = _held_destroy(capsys)  # stdin is no terminal, no --auto-approve
+    assert code == 1
+    validate(refused, "error")
+    assert refused["error"]["type"] == "NotConfirmed"
+    assert "Plan: 0 to add, 0 to replace, 1 to delete." in err  # what was not confirmed
+    assert main(["destroy", "--backend", "memory", "--output", "json", "--auto-approve"]) == 0
+    nothing = json.loads(capsys.readouterr().out)
+    validate(nothing, "apply")
+    assert (nothing["plan"]["changes"], nothing["applied"]) == ([], [])

@@ -38,6 +38,7 @@ def test_reaching_flow_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_doctor("no-masquerade", "-o", "json")) == 3
     data = json.loads(capsys.readouterr().out)
+    assert (data["format"], data["kind"]) == (1, "doctor")  # as every document of the CLI
     assert data["trace"]["verdict"] == "blocked"
     assert [f["code"] for f in data["findings"]] == ["no-masquerade"]
     assert data["after"] == {"verdict": "reaches", "source_seen": "192.168.1.5"}
@@ -106,3 +107,24 @@ def test_fix_applies_the_plan_and_the_flow_then_reaches(
     assert "now: reaches" in out
     answer = doctor_lab.probe(topology.destination)
     assert answer == {"ok": True, "seen": "192.168.1.5", "error": None}
+
+
+@pytest.mark.kernel
+def test_fix_with_json_output_prints_one_doctor_document_on_stdout(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``doctor --fix --output json``: the summary and the verdict after the fix went to
+    stdout after the plan's JSON, which then did not parse; they go to stderr. The
+    document is the diagnosis, as without ``--fix`` (it was the bare plan)."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forwarding=False, nat="none")
+    doctor_lab.configure(topology)
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}", "--fix", "--auto-approve", "--output", "json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    document = json.loads(out)  # the diagnosis, as without --fix
+    assert (document["format"], document["kind"]) == (1, "doctor")
+    assert document["plan"]["changes"]
+    assert "now: reaches" in err
+    assert doctor_lab.probe(topology.destination)["ok"]

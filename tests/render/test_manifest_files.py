@@ -333,3 +333,19 @@ def test_dump_folds_long_strings_at_100_columns(prefix: str) -> None:
     # folded where a space passes column 100 (not PyYAML's default of 80)
     assert len(lines) == 3
     assert all(90 < len(line) <= 102 for line in lines[:-1])
+
+
+def test_a_profile_given_twice_with_two_specs_is_refused_not_the_last_taken(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `--profile gpu=a.yaml --profile gpu=b.yaml` rendered b's DaemonSet, silently.
+    from k3snet.cli import main  # noqa: PLC0415
+
+    seed = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+    other = tmp_path / "other.yaml"
+    other.write_text(seed.read_text())
+    argv = ["render", "manifests", "-f", str(seed), "--profile", f"gpu={seed}"]
+    assert main([*argv, "--profile", f"gpu={other}"]) == 1
+    assert (f"--profile gpu is given twice, with {seed} and {other}: one spec per profile"
+            in capsys.readouterr().err)
+    assert main([*argv, "--profile", f"gpu={seed}"]) == 0  # the same twice: one profile
+    assert capsys.readouterr().out.count("k3snet.io/profile: gpu") >= 1

@@ -132,6 +132,28 @@ def test_a_network_file_option_without_its_device_is_a_usage_error(
     assert "expected DEV=FILE" in capsys.readouterr().err
 
 
+def test_a_network_file_for_a_device_no_route_uses_is_said_not_silently_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--network-file eht0=10-netplan-eth0.network` (a typo) left eth0's routes in
+    # 90-k3snet-eth0.network, which networkd ignores, and said nothing.
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(tmp_path),
+                 "--network-file", "eht0=10-netplan-eth0.network"]) == 0
+    err = capsys.readouterr().err
+    assert ("k3snet: warning: --network-file eht0=10-netplan-eth0.network: no route of the "
+            "spec goes through eht0 (its devices: eth0); ignored") in err
+    twice = tmp_path / "twice"
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(twice),
+                 "--network-file", "eth0=a.network", "--network-file", "eth0=b.network"]) == 0
+    assert "--network-file eth0= given twice; the last, b.network, is used" in (
+        capsys.readouterr().err)
+    assert [p.relative_to(twice).as_posix() for p in twice.rglob("*.conf")] == [
+        "b.network.d/90-k3snet-routes.conf"]
+    assert main(["render", "networkd", "-f", str(SEED),
+                 "--network-file", "eth0=10-netplan-eth0.network"]) == 0
+    assert capsys.readouterr().err == ""  # the device is the routes': nothing to say
+
+
 def test_ifupdown_up_lines_run_in_the_order_the_file_gives_restore_owned_routes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

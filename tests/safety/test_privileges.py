@@ -58,3 +58,36 @@ def test_without_capabilities_the_error_names_the_missing_one(tmp_path: Path) ->
         assert entering.returncode == 1
         assert "Traceback" not in entering.stderr
         assert "needs CAP_SYS_ADMIN" in entering.stderr
+
+
+@pytest.mark.skipif(SETPRIV is None, reason="setpriv (util-linux) is not installed")
+def test_a_sysctl_write_refused_for_want_of_cap_net_admin_is_no_failed_rollback(
+        tmp_path: Path) -> None:
+    # The refused write changed nothing, but its "undo" was tried, refused for the same
+    # reason, and reported as "ROLLBACK FAILED, the system may be half-changed".
+    with SeedLab.create() as lab:
+        inside = ["ip", "netns", "exec", lab.node]
+        before = subprocess.run([*inside, "cat", "/proc/sys/net/ipv4/ip_forward"],
+                                capture_output=True, text=True, check=True).stdout
+        applied = _k3snet(inside, NOTHING, "apply", "-f", str(SPEC_PATH), "--backend",
+                          "netlink", lab=lab, tmp=tmp_path)
+        after = subprocess.run([*inside, "cat", "/proc/sys/net/ipv4/ip_forward"],
+                               capture_output=True, text=True, check=True).stdout
+    assert applied.returncode == 1
+    assert "needs CAP_NET_ADMIN" in applied.stderr
+    assert "ROLLBACK FAILED" not in applied.stderr, applied.stderr
+    assert "nothing was changed" in applied.stderr
+    assert after == before
+
+
+@pytest.mark.skipif(SETPRIV is None, reason="setpriv (util-linux) is not installed")
+def test_an_error_under_ip_netns_exec_does_not_call_the_namespace_the_hosts(
+        tmp_path: Path) -> None:
+    # Without --netns the netlink backend called its namespace "the host network
+    # namespace", which under `ip netns exec NS` it is not.
+    with SeedLab.create() as lab:
+        applied = _k3snet(["ip", "netns", "exec", lab.node], NOTHING, "apply", "-f",
+                          str(SPEC_PATH), "--backend", "netlink", lab=lab, tmp=tmp_path)
+    assert applied.returncode == 1
+    assert "host network namespace" not in applied.stderr
+    assert "netlink backend, this process's network namespace:" in applied.stderr

@@ -213,7 +213,8 @@ class NetlinkBackend(BackendBase):
         self.driver: str = driver if isinstance(driver, str) else getattr(
             driver, "__name__", type(driver).__name__)
         self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
-        where = f"network namespace {netns!r}" if netns else "the host network namespace"
+        # Not "the host's": under `ip netns exec NS` (no --netns) it is NS.
+        where = f"network namespace {netns!r}" if netns else "this process's network namespace"
         self._where = where
         try:
             identity = namespace_identity(netns)
@@ -730,7 +731,6 @@ class NetlinkBackend(BackendBase):
         if change.action == "delete":
             recorded = state.owned[name][1]
             if recorded is not None:
-                restores.append(undo)
                 # A switch still at the value the spread gave it goes back to what it held
                 # when k3snet took over (the previous value, unless recorded otherwise); one
                 # changed since keeps its value, which the write below would overwrite.
@@ -744,8 +744,7 @@ class NetlinkBackend(BackendBase):
                     write_sysctl(root, name, recorded)
                     restore_spread(root, targets)
 
-                self._runner.call(give_back)
-                self._count()
+                self._write_sysctl(give_back, undo, restores)
             del state.owned[name]
             state.spread.pop(name, None)
             state.links.pop(name, None)
@@ -760,13 +759,26 @@ class NetlinkBackend(BackendBase):
             self._record_takeover(state, name, previous, switches)
         state.released.discard(name)
         self._store.save(state)
-        restores.append(undo)
-        self._runner.call(lambda: write_sysctl(root, name, value))
-        self._count()
+        self._write_sysctl(lambda: write_sysctl(root, name, value), undo, restores)
         stored = normal(name, self._runner.call(lambda: read_sysctls(root, [name]))[name])
         self._count()
         if stored != value:
             raise BackendError(f"the kernel stored {stored!r} for {name}, not {value!r}")
+
+    def _write_sysctl(self, write: Callable[[], None], undo: Callable[[], None],
+                      restores: list[Callable[[], None]]) -> None:
+        """Run ``write`` (sysctl writes) in the namespace, ``undo`` in ``restores`` from before
+        it (an interruption right after it must find it) until the write is refused: a
+        write(2) to /proc/sys that fails changed nothing, and its "undo", refused for
+        the same reason (no CAP_NET_ADMIN, a read-only /proc/sys), was reported as
+        a failed rollback, "the system may be half-changed", of a node left as it was."""
+        restores.append(undo)
+        try:
+            self._runner.call(write)
+        except OSError:
+            restores.remove(undo)
+            raise
+        self._count()
 
 
 def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:
