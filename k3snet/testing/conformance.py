@@ -16,8 +16,9 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
 3. planning again right after an apply gives an empty plan (idempotence);
 4. a second random desired state is reached from the first (replace and delete
    paths), and removing everything leaves the foreign state as it was found;
-5. plans with kinds outside ``capabilities``, or naming objects the backend does
-   not own, are refused and change nothing;
+5. plans with kinds outside ``capabilities``, naming objects the backend does
+   not own, or stale (adding an object already there, deleting one already
+   gone) are refused by ``check`` and ``apply`` and change nothing;
 6. all or nothing: for random plans (of two or more changes where the backend can
    hold two objects), a failure injected
    through the backend's :class:`~k3snet.backends.kit.FaultHook` (``backend.faults``)
@@ -155,13 +156,23 @@ def _random_round_trips(
     @given(first=wanted, second=wanted)
     def round_trip(first: list[NetObject], second: list[NetObject]) -> None:
         try:
-            for desired in (State(owned=first), State(owned=second), State()):
+            _converge(backend, State(owned=first))
+            held = backend.observe()
+            if held.owned:
+                there = min(held.owned)
+                _expect_refusal(backend, held, Plan(changes=[Change.add(there)]),
+                                f"a stale plan adding {there}, which is already there")
+            for desired in (State(owned=second), State()):
                 _converge(backend, desired)
             final = backend.observe()
             assert final == baseline, (
                 f"after removing everything, the state differs from the one found:\n"
                 f"{_diff(baseline, final)}"
             )
+            if held.owned:
+                gone = min(held.owned)
+                _expect_refusal(backend, final, Plan(changes=[Change.delete(gone)]),
+                                f"a stale plan deleting {gone}, which is no longer there")
         finally:
             _reset(backend)
 

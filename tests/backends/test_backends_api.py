@@ -241,6 +241,34 @@ def test_conformance_fails_a_backend_without_all_or_nothing(broken: type[MemoryB
         run_conformance(broken, max_examples=30)
 
 
+class _AppliesStalePlans(MemoryBackend):
+    """Never judges a plan against what it holds: a stale plan's add overwrites, its
+    delete of something already gone is reported as done."""
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return ()
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.ensure_capable(plan)
+        fail_at = self.faults.take(plan)
+        if fail_at is not None:
+            raise ApplyError("injected", failed=plan.changes[fail_at])
+        owned = {o.key: o for o in self._state.owned}
+        for change in plan.changes:
+            owned.pop(change.subject.key, None)
+            if change.after is not None:
+                owned[change.after.key] = change.after
+        self._state = self._state.with_owned(owned.values())
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+def test_conformance_fails_a_backend_that_applies_stale_plans() -> None:
+    """Without foreign state or kinds outside its capabilities, the suite used to make no
+    plan that does not fit, so a backend that never checked one passed."""
+    with pytest.raises((AssertionError, ExceptionGroup), match="stale plan"):
+        run_conformance(_AppliesStalePlans, max_examples=30)
+
+
 def test_conformance_fails_a_backend_without_a_fault_hook() -> None:
     class NoHook(MemoryBackend):
         def __init__(self) -> None:
