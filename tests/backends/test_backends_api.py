@@ -183,6 +183,58 @@ def test_registry_reports_a_backend_whose_dependency_is_missing() -> None:
 
 
 @pytest.fixture
+def installed_broken_plugins(tmp_path: Path) -> Iterator[None]:
+    """A third-party package whose entry points are broken: one module raises as it is
+    imported, one entry point names an attribute its module does not have."""
+    package = tmp_path / "k3snet_broken_plugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "raises.py").write_text("raise RuntimeError('the plugin is broken')\n")
+    (package / "fine.py").write_text("class Backend:\n    pass\n")
+    dist = tmp_path / "k3snet_broken_plugins-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: k3snet-broken-plugins\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[k3snet.backends]\n"
+        "raises = k3snet_broken_plugins.raises:Backend\n"
+        "misnamed = k3snet_broken_plugins.fine:Backnd\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(tmp_path))
+        for module in [m for m in sys.modules if m.startswith("k3snet_broken_plugins")]:
+            del sys.modules[module]
+
+
+@pytest.mark.usefixtures("installed_broken_plugins")
+def test_a_plugin_that_raises_on_import_is_unavailable_and_named_not_a_k3snet_bug() -> None:
+    """Only ImportError was turned into BackendUnavailableError: a plugin raising anything
+    else, or an entry point naming a missing attribute, reached the CLI as an "internal
+    error (a bug: please report it)" of k3snet's."""
+    with pytest.raises(BackendUnavailableError,
+                       match=r"backend 'raises' cannot be loaded: .*RuntimeError: the plugin is "
+                             r"broken") as info:
+        create_backend("raises")
+    assert "k3snet_broken_plugins.raises:Backend" in str(info.value)
+    with pytest.raises(BackendUnavailableError,
+                       match=r"backend 'misnamed' cannot be loaded: .*has no attribute 'Backnd'"):
+        create_backend("misnamed")
+    assert isinstance(create_backend("memory"), Backend)  # the others still load
+
+
+def test_an_unknown_backend_name_suggests_the_close_ones() -> None:
+    for typo in ("memroy", "Memory", "nftable"):
+        with pytest.raises(BackendNotFoundError, match=r"\(did you mean '(memory|nftables)'"):
+            create_backend(typo)
+    with pytest.raises(BackendNotFoundError) as info:
+        create_backend("zzzz")
+    assert "did you mean" not in str(info.value)
+
+
+@pytest.fixture
 def installed_example(tmp_path: Path) -> Iterator[None]:
     """Make the example package discoverable as if pip-installed: a dist-info with entry points."""
     dist = tmp_path / "k3snet_jsonfile-0.1.0.dist-info"
