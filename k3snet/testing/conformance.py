@@ -239,9 +239,8 @@ def _converge(backend: Backend, desired: State) -> None:
     assert problems == (), f"check() reported {problems} for a valid plan:\n{p.render()}"
     assert backend.observe() == before, "check() changed the state"
     result = backend.apply(p)
-    assert tuple(result.applied) == p.changes, (
-        f"apply() reports {len(result.applied)} change(s) for a plan of {len(p.changes)}"
-    )
+    applied = tuple(result.applied)
+    assert applied == p.changes, _applied_mismatch(applied, p)
     after = backend.observe()
     assert after.owned == p.target(desired), (
         f"after apply, observe() differs from the plan's target:\n"
@@ -254,6 +253,19 @@ def _converge(backend: Backend, desired: State) -> None:
     )
     again = plan(after, desired)
     assert again.empty, f"planning again right after apply is not empty:\n{again.render()}"
+
+
+def _applied_mismatch(applied: tuple[Change, ...], p: Plan) -> str:
+    """Why ``ApplyResult.applied`` is not the plan's changes, in their order."""
+    if sorted(applied, key=str) == sorted(p.changes, key=str):
+        return ("apply() reports the plan's changes in another order than the plan's "
+                "(ApplyResult.applied lists them in the plan's order):\n"
+                + "\n".join(f"  {c}" for c in applied) + f"\nplan:\n{p.render()}")
+    missing = [c for c in p.changes if c not in applied]
+    extra = [c for c in applied if c not in p.changes]
+    return (f"apply() reports {len(applied)} change(s) for a plan of {len(p.changes)}:\n"
+            + "".join(f"  not reported: {c}\n" for c in missing)
+            + "".join(f"  not in the plan: {c}\n" for c in extra) + f"plan:\n{p.render()}")
 
 
 def _reset(backend: Backend) -> None:

@@ -321,6 +321,18 @@ def test_conformance_fails_a_backend_that_applies_stale_plans() -> None:
         run_conformance(_AppliesStalePlans, max_examples=30)
 
 
+def test_conformance_says_when_apply_reports_the_changes_in_another_order() -> None:
+    """The message used to compare counts only: "reports 2 change(s) for a plan of 2"."""
+    class Reversed(MemoryBackend):
+        def apply(self, plan: Plan) -> ApplyResult:
+            done = super().apply(plan)
+            return ApplyResult(self.name, done.applied[::-1], done.operations)
+
+    with pytest.raises((AssertionError, ExceptionGroup),
+                       match="in another order than the plan's"):
+        run_conformance(Reversed, max_examples=20)
+
+
 def test_conformance_fails_a_backend_without_a_fault_hook() -> None:
     class NoHook(MemoryBackend):
         def __init__(self) -> None:
