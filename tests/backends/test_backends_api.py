@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from k3snet.converge import converge
 from k3snet.testing import run_conformance
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 STATIC = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
 
 
@@ -264,6 +266,24 @@ def test_a_third_party_backend_registered_by_entry_point_passes_conformance(
     rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
     backend.apply(plan(backend.observe(), State(owned=[rule])))
     assert backend.observe().owned == {rule}
+
+
+@pytest.mark.usefixtures("installed_example")
+def test_the_documented_command_line_of_a_custom_backend_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/custom-backend.md's `k3snet plan` line, with the memory backend for netlink (no
+    node here). It used to give the jsonfile backend no `path`: "missing 1 required
+    positional argument"."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "custom-backend.md").read_text()
+    line = next(line for line in page.splitlines() if line.startswith("k3snet plan "))
+    argv = shlex.split(line)[1:]
+    assert "jsonfile:nat" in argv
+    argv = ["memory:route,sysctl" if a == "netlink" else a for a in argv]
+    (tmp_path / "spec.yaml").write_text(SEED.read_text())
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--no-facts"]) == 2  # changes pending
 
 
 class _NoRollback(MemoryBackend):
