@@ -26,6 +26,9 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    ``observe()`` exactly as before. A backend without a fault hook, or one that
    ignores it, or one that does not roll back, fails here.
 
+7. lifecycle: ``with backend as b`` gives the backend itself and closes it (its
+   ``__exit__`` calls ``close()``), and closing it again is harmless.
+
 Failures raise ``AssertionError`` with the example that broke, shrunk by hypothesis.
 """
 
@@ -80,6 +83,7 @@ def run_conformance(
     if max_examples is None:
         max_examples = max(10, settings().max_examples // 10)
     backend = factory()
+    lifecycle_checked = False
     try:
         _check_protocol(backend)
         kinds = sorted(backend.capabilities)
@@ -91,8 +95,43 @@ def run_conformance(
         _check_refusals(backend, baseline)
         _random_round_trips(backend, baseline, pool, max_examples, max_objects)
         _all_or_nothing(backend, baseline, pool, max_examples, max_objects)
+        lifecycle_checked = True  # it closes the backend, whatever it finds
+        _check_lifecycle(backend)
     finally:
+        if not lifecycle_checked:
+            backend.close()
+
+
+def _check_lifecycle(backend: Backend) -> None:
+    """``with backend as b`` gives the backend and closes it; a second close is harmless."""
+    closes: list[None] = []
+    close = backend.close
+
+    def counting() -> None:
+        closes.append(None)
+        close()
+
+    try:
+        # An instance attribute: __exit__'s self.close() finds it before the method.
+        backend.close = counting  # type: ignore[method-assign]
+    except AttributeError:  # __slots__: whether __exit__ closes is not seen
+        closes.append(None)
+    try:
+        with backend as entered:
+            assert entered is backend, (
+                f"`with backend as b` must give the backend itself, not {entered!r}")
+    finally:
+        with contextlib.suppress(AttributeError):
+            del backend.close
+    if not closes:
         backend.close()
+        raise AssertionError(f"leaving `with backend:` did not close it ({backend.name}"
+                             ".__exit__ never called close())")
+    try:
+        backend.close()
+    except Exception as exc:
+        raise AssertionError(f"a second close() of {backend.name} raised {exc!r}: close() "
+                             "must be idempotent") from exc
 
 
 def _check_protocol(backend: Any) -> None:

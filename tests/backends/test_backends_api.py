@@ -353,6 +353,36 @@ def test_conformance_says_when_apply_reports_the_changes_in_another_order() -> N
         run_conformance(Reversed, max_examples=20)
 
 
+class _EnterGivesNone(MemoryBackend):
+    def __enter__(self) -> None:  # type: ignore[override]
+        return None
+
+
+class _ExitKeepsItOpen(MemoryBackend):
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _ClosesOnce(MemoryBackend):
+    def close(self) -> None:
+        if self.closed:
+            raise RuntimeError("already closed")
+        super().close()
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    (_EnterGivesNone, "must give the backend itself"),
+    (_ExitKeepsItOpen, "did not close it"),
+    (_ClosesOnce, "a second close"),
+])
+def test_conformance_checks_the_lifecycle_it_promises(broken: type[MemoryBackend],
+                                                      says: str) -> None:
+    """k3snet.backends.base lists the lifecycle among what run_conformance checks, but the
+    suite only called close() once, at the end: all three passed."""
+    with pytest.raises(AssertionError, match=says):
+        run_conformance(broken, max_examples=10)
+
+
 def test_conformance_fails_a_backend_without_a_fault_hook() -> None:
     class NoHook(MemoryBackend):
         def __init__(self) -> None:
