@@ -73,6 +73,29 @@ def test_conformance_catches_a_backend_that_forgets_what_it_applied() -> None:
         run_conformance(Forgetful, max_examples=20)
 
 
+def test_memory_backend_refuses_a_route_add_into_a_slot_a_foreign_route_holds() -> None:
+    """The kernel holds one route a (table, destination, metric) and the netlink backend
+    refuses such an add (a stale plan: the planner itself notes a conflict); the reference
+    backend accepted it and held two routes in one slot, so code tested against it never
+    met the refusal a node gives."""
+    from k3snet.model import RouteBlock  # noqa: PLC0415
+
+    mine = Route("192.168.2.0/24", gateway="192.168.9.9", device="eth0")
+    assert mine.key == STATIC.key
+    backend = MemoryBackend(State(foreign=[STATIC]))
+    stale = Plan(changes=[Change.add(mine)])
+    assert any("holds its slot" in problem for problem in backend.check(stale))
+    with pytest.raises(PlanError, match="holds its slot"):
+        backend.apply(stale)
+    assert backend.observe() == State(foreign=[STATIC])
+    blackhole = RouteBlock("192.168.2.0/24", metric=0, what="blackhole")
+    blocked = MemoryBackend(State(foreign=[blackhole]))
+    with pytest.raises(PlanError, match="holds its slot"):
+        blocked.apply(stale)
+    elsewhere = Route("192.168.2.0/24", gateway="192.168.9.9", device="eth0", metric=50)
+    assert backend.apply(Plan(changes=[Change.add(elsewhere)])).applied  # another slot: fine
+
+
 def test_memory_backend_failure_injection_rolls_back_everything() -> None:
     backend = MemoryBackend(State(foreign=[STATIC]))
     before = backend.dump()
