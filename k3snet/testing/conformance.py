@@ -24,7 +24,9 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    through the backend's :class:`~k3snet.backends.kit.FaultHook` (``backend.faults``)
    at *every* position raises :class:`~k3snet.errors.ApplyError` and leaves
    ``observe()`` exactly as before. A backend without a fault hook, or one that
-   ignores it, or one that does not roll back, fails here.
+   ignores it, or one that does not roll back, fails here; one that looks at the
+   hook only before its first step (a multi-step backend should fail where the
+   system would, at step ``i``) passes without its rollback ever running.
 
 7. lifecycle: ``with backend as b`` gives the backend itself and closes it (its
    ``__exit__`` calls ``close()``), and closing it again is harmless.
