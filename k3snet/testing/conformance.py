@@ -46,7 +46,7 @@ from hypothesis.strategies import SearchStrategy
 
 from k3snet.backends.base import Backend
 from k3snet.backends.kit import FaultHook
-from k3snet.errors import ApplyError, K3snetError, RollbackError
+from k3snet.errors import ApplyError, K3snetError, ModelError, RollbackError
 from k3snet.model import NetObject
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule
@@ -78,7 +78,8 @@ def run_conformance(
     ``factory()`` must return a backend that owns nothing yet (it may see foreign
     state). ``objects`` draws objects the backend can really hold (for a kernel
     backend: routes on devices that exist); by default, any object of the
-    backend's kinds. ``max_examples`` is per stage; by default a tenth of the
+    backend's kinds among sysctl, route, forward and nat (a backend of other
+    kinds only must pass ``objects``). ``max_examples`` is per stage; by default a tenth of the
     active hypothesis profile's ``max_examples`` (at least 10), so a thorough
     profile runs a thorough conformance suite. The backend is closed at the end.
     """
@@ -88,10 +89,7 @@ def run_conformance(
     lifecycle_checked = False
     try:
         _check_protocol(backend)
-        kinds = sorted(backend.capabilities)
-        pool = objects if objects is not None else strategies.objects(
-            [k for k in kinds if k in {"sysctl", "route", "forward", "nat"}]
-        )
+        pool = objects if objects is not None else _default_objects(backend)
         baseline = backend.observe()
         assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
         _check_refusals(backend, baseline)
@@ -134,6 +132,21 @@ def _check_lifecycle(backend: Backend) -> None:
     except Exception as exc:
         raise AssertionError(f"a second close() of {backend.name} raised {exc!r}: close() "
                              "must be idempotent") from exc
+
+
+_DRAWN_KINDS = ("sysctl", "route", "forward", "nat")
+"""The kinds :func:`k3snet.testing.strategies.objects` draws (the node's)."""
+
+
+def _default_objects(backend: Backend) -> SearchStrategy[NetObject]:
+    """Objects of the backend's kinds that the strategies can draw."""
+    kinds = [k for k in _DRAWN_KINDS if k in backend.capabilities]
+    if not kinds:
+        raise ModelError(
+            f"run_conformance has no default objects for kinds "
+            f"{', '.join(sorted(backend.capabilities))}; pass objects=, a strategy of "
+            f"objects {backend.name} can hold (it draws {', '.join(_DRAWN_KINDS)} by default)")
+    return strategies.objects(kinds)
 
 
 def _check_protocol(backend: Any) -> None:

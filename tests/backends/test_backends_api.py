@@ -406,6 +406,15 @@ def test_conformance_checks_the_lifecycle_it_promises(broken: type[MemoryBackend
         run_conformance(broken, max_examples=10)
 
 
+def test_conformance_of_a_backend_of_other_kinds_asks_for_objects() -> None:
+    """It said "kinds must be a non-empty subset of sysctl, route, forward, nat, got []",
+    about kinds the caller never gave, instead of asking for ``objects=``."""
+    from k3snet.errors import ModelError  # noqa: PLC0415
+
+    with pytest.raises(ModelError, match=r"no default objects for kinds ippool; pass objects="):
+        run_conformance(lambda: MemoryBackend(capabilities=["ippool"]), max_examples=5)
+
+
 def test_conformance_fails_a_backend_without_a_fault_hook() -> None:
     class NoHook(MemoryBackend):
         def __init__(self) -> None:
