@@ -22,7 +22,7 @@ from k3snet.backends.base import Backend, BackendFactory
 from k3snet.errors import BackendNotFoundError, BackendOptionError, BackendUnavailableError
 
 __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create_backend",
-           "load_backend", "register_backend", "unregister_backend"]
+           "load_backend", "register_backend", "takes_any_option", "unregister_backend"]
 
 ENTRY_POINT_GROUP = "k3snet.backends"
 
@@ -110,6 +110,16 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
         return {}
     return {n: p for n, p in parameters.items()
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+
+
+def takes_any_option(name: str) -> bool:
+    """Whether backend ``name``'s factory takes ``**options``: every keyword is its option
+    (:func:`backend_options` is then empty, having nothing to check against)."""
+    try:
+        parameters = inspect.signature(load_backend(name)).parameters
+    except (TypeError, ValueError):  # a builtin or C factory: nothing declared
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def create_backend(name: str, **options: Any) -> Backend:
