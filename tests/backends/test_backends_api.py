@@ -12,6 +12,7 @@ import pytest
 from k3snet import (
     ApplyError,
     ApplyResult,
+    BackendError,
     BackendNotFoundError,
     BackendUnavailableError,
     Change,
@@ -307,6 +308,17 @@ def test_the_documented_command_line_of_a_custom_backend_runs(
     (tmp_path / "spec.yaml").write_text(SEED.read_text())
     monkeypatch.chdir(tmp_path)
     assert main([*argv, "--no-facts"]) == 2  # changes pending
+
+
+@pytest.mark.usefixtures("installed_example")
+def test_the_example_backend_reports_a_corrupt_file_as_a_backend_error(tmp_path: Path) -> None:
+    """The example (and the page it comes from) let json's ValueError out, which the CLI
+    calls an internal error of k3snet's ("a bug: please report it")."""
+    state = tmp_path / "state.json"
+    state.write_text("{garbage")
+    backend = create_backend("jsonfile", path=state)
+    with pytest.raises(BackendError, match=f"cannot read {state}: Expecting property name"):
+        backend.observe()
 
 
 class _NoRollback(MemoryBackend):
