@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from k3snet.backends.base import Backend
-from k3snet.backends.kit import FaultHook
+from k3snet.backends.kit import BackendBase, FaultHook
 from k3snet.errors import ApplyError, K3snetError, ModelError, RollbackError
 from k3snet.model import NetObject
 from k3snet.model.forward import ForwardRule
@@ -158,6 +158,10 @@ def _check_protocol(backend: Any) -> None:
     assert caps, "backend.capabilities must not be empty"
     unknown = caps - set(known_kinds())
     assert not unknown, f"capabilities name unregistered kinds: {sorted(unknown)}"
+    if isinstance(backend, BackendBase) and not hasattr(backend, "faults"):
+        raise AssertionError(
+            f"{backend.name} has no fault hook: {type(backend).__name__}.__init__ never "
+            "called super().__init__(), which gives it (and the rest of BackendBase's state)")
     assert isinstance(getattr(backend, "faults", None), FaultHook), (
         f"{backend.name} has no fault hook: give it a k3snet.backends.kit.FaultHook as "
         "`faults` (BackendBase does) and honour it in apply, so the suite can prove that "

@@ -427,6 +427,31 @@ def test_conformance_of_a_backend_of_other_kinds_asks_for_objects() -> None:
         run_conformance(lambda: MemoryBackend(capabilities=["ippool"]), max_examples=5)
 
 
+def test_conformance_tells_a_base_subclass_without_its_fault_hook_to_call_super() -> None:
+    """A BackendBase subclass whose __init__ forgot super().__init__() was told to "give it
+    a FaultHook ... (BackendBase does)": it does subclass BackendBase."""
+    from k3snet.backends.kit import BackendBase  # noqa: PLC0415
+
+    class Forgot(BackendBase):
+        name = "forgot"
+        capabilities = frozenset({"nat"})
+
+        def __init__(self) -> None:  # no super().__init__()
+            self.state = State()
+
+        def observe(self) -> State:
+            return self.state
+
+        def check(self, plan: Plan) -> tuple[str, ...]:
+            return ()
+
+        def apply(self, plan: Plan) -> ApplyResult:
+            return ApplyResult(self.name)
+
+    with pytest.raises(AssertionError, match=r"Forgot.__init__ never called super\(\).__init__"):
+        run_conformance(Forgot, max_examples=5)
+
+
 def test_conformance_fails_a_backend_without_a_fault_hook() -> None:
     class NoHook(MemoryBackend):
         def __init__(self) -> None:
