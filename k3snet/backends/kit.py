@@ -292,13 +292,24 @@ class Compensation:
         first, then goes on as it came.
 
         Without it, only the backend's own errors (:meth:`fail`) undid anything: an
-        interruption between two steps left the first ones made.
+        interruption between two steps left the first ones made. If an undo fails,
+        :class:`~k3snet.errors.RollbackError` is raised ``from`` what was raised, as
+        :meth:`fail` and a backend group do: the system may be half-changed, and an
+        interruption (which the CLI ends quietly) must not hide it.
         """
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             # After fail() nothing is recorded any more: no step is undone twice.
-            self.rollback()
+            done = list(self.done)
+            undone, problems = self.rollback()
+            if problems:
+                where = f", {self.where}" if self.where else ""
+                raise RollbackError(
+                    f"{self.backend} backend{where}: interrupted ({type(exc).__name__}"
+                    f"{f': {exc}' if str(exc) else ''})\n  ROLLBACK FAILED, the system may be "
+                    "half-changed:\n    " + "\n    ".join(problems),
+                    failed=None, done=done, rolled_back=undone) from exc
             raise
 
     def fail(self, failed: Change | None, reason: str,

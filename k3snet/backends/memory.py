@@ -30,7 +30,8 @@ from collections.abc import Iterable
 
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.kit import BackendBase, Compensation, fit_problems
-from k3snet.errors import ModelError
+from k3snet.errors import ModelError, PlanError
+from k3snet.model.route import Route, RouteBlock
 from k3snet.model.state import State, known_kinds
 from k3snet.planner import Plan
 
@@ -41,7 +42,8 @@ class MemoryBackend(BackendBase):
 
     ``capabilities`` defaults to every registered kind. ``backend.faults.fail_at(N)``
     makes the next apply fail at its change ``N`` (0-based), after which the state
-    is unchanged.
+    is unchanged. As a kernel does, it refuses a route add into a slot (table,
+    destination, metric) that a foreign route holds.
     """
 
     name = "memory"
@@ -76,7 +78,25 @@ class MemoryBackend(BackendBase):
 
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Problems applying ``plan`` would hit; nothing is changed."""
-        return tuple(fit_problems(self, plan, self._state))
+        return (*fit_problems(self, plan, self._state), *self._taken_slots(plan))
+
+    def _taken_slots(self, plan: Plan) -> list[str]:
+        """Route adds into a slot (table, destination, metric) a foreign route holds.
+
+        A kernel holds one route a slot and refuses such an add, as the netlink
+        backend does; the reference refuses it too, or code tested against it never
+        meets the refusal a node gives (the planner notes a conflict there, so only
+        a stale plan has such an add).
+        """
+        adds = [c.subject for c in plan.changes
+                if c.action == "add" and isinstance(c.subject, Route)]
+        if not adds:
+            return []
+        taken = {(o.slot if isinstance(o, RouteBlock) else o.key): o
+                 for o in self._state.foreign if isinstance(o, Route | RouteBlock)}
+        return [f"cannot add {route}: the foreign {taken[route.key].describe()} holds its "
+                "slot (table, destination, metric); a kernel holds one route a slot"
+                for route in adds if route.key in taken]
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change or none; an injected failure rolls back what was done.
@@ -85,6 +105,10 @@ class MemoryBackend(BackendBase):
         the number of changes).
         """
         self.ensure_fits(plan, self._state)
+        taken = self._taken_slots(plan)
+        if taken:
+            raise PlanError(f"{self.name} backend refuses the plan, nothing was changed:\n  "
+                            + "\n  ".join(taken))
         before = self._state
         fail_at = self.faults.take(plan)
         if fail_at is not None:

@@ -2,7 +2,8 @@
 
 A spec's (or a plan file's) ``backends:`` options come first, then the options the
 command line and the agent's environment give implicitly (``netns``,
-``allow_disruptive``, ``K3SNET_STATE_DIR`` ...; only to backends that declare them),
+``allow_disruptive``, ``K3SNET_STATE_DIR`` ...; only to backends that declare them or
+take ``**options``),
 then explicit overrides (``--backend-opt``), checked when the backend is built. The
 CLI, the agent and the Ansible module all resolve options here, so a backend gets the
 same options whichever of them builds it.
@@ -15,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from k3snet.backends.registry import backend_options
+from k3snet.backends.registry import backend_options, takes_any_option
 from k3snet.kube import configmap_ref
 
 __all__ = ["ENV_OPTIONS", "resolve_backend_options"]
@@ -39,7 +40,8 @@ def resolve_backend_options(name: str, given: Mapping[str, Any] | None = None, *
     ``given``: the spec's options for it (:func:`k3snet.spec.spec_backend_options`), or a
     plan file's; overridden by ``netns``, ``allow_disruptive`` and the :data:`ENV_OPTIONS`
     found in ``environ`` (default: ``os.environ``), which go only to a backend that
-    declares them; then by ``explicit`` options, which the backend checks when built.
+    declares them or takes ``**options``; then by ``explicit`` options, which the
+    backend checks when built.
     """
     environ = os.environ if environ is None else environ
     implicit: dict[str, Any] = {}
@@ -50,6 +52,9 @@ def resolve_backend_options(name: str, given: Mapping[str, Any] | None = None, *
     for backend, option, variable, parse in ENV_OPTIONS:
         if backend == name and environ.get(variable):
             implicit[option] = parse(environ[variable])
-    declared = backend_options(name) if implicit else {}
+    declared: set[str] = set(backend_options(name)) if implicit else set()
+    if implicit and not declared and takes_any_option(name):
+        # ``**options``: it takes every keyword, so it gets the namespace it was asked for.
+        declared = set(implicit)
     return {**(given or {}), **{k: v for k, v in implicit.items() if k in declared},
             **(explicit or {})}

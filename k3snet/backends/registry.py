@@ -13,6 +13,7 @@ dependency (``pyroute2``, ``nftables`` ...) only matters to whoever uses it.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import inspect
 from typing import Any, cast
@@ -21,7 +22,7 @@ from k3snet.backends.base import Backend, BackendFactory
 from k3snet.errors import BackendNotFoundError, BackendOptionError, BackendUnavailableError
 
 __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create_backend",
-           "load_backend", "register_backend", "unregister_backend"]
+           "load_backend", "register_backend", "takes_any_option", "unregister_backend"]
 
 ENTRY_POINT_GROUP = "k3snet.backends"
 
@@ -81,10 +82,12 @@ def load_backend(name: str) -> BackendFactory:
         target, extra = _BUILTIN[name]
         return _import(name, target, extra)
     for _ep_name, target in _entry_points(name):
-        return _import(name, target, "")
-    raise BackendNotFoundError(
-        f"no backend named {name!r}; available: {', '.join(available_backends())}"
-    )
+        return _import(name, target, "", plugin=True)
+    known = available_backends()
+    # Case first ("Memory"), then spelling ("nftable"): the names are short and few.
+    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    raise BackendNotFoundError(f"no backend named {name!r}{hint}; available: {', '.join(known)}")
 
 
 def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Parameter]:
@@ -109,6 +112,16 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
+def takes_any_option(name: str) -> bool:
+    """Whether backend ``name``'s factory takes ``**options``: every keyword is its option
+    (:func:`backend_options` is then empty, having nothing to check against)."""
+    try:
+        parameters = inspect.signature(load_backend(name)).parameters
+    except (TypeError, ValueError):  # a builtin or C factory: nothing declared
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def create_backend(name: str, **options: Any) -> Backend:
     """Build the backend ``name`` with ``options`` (``netns=...``, ``path=...``).
 
@@ -127,16 +140,30 @@ def create_backend(name: str, **options: Any) -> Backend:
         raise BackendOptionError(f"backend {name!r}: {exc}") from exc
 
 
-def _import(name: str, target: str, extra: str) -> BackendFactory:
+def _import(name: str, target: str, extra: str, *, plugin: bool = False) -> BackendFactory:
+    """The factory ``target`` names (``module:attr``).
+
+    ``plugin``: ``target`` is another package's entry point, so whatever its import
+    raises, or a name it lacks, is that package's problem: the backend is unavailable
+    (with the target named), not an internal error of k3snet's, and the other
+    backends still load.
+    """
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
+        factory: Any = module
+        for part in attr.split("."):
+            factory = getattr(factory, part)
     except ImportError as exc:
         hint = f" (pip install 'k3snet[{extra}]')" if extra else ""
         raise BackendUnavailableError(
             f"backend {name!r} cannot be loaded: {exc}{hint}"
         ) from exc
-    factory: Any = module
-    for part in attr.split("."):
-        factory = getattr(factory, part)
+    except Exception as exc:
+        if not plugin:
+            raise
+        raise BackendUnavailableError(
+            f"backend {name!r} cannot be loaded: its entry point {target} (group "
+            f"{ENTRY_POINT_GROUP}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
     return cast(BackendFactory, factory)

@@ -16,14 +16,20 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
 3. planning again right after an apply gives an empty plan (idempotence);
 4. a second random desired state is reached from the first (replace and delete
    paths), and removing everything leaves the foreign state as it was found;
-5. plans with kinds outside ``capabilities``, or naming objects the backend does
-   not own, are refused and change nothing;
+5. plans with kinds outside ``capabilities``, naming objects the backend does
+   not own, or stale (adding an object already there, deleting one already
+   gone) are refused by ``check`` and ``apply`` and change nothing;
 6. all or nothing: for random plans (of two or more changes where the backend can
    hold two objects), a failure injected
    through the backend's :class:`~k3snet.backends.kit.FaultHook` (``backend.faults``)
    at *every* position raises :class:`~k3snet.errors.ApplyError` and leaves
    ``observe()`` exactly as before. A backend without a fault hook, or one that
-   ignores it, or one that does not roll back, fails here.
+   ignores it, or one that does not roll back, fails here; one that looks at the
+   hook only before its first step (a multi-step backend should fail where the
+   system would, at step ``i``) passes without its rollback ever running.
+
+7. lifecycle: ``with backend as b`` gives the backend itself and closes it (its
+   ``__exit__`` calls ``close()``), and closing it again is harmless.
 
 Failures raise ``AssertionError`` with the example that broke, shrunk by hypothesis.
 """
@@ -39,8 +45,8 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from k3snet.backends.base import Backend
-from k3snet.backends.kit import FaultHook
-from k3snet.errors import ApplyError, K3snetError, RollbackError
+from k3snet.backends.kit import BackendBase, FaultHook
+from k3snet.errors import ApplyError, K3snetError, ModelError, RollbackError
 from k3snet.model import NetObject
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule
@@ -72,26 +78,75 @@ def run_conformance(
     ``factory()`` must return a backend that owns nothing yet (it may see foreign
     state). ``objects`` draws objects the backend can really hold (for a kernel
     backend: routes on devices that exist); by default, any object of the
-    backend's kinds. ``max_examples`` is per stage; by default a tenth of the
+    backend's kinds among sysctl, route, forward and nat (a backend of other
+    kinds only must pass ``objects``). ``max_examples`` is per stage; by default a tenth of the
     active hypothesis profile's ``max_examples`` (at least 10), so a thorough
     profile runs a thorough conformance suite. The backend is closed at the end.
     """
     if max_examples is None:
         max_examples = max(10, settings().max_examples // 10)
     backend = factory()
+    lifecycle_checked = False
     try:
         _check_protocol(backend)
-        kinds = sorted(backend.capabilities)
-        pool = objects if objects is not None else strategies.objects(
-            [k for k in kinds if k in {"sysctl", "route", "forward", "nat"}]
-        )
+        pool = objects if objects is not None else _default_objects(backend)
         baseline = backend.observe()
         assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
         _check_refusals(backend, baseline)
         _random_round_trips(backend, baseline, pool, max_examples, max_objects)
         _all_or_nothing(backend, baseline, pool, max_examples, max_objects)
+        lifecycle_checked = True  # it closes the backend, whatever it finds
+        _check_lifecycle(backend)
     finally:
+        if not lifecycle_checked:
+            backend.close()
+
+
+def _check_lifecycle(backend: Backend) -> None:
+    """``with backend as b`` gives the backend and closes it; a second close is harmless."""
+    closes: list[None] = []
+    close = backend.close
+
+    def counting() -> None:
+        closes.append(None)
+        close()
+
+    try:
+        # An instance attribute: __exit__'s self.close() finds it before the method.
+        backend.close = counting  # type: ignore[method-assign]
+    except AttributeError:  # __slots__: whether __exit__ closes is not seen
+        closes.append(None)
+    try:
+        with backend as entered:
+            assert entered is backend, (
+                f"`with backend as b` must give the backend itself, not {entered!r}")
+    finally:
+        with contextlib.suppress(AttributeError):
+            del backend.close
+    if not closes:
         backend.close()
+        raise AssertionError(f"leaving `with backend:` did not close it ({backend.name}"
+                             ".__exit__ never called close())")
+    try:
+        backend.close()
+    except Exception as exc:
+        raise AssertionError(f"a second close() of {backend.name} raised {exc!r}: close() "
+                             "must be idempotent") from exc
+
+
+_DRAWN_KINDS = ("sysctl", "route", "forward", "nat")
+"""The kinds :func:`k3snet.testing.strategies.objects` draws (the node's)."""
+
+
+def _default_objects(backend: Backend) -> SearchStrategy[NetObject]:
+    """Objects of the backend's kinds that the strategies can draw."""
+    kinds = [k for k in _DRAWN_KINDS if k in backend.capabilities]
+    if not kinds:
+        raise ModelError(
+            f"run_conformance has no default objects for kinds "
+            f"{', '.join(sorted(backend.capabilities))}; pass objects=, a strategy of "
+            f"objects {backend.name} can hold (it draws {', '.join(_DRAWN_KINDS)} by default)")
+    return strategies.objects(kinds)
 
 
 def _check_protocol(backend: Any) -> None:
@@ -103,6 +158,10 @@ def _check_protocol(backend: Any) -> None:
     assert caps, "backend.capabilities must not be empty"
     unknown = caps - set(known_kinds())
     assert not unknown, f"capabilities name unregistered kinds: {sorted(unknown)}"
+    if isinstance(backend, BackendBase) and not hasattr(backend, "faults"):
+        raise AssertionError(
+            f"{backend.name} has no fault hook: {type(backend).__name__}.__init__ never "
+            "called super().__init__(), which gives it (and the rest of BackendBase's state)")
     assert isinstance(getattr(backend, "faults", None), FaultHook), (
         f"{backend.name} has no fault hook: give it a k3snet.backends.kit.FaultHook as "
         "`faults` (BackendBase does) and honour it in apply, so the suite can prove that "
@@ -155,13 +214,23 @@ def _random_round_trips(
     @given(first=wanted, second=wanted)
     def round_trip(first: list[NetObject], second: list[NetObject]) -> None:
         try:
-            for desired in (State(owned=first), State(owned=second), State()):
+            _converge(backend, State(owned=first))
+            held = backend.observe()
+            if held.owned:
+                there = min(held.owned)
+                _expect_refusal(backend, held, Plan(changes=[Change.add(there)]),
+                                f"a stale plan adding {there}, which is already there")
+            for desired in (State(owned=second), State()):
                 _converge(backend, desired)
             final = backend.observe()
             assert final == baseline, (
                 f"after removing everything, the state differs from the one found:\n"
                 f"{_diff(baseline, final)}"
             )
+            if held.owned:
+                gone = min(held.owned)
+                _expect_refusal(backend, final, Plan(changes=[Change.delete(gone)]),
+                                f"a stale plan deleting {gone}, which is no longer there")
         finally:
             _reset(backend)
 
@@ -228,9 +297,8 @@ def _converge(backend: Backend, desired: State) -> None:
     assert problems == (), f"check() reported {problems} for a valid plan:\n{p.render()}"
     assert backend.observe() == before, "check() changed the state"
     result = backend.apply(p)
-    assert tuple(result.applied) == p.changes, (
-        f"apply() reports {len(result.applied)} change(s) for a plan of {len(p.changes)}"
-    )
+    applied = tuple(result.applied)
+    assert applied == p.changes, _applied_mismatch(applied, p)
     after = backend.observe()
     assert after.owned == p.target(desired), (
         f"after apply, observe() differs from the plan's target:\n"
@@ -243,6 +311,19 @@ def _converge(backend: Backend, desired: State) -> None:
     )
     again = plan(after, desired)
     assert again.empty, f"planning again right after apply is not empty:\n{again.render()}"
+
+
+def _applied_mismatch(applied: tuple[Change, ...], p: Plan) -> str:
+    """Why ``ApplyResult.applied`` is not the plan's changes, in their order."""
+    if sorted(applied, key=str) == sorted(p.changes, key=str):
+        return ("apply() reports the plan's changes in another order than the plan's "
+                "(ApplyResult.applied lists them in the plan's order):\n"
+                + "\n".join(f"  {c}" for c in applied) + f"\nplan:\n{p.render()}")
+    missing = [c for c in p.changes if c not in applied]
+    extra = [c for c in applied if c not in p.changes]
+    return (f"apply() reports {len(applied)} change(s) for a plan of {len(p.changes)}:\n"
+            + "".join(f"  not reported: {c}\n" for c in missing)
+            + "".join(f"  not in the plan: {c}\n" for c in extra) + f"plan:\n{p.render()}")
 
 
 def _reset(backend: Backend) -> None:

@@ -22,3 +22,22 @@ def test_implicit_options_go_only_to_a_backend_that_declares_them() -> None:
     assert resolve_backend_options("memory", None, netns="node1", allow_disruptive=True,
                                    environ={"K3SNET_STATE_DIR": "/run"}) == {}
     assert resolve_backend_options("memory", {"x": 1}, environ={}) == {"x": 1}
+
+
+def test_implicit_options_go_to_a_backend_that_takes_any_keyword() -> None:
+    """A factory taking ``**options`` declares nothing by name (backend_options is empty:
+    nothing to check against) but takes every option; --netns used to be dropped for it,
+    so a plugin's backend acted outside the namespace asked for without a word."""
+    from k3snet.backends.memory import MemoryBackend  # noqa: PLC0415
+    from k3snet.backends.registry import register_backend, unregister_backend  # noqa: PLC0415
+
+    def any_keyword(**options: object) -> MemoryBackend:
+        return MemoryBackend()
+
+    register_backend("takes-any", any_keyword)
+    try:
+        assert resolve_backend_options("takes-any", {"x": 1}, netns="node1",
+                                       allow_disruptive=True, environ={}) == {
+            "x": 1, "netns": "node1", "allow_disruptive": True}
+    finally:
+        unregister_backend("takes-any")

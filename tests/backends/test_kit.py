@@ -132,6 +132,37 @@ def test_compensation_with_nothing_done_says_nothing_changed() -> None:
         Compensation("demo").fail(Change.add(A), "refused")
 
 
+def test_an_interruption_whose_undo_fails_is_a_rollback_error_not_silence() -> None:
+    """guarding() threw away what rollback() reported: Ctrl-C while an undo failed
+    ended as a bare KeyboardInterrupt (the CLI's exit 130, nothing said), with the
+    system half-changed. The group raises RollbackError then; so does the kit."""
+    def broken() -> None:
+        raise OSError(errno.EIO, "device gone")
+
+    undo = Compensation("demo", "netns x")
+    undo.record(Change.add(A), lambda: None)
+    undo.record(Change.add(B), broken)
+    interruption = KeyboardInterrupt()
+    with pytest.raises(RollbackError) as caught, undo.guarding():
+        raise interruption
+    error = caught.value
+    assert error.__cause__ is interruption
+    assert "demo backend, netns x: interrupted (KeyboardInterrupt)" in str(error)
+    assert "ROLLBACK FAILED" in str(error)
+    assert "device gone" in str(error)
+    assert error.done == (Change.add(A), Change.add(B))
+    assert error.rolled_back == (Change.delete(A),)
+
+
+def test_an_interruption_whose_undo_succeeds_goes_on_as_it_came() -> None:
+    log: list[str] = []
+    undo = Compensation("demo")
+    undo.record(Change.add(A), lambda: log.append("a"))
+    with pytest.raises(KeyboardInterrupt), undo.guarding():
+        raise KeyboardInterrupt
+    assert log == ["a"]
+
+
 # ---------------------------------------------------------------- translate_errors
 
 

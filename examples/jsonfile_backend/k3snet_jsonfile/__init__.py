@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from k3snet import ApplyResult, Plan, State
-from k3snet.backends.kit import BackendBase, Compensation, fit_problems
+from k3snet.backends.kit import BackendBase, Compensation, fit_problems, translate_errors
 from k3snet.model import object_from_dict
 
 __all__ = ["JsonFileBackend"]
@@ -35,7 +35,10 @@ class JsonFileBackend(BackendBase):
     def observe(self) -> State:
         if not self.path.exists():
             return State()
-        return State(owned=[object_from_dict(o) for o in json.loads(self.path.read_text())])
+        # A file that cannot be read or parsed is a BackendError naming it, not a crash.
+        with translate_errors(f"read {self.path}", errors=(OSError, ValueError)):
+            found = json.loads(self.path.read_text())
+        return State(owned=[object_from_dict(o) for o in found])
 
     def check(self, plan: Plan) -> tuple[str, ...]:
         return tuple(fit_problems(self, plan, self.observe()))
