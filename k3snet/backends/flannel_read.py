@@ -57,10 +57,19 @@ def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _go_prefix_length(bits: str) -> bool:
+    """``bits`` is prefix bits as Go's ``net.ParseCIDR`` reads them: ASCII decimal digits."""
+    return bits.isascii() and bits.isdigit()
+
+
 def _cidr(version: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         expected = f"an IPv{version} CIDR string"
         if not isinstance(value, str) or "/" not in value:
+            return expected
+        address, _, bits = value.partition("/")
+        if not _go_prefix_length(bits) or "%" in address:
+            # Go's net.ParseCIDR takes decimal prefix bits only (no netmask) and no zone.
             return expected
         try:
             net = ipaddress.ip_network(value, strict=False)
@@ -78,7 +87,9 @@ def _cidr(version: int) -> Callable[[Any], str | None]:
 def _address(version: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         try:
-            ok = isinstance(value, str) and ipaddress.ip_address(value).version == version
+            # Go's net.ParseIP takes no zone ("fe80::1%eth0"); ipaddress does.
+            ok = (isinstance(value, str) and "%" not in value
+                  and ipaddress.ip_address(value).version == version)
         except ValueError:
             ok = False
         return None if ok else f"an IPv{version} address string"

@@ -308,6 +308,12 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "Network must be a network without host bits (flannel would silently use 10.42.0.0/16)"),
     ('{"Network": "fd42::/56"}', "Network must be an IPv4 CIDR string"),
     ('{"Network": "10.42.0.0"}', "Network must be an IPv4 CIDR string"),
+    # Go's net.ParseCIDR (flannel's ip.IP4Net / IP6Net) takes decimal prefix bits and no
+    # zone; Python's ipaddress also takes a netmask and a zone.
+    ('{"Network": "10.42.0.0/255.255.0.0"}', "Network must be an IPv4 CIDR string"),
+    ('{"Network": "10.42.0.0/0.0.255.255"}', "Network must be an IPv4 CIDR string"),
+    ('{"IPv6Network": "fe80::%eth0/64"}', "IPv6Network must be an IPv6 CIDR string"),
+    ('{"IPv6SubnetMin": "fe80::1%eth0"}', "IPv6SubnetMin must be an IPv6 address string"),
     ('{"IPv6Network": "fd42::1/56"}', "IPv6Network must be a network without host bits"),
     ('{"EnableIPv6": "false"}', 'EnableIPv6 must be true or false, got "false"'),
     ('{"SubnetLen": "24"}', "SubnetLen must be an integer 0..32"),
