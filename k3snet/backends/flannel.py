@@ -155,10 +155,16 @@ _MAX_FILE_BYTES = 1 << 20
 file, a FIFO or a device is an error, never read whole or waited on."""
 
 
-def _read_doc(text: str, record: Record | None, token: Any, where: str) -> _Doc:
-    values = dict(ObjectText(text, where).values)
+def _values(text: str, where: str) -> dict[str, Any]:
+    """The keys of a net-conf.json text as flannel reads them (:func:`flannel_values`)."""
+    doc = ObjectText(text, where)
+    values = dict(doc.values)
     values.pop(FLANNEL_OWNED_MARKER, None)
-    return _Doc(text=text, record=record, token=token, values=flannel_values(values, where))
+    return flannel_values(values, where, raw=doc.raw_texts())
+
+
+def _read_doc(text: str, record: Record | None, token: Any, where: str) -> _Doc:
+    return _Doc(text=text, record=record, token=token, values=_values(text, where))
 
 
 class _FileStore:
@@ -500,7 +506,7 @@ class FlannelBackend(BackendBase):
         reasons: list[str] = []
         for change in plan.changes:
             text, record = apply_change(text, record, change, where)
-            after = flannel_values(ObjectText(text, where).values, where)
+            after = _values(text, where)
             reasons += disruptions(values, after)
             values = after
         if reasons and refuse_disruptive and not self.allow_disruptive:

@@ -136,6 +136,13 @@ _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
 }
 _FIELD_BY_FOLD = {fold(name): name for name in FLANNEL_FIELDS}
 
+_RAW_TEXT_FIELDS = frozenset({"Network", "IPv6Network", "Networks", "IPv6Networks",
+                              "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax"})
+"""Fields whose Go type (flannel's ``pkg/ip`` ``IP4Net``, ``IP6Net``, ``IP4``, ``IP6``)
+decodes itself from the raw JSON text: its ``UnmarshalJSON`` trims the quotes and parses
+what is between them as it is, so a JSON escape (``\\/``, ``\\u002e``) is not decoded
+and the value is refused."""
+
 
 def _folded(values: Mapping[str, Any], names: Mapping[str, str], where: str, inside: str
             ) -> tuple[dict[str, Any], list[str]]:
@@ -155,7 +162,8 @@ def _folded(values: Mapping[str, Any], names: Mapping[str, str], where: str, ins
     return out, problems
 
 
-def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json") -> dict[str, Any]:
+def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
+                   raw: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The top-level keys of a parsed net-conf.json as flannel reads them, validated.
 
     Keys flannel matches case-insensitively are renamed to its field names
@@ -163,11 +171,18 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json") -> d
     keys are kept as they are (flannel ignores them). Raises
     :class:`~k3snet.errors.BackendError` naming every value flannel would refuse or
     read differently (a wrong type or family, host bits, two spellings of one key).
+    ``raw``, the exact JSON text of each top-level value, lets it also refuse an
+    address or network written with a JSON escape, which flannel does not decode.
 
     >>> flannel_values({"network": "10.244.0.0/16", "Backend": {"type": "vxlan", "VNI": 1}})
     {'Network': '10.244.0.0/16', 'Backend': {'Type': 'vxlan', 'VNI': 1}}
     """
     out, problems = _folded(values, _FIELD_BY_FOLD, where, "")
+    for key, text in (raw or {}).items():
+        name = _FIELD_BY_FOLD.get(fold(key))
+        if name in _RAW_TEXT_FIELDS and "\\" in text:
+            problems.append(f"{name} must be written without JSON escapes (flannel parses "
+                            f"the text between the quotes as it is), got {text}")
     for key, check in _CHECKS.items():
         if key in out:
             expected = check(out[key])

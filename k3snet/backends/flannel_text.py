@@ -106,6 +106,10 @@ class ObjectText:
             lead = index
             index = _skip(text, index)
 
+    def raw_texts(self) -> dict[str, str]:
+        """The exact text of every member's value, by key."""
+        return {m.key: self.text[m.value_start:m.value_end] for m in self.members}
+
     def raw(self, key: str) -> str | None:
         """The exact text of a member's value, or None if absent."""
         member = self.by_key.get(key)
