@@ -18,7 +18,7 @@ from typing import Any
 
 from k3snet._gojson import fold
 from k3snet.errors import BackendError
-from k3snet.model.cni import canonical_json
+from k3snet.model.cni import canonical_json, flannel_backend_type
 
 __all__ = [
     "DISRUPTIVE_KEYS",
@@ -209,7 +209,8 @@ def _effective_value(values: Mapping[str, Any], key: str) -> Any:
         return values.get(key, False)
     if key == "Backend.Type":
         backend = values.get("Backend")
-        return backend.get("Type", "") if isinstance(backend, dict) else "udp"
+        kind = backend.get("Type", "") if isinstance(backend, dict) else "udp"
+        return flannel_backend_type(kind) if isinstance(kind, str) else kind
     return values.get(key)
 
 

@@ -368,6 +368,32 @@ def test_a_mis_cased_key_is_read_as_flannel_reads_it(tmp_path: Path) -> None:
     assert path.read_text() == '{"Network": "10.42.0.0/16", "Backend": {"type": "vxlan"}}'
 
 
+def test_a_backend_type_in_capitals_is_the_backend_flannel_runs(tmp_path: Path) -> None:
+    """flannel's backend manager looks Backend.Type up lower-cased (pkg/backend/manager.go
+    GetBackend): "VXLAN" runs vxlan, so asking for vxlan is met, not a disruptive change."""
+    original = '{"Network": "10.42.0.0/16", "Backend": {"Type": "VXLAN", "VNI": 1}}'
+    path = _file(tmp_path, original)
+    backend = FlannelBackend(path=path)
+    (foreign,) = backend.observe().foreign
+    assert foreign.backend_type == "vxlan"
+    assert plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
+                                                              backend_type="vxlan")])).changes == ()
+    mtu = FlannelConfig(backend.target, backend_type="vxlan", backend_options={"MTU": 1400})
+    p = plan(backend.observe(), State(owned=[mtu]))
+    (change,) = p.changes
+    assert backend.disruptive(change) is None
+    assert backend.check(p) == ()
+    backend.apply(p)
+    assert json.loads(path.read_text())["Backend"] == {"Type": "VXLAN", "VNI": 1, "MTU": 1400}
+    backend.apply(plan(backend.observe(), State()))
+    assert path.read_text() == original
+    other = Change.add(FlannelConfig(backend.target, backend_type="host-gw"))
+    assert 'Backend.Type ("vxlan" -> "host-gw")' in str(backend.disruptive(other))
+    # Go's strings.ToLower maps U+0130 (dotted capital I) to "i" alone.
+    dotted = FlannelConfig.from_members(backend.target, {"Backend": {"Type": "\u0130P\u0130P"}})
+    assert dotted.backend_type == "ipip"
+
+
 def test_flannel_values_folds_like_go() -> None:
     assert flannel_values({"SUBNETLEN": 24, "enableipv6": False, "x-other": 1}) == {
         "SubnetLen": 24, "EnableIPv6": False, "x-other": 1}
