@@ -136,6 +136,14 @@ _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
 }
 _FIELD_BY_FOLD = {fold(name): name for name in FLANNEL_FIELDS}
 
+_NULL_IS_DEFAULT = frozenset({"EnableIPv4", "EnableIPv6", "EnableNFTables", "SubnetLen",
+                              "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax", "Networks",
+                              "IPv6Networks"})
+"""Fields Go's decoder leaves at their default for ``null``: a bool or an unsigned integer
+keeps its value (``EnableIPv4`` stays true), a pointer or a slice is set to nil. (A
+``null`` ``Network`` or ``SubnetMin`` reaches flannel's ``UnmarshalJSON``, which refuses
+it.)"""
+
 _RAW_TEXT_FIELDS = frozenset({"Network", "IPv6Network", "Networks", "IPv6Networks",
                               "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax"})
 """Fields whose Go type (flannel's ``pkg/ip`` ``IP4Net``, ``IP6Net``, ``IP4``, ``IP6``)
@@ -171,6 +179,7 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
     keys are kept as they are (flannel ignores them). Raises
     :class:`~k3snet.errors.BackendError` naming every value flannel would refuse or
     read differently (a wrong type or family, host bits, two spellings of one key).
+    A ``null`` that Go's decoder skips (``"EnableIPv6": null``) is read as absent.
     ``raw``, the exact JSON text of each top-level value, lets it also refuse an
     address or network written with a JSON escape, which flannel does not decode.
 
@@ -178,6 +187,8 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
     {'Network': '10.244.0.0/16', 'Backend': {'Type': 'vxlan', 'VNI': 1}}
     """
     out, problems = _folded(values, _FIELD_BY_FOLD, where, "")
+    for key in [k for k in _NULL_IS_DEFAULT if k in out and out[k] is None]:
+        del out[key]  # as if absent: flannel uses its default
     for key, text in (raw or {}).items():
         name = _FIELD_BY_FOLD.get(fold(key))
         if name in _RAW_TEXT_FIELDS and "\\" in text:

@@ -368,6 +368,25 @@ def test_a_mis_cased_key_is_read_as_flannel_reads_it(tmp_path: Path) -> None:
     assert path.read_text() == '{"Network": "10.42.0.0/16", "Backend": {"type": "vxlan"}}'
 
 
+def test_a_null_go_skips_is_read_as_flannels_default(tmp_path: Path) -> None:
+    """Go's decoder leaves a bool or uint field as it was for null (EnableIPv4 stays
+    true) and sets a pointer to nil: flannel runs with such a file, so k3snet reads it."""
+    original = ('{"Network": "10.42.0.0/16", "EnableIPv4": null, "EnableIPv6": null, '
+                '"SubnetLen": null, "IPv6SubnetMin": null, "Backend": {"Type": "vxlan"}}')
+    path = _file(tmp_path, original)
+    backend = FlannelBackend(path=path)
+    (foreign,) = backend.observe().foreign
+    assert foreign.enable_ipv4 is None
+    assert "SubnetLen" not in foreign.extra
+    assert "EnableIPv4 (true -> false)" in str(backend.disruptive(
+        Change.add(FlannelConfig(backend.target, enable_ipv4=False))))
+    same = Change.add(FlannelConfig(backend.target, enable_ipv4=True, enable_ipv6=False))
+    assert backend.disruptive(same) is None
+    assert backend.check(Plan(changes=[same])) == ()
+    backend.apply(Plan(changes=[same]))
+    assert json.loads(path.read_text())["EnableIPv6"] is False
+
+
 def test_a_backend_type_in_capitals_is_the_backend_flannel_runs(tmp_path: Path) -> None:
     """flannel's backend manager looks Backend.Type up lower-cased (pkg/backend/manager.go
     GetBackend): "VXLAN" runs vxlan, so asking for vxlan is met, not a disruptive change."""
