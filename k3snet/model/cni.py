@@ -72,9 +72,12 @@ FLANNEL_KEYS: tuple[str, ...] = (
 
 FLANNEL_BACKEND_TYPES: tuple[str, ...] = (
     "vxlan", "host-gw", "wireguard", "udp", "ipip", "ipsec", "alloc", "extension",
-    "ali-vpc", "aws-vpc", "gce", "tencent-vpc",
+    "tencent-vpc",
 )
-"""``Backend.Type`` values flannel knows (K3s uses vxlan, host-gw and wireguard-native)."""
+"""``Backend.Type`` values flannel knows: the backends flanneld registers (``pkg/backend``).
+flannel v0.20.0 (2022) removed ``ali-vpc``, ``aws-vpc`` and ``gce``: it stops with
+"unknown backend type" on them. K3s writes vxlan, host-gw, and wireguard for its
+wireguard-native."""
 
 
 
