@@ -116,6 +116,47 @@ def _prefix_length(limit: int) -> Callable[[Any], str | None]:
     return check
 
 
+def _go_int(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
+    return None if ok else "an integer"
+
+
+def _go_string(value: Any) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+_BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
+    # pkg/backend/vxlan/vxlan.go VXLANConfig
+    "vxlan": {"VNI": _go_int, "Port": _go_int, "MTU": _go_int, "GBP": _boolean,
+              "Learning": _boolean, "DirectRouting": _boolean},
+    # pkg/backend/wireguard/wireguard.go RegisterNetwork's cfg (a Duration is an int64)
+    "wireguard": {"ListenPort": _go_int, "ListenPortV6": _go_int, "MTU": _go_int,
+                  "PSK": _go_string, "PersistentKeepaliveInterval": _go_int,
+                  "Mode": _go_string},
+}
+"""The options of the backends K3s runs and their Go types: the backend decodes ``Backend``
+into them and stops on a mismatch ("error decoding VXLAN backend config")."""
+
+
+def _option_problems(backend: Mapping[str, Any]) -> list[str]:
+    """Why flannel's backend would refuse the options of ``backend`` (its Type's)."""
+    kind = backend.get("Type")
+    checks = _BACKEND_OPTIONS.get(flannel_backend_type(kind)) if isinstance(kind, str) else None
+    if not checks:
+        return []
+    names = {fold(name): name for name in checks}
+    problems = []
+    for member, value in backend.items():
+        name = names.get(fold(member))
+        if name is None or value is None:  # unknown: ignored; null: Go keeps the default
+            continue
+        expected = checks[name](value)
+        if expected is not None:
+            problems.append(f"Backend.{member} must be {expected} (flannel's {kind} backend "
+                            f"reads it as its {name}), got {_dump(value)}")
+    return problems
+
+
 def _backend(value: Any) -> str | None:
     if not isinstance(value, dict):
         return "an object with a Type"
@@ -205,6 +246,7 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
         problems += more
         if "Type" in inner and not isinstance(inner["Type"], str):
             problems.append(f"Backend.Type must be a string, got {_dump(inner['Type'])}")
+        problems += _option_problems(inner)
         out["Backend"] = inner
     if problems:
         raise BackendError(f"{where}: flannel would not read net-conf.json as written: "

@@ -320,6 +320,13 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"network": "10.42.0.0\\/16"}', "Network must be written without JSON escapes"),
     ('{"Network": "10.42.0.0/16", "SubnetMin": "10.42.1\\u002e0"}',
      "SubnetMin must be written without JSON escapes"),
+    # The vxlan and wireguard backends decode Backend into typed Go structs.
+    ('{"Backend": {"Type": "vxlan", "VNI": "4096"}}',
+     'Backend.VNI must be an integer (flannel\'s vxlan backend reads it as its VNI), got "4096"'),
+    ('{"Backend": {"Type": "VXLAN", "directrouting": "true"}}',
+     "Backend.directrouting must be true or false"),
+    ('{"Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": 25.5}}',
+     "Backend.PersistentKeepaliveInterval must be an integer"),
     ('{"IPv6Network": "fd42::1/56"}', "IPv6Network must be a network without host bits"),
     ('{"EnableIPv6": "false"}', 'EnableIPv6 must be true or false, got "false"'),
     ('{"SubnetLen": "24"}', "SubnetLen must be an integer 0..32"),
@@ -366,6 +373,25 @@ def test_a_mis_cased_key_is_read_as_flannel_reads_it(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match=r"spells it 'type', which flannel reads as Type"):
         backend.apply(plan(backend.observe(), State(owned=[mtu])))
     assert path.read_text() == '{"Network": "10.42.0.0/16", "Backend": {"type": "vxlan"}}'
+
+
+def test_backend_options_flannel_would_refuse_are_never_written(tmp_path: Path) -> None:
+    """flannel's vxlan backend stops on {"DirectRouting": "true"} ("error decoding VXLAN
+    backend config"): k3snet refuses to write it, and reads options of other types as is."""
+    path = _file(tmp_path, K3S_VXLAN)
+    backend = FlannelBackend(path=path)
+    wanted = FlannelConfig(backend.target, backend_type="vxlan",
+                           backend_options={"DirectRouting": "true", "MTU": 1400.5})
+    p = plan(backend.observe(), State(owned=[wanted]))
+    (problem,) = backend.check(p)
+    assert "Backend.DirectRouting must be true or false" in problem
+    assert "Backend.MTU must be an integer" in problem
+    with pytest.raises(BackendError, match="DirectRouting must be true or false"):
+        backend.apply(p)
+    assert path.read_text() == K3S_VXLAN
+    unknown = _file(tmp_path, '{"Backend": {"Type": "host-gw", "VNI": "x", "MTU": null}}', "b")
+    (foreign,) = FlannelBackend(path=unknown).observe().foreign
+    assert foreign.backend_options.to_dict() == {"VNI": "x", "MTU": None}
 
 
 def test_a_null_go_skips_is_read_as_flannels_default(tmp_path: Path) -> None:
@@ -421,13 +447,17 @@ def test_flannel_values_folds_like_go() -> None:
 
 # ---------------------------------------------------------------- the merge as a property
 
-_OPTION_NAMES = ("VNI", "Port", "MTU", "DirectRouting", "GBP", "x-vendor")
-_OPTION_VALUES = st.integers(0, 9000) | st.booleans() | st.text("ab", max_size=2)
+# Each vxlan option of the Go type flannel decodes it into; an unknown one of any type.
+_OPTIONS = st.fixed_dictionaries({}, optional={
+    "VNI": st.integers(0, 9000), "Port": st.integers(0, 9000), "MTU": st.integers(0, 9000),
+    "DirectRouting": st.booleans(), "GBP": st.booleans(),
+    "x-vendor": st.integers(0, 9000) | st.booleans() | st.text("ab", max_size=2),
+})
 
 
 @given(
-    found=st.dictionaries(st.sampled_from(_OPTION_NAMES), _OPTION_VALUES, max_size=4),
-    wanted=st.dictionaries(st.sampled_from(_OPTION_NAMES), _OPTION_VALUES, max_size=3),
+    found=_OPTIONS,
+    wanted=_OPTIONS,
     indent=st.sampled_from([None, 0, 2, "\t"]),
 )
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
