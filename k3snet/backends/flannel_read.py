@@ -49,8 +49,18 @@ DISRUPTIVE_KEYS: Mapping[str, str] = {
     "EnableIPv6": "adds or removes the pods' IPv6 network on every node",
     "Backend.Type": ("rebuilds the network between nodes: pods on nodes that restarted flannel "
                      "cannot reach pods on nodes that did not"),
+    "Backend.VNI": ("gives the vxlan device another VXLAN ID (and name, flannel.VNI): nodes "
+                    "that restarted flannel and nodes that did not drop each other's pod "
+                    "traffic"),
+    "Backend.Port": ("sends vxlan to another UDP port: nodes that restarted flannel and nodes "
+                     "that did not drop each other's pod traffic"),
 }
-"""The keys whose change is disruptive, with why (``Backend.Type``: the backend's type)."""
+"""The keys whose change is disruptive, with why (``Backend.Type``: the backend's type;
+``Backend.VNI`` and ``Backend.Port``: the vxlan backend's, judged only when it stays vxlan)."""
+
+_VXLAN_DEFAULTS: Mapping[str, int] = {"VNI": 1, "Port": 8472}
+"""flannel's vxlan defaults (``pkg/backend/vxlan`` ``defaultVNI``; ``Port`` 0 leaves the
+kernel's vxlan port, 8472)."""
 
 
 def _dump(value: Any) -> str:
@@ -264,7 +274,19 @@ def _effective_value(values: Mapping[str, Any], key: str) -> Any:
         backend = values.get("Backend")
         kind = backend.get("Type", "") if isinstance(backend, dict) else "udp"
         return flannel_backend_type(kind) if isinstance(kind, str) else kind
+    if key in ("Backend.VNI", "Backend.Port"):
+        return _vxlan_value(values, key.partition(".")[2])
     return values.get(key)
+
+
+def _vxlan_value(values: Mapping[str, Any], name: str) -> Any:
+    """The vxlan backend's option ``name`` as flannel uses it; ``None`` if not vxlan."""
+    if _effective_value(values, "Backend.Type") != "vxlan":
+        return None  # not vxlan: the Type's change says it all
+    found = next((v for k, v in values["Backend"].items() if fold(k) == fold(name)), None)
+    if found is None or (name == "Port" and found == 0):  # flannel's defaults
+        return _VXLAN_DEFAULTS[name]
+    return found
 
 
 def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
@@ -277,6 +299,8 @@ def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
                            and _effective_value(after, enabled[family])):
             continue  # the family is off on one side: its Enable key says it all
         old, new = _effective_value(before, key), _effective_value(after, key)
+        if key in ("Backend.VNI", "Backend.Port") and (old is None or new is None):
+            continue
         if canonical_json(old) != canonical_json(new):
             shown = "unset" if old is None else _dump(old)
             found.append(f"changing flannel's {key} ({shown} -> "

@@ -248,6 +248,11 @@ def test_a_backend_recorded_whole_by_an_older_k3snet_is_given_back_whole(tmp_pat
      "changing flannel's EnableIPv4 (true -> false)"),
     ({"backend_type": "host-gw"},
      'changing flannel\'s Backend.Type ("vxlan" -> "host-gw") rebuilds the network'),
+    # The vxlan device is flannel.VNI with that VXLAN ID, sending to Port (pkg/backend/vxlan).
+    ({"backend_type": "vxlan", "backend_options": {"VNI": 4096}},
+     "changing flannel's Backend.VNI (1 -> 4096) gives the vxlan device another VXLAN ID"),
+    ({"backend_type": "vxlan", "backend_options": {"Port": 4789}},
+     "changing flannel's Backend.Port (8472 -> 4789) sends vxlan to another UDP port"),
 ])
 def test_disruptive_changes_are_refused_unless_allowed(
     tmp_path: Path, config: dict[str, Any], reason: str
@@ -281,6 +286,9 @@ def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path)
                                    backend_options={"MTU": 1400}))
     assert backend.disruptive(mtu) is None
     assert backend.check(Plan(changes=[mtu])) == ()
+    defaults = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
+                                        backend_options={"VNI": 1, "Port": 8472}))
+    assert backend.disruptive(defaults) is None  # flannel's defaults, spelled out
     # The network of a family flannel has off is not disruptive to change.
     v6 = Change.add(FlannelConfig(backend.target, ipv6_network="fd00::/56"))
     assert backend.disruptive(v6) is None
@@ -467,7 +475,7 @@ def test_setting_backend_options_keeps_the_others_and_gives_back_every_byte(
     original = json.dumps({"Network": "10.42.0.0/16",
                            "Backend": {"Type": "vxlan", **found}}, indent=indent) + "\n"
     path = _file(tmp_path, original, "property.json")
-    backend = FlannelBackend(path=path)
+    backend = FlannelBackend(path=path, allow_disruptive=True)  # a new VNI or Port is disruptive
     desired = State(owned=[FlannelConfig(backend.target, backend_type="vxlan",
                                          backend_options=wanted)])
     _converge(backend, desired)
