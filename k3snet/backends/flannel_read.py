@@ -148,23 +148,26 @@ _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
 into them and stops on a mismatch ("error decoding VXLAN backend config")."""
 
 
-def _option_problems(backend: Mapping[str, Any]) -> list[str]:
-    """Why flannel's backend would refuse the options of ``backend`` (its Type's)."""
+def _backend_options(backend: Mapping[str, Any], where: str
+                     ) -> tuple[dict[str, Any], list[str]]:
+    """``backend`` with the options its Type's backend knows under their names, and why
+    that backend would refuse or misread them (a wrong Go type, two spellings of one)."""
     kind = backend.get("Type")
     checks = _BACKEND_OPTIONS.get(flannel_backend_type(kind)) if isinstance(kind, str) else None
     if not checks:
-        return []
+        return dict(backend), []
     names = {fold(name): name for name in checks}
-    problems = []
-    for member, value in backend.items():
-        name = names.get(fold(member))
-        if name is None or value is None:  # unknown: ignored; null: Go keeps the default
+    names[fold("Type")] = "Type"
+    options, problems = _folded(backend, names, where, "Backend.")
+    for name, check in checks.items():
+        value = options.get(name)
+        if value is None:  # absent, or null: Go keeps the default
             continue
-        expected = checks[name](value)
+        expected = check(value)
         if expected is not None:
-            problems.append(f"Backend.{member} must be {expected} (flannel's {kind} backend "
+            problems.append(f"Backend.{name} must be {expected} (flannel's {kind} backend "
                             f"reads it as its {name}), got {_dump(value)}")
-    return problems
+    return options, problems
 
 
 def _backend(value: Any) -> str | None:
@@ -256,7 +259,8 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
         problems += more
         if "Type" in inner and not isinstance(inner["Type"], str):
             problems.append(f"Backend.Type must be a string, got {_dump(inner['Type'])}")
-        problems += _option_problems(inner)
+        inner, more = _backend_options(inner, where)
+        problems += more
         out["Backend"] = inner
     if problems:
         raise BackendError(f"{where}: flannel would not read net-conf.json as written: "

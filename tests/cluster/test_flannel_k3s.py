@@ -332,7 +332,10 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"Backend": {"Type": "vxlan", "VNI": "4096"}}',
      'Backend.VNI must be an integer (flannel\'s vxlan backend reads it as its VNI), got "4096"'),
     ('{"Backend": {"Type": "VXLAN", "directrouting": "true"}}',
-     "Backend.directrouting must be true or false"),
+     "Backend.DirectRouting must be true or false"),
+    # "vni" is VXLANConfig's json tag, "VNI" matches it case-insensitively: the later wins.
+    ('{"Backend": {"Type": "vxlan", "VNI": 1, "vni": 4096}}',
+     "'Backend.VNI' and 'Backend.vni' are both flannel's VNI"),
     ('{"Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": 25.5}}',
      "Backend.PersistentKeepaliveInterval must be an integer"),
     ('{"IPv6Network": "fd42::1/56"}', "IPv6Network must be a network without host bits"),
@@ -381,6 +384,9 @@ def test_a_mis_cased_key_is_read_as_flannel_reads_it(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match=r"spells it 'type', which flannel reads as Type"):
         backend.apply(plan(backend.observe(), State(owned=[mtu])))
     assert path.read_text() == '{"Network": "10.42.0.0/16", "Backend": {"type": "vxlan"}}'
+    # A vxlan option is matched as flannel's backend matches it: "mtu" is MTU.
+    path.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "mtu": 1400}}')
+    assert plan(backend.observe(), State(owned=[mtu])).empty
 
 
 def test_backend_options_flannel_would_refuse_are_never_written(tmp_path: Path) -> None:
