@@ -248,6 +248,9 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
         if name in _RAW_TEXT_FIELDS and "\\" in text:
             problems.append(f"{name} must be written without JSON escapes (flannel parses "
                             f"the text between the quotes as it is), got {text}")
+        if name in ("SubnetLen", "IPv6SubnetLen") and text.startswith("-"):
+            # Go decodes a uint with strconv.ParseUint, which refuses a sign even on -0.
+            problems.append(f"{name} must be written without a sign, got {text}")
     for key, check in _CHECKS.items():
         if key in out:
             expected = check(out[key])

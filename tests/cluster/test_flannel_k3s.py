@@ -341,6 +341,7 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"IPv6Network": "fd42::1/56"}', "IPv6Network must be a network without host bits"),
     ('{"EnableIPv6": "false"}', 'EnableIPv6 must be true or false, got "false"'),
     ('{"SubnetLen": "24"}', "SubnetLen must be an integer 0..32"),
+    ('{"SubnetLen": -0}', "SubnetLen must be written without a sign, got -0"),
     ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
     ('{"Backend": "vxlan"}', "Backend must be an object with a Type"),
     ('{"Backend": {"Type": 1}}', "Backend must be an object whose Type is a string"),
