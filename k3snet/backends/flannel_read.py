@@ -283,7 +283,26 @@ def _effective_value(values: Mapping[str, Any], key: str) -> Any:
         return flannel_backend_type(kind) if isinstance(kind, str) else kind
     if key in ("Backend.VNI", "Backend.Port"):
         return _vxlan_value(values, key.partition(".")[2])
+    if key in ("SubnetLen", "IPv6SubnetLen"):
+        return _subnet_length(values, key)
     return values.get(key)
+
+
+_SUBNET_LENGTH_DEFAULTS: Mapping[str, tuple[str, int, int]] = {
+    "SubnetLen": ("Network", 22, 24), "IPv6SubnetLen": ("IPv6Network", 62, 64)}
+"""Per key: the network it splits, the longest prefix given the default length, that length
+(``pkg/subnet/config.go`` ``CheckNetworkConfig``)."""
+
+
+def _subnet_length(values: Mapping[str, Any], key: str) -> Any:
+    """``SubnetLen`` / ``IPv6SubnetLen`` as flannel uses it: unset or 0 is its default, a
+    /24 (IPv6: /64) when the network is that large, else the network's prefix + 2."""
+    given = values.get(key)
+    network, longest, default = _SUBNET_LENGTH_DEFAULTS[key]
+    if given or not isinstance(values.get(network), str):
+        return given
+    prefix = ipaddress.ip_network(values[network], strict=False).prefixlen
+    return default if prefix <= longest else prefix + 2
 
 
 def _vxlan_value(values: Mapping[str, Any], name: str) -> Any:

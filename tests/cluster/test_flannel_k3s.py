@@ -241,7 +241,7 @@ def test_a_backend_recorded_whole_by_an_older_k3snet_is_given_back_whole(tmp_pat
     ({"network": "10.244.0.0/16"},
      'changing flannel\'s Network ("10.42.0.0/16" -> "10.244.0.0/16") re-addresses every pod'),
     ({"extra": {"SubnetLen": 25}},
-     "changing flannel's SubnetLen (unset -> 25) changes every node's pod subnet"),
+     "changing flannel's SubnetLen (24 -> 25) changes every node's pod subnet"),
     ({"enable_ipv6": True, "ipv6_network": "fd42:42::/56"},
      "changing flannel's EnableIPv6 (false -> true) adds or removes the pods' IPv6 network"),
     ({"enable_ipv4": False},
@@ -289,6 +289,9 @@ def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path)
     defaults = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
                                         backend_options={"VNI": 1, "Port": 8472}))
     assert backend.disruptive(defaults) is None  # flannel's defaults, spelled out
+    # flannel splits a /16 into /24s when SubnetLen is unset (CheckNetworkConfig).
+    subnet_len = Change.add(FlannelConfig(backend.target, extra={"SubnetLen": 24}))
+    assert backend.disruptive(subnet_len) is None
     # The network of a family flannel has off is not disruptive to change.
     v6 = Change.add(FlannelConfig(backend.target, ipv6_network="fd00::/56"))
     assert backend.disruptive(v6) is None
