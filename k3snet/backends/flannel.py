@@ -31,8 +31,8 @@ count as flannel's fields, and a value flannel would refuse or misread (a wrong
 type, host bits) is an error, never "no changes".
 
 **Disruptive changes.** Changing ``Network``, ``IPv6Network``, ``SubnetLen``,
-``IPv6SubnetLen``, ``EnableIPv4``, ``EnableIPv6`` or the backend ``Type``
-re-addresses pods or rebuilds the network between nodes when flannel restarts:
+``IPv6SubnetLen``, ``EnableIPv4``, ``EnableIPv6``, the backend ``Type`` or vxlan's
+``VNI`` or ``Port`` re-addresses pods or rebuilds the network between nodes when flannel restarts:
 :meth:`FlannelBackend.disruptive` says why, and ``check``/``apply`` refuse such a
 plan unless the backend was built with ``allow_disruptive=True``.
 
@@ -155,10 +155,16 @@ _MAX_FILE_BYTES = 1 << 20
 file, a FIFO or a device is an error, never read whole or waited on."""
 
 
-def _read_doc(text: str, record: Record | None, token: Any, where: str) -> _Doc:
-    values = dict(ObjectText(text, where).values)
+def _values(text: str, where: str) -> dict[str, Any]:
+    """The keys of a net-conf.json text as flannel reads them (:func:`flannel_values`)."""
+    doc = ObjectText(text, where)
+    values = dict(doc.values)
     values.pop(FLANNEL_OWNED_MARKER, None)
-    return _Doc(text=text, record=record, token=token, values=flannel_values(values, where))
+    return flannel_values(values, where, raw=doc.raw_texts())
+
+
+def _read_doc(text: str, record: Record | None, token: Any, where: str) -> _Doc:
+    return _Doc(text=text, record=record, token=token, values=_values(text, where))
 
 
 class _FileStore:
@@ -346,7 +352,7 @@ class FlannelBackend(BackendBase):
     is a ``kubernetes.client.ApiClient`` (else one is built from ``kubeconfig`` /
     ``context``, or the in-cluster service account); ``timeout`` bounds each request.
     ``allow_disruptive`` lets ``apply`` make changes :meth:`disruptive` names
-    (a new ``Network``, ``SubnetLen``, address family or backend type).
+    (a new ``Network``, ``SubnetLen``, address family, backend type, vxlan VNI or port).
 
     A missing file or ConfigMap is observed as empty; applying to it is refused
     (k3snet edits flannel's config, it does not invent one), and so is applying
@@ -500,7 +506,7 @@ class FlannelBackend(BackendBase):
         reasons: list[str] = []
         for change in plan.changes:
             text, record = apply_change(text, record, change, where)
-            after = flannel_values(ObjectText(text, where).values, where)
+            after = _values(text, where)
             reasons += disruptions(values, after)
             values = after
         if reasons and refuse_disruptive and not self.allow_disruptive:

@@ -18,7 +18,7 @@ from typing import Any
 
 from k3snet._gojson import fold
 from k3snet.errors import BackendError
-from k3snet.model.cni import canonical_json
+from k3snet.model.cni import canonical_json, flannel_backend_type
 
 __all__ = [
     "DISRUPTIVE_KEYS",
@@ -49,18 +49,37 @@ DISRUPTIVE_KEYS: Mapping[str, str] = {
     "EnableIPv6": "adds or removes the pods' IPv6 network on every node",
     "Backend.Type": ("rebuilds the network between nodes: pods on nodes that restarted flannel "
                      "cannot reach pods on nodes that did not"),
+    "Backend.VNI": ("gives the vxlan device another VXLAN ID (and name, flannel.VNI): nodes "
+                    "that restarted flannel and nodes that did not drop each other's pod "
+                    "traffic"),
+    "Backend.Port": ("sends vxlan to another UDP port: nodes that restarted flannel and nodes "
+                     "that did not drop each other's pod traffic"),
 }
-"""The keys whose change is disruptive, with why (``Backend.Type``: the backend's type)."""
+"""The keys whose change is disruptive, with why (``Backend.Type``: the backend's type;
+``Backend.VNI`` and ``Backend.Port``: the vxlan backend's, judged only when it stays vxlan)."""
+
+_VXLAN_DEFAULTS: Mapping[str, int] = {"VNI": 1, "Port": 8472}
+"""flannel's vxlan defaults (``pkg/backend/vxlan`` ``defaultVNI``; ``Port`` 0 leaves the
+kernel's vxlan port, 8472)."""
 
 
 def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _go_prefix_length(bits: str) -> bool:
+    """``bits`` is prefix bits as Go's ``net.ParseCIDR`` reads them: ASCII decimal digits."""
+    return bits.isascii() and bits.isdigit()
+
+
 def _cidr(version: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         expected = f"an IPv{version} CIDR string"
         if not isinstance(value, str) or "/" not in value:
+            return expected
+        address, _, bits = value.partition("/")
+        if not _go_prefix_length(bits) or "%" in address:
+            # Go's net.ParseCIDR takes decimal prefix bits only (no netmask) and no zone.
             return expected
         try:
             net = ipaddress.ip_network(value, strict=False)
@@ -78,7 +97,9 @@ def _cidr(version: int) -> Callable[[Any], str | None]:
 def _address(version: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         try:
-            ok = isinstance(value, str) and ipaddress.ip_address(value).version == version
+            # Go's net.ParseIP takes no zone ("fe80::1%eth0"); ipaddress does.
+            ok = (isinstance(value, str) and "%" not in value
+                  and ipaddress.ip_address(value).version == version)
         except ValueError:
             ok = False
         return None if ok else f"an IPv{version} address string"
@@ -105,6 +126,50 @@ def _prefix_length(limit: int) -> Callable[[Any], str | None]:
     return check
 
 
+def _go_int(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
+    return None if ok else "an integer"
+
+
+def _go_string(value: Any) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+_BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
+    # pkg/backend/vxlan/vxlan.go VXLANConfig
+    "vxlan": {"VNI": _go_int, "Port": _go_int, "MTU": _go_int, "GBP": _boolean,
+              "Learning": _boolean, "DirectRouting": _boolean},
+    # pkg/backend/wireguard/wireguard.go RegisterNetwork's cfg (a Duration is an int64)
+    "wireguard": {"ListenPort": _go_int, "ListenPortV6": _go_int, "MTU": _go_int,
+                  "PSK": _go_string, "PersistentKeepaliveInterval": _go_int,
+                  "Mode": _go_string},
+}
+"""The options of the backends K3s runs and their Go types: the backend decodes ``Backend``
+into them and stops on a mismatch ("error decoding VXLAN backend config")."""
+
+
+def _backend_options(backend: Mapping[str, Any], where: str
+                     ) -> tuple[dict[str, Any], list[str]]:
+    """``backend`` with the options its Type's backend knows under their names, and why
+    that backend would refuse or misread them (a wrong Go type, two spellings of one)."""
+    kind = backend.get("Type")
+    checks = _BACKEND_OPTIONS.get(flannel_backend_type(kind)) if isinstance(kind, str) else None
+    if not checks:
+        return dict(backend), []
+    names = {fold(name): name for name in checks}
+    names[fold("Type")] = "Type"
+    options, problems = _folded(backend, names, where, "Backend.")
+    for name, check in checks.items():
+        value = options.get(name)
+        if value is None:  # absent, or null: Go keeps the default
+            continue
+        expected = check(value)
+        if expected is not None:
+            problems.append(f"Backend.{name} must be {expected} (flannel's {kind} backend "
+                            f"reads it as its {name}), got {_dump(value)}")
+    return options, problems
+
+
 def _backend(value: Any) -> str | None:
     if not isinstance(value, dict):
         return "an object with a Type"
@@ -125,6 +190,21 @@ _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
 }
 _FIELD_BY_FOLD = {fold(name): name for name in FLANNEL_FIELDS}
 
+_NULL_IS_DEFAULT = frozenset({"EnableIPv4", "EnableIPv6", "EnableNFTables", "SubnetLen",
+                              "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax", "Networks",
+                              "IPv6Networks"})
+"""Fields Go's decoder leaves at their default for ``null``: a bool or an unsigned integer
+keeps its value (``EnableIPv4`` stays true), a pointer or a slice is set to nil. (A
+``null`` ``Network`` or ``SubnetMin`` reaches flannel's ``UnmarshalJSON``, which refuses
+it.)"""
+
+_RAW_TEXT_FIELDS = frozenset({"Network", "IPv6Network", "Networks", "IPv6Networks",
+                              "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax"})
+"""Fields whose Go type (flannel's ``pkg/ip`` ``IP4Net``, ``IP6Net``, ``IP4``, ``IP6``)
+decodes itself from the raw JSON text: its ``UnmarshalJSON`` trims the quotes and parses
+what is between them as it is, so a JSON escape (``\\/``, ``\\u002e``) is not decoded
+and the value is refused."""
+
 
 def _folded(values: Mapping[str, Any], names: Mapping[str, str], where: str, inside: str
             ) -> tuple[dict[str, Any], list[str]]:
@@ -144,7 +224,8 @@ def _folded(values: Mapping[str, Any], names: Mapping[str, str], where: str, ins
     return out, problems
 
 
-def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json") -> dict[str, Any]:
+def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
+                   raw: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The top-level keys of a parsed net-conf.json as flannel reads them, validated.
 
     Keys flannel matches case-insensitively are renamed to its field names
@@ -152,11 +233,24 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json") -> d
     keys are kept as they are (flannel ignores them). Raises
     :class:`~k3snet.errors.BackendError` naming every value flannel would refuse or
     read differently (a wrong type or family, host bits, two spellings of one key).
+    A ``null`` that Go's decoder skips (``"EnableIPv6": null``) is read as absent.
+    ``raw``, the exact JSON text of each top-level value, lets it also refuse an
+    address or network written with a JSON escape, which flannel does not decode.
 
     >>> flannel_values({"network": "10.244.0.0/16", "Backend": {"type": "vxlan", "VNI": 1}})
     {'Network': '10.244.0.0/16', 'Backend': {'Type': 'vxlan', 'VNI': 1}}
     """
     out, problems = _folded(values, _FIELD_BY_FOLD, where, "")
+    for key in [k for k in _NULL_IS_DEFAULT if k in out and out[k] is None]:
+        del out[key]  # as if absent: flannel uses its default
+    for key, text in (raw or {}).items():
+        name = _FIELD_BY_FOLD.get(fold(key))
+        if name in _RAW_TEXT_FIELDS and "\\" in text:
+            problems.append(f"{name} must be written without JSON escapes (flannel parses "
+                            f"the text between the quotes as it is), got {text}")
+        if name in ("SubnetLen", "IPv6SubnetLen") and text.startswith("-"):
+            # Go decodes a uint with strconv.ParseUint, which refuses a sign even on -0.
+            problems.append(f"{name} must be written without a sign, got {text}")
     for key, check in _CHECKS.items():
         if key in out:
             expected = check(out[key])
@@ -168,6 +262,8 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json") -> d
         problems += more
         if "Type" in inner and not isinstance(inner["Type"], str):
             problems.append(f"Backend.Type must be a string, got {_dump(inner['Type'])}")
+        inner, more = _backend_options(inner, where)
+        problems += more
         out["Backend"] = inner
     if problems:
         raise BackendError(f"{where}: flannel would not read net-conf.json as written: "
@@ -183,8 +279,40 @@ def _effective_value(values: Mapping[str, Any], key: str) -> Any:
         return values.get(key, False)
     if key == "Backend.Type":
         backend = values.get("Backend")
-        return backend.get("Type", "") if isinstance(backend, dict) else "udp"
+        kind = backend.get("Type", "") if isinstance(backend, dict) else "udp"
+        return flannel_backend_type(kind) if isinstance(kind, str) else kind
+    if key in ("Backend.VNI", "Backend.Port"):
+        return _vxlan_value(values, key.partition(".")[2])
+    if key in ("SubnetLen", "IPv6SubnetLen"):
+        return _subnet_length(values, key)
     return values.get(key)
+
+
+_SUBNET_LENGTH_DEFAULTS: Mapping[str, tuple[str, int, int]] = {
+    "SubnetLen": ("Network", 22, 24), "IPv6SubnetLen": ("IPv6Network", 62, 64)}
+"""Per key: the network it splits, the longest prefix given the default length, that length
+(``pkg/subnet/config.go`` ``CheckNetworkConfig``)."""
+
+
+def _subnet_length(values: Mapping[str, Any], key: str) -> Any:
+    """``SubnetLen`` / ``IPv6SubnetLen`` as flannel uses it: unset or 0 is its default, a
+    /24 (IPv6: /64) when the network is that large, else the network's prefix + 2."""
+    given = values.get(key)
+    network, longest, default = _SUBNET_LENGTH_DEFAULTS[key]
+    if given or not isinstance(values.get(network), str):
+        return given
+    prefix = ipaddress.ip_network(values[network], strict=False).prefixlen
+    return default if prefix <= longest else prefix + 2
+
+
+def _vxlan_value(values: Mapping[str, Any], name: str) -> Any:
+    """The vxlan backend's option ``name`` as flannel uses it; ``None`` if not vxlan."""
+    if _effective_value(values, "Backend.Type") != "vxlan":
+        return None  # not vxlan: the Type's change says it all
+    found = next((v for k, v in values["Backend"].items() if fold(k) == fold(name)), None)
+    if found is None or (name == "Port" and found == 0):  # flannel's defaults
+        return _VXLAN_DEFAULTS[name]
+    return found
 
 
 def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
@@ -197,6 +325,8 @@ def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
                            and _effective_value(after, enabled[family])):
             continue  # the family is off on one side: its Enable key says it all
         old, new = _effective_value(before, key), _effective_value(after, key)
+        if key in ("Backend.VNI", "Backend.Port") and (old is None or new is None):
+            continue
         if canonical_json(old) != canonical_json(new):
             shown = "unset" if old is None else _dump(old)
             found.append(f"changing flannel's {key} ({shown} -> "

@@ -18,7 +18,7 @@ import attrs
 
 from k3snet._gojson import JsonTextError, fold, load_json
 from k3snet.errors import BackendError, PlanError
-from k3snet.model.cni import FlannelConfig, canonical_json
+from k3snet.model.cni import FlannelConfig, canonical_json, flannel_backend_type
 from k3snet.planner import Change
 
 __all__ = [
@@ -105,6 +105,10 @@ class ObjectText:
             index += 1  # the ","
             lead = index
             index = _skip(text, index)
+
+    def raw_texts(self) -> dict[str, str]:
+        """The exact text of every member's value, by key."""
+        return {m.key: self.text[m.value_start:m.value_end] for m in self.members}
 
     def raw(self, key: str) -> str | None:
         """The exact text of a member's value, or None if absent."""
@@ -281,7 +285,12 @@ def _merge_object(doc: ObjectText, key: str, value: dict[str, Any],
     for member in [m for m in members if m not in value]:
         inner = _restore(inner, member, members.pop(member), where)
     for member, wanted in value.items():
+        found = ObjectText(inner, where)
         if member not in members:
-            members[member] = ObjectText(inner, where).raw(member)
+            members[member] = found.raw(member)
+        current = found.values.get(member)
+        if (member == "Type" and isinstance(current, str) and isinstance(wanted, str)
+                and flannel_backend_type(current) == flannel_backend_type(wanted)):
+            continue  # flannel runs the same backend ("VXLAN" is vxlan): keep the bytes
         inner = _set_value(inner, member, wanted, f"{where} (in {key})")
     return (doc.text if inner == raw else doc.set(key, inner)), members

@@ -58,6 +58,7 @@ __all__ = [
     "configmap_target",
     "effective_config",
     "file_target",
+    "flannel_backend_type",
     "merge_members",
     "namespace_problem",
     "object_name_problem",
@@ -71,9 +72,27 @@ FLANNEL_KEYS: tuple[str, ...] = (
 
 FLANNEL_BACKEND_TYPES: tuple[str, ...] = (
     "vxlan", "host-gw", "wireguard", "udp", "ipip", "ipsec", "alloc", "extension",
-    "ali-vpc", "aws-vpc", "gce", "tencent-vpc",
+    "tencent-vpc",
 )
-"""``Backend.Type`` values flannel knows (K3s uses vxlan, host-gw and wireguard-native)."""
+"""``Backend.Type`` values flannel knows: the backends flanneld registers (``pkg/backend``).
+flannel v0.20.0 (2022) removed ``ali-vpc``, ``aws-vpc`` and ``gce``: it stops with
+"unknown backend type" on them. K3s writes vxlan, host-gw, and wireguard for its
+wireguard-native."""
+
+
+
+def flannel_backend_type(value: str) -> str:
+    """The backend flannel runs for ``Backend.Type`` ``value``: its backend manager looks the
+    type up lower-cased (``pkg/backend/manager.go`` ``GetBackend``), so ``VXLAN`` is ``vxlan``.
+
+    Go's ``strings.ToLower`` maps each letter alone; Python's ``str.lower`` turns U+0130
+    (dotted capital I) into two characters, Go into ``i``.
+
+    >>> flannel_backend_type("Host-GW")
+    'host-gw'
+    """
+    return value.replace("\u0130", "i").lower()
+
 
 FLANNEL_OWNED_MARKER = "k3snet.io/owned"
 """The reserved top-level key where the file backend records which keys k3snet owns."""
@@ -655,7 +674,10 @@ def _field_from_member(key: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict) or not isinstance(value.get("Type"), str):
             raise ModelError("Backend is an object with a Type")
         options = {k: v for k, v in value.items() if k != "Type"}
-        return {"backend_type": _backend_type(value["Type"]), "backend_options": options}
+        kind = value["Type"]
+        if kind not in FLANNEL_BACKEND_TYPES:  # flannel reads "VXLAN" as vxlan
+            kind = flannel_backend_type(kind)
+        return {"backend_type": _backend_type(kind), "backend_options": options}
     raise ModelError(f"{key} is not a modelled key")
 
 

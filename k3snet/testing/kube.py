@@ -650,8 +650,11 @@ def flannel_configs(target: str) -> SearchStrategy[FlannelConfig]:
     """Flannel configs of ``target``: a random subset of keys, with valid values."""
     FlannelConfig(target)  # validate the target up front
 
-    options = st.dictionaries(st.sampled_from(("VNI", "Port", "DirectRouting", "MTU")),
-                              st.integers(1, 9000) | st.booleans(), max_size=2)
+    # Each option of the Go type flannel's vxlan backend decodes it into.
+    options = st.fixed_dictionaries({}, optional={
+        "VNI": st.integers(1, 9000), "Port": st.integers(1, 9000),
+        "DirectRouting": st.booleans(), "MTU": st.integers(1, 9000),
+    })
     # Values flannel accepts for its keys (the backend refuses to write others).
     extra = st.fixed_dictionaries({}, optional={
         "SubnetLen": st.integers(16, 28),

@@ -96,12 +96,12 @@ def test_flannel_file_through_the_agent_environment(
                     '  "x": [1, 2]\n}\n')
     spec = tmp_path / "spec.yaml"
     spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
-                    "cni:\n  flannel:\n    backend: {type: vxlan, options: {Port: 4789}}\n")
+                    "cni:\n  flannel:\n    backend: {type: vxlan, options: {MTU: 1400}}\n")
     monkeypatch.setenv("K3SNET_FLANNEL_CONF", str(conf))
     assert main(["plan", "-f", str(spec), "--backend", "flannel"]) == 2
-    assert '"Port":4789' in capsys.readouterr().out
+    assert '"MTU":1400' in capsys.readouterr().out
     assert main(["apply", "-f", str(spec), "--backend", "flannel"]) == 0
-    assert '"Backend": {"Type": "vxlan","Port": 4789}' in conf.read_text()  # merged into it
+    assert '"Backend": {"Type": "vxlan","MTU": 1400}' in conf.read_text()  # merged into it
     assert '"x": [1, 2]' in conf.read_text()  # unknown keys kept byte for byte
     assert main(["plan", "-f", str(spec), "--backend", "flannel"]) == 0
     # A new backend type is disruptive: refused, with the ways to allow it.

@@ -241,13 +241,18 @@ def test_a_backend_recorded_whole_by_an_older_k3snet_is_given_back_whole(tmp_pat
     ({"network": "10.244.0.0/16"},
      'changing flannel\'s Network ("10.42.0.0/16" -> "10.244.0.0/16") re-addresses every pod'),
     ({"extra": {"SubnetLen": 25}},
-     "changing flannel's SubnetLen (unset -> 25) changes every node's pod subnet"),
+     "changing flannel's SubnetLen (24 -> 25) changes every node's pod subnet"),
     ({"enable_ipv6": True, "ipv6_network": "fd42:42::/56"},
      "changing flannel's EnableIPv6 (false -> true) adds or removes the pods' IPv6 network"),
     ({"enable_ipv4": False},
      "changing flannel's EnableIPv4 (true -> false)"),
     ({"backend_type": "host-gw"},
      'changing flannel\'s Backend.Type ("vxlan" -> "host-gw") rebuilds the network'),
+    # The vxlan device is flannel.VNI with that VXLAN ID, sending to Port (pkg/backend/vxlan).
+    ({"backend_type": "vxlan", "backend_options": {"VNI": 4096}},
+     "changing flannel's Backend.VNI (1 -> 4096) gives the vxlan device another VXLAN ID"),
+    ({"backend_type": "vxlan", "backend_options": {"Port": 4789}},
+     "changing flannel's Backend.Port (8472 -> 4789) sends vxlan to another UDP port"),
 ])
 def test_disruptive_changes_are_refused_unless_allowed(
     tmp_path: Path, config: dict[str, Any], reason: str
@@ -281,6 +286,12 @@ def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path)
                                    backend_options={"MTU": 1400}))
     assert backend.disruptive(mtu) is None
     assert backend.check(Plan(changes=[mtu])) == ()
+    defaults = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
+                                        backend_options={"VNI": 1, "Port": 8472}))
+    assert backend.disruptive(defaults) is None  # flannel's defaults, spelled out
+    # flannel splits a /16 into /24s when SubnetLen is unset (CheckNetworkConfig).
+    subnet_len = Change.add(FlannelConfig(backend.target, extra={"SubnetLen": 24}))
+    assert backend.disruptive(subnet_len) is None
     # The network of a family flannel has off is not disruptive to change.
     v6 = Change.add(FlannelConfig(backend.target, ipv6_network="fd00::/56"))
     assert backend.disruptive(v6) is None
@@ -308,9 +319,32 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "Network must be a network without host bits (flannel would silently use 10.42.0.0/16)"),
     ('{"Network": "fd42::/56"}', "Network must be an IPv4 CIDR string"),
     ('{"Network": "10.42.0.0"}', "Network must be an IPv4 CIDR string"),
+    # Go's net.ParseCIDR (flannel's ip.IP4Net / IP6Net) takes decimal prefix bits and no
+    # zone; Python's ipaddress also takes a netmask and a zone.
+    ('{"Network": "10.42.0.0/255.255.0.0"}', "Network must be an IPv4 CIDR string"),
+    ('{"Network": "10.42.0.0/0.0.255.255"}', "Network must be an IPv4 CIDR string"),
+    ('{"IPv6Network": "fe80::%eth0/64"}', "IPv6Network must be an IPv6 CIDR string"),
+    ('{"IPv6SubnetMin": "fe80::1%eth0"}', "IPv6SubnetMin must be an IPv6 address string"),
+    # flannel's pkg/ip types parse the raw text between the quotes: a JSON escape, which
+    # Python decodes, is a backslash in the address there.
+    ('{"Network": "10.42.0.0\\/16"}', "Network must be written without JSON escapes"),
+    ('{"network": "10.42.0.0\\/16"}', "Network must be written without JSON escapes"),
+    ('{"Network": "10.42.0.0/16", "SubnetMin": "10.42.1\\u002e0"}',
+     "SubnetMin must be written without JSON escapes"),
+    # The vxlan and wireguard backends decode Backend into typed Go structs.
+    ('{"Backend": {"Type": "vxlan", "VNI": "4096"}}',
+     'Backend.VNI must be an integer (flannel\'s vxlan backend reads it as its VNI), got "4096"'),
+    ('{"Backend": {"Type": "VXLAN", "directrouting": "true"}}',
+     "Backend.DirectRouting must be true or false"),
+    # "vni" is VXLANConfig's json tag, "VNI" matches it case-insensitively: the later wins.
+    ('{"Backend": {"Type": "vxlan", "VNI": 1, "vni": 4096}}',
+     "'Backend.VNI' and 'Backend.vni' are both flannel's VNI"),
+    ('{"Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": 25.5}}',
+     "Backend.PersistentKeepaliveInterval must be an integer"),
     ('{"IPv6Network": "fd42::1/56"}', "IPv6Network must be a network without host bits"),
     ('{"EnableIPv6": "false"}', 'EnableIPv6 must be true or false, got "false"'),
     ('{"SubnetLen": "24"}', "SubnetLen must be an integer 0..32"),
+    ('{"SubnetLen": -0}', "SubnetLen must be written without a sign, got -0"),
     ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
     ('{"Backend": "vxlan"}', "Backend must be an object with a Type"),
     ('{"Backend": {"Type": 1}}', "Backend must be an object whose Type is a string"),
@@ -354,6 +388,73 @@ def test_a_mis_cased_key_is_read_as_flannel_reads_it(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match=r"spells it 'type', which flannel reads as Type"):
         backend.apply(plan(backend.observe(), State(owned=[mtu])))
     assert path.read_text() == '{"Network": "10.42.0.0/16", "Backend": {"type": "vxlan"}}'
+    # A vxlan option is matched as flannel's backend matches it: "mtu" is MTU.
+    path.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "mtu": 1400}}')
+    assert plan(backend.observe(), State(owned=[mtu])).empty
+
+
+def test_backend_options_flannel_would_refuse_are_never_written(tmp_path: Path) -> None:
+    """flannel's vxlan backend stops on {"DirectRouting": "true"} ("error decoding VXLAN
+    backend config"): k3snet refuses to write it, and reads options of other types as is."""
+    path = _file(tmp_path, K3S_VXLAN)
+    backend = FlannelBackend(path=path)
+    wanted = FlannelConfig(backend.target, backend_type="vxlan",
+                           backend_options={"DirectRouting": "true", "MTU": 1400.5})
+    p = plan(backend.observe(), State(owned=[wanted]))
+    (problem,) = backend.check(p)
+    assert "Backend.DirectRouting must be true or false" in problem
+    assert "Backend.MTU must be an integer" in problem
+    with pytest.raises(BackendError, match="DirectRouting must be true or false"):
+        backend.apply(p)
+    assert path.read_text() == K3S_VXLAN
+    unknown = _file(tmp_path, '{"Backend": {"Type": "host-gw", "VNI": "x", "MTU": null}}', "b")
+    (foreign,) = FlannelBackend(path=unknown).observe().foreign
+    assert foreign.backend_options.to_dict() == {"VNI": "x", "MTU": None}
+
+
+def test_a_null_go_skips_is_read_as_flannels_default(tmp_path: Path) -> None:
+    """Go's decoder leaves a bool or uint field as it was for null (EnableIPv4 stays
+    true) and sets a pointer to nil: flannel runs with such a file, so k3snet reads it."""
+    original = ('{"Network": "10.42.0.0/16", "EnableIPv4": null, "EnableIPv6": null, '
+                '"SubnetLen": null, "IPv6SubnetMin": null, "Backend": {"Type": "vxlan"}}')
+    path = _file(tmp_path, original)
+    backend = FlannelBackend(path=path)
+    (foreign,) = backend.observe().foreign
+    assert foreign.enable_ipv4 is None
+    assert "SubnetLen" not in foreign.extra
+    assert "EnableIPv4 (true -> false)" in str(backend.disruptive(
+        Change.add(FlannelConfig(backend.target, enable_ipv4=False))))
+    same = Change.add(FlannelConfig(backend.target, enable_ipv4=True, enable_ipv6=False))
+    assert backend.disruptive(same) is None
+    assert backend.check(Plan(changes=[same])) == ()
+    backend.apply(Plan(changes=[same]))
+    assert json.loads(path.read_text())["EnableIPv6"] is False
+
+
+def test_a_backend_type_in_capitals_is_the_backend_flannel_runs(tmp_path: Path) -> None:
+    """flannel's backend manager looks Backend.Type up lower-cased (pkg/backend/manager.go
+    GetBackend): "VXLAN" runs vxlan, so asking for vxlan is met, not a disruptive change."""
+    original = '{"Network": "10.42.0.0/16", "Backend": {"Type": "VXLAN", "VNI": 1}}'
+    path = _file(tmp_path, original)
+    backend = FlannelBackend(path=path)
+    (foreign,) = backend.observe().foreign
+    assert foreign.backend_type == "vxlan"
+    assert plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
+                                                              backend_type="vxlan")])).changes == ()
+    mtu = FlannelConfig(backend.target, backend_type="vxlan", backend_options={"MTU": 1400})
+    p = plan(backend.observe(), State(owned=[mtu]))
+    (change,) = p.changes
+    assert backend.disruptive(change) is None
+    assert backend.check(p) == ()
+    backend.apply(p)
+    assert json.loads(path.read_text())["Backend"] == {"Type": "VXLAN", "VNI": 1, "MTU": 1400}
+    backend.apply(plan(backend.observe(), State()))
+    assert path.read_text() == original
+    other = Change.add(FlannelConfig(backend.target, backend_type="host-gw"))
+    assert 'Backend.Type ("vxlan" -> "host-gw")' in str(backend.disruptive(other))
+    # Go's strings.ToLower maps U+0130 (dotted capital I) to "i" alone.
+    dotted = FlannelConfig.from_members(backend.target, {"Backend": {"Type": "\u0130P\u0130P"}})
+    assert dotted.backend_type == "ipip"
 
 
 def test_flannel_values_folds_like_go() -> None:
@@ -364,13 +465,17 @@ def test_flannel_values_folds_like_go() -> None:
 
 # ---------------------------------------------------------------- the merge as a property
 
-_OPTION_NAMES = ("VNI", "Port", "MTU", "DirectRouting", "GBP", "x-vendor")
-_OPTION_VALUES = st.integers(0, 9000) | st.booleans() | st.text("ab", max_size=2)
+# Each vxlan option of the Go type flannel decodes it into; an unknown one of any type.
+_OPTIONS = st.fixed_dictionaries({}, optional={
+    "VNI": st.integers(0, 9000), "Port": st.integers(0, 9000), "MTU": st.integers(0, 9000),
+    "DirectRouting": st.booleans(), "GBP": st.booleans(),
+    "x-vendor": st.integers(0, 9000) | st.booleans() | st.text("ab", max_size=2),
+})
 
 
 @given(
-    found=st.dictionaries(st.sampled_from(_OPTION_NAMES), _OPTION_VALUES, max_size=4),
-    wanted=st.dictionaries(st.sampled_from(_OPTION_NAMES), _OPTION_VALUES, max_size=3),
+    found=_OPTIONS,
+    wanted=_OPTIONS,
     indent=st.sampled_from([None, 0, 2, "\t"]),
 )
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -380,7 +485,7 @@ def test_setting_backend_options_keeps_the_others_and_gives_back_every_byte(
     original = json.dumps({"Network": "10.42.0.0/16",
                            "Backend": {"Type": "vxlan", **found}}, indent=indent) + "\n"
     path = _file(tmp_path, original, "property.json")
-    backend = FlannelBackend(path=path)
+    backend = FlannelBackend(path=path, allow_disruptive=True)  # a new VNI or Port is disruptive
     desired = State(owned=[FlannelConfig(backend.target, backend_type="vxlan",
                                          backend_options=wanted)])
     _converge(backend, desired)

@@ -12,6 +12,7 @@ import pytest
 from k3snet import Plan, Spec, SpecError, State, plan
 from k3snet.backends.group import BackendGroup
 from k3snet.converge import compile_for
+from k3snet.errors import ModelError
 from k3snet.model import CalicoPodCIDR, FlannelConfig, FlannelNetworks, IPPool
 from k3snet.planner import Note
 from k3snet.spec import NodeFacts, seed_spec
@@ -189,7 +190,7 @@ def test_a_note_without_reason_keeps_its_json_form() -> None:
     assert Note.from_dict(note.to_dict()) == note
 
 
-@pytest.mark.parametrize("kind", ["vxlan", "host-gw", "wireguard", "ali-vpc", "tencent-vpc"])
+@pytest.mark.parametrize("kind", ["vxlan", "host-gw", "wireguard", "ipip", "tencent-vpc"])
 def test_every_flannel_type_the_spec_accepts_compiles(kind: str) -> None:
     spec = Spec.from_dict({"cni": {"flannel": {"backend": {"type": kind}}}})
     assert FlannelConfig(TARGET, backend_type=kind) in compile_spec(
@@ -199,6 +200,16 @@ def test_every_flannel_type_the_spec_accepts_compiles(kind: str) -> None:
 def test_flannel_types_are_flannel_s_names() -> None:
     with pytest.raises(SpecError, match=r"cni.flannel.backend.type"):
         Spec.from_dict({"cni": {"flannel": {"backend": {"type": "alivpc"}}}})
+
+
+@pytest.mark.parametrize("kind", ["ali-vpc", "aws-vpc", "gce"])
+def test_flannel_types_flannel_removed_are_refused(kind: str) -> None:
+    """flannel v0.20.0 removed these backends (flannel-io/flannel bb65738, "Remove obsolete
+    cloud backends"): flanneld stops with "unknown backend type" on them."""
+    with pytest.raises(SpecError, match=r"cni.flannel.backend.type"):
+        Spec.from_dict({"cni": {"flannel": {"backend": {"type": kind}}}})
+    with pytest.raises(ModelError, match=f"Backend.Type '{kind}' is not one of"):
+        FlannelConfig(TARGET, backend_type=kind)
 
 
 @pytest.mark.parametrize("extra", [

@@ -141,8 +141,8 @@ BAD_VALUES = [
     ("cni.calico", "blockSize", 2**70,
      "expected 20..32 (IPv4) or 116..128 (IPv6), got 1180591620717411303424"),
     ("cni.flannel", "backend.type", "bogus",
-     "expected one of vxlan, host-gw, wireguard, udp, ipip, ipsec, alloc, extension, ali-vpc, "
-     "aws-vpc, gce, tencent-vpc, got 'bogus'"),
+     "expected one of vxlan, host-gw, wireguard, udp, ipip, ipsec, alloc, extension, "
+     "tencent-vpc, got 'bogus'"),
 ]
 
 
