@@ -16,6 +16,7 @@ import contextlib
 import difflib
 import importlib
 import inspect
+import re
 from typing import Any, cast
 
 from k3snet.backends.base import Backend, BackendFactory
@@ -41,8 +42,26 @@ _BUILTIN: dict[str, tuple[str, str]] = {
 _registered: dict[str, BackendFactory] = {}
 
 
+# What `--backend NAME:KINDS`, `--backend-opt NAME.KEY=VALUE` and the spec's
+# `backends:` keys can name: a ":", ".", "=", space or empty name could be registered
+# but never reached (or reached as another name) from the CLI or a spec.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
 def register_backend(name: str, factory: BackendFactory) -> None:
-    """Register ``factory`` under ``name`` in this process (tests, embedding code)."""
+    """Register ``factory`` under ``name`` in this process (tests, embedding code).
+
+    ``name`` is letters, digits, ``_`` and ``-`` (it must fit ``--backend NAME:KINDS``
+    and ``--backend-opt NAME.KEY=VALUE``), and ``factory`` a callable; else a
+    :class:`~k3snet.errors.BackendOptionError`.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise BackendOptionError(f"backend name {name!r}: use letters, digits, '_' and '-' "
+                                 "(starting with a letter or digit), so that --backend "
+                                 "NAME:KINDS and --backend-opt NAME.KEY=VALUE can name it")
+    if not callable(factory):
+        raise BackendOptionError(f"backend {name!r}: the factory must be callable (a backend "
+                                 f"class or a function returning one), got {factory!r}")
     _registered[name] = factory
 
 

@@ -35,6 +35,7 @@ from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import unregister_backend
 from k3snet.converge import converge
+from k3snet.errors import BackendOptionError
 from k3snet.testing import run_conformance
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"
@@ -485,3 +486,18 @@ def test_an_apply_result_renders_its_summary_then_each_change() -> None:
     result = ApplyResult("memory", changes, operations=1)
     assert result.summary() == "memory: 2 change(s) applied in 1 operation(s)"
     assert result.render().splitlines() == [result.summary(), *(f"  {c}" for c in changes)]
+
+
+@pytest.mark.parametrize("name", ["", "my:backend", "my.backend", "a=b", "two words", "-x",
+                                  "tab\tname", None])
+def test_a_backend_name_the_cli_or_a_spec_could_not_name_is_refused_at_registration(
+        name: object) -> None:
+    with pytest.raises(BackendOptionError, match="letters, digits"):
+        register_backend(name, MemoryBackend)  # type: ignore[arg-type]
+    assert name not in registry.available_backends()
+
+
+def test_a_factory_that_is_not_callable_is_refused_at_registration() -> None:
+    with pytest.raises(BackendOptionError, match="must be callable"):
+        register_backend("notcallable", "k3snet.backends.memory:MemoryBackend")  # type: ignore[arg-type]
+    assert "notcallable" not in registry.available_backends()
