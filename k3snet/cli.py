@@ -73,6 +73,9 @@ UNDONE_ON_SIGTERM = frozenset({"apply", "destroy"})
 """The commands that change the node: SIGTERM takes back what they made, as Ctrl-C does."""
 
 
+SPEC_HELP = "spec file (YAML or JSON)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors exiting 64, not 2 (2 means "changes pending")."""
 
@@ -189,10 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str) -> Any:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
-    def node_command(name: str, help_text: str, *, spec_required: bool = True) -> Any:
+    def node_command(name: str, help_text: str, *, spec_required: bool | None = True) -> Any:
+        """A command acting on a node; ``spec_required=None``: the caller adds ``-f``."""
         cmd = add(name, help_text)
-        cmd.add_argument("-f", "--spec", required=spec_required, type=Path,
-                         help="spec file (YAML or JSON)")
+        if spec_required is not None:
+            cmd.add_argument("-f", "--spec", required=spec_required, type=Path,
+                             help=SPEC_HELP)
         backend = cmd.add_argument(
             "--backend", action="append", default=[], metavar="NAME[:KINDS]",
             help="backend to use, repeatable; KINDS limits it, e.g. iptables:forward "
@@ -243,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="instead, write the node state k3snet doctor reads (routes, rules, "
                               "rulesets, sysctls; nothing secret) to DIR")
     agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet); "
-                         "see docs/agent.md.", spec_required=False)
+                         "see docs/agent.md.", spec_required=None)
     _agent_arguments(agent)
 
     render = add("render", "Write persistence files or Kubernetes manifests.")
@@ -289,9 +294,12 @@ def _allow_disruptive_flag(cmd: argparse.ArgumentParser) -> None:
 def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     _allow_disruptive_flag(agent)
     env = os.environ.get
-    agent.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]", type=_object_ref(key=True),
-                       help="read the spec from this ConfigMap through the API each pass "
-                            "(default key spec.yaml) instead of -f")
+    # One source of the spec, exactly: neither or both is a usage error (exit 64).
+    source = agent.add_mutually_exclusive_group(required=True)
+    source.add_argument("-f", "--spec", type=Path, help=SPEC_HELP)
+    source.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]", type=_object_ref(key=True),
+                        help="read the spec from this ConfigMap through the API each pass "
+                             "(default key spec.yaml) instead of -f")
     agent.add_argument("--interval", type=_positive_seconds, default=30.0,
                        help="seconds between passes (default: 30)")
     agent.add_argument("--no-watch", action="store_true",

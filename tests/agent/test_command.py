@@ -86,9 +86,15 @@ def test_once_against_the_memory_backend(tmp_path: Path,
                  "--listen", "none"]) == 1
 
 
-def test_spec_file_or_configmap_exactly_one(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["agent", *BASE, "--once"]) == 1
-    assert "exactly one of -f/--spec and --spec-configmap" in capsys.readouterr().err
+@pytest.mark.parametrize("source", [[], ["-f", "spec.yaml", "--spec-configmap", "ns/cm"]])
+def test_spec_file_or_configmap_exactly_one_else_a_usage_error(
+        source: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # docs/cli.md: a missing argument is a usage error, exit 64 (1 is a failed run)
+    with pytest.raises(SystemExit) as done:
+        main(["agent", *source, *BASE, "--once"])
+    assert done.value.code == 64
+    err = capsys.readouterr().err
+    assert "-f/--spec" in err and "--spec-configmap" in err
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
