@@ -94,7 +94,8 @@ def test_spec_file_or_configmap_exactly_one_else_a_usage_error(
         main(["agent", *source, *BASE, "--once"])
     assert done.value.code == 64
     err = capsys.readouterr().err
-    assert "-f/--spec" in err and "--spec-configmap" in err
+    assert "-f/--spec" in err
+    assert "--spec-configmap" in err
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

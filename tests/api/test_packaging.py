@@ -8,6 +8,8 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -38,3 +40,14 @@ def test_the_wheel_installs_and_runs_the_getting_started_path(tmp_path: Path) ->
     done = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True,
                           cwd=tmp_path)
     assert int(done.stdout) > 0
+
+
+@pytest.mark.parametrize("module", ["k3snet.testing", "k3snet.testing.kube",
+                                    "k3snet.testing.strategies"])
+def test_the_testing_helpers_without_hypothesis_name_the_extra_to_install(module: str) -> None:
+    # a user without the `testing` extra gets the pip line, not a bare "No module named"
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.modules['hypothesis'] = None; import {module}"],
+        capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 1
+    assert "pip install 'k3snet[testing]'" in done.stderr.splitlines()[-1]
