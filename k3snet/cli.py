@@ -1199,8 +1199,14 @@ def cmd_observe(args: argparse.Namespace) -> int:
         from k3snet.doctor import NodeCapture  # noqa: PLC0415 - doctor users only
 
         capture = NodeCapture.read_live(args.netns)
-        for path in capture.write_dir(args.save):
-            print(path)
+        written = capture.write_dir(args.save)
+        if args.output == "json":
+            _print_json({"format": 1, "kind": "capture", "directory": str(args.save),
+                         "files": [str(path) for path in written],
+                         "missing": dict(sorted(capture.missing.items()))})
+        else:
+            for path in written:
+                print(path)
         for name, why in sorted(capture.missing.items()):
             print(f"k3snet: not captured: {name}: {why}", file=sys.stderr)
         return EXIT_OK

@@ -92,6 +92,24 @@ def test_observe_save_writes_a_bundle_doctor_reads(
 
 
 @pytest.mark.kernel
+def test_observe_save_with_json_output_prints_one_document_naming_the_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    with temporary_netns("obsj") as ns:
+        assert main(["observe", "--save", str(tmp_path), "--netns", ns,
+                     "--output", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)  # stdout is that document alone
+    assert (document["format"], document["kind"]) == (1, "capture")
+    assert document["directory"] == str(tmp_path)
+    assert str(tmp_path / "bundle.json") in document["files"]
+    assert all(Path(path).exists() for path in document["files"])
+    assert isinstance(document["missing"], dict)
+
+
+@pytest.mark.kernel
 def test_fix_applies_the_plan_and_the_flow_then_reaches(
         doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
