@@ -43,8 +43,14 @@ FLANNEL_FIELDS: tuple[str, ...] = (
 DISRUPTIVE_KEYS: Mapping[str, str] = {
     "Network": "re-addresses every pod (flannel hands out pod subnets from it)",
     "IPv6Network": "re-addresses every pod (flannel hands out pod subnets from it)",
-    "SubnetLen": "changes every node's pod subnet, so every pod is re-addressed",
-    "IPv6SubnetLen": "changes every node's pod subnet, so every pod is re-addressed",
+    # flannel's kube subnet manager (K3s, kube-flannel's default) takes each node's subnet
+    # from its Node's podCIDR and never reads these; its etcd one hands them out
+    "SubnetLen": ("changes every node's pod subnet, so every pod is re-addressed (with "
+                  "flannel's etcd subnet manager; with --kube-subnet-mgr, as K3s runs it, "
+                  "the Nodes' podCIDRs decide and flannel ignores it)"),
+    "IPv6SubnetLen": ("changes every node's pod subnet, so every pod is re-addressed (with "
+                      "flannel's etcd subnet manager; with --kube-subnet-mgr, as K3s runs it, "
+                      "the Nodes' podCIDRs decide and flannel ignores it)"),
     "EnableIPv4": "adds or removes the pods' IPv4 network on every node",
     "EnableIPv6": "adds or removes the pods' IPv6 network on every node",
     "Backend.Type": ("rebuilds the network between nodes: pods on nodes that restarted flannel "
