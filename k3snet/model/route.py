@@ -179,6 +179,20 @@ class Route(NetObject):
             and (self.device is None or other.device == self.device)
         )
 
+    def held_by(self, current: NetObject) -> bool:
+        """``current`` is this route with the device the kernel chose: this one names a
+        gateway but no device, and every other field is equal (the kernel reports the
+        device it picked, so without this a device-less route was replaced on every pass)."""
+        return (
+            self.device is None
+            and type(current) is Route
+            and current.device is not None
+            and current._key == self._key
+            and current.gateway == self.gateway
+            and current.scope == self.scope
+            and current.protocol == self.protocol
+        )
+
     def conflicts_with(self, other: NetObject) -> bool:
         """A foreign route to the same destination in the same table, elsewhere, or one
         there that k3snet cannot model (a :class:`RouteBlock`)."""

@@ -202,7 +202,7 @@ def routes(
     *,
     destinations: SearchStrategy[Network] | None = None,
     gateways: dict[str, Sequence[str]] | None = None,
-    devices: Sequence[str] = DEFAULT_DEVICES,
+    devices: Sequence[str | None] = DEFAULT_DEVICES,
     tables: Sequence[int] = (254, 100),
     metrics: Sequence[int | None] = (None, 100),
     protocols: Sequence[int] = (K3SNET_ROUTE_PROTOCOL,),
@@ -213,6 +213,8 @@ def routes(
     ``gateways`` maps a device to the gateway addresses valid on it (for kernel
     backends: addresses inside the device's connected prefixes); without it,
     gateways are arbitrary addresses. A route without gateway is a device route.
+    ``None`` in ``devices`` draws a route via a gateway without device (the kernel
+    picks it): its gateway comes from every device's in ``gateways``.
     ``scopes`` applies to IPv4 device routes (a route via a gateway keeps the
     kernel's ``universe``; IPv6 routes have no scope).
     """
@@ -231,12 +233,14 @@ def routes(
         device = draw(pick(devices))
         gateway: Address | None = None
         if gateways is not None:
-            choices = [g for g in gateways.get(device, ())
-                       if ipaddress.ip_address(g).version == version]
-            use_gateway = draw(st.booleans())
+            pool = (gateways.get(device, ()) if device is not None
+                    else [g for each in gateways.values() for g in each])
+            choices = [g for g in pool if ipaddress.ip_address(g).version == version]
+            use_gateway = device is None or draw(st.booleans())
             if choices and use_gateway:
                 gateway = ipaddress.ip_address(draw(pick(choices)))
-        elif draw(st.booleans()):
+            assume(gateway is not None or device is not None)
+        elif device is None or draw(st.booleans()):
             gateway = draw(addresses(version))
         scope = draw(pick(scopes)) if gateway is None and version == 4 else None
         return Route(dest, gateway=gateway, device=device, table=draw(pick(tables)),
