@@ -13,13 +13,19 @@ from k3snet.model._base import (
     NetObject,
     check_families,
     one_line,
-    optional_address,
     optional_interface,
 )
-from k3snet.model.cidr import Address, Network, address_text, network_text, parse_network
+from k3snet.model.cidr import (
+    Address,
+    Network,
+    address_text,
+    network_text,
+    parse_address,
+    parse_network,
+)
 
 __all__ = ["K3SNET_ROUTE_PROTOCOL", "MAIN_TABLE", "Route", "RouteBlock", "RouteScope",
-           "protocol_name"]
+           "parse_gateway", "protocol_name"]
 
 K3SNET_ROUTE_PROTOCOL = 211
 """The route protocol number k3snet marks its routes with (unused in ``rt_protos``;
@@ -73,6 +79,25 @@ def _protocol(value: int | str) -> int:
     return value
 
 
+def parse_gateway(value: str | Address) -> Address:
+    """A route's next hop: an address, but not the unspecified one (``0.0.0.0``, ``::``).
+
+    The kernel reads a zero gateway as none: it stores a route through the device
+    without a next hop, which never reads back as the route written (a replace on
+    every plan, forever).
+    """
+    address = parse_address(value)
+    if address.is_unspecified:
+        raise ModelError(f"gateway {address_text(address)} is the unspecified address, which "
+                         "the kernel reads as no gateway; leave the gateway out (a route "
+                         "through the device) or give the next hop's address")
+    return address
+
+
+def _optional_gateway(value: str | Address | None) -> Address | None:
+    return None if value is None else parse_gateway(value)
+
+
 def protocol_name(number: int) -> str | int:
     """The rt_protos name of a route protocol number (the number if it has none)."""
     return _PROTOCOL_NAMES.get(number, number)
@@ -98,7 +123,8 @@ class Route(NetObject):
     rank: ClassVar[int] = 1
 
     destination: Network = attrs.field(converter=parse_network)
-    gateway: Address | None = attrs.field(default=None, converter=optional_address, kw_only=True)
+    gateway: Address | None = attrs.field(default=None, converter=_optional_gateway,
+                                          kw_only=True)
     device: str | None = attrs.field(default=None, converter=optional_interface, kw_only=True)
     table: int = attrs.field(default=MAIN_TABLE, converter=_table, kw_only=True)
     metric: int | None = attrs.field(default=None, kw_only=True)

@@ -79,6 +79,12 @@ _ADDRESS_OF: dict[int, SearchStrategy[Address]] = {
     4: st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
     6: st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
 }
+# Next hops: any address but the unspecified one, which the kernel reads as no gateway
+# (Route refuses it).
+_GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
+    4: st.integers(1, 2**32 - 1).map(ipaddress.IPv4Address),
+    6: st.integers(1, 2**128 - 1).map(ipaddress.IPv6Address),
+}
 _ADDRESSES: dict[int | None, SearchStrategy[Address]] = {
     4: _ADDRESS_OF[4], 6: _ADDRESS_OF[6], None: st.one_of(_ADDRESS_OF[4], _ADDRESS_OF[6])}
 _FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
@@ -241,7 +247,7 @@ def routes(
                 gateway = ipaddress.ip_address(draw(pick(choices)))
             assume(gateway is not None or device is not None)
         elif device is None or draw(st.booleans()):
-            gateway = draw(addresses(version))
+            gateway = draw(_GATEWAY_OF[version])
         scope = draw(pick(scopes)) if gateway is None and version == 4 else None
         return Route(dest, gateway=gateway, device=device, table=draw(pick(tables)),
                      metric=draw(pick(metrics)), scope=scope,
@@ -430,8 +436,9 @@ def _route_replacements(route: Route) -> SearchStrategy[NetObject]:
     def build(draw: st.DrawFn) -> Route:
         version = route.family
         gateway = draw(st.none() | st.sampled_from(
-            [a for a in (route.gateway, *_edges(route.destination)) if a is not None]
-        ) | addresses(version))
+            [a for a in (route.gateway, *_edges(route.destination))
+             if a is not None and not a.is_unspecified]
+        ) | _GATEWAY_OF[version])
         device = draw(pick((None, *DEFAULT_DEVICES)) if gateway is not None
                       else pick(DEFAULT_DEVICES))
         scopes: tuple[RouteScope | None, ...] = (None, "link", "host")
@@ -645,7 +652,7 @@ def specs(
         cidr = draw(chosen if chosen is not None else drawn[draw(pick(fams))])
         version = cidr.version
         device = draw(pick((None, "eth0", "eth1")))
-        gateway = draw(maybe(addresses(version))) if device is not None else None
+        gateway = draw(maybe(_GATEWAY_OF[version])) if device is not None else None
         exclude: list[Network] = []
         if cidr.prefixlen < _BITS[version]:
             inside = networks(within=cidr, min_prefix=cidr.prefixlen + 1,

@@ -65,6 +65,21 @@ def test_route_needs_a_next_hop_and_one_family() -> None:
         Route("192.168.2.0/24", gateway="fd00::1")
 
 
+@pytest.mark.parametrize(("destination", "gateway"), [
+    ("192.168.2.0/24", "0.0.0.0"),  # noqa: S104 (a gateway under test, not a bind)
+    ("fd01:2::/64", "::"), ("fd01:2::/64", "0::0"),
+])
+def test_route_refuses_the_unspecified_gateway_the_kernel_reads_as_none(
+        destination: str, gateway: str) -> None:
+    # `ip route add 10.0.0.0/8 via 0.0.0.0 dev d0` stores "10.0.0.0/8 dev d0 scope global":
+    # the route read back has no gateway, so every plan replaced it again.
+    with pytest.raises(ModelError, match="unspecified address, which the kernel reads as no "
+                                         "gateway"):
+        Route(destination, gateway=gateway, device="eth0")
+    with pytest.raises(ModelError, match="unspecified"):
+        Route.from_dict({"destination": destination, "gateway": gateway, "device": "eth0"})
+
+
 def test_route_defaults_normalise_to_what_the_kernel_reports() -> None:
     v6 = Route("fd01:2::/64", gateway="fd01:1::1")
     assert v6.metric == 1024

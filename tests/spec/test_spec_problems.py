@@ -305,6 +305,18 @@ def test_the_checks_after_a_list_item_left_out_name_the_document_s_items() -> No
 
 
 
+def test_an_unspecified_gateway_is_a_problem_at_its_path() -> None:
+    document = {"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                "destinations": [
+                    {"cidr": "192.168.2.0/24", "device": "eth0",
+                     "gateway": "0.0.0.0"},  # noqa: S104 (a gateway under test, not a bind)
+                    {"cidr": "fd02::/64", "gateway": "::"}]}
+    lines = _problems(lambda: Spec.from_dict(document)).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "destinations[0].gateway", "destinations[1].gateway"]
+    assert all("the kernel reads as no gateway" in line for line in lines)
+
+
 def test_an_unquoted_ipv6_address_read_as_a_mapping_is_told_to_be_quoted() -> None:
     # "- fd00::" in a block list is {"fd00:": None} to YAML.
     document = {"masquerade": {"snatAddresses": [{"fd00:": None}]},
