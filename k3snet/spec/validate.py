@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from k3snet.errors import Problem
 from k3snet.model.cidr import Address, Network, aggregate, contains, overlaps
 from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
+from k3snet.model.nat import snat_address_problem
 from k3snet.spec.fields import check_section
 from k3snet.spec.model import (
     BLOCK_SIZE_KEYS,
@@ -142,7 +143,10 @@ def _masquerade_problems(policy: MasqueradePolicy, cluster: Cluster) -> list[Pro
                                     f"a second IPv{address.version} SNAT address "
                                     f"({by_family[address.version]} is already given)"))
         by_family.setdefault(address.version, address)
-        if any(contains(n, address) for n in cluster.pod_cidrs):
+        unusable = snat_address_problem(address)
+        if unusable is not None:
+            problems.append(Problem(f"masquerade.snatAddresses[{i}]", unusable))
+        elif any(contains(n, address) for n in cluster.pod_cidrs):
             problems.append(Problem(f"masquerade.snatAddresses[{i}]",
                                     f"{address} is a pod address; SNAT needs a node address"))
     return problems

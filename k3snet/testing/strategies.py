@@ -31,7 +31,7 @@ from k3snet.errors import ModelError
 from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network, aggregate, parse_network
 from k3snet.model.forward import ForwardRule
-from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.model.nat import MasqueradeRule, SnatRule, snat_address_problem
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock, RouteScope
 from k3snet.model.state import KINDS, State
 from k3snet.model.sysctl import Sysctl
@@ -85,6 +85,10 @@ _GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
     4: st.integers(1, 2**32 - 1).map(ipaddress.IPv4Address),
     6: st.integers(1, 2**128 - 1).map(ipaddress.IPv6Address),
 }
+# SNAT sources: unicast addresses (SnatRule refuses the others: no reply comes back).
+_SNAT_TO: dict[int, SearchStrategy[Address]] = {
+    version: strategy.filter(lambda a: snat_address_problem(a) is None)
+    for version, strategy in _ADDRESS_OF.items()}
 _ADDRESSES: dict[int | None, SearchStrategy[Address]] = {
     4: _ADDRESS_OF[4], 6: _ADDRESS_OF[6], None: st.one_of(_ADDRESS_OF[4], _ADDRESS_OF[6])}
 _FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
@@ -303,14 +307,14 @@ def snat_rules(
     sources: SearchStrategy[Network] | None = None,
     devices: Sequence[str | None] = (None, *DEFAULT_DEVICES[:2]),
 ) -> SearchStrategy[SnatRule]:
-    """SNAT rules to an address of the rule's family."""
+    """SNAT rules to a unicast address of the rule's family."""
     _check_family(family)
     _pool("devices", devices)
 
     @st.composite
     def build(draw: st.DrawFn) -> SnatRule:
         fields = _nat_fields(draw, family, sources, devices)
-        to_address = draw(addresses(fields["source"].version))
+        to_address = draw(_SNAT_TO[fields["source"].version])
         return SnatRule(fields.pop("source"), to_address=to_address, **fields)
 
     return build()
@@ -470,7 +474,7 @@ def _nat_replacements(rule: MasqueradeRule | SnatRule) -> SearchStrategy[NetObje
         }
         if draw(st.booleans()):
             return MasqueradeRule(rule.source, **fields)
-        return SnatRule(rule.source, to_address=draw(addresses(rule.family)), **fields)
+        return SnatRule(rule.source, to_address=draw(_SNAT_TO[rule.family]), **fields)
 
     return build()
 

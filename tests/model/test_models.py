@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import attrs
 import pytest
@@ -18,7 +19,7 @@ from k3snet import (
     aggregate,
     parse_network,
 )
-from k3snet.model import object_from_dict
+from k3snet.model import NatBlock, object_from_dict
 
 
 def test_parse_network_rejects_host_bits_and_says_what_was_meant() -> None:
@@ -114,6 +115,28 @@ def test_nat_exclusions_are_aggregated_and_must_lie_in_the_destination() -> None
         MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", exclude=["10.0.0.0/8"])
     with pytest.raises(ModelError, match="never match"):
         MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", exclude=["192.168.0.0/16"])
+
+
+@pytest.mark.parametrize(("source", "address", "kind"), [
+    ("10.42.0.0/16", "0.0.0.0", "the unspecified address"),  # noqa: S104 (not a bind)
+    ("10.42.0.0/16", "224.0.0.1", "a multicast address"),
+    ("10.42.0.0/16", "127.0.0.1", "a loopback address"),
+    ("10.42.0.0/16", "255.255.255.255", "the broadcast address"),
+    ("fd42::/56", "::", "the unspecified address"),
+    ("fd42::/56", "ff02::1", "a multicast address"),
+    ("fd42::/56", "::1", "a loopback address"),
+])
+def test_snat_refuses_a_source_no_reply_can_come_back_to(source: str, address: str,
+                                                         kind: str) -> None:
+    # nft and iptables take `snat to 0.0.0.0` / `--to-source 224.0.0.1` as they are:
+    # every translated packet then left with a source no reply reaches.
+    with pytest.raises(ModelError, match=f"SNAT address {re.escape(address)} is {kind}; "
+                                         "SNAT needs a unicast address"):
+        SnatRule(source, to_address=address)
+    # What another program wrote is still read: a foreign rule is reported, not refused.
+    block = NatBlock(4 if "." in address else 6, "snat", f"-j SNAT --to-source {address}",
+                     "iptables nat POSTROUTING", to_address=address)
+    assert str(block.to_address) == address
 
 
 def test_masquerade_and_snat_share_one_key_so_switching_is_a_replace() -> None:

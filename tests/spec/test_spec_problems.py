@@ -317,6 +317,17 @@ def test_an_unspecified_gateway_is_a_problem_at_its_path() -> None:
     assert all("the kernel reads as no gateway" in line for line in lines)
 
 
+def test_an_snat_address_no_reply_comes_back_to_is_a_problem_at_its_path() -> None:
+    document = {"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                "masquerade": {"snatAddresses": ["0.0.0.0", "ff02::1"]}}  # noqa: S104
+    assert _problems(lambda: Spec.from_dict(document)).splitlines() == [
+        "masquerade.snatAddresses[0]: 0.0.0.0 is the unspecified address; SNAT needs a "
+        "unicast address of the node (replies come back to it)",
+        "masquerade.snatAddresses[1]: ff02::1 is a multicast address; SNAT needs a "
+        "unicast address of the node (replies come back to it)",
+    ]
+
+
 def test_an_unquoted_ipv6_address_read_as_a_mapping_is_told_to_be_quoted() -> None:
     # "- fd00::" in a block list is {"fd00:": None} to YAML.
     document = {"masquerade": {"snatAddresses": [{"fd00:": None}]},
