@@ -25,7 +25,7 @@ from k3snet.model.cidr import (
 )
 
 __all__ = ["K3SNET_ROUTE_PROTOCOL", "MAIN_TABLE", "Route", "RouteBlock", "RouteScope",
-           "parse_gateway", "protocol_name"]
+           "next_hop_problem", "parse_gateway", "protocol_name"]
 
 K3SNET_ROUTE_PROTOCOL = 211
 """The route protocol number k3snet marks its routes with (unused in ``rt_protos``;
@@ -94,6 +94,18 @@ def parse_gateway(value: str | Address) -> Address:
     return address
 
 
+def next_hop_problem(gateway: Address, device: str | None) -> str | None:
+    """Why the kernel refuses a route via ``gateway`` through ``device`` whatever the node
+    (``None``: it may take it): a link-local IPv6 next hop is on every link, so the
+    kernel needs the device ("Egress device not specified")."""
+    if (device is None and isinstance(gateway, ipaddress.IPv6Address) and gateway.is_link_local
+            and gateway.scope_id is None):
+        shown = address_text(gateway)
+        return (f"link-local gateway {shown} needs a device (the kernel cannot tell which "
+                f"link it is on); give the device, or the gateway as {shown}%DEVICE")
+    return None
+
+
 def _optional_gateway(value: str | Address | None) -> Address | None:
     return None if value is None else parse_gateway(value)
 
@@ -145,6 +157,10 @@ class Route(NetObject):
             gateway = self.gateway
         if gateway is None and self.device is None:
             raise ModelError(f"route {dst} needs a gateway, a device, or both")
+        if gateway is not None and self.device is None:
+            problem = next_hop_problem(gateway, None)
+            if problem is not None:
+                raise ModelError(f"route {dst}: {problem}")
         v6 = family == 6
         metric = self.metric
         if metric is None or (v6 and metric == 0):

@@ -32,7 +32,13 @@ from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network, aggregate, parse_network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule, snat_address_problem
-from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock, RouteScope
+from k3snet.model.route import (
+    K3SNET_ROUTE_PROTOCOL,
+    Route,
+    RouteBlock,
+    RouteScope,
+    next_hop_problem,
+)
 from k3snet.model.state import KINDS, State
 from k3snet.model.sysctl import Sysctl
 from k3snet.spec import (
@@ -89,6 +95,9 @@ _GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
 _SNAT_TO: dict[int, SearchStrategy[Address]] = {
     version: strategy.filter(lambda a: snat_address_problem(a) is None)
     for version, strategy in _ADDRESS_OF.items()}
+# Next hops a route without device can have: not link-local IPv6 (Route refuses it).
+_DEVICELESS_GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
+    4: _GATEWAY_OF[4], 6: _GATEWAY_OF[6].filter(lambda a: not a.is_link_local)}
 _ADDRESSES: dict[int | None, SearchStrategy[Address]] = {
     4: _ADDRESS_OF[4], 6: _ADDRESS_OF[6], None: st.one_of(_ADDRESS_OF[4], _ADDRESS_OF[6])}
 _FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
@@ -245,12 +254,15 @@ def routes(
         if gateways is not None:
             pool = (gateways.get(device, ()) if device is not None
                     else [g for each in gateways.values() for g in each])
-            choices = [g for g in pool if ipaddress.ip_address(g).version == version]
+            choices = [g for g in pool if ipaddress.ip_address(g).version == version and (
+                device is not None or next_hop_problem(ipaddress.ip_address(g), None) is None)]
             use_gateway = device is None or draw(st.booleans())
             if choices and use_gateway:
                 gateway = ipaddress.ip_address(draw(pick(choices)))
             assume(gateway is not None or device is not None)
-        elif device is None or draw(st.booleans()):
+        elif device is None:
+            gateway = draw(_DEVICELESS_GATEWAY_OF[version])
+        elif draw(st.booleans()):
             gateway = draw(_GATEWAY_OF[version])
         scope = draw(pick(scopes)) if gateway is None and version == 4 else None
         return Route(dest, gateway=gateway, device=device, table=draw(pick(tables)),
@@ -443,7 +455,8 @@ def _route_replacements(route: Route) -> SearchStrategy[NetObject]:
             [a for a in (route.gateway, *_edges(route.destination))
              if a is not None and not a.is_unspecified]
         ) | _GATEWAY_OF[version])
-        device = draw(pick((None, *DEFAULT_DEVICES)) if gateway is not None
+        device = draw(pick((None, *DEFAULT_DEVICES))
+                      if gateway is not None and next_hop_problem(gateway, None) is None
                       else pick(DEFAULT_DEVICES))
         scopes: tuple[RouteScope | None, ...] = (None, "link", "host")
         scope = draw(pick(scopes)) if gateway is None and version == 4 else None

@@ -81,6 +81,16 @@ def test_route_refuses_the_unspecified_gateway_the_kernel_reads_as_none(
         Route.from_dict({"destination": destination, "gateway": gateway, "device": "eth0"})
 
 
+def test_route_refuses_a_link_local_gateway_without_device() -> None:
+    # The kernel refuses it whatever the node ("Egress device not specified"): said at
+    # the model, and so at the spec's path, not at the apply.
+    with pytest.raises(ModelError, match="link-local gateway fe80::1 needs a device"):
+        Route("fd09::/64", gateway="fe80::1")
+    assert Route("fd09::/64", gateway="fe80::1%eth0").device == "eth0"
+    assert Route("fd09::/64", gateway="fe80::1", device="eth0").device == "eth0"
+    assert Route("10.9.0.0/16", gateway="169.254.1.1").device is None  # IPv4: on-link
+
+
 def test_route_defaults_normalise_to_what_the_kernel_reports() -> None:
     v6 = Route("fd01:2::/64", gateway="fd01:1::1")
     assert v6.metric == 1024

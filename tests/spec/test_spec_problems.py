@@ -328,6 +328,17 @@ def test_an_snat_address_no_reply_comes_back_to_is_a_problem_at_its_path() -> No
     ]
 
 
+def test_a_link_local_gateway_without_device_is_a_problem_at_its_path() -> None:
+    document = {"cluster": {"podCIDRs": ["fd42::/56"]},
+                "destinations": [{"cidr": "fd09::/64", "gateway": "fe80::1"},
+                                 {"cidr": "fd0a::/64", "gateway": "fe80::1%eth0"},
+                                 {"cidr": "fd0b::/64", "gateway": "fe80::1", "device": "eth0"}]}
+    assert _problems(lambda: Spec.from_dict(document)).splitlines() == [
+        "destinations[0].gateway: link-local gateway fe80::1 needs a device (the kernel "
+        "cannot tell which link it is on); give the device, or the gateway as fe80::1%DEVICE",
+    ]
+
+
 def test_an_unquoted_ipv6_address_read_as_a_mapping_is_told_to_be_quoted() -> None:
     # "- fd00::" in a block list is {"fd00:": None} to YAML.
     document = {"masquerade": {"snatAddresses": [{"fd00:": None}]},
