@@ -69,6 +69,8 @@ def snat_address_problem(address: Address) -> str | None:
         kind = "a loopback address"
     elif address == _LIMITED_BROADCAST:
         kind = "the broadcast address"
+    elif isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        kind = "an IPv4-mapped address (never a packet's source on the wire)"
     else:
         return None
     return (f"{address_text(address)} is {kind}; SNAT needs a unicast address of the node "

@@ -97,7 +97,11 @@ def parse_gateway(value: str | Address) -> Address:
 def next_hop_problem(gateway: Address, device: str | None) -> str | None:
     """Why the kernel refuses a route via ``gateway`` through ``device`` whatever the node
     (``None``: it may take it): a link-local IPv6 next hop is on every link, so the
-    kernel needs the device ("Egress device not specified")."""
+    kernel needs the device ("Egress device not specified"); an IPv4-mapped IPv6 one
+    (``::ffff:192.0.2.1``) is never a next hop ("Invalid gateway address")."""
+    if isinstance(gateway, ipaddress.IPv6Address) and gateway.ipv4_mapped is not None:
+        return (f"gateway {address_text(gateway)} is an IPv4-mapped address, which the kernel "
+                "refuses as a next hop; an IPv6 route needs an IPv6 gateway")
     if (device is None and isinstance(gateway, ipaddress.IPv6Address) and gateway.is_link_local
             and gateway.scope_id is None):
         shown = address_text(gateway)
@@ -157,8 +161,8 @@ class Route(NetObject):
             gateway = self.gateway
         if gateway is None and self.device is None:
             raise ModelError(f"route {dst} needs a gateway, a device, or both")
-        if gateway is not None and self.device is None:
-            problem = next_hop_problem(gateway, None)
+        if gateway is not None:
+            problem = next_hop_problem(gateway, self.device)
             if problem is not None:
                 raise ModelError(f"route {dst}: {problem}")
         v6 = family == 6

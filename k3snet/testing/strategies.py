@@ -85,11 +85,12 @@ _ADDRESS_OF: dict[int, SearchStrategy[Address]] = {
     4: st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
     6: st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
 }
-# Next hops: any address but the unspecified one, which the kernel reads as no gateway
-# (Route refuses it).
+# Next hops: any address but the unspecified one, which the kernel reads as no gateway,
+# and IPv4-mapped IPv6 ones, which it refuses (Route refuses both).
 _GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
     4: st.integers(1, 2**32 - 1).map(ipaddress.IPv4Address),
-    6: st.integers(1, 2**128 - 1).map(ipaddress.IPv6Address),
+    6: st.integers(1, 2**128 - 1).map(ipaddress.IPv6Address).filter(
+        lambda a: a.ipv4_mapped is None),
 }
 # SNAT sources: unicast addresses (SnatRule refuses the others: no reply comes back).
 _SNAT_TO: dict[int, SearchStrategy[Address]] = {
@@ -453,7 +454,7 @@ def _route_replacements(route: Route) -> SearchStrategy[NetObject]:
         version = route.family
         gateway = draw(st.none() | st.sampled_from(
             [a for a in (route.gateway, *_edges(route.destination))
-             if a is not None and not a.is_unspecified]
+             if a is not None and not a.is_unspecified and next_hop_problem(a, "eth0") is None]
         ) | _GATEWAY_OF[version])
         device = draw(pick((None, *DEFAULT_DEVICES))
                       if gateway is not None and next_hop_problem(gateway, None) is None

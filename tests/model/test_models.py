@@ -91,6 +91,15 @@ def test_route_refuses_a_link_local_gateway_without_device() -> None:
     assert Route("10.9.0.0/16", gateway="169.254.1.1").device is None  # IPv4: on-link
 
 
+def test_route_refuses_an_ipv4_mapped_gateway_and_snat_an_ipv4_mapped_source() -> None:
+    # `ip -6 route add fd02::/64 via ::ffff:192.168.1.1 dev d0`: "Invalid gateway address";
+    # nft takes `snat to ::ffff:192.0.2.1`, a source no packet on the wire may have.
+    with pytest.raises(ModelError, match="is an IPv4-mapped address, which the kernel refuses"):
+        Route("fd02::/64", gateway="::ffff:192.168.1.1", device="eth0")
+    with pytest.raises(ModelError, match="SNAT address ::ffff:c000:201 is an IPv4-mapped"):
+        SnatRule("fd42::/56", to_address="::ffff:192.0.2.1")
+
+
 def test_route_defaults_normalise_to_what_the_kernel_reports() -> None:
     v6 = Route("fd01:2::/64", gateway="fd01:1::1")
     assert v6.metric == 1024
