@@ -17,7 +17,8 @@ Properties (each one a hypothesis test in ``tests/planner``):
   owned objects the notes leave in place;
 * idempotence: ``plan(d, d)`` is empty;
 * minimality: every change is needed, an object whose key stays is *replaced*,
-  unchanged objects produce nothing;
+  unchanged objects produce nothing, nor do objects k3snet's in place already are
+  but for what they leave to the system (``held``, a route's device);
 * foreign safety: no change names a foreign object;
 * determinism: equal inputs give byte-identical plans;
 * order: deletes (NAT first) before replaces before adds (sysctls and routes
@@ -217,9 +218,22 @@ def _notes(value: Iterable[Note]) -> tuple[Note, ...]:
     return tuple(value)
 
 
+def _held(value: Iterable[tuple[NetObject, NetObject]]) -> tuple[tuple[NetObject, NetObject], ...]:
+    pairs = tuple((wanted, current) for wanted, current in value)
+    for wanted, current in pairs:
+        if wanted.key != current.key:
+            raise ModelError(f"a held object keeps the wanted one's key: {wanted} / {current}")
+    return pairs
+
+
 @attrs.frozen
 class Plan:
     """An ordered tuple of changes, and notes about foreign state.
+
+    ``held`` pairs a wanted object with k3snet's object in place that already is
+    it, but for what the wanted one leaves to the system (a route without device
+    and the device the kernel chose, :meth:`~k3snet.model.NetObject.held_by`): no
+    change is planned for it, and it stays as it is.
 
     A plan is a value: print it (:meth:`render`), store it (:meth:`to_json`),
     review it, and apply it to a state without touching anything
@@ -228,6 +242,7 @@ class Plan:
 
     changes: tuple[Change, ...] = attrs.field(default=(), converter=_changes)
     notes: tuple[Note, ...] = attrs.field(default=(), converter=_notes)
+    held: tuple[tuple[NetObject, NetObject], ...] = attrs.field(default=(), converter=_held)
 
     def __len__(self) -> int:
         return len(self.changes)
@@ -275,16 +290,18 @@ class Plan:
         return Plan(
             changes=(c for c in self.changes if c.kind in wanted),
             notes=(n for n in self.notes if n.wanted.kind in wanted),
+            held=(pair for pair in self.held if pair[0].kind in wanted),
         )
 
     def target(self, desired: State) -> frozenset[NetObject]:
         """What the owned scope becomes: ``desired.owned`` less what the notes set aside
         and less expectations (never written), plus the owned objects the notes leave
-        in place (:attr:`Note.owned`).
+        in place (:attr:`Note.owned`), each held object (:attr:`held`) as it is in place.
         """
         set_aside = {n.wanted for n in self.notes}
         kept = {n.owned for n in self.notes if n.owned is not None}
-        return frozenset(o for o in desired.owned
+        held = dict(self.held)
+        return frozenset(held.get(o, o) for o in desired.owned
                          if o not in set_aside and not o.expectation) | kept
 
     def apply_to(self, state: State) -> State:
@@ -344,12 +361,16 @@ class Plan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
+        """JSON-able form (``held`` only when there is one)."""
+        data: dict[str, Any] = {
             "format": PLAN_FORMAT,
             "changes": [c.to_dict() for c in self.changes],
             "notes": [n.to_dict() for n in self.notes],
         }
+        if self.held:
+            data["held"] = [{"wanted": wanted.to_dict(), "owned": current.to_dict()}
+                            for wanted, current in self.held]
+        return data
 
     def to_json(self, *, indent: int | None = None) -> str:
         """Stable JSON: equal plans give byte-identical text."""
@@ -362,10 +383,15 @@ class Plan:
             if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
                 raise ModelError(f"unsupported plan format {data.get('format')!r}")
             changes, notes = data.get("changes", []), data.get("notes", [])
+            held = data.get("held", [])
             if not isinstance(changes, list) or not isinstance(notes, list):
                 raise ModelError("a plan's 'changes' and 'notes' are lists")
+            if not isinstance(held, list):
+                raise ModelError("a plan's 'held' is a list")
             return cls(changes=[Change.from_dict(c) for c in changes],
-                       notes=[Note.from_dict(n) for n in notes])
+                       notes=[Note.from_dict(n) for n in notes],
+                       held=[(object_from_dict(h["wanted"]), object_from_dict(h["owned"]))
+                             for h in held])
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -466,8 +492,17 @@ def plan(observed: State, desired: State) -> Plan:
     replaces: list[Change] = []
     adds: list[NetObject] = []
     notes: list[Note] = []
+    held: list[tuple[NetObject, NetObject]] = []
     for wanted in _in_order(desired, only_want):
         current = have.get(wanted.key)
+        if current is not None and wanted.held_by(current):
+            # In place as far as ``wanted`` says: judged as an object in place is.
+            note = foreign.judge_in_place(current, current)
+            if note is None:
+                held.append((wanted, current))
+            else:
+                notes.append(attrs.evolve(note, wanted=wanted))
+            continue
         if current is not None:
             note = foreign.judge_in_place(wanted, current)
             if note is None:
@@ -487,7 +522,7 @@ def plan(observed: State, desired: State) -> Plan:
     changes = [Change("delete", obj, None) for obj in deletes]
     changes += replaces
     changes += [Change("add", None, obj) for obj in adds]
-    return Plan(changes=changes, notes=notes)
+    return Plan(changes=changes, notes=notes, held=held)
 
 
 class _ForeignIndex:

@@ -169,6 +169,14 @@ class NetObject:
         """True when the foreign object ``other`` already provides what ``self`` asks for."""
         return False
 
+    def held_by(self, current: NetObject) -> bool:
+        """True when ``current``, k3snet's own object at this one's key, already is this
+        object as far as this one says: it differs only in what this one leaves to the
+        system to choose (a route's device, which the kernel picks from the gateway and
+        reports). The planner leaves such an object in place instead of replacing it
+        on every pass."""
+        return False
+
     def conflicts_with(self, other: NetObject) -> bool:
         """True when the foreign ``other`` stands where ``self`` must go, differently."""
         return False

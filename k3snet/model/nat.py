@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, ClassVar
 
 import attrs
@@ -32,7 +32,7 @@ from k3snet.model.cidr import (
     subtract,
 )
 
-__all__ = ["MasqueradeRule", "NatBlock", "NatRule", "SnatRule"]
+__all__ = ["MasqueradeRule", "NatBlock", "NatRule", "SnatRule", "snat_address_problem"]
 
 
 def _destination(value: str | Network | None) -> Network | None:
@@ -48,6 +48,40 @@ def _snat_address(value: str | Address) -> Address:
     if isinstance(address, IPv6Address) and address.scope_id is not None:
         raise ModelError(f"SNAT address {str(address)[:60]!r} has a zone id ('%...'); "
                          "give the address alone")
+    return address
+
+
+_LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+
+
+def snat_address_problem(address: Address) -> str | None:
+    """Why ``address`` cannot be the source a SNAT rule writes (``None``: it can).
+
+    The kernel takes any address (nft ``snat to 0.0.0.0``, iptables ``--to-source
+    224.0.0.1``), and every translated packet then leaves with a source no reply
+    can come back to: egress silently lost. A node's unicast address is needed.
+    """
+    if address.is_unspecified:
+        kind = "the unspecified address"
+    elif address.is_multicast:
+        kind = "a multicast address"
+    elif address.is_loopback:
+        kind = "a loopback address"
+    elif address == _LIMITED_BROADCAST:
+        kind = "the broadcast address"
+    elif isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        kind = "an IPv4-mapped address (never a packet's source on the wire)"
+    else:
+        return None
+    return (f"{address_text(address)} is {kind}; SNAT needs a unicast address of the node "
+            "(replies come back to it)")
+
+
+def _snat_to(value: str | Address) -> Address:
+    address = _snat_address(value)
+    problem = snat_address_problem(address)
+    if problem is not None:
+        raise ModelError(f"SNAT address {problem}")
     return address
 
 
@@ -225,7 +259,7 @@ class SnatRule(_NatBase):
 
     type_name: ClassVar[str] = "snat"
 
-    to_address: Address = attrs.field(converter=_snat_address, kw_only=True)
+    to_address: Address = attrs.field(converter=_snat_to, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)

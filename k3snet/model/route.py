@@ -13,13 +13,19 @@ from k3snet.model._base import (
     NetObject,
     check_families,
     one_line,
-    optional_address,
     optional_interface,
 )
-from k3snet.model.cidr import Address, Network, address_text, network_text, parse_network
+from k3snet.model.cidr import (
+    Address,
+    Network,
+    address_text,
+    network_text,
+    parse_address,
+    parse_network,
+)
 
 __all__ = ["K3SNET_ROUTE_PROTOCOL", "MAIN_TABLE", "Route", "RouteBlock", "RouteScope",
-           "protocol_name"]
+           "next_hop_problem", "parse_gateway", "protocol_name"]
 
 K3SNET_ROUTE_PROTOCOL = 211
 """The route protocol number k3snet marks its routes with (unused in ``rt_protos``;
@@ -73,6 +79,41 @@ def _protocol(value: int | str) -> int:
     return value
 
 
+def parse_gateway(value: str | Address) -> Address:
+    """A route's next hop: an address, but not the unspecified one (``0.0.0.0``, ``::``).
+
+    The kernel reads a zero gateway as none: it stores a route through the device
+    without a next hop, which never reads back as the route written (a replace on
+    every plan, forever).
+    """
+    address = parse_address(value)
+    if address.is_unspecified:
+        raise ModelError(f"gateway {address_text(address)} is the unspecified address, which "
+                         "the kernel reads as no gateway; leave the gateway out (a route "
+                         "through the device) or give the next hop's address")
+    return address
+
+
+def next_hop_problem(gateway: Address, device: str | None) -> str | None:
+    """Why the kernel refuses a route via ``gateway`` through ``device`` whatever the node
+    (``None``: it may take it): a link-local IPv6 next hop is on every link, so the
+    kernel needs the device ("Egress device not specified"); an IPv4-mapped IPv6 one
+    (``::ffff:192.0.2.1``) is never a next hop ("Invalid gateway address")."""
+    if isinstance(gateway, ipaddress.IPv6Address) and gateway.ipv4_mapped is not None:
+        return (f"gateway {address_text(gateway)} is an IPv4-mapped address, which the kernel "
+                "refuses as a next hop; an IPv6 route needs an IPv6 gateway")
+    if (device is None and isinstance(gateway, ipaddress.IPv6Address) and gateway.is_link_local
+            and gateway.scope_id is None):
+        shown = address_text(gateway)
+        return (f"link-local gateway {shown} needs a device (the kernel cannot tell which "
+                f"link it is on); give the device, or the gateway as {shown}%DEVICE")
+    return None
+
+
+def _optional_gateway(value: str | Address | None) -> Address | None:
+    return None if value is None else parse_gateway(value)
+
+
 def protocol_name(number: int) -> str | int:
     """The rt_protos name of a route protocol number (the number if it has none)."""
     return _PROTOCOL_NAMES.get(number, number)
@@ -98,7 +139,8 @@ class Route(NetObject):
     rank: ClassVar[int] = 1
 
     destination: Network = attrs.field(converter=parse_network)
-    gateway: Address | None = attrs.field(default=None, converter=optional_address, kw_only=True)
+    gateway: Address | None = attrs.field(default=None, converter=_optional_gateway,
+                                          kw_only=True)
     device: str | None = attrs.field(default=None, converter=optional_interface, kw_only=True)
     table: int = attrs.field(default=MAIN_TABLE, converter=_table, kw_only=True)
     metric: int | None = attrs.field(default=None, kw_only=True)
@@ -119,6 +161,10 @@ class Route(NetObject):
             gateway = self.gateway
         if gateway is None and self.device is None:
             raise ModelError(f"route {dst} needs a gateway, a device, or both")
+        if gateway is not None:
+            problem = next_hop_problem(gateway, self.device)
+            if problem is not None:
+                raise ModelError(f"route {dst}: {problem}")
         v6 = family == 6
         metric = self.metric
         if metric is None or (v6 and metric == 0):
@@ -177,6 +223,20 @@ class Route(NetObject):
             and other.clash_key == self.clash_key
             and other.gateway == self.gateway
             and (self.device is None or other.device == self.device)
+        )
+
+    def held_by(self, current: NetObject) -> bool:
+        """``current`` is this route with the device the kernel chose: this one names a
+        gateway but no device, and every other field is equal (the kernel reports the
+        device it picked, so without this a device-less route was replaced on every pass)."""
+        return (
+            self.device is None
+            and type(current) is Route
+            and current.device is not None
+            and current._key == self._key
+            and current.gateway == self.gateway
+            and current.scope == self.scope
+            and current.protocol == self.protocol
         )
 
     def conflicts_with(self, other: NetObject) -> bool:

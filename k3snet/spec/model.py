@@ -15,7 +15,7 @@ from k3snet.errors import ModelError
 from k3snet.model import validate_interface_name
 from k3snet.model.cidr import Address, Network, parse_address, parse_network
 from k3snet.model.cni import FLANNEL_BACKEND_TYPES
-from k3snet.model.route import MAIN_TABLE
+from k3snet.model.route import MAIN_TABLE, parse_gateway
 from k3snet.model.sysctl import Sysctl
 
 __all__ = [
@@ -82,8 +82,8 @@ def _addresses(values: Iterable[str | Address]) -> tuple[Address, ...]:
     return tuple(parse_address(v) for v in values)
 
 
-def _opt_address(value: str | Address | None) -> Address | None:
-    return None if value is None else parse_address(value)
+def _opt_gateway(value: str | Address | None) -> Address | None:
+    return None if value is None else parse_gateway(value)
 
 
 def _opt_ifname(value: str | None) -> str | None:
@@ -120,7 +120,7 @@ class Destination:
     """
 
     cidr: Network = attrs.field(converter=parse_network)
-    gateway: Address | None = attrs.field(default=None, converter=_opt_address, kw_only=True)
+    gateway: Address | None = attrs.field(default=None, converter=_opt_gateway, kw_only=True)
     device: str | None = attrs.field(default=None, converter=_opt_ifname, kw_only=True)
     table: int = attrs.field(default=MAIN_TABLE, kw_only=True)
     metric: int | None = attrs.field(default=None, kw_only=True)

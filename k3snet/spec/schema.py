@@ -16,8 +16,10 @@ from typing import Any
 from k3snet.model import validate_interface_name
 from k3snet.model.cidr import parse_address, parse_network
 from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
+from k3snet.model.route import parse_gateway
 from k3snet.model.sysctl import Sysctl
 from k3snet.spec.fields import (
+    ADDRESS_SCHEMA,
     INVALID,
     Field,
     Reader,
@@ -80,6 +82,8 @@ def _image(value: Any) -> str | None:
 
 
 with_schema(_image, {"type": "string", "pattern": "^\\S+$"})
+# A gateway is an address, read by the route's own parser (no 0.0.0.0 / ::).
+with_schema(parse_gateway, ADDRESS_SCHEMA)
 
 
 def _ifname(value: Any) -> Any:
@@ -228,7 +232,7 @@ DESTINATION = Section(Destination, (
     Field("cidr", "cidr", converted(parse_network), str, required="required",
           example="192.168.7.0/24",
           doc="The subnet pods must reach (no host bits set)."),
-    Field("gateway", "gateway", converted(parse_address), opt_str, example="192.168.1.1",
+    Field("gateway", "gateway", converted(parse_gateway), opt_str, example="192.168.1.1",
           doc="The next hop: with gateway or device, k3snet owns a route to cidr (unless one "
               "exists already)."),
     Field("device", "device", converted(_ifname), example="eth1",

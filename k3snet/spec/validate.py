@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from k3snet.errors import Problem
 from k3snet.model.cidr import Address, Network, aggregate, contains, overlaps
 from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
+from k3snet.model.nat import snat_address_problem
+from k3snet.model.route import next_hop_problem
 from k3snet.spec.fields import check_section
 from k3snet.spec.model import (
     BLOCK_SIZE_KEYS,
@@ -102,6 +104,10 @@ def _destination_problems(
     if dest.gateway is not None and dest.gateway.version != dest.family:
         add(Problem(f"{path}.gateway", f"gateway {dest.gateway} is IPv{dest.gateway.version} "
                                        f"but destination {dest.cidr} is IPv{dest.family}"))
+    elif dest.gateway is not None:
+        unusable = next_hop_problem(dest.gateway, dest.device)
+        if unusable is not None:
+            add(Problem(f"{path}.gateway", unusable))
     for kind, nets in (("pod", cluster.pod_cidrs), ("service", cluster.service_cidrs)):
         for net in nets:
             if overlaps(dest.cidr, net):
@@ -142,7 +148,10 @@ def _masquerade_problems(policy: MasqueradePolicy, cluster: Cluster) -> list[Pro
                                     f"a second IPv{address.version} SNAT address "
                                     f"({by_family[address.version]} is already given)"))
         by_family.setdefault(address.version, address)
-        if any(contains(n, address) for n in cluster.pod_cidrs):
+        unusable = snat_address_problem(address)
+        if unusable is not None:
+            problems.append(Problem(f"masquerade.snatAddresses[{i}]", unusable))
+        elif any(contains(n, address) for n in cluster.pod_cidrs):
             problems.append(Problem(f"masquerade.snatAddresses[{i}]",
                                     f"{address} is a pod address; SNAT needs a node address"))
     return problems

@@ -31,8 +31,14 @@ from k3snet.errors import ModelError
 from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network, aggregate, parse_network
 from k3snet.model.forward import ForwardRule
-from k3snet.model.nat import MasqueradeRule, SnatRule
-from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock, RouteScope
+from k3snet.model.nat import MasqueradeRule, SnatRule, snat_address_problem
+from k3snet.model.route import (
+    K3SNET_ROUTE_PROTOCOL,
+    Route,
+    RouteBlock,
+    RouteScope,
+    next_hop_problem,
+)
 from k3snet.model.state import KINDS, State
 from k3snet.model.sysctl import Sysctl
 from k3snet.spec import (
@@ -79,6 +85,20 @@ _ADDRESS_OF: dict[int, SearchStrategy[Address]] = {
     4: st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
     6: st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
 }
+# Next hops: any address but the unspecified one, which the kernel reads as no gateway,
+# and IPv4-mapped IPv6 ones, which it refuses (Route refuses both).
+_GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
+    4: st.integers(1, 2**32 - 1).map(ipaddress.IPv4Address),
+    6: st.integers(1, 2**128 - 1).map(ipaddress.IPv6Address).filter(
+        lambda a: a.ipv4_mapped is None),
+}
+# SNAT sources: unicast addresses (SnatRule refuses the others: no reply comes back).
+_SNAT_TO: dict[int, SearchStrategy[Address]] = {
+    version: strategy.filter(lambda a: snat_address_problem(a) is None)
+    for version, strategy in _ADDRESS_OF.items()}
+# Next hops a route without device can have: not link-local IPv6 (Route refuses it).
+_DEVICELESS_GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
+    4: _GATEWAY_OF[4], 6: _GATEWAY_OF[6].filter(lambda a: not a.is_link_local)}
 _ADDRESSES: dict[int | None, SearchStrategy[Address]] = {
     4: _ADDRESS_OF[4], 6: _ADDRESS_OF[6], None: st.one_of(_ADDRESS_OF[4], _ADDRESS_OF[6])}
 _FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
@@ -202,7 +222,7 @@ def routes(
     *,
     destinations: SearchStrategy[Network] | None = None,
     gateways: dict[str, Sequence[str]] | None = None,
-    devices: Sequence[str] = DEFAULT_DEVICES,
+    devices: Sequence[str | None] = DEFAULT_DEVICES,
     tables: Sequence[int] = (254, 100),
     metrics: Sequence[int | None] = (None, 100),
     protocols: Sequence[int] = (K3SNET_ROUTE_PROTOCOL,),
@@ -213,6 +233,8 @@ def routes(
     ``gateways`` maps a device to the gateway addresses valid on it (for kernel
     backends: addresses inside the device's connected prefixes); without it,
     gateways are arbitrary addresses. A route without gateway is a device route.
+    ``None`` in ``devices`` draws a route via a gateway without device (the kernel
+    picks it): its gateway comes from every device's in ``gateways``.
     ``scopes`` applies to IPv4 device routes (a route via a gateway keeps the
     kernel's ``universe``; IPv6 routes have no scope).
     """
@@ -231,13 +253,18 @@ def routes(
         device = draw(pick(devices))
         gateway: Address | None = None
         if gateways is not None:
-            choices = [g for g in gateways.get(device, ())
-                       if ipaddress.ip_address(g).version == version]
-            use_gateway = draw(st.booleans())
+            pool = (gateways.get(device, ()) if device is not None
+                    else [g for each in gateways.values() for g in each])
+            choices = [g for g in pool if ipaddress.ip_address(g).version == version and (
+                device is not None or next_hop_problem(ipaddress.ip_address(g), None) is None)]
+            use_gateway = device is None or draw(st.booleans())
             if choices and use_gateway:
                 gateway = ipaddress.ip_address(draw(pick(choices)))
+            assume(gateway is not None or device is not None)
+        elif device is None:
+            gateway = draw(_DEVICELESS_GATEWAY_OF[version])
         elif draw(st.booleans()):
-            gateway = draw(addresses(version))
+            gateway = draw(_GATEWAY_OF[version])
         scope = draw(pick(scopes)) if gateway is None and version == 4 else None
         return Route(dest, gateway=gateway, device=device, table=draw(pick(tables)),
                      metric=draw(pick(metrics)), scope=scope,
@@ -293,14 +320,14 @@ def snat_rules(
     sources: SearchStrategy[Network] | None = None,
     devices: Sequence[str | None] = (None, *DEFAULT_DEVICES[:2]),
 ) -> SearchStrategy[SnatRule]:
-    """SNAT rules to an address of the rule's family."""
+    """SNAT rules to a unicast address of the rule's family."""
     _check_family(family)
     _pool("devices", devices)
 
     @st.composite
     def build(draw: st.DrawFn) -> SnatRule:
         fields = _nat_fields(draw, family, sources, devices)
-        to_address = draw(addresses(fields["source"].version))
+        to_address = draw(_SNAT_TO[fields["source"].version])
         return SnatRule(fields.pop("source"), to_address=to_address, **fields)
 
     return build()
@@ -426,9 +453,11 @@ def _route_replacements(route: Route) -> SearchStrategy[NetObject]:
     def build(draw: st.DrawFn) -> Route:
         version = route.family
         gateway = draw(st.none() | st.sampled_from(
-            [a for a in (route.gateway, *_edges(route.destination)) if a is not None]
-        ) | addresses(version))
-        device = draw(pick((None, *DEFAULT_DEVICES)) if gateway is not None
+            [a for a in (route.gateway, *_edges(route.destination))
+             if a is not None and not a.is_unspecified and next_hop_problem(a, "eth0") is None]
+        ) | _GATEWAY_OF[version])
+        device = draw(pick((None, *DEFAULT_DEVICES))
+                      if gateway is not None and next_hop_problem(gateway, None) is None
                       else pick(DEFAULT_DEVICES))
         scopes: tuple[RouteScope | None, ...] = (None, "link", "host")
         scope = draw(pick(scopes)) if gateway is None and version == 4 else None
@@ -459,7 +488,7 @@ def _nat_replacements(rule: MasqueradeRule | SnatRule) -> SearchStrategy[NetObje
         }
         if draw(st.booleans()):
             return MasqueradeRule(rule.source, **fields)
-        return SnatRule(rule.source, to_address=draw(addresses(rule.family)), **fields)
+        return SnatRule(rule.source, to_address=draw(_SNAT_TO[rule.family]), **fields)
 
     return build()
 
@@ -641,7 +670,7 @@ def specs(
         cidr = draw(chosen if chosen is not None else drawn[draw(pick(fams))])
         version = cidr.version
         device = draw(pick((None, "eth0", "eth1")))
-        gateway = draw(maybe(addresses(version))) if device is not None else None
+        gateway = draw(maybe(_GATEWAY_OF[version])) if device is not None else None
         exclude: list[Network] = []
         if cidr.prefixlen < _BITS[version]:
             inside = networks(within=cidr, min_prefix=cidr.prefixlen + 1,

@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from k3snet import Spec, plan
 from k3snet.errors import ModelError
-from k3snet.model import ForwardRule, MasqueradeRule, Route, RouteBlock, State, object_from_dict
+from k3snet.model import (
+    ForwardRule,
+    MasqueradeRule,
+    Route,
+    RouteBlock,
+    SnatRule,
+    State,
+    object_from_dict,
+)
+from k3snet.model.nat import snat_address_problem
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, protocol_name
 from k3snet.spec import Cluster
 from k3snet.testing import strategies as ks
@@ -225,3 +234,27 @@ def test_json_places_names_every_value_once() -> None:
         ("plan",), ("plan", "changes"), ("plan", "changes", 0),
         ("plan", "changes", 0, "action"), ("plan", "changes", 0, "after"),
         ("plan", "changes", 0, "after", "type"), ("plan", "notes"), ("format",)]
+
+
+@given(ks.routes(devices=(None, "eth0")),
+       ks.routes(devices=(None,), gateways={"eth0": ["192.168.1.1", "fe80::1", "fd01:1::1"]}))
+def test_routes_without_device_go_via_a_gateway_the_kernel_takes(
+        route: Route, mapped: Route) -> None:
+    for drawn in (route, mapped):
+        if drawn.device is None:
+            assert drawn.gateway is not None
+            assert not drawn.gateway.is_unspecified
+            assert not (drawn.gateway.version == 6 and drawn.gateway.is_link_local)
+    assert mapped.device is None
+
+
+def test_routes_draw_device_less_ones_when_asked() -> None:
+    found = find(ks.routes(devices=(None, "eth0")), lambda r: r.device is None)
+    assert found.gateway is not None
+
+
+@given(ks.snat_rules(), ks.routes())
+def test_snat_sources_and_gateways_are_addresses_k3snet_takes(rule: SnatRule,
+                                                              route: Route) -> None:
+    assert snat_address_problem(rule.to_address) is None
+    assert route.gateway is None or not route.gateway.is_unspecified

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import attrs
 import pytest
@@ -18,7 +19,7 @@ from k3snet import (
     aggregate,
     parse_network,
 )
-from k3snet.model import object_from_dict
+from k3snet.model import NatBlock, object_from_dict
 
 
 def test_parse_network_rejects_host_bits_and_says_what_was_meant() -> None:
@@ -65,6 +66,40 @@ def test_route_needs_a_next_hop_and_one_family() -> None:
         Route("192.168.2.0/24", gateway="fd00::1")
 
 
+@pytest.mark.parametrize(("destination", "gateway"), [
+    ("192.168.2.0/24", "0.0.0.0"),  # noqa: S104 (a gateway under test, not a bind)
+    ("fd01:2::/64", "::"), ("fd01:2::/64", "0::0"),
+])
+def test_route_refuses_the_unspecified_gateway_the_kernel_reads_as_none(
+        destination: str, gateway: str) -> None:
+    # `ip route add 10.0.0.0/8 via 0.0.0.0 dev d0` stores "10.0.0.0/8 dev d0 scope global":
+    # the route read back has no gateway, so every plan replaced it again.
+    with pytest.raises(ModelError, match="unspecified address, which the kernel reads as no "
+                                         "gateway"):
+        Route(destination, gateway=gateway, device="eth0")
+    with pytest.raises(ModelError, match="unspecified"):
+        Route.from_dict({"destination": destination, "gateway": gateway, "device": "eth0"})
+
+
+def test_route_refuses_a_link_local_gateway_without_device() -> None:
+    # The kernel refuses it whatever the node ("Egress device not specified"): said at
+    # the model, and so at the spec's path, not at the apply.
+    with pytest.raises(ModelError, match="link-local gateway fe80::1 needs a device"):
+        Route("fd09::/64", gateway="fe80::1")
+    assert Route("fd09::/64", gateway="fe80::1%eth0").device == "eth0"
+    assert Route("fd09::/64", gateway="fe80::1", device="eth0").device == "eth0"
+    assert Route("10.9.0.0/16", gateway="169.254.1.1").device is None  # IPv4: on-link
+
+
+def test_route_refuses_an_ipv4_mapped_gateway_and_snat_an_ipv4_mapped_source() -> None:
+    # `ip -6 route add fd02::/64 via ::ffff:192.168.1.1 dev d0`: "Invalid gateway address";
+    # nft takes `snat to ::ffff:192.0.2.1`, a source no packet on the wire may have.
+    with pytest.raises(ModelError, match="is an IPv4-mapped address, which the kernel refuses"):
+        Route("fd02::/64", gateway="::ffff:192.168.1.1", device="eth0")
+    with pytest.raises(ModelError, match="SNAT address ::ffff:c000:201 is an IPv4-mapped"):
+        SnatRule("fd42::/56", to_address="::ffff:192.0.2.1")
+
+
 def test_route_defaults_normalise_to_what_the_kernel_reports() -> None:
     v6 = Route("fd01:2::/64", gateway="fd01:1::1")
     assert v6.metric == 1024
@@ -99,6 +134,28 @@ def test_nat_exclusions_are_aggregated_and_must_lie_in_the_destination() -> None
         MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", exclude=["10.0.0.0/8"])
     with pytest.raises(ModelError, match="never match"):
         MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", exclude=["192.168.0.0/16"])
+
+
+@pytest.mark.parametrize(("source", "address", "kind"), [
+    ("10.42.0.0/16", "0.0.0.0", "the unspecified address"),  # noqa: S104 (not a bind)
+    ("10.42.0.0/16", "224.0.0.1", "a multicast address"),
+    ("10.42.0.0/16", "127.0.0.1", "a loopback address"),
+    ("10.42.0.0/16", "255.255.255.255", "the broadcast address"),
+    ("fd42::/56", "::", "the unspecified address"),
+    ("fd42::/56", "ff02::1", "a multicast address"),
+    ("fd42::/56", "::1", "a loopback address"),
+])
+def test_snat_refuses_a_source_no_reply_can_come_back_to(source: str, address: str,
+                                                         kind: str) -> None:
+    # nft and iptables take `snat to 0.0.0.0` / `--to-source 224.0.0.1` as they are:
+    # every translated packet then left with a source no reply reaches.
+    with pytest.raises(ModelError, match=f"SNAT address {re.escape(address)} is {kind}; "
+                                         "SNAT needs a unicast address"):
+        SnatRule(source, to_address=address)
+    # What another program wrote is still read: a foreign rule is reported, not refused.
+    block = NatBlock(4 if "." in address else 6, "snat", f"-j SNAT --to-source {address}",
+                     "iptables nat POSTROUTING", to_address=address)
+    assert str(block.to_address) == address
 
 
 def test_masquerade_and_snat_share_one_key_so_switching_is_a_replace() -> None:

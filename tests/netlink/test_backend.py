@@ -740,3 +740,26 @@ def test_an_interruption_right_after_a_sysctl_write_gives_the_value_back(
             backend.apply(bad)
         assert sysctl_in(ns, "net/ipv4/conf/all/rp_filter") == "0"
         assert not backend.observe().owned
+
+
+def test_a_route_without_device_converges_to_the_device_the_kernel_chose(
+        ns: str, backend: NetlinkBackend) -> None:
+    # The kernel picks the device from the gateway and reports it: the route read back
+    # names d0 / e0. Once in place, planning again must not replace it (it did, forever).
+    wanted = (Route("10.6.0.0/24", gateway="10.0.0.2"), Route("fd06::/64", gateway="fd09::2"))
+    desired = State(owned=wanted)
+    first = plan(backend.observe(), desired)
+    assert [c.action for c in first] == ["add", "add"]
+    backend.apply(first)
+    assert owned_in_kernel(ns) == {("10.6.0.0/24", "10.0.0.2", "d0", 254, 0),
+                                   ("fd06::/64", "fd09::2", "e0", 254, 1024)}
+    again = plan(backend.observe(), desired)
+    assert again.empty, again.render()
+    assert {wanted for wanted, _ in again.held} == set(wanted)
+    assert again.target(desired) == backend.observe().owned
+    # A device named in the spec is still enforced: the route moves to it.
+    moved = Route("10.6.0.0/24", gateway="10.9.0.2", device="e0")
+    change = plan(backend.observe(), State(owned=[moved, wanted[1]]))
+    assert [c.action for c in change] == ["replace"]
+    backend.apply(change)
+    assert ("10.6.0.0/24", "10.9.0.2", "e0", 254, 0) in owned_in_kernel(ns)

@@ -345,6 +345,10 @@ def test_a_malformed_state_names_what_is_wrong(document: object, message: str) -
     ({"notes": [{"status": "bogus", "wanted": _NAT.to_dict(), "foreign": _NAT.to_dict()}]},
      "a note's status is 'met' or 'conflict', not 'bogus'"),
     ([1], "a plan is malformed"),
+    ({"held": {}}, "a plan's 'held' is a list"),
+    ({"held": [{"wanted": _ROUTE.to_dict()}]}, "a plan has no 'owned' field"),
+    ({"held": [{"wanted": _ROUTE.to_dict(), "owned": _NAT.to_dict()}]},
+     "a held object keeps the wanted one's key"),
 ])
 def test_a_malformed_plan_names_what_is_wrong(document: object, message: str) -> None:
     with pytest.raises(ModelError, match=re.escape(message)):

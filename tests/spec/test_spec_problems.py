@@ -305,6 +305,40 @@ def test_the_checks_after_a_list_item_left_out_name_the_document_s_items() -> No
 
 
 
+def test_an_unspecified_gateway_is_a_problem_at_its_path() -> None:
+    document = {"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                "destinations": [
+                    {"cidr": "192.168.2.0/24", "device": "eth0",
+                     "gateway": "0.0.0.0"},  # noqa: S104 (a gateway under test, not a bind)
+                    {"cidr": "fd02::/64", "gateway": "::"}]}
+    lines = _problems(lambda: Spec.from_dict(document)).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "destinations[0].gateway", "destinations[1].gateway"]
+    assert all("the kernel reads as no gateway" in line for line in lines)
+
+
+def test_an_snat_address_no_reply_comes_back_to_is_a_problem_at_its_path() -> None:
+    document = {"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                "masquerade": {"snatAddresses": ["0.0.0.0", "ff02::1"]}}  # noqa: S104
+    assert _problems(lambda: Spec.from_dict(document)).splitlines() == [
+        "masquerade.snatAddresses[0]: 0.0.0.0 is the unspecified address; SNAT needs a "
+        "unicast address of the node (replies come back to it)",
+        "masquerade.snatAddresses[1]: ff02::1 is a multicast address; SNAT needs a "
+        "unicast address of the node (replies come back to it)",
+    ]
+
+
+def test_a_link_local_gateway_without_device_is_a_problem_at_its_path() -> None:
+    document = {"cluster": {"podCIDRs": ["fd42::/56"]},
+                "destinations": [{"cidr": "fd09::/64", "gateway": "fe80::1"},
+                                 {"cidr": "fd0a::/64", "gateway": "fe80::1%eth0"},
+                                 {"cidr": "fd0b::/64", "gateway": "fe80::1", "device": "eth0"}]}
+    assert _problems(lambda: Spec.from_dict(document)).splitlines() == [
+        "destinations[0].gateway: link-local gateway fe80::1 needs a device (the kernel "
+        "cannot tell which link it is on); give the device, or the gateway as fe80::1%DEVICE",
+    ]
+
+
 def test_an_unquoted_ipv6_address_read_as_a_mapping_is_told_to_be_quoted() -> None:
     # "- fd00::" in a block list is {"fd00:": None} to YAML.
     document = {"masquerade": {"snatAddresses": [{"fd00:": None}]},
