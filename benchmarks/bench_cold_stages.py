@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import goals  # noqa: F401 - imported, it byte-compiles k3snet (goals.compile_bytecode)
+
 
 def child(argv: list[str]) -> int:
     """Run the CLI with timers around its stages; the times go to stderr's last line."""
