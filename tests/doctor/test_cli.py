@@ -92,12 +92,9 @@ def test_observe_save_writes_a_bundle_doctor_reads(
 
 
 @pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
 def test_observe_save_with_json_output_prints_one_document_naming_the_files(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import os  # noqa: PLC0415
-
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
     with temporary_netns("obsj") as ns:
         assert main(["observe", "--save", str(tmp_path), "--netns", ns,
                      "--output", "json"]) == 0
