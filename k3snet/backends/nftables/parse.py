@@ -385,6 +385,28 @@ class _Way:
 
 
 @dataclass
+class _Budget:
+    """One walk's bound of :data:`_MAX_WALKED_RULES` rules: counted, and said once when
+    reached (``what`` names the walk in that message)."""
+
+    what: str
+    walked: int = 0
+    cut: bool = False
+
+    def take(self, unread: list[str], where: tuple[str, str], chain: str) -> bool:
+        """Count one more rule of ``chain``; False once the bound is reached (the first
+        time, said in ``unread``)."""
+        if self.walked >= _MAX_WALKED_RULES:
+            if not self.cut:
+                self.cut = True
+                unread.append(f"{self.what} stopped after {_MAX_WALKED_RULES} rules (at "
+                              f"{where[0]} {where[1]} {chain})")
+            return False
+        self.walked += 1
+        return True
+
+
+@dataclass
 class ForeignReader:
     """Reads the egress-relevant chains of other tables: read-only, bounded, best effort.
 
@@ -412,10 +434,16 @@ class ForeignReader:
         default_factory=list)
     nat_origin: dict[NetObject, tuple[tuple[str, str], str] | None] = field(default_factory=dict)
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
-    walked: int = 0  # rules walked so far (bounded by _MAX_WALKED_RULES)
-    _cut: bool = False  # the walk stopped at that bound
-    _block_rules: int = 0  # rules read for forward drops (bounded the same way)
-    _block_cut: bool = False
+    # the rules walked for NAT and accepts, and those read for forward drops
+    _walk_budget: _Budget = field(
+        default_factory=lambda: _Budget("the walk of other tables' chains"))
+    _block_budget: _Budget = field(
+        default_factory=lambda: _Budget("the read of other tables' forward drops"))
+
+    @property
+    def walked(self) -> int:
+        """Rules walked so far for NAT and accepts (bounded by :data:`_MAX_WALKED_RULES`)."""
+        return self._walk_budget.walked
 
     def read(self) -> frozenset[NetObject]:
         try:
@@ -491,14 +519,8 @@ class ForeignReader:
                     found: set[NetObject]) -> None:
         way = way.into(where, chain)
         for match in self._rules(where, chain):
-            if self._block_rules >= _MAX_WALKED_RULES:
-                if not self._block_cut:
-                    self._block_cut = True
-                    self.unread.append(f"the read of other tables' forward drops stopped "
-                                       f"after {_MAX_WALKED_RULES} rules (at {where[0]} "
-                                       f"{where[1]} {chain})")
+            if not self._block_budget.take(self.unread, where, chain):
                 return
-            self._block_rules += 1
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
@@ -649,15 +671,9 @@ class ForeignReader:
         """The rules of ``chain``, each counted as walked; past the bound, one rule that
         may drop anything instead of the rest (said once in ``unread``)."""
         for match in self._rules(where, chain):
-            if self.walked >= _MAX_WALKED_RULES:
-                if not self._cut:
-                    self._cut = True
-                    self.unread.append(f"the walk of other tables' chains stopped after "
-                                       f"{_MAX_WALKED_RULES} rules (at {where[0]} {where[1]} "
-                                       f"{chain})")
+            if not self._walk_budget.take(self.unread, where, chain):
                 yield Match(unknown=1, verdict="drop")
                 return
-            self.walked += 1
             yield match
 
     def _nat_rule(self, match: Match, exits: list[Match]) -> None:
