@@ -271,28 +271,38 @@ def test_a_change_is_a_server_side_apply_by_k3snet(
     assert backend.observe().owned == {changed}
 
 
-def test_a_field_another_manager_applied_is_a_conflict_never_forced(
-    seeded: EmulatedApiServer, api_client: Any
+# Another manager takes natOutgoing of a pool k3snet created: with its own server-side
+# apply (forced), or with `kubectl edit` (an Update, merge patch).
+_TAKEOVERS = {
+    "admin": ({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+               "metadata": {"name": "k3snet-pods-a"}, "spec": {"natOutgoing": False}},
+              {"force": True, "_content_type": "application/apply-patch+yaml"}),
+    "kubectl-edit": ({"spec": {"natOutgoing": False}},
+                     {"_content_type": "application/merge-patch+json"}),
+}
+
+
+@pytest.mark.parametrize("manager", sorted(_TAKEOVERS))
+def test_a_field_another_manager_took_is_a_conflict_never_forced(
+    seeded: EmulatedApiServer, api_client: Any, manager: str
 ) -> None:
     from kubernetes import client  # noqa: PLC0415 - optional dependency
 
     backend = _backend(api_client)
     pool = IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)
     backend.apply(plan(backend.observe(), State(owned=[pool])))
-    # An admin takes natOutgoing over with their own server-side apply.
+    body, how = _TAKEOVERS[manager]
     client.CustomObjectsApi(api_client).patch_cluster_custom_object(
-        "crd.projectcalico.org", "v1", "ippools", "k3snet-pods-a",
-        {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-         "metadata": {"name": "k3snet-pods-a"}, "spec": {"natOutgoing": False}},
-        field_manager="admin", force=True, _content_type="application/apply-patch+yaml")
-    admin = backend.observe()
-    (owned,) = admin.owned
-    p = plan(admin, State(owned=[IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True,
+        "crd.projectcalico.org", "v1", "ippools", "k3snet-pods-a", body,
+        field_manager=manager, **how)
+    taken = backend.observe()
+    (owned,) = taken.owned
+    p = plan(taken, State(owned=[IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True,
                                         vxlan_mode="Always")]))
     with pytest.raises(ApplyError, match=r'apply IPPool k3snet-pods-a .*conflict \(409\).*'
-                                         r'conflict with "admin": .spec.natOutgoing'):
+                                         f'conflict with "{manager}": .spec.natOutgoing'):
         backend.apply(p)
-    assert backend.observe().owned == {owned}  # nothing changed
+    assert backend.observe().owned == {owned}  # nothing changed, never forced
 
 
 def test_a_pool_k3snet_created_changes_in_place_though_its_create_holds_every_field(
@@ -343,25 +353,6 @@ def test_the_emulator_keeps_managers_apart_by_operation_as_the_api_server_does(
     owned = {(e["manager"], e["operation"]): sorted(e["fieldsV1"]["f:spec"])
              for e in stored["metadata"]["managedFields"]}
     assert owned == {("me", "Update"): ["f:cidr"], ("me", "Apply"): ["f:cidr", "f:natOutgoing"]}
-
-
-def test_a_field_an_admin_edited_is_a_conflict_though_k3snet_created_the_pool(
-    api_server: EmulatedApiServer, api_client: Any
-) -> None:
-    from kubernetes import client  # noqa: PLC0415 - optional dependency
-
-    backend = _backend(api_client)
-    pool = IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)
-    backend.apply(plan(backend.observe(), State(owned=[pool])))
-    # An admin's `kubectl edit` (an Update by another manager) takes natOutgoing.
-    client.CustomObjectsApi(api_client).patch_cluster_custom_object(
-        "crd.projectcalico.org", "v1", "ippools", "k3snet-pods-a", {"spec": {"natOutgoing": False}},
-        field_manager="kubectl-edit", _content_type="application/merge-patch+json")
-    edited = backend.observe()
-    (owned,) = edited.owned
-    with pytest.raises(ApplyError, match=r'conflict with "kubectl-edit": .spec.natOutgoing'):
-        backend.apply(plan(edited, State(owned=[pool])))
-    assert backend.observe().owned == {owned}  # never forced over another manager
 
 
 def test_disruptive_replace_is_marked_and_refused_unless_allowed(
