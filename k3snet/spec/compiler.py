@@ -159,14 +159,13 @@ def _compile(spec: Spec, facts: NodeFacts | None, targets: tuple[str, ...],
     if problems:
         raise SpecError(problems)
     wanted = None if kinds is None else frozenset(kinds)
-    owned = cni + _node_objects(spec, wanted, facts)
+    owned = cni + _node_objects(spec, wanted)
     if wanted is not None:
         owned = [o for o in owned if o.kind in wanted]
     return State(owned=owned)
 
 
-def _node_objects(spec: Spec, wanted: frozenset[str] | None,
-                  facts: NodeFacts | None) -> list[NetObject]:
+def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
     """Routes, forward and NAT rules, sysctls; of the ``wanted`` kinds when given."""
     # A cold `k3snet apply` with one backend needs one kind: building the 20 000 others
     # of a 10k-destination spec was a third of its compile (benchmarks/bench_cold.py).
@@ -174,16 +173,10 @@ def _node_objects(spec: Spec, wanted: frozenset[str] | None,
     owned: list[NetObject] = []
     families_in_use: set[int] = set()
     pods_of = {family: spec.cluster.pods(family) for family in (4, 6)}
-    devices: dict[Address, str | None] = {}  # per gateway given without a device
     for dest in spec.destinations:
         pods = pods_of[dest.cidr.version]
         if routes and dest.routed:
-            device = dest.device
-            if device is None and dest.gateway is not None and facts is not None:
-                if dest.gateway not in devices:
-                    devices[dest.gateway] = _kernel_device(dest.gateway, facts)
-                device = devices[dest.gateway]
-            owned.append(Route(dest.cidr, gateway=dest.gateway, device=device,
+            owned.append(Route(dest.cidr, gateway=dest.gateway, device=dest.device,
                                table=dest.table, metric=dest.metric))
         if forward and spec.forward.accept and dest.forward:
             owned += [ForwardRule(pod, dest.cidr, in_interface=spec.forward.in_interface,
@@ -263,35 +256,6 @@ def _fact_problems(spec: Spec, facts: NodeFacts) -> list[Problem]:
     if known and out is not None and out not in known:
         problems.append(Problem("masquerade.outInterface", f"no interface {out!r} on the node"))
     return problems
-
-
-def _kernel_device(gateway: Address, facts: NodeFacts) -> str | None:
-    """The interface the kernel gives a route via ``gateway`` added without a device.
-
-    ``ip route add DST via GW`` stores the route with the device of GW's connected
-    network, so a wanted route without one never equals the route in place (each plan
-    would replace it). That device is the interface holding the longest connected
-    prefix with ``gateway``; ``None`` (left to the kernel, as before) when none does,
-    when two interfaces hold prefixes of that length, or when a longer routed prefix
-    holds it (a device route whose interface the facts do not name).
-
-    >>> facts = NodeFacts(interfaces={"eth0": ["192.168.1.5/24"], "eth1": ["10.0.0.5/8"]})
-    >>> _kernel_device(ipaddress.ip_address("192.168.1.1"), facts)
-    'eth0'
-    """
-    best, chosen = -1, set[str]()
-    for name, addresses in facts.interfaces.items():
-        for address in addresses:
-            network = address.network
-            if not contains(network, gateway) or network.prefixlen < best:
-                continue
-            if network.prefixlen > best:
-                best, chosen = network.prefixlen, set()
-            chosen.add(name)
-    if len(chosen) != 1 or any(contains(n, gateway) and n.prefixlen > best
-                               for n in facts.routes):
-        return None
-    return chosen.pop()
 
 
 def _gateway_problem(gateway: Address, device: str | None, facts: NodeFacts) -> str | None:

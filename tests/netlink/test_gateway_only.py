@@ -1,10 +1,10 @@
 """A destination with a gateway and no device: the kernel picks the device, k3snet settles.
 
 ``ip route add 192.168.60.0/24 via 10.0.0.254`` stores the route with the device the
-gateway lies on. Compiled without that device, the wanted route never equalled the
-one the kernel holds, so every plan replaced it and the agent fought itself. Compile
-now takes the device from the node's facts, as the kernel does; the kernel's own view
-(``ip -j route``) says which device that is.
+gateway lies on. The wanted route names none, so it never equalled the one the kernel
+holds: every plan replaced it and the agent fought itself. The planner now takes the
+route in place as the wanted one (``Plan.held``); the kernel's own view (``ip -j
+route``) says which device the kernel chose. Through the CLI, as a user runs it.
 """
 
 from __future__ import annotations

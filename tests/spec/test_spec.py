@@ -101,37 +101,6 @@ def test_a_gateway_in_a_routed_prefix_is_reachable() -> None:
     assert Route("192.168.2.0/24", gateway="172.16.0.1") in compile_spec(spec, facts).owned
 
 
-def _routes_via(gateways: list[str], facts: NodeFacts) -> list[Route]:
-    destinations = [{"cidr": f"100.64.{n}.0/24" if "." in g else f"fd64:{n}::/64", "gateway": g}
-                    for n, g in enumerate(gateways)]
-    spec = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
-                           "destinations": destinations})
-    return sorted(o for o in compile_spec(spec, facts, kinds=["route"]).owned
-                  if isinstance(o, Route))
-
-
-def test_a_gateway_without_a_device_gets_the_device_the_kernel_would_give_it() -> None:
-    # `ip route add DST via GW` stores the device of GW's longest connected prefix: the
-    # wanted route must name it too, or it never equals the route in place
-    facts = NodeFacts(interfaces={"eth0": ["10.0.0.5/8", "fd00::5/64"],
-                                  "eth1": ["10.1.0.5/24", "fd00:1::5/64"]})
-    routes = _routes_via(["10.1.0.1", "10.2.0.1", "fd00:1::1", "fd00::1"], facts)
-    assert [(str(r.gateway), r.device) for r in routes] == [
-        ("10.1.0.1", "eth1"), ("10.2.0.1", "eth0"), ("fd00:1::1", "eth1"), ("fd00::1", "eth0")]
-
-
-def test_a_gateway_the_facts_cannot_place_on_one_interface_is_left_to_the_kernel() -> None:
-    facts = NodeFacts(interfaces={"eth0": ["10.0.0.5/24"], "eth1": ["10.0.0.6/24"],
-                                  "eth2": ["172.16.0.5/16"]},
-                      routes=["172.16.5.0/24", "192.168.0.0/16"])
-    # two interfaces on its network; a longer routed prefix (a device route the facts
-    # give no interface for); only a routed prefix: the kernel picks, k3snet names none
-    routes = _routes_via(["10.0.0.1", "172.16.5.1", "192.168.1.1"], facts)
-    assert [r.device for r in routes] == [None, None, None]
-    # without facts, as before
-    assert [r.device for r in _routes_via(["10.0.0.1"], NodeFacts())] == [None]
-
-
 def test_ip_masq_agent_semantics_masquerade_everything_but_the_exceptions() -> None:
     spec = Spec.from_yaml(
         "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
