@@ -192,8 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str) -> Any:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
-    def node_command(name: str, help_text: str, *, spec_required: bool | None = True) -> Any:
-        """A command acting on a node; ``spec_required=None``: the caller adds ``-f``."""
+    def node_command(name: str, help_text: str, *, spec_required: bool | None = True,
+                     output: bool = True) -> Any:
+        """A command acting on a node; ``spec_required=None``: the caller adds ``-f``;
+        ``output=False``: no ``--output`` (the agent's output is its log)."""
         cmd = add(name, help_text)
         if spec_required is not None:
             cmd.add_argument("-f", "--spec", required=spec_required, type=Path,
@@ -209,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                          type=_backend_opt,
                          help="an option for backend NAME, repeatable (VALUE is read as JSON "
                               "when it parses, else as text), e.g. nftables.family=split")
-        cmd.add_argument("--output", choices=("text", "json"), default="text")
+        if output:
+            cmd.add_argument("--output", choices=("text", "json"), default="text")
         cmd.add_argument("--no-facts", action="store_true",
                          help="do not read the node's interfaces to check the spec")
         return cmd
@@ -248,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="instead, write the node state k3snet doctor reads (routes, rules, "
                               "rulesets, sysctls; nothing secret) to DIR")
     agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet); "
-                         "see docs/agent.md.", spec_required=None)
+                         "see docs/agent.md.", spec_required=None, output=False)
     _agent_arguments(agent)
 
     render = add("render", "Write persistence files or Kubernetes manifests.")

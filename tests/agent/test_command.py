@@ -98,6 +98,20 @@ def test_spec_file_or_configmap_exactly_one_else_a_usage_error(
     assert "--spec-configmap" in err
 
 
+def test_the_agent_refuses_output_as_a_usage_error_instead_of_ignoring_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The agent prints no plan nor result document: its output is its log, and
+    # --log-format json is what makes it JSON. An --output it silently ignored let a
+    # DaemonSet's author believe the agent's output was JSON.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    with pytest.raises(SystemExit) as done:
+        main(["agent", "-f", str(spec), *BASE, "--once", "--listen", "none",
+              "--output", "json"])
+    assert done.value.code == 64
+    assert "--output" in capsys.readouterr().err
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main(["--version"])
