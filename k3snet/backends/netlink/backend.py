@@ -836,8 +836,7 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
     if gateway.version == 6 and gateway in local:  # IPv4 accepts its own address
         problems.append(f"{change}: gateway {gateway} is a local address")
     elif gateway.version == 6 and gateway.is_link_local:
-        if route.device is None:
-            problems.append(f"{change}: link-local gateway {gateway} needs a device")
+        pass  # on every link; Route itself refuses one without a device
     else:
         devices = [route.device] if route.device is not None else list(on_link)
         if not any(gateway in net for dev in devices for net in on_link.get(dev, ())
