@@ -486,12 +486,13 @@ def test_conformance(ns: str, tmp_path: Path, driver: Driver) -> None:
     from k3snet.testing import run_conformance  # noqa: PLC0415 - hypothesis-heavy import
 
     # A small pool of destinations besides random ones, so that keys collide and
-    # plans replace routes (gateway or device changes), default routes included.
+    # plans replace routes (gateway or device changes), default routes included;
+    # device None: a route via a gateway only, whose device the kernel picks.
     crowded = st.sampled_from([ipaddress.ip_network(n) for n in
                                ("10.50.0.0/24", "0.0.0.0/0", "fd50::/64", "::/0")])
     routes = strategies.routes(
         destinations=st.one_of(crowded, strategies.networks()),
-        devices=("d0", "e0"),
+        devices=("d0", "e0", None),
         gateways={"d0": ["10.0.0.2", "fd00::2"], "e0": ["10.9.0.2", "fd09::2", "fe80::1"]},
         tables=(254, 100, 1000),
         metrics=(None, 0, 100),
