@@ -370,8 +370,10 @@ def compile_flannel(
     extra: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
 ) -> State:
     """The flannel config k3snet wants on ``target``: the pod CIDRs as ``Network`` /
-    ``IPv6Network`` (with ``EnableIPv6`` when there is an IPv6 one), and the given
-    backend settings. Keys left unset stay flannel's.
+    ``IPv6Network`` (with ``EnableIPv6`` when there is an IPv6 one, and ``EnableIPv4:
+    false`` when there is no IPv4 one: flannel enables IPv4 by default and refuses it
+    without a ``Network``), and the given backend settings. Keys left unset stay
+    flannel's.
     """
     pods = _pod_cidrs(spec_or_cidrs)
     problems = _one_network_per_family(pods)
@@ -383,6 +385,7 @@ def compile_flannel(
         target,
         network=v4[0] if v4 else None,
         ipv6_network=v6[0] if v6 else None,
+        enable_ipv4=None if v4 else False,
         enable_ipv6=True if v6 else None,
         enable_nftables=enable_nftables,
         backend_type=backend_type,

@@ -253,7 +253,8 @@ class FlannelSettings:
     """``Backend`` options such as ``VNI`` or ``Port`` (a mapping is accepted)."""
     enable_nftables: bool | None = None
     set_networks: bool = False
-    """Write the pod CIDRs as flannel's ``Network`` / ``IPv6Network`` (and ``EnableIPv6``).
+    """Write the pod CIDRs as flannel's ``Network`` / ``IPv6Network`` (and ``EnableIPv6``;
+    ``EnableIPv4: false`` without an IPv4 one, which flannel would otherwise refuse).
 
     Off by default: k3snet then only checks that flannel's networks are the pod
     CIDRs (a ``!`` conflict when they are not), since changing them on a running

@@ -311,6 +311,17 @@ def test_pod_cidr_checks_against_flannel() -> None:
         check_pod_cidr("10.44.0.0/16", state)
 
 
+@pytest.mark.parametrize("pods", [["10.42.0.0/16"], ["fd42::/56"], ["10.42.0.0/16", "fd42::/56"]])
+def test_compile_flannel_enables_exactly_the_families_it_gives_a_network(pods: list[str]) -> None:
+    # flannel enables IPv4 unless EnableIPv4 is false (pkg/subnet/config.go ParseConfig)
+    # and refuses an enabled family without its network ("please define a correct
+    # Network parameter"): an IPv6-only config must say EnableIPv4: false.
+    config = compile_flannel(pods, target=FLANNEL).ordered[0]
+    assert isinstance(config, FlannelConfig)
+    assert (config.enable_ipv4 is not False) == (config.network is not None)
+    assert (config.enable_ipv6 is True) == (config.ipv6_network is not None)
+
+
 def test_nat_exemptions_are_what_calico_can_express() -> None:
     spec = Spec(cluster=Cluster(pod_cidrs=["10.42.0.0/16", "fd42::/56"]),
                 destinations=[Destination("10.0.0.0/8", masquerade=False),
