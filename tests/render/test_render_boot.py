@@ -244,3 +244,29 @@ def test_the_documented_boot_unit_runs_after_every_loader_that_would_delete_its_
             # Run after k3snet's unit, the service deletes k3snet's chains.
             assert "K3SNET" not in run_in(ns, [save]).stdout, service
         assert service in after, f"the unit may run before {service}, which deletes its chains"
+
+
+@pytest.mark.parametrize("mode", ["legacy", "nft"])
+def test_rendered_iptables_files_name_the_flavour_the_spec_gives_the_backend(
+    mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The header said `iptables-restore` whatever the spec's `backends.iptables.mode`:
+    # on a node where that is iptables-nft and K3s runs legacy, the admin following it
+    # loaded the chains where the backend (mode: legacy) never reads, and it added its
+    # own copy in the other flavour.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text().replace(
+        "kind: EgressSpec\n", f"kind: EgressSpec\nbackends:\n  iptables: {{mode: {mode}}}\n"))
+    out = tmp_path / "out"
+    assert main(["render", "iptables", "-f", str(spec), "-o", str(out)]) == 0
+    with temporary_netns("rboot") as ns:
+        commands = []
+        for name in ("k3snet.rules.v4", "k3snet.rules.v6"):
+            command = (out / name).read_text().split("`", 2)[1].split()
+            run_in(ns, [*command[:-1], str(out / name)])
+            commands.append(command[0])
+        capsys.readouterr()
+        assert main(["plan", "-f", str(spec), "--backend", "iptables", "--netns", ns,
+                     "--no-facts"]) == 0, capsys.readouterr().out
+    # Not the host's `iptables-restore`, whichever flavour that is here.
+    assert commands == [f"iptables-{mode}-restore", f"ip6tables-{mode}-restore"]
