@@ -270,3 +270,25 @@ def test_rendered_iptables_files_name_the_flavour_the_spec_gives_the_backend(
                      "--no-facts"]) == 0, capsys.readouterr().out
     # Not the host's `iptables-restore`, whichever flavour that is here.
     assert commands == [f"iptables-{mode}-restore", f"ip6tables-{mode}-restore"]
+
+
+def test_a_catch_all_reject_loaded_before_the_iptables_file_makes_the_plan_report_a_conflict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # RHEL's iptables.service loads a final `-A FORWARD -j REJECT` before the unit (it
+    # runs After= it): the file's appended jump lands behind it, which the backend
+    # would not have done; docs/cli.md says `plan` reports it rather than hiding it.
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    with temporary_netns("rboot") as ns:
+        run_in(ns, ["iptables-restore"], input_text=(
+            "*filter\n:FORWARD ACCEPT [0:0]\n"
+            "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+            "-A FORWARD -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n"))
+        run_in(ns, ["iptables-restore", "--noflush", str(tmp_path / "k3snet.rules.v4")])
+        forward = run_in(ns, ["iptables", "-S", "FORWARD"]).stdout.splitlines()
+        assert forward[-1] == "-A FORWARD -m comment --comment k3snet -j K3SNET-FORWARD"
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--backend", "iptables:forward", "--netns", ns,
+                     "--no-facts"]) == 4
+        out = capsys.readouterr().out
+        assert "conflicts with foreign: reject by iptables IPv4 filter: -A FORWARD -j REJECT" in out
