@@ -1423,8 +1423,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 def _render_iptables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.iptables import RULES_FILES, render_iptables_save  # noqa: PLC0415 - lazy
 
+    # The flavour the backend reads (the spec's `backends.iptables.mode`): loaded into
+    # the other one, the chains are not seen and the backend adds a second copy.
+    mode = spec_backend_options(spec, "iptables").get("mode", "auto")
     state = compile_spec(spec)
-    return {name: render_iptables_save(state, family) for family, name in RULES_FILES.items()}
+    return {name: render_iptables_save(state, family, mode=mode)
+            for family, name in RULES_FILES.items()}
 
 
 def _render_nftables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

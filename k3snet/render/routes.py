@@ -231,7 +231,9 @@ def render_networkd(
     parents = dict(network_files or {})
     for device, parent in parents.items():
         validate_interface_name(device)
-        if "/" in parent or not parent.endswith(".network"):
+        # networkd reads only visible files; a line break or NUL has no place in a path.
+        if ("/" in parent or not parent.endswith(".network") or parent.startswith(".")
+                or not parent.isprintable()):
             raise ModelError(f"network_files[{device!r}] must be a .network file name, "
                              f"got {parent!r}")
     grouped: dict[str, list[Route]] = {}

@@ -22,7 +22,9 @@ from k3snet.model.sysctl import Sysctl
 __all__ = ["SYSCTL_D_PATH", "render_sysctl_d"]
 
 SYSCTL_D_PATH = "/etc/sysctl.d/90-k3snet.conf"
-"""Where the rendered file belongs: late in sysctl.d order, so k3snet's values win."""
+"""Where the rendered file belongs: late in sysctl.d order, after the distribution's
+defaults (``50-*.conf``); a ``99-*.conf`` still comes after it and wins, Debian's
+``99-sysctl.conf`` (``/etc/sysctl.conf``) among them."""
 
 
 def render_sysctl_d(state: State) -> str:

@@ -199,3 +199,96 @@ def test_the_documented_boot_unit_runs_the_command_each_iptables_file_gives(
     given = [(tmp_path / name).read_text().split("`", 2)[1]
              for name in ("k3snet.rules.v4", "k3snet.rules.v6")]
     assert starts == [f"/usr/sbin/{command}" for command in given]
+
+
+# What a node's own firewall service runs at boot, each of which deletes the chains
+# k3snet's files loaded before it: netfilter-persistent and RHEL's iptables.service
+# restore without --noflush (every table the file names is flushed, its other chains
+# deleted), Debian's nftables.conf starts with `flush ruleset` (iptables-nft's tables
+# go with it).
+WHOLE_RULESET_LOADERS = {
+    "netfilter-persistent.service": ["iptables-restore"],
+    "iptables.service": ["iptables-restore"],
+    "ip6tables.service": ["ip6tables-restore"],
+    "nftables.service": ["nft", "-f", "-"],
+}
+WHOLE_RULESETS = {
+    "iptables-restore": "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+                        "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n",
+    "ip6tables-restore": "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+                         "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n",
+    "nft": "flush ruleset\n",
+}
+
+
+def test_the_documented_boot_unit_runs_after_every_loader_that_would_delete_its_chains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The unit and netfilter-persistent.service (or nftables.service) both run early,
+    # before network-pre.target, with no order between them: when the node's own
+    # service came second, k3snet's chains were gone after the boot, at random.
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    unit = docs.split("```ini\n", 1)[1].split("```", 1)[0]
+    after = {name for line in unit.splitlines() if line.startswith("After=")
+             for name in line.removeprefix("After=").split()}
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    capsys.readouterr()
+    for service, loader in WHOLE_RULESET_LOADERS.items():
+        with temporary_netns("rboot") as ns:
+            for family, name in ((4, "k3snet.rules.v4"), (6, "k3snet.rules.v6")):
+                restore = "iptables-restore" if family == 4 else "ip6tables-restore"
+                run_in(ns, [restore, "--noflush", str(tmp_path / name)])
+            save = "ip6tables-save" if loader[0] == "ip6tables-restore" else "iptables-save"
+            assert "K3SNET-POSTROUTING" in run_in(ns, [save]).stdout
+            run_in(ns, loader, input_text=WHOLE_RULESETS[loader[0]])
+            # Run after k3snet's unit, the service deletes k3snet's chains.
+            assert "K3SNET" not in run_in(ns, [save]).stdout, service
+        assert service in after, f"the unit may run before {service}, which deletes its chains"
+
+
+@pytest.mark.parametrize("mode", ["legacy", "nft"])
+def test_rendered_iptables_files_name_the_flavour_the_spec_gives_the_backend(
+    mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The header said `iptables-restore` whatever the spec's `backends.iptables.mode`:
+    # on a node where that is iptables-nft and K3s runs legacy, the admin following it
+    # loaded the chains where the backend (mode: legacy) never reads, and it added its
+    # own copy in the other flavour.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text().replace(
+        "kind: EgressSpec\n", f"kind: EgressSpec\nbackends:\n  iptables: {{mode: {mode}}}\n"))
+    out = tmp_path / "out"
+    assert main(["render", "iptables", "-f", str(spec), "-o", str(out)]) == 0
+    with temporary_netns("rboot") as ns:
+        commands = []
+        for name in ("k3snet.rules.v4", "k3snet.rules.v6"):
+            command = (out / name).read_text().split("`", 2)[1].split()
+            run_in(ns, [*command[:-1], str(out / name)])
+            commands.append(command[0])
+        capsys.readouterr()
+        assert main(["plan", "-f", str(spec), "--backend", "iptables", "--netns", ns,
+                     "--no-facts"]) == 0, capsys.readouterr().out
+    # Not the host's `iptables-restore`, whichever flavour that is here.
+    assert commands == [f"iptables-{mode}-restore", f"ip6tables-{mode}-restore"]
+
+
+def test_a_catch_all_reject_loaded_before_the_iptables_file_makes_the_plan_report_a_conflict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # RHEL's iptables.service loads a final `-A FORWARD -j REJECT` before the unit (it
+    # runs After= it): the file's appended jump lands behind it, which the backend
+    # would not have done; docs/cli.md says `plan` reports it rather than hiding it.
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    with temporary_netns("rboot") as ns:
+        run_in(ns, ["iptables-restore"], input_text=(
+            "*filter\n:FORWARD ACCEPT [0:0]\n"
+            "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+            "-A FORWARD -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n"))
+        run_in(ns, ["iptables-restore", "--noflush", str(tmp_path / "k3snet.rules.v4")])
+        forward = run_in(ns, ["iptables", "-S", "FORWARD"]).stdout.splitlines()
+        assert forward[-1] == "-A FORWARD -m comment --comment k3snet -j K3SNET-FORWARD"
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--backend", "iptables:forward", "--netns", ns,
+                     "--no-facts"]) == 4
+        out = capsys.readouterr().out
+        assert "conflicts with foreign: reject by iptables IPv4 filter: -A FORWARD -j REJECT" in out

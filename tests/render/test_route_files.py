@@ -88,7 +88,11 @@ def test_a_netplan_section_that_does_not_exist_is_refused_with_the_choices() -> 
         "tunnels, vrfs, wifis, modems, dummy-devices, virtual-ethernets")
 
 
-@pytest.mark.parametrize("parent", ["10-e0.conf", "../10-e0.network", "a/b.network"])
+@pytest.mark.parametrize("parent", ["10-e0.conf", "../10-e0.network", "a/b.network",
+                                    # hidden: networkd never reads it (nor its drop-ins)
+                                    ".network", ".10-e0.network",
+                                    # a line break or NUL in a path under /etc
+                                    "10-e0\n.network", "10-e0\x00.network"])
 def test_a_networkd_parent_that_is_not_a_network_file_name_is_refused(parent: str) -> None:
     with pytest.raises(ModelError, match=r"must be a \.network file name"):
         render_networkd(STATE, network_files={"e0": parent})

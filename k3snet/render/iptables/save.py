@@ -45,15 +45,21 @@ RULES_FILES = {4: "k3snet.rules.v4", 6: "k3snet.rules.v6"}
 _KINDS = {"filter": "forward", "nat": "nat"}
 
 
-def render_iptables_save(state: State, family: int) -> str:
+def render_iptables_save(state: State, family: int, *, mode: str = "auto") -> str:
     """``iptables-save`` text of the owned NAT and forward rules of one family (4 or 6).
 
     Other kinds (routes, sysctls) and the other family are left out; a state
     with nothing for this family gives a file with only its header comments.
+    ``mode`` is the iptables backend's (``nft``, ``legacy`` or ``auto``): the
+    command the header gives loads the file into that flavour
+    (``iptables-legacy-restore``), the one the backend reads; ``auto`` names
+    the host's ``iptables-restore``.
     """
     if family not in (4, 6):
         raise ModelError(f"family must be 4 or 6, got {family!r}")
-    tool = "iptables" if family == 4 else "ip6tables"
+    if mode not in ("nft", "legacy", "auto"):
+        raise ModelError(f"iptables mode must be 'nft', 'legacy' or 'auto', got {mode!r}")
+    tool = ("iptables" if family == 4 else "ip6tables") + ("" if mode == "auto" else f"-{mode}")
     lines = [
         f"# k3snet: only k3snet's chains and jumps (IPv{family}).",
         f"# Load with `{tool}-restore --noflush /etc/k3snet/{RULES_FILES[family]}`,",
