@@ -608,6 +608,11 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
                              "(10-netplan-eth0.network), repeatable: DEV's routes go in a "
                              "drop-in of it (networkd applies only the first file that "
                              "matches a device, so a file of k3snet's own would be ignored)")
+    render.add_argument("--backend", action="append", default=[], metavar="NAME[:KINDS]",
+                        help="the --backend flags plan and apply use, repeatable: the file "
+                             "holds only the kinds they give the backend it is for (nftables, "
+                             "iptables; netlink for routes and sysctls), e.g. --backend "
+                             "nftables:nat --backend iptables:forward")
     render.add_argument("--no-node-report", action="store_true",
                         help="manifests: the agent does not annotate its Node (no API access "
                              "unless a backend needs it)")
@@ -1400,6 +1405,15 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    if args.backend:
+        rendered_by = _RENDERED_BY.get(args.what)
+        named = [entry.partition(":")[0] for entry in args.backend]
+        if rendered_by is None or rendered_by not in named:
+            why = (f"the file is for the {rendered_by} backend" if rendered_by else
+                   "the manifests' agent uses the spec's backends")
+            print(f"k3snet render {args.what}: error: --backend {' '.join(args.backend)}: "
+                  f"{why}", file=sys.stderr)
+            return EXIT_USAGE
     spec = _spec(args)
     files = RENDERERS[args.what](spec, args)
     if args.out is None:
@@ -1419,6 +1433,22 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- renderers
 
+_RENDERED_BY = {"iptables": "iptables", "nftables": "nftables", "ifupdown": "netlink",
+                "netplan": "netlink", "networkd": "netlink", "sysctl": "netlink"}
+"""The backend that manages, at run time, what each boot file holds."""
+
+
+def _rendered_state(spec: Spec, args: argparse.Namespace) -> State:
+    """The compiled spec, limited to the kinds ``--backend NAME:KINDS`` gives the file's
+    backend, as plan and apply split the work (loaded beside the other backend's file,
+    a kind in both would belong to no backend in use: never updated nor removed)."""
+    state = compile_spec(spec)
+    for entry in args.backend:
+        name, _, kinds = entry.partition(":")
+        if name == _RENDERED_BY[args.what] and kinds:
+            return state.only(kinds.split(","))
+    return state
+
 
 def _render_iptables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.iptables import RULES_FILES, render_iptables_save  # noqa: PLC0415 - lazy
@@ -1426,7 +1456,7 @@ def _render_iptables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     # The flavour the backend reads (the spec's `backends.iptables.mode`): loaded into
     # the other one, the chains are not seen and the backend adds a second copy.
     mode = spec_backend_options(spec, "iptables").get("mode", "auto")
-    state = compile_spec(spec)
+    state = _rendered_state(spec, args)
     return {name: render_iptables_save(state, family, mode=mode)
             for family, name in RULES_FILES.items()}
 
@@ -1439,25 +1469,25 @@ def _render_nftables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     # (its rules kept for ever beside the backend's own).
     options = spec_backend_options(spec, "nftables")
     layout = {key: options[key] for key in ("table", "family") if key in options}
-    return {"k3snet.nft": render_nftables_conf(compile_spec(spec), **layout)}
+    return {"k3snet.nft": render_nftables_conf(_rendered_state(spec, args), **layout)}
 
 
 def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_ifupdown  # noqa: PLC0415 - lazy
 
-    return {"k3snet-routes": render_ifupdown(compile_spec(spec))}
+    return {"k3snet-routes": render_ifupdown(_rendered_state(spec, args))}
 
 
 def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_netplan  # noqa: PLC0415 - lazy
 
-    return {"90-k3snet.yaml": render_netplan(compile_spec(spec))}
+    return {"90-k3snet.yaml": render_netplan(_rendered_state(spec, args))}
 
 
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_networkd  # noqa: PLC0415 - lazy
 
-    state = compile_spec(spec)
+    state = _rendered_state(spec, args)
     parents: dict[str, str] = {}
     for entry in args.network_file:
         device, _, parent = entry.partition("=")
@@ -1478,7 +1508,7 @@ def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.sysctl import render_sysctl_d  # noqa: PLC0415 - lazy
 
-    return {"90-k3snet.conf": render_sysctl_d(compile_spec(spec))}
+    return {"90-k3snet.conf": render_sysctl_d(_rendered_state(spec, args))}
 
 
 def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

@@ -292,3 +292,44 @@ def test_a_catch_all_reject_loaded_before_the_iptables_file_makes_the_plan_repor
                      "--no-facts"]) == 4
         out = capsys.readouterr().out
         assert "conflicts with foreign: reject by iptables IPv4 filter: -A FORWARD -j REJECT" in out
+
+
+SPLIT = ["--backend", "netlink", "--backend", "nftables:nat", "--backend", "iptables:forward"]
+
+
+def test_rendered_files_hold_only_the_kinds_the_backend_flags_give_each_backend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With NAT in nftables and forward in iptables, each file held both kinds: loaded
+    # together, the iptables NAT chains and the nftables forward rules belonged to no
+    # backend in use, never updated nor removed (and each NAT rule ran twice).
+    nft_out, ipt_out = tmp_path / "nft", tmp_path / "ipt"
+    assert main(["render", "nftables", "-f", str(SEED), "-o", str(nft_out), *SPLIT]) == 0
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(ipt_out), *SPLIT]) == 0
+    with temporary_netns("rboot") as ns:
+        run_in(ns, ["nft", "-f", str(nft_out / "k3snet.nft")])
+        for name, tool in (("k3snet.rules.v4", "iptables"), ("k3snet.rules.v6", "ip6tables")):
+            run_in(ns, [f"{tool}-restore", "--noflush", str(ipt_out / name)])
+        ruleset = json.loads(run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout)
+        chains = {item["rule"]["chain"] for item in ruleset["nftables"] if "rule" in item}
+        assert chains == {"postrouting"}, ruleset
+        for save in ("iptables-save", "ip6tables-save"):
+            saved = run_in(ns, [save]).stdout
+            assert "K3SNET-FORWARD" in saved, saved
+            assert "K3SNET-POSTROUTING" not in saved, saved
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), *SPLIT, "--netns", ns, "--no-facts"]) == 2
+        # only the netlink part (routes, sysctls) is left to do
+        planned = capsys.readouterr().out
+        assert "masquerade" not in planned, planned
+        assert "forward accept" not in planned, planned
+        assert "+ route 192.168.2.0/24" in planned, planned
+
+
+def test_render_refuses_backend_flags_that_leave_out_the_backend_it_renders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "nftables", "-f", str(SEED), "--backend", "iptables"]) == 64
+    assert "the file is for the nftables backend" in capsys.readouterr().err
+    assert main(["render", "manifests", "-f", str(SEED), "--backend", "nftables"]) == 64
+    assert "the spec's backends" in capsys.readouterr().err
