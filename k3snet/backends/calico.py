@@ -98,6 +98,7 @@ __all__ = [
     "APIS",
     "DISRUPTIVE_FIELDS",
     "KNOWN_SPEC_FIELDS",
+    "V1_SPEC_FIELDS",
     "CalicoBackend",
     "disruptive_changes",
     "disruptive_fields",
@@ -125,10 +126,16 @@ DISRUPTIVE_FIELDS: tuple[str, ...] = ("cidr", "blockSize")
 KNOWN_SPEC_FIELDS: tuple[str, ...] = (
     "cidr", "vxlanMode", "ipipMode", "natOutgoing", "disabled", "disableBGPExport",
     "blockSize", "nodeSelector", "namespaceSelector", "allowedUses", "assignmentMode",
-    "ipip", "nat-outgoing",
 )
-"""Every ``IPPoolSpec`` field of Calico's v3 API (``ipip`` and ``nat-outgoing`` are
-the deprecated v1 spellings); anything else is pruned by the API server."""
+"""Every ``IPPoolSpec`` field of Calico's v3 API; anything else is pruned by the API
+server, or (the deprecated v1 fields of :data:`V1_SPEC_FIELDS`) ignored by Calico."""
+
+V1_SPEC_FIELDS: Mapping[str, str] = {"nat-outgoing": "natOutgoing (false when unset)",
+                                     "ipip": "ipipMode (Never when unset)"}
+"""Calico's deprecated v1 IPPool fields -> the v3 field Calico reads instead. Older CRD
+schemas keep them, but Calico ignores them: Felix's pool conversion reads only the v3
+fields (``IPPoolV3ToV1``) and the v3 API refuses them ("Setting this field is not
+allowed, this field is for internal use only")."""
 
 
 # ---------------------------------------------------------------- disruptive changes
@@ -174,7 +181,6 @@ def disruptive_changes(plan: Plan) -> tuple[Change, ...]:
 # ---------------------------------------------------------------- resources <-> pools
 
 _DEFAULT_SPELLINGS = {"ipipMode": "Never", "vxlanMode": "Never", "nodeSelector": "all()"}
-_V1_IPIP_MODES = {"always": "Always", "cross-subnet": "CrossSubnet", "": "Always"}
 
 
 def _dropped_fields(name: str, spec: Mapping[str, Any]) -> list[str]:
@@ -183,6 +189,11 @@ def _dropped_fields(name: str, spec: Mapping[str, Any]) -> list[str]:
     warnings = []
     for key in spec:
         if key in KNOWN_SPEC_FIELDS:
+            continue
+        if key in V1_SPEC_FIELDS:
+            warnings.append(f"IPPool {name}: field spec.{key} is Calico's deprecated v1 field, "
+                            f"which Calico ignores: Felix reads only "
+                            f"spec.{V1_SPEC_FIELDS[key]}")
             continue
         meant = known.get(str(key).lower())
         hint = (f" (Calico spells it {meant}; the pool has Calico's default for {meant})"
@@ -205,10 +216,11 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
     """Model an IPPool resource, as Calico reads it, and the warnings reading it gave.
 
     Unset (or empty, as Go's ``omitempty`` writes them) fields take Calico's
-    defaults; the deprecated v1 spellings ``nat-outgoing`` and ``ipip`` are read
-    when the v3 fields are absent. Values of the wrong type raise
-    :class:`~k3snet.errors.ModelError`; unknown or mis-cased fields are dropped
-    (as the structural schema prunes them) and reported in the warnings.
+    defaults; the deprecated v1 fields ``nat-outgoing`` and ``ipip`` are ignored, as
+    Calico ignores them (:data:`V1_SPEC_FIELDS`), and reported in the warnings. Values
+    of the wrong type raise :class:`~k3snet.errors.ModelError`; unknown or
+    mis-cased fields are dropped (as the structural schema prunes them) and
+    reported in the warnings.
     """
     try:
         name = item["metadata"]["name"]
@@ -218,19 +230,13 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
         if "cidr" not in spec:
             raise ModelError(f"IPPool {name}: spec.cidr is missing")
         warnings = _dropped_fields(name, spec)
-        nat = _typed(name, spec, "natOutgoing", bool, None)
-        if nat is None:
-            nat = _typed(name, spec, "nat-outgoing", bool, False)
         modes = {key: _typed(name, spec, key, str, "") or _DEFAULT_SPELLINGS[key]
                  for key in _DEFAULT_SPELLINGS}
-        legacy = spec.get("ipip")
-        if not spec.get("ipipMode") and isinstance(legacy, Mapping) and legacy.get("enabled"):
-            modes["ipipMode"] = _V1_IPIP_MODES.get(str(legacy.get("mode") or ""), "Always")
         uses = _typed(name, spec, "allowedUses", list, None)
         pool = IPPool(
             name,
             _typed(name, spec, "cidr", str, None),
-            nat_outgoing=nat,
+            nat_outgoing=_typed(name, spec, "natOutgoing", bool, False),
             disabled=_typed(name, spec, "disabled", bool, False),
             ipip_mode=modes["ipipMode"],
             vxlan_mode=modes["vxlanMode"],

@@ -248,10 +248,31 @@ def test_calico_defaults_for_every_v3_field() -> None:
     assert read_pool(_pool("p", cidr="fd00:42::/56"))[0].block_size == 122
     # An empty allowedUses is the default (Calico: "if not specified or empty").
     assert read_pool(_pool("p", cidr="10.42.0.0/16", allowedUses=[]))[0].workload_usable
-    # The deprecated v1 ipip object still means IP-in-IP.
-    legacy = read_pool(_pool("p", cidr="10.42.0.0/16", ipip={"enabled": True,
-                                                              "mode": "cross-subnet"}))[0]
-    assert legacy.ipip_mode == "CrossSubnet"
+
+
+def test_the_deprecated_v1_fields_mean_nothing_as_to_calico() -> None:
+    # Felix's pool conversion (libcalico-go IPPoolV3ToV1) reads only ipipMode and
+    # natOutgoing; the v3 API refuses ipip and nat-outgoing ("Setting this field is not
+    # allowed"). A pool spelling only the v1 fields neither tunnels nor masquerades.
+    pool, warnings = read_pool(_pool("p", cidr="10.42.0.0/16", ipip={
+        "enabled": True, "mode": "cross-subnet"}, **{"nat-outgoing": True}))
+    assert (pool.ipip_mode, pool.nat_outgoing) == ("Never", False)
+    assert len(warnings) == 2
+    assert any("spec.nat-outgoing is Calico's deprecated v1 field, which Calico ignores" in w
+               and "spec.natOutgoing" in w for w in warnings), warnings
+    assert any("spec.ipip is Calico's deprecated v1 field" in w for w in warnings), warnings
+
+
+def test_a_pod_pool_with_only_v1_nat_outgoing_does_not_meet_the_mode(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16",
+                              **{"nat-outgoing": True}))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345.replace("192.168.2.0/24",
+                                                                      "172.30.0.0/24")))
+    assert not p.met
+    (conflict,) = p.conflicts
+    assert "natOutgoing false, the masquerade mode wants true" in (conflict.reason or "")
 
 
 def test_node_selector_global_is_refused() -> None:
