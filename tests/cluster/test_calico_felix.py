@@ -147,6 +147,17 @@ def test_a_disabled_pool_blocks_nat_too(api_server: EmulatedApiServer) -> None:
     assert "lan 192.168.2.0/25 (disabled)" in (conflict.reason or "")
 
 
+def test_a_destination_in_a_loadbalancer_only_pool_says_the_calico_versions_differ(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Before projectcalico/calico#12769 Felix did not NAT to it; since, it does.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("lb", cidr="192.168.2.0/24", allowedUses=["LoadBalancer"]))
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345)).conflicts
+    assert ("lb 192.168.2.0/24 (LoadBalancer only: Calico before v3.31.7 and v3.32.1 does "
+            "not NAT to it, later versions do)") in (conflict.reason or "")
+
+
 def test_an_excluded_part_inside_a_pool_is_no_conflict(api_server: EmulatedApiServer) -> None:
     _seed(api_server, K3S_CROSS_SUBNET)
     api_server.put(CRD, _pool("lan", cidr="192.168.2.0/25", disabled=True))
@@ -155,6 +166,31 @@ def test_an_excluded_part_inside_a_pool_is_no_conflict(api_server: EmulatedApiSe
                                             "    exclude: [192.168.2.0/25]\n"))
     p = _plan(_backend(api_server), spec)
     assert not p.conflicts  # that part is exempt on purpose, and the pool already exempts it
+
+
+@pytest.mark.parametrize("uses", [["LoadBalancer"], ["Tunnel"]])
+def test_a_loadbalancer_only_pool_does_not_exempt_a_destination_from_nat(
+    api_server: EmulatedApiServer, uses: list[str]
+) -> None:
+    # Felix's masq manager leaves LoadBalancer-only pools out of the all-ipam-pools set
+    # (projectcalico/calico#12769, in v3.31.7 and v3.32.1): traffic to them is
+    # masqueraded, so such a pool covering a destination exempts nothing. A pool that
+    # also serves workloads still does.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("lb", cidr="172.20.0.0/16", allowedUses=uses))
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 172.20.0.0/24\n"
+                                              "    masquerade: false\n"))
+    p = _plan(_backend(api_server), exempt)
+    if uses != ["LoadBalancer"]:
+        assert (p.changes, p.conflicts) == ((), ())
+        return
+    assert not p.changes  # never a pool overlapping it
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    assert "IPPool lb 172.20.0.0/16 is for LoadBalancer addresses only" in reason, reason
+    assert "does not exempt 172.20.0.0/24 from NAT" in reason
+    assert "#12769" in reason
 
 
 # ---------------------------------------------------------------- pod CIDRs must be pools
