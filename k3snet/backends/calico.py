@@ -63,6 +63,7 @@ covering it (Calico's documented way to exclude a destination from outgoing NAT)
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -100,6 +101,7 @@ __all__ = [
     "KNOWN_SPEC_FIELDS",
     "V1_SPEC_FIELDS",
     "CalicoBackend",
+    "calico_metadata",
     "disruptive_changes",
     "disruptive_fields",
     "disruptive_reason",
@@ -117,6 +119,7 @@ APIS: Mapping[str, tuple[str, str]] = {
 """API name -> (group, version) serving IP pools."""
 
 PLURAL = "ippools"
+CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
 KIND = "IPPool"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 
@@ -266,8 +269,34 @@ def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
     return read_pool(item)[0]
 
 
+def calico_metadata(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The labels and annotations of an IPPool resource, as Calico reads them.
+
+    A pool written through Calico's v3 API (its API server, ``calicoctl``) is stored
+    in the CRD with its labels and annotations in the ``projectcalico.org/metadata``
+    annotation and none in ``metadata.labels``; Calico reads the CRD's own ones with
+    that annotation's merged over them (libcalico-go
+    ``ConvertK8sResourceToCalicoResource``). An annotation that is not JSON adds
+    nothing.
+    """
+    metadata = item.get("metadata") or {}
+    labels = dict(metadata.get("labels") or {})
+    annotations = dict(metadata.get("annotations") or {})
+    stored = annotations.pop(CALICO_METADATA_ANNOTATION, None)
+    try:
+        inner = json.loads(stored) if isinstance(stored, str) else {}
+    except ValueError:
+        inner = {}
+    if isinstance(inner, Mapping):
+        if isinstance(inner.get("labels"), Mapping):
+            labels.update(inner["labels"])
+        if isinstance(inner.get("annotations"), Mapping):
+            annotations.update(inner["annotations"])
+    return labels, annotations
+
+
 def _owned_label(item: Mapping[str, Any]) -> bool:
-    labels = (item.get("metadata") or {}).get("labels") or {}
+    labels, _ = calico_metadata(item)
     return bool(labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE)
 
 
@@ -540,9 +569,15 @@ class _Run:
             return call()
 
     def _body(self, pool: IPPool, resource_version: str | None = None, *,
-              reset: IPPool | None = None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": pool.name,
-                                    "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
+              reset: IPPool | None = None, keep: Mapping[str, Any] | None = None
+              ) -> dict[str, Any]:
+        """The resource to write; ``keep``: the labels and annotations of the pool it
+        replaces (a disruptive change re-creates it: what others added stays)."""
+        keep = keep or {}
+        metadata: dict[str, Any] = {"name": pool.name, "labels": {
+            **(keep.get("labels") or {}), MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
+        if keep.get("annotations"):
+            metadata["annotations"] = dict(keep["annotations"])
         if resource_version:
             metadata["resourceVersion"] = resource_version
         # A newer field going back to its default is sent explicitly: left out, an apply
@@ -562,11 +597,20 @@ class _Run:
             self.delete(before.name)
         elif disruptive_fields(change):
             assert isinstance(before, IPPool) and isinstance(after, IPPool)  # noqa: PT018
+            kept = self._kept_metadata(before.name)
             self.delete(before.name)
-            self.create(after.name, self._body(after))
+            self.create(after.name, self._body(after, keep=kept))
         else:
             assert isinstance(before, IPPool) and isinstance(after, IPPool)  # noqa: PT018
             self.server_side_apply(before, after)
+
+    def _kept_metadata(self, name: str) -> dict[str, Any]:
+        """The labels and annotations of pool ``name`` as Calico read them, for its
+        re-creation (:func:`calico_metadata`: Calico's ``projectcalico.org/metadata``
+        annotation, which also holds the deleted pool's uid and creation time, is
+        not carried over)."""
+        labels, annotations = calico_metadata(self.raw.get(name) or {})
+        return {"labels": labels, "annotations": annotations}
 
     def create(self, name: str, body: dict[str, Any], *, record: bool = True) -> None:
         # POST, not apply: a create must fail if the name was taken since the listing.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -383,6 +384,51 @@ def test_disruptive_replace_is_marked_and_refused_unless_allowed(
     methods = [m for m, path, _ in seeded.requests()[-3:]]
     assert methods == ["GET", "DELETE", "POST"]  # list, then delete and re-create
     assert allowed.observe().owned == {new}
+
+
+def test_a_disruptive_replace_keeps_the_labels_and_annotations_others_added(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    backend = _backend(api_client, allow_disruptive=True)
+    old = IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)
+    backend.apply(plan(backend.observe(), State(owned=[old])))
+    # An admin labels and annotates k3snet's pool (as kubectl label / annotate do).
+    client.CustomObjectsApi(api_client).patch_cluster_custom_object(
+        "crd.projectcalico.org", "v1", "ippools", "k3snet-pods-a",
+        {"metadata": {"labels": {"team": "net"}, "annotations": {"owner": "ops@example"}}},
+        field_manager="kubectl-label")
+    new = attrs.evolve(old, block_size=24)
+    backend.apply(plan(backend.observe(), State(owned=[new])))
+    metadata = (seeded.get(CRD, "k3snet-pods-a") or {})["metadata"]
+    assert metadata["labels"] == {**LABEL, "team": "net"}
+    assert metadata["annotations"] == {"owner": "ops@example"}
+    assert backend.observe().owned == {new}
+
+
+def test_a_pool_calicoctl_edited_stays_k3snets(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    # Written through Calico's v3 API (calicoctl, its API server) in CRD mode, a pool
+    # keeps its labels and annotations in the projectcalico.org/metadata annotation
+    # and none in metadata.labels (libcalico-go ConvertCalicoResourceToK8sResource).
+    backend = _backend(api_client, allow_disruptive=True)
+    pool = IPPool("k3snet-nonat-b", "192.168.7.0/24", disabled=True)
+    stored = json.dumps({"labels": {**LABEL, "team": "net"}, "annotations": {"a": "b"},
+                         "creationTimestamp": None})
+    seeded.put(CRD, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                     "metadata": {"name": pool.name,
+                                  "annotations": {"projectcalico.org/metadata": stored}},
+                     "spec": pool.to_spec()})
+    assert pool in backend.observe().owned
+    # A disruptive change re-creates it with those labels and annotations, the stored
+    # metadata (the deleted pool's) left out.
+    smaller = attrs.evolve(pool, block_size=28)
+    backend.apply(plan(backend.observe(), State(owned=[smaller])))
+    metadata = (seeded.get(CRD, pool.name) or {})["metadata"]
+    assert metadata["labels"] == {**LABEL, "team": "net"}
+    assert metadata["annotations"] == {"a": "b"}
 
 
 def test_deleting_an_enabled_pool_is_disruptive_disabling_it_is_not(
