@@ -276,8 +276,8 @@ def calico_metadata(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     in the CRD with its labels and annotations in the ``projectcalico.org/metadata``
     annotation and none in ``metadata.labels``; Calico reads the CRD's own ones with
     that annotation's merged over them (libcalico-go
-    ``ConvertK8sResourceToCalicoResource``). An annotation that is not JSON adds
-    nothing.
+    ``ConvertK8sResourceToCalicoResource``). An annotation that is not JSON, and
+    entries that are not strings, add nothing.
     """
     metadata = item.get("metadata") or {}
     labels = dict(metadata.get("labels") or {})
@@ -288,10 +288,11 @@ def calico_metadata(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     except ValueError:
         inner = {}
     if isinstance(inner, Mapping):
-        if isinstance(inner.get("labels"), Mapping):
-            labels.update(inner["labels"])
-        if isinstance(inner.get("annotations"), Mapping):
-            annotations.update(inner["annotations"])
+        for into, key in ((labels, "labels"), (annotations, "annotations")):
+            found = inner.get(key)
+            if isinstance(found, Mapping):  # strings only, as ObjectMeta holds them
+                into.update((k, v) for k, v in found.items()
+                            if isinstance(k, str) and isinstance(v, str))
     return labels, annotations
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from k3snet.backends.calico import (
     CalicoBackend,
+    calico_metadata,
     disruptive_changes,
     disruptive_fields,
     pool_from_resource,
@@ -429,6 +430,17 @@ def test_a_pool_calicoctl_edited_stays_k3snets(
     metadata = (seeded.get(CRD, pool.name) or {})["metadata"]
     assert metadata["labels"] == {**LABEL, "team": "net"}
     assert metadata["annotations"] == {"a": "b"}
+
+
+@pytest.mark.parametrize("stored", [
+    "not json", "[1]", '{"labels": ["x"]}',
+    '{"labels": {"team": 1, "app.kubernetes.io/managed-by": "k3snet"}}'])
+def test_calico_metadata_takes_only_string_labels_from_the_stored_metadata(stored: str) -> None:
+    item = {"metadata": {"name": "p", "labels": {"a": "b"},
+                         "annotations": {"projectcalico.org/metadata": stored, "c": "d"}}}
+    labels, annotations = calico_metadata(item)
+    assert annotations == {"c": "d"}
+    assert labels in ({"a": "b"}, {"a": "b", **LABEL})
 
 
 def test_deleting_an_enabled_pool_is_disruptive_disabling_it_is_not(
