@@ -63,6 +63,7 @@ covering it (Calico's documented way to exclude a destination from outgoing NAT)
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -98,7 +99,9 @@ __all__ = [
     "APIS",
     "DISRUPTIVE_FIELDS",
     "KNOWN_SPEC_FIELDS",
+    "V1_SPEC_FIELDS",
     "CalicoBackend",
+    "calico_metadata",
     "disruptive_changes",
     "disruptive_fields",
     "disruptive_reason",
@@ -116,6 +119,7 @@ APIS: Mapping[str, tuple[str, str]] = {
 """API name -> (group, version) serving IP pools."""
 
 PLURAL = "ippools"
+CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
 KIND = "IPPool"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 
@@ -125,10 +129,16 @@ DISRUPTIVE_FIELDS: tuple[str, ...] = ("cidr", "blockSize")
 KNOWN_SPEC_FIELDS: tuple[str, ...] = (
     "cidr", "vxlanMode", "ipipMode", "natOutgoing", "disabled", "disableBGPExport",
     "blockSize", "nodeSelector", "namespaceSelector", "allowedUses", "assignmentMode",
-    "ipip", "nat-outgoing",
 )
-"""Every ``IPPoolSpec`` field of Calico's v3 API (``ipip`` and ``nat-outgoing`` are
-the deprecated v1 spellings); anything else is pruned by the API server."""
+"""Every ``IPPoolSpec`` field of Calico's v3 API; anything else is pruned by the API
+server, or (the deprecated v1 fields of :data:`V1_SPEC_FIELDS`) ignored by Calico."""
+
+V1_SPEC_FIELDS: Mapping[str, str] = {"nat-outgoing": "natOutgoing (false when unset)",
+                                     "ipip": "ipipMode (Never when unset)"}
+"""Calico's deprecated v1 IPPool fields -> the v3 field Calico reads instead. Older CRD
+schemas keep them, but Calico ignores them: Felix's pool conversion reads only the v3
+fields (``IPPoolV3ToV1``) and the v3 API refuses them ("Setting this field is not
+allowed, this field is for internal use only")."""
 
 
 # ---------------------------------------------------------------- disruptive changes
@@ -174,7 +184,6 @@ def disruptive_changes(plan: Plan) -> tuple[Change, ...]:
 # ---------------------------------------------------------------- resources <-> pools
 
 _DEFAULT_SPELLINGS = {"ipipMode": "Never", "vxlanMode": "Never", "nodeSelector": "all()"}
-_V1_IPIP_MODES = {"always": "Always", "cross-subnet": "CrossSubnet", "": "Always"}
 
 
 def _dropped_fields(name: str, spec: Mapping[str, Any]) -> list[str]:
@@ -183,6 +192,11 @@ def _dropped_fields(name: str, spec: Mapping[str, Any]) -> list[str]:
     warnings = []
     for key in spec:
         if key in KNOWN_SPEC_FIELDS:
+            continue
+        if key in V1_SPEC_FIELDS:
+            warnings.append(f"IPPool {name}: field spec.{key} is Calico's deprecated v1 field, "
+                            f"which Calico ignores: Felix reads only "
+                            f"spec.{V1_SPEC_FIELDS[key]}")
             continue
         meant = known.get(str(key).lower())
         hint = (f" (Calico spells it {meant}; the pool has Calico's default for {meant})"
@@ -205,10 +219,11 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
     """Model an IPPool resource, as Calico reads it, and the warnings reading it gave.
 
     Unset (or empty, as Go's ``omitempty`` writes them) fields take Calico's
-    defaults; the deprecated v1 spellings ``nat-outgoing`` and ``ipip`` are read
-    when the v3 fields are absent. Values of the wrong type raise
-    :class:`~k3snet.errors.ModelError`; unknown or mis-cased fields are dropped
-    (as the structural schema prunes them) and reported in the warnings.
+    defaults; the deprecated v1 fields ``nat-outgoing`` and ``ipip`` are ignored, as
+    Calico ignores them (:data:`V1_SPEC_FIELDS`), and reported in the warnings. Values
+    of the wrong type raise :class:`~k3snet.errors.ModelError`; unknown or
+    mis-cased fields are dropped (as the structural schema prunes them) and
+    reported in the warnings.
     """
     try:
         name = item["metadata"]["name"]
@@ -218,19 +233,13 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
         if "cidr" not in spec:
             raise ModelError(f"IPPool {name}: spec.cidr is missing")
         warnings = _dropped_fields(name, spec)
-        nat = _typed(name, spec, "natOutgoing", bool, None)
-        if nat is None:
-            nat = _typed(name, spec, "nat-outgoing", bool, False)
         modes = {key: _typed(name, spec, key, str, "") or _DEFAULT_SPELLINGS[key]
                  for key in _DEFAULT_SPELLINGS}
-        legacy = spec.get("ipip")
-        if not spec.get("ipipMode") and isinstance(legacy, Mapping) and legacy.get("enabled"):
-            modes["ipipMode"] = _V1_IPIP_MODES.get(str(legacy.get("mode") or ""), "Always")
         uses = _typed(name, spec, "allowedUses", list, None)
         pool = IPPool(
             name,
             _typed(name, spec, "cidr", str, None),
-            nat_outgoing=nat,
+            nat_outgoing=_typed(name, spec, "natOutgoing", bool, False),
             disabled=_typed(name, spec, "disabled", bool, False),
             ipip_mode=modes["ipipMode"],
             vxlan_mode=modes["vxlanMode"],
@@ -260,8 +269,35 @@ def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
     return read_pool(item)[0]
 
 
+def calico_metadata(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The labels and annotations of an IPPool resource, as Calico reads them.
+
+    A pool written through Calico's v3 API (its API server, ``calicoctl``) is stored
+    in the CRD with its labels and annotations in the ``projectcalico.org/metadata``
+    annotation and none in ``metadata.labels``; Calico reads the CRD's own ones with
+    that annotation's merged over them (libcalico-go
+    ``ConvertK8sResourceToCalicoResource``). An annotation that is not JSON, and
+    entries that are not strings, add nothing.
+    """
+    metadata = item.get("metadata") or {}
+    labels = dict(metadata.get("labels") or {})
+    annotations = dict(metadata.get("annotations") or {})
+    stored = annotations.pop(CALICO_METADATA_ANNOTATION, None)
+    try:
+        inner = json.loads(stored) if isinstance(stored, str) else {}
+    except ValueError:
+        inner = {}
+    if isinstance(inner, Mapping):
+        for into, key in ((labels, "labels"), (annotations, "annotations")):
+            found = inner.get(key)
+            if isinstance(found, Mapping):  # strings only, as ObjectMeta holds them
+                into.update((k, v) for k, v in found.items()
+                            if isinstance(k, str) and isinstance(v, str))
+    return labels, annotations
+
+
 def _owned_label(item: Mapping[str, Any]) -> bool:
-    labels = (item.get("metadata") or {}).get("labels") or {}
+    labels, _ = calico_metadata(item)
     return bool(labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE)
 
 
@@ -534,9 +570,15 @@ class _Run:
             return call()
 
     def _body(self, pool: IPPool, resource_version: str | None = None, *,
-              reset: IPPool | None = None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": pool.name,
-                                    "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
+              reset: IPPool | None = None, keep: Mapping[str, Any] | None = None
+              ) -> dict[str, Any]:
+        """The resource to write; ``keep``: the labels and annotations of the pool it
+        replaces (a disruptive change re-creates it: what others added stays)."""
+        keep = keep or {}
+        metadata: dict[str, Any] = {"name": pool.name, "labels": {
+            **(keep.get("labels") or {}), MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
+        if keep.get("annotations"):
+            metadata["annotations"] = dict(keep["annotations"])
         if resource_version:
             metadata["resourceVersion"] = resource_version
         # A newer field going back to its default is sent explicitly: left out, an apply
@@ -556,11 +598,20 @@ class _Run:
             self.delete(before.name)
         elif disruptive_fields(change):
             assert isinstance(before, IPPool) and isinstance(after, IPPool)  # noqa: PT018
+            kept = self._kept_metadata(before.name)
             self.delete(before.name)
-            self.create(after.name, self._body(after))
+            self.create(after.name, self._body(after, keep=kept))
         else:
             assert isinstance(before, IPPool) and isinstance(after, IPPool)  # noqa: PT018
             self.server_side_apply(before, after)
+
+    def _kept_metadata(self, name: str) -> dict[str, Any]:
+        """The labels and annotations of pool ``name`` as Calico read them, for its
+        re-creation (:func:`calico_metadata`: Calico's ``projectcalico.org/metadata``
+        annotation, which also holds the deleted pool's uid and creation time, is
+        not carried over)."""
+        labels, annotations = calico_metadata(self.raw.get(name) or {})
+        return {"labels": labels, "annotations": annotations}
 
     def create(self, name: str, body: dict[str, Any], *, record: bool = True) -> None:
         # POST, not apply: a create must fail if the name was taken since the listing.

@@ -9,9 +9,12 @@ from a pod to a destination:
   masqueraded to; ``enable-bpf-masquerade`` picks the eBPF implementation over
   iptables, and only with it does ``enable-ip-masq-agent`` apply;
   ``egress-masquerade-interfaces`` limits iptables masquerading to some
-  interfaces; ``routing-mode`` / ``tunnel-protocol`` are how pods reach each
-  other. ``enable-ipv4``, ``enable-ipv6``, ``ipam`` and the ``cluster-pool-*-cidr``
-  keys are read (:data:`CILIUM_CONTEXT_KEYS`), never written.
+  interfaces, ``devices`` (unless ``force-device-detection``) eBPF masquerading;
+  ``routing-mode`` / ``tunnel-protocol`` are how pods reach each other.
+  ``enable-ipv4``, ``enable-ipv6``, ``ipam``, the ``cluster-pool-*-cidr`` keys,
+  ``devices`` and ``force-device-detection`` (``enforce-device-detection``
+  before its rename) are read
+  (:data:`CILIUM_CONTEXT_KEYS`), never written.
 * ``ip-masq-agent`` (its key ``config``, YAML or JSON, mounted at
   ``/etc/config/ip-masq-agent``): ``nonMasqueradeCIDRs``, ``masqLinkLocal``,
   ``masqLinkLocalIPv6`` (:data:`IP_MASQ_AGENT_KEYS`). A missing or *empty* file
@@ -82,6 +85,7 @@ CILIUM_KEYS: tuple[str, ...] = (
 
 CILIUM_CONTEXT_KEYS: tuple[str, ...] = (
     "enable-ipv4", "enable-ipv6", "ipam", "cluster-pool-ipv4-cidr", "cluster-pool-ipv6-cidr",
+    "devices", "force-device-detection", "enforce-device-detection",
 )
 """``cilium-config`` keys read to judge masquerading, never written."""
 
@@ -480,9 +484,27 @@ masquerades traffic to it
                 where = "inside" if contains(net, destination) else "partly inside"
                 return (f"{destination} is {where} {net}, from {source}: Cilium's "
                         "ip-masq-agent never masquerades traffic to it")
+    return None if device is None else _device_reason(config, destination, device, bpf=bpf)
+
+
+def _device_reason(config: CiliumConfig, destination: Network, device: str, *,
+                   bpf: bool) -> str | None:
+    """Why Cilium does not masquerade traffic to ``destination`` leaving ``device``."""
+    if bpf:
+        devices = config.value("devices") or ""
+        # The eBPF program masquerades on the devices it is attached to: the `devices`
+        # list when set ("eth+" wildcards as iptables spells them), else detected ones
+        # (and those too with force-device-detection, enforce-device-detection before
+        # its rename). An entry k3snet does not know ("!...") leaves it to Cilium.
+        if (devices.strip() and "!" not in devices
+                and not config.flag("force-device-detection")
+                and not config.flag("enforce-device-detection")
+                and not _interface_matches(device, devices)):
+            return (f"Cilium's eBPF masquerading runs only on the devices it attaches to "
+                    f"(devices: {devices.strip()}), and {destination} is reached via {device}")
+        return None
     interfaces = config.value("egress-masquerade-interfaces")
-    if not bpf and interfaces and device is not None and not _interface_matches(device,
-                                                                                interfaces):
+    if interfaces and not _interface_matches(device, interfaces):
         return (f"Cilium masquerades only traffic leaving {interfaces} "
                 f"(egress-masquerade-interfaces), and {destination} is reached via {device}")
     return None
@@ -502,6 +524,10 @@ def _fix_for(reason: str, family: int) -> str:
                 "the list and keeps the old one to put back)")
     if "egress-masquerade-interfaces" in reason:
         return "add the interface to cni.cilium.egressMasqueradeInterfaces"
+    if "devices it attaches to" in reason:
+        device = reason.rsplit(" reached via ", 1)[-1]
+        return (f"add {device} to Cilium's devices (Helm devices; k3snet does not set it), "
+                "or route the destination through one of them")
     return f"enable IPv{family} in Cilium"
 
 

@@ -880,6 +880,16 @@ class IPPool(NetObject):
         return None
 
     @property
+    def load_balancer_only(self) -> bool:
+        """True when the pool is for LoadBalancer addresses only (``allowedUses: [LoadBalancer]``).
+
+        Felix leaves such a pool out of its set of pool CIDRs that outgoing NAT never
+        applies to (projectcalico/calico#12769, Calico v3.31.7 and v3.32.1): traffic to
+        it is masqueraded like traffic to any other address, so it exempts nothing.
+        """
+        return self.allowed_uses == ("LoadBalancer",)
+
+    @property
     def workload_usable(self) -> bool:
         """True when Calico IPAM hands this pool's addresses to any pod (see unusable_reason)."""
         return self.unusable_reason is None
@@ -888,14 +898,15 @@ class IPPool(NetObject):
         """A foreign pool already gives what this one is for.
 
         For a disabled pool (a NAT exemption) any foreign pool covering its CIDR
-        does, since Felix never masquerades traffic to an address in a pool; for
-        an enabled pool, a foreign pool usable by workloads with the same CIDR
-        and the same ``natOutgoing`` does.
+        does, since Felix never masquerades traffic to an address in a pool, except
+        a LoadBalancer-only one (:attr:`load_balancer_only`); for an enabled pool, a
+        foreign pool usable by workloads with the same CIDR and the same
+        ``natOutgoing`` does.
         """
         if not isinstance(other, IPPool):
             return False
         if self.disabled:
-            return contains(other.cidr, self.cidr)
+            return contains(other.cidr, self.cidr) and not other.load_balancer_only
         return (other.cidr == self.cidr and other.workload_usable
                 and other.nat_outgoing == self.nat_outgoing)
 
@@ -909,9 +920,18 @@ class IPPool(NetObject):
         return other.name == self.name or overlaps(other.cidr, self.cidr)
 
     def conflict_reason(self, other: NetObject) -> str | None:
-        """Names the unreadable pools (an overlap or name clash explains itself)."""
+        """Names the unreadable pools, or says why a LoadBalancer-only pool exempts
+        nothing (another overlap or name clash explains itself)."""
         if isinstance(other, CalicoPools) and other.invalid:
             return other.invalid_reason()
+        if (isinstance(other, IPPool) and self.disabled and other.load_balancer_only
+                and overlaps(other.cidr, self.cidr)):
+            return (f"IPPool {other.name} {other.cidr} is for LoadBalancer addresses only: "
+                    "Calico v3.31.7, v3.32.1 and later masquerade pod traffic to such a pool "
+                    "(projectcalico/calico#12769), so it does not exempt "
+                    f"{self.cidr} from NAT, and k3snet does not create a pool overlapping "
+                    "it; fix: exempt the destination on the nodes (the nftables or iptables "
+                    "backend), or make the pool leave it out")
         return None
 
     def to_spec(self, *, explicit: Iterable[str] = ()) -> dict[str, Any]:
@@ -1188,6 +1208,16 @@ class CalicoPodCIDR(NetObject):
                    requires=data.get("requires") or {})
 
 
+def _pool_note(pool: IPPool) -> str:
+    """What to know about a pool that keeps Felix from NATting a destination."""
+    if pool.load_balancer_only:
+        # Calico's own behaviour changed (projectcalico/calico#12769); k3snet cannot
+        # tell which Calico runs, so the older, blocking one is assumed and said.
+        return (" (LoadBalancer only: Calico before v3.31.7 and v3.32.1 does not NAT to it, "
+                "later versions do)")
+    return " (disabled)" if pool.disabled else ""
+
+
 @attrs.frozen(eq=False)
 class CalicoNatDestination(NetObject):
     """An expectation: pod traffic to ``cidr`` (less ``exclude``) is masqueraded by Calico.
@@ -1231,8 +1261,7 @@ class CalicoNatDestination(NetObject):
         """Which pools, why Calico will not NAT, and the two ways out."""
         if not isinstance(other, CalicoPools):
             return None
-        pools = ", ".join(f"{p.name} {p.cidr}{' (disabled)' if p.disabled else ''}"
-                          for p in self._blocking(other))
+        pools = ", ".join(f"{p.name} {p.cidr}{_pool_note(p)}" for p in self._blocking(other))
         return (f"destination {self.cidr} is inside IPPool {pools}: Calico will not NAT it "
                 "(Felix never masquerades traffic to an address inside any IP pool, enabled "
                 "or disabled), so pods reach it with their own addresses; fix: masquerade it "

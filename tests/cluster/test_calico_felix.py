@@ -147,6 +147,17 @@ def test_a_disabled_pool_blocks_nat_too(api_server: EmulatedApiServer) -> None:
     assert "lan 192.168.2.0/25 (disabled)" in (conflict.reason or "")
 
 
+def test_a_destination_in_a_loadbalancer_only_pool_says_the_calico_versions_differ(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Before projectcalico/calico#12769 Felix did not NAT to it; since, it does.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("lb", cidr="192.168.2.0/24", allowedUses=["LoadBalancer"]))
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345)).conflicts
+    assert ("lb 192.168.2.0/24 (LoadBalancer only: Calico before v3.31.7 and v3.32.1 does "
+            "not NAT to it, later versions do)") in (conflict.reason or "")
+
+
 def test_an_excluded_part_inside_a_pool_is_no_conflict(api_server: EmulatedApiServer) -> None:
     _seed(api_server, K3S_CROSS_SUBNET)
     api_server.put(CRD, _pool("lan", cidr="192.168.2.0/25", disabled=True))
@@ -155,6 +166,31 @@ def test_an_excluded_part_inside_a_pool_is_no_conflict(api_server: EmulatedApiSe
                                             "    exclude: [192.168.2.0/25]\n"))
     p = _plan(_backend(api_server), spec)
     assert not p.conflicts  # that part is exempt on purpose, and the pool already exempts it
+
+
+@pytest.mark.parametrize("uses", [["LoadBalancer"], ["Tunnel"]])
+def test_a_loadbalancer_only_pool_does_not_exempt_a_destination_from_nat(
+    api_server: EmulatedApiServer, uses: list[str]
+) -> None:
+    # Felix's masq manager leaves LoadBalancer-only pools out of the all-ipam-pools set
+    # (projectcalico/calico#12769, in v3.31.7 and v3.32.1): traffic to them is
+    # masqueraded, so such a pool covering a destination exempts nothing. A pool that
+    # also serves workloads still does.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("lb", cidr="172.20.0.0/16", allowedUses=uses))
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 172.20.0.0/24\n"
+                                              "    masquerade: false\n"))
+    p = _plan(_backend(api_server), exempt)
+    if uses != ["LoadBalancer"]:
+        assert (p.changes, p.conflicts) == ((), ())
+        return
+    assert not p.changes  # never a pool overlapping it
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    assert "IPPool lb 172.20.0.0/16 is for LoadBalancer addresses only" in reason, reason
+    assert "does not exempt 172.20.0.0/24 from NAT" in reason
+    assert "#12769" in reason
 
 
 # ---------------------------------------------------------------- pod CIDRs must be pools
@@ -248,10 +284,31 @@ def test_calico_defaults_for_every_v3_field() -> None:
     assert read_pool(_pool("p", cidr="fd00:42::/56"))[0].block_size == 122
     # An empty allowedUses is the default (Calico: "if not specified or empty").
     assert read_pool(_pool("p", cidr="10.42.0.0/16", allowedUses=[]))[0].workload_usable
-    # The deprecated v1 ipip object still means IP-in-IP.
-    legacy = read_pool(_pool("p", cidr="10.42.0.0/16", ipip={"enabled": True,
-                                                              "mode": "cross-subnet"}))[0]
-    assert legacy.ipip_mode == "CrossSubnet"
+
+
+def test_the_deprecated_v1_fields_mean_nothing_as_to_calico() -> None:
+    # Felix's pool conversion (libcalico-go IPPoolV3ToV1) reads only ipipMode and
+    # natOutgoing; the v3 API refuses ipip and nat-outgoing ("Setting this field is not
+    # allowed"). A pool spelling only the v1 fields neither tunnels nor masquerades.
+    pool, warnings = read_pool(_pool("p", cidr="10.42.0.0/16", ipip={
+        "enabled": True, "mode": "cross-subnet"}, **{"nat-outgoing": True}))
+    assert (pool.ipip_mode, pool.nat_outgoing) == ("Never", False)
+    assert len(warnings) == 2
+    assert any("spec.nat-outgoing is Calico's deprecated v1 field, which Calico ignores" in w
+               and "spec.natOutgoing" in w for w in warnings), warnings
+    assert any("spec.ipip is Calico's deprecated v1 field" in w for w in warnings), warnings
+
+
+def test_a_pod_pool_with_only_v1_nat_outgoing_does_not_meet_the_mode(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16",
+                              **{"nat-outgoing": True}))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345.replace("192.168.2.0/24",
+                                                                      "172.30.0.0/24")))
+    assert not p.met
+    (conflict,) = p.conflicts
+    assert "natOutgoing false, the masquerade mode wants true" in (conflict.reason or "")
 
 
 def test_node_selector_global_is_refused() -> None:

@@ -583,6 +583,31 @@ def test_egress_masquerade_interfaces_that_miss_the_device_are_a_conflict(
     assert "reached via wg0" in str(note.reason)
 
 
+def test_ebpf_masquerading_on_devices_that_miss_the_device_is_a_conflict(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # eBPF masquerading runs only on the devices Cilium attaches its programs to: the
+    # `devices` list when it is set (its "eth+" wildcards included), else the ones it
+    # detects (which k3snet cannot know: no conflict then), also with
+    # force-device-detection.
+    bpf = {**HELM_K3S_DATA, "enable-bpf-masquerade": "true", "kube-proxy-replacement": "true"}
+    fits = CiliumMasquerade(TARGET, masquerade=[("203.0.113.0/24", "eth1")])
+    misses = CiliumMasquerade(TARGET, masquerade=[("203.0.113.0/24", "wg0")])
+    anywhere = CiliumMasquerade(TARGET, masquerade=[("203.0.113.0/24", None)])
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**bpf, "devices": "eth+ bond0"}))
+    for wanted in (fits, anywhere):
+        assert not plan(backend.observe(), State(owned=[wanted])).notes
+    (note,) = plan(backend.observe(), State(owned=[misses])).conflicts
+    assert "eBPF masquerading runs only on the devices it attaches to (devices: eth+ " \
+           "bond0), and 203.0.113.0/24 is reached via wg0" in str(note.reason)
+    assert "add wg0 to Cilium's devices (Helm devices; k3snet does not set it)" in \
+        str(note.reason)
+    for detected in ({**bpf}, {**bpf, "devices": "eth0", "force-device-detection": "true"},
+                     {**bpf, "devices": "eth0", "enforce-device-detection": "true"}):
+        k3s_cilium.put(CONFIGMAPS, _cilium_config(detected))
+        assert not plan(backend.observe(), State(owned=[misses])).notes
+
+
 def test_an_exempt_destination_cilium_masquerades_is_a_conflict(backend: CiliumBackend) -> None:
     want = CiliumMasquerade(TARGET, exempt=["192.168.7.0/24"])
     (note,) = plan(backend.observe(), State(owned=[want])).conflicts
