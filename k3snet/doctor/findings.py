@@ -262,7 +262,24 @@ def _hook_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Chang
                    advice=f"allow the flow in {step.where}"), None
 
 
+def _untracked(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    """A raw rule exempts the flow (or its replies) from conntrack: NAT never applies, so
+    no masquerade k3snet adds could help; only that rule's owner can."""
+    exempt = next((s for s in tr.steps if s.code == "untracked"), step)
+    side = "replies" if exempt.direction == "reply" else "flow"
+    return Finding(
+        "untracked", f"a raw rule exempts the {side} from connection tracking",
+        f"{exempt.where}: {exempt.detail.partition(': exempts')[0]}",
+        "NAT works on tracked connections only: an untracked packet is never masqueraded "
+        "or translated by a Service's DNAT, an untracked reply never translated back to "
+        f"the pod; here {step.detail}",
+        advice=f"remove the NOTRACK/notrack rule in {exempt.where} or narrow it so it does "
+               "not match pod traffic and its replies"), None
+
+
 def _not_translated(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    if any(s.code == "untracked" and s.direction == "original" for s in tr.steps):
+        return _untracked(state, tr, step)
     oif = tr.egress
     rule = MasqueradeRule(pod_network(state, tr), destination=destination_network(tr),
                           out_interface=oif)
@@ -403,6 +420,7 @@ _EXPLAINERS: dict[str, Callable[[NodeState, Trace, Step], tuple[Finding, _Change
     "reply-misrouted": _reply_route,
     "reply-no-route": _reply_route,
     "masquerade-no-address": _masquerade_no_address,
+    "reply-untracked": _untracked,
 }
 
 
@@ -433,6 +451,16 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
                 advice="shrink or move the pool so it does not cover the destination, or "
                        "masquerade the destination explicitly (the fix above)"))
             break
+    exempt = next((s for s in tr.steps if s.code == "untracked"), None)
+    if exempt is not None and tr.verdict is not Verdict.REACHES:
+        found.append(Finding(
+            "untracked-flow", "a raw rule exempts the flow or its replies from connection "
+            "tracking", f"{exempt.where}: {exempt.detail.partition(': exempts')[0]}",
+            "no NAT applies to untracked packets (masquerade, a Service's DNAT, translating "
+            "replies back) and stateful rules see them as untracked, not new or established",
+            severity="warning",
+            advice=f"make sure the NOTRACK/notrack rule in {exempt.where} is meant to match "
+                   "this flow"))
     unknown = [s for s in tr.steps if s.outcome == "unknown"]
     if unknown:
         uncertain = [s for s in unknown if not s.certain]
@@ -516,7 +544,9 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
             break
         current = change(current)
         tr = trace(current, flow, upstream_routes_pods=upstream_routes_pods)
-    findings += _context(state, first)
+    exempted = any(f.code == "untracked" for f in findings)  # said already, and blocking
+    findings += [f for f in _context(state, first)
+                 if not (exempted and f.code == "untracked-flow")]
     base = observed if observed is not None else State()
     have = base.by_key
     wanted = State(owned=[*base.owned, *(f for f in fixes if f.key not in have)])

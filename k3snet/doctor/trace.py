@@ -54,6 +54,9 @@ POD_FACING = re.compile(r"^(cni|flannel|cali|vxlan|cilium|kube-|veth|tunl|weave|
 # De-NAT of replies happens in nat prerouting (NF_IP_PRI_NAT_DST): chains before it
 # still see the translated destination.
 _NAT_DST_PRIORITY = -100
+# Conntrack takes a packet in at this priority (NF_IP_PRI_CONNTRACK): a ``notrack`` in a
+# chain before it exempts the packet, one after it finds the packet tracked and does nothing.
+_CONNTRACK_PRIORITY = -200
 #: The most random branches (a Service's endpoints) followed for one flow.
 MAX_BRANCHES = 32
 
@@ -272,6 +275,7 @@ class _Tracer:
     pick: int = 0
     randoms: int = 0
     random_taken: bool = False
+    untracked: bool = False
 
     def add(self, direction: Direction, stage: str, outcome: Outcome,  # noqa: PLR0917 - a Step
             where: str, detail: str,
@@ -298,12 +302,22 @@ class _Tracer:
                 continue
             if after is not None and chain.priority < after:
                 continue
-            if chain.kind == "nat" and (not first or natted is not None):
-                continue  # nat chains see only a connection's first packet, until one NATs
+            if chain.kind == "nat" and (not first or natted is not None
+                                        or packet.ctstate == "untracked"):
+                # nat chains see only a connection's first packet, until one NATs, and
+                # never a packet conntrack does not track (nf_nat_inet_fn finds no entry).
+                continue
             result = chain.evaluate(attrs.evolve(packet, pick=self.pick))
             self.randoms += result.randoms
             self.random_taken = self.random_taken or result.random_taken
             packet = attrs.evolve(packet, mark=result.mark)
+            if result.untracked is not None and chain.priority < _CONNTRACK_PRIORITY:
+                packet = attrs.evolve(packet, ctstate="untracked")
+                self.untracked = self.untracked or direction == "original"
+                self.add(direction, hook, "info", chain.where,
+                         f"{result.untracked}: exempts the packet from connection tracking, "
+                         "so no NAT applies to it (no masquerade, no DNAT, no translation of "
+                         "replies back)", "untracked")
             for unknown in result.unknowns:
                 self.add(direction, hook, "unknown", chain.where,
                          f"{unknown.rule} ({unknown.reason}; if it matched: {unknown.effect})",
@@ -553,10 +567,18 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     dnat: NatAction | None = found.get("dnat")
     answerer = dnat.address if dnat is not None and dnat.address is not None else flow.destination
     port = dnat.port if dnat is not None and dnat.port is not None else flow.port
+    # A request conntrack did not track has no entry for its reply to be ``established`` in.
     reply = Packet(fam, answerer, seen, proto, port, flow.source_port, back_in, None,
-                   "established", "reply", 0, local, t.state.ipsets())  # type: ignore[arg-type]
+                   "new" if t.untracked else "established", "reply", 0, local,  # type: ignore[arg-type]
+                   t.state.ipsets())
     reply, _, dropped = t.hook(reply, "prerouting", first=False, before=_NAT_DST_PRIORITY)
     if dropped:
+        return None
+    if reply.ctstate == "untracked" and seen != flow.source:
+        t.add("reply", "prerouting", "drop", "conntrack",
+              f"the reply to {seen} is exempted from connection tracking, so it is not "
+              f"translated back to {flow.source}: the node takes it for itself",
+              "reply-untracked")
         return None
     reply = attrs.evolve(reply, dst=flow.source)  # conntrack translates the reply back
     reply, _, dropped = t.hook(reply, "prerouting", first=False, after=_NAT_DST_PRIORITY)
