@@ -341,10 +341,33 @@ def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change
                        advice="check the endpoint's node and the CNI's routes to it; if "
                               f"{tr.flow.destination} is a host outside the cluster, see the "
                               "Service finding below"), None
+    down = sorted(name for name, link in state.links.items()
+                  if link == "down" and name != "lo" and not POD_FACING.match(name))
+    # A link set down loses its routes: the one to the destination may be among them.
+    first = (f"{', '.join(down)} {'is' if len(down) == 1 else 'are'} down, and the kernel "
+             f"removes the routes through a link while it is down: if one carried "
+             f"{tr.target}, bring it up ({'; '.join(f'ip link set {d} up' for d in down)}) "
+             "and see that it comes up at boot; else " if down else "")
     return Finding("no-route", f"the node has no route to {tr.target}",
                    step.where, step.detail,
-                   advice=f"add a route to {tr.target} through the gateway that "
+                   advice=f"{first}add a route to {tr.target} through the gateway that "
                           "reaches it (spec destinations[].gateway, .device)"), None
+
+
+def _link_down(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    device = step.where.removeprefix("dev ")
+    if state.links.get(device) == "down":
+        what, advice = (f"{device}, the interface the route uses, is down",
+                        f"bring it up (ip link set {device} up) and see that it comes up "
+                        "at boot")
+    else:
+        what, advice = (f"{device}, the interface the route uses, has no carrier",
+                        f"check {device}'s cable and switch port (for a VLAN or bond, its "
+                        "parent or members; for a veth, its peer); or route the destination "
+                        "through another uplink")
+    return Finding("link-down", what, step.where,
+                   f"{step.detail}; the route through {device} is still chosen, so the flow "
+                   "is lost", advice=advice), None
 
 
 def _unshadow(tr: Trace) -> tuple[Route, _Change] | None:
@@ -421,6 +444,7 @@ _EXPLAINERS: dict[str, Callable[[NodeState, Trace, Step], tuple[Finding, _Change
     "reply-no-route": _reply_route,
     "masquerade-no-address": _masquerade_no_address,
     "reply-untracked": _untracked,
+    "link-down": _link_down,
 }
 
 

@@ -27,6 +27,7 @@ from k3snet.doctor.routing import (
     RouteEntry,
     RuleEntry,
     parse_addresses,
+    parse_link_states,
     parse_routes,
     parse_rules,
 )
@@ -51,6 +52,8 @@ class NodeState:
     calico_pools: tuple[CalicoPool, ...] = ()
     sources: tuple[str, ...] = ()
     missing: Mapping[str, str] = attrs.field(factory=dict)
+    links: Mapping[str, str] = attrs.field(factory=dict)
+    """The interfaces that are ``down`` or have ``no-carrier`` (the others are absent)."""
 
     @classmethod
     def from_capture(cls, capture: NodeCapture) -> NodeState:
@@ -97,6 +100,7 @@ class NodeState:
         return cls(
             calico_pools=_calico_pools(capture.json("calico-ippools.json")),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
+            links=parse_link_states(capture.json("addr.json")),
             routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f)) for f in (4, 6)},
             rules={f: tuple(parse_rules(capture.json(f"rules-v{f}.json"), f)) for f in (4, 6)},
             sysctls=capture.sysctls(),

@@ -365,6 +365,18 @@ class _Tracer:
         self.add(direction, "forwarding", "pass", name, value)
         return True
 
+    def link_up(self, oif: str) -> bool:
+        """Whether ``oif`` can carry the packet; False (a drop step) if it is down or up
+        without carrier (the kernel keeps a route through it, flagged ``linkdown``)."""
+        link = self.state.links.get(oif)
+        if link is None:
+            return True
+        why = ("is down" if link == "down" else
+               "is up but has no carrier (NO-CARRIER: the route is linkdown, yet used)")
+        self.add("original", "egress", "drop", f"dev {oif}",
+                 f"{oif} {why}: what is sent there goes nowhere", "link-down")
+        return False
+
     def rp_filter(self, packet: Packet, oif: str) -> bool:
         """Reverse-path filtering of ``packet`` on its input interface; False if dropped.
 
@@ -523,7 +535,7 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     if dropped:
         return None
     packet, natted, dropped = t.hook(packet, "postrouting", first=True)
-    if dropped:
+    if dropped or not t.link_up(oif):  # the packet is handed to the device last
         return None
     seen = _source_seen(t, flow, natted, oif, route.route.gateway or packet.dst,
                         destination=packet.dst)
