@@ -24,6 +24,7 @@ from k3snet.doctor.state import NodeState
 from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
 from k3snet.errors import ModelError
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl
+from k3snet.model._base import printable
 from k3snet.planner import Plan, plan
 
 __all__ = ["FIX_BACKENDS", "Diagnosis", "Finding", "diagnose"]
@@ -56,11 +57,12 @@ class Finding:
 
     def render(self) -> str:
         """A few lines for people."""
-        lines = [f"[{self.severity}] {self.code}: {self.what}", f"    where: {self.where}",
-                 f"    why:   {self.why}"]
-        lines += [f"    fix:   {obj.describe()}" for obj in self.fix]
+        # what, where, why and advice quote the node's rules and interface names.
+        lines = [f"[{self.severity}] {self.code}: {printable(self.what)}",
+                 f"    where: {printable(self.where)}", f"    why:   {printable(self.why)}"]
+        lines += [f"    fix:   {printable(obj.describe())}" for obj in self.fix]
         if self.advice:
-            lines.append(f"    do:    {self.advice}")
+            lines.append(f"    do:    {printable(self.advice)}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from k3snet.doctor.routing import (
 )
 from k3snet.doctor.state import NodeState
 from k3snet.errors import ModelError
+from k3snet.model._base import printable
 
 __all__ = ["Flow", "Step", "Trace", "Verdict", "trace"]
 
@@ -150,7 +151,10 @@ class Step:
         """One line: ``[reply] forward   drop  iptables-nft filter FORWARD: policy DROP``."""
         mark = "" if self.certain else " (uncertain)"
         side = "->" if self.direction == "original" else "<-"
-        return f"{side} {self.stage:<11} {self.outcome:<7} {self.where}: {self.detail}{mark}"
+        # Rules and interface names come from the node or a bundle: escaped, never
+        # control sequences or line breaks on the reader's terminal.
+        return (f"{side} {self.stage:<11} {self.outcome:<7} {printable(self.where)}: "
+                f"{printable(self.detail)}{mark}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -242,7 +246,7 @@ class Trace:
                          if self.dnat is not None
                          else "branches (a rule or a multipath route picks one for each "
                               "connection):")
-            lines += [f"  {e.describe_target() if self.dnat else e.describe_branch()}: "
+            lines += [f"  {e.describe_target() if self.dnat else printable(e.describe_branch())}: "
                       f"{e.verdict.value}" + (
                 f"; the destination sees {e.source_seen}" if e.source_seen else "")
                 for e in self.endpoints]
