@@ -450,6 +450,11 @@ _EXPLAINERS: dict[str, Callable[[NodeState, Trace, Step], tuple[Finding, _Change
 }
 
 
+#: Blocking steps decided by netfilter rules (a missing NAT rule included).
+_FROM_RULES = frozenset({"not-translated", "forward-drop", "prerouting-drop",
+                         "postrouting-drop", "reply-untracked"})
+
+
 def _context(state: NodeState, tr: Trace) -> list[Finding]:
     """Findings that explain without blocking by themselves."""
     found = []
@@ -499,11 +504,16 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
     if state.missing:
         reasons = [f"{k}: {v}" for k, v in sorted(state.missing.items())
                    if v != "not in the capture"]
+        unread = state.unread_rulesets()
+        root = any(word in why for why in unread.values()
+                   for word in ("Permission denied", "not permitted", "must be root"))
         found.append(Finding("capture-incomplete", "parts of the node state were not captured",
                              ", ".join(sorted(state.missing)),
                              "the trace takes what is missing as empty (no rules, no routes)"
                              + (f"; {'; '.join(reasons)}" if reasons else ""),
-                             severity="info"))
+                             severity="warning" if unread else "info",
+                             advice="run k3snet doctor (or k3snet observe --save) as root: "
+                                    "reading the rulesets needs it" if root else None))
     return found
 
 
@@ -555,11 +565,14 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
     fixes: list[NetObject] = []
     current, tr = state, first
     seen_codes: set[tuple[str, str]] = set()
+    unread = bool(state.unread_rulesets())
     for _ in range(_MAX_ROUNDS):
         step = tr.blocked_at
         # An uncertain trace (unknown verdict) that drops somewhere is explained too.
         if tr.verdict is Verdict.REACHES or step is None:
             break
+        if unread and step.code in _FROM_RULES:
+            break  # found in rulesets taken as empty, not read: no finding, no fix
         finding, change = _explain(current, tr, step)
         if (finding.code, finding.where) in seen_codes:
             break  # the fix did not help: do not loop

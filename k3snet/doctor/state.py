@@ -35,6 +35,11 @@ from k3snet.doctor.routing import (
 __all__ = ["CalicoPool", "NodeState"]
 
 IPNetwork = IPv4Network | IPv6Network
+#: The bundle files holding netfilter rules.
+RULESET_FILES = frozenset(name for name in FILES
+                          if name.endswith(".save") or name == "nft-ruleset.json")
+# What a file not captured at all is said to be missing for (read_dir, from_texts).
+_ABSENT = frozenset({"not in the capture", "not captured"})
 _FLANNEL_NETWORK = re.compile(r"^FLANNEL_(IPV6_)?NETWORK=(?P<cidr>\S+)\s*$", re.MULTILINE)
 
 
@@ -133,6 +138,15 @@ class NodeState:
         missing = {k: v for k, v in self.missing.items() if k != "calico-ippools.json"}
         return attrs.evolve(self, calico_pools=pools, missing=missing,
                             sources=(*self.sources, f"{source}: {len(pools)} IP pool(s)"))
+
+    def unread_rulesets(self) -> dict[str, str]:
+        """The rulesets whose capture failed (a command that ran and exited non-zero, e.g.
+        without root: "Permission denied"), with why: the rules they hold are unknown,
+        not absent. A ruleset left out of a bundle, or whose tool is not installed, is
+        not one of them."""
+        return {name: why for name, why in self.missing.items()
+                if name in RULESET_FILES and why not in _ABSENT
+                and "[Errno 2]" not in why}  # FileNotFoundError: the tool is not installed
 
     def sysctl(self, name: str, default: int = 0) -> int:
         """An integer sysctl (``default`` when not captured or not a number)."""

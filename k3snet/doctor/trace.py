@@ -436,6 +436,11 @@ def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
     """One trace, following random branch ``pick`` wherever a rule picks at random."""
     t = _Tracer(state, flow, pick=pick)
     found: dict[str, Any] = {}
+    unread = state.unread_rulesets()
+    if unread:  # empty is not what they hold: whatever the trace finds may be wrong
+        t.add("original", "capture", "unknown", ", ".join(sorted(unread)),
+              "could not be read: the rules they hold are not traced", "capture-failed",
+              certain=False)
     verdict = _original(t, found)
     if verdict is None and "source_seen" in found:
         verdict = _reply(t, found, upstream_routes_pods)
