@@ -285,12 +285,13 @@ def _not_translated(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _
     oif = tr.egress
     rule = MasqueradeRule(pod_network(state, tr), destination=destination_network(tr),
                           out_interface=oif)
-    skipped = [s for s in tr.steps if s.stage == "postrouting" and s.outcome == "pass"
-               and not s.detail.startswith("policy")]
+    skipped = [s for s in tr.steps if s.stage == "postrouting" and s.code == "nat-accept"]
     if skipped:
         code = "masquerade-skipped"
-        what = "a rule in nat postrouting accepts the flow before anything masquerades it"
-        where = f"{skipped[0].where}: {skipped[0].detail}"
+        what = ("a rule in nat postrouting accepts or returns the flow before anything "
+                "masquerades it")
+        where = (skipped[0].detail if skipped[0].detail.startswith(f"{skipped[0].where}: ")
+                 else f"{skipped[0].where}: {skipped[0].detail}")
     else:
         code = "no-masquerade"
         what = "nothing translates the pod's source address"

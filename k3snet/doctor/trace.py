@@ -31,7 +31,14 @@ from typing import Any, Literal
 
 import attrs
 
-from k3snet.doctor.packet import ChainResult, Hook, NatAction, Packet, endpoint_text
+from k3snet.doctor.packet import (
+    BaseChain,
+    ChainResult,
+    Hook,
+    NatAction,
+    Packet,
+    endpoint_text,
+)
 from k3snet.doctor.routing import (
     Lookup,
     lookup,
@@ -338,7 +345,11 @@ class _Tracer:
                 self.add(direction, hook, "nat", chain.where,
                          f"{result.rule} ({result.nat.describe()})", certain=certain)
                 continue
-            self.add(direction, hook, "pass", chain.where, result.rule, certain=certain)
+            early = _nat_accept(chain, result)
+            self.add(direction, hook, "pass", chain.where,
+                     result.rule if early is None or early == result.rule
+                     else f"{early} (returns: {result.rule} decides)",
+                     None if early is None else "nat-accept", certain=certain)
         return packet, natted, None
 
     def routing(self, packet: Packet) -> Lookup:
@@ -643,6 +654,23 @@ def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
         t.add("original", "nat", "drop", oif,
               f"masquerade finds no address on {oif}", "masquerade-no-address")
     return address
+
+
+def _nat_accept(chain: BaseChain, result: ChainResult) -> str | None:
+    """The rule that ends a nat chain's walk without translating (an accept, or a return
+    from the base chain itself, whose policy then decides), if one did: a masquerade
+    after it in that chain is skipped. None for a filter chain or the policy alone."""
+    if chain.kind != "nat":
+        return None
+    if not result.rule.startswith("policy "):
+        return result.rule
+    last = result.path[-1] if result.path else ""
+    name = chain.where.rsplit(" ", 1)[-1]
+    if last.startswith(f"-A {name} ") and last.split()[-2:] == ["-j", "RETURN"]:
+        return last  # iptables-save's text of a rule of that very chain
+    if last.startswith(f"{chain.where}: ") and last.endswith(" return"):
+        return last  # nftables' rule text names its chain
+    return None
 
 
 def _pod_facing(device: str, ingress: str) -> bool:
