@@ -20,7 +20,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 import attrs
 
 from k3snet.doctor import iptables, nftables
-from k3snet.doctor.bundle import FILES, BundleError, NodeCapture
+from k3snet.doctor.bundle import FILES, NOT_INSTALLED, BundleError, NodeCapture
 from k3snet.doctor.packet import BaseChain
 from k3snet.doctor.routing import (
     Address,
@@ -146,7 +146,8 @@ class NodeState:
         not one of them."""
         return {name: why for name, why in self.missing.items()
                 if name in RULESET_FILES and why not in _ABSENT
-                and "[Errno 2]" not in why}  # FileNotFoundError: the tool is not installed
+                and not why.endswith(f": {NOT_INSTALLED}")
+                and "[Errno 2]" not in why}  # FileNotFoundError (older bundles): the same
 
     def sysctl(self, name: str, default: int = 0) -> int:
         """An integer sysctl (``default`` when not captured or not a number)."""

@@ -174,3 +174,26 @@ def test_doctor_without_root_says_the_rulesets_were_unread_not_blocked_by_missin
     incomplete = next(f for f in document["findings"] if f["code"] == "capture-incomplete")
     assert incomplete["severity"] == "warning"
     assert "as root" in incomplete["advice"]
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_a_capture_tool_not_installed_is_absent_rules_not_a_failed_capture(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node without iptables-legacy: inside a namespace, ``ip netns exec`` runs and
+    fails to start the tool (exit 1), which read as a failed capture, so every
+    diagnosis with ``--netns`` on such a node was ``unknown``. A tool that is not
+    installed is said so, and its rules are taken as absent."""
+    import shutil  # noqa: PLC0415
+
+    from k3snet.doctor import NodeCapture, NodeState  # noqa: PLC0415
+
+    for tool in ("ip", "nft", "sysctl", "iptables-nft-save", "ip6tables-nft-save"):
+        found = shutil.which(tool)
+        assert found is not None
+        (tmp_path / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with temporary_netns("notool") as ns:
+        capture = NodeCapture.read_live(ns)
+    assert "not installed" in capture.missing["iptables-legacy-v4.save"]
+    assert NodeState.from_capture(capture).unread_rulesets() == {}
