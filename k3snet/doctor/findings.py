@@ -344,6 +344,12 @@ def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change
                        advice="check the endpoint's node and the CNI's routes to it; if "
                               f"{tr.flow.destination} is a host outside the cluster, see the "
                               "Service finding below"), None
+    exempt = next((s for s in tr.steps if s.code == "untracked"
+                   and s.direction == "original"), None)
+    # An untracked packet gets no DNAT: a Service address is then routed as it is.
+    untracked = (f"the flow is exempted from connection tracking ({exempt.where}), so no "
+                 f"DNAT applies to it: if {tr.target} is a Service address, remove or "
+                 "narrow that NOTRACK/notrack rule; else " if exempt is not None else "")
     down = sorted(name for name, link in state.links.items()
                   if link == "down" and name != "lo" and not POD_FACING.match(name))
     # A link set down loses its routes: the one to the destination may be among them.
@@ -353,8 +359,8 @@ def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change
              "and see that it comes up at boot; else " if down else "")
     return Finding("no-route", f"the node has no route to {tr.target}",
                    step.where, step.detail,
-                   advice=f"{first}add a route to {tr.target} through the gateway that "
-                          "reaches it (spec destinations[].gateway, .device)"), None
+                   advice=f"{untracked}{first}add a route to {tr.target} through the "
+                          "gateway that reaches it (spec destinations[].gateway, .device)"), None
 
 
 def _link_down(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:

@@ -103,3 +103,21 @@ def test_notrack_after_conntrack_changes_nothing(doctor_lab: DoctorLab) -> None:
     answer, d = _diagnosis(doctor_lab, topology)
     assert answer["ok"], answer
     assert d.verdict is Verdict.REACHES, d.render()
+
+
+def test_a_service_address_exempted_from_conntrack_says_why_it_has_no_route(
+        doctor_lab: DoctorLab) -> None:
+    """A ClusterIP is translated by kube-proxy's DNAT, which an untracked packet never
+    gets: the node then has no route to the ClusterIP itself. The doctor said only "add
+    a route to 10.43.0.100", a fix that cannot help."""
+    topology = Topology(kube_proxy="iptables-nft", dest="service")
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["iptables-nft", "-t", "raw", "-A", "PREROUTING", "-s",
+                             "10.42.0.0/16", "-j", "NOTRACK"])
+    answer, d = _diagnosis(doctor_lab, topology)
+    assert not answer["ok"], answer
+    assert d.verdict is Verdict.BLOCKED, d.render()
+    finding = d.findings[0]
+    assert finding.code == "no-route", d.render()
+    assert finding.advice is not None
+    assert "exempted from connection tracking" in finding.advice, d.render()
