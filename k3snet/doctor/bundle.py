@@ -197,6 +197,12 @@ class NodeCapture:
         if not root.is_dir():
             raise BundleError(f"{root}: not a directory")
         texts: dict[str, str] = {}
+        for name in (*FILES, *CNI_FILES, *EXTRA_FILES, _MANIFEST):
+            if (root / name).is_symlink():
+                # A capture writes regular files: a link points wherever the bundle's
+                # sender chose on the machine reading it (as root, any file).
+                raise BundleError(f"{root / name}: a symbolic link; a bundle holds the "
+                                  "regular files a capture wrote")
         for name in (*FILES, *CNI_FILES, *EXTRA_FILES):
             path = root / name
             if path.is_file():

@@ -192,3 +192,19 @@ def test_text_from_a_bundle_reaches_the_terminal_as_printable_lines_of_its_own(
     for line in rendered.split("\n"):
         assert line.isprintable(), repr(line)
         assert not line.startswith("verdict: reaches"), rendered
+
+
+@pytest.mark.parametrize("name", ["routes-v4.json", "iptables-nft-v4.save", "bundle.json",
+                                  "calico-ippools.json"])
+def test_a_symbolic_link_in_a_bundle_is_refused_not_followed(tmp_path: Path, name: str) -> None:
+    """A bundle is a directory of the files a capture wrote, all regular: a link in one
+    that someone sent points wherever they chose on the machine reading it (as root:
+    any file), and the doctor read it as a capture file."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(GOLDEN / "healthy", bundle)
+    target = tmp_path / "elsewhere"
+    target.write_text((bundle / name).read_text() if (bundle / name).exists() else "[]")
+    (bundle / name).unlink(missing_ok=True)
+    (bundle / name).symlink_to(target)
+    with pytest.raises(BundleError, match=f"{name}: a symbolic link"):
+        NodeCapture.read_dir(bundle)
