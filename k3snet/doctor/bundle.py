@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +29,8 @@ from k3snet._gojson import JsonTextError, load_json
 from k3snet._kept import input_problem, read_input, write_output
 from k3snet.errors import K3snetError
 
-__all__ = ["CNI_FILES", "EXTRA_FILES", "FILES", "MAX_FILE_BYTES", "BundleError", "NodeCapture"]
+__all__ = ["CNI_FILES", "EXTRA_FILES", "FILES", "MAX_FILE_BYTES", "NOT_INSTALLED", "BundleError",
+           "NodeCapture"]
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 """The largest bundle file read: ``nft -j list ruleset`` of 50 000 rules is ~35 MB; a
@@ -61,6 +63,8 @@ CNI_FILES: Final[Mapping[str, str]] = MappingProxyType({
 #: ``calico-ippools.json`` is ``kubectl get ippools.crd.projectcalico.org -o json``.
 EXTRA_FILES: Final = ("calico-ippools.json",)
 
+NOT_INSTALLED = "not installed"
+"""Why a file is missing when its command is not installed (:attr:`NodeCapture.missing`)."""
 _MANIFEST = "bundle.json"
 _FORMAT = 1
 _NETNS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -152,6 +156,11 @@ class NodeCapture:
         # The commands are independent: run them at once (a capture in ~0.1 s, not ~0.5 s).
         running: dict[str, subprocess.Popen[str]] = {}
         for name, argv in FILES.items():
+            if shutil.which(argv[0]) is None:
+                # Said so before ``ip netns exec`` would fail to start it (exit 1): a tool
+                # not installed wrote no rules, where a command that failed may hide some.
+                missing[name] = f"{argv[0]}: {NOT_INSTALLED}"
+                continue
             try:
                 # A comment or an interface name is bytes to the kernel: a byte that is
                 # not UTF-8 is kept as U+FFFD (the bundle stays text the doctor reads).
@@ -188,6 +197,12 @@ class NodeCapture:
         if not root.is_dir():
             raise BundleError(f"{root}: not a directory")
         texts: dict[str, str] = {}
+        for name in (*FILES, *CNI_FILES, *EXTRA_FILES, _MANIFEST):
+            if (root / name).is_symlink():
+                # A capture writes regular files: a link points wherever the bundle's
+                # sender chose on the machine reading it (as root, any file).
+                raise BundleError(f"{root / name}: a symbolic link; a bundle holds the "
+                                  "regular files a capture wrote")
         for name in (*FILES, *CNI_FILES, *EXTRA_FILES):
             path = root / name
             if path.is_file():

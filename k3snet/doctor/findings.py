@@ -24,6 +24,7 @@ from k3snet.doctor.state import NodeState
 from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
 from k3snet.errors import ModelError
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl
+from k3snet.model._base import printable
 from k3snet.planner import Plan, plan
 
 __all__ = ["FIX_BACKENDS", "Diagnosis", "Finding", "diagnose"]
@@ -56,11 +57,12 @@ class Finding:
 
     def render(self) -> str:
         """A few lines for people."""
-        lines = [f"[{self.severity}] {self.code}: {self.what}", f"    where: {self.where}",
-                 f"    why:   {self.why}"]
-        lines += [f"    fix:   {obj.describe()}" for obj in self.fix]
+        # what, where, why and advice quote the node's rules and interface names.
+        lines = [f"[{self.severity}] {self.code}: {printable(self.what)}",
+                 f"    where: {printable(self.where)}", f"    why:   {printable(self.why)}"]
+        lines += [f"    fix:   {printable(obj.describe())}" for obj in self.fix]
         if self.advice:
-            lines.append(f"    do:    {self.advice}")
+            lines.append(f"    do:    {printable(self.advice)}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,16 +264,34 @@ def _hook_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Chang
                    advice=f"allow the flow in {step.where}"), None
 
 
+def _untracked(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    """A raw rule exempts the flow (or its replies) from conntrack: NAT never applies, so
+    no masquerade k3snet adds could help; only that rule's owner can."""
+    exempt = next((s for s in tr.steps if s.code == "untracked"), step)
+    side = "replies" if exempt.direction == "reply" else "flow"
+    return Finding(
+        "untracked", f"a raw rule exempts the {side} from connection tracking",
+        f"{exempt.where}: {exempt.detail.partition(': exempts')[0]}",
+        "NAT works on tracked connections only: an untracked packet is never masqueraded "
+        "or translated by a Service's DNAT, an untracked reply never translated back to "
+        f"the pod; here {step.detail}",
+        advice=f"remove the NOTRACK/notrack rule in {exempt.where} or narrow it so it does "
+               "not match pod traffic and its replies"), None
+
+
 def _not_translated(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    if any(s.code == "untracked" and s.direction == "original" for s in tr.steps):
+        return _untracked(state, tr, step)
     oif = tr.egress
     rule = MasqueradeRule(pod_network(state, tr), destination=destination_network(tr),
                           out_interface=oif)
-    skipped = [s for s in tr.steps if s.stage == "postrouting" and s.outcome == "pass"
-               and not s.detail.startswith("policy")]
+    skipped = [s for s in tr.steps if s.stage == "postrouting" and s.code == "nat-accept"]
     if skipped:
         code = "masquerade-skipped"
-        what = "a rule in nat postrouting accepts the flow before anything masquerades it"
-        where = f"{skipped[0].where}: {skipped[0].detail}"
+        what = ("a rule in nat postrouting accepts or returns the flow before anything "
+                "masquerades it")
+        where = (skipped[0].detail if skipped[0].detail.startswith(f"{skipped[0].where}: ")
+                 else f"{skipped[0].where}: {skipped[0].detail}")
     else:
         code = "no-masquerade"
         what = "nothing translates the pod's source address"
@@ -324,10 +344,39 @@ def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change
                        advice="check the endpoint's node and the CNI's routes to it; if "
                               f"{tr.flow.destination} is a host outside the cluster, see the "
                               "Service finding below"), None
+    exempt = next((s for s in tr.steps if s.code == "untracked"
+                   and s.direction == "original"), None)
+    # An untracked packet gets no DNAT: a Service address is then routed as it is.
+    untracked = (f"the flow is exempted from connection tracking ({exempt.where}), so no "
+                 f"DNAT applies to it: if {tr.target} is a Service address, remove or "
+                 "narrow that NOTRACK/notrack rule; else " if exempt is not None else "")
+    down = sorted(name for name, link in state.links.items()
+                  if link == "down" and name != "lo" and not POD_FACING.match(name))
+    # A link set down loses its routes: the one to the destination may be among them.
+    first = (f"{', '.join(down)} {'is' if len(down) == 1 else 'are'} down, and the kernel "
+             f"removes the routes through a link while it is down: if one carried "
+             f"{tr.target}, bring it up ({'; '.join(f'ip link set {d} up' for d in down)}) "
+             "and see that it comes up at boot; else " if down else "")
     return Finding("no-route", f"the node has no route to {tr.target}",
                    step.where, step.detail,
-                   advice=f"add a route to {tr.target} through the gateway that "
-                          "reaches it (spec destinations[].gateway, .device)"), None
+                   advice=f"{untracked}{first}add a route to {tr.target} through the "
+                          "gateway that reaches it (spec destinations[].gateway, .device)"), None
+
+
+def _link_down(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    device = step.where.removeprefix("dev ")
+    if state.links.get(device) == "down":
+        what, advice = (f"{device}, the interface the route uses, is down",
+                        f"bring it up (ip link set {device} up) and see that it comes up "
+                        "at boot")
+    else:
+        what, advice = (f"{device}, the interface the route uses, has no carrier",
+                        f"check {device}'s cable and switch port (for a VLAN or bond, its "
+                        "parent or members; for a veth, its peer); or route the destination "
+                        "through another uplink")
+    return Finding("link-down", what, step.where,
+                   f"{step.detail}; the route through {device} is still chosen, so the flow "
+                   "is lost", advice=advice), None
 
 
 def _unshadow(tr: Trace) -> tuple[Route, _Change] | None:
@@ -403,7 +452,14 @@ _EXPLAINERS: dict[str, Callable[[NodeState, Trace, Step], tuple[Finding, _Change
     "reply-misrouted": _reply_route,
     "reply-no-route": _reply_route,
     "masquerade-no-address": _masquerade_no_address,
+    "reply-untracked": _untracked,
+    "link-down": _link_down,
 }
+
+
+#: Blocking steps decided by netfilter rules (a missing NAT rule included).
+_FROM_RULES = frozenset({"not-translated", "forward-drop", "prerouting-drop",
+                         "postrouting-drop", "reply-untracked"})
 
 
 def _context(state: NodeState, tr: Trace) -> list[Finding]:
@@ -433,6 +489,16 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
                 advice="shrink or move the pool so it does not cover the destination, or "
                        "masquerade the destination explicitly (the fix above)"))
             break
+    exempt = next((s for s in tr.steps if s.code == "untracked"), None)
+    if exempt is not None and tr.verdict is not Verdict.REACHES:
+        found.append(Finding(
+            "untracked-flow", "a raw rule exempts the flow or its replies from connection "
+            "tracking", f"{exempt.where}: {exempt.detail.partition(': exempts')[0]}",
+            "no NAT applies to untracked packets (masquerade, a Service's DNAT, translating "
+            "replies back) and stateful rules see them as untracked, not new or established",
+            severity="warning",
+            advice=f"make sure the NOTRACK/notrack rule in {exempt.where} is meant to match "
+                   "this flow"))
     unknown = [s for s in tr.steps if s.outcome == "unknown"]
     if unknown:
         uncertain = [s for s in unknown if not s.certain]
@@ -445,11 +511,16 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
     if state.missing:
         reasons = [f"{k}: {v}" for k, v in sorted(state.missing.items())
                    if v != "not in the capture"]
+        unread = state.unread_rulesets()
+        root = any(word in why for why in unread.values()
+                   for word in ("Permission denied", "not permitted", "must be root"))
         found.append(Finding("capture-incomplete", "parts of the node state were not captured",
                              ", ".join(sorted(state.missing)),
                              "the trace takes what is missing as empty (no rules, no routes)"
                              + (f"; {'; '.join(reasons)}" if reasons else ""),
-                             severity="info"))
+                             severity="warning" if unread else "info",
+                             advice="run k3snet doctor (or k3snet observe --save) as root: "
+                                    "reading the rulesets needs it" if root else None))
     return found
 
 
@@ -501,11 +572,14 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
     fixes: list[NetObject] = []
     current, tr = state, first
     seen_codes: set[tuple[str, str]] = set()
+    unread = bool(state.unread_rulesets())
     for _ in range(_MAX_ROUNDS):
         step = tr.blocked_at
         # An uncertain trace (unknown verdict) that drops somewhere is explained too.
         if tr.verdict is Verdict.REACHES or step is None:
             break
+        if unread and step.code in _FROM_RULES:
+            break  # found in rulesets taken as empty, not read: no finding, no fix
         finding, change = _explain(current, tr, step)
         if (finding.code, finding.where) in seen_codes:
             break  # the fix did not help: do not loop
@@ -516,7 +590,9 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
             break
         current = change(current)
         tr = trace(current, flow, upstream_routes_pods=upstream_routes_pods)
-    findings += _context(state, first)
+    exempted = any(f.code == "untracked" for f in findings)  # said already, and blocking
+    findings += [f for f in _context(state, first)
+                 if not (exempted and f.code == "untracked-flow")]
     base = observed if observed is not None else State()
     have = base.by_key
     wanted = State(owned=[*base.owned, *(f for f in fixes if f.key not in have)])

@@ -402,6 +402,9 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
                   depth: int) -> ChainResult | str | None:
     target = rule.target
     mark = run.packet.mark
+    if target == "NOTRACK" or (target == "CT" and "--notrack" in rule.target_args):
+        run.untrack(rule.text)
+        return None
     if target is None or target in _CONTINUE:
         return None
     if target == "ACCEPT":

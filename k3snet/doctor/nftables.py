@@ -48,7 +48,7 @@ _FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozens
 #: postrouting one (egress): they run on their devices only.
 _DEVICE_HOOKS: Final = {"ingress": ("prerouting", -(1 << 20)), "egress": ("postrouting", 1 << 20)}
 # Statements that neither match nor decide.
-_NEUTRAL: Final = frozenset({"counter", "log", "notrack", "quota", "limit", "meter"})
+_NEUTRAL: Final = frozenset({"counter", "log", "quota", "limit", "meter"})
 # Of those, the ones matching by rate or volume: ``over`` (``inv``) matches only beyond it.
 _RATED: Final = frozenset({"limit", "quota", "meter"})
 _MAX_DEPTH = 64
@@ -437,6 +437,9 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
             if key in _RATED and _over(key, value):
                 return None  # the traced flow is one new connection, under every rate
             if key in _NEUTRAL or (key == "xt" and value.get("name") == "comment"):
+                continue
+            if key == "notrack":
+                run.untrack(text)
                 continue
             if key == "mangle" and _is_mark(value.get("key")):
                 run.packet = attrs.evolve(run.packet,

@@ -82,7 +82,8 @@ class Packet:
     ``-m statistic --mode random`` rules, nftables ``numgen random``): the n-th
     random branch whose other matches hold is taken, or the fall-through one when
     there are fewer. ``ctstate`` is conntrack's view: ``new`` for a flow's first
-    packet, ``established`` for its replies. ``local`` are the node's own
+    packet, ``established`` for its replies, ``untracked`` once a raw rule exempted it
+    (``NOTRACK``, ``CT --notrack``, nftables ``notrack``). ``local`` are the node's own
     addresses (for ``addrtype`` / ``fib daddr type local`` matches); ``ipsets`` the
     members of the ipsets the doctor knows (Calico's pool sets, from its IP pools).
     """
@@ -95,7 +96,7 @@ class Packet:
     dport: int | None
     iif: str | None
     oif: str | None
-    ctstate: Literal["new", "established", "invalid"] = "new"
+    ctstate: Literal["new", "established", "invalid", "untracked"] = "new"
     direction: Literal["original", "reply"] = "original"
     mark: int | None = 0
     local: frozenset[IPAddress] = frozenset()
@@ -167,7 +168,8 @@ class ChainResult:
     matched on the way (jumps, marks), ``unknowns`` every rule that could not be
     evaluated. ``randoms`` counts the random branches met (see :attr:`Packet.pick`)
     and ``random_taken`` says whether the packet took one of them rather than the
-    fall-through: while it did, another ``pick`` leads elsewhere.
+    fall-through: while it did, another ``pick`` leads elsewhere. ``untracked`` is
+    the rule that exempted the packet from connection tracking in this chain, if any.
     """
 
     verdict: Literal["accept", "drop", "nat"]
@@ -178,6 +180,7 @@ class ChainResult:
     unknowns: tuple[Uncertain, ...] = ()
     randoms: int = 0
     random_taken: bool = False
+    untracked: str | None = None
 
     @property
     def certain(self) -> bool:
@@ -217,6 +220,7 @@ class ChainRun:
     random_taken: bool = False
     budget: Budget = attrs.field(factory=Budget, kw_only=True)
     stopped: bool = attrs.field(default=False, kw_only=True)
+    untracked: str | None = attrs.field(default=None, kw_only=True)
 
     def visit(self, where: str) -> bool:
         """Count one rule evaluation; False when the walk's budget is spent, which is
@@ -236,7 +240,17 @@ class ChainRun:
         """The chain's result: ``verdict`` decided by ``rule``, with what was recorded."""
         return ChainResult(verdict, rule, nat=nat, mark=self.packet.mark, path=tuple(self.path),
                            unknowns=tuple(self.unknowns), randoms=self.randoms,
-                           random_taken=self.random_taken)
+                           random_taken=self.random_taken,
+                           untracked=self.untracked)
+
+    def untrack(self, rule: str) -> None:
+        """``rule`` exempts the packet from connection tracking (a raw ``NOTRACK``): the
+        rules after it see ``ctstate untracked`` (the tracer keeps it only from a chain
+        that runs before conntrack, as the kernel does)."""
+        if self.untracked is None and self.packet.ctstate != "untracked":
+            self.untracked = rule
+        self.packet = attrs.evolve(self.packet, ctstate="untracked")
+        self.path.append(rule)
 
 
 @attrs.frozen

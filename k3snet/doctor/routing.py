@@ -27,6 +27,7 @@ __all__ = [
     "lookup",
     "masquerade_source",
     "parse_addresses",
+    "parse_link_states",
     "parse_routes",
     "parse_rules",
     "rp_filter_check",
@@ -316,6 +317,24 @@ def parse_addresses(data: object) -> list[Address]:
             _ = address.network  # a prefix length out of range is the capture's error
             addresses.append(address)
     return addresses
+
+
+def parse_link_states(data: object) -> dict[str, str]:
+    """``ip -j addr`` output -> the interfaces that cannot carry packets: ``down`` (set
+    down: the kernel removed the routes through it) or ``no-carrier`` (up, but its link
+    is not: the kernel keeps its routes, flagged ``linkdown``, and still sends there)."""
+    states = {}
+    for link in data if isinstance(data, list) else []:
+        if not isinstance(link, Mapping):
+            continue
+        name, flags = link.get("ifname"), link.get("flags")
+        if not isinstance(name, str) or not isinstance(flags, list):
+            continue  # not as ip prints it: nothing known of the link, taken as up
+        if "UP" not in flags:
+            states[name] = "down"
+        elif "NO-CARRIER" in flags:
+            states[name] = "no-carrier"
+    return states
 
 
 # ---------------------------------------------------------------- lookup

@@ -20,13 +20,14 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 import attrs
 
 from k3snet.doctor import iptables, nftables
-from k3snet.doctor.bundle import FILES, BundleError, NodeCapture
+from k3snet.doctor.bundle import FILES, NOT_INSTALLED, BundleError, NodeCapture
 from k3snet.doctor.packet import BaseChain
 from k3snet.doctor.routing import (
     Address,
     RouteEntry,
     RuleEntry,
     parse_addresses,
+    parse_link_states,
     parse_routes,
     parse_rules,
 )
@@ -34,6 +35,11 @@ from k3snet.doctor.routing import (
 __all__ = ["CalicoPool", "NodeState"]
 
 IPNetwork = IPv4Network | IPv6Network
+#: The bundle files holding netfilter rules.
+RULESET_FILES = frozenset(name for name in FILES
+                          if name.endswith(".save") or name == "nft-ruleset.json")
+# What a file not captured at all is said to be missing for (read_dir, from_texts).
+_ABSENT = frozenset({"not in the capture", "not captured"})
 _FLANNEL_NETWORK = re.compile(r"^FLANNEL_(IPV6_)?NETWORK=(?P<cidr>\S+)\s*$", re.MULTILINE)
 
 
@@ -51,6 +57,8 @@ class NodeState:
     calico_pools: tuple[CalicoPool, ...] = ()
     sources: tuple[str, ...] = ()
     missing: Mapping[str, str] = attrs.field(factory=dict)
+    links: Mapping[str, str] = attrs.field(factory=dict)
+    """The interfaces that are ``down`` or have ``no-carrier`` (the others are absent)."""
 
     @classmethod
     def from_capture(cls, capture: NodeCapture) -> NodeState:
@@ -97,6 +105,7 @@ class NodeState:
         return cls(
             calico_pools=_calico_pools(capture.json("calico-ippools.json")),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
+            links=parse_link_states(capture.json("addr.json")),
             routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f)) for f in (4, 6)},
             rules={f: tuple(parse_rules(capture.json(f"rules-v{f}.json"), f)) for f in (4, 6)},
             sysctls=capture.sysctls(),
@@ -129,6 +138,16 @@ class NodeState:
         missing = {k: v for k, v in self.missing.items() if k != "calico-ippools.json"}
         return attrs.evolve(self, calico_pools=pools, missing=missing,
                             sources=(*self.sources, f"{source}: {len(pools)} IP pool(s)"))
+
+    def unread_rulesets(self) -> dict[str, str]:
+        """The rulesets whose capture failed (a command that ran and exited non-zero, e.g.
+        without root: "Permission denied"), with why: the rules they hold are unknown,
+        not absent. A ruleset left out of a bundle, or whose tool is not installed, is
+        not one of them."""
+        return {name: why for name, why in self.missing.items()
+                if name in RULESET_FILES and why not in _ABSENT
+                and not why.endswith(f": {NOT_INSTALLED}")
+                and "[Errno 2]" not in why}  # FileNotFoundError (older bundles): the same
 
     def sysctl(self, name: str, default: int = 0) -> int:
         """An integer sysctl (``default`` when not captured or not a number)."""

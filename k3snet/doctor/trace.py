@@ -31,7 +31,14 @@ from typing import Any, Literal
 
 import attrs
 
-from k3snet.doctor.packet import ChainResult, Hook, NatAction, Packet, endpoint_text
+from k3snet.doctor.packet import (
+    BaseChain,
+    ChainResult,
+    Hook,
+    NatAction,
+    Packet,
+    endpoint_text,
+)
 from k3snet.doctor.routing import (
     Lookup,
     lookup,
@@ -41,6 +48,7 @@ from k3snet.doctor.routing import (
 )
 from k3snet.doctor.state import NodeState
 from k3snet.errors import ModelError
+from k3snet.model._base import printable
 
 __all__ = ["Flow", "Step", "Trace", "Verdict", "trace"]
 
@@ -54,6 +62,9 @@ POD_FACING = re.compile(r"^(cni|flannel|cali|vxlan|cilium|kube-|veth|tunl|weave|
 # De-NAT of replies happens in nat prerouting (NF_IP_PRI_NAT_DST): chains before it
 # still see the translated destination.
 _NAT_DST_PRIORITY = -100
+# Conntrack takes a packet in at this priority (NF_IP_PRI_CONNTRACK): a ``notrack`` in a
+# chain before it exempts the packet, one after it finds the packet tracked and does nothing.
+_CONNTRACK_PRIORITY = -200
 #: The most random branches (a Service's endpoints) followed for one flow.
 MAX_BRANCHES = 32
 
@@ -147,7 +158,10 @@ class Step:
         """One line: ``[reply] forward   drop  iptables-nft filter FORWARD: policy DROP``."""
         mark = "" if self.certain else " (uncertain)"
         side = "->" if self.direction == "original" else "<-"
-        return f"{side} {self.stage:<11} {self.outcome:<7} {self.where}: {self.detail}{mark}"
+        # Rules and interface names come from the node or a bundle: escaped, never
+        # control sequences or line breaks on the reader's terminal.
+        return (f"{side} {self.stage:<11} {self.outcome:<7} {printable(self.where)}: "
+                f"{printable(self.detail)}{mark}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -239,7 +253,7 @@ class Trace:
                          if self.dnat is not None
                          else "branches (a rule or a multipath route picks one for each "
                               "connection):")
-            lines += [f"  {e.describe_target() if self.dnat else e.describe_branch()}: "
+            lines += [f"  {e.describe_target() if self.dnat else printable(e.describe_branch())}: "
                       f"{e.verdict.value}" + (
                 f"; the destination sees {e.source_seen}" if e.source_seen else "")
                 for e in self.endpoints]
@@ -272,6 +286,7 @@ class _Tracer:
     pick: int = 0
     randoms: int = 0
     random_taken: bool = False
+    untracked: bool = False
 
     def add(self, direction: Direction, stage: str, outcome: Outcome,  # noqa: PLR0917 - a Step
             where: str, detail: str,
@@ -298,12 +313,22 @@ class _Tracer:
                 continue
             if after is not None and chain.priority < after:
                 continue
-            if chain.kind == "nat" and (not first or natted is not None):
-                continue  # nat chains see only a connection's first packet, until one NATs
+            if chain.kind == "nat" and (not first or natted is not None
+                                        or packet.ctstate == "untracked"):
+                # nat chains see only a connection's first packet, until one NATs, and
+                # never a packet conntrack does not track (nf_nat_inet_fn finds no entry).
+                continue
             result = chain.evaluate(attrs.evolve(packet, pick=self.pick))
             self.randoms += result.randoms
             self.random_taken = self.random_taken or result.random_taken
             packet = attrs.evolve(packet, mark=result.mark)
+            if result.untracked is not None and chain.priority < _CONNTRACK_PRIORITY:
+                packet = attrs.evolve(packet, ctstate="untracked")
+                self.untracked = self.untracked or direction == "original"
+                self.add(direction, hook, "info", chain.where,
+                         f"{result.untracked}: exempts the packet from connection tracking, "
+                         "so no NAT applies to it (no masquerade, no DNAT, no translation of "
+                         "replies back)", "untracked")
             for unknown in result.unknowns:
                 self.add(direction, hook, "unknown", chain.where,
                          f"{unknown.rule} ({unknown.reason}; if it matched: {unknown.effect})",
@@ -320,7 +345,11 @@ class _Tracer:
                 self.add(direction, hook, "nat", chain.where,
                          f"{result.rule} ({result.nat.describe()})", certain=certain)
                 continue
-            self.add(direction, hook, "pass", chain.where, result.rule, certain=certain)
+            early = _nat_accept(chain, result)
+            self.add(direction, hook, "pass", chain.where,
+                     result.rule if early is None or early == result.rule
+                     else f"{early} (returns: {result.rule} decides)",
+                     None if early is None else "nat-accept", certain=certain)
         return packet, natted, None
 
     def routing(self, packet: Packet) -> Lookup:
@@ -350,6 +379,18 @@ class _Tracer:
             return False
         self.add(direction, "forwarding", "pass", name, value)
         return True
+
+    def link_up(self, oif: str) -> bool:
+        """Whether ``oif`` can carry the packet; False (a drop step) if it is down or up
+        without carrier (the kernel keeps a route through it, flagged ``linkdown``)."""
+        link = self.state.links.get(oif)
+        if link is None:
+            return True
+        why = ("is down" if link == "down" else
+               "is up but has no carrier (NO-CARRIER: the route is linkdown, yet used)")
+        self.add("original", "egress", "drop", f"dev {oif}",
+                 f"{oif} {why}: what is sent there goes nowhere", "link-down")
+        return False
 
     def rp_filter(self, packet: Packet, oif: str) -> bool:
         """Reverse-path filtering of ``packet`` on its input interface; False if dropped.
@@ -406,6 +447,11 @@ def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
     """One trace, following random branch ``pick`` wherever a rule picks at random."""
     t = _Tracer(state, flow, pick=pick)
     found: dict[str, Any] = {}
+    unread = state.unread_rulesets()
+    if unread:  # empty is not what they hold: whatever the trace finds may be wrong
+        t.add("original", "capture", "unknown", ", ".join(sorted(unread)),
+              "could not be read: the rules they hold are not traced", "capture-failed",
+              certain=False)
     verdict = _original(t, found)
     if verdict is None and "source_seen" in found:
         verdict = _reply(t, found, upstream_routes_pods)
@@ -509,7 +555,7 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     if dropped:
         return None
     packet, natted, dropped = t.hook(packet, "postrouting", first=True)
-    if dropped:
+    if dropped or not t.link_up(oif):  # the packet is handed to the device last
         return None
     seen = _source_seen(t, flow, natted, oif, route.route.gateway or packet.dst,
                         destination=packet.dst)
@@ -553,10 +599,18 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     dnat: NatAction | None = found.get("dnat")
     answerer = dnat.address if dnat is not None and dnat.address is not None else flow.destination
     port = dnat.port if dnat is not None and dnat.port is not None else flow.port
+    # A request conntrack did not track has no entry for its reply to be ``established`` in.
     reply = Packet(fam, answerer, seen, proto, port, flow.source_port, back_in, None,
-                   "established", "reply", 0, local, t.state.ipsets())  # type: ignore[arg-type]
+                   "new" if t.untracked else "established", "reply", 0, local,  # type: ignore[arg-type]
+                   t.state.ipsets())
     reply, _, dropped = t.hook(reply, "prerouting", first=False, before=_NAT_DST_PRIORITY)
     if dropped:
+        return None
+    if reply.ctstate == "untracked" and seen != flow.source:
+        t.add("reply", "prerouting", "drop", "conntrack",
+              f"the reply to {seen} is exempted from connection tracking, so it is not "
+              f"translated back to {flow.source}: the node takes it for itself",
+              "reply-untracked")
         return None
     reply = attrs.evolve(reply, dst=flow.source)  # conntrack translates the reply back
     reply, _, dropped = t.hook(reply, "prerouting", first=False, after=_NAT_DST_PRIORITY)
@@ -600,6 +654,23 @@ def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
         t.add("original", "nat", "drop", oif,
               f"masquerade finds no address on {oif}", "masquerade-no-address")
     return address
+
+
+def _nat_accept(chain: BaseChain, result: ChainResult) -> str | None:
+    """The rule that ends a nat chain's walk without translating (an accept, or a return
+    from the base chain itself, whose policy then decides), if one did: a masquerade
+    after it in that chain is skipped. None for a filter chain or the policy alone."""
+    if chain.kind != "nat":
+        return None
+    if not result.rule.startswith("policy "):
+        return result.rule
+    last = result.path[-1] if result.path else ""
+    name = chain.where.rsplit(" ", 1)[-1]
+    if last.startswith(f"-A {name} ") and last.split()[-2:] == ["-j", "RETURN"]:
+        return last  # iptables-save's text of a rule of that very chain
+    if last.startswith(f"{chain.where}: ") and last.endswith(" return"):
+        return last  # nftables' rule text names its chain
+    return None
 
 
 def _pod_facing(device: str, ingress: str) -> bool:

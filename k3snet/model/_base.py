@@ -68,16 +68,23 @@ def optional_address(value: str | Address | None) -> Address | None:
 _MAX_TEXT = 512
 
 
+def printable(value: str) -> str:
+    """``value`` with every character that is not printable (a line break, a terminal
+    escape, a bidirectional override, a byte that is not UTF-8 read as a lone
+    surrogate) as its Python escape: text someone else wrote, safe on a terminal and
+    on a line of its own."""
+    if value.isprintable():
+        return value
+    return "".join(char if char.isprintable() else
+                   char.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for char in value)
+
+
 def one_line(value: str) -> str:
     """``value`` (text read from the kernel: it quotes what other programs wrote) as one
     line of at most 512 printable characters: white space runs as one space, and a
-    character that is not printable (a terminal escape, a bidirectional override, a
-    byte that is not UTF-8 read as a lone surrogate) as its Python escape."""
-    line = " ".join(value.split())
-    if not line.isprintable():
-        line = "".join(char if char.isprintable() else
-                       char.encode("unicode_escape", "backslashreplace").decode("ascii")
-                       for char in line)
+    character that is not printable as its Python escape (:func:`printable`)."""
+    line = printable(" ".join(value.split()))
     return line if len(line) <= _MAX_TEXT else line[: _MAX_TEXT - 3] + "..."
 
 

@@ -143,3 +143,57 @@ def test_fix_with_json_output_prints_one_doctor_document_on_stdout(
     assert document["plan"]["changes"]
     assert "now: reaches" in err
     assert doctor_lab.probe(topology.destination)["ok"]
+
+
+@pytest.mark.kernel
+def test_doctor_without_root_says_the_rulesets_were_unread_not_blocked_by_missing_nat(
+        doctor_lab: DoctorLab) -> None:
+    """Run without root (the admin forgot sudo), every iptables-save and ``nft list``
+    fails with "Permission denied": the doctor took the rulesets as empty, blamed a
+    missing masquerade the node has (the FORWARD DROP that blocks went unseen), planned
+    it, predicted "reaches" after it and exited 3, with the failures in an info line.
+    Rules it could not read make the verdict unknown (4), and the finding says to run
+    it as root."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    topology = Topology(forward_policy="drop-nft")  # masquerade in place, FORWARD DROP
+    doctor_lab.configure(topology)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        ["ip", "netns", "exec", doctor_lab.node, "setpriv", "--reuid=65534", "--regid=65534",
+         "--clear-groups", sys.executable, "-m", "k3snet", "doctor", "--from", POD, "--to",
+         f"{topology.destination}:{PORT}", "-o", "json"],
+        capture_output=True, text=True, env=env, timeout=120, check=False)
+    document = json.loads(done.stdout)
+    assert done.returncode == 4, done.stdout
+    assert document["trace"]["verdict"] == "unknown"
+    codes = [f["code"] for f in document["findings"]]
+    assert "no-masquerade" not in codes, done.stdout
+    incomplete = next(f for f in document["findings"] if f["code"] == "capture-incomplete")
+    assert incomplete["severity"] == "warning"
+    assert "as root" in incomplete["advice"]
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_a_capture_tool_not_installed_is_absent_rules_not_a_failed_capture(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node without iptables-legacy: inside a namespace, ``ip netns exec`` runs and
+    fails to start the tool (exit 1), which read as a failed capture, so every
+    diagnosis with ``--netns`` on such a node was ``unknown``. A tool that is not
+    installed is said so, and its rules are taken as absent."""
+    import shutil  # noqa: PLC0415
+
+    from k3snet.doctor import NodeCapture, NodeState  # noqa: PLC0415
+
+    for tool in ("ip", "nft", "sysctl", "iptables-nft-save", "ip6tables-nft-save"):
+        found = shutil.which(tool)
+        assert found is not None
+        (tmp_path / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with temporary_netns("notool") as ns:
+        capture = NodeCapture.read_live(ns)
+    assert "not installed" in capture.missing["iptables-legacy-v4.save"]
+    assert NodeState.from_capture(capture).unread_rulesets() == {}

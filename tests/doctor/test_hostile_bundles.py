@@ -162,3 +162,49 @@ def test_a_fix_through_an_interface_k3snet_cannot_name_is_advice_not_an_error() 
     result = diagnose(state, Flow(flow["source"], flow["destination"], port=flow["port"]))
     assert result.findings[0].fix == ()
     assert "10.0.0.0/8" in (result.findings[0].advice or "")
+
+
+_CONTROL = "\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2K\r\x9b31m\u202e\x00"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(min_size=1, max_size=12) | st.sampled_from(
+    [_CONTROL, "\nverdict: reaches", "\rverdict: reaches\x1b[K"]))
+def test_text_from_a_bundle_reaches_the_terminal_as_printable_lines_of_its_own(
+        text: str) -> None:
+    """A rule's comment and an interface name come from the bundle, which whoever sent it
+    wrote: with terminal escapes (``OSC 52`` sets the clipboard, ``CSI 2K`` and a
+    carriage return erase a line, the C1 ``CSI``, a bidirectional override) or a line
+    break, printed as they were, they could rewrite what the admin reads ("verdict:
+    reaches"). Every line the diagnosis renders is printable, and the lines are the
+    ones the doctor wrote."""
+    texts = dict(NodeCapture.read_dir(GOLDEN / "forward-drop-nft").texts)
+    save = texts["iptables-nft-v4.save"]
+    comment = text.replace('"', "").replace("\n", " ")  # one saved line, one quoted word
+    texts["iptables-nft-v4.save"] = save.replace(
+        ":FORWARD DROP [1:60]\n", ":FORWARD DROP [1:60]\n-A FORWARD -m comment --comment "
+        f'"{comment}" -m set --match-set x src -j ACCEPT\n', 1)
+    assert texts["iptables-nft-v4.save"] != save
+    for name in ("addr.json", "routes-v4.json"):
+        texts[name] = texts[name].replace('"cni0"', json.dumps("cni0" + text))
+    state = NodeState.from_capture(NodeCapture.from_texts(texts))
+    rendered = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432)).render()
+    for line in rendered.split("\n"):
+        assert line.isprintable(), repr(line)
+        assert not line.startswith("verdict: reaches"), rendered
+
+
+@pytest.mark.parametrize("name", ["routes-v4.json", "iptables-nft-v4.save", "bundle.json",
+                                  "calico-ippools.json"])
+def test_a_symbolic_link_in_a_bundle_is_refused_not_followed(tmp_path: Path, name: str) -> None:
+    """A bundle is a directory of the files a capture wrote, all regular: a link in one
+    that someone sent points wherever they chose on the machine reading it (as root:
+    any file), and the doctor read it as a capture file."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(GOLDEN / "healthy", bundle)
+    target = tmp_path / "elsewhere"
+    target.write_text((bundle / name).read_text() if (bundle / name).exists() else "[]")
+    (bundle / name).unlink(missing_ok=True)
+    (bundle / name).symlink_to(target)
+    with pytest.raises(BundleError, match=f"{name}: a symbolic link"):
+        NodeCapture.read_dir(bundle)

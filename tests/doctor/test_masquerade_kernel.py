@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from k3snet.doctor import Flow, NodeState, Verdict, diagnose
 from k3snet.lab.netns import run_in
 
 from .conftest import DoctorLab, Topology
@@ -50,3 +51,45 @@ def test_masquerade_on_an_uplink_without_an_ipv4_address_borrows_the_one_on_lo(
         assert answer["ok"], answer
         assert answer["seen"] == "192.168.9.5"
         assert str(result.source_seen) == answer["seen"], result.render()
+
+
+_NFT_POST = """table {family} lab_post {{
+ chain post {{
+  type {kind} hook postrouting priority {priority}; policy accept;
+  {rules}
+ }}
+}}
+"""
+
+
+@pytest.mark.parametrize(("setup", "code", "rule"), [
+    # A filter chain at postrouting accepts, and nothing masquerades: no masquerade, not
+    # "a rule in nat postrouting accepts first" pointing at the filter chain.
+    (("nft", _NFT_POST.format(family="inet", kind="filter", priority=0,
+                              rules="ip saddr 10.42.0.0/16 accept")),
+     "no-masquerade", None),
+    # A RETURN ahead of the node's masquerade in nat POSTROUTING: the masquerade is
+    # there, and skipped; the doctor said "nothing translates", where "nat postrouting".
+    (("iptables-nft", "-t", "nat", "-I", "POSTROUTING", "1", "-s", "10.42.0.0/16",
+      "-j", "RETURN"), "masquerade-skipped", "-j RETURN"),
+    (("nft", _NFT_POST.format(family="ip", kind="nat", priority="srcnat",
+                              rules="ip saddr 10.42.0.0/16 return\n  masquerade")),
+     "masquerade-skipped", "return"),
+], ids=["filter-accept", "iptables-return", "nft-return"])
+def test_the_masquerade_finding_names_the_nat_rule_that_skips_it_and_only_a_nat_rule(
+        doctor_lab: DoctorLab, setup: tuple[str, ...], code: str, rule: str | None) -> None:
+    topology = Topology(nat="none" if setup[0] == "nft" else "masq-nft")
+    doctor_lab.configure(topology)
+    if setup[0] == "nft":
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=setup[1])
+    else:
+        run_in(doctor_lab.node, list(setup))
+    answer, _ = doctor_lab.kernel_and_trace(topology, timeout=3)
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert not answer["ok"], answer
+    finding = d.findings[0]
+    assert finding.code == code, d.render()
+    if rule is not None:
+        assert rule in finding.where, d.render()
+    assert d.after.verdict is Verdict.REACHES, d.render()
