@@ -71,7 +71,7 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
     file is (a regular file of bounded size); a missing file is a SpecError.
     Missing ``nonMasqueradeCIDRs`` means ip-masq-agent's defaults
     (:data:`IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE`), as in the agent itself; an
-    empty list means none.
+    empty list or ``null`` (as Go decodes it) means none.
 
     The problems of a *file* never quote what it holds besides the values of
     ip-masq-agent's own keys (:func:`_unquoted`): the agent reads the file as root
@@ -91,6 +91,11 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
             data = load_mapping(text, where)
         except SpecError as exc:
             raise _unquoted(exc.problems, data=None, where=where) if from_file else exc from None
+    if isinstance(data, Mapping) and "nonMasqueradeCIDRs" in data \
+            and data["nonMasqueradeCIDRs"] is None:
+        # Go's json.Unmarshal sets a slice to nil for null (``nonMasqueradeCIDRs:`` with
+        # nothing after it): the agent exempts no CIDR then, not its default list.
+        data = {**data, "nonMasqueradeCIDRs": []}
     reader = Reader()
     config = read_section(reader, IP_MASQ_AGENT, data, "")
     if reader.problems:

@@ -1,0 +1,55 @@
+"""``masquerade.ipMasqAgentConfig`` reads a config as ip-masq-agent itself reads it.
+
+ip-masq-agent (kubernetes-sigs/ip-masq-agent, ``cmd/ip-masq-agent/ip-masq-agent.go``)
+starts from its defaults and lets Go's ``json.Unmarshal`` overwrite the fields the
+file gives: a ``null`` list becomes an empty one, and ``cidrLimit`` (default 64)
+bounds ``nonMasqueradeCIDRs``, the whole config being refused beyond it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from k3snet import MasqueradeRule, Spec, load_ip_masq_agent_config
+from k3snet.spec import compile as compile_spec
+
+# ip-masq-agent's own example config (agent-config/config in its repository).
+UPSTREAM_EXAMPLE = """\
+nonMasqueradeCIDRs:
+  - 10.0.0.0/8
+  - 172.16.0.0/12
+  - 192.168.0.0/16
+cidrLimit: 64
+masqLinkLocal: false
+masqLinkLocalIPv6: false
+resyncInterval: 60s
+"""
+
+
+@pytest.mark.parametrize("text", [
+    "nonMasqueradeCIDRs:\nmasqLinkLocal: true\n",
+    "nonMasqueradeCIDRs: null\n",
+    "nonMasqueradeCIDRs: ~\n",
+    '{"nonMasqueradeCIDRs": null}',
+])
+def test_a_null_non_masquerade_list_is_empty_as_go_decodes_it(text: str) -> None:
+    # Go's json.Unmarshal sets a slice to nil for null: ip-masq-agent then exempts only
+    # link-local; k3snet used to exempt its eleven default ranges instead.
+    assert load_ip_masq_agent_config(text).non_masquerade_cidrs == ()
+
+
+def test_a_null_non_masquerade_list_in_a_file_masquerades_all_but_link_local(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ip-masq-agent"
+    path.write_text("nonMasqueradeCIDRs:\n")
+    spec = Spec.from_dict({"masquerade": {"ipMasqAgentConfig": str(path)}})
+    (rule,) = [o for o in compile_spec(spec).owned if isinstance(o, MasqueradeRule)]
+    assert rule.describe() == "masquerade 10.42.0.0/16 -> any except 10.42.0.0/15,169.254.0.0/16"
+
+
+def test_a_null_link_local_setting_keeps_its_default() -> None:
+    # Go leaves a bool as it was for null.
+    config = load_ip_masq_agent_config("masqLinkLocal: null\nnonMasqueradeCIDRs: []\n")
+    assert config.masq_link_local is False
