@@ -17,10 +17,21 @@ import attrs
 
 from k3snet.errors import Problem, SpecError
 from k3snet.model.cidr import Network, parse_network
-from k3snet.spec.fields import Field, Reader, Section, boolean, networks, read_section
+from k3snet.spec.fields import (
+    Field,
+    Reader,
+    Section,
+    boolean,
+    check_section,
+    networks,
+    raw,
+    read_section,
+)
 from k3snet.spec.source import load_mapping, read_text
+from k3snet.spec.validators import int_in
 
 __all__ = [
+    "IP_MASQ_AGENT_CIDR_LIMIT",
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
     "IpMasqAgentConfig",
     "load_ip_masq_agent_config",
@@ -33,6 +44,10 @@ IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE: tuple[str, ...] = (
     "240.0.0.0/4",
 )
 """ip-masq-agent's ``nonMasqueradeCIDRs`` when its config does not set the key."""
+
+IP_MASQ_AGENT_CIDR_LIMIT = 64
+"""ip-masq-agent's ``cidrLimit`` when its config does not set the key: it refuses a config
+listing more ``nonMasqueradeCIDRs`` than that."""
 
 
 def _networks(values: Any) -> tuple[Network, ...]:
@@ -49,6 +64,7 @@ class IpMasqAgentConfig:
     masq_link_local: bool = False
     masq_link_local_ipv6: bool = False
     resync_interval: str | None = None
+    cidr_limit: int = IP_MASQ_AGENT_CIDR_LIMIT
 
 
 def _text(reader: Reader, value: Any, path: str) -> Any:
@@ -60,6 +76,8 @@ IP_MASQ_AGENT = Section(IpMasqAgentConfig, (
     Field("masqLinkLocal", "masq_link_local", boolean),
     Field("masqLinkLocalIPv6", "masq_link_local_ipv6", boolean),
     Field("resyncInterval", "resync_interval", _text),
+    # A Go int: anything else makes json.Unmarshal, and so the agent, refuse the config.
+    Field("cidrLimit", "cidr_limit", raw, checks=(int_in(-(1 << 63), (1 << 63) - 1),)),
 ))
 """The keys of ip-masq-agent's config file."""
 
@@ -71,7 +89,9 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
     file is (a regular file of bounded size); a missing file is a SpecError.
     Missing ``nonMasqueradeCIDRs`` means ip-masq-agent's defaults
     (:data:`IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE`), as in the agent itself; an
-    empty list or ``null`` (as Go decodes it) means none.
+    empty list or ``null`` (as Go decodes it) means none. More CIDRs than
+    ``cidrLimit`` (default :data:`IP_MASQ_AGENT_CIDR_LIMIT`) is a SpecError: the
+    agent refuses such a config.
 
     The problems of a *file* never quote what it holds besides the values of
     ip-masq-agent's own keys (:func:`_unquoted`): the agent reads the file as root
@@ -98,6 +118,15 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
         data = {**data, "nonMasqueradeCIDRs": []}
     reader = Reader()
     config = read_section(reader, IP_MASQ_AGENT, data, "")
+    if config is not None:
+        check_section(IP_MASQ_AGENT, config, "", reader.problems)
+    if isinstance(config, IpMasqAgentConfig) and not reader.problems \
+            and len(config.non_masquerade_cidrs) > config.cidr_limit:
+        # ip-masq-agent's validate(): the whole config is refused, the agent keeps what
+        # it had (its defaults at start), so importing the list would not be what it does.
+        reader.problem("nonMasqueradeCIDRs", (
+            f"{len(config.non_masquerade_cidrs)} CIDRs, more than the cidrLimit of "
+            f"{config.cidr_limit}; ip-masq-agent refuses this config (raise cidrLimit)"))
     if reader.problems:
         raise _unquoted(reader.problems, data, where) if from_file else \
             SpecError(reader.problems, source=where)

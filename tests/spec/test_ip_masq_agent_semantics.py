@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from k3snet import MasqueradeRule, Spec, load_ip_masq_agent_config
+from k3snet import MasqueradeRule, Spec, SpecError, load_ip_masq_agent_config
 from k3snet.spec import compile as compile_spec
 
 # ip-masq-agent's own example config (agent-config/config in its repository).
@@ -53,3 +53,38 @@ def test_a_null_link_local_setting_keeps_its_default() -> None:
     # Go leaves a bool as it was for null.
     config = load_ip_masq_agent_config("masqLinkLocal: null\nnonMasqueradeCIDRs: []\n")
     assert config.masq_link_local is False
+
+
+def test_ip_masq_agents_own_example_config_is_imported(tmp_path: Path) -> None:
+    path = tmp_path / "ip-masq-agent"
+    path.write_text(UPSTREAM_EXAMPLE)
+    config = load_ip_masq_agent_config(str(path))
+    assert [str(c) for c in config.non_masquerade_cidrs] == [
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    assert config.cidr_limit == 64
+
+
+def _cidrs(count: int) -> str:
+    return "".join(f"  - 10.{i}.0.0/16\n" for i in range(count))
+
+
+def test_more_cidrs_than_the_cidr_limit_are_refused_as_ip_masq_agent_refuses_them() -> None:
+    # ip-masq-agent's validate() refuses the whole config (and keeps its defaults).
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config("nonMasqueradeCIDRs:\n" + _cidrs(65))
+    assert [str(p) for p in info.value.problems] == [
+        "nonMasqueradeCIDRs: 65 CIDRs, more than the cidrLimit of 64; ip-masq-agent "
+        "refuses this config (raise cidrLimit)"]
+    with pytest.raises(SpecError):
+        load_ip_masq_agent_config("cidrLimit: 2\nnonMasqueradeCIDRs:\n" + _cidrs(3))
+    assert len(load_ip_masq_agent_config(
+        "cidrLimit: 100\nnonMasqueradeCIDRs:\n" + _cidrs(65)).non_masquerade_cidrs) == 65
+    assert len(load_ip_masq_agent_config(
+        "nonMasqueradeCIDRs:\n" + _cidrs(64)).non_masquerade_cidrs) == 64
+
+
+@pytest.mark.parametrize("value", ["'64'", "1.5", "true", "[64]", "64.0"])
+def test_a_cidr_limit_that_is_no_count_is_refused(value: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config(f"cidrLimit: {value}\nnonMasqueradeCIDRs: []\n")
+    assert [p.path for p in info.value.problems] == ["cidrLimit"]

@@ -177,7 +177,7 @@ def test_an_ip_masq_agent_config_is_a_path_text_or_mapping(tmp_path: Path) -> No
     assert refusal({"nonMasqueradeCIDRs": "10.0.0.0/8", "other": 1}) == (
         "ip-masq-agent config", [
             "other: unknown key (known: nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
-            "resyncInterval)",
+            "resyncInterval, cidrLimit)",
             "nonMasqueradeCIDRs: expected a list, got str"])
 
 
@@ -262,16 +262,16 @@ def test_an_ip_masq_agent_config_file_s_problems_still_say_what_is_wrong(
     assert [str(p) for p in _problems(path)] == [
         "2 keys ip-masq-agent does not read (not shown: the file may be another one than its "
         "config; its keys are nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
-        "resyncInterval)"]
+        "resyncInterval, cidrLimit)"]
     # A typo of one of its keys is named, and the values of its keys are quoted.
     path.write_text("nonMasqueradeCidrs: [10.0.0.0/8]\nmasqLinkLocal: 1\nother: 2\n")
     assert [str(p) for p in _problems(path)] == [
         "nonMasqueradeCidrs: unknown key (known: nonMasqueradeCIDRs, masqLinkLocal, "
-        "masqLinkLocalIPv6, resyncInterval)",
+        "masqLinkLocalIPv6, resyncInterval, cidrLimit)",
         "masqLinkLocal: expected true or false, got 1",
         "1 key ip-masq-agent does not read (not shown: the file may be another one than its "
         "config; its keys are nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
-        "resyncInterval)"]
+        "resyncInterval, cidrLimit)"]
     path.write_text("a: 1\nb: [\n")
     assert [str(p) for p in _problems(path)] == [
         "cannot be read as YAML or JSON (line 3, column 1); the file's text is not shown"]
