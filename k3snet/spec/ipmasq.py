@@ -43,7 +43,9 @@ IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE: tuple[str, ...] = (
     "192.0.2.0/24", "192.88.99.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
     "240.0.0.0/4",
 )
-"""ip-masq-agent's ``nonMasqueradeCIDRs`` when its config does not set the key."""
+"""ip-masq-agent's ``nonMasqueradeCIDRs`` when its config does not set the key and it runs
+with ``--nomasq-all-reserved-ranges`` (GKE's setting); without that flag it exempts only the
+first three (RFC 1918)."""
 
 IP_MASQ_AGENT_CIDR_LIMIT = 64
 """ip-masq-agent's ``cidrLimit`` when its config does not set the key: it refuses a config
