@@ -300,3 +300,30 @@ def test_a_yaml_error_at_an_unquoted_ipv6_address_says_to_quote_it(text: str) ->
 @pytest.mark.parametrize("text", ["a: b: c\n", "a: [b\n", "a: x::y: 1\n", "a: 'fd00::\n"])
 def test_a_yaml_error_elsewhere_has_no_ipv6_hint(text: str) -> None:
     assert "IPv6" not in _refusal(text)
+
+
+@pytest.mark.parametrize(("text", "written"), [
+    ("table: 0100\n", "0100"),             # YAML 1.1: octal 64; YAML 1.2 and people: 100
+    ("port: 0443\n", "0443"),              # a connectivity test's port 291
+    ("metric: -010\n", "-010"),
+    ("a:\n  - 1:30\n", "1:30"),            # YAML 1.1: sexagesimal 90; YAML 1.2: a string
+    ("a: [0_10]\n", "0_10"),
+])
+def test_an_integer_yaml_versions_read_differently_is_refused_with_its_place(
+        text: str, written: str) -> None:
+    # PyYAML reads YAML 1.1, editors and the schema's tools YAML 1.2: the route went to
+    # table 64 while the spec said 0100 and the editor showed 100.
+    message = _refusal(text)
+    assert message.startswith(f"not valid YAML: {written} is an integer that YAML 1.1 and "
+                              "YAML 1.2 read differently; write it in decimal without a "
+                              "leading 0 (or quote it for a text)")
+    assert "line " in message
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("a: 0\n", 0), ("a: 100\n", 100), ("a: -0\n", 0), ("a: +254\n", 254), ("a: 0x10\n", 16),
+    ("a: [0, 7]\n", [0, 7]), ("a: '0100'\n", "0100"), ("a: 1_000\n", 1000),
+    ("a: !!str 0100\n", "0100"), ("a: 12:30:00Z\n", "12:30:00Z"),
+])
+def test_integers_both_yaml_versions_read_alike_are_read(text: str, value: object) -> None:
+    assert load_mapping(text, None) == {"a": value}
