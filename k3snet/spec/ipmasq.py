@@ -18,6 +18,7 @@ import attrs
 from k3snet.errors import Problem, SpecError
 from k3snet.model.cidr import Network, parse_network
 from k3snet.spec.fields import (
+    INVALID,
     Field,
     Reader,
     Section,
@@ -28,7 +29,7 @@ from k3snet.spec.fields import (
     read_section,
 )
 from k3snet.spec.source import load_mapping, read_text
-from k3snet.spec.validators import int_in
+from k3snet.spec.validators import int_in, with_schema
 
 __all__ = [
     "IP_MASQ_AGENT_CIDR_LIMIT",
@@ -69,15 +70,29 @@ class IpMasqAgentConfig:
     cidr_limit: int = IP_MASQ_AGENT_CIDR_LIMIT
 
 
-def _text(reader: Reader, value: Any, path: str) -> Any:
-    return str(value)
+# Go's time.ParseDuration: "0", or numbers each with a unit, after an optional sign.
+_GO_DURATION = re.compile(
+    r"[-+]?(?:0|(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
+
+
+def _go_duration(reader: Reader, value: Any, path: str) -> Any:
+    """A text Go's ``time.ParseDuration`` reads (``60s``, ``1m30s``): ip-masq-agent decodes
+    ``resyncInterval`` as a ``metav1.Duration`` and refuses the config otherwise."""
+    if not isinstance(value, str) or not _GO_DURATION.fullmatch(value):
+        reader.problem(path, f"expected a Go duration such as 60s or 1m30s, got {value!r:.80}; "
+                             "ip-masq-agent refuses this config")
+        return INVALID
+    return value
+
+
+with_schema(_go_duration, {"type": "string"})
 
 
 IP_MASQ_AGENT = Section(IpMasqAgentConfig, (
     Field("nonMasqueradeCIDRs", "non_masquerade_cidrs", networks),
     Field("masqLinkLocal", "masq_link_local", boolean),
     Field("masqLinkLocalIPv6", "masq_link_local_ipv6", boolean),
-    Field("resyncInterval", "resync_interval", _text),
+    Field("resyncInterval", "resync_interval", _go_duration),
     # A Go int: anything else makes json.Unmarshal, and so the agent, refuse the config.
     Field("cidrLimit", "cidr_limit", raw, checks=(int_in(-(1 << 63), (1 << 63) - 1),)),
 ))
@@ -119,6 +134,9 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
         # nothing after it): the agent exempts no CIDR then, not its default list.
         data = {**data, "nonMasqueradeCIDRs": []}
     reader = Reader()
+    if isinstance(data, Mapping) and "resyncInterval" in data and data["resyncInterval"] is None:
+        # metav1.Duration decodes null as "", which time.ParseDuration refuses.
+        _go_duration(reader, None, "resyncInterval")
     config = read_section(reader, IP_MASQ_AGENT, data, "")
     if config is not None:
         check_section(IP_MASQ_AGENT, config, "", reader.problems)

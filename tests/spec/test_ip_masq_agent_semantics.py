@@ -88,3 +88,19 @@ def test_a_cidr_limit_that_is_no_count_is_refused(value: str) -> None:
     with pytest.raises(SpecError) as info:
         load_ip_masq_agent_config(f"cidrLimit: {value}\nnonMasqueradeCIDRs: []\n")
     assert [p.path for p in info.value.problems] == ["cidrLimit"]
+
+
+@pytest.mark.parametrize("value", ["60s", "1m30s", "1.5h", "300ms", ".5s", "-1s", "+2m", "0",
+                                   "1us", "1µs", "1ns"])
+def test_a_resync_interval_go_parses_is_read(value: str) -> None:
+    config = load_ip_masq_agent_config({"resyncInterval": value, "nonMasqueradeCIDRs": []})
+    assert config.resync_interval == value
+
+
+@pytest.mark.parametrize("value", [60, "60", "", "1d", "s", "1.s5", "1 s", True, None, "1s "])
+def test_a_resync_interval_go_refuses_makes_the_config_refused(value: object) -> None:
+    # metav1.Duration: a JSON string time.ParseDuration reads; a number, null or a text
+    # without a unit make json.Unmarshal fail, and ip-masq-agent refuse the whole config.
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config({"resyncInterval": value, "nonMasqueradeCIDRs": []})
+    assert [p.path for p in info.value.problems] == ["resyncInterval"]

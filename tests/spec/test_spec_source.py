@@ -146,14 +146,15 @@ def test_a_spec_file_is_a_regular_utf8_file_of_bounded_size(tmp_path: Path) -> N
 def test_an_ip_masq_agent_config_is_a_path_text_or_mapping(tmp_path: Path) -> None:
     path = tmp_path / "config"
     path.write_text("nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqLinkLocalIPv6: true\n"
-                    "resyncInterval: 60\n")
+                    "resyncInterval: 60s\n")
     from_file = load_ip_masq_agent_config(str(path))
     assert from_file == IpMasqAgentConfig(non_masquerade_cidrs=["10.0.0.0/8"],
-                                          masq_link_local_ipv6=True, resync_interval="60")
+                                          masq_link_local_ipv6=True, resync_interval="60s")
     assert load_ip_masq_agent_config(path) == from_file
     assert load_ip_masq_agent_config(path.read_text()) == from_file
     assert load_ip_masq_agent_config({"nonMasqueradeCIDRs": ["10.0.0.0/8"],
-                                      "masqLinkLocalIPv6": True, "resyncInterval": 60}) == from_file
+                                      "masqLinkLocalIPv6": True,
+                                      "resyncInterval": "60s"}) == from_file
     assert load_ip_masq_agent_config({}) == IpMasqAgentConfig()
     assert load_ip_masq_agent_config("masqLinkLocal: true") == IpMasqAgentConfig(
         masq_link_local=True)
