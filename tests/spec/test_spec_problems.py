@@ -19,6 +19,7 @@ from k3snet import NodeFacts, Spec, SpecError, Sysctl
 from k3snet.spec import Destination, DnsZone, EgressPolicy, MasqueradePolicy, validate
 from k3snet.spec import compile as compile_spec
 from k3snet.spec.load import spec_from_document
+from k3snet.spec.source import load_mapping
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "spec"
 
@@ -266,6 +267,26 @@ def test_a_spec_document_needs_its_header() -> None:
     with pytest.raises(SpecError) as info:
         spec_from_document({**header, "destinations": [{"cidr": "x"}]}, source="f")
     assert info.value.source == "f"
+
+
+_NO_API = "apiVersion: required: apiVersion: k3snet.io/v1alpha1"
+_NO_KIND = "kind: required: kind: EgressSpec"
+
+
+@pytest.mark.parametrize(("text", "problems"), [
+    ("apiVersion:\nkind:\n", [_NO_API, _NO_KIND]),
+    ("apiVersion: k3snet.io/v1alpha1\nkind:\n", [_NO_KIND]),
+    ("apiVersion: ~\nkind: EgressSpec\n", [_NO_API]),
+    ('{"apiVersion": null, "kind": null}', [_NO_API, _NO_KIND]),
+])
+def test_a_spec_document_whose_header_is_null_is_refused_as_one_without_it(
+        text: str, problems: list[str]) -> None:
+    # A template that rendered nothing (`kind: ${KIND}`) must not make "a spec that wants
+    # nothing", whose apply removes everything k3snet owns: null was taken as missing only
+    # by the field table, which then used the default and accepted the document.
+    with pytest.raises(SpecError) as info:
+        spec_from_document(load_mapping(text, "spec.yaml"), source="spec.yaml")
+    assert [str(p) for p in info.value.problems] == problems
 
 
 def test_a_problem_found_while_reading_is_not_reported_again() -> None:
