@@ -35,6 +35,7 @@ __all__ = [
     "IP_MASQ_AGENT_CIDR_LIMIT",
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
     "IpMasqAgentConfig",
+    "import_problem",
     "load_ip_masq_agent_config",
     "names_a_file",
 ]
@@ -116,6 +117,9 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
     in the Node's annotation and Events.
     """
     where = "ip-masq-agent config"
+    problem = import_problem(source)
+    if problem is not None:
+        raise SpecError([Problem("", problem)], source=where)
     from_file = False
     if isinstance(source, Mapping):
         data: Any = source
@@ -184,6 +188,14 @@ def _unquoted(problems: tuple[Problem, ...] | list[Problem], data: Any, where: s
                                 f"not read (not shown: the file may be another one than its "
                                 f"config; its keys are {', '.join(_KNOWN)})"))
     return SpecError(kept, source=where)
+
+
+def import_problem(source: Any) -> str | None:
+    """What is wrong with ``source`` as an ip-masq-agent config to import (``None``: it is a
+    path, text or a mapping); anything else made into text would name a file (``5``)."""
+    if isinstance(source, str | Path | Mapping):
+        return None
+    return f"expected a path, the config's text or a mapping, got {source!r:.80}"
 
 
 def names_a_file(text: str) -> bool:

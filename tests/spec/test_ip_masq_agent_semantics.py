@@ -104,3 +104,38 @@ def test_a_resync_interval_go_refuses_makes_the_config_refused(value: object) ->
     with pytest.raises(SpecError) as info:
         load_ip_masq_agent_config({"resyncInterval": value, "nonMasqueradeCIDRs": []})
     assert [p.path for p in info.value.problems] == ["resyncInterval"]
+
+
+def test_a_spec_key_left_null_keeps_what_the_imported_config_gives() -> None:
+    # Null is "not set" everywhere in a spec; next to an import it replaced the imported
+    # list with an empty one (masquerading 192.168.0.0/16 after all) and mode with its
+    # default.
+    imported = {"nonMasqueradeCIDRs": ["192.168.0.0/16"], "masqLinkLocal": True}
+    spec = Spec.from_dict({"masquerade": {
+        "ipMasqAgentConfig": imported, "nonMasqueradeCIDRs": None, "masqLinkLocal": None,
+        "mode": None}})
+    assert spec.masquerade == Spec.from_dict(
+        {"masquerade": {"ipMasqAgentConfig": imported}}).masquerade
+    assert [str(c) for c in spec.masquerade.non_masquerade_cidrs] == ["192.168.0.0/16"]
+    assert spec.masquerade.masq_link_local is True
+    assert spec.masquerade.mode == "all"
+
+
+def test_an_import_left_null_is_no_import() -> None:
+    # It was read as a file named "None" in the current directory.
+    spec = Spec.from_dict({"masquerade": {"ipMasqAgentConfig": None}})
+    assert spec.masquerade == Spec().masquerade
+
+
+@pytest.mark.parametrize("value", [5, True, ["/etc/config/ip-masq-agent"], 1.5])
+def test_an_import_that_is_no_path_text_or_mapping_is_refused_unread(
+        value: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A file named after the value (5, True) in the current directory was read as the config.
+    monkeypatch.chdir(tmp_path)
+    if "/" not in str(value):
+        (tmp_path / str(value)).write_text("nonMasqueradeCIDRs: [0.0.0.0/0]\n")
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict({"masquerade": {"ipMasqAgentConfig": value}})
+    assert [str(p) for p in info.value.problems] == [
+        f"masquerade.ipMasqAgentConfig: expected a path, the config's text or a mapping, "
+        f"got {value!r}"]
