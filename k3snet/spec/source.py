@@ -7,8 +7,8 @@ edit rights can change, so reading is bounded whatever the input:
   a device is refused unread);
 * YAML anchors and aliases are refused (an alias bomb of 525 bytes used to take
   a minute and gigabytes), so are duplicate keys (the last one used to win
-  silently, e.g. a second ``destinations: []``) and nesting deeper than
-  :data:`MAX_DEPTH`;
+  silently, e.g. a second ``destinations: []``), merge keys (``<<``, a second value
+  for a key, dropped silently) and nesting deeper than :data:`MAX_DEPTH`;
 * integers YAML 1.1 (PyYAML) and YAML 1.2 (editors, schema validators) read
   differently, ``0100`` (octal 64 or 100) and ``1:30`` (90 or a text), are refused;
 * numbers too long to convert and anything else the parser refuses are one
@@ -159,6 +159,12 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: set[Any] = set()
             for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    # YAML 1.1's "<<" gives a key a second value that is dropped silently
+                    # (past the duplicate check below); YAML 1.2 reads a key named "<<".
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "merge keys (<<) are not allowed in a spec",
+                        key_node.start_mark)
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(

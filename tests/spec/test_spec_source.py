@@ -328,3 +328,19 @@ def test_an_integer_yaml_versions_read_differently_is_refused_with_its_place(
 ])
 def test_integers_both_yaml_versions_read_alike_are_read(text: str, value: object) -> None:
     assert load_mapping(text, None) == {"a": value}
+
+
+@pytest.mark.parametrize("text", [
+    "destinations: [{cidr: 10.1.0.0/16}]\n<<: {destinations: []}\n",
+    "a:\n  <<: {mode: off}\n  mode: all\n",
+    "a: {<<: [{b: 1}, {b: 2}]}\n",
+])
+def test_merge_keys_are_refused_as_duplicate_keys_are(text: str) -> None:
+    # "<<" (YAML 1.1 only) gave a key two values, one dropped silently, past the
+    # duplicate-key refusal; YAML 1.2 tools and the schema read it as a key named "<<".
+    assert _refusal(text).startswith(
+        "not valid YAML: merge keys (<<) are not allowed in a spec")
+
+
+def test_a_quoted_merge_key_is_a_plain_key() -> None:
+    assert load_mapping("'<<': 1\n", None) == {"<<": 1}
