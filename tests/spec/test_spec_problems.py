@@ -372,3 +372,20 @@ def test_an_unquoted_ipv6_address_read_as_a_mapping_is_told_to_be_quoted() -> No
         "(YAML reads an unquoted fd00:: as a mapping: quote it, 'fd00::')",
         "dns.zones[0].resolvers[0]: expected an address string, got dict {'a': None}",
     ]
+
+
+@pytest.mark.parametrize(("text", "path"), [
+    ("egressPolicy:\n  podSelector:\n    on: web\n", "egressPolicy.podSelector"),
+    ("egressPolicy:\n  podSelector:\n    1: web\n", "egressPolicy.podSelector"),
+    ("cni:\n  flannel:\n    backend:\n      type: vxlan\n      options:\n        yes: 1\n",
+     "cni.flannel.backend.options"),
+])
+def test_a_label_or_option_key_yaml_reads_as_no_text_is_refused(text: str, path: str) -> None:
+    # `on: web` selected pods labelled "True" (str() of the boolean YAML 1.1 reads).
+    with pytest.raises(SpecError) as info:
+        Spec.from_yaml("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n" + text)
+    (problem,) = info.value.problems
+    assert problem.path == path
+    assert problem.message.startswith("a key must be text, got ")
+    assert problem.message.endswith("(YAML reads unquoted yes, no, on, off, true, false and "
+                                    "numbers as such: quote the key)")
