@@ -466,7 +466,14 @@ def mapping(message: str) -> Read:
         if not isinstance(value, Mapping):
             reader.problem(path, message)
             return INVALID
-        return {str(k): v for k, v in value.items()}
+        for key in value:
+            if not isinstance(key, str):
+                # str() of it made `on: web` select the label "True".
+                reader.problem(path, f"a key must be text, got {key!r:.80} (YAML reads unquoted "
+                                     "yes, no, on, off, true, false and numbers as such: quote "
+                                     "the key)")
+                return INVALID
+        return dict(value)
 
     return with_schema(read, {"type": "object"})
 

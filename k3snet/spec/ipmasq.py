@@ -17,12 +17,25 @@ import attrs
 
 from k3snet.errors import Problem, SpecError
 from k3snet.model.cidr import Network, parse_network
-from k3snet.spec.fields import Field, Reader, Section, boolean, networks, read_section
+from k3snet.spec.fields import (
+    INVALID,
+    Field,
+    Reader,
+    Section,
+    boolean,
+    check_section,
+    networks,
+    raw,
+    read_section,
+)
 from k3snet.spec.source import load_mapping, read_text
+from k3snet.spec.validators import int_in, with_schema
 
 __all__ = [
+    "IP_MASQ_AGENT_CIDR_LIMIT",
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
     "IpMasqAgentConfig",
+    "import_problem",
     "load_ip_masq_agent_config",
     "names_a_file",
 ]
@@ -32,7 +45,13 @@ IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE: tuple[str, ...] = (
     "192.0.2.0/24", "192.88.99.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
     "240.0.0.0/4",
 )
-"""ip-masq-agent's ``nonMasqueradeCIDRs`` when its config does not set the key."""
+"""ip-masq-agent's ``nonMasqueradeCIDRs`` when its config does not set the key and it runs
+with ``--nomasq-all-reserved-ranges`` (GKE's setting); without that flag it exempts only the
+first three (RFC 1918)."""
+
+IP_MASQ_AGENT_CIDR_LIMIT = 64
+"""ip-masq-agent's ``cidrLimit`` when its config does not set the key: it refuses a config
+listing more ``nonMasqueradeCIDRs`` than that."""
 
 
 def _networks(values: Any) -> tuple[Network, ...]:
@@ -49,17 +68,34 @@ class IpMasqAgentConfig:
     masq_link_local: bool = False
     masq_link_local_ipv6: bool = False
     resync_interval: str | None = None
+    cidr_limit: int = IP_MASQ_AGENT_CIDR_LIMIT
 
 
-def _text(reader: Reader, value: Any, path: str) -> Any:
-    return str(value)
+# Go's time.ParseDuration: "0", or numbers each with a unit, after an optional sign.
+_GO_DURATION = re.compile(
+    r"[-+]?(?:0|(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
+
+
+def _go_duration(reader: Reader, value: Any, path: str) -> Any:
+    """A text Go's ``time.ParseDuration`` reads (``60s``, ``1m30s``): ip-masq-agent decodes
+    ``resyncInterval`` as a ``metav1.Duration`` and refuses the config otherwise."""
+    if not isinstance(value, str) or not _GO_DURATION.fullmatch(value):
+        reader.problem(path, f"expected a Go duration such as 60s or 1m30s, got {value!r:.80}; "
+                             "ip-masq-agent refuses this config")
+        return INVALID
+    return value
+
+
+with_schema(_go_duration, {"type": "string"})
 
 
 IP_MASQ_AGENT = Section(IpMasqAgentConfig, (
     Field("nonMasqueradeCIDRs", "non_masquerade_cidrs", networks),
     Field("masqLinkLocal", "masq_link_local", boolean),
     Field("masqLinkLocalIPv6", "masq_link_local_ipv6", boolean),
-    Field("resyncInterval", "resync_interval", _text),
+    Field("resyncInterval", "resync_interval", _go_duration),
+    # A Go int: anything else makes json.Unmarshal, and so the agent, refuse the config.
+    Field("cidrLimit", "cidr_limit", raw, checks=(int_in(-(1 << 63), (1 << 63) - 1),)),
 ))
 """The keys of ip-masq-agent's config file."""
 
@@ -71,7 +107,9 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
     file is (a regular file of bounded size); a missing file is a SpecError.
     Missing ``nonMasqueradeCIDRs`` means ip-masq-agent's defaults
     (:data:`IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE`), as in the agent itself; an
-    empty list means none.
+    empty list or ``null`` (as Go decodes it) means none. More CIDRs than
+    ``cidrLimit`` (default :data:`IP_MASQ_AGENT_CIDR_LIMIT`) is a SpecError: the
+    agent refuses such a config.
 
     The problems of a *file* never quote what it holds besides the values of
     ip-masq-agent's own keys (:func:`_unquoted`): the agent reads the file as root
@@ -79,6 +117,9 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
     in the Node's annotation and Events.
     """
     where = "ip-masq-agent config"
+    problem = import_problem(source)
+    if problem is not None:
+        raise SpecError([Problem("", problem)], source=where)
     from_file = False
     if isinstance(source, Mapping):
         data: Any = source
@@ -91,8 +132,25 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
             data = load_mapping(text, where)
         except SpecError as exc:
             raise _unquoted(exc.problems, data=None, where=where) if from_file else exc from None
+    if isinstance(data, Mapping) and "nonMasqueradeCIDRs" in data \
+            and data["nonMasqueradeCIDRs"] is None:
+        # Go's json.Unmarshal sets a slice to nil for null (``nonMasqueradeCIDRs:`` with
+        # nothing after it): the agent exempts no CIDR then, not its default list.
+        data = {**data, "nonMasqueradeCIDRs": []}
     reader = Reader()
+    if isinstance(data, Mapping) and "resyncInterval" in data and data["resyncInterval"] is None:
+        # metav1.Duration decodes null as "", which time.ParseDuration refuses.
+        _go_duration(reader, None, "resyncInterval")
     config = read_section(reader, IP_MASQ_AGENT, data, "")
+    if config is not None:
+        check_section(IP_MASQ_AGENT, config, "", reader.problems)
+    if isinstance(config, IpMasqAgentConfig) and not reader.problems \
+            and len(config.non_masquerade_cidrs) > config.cidr_limit:
+        # ip-masq-agent's validate(): the whole config is refused, the agent keeps what
+        # it had (its defaults at start), so importing the list would not be what it does.
+        reader.problem("nonMasqueradeCIDRs", (
+            f"{len(config.non_masquerade_cidrs)} CIDRs, more than the cidrLimit of "
+            f"{config.cidr_limit}; ip-masq-agent refuses this config (raise cidrLimit)"))
     if reader.problems:
         raise _unquoted(reader.problems, data, where) if from_file else \
             SpecError(reader.problems, source=where)
@@ -130,6 +188,14 @@ def _unquoted(problems: tuple[Problem, ...] | list[Problem], data: Any, where: s
                                 f"not read (not shown: the file may be another one than its "
                                 f"config; its keys are {', '.join(_KNOWN)})"))
     return SpecError(kept, source=where)
+
+
+def import_problem(source: Any) -> str | None:
+    """What is wrong with ``source`` as an ip-masq-agent config to import (``None``: it is a
+    path, text or a mapping); anything else made into text would name a file (``5``)."""
+    if isinstance(source, str | Path | Mapping):
+        return None
+    return f"expected a path, the config's text or a mapping, got {source!r:.80}"
 
 
 def names_a_file(text: str) -> bool:

@@ -69,7 +69,7 @@ def spec_from_dict(data: Mapping[str, Any], *, source: str | None = None,
 def spec_from_document(data: Any, *, source: str | None = None, sound: bool = False) -> Spec:
     """A spec *document* (a file, a ConfigMap's text): the header is required.
 
-    ``apiVersion`` and ``kind`` must be there, so that an empty file, ``{}`` or
+    ``apiVersion`` and ``kind`` must be there (not null), so that an empty file, ``{}`` or
     some other YAML document is never read as "a spec that wants nothing"
     (applying that would remove everything k3snet owns). The dict form of
     :meth:`Spec.from_dict`, for specs built in code, keeps them optional.
@@ -79,9 +79,11 @@ def spec_from_document(data: Any, *, source: str | None = None, sound: bool = Fa
         raise SpecError([Problem("", f"the spec is empty: it needs at least apiVersion: "
                                      f"{API_VERSION} and kind: {KIND}")], source=source)
     if isinstance(data, Mapping):
+        # ``kind:`` with no value (a template that rendered nothing) is missing too: the
+        # field table reads null as "the default" and would accept the document.
         missing = [Problem(key, f"required: {key}: {value}")
                    for key, value in (("apiVersion", API_VERSION), ("kind", KIND))
-                   if key not in data]
+                   if data.get(key) is None]
         if missing:
             try:
                 spec_from_dict(data, source=source)

@@ -40,7 +40,7 @@ from k3snet.spec.fields import (
     strs,
     write_section,
 )
-from k3snet.spec.ipmasq import load_ip_masq_agent_config
+from k3snet.spec.ipmasq import import_problem, load_ip_masq_agent_config
 from k3snet.spec.model import (
     API_VERSION,
     BLOCK_SIZE_KEYS,
@@ -254,15 +254,22 @@ DESTINATION = Section(Destination, (
 
 def _ip_masq_agent(reader: Reader, data: Mapping[str, Any], path: str) -> Mapping[str, Any]:
     """``ipMasqAgentConfig``: the imported file's keys, under the ones the spec sets."""
-    if "ipMasqAgentConfig" not in data:
+    given = data.get("ipMasqAgentConfig")
+    if given is None:  # absent, or null: not set, as everywhere in a spec
         return data
-    imported = reader.convert(data["ipMasqAgentConfig"], f"{path}.ipMasqAgentConfig",
-                              load_ip_masq_agent_config)
     keys = {"mode": "all"}  # ip-masq-agent semantics, even when the file had problems
+    problem = import_problem(given)
+    if problem is not None:  # str() of it would name a file: "5", "True"
+        reader.problem(f"{path}.ipMasqAgentConfig", problem)
+        imported = INVALID
+    else:
+        imported = reader.convert(given, f"{path}.ipMasqAgentConfig", load_ip_masq_agent_config)
     if imported is not INVALID:
         keys.update((f.key, f.write(getattr(imported, f.attr)))
                     for f in MASQUERADE.fields if f.attr in _FROM_IP_MASQ_AGENT)
-    return {**keys, **data}
+    # A key the spec leaves null is not set (as everywhere in a spec): the import's value
+    # stands, not the class default.
+    return {**keys, **{key: value for key, value in data.items() if value is not None}}
 
 
 _FROM_IP_MASQ_AGENT = ("non_masquerade_cidrs", "masq_link_local", "masq_link_local_ipv6")
@@ -289,7 +296,7 @@ MASQUERADE = Section(MasqueradePolicy, (
           example=["192.168.1.5"],
           doc="At most one address per family: SNAT to it instead of masquerading."),
 ), inputs=("ipMasqAgentConfig",), prepare=_ip_masq_agent, input_schemas={
-    "ipMasqAgentConfig": {"type": ["string", "object"], "description": (
+    "ipMasqAgentConfig": {"type": ["string", "object", "null"], "description": (
         "Import an ip-masq-agent config (a path, or its mapping): its nonMasqueradeCIDRs, "
         "masqLinkLocal and masqLinkLocalIPv6, under the keys this spec sets; implies mode all.")},
 })

@@ -7,8 +7,10 @@ edit rights can change, so reading is bounded whatever the input:
   a device is refused unread);
 * YAML anchors and aliases are refused (an alias bomb of 525 bytes used to take
   a minute and gigabytes), so are duplicate keys (the last one used to win
-  silently, e.g. a second ``destinations: []``) and nesting deeper than
-  :data:`MAX_DEPTH`;
+  silently, e.g. a second ``destinations: []``), merge keys (``<<``, a second value
+  for a key, dropped silently) and nesting deeper than :data:`MAX_DEPTH`;
+* integers YAML 1.1 (PyYAML) and YAML 1.2 (editors, schema validators) read
+  differently, ``0100`` (octal 64 or 100) and ``1:30`` (90 or a text), are refused;
 * numbers too long to convert and anything else the parser refuses are one
   :class:`~k3snet.errors.SpecError`, never a traceback.
 """
@@ -157,6 +159,12 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: set[Any] = set()
             for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    # YAML 1.1's "<<" gives a key a second value that is dropped silently
+                    # (past the duplicate check below); YAML 1.2 reads a key named "<<".
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "merge keys (<<) are not allowed in a spec",
+                        key_node.start_mark)
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
@@ -164,6 +172,17 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
                         key_node.start_mark)
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
+
+        def construct_yaml_int(self, node: Any) -> Any:
+            written = self.construct_scalar(node)
+            if _AMBIGUOUS_INT.fullmatch(written):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{written[:40]} is an integer that YAML 1.1 and YAML 1.2 read "
+                    "differently; write it in decimal without a leading 0 (or quote it for a "
+                    "text)", node.start_mark)
+            return super().construct_yaml_int(node)
+
+    StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
 
     try:
         return yaml.load(text, Loader=StrictLoader)
@@ -173,6 +192,11 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
     except (ValueError, RecursionError, MemoryError) as exc:  # e.g. a 5000-digit number
         raise _error(f"cannot read the YAML: {str(exc)[:200]}", source) from None
 
+
+# Integers PyYAML reads as YAML 1.1 does and YAML 1.2 (editors, the JSON Schema's tools)
+# and people read otherwise: 0100 is octal 64 to PyYAML, 100 to them; 1:30 is sexagesimal
+# 90 to PyYAML, a text to them. Hexadecimal (0x10) means the same to both and is kept.
+_AMBIGUOUS_INT = re.compile(r"[-+]?(?:0[0-9_]+|[0-9][0-9_]*:.*)")
 
 IPV6_QUOTE_HINT = ("an IPv6 address that starts or ends with '::' must be quoted in YAML "
                    "('fd00::', '::1'): unquoted, its ':' is read as a mapping's")

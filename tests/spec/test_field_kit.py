@@ -156,7 +156,7 @@ def test_a_section_reads_every_key_into_its_class() -> None:
     obj, problems = _read({
         "flag": True, "inner": {"name": "x", "size": 3},
         "items": [{"name": "a"}, {"name": "b", "size": 2}], "label": "ok",
-        "nets": ["10.0.0.0/8"], "words": ["a", "b"], "opts": {"k": 1, 2: "v"},
+        "nets": ["10.0.0.0/8"], "words": ["a", "b"], "opts": {"k": 1, "2": "v"},
         "deep": {"mode": "b", "range": [1, 5]}})
     assert problems == []
     assert obj == Outer(flag=True, inner=Inner("x", 3), items=(Inner("a"), Inner("b", 2)),

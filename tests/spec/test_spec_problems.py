@@ -19,6 +19,7 @@ from k3snet import NodeFacts, Spec, SpecError, Sysctl
 from k3snet.spec import Destination, DnsZone, EgressPolicy, MasqueradePolicy, validate
 from k3snet.spec import compile as compile_spec
 from k3snet.spec.load import spec_from_document
+from k3snet.spec.source import load_mapping
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "spec"
 
@@ -268,6 +269,26 @@ def test_a_spec_document_needs_its_header() -> None:
     assert info.value.source == "f"
 
 
+_NO_API = "apiVersion: required: apiVersion: k3snet.io/v1alpha1"
+_NO_KIND = "kind: required: kind: EgressSpec"
+
+
+@pytest.mark.parametrize(("text", "problems"), [
+    ("apiVersion:\nkind:\n", [_NO_API, _NO_KIND]),
+    ("apiVersion: k3snet.io/v1alpha1\nkind:\n", [_NO_KIND]),
+    ("apiVersion: ~\nkind: EgressSpec\n", [_NO_API]),
+    ('{"apiVersion": null, "kind": null}', [_NO_API, _NO_KIND]),
+])
+def test_a_spec_document_whose_header_is_null_is_refused_as_one_without_it(
+        text: str, problems: list[str]) -> None:
+    # A template that rendered nothing (`kind: ${KIND}`) must not make "a spec that wants
+    # nothing", whose apply removes everything k3snet owns: null was taken as missing only
+    # by the field table, which then used the default and accepted the document.
+    with pytest.raises(SpecError) as info:
+        spec_from_document(load_mapping(text, "spec.yaml"), source="spec.yaml")
+    assert [str(p) for p in info.value.problems] == problems
+
+
 def test_a_problem_found_while_reading_is_not_reported_again() -> None:
     # The bad pod CIDR is left out when read, so the cluster has no pod CIDR left: that
     # is the same problem, reported once (at the path of the reading).
@@ -351,3 +372,20 @@ def test_an_unquoted_ipv6_address_read_as_a_mapping_is_told_to_be_quoted() -> No
         "(YAML reads an unquoted fd00:: as a mapping: quote it, 'fd00::')",
         "dns.zones[0].resolvers[0]: expected an address string, got dict {'a': None}",
     ]
+
+
+@pytest.mark.parametrize(("text", "path"), [
+    ("egressPolicy:\n  podSelector:\n    on: web\n", "egressPolicy.podSelector"),
+    ("egressPolicy:\n  podSelector:\n    1: web\n", "egressPolicy.podSelector"),
+    ("cni:\n  flannel:\n    backend:\n      type: vxlan\n      options:\n        yes: 1\n",
+     "cni.flannel.backend.options"),
+])
+def test_a_label_or_option_key_yaml_reads_as_no_text_is_refused(text: str, path: str) -> None:
+    # `on: web` selected pods labelled "True" (str() of the boolean YAML 1.1 reads).
+    with pytest.raises(SpecError) as info:
+        Spec.from_yaml("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n" + text)
+    (problem,) = info.value.problems
+    assert problem.path == path
+    assert problem.message.startswith("a key must be text, got ")
+    assert problem.message.endswith("(YAML reads unquoted yes, no, on, off, true, false and "
+                                    "numbers as such: quote the key)")

@@ -146,14 +146,15 @@ def test_a_spec_file_is_a_regular_utf8_file_of_bounded_size(tmp_path: Path) -> N
 def test_an_ip_masq_agent_config_is_a_path_text_or_mapping(tmp_path: Path) -> None:
     path = tmp_path / "config"
     path.write_text("nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqLinkLocalIPv6: true\n"
-                    "resyncInterval: 60\n")
+                    "resyncInterval: 60s\n")
     from_file = load_ip_masq_agent_config(str(path))
     assert from_file == IpMasqAgentConfig(non_masquerade_cidrs=["10.0.0.0/8"],
-                                          masq_link_local_ipv6=True, resync_interval="60")
+                                          masq_link_local_ipv6=True, resync_interval="60s")
     assert load_ip_masq_agent_config(path) == from_file
     assert load_ip_masq_agent_config(path.read_text()) == from_file
     assert load_ip_masq_agent_config({"nonMasqueradeCIDRs": ["10.0.0.0/8"],
-                                      "masqLinkLocalIPv6": True, "resyncInterval": 60}) == from_file
+                                      "masqLinkLocalIPv6": True,
+                                      "resyncInterval": "60s"}) == from_file
     assert load_ip_masq_agent_config({}) == IpMasqAgentConfig()
     assert load_ip_masq_agent_config("masqLinkLocal: true") == IpMasqAgentConfig(
         masq_link_local=True)
@@ -177,7 +178,7 @@ def test_an_ip_masq_agent_config_is_a_path_text_or_mapping(tmp_path: Path) -> No
     assert refusal({"nonMasqueradeCIDRs": "10.0.0.0/8", "other": 1}) == (
         "ip-masq-agent config", [
             "other: unknown key (known: nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
-            "resyncInterval)",
+            "resyncInterval, cidrLimit)",
             "nonMasqueradeCIDRs: expected a list, got str"])
 
 
@@ -262,16 +263,16 @@ def test_an_ip_masq_agent_config_file_s_problems_still_say_what_is_wrong(
     assert [str(p) for p in _problems(path)] == [
         "2 keys ip-masq-agent does not read (not shown: the file may be another one than its "
         "config; its keys are nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
-        "resyncInterval)"]
+        "resyncInterval, cidrLimit)"]
     # A typo of one of its keys is named, and the values of its keys are quoted.
     path.write_text("nonMasqueradeCidrs: [10.0.0.0/8]\nmasqLinkLocal: 1\nother: 2\n")
     assert [str(p) for p in _problems(path)] == [
         "nonMasqueradeCidrs: unknown key (known: nonMasqueradeCIDRs, masqLinkLocal, "
-        "masqLinkLocalIPv6, resyncInterval)",
+        "masqLinkLocalIPv6, resyncInterval, cidrLimit)",
         "masqLinkLocal: expected true or false, got 1",
         "1 key ip-masq-agent does not read (not shown: the file may be another one than its "
         "config; its keys are nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
-        "resyncInterval)"]
+        "resyncInterval, cidrLimit)"]
     path.write_text("a: 1\nb: [\n")
     assert [str(p) for p in _problems(path)] == [
         "cannot be read as YAML or JSON (line 3, column 1); the file's text is not shown"]
@@ -300,3 +301,46 @@ def test_a_yaml_error_at_an_unquoted_ipv6_address_says_to_quote_it(text: str) ->
 @pytest.mark.parametrize("text", ["a: b: c\n", "a: [b\n", "a: x::y: 1\n", "a: 'fd00::\n"])
 def test_a_yaml_error_elsewhere_has_no_ipv6_hint(text: str) -> None:
     assert "IPv6" not in _refusal(text)
+
+
+@pytest.mark.parametrize(("text", "written"), [
+    ("table: 0100\n", "0100"),             # YAML 1.1: octal 64; YAML 1.2 and people: 100
+    ("port: 0443\n", "0443"),              # a connectivity test's port 291
+    ("metric: -010\n", "-010"),
+    ("a:\n  - 1:30\n", "1:30"),            # YAML 1.1: sexagesimal 90; YAML 1.2: a string
+    ("a: [0_10]\n", "0_10"),
+])
+def test_an_integer_yaml_versions_read_differently_is_refused_with_its_place(
+        text: str, written: str) -> None:
+    # PyYAML reads YAML 1.1, editors and the schema's tools YAML 1.2: the route went to
+    # table 64 while the spec said 0100 and the editor showed 100.
+    message = _refusal(text)
+    assert message.startswith(f"not valid YAML: {written} is an integer that YAML 1.1 and "
+                              "YAML 1.2 read differently; write it in decimal without a "
+                              "leading 0 (or quote it for a text)")
+    assert "line " in message
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("a: 0\n", 0), ("a: 100\n", 100), ("a: -0\n", 0), ("a: +254\n", 254), ("a: 0x10\n", 16),
+    ("a: [0, 7]\n", [0, 7]), ("a: '0100'\n", "0100"), ("a: 1_000\n", 1000),
+    ("a: !!str 0100\n", "0100"), ("a: 12:30:00Z\n", "12:30:00Z"),
+])
+def test_integers_both_yaml_versions_read_alike_are_read(text: str, value: object) -> None:
+    assert load_mapping(text, None) == {"a": value}
+
+
+@pytest.mark.parametrize("text", [
+    "destinations: [{cidr: 10.1.0.0/16}]\n<<: {destinations: []}\n",
+    "a:\n  <<: {mode: off}\n  mode: all\n",
+    "a: {<<: [{b: 1}, {b: 2}]}\n",
+])
+def test_merge_keys_are_refused_as_duplicate_keys_are(text: str) -> None:
+    # "<<" (YAML 1.1 only) gave a key two values, one dropped silently, past the
+    # duplicate-key refusal; YAML 1.2 tools and the schema read it as a key named "<<".
+    assert _refusal(text).startswith(
+        "not valid YAML: merge keys (<<) are not allowed in a spec")
+
+
+def test_a_quoted_merge_key_is_a_plain_key() -> None:
+    assert load_mapping("'<<': 1\n", None) == {"<<": 1}

@@ -1,0 +1,141 @@
+"""``masquerade.ipMasqAgentConfig`` reads a config as ip-masq-agent itself reads it.
+
+ip-masq-agent (kubernetes-sigs/ip-masq-agent, ``cmd/ip-masq-agent/ip-masq-agent.go``)
+starts from its defaults and lets Go's ``json.Unmarshal`` overwrite the fields the
+file gives: a ``null`` list becomes an empty one, and ``cidrLimit`` (default 64)
+bounds ``nonMasqueradeCIDRs``, the whole config being refused beyond it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from k3snet import MasqueradeRule, Spec, SpecError, load_ip_masq_agent_config
+from k3snet.spec import compile as compile_spec
+
+# ip-masq-agent's own example config (agent-config/config in its repository).
+UPSTREAM_EXAMPLE = """\
+nonMasqueradeCIDRs:
+  - 10.0.0.0/8
+  - 172.16.0.0/12
+  - 192.168.0.0/16
+cidrLimit: 64
+masqLinkLocal: false
+masqLinkLocalIPv6: false
+resyncInterval: 60s
+"""
+
+
+@pytest.mark.parametrize("text", [
+    "nonMasqueradeCIDRs:\nmasqLinkLocal: true\n",
+    "nonMasqueradeCIDRs: null\n",
+    "nonMasqueradeCIDRs: ~\n",
+    '{"nonMasqueradeCIDRs": null}',
+])
+def test_a_null_non_masquerade_list_is_empty_as_go_decodes_it(text: str) -> None:
+    # Go's json.Unmarshal sets a slice to nil for null: ip-masq-agent then exempts only
+    # link-local; k3snet used to exempt its eleven default ranges instead.
+    assert load_ip_masq_agent_config(text).non_masquerade_cidrs == ()
+
+
+def test_a_null_non_masquerade_list_in_a_file_masquerades_all_but_link_local(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ip-masq-agent"
+    path.write_text("nonMasqueradeCIDRs:\n")
+    spec = Spec.from_dict({"masquerade": {"ipMasqAgentConfig": str(path)}})
+    (rule,) = [o for o in compile_spec(spec).owned if isinstance(o, MasqueradeRule)]
+    assert rule.describe() == "masquerade 10.42.0.0/16 -> any except 10.42.0.0/15,169.254.0.0/16"
+
+
+def test_a_null_link_local_setting_keeps_its_default() -> None:
+    # Go leaves a bool as it was for null.
+    config = load_ip_masq_agent_config("masqLinkLocal: null\nnonMasqueradeCIDRs: []\n")
+    assert config.masq_link_local is False
+
+
+def test_ip_masq_agents_own_example_config_is_imported(tmp_path: Path) -> None:
+    path = tmp_path / "ip-masq-agent"
+    path.write_text(UPSTREAM_EXAMPLE)
+    config = load_ip_masq_agent_config(str(path))
+    assert [str(c) for c in config.non_masquerade_cidrs] == [
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    assert config.cidr_limit == 64
+
+
+def _cidrs(count: int) -> str:
+    return "".join(f"  - 10.{i}.0.0/16\n" for i in range(count))
+
+
+def test_more_cidrs_than_the_cidr_limit_are_refused_as_ip_masq_agent_refuses_them() -> None:
+    # ip-masq-agent's validate() refuses the whole config (and keeps its defaults).
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config("nonMasqueradeCIDRs:\n" + _cidrs(65))
+    assert [str(p) for p in info.value.problems] == [
+        "nonMasqueradeCIDRs: 65 CIDRs, more than the cidrLimit of 64; ip-masq-agent "
+        "refuses this config (raise cidrLimit)"]
+    with pytest.raises(SpecError):
+        load_ip_masq_agent_config("cidrLimit: 2\nnonMasqueradeCIDRs:\n" + _cidrs(3))
+    assert len(load_ip_masq_agent_config(
+        "cidrLimit: 100\nnonMasqueradeCIDRs:\n" + _cidrs(65)).non_masquerade_cidrs) == 65
+    assert len(load_ip_masq_agent_config(
+        "nonMasqueradeCIDRs:\n" + _cidrs(64)).non_masquerade_cidrs) == 64
+
+
+@pytest.mark.parametrize("value", ["'64'", "1.5", "true", "[64]", "64.0"])
+def test_a_cidr_limit_that_is_no_count_is_refused(value: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config(f"cidrLimit: {value}\nnonMasqueradeCIDRs: []\n")
+    assert [p.path for p in info.value.problems] == ["cidrLimit"]
+
+
+@pytest.mark.parametrize("value", ["60s", "1m30s", "1.5h", "300ms", ".5s", "-1s", "+2m", "0",
+                                   "1us", "1µs", "1ns"])
+def test_a_resync_interval_go_parses_is_read(value: str) -> None:
+    config = load_ip_masq_agent_config({"resyncInterval": value, "nonMasqueradeCIDRs": []})
+    assert config.resync_interval == value
+
+
+@pytest.mark.parametrize("value", [60, "60", "", "1d", "s", "1.s5", "1 s", True, None, "1s "])
+def test_a_resync_interval_go_refuses_makes_the_config_refused(value: object) -> None:
+    # metav1.Duration: a JSON string time.ParseDuration reads; a number, null or a text
+    # without a unit make json.Unmarshal fail, and ip-masq-agent refuse the whole config.
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config({"resyncInterval": value, "nonMasqueradeCIDRs": []})
+    assert [p.path for p in info.value.problems] == ["resyncInterval"]
+
+
+def test_a_spec_key_left_null_keeps_what_the_imported_config_gives() -> None:
+    # Null is "not set" everywhere in a spec; next to an import it replaced the imported
+    # list with an empty one (masquerading 192.168.0.0/16 after all) and mode with its
+    # default.
+    imported = {"nonMasqueradeCIDRs": ["192.168.0.0/16"], "masqLinkLocal": True}
+    spec = Spec.from_dict({"masquerade": {
+        "ipMasqAgentConfig": imported, "nonMasqueradeCIDRs": None, "masqLinkLocal": None,
+        "mode": None}})
+    assert spec.masquerade == Spec.from_dict(
+        {"masquerade": {"ipMasqAgentConfig": imported}}).masquerade
+    assert [str(c) for c in spec.masquerade.non_masquerade_cidrs] == ["192.168.0.0/16"]
+    assert spec.masquerade.masq_link_local is True
+    assert spec.masquerade.mode == "all"
+
+
+def test_an_import_left_null_is_no_import() -> None:
+    # It was read as a file named "None" in the current directory.
+    spec = Spec.from_dict({"masquerade": {"ipMasqAgentConfig": None}})
+    assert spec.masquerade == Spec().masquerade
+
+
+@pytest.mark.parametrize("value", [5, True, ["/etc/config/ip-masq-agent"], 1.5])
+def test_an_import_that_is_no_path_text_or_mapping_is_refused_unread(
+        value: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A file named after the value (5, True) in the current directory was read as the config.
+    monkeypatch.chdir(tmp_path)
+    if "/" not in str(value):
+        (tmp_path / str(value)).write_text("nonMasqueradeCIDRs: [0.0.0.0/0]\n")
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict({"masquerade": {"ipMasqAgentConfig": value}})
+    assert [str(p) for p in info.value.problems] == [
+        f"masquerade.ipMasqAgentConfig: expected a path, the config's text or a mapping, "
+        f"got {value!r}"]
