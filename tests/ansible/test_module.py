@@ -295,6 +295,8 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"proc_sys": 5}}),
         egress(spec_path=str(SPEC_PATH), spec=bad_spec),
         egress(state="present"),
+        # NaN never reached the lock's deadline: a held lock was waited for for ever.
+        egress(spec_path=str(SPEC_PATH), backends=["memory"], facts=False, lock_timeout="nan"),
     ]
     run = playbook(tmp_path, ansible_env, [{**t, "ignore_errors": True} for t in tasks])
     assert run.returncode == 0, run.stdout + run.stderr
@@ -315,6 +317,7 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "int" in messages[6]
     assert "mutually exclusive" in messages[7]
     assert "spec_path, spec" in messages[8]
+    assert messages[9] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
 
 
 def test_documentation_and_examples_match_the_argument_spec() -> None:

@@ -87,7 +87,7 @@ options:
   lock_timeout:
     description:
       - Seconds to wait for another k3snet process (the agent, another run) acting
-        in the same network namespace.
+        in the same network namespace, from V(0) (try once) to below a day.
     type: float
     default: 60
 requirements:
