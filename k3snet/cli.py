@@ -982,7 +982,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if args.out is not None:
             _save_planfile(args, spec, backend, observed=observed, desired=desired, p=p)
         marks = _disruptive_notes(backend, p)
-        warnings = _warnings(backend)
+        warnings = list(backend.warnings)
     if args.output == "json":
         _print_json({**p.to_dict(), "kind": "plan",
                      **({"warnings": warnings} if warnings else {}),
@@ -1024,10 +1024,6 @@ def _disruptive_notes(backend: BackendGroup, p: Plan, command: str = "apply") ->
     return lines
 
 
-def _warnings(backend: BackendGroup) -> list[str]:
-    """What the backends' last observe found worth saying (a backend's ``warnings``)."""
-    return [str(w) for member in backend.members
-            for w in getattr(member.backend, "warnings", ()) or ()]
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

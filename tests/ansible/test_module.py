@@ -161,6 +161,12 @@ def forwarding(ns: str) -> tuple[str, ...]:
                              "/proc/sys/net/ipv6/conf/all/forwarding"]).stdout.split())
 
 
+def iptables_rules(ns: str) -> list[str]:
+    """The namespace's iptables-nft rules as ``iptables-nft-save`` lists them (no comments)."""
+    return [line for line in run_in(ns, ["iptables-nft-save"]).stdout.splitlines()
+            if not line.startswith("#")]
+
+
 def lab_node(lab: SeedLab) -> dict[str, Any]:
     """The module options that act on the lab's node (state file kept with the lab)."""
     return {"netns": lab.node, "backend_options": {"netlink": {"state_dir": str(lab.state_dir)}}}
@@ -278,6 +284,31 @@ def test_teardown_is_refused_and_state_absent_removes_everything_once(
         (result,) = gone.results
         assert result["changed"] is False
         assert gone.changed == 0
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_what_the_backends_warn_of_is_an_ansible_warning(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # `k3snet plan` prints a backend's warnings (`!! warning:`); the module kept them to
+    # itself, so a task said ok over an administrator's chain named like k3snet's.
+    with SeedLab.create() as lab:
+        for argv in (["-N", "K3SNET-MINE"], ["-A", "K3SNET-MINE", "-j", "RETURN"],
+                     ["-I", "POSTROUTING", "1", "-j", "K3SNET-MINE"]):
+            run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", *argv])
+        untouched = iptables_rules(lab.node), forwarding(lab.node)
+        task = egress(spec_path=str(SPEC_PATH), backends=["netlink", "iptables"],
+                      **lab_node(lab))
+        check = playbook(tmp_path, ansible_env, [task], "--check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        (result,) = check.results
+        assert result["changed"] is True
+        warned = [w for w in result.get("warnings", []) if "K3SNET-MINE" in w]
+        assert len(warned) == 1, result.get("warnings")
+        assert "chain K3SNET-MINE is not k3snet's" in warned[0]
+        assert "[WARNING]" in check.stdout + check.stderr
+        assert (iptables_rules(lab.node), forwarding(lab.node)) == untouched
 
 
 def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(

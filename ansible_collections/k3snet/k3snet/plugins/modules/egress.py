@@ -22,6 +22,8 @@ description:
     and reported in the plan, never touched.
   - C(changed) is true exactly when the plan had changes; a second run with the same
     spec reports C(changed=false).
+  - What the backends warn of (the C(!! warning:) lines of C(k3snet plan)) are task
+    warnings.
   - The same library calls as C(k3snet apply) and C(k3snet destroy); the node needs
     the k3snet Python package (see the requirements).
 options:
@@ -296,6 +298,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
                 backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
                 allow_conflicts=params["allow_conflicts"],
                 allow_teardown=params["allow_teardown"], lock_timeout=params["lock_timeout"])
+        for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
+            module.warn(warning)
         if module.check_mode and not done.plan.empty:
             # What `apply` would run before changing anything: the backends' own dry run.
             problems = backend.check(done.plan)
