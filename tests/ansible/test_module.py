@@ -351,6 +351,56 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert messages[9] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
 
 
+FAILING_BACKEND = """
+from k3snet.backends.memory import MemoryBackend
+from k3snet.errors import ApplyError, RollbackError
+
+
+class FailingBackend(MemoryBackend):
+    name = "failing"
+
+    def __init__(self, rollback: bool = False) -> None:
+        super().__init__()
+        self.rollback = rollback
+
+    def apply(self, plan):
+        if self.rollback:
+            raise RollbackError("undoing it failed too", failed=plan.changes[0],
+                                done=plan.changes[:1])
+        raise ApplyError("the kernel said no", failed=plan.changes[0])
+"""
+
+
+def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # A backend plugin (an entry point, as a third-party backend is found) whose apply
+    # fails: rolled back, nothing changed; not rolled back (RollbackError), the node may
+    # be half-changed, and a task that says changed=false hides it.
+    plugins = tmp_path / "plugins"
+    (plugins / "k3snet_failing-0.dist-info").mkdir(parents=True)
+    (plugins / "k3snet_failing-0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: k3snet-failing\nVersion: 0\n")
+    (plugins / "k3snet_failing-0.dist-info" / "entry_points.txt").write_text(
+        "[k3snet.backends]\nfailing = k3snet_failing:FailingBackend\n")
+    (plugins / "k3snet_failing.py").write_text(FAILING_BACKEND)
+    env = {**ansible_env, "PYTHONPATH": os.pathsep.join(
+        [str(plugins), *filter(None, [ansible_env.get("PYTHONPATH")])])}
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24", "gateway": "192.168.1.1"}]}
+    tasks = [egress(spec=spec, backends=["failing"], facts=False,
+                    backend_options={"failing": {"rollback": rollback}})
+             for rollback in (False, True)]
+    run = playbook(tmp_path, env, [{**t, "ignore_errors": True} for t in tasks])
+    rolled_back, half_done = run.results
+    assert rolled_back["failed"] is True
+    assert rolled_back["changed"] is False
+    assert rolled_back["msg"].startswith("the kernel said no; failed change: + ")
+    assert half_done["failed"] is True
+    assert half_done["changed"] is True
+    assert half_done["msg"].startswith("undoing it failed too; failed change: + ")
+    assert all(no_traceback(r, run) for r in run.results)
+
+
 def test_documentation_and_examples_match_the_argument_spec() -> None:
     module = load_module()
     documented = yaml.safe_load(module.DOCUMENTATION)["options"]

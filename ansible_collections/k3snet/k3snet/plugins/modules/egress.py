@@ -146,7 +146,11 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed:
-  description: Whether the plan had changes (in check mode, whether it would).
+  description:
+    - Whether the plan had changes (in check mode, whether it would).
+    - A failed task changed nothing (the backends roll back what they did), but when
+      undoing a failed apply failed too; then C(changed) is true, as the node may be
+      half-changed (C(msg) names the change that failed).
   returned: always
   type: bool
 msg:
@@ -338,8 +342,10 @@ def main() -> None:
     try:
         result = run(module)
     except (k3snet.K3snetError, ParameterError) as exc:
-        # k3snet's messages name every problem (with its spec path); no traceback.
-        module.fail_json(msg=str(exc))
+        # k3snet's messages name every problem (with its spec path); no traceback. Every
+        # failure leaves the node as it was, but an apply whose undo failed too: the node
+        # may be half-changed, and Ansible's changed says so.
+        module.fail_json(msg=str(exc), changed=isinstance(exc, k3snet.RollbackError))
     except OSError as exc:  # an unreadable spec_path, a missing tool
         where = f"{exc.filename}: " if exc.filename is not None else ""
         module.fail_json(msg=where + (exc.strerror or str(exc)))
