@@ -19,7 +19,7 @@ from k3snet.backends.group import BackendGroup
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_lock, namespaces_of
 from k3snet.errors import CheckError, ConflictError, StalePlanError, TeardownError
 from k3snet.model.drift import Drift
-from k3snet.model.state import State
+from k3snet.model.state import State, ensure_state
 from k3snet.planner import Plan, plan
 from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
@@ -86,7 +86,7 @@ def converge(
     this call (as ``cni.allowDisruptive: true`` in the spec and ``--allow-disruptive``
     on the CLI do); they are refused otherwise.
     """
-    wanted = desired.only(backend.capabilities)
+    wanted = ensure_state(desired, "desired").only(backend.capabilities)
     expect = getattr(backend, "expect", None)
     if callable(expect):  # an optional hint, no result changes (docs/custom-backend.md)
         expect(wanted)
