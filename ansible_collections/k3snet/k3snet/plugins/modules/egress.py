@@ -15,9 +15,9 @@ module: egress
 short_description: Make pod egress work on a K3s node with k3snet
 version_added: "0.1.0"
 description:
-  - Brings the routes, NAT and forward rules and sysctls that k3snet owns on a node
-    to what a k3snet spec asks for, through k3snet's backends (netlink, nftables,
-    iptables, flannel, calico).
+  - Brings the routes, NAT and forward rules, sysctls and CNI settings that k3snet
+    owns on a node to what a k3snet spec asks for, through k3snet's backends (netlink,
+    nftables, iptables, flannel, calico, cilium).
   - Only objects k3snet owns are ever changed; foreign routes and rules are observed
     and reported in the plan, never touched.
   - C(changed) is true exactly when the plan had changes; a second run with the same
