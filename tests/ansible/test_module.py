@@ -351,6 +351,21 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert messages[9] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
 
 
+def test_node_facts_are_read_only_for_backends_acting_on_the_node(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # As `k3snet apply`: a backend without a network namespace (the memory backend here,
+    # a cloud route table elsewhere) is not checked against this node's interfaces.
+    # The module read them anyway and refused a device the node does not have.
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "198.51.100.0/24", "gateway": "203.0.113.1",
+                              "device": "k3snet-nodev0"}]}
+    run = playbook(tmp_path, ansible_env, [egress(spec=spec, backends=["memory"])])
+    assert run.returncode == 0, run.stdout + run.stderr
+    (result,) = run.results
+    assert result["changed"] is True
+    assert len(result["applied"]) == 4
+
+
 FAILING_BACKEND = """
 from k3snet.backends.memory import MemoryBackend
 from k3snet.errors import ApplyError, RollbackError

@@ -83,7 +83,8 @@ options:
   facts:
     description:
       - Read the node's interfaces and routes (C(ip -j)) to check the spec against
-        them (devices exist, gateways are reachable).
+        them (devices exist, gateways are reachable), when a backend acts on the node
+        (not the memory backend or a remote one), as C(k3snet apply) does.
     type: bool
     default: true
   lock_timeout:
@@ -194,9 +195,8 @@ try:
     import k3snet
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
-    from k3snet.converge import compile_for
+    from k3snet.converge import compile_for, reads_node_facts
     from k3snet.facts import gather_facts
-    from k3snet.model.state import KINDS
     from k3snet.spec import check_backend_options, spec_backend_options
 except ImportError:
     K3SNET_IMPORT_ERROR: str | None = traceback.format_exc()
@@ -296,8 +296,9 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         elif spec is None:  # required_if already refuses this; kept for type checkers
             raise ParameterError("state=present needs spec_path or spec")
         else:
-            node_kinds = backend.capabilities & set(KINDS)
-            facts = gather_facts(params["netns"]) if params["facts"] and node_kinds else None
+            # As `k3snet apply`: only for backends acting on this node.
+            local = params["facts"] and reads_node_facts(backend)
+            facts = gather_facts(params["netns"]) if local else None
             done = k3snet.converge(
                 backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
                 allow_conflicts=params["allow_conflicts"],
