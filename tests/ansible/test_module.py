@@ -366,6 +366,24 @@ def test_node_facts_are_read_only_for_backends_acting_on_the_node(
     assert len(result["applied"]) == 4
 
 
+def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # A node whose k3snet is older than the collection (the wheel of an earlier release)
+    # was told k3snet was not installed at all, and to check ansible_python_interpreter.
+    old = tmp_path / "old" / "k3snet"
+    old.mkdir(parents=True)
+    (old / "__init__.py").write_text('__version__ = "0.0.1"\n')
+    env = {**ansible_env, "PYTHONPATH": str(old.parent)}
+    run = playbook(tmp_path, env, [{**egress(spec_path=str(SPEC_PATH)), "ignore_errors": True}])
+    (result,) = run.results
+    assert result["failed"] is True
+    assert result["msg"].startswith(
+        f"k3snet 0.0.1 ({old / '__init__.py'}) on this node's Python ({sys.executable}) is "
+        "not one this module can use: No module named 'k3snet.backends'; install the "
+        "k3snet release of this collection")
+    assert "Failed to import the required Python library" not in result["msg"]
+
+
 FAILING_BACKEND = """
 from k3snet.backends.memory import MemoryBackend
 from k3snet.errors import ApplyError, RollbackError

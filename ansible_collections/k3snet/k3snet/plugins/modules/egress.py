@@ -185,21 +185,26 @@ diff:
 """
 
 import inspect
+import sys
 import traceback
 from contextlib import ExitStack
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+K3SNET_FOUND: str | None = None  # "VERSION (PATH)" of a k3snet that imports at all
 try:
     import k3snet
+
+    K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
     from k3snet.converge import compile_for, reads_node_facts
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
-except ImportError:
+except ImportError as exc:
     K3SNET_IMPORT_ERROR: str | None = traceback.format_exc()
+    K3SNET_MISSING = str(exc)
 else:
     K3SNET_IMPORT_ERROR = None
 
@@ -338,8 +343,14 @@ def main() -> None:
         required_if=[("state", "present", ("spec_path", "spec"), True)],
         supports_check_mode=True,
     )
-    if K3SNET_IMPORT_ERROR is not None:
+    if K3SNET_IMPORT_ERROR is not None and K3SNET_FOUND is None:
         module.fail_json(msg=missing_required_lib("k3snet"), exception=K3SNET_IMPORT_ERROR)
+    if K3SNET_IMPORT_ERROR is not None:
+        # Installed, but a release without what this module imports (an older wheel):
+        # "not installed, check ansible_python_interpreter" would send the user astray.
+        module.fail_json(msg=f"k3snet {K3SNET_FOUND} on this node's Python ({sys.executable}) "
+                             f"is not one this module can use: {K3SNET_MISSING}; install the "
+                             "k3snet release of this collection", exception=K3SNET_IMPORT_ERROR)
     try:
         result = run(module)
     except (k3snet.K3snetError, ParameterError) as exc:
