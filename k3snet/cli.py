@@ -29,7 +29,6 @@ from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE
-from k3snet.backends.lock import namespaces_of
 from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
     available_backends,
@@ -37,7 +36,14 @@ from k3snet.backends.registry import (
     create_backend,
     load_backend,
 )
-from k3snet.converge import Convergence, apply_plan, compile_for, converge, destroy
+from k3snet.converge import (
+    Convergence,
+    apply_plan,
+    compile_for,
+    converge,
+    destroy,
+    reads_node_facts,
+)
 from k3snet.errors import (
     BackendOptionError,
     ConflictError,
@@ -50,7 +56,7 @@ from k3snet.errors import (
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import name_problem, object_ref_problem
 from k3snet.model import Route
-from k3snet.model.state import KINDS, State
+from k3snet.model.state import State
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
@@ -786,10 +792,7 @@ def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> Sta
 
 def _local_facts(args: argparse.Namespace, backend: BackendGroup,
                  read: Callable[[str | None], NodeFacts]) -> NodeFacts | None:
-    # Facts describe the local node (its interfaces and routes): they are read only for
-    # backends acting on it (a network namespace here), never for remote or cloud ones.
-    local = bool(namespaces_of(backend)) and bool(backend.capabilities & set(KINDS))
-    return read(args.netns) if local and not args.no_facts else None
+    return read(args.netns) if reads_node_facts(backend) and not args.no_facts else None
 
 
 class _AgentDesired:
@@ -990,7 +993,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if args.out is not None:
             _save_planfile(args, spec, backend, observed=observed, desired=desired, p=p)
         marks = _disruptive_notes(backend, p)
-        warnings = _warnings(backend)
+        warnings = list(backend.warnings)
     if args.output == "json":
         _print_json({**p.to_dict(), "kind": "plan",
                      **({"warnings": warnings} if warnings else {}),
@@ -1032,10 +1035,6 @@ def _disruptive_notes(backend: BackendGroup, p: Plan, command: str = "apply") ->
     return lines
 
 
-def _warnings(backend: BackendGroup) -> list[str]:
-    """What the backends' last observe found worth saying (a backend's ``warnings``)."""
-    return [str(w) for member in backend.members
-            for w in getattr(member.backend, "warnings", ()) or ()]
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

@@ -19,13 +19,13 @@ from k3snet.backends.group import BackendGroup
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_lock, namespaces_of
 from k3snet.errors import CheckError, ConflictError, StalePlanError, TeardownError
 from k3snet.model.drift import Drift
-from k3snet.model.state import State
+from k3snet.model.state import KINDS, State, ensure_state
 from k3snet.planner import Plan, plan
 from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
 
 __all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy",
-           "disruptive_allowed", "refuse_teardown", "state_digest"]
+           "disruptive_allowed", "reads_node_facts", "refuse_teardown", "state_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,17 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
               and (target := getattr(member, "target", None)) is not None]
     return compile_spec(spec, facts, flannel_targets=targets, cilium_targets=cilium,
                         kinds=backend.capabilities)
+
+
+def reads_node_facts(backend: Backend) -> bool:
+    """Whether a spec is checked against this node's facts for ``backend``.
+
+    Facts describe the local node (its interfaces and routes): they are read only
+    when ``backend`` acts on it (in a network namespace, :func:`namespaces_of`) and
+    manages a node kind, never for remote or cloud backends or the memory backend.
+    ``k3snet apply``, the agent and the Ansible module all decide so here.
+    """
+    return bool(namespaces_of(backend)) and bool(backend.capabilities & set(KINDS))
 
 
 @attrs.frozen
@@ -86,7 +97,7 @@ def converge(
     this call (as ``cni.allowDisruptive: true`` in the spec and ``--allow-disruptive``
     on the CLI do); they are refused otherwise.
     """
-    wanted = desired.only(backend.capabilities)
+    wanted = ensure_state(desired, "desired").only(backend.capabilities)
     expect = getattr(backend, "expect", None)
     if callable(expect):  # an optional hint, no result changes (docs/custom-backend.md)
         expect(wanted)

@@ -37,7 +37,7 @@ import attrs
 
 from k3snet.errors import ModelError, PlanError
 from k3snet.model import NetObject
-from k3snet.model.state import State, malformed, object_from_dict
+from k3snet.model.state import State, ensure_state, malformed, object_from_dict
 from k3snet.model.sysctl import Sysctl
 
 __all__ = ["Action", "Change", "Note", "Plan", "plan"]
@@ -480,6 +480,8 @@ def plan(observed: State, desired: State) -> Plan:
     Plan: 1 to add, 0 to replace, 0 to delete.
     + route 192.168.2.0/24 via 192.168.1.1 dev eth0 table main metric 0 proto k3snet
     """
+    ensure_state(observed, "observed")
+    ensure_state(desired, "desired")
     have = observed.by_key
     want = desired.by_key
     foreign = _ForeignIndex(observed.foreign)

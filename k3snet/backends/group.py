@@ -75,6 +75,15 @@ class BackendGroup:
         """Every kind some member manages."""
         return frozenset().union(*(m.kinds for m in self.members))
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the members' last observe found worth saying (each member's optional
+        ``warnings``: the iptables backend's chains that are not k3snet's, Calico's
+        resources it cannot read ...), in member order; ``k3snet plan`` prints them as
+        ``!! warning:`` lines and the Ansible module as task warnings."""
+        return tuple(str(w) for member in self.members
+                     for w in getattr(member.backend, "warnings", ()) or ())
+
     def change_token(self) -> tuple[Hashable | None, ...]:
         """The members' change tokens (``None`` for a member that cannot tell).
 

@@ -97,10 +97,13 @@ T = TypeVar("T")
 # anything, with one error naming it.
 
 
-def option_seconds(name: str, value: object) -> float:
-    """A bound in seconds: a number above 0 and below a day (not NaN, not a flag)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
-        raise ModelError(f"{name} must be a number of seconds > 0, got {value!r}")
+def option_seconds(name: str, value: object, *, zero: bool = False) -> float:
+    """A bound in seconds: a number above 0 (or 0 itself, with ``zero``) and below a day
+    (not NaN, not a flag)."""
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not (value >= 0 if zero else value > 0) or not value < 86400):
+        bound = ">= 0 and below a day" if zero else "> 0"
+        raise ModelError(f"{name} must be a number of seconds {bound}, got {value!r}")
     return float(value)
 
 

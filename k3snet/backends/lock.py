@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from k3snet._kept import untrusted
+from k3snet.backends.kit import option_seconds
 from k3snet.backends.netns import netns_path, validate_netns
 from k3snet.errors import BackendError
 
@@ -85,9 +86,12 @@ def namespace_lock(netns: Iterable[str | None], *,
                    timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
     """Hold the k3snet lock of every namespace in ``netns`` (in a fixed order: no deadlock).
 
-    Waits up to ``timeout`` seconds for another k3snet process, then raises
-    :class:`~k3snet.errors.BackendError` naming the holder's pid.
+    Waits up to ``timeout`` seconds for another k3snet process (``0``: tries once), then
+    raises :class:`~k3snet.errors.BackendError` naming the holder's pid. A timeout that
+    is not a number of seconds from 0 to a day (NaN, which no deadline ever reaches, a
+    negative one, infinity) is refused with :class:`~k3snet.errors.ModelError` first.
     """
+    timeout = option_seconds("lock_timeout", timeout, zero=True)
     wanted = sorted({_identity(n) for n in netns})
     with contextlib.ExitStack() as stack:
         if wanted:

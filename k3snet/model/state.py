@@ -17,8 +17,8 @@ from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.model.route import Route, RouteBlock
 from k3snet.model.sysctl import Sysctl
 
-__all__ = ["KINDS", "OBJECT_TYPES", "STATE_FORMAT", "State", "known_kinds", "malformed",
-           "object_from_dict", "register_object_type"]
+__all__ = ["KINDS", "OBJECT_TYPES", "STATE_FORMAT", "State", "ensure_state", "known_kinds",
+           "malformed", "object_from_dict", "register_object_type"]
 
 _TYPES: dict[str, type[NetObject]] = {}
 
@@ -256,3 +256,15 @@ class State:
 
 def _sort_key(obj: NetObject) -> tuple[Any, ...]:
     return obj.sort_key
+
+
+def ensure_state(value: object, what: str) -> State:
+    """``value`` if it is a :class:`State`, else a :class:`~k3snet.errors.ModelError` naming
+    ``what`` (and, for a spec, the compile step left out) instead of an AttributeError
+    from deep inside the planner."""
+    if isinstance(value, State):
+        return value
+    kind = type(value).__name__
+    hint = (" (compile it first: k3snet.compile(spec), or "
+            "k3snet.converge.compile_for(backend, spec, facts))") if kind == "Spec" else ""
+    raise ModelError(f"{what} must be a k3snet.State, got {kind}{hint}")

@@ -38,7 +38,8 @@ _DEEPEST = 32
 """Blocks nested deeper are PyYAML's (k3snet.spec.source refuses them after reading).
 Keys longer than YAML's 1 024 characters for a simple key are PyYAML's too."""
 _STR, _INT, _BOOL, _NULL = (f"tag:yaml.org,2002:{name}" for name in ("str", "int", "bool", "null"))
-_BOOLS = {"yes": True, "no": False, "true": True, "false": False, "on": True, "off": False}
+YAML_BOOLS = {"yes": True, "no": False, "true": True, "false": False, "on": True, "off": False}
+"""The plain words YAML 1.1 (PyYAML, Ansible) reads as booleans, lower-cased."""
 
 
 class _NotBlockStyleError(Exception):
@@ -205,7 +206,7 @@ class _Reader:
         elif tag == _INT and _DECIMAL.match(text):
             value = int(text)
         elif tag == _BOOL:
-            value = _BOOLS[text.lower()]
+            value = YAML_BOOLS[text.lower()]
         elif tag == _NULL:
             value = None
         else:

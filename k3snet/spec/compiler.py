@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -64,7 +65,8 @@ def _networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
 
 def _interfaces(
     value: Mapping[str, Iterable[str | ipaddress.IPv4Interface | ipaddress.IPv6Interface]],
-) -> dict[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]]:
+) -> Mapping[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]]:
+    # A read-only view of a copy: facts are a value, as frozen as the rest of NodeFacts.
     result = {}
     for name, addresses in value.items():
         validate_interface_name(name)
@@ -72,7 +74,7 @@ def _interfaces(
             result[name] = tuple(ipaddress.ip_interface(a) for a in addresses)
         except ValueError as exc:
             raise ModelError(f"interface {name}: {exc}") from exc
-    return result
+    return MappingProxyType(result)
 
 
 @attrs.frozen
@@ -86,7 +88,9 @@ class NodeFacts:
     """
 
     interfaces: Mapping[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]] = (
-        attrs.field(factory=dict, converter=_interfaces)
+        # Not hashed (a mapping is not hashable): equal facts have equal routes and
+        # hostname, so their hashes stay equal.
+        attrs.field(factory=dict, converter=_interfaces, hash=False)
     )
     routes: tuple[Network, ...] = attrs.field(default=(), converter=_networks)
     hostname: str | None = None

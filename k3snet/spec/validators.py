@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from k3snet.spec.blockstyle import YAML_BOOLS
+
 __all__ = ["Check", "int_in", "integer", "matches", "one_of", "optional", "schema_of",
            "with_schema"]
 
@@ -84,6 +86,17 @@ def int_in(
     return with_schema(check, schema)
 
 
+def _unquoted_word_hint(value: Any, choices: tuple[Any, ...]) -> str:
+    """The hint for a choice YAML 1.1 read as a boolean (``mode: off`` is ``False``), else
+    ``""``: the value says ``False``, which the user never wrote."""
+    if isinstance(value, bool):
+        for choice in choices:
+            if isinstance(choice, str) and YAML_BOOLS.get(choice.lower()) is value:
+                return (f" (YAML reads an unquoted {choice} as {str(value).lower()}: "
+                        f"quote it, '{choice}')")
+    return ""
+
+
 def one_of(*choices: Any, message: str | None = None) -> Check:
     """One of ``choices``; ``message`` (a ``str.format`` template with ``{value}``) overrides
     the default ``expected one of a, b, got 'x'``.
@@ -97,7 +110,7 @@ def one_of(*choices: Any, message: str | None = None) -> Check:
                 return None
         except TypeError:  # unhashable (a list or mapping given for a word)
             pass
-        return template.format(value=value)
+        return template.format(value=value) + _unquoted_word_hint(value, choices)
 
     return with_schema(check, {"enum": list(choices)})
 

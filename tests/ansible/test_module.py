@@ -161,6 +161,12 @@ def forwarding(ns: str) -> tuple[str, ...]:
                              "/proc/sys/net/ipv6/conf/all/forwarding"]).stdout.split())
 
 
+def iptables_rules(ns: str) -> list[str]:
+    """The namespace's iptables-nft rules as ``iptables-nft-save`` lists them (no comments)."""
+    return [line for line in run_in(ns, ["iptables-nft-save"]).stdout.splitlines()
+            if not line.startswith("#")]
+
+
 def lab_node(lab: SeedLab) -> dict[str, Any]:
     """The module options that act on the lab's node (state file kept with the lab)."""
     return {"netns": lab.node, "backend_options": {"netlink": {"state_dir": str(lab.state_dir)}}}
@@ -280,6 +286,31 @@ def test_teardown_is_refused_and_state_absent_removes_everything_once(
         assert gone.changed == 0
 
 
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_what_the_backends_warn_of_is_an_ansible_warning(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # `k3snet plan` prints a backend's warnings (`!! warning:`); the module kept them to
+    # itself, so a task said ok over an administrator's chain named like k3snet's.
+    with SeedLab.create() as lab:
+        for argv in (["-N", "K3SNET-MINE"], ["-A", "K3SNET-MINE", "-j", "RETURN"],
+                     ["-I", "POSTROUTING", "1", "-j", "K3SNET-MINE"]):
+            run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", *argv])
+        untouched = iptables_rules(lab.node), forwarding(lab.node)
+        task = egress(spec_path=str(SPEC_PATH), backends=["netlink", "iptables"],
+                      **lab_node(lab))
+        check = playbook(tmp_path, ansible_env, [task], "--check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        (result,) = check.results
+        assert result["changed"] is True
+        warned = [w for w in result.get("warnings", []) if "K3SNET-MINE" in w]
+        assert len(warned) == 1, result.get("warnings")
+        assert "chain K3SNET-MINE is not k3snet's" in warned[0]
+        assert "[WARNING]" in check.stdout + check.stderr
+        assert (iptables_rules(lab.node), forwarding(lab.node)) == untouched
+
+
 def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # None of these reaches a backend: no root, no namespace needed.
@@ -295,6 +326,8 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"proc_sys": 5}}),
         egress(spec_path=str(SPEC_PATH), spec=bad_spec),
         egress(state="present"),
+        # NaN never reached the lock's deadline: a held lock was waited for for ever.
+        egress(spec_path=str(SPEC_PATH), backends=["memory"], facts=False, lock_timeout="nan"),
     ]
     run = playbook(tmp_path, ansible_env, [{**t, "ignore_errors": True} for t in tasks])
     assert run.returncode == 0, run.stdout + run.stderr
@@ -315,6 +348,90 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "int" in messages[6]
     assert "mutually exclusive" in messages[7]
     assert "spec_path, spec" in messages[8]
+    assert messages[9] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
+
+
+def test_node_facts_are_read_only_for_backends_acting_on_the_node(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # As `k3snet apply`: a backend without a network namespace (the memory backend here,
+    # a cloud route table elsewhere) is not checked against this node's interfaces.
+    # The module read them anyway and refused a device the node does not have.
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "198.51.100.0/24", "gateway": "203.0.113.1",
+                              "device": "k3snet-nodev0"}]}
+    run = playbook(tmp_path, ansible_env, [egress(spec=spec, backends=["memory"])])
+    assert run.returncode == 0, run.stdout + run.stderr
+    (result,) = run.results
+    assert result["changed"] is True
+    assert len(result["applied"]) == 4
+
+
+def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # A node whose k3snet is older than the collection (the wheel of an earlier release)
+    # was told k3snet was not installed at all, and to check ansible_python_interpreter.
+    old = tmp_path / "old" / "k3snet"
+    old.mkdir(parents=True)
+    (old / "__init__.py").write_text('__version__ = "0.0.1"\n')
+    env = {**ansible_env, "PYTHONPATH": str(old.parent)}
+    run = playbook(tmp_path, env, [{**egress(spec_path=str(SPEC_PATH)), "ignore_errors": True}])
+    (result,) = run.results
+    assert result["failed"] is True
+    assert result["msg"].startswith(
+        f"k3snet 0.0.1 ({old / '__init__.py'}) on this node's Python ({sys.executable}) is "
+        "not one this module can use: No module named 'k3snet.backends'; install the "
+        "k3snet release of this collection")
+    assert "Failed to import the required Python library" not in result["msg"]
+
+
+FAILING_BACKEND = """
+from k3snet.backends.memory import MemoryBackend
+from k3snet.errors import ApplyError, RollbackError
+
+
+class FailingBackend(MemoryBackend):
+    name = "failing"
+
+    def __init__(self, rollback: bool = False) -> None:
+        super().__init__()
+        self.rollback = rollback
+
+    def apply(self, plan):
+        if self.rollback:
+            raise RollbackError("undoing it failed too", failed=plan.changes[0],
+                                done=plan.changes[:1])
+        raise ApplyError("the kernel said no", failed=plan.changes[0])
+"""
+
+
+def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # A backend plugin (an entry point, as a third-party backend is found) whose apply
+    # fails: rolled back, nothing changed; not rolled back (RollbackError), the node may
+    # be half-changed, and a task that says changed=false hides it.
+    plugins = tmp_path / "plugins"
+    (plugins / "k3snet_failing-0.dist-info").mkdir(parents=True)
+    (plugins / "k3snet_failing-0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: k3snet-failing\nVersion: 0\n")
+    (plugins / "k3snet_failing-0.dist-info" / "entry_points.txt").write_text(
+        "[k3snet.backends]\nfailing = k3snet_failing:FailingBackend\n")
+    (plugins / "k3snet_failing.py").write_text(FAILING_BACKEND)
+    env = {**ansible_env, "PYTHONPATH": os.pathsep.join(
+        [str(plugins), *filter(None, [ansible_env.get("PYTHONPATH")])])}
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24", "gateway": "192.168.1.1"}]}
+    tasks = [egress(spec=spec, backends=["failing"], facts=False,
+                    backend_options={"failing": {"rollback": rollback}})
+             for rollback in (False, True)]
+    run = playbook(tmp_path, env, [{**t, "ignore_errors": True} for t in tasks])
+    rolled_back, half_done = run.results
+    assert rolled_back["failed"] is True
+    assert rolled_back["changed"] is False
+    assert rolled_back["msg"].startswith("the kernel said no; failed change: + ")
+    assert half_done["failed"] is True
+    assert half_done["changed"] is True
+    assert half_done["msg"].startswith("undoing it failed too; failed change: + ")
+    assert all(no_traceback(r, run) for r in run.results)
 
 
 def test_documentation_and_examples_match_the_argument_spec() -> None:

@@ -42,3 +42,20 @@ def test_apply_error_names_the_failed_change_and_the_rollback() -> None:
     exc = errors.ApplyError("kernel said no", failed=change, rolled_back=[change.inverse()])
     assert "failed change: + sysctl net.ipv4.ip_forward = 1" in str(exc)
     assert "rolled back 1 change(s)" in str(exc)
+
+
+def test_a_spec_where_a_state_is_wanted_is_refused_with_the_step_left_out() -> None:
+    # The likely slip of a script: the spec itself instead of what it compiles to (it
+    # failed with "AttributeError: 'Spec' object has no attribute 'only'").
+    import k3snet  # noqa: PLC0415
+
+    spec = k3snet.seed_spec()
+    backend = k3snet.MemoryBackend()
+    hint = r"got Spec \(compile it first: k3snet\.compile\(spec\)"
+    with pytest.raises(errors.ModelError, match=r"desired must be a k3snet\.State, " + hint):
+        k3snet.converge(backend, spec)  # type: ignore[arg-type]
+    with pytest.raises(errors.ModelError, match=r"desired must be a k3snet\.State, " + hint):
+        k3snet.plan(backend.observe(), spec)  # type: ignore[arg-type]
+    with pytest.raises(errors.ModelError, match=r"observed must be a k3snet\.State, got int$"):
+        k3snet.plan(1, k3snet.State())  # type: ignore[arg-type]
+    assert backend.observe() == k3snet.State()  # nothing was applied

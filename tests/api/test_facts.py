@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 
+import attrs
 import pytest
 
-from k3snet import BackendError, FactsWatch, facts_from_ip_json, gather_facts
+from k3snet import BackendError, FactsWatch, NodeFacts, facts_from_ip_json, gather_facts
 from k3snet.lab.netns import run_in, temporary_netns
 
 
@@ -138,3 +140,16 @@ def test_the_facts_watch_moves_when_more_changed_than_it_could_keep() -> None:
 def test_a_facts_watch_of_a_missing_namespace_is_a_backend_error() -> None:
     with pytest.raises(BackendError, match="does not exist"):
         FactsWatch("k3snet-no-such-ns")
+
+
+def test_node_facts_are_immutable_and_hashable_like_every_other_k3snet_value() -> None:
+    # A frozen class holding a dict: facts.interfaces could be edited in place (under a
+    # compile cache that compares facts), and hash(facts) raised TypeError.
+    facts = NodeFacts({"eth0": ["192.168.1.5/24"]}, routes=["10.0.0.0/8"])
+    with pytest.raises(TypeError):
+        facts.interfaces["eth1"] = ()  # type: ignore[index]
+    same = NodeFacts({"eth0": ["192.168.1.5/24"]}, routes=["10.0.0.0/8"])
+    assert same == facts
+    assert hash(same) == hash(facts)
+    assert facts.interfaces == {"eth0": (ipaddress.ip_interface("192.168.1.5/24"),)}
+    assert attrs.evolve(facts, hostname="node1").interfaces == facts.interfaces

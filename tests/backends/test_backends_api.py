@@ -191,6 +191,15 @@ def test_group_refuses_two_backends_for_one_kind() -> None:
         BackendGroup([MemoryBackend(), MemoryBackend(capabilities=["nat"])])
 
 
+def test_a_group_s_warnings_are_its_members_in_member_order() -> None:
+    routes = MemoryBackend(capabilities=["route"])
+    nat = MemoryBackend(capabilities=["nat"])
+    nat.warnings = ("chain K3SNET-MINE is not k3snet's",)  # type: ignore[attr-defined]
+    routes.warnings = ["a", "b"]  # type: ignore[attr-defined]
+    assert BackendGroup([nat, routes]).warnings == ("a", "b", "chain K3SNET-MINE is not k3snet's")
+    assert BackendGroup([MemoryBackend()]).warnings == ()  # a member without any
+
+
 def test_registry_names_builtins_and_explains_missing_ones() -> None:
     assert {"memory", "netlink", "nftables", "iptables"} <= set(available_backends())
     assert isinstance(create_backend("memory"), Backend)

@@ -21,7 +21,7 @@ from k3snet import (
     plan,
 )
 from k3snet.backends.lock import namespace_lock, namespaces_of
-from k3snet.errors import BackendError
+from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift
 
 RULE = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
@@ -110,6 +110,30 @@ def test_the_namespace_lock_serialises_writers_and_names_the_holder(
         release.set()
         thread.join()
     with namespace_lock([None], timeout=1):  # free again
+        pass
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1, float("inf"), 86400, "5", True, None])
+def test_a_lock_timeout_that_is_not_a_number_of_seconds_is_refused_before_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timeout: object) -> None:
+    # NaN never reached its deadline (`now >= nan` is false): a held lock was waited
+    # for for ever, and a negative timeout said "waited -1 s".
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path))
+    with pytest.raises(ModelError, match=r"lock_timeout must be a number of seconds "
+                                         r">= 0 and below a day"):
+        converge(_node(), State(), allow_teardown=True,
+                 lock_timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="lock_timeout"), \
+            namespace_lock([None], timeout=timeout):  # type: ignore[arg-type]
+        pass
+    assert list(tmp_path.iterdir()) == []  # refused before any lock file was made
+
+
+def test_a_zero_lock_timeout_tries_the_lock_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path))
+    with namespace_lock([None], timeout=0), \
+            pytest.raises(BackendError, match="waited 0 s"), namespace_lock([None], timeout=0):
         pass
 
 

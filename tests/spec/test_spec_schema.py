@@ -133,6 +133,10 @@ BAD_VALUES = [
     ("agent", "namespace", "-x", "'-x' is not a valid namespace name"),
     ("egressPolicy", "namespace", "UPPER", "'UPPER' is not a valid namespace name"),
     ("masquerade", "mode", "some", "must be destinations, all or off, got 'some'"),
+    # `mode: off` unquoted is YAML 1.1's false (PyYAML's, and Ansible's inline specs)
+    ("masquerade", "mode", False, "must be destinations, all or off, got False "
+     "(YAML reads an unquoted off as false: quote it, 'off')"),
+    ("masquerade", "mode", True, "must be destinations, all or off, got True"),
     ("cni.calico", "ipipMode", "Sometimes",
      "expected one of Never, Always, CrossSubnet, got 'Sometimes'"),
     ("cni.calico", "vxlanMode", ["Always"],
@@ -154,6 +158,15 @@ def test_every_field_check_reports_its_path(path: str, key: str, value: Any,
     with pytest.raises(SpecError) as info:
         Spec.from_dict(_place(path, body))
     assert [str(p) for p in info.value.problems] == [f"{_section_path(path)}.{key}: {message}"]
+
+
+def test_an_unquoted_off_in_a_yaml_spec_is_refused_with_the_quote_to_add() -> None:
+    text = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+            "destinations: [{cidr: 192.168.7.0/24}]\nmasquerade:\n  mode: off\n")
+    with pytest.raises(SpecError, match=r"masquerade\.mode: .* got False \(YAML reads an "
+                                        r"unquoted off as false: quote it, 'off'\)"):
+        Spec.from_yaml(text)
+    assert Spec.from_yaml(text.replace("mode: off", "mode: 'off'")).masquerade.mode == "off"
 
 
 def test_field_checks_also_judge_specs_built_in_code() -> None:

@@ -15,13 +15,15 @@ module: egress
 short_description: Make pod egress work on a K3s node with k3snet
 version_added: "0.1.0"
 description:
-  - Brings the routes, NAT and forward rules and sysctls that k3snet owns on a node
-    to what a k3snet spec asks for, through k3snet's backends (netlink, nftables,
-    iptables, flannel, calico).
+  - Brings the routes, NAT and forward rules, sysctls and CNI settings that k3snet
+    owns on a node to what a k3snet spec asks for, through k3snet's backends (netlink,
+    nftables, iptables, flannel, calico, cilium).
   - Only objects k3snet owns are ever changed; foreign routes and rules are observed
     and reported in the plan, never touched.
   - C(changed) is true exactly when the plan had changes; a second run with the same
     spec reports C(changed=false).
+  - What the backends warn of (the C(!! warning:) lines of C(k3snet plan)) are task
+    warnings.
   - The same library calls as C(k3snet apply) and C(k3snet destroy); the node needs
     the k3snet Python package (see the requirements).
 options:
@@ -81,13 +83,14 @@ options:
   facts:
     description:
       - Read the node's interfaces and routes (C(ip -j)) to check the spec against
-        them (devices exist, gateways are reachable).
+        them (devices exist, gateways are reachable), when a backend acts on the node
+        (not the memory backend or a remote one), as C(k3snet apply) does.
     type: bool
     default: true
   lock_timeout:
     description:
       - Seconds to wait for another k3snet process (the agent, another run) acting
-        in the same network namespace.
+        in the same network namespace, from V(0) (try once) to below a day.
     type: float
     default: 60
 requirements:
@@ -144,7 +147,11 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed:
-  description: Whether the plan had changes (in check mode, whether it would).
+  description:
+    - Whether the plan had changes (in check mode, whether it would).
+    - A failed task changed nothing (the backends roll back what they did), but when
+      undoing a failed apply failed too; then C(changed) is true, as the node may be
+      half-changed (C(msg) names the change that failed).
   returned: always
   type: bool
 msg:
@@ -178,22 +185,26 @@ diff:
 """
 
 import inspect
+import sys
 import traceback
 from contextlib import ExitStack
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+K3SNET_FOUND: str | None = None  # "VERSION (PATH)" of a k3snet that imports at all
 try:
     import k3snet
+
+    K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
-    from k3snet.converge import compile_for
+    from k3snet.converge import compile_for, reads_node_facts
     from k3snet.facts import gather_facts
-    from k3snet.model.state import KINDS
     from k3snet.spec import check_backend_options, spec_backend_options
-except ImportError:
+except ImportError as exc:
     K3SNET_IMPORT_ERROR: str | None = traceback.format_exc()
+    K3SNET_MISSING = str(exc)
 else:
     K3SNET_IMPORT_ERROR = None
 
@@ -290,12 +301,15 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         elif spec is None:  # required_if already refuses this; kept for type checkers
             raise ParameterError("state=present needs spec_path or spec")
         else:
-            node_kinds = backend.capabilities & set(KINDS)
-            facts = gather_facts(params["netns"]) if params["facts"] and node_kinds else None
+            # As `k3snet apply`: only for backends acting on this node.
+            local = params["facts"] and reads_node_facts(backend)
+            facts = gather_facts(params["netns"]) if local else None
             done = k3snet.converge(
                 backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
                 allow_conflicts=params["allow_conflicts"],
                 allow_teardown=params["allow_teardown"], lock_timeout=params["lock_timeout"])
+        for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
+            module.warn(warning)
         if module.check_mode and not done.plan.empty:
             # What `apply` would run before changing anything: the backends' own dry run.
             problems = backend.check(done.plan)
@@ -329,13 +343,21 @@ def main() -> None:
         required_if=[("state", "present", ("spec_path", "spec"), True)],
         supports_check_mode=True,
     )
-    if K3SNET_IMPORT_ERROR is not None:
+    if K3SNET_IMPORT_ERROR is not None and K3SNET_FOUND is None:
         module.fail_json(msg=missing_required_lib("k3snet"), exception=K3SNET_IMPORT_ERROR)
+    if K3SNET_IMPORT_ERROR is not None:
+        # Installed, but a release without what this module imports (an older wheel):
+        # "not installed, check ansible_python_interpreter" would send the user astray.
+        module.fail_json(msg=f"k3snet {K3SNET_FOUND} on this node's Python ({sys.executable}) "
+                             f"is not one this module can use: {K3SNET_MISSING}; install the "
+                             "k3snet release of this collection", exception=K3SNET_IMPORT_ERROR)
     try:
         result = run(module)
     except (k3snet.K3snetError, ParameterError) as exc:
-        # k3snet's messages name every problem (with its spec path); no traceback.
-        module.fail_json(msg=str(exc))
+        # k3snet's messages name every problem (with its spec path); no traceback. Every
+        # failure leaves the node as it was, but an apply whose undo failed too: the node
+        # may be half-changed, and Ansible's changed says so.
+        module.fail_json(msg=str(exc), changed=isinstance(exc, k3snet.RollbackError))
     except OSError as exc:  # an unreadable spec_path, a missing tool
         where = f"{exc.filename}: " if exc.filename is not None else ""
         module.fail_json(msg=where + (exc.strerror or str(exc)))
