@@ -23,8 +23,7 @@ from k3snet.doctor.routing import RouteEntry, table_name
 from k3snet.doctor.state import NodeState
 from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
 from k3snet.errors import ModelError
-from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl
-from k3snet.model._base import printable
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl, printable
 from k3snet.planner import Plan, plan
 
 __all__ = ["FIX_BACKENDS", "Diagnosis", "Finding", "diagnose"]

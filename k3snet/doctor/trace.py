@@ -48,7 +48,7 @@ from k3snet.doctor.routing import (
 )
 from k3snet.doctor.state import NodeState
 from k3snet.errors import ModelError
-from k3snet.model._base import printable
+from k3snet.model import printable
 
 __all__ = ["Flow", "Step", "Trace", "Verdict", "trace"]
 

@@ -1,6 +1,6 @@
 """Immutable values for everything k3snet manages."""
 
-from k3snet.model._base import NetObject, validate_interface_name
+from k3snet.model._base import NetObject, printable, validate_interface_name
 from k3snet.model.cidr import (
     Address,
     Network,
@@ -74,6 +74,7 @@ __all__ = [
     "overlaps",
     "parse_address",
     "parse_network",
+    "printable",
     "register_object_type",
     "subtract",
     "validate_interface_name",
