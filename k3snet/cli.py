@@ -37,7 +37,14 @@ from k3snet.backends.registry import (
     create_backend,
     load_backend,
 )
-from k3snet.converge import Convergence, apply_plan, compile_for, converge, destroy
+from k3snet.converge import (
+    Convergence,
+    apply_plan,
+    compile_for,
+    converge,
+    destroy,
+    route_protocol,
+)
 from k3snet.errors import (
     BackendOptionError,
     ConflictError,
@@ -773,7 +780,9 @@ def _spec_and_backend(args: argparse.Namespace) -> tuple[Spec, BackendGroup]:
 
 
 def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> State:
-    return compile_for(backend, spec, _local_facts(args, backend, gather_facts))
+    protocol = route_protocol(backend)
+    return compile_for(backend, spec, _local_facts(
+        args, backend, lambda netns: gather_facts(netns, protocol=protocol)))
 
 
 def _local_facts(args: argparse.Namespace, backend: BackendGroup,
@@ -827,7 +836,7 @@ class _AgentDesired:
         kept = self._facts
         if source is not None and kept is not None and kept[0] is source and kept[1] == token:
             return kept[2]
-        facts = gather_facts(netns)
+        facts = gather_facts(netns, protocol=route_protocol(backend))
         self._facts = None if source is None else (source, token, facts)
         return facts
 

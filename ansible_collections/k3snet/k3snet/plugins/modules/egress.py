@@ -188,7 +188,7 @@ try:
     import k3snet
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
-    from k3snet.converge import compile_for
+    from k3snet.converge import compile_for, route_protocol
     from k3snet.facts import gather_facts
     from k3snet.model.state import KINDS
     from k3snet.spec import check_backend_options, spec_backend_options
@@ -291,7 +291,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
             raise ParameterError("state=present needs spec_path or spec")
         else:
             node_kinds = backend.capabilities & set(KINDS)
-            facts = gather_facts(params["netns"]) if params["facts"] and node_kinds else None
+            facts = (gather_facts(params["netns"], protocol=route_protocol(backend))
+                     if params["facts"] and node_kinds else None)
             done = k3snet.converge(
                 backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
                 allow_conflicts=params["allow_conflicts"],
