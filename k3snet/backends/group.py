@@ -201,6 +201,9 @@ class BackendGroup:
             inverse = Plan(changes=[c.inverse() for c in reversed(result.applied)
                                     if not isinstance(c.subject, Drift)])
             try:
+                if result.undo is not None:  # the member's exact undo (ApplyResult.undo)
+                    undone += result.undo()
+                    continue
                 member.backend.apply(inverse)
             except Exception as exc:
                 raise RollbackError(
@@ -208,7 +211,9 @@ class BackendGroup:
                     f"failed too: {exc}",
                     failed=cause.failed if isinstance(cause, ApplyError) else None,
                     done=[c for _, r in results for c in r.applied],
-                    rolled_back=undone,
+                    # What the member's own undo took back before it failed counts.
+                    rolled_back=[*undone, *(exc.rolled_back
+                                            if isinstance(exc, RollbackError) else ())],
                 ) from exc
             undone += inverse.changes
         return undone

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from k3snet import (
@@ -501,3 +502,33 @@ def test_a_factory_that_is_not_callable_is_refused_at_registration() -> None:
     with pytest.raises(BackendOptionError, match="must be callable"):
         register_backend("notcallable", "k3snet.backends.memory:MemoryBackend")  # type: ignore[arg-type]
     assert "notcallable" not in registry.available_backends()
+
+
+class _OwnUndo(MemoryBackend):
+    """A member that hands back its own undo (ApplyResult.undo), which fails halfway."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = super().apply(plan)
+        first = result.applied[0].inverse()
+
+        def undo() -> tuple[Change, ...]:
+            raise RollbackError("second undo step failed", rolled_back=[first])
+
+        return attrs.evolve(result, undo=undo)
+
+
+def test_a_group_takes_a_member_back_through_its_own_undo_and_reports_what_it_undid() -> None:
+    first = _OwnUndo(capabilities=["sysctl"])
+    nat = MemoryBackend(capabilities=["nat"])
+    group = BackendGroup([first, nat])
+    p = plan(group.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", "1"),
+                                           Sysctl("net.ipv4.conf.all.rp_filter", "2"),
+                                           MasqueradeRule("10.42.0.0/16")]))
+    nat.faults.fail_at(0)
+    with pytest.raises(RollbackError) as caught:
+        group.apply(p)
+    # Its own undo ran (not the inverse plan, which would have succeeded) ...
+    assert "second undo step failed" in str(caught.value)
+    assert len(first.observe().owned) == 2
+    # ... and the step it took back before failing is reported as rolled back.
+    assert [c.action for c in caught.value.rolled_back] == ["delete"]
