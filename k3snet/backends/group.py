@@ -123,7 +123,8 @@ class BackendGroup:
         other exception. If nothing had been applied yet, the member's error is
         raised as it is; otherwise the parts already applied are undone (in
         reverse order, each through its own backend) and an ApplyError says so,
-        or a :class:`~k3snet.errors.RollbackError` if an undo failed too. An
+        or a :class:`~k3snet.errors.RollbackError` if an undo failed too (the
+        failing member's own, or the group's of an earlier member). An
         interruption (``KeyboardInterrupt``, ``SystemExit``) in a later member's part
         undoes the earlier parts the same way, then is raised again as it came.
         """
@@ -148,10 +149,14 @@ class BackendGroup:
                     # back as for an error, then the interruption goes on as it came.
                     raise
                 previous = exc.rolled_back if isinstance(exc, ApplyError) else ()
-                raise ApplyError(
-                    f"{member.backend.name}: {exc}",
+                # A member whose own undo failed may have left changes: the group's
+                # error says so too (its type, and what may still be there).
+                half = isinstance(exc, RollbackError)
+                raise (RollbackError if half else ApplyError)(
+                    f"{member.backend.name}: "
+                    f"{exc.message if isinstance(exc, ApplyError) else exc}",
                     failed=exc.failed if isinstance(exc, ApplyError) else None,
-                    done=[],
+                    done=exc.done if isinstance(exc, RollbackError) else [],
                     rolled_back=[*previous, *undone],
                 ) from exc
         # In the plan's order, as every backend reports them (the members ran in theirs).

@@ -532,3 +532,26 @@ def test_a_group_takes_a_member_back_through_its_own_undo_and_reports_what_it_un
     assert len(first.observe().owned) == 2
     # ... and the step it took back before failing is reported as rolled back.
     assert [c.action for c in caught.value.rolled_back] == ["delete"]
+
+
+class _HalfChanged(MemoryBackend):
+    """A member whose apply fails and whose own undo fails too: the system is half-changed."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        raise RollbackError("nat backend: rule 2 failed\n  ROLLBACK FAILED: rule 1 stays",
+                            failed=plan.changes[0], done=plan.changes[:1])
+
+
+def test_a_member_left_half_changed_makes_the_group_error_a_rollback_error() -> None:
+    """The earlier members are taken back, but the later one says the system may be
+    half-changed: that is a RollbackError for the group too (it used to be a plain
+    ApplyError, which reads as "nothing changed, or all rolled back")."""
+    sysctls = MemoryBackend(capabilities=["sysctl"])
+    group = BackendGroup([sysctls, _HalfChanged(capabilities=["nat"])])
+    p = plan(group.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", "1"),
+                                           MasqueradeRule("10.42.0.0/16")]))
+    with pytest.raises(RollbackError) as caught:
+        group.apply(p)
+    assert "ROLLBACK FAILED" in str(caught.value)
+    assert [c.kind for c in caught.value.done] == ["nat"]  # what may still be there
+    assert not sysctls.observe().owned  # the earlier member is taken back all the same
