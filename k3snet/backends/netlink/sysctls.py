@@ -182,12 +182,15 @@ class SysctlStore:
     """
 
     def __init__(self, directory: Path, namespace: str | None, identity: str, *,
-                 legacy: Path | None = None) -> None:
+                 legacy: Path | None = None, shared: bool = False) -> None:
         self.directory = directory
         self.path = directory / _STATE_FILE
         self.namespace = namespace
         self.identity = identity
-        self.legacy = None if legacy is None else SysctlStore(legacy, namespace, identity)
+        self.shared = shared
+        """A file several namespaces took turns in (``legacy``): another's is ignored."""
+        self.legacy = (None if legacy is None
+                       else SysctlStore(legacy, namespace, identity, shared=True))
 
     def load(self) -> SysctlState:
         """The file's content (empty when absent or left by another namespace).
@@ -210,6 +213,15 @@ class SysctlStore:
             data = json.loads(text)
             if data.get("format") != _STATE_FORMAT:
                 raise ValueError(f"unknown format {data.get('format')!r}")
+            written_for = data.get("namespace", self.namespace)
+            if written_for != self.namespace and not self.shared:
+                # The namespace k3snet runs in and one named "host" share a directory:
+                # taken as a stale file, the other's was replaced by the first save.
+                raise BackendError(
+                    f"the sysctl state file {self.path} is that of {_describe(written_for)}, "
+                    f"not of {_describe(self.namespace)}: both are kept in that "
+                    "directory; give one of them another state_dir (K3SNET_STATE_DIR, "
+                    "--backend-opt netlink.state_dir=DIR)")
             if data.get("identity") != self.identity:
                 return SysctlState()  # left by another namespace of the same name
             owned = {str(name): (str(entry["value"]),
@@ -306,6 +318,11 @@ class SysctlStore:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+def _describe(namespace: object) -> str:
+    return ("the network namespace k3snet runs in" if namespace is None
+            else f"network namespace {str(namespace)!r}")
 
 
 def namespace_identity(netns: str | None) -> str:
