@@ -210,10 +210,16 @@ class BackendGroup:
                     undone += result.undo()
                     continue
                 member.backend.apply(inverse)
-            except Exception as exc:
+            except BaseException as exc:
+                # A second Ctrl-C during the undo too: the node is half-changed, which
+                # must be said (the CLI ends a bare interruption quietly), as the kit's
+                # Compensation says it for a backend's own interrupted undo.
+                what = (f"failed too: {exc}" if isinstance(exc, Exception)
+                        else f"was interrupted ({type(exc).__name__}): the system may be "
+                        "half-changed")
+                reason = str(cause) or type(cause).__name__  # a bare Ctrl-C has no text
                 raise RollbackError(
-                    f"{failing.backend.name}: {cause}; undoing {member.backend.name} "
-                    f"failed too: {exc}",
+                    f"{failing.backend.name}: {reason}; undoing {member.backend.name} {what}",
                     failed=cause.failed if isinstance(cause, ApplyError) else None,
                     done=[c for _, r in results for c in r.applied],
                     # What the member's own undo took back before it failed counts.

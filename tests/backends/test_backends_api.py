@@ -555,3 +555,31 @@ def test_a_member_left_half_changed_makes_the_group_error_a_rollback_error() -> 
     assert "ROLLBACK FAILED" in str(caught.value)
     assert [c.kind for c in caught.value.done] == ["nat"]  # what may still be there
     assert not sysctls.observe().owned  # the earlier member is taken back all the same
+
+
+class _UndoInterrupted(MemoryBackend):
+    """A member whose undo (the second apply: the inverse plan) gets a second Ctrl-C."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        if self.observe().owned:
+            raise KeyboardInterrupt
+        return super().apply(plan)
+
+
+def test_an_interrupted_group_undo_is_a_rollback_error_not_a_quiet_interruption() -> None:
+    """A second Ctrl-C while the group takes an earlier member back leaves that member's
+    part in place: the group says so (RollbackError, exit 1 with the message), as a
+    backend's own interrupted undo does. It used to go on as a bare KeyboardInterrupt,
+    which the CLI ends quietly (exit 130): nobody was told the node is half-changed."""
+    sysctls = _UndoInterrupted(capabilities=["sysctl"])
+    nat = MemoryBackend(capabilities=["nat"])
+    group = BackendGroup([sysctls, nat])
+    p = plan(group.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", "1"),
+                                           MasqueradeRule("10.42.0.0/16")]))
+    nat.faults.fail_at(0)
+    with pytest.raises(RollbackError) as caught:
+        group.apply(p)
+    assert isinstance(caught.value.__cause__, KeyboardInterrupt)
+    assert "interrupted" in str(caught.value)
+    assert [c.kind for c in caught.value.done] == ["sysctl"]
+    assert sysctls.observe().owned  # what stays, as the error says
