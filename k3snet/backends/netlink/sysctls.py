@@ -23,7 +23,7 @@ from typing import Final
 import attrs
 
 from k3snet._kept import replace_atomically, untrusted
-from k3snet.backends.netns import netns_path
+from k3snet.backends.netns import THREAD_NETNS, netns_path
 from k3snet.errors import BackendError, ModelError
 from k3snet.model.sysctl import Sysctl
 
@@ -327,6 +327,6 @@ def _describe(namespace: object) -> str:
 
 def namespace_identity(netns: str | None) -> str:
     """Device and inode of the namespace's nsfs file: what tells two namespaces apart."""
-    path = netns_path(netns) if netns is not None else Path("/proc/self/ns/net")
+    path = netns_path(netns) if netns is not None else THREAD_NETNS
     stat = os.stat(path)
     return f"{stat.st_dev}:{stat.st_ino}"
