@@ -44,6 +44,7 @@ from k3snet.converge import (
     converge,
     destroy,
     route_protocol,
+    with_route_protocol,
 )
 from k3snet.errors import (
     BackendOptionError,
@@ -56,7 +57,7 @@ from k3snet.errors import (
 )
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import name_problem, object_ref_problem
-from k3snet.model import Route
+from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route
 from k3snet.model.state import KINDS, State
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile
 from k3snet.planner import Change, Plan, plan
@@ -1444,10 +1445,21 @@ def _render_nftables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     return {"k3snet.nft": render_nftables_conf(compile_spec(spec), **layout)}
 
 
+def _boot_routes(spec: Spec) -> State:
+    """The spec compiled for a boot file of routes: marked with the route protocol the
+    spec gives the netlink backend, which owns only that protocol's routes (as the
+    nftables file takes the spec's table)."""
+    protocol = spec_backend_options(spec, "netlink").get("protocol", K3SNET_ROUTE_PROTOCOL)
+    state = compile_spec(spec)
+    if isinstance(protocol, bool) or not isinstance(protocol, int):
+        return state  # refused by the backend itself, with its own message
+    return with_route_protocol(state, protocol)
+
+
 def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_ifupdown  # noqa: PLC0415 - lazy
 
-    return {"k3snet-routes": render_ifupdown(compile_spec(spec))}
+    return {"k3snet-routes": render_ifupdown(_boot_routes(spec))}
 
 
 def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
@@ -1459,7 +1471,7 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_networkd  # noqa: PLC0415 - lazy
 
-    state = compile_spec(spec)
+    state = _boot_routes(spec)
     parents: dict[str, str] = {}
     for entry in args.network_file:
         device, _, parent = entry.partition("=")

@@ -26,7 +26,8 @@ from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
 
 __all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy",
-           "disruptive_allowed", "refuse_teardown", "route_protocol", "state_digest"]
+           "disruptive_allowed", "refuse_teardown", "route_protocol", "state_digest",
+           "with_route_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,17 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
               and (target := getattr(member, "target", None)) is not None]
     state = compile_spec(spec, facts, flannel_targets=targets, cilium_targets=cilium,
                          kinds=backend.capabilities)
-    protocol = route_protocol(backend)
-    if protocol == K3SNET_ROUTE_PROTOCOL:
-        return state
     # The backend owns the routes of its protocol only: compiled with 211, every one
     # was refused (and one in place replaced by a copy of protocol 211).
+    return with_route_protocol(state, route_protocol(backend))
+
+
+def with_route_protocol(state: State, protocol: int) -> State:
+    """``state`` with its routes marked with route ``protocol`` (the same state for 211)."""
+    if protocol == K3SNET_ROUTE_PROTOCOL:
+        return state
     return State(owned=[attrs.evolve(o, protocol=protocol) if type(o) is Route else o
-                        for o in state.owned])
+                        for o in state.owned], foreign=state.foreign)
 
 
 def route_protocol(backend: Backend) -> int:
