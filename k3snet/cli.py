@@ -43,6 +43,8 @@ from k3snet.converge import (
     converge,
     destroy,
     reads_node_facts,
+    route_protocol,
+    with_route_protocol,
 )
 from k3snet.errors import (
     BackendOptionError,
@@ -55,7 +57,7 @@ from k3snet.errors import (
 )
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import name_problem, object_ref_problem
-from k3snet.model import Route
+from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route
 from k3snet.model.state import State
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile
 from k3snet.planner import Change, Plan, plan
@@ -787,7 +789,9 @@ def _spec_and_backend(args: argparse.Namespace) -> tuple[Spec, BackendGroup]:
 
 
 def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> State:
-    return compile_for(backend, spec, _local_facts(args, backend, gather_facts))
+    protocol = route_protocol(backend)
+    return compile_for(backend, spec, _local_facts(
+        args, backend, lambda netns: gather_facts(netns, protocol=protocol)))
 
 
 def _local_facts(args: argparse.Namespace, backend: BackendGroup,
@@ -838,7 +842,7 @@ class _AgentDesired:
         kept = self._facts
         if source is not None and kept is not None and kept[0] is source and kept[1] == token:
             return kept[2]
-        facts = gather_facts(netns)
+        facts = gather_facts(netns, protocol=route_protocol(backend))
         self._facts = None if source is None else (source, token, facts)
         return facts
 
@@ -1471,10 +1475,21 @@ def _render_nftables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     return {"k3snet.nft": render_nftables_conf(_rendered_state(spec, args), **layout)}
 
 
+def _boot_routes(spec: Spec, args: argparse.Namespace) -> State:
+    """The spec compiled for a boot file of routes (:func:`_rendered_state`): marked with
+    the route protocol the spec gives the netlink backend, which owns only that
+    protocol's routes (as the nftables file takes the spec's table)."""
+    protocol = spec_backend_options(spec, "netlink").get("protocol", K3SNET_ROUTE_PROTOCOL)
+    state = _rendered_state(spec, args)
+    if isinstance(protocol, bool) or not isinstance(protocol, int):
+        return state  # refused by the backend itself, with its own message
+    return with_route_protocol(state, protocol)
+
+
 def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_ifupdown  # noqa: PLC0415 - lazy
 
-    return {"k3snet-routes": render_ifupdown(_rendered_state(spec, args))}
+    return {"k3snet-routes": render_ifupdown(_boot_routes(spec, args))}
 
 
 def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
@@ -1486,7 +1501,7 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_networkd  # noqa: PLC0415 - lazy
 
-    state = _rendered_state(spec, args)
+    state = _boot_routes(spec, args)
     parents: dict[str, str] = {}
     for entry in args.network_file:
         device, _, parent = entry.partition("=")

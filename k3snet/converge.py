@@ -19,13 +19,15 @@ from k3snet.backends.group import BackendGroup
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_lock, namespaces_of
 from k3snet.errors import CheckError, ConflictError, StalePlanError, TeardownError
 from k3snet.model.drift import Drift
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route
 from k3snet.model.state import KINDS, State, ensure_state
 from k3snet.planner import Plan, plan
 from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
 
 __all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy",
-           "disruptive_allowed", "reads_node_facts", "refuse_teardown", "state_digest"]
+           "disruptive_allowed", "reads_node_facts", "refuse_teardown", "route_protocol",
+           "state_digest", "with_route_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,10 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
     """The desired state of ``spec`` for the kinds ``backend`` manages, without observing.
 
     :func:`k3snet.compile` does the work; this only reads plain attributes of the
-    backend: its ``capabilities``, and the ``target`` of each flannel and cilium
-    backend (the config it manages, passed to compile as a value).
+    backend: its ``capabilities``, the ``target`` of each flannel and cilium
+    backend (the config it manages, passed to compile as a value), and the route
+    ``protocol`` of the one managing routes (:func:`route_protocol`), which the
+    routes are given.
     """
     members = backend.members if isinstance(backend, BackendGroup) else None
     backends = [m.backend for m in members] if members is not None else [backend]
@@ -43,8 +47,35 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
                and (target := getattr(member, "target", None)) is not None]
     cilium = [target for member in backends if "cilium" in member.capabilities
               and (target := getattr(member, "target", None)) is not None]
-    return compile_spec(spec, facts, flannel_targets=targets, cilium_targets=cilium,
-                        kinds=backend.capabilities)
+    state = compile_spec(spec, facts, flannel_targets=targets, cilium_targets=cilium,
+                         kinds=backend.capabilities)
+    # The backend owns the routes of its protocol only: compiled with 211, every one
+    # was refused (and one in place replaced by a copy of protocol 211).
+    return with_route_protocol(state, route_protocol(backend))
+
+
+def with_route_protocol(state: State, protocol: int) -> State:
+    """``state`` with its routes marked with route ``protocol`` (the same state for 211)."""
+    if protocol == K3SNET_ROUTE_PROTOCOL:
+        return state
+    return State(owned=[attrs.evolve(o, protocol=protocol) if type(o) is Route else o
+                        for o in state.owned], foreign=state.foreign)
+
+
+def route_protocol(backend: Backend) -> int:
+    """The route protocol that marks k3snet's routes through ``backend`` (or a group).
+
+    That of the member managing routes when it has an integer ``protocol`` (the
+    netlink backend's option, ``backends: {netlink: {protocol: N}}``), else
+    :data:`~k3snet.model.route.K3SNET_ROUTE_PROTOCOL` (211).
+    """
+    members = ([(m.backend, m.kinds) for m in backend.members]
+               if isinstance(backend, BackendGroup) else [(backend, backend.capabilities)])
+    for member, kinds in members:
+        protocol = getattr(member, "protocol", None)
+        if "route" in kinds and isinstance(protocol, int) and not isinstance(protocol, bool):
+            return protocol
+    return K3SNET_ROUTE_PROTOCOL
 
 
 def reads_node_facts(backend: Backend) -> bool:

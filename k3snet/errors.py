@@ -173,6 +173,8 @@ class ApplyError(BackendError):
         self.failed = failed
         self.done = tuple(done)
         self.rolled_back = tuple(rolled_back)
+        self.message = message
+        """The message alone, without the failed change and the rollback count."""
         parts = [message]
         if failed is not None:
             parts.append(f"failed change: {failed}")

@@ -118,12 +118,19 @@ class FactsWatch:
         self._socket.close()
 
 
-def gather_facts(netns: str | None = None, *, hostname: str | None = None) -> NodeFacts:
-    """Interfaces with their global addresses, and the prefixes the node routes (read live)."""
+def gather_facts(netns: str | None = None, *, hostname: str | None = None,
+                 protocol: int = K3SNET_ROUTE_PROTOCOL) -> NodeFacts:
+    """Interfaces with their global addresses, and the prefixes the node routes (read live).
+
+    ``protocol``: the route protocol k3snet's routes are marked with, when the netlink
+    backend was given another than 211 (:func:`k3snet.converge.route_protocol`); its
+    routes are left out as 211's are (see :func:`facts_from_ip_json`).
+    """
     routes4, routes6, addresses = _ip_json_all(
         [["-4", "route", "show", "table", "all"], ["-6", "route", "show", "table", "all"],
          ["addr", "show"]], netns)
-    return facts_from_ip_json(addresses, [*routes4, *routes6], hostname=hostname or netns)
+    return facts_from_ip_json(addresses, [*routes4, *routes6], hostname=hostname or netns,
+                              protocol=protocol)
 
 
 def _list(value: Any) -> list[Any]:
@@ -151,18 +158,24 @@ def _interface(entry: dict[str, Any]) -> str | None:
 # k3snet's own routes are not facts about the node: they are what compile makes. Left
 # in, a gateway could count as reachable only through a route of the same spec (the
 # answer would change after the first apply), and a cold apply parsed its 10 000
-# routes for nothing. `ip` prints the protocol by name when rt_protos has one.
-_OWN_PROTOCOL = frozenset({str(K3SNET_ROUTE_PROTOCOL), str(protocol_name(K3SNET_ROUTE_PROTOCOL))})
+# routes for nothing. `ip` prints the protocol by name when rt_protos has one. Those of
+# 211 are left out whatever protocol the netlink backend is given: routes an earlier
+# configuration of k3snet made.
+def _own_protocols(protocol: int) -> frozenset[str]:
+    numbers = {K3SNET_ROUTE_PROTOCOL, protocol}
+    return frozenset({str(n) for n in numbers} | {str(protocol_name(n)) for n in numbers})
 
 
-def facts_from_ip_json(addresses: Any, routes: Any, *, hostname: str | None = None) -> NodeFacts:
+def facts_from_ip_json(addresses: Any, routes: Any, *, hostname: str | None = None,
+                       protocol: int = K3SNET_ROUTE_PROTOCOL) -> NodeFacts:
     """:class:`NodeFacts` from captured ``ip -j addr show`` and ``ip -j route show table all``.
 
     For central planning of many nodes: capture on each node (IPv4 and IPv6 route
     listings concatenated, or one each) and check every node's spec where the plan
     is made. Malformed entries are skipped, and so are k3snet's own routes (protocol
-    ``k3snet``, 211: what a spec makes is no fact about the node); a listing that
-    is not a list is an error.
+    ``k3snet``, 211, and ``protocol`` when the netlink backend marks them with another:
+    what a spec makes is no fact about the node); a listing that is not a list is an
+    error.
 
     >>> facts = facts_from_ip_json(
     ...     [{"ifname": "eth0", "addr_info": [{"local": "192.168.1.5", "prefixlen": 24,
@@ -184,13 +197,14 @@ def facts_from_ip_json(addresses: Any, routes: Any, *, hostname: str | None = No
             if isinstance(a, dict) and a.get("scope") == "global"
             and (address := _interface(a)) is not None
         ]
+    own = _own_protocols(protocol)
     prefixes = []
     for route in routes:
         if not isinstance(route, dict):
             continue
         dst = route.get("dst")
         if route.get("type", "unicast") != "unicast" or not isinstance(dst, str) or \
-                dst == "default" or str(route.get("protocol")) in _OWN_PROTOCOL:
+                dst == "default" or str(route.get("protocol")) in own:
             continue
         try:
             prefixes.append(parse_network(dst, strict=False))

@@ -55,6 +55,15 @@ class ApplyResult:
     backend: str
     applied: tuple[Change, ...] = ()
     operations: int = 0
+    undo: Callable[[], tuple[Change, ...]] | None = attrs.field(
+        default=None, eq=False, repr=False, kw_only=True)
+    """How to take this apply back exactly, when the backend knows better than
+    applying the inverse changes (``None``: apply them). Called at most once, by a
+    :class:`~k3snet.backends.group.BackendGroup` whose later member failed; returns
+    the inverse changes made, raises :class:`~k3snet.errors.RollbackError` if it
+    could not make them all. The netlink backend gives one: the inverse of giving a
+    sysctl back is no new take-over (whose write spreads to every interface's
+    switch), but the values and the state file as they were before."""
 
     def summary(self) -> str:
         """``backend: N change(s) applied in K operation(s)``."""

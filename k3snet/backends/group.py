@@ -132,7 +132,8 @@ class BackendGroup:
         other exception. If nothing had been applied yet, the member's error is
         raised as it is; otherwise the parts already applied are undone (in
         reverse order, each through its own backend) and an ApplyError says so,
-        or a :class:`~k3snet.errors.RollbackError` if an undo failed too. An
+        or a :class:`~k3snet.errors.RollbackError` if an undo failed too (the
+        failing member's own, or the group's of an earlier member). An
         interruption (``KeyboardInterrupt``, ``SystemExit``) in a later member's part
         undoes the earlier parts the same way, then is raised again as it came.
         """
@@ -157,10 +158,14 @@ class BackendGroup:
                     # back as for an error, then the interruption goes on as it came.
                     raise
                 previous = exc.rolled_back if isinstance(exc, ApplyError) else ()
-                raise ApplyError(
-                    f"{member.backend.name}: {exc}",
+                # A member whose own undo failed may have left changes: the group's
+                # error says so too (its type, and what may still be there).
+                half = isinstance(exc, RollbackError)
+                raise (RollbackError if half else ApplyError)(
+                    f"{member.backend.name}: "
+                    f"{exc.message if isinstance(exc, ApplyError) else exc}",
                     failed=exc.failed if isinstance(exc, ApplyError) else None,
-                    done=[],
+                    done=exc.done if isinstance(exc, RollbackError) else [],
                     rolled_back=[*previous, *undone],
                 ) from exc
         # In the plan's order, as every backend reports them (the members ran in theirs).
@@ -210,14 +215,25 @@ class BackendGroup:
             inverse = Plan(changes=[c.inverse() for c in reversed(result.applied)
                                     if not isinstance(c.subject, Drift)])
             try:
+                if result.undo is not None:  # the member's exact undo (ApplyResult.undo)
+                    undone += result.undo()
+                    continue
                 member.backend.apply(inverse)
-            except Exception as exc:
+            except BaseException as exc:
+                # A second Ctrl-C during the undo too: the node is half-changed, which
+                # must be said (the CLI ends a bare interruption quietly), as the kit's
+                # Compensation says it for a backend's own interrupted undo.
+                what = (f"failed too: {exc}" if isinstance(exc, Exception)
+                        else f"was interrupted ({type(exc).__name__}): the system may be "
+                        "half-changed")
+                reason = str(cause) or type(cause).__name__  # a bare Ctrl-C has no text
                 raise RollbackError(
-                    f"{failing.backend.name}: {cause}; undoing {member.backend.name} "
-                    f"failed too: {exc}",
+                    f"{failing.backend.name}: {reason}; undoing {member.backend.name} {what}",
                     failed=cause.failed if isinstance(cause, ApplyError) else None,
                     done=[c for _, r in results for c in r.applied],
-                    rolled_back=undone,
+                    # What the member's own undo took back before it failed counts.
+                    rolled_back=[*undone, *(exc.rolled_back
+                                            if isinstance(exc, RollbackError) else ())],
                 ) from exc
             undone += inverse.changes
         return undone

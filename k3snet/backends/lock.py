@@ -7,7 +7,7 @@ state, each plan the same additions and each apply them: duplicates. So
 namespace its backends act in, from observe to the end of apply.
 
 The lock is ``flock(2)`` on a file named after the namespace's identity (device
-and inode of its ``/proc/.../ns/net`` or ``/run/netns`` handle, so two names of
+and inode of its ``/proc/thread-self/ns/net`` or ``/run/netns`` handle, so two names of
 one namespace share a lock), in ``/run/k3snet/locks`` (``K3SNET_LOCK_DIR``
 overrides it). The kernel releases it when the process dies, even by SIGKILL.
 The file holds the holder's pid, quoted when another process has to wait too long.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from k3snet._kept import untrusted
 from k3snet.backends.kit import option_seconds
-from k3snet.backends.netns import netns_path, validate_netns
+from k3snet.backends.netns import THREAD_NETNS, netns_path, validate_netns
 from k3snet.errors import BackendError
 
 __all__ = ["DEFAULT_LOCK_DIR", "DEFAULT_LOCK_TIMEOUT", "namespace_id", "namespace_lock",
@@ -49,7 +49,7 @@ def _lock_dir() -> Path:
 
 def _identity(netns: str | None) -> tuple[str, str]:
     """(lock file name, human name) of a namespace: its device and inode."""
-    handle = Path("/proc/self/ns/net") if netns is None else netns_path(validate_netns(netns))
+    handle = THREAD_NETNS if netns is None else netns_path(validate_netns(netns))
     try:
         info = handle.stat()
     except OSError as exc:

@@ -24,9 +24,13 @@ from typing import TypeVar
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
-__all__ = ["NETNS_DIR", "NetnsRunner", "libc", "netns_path", "validate_netns"]
+__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "libc", "netns_path",
+           "validate_netns"]
 
 NETNS_DIR = Path("/run/netns")
+THREAD_NETNS = Path("/proc/thread-self/ns/net")
+"""The network namespace of the calling thread, where a ``netns=None`` backend acts
+(``/proc/self`` would name the main thread's: setns(2) moves one thread only)."""
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 

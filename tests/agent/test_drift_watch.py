@@ -248,9 +248,9 @@ def _facts_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
     reads: list[str | None] = []
     real = cli.gather_facts
 
-    def counted(netns: str | None = None) -> Any:
+    def counted(netns: str | None = None, **options: Any) -> Any:
         reads.append(netns)
-        return real(netns)
+        return real(netns, **options)
 
     monkeypatch.setattr(cli, "gather_facts", counted)
     monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))

@@ -79,6 +79,14 @@ def test_a_route_of_k3snets_protocol_is_skipped_however_ip_names_it(protocol: ob
     assert [str(n) for n in facts.routes] == ["192.168.2.0/24"]
 
 
+def test_routes_of_the_protocol_given_to_netlink_and_of_211_are_skipped() -> None:
+    routes = [{"dst": "192.168.3.0/24", "protocol": "200"},
+              {"dst": "192.168.4.0/24", "protocol": "211"},
+              {"dst": "192.168.2.0/24", "protocol": "static"}]
+    facts = facts_from_ip_json([], routes, protocol=200)
+    assert [str(n) for n in facts.routes] == ["192.168.2.0/24"]
+
+
 def _settled(watch: FactsWatch) -> int:
     """The token once the namespace's notifications stopped coming: the kernel sends some
     after `ip` returned (an IPv6 address's local route comes from a work queue), so a

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from k3snet import (
@@ -510,3 +511,84 @@ def test_a_factory_that_is_not_callable_is_refused_at_registration() -> None:
     with pytest.raises(BackendOptionError, match="must be callable"):
         register_backend("notcallable", "k3snet.backends.memory:MemoryBackend")  # type: ignore[arg-type]
     assert "notcallable" not in registry.available_backends()
+
+
+class _OwnUndo(MemoryBackend):
+    """A member that hands back its own undo (ApplyResult.undo), which fails halfway."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = super().apply(plan)
+        first = result.applied[0].inverse()
+
+        def undo() -> tuple[Change, ...]:
+            raise RollbackError("second undo step failed", rolled_back=[first])
+
+        return attrs.evolve(result, undo=undo)
+
+
+def test_a_group_takes_a_member_back_through_its_own_undo_and_reports_what_it_undid() -> None:
+    first = _OwnUndo(capabilities=["sysctl"])
+    nat = MemoryBackend(capabilities=["nat"])
+    group = BackendGroup([first, nat])
+    p = plan(group.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", "1"),
+                                           Sysctl("net.ipv4.conf.all.rp_filter", "2"),
+                                           MasqueradeRule("10.42.0.0/16")]))
+    nat.faults.fail_at(0)
+    with pytest.raises(RollbackError) as caught:
+        group.apply(p)
+    # Its own undo ran (not the inverse plan, which would have succeeded) ...
+    assert "second undo step failed" in str(caught.value)
+    assert len(first.observe().owned) == 2
+    # ... and the step it took back before failing is reported as rolled back.
+    assert [c.action for c in caught.value.rolled_back] == ["delete"]
+
+
+class _HalfChanged(MemoryBackend):
+    """A member whose apply fails and whose own undo fails too: the system is half-changed."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        raise RollbackError("nat backend: rule 2 failed\n  ROLLBACK FAILED: rule 1 stays",
+                            failed=plan.changes[0], done=plan.changes[:1])
+
+
+def test_a_member_left_half_changed_makes_the_group_error_a_rollback_error() -> None:
+    """The earlier members are taken back, but the later one says the system may be
+    half-changed: that is a RollbackError for the group too (it used to be a plain
+    ApplyError, which reads as "nothing changed, or all rolled back")."""
+    sysctls = MemoryBackend(capabilities=["sysctl"])
+    group = BackendGroup([sysctls, _HalfChanged(capabilities=["nat"])])
+    p = plan(group.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", "1"),
+                                           MasqueradeRule("10.42.0.0/16")]))
+    with pytest.raises(RollbackError) as caught:
+        group.apply(p)
+    assert "ROLLBACK FAILED" in str(caught.value)
+    assert [c.kind for c in caught.value.done] == ["nat"]  # what may still be there
+    assert not sysctls.observe().owned  # the earlier member is taken back all the same
+
+
+class _UndoInterrupted(MemoryBackend):
+    """A member whose undo (the second apply: the inverse plan) gets a second Ctrl-C."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        if self.observe().owned:
+            raise KeyboardInterrupt
+        return super().apply(plan)
+
+
+def test_an_interrupted_group_undo_is_a_rollback_error_not_a_quiet_interruption() -> None:
+    """A second Ctrl-C while the group takes an earlier member back leaves that member's
+    part in place: the group says so (RollbackError, exit 1 with the message), as a
+    backend's own interrupted undo does. It used to go on as a bare KeyboardInterrupt,
+    which the CLI ends quietly (exit 130): nobody was told the node is half-changed."""
+    sysctls = _UndoInterrupted(capabilities=["sysctl"])
+    nat = MemoryBackend(capabilities=["nat"])
+    group = BackendGroup([sysctls, nat])
+    p = plan(group.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", "1"),
+                                           MasqueradeRule("10.42.0.0/16")]))
+    nat.faults.fail_at(0)
+    with pytest.raises(RollbackError) as caught:
+        group.apply(p)
+    assert isinstance(caught.value.__cause__, KeyboardInterrupt)
+    assert "interrupted" in str(caught.value)
+    assert [c.kind for c in caught.value.done] == ["sysctl"]
+    assert sysctls.observe().owned  # what stays, as the error says

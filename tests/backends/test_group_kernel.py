@@ -201,3 +201,33 @@ def test_the_commands_that_change_the_node_run_under_sigterm_undoes(
     assert len(seen) == 1
     assert seen[0] is not handler
     assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def _forwarding(ns: str) -> str:
+    """ip_forward and every interface's forwarding switch, which a write of it spreads to."""
+    return run_in(ns, ["sh", "-c", "grep -H . /proc/sys/net/ipv4/ip_forward "
+                                   "/proc/sys/net/ipv4/conf/*/forwarding"]).stdout
+
+
+def test_a_later_failure_gives_a_released_sysctl_and_its_spread_back_exactly(
+        ns: str, tmp_path: Path) -> None:
+    """netlink gives ip_forward back (its recorded previous value), then the NAT member
+    fails: the kernel and the sysctl state file must be as before. The group used to
+    apply the inverse plan, a new take-over of ip_forward whose write spread 1 to every
+    interface: forwarding came back on d0, which the administrator had turned off."""
+    forwarding = State(owned=[Sysctl("net.ipv4.ip_forward", "1")])
+    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path)]) as group:
+        group.apply(plan(group.observe(), forwarding))
+    run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.d0.forwarding=0"])  # the administrator
+    before = (_forwarding(ns), kernel_view(ns))
+    state_file = next(tmp_path.rglob("sysctl.json"))
+    recorded = state_file.read_text()
+    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path), _Refusing(ns)]) as group:
+        p = plan(group.observe(), WANTED.only(["nat"]))
+        assert [c.action for c in p.only(["sysctl"]).changes] == ["delete"], p.render()
+        with pytest.raises(ApplyError) as caught:
+            group.apply(p)
+        assert [c.kind for c in caught.value.rolled_back] == ["sysctl"]
+        assert (_forwarding(ns), kernel_view(ns)) == before
+        assert state_file.read_text() == recorded
+        assert plan(group.observe(), forwarding).empty

@@ -174,3 +174,22 @@ def test_converge_applies_without_a_separate_dry_run_and_checks_only_when_asked(
         converge(backend, State(owned=[RULE, MasqueradeRule("10.43.0.0/16")]), dry_run=True,
                  check=True)
     assert calls == ["check"]
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_the_lock_and_state_file_of_this_namespace_are_those_of_the_calling_thread() -> None:
+    """``netns=None`` backends act in the calling thread's namespace (setns(2) moves one
+    thread): the lock and the sysctl state file must be that namespace's too. They were
+    the main thread's (``/proc/self``), so a thread in namespace X and ``k3snet apply
+    --netns X`` did not exclude each other."""
+    from k3snet.backends.lock import namespace_id  # noqa: PLC0415
+    from k3snet.backends.netlink.sysctls import namespace_identity  # noqa: PLC0415
+    from k3snet.backends.netns import NetnsRunner  # noqa: PLC0415
+    from k3snet.lab.netns import temporary_netns  # noqa: PLC0415
+
+    with temporary_netns("lockthr") as ns, NetnsRunner(ns) as runner:
+        inside = runner.call(lambda: (namespace_id(None), namespace_identity(None)))
+        named = (namespace_id(ns), namespace_identity(ns))
+    assert inside == named
+    assert namespace_id(None) != named[0]

@@ -108,3 +108,27 @@ def test_the_interface_index_of_an_owned_sysctl_round_trips_and_a_released_ones_
     assert kept.load().links == {name: 7}
     assert kept.load().owns(name, {"x0": 7})
     assert not kept.load().owns(name, {"x0": 9})
+
+
+def test_a_namespace_named_host_does_not_take_the_state_file_of_the_namespace_k3snet_runs_in(
+        tmp_path: Path) -> None:
+    """Both are kept in ``<state_dir>/host``: the named one used to read the other's file
+    as "left by a deleted namespace", and its first save replaced it, losing which
+    sysctls k3snet owns on the node and the values to give back (reproduced with two
+    processes and a namespace named host, in a private mount namespace)."""
+    node = SysctlStore(tmp_path / "host", None, "4:1")
+    node.save(SysctlState({"net.ipv4.ip_forward": ("1", "0")}))
+    named = SysctlStore(tmp_path / "host", "host", "4:2")
+    with pytest.raises(BackendError, match=r"network namespace k3snet runs in.*state_dir"):
+        named.load()
+    assert node.load() == SysctlState({"net.ipv4.ip_forward": ("1", "0")})
+    SysctlStore(tmp_path / "other", "host", "4:2").save(SysctlState())
+    with pytest.raises(BackendError, match="of network namespace 'host'"):
+        SysctlStore(tmp_path / "other", None, "4:1").load()  # the other way round too
+
+
+def test_a_state_file_left_by_a_deleted_namespace_of_the_same_name_is_ignored(
+        tmp_path: Path) -> None:
+    SysctlStore(tmp_path / "lab", "lab", "4:1").save(
+        SysctlState({"net.ipv4.ip_forward": ("1", "0")}))
+    assert SysctlStore(tmp_path / "lab", "lab", "4:2").load() == SysctlState()

@@ -333,3 +333,22 @@ def test_render_refuses_backend_flags_that_leave_out_the_backend_it_renders(
     assert "the file is for the nftables backend" in capsys.readouterr().err
     assert main(["render", "manifests", "-f", str(SEED), "--backend", "nftables"]) == 64
     assert "the spec's backends" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("kind", "name", "mark"), [
+    ("ifupdown", "k3snet-routes", "proto 200"),
+    ("networkd", "90-k3snet-eth0.network", "Protocol=200"),
+])  # netplan cannot express a route protocol (docs/cli.md)
+def test_the_boot_files_give_routes_the_protocol_the_spec_gives_netlink(
+        kind: str, name: str, mark: str, tmp_path: Path) -> None:
+    """With ``backends: {netlink: {protocol: 200}}`` the backend owns protocol 200's routes:
+    a boot file writing them with 211 brought them up foreign after a reboot (a conflict
+    at each of their slots), as an nftables file of another table would."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text().split("backends:")[0]
+                    + "backends:\n  netlink: {protocol: 200}\n")
+    out = tmp_path / "out"
+    assert main(["render", kind, "-f", str(spec), "-o", str(out)]) == 0
+    text = (out / name).read_text()
+    assert mark in text
+    assert "211" not in text

@@ -35,6 +35,8 @@ class _Unobservable:
         raise AssertionError(f"compile observed the {self.name} backend")
 
     def __getattr__(self, name: str) -> Any:
+        if name in {"target", "protocol"}:  # plain attributes compile_for reads, not set
+            raise AttributeError(name)
         raise AssertionError(f"compile used {self.name}.{name}")
 
 

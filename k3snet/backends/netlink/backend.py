@@ -102,6 +102,7 @@ from k3snet.errors import (
     K3snetError,
     ModelError,
     PlanError,
+    RollbackError,
 )
 from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network
@@ -577,11 +578,30 @@ class NetlinkBackend(BackendBase):
                 with translate_errors(f"read the state of {self._where}", into=ApplyError,
                                       capability=_CAPABILITY):
                     indexes = self._prepare(plan)
-                self._execute(plan, indexes, fail_at)
+                done = self._execute(plan, indexes, fail_at)
         except BaseException:  # an ApplyError, or an interruption (taken back too)
             self._routes.forget()  # what the kernel holds now is read again
             raise
-        return ApplyResult(self.name, plan.changes, self._operations - start)
+        return ApplyResult(self.name, plan.changes, self._operations - start,
+                           undo=partial(self._take_back, done, has_sysctls))
+
+    def _take_back(self, done: Compensation, has_sysctls: bool) -> tuple[Change, ...]:
+        """Undo a successful apply exactly, as its own failure would have (a group's
+        later member failed): values written back with the switches their write
+        spread to, the sysctl state file as it was (see :attr:`ApplyResult.undo`)."""
+        made = list(done.done)
+        lock = self._store.locked() if has_sysctls else contextlib.nullcontext()
+        try:
+            with lock:
+                undone, problems = done.rollback()
+        finally:
+            self._routes.forget()  # what the kernel holds now is read again
+        if problems:
+            raise RollbackError(
+                f"{self.name} backend, {self._where}: undoing its applied changes failed, "
+                "the system may be half-changed:\n    " + "\n    ".join(problems),
+                failed=None, done=made, rolled_back=undone)
+        return tuple(undone)
 
     def _prepare(self, plan: Plan) -> dict[str, int]:
         """Refuse what is not ours (PlanError) and resolve devices; nothing is changed yet."""
@@ -609,8 +629,11 @@ class NetlinkBackend(BackendBase):
                     indexes[device] = by_name[device]
         return indexes
 
-    def _execute(self, plan: Plan, indexes: Mapping[str, int], fail_at: int | None) -> None:
-        """Make the changes in order; on a failure undo what was done (Compensation)."""
+    def _execute(self, plan: Plan, indexes: Mapping[str, int], fail_at: int | None
+                 ) -> Compensation:
+        """Make the changes in order; on a failure undo what was done (Compensation).
+
+        Returns the compensation of the changes made, to take them back later."""
         changes = plan.changes
         stop = len(changes) if fail_at is None else fail_at
         undo = Compensation(self.name, self._where)
@@ -647,6 +670,7 @@ class NetlinkBackend(BackendBase):
                 position = end
             if stop < len(changes):
                 undo.fail(changes[stop], f"injected failure (fault hook at change {fail_at})")
+        return undo
 
     def _undo_routes(self, made: Sequence[Change]) -> None:
         """Send the inverses of ``made`` as one batch (UndoFailure lists what failed)."""

@@ -23,7 +23,7 @@ from typing import Final
 import attrs
 
 from k3snet._kept import replace_atomically, untrusted
-from k3snet.backends.netns import netns_path
+from k3snet.backends.netns import THREAD_NETNS, netns_path
 from k3snet.errors import BackendError, ModelError
 from k3snet.model.sysctl import Sysctl
 
@@ -182,12 +182,15 @@ class SysctlStore:
     """
 
     def __init__(self, directory: Path, namespace: str | None, identity: str, *,
-                 legacy: Path | None = None) -> None:
+                 legacy: Path | None = None, shared: bool = False) -> None:
         self.directory = directory
         self.path = directory / _STATE_FILE
         self.namespace = namespace
         self.identity = identity
-        self.legacy = None if legacy is None else SysctlStore(legacy, namespace, identity)
+        self.shared = shared
+        """A file several namespaces took turns in (``legacy``): another's is ignored."""
+        self.legacy = (None if legacy is None
+                       else SysctlStore(legacy, namespace, identity, shared=True))
 
     def load(self) -> SysctlState:
         """The file's content (empty when absent or left by another namespace).
@@ -210,6 +213,15 @@ class SysctlStore:
             data = json.loads(text)
             if data.get("format") != _STATE_FORMAT:
                 raise ValueError(f"unknown format {data.get('format')!r}")
+            written_for = data.get("namespace", self.namespace)
+            if written_for != self.namespace and not self.shared:
+                # The namespace k3snet runs in and one named "host" share a directory:
+                # taken as a stale file, the other's was replaced by the first save.
+                raise BackendError(
+                    f"the sysctl state file {self.path} is that of {_describe(written_for)}, "
+                    f"not of {_describe(self.namespace)}: both are kept in that "
+                    "directory; give one of them another state_dir (K3SNET_STATE_DIR, "
+                    "--backend-opt netlink.state_dir=DIR)")
             if data.get("identity") != self.identity:
                 return SysctlState()  # left by another namespace of the same name
             owned = {str(name): (str(entry["value"]),
@@ -308,8 +320,13 @@ class SysctlStore:
             os.close(fd)  # releases the lock
 
 
+def _describe(namespace: object) -> str:
+    return ("the network namespace k3snet runs in" if namespace is None
+            else f"network namespace {str(namespace)!r}")
+
+
 def namespace_identity(netns: str | None) -> str:
     """Device and inode of the namespace's nsfs file: what tells two namespaces apart."""
-    path = netns_path(netns) if netns is not None else Path("/proc/self/ns/net")
+    path = netns_path(netns) if netns is not None else THREAD_NETNS
     stat = os.stat(path)
     return f"{stat.st_dev}:{stat.st_ino}"

@@ -199,7 +199,7 @@ try:
     K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
-    from k3snet.converge import compile_for, reads_node_facts
+    from k3snet.converge import compile_for, reads_node_facts, route_protocol
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
 except ImportError as exc:
@@ -303,7 +303,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         else:
             # As `k3snet apply`: only for backends acting on this node.
             local = params["facts"] and reads_node_facts(backend)
-            facts = gather_facts(params["netns"]) if local else None
+            facts = (gather_facts(params["netns"], protocol=route_protocol(backend))
+                     if local else None)
             done = k3snet.converge(
                 backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
                 allow_conflicts=params["allow_conflicts"],
