@@ -22,7 +22,9 @@ Properties (each one a hypothesis test in ``tests/planner``):
 * foreign safety: no change names a foreign object;
 * determinism: equal inputs give byte-identical plans;
 * order: deletes (NAT first) before replaces before adds (sysctls and routes
-  before the forward and NAT rules that rely on them).
+  before the forward and NAT rules that rely on them); within a kind, adds of a
+  lower :attr:`~k3snet.model.NetObject.tier` first and deletes of a higher one
+  first (a route via a gateway after the device route that may reach it).
 """
 
 from __future__ import annotations
@@ -521,6 +523,7 @@ def plan(observed: State, desired: State) -> Plan:
 
     # Both states are already in order, so these are stable partitions by rank.
     deletes.sort(key=_delete_rank)
+    adds.sort(key=_add_rank)
     changes = [Change("delete", obj, None) for obj in deletes]
     changes += replaces
     changes += [Change("add", None, obj) for obj in adds]
@@ -634,5 +637,9 @@ def _in_order(state: State, subset: frozenset[NetObject]) -> list[NetObject]:
     return [obj for obj in state.ordered if obj in subset]
 
 
-def _delete_rank(obj: NetObject) -> int:
-    return -obj.rank
+def _delete_rank(obj: NetObject) -> tuple[int, int]:
+    return -obj.rank, -obj.tier
+
+
+def _add_rank(obj: NetObject) -> tuple[int, int]:
+    return obj.rank, obj.tier

@@ -176,6 +176,13 @@ class NetObject:
         """True when the foreign object ``other`` already provides what ``self`` asks for."""
         return False
 
+    @property
+    def tier(self) -> int:
+        """Within its kind, an object of a higher tier may rely on one of a lower tier
+        being in place (a route via a gateway on the network of a device route): plans
+        add it after them and delete it before them, so an undo, in reverse, too."""
+        return 0
+
     def held_by(self, current: NetObject) -> bool:
         """True when ``current``, k3snet's own object at this one's key, already is this
         object as far as this one says: it differs only in what this one leaves to the

@@ -225,6 +225,12 @@ class Route(NetObject):
             and (self.device is None or other.device == self.device)
         )
 
+    @property
+    def tier(self) -> int:
+        """1 for a route via a gateway: the kernel resolves the gateway through a device
+        route, which may be another of k3snet's (the only one reaching that network)."""
+        return 0 if self.gateway is None else 1
+
     def held_by(self, current: NetObject) -> bool:
         """``current`` is this route with the device the kernel chose: this one names a
         gateway but no device, and every other field is equal (the kernel reports the

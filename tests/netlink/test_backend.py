@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from k3snet.backends.netlink import WATCHED_SYSCTLS, NetlinkBackend, codec
 from k3snet.backends.netns import NetnsRunner
-from k3snet.errors import ApplyError, BackendError, K3snetError, PlanError
+from k3snet.errors import ApplyError, BackendError, K3snetError, PlanError, RollbackError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, State, Sysctl
 from k3snet.planner import Change, Plan, plan
@@ -764,3 +764,28 @@ def test_a_route_without_device_converges_to_the_device_the_kernel_chose(
     assert [c.action for c in change] == ["replace"]
     backend.apply(change)
     assert ("10.6.0.0/24", "10.9.0.2", "e0", 254, 0) in owned_in_kernel(ns)
+
+
+def test_a_route_via_a_gateway_only_k3snets_device_route_reaches_is_added_and_undone(
+        backend: NetlinkBackend, ns: str) -> None:
+    # 192.168.9.1 is on no address's network: only k3snet's own device route makes it
+    # a gateway, so that route must be added first and deleted last, and an undo (in
+    # reverse) must put it back before the route relying on it.
+    link = Route("192.168.9.0/24", device="d0", table=200)
+    via = [Route("10.77.0.0/16", gateway="192.168.9.1", table=200),
+           Route("10.78.0.0/16", gateway="192.168.9.1", device="d0", table=200)]
+    empty = backend.observe()
+    backend.apply(plan(empty, State(owned=[link, *via])))
+    listed = json.loads(_ip(ns, "-j", "route", "show", "table", "200"))
+    assert {(r["dst"], r.get("gateway"), r["dev"]) for r in listed} == {
+        ("192.168.9.0/24", None, "d0"), ("10.77.0.0/16", "192.168.9.1", "d0"),
+        ("10.78.0.0/16", "192.168.9.1", "d0")}
+    full = backend.observe()
+    teardown = plan(full, empty)
+    backend.faults.fail_at(len(teardown.changes) - 1)
+    with pytest.raises(ApplyError) as caught:
+        backend.apply(teardown)
+    assert not isinstance(caught.value, RollbackError), caught.value
+    assert backend.observe() == full
+    backend.apply(teardown)
+    assert json.loads(_ip(ns, "-j", "route", "show", "table", "200")) == []

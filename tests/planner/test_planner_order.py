@@ -53,3 +53,22 @@ def test_replaces_in_a_big_state_keep_the_key_and_the_total_order() -> None:
     assert [c.action for c in p.changes] == ["replace", "replace"]
     assert [c.after for c in p.changes] == moved
     assert [c.before for c in p.changes] == _BULK[:2]
+
+
+# A route via a gateway the kernel resolves through another of k3snet's routes (a
+# device route to the gateway's network, here in table 100 where nothing else
+# reaches it): that route must be there first, and go last.
+_LINK = Route("192.168.9.0/24", device="d0", table=100)
+_VIA = [Route("10.0.0.0/8", gateway="192.168.9.1", table=100),
+        Route("10.0.0.0/8", gateway="192.168.9.1", device="d0", table=101)]
+
+
+@pytest.mark.parametrize("bulk", [20, 3], ids=["small-subset-path", "linear-path"])
+def test_routes_via_a_gateway_are_added_after_and_deleted_before_device_routes(
+        bulk: int) -> None:
+    observed = State(owned=_BULK[:bulk])
+    desired = State(owned=[*_BULK[:bulk], *_VIA, _LINK])
+    added = plan(observed, desired)
+    assert [c.after for c in added.changes] == [_LINK, *_VIA]
+    removed = plan(desired, observed)
+    assert [c.before for c in removed.changes] == [*_VIA, _LINK]

@@ -258,11 +258,14 @@ _big_pairs = ks.state_pairs(ks.objects(every_shape=True), min_owned=17, max_owne
 
 
 def _in_canonical_order(p: Plan) -> bool:
-    """Deletes by falling rank, then replaces, then adds by rising rank; each in the total order."""
+    """Deletes by falling rank and tier, then replaces, then adds by rising rank and tier;
+    each in the total order."""
     def place(change: Change) -> tuple[object, ...]:
         phase = {"delete": 0, "replace": 1, "add": 2}[change.action]
-        rank = -change.subject.rank if change.action == "delete" else 0
-        return (phase, rank, change.subject.sort_key)
+        subject = change.subject
+        rank = ((-subject.rank, -subject.tier) if change.action == "delete" else
+                (subject.rank, subject.tier) if change.action == "add" else (0, 0))
+        return (phase, rank, subject.sort_key)
 
     places = [place(c) for c in p.changes]
     return places == sorted(places)
