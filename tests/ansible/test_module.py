@@ -508,3 +508,26 @@ def test_the_spec_s_backend_options_and_allow_disruptive_reach_the_backends_as_i
                           "backends": {"nftables": {"colour": "blue"}}})
     with ExitStack() as stack, pytest.raises(SpecError, match=r"backends\.nftables\.colour"):
         module.build_backend(params | {"backend_options": {}}, bad, stack)
+
+
+@pytest.mark.parametrize("with_spec", [True, False], ids=["present", "absent-without-spec"])
+def test_allow_disruptive_reaches_the_backends_as_the_cli_flag_does(
+        tmp_path: Path, with_spec: bool) -> None:
+    # `k3snet apply/destroy --allow-disruptive`: without it a playbook could allow a
+    # disruptive change only through the spec, and state=absent (no spec) not at all
+    # but by naming each CNI backend's constructor option.
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}')
+    spec = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+                           "backends": {"flannel": {"path": str(conf)}}}) if with_spec else None
+    module = load_module()
+    params = {name: option.get("default") for name, option in module.ARGUMENT_SPEC.items()}
+    params["backends"] = ["flannel"]
+    if not with_spec:
+        params["backend_options"] = {"flannel": {"path": str(conf)}}
+    with ExitStack() as stack:
+        assert module.build_backend(params, spec, stack).members[0].backend.allow_disruptive \
+            is False
+        params["allow_disruptive"] = True
+        assert module.build_backend(params, spec, stack).members[0].backend.allow_disruptive \
+            is True

@@ -80,6 +80,15 @@ options:
         way to remove everything.
     type: bool
     default: false
+  allow_disruptive:
+    description:
+      - "Let CNI backends make changes that disrupt running pods (a Calico pool deleted
+        and re-created, a flannel network changed, a CNI config k3snet wrote removed),
+        which they refuse otherwise, as C(k3snet apply --allow-disruptive) does. The
+        spec's C(cni.allowDisruptive: true) allows them too; with O(state=absent) this
+        option is the only way."
+    type: bool
+    default: false
   facts:
     description:
       - Read the node's interfaces and routes (C(ip -j)) to check the spec against
@@ -220,6 +229,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "netns": {"type": "str"},
     "allow_conflicts": {"type": "bool", "default": False},
     "allow_teardown": {"type": "bool", "default": False},
+    "allow_disruptive": {"type": "bool", "default": False},
     "facts": {"type": "bool", "default": True},
     "lock_timeout": {"type": "float", "default": 60.0},
 }
@@ -266,12 +276,14 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
             raise ParameterError(f"backend {name!r} has no option {', '.join(unknown)} "
                                  f"(its options: {', '.join(sorted(accepted))})")
         # As `k3snet apply -f` builds it: the spec's options, then the task's netns and
-        # the spec's cni.allowDisruptive (to the backends that declare them), then the
+        # allow_disruptive or the spec's cni.allowDisruptive (to the backends that declare
+        # them), then the
         # task's backend_options. The agent's environment is not a playbook's input.
         wanted = resolve_backend_options(
             name, spec_backend_options(spec, name) if spec is not None else None,
             netns=params["netns"],
-            allow_disruptive=spec is not None and spec.cni.disruptive_allowed,
+            allow_disruptive=bool(params.get("allow_disruptive")) or (
+                spec is not None and spec.cni.disruptive_allowed),
             environ={}, explicit=chosen)
         try:
             made = factory(**wanted)
