@@ -466,3 +466,27 @@ def test_the_other_tables_are_still_read_ahead_when_the_kept_read_stands(
     assert state.owned == State(owned=BASE).owned
     assert any(isinstance(o, MasqueradeRule) and str(o.source) == "10.77.0.0/16"
                for o in state.foreign)
+
+
+def test_a_read_that_judged_the_mark_otherwise_is_not_taken_for_a_listing(
+        ns: str, kept_dir: Path) -> None:
+    # An older k3snet's table (no mark): drift under syntax "nft", none under "json",
+    # which does not judge the mark. What a "json" process keeps must not stand for the
+    # listing of an "nft" one: that would hide the drift its listing finds.
+    _apply(ns, BASE)
+    text = run_in(ns, ["nft", "list", "table", "inet", "k3snet"]).stdout
+    unmarked = "\n".join(line for line in text.split("\n") if not line.startswith("\tcomment "))
+    run_in(ns, ["nft", "delete", "table", "inet", "k3snet"])
+    run_in(ns, ["nft", "-f", "-"], input_text=unmarked)
+    assert "comment" not in run_in(ns, ["nft", "list", "table", "inet", "k3snet"]).stdout.split(
+        "\n", 2)[1]
+    with NftablesBackend(ns, syntax="json") as backend:
+        backend.observe()
+        assert not backend.drift
+    with NftablesBackend(ns, keep_read=False) as listed:
+        listed.observe()
+        found = listed.drift
+    assert any("no mark" in finding for finding in found)
+    with NftablesBackend(ns) as backend:
+        backend.observe()
+        assert backend.drift == found

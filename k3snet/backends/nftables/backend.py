@@ -537,7 +537,8 @@ class NftablesBackend(BackendBase):
         if not self._kept_looked:
             self._kept_looked = True
             if self.keep_read and self._bounded_kernel:
-                self._kept = Kept.here(self._table, self._families)
+                self._kept = Kept.here(self._table, self._families,
+                                       mark=self.syntax == "nft")
         return self._kept
 
     def _observe(self, kernel: NftKernel, *, refresh: bool) -> State:

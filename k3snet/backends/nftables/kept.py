@@ -20,7 +20,10 @@ Sound by construction; a file is used only if all of these hold:
   Without a cookie nothing is kept;
 * **the same code**: the k3snet version and the name, size and mtime of every
   module that reads, renders or models the rules;
-* **the same table**: its name and families;
+* **the same table, read the same way**: its name and families, and whether an
+  unmarked table was judged drift (``syntax="nft"``; :func:`~.parse.read_own`'s
+  ``mark``): a ``"json"`` backend's read of an older k3snet's table holds no such
+  drift;
 * **a trusted file** (:mod:`k3snet._kept`: owned by us, writable by nobody else,
   written atomically).
 
@@ -120,14 +123,15 @@ class _Unusable(Exception):  # noqa: N818 - internal signal: list the table inst
 
 
 class Kept:
-    """The kept read of one table (``table``, nft ``families``) in the namespace whose
-    cookie is ``cookie``, in ``directory``."""
+    """The kept read of one table (``table``, nft ``families``, read with ``mark``: see
+    :func:`~.parse.read_own`) in the namespace whose cookie is ``cookie``, in
+    ``directory``."""
 
     def __init__(self, directory: Path, cookie: int, table: str,
-                 families: tuple[str, ...]) -> None:
+                 families: tuple[str, ...], *, mark: bool = True) -> None:
         self.families = families
         boot = _boot_id()
-        where = f"{cookie}\0{boot}\0{table}\0{','.join(families)}"
+        where = f"{cookie}\0{boot}\0{table}\0{','.join(families)}\0{'mark' if mark else ''}"
         self.file = directory / (hashlib.sha256(where.encode()).hexdigest()[:32] + ".kept")
         identity = (f"k3snet {__version__}\0kept {FORMAT}\0{sys.implementation.cache_tag}\0"
                     f"{where}\0{code_identity(_CODE)}")
@@ -137,14 +141,14 @@ class Kept:
         self._document: tuple[Any, ...] | None = None
 
     @classmethod
-    def here(cls, table: str, families: tuple[str, ...]) -> Kept | None:
-        """The kept read of ``table`` in the calling thread's namespace, or ``None`` (no
-        directory, no cookie, no boot id: nothing is kept)."""
+    def here(cls, table: str, families: tuple[str, ...], *, mark: bool = True) -> Kept | None:
+        """The kept read of ``table`` (read with ``mark``) in the calling thread's
+        namespace, or ``None`` (no directory, no cookie, no boot id: nothing is kept)."""
         directory = kept_directory()
         cookie = netns_cookie() if directory is not None else None
         if directory is None or cookie is None:
             return None
-        kept = cls(directory, cookie, table, families)
+        kept = cls(directory, cookie, table, families, mark=mark)
         return kept if kept.usable else None
 
     def stamped(self, genid: int) -> bool:

@@ -99,6 +99,11 @@ class TextLists(Protocol):
         """
         ...
 
+    def genid(self) -> int:
+        """The ruleset generation id now: the counts are the listing's only if no commit
+        came between them (the id is still the one read before the listing)."""
+        ...
+
 
 class TextUnlistedError(BackendError):
     """A text listing that cannot be made now: the caller lists as JSON instead."""
@@ -457,6 +462,10 @@ class OwnTableLister:
         if not isinstance(self.kernel, TextLists):
             raise TextUnlistedError("this kernel seam counts no rules")
         return self.kernel.chain_rules(family, table, chain)
+
+    def genid(self) -> int:
+        """:meth:`TextLists.genid`: the kernel's (one small netlink round trip)."""
+        return self.kernel.genid()
 
     def _within(self, listing: Callable[[float], T]) -> T:
         self.kernel.calls += 1

@@ -980,7 +980,7 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
                 reader.marked = table_marked(text)
                 listed = listed_rules(text, family, table_name, seen, expected)
                 if listed is not None and _every_rule_one_line(texts, family, table_name,
-                                                               listed):
+                                                               listed, genid):
                     reader.read_listed(listed)
                     reader.judge(mark=mark)
                     cache.lines.update(listed.lines)
@@ -1005,9 +1005,10 @@ def read_own(kernel: Lists, table_name: str, families: tuple[str, ...], genid: i
 
 
 def _every_rule_one_line(texts: TextLists, family: str, table: str,
-                         listed: ListedTable) -> bool:
+                         listed: ListedTable, genid: int) -> bool:
     """Whether each base chain of the table read from its text holds as many rules as the
-    text has lines there.
+    text has lines there, no commit having come between the listing and the counts
+    (the generation id is still ``genid``, read before the listing).
 
     nft prints a comment as it is: one with a newline prints lines that read as
     rules, k3snet's even (a tag, a handle), which no rule holds (a rule of k3snet's
@@ -1017,8 +1018,12 @@ def _every_rule_one_line(texts: TextLists, family: str, table: str,
     a comment is one string, judges the table.
     """
     lines = Counter(rule.chain for rule in listed.rules)
-    return all(texts.chain_rules(family, table, chain) == lines[chain]
-               for chain in listed.chains if chain != MARKER_CHAIN)
+    # Counted after the listing: another program's commit in between (a rule added where
+    # a comment printed one line too many) could make them match a text that is not
+    # the table; the id read after them says whether one came.
+    return (all(texts.chain_rules(family, table, chain) == lines[chain]
+                for chain in listed.chains if chain != MARKER_CHAIN)
+            and texts.genid() == genid)
 
 
 def _chain_kind(chain: str) -> str:
