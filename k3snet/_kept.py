@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -207,11 +208,16 @@ def _temporary(directory: Path, prefix: str) -> tuple[int, Path]:
     raise FileExistsError(f"no free temporary name in {directory}")
 
 
-def prune(directory: Path, keep: Path, entries: int, suffix: str = ".json") -> None:
-    """Keep the ``entries`` newest files of ``directory`` named ``*suffix`` (and ``keep``)."""
+def prune(directory: Path, keep: Path, entries: int, suffix: str = ".json",
+          stem: re.Pattern[str] | None = None) -> None:
+    """Keep the ``entries`` newest files of ``directory`` named ``*suffix`` (and ``keep``);
+    with ``stem``, only files whose name before ``suffix`` matches it are entries (the
+    directory may hold another program's files: a namespace's sysctl record when the
+    namespace has the directory's name)."""
     with contextlib.suppress(OSError):
         found = [(e.stat().st_mtime, e.path) for e in os.scandir(directory)
-                 if e.name.endswith(suffix) and e.is_file(follow_symlinks=False)]
+                 if e.name.endswith(suffix) and e.is_file(follow_symlinks=False)
+                 and (stem is None or stem.fullmatch(e.name.removesuffix(suffix)))]
         if len(found) <= entries:
             return
         for _, old in sorted(found, reverse=True)[entries:]:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any, Final
@@ -251,7 +252,11 @@ def _with_rows(document: Any, rows: Any, where: str) -> Spec | None:
 def _prune(directory: Path, keep: Path) -> None:
     """Keep the :data:`MAX_ENTRIES` newest files: one per spec path, and paths come and go
     (test runs, renamed specs); only on a miss, so a hit never lists the directory."""
-    prune(directory, keep, MAX_ENTRIES)
+    prune(directory, keep, MAX_ENTRIES, stem=_ENTRY_STEM)
+
+
+_ENTRY_STEM = re.compile(r"[0-9a-f]{32}")
+"""An entry's name before ``.json``: the digest of the spec's path (:func:`_located`)."""
 
 
 _handed: tuple[Path, str, Any, bool, Any] | None = None

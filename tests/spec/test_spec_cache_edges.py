@@ -116,20 +116,37 @@ def test_pruning_keeps_the_newest_files_and_the_one_just_written(tmp_path: Path,
     monkeypatch.setattr(spec_cache, "MAX_ENTRIES", 2)
     store = tmp_path / "store"
     store.mkdir(mode=0o700)
-    for i, name in enumerate(["a", "b", "c"]):
-        (store / f"{name}.json").write_text("{}")
-        os.utime(store / f"{name}.json", (100 + i, 100 + i))
+    a, b, c = (f"{digit * 32}.json" for digit in "abc")  # entries: a path's digest
+    for i, name in enumerate([a, b, c]):
+        (store / name).write_text("{}")
+        os.utime(store / name, (100 + i, 100 + i))
     (store / "notes.txt").write_text("not a cache file")
     os.utime(store / "notes.txt", (1, 1))
-    keep = store / "a.json"  # the oldest, but the one being written: never removed
+    keep = store / a  # the oldest, but the one being written: never removed
     spec_cache._prune(store, keep)
-    assert sorted(p.name for p in store.iterdir()) == ["a.json", "b.json", "c.json",
-                                                       "notes.txt"]
-    spec_cache._prune(store, store / "c.json")
-    assert sorted(p.name for p in store.iterdir()) == ["b.json", "c.json", "notes.txt"]
+    assert sorted(p.name for p in store.iterdir()) == [a, b, c, "notes.txt"]
+    spec_cache._prune(store, store / c)
+    assert sorted(p.name for p in store.iterdir()) == [b, c, "notes.txt"]
     spec_cache._prune(store, store / "x.json")  # two entries: nothing to do
-    assert sorted(p.name for p in store.iterdir()) == ["b.json", "c.json", "notes.txt"]
+    assert sorted(p.name for p in store.iterdir()) == [b, c, "notes.txt"]
     spec_cache._prune(tmp_path / "missing", store / "x.json")  # no directory: no error
+
+
+def test_pruning_removes_only_cache_entries_never_another_file_of_the_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The netlink backend keeps a namespace's sysctl record in <state root>/<netns>/:
+    # for a namespace named spec-cache that is this directory, and pruning "the oldest
+    # *.json" deleted the record of what k3snet changed (destroy could no longer
+    # restore the admin's values).
+    monkeypatch.setattr(spec_cache, "MAX_ENTRIES", 1)
+    store = tmp_path / "spec-cache"
+    store.mkdir(mode=0o700)
+    entries = [store / f"{digit * 32}.json" for digit in "ab"]
+    for i, path in enumerate([store / "sysctl.json", *entries]):
+        path.write_text("{}")
+        os.utime(path, (100 + i, 100 + i))
+    spec_cache._prune(store, entries[1])
+    assert sorted(p.name for p in store.iterdir()) == [entries[1].name, "sysctl.json"]
 
 
 def test_a_cache_file_is_written_only_into_a_trusted_directory(tmp_path: Path) -> None:
@@ -219,7 +236,7 @@ def test_failing_renames_and_removals_leave_loading_alone(
     monkeypatch.undo()
     pruned = tmp_path / "pruned"
     pruned.mkdir(mode=0o700)
-    (pruned / "old.json").write_text("{}")
+    (pruned / f"{'0' * 32}.json").write_text("{}")
     monkeypatch.setattr(spec_cache, "MAX_ENTRIES", 1)
     monkeypatch.setattr(os, "unlink", fail)
     assert load_spec_cached(path, pruned) == want  # old.json could not be pruned
