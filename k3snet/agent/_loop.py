@@ -271,6 +271,8 @@ class Agent:
         # the gap the last wait used: a fight with another writer slows the repairs.
         self._repairs: collections.deque[float] = collections.deque()
         self._gap = options.watch_gap
+        # Passes failed in a row: beyond FREE_REPAIRS, a change-started retry waits too.
+        self._failed_in_row = 0
         if self.metrics is not None:
             self.metrics.repair_gap.set(options.watch_gap)
 
@@ -627,6 +629,7 @@ class Agent:
         extra = {"status": result.status, "generation": self.generation,
                  "duration_ms": round(seconds * 1000, 1), "changes": len(result.applied),
                  "leader": result.leader}
+        self._failed_in_row = self._failed_in_row + 1 if result.status == "failed" else 0
         if result.status == "ok":
             self.ready = True
             level = logging.WARNING if result.drift else logging.INFO
@@ -759,27 +762,46 @@ class Agent:
         ``watch_gap``; doubled for each drift repair beyond :data:`FREE_REPAIRS`
         within the repair window, up to the interval: when another program undoes
         k3snet's changes as soon as they are made, the two must not trade them back
-        and forth once a second (a warning says so once, and when it stops).
+        and forth once a second (a warning says so once, and when it stops). Passes
+        failing in a row back off the same way (beyond :data:`FREE_REPAIRS` of them,
+        until one does not fail): on a node whose tokens keep moving (kube-proxy
+        committing), a pass that fails for good was otherwise tried again, with a
+        whole observe and plan and an error, once every ``watch_gap``.
         """
         options = self.options
         now = self._monotonic()
         while self._repairs and now - self._repairs[0] > options.repair_window:
             self._repairs.popleft()
-        extra = len(self._repairs) - FREE_REPAIRS
-        gap = options.watch_gap if extra <= 0 else min(
-            options.watch_gap * 2.0 ** min(extra, 32), max(options.interval, options.watch_gap))
-        if gap > options.watch_gap and self._gap <= options.watch_gap:
+        drift = self._doubled(len(self._repairs))
+        if drift > options.watch_gap and self._gap <= options.watch_gap:
             _log.warning("drift repaired %d times within %.0f s: another program keeps undoing "
                          "what k3snet writes; a change now starts a pass after %.0f s, doubling "
                          "with each repair up to the interval (%.0f s)",
-                         len(self._repairs), options.repair_window, gap, options.interval)
-        elif gap <= options.watch_gap < self._gap:
+                         len(self._repairs), options.repair_window, drift, options.interval)
+        elif drift <= options.watch_gap < self._gap:
             _log.info("no drift repaired for %.0f s: a change starts a pass within %.0f s again",
                       options.repair_window, options.watch_gap)
-        self._gap = gap
+        self._gap = drift
+        gap = drift
+        failed = self._doubled(self._failed_in_row)
+        if failed > gap:
+            if self._failed_in_row == FREE_REPAIRS + 1:
+                _log.warning("%d passes failed in a row: a change now starts the next try "
+                             "after %.0f s, doubling with each failure up to the interval "
+                             "(%.0f s), until a pass succeeds",
+                             self._failed_in_row, failed, options.interval)
+            gap = failed
         if self.metrics is not None:
             self.metrics.repair_gap.set(gap)
         return gap
+
+    def _doubled(self, count: int) -> float:
+        """``watch_gap``, doubled for each of ``count`` beyond :data:`FREE_REPAIRS`, up to
+        the interval."""
+        options = self.options
+        extra = count - FREE_REPAIRS
+        return options.watch_gap if extra <= 0 else min(
+            options.watch_gap * 2.0 ** min(extra, 32), max(options.interval, options.watch_gap))
 
     def stop(self) -> None:
         """Ask the loop to end after the pass in progress (what SIGTERM does)."""
