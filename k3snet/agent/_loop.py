@@ -267,6 +267,9 @@ class Agent:
         self._observed_at: tuple[BackendGroup, tuple[Hashable | None, ...] | None,
                                  bool] | None = None
         self.passes = 0
+        self.cleaned_up: bool | None = None
+        """With ``cleanup_on_exit``, after :meth:`shutdown`: whether the node's objects were
+        removed (False: the clean-up failed, or no spec was ever in force to say which)."""
         # When the last passes that repaired drift ended (within the repair window), and
         # the gap the last wait used: a fight with another writer slows the repairs.
         self._repairs: collections.deque[float] = collections.deque()
@@ -661,10 +664,11 @@ class Agent:
         ``once``: one pass, exit status 0 when it succeeded, else 1.
         """
         self._once = once
+        status = 0
         try:
             if once:
-                return 0 if self.run_pass().status == "ok" else 1
-            while not self._stopping.is_set():
+                status = 0 if self.run_pass().status == "ok" else 1
+            while not once and not self._stopping.is_set():
                 started = self._monotonic()
                 self._observed_at = None
                 result = self.run_pass()
@@ -672,9 +676,11 @@ class Agent:
                                    else (None, False))
                 self._wait_after(started, before, applied=applied)
                 self._wake.clear()
-            return 0
         finally:
             self.shutdown()
+        # A clean-up asked for and not done must not exit 0: whatever ran the agent
+        # to remove k3snet's objects (an uninstall hook) would take them for gone.
+        return 1 if self.cleaned_up is False else status
 
     def _baseline(self) -> tuple[tuple[Hashable | None, ...] | None, bool]:
         """The node's change tokens as the last pass read them before it observed, if it
@@ -823,20 +829,26 @@ class Agent:
         if self._group is not None:
             try:
                 if self.options.cleanup_on_exit:
-                    self._clean_up(self._group)
+                    self.cleaned_up = self._clean_up(self._group)
             finally:
                 self._group.close()
                 self._group = None
+        elif self.options.cleanup_on_exit and self.cleaned_up is None:
+            self.cleaned_up = False
+            _log.error("clean-up on exit: nothing removed: no spec was ever in force to say "
+                       "which backends hold k3snet's objects (k3snet destroy removes them)")
 
-    def _clean_up(self, group: BackendGroup) -> None:
+    def _clean_up(self, group: BackendGroup) -> bool:
+        """Remove what k3snet owns on the node; whether that succeeded."""
         node, _ = split_cluster_wide(group)
         if node is None:
-            return
+            return True
         try:
             done = destroy(node)
         except K3snetError as exc:
             _log.error("clean-up on exit failed: %s", _one_line(exc))
-            return
+            return False
         removed = len(done.result.applied) if done.result is not None else 0
         _log.warning("clean-up on exit: removed %d object(s) k3snet owned on this node "
                      "(cluster-wide objects stay)", removed)
+        return True
