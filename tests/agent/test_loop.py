@@ -322,6 +322,24 @@ def test_text_log_format(tmp_path: Path) -> None:
     logging.getLogger("k3snet.agent").handlers.clear()
 
 
+def test_a_text_log_record_is_one_line_whatever_its_message_holds() -> None:
+    # An API server's (or an admission webhook's) error message is logged as it came:
+    # a newline in it began a line of its own, which could pass for another record
+    # ("... ERROR node=node-9 ..." forged by whoever wrote the message).
+    stream = io.StringIO()
+    logger = configure_logging("node-9", "text", stream=stream)
+    try:
+        logger.warning("leader election: %s",
+                       "denied\n2026-01-01T00:00:00.000Z ERROR node=other forged\r",
+                       extra={"reason": "a\nb"})
+    finally:
+        configure_logging("node-9", "text", stream=io.StringIO())
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "denied\\n2026-01-01T00:00:00.000Z ERROR node=other forged\\r" in lines[0]
+    assert lines[0].endswith("(reason=a\\nb)")
+
+
 class WatchedMemory(MemoryBackend):
     """A MemoryBackend whose change token moves with every apply (the kernel's generation)."""
 
