@@ -274,7 +274,8 @@ class Agent:
         # the gap the last wait used: a fight with another writer slows the repairs.
         self._repairs: collections.deque[float] = collections.deque()
         self._gap = options.watch_gap
-        # Passes failed in a row: beyond FREE_REPAIRS, a change-started retry waits too.
+        # Passes whose node part failed, in a row: beyond FREE_REPAIRS, a change-started
+        # retry waits too.
         self._failed_in_row = 0
         if self.metrics is not None:
             self.metrics.repair_gap.set(options.watch_gap)
@@ -609,6 +610,10 @@ class Agent:
         parts: Sequence[tuple[str, BaseException]] = (("node", exc),)
         if isinstance(exc, _PartsFailedError):
             applied, leader, parts = exc.applied, exc.leader, exc.failures
+        # Only the node's own failures slow the retries: the leader's cluster-wide part
+        # failing (the API server down) must not delay the repair of the node's drift.
+        node_failed = any(part == "node" for part, _ in parts)
+        self._failed_in_row = self._failed_in_row + 1 if node_failed else 0
         reason = _reason(parts[0][1])
         said = []
         for part, failure in parts:
@@ -632,7 +637,8 @@ class Agent:
         extra = {"status": result.status, "generation": self.generation,
                  "duration_ms": round(seconds * 1000, 1), "changes": len(result.applied),
                  "leader": result.leader}
-        self._failed_in_row = self._failed_in_row + 1 if result.status == "failed" else 0
+        if result.status != "failed":
+            self._failed_in_row = 0
         if result.status == "ok":
             self.ready = True
             level = logging.WARNING if result.drift else logging.INFO

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource
-from k3snet.agent._loop import FREE_REPAIRS
+from k3snet.agent._loop import FREE_REPAIRS, _PartsFailedError
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
@@ -205,3 +205,20 @@ def test_the_gap_after_failures_doubles_up_to_the_interval_and_resets_on_success
     assert gaps == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     agent._failed_in_row = 0
     assert agent.repair_gap() == 1.0
+
+
+def test_failures_of_the_cluster_wide_part_alone_never_slow_the_node_s_repairs(
+        tmp_path: Path) -> None:
+    # The leader's cluster-wide part failing pass after pass (the API server down) left
+    # the node's drift, repaired in those very passes, waiting up to the interval.
+    agent = _agent(tmp_path, Watched(capabilities=NODE_KINDS), AgentMetrics(),
+                   interval=30.0, watch_gap=1.0)
+    for _ in range(6):
+        agent._record(agent._failed(_PartsFailedError(
+            [("cluster", ApplyError("the API server is down"))], (), leader=True)), 0.0)
+    assert agent.repair_gap() == 1.0
+    for _ in range(4):
+        agent._record(agent._failed(_PartsFailedError(
+            [("node", ApplyError("refused")), ("cluster", ApplyError("down"))], (),
+            leader=True)), 0.0)
+    assert agent.repair_gap() == 4.0
