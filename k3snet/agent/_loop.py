@@ -291,7 +291,8 @@ class Agent:
         return True, f"ok: last pass {age:.0f} s ago"
 
     def readiness(self) -> tuple[bool, str]:
-        """(/readyz) True once a pass has succeeded (rules installed), and from then on."""
+        """(/readyz) True once a pass has converged the node (rules installed: status
+        ``ok``, or ``spec-refused`` with a spec in force), and from then on."""
         if self.ready:
             return True, f"ready: spec generation {self.generation} in force"
         return False, "not ready: no pass has succeeded yet"
@@ -639,8 +640,11 @@ class Agent:
                  "leader": result.leader}
         if result.status != "failed":
             self._failed_in_row = 0
-        if result.status == "ok":
+            # "spec-refused" converged the node too, with the spec in force: a refused
+            # newer spec, or the leader's refused cluster-wide part, leaves the node's
+            # rules installed (a leader restarted with one must not stall a rollout).
             self.ready = True
+        if result.status == "ok":
             level = logging.WARNING if result.drift else logging.INFO
             _log.log(level, "%s", result.message, extra=extra)
             if result.drift:
