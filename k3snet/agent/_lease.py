@@ -108,6 +108,10 @@ class LeaderElector:
         self._observed_at = 0.0
         self._renewed_at: float | None = None
         self._leader = False
+        # The leadership last said (logged, on_change): a lapse past the renew deadline
+        # happens by time alone, so what changed is told against this, not against
+        # _holds just before a write (already false then).
+        self._said = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,10 +131,10 @@ class LeaderElector:
 
     def _set_leader(self, leader: bool, renewed_at: float | None) -> None:
         with self._lock:
-            before = self._holds(self._clock())
+            before = self._said
             self._leader = leader
             self._renewed_at = renewed_at if leader else None
-            after = self._holds(self._clock())
+            after = self._said = self._holds(self._clock())
         if before != after:
             _log.info("%s %s", "acquired" if after else "lost", self.where,
                       extra={"lease": self.where, "identity": self.identity})

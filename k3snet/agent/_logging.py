@@ -37,11 +37,18 @@ class _NodeFilter(logging.Filter):
         return True
 
 
+def _one_line(text: object) -> str:
+    """``text`` with its line breaks written ``\\n`` and ``\\r``: a message from elsewhere
+    (an API server's error) must not begin a line that reads as another record."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={_extra(record)[k]}" for k in sorted(_extra(record)))
+        extra = _extra(record)
+        fields = " ".join(f"{k}={_one_line(extra[k])}" for k in sorted(extra))
         line = (f"{_timestamp(record)} {record.levelname} node={getattr(record, 'node', '-')} "
-                f"{record.getMessage()}")
+                f"{_one_line(record.getMessage())}")
         if fields:
             line += f" ({fields})"
         if record.exc_info:

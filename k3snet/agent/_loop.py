@@ -267,10 +267,16 @@ class Agent:
         self._observed_at: tuple[BackendGroup, tuple[Hashable | None, ...] | None,
                                  bool] | None = None
         self.passes = 0
+        self.cleaned_up: bool | None = None
+        """With ``cleanup_on_exit``, after :meth:`shutdown`: whether the node's objects were
+        removed (False: the clean-up failed, or no spec was ever in force to say which)."""
         # When the last passes that repaired drift ended (within the repair window), and
         # the gap the last wait used: a fight with another writer slows the repairs.
         self._repairs: collections.deque[float] = collections.deque()
         self._gap = options.watch_gap
+        # Passes whose node part failed, in a row: beyond FREE_REPAIRS, a change-started
+        # retry waits too.
+        self._failed_in_row = 0
         if self.metrics is not None:
             self.metrics.repair_gap.set(options.watch_gap)
 
@@ -285,7 +291,8 @@ class Agent:
         return True, f"ok: last pass {age:.0f} s ago"
 
     def readiness(self) -> tuple[bool, str]:
-        """(/readyz) True once a pass has succeeded (rules installed), and from then on."""
+        """(/readyz) True once a pass has converged the node (rules installed: status
+        ``ok``, or ``spec-refused`` with a spec in force), and from then on."""
         if self.ready:
             return True, f"ready: spec generation {self.generation} in force"
         return False, "not ready: no pass has succeeded yet"
@@ -604,6 +611,10 @@ class Agent:
         parts: Sequence[tuple[str, BaseException]] = (("node", exc),)
         if isinstance(exc, _PartsFailedError):
             applied, leader, parts = exc.applied, exc.leader, exc.failures
+        # Only the node's own failures slow the retries: the leader's cluster-wide part
+        # failing (the API server down) must not delay the repair of the node's drift.
+        node_failed = any(part == "node" for part, _ in parts)
+        self._failed_in_row = self._failed_in_row + 1 if node_failed else 0
         reason = _reason(parts[0][1])
         said = []
         for part, failure in parts:
@@ -627,8 +638,13 @@ class Agent:
         extra = {"status": result.status, "generation": self.generation,
                  "duration_ms": round(seconds * 1000, 1), "changes": len(result.applied),
                  "leader": result.leader}
-        if result.status == "ok":
+        if result.status != "failed":
+            self._failed_in_row = 0
+            # "spec-refused" converged the node too, with the spec in force: a refused
+            # newer spec, or the leader's refused cluster-wide part, leaves the node's
+            # rules installed (a leader restarted with one must not stall a rollout).
             self.ready = True
+        if result.status == "ok":
             level = logging.WARNING if result.drift else logging.INFO
             _log.log(level, "%s", result.message, extra=extra)
             if result.drift:
@@ -658,10 +674,11 @@ class Agent:
         ``once``: one pass, exit status 0 when it succeeded, else 1.
         """
         self._once = once
+        status = 0
         try:
             if once:
-                return 0 if self.run_pass().status == "ok" else 1
-            while not self._stopping.is_set():
+                status = 0 if self.run_pass().status == "ok" else 1
+            while not once and not self._stopping.is_set():
                 started = self._monotonic()
                 self._observed_at = None
                 result = self.run_pass()
@@ -669,9 +686,11 @@ class Agent:
                                    else (None, False))
                 self._wait_after(started, before, applied=applied)
                 self._wake.clear()
-            return 0
         finally:
             self.shutdown()
+        # A clean-up asked for and not done must not exit 0: whatever ran the agent
+        # to remove k3snet's objects (an uninstall hook) would take them for gone.
+        return 1 if self.cleaned_up is False else status
 
     def _baseline(self) -> tuple[tuple[Hashable | None, ...] | None, bool]:
         """The node's change tokens as the last pass read them before it observed, if it
@@ -759,27 +778,46 @@ class Agent:
         ``watch_gap``; doubled for each drift repair beyond :data:`FREE_REPAIRS`
         within the repair window, up to the interval: when another program undoes
         k3snet's changes as soon as they are made, the two must not trade them back
-        and forth once a second (a warning says so once, and when it stops).
+        and forth once a second (a warning says so once, and when it stops). Passes
+        failing in a row back off the same way (beyond :data:`FREE_REPAIRS` of them,
+        until one does not fail): on a node whose tokens keep moving (kube-proxy
+        committing), a pass that fails for good was otherwise tried again, with a
+        whole observe and plan and an error, once every ``watch_gap``.
         """
         options = self.options
         now = self._monotonic()
         while self._repairs and now - self._repairs[0] > options.repair_window:
             self._repairs.popleft()
-        extra = len(self._repairs) - FREE_REPAIRS
-        gap = options.watch_gap if extra <= 0 else min(
-            options.watch_gap * 2.0 ** min(extra, 32), max(options.interval, options.watch_gap))
-        if gap > options.watch_gap and self._gap <= options.watch_gap:
+        drift = self._doubled(len(self._repairs))
+        if drift > options.watch_gap and self._gap <= options.watch_gap:
             _log.warning("drift repaired %d times within %.0f s: another program keeps undoing "
                          "what k3snet writes; a change now starts a pass after %.0f s, doubling "
                          "with each repair up to the interval (%.0f s)",
-                         len(self._repairs), options.repair_window, gap, options.interval)
-        elif gap <= options.watch_gap < self._gap:
+                         len(self._repairs), options.repair_window, drift, options.interval)
+        elif drift <= options.watch_gap < self._gap:
             _log.info("no drift repaired for %.0f s: a change starts a pass within %.0f s again",
                       options.repair_window, options.watch_gap)
-        self._gap = gap
+        self._gap = drift
+        gap = drift
+        failed = self._doubled(self._failed_in_row)
+        if failed > gap:
+            if self._failed_in_row == FREE_REPAIRS + 1:
+                _log.warning("%d passes failed in a row: a change now starts the next try "
+                             "after %.0f s, doubling with each failure up to the interval "
+                             "(%.0f s), until a pass succeeds",
+                             self._failed_in_row, failed, options.interval)
+            gap = failed
         if self.metrics is not None:
             self.metrics.repair_gap.set(gap)
         return gap
+
+    def _doubled(self, count: int) -> float:
+        """``watch_gap``, doubled for each of ``count`` beyond :data:`FREE_REPAIRS`, up to
+        the interval."""
+        options = self.options
+        extra = count - FREE_REPAIRS
+        return options.watch_gap if extra <= 0 else min(
+            options.watch_gap * 2.0 ** min(extra, 32), max(options.interval, options.watch_gap))
 
     def stop(self) -> None:
         """Ask the loop to end after the pass in progress (what SIGTERM does)."""
@@ -801,20 +839,26 @@ class Agent:
         if self._group is not None:
             try:
                 if self.options.cleanup_on_exit:
-                    self._clean_up(self._group)
+                    self.cleaned_up = self._clean_up(self._group)
             finally:
                 self._group.close()
                 self._group = None
+        elif self.options.cleanup_on_exit and self.cleaned_up is None:
+            self.cleaned_up = False
+            _log.error("clean-up on exit: nothing removed: no spec was ever in force to say "
+                       "which backends hold k3snet's objects (k3snet destroy removes them)")
 
-    def _clean_up(self, group: BackendGroup) -> None:
+    def _clean_up(self, group: BackendGroup) -> bool:
+        """Remove what k3snet owns on the node; whether that succeeded."""
         node, _ = split_cluster_wide(group)
         if node is None:
-            return
+            return True
         try:
             done = destroy(node)
         except K3snetError as exc:
             _log.error("clean-up on exit failed: %s", _one_line(exc))
-            return
+            return False
         removed = len(done.result.applied) if done.result is not None else 0
         _log.warning("clean-up on exit: removed %d object(s) k3snet owned on this node "
                      "(cluster-wide objects stay)", removed)
+        return True

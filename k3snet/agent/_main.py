@@ -130,7 +130,7 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
         status = agent.run(once=args.once)
         if not args.once:
             log.info("stopped after %d pass(es); %s", agent.passes,
-                     "removed what k3snet owned on this node" if args.cleanup_on_exit
+                     "removed what k3snet owned on this node" if agent.cleaned_up
                      else "the rules stay in place (k3snet destroy removes them)")
         return status
     finally:

@@ -85,7 +85,8 @@ class AgentMetrics:
         self.repair_gap = p.Gauge(
             "k3snet_agent_repair_gap_seconds",
             "Seconds a pass started by a change waits after the previous pass started "
-            "(--watch gap, doubled while another program keeps undoing k3snet's changes).",
+            "(--watch gap, doubled while another program keeps undoing k3snet's changes "
+            "or while passes keep failing).",
             registry=r)
 
     def count_changes(self, changes: tuple[Change, ...] | list[Change]) -> None:

@@ -579,3 +579,47 @@ def test_a_fractional_lease_duration_never_lets_a_candidate_in_before_the_renew_
     clock.now += 1.0  # past the renew deadline and the Lease's 2 s
     assert not holder.is_leader
     assert candidate.step()
+
+
+def test_a_holder_that_cannot_renew_says_it_lost_the_lease_once_the_deadline_passes(
+    server: EmulatedApiServer, clock: FakeClock
+) -> None:
+    # The API server unreachable: the holder's renewals fail, and past the renew deadline
+    # it stops writing (is_leader). It never said so: on_change(False) was not called,
+    # so k3snet_agent_leader stayed 1 beside the new holder's 1, and no "lost" line.
+    api = server.api_client()
+    seen: list[bool] = []
+    holder = _Stepped(api, "node-a", SETTINGS, on_change=seen.append, clock=clock)
+    assert holder.step()
+    assert seen == [True]
+    server.fail(503, plural="leases", times=None)
+    clock.now += SETTINGS.retry_period
+    assert holder.step()  # a failed renewal within the deadline: still the holder
+    clock.now += SETTINGS.renew_deadline
+    assert not holder.step()
+    assert seen == [True, False]
+    server.clear_faults()
+    assert not holder.step()  # its own Lease, but lapsed: waited out like anyone's
+    clock.now += SETTINGS.duration
+    assert holder.step()  # then taken again, and said so
+    assert seen == [True, False, True]
+
+
+def test_a_restarted_leader_whose_cluster_wide_part_is_refused_is_ready(
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
+) -> None:
+    # /readyz says "the node's rules are installed". A leader started (a rolling update,
+    # a crash) with a spec whose cluster-wide part is refused converged its node but
+    # never became ready: every pass was "spec-refused", and only "ok" made it ready,
+    # so the DaemonSet's rollout stalled on that node.
+    a, _ = _agent(server, "node-a", spec_path, clock)
+    assert a.run_pass().leader is True
+    a.shutdown()  # releases the Lease
+    spec_path.write_text(SPEC.replace("  - cidr: 172.20.0.0/16\n    masquerade: false\n", ""))
+    restarted, memory = _agent(server, "node-a", spec_path, clock)
+    first = restarted.run_pass()
+    assert (first.status, first.leader) == ("spec-refused", True)
+    assert memory.state.owned  # the node's own objects are in force
+    assert restarted.readiness()[0] is True
+    assert _sample(restarted, "k3snet_agent_ready") == 1
+    restarted.shutdown()

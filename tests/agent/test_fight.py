@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource
-from k3snet.agent._loop import FREE_REPAIRS
+from k3snet.agent._loop import FREE_REPAIRS, _PartsFailedError
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
+from k3snet.errors import ApplyError
 from k3snet.planner import Plan
 
 from .test_loop import NODE_KINDS, SPEC
@@ -138,3 +139,86 @@ def test_changes_undone_as_they_land_are_repaired_before_the_interval(tmp_path: 
         loop.join(timeout=60)
     assert memory.undone == 1
     assert agent.passes >= 2
+
+
+class FailsAndMoves(MemoryBackend):
+    """An apply that changes the node, then fails and puts it back (as the netlink
+    backend's rollback does): every failed pass moves the generation it is watched by."""
+
+    generation = 0
+
+    def change_token(self) -> Hashable:
+        return self.generation
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.generation += 2  # the change, then its rollback
+        raise ApplyError("the kernel said no")
+
+
+def test_passes_failing_in_a_row_are_retried_ever_more_slowly(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A pass that fails for good (a conflict, an apply the kernel refuses) on a node
+    # whose tokens keep moving (its own rollback, kube-proxy's commits) was retried
+    # after the one-second watch gap for ever: a full observe, plan and apply, and an
+    # error, every second. Failures in a row back off like drift repairs do.
+    memory, metrics = FailsAndMoves(capabilities=NODE_KINDS), AgentMetrics()
+    agent = _agent(tmp_path, memory, metrics, interval=30.0, watch=0.002, watch_gap=0.01)
+    stop = threading.Event()
+
+    def churn() -> None:  # kube-proxy committing its own rules, again and again
+        while not stop.wait(0.002):
+            memory.generation += 1
+
+    loop, churner = threading.Thread(target=agent.run), threading.Thread(target=churn)
+    with caplog.at_level(logging.INFO, logger="k3snet.agent"):
+        loop.start()
+        churner.start()
+        try:
+            deadline = time.monotonic() + 60  # a bound on a hung agent only
+            while agent.passes < 6 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        finally:
+            stop.set()
+            churner.join()
+            agent.stop()
+            loop.join(timeout=60)
+    assert agent.passes >= 6
+    failed = metrics.registry.get_sample_value("k3snet_agent_sync_failures_total",
+                                               {"reason": "apply"})
+    assert failed is not None
+    assert failed >= 5
+    gap = metrics.registry.get_sample_value("k3snet_agent_repair_gap_seconds")
+    assert gap is not None
+    assert gap >= 0.01 * 2 ** 2  # doubled at least twice after the free retries
+    assert any("failed" in r.getMessage() and "in a row" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_the_gap_after_failures_doubles_up_to_the_interval_and_resets_on_success(
+        tmp_path: Path) -> None:
+    agent = _agent(tmp_path, Watched(capabilities=NODE_KINDS), AgentMetrics(),
+                   interval=30.0, watch_gap=1.0)
+    gaps = []
+    for _ in range(8):
+        agent._failed_in_row += 1
+        gaps.append(agent.repair_gap())
+    assert gaps == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    agent._failed_in_row = 0
+    assert agent.repair_gap() == 1.0
+
+
+def test_failures_of_the_cluster_wide_part_alone_never_slow_the_node_s_repairs(
+        tmp_path: Path) -> None:
+    # The leader's cluster-wide part failing pass after pass (the API server down) left
+    # the node's drift, repaired in those very passes, waiting up to the interval.
+    agent = _agent(tmp_path, Watched(capabilities=NODE_KINDS), AgentMetrics(),
+                   interval=30.0, watch_gap=1.0)
+    for _ in range(6):
+        agent._record(agent._failed(_PartsFailedError(
+            [("cluster", ApplyError("the API server is down"))], (), leader=True)), 0.0)
+    assert agent.repair_gap() == 1.0
+    for _ in range(4):
+        agent._record(agent._failed(_PartsFailedError(
+            [("node", ApplyError("refused")), ("cluster", ApplyError("down"))], (),
+            leader=True)), 0.0)
+    assert agent.repair_gap() == 4.0

@@ -229,6 +229,26 @@ def test_cleanup_on_exit_removes_what_k3snet_owns(tmp_path: Path) -> None:
     assert node.owned() == []
 
 
+def test_a_failed_cleanup_on_exit_exits_1_and_is_not_said_done(tmp_path: Path) -> None:
+    # The clean-up's failure was logged, but run() returned 0 and `k3snet agent` said
+    # "removed what k3snet owned on this node": an uninstall hook took the rules for gone.
+    node = Node(tmp_path, cleanup_on_exit=True)
+    node.agent.run_pass()
+    before = node.owned()
+    node.memory.faults.fail_at(0)
+    node.agent.stop()  # SIGTERM: the loop ends at once, then the clean-up runs
+    assert node.agent.run() == 1
+    assert node.agent.cleaned_up is False
+    assert node.owned() == before
+    (tmp_path / "ok").mkdir()
+    done = Node(tmp_path / "ok", cleanup_on_exit=True)
+    done.agent.run_pass()
+    done.agent.stop()
+    assert done.agent.run() == 0
+    assert done.agent.cleaned_up is True
+    assert done.owned() == []
+
+
 def test_once_exit_status(tmp_path: Path) -> None:
     assert Node(tmp_path).agent.run(once=True) == 0
     bad = tmp_path / "bad"
@@ -300,6 +320,24 @@ def test_text_log_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="log format"):
         configure_logging("x", "xml")  # type: ignore[arg-type]
     logging.getLogger("k3snet.agent").handlers.clear()
+
+
+def test_a_text_log_record_is_one_line_whatever_its_message_holds() -> None:
+    # An API server's (or an admission webhook's) error message is logged as it came:
+    # a newline in it began a line of its own, which could pass for another record
+    # ("... ERROR node=node-9 ..." forged by whoever wrote the message).
+    stream = io.StringIO()
+    logger = configure_logging("node-9", "text", stream=stream)
+    try:
+        logger.warning("leader election: %s",
+                       "denied\n2026-01-01T00:00:00.000Z ERROR node=other forged\r",
+                       extra={"reason": "a\nb"})
+    finally:
+        configure_logging("node-9", "text", stream=io.StringIO())
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "denied\\n2026-01-01T00:00:00.000Z ERROR node=other forged\\r" in lines[0]
+    assert lines[0].endswith("(reason=a\\nb)")
 
 
 class WatchedMemory(MemoryBackend):
