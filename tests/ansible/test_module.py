@@ -328,6 +328,8 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         egress(state="present"),
         # NaN never reached the lock's deadline: a held lock was waited for for ever.
         egress(spec_path=str(SPEC_PATH), backends=["memory"], facts=False, lock_timeout="nan"),
+        # An empty list (a template that rendered none) silently meant the defaults.
+        egress(spec_path=str(SPEC_PATH), backends=[]),
     ]
     run = playbook(tmp_path, ansible_env, [{**t, "ignore_errors": True} for t in tasks])
     assert run.returncode == 0, run.stdout + run.stderr
@@ -349,6 +351,7 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "mutually exclusive" in messages[7]
     assert "spec_path, spec" in messages[8]
     assert messages[9] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
+    assert messages[10].startswith("backends is an empty list")
 
 
 def test_node_facts_are_read_only_for_backends_acting_on_the_node(

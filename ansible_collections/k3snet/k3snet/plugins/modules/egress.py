@@ -52,7 +52,7 @@ options:
     description:
       - Backends to use, each V(NAME) or V(NAME:KINDS) (for example V(iptables:forward)).
       - Default the spec's C(backends), else V(netlink) and V(nftables), as the
-        C(k3snet) command.
+        C(k3snet) command. An empty list is refused.
     type: list
     elements: str
   backend_options:
@@ -251,6 +251,11 @@ def load_spec(params: dict[str, Any]) -> k3snet.Spec | None:
 def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
                   stack: ExitStack) -> k3snet.BackendGroup:
     """The backend group the task names (closed by ``stack``)."""
+    if params["backends"] is not None and not params["backends"]:
+        # A template that rendered no backend: the defaults would act instead, unasked.
+        raise ParameterError("backends is an empty list: name at least one backend, or "
+                             "leave the option out for the spec's (else netlink and "
+                             "nftables)")
     names = params["backends"] or (list(spec.backends) if spec is not None and spec.backends
                                    else list(DEFAULT_BACKENDS))
     options: dict[str, Any] = params["backend_options"]
