@@ -306,9 +306,11 @@ class IptablesBackend(BackendBase):
         """What the last :meth:`observe` found worth saying (``!! warning:`` under
         ``k3snet plan``): with ``mode="auto"``, rules in the flavour not picked (in
         filter or nat: k3snet does not see them, the kernel runs them);
-        ``K3SNET-*`` chains that are not k3snet's, and rules that are not k3snet's
-        jumping to its chains. k3snet leaves those alone; a plan that would write
-        such a chain, or delete a chain such a rule jumps to, is refused."""
+        ``K3SNET-*`` chains that are not k3snet's, rules that are not k3snet's
+        jumping to its chains, and jumps carrying k3snet's tag from a built-in chain
+        to a chain not named ``K3SNET-*`` (k3snet's chains renamed). k3snet leaves
+        those alone; a plan that would write such a chain, or delete a chain such a
+        rule jumps to, is refused."""
         if self._tables is None:
             return ()
         found: list[str] = []
@@ -328,6 +330,11 @@ class IptablesBackend(BackendBase):
                 found.append(f"{where}: chain {chain} is not k3snet's (no rule in it carries "
                              "k3snet's tag" + (f"; jumped to by {'; '.join(jumps)}" if jumps
                                                else "") + "): k3snet leaves it alone")
+            for line in state.stray_jumps:
+                found.append(f"{where}: a rule carrying k3snet's tag jumps to a chain that is "
+                             f"not k3snet's (renamed with `iptables -E`?): -A "
+                             f"{state.hook.builtin} {format_line(line)}; k3snet neither reads "
+                             "nor removes it, and the rules it reaches still run")
             for jump in state.foreign_jumps:
                 if jump.target in state.chains:
                     found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "

@@ -169,6 +169,10 @@ class TableState:
     """Rules that are not k3snet's jumping to ``K3SNET-*`` chains (k3snet's or not):
     never touched, and a chain of k3snet's they jump to is never deleted
     (:func:`edit_conflicts`)."""
+    stray_jumps: list[Line] = attrs.field(factory=list)
+    """Rules of the built-in chain carrying k3snet's tag that jump to a chain not
+    named ``K3SNET-*`` (k3snet's own renamed with ``iptables -E``, or a copy): not
+    k3snet's to read or delete, but still run (:attr:`IptablesBackend.warnings`)."""
 
     @property
     def table(self) -> str:
@@ -265,6 +269,9 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
         foreign_chains={name: chains[name] for name in sorted(foreign)},
         foreign_jumps=jumps,
     )
+    state.stray_jumps = [line for line in state.hook_rules if has_tag(line)
+                         and (target := _jump_target(line)) in rules
+                         and not target.startswith(PREFIX)]
     _find_units(state)
     _find_strays(state)
     _find_owned(state)
