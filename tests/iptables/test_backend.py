@@ -460,6 +460,25 @@ def test_a_new_jump_goes_ahead_of_the_final_drop_even_if_the_chain_changed_since
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_queue_to_a_program_before_the_jump_is_a_conflict_and_no_jump_is_written(
+        ns: str, mode: str) -> None:
+    # An IPS (Suricata) queues forwarded packets: its verdict ends the table for them,
+    # and an accept of k3snet's behind it would never be reached.
+    rule = "-A FORWARD -s 10.42.0.0/16 -j NFQUEUE --queue-num 1 --queue-bypass"
+    run_in(ns, [f"iptables-{mode}", "-w", *rule.split()])
+    wanted = State(owned=[FLANNEL_FWD])
+    with make(ns, (mode, "restore")) as backend:
+        p = plan(backend.observe(), wanted)
+        assert [(n.status, getattr(n.foreign, "rule", None)) for n in p.notes] == \
+            [("conflict", rule)]
+        backend.apply(p)
+    forward = [line for line in without_counters(save(ns, mode, 4))
+               if line.startswith("-A FORWARD")]
+    assert forward == [rule]
+
+
+@pytest.mark.kernel
 def test_a_missing_namespace_is_a_clear_error(require_root: None) -> None:
     with pytest.raises(BackendError, match="does not exist"):
         IptablesBackend(f"k3snet-missing-{secrets.token_hex(3)}")
