@@ -118,7 +118,7 @@ class ForwardRule(NetObject):
         )
 
 
-_VERDICTS = ("drop", "reject", "return")
+_VERDICTS = ("drop", "reject", "return", "queue")
 def _verdict(value: object) -> str:
     if value not in _VERDICTS:
         raise ModelError(f"a foreign rule's verdict is one of {', '.join(_VERDICTS)}, "
@@ -128,7 +128,7 @@ def _verdict(value: object) -> str:
 
 @attrs.frozen(eq=False)
 class ForwardBlock(NetObject):
-    """A foreign rule that drops, rejects or returns forwarded packets before k3snet's accept.
+    """A foreign rule that drops, rejects, returns or queues forwarded packets before our accept.
 
     Only ever *observed* (foreign): ``rule`` is the rule's text as its tool lists
     it, ``where`` where it sits (``iptables IPv4 filter FORWARD``, ``nftables inet

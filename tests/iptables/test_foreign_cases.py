@@ -554,6 +554,14 @@ FORWARD_BLOCK_CASES: dict[str, tuple[str, str, set[tuple[str, str, str, str, str
     "kube-proxy's drop of invalid packets two levels down": (
         "-A FORWARD -j A\n-A A -j B\n-A B -m conntrack --ctstate INVALID -j DROP", "DROP",
         set()),
+    # A queue hands the packet to a program (an IPS), whose verdict ends the table.
+    "a queue to a program decides before the jump": (
+        f"-A FORWARD -s {POD} -j NFQUEUE --queue-num 1 --queue-bypass", "ACCEPT",
+        {("queue", f"-A FORWARD -s {POD} -j NFQUEUE --queue-num 1 --queue-bypass", POD,
+          "None", None, None)}),
+    "a queue of every packet ends the table": (
+        "-A FORWARD -j A\n-A A -j QUEUE\n-A A -j DROP", "ACCEPT",
+        {("queue", "-A A -j QUEUE", "None", "None", None, None)}),
     # A match k3snet cannot hold reads as any.
     "an in-interface k3snet cannot hold": (
         f"-A FORWARD -s {POD} -i interface0123456 -j DROP", "DROP",

@@ -247,3 +247,31 @@ def test_k3snet_destroy_dry_run_says_what_destroy_would_refuse(
     assert main(["destroy", "--dry-run", *argv]) == 2
     assert main(["destroy", "--auto-approve", *argv]) == 0
     assert "K3SNET" not in save(ns, "nft", 4)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", MODES)
+def test_k3snets_chains_renamed_by_an_admin_are_left_alone_and_named_in_a_warning(
+        ns: str, mode: str) -> None:
+    # `iptables -E` renames a chain and every jump to it: k3snet's tagged jump from
+    # FORWARD then reaches chains k3snet does not read, whose accepts still run, also
+    # after a destroy. k3snet keeps them (it deletes only K3SNET-* chains) and says so.
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+    bucket = next(line.split(" ", 1)[0][1:] for line in save(ns, mode, 4).splitlines()
+                  if line.startswith(":K3SNET-F-"))
+    run(ns, mode, 4, "-E", bucket, "ADMIN-ACCEPTS")
+    run(ns, mode, 4, "-E", "K3SNET-FORWARD", "ADMIN-FORWARD")
+    renamed = body(save(ns, mode, 4))
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.observe()
+        warned = [w for w in backend.warnings if "ADMIN-FORWARD" in w]
+        assert warned == ["IPv4 filter: a rule carrying k3snet's tag jumps to a chain that is "
+                          "not k3snet's (renamed with `iptables -E`?): -A FORWARD -m comment "
+                          "--comment k3snet -j ADMIN-FORWARD; k3snet neither reads nor removes "
+                          "it, and the rules it reaches still run"]
+        backend.apply(plan(backend.observe(), State()))
+    # The kernel's view: the renamed chains and the jump to them are as the admin left them.
+    after = body(save(ns, mode, 4))
+    assert [line for line in after if "ADMIN-" in line] == \
+        [line for line in renamed if "ADMIN-" in line]

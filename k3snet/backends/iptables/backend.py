@@ -54,7 +54,9 @@ Mode detection (``mode="auto"``; an explicit ``mode`` always wins)
 
 Apply cost (figures: ``docs/performance.md``, ``benchmarks/bench_iptables.py``)
     The backend remembers what it read and wrote, so an apply reads nothing
-    back. Each family's ``iptables-restore`` process is started first and fed
+    back (but for one ``iptables-save`` of a family where it places a hook jump,
+    which goes in by position: see :meth:`IptablesBackend._refresh_hooks`).
+    Each family's ``iptables-restore`` process is started first and fed
     while the edit is computed (the first table's new rules are streamed as
     they are rendered; a later table is rendered whole before the ``COMMIT``
     of the one before it, so a failure while rendering applies nothing): the
@@ -122,6 +124,7 @@ from k3snet.backends.iptables.table import (
     edit_conflicts,
     load_table,
     plan_table,
+    refresh_hook,
     restore_lines,
     revert_ops,
     set_aside,
@@ -303,9 +306,11 @@ class IptablesBackend(BackendBase):
         """What the last :meth:`observe` found worth saying (``!! warning:`` under
         ``k3snet plan``): with ``mode="auto"``, rules in the flavour not picked (in
         filter or nat: k3snet does not see them, the kernel runs them);
-        ``K3SNET-*`` chains that are not k3snet's, and rules that are not k3snet's
-        jumping to its chains. k3snet leaves those alone; a plan that would write
-        such a chain, or delete a chain such a rule jumps to, is refused."""
+        ``K3SNET-*`` chains that are not k3snet's, rules that are not k3snet's
+        jumping to its chains, and jumps carrying k3snet's tag from a built-in chain
+        to a chain not named ``K3SNET-*`` (k3snet's chains renamed). k3snet leaves
+        those alone; a plan that would write such a chain, or delete a chain such a
+        rule jumps to, is refused."""
         if self._tables is None:
             return ()
         found: list[str] = []
@@ -325,6 +330,11 @@ class IptablesBackend(BackendBase):
                 found.append(f"{where}: chain {chain} is not k3snet's (no rule in it carries "
                              "k3snet's tag" + (f"; jumped to by {'; '.join(jumps)}" if jumps
                                                else "") + "): k3snet leaves it alone")
+            for line in state.stray_jumps:
+                found.append(f"{where}: a rule carrying k3snet's tag jumps to a chain that is "
+                             f"not k3snet's (renamed with `iptables -E`?): -A "
+                             f"{state.hook.builtin} {format_line(line)}; k3snet neither reads "
+                             "nor removes it, and the rules it reaches still run")
             for jump in state.foreign_jumps:
                 if jump.target in state.chains:
                     found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "
@@ -609,6 +619,7 @@ class IptablesBackend(BackendBase):
                     # Every change is checked first; each family's tables then go through one
                     # restore process, each table's edit computed while the process reads it.
                     pending = self._validate(plan)
+                    self._refresh_hooks(list(pending))
                     families = [f for f in FAMILIES if any(w[0] == f for w in pending)]
                     for family in families:
                         operations += 1
@@ -771,6 +782,7 @@ class IptablesBackend(BackendBase):
         """Check every change against what we own, and compute each table's edit."""
         pending = self._validate(plan)
         assert self._tables is not None
+        self._refresh_hooks(list(pending))
         return [_Step(family, table, tuple(changes), plan_table(self._tables[family, table],
                                                                  changes))
                 for (family, table), changes in pending.items()]
@@ -825,6 +837,24 @@ class IptablesBackend(BackendBase):
         if problems:
             self._refuse(plan, "\n  ".join(problems))
         return ordered
+
+    def _refresh_hooks(self, pending: Sequence[tuple[int, str]]) -> None:
+        """Read the built-in chains again where the edit of ``pending`` may place a jump.
+
+        A jump is placed (created, or put back by a repair) by position, and what
+        observe read may be stale by now: each family with such a table is read
+        again (one ``iptables-save``; rare, the jump once in place stays) right
+        before its edit is computed (:func:`~k3snet.backends.iptables.table.refresh_hook`).
+        What is left is the moment between that read and the commit.
+        """
+        assert self._tables is not None
+        stale = [(family, table) for family, table in pending
+                 if not self._tables[family, table].hook_ok()]
+        for family in sorted({family for family, _ in stale}):
+            dump = self._save(family)
+            for f, table in stale:
+                if f == family:
+                    refresh_hook(self._tables[family, table], dump.get(table))
 
     def _conflicts(self, state: TableState, changes: list[Change]) -> list[str]:
         """What the edit of ``changes`` would do to what is not k3snet's (see

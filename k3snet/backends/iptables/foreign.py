@@ -15,7 +15,8 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   ``ESTABLISHED`` accept covering them), as flannel's ``FLANNEL-FWD`` pair does.
 
 * filter, what decides otherwise (:func:`foreign_blocks`): every ``DROP``,
-  ``REJECT`` (and ``RETURN`` to FORWARD's policy when it is not ACCEPT) met
+  ``REJECT``, ``NFQUEUE``/``QUEUE`` (a program decides: an IPS) (and ``RETURN``
+  to FORWARD's policy when it is not ACCEPT) met
   before k3snet's jump, at any depth of jumps (bounded, loop-safe), as a
   :class:`~k3snet.model.ForwardBlock` carrying the rule's text. Here a doubt
   counts against k3snet: a negated or unmodelled match is read as "any", so a
@@ -348,7 +349,8 @@ def _answers(reply: RuleFields, rule: RuleFields, source: Network, destination: 
     )
 
 
-_VERDICT = {"DROP": "drop", "REJECT": "reject", "RETURN": "return"}
+_VERDICT = {"DROP": "drop", "REJECT": "reject", "RETURN": "return", "NFQUEUE": "queue",
+            "QUEUE": "queue"}
 
 
 def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
@@ -484,9 +486,10 @@ class _ForwardWalk(_Walk):
             if leaves:  # to FORWARD's policy
                 self.block(chain, tokens, target, outers)
             return _BACK if every else _ON
-        if target in ("DROP", "REJECT"):
+        if target in ("DROP", "REJECT", "NFQUEUE", "QUEUE"):
             self.block(chain, tokens, target, outers)
-        if target in ("ACCEPT", "DROP", "REJECT"):
+        if target in ("ACCEPT", "DROP", "REJECT", "NFQUEUE", "QUEUE"):
+            # A queued packet's verdict is a program's (an IPS): it never comes back here.
             return _DONE if every else _ON
         return _ON  # LOG, MARK ... or a target k3snet does not model: read as going on
 

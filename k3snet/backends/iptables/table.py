@@ -45,8 +45,8 @@ from k3snet.render.tag import TAG_PREFIX
 
 __all__ = ["DRIFT_KIND", "INJECTED_CHAIN", "Delta", "ForeignJump", "Op", "Sink", "TableEdit",
            "TableState", "commit_edit", "diff_table", "drift_where", "edit_conflicts",
-           "has_tag", "load_table", "own_chains", "plan_table", "restore_lines", "restore_text",
-           "revert_ops", "set_aside"]
+           "has_tag", "load_table", "own_chains", "plan_table", "refresh_hook", "restore_lines",
+           "restore_text", "revert_ops", "set_aside"]
 
 OpKind = Literal["declare", "delete", "append", "insert", "flush", "remove", "fail"]
 
@@ -169,6 +169,10 @@ class TableState:
     """Rules that are not k3snet's jumping to ``K3SNET-*`` chains (k3snet's or not):
     never touched, and a chain of k3snet's they jump to is never deleted
     (:func:`edit_conflicts`)."""
+    stray_jumps: list[Line] = attrs.field(factory=list)
+    """Rules of the built-in chain carrying k3snet's tag that jump to a chain not
+    named ``K3SNET-*`` (k3snet's own renamed with ``iptables -E``, or a copy): not
+    k3snet's to read or delete, but still run (:attr:`IptablesBackend.warnings`)."""
 
     @property
     def table(self) -> str:
@@ -202,6 +206,19 @@ class TableState:
         """
         jumps = self.hook_jumps()
         return jumps[0] if jumps else hook_position(self.hook_rules)
+
+
+def refresh_hook(state: TableState, dump: TableDump | None) -> None:
+    """Take the built-in chain's rules from ``dump`` (a fresh read of the table).
+
+    The jump k3snet creates goes in by position (``-I FORWARD N``), counted on
+    these rules: read when the plan was made, they may be stale by the time the
+    apply commits (another program's rules inserted or deleted meanwhile), and a
+    stale position puts the jump above a foreign rule or behind a final DROP.
+    Only the positions are refreshed; what the plan was checked against stays.
+    """
+    read = _read6 if state.family == 6 else tokenize
+    state.hook_rules = [read(s) for s in (dump.chain(state.hook.builtin) if dump else ())]
 
 
 DRIFT_KIND: Mapping[str, str] = {"nat": "nat", "filter": "forward"}
@@ -252,6 +269,9 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
         foreign_chains={name: chains[name] for name in sorted(foreign)},
         foreign_jumps=jumps,
     )
+    state.stray_jumps = [line for line in state.hook_rules if has_tag(line)
+                         and (target := _jump_target(line)) in rules
+                         and not target.startswith(PREFIX)]
     _find_units(state)
     _find_strays(state)
     _find_owned(state)
