@@ -161,6 +161,17 @@ def test_a_reject_is_a_drop_block() -> None:
         block(f"ip daddr {B} drop", destination=B)}
 
 
+@pytest.mark.parametrize("statement", [{"queue": {"num": 3}},
+                                       {"queue": {"num": 3, "flags": ["bypass"]}}])
+def test_a_queue_to_a_program_is_a_block(statement: Expr) -> None:
+    # A queued packet's verdict is a program's (an IPS such as Suricata), never k3snet's
+    # accept: the walk read `queue` as a statement packets pass, so the plan added an
+    # accept that is never reached, without a conflict (the iptables backend reads
+    # NFQUEUE as a block too).
+    assert blocks(forward(("accept", [[daddr(B), statement]]))) == {
+        block(f"ip daddr {B} queue", destination=B, verdict="queue")}
+
+
 @pytest.mark.parametrize("verdict", [ACCEPT, {"return": None}, jump("x"),
                                      {"xt": {"type": "target", "name": "REJECT"}},
                                      {"masquerade": None}, {"counter": None}])

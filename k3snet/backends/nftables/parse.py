@@ -237,6 +237,8 @@ def _parse_statement(name: str, body: Any, out: Match) -> None:
         out.verdict = name
     elif name == "reject":
         out.verdict = "drop"
+    elif name == "queue":  # a program (an IPS) decides the packet: it never comes back
+        out.verdict = "queue"
     elif name in ("jump", "goto"):
         out.verdict = name
         out.target = str(body["target"])
@@ -640,7 +642,7 @@ class ForeignReader:
                     return passed_up, True
                 if verdict == "goto":
                     break
-            elif not match.conditions and verdict in ("accept", "drop"):
+            elif not match.conditions and verdict in ("accept", "drop", "queue"):
                 return [*passed_up, match], True
             else:  # a conditional accept, drop or jump, a jump not followed, a target
                 self._walk_guarded(where, match, local, way, visit)
@@ -1341,7 +1343,7 @@ def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[Nat
 def _block_of(match: Match, where: tuple[str, str], chain: str) -> ForwardBlock | None:
     """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None);
     ``match`` as the walk reached it (with the tests of the jumps on the way)."""
-    if match.verdict not in ("drop", "reject") or match.proto is None:
+    if match.verdict not in ("drop", "reject", "queue") or match.proto is None:
         return None
     words, saddr, daddr, oif = _rule_words(match)
     if not saddr and not daddr:
