@@ -36,8 +36,7 @@ destinations:
 
 
 def _ip(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True,
-                          text=True).stdout
+    return run_in(ns, ["ip", *args]).stdout
 
 
 @pytest.fixture

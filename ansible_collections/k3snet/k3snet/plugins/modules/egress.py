@@ -287,7 +287,7 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
         wanted = resolve_backend_options(
             name, spec_backend_options(spec, name) if spec is not None else None,
             netns=params["netns"],
-            allow_disruptive=bool(params.get("allow_disruptive")) or (
+            allow_disruptive=params["allow_disruptive"] or (
                 spec is not None and spec.cni.disruptive_allowed),
             environ={}, explicit=chosen)
         try:
