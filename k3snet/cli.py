@@ -1409,13 +1409,10 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     if args.backend:
-        rendered_by = _RENDERED_BY.get(args.what)
-        named = [entry.partition(":")[0] for entry in args.backend]
-        if rendered_by is None or rendered_by not in named:
-            why = (f"the file is for the {rendered_by} backend" if rendered_by else
-                   "the manifests' agent uses the spec's backends")
+        problem = _render_backend_problem(args)
+        if problem is not None:
             print(f"k3snet render {args.what}: error: --backend {' '.join(args.backend)}: "
-                  f"{why}", file=sys.stderr)
+                  f"{problem}", file=sys.stderr)
             return EXIT_USAGE
     spec = _spec(args)
     files = RENDERERS[args.what](spec, args)
@@ -1439,6 +1436,24 @@ def cmd_render(args: argparse.Namespace) -> int:
 _RENDERED_BY = {"iptables": "iptables", "nftables": "nftables", "ifupdown": "netlink",
                 "netplan": "netlink", "networkd": "netlink", "sysctl": "netlink"}
 """The backend that manages, at run time, what each boot file holds."""
+
+def _render_backend_problem(args: argparse.Namespace) -> str | None:
+    """Why ``render``'s ``--backend`` flags cannot say what the file holds, or ``None``."""
+    rendered_by = _RENDERED_BY.get(args.what)
+    if rendered_by is None:
+        return "the manifests' agent uses the spec's backends"
+    entries = [entry.partition(":") for entry in args.backend]
+    if rendered_by not in (name for name, _, _ in entries):
+        return f"the file is for the {rendered_by} backend"
+    # A misspelt kind (nftables:forwrad) left a file holding nothing, that deletes
+    # k3snet's table at boot; plan and apply refuse it too.
+    known = frozenset(getattr(load_backend(rendered_by), "capabilities", ()))  # class-level
+    wrong = sorted({kind for name, _, kinds in entries if name == rendered_by and kinds
+                    for kind in kinds.split(",")} - known)
+    if wrong:
+        return (f"{rendered_by} manages {', '.join(sorted(known))}, not "
+                f"{', '.join(map(repr, wrong))}")
+    return None
 
 
 def _rendered_state(spec: Spec, args: argparse.Namespace) -> State:

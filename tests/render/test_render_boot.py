@@ -333,6 +333,11 @@ def test_render_refuses_backend_flags_that_leave_out_the_backend_it_renders(
     assert "the file is for the nftables backend" in capsys.readouterr().err
     assert main(["render", "manifests", "-f", str(SEED), "--backend", "nftables"]) == 64
     assert "the spec's backends" in capsys.readouterr().err
+    # A misspelt kind rendered a file holding nothing: loaded, it deleted k3snet's table.
+    for what, entry, said in (("nftables", "nftables:forwrad", "not 'forwrad'"),
+                              ("sysctl", "netlink:route,sysctls", "not 'sysctls'")):
+        assert main(["render", what, "-f", str(SEED), "--backend", entry]) == 64
+        assert said in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("kind", "name", "mark"), [

@@ -215,6 +215,7 @@ class NftablesBackend(BackendBase):
     """
 
     name = "nftables"
+    capabilities: frozenset[str] = frozenset({"nat", "forward"})
 
     def __init__(
         self,
@@ -276,11 +277,6 @@ class NftablesBackend(BackendBase):
             raise
 
     # ---------------------------------------------------------------- the protocol
-
-    @property
-    def capabilities(self) -> frozenset[str]:
-        """``nat`` and ``forward``."""
-        return frozenset({"nat", "forward"})
 
     @property
     def table(self) -> str:
