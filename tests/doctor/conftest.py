@@ -503,6 +503,13 @@ class DoctorLab:
         if script:
             run_in(node, ["nft", "-f", "-"], input_text=convert(script))
 
+    def forget_neighbours(self) -> None:
+        """Flush the neighbour caches of the lab's namespaces: an IPv6 solicitation that
+        went unanswered leaves a FAILED entry, and the next connection through it fails at
+        once ("No route to host") for a while, however long it would wait."""
+        for name in self.names.values():
+            run_in(name, ["ip", "neigh", "flush", "all"], check=False)
+
     def probe(self, destination: str, timeout: float = 1.5, port: int = PORT
               ) -> dict[str, object]:
         """One TCP exchange from the pod; the probe's JSON answer."""

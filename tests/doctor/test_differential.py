@@ -99,7 +99,10 @@ def test_trace_agrees_with_the_kernel(doctor_lab: DoctorLab, topology: Topology)
         # A loaded machine can make a first probe miss 1.5 s (a fresh neighbour
         # entry, a slow server), or an IPv6 neighbour solicitation go unanswered
         # in time ("No route to host"): ask the kernel once more, with time to
-        # spare. A flow the kernel drops, or has no route for, fails again.
+        # spare, its neighbour caches flushed (a FAILED entry answers "No route to
+        # host" at once, for a while). A flow the kernel drops, or has no route for,
+        # fails again.
+        doctor_lab.forget_neighbours()
         answer = doctor_lab.probe(topology.destination, port=topology.port, timeout=8)
     detail = f"{topology}\nkernel: {answer}\n{result.render()}"
     assert result.verdict is not Verdict.UNKNOWN, detail
