@@ -373,6 +373,15 @@ def _link_down(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Chang
                         f"check {device}'s cable and switch port (for a VLAN or bond, its "
                         "parent or members; for a veth, its peer); or route the destination "
                         "through another uplink")
+        other = next((r for r in (tr.route.candidates if tr.route else ())
+                      if r.type == "unicast" and device not in (
+                          r.device, *(d for _, d in r.nexthops))), None)
+        if other is not None:
+            # The failover a node with two uplinks is built for: the kernel keeps using a
+            # linkdown route unless told to pass over it.
+            advice += (f"; to fail over to {other.describe()} while {device} has no "
+                       f"carrier, set net.ipv{tr.flow.family}.conf."
+                       f"{device.replace('.', '/')}.ignore_routes_with_linkdown = 1")
     return Finding("link-down", what, step.where,
                    f"{step.detail}; the route through {device} is still chosen, so the flow "
                    "is lost", advice=advice), None

@@ -13,7 +13,7 @@ interface (``inet_select_addr``; for IPv6 the longest matching prefix).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, Final
 
@@ -74,6 +74,9 @@ class RouteEntry:
     """An IPv6 source-specific route's ``from`` prefix: only packets from it use the route."""
     tos: int = 0
     """The route's ``tos``: the kernel uses a route with one only for packets of that TOS."""
+    linkdown: tuple[str | None, ...] = ()
+    """The devices of the nexthops the kernel flags ``linkdown`` (their device has no
+    carrier): a lookup passes over them where ``ignore_routes_with_linkdown`` is set."""
 
     def via(self, index: int) -> RouteEntry:
         """This route through its nexthop ``index`` alone (itself when it has one)."""
@@ -194,6 +197,7 @@ def parse_routes(data: object, family: int) -> list[RouteEntry]:
             continue
         gateway, device = item.get("gateway"), item.get("dev")
         hops: list[tuple[IPAddress | None, str | None]] = []
+        down: list[str | None] = [device] if "linkdown" in item.get("flags", ()) else []
         listed = item.get("nexthops")
         if gateway is None and isinstance(listed, list) and listed:
             # Multipath: the kernel's hash picks one nexthop per flow; the trace follows each.
@@ -204,6 +208,8 @@ def parse_routes(data: object, family: int) -> list[RouteEntry]:
                 if not all(isinstance(v, str) or v is None for v in (hop_gateway, hop_device)):
                     raise ValueError(f"a nexthop of the route to {destination} is not text")
                 hops.append((ip_address(hop_gateway) if hop_gateway else None, hop_device))
+                if "linkdown" in hop.get("flags", ()):
+                    down.append(hop_device)
             if not hops:
                 continue
             first, device = hops[0]
@@ -227,6 +233,7 @@ def parse_routes(data: object, family: int) -> list[RouteEntry]:
             tuple(hops) if len(hops) > 1 else (),
             _source(item.get("from"), family),
             _tos(item.get("tos")),
+            tuple(down),
         ))
     return routes
 
@@ -402,11 +409,31 @@ def _rule_matches(rule: RuleEntry, src: IPAddress | None, dst: IPAddress, *, iif
     return (not matched) if rule.invert else matched
 
 
+def _usable(route: RouteEntry, ignore_linkdown: Container[str]) -> RouteEntry | None:
+    """``route`` without the nexthops a lookup passes over: those flagged ``linkdown``
+    on a device where ``ignore_routes_with_linkdown`` is set (``None``: every one)."""
+    if not route.linkdown or not any(d in ignore_linkdown for d in route.linkdown
+                                     if d is not None):
+        return route
+    hops = route.nexthops or ((route.gateway, route.device),)
+    kept = [h for h in hops if not (h[1] in route.linkdown and h[1] in ignore_linkdown)]
+    if not kept:
+        return None
+    (gateway, device), *more = kept
+    return attrs.evolve(route, gateway=gateway, device=device,
+                        nexthops=tuple(kept) if more else (),
+                        linkdown=tuple(d for d in route.linkdown if d not in ignore_linkdown))
+
+
 def _table_lookup(routes: Sequence[RouteEntry], table: int | str, dst: IPAddress,
-                  src: IPAddress | None) -> list[RouteEntry]:
+                  src: IPAddress | None, ignore_linkdown: Container[str] = ()
+                  ) -> list[RouteEntry]:
     """The routes of ``table`` containing ``dst``, best first.
 
-    A route with a ``tos`` is left out (the traced packet's TOS is 0). IPv6 keeps a
+    A route with a ``tos`` is left out (the traced packet's TOS is 0), and so is a
+    nexthop flagged ``linkdown`` whose device is in ``ignore_linkdown`` (a route left
+    without nexthops is passed over: the lookup goes on to the next best, also of a
+    shorter prefix, ``fib_table_lookup`` and ``fib6_table_lookup`` alike). IPv6 keeps a
     destination's source-specific routes (``from``) in a subtree that is looked up
     instead of the destination's other routes: when a prefix has any, only those whose
     ``from`` holds ``src`` are candidates there (the longest ``from`` first, whatever
@@ -420,7 +447,8 @@ def _table_lookup(routes: Sequence[RouteEntry], table: int | str, dst: IPAddress
         if route.type == "broadcast":
             return route.destination.prefixlen == route.destination.max_prefixlen
         return route.type not in ("multicast", "anycast")
-    matching = [r for r in routes if holds(r)]
+    matching = [u for u in (_usable(r, ignore_linkdown) for r in routes if holds(r))
+                if u is not None]
     # The table's root (::/0) keeps its own routes when its subtree has no match: the
     # lookup falls back to the root itself, so a default without ``from`` still serves.
     subtrees = {r.destination for r in matching
@@ -434,11 +462,13 @@ def _table_lookup(routes: Sequence[RouteEntry], table: int | str, dst: IPAddress
 
 def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddress,
            *, src: IPAddress | None = None, iif: str = "lo", mark: int | None = 0,
-           proto: int | None = None) -> Lookup:
+           proto: int | None = None, ignore_linkdown: Container[str] = ()) -> Lookup:
     """Route ``dst`` as the kernel's FIB would for a packet from ``src`` arriving on ``iif``.
 
     Without any rule (a capture with no ``ip rule`` output) the kernel's default
-    rules are assumed: local, main, default.
+    rules are assumed: local, main, default. ``ignore_linkdown``: the devices where
+    ``ignore_routes_with_linkdown`` is in force (``NodeState.linkdown_ignored``);
+    their ``linkdown`` nexthops are passed over.
     """
     if not rules:
         rules = [RuleEntry(0, table=255), RuleEntry(32766), RuleEntry(32767, table=253)]
@@ -462,7 +492,7 @@ def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddr
             continue
         if rule.action != "lookup" or rule.table is None:
             return Lookup("unknown", rule=rule, reason=f"rule action {rule.action}")
-        found = _table_lookup(routes, rule.table, dst, src)
+        found = _table_lookup(routes, rule.table, dst, src, ignore_linkdown)
         if not found:
             continue
         best = found[0]
@@ -482,7 +512,8 @@ def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddr
 def rp_filter_check(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry],
                     addresses: Sequence[Address], *, src: IPAddress, dst: IPAddress,
                     iif: str, mode: int, oif: str | None = None,
-                    mark: int | None = 0) -> tuple[bool | None, Lookup]:
+                    mark: int | None = 0, ignore_linkdown: Container[str] = ()
+                    ) -> tuple[bool | None, Lookup]:
     """Does a packet ``src -> dst`` arriving on ``iif`` pass reverse-path filtering?
 
     ``mode`` is the effective ``rp_filter`` (the larger of ``all`` and the
@@ -491,7 +522,8 @@ def rp_filter_check(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry],
     came in there (``fib_validate_source`` gets the forward route's device), so
     ``ip rule ... iif`` selectors see it; for local delivery it is ``lo``.
     """
-    back = lookup(routes, rules, src, src=dst, iif=oif or "lo", mark=mark)
+    back = lookup(routes, rules, src, src=dst, iif=oif or "lo", mark=mark,
+                  ignore_linkdown=ignore_linkdown)
     if mode == 0:
         return True, back
     if back.type == "unknown":

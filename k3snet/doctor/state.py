@@ -157,6 +157,23 @@ class NodeState:
         except ValueError:
             return default
 
+    def linkdown_ignored(self, family: int) -> frozenset[str]:
+        """The devices whose ``linkdown`` routes a lookup of ``family`` passes over
+        (``ignore_routes_with_linkdown``): for IPv4 where the device's or ``all``'s
+        is set (the kernel reads both), for IPv6 where the device's is (writing
+        ``all`` sets every device's there). Not captured (an older bundle): none,
+        the kernel's default."""
+        prefix = f"net.ipv{family}.conf."
+        suffix = ".ignore_routes_with_linkdown"
+        every = family == 4 and self.sysctl(f"{prefix}all{suffix}") == 1
+        devices = {d for r in self.routes.get(family, ()) for d in r.linkdown if d is not None}
+        devices.update(name[len(prefix):-len(suffix)].replace("/", ".")
+                       for name in self.sysctls
+                       if name.startswith(prefix) and name.endswith(suffix))
+        devices -= {"all", "default"}
+        return frozenset(d for d in devices if every or self.sysctl(
+            f"{prefix}{d.replace('.', '/')}{suffix}") == 1)
+
     def local_addresses(self) -> frozenset[object]:
         """Every address of the node."""
         return frozenset(a.address for a in self.addresses)

@@ -356,7 +356,8 @@ class _Tracer:
         fam = packet.family
         return lookup(self.state.routes[fam], self.state.rules[fam], packet.dst,
                       src=packet.src, iif=packet.iif or "lo", mark=packet.mark,
-                      proto=packet.proto_number)
+                      proto=packet.proto_number,
+                      ignore_linkdown=self.state.linkdown_ignored(fam))
 
     def forwarding(self, packet: Packet) -> bool:
         """The forwarding switch for ``packet``'s input interface; False if off."""
@@ -407,7 +408,8 @@ class _Tracer:
         fam = packet.family
         passed, back = rp_filter_check(
             self.state.routes[fam], self.state.rules[fam], self.state.addresses,
-            src=packet.src, dst=packet.dst, iif=packet.iif, mode=mode, oif=oif, mark=0)
+            src=packet.src, dst=packet.dst, iif=packet.iif, mode=mode, oif=oif, mark=0,
+            ignore_linkdown=self.state.linkdown_ignored(fam))
         kind = "strict" if mode == 1 else "loose"
         where = f"rp_filter={mode} ({kind}) on {packet.iif}"
         detail = f"the route back to {packet.src} is {back.describe()}"
@@ -470,7 +472,8 @@ def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
 def _ingress(t: _Tracer) -> str | None:
     """The interface the pod's packets come from: where the node routes the pod address."""
     flow, fam = t.flow, t.flow.family
-    pod_route = lookup(t.state.routes[fam], t.state.rules[fam], flow.source)
+    pod_route = lookup(t.state.routes[fam], t.state.rules[fam], flow.source,
+                       ignore_linkdown=t.state.linkdown_ignored(fam))
     iif = flow.in_interface or (pod_route.route.device if pod_route.route else None)
     if pod_route.type == "local":
         t.add("original", "ingress", "unknown", "routing",
