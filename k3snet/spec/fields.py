@@ -376,10 +376,11 @@ def check_section(section: Section, obj: Any, path: str, problems: list[Problem]
 
 # ---------------------------------------------------------------- read / write kit
 
+# Blanks around the value are allowed: the parsers take them off, as they are read.
 CIDR_SCHEMA: Mapping[str, Any] = {
-    "type": "string", "pattern": "^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$",
+    "type": "string", "pattern": "^\\s*[0-9A-Fa-f.:]+(/[0-9]{1,3})?\\s*$",
     "description": "a CIDR, such as 192.168.2.0/24 or fd00::/64"}
-ADDRESS_SCHEMA: Mapping[str, Any] = {"type": "string", "pattern": "^[0-9A-Fa-f.:]+$",
+ADDRESS_SCHEMA: Mapping[str, Any] = {"type": "string", "pattern": "^\\s*[0-9A-Fa-f.:]+\\s*$",
                                      "description": "an IPv4 or IPv6 address"}
 with_schema(parse_network, CIDR_SCHEMA)
 with_schema(parse_address, ADDRESS_SCHEMA)

@@ -90,7 +90,9 @@ def _ifname(value: Any) -> Any:
     return validate_interface_name(value)
 
 
-with_schema(_ifname, {"type": "string", "pattern": "^[^/\\s:]{1,15}$",
+# What validate_interface_name takes: its characters, not ".", "..", "+" nor "@...".
+with_schema(_ifname, {"type": "string",
+                      "pattern": "^(?![.][.]?$|[+]$|@)[A-Za-z0-9_.@+\\-]{1,15}$",
                       "description": "an interface name (at most 15 characters)"})
 
 

@@ -299,7 +299,7 @@ def test_the_json_schema_of_a_small_table() -> None:
         {"type": "integer"}, {"type": "string"}, {"type": "null"}], "description": "Either.",
         "default": 1}
     assert properties["open"] == {
-        "type": ["string", "null"], "pattern": "^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$",
+        "type": ["string", "null"], "pattern": "^\\s*[0-9A-Fa-f.:]+(/[0-9]{1,3})?\\s*$",
         "description": "A network. Value: a CIDR, such as 192.168.2.0/24 or fd00::/64.",
         "examples": ["10.0.0.0/8"]}
     assert properties["pair"] == {}  # one of its attributes has no default

@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import yaml
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k3snet import Spec, SpecError
 from k3snet.schemas import load_schema
@@ -142,13 +143,51 @@ LEAVES = [(path, f) for path, section in SECTIONS.items() for f in section.field
 
 @pytest.mark.parametrize(("path", "field"), LEAVES, ids=[f"{p}:{f.key}" for p, f in LEAVES])
 def test_every_example_of_the_table_is_valid_for_both(path: str, field: Any) -> None:
+    document = _with_leaf(path, field, field.example)
+    assert _k3snet_accepts(document)
+    VALIDATOR.validate(document)
+
+
+def _variants(example: Any) -> st.SearchStrategy[Any]:
+    """Values near a field's example: respelt (blanks, case, a float for an int, a
+    list of it), and values of other types or hostile text."""
+    near: list[Any] = [None, True, 0, -1, 1.0, 2**32, "", " ", "é", "+", "@x", ".", "..",
+                       "a" * 16, "a/b", "a:b", [], {}]
+    if isinstance(example, str):
+        near += [f" {example}", f"{example} ", f"{example}\n", example.upper(),
+                 example.lower(), f"{example}x", example[:-1], [example]]
+    elif isinstance(example, bool):
+        near += [not example, "true", "yes"]
+    elif isinstance(example, int):
+        near += [example + 1, float(example), str(example), example * 1000]
+    elif isinstance(example, list):
+        near += [example[:1], example * 2, [f" {v}" if isinstance(v, str) else v
+                                            for v in example]]
+    return st.sampled_from(near)
+
+
+@settings(deadline=None, max_examples=300)  # schema validation is slow on a loaded machine
+@given(st.data())
+def test_the_schema_never_refuses_a_spec_k3snet_accepts(data: st.DataObject) -> None:
+    """An editor must not flag a spec k3snet takes: the schema may let through what only
+    ``k3snet validate`` can judge (host bits, overlaps, a float where an integer goes),
+    never the other way round."""
+    path, field = data.draw(st.sampled_from(LEAVES))
+    value = data.draw(_variants(field.example))
+    document = _with_leaf(path, field, value)
+    if _k3snet_accepts(document):
+        VALIDATOR.validate(document)
+
+
+def _with_leaf(path: str, field: Any, value: Any) -> dict[str, Any]:
+    """A spec whose field ``path:field.key`` is ``value`` (with what that field needs)."""
     body: dict[str, Any] = {"destinations[]": {"cidr": "192.168.7.0/24"},
                             "dns.zones[]": {"zone": "corp.example",
                                             "resolvers": ["192.168.1.53"]},
                             "connectivityTest": {"target": "192.168.7.1"},
                             "masquerade": {"mode": "all"}}.get(path, {}).copy()
     outer, dot, inner = field.key.partition(".")
-    body[outer] = {inner: field.example} if dot else field.example
+    body[outer] = {inner: value} if dot else value
     document: dict[str, Any] = dict(BASE)  # a destination: other keys refer to it
     where = document
     *parents, last = path.split(".") if path else [""]
@@ -160,5 +199,4 @@ def test_every_example_of_the_table_is_valid_for_both(path: str, field: Any) -> 
         where[last[:-2]] = [body]
     else:
         where[last] = body
-    assert _k3snet_accepts(document)
-    VALIDATOR.validate(document)
+    return document
