@@ -100,4 +100,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from k3snet.lab.netns import exit_on_signals
+
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     main()

@@ -19,7 +19,7 @@ from agent_memory import spec
 
 from k3snet.agent import Agent, AgentOptions, FileSpecSource
 from k3snet.cli import _AgentDesired, _backend, build_parser
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import exit_on_signals, run_in, temporary_netns
 
 PASSES = 20
 
@@ -63,4 +63,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     main()

@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from k3snet.backends.netns import NetnsRunner
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import exit_on_signals, run_in, temporary_netns
 
 
 def _address(n: int) -> str:
@@ -109,4 +109,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     sys.exit(main())

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from k3snet.backends.iptables import IptablesBackend
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import exit_on_signals, run_in, temporary_netns
 from k3snet.model import MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
 from k3snet.render.iptables.rules import clear_caches, format_line, render_unit
@@ -200,4 +200,5 @@ def _has_iptc() -> bool:
 
 
 if __name__ == "__main__":
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     sys.exit(main())

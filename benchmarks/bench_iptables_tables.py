@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.driver import Processes
-from k3snet.lab.netns import temporary_netns
+from k3snet.lab.netns import exit_on_signals, temporary_netns
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, State
 from k3snet.planner import plan
 
@@ -191,4 +191,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     raise SystemExit(main())

@@ -39,7 +39,7 @@ from goals import measure
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.xtables import ENTRIES_AT, LAYOUTS, fetch_table, zero_counters
 from k3snet.backends.netns import NetnsRunner
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import exit_on_signals, run_in, temporary_netns
 from k3snet.model import MasqueradeRule, State
 from k3snet.planner import plan
 
@@ -112,4 +112,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     sys.exit(main())

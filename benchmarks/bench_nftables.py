@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from k3snet.backends.nftables import NftablesBackend, Syntax
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import exit_on_signals, run_in, temporary_netns
 from k3snet.model import MasqueradeRule, State
 from k3snet.planner import plan
 from k3snet.render.nftables import nft_rules, render_nftables_conf
@@ -293,4 +293,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     sys.exit(main())

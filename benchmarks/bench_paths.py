@@ -69,7 +69,7 @@ from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.cli import _AgentDesired, _backend, build_parser
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import exit_on_signals, run_in, temporary_netns
 from k3snet.model import State
 from k3snet.planner import plan
 from k3snet.render.iptables import render_iptables_save
@@ -457,4 +457,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     sys.exit(main())

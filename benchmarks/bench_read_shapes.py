@@ -55,7 +55,7 @@ from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.iptables.table import load_table
 from k3snet.backends.kit import GC_PAUSE_MIN, gc_paused
 from k3snet.backends.nftables import text as nft_text
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import exit_on_signals, run_in, temporary_netns
 from k3snet.model import MasqueradeRule, State
 from k3snet.render.iptables import render_iptables_save
 from k3snet.render.iptables import rules as ipt_rules
@@ -214,4 +214,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     sys.exit(main())

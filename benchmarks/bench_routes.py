@@ -47,7 +47,7 @@ from typing import Literal, TypeVar
 
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.netns import NetnsRunner
-from k3snet.lab.netns import create_netns, delete_netns, unique_name
+from k3snet.lab.netns import create_netns, delete_netns, exit_on_signals, unique_name
 from k3snet.model import Route, State
 from k3snet.planner import plan
 
@@ -392,4 +392,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     main()

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from k3snet.backends.iptables import IptablesBackend
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import exit_on_signals, run_in, temporary_netns
 from k3snet.model import ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
 from k3snet.testing.k3s import NODE_V4, NODE_V6
@@ -119,4 +119,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     main()

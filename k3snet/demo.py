@@ -10,7 +10,9 @@ firewalld, fixed by k3snet's forward rule. Every namespace is deleted at the end
 also on error. Needs root; touches nothing outside its own namespaces.
 
 Run: ``python -m k3snet.demo [--nat-backend nftables|iptables]``; exits non-zero
-if anything does not behave as shown.
+if anything does not behave as shown. Stopped by Ctrl-C, SIGTERM (a ``timeout``, a CI
+job cancelled) or SIGHUP (its terminal closed), it deletes its namespaces before it
+exits (130, 143, 129).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from k3snet.converge import converge
 from k3snet.errors import K3snetError
 from k3snet.facts import gather_facts
 from k3snet.lab import NODE_ADDRESSES, Family, ProbeResult, SeedLab
+from k3snet.lab.netns import exit_on_signals
 from k3snet.planner import plan
 from k3snet.spec import ForwardPolicy, Spec, load_spec
 from k3snet.spec import compile as compile_spec
@@ -163,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nat-backend", choices=("nftables", "iptables"), default="nftables")
     parser.add_argument("-f", "--spec", type=Path, default=SPEC_PATH)
     args = parser.parse_args(argv)
+    exit_on_signals()  # a timeout or a closed terminal still deletes the namespaces
     try:
         run_demo(args.nat_backend, args.spec)
     except DemoError as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "NetnsCommandError",
     "create_netns",
     "delete_netns",
+    "exit_on_signals",
     "kill_netns_processes",
     "netns_exists",
     "netns_pids",
@@ -61,6 +62,25 @@ class NetnsCommandError(subprocess.CalledProcessError):
         detail = (self.stderr or "").strip()
         base = super().__str__()
         return f"{base}: {detail}" if detail else base
+
+
+def exit_on_signals() -> None:
+    """Make SIGTERM and SIGHUP end the process as Ctrl-C does, unwinding ``finally``
+    blocks and ``with`` statements, so :func:`temporary_netns` and the labs delete their
+    namespaces (call it first thing in the main thread of a lab script).
+
+    Python's default for both ends the process at once: a ``timeout``, a cancelled CI
+    job or a closed terminal left the namespaces, and the servers in them, behind. The
+    exit status is ``128 + signal`` (143, 129); once one came, further signals wait for
+    the clean-up.
+    """
+    def stopped(signum: int, frame: object) -> None:
+        for stop in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(stop, signal.SIG_IGN)  # the clean-up runs to its end
+        raise SystemExit(128 + signum)
+
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, stopped)
 
 
 def unique_name(role: str) -> str:
