@@ -30,8 +30,8 @@ read as flannel reads it (:mod:`k3snet.backends.flannel_read`): mis-cased keys
 count as flannel's fields, and a value flannel would refuse or misread (a wrong
 type, host bits) is an error, never "no changes".
 
-**Disruptive changes.** Changing ``Network``, ``IPv6Network``, ``SubnetLen``,
-``IPv6SubnetLen``, ``EnableIPv4``, ``EnableIPv6``, the backend ``Type`` or vxlan's
+**Disruptive changes.** Changing ``Network``, ``IPv6Network``,
+``EnableIPv4``, ``EnableIPv6``, the backend ``Type`` or vxlan's
 ``VNI`` or ``Port`` re-addresses pods or rebuilds the network between nodes when flannel restarts:
 :meth:`FlannelBackend.disruptive` says why, and ``check``/``apply`` refuse such a
 plan unless the backend was built with ``allow_disruptive=True``.
@@ -352,7 +352,7 @@ class FlannelBackend(BackendBase):
     is a ``kubernetes.client.ApiClient`` (else one is built from ``kubeconfig`` /
     ``context``, or the in-cluster service account); ``timeout`` bounds each request.
     ``allow_disruptive`` lets ``apply`` make changes :meth:`disruptive` names
-    (a new ``Network``, ``SubnetLen``, address family, backend type, vxlan VNI or port).
+    (a new ``Network``, address family, backend type, vxlan VNI or port).
 
     A missing file or ConfigMap is observed as empty; applying to it is refused
     (k3snet edits flannel's config, it does not invent one), and so is applying

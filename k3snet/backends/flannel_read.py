@@ -43,14 +43,6 @@ FLANNEL_FIELDS: tuple[str, ...] = (
 DISRUPTIVE_KEYS: Mapping[str, str] = {
     "Network": "re-addresses every pod (flannel hands out pod subnets from it)",
     "IPv6Network": "re-addresses every pod (flannel hands out pod subnets from it)",
-    # flannel's kube subnet manager (K3s, kube-flannel's default) takes each node's subnet
-    # from its Node's podCIDR and never reads these; its etcd one hands them out
-    "SubnetLen": ("changes every node's pod subnet, so every pod is re-addressed (with "
-                  "flannel's etcd subnet manager; with --kube-subnet-mgr, as K3s runs it, "
-                  "the Nodes' podCIDRs decide and flannel ignores it)"),
-    "IPv6SubnetLen": ("changes every node's pod subnet, so every pod is re-addressed (with "
-                      "flannel's etcd subnet manager; with --kube-subnet-mgr, as K3s runs it, "
-                      "the Nodes' podCIDRs decide and flannel ignores it)"),
     "EnableIPv4": "adds or removes the pods' IPv4 network on every node",
     "EnableIPv6": "adds or removes the pods' IPv6 network on every node",
     "Backend.Type": ("rebuilds the network between nodes: pods on nodes that restarted flannel "
@@ -62,7 +54,12 @@ DISRUPTIVE_KEYS: Mapping[str, str] = {
                      "that did not drop each other's pod traffic"),
 }
 """The keys whose change is disruptive, with why (``Backend.Type``: the backend's type;
-``Backend.VNI`` and ``Backend.Port``: the vxlan backend's, judged only when it stays vxlan)."""
+``Backend.VNI`` and ``Backend.Port``: the vxlan backend's, judged only when it stays vxlan).
+
+``SubnetLen``, ``SubnetMin`` and ``SubnetMax`` (and their IPv6 twins) are not here:
+flanneld reads net-conf.json only with ``--kube-subnet-mgr`` (its etcd subnet manager
+reads its config from etcd), and the kube subnet manager takes each node's subnet from
+its Node's podCIDR without reading them."""
 
 _VXLAN_DEFAULTS: Mapping[str, int] = {"VNI": 1, "Port": 8472}
 """flannel's vxlan defaults (``pkg/backend/vxlan`` ``defaultVNI``; ``Port`` 0 leaves the
@@ -289,26 +286,7 @@ def _effective_value(values: Mapping[str, Any], key: str) -> Any:
         return flannel_backend_type(kind) if isinstance(kind, str) else kind
     if key in ("Backend.VNI", "Backend.Port"):
         return _vxlan_value(values, key.partition(".")[2])
-    if key in ("SubnetLen", "IPv6SubnetLen"):
-        return _subnet_length(values, key)
     return values.get(key)
-
-
-_SUBNET_LENGTH_DEFAULTS: Mapping[str, tuple[str, int, int]] = {
-    "SubnetLen": ("Network", 22, 24), "IPv6SubnetLen": ("IPv6Network", 62, 64)}
-"""Per key: the network it splits, the longest prefix given the default length, that length
-(``pkg/subnet/config.go`` ``CheckNetworkConfig``)."""
-
-
-def _subnet_length(values: Mapping[str, Any], key: str) -> Any:
-    """``SubnetLen`` / ``IPv6SubnetLen`` as flannel uses it: unset or 0 is its default, a
-    /24 (IPv6: /64) when the network is that large, else the network's prefix + 2."""
-    given = values.get(key)
-    network, longest, default = _SUBNET_LENGTH_DEFAULTS[key]
-    if given or not isinstance(values.get(network), str):
-        return given
-    prefix = ipaddress.ip_network(values[network], strict=False).prefixlen
-    return default if prefix <= longest else prefix + 2
 
 
 def _vxlan_value(values: Mapping[str, Any], name: str) -> Any:
@@ -326,7 +304,7 @@ def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
     found = []
     enabled = {4: "EnableIPv4", 6: "EnableIPv6"}
     for key, why in DISRUPTIVE_KEYS.items():
-        family = 6 if key.startswith("IPv6") else 4 if key in ("Network", "SubnetLen") else 0
+        family = 6 if key == "IPv6Network" else 4 if key == "Network" else 0
         if family and not (_effective_value(before, enabled[family])
                            and _effective_value(after, enabled[family])):
             continue  # the family is off on one side: its Enable key says it all

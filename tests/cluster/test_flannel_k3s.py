@@ -240,8 +240,6 @@ def test_a_backend_recorded_whole_by_an_older_k3snet_is_given_back_whole(tmp_pat
 @pytest.mark.parametrize(("config", "reason"), [
     ({"network": "10.244.0.0/16"},
      'changing flannel\'s Network ("10.42.0.0/16" -> "10.244.0.0/16") re-addresses every pod'),
-    ({"extra": {"SubnetLen": 25}},
-     "changing flannel's SubnetLen (24 -> 25) changes every node's pod subnet"),
     ({"enable_ipv6": True, "ipv6_network": "fd42:42::/56"},
      "changing flannel's EnableIPv6 (false -> true) adds or removes the pods' IPv6 network"),
     ({"enable_ipv4": False},
@@ -289,12 +287,30 @@ def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path)
     defaults = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
                                         backend_options={"VNI": 1, "Port": 8472}))
     assert backend.disruptive(defaults) is None  # flannel's defaults, spelled out
-    # flannel splits a /16 into /24s when SubnetLen is unset (CheckNetworkConfig).
     subnet_len = Change.add(FlannelConfig(backend.target, extra={"SubnetLen": 24}))
     assert backend.disruptive(subnet_len) is None
     # The network of a family flannel has off is not disruptive to change.
     v6 = Change.add(FlannelConfig(backend.target, ipv6_network="fd00::/56"))
     assert backend.disruptive(v6) is None
+
+
+@pytest.mark.parametrize("extra", [{"SubnetLen": 25}, {"IPv6SubnetLen": 80},
+                                   {"SubnetMin": "10.42.8.0", "SubnetMax": "10.42.16.0"}])
+def test_subnet_keys_are_never_disruptive_as_net_conf_json_feeds_only_the_kube_subnet_manager(
+    tmp_path: Path, extra: dict[str, Any]
+) -> None:
+    # flanneld reads --net-config-path only with --kube-subnet-mgr (main.go newSubnetManager;
+    # the etcd manager reads its config from etcd). The kube manager takes each node's subnet
+    # from its Node's podCIDR and never reads SubnetLen/SubnetMin/SubnetMax
+    # (pkg/subnet/kube); CheckNetworkConfig, which does, runs for etcd only.
+    path = _file(tmp_path, K3S_DUAL_STACK)
+    backend = FlannelBackend(path=path)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, extra=extra)]))
+    (change,) = p.changes
+    assert backend.disruptive(change) is None
+    assert backend.check(p) == ()
+    backend.apply(p)
+    assert json.loads(path.read_text()).items() >= extra.items()
 
 
 def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
