@@ -73,6 +73,7 @@ from k3snet.backends.flannel_read import (
     disruptions,
     flannel_values,
     is_k3s_generated,
+    start_refusals,
 )
 from k3snet.backends.flannel_text import (
     ObjectText,
@@ -509,6 +510,13 @@ class FlannelBackend(BackendBase):
             after = _values(text, where)
             reasons += disruptions(values, after)
             values = after
+        refused = [r for r in start_refusals(values) if r not in start_refusals(doc.values)]
+        if refused:
+            # Not a disruption to allow: flannel would not start on any node after it.
+            raise PlanError(f"flannel backend refuses to write {self.target}: "
+                            f"{'; '.join(refused)}, so flannel would not start (its "
+                            "kube subnet manager refuses every node's lease); set the "
+                            "family's network, or leave the family off")
         if reasons and refuse_disruptive and not self.allow_disruptive:
             raise PlanError(f"flannel backend refuses a disruptive change to {self.target}: "
                             f"{'; '.join(reasons)}. Allow it with {ALLOW_DISRUPTIVE_HINT}, "

@@ -28,6 +28,7 @@ __all__ = [
     "flannel_values",
     "fold",
     "is_k3s_generated",
+    "start_refusals",
 ]
 
 K3S_GENERATED_SUFFIX: tuple[str, ...] = ("agent", "etc", "flannel", "net-conf.json")
@@ -315,6 +316,31 @@ def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
             shown = "unset" if old is None else _dump(old)
             found.append(f"changing flannel's {key} ({shown} -> "
                          f"{'unset' if new is None else _dump(new)}) {why}")
+    return found
+
+
+_FAMILY_NETWORKS: Mapping[str, str] = {"EnableIPv4": "Network", "EnableIPv6": "IPv6Network"}
+
+
+def start_refusals(values: Mapping[str, Any]) -> list[str]:
+    """Why flannel would not start on config ``values``: an enabled family without a network.
+
+    flannel's ``ip.IP4Net``/``IP6Net`` read a ``/0`` (K3s writes ``"IPv6Network": "::/0"``
+    beside ``"EnableIPv6": false``) as ``Empty()``, as they read an absent key; with the
+    family on, the kube subnet manager refuses every node's lease ("subnet ... doesn't
+    contain ... PodCIDR", ``pkg/subnet/kube``) and K3s stops on "ipv4 mode requested but
+    no ipv4 network provided".
+    """
+    found = []
+    for enable, key in _FAMILY_NETWORKS.items():
+        if not _effective_value(values, enable):
+            continue
+        network = values.get(key)
+        if network is None:
+            found.append(f"{enable} would be true with no {key}")
+        elif ipaddress.ip_network(network, strict=False).prefixlen == 0:
+            found.append(f"{enable} would be true with {key} {network}, which flannel reads "
+                         "as no network")
     return found
 
 

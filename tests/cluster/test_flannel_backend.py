@@ -176,7 +176,7 @@ def test_value_already_there_is_met_by_the_foreign_config(conf_file: Path) -> No
 def test_file_mode_is_kept_and_the_file_is_replaced_atomically(conf_file: Path) -> None:
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     inode = conf_file.stat().st_ino
-    _converge(backend, State(owned=[FlannelConfig(backend.target, enable_ipv6=True)]))
+    _converge(backend, State(owned=[FlannelConfig(backend.target, enable_nftables=True)]))
     info = conf_file.stat()
     assert oct(info.st_mode & 0o777) == oct(0o640)
     assert info.st_ino != inode  # a new file renamed over the old one, never written in place

@@ -313,6 +313,42 @@ def test_subnet_keys_are_never_disruptive_as_net_conf_json_feeds_only_the_kube_s
     assert json.loads(path.read_text()).items() >= extra.items()
 
 
+@pytest.mark.parametrize(("text", "config", "reason"), [
+    # K3s' IPv4-only file keeps "IPv6Network": "::/0" beside "EnableIPv6": false.
+    (K3S_VXLAN, {"enable_ipv6": True},
+     "EnableIPv6 would be true with IPv6Network ::/0"),
+    (K3S_VXLAN, {"network": "0.0.0.0/0"}, "EnableIPv4 would be true with Network 0.0.0.0/0"),
+    (K3S_IPV6_ONLY, {"enable_ipv4": True}, "EnableIPv4 would be true with Network 0.0.0.0/0"),
+    (K3S_DUAL_STACK, {"ipv6_network": "::/0"},
+     "EnableIPv6 would be true with IPv6Network ::/0"),
+    ('{"Backend": {"Type": "vxlan"}, "EnableIPv4": false, "IPv6Network": "fd42::/56", '
+     '"EnableIPv6": true}', {"enable_ipv4": True}, "EnableIPv4 would be true with no Network"),
+])
+def test_an_enabled_family_without_a_network_flannel_reads_is_never_written_even_if_allowed(
+    tmp_path: Path, text: str, config: dict[str, Any], reason: str
+) -> None:
+    # flannel's ip.IP4Net/IP6Net read a /0 as Empty(): its kube subnet manager then refuses
+    # every node's lease ("subnet ... doesn't contain ... PodCIDR", pkg/subnet/kube) and
+    # K3s stops on "ipv4 mode requested but no ipv4 network provided".
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, **config)]))
+    (problem,) = backend.check(p)
+    assert reason in problem
+    assert "flannel would not start" in problem
+    with pytest.raises(PlanError, match=reason):
+        backend.apply(p)
+    assert path.read_text() == text
+
+
+def test_a_config_flannel_already_refuses_does_not_block_other_keys(tmp_path: Path) -> None:
+    text = '{"EnableIPv6": true, "IPv6Network": "::/0", "Network": "10.42.0.0/16"}'
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path)
+    _converge(backend, State(owned=[FlannelConfig(backend.target, enable_nftables=True)]))
+    assert json.loads(path.read_text())["EnableNFTables"] is True
+
+
 def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     path = _file(tmp_path, K3S_VXLAN)
     _converge(FlannelBackend(path=path, allow_disruptive=True),
