@@ -63,8 +63,8 @@ reads its config from etcd), and the kube subnet manager takes each node's subne
 its Node's podCIDR without reading them."""
 
 _VXLAN_DEFAULTS: Mapping[str, int] = {"VNI": 1, "Port": 8472}
-"""flannel's vxlan defaults (``pkg/backend/vxlan`` ``defaultVNI``; ``Port`` 0 leaves the
-kernel's vxlan port, 8472)."""
+"""flannel's vxlan defaults (``pkg/backend/vxlan`` ``defaultVNI``; a ``Port`` of 0 or
+below leaves the kernel's vxlan port, 8472)."""
 
 
 def _dump(value: Any) -> str:
@@ -174,6 +174,37 @@ def _backend_options(backend: Mapping[str, Any], where: str
     return options, problems
 
 
+_VXLAN_IDS = 1 << 24
+"""The kernel's VXLAN IDs are 24 bits (``VXLAN_N_VID``); flannel hands VNI over as a uint32."""
+_IFNAME_MAX = 15
+"""The longest interface name the kernel takes (``IFNAMSIZ`` - 1)."""
+
+
+def _vxlan_device_problems(values: Mapping[str, Any]) -> list[str]:
+    """Why flannel's vxlan backend could not build its devices from ``values`` (read and
+    typed): a VNI that is no VXLAN ID or makes a device name (``flannel.VNI``,
+    ``flannel-v6.VNI``) too long, a Port netlink would truncate to 16 bits."""
+    backend = values.get("Backend")
+    if not isinstance(backend, dict) or _effective_value(values, "Backend.Type") != "vxlan":
+        return []
+    found = []
+    vni, port = backend.get("VNI"), backend.get("Port")
+    if isinstance(vni, int) and _go_int(vni) is None:
+        if not 0 <= vni < _VXLAN_IDS:
+            found.append(f"Backend.VNI must be 0..{_VXLAN_IDS - 1} (a VXLAN ID), got {vni}")
+        else:
+            for enable, prefix in (("EnableIPv4", "flannel."), ("EnableIPv6", "flannel-v6.")):
+                name = f"{prefix}{vni}"
+                if _effective_value(values, enable) and len(name) > _IFNAME_MAX:
+                    found.append(f"Backend.VNI {vni} names flannel's vxlan device {name}, "
+                                 f"longer than the kernel's {_IFNAME_MAX} characters")
+    if isinstance(port, int) and _go_int(port) is None and port > 0xFFFF:
+        # vishvananda/netlink sends htons(uint16(Port)): the high bits are dropped silently.
+        found.append("Backend.Port must be at most 65535 (flannel hands it to the kernel as "
+                     f"16 bits: {port} would be port {port & 0xFFFF}), got {port}")
+    return found
+
+
 def _backend(value: Any) -> str | None:
     if not isinstance(value, dict):
         return "an object with a Type"
@@ -269,6 +300,7 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
         inner, more = _backend_options(inner, where)
         problems += more
         out["Backend"] = inner
+        problems += _vxlan_device_problems(out)
     if problems:
         raise BackendError(f"{where}: flannel would not read net-conf.json as written: "
                            + "; ".join(problems))
@@ -295,7 +327,8 @@ def _vxlan_value(values: Mapping[str, Any], name: str) -> Any:
     if _effective_value(values, "Backend.Type") != "vxlan":
         return None  # not vxlan: the Type's change says it all
     found = next((v for k, v in values["Backend"].items() if fold(k) == fold(name)), None)
-    if found is None or (name == "Port" and found == 0):  # flannel's defaults
+    # flannel's defaults; netlink sends a Port only when it is above 0 (else the kernel's 8472)
+    if found is None or (name == "Port" and isinstance(found, int) and found <= 0):
         return _VXLAN_DEFAULTS[name]
     return found
 

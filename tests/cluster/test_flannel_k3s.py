@@ -404,6 +404,21 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "'Network' and 'network' are both flannel's Network"),
     ('{"Backend": {"Type": "vxlan", "type": "host-gw"}}',
      "'Backend.Type' and 'Backend.type' are both flannel's Type"),
+    # flannel hands VNI to netlink as a uint32 (the kernel takes VXLAN IDs below 2**24) and
+    # names its devices flannel.VNI / flannel-v6.VNI (at most 15 characters); it hands Port
+    # over as 16 bits (vishvananda/netlink: htons(uint16(Port))), so 70000 would be 4464.
+    ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777216}}',
+     "Backend.VNI must be 0..16777215 (a VXLAN ID), got 16777216"),
+    ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": -1}}',
+     "Backend.VNI must be 0..16777215 (a VXLAN ID), got -1"),
+    ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": 10000000}}',
+     "Backend.VNI 10000000 names flannel's vxlan device flannel.10000000"),
+    ('{"Network": "10.42.0.0/16", "EnableIPv6": true, "IPv6Network": "fd42::/56", '
+     '"Backend": {"Type": "VXLAN", "vni": 10000}}',
+     "Backend.VNI 10000 names flannel's vxlan device flannel-v6.10000"),
+    ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}',
+     "Backend.Port must be at most 65535 (flannel hands it to the kernel as 16 bits: "
+     "70000 would be port 4464), got 70000"),
 ])
 def test_values_flannel_would_refuse_or_misread_are_errors(
     tmp_path: Path, text: str, message: str
@@ -462,6 +477,35 @@ def test_backend_options_flannel_would_refuse_are_never_written(tmp_path: Path) 
     unknown = _file(tmp_path, '{"Backend": {"Type": "host-gw", "VNI": "x", "MTU": null}}', "b")
     (foreign,) = FlannelBackend(path=unknown).observe().foreign
     assert foreign.backend_options.to_dict() == {"VNI": "x", "MTU": None}
+
+
+def test_a_vxlan_id_or_port_the_kernel_cannot_take_is_never_written_even_if_allowed(
+    tmp_path: Path
+) -> None:
+    path = _file(tmp_path, K3S_DUAL_STACK)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    for options, message in (({"VNI": 1 << 40}, "Backend.VNI must be 0..16777215"),
+                             ({"VNI": 10000}, "names flannel's vxlan device flannel-v6.10000"),
+                             ({"Port": 1 << 16}, "Backend.Port must be at most 65535")):
+        wanted = FlannelConfig(backend.target, backend_type="vxlan", backend_options=options)
+        (problem,) = backend.check(plan(backend.observe(), State(owned=[wanted])))
+        assert message in problem
+    assert path.read_text() == K3S_DUAL_STACK
+    # 9999 fits flannel-v6.9999: written.
+    _converge(backend, State(owned=[FlannelConfig(backend.target, backend_type="vxlan",
+                                                  backend_options={"VNI": 9999})]))
+    assert json.loads(path.read_text())["Backend"]["VNI"] == 9999
+
+
+def test_a_vxlan_port_below_one_is_the_kernels_default_port_so_not_disruptive(
+    tmp_path: Path
+) -> None:
+    # netlink sends IFLA_VXLAN_PORT only for Port > 0: 0 and below leave the kernel's 8472.
+    path = _file(tmp_path, K3S_VXLAN.replace('"Type": "vxlan"', '"Type": "vxlan", "Port": -1'))
+    backend = FlannelBackend(path=path)
+    same = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
+                                    backend_options={"Port": 8472}))
+    assert backend.disruptive(same) is None
 
 
 def test_a_null_go_skips_is_read_as_flannels_default(tmp_path: Path) -> None:
