@@ -32,7 +32,9 @@ type, host bits) is an error, never "no changes".
 
 **Disruptive changes.** Changing ``Network``, ``IPv6Network``,
 ``EnableIPv4``, ``EnableIPv6``, the backend ``Type`` or vxlan's
-``VNI`` or ``Port`` re-addresses pods or rebuilds the network between nodes when flannel restarts:
+``VNI`` or ``Port`` changes what flannel routes and masquerades, stops it on nodes
+whose podCIDR the network does not contain, or rebuilds the network between nodes when
+flannel restarts:
 :meth:`FlannelBackend.disruptive` says why, and ``check``/``apply`` refuse such a
 plan unless the backend was built with ``allow_disruptive=True``.
 

@@ -41,9 +41,15 @@ FLANNEL_FIELDS: tuple[str, ...] = (
 )
 """The fields of flannel's ``subnet.Config`` (the keys it reads from net-conf.json)."""
 
+_NETWORK_WHY = ("changes the network flannel routes, accepts and exempts from masquerade, and "
+                "flannel stops on every node whose podCIDR it does not contain (its kube "
+                "subnet manager gives each node its Node's podCIDR, never one of its own)")
+
 DISRUPTIVE_KEYS: Mapping[str, str] = {
-    "Network": "re-addresses every pod (flannel hands out pod subnets from it)",
-    "IPv6Network": "re-addresses every pod (flannel hands out pod subnets from it)",
+    # The kube subnet manager, the only one that reads net-conf.json, takes each node's
+    # subnet from its Node's podCIDR and only checks that Network contains it.
+    "Network": _NETWORK_WHY,
+    "IPv6Network": _NETWORK_WHY,
     "EnableIPv4": "adds or removes the pods' IPv4 network on every node",
     "EnableIPv6": "adds or removes the pods' IPv6 network on every node",
     "Backend.Type": ("rebuilds the network between nodes: pods on nodes that restarted flannel "

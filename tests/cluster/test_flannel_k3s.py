@@ -239,7 +239,9 @@ def test_a_backend_recorded_whole_by_an_older_k3snet_is_given_back_whole(tmp_pat
 
 @pytest.mark.parametrize(("config", "reason"), [
     ({"network": "10.244.0.0/16"},
-     'changing flannel\'s Network ("10.42.0.0/16" -> "10.244.0.0/16") re-addresses every pod'),
+     'changing flannel\'s Network ("10.42.0.0/16" -> "10.244.0.0/16") changes the network '
+     "flannel routes, accepts and exempts from masquerade, and flannel stops on every node "
+     "whose podCIDR it does not contain"),
     ({"enable_ipv6": True, "ipv6_network": "fd42:42::/56"},
      "changing flannel's EnableIPv6 (false -> true) adds or removes the pods' IPv6 network"),
     ({"enable_ipv4": False},
