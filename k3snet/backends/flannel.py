@@ -57,6 +57,7 @@ the API server answer 409 and nothing is written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -221,8 +222,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
             handle.flush()
             os.fchmod(handle.fileno(), stat.S_IMODE(info.st_mode))
             if (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
-                with contextlib.suppress(PermissionError):
+                try:
                     os.fchown(handle.fileno(), info.st_uid, info.st_gid)
+                except PermissionError:
+                    # The rename would hand the file to k3snet's user (and, with mode 0600,
+                    # lock its owner out): leave it as it is.
+                    raise PermissionError(
+                        errno.EPERM, f"cannot give the rewritten file its owner "
+                        f"{info.st_uid}:{info.st_gid} (run k3snet as root or as that "
+                        "user)") from None
             os.fsync(handle.fileno())
         os.replace(temporary, real)
     except BaseException:
