@@ -520,7 +520,10 @@ class FlannelBackend(BackendBase):
             after = _values(text, where)
             reasons += disruptions(values, after)
             values = after
-        refused = [r for r in start_refusals(values) if r not in start_refusals(doc.values)]
+        # Only what k3snet brings in: not a refusal of the config as found, nor of the
+        # config as it was before k3snet (giving that back is always allowed).
+        known = {*start_refusals(doc.values), *start_refusals(_foreign_values(doc))}
+        refused = [r for r in start_refusals(values) if r not in known]
         if refused:
             # Not a disruption to allow: flannel would not start on any node after it.
             raise PlanError(f"flannel backend refuses to write {self.target}: "

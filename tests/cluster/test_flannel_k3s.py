@@ -351,6 +351,18 @@ def test_a_config_flannel_already_refuses_does_not_block_other_keys(tmp_path: Pa
     assert json.loads(path.read_text())["EnableNFTables"] is True
 
 
+def test_giving_back_a_config_flannel_already_refused_is_not_blocked(tmp_path: Path) -> None:
+    # The file was broken before k3snet (IPv6 on with ::/0); k3snet's IPv6Network fixed it.
+    # Removing k3snet's keys puts the operator's text back, as found.
+    text = '{"EnableIPv6": true, "IPv6Network": "::/0", "Network": "10.42.0.0/16"}'
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    _converge(backend, State(owned=[FlannelConfig(backend.target, ipv6_network="fd42::/56")]))
+    assert json.loads(path.read_text())["IPv6Network"] == "fd42::/56"
+    _converge(backend, State())
+    assert path.read_text() == text
+
+
 def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     path = _file(tmp_path, K3S_VXLAN)
     _converge(FlannelBackend(path=path, allow_disruptive=True),
