@@ -206,8 +206,10 @@ def _vxlan_device_problems(values: Mapping[str, Any]) -> list[str]:
                                  f"longer than the kernel's {_IFNAME_MAX} characters")
     if isinstance(port, int) and _go_int(port) is None and port > 0xFFFF:
         # vishvananda/netlink sends htons(uint16(Port)): the high bits are dropped silently.
+        # (a Port of 0 the kernel takes as its default, 8472)
+        sent = port & 0xFFFF or _VXLAN_DEFAULTS["Port"]
         found.append("Backend.Port must be at most 65535 (flannel hands it to the kernel as "
-                     f"16 bits: {port} would be port {port & 0xFFFF}), got {port}")
+                     f"16 bits: {port} would be port {sent}), got {port}")
     return found
 
 

@@ -500,7 +500,7 @@ def test_a_vxlan_id_or_port_the_kernel_cannot_take_is_never_written_even_if_allo
     backend = FlannelBackend(path=path, allow_disruptive=True)
     for options, message in (({"VNI": 1 << 40}, "Backend.VNI must be 0..16777215"),
                              ({"VNI": 10000}, "names flannel's vxlan device flannel-v6.10000"),
-                             ({"Port": 1 << 16}, "Backend.Port must be at most 65535")):
+                             ({"Port": 1 << 16}, "65536 would be port 8472), got 65536")):
         wanted = FlannelConfig(backend.target, backend_type="vxlan", backend_options=options)
         (problem,) = backend.check(plan(backend.observe(), State(owned=[wanted])))
         assert message in problem
