@@ -10,6 +10,8 @@ and ``EnableIPv6`` to false, and a CIDR's host bits are masked off without a wor
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 from collections.abc import Callable, Mapping
@@ -145,14 +147,45 @@ def _go_string(value: Any) -> str | None:
     return None if isinstance(value, str) else "a string"
 
 
+def _go_int_in(low: int, high: int) -> Callable[[Any], str | None]:
+    """A Go int that reaches the kernel as 16 bits: outside ``low..high`` it is cut short."""
+    def check(value: Any) -> str | None:
+        ok = _go_int(value) is None and low <= value <= high
+        return None if ok else f"an integer {low}..{high}"
+    return check
+
+
+def _one_of(*words: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in words else "one of " + ", ".join(map(_dump, words))
+    return check
+
+
+def _wireguard_key(value: Any) -> str | None:
+    """wgtypes.ParseKey: standard base64 (Go's decoder skips CR and LF) of 32 bytes."""
+    expected = "a WireGuard key (32 bytes in base64)"
+    if not isinstance(value, str):
+        return expected
+    if value == "":
+        return None  # flannel's "no PSK"
+    try:
+        raw = base64.b64decode(value.replace("\r", "").replace("\n", ""), validate=True)
+    except (binascii.Error, ValueError):
+        return expected
+    return None if len(raw) == 32 else expected
+
+
 _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
     # pkg/backend/vxlan/vxlan.go VXLANConfig
     "vxlan": {"VNI": _go_int, "Port": _go_int, "MTU": _go_int, "GBP": _boolean,
               "Learning": _boolean, "DirectRouting": _boolean},
     # pkg/backend/wireguard/wireguard.go RegisterNetwork's cfg (a Duration is an int64)
-    "wireguard": {"ListenPort": _go_int, "ListenPortV6": _go_int, "MTU": _go_int,
-                  "PSK": _go_string, "PersistentKeepaliveInterval": _go_int,
-                  "Mode": _go_string},
+    # (ports and the keepalive reach the kernel as 16 bits; a ListenPort of 0 is advertised
+    # to the peers as port 0; Mode outside its four words: "no valid Mode configured")
+    "wireguard": {"ListenPort": _go_int_in(1, 0xFFFF), "ListenPortV6": _go_int_in(1, 0xFFFF),
+                  "MTU": _go_int, "PSK": _wireguard_key,
+                  "PersistentKeepaliveInterval": _go_int_in(0, 0xFFFF),
+                  "Mode": _one_of("separate", "auto", "ipv4", "ipv6")},
 }
 """The options of the backends K3s runs and their Go types: the backend decodes ``Backend``
 into them and stops on a mismatch ("error decoding VXLAN backend config")."""

@@ -430,6 +430,19 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"Network": "10.42.0.0/16", "EnableIPv6": true, "IPv6Network": "fd42::/56", '
      '"Backend": {"Type": "VXLAN", "vni": 10000}}',
      "Backend.VNI 10000 names flannel's vxlan device flannel-v6.10000"),
+    # flannel's wireguard backend: Mode is one of four words (else "no valid Mode
+    # configured"), PSK a WireGuard key (wgtypes.ParseKey), ports and the keepalive go to
+    # the kernel as 16 bits (a ListenPort of 0 is advertised to the peers as port 0).
+    ('{"Backend": {"Type": "wireguard", "Mode": "Auto"}}',
+     'Backend.Mode must be one of "separate", "auto", "ipv4", "ipv6"'),
+    ('{"Backend": {"Type": "wireguard", "PSK": "not-a-key"}}',
+     "Backend.PSK must be a WireGuard key (32 bytes in base64)"),
+    ('{"Backend": {"Type": "wireguard", "ListenPort": 70000}}',
+     "Backend.ListenPort must be an integer 1..65535"),
+    ('{"Backend": {"Type": "wireguard", "listenportv6": 0}}',
+     "Backend.ListenPortV6 must be an integer 1..65535"),
+    ('{"Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": 65536}}',
+     "Backend.PersistentKeepaliveInterval must be an integer 0..65535"),
     ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}',
      "Backend.Port must be at most 65535 (flannel hands it to the kernel as 16 bits: "
      "70000 would be port 4464), got 70000"),
@@ -509,6 +522,15 @@ def test_a_vxlan_id_or_port_the_kernel_cannot_take_is_never_written_even_if_allo
     _converge(backend, State(owned=[FlannelConfig(backend.target, backend_type="vxlan",
                                                   backend_options={"VNI": 9999})]))
     assert json.loads(path.read_text())["Backend"]["VNI"] == 9999
+
+
+def test_wireguard_options_flannel_takes_are_read(tmp_path: Path) -> None:
+    key = "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE="  # 32 bytes
+    text = ('{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "Mode": "ipv4", '
+            f'"PSK": "{key}", "ListenPort": 51820, "PersistentKeepaliveInterval": 0}}}}')
+    (foreign,) = FlannelBackend(path=_file(tmp_path, text)).observe().foreign
+    assert foreign.backend_options.to_dict() == {
+        "Mode": "ipv4", "PSK": key, "ListenPort": 51820, "PersistentKeepaliveInterval": 0}
 
 
 def test_a_vxlan_port_below_one_is_the_kernels_default_port_so_not_disruptive(
