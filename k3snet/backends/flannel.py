@@ -30,9 +30,11 @@ read as flannel reads it (:mod:`k3snet.backends.flannel_read`): mis-cased keys
 count as flannel's fields, and a value flannel would refuse or misread (a wrong
 type, host bits) is an error, never "no changes".
 
-**Disruptive changes.** Changing ``Network``, ``IPv6Network``, ``SubnetLen``,
-``IPv6SubnetLen``, ``EnableIPv4``, ``EnableIPv6``, the backend ``Type`` or vxlan's
-``VNI`` or ``Port`` re-addresses pods or rebuilds the network between nodes when flannel restarts:
+**Disruptive changes.** Changing ``Network``, ``IPv6Network``,
+``EnableIPv4``, ``EnableIPv6``, the backend ``Type`` or vxlan's
+``VNI`` or ``Port`` changes what flannel routes and masquerades, stops it on nodes
+whose podCIDR the network does not contain, or rebuilds the network between nodes when
+flannel restarts:
 :meth:`FlannelBackend.disruptive` says why, and ``check``/``apply`` refuse such a
 plan unless the backend was built with ``allow_disruptive=True``.
 
@@ -55,6 +57,7 @@ the API server answer 409 and nothing is written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -73,6 +76,7 @@ from k3snet.backends.flannel_read import (
     disruptions,
     flannel_values,
     is_k3s_generated,
+    start_refusals,
 )
 from k3snet.backends.flannel_text import (
     ObjectText,
@@ -218,8 +222,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
             handle.flush()
             os.fchmod(handle.fileno(), stat.S_IMODE(info.st_mode))
             if (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
-                with contextlib.suppress(PermissionError):
+                try:
                     os.fchown(handle.fileno(), info.st_uid, info.st_gid)
+                except PermissionError:
+                    # The rename would hand the file to k3snet's user (and, with mode 0600,
+                    # lock its owner out): leave it as it is.
+                    raise PermissionError(
+                        errno.EPERM, f"cannot give the rewritten file its owner "
+                        f"{info.st_uid}:{info.st_gid} (run k3snet as root or as that "
+                        "user)") from None
             os.fsync(handle.fileno())
         os.replace(temporary, real)
     except BaseException:
@@ -352,7 +363,7 @@ class FlannelBackend(BackendBase):
     is a ``kubernetes.client.ApiClient`` (else one is built from ``kubeconfig`` /
     ``context``, or the in-cluster service account); ``timeout`` bounds each request.
     ``allow_disruptive`` lets ``apply`` make changes :meth:`disruptive` names
-    (a new ``Network``, ``SubnetLen``, address family, backend type, vxlan VNI or port).
+    (a new ``Network``, address family, backend type, vxlan VNI or port).
 
     A missing file or ConfigMap is observed as empty; applying to it is refused
     (k3snet edits flannel's config, it does not invent one), and so is applying
@@ -509,6 +520,16 @@ class FlannelBackend(BackendBase):
             after = _values(text, where)
             reasons += disruptions(values, after)
             values = after
+        # Only what k3snet brings in: not a refusal of the config as found, nor of the
+        # config as it was before k3snet (giving that back is always allowed).
+        known = {*start_refusals(doc.values), *start_refusals(_foreign_values(doc))}
+        refused = [r for r in start_refusals(values) if r not in known]
+        if refused:
+            # Not a disruption to allow: flannel would not start on any node after it.
+            raise PlanError(f"flannel backend refuses to write {self.target}: "
+                            f"{'; '.join(refused)}, so flannel would not start (its "
+                            "kube subnet manager refuses every node's lease); set the "
+                            "family's network, or leave the family off")
         if reasons and refuse_disruptive and not self.allow_disruptive:
             raise PlanError(f"flannel backend refuses a disruptive change to {self.target}: "
                             f"{'; '.join(reasons)}. Allow it with {ALLOW_DISRUPTIVE_HINT}, "

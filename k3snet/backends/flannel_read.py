@@ -10,6 +10,8 @@ and ``EnableIPv6`` to false, and a CIDR's host bits are masked off without a wor
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 from collections.abc import Callable, Mapping
@@ -28,6 +30,7 @@ __all__ = [
     "flannel_values",
     "fold",
     "is_k3s_generated",
+    "start_refusals",
 ]
 
 K3S_GENERATED_SUFFIX: tuple[str, ...] = ("agent", "etc", "flannel", "net-conf.json")
@@ -40,17 +43,15 @@ FLANNEL_FIELDS: tuple[str, ...] = (
 )
 """The fields of flannel's ``subnet.Config`` (the keys it reads from net-conf.json)."""
 
+_NETWORK_WHY = ("changes the network flannel routes, accepts and exempts from masquerade, and "
+                "flannel stops on every node whose podCIDR it does not contain (its kube "
+                "subnet manager gives each node its Node's podCIDR, never one of its own)")
+
 DISRUPTIVE_KEYS: Mapping[str, str] = {
-    "Network": "re-addresses every pod (flannel hands out pod subnets from it)",
-    "IPv6Network": "re-addresses every pod (flannel hands out pod subnets from it)",
-    # flannel's kube subnet manager (K3s, kube-flannel's default) takes each node's subnet
-    # from its Node's podCIDR and never reads these; its etcd one hands them out
-    "SubnetLen": ("changes every node's pod subnet, so every pod is re-addressed (with "
-                  "flannel's etcd subnet manager; with --kube-subnet-mgr, as K3s runs it, "
-                  "the Nodes' podCIDRs decide and flannel ignores it)"),
-    "IPv6SubnetLen": ("changes every node's pod subnet, so every pod is re-addressed (with "
-                      "flannel's etcd subnet manager; with --kube-subnet-mgr, as K3s runs it, "
-                      "the Nodes' podCIDRs decide and flannel ignores it)"),
+    # The kube subnet manager, the only one that reads net-conf.json, takes each node's
+    # subnet from its Node's podCIDR and only checks that Network contains it.
+    "Network": _NETWORK_WHY,
+    "IPv6Network": _NETWORK_WHY,
     "EnableIPv4": "adds or removes the pods' IPv4 network on every node",
     "EnableIPv6": "adds or removes the pods' IPv6 network on every node",
     "Backend.Type": ("rebuilds the network between nodes: pods on nodes that restarted flannel "
@@ -62,11 +63,16 @@ DISRUPTIVE_KEYS: Mapping[str, str] = {
                      "that did not drop each other's pod traffic"),
 }
 """The keys whose change is disruptive, with why (``Backend.Type``: the backend's type;
-``Backend.VNI`` and ``Backend.Port``: the vxlan backend's, judged only when it stays vxlan)."""
+``Backend.VNI`` and ``Backend.Port``: the vxlan backend's, judged only when it stays vxlan).
+
+``SubnetLen``, ``SubnetMin`` and ``SubnetMax`` (and their IPv6 twins) are not here:
+flanneld reads net-conf.json only with ``--kube-subnet-mgr`` (its etcd subnet manager
+reads its config from etcd), and the kube subnet manager takes each node's subnet from
+its Node's podCIDR without reading them."""
 
 _VXLAN_DEFAULTS: Mapping[str, int] = {"VNI": 1, "Port": 8472}
-"""flannel's vxlan defaults (``pkg/backend/vxlan`` ``defaultVNI``; ``Port`` 0 leaves the
-kernel's vxlan port, 8472)."""
+"""flannel's vxlan defaults (``pkg/backend/vxlan`` ``defaultVNI``; a ``Port`` of 0 or
+below leaves the kernel's vxlan port, 8472)."""
 
 
 def _dump(value: Any) -> str:
@@ -141,14 +147,45 @@ def _go_string(value: Any) -> str | None:
     return None if isinstance(value, str) else "a string"
 
 
+def _go_int_in(low: int, high: int) -> Callable[[Any], str | None]:
+    """A Go int that reaches the kernel as 16 bits: outside ``low..high`` it is cut short."""
+    def check(value: Any) -> str | None:
+        ok = _go_int(value) is None and low <= value <= high
+        return None if ok else f"an integer {low}..{high}"
+    return check
+
+
+def _one_of(*words: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in words else "one of " + ", ".join(map(_dump, words))
+    return check
+
+
+def _wireguard_key(value: Any) -> str | None:
+    """wgtypes.ParseKey: standard base64 (Go's decoder skips CR and LF) of 32 bytes."""
+    expected = "a WireGuard key (32 bytes in base64)"
+    if not isinstance(value, str):
+        return expected
+    if value == "":
+        return None  # flannel's "no PSK"
+    try:
+        raw = base64.b64decode(value.replace("\r", "").replace("\n", ""), validate=True)
+    except (binascii.Error, ValueError):
+        return expected
+    return None if len(raw) == 32 else expected
+
+
 _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
     # pkg/backend/vxlan/vxlan.go VXLANConfig
     "vxlan": {"VNI": _go_int, "Port": _go_int, "MTU": _go_int, "GBP": _boolean,
               "Learning": _boolean, "DirectRouting": _boolean},
     # pkg/backend/wireguard/wireguard.go RegisterNetwork's cfg (a Duration is an int64)
-    "wireguard": {"ListenPort": _go_int, "ListenPortV6": _go_int, "MTU": _go_int,
-                  "PSK": _go_string, "PersistentKeepaliveInterval": _go_int,
-                  "Mode": _go_string},
+    # (ports and the keepalive reach the kernel as 16 bits; a ListenPort of 0 is advertised
+    # to the peers as port 0; Mode outside its four words: "no valid Mode configured")
+    "wireguard": {"ListenPort": _go_int_in(1, 0xFFFF), "ListenPortV6": _go_int_in(1, 0xFFFF),
+                  "MTU": _go_int, "PSK": _wireguard_key,
+                  "PersistentKeepaliveInterval": _go_int_in(0, 0xFFFF),
+                  "Mode": _one_of("separate", "auto", "ipv4", "ipv6")},
 }
 """The options of the backends K3s runs and their Go types: the backend decodes ``Backend``
 into them and stops on a mismatch ("error decoding VXLAN backend config")."""
@@ -174,6 +211,39 @@ def _backend_options(backend: Mapping[str, Any], where: str
             problems.append(f"Backend.{name} must be {expected} (flannel's {kind} backend "
                             f"reads it as its {name}), got {_dump(value)}")
     return options, problems
+
+
+_VXLAN_IDS = 1 << 24
+"""The kernel's VXLAN IDs are 24 bits (``VXLAN_N_VID``); flannel hands VNI over as a uint32."""
+_IFNAME_MAX = 15
+"""The longest interface name the kernel takes (``IFNAMSIZ`` - 1)."""
+
+
+def _vxlan_device_problems(values: Mapping[str, Any]) -> list[str]:
+    """Why flannel's vxlan backend could not build its devices from ``values`` (read and
+    typed): a VNI that is no VXLAN ID or makes a device name (``flannel.VNI``,
+    ``flannel-v6.VNI``) too long, a Port netlink would truncate to 16 bits."""
+    backend = values.get("Backend")
+    if not isinstance(backend, dict) or _effective_value(values, "Backend.Type") != "vxlan":
+        return []
+    found = []
+    vni, port = backend.get("VNI"), backend.get("Port")
+    if isinstance(vni, int) and _go_int(vni) is None:
+        if not 0 <= vni < _VXLAN_IDS:
+            found.append(f"Backend.VNI must be 0..{_VXLAN_IDS - 1} (a VXLAN ID), got {vni}")
+        else:
+            for enable, prefix in (("EnableIPv4", "flannel."), ("EnableIPv6", "flannel-v6.")):
+                name = f"{prefix}{vni}"
+                if _effective_value(values, enable) and len(name) > _IFNAME_MAX:
+                    found.append(f"Backend.VNI {vni} names flannel's vxlan device {name}, "
+                                 f"longer than the kernel's {_IFNAME_MAX} characters")
+    if isinstance(port, int) and _go_int(port) is None and port > 0xFFFF:
+        # vishvananda/netlink sends htons(uint16(Port)): the high bits are dropped silently.
+        # (a Port of 0 the kernel takes as its default, 8472)
+        sent = port & 0xFFFF or _VXLAN_DEFAULTS["Port"]
+        found.append("Backend.Port must be at most 65535 (flannel hands it to the kernel as "
+                     f"16 bits: {port} would be port {sent}), got {port}")
+    return found
 
 
 def _backend(value: Any) -> str | None:
@@ -271,6 +341,7 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
         inner, more = _backend_options(inner, where)
         problems += more
         out["Backend"] = inner
+        problems += _vxlan_device_problems(out)
     if problems:
         raise BackendError(f"{where}: flannel would not read net-conf.json as written: "
                            + "; ".join(problems))
@@ -289,26 +360,7 @@ def _effective_value(values: Mapping[str, Any], key: str) -> Any:
         return flannel_backend_type(kind) if isinstance(kind, str) else kind
     if key in ("Backend.VNI", "Backend.Port"):
         return _vxlan_value(values, key.partition(".")[2])
-    if key in ("SubnetLen", "IPv6SubnetLen"):
-        return _subnet_length(values, key)
     return values.get(key)
-
-
-_SUBNET_LENGTH_DEFAULTS: Mapping[str, tuple[str, int, int]] = {
-    "SubnetLen": ("Network", 22, 24), "IPv6SubnetLen": ("IPv6Network", 62, 64)}
-"""Per key: the network it splits, the longest prefix given the default length, that length
-(``pkg/subnet/config.go`` ``CheckNetworkConfig``)."""
-
-
-def _subnet_length(values: Mapping[str, Any], key: str) -> Any:
-    """``SubnetLen`` / ``IPv6SubnetLen`` as flannel uses it: unset or 0 is its default, a
-    /24 (IPv6: /64) when the network is that large, else the network's prefix + 2."""
-    given = values.get(key)
-    network, longest, default = _SUBNET_LENGTH_DEFAULTS[key]
-    if given or not isinstance(values.get(network), str):
-        return given
-    prefix = ipaddress.ip_network(values[network], strict=False).prefixlen
-    return default if prefix <= longest else prefix + 2
 
 
 def _vxlan_value(values: Mapping[str, Any], name: str) -> Any:
@@ -316,7 +368,8 @@ def _vxlan_value(values: Mapping[str, Any], name: str) -> Any:
     if _effective_value(values, "Backend.Type") != "vxlan":
         return None  # not vxlan: the Type's change says it all
     found = next((v for k, v in values["Backend"].items() if fold(k) == fold(name)), None)
-    if found is None or (name == "Port" and found == 0):  # flannel's defaults
+    # flannel's defaults; netlink sends a Port only when it is above 0 (else the kernel's 8472)
+    if found is None or (name == "Port" and isinstance(found, int) and found <= 0):
         return _VXLAN_DEFAULTS[name]
     return found
 
@@ -326,7 +379,7 @@ def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
     found = []
     enabled = {4: "EnableIPv4", 6: "EnableIPv6"}
     for key, why in DISRUPTIVE_KEYS.items():
-        family = 6 if key.startswith("IPv6") else 4 if key in ("Network", "SubnetLen") else 0
+        family = 6 if key == "IPv6Network" else 4 if key == "Network" else 0
         if family and not (_effective_value(before, enabled[family])
                            and _effective_value(after, enabled[family])):
             continue  # the family is off on one side: its Enable key says it all
@@ -337,6 +390,31 @@ def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
             shown = "unset" if old is None else _dump(old)
             found.append(f"changing flannel's {key} ({shown} -> "
                          f"{'unset' if new is None else _dump(new)}) {why}")
+    return found
+
+
+_FAMILY_NETWORKS: Mapping[str, str] = {"EnableIPv4": "Network", "EnableIPv6": "IPv6Network"}
+
+
+def start_refusals(values: Mapping[str, Any]) -> list[str]:
+    """Why flannel would not start on config ``values``: an enabled family without a network.
+
+    flannel's ``ip.IP4Net``/``IP6Net`` read a ``/0`` (K3s writes ``"IPv6Network": "::/0"``
+    beside ``"EnableIPv6": false``) as ``Empty()``, as they read an absent key; with the
+    family on, the kube subnet manager refuses every node's lease ("subnet ... doesn't
+    contain ... PodCIDR", ``pkg/subnet/kube``) and K3s stops on "ipv4 mode requested but
+    no ipv4 network provided".
+    """
+    found = []
+    for enable, key in _FAMILY_NETWORKS.items():
+        if not _effective_value(values, enable):
+            continue
+        network = values.get(key)
+        if network is None:
+            found.append(f"{enable} would be true with no {key}")
+        elif ipaddress.ip_network(network, strict=False).prefixlen == 0:
+            found.append(f"{enable} would be true with {key} {network}, which flannel reads "
+                         "as no network")
     return found
 
 

@@ -258,7 +258,8 @@ class FlannelSettings:
 
     Off by default: k3snet then only checks that flannel's networks are the pod
     CIDRs (a ``!`` conflict when they are not), since changing them on a running
-    cluster re-addresses every pod (a disruptive change, refused unless allowed).
+    cluster changes what flannel routes and masquerades and stops it on nodes whose
+    podCIDR they do not contain (a disruptive change, refused unless allowed).
     """
 
 

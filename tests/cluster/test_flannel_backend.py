@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +178,54 @@ def test_value_already_there_is_met_by_the_foreign_config(conf_file: Path) -> No
 def test_file_mode_is_kept_and_the_file_is_replaced_atomically(conf_file: Path) -> None:
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     inode = conf_file.stat().st_ino
-    _converge(backend, State(owned=[FlannelConfig(backend.target, enable_ipv6=True)]))
+    _converge(backend, State(owned=[FlannelConfig(backend.target, enable_nftables=True)]))
     info = conf_file.stat()
     assert oct(info.st_mode & 0o777) == oct(0o640)
     assert info.st_ino != inode  # a new file renamed over the old one, never written in place
+
+
+def test_a_file_whose_owner_cannot_be_kept_is_left_alone(tmp_path: Path) -> None:
+    """Run as a user that may write the directory but not give a file to another user:
+    the rewrite would change the file's owner, so nothing is written."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a file of another user and to drop privileges")
+    writer, owner = 23456, 12345
+    directory = Path(tempfile.mkdtemp(prefix="k3snet-flannel-owner-"))  # outside 0700 dirs
+    try:
+        os.chown(directory, writer, writer)
+        path = directory / "net-conf.json"
+        path.write_text(NET_CONF)
+        os.chown(path, owner, owner)
+        path.chmod(0o644)
+        inode = path.stat().st_ino
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            try:
+                os.setgid(writer)
+                os.setuid(writer)
+                backend = FlannelBackend(path=path)
+                try:
+                    _converge(backend, State(owned=[FlannelConfig(backend.target,
+                                                                  enable_nftables=True)]))
+                    outcome = "written"
+                except ApplyError as exc:
+                    outcome = str(exc)
+                os.write(write, outcome.encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            outcome = pipe.read().decode()
+        os.waitpid(child, 0)
+        info = path.stat()
+        assert (info.st_uid, info.st_gid, info.st_ino) == (owner, owner, inode)
+        assert path.read_text() == NET_CONF
+        assert "cannot give the rewritten file its owner 12345:12345" in outcome, outcome
+        assert "the file is unchanged" in outcome
+        assert sorted(os.listdir(directory)) == ["net-conf.json"]
+    finally:
+        shutil.rmtree(directory)
 
 
 def test_failed_write_leaves_the_file_unchanged(

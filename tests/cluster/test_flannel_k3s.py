@@ -239,9 +239,9 @@ def test_a_backend_recorded_whole_by_an_older_k3snet_is_given_back_whole(tmp_pat
 
 @pytest.mark.parametrize(("config", "reason"), [
     ({"network": "10.244.0.0/16"},
-     'changing flannel\'s Network ("10.42.0.0/16" -> "10.244.0.0/16") re-addresses every pod'),
-    ({"extra": {"SubnetLen": 25}},
-     "changing flannel's SubnetLen (24 -> 25) changes every node's pod subnet"),
+     'changing flannel\'s Network ("10.42.0.0/16" -> "10.244.0.0/16") changes the network '
+     "flannel routes, accepts and exempts from masquerade, and flannel stops on every node "
+     "whose podCIDR it does not contain"),
     ({"enable_ipv6": True, "ipv6_network": "fd42:42::/56"},
      "changing flannel's EnableIPv6 (false -> true) adds or removes the pods' IPv6 network"),
     ({"enable_ipv4": False},
@@ -289,12 +289,78 @@ def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path)
     defaults = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
                                         backend_options={"VNI": 1, "Port": 8472}))
     assert backend.disruptive(defaults) is None  # flannel's defaults, spelled out
-    # flannel splits a /16 into /24s when SubnetLen is unset (CheckNetworkConfig).
     subnet_len = Change.add(FlannelConfig(backend.target, extra={"SubnetLen": 24}))
     assert backend.disruptive(subnet_len) is None
     # The network of a family flannel has off is not disruptive to change.
     v6 = Change.add(FlannelConfig(backend.target, ipv6_network="fd00::/56"))
     assert backend.disruptive(v6) is None
+
+
+@pytest.mark.parametrize("extra", [{"SubnetLen": 25}, {"IPv6SubnetLen": 80},
+                                   {"SubnetMin": "10.42.8.0", "SubnetMax": "10.42.16.0"}])
+def test_subnet_keys_are_never_disruptive_as_net_conf_json_feeds_only_the_kube_subnet_manager(
+    tmp_path: Path, extra: dict[str, Any]
+) -> None:
+    # flanneld reads --net-config-path only with --kube-subnet-mgr (main.go newSubnetManager;
+    # the etcd manager reads its config from etcd). The kube manager takes each node's subnet
+    # from its Node's podCIDR and never reads SubnetLen/SubnetMin/SubnetMax
+    # (pkg/subnet/kube); CheckNetworkConfig, which does, runs for etcd only.
+    path = _file(tmp_path, K3S_DUAL_STACK)
+    backend = FlannelBackend(path=path)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, extra=extra)]))
+    (change,) = p.changes
+    assert backend.disruptive(change) is None
+    assert backend.check(p) == ()
+    backend.apply(p)
+    assert json.loads(path.read_text()).items() >= extra.items()
+
+
+@pytest.mark.parametrize(("text", "config", "reason"), [
+    # K3s' IPv4-only file keeps "IPv6Network": "::/0" beside "EnableIPv6": false.
+    (K3S_VXLAN, {"enable_ipv6": True},
+     "EnableIPv6 would be true with IPv6Network ::/0"),
+    (K3S_VXLAN, {"network": "0.0.0.0/0"}, "EnableIPv4 would be true with Network 0.0.0.0/0"),
+    (K3S_IPV6_ONLY, {"enable_ipv4": True}, "EnableIPv4 would be true with Network 0.0.0.0/0"),
+    (K3S_DUAL_STACK, {"ipv6_network": "::/0"},
+     "EnableIPv6 would be true with IPv6Network ::/0"),
+    ('{"Backend": {"Type": "vxlan"}, "EnableIPv4": false, "IPv6Network": "fd42::/56", '
+     '"EnableIPv6": true}', {"enable_ipv4": True}, "EnableIPv4 would be true with no Network"),
+])
+def test_an_enabled_family_without_a_network_flannel_reads_is_never_written_even_if_allowed(
+    tmp_path: Path, text: str, config: dict[str, Any], reason: str
+) -> None:
+    # flannel's ip.IP4Net/IP6Net read a /0 as Empty(): its kube subnet manager then refuses
+    # every node's lease ("subnet ... doesn't contain ... PodCIDR", pkg/subnet/kube) and
+    # K3s stops on "ipv4 mode requested but no ipv4 network provided".
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, **config)]))
+    (problem,) = backend.check(p)
+    assert reason in problem
+    assert "flannel would not start" in problem
+    with pytest.raises(PlanError, match=reason):
+        backend.apply(p)
+    assert path.read_text() == text
+
+
+def test_a_config_flannel_already_refuses_does_not_block_other_keys(tmp_path: Path) -> None:
+    text = '{"EnableIPv6": true, "IPv6Network": "::/0", "Network": "10.42.0.0/16"}'
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path)
+    _converge(backend, State(owned=[FlannelConfig(backend.target, enable_nftables=True)]))
+    assert json.loads(path.read_text())["EnableNFTables"] is True
+
+
+def test_giving_back_a_config_flannel_already_refused_is_not_blocked(tmp_path: Path) -> None:
+    # The file was broken before k3snet (IPv6 on with ::/0); k3snet's IPv6Network fixed it.
+    # Removing k3snet's keys puts the operator's text back, as found.
+    text = '{"EnableIPv6": true, "IPv6Network": "::/0", "Network": "10.42.0.0/16"}'
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    _converge(backend, State(owned=[FlannelConfig(backend.target, ipv6_network="fd42::/56")]))
+    assert json.loads(path.read_text())["IPv6Network"] == "fd42::/56"
+    _converge(backend, State())
+    assert path.read_text() == text
 
 
 def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
@@ -352,6 +418,34 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "'Network' and 'network' are both flannel's Network"),
     ('{"Backend": {"Type": "vxlan", "type": "host-gw"}}',
      "'Backend.Type' and 'Backend.type' are both flannel's Type"),
+    # flannel hands VNI to netlink as a uint32 (the kernel takes VXLAN IDs below 2**24) and
+    # names its devices flannel.VNI / flannel-v6.VNI (at most 15 characters); it hands Port
+    # over as 16 bits (vishvananda/netlink: htons(uint16(Port))), so 70000 would be 4464.
+    ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777216}}',
+     "Backend.VNI must be 0..16777215 (a VXLAN ID), got 16777216"),
+    ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": -1}}',
+     "Backend.VNI must be 0..16777215 (a VXLAN ID), got -1"),
+    ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": 10000000}}',
+     "Backend.VNI 10000000 names flannel's vxlan device flannel.10000000"),
+    ('{"Network": "10.42.0.0/16", "EnableIPv6": true, "IPv6Network": "fd42::/56", '
+     '"Backend": {"Type": "VXLAN", "vni": 10000}}',
+     "Backend.VNI 10000 names flannel's vxlan device flannel-v6.10000"),
+    # flannel's wireguard backend: Mode is one of four words (else "no valid Mode
+    # configured"), PSK a WireGuard key (wgtypes.ParseKey), ports and the keepalive go to
+    # the kernel as 16 bits (a ListenPort of 0 is advertised to the peers as port 0).
+    ('{"Backend": {"Type": "wireguard", "Mode": "Auto"}}',
+     'Backend.Mode must be one of "separate", "auto", "ipv4", "ipv6"'),
+    ('{"Backend": {"Type": "wireguard", "PSK": "not-a-key"}}',
+     "Backend.PSK must be a WireGuard key (32 bytes in base64)"),
+    ('{"Backend": {"Type": "wireguard", "ListenPort": 70000}}',
+     "Backend.ListenPort must be an integer 1..65535"),
+    ('{"Backend": {"Type": "wireguard", "listenportv6": 0}}',
+     "Backend.ListenPortV6 must be an integer 1..65535"),
+    ('{"Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": 65536}}',
+     "Backend.PersistentKeepaliveInterval must be an integer 0..65535"),
+    ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}',
+     "Backend.Port must be at most 65535 (flannel hands it to the kernel as 16 bits: "
+     "70000 would be port 4464), got 70000"),
 ])
 def test_values_flannel_would_refuse_or_misread_are_errors(
     tmp_path: Path, text: str, message: str
@@ -410,6 +504,44 @@ def test_backend_options_flannel_would_refuse_are_never_written(tmp_path: Path) 
     unknown = _file(tmp_path, '{"Backend": {"Type": "host-gw", "VNI": "x", "MTU": null}}', "b")
     (foreign,) = FlannelBackend(path=unknown).observe().foreign
     assert foreign.backend_options.to_dict() == {"VNI": "x", "MTU": None}
+
+
+def test_a_vxlan_id_or_port_the_kernel_cannot_take_is_never_written_even_if_allowed(
+    tmp_path: Path
+) -> None:
+    path = _file(tmp_path, K3S_DUAL_STACK)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    for options, message in (({"VNI": 1 << 40}, "Backend.VNI must be 0..16777215"),
+                             ({"VNI": 10000}, "names flannel's vxlan device flannel-v6.10000"),
+                             ({"Port": 1 << 16}, "65536 would be port 8472), got 65536")):
+        wanted = FlannelConfig(backend.target, backend_type="vxlan", backend_options=options)
+        (problem,) = backend.check(plan(backend.observe(), State(owned=[wanted])))
+        assert message in problem
+    assert path.read_text() == K3S_DUAL_STACK
+    # 9999 fits flannel-v6.9999: written.
+    _converge(backend, State(owned=[FlannelConfig(backend.target, backend_type="vxlan",
+                                                  backend_options={"VNI": 9999})]))
+    assert json.loads(path.read_text())["Backend"]["VNI"] == 9999
+
+
+def test_wireguard_options_flannel_takes_are_read(tmp_path: Path) -> None:
+    key = "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE="  # 32 bytes
+    text = ('{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "Mode": "ipv4", '
+            f'"PSK": "{key}", "ListenPort": 51820, "PersistentKeepaliveInterval": 0}}}}')
+    (foreign,) = FlannelBackend(path=_file(tmp_path, text)).observe().foreign
+    assert foreign.backend_options.to_dict() == {
+        "Mode": "ipv4", "PSK": key, "ListenPort": 51820, "PersistentKeepaliveInterval": 0}
+
+
+def test_a_vxlan_port_below_one_is_the_kernels_default_port_so_not_disruptive(
+    tmp_path: Path
+) -> None:
+    # netlink sends IFLA_VXLAN_PORT only for Port > 0: 0 and below leave the kernel's 8472.
+    path = _file(tmp_path, K3S_VXLAN.replace('"Type": "vxlan"', '"Type": "vxlan", "Port": -1'))
+    backend = FlannelBackend(path=path)
+    same = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
+                                    backend_options={"Port": 8472}))
+    assert backend.disruptive(same) is None
 
 
 def test_a_null_go_skips_is_read_as_flannels_default(tmp_path: Path) -> None:
