@@ -8,6 +8,7 @@ The kernel's own view is read with ``ip netns exec NS cat /proc/sys/...``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +75,61 @@ def test_a_switch_set_while_k3snet_owned_forwarding_is_kept_when_it_gives_it_bac
     after = switches(ns)
     assert after["net/ipv4/conf/e0/forwarding"] == "0"
     assert after["net/ipv6/conf/e0/forwarding"] == "1"
+
+
+_REDIRECTS = "net/ipv4/conf/all/accept_redirects"
+
+
+def accept_redirects(ns: str) -> str:
+    """``net.ipv4.conf.all.accept_redirects`` as the kernel holds it."""
+    return run_in(ns, ["cat", f"/proc/sys/{_REDIRECTS}"]).stdout.strip()
+
+
+@pytest.mark.parametrize("held", ["0", "1"])
+def test_giving_ip_forward_back_leaves_all_accept_redirects_as_it_was(
+        ns: str, tmp_path: Path, held: str) -> None:
+    # The kernel sets all.accept_redirects to !forwarding on every forwarding write
+    # (inet_forward_change): turning forwarding off again turned redirects on, on a
+    # node hardened with accept_redirects=0 (CIS), after apply then destroy.
+    run_in(ns, ["sysctl", "-qw", f"net.ipv4.conf.all.accept_redirects={held}"])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _WANTED))
+        assert accept_redirects(ns) == "0"  # the kernel spread it
+        backend.apply(plan(backend.observe(), State()))
+    assert accept_redirects(ns) == held
+
+
+@pytest.mark.parametrize("held", ["0", "1"])
+def test_a_rolled_back_ip_forward_change_leaves_all_accept_redirects_as_it_was(
+        ns: str, tmp_path: Path, held: str) -> None:
+    run_in(ns, ["sysctl", "-qw", f"net.ipv4.conf.all.accept_redirects={held}"])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.faults.fail_at(1)  # after ip_forward, before IPv6's switch
+        with pytest.raises(ApplyError):
+            backend.apply(plan(backend.observe(), _WANTED))
+    assert accept_redirects(ns) == held
+
+
+def test_accept_redirects_set_while_k3snet_owned_forwarding_is_kept_when_it_gives_it_back(
+        ns: str, tmp_path: Path) -> None:
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _WANTED))
+        run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.all.accept_redirects=1"])  # the admin
+        backend.apply(plan(backend.observe(), State()))
+    assert accept_redirects(ns) == "1"
+
+
+def test_a_state_file_without_accept_redirects_leaves_the_kernels_spread_standing(
+        ns: str, tmp_path: Path) -> None:
+    # Written by a version that did not record it: what it held is unknown, so the
+    # kernel's own spread (the opposite of forwarding) stands, as it did then.
+    run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.all.accept_redirects=0"])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _WANTED))
+        path = next(tmp_path.rglob("sysctl.json"))
+        data = json.loads(path.read_text())
+        for values in data.get("spread", {}).values():
+            values.pop("net.ipv4.conf.all.accept_redirects", None)
+        path.write_text(json.dumps(data))
+        backend.apply(plan(backend.observe(), State()))
+    assert accept_redirects(ns) == "1"

@@ -84,6 +84,7 @@ from k3snet.backends.netlink.codec import Link, NetlinkError
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netlink.sysctls import (
+    SPREADING_INVERTED,
     SysctlState,
     SysctlStore,
     interface_of,
@@ -91,6 +92,7 @@ from k3snet.backends.netlink.sysctls import (
     normal,
     read_sysctls,
     restore_spread,
+    spread_to,
     spread_values,
     write_sysctl,
 )
@@ -717,9 +719,11 @@ class NetlinkBackend(BackendBase):
     def _record_takeover(self, state: SysctlState, name: str, previous: str | None,
                          switches: Mapping[str, str]) -> None:
         """Record in ``state`` what taking ``name`` over needs besides its previous value."""
-        # What the spread overwrites and the previous value alone would not give back.
+        # What the spread overwrites and the previous value alone would not give back;
+        # an inverted switch always (the previous value never gives it back).
+        inverted = SPREADING_INVERTED.get(name, ())
         state.spread[name] = {switch: held for switch, held in switches.items()
-                              if held != previous}
+                              if held != previous or switch in inverted}
         # The interface taken over on: another one of the same name later is not it.
         state.links.pop(name, None)
         interface = interface_of(name)
@@ -760,9 +764,14 @@ class NetlinkBackend(BackendBase):
                 # changed since keeps its value, which the write below would overwrite.
                 spread_value = normal(name, current)
                 originals = state.spread.get(name, {})
-                targets = {switch: originals.get(switch, recorded) if value == spread_value
-                           else value for switch, value in switches.items()
-                           if switch not in state.owned}
+                # An inverted switch is always recorded; without a record (a file of an
+                # older version) the kernel's own spread stands, as it did then.
+                inverted = SPREADING_INVERTED.get(name, ())
+                targets = {switch: originals.get(switch, recorded)
+                           if spread_value is not None
+                           and value == spread_to(name, switch, spread_value) else value
+                           for switch, value in switches.items() if switch not in state.owned
+                           and (switch in originals or switch not in inverted)}
 
                 def give_back() -> None:
                     write_sysctl(root, name, recorded)
