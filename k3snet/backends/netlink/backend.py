@@ -679,7 +679,12 @@ class NetlinkBackend(BackendBase):
         inverses = [change.inverse() for change in reversed(made)]
         try:
             indexes = {link.name: link.index for link in self._routes.links().values()}
-            failures = self._driver.send(inverses, indexes)
+            if getattr(self._driver, "restores", False):
+                # A deleted route goes back beside a route that shares its slot.
+                failures = self._driver.send(inverses, indexes,  # type: ignore[call-arg]
+                                             restoring=True)
+            else:
+                failures = self._driver.send(inverses, indexes)
         except (OSError, KeyError) as exc:
             failures = dict.fromkeys(range(len(inverses)), NetlinkError(errno.EIO, str(exc)))
         if failures:

@@ -174,10 +174,14 @@ class SocketDriver:
                         found.append(route)
         return found
 
-    def send(self, changes: Sequence[Change],
-             indexes: Mapping[str, int]) -> dict[int, NetlinkError]:
-        """Every change as one request, in as few ``sendmsg`` calls as fit; refusals by position."""
-        requests = [route_message(change, indexes) for change in changes]
+    restores = True
+    """:meth:`send` takes ``restoring`` (see :class:`~.driver.RouteDriver`)."""
+
+    def send(self, changes: Sequence[Change], indexes: Mapping[str, int], *,
+             restoring: bool = False) -> dict[int, NetlinkError]:
+        """Every change as one request, in as few ``sendmsg`` calls as fit; refusals by
+        position (``restoring``: :func:`~.codec.route_message`)."""
+        requests = [route_message(change, indexes, restoring=restoring) for change in changes]
         failures: dict[int, NetlinkError] = {}
         start = 0
         while start < len(requests):
