@@ -133,3 +133,43 @@ def test_a_state_file_without_accept_redirects_leaves_the_kernels_spread_standin
         path.write_text(json.dumps(data))
         backend.apply(plan(backend.observe(), State()))
     assert accept_redirects(ns) == "1"
+
+
+_IPV6_SPREAD = ("disable_ipv6", "ignore_routes_with_linkdown")
+
+
+def ipv6_switches(ns: str, leaf: str) -> dict[str, str]:
+    """``net.ipv6.conf.*.LEAF`` of all, default and each interface, as the kernel holds it."""
+    paths = [f"net/ipv6/conf/{where}/{leaf}" for where in ("all", "default", "d0", "e0")]
+    values = run_in(ns, ["cat", *(f"/proc/sys/{path}" for path in paths)]).stdout.split()
+    return dict(zip(paths, values, strict=True))
+
+
+@pytest.mark.parametrize("leaf", _IPV6_SPREAD)
+def test_giving_an_ipv6_all_switch_back_restores_each_interfaces_own(
+        ns: str, tmp_path: Path, leaf: str) -> None:
+    # The kernel writes net.ipv6.conf.all.disable_ipv6 (ignore_routes_with_linkdown)
+    # into default and every interface too: giving it back turned IPv6 on again on an
+    # interface the administrator had it off for.
+    run_in(ns, ["sysctl", "-qw", f"net.ipv6.conf.e0.{leaf}=1"])
+    before = ipv6_switches(ns, leaf)
+    wanted = State(owned=[Sysctl(f"net.ipv6.conf.all.{leaf}", 1)])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), wanted))
+        assert set(ipv6_switches(ns, leaf).values()) == {"1"}  # the kernel spread it
+        backend.apply(plan(backend.observe(), State()))
+    assert ipv6_switches(ns, leaf) == before
+
+
+@pytest.mark.parametrize("leaf", _IPV6_SPREAD)
+def test_a_rolled_back_ipv6_all_switch_restores_each_interfaces_own(
+        ns: str, tmp_path: Path, leaf: str) -> None:
+    run_in(ns, ["sysctl", "-qw", f"net.ipv6.conf.e0.{leaf}=1"])
+    before = ipv6_switches(ns, leaf)
+    wanted = State(owned=[Sysctl(f"net.ipv6.conf.all.{leaf}", 1),
+                          Sysctl("net.ipv6.conf.d0.hop_limit", 9)])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.faults.fail_at(1)
+        with pytest.raises(ApplyError):
+            backend.apply(plan(backend.observe(), wanted))
+    assert ipv6_switches(ns, leaf) == before

@@ -50,10 +50,13 @@ SPREADING: Final = {
     "net.ipv4.ip_forward": "net/ipv4/conf",
     "net.ipv4.conf.all.forwarding": "net/ipv4/conf",
     "net.ipv6.conf.all.forwarding": "net/ipv6/conf",
+    "net.ipv6.conf.all.disable_ipv6": "net/ipv6/conf",
+    "net.ipv6.conf.all.ignore_routes_with_linkdown": "net/ipv6/conf",
 }
-"""Sysctls whose write the kernel spreads: it sets the ``forwarding`` of ``default`` and
-of every interface under the directory named (``inet_forward_change``,
-``addrconf_fixup_forwarding``), whatever they held."""
+"""Sysctls whose write the kernel spreads: it sets the same switch (``forwarding`` for
+``ip_forward``) of ``default`` and of every interface under the directory named
+(``inet_forward_change``, ``addrconf_fixup_forwarding``, ``addrconf_disable_ipv6``,
+``addrconf_fixup_linkdown``), whatever they held."""
 
 SPREADING_INVERTED: Final = {
     "net.ipv4.ip_forward": ("net.ipv4.conf.all.accept_redirects",),
@@ -113,13 +116,14 @@ def spread_to(name: str, switch: str, value: str) -> str:
 
 
 def spread_values(root: Path, name: str) -> dict[str, str]:
-    """The switches a write of ``name`` sets, with their values now: the ``forwarding`` of
+    """The switches a write of ``name`` sets, with their values now: the same switch of
     ``default`` and of each interface (:data:`SPREADING`), and those it sets to the
     opposite (:data:`SPREADING_INVERTED`); empty for another sysctl. Run in the target
     namespace. An interface whose name no sysctl name can spell is left out."""
     conf = SPREADING.get(name)
     if conf is None:
         return {}
+    leaf = "forwarding" if name == "net.ipv4.ip_forward" else name.rsplit(".", 1)[1]
     inverted = SPREADING_INVERTED.get(name, ())
     values = read_sysctls(root, inverted)
     found: dict[str, str] = {switch: value for switch in inverted
@@ -132,7 +136,7 @@ def spread_values(root: Path, name: str) -> dict[str, str]:
         if entry == "all":  # the switch itself (ip_forward and all.forwarding mirror each other)
             continue
         try:
-            switch = Sysctl(f"{conf}/{entry}/forwarding", "0").name
+            switch = Sysctl(f"{conf}/{entry}/{leaf}", "0").name
         except ModelError:
             continue
         value = normal(switch, read_sysctls(root, [switch])[switch])
