@@ -173,3 +173,39 @@ def test_a_rolled_back_ipv6_all_switch_restores_each_interfaces_own(
         with pytest.raises(ApplyError):
             backend.apply(plan(backend.observe(), wanted))
     assert ipv6_switches(ns, leaf) == before
+
+
+# One kernel value under two names: guides set both (net.ipv4.ip_forward and
+# net.ipv4.conf.all.forwarding); the second take-over read the value the first wrote.
+_BOTH = State(owned=[Sysctl("net.ipv4.ip_forward", 1), Sysctl("net.ipv4.conf.all.forwarding", 1)])
+
+
+def test_giving_back_both_names_of_ipv4_forwarding_restores_what_was_there(
+        ns: str, tmp_path: Path) -> None:
+    before = switches(ns)
+    assert before["net/ipv4/conf/all/forwarding"] == "0"
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _BOTH))
+        assert sysctl_values(ns, "net/ipv4/ip_forward") == ["1"]
+        backend.apply(plan(backend.observe(), State()))
+    assert sysctl_values(ns, "net/ipv4/ip_forward") == ["0"]
+    assert switches(ns) == before
+
+
+def test_giving_back_one_name_of_ipv4_forwarding_leaves_the_other_owned_value(
+        ns: str, tmp_path: Path) -> None:
+    before = switches(ns)
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _BOTH))
+        one = State(owned=[Sysctl("net.ipv4.ip_forward", 1)])
+        backend.apply(plan(backend.observe(), one))
+        assert sysctl_values(ns, "net/ipv4/ip_forward") == ["1"]  # never turned off
+        assert not plan(backend.observe(), one).changes
+        backend.apply(plan(backend.observe(), State()))
+    assert sysctl_values(ns, "net/ipv4/ip_forward") == ["0"]
+    assert switches(ns) == before
+
+
+def sysctl_values(ns: str, *paths: str) -> list[str]:
+    """The values of ``paths`` under /proc/sys, as the kernel holds them."""
+    return run_in(ns, ["cat", *(f"/proc/sys/{path}" for path in paths)]).stdout.split()

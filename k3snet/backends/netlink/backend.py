@@ -84,6 +84,7 @@ from k3snet.backends.netlink.codec import Link, NetlinkError
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netlink.sysctls import (
+    ALIASES,
     SPREADING_INVERTED,
     SysctlState,
     SysctlStore,
@@ -724,6 +725,12 @@ class NetlinkBackend(BackendBase):
     def _record_takeover(self, state: SysctlState, name: str, previous: str | None,
                          switches: Mapping[str, str]) -> None:
         """Record in ``state`` what taking ``name`` over needs besides its previous value."""
+        alias = ALIASES.get(name)
+        if alias in state.owned:
+            # Owned under its other name already: the switches as that take-over found them.
+            state.spread[name] = dict(state.spread.get(str(alias), {}))
+            state.links.pop(name, None)
+            return
         # What the spread overwrites and the previous value alone would not give back;
         # an inverted switch always (the previous value never gives it back).
         inverted = SPREADING_INVERTED.get(name, ())
@@ -761,9 +768,12 @@ class NetlinkBackend(BackendBase):
             self._runner.call(write)
             self._count()
 
+        alias = ALIASES.get(name)
         if change.action == "delete":
             recorded = state.owned[name][1]
-            if recorded is not None:
+            # Still owned under its other name: the value stays what k3snet wants there,
+            # and goes back when that name is given back.
+            if recorded is not None and alias not in state.owned:
                 # A switch still at the value the spread gave it goes back to what it held
                 # when k3snet took over (the previous value, unless recorded otherwise); one
                 # changed since keeps its value, which the write below would overwrite.
@@ -790,7 +800,7 @@ class NetlinkBackend(BackendBase):
             self._store.save(state)
             return
         value = str(subject.value)
-        previous = normal(name, current) if change.action == "add" else state.owned[name][1]
+        previous = _previous(state, change.action, name, current)
         # The record goes first: a crash after the write must not lose the previous value.
         state.owned[name] = (value, previous)
         if change.action == "add":
@@ -826,6 +836,18 @@ def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:
     if len(plan.kinds) == 1:
         return plan.changes
     return [c for c in plan.changes if c.kind == kind]
+
+
+def _previous(state: SysctlState, action: str, name: str, current: str) -> str | None:
+    """What ``name`` held before k3snet took it over: the record when it is owned; for a
+    take-over the value now, or the record of its other name (:data:`ALIASES`) when
+    k3snet owns that already (the value now is k3snet's own write under that name)."""
+    if action != "add":
+        return state.owned[name][1]
+    alias = ALIASES.get(name)
+    if alias in state.owned:
+        return state.owned[str(alias)][1]
+    return normal(name, current)
 
 
 def _enables_ipv6_forwarding(change: Change) -> bool:

@@ -28,6 +28,7 @@ from k3snet.errors import BackendError, ModelError
 from k3snet.model.sysctl import Sysctl
 
 __all__ = [
+    "ALIASES",
     "SPREADING",
     "SPREADING_INVERTED",
     "SysctlState",
@@ -57,6 +58,13 @@ SPREADING: Final = {
 ``ip_forward``) of ``default`` and of every interface under the directory named
 (``inet_forward_change``, ``addrconf_fixup_forwarding``, ``addrconf_disable_ipv6``,
 ``addrconf_fixup_linkdown``), whatever they held."""
+
+ALIASES: Final = {
+    "net.ipv4.ip_forward": "net.ipv4.conf.all.forwarding",
+    "net.ipv4.conf.all.forwarding": "net.ipv4.ip_forward",
+}
+"""Two names of one kernel value (``ipv4_devconf.data[IPV4_DEVCONF_FORWARDING - 1]``): a
+write of either is read back under both."""
 
 SPREADING_INVERTED: Final = {
     "net.ipv4.ip_forward": ("net.ipv4.conf.all.accept_redirects",),
