@@ -109,7 +109,13 @@ from k3snet.errors import (
 )
 from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network
-from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route, RouteBlock
+from k3snet.model.route import (
+    K3SNET_ROUTE_PROTOCOL,
+    MAIN_TABLE,
+    Route,
+    RouteBlock,
+    protocol_name,
+)
 from k3snet.model.state import State
 from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Change, Plan
@@ -144,7 +150,9 @@ class NetlinkBackend(BackendBase):
     namespace). ``state_dir``: the root of the sysctl state files, one directory per
     namespace: ``state_dir/<netns or 'host'>/sysctl.json`` (default
     ``/run/k3snet``). ``protocol``: the route protocol that marks
-    k3snet's routes. ``tables``: the routing tables observed and managed
+    k3snet's routes (5..255, none that iproute2's ``rt_protos`` names for another
+    program: ``ra``, ``bird``, ``dhcp``, ``bgp`` ... would make its routes k3snet's).
+    ``tables``: the routing tables observed and managed
     (``None``: all but ``local``); a plan touching another table is refused.
     ``watch_sysctls``: more sysctls to report as foreign besides
     :data:`WATCHED_SYSCTLS`. ``faults`` (:class:`~k3snet.backends.kit.FaultHook`):
@@ -197,6 +205,14 @@ class NetlinkBackend(BackendBase):
                 _MIN_PROTOCOL <= protocol <= 255):
             raise BackendError(f"route protocol must be {_MIN_PROTOCOL}..255 (0..4 belong to "
                                f"the kernel and the administrator), got {protocol!r}")
+        named = protocol_name(protocol)
+        if protocol != K3SNET_ROUTE_PROTOCOL and isinstance(named, str):
+            # Ownership is the protocol: every route of that program would be k3snet's,
+            # replaced or removed (destroy took a node's DHCP default route).
+            raise BackendError(
+                f"route protocol {protocol} is {named}'s (iproute2's rt_protos): k3snet would "
+                f"take every {named} route for its own and remove it; give a number no "
+                f"program uses ({K3SNET_ROUTE_PROTOCOL}, k3snet's, by default)")
         self.netns = netns
         self.protocol = protocol
         self.tables: frozenset[int] | None = None
