@@ -313,8 +313,8 @@ class NetlinkBackend(BackendBase):
         and the sysctls ``observe`` reports (a few small files: the kernel announces no
         sysctl change).
 
-        It changes with any route, link or address change in the namespace, ours
-        included; ``None`` with a driver that reads no notifications (pyroute2).
+        It changes with any route, link, address or nexthop-object change in the
+        namespace, ours included; ``None`` with a driver that reads no notifications (pyroute2).
         """
         version = self.route_token()
         if version is None:
@@ -325,9 +325,9 @@ class NetlinkBackend(BackendBase):
 
     def route_token(self) -> tuple[int, int] | None:
         """The route view's version after reading the pending notifications (no dump):
-        it changes with any route, link or address change in the namespace, ours
-        included, and with nothing else (what node facts are made of: the agent reads
-        them again only when it moved). ``None`` with a driver that reads no
+        it changes with any route, link, address or nexthop-object change in the
+        namespace, ours included, and with nothing else (what node facts are made of:
+        the agent reads them again only when it moved). ``None`` with a driver that reads no
         notifications (pyroute2).
         """
         if not self._driver.follows_changes:

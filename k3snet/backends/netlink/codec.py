@@ -53,6 +53,7 @@ __all__ = [
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
@@ -82,6 +83,8 @@ RTM_GETADDR = 22
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_GETROUTE = 26
+RTM_NEWNEXTHOP = 104
+RTM_DELNEXTHOP = 105
 
 RTA_DST = 1
 RTA_SRC = 2
@@ -112,6 +115,10 @@ RTMGRP_IPV6_ROUTE = 0x400
 MONITOR_GROUPS: Final = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
                          | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE)
 """The notification groups the socket driver listens to: links, addresses, routes."""
+RTNLGRP_NEXTHOP: Final = 32
+"""Nexthop objects' notifications: a group number beyond the bind mask (joined with
+``NETLINK_ADD_MEMBERSHIP``). Deleting a nexthop object deletes the IPv4 routes
+through it without a route notification."""
 
 NLMSG: Final = struct.Struct("=IHHII")
 """nlmsghdr: length, type, flags, sequence number, port id."""
