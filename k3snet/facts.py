@@ -66,8 +66,8 @@ def _ip_json_all(commands: list[list[str]], netns: str | None) -> list[Any]:
 class FactsWatch:
     """Whether the node facts of a namespace may have changed since the last look.
 
-    A netlink socket in the namespace receives its route, link and address
-    notifications, what the facts are made of; :meth:`token` moves when any came
+    A netlink socket in the namespace receives its route, link, address and
+    nexthop-object notifications, what the facts are made of; :meth:`token` moves when any came
     (or were too many to keep: the socket overran) since the last call. Read it
     *before* the facts: a change while they are read moves it for the next call,
     so facts kept while the token stands still are never older than the node.

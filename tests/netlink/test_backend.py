@@ -614,6 +614,19 @@ def test_default_proc_sys_and_option_errors(ns: str, tmp_path: Path,
         NetlinkBackend(ns, state_dir=tmp_path, driver="pyroute2")
 
 
+@pytest.mark.parametrize("protocol", [9, 12, 16, 186])  # ra (the kernel's), bird, dhcp, bgp
+def test_a_route_protocol_another_program_marks_its_routes_with_is_refused(
+        ns: str, tmp_path: Path, protocol: int) -> None:
+    # Ownership is the protocol: with `backends: {netlink: {protocol: 16}}` every DHCP
+    # route was k3snet's, and destroy removed the node's default route.
+    _ip(ns, "route", "add", "10.13.0.0/24", "via", "10.0.0.254", "proto", str(protocol))
+    before = kernel_routes(ns)
+    with (pytest.raises(BackendError, match=f"route protocol {protocol} is "),
+          NetlinkBackend(ns, state_dir=tmp_path, protocol=protocol) as backend):
+        backend.apply(plan(backend.observe(), State()))  # what destroy does
+    assert kernel_routes(ns) == before
+
+
 def test_pyroute2_driver_refuses_other_threads(ns: str) -> None:
     """The guard behind the test above: a job run by any thread but the one that created
     the IPRoute is refused (pyroute2 would open a socket in that thread's namespace)."""

@@ -223,6 +223,18 @@ def test_request_flags() -> None:
     assert replace[2] == codec.route_request(other, INDEXES["e0"])
 
 
+def test_a_restoring_add_is_not_exclusive_and_nothing_else_changes() -> None:
+    # The undo of a delete puts the route back beside a route sharing its slot.
+    route = Route("10.5.0.0/24", gateway="10.0.0.2", device="d0")
+    other = Route("10.5.0.0/24", device="e0")
+    for change in (Change.replace(route, other), Change.delete(route)):
+        assert codec.route_message(change, INDEXES, restoring=True) == codec.route_message(
+            change, INDEXES)
+    restoring = codec.route_message(Change.add(route), INDEXES, restoring=True)
+    assert restoring[:2] == (codec.RTM_NEWROUTE, codec.NLM_F_CREATE)
+    assert restoring[2] == codec.route_message(Change.add(route), INDEXES)[2]
+
+
 def _round_trip(route: Route) -> Route | None:
     ifindex = None if route.device is None else INDEXES[route.device]
     msg = codec.message(codec.RTM_NEWROUTE, 0, 0, codec.route_request(route, ifindex))

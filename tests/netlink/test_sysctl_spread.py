@@ -8,6 +8,7 @@ The kernel's own view is read with ``ip netns exec NS cat /proc/sys/...``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +75,137 @@ def test_a_switch_set_while_k3snet_owned_forwarding_is_kept_when_it_gives_it_bac
     after = switches(ns)
     assert after["net/ipv4/conf/e0/forwarding"] == "0"
     assert after["net/ipv6/conf/e0/forwarding"] == "1"
+
+
+_REDIRECTS = "net/ipv4/conf/all/accept_redirects"
+
+
+def accept_redirects(ns: str) -> str:
+    """``net.ipv4.conf.all.accept_redirects`` as the kernel holds it."""
+    return run_in(ns, ["cat", f"/proc/sys/{_REDIRECTS}"]).stdout.strip()
+
+
+@pytest.mark.parametrize("held", ["0", "1"])
+def test_giving_ip_forward_back_leaves_all_accept_redirects_as_it_was(
+        ns: str, tmp_path: Path, held: str) -> None:
+    # The kernel sets all.accept_redirects to !forwarding on every forwarding write
+    # (inet_forward_change): turning forwarding off again turned redirects on, on a
+    # node hardened with accept_redirects=0 (CIS), after apply then destroy.
+    run_in(ns, ["sysctl", "-qw", f"net.ipv4.conf.all.accept_redirects={held}"])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _WANTED))
+        assert accept_redirects(ns) == "0"  # the kernel spread it
+        backend.apply(plan(backend.observe(), State()))
+    assert accept_redirects(ns) == held
+
+
+@pytest.mark.parametrize("held", ["0", "1"])
+def test_a_rolled_back_ip_forward_change_leaves_all_accept_redirects_as_it_was(
+        ns: str, tmp_path: Path, held: str) -> None:
+    run_in(ns, ["sysctl", "-qw", f"net.ipv4.conf.all.accept_redirects={held}"])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.faults.fail_at(1)  # after ip_forward, before IPv6's switch
+        with pytest.raises(ApplyError):
+            backend.apply(plan(backend.observe(), _WANTED))
+    assert accept_redirects(ns) == held
+
+
+def test_accept_redirects_set_while_k3snet_owned_forwarding_is_kept_when_it_gives_it_back(
+        ns: str, tmp_path: Path) -> None:
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _WANTED))
+        run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.all.accept_redirects=1"])  # the admin
+        backend.apply(plan(backend.observe(), State()))
+    assert accept_redirects(ns) == "1"
+
+
+def test_a_state_file_without_accept_redirects_leaves_the_kernels_spread_standing(
+        ns: str, tmp_path: Path) -> None:
+    # Written by a version that did not record it: what it held is unknown, so the
+    # kernel's own spread (the opposite of forwarding) stands, as it did then.
+    run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.all.accept_redirects=0"])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _WANTED))
+        path = next(tmp_path.rglob("sysctl.json"))
+        data = json.loads(path.read_text())
+        for values in data.get("spread", {}).values():
+            values.pop("net.ipv4.conf.all.accept_redirects", None)
+        path.write_text(json.dumps(data))
+        backend.apply(plan(backend.observe(), State()))
+    assert accept_redirects(ns) == "1"
+
+
+_IPV6_SPREAD = ("disable_ipv6", "ignore_routes_with_linkdown")
+
+
+def ipv6_switches(ns: str, leaf: str) -> dict[str, str]:
+    """``net.ipv6.conf.*.LEAF`` of all, default and each interface, as the kernel holds it."""
+    paths = [f"net/ipv6/conf/{where}/{leaf}" for where in ("all", "default", "d0", "e0")]
+    values = run_in(ns, ["cat", *(f"/proc/sys/{path}" for path in paths)]).stdout.split()
+    return dict(zip(paths, values, strict=True))
+
+
+@pytest.mark.parametrize("leaf", _IPV6_SPREAD)
+def test_giving_an_ipv6_all_switch_back_restores_each_interfaces_own(
+        ns: str, tmp_path: Path, leaf: str) -> None:
+    # The kernel writes net.ipv6.conf.all.disable_ipv6 (ignore_routes_with_linkdown)
+    # into default and every interface too: giving it back turned IPv6 on again on an
+    # interface the administrator had it off for.
+    run_in(ns, ["sysctl", "-qw", f"net.ipv6.conf.e0.{leaf}=1"])
+    before = ipv6_switches(ns, leaf)
+    wanted = State(owned=[Sysctl(f"net.ipv6.conf.all.{leaf}", 1)])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), wanted))
+        assert set(ipv6_switches(ns, leaf).values()) == {"1"}  # the kernel spread it
+        backend.apply(plan(backend.observe(), State()))
+    assert ipv6_switches(ns, leaf) == before
+
+
+@pytest.mark.parametrize("leaf", _IPV6_SPREAD)
+def test_a_rolled_back_ipv6_all_switch_restores_each_interfaces_own(
+        ns: str, tmp_path: Path, leaf: str) -> None:
+    run_in(ns, ["sysctl", "-qw", f"net.ipv6.conf.e0.{leaf}=1"])
+    before = ipv6_switches(ns, leaf)
+    wanted = State(owned=[Sysctl(f"net.ipv6.conf.all.{leaf}", 1),
+                          Sysctl("net.ipv6.conf.d0.hop_limit", 9)])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.faults.fail_at(1)
+        with pytest.raises(ApplyError):
+            backend.apply(plan(backend.observe(), wanted))
+    assert ipv6_switches(ns, leaf) == before
+
+
+# One kernel value under two names: guides set both (net.ipv4.ip_forward and
+# net.ipv4.conf.all.forwarding); the second take-over read the value the first wrote.
+_BOTH = State(owned=[Sysctl("net.ipv4.ip_forward", 1), Sysctl("net.ipv4.conf.all.forwarding", 1)])
+
+
+def test_giving_back_both_names_of_ipv4_forwarding_restores_what_was_there(
+        ns: str, tmp_path: Path) -> None:
+    before = switches(ns)
+    assert before["net/ipv4/conf/all/forwarding"] == "0"
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _BOTH))
+        assert sysctl_values(ns, "net/ipv4/ip_forward") == ["1"]
+        backend.apply(plan(backend.observe(), State()))
+    assert sysctl_values(ns, "net/ipv4/ip_forward") == ["0"]
+    assert switches(ns) == before
+
+
+def test_giving_back_one_name_of_ipv4_forwarding_leaves_the_other_owned_value(
+        ns: str, tmp_path: Path) -> None:
+    before = switches(ns)
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), _BOTH))
+        one = State(owned=[Sysctl("net.ipv4.ip_forward", 1)])
+        backend.apply(plan(backend.observe(), one))
+        assert sysctl_values(ns, "net/ipv4/ip_forward") == ["1"]  # never turned off
+        assert not plan(backend.observe(), one).changes
+        backend.apply(plan(backend.observe(), State()))
+    assert sysctl_values(ns, "net/ipv4/ip_forward") == ["0"]
+    assert switches(ns) == before
+
+
+def sysctl_values(ns: str, *paths: str) -> list[str]:
+    """The values of ``paths`` under /proc/sys, as the kernel holds them."""
+    return run_in(ns, ["cat", *(f"/proc/sys/{path}" for path in paths)]).stdout.split()

@@ -84,6 +84,8 @@ from k3snet.backends.netlink.codec import Link, NetlinkError
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netlink.sysctls import (
+    ALIASES,
+    SPREADING_INVERTED,
     SysctlState,
     SysctlStore,
     interface_of,
@@ -91,6 +93,7 @@ from k3snet.backends.netlink.sysctls import (
     normal,
     read_sysctls,
     restore_spread,
+    spread_to,
     spread_values,
     write_sysctl,
 )
@@ -106,7 +109,13 @@ from k3snet.errors import (
 )
 from k3snet.model import NetObject
 from k3snet.model.cidr import Address, Network
-from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, MAIN_TABLE, Route, RouteBlock
+from k3snet.model.route import (
+    K3SNET_ROUTE_PROTOCOL,
+    MAIN_TABLE,
+    Route,
+    RouteBlock,
+    protocol_name,
+)
 from k3snet.model.state import State
 from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Change, Plan
@@ -141,7 +150,9 @@ class NetlinkBackend(BackendBase):
     namespace). ``state_dir``: the root of the sysctl state files, one directory per
     namespace: ``state_dir/<netns or 'host'>/sysctl.json`` (default
     ``/run/k3snet``). ``protocol``: the route protocol that marks
-    k3snet's routes. ``tables``: the routing tables observed and managed
+    k3snet's routes (5..255, none that iproute2's ``rt_protos`` names for another
+    program: ``ra``, ``bird``, ``dhcp``, ``bgp`` ... would make its routes k3snet's).
+    ``tables``: the routing tables observed and managed
     (``None``: all but ``local``); a plan touching another table is refused.
     ``watch_sysctls``: more sysctls to report as foreign besides
     :data:`WATCHED_SYSCTLS`. ``faults`` (:class:`~k3snet.backends.kit.FaultHook`):
@@ -194,6 +205,14 @@ class NetlinkBackend(BackendBase):
                 _MIN_PROTOCOL <= protocol <= 255):
             raise BackendError(f"route protocol must be {_MIN_PROTOCOL}..255 (0..4 belong to "
                                f"the kernel and the administrator), got {protocol!r}")
+        named = protocol_name(protocol)
+        if protocol != K3SNET_ROUTE_PROTOCOL and isinstance(named, str):
+            # Ownership is the protocol: every route of that program would be k3snet's,
+            # replaced or removed (destroy took a node's DHCP default route).
+            raise BackendError(
+                f"route protocol {protocol} is {named}'s (iproute2's rt_protos): k3snet would "
+                f"take every {named} route for its own and remove it; give a number no "
+                f"program uses ({K3SNET_ROUTE_PROTOCOL}, k3snet's, by default)")
         self.netns = netns
         self.protocol = protocol
         self.tables: frozenset[int] | None = None
@@ -294,8 +313,8 @@ class NetlinkBackend(BackendBase):
         and the sysctls ``observe`` reports (a few small files: the kernel announces no
         sysctl change).
 
-        It changes with any route, link or address change in the namespace, ours
-        included; ``None`` with a driver that reads no notifications (pyroute2).
+        It changes with any route, link, address or nexthop-object change in the
+        namespace, ours included; ``None`` with a driver that reads no notifications (pyroute2).
         """
         version = self.route_token()
         if version is None:
@@ -306,9 +325,9 @@ class NetlinkBackend(BackendBase):
 
     def route_token(self) -> tuple[int, int] | None:
         """The route view's version after reading the pending notifications (no dump):
-        it changes with any route, link or address change in the namespace, ours
-        included, and with nothing else (what node facts are made of: the agent reads
-        them again only when it moved). ``None`` with a driver that reads no
+        it changes with any route, link, address or nexthop-object change in the
+        namespace, ours included, and with nothing else (what node facts are made of:
+        the agent reads them again only when it moved). ``None`` with a driver that reads no
         notifications (pyroute2).
         """
         if not self._driver.follows_changes:
@@ -677,7 +696,12 @@ class NetlinkBackend(BackendBase):
         inverses = [change.inverse() for change in reversed(made)]
         try:
             indexes = {link.name: link.index for link in self._routes.links().values()}
-            failures = self._driver.send(inverses, indexes)
+            if getattr(self._driver, "restores", False):
+                # A deleted route goes back beside a route that shares its slot.
+                failures = self._driver.send(inverses, indexes,  # type: ignore[call-arg]
+                                             restoring=True)
+            else:
+                failures = self._driver.send(inverses, indexes)
         except (OSError, KeyError) as exc:
             failures = dict.fromkeys(range(len(inverses)), NetlinkError(errno.EIO, str(exc)))
         if failures:
@@ -717,9 +741,17 @@ class NetlinkBackend(BackendBase):
     def _record_takeover(self, state: SysctlState, name: str, previous: str | None,
                          switches: Mapping[str, str]) -> None:
         """Record in ``state`` what taking ``name`` over needs besides its previous value."""
-        # What the spread overwrites and the previous value alone would not give back.
+        alias = ALIASES.get(name)
+        if alias in state.owned:
+            # Owned under its other name already: the switches as that take-over found them.
+            state.spread[name] = dict(state.spread.get(str(alias), {}))
+            state.links.pop(name, None)
+            return
+        # What the spread overwrites and the previous value alone would not give back;
+        # an inverted switch always (the previous value never gives it back).
+        inverted = SPREADING_INVERTED.get(name, ())
         state.spread[name] = {switch: held for switch, held in switches.items()
-                              if held != previous}
+                              if held != previous or switch in inverted}
         # The interface taken over on: another one of the same name later is not it.
         state.links.pop(name, None)
         interface = interface_of(name)
@@ -752,17 +784,25 @@ class NetlinkBackend(BackendBase):
             self._runner.call(write)
             self._count()
 
+        alias = ALIASES.get(name)
         if change.action == "delete":
             recorded = state.owned[name][1]
-            if recorded is not None:
+            # Still owned under its other name: the value stays what k3snet wants there,
+            # and goes back when that name is given back.
+            if recorded is not None and alias not in state.owned:
                 # A switch still at the value the spread gave it goes back to what it held
                 # when k3snet took over (the previous value, unless recorded otherwise); one
                 # changed since keeps its value, which the write below would overwrite.
                 spread_value = normal(name, current)
                 originals = state.spread.get(name, {})
-                targets = {switch: originals.get(switch, recorded) if value == spread_value
-                           else value for switch, value in switches.items()
-                           if switch not in state.owned}
+                # An inverted switch is always recorded; without a record (a file of an
+                # older version) the kernel's own spread stands, as it did then.
+                inverted = SPREADING_INVERTED.get(name, ())
+                targets = {switch: originals.get(switch, recorded)
+                           if spread_value is not None
+                           and value == spread_to(name, switch, spread_value) else value
+                           for switch, value in switches.items() if switch not in state.owned
+                           and (switch in originals or switch not in inverted)}
 
                 def give_back() -> None:
                     write_sysctl(root, name, recorded)
@@ -776,7 +816,7 @@ class NetlinkBackend(BackendBase):
             self._store.save(state)
             return
         value = str(subject.value)
-        previous = normal(name, current) if change.action == "add" else state.owned[name][1]
+        previous = _previous(state, change.action, name, current)
         # The record goes first: a crash after the write must not lose the previous value.
         state.owned[name] = (value, previous)
         if change.action == "add":
@@ -812,6 +852,18 @@ def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:
     if len(plan.kinds) == 1:
         return plan.changes
     return [c for c in plan.changes if c.kind == kind]
+
+
+def _previous(state: SysctlState, action: str, name: str, current: str) -> str | None:
+    """What ``name`` held before k3snet took it over: the record when it is owned; for a
+    take-over the value now, or the record of its other name (:data:`ALIASES`) when
+    k3snet owns that already (the value now is k3snet's own write under that name)."""
+    if action != "add":
+        return state.owned[name][1]
+    alias = ALIASES.get(name)
+    if alias in state.owned:
+        return state.owned[str(alias)][1]
+    return normal(name, current)
 
 
 def _enables_ipv6_forwarding(change: Change) -> bool:

@@ -53,6 +53,7 @@ __all__ = [
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
@@ -82,6 +83,8 @@ RTM_GETADDR = 22
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_GETROUTE = 26
+RTM_NEWNEXTHOP = 104
+RTM_DELNEXTHOP = 105
 
 RTA_DST = 1
 RTA_SRC = 2
@@ -112,6 +115,10 @@ RTMGRP_IPV6_ROUTE = 0x400
 MONITOR_GROUPS: Final = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
                          | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE)
 """The notification groups the socket driver listens to: links, addresses, routes."""
+RTNLGRP_NEXTHOP: Final = 32
+"""Nexthop objects' notifications: a group number beyond the bind mask (joined with
+``NETLINK_ADD_MEMBERSHIP``). Deleting a nexthop object deletes the IPv4 routes
+through it without a route notification."""
 
 NLMSG: Final = struct.Struct("=IHHII")
 """nlmsghdr: length, type, flags, sequence number, port id."""
@@ -235,18 +242,32 @@ def route_request(route: Route, ifindex: int | None) -> bytes:
     return b"".join(parts)
 
 
-def route_message(change: Change, indexes: Mapping[str, int]) -> tuple[int, int, bytes]:
+def route_message(change: Change, indexes: Mapping[str, int], *,
+                  restoring: bool = False) -> tuple[int, int, bytes]:
     """The rtnetlink request (type, flags, body) that makes one route change.
 
     ``indexes`` maps device names to link indexes. An add may not overwrite
     anything; a replace may not create a route that vanished; a delete names
     every field (protocol included), so the kernel never matches a foreign route.
+
+    ``restoring``: the change undoes one of the same apply, so an add puts back a
+    route k3snet deleted. It is ``NLM_F_CREATE`` without ``NLM_F_EXCL``: the kernel
+    may hold another route in its slot (table, destination, metric: ``ip route
+    append``, a route learned from router advertisements), which refuses an
+    exclusive add ("File exists": the rollback failed and the route was lost).
+    Without ``NLM_F_EXCL`` IPv4 puts it first in its slot again (where k3snet's
+    create-exclusive add had put it) and IPv6 after the routes there; neither
+    changes the other route, and both refuse a route equal to one they hold. (IPv6
+    would join an IPv6 gateway route into a multipath route with another gateway
+    route of the same slot; k3snet's route shared its slot with none when it was
+    observed, and an apply undoes its changes within moments.)
     """
     route = change.subject
     assert isinstance(route, Route)
     ifindex = None if route.device is None else indexes[route.device]
     if change.action == "add":
-        return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, route_request(route, ifindex)
+        flags = NLM_F_CREATE if restoring else NLM_F_CREATE | NLM_F_EXCL
+        return RTM_NEWROUTE, flags, route_request(route, ifindex)
     if change.action == "replace":
         # No NLM_F_CREATE: a replace must fail if the route it replaces vanished.
         return RTM_NEWROUTE, NLM_F_REPLACE, route_request(route, ifindex)

@@ -67,6 +67,11 @@ class RouteDriver(Protocol):
 
         ``indexes`` maps every device the changes name to its link index. Raises
         OSError when the kernel's answers were lost (outcome unknown).
+
+        Optional: a driver with ``restores = True`` also takes ``restoring=``; when
+        true the changes undo earlier ones, and an add puts back a route k3snet
+        deleted without ``NLM_F_EXCL`` (:func:`~.codec.route_message`): another
+        route may share its slot, as it did before the delete.
         """
         ...
 

@@ -17,7 +17,9 @@ Same semantics as the socket driver
     An add is ``route("add")`` (``NLM_F_CREATE | NLM_F_EXCL``); a replace is
     ``route("change")`` (``NLM_F_REPLACE`` without ``NLM_F_CREATE``: pyroute2's
     ``"replace"`` would create a route that vanished); a delete names protocol,
-    table, metric, gateway and device. Every change of a batch is attempted, like
+    table, metric, gateway and device; a rollback's add puts a deleted route back
+    with ``NLM_F_CREATE`` alone (:func:`~k3snet.backends.netlink.codec.route_message`).
+    Every change of a batch is attempted, like
     the kernel does with the socket driver's batched requests, and refusals are
     reported by position with the kernel's extended-ack text. Dumped messages go
     through the same modelling rules (:func:`~k3snet.backends.netlink.codec.route_of`).
@@ -43,7 +45,11 @@ from pyroute2 import NetlinkError as Pyroute2Error
 from k3snet.backends.netlink.codec import (
     FAMILY_CODES,
     IFF_UP,
+    NLM_F_ACK,
+    NLM_F_CREATE,
     NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
+    RTM_NEWROUTE,
     RTN_UNICAST,
     SCOPE_CODES,
     UNMODELLED_ATTRS,
@@ -69,6 +75,7 @@ _UNMODELLED_NAMES: Final = frozenset({"RTA_SRC", "RTA_IIF", "RTA_MULTIPATH", "RT
                                       "RTA_ENCAP", "RTA_NH_ID"})
 _UNMODELLED_TYPES: Final = UNMODELLED_ATTRS
 _COMMANDS: Final[Mapping[str, str]] = {"add": "add", "replace": "change", "delete": "del"}
+_REQUEST: Final = NLM_F_REQUEST | NLM_F_ACK  # what pyroute2's named commands carry
 
 
 def _error(exc: Pyroute2Error) -> NetlinkError:
@@ -243,18 +250,25 @@ class Pyroute2Driver:
 
         return self._run(job)
 
-    def send(self, changes: Sequence[Change],
-             indexes: Mapping[str, int]) -> dict[int, NetlinkError]:
-        """One request per change, all attempted; the kernel's refusals by position.
+    restores = True
+    """:meth:`send` takes ``restoring`` (see :class:`~.driver.RouteDriver`)."""
+
+    def send(self, changes: Sequence[Change], indexes: Mapping[str, int], *,
+             restoring: bool = False) -> dict[int, NetlinkError]:
+        """One request per change, all attempted; the kernel's refusals by position
+        (``restoring``: an add without ``NLM_F_EXCL``, :func:`~.codec.route_message`).
 
         Raises OSError when pyroute2 fails otherwise (the outcome is unknown).
         """
-        requests = []
+        requests: list[tuple[Any, dict[str, Any]]] = []
         for change in changes:
             route = change.subject
             assert isinstance(route, Route)
             ifindex = None if route.device is None else indexes[route.device]
-            requests.append((_COMMANDS[change.action], _request(route, ifindex)))
+            command: Any = _COMMANDS[change.action]
+            if restoring and change.action == "add":
+                command = (RTM_NEWROUTE, _REQUEST | NLM_F_CREATE)
+            requests.append((command, _request(route, ifindex)))
 
         def job(ipr: Any) -> dict[int, NetlinkError]:
             failures: dict[int, NetlinkError] = {}

@@ -10,6 +10,7 @@ thread) and belong to it whatever thread uses them later.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ from k3snet.backends.netlink.codec import (
     HDR,
     I32,
     MONITOR_GROUPS,
+    NETLINK_ADD_MEMBERSHIP,
     NETLINK_CAP_ACK,
     NETLINK_EXT_ACK,
     NETLINK_GET_STRICT_CHK,
@@ -33,6 +35,7 @@ from k3snet.backends.netlink.codec import (
     RTM_GETADDR,
     RTM_GETLINK,
     RTM_GETROUTE,
+    RTNLGRP_NEXTHOP,
     SO_RCVBUFFORCE,
     SO_SNDBUFFORCE,
     SOL_NETLINK,
@@ -74,13 +77,17 @@ def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
 
 
 def open_monitor(buffer: int = _MONITOR_RCVBUF) -> socket.socket:
-    """A non-blocking socket that receives the route, link and address notifications of
-    the calling thread's namespace, with a receive buffer of ``buffer`` bytes."""
+    """A non-blocking socket that receives the route, link, address and nexthop-object
+    notifications of the calling thread's namespace, with a receive buffer of ``buffer``
+    bytes."""
     monitor = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                             NETLINK_ROUTE)
     try:
         _set_buffer(monitor, SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer)
         monitor.bind((0, MONITOR_GROUPS))
+        # A kernel without the group (before 5.3) has no nexthop objects either.
+        with contextlib.suppress(OSError):
+            monitor.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_NEXTHOP)
         monitor.setblocking(False)
     except BaseException:
         monitor.close()
@@ -174,10 +181,14 @@ class SocketDriver:
                         found.append(route)
         return found
 
-    def send(self, changes: Sequence[Change],
-             indexes: Mapping[str, int]) -> dict[int, NetlinkError]:
-        """Every change as one request, in as few ``sendmsg`` calls as fit; refusals by position."""
-        requests = [route_message(change, indexes) for change in changes]
+    restores = True
+    """:meth:`send` takes ``restoring`` (see :class:`~.driver.RouteDriver`)."""
+
+    def send(self, changes: Sequence[Change], indexes: Mapping[str, int], *,
+             restoring: bool = False) -> dict[int, NetlinkError]:
+        """Every change as one request, in as few ``sendmsg`` calls as fit; refusals by
+        position (``restoring``: :func:`~.codec.route_message`)."""
+        requests = [route_message(change, indexes, restoring=restoring) for change in changes]
         failures: dict[int, NetlinkError] = {}
         start = 0
         while start < len(requests):

@@ -28,7 +28,9 @@ from k3snet.errors import BackendError, ModelError
 from k3snet.model.sysctl import Sysctl
 
 __all__ = [
+    "ALIASES",
     "SPREADING",
+    "SPREADING_INVERTED",
     "SysctlState",
     "SysctlStore",
     "interface_of",
@@ -36,6 +38,7 @@ __all__ = [
     "normal",
     "read_sysctls",
     "restore_spread",
+    "spread_to",
     "spread_values",
     "write_sysctl",
 ]
@@ -48,10 +51,28 @@ SPREADING: Final = {
     "net.ipv4.ip_forward": "net/ipv4/conf",
     "net.ipv4.conf.all.forwarding": "net/ipv4/conf",
     "net.ipv6.conf.all.forwarding": "net/ipv6/conf",
+    "net.ipv6.conf.all.disable_ipv6": "net/ipv6/conf",
+    "net.ipv6.conf.all.ignore_routes_with_linkdown": "net/ipv6/conf",
 }
-"""Sysctls whose write the kernel spreads: it sets the ``forwarding`` of ``default`` and
-of every interface under the directory named (``inet_forward_change``,
-``addrconf_fixup_forwarding``), whatever they held."""
+"""Sysctls whose write the kernel spreads: it sets the same switch (``forwarding`` for
+``ip_forward``) of ``default`` and of every interface under the directory named
+(``inet_forward_change``, ``addrconf_fixup_forwarding``, ``addrconf_disable_ipv6``,
+``addrconf_fixup_linkdown``), whatever they held."""
+
+ALIASES: Final = {
+    "net.ipv4.ip_forward": "net.ipv4.conf.all.forwarding",
+    "net.ipv4.conf.all.forwarding": "net.ipv4.ip_forward",
+}
+"""Two names of one kernel value (``ipv4_devconf.data[IPV4_DEVCONF_FORWARDING - 1]``): a
+write of either is read back under both."""
+
+SPREADING_INVERTED: Final = {
+    "net.ipv4.ip_forward": ("net.ipv4.conf.all.accept_redirects",),
+    "net.ipv4.conf.all.forwarding": ("net.ipv4.conf.all.accept_redirects",),
+}
+"""Switches a write of the key sets to the opposite of the value written: IPv4 forwarding
+turns ``all.accept_redirects`` off, and turning it off again turns them on
+(``inet_forward_change``), on a node hardened with ``accept_redirects=0`` too."""
 
 
 def _sysctl_file(root: Path, name: str) -> Path:
@@ -94,23 +115,36 @@ def interface_of(name: str) -> str | None:
     return None
 
 
+def spread_to(name: str, switch: str, value: str) -> str:
+    """The value the kernel gives ``switch`` (one of :func:`spread_values`) when ``name``
+    is written with ``value`` (a value that changes it)."""
+    if switch in SPREADING_INVERTED.get(name, ()):
+        return "0" if value != "0" else "1"
+    return value
+
+
 def spread_values(root: Path, name: str) -> dict[str, str]:
-    """The ``forwarding`` switches a write of ``name`` sets (:data:`SPREADING`), with their
-    values now: ``default``'s and each interface's (empty for another sysctl); run in the
-    target namespace. An interface whose name no sysctl name can spell is left out."""
+    """The switches a write of ``name`` sets, with their values now: the same switch of
+    ``default`` and of each interface (:data:`SPREADING`), and those it sets to the
+    opposite (:data:`SPREADING_INVERTED`); empty for another sysctl. Run in the target
+    namespace. An interface whose name no sysctl name can spell is left out."""
     conf = SPREADING.get(name)
     if conf is None:
         return {}
+    leaf = "forwarding" if name == "net.ipv4.ip_forward" else name.rsplit(".", 1)[1]
+    inverted = SPREADING_INVERTED.get(name, ())
+    values = read_sysctls(root, inverted)
+    found: dict[str, str] = {switch: value for switch in inverted
+                             if (value := normal(switch, values[switch])) is not None}
     try:
         entries = sorted(os.listdir(root / conf))
     except OSError:  # a stand-in for /proc/sys without that directory
-        return {}
-    found: dict[str, str] = {}
+        return found
     for entry in entries:
         if entry == "all":  # the switch itself (ip_forward and all.forwarding mirror each other)
             continue
         try:
-            switch = Sysctl(f"{conf}/{entry}/forwarding", "0").name
+            switch = Sysctl(f"{conf}/{entry}/{leaf}", "0").name
         except ModelError:
             continue
         value = normal(switch, read_sysctls(root, [switch])[switch])
@@ -145,8 +179,9 @@ class SysctlState:
     """The state file's content: owned sysctls ``{name: (value, previous)}``, names
     k3snet owned once and gave back (reported as foreign from then on), and, for an
     owned sysctl of :data:`SPREADING`, the switches its write overwrote that held
-    another value than its previous one ``{name: {switch: value}}`` (written back with
-    the previous value)."""
+    another value than its previous one, and those of :data:`SPREADING_INVERTED`
+    whatever they held, ``{name: {switch: value}}`` (written back with the previous
+    value)."""
 
     owned: dict[str, tuple[str, str | None]] = attrs.field(factory=dict)
     released: set[str] = attrs.field(factory=set)

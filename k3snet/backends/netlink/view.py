@@ -2,10 +2,10 @@
 
 After a dump, the view is kept in memory and updated from the notifications the
 backend's own requests cause (they carry its port id and the route *as the
-kernel stored it*). Any other notification (another program's route, a link or
-address change, a lost notification) bumps a generation counter, the view's
-version token in a :class:`~k3snet.backends.kit.ObserveCache`, and the next read
-dumps again. So one change among 10 000 routes costs one request, and drift is
+kernel stored it*). Any other notification (another program's route, a link,
+address or nexthop-object change, a lost notification) bumps a generation counter,
+the view's version token in a :class:`~k3snet.backends.kit.ObserveCache`, and the
+next read dumps again. So one change among 10 000 routes costs one request, and drift is
 never hidden. A driver that reads no notifications (pyroute2) gets a fresh dump
 at the start of every public call (:meth:`RouteCache.begin`).
 """
@@ -21,9 +21,11 @@ from k3snet.backends.kit import GC_PAUSE_MIN, ObserveCache, gc_paused
 from k3snet.backends.netlink.codec import (
     RTM_DELADDR,
     RTM_DELLINK,
+    RTM_DELNEXTHOP,
     RTM_DELROUTE,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    RTM_NEWNEXTHOP,
     RTM_NEWROUTE,
     Link,
     decode_route,
@@ -152,6 +154,10 @@ class RouteCache:
                 self.forget()
             elif kind in (RTM_NEWADDR, RTM_DELADDR):
                 self._stale()  # connected routes come and go without our requests
+            elif kind in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):
+                # IPv4 drops the routes through a deleted nexthop object without a
+                # notification (and a replaced one changes what its routes are).
+                self._stale()
             elif kind in (RTM_NEWROUTE, RTM_DELROUTE):
                 view = self._routes.value
                 if view is not None:
