@@ -32,6 +32,7 @@ manifest validates with ``kubernetes-validate --strict`` for
 from __future__ import annotations
 
 import hashlib
+import math
 import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +62,7 @@ __all__ = [
     "SPEC_CONFIGMAP_NAME",
     "SPEC_PATH",
     "ConnectivityResult",
+    "agent_memory_limit",
     "dump_manifests",
     "parse_connectivity_log",
     "read_connectivity_result",
@@ -116,6 +118,16 @@ REPORT_ROLE_NAME: Final = "k3snet-agent-node-report"
 # Measured: see docs/agent.md ("Memory") for the figures and the command.
 AGENT_MEMORY_REQUEST: Final = "128Mi"
 AGENT_MEMORY_LIMIT: Final = "384Mi"
+"""The agent's memory limit for a spec of up to 10,000 destinations (the least it gets:
+:func:`agent_memory_limit`)."""
+# A first pass with netlink and nftables (the heaviest backends measured) peaks linearly
+# in the destinations: 57 MiB with none, 269 / 490 / 708 MiB at 10,000 / 20,000 / 30,000
+# (docs/agent.md, "Memory"). The line through the two largest, with 40 % headroom as
+# the 384 Mi has at 10,000, rounded up to 64 Mi.
+_AGENT_PEAK_MIB: Final = 54.0
+_AGENT_PEAK_MIB_PER_DESTINATION: Final = 0.0218
+_AGENT_MEMORY_HEADROOM: Final = 1.4
+_AGENT_MEMORY_STEP_MIB: Final = 64
 AGENT_CPU_REQUEST: Final = "10m"
 
 _BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
@@ -616,6 +628,22 @@ def _agent_command(spec: Spec, needs: _AgentNeeds) -> list[str]:
     return command
 
 
+def agent_memory_limit(destinations: int) -> str:
+    """The agent container's memory limit for a spec of ``destinations`` destinations.
+
+    :data:`AGENT_MEMORY_LIMIT` up to 10,000 destinations; above, the measured peak
+    of a first pass (linear in the destinations) with 40 % headroom, so that a large
+    spec is not OOM-killed on every node in every first pass.
+
+    >>> agent_memory_limit(2000), agent_memory_limit(20000)
+    ('384Mi', '704Mi')
+    """
+    peak = _AGENT_PEAK_MIB + _AGENT_PEAK_MIB_PER_DESTINATION * destinations
+    step = _AGENT_MEMORY_STEP_MIB
+    mib = math.ceil(peak * _AGENT_MEMORY_HEADROOM / step) * step
+    return f"{max(mib, int(AGENT_MEMORY_LIMIT.removesuffix('Mi')))}Mi"
+
+
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": AGENT_PORT},
             "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
@@ -643,7 +671,8 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         "startupProbe": _probe("/healthz", 5, 120),
         "resources": {
             "requests": {"cpu": AGENT_CPU_REQUEST, "memory": AGENT_MEMORY_REQUEST},
-            "limits": {"memory": AGENT_MEMORY_LIMIT},
+            # Each DaemonSet's own spec: a profile may hold many more destinations.
+            "limits": {"memory": agent_memory_limit(len(spec.destinations))},
         },
         "securityContext": {
             "privileged": False,

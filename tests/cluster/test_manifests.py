@@ -734,6 +734,49 @@ def test_daemonset_runs_on_linux_with_probes_on_the_agent_port(name: str) -> Non
         assert pod["terminationGracePeriodSeconds"] >= 30
 
 
+# Peak RSS of an agent's first pass with netlink and nftables, the heaviest backends
+# measured (`python benchmarks/agent_memory.py --kernel 10000 20000 30000`; docs/agent.md).
+MEASURED_PEAK_MIB = {10_000: 269, 20_000: 490, 30_000: 708}
+
+
+def _many(count: int) -> tuple[Spec, str]:
+    """A spec of ``count`` destinations, and its text one destination per line (flow
+    style, as docs/manifests.md advises: up to some 40,000 fit a ConfigMap)."""
+    cidrs = [f"10.{100 + i // 256}.{i % 256}.0/24" for i in range(count)]
+    text = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n" + "".join(
+        f"  - {{cidr: {cidr}}}\n" for cidr in cidrs)
+    return Spec(destinations=[Destination(cidr) for cidr in cidrs]), text
+
+
+def _memory_limit_mib(daemonset: dict[str, Any]) -> int:
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    limit: str = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi"), limit
+    return int(limit.removesuffix("Mi"))
+
+
+@pytest.mark.parametrize("count", sorted(MEASURED_PEAK_MIB))
+def test_agent_memory_limit_covers_the_measured_peak_of_its_own_spec(count: int) -> None:
+    # The limit was 384 Mi whatever the spec: a spec of 20,000 destinations fits its
+    # ConfigMap and rendered, and every agent was OOM-killed in its first pass (490 MiB
+    # measured), again after each restart. The limit now follows the spec's size, and
+    # each profile's DaemonSet its own spec's.
+    spec, text = _many(count)
+    seed = k3snet.seed_spec()
+    for objs, name in ((render_manifests(spec, spec_text=text, node_report=False), AGENT_NAME),
+                       (render_manifests(seed, node_report=False, profiles={"big": (spec, text)}),
+                        f"{AGENT_NAME}-big")):
+        daemonset = _one(objs, "DaemonSet", name)
+        for version in VERSIONS:
+            assert kubernetes_validate.validate(daemonset, version, strict=True) == version
+        # At least 25 % above the measured peak (the first pass's data, the kernel's
+        # answers and the interpreter vary from node to node).
+        assert _memory_limit_mib(daemonset) >= 1.25 * MEASURED_PEAK_MIB[count]
+        # A small spec keeps the 384 Mi measured for 10,000 destinations.
+        assert _memory_limit_mib(_one(objs, "DaemonSet", AGENT_NAME)) == (
+            _memory_limit_mib(daemonset) if name == AGENT_NAME else 384)
+
+
 def test_the_agent_listens_where_the_probes_look_by_default() -> None:
     from k3snet.agent import parse_listen  # noqa: PLC0415
     from k3snet.cli import DEFAULT_LISTEN, build_parser  # noqa: PLC0415
