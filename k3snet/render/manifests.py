@@ -41,6 +41,7 @@ from typing import Any, Final
 import attrs
 
 from k3snet.errors import BackendError, Problem, SpecError
+from k3snet.kube import DEFAULT_TIMEOUT, KubeErrors
 from k3snet.model.cidr import contains
 from k3snet.model.cni import namespace_problem, object_name_problem
 from k3snet.spec import ConnectivityTest, DnsZone, Spec, spec_backend_options, validate
@@ -1030,9 +1031,11 @@ def _job_outcome(job: Any) -> tuple[bool | None, str]:
     return None, "still running"
 
 
-def _job_pod(core_api: Any, namespace: str, name: str, uid: str | None) -> Any:
+def _job_pod(core_api: Any, namespace: str, name: str, uid: str | None,
+             timeout: float | None) -> Any:
     """The newest pod of the Job (``backoffLimit: 0``: normally its only one)."""
-    pods = core_api.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
+    pods = core_api.list_namespaced_pod(namespace, label_selector=f"job-name={name}",
+                                        _request_timeout=timeout).items
     # The selector again, client-side, and the owner: a pod of an earlier Job of the
     # same name must not speak for this one.
     mine = [
@@ -1048,7 +1051,8 @@ def _job_pod(core_api: Any, namespace: str, name: str, uid: str | None) -> Any:
 
 
 def read_connectivity_result(
-    batch_api: Any, core_api: Any, namespace: str, name: str = CONNECTIVITY_JOB_NAME
+    batch_api: Any, core_api: Any, namespace: str, name: str = CONNECTIVITY_JOB_NAME,
+    *, timeout: float | None = DEFAULT_TIMEOUT,
 ) -> ConnectivityResult:
     """Read the connectivity test Job's status and, when possible, its pod's log.
 
@@ -1056,32 +1060,42 @@ def read_connectivity_result(
     ``CoreV1Api`` instances. The Job's conditions decide ``succeeded``; the pod
     log (the ``k3snet-connectivity ping=... tcp=...`` line) says which check
     failed. A log that cannot be read is mentioned in the message, not raised.
+    Each request gives up after ``timeout`` seconds (``None``: never).
 
-    Raises :class:`~k3snet.errors.BackendError` when the Job cannot be read.
+    Raises :class:`~k3snet.errors.BackendError` when the Job cannot be read (the
+    API server refused, did not answer in time, or could not be reached).
     """
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - k3snet[kube]
 
     where = f"Job {namespace}/{name}"
+    # Not only ApiException: an API server that is down or does not answer raises
+    # urllib3's errors, which were reported as an internal error.
+    errors = KubeErrors(timeout=timeout)
     try:
-        job = batch_api.read_namespaced_job(name, namespace)
+        job = batch_api.read_namespaced_job(name, namespace, _request_timeout=timeout)
     except ApiException as exc:
         raise BackendError(f"cannot read {where}: {exc.status} {exc.reason}") from exc
+    except errors.catches() as exc:
+        raise errors.classify(f"cannot read {where}", exc) from exc
     succeeded, state = _job_outcome(job)
     uid = job.metadata.uid if job.metadata else None
     fields: dict[str, str] | None = None
     note = ""
     try:
-        pod = _job_pod(core_api, namespace, name, uid)
+        pod = _job_pod(core_api, namespace, name, uid, timeout)
         if pod is None:
             note = "no pod found"
         else:
             log = core_api.read_namespaced_pod_log(pod.metadata.name, namespace,
-                                                   container=CONNECTIVITY_CONTAINER)
+                                                   container=CONNECTIVITY_CONTAINER,
+                                                   _request_timeout=timeout)
             fields = parse_connectivity_log(log or "")
             if fields is None:
                 note = f"pod {pod.metadata.name} has not reported yet"
     except ApiException as exc:
         note = f"log unavailable: {exc.status} {exc.reason}"
+    except errors.catches() as exc:
+        note = f"log unavailable: {errors.classify('read the log', exc)}"
     ping = fields.get("ping") if fields else None
     tcp = fields.get("tcp") if fields else None
     parts = [f"{where}: {state}"]
