@@ -14,7 +14,8 @@ What is rendered, each object labelled ``app.kubernetes.io/name: k3snet`` and
 
 * always: the agent -- a ServiceAccount, the ``k3snet-spec`` ConfigMap holding the
   spec, and a DaemonSet running ``k3snet agent`` on every node (host network,
-  ``NET_ADMIN`` and ``NET_RAW`` only, not privileged, read-only root filesystem);
+  ``NET_ADMIN`` for the node backends and ``NET_RAW`` for iptables only, not
+  privileged, read-only root filesystem);
   RBAC only for what the spec's backends reach through the API (Calico IPPools,
   the flannel ConfigMap), and a Namespace when the agent's is not a built-in one;
 * ``egressPolicy.restrict``: a NetworkPolicy allowing the selected pods egress to
@@ -645,6 +646,15 @@ def agent_memory_limit(destinations: int) -> str:
     return f"{max(mib, int(AGENT_MEMORY_LIMIT.removesuffix('Mi')))}Mi"
 
 
+def _agent_capabilities(needs: _AgentNeeds) -> dict[str, list[str]]:
+    """Only what the backends the agent may run use: ``NET_ADMIN`` for the node backends
+    (routes, sysctls, rules), ``NET_RAW`` for the iptables one alone (iptables-legacy
+    reads its tables through a raw socket; nftables and netlink speak netlink). An agent
+    that only writes through the API server (or flannel's file) gets none."""
+    added = (["NET_ADMIN"] if needs.node_lock else []) + (["NET_RAW"] if needs.iptables else [])
+    return {"add": added, "drop": ["ALL"]} if added else {"drop": ["ALL"]}
+
+
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": AGENT_PORT},
             "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
@@ -682,7 +692,7 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
             # Capabilities are effective only for uid 0 (Kubernetes sets no ambient
             # capabilities), whatever user the image declares.
             "runAsUser": 0,
-            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "capabilities": _agent_capabilities(needs),
         },
         "volumeMounts": mounts,
     }

@@ -267,8 +267,9 @@ def test_agent_has_least_privilege(name: str) -> None:
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "runAsUser": 0,
-        "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        "capabilities": container["securityContext"]["capabilities"],
     }
+    # (which capabilities: test_agent_capabilities_are_those_its_backends_use)
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert pod["tolerations"] == [{"operator": "Exists"}]
@@ -284,7 +285,35 @@ def test_agent_has_least_privilege(name: str) -> None:
             assert ctx["allowPrivilegeEscalation"] is False
             assert ctx["readOnlyRootFilesystem"] is True
             assert ctx["capabilities"]["drop"] == ["ALL"]
-            assert set(ctx["capabilities"]["add"]) <= {"NET_ADMIN", "NET_RAW"}
+            assert set(ctx["capabilities"].get("add", [])) <= {"NET_ADMIN", "NET_RAW"}
+
+
+@pytest.mark.parametrize(("backends", "options", "added"), [
+    # none named: the agent may pick any node backend, iptables (legacy) included
+    ([], {}, ["NET_ADMIN", "NET_RAW"]),
+    (["netlink", "nftables"], {}, ["NET_ADMIN"]),
+    (["nftables", "calico"], {}, ["NET_ADMIN"]),
+    (["iptables"], {}, ["NET_ADMIN", "NET_RAW"]),
+    (["netlink", "iptables", "cilium"], {}, ["NET_ADMIN", "NET_RAW"]),
+    # only the API server (and flannel's file) to write: no capability at all
+    (["calico"], {}, []),
+    (["cilium"], {}, []),
+    (["flannel"], {"flannel_configmap_namespace": "kube-flannel"}, []),
+    (["flannel"], {"flannel_conf": "/etc/k3s/flannel/net-conf.json"}, []),
+])
+def test_agent_capabilities_are_those_its_backends_use(
+        backends: list[str], options: dict[str, Any], added: list[str]) -> None:
+    # NET_ADMIN is for the node backends (netlink, nftables, iptables: routes, sysctls,
+    # rules), NET_RAW for iptables-legacy's raw socket alone (nftables and netlink speak
+    # netlink). Both went to every agent, also one that only writes Calico pools or
+    # Cilium's ConfigMaps on a node's host network.
+    spec = Spec(destinations=[Destination("192.168.2.0/24")], backends=backends)
+    objs = render_manifests(spec, **options)
+    daemonset = _one(objs, "DaemonSet", AGENT_NAME)
+    for version in VERSIONS:
+        assert kubernetes_validate.validate(daemonset, version, strict=True) == version
+    capabilities = _agent_container(objs)["securityContext"]["capabilities"]
+    assert capabilities == ({"add": added, "drop": ["ALL"]} if added else {"drop": ["ALL"]})
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
