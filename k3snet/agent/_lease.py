@@ -19,10 +19,13 @@ synchronous ``kubernetes`` client:
 * :meth:`LeaderElector.release` (on SIGTERM) empties ``holderIdentity``, so the
   next candidate takes over at its next read instead of after ``duration``.
 
-One change from client-go, for a DaemonSet where every node is a candidate: a
+Two changes from client-go, for a DaemonSet where every node is a candidate: a
 candidate that sees a live holder reads again only when that holder's Lease could
 have expired (after ``duration``), not every ``retry_period``; 5,000 candidates
-then cost 5,000 / 15 s reads instead of 5,000 / 2 s (docs/scale.md).
+then cost 5,000 / 15 s reads instead of 5,000 / 2 s (docs/scale.md). And a
+candidate whose step failed (403, 429, 5xx, no answer) waits ``retry_period``
+doubled for each failure in a row, up to ``duration``: the same pace while the API
+server is in trouble.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class LeaderElector:
         # happens by time alone, so what changed is told against this, not against
         # _holds just before a write (already false then).
         self._said = False
+        # Steps in a row that failed (API errors): a candidate then reads less often.
+        self._failures = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,9 +156,13 @@ class LeaderElector:
             _log.warning("leader election: %s", exc, extra={"lease": self.where})
             # Keep what we had: is_leader turns false on its own after renew_deadline.
             with self._lock:
+                self._failures += 1
                 leader = self._holds(self._clock())
             if not leader:
                 self._set_leader(False, None)
+        else:
+            with self._lock:
+                self._failures = 0
         return self.is_leader
 
     def _try_acquire_or_renew(self) -> tuple[bool, float | None]:
@@ -271,10 +280,17 @@ class LeaderElector:
 
     def next_wait(self) -> float:
         """Seconds until the next step: ``retry_period`` for the holder and while the
-        Lease is free or expiring, else until the holder's Lease could expire."""
+        Lease is free or expiring, else until the holder's Lease could expire; after
+        failed steps a candidate waits ``retry_period`` doubled for each, up to
+        ``duration`` (thousands of candidates must not poll a failing API server)."""
         s = self.settings
         with self._lock:
-            if self._leader or self._observed is None or not self._observed[0]:
+            if self._leader:
+                return s.retry_period
+            if self._failures:
+                # (the exponent capped: hours of failures must not overflow a float)
+                return min(s.duration, s.retry_period * 2.0 ** min(self._failures, 30))
+            if self._observed is None or not self._observed[0]:
                 return s.retry_period
             expires = self._observed_at + s.duration - self._clock()
         return min(s.duration, max(s.retry_period, expires))

@@ -18,7 +18,7 @@ from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import NodeReporter
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
 from k3snet.errors import BackendUnavailableError, ModelError, Problem, SpecError
-from k3snet.kube import name_problem, object_ref_problem
+from k3snet.kube import DEFAULT_TIMEOUT, name_problem, object_ref_problem
 
 __all__ = ["run_from_cli"]
 
@@ -62,8 +62,10 @@ def _has_label(api_client: Any, node: str, selector: str) -> bool:
     from k3snet.kube import KubeErrors  # noqa: PLC0415
 
     key, sep, value = selector.partition("=")
-    with translate_errors(f"read Node {node}", classifier=KubeErrors()):
-        found = client.CoreV1Api(api_client).read_node(node)
+    # A timeout as on every other request: an API server that never answers must not
+    # hold the pass (and the node's own rules) for as long as TCP keeps the connection.
+    with translate_errors(f"read Node {node}", classifier=KubeErrors(timeout=DEFAULT_TIMEOUT)):
+        found = client.CoreV1Api(api_client).read_node(node, _request_timeout=DEFAULT_TIMEOUT)
     labels = (found.metadata.labels if found.metadata is not None else None) or {}
     return key in labels and (not sep or labels[key] == value)
 

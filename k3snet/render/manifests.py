@@ -14,7 +14,8 @@ What is rendered, each object labelled ``app.kubernetes.io/name: k3snet`` and
 
 * always: the agent -- a ServiceAccount, the ``k3snet-spec`` ConfigMap holding the
   spec, and a DaemonSet running ``k3snet agent`` on every node (host network,
-  ``NET_ADMIN`` and ``NET_RAW`` only, not privileged, read-only root filesystem);
+  ``NET_ADMIN`` for the node backends and ``NET_RAW`` for iptables only, not
+  privileged, read-only root filesystem);
   RBAC only for what the spec's backends reach through the API (Calico IPPools,
   the flannel ConfigMap), and a Namespace when the agent's is not a built-in one;
 * ``egressPolicy.restrict``: a NetworkPolicy allowing the selected pods egress to
@@ -32,6 +33,7 @@ manifest validates with ``kubernetes-validate --strict`` for
 from __future__ import annotations
 
 import hashlib
+import math
 import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,6 +42,7 @@ from typing import Any, Final
 import attrs
 
 from k3snet.errors import BackendError, Problem, SpecError
+from k3snet.kube import DEFAULT_TIMEOUT, KubeErrors
 from k3snet.model.cidr import contains
 from k3snet.model.cni import namespace_problem, object_name_problem
 from k3snet.spec import ConnectivityTest, DnsZone, Spec, spec_backend_options, validate
@@ -61,6 +64,7 @@ __all__ = [
     "SPEC_CONFIGMAP_NAME",
     "SPEC_PATH",
     "ConnectivityResult",
+    "agent_memory_limit",
     "dump_manifests",
     "parse_connectivity_log",
     "read_connectivity_result",
@@ -116,6 +120,16 @@ REPORT_ROLE_NAME: Final = "k3snet-agent-node-report"
 # Measured: see docs/agent.md ("Memory") for the figures and the command.
 AGENT_MEMORY_REQUEST: Final = "128Mi"
 AGENT_MEMORY_LIMIT: Final = "384Mi"
+"""The agent's memory limit for a spec of up to 10,000 destinations (the least it gets:
+:func:`agent_memory_limit`)."""
+# A first pass with netlink and nftables (the heaviest backends measured) peaks linearly
+# in the destinations: 57 MiB with none, 269 / 490 / 708 MiB at 10,000 / 20,000 / 30,000
+# (docs/agent.md, "Memory"). The line through the two largest, with 40 % headroom as
+# the 384 Mi has at 10,000, rounded up to 64 Mi.
+_AGENT_PEAK_MIB: Final = 54.0
+_AGENT_PEAK_MIB_PER_DESTINATION: Final = 0.0218
+_AGENT_MEMORY_HEADROOM: Final = 1.4
+_AGENT_MEMORY_STEP_MIB: Final = 64
 AGENT_CPU_REQUEST: Final = "10m"
 
 _BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
@@ -616,6 +630,31 @@ def _agent_command(spec: Spec, needs: _AgentNeeds) -> list[str]:
     return command
 
 
+def agent_memory_limit(destinations: int) -> str:
+    """The agent container's memory limit for a spec of ``destinations`` destinations.
+
+    :data:`AGENT_MEMORY_LIMIT` up to 10,000 destinations; above, the measured peak
+    of a first pass (linear in the destinations) with 40 % headroom, so that a large
+    spec is not OOM-killed on every node in every first pass.
+
+    >>> agent_memory_limit(2000), agent_memory_limit(20000)
+    ('384Mi', '704Mi')
+    """
+    peak = _AGENT_PEAK_MIB + _AGENT_PEAK_MIB_PER_DESTINATION * destinations
+    step = _AGENT_MEMORY_STEP_MIB
+    mib = math.ceil(peak * _AGENT_MEMORY_HEADROOM / step) * step
+    return f"{max(mib, int(AGENT_MEMORY_LIMIT.removesuffix('Mi')))}Mi"
+
+
+def _agent_capabilities(needs: _AgentNeeds) -> dict[str, list[str]]:
+    """Only what the backends the agent may run use: ``NET_ADMIN`` for the node backends
+    (routes, sysctls, rules), ``NET_RAW`` for the iptables one alone (iptables-legacy
+    reads its tables through a raw socket; nftables and netlink speak netlink). An agent
+    that only writes through the API server (or flannel's file) gets none."""
+    added = (["NET_ADMIN"] if needs.node_lock else []) + (["NET_RAW"] if needs.iptables else [])
+    return {"add": added, "drop": ["ALL"]} if added else {"drop": ["ALL"]}
+
+
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": AGENT_PORT},
             "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
@@ -643,7 +682,8 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         "startupProbe": _probe("/healthz", 5, 120),
         "resources": {
             "requests": {"cpu": AGENT_CPU_REQUEST, "memory": AGENT_MEMORY_REQUEST},
-            "limits": {"memory": AGENT_MEMORY_LIMIT},
+            # Each DaemonSet's own spec: a profile may hold many more destinations.
+            "limits": {"memory": agent_memory_limit(len(spec.destinations))},
         },
         "securityContext": {
             "privileged": False,
@@ -652,7 +692,7 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
             # Capabilities are effective only for uid 0 (Kubernetes sets no ambient
             # capabilities), whatever user the image declares.
             "runAsUser": 0,
-            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "capabilities": _agent_capabilities(needs),
         },
         "volumeMounts": mounts,
     }
@@ -1001,9 +1041,11 @@ def _job_outcome(job: Any) -> tuple[bool | None, str]:
     return None, "still running"
 
 
-def _job_pod(core_api: Any, namespace: str, name: str, uid: str | None) -> Any:
+def _job_pod(core_api: Any, namespace: str, name: str, uid: str | None,
+             timeout: float | None) -> Any:
     """The newest pod of the Job (``backoffLimit: 0``: normally its only one)."""
-    pods = core_api.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
+    pods = core_api.list_namespaced_pod(namespace, label_selector=f"job-name={name}",
+                                        _request_timeout=timeout).items
     # The selector again, client-side, and the owner: a pod of an earlier Job of the
     # same name must not speak for this one.
     mine = [
@@ -1019,7 +1061,8 @@ def _job_pod(core_api: Any, namespace: str, name: str, uid: str | None) -> Any:
 
 
 def read_connectivity_result(
-    batch_api: Any, core_api: Any, namespace: str, name: str = CONNECTIVITY_JOB_NAME
+    batch_api: Any, core_api: Any, namespace: str, name: str = CONNECTIVITY_JOB_NAME,
+    *, timeout: float | None = DEFAULT_TIMEOUT,
 ) -> ConnectivityResult:
     """Read the connectivity test Job's status and, when possible, its pod's log.
 
@@ -1027,32 +1070,42 @@ def read_connectivity_result(
     ``CoreV1Api`` instances. The Job's conditions decide ``succeeded``; the pod
     log (the ``k3snet-connectivity ping=... tcp=...`` line) says which check
     failed. A log that cannot be read is mentioned in the message, not raised.
+    Each request gives up after ``timeout`` seconds (``None``: never).
 
-    Raises :class:`~k3snet.errors.BackendError` when the Job cannot be read.
+    Raises :class:`~k3snet.errors.BackendError` when the Job cannot be read (the
+    API server refused, did not answer in time, or could not be reached).
     """
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - k3snet[kube]
 
     where = f"Job {namespace}/{name}"
+    # Not only ApiException: an API server that is down or does not answer raises
+    # urllib3's errors, which were reported as an internal error.
+    errors = KubeErrors(timeout=timeout)
     try:
-        job = batch_api.read_namespaced_job(name, namespace)
+        job = batch_api.read_namespaced_job(name, namespace, _request_timeout=timeout)
     except ApiException as exc:
         raise BackendError(f"cannot read {where}: {exc.status} {exc.reason}") from exc
+    except errors.catches() as exc:
+        raise errors.classify(f"cannot read {where}", exc) from exc
     succeeded, state = _job_outcome(job)
     uid = job.metadata.uid if job.metadata else None
     fields: dict[str, str] | None = None
     note = ""
     try:
-        pod = _job_pod(core_api, namespace, name, uid)
+        pod = _job_pod(core_api, namespace, name, uid, timeout)
         if pod is None:
             note = "no pod found"
         else:
             log = core_api.read_namespaced_pod_log(pod.metadata.name, namespace,
-                                                   container=CONNECTIVITY_CONTAINER)
+                                                   container=CONNECTIVITY_CONTAINER,
+                                                   _request_timeout=timeout)
             fields = parse_connectivity_log(log or "")
             if fields is None:
                 note = f"pod {pod.metadata.name} has not reported yet"
     except ApiException as exc:
         note = f"log unavailable: {exc.status} {exc.reason}"
+    except errors.catches() as exc:
+        note = f"log unavailable: {errors.classify('read the log', exc)}"
     ping = fields.get("ping") if fields else None
     tcp = fields.get("tcp") if fields else None
     parts = [f"{where}: {state}"]

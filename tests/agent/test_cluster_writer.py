@@ -234,6 +234,39 @@ def test_candidates_read_a_live_lease_only_when_it_could_expire(
     assert candidate.step() is True  # a released Lease is taken at once
 
 
+@pytest.mark.parametrize("status", [403, 429, 500])
+def test_candidates_back_off_while_the_lease_cannot_be_read(
+    server: EmulatedApiServer, status: int
+) -> None:
+    # A candidate that could not read the Lease (RBAC missing, throttled, the API
+    # server failing) read it again every retry period: 5,000 candidates sent 2,500
+    # requests a second at an API server already in trouble. It now waits twice as
+    # long after each failure, up to the Lease duration (the pace of a live holder);
+    # the holder keeps its retry period, to renew before its deadline.
+    clock = FakeClock()
+    holder = _Stepped(server.api_client(), "node-a", SETTINGS, clock=clock)
+    candidate = _Stepped(server.api_client(), "node-b", SETTINGS, clock=clock)
+    assert holder.step() is True
+    server.fail(status, method="GET", plural="leases", times=None)
+    waits = []
+    for _ in range(5):
+        assert candidate.step() is False
+        waits.append(candidate.next_wait())
+    assert waits == [2 * SETTINGS.retry_period, 4 * SETTINGS.retry_period,
+                     SETTINGS.duration, SETTINGS.duration, SETTINGS.duration]
+    assert holder.step() is True  # still within its renew deadline
+    assert holder.next_wait() == SETTINGS.retry_period
+    for _ in range(1100):  # hours of failures: still the Lease duration (no overflow)
+        candidate.step()
+    assert candidate.next_wait() == SETTINGS.duration
+    server.clear_faults()
+    assert candidate.step() is False  # read again: the holder lives
+    assert candidate.next_wait() == SETTINGS.duration
+    holder.release()
+    assert candidate.step() is True
+    assert candidate.next_wait() == SETTINGS.retry_period  # the failures are forgotten
+
+
 def test_a_node_that_is_no_candidate_never_writes_pools(
     server: EmulatedApiServer, spec_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from k3snet.render.manifests import (
     render_manifests,
 )
 from k3snet.spec import ConnectivityTest, Spec
+from k3snet.testing.kube import EmulatedApiServer
 
 pytestmark = pytest.mark.cluster
 
@@ -366,3 +368,37 @@ def test_cli_reads_the_result_through_a_kubeconfig(
     cluster.finish("Failed", reason="BackoffLimitExceeded")
     assert main(args) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_an_unreachable_api_server_is_an_error_not_a_bug(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `k3snet connectivity` with the API server down printed "internal error:
+    # MaxRetryError ... (a bug: please report it)": only ApiException was caught.
+    with socket.socket() as sock:  # a port nothing listens on (bound, never listening)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters: [{{name: emu, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
+            "users: [{name: me, user: {}}]\n"
+            "contexts: [{name: emu, context: {cluster: emu, user: me}}]\n"
+            "current-context: emu\n")
+        spec = tmp_path / "spec.yaml"
+        spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nconnectivityTest:\n"
+                        f"  {{target: 192.168.2.10, port: 5432, namespace: {NAMESPACE}}}\n")
+        assert main(["connectivity", "-f", str(spec), "--kubeconfig", str(kubeconfig)]) == 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err
+    assert "cannot read Job default/k3snet-connectivity: cannot reach the API server" in err
+
+
+def test_an_api_server_that_never_answers_times_out() -> None:
+    # No request timeout: a stalled API server held `k3snet connectivity` forever.
+    with EmulatedApiServer(resources=()) as server:
+        server.fail(500, method="GET", plural="jobs", delay=5.0)
+        api = server.api_client()
+        with pytest.raises(BackendError, match=r"no answer from the API server within 0.5s"):
+            read_connectivity_result(client.BatchV1Api(api), client.CoreV1Api(api), NAMESPACE,
+                                     timeout=0.5)

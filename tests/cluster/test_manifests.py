@@ -267,8 +267,9 @@ def test_agent_has_least_privilege(name: str) -> None:
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "runAsUser": 0,
-        "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        "capabilities": container["securityContext"]["capabilities"],
     }
+    # (which capabilities: test_agent_capabilities_are_those_its_backends_use)
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert pod["tolerations"] == [{"operator": "Exists"}]
@@ -284,7 +285,35 @@ def test_agent_has_least_privilege(name: str) -> None:
             assert ctx["allowPrivilegeEscalation"] is False
             assert ctx["readOnlyRootFilesystem"] is True
             assert ctx["capabilities"]["drop"] == ["ALL"]
-            assert set(ctx["capabilities"]["add"]) <= {"NET_ADMIN", "NET_RAW"}
+            assert set(ctx["capabilities"].get("add", [])) <= {"NET_ADMIN", "NET_RAW"}
+
+
+@pytest.mark.parametrize(("backends", "options", "added"), [
+    # none named: the agent may pick any node backend, iptables (legacy) included
+    ([], {}, ["NET_ADMIN", "NET_RAW"]),
+    (["netlink", "nftables"], {}, ["NET_ADMIN"]),
+    (["nftables", "calico"], {}, ["NET_ADMIN"]),
+    (["iptables"], {}, ["NET_ADMIN", "NET_RAW"]),
+    (["netlink", "iptables", "cilium"], {}, ["NET_ADMIN", "NET_RAW"]),
+    # only the API server (and flannel's file) to write: no capability at all
+    (["calico"], {}, []),
+    (["cilium"], {}, []),
+    (["flannel"], {"flannel_configmap_namespace": "kube-flannel"}, []),
+    (["flannel"], {"flannel_conf": "/etc/k3s/flannel/net-conf.json"}, []),
+])
+def test_agent_capabilities_are_those_its_backends_use(
+        backends: list[str], options: dict[str, Any], added: list[str]) -> None:
+    # NET_ADMIN is for the node backends (netlink, nftables, iptables: routes, sysctls,
+    # rules), NET_RAW for iptables-legacy's raw socket alone (nftables and netlink speak
+    # netlink). Both went to every agent, also one that only writes Calico pools or
+    # Cilium's ConfigMaps on a node's host network.
+    spec = Spec(destinations=[Destination("192.168.2.0/24")], backends=backends)
+    objs = render_manifests(spec, **options)
+    daemonset = _one(objs, "DaemonSet", AGENT_NAME)
+    for version in VERSIONS:
+        assert kubernetes_validate.validate(daemonset, version, strict=True) == version
+    capabilities = _agent_container(objs)["securityContext"]["capabilities"]
+    assert capabilities == ({"add": added, "drop": ["ALL"]} if added else {"drop": ["ALL"]})
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -732,6 +761,49 @@ def test_daemonset_runs_on_linux_with_probes_on_the_agent_port(name: str) -> Non
         # the limit is memory only (a CPU limit throttles a first apply of many rules)
         assert set(container["resources"]["limits"]) == {"memory"}
         assert pod["terminationGracePeriodSeconds"] >= 30
+
+
+# Peak RSS of an agent's first pass with netlink and nftables, the heaviest backends
+# measured (`python benchmarks/agent_memory.py --kernel 10000 20000 30000`; docs/agent.md).
+MEASURED_PEAK_MIB = {10_000: 269, 20_000: 490, 30_000: 708}
+
+
+def _many(count: int) -> tuple[Spec, str]:
+    """A spec of ``count`` destinations, and its text one destination per line (flow
+    style, as docs/manifests.md advises: up to some 40,000 fit a ConfigMap)."""
+    cidrs = [f"10.{100 + i // 256}.{i % 256}.0/24" for i in range(count)]
+    text = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n" + "".join(
+        f"  - {{cidr: {cidr}}}\n" for cidr in cidrs)
+    return Spec(destinations=[Destination(cidr) for cidr in cidrs]), text
+
+
+def _memory_limit_mib(daemonset: dict[str, Any]) -> int:
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    limit: str = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi"), limit
+    return int(limit.removesuffix("Mi"))
+
+
+@pytest.mark.parametrize("count", sorted(MEASURED_PEAK_MIB))
+def test_agent_memory_limit_covers_the_measured_peak_of_its_own_spec(count: int) -> None:
+    # The limit was 384 Mi whatever the spec: a spec of 20,000 destinations fits its
+    # ConfigMap and rendered, and every agent was OOM-killed in its first pass (490 MiB
+    # measured), again after each restart. The limit now follows the spec's size, and
+    # each profile's DaemonSet its own spec's.
+    spec, text = _many(count)
+    seed = k3snet.seed_spec()
+    for objs, name in ((render_manifests(spec, spec_text=text, node_report=False), AGENT_NAME),
+                       (render_manifests(seed, node_report=False, profiles={"big": (spec, text)}),
+                        f"{AGENT_NAME}-big")):
+        daemonset = _one(objs, "DaemonSet", name)
+        for version in VERSIONS:
+            assert kubernetes_validate.validate(daemonset, version, strict=True) == version
+        # At least 25 % above the measured peak (the first pass's data, the kernel's
+        # answers and the interpreter vary from node to node).
+        assert _memory_limit_mib(daemonset) >= 1.25 * MEASURED_PEAK_MIB[count]
+        # A small spec keeps the 384 Mi measured for 10,000 destinations.
+        assert _memory_limit_mib(_one(objs, "DaemonSet", AGENT_NAME)) == (
+            _memory_limit_mib(daemonset) if name == AGENT_NAME else 384)
 
 
 def test_the_agent_listens_where_the_probes_look_by_default() -> None:

@@ -47,14 +47,16 @@ class Apis:
         self.pods, self.logs = pods, logs
         self.selectors: list[str | None] = []
 
-    def read_namespaced_job(self, name: str, namespace: str) -> NS:
+    def read_namespaced_job(self, name: str, namespace: str, **_: Any) -> NS:
         return self.job
 
-    def list_namespaced_pod(self, namespace: str, label_selector: str | None = None) -> NS:
+    def list_namespaced_pod(self, namespace: str, label_selector: str | None = None,
+                            **_: Any) -> NS:
         self.selectors.append(label_selector)
         return NS(items=list(self.pods))
 
-    def read_namespaced_pod_log(self, name: str, namespace: str, container: Any = None) -> str:
+    def read_namespaced_pod_log(self, name: str, namespace: str, container: Any = None,
+                                **_: Any) -> str:
         if container != CONNECTIVITY_CONTAINER:
             return "another container's log\n"
         return self.logs[name]

@@ -1,0 +1,284 @@
+"""The rendered RBAC against what the agent really sends.
+
+The agent runs as the rendered DaemonSet runs it (its command, its environment,
+``--once``) against the emulated API server, once with a spec and once with that
+spec emptied (creates, patches, deletes); every request it sent is then checked
+against the rendered Roles and ClusterRoles bound to its ServiceAccount, as the
+API server's RBAC authorizer would: a request no rule allows would be a 403 in a
+cluster, and the emulator does not enforce RBAC.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from k3snet.cli import main
+from k3snet.render.manifests import AGENT_NAME, SPEC_PATH, render_manifests
+from k3snet.spec import load_spec
+from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
+
+pytestmark = pytest.mark.cluster
+
+NODE = "node-a"
+CONFIGMAPS = "v1/configmaps"
+
+HEADER = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+DESTINATIONS = """\
+destinations:
+  - cidr: 192.168.2.0/24
+  - cidr: 172.20.0.0/16
+    masquerade: false
+"""
+
+
+@attrs.frozen
+class Request:
+    """One API request as RBAC sees it (``namespace``/``name`` None when there is none)."""
+
+    verb: str
+    group: str
+    resource: str
+    namespace: str | None
+    name: str | None
+
+
+_PATH = re.compile(
+    r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
+    r"(?:/namespaces/(?P<namespace>[^/]+))?(?:/(?P<resource>[^/]+)(?:/(?P<name>[^/]+))?)?/?$")
+
+
+def _request(method: str, path: str) -> Request | None:
+    """The RBAC attributes of a request (``None``: discovery, which every account may do)."""
+    bare, _, query = path.partition("?")
+    found = _PATH.match(bare)
+    assert found is not None, f"unexpected request path {path}"
+    resource = found["resource"]
+    namespace = found["namespace"]
+    if resource is None:
+        return None  # /api/v1, /apis/GROUP/VERSION: discovery (system:discovery)
+    if namespace is None and resource == "namespaces" and found["name"]:
+        return Request("get", "", "namespaces", None, found["name"])
+    name = found["name"]
+    if method == "GET":
+        verb = "get" if name else ("watch" if "watch=true" in query else "list")
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete" if name else "deletecollection"}[method]
+    return Request(verb, found["group"] or "", resource, namespace, name)
+
+
+def _granted(objs: Iterable[Mapping[str, Any]], account_namespace: str
+             ) -> list[tuple[str | None, Mapping[str, Any]]]:
+    """(namespace the rule holds in, or None: cluster-wide; the rule) of every rule bound
+    to the agent's ServiceAccount."""
+    objs = list(objs)
+    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o["rules"]
+             for o in objs if o["kind"] in ("Role", "ClusterRole")}
+    found: list[tuple[str | None, Mapping[str, Any]]] = []
+    for binding in objs:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        subject = {"kind": "ServiceAccount", "name": AGENT_NAME, "namespace": account_namespace}
+        if subject not in binding["subjects"]:
+            continue
+        scope = binding["metadata"].get("namespace")
+        ref = binding["roleRef"]
+        rules = roles[(ref["kind"], scope if ref["kind"] == "Role" else None, ref["name"])]
+        found += [(scope, rule) for rule in rules]
+    return found
+
+
+def _allows(scope: str | None, rule: Mapping[str, Any], request: Request) -> bool:
+    names = rule.get("resourceNames")
+    return ((scope is None or scope == request.namespace)
+            and request.group in rule["apiGroups"] and request.resource in rule["resources"]
+            and request.verb in rule["verbs"]
+            and (not names or request.name in names))
+
+
+def _kubeconfig(server: EmulatedApiServer, tmp_path: Path) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: emu, cluster: {{server: '{server.url}'}}}}]\n"
+        "users: [{name: me, user: {}}]\n"
+        "contexts: [{name: emu, context: {cluster: emu, user: me}}]\n"
+        "current-context: emu\n")
+    return path
+
+
+def _run_as_rendered(server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                     texts: tuple[str, str], between: Callable[[], None] = lambda: None,
+                     ) -> tuple[list[Request], list[dict[str, Any]], str]:
+    """Run the agent with each spec text in turn as the rendered DaemonSet runs it; the
+    requests it sent, the rendered objects (of the first spec) and the agent's namespace."""
+    first = tmp_path / "spec.yaml"
+    first.write_text(texts[0])
+    objs = render_manifests(load_spec(first))
+    (daemonset,) = [o for o in objs if o["kind"] == "DaemonSet"]
+    namespace = daemonset["metadata"]["namespace"]
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    for env in container["env"]:
+        if "value" in env:
+            monkeypatch.setenv(env["name"], env["value"])
+        elif env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace":
+            monkeypatch.setenv(env["name"], namespace)
+    monkeypatch.setenv("K3SNET_NODE_NAME", NODE)
+    command = list(container["command"])
+    assert command[:2] == ["k3snet", "agent"]
+    argv = command[1:]
+    argv[argv.index("--listen") + 1] = "none"
+    # In the pod the agent and its backends find the API through the service account;
+    # here through the default kubeconfig, which they all read the same way (the
+    # kubernetes client reads $KUBECONFIG once, when imported).
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+                        str(_kubeconfig(server, tmp_path)))
+    seen = len(server.requests())
+    for i, text in enumerate(texts):
+        if i:
+            between()
+        path = tmp_path / "spec.yaml"
+        path.write_text(text)
+        argv[argv.index(SPEC_PATH) if SPEC_PATH in argv else argv.index("-f") + 1] = str(path)
+        assert main([*argv, "--once"]) == 0
+    requests = [_request(method, path) for method, path, _ in server.requests()[seen:]]
+    return [r for r in requests if r is not None], objs, namespace
+
+
+def _denied(requests: Iterable[Request], objs: list[dict[str, Any]], namespace: str
+            ) -> list[Request]:
+    granted = _granted(objs, namespace)
+    return sorted({r for r in requests if not any(_allows(s, g, r) for s, g in granted)},
+                  key=repr)
+
+
+def _unused(requests: Iterable[Request], objs: list[dict[str, Any]], namespace: str
+            ) -> list[tuple[str | None, str, str]]:
+    """(scope, resource, verb) granted that no request used (in any of the rule's groups:
+    Calico's two APIs are alternatives, one of them in use)."""
+    requests = list(requests)
+    unused = []
+    for scope, rule in _granted(objs, namespace):
+        for resource in rule["resources"]:
+            for verb in rule["verbs"]:
+                narrowed = {**rule, "resources": [resource], "verbs": [verb]}
+                if not any(_allows(scope, narrowed, r) for r in requests):
+                    unused.append((scope, resource, verb))
+    return sorted(unused, key=repr)
+
+
+@pytest.fixture(params=["crd", "v3"])
+def server(request: pytest.FixtureRequest) -> Any:
+    # Calico's CRDs alone, or its API server's projectcalico.org/v3 too (then used).
+    calico = CALICO_RESOURCES if request.param == "v3" else CALICO_RESOURCES[:1]
+    with EmulatedApiServer(resources=calico + AGENT_RESOURCES) as srv:
+        srv.calico = calico  # type: ignore[attr-defined]
+        srv.put("v1/nodes", {"metadata": {"name": NODE}})
+        yield srv
+
+
+# Granted and not sent by these runs, each for a reason: `get` on nodes is for
+# --lease-candidates (an agent option the DaemonSet does not set).
+NOT_SENT_HERE = {(None, "nodes", "get")}
+
+
+def test_the_parser_reads_requests_as_rbac_does() -> None:
+    assert _request("GET", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/x") \
+        == Request("get", "coordination.k8s.io", "leases", "kube-system", "x")
+    assert _request("POST", "/api/v1/namespaces/default/events") \
+        == Request("create", "", "events", "default", None)
+    assert _request("GET", "/apis/crd.projectcalico.org/v1/ippools?limit=5") \
+        == Request("list", "crd.projectcalico.org", "ippools", None, None)
+    assert _request("PATCH", "/api/v1/nodes/node-a") == Request("patch", "", "nodes", None,
+                                                                 "node-a")
+    assert _request("GET", "/apis/projectcalico.org/v3") is None
+    # and the authorizer refuses what is not granted
+    rule = {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["a"],
+            "verbs": ["get"]}
+    assert _allows("ns", rule, Request("get", "", "configmaps", "ns", "a"))
+    assert not _allows("ns", rule, Request("get", "", "configmaps", "ns", "b"))
+    assert not _allows("ns", rule, Request("get", "", "configmaps", "other", "a"))
+    assert not _allows("ns", rule, Request("patch", "", "configmaps", "ns", "a"))
+    assert not _allows("ns", rule, Request("list", "", "configmaps", "ns", None))
+
+
+def test_calico_agent_sends_only_what_its_rbac_grants(
+    server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for resource in server.calico:  # type: ignore[attr-defined]
+        group_version = resource.rpartition("/")[0]
+        if resource.endswith("/ippools"):
+            server.put(resource, {"apiVersion": group_version, "kind": "IPPool",
+                                  "metadata": {"name": "default-ipv4-ippool"},
+                                  "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+    # The agent in a namespace of its own: its Lease and Role there, Events in default.
+    base = (HEADER + "backends: [calico]\ncni:\n  calico: {}\nagent:\n  namespace: k3snet-system\n"
+            + DESTINATIONS)
+    # Two pools of k3snet's, then one deleted (all of them would be a teardown, refused)
+    # and the other, changed meanwhile, repaired.
+    pools = server.calico[-1]  # type: ignore[attr-defined]
+
+    def drift() -> None:
+        found = server.objects(pools)
+        mine = [p for p in found if p["metadata"]["name"].endswith("-20-0-0-16")]
+        assert len(mine) == 1, [p["metadata"]["name"] for p in found]
+        pool = mine[0]
+        pool["spec"]["disabled"] = False
+        server.put(pools, pool)
+
+    requests, objs, namespace = _run_as_rendered(
+        server, tmp_path, monkeypatch,
+        (base + "  - cidr: 172.30.0.0/16\n    masquerade: false\n", base), drift)
+    assert namespace == "k3snet-system"
+    verbs = {(r.resource, r.verb, r.namespace) for r in requests}
+    assert {("ippools", "create", None), ("ippools", "delete", None), ("ippools", "patch", None),
+            ("leases", "create", namespace), ("nodes", "patch", None),
+            ("events", "create", "default")} <= verbs
+    assert _denied(requests, objs, namespace) == []
+    assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
+
+
+def test_cilium_agent_sends_only_what_its_rbac_grants(
+    server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": "cilium-config", "namespace": "kube-system"},
+                            "data": {"enable-ipv4-masquerade": "true",
+                                     "cluster-pool-ipv4-cidr": "10.42.0.0/16"}})
+    base = HEADER + "backends: [cilium]\n"
+    # eBPF masquerading with an ip-masq-agent list that k3snet creates, then deletes
+    # (k3snet keeps its keys of cilium-config: giving all back would be a teardown).
+    cni = ("cni:\n  allowDisruptive: true\n  cilium:\n    bpfMasquerade: true\n"
+           "    ipMasqAgent: true\n")
+    requests, objs, namespace = _run_as_rendered(
+        server, tmp_path, monkeypatch,
+        (base + DESTINATIONS + cni + "    nonMasqueradeCIDRs: [10.42.0.0/16, 172.20.0.0/16]\n",
+         base + "destinations: []\n" + cni))
+    assert ("configmaps", "create") in {(r.resource, r.verb) for r in requests}
+    assert _denied(requests, objs, namespace) == []
+    assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
+
+
+def test_flannel_configmap_agent_sends_only_what_its_rbac_grants(
+    server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+                            "data": {"net-conf.json": '{"Network": "10.42.0.0/16", '
+                                                      '"Backend": {"Type": "vxlan"}}'}})
+    base = (HEADER + "backends:\n  flannel:\n    configmap: kube-flannel/kube-flannel-cfg\n"
+            + DESTINATIONS)
+    cni = ("cni:\n  allowDisruptive: true\n  flannel:\n    backend:\n      type: vxlan\n"
+           "      options: {Port: 4789}\n")
+    requests, objs, namespace = _run_as_rendered(
+        server, tmp_path, monkeypatch, (base + cni, base + cni.replace("4789", "4790")))
+    assert ("configmaps", "get") in {(r.resource, r.verb) for r in requests}
+    assert _denied(requests, objs, namespace) == []
+    assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
