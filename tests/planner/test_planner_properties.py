@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet import Change, Plan, PlanError, Spec, State, plan
-from k3snet.model import NetObject, Sysctl, object_from_dict
+from k3snet.model import NetObject, Route, Sysctl, object_from_dict
 from k3snet.testing import strategies as ks
 
 # Narrow pools so that independent draws collide often: same key with another
@@ -322,3 +322,18 @@ def test_few_changes_in_a_big_state_are_sound_minimal_and_in_the_total_order(
     assert len(p.changes) == len({c.subject.key for c in p.changes})
     assert plan(p.apply_to(observed), desired).empty
 
+
+# Device routes whose every edge address is no next hop (the unspecified address, an
+# IPv4-mapped one): replacements() drew from an empty list there and raised
+# InvalidArgument in the middle of a planner property (seen in the big-state test).
+@pytest.mark.parametrize("destination", ["0.0.0.0/32", "::/128", "::ffff:0.0.0.0/96"])
+def test_replacements_of_a_route_without_a_usable_edge_gateway_are_drawn(
+        destination: str) -> None:
+    route = Route(destination, device="eth0")
+
+    @given(ks.replacements(route))
+    def check(other: NetObject) -> None:
+        assert other.key == route.key
+        assert other != route
+
+    check()
