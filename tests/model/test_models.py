@@ -81,6 +81,17 @@ def test_route_refuses_the_unspecified_gateway_the_kernel_reads_as_none(
         Route.from_dict({"destination": destination, "gateway": gateway, "device": "eth0"})
 
 
+def test_route_refuses_a_gateway_of_host_scope() -> None:
+    # `ip route add 10.5.0.0/16 via 10.0.0.2 dev d0 scope host`: "Route with host scope
+    # can not have a gateway", whatever the node: said at the model, not at the apply.
+    with pytest.raises(ModelError, match="scope host has no gateway"):
+        Route("10.5.0.0/16", gateway="10.0.0.2", device="eth0", scope="host")
+    with pytest.raises(ModelError, match="scope host has no gateway"):
+        Route.from_dict({"destination": "10.5.0.0/16", "gateway": "10.0.0.2", "scope": "host"})
+    assert Route("10.5.0.0/16", device="eth0", scope="host").scope == "host"
+    assert Route("fd05::/64", gateway="fd00::2", scope="host").scope == "universe"  # no scope
+
+
 def test_route_refuses_a_link_local_gateway_without_device() -> None:
     # The kernel refuses it whatever the node ("Egress device not specified"): said at
     # the model, and so at the spec's path, not at the apply.
