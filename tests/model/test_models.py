@@ -169,6 +169,18 @@ def test_snat_refuses_a_source_no_reply_can_come_back_to(source: str, address: s
     assert str(block.to_address) == address
 
 
+@pytest.mark.parametrize("exclude", [None, 5, b"10.0.0.0/8", {"10.0.0.0/8": True}])
+def test_nat_exclusions_that_are_no_list_are_a_model_error(exclude: object) -> None:
+    # None or a number raised a bare TypeError from the aggregation; bytes and a
+    # mapping were iterated (bytes as numbers, a mapping as its keys).
+    with pytest.raises(ModelError, match="exclude must be a list of CIDRs"):
+        MasqueradeRule("10.42.0.0/16", exclude=exclude)  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="exclude must be a list of CIDRs"):
+        SnatRule("10.42.0.0/16", to_address="192.0.2.1", exclude=exclude)  # type: ignore[arg-type]
+    assert MasqueradeRule("10.42.0.0/16", exclude=iter(["10.0.0.0/8"])).exclude == (
+        MasqueradeRule("10.42.0.0/16", exclude=["10.0.0.0/8"]).exclude)
+
+
 def test_masquerade_and_snat_share_one_key_so_switching_is_a_replace() -> None:
     masq = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
     snat = SnatRule("10.42.0.0/16", destination="192.168.2.0/24", to_address="192.168.1.5")
