@@ -500,6 +500,9 @@ def plan(observed: State, desired: State) -> Plan:
     notes: list[Note] = []
     held: list[tuple[NetObject, NetObject]] = []
     for wanted in _in_order(desired, only_want):
+        if not wanted.written:
+            raise ModelError(f"desired state: {wanted.describe()} is what k3snet only "
+                             "observes (a foreign block or a finding); it is never written")
         current = have.get(wanted.key)
         if current is not None and wanted.held_by(current):
             # In place as far as ``wanted`` says: judged as an object in place is.

@@ -353,6 +353,7 @@ class NatBlock(NetObject):
     kind: ClassVar[str] = "nat"
     type_name: ClassVar[str] = "nat-block"
     rank: ClassVar[int] = 3
+    written: ClassVar[bool] = False
 
     ip_family: int = attrs.field(converter=ip_family)
     action: str = attrs.field(converter=_action)

@@ -351,6 +351,7 @@ class RouteBlock(NetObject):
     kind: ClassVar[str] = "route"
     type_name: ClassVar[str] = "route-block"
     rank: ClassVar[int] = 1
+    written: ClassVar[bool] = False
 
     destination: Network = attrs.field(converter=parse_network)
     table: int = attrs.field(default=MAIN_TABLE, converter=_table, kw_only=True)
