@@ -2,8 +2,9 @@
 
 ``plan`` sorts a small set of changed objects directly and picks a large one
 from the state's ordered tuple (more than 8 objects per change). Both paths
-must give the same order: deletes NAT first, then replaces, then adds sysctls
-and routes before the rules relying on them.
+must give the same order: deletes NAT first, then replaces and adds, sysctls and
+routes before the rules relying on them (device routes before routes via a
+gateway), then the device routes a replaced route via a gateway may have relied on.
 """
 
 from __future__ import annotations
