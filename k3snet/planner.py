@@ -21,10 +21,12 @@ Properties (each one a hypothesis test in ``tests/planner``):
   but for what they leave to the system (``held``, a route's device);
 * foreign safety: no change names a foreign object;
 * determinism: equal inputs give byte-identical plans;
-* order: deletes (NAT first) before replaces before adds (sysctls and routes
-  before the forward and NAT rules that rely on them); within a kind, adds of a
-  lower :attr:`~k3snet.model.NetObject.tier` first and deletes of a higher one
-  first (a route via a gateway after the device route that may reach it).
+* order: deletes (NAT first), then replaces and adds (sysctls and routes before
+  the forward and NAT rules that rely on them, a replace first); within a kind,
+  adds and replaces of a lower :attr:`~k3snet.model.NetObject.tier` first and
+  deletes of a higher one first (a route via a gateway after the device route that
+  may reach it), and a delete of a tier below a replace of its kind last (the
+  replaced object's old form may rely on it; an undo, in reverse, puts it back first).
 """
 
 from __future__ import annotations
@@ -498,6 +500,9 @@ def plan(observed: State, desired: State) -> Plan:
     notes: list[Note] = []
     held: list[tuple[NetObject, NetObject]] = []
     for wanted in _in_order(desired, only_want):
+        if not wanted.written:
+            raise ModelError(f"desired state: {wanted.describe()} is what k3snet only "
+                             "observes (a foreign block or a finding); it is never written")
         current = have.get(wanted.key)
         if current is not None and wanted.held_by(current):
             # In place as far as ``wanted`` says: judged as an object in place is.
@@ -521,13 +526,37 @@ def plan(observed: State, desired: State) -> Plan:
     if shadowed:
         notes = sorted([*notes, *shadowed], key=_wanted_order)
 
-    # Both states are already in order, so these are stable partitions by rank.
+    return Plan(changes=_ordered_changes(deletes, replaces, adds), notes=notes, held=held)
+
+
+def _ordered_changes(deletes: list[NetObject], replaces: list[Change], adds: list[NetObject]
+                     ) -> list[Change]:
+    """Deletes, then replaces and adds bottom-up, then the deletes a replace may rely on.
+
+    Both states are already in order, so the sorts are stable partitions. Replaces
+    and adds go by rank and tier (a replace first in its tier): a route moved to a
+    gateway only a new device route reaches is replaced after that route is added,
+    or the kernel refuses it. A delete of a lower tier than a replace of its kind
+    goes last: the replaced route's old gateway may be on its network, and an undo,
+    in reverse, puts that gateway back only while the device route is there.
+    """
+    above: dict[str, int] = {}  # kind -> highest tier a replace of that kind touches
+    for change in replaces:
+        before, after = change.before, change.after
+        assert before is not None  # a replace has both
+        assert after is not None
+        tier = max(before.tier, after.tier)
+        if tier > above.get(after.kind, 0):
+            above[after.kind] = tier
     deletes.sort(key=_delete_rank)
-    adds.sort(key=_add_rank)
-    changes = [Change("delete", obj, None) for obj in deletes]
-    changes += replaces
-    changes += [Change("add", None, obj) for obj in adds]
-    return Plan(changes=changes, notes=notes, held=held)
+    ups = [*replaces, *(Change("add", None, obj) for obj in adds)]
+    ups.sort(key=_up_rank)
+    if not above:  # the usual plan: no replace a delete must wait for
+        return [*(Change("delete", obj, None) for obj in deletes), *ups]
+    early = [obj for obj in deletes if obj.tier >= above.get(obj.kind, 0)]
+    late = [obj for obj in deletes if obj.tier < above.get(obj.kind, 0)]
+    return [*(Change("delete", obj, None) for obj in early), *ups,
+            *(Change("delete", obj, None) for obj in late)]
 
 
 class _ForeignIndex:
@@ -641,5 +670,8 @@ def _delete_rank(obj: NetObject) -> tuple[int, int]:
     return -obj.rank, -obj.tier
 
 
-def _add_rank(obj: NetObject) -> tuple[int, int]:
-    return obj.rank, obj.tier
+def _up_rank(change: Change) -> tuple[int, int, int]:
+    """Adds and replaces by rank and tier (of the object wanted), a replace first."""
+    after = change.after
+    assert after is not None  # adds and replaces only
+    return after.rank, after.tier, change.before is None

@@ -1058,6 +1058,7 @@ class CalicoPools(NetObject):
     kind: ClassVar[str] = "ippool"
     type_name: ClassVar[str] = "calico-pools"
     rank: ClassVar[int] = 11
+    written: ClassVar[bool] = False
 
     pools: tuple[IPPool, ...] = attrs.field(default=(), converter=_pools_tuple)
     invalid: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_invalid)

@@ -49,6 +49,7 @@ class Drift(NetObject):
     kind: ClassVar[str] = ""
     type_name: ClassVar[str] = ""
     rank: ClassVar[int] = 9  # deleted first: repairs come before other changes
+    written: ClassVar[bool] = False
 
     backend: str = attrs.field(converter=_text)
     where: str = attrs.field(converter=_text)

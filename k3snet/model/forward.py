@@ -149,6 +149,7 @@ class ForwardBlock(NetObject):
     kind: ClassVar[str] = "forward"
     type_name: ClassVar[str] = "forward-block"
     rank: ClassVar[int] = 2
+    written: ClassVar[bool] = False
 
     ip_family: int = attrs.field(converter=ip_family)
     verdict: str = attrs.field(converter=_verdict)

@@ -88,6 +88,10 @@ def _snat_to(value: str | Address) -> Address:
 def _exclusions(values: Iterable[str | Network]) -> tuple[Network, ...]:
     if isinstance(values, str):
         raise ModelError(f"exclude must be a list of CIDRs, got the string {values!r}")
+    if not isinstance(values, Iterable) or isinstance(values, bytes | Mapping):
+        # None or a number failed inside the aggregation; bytes iterate as numbers
+        # and a mapping as its keys.
+        raise ModelError(f"exclude must be a list of CIDRs, got {type(values).__name__}")
     if isinstance(values, tuple | list) and not values:  # most rules: nothing to aggregate
         return ()
     return aggregate(parse_network(v) for v in values)
@@ -349,6 +353,7 @@ class NatBlock(NetObject):
     kind: ClassVar[str] = "nat"
     type_name: ClassVar[str] = "nat-block"
     rank: ClassVar[int] = 3
+    written: ClassVar[bool] = False
 
     ip_family: int = attrs.field(converter=ip_family)
     action: str = attrs.field(converter=_action)

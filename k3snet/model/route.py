@@ -126,7 +126,8 @@ class Route(NetObject):
     ``metric=None`` and ``scope=None`` mean the kernel's defaults and are
     normalised at construction (metric 0 for IPv4, 1024 for IPv6; scope ``link``
     for a route without gateway, else ``universe``), so a route read back from
-    the kernel equals the one written.
+    the kernel equals the one written. A route via a gateway is never of scope
+    ``host``: the kernel refuses it, and so does the model.
 
     >>> Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0").describe()
     'route 192.168.2.0/24 via 192.168.1.1 dev eth0 table main metric 0 proto k3snet'
@@ -177,6 +178,10 @@ class Route(NetObject):
                              f"got {str(scope)[:40]!r}")
         if v6:
             scope = "universe"  # the kernel has no scope for IPv6 routes
+        elif scope == "host" and gateway is not None:
+            # Whatever the node: "Route with host scope can not have a gateway".
+            raise ModelError(f"route {dst} via {address_text(gateway)}: a route of scope host "
+                             "has no gateway (the kernel refuses it); leave the scope out")
         elif scope is None:
             scope = "universe" if gateway is not None else "link"
         object.__setattr__(self, "scope", scope)
@@ -346,6 +351,7 @@ class RouteBlock(NetObject):
     kind: ClassVar[str] = "route"
     type_name: ClassVar[str] = "route-block"
     rank: ClassVar[int] = 1
+    written: ClassVar[bool] = False
 
     destination: Network = attrs.field(converter=parse_network)
     table: int = attrs.field(default=MAIN_TABLE, converter=_table, kw_only=True)

@@ -452,10 +452,11 @@ def _route_replacements(route: Route) -> SearchStrategy[NetObject]:
     @st.composite
     def build(draw: st.DrawFn) -> Route:
         version = route.family
-        gateway = draw(st.none() | st.sampled_from(
-            [a for a in (route.gateway, *_edges(route.destination))
-             if a is not None and not a.is_unspecified and next_hop_problem(a, "eth0") is None]
-        ) | _GATEWAY_OF[version])
+        edges = [a for a in (route.gateway, *_edges(route.destination))
+                 if a is not None and not a.is_unspecified and next_hop_problem(a, "eth0") is None]
+        # No usable edge (0.0.0.0/32, an IPv4-mapped prefix): sampling an empty list raises.
+        gateway = draw(st.none() | (st.sampled_from(edges) if edges else st.nothing())
+                       | _GATEWAY_OF[version])
         device = draw(pick((None, *DEFAULT_DEVICES))
                       if gateway is not None and next_hop_problem(gateway, None) is None
                       else pick(DEFAULT_DEVICES))

@@ -81,6 +81,17 @@ def test_route_refuses_the_unspecified_gateway_the_kernel_reads_as_none(
         Route.from_dict({"destination": destination, "gateway": gateway, "device": "eth0"})
 
 
+def test_route_refuses_a_gateway_of_host_scope() -> None:
+    # `ip route add 10.5.0.0/16 via 10.0.0.2 dev d0 scope host`: "Route with host scope
+    # can not have a gateway", whatever the node: said at the model, not at the apply.
+    with pytest.raises(ModelError, match="scope host has no gateway"):
+        Route("10.5.0.0/16", gateway="10.0.0.2", device="eth0", scope="host")
+    with pytest.raises(ModelError, match="scope host has no gateway"):
+        Route.from_dict({"destination": "10.5.0.0/16", "gateway": "10.0.0.2", "scope": "host"})
+    assert Route("10.5.0.0/16", device="eth0", scope="host").scope == "host"
+    assert Route("fd05::/64", gateway="fd00::2", scope="host").scope == "universe"  # no scope
+
+
 def test_route_refuses_a_link_local_gateway_without_device() -> None:
     # The kernel refuses it whatever the node ("Egress device not specified"): said at
     # the model, and so at the spec's path, not at the apply.
@@ -156,6 +167,18 @@ def test_snat_refuses_a_source_no_reply_can_come_back_to(source: str, address: s
     block = NatBlock(4 if "." in address else 6, "snat", f"-j SNAT --to-source {address}",
                      "iptables nat POSTROUTING", to_address=address)
     assert str(block.to_address) == address
+
+
+@pytest.mark.parametrize("exclude", [None, 5, b"10.0.0.0/8", {"10.0.0.0/8": True}])
+def test_nat_exclusions_that_are_no_list_are_a_model_error(exclude: object) -> None:
+    # None or a number raised a bare TypeError from the aggregation; bytes and a
+    # mapping were iterated (bytes as numbers, a mapping as its keys).
+    with pytest.raises(ModelError, match="exclude must be a list of CIDRs"):
+        MasqueradeRule("10.42.0.0/16", exclude=exclude)  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="exclude must be a list of CIDRs"):
+        SnatRule("10.42.0.0/16", to_address="192.0.2.1", exclude=exclude)  # type: ignore[arg-type]
+    assert MasqueradeRule("10.42.0.0/16", exclude=iter(["10.0.0.0/8"])).exclude == (
+        MasqueradeRule("10.42.0.0/16", exclude=["10.0.0.0/8"]).exclude)
 
 
 def test_masquerade_and_snat_share_one_key_so_switching_is_a_replace() -> None:

@@ -802,3 +802,35 @@ def test_a_route_via_a_gateway_only_k3snets_device_route_reaches_is_added_and_un
     assert backend.observe() == full
     backend.apply(teardown)
     assert json.loads(_ip(ns, "-j", "route", "show", "table", "200")) == []
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_gateway_moved_behind_a_new_device_route_is_replaced_and_undone(
+        backend: NetlinkBackend, ns: str, family: int) -> None:
+    # The route via a gateway moves to a gateway only a new device route of k3snet's
+    # reaches, and the device route reaching the old one goes: the kernel takes the
+    # replace only once the new device route is there, and an undo (in reverse) puts
+    # the old gateway back only while the old device route is still there.
+    if family == 4:
+        old_link, new_link = "192.168.9.0/24", "192.168.8.0/24"
+        dst, old_gw, new_gw = "10.77.0.0/16", "192.168.9.1", "192.168.8.1"
+    else:
+        old_link, new_link = "fd19::/64", "fd18::/64"
+        dst, old_gw, new_gw = "fd77::/48", "fd19::1", "fd18::1"
+    before = State(owned=[Route(old_link, device="d0", table=200),
+                          Route(dst, gateway=old_gw, device="d0", table=200)])
+    after = State(owned=[Route(new_link, device="d0", table=200),
+                         Route(dst, gateway=new_gw, device="d0", table=200)])
+    backend.apply(plan(backend.observe(), before))
+    start = backend.observe()
+    move = plan(start, after)
+    backend.faults.fail_at(len(move.changes) - 1)
+    with pytest.raises(ApplyError) as caught:
+        backend.apply(move)
+    assert not isinstance(caught.value, RollbackError), caught.value
+    assert backend.observe() == start
+    backend.apply(move)
+    flag = "-4" if family == 4 else "-6"
+    listed = json.loads(_ip(ns, flag, "-j", "route", "show", "table", "200"))
+    assert {(r["dst"], r.get("gateway"), r["dev"]) for r in listed} == {
+        (new_link, None, "d0"), (dst, new_gw, "d0")}

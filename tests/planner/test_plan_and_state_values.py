@@ -20,12 +20,17 @@ from k3snet.model import (
     ForwardBlock,
     ForwardRule,
     MasqueradeRule,
+    NatBlock,
+    NetObject,
     Route,
+    RouteBlock,
     SnatRule,
     Sysctl,
     object_from_dict,
     register_object_type,
 )
+from k3snet.model.cni import CalicoPools
+from k3snet.model.drift import ForwardDrift, NatDrift
 from k3snet.model.state import STATE_FORMAT
 
 _ROUTE = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
@@ -353,3 +358,26 @@ def test_a_malformed_state_names_what_is_wrong(document: object, message: str) -
 def test_a_malformed_plan_names_what_is_wrong(document: object, message: str) -> None:
     with pytest.raises(ModelError, match=re.escape(message)):
         Plan.from_json(json.dumps(document))
+
+
+@pytest.mark.parametrize("observed_only", [
+    RouteBlock("10.0.0.0/8", what="blackhole"),
+    NatBlock(4, "masquerade", "-A POSTROUTING -j MASQUERADE", "nat POSTROUTING"),
+    ForwardBlock(4, "drop", "-A FORWARD -j DROP", "filter FORWARD"),
+    NatDrift("iptables", "nat K3SNET-POSTROUTING", "a rule changed"),
+    ForwardDrift("iptables", "filter K3SNET-FORWARD", "a rule changed"),
+    CalicoPools(),
+], ids=lambda obj: obj.type_name)
+def test_a_desired_state_holding_what_k3snet_only_observes_is_a_model_error(
+        observed_only: NetObject) -> None:
+    # The plan added a blackhole route (or a finding), and the netlink backend's check
+    # passed it to an apply that failed with a bare AssertionError.
+    with pytest.raises(ModelError, match="k3snet only observes"):
+        plan(State(), State(owned=[observed_only]))
+    replaced = State(owned=[Route("10.0.0.0/8", device="eth0")])
+    if isinstance(observed_only, RouteBlock):  # in place of a route of k3snet's
+        with pytest.raises(ModelError, match="k3snet only observes"):
+            plan(replaced, State(owned=[RouteBlock("10.0.0.0/8", what="blackhole")]))
+    # Observed and kept as it is, it is no change (a finding is repaired by a delete).
+    assert plan(State(owned=[observed_only]), State(owned=[observed_only])).empty
+    assert [c.action for c in plan(State(owned=[observed_only]), State())] == ["delete"]

@@ -2,8 +2,9 @@
 
 ``plan`` sorts a small set of changed objects directly and picks a large one
 from the state's ordered tuple (more than 8 objects per change). Both paths
-must give the same order: deletes NAT first, then replaces, then adds sysctls
-and routes before the rules relying on them.
+must give the same order: deletes NAT first, then replaces and adds, sysctls and
+routes before the rules relying on them (device routes before routes via a
+gateway), then the device routes a replaced route via a gateway may have relied on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 
 from k3snet import State, plan
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, Sysctl
+from k3snet.planner import Change
 
 _BULK = [Route(f"192.168.{i}.0/24", gateway="192.168.200.1", device="eth0") for i in range(20)]
 _ADDED: list[NetObject] = [
@@ -72,3 +74,37 @@ def test_routes_via_a_gateway_are_added_after_and_deleted_before_device_routes(
     assert [c.after for c in added.changes] == [_LINK, *_VIA]
     removed = plan(desired, observed)
     assert [c.before for c in removed.changes] == [*_VIA, _LINK]
+
+
+# A route via a gateway moved to a gateway only a new device route of k3snet's reaches,
+# while the device route reaching the old gateway goes: the kernel refuses the replace
+# before that device route is there ("Nexthop has invalid gateway"), and an undo (in
+# reverse) refuses to put the old gateway back after its device route is gone.
+_OLD_LINK = Route("192.168.9.0/24", device="d0", table=100)
+_NEW_LINK = Route("192.168.8.0/24", device="d0", table=100)
+_OLD_VIA = Route("10.0.0.0/8", gateway="192.168.9.1", device="d0", table=100)
+_NEW_VIA = Route("10.0.0.0/8", gateway="192.168.8.1", device="d0", table=100)
+
+
+@pytest.mark.parametrize("bulk", [20, 3], ids=["small-subset-path", "linear-path"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_gateway_moved_behind_a_new_device_route_is_replaced_between_the_two(
+        bulk: int, family: int) -> None:
+    if family == 4:
+        old_link, new_link, old_via, new_via = _OLD_LINK, _NEW_LINK, _OLD_VIA, _NEW_VIA
+    else:
+        old_link = Route("fd09::/64", device="d0", table=100)
+        new_link = Route("fd08::/64", device="d0", table=100)
+        old_via = Route("fd77::/48", gateway="fd09::1", device="d0", table=100)
+        new_via = Route("fd77::/48", gateway="fd08::1", device="d0", table=100)
+    observed = State(owned=[*_BULK[:bulk], old_link, old_via])
+    desired = State(owned=[*_BULK[:bulk], new_link, new_via])
+    p = plan(observed, desired)
+    assert [str(c) for c in p.changes] == [
+        str(Change.add(new_link)), str(Change.replace(old_via, new_via)),
+        str(Change.delete(old_link))]
+    # The way back is the same plan's mirror image.
+    back = plan(desired, observed)
+    assert [str(c) for c in back.changes] == [
+        str(Change.add(old_link)), str(Change.replace(new_via, old_via)),
+        str(Change.delete(new_link))]
