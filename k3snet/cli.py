@@ -3,9 +3,8 @@
 Every subcommand parses its arguments, calls the library and prints. Bad input
 exits 1 with a one-line-per-problem message on stderr, never a traceback.
 
-Exit codes (one table, docs/cli.md):
-
-====  ==========================================================="""
+Exit codes: the ``EXIT_*`` constants below, one table in docs/cli.md.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +52,7 @@ from k3snet.errors import (
     ModelError,
     PlanError,
     Problem,
+    RollbackError,
     SpecError,
 )
 from k3snet.facts import FactsWatch, gather_facts
@@ -71,6 +71,9 @@ DEFAULT_BACKENDS = ("netlink", "nftables")
 JSON_FORMAT = 1
 """The version of every JSON document the CLI prints or writes (the ``format`` key)."""
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_RUNNING, EXIT_CONFLICTS = 0, 1, 2, 3, 4
+EXIT_HALF_CHANGED = 5
+"""An apply failed and taking it back failed too (a RollbackError): the node may be
+half-changed. Not 1, which says nothing was changed or all of it was taken back."""
 DEFAULT_LISTEN = ":9743"
 """The agent's ``--listen`` unless ``$K3SNET_LISTEN`` says otherwise (none with ``--once``)."""
 EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "changes pending"
@@ -192,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="k3snet",
         description="Plan and apply the minimal changes that make pod egress work on this node.",
         epilog="Exit codes: 0 ok / nothing to do, 1 error, 2 changes pending (plan) or made "
-               "(--detailed-exitcode), 3 still running (connectivity), 4 conflicts, 64 usage.",
+               "(--detailed-exitcode), 3 still running (connectivity), 4 conflicts, 5 failed and "
+               "not taken back (the node may be half-changed), 64 usage.",
     )
     parser.add_argument("--version", action="version", version=f"k3snet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -401,7 +405,7 @@ def _run(args: argparse.Namespace) -> int:
         return int(COMMANDS[args.command](args))
     except K3snetError as exc:
         _report_error(args, exc)
-        return EXIT_CONFLICTS if isinstance(exc, ConflictError) else EXIT_ERROR
+        return _error_code(exc)
     except BrokenPipeError:
         # The reader went away (`k3snet observe | head`): nothing more to say to it.
         with contextlib.suppress(OSError):
@@ -418,6 +422,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
               "K3SNET_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _error_code(exc: K3snetError) -> int:
+    """The exit code of a command that failed with ``exc``."""
+    if isinstance(exc, RollbackError):
+        return EXIT_HALF_CHANGED
+    return EXIT_CONFLICTS if isinstance(exc, ConflictError) else EXIT_ERROR
 
 
 def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -519,3 +520,33 @@ def test_plan_json_carries_the_disruptive_marks_the_text_shows(
         assert "disruptive" not in json.loads(capsys.readouterr().out)  # none: no key
     finally:
         unregister_backend("memory-cni-json")
+
+
+def test_an_apply_whose_undo_failed_too_exits_5_not_the_1_of_nothing_changed(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Exit 1 says "nothing was applied, or it was rolled back": a script retries or
+    # moves on. After a RollbackError the node may be half-changed: another code.
+    from k3snet import MemoryBackend, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from k3snet.errors import ApplyError, RollbackError  # noqa: PLC0415
+
+    class Failing(MemoryBackend):
+        rollback = True
+
+        def apply(self, plan: Plan) -> Any:
+            error = RollbackError if self.rollback else ApplyError
+            raise error("the kernel said no", failed=plan.changes[0], done=plan.changes[:1])
+
+    register_backend("memory-half", Failing)
+    try:
+        args = ["apply", "-f", str(SEED), "--backend", "memory-half", "--no-facts",
+                "--output", "json"]
+        assert main(args) == 5
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["error"]["type"] == "RollbackError"
+        assert "k3snet: error: the kernel said no" in captured.err
+        Failing.rollback = False  # a failure taken back whole is still 1
+        assert main(args) == 1
+        assert json.loads(capsys.readouterr().out)["error"]["type"] == "ApplyError"
+    finally:
+        unregister_backend("memory-half")
