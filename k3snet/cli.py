@@ -148,9 +148,9 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
     doctor.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
     where = doctor.add_mutually_exclusive_group()
     where.add_argument("--netns", help="read the node state inside this network namespace")
-    where.add_argument("--state", type=Path, metavar="DIR",
+    where.add_argument("--state", type=_read_path, metavar="DIR",
                        help="read a bundle written by `k3snet observe --save DIR`")
-    doctor.add_argument("-f", "--spec", type=Path,
+    doctor.add_argument("-f", "--spec", type=_read_path,
                         help="spec file: its cluster pod and service CIDRs are checked")
     doctor.add_argument("--service-cidr", action="append", default=[], metavar="CIDR",
                         help="the cluster's service CIDR (repeatable; K3s: 10.43.0.0/16)")
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         ``output=False``: no ``--output`` (the agent's output is its log)."""
         cmd = add(name, help_text)
         if spec_required is not None:
-            cmd.add_argument("-f", "--spec", required=spec_required, type=Path,
+            cmd.add_argument("-f", "--spec", required=spec_required, type=_read_path,
                              help=SPEC_HELP)
         backend = cmd.add_argument(
             "--backend", action="append", default=[], metavar="NAME[:KINDS]",
@@ -231,12 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan_cmd = node_command("plan", "Print the plan; exit 0 if nothing to do, 2 if changes are "
                             "pending, 4 if foreign state blocks part of the spec.")
-    plan_cmd.add_argument("--out", type=Path, metavar="FILE",
+    plan_cmd.add_argument("--out", type=_written_path, metavar="FILE",
                           help="also save the plan, with the node and what was observed, for "
                                "`k3snet apply FILE`")
     apply = node_command("apply", "Apply the plan (or a saved plan file) and print what was done.",
                          spec_required=False)
-    apply.add_argument("planfile", nargs="?", type=Path,
+    apply.add_argument("planfile", nargs="?", type=_read_path,
                        help="a plan saved by `k3snet plan --out`: applied exactly, or refused "
                             "if the node changed since")
     apply.add_argument("--allow-conflicts", action="store_true",
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_disruptive_flag(destroy)
     observe = node_command("observe", "Print the owned and foreign state the backends see.",
                            spec_required=False)
-    observe.add_argument("--save", type=Path, metavar="DIR",
+    observe.add_argument("--save", type=_written_path, metavar="DIR",
                          help="instead, write the node state k3snet doctor reads (routes, rules, "
                               "rulesets, sysctls; nothing secret) to DIR")
     agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet); "
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     _render_arguments(render)
 
     validate = add("validate", "Check a spec; print every problem at once.")
-    validate.add_argument("-f", "--spec", required=True, type=Path)
+    validate.add_argument("-f", "--spec", required=True, type=_read_path)
     _add_explain(add)
 
     _add_doctor(add)
@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "connectivity",
         "Read the result of the connectivity test Job (k3snet render manifests). "
         "Exit 0: passed, 1: failed or error, 3: still running.")
-    connectivity.add_argument("-f", "--spec", required=True, type=Path)
+    connectivity.add_argument("-f", "--spec", required=True, type=_read_path)
     connectivity.add_argument("--kubeconfig",
                               help="default: in-cluster, $KUBECONFIG, ~/.kube/config")
     connectivity.add_argument("--context")
@@ -311,7 +311,7 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     env = os.environ.get
     # One source of the spec, exactly: neither or both is a usage error (exit 64).
     source = agent.add_mutually_exclusive_group(required=True)
-    source.add_argument("-f", "--spec", type=Path, help=SPEC_HELP)
+    source.add_argument("-f", "--spec", type=_read_path, help=SPEC_HELP)
     source.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]", type=_object_ref(key=True),
                         help="read the spec from this ConfigMap through the API each pass "
                              "(default key spec.yaml) instead of -f")
@@ -589,27 +589,53 @@ def _backend_opt(text: str) -> str:
     return text
 
 
-def _pair(shape: str, meaning: str) -> Callable[[str], str]:
+def _not_a_stream(text: str, stream: str) -> None:
+    """Refuse ``-``, a script's way to say standard input or output (``stream``): k3snet
+    reads specs and plan files, and writes plan files, boot files and bundles, as files
+    (a spec's path is its cache key and its digest in a plan file), so ``-`` was a file
+    named ``-``: not found, or written in the current directory."""
+    if text == "-":
+        raise argparse.ArgumentTypeError(
+            f"'-': k3snet does not use standard {stream} here; give a path (./- for a file "
+            "named -)")
+
+
+def _read_path(text: str) -> Path:
+    """argparse type: a file or directory to read (not ``-``, standard input)."""
+    _not_a_stream(text, "input")
+    return Path(text)
+
+
+def _written_path(text: str) -> Path:
+    """argparse type: a file or directory to write (not ``-``, standard output)."""
+    _not_a_stream(text, "output")
+    return Path(text)
+
+
+def _pair(shape: str, meaning: str, *, read: bool = False) -> Callable[[str], str]:
     """An option type for ``KEY=VALUE`` text (``shape``, e.g. ``NAME=SPEC``), both sides
-    given, checked when parsed (a usage error naming ``meaning``)."""
+    given, checked when parsed (a usage error naming ``meaning``); ``read``: VALUE is a
+    file k3snet reads (not ``-``)."""
     def check(text: str) -> str:
         key, sep, value = text.partition("=")
         if not (sep and key and value):
             raise argparse.ArgumentTypeError(f"expected {shape} ({meaning}), not {text!r}")
+        if read:
+            _not_a_stream(value, "input")
         return text
 
     return check
 
 
-_profile = _pair("NAME=SPEC", "a profile name, a spec file")
+_profile = _pair("NAME=SPEC", "a profile name, a spec file", read=True)
 _network_file = _pair("DEV=FILE", "an interface, the .network file that configures it")
 
 
 def _render_arguments(render: argparse.ArgumentParser) -> None:
     """The options of ``k3snet render``."""
     render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
-    render.add_argument("-f", "--spec", required=True, type=Path)
-    render.add_argument("-o", "--out", type=Path,
+    render.add_argument("-f", "--spec", required=True, type=_read_path)
+    render.add_argument("-o", "--out", type=_written_path,
                         help="directory to write into (default: print to stdout)")
     render.add_argument("--flannel-conf", metavar="PATH",
                         help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf; "

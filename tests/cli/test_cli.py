@@ -550,3 +550,40 @@ def test_an_apply_whose_undo_failed_too_exits_5_not_the_1_of_nothing_changed(
         assert json.loads(capsys.readouterr().out)["error"]["type"] == "ApplyError"
     finally:
         unregister_backend("memory-half")
+
+
+@pytest.mark.parametrize(("argv", "stream"), [
+    (["plan", "-f", "-", "--backend", "memory"], "input"),
+    (["apply", "-f", "-", "--backend", "memory"], "input"),
+    (["apply", "-"], "input"),
+    (["destroy", "-f", "-", "--backend", "memory"], "input"),
+    (["observe", "-f", "-", "--backend", "memory"], "input"),
+    (["validate", "-f", "-"], "input"),
+    (["render", "sysctl", "-f", "-"], "input"),
+    (["render", "manifests", "-f", str(SEED), "--profile", "edge=-"], "input"),
+    (["doctor", "--from", "10.42.0.5", "--to", "1.1.1.1", "-f", "-"], "input"),
+    (["doctor", "--from", "10.42.0.5", "--to", "1.1.1.1", "--state", "-"], "input"),
+    (["agent", "--once", "-f", "-"], "input"),
+    (["connectivity", "-f", "-"], "input"),
+    (["plan", "-f", str(SEED), "--backend", "memory", "--out", "-"], "output"),
+    (["render", "sysctl", "-f", str(SEED), "--out", "-"], "output"),
+    (["observe", "--backend", "memory", "--save", "-"], "output"),
+])
+def test_a_dash_for_standard_input_or_output_is_a_usage_error_naming_it(
+        argv: list[str], stream: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Scripts write `-` for stdin or stdout; it was read as a file named "-" ("cannot
+    # read -: No such file or directory"), and `plan --out -` wrote a file named "-".
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == EXIT_USAGE
+    assert f"standard {stream}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written, no file named "-"
+
+
+def test_a_file_named_dash_is_still_reached_as_dot_slash_dash(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-").write_bytes(SEED.read_bytes())
+    assert main(["validate", "-f", "./-"]) == 0
