@@ -27,7 +27,8 @@ from k3snet._kept import write_output
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
-from k3snet.backends.kit import ALLOW_DISRUPTIVE
+from k3snet.backends.kit import ALLOW_DISRUPTIVE, option_seconds
+from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
 from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
     available_backends,
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "sysctls get their previous values back); nothing else is touched.",
                            spec_required=False)
     _destroy_arguments(destroy)
+    for cmd in (apply, destroy):
+        _lock_timeout_flag(cmd)
     _allow_disruptive_flag(destroy)
     observe = node_command("observe", "Print the owned and foreign state the backends see.",
                            spec_required=False)
@@ -297,6 +300,14 @@ def _destroy_arguments(destroy: argparse.ArgumentParser) -> None:
                          help="print what would be removed, change nothing")
     destroy.add_argument("--detailed-exitcode", action="store_true",
                          help="exit 2 when something was removed, 0 when there was nothing")
+
+
+def _lock_timeout_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--lock-timeout", type=_lock_seconds, default=DEFAULT_LOCK_TIMEOUT,
+                     metavar="SECONDS",
+                     help="wait at most this long for another k3snet process changing the "
+                          "same network namespace (the agent, another run); 0: try once "
+                          f"(default: {DEFAULT_LOCK_TIMEOUT:g})")
 
 
 def _allow_disruptive_flag(cmd: argparse.ArgumentParser) -> None:
@@ -610,6 +621,15 @@ def _written_path(text: str) -> Path:
     """argparse type: a file or directory to write (not ``-``, standard output)."""
     _not_a_stream(text, "output")
     return Path(text)
+
+
+def _lock_seconds(text: str) -> float:
+    """argparse type: ``--lock-timeout``, seconds from 0 to a day, as the library takes it."""
+    try:
+        return option_seconds("--lock-timeout", float(text), zero=True)
+    except (ValueError, ModelError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds from 0 to below a "
+                                         "day") from exc
 
 
 def _pair(shape: str, meaning: str, *, read: bool = False) -> Callable[[str], str]:
@@ -1083,7 +1103,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print("k3snet apply: error: give either a spec (-f FILE) or a plan file",
               file=sys.stderr)
         return EXIT_USAGE
-    options = {"allow_conflicts": args.allow_conflicts, "allow_teardown": args.allow_teardown}
+    options = {"allow_conflicts": args.allow_conflicts, "allow_teardown": args.allow_teardown,
+               "lock_timeout": args.lock_timeout}
     saved = PlanFile.read(args.planfile, netns=args.netns) if args.planfile else None
     if saved is not None and args.backend:
         print(f"k3snet apply: error: --backend with a plan file: the plan file names its "
@@ -1164,7 +1185,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     spec = _spec(args) if args.spec else None
     as_json, human = _json(args), _human(args)
     with _backend(args, spec) as backend:
-        preview = destroy(backend, dry_run=True)
+        preview = destroy(backend, dry_run=True, lock_timeout=args.lock_timeout)
         if preview.plan.empty:
             if as_json:
                 _print_apply(args, preview, kind="destroy")
@@ -1190,7 +1211,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
             return EXIT_ERROR if problems else EXIT_CHANGES
         if asking and not _confirm("Remove everything listed above?", shown):
             return _not_confirmed(args)
-        done = destroy(backend)
+        done = destroy(backend, lock_timeout=args.lock_timeout)
         if as_json:
             _print_apply(args, done, kind="destroy")
         elif shown is not sys.stdout or not _same_changes(preview.plan.changes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -587,3 +588,61 @@ def test_a_file_named_dash_is_still_reached_as_dot_slash_dash(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "-").write_bytes(SEED.read_bytes())
     assert main(["validate", "-f", "./-"]) == 0
+
+
+@pytest.fixture
+def locked_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A memory backend acting in this process's namespace (so it takes that namespace's
+    lock, in a lock directory of the test's own), registered as ``memory-locked``, while
+    another holder keeps that lock."""
+    from k3snet import MemoryBackend, State, Sysctl, register_backend  # noqa: PLC0415
+    from k3snet.backends.lock import namespace_lock  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+
+    class Locked(MemoryBackend):
+        netns = None  # the caller's own namespace: namespaces_of() locks it
+
+    held = Locked(State(owned=[Sysctl("net.ipv4.ip_forward", "1")]))
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
+    register_backend("memory-locked", lambda: held)
+    try:
+        with namespace_lock([None], timeout=0):
+            yield held
+    finally:
+        unregister_backend("memory-locked")
+
+
+@pytest.mark.parametrize("argv", [
+    ["apply", "-f", str(SEED), "--no-facts"],
+    ["destroy", "--auto-approve"],
+])
+def test_lock_timeout_bounds_the_wait_for_another_k3snet_and_nothing_changes(
+        argv: list[str], locked_namespace: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # A cron job or CI step that must not hang for the default 60 s behind the agent:
+    # --lock-timeout 0 tries once; the failure names the holder and changes nothing.
+    before = locked_namespace.observe()
+    assert main([*argv, "--backend", "memory-locked", "--lock-timeout", "0"]) == 1
+    err = capsys.readouterr().err
+    assert f"another k3snet process (pid {os.getpid()})" in err
+    assert "waited 0 s" in err
+    assert locked_namespace.observe() == before
+
+
+def test_a_run_waiting_for_the_lock_says_so_on_stderr_at_once(
+        locked_namespace: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # A person (or a CI log) saw nothing for up to a minute: say who is waited for.
+    assert main(["apply", "-f", str(SEED), "--no-facts", "--backend", "memory-locked",
+                 "--lock-timeout", "0.2", "--log-format", "json"]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+               if line.startswith("{")]
+    waiting = [r for r in records if r["level"] == "warning" and "waiting" in r["message"]]
+    assert len(waiting) == 1
+    assert f"pid {os.getpid()}" in waiting[0]["message"]
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "86400", "soon"])
+def test_a_lock_timeout_that_is_not_seconds_from_0_to_a_day_is_a_usage_error(
+        value: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["apply", "-f", str(SEED), "--backend", "memory", "--lock-timeout", value])
+    assert caught.value.code == EXIT_USAGE
