@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -1066,7 +1067,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for line in warnings:
             print(f"!! warning: {line}")
         if args.out is not None:
-            print(f"Saved the plan to {args.out}; apply it with `k3snet apply {args.out}`.")
+            print(f"Saved the plan to {args.out}; apply it with "
+                  f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
     if p.conflicts:
         return EXIT_CONFLICTS
     return EXIT_CHANGES if p.changes else EXIT_OK

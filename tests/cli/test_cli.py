@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -646,3 +647,12 @@ def test_a_lock_timeout_that_is_not_seconds_from_0_to_a_day_is_a_usage_error(
     with pytest.raises(SystemExit) as caught:
         main(["apply", "-f", str(SEED), "--backend", "memory", "--lock-timeout", value])
     assert caught.value.code == EXIT_USAGE
+
+
+def test_the_apply_command_plan_out_suggests_runs_as_pasted_in_a_shell(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "node 1's.plan"
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--out", str(out)]) == 2
+    command = capsys.readouterr().out.rstrip().splitlines()[-1].split("`")[1]
+    assert shlex.split(command) == ["k3snet", "apply", str(out)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,14 @@ def test_a_backend_option_that_is_not_json_is_not_saved() -> None:
     with pytest.raises(PlanError, match=r"option memory\.path is not a JSON value"):
         PlanFile.make(plan(State(), State()), desired=State(), observed=State(),
                       backends=["memory"], netns=None, options={"memory": {"path": Path("/x")}})
+
+
+def test_the_command_a_spec_given_as_a_plan_file_is_told_runs_as_pasted_in_a_shell(
+        tmp_path: Path) -> None:
+    # "apply it with `k3snet apply -f my spec.yaml`", pasted, gave apply two paths.
+    path = tmp_path / "my spec's copy.yaml"
+    path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations: []\n")
+    with pytest.raises(PlanError) as caught:
+        PlanFile.read(path, netns=None)
+    command = str(caught.value).split("`")[1]
+    assert shlex.split(command) == ["k3snet", "apply", "-f", str(path)]
