@@ -82,8 +82,10 @@ EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "changes p
 EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 EXIT_TERMINATED = 143  # 128 + SIGTERM, likewise
-UNDONE_ON_SIGTERM = frozenset({"apply", "destroy"})
-"""The commands that change the node: SIGTERM takes back what they made, as Ctrl-C does."""
+EXIT_HANGUP = 129  # 128 + SIGHUP: the terminal or SSH session went away
+UNDONE_ON_SIGTERM = frozenset({"apply", "destroy", "doctor"})
+"""The commands that change the node (``doctor`` with ``--fix``): SIGTERM and SIGHUP take
+back what they made, as Ctrl-C does."""
 
 
 SPEC_HELP = "spec file (YAML or JSON)"
@@ -384,31 +386,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args)
     _printable_output()
     _admin_path()
-    with sigterm_undoes() if args.command in UNDONE_ON_SIGTERM else contextlib.nullcontext():
+    changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
+    with sigterm_undoes() if changes else contextlib.nullcontext():
         return _run(args)
 
 
 @contextlib.contextmanager
 def sigterm_undoes() -> Iterator[None]:
-    """Within the block, SIGTERM (systemd stopping a unit, a timeout, ``kill``) ends the
-    command as Ctrl-C does: ``SystemExit(143)`` in the main thread, so an apply or
-    destroy in progress takes back what it made (the backends and groups undo on any
-    exception) before the process ends. Further SIGTERMs wait for that undo. The
-    previous handler comes back afterwards; outside the main thread, nothing changes.
+    """Within the block, SIGTERM (systemd stopping a unit, a timeout, ``kill``) and SIGHUP
+    (the terminal or SSH session the command runs in went away) end the command as
+    Ctrl-C does: ``SystemExit(143)`` or ``SystemExit(129)`` in the main thread, so an
+    apply or destroy in progress takes back what it made (the backends and groups undo
+    on any exception) before the process ends; by default either ended the process at
+    once, between two backends. Further signals wait for that undo. An ignored SIGHUP
+    (``nohup``) stays ignored. The previous handlers come back afterwards; outside the
+    main thread, nothing changes.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    codes = {signal.SIGTERM: EXIT_TERMINATED}
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        codes[signal.SIGHUP] = EXIT_HANGUP
 
     def terminate(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the undo runs to its end
-        raise SystemExit(EXIT_TERMINATED)
+        for ending in codes:  # the undo runs to its end
+            signal.signal(ending, signal.SIG_IGN)
+        raise SystemExit(codes[signal.Signals(signum)])
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {ending: signal.signal(ending, terminate) for ending in codes}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for ending, handler in previous.items():
+            signal.signal(ending, handler)
 
 
 def _run(args: argparse.Namespace) -> int:
