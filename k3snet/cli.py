@@ -1055,6 +1055,11 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    if args.out is not None and _same_file(args.out, args.spec):
+        # `plan -f egress.yaml --out egress.yaml` (a completion slip) replaced the spec.
+        print(f"k3snet plan: error: --out {args.out} is the spec (-f {args.spec}); the plan "
+              "file would replace it: give another path", file=sys.stderr)
+        return EXIT_USAGE
     spec, group = _spec_and_backend(args)  # the backends reading already (prefetch)
     with group as backend:
         # Compiled first, so the backends that take the hint (``expect``, as ``converge``
@@ -1083,6 +1088,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if p.conflicts:
         return EXIT_CONFLICTS
     return EXIT_CHANGES if p.changes else EXIT_OK
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one existing file (through links too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing (or unreadable): said where it is used
+        return False
 
 
 def _disruptive(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:

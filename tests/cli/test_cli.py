@@ -656,3 +656,21 @@ def test_the_apply_command_plan_out_suggests_runs_as_pasted_in_a_shell(
                  "--out", str(out)]) == 2
     command = capsys.readouterr().out.rstrip().splitlines()[-1].split("`")[1]
     assert shlex.split(command) == ["k3snet", "apply", str(out)]
+
+
+@pytest.mark.parametrize("out", ["spec.yaml", "./spec.yaml", "link.yaml", "hard.yaml"])
+def test_plan_out_refuses_to_write_over_its_own_spec(
+        out: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # `k3snet plan -f egress.yaml --out egress.yaml` (a completion slip) replaced the
+    # spec with the plan file: the only copy of the spec, on many nodes.
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(SEED.read_bytes())
+    (tmp_path / "link.yaml").symlink_to("spec.yaml")
+    os.link(spec, tmp_path / "hard.yaml")
+    assert main(["plan", "-f", "spec.yaml", "--backend", "memory", "--no-facts",
+                 "--out", out]) == EXIT_USAGE
+    assert "is the spec" in capsys.readouterr().err
+    assert spec.read_bytes() == SEED.read_bytes()
+    assert (tmp_path / "link.yaml").is_symlink()
