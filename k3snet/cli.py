@@ -1296,7 +1296,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
         capture = NodeCapture.read_live(args.netns)
         written = capture.write_dir(args.save)
         if args.output == "json":
-            _print_json({"format": 1, "kind": "capture", "directory": str(args.save),
+            _print_json({"format": JSON_FORMAT, "kind": "capture", "directory": str(args.save),
                          "files": [str(path) for path in written],
                          "missing": dict(sorted(capture.missing.items()))})
         else:
