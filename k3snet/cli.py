@@ -1149,7 +1149,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         def run(p: Plan | None, wanted: State | None, *, dry_run: bool) -> Convergence:
             if p is None:
                 return converge(backend, desired, dry_run=dry_run, **options)
-            return apply_plan(backend, p, desired=wanted, dry_run=dry_run, **options)
+            return apply_plan(backend, p, desired=wanted, dry_run=dry_run,
+                              made_from=saved.observed if saved else None, **options)
 
         fixed, wanted = (saved.plan, saved.desired) if saved else (None, None)
         shown: Plan | None = None  # the plan already printed for the user to approve
