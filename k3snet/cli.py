@@ -1157,7 +1157,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.dry_run:
             preview = run(fixed, wanted, dry_run=True)
             problems = tuple(backend.check(preview.plan)) if preview.plan.changes else ()
-            _print_apply(args, preview, problems)
+            _print_apply(args, preview, problems, warnings=backend.warnings)
             if problems:
                 return EXIT_ERROR
             return EXIT_CHANGES if args.detailed_exitcode and preview.plan.changes else EXIT_OK
@@ -1175,14 +1175,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 # Shown on stdout already, or else printed there with what was applied.
                 shown = preview.plan if ask is sys.stdout else None
         done = run(fixed, wanted, dry_run=False)
-    _print_apply(args, done, shown=shown)
+        warnings = backend.warnings  # what the last observe found worth saying, as plan says
+    _print_apply(args, done, shown=shown, warnings=warnings)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
 
 
 def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence[str] = (),
-                 *, shown: Plan | None = None, kind: str = "apply") -> None:
-    """The plan (unless ``shown`` already, for approval), then what was applied; with
+                 *, shown: Plan | None = None, kind: str = "apply",
+                 warnings: Sequence[str] = ()) -> None:
+    """The plan (unless ``shown`` already, for approval), then what was applied, then the
+    backends' ``warnings`` (``!! warning:`` lines, as plan prints them); with
     ``--output json`` one document of ``kind`` (``apply`` or ``destroy``)."""
     if args.output == "json":
         _print_json({
@@ -1193,6 +1196,7 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
             "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
             "operations": done.result.operations if done.result else 0,
             "problems": list(problems),
+            **({"warnings": list(warnings)} if warnings else {}),
         })
         return
     if shown is None or not _same_changes(shown.changes, done.plan.changes):
@@ -1206,6 +1210,8 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
             print("\n".join(f"  {p}" for p in problems))
         elif done.plan.changes:
             print("Dry run: the backends' check found no problem; nothing was changed.")
+    for line in warnings:
+        print(f"!! warning: {line}")
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:

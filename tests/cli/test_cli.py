@@ -674,3 +674,26 @@ def test_plan_out_refuses_to_write_over_its_own_spec(
     assert "is the spec" in capsys.readouterr().err
     assert spec.read_bytes() == SEED.read_bytes()
     assert (tmp_path / "link.yaml").is_symlink()
+
+
+def test_apply_says_the_backends_warnings_as_plan_does(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The nftables backend's "other tables were not read whole" reached `plan` only: a
+    # cron job running `apply` (text or JSON) never learnt its foreign state was partial.
+    from k3snet import MemoryBackend, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+
+    class Warns(MemoryBackend):
+        warnings = ("memory: other tables were not read whole",)
+
+    register_backend("memory-warns", Warns)
+    try:
+        args = ["-f", str(SEED), "--backend", "memory-warns", "--no-facts"]
+        assert main(["apply", *args]) == 0
+        assert "!! warning: memory: other tables were not read whole" in capsys.readouterr().out
+        for extra in ([], ["--dry-run"]):
+            assert main(["apply", *args, *extra, "--output", "json"]) == 0
+            document = json.loads(capsys.readouterr().out)
+            assert document["warnings"] == ["memory: other tables were not read whole"]
+    finally:
+        unregister_backend("memory-warns")

@@ -204,3 +204,17 @@ def test_observe_save_output_json_validates_as_a_capture(
     assert document["files"]
     with pytest.raises(jsonschema.ValidationError):
         validate({**document, "missing": {"addr.json": 1}}, "capture")
+
+
+def test_an_apply_document_with_warnings_validates(capsys: pytest.CaptureFixture[str]) -> None:
+    class Warns(MemoryBackend):
+        warnings = ("memory: other tables were not read whole",)
+
+    register_backend("memory-warns", Warns)
+    try:
+        document = _cli_json(["apply", "-f", str(SEED), "--backend", "memory-warns",
+                              "--no-facts"], capsys)
+        assert document["warnings"]
+        validate(document, "apply")
+    finally:
+        unregister_backend("memory-warns")
