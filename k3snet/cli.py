@@ -1297,6 +1297,15 @@ def _confirm(question: str, stream: Any = None) -> bool:
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
+    ignored = [flag for flag, given in (("-f", args.spec), ("--backend", args.backend),
+                                        ("--backend-opt", args.backend_opt),
+                                        ("--no-facts", args.no_facts)) if given]
+    if args.save is not None and ignored:
+        # The bundle is the namespace's whole state, whatever the backends: a script
+        # giving a spec or --backend expected them to count.
+        print(f"k3snet observe: error: --save captures the whole namespace; it takes no "
+              f"{', '.join(ignored)}", file=sys.stderr)
+        return EXIT_USAGE
     if args.save is not None:
         from k3snet.doctor import NodeCapture  # noqa: PLC0415 - doctor users only
 

@@ -697,3 +697,16 @@ def test_apply_says_the_backends_warnings_as_plan_does(
             assert document["warnings"] == ["memory: other tables were not read whole"]
     finally:
         unregister_backend("memory-warns")
+
+
+@pytest.mark.parametrize("extra", [["-f", str(SEED)], ["--backend", "iptables"],
+                                   ["--backend-opt", "nftables.table=other"], ["--no-facts"]])
+def test_observe_save_with_an_option_it_ignores_is_a_usage_error(
+        extra: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The bundle is the namespace's whole state, whatever the backends: a script giving
+    # --backend or a spec expected them to count, and got an exit 0 that ignored them.
+    # A namespace that is not there: whatever happens, no node's state is read.
+    assert main(["observe", "--netns", "k3snet-none-here", "--save", str(tmp_path / "bundle"),
+                 *extra]) == EXIT_USAGE
+    assert "--save" in capsys.readouterr().err
+    assert not (tmp_path / "bundle").exists()
