@@ -132,7 +132,8 @@ def _common_options() -> _Parser:
     group.add_argument("-v", "--verbose", action="count", default=0,
                        help="log more (-v: info, -vv: debug) on stderr")
     group.add_argument("-q", "--quiet", action="store_true", help="log errors only")
-    group.add_argument("--log-format", type=_one_of("text", "json"), metavar="{text,json}",
+    group.add_argument("--log-format", type=_from_env("K3SNET_LOG_FORMAT", _one_of("text", "json")),
+                       metavar="{text,json}",
                        default=os.environ.get("K3SNET_LOG_FORMAT", "text"),
                        help="log lines as text or as one JSON object each "
                             "(default: $K3SNET_LOG_FORMAT or text)")
@@ -341,12 +342,13 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                        help="this node's name (default: $K3SNET_NODE_NAME, else the hostname "
                             "in lower case, as the kubelet names its Node)")
     agent.add_argument("--listen", default=env("K3SNET_LISTEN"), metavar="[HOST]:PORT",
-                       type=_listen_address,
+                       type=_from_env("K3SNET_LISTEN", _listen_address),
                        help="serve /healthz, /readyz and /metrics here; 'none' disables it "
                             f"(default: $K3SNET_LISTEN, else {DEFAULT_LISTEN}, and none "
                             "with --once)")
     agent.add_argument("--log-level", default=env("K3SNET_LOG_LEVEL", "INFO"),
-                       type=_one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=True),
+                       type=_from_env("K3SNET_LOG_LEVEL",
+                                      _one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=True)),
                        metavar="{DEBUG,INFO,WARNING,ERROR}",
                        help="(default: $K3SNET_LOG_LEVEL or INFO)")
     agent.add_argument("--cleanup-on-exit", action="store_true",
@@ -568,6 +570,19 @@ def _positive_seconds(text: str) -> float:
     if not (0 < value < 1e7):
         raise argparse.ArgumentTypeError(f"must be more than 0 and less than 1e7 s, not {text}")
     return value
+
+
+def _from_env(variable: str, parse: Callable[[str], str]) -> Callable[[str], str]:
+    """argparse type: ``parse``, whose refusal of the value ``$variable`` holds says it came
+    from there (set in a cron file or a unit, it was never typed on the command line)."""
+    def check(text: str) -> str:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            if os.environ.get(variable) != text:
+                raise
+            raise argparse.ArgumentTypeError(f"{exc} (from ${variable})") from None
+    return check
 
 
 def _one_of(*choices: str, fold: bool = False) -> Callable[[str], str]:
