@@ -22,6 +22,7 @@ def main() -> int:
     or a full disk shows, and there it is an exit code, not a traceback or Python's
     "Exception ignored" with status 120.
     """
+    _open_standard_streams()
     if sys.argv[1:] == ["--version"]:
         from k3snet._version import __version__  # noqa: PLC0415 - the whole point
 
@@ -36,6 +37,33 @@ def main() -> int:
     except KeyboardInterrupt:  # before the command's own handling: its code, 130
         code = 130  # k3snet.cli.EXIT_INTERRUPTED (the module may be half loaded)
     return end(code)
+
+
+_STANDARD = ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w"))
+
+
+def _open_standard_streams() -> None:
+    """Give a closed standard input, output or error ``/dev/null``, as a daemon does.
+
+    Started with one closed (``k3snet apply ... <&-``, a supervisor), Python's
+    ``sys.stdin`` (``stdout``, ``stderr``) is ``None``: asking whether it is a terminal
+    was an internal error, then a traceback at the end. And the descriptor would go to
+    the next file k3snet opens (a lock or state file), which a tool k3snet runs would
+    then write its output into. Closed, it read nothing and took nothing: so does
+    ``/dev/null``.
+    """
+    for fd, name, mode in _STANDARD:
+        try:
+            os.fstat(fd)
+        except OSError:  # closed (EBADF): the lowest free descriptor, so this one
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:  # as Python makes stderr: line by line, any text
+            stream = open(fd, mode, closefd=False, buffering=1 if fd == 2 else -1,  # noqa: SIM115
+                          errors="backslashreplace" if fd == 2 else "strict")
+            setattr(sys, name, stream)
 
 
 def _written(text: str) -> int:

@@ -185,16 +185,19 @@ def _finite(text: str) -> float:
 
 
 def load_json(text: str, *, limit: int = MAX_NESTING,
-              object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
+              object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+              strict: bool = True) -> Any:
     """``text`` parsed as Go's ``encoding/json`` would accept it, else :class:`JsonTextError`.
 
     The message says what is wrong (with line and column for a syntax error).
+    ``strict=False`` also takes control characters inside strings, as a tool's output
+    holds them (``ip -j`` prints an interface name's ESC as it is).
     """
     if text_nests_deeper(text, limit):
         raise JsonTextError(f"it nests objects and arrays deeper than {limit} levels")
     try:
         return json.loads(text, parse_constant=_no_constant, parse_float=_finite,
-                          object_pairs_hook=object_pairs_hook)
+                          object_pairs_hook=object_pairs_hook, strict=strict)
     except JsonTextError:
         raise
     except json.JSONDecodeError as exc:

@@ -3,9 +3,8 @@
 Every subcommand parses its arguments, calls the library and prints. Bad input
 exits 1 with a one-line-per-problem message on stderr, never a traceback.
 
-Exit codes (one table, docs/cli.md):
-
-====  ==========================================================="""
+Exit codes: the ``EXIT_*`` constants below, one table in docs/cli.md.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -28,7 +28,8 @@ from k3snet._kept import write_output
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
-from k3snet.backends.kit import ALLOW_DISRUPTIVE
+from k3snet.backends.kit import ALLOW_DISRUPTIVE, option_seconds
+from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
 from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
     available_backends,
@@ -53,6 +54,7 @@ from k3snet.errors import (
     ModelError,
     PlanError,
     Problem,
+    RollbackError,
     SpecError,
 )
 from k3snet.facts import FactsWatch, gather_facts
@@ -71,14 +73,19 @@ DEFAULT_BACKENDS = ("netlink", "nftables")
 JSON_FORMAT = 1
 """The version of every JSON document the CLI prints or writes (the ``format`` key)."""
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_RUNNING, EXIT_CONFLICTS = 0, 1, 2, 3, 4
+EXIT_HALF_CHANGED = 5
+"""An apply failed and taking it back failed too (a RollbackError): the node may be
+half-changed. Not 1, which says nothing was changed or all of it was taken back."""
 DEFAULT_LISTEN = ":9743"
 """The agent's ``--listen`` unless ``$K3SNET_LISTEN`` says otherwise (none with ``--once``)."""
 EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "changes pending"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 EXIT_TERMINATED = 143  # 128 + SIGTERM, likewise
-UNDONE_ON_SIGTERM = frozenset({"apply", "destroy"})
-"""The commands that change the node: SIGTERM takes back what they made, as Ctrl-C does."""
+EXIT_HANGUP = 129  # 128 + SIGHUP: the terminal or SSH session went away
+UNDONE_ON_SIGTERM = frozenset({"apply", "destroy", "doctor"})
+"""The commands that change the node (``doctor`` with ``--fix``): SIGTERM and SIGHUP take
+back what they made, as Ctrl-C does."""
 
 
 SPEC_HELP = "spec file (YAML or JSON)"
@@ -125,7 +132,8 @@ def _common_options() -> _Parser:
     group.add_argument("-v", "--verbose", action="count", default=0,
                        help="log more (-v: info, -vv: debug) on stderr")
     group.add_argument("-q", "--quiet", action="store_true", help="log errors only")
-    group.add_argument("--log-format", type=_one_of("text", "json"), metavar="{text,json}",
+    group.add_argument("--log-format", type=_from_env("K3SNET_LOG_FORMAT", _one_of("text", "json")),
+                       metavar="{text,json}",
                        default=os.environ.get("K3SNET_LOG_FORMAT", "text"),
                        help="log lines as text or as one JSON object each "
                             "(default: $K3SNET_LOG_FORMAT or text)")
@@ -145,9 +153,9 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
     doctor.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
     where = doctor.add_mutually_exclusive_group()
     where.add_argument("--netns", help="read the node state inside this network namespace")
-    where.add_argument("--state", type=Path, metavar="DIR",
+    where.add_argument("--state", type=_read_path, metavar="DIR",
                        help="read a bundle written by `k3snet observe --save DIR`")
-    doctor.add_argument("-f", "--spec", type=Path,
+    doctor.add_argument("-f", "--spec", type=_read_path,
                         help="spec file: its cluster pod and service CIDRs are checked")
     doctor.add_argument("--service-cidr", action="append", default=[], metavar="CIDR",
                         help="the cluster's service CIDR (repeatable; K3s: 10.43.0.0/16)")
@@ -192,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="k3snet",
         description="Plan and apply the minimal changes that make pod egress work on this node.",
         epilog="Exit codes: 0 ok / nothing to do, 1 error, 2 changes pending (plan) or made "
-               "(--detailed-exitcode), 3 still running (connectivity), 4 conflicts, 64 usage.",
+               "(--detailed-exitcode), 3 still running (connectivity), 4 conflicts, 5 failed and "
+               "not taken back (the node may be half-changed), 64 usage.",
     )
     parser.add_argument("--version", action="version", version=f"k3snet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -206,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         ``output=False``: no ``--output`` (the agent's output is its log)."""
         cmd = add(name, help_text)
         if spec_required is not None:
-            cmd.add_argument("-f", "--spec", required=spec_required, type=Path,
+            cmd.add_argument("-f", "--spec", required=spec_required, type=_read_path,
                              help=SPEC_HELP)
         backend = cmd.add_argument(
             "--backend", action="append", default=[], metavar="NAME[:KINDS]",
@@ -227,12 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan_cmd = node_command("plan", "Print the plan; exit 0 if nothing to do, 2 if changes are "
                             "pending, 4 if foreign state blocks part of the spec.")
-    plan_cmd.add_argument("--out", type=Path, metavar="FILE",
+    plan_cmd.add_argument("--out", type=_written_path, metavar="FILE",
                           help="also save the plan, with the node and what was observed, for "
                                "`k3snet apply FILE`")
     apply = node_command("apply", "Apply the plan (or a saved plan file) and print what was done.",
                          spec_required=False)
-    apply.add_argument("planfile", nargs="?", type=Path,
+    apply.add_argument("planfile", nargs="?", type=_read_path,
                        help="a plan saved by `k3snet plan --out`: applied exactly, or refused "
                             "if the node changed since")
     apply.add_argument("--allow-conflicts", action="store_true",
@@ -252,10 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "sysctls get their previous values back); nothing else is touched.",
                            spec_required=False)
     _destroy_arguments(destroy)
+    for cmd in (apply, destroy):
+        _lock_timeout_flag(cmd)
     _allow_disruptive_flag(destroy)
     observe = node_command("observe", "Print the owned and foreign state the backends see.",
                            spec_required=False)
-    observe.add_argument("--save", type=Path, metavar="DIR",
+    observe.add_argument("--save", type=_written_path, metavar="DIR",
                          help="instead, write the node state k3snet doctor reads (routes, rules, "
                               "rulesets, sysctls; nothing secret) to DIR")
     agent = node_command("agent", "Converge now and every --interval seconds (the DaemonSet); "
@@ -266,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     _render_arguments(render)
 
     validate = add("validate", "Check a spec; print every problem at once.")
-    validate.add_argument("-f", "--spec", required=True, type=Path)
+    validate.add_argument("-f", "--spec", required=True, type=_read_path)
     _add_explain(add)
 
     _add_doctor(add)
@@ -275,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "connectivity",
         "Read the result of the connectivity test Job (k3snet render manifests). "
         "Exit 0: passed, 1: failed or error, 3: still running.")
-    connectivity.add_argument("-f", "--spec", required=True, type=Path)
+    connectivity.add_argument("-f", "--spec", required=True, type=_read_path)
     connectivity.add_argument("--kubeconfig",
                               help="default: in-cluster, $KUBECONFIG, ~/.kube/config")
     connectivity.add_argument("--context")
@@ -295,6 +306,14 @@ def _destroy_arguments(destroy: argparse.ArgumentParser) -> None:
                          help="exit 2 when something was removed, 0 when there was nothing")
 
 
+def _lock_timeout_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--lock-timeout", type=_lock_seconds, default=DEFAULT_LOCK_TIMEOUT,
+                     metavar="SECONDS",
+                     help="wait at most this long for another k3snet process changing the "
+                          "same network namespace (the agent, another run); 0: try once "
+                          f"(default: {DEFAULT_LOCK_TIMEOUT:g})")
+
+
 def _allow_disruptive_flag(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--allow-disruptive", action="store_true",
                      help="let CNI backends make changes that disrupt running pods (a Calico "
@@ -307,7 +326,7 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     env = os.environ.get
     # One source of the spec, exactly: neither or both is a usage error (exit 64).
     source = agent.add_mutually_exclusive_group(required=True)
-    source.add_argument("-f", "--spec", type=Path, help=SPEC_HELP)
+    source.add_argument("-f", "--spec", type=_read_path, help=SPEC_HELP)
     source.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]", type=_object_ref(key=True),
                         help="read the spec from this ConfigMap through the API each pass "
                              "(default key spec.yaml) instead of -f")
@@ -323,12 +342,13 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                        help="this node's name (default: $K3SNET_NODE_NAME, else the hostname "
                             "in lower case, as the kubelet names its Node)")
     agent.add_argument("--listen", default=env("K3SNET_LISTEN"), metavar="[HOST]:PORT",
-                       type=_listen_address,
+                       type=_from_env("K3SNET_LISTEN", _listen_address),
                        help="serve /healthz, /readyz and /metrics here; 'none' disables it "
                             f"(default: $K3SNET_LISTEN, else {DEFAULT_LISTEN}, and none "
                             "with --once)")
     agent.add_argument("--log-level", default=env("K3SNET_LOG_LEVEL", "INFO"),
-                       type=_one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=True),
+                       type=_from_env("K3SNET_LOG_LEVEL",
+                                      _one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=True)),
                        metavar="{DEBUG,INFO,WARNING,ERROR}",
                        help="(default: $K3SNET_LOG_LEVEL or INFO)")
     agent.add_argument("--cleanup-on-exit", action="store_true",
@@ -368,31 +388,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args)
     _printable_output()
     _admin_path()
-    with sigterm_undoes() if args.command in UNDONE_ON_SIGTERM else contextlib.nullcontext():
+    changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
+    with sigterm_undoes() if changes else contextlib.nullcontext():
         return _run(args)
 
 
 @contextlib.contextmanager
 def sigterm_undoes() -> Iterator[None]:
-    """Within the block, SIGTERM (systemd stopping a unit, a timeout, ``kill``) ends the
-    command as Ctrl-C does: ``SystemExit(143)`` in the main thread, so an apply or
-    destroy in progress takes back what it made (the backends and groups undo on any
-    exception) before the process ends. Further SIGTERMs wait for that undo. The
-    previous handler comes back afterwards; outside the main thread, nothing changes.
+    """Within the block, SIGTERM (systemd stopping a unit, a timeout, ``kill``) and SIGHUP
+    (the terminal or SSH session the command runs in went away) end the command as
+    Ctrl-C does: ``SystemExit(143)`` or ``SystemExit(129)`` in the main thread, so an
+    apply or destroy in progress takes back what it made (the backends and groups undo
+    on any exception) before the process ends; by default either ended the process at
+    once, between two backends. Further signals wait for that undo. An ignored SIGHUP
+    (``nohup``) stays ignored. The previous handlers come back afterwards; outside the
+    main thread, nothing changes.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    codes = {signal.SIGTERM: EXIT_TERMINATED}
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        codes[signal.SIGHUP] = EXIT_HANGUP
 
     def terminate(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the undo runs to its end
-        raise SystemExit(EXIT_TERMINATED)
+        for ending in codes:  # the undo runs to its end
+            signal.signal(ending, signal.SIG_IGN)
+        raise SystemExit(codes[signal.Signals(signum)])
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {ending: signal.signal(ending, terminate) for ending in codes}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for ending, handler in previous.items():
+            signal.signal(ending, handler)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -401,7 +430,7 @@ def _run(args: argparse.Namespace) -> int:
         return int(COMMANDS[args.command](args))
     except K3snetError as exc:
         _report_error(args, exc)
-        return EXIT_CONFLICTS if isinstance(exc, ConflictError) else EXIT_ERROR
+        return _error_code(exc)
     except BrokenPipeError:
         # The reader went away (`k3snet observe | head`): nothing more to say to it.
         with contextlib.suppress(OSError):
@@ -418,6 +447,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
               "K3SNET_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _error_code(exc: K3snetError) -> int:
+    """The exit code of a command that failed with ``exc``."""
+    if isinstance(exc, RollbackError):
+        return EXIT_HALF_CHANGED
+    return EXIT_CONFLICTS if isinstance(exc, ConflictError) else EXIT_ERROR
 
 
 def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
@@ -536,6 +572,19 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _from_env(variable: str, parse: Callable[[str], str]) -> Callable[[str], str]:
+    """argparse type: ``parse``, whose refusal of the value ``$variable`` holds says it came
+    from there (set in a cron file or a unit, it was never typed on the command line)."""
+    def check(text: str) -> str:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            if os.environ.get(variable) != text:
+                raise
+            raise argparse.ArgumentTypeError(f"{exc} (from ${variable})") from None
+    return check
+
+
 def _one_of(*choices: str, fold: bool = False) -> Callable[[str], str]:
     """argparse type: one of ``choices`` (upper-cased first with ``fold``). Unlike
     ``choices=``, it also checks a default taken from the environment."""
@@ -578,27 +627,62 @@ def _backend_opt(text: str) -> str:
     return text
 
 
-def _pair(shape: str, meaning: str) -> Callable[[str], str]:
+def _not_a_stream(text: str, stream: str) -> None:
+    """Refuse ``-``, a script's way to say standard input or output (``stream``): k3snet
+    reads specs and plan files, and writes plan files, boot files and bundles, as files
+    (a spec's path is its cache key and its digest in a plan file), so ``-`` was a file
+    named ``-``: not found, or written in the current directory."""
+    if text == "-":
+        raise argparse.ArgumentTypeError(
+            f"'-': k3snet does not use standard {stream} here; give a path (./- for a file "
+            "named -)")
+
+
+def _read_path(text: str) -> Path:
+    """argparse type: a file or directory to read (not ``-``, standard input)."""
+    _not_a_stream(text, "input")
+    return Path(text)
+
+
+def _written_path(text: str) -> Path:
+    """argparse type: a file or directory to write (not ``-``, standard output)."""
+    _not_a_stream(text, "output")
+    return Path(text)
+
+
+def _lock_seconds(text: str) -> float:
+    """argparse type: ``--lock-timeout``, seconds from 0 to a day, as the library takes it."""
+    try:
+        return option_seconds("--lock-timeout", float(text), zero=True)
+    except (ValueError, ModelError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds from 0 to below a "
+                                         "day") from exc
+
+
+def _pair(shape: str, meaning: str, *, read: bool = False) -> Callable[[str], str]:
     """An option type for ``KEY=VALUE`` text (``shape``, e.g. ``NAME=SPEC``), both sides
-    given, checked when parsed (a usage error naming ``meaning``)."""
+    given, checked when parsed (a usage error naming ``meaning``); ``read``: VALUE is a
+    file k3snet reads (not ``-``)."""
     def check(text: str) -> str:
         key, sep, value = text.partition("=")
         if not (sep and key and value):
             raise argparse.ArgumentTypeError(f"expected {shape} ({meaning}), not {text!r}")
+        if read:
+            _not_a_stream(value, "input")
         return text
 
     return check
 
 
-_profile = _pair("NAME=SPEC", "a profile name, a spec file")
+_profile = _pair("NAME=SPEC", "a profile name, a spec file", read=True)
 _network_file = _pair("DEV=FILE", "an interface, the .network file that configures it")
 
 
 def _render_arguments(render: argparse.ArgumentParser) -> None:
     """The options of ``k3snet render``."""
     render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
-    render.add_argument("-f", "--spec", required=True, type=Path)
-    render.add_argument("-o", "--out", type=Path,
+    render.add_argument("-f", "--spec", required=True, type=_read_path)
+    render.add_argument("-o", "--out", type=_written_path,
                         help="directory to write into (default: print to stdout)")
     render.add_argument("--flannel-conf", metavar="PATH",
                         help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf; "
@@ -986,6 +1070,11 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    if args.out is not None and _same_file(args.out, args.spec):
+        # `plan -f egress.yaml --out egress.yaml` (a completion slip) replaced the spec.
+        print(f"k3snet plan: error: --out {args.out} is the spec (-f {args.spec}); the plan "
+              "file would replace it: give another path", file=sys.stderr)
+        return EXIT_USAGE
     spec, group = _spec_and_backend(args)  # the backends reading already (prefetch)
     with group as backend:
         # Compiled first, so the backends that take the hint (``expect``, as ``converge``
@@ -1009,10 +1098,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for line in warnings:
             print(f"!! warning: {line}")
         if args.out is not None:
-            print(f"Saved the plan to {args.out}; apply it with `k3snet apply {args.out}`.")
+            print(f"Saved the plan to {args.out}; apply it with "
+                  f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
     if p.conflicts:
         return EXIT_CONFLICTS
     return EXIT_CHANGES if p.changes else EXIT_OK
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one existing file (through links too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing (or unreadable): said where it is used
+        return False
 
 
 def _disruptive(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
@@ -1046,7 +1144,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print("k3snet apply: error: give either a spec (-f FILE) or a plan file",
               file=sys.stderr)
         return EXIT_USAGE
-    options = {"allow_conflicts": args.allow_conflicts, "allow_teardown": args.allow_teardown}
+    options = {"allow_conflicts": args.allow_conflicts, "allow_teardown": args.allow_teardown,
+               "lock_timeout": args.lock_timeout}
     saved = PlanFile.read(args.planfile, netns=args.netns) if args.planfile else None
     if saved is not None and args.backend:
         print(f"k3snet apply: error: --backend with a plan file: the plan file names its "
@@ -1065,14 +1164,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
         def run(p: Plan | None, wanted: State | None, *, dry_run: bool) -> Convergence:
             if p is None:
                 return converge(backend, desired, dry_run=dry_run, **options)
-            return apply_plan(backend, p, desired=wanted, dry_run=dry_run, **options)
+            return apply_plan(backend, p, desired=wanted, dry_run=dry_run,
+                              made_from=saved.observed if saved else None, **options)
 
         fixed, wanted = (saved.plan, saved.desired) if saved else (None, None)
         shown: Plan | None = None  # the plan already printed for the user to approve
         if args.dry_run:
             preview = run(fixed, wanted, dry_run=True)
             problems = tuple(backend.check(preview.plan)) if preview.plan.changes else ()
-            _print_apply(args, preview, problems)
+            _print_apply(args, preview, problems, warnings=backend.warnings)
             if problems:
                 return EXIT_ERROR
             return EXIT_CHANGES if args.detailed_exitcode and preview.plan.changes else EXIT_OK
@@ -1090,14 +1190,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 # Shown on stdout already, or else printed there with what was applied.
                 shown = preview.plan if ask is sys.stdout else None
         done = run(fixed, wanted, dry_run=False)
-    _print_apply(args, done, shown=shown)
+        warnings = backend.warnings  # what the last observe found worth saying, as plan says
+    _print_apply(args, done, shown=shown, warnings=warnings)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
 
 
 def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence[str] = (),
-                 *, shown: Plan | None = None, kind: str = "apply") -> None:
-    """The plan (unless ``shown`` already, for approval), then what was applied; with
+                 *, shown: Plan | None = None, kind: str = "apply",
+                 warnings: Sequence[str] = ()) -> None:
+    """The plan (unless ``shown`` already, for approval), then what was applied, then the
+    backends' ``warnings`` (``!! warning:`` lines, as plan prints them); with
     ``--output json`` one document of ``kind`` (``apply`` or ``destroy``)."""
     if args.output == "json":
         _print_json({
@@ -1108,6 +1211,7 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
             "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
             "operations": done.result.operations if done.result else 0,
             "problems": list(problems),
+            **({"warnings": list(warnings)} if warnings else {}),
         })
         return
     if shown is None or not _same_changes(shown.changes, done.plan.changes):
@@ -1121,13 +1225,15 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
             print("\n".join(f"  {p}" for p in problems))
         elif done.plan.changes:
             print("Dry run: the backends' check found no problem; nothing was changed.")
+    for line in warnings:
+        print(f"!! warning: {line}")
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     spec = _spec(args) if args.spec else None
     as_json, human = _json(args), _human(args)
     with _backend(args, spec) as backend:
-        preview = destroy(backend, dry_run=True)
+        preview = destroy(backend, dry_run=True, lock_timeout=args.lock_timeout)
         if preview.plan.empty:
             if as_json:
                 _print_apply(args, preview, kind="destroy")
@@ -1153,7 +1259,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
             return EXIT_ERROR if problems else EXIT_CHANGES
         if asking and not _confirm("Remove everything listed above?", shown):
             return _not_confirmed(args)
-        done = destroy(backend)
+        done = destroy(backend, lock_timeout=args.lock_timeout)
         if as_json:
             _print_apply(args, done, kind="destroy")
         elif shown is not sys.stdout or not _same_changes(preview.plan.changes,
@@ -1206,13 +1312,22 @@ def _confirm(question: str, stream: Any = None) -> bool:
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
+    ignored = [flag for flag, given in (("-f", args.spec), ("--backend", args.backend),
+                                        ("--backend-opt", args.backend_opt),
+                                        ("--no-facts", args.no_facts)) if given]
+    if args.save is not None and ignored:
+        # The bundle is the namespace's whole state, whatever the backends: a script
+        # giving a spec or --backend expected them to count.
+        print(f"k3snet observe: error: --save captures the whole namespace; it takes no "
+              f"{', '.join(ignored)}", file=sys.stderr)
+        return EXIT_USAGE
     if args.save is not None:
         from k3snet.doctor import NodeCapture  # noqa: PLC0415 - doctor users only
 
         capture = NodeCapture.read_live(args.netns)
         written = capture.write_dir(args.save)
         if args.output == "json":
-            _print_json({"format": 1, "kind": "capture", "directory": str(args.save),
+            _print_json({"format": JSON_FORMAT, "kind": "capture", "directory": str(args.save),
                          "files": [str(path) for path in written],
                          "missing": dict(sorted(capture.missing.items()))})
         else:

@@ -151,6 +151,7 @@ def apply_plan(
     allow_teardown: bool = False,
     allow_disruptive: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    made_from: str | None = None,
 ) -> Convergence:
     """Apply exactly the plan ``p`` (made earlier, e.g. saved by ``k3snet plan --out``).
 
@@ -158,13 +159,23 @@ def apply_plan(
     :class:`~k3snet.errors.StalePlanError` unless planning again from what the
     backend observes now gives exactly ``p``: a plan is only right for the state
     it was computed from. A change on the node that does not alter the plan (an
-    unrelated route, a counter) does not make it stale. The same refusals as
-    :func:`converge` apply.
+    unrelated route, a counter) does not make it stale. ``made_from``: the
+    :func:`state_digest` of what the backend observed when ``p`` was made (a plan
+    file's ``observed``); when the node still matches it, the refusal says that ``p``
+    does not follow from ``desired`` (an edited file) rather than that the node
+    changed. The same refusals as :func:`converge` apply.
     """
     with namespace_lock(namespaces_of(backend), timeout=lock_timeout):
         observed = backend.observe()
         if desired is not None:
             now = plan(observed, desired.only(backend.capabilities))
+            if now != p and made_from == state_digest(observed.only(backend.capabilities)):
+                raise StalePlanError(
+                    "the plan does not follow from its own desired state on this node, which "
+                    "has not changed since it was planned: the plan file was edited, or made "
+                    f"by another k3snet version (planned again now, it would be "
+                    f"{len(now.changes)} change(s) and {len(now.notes)} note(s) instead of "
+                    f"{len(p.changes)} and {len(p.notes)}); nothing was applied: plan again")
             if now != p:
                 raise StalePlanError(
                     "the node changed since this plan was made: planned again now, it "

@@ -59,7 +59,10 @@ def _ip_json_all(commands: list[list[str]], netns: str | None) -> list[Any]:
     for argv, proc, (out, err) in zip(argvs, started, outputs, strict=True):
         if proc.returncode != 0:
             raise BackendError(f"`{' '.join(argv)}` failed: {err.strip()}")
-        results.append(json.loads(out or "[]"))
+        # strict=False: `ip -j` prints a control character of a name (ESC: the kernel
+        # refuses only "/", ":" and white space) as it is, inside a JSON string; such
+        # a name is then left out as no interface name.
+        results.append(json.loads(out or "[]", strict=False))
     return results
 
 

@@ -22,6 +22,7 @@ import errno
 import hashlib
 import json
 import re
+import shlex
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -73,8 +74,9 @@ def _read_json(path: Path) -> Any:
         return json.loads(text)
     except ValueError as exc:
         if _SPEC_LINE.search(data[:65536].decode("utf-8", "replace")):
+            # Quoted: the command is pasted into a shell as it is (a path with spaces).
             raise PlanError(f"{path} is a spec, not a plan file: apply it with `k3snet apply "
-                            f"-f {path}`") from None
+                            f"-f {shlex.quote(str(path))}`") from None
         raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
 
 

@@ -10,7 +10,8 @@ The lock is ``flock(2)`` on a file named after the namespace's identity (device
 and inode of its ``/proc/thread-self/ns/net`` or ``/run/netns`` handle, so two names of
 one namespace share a lock), in ``/run/k3snet/locks`` (``K3SNET_LOCK_DIR``
 overrides it). The kernel releases it when the process dies, even by SIGKILL.
-The file holds the holder's pid, quoted when another process has to wait too long.
+The file holds the holder's pid, quoted when another process has to wait for it
+(a warning, once, when the wait begins) and when it waited too long.
 k3snet runs as root: the directory and every lock file must be its own (owned by
 the effective user, writable by nobody else, no link; :func:`k3snet._kept.untrusted`),
 else the lock is refused before anything is opened for writing or truncated.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import stat
 import time
@@ -40,6 +42,8 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 """Seconds to wait for another k3snet process before giving up with a typed error."""
 
 _POLL = 0.05
+
+log = logging.getLogger(__name__)
 
 
 def _lock_dir() -> Path:
@@ -154,6 +158,7 @@ def _flock(directory_fd: int, path: Path, name: str, timeout: float) -> Iterator
     fd = _open_lock_file(directory_fd, path)
     try:
         deadline = time.monotonic() + timeout
+        said = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -161,11 +166,15 @@ def _flock(directory_fd: int, path: Path, name: str, timeout: float) -> Iterator
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise BackendError(f"cannot lock {path}: {exc}") from exc
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             if time.monotonic() >= deadline:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 raise BackendError(
                     f"another k3snet process (pid {holder}) is changing network namespace "
                     f"{name!r}; waited {timeout:g} s for it (lock {path})")
+            if not said:  # a run that seems to hang up to a minute says whom it waits for
+                log.warning("another k3snet process (pid %s) is changing network namespace "
+                            "%r; waiting up to %g s for it", holder, name, timeout)
+                said = True
             time.sleep(_POLL)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -101,7 +101,9 @@ def _load(name: str, text: str) -> object:
     recurse into what they read: ``nft -j`` nests about 12 deep), and so are numbers
     (a 5000-digit integer is a plain ValueError)."""
     try:
-        return load_json(text)
+        # strict=False: the tools print a control character of a name as it is (`ip -j`
+        # and an interface named with an ESC); the doctor escapes what it prints.
+        return load_json(text, strict=False)
     except JsonTextError as exc:
         raise BundleError(f"{name}: not JSON the doctor reads ({exc})") from None
 

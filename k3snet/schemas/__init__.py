@@ -2,7 +2,8 @@
 
 ``object`` (one managed object), ``state`` (``k3snet observe --output json``,
 ``State.to_dict``, the memory backend's dump), ``plan``, ``apply``, ``error``,
-``planfile`` and ``log`` (``--log-format json`` lines, the agent's events). Each
+``capture`` (``k3snet observe --save DIR --output json``), ``planfile`` and ``log``
+(``--log-format json`` lines, the agent's events). Each
 document carries ``format`` (1) and, from the CLI, a ``kind``. ``spec``
 (``spec.schema.json``) is the schema of the spec itself, generated from its field
 table by :mod:`k3snet.spec.json_schema`, for editors. The files ship in the package::
@@ -21,7 +22,8 @@ from typing import Any
 
 __all__ = ["SCHEMA_NAMES", "load_schema"]
 
-SCHEMA_NAMES = ("object", "state", "plan", "apply", "error", "planfile", "log", "spec")
+SCHEMA_NAMES = ("object", "state", "plan", "apply", "error", "capture", "planfile", "log",
+                "spec")
 
 
 def load_schema(name: str) -> dict[str, Any]:

@@ -32,7 +32,13 @@ from k3snet import (
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
-from k3snet.cli import COMMANDS, EXIT_TERMINATED, UNDONE_ON_SIGTERM, main, sigterm_undoes
+from k3snet.cli import (
+    COMMANDS,
+    EXIT_HANGUP,
+    EXIT_TERMINATED,
+    main,
+    sigterm_undoes,
+)
 from k3snet.lab.netns import run_in, temporary_netns
 
 pytestmark = pytest.mark.kernel
@@ -156,45 +162,82 @@ def main_thread() -> None:
 
 
 class _Terminated(NftablesBackend):
-    """An nftables member during whose part the process gets SIGTERM (systemd stopping it)."""
+    """An nftables member during whose part the process gets ``signum`` (SIGTERM: systemd
+    stopping it; SIGHUP: the SSH session or terminal it ran in went away)."""
+
+    signum = signal.SIGTERM
 
     def apply(self, plan: Plan) -> ApplyResult:
-        os.kill(os.getpid(), signal.SIGTERM)
+        if signal.getsignal(self.signum) in (signal.SIG_DFL, signal.SIG_IGN):
+            # Sent, it would end the test run at once, as it ended k3snet.
+            raise AssertionError(f"{self.signum!r} is not handled: it ends the process")
+        os.kill(os.getpid(), self.signum)
         time.sleep(10)  # the handler raises within this; a bound, not a timing
-        raise AssertionError("SIGTERM did not interrupt the apply")
+        raise AssertionError(f"{self.signum!r} did not interrupt the apply")
 
 
-def test_sigterm_during_a_cli_apply_takes_the_earlier_members_back(
-        ns: str, tmp_path: Path, main_thread: None) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, EXIT_TERMINATED),
+                                              (signal.SIGHUP, EXIT_HANGUP)])
+def test_sigterm_or_sighup_during_a_cli_apply_takes_the_earlier_members_back(
+        ns: str, tmp_path: Path, main_thread: None, signum: signal.Signals, code: int) -> None:
     """What ``k3snet apply`` and ``destroy`` run under (``cli.sigterm_undoes``): SIGTERM
-    ends the command as Ctrl-C does (exit 143), after the group took back what netlink
-    made. It used to end the process at once, leaving the routes and sysctls."""
+    and SIGHUP end the command as Ctrl-C does (exit 143, 129), after the group took back
+    what netlink made. They used to end the process at once, leaving the routes and
+    sysctls (SIGHUP still did: an SSH session dropped in the middle of an apply)."""
     before = kernel_view(ns)
-    handler = signal.getsignal(signal.SIGTERM)
-    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path), _Terminated(ns)]) as group:
-        p = plan(group.observe(), WANTED)
-        with pytest.raises(SystemExit) as caught, sigterm_undoes():
-            group.apply(p)
-        assert caught.value.code == EXIT_TERMINATED == 143
-        assert kernel_view(ns) == before
-        assert not group.observe().owned
-    assert signal.getsignal(signal.SIGTERM) is handler  # given back
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a shell, not under nohup
+    terminated = _Terminated(ns)
+    terminated.signum = signum
+    try:
+        with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path), terminated]) as group:
+            p = plan(group.observe(), WANTED)
+            with pytest.raises(SystemExit) as caught, sigterm_undoes():
+                group.apply(p)
+            assert caught.value.code == code
+            assert kernel_view(ns) == before
+            assert not group.observe().owned
+        assert signal.getsignal(signal.SIGTERM) is handlers[signal.SIGTERM]  # given back
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, handlers[signal.SIGHUP])
 
 
-@pytest.mark.parametrize("command", sorted(UNDONE_ON_SIGTERM))
+def test_under_nohup_sighup_stays_ignored(main_thread: None) -> None:
+    """``nohup k3snet apply ...`` asks for the run to outlive the terminal: SIGHUP stays
+    ignored within ``sigterm_undoes`` (and SIGTERM is still taken)."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with sigterm_undoes():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+DOCTOR_FIX = ["doctor", "--from", "10.42.0.5", "--to", "192.168.2.10", "--fix"]
+
+
+@pytest.mark.parametrize("argv", [["apply", "-f", "spec.yaml"], ["destroy", "--auto-approve"],
+                                  DOCTOR_FIX], ids=lambda argv: argv[0])
 def test_the_commands_that_change_the_node_run_under_sigterm_undoes(
-        command: str, monkeypatch: pytest.MonkeyPatch, main_thread: None) -> None:
+        argv: list[str], monkeypatch: pytest.MonkeyPatch, main_thread: None) -> None:
+    # doctor --fix applies its fix plan through converge as apply does: SIGTERM ended it
+    # at once, between the fix's backends.
+    command = argv[0]
     handler = signal.getsignal(signal.SIGTERM)
     seen = []
 
     def run(args: object) -> int:
         seen.append(signal.getsignal(signal.SIGTERM))
+        if seen[0] is handler:  # sent, it would end the test run at once
+            return 0
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(10)
         return 0
 
     monkeypatch.setitem(COMMANDS, command, run)
-    argv = ["apply", "-f", "spec.yaml"] if command == "apply" else ["destroy", "--auto-approve"]
     with pytest.raises(SystemExit) as caught:
         main(argv)
     assert caught.value.code == 143

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -519,3 +522,191 @@ def test_plan_json_carries_the_disruptive_marks_the_text_shows(
         assert "disruptive" not in json.loads(capsys.readouterr().out)  # none: no key
     finally:
         unregister_backend("memory-cni-json")
+
+
+def test_an_apply_whose_undo_failed_too_exits_5_not_the_1_of_nothing_changed(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Exit 1 says "nothing was applied, or it was rolled back": a script retries or
+    # moves on. After a RollbackError the node may be half-changed: another code.
+    from k3snet import MemoryBackend, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from k3snet.errors import ApplyError, RollbackError  # noqa: PLC0415
+
+    class Failing(MemoryBackend):
+        rollback = True
+
+        def apply(self, plan: Plan) -> Any:
+            error = RollbackError if self.rollback else ApplyError
+            raise error("the kernel said no", failed=plan.changes[0], done=plan.changes[:1])
+
+    register_backend("memory-half", Failing)
+    try:
+        args = ["apply", "-f", str(SEED), "--backend", "memory-half", "--no-facts",
+                "--output", "json"]
+        assert main(args) == 5
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["error"]["type"] == "RollbackError"
+        assert "k3snet: error: the kernel said no" in captured.err
+        Failing.rollback = False  # a failure taken back whole is still 1
+        assert main(args) == 1
+        assert json.loads(capsys.readouterr().out)["error"]["type"] == "ApplyError"
+    finally:
+        unregister_backend("memory-half")
+
+
+@pytest.mark.parametrize(("argv", "stream"), [
+    (["plan", "-f", "-", "--backend", "memory"], "input"),
+    (["apply", "-f", "-", "--backend", "memory"], "input"),
+    (["apply", "-"], "input"),
+    (["destroy", "-f", "-", "--backend", "memory"], "input"),
+    (["observe", "-f", "-", "--backend", "memory"], "input"),
+    (["validate", "-f", "-"], "input"),
+    (["render", "sysctl", "-f", "-"], "input"),
+    (["render", "manifests", "-f", str(SEED), "--profile", "edge=-"], "input"),
+    (["doctor", "--from", "10.42.0.5", "--to", "1.1.1.1", "-f", "-"], "input"),
+    (["doctor", "--from", "10.42.0.5", "--to", "1.1.1.1", "--state", "-"], "input"),
+    (["agent", "--once", "-f", "-"], "input"),
+    (["connectivity", "-f", "-"], "input"),
+    (["plan", "-f", str(SEED), "--backend", "memory", "--out", "-"], "output"),
+    (["render", "sysctl", "-f", str(SEED), "--out", "-"], "output"),
+    (["observe", "--backend", "memory", "--save", "-"], "output"),
+])
+def test_a_dash_for_standard_input_or_output_is_a_usage_error_naming_it(
+        argv: list[str], stream: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Scripts write `-` for stdin or stdout; it was read as a file named "-" ("cannot
+    # read -: No such file or directory"), and `plan --out -` wrote a file named "-".
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == EXIT_USAGE
+    assert f"standard {stream}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written, no file named "-"
+
+
+def test_a_file_named_dash_is_still_reached_as_dot_slash_dash(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-").write_bytes(SEED.read_bytes())
+    assert main(["validate", "-f", "./-"]) == 0
+
+
+@pytest.fixture
+def locked_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A memory backend acting in this process's namespace (so it takes that namespace's
+    lock, in a lock directory of the test's own), registered as ``memory-locked``, while
+    another holder keeps that lock."""
+    from k3snet import MemoryBackend, State, Sysctl, register_backend  # noqa: PLC0415
+    from k3snet.backends.lock import namespace_lock  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+
+    class Locked(MemoryBackend):
+        netns = None  # the caller's own namespace: namespaces_of() locks it
+
+    held = Locked(State(owned=[Sysctl("net.ipv4.ip_forward", "1")]))
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
+    register_backend("memory-locked", lambda: held)
+    try:
+        with namespace_lock([None], timeout=0):
+            yield held
+    finally:
+        unregister_backend("memory-locked")
+
+
+@pytest.mark.parametrize("argv", [
+    ["apply", "-f", str(SEED), "--no-facts"],
+    ["destroy", "--auto-approve"],
+])
+def test_lock_timeout_bounds_the_wait_for_another_k3snet_and_nothing_changes(
+        argv: list[str], locked_namespace: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # A cron job or CI step that must not hang for the default 60 s behind the agent:
+    # --lock-timeout 0 tries once; the failure names the holder and changes nothing.
+    before = locked_namespace.observe()
+    assert main([*argv, "--backend", "memory-locked", "--lock-timeout", "0"]) == 1
+    err = capsys.readouterr().err
+    assert f"another k3snet process (pid {os.getpid()})" in err
+    assert "waited 0 s" in err
+    assert locked_namespace.observe() == before
+
+
+def test_a_run_waiting_for_the_lock_says_so_on_stderr_at_once(
+        locked_namespace: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # A person (or a CI log) saw nothing for up to a minute: say who is waited for.
+    assert main(["apply", "-f", str(SEED), "--no-facts", "--backend", "memory-locked",
+                 "--lock-timeout", "0.2", "--log-format", "json"]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+               if line.startswith("{")]
+    waiting = [r for r in records if r["level"] == "warning" and "waiting" in r["message"]]
+    assert len(waiting) == 1
+    assert f"pid {os.getpid()}" in waiting[0]["message"]
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "86400", "soon"])
+def test_a_lock_timeout_that_is_not_seconds_from_0_to_a_day_is_a_usage_error(
+        value: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["apply", "-f", str(SEED), "--backend", "memory", "--lock-timeout", value])
+    assert caught.value.code == EXIT_USAGE
+
+
+def test_the_apply_command_plan_out_suggests_runs_as_pasted_in_a_shell(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "node 1's.plan"
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--out", str(out)]) == 2
+    command = capsys.readouterr().out.rstrip().splitlines()[-1].split("`")[1]
+    assert shlex.split(command) == ["k3snet", "apply", str(out)]
+
+
+@pytest.mark.parametrize("out", ["spec.yaml", "./spec.yaml", "link.yaml", "hard.yaml"])
+def test_plan_out_refuses_to_write_over_its_own_spec(
+        out: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # `k3snet plan -f egress.yaml --out egress.yaml` (a completion slip) replaced the
+    # spec with the plan file: the only copy of the spec, on many nodes.
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(SEED.read_bytes())
+    (tmp_path / "link.yaml").symlink_to("spec.yaml")
+    os.link(spec, tmp_path / "hard.yaml")
+    assert main(["plan", "-f", "spec.yaml", "--backend", "memory", "--no-facts",
+                 "--out", out]) == EXIT_USAGE
+    assert "is the spec" in capsys.readouterr().err
+    assert spec.read_bytes() == SEED.read_bytes()
+    assert (tmp_path / "link.yaml").is_symlink()
+
+
+def test_apply_says_the_backends_warnings_as_plan_does(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The nftables backend's "other tables were not read whole" reached `plan` only: a
+    # cron job running `apply` (text or JSON) never learnt its foreign state was partial.
+    from k3snet import MemoryBackend, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+
+    class Warns(MemoryBackend):
+        warnings = ("memory: other tables were not read whole",)
+
+    register_backend("memory-warns", Warns)
+    try:
+        args = ["-f", str(SEED), "--backend", "memory-warns", "--no-facts"]
+        assert main(["apply", *args]) == 0
+        assert "!! warning: memory: other tables were not read whole" in capsys.readouterr().out
+        for extra in ([], ["--dry-run"]):
+            assert main(["apply", *args, *extra, "--output", "json"]) == 0
+            document = json.loads(capsys.readouterr().out)
+            assert document["warnings"] == ["memory: other tables were not read whole"]
+    finally:
+        unregister_backend("memory-warns")
+
+
+@pytest.mark.parametrize("extra", [["-f", str(SEED)], ["--backend", "iptables"],
+                                   ["--backend-opt", "nftables.table=other"], ["--no-facts"]])
+def test_observe_save_with_an_option_it_ignores_is_a_usage_error(
+        extra: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The bundle is the namespace's whole state, whatever the backends: a script giving
+    # --backend or a spec expected them to count, and got an exit 0 that ignored them.
+    # A namespace that is not there: whatever happens, no node's state is read.
+    assert main(["observe", "--netns", "k3snet-none-here", "--save", str(tmp_path / "bundle"),
+                 *extra]) == EXIT_USAGE
+    assert "--save" in capsys.readouterr().err
+    assert not (tmp_path / "bundle").exists()

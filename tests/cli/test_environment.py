@@ -69,6 +69,8 @@ def test_a_bad_default_from_the_environment_is_a_usage_error(
     assert f"argument {option}: " in err
     assert repr(value) in err
     assert "internal error" not in err
+    # Set in a cron file or a unit, not typed: the message names where it came from.
+    assert f"(from ${variable})" in err
 
 
 def test_a_log_level_from_the_environment_may_be_lower_case(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ writing into a pipe.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -140,3 +141,25 @@ def test_ctrl_c_while_the_cli_loads_ends_with_130_and_no_traceback() -> None:
                           capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 130
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize(("closed", "argv", "code"), [
+    (0, ("apply", "-f", str(SEED), "--backend", "memory", "--no-facts"), 0),
+    (1, ("plan", "-f", str(SEED), "--backend", "memory", "--no-facts"), 2),
+    (1, ("--version",), 0),
+    (2, ("plan", "-f", "no-such-spec.yaml", "--output", "json"), 1),
+], ids=["stdin", "stdout", "stdout-version", "stderr"])
+def test_a_closed_standard_stream_is_read_as_dev_null_not_an_internal_error(
+        closed: int, argv: tuple[str, ...], code: int) -> None:
+    # A supervisor or a script (`k3snet apply ... <&-`, `>&-`) starts k3snet with one of
+    # the three closed: Python's sys.stdin (stdout, stderr) is then None, and asking
+    # whether it is a terminal was an internal error, then a traceback at the end.
+    redirect = {0: "<&-", 1: ">&-", 2: "2>&-"}[closed]
+    done = subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", sys.executable, "-c",
+                           RUN, *argv], capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "internal error" not in done.stderr
+    if closed == 2:  # the JSON document alone on stdout, as with stderr open
+        assert json.loads(done.stdout)["error"]["type"] == "SpecError"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 from k3snet import MasqueradeRule, PlanError, State, plan, planfile
 from k3snet.planfile import PlanFile
 from k3snet.testing.strategies import edited_documents
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
 
 def _saved(tmp_path: Path) -> tuple[PlanFile, Path]:
@@ -149,3 +152,45 @@ def test_a_backend_option_that_is_not_json_is_not_saved() -> None:
     with pytest.raises(PlanError, match=r"option memory\.path is not a JSON value"):
         PlanFile.make(plan(State(), State()), desired=State(), observed=State(),
                       backends=["memory"], netns=None, options={"memory": {"path": Path("/x")}})
+
+
+def test_the_command_a_spec_given_as_a_plan_file_is_told_runs_as_pasted_in_a_shell(
+        tmp_path: Path) -> None:
+    # "apply it with `k3snet apply -f my spec.yaml`", pasted, gave apply two paths.
+    path = tmp_path / "my spec's copy.yaml"
+    path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations: []\n")
+    with pytest.raises(PlanError) as caught:
+        PlanFile.read(path, netns=None)
+    command = str(caught.value).split("`")[1]
+    assert shlex.split(command) == ["k3snet", "apply", "-f", str(path)]
+
+
+def test_an_edited_plan_is_told_apart_from_a_node_that_changed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Both were "the node changed since this plan was made", the file records a
+    # fingerprint of what was observed: when the node still matches it, the file is at fault.
+    from k3snet import MemoryBackend, State, Sysctl, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from k3snet.cli import main  # noqa: PLC0415
+
+    held = MemoryBackend()
+    register_backend("memory-node", lambda: held)
+    try:
+        saved = tmp_path / "node.plan"
+        assert main(["plan", "-f", str(SEED), "--backend", "memory-node", "--no-facts",
+                     "--out", str(saved)]) == 2
+        document = json.loads(saved.read_text())
+        document["plan"]["changes"].pop()  # one change taken out by hand
+        edited = tmp_path / "edited.plan"
+        edited.write_text(json.dumps(document))
+        capsys.readouterr()
+        assert main(["apply", str(edited)]) == 1
+        err = capsys.readouterr().err
+        assert "has not changed since it was planned" in err, err
+        assert "the plan file was edited" in err
+        assert held.observe() == State()
+        held.apply(plan(held.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", "0")])))
+        assert main(["apply", str(saved)]) == 1  # now the node did change
+        assert "the node changed since this plan was made" in capsys.readouterr().err
+    finally:
+        unregister_backend("memory-node")

@@ -188,3 +188,33 @@ def test_destroy_output_json_is_one_schema_valid_document_on_every_path(
     nothing = json.loads(capsys.readouterr().out)
     validate(nothing, "apply")
     assert (nothing["plan"]["changes"], nothing["applied"]) == ([], [])
+
+
+@pytest.mark.kernel
+def test_observe_save_output_json_validates_as_a_capture(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], require_root: None) -> None:
+    # docs/cli.md lists the `capture` kind among the documents with a schema; it had none.
+    from k3snet.lab.netns import temporary_netns  # noqa: PLC0415
+
+    with temporary_netns("capture") as ns:
+        assert main(["observe", "--netns", ns, "--save", str(tmp_path / "bundle"),
+                     "--output", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    validate(document, "capture")
+    assert document["files"]
+    with pytest.raises(jsonschema.ValidationError):
+        validate({**document, "missing": {"addr.json": 1}}, "capture")
+
+
+def test_an_apply_document_with_warnings_validates(capsys: pytest.CaptureFixture[str]) -> None:
+    class Warns(MemoryBackend):
+        warnings = ("memory: other tables were not read whole",)
+
+    register_backend("memory-warns", Warns)
+    try:
+        document = _cli_json(["apply", "-f", str(SEED), "--backend", "memory-warns",
+                              "--no-facts"], capsys)
+        assert document["warnings"]
+        validate(document, "apply")
+    finally:
+        unregister_backend("memory-warns")
