@@ -73,6 +73,7 @@ from k3snet.backends.flannel_read import (
     DISRUPTIVE_KEYS,
     FLANNEL_FIELDS,
     K3S_GENERATED_SUFFIX,
+    command_refusals,
     disruptions,
     flannel_values,
     is_k3s_generated,
@@ -508,6 +509,15 @@ class FlannelBackend(BackendBase):
             if subject.target != self.target:
                 raise PlanError(f"flannel backend manages {self.target}; the plan changes "
                                 f"{subject.target}")
+            wanted = change.after
+            if isinstance(wanted, FlannelConfig):
+                commands = command_refusals(_foreign_values(doc),
+                                            wanted.members().get("Backend"))
+                if commands:
+                    raise PlanError(
+                        f"flannel backend refuses {change} on {self.target}: flannel runs "
+                        "the extension backend's commands as root on every node, so "
+                        f"{'; '.join(commands)} (write them by hand if you mean to)")
         problems = fit_problems(self, plan, self._state(doc))
         if problems:
             raise PlanError(f"{self.name} backend refuses the plan for {self.target}, nothing "

@@ -26,6 +26,7 @@ __all__ = [
     "DISRUPTIVE_KEYS",
     "FLANNEL_FIELDS",
     "K3S_GENERATED_SUFFIX",
+    "command_refusals",
     "disruptions",
     "flannel_values",
     "fold",
@@ -390,6 +391,28 @@ def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
             shown = "unset" if old is None else _dump(old)
             found.append(f"changing flannel's {key} ({shown} -> "
                          f"{'unset' if new is None else _dump(new)}) {why}")
+    return found
+
+
+def command_refusals(before: Mapping[str, Any], backend: Any) -> list[str]:
+    """Why k3snet will not write ``backend`` (the ``Backend`` members it sets, merged into
+    the object there) over config ``before``.
+
+    flannel's extension backend runs the commands in ``Backend`` (``PreStartupCommand``,
+    ``PostStartupCommand``, ``SubnetAddCommand`` ...) as root on every node, and a spec
+    (which anyone who may edit its ConfigMap writes) must not reach them. No option named
+    ``...Command`` is written, whatever the type (a later switch would run it), and the
+    type is never switched to ``extension`` (the commands already in ``Backend`` would
+    start to run); an extension config keeps its commands.
+    """
+    if not isinstance(backend, Mapping):
+        return []
+    found = [f"k3snet never writes Backend.{name}" for name in backend
+             if fold(name).endswith("command")]
+    kind = next((v for k, v in backend.items() if fold(k) == "type"), None)
+    if (isinstance(kind, str) and flannel_backend_type(kind) == "extension"
+            and _effective_value(before, "Backend.Type") != "extension"):
+        found.append("k3snet never switches Backend.Type to extension")
     return found
 
 

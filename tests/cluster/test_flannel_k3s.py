@@ -544,6 +544,49 @@ def test_a_vxlan_port_below_one_is_the_kernels_default_port_so_not_disruptive(
     assert backend.disruptive(same) is None
 
 
+# K3s' tailscale integration (--vpn-auth) runs flannel's extension backend with commands.
+K3S_TAILSCALE = K3S_VXLAN.replace(
+    '"Type": "vxlan"', '"Type": "extension",\n\t"PostStartupCommand": "tailscale set '
+    '--accept-routes --advertise-routes=10.42.0.0/24",\n\t"ShutdownCommand": "tailscale down"')
+
+
+@pytest.mark.parametrize(("text", "config"), [
+    (K3S_VXLAN, {"backend_type": "extension",
+                 "backend_options": {"PostStartupCommand": "touch /tmp/k3snet-pwned"}}),
+    (K3S_VXLAN, {"backend_type": "vxlan", "backend_options": {"preStartupCommand": "id"}}),
+    (K3S_TAILSCALE, {"backend_type": "extension",
+                     "backend_options": {"SubnetAddCommand": "sh -c id"}}),
+    # A Backend given as an extra key (no Type to model it by) is merged all the same.
+    (K3S_TAILSCALE, {"extra": {"Backend": {"PostStartupCommand": "id"}}}),
+    # Leftover commands of an old extension setup come alive with the type.
+    (K3S_VXLAN.replace('"Type": "vxlan"', '"Type": "vxlan", "SubnetRemoveCommand": "id"'),
+     {"backend_type": "extension"}),
+])
+def test_flannel_extension_commands_are_never_written_as_flannel_runs_them_as_root(
+    tmp_path: Path, text: str, config: dict[str, Any]
+) -> None:
+    # pkg/backend/extension runs Pre/PostStartupCommand, SubnetAdd/RemoveCommand as root on
+    # every node: a spec (which anyone who may edit its ConfigMap writes) must not reach them.
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    p = Plan(changes=[Change.add(FlannelConfig(backend.target, **config))])
+    (problem,) = backend.check(p)
+    assert "flannel runs the extension backend's commands as root" in problem
+    with pytest.raises(PlanError, match="extension backend's commands"):
+        backend.apply(p)
+    assert path.read_text() == text
+
+
+def test_an_extension_config_keeps_its_commands_while_other_keys_change(tmp_path: Path) -> None:
+    path = _file(tmp_path, K3S_TAILSCALE)
+    backend = FlannelBackend(path=path)
+    _converge(backend, State(owned=[FlannelConfig(backend.target, backend_type="extension",
+                                                  enable_nftables=True)]))
+    assert json.loads(path.read_text())["Backend"]["PostStartupCommand"].startswith("tailscale")
+    _converge(backend, State())
+    assert path.read_text() == K3S_TAILSCALE
+
+
 def test_a_null_go_skips_is_read_as_flannels_default(tmp_path: Path) -> None:
     """Go's decoder leaves a bool or uint field as it was for null (EnableIPv4 stays
     true) and sets a pointer to nil: flannel runs with such a file, so k3snet reads it."""
