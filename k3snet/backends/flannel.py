@@ -534,7 +534,7 @@ class FlannelBackend(BackendBase):
         # config as it was before k3snet (giving that back is always allowed).
         known = {*start_refusals(doc.values), *start_refusals(_foreign_values(doc))}
         refused = [r for r in start_refusals(values) if r not in known]
-        if refused:
+        if refused and refuse_disruptive:  # (disruptive() still names the disruption)
             # Not a disruption to allow: flannel would not start on any node after it.
             raise PlanError(f"flannel backend refuses to write {self.target}: "
                             f"{'; '.join(refused)}, so flannel would not start (its "

@@ -420,7 +420,8 @@ _FAMILY_NETWORKS: Mapping[str, str] = {"EnableIPv4": "Network", "EnableIPv6": "I
 
 
 def start_refusals(values: Mapping[str, Any]) -> list[str]:
-    """Why flannel would not start on config ``values``: an enabled family without a network.
+    """Why flannel would not start on config ``values``: no family on, or an enabled family
+    without a network.
 
     flannel's ``ip.IP4Net``/``IP6Net`` read a ``/0`` (K3s writes ``"IPv6Network": "::/0"``
     beside ``"EnableIPv6": false``) as ``Empty()``, as they read an absent key; with the
@@ -429,6 +430,9 @@ def start_refusals(values: Mapping[str, Any]) -> list[str]:
     no ipv4 network provided".
     """
     found = []
+    if not any(_effective_value(values, enable) for enable in _FAMILY_NETWORKS):
+        found.append("EnableIPv4 and EnableIPv6 would both be false (flanneld stops: "
+                     "\"none defined stack\")")
     for enable, key in _FAMILY_NETWORKS.items():
         if not _effective_value(values, enable):
             continue

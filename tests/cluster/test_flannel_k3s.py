@@ -244,7 +244,7 @@ def test_a_backend_recorded_whole_by_an_older_k3snet_is_given_back_whole(tmp_pat
      "whose podCIDR it does not contain"),
     ({"enable_ipv6": True, "ipv6_network": "fd42:42::/56"},
      "changing flannel's EnableIPv6 (false -> true) adds or removes the pods' IPv6 network"),
-    ({"enable_ipv4": False},
+    ({"enable_ipv4": False, "enable_ipv6": True, "ipv6_network": "fd42::/56"},
      "changing flannel's EnableIPv4 (true -> false)"),
     ({"backend_type": "host-gw"},
      'changing flannel\'s Backend.Type ("vxlan" -> "host-gw") rebuilds the network'),
@@ -325,6 +325,9 @@ def test_subnet_keys_are_never_disruptive_as_net_conf_json_feeds_only_the_kube_s
      "EnableIPv6 would be true with IPv6Network ::/0"),
     ('{"Backend": {"Type": "vxlan"}, "EnableIPv4": false, "IPv6Network": "fd42::/56", '
      '"EnableIPv6": true}', {"enable_ipv4": True}, "EnableIPv4 would be true with no Network"),
+    # flanneld stops on "none defined stack" (pkg/ipmatch GetIPFamily).
+    (K3S_VXLAN, {"enable_ipv4": False}, "EnableIPv4 and EnableIPv6 would both be false"),
+    (K3S_IPV6_ONLY, {"enable_ipv6": False}, "EnableIPv4 and EnableIPv6 would both be false"),
 ])
 def test_an_enabled_family_without_a_network_flannel_reads_is_never_written_even_if_allowed(
     tmp_path: Path, text: str, config: dict[str, Any], reason: str
