@@ -162,6 +162,12 @@ def _one_of(*words: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _ipsec_psk(value: Any) -> str | None:
+    """pkg/backend/ipsec: "password is too short" under 96 bytes."""
+    ok = isinstance(value, str) and len(value.encode()) >= 96
+    return None if ok else "a string of at least 96 bytes"
+
+
 def _wireguard_key(value: Any) -> str | None:
     """wgtypes.ParseKey: standard base64 (Go's decoder skips CR and LF) of 32 bytes."""
     expected = "a WireGuard key (32 bytes in base64)"
@@ -187,8 +193,14 @@ _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
                   "MTU": _go_int, "PSK": _wireguard_key,
                   "PersistentKeepaliveInterval": _go_int_in(0, 0xFFFF),
                   "Mode": _one_of("separate", "auto", "ipv4", "ipv6")},
+    # pkg/backend/ipsec, ipip, udp and extension: their RegisterNetwork's cfg
+    "ipsec": {"UDPEncap": _boolean, "ESPProposal": _go_string, "PSK": _ipsec_psk},
+    "ipip": {"DirectRouting": _boolean},
+    "udp": {"Port": _go_int},
+    "extension": dict.fromkeys(("PreStartupCommand", "PostStartupCommand",
+                                "SubnetAddCommand", "SubnetRemoveCommand"), _go_string),
 }
-"""The options of the backends K3s runs and their Go types: the backend decodes ``Backend``
+"""The options of flannel's backends and their Go types: the backend decodes ``Backend``
 into them and stops on a mismatch ("error decoding VXLAN backend config")."""
 
 

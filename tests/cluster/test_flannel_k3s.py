@@ -446,6 +446,16 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "Backend.ListenPortV6 must be an integer 1..65535"),
     ('{"Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": 65536}}',
      "Backend.PersistentKeepaliveInterval must be an integer 0..65535"),
+    # The other backends flannel registers decode Backend into typed structs too
+    # (pkg/backend/ipsec, ipip, udp, extension); ipsec refuses a PSK under 96 bytes.
+    ('{"Backend": {"Type": "ipsec", "UDPEncap": "yes"}}', "Backend.UDPEncap must be true or false"),
+    ('{"Backend": {"Type": "ipsec", "PSK": "short"}}',
+     "Backend.PSK must be a string of at least 96 bytes"),
+    ('{"Backend": {"Type": "ipip", "DirectRouting": 1}}',
+     "Backend.DirectRouting must be true or false (flannel's ipip backend"),
+    ('{"Backend": {"Type": "udp", "Port": "8285"}}', "Backend.Port must be an integer"),
+    ('{"Backend": {"Type": "extension", "PostStartupCommand": ["tailscale", "up"]}}',
+     "Backend.PostStartupCommand must be a string"),
     ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}',
      "Backend.Port must be at most 65535 (flannel hands it to the kernel as 16 bits: "
      "70000 would be port 4464), got 70000"),
