@@ -73,6 +73,7 @@ from k3snet.backends.flannel_read import (
     DISRUPTIVE_KEYS,
     FLANNEL_FIELDS,
     K3S_GENERATED_SUFFIX,
+    command_refusals,
     disruptions,
     flannel_values,
     is_k3s_generated,
@@ -508,6 +509,15 @@ class FlannelBackend(BackendBase):
             if subject.target != self.target:
                 raise PlanError(f"flannel backend manages {self.target}; the plan changes "
                                 f"{subject.target}")
+            wanted = change.after
+            if isinstance(wanted, FlannelConfig):
+                commands = command_refusals(_foreign_values(doc),
+                                            wanted.members().get("Backend"))
+                if commands:
+                    raise PlanError(
+                        f"flannel backend refuses {change} on {self.target}: flannel runs "
+                        "the extension backend's commands as root on every node, so "
+                        f"{'; '.join(commands)} (write them by hand if you mean to)")
         problems = fit_problems(self, plan, self._state(doc))
         if problems:
             raise PlanError(f"{self.name} backend refuses the plan for {self.target}, nothing "
@@ -524,7 +534,7 @@ class FlannelBackend(BackendBase):
         # config as it was before k3snet (giving that back is always allowed).
         known = {*start_refusals(doc.values), *start_refusals(_foreign_values(doc))}
         refused = [r for r in start_refusals(values) if r not in known]
-        if refused:
+        if refused and refuse_disruptive:  # (disruptive() still names the disruption)
             # Not a disruption to allow: flannel would not start on any node after it.
             raise PlanError(f"flannel backend refuses to write {self.target}: "
                             f"{'; '.join(refused)}, so flannel would not start (its "

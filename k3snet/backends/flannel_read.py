@@ -26,6 +26,7 @@ __all__ = [
     "DISRUPTIVE_KEYS",
     "FLANNEL_FIELDS",
     "K3S_GENERATED_SUFFIX",
+    "command_refusals",
     "disruptions",
     "flannel_values",
     "fold",
@@ -161,6 +162,12 @@ def _one_of(*words: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _ipsec_psk(value: Any) -> str | None:
+    """pkg/backend/ipsec: "password is too short" under 96 bytes."""
+    ok = isinstance(value, str) and len(value.encode()) >= 96
+    return None if ok else "a string of at least 96 bytes"
+
+
 def _wireguard_key(value: Any) -> str | None:
     """wgtypes.ParseKey: standard base64 (Go's decoder skips CR and LF) of 32 bytes."""
     expected = "a WireGuard key (32 bytes in base64)"
@@ -186,8 +193,14 @@ _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
                   "MTU": _go_int, "PSK": _wireguard_key,
                   "PersistentKeepaliveInterval": _go_int_in(0, 0xFFFF),
                   "Mode": _one_of("separate", "auto", "ipv4", "ipv6")},
+    # pkg/backend/ipsec, ipip, udp and extension: their RegisterNetwork's cfg
+    "ipsec": {"UDPEncap": _boolean, "ESPProposal": _go_string, "PSK": _ipsec_psk},
+    "ipip": {"DirectRouting": _boolean},
+    "udp": {"Port": _go_int},
+    "extension": dict.fromkeys(("PreStartupCommand", "PostStartupCommand",
+                                "SubnetAddCommand", "SubnetRemoveCommand"), _go_string),
 }
-"""The options of the backends K3s runs and their Go types: the backend decodes ``Backend``
+"""The options of flannel's backends and their Go types: the backend decodes ``Backend``
 into them and stops on a mismatch ("error decoding VXLAN backend config")."""
 
 
@@ -393,11 +406,34 @@ def disruptions(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
     return found
 
 
+def command_refusals(before: Mapping[str, Any], backend: Any) -> list[str]:
+    """Why k3snet will not write ``backend`` (the ``Backend`` members it sets, merged into
+    the object there) over config ``before``.
+
+    flannel's extension backend runs the commands in ``Backend`` (``PreStartupCommand``,
+    ``PostStartupCommand``, ``SubnetAddCommand`` ...) as root on every node, and a spec
+    (which anyone who may edit its ConfigMap writes) must not reach them. No option named
+    ``...Command`` is written, whatever the type (a later switch would run it), and the
+    type is never switched to ``extension`` (the commands already in ``Backend`` would
+    start to run); an extension config keeps its commands.
+    """
+    if not isinstance(backend, Mapping):
+        return []
+    found = [f"k3snet never writes Backend.{name}" for name in backend
+             if fold(name).endswith("command")]
+    kind = next((v for k, v in backend.items() if fold(k) == "type"), None)
+    if (isinstance(kind, str) and flannel_backend_type(kind) == "extension"
+            and _effective_value(before, "Backend.Type") != "extension"):
+        found.append("k3snet never switches Backend.Type to extension")
+    return found
+
+
 _FAMILY_NETWORKS: Mapping[str, str] = {"EnableIPv4": "Network", "EnableIPv6": "IPv6Network"}
 
 
 def start_refusals(values: Mapping[str, Any]) -> list[str]:
-    """Why flannel would not start on config ``values``: an enabled family without a network.
+    """Why flannel would not start on config ``values``: no family on, or an enabled family
+    without a network.
 
     flannel's ``ip.IP4Net``/``IP6Net`` read a ``/0`` (K3s writes ``"IPv6Network": "::/0"``
     beside ``"EnableIPv6": false``) as ``Empty()``, as they read an absent key; with the
@@ -406,6 +442,9 @@ def start_refusals(values: Mapping[str, Any]) -> list[str]:
     no ipv4 network provided".
     """
     found = []
+    if not any(_effective_value(values, enable) for enable in _FAMILY_NETWORKS):
+        found.append("EnableIPv4 and EnableIPv6 would both be false (flanneld stops: "
+                     "\"none defined stack\")")
     for enable, key in _FAMILY_NETWORKS.items():
         if not _effective_value(values, enable):
             continue

@@ -669,11 +669,13 @@ def flannel_configs(target: str) -> SearchStrategy[FlannelConfig]:
         # IPv6 on only with its network: flannel does not start on an enabled family
         # without one (a K3s file's "::/0" reads as none), and the backend refuses that.
         enable_ipv6 = draw(maybe(st.booleans()) if ipv6_network else maybe(st.just(False)))
+        # and IPv4 off only with IPv6 on: with no family on flanneld stops
+        enable_ipv4 = draw(maybe(st.booleans()) if enable_ipv6 else maybe(st.just(True)))
         return FlannelConfig(
             target,
             network=draw(maybe(pick(("10.42.0.0/16", "10.244.0.0/16")))),
             ipv6_network=ipv6_network,
-            enable_ipv4=draw(maybe(st.booleans())),
+            enable_ipv4=enable_ipv4,
             enable_ipv6=enable_ipv6,
             enable_nftables=draw(maybe(st.booleans())),
             backend_type=backend_type,

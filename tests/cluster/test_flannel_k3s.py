@@ -244,7 +244,7 @@ def test_a_backend_recorded_whole_by_an_older_k3snet_is_given_back_whole(tmp_pat
      "whose podCIDR it does not contain"),
     ({"enable_ipv6": True, "ipv6_network": "fd42:42::/56"},
      "changing flannel's EnableIPv6 (false -> true) adds or removes the pods' IPv6 network"),
-    ({"enable_ipv4": False},
+    ({"enable_ipv4": False, "enable_ipv6": True, "ipv6_network": "fd42::/56"},
      "changing flannel's EnableIPv4 (true -> false)"),
     ({"backend_type": "host-gw"},
      'changing flannel\'s Backend.Type ("vxlan" -> "host-gw") rebuilds the network'),
@@ -325,6 +325,9 @@ def test_subnet_keys_are_never_disruptive_as_net_conf_json_feeds_only_the_kube_s
      "EnableIPv6 would be true with IPv6Network ::/0"),
     ('{"Backend": {"Type": "vxlan"}, "EnableIPv4": false, "IPv6Network": "fd42::/56", '
      '"EnableIPv6": true}', {"enable_ipv4": True}, "EnableIPv4 would be true with no Network"),
+    # flanneld stops on "none defined stack" (pkg/ipmatch GetIPFamily).
+    (K3S_VXLAN, {"enable_ipv4": False}, "EnableIPv4 and EnableIPv6 would both be false"),
+    (K3S_IPV6_ONLY, {"enable_ipv6": False}, "EnableIPv4 and EnableIPv6 would both be false"),
 ])
 def test_an_enabled_family_without_a_network_flannel_reads_is_never_written_even_if_allowed(
     tmp_path: Path, text: str, config: dict[str, Any], reason: str
@@ -443,6 +446,16 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "Backend.ListenPortV6 must be an integer 1..65535"),
     ('{"Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": 65536}}',
      "Backend.PersistentKeepaliveInterval must be an integer 0..65535"),
+    # The other backends flannel registers decode Backend into typed structs too
+    # (pkg/backend/ipsec, ipip, udp, extension); ipsec refuses a PSK under 96 bytes.
+    ('{"Backend": {"Type": "ipsec", "UDPEncap": "yes"}}', "Backend.UDPEncap must be true or false"),
+    ('{"Backend": {"Type": "ipsec", "PSK": "short"}}',
+     "Backend.PSK must be a string of at least 96 bytes"),
+    ('{"Backend": {"Type": "ipip", "DirectRouting": 1}}',
+     "Backend.DirectRouting must be true or false (flannel's ipip backend"),
+    ('{"Backend": {"Type": "udp", "Port": "8285"}}', "Backend.Port must be an integer"),
+    ('{"Backend": {"Type": "extension", "PostStartupCommand": ["tailscale", "up"]}}',
+     "Backend.PostStartupCommand must be a string"),
     ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}',
      "Backend.Port must be at most 65535 (flannel hands it to the kernel as 16 bits: "
      "70000 would be port 4464), got 70000"),
@@ -542,6 +555,49 @@ def test_a_vxlan_port_below_one_is_the_kernels_default_port_so_not_disruptive(
     same = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
                                     backend_options={"Port": 8472}))
     assert backend.disruptive(same) is None
+
+
+# K3s' tailscale integration (--vpn-auth) runs flannel's extension backend with commands.
+K3S_TAILSCALE = K3S_VXLAN.replace(
+    '"Type": "vxlan"', '"Type": "extension",\n\t"PostStartupCommand": "tailscale set '
+    '--accept-routes --advertise-routes=10.42.0.0/24",\n\t"ShutdownCommand": "tailscale down"')
+
+
+@pytest.mark.parametrize(("text", "config"), [
+    (K3S_VXLAN, {"backend_type": "extension",
+                 "backend_options": {"PostStartupCommand": "touch /tmp/k3snet-pwned"}}),
+    (K3S_VXLAN, {"backend_type": "vxlan", "backend_options": {"preStartupCommand": "id"}}),
+    (K3S_TAILSCALE, {"backend_type": "extension",
+                     "backend_options": {"SubnetAddCommand": "sh -c id"}}),
+    # A Backend given as an extra key (no Type to model it by) is merged all the same.
+    (K3S_TAILSCALE, {"extra": {"Backend": {"PostStartupCommand": "id"}}}),
+    # Leftover commands of an old extension setup come alive with the type.
+    (K3S_VXLAN.replace('"Type": "vxlan"', '"Type": "vxlan", "SubnetRemoveCommand": "id"'),
+     {"backend_type": "extension"}),
+])
+def test_flannel_extension_commands_are_never_written_as_flannel_runs_them_as_root(
+    tmp_path: Path, text: str, config: dict[str, Any]
+) -> None:
+    # pkg/backend/extension runs Pre/PostStartupCommand, SubnetAdd/RemoveCommand as root on
+    # every node: a spec (which anyone who may edit its ConfigMap writes) must not reach them.
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    p = Plan(changes=[Change.add(FlannelConfig(backend.target, **config))])
+    (problem,) = backend.check(p)
+    assert "flannel runs the extension backend's commands as root" in problem
+    with pytest.raises(PlanError, match="extension backend's commands"):
+        backend.apply(p)
+    assert path.read_text() == text
+
+
+def test_an_extension_config_keeps_its_commands_while_other_keys_change(tmp_path: Path) -> None:
+    path = _file(tmp_path, K3S_TAILSCALE)
+    backend = FlannelBackend(path=path)
+    _converge(backend, State(owned=[FlannelConfig(backend.target, backend_type="extension",
+                                                  enable_nftables=True)]))
+    assert json.loads(path.read_text())["Backend"]["PostStartupCommand"].startswith("tailscale")
+    _converge(backend, State())
+    assert path.read_text() == K3S_TAILSCALE
 
 
 def test_a_null_go_skips_is_read_as_flannels_default(tmp_path: Path) -> None:
