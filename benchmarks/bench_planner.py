@@ -9,6 +9,10 @@ runs of ``plan()`` alone; building the states is reported separately. The
 Targets (issue 2): full plan of 100k under 1 s, 1-change plan over 100k under
 0.3 s, doubling at most 2.2x.
 
+``--rules R`` adds R foreign NAT rules (other bridges' masquerades, exemptions of
+other ranges), which no wanted rule meets: NAT and forward rules have no clash key,
+and each wanted one used to be judged against every foreign rule of its kind.
+
 ``--foreign F`` adds F foreign routes (``proto static``, metric 500: backups
 behind k3snet's routes, which they do not shadow) at the destinations of the
 first F routes, the shape of a node that also learns routes from BGP: the
@@ -27,6 +31,7 @@ import time
 from collections.abc import Callable
 
 from k3snet import MasqueradeRule, NetObject, Route, State, plan
+from k3snet.model import NatBlock
 
 
 def objects(n: int) -> list[NetObject]:
@@ -49,6 +54,22 @@ def foreign_routes(n: int, count: int) -> list[Route]:
     return backups[:count]
 
 
+def foreign_rules(count: int) -> list[NetObject]:
+    """``count`` NAT rules of other programs, half Docker-like bridges' masquerades
+    (``-s 172.X.0.0/16 ! -o docker0 -j MASQUERADE``), half exemptions of other ranges
+    (``-d 198.18.X.0/24 -j RETURN``): rules k3snet's wanted ones never meet."""
+    rules: list[NetObject] = []
+    for i in range(count):
+        if i % 2:
+            rules.append(NatBlock(4, "exempt", f"-d 198.18.{i // 2 % 256}.0/24 -j RETURN",
+                                  "iptables IPv4 nat POSTROUTING",
+                                  destination=f"198.18.{i // 2 % 256}.0/24"))
+        else:
+            rules.append(MasqueradeRule(f"172.{16 + i // 2 % 16}.{i // 32 % 256}.0/24",
+                                        out_interface="eth0"))
+    return rules
+
+
 def timed(fn: Callable[[], object], repeat: int) -> float:
     """Median wall time of ``fn`` in seconds (garbage collection paused while timing)."""
     samples = []
@@ -69,17 +90,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--foreign", type=int, default=0,
                         help="foreign backup routes in the observed state (default 0)")
+    parser.add_argument("--rules", type=int, default=0,
+                        help="foreign NAT rules of other programs (default 0): every wanted "
+                             "NAT rule is judged against those that may meet it")
     args = parser.parse_args()
 
     print(f"# k3snet planner benchmark, Python {platform.python_version()} on "
-          f"{platform.machine()}, median of {args.repeat}, {args.foreign} foreign routes")
+          f"{platform.machine()}, median of {args.repeat}, {args.foreign} foreign routes, "
+          f"{args.rules} foreign NAT rules")
     print(f"{'N':>8} {'build state':>12} {'full plan':>10} {'doubling':>9} "
           f"{'1-change plan':>14} {'doubling':>9} {'changes':>8}")
     previous: tuple[int, float, float] | None = None
     for n in args.sizes:
         objs = objects(n + 1)
         start = time.perf_counter()
-        foreign = foreign_routes(n, args.foreign)
+        foreign = [*foreign_routes(n, args.foreign), *foreign_rules(args.rules)]
         observed = State(owned=objs[:n], foreign=foreign)
         build = time.perf_counter() - start
         # One change: the same N objects, one of them with a new gateway (a replace).

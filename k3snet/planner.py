@@ -40,7 +40,16 @@ from typing import Any, Literal
 import attrs
 
 from k3snet.errors import ModelError, PlanError
-from k3snet.model import NetObject
+from k3snet.model import (
+    ForwardBlock,
+    ForwardRule,
+    MasqueradeRule,
+    NatBlock,
+    NetObject,
+    Network,
+    SnatRule,
+)
+from k3snet.model.cidr import overlaps
 from k3snet.model.state import State, ensure_state, malformed, object_from_dict
 from k3snet.model.sysctl import Sysctl
 
@@ -58,6 +67,10 @@ PLAN_FORMAT = 1
 # times; the walk makes ~2 calls an object), not measured at the crossing; the
 # figures on either side: docs/performance.md, benchmarks/bench_planner.py --foreign.
 _BISECT_RATIO = 16
+# From this many foreign objects of a kind without a clash key (forward and NAT rules),
+# a wanted object is judged only against those whose destination may meet it
+# (_PrefixIndex); below, against each in turn.
+_INDEX_FROM = 16
 
 
 @attrs.frozen
@@ -572,6 +585,7 @@ class _ForeignIndex:
                 self.by_clash.setdefault(clash, []).append(obj)
                 self.clashing += 1
             self.by_kind.setdefault(obj.kind, []).append(obj)
+        self.by_prefix: dict[tuple[str, Network | None], _PrefixIndex] = {}
 
     def candidates(self, wanted: NetObject) -> Sequence[NetObject]:
         clash = wanted.clash_key
@@ -579,8 +593,27 @@ class _ForeignIndex:
             return self.by_clash.get(clash, ())
         return self.by_kind.get(wanted.kind, ())
 
-    def judge(self, wanted: NetObject) -> Note | None:
+    def _judged_against(self, wanted: NetObject) -> Sequence[NetObject]:
+        """:meth:`candidates`, less foreign objects that cannot meet nor block ``wanted``
+        (their destination meets none of its prefixes: :func:`_reach`), in order."""
         candidates = self.candidates(wanted)
+        if len(candidates) < _INDEX_FROM or wanted.clash_key is not None:
+            return candidates
+        reach = _reach(wanted)
+        if reach is None:
+            return candidates
+        # A NAT rule is met or blocked only by rules whose source meets its own: the few
+        # pod CIDRs each keep the foreign rules left (Docker's, other pods').
+        source = wanted.source if isinstance(wanted, MasqueradeRule | SnatRule) else None
+        index = self.by_prefix.get((wanted.kind, source))
+        if index is None:
+            pool = candidates if source is None else [
+                c for c in candidates if _may_come_from(c, source)]
+            index = self.by_prefix[(wanted.kind, source)] = _PrefixIndex(pool)
+        return index.meeting(reach)
+
+    def judge(self, wanted: NetObject) -> Note | None:
+        candidates = self._judged_against(wanted)
         if not candidates:
             return None
         for obj in candidates:
@@ -632,6 +665,95 @@ class _ForeignIndex:
                 end = bisect.bisect_left(ordered, span[1], lo=start, key=_sort_key)
                 found.update(o for o in ordered[start:end] if o in wanted)
         return found
+
+
+_REACHED = (ForwardRule, ForwardBlock, MasqueradeRule, SnatRule, NatBlock)
+"""The types whose judgement :func:`_reach` and :func:`_destination` know (exactly them:
+a subclass may judge otherwise, and is then judged against every foreign object)."""
+
+
+def _reach(wanted: NetObject) -> tuple[Network, ...] | None:
+    """Prefixes one of which a foreign object's destination meets (or it has none) when
+    it meets or blocks ``wanted``; ``None``: any foreign object may.
+
+    A forward accept is met by one whose destination holds its own, and blocked by one
+    matching its packets or their replies (destination = its source). A NAT rule is
+    met or blocked only by rules translating some of its destinations (all of them
+    when it has none).
+    """
+    kind = type(wanted)
+    if kind is ForwardRule:
+        assert isinstance(wanted, ForwardRule)
+        return (wanted.destination, wanted.source)
+    if kind is MasqueradeRule or kind is SnatRule:
+        assert isinstance(wanted, MasqueradeRule | SnatRule)
+        return None if wanted.destination is None else (wanted.destination,)
+    return None
+
+
+class _PrefixIndex:
+    """Foreign objects of one kind, found by the prefixes their destination meets.
+
+    Prefixes either nest or are disjoint, so two meet when one holds the other: the
+    holders of a prefix are found by its supernets at the lengths in use, those it
+    holds by bisecting the starts. Objects without a destination, or of a type
+    :func:`_destination` does not know, meet everything.
+    """
+
+    def __init__(self, objects: Sequence[NetObject]) -> None:
+        self.everywhere: list[int] = []  # positions in ``objects``
+        self.at: dict[tuple[int, int, int], list[int]] = {}  # (version, length, start)
+        self.lengths: dict[int, list[int]] = {4: [], 6: []}
+        starts: dict[int, list[tuple[int, int, int]]] = {4: [], 6: []}  # start, length, pos
+        for position, obj in enumerate(objects):
+            net = _destination(obj)
+            if net is None:
+                self.everywhere.append(position)
+                continue
+            start = int(net.network_address)
+            self.at.setdefault((net.version, net.prefixlen, start), []).append(position)
+            starts[net.version].append((start, net.prefixlen, position))
+        for version, found in starts.items():
+            found.sort()
+            self.lengths[version] = sorted({length for _, length, _ in found})
+        self.starts = starts
+        self.objects = objects
+
+    def meeting(self, prefixes: Iterable[Network]) -> list[NetObject]:
+        """The objects whose destination meets one of ``prefixes``, in their order."""
+        found = set(self.everywhere)
+        for net in prefixes:
+            version, width = net.version, net.max_prefixlen
+            start = int(net.network_address)
+            for length in self.lengths[version]:
+                if length > net.prefixlen:
+                    break
+                shift = width - length
+                found.update(self.at.get((version, length, start >> shift << shift), ()))
+            last = start | ((1 << (width - net.prefixlen)) - 1)
+            ordered = self.starts[version]
+            lo = bisect.bisect_left(ordered, (start, -1, -1))
+            hi = bisect.bisect_right(ordered, (last, width + 1, len(self.objects)))
+            found.update(position for _, _, position in ordered[lo:hi])
+        return [self.objects[i] for i in sorted(found)]
+
+
+def _may_come_from(obj: NetObject, source: Network) -> bool:
+    """Whether a foreign NAT object may translate packets from ``source`` (its source
+    meets it, or it has none, or its type is not known here)."""
+    if type(obj) in (NatBlock, MasqueradeRule, SnatRule):
+        assert isinstance(obj, NatBlock | MasqueradeRule | SnatRule)
+        return obj.source is None or overlaps(obj.source, source)
+    return True
+
+
+def _destination(obj: NetObject) -> Network | None:
+    """The destination a foreign object of a :data:`_REACHED` type matches (``None``:
+    any, or a type not known here)."""
+    if type(obj) in _REACHED:
+        assert isinstance(obj, _REACHED)
+        return obj.destination
+    return None
 
 
 def _in_place_note(wanted: NetObject, current: NetObject, candidates: Iterable[NetObject]
