@@ -18,7 +18,8 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    paths), and removing everything leaves the foreign state as it was found;
 5. plans with kinds outside ``capabilities``, naming objects the backend does
    not own, or stale (adding an object already there, deleting one already
-   gone) are refused by ``check`` and ``apply`` and change nothing;
+   gone, also as the second change of a plan whose first one fits) are refused
+   by ``check`` and ``apply`` and change nothing;
 6. all or nothing: for random plans (of two or more changes where the backend can
    hold two objects), a failure injected
    through the backend's :class:`~k3snet.backends.kit.FaultHook` (``backend.faults``)
@@ -220,6 +221,12 @@ def _random_round_trips(
                 there = min(held.owned)
                 _expect_refusal(backend, held, Plan(changes=[Change.add(there)]),
                                 f"a stale plan adding {there}, which is already there")
+                # The stale change after one that fits: a backend must judge every
+                # change, and refuse before it makes the first (all or nothing).
+                _expect_refusal(backend, held,
+                                Plan(changes=[Change.delete(there), Change.delete(there)]),
+                                f"a stale plan deleting {there} twice (the second delete "
+                                "finds it gone)")
             for desired in (State(owned=second), State()):
                 _converge(backend, desired)
             final = backend.observe()
@@ -231,6 +238,10 @@ def _random_round_trips(
                 gone = min(held.owned)
                 _expect_refusal(backend, final, Plan(changes=[Change.delete(gone)]),
                                 f"a stale plan deleting {gone}, which is no longer there")
+                _expect_refusal(backend, final,
+                                Plan(changes=[Change.add(gone), Change.add(gone)]),
+                                f"a stale plan adding {gone} twice (the second add finds "
+                                "it there)")
         finally:
             _reset(backend)
 
