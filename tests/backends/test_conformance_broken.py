@@ -7,9 +7,10 @@ was added (second review of the kit, written from a third-party backend's side).
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
-from k3snet import ApplyResult, Plan
+from k3snet import ApplyResult, Change, Plan, Route, State, Sysctl
 from k3snet.backends.memory import MemoryBackend
 from k3snet.errors import ApplyError, PlanError
 from k3snet.testing import run_conformance
@@ -72,3 +73,124 @@ def test_conformance_fails_a_backend_that_refuses_a_plan_after_making_part_of_it
     with pytest.raises(FAILS, match="changed the state"):
         run_conformance(_RefusesOnlyWhenItGetsThere, max_examples=30)
 
+
+
+class _UndoesNothing(MemoryBackend):
+    """Hands back an exact undo (``ApplyResult.undo``) that takes nothing back."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        return attrs.evolve(super().apply(plan), undo=lambda: ())
+
+
+class _UndoReportsNothing(MemoryBackend):
+    """Its undo takes the apply back but says it made no inverse change."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        before = self._state
+        result = super().apply(plan)
+
+        def undo() -> tuple[Change, ...]:
+            self._state = before
+            return ()
+
+        return attrs.evolve(result, undo=undo)
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    (_UndoesNothing, "ApplyResult.undo"),
+    (_UndoReportsNothing, "inverse changes"),
+])
+def test_conformance_fails_a_backend_whose_exact_undo_is_not_exact(
+        broken: type[MemoryBackend], says: str) -> None:
+    """A BackendGroup calls ``ApplyResult.undo`` instead of applying the inverse plan when a
+    later member fails; the suite never called it, so an undo that did nothing passed."""
+    with pytest.raises(FAILS, match=says):
+        run_conformance(broken, max_examples=20)
+
+
+class _ObservesEveryKind(MemoryBackend):
+    """Reports the whole state it holds, whatever its capabilities."""
+
+    def observe(self) -> State:
+        return self._state
+
+
+def test_conformance_fails_a_backend_that_observes_kinds_it_does_not_manage() -> None:
+    """``observe()`` reports the backend's kinds only (a group merges its members' states by
+    kind); a route backend reporting the node's sysctls as foreign passed."""
+    found = State(foreign=[Sysctl("net.ipv4.ip_forward", "0")])
+    with pytest.raises(FAILS, match="kinds it does not manage"):
+        run_conformance(lambda: _ObservesEveryKind(found, capabilities=["route"]),
+                        max_examples=10)
+
+
+class _KeepsATableByte(MemoryBackend):
+    """Stores a route's table in a byte, as ``rtm_table`` does (the RTA_TABLE attribute
+    holds the rest): table 256 reads back as 0, 1000 as 232."""
+
+    def observe(self) -> State:
+        state = super().observe()
+        return state.with_owned(
+            attrs.evolve(o, table=o.table % 256 or 254)
+            if isinstance(o, Route) and o.table % 256 != 255 else o for o in state.owned)
+
+
+class _WritesNoDefaultRoute(MemoryBackend):
+    """Reads its default routes (/0) back as nothing."""
+
+    def observe(self) -> State:
+        state = super().observe()
+        return state.with_owned(o for o in state.owned
+                                if not (isinstance(o, Route) and o.destination.prefixlen == 0))
+
+
+class _LowercasesDevices(MemoryBackend):
+    """Reads interface names back lowercased (Linux names are case-sensitive)."""
+
+    def observe(self) -> State:
+        state = super().observe()
+        return state.with_owned(
+            attrs.evolve(o, device=o.device.lower())
+            if isinstance(o, Route) and o.device is not None else o for o in state.owned)
+
+
+@pytest.mark.parametrize("broken", [_KeepsATableByte, _WritesNoDefaultRoute, _LowercasesDevices])
+def test_conformance_draws_the_edge_values_a_backend_gets_wrong(
+        broken: type[MemoryBackend]) -> None:
+    """Its default objects came from pools of tables 254 and 100, prefixes /8 and longer
+    and devices eth0, eth1 and cni0: a backend that lost tables above 255, default routes
+    or the case of a device name passed."""
+    with pytest.raises(FAILS, match="observe\\(\\) differs from the plan's target"):
+        run_conformance(lambda: broken(capabilities=["route"]), max_examples=30)
+
+
+class _ChecksIntoAList(MemoryBackend):
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return list(super().check(plan))  # type: ignore[return-value]
+
+
+def test_conformance_says_that_check_returns_a_tuple() -> None:
+    """It said "check() reported [] for a valid plan": ``[] != ()``, but no problem either."""
+    with pytest.raises(FAILS, match="check\\(\\) must return a tuple"):
+        run_conformance(_ChecksIntoAList, max_examples=5)
+
+
+class _DropsForeignSysctls(MemoryBackend):
+    """Any apply with changes loses the foreign sysctls it found (which no reset restores)."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = super().apply(plan)
+        if plan.changes:
+            self._state = State(owned=self._state.owned,
+                                foreign=[o for o in self._state.foreign if o.kind != "sysctl"])
+        return result
+
+
+def test_conformance_reports_a_failure_it_cannot_replay_as_that_failure() -> None:
+    """An example that leaves the backend changed for good made the replay fail otherwise,
+    and hypothesis said ``FlakyFailure: Inconsistent results from replaying a test case!``,
+    which blames the test and hides "apply changed foreign state" among sub-exceptions."""
+    found = State(foreign=[Sysctl("net.ipv4.ip_forward", "0")])
+    with pytest.raises(AssertionError, match="apply changed foreign state") as caught:
+        run_conformance(lambda: _DropsForeignSysctls(found), max_examples=20)
+    assert "could not be removed" in str(caught.value)
