@@ -19,9 +19,10 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
 4. a second random desired state is reached from the first (replace and delete
    paths), and removing everything leaves the foreign state as it was found;
 5. plans with kinds outside ``capabilities``, naming objects the backend does
-   not own, or stale (adding an object already there, deleting one already
-   gone, also as the second change of a plan whose first one fits) are refused
-   by ``check`` and ``apply`` and change nothing;
+   not own, adding a route into the slot a foreign route holds, or stale
+   (adding an object already there, deleting one already gone, also as the
+   second change of a plan whose first one fits) are refused by ``check`` and
+   ``apply`` and change nothing;
 6. all or nothing: for random plans (of two or more changes where the backend can
    hold two objects), a failure injected
    through the backend's :class:`~k3snet.backends.kit.FaultHook` (``backend.faults``)
@@ -59,7 +60,7 @@ from k3snet.errors import ApplyError, K3snetError, ModelError, RollbackError
 from k3snet.model import NetObject
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule
-from k3snet.model.route import Route
+from k3snet.model.route import Route, RouteBlock
 from k3snet.model.state import State, known_kinds
 from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Change, Plan, plan
@@ -213,6 +214,16 @@ def _check_refusals(backend: Backend, baseline: State) -> None:
         if foreign.kind in backend.capabilities:
             _expect_refusal(backend, baseline, Plan(changes=[Change.delete(foreign)]),
                             f"a plan deleting the foreign {foreign}")
+    # A kernel holds one route a slot (table, destination, metric): an add where a
+    # foreign route stands is refused, or (NLM_F_REPLACE) it takes the foreign one's place.
+    if "route" in backend.capabilities:
+        standing = [o for o in sorted(baseline.foreign) if isinstance(o, Route | RouteBlock)]
+        for foreign_route in standing[:3]:
+            mine = Route(foreign_route.destination, device="eth0", table=foreign_route.table,
+                         metric=foreign_route.metric)
+            _expect_refusal(backend, baseline, Plan(changes=[Change.add(mine)]),
+                            f"a plan adding {mine} into the slot (table, destination, "
+                            f"metric) of the foreign {foreign_route.describe()}")
 
 
 def _expect_refusal(backend: Backend, baseline: State, bad: Plan, what: str) -> None:

@@ -11,8 +11,10 @@ import attrs
 import pytest
 
 from k3snet import ApplyResult, Change, Plan, Route, State, Sysctl
+from k3snet.backends.kit import fit_problems, taken_slots
 from k3snet.backends.memory import MemoryBackend
 from k3snet.errors import ApplyError, PlanError
+from k3snet.model import RouteBlock
 from k3snet.testing import run_conformance
 
 # Hypothesis reports several distinct failures as an ExceptionGroup.
@@ -194,3 +196,41 @@ def test_conformance_reports_a_failure_it_cannot_replay_as_that_failure() -> Non
     with pytest.raises(AssertionError, match="apply changed foreign state") as caught:
         run_conformance(lambda: _DropsForeignSysctls(found), max_examples=20)
     assert "could not be removed" in str(caught.value)
+
+
+class _AddsIntoForeignSlots(MemoryBackend):
+    """Judges plans with the kit's ``fit_problems`` alone: a route add into the slot (table,
+    destination, metric) a foreign route holds is taken, and both are held there."""
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return tuple(fit_problems(self, plan, self._state))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.ensure_fits(plan, self._state)
+        if self.faults.take(plan) is not None:
+            raise ApplyError("injected", failed=plan.changes[0])
+        self._state = plan.apply_to(self._state)
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+def test_conformance_fails_a_backend_that_adds_a_route_where_a_foreign_one_stands() -> None:
+    """A kernel holds one route a slot: an add there is refused (with NLM_F_REPLACE it
+    would replace the foreign route). The suite never made such a plan, so a route
+    backend built on ``fit_problems`` alone, which allows it, passed."""
+    static = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
+    with pytest.raises(FAILS, match="slot"):
+        run_conformance(lambda: _AddsIntoForeignSlots(State(foreign=[static])), max_examples=5)
+
+
+def test_taken_slots_names_the_route_adds_a_foreign_route_or_block_refuses() -> None:
+    static = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
+    block = RouteBlock("10.9.0.0/16", metric=7, what="blackhole")
+    found = State(foreign=[static, block])
+    mine = Plan(changes=[Change.add(Route("192.168.2.0/24", device="eth1")),
+                         Change.add(Route("10.9.0.0/16", device="eth1", metric=7)),
+                         Change.add(Route("10.9.0.0/16", device="eth1", metric=8))])
+    problems = taken_slots(mine, found)
+    assert len(problems) == 2
+    assert "192.168.2.0/24" in problems[0]
+    assert "holds its slot" in problems[0]
+    assert "blackhole" in problems[1]
