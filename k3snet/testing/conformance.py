@@ -20,8 +20,8 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    paths), and removing everything leaves the foreign state as it was found;
 5. plans with kinds outside ``capabilities``, naming objects the backend does
    not own, adding a route into the slot a foreign route holds, or stale
-   (adding an object already there, deleting one already gone, also as the
-   second change of a plan whose first one fits) are refused by ``check`` and
+   (adding an object already there, deleting or replacing one already gone,
+   also as the second change of a plan whose first one fits) are refused by ``check`` and
    ``apply`` and change nothing;
 6. all or nothing: for random plans (of two or more changes where the backend can
    hold two objects), a failure injected
@@ -183,7 +183,17 @@ _EDGES: dict[str, SearchStrategy[NetObject]] = {
 }
 
 
+_PROTOCOL = ("name", "capabilities", "observe", "check", "apply", "close", "__enter__",
+             "__exit__")
+"""The members of :class:`~k3snet.backends.Backend`, named when one is missing."""
+
+
 def _check_protocol(backend: Any) -> None:
+    missing = [f"{member}()" if member not in ("name", "capabilities") else member
+               for member in _PROTOCOL if not hasattr(backend, member)]
+    assert not missing, (
+        f"{backend!r} does not implement the Backend protocol: no {', no '.join(missing)} "
+        "(see k3snet.backends.Backend)")
     assert isinstance(backend, Backend), f"{backend!r} does not implement the Backend protocol"
     assert isinstance(backend.name, str), "backend.name must be a str"
     assert backend.name, "backend.name must not be empty"
@@ -308,6 +318,8 @@ def _random_round_trips(
                                 Plan(changes=[Change.add(gone), Change.add(gone)]),
                                 f"a stale plan adding {gone} twice (the second add finds "
                                 "it there)")
+                _expect_refusal(backend, final, Plan(changes=[Change.replace(gone, gone)]),
+                                f"a stale plan replacing {gone}, which is no longer there")
         finally:
             _reset(backend)
 

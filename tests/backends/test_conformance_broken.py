@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from k3snet import ApplyResult, Change, Plan, Route, State, Sysctl
-from k3snet.backends.kit import fit_problems, taken_slots
+from k3snet.backends.kit import BackendBase, fit_problems, taken_slots
 from k3snet.backends.memory import MemoryBackend
 from k3snet.errors import ApplyError, PlanError
 from k3snet.model import RouteBlock
@@ -234,3 +234,51 @@ def test_taken_slots_names_the_route_adds_a_foreign_route_or_block_refuses() -> 
     assert "192.168.2.0/24" in problems[0]
     assert "holds its slot" in problems[0]
     assert "blackhole" in problems[1]
+
+
+class _ReplacesBlindly(MemoryBackend):
+    """Judges adds and deletes, but takes a replace as "set this key", whatever is there."""
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return tuple(fit_problems(self, Plan(changes=[
+            c for c in plan.changes if c.action != "replace"]), self._state))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        problems = self.check(plan)
+        if problems:
+            raise PlanError("; ".join(problems))
+        if self.faults.take(plan) is not None:
+            raise ApplyError("injected", failed=plan.changes[0])
+        owned = {o.key: o for o in self._state.owned}
+        for change in plan.changes:
+            owned.pop(change.subject.key, None)
+            if change.after is not None:
+                owned[change.after.key] = change.after
+        self._state = self._state.with_owned(owned.values())
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+def test_conformance_fails_a_backend_that_replaces_what_is_not_there() -> None:
+    """The stale plans the suite made were adds and deletes: a replace of an object that is
+    gone, taken as an add, passed."""
+    with pytest.raises(FAILS, match="stale plan replacing"):
+        run_conformance(_ReplacesBlindly, max_examples=20)
+
+
+def test_conformance_names_the_protocol_members_a_backend_lacks() -> None:
+    """A BackendBase subclass without ``check`` was told only "<...> does not implement the
+    Backend protocol", leaving its author to compare it with the protocol by hand."""
+
+    class NoCheck(BackendBase):
+        name = "nocheck"
+        capabilities = frozenset({"nat"})
+
+        def observe(self) -> State:
+            return State()
+
+        def apply(self, plan: Plan) -> ApplyResult:
+            return ApplyResult(self.name)
+
+    with pytest.raises(AssertionError, match=r"does not implement the Backend protocol: "
+                                             r"no check\(\)"):
+        run_conformance(NoCheck, max_examples=5)
