@@ -15,7 +15,10 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    plan's changes and ``observe`` afterwards equals the plan's target (soundness
    on a real system); an ``ApplyResult.undo`` it hands back takes the apply back
    exactly and returns the inverse changes, last first;
-3. planning again right after an apply gives an empty plan (idempotence);
+3. planning again right after an apply gives an empty plan (idempotence); the
+   optional hints change no result: ``expect(state)`` is called before
+   observing, as ``converge`` does, and once with a wrong state, and
+   ``prefetch()`` is called before an ``observe``;
 4. a second random desired state is reached from the first (replace and delete
    paths), and removing everything leaves the foreign state as it was found;
 5. plans with kinds outside ``capabilities``, naming objects the backend does
@@ -27,7 +30,9 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    hold two objects), a failure injected
    through the backend's :class:`~k3snet.backends.kit.FaultHook` (``backend.faults``)
    at *every* position raises :class:`~k3snet.errors.ApplyError` and leaves
-   ``observe()`` exactly as before. A backend without a fault hook, or one that
+   ``observe()`` exactly as before (the sysctls' recorded ``previous`` values too,
+   which ``==`` does not compare), and removing everything afterwards gives back
+   the state found. A backend without a fault hook, or one that
    ignores it, or one that does not roll back, fails here; one that looks at the
    hook only before its first step (a multi-step backend should fail where the
    system would, at step ``i``) passes without its rollback ever running.
@@ -293,6 +298,7 @@ def _random_round_trips(
         try:
             _converge(backend, State(owned=first))
             held = backend.observe()
+            _check_hints(backend, held, State(owned=second))
             if held.owned:
                 there = min(held.owned)
                 _expect_refusal(backend, held, Plan(changes=[Change.add(there)]),
@@ -354,6 +360,10 @@ def _all_or_nothing(
         finally:
             hook.fail_at(None)
             _reset(backend)
+        final = backend.observe()
+        assert final == baseline, (
+            f"after failed applies and removing everything, the state differs from the one "
+            f"found:\n{_diff(baseline, final)}")
 
     _run_stage(backend, fail_everywhere)
 
@@ -377,9 +387,25 @@ def _expect_injected_failure(backend: Backend, hook: FaultHook, p: Plan, index: 
         f"{where} left the backend changed (no rollback?):\n{_diff(before, after)}\n"
         f"plan:\n{p.render()}"
     )
+    recorded, kept = _recorded(before), _recorded(after)
+    assert kept == recorded, (
+        f"{where}: the rollback lost the values its sysctls recorded before taking over "
+        f"(Sysctl.previous, what deleting them gives back; == does not compare it):\n"
+        + "".join(f"  {name}: previous {recorded.get(name)!r}, now {kept.get(name)!r}\n"
+                  for name in sorted(recorded.keys() | kept.keys())
+                  if recorded.get(name) != kept.get(name))
+        + f"plan:\n{p.render()}")
+
+
+def _recorded(state: State) -> dict[str, str | None]:
+    """Each owned sysctl's recorded previous value (which ``==`` leaves out)."""
+    return {o.name: o.previous for o in state.owned if isinstance(o, Sysctl)}
 
 
 def _converge(backend: Backend, desired: State) -> None:
+    expect = getattr(backend, "expect", None)
+    if callable(expect):  # as k3snet.converge does: the hint, then observe()
+        expect(desired)
     before = backend.observe()
     p = plan(before, desired)
     problems = _checked(backend, p)
@@ -405,6 +431,26 @@ def _converge(backend: Backend, desired: State) -> None:
     )
     again = plan(after, desired)
     assert again.empty, f"planning again right after apply is not empty:\n{again.render()}"
+
+
+def _check_hints(backend: Backend, held: State, wrong: State) -> None:
+    """The optional hints (``expect(state)``, ``prefetch()``) change no result: after a
+    wrong ``expect`` (another state than the one held), and after ``prefetch()``,
+    ``observe()`` still reports what is held."""
+    expect = getattr(backend, "expect", None)
+    if callable(expect):
+        expect(wrong)
+        seen = backend.observe()
+        assert seen == held, (
+            f"after expect() was given another state than the one held, observe() "
+            f"differs (expect is a hint that must change no result):\n{_diff(held, seen)}")
+    prefetch = getattr(backend, "prefetch", None)
+    if callable(prefetch):
+        prefetch()
+        seen = backend.observe()
+        assert seen == held, (
+            f"after prefetch(), observe() differs (a hint that must change no result):\n"
+            f"{_diff(held, seen)}")
 
 
 def _checked(backend: Backend, p: Plan) -> tuple[str, ...]:

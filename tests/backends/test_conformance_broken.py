@@ -282,3 +282,61 @@ def test_conformance_names_the_protocol_members_a_backend_lacks() -> None:
     with pytest.raises(AssertionError, match=r"does not implement the Backend protocol: "
                                              r"no check\(\)"):
         run_conformance(NoCheck, max_examples=5)
+
+
+class _RollbackForgetsWhatItRecorded(MemoryBackend):
+    """Rolls a failed apply back to its objects, but drops the values its sysctls recorded
+    before taking over (``Sysctl.previous``, not compared by ``==``): the values a later
+    delete should give back."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        before = self._state
+        try:
+            return super().apply(plan)
+        except ApplyError:
+            self._state = State(
+                owned=[attrs.evolve(o, previous=None) if isinstance(o, Sysctl) else o
+                       for o in before.owned], foreign=before.foreign)
+            raise
+
+
+def test_conformance_fails_a_rollback_that_forgets_the_values_to_give_back() -> None:
+    """After a failed apply the objects compared equal, so the suite passed a rollback that
+    lost what k3snet must restore when it lets a sysctl go: removing everything then
+    left the node's parameters at k3snet's values."""
+    found = State(foreign=[Sysctl("net.ipv4.ip_forward", "0"),
+                           Sysctl("net.ipv4.conf.all.rp_filter", "2")])
+    with pytest.raises(FAILS, match="previous"):
+        run_conformance(lambda: _RollbackForgetsWhatItRecorded(found, capabilities=["sysctl"]),
+                        max_examples=30)
+
+
+class _TrustsItsHint(MemoryBackend):
+    """Takes ``expect(state)`` (a hint that must change no result) as what it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hint: State | None = None
+
+    def expect(self, state: State) -> None:
+        self.hint = state
+
+    def observe(self) -> State:
+        hint, self.hint = self.hint, None
+        return hint if hint is not None else super().observe()
+
+
+def test_conformance_fails_a_backend_whose_expect_hint_changes_what_it_observes() -> None:
+    """``converge`` and ``k3snet plan`` call ``expect(desired)`` before ``observe()``; the
+    page on writing a backend says it must change no result and that the suite checks
+    "every rule above", but the suite never called it."""
+    with pytest.raises(FAILS) as caught:
+        run_conformance(_TrustsItsHint, max_examples=20)
+    assert "expect() was given another state" in _messages(caught.value)
+
+
+def _messages(exc: BaseException) -> str:
+    """The messages of an exception and, for a group (several distinct failures), of
+    every exception in it."""
+    inner = getattr(exc, "exceptions", ())
+    return "\n".join([str(exc), *(_messages(e) for e in inner)])
