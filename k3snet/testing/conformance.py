@@ -50,6 +50,7 @@ Failures raise ``AssertionError`` with the example that broke, shrunk by hypothe
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 from collections.abc import Callable
 from typing import Any
@@ -104,7 +105,8 @@ def run_conformance(
     lifecycle_checked = False
     try:
         _check_protocol(backend)
-        pool = objects if objects is not None else _default_objects(backend)
+        pool = (objects.map(functools.partial(_managed, backend)) if objects is not None
+                else _default_objects(backend))
         baseline = backend.observe()
         _check_kinds(backend, baseline)
         assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
@@ -116,6 +118,16 @@ def run_conformance(
     finally:
         if not lifecycle_checked:
             backend.close()
+
+
+def _managed(backend: Backend, obj: NetObject) -> NetObject:
+    """``obj``, drawn by the caller's ``objects=``, if ``backend`` manages its kind: else the
+    strategy is at fault, not the backend (which rightly refuses such a plan)."""
+    if obj.kind not in backend.capabilities:
+        raise ModelError(
+            f"objects= drew {obj} of kind {obj.kind}, which {backend.name} does not manage "
+            f"({', '.join(sorted(backend.capabilities))}); pass a strategy of its kinds only")
+    return obj
 
 
 def _check_lifecycle(backend: Backend) -> None:

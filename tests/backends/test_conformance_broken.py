@@ -340,3 +340,15 @@ def _messages(exc: BaseException) -> str:
     every exception in it."""
     inner = getattr(exc, "exceptions", ())
     return "\n".join([str(exc), *(_messages(e) for e in inner)])
+
+
+def test_conformance_says_when_its_objects_are_of_kinds_the_backend_does_not_manage() -> None:
+    """``objects=`` drawing a sysctl for a backend of routes made the suite blame the backend
+    ("check() reported ('backend 'memory' manages route; the plan also changes sysctl ...')
+    for a valid plan"), when the strategy handed to it was at fault."""
+    from k3snet.errors import ModelError  # noqa: PLC0415
+    from k3snet.testing import strategies  # noqa: PLC0415
+
+    with pytest.raises(ModelError, match=r"objects= drew .* of kind sysctl"):
+        run_conformance(lambda: MemoryBackend(capabilities=["route"]),
+                        objects=strategies.objects(["route", "sysctl"]), max_examples=10)
