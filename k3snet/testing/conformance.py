@@ -21,8 +21,8 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    ``prefetch()`` is called before an ``observe``;
 4. a second random desired state is reached from the first (replace and delete
    paths), and removing everything leaves the foreign state as it was found;
-5. plans with kinds outside ``capabilities``, naming objects the backend does
-   not own, adding a route into the slot a foreign route holds, or stale
+5. plans with kinds outside ``capabilities``, deleting or replacing objects the
+   backend does not own, adding a route into the slot a foreign route holds, or stale
    (adding an object already there, deleting or replacing one already gone,
    also as the second change of a plan whose first one fits) are refused by ``check`` and
    ``apply`` and change nothing;
@@ -241,6 +241,8 @@ def _check_refusals(backend: Backend, baseline: State) -> None:
         if foreign.kind in backend.capabilities:
             _expect_refusal(backend, baseline, Plan(changes=[Change.delete(foreign)]),
                             f"a plan deleting the foreign {foreign}")
+            _expect_refusal(backend, baseline, Plan(changes=[Change.replace(foreign, foreign)]),
+                            f"a plan replacing the foreign {foreign}")
     # A kernel holds one route a slot (table, destination, metric): an add where a
     # foreign route stands is refused, or (NLM_F_REPLACE) it takes the foreign one's place.
     if "route" in backend.capabilities:
