@@ -6,7 +6,8 @@ A backend is small when the concerns all backends share come from here:
   as ``faults``, and :meth:`~BackendBase.ensure_capable` / :meth:`~BackendBase.ensure_fits`;
 * :func:`fit_problems`: does a plan fit what the backend owns? Built on the
   planner's own rules (:meth:`k3snet.Plan.problems`), so every backend refuses
-  the same plans with the same words;
+  the same plans with the same words; :func:`taken_slots` for a backend of
+  routes (an add into a slot a foreign route holds);
 * :func:`disruptive_problems`: the changes a backend's ``disruptive(change)``
   names, refused unless the backend has ``allow_disruptive``, with the one
   wording that names all three ways to allow them (:data:`ALLOW_DISRUPTIVE`);
@@ -62,6 +63,7 @@ from k3snet.errors import (
     PlanError,
     RollbackError,
 )
+from k3snet.model.route import Route, RouteBlock
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
 
@@ -83,6 +85,7 @@ __all__ = [
     "option_flag",
     "option_seconds",
     "option_text",
+    "taken_slots",
     "translate_errors",
 ]
 
@@ -173,7 +176,8 @@ def fit_problems(backend: object, plan: Plan, observed: State) -> list[str]:
     The plan's kinds must be among the backend's capabilities, and every change
     must fit the owned state as the planner defines it (:meth:`k3snet.Plan.problems`):
     no add over an existing object, no delete or replace of something k3snet
-    does not own as named. A change naming a foreign object says so.
+    does not own as named. A change naming a foreign object says so. A backend of
+    routes adds :func:`taken_slots` (an add where a foreign route stands).
     """
     problems: list[str] = []
     try:
@@ -189,6 +193,26 @@ def fit_problems(backend: object, plan: Plan, observed: State) -> list[str]:
         else:
             problems.append(problem)
     return problems
+
+
+def taken_slots(plan: Plan, observed: State) -> list[str]:
+    """The route adds of ``plan`` into a slot (table, destination, metric) that a foreign
+    route or :class:`~k3snet.model.RouteBlock` of ``observed`` holds, one line each.
+
+    A kernel holds one route a slot and refuses such an add (with ``NLM_F_REPLACE`` it
+    would replace the foreign route): a backend of routes refuses it too, before
+    anything is changed. :func:`fit_problems` does not see it (the planner never plans
+    such an add, it notes a conflict; only a stale plan has one).
+    """
+    adds = [c.subject for c in plan.changes
+            if c.action == "add" and isinstance(c.subject, Route)]
+    if not adds:
+        return []
+    taken = {(o.slot if isinstance(o, RouteBlock) else o.key): o
+             for o in observed.foreign if isinstance(o, Route | RouteBlock)}
+    return [f"cannot add {route}: the foreign {taken[route.key].describe()} holds its "
+            "slot (table, destination, metric); a kernel holds one route a slot"
+            for route in adds if route.key in taken]
 
 
 def ensure_fits(backend: object, plan: Plan, observed: State) -> None:

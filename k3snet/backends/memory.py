@@ -29,9 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from k3snet.backends.base import ApplyResult
-from k3snet.backends.kit import BackendBase, Compensation, fit_problems
+from k3snet.backends.kit import BackendBase, Compensation, fit_problems, taken_slots
 from k3snet.errors import ModelError, PlanError
-from k3snet.model.route import Route, RouteBlock
 from k3snet.model.state import State, known_kinds
 from k3snet.planner import Plan
 
@@ -85,18 +84,9 @@ class MemoryBackend(BackendBase):
 
         A kernel holds one route a slot and refuses such an add, as the netlink
         backend does; the reference refuses it too, or code tested against it never
-        meets the refusal a node gives (the planner notes a conflict there, so only
-        a stale plan has such an add).
+        meets the refusal a node gives (:func:`~k3snet.backends.kit.taken_slots`).
         """
-        adds = [c.subject for c in plan.changes
-                if c.action == "add" and isinstance(c.subject, Route)]
-        if not adds:
-            return []
-        taken = {(o.slot if isinstance(o, RouteBlock) else o.key): o
-                 for o in self._state.foreign if isinstance(o, Route | RouteBlock)}
-        return [f"cannot add {route}: the foreign {taken[route.key].describe()} holds its "
-                "slot (table, destination, metric); a kernel holds one route a slot"
-                for route in adds if route.key in taken]
+        return taken_slots(plan, self._state)
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change or none; an injected failure rolls back what was done.

@@ -203,9 +203,9 @@ def addresses(family: int | None = None, *,
 
 
 def interface_names() -> SearchStrategy[str]:
-    """Names k3snet accepts: 1..15 characters of ``[a-z0-9_.@+-]``, not ``.``/``..``/``+``,
-    not starting with ``@``."""
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_.@+-"
+    """Names k3snet accepts: 1..15 characters of ``[A-Za-z0-9_.@+-]``, not ``.``/``..``/``+``,
+    not starting with ``@``. Capitals shrink to lower case (``a`` before ``A``)."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_.@+-ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     return st.text(alphabet, min_size=1, max_size=15).filter(
         lambda s: s not in {".", "..", "+"} and not s.startswith("@"))
 

@@ -18,6 +18,7 @@ from k3snet.model import (
     SnatRule,
     State,
     object_from_dict,
+    validate_interface_name,
 )
 from k3snet.model.nat import snat_address_problem
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, protocol_name
@@ -258,3 +259,16 @@ def test_snat_sources_and_gateways_are_addresses_k3snet_takes(rule: SnatRule,
                                                               route: Route) -> None:
     assert snat_address_problem(rule.to_address) is None
     assert route.gateway is None or not route.gateway.is_unspecified
+
+
+@given(ks.interface_names())
+def test_interface_names_are_names_k3snet_takes(name: str) -> None:
+    assert validate_interface_name(name) == name
+
+
+def test_interface_names_draw_capitals_as_k3snet_takes_them() -> None:
+    """Linux interface names are case-sensitive and k3snet takes ``WAN0``; the strategy drew
+    ``[a-z0-9_.@+-]`` only, so a backend lowercasing a name was never caught."""
+    assert validate_interface_name("WAN0") == "WAN0"
+    found = find(ks.interface_names(), lambda name: any(c.isupper() for c in name))
+    assert found == "A"

@@ -1,0 +1,383 @@
+"""The conformance suite against deliberately broken backends: each breaks one promise
+of :mod:`k3snet.backends.base`, and the suite must fail it.
+
+Each of these backends passed ``run_conformance`` before the check that catches it
+was added (second review of the kit, written from a third-party backend's side).
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from k3snet import ApplyResult, Change, Plan, Route, State, Sysctl
+from k3snet.backends.kit import BackendBase, fit_problems, taken_slots
+from k3snet.backends.memory import MemoryBackend
+from k3snet.errors import ApplyError, PlanError
+from k3snet.model import MasqueradeRule, RouteBlock
+from k3snet.testing import run_conformance
+
+# Hypothesis reports several distinct failures as an ExceptionGroup.
+FAILS = (AssertionError, ExceptionGroup)
+
+
+class _ChecksTheFirstChangeOnly(MemoryBackend):
+    """Judges only a plan's first change, in ``check`` and ``apply``; applies the rest
+    blindly (an add over what is there overwrites it, a delete of what is gone does nothing)."""
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return super().check(Plan(changes=plan.changes[:1]))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        problems = self.check(plan)
+        if problems:
+            raise PlanError("; ".join(problems))
+        fail_at = self.faults.take(plan)
+        if fail_at is not None:
+            raise ApplyError("injected", failed=plan.changes[fail_at])
+        owned = {o.key: o for o in self._state.owned}
+        for change in plan.changes:
+            owned.pop(change.subject.key, None)
+            if change.after is not None:
+                owned[change.after.key] = change.after
+        self._state = self._state.with_owned(owned.values())
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+class _RefusesOnlyWhenItGetsThere(MemoryBackend):
+    """Refuses a stale change when it reaches it, keeping the changes made before it: a
+    refused plan half-applied (``check`` is right, ``apply`` is not all or nothing)."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.ensure_capable(plan)
+        fail_at = self.faults.take(plan)
+        before = self._state
+        for index, change in enumerate(plan.changes):
+            if index == fail_at:
+                self._state = before
+                raise ApplyError("injected", failed=change)
+            step = Plan(changes=[change])
+            if step.problems(self._state):
+                raise PlanError(f"cannot {change}")
+            self._state = step.apply_to(self._state)
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+def test_conformance_fails_a_backend_that_judges_only_a_plans_first_change() -> None:
+    """Every stale plan the suite made had one change: judging ``plan.changes[0]`` only passed."""
+    with pytest.raises(FAILS, match="stale"):
+        run_conformance(_ChecksTheFirstChangeOnly, max_examples=30)
+
+
+def test_conformance_fails_a_backend_that_refuses_a_plan_after_making_part_of_it() -> None:
+    """A refused plan must change nothing; with one-change stale plans there was nothing
+    before the refused change to keep."""
+    with pytest.raises(FAILS, match="changed the state"):
+        run_conformance(_RefusesOnlyWhenItGetsThere, max_examples=30)
+
+
+
+class _UndoesNothing(MemoryBackend):
+    """Hands back an exact undo (``ApplyResult.undo``) that takes nothing back."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        return attrs.evolve(super().apply(plan), undo=lambda: ())
+
+
+class _UndoReportsNothing(MemoryBackend):
+    """Its undo takes the apply back but says it made no inverse change."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        before = self._state
+        result = super().apply(plan)
+
+        def undo() -> tuple[Change, ...]:
+            self._state = before
+            return ()
+
+        return attrs.evolve(result, undo=undo)
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    (_UndoesNothing, "ApplyResult.undo"),
+    (_UndoReportsNothing, "inverse changes"),
+])
+def test_conformance_fails_a_backend_whose_exact_undo_is_not_exact(
+        broken: type[MemoryBackend], says: str) -> None:
+    """A BackendGroup calls ``ApplyResult.undo`` instead of applying the inverse plan when a
+    later member fails; the suite never called it, so an undo that did nothing passed."""
+    with pytest.raises(FAILS, match=says):
+        run_conformance(broken, max_examples=20)
+
+
+class _ObservesEveryKind(MemoryBackend):
+    """Reports the whole state it holds, whatever its capabilities."""
+
+    def observe(self) -> State:
+        return self._state
+
+
+def test_conformance_fails_a_backend_that_observes_kinds_it_does_not_manage() -> None:
+    """``observe()`` reports the backend's kinds only (a group merges its members' states by
+    kind); a route backend reporting the node's sysctls as foreign passed."""
+    found = State(foreign=[Sysctl("net.ipv4.ip_forward", "0")])
+    with pytest.raises(FAILS, match="kinds it does not manage"):
+        run_conformance(lambda: _ObservesEveryKind(found, capabilities=["route"]),
+                        max_examples=10)
+
+
+class _KeepsATableByte(MemoryBackend):
+    """Stores a route's table in a byte, as ``rtm_table`` does (the RTA_TABLE attribute
+    holds the rest): table 256 reads back as 0, 1000 as 232."""
+
+    def observe(self) -> State:
+        state = super().observe()
+        read = (attrs.evolve(o, table=o.table % 256 or 254)
+                if isinstance(o, Route) and o.table % 256 != 255 else o for o in state.owned)
+        # Two routes read into one slot: the second one read wins, as in a dump.
+        return state.with_owned({o.key: o for o in read}.values())
+
+
+class _WritesNoDefaultRoute(MemoryBackend):
+    """Reads its default routes (/0) back as nothing."""
+
+    def observe(self) -> State:
+        state = super().observe()
+        return state.with_owned(o for o in state.owned
+                                if not (isinstance(o, Route) and o.destination.prefixlen == 0))
+
+
+class _LowercasesDevices(MemoryBackend):
+    """Reads interface names back lowercased (Linux names are case-sensitive)."""
+
+    def observe(self) -> State:
+        state = super().observe()
+        return state.with_owned(
+            attrs.evolve(o, device=o.device.lower())
+            if isinstance(o, Route) and o.device is not None else o for o in state.owned)
+
+
+@pytest.mark.parametrize("broken", [_KeepsATableByte, _WritesNoDefaultRoute, _LowercasesDevices])
+def test_conformance_draws_the_edge_values_a_backend_gets_wrong(
+        broken: type[MemoryBackend]) -> None:
+    """Its default objects came from pools of tables 254 and 100, prefixes /8 and longer
+    and devices eth0, eth1 and cni0: a backend that lost tables above 255, default routes
+    or the case of a device name passed."""
+    with pytest.raises(FAILS, match="observe\\(\\) differs from the plan's target"):
+        run_conformance(lambda: broken(capabilities=["route"]), max_examples=30)
+
+
+class _ChecksIntoAList(MemoryBackend):
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return list(super().check(plan))  # type: ignore[return-value]
+
+
+def test_conformance_says_that_check_returns_a_tuple() -> None:
+    """It said "check() reported [] for a valid plan": ``[] != ()``, but no problem either."""
+    with pytest.raises(FAILS, match="check\\(\\) must return a tuple"):
+        run_conformance(_ChecksIntoAList, max_examples=5)
+
+
+class _DropsForeignSysctls(MemoryBackend):
+    """Any apply with changes loses the foreign sysctls it found (which no reset restores)."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = super().apply(plan)
+        if plan.changes:
+            self._state = State(owned=self._state.owned,
+                                foreign=[o for o in self._state.foreign if o.kind != "sysctl"])
+        return result
+
+
+def test_conformance_reports_a_failure_it_cannot_replay_as_that_failure() -> None:
+    """An example that leaves the backend changed for good made the replay fail otherwise,
+    and hypothesis said ``FlakyFailure: Inconsistent results from replaying a test case!``,
+    which blames the test and hides "apply changed foreign state" among sub-exceptions."""
+    found = State(foreign=[Sysctl("net.ipv4.ip_forward", "0")])
+    with pytest.raises(AssertionError, match="apply changed foreign state") as caught:
+        run_conformance(lambda: _DropsForeignSysctls(found), max_examples=20)
+    assert "could not be removed" in str(caught.value)
+
+
+class _AddsIntoForeignSlots(MemoryBackend):
+    """Judges plans with the kit's ``fit_problems`` alone: a route add into the slot (table,
+    destination, metric) a foreign route holds is taken, and both are held there."""
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return tuple(fit_problems(self, plan, self._state))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.ensure_fits(plan, self._state)
+        if self.faults.take(plan) is not None:
+            raise ApplyError("injected", failed=plan.changes[0])
+        self._state = plan.apply_to(self._state)
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+def test_conformance_fails_a_backend_that_adds_a_route_where_a_foreign_one_stands() -> None:
+    """A kernel holds one route a slot: an add there is refused (with NLM_F_REPLACE it
+    would replace the foreign route). The suite never made such a plan, so a route
+    backend built on ``fit_problems`` alone, which allows it, passed."""
+    static = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
+    with pytest.raises(FAILS, match="slot"):
+        run_conformance(lambda: _AddsIntoForeignSlots(State(foreign=[static])), max_examples=5)
+
+
+def test_taken_slots_names_the_route_adds_a_foreign_route_or_block_refuses() -> None:
+    static = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
+    block = RouteBlock("10.9.0.0/16", metric=7, what="blackhole")
+    found = State(foreign=[static, block])
+    mine = Plan(changes=[Change.add(Route("192.168.2.0/24", device="eth1")),
+                         Change.add(Route("10.9.0.0/16", device="eth1", metric=7)),
+                         Change.add(Route("10.9.0.0/16", device="eth1", metric=8))])
+    problems = taken_slots(mine, found)
+    assert len(problems) == 2
+    assert "192.168.2.0/24" in problems[0]
+    assert "holds its slot" in problems[0]
+    assert "blackhole" in problems[1]
+
+
+class _ReplacesBlindly(MemoryBackend):
+    """Judges adds and deletes, but takes a replace as "set this key", whatever is there."""
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return tuple(fit_problems(self, Plan(changes=[
+            c for c in plan.changes if c.action != "replace"]), self._state))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        problems = self.check(plan)
+        if problems:
+            raise PlanError("; ".join(problems))
+        if self.faults.take(plan) is not None:
+            raise ApplyError("injected", failed=plan.changes[0])
+        owned = {o.key: o for o in self._state.owned}
+        for change in plan.changes:
+            owned.pop(change.subject.key, None)
+            if change.after is not None:
+                owned[change.after.key] = change.after
+        self._state = self._state.with_owned(owned.values())
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+def test_conformance_fails_a_backend_that_replaces_what_is_not_there() -> None:
+    """The stale plans the suite made were adds and deletes: a replace of an object that is
+    gone, taken as an add, passed."""
+    with pytest.raises(FAILS, match="stale plan replacing"):
+        run_conformance(_ReplacesBlindly, max_examples=20)
+
+
+def test_conformance_names_the_protocol_members_a_backend_lacks() -> None:
+    """A BackendBase subclass without ``check`` was told only "<...> does not implement the
+    Backend protocol", leaving its author to compare it with the protocol by hand."""
+
+    class NoCheck(BackendBase):
+        name = "nocheck"
+        capabilities = frozenset({"nat"})
+
+        def observe(self) -> State:
+            return State()
+
+        def apply(self, plan: Plan) -> ApplyResult:
+            return ApplyResult(self.name)
+
+    with pytest.raises(AssertionError, match=r"does not implement the Backend protocol: "
+                                             r"no check\(\)"):
+        run_conformance(NoCheck, max_examples=5)
+
+
+class _RollbackForgetsWhatItRecorded(MemoryBackend):
+    """Rolls a failed apply back to its objects, but drops the values its sysctls recorded
+    before taking over (``Sysctl.previous``, not compared by ``==``): the values a later
+    delete should give back."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        before = self._state
+        try:
+            return super().apply(plan)
+        except ApplyError:
+            self._state = State(
+                owned=[attrs.evolve(o, previous=None) if isinstance(o, Sysctl) else o
+                       for o in before.owned], foreign=before.foreign)
+            raise
+
+
+def test_conformance_fails_a_rollback_that_forgets_the_values_to_give_back() -> None:
+    """After a failed apply the objects compared equal, so the suite passed a rollback that
+    lost what k3snet must restore when it lets a sysctl go: removing everything then
+    left the node's parameters at k3snet's values."""
+    found = State(foreign=[Sysctl("net.ipv4.ip_forward", "0"),
+                           Sysctl("net.ipv4.conf.all.rp_filter", "2")])
+    with pytest.raises(FAILS, match="previous"):
+        run_conformance(lambda: _RollbackForgetsWhatItRecorded(found, capabilities=["sysctl"]),
+                        max_examples=30)
+
+
+class _TrustsItsHint(MemoryBackend):
+    """Takes ``expect(state)`` (a hint that must change no result) as what it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hint: State | None = None
+
+    def expect(self, state: State) -> None:
+        self.hint = state
+
+    def observe(self) -> State:
+        hint, self.hint = self.hint, None
+        return hint if hint is not None else super().observe()
+
+
+def test_conformance_fails_a_backend_whose_expect_hint_changes_what_it_observes() -> None:
+    """``converge`` and ``k3snet plan`` call ``expect(desired)`` before ``observe()``; the
+    page on writing a backend says it must change no result and that the suite checks
+    "every rule above", but the suite never called it."""
+    with pytest.raises(FAILS) as caught:
+        run_conformance(_TrustsItsHint, max_examples=20)
+    assert "expect() was given another state" in _messages(caught.value)
+
+
+def _messages(exc: BaseException) -> str:
+    """The messages of an exception and, for a group (several distinct failures), of
+    every exception in it."""
+    inner = getattr(exc, "exceptions", ())
+    return "\n".join([str(exc), *(_messages(e) for e in inner)])
+
+
+def test_conformance_says_when_its_objects_are_of_kinds_the_backend_does_not_manage() -> None:
+    """``objects=`` drawing a sysctl for a backend of routes made the suite blame the backend
+    ("check() reported ('backend 'memory' manages route; the plan also changes sysctl ...')
+    for a valid plan"), when the strategy handed to it was at fault."""
+    from k3snet.errors import ModelError  # noqa: PLC0415
+    from k3snet.testing import strategies  # noqa: PLC0415
+
+    with pytest.raises(ModelError, match=r"objects= drew .* of kind sysctl"):
+        run_conformance(lambda: MemoryBackend(capabilities=["route"]),
+                        objects=strategies.objects(["route", "sysctl"]), max_examples=10)
+
+
+class _ReplacesForeignObjects(_ReplacesBlindly):
+    """Judges every change as the kit does, but lets a replace of a foreign object through
+    (and then holds it as k3snet's)."""
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        foreign = self._state.foreign
+        return tuple(fit_problems(self, Plan(changes=[
+            c for c in plan.changes
+            if not (c.action == "replace" and c.before in foreign)]), self._state))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = super().apply(plan)
+        taken = {c.before for c in plan.changes if c.action == "replace"}
+        self._state = State(owned=self._state.owned,
+                            foreign=[o for o in self._state.foreign if o not in taken])
+        return result
+
+
+def test_conformance_fails_a_backend_that_replaces_a_foreign_object() -> None:
+    """Of the plans naming a foreign object the suite made only deletes: a backend taking a
+    replace of one (k3snet rewriting another program's rule in place) passed."""
+    flannel = MasqueradeRule("10.42.0.0/16", exclude=["10.42.0.0/16"], random_fully=True)
+    with pytest.raises(FAILS, match="replacing the foreign"):
+        run_conformance(
+            lambda: _ReplacesForeignObjects(State(foreign=[flannel]), capabilities=["nat"]),
+            max_examples=20)
