@@ -87,6 +87,7 @@ __all__ = [
     "option_text",
     "taken_slots",
     "translate_errors",
+    "unwritten_problems",
 ]
 
 T = TypeVar("T")
@@ -176,14 +177,16 @@ def fit_problems(backend: object, plan: Plan, observed: State) -> list[str]:
     The plan's kinds must be among the backend's capabilities, and every change
     must fit the owned state as the planner defines it (:meth:`k3snet.Plan.problems`):
     no add over an existing object, no delete or replace of something k3snet
-    does not own as named. A change naming a foreign object says so. A backend of
-    routes adds :func:`taken_slots` (an add where a foreign route stands).
+    does not own as named, nothing added that k3snet only observes
+    (:func:`unwritten_problems`). A change naming a foreign object says so. A backend
+    of routes adds :func:`taken_slots` (an add where a foreign route stands).
     """
     problems: list[str] = []
     try:
         ensure_capable(backend, plan)  # type: ignore[arg-type]
     except PlanError as exc:
         problems.append(str(exc))
+    problems += unwritten_problems(plan)
     foreign = observed.foreign
     for change, problem in plan.problems(observed):
         before = change.before
@@ -193,6 +196,19 @@ def fit_problems(backend: object, plan: Plan, observed: State) -> list[str]:
         else:
             problems.append(problem)
     return problems
+
+
+def unwritten_problems(plan: Plan) -> list[str]:
+    """One line per change of ``plan`` that would write what k3snet only observes (a
+    foreign block, a drift finding: :attr:`~k3snet.model.NetObject.written` false).
+
+    The planner never plans one (such an object in a desired state is a
+    :class:`~k3snet.errors.ModelError`); a hand-made or edited plan may hold one, and no
+    backend can write it. :func:`fit_problems` includes these.
+    """
+    return [f"cannot {c.action} {c.after.describe()}: it is what k3snet only observes "
+            "(a foreign block or a finding), never written"
+            for c in plan.changes if c.after is not None and not c.after.written]
 
 
 def taken_slots(plan: Plan, observed: State) -> list[str]:

@@ -98,6 +98,7 @@ from k3snet.backends.kit import (
     gc_paused,
     option_flag,
     option_seconds,
+    unwritten_problems,
 )
 from k3snet.backends.netns import NetnsRunner
 from k3snet.backends.nftables.batch import Batch
@@ -363,6 +364,9 @@ class NftablesBackend(BackendBase):
             self.ensure_capable(plan)
         except PlanError as exc:
             return (str(exc),)
+        unwritten = unwritten_problems(plan)
+        if unwritten:
+            return tuple(unwritten)
         return self._call(lambda kernel: self._check(kernel, plan))
 
     def apply(self, plan: Plan) -> ApplyResult:
@@ -375,6 +379,10 @@ class NftablesBackend(BackendBase):
         read when the cache is stale).
         """
         self.ensure_capable(plan)
+        unwritten = unwritten_problems(plan)
+        if unwritten:
+            raise PlanError("nftables backend refuses the plan, nothing was changed:\n  "
+                            + "\n  ".join(unwritten))
         return self._call(lambda kernel: self._apply(kernel, plan))
 
     def close(self) -> None:
