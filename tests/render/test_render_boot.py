@@ -357,3 +357,32 @@ def test_the_boot_files_give_routes_the_protocol_the_spec_gives_netlink(
     text = (out / name).read_text()
     assert mark in text
     assert "211" not in text
+
+
+def test_the_sysctl_file_loaded_with_sysctl_p_gives_the_values_forwarding_would_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Writing ``ip_forward`` (``conf.all.forwarding`` for IPv6) sets ``forwarding`` of
+    every interface, and IPv4's turns ``all.accept_redirects`` to its opposite: the file
+    sorted ``net.ipv4.conf.eth0.forwarding = 0`` before ``net.ipv4.ip_forward = 1``,
+    which then undid it at every boot (``plan`` found it at 1)."""
+    spec = tmp_path / "spec.yaml"
+    wanted = {"net.ipv4.conf.eth0.forwarding": "0", "net.ipv6.conf.eth0.forwarding": "0",
+              "net.ipv4.conf.all.accept_redirects": "1"}
+    spec.write_text(SEED.read_text().split("masquerade:")[0] + "sysctls:\n" + "".join(
+        f"  {name}: {value}\n" for name, value in wanted.items()))
+    assert main(["render", "sysctl", "-f", str(spec), "-o", str(tmp_path)]) == 0
+    with temporary_netns("rv3r") as ns:
+        run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"])
+        run_in(ns, ["sysctl", "-p", str(tmp_path / "90-k3snet.conf")])  # as the file says
+        loaded = {name: run_in(ns, ["sysctl", "-n", name]).stdout.strip()
+                  for name in [*wanted, "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]}
+        assert loaded == {**wanted, "net.ipv4.ip_forward": "1",
+                          "net.ipv6.conf.all.forwarding": "1"}
+        capsys.readouterr()
+        # Watched, the backend reads them as foreign values that meet the spec (unwatched,
+        # it plans to take them over, writing the value they hold).
+        assert main(["plan", "-f", str(spec), "--backend", "netlink:sysctl", "--netns", ns,
+                     "--no-facts", "--backend-opt", f"netlink.state_dir={tmp_path / 'state'}",
+                     "--backend-opt", f"netlink.watch_sysctls={json.dumps(list(wanted))}",
+                     ]) == 0, capsys.readouterr().out
