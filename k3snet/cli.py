@@ -1576,11 +1576,13 @@ def _rendered_state(spec: Spec, args: argparse.Namespace) -> State:
     backend, as plan and apply split the work (loaded beside the other backend's file,
     a kind in both would belong to no backend in use: never updated nor removed)."""
     state = compile_spec(spec)
-    for entry in args.backend:
-        name, _, kinds = entry.partition(":")
-        if name == _RENDERED_BY[args.what] and kinds:
-            return state.only(kinds.split(","))
-    return state
+    # Every flag naming the backend counts, as plan and apply take `nftables:nat
+    # --backend nftables:forward`; one without kinds gives it all of them.
+    given = [kinds for name, _, kinds in (entry.partition(":") for entry in args.backend)
+             if name == _RENDERED_BY[args.what]]
+    if not given or not all(given):
+        return state
+    return state.only(kind for kinds in given for kind in kinds.split(","))
 
 
 def _render_iptables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

@@ -386,3 +386,21 @@ def test_the_sysctl_file_loaded_with_sysctl_p_gives_the_values_forwarding_would_
                      "--no-facts", "--backend-opt", f"netlink.state_dir={tmp_path / 'state'}",
                      "--backend-opt", f"netlink.watch_sysctls={json.dumps(list(wanted))}",
                      ]) == 0, capsys.readouterr().out
+
+
+def test_a_backend_given_its_kinds_in_two_flags_gets_a_file_of_all_of_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # plan and apply take `--backend nftables:nat --backend nftables:forward` as
+    # `nftables:nat,forward`; render took the first flag only: the file held no forward
+    # rule, and loaded, it deleted those the backend had applied.
+    flags = ["--backend", "nftables:nat", "--backend", "nftables:forward"]
+    assert main(["render", "nftables", "-f", str(SEED), "-o", str(tmp_path), *flags]) == 0
+    with temporary_netns("rv3r") as ns:
+        run_in(ns, ["nft", "-f", str(tmp_path / "k3snet.nft")])
+        listed = json.loads(_table(ns, "inet", "k3snet"))["nftables"]
+        assert sorted({item["rule"]["chain"] for item in listed if "rule" in item}) == [
+            "forward", "postrouting"]
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), *flags, "--netns", ns, "--no-facts"]) == 0, (
+            capsys.readouterr().out)
