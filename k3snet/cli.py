@@ -1611,11 +1611,13 @@ def _boot_routes(spec: Spec, args: argparse.Namespace) -> State:
     """The spec compiled for a boot file of routes (:func:`_rendered_state`): marked with
     the route protocol the spec gives the netlink backend, which owns only that
     protocol's routes (as the nftables file takes the spec's table)."""
-    protocol = spec_backend_options(spec, "netlink").get("protocol", K3SNET_ROUTE_PROTOCOL)
-    state = _rendered_state(spec, args)
-    if isinstance(protocol, bool) or not isinstance(protocol, int):
-        return state  # refused by the backend itself, with its own message
-    return with_route_protocol(state, protocol)
+    from k3snet.backends.netlink.backend import check_route_protocol  # noqa: PLC0415 - lazy
+
+    # One the backend refuses to own (0..4, dhcp's 16, a name) would bring the routes up
+    # at boot as another program's, or as 211 beside a spec whose plan fails.
+    protocol = check_route_protocol(
+        spec_backend_options(spec, "netlink").get("protocol", K3SNET_ROUTE_PROTOCOL))
+    return with_route_protocol(_rendered_state(spec, args), protocol)
 
 
 def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

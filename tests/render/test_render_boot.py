@@ -404,3 +404,19 @@ def test_a_backend_given_its_kinds_in_two_flags_gets_a_file_of_all_of_them(
         capsys.readouterr()
         assert main(["plan", "-f", str(SEED), *flags, "--netns", ns, "--no-facts"]) == 0, (
             capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("kind", ["ifupdown", "networkd"])
+@pytest.mark.parametrize("protocol", ['"static"', "true", "0", "4", "16"])
+def test_a_route_protocol_the_netlink_backend_refuses_is_refused_by_the_boot_files_too(
+        kind: str, protocol: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """0..4 are the kernel's and the administrator's, 16 is dhcp's (rt_protos): the backend
+    refuses to own them, and a value that is no number at all. The files were written
+    anyway, with that protocol (a boot that brought the routes up as static or DHCP
+    ones) or, for a name or ``true``, silently with 211."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text() + f"backends:\n  netlink: {{protocol: {protocol}}}\n")
+    out = tmp_path / "out"
+    assert main(["render", kind, "-f", str(spec), "-o", str(out)]) == 1
+    assert "route protocol" in capsys.readouterr().err
+    assert not out.exists()
