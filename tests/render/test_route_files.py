@@ -109,3 +109,18 @@ def test_the_sysctl_file() -> None:
         # the switches the kernel spreads to every interface first (test_render_boot.py)
         "net.ipv4.ip_forward = 1\nnet.ipv6.conf.all.forwarding = 1\n"
         "net.ipv4.conf.eth0.rp_filter = 2\n")
+
+
+def test_two_devices_in_one_network_file_are_refused_not_one_dropped() -> None:
+    # A file may match several links (a distribution's 20-wired.network, Name=en*): given
+    # for two devices, the second device's drop-in replaced the first's (its routes were
+    # gone at boot), and a drop-in's [Route]s go on every link its file configures.
+    state = State(owned=[Route("10.1.0.0/24", gateway="10.0.0.1", device="eth0"),
+                         Route("10.2.0.0/24", gateway="10.9.0.1", device="eth1")])
+    with pytest.raises(ModelError, match=r"20-wired\.network.* eth0 and eth1"):
+        render_networkd(state, network_files={"eth0": "20-wired.network",
+                                              "eth1": "20-wired.network"})
+    # a device without routes may share it: nothing of its goes in the drop-in
+    assert list(render_networkd(state, network_files={"eth0": "20-wired.network",
+                                                      "eth2": "20-wired.network"})) == [
+        "20-wired.network.d/90-k3snet-routes.conf", "90-k3snet-eth1.network"]
