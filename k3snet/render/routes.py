@@ -251,9 +251,8 @@ def render_networkd(
     ``10-eth0.network.d/90-k3snet-routes.conf`` holding only ``[Route]``
     sections; two devices with routes cannot be given the same file (networkd puts
     a drop-in's routes on every link its file matches). Devices not in it get a file
-    of their own,
-    ``90-k3snet-DEV.network`` with ``[Match] Name=DEV``: right for a device no
-    other ``.network`` file matches. Routes keep ``Protocol=``, so k3snet still
+    of their own, ``90-k3snet-DEV.network`` with ``[Match] Name=DEV``: right for a
+    device no other ``.network`` file matches. Routes keep ``Protocol=``, so k3snet still
     owns them after a reboot.
     """
     routes = _routes(state, "systemd-networkd")
