@@ -453,3 +453,76 @@ def test_backend_options_given_as_flags_shape_the_file_as_they_shape_plan(
     assert "backend 'nftables' has no option 'tabel'" in capsys.readouterr().err
     assert main(["render", "manifests", "-f", str(SEED), *opts]) == 64
     assert "the manifests' agent uses the spec's backends" in capsys.readouterr().err
+
+
+RICH = """apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster:
+  podCIDRs: [10.42.0.0/16, fd42:42::/56]
+  serviceCIDRs: [10.43.0.0/16, fd43:43::/112]
+destinations:
+  - {cidr: 192.168.2.0/24, gateway: 192.168.1.1, device: eth0}
+  - {cidr: 10.99.0.0/16, device: a@b+c.d-e_f}
+  - {cidr: fd01:2::/64, gateway: fd01:1::1, device: eth0}
+  - {cidr: fd09:9::/48, gateway: "fe80::1", device: a@b+c.d-e_f}
+masquerade:
+  mode: all
+  nonMasqueradeCIDRs: [192.168.0.0/16, fd00::/8]
+  randomFully: true
+  snatAddresses: [192.168.1.10]
+  outInterface: eth0
+forward: {accept: true, inInterface: cni0}
+"""
+
+
+def _node(ns: str) -> None:
+    for index, device in enumerate(("eth0", "a@b+c.d-e_f", "cni0")):
+        run_in(ns, ["ip", "link", "add", device, "type", "veth", "peer", "name", f"p{index}"])
+        run_in(ns, ["ip", "link", "set", device, "up"])
+
+
+def _ruleset(ns: str) -> list[dict[str, object]]:
+    """``nft -j list ruleset`` without handles, and without the backend's empty marker
+    chain (it dates the rules it adds: the file adds all of them at once)."""
+    listed = []
+    for item in json.loads(run_in(ns, ["nft", "-j", "list", "ruleset"]).stdout)["nftables"]:
+        (kind, body), = item.items()
+        if kind != "metainfo" and body.get("name") != "handle_marker":
+            listed.append({kind: {k: v for k, v in body.items() if k != "handle"}})
+    return listed
+
+
+@pytest.mark.parametrize("options", [
+    "nftables: {}", "nftables: {family: split, table: egress}",
+    "iptables: {mode: nft}", "iptables: {mode: legacy}"])
+def test_a_loaded_boot_file_is_exactly_what_the_backend_applies_for_the_same_spec(
+    options: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both families, SNAT, exclusions, random-fully, in and out interfaces of every
+    character a name may hold: the kernel's listing after the file is the one after
+    ``apply``, rule for rule, comments (the tags) included."""
+    backend = options.partition(":")[0]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(RICH + f"backends:\n  {options}\n")
+    out = tmp_path / "out"
+    assert main(["render", backend, "-f", str(spec), "-o", str(out)]) == 0
+    with temporary_netns("rv3r") as applied, temporary_netns("rv3r") as loaded:
+        _node(applied)
+        _node(loaded)
+        assert main(["apply", "-f", str(spec), "--backend", backend, "--netns", applied,
+                     "--no-facts", "--auto-approve"]) == 0
+        if backend == "nftables":
+            run_in(loaded, ["nft", "-f", str(out / "k3snet.nft")])
+            assert _ruleset(loaded) == _ruleset(applied)
+        else:
+            for name in ("k3snet.rules.v4", "k3snet.rules.v6"):
+                command = (out / name).read_text().split("`", 2)[1].split()
+                run_in(loaded, [*command[:-1], str(out / name)])
+                save = command[0].replace("-restore", "-save")
+                listings = [[line for line in run_in(ns, [save]).stdout.splitlines()
+                             if not line.startswith("#")] for ns in (applied, loaded)]
+                assert listings[1] == listings[0]
+                assert any("K3SNET-M-" in line for line in listings[1])  # not empty
+        capsys.readouterr()
+        assert main(["plan", "-f", str(spec), "--backend", backend, "--netns", loaded,
+                     "--no-facts"]) == 0, capsys.readouterr().out
