@@ -36,6 +36,7 @@ from k3snet.backends.registry import (
     backend_options,
     create_backend,
     load_backend,
+    refuse_undeclared,
 )
 from k3snet.converge import (
     Convergence,
@@ -705,6 +706,11 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
                              "holds only the kinds they give the backend it is for (nftables, "
                              "iptables; netlink for routes and sysctls), e.g. --backend "
                              "nftables:nat --backend iptables:forward")
+    render.add_argument("--backend-opt", action="append", default=[], metavar="NAME.KEY=VALUE",
+                        type=_backend_opt,
+                        help="the --backend-opt flags plan and apply use, repeatable: the "
+                             "file follows its backend's (nftables.table, nftables.family, "
+                             "iptables.mode, netlink.protocol) over the spec's")
     render.add_argument("--no-node-report", action="store_true",
                         help="manifests: the agent does not annotate its Node (no API access "
                              "unless a backend needs it)")
@@ -1523,10 +1529,10 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    if args.backend:
-        problem = _render_backend_problem(args)
+    for flag, given in (("--backend", args.backend), ("--backend-opt", args.backend_opt)):
+        problem = _render_backend_problem(args) if given else None
         if problem is not None:
-            print(f"k3snet render {args.what}: error: --backend {' '.join(args.backend)}: "
+            print(f"k3snet render {args.what}: error: {flag} {' '.join(given)}: "
                   f"{problem}", file=sys.stderr)
             return EXIT_USAGE
     spec = _spec(args)
@@ -1557,6 +1563,8 @@ def _render_backend_problem(args: argparse.Namespace) -> str | None:
     rendered_by = _RENDERED_BY.get(args.what)
     if rendered_by is None:
         return "the manifests' agent uses the spec's backends"
+    if not args.backend:
+        return None  # only --backend-opt: those of other backends are not the file's
     entries = [entry.partition(":") for entry in args.backend]
     if rendered_by not in (name for name, _, _ in entries):
         return f"the file is for the {rendered_by} backend"
@@ -1571,16 +1579,26 @@ def _render_backend_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _file_options(spec: Spec, args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Backend ``name``'s options that shape a boot file: the spec's, overridden by
+    ``--backend-opt`` as in plan and apply (the file then holds what that backend owns)."""
+    explicit = _explicit_options(name, args)
+    refuse_undeclared(name, explicit)  # a misspelt one would leave the file as the spec has it
+    return {**spec_backend_options(spec, name), **explicit}
+
+
 def _rendered_state(spec: Spec, args: argparse.Namespace) -> State:
     """The compiled spec, limited to the kinds ``--backend NAME:KINDS`` gives the file's
     backend, as plan and apply split the work (loaded beside the other backend's file,
     a kind in both would belong to no backend in use: never updated nor removed)."""
     state = compile_spec(spec)
-    for entry in args.backend:
-        name, _, kinds = entry.partition(":")
-        if name == _RENDERED_BY[args.what] and kinds:
-            return state.only(kinds.split(","))
-    return state
+    # Every flag naming the backend counts, as plan and apply take `nftables:nat
+    # --backend nftables:forward`; one without kinds gives it all of them.
+    given = [kinds for name, _, kinds in (entry.partition(":") for entry in args.backend)
+             if name == _RENDERED_BY[args.what]]
+    if not given or not all(given):
+        return state
+    return state.only(kind for kinds in given for kind in kinds.split(","))
 
 
 def _render_iptables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
@@ -1588,7 +1606,7 @@ def _render_iptables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 
     # The flavour the backend reads (the spec's `backends.iptables.mode`): loaded into
     # the other one, the chains are not seen and the backend adds a second copy.
-    mode = spec_backend_options(spec, "iptables").get("mode", "auto")
+    mode = _file_options(spec, args, "iptables").get("mode", "auto")
     state = _rendered_state(spec, args)
     return {name: render_iptables_save(state, family, mode=mode)
             for family, name in RULES_FILES.items()}
@@ -1600,7 +1618,7 @@ def _render_nftables(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     # The table the nftables backend will own after the boot: the spec's table and
     # family, or the file loads a table the backend then reads as another program's
     # (its rules kept for ever beside the backend's own).
-    options = spec_backend_options(spec, "nftables")
+    options = _file_options(spec, args, "nftables")
     layout = {key: options[key] for key in ("table", "family") if key in options}
     return {"k3snet.nft": render_nftables_conf(_rendered_state(spec, args), **layout)}
 
@@ -1609,11 +1627,13 @@ def _boot_routes(spec: Spec, args: argparse.Namespace) -> State:
     """The spec compiled for a boot file of routes (:func:`_rendered_state`): marked with
     the route protocol the spec gives the netlink backend, which owns only that
     protocol's routes (as the nftables file takes the spec's table)."""
-    protocol = spec_backend_options(spec, "netlink").get("protocol", K3SNET_ROUTE_PROTOCOL)
-    state = _rendered_state(spec, args)
-    if isinstance(protocol, bool) or not isinstance(protocol, int):
-        return state  # refused by the backend itself, with its own message
-    return with_route_protocol(state, protocol)
+    from k3snet.backends.netlink.backend import check_route_protocol  # noqa: PLC0415 - lazy
+
+    # One the backend refuses to own (0..4, dhcp's 16, a name) would bring the routes up
+    # at boot as another program's, or as 211 beside a spec whose plan fails.
+    protocol = check_route_protocol(
+        _file_options(spec, args, "netlink").get("protocol", K3SNET_ROUTE_PROTOCOL))
+    return with_route_protocol(_rendered_state(spec, args), protocol)
 
 
 def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

@@ -17,13 +17,15 @@ import difflib
 import importlib
 import inspect
 import re
+from collections.abc import Iterable
 from typing import Any, cast
 
 from k3snet.backends.base import Backend, BackendFactory
 from k3snet.errors import BackendNotFoundError, BackendOptionError, BackendUnavailableError
 
 __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create_backend",
-           "load_backend", "register_backend", "takes_any_option", "unregister_backend"]
+           "load_backend", "refuse_undeclared", "register_backend", "takes_any_option",
+           "unregister_backend"]
 
 ENTRY_POINT_GROUP = "k3snet.backends"
 
@@ -141,18 +143,25 @@ def takes_any_option(name: str) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def create_backend(name: str, **options: Any) -> Backend:
-    """Build the backend ``name`` with ``options`` (``netns=...``, ``path=...``).
-
-    Options the backend does not declare are refused with an error that lists
-    the ones it does (rather than a ``TypeError`` from deep inside).
-    """
+def refuse_undeclared(name: str, options: Iterable[str]) -> None:
+    """A :class:`~k3snet.errors.BackendOptionError` listing the options backend ``name``
+    declares, when ``options`` holds another (nothing is checked for a factory that
+    declares none)."""
     declared = backend_options(name)
     unknown = sorted(set(options) - set(declared)) if declared else []
     if unknown:
         raise BackendOptionError(
             f"backend {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
             f"{', '.join(declared) or '(none)'}")
+
+
+def create_backend(name: str, **options: Any) -> Backend:
+    """Build the backend ``name`` with ``options`` (``netns=...``, ``path=...``).
+
+    Options the backend does not declare are refused with an error that lists
+    the ones it does (rather than a ``TypeError`` from deep inside).
+    """
+    refuse_undeclared(name, options)
     try:
         return load_backend(name)(**options)
     except TypeError as exc:

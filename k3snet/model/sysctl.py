@@ -4,18 +4,46 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import attrs
 
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 
-__all__ = ["Sysctl"]
+__all__ = ["ALIASES", "SPREADING", "SPREADING_INVERTED", "Sysctl"]
 
 # /proc/sys reads and writes at most a page; the longest net.* values are a few words.
 _MAX_VALUE = 4096
 _COMPONENT = re.compile(r"[A-Za-z0-9_\-@+.]+")
+
+
+SPREADING: Final = {
+    "net.ipv4.ip_forward": "net/ipv4/conf",
+    "net.ipv4.conf.all.forwarding": "net/ipv4/conf",
+    "net.ipv6.conf.all.forwarding": "net/ipv6/conf",
+    "net.ipv6.conf.all.disable_ipv6": "net/ipv6/conf",
+    "net.ipv6.conf.all.ignore_routes_with_linkdown": "net/ipv6/conf",
+}
+"""Sysctls whose write the kernel spreads: it sets the same switch (``forwarding`` for
+``ip_forward``) of ``default`` and of every interface under the directory named
+(``inet_forward_change``, ``addrconf_fixup_forwarding``, ``addrconf_disable_ipv6``,
+``addrconf_fixup_linkdown``), whatever they held."""
+
+ALIASES: Final = {
+    "net.ipv4.ip_forward": "net.ipv4.conf.all.forwarding",
+    "net.ipv4.conf.all.forwarding": "net.ipv4.ip_forward",
+}
+"""Two names of one kernel value (``ipv4_devconf.data[IPV4_DEVCONF_FORWARDING - 1]``): a
+write of either is read back under both."""
+
+SPREADING_INVERTED: Final = {
+    "net.ipv4.ip_forward": ("net.ipv4.conf.all.accept_redirects",),
+    "net.ipv4.conf.all.forwarding": ("net.ipv4.conf.all.accept_redirects",),
+}
+"""Switches a write of the key sets to the opposite of the value written: IPv4 forwarding
+turns ``all.accept_redirects`` off, and turning it off again turns them on
+(``inet_forward_change``), on a node hardened with ``accept_redirects=0`` too."""
 
 
 def _name(value: str) -> str:

@@ -357,3 +357,172 @@ def test_the_boot_files_give_routes_the_protocol_the_spec_gives_netlink(
     text = (out / name).read_text()
     assert mark in text
     assert "211" not in text
+
+
+def test_the_sysctl_file_loaded_with_sysctl_p_gives_the_values_forwarding_would_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Writing ``ip_forward`` (``conf.all.forwarding`` for IPv6) sets ``forwarding`` of
+    every interface, and IPv4's turns ``all.accept_redirects`` to its opposite: the file
+    sorted ``net.ipv4.conf.eth0.forwarding = 0`` before ``net.ipv4.ip_forward = 1``,
+    which then undid it at every boot (``plan`` found it at 1)."""
+    spec = tmp_path / "spec.yaml"
+    wanted = {"net.ipv4.conf.eth0.forwarding": "0", "net.ipv6.conf.eth0.forwarding": "0",
+              "net.ipv4.conf.all.accept_redirects": "1"}
+    spec.write_text(SEED.read_text().split("masquerade:")[0] + "sysctls:\n" + "".join(
+        f"  {name}: {value}\n" for name, value in wanted.items()))
+    assert main(["render", "sysctl", "-f", str(spec), "-o", str(tmp_path)]) == 0
+    with temporary_netns("rv3r") as ns:
+        run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"])
+        run_in(ns, ["sysctl", "-p", str(tmp_path / "90-k3snet.conf")])  # as the file says
+        loaded = {name: run_in(ns, ["sysctl", "-n", name]).stdout.strip()
+                  for name in [*wanted, "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]}
+        assert loaded == {**wanted, "net.ipv4.ip_forward": "1",
+                          "net.ipv6.conf.all.forwarding": "1"}
+        capsys.readouterr()
+        # Watched, the backend reads them as foreign values that meet the spec (unwatched,
+        # it plans to take them over, writing the value they hold).
+        assert main(["plan", "-f", str(spec), "--backend", "netlink:sysctl", "--netns", ns,
+                     "--no-facts", "--backend-opt", f"netlink.state_dir={tmp_path / 'state'}",
+                     "--backend-opt", f"netlink.watch_sysctls={json.dumps(list(wanted))}",
+                     ]) == 0, capsys.readouterr().out
+
+
+def test_a_backend_given_its_kinds_in_two_flags_gets_a_file_of_all_of_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # plan and apply take `--backend nftables:nat --backend nftables:forward` as
+    # `nftables:nat,forward`; render took the first flag only: the file held no forward
+    # rule, and loaded, it deleted those the backend had applied.
+    flags = ["--backend", "nftables:nat", "--backend", "nftables:forward"]
+    assert main(["render", "nftables", "-f", str(SEED), "-o", str(tmp_path), *flags]) == 0
+    with temporary_netns("rv3r") as ns:
+        run_in(ns, ["nft", "-f", str(tmp_path / "k3snet.nft")])
+        listed = json.loads(_table(ns, "inet", "k3snet"))["nftables"]
+        assert sorted({item["rule"]["chain"] for item in listed if "rule" in item}) == [
+            "forward", "postrouting"]
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), *flags, "--netns", ns, "--no-facts"]) == 0, (
+            capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("kind", ["ifupdown", "networkd"])
+@pytest.mark.parametrize("protocol", ['"static"', "true", "0", "4", "16"])
+def test_a_route_protocol_the_netlink_backend_refuses_is_refused_by_the_boot_files_too(
+        kind: str, protocol: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """0..4 are the kernel's and the administrator's, 16 is dhcp's (rt_protos): the backend
+    refuses to own them, and a value that is no number at all. The files were written
+    anyway, with that protocol (a boot that brought the routes up as static or DHCP
+    ones) or, for a name or ``true``, silently with 211."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text() + f"backends:\n  netlink: {{protocol: {protocol}}}\n")
+    out = tmp_path / "out"
+    assert main(["render", kind, "-f", str(spec), "-o", str(out)]) == 1
+    assert "route protocol" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_backend_options_given_as_flags_shape_the_file_as_they_shape_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `plan --backend-opt nftables.table=egress` owns table ip/ip6 egress; render took
+    # only the spec's options: the rules its file loaded (inet k3snet) were another
+    # program's to that backend (NAT met by them, never updated nor removed; forward
+    # accepts added a second time in its own table).
+    opts = ["--backend-opt", "nftables.table=egress", "--backend-opt", "nftables.family=split"]
+    assert main(["render", "nftables", "-f", str(SEED), "-o", str(tmp_path), *opts,
+                 "--backend-opt", "netlink.protocol=200"]) == 0  # another backend's: unused
+    with temporary_netns("rv3r") as ns:
+        run_in(ns, ["nft", "-f", str(tmp_path / "k3snet.nft")])
+        assert _tables(ns) == [("ip", "egress"), ("ip6", "egress")]
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--backend", "nftables", *opts, "--netns", ns,
+                     "--no-facts"]) == 0, capsys.readouterr().out
+    ipt = tmp_path / "ipt"
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(ipt),
+                 "--backend-opt", "iptables.mode=legacy"]) == 0
+    assert "`iptables-legacy-restore --noflush" in (ipt / "k3snet.rules.v4").read_text()
+    routes = tmp_path / "routes"
+    assert main(["render", "ifupdown", "-f", str(SEED), "-o", str(routes),
+                 "--backend-opt", "netlink.protocol=200"]) == 0
+    assert "proto 200" in (routes / "k3snet-routes").read_text()
+    capsys.readouterr()
+    # misspelt, the file was the spec's: refused as plan refuses it
+    assert main(["render", "nftables", "-f", str(SEED), "--backend-opt", "nftables.tabel=x"]
+                ) == 1
+    assert "backend 'nftables' has no option 'tabel'" in capsys.readouterr().err
+    assert main(["render", "manifests", "-f", str(SEED), *opts]) == 64
+    assert "the manifests' agent uses the spec's backends" in capsys.readouterr().err
+
+
+RICH = """apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster:
+  podCIDRs: [10.42.0.0/16, fd42:42::/56]
+  serviceCIDRs: [10.43.0.0/16, fd43:43::/112]
+destinations:
+  - {cidr: 192.168.2.0/24, gateway: 192.168.1.1, device: eth0}
+  - {cidr: 10.99.0.0/16, device: a@b+c.d-e_f}
+  - {cidr: fd01:2::/64, gateway: fd01:1::1, device: eth0}
+  - {cidr: fd09:9::/48, gateway: "fe80::1", device: a@b+c.d-e_f}
+masquerade:
+  mode: all
+  nonMasqueradeCIDRs: [192.168.0.0/16, fd00::/8]
+  randomFully: true
+  snatAddresses: [192.168.1.10]
+  outInterface: eth0
+forward: {accept: true, inInterface: cni0}
+"""
+
+
+def _node(ns: str) -> None:
+    for index, device in enumerate(("eth0", "a@b+c.d-e_f", "cni0")):
+        run_in(ns, ["ip", "link", "add", device, "type", "veth", "peer", "name", f"p{index}"])
+        run_in(ns, ["ip", "link", "set", device, "up"])
+
+
+def _ruleset(ns: str) -> list[dict[str, object]]:
+    """``nft -j list ruleset`` without handles, and without the backend's empty marker
+    chain (it dates the rules it adds: the file adds all of them at once)."""
+    listed = []
+    for item in json.loads(run_in(ns, ["nft", "-j", "list", "ruleset"]).stdout)["nftables"]:
+        (kind, body), = item.items()
+        if kind != "metainfo" and body.get("name") != "handle_marker":
+            listed.append({kind: {k: v for k, v in body.items() if k != "handle"}})
+    return listed
+
+
+@pytest.mark.parametrize("options", [
+    "nftables: {}", "nftables: {family: split, table: egress}",
+    "iptables: {mode: nft}", "iptables: {mode: legacy}"])
+def test_a_loaded_boot_file_is_exactly_what_the_backend_applies_for_the_same_spec(
+    options: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both families, SNAT, exclusions, random-fully, in and out interfaces of every
+    character a name may hold: the kernel's listing after the file is the one after
+    ``apply``, rule for rule, comments (the tags) included."""
+    backend = options.partition(":")[0]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(RICH + f"backends:\n  {options}\n")
+    out = tmp_path / "out"
+    assert main(["render", backend, "-f", str(spec), "-o", str(out)]) == 0
+    with temporary_netns("rv3r") as applied, temporary_netns("rv3r") as loaded:
+        _node(applied)
+        _node(loaded)
+        assert main(["apply", "-f", str(spec), "--backend", backend, "--netns", applied,
+                     "--no-facts", "--auto-approve"]) == 0
+        if backend == "nftables":
+            run_in(loaded, ["nft", "-f", str(out / "k3snet.nft")])
+            assert _ruleset(loaded) == _ruleset(applied)
+        else:
+            for name in ("k3snet.rules.v4", "k3snet.rules.v6"):
+                command = (out / name).read_text().split("`", 2)[1].split()
+                run_in(loaded, [*command[:-1], str(out / name)])
+                save = command[0].replace("-restore", "-save")
+                listings = [[line for line in run_in(ns, [save]).stdout.splitlines()
+                             if not line.startswith("#")] for ns in (applied, loaded)]
+                assert listings[1] == listings[0]
+                assert any("K3SNET-M-" in line for line in listings[1])  # not empty
+        capsys.readouterr()
+        assert main(["plan", "-f", str(spec), "--backend", backend, "--netns", loaded,
+                     "--no-facts"]) == 0, capsys.readouterr().out

@@ -120,7 +120,7 @@ from k3snet.model.state import State
 from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Change, Plan
 
-__all__ = ["DEFAULT_STATE_ROOT", "WATCHED_SYSCTLS", "NetlinkBackend"]
+__all__ = ["DEFAULT_STATE_ROOT", "WATCHED_SYSCTLS", "NetlinkBackend", "check_route_protocol"]
 
 DEFAULT_STATE_ROOT: Final = Path("/run/k3snet")
 """Where sysctl state files live by default: ``DEFAULT_STATE_ROOT/<netns or 'host'>/``."""
@@ -141,6 +141,25 @@ _MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never o
 _RA_PROTOCOL = 9  # RTPROT_RA: routes the kernel learned from router advertisements
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
 _CAPABILITY = "CAP_NET_ADMIN"
+
+
+def check_route_protocol(protocol: object) -> int:
+    """``protocol`` if the backend can own the routes of that route protocol, else a
+    :class:`~k3snet.errors.BackendError` saying why (``k3snet render`` checks the
+    protocol it gives the boot files of routes here too)."""
+    if isinstance(protocol, bool) or not isinstance(protocol, int) or not (
+            _MIN_PROTOCOL <= protocol <= 255):
+        raise BackendError(f"route protocol must be {_MIN_PROTOCOL}..255 (0..4 belong to "
+                           f"the kernel and the administrator), got {protocol!r}")
+    named = protocol_name(protocol)
+    if protocol != K3SNET_ROUTE_PROTOCOL and isinstance(named, str):
+        # Ownership is the protocol: every route of that program would be k3snet's,
+        # replaced or removed (destroy took a node's DHCP default route).
+        raise BackendError(
+            f"route protocol {protocol} is {named}'s (iproute2's rt_protos): k3snet would "
+            f"take every {named} route for its own and remove it; give a number no "
+            f"program uses ({K3SNET_ROUTE_PROTOCOL}, k3snet's, by default)")
+    return protocol
 
 
 class NetlinkBackend(BackendBase):
@@ -201,20 +220,8 @@ class NetlinkBackend(BackendBase):
         self.proc_sys = Path(proc_sys)
         if not self.proc_sys.is_dir():
             raise BackendError(f"proc_sys {str(proc_sys)!r} is not a directory")
-        if isinstance(protocol, bool) or not isinstance(protocol, int) or not (
-                _MIN_PROTOCOL <= protocol <= 255):
-            raise BackendError(f"route protocol must be {_MIN_PROTOCOL}..255 (0..4 belong to "
-                               f"the kernel and the administrator), got {protocol!r}")
-        named = protocol_name(protocol)
-        if protocol != K3SNET_ROUTE_PROTOCOL and isinstance(named, str):
-            # Ownership is the protocol: every route of that program would be k3snet's,
-            # replaced or removed (destroy took a node's DHCP default route).
-            raise BackendError(
-                f"route protocol {protocol} is {named}'s (iproute2's rt_protos): k3snet would "
-                f"take every {named} route for its own and remove it; give a number no "
-                f"program uses ({K3SNET_ROUTE_PROTOCOL}, k3snet's, by default)")
+        self.protocol = check_route_protocol(protocol)
         self.netns = netns
-        self.protocol = protocol
         self.tables: frozenset[int] | None = None
         if tables is not None:
             try:

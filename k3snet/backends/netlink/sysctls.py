@@ -18,14 +18,13 @@ import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Final
 
 import attrs
 
 from k3snet._kept import replace_atomically, untrusted
 from k3snet.backends.netns import THREAD_NETNS, netns_path
 from k3snet.errors import BackendError, ModelError
-from k3snet.model.sysctl import Sysctl
+from k3snet.model.sysctl import ALIASES, SPREADING, SPREADING_INVERTED, Sysctl
 
 __all__ = [
     "ALIASES",
@@ -46,34 +45,6 @@ __all__ = [
 _STATE_FILE = "sysctl.json"
 _STATE_FORMAT = 1
 _MAX_STATE_BYTES = 1 << 20  # a few hundred sysctls at most: a bigger file is corrupt
-
-SPREADING: Final = {
-    "net.ipv4.ip_forward": "net/ipv4/conf",
-    "net.ipv4.conf.all.forwarding": "net/ipv4/conf",
-    "net.ipv6.conf.all.forwarding": "net/ipv6/conf",
-    "net.ipv6.conf.all.disable_ipv6": "net/ipv6/conf",
-    "net.ipv6.conf.all.ignore_routes_with_linkdown": "net/ipv6/conf",
-}
-"""Sysctls whose write the kernel spreads: it sets the same switch (``forwarding`` for
-``ip_forward``) of ``default`` and of every interface under the directory named
-(``inet_forward_change``, ``addrconf_fixup_forwarding``, ``addrconf_disable_ipv6``,
-``addrconf_fixup_linkdown``), whatever they held."""
-
-ALIASES: Final = {
-    "net.ipv4.ip_forward": "net.ipv4.conf.all.forwarding",
-    "net.ipv4.conf.all.forwarding": "net.ipv4.ip_forward",
-}
-"""Two names of one kernel value (``ipv4_devconf.data[IPV4_DEVCONF_FORWARDING - 1]``): a
-write of either is read back under both."""
-
-SPREADING_INVERTED: Final = {
-    "net.ipv4.ip_forward": ("net.ipv4.conf.all.accept_redirects",),
-    "net.ipv4.conf.all.forwarding": ("net.ipv4.conf.all.accept_redirects",),
-}
-"""Switches a write of the key sets to the opposite of the value written: IPv4 forwarding
-turns ``all.accept_redirects`` off, and turning it off again turns them on
-(``inet_forward_change``), on a node hardened with ``accept_redirects=0`` too."""
-
 
 def _sysctl_file(root: Path, name: str) -> Path:
     return root / Sysctl(name, "0").path
