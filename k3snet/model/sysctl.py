@@ -125,6 +125,15 @@ class Sysctl(NetObject):
         """The parameter name: there is one value per name."""
         return self._key
 
+    @property
+    def tier(self) -> int:
+        """0 for a switch whose write the kernel spreads or inverts elsewhere
+        (:data:`SPREADING`, :data:`SPREADING_INVERTED`: ``ip_forward`` sets every
+        interface's ``forwarding`` and ``all.accept_redirects``), 1 for the others: a
+        plan writes ``net.ipv4.conf.eth0.forwarding = 0`` after ``ip_forward = 1``,
+        which would overwrite it, and gives it back before."""
+        return 0 if self.name in SPREADING or self.name in SPREADING_INVERTED else 1
+
     def met_by(self, other: NetObject) -> bool:
         """The parameter already has the value (set by someone else)."""
         return isinstance(other, Sysctl) and other.name == self.name and other.value == self.value

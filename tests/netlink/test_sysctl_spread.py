@@ -209,3 +209,22 @@ def test_giving_back_one_name_of_ipv4_forwarding_leaves_the_other_owned_value(
 def sysctl_values(ns: str, *paths: str) -> list[str]:
     """The values of ``paths`` under /proc/sys, as the kernel holds them."""
     return run_in(ns, ["cat", *(f"/proc/sys/{path}" for path in paths)]).stdout.split()
+
+
+def test_one_apply_writes_an_interface_switch_after_the_forwarding_that_spreads_over_it(
+        ns: str, tmp_path: Path) -> None:
+    """``ip_forward = 1`` sets every interface's ``forwarding`` and turns
+    ``all.accept_redirects`` off: written in name order, after ``conf.d0.forwarding = 0``
+    and ``conf.all.accept_redirects = 1``, it undid both, and the apply converged only on
+    a second pass (two replaces in the next plan)."""
+    wanted = State(owned=[Sysctl("net.ipv4.ip_forward", 1),
+                          Sysctl("net.ipv4.conf.d0.forwarding", 0),
+                          Sysctl("net.ipv4.conf.all.accept_redirects", 1)])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), wanted))
+        values = run_in(ns, ["cat", "/proc/sys/net/ipv4/ip_forward",
+                             "/proc/sys/net/ipv4/conf/d0/forwarding",
+                             "/proc/sys/net/ipv4/conf/all/accept_redirects"]).stdout.split()
+        assert values == ["1", "0", "1"]
+        assert plan(backend.observe(), wanted).empty
+        backend.apply(plan(backend.observe(), State()))
