@@ -787,7 +787,9 @@ class IPPool(NetObject):
     """One Calico ``IPPool``: a CIDR Calico allocates pod addresses from, and how.
 
     ``block_size=None`` means Calico's default (26 for IPv4, 122 for IPv6) and is
-    normalised at construction, so a pool read back equals the one written.
+    normalised at construction, so a pool read back equals the one written. An
+    enabled pool must hold one block at least; a disabled one may be smaller, as
+    Calico allows.
     ``nat_outgoing`` makes Felix masquerade traffic from the pool to any
     destination outside every pool; a ``disabled`` pool allocates nothing, and
     covering a destination with one exempts it from that NAT.
@@ -832,7 +834,10 @@ class IPPool(NetObject):
         if isinstance(block, bool) or not isinstance(block, int) or not low <= block <= high:
             raise ModelError(f"IPPool {self.name}: blockSize must be {low}..{high} for "
                              f"IPv{family}, got {block!r}")
-        if self.cidr.prefixlen > block:
+        # Calico checks this for enabled pools only (its validator's `if !pool.Disabled`):
+        # a disabled /32 with the default blockSize, the usual way to exempt one host
+        # from NAT, is a valid pool; IPAM never cuts blocks from it.
+        if self.cidr.prefixlen > block and not self.disabled:
             raise ModelError(f"IPPool {self.name}: {self.cidr} is smaller than one block "
                              f"(/{block}); use blockSize >= {self.cidr.prefixlen}")
         object.__setattr__(self, "block_size", block)

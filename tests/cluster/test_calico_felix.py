@@ -490,3 +490,39 @@ def test_issue_7345_through_the_cli(api_server: EmulatedApiServer, tmp_path: Any
     assert code == 4, out  # conflicts, not "No changes"
     assert "! calico masquerades pods to 192.168.2.0/24" in out
     assert "Calico will not NAT it" in out
+
+
+# ------------------------------------------------------- disabled pools smaller than a block
+
+
+def test_a_disabled_pool_smaller_than_its_block_is_readable_and_exempts_its_hosts(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Calico's validator checks "IP pool size is too small ... equal to or greater than
+    # the block size" only for enabled pools (validateIPPoolSpec: `if !pool.Disabled`),
+    # so Calico's documented way to exempt one host from NAT, a disabled /32 pool whose
+    # blockSize is defaulted to 26, is a valid pool Felix puts in its all-pools set.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("nas", cidr="192.168.2.10/32", disabled=True, blockSize=26))
+    api_server.put(CRD, _pool("nas6", cidr="fd00:2::10/128", disabled=True))
+    backend = _backend(api_server)
+    (pools,) = [o for o in backend.observe().foreign if isinstance(o, CalicoPools)]
+    assert pools.invalid == ()
+    assert {(p.name, str(p.cidr), p.block_size) for p in pools.pools} >= {
+        ("nas", "192.168.2.10/32", 26), ("nas6", "fd00:2::10/128", 122)}
+    # The exemption it already gives is met: no pool of k3snet's, no conflict.
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 192.168.2.10/32\n"
+                                              "    masquerade: false\n"))
+    p = _plan(backend, exempt)
+    assert (p.changes, p.conflicts) == ((), ())
+    # A destination around it is judged as Felix does: that host is not NATted.
+    (conflict,) = _plan(backend, Spec.from_yaml(SPEC_7345)).conflicts
+    assert "nas 192.168.2.10/32 (disabled)" in (conflict.reason or "")
+
+
+def test_an_enabled_pool_smaller_than_its_block_stays_unreadable() -> None:
+    with pytest.raises(ModelError, match="smaller than one block"):
+        read_pool(_pool("tiny", cidr="10.50.0.0/28", blockSize=26))
+    with pytest.raises(ModelError, match="smaller than one block"):
+        IPPool("tiny", "10.50.0.0/28", block_size=26)
