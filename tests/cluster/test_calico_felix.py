@@ -526,3 +526,14 @@ def test_an_enabled_pool_smaller_than_its_block_stays_unreadable() -> None:
         read_pool(_pool("tiny", cidr="10.50.0.0/28", blockSize=26))
     with pytest.raises(ModelError, match="smaller than one block"):
         IPPool("tiny", "10.50.0.0/28", block_size=26)
+
+
+def test_aws_subnet_id_is_a_calico_field_and_no_warning(api_server: EmulatedApiServer) -> None:
+    # IPPoolSpec.AWSSubnetID (`awsSubnetID`, Calico's AWS-backed pools) is part of
+    # Calico's v3 API: the API server keeps it, so it is no "dropped field".
+    api_server.put(CRD, _pool("aws-pool", cidr="10.42.0.0/16", natOutgoing=True,
+                              awsSubnetID="subnet-0123456789abcdef0"))
+    backend = _backend(api_server)
+    (pool,) = [p for p in backend.observe().foreign if isinstance(p, IPPool)]
+    assert pool.nat_outgoing is True
+    assert backend.warnings == ()
