@@ -465,6 +465,27 @@ CILIUM_REFUSES_TO_START = {
     "ebpf-with-masquerading-only-for-a-family-that-is-off": (
         {"enable-ipv4-masquerade": "false"}, {"enable-bpf-masquerade": "true"},
         "enable-bpf-masquerade: true needs enable-ipv4-masquerade"),
+    # Cilium's checkIPv4NativeRoutingCIDR / checkIPv6NativeRoutingCIDR ("native routing
+    # cidr must be configured with option --ipv4-native-routing-cidr in combination with
+    # --enable-ipv4=true --enable-ipv4-masquerade=true --enable-ip-masq-agent=false
+    # --routing-mode=native").
+    "native-routing-without-its-cidr": (
+        {}, {"routing-mode": "native"},
+        "routing-mode: native with IPv4 masquerading needs ipv4-native-routing-cidr"),
+    "masquerading-on-in-native-routing-without-a-cidr": (
+        {"routing-mode": "native", "enable-ipv4-masquerade": "false"},
+        {"enable-ipv4-masquerade": "true"},
+        "routing-mode: native with IPv4 masquerading needs ipv4-native-routing-cidr"),
+    "ip-masq-agent-off-in-native-routing-without-a-cidr": (
+        {"routing-mode": "native", "enable-bpf-masquerade": "true",
+         "enable-ip-masq-agent": "true"},
+        {"enable-ip-masq-agent": "false"},
+        "routing-mode: native with IPv4 masquerading needs ipv4-native-routing-cidr"),
+    "native-routing-ipv6-without-its-cidr": (
+        {"enable-ipv6": "true", "ipv4-native-routing-cidr": "10.42.0.0/16",
+         "enable-ipv6-masquerade": "false", "routing-mode": "native"},
+        {"enable-ipv6-masquerade": "true"},
+        "routing-mode: native with IPv6 masquerading needs ipv6-native-routing-cidr"),
 }
 
 
@@ -483,6 +504,19 @@ def test_refuses_a_config_the_cilium_agent_refuses_to_start_with(
     with pytest.raises(PlanError, match=message):
         backend.apply(p)
     assert _stored(api_server) == before  # nothing written
+
+
+@pytest.mark.parametrize("settings", [
+    {"routing-mode": "native", "ipv4-native-routing-cidr": "10.42.0.0/16"},
+    {"routing-mode": "native", "enable-ipv4-masquerade": "false"},
+    {"routing-mode": "native", "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true"},
+    {"routing-mode": "native", "ipam": "eni"},  # the cloud IPAM derives it
+    {"routing-mode": " native\n", "ipv4-native-routing-cidr": " 10.42.0.0/16\n"},
+    {"routing-mode": "tunnel"},
+])
+def test_native_routing_the_cilium_agent_starts_with(settings: dict[str, str]) -> None:
+    helm = {k: v for k, v in HELM_K3S_DATA.items() if k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)}
+    assert startup_problems(CiliumConfig(TARGET, settings={**helm, **settings})) == []
 
 
 def test_a_config_cilium_already_refuses_does_not_block_another_key(
