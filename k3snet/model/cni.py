@@ -1117,8 +1117,10 @@ class CalicoPodCIDR(NetObject):
     Calico gives pods addresses from its pools, not from the cluster's pod CIDR
     setting, and masquerades per pool; so the pod CIDR must *be* a pool usable
     by workloads (:attr:`IPPool.unusable_reason`) whose ``natOutgoing`` is what
-    the spec's masquerade mode asks. k3snet never creates it: a new enabled
-    pool would hand out pod addresses on every node. Anything else is a conflict.
+    the spec's masquerade mode asks; with ``natOutgoing`` false, no pool with
+    ``natOutgoing`` may share addresses with it either (Felix masquerades every
+    address inside such a pool). k3snet never creates it: a new enabled pool would
+    hand out pod addresses on every node. Anything else is a conflict.
     """
 
     kind: ClassVar[str] = "ippool"
@@ -1155,11 +1157,25 @@ class CalicoPodCIDR(NetObject):
         """The pool-wide slot (:class:`CalicoPools`)."""
         return _POOLS_SLOT
 
+    def _masquerading(self, pools: CalicoPools) -> tuple[IPPool, ...]:
+        """The ``natOutgoing`` pools sharing addresses with this pod CIDR when it wants none.
+
+        Felix masquerades a packet whose source is in its ``masq-ipam-pools`` set (an
+        ipset ``hash:net`` of every pool with ``natOutgoing``, disabled or not) and whose
+        destination is in no pool: a pod is masqueraded when *any* natOutgoing pool
+        holds its address, whatever its own pool says. (The CRDs accept overlapping
+        pools; Calico's API server does not.)
+        """
+        if self.nat_outgoing:
+            return ()
+        return tuple(p for p in pools.pools if p.nat_outgoing and overlaps(p.cidr, self.cidr))
+
     def met_by(self, other: NetObject) -> bool:
-        """A usable pool of exactly this CIDR with the wanted ``natOutgoing``."""
+        """A usable pool of exactly this CIDR with the wanted ``natOutgoing``, and, when that
+        is false, no natOutgoing pool overlapping it."""
         return isinstance(other, CalicoPools) and any(
             p.cidr == self.cidr and p.workload_usable and p.nat_outgoing == self.nat_outgoing
-            and not self._differences(p) for p in other.pools)
+            and not self._differences(p) for p in other.pools) and not self._masquerading(other)
 
     def conflicts_with(self, other: NetObject) -> bool:
         """Whenever the pools do not meet it."""
@@ -1183,6 +1199,15 @@ class CalicoPodCIDR(NetObject):
                 return (f"IPPool {pool.name} has pod CIDR {self.cidr} with "
                         f"{', '.join(differences)}: change the pool or the spec's cni.calico "
                         "(k3snet never changes a pool it does not own)")
+        masquerading = self._masquerading(other)
+        if masquerading and any(not p.nat_outgoing for p in same):
+            pools = ", ".join(f"IPPool {p.name} {p.cidr} has natOutgoing: true"
+                              for p in masquerading)
+            return (f"{pools} and shares addresses with pod CIDR {self.cidr}: Felix "
+                    "masquerades traffic from every address inside a natOutgoing pool, so "
+                    "pods there are masqueraded though the masquerade mode is off; set "
+                    "natOutgoing: false on it or make it leave the pod CIDR out (k3snet "
+                    "never changes a pool it does not own)")
         if same:
             pool = same[0]
             return (f"IPPool {pool.name} has pod CIDR {self.cidr} with natOutgoing "

@@ -537,3 +537,54 @@ def test_aws_subnet_id_is_a_calico_field_and_no_warning(api_server: EmulatedApiS
     (pool,) = [p for p in backend.observe().foreign if isinstance(p, IPPool)]
     assert pool.nat_outgoing is True
     assert backend.warnings == ()
+
+
+# ---------------------------------------------------------------- overlapping natOutgoing pools
+
+SPEC_NAT_OFF = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+masquerade: {mode: "off"}
+cni:
+  calico: {}
+"""
+
+
+@pytest.mark.parametrize("pool", [
+    {"cidr": "10.42.128.0/17", "natOutgoing": True},  # inside the pod CIDR
+    {"cidr": "10.42.7.0/24", "natOutgoing": True, "disabled": True},  # disabled counts too
+    {"cidr": "10.0.0.0/8", "natOutgoing": True},  # around it
+    {"cidr": "10.42.0.0/16", "natOutgoing": True},  # a second pool of the same CIDR
+])
+def test_an_overlapping_nat_outgoing_pool_masquerades_pods_the_mode_off_exempts(
+    api_server: EmulatedApiServer, pool: dict[str, Any]
+) -> None:
+    # Felix masquerades when the source is in its masq-ipam-pools set (an ipset hash:net:
+    # any address inside any natOutgoing pool, disabled or not) and the destination is
+    # in no pool; so pods of a natOutgoing: false pool are masqueraded wherever a
+    # natOutgoing pool overlaps it. The CRDs (no Calico API server) accept such pools.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=False))
+    backend = _backend(api_server)
+    spec = Spec.from_yaml(SPEC_NAT_OFF)
+    before = _plan(backend, spec)
+    assert before.conflicts == ()
+    assert [n.wanted.describe() for n in before.met] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool without natOutgoing"]
+    api_server.put(CRD, _pool("other", **pool))
+    p = _plan(backend, spec)
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    assert f"IPPool other {pool['cidr']} has natOutgoing: true" in reason, reason
+    assert "Felix masquerades traffic from every address inside a natOutgoing pool" in reason
+    assert conflict.wanted.describe() == (
+        "calico pod CIDR 10.42.0.0/16 is a pool without natOutgoing")
+
+
+def test_a_nat_outgoing_pool_beside_the_pod_cidr_is_no_conflict_when_the_mode_is_off(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16"))
+    api_server.put(CRD, _pool("vms", cidr="10.43.0.0/16", natOutgoing=True))
+    api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))
+    assert _plan(_backend(api_server), Spec.from_yaml(SPEC_NAT_OFF)).conflicts == ()
