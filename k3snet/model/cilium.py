@@ -331,9 +331,13 @@ class CiliumConfig(NetObject):
         return self.target.split(":", 1)[1].split("/", 1)[0]
 
     def value(self, key: str) -> str | None:
-        """A ``cilium-config`` value as Cilium reads it: set, else the agent's default."""
+        """A ``cilium-config`` value as Cilium reads it: set, else the agent's default.
+
+        Trimmed, as the agent's ``ReadDirConfig`` trims each file of the mounted
+        ConfigMap (a YAML block scalar's ``"native\\n"`` is ``native``).
+        """
         if key in self.settings:
-            return str(self.settings[key])
+            return str(self.settings[key]).strip()
         return CILIUM_DEFAULTS.get(key)
 
     def flag(self, key: str) -> bool:

@@ -237,6 +237,37 @@ def test_never_changes_a_key_it_did_not_set(backend: CiliumBackend) -> None:
     assert backend.check(Plan(changes=[Change.delete(foreign)]))
 
 
+def test_values_padded_with_whitespace_are_read_trimmed_as_the_cilium_agent_reads_them(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # The agent reads each file of the mounted ConfigMap trimmed (ReadDirConfig): a
+    # block scalar's "native\n" is native. Read raw, the value was "not met", k3snet
+    # planned to write it again and refused that as a disruptive routing-mode change.
+    api_server.put(CONFIGMAPS, _cilium_config({
+        **HELM_K3S_DATA, "routing-mode": "native\n", "tunnel-protocol": " geneve ",
+        "ipv4-native-routing-cidr": "10.42.0.0/16\n", "ipam": "cluster-pool\n",
+        "cluster-pool-ipv4-cidr": "10.0.0.0/8", "egress-masquerade-interfaces": "eth1\n"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0)
+    wanted = CiliumConfig(TARGET, settings={"routing-mode": "native",
+                                            "tunnel-protocol": "geneve",
+                                            "egress-masquerade-interfaces": "eth1"})
+    p = plan(backend.observe(), State(owned=[wanted]))
+    assert p.empty
+    assert [n.status for n in p.notes] == ["met"]
+    change = Change.add(wanted)
+    assert backend.disruptive(change) is None
+    assert backend.check(Plan(changes=[change])) == ()
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    expectation = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")],
+                                   pod_cidrs=["10.42.0.0/16"])
+    problems = expectation.problems(foreign)
+    # ipam "cluster-pool\n" is the cluster pool: its 10.0.0.0/8 is judged.
+    assert any("Cilium gives pods addresses from 10.0.0.0/8" in p for p in problems), problems
+    assert any("traffic leaving eth1 (egress-masquerade-interfaces)" in p for p in problems)
+    assert not any("\n" in p for p in problems)
+
+
 def test_a_value_met_by_the_cluster_is_not_written(k3s_cilium: EmulatedApiServer,
                                                    backend: CiliumBackend) -> None:
     wanted = CiliumConfig(TARGET, settings={"routing-mode": "tunnel",
