@@ -1170,12 +1170,19 @@ class CalicoPodCIDR(NetObject):
             return ()
         return tuple(p for p in pools.pools if p.nat_outgoing and overlaps(p.cidr, self.cidr))
 
+    def _twins(self, pools: CalicoPools) -> tuple[IPPool, ...]:
+        """Pools of exactly this CIDR with the other ``natOutgoing``: Felix keys pools by
+        CIDR, so of two with one CIDR whichever it heard of last decides."""
+        return tuple(p for p in pools.pools
+                     if p.cidr == self.cidr and p.nat_outgoing != self.nat_outgoing)
+
     def met_by(self, other: NetObject) -> bool:
         """A usable pool of exactly this CIDR with the wanted ``natOutgoing``, and, when that
         is false, no natOutgoing pool overlapping it."""
         return isinstance(other, CalicoPools) and any(
             p.cidr == self.cidr and p.workload_usable and p.nat_outgoing == self.nat_outgoing
-            and not self._differences(p) for p in other.pools) and not self._masquerading(other)
+            and not self._differences(p) for p in other.pools) and not self._masquerading(
+            other) and not self._twins(other)
 
     def conflicts_with(self, other: NetObject) -> bool:
         """Whenever the pools do not meet it."""
@@ -1209,10 +1216,15 @@ class CalicoPodCIDR(NetObject):
                     "natOutgoing: false on it or make it leave the pod CIDR out (k3snet "
                     "never changes a pool it does not own)")
         if same:
-            pool = same[0]
+            twins = self._twins(other)
+            pool = twins[0] if twins else same[0]
+            beside = [p.name for p in same if p not in twins]
+            twin = (f" beside {', '.join(beside)} of the same CIDR (Felix keys pools by CIDR, "
+                    "so whichever it heard of last decides)" if beside else "")
             return (f"IPPool {pool.name} has pod CIDR {self.cidr} with natOutgoing "
-                    f"{str(pool.nat_outgoing).lower()}, the masquerade mode wants {nat}: set "
-                    f"natOutgoing: {nat} on it (k3snet never changes a pool it does not own)")
+                    f"{str(pool.nat_outgoing).lower()}{twin}, the masquerade mode wants {nat}: "
+                    f"set natOutgoing: {nat} on it{' or delete it' if beside else ''} (k3snet "
+                    "never changes a pool it does not own)")
         near = ", ".join(f"{p.name} {p.cidr}" for p in other.overlapping(self.cidr))
         found = f"pools overlapping it: {near}" if near else "no pool overlaps it"
         return (f"pod CIDR {self.cidr} is not a Calico IPPool ({found}): Calico gives pods "

@@ -588,3 +588,18 @@ def test_a_nat_outgoing_pool_beside_the_pod_cidr_is_no_conflict_when_the_mode_is
     api_server.put(CRD, _pool("vms", cidr="10.43.0.0/16", natOutgoing=True))
     api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))
     assert _plan(_backend(api_server), Spec.from_yaml(SPEC_NAT_OFF)).conflicts == ()
+
+
+def test_a_second_pool_of_the_pod_cidr_without_nat_outgoing_is_a_conflict(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix keys pools by CIDR (IPPoolKey{CIDR}; its masq manager by the pool's CIDR id):
+    # of two pools with one CIDR, whichever it heard of last decides natOutgoing, so a
+    # natOutgoing: false twin can leave the pods unmasqueraded.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("zz-twin", cidr="10.42.0.0/16", vxlanMode="CrossSubnet"))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345))
+    assert not [n for n in p.met if "pod CIDR" in n.wanted.describe()]
+    (conflict,) = [n for n in p.conflicts if "pod CIDR" in n.wanted.describe()]
+    reason = conflict.reason or ""
+    assert "IPPool zz-twin has pod CIDR 10.42.0.0/16 with natOutgoing false" in reason, reason
