@@ -129,9 +129,12 @@ DISRUPTIVE_FIELDS: tuple[str, ...] = ("cidr", "blockSize")
 KNOWN_SPEC_FIELDS: tuple[str, ...] = (
     "cidr", "vxlanMode", "ipipMode", "natOutgoing", "disabled", "disableBGPExport",
     "blockSize", "nodeSelector", "namespaceSelector", "allowedUses", "assignmentMode",
+    "awsSubnetID",
 )
 """Every ``IPPoolSpec`` field of Calico's v3 API; anything else is pruned by the API
-server, or (the deprecated v1 fields of :data:`V1_SPEC_FIELDS`) ignored by Calico."""
+server, or (the deprecated v1 fields of :data:`V1_SPEC_FIELDS`) ignored by Calico.
+(``awsSubnetID``, for pools backed by an AWS subnet, is kept but not modelled: it
+changes neither which pods get the pool's addresses nor what Felix NATs.)"""
 
 V1_SPEC_FIELDS: Mapping[str, str] = {"nat-outgoing": "natOutgoing (false when unset)",
                                      "ipip": "ipipMode (Never when unset)"}

@@ -206,6 +206,9 @@ def startup_problems(config: CiliumConfig) -> list[str]:
     says: ``enable-ipv4-masquerade`` with ``enable-ipv4``, or ``enable-ipv6-masquerade``
     with ``enable-ipv6`` (the agent clears a family's masquerade flag when the family is
     off; Helm writes ``enable-ipv6-masquerade: "true"`` beside ``enable-ipv6: "false"``).
+    Native routing with a family's masquerading on and the ip-masq-agent off needs
+    that family's native-routing CIDR (except with a cloud IPAM: ``eni``,
+    ``alibabacloud``, ``azure``).
     (Cilium before 1.19 also refuses eBPF masquerading without BPF NodePort; k3snet does
     not read the kube-proxy replacement keys.)
     """
@@ -227,6 +230,31 @@ def startup_problems(config: CiliumConfig) -> list[str]:
     elif bpf:
         found.append("enable-bpf-masquerade: true needs enable-ipv4-masquerade or "
                      "enable-ipv6-masquerade true")
+    found += _native_routing_problems(config)
+    return found
+
+
+# IPAM modes whose cloud network gives Cilium the native-routing CIDR (it does not ask
+# for one with them; azure is left out of the judgement too, to never refuse wrongly).
+_CLOUD_IPAM = frozenset({"eni", "alibabacloud", "azure"})
+
+
+def _native_routing_problems(config: CiliumConfig) -> list[str]:
+    """Cilium's ``checkIPv4NativeRoutingCIDR`` / ``checkIPv6NativeRoutingCIDR``: native
+    routing with a family's masquerading on and the ip-masq-agent off needs that family's
+    native-routing CIDR (the agent exits with "native routing cidr must be configured")."""
+    found: list[str] = []
+    native = (config.value("routing-mode") or "").strip() == "native"
+    cloud = (config.value("ipam") or "").strip() in _CLOUD_IPAM
+    if not native or cloud or config.flag("enable-ip-masq-agent"):
+        return found
+    for family in (4, 6):
+        v = f"ipv{family}"
+        if (config.flag(f"enable-{v}") and config.flag(f"enable-{v}-masquerade")
+                and config.network(f"{v}-native-routing-cidr") is None):
+            found.append(f"routing-mode: native with IPv{family} masquerading needs "
+                         f"{v}-native-routing-cidr (or Cilium's ip-masq-agent): set "
+                         f"cni.cilium.ipv{family}NativeRoutingCIDR")
     return found
 
 
@@ -303,9 +331,13 @@ class CiliumConfig(NetObject):
         return self.target.split(":", 1)[1].split("/", 1)[0]
 
     def value(self, key: str) -> str | None:
-        """A ``cilium-config`` value as Cilium reads it: set, else the agent's default."""
+        """A ``cilium-config`` value as Cilium reads it: set, else the agent's default.
+
+        Trimmed, as the agent's ``ReadDirConfig`` trims each file of the mounted
+        ConfigMap (a YAML block scalar's ``"native\\n"`` is ``native``).
+        """
         if key in self.settings:
-            return str(self.settings[key])
+            return str(self.settings[key]).strip()
         return CILIUM_DEFAULTS.get(key)
 
     def flag(self, key: str) -> bool:

@@ -787,7 +787,9 @@ class IPPool(NetObject):
     """One Calico ``IPPool``: a CIDR Calico allocates pod addresses from, and how.
 
     ``block_size=None`` means Calico's default (26 for IPv4, 122 for IPv6) and is
-    normalised at construction, so a pool read back equals the one written.
+    normalised at construction, so a pool read back equals the one written. An
+    enabled pool must hold one block at least; a disabled one may be smaller, as
+    Calico allows.
     ``nat_outgoing`` makes Felix masquerade traffic from the pool to any
     destination outside every pool; a ``disabled`` pool allocates nothing, and
     covering a destination with one exempts it from that NAT.
@@ -832,7 +834,10 @@ class IPPool(NetObject):
         if isinstance(block, bool) or not isinstance(block, int) or not low <= block <= high:
             raise ModelError(f"IPPool {self.name}: blockSize must be {low}..{high} for "
                              f"IPv{family}, got {block!r}")
-        if self.cidr.prefixlen > block:
+        # Calico checks this for enabled pools only (its validator's `if !pool.Disabled`):
+        # a disabled /32 with the default blockSize, the usual way to exempt one host
+        # from NAT, is a valid pool; IPAM never cuts blocks from it.
+        if self.cidr.prefixlen > block and not self.disabled:
             raise ModelError(f"IPPool {self.name}: {self.cidr} is smaller than one block "
                              f"(/{block}); use blockSize >= {self.cidr.prefixlen}")
         object.__setattr__(self, "block_size", block)
@@ -1112,8 +1117,10 @@ class CalicoPodCIDR(NetObject):
     Calico gives pods addresses from its pools, not from the cluster's pod CIDR
     setting, and masquerades per pool; so the pod CIDR must *be* a pool usable
     by workloads (:attr:`IPPool.unusable_reason`) whose ``natOutgoing`` is what
-    the spec's masquerade mode asks. k3snet never creates it: a new enabled
-    pool would hand out pod addresses on every node. Anything else is a conflict.
+    the spec's masquerade mode asks; with ``natOutgoing`` false, no pool with
+    ``natOutgoing`` may share addresses with it either (Felix masquerades every
+    address inside such a pool). k3snet never creates it: a new enabled pool would
+    hand out pod addresses on every node. Anything else is a conflict.
     """
 
     kind: ClassVar[str] = "ippool"
@@ -1150,11 +1157,32 @@ class CalicoPodCIDR(NetObject):
         """The pool-wide slot (:class:`CalicoPools`)."""
         return _POOLS_SLOT
 
+    def _masquerading(self, pools: CalicoPools) -> tuple[IPPool, ...]:
+        """The ``natOutgoing`` pools sharing addresses with this pod CIDR when it wants none.
+
+        Felix masquerades a packet whose source is in its ``masq-ipam-pools`` set (an
+        ipset ``hash:net`` of every pool with ``natOutgoing``, disabled or not) and whose
+        destination is in no pool: a pod is masqueraded when *any* natOutgoing pool
+        holds its address, whatever its own pool says. (The CRDs accept overlapping
+        pools; Calico's API server does not.)
+        """
+        if self.nat_outgoing:
+            return ()
+        return tuple(p for p in pools.pools if p.nat_outgoing and overlaps(p.cidr, self.cidr))
+
+    def _twins(self, pools: CalicoPools) -> tuple[IPPool, ...]:
+        """Pools of exactly this CIDR with the other ``natOutgoing``: Felix keys pools by
+        CIDR, so of two with one CIDR whichever it heard of last decides."""
+        return tuple(p for p in pools.pools
+                     if p.cidr == self.cidr and p.nat_outgoing != self.nat_outgoing)
+
     def met_by(self, other: NetObject) -> bool:
-        """A usable pool of exactly this CIDR with the wanted ``natOutgoing``."""
+        """A usable pool of exactly this CIDR with the wanted ``natOutgoing``, and, when that
+        is false, no natOutgoing pool overlapping it."""
         return isinstance(other, CalicoPools) and any(
             p.cidr == self.cidr and p.workload_usable and p.nat_outgoing == self.nat_outgoing
-            and not self._differences(p) for p in other.pools)
+            and not self._differences(p) for p in other.pools) and not self._masquerading(
+            other) and not self._twins(other)
 
     def conflicts_with(self, other: NetObject) -> bool:
         """Whenever the pools do not meet it."""
@@ -1178,11 +1206,25 @@ class CalicoPodCIDR(NetObject):
                 return (f"IPPool {pool.name} has pod CIDR {self.cidr} with "
                         f"{', '.join(differences)}: change the pool or the spec's cni.calico "
                         "(k3snet never changes a pool it does not own)")
+        masquerading = self._masquerading(other)
+        if masquerading and any(not p.nat_outgoing for p in same):
+            pools = ", ".join(f"IPPool {p.name} {p.cidr} has natOutgoing: true"
+                              for p in masquerading)
+            return (f"{pools} and shares addresses with pod CIDR {self.cidr}: Felix "
+                    "masquerades traffic from every address inside a natOutgoing pool, so "
+                    "pods there are masqueraded though the masquerade mode is off; set "
+                    "natOutgoing: false on it or make it leave the pod CIDR out (k3snet "
+                    "never changes a pool it does not own)")
         if same:
-            pool = same[0]
+            twins = self._twins(other)
+            pool = twins[0] if twins else same[0]
+            beside = [p.name for p in same if p not in twins]
+            twin = (f" beside {', '.join(beside)} of the same CIDR (Felix keys pools by CIDR, "
+                    "so whichever it heard of last decides)" if beside else "")
             return (f"IPPool {pool.name} has pod CIDR {self.cidr} with natOutgoing "
-                    f"{str(pool.nat_outgoing).lower()}, the masquerade mode wants {nat}: set "
-                    f"natOutgoing: {nat} on it (k3snet never changes a pool it does not own)")
+                    f"{str(pool.nat_outgoing).lower()}{twin}, the masquerade mode wants {nat}: "
+                    f"set natOutgoing: {nat} on it{' or delete it' if beside else ''} (k3snet "
+                    "never changes a pool it does not own)")
         near = ", ".join(f"{p.name} {p.cidr}" for p in other.overlapping(self.cidr))
         found = f"pools overlapping it: {near}" if near else "no pool overlaps it"
         return (f"pod CIDR {self.cidr} is not a Calico IPPool ({found}): Calico gives pods "

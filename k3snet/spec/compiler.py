@@ -19,7 +19,15 @@ import attrs
 from k3snet._gc import gc_paused
 from k3snet.errors import ModelError, Problem, SpecError
 from k3snet.model import NetObject, validate_interface_name
-from k3snet.model.cidr import Address, Network, aggregate, contains, parse_network, subtract
+from k3snet.model.cidr import (
+    Address,
+    Network,
+    aggregate,
+    contains,
+    overlaps,
+    parse_network,
+    subtract,
+)
 from k3snet.model.cilium import CiliumConfig, CiliumMasquerade
 from k3snet.model.cni import (
     BLOCK_SIZE_RANGE,
@@ -414,7 +422,8 @@ def nat_exemptions(spec: Spec) -> tuple[Network, ...]:
 
     Destinations with ``masquerade: false``, every ``exclude``, and in mode ``all``
     the ``nonMasqueradeCIDRs``; aggregated, without the pod CIDRs (already pools)
-    and without link-local ranges (Calico refuses pools there). Empty in mode ``off``.
+    and without link-local ranges (Calico refuses pools there; an explicit link-local
+    exemption is a spec problem for the calico backend). Empty in mode ``off``.
     """
     policy = spec.masquerade
     if policy.mode == "off":
@@ -431,6 +440,33 @@ def nat_exemptions(spec: Spec) -> tuple[Network, ...]:
     for net in aggregate(wanted):
         result += subtract(net, [h for h in holes if h.version == net.version])
     return tuple(aggregate(result))
+
+
+def _link_local_problems(spec: Spec) -> list[Problem]:
+    """Exemptions Calico cannot express: link-local ones (none in mode ``off``).
+
+    Calico refuses IP pools overlapping ``169.254.0.0/16`` or ``fe80::/10``, and Felix
+    masquerades pod traffic to every address outside all pools; so pods reach such a
+    destination masqueraded whatever the spec says. Only the destinations' own
+    exemptions are judged: mode ``all``'s ``nonMasqueradeCIDRs`` and its implicit
+    link-local exemption (``masqLinkLocal: false``) are ip-masq-agent style lists,
+    their link-local part is left out as before (docs/backends.md).
+    """
+    policy = spec.masquerade
+    if policy.mode == "off":
+        return []
+    named: list[tuple[str, Network]] = []
+    for i, dest in enumerate(spec.destinations):
+        if not dest.masquerade:
+            named.append((f"destinations[{i}].cidr", dest.cidr))
+        named += [(f"destinations[{i}].exclude[{j}]", net) for j, net in enumerate(dest.exclude)]
+    return [Problem(path, f"Calico masquerades pod traffic to link-local {LINK_LOCAL[net.version]}"
+                          f" whatever the spec says: it refuses IP pools there, and Felix NATs "
+                          f"every destination outside all pools, so {net} cannot be exempt; "
+                          "leave link-local out, or set masquerade.mode: off (natOutgoing: "
+                          "false on the pod pools) and masquerade with the nftables or "
+                          "iptables backend")
+            for path, net in named if overlaps(net, LINK_LOCAL[net.version])]
 
 
 def _calico_objects(spec: Spec, settings: CalicoSettings, out: list[NetObject]) -> list[Problem]:
@@ -488,6 +524,7 @@ def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMo
            block_size: int | BlockSizes | None, node_selector: str) -> list[NetObject]:
     # The spec's own blockSize was judged by validate(); compile_ippools' argument not.
     problems = block_size_problems(block_size, spec.cluster.pod_cidrs)
+    problems += _link_local_problems(spec)
     if problems:
         raise SpecError(problems)
     nat = spec.masquerade.mode != "off"

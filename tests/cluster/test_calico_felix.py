@@ -490,3 +490,116 @@ def test_issue_7345_through_the_cli(api_server: EmulatedApiServer, tmp_path: Any
     assert code == 4, out  # conflicts, not "No changes"
     assert "! calico masquerades pods to 192.168.2.0/24" in out
     assert "Calico will not NAT it" in out
+
+
+# ------------------------------------------------------- disabled pools smaller than a block
+
+
+def test_a_disabled_pool_smaller_than_its_block_is_readable_and_exempts_its_hosts(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Calico's validator checks "IP pool size is too small ... equal to or greater than
+    # the block size" only for enabled pools (validateIPPoolSpec: `if !pool.Disabled`),
+    # so Calico's documented way to exempt one host from NAT, a disabled /32 pool whose
+    # blockSize is defaulted to 26, is a valid pool Felix puts in its all-pools set.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("nas", cidr="192.168.2.10/32", disabled=True, blockSize=26))
+    api_server.put(CRD, _pool("nas6", cidr="fd00:2::10/128", disabled=True))
+    backend = _backend(api_server)
+    (pools,) = [o for o in backend.observe().foreign if isinstance(o, CalicoPools)]
+    assert pools.invalid == ()
+    assert {(p.name, str(p.cidr), p.block_size) for p in pools.pools} >= {
+        ("nas", "192.168.2.10/32", 26), ("nas6", "fd00:2::10/128", 122)}
+    # The exemption it already gives is met: no pool of k3snet's, no conflict.
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 192.168.2.10/32\n"
+                                              "    masquerade: false\n"))
+    p = _plan(backend, exempt)
+    assert (p.changes, p.conflicts) == ((), ())
+    # A destination around it is judged as Felix does: that host is not NATted.
+    (conflict,) = _plan(backend, Spec.from_yaml(SPEC_7345)).conflicts
+    assert "nas 192.168.2.10/32 (disabled)" in (conflict.reason or "")
+
+
+def test_an_enabled_pool_smaller_than_its_block_stays_unreadable() -> None:
+    with pytest.raises(ModelError, match="smaller than one block"):
+        read_pool(_pool("tiny", cidr="10.50.0.0/28", blockSize=26))
+    with pytest.raises(ModelError, match="smaller than one block"):
+        IPPool("tiny", "10.50.0.0/28", block_size=26)
+
+
+def test_aws_subnet_id_is_a_calico_field_and_no_warning(api_server: EmulatedApiServer) -> None:
+    # IPPoolSpec.AWSSubnetID (`awsSubnetID`, Calico's AWS-backed pools) is part of
+    # Calico's v3 API: the API server keeps it, so it is no "dropped field".
+    api_server.put(CRD, _pool("aws-pool", cidr="10.42.0.0/16", natOutgoing=True,
+                              awsSubnetID="subnet-0123456789abcdef0"))
+    backend = _backend(api_server)
+    (pool,) = [p for p in backend.observe().foreign if isinstance(p, IPPool)]
+    assert pool.nat_outgoing is True
+    assert backend.warnings == ()
+
+
+# ---------------------------------------------------------------- overlapping natOutgoing pools
+
+SPEC_NAT_OFF = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+masquerade: {mode: "off"}
+cni:
+  calico: {}
+"""
+
+
+@pytest.mark.parametrize("pool", [
+    {"cidr": "10.42.128.0/17", "natOutgoing": True},  # inside the pod CIDR
+    {"cidr": "10.42.7.0/24", "natOutgoing": True, "disabled": True},  # disabled counts too
+    {"cidr": "10.0.0.0/8", "natOutgoing": True},  # around it
+    {"cidr": "10.42.0.0/16", "natOutgoing": True},  # a second pool of the same CIDR
+])
+def test_an_overlapping_nat_outgoing_pool_masquerades_pods_the_mode_off_exempts(
+    api_server: EmulatedApiServer, pool: dict[str, Any]
+) -> None:
+    # Felix masquerades when the source is in its masq-ipam-pools set (an ipset hash:net:
+    # any address inside any natOutgoing pool, disabled or not) and the destination is
+    # in no pool; so pods of a natOutgoing: false pool are masqueraded wherever a
+    # natOutgoing pool overlaps it. The CRDs (no Calico API server) accept such pools.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=False))
+    backend = _backend(api_server)
+    spec = Spec.from_yaml(SPEC_NAT_OFF)
+    before = _plan(backend, spec)
+    assert before.conflicts == ()
+    assert [n.wanted.describe() for n in before.met] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool without natOutgoing"]
+    api_server.put(CRD, _pool("other", **pool))
+    p = _plan(backend, spec)
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    assert f"IPPool other {pool['cidr']} has natOutgoing: true" in reason, reason
+    assert "Felix masquerades traffic from every address inside a natOutgoing pool" in reason
+    assert conflict.wanted.describe() == (
+        "calico pod CIDR 10.42.0.0/16 is a pool without natOutgoing")
+
+
+def test_a_nat_outgoing_pool_beside_the_pod_cidr_is_no_conflict_when_the_mode_is_off(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16"))
+    api_server.put(CRD, _pool("vms", cidr="10.43.0.0/16", natOutgoing=True))
+    api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))
+    assert _plan(_backend(api_server), Spec.from_yaml(SPEC_NAT_OFF)).conflicts == ()
+
+
+def test_a_second_pool_of_the_pod_cidr_without_nat_outgoing_is_a_conflict(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix keys pools by CIDR (IPPoolKey{CIDR}; its masq manager by the pool's CIDR id):
+    # of two pools with one CIDR, whichever it heard of last decides natOutgoing, so a
+    # natOutgoing: false twin can leave the pods unmasqueraded.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("zz-twin", cidr="10.42.0.0/16", vxlanMode="CrossSubnet"))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345))
+    assert not [n for n in p.met if "pod CIDR" in n.wanted.describe()]
+    (conflict,) = [n for n in p.conflicts if "pod CIDR" in n.wanted.describe()]
+    reason = conflict.reason or ""
+    assert "IPPool zz-twin has pod CIDR 10.42.0.0/16 with natOutgoing false" in reason, reason

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from k3snet.backends.calico import pool_from_resource
+from k3snet.errors import SpecError
 from k3snet.model.cni import CalicoPodCIDR
 from k3snet.spec import Destination, MasqueradePolicy, Spec, compile_ippools
+from k3snet.spec import compile as compile_spec
 
 
 def _resource(**spec: object) -> dict[str, object]:
@@ -29,3 +31,45 @@ def test_pod_pools_masquerade_in_every_mode_but_off(mode: str, nat: bool) -> Non
     pods = [p for p in compile_ippools(spec).owned if isinstance(p, CalicoPodCIDR)]
     assert pods
     assert {p.nat_outgoing for p in pods} == {nat}
+
+
+LINK_LOCAL_SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16, "fd42::/48"]}
+destinations:
+%s
+cni:
+  calico: {}
+"""
+
+
+@pytest.mark.parametrize(("destinations", "path"), [
+    ("  - {cidr: 169.254.169.254/32, masquerade: false}", "destinations[0].cidr"),
+    ("  - {cidr: 192.168.2.0/24}\n  - {cidr: 169.254.0.0/16, exclude: [169.254.169.254/32]}",
+     "destinations[1].exclude[0]"),
+    ("  - {cidr: \"fe80::/64\", masquerade: false}", "destinations[0].cidr"),
+])
+def test_an_exemption_calico_cannot_express_is_a_spec_problem_never_dropped(
+    destinations: str, path: str
+) -> None:
+    # Calico refuses IP pools in link-local ranges, and Felix masquerades pod traffic
+    # to every address outside all pools: such an exemption cannot be met, and was
+    # dropped without a word (the plan looked clean).
+    spec = Spec.from_yaml(LINK_LOCAL_SPEC % destinations)
+    with pytest.raises(SpecError) as info:
+        compile_ippools(spec)
+    (problem,) = info.value.problems
+    assert problem.path == path
+    assert "Calico masquerades pod traffic to link-local" in problem.message
+    with pytest.raises(SpecError):
+        compile_spec(spec)
+
+
+def test_link_local_is_judged_only_where_calico_masquerades() -> None:
+    exempt = LINK_LOCAL_SPEC % "  - {cidr: 169.254.169.254/32, masquerade: false}"
+    off = Spec.from_yaml(exempt.replace("cni:", "masquerade: {mode: \"off\"}\ncni:"))
+    assert compile_ippools(off).owned  # no NAT at all: nothing to exempt
+    assert compile_spec(Spec.from_yaml(exempt.replace("cni:\n  calico: {}\n", "")))
+    masqueraded = LINK_LOCAL_SPEC % "  - {cidr: 169.254.169.254/32}"
+    assert compile_ippools(Spec.from_yaml(masqueraded)).owned  # Calico does NAT it

@@ -237,6 +237,37 @@ def test_never_changes_a_key_it_did_not_set(backend: CiliumBackend) -> None:
     assert backend.check(Plan(changes=[Change.delete(foreign)]))
 
 
+def test_values_padded_with_whitespace_are_read_trimmed_as_the_cilium_agent_reads_them(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # The agent reads each file of the mounted ConfigMap trimmed (ReadDirConfig): a
+    # block scalar's "native\n" is native. Read raw, the value was "not met", k3snet
+    # planned to write it again and refused that as a disruptive routing-mode change.
+    api_server.put(CONFIGMAPS, _cilium_config({
+        **HELM_K3S_DATA, "routing-mode": "native\n", "tunnel-protocol": " geneve ",
+        "ipv4-native-routing-cidr": "10.42.0.0/16\n", "ipam": "cluster-pool\n",
+        "cluster-pool-ipv4-cidr": "10.0.0.0/8", "egress-masquerade-interfaces": "eth1\n"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0)
+    wanted = CiliumConfig(TARGET, settings={"routing-mode": "native",
+                                            "tunnel-protocol": "geneve",
+                                            "egress-masquerade-interfaces": "eth1"})
+    p = plan(backend.observe(), State(owned=[wanted]))
+    assert p.empty
+    assert [n.status for n in p.notes] == ["met"]
+    change = Change.add(wanted)
+    assert backend.disruptive(change) is None
+    assert backend.check(Plan(changes=[change])) == ()
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    expectation = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")],
+                                   pod_cidrs=["10.42.0.0/16"])
+    problems = expectation.problems(foreign)
+    # ipam "cluster-pool\n" is the cluster pool: its 10.0.0.0/8 is judged.
+    assert any("Cilium gives pods addresses from 10.0.0.0/8" in p for p in problems), problems
+    assert any("traffic leaving eth1 (egress-masquerade-interfaces)" in p for p in problems)
+    assert not any("\n" in p for p in problems)
+
+
 def test_a_value_met_by_the_cluster_is_not_written(k3s_cilium: EmulatedApiServer,
                                                    backend: CiliumBackend) -> None:
     wanted = CiliumConfig(TARGET, settings={"routing-mode": "tunnel",
@@ -465,6 +496,27 @@ CILIUM_REFUSES_TO_START = {
     "ebpf-with-masquerading-only-for-a-family-that-is-off": (
         {"enable-ipv4-masquerade": "false"}, {"enable-bpf-masquerade": "true"},
         "enable-bpf-masquerade: true needs enable-ipv4-masquerade"),
+    # Cilium's checkIPv4NativeRoutingCIDR / checkIPv6NativeRoutingCIDR ("native routing
+    # cidr must be configured with option --ipv4-native-routing-cidr in combination with
+    # --enable-ipv4=true --enable-ipv4-masquerade=true --enable-ip-masq-agent=false
+    # --routing-mode=native").
+    "native-routing-without-its-cidr": (
+        {}, {"routing-mode": "native"},
+        "routing-mode: native with IPv4 masquerading needs ipv4-native-routing-cidr"),
+    "masquerading-on-in-native-routing-without-a-cidr": (
+        {"routing-mode": "native", "enable-ipv4-masquerade": "false"},
+        {"enable-ipv4-masquerade": "true"},
+        "routing-mode: native with IPv4 masquerading needs ipv4-native-routing-cidr"),
+    "ip-masq-agent-off-in-native-routing-without-a-cidr": (
+        {"routing-mode": "native", "enable-bpf-masquerade": "true",
+         "enable-ip-masq-agent": "true"},
+        {"enable-ip-masq-agent": "false"},
+        "routing-mode: native with IPv4 masquerading needs ipv4-native-routing-cidr"),
+    "native-routing-ipv6-without-its-cidr": (
+        {"enable-ipv6": "true", "ipv4-native-routing-cidr": "10.42.0.0/16",
+         "enable-ipv6-masquerade": "false", "routing-mode": "native"},
+        {"enable-ipv6-masquerade": "true"},
+        "routing-mode: native with IPv6 masquerading needs ipv6-native-routing-cidr"),
 }
 
 
@@ -483,6 +535,19 @@ def test_refuses_a_config_the_cilium_agent_refuses_to_start_with(
     with pytest.raises(PlanError, match=message):
         backend.apply(p)
     assert _stored(api_server) == before  # nothing written
+
+
+@pytest.mark.parametrize("settings", [
+    {"routing-mode": "native", "ipv4-native-routing-cidr": "10.42.0.0/16"},
+    {"routing-mode": "native", "enable-ipv4-masquerade": "false"},
+    {"routing-mode": "native", "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true"},
+    {"routing-mode": "native", "ipam": "eni"},  # the cloud IPAM derives it
+    {"routing-mode": " native\n", "ipv4-native-routing-cidr": " 10.42.0.0/16\n"},
+    {"routing-mode": "tunnel"},
+])
+def test_native_routing_the_cilium_agent_starts_with(settings: dict[str, str]) -> None:
+    helm = {k: v for k, v in HELM_K3S_DATA.items() if k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)}
+    assert startup_problems(CiliumConfig(TARGET, settings={**helm, **settings})) == []
 
 
 def test_a_config_cilium_already_refuses_does_not_block_another_key(

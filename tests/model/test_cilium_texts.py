@@ -159,7 +159,10 @@ CASES: dict[str, Case] = {
         "text same": (_c(egress_masquerade_interfaces="eth0"),
                       _c(egress_masquerade_interfaces="eth0")),
         "text other": (_c(egress_masquerade_interfaces="eth0"),
-                       _c(egress_masquerade_interfaces="eth0 ")),
+                       _c(egress_masquerade_interfaces="eth1")),
+        # The agent reads the value trimmed (ReadDirConfig): "eth0 " is eth0.
+        "text padded": (_c(egress_masquerade_interfaces="eth0"),
+                        _c(egress_masquerade_interfaces="eth0 ")),
         "choice default": (_c(tunnel_protocol="vxlan"), _c()),
         "choice other": (_c(tunnel_protocol="geneve"), _c()),
         "agent wanted, none there": (_c({"masqLinkLocal": True}), _c()),
