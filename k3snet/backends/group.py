@@ -29,6 +29,9 @@ class Member:
     def __init__(self, backend: Backend, kinds: Iterable[str] | None = None) -> None:
         self.backend = backend
         self.kinds = frozenset(backend.capabilities if kinds is None else kinds)
+        if not self.kinds:  # it would own nothing, and has no place in the apply order
+            raise ModelError(f"backend {backend.name!r} is given no kind to manage "
+                             f"(it manages {', '.join(sorted(backend.capabilities)) or 'none'})")
         extra = self.kinds - backend.capabilities
         if extra:
             raise ModelError(f"backend {backend.name!r} cannot manage {', '.join(sorted(extra))} "

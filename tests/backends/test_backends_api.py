@@ -36,7 +36,7 @@ from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import unregister_backend
 from k3snet.converge import converge
-from k3snet.errors import BackendOptionError
+from k3snet.errors import BackendOptionError, ModelError
 from k3snet.testing import run_conformance
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"
@@ -592,3 +592,12 @@ def test_an_interrupted_group_undo_is_a_rollback_error_not_a_quiet_interruption(
     assert "interrupted" in str(caught.value)
     assert [c.kind for c in caught.value.done] == ["sysctl"]
     assert sysctls.observe().owned  # what stays, as the error says
+
+
+@pytest.mark.parametrize("kinds", [[], ()], ids=["list", "tuple"])
+def test_a_member_given_no_kind_is_refused_with_a_model_error_naming_it(
+        kinds: list[str]) -> None:
+    """An empty kinds list (a template that rendered none) was a bare ValueError from
+    ``min()`` ('arg is an empty sequence') when the group sorted its members."""
+    with pytest.raises(ModelError, match="'memory' is given no kind to manage"):
+        BackendGroup([Member(MemoryBackend(capabilities=["route"]), kinds)])
