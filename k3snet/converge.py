@@ -266,7 +266,10 @@ def refuse_teardown(backend: Backend, observed: State, p: Plan) -> None:
 
     A spec that lost its destinations (an empty or truncated file, a bad merge)
     must not silently remove egress from a node; drift objects do not count as
-    something to keep.
+    something to keep. Nor do sysctls, for a backend managing other kinds too,
+    unless the spec still wants one of those kinds (a wanted object foreign state
+    meets or blocks: a plan note): a spec without destinations may still want the
+    forwarding sysctls (masquerade mode all, sysctls of its own).
     """
     members = backend.members if isinstance(backend, BackendGroup) else None
     groups = ([(m.backend.name, m.kinds) for m in members] if members is not None
@@ -275,11 +278,17 @@ def refuse_teardown(backend: Backend, observed: State, p: Plan) -> None:
     if not deletes:
         return
     adds = {c.kind for c in p.changes if c.action != "delete"}
+    noted = {n.wanted.kind for n in p.notes}
     emptied: list[str] = []
-    for name, kinds in groups:
-        owned = [o for o in observed.owned if o.kind in kinds and not isinstance(o, Drift)]
-        if owned and all(o in deletes for o in owned) and not adds & kinds:
-            emptied.append(f"{name} ({len(owned)} object(s) of {', '.join(sorted(kinds))})")
+    for name, managed in groups:
+        # Sysctls carry no egress: the backend left holding only them has lost every
+        # route, unless the spec still wants routes that foreign ones now provide.
+        egress = managed - {"sysctl"}
+        for kinds, kept in ((managed, adds), (egress, adds | noted)):
+            owned = [o for o in observed.owned if o.kind in kinds and not isinstance(o, Drift)]
+            if owned and all(o in deletes for o in owned) and not kept & kinds:
+                emptied.append(f"{name} ({len(owned)} object(s) of {', '.join(sorted(kinds))})")
+                break
     if emptied:
         raise TeardownError(
             "the plan deletes everything k3snet owns through " + ", ".join(emptied)

@@ -29,6 +29,9 @@ class Member:
     def __init__(self, backend: Backend, kinds: Iterable[str] | None = None) -> None:
         self.backend = backend
         self.kinds = frozenset(backend.capabilities if kinds is None else kinds)
+        if not self.kinds:  # it would own nothing, and has no place in the apply order
+            raise ModelError(f"backend {backend.name!r} is given no kind to manage "
+                             f"(it manages {', '.join(sorted(backend.capabilities)) or 'none'})")
         extra = self.kinds - backend.capabilities
         if extra:
             raise ModelError(f"backend {backend.name!r} cannot manage {', '.join(sorted(extra))} "
@@ -134,40 +137,44 @@ class BackendGroup:
         reverse order, each through its own backend) and an ApplyError says so,
         or a :class:`~k3snet.errors.RollbackError` if an undo failed too (the
         failing member's own, or the group's of an earlier member). An
-        interruption (``KeyboardInterrupt``, ``SystemExit``) in a later member's part
-        undoes the earlier parts the same way, then is raised again as it came.
+        interruption (``KeyboardInterrupt``, ``SystemExit``) in a later member's part,
+        or between two parts, undoes the earlier parts the same way, then is raised
+        again as it came.
         """
         ensure_capable(self, plan)
         parts = [(member, plan.only(member.kinds)) for member in self.members]
         hookless = self._arm_members(plan, parts)
         results: list[tuple[Member, ApplyResult]] = []
-        for member, part in parts:
-            if not part.changes:
-                continue
-            try:
+        member: Member | None = None
+        try:
+            # One try around the whole loop: a signal's exception (the CLI's SIGTERM
+            # handler, Ctrl-C) lands at any bytecode, also between two members' parts.
+            for member, part in parts:
+                if not part.changes:
+                    continue
                 if member is hookless:
-                    raise ApplyError(f"{member.backend.name}: injected failure before its part "
-                                     "(the backend has no fault hook)")
+                    raise ApplyError(f"{member.backend.name}: injected failure before its "
+                                     "part (the backend has no fault hook)")
                 results.append((member, member.backend.apply(part)))
-            except BaseException as exc:
-                if not results:  # nothing of the group's doing to undo: the member's own error
-                    raise
-                undone = self._undo(results, exc, member)
-                if not isinstance(exc, Exception):
-                    # Ctrl-C (KeyboardInterrupt) or SystemExit: the earlier parts are taken
-                    # back as for an error, then the interruption goes on as it came.
-                    raise
-                previous = exc.rolled_back if isinstance(exc, ApplyError) else ()
-                # A member whose own undo failed may have left changes: the group's
-                # error says so too (its type, and what may still be there).
-                half = isinstance(exc, RollbackError)
-                raise (RollbackError if half else ApplyError)(
-                    f"{member.backend.name}: "
-                    f"{exc.message if isinstance(exc, ApplyError) else exc}",
-                    failed=exc.failed if isinstance(exc, ApplyError) else None,
-                    done=exc.done if isinstance(exc, RollbackError) else [],
-                    rolled_back=[*previous, *undone],
-                ) from exc
+        except BaseException as exc:
+            if not results or member is None:  # nothing of the group's doing to undo
+                raise
+            undone = self._undo(results, exc, member)
+            if not isinstance(exc, Exception):
+                # Ctrl-C (KeyboardInterrupt) or SystemExit: the earlier parts are taken
+                # back as for an error, then the interruption goes on as it came.
+                raise
+            previous = exc.rolled_back if isinstance(exc, ApplyError) else ()
+            # A member whose own undo failed may have left changes: the group's
+            # error says so too (its type, and what may still be there).
+            half = isinstance(exc, RollbackError)
+            raise (RollbackError if half else ApplyError)(
+                f"{member.backend.name}: "
+                f"{exc.message if isinstance(exc, ApplyError) else exc}",
+                failed=exc.failed if isinstance(exc, ApplyError) else None,
+                done=exc.done if isinstance(exc, RollbackError) else [],
+                rolled_back=[*previous, *undone],
+            ) from exc
         # In the plan's order, as every backend reports them (the members ran in theirs).
         # Keyed by identity: the parts hold the plan's own Change values, and hashing
         # every change of a big plan would cost more than the sort.

@@ -11,7 +11,8 @@ and inode of its ``/proc/thread-self/ns/net`` or ``/run/netns`` handle, so two n
 one namespace share a lock), in ``/run/k3snet/locks`` (``K3SNET_LOCK_DIR``
 overrides it). The kernel releases it when the process dies, even by SIGKILL.
 The file holds the holder's pid, quoted when another process has to wait for it
-(a warning, once, when the wait begins) and when it waited too long.
+(a warning, once, when the wait begins) and when it waited too long; when it cannot
+be written (a full ``/run``) the lock is held all the same and the pid is "unknown".
 k3snet runs as root: the directory and every lock file must be its own (owned by
 the effective user, writable by nobody else, no link; :func:`k3snet._kept.untrusted`),
 else the lock is refused before anything is opened for writing or truncated.
@@ -176,8 +177,13 @@ def _flock(directory_fd: int, path: Path, name: str, timeout: float) -> Iterator
                             "%r; waiting up to %g s for it", holder, name, timeout)
                 said = True
             time.sleep(_POLL)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            # The flock is the lock; the pid only tells a waiter whom it waits for. A full
+            # /run (ENOSPC) must not stop every apply: the empty file says "pid unknown".
+            log.debug("cannot record this pid in the lock file %s: %s", path, exc)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

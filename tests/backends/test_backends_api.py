@@ -36,7 +36,7 @@ from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import unregister_backend
 from k3snet.converge import converge
-from k3snet.errors import BackendOptionError
+from k3snet.errors import BackendOptionError, ModelError
 from k3snet.testing import run_conformance
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"
@@ -592,3 +592,53 @@ def test_an_interrupted_group_undo_is_a_rollback_error_not_a_quiet_interruption(
     assert "interrupted" in str(caught.value)
     assert [c.kind for c in caught.value.done] == ["sysctl"]
     assert sysctls.observe().owned  # what stays, as the error says
+
+
+@pytest.mark.parametrize("kinds", [[], ()], ids=["list", "tuple"])
+def test_a_member_given_no_kind_is_refused_with_a_model_error_naming_it(
+        kinds: list[str]) -> None:
+    """An empty kinds list (a template that rendered none) was a bare ValueError from
+    ``min()`` ('arg is an empty sequence') when the group sorted its members."""
+    with pytest.raises(ModelError, match="'memory' is given no kind to manage"):
+        BackendGroup([Member(MemoryBackend(capabilities=["route"]), kinds)])
+
+
+def test_an_interruption_between_two_members_takes_the_earlier_members_back() -> None:
+    """Ctrl-C or SIGTERM (the CLI's handler raises) lands at any bytecode, also between
+    one member's apply and the next one's start: the earlier members' parts must be taken
+    back there too. Only an exception inside a member's apply call was caught; one in
+    between left the sysctl applied. The signal is simulated deterministically: a trace
+    function raises at the loop's ``if not part.changes:`` line of the second member."""
+    import inspect  # noqa: PLC0415
+
+    sysctls = MemoryBackend(capabilities=["sysctl"])
+    nat = MemoryBackend(capabilities=["nat"])
+    group = BackendGroup([sysctls, nat])
+    p = plan(group.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", "1"),
+                                           MasqueradeRule("10.42.0.0/16")]))
+    lines, first = inspect.getsourcelines(BackendGroup.apply)
+    [between] = [first + i for i, text in enumerate(lines)
+                 if text.strip() == "if not part.changes:"]
+    seen = 0
+
+    def trace(frame: object, event: str, arg: object) -> object:
+        nonlocal seen
+        code = getattr(frame, "f_code", None)
+        if code is not BackendGroup.apply.__code__:
+            return None
+        if event == "line" and getattr(frame, "f_lineno", 0) == between:
+            seen += 1
+            if seen == 2:  # the sysctl member applied; the NAT member not started
+                raise KeyboardInterrupt
+        return trace
+
+    before = sys.gettrace()  # a coverage tracer, if any, is put back
+    sys.settrace(trace)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            group.apply(p)
+    finally:
+        sys.settrace(before)
+    assert seen == 2
+    assert not sysctls.observe().owned
+    assert not nat.observe().owned

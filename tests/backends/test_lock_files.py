@@ -120,3 +120,33 @@ def test_a_lock_that_is_not_a_regular_file_is_refused(locks: Path) -> None:
     with pytest.raises(BackendError, match=rf"lock file {_lock_file(locks)} is not a regular"), \
             namespace_lock([None]):
         pass
+
+
+_FULL_DISK = """
+import os, resource, signal, sys
+from k3snet.backends.lock import namespace_lock
+from k3snet.errors import BackendError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+# No byte may be written to any file from here on: the kernel's refusal of the pid's
+# write is the one a full /run gives (ENOSPC), through the same call.
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+with namespace_lock([None], timeout=0):
+    try:
+        with namespace_lock([None], timeout=0):
+            sys.exit("the lock was not held")
+    except BackendError as exc:
+        print("held:", exc)
+"""
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_still_taken_and_held(locks: Path) -> None:
+    """The pid is a courtesy for whoever waits; a full /run (no byte can be written) made
+    every apply fail with a bare OSError ('File too large', 'No space left on device')."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    ran = subprocess.run([sys.executable, "-c", _FULL_DISK], capture_output=True, text=True,
+                         env=os.environ, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("held: another k3snet process (pid unknown)"), ran.stdout
+    assert _lock_file(locks).read_text() == ""  # truncated: no stale pid is quoted

@@ -13,6 +13,7 @@ from k3snet import (
     MemoryBackend,
     Plan,
     Route,
+    Spec,
     State,
     Sysctl,
     TeardownError,
@@ -20,6 +21,7 @@ from k3snet import (
     destroy,
     plan,
 )
+from k3snet import compile as compile_spec
 from k3snet.backends.lock import namespace_lock, namespaces_of
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift
@@ -193,3 +195,42 @@ def test_the_lock_and_state_file_of_this_namespace_are_those_of_the_calling_thre
         named = (namespace_id(ns), namespace_identity(ns))
     assert inside == named
     assert namespace_id(None) != named[0]
+
+
+def test_a_spec_that_lost_its_destinations_is_a_teardown_though_sysctls_stay() -> None:
+    """With ``masquerade: {mode: all}`` (or sysctls of its own) a spec whose destinations
+    were lost still wants the forwarding sysctls and the NAT rule of every pod: the
+    route backend kept "something" (its sysctls) and the plan deleted every route and
+    forward rule unasked. Sysctls carry no egress: a backend left with only them is
+    emptied; one that manages only sysctls is judged by them as before."""
+    doc = {"cluster": {"podCIDRs": ["10.42.0.0/16"]}, "masquerade": {"mode": "all"},
+           "destinations": [{"cidr": "192.168.2.0/24", "gateway": "192.168.1.1",
+                             "device": "eth0"}]}
+    node = MemoryBackend(capabilities=["route", "sysctl"])
+    group = BackendGroup([node, MemoryBackend(capabilities=["nat", "forward"])])
+    converge(group, compile_spec(Spec.from_dict(doc)))
+    before = group.observe()
+    assert {o.kind for o in before.owned} == {"route", "sysctl", "nat", "forward"}
+    lost = compile_spec(Spec.from_dict({**doc, "destinations": []}))
+    assert {o.kind for o in lost.owned} == {"sysctl", "nat"}  # still wanted
+    with pytest.raises(TeardownError, match=r"through memory \(1 object\(s\) of route\)"):
+        converge(group, lost)
+    assert group.observe() == before
+    converge(group, lost, allow_teardown=True)
+    assert {o.kind for o in group.observe().owned} == {"sysctl", "nat"}
+    sysctls = MemoryBackend(State(owned=[FORWARDING]), capabilities=["sysctl"])
+    with pytest.raises(TeardownError, match=r"memory \(1 object\(s\) of sysctl\)"):
+        converge(sysctls, State())
+
+
+def test_deleting_every_owned_route_is_no_teardown_when_foreign_routes_meet_the_spec() -> None:
+    """The spec still wants a route, which a foreign route now provides (a plan note):
+    k3snet's own routes going, its sysctls kept, is what the spec asks for."""
+    met = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
+    backend = MemoryBackend(State(owned=[Route("10.100.0.0/24", gateway="192.168.1.1",
+                                               device="eth0"), FORWARDING],
+                                  foreign=[met]),
+                            capabilities=["route", "sysctl"])
+    done = converge(backend, State(owned=[ROUTE, FORWARDING]))
+    assert [n.status for n in done.plan.notes] == ["met"], done.plan.render()
+    assert backend.observe().owned == {FORWARDING}
