@@ -14,14 +14,18 @@
   delete every namespace they create, also when they fail. ``K3SNET_SKIP_NETNS_CHECK=1``
   turns the check off: ``make mutation`` sets it, since its sessions run no namespace
   test and other runs on the machine may create namespaces meanwhile.
+- SIGTERM (a ``timeout``, a cancelled CI job) ends the session as Ctrl-C does, so fixture
+  finalizers still delete the namespaces: Python's default ended the process at once.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 
 import pytest
 
@@ -85,7 +89,13 @@ _netns_leftovers = pytest.StashKey["list[str]"]()
 _session_lock_dir = pytest.StashKey["str | None"]()
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # pytest then tears the fixtures down, as on Ctrl-C
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     # Set before any test runs, so the CLI processes the tests start inherit them.
     made = None
     if "K3SNET_LOCK_DIR" not in os.environ:
