@@ -21,6 +21,18 @@ from k3snet.testing import run_conformance
 FAILS = (AssertionError, ExceptionGroup)
 
 
+def _blindly(backend: MemoryBackend, plan: Plan) -> ApplyResult:
+    """Apply every change of ``plan`` to ``backend``'s state without judging it: an add
+    over what is there overwrites it, a delete of what is gone does nothing."""
+    owned = {o.key: o for o in backend._state.owned}
+    for change in plan.changes:
+        owned.pop(change.subject.key, None)
+        if change.after is not None:
+            owned[change.after.key] = change.after
+    backend._state = backend._state.with_owned(owned.values())
+    return ApplyResult(backend.name, plan.changes, len(plan.changes))
+
+
 class _ChecksTheFirstChangeOnly(MemoryBackend):
     """Judges only a plan's first change, in ``check`` and ``apply``; applies the rest
     blindly (an add over what is there overwrites it, a delete of what is gone does nothing)."""
@@ -35,13 +47,7 @@ class _ChecksTheFirstChangeOnly(MemoryBackend):
         fail_at = self.faults.take(plan)
         if fail_at is not None:
             raise ApplyError("injected", failed=plan.changes[fail_at])
-        owned = {o.key: o for o in self._state.owned}
-        for change in plan.changes:
-            owned.pop(change.subject.key, None)
-            if change.after is not None:
-                owned[change.after.key] = change.after
-        self._state = self._state.with_owned(owned.values())
-        return ApplyResult(self.name, plan.changes, len(plan.changes))
+        return _blindly(self, plan)
 
 
 class _RefusesOnlyWhenItGetsThere(MemoryBackend):
@@ -250,13 +256,7 @@ class _ReplacesBlindly(MemoryBackend):
             raise PlanError("; ".join(problems))
         if self.faults.take(plan) is not None:
             raise ApplyError("injected", failed=plan.changes[0])
-        owned = {o.key: o for o in self._state.owned}
-        for change in plan.changes:
-            owned.pop(change.subject.key, None)
-            if change.after is not None:
-                owned[change.after.key] = change.after
-        self._state = self._state.with_owned(owned.values())
-        return ApplyResult(self.name, plan.changes, len(plan.changes))
+        return _blindly(self, plan)
 
 
 def test_conformance_fails_a_backend_that_replaces_what_is_not_there() -> None:
