@@ -595,7 +595,8 @@ class _ForeignIndex:
 
     def _judged_against(self, wanted: NetObject) -> Sequence[NetObject]:
         """:meth:`candidates`, less foreign objects that cannot meet nor block ``wanted``
-        (their destination meets none of its prefixes: :func:`_reach`), in order."""
+        (their destination meets none of its prefixes, :func:`_reach`; for a NAT rule, or
+        their source misses its own, :func:`_may_come_from`), in order."""
         candidates = self.candidates(wanted)
         if len(candidates) < _INDEX_FROM or wanted.clash_key is not None:
             return candidates
