@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from hypothesis import strategies as st
@@ -490,13 +490,18 @@ def test_conformance(ns: str, tmp_path: Path, driver: Driver) -> None:
     # device None: a route via a gateway only, whose device the kernel picks.
     crowded = st.sampled_from([ipaddress.ip_network(n) for n in
                                ("10.50.0.0/24", "0.0.0.0/0", "fd50::/64", "::/0")])
-    routes = strategies.routes(
-        destinations=st.one_of(crowded, strategies.networks()),
-        devices=("d0", "e0", None),
-        gateways={"d0": ["10.0.0.2", "fd00::2"], "e0": ["10.9.0.2", "fd09::2", "fe80::1"]},
-        tables=(254, 100, 1000),
-        metrics=(None, 0, 100),
-    )
+    common: dict[str, Any] = {
+        "destinations": st.one_of(crowded, strategies.networks()),
+        "gateways": {"d0": ["10.0.0.2", "fd00::2"], "e0": ["10.9.0.2", "fd09::2", "fe80::1"]},
+        "metrics": (None, 0, 100)}
+    # Without a device, in the main table only: in another table the kernel binds the
+    # gateway through that table's routes first, so a device route of k3snet's there
+    # (0.0.0.0/0 dev d0 table 100) binds 10.9.0.2 to d0; once that route is deleted, the
+    # route via 10.9.0.2 dev d0 cannot be put back as it was, and the exact undo the suite
+    # asks of a delete is refused by the kernel ("Nexthop has invalid gateway").
+    routes = st.one_of(
+        strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000), **common),
+        strategies.routes(devices=(None,), tables=(254,), **common))
     sysctls = strategies.sysctls(names=WATCHED_SYSCTLS, values=("0", "1"))
     run_conformance(lambda: NetlinkBackend(ns, state_dir=tmp_path, driver=driver),
                     objects=st.one_of(routes, sysctls), max_examples=50)
