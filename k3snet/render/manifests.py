@@ -17,7 +17,8 @@ What is rendered, each object labelled ``app.kubernetes.io/name: k3snet`` and
   ``NET_ADMIN`` for the node backends and ``NET_RAW`` for iptables only, not
   privileged, read-only root filesystem);
   RBAC only for what the spec's backends reach through the API (Calico IPPools,
-  the flannel ConfigMap), and a Namespace when the agent's is not a built-in one;
+  the flannel ConfigMap), and a Namespace when the agent's is not a built-in one
+  (and ``agent.createNamespace`` is not false);
 * ``egressPolicy.restrict``: a NetworkPolicy allowing the selected pods egress to
   exactly the spec's destinations, and to cluster DNS when ``allowDNS``;
 * ``dns``: K3s's ``coredns-custom`` ConfigMap forwarding each zone to its resolvers;
@@ -369,7 +370,7 @@ def _agent_objects(spec: Spec, needs: _AgentNeeds, spec_text: str,
                    profiles: Sequence[_Profile] = ()) -> list[dict[str, Any]]:
     ns = spec.agent.namespace
     objs: list[dict[str, Any]] = []
-    if ns not in _BUILTIN_NAMESPACES:
+    if ns not in _BUILTIN_NAMESPACES and spec.agent.create_namespace:
         metadata = _meta(ns, "agent")
         # hostNetwork and hostPath are beyond the "baseline" Pod Security level: a
         # cluster enforcing it by default would refuse the agent's pods.

@@ -231,6 +231,11 @@ class AgentSettings:
     image: str = "ghcr.io/k3snet/k3snet:0.1.0"
     namespace: str = "kube-system"
     interval_seconds: int = 30
+    create_namespace: bool = True
+    """Render a ``Namespace`` for ``namespace`` (a built-in one never is). Off when the
+    namespace exists already: ``kubectl apply`` would set its Pod Security level to
+    ``privileged`` for every pod in it, and ``kubectl delete -f`` would delete it with
+    everything it holds."""
 
 
 def _options(value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:

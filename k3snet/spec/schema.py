@@ -349,6 +349,10 @@ AGENT = Section(AgentSettings, (
           doc="The namespace of the DaemonSet."),
     Field("intervalSeconds", "interval_seconds", raw, checks=(int_in(1, 86400),), example=60,
           doc="Seconds between two converge passes of the agent."),
+    Field("createNamespace", "create_namespace", boolean, example=False,
+          doc="Render a Namespace for agent.namespace with Pod Security level privileged "
+              "(built-in namespaces never are); false when it exists already, whose pods "
+              "would all get that level, and which kubectl delete -f would delete."),
 ))
 
 FLANNEL = Section(FlannelSettings, (

@@ -589,6 +589,19 @@ def test_custom_agent_namespace_is_created_first() -> None:
     assert not _kind(_render("seed"), "Namespace")  # kube-system exists already
 
 
+def test_an_existing_agent_namespace_is_left_alone() -> None:
+    """``agent.createNamespace: false``: no Namespace object, so ``kubectl apply`` does not
+    set an existing namespace's Pod Security level to privileged for all its pods, and
+    ``kubectl delete -f`` does not delete it with everything in it."""
+    spec, options = SPECS["everything-flannel-configmap"]
+    document = spec.to_dict()
+    document["agent"]["createNamespace"] = False
+    objs = render_manifests(Spec.from_dict(document), **options)
+    assert not _kind(objs, "Namespace")
+    assert {o["metadata"].get("namespace") for o in _kind(objs, "DaemonSet")} == {
+        "k3snet-system"}
+
+
 # ---------------------------------------------------------------- egress policy
 
 def test_egress_policy_allows_exactly_the_destinations_and_dns() -> None:
