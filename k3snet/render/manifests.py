@@ -747,6 +747,26 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
 # ---------------------------------------------------------------- egress policy
 
 
+# The labels of the cluster DNS pods (CoreDNS in K3s and kubeadm), and their namespace.
+_CLUSTER_DNS_LABELS: Final = {"k8s-app": "kube-dns"}
+
+
+def _egress_policy_problems(spec: Spec) -> list[Problem]:
+    """A policy selecting the cluster DNS pods: CoreDNS could reach neither its upstream
+    resolvers nor the API server, and names would stop resolving in every namespace."""
+    policy = spec.egress_policy
+    selector = dict(policy.pod_selector)
+    if (not policy.restrict or policy.namespace != "kube-system"
+            or any(_CLUSTER_DNS_LABELS.get(key) != value for key, value in selector.items())):
+        return []
+    which = "every pod of kube-system" if not selector else "the pods labelled " + ", ".join(
+        f"{key}={value}" for key, value in selector.items())
+    return [Problem("egressPolicy.podSelector", (
+        f"the egress policy would select {which}, CoreDNS among them (k8s-app=kube-dns): "
+        "it could reach neither its upstream resolvers nor the API server, and names would "
+        "stop resolving in every namespace; select the pods to restrict by their labels"))]
+
+
 def _egress_policy(spec: Spec) -> dict[str, Any]:
     policy = spec.egress_policy
     rules: list[dict[str, Any]] = []
@@ -916,7 +936,7 @@ def render_manifests(
     >>> print(" ".join(obj["kind"] for obj in render_manifests(seed_spec(), node_report=False)))
     ServiceAccount ConfigMap DaemonSet
     """
-    problems = validate(spec)
+    problems = validate(spec) or _egress_policy_problems(spec)
     if problems:
         raise SpecError(problems)
     needs = _agent_needs(spec, flannel_conf, flannel_configmap_namespace, node_report)

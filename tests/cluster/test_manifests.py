@@ -642,6 +642,24 @@ def test_nat_exclusions_do_not_block_reachability() -> None:
     assert policy["spec"]["egress"][0] == {"to": [{"ipBlock": {"cidr": "192.168.2.0/24"}}]}
 
 
+@pytest.mark.parametrize("selector", [{}, {"k8s-app": "kube-dns"}])
+def test_an_egress_policy_selecting_coredns_is_refused(selector: dict[str, str]) -> None:
+    """In kube-system, an empty selector (or CoreDNS's own label) restricts CoreDNS too: it
+    could no longer reach its upstream resolvers nor the API server, and DNS would stop
+    in every namespace."""
+    spec = Spec(destinations=[Destination("192.168.2.0/24")],
+                egress_policy=EgressPolicy(restrict=True, namespace="kube-system",
+                                           pod_selector=selector))
+    with pytest.raises(SpecError, match=r"egressPolicy.podSelector: .*CoreDNS"):
+        render_manifests(spec)
+    # Other pods of kube-system, or every pod of another namespace, may be restricted.
+    for policy in (EgressPolicy(restrict=True, namespace="kube-system",
+                                pod_selector={"app": "backup"}),
+                   EgressPolicy(restrict=True, namespace="apps")):
+        objs = render_manifests(attrs.evolve(spec, egress_policy=policy))
+        assert _one(objs, "NetworkPolicy")["metadata"]["namespace"] == policy.namespace
+
+
 def test_egress_policy_never_has_a_rule_without_peers() -> None:
     # A rule without "to" allows everything: no destinations means no rule at all.
     dns_only = _one(_render("restrict-dns-only"), "NetworkPolicy")["spec"]
