@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = add("validate", "Check a spec; print every problem at once.")
     validate.add_argument("-f", "--spec", required=True, type=_read_path)
+    validate.add_argument("--output", choices=("text", "json"), default="text",
+                          help="json: one `validation` document on stdout, valid or not, "
+                               "each problem with its path")
     _add_explain(add)
 
     _add_doctor(add)
@@ -1476,11 +1479,29 @@ def _destination(text: str) -> tuple[str, int | None]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    spec = _spec(args)
-    check_backend_options(spec, backend_options, source=str(args.spec))
-    compile_spec(spec)
-    print(f"{args.spec}: valid ({len(spec.destinations)} destination(s))")
+    try:
+        spec = _spec(args)
+        check_backend_options(spec, backend_options, source=str(args.spec))
+        compile_spec(spec)
+    except SpecError as exc:
+        if not _json(args):
+            raise
+        print(f"k3snet: error: {exc}", file=sys.stderr)
+        _print_validation(args, exc.problems)
+        return EXIT_ERROR
+    if _json(args):
+        _print_validation(args, (), len(spec.destinations))
+    else:
+        print(f"{args.spec}: valid ({len(spec.destinations)} destination(s))")
     return EXIT_OK
+
+
+def _print_validation(args: argparse.Namespace, problems: Sequence[Problem],
+                      destinations: int | None = None) -> None:
+    """A ``validation`` document (schema ``validation``) on stdout."""
+    _print_json({"format": JSON_FORMAT, "kind": "validation", "spec": str(args.spec),
+                 "valid": not problems, "destinations": destinations,
+                 "problems": [{"path": p.path, "message": p.message} for p in problems]})
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -97,6 +97,28 @@ def test_cli_outputs_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         unregister_backend("memory-held")
 
 
+def test_validate_output_json_is_one_validation_document_valid_or_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "-f", str(SEED), "--output", "json"]) == 0
+    good = json.loads(capsys.readouterr().out)
+    validate(good, "validation")
+    assert (good["valid"], good["problems"], good["destinations"]) == (True, [], 2)
+    bad_spec = tmp_path / "bad.yaml"
+    bad_spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n"
+                        "  - cidr: 10.0.0.0/33\n  - cidr: 192.168.2.0/24\n    gateway: x\n")
+    assert main(["validate", "-f", str(bad_spec), "--output", "json"]) == 1
+    captured = capsys.readouterr()
+    bad = json.loads(captured.out)
+    validate(bad, "validation")
+    assert (bad["valid"], bad["destinations"]) == (False, None)
+    assert {p["path"] for p in bad["problems"]} == {"destinations[0].cidr",
+                                                    "destinations[1].gateway"}
+    assert "2 problems" in captured.err  # the person reading stderr still sees them
+    with pytest.raises(jsonschema.ValidationError):  # the schema ties valid to problems
+        validate(good | {"valid": False}, "validation")
+
+
 def test_plans_with_notes_validate() -> None:
     static = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
     p = plan(State(foreign=[static]), State(owned=[Route("192.168.2.0/24",
