@@ -649,6 +649,10 @@ class Agent:
             _log.log(level, "%s", result.message, extra=extra)
             if result.drift:
                 self._repairs.append(self._monotonic())
+            # Forgotten here too, not only by repair_gap: a wait that never calls it
+            # (--no-watch, or no member with a change token) let a node with drift at
+            # every pass keep one entry per repair for the process's life.
+            self._forget_old_repairs()
         elif result.status == "spec-refused":
             _log.warning("%s", result.message, extra=extra)
         else:
@@ -785,9 +789,7 @@ class Agent:
         whole observe and plan and an error, once every ``watch_gap``.
         """
         options = self.options
-        now = self._monotonic()
-        while self._repairs and now - self._repairs[0] > options.repair_window:
-            self._repairs.popleft()
+        self._forget_old_repairs()
         drift = self._doubled(len(self._repairs))
         if drift > options.watch_gap and self._gap <= options.watch_gap:
             _log.warning("drift repaired %d times within %.0f s: another program keeps undoing "
@@ -810,6 +812,12 @@ class Agent:
         if self.metrics is not None:
             self.metrics.repair_gap.set(gap)
         return gap
+
+    def _forget_old_repairs(self) -> None:
+        """Drop the repairs older than the repair window."""
+        now = self._monotonic()
+        while self._repairs and now - self._repairs[0] > self.options.repair_window:
+            self._repairs.popleft()
 
     def _doubled(self, count: int) -> float:
         """``watch_gap``, doubled for each of ``count`` beyond :data:`FREE_REPAIRS`, up to
