@@ -62,7 +62,8 @@ from k3snet.spec import Spec
 from k3snet.spec.load import imported_files, load_mapping
 from k3snet.spec.source import MAX_BYTES
 
-__all__ = ["Agent", "AgentOptions", "PassResult", "cluster_wide_kinds", "split_cluster_wide"]
+__all__ = ["NOT_READY_AFTER", "Agent", "AgentOptions", "PassResult", "cluster_wide_kinds",
+           "split_cluster_wide"]
 
 _log = logging.getLogger("k3snet.agent")
 
@@ -104,6 +105,10 @@ def split_cluster_wide(group: BackendGroup) -> tuple[BackendGroup | None, Backen
             cluster.append(member if shared == member.kinds else Member(member.backend, shared))
     return (BackendGroup(node) if node else None, BackendGroup(cluster) if cluster else None)
 
+
+NOT_READY_AFTER = 3
+"""Passes in a row whose node part failed after which /readyz says not ready (until a
+pass converges the node again)."""
 
 FREE_REPAIRS = 2
 """Drift repairs within :attr:`AgentOptions.repair_window` made as soon as the change is
@@ -277,6 +282,8 @@ class Agent:
         # Passes whose node part failed, in a row: beyond FREE_REPAIRS, a change-started
         # retry waits too.
         self._failed_in_row = 0
+        # Why a ready agent is ready no more (None: it never was, or is again).
+        self._unready: str | None = None
         if self.metrics is not None:
             self.metrics.repair_gap.set(options.watch_gap)
 
@@ -292,9 +299,14 @@ class Agent:
 
     def readiness(self) -> tuple[bool, str]:
         """(/readyz) True once a pass has converged the node (rules installed: status
-        ``ok``, or ``spec-refused`` with a spec in force), and from then on."""
+        ``ok``, or ``spec-refused`` with a spec in force), until the node's part fails
+        :data:`NOT_READY_AFTER` passes in a row (the next pass that converges it makes
+        the agent ready again). The cluster-wide part and the Lease never count: they
+        are not the node's rules."""
         if self.ready:
             return True, f"ready: spec generation {self.generation} in force"
+        if self._unready is not None:
+            return False, self._unready
         return False, "not ready: no pass has succeeded yet"
 
     @property
@@ -643,7 +655,15 @@ class Agent:
             # "spec-refused" converged the node too, with the spec in force: a refused
             # newer spec, or the leader's refused cluster-wide part, leaves the node's
             # rules installed (a leader restarted with one must not stall a rollout).
-            self.ready = True
+            self.ready, self._unready = True, None
+        elif self._failed_in_row >= NOT_READY_AFTER:
+            # The node's part keeps failing (a conflict, a refused apply, the lock never
+            # free): its rules may be wrong or missing, and a pod that stayed Ready hid it
+            # from `kubectl get pods` and every "pod not ready" alert. A blip does not:
+            # one pass, or two, failing is retried within seconds.
+            self.ready = False
+            self._unready = (f"not ready: the node's part failed {self._failed_in_row} passes "
+                             f"in a row: {result.message}")
         if result.status == "ok":
             level = logging.WARNING if result.drift else logging.INFO
             _log.log(level, "%s", result.message, extra=extra)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from k3snet.agent import (
+    NOT_READY_AFTER,
     Agent,
     AgentMetrics,
     AgentOptions,
@@ -209,6 +210,47 @@ def test_a_failing_backend_does_not_end_the_loop(tmp_path: Path) -> None:
     assert failed.message.startswith("apply:")
     assert node.sample("k3snet_agent_sync_failures_total", reason="apply") == 1
     assert node.agent.run_pass().status == "ok"
+
+
+def test_readiness_is_lost_once_the_node_part_fails_three_passes_in_a_row_and_comes_back(
+        tmp_path: Path) -> None:
+    # /readyz said ready for ever once a pass had succeeded: an agent whose every pass
+    # failed for days (its rules missing) stayed Ready, hidden from `kubectl get pods`
+    # and from every "pod not ready" alert. A blip (one or two failures) keeps it ready.
+    node = Node(tmp_path)
+    assert node.agent.run_pass().status == "ok"
+
+    def fail_with_drift() -> str:
+        state = node.memory.state
+        node.memory._restore(state.with_owned(o for o in state.owned if o.kind != "nat"))
+        node.memory.faults.fail_at(0)
+        result = node.agent.run_pass()
+        assert result.status == "failed"
+        return result.message
+
+    for _ in range(NOT_READY_AFTER - 1):
+        fail_with_drift()
+        assert node.agent.readiness()[0] is True
+        assert node.sample("k3snet_agent_ready") == 1
+    message = fail_with_drift()
+    ready, reason = node.agent.readiness()
+    assert ready is False
+    assert f"failed {NOT_READY_AFTER} passes in a row" in reason
+    assert message in reason
+    assert node.sample("k3snet_agent_ready") == 0
+    assert node.agent.run_pass().drift == 1  # repaired: ready again
+    assert node.agent.readiness() == (True, "ready: spec generation 1 in force")
+    assert node.sample("k3snet_agent_ready") == 1
+
+
+def test_readiness_stays_while_a_refused_spec_waits(tmp_path: Path) -> None:
+    # The node's rules are those of the last good spec: converged, so ready.
+    node = Node(tmp_path)
+    node.agent.run_pass()
+    node.path.write_text("destinations:\n  - cidr: 999.1.2.0/24\n")
+    for _ in range(NOT_READY_AFTER + 1):
+        assert node.agent.run_pass().status == "spec-refused"
+    assert node.agent.readiness()[0] is True
 
 
 def test_run_stops_on_request_and_the_rules_stay(tmp_path: Path) -> None:
