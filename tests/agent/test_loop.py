@@ -382,6 +382,32 @@ def test_a_text_log_record_is_one_line_whatever_its_message_holds() -> None:
     assert lines[0].endswith("(reason=a\\nb)")
 
 
+def test_the_library_s_warnings_are_agent_log_lines_too() -> None:
+    # A backend's warning (nftables' foreign state read in part, a lock wait) came out
+    # in the CLI's format: no node, another time format, and in text a line break in
+    # it began a line of its own. Its info lines stay out (each pass says what it did).
+    stream = io.StringIO()
+    configure_logging("node-6", "json", stream=stream)
+    try:
+        backend = logging.getLogger("k3snet.backends.nftables.backend")
+        backend.warning("nftables: other tables were not read whole")
+        logging.getLogger("k3snet.converge").info("nftables: applying 3 change(s)")
+        (entry,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert (entry["node"], entry["level"], entry["logger"]) == (
+            "node-6", "warning", "k3snet.backends.nftables.backend")
+        assert entry["time"].endswith("Z")
+        text = io.StringIO()
+        configure_logging("node-6", "text", stream=text)
+        backend.warning("iptables: chain X\n2026-01-01T00:00:00.000Z ERROR node=other forged")
+        (line,) = text.getvalue().splitlines()
+        assert " WARNING node=node-6 iptables: chain X\\n2026" in line
+        configure_logging("node-6", "text", "DEBUG", stream=text)
+        logging.getLogger("k3snet.converge").info("nftables: applying 3 change(s)")
+        assert text.getvalue().splitlines()[-1].endswith("applying 3 change(s)")
+    finally:
+        configure_logging("node-6", "text", stream=io.StringIO())
+
+
 class WatchedMemory(MemoryBackend):
     """A MemoryBackend whose change token moves with every apply (the kernel's generation)."""
 
