@@ -248,6 +248,9 @@ class Agent:
         self.generation = 0
         self._refused_sha: str | None = None
         self._refusal: str | None = None
+        # (the refused spec's SHA-256, the node's change tokens read before its plan) while
+        # the spec waits refused for deleting everything: see _retry_teardown.
+        self._teardown_wait: tuple[str, tuple[Hashable | None, ...] | None] | None = None
         # (SHA-256 of a spec text, the files it imports): the last text's, found once.
         self._imports: tuple[str, tuple[str, ...]] | None = None
         # The cluster-wide part's refusal of the spec in force (see _converge), and the
@@ -353,19 +356,22 @@ class Agent:
         else:
             self._unreadable = None
             sha = self._spec_sha(text)
-            if sha not in (self._sha, self._refused_sha):
+            if sha not in (self._sha, self._refused_sha) or self._retry_teardown(sha):
                 try:
                     candidate = Spec.from_yaml(text, source=self.source.where), sha
                 except SpecError as exc:
                     refused = self._refuse(sha, _RefusedError("invalid", exc))
             elif sha == self._sha:
                 self._refusal = None  # the file went back to the spec in force
-                self._refused_sha = None
+                self._refused_sha = self._teardown_wait = None
         if candidate is not None:
+            before = self._node_tokens()  # before its plan: a change after it is seen next
             try:
                 return self._try_new(*candidate)
             except _RefusedError as exc:
                 refused = self._refuse(candidate[1], exc)
+                self._teardown_wait = (candidate[1], before) if exc.reason == "teardown" \
+                    else None
         if self._spec is None:
             raise refused.cause if refused is not None else SpecError(
                 [Problem("", self._refusal or "no valid spec yet")], source=self.source.where)
@@ -399,13 +405,41 @@ class Agent:
                 digest.update(f"unreadable: {exc.strerror}".encode())
         return digest.hexdigest()
 
+    def _retry_teardown(self, sha: str) -> bool:
+        """Whether to try again the spec refused for deleting everything: the node changed
+        since its plan (or cannot tell).
+
+        The refusal says to run ``k3snet destroy`` if the teardown is wanted. Not tried
+        again, the spec stayed refused after that destroy, and the next pass repaired
+        the node with the last good spec: every object the operator had just removed
+        was back within a second. Tried again after any change, it is put in force once
+        the node holds none of k3snet's objects (its plan then deletes nothing).
+        """
+        waiting = self._teardown_wait
+        if waiting is None or waiting[0] != sha or sha != self._refused_sha:
+            return False
+        if waiting[1] is None:
+            return True
+        moved, now = self.changes_seen(waiting[1])
+        return moved or now is None
+
+    def _node_tokens(self) -> tuple[Hashable | None, ...] | None:
+        """The node part's change tokens now (None: no group yet, or none can tell)."""
+        return self.changes_seen(None)[1]
+
     def _refuse(self, sha: str | None, refused: _RefusedError) -> _RefusedError:
+        # The spec waiting refused for deleting everything, refused so again on a retry
+        # (see _retry_teardown): the message follows the node, said and counted once.
+        again = (sha is not None and refused.reason == "teardown"
+                 and self._teardown_wait is not None and self._teardown_wait[0] == sha)
         if sha is not None:
             self._refused_sha = sha
         kept = (f"keeping spec generation {self.generation} ({self._sha[:12]})"
                 if self._sha else "no spec in force yet")
         self._refusal = (f"new spec from {self.source.where} refused ({refused.reason}): "
                          f"{_one_line(refused.cause)}; {kept}")
+        if again:
+            return refused
         _log.error("%s", self._refusal, extra={"reason": refused.reason})
         if self.metrics is not None:
             self.metrics.spec_rejected.labels(reason=refused.reason).inc()
@@ -433,7 +467,7 @@ class Agent:
         self._spec, self._sha, self._group = spec, sha, group
         self._group_backends = _backends_of(spec)
         self.generation += 1
-        self._refused_sha = self._refusal = None
+        self._refused_sha = self._refusal = self._teardown_wait = None
         _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
                   sha[:12], self.source.where)
         if self.metrics is not None:

@@ -24,7 +24,7 @@ from k3snet.agent import (
 )
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.memory import MemoryBackend
-from k3snet.converge import compile_for
+from k3snet.converge import compile_for, destroy
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
@@ -166,6 +166,50 @@ def test_a_spec_deleting_everything_is_refused_and_the_rules_stay(tmp_path: Path
     assert "refused (teardown)" in result.message
     assert node.owned() == before
     assert node.sample("k3snet_agent_spec_rejected_total", reason="teardown") == 1
+
+
+EMPTY = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations: []\n"
+
+
+def test_a_spec_refused_for_deleting_everything_is_in_force_after_k3snet_destroy(
+        tmp_path: Path) -> None:
+    # The refusal says "if that is what you want, run `k3snet destroy`". The refused
+    # spec was never tried again: the next pass repaired the destroyed node with the
+    # last good spec, and everything the operator had removed was back within a second.
+    memory = WatchedMemory()
+    agent, path = _memoized(tmp_path, memory)
+    assert agent.run_pass().status == "ok"
+    path.write_text(EMPTY)
+    assert agent.run_pass().status == "spec-refused"
+    assert agent.run_pass().status == "spec-refused"  # nothing moved: not tried again
+    destroy(BackendGroup([memory]))  # what `k3snet destroy` does, from another process
+    memory.generation += 1
+    result = agent.run_pass()
+    assert (result.status, result.applied) == ("ok", ())
+    assert agent.generation == 2
+    assert memory.state.owned == frozenset()
+
+
+def test_a_spec_refused_for_deleting_everything_is_said_once_while_the_node_changes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    memory = WatchedMemory()
+    agent, path = _memoized(tmp_path, memory)
+    metrics = agent.metrics = AgentMetrics()
+    agent.run_pass()
+    before = memory.state.owned
+    path.write_text(EMPTY)
+    with caplog.at_level(logging.INFO, logger="k3snet.agent"):
+        for _ in range(3):
+            memory.generation += 1  # kube-proxy committing: tried again, refused again
+            result = agent.run_pass()
+            assert result.status == "spec-refused"
+            assert "refused (teardown)" in result.message
+    assert agent.generation == 1
+    assert [r.levelno for r in caplog.records if "refused" in r.getMessage()].count(
+        logging.ERROR) == 1
+    assert metrics.registry.get_sample_value("k3snet_agent_spec_rejected_total",
+                                             {"reason": "teardown"}) == 1
+    assert memory.state.owned == before
 
 
 def test_an_unreadable_spec_keeps_the_last_good_one(tmp_path: Path) -> None:
