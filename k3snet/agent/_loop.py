@@ -56,6 +56,7 @@ from k3snet.errors import (
     SpecError,
     TeardownError,
 )
+from k3snet.kube import DEFAULT_TIMEOUT
 from k3snet.model.state import State
 from k3snet.planner import Change
 from k3snet.spec import Spec
@@ -214,6 +215,53 @@ class _RefusedError(Exception):
         self.reason, self.cause = reason, cause
 
 
+class _ReportWriter:
+    """Writes the node report from a thread of its own, the latest result first.
+
+    The report is API writes (a Node patch, an Event), each waiting up to the
+    request timeout (10 s): written by the loop, an API server that does not answer
+    (a partitioned control plane) held every pass 10-20 s, since a failed patch is
+    tried again on the next pass, and drift waited that long for its repair. The
+    loop only hands the result over; results handed over while a write is in
+    flight are folded into the latest (the annotation shows the latest anyway).
+    """
+
+    def __init__(self, reporter: NodeReporter) -> None:
+        self._reporter = reporter
+        self._latest: NodeReport | None = None
+        self._stopping = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="k3snet-agent-report",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, report: NodeReport) -> None:
+        """Write ``report`` next (replacing one not yet written)."""
+        with self._ready:
+            self._latest = report
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while self._latest is None and not self._stopping:
+                    self._ready.wait()
+                report, self._latest = self._latest, None
+            if report is None:
+                return
+            try:
+                self._reporter.report(report)
+            except Exception:  # noqa: BLE001 - a bug must not end the reporting silently
+                _log.exception("the node report failed")
+
+    def stop(self, timeout: float) -> None:
+        """Write what is pending (waiting at most ``timeout`` seconds), then end."""
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
+        self._thread.join(timeout)
+
+
 class Agent:
     """The node agent. :meth:`run_pass` is one pass; :meth:`run` loops until :meth:`stop`.
 
@@ -235,6 +283,7 @@ class Agent:
         self.options = options
         self.metrics = metrics
         self.reporter = reporter
+        self._report_writer: _ReportWriter | None = None  # while run loops (see run)
         self._make_backend = make_backend
         self._desired = desired
         self._elector_factory = elector_factory
@@ -720,7 +769,10 @@ class Agent:
             self.metrics.spec_kept.set(1 if kept else 0)
             if result.status != "failed":
                 self.metrics.last_success.set(self._clock())
-        if self.reporter is not None:
+        if self._report_writer is not None:
+            self._report_writer.submit(NodeReport(result.status, result.message, self._sha,
+                                                  self.generation, result.leader))
+        elif self.reporter is not None:
             self.reporter.report(NodeReport(result.status, result.message, self._sha,
                                             self.generation, result.leader))
 
@@ -736,6 +788,8 @@ class Agent:
         try:
             if once:
                 status = 0 if self.run_pass().status == "ok" else 1
+            elif self.reporter is not None and self._report_writer is None:
+                self._report_writer = _ReportWriter(self.reporter)
             while not once and not self._stopping.is_set():
                 started = self._monotonic()
                 self._observed_at = None
@@ -892,6 +946,11 @@ class Agent:
 
     def shutdown(self) -> None:
         """Release the Lease, clean up if asked, close the backends (idempotent)."""
+        if self._report_writer is not None:
+            # The last result, if still pending, within one request's time: SIGTERM's
+            # grace period (30 s) has the Lease's release and the clean-up to fit too.
+            writer, self._report_writer = self._report_writer, None
+            writer.stop(getattr(self.reporter, "timeout", DEFAULT_TIMEOUT))
         if self.elector is not None:
             self.elector.stop(release=True)
             self.elector = None

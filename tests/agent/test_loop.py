@@ -722,3 +722,53 @@ def test_every_failure_reason_the_agent_counts_is_documented() -> None:
     (row,) = [line for line in docs.splitlines()
               if line.startswith("| `k3snet_agent_sync_failures_total{reason}`")]
     assert reasons <= set(re.findall(r"`([a-z]+)`", row))
+
+
+class HangingReporter:
+    """A node report whose API server never answers: each write waits for ``release``."""
+
+    timeout = 0.5
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def report(self, result: object) -> None:
+        self.calls += 1
+        self.release.wait()
+
+
+def test_drift_is_repaired_while_the_node_report_hangs(tmp_path: Path) -> None:
+    # The report (a Node patch, an Event) was written by the loop itself: an API server
+    # that does not answer held every pass for the request timeout (10 s), each pass
+    # trying the failed patch again, and drift waited that long for its repair.
+    memory = WatchedMemory()
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    reporter = HangingReporter()
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-1", interval=3600, watch=0.01, watch_gap=0.01),
+                  reporter=reporter)  # type: ignore[arg-type]
+    loop = threading.Thread(target=agent.run)
+    loop.start()
+    try:
+        deadline = threading.Event()  # bounds a hung agent only: never an assertion on time
+        for _ in range(3000):
+            if reporter.calls and any(o.kind == "nat" for o in memory.state.owned):
+                break
+            deadline.wait(0.01)
+        assert reporter.calls == 1  # the first pass's report, hanging
+        state = memory.state
+        memory._restore(state.with_owned(o for o in state.owned if o.kind != "nat"))
+        memory.generation += 1
+        for _ in range(3000):
+            if any(o.kind == "nat" for o in memory.state.owned):
+                break
+            deadline.wait(0.01)
+        assert any(o.kind == "nat" for o in memory.state.owned)
+    finally:
+        agent.stop()
+        reporter.release.set()
+        loop.join(timeout=60)
+    assert not loop.is_alive()
