@@ -299,7 +299,11 @@ class Agent:
         self._refusal: str | None = None
         # (the refused spec's SHA-256, the node's change tokens read before its plan) while
         # the spec waits refused for deleting everything: see _retry_teardown.
-        self._teardown_wait: tuple[str, tuple[Hashable | None, ...] | None] | None = None
+        self._teardown_wait: tuple[str, tuple[Hashable | None, ...] | None, Spec] | None = None
+        # Whether a change on the node started the pass in progress (see run), and when
+        # the spec was last read.
+        self._by_change = False
+        self._spec_read_at = monotonic()
         # (SHA-256 of a spec text, the files it imports): the last text's, found once.
         self._imports: tuple[str, tuple[str, ...]] | None = None
         # The cluster-wide part's refusal of the spec in force (see _converge), and the
@@ -395,6 +399,40 @@ class Agent:
     def _pass(self) -> PassResult:
         candidate: tuple[Spec, str] | None = None
         refused: _RefusedError | None = None
+        if (self._spec is not None and self._by_change and getattr(self.source, "remote", False)
+                and self._monotonic() - self._spec_read_at < self.options.interval):
+            # A pass a change on the node started reads no spec through the API (unless
+            # the last read is an interval old): the change says nothing about the spec,
+            # and on a node whose tokens move every second (kube-proxy committing) that
+            # was a GET a second from every node, where the interval's passes make one
+            # per interval.
+            waiting = self._teardown_wait
+            if waiting is not None and self._retry_teardown(waiting[0]):
+                candidate = waiting[2], waiting[0]
+        else:
+            candidate, refused = self._read_spec()
+        if candidate is not None:
+            before = self._node_tokens()  # before its plan: a change after it is seen next
+            try:
+                return self._try_new(*candidate)
+            except _RefusedError as exc:
+                refused = self._refuse(candidate[1], exc)
+                self._teardown_wait = ((candidate[1], before, candidate[0])
+                                       if exc.reason == "teardown" else None)
+        if self._spec is None:
+            raise refused.cause if refused is not None else SpecError(
+                [Problem("", self._refusal or "no valid spec yet")], source=self.source.where)
+        result = self._converge_current(changed=False)
+        if refused is not None or self._refusal is not None:
+            return attrs.evolve(result, status="spec-refused",
+                                message=f"{self._refusal}; {result.message}")
+        return result
+
+    def _read_spec(self) -> tuple[tuple[Spec, str] | None, _RefusedError | None]:
+        """(a new spec to try and its SHA-256, or None; the refusal of what was read)."""
+        candidate: tuple[Spec, str] | None = None
+        refused: _RefusedError | None = None
+        self._spec_read_at = self._monotonic()
         try:
             text = self.source.read()
         except K3snetError as exc:
@@ -413,22 +451,7 @@ class Agent:
             elif sha == self._sha:
                 self._refusal = None  # the file went back to the spec in force
                 self._refused_sha = self._teardown_wait = None
-        if candidate is not None:
-            before = self._node_tokens()  # before its plan: a change after it is seen next
-            try:
-                return self._try_new(*candidate)
-            except _RefusedError as exc:
-                refused = self._refuse(candidate[1], exc)
-                self._teardown_wait = (candidate[1], before) if exc.reason == "teardown" \
-                    else None
-        if self._spec is None:
-            raise refused.cause if refused is not None else SpecError(
-                [Problem("", self._refusal or "no valid spec yet")], source=self.source.where)
-        result = self._converge_current(changed=False)
-        if refused is not None or self._refusal is not None:
-            return attrs.evolve(result, status="spec-refused",
-                                message=f"{self._refusal}; {result.message}")
-        return result
+        return candidate, refused
 
     def _spec_sha(self, text: str) -> str:
         """SHA-256 of the spec's text, and of the files it imports when it does.
@@ -796,7 +819,7 @@ class Agent:
                 result = self.run_pass()
                 before, applied = (self._baseline() if result.status != "failed"
                                    else (None, False))
-                self._wait_after(started, before, applied=applied)
+                self._by_change = self._wait_after(started, before, applied=applied)
                 self._wake.clear()
         finally:
             self.shutdown()
@@ -841,7 +864,7 @@ class Agent:
 
     def _wait_after(self, started: float,
                     before: tuple[Hashable | None, ...] | None = None, *,
-                    applied: bool = False) -> None:
+                    applied: bool = False) -> bool:
         """Wait for the interval (from the end of the pass, as before), a wake-up, or
         (watching) a change on the node.
 
@@ -855,34 +878,37 @@ class Agent:
         tokens read now equal ``before``: a token that is the content itself (rather
         than a generation) comes back to ``before`` when another program undoes the
         pass's changes at once, and that undoing must not wait for the interval.
+
+        Returns whether a change on the node ended the wait (not the interval, nor a
+        wake-up).
         """
         deadline = self._monotonic() + self.options.interval
         watch = self.options.watch
         _, token = self.changes_seen(None) if watch else (False, None)
         if watch is None or token is None:
             self._wake.wait(max(0.0, deadline - self._monotonic()))
-            return
+            return False
         earliest = started + self.repair_gap()
         if before is not None and (token != before or applied):
             _log.debug("the node changed during the pass: passing again")
             gap = earliest - self._monotonic()
             if gap > 0:
                 self._wake.wait(gap)
-            return
+            return True
         while True:
             left = deadline - self._monotonic()
             if left <= 0 or self._wake.wait(min(watch, left)):
-                return
+                return False
             moved, token = self.changes_seen(token)
             if token is None:
                 self._wake.wait(max(0.0, deadline - self._monotonic()))
-                return
+                return False
             if moved:
                 _log.debug("the node changed: passing now, before the interval")
                 gap = earliest - self._monotonic()
                 if gap > 0:
                     self._wake.wait(gap)
-                return
+                return True
 
     def repair_gap(self) -> float:
         """Seconds from the start of a pass to the start of a pass a change starts.

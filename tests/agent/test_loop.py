@@ -772,3 +772,88 @@ def test_drift_is_repaired_while_the_node_report_hangs(tmp_path: Path) -> None:
         reporter.release.set()
         loop.join(timeout=60)
     assert not loop.is_alive()
+
+
+class ApiSource:
+    """A spec read through the API (as ConfigMapSpecSource): each read is a request."""
+
+    remote = True
+    where = "ConfigMap kube-system/k3snet-spec key spec.yaml"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.reads = 0
+
+    def read(self) -> str:
+        self.reads += 1
+        return self.text
+
+
+def _api_agent(memory: WatchedMemory, source: ApiSource, **options: Any) -> Agent:
+    return Agent(source, lambda spec: BackendGroup([memory]),
+                 lambda spec, group: compile_for(group, spec),
+                 AgentOptions("node-1", **options))
+
+
+def test_passes_a_change_on_the_node_starts_read_no_spec_through_the_api() -> None:
+    # Every pass read the spec: with --spec-configmap, a node whose tokens move every
+    # second (kube-proxy committing) made a GET a second, every node of the cluster.
+    memory, source = WatchedMemory(), ApiSource(SPEC)
+    agent = _api_agent(memory, source, interval=3600, watch=0.01, watch_gap=0.01)
+    loop = threading.Thread(target=agent.run)
+    loop.start()
+    try:
+        pause = threading.Event()  # bounds a hung agent only
+        for _ in range(3000):
+            if agent.passes >= 1 and memory.state.owned:
+                break
+            pause.wait(0.01)
+        for churned in range(5):
+            passes = agent.passes
+            memory.generation += 1  # another program committing
+            for _ in range(3000):
+                if agent.passes > passes:
+                    break
+                pause.wait(0.01)
+            assert agent.passes > passes, f"change {churned} started no pass"
+    finally:
+        agent.stop()
+        loop.join(timeout=60)
+    assert agent.passes >= 6
+    assert source.reads == 1
+
+
+def test_a_pass_a_change_starts_reads_the_spec_once_the_last_read_is_an_interval_old() -> None:
+    # Changes every second would otherwise keep the interval's pass, which reads the
+    # spec, from ever coming: a new spec in the ConfigMap was never read.
+    now = [1000.0]
+    memory, source = WatchedMemory(), ApiSource(SPEC)
+    agent = _api_agent(memory, source, interval=30)
+    agent._monotonic = lambda: now[0]
+    agent.run_pass()
+    agent._by_change = True
+    source.text = SPEC_TWO
+    now[0] += 29
+    assert agent.run_pass().status == "ok"
+    assert (source.reads, agent.generation) == (1, 1)
+    now[0] += 2
+    assert agent.run_pass().status == "ok"
+    assert (source.reads, agent.generation) == (2, 2)
+    source.text = SPEC
+    agent._by_change = False  # the interval's pass reads it
+    agent.run_pass()
+    assert (source.reads, agent.generation) == (3, 3)
+
+
+def test_a_refused_teardown_goes_in_force_after_k3snet_destroy_without_a_spec_read() -> None:
+    memory, source = WatchedMemory(), ApiSource(SPEC)
+    agent = _api_agent(memory, source, interval=3600)
+    agent.run_pass()
+    source.text = EMPTY
+    assert agent.run_pass().status == "spec-refused"
+    destroy(BackendGroup([memory]))
+    memory.generation += 1
+    agent._by_change = True  # the pass the destroy's change starts
+    result = agent.run_pass()
+    assert (result.status, agent.generation, source.reads) == ("ok", 2, 2)
+    assert memory.state.owned == frozenset()
