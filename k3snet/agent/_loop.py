@@ -972,17 +972,18 @@ class Agent:
 
     def shutdown(self) -> None:
         """Release the Lease, clean up if asked, close the backends (idempotent)."""
-        if self._report_writer is not None:
-            # The last result, if still pending, within one request's time: SIGTERM's
-            # grace period (30 s) has the Lease's release and the clean-up to fit too.
-            writer, self._report_writer = self._report_writer, None
-            writer.stop(getattr(self.reporter, "timeout", DEFAULT_TIMEOUT))
         if self.elector is not None:
             self.elector.stop(release=True)
             self.elector = None
             self._elector_started = False
             if self.metrics is not None:
                 self.metrics.leader.set(0)
+        if self._report_writer is not None:
+            # The last result, if still pending, within one request's time: SIGTERM's
+            # grace period (30 s) has the clean-up to fit too. After the Lease's release:
+            # the next leader must not wait for a report.
+            writer, self._report_writer = self._report_writer, None
+            writer.stop(getattr(self.reporter, "timeout", DEFAULT_TIMEOUT))
         if self._group is not None:
             try:
                 if self.options.cleanup_on_exit:
