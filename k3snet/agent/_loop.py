@@ -662,7 +662,9 @@ class Agent:
             # change token moved since: this one would find nothing either.
             return (), tokens
         self._synced.pop(part, None)
-        done = converge(group, desired)
+        # SIGTERM ends a wait for the namespace lock: a minute of it outlasted the pod's
+        # grace period (30 s), and the agent was killed before releasing its Lease.
+        done = converge(group, desired, cancelled=self._stopping.is_set)
         if done.plan.empty and whole and tokens is not None:
             # Nothing to do: until a token moves (or the desired state does), observing
             # and planning again would find nothing either.

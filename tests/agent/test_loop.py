@@ -23,6 +23,7 @@ from k3snet.agent import (
     split_cluster_wide,
 )
 from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.lock import namespace_lock
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for, destroy
 from k3snet.model.state import State
@@ -857,3 +858,42 @@ def test_a_refused_teardown_goes_in_force_after_k3snet_destroy_without_a_spec_re
     result = agent.run_pass()
     assert (result.status, agent.generation, source.reads) == ("ok", 2, 2)
     assert memory.state.owned == frozenset()
+
+
+class LockedMemory(WatchedMemory):
+    """A memory backend acting in this process's network namespace: converge takes its
+    namespace lock (the memory backend alone takes none)."""
+
+    netns = None
+
+
+def test_sigterm_ends_a_wait_for_the_namespace_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Another k3snet process holds the node's lock (an apply by hand): the agent waited
+    # up to a minute for it, SIGTERM or not, past the pod's 30 s grace period: killed,
+    # it never released its Lease nor wrote its last report.
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = LockedMemory()
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-1", interval=3600))
+    results: list[str] = []
+    loop = threading.Thread(target=lambda: results.append(str(agent.run())))
+    with namespace_lock([None]), caplog.at_level(logging.WARNING):
+        loop.start()
+        pause = threading.Event()  # bounds a hung test only
+        for _ in range(3000):
+            if any("waiting up to" in r.getMessage() for r in caplog.records):
+                break
+            pause.wait(0.01)
+        agent.stop()  # what SIGTERM does
+        loop.join(timeout=120)
+        held_throughout = not loop.is_alive()
+    assert held_throughout
+    assert results == ["0"]
+    assert any("stopped while waiting for another k3snet process" in r.getMessage()
+               for r in caplog.records)
+    assert memory.state.owned == frozenset()  # nothing was changed
