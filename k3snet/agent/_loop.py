@@ -304,6 +304,7 @@ class Agent:
         # the spec was last read.
         self._by_change = False
         self._spec_read_at = monotonic()
+        self._cluster_at: float | None = None  # when the leader last converged that part
         # (SHA-256 of a spec text, the files it imports): the last text's, found once.
         self._imports: tuple[str, tuple[str, ...]] | None = None
         # The cluster-wide part's refusal of the spec in force (see _converge), and the
@@ -590,7 +591,7 @@ class Agent:
             else:
                 applied += changes
                 self._observed_at = (group, tokens, bool(changes))
-        changes, leader, failure = self._converge_cluster(spec, sha, cluster)
+        changes, leader, failure = self._converge_cluster(spec, sha, cluster, new=new)
         applied += changes
         if failure is not None:
             failures.append(("cluster", failure))
@@ -598,7 +599,8 @@ class Agent:
             raise _PartsFailedError(failures, tuple(applied), leader)
         return tuple(applied), leader
 
-    def _converge_cluster(self, spec: Spec, sha: str, cluster: BackendGroup | None
+    def _converge_cluster(self, spec: Spec, sha: str, cluster: BackendGroup | None, *,
+                          new: bool = False
                           ) -> tuple[Sequence[Change], bool, Exception | None]:
         """(what the cluster-wide part applied, whether this agent is its writer, its
         failure); a refusal is recorded, not returned (see :meth:`_converge`)."""
@@ -608,6 +610,14 @@ class Agent:
         leader = False
         try:
             leader = self._cluster_writer()
+            if leader and not new and self._cluster_recent():
+                # A change on the node says nothing about the cluster-wide objects: on
+                # the leader's node, kube-proxy committing every second made it list
+                # them (a quorum read of every IPPool) every second. The interval's
+                # passes and a new spec still converge them; so does becoming leader.
+                return (), leader, None
+            if leader:
+                self._cluster_at = self._monotonic()
             changes = self._converge_one(spec, cluster, "cluster")[0] if leader else ()
         except (TeardownError, SpecError) as exc:
             self._refuse_cluster(sha, exc)
@@ -620,6 +630,13 @@ class Agent:
         if leader:
             self._cluster_synced(None)
         return changes, leader, None
+
+    def _cluster_recent(self) -> bool:
+        """Whether a change on the node started this pass and this agent, leader in the
+        last good pass already, converged the cluster-wide part less than an interval
+        ago."""
+        return (self._by_change and self._last_ok_leader and self._cluster_at is not None
+                and self._monotonic() - self._cluster_at < self.options.interval)
 
     def _refuse_cluster(self, sha: str, exc: TeardownError | SpecError) -> None:
         """Leave the cluster-wide objects as they are and say why (logged and counted
@@ -881,8 +898,8 @@ class Agent:
         than a generation) comes back to ``before`` when another program undoes the
         pass's changes at once, and that undoing must not wait for the interval.
 
-        Returns whether a change on the node ended the wait (not the interval, nor a
-        wake-up).
+        Returns whether a change on the node alone ended the wait (not the interval,
+        nor a wake-up).
         """
         deadline = self._monotonic() + self.options.interval
         watch = self.options.watch
@@ -893,10 +910,7 @@ class Agent:
         earliest = started + self.repair_gap()
         if before is not None and (token != before or applied):
             _log.debug("the node changed during the pass: passing again")
-            gap = earliest - self._monotonic()
-            if gap > 0:
-                self._wake.wait(gap)
-            return True
+            return not self._wait_gap(earliest)
         while True:
             left = deadline - self._monotonic()
             if left <= 0 or self._wake.wait(min(watch, left)):
@@ -907,10 +921,13 @@ class Agent:
                 return False
             if moved:
                 _log.debug("the node changed: passing now, before the interval")
-                gap = earliest - self._monotonic()
-                if gap > 0:
-                    self._wake.wait(gap)
-                return True
+                return not self._wait_gap(earliest)
+
+    def _wait_gap(self, earliest: float) -> bool:
+        """Wait until ``earliest``; whether a wake-up (becoming leader, stop) came first
+        or during the pass (the pass it starts is then no change's alone)."""
+        gap = earliest - self._monotonic()
+        return self._wake.wait(gap) if gap > 0 else self._wake.is_set()
 
     def repair_gap(self) -> float:
         """Seconds from the start of a pass to the start of a pass a change starts.

@@ -897,3 +897,40 @@ def test_sigterm_ends_a_wait_for_the_namespace_lock(
     assert any("stopped while waiting for another k3snet process" in r.getMessage()
                for r in caplog.records)
     assert memory.state.owned == frozenset()  # nothing was changed
+
+
+class CountedPools(MemoryBackend):
+    """The cluster-wide objects (Calico's IPPools): each observe is a LIST of them."""
+
+    def __init__(self) -> None:
+        super().__init__(capabilities=("ippool",))
+        self.lists = 0
+
+    def observe(self) -> State:
+        self.lists += 1
+        return super().observe()
+
+
+def test_passes_a_change_on_the_node_starts_list_no_cluster_wide_objects() -> None:
+    # The leader's node, kube-proxy committing every second: each pass the change
+    # started listed every IPPool (a quorum read), once a second, for nothing.
+    now = [1000.0]
+    memory, pools, source = WatchedMemory(), CountedPools(), ApiSource(SPEC)
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-1", interval=30))
+    agent._monotonic = lambda: now[0]
+    assert agent.run_pass().leader is True
+    assert pools.lists == 1
+    agent._by_change = True
+    for _ in range(3):
+        now[0] += 1
+        memory.generation += 1
+        assert agent.run_pass().status == "ok"
+    assert pools.lists == 1
+    now[0] += 30  # an interval since the last list: listed again, change or not
+    agent.run_pass()
+    assert pools.lists == 2
+    agent._by_change = False  # the interval's pass lists them
+    agent.run_pass()
+    assert pools.lists == 3
