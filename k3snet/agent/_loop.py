@@ -299,7 +299,9 @@ class Agent:
         self._refusal: str | None = None
         # (the refused spec's SHA-256, the node's change tokens read before its plan) while
         # the spec waits refused for deleting everything: see _retry_teardown.
-        self._teardown_wait: tuple[str, tuple[Hashable | None, ...] | None, Spec] | None = None
+        # (+ the spec, and the members owning objects then, by identity).
+        self._teardown_wait: tuple[str, tuple[Hashable | None, ...] | None, Spec,
+                                   frozenset[int]] | None = None
         # Whether a change on the node started the pass in progress (see run), and when
         # the spec was last read.
         self._by_change = False
@@ -418,7 +420,7 @@ class Agent:
                 return self._try_new(*candidate)
             except _RefusedError as exc:
                 refused = self._refuse(candidate[1], exc)
-                self._teardown_wait = ((candidate[1], before, candidate[0])
+                self._teardown_wait = ((candidate[1], before, candidate[0], self._owners())
                                        if exc.reason == "teardown" else None)
         if self._spec is None:
             raise refused.cause if refused is not None else SpecError(
@@ -480,21 +482,43 @@ class Agent:
 
     def _retry_teardown(self, sha: str) -> bool:
         """Whether to try again the spec refused for deleting everything: the node changed
-        since its plan (or cannot tell).
+        since its plan (or cannot tell), and a backend of the node that owned objects
+        then owns none now.
 
         The refusal says to run ``k3snet destroy`` if the teardown is wanted. Not tried
         again, the spec stayed refused after that destroy, and the next pass repaired
         the node with the last good spec: every object the operator had just removed
-        was back within a second. Tried again after any change, it is put in force once
-        the node holds none of k3snet's objects (its plan then deletes nothing).
+        was back within a second. Tried again once such a backend owns nothing, it goes
+        in force if its plan deletes nothing there any more. Only then: a
+        try is a compile and a plan, and on a node kube-proxy changes every second
+        each pass would make one for nothing (the observe is the one the pass makes
+        anyway, from the backends' caches).
         """
         waiting = self._teardown_wait
         if waiting is None or waiting[0] != sha or sha != self._refused_sha:
             return False
-        if waiting[1] is None:
-            return True
-        moved, now = self.changes_seen(waiting[1])
-        return moved or now is None
+        if waiting[1] is not None:
+            moved, now = self.changes_seen(waiting[1])
+            if not moved and now is not None:
+                return False
+        else:
+            now = None
+        emptied = bool(waiting[3] - self._owners())
+        if not emptied:
+            self._teardown_wait = (waiting[0], now, *waiting[2:])  # look again on a move
+        return emptied
+
+    def _owners(self) -> frozenset[int]:
+        """The node part's members (by identity) that own objects now (read from the
+        backends' caches, as the pass's own observe)."""
+        node = split_cluster_wide(self._group)[0] if self._group is not None else None
+        if node is None:
+            return frozenset()
+        try:
+            return frozenset(id(m.backend) for m in node.members
+                             if m.backend.observe().only(m.kinds).owned)
+        except Exception:  # noqa: BLE001 - the pass's own observe meets (and reports) it
+            return frozenset()
 
     def _node_tokens(self) -> tuple[Hashable | None, ...] | None:
         """The node part's change tokens now (None: no group yet, or none can tell)."""

@@ -193,9 +193,15 @@ def test_a_spec_refused_for_deleting_everything_is_in_force_after_k3snet_destroy
 
 def test_a_spec_refused_for_deleting_everything_is_said_once_while_the_node_changes(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # And not tried again (a compile and a plan) while the node still holds everything
+    # it would delete: on a node kube-proxy changes every second, each pass made one.
     memory = WatchedMemory()
     agent, path = _memoized(tmp_path, memory)
     metrics = agent.metrics = AgentMetrics()
+    tried: list[Spec] = []
+    desired = agent._desired
+    agent._desired = lambda spec, group: (tried.append(spec) if not spec.destinations
+                                          else None, desired(spec, group))[1]
     agent.run_pass()
     before = memory.state.owned
     path.write_text(EMPTY)
@@ -206,6 +212,7 @@ def test_a_spec_refused_for_deleting_everything_is_said_once_while_the_node_chan
             assert result.status == "spec-refused"
             assert "refused (teardown)" in result.message
     assert agent.generation == 1
+    assert len(tried) == 1
     assert [r.levelno for r in caplog.records if "refused" in r.getMessage()].count(
         logging.ERROR) == 1
     assert metrics.registry.get_sample_value("k3snet_agent_spec_rejected_total",
