@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import attrs
 
@@ -108,6 +108,7 @@ def converge(
     allow_teardown: bool = False,
     allow_disruptive: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Convergence:
     """Bring ``backend``'s owned state to ``desired`` (its kinds only).
 
@@ -126,13 +127,14 @@ def converge(
     lists its problems. ``allow_disruptive`` lets every backend that declares that
     option (a CNI backend) make the changes its ``disruptive(change)`` names, for
     this call (as ``cni.allowDisruptive: true`` in the spec and ``--allow-disruptive``
-    on the CLI do); they are refused otherwise.
+    on the CLI do); they are refused otherwise. ``cancelled``: ends a wait for the
+    namespace lock when it turns true (:func:`~k3snet.backends.lock.namespace_lock`).
     """
     wanted = ensure_state(desired, "desired").only(backend.capabilities)
     expect = getattr(backend, "expect", None)
     if callable(expect):  # an optional hint, no result changes (docs/custom-backend.md)
         expect(wanted)
-    with namespace_lock(namespaces_of(backend), timeout=lock_timeout):
+    with namespace_lock(namespaces_of(backend), timeout=lock_timeout, cancelled=cancelled):
         observed = backend.observe()
         p = plan(observed, wanted)
         return _carry_out(backend, observed, p, dry_run=dry_run, check=check,

@@ -18,6 +18,7 @@ from k3snet.agent._http import HealthServer, parse_listen
 from k3snet.agent._lease import LeaderElector, LeaseSettings
 from k3snet.agent._logging import LOGGER_NAME, configure_logging
 from k3snet.agent._loop import (
+    NOT_READY_AFTER,
     Agent,
     AgentOptions,
     PassResult,
@@ -44,6 +45,7 @@ __all__ = [
     "EVENT_TRIES",
     "LOGGER_NAME",
     "MESSAGE_LIMIT",
+    "NOT_READY_AFTER",
     "RESULT_ANNOTATION",
     "STATUS_ANNOTATION",
     "Agent",

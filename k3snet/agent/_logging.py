@@ -79,23 +79,34 @@ def _extra(record: logging.LogRecord) -> dict[str, Any]:
 
 def configure_logging(node: str, fmt: LogFormat = "text", level: str | int = "INFO",
                       stream: TextIO | None = None) -> logging.Logger:
-    """Send the ``k3snet.agent`` logger to ``stream`` (stderr), one line per record.
+    """Send every ``k3snet`` logger's records to ``stream`` (stderr), one line per record.
 
     Text: ``2026-01-01T00:00:00.000Z INFO node=NAME message (key=value ...)``;
     JSON: one object per line with ``format`` (1), ``kind`` (``log``), ``time``,
     ``level``, ``node``, ``logger``, ``message`` and the record's extra fields
-    (the JSON Schema ``log`` of :mod:`k3snet.schemas`). Replaces handlers set by an
-    earlier call, so calling it twice does not duplicate lines.
+    (the JSON Schema ``log`` of :mod:`k3snet.schemas`). ``level`` is the threshold
+    of the agent's own logger (``k3snet.agent``); the library's loggers (a backend's
+    warnings, the namespace lock's wait) log at ``WARNING`` and above, everything
+    with ``DEBUG``. Replaces handlers set by an earlier call (or the CLI's), so
+    calling it twice does not duplicate lines. Returns the agent's logger.
     """
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {fmt!r}")
     logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
+    logger.setLevel(level)
+    # The handler is k3snet's, not only the agent's: a backend's warning (nftables'
+    # foreign state read in part, a lock wait) came out in the CLI's format, without
+    # the node, with another time format, and a line break in it began a new line.
+    library = logging.getLogger(LOGGER_NAME.partition(".")[0])
+    for each in (library, logger):
+        for handler in list(each.handlers):
+            each.removeHandler(handler)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     handler.addFilter(_NodeFilter(node))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
+    library.addHandler(handler)
+    library.setLevel(logging.DEBUG if logger.level <= logging.DEBUG
+                     else max(logger.level, logging.WARNING))
+    library.propagate = False
+    logger.propagate = True
     return logger

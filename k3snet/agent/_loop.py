@@ -56,13 +56,15 @@ from k3snet.errors import (
     SpecError,
     TeardownError,
 )
+from k3snet.kube import DEFAULT_TIMEOUT
 from k3snet.model.state import State
 from k3snet.planner import Change
 from k3snet.spec import Spec
 from k3snet.spec.load import imported_files, load_mapping
 from k3snet.spec.source import MAX_BYTES
 
-__all__ = ["Agent", "AgentOptions", "PassResult", "cluster_wide_kinds", "split_cluster_wide"]
+__all__ = ["NOT_READY_AFTER", "Agent", "AgentOptions", "PassResult", "cluster_wide_kinds",
+           "split_cluster_wide"]
 
 _log = logging.getLogger("k3snet.agent")
 
@@ -104,6 +106,10 @@ def split_cluster_wide(group: BackendGroup) -> tuple[BackendGroup | None, Backen
             cluster.append(member if shared == member.kinds else Member(member.backend, shared))
     return (BackendGroup(node) if node else None, BackendGroup(cluster) if cluster else None)
 
+
+NOT_READY_AFTER = 3
+"""Passes in a row whose node part failed after which /readyz says not ready (until a
+pass converges the node again)."""
 
 FREE_REPAIRS = 2
 """Drift repairs within :attr:`AgentOptions.repair_window` made as soon as the change is
@@ -209,6 +215,53 @@ class _RefusedError(Exception):
         self.reason, self.cause = reason, cause
 
 
+class _ReportWriter:
+    """Writes the node report from a thread of its own, the latest result first.
+
+    The report is API writes (a Node patch, an Event), each waiting up to the
+    request timeout (10 s): written by the loop, an API server that does not answer
+    (a partitioned control plane) held every pass 10-20 s, since a failed patch is
+    tried again on the next pass, and drift waited that long for its repair. The
+    loop only hands the result over; results handed over while a write is in
+    flight are folded into the latest (the annotation shows the latest anyway).
+    """
+
+    def __init__(self, reporter: NodeReporter) -> None:
+        self._reporter = reporter
+        self._latest: NodeReport | None = None
+        self._stopping = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="k3snet-agent-report",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, report: NodeReport) -> None:
+        """Write ``report`` next (replacing one not yet written)."""
+        with self._ready:
+            self._latest = report
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while self._latest is None and not self._stopping:
+                    self._ready.wait()
+                report, self._latest = self._latest, None
+            if report is None:
+                return
+            try:
+                self._reporter.report(report)
+            except Exception:  # noqa: BLE001 - a bug must not end the reporting silently
+                _log.exception("the node report failed")
+
+    def stop(self, timeout: float) -> None:
+        """Write what is pending (waiting at most ``timeout`` seconds), then end."""
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
+        self._thread.join(timeout)
+
+
 class Agent:
     """The node agent. :meth:`run_pass` is one pass; :meth:`run` loops until :meth:`stop`.
 
@@ -230,6 +283,7 @@ class Agent:
         self.options = options
         self.metrics = metrics
         self.reporter = reporter
+        self._report_writer: _ReportWriter | None = None  # while run loops (see run)
         self._make_backend = make_backend
         self._desired = desired
         self._elector_factory = elector_factory
@@ -243,6 +297,16 @@ class Agent:
         self.generation = 0
         self._refused_sha: str | None = None
         self._refusal: str | None = None
+        # (the refused spec's SHA-256, the node's change tokens read before its plan) while
+        # the spec waits refused for deleting everything: see _retry_teardown.
+        # (+ the spec, and the members owning objects then, by identity).
+        self._teardown_wait: tuple[str, tuple[Hashable | None, ...] | None, Spec,
+                                   frozenset[int]] | None = None
+        # Whether a change on the node started the pass in progress (see run), and when
+        # the spec was last read.
+        self._by_change = False
+        self._spec_read_at = monotonic()
+        self._cluster_at: float | None = None  # when the leader last converged that part
         # (SHA-256 of a spec text, the files it imports): the last text's, found once.
         self._imports: tuple[str, tuple[str, ...]] | None = None
         # The cluster-wide part's refusal of the spec in force (see _converge), and the
@@ -277,6 +341,8 @@ class Agent:
         # Passes whose node part failed, in a row: beyond FREE_REPAIRS, a change-started
         # retry waits too.
         self._failed_in_row = 0
+        # Why a ready agent is ready no more (None: it never was, or is again).
+        self._unready: str | None = None
         if self.metrics is not None:
             self.metrics.repair_gap.set(options.watch_gap)
 
@@ -292,9 +358,14 @@ class Agent:
 
     def readiness(self) -> tuple[bool, str]:
         """(/readyz) True once a pass has converged the node (rules installed: status
-        ``ok``, or ``spec-refused`` with a spec in force), and from then on."""
+        ``ok``, or ``spec-refused`` with a spec in force), until the node's part fails
+        :data:`NOT_READY_AFTER` passes in a row (the next pass that converges it makes
+        the agent ready again). The cluster-wide part and the Lease never count: they
+        are not the node's rules."""
         if self.ready:
             return True, f"ready: spec generation {self.generation} in force"
+        if self._unready is not None:
+            return False, self._unready
         return False, "not ready: no pass has succeeded yet"
 
     @property
@@ -331,6 +402,40 @@ class Agent:
     def _pass(self) -> PassResult:
         candidate: tuple[Spec, str] | None = None
         refused: _RefusedError | None = None
+        if (self._spec is not None and self._by_change and getattr(self.source, "remote", False)
+                and self._monotonic() - self._spec_read_at < self.options.interval):
+            # A pass a change on the node started reads no spec through the API (unless
+            # the last read is an interval old): the change says nothing about the spec,
+            # and on a node whose tokens move every second (kube-proxy committing) that
+            # was a GET a second from every node, where the interval's passes make one
+            # per interval.
+            waiting = self._teardown_wait
+            if waiting is not None and self._retry_teardown(waiting[0]):
+                candidate = waiting[2], waiting[0]
+        else:
+            candidate, refused = self._read_spec()
+        if candidate is not None:
+            before = self._node_tokens()  # before its plan: a change after it is seen next
+            try:
+                return self._try_new(*candidate)
+            except _RefusedError as exc:
+                refused = self._refuse(candidate[1], exc)
+                self._teardown_wait = ((candidate[1], before, candidate[0], self._owners())
+                                       if exc.reason == "teardown" else None)
+        if self._spec is None:
+            raise refused.cause if refused is not None else SpecError(
+                [Problem("", self._refusal or "no valid spec yet")], source=self.source.where)
+        result = self._converge_current(changed=False)
+        if refused is not None or self._refusal is not None:
+            return attrs.evolve(result, status="spec-refused",
+                                message=f"{self._refusal}; {result.message}")
+        return result
+
+    def _read_spec(self) -> tuple[tuple[Spec, str] | None, _RefusedError | None]:
+        """(a new spec to try and its SHA-256, or None; the refusal of what was read)."""
+        candidate: tuple[Spec, str] | None = None
+        refused: _RefusedError | None = None
+        self._spec_read_at = self._monotonic()
         try:
             text = self.source.read()
         except K3snetError as exc:
@@ -341,27 +446,15 @@ class Agent:
         else:
             self._unreadable = None
             sha = self._spec_sha(text)
-            if sha not in (self._sha, self._refused_sha):
+            if sha not in (self._sha, self._refused_sha) or self._retry_teardown(sha):
                 try:
                     candidate = Spec.from_yaml(text, source=self.source.where), sha
                 except SpecError as exc:
                     refused = self._refuse(sha, _RefusedError("invalid", exc))
             elif sha == self._sha:
                 self._refusal = None  # the file went back to the spec in force
-                self._refused_sha = None
-        if candidate is not None:
-            try:
-                return self._try_new(*candidate)
-            except _RefusedError as exc:
-                refused = self._refuse(candidate[1], exc)
-        if self._spec is None:
-            raise refused.cause if refused is not None else SpecError(
-                [Problem("", self._refusal or "no valid spec yet")], source=self.source.where)
-        result = self._converge_current(changed=False)
-        if refused is not None or self._refusal is not None:
-            return attrs.evolve(result, status="spec-refused",
-                                message=f"{self._refusal}; {result.message}")
-        return result
+                self._refused_sha = self._teardown_wait = None
+        return candidate, refused
 
     def _spec_sha(self, text: str) -> str:
         """SHA-256 of the spec's text, and of the files it imports when it does.
@@ -387,13 +480,63 @@ class Agent:
                 digest.update(f"unreadable: {exc.strerror}".encode())
         return digest.hexdigest()
 
+    def _retry_teardown(self, sha: str) -> bool:
+        """Whether to try again the spec refused for deleting everything: the node changed
+        since its plan (or cannot tell), and a backend of the node that owned objects
+        then owns none now.
+
+        The refusal says to run ``k3snet destroy`` if the teardown is wanted. Not tried
+        again, the spec stayed refused after that destroy, and the next pass repaired
+        the node with the last good spec: every object the operator had just removed
+        was back within a second. Tried again once such a backend owns nothing, it goes
+        in force if its plan deletes nothing there any more. Only then: a
+        try is a compile and a plan, and on a node kube-proxy changes every second
+        each pass would make one for nothing (the observe is the one the pass makes
+        anyway, from the backends' caches).
+        """
+        waiting = self._teardown_wait
+        if waiting is None or waiting[0] != sha or sha != self._refused_sha:
+            return False
+        if waiting[1] is not None:
+            moved, now = self.changes_seen(waiting[1])
+            if not moved and now is not None:
+                return False
+        else:
+            now = None
+        emptied = bool(waiting[3] - self._owners())
+        if not emptied:
+            self._teardown_wait = (waiting[0], now, *waiting[2:])  # look again on a move
+        return emptied
+
+    def _owners(self) -> frozenset[int]:
+        """The node part's members (by identity) that own objects now (read from the
+        backends' caches, as the pass's own observe)."""
+        node = split_cluster_wide(self._group)[0] if self._group is not None else None
+        if node is None:
+            return frozenset()
+        try:
+            return frozenset(id(m.backend) for m in node.members
+                             if m.backend.observe().only(m.kinds).owned)
+        except Exception:  # noqa: BLE001 - the pass's own observe meets (and reports) it
+            return frozenset()
+
+    def _node_tokens(self) -> tuple[Hashable | None, ...] | None:
+        """The node part's change tokens now (None: no group yet, or none can tell)."""
+        return self.changes_seen(None)[1]
+
     def _refuse(self, sha: str | None, refused: _RefusedError) -> _RefusedError:
+        # The spec waiting refused for deleting everything, refused so again on a retry
+        # (see _retry_teardown): the message follows the node, said and counted once.
+        again = (sha is not None and refused.reason == "teardown"
+                 and self._teardown_wait is not None and self._teardown_wait[0] == sha)
         if sha is not None:
             self._refused_sha = sha
         kept = (f"keeping spec generation {self.generation} ({self._sha[:12]})"
                 if self._sha else "no spec in force yet")
         self._refusal = (f"new spec from {self.source.where} refused ({refused.reason}): "
                          f"{_one_line(refused.cause)}; {kept}")
+        if again:
+            return refused
         _log.error("%s", self._refusal, extra={"reason": refused.reason})
         if self.metrics is not None:
             self.metrics.spec_rejected.labels(reason=refused.reason).inc()
@@ -421,7 +564,7 @@ class Agent:
         self._spec, self._sha, self._group = spec, sha, group
         self._group_backends = _backends_of(spec)
         self.generation += 1
-        self._refused_sha = self._refusal = None
+        self._refused_sha = self._refusal = self._teardown_wait = None
         _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
                   sha[:12], self.source.where)
         if self.metrics is not None:
@@ -472,7 +615,7 @@ class Agent:
             else:
                 applied += changes
                 self._observed_at = (group, tokens, bool(changes))
-        changes, leader, failure = self._converge_cluster(spec, sha, cluster)
+        changes, leader, failure = self._converge_cluster(spec, sha, cluster, new=new)
         applied += changes
         if failure is not None:
             failures.append(("cluster", failure))
@@ -480,7 +623,8 @@ class Agent:
             raise _PartsFailedError(failures, tuple(applied), leader)
         return tuple(applied), leader
 
-    def _converge_cluster(self, spec: Spec, sha: str, cluster: BackendGroup | None
+    def _converge_cluster(self, spec: Spec, sha: str, cluster: BackendGroup | None, *,
+                          new: bool = False
                           ) -> tuple[Sequence[Change], bool, Exception | None]:
         """(what the cluster-wide part applied, whether this agent is its writer, its
         failure); a refusal is recorded, not returned (see :meth:`_converge`)."""
@@ -490,6 +634,14 @@ class Agent:
         leader = False
         try:
             leader = self._cluster_writer()
+            if leader and not new and self._cluster_recent():
+                # A change on the node says nothing about the cluster-wide objects: on
+                # the leader's node, kube-proxy committing every second made it list
+                # them (a quorum read of every IPPool) every second. The interval's
+                # passes and a new spec still converge them; so does becoming leader.
+                return (), leader, None
+            if leader:
+                self._cluster_at = self._monotonic()
             changes = self._converge_one(spec, cluster, "cluster")[0] if leader else ()
         except (TeardownError, SpecError) as exc:
             self._refuse_cluster(sha, exc)
@@ -502,6 +654,13 @@ class Agent:
         if leader:
             self._cluster_synced(None)
         return changes, leader, None
+
+    def _cluster_recent(self) -> bool:
+        """Whether a change on the node started this pass and this agent, leader in the
+        last good pass already, converged the cluster-wide part less than an interval
+        ago."""
+        return (self._by_change and self._last_ok_leader and self._cluster_at is not None
+                and self._monotonic() - self._cluster_at < self.options.interval)
 
     def _refuse_cluster(self, sha: str, exc: TeardownError | SpecError) -> None:
         """Leave the cluster-wide objects as they are and say why (logged and counted
@@ -544,7 +703,9 @@ class Agent:
             # change token moved since: this one would find nothing either.
             return (), tokens
         self._synced.pop(part, None)
-        done = converge(group, desired)
+        # SIGTERM ends a wait for the namespace lock: a minute of it outlasted the pod's
+        # grace period (30 s), and the agent was killed before releasing its Lease.
+        done = converge(group, desired, cancelled=self._stopping.is_set)
         if done.plan.empty and whole and tokens is not None:
             # Nothing to do: until a token moves (or the desired state does), observing
             # and planning again would find nothing either.
@@ -643,12 +804,24 @@ class Agent:
             # "spec-refused" converged the node too, with the spec in force: a refused
             # newer spec, or the leader's refused cluster-wide part, leaves the node's
             # rules installed (a leader restarted with one must not stall a rollout).
-            self.ready = True
+            self.ready, self._unready = True, None
+        elif self._failed_in_row >= NOT_READY_AFTER:
+            # The node's part keeps failing (a conflict, a refused apply, the lock never
+            # free): its rules may be wrong or missing, and a pod that stayed Ready hid it
+            # from `kubectl get pods` and every "pod not ready" alert. A blip does not:
+            # one pass, or two, failing is retried within seconds.
+            self.ready = False
+            self._unready = (f"not ready: the node's part failed {self._failed_in_row} passes "
+                             f"in a row: {result.message}")
         if result.status == "ok":
             level = logging.WARNING if result.drift else logging.INFO
             _log.log(level, "%s", result.message, extra=extra)
             if result.drift:
                 self._repairs.append(self._monotonic())
+            # Forgotten here too, not only by repair_gap: a wait that never calls it
+            # (--no-watch, or no member with a change token) let a node with drift at
+            # every pass keep one entry per repair for the process's life.
+            self._forget_old_repairs()
         elif result.status == "spec-refused":
             _log.warning("%s", result.message, extra=extra)
         else:
@@ -662,7 +835,10 @@ class Agent:
             self.metrics.spec_kept.set(1 if kept else 0)
             if result.status != "failed":
                 self.metrics.last_success.set(self._clock())
-        if self.reporter is not None:
+        if self._report_writer is not None:
+            self._report_writer.submit(NodeReport(result.status, result.message, self._sha,
+                                                  self.generation, result.leader))
+        elif self.reporter is not None:
             self.reporter.report(NodeReport(result.status, result.message, self._sha,
                                             self.generation, result.leader))
 
@@ -678,13 +854,15 @@ class Agent:
         try:
             if once:
                 status = 0 if self.run_pass().status == "ok" else 1
+            elif self.reporter is not None and self._report_writer is None:
+                self._report_writer = _ReportWriter(self.reporter)
             while not once and not self._stopping.is_set():
                 started = self._monotonic()
                 self._observed_at = None
                 result = self.run_pass()
                 before, applied = (self._baseline() if result.status != "failed"
                                    else (None, False))
-                self._wait_after(started, before, applied=applied)
+                self._by_change = self._wait_after(started, before, applied=applied)
                 self._wake.clear()
         finally:
             self.shutdown()
@@ -729,7 +907,7 @@ class Agent:
 
     def _wait_after(self, started: float,
                     before: tuple[Hashable | None, ...] | None = None, *,
-                    applied: bool = False) -> None:
+                    applied: bool = False) -> bool:
         """Wait for the interval (from the end of the pass, as before), a wake-up, or
         (watching) a change on the node.
 
@@ -743,34 +921,37 @@ class Agent:
         tokens read now equal ``before``: a token that is the content itself (rather
         than a generation) comes back to ``before`` when another program undoes the
         pass's changes at once, and that undoing must not wait for the interval.
+
+        Returns whether a change on the node alone ended the wait (not the interval,
+        nor a wake-up).
         """
         deadline = self._monotonic() + self.options.interval
         watch = self.options.watch
         _, token = self.changes_seen(None) if watch else (False, None)
         if watch is None or token is None:
             self._wake.wait(max(0.0, deadline - self._monotonic()))
-            return
+            return False
         earliest = started + self.repair_gap()
         if before is not None and (token != before or applied):
             _log.debug("the node changed during the pass: passing again")
-            gap = earliest - self._monotonic()
-            if gap > 0:
-                self._wake.wait(gap)
-            return
+            return not self._wait_gap(earliest)
         while True:
             left = deadline - self._monotonic()
             if left <= 0 or self._wake.wait(min(watch, left)):
-                return
+                return False
             moved, token = self.changes_seen(token)
             if token is None:
                 self._wake.wait(max(0.0, deadline - self._monotonic()))
-                return
+                return False
             if moved:
                 _log.debug("the node changed: passing now, before the interval")
-                gap = earliest - self._monotonic()
-                if gap > 0:
-                    self._wake.wait(gap)
-                return
+                return not self._wait_gap(earliest)
+
+    def _wait_gap(self, earliest: float) -> bool:
+        """Wait until ``earliest``; whether a wake-up (becoming leader, stop) came first
+        or during the pass (the pass it starts is then no change's alone)."""
+        gap = earliest - self._monotonic()
+        return self._wake.wait(gap) if gap > 0 else self._wake.is_set()
 
     def repair_gap(self) -> float:
         """Seconds from the start of a pass to the start of a pass a change starts.
@@ -785,9 +966,7 @@ class Agent:
         whole observe and plan and an error, once every ``watch_gap``.
         """
         options = self.options
-        now = self._monotonic()
-        while self._repairs and now - self._repairs[0] > options.repair_window:
-            self._repairs.popleft()
+        self._forget_old_repairs()
         drift = self._doubled(len(self._repairs))
         if drift > options.watch_gap and self._gap <= options.watch_gap:
             _log.warning("drift repaired %d times within %.0f s: another program keeps undoing "
@@ -810,6 +989,12 @@ class Agent:
         if self.metrics is not None:
             self.metrics.repair_gap.set(gap)
         return gap
+
+    def _forget_old_repairs(self) -> None:
+        """Drop the repairs older than the repair window."""
+        now = self._monotonic()
+        while self._repairs and now - self._repairs[0] > self.options.repair_window:
+            self._repairs.popleft()
 
     def _doubled(self, count: int) -> float:
         """``watch_gap``, doubled for each of ``count`` beyond :data:`FREE_REPAIRS`, up to
@@ -836,6 +1021,12 @@ class Agent:
             self._elector_started = False
             if self.metrics is not None:
                 self.metrics.leader.set(0)
+        if self._report_writer is not None:
+            # The last result, if still pending, within one request's time: SIGTERM's
+            # grace period (30 s) has the clean-up to fit too. After the Lease's release:
+            # the next leader must not wait for a report.
+            writer, self._report_writer = self._report_writer, None
+            writer.stop(getattr(self.reporter, "timeout", DEFAULT_TIMEOUT))
         if self._group is not None:
             try:
                 if self.options.cleanup_on_exit:

@@ -80,7 +80,9 @@ class AgentMetrics:
             "1 while this agent holds the Lease and writes the cluster-wide objects.",
             registry=r)
         self.ready = p.Gauge(
-            "k3snet_agent_ready", "1 once a pass has succeeded (what /readyz reports).",
+            "k3snet_agent_ready",
+            "1 once a pass has converged the node, 0 again after 3 passes in a row whose "
+            "node part failed (what /readyz reports).",
             registry=r)
         self.repair_gap = p.Gauge(
             "k3snet_agent_repair_gap_seconds",

@@ -29,6 +29,9 @@ class SpecSource(Protocol):
 class FileSpecSource:
     """A spec file, read again every pass (the kubelet updates a mounted ConfigMap in place)."""
 
+    remote = False
+    """A read costs nothing but a file's: every pass reads it."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
@@ -43,7 +46,12 @@ class FileSpecSource:
 
 
 class ConfigMapSpecSource:
-    """One key of a ConfigMap, read through the API every pass (one GET)."""
+    """One key of a ConfigMap, read through the API (one GET) by every pass the interval
+    starts, not by those a change on the node starts (see :attr:`remote`)."""
+
+    remote = True
+    """A read is an API request: a pass a change on the node started reads no spec
+    (unless the last read is an interval old), the spec in force stays."""
 
     def __init__(self, api_client: Any, namespace: str, name: str, key: str = "spec.yaml",
                  timeout: float = DEFAULT_TIMEOUT) -> None:

@@ -27,7 +27,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from k3snet._kept import untrusted
@@ -88,11 +88,15 @@ def namespaces_of(backend: object) -> list[str | None]:
 
 @contextlib.contextmanager
 def namespace_lock(netns: Iterable[str | None], *,
-                   timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+                   timeout: float = DEFAULT_LOCK_TIMEOUT,
+                   cancelled: Callable[[], bool] | None = None) -> Iterator[None]:
     """Hold the k3snet lock of every namespace in ``netns`` (in a fixed order: no deadlock).
 
     Waits up to ``timeout`` seconds for another k3snet process (``0``: tries once), then
-    raises :class:`~k3snet.errors.BackendError` naming the holder's pid. A timeout that
+    raises :class:`~k3snet.errors.BackendError` naming the holder's pid; the same, at
+    once, when ``cancelled()`` turns true during the wait (the agent's SIGTERM: a
+    wait of a minute outlasted the pod's grace period, and the agent was killed
+    before it released its Lease). A timeout that
     is not a number of seconds from 0 to a day (NaN, which no deadline ever reaches, a
     negative one, infinity) is refused with :class:`~k3snet.errors.ModelError` first.
     """
@@ -104,7 +108,8 @@ def namespace_lock(netns: Iterable[str | None], *,
             directory_fd = _open_directory(directory)
             stack.callback(os.close, directory_fd)
             for filename, name in wanted:
-                stack.enter_context(_flock(directory_fd, directory / filename, name, timeout))
+                stack.enter_context(_flock(directory_fd, directory / filename, name, timeout,
+                                           cancelled))
         yield
 
 
@@ -155,7 +160,8 @@ def _open_lock_file(directory_fd: int, path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _flock(directory_fd: int, path: Path, name: str, timeout: float) -> Iterator[None]:
+def _flock(directory_fd: int, path: Path, name: str, timeout: float,
+           cancelled: Callable[[], bool] | None = None) -> Iterator[None]:
     fd = _open_lock_file(directory_fd, path)
     try:
         deadline = time.monotonic() + timeout
@@ -172,6 +178,10 @@ def _flock(directory_fd: int, path: Path, name: str, timeout: float) -> Iterator
                 raise BackendError(
                     f"another k3snet process (pid {holder}) is changing network namespace "
                     f"{name!r}; waited {timeout:g} s for it (lock {path})")
+            if cancelled is not None and cancelled():
+                raise BackendError(
+                    f"stopped while waiting for another k3snet process (pid {holder}) "
+                    f"changing network namespace {name!r}; nothing was changed (lock {path})")
             if not said:  # a run that seems to hang up to a minute says whom it waits for
                 log.warning("another k3snet process (pid %s) is changing network namespace "
                             "%r; waiting up to %g s for it", holder, name, timeout)

@@ -222,3 +222,25 @@ def test_failures_of_the_cluster_wide_part_alone_never_slow_the_node_s_repairs(
             [("node", ApplyError("refused")), ("cluster", ApplyError("down"))], (),
             leader=True)), 0.0)
     assert agent.repair_gap() == 4.0
+
+
+def test_the_repairs_remembered_never_outnumber_those_within_the_repair_window(
+        tmp_path: Path) -> None:
+    # Without the watch (--no-watch, or no member with a change token) no wait asks for
+    # the repair gap, which alone forgot old repairs: a node with drift at every pass
+    # kept one entry per repair for the process's life (3 000 passes: 3 000 entries).
+    now = [1000.0]
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    agent = _agent(tmp_path, memory, AgentMetrics(), interval=30.0, watch=None)
+    agent._monotonic = lambda: now[0]
+    assert agent.run_pass().status == "ok"
+    for _ in range(200):
+        now[0] += 30.0  # one interval's pass, each repairing the drift found
+        state = memory.state
+        memory._restore(state.with_owned(o for o in state.owned if o.kind != "nat"))
+        assert agent.run_pass().drift == 1
+        agent.wake()  # what run does between passes (no watch: no gap), without the wait
+        agent._wait_after(now[0])
+        agent._wake.clear()
+        within = agent.options.repair_window / 30.0 + 1
+        assert len(agent._repairs) <= within

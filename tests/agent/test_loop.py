@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from k3snet.agent import (
+    NOT_READY_AFTER,
     Agent,
     AgentMetrics,
     AgentOptions,
@@ -22,8 +23,9 @@ from k3snet.agent import (
     split_cluster_wide,
 )
 from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.lock import namespace_lock
 from k3snet.backends.memory import MemoryBackend
-from k3snet.converge import compile_for
+from k3snet.converge import compile_for, destroy
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
@@ -167,6 +169,57 @@ def test_a_spec_deleting_everything_is_refused_and_the_rules_stay(tmp_path: Path
     assert node.sample("k3snet_agent_spec_rejected_total", reason="teardown") == 1
 
 
+EMPTY = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations: []\n"
+
+
+def test_a_spec_refused_for_deleting_everything_is_in_force_after_k3snet_destroy(
+        tmp_path: Path) -> None:
+    # The refusal says "if that is what you want, run `k3snet destroy`". The refused
+    # spec was never tried again: the next pass repaired the destroyed node with the
+    # last good spec, and everything the operator had removed was back within a second.
+    memory = WatchedMemory()
+    agent, path = _memoized(tmp_path, memory)
+    assert agent.run_pass().status == "ok"
+    path.write_text(EMPTY)
+    assert agent.run_pass().status == "spec-refused"
+    assert agent.run_pass().status == "spec-refused"  # nothing moved: not tried again
+    destroy(BackendGroup([memory]))  # what `k3snet destroy` does, from another process
+    memory.generation += 1
+    result = agent.run_pass()
+    assert (result.status, result.applied) == ("ok", ())
+    assert agent.generation == 2
+    assert memory.state.owned == frozenset()
+
+
+def test_a_spec_refused_for_deleting_everything_is_said_once_while_the_node_changes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # And not tried again (a compile and a plan) while the node still holds everything
+    # it would delete: on a node kube-proxy changes every second, each pass made one.
+    memory = WatchedMemory()
+    agent, path = _memoized(tmp_path, memory)
+    metrics = agent.metrics = AgentMetrics()
+    tried: list[Spec] = []
+    desired = agent._desired
+    agent._desired = lambda spec, group: (tried.append(spec) if not spec.destinations
+                                          else None, desired(spec, group))[1]
+    agent.run_pass()
+    before = memory.state.owned
+    path.write_text(EMPTY)
+    with caplog.at_level(logging.INFO, logger="k3snet.agent"):
+        for _ in range(3):
+            memory.generation += 1  # kube-proxy committing: tried again, refused again
+            result = agent.run_pass()
+            assert result.status == "spec-refused"
+            assert "refused (teardown)" in result.message
+    assert agent.generation == 1
+    assert len(tried) == 1
+    assert [r.levelno for r in caplog.records if "refused" in r.getMessage()].count(
+        logging.ERROR) == 1
+    assert metrics.registry.get_sample_value("k3snet_agent_spec_rejected_total",
+                                             {"reason": "teardown"}) == 1
+    assert memory.state.owned == before
+
+
 def test_an_unreadable_spec_keeps_the_last_good_one(tmp_path: Path) -> None:
     node = Node(tmp_path)
     node.agent.run_pass()
@@ -209,6 +262,47 @@ def test_a_failing_backend_does_not_end_the_loop(tmp_path: Path) -> None:
     assert failed.message.startswith("apply:")
     assert node.sample("k3snet_agent_sync_failures_total", reason="apply") == 1
     assert node.agent.run_pass().status == "ok"
+
+
+def test_readiness_is_lost_once_the_node_part_fails_three_passes_in_a_row_and_comes_back(
+        tmp_path: Path) -> None:
+    # /readyz said ready for ever once a pass had succeeded: an agent whose every pass
+    # failed for days (its rules missing) stayed Ready, hidden from `kubectl get pods`
+    # and from every "pod not ready" alert. A blip (one or two failures) keeps it ready.
+    node = Node(tmp_path)
+    assert node.agent.run_pass().status == "ok"
+
+    def fail_with_drift() -> str:
+        state = node.memory.state
+        node.memory._restore(state.with_owned(o for o in state.owned if o.kind != "nat"))
+        node.memory.faults.fail_at(0)
+        result = node.agent.run_pass()
+        assert result.status == "failed"
+        return result.message
+
+    for _ in range(NOT_READY_AFTER - 1):
+        fail_with_drift()
+        assert node.agent.readiness()[0] is True
+        assert node.sample("k3snet_agent_ready") == 1
+    message = fail_with_drift()
+    ready, reason = node.agent.readiness()
+    assert ready is False
+    assert f"failed {NOT_READY_AFTER} passes in a row" in reason
+    assert message in reason
+    assert node.sample("k3snet_agent_ready") == 0
+    assert node.agent.run_pass().drift == 1  # repaired: ready again
+    assert node.agent.readiness() == (True, "ready: spec generation 1 in force")
+    assert node.sample("k3snet_agent_ready") == 1
+
+
+def test_readiness_stays_while_a_refused_spec_waits(tmp_path: Path) -> None:
+    # The node's rules are those of the last good spec: converged, so ready.
+    node = Node(tmp_path)
+    node.agent.run_pass()
+    node.path.write_text("destinations:\n  - cidr: 999.1.2.0/24\n")
+    for _ in range(NOT_READY_AFTER + 1):
+        assert node.agent.run_pass().status == "spec-refused"
+    assert node.agent.readiness()[0] is True
 
 
 def test_run_stops_on_request_and_the_rules_stay(tmp_path: Path) -> None:
@@ -338,6 +432,32 @@ def test_a_text_log_record_is_one_line_whatever_its_message_holds() -> None:
     assert len(lines) == 1
     assert "denied\\n2026-01-01T00:00:00.000Z ERROR node=other forged\\r" in lines[0]
     assert lines[0].endswith("(reason=a\\nb)")
+
+
+def test_the_library_s_warnings_are_agent_log_lines_too() -> None:
+    # A backend's warning (nftables' foreign state read in part, a lock wait) came out
+    # in the CLI's format: no node, another time format, and in text a line break in
+    # it began a line of its own. Its info lines stay out (each pass says what it did).
+    stream = io.StringIO()
+    configure_logging("node-6", "json", stream=stream)
+    try:
+        backend = logging.getLogger("k3snet.backends.nftables.backend")
+        backend.warning("nftables: other tables were not read whole")
+        logging.getLogger("k3snet.converge").info("nftables: applying 3 change(s)")
+        (entry,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert (entry["node"], entry["level"], entry["logger"]) == (
+            "node-6", "warning", "k3snet.backends.nftables.backend")
+        assert entry["time"].endswith("Z")
+        text = io.StringIO()
+        configure_logging("node-6", "text", stream=text)
+        backend.warning("iptables: chain X\n2026-01-01T00:00:00.000Z ERROR node=other forged")
+        (line,) = text.getvalue().splitlines()
+        assert " WARNING node=node-6 iptables: chain X\\n2026" in line
+        configure_logging("node-6", "text", "DEBUG", stream=text)
+        logging.getLogger("k3snet.converge").info("nftables: applying 3 change(s)")
+        assert text.getvalue().splitlines()[-1].endswith("applying 3 change(s)")
+    finally:
+        configure_logging("node-6", "text", stream=io.StringIO())
 
 
 class WatchedMemory(MemoryBackend):
@@ -610,3 +730,214 @@ def test_every_failure_reason_the_agent_counts_is_documented() -> None:
     (row,) = [line for line in docs.splitlines()
               if line.startswith("| `k3snet_agent_sync_failures_total{reason}`")]
     assert reasons <= set(re.findall(r"`([a-z]+)`", row))
+
+
+class HangingReporter:
+    """A node report whose API server never answers: each write waits for ``release``."""
+
+    timeout = 0.5
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def report(self, result: object) -> None:
+        self.calls += 1
+        self.release.wait()
+
+
+def test_drift_is_repaired_while_the_node_report_hangs(tmp_path: Path) -> None:
+    # The report (a Node patch, an Event) was written by the loop itself: an API server
+    # that does not answer held every pass for the request timeout (10 s), each pass
+    # trying the failed patch again, and drift waited that long for its repair.
+    memory = WatchedMemory()
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    reporter = HangingReporter()
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-1", interval=3600, watch=0.01, watch_gap=0.01),
+                  reporter=reporter)  # type: ignore[arg-type]
+    loop = threading.Thread(target=agent.run)
+    loop.start()
+    try:
+        deadline = threading.Event()  # bounds a hung agent only: never an assertion on time
+        for _ in range(3000):
+            if reporter.calls and any(o.kind == "nat" for o in memory.state.owned):
+                break
+            deadline.wait(0.01)
+        assert reporter.calls == 1  # the first pass's report, hanging
+        state = memory.state
+        memory._restore(state.with_owned(o for o in state.owned if o.kind != "nat"))
+        memory.generation += 1
+        for _ in range(3000):
+            if any(o.kind == "nat" for o in memory.state.owned):
+                break
+            deadline.wait(0.01)
+        assert any(o.kind == "nat" for o in memory.state.owned)
+    finally:
+        agent.stop()
+        reporter.release.set()
+        loop.join(timeout=60)
+    assert not loop.is_alive()
+
+
+class ApiSource:
+    """A spec read through the API (as ConfigMapSpecSource): each read is a request."""
+
+    remote = True
+    where = "ConfigMap kube-system/k3snet-spec key spec.yaml"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.reads = 0
+
+    def read(self) -> str:
+        self.reads += 1
+        return self.text
+
+
+def _api_agent(memory: WatchedMemory, source: ApiSource, **options: Any) -> Agent:
+    return Agent(source, lambda spec: BackendGroup([memory]),
+                 lambda spec, group: compile_for(group, spec),
+                 AgentOptions("node-1", **options))
+
+
+def test_passes_a_change_on_the_node_starts_read_no_spec_through_the_api() -> None:
+    # Every pass read the spec: with --spec-configmap, a node whose tokens move every
+    # second (kube-proxy committing) made a GET a second, every node of the cluster.
+    memory, source = WatchedMemory(), ApiSource(SPEC)
+    agent = _api_agent(memory, source, interval=3600, watch=0.01, watch_gap=0.01)
+    loop = threading.Thread(target=agent.run)
+    loop.start()
+    try:
+        pause = threading.Event()  # bounds a hung agent only
+        for _ in range(3000):
+            if agent.passes >= 1 and memory.state.owned:
+                break
+            pause.wait(0.01)
+        for churned in range(5):
+            passes = agent.passes
+            memory.generation += 1  # another program committing
+            for _ in range(3000):
+                if agent.passes > passes:
+                    break
+                pause.wait(0.01)
+            assert agent.passes > passes, f"change {churned} started no pass"
+    finally:
+        agent.stop()
+        loop.join(timeout=60)
+    assert agent.passes >= 6
+    assert source.reads == 1
+
+
+def test_a_pass_a_change_starts_reads_the_spec_once_the_last_read_is_an_interval_old() -> None:
+    # Changes every second would otherwise keep the interval's pass, which reads the
+    # spec, from ever coming: a new spec in the ConfigMap was never read.
+    now = [1000.0]
+    memory, source = WatchedMemory(), ApiSource(SPEC)
+    agent = _api_agent(memory, source, interval=30)
+    agent._monotonic = lambda: now[0]
+    agent.run_pass()
+    agent._by_change = True
+    source.text = SPEC_TWO
+    now[0] += 29
+    assert agent.run_pass().status == "ok"
+    assert (source.reads, agent.generation) == (1, 1)
+    now[0] += 2
+    assert agent.run_pass().status == "ok"
+    assert (source.reads, agent.generation) == (2, 2)
+    source.text = SPEC
+    agent._by_change = False  # the interval's pass reads it
+    agent.run_pass()
+    assert (source.reads, agent.generation) == (3, 3)
+
+
+def test_a_refused_teardown_goes_in_force_after_k3snet_destroy_without_a_spec_read() -> None:
+    memory, source = WatchedMemory(), ApiSource(SPEC)
+    agent = _api_agent(memory, source, interval=3600)
+    agent.run_pass()
+    source.text = EMPTY
+    assert agent.run_pass().status == "spec-refused"
+    destroy(BackendGroup([memory]))
+    memory.generation += 1
+    agent._by_change = True  # the pass the destroy's change starts
+    result = agent.run_pass()
+    assert (result.status, agent.generation, source.reads) == ("ok", 2, 2)
+    assert memory.state.owned == frozenset()
+
+
+class LockedMemory(WatchedMemory):
+    """A memory backend acting in this process's network namespace: converge takes its
+    namespace lock (the memory backend alone takes none)."""
+
+    netns = None
+
+
+def test_sigterm_ends_a_wait_for_the_namespace_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Another k3snet process holds the node's lock (an apply by hand): the agent waited
+    # up to a minute for it, SIGTERM or not, past the pod's 30 s grace period: killed,
+    # it never released its Lease nor wrote its last report.
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = LockedMemory()
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-1", interval=3600))
+    results: list[str] = []
+    loop = threading.Thread(target=lambda: results.append(str(agent.run())))
+    with namespace_lock([None]), caplog.at_level(logging.WARNING):
+        loop.start()
+        pause = threading.Event()  # bounds a hung test only
+        for _ in range(3000):
+            if any("waiting up to" in r.getMessage() for r in caplog.records):
+                break
+            pause.wait(0.01)
+        agent.stop()  # what SIGTERM does
+        loop.join(timeout=120)
+        held_throughout = not loop.is_alive()
+    assert held_throughout
+    assert results == ["0"]
+    assert any("stopped while waiting for another k3snet process" in r.getMessage()
+               for r in caplog.records)
+    assert memory.state.owned == frozenset()  # nothing was changed
+
+
+class CountedPools(MemoryBackend):
+    """The cluster-wide objects (Calico's IPPools): each observe is a LIST of them."""
+
+    def __init__(self) -> None:
+        super().__init__(capabilities=("ippool",))
+        self.lists = 0
+
+    def observe(self) -> State:
+        self.lists += 1
+        return super().observe()
+
+
+def test_passes_a_change_on_the_node_starts_list_no_cluster_wide_objects() -> None:
+    # The leader's node, kube-proxy committing every second: each pass the change
+    # started listed every IPPool (a quorum read), once a second, for nothing.
+    now = [1000.0]
+    memory, pools, source = WatchedMemory(), CountedPools(), ApiSource(SPEC)
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-1", interval=30))
+    agent._monotonic = lambda: now[0]
+    assert agent.run_pass().leader is True
+    assert pools.lists == 1
+    agent._by_change = True
+    for _ in range(3):
+        now[0] += 1
+        memory.generation += 1
+        assert agent.run_pass().status == "ok"
+    assert pools.lists == 1
+    now[0] += 30  # an interval since the last list: listed again, change or not
+    agent.run_pass()
+    assert pools.lists == 2
+    agent._by_change = False  # the interval's pass lists them
+    agent.run_pass()
+    assert pools.lists == 3

@@ -10,6 +10,7 @@ tests/safety/test_load.py.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -168,6 +169,30 @@ def test_an_incomplete_foreign_read_is_a_warning_of_the_plan() -> None:
     assert "list chain ip filter FLANNEL-FWD" in warning
     assert not any(isinstance(obj, ForwardRule) for obj in state.foreign)
     assert state.owned  # k3snet's own table was read all the same
+
+
+def test_an_incomplete_foreign_read_is_logged_once_while_it_stays_the_same(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Only `k3snet plan`/`apply` showed the warning: the agent, which prints no plan,
+    # said nowhere that its foreign state was read in part (iptables' warnings were
+    # logged). Once per change, not once per agent pass.
+    hanging = _Hanging("list chain ip filter FLANNEL-FWD")
+    nft = NftablesBackend(kernel=lambda: RecordedKernel("k3s-node"), foreign_timeout=0.2)
+    nft._foreign_bounded = BoundedLister(lambda: hanging)
+    try:
+        with nft, caplog.at_level(logging.WARNING, logger="k3snet.backends.nftables"):
+            nft.observe()
+            (warning,) = nft.warnings
+            assert _logged(caplog) == [(logging.WARNING, warning)]
+            nft._log_warnings()  # what the next read finding the same gap does
+            assert _logged(caplog) == [(logging.WARNING, warning)]
+    finally:
+        hanging.release.set()
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records
+            if r.name.startswith("k3snet.backends.nftables")]
 
 
 def test_close_does_not_wait_for_a_listing_nobody_waits_for() -> None:

@@ -82,6 +82,7 @@ network namespace and one kernel seam (:mod:`.kernel`); use one instance per thr
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -148,6 +149,8 @@ from k3snet.render.nftables import (
     validate_table_name,
 )
 from k3snet.render.nftables_batch import Syntax, validate_syntax
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NftablesBackend"]
 
@@ -249,6 +252,7 @@ class NftablesBackend(BackendBase):
         self.foreign_timeout = option_seconds("foreign_timeout", foreign_timeout)
         self.read_timeout = option_seconds("read_timeout", read_timeout)
         self._foreign_unread: tuple[str, ...] = ()
+        self._warned: tuple[str, ...] = ()  # the warnings last logged (see _log_warnings)
         # Listings' own libnftables contexts, each in a helper thread (made lazily, in the
         # worker thread), so a listing that never ends can be given up on; only with
         # the real kernel: fakes serve recorded listings. One for k3snet's table, one
@@ -587,7 +591,18 @@ class NftablesBackend(BackendBase):
         else:
             found, self._foreign_unread = read_foreign_within(bounded, self._own_tables(),
                                                               deadline)
+        self._log_warnings()
         return found
+
+    def _log_warnings(self) -> None:
+        """Log :attr:`warnings` when they change, as the iptables backend does: the
+        agent shows no ``!! warning:`` line, and its foreign state read in part was
+        said nowhere on its node."""
+        warnings = self.warnings
+        if warnings != self._warned:  # once, not on every agent pass
+            for warning in warnings:
+                log.warning("%s", warning)
+            self._warned = warnings
 
     # ---------------------------------------------------------------- planning a batch
 
