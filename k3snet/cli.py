@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 import attrs
 
+from k3snet._admin_path import admin_path
 from k3snet._kept import write_output
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
@@ -388,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else list(argv)))
     _configure_logging(args)
     _printable_output()
-    _admin_path()
+    admin_path()
     changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
     with sigterm_undoes() if changes else contextlib.nullcontext():
         return _run(args)
@@ -511,24 +512,6 @@ class _JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }, sort_keys=True)
-
-
-ADMIN_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
-"""Where the tools k3snet runs live (iptables-save, nft, ip): appended to ``$PATH``."""
-
-
-def _admin_path() -> None:
-    """``$PATH`` with the sbin directories it lacks appended, as sudo's secure_path has them.
-
-    cron runs root's jobs with ``PATH=/usr/bin:/bin`` (Debian): the iptables backend
-    then reported "iptables-nft-save not found on PATH (install iptables)" on a node
-    where it is installed, in /usr/sbin. The user's own directories keep coming first.
-    """
-    path = os.environ.get("PATH", os.defpath)
-    present = set(path.split(os.pathsep))
-    missing = [d for d in ADMIN_PATH if d not in present]
-    if missing:
-        os.environ["PATH"] = os.pathsep.join([p for p in (path,) if p] + missing)
 
 
 def _printable_output() -> None:

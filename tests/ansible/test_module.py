@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,7 @@ import pytest
 import yaml
 
 from k3snet import BackendGroup, Spec, converge, load_spec
+from k3snet._admin_path import ADMIN_PATH
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.converge import compile_for
@@ -34,7 +36,7 @@ from k3snet.demo import SPEC_PATH
 from k3snet.errors import SpecError
 from k3snet.facts import gather_facts
 from k3snet.lab import NODE_ADDRESSES, SeedLab
-from k3snet.lab.netns import run_in
+from k3snet.lab.netns import run_in, temporary_netns
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTION_ROOT = REPO  # holds ansible_collections/k3snet/k3snet
@@ -311,6 +313,29 @@ def test_what_the_backends_warn_of_is_an_ansible_warning(
         assert (iptables_rules(lab.node), forwarding(lab.node)) == untouched
 
 
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_a_cron_path_without_sbin_still_finds_the_iptables_tools(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # `ansible-playbook` from cron (connection local) runs the module with cron's
+    # PATH=/usr/bin:/bin: the iptables backend said "iptables-nft-save not found on PATH
+    # (install iptables)" where it is in /usr/sbin, as `k3snet apply` did before it
+    # appended the sbin directories.
+    cron = "/usr/bin:/bin"
+    tool = shutil.which("iptables-nft-save") or shutil.which("iptables-legacy-save")
+    if tool is None or str(Path(tool).parent) not in ADMIN_PATH or shutil.which(
+            Path(tool).name, path=cron):
+        pytest.skip("needs the iptables tools in an sbin directory only")
+    with temporary_netns("cron") as ns:
+        untouched = iptables_rules(ns)
+        run = playbook(tmp_path, {**ansible_env, "PATH": cron},
+                       [egress(state="absent", backends=["iptables"], netns=ns)], "--check")
+        assert run.returncode == 0, run.stdout + run.stderr
+        (result,) = run.results
+        assert result["changed"] is False
+        assert iptables_rules(ns) == untouched
+
+
 def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # None of these reaches a backend: no root, no namespace needed.
@@ -382,7 +407,7 @@ def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
     assert result["failed"] is True
     assert result["msg"].startswith(
         f"k3snet 0.0.1 ({old / '__init__.py'}) on this node's Python ({sys.executable}) is "
-        "not one this module can use: No module named 'k3snet.backends'; install the "
+        "not one this module can use: No module named 'k3snet._admin_path'; install the "
         "k3snet release of this collection")
     assert "Failed to import the required Python library" not in result["msg"]
 

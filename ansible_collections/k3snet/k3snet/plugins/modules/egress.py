@@ -206,6 +206,7 @@ try:
     import k3snet
 
     K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
+    from k3snet._admin_path import admin_path
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
     from k3snet.converge import compile_for, reads_node_facts, route_protocol
@@ -369,6 +370,9 @@ def main() -> None:
         module.fail_json(msg=f"k3snet {K3SNET_FOUND} on this node's Python ({sys.executable}) "
                              f"is not one this module can use: {K3SNET_MISSING}; install the "
                              "k3snet release of this collection", exception=K3SNET_IMPORT_ERROR)
+    # ansible-playbook from cron runs the module with PATH=/usr/bin:/bin: the tools the
+    # backends run (iptables-save, nft, ip) are in sbin, as for the `k3snet` command.
+    admin_path()
     try:
         result = run(module)
     except (k3snet.K3snetError, ParameterError) as exc:
