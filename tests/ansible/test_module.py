@@ -355,6 +355,9 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         egress(spec_path=str(SPEC_PATH), backends=["memory"], facts=False, lock_timeout="nan"),
         # An empty list (a template that rendered none) silently meant the defaults.
         egress(spec_path=str(SPEC_PATH), backends=[]),
+        # The library's client object, given as text: a traceback when it was first used.
+        egress(spec_path=str(SPEC_PATH), backends=["calico"],
+               backend_options={"calico": {"api_client": "https://10.0.0.1:6443"}}),
     ]
     run = playbook(tmp_path, ansible_env, [{**t, "ignore_errors": True} for t in tasks])
     assert run.returncode == 0, run.stdout + run.stderr
@@ -377,6 +380,8 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "spec_path, spec" in messages[8]
     assert messages[9] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
     assert messages[10].startswith("backends is an empty list")
+    assert messages[11].startswith("api_client must be a Kubernetes ApiClient object")
+    assert "kubeconfig" in messages[11]
 
 
 def test_node_facts_are_read_only_for_backends_acting_on_the_node(
