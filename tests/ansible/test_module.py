@@ -27,6 +27,7 @@ import attrs
 import pytest
 import yaml
 
+import k3snet
 from k3snet import BackendGroup, Spec, converge, load_spec
 from k3snet._admin_path import ADMIN_PATH
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend
@@ -480,6 +481,15 @@ def test_documentation_and_examples_match_the_argument_spec() -> None:
         assert doc.get("elements") == option.get("elements"), name
     for task in yaml.safe_load(module.EXAMPLES):
         assert set(task[MODULE_NAME]) <= set(spec), task
+
+
+def test_the_collection_s_version_is_k3snet_s_in_semver_spelling() -> None:
+    # The module drives the k3snet library of its own release ("install the k3snet release
+    # of this collection"): collection 0.1.0 beside k3snet 0.1.0.dev0 named no release.
+    galaxy = yaml.safe_load((REPO / "ansible_collections/k3snet/k3snet/galaxy.yml").read_text())
+    semver = re.sub(r"^(\d+\.\d+\.\d+)\.?(.+)$", r"\1-\2", k3snet.__version__)
+    assert galaxy["version"] == semver
+    assert f"k3snet-k3snet-{semver}.tar.gz" in DOCS_PAGE.read_text()
 
 
 def yaml_blocks(page: Path) -> Iterator[Any]:
