@@ -418,6 +418,20 @@ def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
     assert "Failed to import the required Python library" not in result["msg"]
 
 
+def plugin_env(tmp_path: Path, env: dict[str, str], name: str, source: str) -> dict[str, str]:
+    """``env`` with backend plugin ``name`` (class ``source``'s last) installed as an
+    entry point, as a third-party backend is found."""
+    plugins = tmp_path / f"plugin-{name}"
+    dist = plugins / f"k3snet_{name}-0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: k3snet-{name}\nVersion: 0\n")
+    cls = re.findall(r"^class (\w+)", source, re.MULTILINE)[-1]
+    (dist / "entry_points.txt").write_text(f"[k3snet.backends]\n{name} = k3snet_{name}:{cls}\n")
+    (plugins / f"k3snet_{name}.py").write_text(source)
+    return {**env, "PYTHONPATH": os.pathsep.join(
+        [str(plugins), *filter(None, [env.get("PYTHONPATH")])])}
+
+
 FAILING_BACKEND = """
 from k3snet.backends.memory import MemoryBackend
 from k3snet.errors import ApplyError, RollbackError
@@ -443,15 +457,7 @@ def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
     # A backend plugin (an entry point, as a third-party backend is found) whose apply
     # fails: rolled back, nothing changed; not rolled back (RollbackError), the node may
     # be half-changed, and a task that says changed=false hides it.
-    plugins = tmp_path / "plugins"
-    (plugins / "k3snet_failing-0.dist-info").mkdir(parents=True)
-    (plugins / "k3snet_failing-0.dist-info" / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: k3snet-failing\nVersion: 0\n")
-    (plugins / "k3snet_failing-0.dist-info" / "entry_points.txt").write_text(
-        "[k3snet.backends]\nfailing = k3snet_failing:FailingBackend\n")
-    (plugins / "k3snet_failing.py").write_text(FAILING_BACKEND)
-    env = {**ansible_env, "PYTHONPATH": os.pathsep.join(
-        [str(plugins), *filter(None, [ansible_env.get("PYTHONPATH")])])}
+    env = plugin_env(tmp_path, ansible_env, "failing", FAILING_BACKEND)
     spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
             "destinations": [{"cidr": "192.168.2.0/24", "gateway": "192.168.1.1"}]}
     tasks = [egress(spec=spec, backends=["failing"], facts=False,
@@ -466,6 +472,47 @@ def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
     assert half_done["changed"] is True
     assert half_done["msg"].startswith("undoing it failed too; failed change: + ")
     assert all(no_traceback(r, run) for r in run.results)
+
+
+STOPPED_BACKEND = """
+import os
+import signal
+
+from k3snet.backends.memory import MemoryBackend
+
+
+class StoppedBackend(MemoryBackend):
+    name = "stopped"
+
+    def apply(self, plan):
+        # What systemd stopping ansible-pull's unit, a CI job's cancel or `timeout` does to
+        # a module run through the local connection: SIGTERM, here between two backends.
+        os.kill(os.getpid(), signal.SIGTERM)
+        return super().apply(plan)
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_sigterm_during_an_apply_undoes_what_it_had_changed(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # `k3snet apply` undoes an apply in progress on SIGTERM or SIGHUP; the module died at
+    # once, between two backends: the netlink backend's forwarding stayed on, unrecorded
+    # in any task result (MODULE FAILURE).
+    env = plugin_env(tmp_path, ansible_env, "stopped", STOPPED_BACKEND)
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}]}
+    with temporary_netns("sigterm") as ns:
+        before = forwarding(ns)
+        task = egress(spec=spec, netns=ns, backends=["netlink", "stopped:forward,nat"],
+                      facts=False, backend_options={"netlink": {"state_dir": str(tmp_path)}})
+        run = playbook(tmp_path, env, [{**task, "ignore_errors": True}])
+        (result,) = run.results
+        assert result["failed"] is True
+        assert result["changed"] is False
+        assert result["msg"].startswith("stopped by SIGTERM")
+        assert no_traceback(result, run)
+        assert forwarding(ns) == before
 
 
 def test_documentation_and_examples_match_the_argument_spec() -> None:

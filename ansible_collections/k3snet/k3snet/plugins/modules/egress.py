@@ -119,6 +119,8 @@ attributes:
     details: The objects k3snet owns before, and after the plan.
 notes:
   - Needs root (or C(CAP_NET_ADMIN)) on the node; use O(ignore:become=true).
+  - SIGTERM or SIGHUP (a stopped C(ansible-pull) unit, a cancelled CI job) takes back an
+    apply in progress, as C(k3snet apply) does, and fails the task with C(changed=false).
 author:
   - k3snet developers (!UNKNOWN)
 """
@@ -194,6 +196,7 @@ diff:
 """
 
 import inspect
+import signal
 import sys
 import traceback
 from contextlib import ExitStack
@@ -209,6 +212,7 @@ try:
     from k3snet._admin_path import admin_path
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
+    from k3snet.cli import sigterm_undoes
     from k3snet.converge import compile_for, reads_node_facts, route_protocol
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
@@ -374,7 +378,11 @@ def main() -> None:
     # backends run (iptables-save, nft, ip) are in sbin, as for the `k3snet` command.
     admin_path()
     try:
-        result = run(module)
+        # As `k3snet apply`: SIGTERM (systemd stopping ansible-pull, a cancelled CI job,
+        # `timeout`) or SIGHUP undoes an apply in progress instead of ending the process
+        # between two backends.
+        with sigterm_undoes():
+            result = run(module)
     except (k3snet.K3snetError, ParameterError) as exc:
         # k3snet's messages name every problem (with its spec path); no traceback. Every
         # failure leaves the node as it was, but an apply whose undo failed too: the node
@@ -383,6 +391,10 @@ def main() -> None:
     except OSError as exc:  # an unreadable spec_path, a missing tool
         where = f"{exc.filename}: " if exc.filename is not None else ""
         module.fail_json(msg=where + (exc.strerror or str(exc)))
+    except SystemExit as exc:  # sigterm_undoes: a RollbackError above if the undo failed
+        signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
+        module.fail_json(msg=f"stopped by {signame}: nothing was changed (an apply in "
+                             "progress was undone)")
     module.exit_json(**result)
 
 
