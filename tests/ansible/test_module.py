@@ -545,6 +545,20 @@ def yaml_blocks(page: Path) -> Iterator[Any]:
         yield yaml.safe_load(block)
 
 
+def test_no_docs_play_reads_with_spec_path_a_file_it_copies() -> None:
+    """In check mode a copy task writes nothing: a later ``spec_path`` task plans the spec
+    already on the node, and ``--check --diff`` showed an edited spec as no change."""
+    for block in yaml_blocks(DOCS_PAGE):
+        if not isinstance(block, list) or "hosts" not in block[0]:
+            continue
+        for play in block:
+            copied = {task["ansible.builtin.copy"]["dest"] for task in play["tasks"]
+                      if "ansible.builtin.copy" in task}
+            read = {task[MODULE_NAME].get("spec_path") for task in play["tasks"]
+                    if MODULE_NAME in task}
+            assert not copied & read, play["name"]
+
+
 def test_the_docs_playbooks_pass_a_syntax_check(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     """Every playbook and task on docs/ansible.md parses, and names only real options."""

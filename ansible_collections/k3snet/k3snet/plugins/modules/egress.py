@@ -30,6 +30,9 @@ options:
   spec_path:
     description:
       - Path of a spec file (YAML or JSON) B(on the managed node).
+      - In check mode, a file an earlier task of the play would copy there is not written,
+        so the plan is the one of the spec already on the node. To review an edited spec
+        with C(--check --diff), give it as O(spec) (see the examples).
       - Mutually exclusive with O(spec).
     type: path
   spec:
