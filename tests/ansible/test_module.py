@@ -385,6 +385,27 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "kubeconfig" in messages[11]
 
 
+def test_a_conflict_allowed_is_a_task_warning(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # allow_conflicts applies the rest of the plan; the part foreign state blocks stays
+    # unmet. The task said ok (or changed) in green, the conflict only in plan_text.
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}')
+    spec = {"cluster": {"podCIDRs": ["10.44.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}], "masquerade": {"mode": "all"}}
+    task = egress(spec=spec, backends=["flannel"], allow_conflicts=True,
+                  backend_options={"flannel": {"path": str(conf)}})
+    run = playbook(tmp_path, ansible_env, [task])
+    assert run.returncode == 0, run.stdout + run.stderr
+    (result,) = run.results
+    assert result["plan"]["notes"][0]["status"] == "conflict"
+    (warning,) = result["warnings"]
+    assert warning.startswith("allow_conflicts: not applied, foreign state conflicts: ")
+    assert "expects Network=10.44.0.0/16" in warning
+    assert "\n" not in warning
+    assert "[WARNING]" in run.stdout + run.stderr
+
+
 def test_node_facts_are_read_only_for_backends_acting_on_the_node(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # As `k3snet apply`: a backend without a network namespace (the memory backend here,

@@ -73,7 +73,8 @@ options:
   allow_conflicts:
     description:
       - Apply the rest of the plan even when foreign state blocks part of it
-        (otherwise the task fails and nothing is changed).
+        (otherwise the task fails and nothing is changed). Each part left unmet is a
+        task warning.
     type: bool
     default: false
   allow_teardown:
@@ -336,6 +337,9 @@ def run(module: AnsibleModule) -> dict[str, Any]:
                 allow_teardown=params["allow_teardown"], lock_timeout=params["lock_timeout"])
         for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
             module.warn(warning)
+        for note in done.plan.conflicts:  # allowed: the rest is applied, this part unmet
+            module.warn("allow_conflicts: not applied, foreign state conflicts: "
+                        + note.render().replace("\n", " "))
         if module.check_mode and not done.plan.empty:
             # What `apply` would run before changing anything: the backends' own dry run.
             problems = backend.check(done.plan)
