@@ -30,6 +30,7 @@ import yaml
 import k3snet
 from k3snet import BackendGroup, Spec, converge, load_spec
 from k3snet._admin_path import ADMIN_PATH
+from k3snet.backends.lock import namespace_lock
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.converge import compile_for
@@ -335,6 +336,26 @@ def test_a_cron_path_without_sbin_still_finds_the_iptables_tools(
         (result,) = run.results
         assert result["changed"] is False
         assert iptables_rules(ns) == untouched
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_waiting_for_another_k3snet_process_is_a_task_warning(
+        tmp_path: Path, ansible_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lock's "waiting up to 60 s" line went to the module's stderr, which Ansible does
+    # not show: a task stood still for a minute without a word.
+    monkeypatch.setenv("K3SNET_LOCK_DIR", ansible_env["K3SNET_LOCK_DIR"])
+    with temporary_netns("lockwait") as ns, namespace_lock([ns]):  # held for the whole run
+        run = playbook(tmp_path, ansible_env, [{**egress(
+            state="absent", backends=["netlink"], netns=ns, lock_timeout=0.5,
+            backend_options={"netlink": {"state_dir": str(tmp_path)}}),
+            "ignore_errors": True}], "--check")
+    (result,) = run.results
+    assert result["failed"] is True
+    assert result["msg"].startswith(f"another k3snet process (pid {os.getpid()})")
+    (warning,) = result["warnings"]
+    assert warning.startswith(f"another k3snet process (pid {os.getpid()}) is changing "
+                              f"network namespace {ns!r}; waiting up to 0.5 s for it")
 
 
 def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(

@@ -200,6 +200,7 @@ diff:
 """
 
 import inspect
+import logging
 import signal
 import sys
 import traceback
@@ -310,6 +311,18 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
     return k3snet.BackendGroup(members)
 
 
+class TaskWarnings(logging.Handler):
+    """Log records as task warnings: a module's stderr is not shown by Ansible."""
+
+    def __init__(self, module: AnsibleModule) -> None:
+        super().__init__(logging.WARNING)
+        self.module = module
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Warn of ``record``'s message."""
+        self.module.warn(record.getMessage())
+
+
 def owned_lines(state: k3snet.State) -> str:
     """The owned objects, one per line, in k3snet's order (a diff's before or after)."""
     return "".join(f"{o.describe()}\n" for o in state.ordered)
@@ -388,6 +401,9 @@ def main() -> None:
         # As `k3snet apply`: SIGTERM (systemd stopping ansible-pull, a cancelled CI job,
         # `timeout`) or SIGHUP undoes an apply in progress instead of ending the process
         # between two backends.
+        # The lock's "another k3snet process ... waiting up to N s" (the backends' own
+        # warnings are in backend.warnings): else a task stands still without a word.
+        logging.getLogger("k3snet.backends.lock").addHandler(TaskWarnings(module))
         with sigterm_undoes():
             result = run(module)
     except (k3snet.K3snetError, ParameterError) as exc:
