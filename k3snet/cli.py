@@ -1074,7 +1074,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         p = plan(observed, desired)
         if args.out is not None:
             _save_planfile(args, spec, backend, observed=observed, desired=desired, p=p)
-        marks = _disruptive_notes(backend, p)
+        marks = disruptive_notes(backend, p)
         warnings = list(backend.warnings)
     if args.output == "json":
         _print_json({**p.to_dict(), "kind": "plan",
@@ -1105,12 +1105,12 @@ def _same_file(a: Path, b: Path) -> bool:
 def _disruptive(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
     """``!! disruptive:`` lines for the changes any backend with ``disruptive(change)`` names
     (``command``: the one that refuses them unless allowed)."""
-    return [f"!! disruptive: {note}" for note in _disruptive_notes(backend, p, command)]
+    return [f"!! disruptive: {note}" for note in disruptive_notes(backend, p, command)]
 
 
-def _disruptive_notes(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
+def disruptive_notes(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
     """What :func:`_disruptive` says of each change, without the ``!! disruptive:`` mark
-    (``plan --output json``'s ``disruptive``)."""
+    (``plan --output json``'s ``disruptive``; the Ansible module's task warnings)."""
     lines = []
     for member in backend.members:
         judge = getattr(member.backend, "disruptive", None)

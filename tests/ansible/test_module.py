@@ -427,6 +427,28 @@ def test_a_conflict_allowed_is_a_task_warning(
     assert "[WARNING]" in run.stdout + run.stderr
 
 
+def test_a_disruptive_change_allowed_is_a_task_warning(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # `k3snet plan --allow-disruptive` prints "!! disruptive: ...; allowed" (flannel stops on
+    # every node whose podCIDR the new Network lacks, until restarted); a --check --diff
+    # review with allow_disruptive showed only the changed file, nothing of the disruption.
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}')
+    spec = {"cluster": {"podCIDRs": ["10.44.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}], "masquerade": {"mode": "all"},
+            "cni": {"flannel": {"setNetworks": True, "backend": {"type": "vxlan"}}}}
+    task = egress(spec=spec, backends=["flannel"], allow_disruptive=True,
+                  backend_options={"flannel": {"path": str(conf)}})
+    run = playbook(tmp_path, ansible_env, [task], "--check")
+    assert run.returncode == 0, run.stdout + run.stderr
+    (result,) = run.results
+    assert result["changed"] is True
+    (warning,) = result["warnings"]
+    assert warning.startswith(f"disruptive: + flannel file:{conf} Network=10.44.0.0/16")
+    assert "changing flannel's Network" in warning
+    assert warning.endswith("; allowed")
+
+
 def test_node_facts_are_read_only_for_backends_acting_on_the_node(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # As `k3snet apply`: a backend without a network namespace (the memory backend here,

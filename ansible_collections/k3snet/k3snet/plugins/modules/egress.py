@@ -90,7 +90,7 @@ options:
         and re-created, a flannel network changed, a CNI config k3snet wrote removed),
         which they refuse otherwise, as C(k3snet apply --allow-disruptive) does. The
         spec's C(cni.allowDisruptive: true) allows them too; with O(state=absent) this
-        option is the only way."
+        option is the only way. In check mode each disruptive change is a task warning."
     type: bool
     default: false
   facts:
@@ -217,7 +217,7 @@ try:
     from k3snet._admin_path import admin_path
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
-    from k3snet.cli import sigterm_undoes
+    from k3snet.cli import disruptive_notes, sigterm_undoes
     from k3snet.converge import compile_for, reads_node_facts, route_protocol
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
@@ -350,6 +350,12 @@ def run(module: AnsibleModule) -> dict[str, Any]:
                 allow_teardown=params["allow_teardown"], lock_timeout=params["lock_timeout"])
         for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
             module.warn(warning)
+        if module.check_mode:
+            # What `k3snet plan` prints as `!! disruptive:`, judged before anything changed
+            # (after an apply, the node already runs with the new value).
+            command = "destroy" if params["state"] == "absent" else "apply"
+            for line in disruptive_notes(backend, done.plan, command):
+                module.warn(f"disruptive: {line}")
         for note in done.plan.conflicts:  # allowed: the rest is applied, this part unmet
             module.warn("allow_conflicts: not applied, foreign state conflicts: "
                         + note.render().replace("\n", " "))
