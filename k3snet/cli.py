@@ -45,6 +45,7 @@ from k3snet.converge import (
     compile_for,
     converge,
     destroy,
+    facts_namespace,
     reads_node_facts,
     route_protocol,
     with_route_protocol,
@@ -869,7 +870,9 @@ def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> Sta
 
 def _local_facts(args: argparse.Namespace, backend: BackendGroup,
                  read: Callable[[str | None], NodeFacts]) -> NodeFacts | None:
-    return read(args.netns) if reads_node_facts(backend) and not args.no_facts else None
+    if not reads_node_facts(backend) or args.no_facts:
+        return None
+    return read(facts_namespace(backend))  # --netns, or a --backend-opt/backends: netns
 
 
 class _AgentDesired:

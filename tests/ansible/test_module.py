@@ -293,6 +293,39 @@ def test_teardown_is_refused_and_state_absent_removes_everything_once(
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.usefixtures("require_root")
+def test_node_facts_come_from_the_namespace_the_backends_act_in(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # backend_options' netns (or a spec's backends: netns) put the backends in the node's
+    # namespace, but the facts were read from the module's own (the task's netns option,
+    # unset): the node's gateway was refused as outside every prefix of the host.
+    with SeedLab.create() as lab:
+        untouched = kernel_view(lab)
+        task = egress(spec_path=str(SPEC_PATH), backend_options={
+            "netlink": {"netns": lab.node, "state_dir": str(lab.state_dir)},
+            "nftables": {"netns": lab.node}})
+        run = playbook(tmp_path, ansible_env, [task], "--check")
+        assert run.returncode == 0, run.stdout + run.stderr
+        (result,) = run.results
+        assert result["changed"] is True
+        assert result["msg"].startswith("Plan: 6 to add")
+        assert kernel_view(lab) == untouched
+
+        # Backends in two namespaces: no one node to check the spec against.
+        with temporary_netns("other") as other:
+            split = egress(spec_path=str(SPEC_PATH), backend_options={
+                "netlink": {"netns": lab.node, "state_dir": str(lab.state_dir)},
+                "nftables": {"netns": other}})
+            run = playbook(tmp_path, ansible_env, [{**split, "ignore_errors": True}],
+                           "--check")
+        (result,) = run.results
+        assert result["failed"] is True
+        assert "several network namespaces" in result["msg"]
+        assert "facts" in result["msg"]
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
 def test_what_the_backends_warn_of_is_an_ansible_warning(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # `k3snet plan` prints a backend's warnings (`!! warning:`); the module kept them to

@@ -98,6 +98,9 @@ options:
       - Read the node's interfaces and routes (C(ip -j)) to check the spec against
         them (devices exist, gateways are reachable), when a backend acts on the node
         (not the memory backend or a remote one), as C(k3snet apply) does.
+      - They are read in the network namespace the backends act in (O(netns), or a
+        C(netns) in O(backend_options) or the spec's C(backends)); backends in two
+        namespaces fail the task unless O(facts=false).
     type: bool
     default: true
   lock_timeout:
@@ -218,7 +221,12 @@ try:
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
     from k3snet.cli import disruptive_notes, sigterm_undoes
-    from k3snet.converge import compile_for, reads_node_facts, route_protocol
+    from k3snet.converge import (
+        compile_for,
+        facts_namespace,
+        reads_node_facts,
+        route_protocol,
+    )
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
 except ImportError as exc:
@@ -342,7 +350,9 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         else:
             # As `k3snet apply`: only for backends acting on this node.
             local = params["facts"] and reads_node_facts(backend)
-            facts = (gather_facts(params["netns"], protocol=route_protocol(backend))
+            # The namespace the backends act in: the netns option, or a netns in
+            # backend_options or the spec's backends: options.
+            facts = (gather_facts(facts_namespace(backend), protocol=route_protocol(backend))
                      if local else None)
             done = k3snet.converge(
                 backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
