@@ -336,28 +336,38 @@ def owned_lines(state: k3snet.State) -> str:
     return "".join(f"{o.describe()}\n" for o in state.ordered)
 
 
+def converge_or_destroy(module: AnsibleModule, backend: k3snet.BackendGroup,
+                        spec: k3snet.Spec | None) -> k3snet.Convergence:
+    """``k3snet.converge`` to the spec, or ``k3snet.destroy`` (``state=absent``)."""
+    params = module.params
+    if params["state"] == "absent":
+        return k3snet.destroy(backend, dry_run=module.check_mode,
+                              lock_timeout=params["lock_timeout"])
+    if spec is None:  # required_if already refuses this; kept for type checkers
+        raise ParameterError("state=present needs spec_path or spec")
+    # As `k3snet apply`: only for backends acting on this node, in the namespace they act
+    # in (the netns option, or a netns in backend_options or the spec's backends:).
+    local = params["facts"] and reads_node_facts(backend)
+    facts = (gather_facts(facts_namespace(backend), protocol=route_protocol(backend))
+             if local else None)
+    return k3snet.converge(
+        backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
+        allow_conflicts=params["allow_conflicts"],
+        allow_teardown=params["allow_teardown"], lock_timeout=params["lock_timeout"])
+
+
 def run(module: AnsibleModule) -> dict[str, Any]:
     """Converge (or destroy) as the parameters say; the result to exit with."""
     params = module.params
     spec = load_spec(params)
     with ExitStack() as stack:
         backend = build_backend(params, spec, stack)
-        if params["state"] == "absent":
-            done = k3snet.destroy(backend, dry_run=module.check_mode,
-                                  lock_timeout=params["lock_timeout"])
-        elif spec is None:  # required_if already refuses this; kept for type checkers
-            raise ParameterError("state=present needs spec_path or spec")
-        else:
-            # As `k3snet apply`: only for backends acting on this node.
-            local = params["facts"] and reads_node_facts(backend)
-            # The namespace the backends act in: the netns option, or a netns in
-            # backend_options or the spec's backends: options.
-            facts = (gather_facts(facts_namespace(backend), protocol=route_protocol(backend))
-                     if local else None)
-            done = k3snet.converge(
-                backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
-                allow_conflicts=params["allow_conflicts"],
-                allow_teardown=params["allow_teardown"], lock_timeout=params["lock_timeout"])
+        # As `k3snet apply`: SIGTERM (systemd stopping ansible-pull, a cancelled CI job,
+        # `timeout`) or SIGHUP undoes an apply in progress instead of ending the process
+        # between two backends. Only around it: a signal after it must not be reported
+        # as "nothing was changed".
+        with sigterm_undoes():
+            done = converge_or_destroy(module, backend, spec)
         for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
             module.warn(warning)
         if module.check_mode:
@@ -413,15 +423,11 @@ def main() -> None:
     # ansible-playbook from cron runs the module with PATH=/usr/bin:/bin: the tools the
     # backends run (iptables-save, nft, ip) are in sbin, as for the `k3snet` command.
     admin_path()
+    # The lock's "another k3snet process ... waiting up to N s" (the backends' own
+    # warnings are in backend.warnings): else a task stands still without a word.
+    logging.getLogger("k3snet.backends.lock").addHandler(TaskWarnings(module))
     try:
-        # As `k3snet apply`: SIGTERM (systemd stopping ansible-pull, a cancelled CI job,
-        # `timeout`) or SIGHUP undoes an apply in progress instead of ending the process
-        # between two backends.
-        # The lock's "another k3snet process ... waiting up to N s" (the backends' own
-        # warnings are in backend.warnings): else a task stands still without a word.
-        logging.getLogger("k3snet.backends.lock").addHandler(TaskWarnings(module))
-        with sigterm_undoes():
-            result = run(module)
+        result = run(module)
     except (k3snet.K3snetError, ParameterError) as exc:
         # k3snet's messages name every problem (with its spec path); no traceback. Every
         # failure leaves the node as it was, but an apply whose undo failed too: the node
@@ -430,7 +436,7 @@ def main() -> None:
     except OSError as exc:  # an unreadable spec_path, a missing tool
         where = f"{exc.filename}: " if exc.filename is not None else ""
         module.fail_json(msg=where + (exc.strerror or str(exc)))
-    except SystemExit as exc:  # sigterm_undoes: a RollbackError above if the undo failed
+    except SystemExit as exc:  # run's sigterm_undoes: a RollbackError above if undoing failed
         signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
         module.fail_json(msg=f"stopped by {signame}: nothing was changed (an apply in "
                              "progress was undone)")
