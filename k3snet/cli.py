@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 import attrs
 
+from k3snet._admin_path import admin_path
 from k3snet._kept import write_output
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
@@ -44,6 +45,7 @@ from k3snet.converge import (
     compile_for,
     converge,
     destroy,
+    facts_namespace,
     reads_node_facts,
     route_protocol,
     with_route_protocol,
@@ -391,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else list(argv)))
     _configure_logging(args)
     _printable_output()
-    _admin_path()
+    admin_path()
     changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
     with sigterm_undoes() if changes else contextlib.nullcontext():
         return _run(args)
@@ -514,24 +516,6 @@ class _JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }, sort_keys=True)
-
-
-ADMIN_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
-"""Where the tools k3snet runs live (iptables-save, nft, ip): appended to ``$PATH``."""
-
-
-def _admin_path() -> None:
-    """``$PATH`` with the sbin directories it lacks appended, as sudo's secure_path has them.
-
-    cron runs root's jobs with ``PATH=/usr/bin:/bin`` (Debian): the iptables backend
-    then reported "iptables-nft-save not found on PATH (install iptables)" on a node
-    where it is installed, in /usr/sbin. The user's own directories keep coming first.
-    """
-    path = os.environ.get("PATH", os.defpath)
-    present = set(path.split(os.pathsep))
-    missing = [d for d in ADMIN_PATH if d not in present]
-    if missing:
-        os.environ["PATH"] = os.pathsep.join([p for p in (path,) if p] + missing)
 
 
 def _printable_output() -> None:
@@ -889,7 +873,9 @@ def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> Sta
 
 def _local_facts(args: argparse.Namespace, backend: BackendGroup,
                  read: Callable[[str | None], NodeFacts]) -> NodeFacts | None:
-    return read(args.netns) if reads_node_facts(backend) and not args.no_facts else None
+    if not reads_node_facts(backend) or args.no_facts:
+        return None
+    return read(facts_namespace(backend))  # --netns, or a --backend-opt/backends: netns
 
 
 class _AgentDesired:
@@ -1094,7 +1080,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         p = plan(observed, desired)
         if args.out is not None:
             _save_planfile(args, spec, backend, observed=observed, desired=desired, p=p)
-        marks = _disruptive_notes(backend, p)
+        marks = disruptive_notes(backend, p)
         warnings = list(backend.warnings)
     if args.output == "json":
         _print_json({**p.to_dict(), "kind": "plan",
@@ -1125,12 +1111,12 @@ def _same_file(a: Path, b: Path) -> bool:
 def _disruptive(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
     """``!! disruptive:`` lines for the changes any backend with ``disruptive(change)`` names
     (``command``: the one that refuses them unless allowed)."""
-    return [f"!! disruptive: {note}" for note in _disruptive_notes(backend, p, command)]
+    return [f"!! disruptive: {note}" for note in disruptive_notes(backend, p, command)]
 
 
-def _disruptive_notes(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
+def disruptive_notes(backend: BackendGroup, p: Plan, command: str = "apply") -> list[str]:
     """What :func:`_disruptive` says of each change, without the ``!! disruptive:`` mark
-    (``plan --output json``'s ``disruptive``)."""
+    (``plan --output json``'s ``disruptive``; the Ansible module's task warnings)."""
     lines = []
     for member in backend.members:
         judge = getattr(member.backend, "disruptive", None)

@@ -17,7 +17,13 @@ import attrs
 from k3snet.backends.base import ApplyResult, Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_lock, namespaces_of
-from k3snet.errors import CheckError, ConflictError, StalePlanError, TeardownError
+from k3snet.errors import (
+    BackendOptionError,
+    CheckError,
+    ConflictError,
+    StalePlanError,
+    TeardownError,
+)
 from k3snet.model.drift import Drift
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route
 from k3snet.model.state import KINDS, State, ensure_state
@@ -26,8 +32,8 @@ from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
 
 __all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy",
-           "disruptive_allowed", "reads_node_facts", "refuse_teardown", "route_protocol",
-           "state_digest", "with_route_protocol"]
+           "disruptive_allowed", "facts_namespace", "reads_node_facts", "refuse_teardown",
+           "route_protocol", "state_digest", "with_route_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +93,26 @@ def reads_node_facts(backend: Backend) -> bool:
     ``k3snet apply``, the agent and the Ansible module all decide so here.
     """
     return bool(namespaces_of(backend)) and bool(backend.capabilities & set(KINDS))
+
+
+def facts_namespace(backend: Backend) -> str | None:
+    """The network namespace whose facts check a spec for ``backend`` (``None``: the
+    caller's own): the one its backends act in (:func:`namespaces_of`), wherever that
+    was set (``--netns``, a ``backends:`` or ``--backend-opt`` ``netns``, the Ansible
+    module's ``backend_options``). Facts read elsewhere refused the node's gateway as
+    outside every prefix of another namespace, or let a missing device through.
+
+    Raises :class:`~k3snet.errors.BackendOptionError` when the backends act in several
+    namespaces: there is no one node to check the spec against.
+    """
+    spaces = namespaces_of(backend)
+    if len(spaces) > 1:
+        names = ", ".join("the caller's own" if n is None else repr(n) for n in spaces)
+        raise BackendOptionError(
+            f"the backends act in several network namespaces ({names}): the node facts "
+            "that check the spec come from one; give every backend the same netns, or "
+            "turn the facts off (--no-facts, the Ansible module's facts: false)")
+    return spaces[0] if spaces else None
 
 
 @attrs.frozen

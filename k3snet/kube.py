@@ -198,6 +198,13 @@ def make_api_client(
     set and no ``kubeconfig`` given), else the kubeconfig (``$KUBECONFIG`` or
     ``~/.kube/config``, or ``kubeconfig``), with ``context``.
     """
+    if isinstance(api_client, str | bytes | bool | int | float | list | tuple | dict):
+        # Plain data is what a spec's backends: options, --backend-opt and the Ansible
+        # module can give: never a client, and it failed only at the first request.
+        raise BackendOptionError(
+            f"api_client must be a Kubernetes ApiClient object (a library caller's); a "
+            f"spec, the command line or Ansible names the cluster with kubeconfig and "
+            f"context, got {api_client!r}")
     if api_client is not None:
         return api_client, False
     for name, value in (("kubeconfig", kubeconfig), ("context", context)):

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,10 @@ import attrs
 import pytest
 import yaml
 
+import k3snet
 from k3snet import BackendGroup, Spec, converge, load_spec
+from k3snet._admin_path import ADMIN_PATH
+from k3snet.backends.lock import namespace_lock
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.converge import compile_for
@@ -34,7 +38,7 @@ from k3snet.demo import SPEC_PATH
 from k3snet.errors import SpecError
 from k3snet.facts import gather_facts
 from k3snet.lab import NODE_ADDRESSES, SeedLab
-from k3snet.lab.netns import run_in
+from k3snet.lab.netns import run_in, temporary_netns
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTION_ROOT = REPO  # holds ansible_collections/k3snet/k3snet
@@ -289,6 +293,39 @@ def test_teardown_is_refused_and_state_absent_removes_everything_once(
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.usefixtures("require_root")
+def test_node_facts_come_from_the_namespace_the_backends_act_in(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # backend_options' netns (or a spec's backends: netns) put the backends in the node's
+    # namespace, but the facts were read from the module's own (the task's netns option,
+    # unset): the node's gateway was refused as outside every prefix of the host.
+    with SeedLab.create() as lab:
+        untouched = kernel_view(lab)
+        task = egress(spec_path=str(SPEC_PATH), backend_options={
+            "netlink": {"netns": lab.node, "state_dir": str(lab.state_dir)},
+            "nftables": {"netns": lab.node}})
+        run = playbook(tmp_path, ansible_env, [task], "--check")
+        assert run.returncode == 0, run.stdout + run.stderr
+        (result,) = run.results
+        assert result["changed"] is True
+        assert result["msg"].startswith("Plan: 6 to add")
+        assert kernel_view(lab) == untouched
+
+        # Backends in two namespaces: no one node to check the spec against.
+        with temporary_netns("other") as other:
+            split = egress(spec_path=str(SPEC_PATH), backend_options={
+                "netlink": {"netns": lab.node, "state_dir": str(lab.state_dir)},
+                "nftables": {"netns": other}})
+            run = playbook(tmp_path, ansible_env, [{**split, "ignore_errors": True}],
+                           "--check")
+        (result,) = run.results
+        assert result["failed"] is True
+        assert "several network namespaces" in result["msg"]
+        assert "facts" in result["msg"]
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
 def test_what_the_backends_warn_of_is_an_ansible_warning(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # `k3snet plan` prints a backend's warnings (`!! warning:`); the module kept them to
@@ -311,6 +348,49 @@ def test_what_the_backends_warn_of_is_an_ansible_warning(
         assert (iptables_rules(lab.node), forwarding(lab.node)) == untouched
 
 
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_a_cron_path_without_sbin_still_finds_the_iptables_tools(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # `ansible-playbook` from cron (connection local) runs the module with cron's
+    # PATH=/usr/bin:/bin: the iptables backend said "iptables-nft-save not found on PATH
+    # (install iptables)" where it is in /usr/sbin, as `k3snet apply` did before it
+    # appended the sbin directories.
+    cron = "/usr/bin:/bin"
+    tool = shutil.which("iptables-nft-save") or shutil.which("iptables-legacy-save")
+    if tool is None or str(Path(tool).parent) not in ADMIN_PATH or shutil.which(
+            Path(tool).name, path=cron):
+        pytest.skip("needs the iptables tools in an sbin directory only")
+    with temporary_netns("cron") as ns:
+        untouched = iptables_rules(ns)
+        run = playbook(tmp_path, {**ansible_env, "PATH": cron},
+                       [egress(state="absent", backends=["iptables"], netns=ns)], "--check")
+        assert run.returncode == 0, run.stdout + run.stderr
+        (result,) = run.results
+        assert result["changed"] is False
+        assert iptables_rules(ns) == untouched
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_waiting_for_another_k3snet_process_is_a_task_warning(
+        tmp_path: Path, ansible_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lock's "waiting up to 60 s" line went to the module's stderr, which Ansible does
+    # not show: a task stood still for a minute without a word.
+    monkeypatch.setenv("K3SNET_LOCK_DIR", ansible_env["K3SNET_LOCK_DIR"])
+    with temporary_netns("lockwait") as ns, namespace_lock([ns]):  # held for the whole run
+        run = playbook(tmp_path, ansible_env, [{**egress(
+            state="absent", backends=["netlink"], netns=ns, lock_timeout=0.5,
+            backend_options={"netlink": {"state_dir": str(tmp_path)}}),
+            "ignore_errors": True}], "--check")
+    (result,) = run.results
+    assert result["failed"] is True
+    assert result["msg"].startswith(f"another k3snet process (pid {os.getpid()})")
+    (warning,) = result["warnings"]
+    assert warning.startswith(f"another k3snet process (pid {os.getpid()}) is changing "
+                              f"network namespace {ns!r}; waiting up to 0.5 s for it")
+
+
 def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # None of these reaches a backend: no root, no namespace needed.
@@ -330,6 +410,9 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         egress(spec_path=str(SPEC_PATH), backends=["memory"], facts=False, lock_timeout="nan"),
         # An empty list (a template that rendered none) silently meant the defaults.
         egress(spec_path=str(SPEC_PATH), backends=[]),
+        # The library's client object, given as text: a traceback when it was first used.
+        egress(spec_path=str(SPEC_PATH), backends=["calico"],
+               backend_options={"calico": {"api_client": "https://10.0.0.1:6443"}}),
     ]
     run = playbook(tmp_path, ansible_env, [{**t, "ignore_errors": True} for t in tasks])
     assert run.returncode == 0, run.stdout + run.stderr
@@ -352,6 +435,51 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "spec_path, spec" in messages[8]
     assert messages[9] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
     assert messages[10].startswith("backends is an empty list")
+    assert messages[11].startswith("api_client must be a Kubernetes ApiClient object")
+    assert "kubeconfig" in messages[11]
+
+
+def test_a_conflict_allowed_is_a_task_warning(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # allow_conflicts applies the rest of the plan; the part foreign state blocks stays
+    # unmet. The task said ok (or changed) in green, the conflict only in plan_text.
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}')
+    spec = {"cluster": {"podCIDRs": ["10.44.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}], "masquerade": {"mode": "all"}}
+    task = egress(spec=spec, backends=["flannel"], allow_conflicts=True,
+                  backend_options={"flannel": {"path": str(conf)}})
+    run = playbook(tmp_path, ansible_env, [task])
+    assert run.returncode == 0, run.stdout + run.stderr
+    (result,) = run.results
+    assert result["plan"]["notes"][0]["status"] == "conflict"
+    (warning,) = result["warnings"]
+    assert warning.startswith("allow_conflicts: not applied, foreign state conflicts: ")
+    assert "expects Network=10.44.0.0/16" in warning
+    assert "\n" not in warning
+    assert "[WARNING]" in run.stdout + run.stderr
+
+
+def test_a_disruptive_change_allowed_is_a_task_warning(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # `k3snet plan --allow-disruptive` prints "!! disruptive: ...; allowed" (flannel stops on
+    # every node whose podCIDR the new Network lacks, until restarted); a --check --diff
+    # review with allow_disruptive showed only the changed file, nothing of the disruption.
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}')
+    spec = {"cluster": {"podCIDRs": ["10.44.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}], "masquerade": {"mode": "all"},
+            "cni": {"flannel": {"setNetworks": True, "backend": {"type": "vxlan"}}}}
+    task = egress(spec=spec, backends=["flannel"], allow_disruptive=True,
+                  backend_options={"flannel": {"path": str(conf)}})
+    run = playbook(tmp_path, ansible_env, [task], "--check")
+    assert run.returncode == 0, run.stdout + run.stderr
+    (result,) = run.results
+    assert result["changed"] is True
+    (warning,) = result["warnings"]
+    assert warning.startswith(f"disruptive: + flannel file:{conf} Network=10.44.0.0/16")
+    assert "changing flannel's Network" in warning
+    assert warning.endswith("; allowed")
 
 
 def test_node_facts_are_read_only_for_backends_acting_on_the_node(
@@ -382,9 +510,23 @@ def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
     assert result["failed"] is True
     assert result["msg"].startswith(
         f"k3snet 0.0.1 ({old / '__init__.py'}) on this node's Python ({sys.executable}) is "
-        "not one this module can use: No module named 'k3snet.backends'; install the "
+        "not one this module can use: No module named 'k3snet._admin_path'; install the "
         "k3snet release of this collection")
     assert "Failed to import the required Python library" not in result["msg"]
+
+
+def plugin_env(tmp_path: Path, env: dict[str, str], name: str, source: str) -> dict[str, str]:
+    """``env`` with backend plugin ``name`` (class ``source``'s last) installed as an
+    entry point, as a third-party backend is found."""
+    plugins = tmp_path / f"plugin-{name}"
+    dist = plugins / f"k3snet_{name}-0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: k3snet-{name}\nVersion: 0\n")
+    cls = re.findall(r"^class (\w+)", source, re.MULTILINE)[-1]
+    (dist / "entry_points.txt").write_text(f"[k3snet.backends]\n{name} = k3snet_{name}:{cls}\n")
+    (plugins / f"k3snet_{name}.py").write_text(source)
+    return {**env, "PYTHONPATH": os.pathsep.join(
+        [str(plugins), *filter(None, [env.get("PYTHONPATH")])])}
 
 
 FAILING_BACKEND = """
@@ -412,15 +554,7 @@ def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
     # A backend plugin (an entry point, as a third-party backend is found) whose apply
     # fails: rolled back, nothing changed; not rolled back (RollbackError), the node may
     # be half-changed, and a task that says changed=false hides it.
-    plugins = tmp_path / "plugins"
-    (plugins / "k3snet_failing-0.dist-info").mkdir(parents=True)
-    (plugins / "k3snet_failing-0.dist-info" / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: k3snet-failing\nVersion: 0\n")
-    (plugins / "k3snet_failing-0.dist-info" / "entry_points.txt").write_text(
-        "[k3snet.backends]\nfailing = k3snet_failing:FailingBackend\n")
-    (plugins / "k3snet_failing.py").write_text(FAILING_BACKEND)
-    env = {**ansible_env, "PYTHONPATH": os.pathsep.join(
-        [str(plugins), *filter(None, [ansible_env.get("PYTHONPATH")])])}
+    env = plugin_env(tmp_path, ansible_env, "failing", FAILING_BACKEND)
     spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
             "destinations": [{"cidr": "192.168.2.0/24", "gateway": "192.168.1.1"}]}
     tasks = [egress(spec=spec, backends=["failing"], facts=False,
@@ -435,6 +569,47 @@ def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
     assert half_done["changed"] is True
     assert half_done["msg"].startswith("undoing it failed too; failed change: + ")
     assert all(no_traceback(r, run) for r in run.results)
+
+
+STOPPED_BACKEND = """
+import os
+import signal
+
+from k3snet.backends.memory import MemoryBackend
+
+
+class StoppedBackend(MemoryBackend):
+    name = "stopped"
+
+    def apply(self, plan):
+        # What systemd stopping ansible-pull's unit, a CI job's cancel or `timeout` does to
+        # a module run through the local connection: SIGTERM, here between two backends.
+        os.kill(os.getpid(), signal.SIGTERM)
+        return super().apply(plan)
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_sigterm_during_an_apply_undoes_what_it_had_changed(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # `k3snet apply` undoes an apply in progress on SIGTERM or SIGHUP; the module died at
+    # once, between two backends: the netlink backend's forwarding stayed on, unrecorded
+    # in any task result (MODULE FAILURE).
+    env = plugin_env(tmp_path, ansible_env, "stopped", STOPPED_BACKEND)
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}]}
+    with temporary_netns("sigterm") as ns:
+        before = forwarding(ns)
+        task = egress(spec=spec, netns=ns, backends=["netlink", "stopped:forward,nat"],
+                      facts=False, backend_options={"netlink": {"state_dir": str(tmp_path)}})
+        run = playbook(tmp_path, env, [{**task, "ignore_errors": True}])
+        (result,) = run.results
+        assert result["failed"] is True
+        assert result["changed"] is False
+        assert result["msg"].startswith("stopped by SIGTERM")
+        assert no_traceback(result, run)
+        assert forwarding(ns) == before
 
 
 def test_documentation_and_examples_match_the_argument_spec() -> None:
@@ -452,10 +627,33 @@ def test_documentation_and_examples_match_the_argument_spec() -> None:
         assert set(task[MODULE_NAME]) <= set(spec), task
 
 
+def test_the_collection_s_version_is_k3snet_s_in_semver_spelling() -> None:
+    # The module drives the k3snet library of its own release ("install the k3snet release
+    # of this collection"): collection 0.1.0 beside k3snet 0.1.0.dev0 named no release.
+    galaxy = yaml.safe_load((REPO / "ansible_collections/k3snet/k3snet/galaxy.yml").read_text())
+    semver = re.sub(r"^(\d+\.\d+\.\d+)\.?(.+)$", r"\1-\2", k3snet.__version__)
+    assert galaxy["version"] == semver
+    assert f"k3snet-k3snet-{semver}.tar.gz" in DOCS_PAGE.read_text()
+
+
 def yaml_blocks(page: Path) -> Iterator[Any]:
     """The parsed ```` ```yaml ```` blocks of a Markdown page."""
     for block in re.findall(r"^```yaml\n(.*?)^```$", page.read_text(), re.MULTILINE | re.DOTALL):
         yield yaml.safe_load(block)
+
+
+def test_no_docs_play_reads_with_spec_path_a_file_it_copies() -> None:
+    """In check mode a copy task writes nothing: a later ``spec_path`` task plans the spec
+    already on the node, and ``--check --diff`` showed an edited spec as no change."""
+    for block in yaml_blocks(DOCS_PAGE):
+        if not isinstance(block, list) or "hosts" not in block[0]:
+            continue
+        for play in block:
+            copied = {task["ansible.builtin.copy"]["dest"] for task in play["tasks"]
+                      if "ansible.builtin.copy" in task}
+            read = {task[MODULE_NAME].get("spec_path") for task in play["tasks"]
+                    if MODULE_NAME in task}
+            assert not copied & read, play["name"]
 
 
 def test_the_docs_playbooks_pass_a_syntax_check(

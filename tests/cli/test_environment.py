@@ -176,7 +176,7 @@ def test_a_cron_path_without_sbin_still_finds_the_iptables_tools(tmp_path: Path)
     # said "iptables-nft-save not found on PATH (install iptables)" where it is in /usr/sbin.
     import shutil  # noqa: PLC0415
 
-    from k3snet.cli import ADMIN_PATH  # noqa: PLC0415
+    from k3snet._admin_path import ADMIN_PATH  # noqa: PLC0415
     from k3snet.lab.netns import temporary_netns  # noqa: PLC0415
 
     if os.geteuid() != 0:

@@ -87,3 +87,16 @@ def test_apply_dry_run_runs_the_backends_check_and_changes_nothing(tmp_path: Pat
         assert "the backends' check found no problem" in done.stdout
         assert run_in(lab.node, ["nft", "-j", "list", "ruleset"]).stdout == before
         assert not lab.tcp_probe(4).ok
+
+
+def test_node_facts_come_from_the_namespace_a_backend_opt_puts_the_backends_in(
+        tmp_path: Path) -> None:
+    # --backend-opt netlink.netns=NODE acted in the node's namespace but read the facts
+    # of the caller's own: the node's gateway was refused as outside every prefix.
+    with SeedLab.create() as lab:
+        done = _k3snet("plan", "-f", str(SPEC_PATH), *BACKENDS,
+                       "--backend-opt", f"netlink.netns={lab.node}",
+                       "--backend-opt", f"netlink.state_dir={lab.state_dir}",
+                       "--backend-opt", f"nftables.netns={lab.node}", lab=lab, tmp=tmp_path)
+        assert done.returncode == 2, done.stderr  # changes pending, no spec problem
+        assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in done.stdout

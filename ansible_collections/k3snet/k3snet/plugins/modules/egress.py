@@ -30,6 +30,9 @@ options:
   spec_path:
     description:
       - Path of a spec file (YAML or JSON) B(on the managed node).
+      - In check mode, a file an earlier task of the play would copy there is not written,
+        so the plan is the one of the spec already on the node. To review an edited spec
+        with C(--check --diff), give it as O(spec) (see the examples).
       - Mutually exclusive with O(spec).
     type: path
   spec:
@@ -70,7 +73,8 @@ options:
   allow_conflicts:
     description:
       - Apply the rest of the plan even when foreign state blocks part of it
-        (otherwise the task fails and nothing is changed).
+        (otherwise the task fails and nothing is changed). Each part left unmet is a
+        task warning.
     type: bool
     default: false
   allow_teardown:
@@ -86,7 +90,7 @@ options:
         and re-created, a flannel network changed, a CNI config k3snet wrote removed),
         which they refuse otherwise, as C(k3snet apply --allow-disruptive) does. The
         spec's C(cni.allowDisruptive: true) allows them too; with O(state=absent) this
-        option is the only way."
+        option is the only way. In check mode each disruptive change is a task warning."
     type: bool
     default: false
   facts:
@@ -94,6 +98,9 @@ options:
       - Read the node's interfaces and routes (C(ip -j)) to check the spec against
         them (devices exist, gateways are reachable), when a backend acts on the node
         (not the memory backend or a remote one), as C(k3snet apply) does.
+      - They are read in the network namespace the backends act in (O(netns), or a
+        C(netns) in O(backend_options) or the spec's C(backends)); backends in two
+        namespaces fail the task unless O(facts=false).
     type: bool
     default: true
   lock_timeout:
@@ -119,6 +126,8 @@ attributes:
     details: The objects k3snet owns before, and after the plan.
 notes:
   - Needs root (or C(CAP_NET_ADMIN)) on the node; use O(ignore:become=true).
+  - SIGTERM or SIGHUP (a stopped C(ansible-pull) unit, a cancelled CI job) takes back an
+    apply in progress, as C(k3snet apply) does, and fails the task with C(changed=false).
 author:
   - k3snet developers (!UNKNOWN)
 """
@@ -194,6 +203,8 @@ diff:
 """
 
 import inspect
+import logging
+import signal
 import sys
 import traceback
 from contextlib import ExitStack
@@ -206,9 +217,16 @@ try:
     import k3snet
 
     K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
+    from k3snet._admin_path import admin_path
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
-    from k3snet.converge import compile_for, reads_node_facts, route_protocol
+    from k3snet.cli import disruptive_notes, sigterm_undoes
+    from k3snet.converge import (
+        compile_for,
+        facts_namespace,
+        reads_node_facts,
+        route_protocol,
+    )
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
 except ImportError as exc:
@@ -301,9 +319,41 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
     return k3snet.BackendGroup(members)
 
 
+class TaskWarnings(logging.Handler):
+    """Log records as task warnings: a module's stderr is not shown by Ansible."""
+
+    def __init__(self, module: AnsibleModule) -> None:
+        super().__init__(logging.WARNING)
+        self.module = module
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Warn of ``record``'s message."""
+        self.module.warn(record.getMessage())
+
+
 def owned_lines(state: k3snet.State) -> str:
     """The owned objects, one per line, in k3snet's order (a diff's before or after)."""
     return "".join(f"{o.describe()}\n" for o in state.ordered)
+
+
+def converge_or_destroy(module: AnsibleModule, backend: k3snet.BackendGroup,
+                        spec: k3snet.Spec | None) -> k3snet.Convergence:
+    """``k3snet.converge`` to the spec, or ``k3snet.destroy`` (``state=absent``)."""
+    params = module.params
+    if params["state"] == "absent":
+        return k3snet.destroy(backend, dry_run=module.check_mode,
+                              lock_timeout=params["lock_timeout"])
+    if spec is None:  # required_if already refuses this; kept for type checkers
+        raise ParameterError("state=present needs spec_path or spec")
+    # As `k3snet apply`: only for backends acting on this node, in the namespace they act
+    # in (the netns option, or a netns in backend_options or the spec's backends:).
+    local = params["facts"] and reads_node_facts(backend)
+    facts = (gather_facts(facts_namespace(backend), protocol=route_protocol(backend))
+             if local else None)
+    return k3snet.converge(
+        backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
+        allow_conflicts=params["allow_conflicts"],
+        allow_teardown=params["allow_teardown"], lock_timeout=params["lock_timeout"])
 
 
 def run(module: AnsibleModule) -> dict[str, Any]:
@@ -312,22 +362,23 @@ def run(module: AnsibleModule) -> dict[str, Any]:
     spec = load_spec(params)
     with ExitStack() as stack:
         backend = build_backend(params, spec, stack)
-        if params["state"] == "absent":
-            done = k3snet.destroy(backend, dry_run=module.check_mode,
-                                  lock_timeout=params["lock_timeout"])
-        elif spec is None:  # required_if already refuses this; kept for type checkers
-            raise ParameterError("state=present needs spec_path or spec")
-        else:
-            # As `k3snet apply`: only for backends acting on this node.
-            local = params["facts"] and reads_node_facts(backend)
-            facts = (gather_facts(params["netns"], protocol=route_protocol(backend))
-                     if local else None)
-            done = k3snet.converge(
-                backend, compile_for(backend, spec, facts), dry_run=module.check_mode,
-                allow_conflicts=params["allow_conflicts"],
-                allow_teardown=params["allow_teardown"], lock_timeout=params["lock_timeout"])
+        # As `k3snet apply`: SIGTERM (systemd stopping ansible-pull, a cancelled CI job,
+        # `timeout`) or SIGHUP undoes an apply in progress instead of ending the process
+        # between two backends. Only around it: a signal after it must not be reported
+        # as "nothing was changed".
+        with sigterm_undoes():
+            done = converge_or_destroy(module, backend, spec)
         for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
             module.warn(warning)
+        if module.check_mode:
+            # What `k3snet plan` prints as `!! disruptive:`, judged before anything changed
+            # (after an apply, the node already runs with the new value).
+            command = "destroy" if params["state"] == "absent" else "apply"
+            for line in disruptive_notes(backend, done.plan, command):
+                module.warn(f"disruptive: {line}")
+        for note in done.plan.conflicts:  # allowed: the rest is applied, this part unmet
+            module.warn("allow_conflicts: not applied, foreign state conflicts: "
+                        + note.render().replace("\n", " "))
         if module.check_mode and not done.plan.empty:
             # What `apply` would run before changing anything: the backends' own dry run.
             problems = backend.check(done.plan)
@@ -369,6 +420,12 @@ def main() -> None:
         module.fail_json(msg=f"k3snet {K3SNET_FOUND} on this node's Python ({sys.executable}) "
                              f"is not one this module can use: {K3SNET_MISSING}; install the "
                              "k3snet release of this collection", exception=K3SNET_IMPORT_ERROR)
+    # ansible-playbook from cron runs the module with PATH=/usr/bin:/bin: the tools the
+    # backends run (iptables-save, nft, ip) are in sbin, as for the `k3snet` command.
+    admin_path()
+    # The lock's "another k3snet process ... waiting up to N s" (the backends' own
+    # warnings are in backend.warnings): else a task stands still without a word.
+    logging.getLogger("k3snet.backends.lock").addHandler(TaskWarnings(module))
     try:
         result = run(module)
     except (k3snet.K3snetError, ParameterError) as exc:
@@ -379,6 +436,10 @@ def main() -> None:
     except OSError as exc:  # an unreadable spec_path, a missing tool
         where = f"{exc.filename}: " if exc.filename is not None else ""
         module.fail_json(msg=where + (exc.strerror or str(exc)))
+    except SystemExit as exc:  # run's sigterm_undoes: a RollbackError above if undoing failed
+        signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
+        module.fail_json(msg=f"stopped by {signame}: nothing was changed (an apply in "
+                             "progress was undone)")
     module.exit_json(**result)
 
 
