@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Hashable
 
 import pytest
 from hypothesis import find, given, settings
@@ -13,6 +14,7 @@ from k3snet.errors import ModelError
 from k3snet.model import (
     ForwardRule,
     MasqueradeRule,
+    NetObject,
     Route,
     RouteBlock,
     SnatRule,
@@ -272,3 +274,32 @@ def test_interface_names_draw_capitals_as_k3snet_takes_them() -> None:
     assert validate_interface_name("WAN0") == "WAN0"
     found = find(ks.interface_names(), lambda name: any(c.isupper() for c in name))
     assert found == "A"
+
+
+# The plugin entry point registers k3snet's types with Hypothesis in every session of a
+# machine where k3snet is installed; these tests rely on it, as a user's session does.
+
+def _plain(value: object) -> object:
+    return value
+
+
+@settings(deadline=None)
+@given(st.from_type(object), st.from_type(Hashable), st.builds(_plain))
+def test_installing_k3snet_leaves_the_users_generic_types_alone(anything: object,
+                                                               hashable: object,
+                                                               built: object) -> None:
+    # They raised "ModelError: no k3snet strategy for <class 'object'>" in any test
+    # suite: Hypothesis asks every registered type's callable for its base classes.
+    assert not [v for v in (anything, hashable, built) if isinstance(v, NetObject | State | Spec)]
+
+
+def test_a_k3snet_base_class_resolves_to_the_k3snet_kinds_under_it() -> None:
+    seen: set[str] = set()
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.from_type(NetObject))
+    def collect(obj: NetObject) -> None:
+        seen.add(obj.kind)
+
+    collect()
+    assert seen == {"route", "nat", "forward", "sysctl"}
