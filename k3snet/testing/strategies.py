@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Any
 
 from hypothesis import assume
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from k3snet.errors import ModelError
-from k3snet.model import NetObject
+from k3snet.model import NetObject, validate_interface_name
 from k3snet.model.cidr import Address, Network, aggregate, parse_network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule, snat_address_problem
@@ -122,11 +122,33 @@ def _check_family(family: int | None) -> None:
         raise ModelError(f"family must be 4, 6 or None, got {family!r}")
 
 
-def _pool(name: str, values: Sequence[Any], *, allow_empty: bool = False) -> None:
+def _pool(name: str, values: Sequence[Any], *, allow_empty: bool = False,
+          each: Callable[[Any], object] | None = None) -> None:
+    """Refuse a pool that is not a non-empty sequence, or (``each``: the model object a draw
+    makes of a value) that holds a value the model refuses: here, not in the first draw."""
     if isinstance(values, str) or not isinstance(values, Sequence):
         raise ModelError(f"{name} must be a sequence, got {values!r}")
     if not values and not allow_empty:
         raise ModelError(f"{name} must not be empty")
+    if each is None:
+        return
+    for value in values:
+        try:
+            each(value)
+        except (ModelError, TypeError, ValueError) as exc:
+            raise ModelError(f"{name}: {value!r} cannot be drawn: {exc}") from exc
+
+
+def _interface(name: str | None) -> None:
+    if name is not None:
+        validate_interface_name(name)
+
+
+_SOME_ROUTE = parse_network("10.0.0.0/8")
+
+
+def _route_with(**fields: Any) -> Route:
+    return Route(_SOME_ROUTE, device="eth0", **fields)
 
 
 def families(family: int | None = None) -> SearchStrategy[int]:
@@ -239,11 +261,13 @@ def routes(
     kernel's ``universe``; IPv6 routes have no scope).
     """
     _check_family(family)
-    _pool("devices", devices)
-    _pool("tables", tables)
-    _pool("metrics", metrics)
-    _pool("protocols", protocols)
-    _pool("scopes", scopes)
+    _pool("devices", devices, each=_interface)
+    _pool("tables", tables, each=lambda table: _route_with(table=table))
+    _pool("metrics", metrics, each=lambda metric: _route_with(metric=metric))
+    _pool("protocols", protocols, each=lambda protocol: _route_with(protocol=protocol))
+    _pool("scopes", scopes, each=lambda scope: _route_with(scope=scope))
+    if gateways is not None:
+        _check_gateways(gateways, family, devices)
 
     @st.composite
     def build(draw: st.DrawFn) -> Route:
@@ -271,6 +295,28 @@ def routes(
                      protocol=draw(pick(protocols)))
 
     return build()
+
+
+def _check_gateways(gateways: dict[str, Sequence[str]], family: int | None,
+                    devices: Sequence[str | None]) -> None:
+    """Each gateway a route on its device can have; and some route drawable at all."""
+    if not isinstance(gateways, Mapping):
+        raise ModelError(f"gateways must map a device to its gateways, got {gateways!r}")
+    usable: set[int] = set()
+    for device, pool in gateways.items():
+        def via(gateway: str, on: str = device) -> Route:
+            whole = "0.0.0.0/0" if ipaddress.ip_address(gateway).version == 4 else "::/0"
+            return Route(whole, gateway=gateway, device=on)
+
+        _pool(f"gateways[{device!r}]", pool, allow_empty=True, each=via)
+        usable |= {ipaddress.ip_address(g).version for g in pool
+                   if next_hop_problem(ipaddress.ip_address(g), None) is None}
+    wanted = {4, 6} if family is None else {family}
+    if all(d is None for d in devices) and not usable & wanted:
+        families_wanted = " or ".join(map(str, sorted(wanted)))
+        raise ModelError(f"devices {list(devices)!r} draw only routes via a gateway without "
+                         f"device, and gateways has none of family {families_wanted} that such "
+                         "a route can have")
 
 
 def _nat_fields(draw: st.DrawFn, family: int | None, sources: SearchStrategy[Network] | None,
@@ -304,7 +350,7 @@ def masquerade_rules(
 ) -> SearchStrategy[MasqueradeRule]:
     """Masquerade rules, with and without destination, exclusions and out interface."""
     _check_family(family)
-    _pool("devices", devices)
+    _pool("devices", devices, each=_interface)
 
     @st.composite
     def build(draw: st.DrawFn) -> MasqueradeRule:
@@ -322,7 +368,7 @@ def snat_rules(
 ) -> SearchStrategy[SnatRule]:
     """SNAT rules to a unicast address of the rule's family."""
     _check_family(family)
-    _pool("devices", devices)
+    _pool("devices", devices, each=_interface)
 
     @st.composite
     def build(draw: st.DrawFn) -> SnatRule:
@@ -353,7 +399,7 @@ def forward_rules(
     differ only in their interfaces: a replace) often.
     """
     _check_family(family)
-    _pool("devices", devices)
+    _pool("devices", devices, each=_interface)
 
     @st.composite
     def build(draw: st.DrawFn) -> ForwardRule:
@@ -381,9 +427,9 @@ def sysctls(
     ``previous`` is the pool of values a backend recorded before taking the
     parameter over (``None``: not recorded); it never takes part in equality.
     """
-    _pool("names", names)
-    _pool("values", values)
-    _pool("previous", previous)
+    _pool("names", names, each=lambda name: Sysctl(name, "0"))
+    _pool("values", values, each=lambda value: Sysctl(_FORWARDING[0], value))
+    _pool("previous", previous, each=lambda value: Sysctl(_FORWARDING[0], "0", previous=value))
     return st.builds(Sysctl, st.sampled_from(names), st.sampled_from(values),
                      previous=st.sampled_from(previous))
 
@@ -759,7 +805,7 @@ def foreign_routes(
     """
     _check_family(family)
     _pool("protocols", protocols)
-    _pool("devices", devices)
+    _pool("devices", devices, each=validate_interface_name)
     unknown = [p for p in protocols if p not in FOREIGN_ROUTE_PROTOCOLS]
     if unknown:
         raise ModelError(f"protocols must be among {', '.join(FOREIGN_ROUTE_PROTOCOLS)}, "

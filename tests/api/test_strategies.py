@@ -303,3 +303,23 @@ def test_a_k3snet_base_class_resolves_to_the_k3snet_kinds_under_it() -> None:
 
     collect()
     assert seen == {"route", "nat", "forward", "sysctl"}
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ks.routes(devices=["eth 0"]), lambda: ks.routes(tables=[0]),
+    lambda: ks.routes(metrics=[-1]), lambda: ks.routes(protocols=[999]),
+    lambda: ks.routes(scopes=["site"]), lambda: ks.routes(gateways={"eth0": ["gw"]}),
+    lambda: ks.routes(gateways={"eth0": "10.0.0.1"}),
+    # only routes without device, and no gateway of the family such a route can have
+    lambda: ks.routes(6, devices=[None], gateways={"eth0": ["10.0.0.1", "fe80::1"]}),
+    lambda: ks.masquerade_rules(devices=[None, "a/b"]), lambda: ks.snat_rules(devices=["a:b"]),
+    lambda: ks.nat_rules(devices=[""]), lambda: ks.forward_rules(devices=["x" * 16]),
+    lambda: ks.sysctls(names=["net.ipv4.no such"]), lambda: ks.sysctls(values=[""]),
+    lambda: ks.foreign_routes(devices=["@eth0"]),
+])
+def test_pool_values_a_draw_would_refuse_are_refused_when_the_strategy_is_made(
+        make: object) -> None:
+    # They passed, and the first draw of the user's test raised instead (or, for the
+    # device-less routes, every draw was rejected: Unsatisfiable).
+    with pytest.raises(ModelError):
+        make()  # type: ignore[operator]
