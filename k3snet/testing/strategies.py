@@ -800,7 +800,8 @@ def foreign_routes(
     ``kernel``: a connected prefix on a device (scope link; IPv6 metric 256);
     ``dhcp`` / ``ra``: a default route via a gateway on the link (metric 100 /
     1024); ``boot``: what ``ip route add`` and flannel write (flannel: another
-    node's pod subnet, a /24 of the cluster's pod CIDR, via ``flannel.1``);
+    node's pod subnet, a /24 of the cluster's pod CIDR via ``flannel.1``, or a /64 of
+    the IPv6 one via ``flannel-v6.1``, the devices of flannel's VXLAN backend);
     ``static`` and ``bird``: prefixes via a gateway, in the main or another table.
     """
     _check_family(family)
@@ -833,10 +834,12 @@ def foreign_routes(
                          metric=100 if protocol == "dhcp" else 1024)
         pods = [n for n in cluster.pod_cidrs if n.version == version]
         if protocol == "boot" and pods and draw(st.booleans()):
-            subnet = draw(networks(within=pods[0], min_prefix=max(pods[0].prefixlen, 24
-                                                                   if version == 4 else 64),
-                                   max_prefix=24 if version == 4 else 64))
-            return Route(subnet, gateway=subnet.network_address, device="flannel.1",
+            # A node's subnet: a /24 (/64) of the pod CIDR, or all of a smaller one.
+            node_subnet = max(pods[0].prefixlen, 24 if version == 4 else 64)
+            subnet = draw(networks(within=pods[0], min_prefix=node_subnet,
+                                   max_prefix=node_subnet))
+            vxlan = "flannel.1" if version == 4 else "flannel-v6.1"
+            return Route(subnet, gateway=subnet.network_address, device=vxlan,
                          protocol="boot")
         far = draw(networks(version, min_prefix=16 if version == 4 else 48,
                             max_prefix=28 if version == 4 else 112))

@@ -323,3 +323,29 @@ def test_pool_values_a_draw_would_refuse_are_refused_when_the_strategy_is_made(
     # device-less routes, every draw was rejected: Unsatisfiable).
     with pytest.raises(ModelError):
         make()  # type: ignore[operator]
+
+
+_SMALL_PODS = Cluster(pod_cidrs=["10.42.0.0/25", "fd42::/80"],
+                      service_cidrs=["10.43.0.0/16", "fd43::/112"])
+
+
+@settings(deadline=None)
+@given(ks.foreign_routes(protocols=["boot"], cluster=_SMALL_PODS))
+def test_foreign_routes_of_a_pod_cidr_smaller_than_a_node_subnet_are_drawn(route: Route) -> None:
+    # A /25 pod CIDR raised "need 25 <= min_prefix <= max_prefix" in every flannel draw.
+    assert route.gateway is not None
+
+
+def test_flannel_routes_go_through_the_vxlan_device_of_their_family() -> None:
+    seen: set[tuple[int, str | None]] = set()
+
+    @settings(max_examples=200, deadline=None)
+    @given(ks.foreign_routes(protocols=["boot"], cluster=Cluster(
+        pod_cidrs=["10.42.0.0/16", "fd42:42::/56"], service_cidrs=["10.43.0.0/16"])))
+    def collect(route: Route) -> None:
+        if route.device not in ("eth0", "eth1"):
+            seen.add((route.family, route.device))
+
+    collect()
+    # flannel's VXLAN backend: flannel.VNI for IPv4, flannel-v6.VNI for IPv6
+    assert seen == {(4, "flannel.1"), (6, "flannel-v6.1")}
