@@ -319,6 +319,21 @@ def _check_gateways(gateways: dict[str, Sequence[str]], family: int | None,
                          "a route can have")
 
 
+@functools.lru_cache(maxsize=256)
+def _ints(low: int, high: int) -> SearchStrategy[int]:
+    return st.integers(low, high)
+
+
+def _draw_inside(draw: st.DrawFn, parent: Network, depth: int) -> Network:
+    """A prefix strictly inside ``parent``, 1 to ``depth`` bits longer, drawn from integers
+    (a strategy made per parent would be checked anew in every draw)."""
+    bits = _BITS[parent.version]
+    longer = draw(_ints(1, min(depth, bits - parent.prefixlen)))
+    index = draw(_ints(0, 2**longer - 1))
+    prefix = parent.prefixlen + longer
+    return type(parent)((int(parent.network_address) | (index << (bits - prefix)), prefix))
+
+
 def _nat_fields(draw: st.DrawFn, family: int | None, sources: SearchStrategy[Network] | None,
                 devices: Sequence[str | None]) -> dict[str, Any]:
     version = draw(families(family))
@@ -331,8 +346,11 @@ def _nat_fields(draw: st.DrawFn, family: int | None, sources: SearchStrategy[Net
         if destination is None:
             exclude = draw(lists_of(networks(version), 0, 3))
         elif destination.prefixlen < _BITS[version]:
-            halves: list[Network] = list(destination.subnets(prefixlen_diff=1))
-            exclude = [draw(pick(halves))]
+            # Up to three prefixes strictly inside the destination, down to 8 bits below it:
+            # a half (what shrinking gives), a small hole, several holes.
+            exclude = [_draw_inside(draw, destination, 8) for _ in range(draw(_ints(1, 3)))]
+            if list(aggregate(exclude)) == [destination]:  # the rule would never match
+                exclude = exclude[:1]
     return {
         "source": source,
         "destination": destination,

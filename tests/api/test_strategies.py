@@ -349,3 +349,14 @@ def test_flannel_routes_go_through_the_vxlan_device_of_their_family() -> None:
     collect()
     # flannel's VXLAN backend: flannel.VNI for IPv4, flannel-v6.VNI for IPv6
     assert seen == {(4, "flannel.1"), (6, "flannel-v6.1")}
+
+
+def test_nat_rules_with_a_destination_draw_several_exclusions_and_small_holes() -> None:
+    # Only one half of the destination was ever drawn: a backend that writes a small
+    # hole or two exclusions of one destination wrongly passed every property.
+    found = find(ks.nat_rules(), lambda r: r.destination is not None and len(r.exclude) >= 2)
+    assert found.destination is not None
+    assert all(found.destination.overlaps(e) for e in found.exclude)
+    deep = find(ks.nat_rules(4), lambda r: r.destination is not None and any(
+        e.prefixlen >= r.destination.prefixlen + 4 for e in r.exclude))
+    assert deep.exclude
