@@ -225,11 +225,21 @@ def addresses(family: int | None = None, *,
 
 
 def interface_names() -> SearchStrategy[str]:
-    """Names k3snet accepts: 1..15 characters of ``[A-Za-z0-9_.@+-]``, not ``.``/``..``/``+``,
-    not starting with ``@``. Capitals shrink to lower case (``a`` before ``A``)."""
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_.@+-ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    return st.text(alphabet, min_size=1, max_size=15).filter(
-        lambda s: s not in {".", "..", "+"} and not s.startswith("@"))
+    """Names k3snet accepts and the kernel gives an interface: 1..15 characters of
+    ``[A-Za-z0-9_.@+-]``, not ``.``/``..``/``+``, not starting with ``@``, not ``all`` or
+    ``default`` (``/proc/sys/net/ipv4/conf/all`` is every interface's: the kernel refuses
+    those two). Capitals shrink to lower case (``a`` before ``A``)."""
+    return _INTERFACE_NAMES
+
+
+def _interface_name_drawn(name: str) -> bool:
+    """The names of :data:`_NAME_ALPHABET`, 1..15 long, that :func:`interface_names` draws."""
+    return name not in _NOT_INTERFACE_NAMES and not name.startswith("@")
+
+
+_NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_.@+-ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_NOT_INTERFACE_NAMES = frozenset({".", "..", "+", "all", "default"})
+_INTERFACE_NAMES = st.text(_NAME_ALPHABET, min_size=1, max_size=15).filter(_interface_name_drawn)
 
 
 @functools.lru_cache(maxsize=1024)
