@@ -586,6 +586,7 @@ def states(
     """
     if not 0 <= min_owned <= max_owned or not 0 <= min_foreign <= max_foreign:
         raise ModelError("need 0 <= min_owned <= max_owned and 0 <= min_foreign <= max_foreign")
+    _check_strategies(owned=owned, foreign=foreign)
     owned_objects = owned if owned is not None else objects()
     foreign_objects = foreign if foreign is not None else owned_objects
     # Made once: a strategy made inside the draw is checked anew by Hypothesis every time.
@@ -603,6 +604,13 @@ def states(
         return State(owned=mine, foreign=theirs)
 
     return build()
+
+
+def _check_strategies(**given: object) -> None:
+    for name, value in given.items():
+        if value is not None and not isinstance(value, SearchStrategy):
+            raise ModelError(f"{name} must be a strategy of k3snet objects (such as "
+                             f"objects()), got {value!r}")
 
 
 def _key_of(obj: NetObject) -> tuple[Any, ...]:
@@ -632,6 +640,7 @@ def state_pairs(
         raise ModelError("need 0 <= min_owned <= max_owned and 1 <= min_changes <= max_changes")
     if max_foreign < 0:
         raise ModelError("max_foreign must be >= 0")
+    _check_strategies(owned=owned, foreign=foreign)
     owned_objects = owned if owned is not None else objects()
     foreign_objects = foreign if foreign is not None else objects(every_shape=True)
     owned_lists = st.lists(owned_objects, min_size=min_owned, max_size=max_owned,

@@ -316,6 +316,9 @@ def test_a_k3snet_base_class_resolves_to_the_k3snet_kinds_under_it() -> None:
     lambda: ks.nat_rules(devices=[""]), lambda: ks.forward_rules(devices=["x" * 16]),
     lambda: ks.sysctls(names=["net.ipv4.no such"]), lambda: ks.sysctls(values=[""]),
     lambda: ks.foreign_routes(devices=["@eth0"]),
+    # a list of objects, not a strategy of them
+    lambda: ks.states([Route("10.0.0.0/8", device="eth0")]),
+    lambda: ks.state_pairs(foreign=[Route("10.0.0.0/8", device="eth0")]),
 ])
 def test_pool_values_a_draw_would_refuse_are_refused_when_the_strategy_is_made(
         make: object) -> None:
