@@ -216,10 +216,25 @@ def temporary_netns(role: str) -> Iterator[str]:
         with temporary_netns("probe") as ns:
             run_in(ns, ["ip", "link", "set", "lo", "up"])
     """
-    name = create_netns(unique_name(role))
+    name = unique_name(role)
+    try:
+        create_netns(name)
+    except NetnsCommandError:
+        raise  # `ip` refused: it made nothing, or the name is someone else's
+    except BaseException:
+        # Stopped (a signal, a timeout) while `ip netns add` ran: it may well have made
+        # the namespace already, and only this name tells it apart.
+        _remove(name)
+        raise
     try:
         yield name
     finally:
+        _remove(name)
+
+
+def _remove(name: str) -> None:
+    """Kill what runs in the namespace ``name`` and delete it, if it exists."""
+    if netns_exists(name):
         try:
             kill_netns_processes(name)
         finally:

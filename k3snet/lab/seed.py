@@ -45,7 +45,6 @@ from typing import Final, Literal, Self
 
 import attrs
 
-from k3snet.lab import _echo_server
 from k3snet.lab.netns import DEFAULT_TIMEOUT, run_in, temporary_netns
 
 __all__ = [
@@ -230,6 +229,11 @@ def _start_server(db: str) -> subprocess.Popen[str]:
 
 
 def _await_ready(server: subprocess.Popen[str]) -> None:
+    # Imported here, not with this module: `python -m k3snet.lab._echo_server` imports
+    # k3snet.lab (and so this module) first, and runpy warns of a module imported before
+    # it runs as __main__, an error under PYTHONWARNINGS=error (which the server inherits).
+    from k3snet.lab._echo_server import READY_LINE  # noqa: PLC0415
+
     assert server.stdout is not None
     deadline = time.monotonic() + _SERVER_START_TIMEOUT
     while (left := deadline - time.monotonic()) > 0:
@@ -237,7 +241,7 @@ def _await_ready(server: subprocess.Popen[str]) -> None:
         if not readable:
             break
         line = server.stdout.readline()
-        if line.strip() == _echo_server.READY_LINE:
+        if line.strip() == READY_LINE:
             return
         if not line:  # EOF: the server died.
             break

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Any
 
 from hypothesis import assume
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from k3snet.errors import ModelError
-from k3snet.model import NetObject
+from k3snet.model import NetObject, validate_interface_name
 from k3snet.model.cidr import Address, Network, aggregate, parse_network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule, snat_address_problem
@@ -122,11 +122,33 @@ def _check_family(family: int | None) -> None:
         raise ModelError(f"family must be 4, 6 or None, got {family!r}")
 
 
-def _pool(name: str, values: Sequence[Any], *, allow_empty: bool = False) -> None:
+def _pool(name: str, values: Sequence[Any], *, allow_empty: bool = False,
+          each: Callable[[Any], object] | None = None) -> None:
+    """Refuse a pool that is not a non-empty sequence, or (``each``: the model object a draw
+    makes of a value) that holds a value the model refuses: here, not in the first draw."""
     if isinstance(values, str) or not isinstance(values, Sequence):
         raise ModelError(f"{name} must be a sequence, got {values!r}")
     if not values and not allow_empty:
         raise ModelError(f"{name} must not be empty")
+    if each is None:
+        return
+    for value in values:
+        try:
+            each(value)
+        except (ModelError, TypeError, ValueError) as exc:
+            raise ModelError(f"{name}: {value!r} cannot be drawn: {exc}") from exc
+
+
+def _interface(name: str | None) -> None:
+    if name is not None:
+        validate_interface_name(name)
+
+
+_SOME_ROUTE = parse_network("10.0.0.0/8")
+
+
+def _route_with(**fields: Any) -> Route:
+    return Route(_SOME_ROUTE, device="eth0", **fields)
 
 
 def families(family: int | None = None) -> SearchStrategy[int]:
@@ -203,11 +225,21 @@ def addresses(family: int | None = None, *,
 
 
 def interface_names() -> SearchStrategy[str]:
-    """Names k3snet accepts: 1..15 characters of ``[A-Za-z0-9_.@+-]``, not ``.``/``..``/``+``,
-    not starting with ``@``. Capitals shrink to lower case (``a`` before ``A``)."""
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_.@+-ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    return st.text(alphabet, min_size=1, max_size=15).filter(
-        lambda s: s not in {".", "..", "+"} and not s.startswith("@"))
+    """Names k3snet accepts and the kernel gives an interface: 1..15 characters of
+    ``[A-Za-z0-9_.@+-]``, not ``.``/``..``/``+``, not starting with ``@``, not ``all`` or
+    ``default`` (``/proc/sys/net/ipv4/conf/all`` is every interface's: the kernel refuses
+    those two). Capitals shrink to lower case (``a`` before ``A``)."""
+    return _INTERFACE_NAMES
+
+
+def _interface_name_drawn(name: str) -> bool:
+    """The names of :data:`_NAME_ALPHABET`, 1..15 long, that :func:`interface_names` draws."""
+    return name not in _NOT_INTERFACE_NAMES and not name.startswith("@")
+
+
+_NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_.@+-ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_NOT_INTERFACE_NAMES = frozenset({".", "..", "+", "all", "default"})
+_INTERFACE_NAMES = st.text(_NAME_ALPHABET, min_size=1, max_size=15).filter(_interface_name_drawn)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -239,11 +271,13 @@ def routes(
     kernel's ``universe``; IPv6 routes have no scope).
     """
     _check_family(family)
-    _pool("devices", devices)
-    _pool("tables", tables)
-    _pool("metrics", metrics)
-    _pool("protocols", protocols)
-    _pool("scopes", scopes)
+    _pool("devices", devices, each=_interface)
+    _pool("tables", tables, each=lambda table: _route_with(table=table))
+    _pool("metrics", metrics, each=lambda metric: _route_with(metric=metric))
+    _pool("protocols", protocols, each=lambda protocol: _route_with(protocol=protocol))
+    _pool("scopes", scopes, each=lambda scope: _route_with(scope=scope))
+    if gateways is not None:
+        _check_gateways(gateways, family, devices)
 
     @st.composite
     def build(draw: st.DrawFn) -> Route:
@@ -273,6 +307,43 @@ def routes(
     return build()
 
 
+def _check_gateways(gateways: dict[str, Sequence[str]], family: int | None,
+                    devices: Sequence[str | None]) -> None:
+    """Each gateway a route on its device can have; and some route drawable at all."""
+    if not isinstance(gateways, Mapping):
+        raise ModelError(f"gateways must map a device to its gateways, got {gateways!r}")
+    usable: set[int] = set()
+    for device, pool in gateways.items():
+        def via(gateway: str, on: str = device) -> Route:
+            whole = "0.0.0.0/0" if ipaddress.ip_address(gateway).version == 4 else "::/0"
+            return Route(whole, gateway=gateway, device=on)
+
+        _pool(f"gateways[{device!r}]", pool, allow_empty=True, each=via)
+        usable |= {ipaddress.ip_address(g).version for g in pool
+                   if next_hop_problem(ipaddress.ip_address(g), None) is None}
+    wanted = {4, 6} if family is None else {family}
+    if all(d is None for d in devices) and not usable & wanted:
+        families_wanted = " or ".join(map(str, sorted(wanted)))
+        raise ModelError(f"devices {list(devices)!r} draw only routes via a gateway without "
+                         f"device, and gateways has none of family {families_wanted} that such "
+                         "a route can have")
+
+
+@functools.lru_cache(maxsize=256)
+def _ints(low: int, high: int) -> SearchStrategy[int]:
+    return st.integers(low, high)
+
+
+def _draw_inside(draw: st.DrawFn, parent: Network, depth: int) -> Network:
+    """A prefix strictly inside ``parent``, 1 to ``depth`` bits longer, drawn from integers
+    (a strategy made per parent would be checked anew in every draw)."""
+    bits = _BITS[parent.version]
+    longer = draw(_ints(1, min(depth, bits - parent.prefixlen)))
+    index = draw(_ints(0, 2**longer - 1))
+    prefix = parent.prefixlen + longer
+    return type(parent)((int(parent.network_address) | (index << (bits - prefix)), prefix))
+
+
 def _nat_fields(draw: st.DrawFn, family: int | None, sources: SearchStrategy[Network] | None,
                 devices: Sequence[str | None]) -> dict[str, Any]:
     version = draw(families(family))
@@ -285,8 +356,11 @@ def _nat_fields(draw: st.DrawFn, family: int | None, sources: SearchStrategy[Net
         if destination is None:
             exclude = draw(lists_of(networks(version), 0, 3))
         elif destination.prefixlen < _BITS[version]:
-            halves: list[Network] = list(destination.subnets(prefixlen_diff=1))
-            exclude = [draw(pick(halves))]
+            # Up to three prefixes strictly inside the destination, down to 8 bits below it:
+            # a half (what shrinking gives), a small hole, several holes.
+            exclude = [_draw_inside(draw, destination, 8) for _ in range(draw(_ints(1, 3)))]
+            if list(aggregate(exclude)) == [destination]:  # the rule would never match
+                exclude = exclude[:1]
     return {
         "source": source,
         "destination": destination,
@@ -304,7 +378,7 @@ def masquerade_rules(
 ) -> SearchStrategy[MasqueradeRule]:
     """Masquerade rules, with and without destination, exclusions and out interface."""
     _check_family(family)
-    _pool("devices", devices)
+    _pool("devices", devices, each=_interface)
 
     @st.composite
     def build(draw: st.DrawFn) -> MasqueradeRule:
@@ -322,7 +396,7 @@ def snat_rules(
 ) -> SearchStrategy[SnatRule]:
     """SNAT rules to a unicast address of the rule's family."""
     _check_family(family)
-    _pool("devices", devices)
+    _pool("devices", devices, each=_interface)
 
     @st.composite
     def build(draw: st.DrawFn) -> SnatRule:
@@ -353,7 +427,7 @@ def forward_rules(
     differ only in their interfaces: a replace) often.
     """
     _check_family(family)
-    _pool("devices", devices)
+    _pool("devices", devices, each=_interface)
 
     @st.composite
     def build(draw: st.DrawFn) -> ForwardRule:
@@ -381,9 +455,9 @@ def sysctls(
     ``previous`` is the pool of values a backend recorded before taking the
     parameter over (``None``: not recorded); it never takes part in equality.
     """
-    _pool("names", names)
-    _pool("values", values)
-    _pool("previous", previous)
+    _pool("names", names, each=lambda name: Sysctl(name, "0"))
+    _pool("values", values, each=lambda value: Sysctl(_FORWARDING[0], value))
+    _pool("previous", previous, each=lambda value: Sysctl(_FORWARDING[0], "0", previous=value))
     return st.builds(Sysctl, st.sampled_from(names), st.sampled_from(values),
                      previous=st.sampled_from(previous))
 
@@ -512,6 +586,7 @@ def states(
     """
     if not 0 <= min_owned <= max_owned or not 0 <= min_foreign <= max_foreign:
         raise ModelError("need 0 <= min_owned <= max_owned and 0 <= min_foreign <= max_foreign")
+    _check_strategies(owned=owned, foreign=foreign)
     owned_objects = owned if owned is not None else objects()
     foreign_objects = foreign if foreign is not None else owned_objects
     # Made once: a strategy made inside the draw is checked anew by Hypothesis every time.
@@ -529,6 +604,13 @@ def states(
         return State(owned=mine, foreign=theirs)
 
     return build()
+
+
+def _check_strategies(**given: object) -> None:
+    for name, value in given.items():
+        if value is not None and not isinstance(value, SearchStrategy):
+            raise ModelError(f"{name} must be a strategy of k3snet objects (such as "
+                             f"objects()), got {value!r}")
 
 
 def _key_of(obj: NetObject) -> tuple[Any, ...]:
@@ -558,6 +640,7 @@ def state_pairs(
         raise ModelError("need 0 <= min_owned <= max_owned and 1 <= min_changes <= max_changes")
     if max_foreign < 0:
         raise ModelError("max_foreign must be >= 0")
+    _check_strategies(owned=owned, foreign=foreign)
     owned_objects = owned if owned is not None else objects()
     foreign_objects = foreign if foreign is not None else objects(every_shape=True)
     owned_lists = st.lists(owned_objects, min_size=min_owned, max_size=max_owned,
@@ -754,12 +837,13 @@ def foreign_routes(
     ``kernel``: a connected prefix on a device (scope link; IPv6 metric 256);
     ``dhcp`` / ``ra``: a default route via a gateway on the link (metric 100 /
     1024); ``boot``: what ``ip route add`` and flannel write (flannel: another
-    node's pod subnet, a /24 of the cluster's pod CIDR, via ``flannel.1``);
+    node's pod subnet, a /24 of the cluster's pod CIDR via ``flannel.1``, or a /64 of
+    the IPv6 one via ``flannel-v6.1``, the devices of flannel's VXLAN backend);
     ``static`` and ``bird``: prefixes via a gateway, in the main or another table.
     """
     _check_family(family)
     _pool("protocols", protocols)
-    _pool("devices", devices)
+    _pool("devices", devices, each=validate_interface_name)
     unknown = [p for p in protocols if p not in FOREIGN_ROUTE_PROTOCOLS]
     if unknown:
         raise ModelError(f"protocols must be among {', '.join(FOREIGN_ROUTE_PROTOCOLS)}, "
@@ -787,10 +871,12 @@ def foreign_routes(
                          metric=100 if protocol == "dhcp" else 1024)
         pods = [n for n in cluster.pod_cidrs if n.version == version]
         if protocol == "boot" and pods and draw(st.booleans()):
-            subnet = draw(networks(within=pods[0], min_prefix=max(pods[0].prefixlen, 24
-                                                                   if version == 4 else 64),
-                                   max_prefix=24 if version == 4 else 64))
-            return Route(subnet, gateway=subnet.network_address, device="flannel.1",
+            # A node's subnet: a /24 (/64) of the pod CIDR, or all of a smaller one.
+            node_subnet = max(pods[0].prefixlen, 24 if version == 4 else 64)
+            subnet = draw(networks(within=pods[0], min_prefix=node_subnet,
+                                   max_prefix=node_subnet))
+            vxlan = "flannel.1" if version == 4 else "flannel-v6.1"
+            return Route(subnet, gateway=subnet.network_address, device=vxlan,
                          protocol="boot")
         far = draw(networks(version, min_prefix=16 if version == 4 else 48,
                             max_prefix=28 if version == 4 else 112))

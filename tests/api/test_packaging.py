@@ -51,3 +51,20 @@ def test_the_testing_helpers_without_hypothesis_name_the_extra_to_install(module
         capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 1
     assert "pip install 'k3snet[testing]'" in done.stderr.splitlines()[-1]
+
+
+def test_import_hypothesis_loads_no_strategy_until_a_test_asks_for_one() -> None:
+    # The plugin entry point runs in every Hypothesis session of a machine with k3snet
+    # installed: it registers the type strategies, and must not import the strategies,
+    # the conformance suite, the planner or the backends for a session that uses none.
+    code = ("import sys, hypothesis\n"
+            "from hypothesis import strategies as st\n"
+            "import k3snet\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('k3snet.testing.',"
+            " 'k3snet.planner', 'k3snet.backends'))))\n"
+            "print(type(st.from_type(k3snet.Route).example()).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)
+    loaded, drawn = done.stdout.splitlines()
+    assert loaded == "['k3snet.testing._hypothesis_entry']"
+    assert drawn == "Route"

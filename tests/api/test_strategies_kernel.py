@@ -1,0 +1,53 @@
+"""The interface names the strategies draw are names the kernel gives an interface.
+
+Checked in a namespace of the test's own: ``ip link add`` of a veth pair, then the
+kernel's own view (``ip -j link show``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.testing import strategies as ks
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+
+# Edges of the kernel's rule and of k3snet's: lengths, dots, punctuation, and the names of
+# /proc/sys/net/ipv4/conf/{all,default}, which the kernel refuses ("Invalid argument").
+EDGE_NAMES = ["a", "Z", "0", "x" * 15, ".a", "a..", "-", "_", "a@b", "a+", "+a",
+              "eth0.100", "flannel-v6.1", "all", "default", "ALL", "all0", "Default"]
+
+
+@pytest.fixture(scope="module")
+def ns() -> Iterator[str]:
+    with temporary_netns("ifnames") as name:
+        yield name
+
+
+def _kernel_takes(ns: str, name: str) -> bool:
+    added = run_in(ns, ["ip", "link", "add", "name", name, "type", "veth", "peer", "name",
+                        "k3snet-peer"], check=False)
+    if added.returncode != 0:
+        return False
+    try:
+        (link,) = json.loads(run_in(ns, ["ip", "-j", "link", "show", "dev", name]).stdout)
+        return bool(link["ifname"] == name)
+    finally:
+        run_in(ns, ["ip", "link", "delete", "dev", name])
+
+
+@pytest.mark.parametrize("name", EDGE_NAMES)
+def test_an_edge_name_is_drawn_exactly_when_the_kernel_takes_it(ns: str, name: str) -> None:
+    # "all" and "default" were drawn (k3snet takes them) and the kernel refuses them.
+    assert ks._interface_name_drawn(name) == _kernel_takes(ns, name)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ks.interface_names())
+def test_every_drawn_interface_name_is_one_the_kernel_takes(ns: str, name: str) -> None:
+    assert _kernel_takes(ns, name)
