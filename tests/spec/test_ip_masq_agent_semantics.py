@@ -139,3 +139,72 @@ def test_an_import_that_is_no_path_text_or_mapping_is_refused_unread(
     assert [str(p) for p in info.value.problems] == [
         f"masquerade.ipMasqAgentConfig: expected a path, the config's text or a mapping, "
         f"got {value!r}"]
+
+
+@pytest.mark.parametrize(("entry", "net"), [
+    ("10.0.0.0", "10.0.0.0/32"),               # no prefix length: ipaddress reads a /32
+    ("10.0.0.0/255.0.0.0", "10.0.0.0/8"),      # a netmask
+    ("10.0.0.0/0.255.255.255", "10.0.0.0/8"),  # a host mask
+    (" 10.0.0.0/8", "10.0.0.0/8"),             # spaces around it
+    ("10.0.0.0/8 ", "10.0.0.0/8"),
+    ("fd00::", "fd00::/128"),
+])
+def test_a_cidr_go_refuses_makes_the_config_refused_as_ip_masq_agent_refuses_it(
+        entry: str, net: str) -> None:
+    # validateCIDR() runs Go's net.ParseCIDR on every entry and the agent refuses the
+    # whole config (keeping the rules it had); k3snet imported the entry as Python's
+    # ipaddress reads it, a list the agent never used.
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config({"nonMasqueradeCIDRs": ["192.168.0.0/16", entry]})
+    assert [str(p) for p in info.value.problems] == [
+        f"nonMasqueradeCIDRs[1]: {entry!r} is not a CIDR as ip-masq-agent reads it (Go's "
+        f"net.ParseCIDR: an address, '/' and a prefix length, nothing else, such as {net}); "
+        "ip-masq-agent refuses this config"]
+
+
+@pytest.mark.parametrize(("entry", "shown", "ipv4"), [
+    ("::ffff:10.0.0.0/104", "::ffff:a00:0/104", "10.0.0.0/8"),
+    ("::ffff:0:0/96", "::ffff:0:0/96", "0.0.0.0/0"),
+    ("::ffff:192.168.1.1/128", "::ffff:c0a8:101/128", "192.168.1.1/32"),
+])
+def test_an_ipv4_mapped_prefix_is_refused_as_the_ipv4_rule_it_becomes_in_ip_masq_agent(
+        entry: str, shown: str, ipv4: str) -> None:
+    # isIPv6CIDR() asks Go's To4(), not nil for ::ffff:a.b.c.d: the agent writes the entry
+    # among its IPv4 rules, which iptables-restore refuses. k3snet exempted it as an IPv6
+    # prefix that no IPv6 packet is ever sent to.
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config(f"nonMasqueradeCIDRs: ['{entry}']\n")
+    assert [str(p) for p in info.value.problems] == [
+        f"nonMasqueradeCIDRs[0]: {shown} is an IPv4-mapped IPv6 prefix, which ip-masq-agent "
+        "writes among its IPv4 rules (iptables-restore refuses them); list "
+        f"{ipv4} instead"]
+
+
+def test_cidrs_go_reads_are_imported_as_written() -> None:
+    config = load_ip_masq_agent_config(
+        "nonMasqueradeCIDRs: [10.0.0.0/08, '::/0', 'FD00::/8', '::1.2.3.0/120', 0.0.0.0/0]\n")
+    assert [str(c) for c in config.non_masquerade_cidrs] == [
+        "10.0.0.0/8", "::/0", "fd00::/8", "::102:300/120", "0.0.0.0/0"]
+
+
+@pytest.mark.parametrize("value", [
+    "2562047h47m16.854775807s", "-2562047h47m16.854775808s", "9223372036854775807ns",
+    "2562047h", "1.9999999999999999999h",
+])
+def test_a_resync_interval_within_a_go_duration_is_read(value: str) -> None:
+    config = load_ip_masq_agent_config({"resyncInterval": value, "nonMasqueradeCIDRs": []})
+    assert config.resync_interval == value
+
+
+@pytest.mark.parametrize("value", [
+    "100000000000h", "2562047h47m16.854775808s", "-2562047h47m16.854775809s",
+    "9223372036854775808ns", "99999999999999999999s", "2562047h2562047h",
+])
+def test_a_resync_interval_beyond_a_go_duration_makes_the_config_refused(value: str) -> None:
+    # time.ParseDuration refuses a total beyond an int64 of nanoseconds (about 292
+    # years) as an "invalid duration", and ip-masq-agent the whole config with it.
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config({"resyncInterval": value, "nonMasqueradeCIDRs": []})
+    assert [str(p) for p in info.value.problems] == [
+        f"resyncInterval: {value!r} is longer than a Go duration can be (about 292 years); "
+        "ip-masq-agent refuses this config"]
