@@ -208,3 +208,24 @@ def test_a_resync_interval_beyond_a_go_duration_makes_the_config_refused(value: 
     assert [str(p) for p in info.value.problems] == [
         f"resyncInterval: {value!r} is longer than a Go duration can be (about 292 years); "
         "ip-masq-agent refuses this config"]
+
+
+@pytest.mark.parametrize("imported", [["192.168.0.0/16"], []])
+@pytest.mark.parametrize("mode", ["destinations", "off"])
+def test_an_import_beside_another_mode_is_refused_at_the_mode(
+        mode: str, imported: list[str]) -> None:
+    # The import's keys are mode all's: merged beside mode destinations, its list was
+    # refused at masquerade.nonMasqueradeCIDRs, a key the spec does not have ("only
+    # meaningful with mode: all"), and an empty list passed unnoticed.
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict({"masquerade": {"mode": mode,
+                                       "ipMasqAgentConfig": {"nonMasqueradeCIDRs": imported}}})
+    assert [str(p) for p in info.value.problems] == [
+        f"masquerade.mode: ipMasqAgentConfig imports ip-masq-agent's semantics, mode all, "
+        f"not {mode}: drop one of them"]
+
+
+def test_an_import_beside_mode_all_is_read() -> None:
+    spec = Spec.from_dict({"masquerade": {
+        "mode": "all", "ipMasqAgentConfig": {"nonMasqueradeCIDRs": ["192.168.0.0/16"]}}})
+    assert [str(c) for c in spec.masquerade.non_masquerade_cidrs] == ["192.168.0.0/16"]
