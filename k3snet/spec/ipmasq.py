@@ -35,6 +35,7 @@ __all__ = [
     "IP_MASQ_AGENT_CIDR_LIMIT",
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
     "IpMasqAgentConfig",
+    "file_named",
     "import_problem",
     "load_ip_masq_agent_config",
     "names_a_file",
@@ -191,9 +192,15 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
         data: Any = source
     else:
         text = str(source)
-        if isinstance(source, Path) or names_a_file(text):
-            where, from_file = text, True
-            text = read_text(text)
+        path = str(source) if isinstance(source, Path) else file_named(text)
+        if not text.strip():
+            # Read as YAML it is null: ip-masq-agent's defaults, from a template that
+            # rendered nothing.
+            raise SpecError([Problem("", "empty: give a path, the config's text or a "
+                                         "mapping")], source=where)
+        if path is not None:
+            where, from_file = path, True
+            text = read_text(path)
         try:
             data = load_mapping(text, where)
         except SpecError as exc:
@@ -266,5 +273,17 @@ def import_problem(source: Any) -> str | None:
 
 def names_a_file(text: str) -> bool:
     """Whether ``text`` names a file rather than holding the config: one line without
-    ``:`` (every mapping of the config's keys has one) that is not a flow mapping."""
-    return "\n" not in text and ":" not in text and not text.lstrip().startswith("{")
+    ``:`` (every mapping of the config's keys has one) that is not a flow mapping, with
+    or without blank space around it (:func:`file_named`)."""
+    return file_named(text) is not None
+
+
+def file_named(text: str) -> str | None:
+    """The path ``text`` names (:func:`names_a_file`), blank space around it left out: a
+    YAML block scalar (``ipMasqAgentConfig: |``) ends the line with a newline, which
+    made the path a one-line config "expected a mapping, got str". ``None`` when it holds
+    the config or nothing at all."""
+    path = text.strip()
+    if not path or "\n" in path or ":" in path or path.startswith("{"):
+        return None
+    return path

@@ -14,6 +14,7 @@ import pytest
 
 from k3snet import MasqueradeRule, Spec, SpecError, load_ip_masq_agent_config
 from k3snet.spec import compile as compile_spec
+from k3snet.spec.load import imported_files
 
 # ip-masq-agent's own example config (agent-config/config in its repository).
 UPSTREAM_EXAMPLE = """\
@@ -229,3 +230,24 @@ def test_an_import_beside_mode_all_is_read() -> None:
     spec = Spec.from_dict({"masquerade": {
         "mode": "all", "ipMasqAgentConfig": {"nonMasqueradeCIDRs": ["192.168.0.0/16"]}}})
     assert [str(c) for c in spec.masquerade.non_masquerade_cidrs] == ["192.168.0.0/16"]
+
+
+@pytest.mark.parametrize("written", ["{path}\n", "  {path}  ", "{path}"])
+def test_a_path_with_blank_space_around_it_is_the_file(tmp_path: Path, written: str) -> None:
+    # A YAML block scalar (ipMasqAgentConfig: |) ends the path with a newline: it was read
+    # as a one-line config, "expected a mapping, got str", and the agent did not watch
+    # the file.
+    path = tmp_path / "ip-masq-agent"
+    path.write_text("nonMasqueradeCIDRs: [192.168.0.0/16]\n")
+    document = {"masquerade": {"ipMasqAgentConfig": written.format(path=path)}}
+    spec = Spec.from_dict(document)
+    assert [str(c) for c in spec.masquerade.non_masquerade_cidrs] == ["192.168.0.0/16"]
+    assert imported_files(document) == (str(path),)
+
+
+@pytest.mark.parametrize("text", ["", "  \n"])
+def test_an_empty_import_is_refused_not_read_as_the_agents_defaults(text: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_ip_masq_agent_config(text)
+    assert [str(p) for p in info.value.problems] == [
+        "empty: give a path, the config's text or a mapping"]
