@@ -9,7 +9,6 @@ plan judges against what the backend observed.
 
 from __future__ import annotations
 
-import bisect
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -230,34 +229,31 @@ def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
 def _kept_inside(destinations: Sequence[Destination]) -> dict[int, list[Network]]:
     """For the index of each masqueraded destination, what the destinations strictly
     inside it keep from masquerading: each one's CIDR when it has ``masquerade: false``,
-    and every one's ``exclude`` (``{}`` for most specs: no destination inside another).
+    and every one's ``exclude`` (``{}`` for most specs: none keeps anything).
 
     Its rule excludes them, so that the most specific destination decides: with
     ``10.1.2.0/24`` (``masquerade: false``, or in the ``exclude`` of ``10.1.0.0/16``)
     inside a masqueraded ``10.1.0.0/16`` (or ``10.0.0.0/8``), the larger one's rule
     translated it, while mode ``all``, Calico (a disabled pool) and Cilium (an exempt
-    CIDR) leave it alone. Sorted by start, the destinations inside one are found by
-    bisection, not by comparing it with every other.
+    CIDR) leave it alone. One pass over the destinations sorted by start, larger first,
+    with a stack of those around the current one (CIDRs nest or are disjoint).
     """
-    keeping = sorted((d.cidr.version, int(d.cidr.network_address), d.cidr.prefixlen, i)
-                     for i, d in enumerate(destinations) if not d.masquerade or d.exclude)
-    if not keeping:
+    if all(d.masquerade and not d.exclude for d in destinations):
         return {}
-    starts = [(version, start) for version, start, _, _ in keeping]
+    spans = sorted((d.cidr.version, int(d.cidr.network_address), d.cidr.prefixlen, i)
+                   for i, d in enumerate(destinations))
     found: dict[int, list[Network]] = {}
-    for i, dest in enumerate(destinations):
-        if not dest.masquerade:
-            continue
-        net = dest.cidr
-        low = bisect.bisect_left(starts, (net.version, int(net.network_address)))
-        high = bisect.bisect_right(starts, (net.version, int(net.broadcast_address)))
-        kept: list[Network] = []
-        for _, _, length, j in keeping[low:high]:
-            if length > net.prefixlen:  # strictly inside (the same CIDR twice is refused)
-                inner = destinations[j]
-                kept += inner.exclude if inner.masquerade else (inner.cidr,)
+    around: list[tuple[int, int, int]] = []  # (family, end, index) of the enclosing ones
+    for version, start, length, i in spans:
+        while around and (around[-1][0] != version or around[-1][1] <= start):
+            around.pop()
+        dest = destinations[i]
+        kept = dest.exclude if dest.masquerade else (dest.cidr,)
         if kept:
-            found[i] = kept
+            for _, _, outer in around:
+                if destinations[outer].masquerade:
+                    found.setdefault(outer, []).extend(kept)
+        around.append((version, start + (1 << ((32 if version == 4 else 128) - length)), i))
     return found
 
 
