@@ -39,6 +39,7 @@ from k3snet.errors import BackendError, ModelError, PlanError
 from k3snet.model.state import State
 from k3snet.planner import Plan
 from k3snet.spec.source import MAX_BYTES as SPEC_MAX_BYTES
+from k3snet.spec.source import unique_pairs
 
 __all__ = ["MAX_PLANFILE_BYTES", "PLANFILE_FORMAT", "PLANFILE_KIND", "PlanFile",
            "node_identity"]
@@ -57,7 +58,8 @@ against its identity), ``allow_disruptive`` is recorded once for all backends.""
 def _read_json(path: Path) -> Any:
     """A plan file's JSON document; a PlanError when it is not a readable regular file of
     at most :data:`MAX_PLANFILE_BYTES` holding UTF-8 JSON nested at most
-    :data:`~k3snet._gojson.MAX_NESTING` deep (a FIFO or a device is refused unread)."""
+    :data:`~k3snet._gojson.MAX_NESTING` deep, each object's keys once (a FIFO or a device is
+    refused unread)."""
     try:
         data = read_input(path, MAX_PLANFILE_BYTES)
     except OSError as exc:
@@ -71,7 +73,9 @@ def _read_json(path: Path) -> Any:
         # RecursionError (an internal error) rather than a refused plan file.
         if text_nests_deeper(text, MAX_NESTING):
             raise JsonTextError(f"it nests objects and arrays deeper than {MAX_NESTING} levels")
-        return json.loads(text)
+        # k3snet writes each key once: a second value (read last, so in force) is an
+        # edited file, which shows one allow_disruptive to a reader and applies another.
+        return json.loads(text, object_pairs_hook=unique_pairs)
     except ValueError as exc:
         if _SPEC_LINE.search(data[:65536].decode("utf-8", "replace")):
             # Quoted: the command is pasted into a shell as it is (a path with spaces).

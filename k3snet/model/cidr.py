@@ -24,6 +24,7 @@ __all__ = [
     "ipv4_text",
     "network_sort_key",
     "network_text",
+    "not_unicast",
     "overlaps",
     "parse_address",
     "parse_network",
@@ -190,6 +191,26 @@ def _checked_zone(address: Address) -> Address:
         raise ModelError(f"the zone id of {_shown(str(address))} must be an interface "
                          f"name: {exc}") from exc
     return address
+
+
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def not_unicast(address: Address) -> str | None:
+    """What ``address`` is when no packet can be sent to it as to one host (``"a
+    multicast address"``), else ``None``: the unspecified, multicast, loopback, limited
+    broadcast and IPv4-mapped addresses, never a next hop nor a SNAT source."""
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.is_loopback:
+        return "a loopback address"
+    if address == _LIMITED_BROADCAST:
+        return "the broadcast address"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return "an IPv4-mapped address (never a packet's source or destination on the wire)"
+    return None
 
 
 def family_of(value: Network | Address) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv6Address
 from typing import Any, ClassVar
 
 import attrs
@@ -26,6 +26,7 @@ from k3snet.model.cidr import (
     aggregate,
     contains,
     network_text,
+    not_unicast,
     overlaps,
     parse_address,
     parse_network,
@@ -51,9 +52,6 @@ def _snat_address(value: str | Address) -> Address:
     return address
 
 
-_LIMITED_BROADCAST = IPv4Address("255.255.255.255")
-
-
 def snat_address_problem(address: Address) -> str | None:
     """Why ``address`` cannot be the source a SNAT rule writes (``None``: it can).
 
@@ -61,17 +59,8 @@ def snat_address_problem(address: Address) -> str | None:
     224.0.0.1``), and every translated packet then leaves with a source no reply
     can come back to: egress silently lost. A node's unicast address is needed.
     """
-    if address.is_unspecified:
-        kind = "the unspecified address"
-    elif address.is_multicast:
-        kind = "a multicast address"
-    elif address.is_loopback:
-        kind = "a loopback address"
-    elif address == _LIMITED_BROADCAST:
-        kind = "the broadcast address"
-    elif isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        kind = "an IPv4-mapped address (never a packet's source on the wire)"
-    else:
+    kind = not_unicast(address)
+    if kind is None:
         return None
     return (f"{address_text(address)} is {kind}; SNAT needs a unicast address of the node "
             "(replies come back to it)")

@@ -16,6 +16,7 @@ __all__ = ["ALIASES", "SPREADING", "SPREADING_INVERTED", "Sysctl"]
 # /proc/sys reads and writes at most a page; the longest net.* values are a few words.
 _MAX_VALUE = 4096
 _COMPONENT = re.compile(r"[A-Za-z0-9_\-@+.]+")
+_DOTS_AND_SLASHES = str.maketrans("./", "/.")
 
 
 SPREADING: Final = {
@@ -49,15 +50,22 @@ turns ``all.accept_redirects`` off, and turning it off again turns them on
 def _name(value: str) -> str:
     """Canonical name: dotted, or slash-separated when a component has a dot.
 
-    sysctl(8) writes ``net/ipv4/conf/eth0.100/rp_filter`` for VLAN interfaces.
+    sysctl(8) writes ``net/ipv4/conf/eth0.100/rp_filter`` for VLAN interfaces; as in
+    sysctl.d(5), a name whose first separator is a dot has its dots and slashes
+    interchanged, so ``net.ipv4.conf.eth0/100.rp_filter`` is that same name.
     """
     if not isinstance(value, str):
         raise ModelError(f"sysctl name must be a string, got {value!r}")
+    given = value
+    if 0 <= value.find(".") < value.find("/"):
+        # Else split at its slashes: "net.ipv4.conf.eth0" and "100.rp_filter", refused
+        # as a parameter outside net.*.
+        value = value.translate(_DOTS_AND_SLASHES)
     parts = value.split("/") if "/" in value else value.split(".")
     if any(not _COMPONENT.fullmatch(p) or p in {".", ".."} for p in parts) or len(parts) < 2:
-        raise ModelError(f"sysctl name {value!r} is not valid")
+        raise ModelError(f"sysctl name {given!r} is not valid")
     if parts[0] != "net":
-        raise ModelError(f"sysctl {value!r}: k3snet manages only net.* parameters")
+        raise ModelError(f"sysctl {given!r}: k3snet manages only net.* parameters")
     if any("." in p for p in parts):
         return "/".join(parts)
     return ".".join(parts)

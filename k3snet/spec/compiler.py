@@ -10,7 +10,7 @@ plan judges against what the backend observed.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -47,7 +47,14 @@ from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route
 from k3snet.model.state import State
 from k3snet.model.sysctl import Sysctl
-from k3snet.spec.model import BlockSizes, CalicoSettings, CiliumSettings, MasqueradePolicy, Spec
+from k3snet.spec.model import (
+    BlockSizes,
+    CalicoSettings,
+    CiliumSettings,
+    Destination,
+    MasqueradePolicy,
+    Spec,
+)
 from k3snet.spec.validate import block_size_problems, validate
 
 __all__ = [
@@ -185,7 +192,9 @@ def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
     owned: list[NetObject] = []
     families_in_use: set[int] = set()
     pods_of = {family: spec.cluster.pods(family) for family in (4, 6)}
-    for dest in spec.destinations:
+    kept = (_kept_inside(spec.destinations)
+            if nat and spec.masquerade.mode == "destinations" else {})
+    for i, dest in enumerate(spec.destinations):
         pods = pods_of[dest.cidr.version]
         if routes and dest.routed:
             owned.append(Route(dest.cidr, gateway=dest.gateway, device=dest.device,
@@ -195,7 +204,12 @@ def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
                                   out_interface=dest.device) for pod in pods]
         if nat and spec.masquerade.mode == "destinations" and dest.masquerade:
             out = dest.device or spec.masquerade.out_interface
-            owned += [_nat_rule(spec.masquerade, pod, dest.cidr, dest.exclude, out) for pod in pods]
+            exclude = dest.exclude
+            if i in kept:
+                exclude = aggregate([*exclude, *kept[i]])
+                if exclude == (dest.cidr,):  # nothing of it is left to masquerade
+                    continue
+            owned += [_nat_rule(spec.masquerade, pod, dest.cidr, exclude, out) for pod in pods]
         if pods:
             families_in_use.add(dest.family)
     if spec.masquerade.mode == "all":
@@ -210,6 +224,37 @@ def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
                   if FORWARDING_SYSCTL[f] not in explicit]
     owned += spec.sysctls
     return owned
+
+
+def _kept_inside(destinations: Sequence[Destination]) -> dict[int, list[Network]]:
+    """For the index of each masqueraded destination, what the destinations strictly
+    inside it keep from masquerading: each one's CIDR when it has ``masquerade: false``,
+    and every one's ``exclude`` (``{}`` for most specs: none keeps anything).
+
+    Its rule excludes them, so that the most specific destination decides: with
+    ``10.1.2.0/24`` (``masquerade: false``, or in the ``exclude`` of ``10.1.0.0/16``)
+    inside a masqueraded ``10.1.0.0/16`` (or ``10.0.0.0/8``), the larger one's rule
+    translated it, while mode ``all``, Calico (a disabled pool) and Cilium (an exempt
+    CIDR) leave it alone. One pass over the destinations sorted by start, larger first,
+    with a stack of those around the current one (CIDRs nest or are disjoint).
+    """
+    if all(d.masquerade and not d.exclude for d in destinations):
+        return {}
+    spans = sorted((d.cidr.version, int(d.cidr.network_address), d.cidr.prefixlen, i)
+                   for i, d in enumerate(destinations))
+    found: dict[int, list[Network]] = {}
+    around: list[tuple[int, int, int]] = []  # (family, end, index) of the enclosing ones
+    for version, start, length, i in spans:
+        while around and (around[-1][0] != version or around[-1][1] <= start):
+            around.pop()
+        dest = destinations[i]
+        kept = dest.exclude if dest.masquerade else (dest.cidr,)
+        if kept:
+            for _, _, outer in around:
+                if destinations[outer].masquerade:
+                    found.setdefault(outer, []).extend(kept)
+        around.append((version, start + (1 << ((32 if version == 4 else 128) - length)), i))
+    return found
 
 
 def _nat_rule(

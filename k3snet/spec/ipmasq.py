@@ -15,16 +15,16 @@ from typing import Any
 
 import attrs
 
-from k3snet.errors import Problem, SpecError
-from k3snet.model.cidr import Network, parse_network
+from k3snet.errors import ModelError, Problem, SpecError
+from k3snet.model.cidr import Network, network_text, parse_network
 from k3snet.spec.fields import (
+    CIDR_SCHEMA,
     INVALID,
     Field,
     Reader,
     Section,
     boolean,
     check_section,
-    networks,
     raw,
     read_section,
 )
@@ -35,6 +35,7 @@ __all__ = [
     "IP_MASQ_AGENT_CIDR_LIMIT",
     "IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE",
     "IpMasqAgentConfig",
+    "file_named",
     "import_problem",
     "load_ip_masq_agent_config",
     "names_a_file",
@@ -76,6 +77,33 @@ _GO_DURATION = re.compile(
     r"[-+]?(?:0|(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
 
 
+_DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]+)")
+_UNIT_NS = {"ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_000,
+            "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+_GO_INT64 = 1 << 63
+
+
+def _go_duration_overflows(text: str) -> bool:
+    """Whether ``time.ParseDuration`` refuses ``text`` (of :data:`_GO_DURATION`'s shape) as
+    out of range: it sums the parts in a uint64 and refuses a total beyond an int64, so
+    ``100000000000h`` (about 11 million years) is an "invalid duration"."""
+    total = 0
+    for whole, fraction, unit in _DURATION_PART.findall(text.lstrip("+-")):
+        ns = _UNIT_NS[unit]
+        value = int(whole or "0")
+        if value > _GO_INT64 // ns:
+            return True
+        value *= ns
+        # Go adds a fraction through a float64 (18 digits are more than it holds).
+        digits = (fraction or "")[:18]
+        if digits:
+            value += int(float(int(digits)) * (ns / 10 ** len(digits)))
+        total += value
+        if total > _GO_INT64:
+            return True
+    return total > _GO_INT64 - (0 if text.startswith("-") else 1)
+
+
 def _go_duration(reader: Reader, value: Any, path: str) -> Any:
     """A text Go's ``time.ParseDuration`` reads (``60s``, ``1m30s``): ip-masq-agent decodes
     ``resyncInterval`` as a ``metav1.Duration`` and refuses the config otherwise."""
@@ -83,14 +111,53 @@ def _go_duration(reader: Reader, value: Any, path: str) -> Any:
         reader.problem(path, f"expected a Go duration such as 60s or 1m30s, got {value!r:.80}; "
                              "ip-masq-agent refuses this config")
         return INVALID
+    if _go_duration_overflows(value):
+        reader.problem(path, f"{value[:80]!r} is longer than a Go duration can be (about 292 "
+                             "years); ip-masq-agent refuses this config")
+        return INVALID
     return value
 
 
 with_schema(_go_duration, {"type": "string"})
 
 
+# Go's net.ParseCIDR, which ip-masq-agent's validateCIDR runs on every entry: an address,
+# "/" and a decimal prefix length, nothing around them. Python's ipaddress also takes a
+# bare address (a /32), spaces around it and a netmask (10.0.0.0/255.0.0.0): the agent
+# refuses the whole config for any of them and keeps the rules it had.
+_GO_CIDR = re.compile(r"[0-9A-Fa-f.:]+/[0-9]+")
+
+
+def _go_network(value: Any) -> Network:
+    """One ``nonMasqueradeCIDRs`` entry, as ip-masq-agent takes it, or a ModelError."""
+    net = parse_network(value)  # its messages for a non-text, host bits, a bad address
+    if isinstance(value, str) and not _GO_CIDR.fullmatch(value):
+        raise ModelError(f"{value[:80]!r} is not a CIDR as ip-masq-agent reads it (Go's "
+                         "net.ParseCIDR: an address, '/' and a prefix length, nothing "
+                         f"else, such as {network_text(net)}); ip-masq-agent refuses this "
+                         "config")
+    mapped = net.network_address.ipv4_mapped if net.version == 6 else None
+    if mapped is not None:
+        # isIPv6CIDR() asks Go's To4(), which is not nil for ::ffff:a.b.c.d: the agent puts
+        # the entry among its IPv4 rules, and iptables-restore refuses them all.
+        raise ModelError(f"{network_text(net)} is an IPv4-mapped IPv6 prefix, which "
+                         "ip-masq-agent writes among its IPv4 rules (iptables-restore "
+                         f"refuses them); list {mapped}/{max(net.prefixlen - 96, 0)} instead")
+    return net
+
+
+def _go_networks(reader: Reader, value: Any, path: str) -> Any:
+    """``nonMasqueradeCIDRs``: a list of CIDRs each as Go reads it (:func:`_go_network`)."""
+    result = [reader.convert(v, f"{path}[{i}]", _go_network)
+              for i, v in enumerate(reader.sequence(value, path))]
+    return reader.kept_items(path, result, INVALID)
+
+
+with_schema(_go_networks, {"type": "array", "items": CIDR_SCHEMA})
+
+
 IP_MASQ_AGENT = Section(IpMasqAgentConfig, (
-    Field("nonMasqueradeCIDRs", "non_masquerade_cidrs", networks),
+    Field("nonMasqueradeCIDRs", "non_masquerade_cidrs", _go_networks),
     Field("masqLinkLocal", "masq_link_local", boolean),
     Field("masqLinkLocalIPv6", "masq_link_local_ipv6", boolean),
     Field("resyncInterval", "resync_interval", _go_duration),
@@ -125,9 +192,15 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
         data: Any = source
     else:
         text = str(source)
-        if isinstance(source, Path) or names_a_file(text):
-            where, from_file = text, True
-            text = read_text(text)
+        path = str(source) if isinstance(source, Path) else file_named(text)
+        if not text.strip():
+            # Read as YAML it is null: ip-masq-agent's defaults, from a template that
+            # rendered nothing.
+            raise SpecError([Problem("", "empty: give a path, the config's text or a "
+                                         "mapping")], source=where)
+        if path is not None:
+            where, from_file = path, True
+            text = read_text(path)
         try:
             data = load_mapping(text, where)
         except SpecError as exc:
@@ -200,5 +273,17 @@ def import_problem(source: Any) -> str | None:
 
 def names_a_file(text: str) -> bool:
     """Whether ``text`` names a file rather than holding the config: one line without
-    ``:`` (every mapping of the config's keys has one) that is not a flow mapping."""
-    return "\n" not in text and ":" not in text and not text.lstrip().startswith("{")
+    ``:`` (every mapping of the config's keys has one) that is not a flow mapping, with
+    or without blank space around it (:func:`file_named`)."""
+    return file_named(text) is not None
+
+
+def file_named(text: str) -> str | None:
+    """The path ``text`` names (:func:`names_a_file`), blank space around it left out: a
+    YAML block scalar (``ipMasqAgentConfig: |``) ends the line with a newline, which
+    made the path a one-line config "expected a mapping, got str". ``None`` when it holds
+    the config or nothing at all."""
+    path = text.strip()
+    if not path or "\n" in path or ":" in path or path.startswith("{"):
+        return None
+    return path

@@ -15,7 +15,7 @@ from typing import Any
 from k3snet._gc import gc_paused
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.fields import Reader
-from k3snet.spec.ipmasq import names_a_file
+from k3snet.spec.ipmasq import file_named
 from k3snet.spec.model import API_VERSION, KIND, Spec
 from k3snet.spec.schema import SPEC, read_spec
 from k3snet.spec.source import load_mapping, read_text
@@ -114,6 +114,7 @@ def imported_files(document: Any) -> tuple[str, ...]:
             continue
         held = document.get(field.key)
         if isinstance(held, Mapping):
-            found += [value for name in field.child.inputs
-                      if isinstance(value := held.get(name), str) and names_a_file(value)]
+            found += [path for name in field.child.inputs
+                      if isinstance(value := held.get(name), str)
+                      and (path := file_named(value)) is not None]
     return tuple(found)

@@ -260,6 +260,16 @@ def _ip_masq_agent(reader: Reader, data: Mapping[str, Any], path: str) -> Mappin
     if given is None:  # absent, or null: not set, as everywhere in a spec
         return data
     keys = {"mode": "all"}  # ip-masq-agent semantics, even when the file had problems
+    mode = data.get("mode")
+    if mode is not None and mode != "all":
+        # Its keys are mode all's: merged, the list was refused as "only meaningful with
+        # mode: all" at a key the spec does not have, and an empty one passed unnoticed.
+        # Any other value is the mode field's own problem (an unquoted off, false).
+        if mode in ("destinations", "off"):
+            reader.problem(f"{path}.mode", f"ipMasqAgentConfig imports ip-masq-agent's "
+                                           f"semantics, mode all, not {mode}: drop one of "
+                                           "them")
+        return data
     problem = import_problem(given)
     if problem is not None:  # str() of it would name a file: "5", "True"
         reader.problem(f"{path}.ipMasqAgentConfig", problem)

@@ -31,7 +31,7 @@ from k3snet.errors import Problem, SpecError
 from k3snet.spec.blockstyle import CONTROL as _CONTROL
 from k3snet.spec.blockstyle import read_block_style
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "load_mapping", "read_text"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "load_mapping", "read_text", "unique_pairs"]
 
 MAX_BYTES = 4 * 1024 * 1024
 """The largest spec k3snet reads (a 10k-destination spec is about 0.3 MiB)."""
@@ -63,7 +63,7 @@ def _parse(text: str, source: str | None) -> Any:
         import yaml  # noqa: PLC0415 - optional dependency (k3snet[spec])
     except ImportError:
         try:
-            data = json.loads(text, object_pairs_hook=_unique_pairs)
+            data = json.loads(text, object_pairs_hook=unique_pairs)
         except _DuplicateKeyError as exc:
             raise _error(str(exc), source) from None
         except (ValueError, RecursionError) as exc:
@@ -78,7 +78,9 @@ class _DuplicateKeyError(ValueError):
     pass
 
 
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict (``json.loads``'s ``object_pairs_hook``); a key given
+    twice is a ValueError, where ``json`` would keep the last value silently."""
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
@@ -123,7 +125,7 @@ _SIMPLE_KEY_MAX = 500
 def _simple_key_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if any(len(key) >= _SIMPLE_KEY_MAX for key, _ in pairs):
         raise ValueError("left to PyYAML")
-    return _unique_pairs(pairs)
+    return unique_pairs(pairs)
 
 
 def _not_here(_text: str) -> Any:

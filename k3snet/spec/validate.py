@@ -11,7 +11,15 @@ import weakref
 from collections.abc import Sequence
 
 from k3snet.errors import Problem
-from k3snet.model.cidr import Address, Network, aggregate, contains, overlaps
+from k3snet.model.cidr import (
+    Address,
+    Network,
+    address_text,
+    aggregate,
+    contains,
+    not_unicast,
+    overlaps,
+)
 from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
 from k3snet.model.nat import snat_address_problem
 from k3snet.model.route import next_hop_problem
@@ -96,18 +104,34 @@ def _validate(spec: Spec) -> list[Problem]:
     return problems
 
 
+def _gateway_problem(dest: Destination) -> str | None:
+    """Why ``dest``'s gateway is no next hop for it, whatever the node (``None``: none)."""
+    gateway = dest.gateway
+    if gateway is None:
+        return None
+    if gateway.version != dest.family:
+        return (f"gateway {gateway} is IPv{gateway.version} but destination {dest.cidr} is "
+                f"IPv{dest.family}")
+    unusable = next_hop_problem(gateway, dest.device)
+    kind = not_unicast(gateway)
+    if unusable is None and kind is not None:
+        # Not in the route model's check: the kernel takes some of them (via 127.0.0.1
+        # through lo, where the traffic is lost; via 224.0.0.1 or 255.255.255.255 when a
+        # link route covers it, sent as link-layer multicast or broadcast), and the model
+        # must read such a foreign route back.
+        unusable = (f"gateway {address_text(gateway)} is {kind}, never a next hop; give the "
+                    "address of the router on the link")
+    return unusable
+
+
 def _destination_problems(
     path: str, dest: Destination, cluster: Cluster, families: set[int]
 ) -> list[Problem]:
     problems: list[Problem] = []
     add = problems.append
-    if dest.gateway is not None and dest.gateway.version != dest.family:
-        add(Problem(f"{path}.gateway", f"gateway {dest.gateway} is IPv{dest.gateway.version} "
-                                       f"but destination {dest.cidr} is IPv{dest.family}"))
-    elif dest.gateway is not None:
-        unusable = next_hop_problem(dest.gateway, dest.device)
-        if unusable is not None:
-            add(Problem(f"{path}.gateway", unusable))
+    unusable = _gateway_problem(dest)
+    if unusable is not None:
+        add(Problem(f"{path}.gateway", unusable))
     for kind, nets in (("pod", cluster.pod_cidrs), ("service", cluster.service_cidrs)):
         for net in nets:
             if overlaps(dest.cidr, net):

@@ -29,7 +29,7 @@ from hypothesis.strategies import SearchStrategy
 
 from k3snet.errors import ModelError
 from k3snet.model import NetObject, validate_interface_name
-from k3snet.model.cidr import Address, Network, aggregate, parse_network
+from k3snet.model.cidr import Address, Network, aggregate, not_unicast, parse_network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule, snat_address_problem
 from k3snet.model.route import (
@@ -99,6 +99,11 @@ _SNAT_TO: dict[int, SearchStrategy[Address]] = {
 # Next hops a route without device can have: not link-local IPv6 (Route refuses it).
 _DEVICELESS_GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
     4: _GATEWAY_OF[4], 6: _GATEWAY_OF[6].filter(lambda a: not a.is_link_local)}
+# A spec's gateways: no multicast, loopback or broadcast address (the spec refuses them;
+# a route read from the kernel may have one).
+_SPEC_GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
+    version: strategy.filter(lambda a: not_unicast(a) is None)
+    for version, strategy in _GATEWAY_OF.items()}
 _ADDRESSES: dict[int | None, SearchStrategy[Address]] = {
     4: _ADDRESS_OF[4], 6: _ADDRESS_OF[6], None: st.one_of(_ADDRESS_OF[4], _ADDRESS_OF[6])}
 _FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
@@ -754,7 +759,7 @@ def specs(
         cidr = draw(chosen if chosen is not None else drawn[draw(pick(fams))])
         version = cidr.version
         device = draw(pick((None, "eth0", "eth1")))
-        gateway = draw(maybe(_GATEWAY_OF[version])) if device is not None else None
+        gateway = draw(maybe(_SPEC_GATEWAY_OF[version])) if device is not None else None
         exclude: list[Network] = []
         if cidr.prefixlen < _BITS[version]:
             inside = networks(within=cidr, min_prefix=cidr.prefixlen + 1,

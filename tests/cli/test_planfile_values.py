@@ -194,3 +194,17 @@ def test_an_edited_plan_is_told_apart_from_a_node_that_changed(
         assert "the node changed since this plan was made" in capsys.readouterr().err
     finally:
         unregister_backend("memory-node")
+
+
+@pytest.mark.parametrize("key", ["allow_disruptive", "backends"])
+def test_a_plan_file_giving_a_key_twice_is_refused(tmp_path: Path, key: str) -> None:
+    # json keeps the last value silently: a reader of the file saw "allow_disruptive":
+    # false and apply allowed disruptive changes.
+    _saved_file, path = _saved(tmp_path)
+    text = path.read_text()
+    second = {"allow_disruptive": '"allow_disruptive": true', "backends": '"backends": []'}[key]
+    top = '"kind": "k3snet-planfile"'  # a key of the top-level object only
+    assert text.count(top) == 1
+    path.write_text(text.replace(top, f"{second},\n  {top}"))
+    with pytest.raises(PlanError, match=f"is not a k3snet plan file: duplicate key '{key}'"):
+        PlanFile.read(path, netns=None)

@@ -14,6 +14,7 @@ from k3snet import (
     ModelError,
     Route,
     SnatRule,
+    Spec,
     State,
     Sysctl,
     aggregate,
@@ -212,6 +213,28 @@ def test_sysctl_names_values_and_vlan_interfaces() -> None:
         Sysctl("kernel.panic", 1)
     with pytest.raises(ModelError, match="not valid"):
         Sysctl("net.ipv4..x", 1)
+
+
+@pytest.mark.parametrize("written", [
+    "net.ipv4.conf.eth0/100.rp_filter",   # sysctl.d(5)'s own example's form
+    "net/ipv4/conf/eth0.100/rp_filter",
+])
+def test_a_vlan_interfaces_sysctl_is_read_in_both_of_sysctl_d_forms(written: str) -> None:
+    # sysctl.d(5): when the first separator is a dot, dots and slashes are interchanged.
+    # Split at its slash, the dotted form was "net.ipv4.conf.eth0" and "100.rp_filter",
+    # refused as "k3snet manages only net.* parameters".
+    sysctl = Sysctl(written, 2)
+    assert (sysctl.name, sysctl.path) == ("net/ipv4/conf/eth0.100/rp_filter",) * 2
+    assert Spec.from_dict({"sysctls": {written: 2}}).sysctls == (sysctl,)
+
+
+@pytest.mark.parametrize("written", [
+    "net.ipv4.conf.all.forwarding/../../../kernel.core_pattern", "kernel.x/y", "net.ipv4/..",
+])
+def test_a_sysctl_name_with_both_separators_is_still_checked(written: str) -> None:
+    with pytest.raises(ModelError) as info:
+        Sysctl(written, 1)
+    assert repr(written) in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -224,3 +224,37 @@ def test_a_spec_built_in_code_is_validated_whatever_else_compile_checks(
     bad = attrs.evolve(seed, agent=attrs.evolve(seed.agent, interval_seconds=0))
     with pytest.raises(SpecError, match=r"agent\.intervalSeconds: must be 1\.\.86400, got 0"):
         compile_spec(bad, **extra)
+
+
+def _nat(spec: Spec) -> list[str]:
+    return sorted(o.describe() for o in compile_spec(spec).owned if o.kind == "nat")
+
+
+def test_a_destination_inside_a_masqueraded_one_keeps_its_masquerade_false() -> None:
+    # The /16's rule translated traffic to the /24 the spec exempts; mode all, Calico (a
+    # disabled pool) and Cilium (an exempt CIDR) leave it alone.
+    spec = Spec.from_dict({"destinations": [
+        {"cidr": "192.168.0.0/16"}, {"cidr": "192.168.2.0/24", "masquerade": False},
+        {"cidr": "192.168.2.0/26"}]})
+    assert _nat(spec) == [
+        "masquerade 10.42.0.0/16 -> 192.168.0.0/16 except 192.168.2.0/24",
+        "masquerade 10.42.0.0/16 -> 192.168.2.0/26"]
+
+
+def test_the_exclude_of_a_destination_inside_a_masqueraded_one_is_kept() -> None:
+    # An outer destination's exclude stays its own: the /24 inside it decides for itself.
+    spec = Spec.from_dict({"destinations": [
+        {"cidr": "192.168.0.0/16", "exclude": ["192.168.3.0/24"]},
+        {"cidr": "192.168.2.0/24", "exclude": ["192.168.2.128/25"]},
+        {"cidr": "192.168.3.0/24"}]})
+    assert _nat(spec) == [
+        "masquerade 10.42.0.0/16 -> 192.168.0.0/16 except 192.168.2.128/25,192.168.3.0/24",
+        "masquerade 10.42.0.0/16 -> 192.168.2.0/24 except 192.168.2.128/25",
+        "masquerade 10.42.0.0/16 -> 192.168.3.0/24"]
+
+
+def test_a_destination_all_of_which_destinations_inside_it_exempt_has_no_rule() -> None:
+    spec = Spec.from_dict({"destinations": [
+        {"cidr": "192.168.0.0/16"}, {"cidr": "192.168.0.0/17", "masquerade": False},
+        {"cidr": "192.168.128.0/17", "masquerade": False}]})
+    assert _nat(spec) == []

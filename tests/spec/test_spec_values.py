@@ -201,3 +201,29 @@ def test_exclusions_covering_the_destination_together_count_only_those_inside_it
 def test_zone_names_differ_by_a_final_upper_case_letter() -> None:
     zones = [{"zone": name, "resolvers": ["10.43.0.10"]} for name in ("corp", "corp.X", "corp.")]
     assert _problems({"dns": {"zones": zones}}) == ["dns.zones[2].zone: duplicate zone 'corp.'"]
+
+
+@pytest.mark.parametrize(("cidr", "gateway", "device", "kind"), [
+    # The kernel takes it and routes through lo, where forwarded traffic is lost.
+    ("192.168.7.0/24", "127.0.0.1", None, "a loopback address"),
+    ("192.168.7.0/24", "127.1.2.3", "eth0", "a loopback address"),
+    # Taken when a link route covers it (224.0.0.0/4 dev eth0, common for multicast):
+    # every packet leaves as a link-layer multicast or broadcast frame.
+    ("192.168.7.0/24", "224.0.0.1", "eth0", "a multicast address"),
+    ("192.168.7.0/24", "255.255.255.255", None, "the broadcast address"),
+    # Refused by the kernel at apply ("Invalid gateway address", "Gateway can not be a
+    # local address"), after the plan was shown.
+    ("2001:db9::/32", "ff02::1", "eth0", "a multicast address"),
+    ("2001:db9::/32", "ff02::1", None, "a multicast address"),
+    ("2001:db9::/32", "::1", None, "a loopback address"),
+])
+def test_a_gateway_no_packet_can_be_sent_to_as_a_next_hop_is_refused(
+        cidr: str, gateway: str, device: str | None, kind: str) -> None:
+    destination = {"cidr": cidr, "gateway": gateway, **({"device": device} if device else {})}
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"],
+                                    "serviceCIDRs": ["10.43.0.0/16", "fd43::/112"]},
+                        "destinations": [destination]})
+    assert [str(p) for p in info.value.problems] == [
+        f"destinations[0].gateway: gateway {gateway} is {kind}, never a next hop; give the "
+        "address of the router on the link"]
