@@ -318,7 +318,13 @@ class _Tracer:
                 # nat chains see only a connection's first packet, until one NATs, and
                 # never a packet conntrack does not track (nf_nat_inet_fn finds no entry).
                 continue
-            result = chain.evaluate(attrs.evolve(packet, pick=self.pick))
+            seen = attrs.evolve(packet, pick=self.pick)
+            if (hook == "prerouting" and chain.priority < _CONNTRACK_PRIORITY
+                    and packet.ctstate != "untracked"):
+                # Conntrack has not taken the packet in yet: ``ct state`` / ``--ctstate``
+                # read ``invalid`` there (nft_ct_get_eval, xt_conntrack without a ct).
+                seen = attrs.evolve(seen, ctstate="invalid")
+            result = chain.evaluate(seen)
             self.randoms += result.randoms
             self.random_taken = self.random_taken or result.random_taken
             packet = attrs.evolve(packet, mark=result.mark)
