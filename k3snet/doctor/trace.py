@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -65,6 +66,11 @@ _NAT_DST_PRIORITY = -100
 # Conntrack takes a packet in at this priority (NF_IP_PRI_CONNTRACK): a ``notrack`` in a
 # chain before it exempts the packet, one after it finds the packet tracked and does nothing.
 _CONNTRACK_PRIORITY = -200
+# Every nat chain of a hook (nftables and iptables alike) is run from the NAT core's one
+# hook, at NF_IP_PRI_NAT_DST / NF_IP_PRI_NAT_SRC whatever its own priority (which only
+# orders the nat chains among themselves: nf_nat_register_fn); the translation is made
+# there, so every chain after that point sees the translated packet.
+_NAT_CORE: Final[Mapping[str, int]] = {"prerouting": _NAT_DST_PRIORITY, "postrouting": 100}
 #: The most random branches (a Service's endpoints) followed for one flow.
 MAX_BRANCHES = 32
 
@@ -295,24 +301,31 @@ class _Tracer:
         self.uncertain = self.uncertain or not certain
 
     def hook(self, packet: Packet, hook: Hook, *, first: bool,
-             before: int | None = None, after: int | None = None
+             part: Literal["before-nat", "after-nat"] | None = None,
+             at_nat: Callable[[Packet, ChainResult | None], Packet] | None = None
              ) -> tuple[Packet, ChainResult | None, str | None]:
-        """Run ``packet`` through every base chain of ``hook`` (in priority order).
+        """Run ``packet`` through every base chain of ``hook`` (in the kernel's order).
 
-        Returns the packet (its mark may change), the NAT result if a nat chain
-        translated it, and the ``where`` of a chain that dropped it (else None).
-        ``before`` / ``after`` restrict the priorities run.
+        Returns the packet (its mark may change, and ``at_nat`` may translate it), the
+        NAT result if a nat chain translated it, and the ``where`` of a chain that
+        dropped it (else None). ``part`` runs only the chains before (after) the NAT
+        core's point of the hook. ``at_nat`` makes the translation there (given what
+        the nat chains did, None when none translated): the chains after it see its
+        packet, as they see the kernel's translated one.
         """
         direction: Direction = packet.direction
         chains = sorted((c for c in self.state.chains
                          if c.hook == hook and packet.family in c.families),
-                        key=lambda c: c.run_key)
+                        key=_run_position)
         natted: ChainResult | None = None
+        translated = at_nat is None
         for chain in chains:
-            if before is not None and chain.priority >= before:
+            past = _past_nat(chain)
+            if part is not None and past != (part == "after-nat"):
                 continue
-            if after is not None and chain.priority < after:
-                continue
+            if past and not translated:
+                assert at_nat is not None
+                packet, translated = at_nat(packet, natted), True
             if chain.kind == "nat" and (not first or natted is not None
                                         or packet.ctstate == "untracked"):
                 # nat chains see only a connection's first packet, until one NATs, and
@@ -356,6 +369,9 @@ class _Tracer:
                      result.rule if early is None or early == result.rule
                      else f"{early} (returns: {result.rule} decides)",
                      None if early is None else "nat-accept", certain=certain)
+        if not translated and part != "before-nat":
+            assert at_nat is not None
+            packet = at_nat(packet, natted)
         return packet, natted, None
 
     def routing(self, packet: Packet) -> Lookup:
@@ -510,7 +526,7 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     iif, None, "new", "original", 0, t.state.local_addresses(),  # type: ignore[arg-type]
                     t.state.ipsets())
-    packet, dnat, dropped = t.hook(packet, "prerouting", first=True)
+    packet, dnat, dropped = t.hook(packet, "prerouting", first=True, at_nat=_translate_dnat)
     if dropped:
         return None
     if dnat is not None and dnat.nat is not None and dnat.nat.kind == "dnat":
@@ -563,7 +579,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     packet, _, dropped = t.hook(packet, "forward", first=True)
     if dropped:
         return None
-    packet, natted, dropped = t.hook(packet, "postrouting", first=True)
+    packet, natted, dropped = t.hook(packet, "postrouting", first=True,
+                                     at_nat=_snat_by(t, oif, route.route.gateway))
     if dropped or not t.link_up(oif):  # the packet is handed to the device last
         return None
     seen = _source_seen(t, flow, natted, oif, route.route.gateway or packet.dst,
@@ -612,7 +629,7 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     reply = Packet(fam, answerer, seen, proto, port, flow.source_port, back_in, None,
                    "new" if t.untracked else "established", "reply", 0, local,  # type: ignore[arg-type]
                    t.state.ipsets())
-    reply, _, dropped = t.hook(reply, "prerouting", first=False, before=_NAT_DST_PRIORITY)
+    reply, _, dropped = t.hook(reply, "prerouting", first=False, part="before-nat")
     if dropped:
         return None
     if reply.ctstate == "untracked" and seen != flow.source:
@@ -622,7 +639,7 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
               "reply-untracked")
         return None
     reply = attrs.evolve(reply, dst=flow.source)  # conntrack translates the reply back
-    reply, _, dropped = t.hook(reply, "prerouting", first=False, after=_NAT_DST_PRIORITY)
+    reply, _, dropped = t.hook(reply, "prerouting", first=False, part="after-nat")
     if dropped:
         return None
     back = found["reply_route"] = t.routing(reply)
@@ -641,12 +658,65 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     if not t.forwarding(reply) or not t.rp_filter(reply, iif):
         return None
     reply = attrs.evolve(reply, oif=iif)
-    for hook in ("forward", "postrouting"):
-        reply, _, dropped = t.hook(reply, hook, first=False)
-        if dropped:
-            return None
+    reply, _, dropped = t.hook(reply, "forward", first=False)
+    if dropped:
+        return None
+
+    def undo_dnat(packet: Packet, _natted: ChainResult | None) -> Packet:
+        # A Service's reply takes the ClusterIP (NodePort) back as its source there.
+        return attrs.evolve(packet, src=flow.destination, sport=flow.port) if dnat else packet
+    reply, _, dropped = t.hook(reply, "postrouting", first=False, at_nat=undo_dnat)
+    if dropped:
+        return None
     t.add("reply", "delivery", "pass", iif, f"the reply reaches {flow.source}")
     return None
+
+
+def _run_position(chain: BaseChain) -> tuple[int, ...]:
+    """Where ``chain`` runs on its hook: a nat chain at the NAT core's point (after the
+    chains of that priority whose registration the capture shows), ordered among the
+    nat chains by its own priority and registration; any other chain by its own."""
+    core = _NAT_CORE.get(chain.hook)
+    if chain.kind == "nat" and core is not None:
+        return (core, 1, 0, 0, *chain.run_key)
+    return chain.run_key
+
+
+def _past_nat(chain: BaseChain) -> bool:
+    """``chain`` runs after the NAT core's point of its hook (sees translated packets)."""
+    core = _NAT_CORE.get(chain.hook)
+    return core is not None and chain.kind != "nat" and chain.run_key > (core, 1, 0, 0)
+
+
+def _translate_dnat(packet: Packet, natted: ChainResult | None) -> Packet:
+    """``packet`` with the destination (and port) a nat prerouting chain gave it."""
+    action = natted.nat if natted is not None else None
+    if action is None or action.kind != "dnat" or action.address is None:
+        return packet
+    return attrs.evolve(packet, dst=action.address,
+                        dport=action.port if action.port is not None else packet.dport)
+
+
+def _snat_by(t: _Tracer, oif: str, gateway: IPAddress | None
+             ) -> Callable[[Packet, ChainResult | None], Packet]:
+    """The translation of the source a nat postrouting chain decided, for a packet
+    leaving by ``oif`` through ``gateway`` (the hook's ``at_nat``)."""
+    def snat(packet: Packet, natted: ChainResult | None) -> Packet:
+        source = _translated_source(t, natted, oif, gateway or packet.dst, packet.dst)
+        return packet if source is None else attrs.evolve(packet, src=source)
+    return snat
+
+
+def _translated_source(t: _Tracer, natted: ChainResult | None, oif: str, nexthop: IPAddress,
+                       destination: IPAddress) -> IPAddress | None:
+    """The source a nat postrouting chain gave the packet (None: not translated, or
+    masquerade found no address)."""
+    action = natted.nat if natted is not None else None
+    if action is None or action.kind == "dnat":
+        return None
+    if action.kind == "snat":
+        return action.address
+    return masquerade_source(t.state.addresses, oif, nexthop, destination)
 
 
 def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
@@ -658,7 +728,7 @@ def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
         return flow.source
     if natted.nat.kind == "snat":
         return natted.nat.address
-    address = masquerade_source(t.state.addresses, oif, nexthop, destination)
+    address = _translated_source(t, natted, oif, nexthop, destination)
     if address is None:
         t.add("original", "nat", "drop", oif,
               f"masquerade finds no address on {oif}", "masquerade-no-address")
