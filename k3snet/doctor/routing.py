@@ -272,6 +272,7 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
     for item in data if isinstance(data, list) else []:
         if not isinstance(item, Mapping):
             continue
+        _check_rule_types(item)
         unknown = tuple(f"{k} {v}" for k, v in sorted(item.items()) if k not in known
                         or (k == "tos" and not isinstance(v, str)))
         action = str(item.get("action", "lookup"))
@@ -305,6 +306,21 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
             _tos(item["tos"] if isinstance(item.get("tos"), str) else None),
         ))
     return sorted(rules, key=lambda r: r.priority)
+
+
+def _check_rule_types(item: Mapping[str, Any]) -> None:
+    """Refuse a policy rule whose fields are not of the types ``ip -j rule`` prints (a
+    number for the priority, text for the rest): an edited bundle's ``"iif": 5`` would
+    otherwise be a rule nothing matches, or break the rule's description."""
+    priority = item.get("priority", 0)
+    texts = ("src", "dst", "iif", "oif", "action", "ipproto")
+    if (not isinstance(priority, int) or isinstance(priority, bool)
+            or not all(isinstance(item[k], str) for k in texts if k in item)
+            or not isinstance(item.get("table", ""), str | int)
+            or isinstance(item.get("table"), bool)):
+        raise ValueError(f"the policy rule of priority {priority!r} has fields of other "
+                         "types than ip -j rule prints (a number for the priority, text for "
+                         f"{', '.join(texts)} and the table)")
 
 
 def parse_addresses(data: object) -> list[Address]:
