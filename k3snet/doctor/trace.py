@@ -336,7 +336,7 @@ class _Tracer:
                     and packet.ctstate != "untracked"):
                 # Conntrack has not taken the packet in yet: ``ct state`` / ``--ctstate``
                 # read ``invalid`` there (nft_ct_get_eval, xt_conntrack without a ct).
-                seen = attrs.evolve(seen, ctstate="invalid")
+                seen = attrs.evolve(seen, ctstate="invalid", nat=frozenset())
             result = chain.evaluate(seen)
             self.randoms += result.randoms
             self.random_taken = self.random_taken or result.random_taken
@@ -626,9 +626,12 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     answerer = dnat.address if dnat is not None and dnat.address is not None else flow.destination
     port = dnat.port if dnat is not None and dnat.port is not None else flow.port
     # A request conntrack did not track has no entry for its reply to be ``established`` in.
+    # The connection's translation, as conntrack's SNAT and DNAT states tell it.
+    nat = frozenset() if t.untracked else frozenset(
+        {"dnat"} if dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
     reply = Packet(fam, answerer, seen, proto, port, flow.source_port, back_in, None,
                    "new" if t.untracked else "established", "reply", 0, local,  # type: ignore[arg-type]
-                   t.state.ipsets())
+                   t.state.ipsets(), nat=nat)
     reply, _, dropped = t.hook(reply, "prerouting", first=False, part="before-nat")
     if dropped:
         return None
@@ -694,7 +697,8 @@ def _translate_dnat(packet: Packet, natted: ChainResult | None) -> Packet:
     if action is None or action.kind != "dnat" or action.address is None:
         return packet
     return attrs.evolve(packet, dst=action.address,
-                        dport=action.port if action.port is not None else packet.dport)
+                        dport=action.port if action.port is not None else packet.dport,
+                        nat=packet.nat | {"dnat"})
 
 
 def _snat_by(t: _Tracer, oif: str, gateway: IPAddress | None
@@ -703,7 +707,9 @@ def _snat_by(t: _Tracer, oif: str, gateway: IPAddress | None
     leaving by ``oif`` through ``gateway`` (the hook's ``at_nat``)."""
     def snat(packet: Packet, natted: ChainResult | None) -> Packet:
         source = _translated_source(t, natted, oif, gateway or packet.dst, packet.dst)
-        return packet if source is None else attrs.evolve(packet, src=source)
+        if source is None or source == packet.src:
+            return packet
+        return attrs.evolve(packet, src=source, nat=packet.nat | {"snat"})
     return snat
 
 
