@@ -479,6 +479,8 @@ def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
     verdict = _original(t, found)
     if verdict is None and "source_seen" in found:
         verdict = _reply(t, found, upstream_routes_pods)
+        if verdict is None and not any(s.outcome == "drop" for s in t.steps):
+            _onward(t, found)
     if verdict is None:
         blocked = any(s.outcome == "drop" for s in t.steps)
         if t.uncertain:
@@ -693,7 +695,11 @@ def _past_nat(chain: BaseChain) -> bool:
 
 def _translate_dnat(packet: Packet, natted: ChainResult | None) -> Packet:
     """``packet`` with the destination (and port) a nat prerouting chain gave it."""
-    action = natted.nat if natted is not None else None
+    return _dnat_to(packet, natted.nat if natted is not None else None)
+
+
+def _dnat_to(packet: Packet, action: NatAction | None) -> Packet:
+    """``packet`` with the destination (and port) of ``action``, a DNAT (else as it is)."""
     if action is None or action.kind != "dnat" or action.address is None:
         return packet
     return attrs.evolve(packet, dst=action.address,
@@ -723,6 +729,42 @@ def _translated_source(t: _Tracer, natted: ChainResult | None, oif: str, nexthop
     if action.kind == "snat":
         return action.address
     return masquerade_source(t.state.addresses, oif, nexthop, destination)
+
+
+def _onward(t: _Tracer, found: dict[str, Any]) -> None:
+    """The connection's next packets from the pod (its ACK, its data): ``established``
+    now, translated by conntrack at the NAT points without any nat chain, through the
+    same prerouting, forward and postrouting chains. A rule accepting only ``NEW``
+    packets from pods (or one dropping the ``SNAT`` state) lets the first packet through
+    and the rest not: the connection fails all the same. Only what stops or may stop
+    them is recorded (the route, forwarding and ``rp_filter`` are the first packet's).
+    """
+    flow, fam = t.flow, t.flow.family
+    seen, dnat = found["source_seen"], found.get("dnat")
+    nat = frozenset() if t.untracked else frozenset(
+        {"dnat"} if dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
+    proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
+    packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
+                    found["ingress"], None, "established", "original", 0,
+                    t.state.local_addresses(), t.state.ipsets(), nat=nat)  # type: ignore[arg-type]
+    start, randoms, random_taken = len(t.steps), t.randoms, t.random_taken
+    packet, _, dropped = t.hook(packet, "prerouting", first=False,
+                                at_nat=lambda p, _: _dnat_to(p, dnat))
+    if not dropped:
+        packet = attrs.evolve(packet, oif=found["egress"])
+        packet, _, dropped = t.hook(packet, "forward", first=False)
+    if not dropped:
+        t.hook(packet, "postrouting", first=False,
+               at_nat=lambda p, _: attrs.evolve(p, src=seen))
+    # A random branch of these chains is the first packet's (the same ``pick``).
+    t.randoms, t.random_taken = randoms, random_taken
+    before = {(s.where, s.detail) for s in t.steps[:start]}
+    onward = [attrs.evolve(s, detail=f"the connection's next packets (established): {s.detail}")
+              for s in t.steps[start:]
+              if s.outcome == "drop" or (s.outcome == "unknown" and not s.certain
+                                         and (s.where, s.detail) not in before)]
+    t.steps[start:] = onward
+    t.uncertain = any(not s.certain for s in t.steps)
 
 
 def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
