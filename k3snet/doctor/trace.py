@@ -391,6 +391,11 @@ class _Tracer:
                 name = "net.ipv4.ip_forward"
         else:
             name = "net.ipv6.conf.all.forwarding"
+            # Linux 6.17+: an interface's force_forwarding forwards what arrives on it
+            # whatever ``all`` says (ip6_forward).
+            forced = f"net.ipv6.conf.{(packet.iif or '').replace('.', '/')}.force_forwarding"
+            if self.state.sysctls.get(name, "").strip() == "0" and self.state.sysctl(forced):
+                name = forced
         value = self.state.sysctls.get(name)
         if value is None:
             self.add(direction, "forwarding", "unknown", name, "not captured",
