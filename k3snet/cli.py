@@ -1388,7 +1388,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 if not _confirm("Apply these changes?", ask):
                     print("k3snet: nothing applied", file=sys.stderr)  # stdout: said above
                     return EXIT_ERROR
-            done = converge(backend, d.desired)
+            # Exactly the plan shown and approved: refused (nothing applied) if the node
+            # changed while it waited for approval, never planned again behind the
+            # user's back (a masquerade another k3snet run added meanwhile was deleted).
+            done = apply_plan(backend, d.plan, desired=d.desired)
             if done.result is not None:
                 print(_result_text(d.plan, done.result), file=human)
         after = diagnose(attrs.evolve(

@@ -253,7 +253,8 @@ def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # 
         return (lambda p: _multiport(p, word, ranges)), 1
     if word in ("--ctstate", "--state"):
         states = {_CT_STATES.get(s, s.lower()) for s in arg.split(",")}
-        return (lambda p: p.ctstate in states), 1
+        # SNAT and DNAT are conntrack's virtual states: the connection was translated.
+        return (lambda p: p.ctstate in states or bool(states & p.nat)), 1
     if word == "--comment" or (module == "statistic" and word == "--probability"):
         return (lambda _p: True), 1
     if word == "--mark":

@@ -251,6 +251,8 @@ def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per ex
         if key == "state":
             return packet.ctstate
         if key == "direction":
+            if packet.ctstate in ("invalid", "untracked"):
+                return _NoMatch  # no conntrack entry: the expression breaks the rule
             return packet.direction
         raise _Unknown
     if isinstance(left, Mapping) and "&" in left:

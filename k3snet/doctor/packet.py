@@ -86,6 +86,9 @@ class Packet:
     (``NOTRACK``, ``CT --notrack``, nftables ``notrack``). ``local`` are the node's own
     addresses (for ``addrtype`` / ``fib daddr type local`` matches); ``ipsets`` the
     members of the ipsets the doctor knows (Calico's pool sets, from its IP pools).
+    ``nat`` is what conntrack says its connection's translation is (``--ctstate
+    SNAT``/``DNAT``): ``dnat`` once its destination was translated, ``snat`` once its
+    source was, for the rest of the connection's packets, replies included.
     """
 
     family: Literal[4, 6]
@@ -102,6 +105,7 @@ class Packet:
     local: frozenset[IPAddress] = frozenset()
     ipsets: Mapping[str, tuple[IPNetwork, ...]] = attrs.field(factory=dict)
     pick: int = 0
+    nat: frozenset[str] = frozenset()
 
     @property
     def proto_number(self) -> int:

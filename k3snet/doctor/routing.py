@@ -166,6 +166,12 @@ class Address:
     prefixlen: int
     scope: str = "global"
     secondary: bool = False
+    deprecated: bool = False
+    """An IPv6 address past its preferred lifetime (or optimistic, in duplicate address
+    detection yet usable): source selection avoids it."""
+    tentative: bool = False
+    """An IPv6 address in duplicate address detection (not optimistic), or that failed
+    it: never a source."""
 
     @property
     def network(self) -> IPNetwork:
@@ -272,6 +278,7 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
     for item in data if isinstance(data, list) else []:
         if not isinstance(item, Mapping):
             continue
+        _check_rule_types(item)
         unknown = tuple(f"{k} {v}" for k, v in sorted(item.items()) if k not in known
                         or (k == "tos" and not isinstance(v, str)))
         action = str(item.get("action", "lookup"))
@@ -307,6 +314,21 @@ def parse_rules(data: object, family: int) -> list[RuleEntry]:
     return sorted(rules, key=lambda r: r.priority)
 
 
+def _check_rule_types(item: Mapping[str, Any]) -> None:
+    """Refuse a policy rule whose fields are not of the types ``ip -j rule`` prints (a
+    number for the priority, text for the rest): an edited bundle's ``"iif": 5`` would
+    otherwise be a rule nothing matches, or break the rule's description."""
+    priority = item.get("priority", 0)
+    texts = ("src", "dst", "iif", "oif", "action", "ipproto")
+    if (not isinstance(priority, int) or isinstance(priority, bool)
+            or not all(isinstance(item[k], str) for k in texts if k in item)
+            or not isinstance(item.get("table", ""), str | int)
+            or isinstance(item.get("table"), bool)):
+        raise ValueError(f"the policy rule of priority {priority!r} has fields of other "
+                         "types than ip -j rule prints (a number for the priority, text for "
+                         f"{', '.join(texts)} and the table)")
+
+
 def parse_addresses(data: object) -> list[Address]:
     """``ip -j addr`` output -> every address with its interface (primaries first)."""
     addresses = []
@@ -318,7 +340,11 @@ def parse_addresses(data: object) -> list[Address]:
                 continue
             address = Address(link.get("ifname", "?"), ip_address(info["local"]),
                               int(info.get("prefixlen", 0)), info.get("scope", "global"),
-                              bool(info.get("secondary")))
+                              bool(info.get("secondary")),
+                              # Optimistic DAD: usable, but avoided as deprecated is.
+                              bool(info.get("deprecated") or info.get("optimistic")),
+                              bool((info.get("tentative") and not info.get("optimistic"))
+                                   or info.get("dadfailed")))
             if not isinstance(address.device, str) or not isinstance(address.scope, str):
                 raise ValueError(f"an address of {address.device!r} is not named with text")
             _ = address.network  # a prefix length out of range is the capture's error
@@ -545,13 +571,14 @@ def masquerade_source(addresses: Sequence[Address], device: str, nexthop: IPAddr
     through ``nexthop``.
 
     IPv4: the first primary global address whose subnet holds the next hop, else
-    the first primary global one (``inet_select_addr``). IPv6: source address
-    selection for the packet's *destination* (``ipv6_dev_get_saddr``, not the next
-    hop, often a link-local router): of the global addresses, the one sharing the
-    longest prefix with it, counted up to the address's own prefix length (RFC 6724
-    rule 8, as Linux does). A device without a global address of the family borrows
-    another interface's (both kernel functions go on to every device: an unnumbered
-    uplink masquerades to the address on ``lo``); None only when the node has none.
+    the first primary global one (``inet_select_addr``); a device without one borrows
+    another interface's (an unnumbered uplink masquerades to the address on ``lo``).
+    IPv6: source address selection for the packet's *destination*
+    (``ipv6_dev_get_saddr``, not the next hop, often a link-local router), among the
+    global addresses of every device but tentative ones, by RFC 6724's rules in the
+    kernel's order: not deprecated (rule 3), on the outgoing device (rule 5), sharing
+    the longest prefix with the destination, counted up to the address's own prefix
+    length (rule 8). None only when the node has no such address.
     """
     def globals_of(name: str | None) -> list[Address]:
         return [a for a in addresses if a.address.version == nexthop.version
@@ -563,10 +590,13 @@ def masquerade_source(addresses: Sequence[Address], device: str, nexthop: IPAddr
             if a.device == device and nexthop in a.network:
                 return a.address
         return primaries[0].address if primaries else None
-    if not mine:
+    candidates = [a for a in globals_of(None) if not a.tentative]
+    if not candidates:
         return None
     target = destination if destination is not None else nexthop
-    return max(mine, key=lambda a: min(_common_prefix(a.address, target), a.prefixlen)).address
+    return max(candidates, key=lambda a: (
+        not a.deprecated, a.device == device,
+        min(_common_prefix(a.address, target), a.prefixlen))).address
 
 
 def _common_prefix(a: IPAddress, b: IPAddress) -> int:

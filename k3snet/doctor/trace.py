@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -65,6 +66,11 @@ _NAT_DST_PRIORITY = -100
 # Conntrack takes a packet in at this priority (NF_IP_PRI_CONNTRACK): a ``notrack`` in a
 # chain before it exempts the packet, one after it finds the packet tracked and does nothing.
 _CONNTRACK_PRIORITY = -200
+# Every nat chain of a hook (nftables and iptables alike) is run from the NAT core's one
+# hook, at NF_IP_PRI_NAT_DST / NF_IP_PRI_NAT_SRC whatever its own priority (which only
+# orders the nat chains among themselves: nf_nat_register_fn); the translation is made
+# there, so every chain after that point sees the translated packet.
+_NAT_CORE: Final[Mapping[str, int]] = {"prerouting": _NAT_DST_PRIORITY, "postrouting": 100}
 #: The most random branches (a Service's endpoints) followed for one flow.
 MAX_BRANCHES = 32
 
@@ -295,30 +301,43 @@ class _Tracer:
         self.uncertain = self.uncertain or not certain
 
     def hook(self, packet: Packet, hook: Hook, *, first: bool,
-             before: int | None = None, after: int | None = None
+             part: Literal["before-nat", "after-nat"] | None = None,
+             at_nat: Callable[[Packet, ChainResult | None], Packet] | None = None
              ) -> tuple[Packet, ChainResult | None, str | None]:
-        """Run ``packet`` through every base chain of ``hook`` (in priority order).
+        """Run ``packet`` through every base chain of ``hook`` (in the kernel's order).
 
-        Returns the packet (its mark may change), the NAT result if a nat chain
-        translated it, and the ``where`` of a chain that dropped it (else None).
-        ``before`` / ``after`` restrict the priorities run.
+        Returns the packet (its mark may change, and ``at_nat`` may translate it), the
+        NAT result if a nat chain translated it, and the ``where`` of a chain that
+        dropped it (else None). ``part`` runs only the chains before (after) the NAT
+        core's point of the hook. ``at_nat`` makes the translation there (given what
+        the nat chains did, None when none translated): the chains after it see its
+        packet, as they see the kernel's translated one.
         """
         direction: Direction = packet.direction
         chains = sorted((c for c in self.state.chains
                          if c.hook == hook and packet.family in c.families),
-                        key=lambda c: c.run_key)
+                        key=_run_position)
         natted: ChainResult | None = None
+        translated = at_nat is None
         for chain in chains:
-            if before is not None and chain.priority >= before:
+            past = _past_nat(chain)
+            if part is not None and past != (part == "after-nat"):
                 continue
-            if after is not None and chain.priority < after:
-                continue
+            if past and not translated:
+                assert at_nat is not None
+                packet, translated = at_nat(packet, natted), True
             if chain.kind == "nat" and (not first or natted is not None
                                         or packet.ctstate == "untracked"):
                 # nat chains see only a connection's first packet, until one NATs, and
                 # never a packet conntrack does not track (nf_nat_inet_fn finds no entry).
                 continue
-            result = chain.evaluate(attrs.evolve(packet, pick=self.pick))
+            seen = attrs.evolve(packet, pick=self.pick)
+            if (hook == "prerouting" and chain.priority < _CONNTRACK_PRIORITY
+                    and packet.ctstate != "untracked"):
+                # Conntrack has not taken the packet in yet: ``ct state`` / ``--ctstate``
+                # read ``invalid`` there (nft_ct_get_eval, xt_conntrack without a ct).
+                seen = attrs.evolve(seen, ctstate="invalid", nat=frozenset())
+            result = chain.evaluate(seen)
             self.randoms += result.randoms
             self.random_taken = self.random_taken or result.random_taken
             packet = attrs.evolve(packet, mark=result.mark)
@@ -350,6 +369,9 @@ class _Tracer:
                      result.rule if early is None or early == result.rule
                      else f"{early} (returns: {result.rule} decides)",
                      None if early is None else "nat-accept", certain=certain)
+        if not translated and part != "before-nat":
+            assert at_nat is not None
+            packet = at_nat(packet, natted)
         return packet, natted, None
 
     def routing(self, packet: Packet) -> Lookup:
@@ -369,6 +391,11 @@ class _Tracer:
                 name = "net.ipv4.ip_forward"
         else:
             name = "net.ipv6.conf.all.forwarding"
+            # Linux 6.17+: an interface's force_forwarding forwards what arrives on it
+            # whatever ``all`` says (ip6_forward).
+            forced = f"net.ipv6.conf.{(packet.iif or '').replace('.', '/')}.force_forwarding"
+            if self.state.sysctls.get(name, "").strip() == "0" and self.state.sysctl(forced):
+                name = forced
         value = self.state.sysctls.get(name)
         if value is None:
             self.add(direction, "forwarding", "unknown", name, "not captured",
@@ -457,6 +484,8 @@ def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
     verdict = _original(t, found)
     if verdict is None and "source_seen" in found:
         verdict = _reply(t, found, upstream_routes_pods)
+        if verdict is None and not any(s.outcome == "drop" for s in t.steps):
+            _onward(t, found)
     if verdict is None:
         blocked = any(s.outcome == "drop" for s in t.steps)
         if t.uncertain:
@@ -504,7 +533,7 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     iif, None, "new", "original", 0, t.state.local_addresses(),  # type: ignore[arg-type]
                     t.state.ipsets())
-    packet, dnat, dropped = t.hook(packet, "prerouting", first=True)
+    packet, dnat, dropped = t.hook(packet, "prerouting", first=True, at_nat=_translate_dnat)
     if dropped:
         return None
     if dnat is not None and dnat.nat is not None and dnat.nat.kind == "dnat":
@@ -557,7 +586,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     packet, _, dropped = t.hook(packet, "forward", first=True)
     if dropped:
         return None
-    packet, natted, dropped = t.hook(packet, "postrouting", first=True)
+    packet, natted, dropped = t.hook(packet, "postrouting", first=True,
+                                     at_nat=_snat_by(t, oif, route.route.gateway))
     if dropped or not t.link_up(oif):  # the packet is handed to the device last
         return None
     seen = _source_seen(t, flow, natted, oif, route.route.gateway or packet.dst,
@@ -603,10 +633,13 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     answerer = dnat.address if dnat is not None and dnat.address is not None else flow.destination
     port = dnat.port if dnat is not None and dnat.port is not None else flow.port
     # A request conntrack did not track has no entry for its reply to be ``established`` in.
+    # The connection's translation, as conntrack's SNAT and DNAT states tell it.
+    nat = frozenset() if t.untracked else frozenset(
+        {"dnat"} if dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
     reply = Packet(fam, answerer, seen, proto, port, flow.source_port, back_in, None,
                    "new" if t.untracked else "established", "reply", 0, local,  # type: ignore[arg-type]
-                   t.state.ipsets())
-    reply, _, dropped = t.hook(reply, "prerouting", first=False, before=_NAT_DST_PRIORITY)
+                   t.state.ipsets(), nat=nat)
+    reply, _, dropped = t.hook(reply, "prerouting", first=False, part="before-nat")
     if dropped:
         return None
     if reply.ctstate == "untracked" and seen != flow.source:
@@ -616,7 +649,7 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
               "reply-untracked")
         return None
     reply = attrs.evolve(reply, dst=flow.source)  # conntrack translates the reply back
-    reply, _, dropped = t.hook(reply, "prerouting", first=False, after=_NAT_DST_PRIORITY)
+    reply, _, dropped = t.hook(reply, "prerouting", first=False, part="after-nat")
     if dropped:
         return None
     back = found["reply_route"] = t.routing(reply)
@@ -635,12 +668,108 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     if not t.forwarding(reply) or not t.rp_filter(reply, iif):
         return None
     reply = attrs.evolve(reply, oif=iif)
-    for hook in ("forward", "postrouting"):
-        reply, _, dropped = t.hook(reply, hook, first=False)
-        if dropped:
-            return None
+    reply, _, dropped = t.hook(reply, "forward", first=False)
+    if dropped:
+        return None
+
+    def undo_dnat(packet: Packet, _natted: ChainResult | None) -> Packet:
+        # A Service's reply takes the ClusterIP (NodePort) back as its source there.
+        return attrs.evolve(packet, src=flow.destination, sport=flow.port) if dnat else packet
+    reply, _, dropped = t.hook(reply, "postrouting", first=False, at_nat=undo_dnat)
+    if dropped:
+        return None
     t.add("reply", "delivery", "pass", iif, f"the reply reaches {flow.source}")
     return None
+
+
+def _run_position(chain: BaseChain) -> tuple[int, ...]:
+    """Where ``chain`` runs on its hook: a nat chain at the NAT core's point (after the
+    chains of that priority whose registration the capture shows), ordered among the
+    nat chains by its own priority and registration; any other chain by its own."""
+    core = _NAT_CORE.get(chain.hook)
+    if chain.kind == "nat" and core is not None:
+        return (core, 1, 0, 0, *chain.run_key)
+    return chain.run_key
+
+
+def _past_nat(chain: BaseChain) -> bool:
+    """``chain`` runs after the NAT core's point of its hook (sees translated packets)."""
+    core = _NAT_CORE.get(chain.hook)
+    return core is not None and chain.kind != "nat" and chain.run_key > (core, 1, 0, 0)
+
+
+def _translate_dnat(packet: Packet, natted: ChainResult | None) -> Packet:
+    """``packet`` with the destination (and port) a nat prerouting chain gave it."""
+    return _dnat_to(packet, natted.nat if natted is not None else None)
+
+
+def _dnat_to(packet: Packet, action: NatAction | None) -> Packet:
+    """``packet`` with the destination (and port) of ``action``, a DNAT (else as it is)."""
+    if action is None or action.kind != "dnat" or action.address is None:
+        return packet
+    return attrs.evolve(packet, dst=action.address,
+                        dport=action.port if action.port is not None else packet.dport,
+                        nat=packet.nat | {"dnat"})
+
+
+def _snat_by(t: _Tracer, oif: str, gateway: IPAddress | None
+             ) -> Callable[[Packet, ChainResult | None], Packet]:
+    """The translation of the source a nat postrouting chain decided, for a packet
+    leaving by ``oif`` through ``gateway`` (the hook's ``at_nat``)."""
+    def snat(packet: Packet, natted: ChainResult | None) -> Packet:
+        source = _translated_source(t, natted, oif, gateway or packet.dst, packet.dst)
+        if source is None or source == packet.src:
+            return packet
+        return attrs.evolve(packet, src=source, nat=packet.nat | {"snat"})
+    return snat
+
+
+def _translated_source(t: _Tracer, natted: ChainResult | None, oif: str, nexthop: IPAddress,
+                       destination: IPAddress) -> IPAddress | None:
+    """The source a nat postrouting chain gave the packet (None: not translated, or
+    masquerade found no address)."""
+    action = natted.nat if natted is not None else None
+    if action is None or action.kind == "dnat":
+        return None
+    if action.kind == "snat":
+        return action.address
+    return masquerade_source(t.state.addresses, oif, nexthop, destination)
+
+
+def _onward(t: _Tracer, found: dict[str, Any]) -> None:
+    """The connection's next packets from the pod (its ACK, its data): ``established``
+    now, translated by conntrack at the NAT points without any nat chain, through the
+    same prerouting, forward and postrouting chains. A rule accepting only ``NEW``
+    packets from pods (or one dropping the ``SNAT`` state) lets the first packet through
+    and the rest not: the connection fails all the same. Only what stops or may stop
+    them is recorded (the route, forwarding and ``rp_filter`` are the first packet's).
+    """
+    flow, fam = t.flow, t.flow.family
+    seen, dnat = found["source_seen"], found.get("dnat")
+    nat = frozenset() if t.untracked else frozenset(
+        {"dnat"} if dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
+    proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
+    packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
+                    found["ingress"], None, "established", "original", 0,
+                    t.state.local_addresses(), t.state.ipsets(), nat=nat)  # type: ignore[arg-type]
+    start, randoms, random_taken = len(t.steps), t.randoms, t.random_taken
+    packet, _, dropped = t.hook(packet, "prerouting", first=False,
+                                at_nat=lambda p, _: _dnat_to(p, dnat))
+    if not dropped:
+        packet = attrs.evolve(packet, oif=found["egress"])
+        packet, _, dropped = t.hook(packet, "forward", first=False)
+    if not dropped:
+        t.hook(packet, "postrouting", first=False,
+               at_nat=lambda p, _: attrs.evolve(p, src=seen))
+    # A random branch of these chains is the first packet's (the same ``pick``).
+    t.randoms, t.random_taken = randoms, random_taken
+    before = {(s.where, s.detail) for s in t.steps[:start]}
+    onward = [attrs.evolve(s, detail=f"the connection's next packets (established): {s.detail}")
+              for s in t.steps[start:]
+              if s.outcome == "drop" or (s.outcome == "unknown" and not s.certain
+                                         and (s.where, s.detail) not in before)]
+    t.steps[start:] = onward
+    t.uncertain = any(not s.certain for s in t.steps)
 
 
 def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
@@ -652,7 +781,7 @@ def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
         return flow.source
     if natted.nat.kind == "snat":
         return natted.nat.address
-    address = masquerade_source(t.state.addresses, oif, nexthop, destination)
+    address = _translated_source(t, natted, oif, nexthop, destination)
     if address is None:
         t.add("original", "nat", "drop", oif,
               f"masquerade finds no address on {oif}", "masquerade-no-address")

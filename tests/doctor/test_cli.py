@@ -197,3 +197,34 @@ def test_a_capture_tool_not_installed_is_absent_rules_not_a_failed_capture(
         capture = NodeCapture.read_live(ns)
     assert "not installed" in capture.missing["iptables-legacy-v4.save"]
     assert NodeState.from_capture(capture).unread_rulesets() == {}
+
+
+@pytest.mark.kernel
+def test_fix_applies_the_plan_shown_or_nothing_when_the_node_changed_meanwhile(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """While the plan waits for ``yes``, another k3snet run (the agent, an apply) adds a
+    masquerade of its own. ``--fix`` planned again from what it then observed, against
+    the desired state of before: it deleted that masquerade, a change nobody was shown.
+    It applies the plan shown, or nothing when the node changed (a stale plan, exit 1)."""
+    from k3snet import MasqueradeRule, State, converge  # noqa: PLC0415
+    from k3snet.backends.registry import create_backend  # noqa: PLC0415
+
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(nat="none")
+    doctor_lab.configure(topology)
+    other = MasqueradeRule("10.99.0.0/16", destination="192.168.9.0/24")
+
+    def meanwhile(question: str, stream: object = None) -> bool:
+        converge(create_backend("nftables", netns=doctor_lab.node), State(owned=[other]))
+        return True
+
+    monkeypatch.setattr("k3snet.cli._confirm", meanwhile)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}", "--fix"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "changed since this plan was made" in err, err
+    ruleset = run_in(doctor_lab.node, ["nft", "-j", "list", "ruleset"]).stdout
+    assert "10.99.0.0" in ruleset  # the other run's masquerade is still there

@@ -47,7 +47,11 @@ def _diagnosed_or_refused(case: str, texts: dict[str, str]) -> None:
         state = NodeState.from_capture(NodeCapture.from_texts(texts))
     except BundleError:
         return
-    diagnose(state, Flow(flow["source"], flow["destination"], port=flow["port"]))
+    d = diagnose(state, Flow(flow["source"], flow["destination"], port=flow["port"]))
+    # What the CLI prints of it, in both forms: describing a rule or a route reads the
+    # fields parsing kept.
+    d.render()
+    json.dumps(d.to_dict())
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -98,6 +102,23 @@ def test_a_bundle_json_too_deep_or_with_a_huge_number_is_a_bundle_error(
     shutil.copytree(GOLDEN / "healthy", tmp_path, dirs_exist_ok=True)
     (tmp_path / name).write_text(text)
     with pytest.raises(BundleError, match=name):
+        NodeState.from_capture(NodeCapture.read_dir(tmp_path))
+
+
+@pytest.mark.parametrize("field", [{"iif": 5}, {"iif": ["x"]}, {"oif": {}},
+                                   {"table": {"x": 1}}, {"table": True}, {"priority": 1.5},
+                                   {"priority": True}, {"action": ["blackhole"]},
+                                   {"src": 5, "srclen": 8}, {"ipproto": 6}])
+def test_a_policy_rule_field_of_another_type_than_ip_prints_is_a_bundle_error(
+        tmp_path: Path, field: dict[str, Any]) -> None:
+    """``"iif": 5`` in an inverted rule that matched broke the rule's description: an
+    internal error ("a bug: please report it"); in a rule that did not match, it was read
+    as a rule no packet matches."""
+    shutil.copytree(GOLDEN / "reply-policy-rule", tmp_path, dirs_exist_ok=True)
+    rules = json.loads((tmp_path / "rules-v4.json").read_text())
+    rules[1].update({"not": None, **field})
+    (tmp_path / "rules-v4.json").write_text(json.dumps(rules))
+    with pytest.raises(BundleError, match="policy rule"):
         NodeState.from_capture(NodeCapture.read_dir(tmp_path))
 
 

@@ -39,6 +39,27 @@ def test_ipv6_masquerade_picks_the_address_nearest_the_destination(
         run_in(node, ["ip", "-6", "addr", "del", f"{EXTRA}/64", "dev", "eth0"], check=False)
 
 
+def test_ipv6_masquerade_avoids_a_deprecated_address_as_the_kernel_does(
+        doctor_lab: DoctorLab) -> None:
+    """A deprecated address (past its preferred lifetime: an old SLAAC or temporary one)
+    added after ``fd01:1::5`` is listed first and shares as long a prefix with the
+    database; source selection avoids it (RFC 6724 rule 3, before the longest prefix).
+    The doctor said the database saw the deprecated address."""
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    node = doctor_lab.node
+    doctor_lab.forget_neighbours()
+    run_in(node, ["ip", "-6", "addr", "add", "fd01:1::6/64", "dev", "eth0", "nodad",
+                  "preferred_lft", "0"])
+    try:
+        answer, result = doctor_lab.kernel_and_trace(topology, timeout=8)
+        assert answer["ok"], answer
+        assert answer["seen"] == "fd01:1::5"
+        assert str(result.source_seen) == answer["seen"], result.render()
+    finally:
+        run_in(node, ["ip", "-6", "addr", "del", "fd01:1::6/64", "dev", "eth0"], check=False)
+
+
 def test_masquerade_on_an_uplink_without_an_ipv4_address_borrows_the_one_on_lo(
         doctor_lab: DoctorLab) -> None:
     """An unnumbered uplink: the node's address is ``192.168.9.5/32`` on ``lo`` and

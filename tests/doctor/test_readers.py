@@ -8,6 +8,7 @@ replaces the rulesets with text as those programs write it.
 from __future__ import annotations
 
 import json
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ import pytest
 from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, diagnose, trace
 from k3snet.doctor.bundle import BundleError
 from k3snet.doctor.packet import Packet
-from k3snet.doctor.routing import lookup, parse_routes, parse_rules
+from k3snet.doctor.routing import (
+    lookup,
+    masquerade_source,
+    parse_addresses,
+    parse_routes,
+    parse_rules,
+)
 
 HEALTHY = Path(__file__).parent / "golden" / "healthy"
 RULESETS = Path(__file__).parent / "rulesets"
@@ -506,3 +513,20 @@ def test_an_nft_ingress_chain_on_the_pods_interface_drops_before_prerouting(
     elsewhere = _nft(*_ingress(["eth1", "docker0"], drop, {"drop": None}, family=family),
                      *MASQ_NFT)
     assert trace(_state(**{"nft-ruleset.json": elsewhere}), FLOW).verdict is Verdict.REACHES
+
+
+@pytest.mark.parametrize("flags", [{"tentative": True}, {"dadfailed": True},
+                                   {"tentative": True, "optimistic": True},
+                                   {"deprecated": True}])
+def test_ipv6_masquerade_never_picks_a_tentative_address_and_avoids_deprecated_ones(
+        flags: dict[str, bool]) -> None:
+    """Source selection passes over an address in duplicate address detection (or that
+    failed it) and ranks a deprecated or optimistic one below the others (RFC 6724
+    rule 3, ``__ipv6_dev_get_saddr``), even one sharing a longer prefix with the
+    destination."""
+    addresses = parse_addresses([{"ifname": "eth0", "addr_info": [
+        {"local": "fd01:2::5", "prefixlen": 64, "scope": "global", **flags},
+        {"local": "fd01:1::5", "prefixlen": 64, "scope": "global"}]}])
+    picked = masquerade_source(addresses, "eth0", ip_address("fd01:1::1"),
+                               ip_address("fd01:2::10"))
+    assert str(picked) == "fd01:1::5"
