@@ -550,6 +550,11 @@ def _build(stack: ExitStack) -> DoctorLab:
              for role in ("pod", "node", "router", "db")}
     for ns in names.values():
         run_in(ns, ["ip", "link", "set", "lo", "up"])
+        # No duplicate address detection on the links made below: their link-local
+        # addresses (the source of neighbour discovery) are usable at once. With it, an
+        # IPv6 probe right after the lab was built stalled for a second or more.
+        run_in(ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0"])
     run_in(names["router"], ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
                              "net.ipv6.conf.all.forwarding=1",
                              "net.ipv4.conf.all.rp_filter=0",
