@@ -463,9 +463,10 @@ def _error_code(exc: K3snetError) -> int:
 
 
 def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
-    """The error on stderr; with ``--output json`` also as a JSON object on stdout."""
+    """The error on stderr; with ``--output json`` also as a JSON object on stdout, unless
+    the command printed its document already (``doctor --fix``)."""
     print(f"k3snet: error: {exc}", file=sys.stderr)
-    if _json(args):
+    if _json(args) and not getattr(args, "stdout_taken", False):
         _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
 
 
@@ -1378,6 +1379,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         with group as backend:
             d = diagnose(state, flow, observed=backend.observe())
             _print_diagnosis(args, d)
+            # With JSON, stdout is that document alone: a later failure (a stale plan,
+            # an apply or rollback error) is told on stderr and by the exit code.
+            args.stdout_taken = _json(args)
             if d.plan.empty:
                 return _doctor_exit(d.verdict)
             human = _human(args)  # with JSON, stdout holds the diagnosis alone

@@ -228,3 +228,33 @@ def test_fix_applies_the_plan_shown_or_nothing_when_the_node_changed_meanwhile(
     assert "changed since this plan was made" in err, err
     ruleset = run_in(doctor_lab.node, ["nft", "-j", "list", "ruleset"]).stdout
     assert "10.99.0.0" in ruleset  # the other run's masquerade is still there
+
+
+@pytest.mark.kernel
+def test_a_fix_that_fails_with_json_output_leaves_stdout_one_doctor_document(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``doctor --fix -o json`` printed the diagnosis, then an ``error`` document when the
+    fix failed: stdout was two JSON documents, which no reader parses. The failure is
+    on stderr and in the exit code; stdout is the diagnosis alone."""
+    from k3snet import MasqueradeRule, State, converge  # noqa: PLC0415
+    from k3snet.backends.registry import create_backend  # noqa: PLC0415
+
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(nat="none")
+    doctor_lab.configure(topology)
+
+    def meanwhile(question: str, stream: object = None) -> bool:
+        converge(create_backend("nftables", netns=doctor_lab.node),
+                 State(owned=[MasqueradeRule("10.99.0.0/16", destination="192.168.9.0/24")]))
+        return True
+
+    monkeypatch.setattr("k3snet.cli._confirm", meanwhile)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}", "--fix", "-o", "json"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    document = json.loads(out)  # one document: the diagnosis
+    assert (document["kind"], bool(document["plan"]["changes"])) == ("doctor", True)
+    assert "changed since this plan was made" in err, err
