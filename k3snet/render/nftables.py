@@ -46,6 +46,8 @@ __all__ = [
     "NftRule",
     "TableFamily",
     "chain_order_key",
+    "model_ifname",
+    "nft_ifname",
     "nft_rules",
     "nft_rules_json",
     "object_tag",
@@ -165,7 +167,7 @@ def _nat_body(rule: MasqueradeRule | SnatRule, proto: str) -> str:
     # command lists it), and ip-masq-agent-sized exclusion lists are short.
     parts.extend(f"{proto} daddr != {_prefix(excluded)}" for excluded in rule.exclude)
     if rule.out_interface is not None:
-        parts.append(f'oifname "{rule.out_interface}"')
+        parts.append(f'oifname "{nft_ifname(rule.out_interface)}"')
     if isinstance(rule, SnatRule):
         # In an inet table the address family of "snat to" must be spelled out.
         parts.append(f"snat {proto} to {rule.to_address}")
@@ -181,11 +183,11 @@ def _forward_bodies(rule: ForwardRule, proto: str) -> tuple[str, str]:
     ifaces = ""
     back = ""
     if rule.in_interface is not None:
-        ifaces += f' iifname "{rule.in_interface}"'
-        back += f' oifname "{rule.in_interface}"'
+        ifaces += f' iifname "{nft_ifname(rule.in_interface)}"'
+        back += f' oifname "{nft_ifname(rule.in_interface)}"'
     if rule.out_interface is not None:
-        ifaces += f' oifname "{rule.out_interface}"'
-        back = f' iifname "{rule.out_interface}"' + back
+        ifaces += f' oifname "{nft_ifname(rule.out_interface)}"'
+        back = f' iifname "{nft_ifname(rule.out_interface)}"' + back
     return (
         f"{proto} saddr {src} {proto} daddr {dst}{ifaces} accept",
         f"{proto} saddr {dst} {proto} daddr {src}{back} ct state established,related accept",
@@ -244,6 +246,23 @@ tests/nftables/test_table_names.py checks the list against the installed nft). n
 language quotes the name (``oifname "sctp"``) and takes it."""
 
 
+def nft_ifname(name: str) -> str:
+    """An interface name of k3snet's model as nft matches it: a trailing ``+`` (``eth+``:
+    every interface whose name starts with ``eth``, as iptables, Calico and Cilium read
+    it) is nft's wildcard ``eth*``; nft would match ``"eth+"`` as one literal name.
+
+    >>> nft_ifname("eth+"), nft_ifname("eth0")
+    ('eth*', 'eth0')
+    """
+    return name[:-1] + "*" if name.endswith("+") else name
+
+
+def model_ifname(text: str) -> str:
+    """:func:`nft_ifname` reversed: nft's wildcard ``eth*`` is ``eth+`` (an escaped
+    ``eth\\*``, a literal star, is left as it is: no interface name k3snet takes)."""
+    return text[:-1] + "+" if text.endswith("*") and not text.endswith("\\*") else text
+
+
 def _j_ifname(key: str, name: str) -> str:
     # Interface names are validated ([A-Za-z0-9_.@+-]): nothing to escape.
     if name in NFT_JSON_IFNAME_WORDS:
@@ -251,6 +270,7 @@ def _j_ifname(key: str, name: str) -> str:
             f"interface name {name!r} cannot be written through nft's JSON: libnftables "
             "reads it as a protocol; give the nftables backend syntax='nft' (the default)"
         )
+    name = nft_ifname(name)
     return f'{{"match":{{"op":"==","left":{{"meta":{{"key":"{key}"}}}},"right":"{name}"}}}}'
 
 

@@ -301,7 +301,7 @@ MASQUERADE = Section(MasqueradePolicy, (
           doc="mode all: masquerade traffic to fe80::/10 too."),
     Field("outInterface", "out_interface", converted(_ifname), example="eth0",
           doc="Masquerade only traffic leaving by this interface, when a destination names "
-              "no device."),
+              "no device (a trailing + matches a prefix: eth+ is every eth* interface)."),
     Field("randomFully", "random_fully", boolean, example=True,
           doc="Fully randomised source ports (--random-fully), against conntrack races."),
     Field("snatAddresses", "snat_addresses", items(converted(parse_address)), strs,
@@ -317,7 +317,8 @@ FORWARD = Section(ForwardPolicy, (
     Field("accept", "accept", boolean, example=False,
           doc="Accept forwarded pod traffic to the destinations, and its replies."),
     Field("inInterface", "in_interface", converted(_ifname), example="cni0",
-          doc="Accept it only when it enters by this interface (the CNI bridge)."),
+          doc="Accept it only when it enters by this interface (the CNI bridge; a trailing + "
+              "matches a prefix: cni+ is every cni* interface)."),
 ))
 
 DNS_ZONE = Section(DnsZone, (

@@ -86,6 +86,7 @@ from k3snet.render.nftables import (
     NAT_CHAIN,
     REPLY_SUFFIX,
     TABLE_COMMENT,
+    model_ifname,
     nft_rules,
 )
 from k3snet.render.tag import tag_digest
@@ -323,7 +324,7 @@ def _own_nat(match: Match) -> tuple[NetObject, bool] | None:
     common: dict[str, Any] = {
         "destination": dst[0] if dst else None,
         "exclude": [n for n, neg in match.daddr if neg],
-        "out_interface": match.oif[0][0] if match.oif else None,
+        "out_interface": model_ifname(match.oif[0][0]) if match.oif else None,
         "random_fully": "fully-random" in match.nat_flags,
     }
     source = match.saddr[0][0]
@@ -338,8 +339,8 @@ def _own_forward(match: Match) -> tuple[NetObject, bool] | None:
     if match.verdict != "accept" or len(match.daddr) != 1 or match.daddr[0][1]:
         return None
     source, destination = match.saddr[0][0], match.daddr[0][0]
-    iif = match.iif[0][0] if match.iif else None
-    oif = match.oif[0][0] if match.oif else None
+    iif = model_ifname(match.iif[0][0]) if match.iif else None
+    oif = model_ifname(match.oif[0][0]) if match.oif else None
     if match.ct_reply:  # the reply half: swapped back to the rule it answers
         return ForwardRule(destination, source, in_interface=oif, out_interface=iif), True
     return ForwardRule(source, destination, in_interface=iif, out_interface=oif), False

@@ -51,6 +51,7 @@ from k3snet.render.nftables import (
     REPLY_SUFFIX,
     TABLE_COMMENT,
     NftRule,
+    model_ifname,
     nft_rules,
     rule_tag,
 )
@@ -508,7 +509,7 @@ def _nat(body: str) -> NetObject | None:
     common: dict[str, Any] = {
         "destination": None if found[3] is None else _prefix(found[3]),
         "exclude": [_prefix(x) for x in _EXCLUDED.findall(found[4])],
-        "out_interface": found[5],
+        "out_interface": None if found[5] is None else model_ifname(found[5]),
         "random_fully": found[8] is not None,
     }
     source = _prefix(found[2])
@@ -522,7 +523,7 @@ def _forward(body: str, reply: bool) -> NetObject | None:
     if found is None:
         return None
     source, destination = _prefix(found[2]), _prefix(found[3])
-    iif, oif = found[4], found[5]
+    iif, oif = (None if name is None else model_ifname(name) for name in (found[4], found[5]))
     if reply:  # the reply half: swapped back to the rule it answers
         return ForwardRule(destination, source, in_interface=oif, out_interface=iif)
     return ForwardRule(source, destination, in_interface=iif, out_interface=oif)

@@ -1,0 +1,84 @@
+"""An interface name ending in ``+`` is a prefix wildcard in every backend.
+
+``eth+`` means every interface whose name starts with ``eth`` to iptables (``-o eth+``),
+Calico and Cilium, and to k3snet's model (:func:`k3snet.model._base.interface_may_be`).
+The nftables backend wrote it as ``oifname "eth+"``, which nft matches as one literal
+name: a spec masquerading through ``eth+`` masqueraded nothing with nftables. It is
+nft's wildcard ``"eth*"`` now, read back as ``eth+``; checked in the kernel's listing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from k3snet.backends.nftables import NftablesBackend, text
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.planner import plan
+from k3snet.render.nftables import model_ifname, nft_ifname, nft_rules, render_nftables_conf
+
+pytestmark = pytest.mark.kernel
+
+WILD: list[NetObject] = [
+    MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24", out_interface="veth+"),
+    SnatRule("fd42::/56", destination="fd01:2::/64", out_interface="eth+",
+             to_address="fd00::5"),
+    ForwardRule("10.42.0.0/16", "192.168.2.0/24", in_interface="cni+", out_interface="eth+"),
+    MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24", out_interface="eth0"),
+]
+
+
+def _interface_matches(ns: str) -> set[tuple[str, str]]:
+    """(key, name) of every iifname/oifname match in k3snet's table, as nft lists it."""
+    listing = json.loads(run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout)
+    found = set()
+    for item in listing["nftables"]:
+        for expr in item.get("rule", {}).get("expr", []):
+            match = expr.get("match", {})
+            key = match.get("left", {}).get("meta", {}).get("key")
+            if key in ("iifname", "oifname"):
+                found.add((key, match["right"]))
+    return found
+
+
+def test_the_names_map_both_ways() -> None:
+    for name in ("eth+", "eth0", "a+", "eth++", "cni0.100"):
+        assert model_ifname(nft_ifname(name)) == name
+    assert model_ifname("eth\\*") == "eth\\*"  # nft's literal star: no k3snet name
+
+
+@pytest.mark.parametrize("syntax", ["json", "nft"])
+def test_a_trailing_plus_is_nft_s_wildcard_and_reads_back(ns: str, syntax: str) -> None:
+    backend = NftablesBackend(ns, syntax=syntax)
+    try:
+        backend.apply(plan(backend.observe(), State(owned=WILD)))
+        assert _interface_matches(ns) == {
+            ("oifname", "veth*"), ("oifname", "eth*"), ("iifname", "cni*"),
+            ("iifname", "eth*"), ("oifname", "cni*"), ("oifname", "eth0")}
+        assert plan(backend.observe(), State(owned=WILD)).empty
+    finally:
+        backend.close()
+    fresh = NftablesBackend(ns, syntax=syntax)  # a read of the table, not a cache
+    try:
+        assert set(fresh.observe().owned) == set(WILD)
+    finally:
+        fresh.close()
+
+
+def test_the_text_reader_reads_the_wildcard_back() -> None:
+    for obj in WILD:
+        body = nft_rules(obj)[0].body
+        read = text._forward(body, False) if isinstance(obj, ForwardRule) else text._nat(body)
+        assert read == obj
+
+
+def test_the_boot_file_writes_the_wildcard(ns: str) -> None:
+    run_in(ns, ["nft", "-f", "-"], input_text=render_nftables_conf(State(owned=WILD)))
+    assert ("oifname", "veth*") in _interface_matches(ns)
+    backend = NftablesBackend(ns)
+    try:
+        assert set(backend.observe().owned) == set(WILD)
+    finally:
+        backend.close()
