@@ -17,7 +17,13 @@ from k3snet.backends.nftables import NftablesBackend, text
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
-from k3snet.render.nftables import model_ifname, nft_ifname, nft_rules, render_nftables_conf
+from k3snet.render.nftables import (
+    model_ifname,
+    nft_ifname,
+    nft_rules,
+    render_nftables_conf,
+    rule_tag,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -80,5 +86,29 @@ def test_the_boot_file_writes_the_wildcard(ns: str) -> None:
     backend = NftablesBackend(ns)
     try:
         assert set(backend.observe().owned) == set(WILD)
+    finally:
+        backend.close()
+
+
+def test_a_literal_rule_an_earlier_version_wrote_is_repaired_as_drift(ns: str) -> None:
+    """k3snet before this change wrote ``oifname "veth+"`` (a literal name) under the tag
+    of that text: read now, its tag is not its content's, and one apply rewrites it."""
+    wanted, other = WILD[0], WILD[3]
+    body = nft_rules(wanted)[0].body.replace('"veth*"', '"veth+"')
+    backend = NftablesBackend(ns)
+    try:
+        backend.apply(plan(backend.observe(), State(owned=[other])))  # k3snet's table
+        run_in(ns, ["nft", "add", "rule", "inet", "k3snet", "postrouting", *body.split(),
+                    "comment", f'"{rule_tag(body)}"'])
+        assert ("oifname", "veth+") in _interface_matches(ns)
+    finally:
+        backend.close()
+    backend = NftablesBackend(ns)
+    try:
+        repair = plan(backend.observe(), State(owned=[other, wanted]))
+        assert [c.action for c in repair.changes] == ["delete"]  # the drift: repaired
+        backend.apply(repair)
+        assert _interface_matches(ns) == {("oifname", "veth*"), ("oifname", "eth0")}
+        assert plan(backend.observe(), State(owned=[other, wanted])).empty
     finally:
         backend.close()
