@@ -36,6 +36,7 @@ from k3snet.backends.registry import (
     backend_options,
     create_backend,
     load_backend,
+    path_options,
     refuse_undeclared,
 )
 from k3snet.converge import (
@@ -971,14 +972,26 @@ def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, 
         f"{m.backend.name}:{','.join(sorted(m.kinds))}" for m in backend.members]
     # What the spec and --backend-opt gave each backend, so `apply FILE` builds the
     # same ones; the namespace is the node's, the environment is read again.
-    options = {name: {k: v for k, v in {**spec_backend_options(spec, name),
-                                         **_explicit_options(name, args)}.items()
-                      if k not in RESERVED_OPTIONS}
+    options = {name: _absolute_paths(name, {k: v for k, v in {
+                   **spec_backend_options(spec, name), **_explicit_options(name, args)}.items()
+                   if k not in RESERVED_OPTIONS})
                for name in dict.fromkeys(n.partition(":")[0] for n in names)}
     caps = backend.capabilities
     PlanFile.make(p, desired=desired.only(caps), observed=observed.only(caps), backends=names,
                   netns=args.netns, spec_path=args.spec, options=options,
                   allow_disruptive=_disruptive_allowed(args, spec)).write(args.out)
+
+
+def _absolute_paths(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with each relative file or directory (``state_dir: st``,
+    :func:`~k3snet.backends.registry.path_options`) made absolute from this directory:
+    `apply FILE` run elsewhere acts on the same files (a relative ``state_dir`` put the
+    sysctl record beside the other directory, and the next run took the sysctl it
+    had taken over for a foreign one, never given back)."""
+    paths = path_options(name) if options else frozenset()
+    return {key: str(Path(value).absolute())
+            if key in paths and isinstance(value, str) and value and not os.path.isabs(value)
+            else value for key, value in options.items()}
 
 
 def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
