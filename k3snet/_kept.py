@@ -143,16 +143,24 @@ def write_output(file: Path, text: str | bytes) -> None:
 
     A link standing at ``file`` is replaced, never followed (in a sticky directory
     such as ``/tmp``, replacing another user's link or file is refused: an
-    ``OSError``); an interrupted write leaves what was there; the file gets the mode
-    of the regular file it replaces, else ``0666`` less the umask, as ``open()``'s.
+    ``OSError``); an interrupted write leaves what was there; the file gets the
+    permissions of the regular file it replaces (not its set-user-ID, set-group-ID or
+    sticky bit), else ``0666`` less the umask, as ``open()``'s.
     """
     try:
         before = os.lstat(file)
     except FileNotFoundError:
         before = None
-    mode = stat.S_IMODE(before.st_mode) if before is not None and stat.S_ISREG(
-        before.st_mode) else 0o666 & ~_umask()
-    _replace(file, text, f".{file.name}.", mode)
+    _replace(file, text, f".{file.name}.", _output_mode(before))
+
+
+def _output_mode(before: os.stat_result | None) -> int:
+    """The mode of an output file replacing ``before``: its permission bits when it is a
+    regular file (a set-user-ID bit copied onto a file root writes would make a root
+    program of it), else ``0666`` less the umask."""
+    if before is not None and stat.S_ISREG(before.st_mode):
+        return stat.S_IMODE(before.st_mode) & 0o777
+    return 0o666 & ~_umask()
 
 
 def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None) -> None:

@@ -113,6 +113,15 @@ def test_a_new_file_takes_the_umask_and_a_replaced_one_keeps_its_mode(tmp_path: 
         os.umask(old)
 
 
+def test_a_replaced_files_set_id_and_sticky_bits_are_not_copied(tmp_path: Path) -> None:
+    # Root writing a plan over a user's file of mode 6777 made a set-user-ID root file.
+    planted = tmp_path / "node.plan"
+    planted.write_text("y")
+    planted.chmod(0o7755)
+    write_output(planted, "z")
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o755
+
+
 @pytest.mark.parametrize("where", ["a-directory", "missing/node.plan"])
 def test_a_write_that_cannot_be_done_names_the_file_asked_for(tmp_path: Path,
                                                               where: str) -> None:
