@@ -13,7 +13,8 @@ process left it) live under k3snet's state directory and share these rules:
 * any failure leaves things as they were: a kept file is only ever a shortcut.
 
 Files a user asks for (a plan file, rendered manifests, a doctor bundle) are
-written the same way by :func:`write_output`, wherever they go; files a user names
+written the same way by :func:`write_output` (:func:`write_output_in` for one in
+a subdirectory of the directory given), wherever they go; files a user names
 (a spec, an ip-masq-agent config, a plan file, a bundle) are read by
 :func:`read_input`: a regular file of bounded size, never waited on.
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 
 __all__ = ["code_identity", "input_problem", "prune", "read_input", "read_trusted",
            "replace_atomically", "state_directory", "trusted", "untrusted", "write_atomic",
-           "write_output"]
+           "write_output", "write_output_in"]
 
 
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
@@ -154,6 +155,55 @@ def write_output(file: Path, text: str | bytes) -> None:
     _replace(file, text, f".{file.name}.", _output_mode(before))
 
 
+def write_output_in(directory: Path, name: str, text: str | bytes) -> Path:
+    """Write ``directory/name`` as :func:`write_output` does, where ``name`` may go
+    through subdirectories of ``directory`` (``10-eth0.network.d/90-k3snet.conf``),
+    made if missing (``0777`` less the umask, as ``mkdir -p``'s); returns the path.
+
+    Such a subdirectory that is a symbolic link is followed only when it is the
+    effective user's own: root writing into a directory another user can write must
+    not put its file wherever that user's link points (:class:`PermissionError`).
+    Each directory is opened once and the next one looked up in it, so no link can be
+    swapped in between.
+    """
+    file = directory / name
+    *subdirectories, leaf = Path(name).parts
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        below = directory
+        for part in subdirectories:
+            below = below / part
+            parent, fd = fd, _subdirectory(fd, part, below)
+            os.close(parent)
+        try:
+            before: os.stat_result | None = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            before = None
+        _replace(file, text, f".{leaf}.", _output_mode(before), dir_fd=fd)
+    finally:
+        os.close(fd)
+    return file
+
+
+def _subdirectory(parent: int, name: str, path: Path) -> int:
+    """A descriptor of directory ``name`` of the one open as ``parent``, made if
+    missing, followed through a link only when the link is ours."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o777, dir_fd=parent)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as exc:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if not stat.S_ISLNK(info.st_mode):  # (a link is ENOTDIR or ELOOP, by kernel)
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        if info.st_uid != os.geteuid():
+            raise PermissionError(
+                errno.EPERM, f"a symbolic link of uid {info.st_uid}: k3snet follows only "
+                "its own user's links in an output directory", str(path)) from None
+        return os.open(name, flags, dir_fd=parent)
+
+
 def _output_mode(before: os.stat_result | None) -> int:
     """The mode of an output file replacing ``before``: its permission bits when it is a
     regular file (a set-user-ID bit copied onto a file root writes would make a root
@@ -163,11 +213,14 @@ def _output_mode(before: os.stat_result | None) -> int:
     return 0o666 & ~_umask()
 
 
-def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None) -> None:
+def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None,
+             dir_fd: int | None = None) -> None:
     """``text`` into a new temporary file beside ``file`` (0600, else ``mode``), renamed
-    over it; nothing left behind on failure, whose :class:`OSError` names ``file``."""
+    over it; nothing left behind on failure, whose :class:`OSError` names ``file``.
+    ``dir_fd``: the directory of ``file`` as an open descriptor (the names are then
+    looked up in it)."""
     try:
-        fd, tmp = _temporary(file.parent, prefix)
+        fd, tmp = _temporary(file.parent, prefix, dir_fd)
     except OSError as exc:  # named after the file asked for, not the temporary one
         raise OSError(exc.errno, exc.strerror, str(file)) from exc
     try:
@@ -175,10 +228,16 @@ def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None) -> No
             handle.write(text.encode() if isinstance(text, str) else text)
             if mode is not None:
                 os.fchmod(handle.fileno(), mode)
-        os.replace(tmp, file)
+        if dir_fd is None:
+            os.replace(tmp, file)
+        else:
+            os.replace(tmp.name, file.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            if dir_fd is None:
+                os.unlink(tmp)
+            else:
+                os.unlink(tmp.name, dir_fd=dir_fd)
         if isinstance(exc, OSError):
             raise OSError(exc.errno, exc.strerror, str(file)) from exc
         raise
@@ -202,15 +261,18 @@ def untrusted(info: os.stat_result) -> str | None:
     return None
 
 
-def _temporary(directory: Path, prefix: str) -> tuple[int, Path]:
-    """A new file (mode 0600) in ``directory``, open for writing: what ``tempfile.mkstemp``
-    makes, without importing :mod:`tempfile` (with ``shutil`` and ``random``, ~5 ms of
-    every cold process's start)."""
+def _temporary(directory: Path, prefix: str, dir_fd: int | None = None) -> tuple[int, Path]:
+    """A new file (mode 0600) in ``directory`` (the one open as ``dir_fd`` when given),
+    open for writing: what ``tempfile.mkstemp`` makes, without importing
+    :mod:`tempfile` (with ``shutil`` and ``random``, ~5 ms of every cold process's
+    start)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(16):
         path = directory / f"{prefix}{os.urandom(8).hex()}.tmp"
         try:
-            return os.open(path, flags, 0o600), path
+            if dir_fd is None:
+                return os.open(path, flags, 0o600), path
+            return os.open(path.name, flags, 0o600, dir_fd=dir_fd), path
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name in {directory}")

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from k3snet._kept import write_output
+from k3snet._kept import write_output_in
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
@@ -1579,10 +1579,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         return EXIT_OK
     args.out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        # A networkd drop-in is a file in a directory of its own (DEV.network.d/).
-        (args.out / name).parent.mkdir(parents=True, exist_ok=True)
-        write_output(args.out / name, text)
-        print(args.out / name)
+        # A networkd drop-in is a file in a directory of its own (DEV.network.d/), made
+        # below the one given, never through another user's link.
+        print(write_output_in(args.out, name, text))
     return EXIT_OK
 
 
