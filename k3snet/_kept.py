@@ -88,15 +88,22 @@ def read_trusted(file: Path, limit: int) -> bytes | None:
         return None
 
 
-def read_input(file: str | Path, limit: int) -> bytes:
+def read_input(file: str | Path, limit: int, *, follow: bool = True) -> bytes:
     """The bytes of a file a user named: a regular file of at most ``limit`` bytes.
 
     Anything else is an :class:`OSError` whose ``strerror`` says why (``a directory``,
-    ``not a regular file``, ``larger than N bytes``) and whose ``filename`` is
-    ``file``: a FIFO is refused, not waited on for a writer (it is opened without
-    blocking), and a device such as ``/dev/zero`` is never read (it would not end).
+    ``not a regular file``, ``larger than N bytes``, ``a symbolic link`` when not
+    ``follow``) and whose ``filename`` is ``file``: a FIFO is refused, not waited on
+    for a writer (it is opened without blocking), and a device such as ``/dev/zero``
+    is never read (it would not end).
     """
-    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(file, flags if follow else flags | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise OSError(errno.ELOOP, "a symbolic link", str(file)) from None
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

@@ -215,6 +215,24 @@ def test_a_bundle_skips_a_fifo_and_refuses_a_file_that_is_not_utf8(tmp_path: Pat
         NodeCapture.read_dir(tmp_path)
 
 
+def test_a_bundle_file_swapped_for_a_link_after_the_look_is_refused_not_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # read_dir refuses links, then read each file through any link: the owner of the
+    # directory could swap one in between, and root's doctor read the file it named.
+    secret = tmp_path / "secret"
+    secret.write_text("net.secret = hunter2\n")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "sysctl.txt").symlink_to(secret)
+    monkeypatch.setattr(Path, "is_symlink", lambda self: False)  # the look came first
+    with pytest.raises(ValueError, match=r"sysctl.txt: a symbolic link"):
+        NodeCapture.read_dir(bundle)
+    with pytest.raises(OSError, match="a symbolic link") as refused:
+        read_input(bundle / "sysctl.txt", 100, follow=False)
+    assert refused.value.errno == errno.ELOOP
+    assert read_input(bundle / "sysctl.txt", 100) == secret.read_bytes()  # default: follows
+
+
 def test_flannels_config_file_as_a_fifo_or_too_large_is_an_error_not_a_hang(
         tmp_path: Path) -> None:
     path = tmp_path / "net-conf.json"
