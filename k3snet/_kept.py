@@ -29,9 +29,9 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["code_identity", "input_problem", "prune", "read_input", "read_trusted",
-           "replace_atomically", "state_directory", "trusted", "untrusted", "write_atomic",
-           "write_output", "write_output_in"]
+__all__ = ["code_identity", "input_problem", "make_directory", "prune", "read_input",
+           "read_trusted", "replace_atomically", "state_directory", "trusted", "untrusted",
+           "write_atomic", "write_output", "write_output_in"]
 
 
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
@@ -44,6 +44,23 @@ def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
     if given:
         return Path(given) / name
     return default_root / name if default_root.is_dir() else None
+
+
+def make_directory(directory: Path, mode: int) -> None:
+    """``directory`` made with ``mode`` if missing, its missing parents with ``0755``,
+    less the umask each (``Path.mkdir(parents=True)`` gives parents ``0777`` less the
+    umask: under umask 0, ``/run/k3snet`` writable by every user, who could then move
+    k3snet's locks and records away or plant their own in their place)."""
+    missing = []
+    for ancestor in (directory, *directory.parents):
+        if os.path.lexists(ancestor):
+            break
+        missing.append(ancestor)
+    for ancestor in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile: judged by its caller
+            os.mkdir(ancestor, mode if ancestor == directory else 0o755)
+    if not missing:
+        directory.mkdir(mode=mode, exist_ok=True)  # not a directory: FileExistsError
 
 
 def code_identity(directories: Iterable[Path]) -> str:
@@ -139,7 +156,7 @@ def replace_atomically(file: Path, text: str | bytes, prefix: str, *, mode: int)
     there, then ``os.replace``), its directory made with ``mode`` if missing;
     :class:`PermissionError` naming why when that directory is not :func:`trusted`,
     :class:`OSError` when the write fails (nothing is then changed)."""
-    file.parent.mkdir(mode=mode, parents=True, exist_ok=True)
+    make_directory(file.parent, mode)
     why = untrusted(os.lstat(file.parent))
     if why is not None:
         raise PermissionError(f"{file.parent} is {why}")
