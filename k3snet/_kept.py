@@ -114,7 +114,10 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True) -> bytes:
     for a writer (it is opened without blocking), and a device such as ``/dev/zero``
     is never read (it would not end).
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    # O_NOCTTY: a terminal named as the file, opened by a process with none (a service,
+    # the agent) became its controlling terminal, whose owner could then stop or
+    # interrupt it mid-apply from the keyboard (^Z, ^C), or a hangup kill it.
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
         fd = os.open(file, flags if follow else flags | os.O_NOFOLLOW)
     except OSError as exc:

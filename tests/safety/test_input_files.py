@@ -233,6 +233,28 @@ def test_a_bundle_file_swapped_for_a_link_after_the_look_is_refused_not_read(
     assert read_input(bundle / "sysctl.txt", 100) == secret.read_bytes()  # default: follows
 
 
+def test_a_terminal_named_as_a_file_is_refused_and_never_becomes_the_controlling_one(
+        tmp_path: Path) -> None:
+    # A process with no controlling terminal (a service, the agent: a session leader)
+    # that opened a terminal without O_NOCTTY took it as its own: its owner could then
+    # stop or interrupt k3snet from the keyboard, and a hangup killed it.
+    code = ("import os, sys\n"
+            "from k3snet._kept import read_input\n"
+            "try:\n    read_input(sys.argv[1], 100)\n"
+            "except OSError as exc:\n    print(exc.strerror)\n"
+            "try:\n    os.close(os.open('/dev/tty', os.O_RDWR))\n    print('controlling')\n"
+            "except OSError:\n    print('none')\n")
+    master, slave = os.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-c", code, os.ttyname(slave)],
+                              start_new_session=True, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, check=True, timeout=60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert done.stdout.splitlines() == ["not a regular file", "none"], done.stderr
+
+
 def test_flannels_config_file_as_a_fifo_or_too_large_is_an_error_not_a_hang(
         tmp_path: Path) -> None:
     path = tmp_path / "net-conf.json"
