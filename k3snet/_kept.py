@@ -110,33 +110,55 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True) -> bytes:
 
     Anything else is an :class:`OSError` whose ``strerror`` says why (``a directory``,
     ``not a regular file``, ``larger than N bytes``, ``a symbolic link`` when not
-    ``follow``) and whose ``filename`` is ``file``: a FIFO is refused, not waited on
-    for a writer (it is opened without blocking), and a device such as ``/dev/zero``
-    is never read (it would not end).
+    ``follow``) and whose ``filename`` is ``file``. Only a regular file is ever opened
+    for reading: a FIFO is not waited on for a writer, nor does it release one; a
+    device is never opened (opening ``/dev/watchdog`` starts the machine's reboot
+    countdown, a tape rewinds, a terminal could become this process's controlling
+    one), nor read (``/dev/zero`` would not end).
     """
-    # O_NOCTTY: a terminal named as the file, opened by a process with none (a service,
-    # the agent) became its controlling terminal, whose owner could then stop or
-    # interrupt it mid-apply from the keyboard (^Z, ^C), or a hangup kill it.
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    # An O_PATH handle opens nothing: the file is judged by it, then the very inode it
+    # names is opened for reading through /proc/self/fd (no other file swapped in).
+    handle = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    where = os.open(file, handle)
     try:
-        fd = os.open(file, flags if follow else flags | os.O_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and not follow:
-            raise OSError(errno.ELOOP, "a symbolic link", str(file)) from None
-        raise
-    try:
-        info = os.fstat(fd)
+        info = os.fstat(where)
+        if stat.S_ISLNK(info.st_mode):  # O_PATH | O_NOFOLLOW names the link itself
+            raise OSError(errno.ELOOP, "a symbolic link", str(file))
         if not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
             raise OSError(errno.EINVAL, kind, str(file))
-        if info.st_size <= limit:  # else refused unread: limit + 1 bytes would be memory
-            with os.fdopen(fd, "rb", closefd=False) as handle:
-                data = handle.read(limit + 1)  # more: a file growing, or one of /proc
-            if len(data) <= limit:
-                return data
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
+        if info.st_size > limit:  # refused unread: limit + 1 bytes would be memory
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
+        fd = _reopen(where, file, info)
+    finally:
+        os.close(where)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as reading:
+            data = reading.read(limit + 1)  # more: a file growing, or one of /proc
     finally:
         os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
+    return data
+
+
+def _reopen(where: int, file: str | Path, info: os.stat_result) -> int:
+    """The regular file open as O_PATH handle ``where`` (``info``), open for reading."""
+    # O_NOCTTY and O_NONBLOCK as well, should the file have changed kind meanwhile.
+    flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(f"/proc/self/fd/{where}", flags)
+        except FileNotFoundError:  # no /proc: by name again, and it must be that file
+            fd = os.open(file, flags)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(file)) from None
+    again = os.fstat(fd)
+    if (again.st_dev, again.st_ino) != (info.st_dev, info.st_ino) \
+            or not stat.S_ISREG(again.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "replaced while being read", str(file))
+    return fd
 
 
 def input_problem(exc: OSError) -> str:

@@ -255,6 +255,31 @@ def test_a_terminal_named_as_a_file_is_refused_and_never_becomes_the_controlling
     assert done.stdout.splitlines() == ["not a regular file", "none"], done.stderr
 
 
+def test_a_device_or_a_fifo_named_as_a_file_is_judged_without_ever_being_opened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Opening is not harmless: /dev/watchdog starts the machine's reboot countdown (a
+    # spec's ipMasqAgentConfig path, read by root), a tape rewinds, a FIFO's waiting
+    # writer is released. Only an O_PATH handle (which opens nothing) may name them.
+    from k3snet import _kept  # noqa: PLC0415
+
+    opened: list[tuple[str, int]] = []
+    real_open = os.open
+
+    def recording(path: str | Path, flags: int, *args: object, **kwargs: object) -> int:
+        opened.append((str(path), flags))
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_kept.os, "open", recording)
+    with fifo(tmp_path / "spec.yaml") as named:
+        for path in ("/dev/zero", "/dev/null", str(named)):
+            with pytest.raises(OSError, match="not a regular file"):
+                read_input(path, 100)
+    assert opened
+    assert all(flags & os.O_PATH for _, flags in opened), opened
+    (tmp_path / "real.yaml").write_text("a: 1\n")
+    assert read_input(tmp_path / "real.yaml", 100) == b"a: 1\n"  # a file is still read
+
+
 def test_flannels_config_file_as_a_fifo_or_too_large_is_an_error_not_a_hang(
         tmp_path: Path) -> None:
     path = tmp_path / "net-conf.json"
