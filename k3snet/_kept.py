@@ -194,8 +194,9 @@ def write_output(file: Path, text: str | bytes) -> None:
     A link standing at ``file`` is replaced, never followed (in a sticky directory
     such as ``/tmp``, replacing another user's link or file is refused: an
     ``OSError``); an interrupted write leaves what was there; the file gets the
-    permissions of the regular file it replaces (not its set-user-ID, set-group-ID or
-    sticky bit), else ``0666`` less the umask, as ``open()``'s.
+    permissions of the regular file of the effective user's it replaces (not its
+    set-user-ID, set-group-ID or sticky bit), else ``0666`` less the umask, as
+    ``open()``'s.
     """
     try:
         before = os.lstat(file)
@@ -255,9 +256,11 @@ def _subdirectory(parent: int, name: str, path: Path) -> int:
 
 def _output_mode(before: os.stat_result | None) -> int:
     """The mode of an output file replacing ``before``: its permission bits when it is a
-    regular file (a set-user-ID bit copied onto a file root writes would make a root
-    program of it), else ``0666`` less the umask."""
-    if before is not None and stat.S_ISREG(before.st_mode):
+    regular file of the effective user's (a set-user-ID bit copied onto a file root
+    writes would make a root program of it), else ``0666`` less the umask. Another
+    user's file gives nothing: planted at ``/tmp/node.plan`` with mode 0666, it made
+    root's plan one that user could rewrite before root applied it."""
+    if before is not None and stat.S_ISREG(before.st_mode) and before.st_uid == os.geteuid():
         return stat.S_IMODE(before.st_mode) & 0o777
     return 0o666 & ~_umask()
 

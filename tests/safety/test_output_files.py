@@ -156,6 +156,26 @@ def test_a_replaced_files_set_id_and_sticky_bits_are_not_copied(tmp_path: Path) 
     assert stat.S_IMODE(planted.stat().st_mode) == 0o755
 
 
+def test_a_plan_over_another_users_world_writable_file_is_not_left_writable_by_them(
+        tmp_path: Path) -> None:
+    # nobody plants /tmp/node.plan mode 0666; root's `plan --out /tmp/node.plan` took
+    # that mode, and nobody rewrote root's plan before root applied it.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    planted = tmp_path / "node.plan"
+    planted.write_text("x")
+    planted.chmod(0o666)
+    os.chown(planted, 65534, 65534)
+    old = os.umask(0o022)
+    try:
+        _planfile().write(planted)
+    finally:
+        os.umask(old)
+    info = planted.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o644)
+    assert PlanFile.read(planted, netns=None).plan == _planfile().plan
+
+
 @pytest.mark.parametrize("where", ["a-directory", "missing/node.plan"])
 def test_a_write_that_cannot_be_done_names_the_file_asked_for(tmp_path: Path,
                                                               where: str) -> None:
