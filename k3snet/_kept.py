@@ -192,8 +192,9 @@ def write_output(file: Path, text: str | bytes) -> None:
     """Write a file a user asked for: a new temporary file beside it, then a rename.
 
     A link standing at ``file`` is replaced, never followed (in a sticky directory
-    such as ``/tmp``, replacing another user's link or file is refused: an
-    ``OSError``); an interrupted write leaves what was there; the file gets the
+    such as ``/tmp``, replacing another user's link or file is refused to a user
+    without ``CAP_FOWNER``, an ``OSError``; root replaces it, and the file is then
+    root's); an interrupted write leaves what was there; the file gets the
     permissions of the regular file of the effective user's it replaces (not its
     set-user-ID, set-group-ID or sticky bit), else ``0666`` less the umask, as
     ``open()``'s.
