@@ -13,7 +13,8 @@ process left it) live under k3snet's state directory and share these rules:
 * any failure leaves things as they were: a kept file is only ever a shortcut.
 
 Files a user asks for (a plan file, rendered manifests, a doctor bundle) are
-written the same way by :func:`write_output`, wherever they go; files a user names
+written the same way by :func:`write_output` (:func:`write_output_in` for one in
+a subdirectory of the directory given), wherever they go; files a user names
 (a spec, an ip-masq-agent config, a plan file, a bundle) are read by
 :func:`read_input`: a regular file of bounded size, never waited on.
 """
@@ -28,9 +29,9 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["code_identity", "input_problem", "prune", "read_input", "read_trusted",
-           "replace_atomically", "state_directory", "trusted", "untrusted", "write_atomic",
-           "write_output"]
+__all__ = ["code_identity", "input_problem", "make_directory", "prune", "read_input",
+           "read_trusted", "replace_atomically", "state_directory", "trusted", "untrusted",
+           "write_atomic", "write_output", "write_output_in"]
 
 
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
@@ -43,6 +44,23 @@ def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
     if given:
         return Path(given) / name
     return default_root / name if default_root.is_dir() else None
+
+
+def make_directory(directory: Path, mode: int) -> None:
+    """``directory`` made with ``mode`` if missing, its missing parents with ``0755``,
+    less the umask each (``Path.mkdir(parents=True)`` gives parents ``0777`` less the
+    umask: under umask 0, ``/run/k3snet`` writable by every user, who could then move
+    k3snet's locks and records away or plant their own in their place)."""
+    missing = []
+    for ancestor in (directory, *directory.parents):
+        if os.path.lexists(ancestor):
+            break
+        missing.append(ancestor)
+    for ancestor in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile: judged by its caller
+            os.mkdir(ancestor, mode if ancestor == directory else 0o755)
+    if not missing:
+        directory.mkdir(mode=mode, exist_ok=True)  # not a directory: FileExistsError
 
 
 def code_identity(directories: Iterable[Path]) -> str:
@@ -87,28 +105,60 @@ def read_trusted(file: Path, limit: int) -> bytes | None:
         return None
 
 
-def read_input(file: str | Path, limit: int) -> bytes:
+def read_input(file: str | Path, limit: int, *, follow: bool = True) -> bytes:
     """The bytes of a file a user named: a regular file of at most ``limit`` bytes.
 
     Anything else is an :class:`OSError` whose ``strerror`` says why (``a directory``,
-    ``not a regular file``, ``larger than N bytes``) and whose ``filename`` is
-    ``file``: a FIFO is refused, not waited on for a writer (it is opened without
-    blocking), and a device such as ``/dev/zero`` is never read (it would not end).
+    ``not a regular file``, ``larger than N bytes``, ``a symbolic link`` when not
+    ``follow``) and whose ``filename`` is ``file``. Only a regular file is ever opened
+    for reading: a FIFO is not waited on for a writer, nor does it release one; a
+    device is never opened (opening ``/dev/watchdog`` starts the machine's reboot
+    countdown, a tape rewinds, a terminal could become this process's controlling
+    one), nor read (``/dev/zero`` would not end).
     """
-    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    # An O_PATH handle opens nothing: the file is judged by it, then the very inode it
+    # names is opened for reading through /proc/self/fd (no other file swapped in).
+    handle = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    where = os.open(file, handle)
     try:
-        info = os.fstat(fd)
+        info = os.fstat(where)
+        if stat.S_ISLNK(info.st_mode):  # O_PATH | O_NOFOLLOW names the link itself
+            raise OSError(errno.ELOOP, "a symbolic link", str(file))
         if not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
             raise OSError(errno.EINVAL, kind, str(file))
-        if info.st_size <= limit:  # else refused unread: limit + 1 bytes would be memory
-            with os.fdopen(fd, "rb", closefd=False) as handle:
-                data = handle.read(limit + 1)  # more: a file growing, or one of /proc
-            if len(data) <= limit:
-                return data
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
+        if info.st_size > limit:  # refused unread: limit + 1 bytes would be memory
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
+        fd = _reopen(where, file, info)
+    finally:
+        os.close(where)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as reading:
+            data = reading.read(limit + 1)  # more: a file growing, or one of /proc
     finally:
         os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
+    return data
+
+
+def _reopen(where: int, file: str | Path, info: os.stat_result) -> int:
+    """The regular file open as O_PATH handle ``where`` (``info``), open for reading."""
+    # O_NOCTTY and O_NONBLOCK as well, should the file have changed kind meanwhile.
+    flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(f"/proc/self/fd/{where}", flags)
+        except FileNotFoundError:  # no /proc: by name again, and it must be that file
+            fd = os.open(file, flags)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(file)) from None
+    again = os.fstat(fd)
+    if (again.st_dev, again.st_ino) != (info.st_dev, info.st_ino) \
+            or not stat.S_ISREG(again.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "replaced while being read", str(file))
+    return fd
 
 
 def input_problem(exc: OSError) -> str:
@@ -131,7 +181,7 @@ def replace_atomically(file: Path, text: str | bytes, prefix: str, *, mode: int)
     there, then ``os.replace``), its directory made with ``mode`` if missing;
     :class:`PermissionError` naming why when that directory is not :func:`trusted`,
     :class:`OSError` when the write fails (nothing is then changed)."""
-    file.parent.mkdir(mode=mode, parents=True, exist_ok=True)
+    make_directory(file.parent, mode)
     why = untrusted(os.lstat(file.parent))
     if why is not None:
         raise PermissionError(f"{file.parent} is {why}")
@@ -142,24 +192,88 @@ def write_output(file: Path, text: str | bytes) -> None:
     """Write a file a user asked for: a new temporary file beside it, then a rename.
 
     A link standing at ``file`` is replaced, never followed (in a sticky directory
-    such as ``/tmp``, replacing another user's link or file is refused: an
-    ``OSError``); an interrupted write leaves what was there; the file gets the mode
-    of the regular file it replaces, else ``0666`` less the umask, as ``open()``'s.
+    such as ``/tmp``, replacing another user's link or file is refused to a user
+    without ``CAP_FOWNER``, an ``OSError``; root replaces it, and the file is then
+    root's); an interrupted write leaves what was there; the file gets the
+    permissions of the regular file of the effective user's it replaces (not its
+    set-user-ID, set-group-ID or sticky bit), else ``0666`` less the umask, as
+    ``open()``'s.
     """
     try:
         before = os.lstat(file)
     except FileNotFoundError:
         before = None
-    mode = stat.S_IMODE(before.st_mode) if before is not None and stat.S_ISREG(
-        before.st_mode) else 0o666 & ~_umask()
-    _replace(file, text, f".{file.name}.", mode)
+    _replace(file, text, f".{file.name}.", _output_mode(before))
 
 
-def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None) -> None:
-    """``text`` into a new temporary file beside ``file`` (0600, else ``mode``), renamed
-    over it; nothing left behind on failure, whose :class:`OSError` names ``file``."""
+def write_output_in(directory: Path, name: str, text: str | bytes) -> Path:
+    """Write ``directory/name`` as :func:`write_output` does, where ``name`` may go
+    through subdirectories of ``directory`` (``10-eth0.network.d/90-k3snet.conf``),
+    made if missing (``0777`` less the umask, as ``mkdir -p``'s); returns the path.
+
+    Such a subdirectory that is a symbolic link is followed only when it is the
+    effective user's own: root writing into a directory another user can write must
+    not put its file wherever that user's link points (:class:`PermissionError`).
+    Each directory is opened once and the next one looked up in it, so no link can be
+    swapped in between.
+    """
+    file = directory / name
+    *subdirectories, leaf = Path(name).parts
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd, tmp = _temporary(file.parent, prefix)
+        below = directory
+        for part in subdirectories:
+            below = below / part
+            parent, fd = fd, _subdirectory(fd, part, below)
+            os.close(parent)
+        try:
+            before: os.stat_result | None = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            before = None
+        _replace(file, text, f".{leaf}.", _output_mode(before), dir_fd=fd)
+    finally:
+        os.close(fd)
+    return file
+
+
+def _subdirectory(parent: int, name: str, path: Path) -> int:
+    """A descriptor of directory ``name`` of the one open as ``parent``, made if
+    missing, followed through a link only when the link is ours."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o777, dir_fd=parent)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as exc:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if not stat.S_ISLNK(info.st_mode):  # (a link is ENOTDIR or ELOOP, by kernel)
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        if info.st_uid != os.geteuid():
+            raise PermissionError(
+                errno.EPERM, f"a symbolic link of uid {info.st_uid}: k3snet follows only "
+                "its own user's links in an output directory", str(path)) from None
+        return os.open(name, flags, dir_fd=parent)
+
+
+def _output_mode(before: os.stat_result | None) -> int:
+    """The mode of an output file replacing ``before``: its permission bits when it is a
+    regular file of the effective user's (a set-user-ID bit copied onto a file root
+    writes would make a root program of it), else ``0666`` less the umask. Another
+    user's file gives nothing: planted at ``/tmp/node.plan`` with mode 0666, it made
+    root's plan one that user could rewrite before root applied it."""
+    if before is not None and stat.S_ISREG(before.st_mode) and before.st_uid == os.geteuid():
+        return stat.S_IMODE(before.st_mode) & 0o777
+    return 0o666 & ~_umask()
+
+
+def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None,
+             dir_fd: int | None = None) -> None:
+    """``text`` into a new temporary file beside ``file`` (0600, else ``mode``), renamed
+    over it; nothing left behind on failure, whose :class:`OSError` names ``file``.
+    ``dir_fd``: the directory of ``file`` as an open descriptor (the names are then
+    looked up in it)."""
+    try:
+        fd, tmp = _temporary(file.parent, prefix, dir_fd)
     except OSError as exc:  # named after the file asked for, not the temporary one
         raise OSError(exc.errno, exc.strerror, str(file)) from exc
     try:
@@ -167,10 +281,16 @@ def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None) -> No
             handle.write(text.encode() if isinstance(text, str) else text)
             if mode is not None:
                 os.fchmod(handle.fileno(), mode)
-        os.replace(tmp, file)
+        if dir_fd is None:
+            os.replace(tmp, file)
+        else:
+            os.replace(tmp.name, file.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            if dir_fd is None:
+                os.unlink(tmp)
+            else:
+                os.unlink(tmp.name, dir_fd=dir_fd)
         if isinstance(exc, OSError):
             raise OSError(exc.errno, exc.strerror, str(file)) from exc
         raise
@@ -194,15 +314,18 @@ def untrusted(info: os.stat_result) -> str | None:
     return None
 
 
-def _temporary(directory: Path, prefix: str) -> tuple[int, Path]:
-    """A new file (mode 0600) in ``directory``, open for writing: what ``tempfile.mkstemp``
-    makes, without importing :mod:`tempfile` (with ``shutil`` and ``random``, ~5 ms of
-    every cold process's start)."""
+def _temporary(directory: Path, prefix: str, dir_fd: int | None = None) -> tuple[int, Path]:
+    """A new file (mode 0600) in ``directory`` (the one open as ``dir_fd`` when given),
+    open for writing: what ``tempfile.mkstemp`` makes, without importing
+    :mod:`tempfile` (with ``shutil`` and ``random``, ~5 ms of every cold process's
+    start)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(16):
         path = directory / f"{prefix}{os.urandom(8).hex()}.tmp"
         try:
-            return os.open(path, flags, 0o600), path
+            if dir_fd is None:
+                return os.open(path, flags, 0o600), path
+            return os.open(path.name, flags, 0o600, dir_fd=dir_fd), path
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name in {directory}")

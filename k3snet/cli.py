@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import attrs
 
 from k3snet._admin_path import admin_path
-from k3snet._kept import write_output
+from k3snet._kept import write_output_in
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
@@ -37,6 +37,7 @@ from k3snet.backends.registry import (
     backend_options,
     create_backend,
     load_backend,
+    path_options,
     refuse_undeclared,
 )
 from k3snet.converge import (
@@ -958,14 +959,26 @@ def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, 
         f"{m.backend.name}:{','.join(sorted(m.kinds))}" for m in backend.members]
     # What the spec and --backend-opt gave each backend, so `apply FILE` builds the
     # same ones; the namespace is the node's, the environment is read again.
-    options = {name: {k: v for k, v in {**spec_backend_options(spec, name),
-                                         **_explicit_options(name, args)}.items()
-                      if k not in RESERVED_OPTIONS}
+    options = {name: _absolute_paths(name, {k: v for k, v in {
+                   **spec_backend_options(spec, name), **_explicit_options(name, args)}.items()
+                   if k not in RESERVED_OPTIONS})
                for name in dict.fromkeys(n.partition(":")[0] for n in names)}
     caps = backend.capabilities
     PlanFile.make(p, desired=desired.only(caps), observed=observed.only(caps), backends=names,
                   netns=args.netns, spec_path=args.spec, options=options,
                   allow_disruptive=_disruptive_allowed(args, spec)).write(args.out)
+
+
+def _absolute_paths(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with each relative file or directory (``state_dir: st``,
+    :func:`~k3snet.backends.registry.path_options`) made absolute from this directory:
+    `apply FILE` run elsewhere acts on the same files (a relative ``state_dir`` put the
+    sysctl record beside the other directory, and the next run took the sysctl it
+    had taken over for a foreign one, never given back)."""
+    paths = path_options(name) if options else frozenset()
+    return {key: str(Path(value).absolute())
+            if key in paths and isinstance(value, str) and value and not os.path.isabs(value)
+            else value for key, value in options.items()}
 
 
 def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
@@ -1559,10 +1572,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         return EXIT_OK
     args.out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        # A networkd drop-in is a file in a directory of its own (DEV.network.d/).
-        (args.out / name).parent.mkdir(parents=True, exist_ok=True)
-        write_output(args.out / name, text)
-        print(args.out / name)
+        # A networkd drop-in is a file in a directory of its own (DEV.network.d/), made
+        # below the one given, never through another user's link.
+        print(write_output_in(args.out, name, text))
     return EXIT_OK
 
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from k3snet._kept import untrusted
+from k3snet._kept import make_directory, untrusted
 from k3snet.backends.kit import option_seconds
 from k3snet.backends.netns import THREAD_NETNS, netns_path, validate_netns
 from k3snet.errors import BackendError
@@ -119,7 +119,7 @@ def _open_directory(directory: Path) -> int:
     The files are then opened relative to it: the directory checked is the one used.
     """
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_directory(directory, 0o700)
     except OSError as exc:
         raise BackendError(f"cannot create the lock directory {directory}: {exc}") from exc
     try:

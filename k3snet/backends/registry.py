@@ -16,7 +16,9 @@ import contextlib
 import difflib
 import importlib
 import inspect
+import pathlib
 import re
+import typing
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -24,8 +26,8 @@ from k3snet.backends.base import Backend, BackendFactory
 from k3snet.errors import BackendNotFoundError, BackendOptionError, BackendUnavailableError
 
 __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create_backend",
-           "load_backend", "refuse_undeclared", "register_backend", "takes_any_option",
-           "unregister_backend"]
+           "load_backend", "path_options", "refuse_undeclared", "register_backend",
+           "takes_any_option", "unregister_backend"]
 
 ENTRY_POINT_GROUP = "k3snet.backends"
 
@@ -131,6 +133,19 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
         return {}
     return {n: p for n, p in parameters.items()
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+
+
+def path_options(name: str) -> frozenset[str]:
+    """The options of backend ``name`` that name a file or directory: those whose
+    annotation takes a :class:`pathlib.Path` (``state_dir: str | Path | None``)."""
+
+    def takes_path(annotation: Any) -> bool:
+        if isinstance(annotation, type):
+            return issubclass(annotation, pathlib.PurePath)
+        return any(takes_path(arg) for arg in typing.get_args(annotation))
+
+    return frozenset(option for option, parameter in backend_options(name, resolve=True).items()
+                     if takes_path(parameter.annotation))
 
 
 def takes_any_option(name: str) -> bool:

@@ -80,9 +80,10 @@ def _frozen(values: Mapping[str, str]) -> Mapping[str, str]:
 
 def _read_capture(path: Path) -> str:
     """A bundle file's text: a regular UTF-8 file of at most :data:`MAX_FILE_BYTES`, read
-    without waiting (:func:`k3snet._kept.read_input`), else a BundleError."""
+    without waiting (:func:`k3snet._kept.read_input`) and never through a link (one
+    swapped in after :meth:`NodeCapture.read_dir` looked), else a BundleError."""
     try:
-        return read_input(path, MAX_FILE_BYTES).decode()
+        return read_input(path, MAX_FILE_BYTES, follow=False).decode()
     except OSError as exc:
         if exc.errno == errno.EFBIG:
             raise BundleError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; a capture "

@@ -150,3 +150,28 @@ def test_a_lock_whose_pid_cannot_be_written_is_still_taken_and_held(locks: Path)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.startswith("held: another k3snet process (pid unknown)"), ran.stdout
     assert _lock_file(locks).read_text() == ""  # truncated: no stale pid is quoted
+
+
+def test_the_parents_the_lock_and_state_directories_need_are_made_writable_by_root_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under umask 0 (a service started so), Path.mkdir(parents=True) made /run/k3snet
+    # 0777: any user could then move the locks or a namespace's sysctl record away, or
+    # plant a directory of their own at a namespace's name.
+    from k3snet import _kept  # noqa: PLC0415
+    from k3snet.backends.netlink.sysctls import SysctlState, SysctlStore  # noqa: PLC0415
+
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "run" / "k3snet" / "locks"))
+    old = os.umask(0)
+    try:
+        with namespace_lock([None], timeout=0):
+            pass
+        SysctlStore(tmp_path / "var" / "k3snet" / "host", None, "1:2").save(SysctlState())
+        assert _kept.write_atomic(tmp_path / "cache" / "k3snet" / "spec-cache" / "a.json",
+                                  "{}", ".t-")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode)
+             for p in sorted(tmp_path.rglob("*")) if p.is_dir()}
+    assert modes == {"run": 0o755, "run/k3snet": 0o755, "run/k3snet/locks": 0o700,
+                     "var": 0o755, "var/k3snet": 0o755, "var/k3snet/host": 0o755,
+                     "cache": 0o755, "cache/k3snet": 0o755, "cache/k3snet/spec-cache": 0o700}

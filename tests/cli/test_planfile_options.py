@@ -84,3 +84,42 @@ def test_a_tampered_option_is_refused_as_the_spec_would_refuse_it(
     assert f"k3snet: error: {saved}: " in err  # named as the plan file's problem
     assert message in err
     assert tabled == []
+
+
+class _Stateful(MemoryBackend):
+    """A memory backend with a directory option (as netlink's ``state_dir``) and a text one."""
+
+    made: list[dict[str, Any]] = []  # noqa: RUF012 - a record shared by the test and the factory
+
+    def __init__(self, *, state_dir: str | Path | None = None, label: str = "") -> None:
+        super().__init__()
+        # Where the directory is from where the backend is made (as its files would be).
+        self.made.append({"state_dir": Path(state_dir).resolve() if state_dir else None,
+                          "label": label})
+
+
+@pytest.mark.parametrize("given", ["st", "./st", "sub/../st"])
+def test_a_relative_directory_option_names_the_same_directory_when_applied_from_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    # A relative netlink state_dir recorded as given put the sysctl record under the
+    # directory `apply FILE` ran in: the next plan in the first one took the sysctl it
+    # had taken over for a foreign one, and `remove` never gave it back.
+    register_backend("memory-stateful", _Stateful)
+    _Stateful.made.clear()
+    planned, elsewhere = tmp_path / "planned", tmp_path / "elsewhere"
+    (planned / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    spec = _spec(planned, f"backends:\n  memory-stateful: {{state_dir: '{given}', "
+                          "label: st}\n")
+    saved = tmp_path / "node.plan"
+    try:
+        monkeypatch.chdir(planned)
+        assert main(["plan", "-f", str(spec), "--no-facts", "--backend", "memory-stateful",
+                     "--out", str(saved)]) == 2
+        monkeypatch.chdir(elsewhere)
+        assert main(["apply", str(saved), "--auto-approve"]) == 0
+    finally:
+        unregister_backend("memory-stateful")
+    recorded = json.loads(saved.read_text())["options"]["memory-stateful"]
+    assert recorded == {"state_dir": str(planned / given), "label": "st"}  # text kept as is
+    assert [m["state_dir"] for m in _Stateful.made] == [planned / "st"] * 2

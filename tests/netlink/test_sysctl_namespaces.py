@@ -16,6 +16,7 @@ import pytest
 from k3snet import converge, destroy
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.netlink.sysctls import namespace_identity
+from k3snet.errors import ApplyError, RollbackError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import State, Sysctl
 
@@ -88,3 +89,26 @@ def test_an_older_shared_file_is_read_once_by_the_namespace_it_names(
     assert not legacy.exists()  # read once: the namespace's own file holds it now
     assert (tmp_path / first / "sysctl.json").exists()
     assert _forwarding(second) == "1"
+
+
+def test_a_full_state_directory_fails_the_apply_cleanly_not_as_a_failed_rollback(
+        two: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The record is written before the sysctl: on a full (or read-only) file system that
+    # first write fails, nothing is changed, and the rollback's write of the record "as
+    # it was" failed the same way: reported as ROLLBACK FAILED, the node half-changed.
+    from k3snet.backends.netlink import sysctls  # noqa: PLC0415
+
+    first, _ = two
+    _set(first, "0")
+
+    def full(file: Path, *_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device", str(file))
+
+    monkeypatch.setattr(sysctls, "replace_atomically", full)
+    with NetlinkBackend(first, state_dir=tmp_path) as backend, \
+            pytest.raises(ApplyError) as caught:
+        converge(backend, _WANTED)
+    assert not isinstance(caught.value, RollbackError), caught.value
+    assert "No space left on device" in str(caught.value)
+    assert _forwarding(first) == "0"
+    assert not (tmp_path / first / "sysctl.json").exists()

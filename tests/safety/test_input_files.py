@@ -215,6 +215,71 @@ def test_a_bundle_skips_a_fifo_and_refuses_a_file_that_is_not_utf8(tmp_path: Pat
         NodeCapture.read_dir(tmp_path)
 
 
+def test_a_bundle_file_swapped_for_a_link_after_the_look_is_refused_not_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # read_dir refuses links, then read each file through any link: the owner of the
+    # directory could swap one in between, and root's doctor read the file it named.
+    secret = tmp_path / "secret"
+    secret.write_text("net.secret = hunter2\n")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "sysctl.txt").symlink_to(secret)
+    monkeypatch.setattr(Path, "is_symlink", lambda self: False)  # the look came first
+    with pytest.raises(ValueError, match=r"sysctl.txt: a symbolic link"):
+        NodeCapture.read_dir(bundle)
+    with pytest.raises(OSError, match="a symbolic link") as refused:
+        read_input(bundle / "sysctl.txt", 100, follow=False)
+    assert refused.value.errno == errno.ELOOP
+    assert read_input(bundle / "sysctl.txt", 100) == secret.read_bytes()  # default: follows
+
+
+def test_a_terminal_named_as_a_file_is_refused_and_never_becomes_the_controlling_one(
+        tmp_path: Path) -> None:
+    # A process with no controlling terminal (a service, the agent: a session leader)
+    # that opened a terminal without O_NOCTTY took it as its own: its owner could then
+    # stop or interrupt k3snet from the keyboard, and a hangup killed it.
+    code = ("import os, sys\n"
+            "from k3snet._kept import read_input\n"
+            "try:\n    read_input(sys.argv[1], 100)\n"
+            "except OSError as exc:\n    print(exc.strerror)\n"
+            "try:\n    os.close(os.open('/dev/tty', os.O_RDWR))\n    print('controlling')\n"
+            "except OSError:\n    print('none')\n")
+    master, slave = os.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-c", code, os.ttyname(slave)],
+                              start_new_session=True, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, check=True, timeout=60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert done.stdout.splitlines() == ["not a regular file", "none"], done.stderr
+
+
+def test_a_device_or_a_fifo_named_as_a_file_is_judged_without_ever_being_opened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Opening is not harmless: /dev/watchdog starts the machine's reboot countdown (a
+    # spec's ipMasqAgentConfig path, read by root), a tape rewinds, a FIFO's waiting
+    # writer is released. Only an O_PATH handle (which opens nothing) may name them.
+    from k3snet import _kept  # noqa: PLC0415
+
+    opened: list[tuple[str, int]] = []
+    real_open = os.open
+
+    def recording(path: str | Path, flags: int, *args: object, **kwargs: object) -> int:
+        opened.append((str(path), flags))
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_kept.os, "open", recording)
+    with fifo(tmp_path / "spec.yaml") as named:
+        for path in ("/dev/zero", "/dev/null", str(named)):
+            with pytest.raises(OSError, match="not a regular file"):
+                read_input(path, 100)
+    assert opened
+    assert all(flags & os.O_PATH for _, flags in opened), opened
+    (tmp_path / "real.yaml").write_text("a: 1\n")
+    assert read_input(tmp_path / "real.yaml", 100) == b"a: 1\n"  # a file is still read
+
+
 def test_flannels_config_file_as_a_fifo_or_too_large_is_an_error_not_a_hang(
         tmp_path: Path) -> None:
     path = tmp_path / "net-conf.json"

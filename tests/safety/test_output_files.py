@@ -71,6 +71,40 @@ def test_rendered_files_replace_links_and_leave_their_targets(tmp_path: Path) ->
     assert _leftovers(out) == []
 
 
+def _render_networkd(spec: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", "render", "networkd", "-f",
+                           str(spec), "--network-file", "eth0=10-eth0.network", "--out",
+                           str(out)], capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_a_drop_in_directory_that_is_another_users_link_is_refused_and_its_target_untouched(
+        tmp_path: Path) -> None:
+    # Root renders into a directory another user can write: that user's link standing
+    # for 10-eth0.network.d/ put root's file in whatever directory it pointed to.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a link to another user")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC + "    gateway: 192.168.1.1\n    device: eth0\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, 65534, 65534)
+    planted = out / "10-eth0.network.d"
+    planted.symlink_to(elsewhere)
+    os.lchown(planted, 65534, 65534)
+    done = _render_networkd(spec, out)
+    assert done.returncode == 1
+    assert f"{planted}: a symbolic link of uid 65534" in done.stderr
+    assert list(elsewhere.iterdir()) == []
+    # A link of one's own is followed (an admin's drop-in directory kept elsewhere).
+    os.lchown(planted, 0, 0)
+    done = _render_networkd(spec, out)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in elsewhere.iterdir()] == ["90-k3snet-routes.conf"]
+    assert "Gateway=192.168.1.1" in (elsewhere / "90-k3snet-routes.conf").read_text()
+
+
 def test_a_bundle_replaces_links_and_leaves_their_targets(tmp_path: Path) -> None:
     victim = _victim(tmp_path)
     out = tmp_path / "bundle"
@@ -111,6 +145,35 @@ def test_a_new_file_takes_the_umask_and_a_replaced_one_keeps_its_mode(tmp_path: 
         assert kept.read_text() == "z"
     finally:
         os.umask(old)
+
+
+def test_a_replaced_files_set_id_and_sticky_bits_are_not_copied(tmp_path: Path) -> None:
+    # Root writing a plan over a user's file of mode 6777 made a set-user-ID root file.
+    planted = tmp_path / "node.plan"
+    planted.write_text("y")
+    planted.chmod(0o7755)
+    write_output(planted, "z")
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o755
+
+
+def test_a_plan_over_another_users_world_writable_file_is_not_left_writable_by_them(
+        tmp_path: Path) -> None:
+    # nobody plants /tmp/node.plan mode 0666; root's `plan --out /tmp/node.plan` took
+    # that mode, and nobody rewrote root's plan before root applied it.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    planted = tmp_path / "node.plan"
+    planted.write_text("x")
+    planted.chmod(0o666)
+    os.chown(planted, 65534, 65534)
+    old = os.umask(0o022)
+    try:
+        _planfile().write(planted)
+    finally:
+        os.umask(old)
+    info = planted.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o644)
+    assert PlanFile.read(planted, netns=None).plan == _planfile().plan
 
 
 @pytest.mark.parametrize("where", ["a-directory", "missing/node.plan"])

@@ -717,6 +717,12 @@ class NetlinkBackend(BackendBase):
 
     def _restore_store(self, snapshot: SysctlState) -> None:
         """Put the sysctl state file back as it was before the apply."""
+        with contextlib.suppress(BackendError):
+            if self._store.load() == snapshot:
+                # Never changed (a full or read-only file system refused the first save):
+                # nothing to put back, and writing it again would fail the same way,
+                # reported as a failed rollback of a node that is exactly as it was.
+                return
         try:
             self._store.save(snapshot)
         except BackendError as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import attrs
 
-from k3snet._kept import replace_atomically, untrusted
+from k3snet._kept import make_directory, replace_atomically, untrusted
 from k3snet.backends.netns import THREAD_NETNS, netns_path
 from k3snet.errors import BackendError, ModelError
 from k3snet.model.sysctl import ALIASES, SPREADING, SPREADING_INVERTED, Sysctl
@@ -314,7 +314,7 @@ class SysctlStore:
     def locked(self) -> Iterator[None]:
         """Serialise applies on this namespace's sysctls (between processes)."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+            make_directory(self.directory, 0o755)
             fd = os.open(self.directory / "lock",
                          os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
