@@ -105,12 +105,15 @@ def read_trusted(file: Path, limit: int) -> bytes | None:
         return None
 
 
-def read_input(file: str | Path, limit: int, *, follow: bool = True) -> bytes:
+def read_input(file: str | Path, limit: int, *, follow: bool = True,
+               owned: bool = False) -> bytes:
     """The bytes of a file a user named: a regular file of at most ``limit`` bytes.
 
     Anything else is an :class:`OSError` whose ``strerror`` says why (``a directory``,
     ``not a regular file``, ``larger than N bytes``, ``a symbolic link`` when not
-    ``follow``) and whose ``filename`` is ``file``. Only a regular file is ever opened
+    ``follow``; with ``owned``, a file another user than this one or root owns, or that
+    group or others may write: whoever can write it decides what it says) and whose
+    ``filename`` is ``file``. Only a regular file is ever opened
     for reading: a FIFO is not waited on for a writer, nor does it release one; a
     device is never opened (opening ``/dev/watchdog`` starts the machine's reboot
     countdown, a tape rewinds, a terminal could become this process's controlling
@@ -129,6 +132,8 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True) -> bytes:
             raise OSError(errno.EINVAL, kind, str(file))
         if info.st_size > limit:  # refused unread: limit + 1 bytes would be memory
             raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
+        if owned:
+            _refuse_unowned(info, file)
         fd = _reopen(where, file, info)
     finally:
         os.close(where)
@@ -140,6 +145,19 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True) -> bytes:
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
     return data
+
+
+def _refuse_unowned(info: os.stat_result, file: str | Path) -> None:
+    """An :class:`OSError` (``EPERM``) unless this user or root owns the file and neither
+    its group nor others may write it."""
+    if info.st_uid not in (os.geteuid(), 0):
+        raise OSError(errno.EPERM, f"owned by uid {info.st_uid}, not by this user or root",
+                      str(file))
+    writers = [who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH))
+               if info.st_mode & bit]
+    if writers:
+        raise OSError(errno.EPERM, f"writable by {' and '.join(writers)} (mode "
+                      f"{stat.S_IMODE(info.st_mode):04o})", str(file))
 
 
 def _reopen(where: int, file: str | Path, info: os.stat_result) -> int:
@@ -188,7 +206,7 @@ def replace_atomically(file: Path, text: str | bytes, prefix: str, *, mode: int)
     _replace(file, text, prefix, None)
 
 
-def write_output(file: Path, text: str | bytes) -> None:
+def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = False) -> None:
     """Write a file a user asked for: a new temporary file beside it, then a rename.
 
     A link standing at ``file`` is replaced, never followed (in a sticky directory
@@ -197,13 +215,15 @@ def write_output(file: Path, text: str | bytes) -> None:
     root's); an interrupted write leaves what was there; the file gets the
     permissions of the regular file of the effective user's it replaces (not its
     set-user-ID, set-group-ID or sticky bit), else ``0666`` less the umask, as
-    ``open()``'s.
+    ``open()``'s; with ``owner_writes_only``, never writable by its group or others
+    (a plan file: :func:`read_input` ``owned`` refuses such a file).
     """
     try:
         before = os.lstat(file)
     except FileNotFoundError:
         before = None
-    _replace(file, text, f".{file.name}.", _output_mode(before))
+    mode = _output_mode(before)
+    _replace(file, text, f".{file.name}.", mode & ~0o022 if owner_writes_only else mode)
 
 
 def write_output_in(directory: Path, name: str, text: str | bytes) -> Path:

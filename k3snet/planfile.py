@@ -59,13 +59,20 @@ def _read_json(path: Path) -> Any:
     """A plan file's JSON document; a PlanError when it is not a readable regular file of
     at most :data:`MAX_PLANFILE_BYTES` holding UTF-8 JSON nested at most
     :data:`~k3snet._gojson.MAX_NESTING` deep, each object's keys once (a FIFO or a device is
-    refused unread)."""
+    refused unread), owned by this user or root and writable by no one else."""
     try:
-        data = read_input(path, MAX_PLANFILE_BYTES)
+        # Owned by this user or root, and written by nobody else: a plan file is what
+        # will be done as root, and whoever else could write it could change it between
+        # the review and the apply.
+        data = read_input(path, MAX_PLANFILE_BYTES, owned=True)
     except OSError as exc:
         if exc.errno == errno.EFBIG:
             raise PlanError(f"{path}: larger than {MAX_PLANFILE_BYTES >> 20} MiB; not a "
                             "k3snet plan file") from None
+        if exc.errno == errno.EPERM:
+            raise PlanError(f"{path}: {input_problem(exc)}: another user could have changed "
+                            "it since it was made and reviewed; refused (chown it to root "
+                            "and chmod go-w, after reading it again)") from None
         raise PlanError(f"cannot read {path}: {input_problem(exc)}") from None
     try:
         text = data.decode("utf-8")
@@ -209,7 +216,8 @@ class PlanFile:
 
     def write(self, path: Path) -> None:
         """Write the file (stable JSON) atomically; a link at ``path`` is replaced, not followed."""
-        write_output(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        write_output(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n",
+                     owner_writes_only=True)  # read back only so (_read_json)
 
     @classmethod
     def read(cls, path: Path, *, netns: str | None) -> PlanFile:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -37,6 +38,35 @@ def test_a_plan_file_reads_back_as_written(tmp_path: Path) -> None:
     assert again.desired == saved.desired
     assert again.backends == ("memory",)
     assert again.spec == saved.spec
+
+
+@pytest.mark.usefixtures("require_root")
+def test_a_plan_file_another_user_could_write_is_refused(tmp_path: Path) -> None:
+    """A plan file is what `apply FILE` does as root: one that another user owns, or that
+    its group or others may write, could have been changed after it was reviewed."""
+    _saved_file, path = _saved(tmp_path)
+    assert PlanFile.read(path, netns=None).plan is not None
+    for mode, message in ((0o666, r"writable by group and others \(mode 0666\)"),
+                          (0o646, r"writable by others"), (0o664, r"writable by group")):
+        path.chmod(mode)
+        with pytest.raises(PlanError, match=message + ".*another user could have changed"):
+            PlanFile.read(path, netns=None)
+    path.chmod(0o644)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(PlanError, match="owned by uid 65534, not by this user or root"):
+        PlanFile.read(path, netns=None)
+
+
+def test_a_plan_file_is_written_writable_by_its_owner_alone(tmp_path: Path) -> None:
+    """Under a umask that lets the group write (0002), the plan file `plan --out` writes
+    is still one `apply FILE` reads."""
+    old = os.umask(0o002)
+    try:
+        _saved_file, path = _saved(tmp_path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert PlanFile.read(path, netns=None).plan is not None
 
 
 @pytest.mark.parametrize(("edit", "message"), [
