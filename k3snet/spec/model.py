@@ -39,6 +39,7 @@ __all__ = [
     "MasqueradePolicy",
     "Spec",
     "seed_spec",
+    "spec_interface_name",
 ]
 
 API_VERSION = "k3snet.io/v1alpha1"
@@ -86,8 +87,25 @@ def _opt_gateway(value: str | Address | None) -> Address | None:
     return None if value is None else parse_gateway(value)
 
 
+# Names of /proc/sys/net/ipv{4,6}/conf/ entries, which the kernel refuses as interface
+# names (EINVAL): written in a spec they meant "every interface", and matched none.
+_NOT_INTERFACES = frozenset({"all", "default"})
+
+
+def spec_interface_name(value: str) -> str:
+    """An interface name a spec may give: one the model takes, and not ``all`` or
+    ``default``, which no interface can be named (the kernel refuses them), so that a
+    rule through one would match nothing."""
+    name = validate_interface_name(value)
+    if name in _NOT_INTERFACES:
+        raise ModelError(f"no interface can be named {name!r} (the kernel refuses it: it is "
+                         "the name of a sysctl directory); to match every interface, leave "
+                         "the interface out")
+    return name
+
+
 def _opt_ifname(value: str | None) -> str | None:
-    return None if value is None else validate_interface_name(value)
+    return None if value is None else spec_interface_name(value)
 
 
 @attrs.frozen

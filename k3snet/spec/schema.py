@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from k3snet.model import validate_interface_name
 from k3snet.model.cidr import parse_address, parse_network
 from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
 from k3snet.model.route import parse_gateway
@@ -60,6 +59,7 @@ from k3snet.spec.model import (
     ForwardPolicy,
     MasqueradePolicy,
     Spec,
+    spec_interface_name,
 )
 from k3snet.spec.validators import Check, int_in, matches, one_of, optional, with_schema
 
@@ -87,12 +87,13 @@ with_schema(parse_gateway, ADDRESS_SCHEMA)
 
 
 def _ifname(value: Any) -> Any:
-    return validate_interface_name(value)
+    return spec_interface_name(value)
 
 
-# What validate_interface_name takes: its characters, not ".", "..", "+" nor "@...".
+# What spec_interface_name takes: its characters, not ".", "..", "+", "all", "default"
+# nor "@...".
 with_schema(_ifname, {"type": "string",
-                      "pattern": "^(?![.][.]?$|[+]$|@)[A-Za-z0-9_.@+\\-]{1,15}$",
+                      "pattern": "^(?![.][.]?$|[+]$|all$|default$|@)[A-Za-z0-9_.@+\\-]{1,15}$",
                       "description": "an interface name (at most 15 characters)"})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,21 @@ def test_destinations_sharing_a_gateway_each_get_the_problems_they_get_alone(
         expected += [line.replace("destinations[0]", f"destinations[{n}]", 1)
                      for line in _fact_problem_lines([entry], facts)]
     assert _fact_problem_lines(destinations, facts) == expected
+
+
+@pytest.mark.parametrize(("where", "document"), [
+    ("masquerade.outInterface", {"masquerade": {"outInterface": "all"}}),
+    ("forward.inInterface", {"forward": {"inInterface": "default"}}),
+    ("destinations[0].device", {"destinations": [{"cidr": "192.168.2.0/24",
+                                                  "device": "all"}]}),
+])
+def test_all_and_default_are_refused_as_interface_names(where: str,
+                                                        document: dict[str, object]) -> None:
+    """The kernel refuses ``all`` and ``default`` as interface names (they name
+    /proc/sys/net/ipv4/conf/ entries): written to mean "every interface", a rule through
+    one matched none. ``All`` is a name like any other."""
+    base = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+            "destinations": [{"cidr": "192.168.2.0/24"}]}
+    with pytest.raises(SpecError, match=rf"{re.escape(where)}: no interface can be named"):
+        Spec.from_dict({**base, **document})
+    assert Spec.from_dict({**base, "masquerade": {"outInterface": "All"}})
