@@ -759,10 +759,11 @@ def _egress_policy_problems(spec: Spec) -> list[Problem]:
     if (not policy.restrict or policy.namespace != "kube-system"
             or any(_CLUSTER_DNS_LABELS.get(key) != value for key, value in selector.items())):
         return []
-    which = "every pod of kube-system" if not selector else "the pods labelled " + ", ".join(
-        f"{key}={value}" for key, value in selector.items())
+    which = ("every pod of kube-system, CoreDNS among them" if not selector else
+             "the pods labelled " + ", ".join(f"{k}={v}" for k, v in selector.items())
+             + ", which are CoreDNS")
     return [Problem("egressPolicy.podSelector", (
-        f"the egress policy would select {which}, CoreDNS among them (k8s-app=kube-dns): "
+        f"the egress policy would select {which}: "
         "it could reach neither its upstream resolvers nor the API server, and names would "
         "stop resolving in every namespace; select the pods to restrict by their labels"))]
 

@@ -10,14 +10,13 @@ the route token (the agent's node facts) stood still.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
-from k3snet.lab.netns import temporary_netns
+from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import Route, RouteBlock, State
 from k3snet.planner import plan
 
@@ -25,8 +24,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
 
 def _ip(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True,
-                          text=True).stdout
+    return run_in(ns, ["ip", *args]).stdout
 
 
 @pytest.fixture
