@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import attrs
 
 from k3snet._admin_path import admin_path
-from k3snet._kept import write_output_in
+from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
@@ -666,6 +666,7 @@ def _pair(shape: str, meaning: str, *, read: bool = False) -> Callable[[str], st
 
 _profile = _pair("NAME=SPEC", "a profile name, a spec file", read=True)
 _network_file = _pair("DEV=FILE", "an interface, the .network file that configures it")
+_netplan_id = _pair("DEV=ID", "an interface, the netplan definition that configures it")
 
 
 def _render_arguments(render: argparse.ArgumentParser) -> None:
@@ -690,6 +691,12 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
                              "(10-netplan-eth0.network), repeatable: DEV's routes go in a "
                              "drop-in of it (networkd applies only the first file that "
                              "matches a device, so a file of k3snet's own would be ignored)")
+    render.add_argument("--netplan-id", action="append", default=[], metavar="DEV=ID",
+                        type=_netplan_id,
+                        help="netplan: the id of the definition that configures DEV, "
+                             "repeatable; with -o DIR the other netplan files there are "
+                             "read to find it, and a device a match: may configure needs it "
+                             "(netplan gives each id a networkd file, networkd applies one)")
     render.add_argument("--backend", action="append", default=[], metavar="NAME[:KINDS]",
                         help="the --backend flags plan and apply use, repeatable: the file "
                              "holds only the kinds they give the backend it is for (nftables, "
@@ -1668,10 +1675,56 @@ def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     return {"k3snet-routes": render_ifupdown(_boot_routes(spec, args))}
 
 
-def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
-    from k3snet.render.routes import render_netplan  # noqa: PLC0415 - lazy
+NETPLAN_FILE = "90-k3snet.yaml"
+_NETPLAN_DIRS = (Path("/lib/netplan"), Path("/etc/netplan"), Path("/run/netplan"))
+"""netplan's directories, in the order a file of the same name overrides another's."""
+MAX_NETPLAN_BYTES = 1 << 20
 
-    return {"90-k3snet.yaml": render_netplan(_rendered_state(spec, args))}
+
+def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
+    from k3snet.render.routes import netplan_placement, render_netplan  # noqa: PLC0415 - lazy
+
+    state = _rendered_state(spec, args)
+    ids: dict[str, str] = {}
+    for entry in args.netplan_id:
+        device, _, netplan_id = entry.partition("=")
+        if ids.setdefault(device, netplan_id) != netplan_id:
+            raise ModelError(f"--netplan-id {device}= is given twice, with {ids[device]} "
+                             f"and {netplan_id}: one definition per device")
+    devices = {str(o.device) for o in state.owned if isinstance(o, Route) and o.device}
+    for device in sorted(set(ids) - devices):
+        print(f"k3snet: warning: --netplan-id {device}={ids[device]}: no route of the spec "
+              f"goes through {device}; ignored", file=sys.stderr)
+    sections, placed = netplan_placement(_netplan_documents(args.out), devices, ids=ids)
+    return {NETPLAN_FILE: render_netplan(state, sections=sections, ids=placed)}
+
+
+def _netplan_documents(out: Path | None) -> dict[str, object]:
+    """The other netplan files beside the one ``render netplan -o OUT`` writes, parsed:
+    those of OUT, and for /etc/netplan those of /lib/netplan and /run/netplan as netplan
+    reads them (a name in a later directory replaces it in an earlier one). None when
+    printing: the file's place is then unknown."""
+    import yaml  # noqa: PLC0415 - k3snet[cli]
+
+    if out is None:
+        return {}
+    etc = out.resolve() == Path("/etc/netplan")
+    paths: dict[str, Path] = {}
+    for directory in (_NETPLAN_DIRS if etc else (out,)):
+        if directory.is_dir():
+            paths.update((p.name, p) for p in sorted(directory.glob("*.yaml")))
+    paths.pop(NETPLAN_FILE, None)  # the file this replaces
+    documents: dict[str, object] = {}
+    for name, path in sorted(paths.items()):
+        try:
+            text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
+            documents[name] = yaml.safe_load(text)
+        except OSError as exc:
+            raise ModelError(f"cannot read the netplan file {path}: {input_problem(exc)}") \
+                from None
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ModelError(f"netplan file {path} is not YAML netplan reads: {exc}") from None
+    return documents
 
 
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
