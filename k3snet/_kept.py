@@ -351,14 +351,25 @@ def _temporary(directory: Path, prefix: str, dir_fd: int | None = None) -> tuple
     raise FileExistsError(f"no free temporary name in {directory}")
 
 
+STALE_TEMPORARY = 3600.0
+"""Seconds after which :func:`prune` removes a temporary file of :func:`write_atomic`'s
+left behind: a writer killed (SIGKILL, the OOM killer, a power cut) between making it
+and renaming it never removes it, and a live one renames its own within milliseconds."""
+
+
 def prune(directory: Path, keep: Path, entries: int, suffix: str = ".json",
-          stem: re.Pattern[str] | None = None) -> None:
+          stem: re.Pattern[str] | None = None, *, temporary: str | None = None) -> None:
     """Keep the ``entries`` newest files of ``directory`` named ``*suffix`` (and ``keep``);
     with ``stem``, only files whose name before ``suffix`` matches it are entries (the
     directory may hold another program's files: a namespace's sysctl record when the
-    namespace has the directory's name)."""
+    namespace has the directory's name). ``temporary``: the prefix the directory's
+    writers give :func:`write_atomic`; their temporary files older than
+    :data:`STALE_TEMPORARY` go too."""
     with contextlib.suppress(OSError):
-        found = [(e.stat().st_mtime, e.path) for e in os.scandir(directory)
+        listed = list(os.scandir(directory))
+        if temporary is not None:
+            _prune_temporaries(listed, temporary)
+        found = [(e.stat().st_mtime, e.path) for e in listed
                  if e.name.endswith(suffix) and e.is_file(follow_symlinks=False)
                  and (stem is None or stem.fullmatch(e.name.removesuffix(suffix)))]
         if len(found) <= entries:
@@ -367,3 +378,17 @@ def prune(directory: Path, keep: Path, entries: int, suffix: str = ".json",
             if old != str(keep):
                 with contextlib.suppress(OSError):
                     os.unlink(old)
+
+
+def _prune_temporaries(listed: Iterable[os.DirEntry[str]], prefix: str) -> None:
+    """Remove the temporary files named as :func:`_temporary` names them after ``prefix``
+    that are older than :data:`STALE_TEMPORARY` (left by a killed writer)."""
+    import time  # noqa: PLC0415 - only when a kept file was just written
+
+    name = re.compile(re.escape(prefix) + r"[0-9a-f]{16}\.tmp")
+    before = time.time() - STALE_TEMPORARY
+    for entry in listed:
+        with contextlib.suppress(OSError):
+            if (name.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < before):
+                os.unlink(entry.path)
