@@ -226,10 +226,13 @@ def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = Fal
     _replace(file, text, f".{file.name}.", mode & ~0o022 if owner_writes_only else mode)
 
 
-def write_output_in(directory: Path, name: str, text: str | bytes) -> Path:
+def write_output_in(directory: Path, name: str, text: str | bytes, *,
+                    executable: bool = False) -> Path:
     """Write ``directory/name`` as :func:`write_output` does, where ``name`` may go
     through subdirectories of ``directory`` (``10-eth0.network.d/90-k3snet.conf``),
     made if missing (``0777`` less the umask, as ``mkdir -p``'s); returns the path.
+    ``executable``: a script, executable by whoever may read it and writable by its
+    owner only (whoever can write a script root runs is root).
 
     Such a subdirectory that is a symbolic link is followed only when it is the
     effective user's own: root writing into a directory another user can write must
@@ -250,7 +253,10 @@ def write_output_in(directory: Path, name: str, text: str | bytes) -> Path:
             before: os.stat_result | None = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             before = None
-        _replace(file, text, f".{leaf}.", _output_mode(before), dir_fd=fd)
+        mode = _output_mode(before)
+        if executable:
+            mode = (mode | (mode & 0o444) >> 2) & ~0o022
+        _replace(file, text, f".{leaf}.", mode, dir_fd=fd)
     finally:
         os.close(fd)
     return file

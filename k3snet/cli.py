@@ -1581,14 +1581,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     for name, text in files.items():
         # A networkd drop-in is a file in a directory of its own (DEV.network.d/), made
         # below the one given, never through another user's link.
-        print(write_output_in(args.out, name, text))
+        print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES))
     return EXIT_OK
 
 
 # ---------------------------------------------------------------- renderers
 
 _RENDERED_BY = {"iptables": "iptables", "nftables": "nftables", "ifupdown": "netlink",
-                "netplan": "netlink", "networkd": "netlink", "sysctl": "netlink"}
+                "netplan": "netlink", "networkd": "netlink", "networkmanager": "netlink",
+                "sysctl": "netlink"}
 """The backend that manages, at run time, what each boot file holds."""
 
 def _render_backend_problem(args: argparse.Namespace) -> str | None:
@@ -1679,6 +1680,17 @@ NETPLAN_FILE = "90-k3snet.yaml"
 _NETPLAN_DIRS = (Path("/lib/netplan"), Path("/etc/netplan"), Path("/run/netplan"))
 """netplan's directories, in the order a file of the same name overrides another's."""
 MAX_NETPLAN_BYTES = 1 << 20
+
+
+NETWORKMANAGER_FILE = "90-k3snet-routes"
+EXECUTABLE_FILES = frozenset({NETWORKMANAGER_FILE})
+"""Rendered files that are scripts: written executable (NetworkManager runs no other)."""
+
+
+def _render_networkmanager(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
+    from k3snet.render.routes import render_networkmanager  # noqa: PLC0415 - lazy
+
+    return {NETWORKMANAGER_FILE: render_networkmanager(_boot_routes(spec, args))}
 
 
 def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
@@ -1784,6 +1796,7 @@ RENDERERS: dict[str, Callable[[Spec, argparse.Namespace], dict[str, str]]] = {
     "ifupdown": _render_ifupdown,
     "netplan": _render_netplan,
     "networkd": _render_networkd,
+    "networkmanager": _render_networkmanager,
     "sysctl": _render_sysctl,
     "manifests": _render_manifests,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -145,6 +146,7 @@ def test_pod_cidr_disagreeing_with_flannel_is_a_conflict(
         ("ifupdown", {"k3snet-routes"}, "up ip route"),
         ("netplan", {"90-k3snet.yaml"}, "routes:"),
         ("networkd", {"90-k3snet-eth0.network"}, "[Route]"),
+        ("networkmanager", {"90-k3snet-routes"}, "ip route add 192.168.2.0/24"),
         ("sysctl", {"90-k3snet.conf"}, "net.ipv4.ip_forward = 1"),
         ("manifests", {"k3snet.yaml"}, "kind: DaemonSet"),
     ],
@@ -156,6 +158,20 @@ def test_render_writes_each_persistence_file(
     assert {p.name for p in tmp_path.iterdir()} == files
     assert any(needle in p.read_text() for p in tmp_path.iterdir())
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o000, 0o755), (0o022, 0o755), (0o077, 0o700)])
+def test_the_networkmanager_script_is_written_executable_and_writable_by_its_owner_only(
+        umask: int, mode: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # NetworkManager's dispatcher runs no script that is not executable, nor one its
+    # group or others can write: written 0644 (or 0666 under umask 0), it never ran.
+    before = os.umask(umask)
+    try:
+        assert main(["render", "networkmanager", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    finally:
+        os.umask(before)
+    capsys.readouterr()
+    assert stat.S_IMODE((tmp_path / "90-k3snet-routes").stat().st_mode) == mode
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
