@@ -1714,7 +1714,7 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 def _netplan_documents(out: Path | None) -> dict[str, object]:
     """The other netplan files beside the one ``render netplan -o OUT`` writes, parsed:
     those of OUT, and for /etc/netplan those of /lib/netplan and /run/netplan as netplan
-    reads them (a name in a later directory replaces it in an earlier one). None when
+    reads them (a name in a later directory replaces it in an earlier one). Nothing when
     printing: the file's place is then unknown."""
     import yaml  # noqa: PLC0415 - k3snet[cli]
 

@@ -11,15 +11,15 @@ all such routes at once (give those routes a device in the spec).
 
 What survives the round trip to the kernel:
 
-============  ====================  ==========================================
-format        route protocol        after a reboot, k3snet sees the routes as
-============  ====================  ==========================================
-ifupdown      ``proto 211``          its own (owned)
-networkd      ``Protocol=211``       its own (owned)
-NetworkManager ``proto 211``         its own (owned)
-netplan       (not expressible)     foreign ``static`` routes that already meet
-                                    the spec (``met`` notes), never changed
-============  ====================  ==========================================
+==============  ====================  ==========================================
+format          route protocol        after a reboot, k3snet sees the routes as
+==============  ====================  ==========================================
+ifupdown        ``proto 211``         its own (owned)
+networkd        ``Protocol=211``      its own (owned)
+NetworkManager  ``proto 211``         its own (owned; a dispatcher script)
+netplan         (not expressible)     foreign ``static`` routes that already meet
+                                      the spec (``met`` notes), never changed
+==============  ====================  ==========================================
 
 >>> from k3snet.model import Route, State
 >>> state = State(owned=[Route("10.1.0.0/24", gateway="10.0.0.2", device="eth0")])
