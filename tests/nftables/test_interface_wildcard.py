@@ -10,6 +10,7 @@ nft's wildcard ``"eth*"`` now, read back as ``eth+``; checked in the kernel's li
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -172,3 +173,29 @@ def test_two_interface_matches_meet_when_some_device_passes_both(
         a: str | None, b: str | None, meet: bool) -> None:
     assert interfaces_may_meet(a, b) is meet
 
+
+def test_a_foreign_masquerade_behind_a_return_through_eth_plus_does_not_meet_eth0(
+        ns: str) -> None:
+    """iptables-nft writes ``-o eth+ -j RETURN`` as ``oifname "eth*" return``: it takes
+    every packet leaving through eth0 before the masquerade below it. Compared with
+    "eth0" as a string, that return spared nothing, the masquerade read as doing the
+    wanted rule's job, and k3snet wrote nothing: eth0's pod traffic was not NATed."""
+    if shutil.which("iptables-nft-restore") is None:
+        pytest.skip("iptables-nft-restore is not installed")
+    run_in(ns, ["iptables-nft-restore"], input_text="\n".join([
+        "*nat", ":POSTROUTING ACCEPT [0:0]",
+        "-A POSTROUTING -s 10.42.0.0/16 -o eth+ -j RETURN",
+        "-A POSTROUTING -s 10.42.0.0/16 -o eth0 -j MASQUERADE", "COMMIT", ""]))
+    listed = run_in(ns, ["nft", "list", "chain", "ip", "nat", "POSTROUTING"]).stdout
+    assert 'oifname "eth*"' in listed  # the kernel's own view of the return
+    wanted = MasqueradeRule("10.42.0.0/16", out_interface="eth0")
+    backend = NftablesBackend(ns)
+    try:
+        observed = backend.observe()
+        assert MasqueradeRule("10.42.0.0/16", out_interface="eth0") not in observed.foreign
+        change = plan(observed, State(owned=[wanted]))
+        assert [c.after for c in change.changes] == [wanted]
+        backend.apply(change)
+        assert _postrouting_tags(ns) == [rule_tag(nft_rules(wanted)[0].body)]
+    finally:
+        backend.close()

@@ -76,6 +76,7 @@ from k3snet.backends.nftables.text import (
 )
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import Drift, NetObject, validate_interface_name
+from k3snet.model._base import interfaces_may_meet
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
@@ -361,7 +362,28 @@ def _disjoint(cond: Match, family: int, source: Network, destination: Network | 
         for net, neg in cond.daddr:
             if (not neg and not overlaps(net, destination)) or (neg and contains(net, destination)):
                 return True
-    return oif is not None and any((name == oif) == neg for name, neg in cond.oif)
+    return _no_interface_passes(cond.oif, oif)
+
+
+def _no_interface_passes(tests: list[tuple[str, bool]], device: str | None) -> bool:
+    """Whether no interface that ``device`` (a name of k3snet's model, ``eth+`` a prefix;
+    ``None``: any) may be passes all of a foreign rule's name ``tests`` (nft's names,
+    ``"eth*"`` a prefix): then the rule never matches its packets.
+
+    Compared as the patterns they are, not as strings: ``oifname "eth*"`` holds eth0,
+    so an earlier ``oifname "eth*" return`` is no exit that spares eth0's packets.
+    """
+    if device is None:
+        return False
+    for name, negated in tests:
+        pattern = model_ifname(name)
+        if negated:
+            # != a pattern: only when every name the device may be matches the pattern.
+            if device.startswith(pattern[:-1]) if pattern.endswith("+") else device == pattern:
+                return True
+        elif not interfaces_may_meet(pattern, device):
+            return True
+    return False
 
 
 @attrs.frozen
@@ -912,8 +934,7 @@ def _misses(match: Match, rule: ForwardRule) -> bool:
     """True when ``match`` can never match a packet of ``rule``."""
     if _disjoint(match, rule.family, rule.source, rule.destination, rule.out_interface):
         return True
-    iif = rule.in_interface
-    return iif is not None and any((name == iif) == neg for name, neg in match.iif)
+    return _no_interface_passes(match.iif, rule.in_interface)
 
 
 def _covers(match: Match, rule: ForwardRule) -> bool:
