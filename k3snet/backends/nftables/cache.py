@@ -68,6 +68,9 @@ class Cache:
     tables: dict[str, Table] = field(default_factory=dict)  # nft family -> table
     drift: dict[Key, tuple[Drift, Repair]] = field(default_factory=dict)
     foreign: frozenset[NetObject] | None = None
+    # the tables processes owned when ``foreign`` was read: the kernel deletes one without
+    # moving the generation id, so ``foreign`` holds only while they are all still there
+    owners: frozenset[tuple[str, str, int]] = frozenset()
     state: State | None = None
     nat_index: dict[tuple[int, int, int], set[Key]] = field(default_factory=dict)
     lines: Lines = field(default_factory=dict)  # what the text reader read each rule line as
