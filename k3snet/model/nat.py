@@ -13,7 +13,7 @@ from k3snet.model._base import (
     NetObject,
     check_families,
     foreign_rule_text,
-    interface_may_be,
+    interfaces_may_meet,
     ip_family,
     net_tuple,
     optional_interface,
@@ -409,7 +409,7 @@ class NatBlock(NetObject):
             and (self.source is None or overlaps(self.source, rule.source))
             and (self.destination is None
                  or any(overlaps(self.destination, d) for d in rule.natted_destinations()))
-            and interface_may_be(self.out_interface, rule.out_interface)
+            and interfaces_may_meet(self.out_interface, rule.out_interface)
         )
 
     def describe(self) -> str:

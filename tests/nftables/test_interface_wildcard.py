@@ -199,3 +199,22 @@ def test_a_foreign_masquerade_behind_a_return_through_eth_plus_does_not_meet_eth
         assert _postrouting_tags(ns) == [rule_tag(nft_rules(wanted)[0].body)]
     finally:
         backend.close()
+
+
+def test_a_foreign_snat_through_eth0_is_a_conflict_of_a_masquerade_through_eth_plus(
+        ns: str) -> None:
+    """iptables-nft's nat chain runs at srcnat, as k3snet's: its SNAT of what leaves through
+    eth0 may translate that part of a wanted masquerade through eth+ first. Compared with
+    "eth+" as a name, the block decided nothing and the plan said no conflict."""
+    if shutil.which("iptables-nft-restore") is None:
+        pytest.skip("iptables-nft-restore is not installed")
+    run_in(ns, ["iptables-nft-restore"], input_text="\n".join([
+        "*nat", ":POSTROUTING ACCEPT [0:0]",
+        "-A POSTROUTING -s 10.42.0.0/16 -o eth0 -j SNAT --to-source 192.0.2.9",
+        "COMMIT", ""]))
+    assert 'oifname "eth0"' in run_in(ns, ["nft", "list", "chain", "ip", "nat",
+                                            "POSTROUTING"]).stdout
+    wanted = MasqueradeRule("10.42.0.0/16", out_interface="eth+")
+    with NftablesBackend(ns) as backend:
+        notes = plan(backend.observe(), State(owned=[wanted])).notes
+    assert [(n.status, n.wanted) for n in notes] == [("conflict", wanted)]
