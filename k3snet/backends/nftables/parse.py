@@ -451,6 +451,8 @@ class ForeignReader:
     replies_accepted: bool = False
     # every forward base chain: (family, table), name, policy; and where each accept was read
     forward_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
+    # filter base chains at prerouting and postrouting: forwarded packets pass them too
+    path_bases: list[tuple[tuple[str, str], str]] = field(default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -496,6 +498,9 @@ class ForeignReader:
                 self.forward_bases.append((where, str(name), str(chain.get("policy", "accept"))))
                 self._walking = (where, str(name))
                 self._walk(where, str(name), [], _Way(), self._forward_rule)
+            elif chain.get("type") == "filter" and chain.get("hook") in ("prerouting",
+                                                                         "postrouting"):
+                self.path_bases.append((where, str(name)))  # read for its drops only
         found = self._met()
         found |= self._blocks()
         found.update(block for block, _ in self.nat_blocks)
@@ -523,10 +528,12 @@ class ForeignReader:
         return found
 
     def _blocks(self) -> set[NetObject]:
-        """Foreign drops and rejects at the forward hook that name addresses.
+        """Foreign drops and rejects at the forward hook, and in the filter chains at
+        prerouting and postrouting (which forwarded packets pass too), that name addresses.
 
         An accept in k3snet's chain ends only that chain; a drop in any other base
-        chain on the hook, at any priority, still wins. So such a rule (in a base
+        chain on the hook, at any priority, or on the hooks before and after it, still
+        wins. So such a rule (in a base
         chain or any chain jumped or gone to below it, narrowed by the jumps' tests
         on the way) decides the traffic it names, and a wanted forward rule it may
         match is a conflict. Rules without a positive address match (``ct state
@@ -536,7 +543,9 @@ class ForeignReader:
         is past it named in ``unread``) and does not follow a chain already on its way.
         """
         found: set[NetObject] = set()
-        for where, name, _ in self.forward_bases:
+        # A forwarded packet also passes every filter chain on the prerouting and
+        # postrouting hooks: a drop there wins over any accept at the forward hook.
+        for where, name in [*((w, n) for w, n, _ in self.forward_bases), *self.path_bases]:
             self._block_walk(where, name, _Way(), found)
         return found
 
