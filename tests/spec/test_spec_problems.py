@@ -326,6 +326,17 @@ def test_the_checks_after_a_list_item_left_out_name_the_document_s_items() -> No
 
 
 
+def test_a_link_local_snat_address_is_a_problem_at_its_path() -> None:
+    # Every destination's egress would leave with it as source, and no router forwards
+    # a packet from a link-local address: egress beyond the link silently lost.
+    document = {"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                "masquerade": {"snatAddresses": ["169.254.1.5", "fe80::5"]}}
+    problems = _problems(lambda: Spec.from_dict(document)).splitlines()
+    assert [p.split(":")[0] for p in problems] == ["masquerade.snatAddresses[0]",
+                                                   "masquerade.snatAddresses[1]"]
+    assert all("is a link-local address: routers do not forward" in p for p in problems)
+
+
 def test_an_unspecified_gateway_is_a_problem_at_its_path() -> None:
     document = {"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
                 "destinations": [
