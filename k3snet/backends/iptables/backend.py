@@ -324,6 +324,15 @@ class IptablesBackend(BackendBase):
                 f"mode='{other}' if that is the flavour in use")
         for (family, table), state in sorted(self._tables.items()):
             where = f"IPv{family} {table}"
+            if state.hidden == "table":
+                found.append(f"{_unreadable(state)}; k3snet owns nothing there and "
+                             "refuses to write it")
+            elif state.hidden == "base chains":
+                found.append(
+                    f"{where}: iptables-nft-save leaves out base chains of this table "
+                    f"written with nft (`nft list table {_nft_family(family)} {table}` shows "
+                    "them): they run on their hooks besides k3snet's rules, and what they "
+                    "drop or translate k3snet neither sees nor names as a conflict")
             for chain in state.foreign_chains:
                 jumps = [f"-A {j.chain} {format_line(j.line)}" for j in state.foreign_jumps
                          if j.target == chain]
@@ -832,8 +841,10 @@ class IptablesBackend(BackendBase):
             append(change)
         ordered = {(family, table): pending[family, table]
                    for family in FAMILIES for table in TABLES if (family, table) in pending}
-        problems = [problem for where, changes in ordered.items()
-                    for problem in self._conflicts(tables[where], changes)]
+        problems = [_unreadable(tables[where]) for where in ordered
+                    if tables[where].hidden == "table"]
+        problems += [problem for where, changes in ordered.items()
+                     for problem in self._conflicts(tables[where], changes)]
         if problems:
             self._refuse(plan, "\n  ".join(problems))
         return ordered
@@ -935,6 +946,25 @@ def _where_of(subject: NetObject) -> tuple[int, str]:
             raise PlanError(f"cannot delete {subject}: it is not the iptables backend's")
         return where
     return (subject.family or 4, table_of(subject))
+
+
+def _nft_family(family: int) -> str:
+    return "ip" if family == 4 else "ip6"
+
+
+def _unreadable(state: TableState) -> str:
+    """Why k3snet does not write a table iptables-nft cannot show (``hidden == "table"``).
+
+    Writing it blind, k3snet's rules never read back: each apply added them again
+    (one more jump from the built-in chain every time), and the rules of the table
+    that decide first (a drop, an SNAT) were no conflict.
+    """
+    family, table = state.family, state.table
+    return (f"IPv{family} {table}: iptables-nft cannot read this table (iptables-nft-save: "
+            f"\"Table `{table}' is incompatible, use 'nft' tool\"): it holds rules written "
+            f"with nft (`nft list table {_nft_family(family)} {table}`) that iptables cannot "
+            "show, so k3snet would write it blind; leave it to nft (the nftables backend) or "
+            "move those rules to a table of another name")
 
 
 def _culprit(plan: Plan, line: Line | None) -> Change | None:

@@ -169,6 +169,9 @@ class TableState:
     """Rules that are not k3snet's jumping to ``K3SNET-*`` chains (k3snet's or not):
     never touched, and a chain of k3snet's they jump to is never deleted
     (:func:`edit_conflicts`)."""
+    hidden: str | None = None
+    """What iptables-nft-save left out of the table (:attr:`TableDump.hidden`):
+    ``"table"`` (nothing of it was read: k3snet does not write it) or ``"base chains"``."""
     stray_jumps: list[Line] = attrs.field(factory=list)
     """Rules of the built-in chain carrying k3snet's tag that jump to a chain not
     named ``K3SNET-*`` (k3snet's own renamed with ``iptables -E``, or a copy): not
@@ -268,6 +271,7 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
         chains={name: lines for name, lines in chains.items() if name not in foreign},
         foreign_chains={name: chains[name] for name in sorted(foreign)},
         foreign_jumps=jumps,
+        hidden=dump.hidden if dump is not None else None,
     )
     state.stray_jumps = [line for line in state.hook_rules if has_tag(line)
                          and (target := _jump_target(line)) in rules
