@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables.mode import other_flavour_rules
 from k3snet.backends.iptables.save import parse_save
 from k3snet.errors import PlanError
 from k3snet.lab.netns import run_in
@@ -52,6 +53,18 @@ def test_the_save_parser_reads_what_iptables_nft_save_says_it_left_out() -> None
     quoted = parse_save('*nat\n-A POSTROUTING -m comment --comment "x\n'
                         "# Table `nat' is incompatible, use 'nft' tool.\" -j ACCEPT\nCOMMIT\n")
     assert quoted["nat"].hidden is None
+
+
+def test_what_iptables_nft_save_leaves_out_is_named_when_mode_auto_picked_legacy() -> None:
+    """With iptables-legacy picked, the other flavour's warning names it: a drop written
+    with nft in ``ip filter`` runs whatever k3snet accepts through iptables-legacy."""
+    found = other_flavour_rules({
+        4: "# Table `filter' is incompatible, use 'nft' tool.\n",
+        6: "# Table `nat' contains incompatible base-chains, use 'nft' tool to list them.\n"
+           "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"})
+    assert found == [
+        "IPv4 filter: rules written with nft that iptables-nft-save cannot show",
+        "IPv6 nat: base chains written with nft that iptables-nft-save cannot show"]
 
 
 @pytest.mark.kernel
