@@ -273,8 +273,7 @@ class IptablesBackend(BackendBase):
     def mode(self) -> Flavour:
         """``nft`` or ``legacy``: given, or detected on first use (see the module docs)."""
         if self._mode is None:
-            texts = {flavour: {family: self._kernel.save(family, flavour)
-                               for family in FAMILIES} for flavour in _FLAVOURS}
+            texts = self._saves_for_detection()
             saves: dict[str, list[str]] = {
                 flavour: [text for text in by_family.values() if text is not None]
                 for flavour, by_family in texts.items()}
@@ -282,6 +281,28 @@ class IptablesBackend(BackendBase):
             self._other_rules = other_flavour_rules(texts[_OTHER[self._mode]])
             self._other_fresh = True  # the first observe need not read it again
         return self._mode
+
+    def _saves_for_detection(self) -> dict[Flavour, dict[int, str | None]]:
+        """Each flavour's ``-save`` text of each family (``None``: not installed).
+
+        A flavour whose tool fails reads as absent (iptables-nft on a kernel without
+        nf_tables: "Could not fetch rule set generation id: Protocol not supported"),
+        so that the other is detected rather than nothing working; when every run
+        fails, the first failure is raised (no privilege, a namespace gone).
+        """
+        texts: dict[Flavour, dict[int, str | None]] = {}
+        failures: list[K3snetError] = []
+        for flavour in _FLAVOURS:
+            texts[flavour] = {}
+            for family in FAMILIES:
+                try:
+                    texts[flavour][family] = self._kernel.save(family, flavour)
+                except K3snetError as exc:
+                    failures.append(exc)
+                    texts[flavour][family] = None
+        if failures and len(failures) == len(_FLAVOURS) * len(FAMILIES):
+            raise failures[0]
+        return texts
 
     @property
     def mode_reason(self) -> str:
