@@ -55,6 +55,7 @@ from k3snet.errors import (
     BackendOptionError,
     ConflictError,
     K3snetError,
+    LockTimeoutError,
     ModelError,
     PlanError,
     Problem,
@@ -83,6 +84,10 @@ half-changed. Not 1, which says nothing was changed or all of it was taken back.
 DEFAULT_LISTEN = ":9743"
 """The agent's ``--listen`` unless ``$K3SNET_LISTEN`` says otherwise (none with ``--once``)."""
 EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "changes pending"
+EXIT_BUSY = 75
+"""sysexits' EX_TEMPFAIL: another k3snet process held the namespace's lock past
+``--lock-timeout`` (a LockTimeoutError); nothing was changed, a later run may succeed.
+Not 1, which a cron job or CI step cannot tell from a spec or backend failing."""
 EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 EXIT_TERMINATED = 143  # 128 + SIGTERM, likewise
@@ -205,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan and apply the minimal changes that make pod egress work on this node.",
         epilog="Exit codes: 0 ok / nothing to do, 1 error, 2 changes pending (plan) or made "
                "(--detailed-exitcode), 3 still running (connectivity), 4 conflicts, 5 failed and "
-               "not taken back (the node may be half-changed), 64 usage.",
+               "not taken back (the node may be half-changed), 64 usage, 75 busy (another "
+               "k3snet process held the lock past --lock-timeout; nothing changed).",
     )
     parser.add_argument("--version", action="version", version=f"k3snet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -318,7 +324,8 @@ def _lock_timeout_flag(cmd: argparse.ArgumentParser) -> None:
                      metavar="SECONDS",
                      help="wait at most this long for another k3snet process changing the "
                           "same network namespace (the agent, another run); 0: try once "
-                          f"(default: {DEFAULT_LOCK_TIMEOUT:g})")
+                          f"(default: {DEFAULT_LOCK_TIMEOUT:g}); past it, exit {EXIT_BUSY} "
+                          "having changed nothing")
 
 
 def _allow_disruptive_flag(cmd: argparse.ArgumentParser) -> None:
@@ -460,6 +467,8 @@ def _error_code(exc: K3snetError) -> int:
     """The exit code of a command that failed with ``exc``."""
     if isinstance(exc, RollbackError):
         return EXIT_HALF_CHANGED
+    if isinstance(exc, LockTimeoutError):
+        return EXIT_BUSY
     return EXIT_CONFLICTS if isinstance(exc, ConflictError) else EXIT_ERROR
 
 
