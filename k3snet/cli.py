@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import attrs
 
 from k3snet._admin_path import admin_path
-from k3snet._kept import write_output_in
+from k3snet._kept import input_problem, refuse_foreign_input, write_output_in
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
@@ -92,6 +92,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 EXIT_TERMINATED = 143  # 128 + SIGTERM, likewise
 EXIT_HANGUP = 129  # 128 + SIGHUP: the terminal or SSH session went away
+NODE_COMMANDS = frozenset({"plan", "apply", "destroy", "observe", "agent"})
+"""The commands that act on the node with what a spec (``-f``) gives: its file must be
+one only its owner (this user, root, or the user who ran sudo) may write."""
 UNDONE_ON_SIGTERM = frozenset({"apply", "destroy", "doctor"})
 """The commands that change the node (``doctor`` with ``--fix``): SIGTERM and SIGHUP take
 back what they made, as Ctrl-C does."""
@@ -441,6 +444,7 @@ def sigterm_undoes() -> Iterator[None]:
 def _run(args: argparse.Namespace) -> int:
     """Run the command, each kind of failure as its exit code (see :func:`main`)."""
     try:
+        _refuse_foreign_spec(args)
         return int(COMMANDS[args.command](args))
     except K3snetError as exc:
         _report_error(args, exc)
@@ -461,6 +465,24 @@ def _run(args: argparse.Namespace) -> int:
         print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
               "K3SNET_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _refuse_foreign_spec(args: argparse.Namespace) -> None:
+    """A SpecError when a node command's spec file may be written by another user than its
+    owner (this user, root, or ``$SUDO_UID``, who could run k3snet as root anyway):
+    that user could change what root applies, its routes, rules and the paths its
+    backends write (a plan file is refused likewise, :mod:`k3snet.planfile`)."""
+    spec = getattr(args, "spec", None)
+    if args.command not in NODE_COMMANDS or spec is None:
+        return
+    sudo = os.environ.get("SUDO_UID", "")
+    try:
+        refuse_foreign_input(spec, invoker=int(sudo) if sudo.isdigit() else None)
+    except OSError as exc:
+        raise SpecError([Problem("", f"{input_problem(exc)}: another user could change what "
+                                     "k3snet applies; refused (chown it to yourself or root "
+                                     "and chmod go-w, after reading it again)")],
+                        source=str(spec)) from None
 
 
 def _error_code(exc: K3snetError) -> int:
