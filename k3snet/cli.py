@@ -1504,13 +1504,17 @@ def _doctor_exit(verdict: str) -> int:
 
 def _destination(text: str) -> tuple[str, int | None]:
     """``ADDR``, ``ADDR:PORT`` or ``[ADDR]:PORT`` -> (address, port)."""
-    address, port = text, ""
+    address, sep, port = text, "", ""
     if text.startswith("["):
         address, _, rest = text[1:].partition("]")
-        port = rest.removeprefix(":")
+        sep, port = rest[:1], rest[1:]
+        if sep not in ("", ":"):  # `[ADDR]80`: not the [ADDR]:PORT it was meant to be
+            port = ""
     elif text.count(":") == 1:
-        address, _, port = text.partition(":")
-    if port and not port.isdigit():
+        address, sep, port = text.partition(":")
+    # ASCII digits only: str.isdigit() takes "²" (which int() refuses) and other
+    # scripts' digits; "ADDR:" with nothing after it is a port left out by mistake.
+    if sep and not (port.isascii() and port.isdigit()):
         raise K3snetError(f"--to {text!r}: the port must be a number")
     return address, int(port) if port else None
 
