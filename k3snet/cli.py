@@ -447,24 +447,53 @@ def _run(args: argparse.Namespace) -> int:
         _refuse_foreign_spec(args)
         return int(COMMANDS[args.command](args))
     except K3snetError as exc:
-        _report_error(args, exc)
+        # The code says the failure even when its report cannot be written (`| head`
+        # gone, a full disk): a RollbackError's 5 ended as a traceback and exit 1,
+        # "nothing was changed", on a node that may be half-changed.
+        with _reporting():
+            _report_error(args, exc)
         return _error_code(exc)
     except BrokenPipeError:
         # The reader went away (`k3snet observe | head`): nothing more to say to it.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return EXIT_BROKEN_PIPE
     except OSError as exc:
-        print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
+        with _reporting():
+            print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("K3SNET_DEBUG"):
             raise
-        print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
-              "K3SNET_DEBUG=1 shows the traceback)", file=sys.stderr)
+        with _reporting():
+            print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report "
+                  "it; K3SNET_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+FAILURE_CODES = frozenset({EXIT_ERROR, EXIT_HALF_CHANGED, EXIT_USAGE, EXIT_BUSY,
+                           EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_HANGUP})
+"""The codes of a command that failed, or was refused or stopped: an output that cannot
+be written afterwards (a closed pipe, a full disk) leaves them as they are
+(:mod:`k3snet.__main__`); only a command's result (0, 2, 3, 4) becomes 141 or 1."""
+
+
+def _drop_stdout() -> None:
+    """Send what is left for stdout to /dev/null: a closed pipe or a full disk is not
+    written to again (by the next print, or the final flush)."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@contextlib.contextmanager
+def _reporting() -> Iterator[None]:
+    """Within the block, a report of a failure that cannot be written (stdout or stderr
+    closed or full) is dropped: the exit code still says the failure."""
+    try:
+        yield
+    except OSError:
+        _drop_stdout()
 
 
 def _refuse_foreign_spec(args: argparse.Namespace) -> None:
