@@ -497,13 +497,18 @@ def _reporting() -> Iterator[None]:
 
 
 def _refuse_foreign_spec(args: argparse.Namespace) -> None:
-    """A SpecError when a node command's spec file may be written by another user than its
+    """:func:`refuse_foreign_spec` of a node command's spec file."""
+    spec = getattr(args, "spec", None)
+    if args.command in NODE_COMMANDS and spec is not None:
+        refuse_foreign_spec(spec)
+
+
+def refuse_foreign_spec(spec: str | Path) -> None:
+    """A SpecError when the spec file ``spec`` may be written by another user than its
     owner (this user, root, or ``$SUDO_UID``, who could run k3snet as root anyway):
     that user could change what root applies, its routes, rules and the paths its
-    backends write (a plan file is refused likewise, :mod:`k3snet.planfile`)."""
-    spec = getattr(args, "spec", None)
-    if args.command not in NODE_COMMANDS or spec is None:
-        return
+    backends write (a plan file is refused likewise, :mod:`k3snet.planfile`). The
+    node commands and the Ansible module's ``spec_path`` call it."""
     sudo = os.environ.get("SUDO_UID", "")
     try:
         refuse_foreign_input(spec, invoker=int(sudo) if sudo.isdigit() else None)
