@@ -49,7 +49,16 @@ log = logging.getLogger(__name__)
 
 def _lock_dir() -> Path:
     override = os.environ.get("K3SNET_LOCK_DIR")
-    return Path(override) if override else DEFAULT_LOCK_DIR
+    if not override:
+        return DEFAULT_LOCK_DIR
+    if not os.path.isabs(override):
+        # Relative, it named another directory from each working directory: a cron job
+        # run from $HOME and an apply from /etc/k3snet each held a lock of their own,
+        # and both changed the namespace at once.
+        raise BackendError(f"K3SNET_LOCK_DIR {override!r} is not an absolute path: every "
+                           "k3snet process must find the same lock whatever its working "
+                           "directory")
+    return Path(override)
 
 
 def _identity(netns: str | None) -> tuple[str, str]:
