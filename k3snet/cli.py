@@ -158,7 +158,9 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
     """The ``doctor`` subcommand's arguments."""
     doctor = add(
         "doctor", "Explain why a pod cannot reach a destination, and plan the fix. "
-                  "Exit 0: the flow reaches, 1: error, 3: blocked, 4: unknown.")
+                  "Exit 0: the flow reaches, 1: error, 3: blocked, 4: unknown; with --fix also "
+                  "5: the fix failed and was not taken back, 75: busy (another k3snet "
+                  "process held the lock).")
     doctor.add_argument("--from", dest="source", required=True, metavar="POD_IP")
     doctor.add_argument("--to", dest="destination", required=True, metavar="DEST[:PORT]",
                         help="address, address:port, or [IPv6]:port")
