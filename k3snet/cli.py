@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help=SPEC_HELP)
         backend = cmd.add_argument(
             "--backend", action="append", default=[], metavar="NAME[:KINDS]",
+            type=_backend_entry,
             help="backend to use, repeatable; KINDS limits it, e.g. iptables:forward "
                  f"(default: the spec's, else {' + '.join(DEFAULT_BACKENDS)}; "
                  "known: %(known)s)")
@@ -684,6 +685,18 @@ def _backend_opt(text: str) -> str:
     return text
 
 
+def _backend_entry(text: str) -> str:
+    """``--backend NAME[:KINDS]``: a name, and after a colon one kind or more, checked now (a
+    usage error). ``nftables:`` (a template's empty list of kinds) silently gave the
+    backend every kind, and ``nftables:nat,`` named a kind ''."""
+    name, colon, kinds = text.partition(":")
+    if not name or (colon and not all(kinds.split(","))):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME or NAME:KIND[,KIND...], e.g. nftables or "
+            "iptables:forward (NAME alone gives it every kind it manages)")
+    return text
+
+
 def _not_a_stream(text: str, stream: str) -> None:
     """Refuse ``-``, a script's way to say standard input or output (``stream``): k3snet
     reads specs and plan files, and writes plan files, boot files and bundles, as files
@@ -758,6 +771,7 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
                              "drop-in of it (networkd applies only the first file that "
                              "matches a device, so a file of k3snet's own would be ignored)")
     render.add_argument("--backend", action="append", default=[], metavar="NAME[:KINDS]",
+                        type=_backend_entry,
                         help="the --backend flags plan and apply use, repeatable: the file "
                              "holds only the kinds they give the backend it is for (nftables, "
                              "iptables; netlink for routes and sysctls), e.g. --backend "

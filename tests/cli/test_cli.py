@@ -735,3 +735,16 @@ def test_every_exit_code_is_in_the_docs_table_and_the_help_epilog() -> None:
     # The --help epilog lists the codes a command of its own says (not the signals').
     assert {c for c in codes if c < 128} <= {int(w) for w in epilog.replace(",", " ").split()
                                              if w.isdigit()}
+
+
+@pytest.mark.parametrize("entry", ["memory:", "memory:route,", "memory:,route", ":route", ""])
+@pytest.mark.parametrize("command", [["plan", "-f", str(SEED), "--no-facts"],
+                                     ["render", "nftables", "-f", str(SEED)]])
+def test_a_backend_flag_with_an_empty_name_or_kind_is_a_usage_error(
+        entry: str, command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # `--backend nftables:{{ kinds | join(',') }}` with no kinds gave the backend every
+    # kind without a word; `memory:route,` named a kind '' ("cannot manage  ").
+    with pytest.raises(SystemExit) as caught:
+        main([*command, "--backend", entry])
+    assert caught.value.code == EXIT_USAGE
+    assert "expected NAME or NAME:KIND[,KIND...]" in capsys.readouterr().err
