@@ -30,8 +30,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["code_identity", "input_problem", "make_directory", "prune", "read_input",
-           "read_trusted", "replace_atomically", "state_directory", "trusted", "untrusted",
-           "write_atomic", "write_output", "write_output_in"]
+           "read_trusted", "refuse_foreign_input", "replace_atomically", "state_directory",
+           "trusted", "untrusted", "write_atomic", "write_output", "write_output_in"]
 
 
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
@@ -158,6 +158,55 @@ def _refuse_unowned(info: os.stat_result, file: str | Path) -> None:
     if writers:
         raise OSError(errno.EPERM, f"writable by {' and '.join(writers)} (mode "
                       f"{stat.S_IMODE(info.st_mode):04o})", str(file))
+
+
+def refuse_foreign_input(file: str | Path, *, invoker: int | None = None) -> None:
+    """An :class:`OSError` (``EPERM``, ``filename`` ``file``) unless the file ``file`` names
+    (links followed, as it is read) is owned by this user, root or ``invoker`` (the user
+    who ran sudo) and no other user may write it: not others, and not its group unless
+    that is its owner's own private group (the group named after the owner, with no other
+    member: Debian's and Ubuntu's users get files of mode 0664 in it).
+
+    For a file whose contents root acts on, read by name afterwards (a spec): whoever
+    else could write it could change what root does. A missing or unreadable file is
+    left to the reader to report.
+    """
+    try:
+        info = os.stat(file)
+    except OSError:
+        return
+    if info.st_uid not in {os.geteuid(), 0, invoker}:
+        raise OSError(errno.EPERM, f"owned by uid {info.st_uid}, not by this user or root",
+                      str(file))
+    writers = [who for who, bit in (("others", stat.S_IWOTH),) if info.st_mode & bit]
+    if info.st_mode & stat.S_IWGRP and not _private_group(info):
+        writers.insert(0, f"group {_group_name(info.st_gid)}")
+    if writers:
+        raise OSError(errno.EPERM, f"writable by {' and '.join(writers)} (mode "
+                      f"{stat.S_IMODE(info.st_mode):04o})", str(file))
+
+
+def _group_name(gid: int) -> str:
+    import grp  # noqa: PLC0415 - only when a file is refused
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _private_group(info: os.stat_result) -> bool:
+    """Whether the file's group is its owner's private group: named after the owner, the
+    owner's primary group, no other member listed (the user-private-group convention)."""
+    import grp  # noqa: PLC0415 - a few files only, and grp/pwd read NSS
+    import pwd  # noqa: PLC0415
+
+    try:
+        owner, group = pwd.getpwuid(info.st_uid), grp.getgrgid(info.st_gid)
+    except KeyError:
+        return False
+    return (group.gr_name == owner.pw_name and owner.pw_gid == info.st_gid
+            and set(group.gr_mem) <= {owner.pw_name})
 
 
 def _reopen(where: int, file: str | Path, info: os.stat_result) -> int:
