@@ -50,7 +50,7 @@ from k3snet.model import (
     SnatRule,
 )
 from k3snet.model.cidr import overlaps
-from k3snet.model.state import State, ensure_state, malformed, object_from_dict
+from k3snet.model.state import State, ensure_state, kind_set, malformed, object_from_dict
 from k3snet.model.sysctl import Sysctl
 
 __all__ = ["Action", "Change", "Note", "Plan", "plan"]
@@ -302,8 +302,9 @@ class Plan:
         return result
 
     def only(self, kinds: Iterable[str]) -> Plan:
-        """The part of the plan about the given kinds (for one backend of several)."""
-        wanted = frozenset(kinds)
+        """The part of the plan about the given kinds (for one backend of several); one kind
+        may be given alone: ``only("nat")`` is ``only(["nat"])``."""
+        wanted = kind_set(kinds)
         return Plan(
             changes=(c for c in self.changes if c.kind in wanted),
             notes=(n for n in self.notes if n.wanted.kind in wanted),

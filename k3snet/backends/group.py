@@ -17,18 +17,19 @@ from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import FaultHook
 from k3snet.errors import ApplyError, ModelError, RollbackError
 from k3snet.model.drift import Drift
-from k3snet.model.state import State, known_kinds
+from k3snet.model.state import State, kind_set, known_kinds
 from k3snet.planner import Change, Plan
 
 __all__ = ["BackendGroup", "Member"]
 
 
 class Member:
-    """One backend of a group, limited to some of its kinds (all of them by default)."""
+    """One backend of a group, limited to some of its kinds (all of them by default; one
+    kind may be given alone, ``Member(backend, "nat")``)."""
 
     def __init__(self, backend: Backend, kinds: Iterable[str] | None = None) -> None:
         self.backend = backend
-        self.kinds = frozenset(backend.capabilities if kinds is None else kinds)
+        self.kinds = frozenset(backend.capabilities) if kinds is None else kind_set(kinds)
         if not self.kinds:  # it would own nothing, and has no place in the apply order
             raise ModelError(f"backend {backend.name!r} is given no kind to manage "
                              f"(it manages {', '.join(sorted(backend.capabilities)) or 'none'})")

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.kit import BackendBase, Compensation, fit_problems, taken_slots
 from k3snet.errors import ModelError, PlanError
-from k3snet.model.state import State, known_kinds
+from k3snet.model.state import State, ensure_state, kind_set, known_kinds
 from k3snet.planner import Plan
 
 __all__ = ["MemoryBackend"]
@@ -39,7 +39,8 @@ __all__ = ["MemoryBackend"]
 class MemoryBackend(BackendBase):
     """An in-memory system: ``observe`` returns its state, ``apply`` changes it atomically.
 
-    ``capabilities`` defaults to every registered kind. ``backend.faults.fail_at(N)``
+    ``capabilities`` defaults to every registered kind (one kind may be given alone,
+    ``capabilities="route"``). ``backend.faults.fail_at(N)``
     makes the next apply fail at its change ``N`` (0-based), after which the state
     is unchanged. As a kernel does, it refuses a route add into a slot (table,
     destination, metric) that a foreign route holds.
@@ -54,9 +55,11 @@ class MemoryBackend(BackendBase):
         capabilities: Iterable[str] | None = None,
     ) -> None:
         super().__init__()
-        self._state = state if state is not None else State()
+        # A list of objects where a State belongs failed at the first observe, as an
+        # AttributeError far from here.
+        self._state = ensure_state(state, "MemoryBackend's state") if state is not None else State()
         known = known_kinds()
-        self._capabilities = frozenset(known if capabilities is None else capabilities)
+        self._capabilities = frozenset(known) if capabilities is None else kind_set(capabilities)
         unknown = self._capabilities - set(known)
         if unknown:
             raise ModelError(f"unknown kinds {sorted(unknown)}; known: {', '.join(known)}")

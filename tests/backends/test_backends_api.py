@@ -642,3 +642,16 @@ def test_an_interruption_between_two_members_takes_the_earlier_members_back() ->
     assert seen == 2
     assert not sysctls.observe().owned
     assert not nat.observe().owned
+
+
+def test_one_kind_given_alone_is_that_kind_for_a_member_and_the_memory_backend() -> None:
+    """``capabilities="route"`` was refused as the unknown kinds e, o, r, t and u."""
+    backend = MemoryBackend(capabilities="route")
+    assert backend.capabilities == frozenset({"route"})
+    assert Member(MemoryBackend(), "nat").kinds == frozenset({"nat"})
+
+
+def test_a_memory_backend_given_objects_where_a_state_belongs_says_so_when_made() -> None:
+    """A list of objects was taken, and the first observe() raised an AttributeError."""
+    with pytest.raises(ModelError, match=r"MemoryBackend's state must be a k3snet\.State"):
+        MemoryBackend([Sysctl("net.ipv4.ip_forward", "1")])  # type: ignore[arg-type]
