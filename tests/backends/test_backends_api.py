@@ -655,3 +655,46 @@ def test_a_memory_backend_given_objects_where_a_state_belongs_says_so_when_made(
     """A list of objects was taken, and the first observe() raised an AttributeError."""
     with pytest.raises(ModelError, match=r"MemoryBackend's state must be a k3snet\.State"):
         MemoryBackend([Sysctl("net.ipv4.ip_forward", "1")])  # type: ignore[arg-type]
+
+
+class _ReportsNothing(MemoryBackend):
+    """Applies its part, and returns a result listing none of it (``ApplyResult(name)``)."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        super().apply(plan)
+        return ApplyResult(self.name)
+
+
+class _RefusesEverything(MemoryBackend):
+    def apply(self, plan: Plan) -> ApplyResult:
+        raise ApplyError(f"{self.name} refuses", failed=plan.changes[0])
+
+
+_EGRESS = State(owned=[Route("192.168.2.0/24", device="eth0"),
+                       MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")])
+
+
+def test_a_group_undoes_the_part_it_gave_a_member_whatever_the_members_result_lists() -> None:
+    """The undo was built from ``ApplyResult.applied``: a member whose result left its
+    changes out kept them made, and the group's ApplyError said nothing was left."""
+    routes = _ReportsNothing(capabilities=["route", "sysctl"])
+    group = BackendGroup([routes, _RefusesEverything(capabilities=["nat", "forward"])])
+    with pytest.raises(ApplyError) as caught:
+        group.apply(plan(group.observe(), _EGRESS))
+    assert not isinstance(caught.value, RollbackError)
+    assert routes.observe() == State()
+    assert caught.value.rolled_back == (Change.delete(Route("192.168.2.0/24", device="eth0")),)
+
+
+def test_a_group_disarms_the_fault_it_armed_for_a_member_an_earlier_failure_kept_from_it(
+) -> None:
+    """The failure injected for the NAT member stayed armed when the route member failed
+    first: the NAT backend's next apply, in or out of the group, failed for no reason."""
+    nat = MemoryBackend(capabilities=["nat", "forward"])
+    group = BackendGroup([_RefusesEverything(capabilities=["route", "sysctl"]), nat])
+    p = plan(group.observe(), _EGRESS)
+    group.faults.fail_at(1)  # the masquerade rule, the NAT member's part
+    with pytest.raises(ApplyError, match="refuses"):
+        group.apply(p)
+    assert nat.faults.armed is None
+    nat.apply(p.only("nat"))
