@@ -328,7 +328,8 @@ class Plan:
         Raises :class:`~k3snet.errors.PlanError` if the plan does not fit the
         state (deleting what is not there, adding over an existing object).
         Adding an owned sysctl takes the foreign value over (it becomes
-        ``previous``); deleting it puts ``previous`` back as foreign.
+        ``previous``, whatever ``previous`` the added object carries); deleting it puts
+        ``previous`` back as foreign.
         """
         owned = dict(state.by_key)
         foreign = set(state.foreign)
@@ -460,9 +461,15 @@ def _apply_change(
         if current is not None:
             raise PlanError(f"cannot add {subject}: {current} is already there")
         previous = sysctl_foreign.pop(subject.key, None)
-        if isinstance(subject, Sysctl) and previous is not None:
+        if previous is not None:
             foreign.discard(previous)
-            subject = attrs.evolve(subject, previous=previous.value)
+        if isinstance(subject, Sysctl):
+            # What the system held, not what the plan's object says it held (a desired
+            # state read from another node carries its values): a kernel backend records
+            # the value it reads, and deleting the sysctl must not make one up.
+            taken = None if previous is None else previous.value
+            if subject.previous != taken:
+                subject = attrs.evolve(subject, previous=taken)
         owned[subject.key] = subject
         return
     if current is None or current != change.before:
