@@ -15,12 +15,18 @@ Properties (each one a hypothesis test in ``tests/planner``):
 * soundness: ``plan(o, d).apply_to(o).owned == plan(o, d).target(d)``, which is
   ``d.owned`` less what the notes set aside and less expectations, plus the
   owned objects the notes leave in place;
-* idempotence: ``plan(d, d)`` is empty;
+* idempotence: ``plan(d, d)`` is empty, and so is planning again after an apply
+  (through the memory backend too);
 * minimality: every change is needed, an object whose key stays is *replaced*,
   unchanged objects produce nothing, nor do objects k3snet's in place already are
   but for what they leave to the system (``held``, a route's device);
-* foreign safety: no change names a foreign object;
-* determinism: equal inputs give byte-identical plans;
+* foreign safety: no change names a foreign object (and an apply through the
+  memory backend leaves every foreign object, but the sysctls taken over);
+* determinism: equal inputs give byte-identical plans, whatever the order the
+  objects were given in;
+* independence: the plan of one kind is the plan of that kind's part alone (what
+  a backend group hands each member), and IPv4 and IPv6 objects plan as if each
+  family were alone;
 * order: deletes (NAT first), then replaces and adds (sysctls and routes before
   the forward and NAT rules that rely on them, a replace first); within a kind,
   adds and replaces of a lower :attr:`~k3snet.model.NetObject.tier` first and
