@@ -498,7 +498,9 @@ class ObserveCache(Generic[T]):
     * a read that saw the token change while it read is thrown away and done
       again (at most ``attempts`` times, then :class:`~k3snet.errors.BackendError`);
     * the cache is dropped after any failed apply (:meth:`invalidate`), and
-      ``refresh=True`` bypasses it.
+      ``refresh=True`` bypasses it;
+    * a token of ``None`` says "cannot tell" (as :meth:`BackendBase.change_token`'s
+      default does): nothing read at it is ever given back, every read loads.
     """
 
     def __init__(self, *, attempts: int = 3) -> None:
@@ -517,13 +519,16 @@ class ObserveCache(Generic[T]):
         self._token = None
 
     def put(self, token: Hashable, value: T) -> None:
-        """Keep ``value`` as read at version ``token``."""
+        """Keep ``value`` as read at version ``token`` (at ``None``, a version that cannot
+        be told, it is not kept)."""
         self._token = token
-        self._value = value
+        self._value = None if token is None else value
 
     def get(self, token: Hashable) -> T | None:
-        """The value if it was read at version ``token`` (else ``None``)."""
-        if self._value is not None and self._token == token:
+        """The value if it was read at version ``token`` (else ``None``; always ``None``
+        for the token ``None``: a cache keyed by "cannot tell" gave the first read back
+        for ever)."""
+        if token is not None and self._value is not None and self._token == token:
             return self._value
         return None
 

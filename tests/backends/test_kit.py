@@ -271,6 +271,18 @@ def test_observe_cache_reads_only_when_the_token_changes() -> None:
     assert cache.value is None
 
 
+def test_observe_cache_keyed_by_a_token_that_cannot_tell_loads_every_time() -> None:
+    """``None`` is "cannot tell" (``BackendBase.change_token``'s default): a backend that
+    keyed its cache by it observed what it first read, for ever."""
+    system = ["empty"]
+    cache: ObserveCache[str] = ObserveCache()
+    backend = Nat()
+    assert cache.read(backend.change_token, lambda: system[0]) == "empty"
+    system[0] = "a rule"
+    assert cache.read(backend.change_token, lambda: system[0]) == "a rule"
+    assert cache.get(None) is None
+
+
 def test_observe_cache_rereads_when_a_writer_commits_meanwhile_and_gives_up_typed() -> None:
     counter = iter(range(100))
     cache: ObserveCache[int] = ObserveCache(attempts=3)
