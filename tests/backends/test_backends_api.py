@@ -513,6 +513,23 @@ def test_a_factory_that_is_not_callable_is_refused_at_registration() -> None:
     assert "notcallable" not in registry.available_backends()
 
 
+def test_a_factory_that_returns_no_backend_is_refused_when_the_backend_is_made() -> None:
+    """A factory function that forgot its ``return`` gave ``None``, and the first use
+    (``converge``, the CLI) ended in an AttributeError, an internal error."""
+
+    def forgetful(**options: object) -> Backend:
+        MemoryBackend()
+        return None  # type: ignore[return-value]
+
+    register_backend("forgetful", forgetful)
+    try:
+        with pytest.raises(BackendUnavailableError,
+                           match=r"returned NoneType, not a backend \(no name, no capabilities"):
+            create_backend("forgetful")
+    finally:
+        unregister_backend("forgetful")
+
+
 class _OwnUndo(MemoryBackend):
     """A member that hands back its own undo (ApplyResult.undo), which fails halfway."""
 
