@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import FaultHook
-from k3snet.errors import ApplyError, ModelError, RollbackError
+from k3snet.errors import ApplyError, ModelError, PlanError, RollbackError
 from k3snet.model.drift import Drift
 from k3snet.model.state import State, kind_set, known_kinds
 from k3snet.planner import Change, Plan
@@ -120,8 +120,13 @@ class BackendGroup:
         return State().merge(*(m.backend.observe().only(m.kinds) for m in self.members))
 
     def check(self, plan: Plan) -> tuple[str, ...]:
-        """Every member's problems with its part of the plan."""
+        """Every member's problems with its part of the plan, after the kinds no member
+        manages (which :meth:`apply` refuses: a check that split them off found no problem)."""
         problems: list[str] = []
+        try:
+            ensure_capable(self, plan)
+        except PlanError as exc:
+            problems.append(str(exc))
         for member in self.members:
             part = plan.only(member.kinds)
             if part.changes:

@@ -187,6 +187,18 @@ def test_converge_hands_each_backend_its_desired_part_before_observing() -> None
     assert plan(group.observe(), desired).empty
 
 
+def test_a_group_whose_members_leave_kinds_out_passes_the_conformance_suite() -> None:
+    """Its check split a plan by its members' kinds and dropped the rest: a plan adding a
+    sysctl to a group of a route backend "fit", and apply refused it."""
+    run_conformance(lambda: BackendGroup([MemoryBackend(capabilities=["route"]),
+                                          MemoryBackend(capabilities=["nat"])]),
+                    max_examples=10)
+    group = BackendGroup([MemoryBackend(capabilities=["route"])])
+    stranger = Plan(changes=[Change.add(Sysctl("net.ipv4.ip_forward", "1"))])
+    (problem,) = group.check(stranger)
+    assert "also changes sysctl" in problem
+
+
 def test_group_refuses_two_backends_for_one_kind() -> None:
     with pytest.raises(ValueError, match="would manage"):
         BackendGroup([MemoryBackend(), MemoryBackend(capabilities=["nat"])])
