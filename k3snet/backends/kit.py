@@ -106,7 +106,7 @@ def option_seconds(name: str, value: object, *, zero: bool = False) -> float:
     (not NaN, not a flag)."""
     if (isinstance(value, bool) or not isinstance(value, int | float)
             or not (value >= 0 if zero else value > 0) or not value < 86400):
-        bound = ">= 0 and below a day" if zero else "> 0"
+        bound = ">= 0 and below a day" if zero else "> 0 and below a day"
         raise ModelError(f"{name} must be a number of seconds {bound}, got {value!r}")
     return float(value)
 

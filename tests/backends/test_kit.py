@@ -16,9 +16,10 @@ from k3snet.backends.kit import (
     UndoFailure,
     ensure_fits,
     fit_problems,
+    option_seconds,
     translate_errors,
 )
-from k3snet.errors import BackendError
+from k3snet.errors import BackendError, ModelError
 
 A = MasqueradeRule("10.42.0.0/16")
 B = MasqueradeRule("10.43.0.0/16")
@@ -246,6 +247,14 @@ def test_library_errors_is_the_default_classifier() -> None:
     with pytest.raises(ApplyError, match=r"^cannot look up k: 'k'$"), \
             translate_errors("look up k", errors=(KeyError,), into=ApplyError):
         raise KeyError("k")
+
+
+def test_a_bound_in_seconds_a_day_or_more_is_refused_saying_below_a_day() -> None:
+    """A timeout of a day was refused as "must be a number of seconds > 0", which it is."""
+    with pytest.raises(ModelError, match=r"read_timeout must be a number of seconds > 0 and "
+                                         r"below a day, got 86400"):
+        option_seconds("read_timeout", 86400)
+    assert option_seconds("read_timeout", 86399.5) == 86399.5
 
 
 # ---------------------------------------------------------------- ObserveCache
