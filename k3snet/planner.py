@@ -15,12 +15,18 @@ Properties (each one a hypothesis test in ``tests/planner``):
 * soundness: ``plan(o, d).apply_to(o).owned == plan(o, d).target(d)``, which is
   ``d.owned`` less what the notes set aside and less expectations, plus the
   owned objects the notes leave in place;
-* idempotence: ``plan(d, d)`` is empty;
+* idempotence: ``plan(d, d)`` is empty, and so is planning again after an apply
+  (through the memory backend too);
 * minimality: every change is needed, an object whose key stays is *replaced*,
   unchanged objects produce nothing, nor do objects k3snet's in place already are
   but for what they leave to the system (``held``, a route's device);
-* foreign safety: no change names a foreign object;
-* determinism: equal inputs give byte-identical plans;
+* foreign safety: no change names a foreign object (and an apply through the
+  memory backend leaves every foreign object, but the sysctls taken over);
+* determinism: equal inputs give byte-identical plans, whatever the order the
+  objects were given in;
+* independence: the plan of one kind is the plan of that kind's part alone (what
+  a backend group hands each member), and IPv4 and IPv6 objects plan as if each
+  family were alone;
 * order: deletes (NAT first), then replaces and adds (sysctls and routes before
   the forward and NAT rules that rely on them, a replace first); within a kind,
   adds and replaces of a lower :attr:`~k3snet.model.NetObject.tier` first and
@@ -50,7 +56,7 @@ from k3snet.model import (
     SnatRule,
 )
 from k3snet.model.cidr import overlaps
-from k3snet.model.state import State, ensure_state, malformed, object_from_dict
+from k3snet.model.state import State, ensure_state, kind_set, malformed, object_from_dict
 from k3snet.model.sysctl import Sysctl
 
 __all__ = ["Action", "Change", "Note", "Plan", "plan"]
@@ -302,8 +308,9 @@ class Plan:
         return result
 
     def only(self, kinds: Iterable[str]) -> Plan:
-        """The part of the plan about the given kinds (for one backend of several)."""
-        wanted = frozenset(kinds)
+        """The part of the plan about the given kinds (for one backend of several); one kind
+        may be given alone: ``only("nat")`` is ``only(["nat"])``."""
+        wanted = kind_set(kinds)
         return Plan(
             changes=(c for c in self.changes if c.kind in wanted),
             notes=(n for n in self.notes if n.wanted.kind in wanted),
@@ -327,7 +334,8 @@ class Plan:
         Raises :class:`~k3snet.errors.PlanError` if the plan does not fit the
         state (deleting what is not there, adding over an existing object).
         Adding an owned sysctl takes the foreign value over (it becomes
-        ``previous``); deleting it puts ``previous`` back as foreign.
+        ``previous``, whatever ``previous`` the added object carries); deleting it puts
+        ``previous`` back as foreign.
         """
         owned = dict(state.by_key)
         foreign = set(state.foreign)
@@ -459,9 +467,15 @@ def _apply_change(
         if current is not None:
             raise PlanError(f"cannot add {subject}: {current} is already there")
         previous = sysctl_foreign.pop(subject.key, None)
-        if isinstance(subject, Sysctl) and previous is not None:
+        if previous is not None:
             foreign.discard(previous)
-            subject = attrs.evolve(subject, previous=previous.value)
+        if isinstance(subject, Sysctl):
+            # What the system held, not what the plan's object says it held (a desired
+            # state read from another node carries its values): a kernel backend records
+            # the value it reads, and deleting the sysctl must not make one up.
+            taken = None if previous is None else previous.value
+            if subject.previous != taken:
+                subject = attrs.evolve(subject, previous=taken)
         owned[subject.key] = subject
         return
     if current is None or current != change.before:

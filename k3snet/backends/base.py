@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 import attrs
 
@@ -109,8 +109,10 @@ class Backend(Protocol):
         """Release sockets, threads, clients (idempotent); the backend is not used after."""
         ...
 
-    def __enter__(self) -> Any:
-        """``with backend:`` closes it at the end."""
+    def __enter__(self) -> Self:
+        """``with backend as b:`` gives the backend itself (typed as it is: ``b`` of
+        ``with k3snet.create_backend(...) as b`` is a :class:`Backend`, not ``Any``) and
+        closes it at the end."""
         ...
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

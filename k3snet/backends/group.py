@@ -15,20 +15,21 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import FaultHook
-from k3snet.errors import ApplyError, ModelError, RollbackError
+from k3snet.errors import ApplyError, ModelError, PlanError, RollbackError
 from k3snet.model.drift import Drift
-from k3snet.model.state import State, known_kinds
+from k3snet.model.state import State, kind_set, known_kinds
 from k3snet.planner import Change, Plan
 
 __all__ = ["BackendGroup", "Member"]
 
 
 class Member:
-    """One backend of a group, limited to some of its kinds (all of them by default)."""
+    """One backend of a group, limited to some of its kinds (all of them by default; one
+    kind may be given alone, ``Member(backend, "nat")``)."""
 
     def __init__(self, backend: Backend, kinds: Iterable[str] | None = None) -> None:
         self.backend = backend
-        self.kinds = frozenset(backend.capabilities if kinds is None else kinds)
+        self.kinds = frozenset(backend.capabilities) if kinds is None else kind_set(kinds)
         if not self.kinds:  # it would own nothing, and has no place in the apply order
             raise ModelError(f"backend {backend.name!r} is given no kind to manage "
                              f"(it manages {', '.join(sorted(backend.capabilities)) or 'none'})")
@@ -119,8 +120,13 @@ class BackendGroup:
         return State().merge(*(m.backend.observe().only(m.kinds) for m in self.members))
 
     def check(self, plan: Plan) -> tuple[str, ...]:
-        """Every member's problems with its part of the plan."""
+        """Every member's problems with its part of the plan, after the kinds no member
+        manages (which :meth:`apply` refuses: a check that split them off found no problem)."""
         problems: list[str] = []
+        try:
+            ensure_capable(self, plan)
+        except PlanError as exc:
+            problems.append(str(exc))
         for member in self.members:
             part = plan.only(member.kinds)
             if part.changes:
@@ -143,8 +149,8 @@ class BackendGroup:
         """
         ensure_capable(self, plan)
         parts = [(member, plan.only(member.kinds)) for member in self.members]
-        hookless = self._arm_members(plan, parts)
-        results: list[tuple[Member, ApplyResult]] = []
+        hookless, armed = self._arm_members(plan, parts)
+        results: list[tuple[Member, Plan, ApplyResult]] = []
         member: Member | None = None
         try:
             # One try around the whole loop: a signal's exception (the CLI's SIGTERM
@@ -155,7 +161,7 @@ class BackendGroup:
                 if member is hookless:
                     raise ApplyError(f"{member.backend.name}: injected failure before its "
                                      "part (the backend has no fault hook)")
-                results.append((member, member.backend.apply(part)))
+                results.append((member, part, member.backend.apply(part)))
         except BaseException as exc:
             if not results or member is None:  # nothing of the group's doing to undo
                 raise
@@ -175,32 +181,38 @@ class BackendGroup:
                 done=exc.done if isinstance(exc, RollbackError) else [],
                 rolled_back=[*previous, *undone],
             ) from exc
+        finally:
+            if armed is not None:
+                # The injected failure was for a member an earlier failure kept from its
+                # part: left armed, it failed that member's next apply, in or out of a group.
+                armed.fail_at(None)
         # In the plan's order, as every backend reports them (the members ran in theirs).
         # Keyed by identity: the parts hold the plan's own Change values, and hashing
         # every change of a big plan would cost more than the sort.
         position = {id(change): index for index, change in enumerate(plan.changes)}
-        applied = tuple(sorted((c for _, r in results for c in r.applied),
+        applied = tuple(sorted((c for _, _, r in results for c in r.applied),
                                key=lambda c: position.get(id(c), len(position))))
-        return ApplyResult(self.name, applied, sum(r.operations for _, r in results))
+        return ApplyResult(self.name, applied, sum(r.operations for _, _, r in results))
 
-    def _arm_members(self, plan: Plan, parts: Sequence[tuple[Member, Plan]]) -> Member | None:
+    def _arm_members(self, plan: Plan, parts: Sequence[tuple[Member, Plan]]
+                     ) -> tuple[Member | None, FaultHook | None]:
         """Hand the group's injected failure to the member that holds that change.
 
-        A member without a fault hook fails as a whole instead: the group raises
-        before applying its part (returned here).
+        Returns the member without a fault hook that fails as a whole instead (the
+        group raises before applying its part), and the member's hook armed.
         """
         at = self.faults.take(plan)
         if at is None:
-            return None
+            return None, None
         failing = plan.changes[at]
         for member, part in parts:
             if failing in part.changes:
                 hook = getattr(member.backend, "faults", None)
                 if not isinstance(hook, FaultHook):
-                    return member
+                    return member, None
                 hook.fail_at(part.changes.index(failing))
-                return None
-        return None
+                return None, hook
+        return None, None
 
     def close(self) -> None:
         """Close every member (all of them, even if one fails to close)."""
@@ -214,12 +226,16 @@ class BackendGroup:
             raise errors[0]
 
     @staticmethod
-    def _undo(results: list[tuple[Member, ApplyResult]], cause: BaseException,
+    def _undo(results: list[tuple[Member, Plan, ApplyResult]], cause: BaseException,
               failing: Member) -> list[Change]:
         undone: list[Change] = []
-        for member, result in reversed(results):
+        for member, part, result in reversed(results):
+            # The part the member was given, not what its result lists: an apply that
+            # returned made every change of it (all or nothing), and a backend whose
+            # result left some out (ApplyResult(name), applied=()) had them stay made
+            # while the group said they were undone.
             # A repaired drift has nothing to restore: its inverse would re-add a finding.
-            inverse = Plan(changes=[c.inverse() for c in reversed(result.applied)
+            inverse = Plan(changes=[c.inverse() for c in reversed(part.changes)
                                     if not isinstance(c.subject, Drift)])
             try:
                 if result.undo is not None:  # the member's exact undo (ApplyResult.undo)
@@ -237,7 +253,7 @@ class BackendGroup:
                 raise RollbackError(
                     f"{failing.backend.name}: {reason}; undoing {member.backend.name} {what}",
                     failed=cause.failed if isinstance(cause, ApplyError) else None,
-                    done=[c for _, r in results for c in r.applied],
+                    done=[c for _, part, _ in results for c in part.changes],
                     # What the member's own undo took back before it failed counts.
                     rolled_back=[*undone, *(exc.rolled_back
                                             if isinstance(exc, RollbackError) else ())],

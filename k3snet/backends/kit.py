@@ -6,8 +6,8 @@ A backend is small when the concerns all backends share come from here:
   as ``faults``, and :meth:`~BackendBase.ensure_capable` / :meth:`~BackendBase.ensure_fits`;
 * :func:`fit_problems`: does a plan fit what the backend owns? Built on the
   planner's own rules (:meth:`k3snet.Plan.problems`), so every backend refuses
-  the same plans with the same words; :func:`taken_slots` for a backend of
-  routes (an add into a slot a foreign route holds);
+  the same plans with the same words, and :func:`taken_slots` (a route add into
+  a slot a foreign route holds, which a kernel refuses);
 * :func:`disruptive_problems`: the changes a backend's ``disruptive(change)``
   names, refused unless the backend has ``allow_disruptive``, with the one
   wording that names all three ways to allow them (:data:`ALLOW_DISRUPTIVE`);
@@ -106,7 +106,7 @@ def option_seconds(name: str, value: object, *, zero: bool = False) -> float:
     (not NaN, not a flag)."""
     if (isinstance(value, bool) or not isinstance(value, int | float)
             or not (value >= 0 if zero else value > 0) or not value < 86400):
-        bound = ">= 0 and below a day" if zero else "> 0"
+        bound = ">= 0 and below a day" if zero else "> 0 and below a day"
         raise ModelError(f"{name} must be a number of seconds {bound}, got {value!r}")
     return float(value)
 
@@ -171,15 +171,21 @@ class FaultHook:
 # ---------------------------------------------------------------- plan fit
 
 
-def fit_problems(backend: object, plan: Plan, observed: State) -> list[str]:
+def fit_problems(backend: object, plan: Plan, observed: State, *,
+                 slots: bool = True) -> list[str]:
     """Why ``plan`` does not fit what ``backend`` observed (empty when it fits).
 
     The plan's kinds must be among the backend's capabilities, and every change
     must fit the owned state as the planner defines it (:meth:`k3snet.Plan.problems`):
     no add over an existing object, no delete or replace of something k3snet
     does not own as named, nothing added that k3snet only observes
-    (:func:`unwritten_problems`). A change naming a foreign object says so. A backend
-    of routes adds :func:`taken_slots` (an add where a foreign route stands).
+    (:func:`unwritten_problems`), no route added where a foreign route stands
+    (:func:`taken_slots`). A change naming a foreign object says so.
+
+    ``slots=False`` leaves out :func:`taken_slots`, for a backend that judges the
+    slots against its system's own view (the netlink backend reads the kernel's
+    routes); every other backend of routes needs it in ``check`` and ``apply``
+    alike, and gets it here (and through :meth:`BackendBase.ensure_fits`).
     """
     problems: list[str] = []
     try:
@@ -195,6 +201,8 @@ def fit_problems(backend: object, plan: Plan, observed: State) -> list[str]:
                             "k3snet never changes it")
         else:
             problems.append(problem)
+    if slots:
+        problems += taken_slots(plan, observed)
     return problems
 
 
@@ -217,8 +225,8 @@ def taken_slots(plan: Plan, observed: State) -> list[str]:
 
     A kernel holds one route a slot and refuses such an add (with ``NLM_F_REPLACE`` it
     would replace the foreign route): a backend of routes refuses it too, before
-    anything is changed. :func:`fit_problems` does not see it (the planner never plans
-    such an add, it notes a conflict; only a stale plan has one).
+    anything is changed. The planner never plans such an add (it notes a conflict);
+    a stale or hand-made plan may hold one. :func:`fit_problems` includes these.
     """
     adds = [c.subject for c in plan.changes
             if c.action == "add" and isinstance(c.subject, Route)]
@@ -232,7 +240,8 @@ def taken_slots(plan: Plan, observed: State) -> list[str]:
 
 
 def ensure_fits(backend: object, plan: Plan, observed: State) -> None:
-    """Raise :class:`~k3snet.errors.PlanError` listing every reason ``plan`` does not fit."""
+    """Raise :class:`~k3snet.errors.PlanError` listing every reason ``plan`` does not fit
+    (:func:`fit_problems`)."""
     problems = fit_problems(backend, plan, observed)
     if problems:
         name = getattr(backend, "name", type(backend).__name__)
@@ -489,7 +498,9 @@ class ObserveCache(Generic[T]):
     * a read that saw the token change while it read is thrown away and done
       again (at most ``attempts`` times, then :class:`~k3snet.errors.BackendError`);
     * the cache is dropped after any failed apply (:meth:`invalidate`), and
-      ``refresh=True`` bypasses it.
+      ``refresh=True`` bypasses it;
+    * a token of ``None`` says "cannot tell" (as :meth:`BackendBase.change_token`'s
+      default does): nothing read at it is ever given back, every read loads.
     """
 
     def __init__(self, *, attempts: int = 3) -> None:
@@ -508,13 +519,16 @@ class ObserveCache(Generic[T]):
         self._token = None
 
     def put(self, token: Hashable, value: T) -> None:
-        """Keep ``value`` as read at version ``token``."""
+        """Keep ``value`` as read at version ``token`` (at ``None``, a version that cannot
+        be told, it is not kept)."""
         self._token = token
-        self._value = value
+        self._value = None if token is None else value
 
     def get(self, token: Hashable) -> T | None:
-        """The value if it was read at version ``token`` (else ``None``)."""
-        if self._value is not None and self._token == token:
+        """The value if it was read at version ``token`` (else ``None``; always ``None``
+        for the token ``None``: a cache keyed by "cannot tell" gave the first read back
+        for ever)."""
+        if token is not None and self._value is not None and self._token == token:
             return self._value
         return None
 

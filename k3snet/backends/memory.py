@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from k3snet.backends.base import ApplyResult
-from k3snet.backends.kit import BackendBase, Compensation, fit_problems, taken_slots
-from k3snet.errors import ModelError, PlanError
-from k3snet.model.state import State, known_kinds
+from k3snet.backends.kit import BackendBase, Compensation, fit_problems
+from k3snet.errors import ModelError
+from k3snet.model.state import State, ensure_state, kind_set, known_kinds
 from k3snet.planner import Plan
 
 __all__ = ["MemoryBackend"]
@@ -39,7 +39,8 @@ __all__ = ["MemoryBackend"]
 class MemoryBackend(BackendBase):
     """An in-memory system: ``observe`` returns its state, ``apply`` changes it atomically.
 
-    ``capabilities`` defaults to every registered kind. ``backend.faults.fail_at(N)``
+    ``capabilities`` defaults to every registered kind (one kind may be given alone,
+    ``capabilities="route"``). ``backend.faults.fail_at(N)``
     makes the next apply fail at its change ``N`` (0-based), after which the state
     is unchanged. As a kernel does, it refuses a route add into a slot (table,
     destination, metric) that a foreign route holds.
@@ -54,9 +55,11 @@ class MemoryBackend(BackendBase):
         capabilities: Iterable[str] | None = None,
     ) -> None:
         super().__init__()
-        self._state = state if state is not None else State()
+        # A list of objects where a State belongs failed at the first observe, as an
+        # AttributeError far from here.
+        self._state = ensure_state(state, "MemoryBackend's state") if state is not None else State()
         known = known_kinds()
-        self._capabilities = frozenset(known if capabilities is None else capabilities)
+        self._capabilities = frozenset(known) if capabilities is None else kind_set(capabilities)
         unknown = self._capabilities - set(known)
         if unknown:
             raise ModelError(f"unknown kinds {sorted(unknown)}; known: {', '.join(known)}")
@@ -76,17 +79,13 @@ class MemoryBackend(BackendBase):
         return self._state.only(self._capabilities)
 
     def check(self, plan: Plan) -> tuple[str, ...]:
-        """Problems applying ``plan`` would hit; nothing is changed."""
-        return (*fit_problems(self, plan, self._state), *self._taken_slots(plan))
+        """Problems applying ``plan`` would hit; nothing is changed.
 
-    def _taken_slots(self, plan: Plan) -> list[str]:
-        """Route adds into a slot (table, destination, metric) a foreign route holds.
-
-        A kernel holds one route a slot and refuses such an add, as the netlink
-        backend does; the reference refuses it too, or code tested against it never
-        meets the refusal a node gives (:func:`~k3snet.backends.kit.taken_slots`).
+        The kit's :func:`~k3snet.backends.kit.fit_problems`, route adds into a slot a
+        foreign route holds among them: a kernel refuses those, and the reference
+        refuses them too, or code tested against it never meets the refusal a node gives.
         """
-        return taken_slots(plan, self._state)
+        return tuple(fit_problems(self, plan, self._state))
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change or none; an injected failure rolls back what was done.
@@ -95,10 +94,6 @@ class MemoryBackend(BackendBase):
         the number of changes).
         """
         self.ensure_fits(plan, self._state)
-        taken = self._taken_slots(plan)
-        if taken:
-            raise PlanError(f"{self.name} backend refuses the plan, nothing was changed:\n  "
-                            + "\n  ".join(taken))
         before = self._state
         fail_at = self.faults.take(plan)
         if fail_at is not None:

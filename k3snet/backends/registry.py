@@ -174,13 +174,28 @@ def create_backend(name: str, **options: Any) -> Backend:
     """Build the backend ``name`` with ``options`` (``netns=...``, ``path=...``).
 
     Options the backend does not declare are refused with an error that lists
-    the ones it does (rather than a ``TypeError`` from deep inside).
+    the ones it does (rather than a ``TypeError`` from deep inside). A factory that
+    returns something without the backend's members (``None``: a function that
+    forgot its ``return``) is a :class:`~k3snet.errors.BackendUnavailableError` naming
+    them, not an ``AttributeError`` at its first use.
     """
     refuse_undeclared(name, options)
+    factory = load_backend(name)
     try:
-        return load_backend(name)(**options)
+        backend = factory(**options)
     except TypeError as exc:
         raise BackendOptionError(f"backend {name!r}: {exc}") from exc
+    missing = [member for member in _MEMBERS if not hasattr(backend, member)]
+    if missing:
+        raise BackendUnavailableError(
+            f"backend {name!r}: its factory {getattr(factory, '__qualname__', factory)!r} "
+            f"returned {type(backend).__name__}, not a backend (no {', no '.join(missing)}; "
+            "see k3snet.backends.Backend)")
+    return backend
+
+
+_MEMBERS = ("name", "capabilities", "observe", "check", "apply", "close")
+"""What every use of a backend reaches for (:class:`~k3snet.backends.Backend`)."""
 
 
 def _import(name: str, target: str, extra: str, *, plugin: bool = False) -> BackendFactory:

@@ -145,13 +145,13 @@ class NetObject:
     rank: ClassVar[int]
     """Dependency order: lower ranks are added first and deleted last."""
     expectation: ClassVar[bool] = False
+    """True for an object k3snet never writes, only expects of foreign state: the plan
+    has a ``conflict`` note when foreign state contradicts it, and nothing otherwise."""
     written: ClassVar[bool] = True
     """False for an object k3snet only observes (a foreign block, a drift finding, all
     of a cluster's pools): a desired state holding one where the observed state does
     not is a :class:`~k3snet.errors.ModelError` at the plan, not an add no backend
     can make."""
-    """True for an object k3snet never writes, only expects of foreign state: the plan
-    has a ``conflict`` note when foreign state contradicts it, and nothing otherwise."""
 
     _key: tuple[Any, ...]
     _sort: tuple[Any, ...]

@@ -17,8 +17,8 @@ from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.model.route import Route, RouteBlock
 from k3snet.model.sysctl import Sysctl
 
-__all__ = ["KINDS", "OBJECT_TYPES", "STATE_FORMAT", "State", "ensure_state", "known_kinds",
-           "malformed", "object_from_dict", "register_object_type"]
+__all__ = ["KINDS", "OBJECT_TYPES", "STATE_FORMAT", "State", "ensure_state", "kind_set",
+           "known_kinds", "malformed", "object_from_dict", "register_object_type"]
 
 _TYPES: dict[str, type[NetObject]] = {}
 
@@ -56,6 +56,16 @@ def known_kinds() -> tuple[str, ...]:
     for cls in _TYPES.values():
         ranks[cls.kind] = min(cls.rank, ranks.get(cls.kind, cls.rank))
     return tuple(sorted(ranks, key=lambda kind: (ranks[kind], kind)))
+
+
+def kind_set(kinds: Iterable[str]) -> frozenset[str]:
+    """``kinds`` as a set of kind names; one name given alone (``"route"``) is that kind.
+
+    A string is an iterable of its letters: ``State.only("nat")`` kept the objects of
+    kinds ``n``, ``a`` and ``t`` (none, silently), and ``MemoryBackend(capabilities=
+    "route")`` named ``e, o, r, t, u`` as unknown kinds.
+    """
+    return frozenset((kinds,)) if isinstance(kinds, str) else frozenset(kinds)
 
 
 @contextlib.contextmanager
@@ -181,8 +191,9 @@ class State:
 
     def only(self, kinds: Iterable[str]) -> State:
         """The part of this state (owned and foreign) of the given kinds (this very
-        state when it holds no other kind: building it again sorted every object)."""
-        wanted = frozenset(kinds)
+        state when it holds no other kind: building it again sorted every object).
+        One kind may be given alone: ``only("route")`` is ``only(["route"])``."""
+        wanted = kind_set(kinds)
         if all(o.kind in wanted for o in self.owned) and all(
                 o.kind in wanted for o in self.foreign):
             return self

@@ -145,3 +145,31 @@ def test_the_readme_example_converges_under_the_lock_and_its_refusals(
     desired = k3snet.compile(k3snet.load_spec(DOCS.parent / "examples/seed.yaml"))
     held = made[0].observe().merge(made[1].observe())
     assert held.owned == desired.owned
+
+
+def _literal_blocks(doc: str) -> list[str]:
+    """The ``::`` literal blocks of a reST docstring, dedented."""
+    import textwrap  # noqa: PLC0415
+
+    blocks: list[str] = []
+    lines = doc.splitlines()
+    for index, line in enumerate(lines):
+        if not line.rstrip().endswith("::"):
+            continue
+        body: list[str] = []
+        for following in lines[index + 1:]:
+            if following.strip() and not following.startswith((" ", "\t")):
+                break
+            body.append(following)
+        blocks.append(textwrap.dedent("\n".join(body)).strip() + "\n")
+    return blocks
+
+
+def test_the_package_docstring_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``help(k3snet)`` and the API reference open with it; ``k3snet.create_backend("memory")``
+    stands in for the node's backends, as its comment says."""
+    import k3snet  # noqa: PLC0415
+
+    (block,) = _literal_blocks(k3snet.__doc__ or "")
+    exec(compile(block, "k3snet/__init__.py docstring", "exec"), {})  # noqa: S102
+    assert "Plan: 4 to add" in capsys.readouterr().out

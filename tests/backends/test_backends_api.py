@@ -187,6 +187,18 @@ def test_converge_hands_each_backend_its_desired_part_before_observing() -> None
     assert plan(group.observe(), desired).empty
 
 
+def test_a_group_whose_members_leave_kinds_out_passes_the_conformance_suite() -> None:
+    """Its check split a plan by its members' kinds and dropped the rest: a plan adding a
+    sysctl to a group of a route backend "fit", and apply refused it."""
+    run_conformance(lambda: BackendGroup([MemoryBackend(capabilities=["route"]),
+                                          MemoryBackend(capabilities=["nat"])]),
+                    max_examples=10)
+    group = BackendGroup([MemoryBackend(capabilities=["route"])])
+    stranger = Plan(changes=[Change.add(Sysctl("net.ipv4.ip_forward", "1"))])
+    (problem,) = group.check(stranger)
+    assert "also changes sysctl" in problem
+
+
 def test_group_refuses_two_backends_for_one_kind() -> None:
     with pytest.raises(ValueError, match="would manage"):
         BackendGroup([MemoryBackend(), MemoryBackend(capabilities=["nat"])])
@@ -513,6 +525,23 @@ def test_a_factory_that_is_not_callable_is_refused_at_registration() -> None:
     assert "notcallable" not in registry.available_backends()
 
 
+def test_a_factory_that_returns_no_backend_is_refused_when_the_backend_is_made() -> None:
+    """A factory function that forgot its ``return`` gave ``None``, and the first use
+    (``converge``, the CLI) ended in an AttributeError, an internal error."""
+
+    def forgetful(**options: object) -> Backend:
+        MemoryBackend()
+        return None  # type: ignore[return-value]
+
+    register_backend("forgetful", forgetful)
+    try:
+        with pytest.raises(BackendUnavailableError,
+                           match=r"returned NoneType, not a backend \(no name, no capabilities"):
+            create_backend("forgetful")
+    finally:
+        unregister_backend("forgetful")
+
+
 class _OwnUndo(MemoryBackend):
     """A member that hands back its own undo (ApplyResult.undo), which fails halfway."""
 
@@ -642,3 +671,59 @@ def test_an_interruption_between_two_members_takes_the_earlier_members_back() ->
     assert seen == 2
     assert not sysctls.observe().owned
     assert not nat.observe().owned
+
+
+def test_one_kind_given_alone_is_that_kind_for_a_member_and_the_memory_backend() -> None:
+    """``capabilities="route"`` was refused as the unknown kinds e, o, r, t and u."""
+    backend = MemoryBackend(capabilities="route")
+    assert backend.capabilities == frozenset({"route"})
+    assert Member(MemoryBackend(), "nat").kinds == frozenset({"nat"})
+
+
+def test_a_memory_backend_given_objects_where_a_state_belongs_says_so_when_made() -> None:
+    """A list of objects was taken, and the first observe() raised an AttributeError."""
+    with pytest.raises(ModelError, match=r"MemoryBackend's state must be a k3snet\.State"):
+        MemoryBackend([Sysctl("net.ipv4.ip_forward", "1")])  # type: ignore[arg-type]
+
+
+class _ReportsNothing(MemoryBackend):
+    """Applies its part, and returns a result listing none of it (``ApplyResult(name)``)."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        super().apply(plan)
+        return ApplyResult(self.name)
+
+
+class _RefusesEverything(MemoryBackend):
+    def apply(self, plan: Plan) -> ApplyResult:
+        raise ApplyError(f"{self.name} refuses", failed=plan.changes[0])
+
+
+_EGRESS = State(owned=[Route("192.168.2.0/24", device="eth0"),
+                       MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")])
+
+
+def test_a_group_undoes_the_part_it_gave_a_member_whatever_the_members_result_lists() -> None:
+    """The undo was built from ``ApplyResult.applied``: a member whose result left its
+    changes out kept them made, and the group's ApplyError said nothing was left."""
+    routes = _ReportsNothing(capabilities=["route", "sysctl"])
+    group = BackendGroup([routes, _RefusesEverything(capabilities=["nat", "forward"])])
+    with pytest.raises(ApplyError) as caught:
+        group.apply(plan(group.observe(), _EGRESS))
+    assert not isinstance(caught.value, RollbackError)
+    assert routes.observe() == State()
+    assert caught.value.rolled_back == (Change.delete(Route("192.168.2.0/24", device="eth0")),)
+
+
+def test_a_group_disarms_the_fault_it_armed_for_a_member_an_earlier_failure_kept_from_it(
+) -> None:
+    """The failure injected for the NAT member stayed armed when the route member failed
+    first: the NAT backend's next apply, in or out of the group, failed for no reason."""
+    nat = MemoryBackend(capabilities=["nat", "forward"])
+    group = BackendGroup([_RefusesEverything(capabilities=["route", "sysctl"]), nat])
+    p = plan(group.observe(), _EGRESS)
+    group.faults.fail_at(1)  # the masquerade rule, the NAT member's part
+    with pytest.raises(ApplyError, match="refuses"):
+        group.apply(p)
+    assert nat.faults.armed is None
+    nat.apply(p.only("nat"))

@@ -16,9 +16,10 @@ from k3snet.backends.kit import (
     UndoFailure,
     ensure_fits,
     fit_problems,
+    option_seconds,
     translate_errors,
 )
-from k3snet.errors import BackendError
+from k3snet.errors import BackendError, ModelError
 
 A = MasqueradeRule("10.42.0.0/16")
 B = MasqueradeRule("10.43.0.0/16")
@@ -248,6 +249,14 @@ def test_library_errors_is_the_default_classifier() -> None:
         raise KeyError("k")
 
 
+def test_a_bound_in_seconds_a_day_or_more_is_refused_saying_below_a_day() -> None:
+    """A timeout of a day was refused as "must be a number of seconds > 0", which it is."""
+    with pytest.raises(ModelError, match=r"read_timeout must be a number of seconds > 0 and "
+                                         r"below a day, got 86400"):
+        option_seconds("read_timeout", 86400)
+    assert option_seconds("read_timeout", 86399.5) == 86399.5
+
+
 # ---------------------------------------------------------------- ObserveCache
 
 
@@ -269,6 +278,18 @@ def test_observe_cache_reads_only_when_the_token_changes() -> None:
     assert loads == [1, 2, 2]
     cache.invalidate()
     assert cache.value is None
+
+
+def test_observe_cache_keyed_by_a_token_that_cannot_tell_loads_every_time() -> None:
+    """``None`` is "cannot tell" (``BackendBase.change_token``'s default): a backend that
+    keyed its cache by it observed what it first read, for ever."""
+    system = ["empty"]
+    cache: ObserveCache[str] = ObserveCache()
+    backend = Nat()
+    assert cache.read(backend.change_token, lambda: system[0]) == "empty"
+    system[0] = "a rule"
+    assert cache.read(backend.change_token, lambda: system[0]) == "a rule"
+    assert cache.get(None) is None
 
 
 def test_observe_cache_rereads_when_a_writer_commits_meanwhile_and_gives_up_typed() -> None:

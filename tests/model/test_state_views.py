@@ -51,3 +51,17 @@ def test_a_state_with_only_those_kinds_is_handed_back_and_one_part_is_the_merge(
     assert State().merge(one) is one
     assert one.merge(State(), State()) is one
     assert one.only({"route"}) == State()
+
+
+def test_one_kind_given_alone_is_that_kind_not_its_letters() -> None:
+    """``only("nat")`` iterated the string: it kept kinds ``n``, ``a`` and ``t`` (none), and an
+    embedding program splitting a state or plan by kind silently got nothing."""
+    from k3snet import MasqueradeRule, Plan, Route  # noqa: PLC0415
+    from k3snet.planner import Change  # noqa: PLC0415
+
+    rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+    route = Route("192.168.2.0/24", device="eth0")
+    state = State(owned=[rule, route], foreign=[Sysctl("net.ipv4.ip_forward", "0")])
+    assert state.only("nat") == state.only(["nat"]) == State(owned=[rule])
+    p = Plan(changes=[Change.add(route), Change.add(rule)])
+    assert p.only("route").changes == (Change.add(route),)

@@ -190,6 +190,24 @@ def test_apply_to_takes_a_foreign_sysctl_over_and_keeps_its_value_as_previous() 
     assert restored.foreign == {foreign}
 
 
+def test_an_added_sysctl_records_what_the_system_held_not_the_previous_it_carries() -> None:
+    """A desired state read from another node carries its sysctls' ``previous``: the memory
+    backend (``apply_to``) kept it, and deleting the sysctl later made up a foreign value
+    the system never held, where a kernel backend records the value it reads."""
+    from k3snet.backends.memory import MemoryBackend  # noqa: PLC0415
+
+    carried = Sysctl("net.ipv4.ip_forward", "1", previous="0")
+    backend = MemoryBackend()
+    backend.apply(plan(backend.observe(), State(owned=[carried])))
+    (owned,) = backend.observe().owned
+    assert owned.previous is None
+    backend.apply(plan(backend.observe(), State()))
+    assert backend.observe() == State()
+    held = State(foreign=[Sysctl("net.ipv4.ip_forward", "2")])
+    (taken,) = Plan(changes=[Change.add(carried)]).apply_to(held).owned
+    assert taken.previous == "2"
+
+
 def test_apply_to_says_why_a_change_does_not_fit() -> None:
     with pytest.raises(PlanError, match=r"cannot add .* is already there"):
         Plan(changes=[Change.add(_ROUTE)]).apply_to(State(owned=[_ROUTE]))

@@ -514,7 +514,7 @@ class NetlinkBackend(BackendBase):
         if (view is not None and not sysctls and observed is not None
                 and observed[0] == self._routes.version):
             # The routes are what the last observe saw: its State answers for them.
-            problems += fit_problems(self, plan, observed[1])
+            problems += fit_problems(self, plan, observed[1], slots=False)
             if any(c.action == "replace" for c in routes):
                 keys = {c.subject.key for c in routes}
                 shared = {_slot(r): r for r in view.foreign if _slot(r) in keys}
@@ -533,7 +533,8 @@ class NetlinkBackend(BackendBase):
             found_owned, found_foreign, missing = self._touched_sysctls(sysctls)
             owned += found_owned
             foreign += found_foreign
-        problems += fit_problems(self, plan, State(owned=owned, foreign=foreign))
+        problems += fit_problems(self, plan, State(owned=owned, foreign=foreign),
+                                 slots=False)
         for change in routes:
             problems += self._refusal(change, shared)
         return problems, missing
