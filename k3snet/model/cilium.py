@@ -51,7 +51,7 @@ import attrs
 
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple
-from k3snet.model.cidr import Network, contains, overlaps, parse_network
+from k3snet.model.cidr import Network, contains, go_cidr_text, overlaps, parse_network
 from k3snet.model.cni import JsonMapping, canonical_json
 from k3snet.model.state import register_object_type
 
@@ -230,8 +230,34 @@ def startup_problems(config: CiliumConfig) -> list[str]:
     elif bpf:
         found.append("enable-bpf-masquerade: true needs enable-ipv4-masquerade or "
                      "enable-ipv6-masquerade true")
+    found += [p for key in ("ipv4-native-routing-cidr", "ipv6-native-routing-cidr")
+              if (p := _cidr_problem(key, config.value(key) or "")) is not None]
     found += _native_routing_problems(config)
     return found
+
+
+def _cidr_problem(key: str, value: str) -> str | None:
+    """Why the agent refuses ``value`` (trimmed) of the native-routing CIDR ``key``.
+
+    Set, it goes through ``cidr.MustParseCIDR`` (Go's ``net.ParseCIDR``, which panics
+    on what it refuses: a bare address, a netmask), then the agent exits unless it is of
+    the key's family ("ipv4-native-routing-cidr must be an IPv4 CIDR"), whatever
+    ``enable-ipv4`` / ``routing-mode`` say. ``""``: unset, no problem.
+    """
+    if not value:
+        return None
+    family = 4 if key.startswith("ipv4") else 6
+    try:
+        net = parse_network(value, strict=False) if go_cidr_text(value) else None
+    except ModelError:
+        net = None
+    if net is None:
+        return (f"{key}: {value[:80]!r} is not a CIDR as Go's net.ParseCIDR reads it (an "
+                "address, '/' and a prefix length): the Cilium agent panics on it at start")
+    if net.version != family:
+        return (f"{key}: {value[:80]!r} is not an IPv{family} CIDR: the Cilium agent exits "
+                "at start")
+    return None
 
 
 # IPAM modes whose cloud network gives Cilium the native-routing CIDR (it does not ask
@@ -250,8 +276,9 @@ def _native_routing_problems(config: CiliumConfig) -> list[str]:
         return found
     for family in (4, 6):
         v = f"ipv{family}"
+        # A value the agent cannot parse is a problem of its own (_cidr_problem).
         if (config.flag(f"enable-{v}") and config.flag(f"enable-{v}-masquerade")
-                and config.network(f"{v}-native-routing-cidr") is None):
+                and not config.value(f"{v}-native-routing-cidr")):
             found.append(f"routing-mode: native with IPv{family} masquerading needs "
                          f"{v}-native-routing-cidr (or Cilium's ip-masq-agent): set "
                          f"cni.cilium.ipv{family}NativeRoutingCIDR")
@@ -346,14 +373,12 @@ class CiliumConfig(NetObject):
         return value is not None and read_go_flag(value)
 
     def network(self, key: str) -> Network | None:
-        """A CIDR key as Cilium reads it (host bits masked; ``None``: unset or unparsable)."""
+        """A CIDR key as Cilium reads it (host bits masked; ``None``: unset, or a value
+        the agent refuses to start with, which :func:`startup_problems` reports)."""
         value = self.value(key)
-        if not value:
+        if not value or _cidr_problem(key, value) is not None:
             return None
-        try:
-            return parse_network(value.strip(), strict=False)
-        except ModelError:
-            return None
+        return parse_network(value, strict=False)
 
     def overlay(self, other: CiliumConfig | None) -> CiliumConfig:
         """This config with ``other``'s keys set over it (what Cilium reads with both)."""
@@ -632,7 +657,12 @@ class CiliumMasquerade(NetObject):
     def problems(self, config: CiliumConfig) -> list[str]:
         """Each destination Cilium (``config`` with :attr:`wanted` over it) treats otherwise."""
         effective = config.overlay(self.wanted)
-        found = pool_problems(effective, self.pod_cidrs)
+        # An agent that does not start masquerades nothing and exempts nothing: judging
+        # the keys it refuses as their defaults would promise what Cilium does not do.
+        found = [f"{problem}: the Cilium agent does not run with this config, so no "
+                 "destination is treated as the spec says" for problem in
+                 (startup_problems(effective) if self.masquerade or self.exempt else ())]
+        found += pool_problems(effective, self.pod_cidrs)
         for destination, device in self.masquerade:
             reason = why_not_masqueraded(effective, destination, device or None)
             if reason is not None:

@@ -625,6 +625,20 @@ def test_a_destination_inside_the_native_routing_cidr_is_a_conflict(
     assert p.render().splitlines()[1].startswith("! cilium")
 
 
+def test_a_native_routing_cidr_cilium_cannot_parse_is_a_conflict_not_a_default(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium's agent panics on it (cidr.MustParseCIDR); read as unset, k3snet promised the
+    # destination masqueraded by a Cilium that does not run.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "ipv4-native-routing-cidr": "10.42.0.0 "
+                                                                           "10.43.0.0"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    assert "ipv4-native-routing-cidr: '10.42.0.0 10.43.0.0' is not a CIDR" in str(note.reason)
+    assert "the Cilium agent panics on it at start" in str(note.reason)
+
+
 def test_masquerading_turned_off_by_the_admin_is_a_conflict(
     k3s_cilium: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
