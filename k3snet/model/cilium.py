@@ -51,7 +51,14 @@ import attrs
 
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple
-from k3snet.model.cidr import Network, contains, go_cidr_text, overlaps, parse_network
+from k3snet.model.cidr import (
+    Network,
+    contains,
+    go_cidr_text,
+    overlaps,
+    parse_network,
+    subtract,
+)
 from k3snet.model.cni import JsonMapping, canonical_json
 from k3snet.model.state import register_object_type
 
@@ -664,13 +671,25 @@ class CiliumMasquerade(NetObject):
                  (startup_problems(effective) if self.masquerade or self.exempt else ())]
         found += pool_problems(effective, self.pod_cidrs)
         for destination, device in self.masquerade:
-            reason = why_not_masqueraded(effective, destination, device or None)
-            if reason is not None:
-                found.append(f"{reason}; {_fix_for(reason, destination.version)}")
+            for part in self._masqueraded_parts(destination):
+                reason = why_not_masqueraded(effective, part, device or None)
+                if reason is not None:
+                    found.append(f"{reason}; {_fix_for(reason, destination.version)}")
+                    break  # one reason a destination: its parts share the way out
         for destination in self.exempt:
             if why_not_masqueraded(effective, destination) is None:
                 found.append(_exempt_problem(effective, destination))
         return found
+
+    def _masqueraded_parts(self, destination: Network) -> tuple[Network, ...]:
+        """What of ``destination`` the spec masquerades: less the exempt CIDRs inside it
+        (its ``exclude``, a destination with ``masquerade: false`` within it), as k3snet's
+        own rules do (the most specific destination decides); an exempt CIDR around it
+        does not take it out. Cilium not masquerading an exempt part is what the spec
+        wants there, not a conflict."""
+        inside = [e for e in self.exempt if e.version == destination.version
+                  and contains(destination, e)]
+        return subtract(destination, inside) if inside else (destination,)
 
     def conflicts_with(self, other: NetObject) -> bool:
         """The foreign config of the target makes Cilium treat a destination otherwise."""

@@ -591,8 +591,16 @@ def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMo
         except ModelError as exc:
             raise SpecError([Problem("cluster.podCIDRs", str(exc))]) from exc
     if nat:
-        out += [CalicoNatDestination(d.cidr, exclude=d.exclude) for d in spec.destinations
-                if d.masquerade]
+        # What destinations inside a masqueraded one keep (masquerade: false, their
+        # exclude) is not the larger one's to NAT, as in k3snet's own rules: a foreign
+        # disabled pool covering it is the exemption the spec asks for, not a conflict.
+        kept = _kept_inside(spec.destinations)
+        for i, d in enumerate(spec.destinations):
+            if not d.masquerade:
+                continue
+            exclude = aggregate([*d.exclude, *kept[i]]) if i in kept else d.exclude
+            if exclude != (d.cidr,):  # else nothing of it is left to masquerade
+                out.append(CalicoNatDestination(d.cidr, exclude=exclude))
     out += [_exempt_pool(net) for net in nat_exemptions(spec)]
     return out
 

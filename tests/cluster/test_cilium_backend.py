@@ -639,6 +639,28 @@ def test_a_native_routing_cidr_cilium_cannot_parse_is_a_conflict_not_a_default(
     assert "the Cilium agent panics on it at start" in str(note.reason)
 
 
+@pytest.mark.parametrize("destinations", [
+    [{"cidr": "192.168.0.0/16", "exclude": ["192.168.1.0/24"]}],
+    [{"cidr": "192.168.0.0/16"}, {"cidr": "192.168.1.0/24", "masquerade": False}],
+])
+def test_a_part_the_spec_exempts_inside_a_masqueraded_destination_is_no_conflict(
+    destinations: list[dict[str, Any]], k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium's ip-masq-agent leaves 192.168.1.0/24 alone, as the spec asks; the /16
+    # around it was judged whole ("partly inside ... never masquerades"), a conflict.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true",
+                                               "enable-ip-masq-agent": "true"}))
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent('{"nonMasqueradeCIDRs":["192.168.1.0/24"]}'))
+    data = seed_spec().to_dict()
+    data["destinations"] = destinations
+    p = plan(backend.observe(), compile_for(backend, Spec.from_dict(data)))
+    assert not p.conflicts
+    # A non-masquerade CIDR reaching past the exempt part is a conflict still.
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent('{"nonMasqueradeCIDRs":["192.168.0.0/23"]}'))
+    (note,) = plan(backend.observe(), compile_for(backend, Spec.from_dict(data))).conflicts
+    assert "192.168.0.0/24 is inside 192.168.0.0/23" in str(note.reason)
+
+
 def test_masquerading_turned_off_by_the_admin_is_a_conflict(
     k3s_cilium: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
