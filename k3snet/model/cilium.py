@@ -636,6 +636,11 @@ class CiliumMasquerade(NetObject):
     masquerade: tuple[tuple[Network, str], ...] = attrs.field(default=(), converter=_pairs,
                                                               kw_only=True)
     exempt: tuple[Network, ...] = attrs.field(default=(), converter=_cidrs, kw_only=True)
+    exempt_via: tuple[tuple[Network, str], ...] = attrs.field(default=(), converter=_pairs,
+                                                              kw_only=True)
+    """Exempt ``(destination, device)`` pairs whose traffic is known to leave through
+    ``device`` (a spec destination's own): met when Cilium does not masquerade there, also
+    because it masquerades on other interfaces only."""
     pod_cidrs: tuple[Network, ...] = attrs.field(default=(), converter=_cidrs, kw_only=True)
     """The spec's pod CIDRs: Cilium's cluster pool must hand out addresses inside them."""
     wanted: CiliumConfig | None = attrs.field(default=None, converter=_wanted, kw_only=True)
@@ -651,6 +656,7 @@ class CiliumMasquerade(NetObject):
         content = (
             tuple((*net_tuple(n), d) for n, d in self.masquerade),
             tuple(net_tuple(n) for n in self.exempt),
+            tuple((*net_tuple(n), d) for n, d in self.exempt_via),
             tuple(net_tuple(n) for n in self.pod_cidrs),
             () if self.wanted is None else self.wanted.sort_key,
         )
@@ -668,7 +674,8 @@ class CiliumMasquerade(NetObject):
         # the keys it refuses as their defaults would promise what Cilium does not do.
         found = [f"{problem}: the Cilium agent does not run with this config, so no "
                  "destination is treated as the spec says" for problem in
-                 (startup_problems(effective) if self.masquerade or self.exempt else ())]
+                 (startup_problems(effective)
+                  if self.masquerade or self.exempt or self.exempt_via else ())]
         found += pool_problems(effective, self.pod_cidrs)
         for destination, device in self.masquerade:
             for part in self._masqueraded_parts(destination):
@@ -676,8 +683,9 @@ class CiliumMasquerade(NetObject):
                 if reason is not None:
                     found.append(f"{reason}; {_fix_for(reason, destination.version)}")
                     break  # one reason a destination: its parts share the way out
-        for destination in self.exempt:
-            if why_not_masqueraded(effective, destination) is None:
+        exempt = [(n, None) for n in self.exempt] + [(n, d or None) for n, d in self.exempt_via]
+        for destination, via in exempt:
+            if why_not_masqueraded(effective, destination, via) is None:
                 found.append(_exempt_problem(effective, destination))
         return found
 
@@ -687,8 +695,8 @@ class CiliumMasquerade(NetObject):
         own rules do (the most specific destination decides); an exempt CIDR around it
         does not take it out. Cilium not masquerading an exempt part is what the spec
         wants there, not a conflict."""
-        inside = [e for e in self.exempt if e.version == destination.version
-                  and contains(destination, e)]
+        inside = [e for e in (*self.exempt, *(n for n, _ in self.exempt_via))
+                  if e.version == destination.version and contains(destination, e)]
         return subtract(destination, inside) if inside else (destination,)
 
     def conflicts_with(self, other: NetObject) -> bool:
@@ -708,16 +716,17 @@ class CiliumMasquerade(NetObject):
         if self.masquerade:
             parts.append("masquerade to " + ", ".join(
                 f"{n}{f' via {d}' if d else ''}" for n, d in self.masquerade))
-        if self.exempt:
-            parts.append(("and " if self.masquerade else "") + "no masquerade to "
-                         + ", ".join(map(str, self.exempt)))
+        if self.exempt or self.exempt_via:
+            parts.append(("and " if self.masquerade else "") + "no masquerade to " + ", ".join(
+                [*map(str, self.exempt), *(f"{n}{f' via {d}' if d else ''}"
+                                           for n, d in self.exempt_via)]))
         if len(parts) == 1:
             parts.append("nothing")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {
+        data = {
             "type": self.type_name,
             "target": self.target,
             "masquerade": [[str(n), d] for n, d in self.masquerade],
@@ -725,6 +734,9 @@ class CiliumMasquerade(NetObject):
             "pod_cidrs": [str(n) for n in self.pod_cidrs],
             "wanted": None if self.wanted is None else self.wanted.to_dict(),
         }
+        if self.exempt_via:  # left out when empty: the documents of earlier versions
+            data["exempt_via"] = [[str(n), d] for n, d in self.exempt_via]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CiliumMasquerade:
@@ -733,6 +745,7 @@ class CiliumMasquerade(NetObject):
         return cls(data["target"],
                    masquerade=[(n, d or None) for n, d in data.get("masquerade", ())],
                    exempt=data.get("exempt", ()),
+                   exempt_via=[(n, d or None) for n, d in data.get("exempt_via", ())],
                    pod_cidrs=data.get("pod_cidrs", ()),
                    wanted=None if wanted is None else CiliumConfig.from_dict(wanted))
 

@@ -684,6 +684,33 @@ def test_egress_masquerade_interfaces_that_miss_the_device_are_a_conflict(
     assert "reached via wg0" in str(note.reason)
 
 
+def test_an_exemption_through_a_device_cilium_does_not_masquerade_on_is_met(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium masquerades only traffic leaving eth0; the spec exempts a destination (and
+    # the exclude of another) reached via eth1: Cilium leaves both alone, as asked. Judged
+    # without the device, both were "Cilium masquerades pods' traffic to ..." conflicts.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "egress-masquerade-interfaces": "eth0"}))
+    data = seed_spec().to_dict()
+    data["destinations"] = [
+        {"cidr": "192.168.7.0/24", "masquerade": False, "device": "eth1"},
+        {"cidr": "203.0.113.0/24", "device": "eth0", "exclude": ["203.0.113.8/29"]},
+        {"cidr": "198.51.100.0/24", "device": "eth1", "gateway": "192.168.1.1",
+         "masquerade": False},
+    ]
+    data["destinations"][1]["gateway"] = "192.168.1.1"
+    data["destinations"][0]["gateway"] = "192.168.1.1"
+    p = plan(backend.observe(), compile_for(backend, Spec.from_dict(data)))
+    (note,) = p.conflicts  # the exclude via eth0 only: Cilium does masquerade there
+    assert str(note.reason).count("which the spec exempts") == 1
+    assert "traffic to 203.0.113.8/29, which the spec exempts" in str(note.reason)
+    # A destination without a device is judged for any interface, as before.
+    del data["destinations"][0]["device"]
+    p = plan(backend.observe(), compile_for(backend, Spec.from_dict(data)))
+    assert "traffic to 192.168.7.0/24, which the spec exempts" in str(p.conflicts[0].reason)
+
+
 def test_ebpf_masquerading_on_devices_that_miss_the_device_is_a_conflict(
     k3s_cilium: EmulatedApiServer, backend: CiliumBackend
 ) -> None:

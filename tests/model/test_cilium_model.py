@@ -200,3 +200,15 @@ def test_an_expectation_under_an_agent_that_cannot_start_is_a_conflict() -> None
     assert not fixed.conflicts_with(foreign)
     # An expectation of nothing is met whatever the agent does.
     assert not CiliumMasquerade(TARGET).conflicts_with(foreign)
+
+
+def test_an_exemption_through_a_device_round_trips_and_is_judged_with_it() -> None:
+    want = CiliumMasquerade(TARGET, exempt=["10.9.0.0/16"], exempt_via=[(DEST, "eth1")])
+    assert CiliumMasquerade.from_dict(want.to_dict()) == want
+    assert want.describe().endswith("no masquerade to 10.9.0.0/16, 192.168.2.0/24 via eth1")
+    assert "exempt_via" not in CiliumMasquerade(TARGET, exempt=[DEST]).to_dict()
+    only_eth0 = _config(egress_masquerade_interfaces="eth0")
+    assert [p for p in want.problems(only_eth0) if "192.168.2.0/24" in p] == []
+    via_eth0 = CiliumMasquerade(TARGET, exempt_via=[(DEST, "eth0")])
+    (problem,) = via_eth0.problems(only_eth0)
+    assert "traffic to 192.168.2.0/24, which the spec exempts" in problem
