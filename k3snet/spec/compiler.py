@@ -591,8 +591,16 @@ def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMo
         except ModelError as exc:
             raise SpecError([Problem("cluster.podCIDRs", str(exc))]) from exc
     if nat:
-        out += [CalicoNatDestination(d.cidr, exclude=d.exclude) for d in spec.destinations
-                if d.masquerade]
+        # What destinations inside a masqueraded one keep (masquerade: false, their
+        # exclude) is not the larger one's to NAT, as in k3snet's own rules: a foreign
+        # disabled pool covering it is the exemption the spec asks for, not a conflict.
+        kept = _kept_inside(spec.destinations)
+        for i, d in enumerate(spec.destinations):
+            if not d.masquerade:
+                continue
+            exclude = aggregate([*d.exclude, *kept[i]]) if i in kept else d.exclude
+            if exclude != (d.cidr,):  # else nothing of it is left to masquerade
+                out.append(CalicoNatDestination(d.cidr, exclude=exclude))
     out += [_exempt_pool(net) for net in nat_exemptions(spec)]
     return out
 
@@ -656,18 +664,25 @@ def compile_cilium(spec: Spec, *, target: str) -> State:
     policy = spec.masquerade
     masquerade: list[tuple[Network, str | None]] = []
     exempt: list[Network] = []
+    # Exemptions whose traffic leaves through the destination's own device: Cilium
+    # masquerading only on other interfaces (egress-masquerade-interfaces, devices)
+    # leaves it alone, as the spec asks.
+    exempt_via: list[tuple[Network, str]] = []
     if policy.mode != "off":
         for dest in spec.destinations:
             if not spec.cluster.pods(dest.family):
                 continue
+            kept = [*dest.exclude] if dest.masquerade else [dest.cidr, *dest.exclude]
             if dest.masquerade:
                 masquerade.append((dest.cidr, dest.device or policy.out_interface))
+            if dest.device is None:
+                exempt += kept
             else:
-                exempt.append(dest.cidr)
-            exempt += dest.exclude
+                exempt_via += [(net, dest.device) for net in kept]
         if policy.mode == "all":
             exempt += policy.non_masquerade_cidrs
     owned: list[NetObject] = [] if wanted is None else [wanted]
     owned.append(CiliumMasquerade(target, masquerade=masquerade, exempt=aggregate(exempt),
-                                  pod_cidrs=spec.cluster.pod_cidrs, wanted=wanted))
+                                  exempt_via=exempt_via, pod_cidrs=spec.cluster.pod_cidrs,
+                                  wanted=wanted))
     return State(owned=owned)
