@@ -11,7 +11,7 @@ import attrs
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 
-__all__ = ["ALIASES", "SPREADING", "SPREADING_INVERTED", "Sysctl"]
+__all__ = ["ALIASES", "SPREADING", "SPREADING_INVERTED", "Sysctl", "contradicting_aliases"]
 
 # /proc/sys reads and writes at most a page; the longest net.* values are a few words.
 _MAX_VALUE = 4096
@@ -37,6 +37,23 @@ ALIASES: Final = {
 }
 """Two names of one kernel value (``ipv4_devconf.data[IPV4_DEVCONF_FORWARDING - 1]``): a
 write of either is read back under both."""
+
+def contradicting_aliases(values: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The pairs of names of one kernel value (:data:`ALIASES`) that ``values`` (canonical
+    name to value) gives different values, each pair once, sorted.
+
+    Both cannot hold: whichever is written last sets the other, so a state wanting
+    ``net.ipv4.ip_forward = 1`` and ``net.ipv4.conf.all.forwarding = 0`` is never
+    reached and every apply turns forwarding on or off again.
+
+    >>> contradicting_aliases({"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.forwarding": "0"})
+    [('net.ipv4.conf.all.forwarding', 'net.ipv4.ip_forward')]
+    """
+    pairs = {(min(name, alias), max(name, alias)) for name, value in values.items()
+             if (alias := ALIASES.get(name)) is not None and alias in values
+             and values[alias] != value}
+    return sorted(pairs)
+
 
 SPREADING_INVERTED: Final = {
     "net.ipv4.ip_forward": ("net.ipv4.conf.all.accept_redirects",),

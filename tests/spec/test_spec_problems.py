@@ -52,6 +52,9 @@ DOCUMENTS: dict[str, Any] = {
     "header": {"apiVersion": "v1", "kind": "Pod"},
     "sysctls": {"sysctls": {"net.ipv4.ip_forward": 1, "bad name": 1, "net.x": [1]}},
     "sysctls not a mapping": {"sysctls": ["net.ipv4.ip_forward"]},
+    # One kernel value under two names: every apply wrote the other one again.
+    "one kernel value given two values": {"sysctls": {
+        "net.ipv4.ip_forward": 1, "net.ipv4.conf.all.forwarding": 0}},
     "label mappings": {"egressPolicy": {"podSelector": "app=web"},
                        "cni": {"flannel": {"backend": {"type": "vxlan", "options": [1]}}}},
     "backends list": {"backends": ["netlink", "bad name", 3, "x" * 65, "-", "__", "a-_b"]},
