@@ -46,7 +46,7 @@ from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route
 from k3snet.model.state import State
-from k3snet.model.sysctl import Sysctl
+from k3snet.model.sysctl import ALIASES, Sysctl
 from k3snet.spec.model import (
     BlockSizes,
     CalicoSettings,
@@ -218,7 +218,9 @@ def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
             if rule is not None:
                 owned.append(rule)
             families_in_use.add(pod.version)
-    explicit = {s.name for s in spec.sysctls}
+    # The other name of the same kernel value counts too: ip_forward = 1 beside an
+    # explicit conf.all.forwarding = 0 was written in turn with it by every apply.
+    explicit = {name for s in spec.sysctls for name in (s.name, ALIASES.get(s.name)) if name}
     if spec.manage_forwarding:
         owned += [Sysctl(FORWARDING_SYSCTL[f], "1") for f in sorted(families_in_use)
                   if FORWARDING_SYSCTL[f] not in explicit]

@@ -52,6 +52,16 @@ DOCUMENTS: dict[str, Any] = {
     "header": {"apiVersion": "v1", "kind": "Pod"},
     "sysctls": {"sysctls": {"net.ipv4.ip_forward": 1, "bad name": 1, "net.x": [1]}},
     "sysctls not a mapping": {"sysctls": ["net.ipv4.ip_forward"]},
+    # The kernel stores any integer in these (rp_filter 3 acts as loose, -1 as the
+    # interface's value) and reads 01 back as 1.
+    "sysctl values out of their documented range": {"sysctls": {
+        "net.ipv4.conf.all.rp_filter": 3, "net.ipv4.conf.eth0.rp_filter": -1,
+        "net.ipv6.conf.all.accept_ra": "01", "net.ipv4.ip_forward": "yes",
+        "net.ipv6.conf.all.forwarding": 2, "net.ipv4.conf.default.arp_announce": 2,
+        "net.ipv4.tcp_keepalive_time": 7200}},
+    # One kernel value under two names: every apply wrote the other one again.
+    "one kernel value given two values": {"sysctls": {
+        "net.ipv4.ip_forward": 1, "net.ipv4.conf.all.forwarding": 0}},
     "label mappings": {"egressPolicy": {"podSelector": "app=web"},
                        "cni": {"flannel": {"backend": {"type": "vxlan", "options": [1]}}}},
     "backends list": {"backends": ["netlink", "bad name", 3, "x" * 65, "-", "__", "a-_b"]},
