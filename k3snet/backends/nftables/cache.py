@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from k3snet.model import Drift, NetObject
-from k3snet.model._base import interfaces_may_meet
+from k3snet.model import Drift, NetObject, interfaces_may_meet
 from k3snet.model.state import State
 
 if TYPE_CHECKING:

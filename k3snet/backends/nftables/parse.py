@@ -75,8 +75,7 @@ from k3snet.backends.nftables.text import (
     table_objects,
 )
 from k3snet.errors import BackendError, ModelError
-from k3snet.model import Drift, NetObject, validate_interface_name
-from k3snet.model._base import interfaces_may_meet
+from k3snet.model import Drift, NetObject, interfaces_may_meet, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
