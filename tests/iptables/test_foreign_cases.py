@@ -410,6 +410,10 @@ NAT_BLOCK_CASES: dict[str, tuple[str, set[tuple[str, str, str, str, str | None, 
         "-A POSTROUTING -j OTHER\n-A OTHER -m mark ! --mark 0x0/0x4000 -j RETURN\n"
         f"-A OTHER -s {POD} -j MASQUERADE",
         {("masquerade", f"-A OTHER -s {POD} -j MASQUERADE", POD, "None", None, "None")}),
+    "a mark test whose value is no number is a doubt: what follows is read": (
+        "-A POSTROUTING -j OTHER\n-A OTHER -m mark ! --mark x/0x4000 -j RETURN\n"
+        f"-A OTHER -s {POD} -j MASQUERADE",
+        {("masquerade", f"-A OTHER -s {POD} -j MASQUERADE", POD, "None", None, "None")}),
     "a return of packets whose mark bit is clear ends a chain jumped to": (
         "-A POSTROUTING -j OTHER\n-A OTHER -m mark --mark 0x0/0x4000 -j RETURN\n"
         f"-A OTHER -s {POD} -j MASQUERADE", set()),

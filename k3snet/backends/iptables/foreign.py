@@ -628,13 +628,16 @@ def _marked(tokens: Line) -> bool:
 
 def _unmarked_passes(tokens: Sequence[str]) -> bool | None:
     """Whether a packet whose packet and connection marks are 0 (k3snet's pod traffic)
-    passes every ``--mark VALUE[/MASK]`` test of the rule (``None``: it has none).
+    passes every ``--mark VALUE[/MASK]`` test of the rule (``None``: it has none, or
+    one whose value does not read as a number and none it fails).
 
     The kernel's test (xt_mark, xt_connmark) is ``(mark & MASK) == VALUE``, negated
-    by ``!``: with mark 0 it holds when VALUE is 0. A value that does not read as a
-    number passes (a doubt counts against k3snet).
+    by ``!``: with mark 0 it holds when VALUE is 0. ``None`` is a doubt, and counts
+    against k3snet: such a rule is neither another program's marked traffic
+    (:func:`_marked`) nor one that takes every packet of k3snet's (:func:`_takes_all`).
     """
     passes: bool | None = None
+    unknown = False
     for index, word in enumerate(tokens[:-1]):
         if word != "--mark":
             continue
@@ -642,12 +645,12 @@ def _unmarked_passes(tokens: Sequence[str]) -> bool | None:
         try:
             value = int(tokens[index + 1].split("/", 1)[0], 0)
         except ValueError:
-            passes = passes is not False
+            unknown = True
             continue
         if (value == 0) == negated:
             return False
         passes = True
-    return passes
+    return None if unknown else passes
 
 
 def _nat_block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
