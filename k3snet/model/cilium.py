@@ -328,6 +328,12 @@ def _ip_masq_agent(value: Mapping[str, Any] | Iterable[tuple[str, Any]] | None
             raise ModelError("ip-masq-agent nonMasqueradeCIDRs must be a list of CIDRs")
         for cidr in cidrs:
             parse_network(cidr, strict=False)
+            # Cilium reads each entry with Go's net.ParseCIDR and refuses the whole file
+            # for a bare address, a netmask or spaces (ipaddress reads them as CIDRs).
+            if not go_cidr_text(cidr):
+                raise ModelError(f"ip-masq-agent nonMasqueradeCIDRs: {cidr[:80]!r} is not a "
+                                 "CIDR as Go's net.ParseCIDR reads it (an address, '/' and "
+                                 "a prefix length)")
     for key in ("masqLinkLocal", "masqLinkLocalIPv6"):
         if key in mapping and not isinstance(mapping[key], bool):
             raise ModelError(f"ip-masq-agent {key} must be true or false, got {mapping[key]!r}")

@@ -610,6 +610,17 @@ def test_setting_a_value_cilium_already_runs_with_is_not_disruptive(
     assert backend.disruptive(change) is None
 
 
+@pytest.mark.parametrize("entry", ["10.0.0.0", "10.0.0.0/255.0.0.0", " 10.0.0.0/8"])
+def test_a_non_masquerade_cidr_cilium_cannot_parse_is_an_error_not_a_cidr(
+    entry: str, k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium's ip-masq-agent reads each entry with Go's net.ParseCIDR and refuses the
+    # file; k3snet read "10.0.0.0" as 10.0.0.0/32 (and judged destinations by it).
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(json.dumps({"nonMasqueradeCIDRs": [entry]})))
+    with pytest.raises(BackendError, match=r"not a CIDR as Go's net\.ParseCIDR reads it"):
+        backend.observe()
+
+
 def _helm_upgrade(server: EmulatedApiServer, **data: str) -> None:
     """What ``helm upgrade`` does to cilium-config: the chart's keys set, annotations it
     does not render left alone."""
