@@ -20,6 +20,7 @@ from hypothesis.strategies import SearchStrategy
 from k3snet.backends.cilium import (
     ALLOW_DISRUPTIVE_HINT,
     OWNED_ANNOTATION,
+    WRITTEN_ANNOTATION,
     CiliumBackend,
 )
 from k3snet.backends.registry import create_backend
@@ -607,6 +608,58 @@ def test_setting_a_value_cilium_already_runs_with_is_not_disruptive(
     change = Change.add(CiliumConfig(TARGET, settings={"tunnel-protocol": "vxlan",
                                                        "enable-ipv4-masquerade": "false"}))
     assert backend.disruptive(change) is None
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0", "10.0.0.0/255.0.0.0", " 10.0.0.0/8"])
+def test_a_non_masquerade_cidr_cilium_cannot_parse_is_an_error_not_a_cidr(
+    entry: str, k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium's ip-masq-agent reads each entry with Go's net.ParseCIDR and refuses the
+    # file; k3snet read "10.0.0.0" as 10.0.0.0/32 (and judged destinations by it).
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(json.dumps({"nonMasqueradeCIDRs": [entry]})))
+    with pytest.raises(BackendError, match=r"not a CIDR as Go's net\.ParseCIDR reads it"):
+        backend.observe()
+
+
+def _helm_upgrade(server: EmulatedApiServer, **data: str) -> None:
+    """What ``helm upgrade`` does to cilium-config: the chart's keys set, annotations it
+    does not render left alone."""
+    obj = _stored(server)
+    assert obj is not None
+    obj["data"].update(data)
+    server.put(CONFIGMAPS, obj)
+
+
+def test_a_key_helm_set_since_is_helm_s_and_removal_keeps_its_value(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    wanted = CiliumConfig(TARGET, settings={"egress-masquerade-interfaces": "eth0",
+                                            "enable-masquerade-to-route-source": "true"})
+    _converge(backend, State(owned=[wanted]))
+    # The chart now sets egress-masquerade-interfaces itself; the other key is untouched.
+    _helm_upgrade(k3s_cilium, **{"egress-masquerade-interfaces": "eth1"})
+    (owned,) = backend.observe().owned
+    assert isinstance(owned, CiliumConfig)
+    assert dict(owned.settings) == {"enable-masquerade-to-route-source": "true"}
+    p = _converge(backend, State(owned=[wanted]))  # k3snet's value again
+    assert [c.action for c in p.changes] == ["replace"]
+    assert _data(k3s_cilium)["egress-masquerade-interfaces"] == "eth0"
+    _converge(backend, State())
+    # Removal gives back the chart's value (it deleted the key: absent before k3snet).
+    assert _data(k3s_cilium) == {**HELM_K3S_DATA, "egress-masquerade-interfaces": "eth1"}
+    assert OWNED_ANNOTATION not in _annotations(k3s_cilium)
+    assert WRITTEN_ANNOTATION not in _annotations(k3s_cilium)
+
+
+def test_a_record_of_an_older_k3snet_keeps_every_cilium_key_it_names(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    cm = _cilium_config({**HELM_K3S_DATA, "egress-masquerade-interfaces": "eth1"})
+    cm["metadata"]["annotations"][OWNED_ANNOTATION] = '{"egress-masquerade-interfaces": null}'
+    k3s_cilium.put(CONFIGMAPS, cm)
+    (owned,) = backend.observe().owned
+    assert isinstance(owned, CiliumConfig)
+    assert dict(owned.settings) == {"egress-masquerade-interfaces": "eth1"}
 
 
 # ---------------------------------------------------------------- what Cilium will do
