@@ -125,6 +125,7 @@ from k3snet.backends.nftables.kernel import (
     owner_tables,
 )
 from k3snet.backends.nftables.parse import (
+    LEFTOVER,
     ForeignRead,
     ForeignReader,
     finish_foreign_read,
@@ -487,9 +488,15 @@ class NftablesBackend(BackendBase):
             cache.owners = owner_tables(kernel)
             # The read prefetch started, unless an owned table went since it began.
             taken = ahead if started is not None and started.owners == cache.owners else None
-            cache.foreign = self._read_foreign(kernel, taken)
+            found = self._read_foreign(kernel, taken)
             if taken is not None:
                 ahead = None
+            # k3snet's tables of the other layout come back as drift, not foreign state.
+            leftovers = [o for o in found if isinstance(o, Drift)]
+            for drift in leftovers:
+                cache.found(drift, Repair(drift.where.split()[0], rebuild=True))
+            cache.foreign = found.difference(leftovers) if leftovers else found
+            cache.state = None
         if ahead is not None and self._foreign_bounded is not None:
             self._foreign_bounded.abandon(ahead.future)  # not taken: see _settle
         return cache
@@ -717,6 +724,9 @@ class NftablesBackend(BackendBase):
                 batch.add_object(family, diff.objects[key], diff.change_of.get(key))
             if appended:
                 batch.marker(family, exists=table is not None and table.marker)
+        for family, index in rebuild.items():
+            if family not in self._families:  # k3snet's table of the other layout
+                batch.delete_table(family, index)
         if inject is not None:
             batch.inject_failure(inject, self._families[0])
         return batch
@@ -743,7 +753,10 @@ class NftablesBackend(BackendBase):
 
     def _prepare(self, kernel: NftKernel, plan: Plan, inject: int | None,
                  ) -> tuple[Cache, Diff, Batch]:
-        cache = self._fresh(kernel, foreign=False)
+        # The tables of k3snet's other layout are found by the read of the other tables.
+        leftovers = any(isinstance(c.subject, Drift) and c.subject.what.startswith(LEFTOVER)
+                        for c in plan.changes)
+        cache = self._fresh(kernel, foreign=leftovers)
         diff = self._diff(cache, plan)
         unknown = any(None in cache.handles[k] for k in (*diff.removed, *diff.moved))
         if unknown:  # added by an apply whose marker could not be read: look them up

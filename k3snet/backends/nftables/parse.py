@@ -91,7 +91,8 @@ from k3snet.render.nftables import (
 )
 from k3snet.render.tag import tag_digest
 
-__all__ = ["ForeignRead", "ForeignReader", "Match", "finish_foreign_read", "own_object",
+__all__ = ["ForeignRead", "ForeignReader", "Match", "finish_foreign_read", "leftover_drift",
+           "own_object",
            "parse_rule", "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
 
 # iptables targets that let the packet go on to the next rule (kube-proxy's MARK ...).
@@ -479,13 +480,14 @@ class ForeignReader:
             return frozenset()
         except BackendError:
             return frozenset()  # best effort: no foreign state rather than no observe
+        leftovers = self._leftovers(chains)
         for item in chains:
             chain = item.get("chain")
             if not isinstance(chain, dict):
                 continue
             family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
             where = (str(family), str(table))
-            if family not in ("ip", "ip6", "inet") or where in self.own_tables:
+            if family not in ("ip", "ip6", "inet") or where in self.own_tables | leftovers:
                 continue
             if chain.get("hook") == "postrouting" and chain.get("type") == "nat":
                 prio = chain.get("prio")
@@ -500,7 +502,8 @@ class ForeignReader:
             elif chain.get("type") == "filter" and chain.get("hook") in ("prerouting",
                                                                          "postrouting"):
                 self.path_bases.append((where, str(name)))  # read for its drops only
-        found = self._met()
+        found: set[NetObject] = {leftover_drift(*where) for where in sorted(leftovers)}
+        found |= self._met()
         found |= self._blocks()
         found.update(block for block, _ in self.nat_blocks)
         for rule in self.accepts:
@@ -511,6 +514,22 @@ class ForeignReader:
             if all(self._lets_through(base, rule) for base in self.forward_bases
                    if (base[0], base[1]) not in self.origins.get(rule, set())):
                 found.add(rule)
+        return frozenset(found)
+
+    def _leftovers(self, chains: list[dict[str, Any]]) -> frozenset[tuple[str, str]]:
+        """k3snet's tables of the other layout: a table named as k3snet's, of a family
+        k3snet's does not use (``ip`` or ``ip6`` beside ``inet``, or the other way), that
+        holds k3snet's marker chain (an apply with ``family`` set otherwise wrote it)."""
+        names = {table for _, table in self.own_tables}
+        found = set()
+        for item in chains:
+            chain = item.get("chain")
+            if (isinstance(chain, dict) and chain.get("name") == MARKER_CHAIN
+                    and "hook" not in chain and chain.get("table") in names
+                    and chain.get("family") in ("ip", "ip6", "inet")):
+                where = (str(chain["family"]), str(chain["table"]))
+                if where not in self.own_tables:
+                    found.add(where)
         return frozenset(found)
 
     def _met(self) -> set[NetObject]:
@@ -1056,6 +1075,18 @@ def _every_rule_one_line(texts: TextLists, family: str, table: str,
     return (all(texts.chain_rules(family, table, chain) == lines[chain]
                 for chain in listed.chains if chain != MARKER_CHAIN)
             and texts.genid() == genid)
+
+
+LEFTOVER = "k3snet's table of the other layout (another nftables family setting wrote it)"
+"""What a :func:`leftover_drift` says (its repair deletes the table)."""
+
+
+def leftover_drift(family: str, table: str) -> Drift:
+    """The drift a table of k3snet's other layout is (:meth:`ForeignReader._leftovers`):
+    its rules still translate and accept, k3snet's plans no longer manage them, and its
+    NAT would read as meeting the rules k3snet wants (so it wrote none)."""
+    return Drift.of("nat", backend="nftables", where=f"{family} {table}",
+                    what=f"{LEFTOVER}: its rules still apply (apply deletes it)")
 
 
 def _chain_kind(chain: str) -> str:
