@@ -154,7 +154,8 @@ def test_giving_an_ipv6_all_switch_back_restores_each_interfaces_own(
     run_in(ns, ["sysctl", "-qw", f"net.ipv6.conf.e0.{leaf}=1"])
     before = ipv6_switches(ns, leaf)
     wanted = State(owned=[Sysctl(f"net.ipv6.conf.all.{leaf}", 1)])
-    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+    # Turning IPv6 off is disruptive (it deletes IPv6 addresses): allowed here.
+    with NetlinkBackend(ns, state_dir=tmp_path, allow_disruptive=True) as backend:
         backend.apply(plan(backend.observe(), wanted))
         assert set(ipv6_switches(ns, leaf).values()) == {"1"}  # the kernel spread it
         backend.apply(plan(backend.observe(), State()))
@@ -168,7 +169,7 @@ def test_a_rolled_back_ipv6_all_switch_restores_each_interfaces_own(
     before = ipv6_switches(ns, leaf)
     wanted = State(owned=[Sysctl(f"net.ipv6.conf.all.{leaf}", 1),
                           Sysctl("net.ipv6.conf.d0.hop_limit", 9)])
-    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+    with NetlinkBackend(ns, state_dir=tmp_path, allow_disruptive=True) as backend:
         backend.faults.fail_at(1)
         with pytest.raises(ApplyError):
             backend.apply(plan(backend.observe(), wanted))
