@@ -883,6 +883,23 @@ class NetlinkBackend(BackendBase):
         self._count()
         if stored != value:
             raise BackendError(f"the kernel stored {stored!r} for {name}, not {value!r}")
+        self._keep_owned_switches(state, name, switches)
+
+    def _keep_owned_switches(self, state: SysctlState, name: str,
+                             switches: Mapping[str, str]) -> None:
+        """Write back the switches k3snet owns that the write of ``name`` spread over
+        (``switches``: :func:`spread_values` before it; the write's undo restores them).
+
+        An interface's ``forwarding = 0`` beside ``ip_forward = 1``: a plan writing both
+        writes it after the switch, but a repair of the switch alone left it at the
+        spread value until the next run."""
+        indexes = self._link_indexes(state)
+        kept = {switch: state.owned[switch][0] for switch in switches
+                if switch != name and state.owns(switch, indexes)}
+        if kept:
+            root = self.proc_sys
+            self._runner.call(lambda: restore_spread(root, kept))
+            self._count()
 
     def _write_sysctl(self, write: Callable[[], None], undo: Callable[[], None],
                       restores: list[Callable[[], None]]) -> None:
