@@ -32,7 +32,9 @@ Properties (each one a hypothesis test in ``tests/planner``):
   adds and replaces of a lower :attr:`~k3snet.model.NetObject.tier` first and
   deletes of a higher one first (a route via a gateway after the device route that
   may reach it), and a delete of a tier below a replace of its kind last (the
-  replaced object's old form may rely on it; an undo, in reverse, puts it back first).
+  replaced object's old form may rely on it; an undo, in reverse, puts it back first);
+  a route moved to another metric is deleted after its new form is added (make
+  before break), and the deletes of a lower tier wait for it too.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from k3snet.model import (
     NatBlock,
     NetObject,
     Network,
+    Route,
     SnatRule,
 )
 from k3snet.model.cidr import overlaps
@@ -558,7 +561,8 @@ def plan(observed: State, desired: State) -> Plan:
 
 def _ordered_changes(deletes: list[NetObject], replaces: list[Change], adds: list[NetObject]
                      ) -> list[Change]:
-    """Deletes, then replaces and adds bottom-up, then the deletes a replace may rely on.
+    """Deletes, then replaces and adds bottom-up, then the deletes a replace may rely on
+    and the routes moved to another metric.
 
     Both states are already in order, so the sorts are stable partitions. Replaces
     and adds go by rank and tier (a replace first in its tier): a route moved to a
@@ -566,8 +570,15 @@ def _ordered_changes(deletes: list[NetObject], replaces: list[Change], adds: lis
     or the kernel refuses it. A delete of a lower tier than a replace of its kind
     goes last: the replaced route's old gateway may be on its network, and an undo,
     in reverse, puts that gateway back only while the device route is there.
+
+    A route moved to another metric (its table and destination added at one, deleted
+    at another: two keys, no replace) is deleted after its new form is added, make
+    before break: deleted first, the destination had no route between the two (a
+    batch, a request each with pyroute2, or for good when the run was killed there),
+    and an undo does the same in reverse. The deletes of a lower tier than a moved
+    route wait for it too, as they wait for a replace.
     """
-    above: dict[str, int] = {}  # kind -> highest tier a replace of that kind touches
+    above: dict[str, int] = {}  # kind -> highest tier a replace or a moved route touches
     for change in replaces:
         before, after = change.before, change.after
         assert before is not None  # a replace has both
@@ -575,13 +586,22 @@ def _ordered_changes(deletes: list[NetObject], replaces: list[Change], adds: lis
         tier = max(before.tier, after.tier)
         if tier > above.get(after.kind, 0):
             above[after.kind] = tier
+    moved: set[NetObject] = set()
+    if deletes and adds:
+        arriving = {obj.clash_key for obj in adds if isinstance(obj, Route)}
+        moved = {obj for obj in deletes
+                 if isinstance(obj, Route) and obj.clash_key in arriving}
+        for obj in moved:
+            if obj.tier > above.get(obj.kind, -1):
+                above[obj.kind] = obj.tier
     deletes.sort(key=_delete_rank)
     ups = [*replaces, *(Change("add", None, obj) for obj in adds)]
     ups.sort(key=_up_rank)
-    if not above:  # the usual plan: no replace a delete must wait for
+    if not above:  # the usual plan: no replace nor moved route a delete must wait for
         return [*(Change("delete", obj, None) for obj in deletes), *ups]
-    early = [obj for obj in deletes if obj.tier >= above.get(obj.kind, 0)]
-    late = [obj for obj in deletes if obj.tier < above.get(obj.kind, 0)]
+    early = [obj for obj in deletes
+             if obj not in moved and obj.tier >= above.get(obj.kind, 0)]
+    late = [obj for obj in deletes if obj in moved or obj.tier < above.get(obj.kind, 0)]
     return [*(Change("delete", obj, None) for obj in early), *ups,
             *(Change("delete", obj, None) for obj in late)]
 

@@ -9,6 +9,7 @@ gateway), then the device routes a replaced route via a gateway may have relied 
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from k3snet import State, plan
@@ -108,3 +109,22 @@ def test_a_gateway_moved_behind_a_new_device_route_is_replaced_between_the_two(
     assert [str(c) for c in back.changes] == [
         str(Change.add(old_link)), str(Change.replace(new_via, old_via)),
         str(Change.delete(new_link))]
+
+
+@pytest.mark.parametrize("bulk", [20, 3], ids=["small-subset-path", "linear-path"])
+def test_a_route_moved_to_another_metric_is_added_before_its_old_form_is_deleted(
+        bulk: int) -> None:
+    """Make before break: deleted first, the destination had no route in between. The
+    device route the old form's gateway relied on goes after it (an undo, in reverse,
+    puts it back first), while the new gateway's device route comes before."""
+    old_via = attrs.evolve(_OLD_VIA, metric=100)
+    new_via = attrs.evolve(_NEW_VIA, metric=200)
+    observed = State(owned=[*_BULK[:bulk], _OLD_LINK, old_via])
+    desired = State(owned=[*_BULK[:bulk], _NEW_LINK, new_via])
+    p = plan(observed, desired)
+    assert [str(c) for c in p.changes] == [
+        str(Change.add(_NEW_LINK)), str(Change.add(new_via)), str(Change.delete(old_via)),
+        str(Change.delete(_OLD_LINK))]
+    moved = plan(observed, State(owned=[*_BULK[:bulk], _OLD_LINK,
+                                        attrs.evolve(old_via, metric=50)]))
+    assert [c.action for c in moved.changes] == ["add", "delete"]

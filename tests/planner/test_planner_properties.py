@@ -165,18 +165,29 @@ def test_order_deletes_then_replaces_and_adds_then_what_replaces_relied_on_in_de
     deletes = [(c.subject.rank, c.subject.tier) for i, c in enumerate(changes)
                if c.action == "delete" and i not in late]
     assert deletes == sorted(deletes, reverse=True), "NAT goes first when removing"
-    for i in late:  # a delete waits only for a replace that may rely on it
+    added = {c.subject.clash_key for c in changes if c.action == "add"
+             and isinstance(c.subject, Route)}
+    moved = [c.subject for c in changes if c.action == "delete"
+             and isinstance(c.subject, Route) and c.subject.clash_key in added]
+    for i in late:  # a delete waits only for a replace or a moved route that may rely on it
         deleted = changes[i].subject
-        assert any(c.action == "replace" and c.kind == deleted.kind
-                   and max(c.before.tier, c.subject.tier) > deleted.tier  # type: ignore[union-attr]
-                   for c in changes[:i])
+        assert deleted in moved or any(
+            c.action == "replace" and c.kind == deleted.kind
+            and max(c.before.tier, c.subject.tier) > deleted.tier  # type: ignore[union-attr]
+            for c in changes[:i]) or any(m.tier > deleted.tier for m in moved)
+    for route in moved:  # make before break: its new form is there first
+        at = changes.index(Change.delete(route))
+        assert any(c.action == "add" and c.subject.clash_key == route.clash_key
+                   for c in changes[:at]), f"{route} is deleted before its new form is added"
     for i, change in enumerate(changes):  # what a tier relies on is there before, gone after
         for j, other in enumerate(changes):
             if other.kind != change.kind or other.subject.tier >= change.subject.tier:
                 continue
             if other.action == "add" and change.action != "delete":
                 assert j < i, f"{other} comes after {change}, which may rely on it"
-            if other.action == "delete" and change.action == "replace":
+            if other.action == "delete" and (change.action == "replace"
+                                             or (change.action == "delete"
+                                                 and change.subject in moved)):
                 assert j > i, f"{other} comes before {change}, whose old object may rely on it"
 
 
@@ -275,19 +286,25 @@ _big_pairs = ks.state_pairs(ks.objects(every_shape=True), min_owned=17, max_owne
 
 def _in_canonical_order(p: Plan) -> bool:
     """Deletes by falling rank and tier, then replaces and adds by rising rank and tier
-    (a replace first), then the deletes of a tier below a replace of their kind; each
-    in the total order."""
+    (a replace first), then the routes moved to another metric and the deletes of a
+    tier below a replace or a moved route of their kind; each in the total order."""
     above: dict[str, int] = {}
+    added = {c.subject.clash_key for c in p.changes if c.action == "add"
+             and isinstance(c.subject, Route)}
+    moved = {c.subject for c in p.changes if c.action == "delete"
+             and isinstance(c.subject, Route) and c.subject.clash_key in added}
     for change in p.changes:
         if change.action == "replace":
             assert change.before is not None
             tier = max(change.before.tier, change.subject.tier)
             above[change.kind] = max(above.get(change.kind, 0), tier)
+        if change.subject in moved:
+            above[change.kind] = max(above.get(change.kind, 0), change.subject.tier)
 
     def place(change: Change) -> tuple[object, ...]:
         subject = change.subject
         if change.action == "delete":
-            phase = 2 if subject.tier < above.get(subject.kind, 0) else 0
+            phase = 2 if subject in moved or subject.tier < above.get(subject.kind, 0) else 0
             return (phase, -subject.rank, -subject.tier, 0, subject.sort_key)
         return (1, subject.rank, subject.tier, change.action == "add", subject.sort_key)
 

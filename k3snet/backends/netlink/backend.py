@@ -77,7 +77,9 @@ from k3snet.backends.kit import (
     BackendBase,
     Compensation,
     UndoFailure,
+    disruptive_problems,
     fit_problems,
+    option_flag,
     translate_errors,
 )
 from k3snet.backends.netlink.codec import Link, NetlinkError
@@ -196,6 +198,9 @@ class NetlinkBackend(BackendBase):
     entries are resolved by the kernel against the network namespace of the
     thread that opens them (the namespace's worker thread), like ``/proc/sys``.
 
+    ``allow_disruptive``: make the changes :meth:`disruptive` names (turning
+    ``disable_ipv6`` on); ``check`` and ``apply`` refuse them otherwise.
+
     ``apply`` returns :class:`~k3snet.backends.base.ApplyResult` whose
     ``operations`` counts round trips: netlink batches (socket driver) or
     requests (pyroute2 driver) and dumps, and sysctl reads and writes.
@@ -214,9 +219,11 @@ class NetlinkBackend(BackendBase):
         watch_sysctls: Iterable[str] = (),
         driver: Literal["socket", "pyroute2"] | DriverFactory = "socket",
         proc_sys: str | Path = "/proc/sys",
+        allow_disruptive: bool = False,
     ) -> None:
         if not callable(driver) and driver not in ("socket", "pyroute2"):
             raise BackendError(f"driver must be 'socket' or 'pyroute2', got {driver!r}")
+        self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self.proc_sys = Path(proc_sys)
         if not self.proc_sys.is_dir():
             raise BackendError(f"proc_sys {str(proc_sys)!r} is not a directory")
@@ -401,7 +408,33 @@ class NetlinkBackend(BackendBase):
             assert view is not None
             problems += self._check_routes(route_changes, view)
         problems += self._advertised_route_problems(plan)
+        problems += disruptive_problems(self, plan)
         return problems
+
+    def disruptive(self, change: Change) -> str | None:
+        """Why ``change`` cannot be taken back, or ``None``: a write turning
+        ``disable_ipv6`` on for ``all`` or an interface (a take-over, a replace, or the
+        give-back of a previous value that was on).
+
+        The kernel then deletes every IPv6 address and route of the interfaces
+        (``addrconf_ifdown``); writing 0 again, in a rollback or when k3snet gives the
+        sysctl back, brings back only the link-local address: the node's static
+        addresses and the routes through them, the administrator's too, stay gone.
+        """
+        written = (change.after if change.after is not None
+                   else getattr(change.before, "previous", None))
+        subject = change.subject
+        if not isinstance(subject, Sysctl):
+            return None
+        value = written.value if isinstance(written, Sysctl) else written
+        parts = subject.path.split("/")
+        if (value in (None, "0") or len(parts) != 5 or parts[:3] != ["net", "ipv6", "conf"]
+                or parts[4] != "disable_ipv6" or parts[3] == "default"):
+            return None
+        where = "every interface" if parts[3] == "all" else f"interface {parts[3]}"
+        return (f"turning IPv6 off deletes the IPv6 addresses and routes of {where}, "
+                "the administrator's too; neither a rollback nor giving the sysctl back "
+                "brings them back")
 
     def _advertised_route_problems(self, plan: Plan) -> list[str]:
         """The changes turning IPv6 forwarding on while that would drop a default route
@@ -644,6 +677,7 @@ class NetlinkBackend(BackendBase):
         view = self._routes.view() if any(c.before is not None for c in routes) else None
         problems, missing = self._fit(plan, view)
         problems += self._advertised_route_problems(plan)
+        problems += disruptive_problems(self, plan)
         if problems:
             raise PlanError("netlink backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))
@@ -850,6 +884,23 @@ class NetlinkBackend(BackendBase):
         self._count()
         if stored != value:
             raise BackendError(f"the kernel stored {stored!r} for {name}, not {value!r}")
+        self._keep_owned_switches(state, name, switches)
+
+    def _keep_owned_switches(self, state: SysctlState, name: str,
+                             switches: Mapping[str, str]) -> None:
+        """Write back the switches k3snet owns that the write of ``name`` spread over
+        (``switches``: :func:`spread_values` before it; the write's undo restores them).
+
+        An interface's ``forwarding = 0`` beside ``ip_forward = 1``: a plan writing both
+        writes it after the switch, but a repair of the switch alone left it at the
+        spread value until the next run."""
+        indexes = self._link_indexes(state)
+        kept = {switch: state.owned[switch][0] for switch in switches
+                if switch != name and state.owns(switch, indexes)}
+        if kept:
+            root = self.proc_sys
+            self._runner.call(lambda: restore_spread(root, kept))
+            self._count()
 
     def _write_sysctl(self, write: Callable[[], None], undo: Callable[[], None],
                       restores: list[Callable[[], None]]) -> None:
