@@ -14,6 +14,11 @@
   delete every namespace they create, also when they fail. ``K3SNET_SKIP_NETNS_CHECK=1``
   turns the check off: ``make mutation`` sets it, since its sessions run no namespace
   test and other runs on the machine may create namespaces meanwhile.
+- A root-namespace check: the run fails if the network namespace it runs in (the
+  machine's own) ends with other forwarding sysctls, routes of k3snet's protocol,
+  nftables tables (iptables-nft's included) or policy rules than it started with. No
+  test may change it (they work in namespaces of their own); a test that ran k3snet
+  without ``--netns`` by mistake changed the machine's ``ip_forward`` unseen.
 - SIGTERM (a ``timeout``, a cancelled CI job) ends the session as Ctrl-C does, so fixture
   finalizers still delete the namespaces: Python's default ended the process at once.
 """
@@ -82,6 +87,39 @@ def _k3snet_namespaces() -> set[str] | None:
     return {name for name in names if name.startswith(NETNS_PREFIX)}
 
 
+_ROOT_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding",
+                 "net/ipv4/conf/all/forwarding", "net/ipv4/conf/all/rp_filter",
+                 "net/ipv4/conf/all/accept_redirects", "net/ipv6/conf/all/disable_ipv6")
+
+
+def _root_namespace_view() -> dict[str, str]:
+    """What the tests must leave as it is in the namespace they run in: forwarding
+    sysctls, routes of k3snet's protocol, nftables tables and policy rules (an entry per
+    thing read; one that cannot be read is left out, on both sides alike)."""
+    view: dict[str, str] = {}
+    for name in _ROOT_SYSCTLS:
+        try:
+            with open(f"/proc/sys/{name}") as handle:
+                view[name] = handle.read().strip()
+        except OSError:
+            continue
+    commands = {"routes of protocol 211": ["ip", "route", "show", "table", "all", "proto", "211"],
+                "IPv6 routes of protocol 211": ["ip", "-6", "route", "show", "table", "all",
+                                                "proto", "211"],
+                "policy rules": ["ip", "rule", "show"],
+                "IPv6 policy rules": ["ip", "-6", "rule", "show"],
+                "nftables tables": ["nft", "list", "tables"]}
+    for what, argv in commands.items():
+        if shutil.which(argv[0]) is None:
+            continue
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+        if done.returncode == 0:
+            view[what] = done.stdout
+    return view
+
+
+_root_at_start = pytest.StashKey["dict[str, str]"]()
+_root_changed = pytest.StashKey["list[str]"]()
 _netns_at_start = pytest.StashKey["set[str] | None"]()
 _netns_leftovers = pytest.StashKey["list[str]"]()
 
@@ -116,11 +154,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_netns_at_start] = _k3snet_namespaces()
+    if not hasattr(session.config, "workerinput"):
+        session.config.stash[_root_at_start] = _root_namespace_view()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput"):  # an xdist worker: the controller checks
         return
+    root = session.config.stash.get(_root_at_start, None)
+    if root is not None:
+        now = _root_namespace_view()
+        changed = [f"{what}: {root[what]!r} at the start, {now[what]!r} now"
+                   for what in sorted(root.keys() & now.keys()) if root[what] != now[what]]
+        session.config.stash[_root_changed] = changed
+        if changed:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     before = session.config.stash.get(_netns_at_start, None)
     after = _k3snet_namespaces()
     if before is None or after is None:
@@ -134,6 +182,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
+    changed = config.stash.get(_root_changed, [])
+    if changed:
+        terminalreporter.section("the machine's network namespace changed", red=True)
+        terminalreporter.line("tests must work in namespaces of their own; undo these by hand:",
+                              red=True)
+        for line in changed:
+            terminalreporter.line(f"  {line}")
     leftovers = config.stash.get(_netns_leftovers, [])
     if leftovers:
         terminalreporter.section("leftover network namespaces", red=True)
