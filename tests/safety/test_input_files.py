@@ -363,3 +363,31 @@ def test_a_spec_of_root_the_sudo_user_or_a_private_group_is_taken(
     capsys.readouterr()
     assert main(["validate", "-f", str(spec_file)]) == 0
     assert main(["render", "sysctl", "-f", str(spec_file)]) == 0
+
+
+@pytest.mark.usefixtures("require_root")
+def test_a_spec_reached_through_another_user_s_link_is_refused(
+        spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The file is checked, then read by name: a link its owner can point elsewhere in
+    between (root's own spec first, theirs at the read) is refused, wherever it is on
+    the way (the file itself, a directory); root's links are followed."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    plan = ["plan", "--backend", "memory", "--no-facts", "-f"]
+    link, directory_link = tmp_path / "link.yaml", tmp_path / "dir"
+    link.symlink_to(spec_file)
+    directory_link.symlink_to(tmp_path)
+    relative = tmp_path / "sub"
+    relative.mkdir()
+    (relative / "up.yaml").symlink_to("../link.yaml")
+    for given in (link, directory_link / "egress.yaml", relative / "up.yaml"):
+        assert main([*plan, str(given)]) == 2, capsys.readouterr().err
+    for owned_by_nobody, given in ((link, link), (directory_link, directory_link / "egress.yaml"),
+                                   (link, relative / "up.yaml")):
+        os.chown(owned_by_nobody, 65534, 65534, follow_symlinks=False)
+        assert main([*plan, str(given)]) == 1
+        assert f"reached through {owned_by_nobody}, a symbolic link of uid 65534" in \
+            capsys.readouterr().err
+        os.chown(owned_by_nobody, 0, 0, follow_symlinks=False)
