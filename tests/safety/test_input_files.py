@@ -363,6 +363,15 @@ def test_a_spec_of_root_the_sudo_user_or_a_private_group_is_taken(
     capsys.readouterr()
     assert main(["validate", "-f", str(spec_file)]) == 0
     assert main(["render", "sysctl", "-f", str(spec_file)]) == 0
+    bundle = Path(__file__).resolve().parents[1] / "doctor" / "golden" / "seed"
+    doctor = ["doctor", "--from", "10.42.0.10", "--to", "192.168.2.10", "-f", str(spec_file)]
+    assert main([*doctor, "--state", str(bundle)]) == 3  # a diagnosis changes nothing
+    capsys.readouterr()
+    # --fix applies a fix the spec's cluster CIDRs shape: refused like apply's spec. In a
+    # namespace that does not exist: were the spec taken, nothing could be changed (never
+    # the host's namespace, where this test runs).
+    assert main([*doctor, "--fix", "--auto-approve", "--netns", "k3snet-cli-no-such-ns"]) == 1
+    assert "another user could change what k3snet applies" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("require_root")
