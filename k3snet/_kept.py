@@ -168,14 +168,19 @@ def refuse_foreign_input(file: str | Path, *, invoker: int | None = None) -> Non
     member: Debian's and Ubuntu's users get files of mode 0664 in it).
 
     For a file whose contents root acts on, read by name afterwards (a spec): whoever
-    else could write it could change what root does. A missing or unreadable file is
-    left to the reader to report.
+    else could write it could change what root does. A symbolic link on the way that
+    another user owns is refused too (they could point it elsewhere between this check
+    and the read). A missing or unreadable file is left to the reader to report.
     """
+    trusted = {os.geteuid(), 0, invoker}
+    link = _foreign_link(file, trusted)
+    if link is not None:  # checked, then read by name: its owner could swap it between
+        raise OSError(errno.EPERM, f"reached through {link}", str(file))
     try:
         info = os.stat(file)
     except OSError:
         return
-    if info.st_uid not in {os.geteuid(), 0, invoker}:
+    if info.st_uid not in trusted:
         raise OSError(errno.EPERM, f"owned by uid {info.st_uid}, not by this user or root",
                       str(file))
     writers = [who for who, bit in (("others", stat.S_IWOTH),) if info.st_mode & bit]
@@ -184,6 +189,40 @@ def refuse_foreign_input(file: str | Path, *, invoker: int | None = None) -> Non
     if writers:
         raise OSError(errno.EPERM, f"writable by {' and '.join(writers)} (mode "
                       f"{stat.S_IMODE(info.st_mode):04o})", str(file))
+
+
+def _foreign_link(file: str | Path, trusted: set[int | None]) -> str | None:
+    """``LINK, a symbolic link of uid N`` for the first link on the way to ``file`` (as the
+    kernel follows them) that a user outside ``trusted`` owns, else ``None`` (a missing
+    component or too many links are left to the reader to report)."""
+    path = Path(file)
+    pending = list(reversed((path if path.is_absolute() else Path.cwd() / path).parts[1:]))
+    current, hops = Path("/"), 0
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = current.parent
+            continue
+        candidate = current / name
+        try:
+            info = os.lstat(candidate)
+        except OSError:
+            return None
+        if not stat.S_ISLNK(info.st_mode):
+            current = candidate
+            continue
+        if info.st_uid not in trusted:
+            return f"{candidate}, a symbolic link of uid {info.st_uid}"
+        hops += 1
+        if hops > 40:  # the kernel's limit: ELOOP, said by the reader
+            return None
+        target = Path(os.readlink(candidate))
+        if target.is_absolute():
+            current = Path("/")
+        pending.extend(reversed(target.parts[1:] if target.is_absolute() else target.parts))
+    return None
 
 
 def _group_name(gid: int) -> str:

@@ -93,8 +93,9 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command kill
 EXIT_TERMINATED = 143  # 128 + SIGTERM, likewise
 EXIT_HANGUP = 129  # 128 + SIGHUP: the terminal or SSH session went away
 NODE_COMMANDS = frozenset({"plan", "apply", "destroy", "observe", "agent"})
-"""The commands that act on the node with what a spec (``-f``) gives: its file must be
-one only its owner (this user, root, or the user who ran sudo) may write."""
+"""The commands that act on the node with what a spec (``-f``) gives (and ``doctor --fix``):
+its file must be one only its owner (this user, root, or the user who ran sudo) may
+write."""
 UNDONE_ON_SIGTERM = frozenset({"apply", "destroy", "doctor"})
 """The commands that change the node (``doctor`` with ``--fix``): SIGTERM and SIGHUP take
 back what they made, as Ctrl-C does."""
@@ -502,7 +503,9 @@ def _reporting() -> Iterator[None]:
 def _refuse_foreign_spec(args: argparse.Namespace) -> None:
     """:func:`refuse_foreign_spec` of a node command's spec file."""
     spec = getattr(args, "spec", None)
-    if args.command in NODE_COMMANDS and spec is not None:
+    # doctor --fix applies a fix its spec's cluster CIDRs shape (the pods masqueraded).
+    changes = args.command in NODE_COMMANDS or getattr(args, "fix", False)
+    if changes and spec is not None:
         refuse_foreign_spec(spec)
 
 

@@ -363,3 +363,40 @@ def test_a_spec_of_root_the_sudo_user_or_a_private_group_is_taken(
     capsys.readouterr()
     assert main(["validate", "-f", str(spec_file)]) == 0
     assert main(["render", "sysctl", "-f", str(spec_file)]) == 0
+    bundle = Path(__file__).resolve().parents[1] / "doctor" / "golden" / "seed"
+    doctor = ["doctor", "--from", "10.42.0.10", "--to", "192.168.2.10", "-f", str(spec_file)]
+    assert main([*doctor, "--state", str(bundle)]) == 3  # a diagnosis changes nothing
+    capsys.readouterr()
+    # --fix applies a fix the spec's cluster CIDRs shape: refused like apply's spec. In a
+    # namespace that does not exist: were the spec taken, nothing could be changed (never
+    # the host's namespace, where this test runs).
+    assert main([*doctor, "--fix", "--auto-approve", "--netns", "k3snet-cli-no-such-ns"]) == 1
+    assert "another user could change what k3snet applies" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("require_root")
+def test_a_spec_reached_through_another_user_s_link_is_refused(
+        spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The file is checked, then read by name: a link its owner can point elsewhere in
+    between (root's own spec first, theirs at the read) is refused, wherever it is on
+    the way (the file itself, a directory); root's links are followed."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    plan = ["plan", "--backend", "memory", "--no-facts", "-f"]
+    link, directory_link = tmp_path / "link.yaml", tmp_path / "dir"
+    link.symlink_to(spec_file)
+    directory_link.symlink_to(tmp_path)
+    relative = tmp_path / "sub"
+    relative.mkdir()
+    (relative / "up.yaml").symlink_to("../link.yaml")
+    for given in (link, directory_link / "egress.yaml", relative / "up.yaml"):
+        assert main([*plan, str(given)]) == 2, capsys.readouterr().err
+    for owned_by_nobody, given in ((link, link), (directory_link, directory_link / "egress.yaml"),
+                                   (link, relative / "up.yaml")):
+        os.chown(owned_by_nobody, 65534, 65534, follow_symlinks=False)
+        assert main([*plan, str(given)]) == 1
+        assert f"reached through {owned_by_nobody}, a symbolic link of uid 65534" in \
+            capsys.readouterr().err
+        os.chown(owned_by_nobody, 0, 0, follow_symlinks=False)
