@@ -468,7 +468,8 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:
-        if os.environ.get("K3SNET_DEBUG"):
+        # As the other switches: 0, off, no and false leave it off.
+        if os.environ.get("K3SNET_DEBUG", "").lower() not in {"", "0", "off", "no", "false"}:
             raise
         with _reporting():
             print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report "

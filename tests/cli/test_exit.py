@@ -215,3 +215,25 @@ def test_a_refused_command_whose_error_document_cannot_be_written_exits_1_quietl
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "no-such-spec.yaml" in done.stderr
+
+
+@pytest.mark.parametrize(("debug", "shows"), [
+    ("", False), ("0", False), ("off", False), ("FALSE", False), ("no", False),
+    ("1", True), ("yes", True)])
+def test_k3snet_debug_shows_the_traceback_only_when_switched_on(
+        debug: str, shows: bool, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # K3SNET_DEBUG=0 turned tracebacks on: any value did.
+    from k3snet import cli  # noqa: PLC0415
+
+    def broken(args: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "validate", broken)
+    monkeypatch.setenv("K3SNET_DEBUG", debug)
+    if shows:
+        with pytest.raises(RuntimeError, match="a bug"):
+            cli.main(["validate", "-f", "spec.yaml"])
+    else:
+        assert cli.main(["validate", "-f", "spec.yaml"]) == 1
+        assert "internal error: RuntimeError: a bug" in capsys.readouterr().err
