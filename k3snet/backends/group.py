@@ -63,7 +63,9 @@ class BackendGroup:
                 if kind in seen:
                     raise ModelError(
                         f"both {seen[kind]!r} and {member.backend.name!r} would manage {kind}; "
-                        f"give each kind to one backend (e.g. --backend iptables:forward)"
+                        "give each kind to one backend: Member(backend, kinds) in the "
+                        "library, --backend NAME:KINDS on the command line (e.g. --backend "
+                        "iptables:forward)"
                     )
                 seen[kind] = member.backend.name
         if not self.members:
