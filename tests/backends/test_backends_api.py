@@ -33,6 +33,7 @@ from k3snet import (
 from k3snet import compile as compile_spec
 from k3snet.backends import Backend, register_backend, registry
 from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.kit import BackendBase
 from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import unregister_backend
 from k3snet.converge import converge
@@ -197,6 +198,20 @@ def test_a_group_whose_members_leave_kinds_out_passes_the_conformance_suite() ->
     stranger = Plan(changes=[Change.add(Sysctl("net.ipv4.ip_forward", "1"))])
     (problem,) = group.check(stranger)
     assert "also changes sysctl" in problem
+
+
+def test_a_member_of_a_kind_no_object_type_is_registered_for_is_a_model_error_saying_so(
+) -> None:
+    """A third-party backend whose object types were not registered (its module not yet
+    imported) made the group fail in ``min()`` with a bare ValueError."""
+
+    class Dns(BackendBase):
+        name = "dns"
+        capabilities = frozenset({"dnsrecord"})
+
+    with pytest.raises(ModelError, match="dnsrecord, a kind no object type is registered for: "
+                                         "register its NetObject classes"):
+        BackendGroup([Dns(), MemoryBackend(capabilities=["route"])])
 
 
 def test_group_refuses_two_backends_for_one_kind() -> None:
