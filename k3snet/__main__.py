@@ -99,14 +99,18 @@ def end(code: int) -> int:
 
 
 def _failed_write(exc: OSError, code: int) -> int:
-    """The exit code once writing stdout failed with ``exc``: 141 for a closed pipe (the
-    reader went away), else 1, an error, said on stderr unless the command failed
-    already (it said why: a full disk it hit while printing). What was not written is
-    dropped, so Python's own exit does not try it again."""
-    from k3snet.cli import EXIT_BROKEN_PIPE, EXIT_ERROR  # noqa: PLC0415 - only on this path
+    """The exit code once writing stdout failed with ``exc``: the command's own when it
+    failed, was refused or stopped (:data:`k3snet.cli.FAILURE_CODES`: a RollbackError's
+    5, "the node may be half-changed", must not read as 141 or 1), else 141 for a closed
+    pipe (the reader went away), else 1, an error, said on stderr unless the command
+    failed already (it said why: a full disk it hit while printing). What was not
+    written is dropped, so Python's own exit does not try it again."""
+    from k3snet.cli import EXIT_BROKEN_PIPE, EXIT_ERROR, FAILURE_CODES  # noqa: PLC0415
 
     with contextlib.suppress(OSError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if code in FAILURE_CODES:  # it said why on stderr
+        return code
     if isinstance(exc, BrokenPipeError):
         return EXIT_BROKEN_PIPE
     if code != EXIT_ERROR:

@@ -30,8 +30,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["code_identity", "input_problem", "make_directory", "prune", "read_input",
-           "read_trusted", "replace_atomically", "state_directory", "trusted", "untrusted",
-           "write_atomic", "write_output", "write_output_in"]
+           "read_trusted", "refuse_foreign_input", "replace_atomically", "state_directory",
+           "trusted", "untrusted", "write_atomic", "write_output", "write_output_in"]
 
 
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
@@ -160,6 +160,55 @@ def _refuse_unowned(info: os.stat_result, file: str | Path) -> None:
                       f"{stat.S_IMODE(info.st_mode):04o})", str(file))
 
 
+def refuse_foreign_input(file: str | Path, *, invoker: int | None = None) -> None:
+    """An :class:`OSError` (``EPERM``, ``filename`` ``file``) unless the file ``file`` names
+    (links followed, as it is read) is owned by this user, root or ``invoker`` (the user
+    who ran sudo) and no other user may write it: not others, and not its group unless
+    that is its owner's own private group (the group named after the owner, with no other
+    member: Debian's and Ubuntu's users get files of mode 0664 in it).
+
+    For a file whose contents root acts on, read by name afterwards (a spec): whoever
+    else could write it could change what root does. A missing or unreadable file is
+    left to the reader to report.
+    """
+    try:
+        info = os.stat(file)
+    except OSError:
+        return
+    if info.st_uid not in {os.geteuid(), 0, invoker}:
+        raise OSError(errno.EPERM, f"owned by uid {info.st_uid}, not by this user or root",
+                      str(file))
+    writers = [who for who, bit in (("others", stat.S_IWOTH),) if info.st_mode & bit]
+    if info.st_mode & stat.S_IWGRP and not _private_group(info):
+        writers.insert(0, f"group {_group_name(info.st_gid)}")
+    if writers:
+        raise OSError(errno.EPERM, f"writable by {' and '.join(writers)} (mode "
+                      f"{stat.S_IMODE(info.st_mode):04o})", str(file))
+
+
+def _group_name(gid: int) -> str:
+    import grp  # noqa: PLC0415 - only when a file is refused
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _private_group(info: os.stat_result) -> bool:
+    """Whether the file's group is its owner's private group: named after the owner, the
+    owner's primary group, no other member listed (the user-private-group convention)."""
+    import grp  # noqa: PLC0415 - a few files only, and grp/pwd read NSS
+    import pwd  # noqa: PLC0415
+
+    try:
+        owner, group = pwd.getpwuid(info.st_uid), grp.getgrgid(info.st_gid)
+    except KeyError:
+        return False
+    return (group.gr_name == owner.pw_name and owner.pw_gid == info.st_gid
+            and set(group.gr_mem) <= {owner.pw_name})
+
+
 def _reopen(where: int, file: str | Path, info: os.stat_result) -> int:
     """The regular file open as O_PATH handle ``where`` (``info``), open for reading."""
     # O_NOCTTY and O_NONBLOCK as well, should the file have changed kind meanwhile.
@@ -226,10 +275,13 @@ def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = Fal
     _replace(file, text, f".{file.name}.", mode & ~0o022 if owner_writes_only else mode)
 
 
-def write_output_in(directory: Path, name: str, text: str | bytes) -> Path:
+def write_output_in(directory: Path, name: str, text: str | bytes, *,
+                    executable: bool = False) -> Path:
     """Write ``directory/name`` as :func:`write_output` does, where ``name`` may go
     through subdirectories of ``directory`` (``10-eth0.network.d/90-k3snet.conf``),
     made if missing (``0777`` less the umask, as ``mkdir -p``'s); returns the path.
+    ``executable``: a script, executable by whoever may read it and writable by its
+    owner only (whoever can write a script root runs is root).
 
     Such a subdirectory that is a symbolic link is followed only when it is the
     effective user's own: root writing into a directory another user can write must
@@ -250,7 +302,10 @@ def write_output_in(directory: Path, name: str, text: str | bytes) -> Path:
             before: os.stat_result | None = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             before = None
-        _replace(file, text, f".{leaf}.", _output_mode(before), dir_fd=fd)
+        mode = _output_mode(before)
+        if executable:
+            mode = (mode | (mode & 0o444) >> 2) & ~0o022
+        _replace(file, text, f".{leaf}.", mode, dir_fd=fd)
     finally:
         os.close(fd)
     return file
@@ -351,14 +406,25 @@ def _temporary(directory: Path, prefix: str, dir_fd: int | None = None) -> tuple
     raise FileExistsError(f"no free temporary name in {directory}")
 
 
+STALE_TEMPORARY = 3600.0
+"""Seconds after which :func:`prune` removes a temporary file of :func:`write_atomic`'s
+left behind: a writer killed (SIGKILL, the OOM killer, a power cut) between making it
+and renaming it never removes it, and a live one renames its own within milliseconds."""
+
+
 def prune(directory: Path, keep: Path, entries: int, suffix: str = ".json",
-          stem: re.Pattern[str] | None = None) -> None:
+          stem: re.Pattern[str] | None = None, *, temporary: str | None = None) -> None:
     """Keep the ``entries`` newest files of ``directory`` named ``*suffix`` (and ``keep``);
     with ``stem``, only files whose name before ``suffix`` matches it are entries (the
     directory may hold another program's files: a namespace's sysctl record when the
-    namespace has the directory's name)."""
+    namespace has the directory's name). ``temporary``: the prefix the directory's
+    writers give :func:`write_atomic`; their temporary files older than
+    :data:`STALE_TEMPORARY` go too."""
     with contextlib.suppress(OSError):
-        found = [(e.stat().st_mtime, e.path) for e in os.scandir(directory)
+        listed = list(os.scandir(directory))
+        if temporary is not None:
+            _prune_temporaries(listed, temporary)
+        found = [(e.stat().st_mtime, e.path) for e in listed
                  if e.name.endswith(suffix) and e.is_file(follow_symlinks=False)
                  and (stem is None or stem.fullmatch(e.name.removesuffix(suffix)))]
         if len(found) <= entries:
@@ -367,3 +433,17 @@ def prune(directory: Path, keep: Path, entries: int, suffix: str = ".json",
             if old != str(keep):
                 with contextlib.suppress(OSError):
                     os.unlink(old)
+
+
+def _prune_temporaries(listed: Iterable[os.DirEntry[str]], prefix: str) -> None:
+    """Remove the temporary files named as :func:`_temporary` names them after ``prefix``
+    that are older than :data:`STALE_TEMPORARY` (left by a killed writer)."""
+    import time  # noqa: PLC0415 - only when a kept file was just written
+
+    name = re.compile(re.escape(prefix) + r"[0-9a-f]{16}\.tmp")
+    before = time.time() - STALE_TEMPORARY
+    for entry in listed:
+        with contextlib.suppress(OSError):
+            if (name.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < before):
+                os.unlink(entry.path)

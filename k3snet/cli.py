@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import attrs
 
 from k3snet._admin_path import admin_path
-from k3snet._kept import write_output_in
+from k3snet._kept import input_problem, read_input, refuse_foreign_input, write_output_in
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
@@ -55,6 +55,7 @@ from k3snet.errors import (
     BackendOptionError,
     ConflictError,
     K3snetError,
+    LockTimeoutError,
     ModelError,
     PlanError,
     Problem,
@@ -83,10 +84,17 @@ half-changed. Not 1, which says nothing was changed or all of it was taken back.
 DEFAULT_LISTEN = ":9743"
 """The agent's ``--listen`` unless ``$K3SNET_LISTEN`` says otherwise (none with ``--once``)."""
 EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "changes pending"
+EXIT_BUSY = 75
+"""sysexits' EX_TEMPFAIL: another k3snet process held the namespace's lock past
+``--lock-timeout`` (a LockTimeoutError); nothing was changed, a later run may succeed.
+Not 1, which a cron job or CI step cannot tell from a spec or backend failing."""
 EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 EXIT_TERMINATED = 143  # 128 + SIGTERM, likewise
 EXIT_HANGUP = 129  # 128 + SIGHUP: the terminal or SSH session went away
+NODE_COMMANDS = frozenset({"plan", "apply", "destroy", "observe", "agent"})
+"""The commands that act on the node with what a spec (``-f``) gives: its file must be
+one only its owner (this user, root, or the user who ran sudo) may write."""
 UNDONE_ON_SIGTERM = frozenset({"apply", "destroy", "doctor"})
 """The commands that change the node (``doctor`` with ``--fix``): SIGTERM and SIGHUP take
 back what they made, as Ctrl-C does."""
@@ -150,7 +158,9 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
     """The ``doctor`` subcommand's arguments."""
     doctor = add(
         "doctor", "Explain why a pod cannot reach a destination, and plan the fix. "
-                  "Exit 0: the flow reaches, 1: error, 3: blocked, 4: unknown.")
+                  "Exit 0: the flow reaches, 1: error, 3: blocked, 4: unknown; with --fix also "
+                  "5: the fix failed and was not taken back, 75: busy (another k3snet "
+                  "process held the lock).")
     doctor.add_argument("--from", dest="source", required=True, metavar="POD_IP")
     doctor.add_argument("--to", dest="destination", required=True, metavar="DEST[:PORT]",
                         help="address, address:port, or [IPv6]:port")
@@ -205,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan and apply the minimal changes that make pod egress work on this node.",
         epilog="Exit codes: 0 ok / nothing to do, 1 error, 2 changes pending (plan) or made "
                "(--detailed-exitcode), 3 still running (connectivity), 4 conflicts, 5 failed and "
-               "not taken back (the node may be half-changed), 64 usage.",
+               "not taken back (the node may be half-changed), 64 usage, 75 busy (another "
+               "k3snet process held the lock past --lock-timeout; nothing changed).",
     )
     parser.add_argument("--version", action="version", version=f"k3snet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -223,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help=SPEC_HELP)
         backend = cmd.add_argument(
             "--backend", action="append", default=[], metavar="NAME[:KINDS]",
+            type=_backend_entry,
             help="backend to use, repeatable; KINDS limits it, e.g. iptables:forward "
                  f"(default: the spec's, else {' + '.join(DEFAULT_BACKENDS)}; "
                  "known: %(known)s)")
@@ -318,7 +330,8 @@ def _lock_timeout_flag(cmd: argparse.ArgumentParser) -> None:
                      metavar="SECONDS",
                      help="wait at most this long for another k3snet process changing the "
                           "same network namespace (the agent, another run); 0: try once "
-                          f"(default: {DEFAULT_LOCK_TIMEOUT:g})")
+                          f"(default: {DEFAULT_LOCK_TIMEOUT:g}); past it, exit {EXIT_BUSY} "
+                          "having changed nothing")
 
 
 def _allow_disruptive_flag(cmd: argparse.ArgumentParser) -> None:
@@ -434,32 +447,87 @@ def sigterm_undoes() -> Iterator[None]:
 def _run(args: argparse.Namespace) -> int:
     """Run the command, each kind of failure as its exit code (see :func:`main`)."""
     try:
+        _refuse_foreign_spec(args)
         return int(COMMANDS[args.command](args))
     except K3snetError as exc:
-        _report_error(args, exc)
+        # The code says the failure even when its report cannot be written (`| head`
+        # gone, a full disk): a RollbackError's 5 ended as a traceback and exit 1,
+        # "nothing was changed", on a node that may be half-changed.
+        with _reporting():
+            _report_error(args, exc)
         return _error_code(exc)
     except BrokenPipeError:
         # The reader went away (`k3snet observe | head`): nothing more to say to it.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return EXIT_BROKEN_PIPE
     except OSError as exc:
-        print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
+        with _reporting():
+            print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("K3SNET_DEBUG"):
             raise
-        print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
-              "K3SNET_DEBUG=1 shows the traceback)", file=sys.stderr)
+        with _reporting():
+            print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report "
+                  "it; K3SNET_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+FAILURE_CODES = frozenset({EXIT_ERROR, EXIT_HALF_CHANGED, EXIT_USAGE, EXIT_BUSY,
+                           EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_HANGUP})
+"""The codes of a command that failed, or was refused or stopped: an output that cannot
+be written afterwards (a closed pipe, a full disk) leaves them as they are
+(:mod:`k3snet.__main__`); only a command's result (0, 2, 3, 4) becomes 141 or 1."""
+
+
+def _drop_stdout() -> None:
+    """Send what is left for stdout to /dev/null: a closed pipe or a full disk is not
+    written to again (by the next print, or the final flush)."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@contextlib.contextmanager
+def _reporting() -> Iterator[None]:
+    """Within the block, a report of a failure that cannot be written (stdout or stderr
+    closed or full) is dropped: the exit code still says the failure."""
+    try:
+        yield
+    except OSError:
+        _drop_stdout()
+
+
+def _refuse_foreign_spec(args: argparse.Namespace) -> None:
+    """:func:`refuse_foreign_spec` of a node command's spec file."""
+    spec = getattr(args, "spec", None)
+    if args.command in NODE_COMMANDS and spec is not None:
+        refuse_foreign_spec(spec)
+
+
+def refuse_foreign_spec(spec: str | Path) -> None:
+    """A SpecError when the spec file ``spec`` may be written by another user than its
+    owner (this user, root, or ``$SUDO_UID``, who could run k3snet as root anyway):
+    that user could change what root applies, its routes, rules and the paths its
+    backends write (a plan file is refused likewise, :mod:`k3snet.planfile`). The
+    node commands and the Ansible module's ``spec_path`` call it."""
+    sudo = os.environ.get("SUDO_UID", "")
+    try:
+        refuse_foreign_input(spec, invoker=int(sudo) if sudo.isdigit() else None)
+    except OSError as exc:
+        raise SpecError([Problem("", f"{input_problem(exc)}: another user could change what "
+                                     "k3snet applies; refused (chown it to yourself or root "
+                                     "and chmod go-w, after reading it again)")],
+                        source=str(spec)) from None
 
 
 def _error_code(exc: K3snetError) -> int:
     """The exit code of a command that failed with ``exc``."""
     if isinstance(exc, RollbackError):
         return EXIT_HALF_CHANGED
+    if isinstance(exc, LockTimeoutError):
+        return EXIT_BUSY
     return EXIT_CONFLICTS if isinstance(exc, ConflictError) else EXIT_ERROR
 
 
@@ -617,6 +685,18 @@ def _backend_opt(text: str) -> str:
     return text
 
 
+def _backend_entry(text: str) -> str:
+    """``--backend NAME[:KINDS]``: a name, and after a colon one kind or more, checked now (a
+    usage error). ``nftables:`` (a template's empty list of kinds) silently gave the
+    backend every kind, and ``nftables:nat,`` named a kind ''."""
+    name, colon, kinds = text.partition(":")
+    if not name or (colon and not all(kinds.split(","))):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME or NAME:KIND[,KIND...], e.g. nftables or "
+            "iptables:forward (NAME alone gives it every kind it manages)")
+    return text
+
+
 def _not_a_stream(text: str, stream: str) -> None:
     """Refuse ``-``, a script's way to say standard input or output (``stream``): k3snet
     reads specs and plan files, and writes plan files, boot files and bundles, as files
@@ -666,6 +746,7 @@ def _pair(shape: str, meaning: str, *, read: bool = False) -> Callable[[str], st
 
 _profile = _pair("NAME=SPEC", "a profile name, a spec file", read=True)
 _network_file = _pair("DEV=FILE", "an interface, the .network file that configures it")
+_netplan_id = _pair("DEV=ID", "an interface, the netplan definition that configures it")
 
 
 def _render_arguments(render: argparse.ArgumentParser) -> None:
@@ -690,7 +771,14 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
                              "(10-netplan-eth0.network), repeatable: DEV's routes go in a "
                              "drop-in of it (networkd applies only the first file that "
                              "matches a device, so a file of k3snet's own would be ignored)")
+    render.add_argument("--netplan-id", action="append", default=[], metavar="DEV=ID",
+                        type=_netplan_id,
+                        help="netplan: the id of the definition that configures DEV, "
+                             "repeatable; with -o DIR the other netplan files there are "
+                             "read to find it, and a device a match: may configure needs it "
+                             "(netplan gives each id a networkd file, networkd applies one)")
     render.add_argument("--backend", action="append", default=[], metavar="NAME[:KINDS]",
+                        type=_backend_entry,
                         help="the --backend flags plan and apply use, repeatable: the file "
                              "holds only the kinds they give the backend it is for (nftables, "
                              "iptables; netlink for routes and sysctls), e.g. --backend "
@@ -1473,13 +1561,17 @@ def _doctor_exit(verdict: str) -> int:
 
 def _destination(text: str) -> tuple[str, int | None]:
     """``ADDR``, ``ADDR:PORT`` or ``[ADDR]:PORT`` -> (address, port)."""
-    address, port = text, ""
+    address, sep, port = text, "", ""
     if text.startswith("["):
         address, _, rest = text[1:].partition("]")
-        port = rest.removeprefix(":")
+        sep, port = rest[:1], rest[1:]
+        if sep not in ("", ":"):  # `[ADDR]80`: not the [ADDR]:PORT it was meant to be
+            port = ""
     elif text.count(":") == 1:
-        address, _, port = text.partition(":")
-    if port and not port.isdigit():
+        address, sep, port = text.partition(":")
+    # ASCII digits only: str.isdigit() takes "²" (which int() refuses) and other
+    # scripts' digits; "ADDR:" with nothing after it is a port left out by mistake.
+    if sep and not (port.isascii() and port.isdigit()):
         raise K3snetError(f"--to {text!r}: the port must be a number")
     return address, int(port) if port else None
 
@@ -1574,14 +1666,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     for name, text in files.items():
         # A networkd drop-in is a file in a directory of its own (DEV.network.d/), made
         # below the one given, never through another user's link.
-        print(write_output_in(args.out, name, text))
+        print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES))
     return EXIT_OK
 
 
 # ---------------------------------------------------------------- renderers
 
 _RENDERED_BY = {"iptables": "iptables", "nftables": "nftables", "ifupdown": "netlink",
-                "netplan": "netlink", "networkd": "netlink", "sysctl": "netlink"}
+                "netplan": "netlink", "networkd": "netlink", "networkmanager": "netlink",
+                "sysctl": "netlink"}
 """The backend that manages, at run time, what each boot file holds."""
 
 def _render_backend_problem(args: argparse.Namespace) -> str | None:
@@ -1668,10 +1761,67 @@ def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     return {"k3snet-routes": render_ifupdown(_boot_routes(spec, args))}
 
 
-def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
-    from k3snet.render.routes import render_netplan  # noqa: PLC0415 - lazy
+NETPLAN_FILE = "90-k3snet.yaml"
+_NETPLAN_DIRS = (Path("/lib/netplan"), Path("/etc/netplan"), Path("/run/netplan"))
+"""netplan's directories, in the order a file of the same name overrides another's."""
+MAX_NETPLAN_BYTES = 1 << 20
 
-    return {"90-k3snet.yaml": render_netplan(_rendered_state(spec, args))}
+
+NETWORKMANAGER_FILE = "90-k3snet-routes"
+EXECUTABLE_FILES = frozenset({NETWORKMANAGER_FILE})
+"""Rendered files that are scripts: written executable (NetworkManager runs no other)."""
+
+
+def _render_networkmanager(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
+    from k3snet.render.routes import render_networkmanager  # noqa: PLC0415 - lazy
+
+    return {NETWORKMANAGER_FILE: render_networkmanager(_boot_routes(spec, args))}
+
+
+def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
+    from k3snet.render.routes import netplan_placement, render_netplan  # noqa: PLC0415 - lazy
+
+    state = _rendered_state(spec, args)
+    ids: dict[str, str] = {}
+    for entry in args.netplan_id:
+        device, _, netplan_id = entry.partition("=")
+        if ids.setdefault(device, netplan_id) != netplan_id:
+            raise ModelError(f"--netplan-id {device}= is given twice, with {ids[device]} "
+                             f"and {netplan_id}: one definition per device")
+    devices = {str(o.device) for o in state.owned if isinstance(o, Route) and o.device}
+    for device in sorted(set(ids) - devices):
+        print(f"k3snet: warning: --netplan-id {device}={ids[device]}: no route of the spec "
+              f"goes through {device}; ignored", file=sys.stderr)
+    sections, placed = netplan_placement(_netplan_documents(args.out), devices, ids=ids)
+    return {NETPLAN_FILE: render_netplan(state, sections=sections, ids=placed)}
+
+
+def _netplan_documents(out: Path | None) -> dict[str, object]:
+    """The other netplan files beside the one ``render netplan -o OUT`` writes, parsed:
+    those of OUT, and for /etc/netplan those of /lib/netplan and /run/netplan as netplan
+    reads them (a name in a later directory replaces it in an earlier one). Nothing when
+    printing: the file's place is then unknown."""
+    import yaml  # noqa: PLC0415 - k3snet[cli]
+
+    if out is None:
+        return {}
+    etc = out.resolve() == Path("/etc/netplan")
+    paths: dict[str, Path] = {}
+    for directory in (_NETPLAN_DIRS if etc else (out,)):
+        if directory.is_dir():
+            paths.update((p.name, p) for p in sorted(directory.glob("*.yaml")))
+    paths.pop(NETPLAN_FILE, None)  # the file this replaces
+    documents: dict[str, object] = {}
+    for name, path in sorted(paths.items()):
+        try:
+            text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
+            documents[name] = yaml.safe_load(text)
+        except OSError as exc:
+            raise ModelError(f"cannot read the netplan file {path}: {input_problem(exc)}") \
+                from None
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ModelError(f"netplan file {path} is not YAML netplan reads: {exc}") from None
+    return documents
 
 
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
@@ -1731,6 +1881,7 @@ RENDERERS: dict[str, Callable[[Spec, argparse.Namespace], dict[str, str]]] = {
     "ifupdown": _render_ifupdown,
     "netplan": _render_netplan,
     "networkd": _render_networkd,
+    "networkmanager": _render_networkmanager,
     "sysctl": _render_sysctl,
     "manifests": _render_manifests,
 }

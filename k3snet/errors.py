@@ -17,6 +17,7 @@ exception a caller would expect, so ``except ValueError`` keeps working::
         ├── BackendOptionError(TypeError)  an option the backend does not declare, or a bad one
         ├── CheckError                 a dry run found the plan would fail
         ├── KubeApiError               an API request failed (k3snet.kube; .status, .reason)
+        ├── LockTimeoutError           another k3snet process held the namespace's lock too long
         └── ApplyError                 an apply failed; says what was rolled back
             └── RollbackError          ... and the rollback failed too (state unknown)
 
@@ -44,6 +45,7 @@ __all__ = [
     "CheckError",
     "ConflictError",
     "K3snetError",
+    "LockTimeoutError",
     "ModelError",
     "PlanError",
     "Problem",
@@ -151,6 +153,13 @@ class CheckError(BackendError):
     def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
         self.problems = tuple(problems)
         super().__init__("\n  ".join([message, *self.problems]))
+
+
+class LockTimeoutError(BackendError):
+    """Another k3snet process held a network namespace's lock for longer than the
+    timeout (:mod:`k3snet.backends.lock`); nothing was changed. ``k3snet apply`` and
+    ``destroy`` exit 75 with it (sysexits' EX_TEMPFAIL: try again later), so a script
+    tells "busy" from a failure."""
 
 
 class ApplyError(BackendError):

@@ -132,6 +132,11 @@ def configmap_ref(value: str | Sequence[str], *, option: str = "configmap"
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for one API request before giving up."""
 
+TERMINATION_GRACE = 30
+"""The agent pod's ``terminationGracePeriodSeconds``: after SIGTERM, the seconds the
+kubelet gives it to end its pass, release its Lease and (``--cleanup-on-exit``) remove
+k3snet's objects, before it kills it."""
+
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "k3snet"
 

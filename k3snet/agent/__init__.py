@@ -18,6 +18,7 @@ from k3snet.agent._http import HealthServer, parse_listen
 from k3snet.agent._lease import LeaderElector, LeaseSettings
 from k3snet.agent._logging import LOGGER_NAME, configure_logging
 from k3snet.agent._loop import (
+    CLEANUP_MARGIN,
     NOT_READY_AFTER,
     Agent,
     AgentOptions,
@@ -40,6 +41,7 @@ from k3snet.agent._report import (
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
 
 __all__ = [
+    "CLEANUP_MARGIN",
     "EVENT_BURST",
     "EVENT_INTERVAL",
     "EVENT_TRIES",

@@ -68,7 +68,8 @@ def parse_listen(text: str) -> tuple[str, int]:
         if not sep or not (host == "" or _HOST.fullmatch(host)):
             raise ValueError(f"listen address must be HOST:PORT, :PORT or [IPV6]:PORT, "
                              f"not {text!r}")
-    if not port.isdigit() or len(port) > 5 or int(port) > 65535:
+    # ASCII digits: str.isdigit() also takes "²" (int() refuses it) and other scripts'.
+    if not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535:
         raise ValueError(f"listen address {text!r}: the port must be 0..65535")
     return host or "::", int(port)
 

@@ -56,7 +56,7 @@ from k3snet.errors import (
     SpecError,
     TeardownError,
 )
-from k3snet.kube import DEFAULT_TIMEOUT
+from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE
 from k3snet.model.state import State
 from k3snet.planner import Change
 from k3snet.spec import Spec
@@ -110,6 +110,11 @@ def split_cluster_wide(group: BackendGroup) -> tuple[BackendGroup | None, Backen
 NOT_READY_AFTER = 3
 """Passes in a row whose node part failed after which /readyz says not ready (until a
 pass converges the node again)."""
+
+CLEANUP_MARGIN = 5.0
+"""Seconds of the pod's grace period kept for ``--cleanup-on-exit``'s removal itself: its
+wait for another k3snet process's namespace lock ends that long before the kubelet's
+kill would (one killed mid-removal leaves the node half cleaned, its Lease held)."""
 
 FREE_REPAIRS = 2
 """Drift repairs within :attr:`AgentOptions.repair_window` made as soon as the change is
@@ -320,6 +325,7 @@ class Agent:
         self._heartbeat = monotonic()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._stop_asked_at: float | None = None
         self._once = False
         self._not_candidate = False
         # "node"/"cluster" -> (the desired state, the change tokens) of the last pass
@@ -1006,6 +1012,8 @@ class Agent:
 
     def stop(self) -> None:
         """Ask the loop to end after the pass in progress (what SIGTERM does)."""
+        if self._stop_asked_at is None:
+            self._stop_asked_at = self._monotonic()
         self._stopping.set()
         self._wake.set()
 
@@ -1044,8 +1052,13 @@ class Agent:
         node, _ = split_cluster_wide(group)
         if node is None:
             return True
+        # After SIGTERM, the lock is waited for only within the pod's grace period (the
+        # pass, the Lease and the last report took their share of it).
+        budget = (DEFAULT_LOCK_TIMEOUT if self._stop_asked_at is None else max(
+            0.0, TERMINATION_GRACE - CLEANUP_MARGIN
+            - (self._monotonic() - self._stop_asked_at)))
         try:
-            done = destroy(node)
+            done = destroy(node, lock_timeout=min(budget, DEFAULT_LOCK_TIMEOUT))
         except K3snetError as exc:
             _log.error("clean-up on exit failed: %s", _one_line(exc))
             return False

@@ -90,6 +90,7 @@ __all__ = [
     "DEFAULT_CONFIGMAP",
     "DEFAULT_IP_MASQ_AGENT",
     "OWNED_ANNOTATION",
+    "WRITTEN_ANNOTATION",
     "CiliumBackend",
 ]
 
@@ -104,6 +105,12 @@ AGENT_CONFIG_KEY = "config"
 
 OWNED_ANNOTATION = "k3snet.io/cilium-owned"
 """The annotation holding k3snet's ownership record on each ConfigMap it changed."""
+
+WRITTEN_ANNOTATION = "k3snet.io/cilium-written"
+"""The ``cilium-config`` annotation holding what k3snet last wrote for each key it owns
+(JSON: key -> value). A key whose value differs from it was set by someone else since
+(``helm upgrade``, K3s' helm-controller): it is theirs again, and their value is the one
+removing k3snet's settings gives back."""
 
 ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 """The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
@@ -275,6 +282,22 @@ def _config_record(raw: str | None, where: str) -> dict[str, str | None] | None:
     return data
 
 
+def _still_written(record: dict[str, str | None], raw: str | None, data: dict[str, str],
+                   where: str) -> dict[str, str | None]:
+    """``record`` less the keys whose value is no longer what k3snet wrote (``raw``, the
+    WRITTEN_ANNOTATION): someone else set them since, so they are theirs. Without the
+    annotation (an earlier k3snet), or for a key it does not name, nothing is dropped."""
+    if raw is None:
+        return record
+    written = _load_record(raw, where)
+    assert written is not None
+    if not all(v is None or isinstance(v, str) for v in written.values()):
+        raise BackendError(f"{where}: k3snet's annotation {WRITTEN_ANNOTATION} is not valid; "
+                           f"remove it (k3snet then keeps every key {OWNED_ANNOTATION} names)")
+    return {key: previous for key, previous in record.items()
+            if key not in written or data.get(key) == written[key]}
+
+
 @attrs.frozen
 class _AgentRecord:
     """What k3snet changed in the ip-masq-agent ConfigMap, and what was there before."""
@@ -314,6 +337,7 @@ class _ConfigMap:
     data: dict[str, str]
     owned: str | None
     version: str | None
+    written: str | None = None  # WRITTEN_ANNOTATION (cilium-config only)
 
 
 @attrs.frozen
@@ -351,16 +375,21 @@ class _Api:
         metadata = found.metadata
         annotations = (metadata.annotations if metadata is not None else None) or {}
         return _ConfigMap(dict(found.data or {}), annotations.get(OWNED_ANNOTATION),
-                          metadata.resource_version if metadata is not None else None)
+                          metadata.resource_version if metadata is not None else None,
+                          annotations.get(WRITTEN_ANNOTATION))
 
     def patch(self, name: str, version: str | None, data: dict[str, str | None],
-              owned: str | None, owned_changes: bool) -> str | None:
-        """One merge patch; returns the new resourceVersion."""
+              owned: str | None, owned_changes: bool, *,
+              written: tuple[str | None] | None = None) -> str | None:
+        """One merge patch; returns the new resourceVersion. ``written``: a 1-tuple with
+        the new WRITTEN_ANNOTATION (``(None,)`` removes it), sent with the record."""
         metadata: dict[str, Any] = {}
         if version is not None:
             metadata["resourceVersion"] = version
         if owned_changes:
             metadata["annotations"] = {OWNED_ANNOTATION: owned}
+            if written is not None:
+                metadata["annotations"][WRITTEN_ANNOTATION] = written[0]
         body: dict[str, Any] = {"metadata": metadata}
         if data:
             body["data"] = data
@@ -470,6 +499,10 @@ class CiliumBackend(BackendBase):
     def _records(self, read: _Read) -> tuple[dict[str, str | None] | None, _AgentRecord | None]:
         config_record = (None if read.config is None
                          else _config_record(read.config.owned, self._where()))
+        if config_record is not None:
+            assert read.config is not None
+            config_record = _still_written(config_record, read.config.written,
+                                           read.config.data, self._where())
         agent_record = (None if read.agent is None
                         else _agent_record(read.agent.owned, self._where(agent=True)))
         return config_record, agent_record
@@ -750,13 +783,16 @@ class CiliumBackend(BackendBase):
         old_record = config.owned
         new_record = None if edit.config_record is None else json.dumps(edit.config_record,
                                                                         sort_keys=True)
-        if edit.config_data or new_record != old_record:
+        after = {k: v for k, v in {**config.data, **edit.config_data}.items() if v is not None}
+        new_written = None if edit.config_record is None else json.dumps(
+            {k: after.get(k) for k in edit.config_record}, sort_keys=True)
+        if edit.config_data or new_record != old_record or new_written != config.written:
             def write_config() -> Any:
                 version = api.patch(api.config_name, config.version, edit.config_data,
-                                    new_record, new_record != old_record)
+                                    new_record, True, written=(new_written,))
                 back = {k: config.data.get(k) for k in edit.config_data}
-                return lambda: api.patch(api.config_name, version, back, old_record,
-                                         new_record != old_record)
+                return lambda: api.patch(api.config_name, version, back, old_record, True,
+                                         written=(config.written,))
             steps.append(write_config)
         agent = read.agent
         if edit.agent_action == "create":

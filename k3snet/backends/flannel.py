@@ -107,6 +107,7 @@ from k3snet.kube import (
 from k3snet.model.cni import (
     FLANNEL_OWNED_MARKER,
     FlannelConfig,
+    canonical_json,
     configmap_target,
     effective_config,
     file_target,
@@ -122,6 +123,7 @@ __all__ = [
     "FLANNEL_FIELDS",
     "K3S_GENERATED_SUFFIX",
     "OWNED_ANNOTATION",
+    "WRITTEN_ANNOTATION",
     "FlannelBackend",
     "effective_config",
     "flannel_values",
@@ -134,6 +136,12 @@ DEFAULT_CONFIGMAP: tuple[str, str] = ("kube-flannel", "kube-flannel-cfg")
 CONFIGMAP_KEY = "net-conf.json"
 OWNED_ANNOTATION = "k3snet.io/flannel-owned"
 """The ConfigMap annotation holding k3snet's ownership record (JSON: key -> previous text)."""
+
+WRITTEN_ANNOTATION = "k3snet.io/flannel-written"
+"""The ConfigMap annotation holding what k3snet last wrote for each key it owns (JSON: key
+-> canonical JSON text or null, ``Backend``: member -> text). A key whose value differs
+from it was rewritten by someone else since (``kubectl apply -f kube-flannel.yml`` puts
+the manifest's text back and leaves annotations alone): it is theirs again."""
 
 ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 """The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
@@ -281,7 +289,11 @@ class _ConfigMapStore:
         if OWNED_ANNOTATION in annotations:
             record = parse_record(annotations[OWNED_ANNOTATION], self.where)
         version = metadata.resource_version if metadata is not None else None
-        return _read_doc(text, record, version, self.where)
+        doc = _read_doc(text, record, version, self.where)
+        written = _parse_written(annotations.get(WRITTEN_ANNOTATION), self.where)
+        if record is None or written is None:  # written by an older k3snet: all still its
+            return doc
+        return attrs.evolve(doc, record=_still_written(record, written, doc.values))
 
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """One merge patch, conditional on the resourceVersion read."""
@@ -291,16 +303,71 @@ class _ConfigMapStore:
         body: dict[str, Any] = {"metadata": metadata}
         if text != doc.text:
             body["data"] = {CONFIGMAP_KEY: text}
-        if record != doc.record:
-            metadata["annotations"] = {
-                OWNED_ANNOTATION: None if record is None else record_text(record)
-            }
+        # Both annotations with every write: the record as it now is (keys someone else
+        # rewrote were dropped on reading) and what k3snet's keys hold after it.
+        metadata["annotations"] = {
+            OWNED_ANNOTATION: None if record is None else record_text(record),
+            WRITTEN_ANNOTATION: None if record is None else json.dumps(
+                _written(record, _values(text, self.where)), sort_keys=True,
+                ensure_ascii=False),
+        }
         with translate_errors(f"patch {self.where}",
                               classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
             self.core.patch_namespaced_config_map(
                 self.name, self.namespace, body, field_manager="k3snet",
                 _content_type="application/merge-patch+json", _request_timeout=self.timeout)
         return 1
+
+
+def _value_text(values: Any, key: str) -> str | None:
+    """``values[key]`` as canonical JSON text (``None``: absent, or ``values`` no object)."""
+    if not isinstance(values, dict) or key not in values:
+        return None
+    return canonical_json(values[key])
+
+
+def _written(record: Record, values: dict[str, Any]) -> dict[str, Any]:
+    """What k3snet's keys (and ``Backend`` members) of ``record`` hold in ``values``."""
+    return {key: ({m: _value_text(values.get(key), m) for m in previous}
+                  if isinstance(previous, dict) else _value_text(values, key))
+            for key, previous in record.items()}
+
+
+def _parse_written(raw: str | None, where: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not all(
+            v is None or isinstance(v, str) or (isinstance(v, dict) and all(
+                w is None or isinstance(w, str) for w in v.values()))
+            for v in data.values()):
+        raise BackendError(f"{where}: k3snet's annotation {WRITTEN_ANNOTATION} is not valid; "
+                           f"remove it (k3snet then keeps every key {OWNED_ANNOTATION} names)")
+    return data
+
+
+def _still_written(record: Record, written: dict[str, Any], values: dict[str, Any]) -> Record:
+    """``record`` less the keys (``Backend`` members) whose value is no longer what k3snet
+    wrote: someone else set them since, so they are theirs, with the value they gave, and
+    removing k3snet's config must not put back the text from before k3snet's first write.
+    A key the annotation does not name stays k3snet's (never guessed)."""
+    kept: Record = {}
+    for key, previous in record.items():
+        was = written.get(key, _UNKNOWN)
+        if isinstance(previous, dict) and isinstance(was, dict):
+            members = {m: p for m, p in previous.items()
+                       if m not in was or _value_text(values.get(key), m) == was[m]}
+            if members:
+                kept[key] = members
+        elif was is _UNKNOWN or isinstance(was, dict) or _value_text(values, key) == was:
+            kept[key] = previous
+    return kept
+
+
+_UNKNOWN = object()
 
 
 class _ApplyKubeError(KubeApiError, ApplyError):

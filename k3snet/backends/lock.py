@@ -33,7 +33,7 @@ from pathlib import Path
 from k3snet._kept import make_directory, untrusted
 from k3snet.backends.kit import option_seconds
 from k3snet.backends.netns import THREAD_NETNS, netns_path, validate_netns
-from k3snet.errors import BackendError
+from k3snet.errors import BackendError, LockTimeoutError
 
 __all__ = ["DEFAULT_LOCK_DIR", "DEFAULT_LOCK_TIMEOUT", "namespace_id", "namespace_lock",
            "namespaces_of"]
@@ -49,7 +49,16 @@ log = logging.getLogger(__name__)
 
 def _lock_dir() -> Path:
     override = os.environ.get("K3SNET_LOCK_DIR")
-    return Path(override) if override else DEFAULT_LOCK_DIR
+    if not override:
+        return DEFAULT_LOCK_DIR
+    if not os.path.isabs(override):
+        # Relative, it named another directory from each working directory: a cron job
+        # run from $HOME and an apply from /etc/k3snet each held a lock of their own,
+        # and both changed the namespace at once.
+        raise BackendError(f"K3SNET_LOCK_DIR {override!r} is not an absolute path: every "
+                           "k3snet process must find the same lock whatever its working "
+                           "directory")
+    return Path(override)
 
 
 def _identity(netns: str | None) -> tuple[str, str]:
@@ -93,10 +102,10 @@ def namespace_lock(netns: Iterable[str | None], *,
     """Hold the k3snet lock of every namespace in ``netns`` (in a fixed order: no deadlock).
 
     Waits up to ``timeout`` seconds for another k3snet process (``0``: tries once), then
-    raises :class:`~k3snet.errors.BackendError` naming the holder's pid; the same, at
-    once, when ``cancelled()`` turns true during the wait (the agent's SIGTERM: a
-    wait of a minute outlasted the pod's grace period, and the agent was killed
-    before it released its Lease). A timeout that
+    raises :class:`~k3snet.errors.LockTimeoutError` (a ``BackendError``) naming the
+    holder's pid; a ``BackendError`` at once when ``cancelled()`` turns true during the
+    wait (the agent's SIGTERM: a wait of a minute outlasted the pod's grace period, and
+    the agent was killed before it released its Lease). A timeout that
     is not a number of seconds from 0 to a day (NaN, which no deadline ever reaches, a
     negative one, infinity) is refused with :class:`~k3snet.errors.ModelError` first.
     """
@@ -175,7 +184,7 @@ def _flock(directory_fd: int, path: Path, name: str, timeout: float,
                     raise BackendError(f"cannot lock {path}: {exc}") from exc
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             if time.monotonic() >= deadline:
-                raise BackendError(
+                raise LockTimeoutError(
                     f"another k3snet process (pid {holder}) is changing network namespace "
                     f"{name!r}; waited {timeout:g} s for it (lock {path})")
             if cancelled is not None and cancelled():

@@ -3,7 +3,9 @@
 Every committed nftables transaction in a network namespace bumps one counter
 (``NFT_MSG_GETGEN``), iptables-nft's commits included. Reading it is one small
 netlink round trip, so a backend can keep what it observed until the id moves.
-Written once here for the nftables and the iptables backends. A chain's use count
+Written once here for the nftables and the iptables backends. The tables a process
+owns (``flags owner``) are listed too: the kernel deletes one without moving the id. A
+chain's use count
 (``NFT_MSG_GETCHAIN``) is, for a base chain (nothing can jump to one), the number
 of its rules: what the nftables backend holds its text listing to.
 """
@@ -23,6 +25,14 @@ __all__ = ["GenerationReader"]
 _NETLINK_NETFILTER = 12
 _NFT_MSG_GETGEN = (10 << 8) | 16
 _NFT_MSG_GETCHAIN = (10 << 8) | 4
+_NFT_MSG_GETTABLE = (10 << 8) | 1
+_NFTA_TABLE_NAME = 1
+_NFTA_TABLE_FLAGS = 2
+_NFTA_TABLE_HANDLE = 4
+_NFT_TABLE_F_OWNER = 2
+_NFPROTO_NAMES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
+_NLM_F_DUMP = 0x300
+_NLMSG_DONE = 3
 _NFTA_GEN_ID = 1
 _NFTA_CHAIN_TABLE = 1
 _NFTA_CHAIN_NAME = 3
@@ -75,6 +85,39 @@ class GenerationReader:
                                "use count")
         return int(struct.unpack_from(">I", attributes[_NFTA_CHAIN_USE])[0])
 
+    def owner_tables(self) -> frozenset[tuple[str, str, int]]:
+        """(family, name, handle) of every table a process owns (``flags owner``).
+
+        The kernel deletes such a table when its owner's netlink socket closes, outside
+        any transaction: the generation id does not move (Linux 6.x), so what was read
+        while one existed is stale once it is gone, and nothing else says so.
+        """
+        with translate_errors("list the nftables tables", capability=_CAPABILITY):
+            self._seq += 1
+            message = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+            self._sock.send(struct.pack("=IHHII", 16 + len(message), _NFT_MSG_GETTABLE,
+                                        _NLM_F_REQUEST | _NLM_F_DUMP, self._seq, 0) + message)
+            owned: set[tuple[str, str, int]] = set()
+            while True:
+                data = self._sock.recv(1 << 16)
+                offset = 0
+                while offset + 16 <= len(data):
+                    length, answer, _flags, seq = struct.unpack_from("=IHHI", data, offset)
+                    if length < 16:
+                        return frozenset(owned)
+                    if seq == self._seq:
+                        if answer == _NLMSG_DONE:
+                            return frozenset(owned)
+                        if answer == _NLMSG_ERROR:
+                            (errno,) = struct.unpack_from("=i", data, offset + 16)
+                            if errno:
+                                raise OSError(-errno, os.strerror(-errno))
+                            return frozenset(owned)
+                        table = _owned_table(data[offset:offset + length])
+                        if table is not None:
+                            owned.add(table)
+                    offset += (length + 3) & ~3
+
     def _request(self, kind: int, family: int, body: bytes) -> dict[int, bytes] | None:
         """One request and its answer's attributes; ``None`` when the object does not exist
         (ENOENT); other refusals as :class:`OSError`."""
@@ -92,19 +135,35 @@ class GenerationReader:
             if -errno == _ENOENT:
                 return None
             raise OSError(-errno, os.strerror(-errno))
-        attributes: dict[int, bytes] = {}
-        offset = 20  # nlmsghdr, then nfgenmsg
-        while offset + 4 <= length:
-            attr_len, attr_type = struct.unpack_from("=HH", data, offset)
-            if attr_len < 4:
-                break
-            attributes.setdefault(attr_type & 0x3FFF, data[offset + 4:offset + attr_len])
-            offset += (attr_len + 3) & ~3
-        return attributes
+        return _attributes(data[:length], 20)  # after nlmsghdr and nfgenmsg
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
         self._sock.close()
+
+
+def _attributes(data: bytes, offset: int) -> dict[int, bytes]:
+    attributes: dict[int, bytes] = {}
+    while offset + 4 <= len(data):
+        attr_len, attr_type = struct.unpack_from("=HH", data, offset)
+        if attr_len < 4:
+            break
+        attributes.setdefault(attr_type & 0x3FFF, data[offset + 4:offset + attr_len])
+        offset += (attr_len + 3) & ~3
+    return attributes
+
+
+def _owned_table(message: bytes) -> tuple[str, str, int] | None:
+    """(family, name, handle) of the table one GETTABLE answer describes, if owned."""
+    family = message[16] if len(message) > 16 else 0
+    attributes = _attributes(message, 20)
+    flags = attributes.get(_NFTA_TABLE_FLAGS, b"")
+    if len(flags) < 4 or not struct.unpack_from(">I", flags)[0] & _NFT_TABLE_F_OWNER:
+        return None
+    name = attributes.get(_NFTA_TABLE_NAME, b"").split(b"\0", 1)[0]
+    handle = attributes.get(_NFTA_TABLE_HANDLE, b"")
+    return (_NFPROTO_NAMES.get(family, str(family)), name.decode(errors="replace"),
+            struct.unpack_from(">Q", handle)[0] if len(handle) >= 8 else 0)
 
 
 def _attribute(kind: int, data: bytes) -> bytes:

@@ -17,14 +17,30 @@ from pathlib import Path
 from typing import Any
 
 from k3snet.backends.registry import backend_options, takes_any_option
+from k3snet.errors import BackendOptionError
 from k3snet.kube import configmap_ref
 
 __all__ = ["ENV_OPTIONS", "resolve_backend_options"]
 
+def _absolute_path(variable: str) -> Callable[[str], Path]:
+    """A parser of environment variable ``variable``'s path: absolute, else a
+    :class:`~k3snet.errors.BackendOptionError`. Relative, it named another file from
+    each working directory: the sysctl record a cron job wrote from ``$HOME`` was not
+    the one an apply from ``/etc/k3snet`` read, which then took the sysctl it had taken
+    over for a foreign one (never given back)."""
+    def parse(text: str) -> Path:
+        if not os.path.isabs(text):
+            raise BackendOptionError(f"${variable} {text!r} is not an absolute path: every "
+                                     "k3snet process must find the same file whatever its "
+                                     "working directory")
+        return Path(text)
+    return parse
+
+
 ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
-    ("netlink", "proc_sys", "K3SNET_PROC_SYS", Path),
-    ("netlink", "state_dir", "K3SNET_STATE_DIR", Path),
-    ("flannel", "path", "K3SNET_FLANNEL_CONF", Path),
+    ("netlink", "proc_sys", "K3SNET_PROC_SYS", _absolute_path("K3SNET_PROC_SYS")),
+    ("netlink", "state_dir", "K3SNET_STATE_DIR", _absolute_path("K3SNET_STATE_DIR")),
+    ("flannel", "path", "K3SNET_FLANNEL_CONF", _absolute_path("K3SNET_FLANNEL_CONF")),
     ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", configmap_ref),
 )
 """Backend options the agent's DaemonSet passes through its environment

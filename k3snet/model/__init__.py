@@ -1,6 +1,11 @@
 """Immutable values for everything k3snet manages."""
 
-from k3snet.model._base import NetObject, printable, validate_interface_name
+from k3snet.model._base import (
+    NetObject,
+    interfaces_may_meet,
+    printable,
+    validate_interface_name,
+)
 from k3snet.model.cidr import (
     Address,
     Network,
@@ -69,6 +74,7 @@ __all__ = [
     "Sysctl",
     "aggregate",
     "contains",
+    "interfaces_may_meet",
     "known_kinds",
     "object_from_dict",
     "overlaps",

@@ -112,6 +112,16 @@ def interface_may_be(pattern: str | None, device: str | None) -> bool:
     return pattern == device
 
 
+def interfaces_may_meet(a: str | None, b: str | None) -> bool:
+    """Two interface matches (``eth+`` is a prefix; ``None``: any) that one device may
+    both pass: ``eth+`` and ``eth0`` may, ``eth0`` and ``eth1`` never."""
+    if a is None or b is None:
+        return True
+    if a.endswith("+") and b.endswith("+"):
+        return a[:-1].startswith(b[:-1]) or b[:-1].startswith(a[:-1])
+    return interface_may_be(a, b) if a.endswith("+") else interface_may_be(b, a)
+
+
 def net_tuple(net: Network | None) -> tuple[int, int]:
     """(address, prefix) as ints; (-1, -1) for "any"."""
     return (-1, -1) if net is None else (int(net.network_address), net.prefixlen)

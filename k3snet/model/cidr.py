@@ -21,6 +21,7 @@ __all__ = [
     "aggregate",
     "contains",
     "family_of",
+    "go_cidr_text",
     "ipv4_text",
     "network_sort_key",
     "network_text",
@@ -246,6 +247,23 @@ def contains(outer: Network, inner: Network | Address) -> bool:
 def network_sort_key(net: Network) -> tuple[int, int, int]:
     """A key that orders networks of both families: v4 before v6, then address, prefix."""
     return (net.version, int(net.network_address), net.prefixlen)
+
+
+# Go's net.ParseCIDR: an address, "/" and a decimal prefix length, nothing around them.
+# Python's ipaddress also takes a bare address (a /32), spaces around it and a netmask
+# (10.0.0.0/255.0.0.0), which every Go reader (ip-masq-agent, the Cilium agent) refuses.
+_GO_CIDR = re.compile(r"[0-9A-Fa-f.:]+/[0-9]+")
+
+
+def go_cidr_text(value: str) -> bool:
+    """``value`` is spelled as Go's ``net.ParseCIDR`` takes a CIDR (an address, ``/`` and
+    decimal prefix bits, nothing else); whether the address is valid is
+    :func:`parse_network`'s to say.
+
+    >>> go_cidr_text("10.0.0.0/8"), go_cidr_text("10.0.0.0"), go_cidr_text(" 10.0.0.0/8")
+    (True, False, False)
+    """
+    return _GO_CIDR.fullmatch(value) is not None
 
 
 def aggregate(prefixes: Iterable[str | Network] | str | Network) -> tuple[Network, ...]:

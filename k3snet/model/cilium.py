@@ -43,6 +43,8 @@ judged against what Cilium will do (:func:`why_not_masqueraded`).
 
 from __future__ import annotations
 
+import bisect
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
@@ -51,7 +53,14 @@ import attrs
 
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple
-from k3snet.model.cidr import Network, contains, overlaps, parse_network
+from k3snet.model.cidr import (
+    Network,
+    contains,
+    go_cidr_text,
+    overlaps,
+    parse_network,
+    subtract,
+)
 from k3snet.model.cni import JsonMapping, canonical_json
 from k3snet.model.state import register_object_type
 
@@ -230,8 +239,41 @@ def startup_problems(config: CiliumConfig) -> list[str]:
     elif bpf:
         found.append("enable-bpf-masquerade: true needs enable-ipv4-masquerade or "
                      "enable-ipv6-masquerade true")
+    found += [p for key in ("ipv4-native-routing-cidr", "ipv6-native-routing-cidr")
+              if (p := _cidr_problem(key, config.value(key) or "")) is not None]
     found += _native_routing_problems(config)
     return found
+
+
+def _cidr_problem(key: str, value: str) -> str | None:
+    """Why the agent refuses ``value`` (trimmed) of the native-routing CIDR ``key``
+    (:func:`_read_cidr`; ``""``: unset, no problem)."""
+    return _read_cidr(key, value)[1] if value else None
+
+
+@functools.lru_cache(maxsize=16)  # asked once a destination, of one or two values
+def _read_cidr(key: str, value: str) -> tuple[Network | None, str | None]:
+    """The native-routing CIDR ``key`` as the agent reads ``value`` (trimmed, not empty),
+    or why it refuses it.
+
+    Set, it goes through ``cidr.MustParseCIDR`` (Go's ``net.ParseCIDR``, which panics
+    on what it refuses: a bare address, a netmask), then the agent exits unless it is of
+    the key's family ("ipv4-native-routing-cidr must be an IPv4 CIDR"), whatever
+    ``enable-ipv4`` / ``routing-mode`` say.
+    """
+    family = 4 if key.startswith("ipv4") else 6
+    try:
+        net = parse_network(value, strict=False) if go_cidr_text(value) else None
+    except ModelError:
+        net = None
+    if net is None:
+        return None, (f"{key}: {value[:80]!r} is not a CIDR as Go's net.ParseCIDR reads it "
+                      "(an address, '/' and a prefix length): the Cilium agent panics on it "
+                      "at start")
+    if net.version != family:
+        return None, (f"{key}: {value[:80]!r} is not an IPv{family} CIDR: the Cilium agent "
+                      "exits at start")
+    return net, None
 
 
 # IPAM modes whose cloud network gives Cilium the native-routing CIDR (it does not ask
@@ -250,8 +292,9 @@ def _native_routing_problems(config: CiliumConfig) -> list[str]:
         return found
     for family in (4, 6):
         v = f"ipv{family}"
+        # A value the agent cannot parse is a problem of its own (_cidr_problem).
         if (config.flag(f"enable-{v}") and config.flag(f"enable-{v}-masquerade")
-                and config.network(f"{v}-native-routing-cidr") is None):
+                and not config.value(f"{v}-native-routing-cidr")):
             found.append(f"routing-mode: native with IPv{family} masquerading needs "
                          f"{v}-native-routing-cidr (or Cilium's ip-masq-agent): set "
                          f"cni.cilium.ipv{family}NativeRoutingCIDR")
@@ -285,6 +328,12 @@ def _ip_masq_agent(value: Mapping[str, Any] | Iterable[tuple[str, Any]] | None
             raise ModelError("ip-masq-agent nonMasqueradeCIDRs must be a list of CIDRs")
         for cidr in cidrs:
             parse_network(cidr, strict=False)
+            # Cilium reads each entry with Go's net.ParseCIDR and refuses the whole file
+            # for a bare address, a netmask or spaces (ipaddress reads them as CIDRs).
+            if not go_cidr_text(cidr):
+                raise ModelError(f"ip-masq-agent nonMasqueradeCIDRs: {cidr[:80]!r} is not a "
+                                 "CIDR as Go's net.ParseCIDR reads it (an address, '/' and "
+                                 "a prefix length)")
     for key in ("masqLinkLocal", "masqLinkLocalIPv6"):
         if key in mapping and not isinstance(mapping[key], bool):
             raise ModelError(f"ip-masq-agent {key} must be true or false, got {mapping[key]!r}")
@@ -346,14 +395,10 @@ class CiliumConfig(NetObject):
         return value is not None and read_go_flag(value)
 
     def network(self, key: str) -> Network | None:
-        """A CIDR key as Cilium reads it (host bits masked; ``None``: unset or unparsable)."""
+        """A CIDR key as Cilium reads it (host bits masked; ``None``: unset, or a value
+        the agent refuses to start with, which :func:`startup_problems` reports)."""
         value = self.value(key)
-        if not value:
-            return None
-        try:
-            return parse_network(value.strip(), strict=False)
-        except ModelError:
-            return None
+        return _read_cidr(key, value)[0] if value else None
 
     def overlay(self, other: CiliumConfig | None) -> CiliumConfig:
         """This config with ``other``'s keys set over it (what Cilium reads with both)."""
@@ -604,6 +649,11 @@ class CiliumMasquerade(NetObject):
     masquerade: tuple[tuple[Network, str], ...] = attrs.field(default=(), converter=_pairs,
                                                               kw_only=True)
     exempt: tuple[Network, ...] = attrs.field(default=(), converter=_cidrs, kw_only=True)
+    exempt_via: tuple[tuple[Network, str], ...] = attrs.field(default=(), converter=_pairs,
+                                                              kw_only=True)
+    """Exempt ``(destination, device)`` pairs whose traffic is known to leave through
+    ``device`` (a spec destination's own): met when Cilium does not masquerade there, also
+    because it masquerades on other interfaces only."""
     pod_cidrs: tuple[Network, ...] = attrs.field(default=(), converter=_cidrs, kw_only=True)
     """The spec's pod CIDRs: Cilium's cluster pool must hand out addresses inside them."""
     wanted: CiliumConfig | None = attrs.field(default=None, converter=_wanted, kw_only=True)
@@ -611,14 +661,24 @@ class CiliumMasquerade(NetObject):
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _hash: int = attrs.field(init=False, repr=False)
+    # Every exempt CIDR by (family, start): those inside a destination found by bisection
+    # (10k destinations against 5k exemptions took minutes compared one by one).
+    _exempt_starts: list[tuple[int, int]] = attrs.field(init=False, repr=False, eq=False)
+    _exempt_nets: list[Network] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
+        ordered = sorted({*self.exempt, *(n for n, _ in self.exempt_via)},
+                         key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+        object.__setattr__(self, "_exempt_starts",
+                           [(n.version, int(n.network_address)) for n in ordered])
+        object.__setattr__(self, "_exempt_nets", ordered)
         if self.wanted is not None and self.wanted.target != self.target:
             raise ModelError(f"cilium expectation of {self.target} lays over a config of "
                              f"{self.wanted.target}")
         content = (
             tuple((*net_tuple(n), d) for n, d in self.masquerade),
             tuple(net_tuple(n) for n in self.exempt),
+            tuple((*net_tuple(n), d) for n, d in self.exempt_via),
             tuple(net_tuple(n) for n in self.pod_cidrs),
             () if self.wanted is None else self.wanted.sort_key,
         )
@@ -632,15 +692,41 @@ class CiliumMasquerade(NetObject):
     def problems(self, config: CiliumConfig) -> list[str]:
         """Each destination Cilium (``config`` with :attr:`wanted` over it) treats otherwise."""
         effective = config.overlay(self.wanted)
-        found = pool_problems(effective, self.pod_cidrs)
+        # An agent that does not start masquerades nothing and exempts nothing: judging
+        # the keys it refuses as their defaults would promise what Cilium does not do.
+        found = [f"{problem}: the Cilium agent does not run with this config, so no "
+                 "destination is treated as the spec says" for problem in
+                 (startup_problems(effective)
+                  if self.masquerade or self.exempt or self.exempt_via else ())]
+        found += pool_problems(effective, self.pod_cidrs)
         for destination, device in self.masquerade:
-            reason = why_not_masqueraded(effective, destination, device or None)
-            if reason is not None:
-                found.append(f"{reason}; {_fix_for(reason, destination.version)}")
-        for destination in self.exempt:
-            if why_not_masqueraded(effective, destination) is None:
+            if why_not_masqueraded(effective, destination, device or None) is None:
+                continue  # nor for any part of it
+            for part in self._masqueraded_parts(destination):
+                reason = why_not_masqueraded(effective, part, device or None)
+                if reason is not None:
+                    found.append(f"{reason}; {_fix_for(reason, destination.version)}")
+                    break  # one reason a destination: its parts share the way out
+        exempt = [(n, None) for n in self.exempt] + [(n, d or None) for n, d in self.exempt_via]
+        for destination, via in exempt:
+            if why_not_masqueraded(effective, destination, via) is None:
                 found.append(_exempt_problem(effective, destination))
         return found
+
+    def _masqueraded_parts(self, destination: Network) -> tuple[Network, ...]:
+        """What of ``destination`` the spec masquerades: less the exempt CIDRs inside it
+        (its ``exclude``, a destination with ``masquerade: false`` within it), as k3snet's
+        own rules do (the most specific destination decides); an exempt CIDR around it
+        does not take it out. Cilium not masquerading an exempt part is what the spec
+        wants there, not a conflict."""
+        family, start = destination.version, int(destination.network_address)
+        low = bisect.bisect_left(self._exempt_starts, (family, start))
+        high = bisect.bisect_right(self._exempt_starts,
+                                   (family, int(destination.broadcast_address)))
+        # Starting inside it, an exempt CIDR is inside it unless it is wider.
+        inside = [e for e in self._exempt_nets[low:high]
+                  if e.prefixlen >= destination.prefixlen]
+        return subtract(destination, inside) if inside else (destination,)
 
     def conflicts_with(self, other: NetObject) -> bool:
         """The foreign config of the target makes Cilium treat a destination otherwise."""
@@ -659,16 +745,17 @@ class CiliumMasquerade(NetObject):
         if self.masquerade:
             parts.append("masquerade to " + ", ".join(
                 f"{n}{f' via {d}' if d else ''}" for n, d in self.masquerade))
-        if self.exempt:
-            parts.append(("and " if self.masquerade else "") + "no masquerade to "
-                         + ", ".join(map(str, self.exempt)))
+        if self.exempt or self.exempt_via:
+            parts.append(("and " if self.masquerade else "") + "no masquerade to " + ", ".join(
+                [*map(str, self.exempt), *(f"{n}{f' via {d}' if d else ''}"
+                                           for n, d in self.exempt_via)]))
         if len(parts) == 1:
             parts.append("nothing")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {
+        data = {
             "type": self.type_name,
             "target": self.target,
             "masquerade": [[str(n), d] for n, d in self.masquerade],
@@ -676,6 +763,9 @@ class CiliumMasquerade(NetObject):
             "pod_cidrs": [str(n) for n in self.pod_cidrs],
             "wanted": None if self.wanted is None else self.wanted.to_dict(),
         }
+        if self.exempt_via:  # left out when empty: the documents of earlier versions
+            data["exempt_via"] = [[str(n), d] for n, d in self.exempt_via]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CiliumMasquerade:
@@ -684,6 +774,7 @@ class CiliumMasquerade(NetObject):
         return cls(data["target"],
                    masquerade=[(n, d or None) for n, d in data.get("masquerade", ())],
                    exempt=data.get("exempt", ()),
+                   exempt_via=[(n, d or None) for n, d in data.get("exempt_via", ())],
                    pod_cidrs=data.get("pod_cidrs", ()),
                    wanted=None if wanted is None else CiliumConfig.from_dict(wanted))
 

@@ -19,7 +19,7 @@ from k3snet.model._base import (
     NetObject,
     check_families,
     foreign_rule_text,
-    interface_may_be,
+    interfaces_may_meet,
     ip_family,
     net_tuple,
     optional_interface,
@@ -194,8 +194,8 @@ class ForwardBlock(NetObject):
         return (
             (self.source is None or overlaps(self.source, source))
             and (self.destination is None or overlaps(self.destination, destination))
-            and interface_may_be(self.in_interface, iif)
-            and interface_may_be(self.out_interface, oif)
+            and interfaces_may_meet(self.in_interface, iif)
+            and interfaces_may_meet(self.out_interface, oif)
         )
 
     def describe(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv6Address
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import attrs
 
@@ -13,7 +13,7 @@ from k3snet.model._base import (
     NetObject,
     check_families,
     foreign_rule_text,
-    interface_may_be,
+    interfaces_may_meet,
     ip_family,
     net_tuple,
     optional_interface,
@@ -52,25 +52,39 @@ def _snat_address(value: str | Address) -> Address:
     return address
 
 
-def snat_address_problem(address: Address) -> str | None:
-    """Why ``address`` cannot be the source a SNAT rule writes (``None``: it can).
+_LINK_LOCAL: Final = {4: parse_network("169.254.0.0/16"), 6: parse_network("fe80::/10")}
+
+
+def snat_address_problem(address: Address, destination: Network | None = None) -> str | None:
+    """Why ``address`` cannot be the source a SNAT rule to ``destination`` (``None``:
+    any) writes (``None``: it can).
 
     The kernel takes any address (nft ``snat to 0.0.0.0``, iptables ``--to-source
     224.0.0.1``), and every translated packet then leaves with a source no reply
     can come back to: egress silently lost. A node's unicast address is needed.
+    A link-local one (169.254.0.0/16, fe80::/10) too is taken, and lost the same way
+    beyond the link: routers do not forward packets from it (RFC 3927, RFC 4291;
+    Linux answers an IPv6 one with "not a neighbour"), so it is only for link-local
+    destinations.
     """
     kind = not_unicast(address)
-    if kind is None:
-        return None
-    return (f"{address_text(address)} is {kind}; SNAT needs a unicast address of the node "
-            "(replies come back to it)")
+    if kind is not None:
+        return (f"{address_text(address)} is {kind}; SNAT needs a unicast address of the "
+                "node (replies come back to it)")
+    link = _LINK_LOCAL[address.version]
+    if contains(link, address) and (destination is None or not contains(link, destination)):
+        return (f"{address_text(address)} is a link-local address: routers do not forward "
+                "packets from it, so no reply from beyond the link comes back; SNAT needs a "
+                f"routable address of the node (a link-local one only for destinations in "
+                f"{network_text(link)})")
+    return None
 
 
 def _snat_to(value: str | Address) -> Address:
     address = _snat_address(value)
-    problem = snat_address_problem(address)
-    if problem is not None:
-        raise ModelError(f"SNAT address {problem}")
+    kind = not_unicast(address)  # the rest of snat_address_problem needs the destination
+    if kind is not None:
+        raise ModelError(f"SNAT address {snat_address_problem(address)}")
     return address
 
 
@@ -264,6 +278,9 @@ class SnatRule(_NatBase):
             raise ModelError(
                 f"snat {self.source}: to_address {self.to_address} is not IPv{family}"
             )
+        problem = snat_address_problem(self.to_address, self.destination)
+        if problem is not None:
+            raise ModelError(f"snat {self.source}: SNAT address {problem}")
         self._seal(self._nat_key(), (*self._nat_content(), int(self.to_address)))
 
     def met_by(self, other: NetObject) -> bool:
@@ -392,7 +409,7 @@ class NatBlock(NetObject):
             and (self.source is None or overlaps(self.source, rule.source))
             and (self.destination is None
                  or any(overlaps(self.destination, d) for d in rule.natted_destinations()))
-            and interface_may_be(self.out_interface, rule.out_interface)
+            and interfaces_may_meet(self.out_interface, rule.out_interface)
         )
 
     def describe(self) -> str:

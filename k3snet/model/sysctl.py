@@ -11,7 +11,8 @@ import attrs
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 
-__all__ = ["ALIASES", "SPREADING", "SPREADING_INVERTED", "Sysctl"]
+__all__ = ["ALIASES", "SPREADING", "SPREADING_INVERTED", "Sysctl", "contradicting_aliases",
+           "value_problem"]
 
 # /proc/sys reads and writes at most a page; the longest net.* values are a few words.
 _MAX_VALUE = 4096
@@ -37,6 +38,81 @@ ALIASES: Final = {
 }
 """Two names of one kernel value (``ipv4_devconf.data[IPV4_DEVCONF_FORWARDING - 1]``): a
 write of either is read back under both."""
+
+# The documented values of the switches pod egress touches, by family and leaf of
+# net.<family>.conf.<interface>.<leaf> (net.ipv4.ip_forward is IPv4's forwarding): a
+# BOOLEAN (None here) is 0 or any other integer for on; the others are a few levels.
+# The kernel stores any integer in all of them (proc_dointvec, no bounds): rp_filter 3
+# and -1 are taken and read back, and act as loose and as the other level's value.
+_INTEGER = re.compile(r"-?[1-9][0-9]*|0")
+_DOCUMENTED: Final[Mapping[tuple[str, str], tuple[int, int] | None]] = {
+    **dict.fromkeys((("ipv4", leaf) for leaf in (
+        "forwarding", "accept_redirects", "secure_redirects", "send_redirects",
+        "accept_source_route", "accept_local", "route_localnet", "src_valid_mark",
+        "proxy_arp", "log_martians", "ignore_routes_with_linkdown")), None),
+    ("ipv4", "rp_filter"): (0, 2),
+    ("ipv4", "arp_announce"): (0, 2),
+    **dict.fromkeys((("ipv6", leaf) for leaf in (
+        "forwarding", "disable_ipv6", "accept_redirects", "ignore_routes_with_linkdown")),
+                    None),
+    ("ipv6", "accept_ra"): (0, 2),
+}
+
+
+def value_problem(name: str, value: str | int) -> str | None:
+    """Why ``value`` is none of the documented values of sysctl ``name`` (``None``: it is
+    one, or ``name`` is not a switch whose values k3snet knows; ip-sysctl.rst).
+
+    The model takes any value (the kernel's current one is read into it); a spec
+    is checked here: the kernel stores a level out of range as given, and reads
+    ``01`` back as ``1`` (never the value written: a failed apply).
+
+    >>> value_problem("net.ipv4.conf.all.rp_filter", 3)
+    "net.ipv4.conf.all.rp_filter takes 0, 1 or 2 (ip-sysctl.rst), got '3'"
+    >>> value_problem("net.ipv4.ip_forward", "yes")
+    "net.ipv4.ip_forward takes 0 (off) or another integer (on) (ip-sysctl.rst), got 'yes'"
+    >>> value_problem("net.ipv4.ip_forward", "1") is None
+    True
+    """
+    sysctl = Sysctl(name, value)
+    parts = sysctl.path.split("/")
+    if parts == ["net", "ipv4", "ip_forward"]:
+        key = ("ipv4", "forwarding")
+    elif len(parts) == 5 and parts[2] == "conf":
+        key = (parts[1], parts[4])
+    else:
+        return None
+    if key not in _DOCUMENTED:
+        return None
+    span = _DOCUMENTED[key]
+    if span is None:
+        if _INTEGER.fullmatch(sysctl.value):
+            return None
+        takes = "0 (off) or another integer (on)"
+    else:
+        choices = [str(n) for n in range(span[0], span[1] + 1)]
+        if sysctl.value in choices:
+            return None
+        takes = f"{', '.join(choices[:-1])} or {choices[-1]}"
+    return f"{sysctl.name} takes {takes} (ip-sysctl.rst), got {sysctl.value!r}"
+
+
+def contradicting_aliases(values: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The pairs of names of one kernel value (:data:`ALIASES`) that ``values`` (canonical
+    name to value) gives different values, each pair once, sorted.
+
+    Both cannot hold: whichever is written last sets the other, so a state wanting
+    ``net.ipv4.ip_forward = 1`` and ``net.ipv4.conf.all.forwarding = 0`` is never
+    reached and every apply turns forwarding on or off again.
+
+    >>> contradicting_aliases({"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.forwarding": "0"})
+    [('net.ipv4.conf.all.forwarding', 'net.ipv4.ip_forward')]
+    """
+    pairs = {(min(name, alias), max(name, alias)) for name, value in values.items()
+             if (alias := ALIASES.get(name)) is not None and alias in values
+             and values[alias] != value}
+    return sorted(pairs)
+
 
 SPREADING_INVERTED: Final = {
     "net.ipv4.ip_forward": ("net.ipv4.conf.all.accept_redirects",),

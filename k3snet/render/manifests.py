@@ -43,7 +43,7 @@ from typing import Any, Final
 import attrs
 
 from k3snet.errors import BackendError, Problem, SpecError
-from k3snet.kube import DEFAULT_TIMEOUT, KubeErrors
+from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, KubeErrors
 from k3snet.model.cidr import contains
 from k3snet.model.cni import namespace_problem, object_name_problem
 from k3snet.spec import ConnectivityTest, DnsZone, Spec, spec_backend_options, validate
@@ -708,7 +708,7 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         "tolerations": [{"operator": "Exists"}],
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         # SIGTERM: the pass in progress ends, the Lease is released, the rules stay.
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE,
         "containers": [container],
         "volumes": volumes,
     }

@@ -330,8 +330,10 @@ def chain_order_key(obj: NetObject) -> tuple[Any, ...]:
 
     NAT statements are terminal, so among overlapping NAT rules the first one
     decides. Ordering by longer source prefix, then longer destination prefix,
-    then "has an out interface" puts every rule before any rule whose match
-    contains it, whatever order the rules were added in. The key is computed
+    then out interface (one name, then wildcards ``eth+`` by longer prefix, then
+    any interface) puts every rule before any rule whose match contains it,
+    whatever order the rules were added in: ``oif eth0`` before ``oif eth+``,
+    whose match holds eth0 too. The key is computed
     from the object's identity key only, so a replaced rule keeps its place.
     Forward rules only accept, so their order does not matter; they sort by
     :attr:`~k3snet.model.NetObject.sort_key`.
@@ -340,7 +342,18 @@ def chain_order_key(obj: NetObject) -> tuple[Any, ...]:
     if key[0] != "nat":
         return (1, *obj.sort_key)
     _, version, src, src_len, dst, dst_len, oif = key
-    return (0, version, -src_len, -max(dst_len, 0), oif == "", src, dst, dst_len, oif)
+    return (0, version, -src_len, -max(dst_len, 0), _oif_rank(oif), src, dst, dst_len, oif)
+
+
+def _oif_rank(oif: str) -> tuple[int, int]:
+    """Where an out interface match (``""``: any) sorts among those of rules with the
+    same prefixes: a name, then wildcards by longer prefix (``eth1+`` holds fewer
+    names than ``eth+``), then any interface; names of one kind keep their order."""
+    if not oif:
+        return (2, 0)
+    if oif.endswith("+"):
+        return (1, -len(oif))
+    return (0, 0)
 
 
 def _table_text(family: str, table: str, objects: Iterable[NetObject]) -> list[str]:

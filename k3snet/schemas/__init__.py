@@ -3,7 +3,8 @@
 ``object`` (one managed object), ``state`` (``k3snet observe --output json``,
 ``State.to_dict``, the memory backend's dump), ``plan``, ``apply``, ``error``,
 ``validation`` (``k3snet validate --output json``),
-``capture`` (``k3snet observe --save DIR --output json``), ``planfile`` and ``log``
+``capture`` (``k3snet observe --save DIR --output json``), ``doctor`` (``k3snet doctor
+--output json``), ``planfile`` and ``log``
 (``--log-format json`` lines, the agent's events). Each
 document carries ``format`` (1) and, from the CLI, a ``kind``. ``spec``
 (``spec.schema.json``) is the schema of the spec itself, generated from its field
@@ -24,7 +25,7 @@ from typing import Any
 __all__ = ["SCHEMA_NAMES", "load_schema"]
 
 SCHEMA_NAMES = ("object", "state", "plan", "apply", "error", "validation", "capture",
-                "planfile", "log", "spec")
+                "doctor", "planfile", "log", "spec")
 
 
 def load_schema(name: str) -> dict[str, Any]:

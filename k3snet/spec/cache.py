@@ -167,7 +167,7 @@ def _write_cached(file: Path, key: str, document: Any, spec: Spec | None = None)
             return  # not plain JSON data (an int key, a date): read the YAML each time
     except (TypeError, ValueError):
         return
-    if write_atomic(file, text, ".spec-"):
+    if write_atomic(file, text, _TEMPORARY):
         _prune(file.parent, keep=file)
 
 
@@ -252,10 +252,11 @@ def _with_rows(document: Any, rows: Any, where: str) -> Spec | None:
 def _prune(directory: Path, keep: Path) -> None:
     """Keep the :data:`MAX_ENTRIES` newest files: one per spec path, and paths come and go
     (test runs, renamed specs); only on a miss, so a hit never lists the directory."""
-    prune(directory, keep, MAX_ENTRIES, stem=_ENTRY_STEM)
+    prune(directory, keep, MAX_ENTRIES, stem=_ENTRY_STEM, temporary=_TEMPORARY)
 
 
 _ENTRY_STEM = re.compile(r"[0-9a-f]{32}")
+_TEMPORARY = ".spec-"  # write_atomic's prefix: a killed writer's file is pruned
 """An entry's name before ``.json``: the digest of the spec's path (:func:`_located`)."""
 
 

@@ -46,7 +46,7 @@ from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route
 from k3snet.model.state import State
-from k3snet.model.sysctl import Sysctl
+from k3snet.model.sysctl import ALIASES, Sysctl
 from k3snet.spec.model import (
     BlockSizes,
     CalicoSettings,
@@ -218,7 +218,9 @@ def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
             if rule is not None:
                 owned.append(rule)
             families_in_use.add(pod.version)
-    explicit = {s.name for s in spec.sysctls}
+    # The other name of the same kernel value counts too: ip_forward = 1 beside an
+    # explicit conf.all.forwarding = 0 was written in turn with it by every apply.
+    explicit = {name for s in spec.sysctls for name in (s.name, ALIASES.get(s.name)) if name}
     if spec.manage_forwarding:
         owned += [Sysctl(FORWARDING_SYSCTL[f], "1") for f in sorted(families_in_use)
                   if FORWARDING_SYSCTL[f] not in explicit]
@@ -591,8 +593,16 @@ def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMo
         except ModelError as exc:
             raise SpecError([Problem("cluster.podCIDRs", str(exc))]) from exc
     if nat:
-        out += [CalicoNatDestination(d.cidr, exclude=d.exclude) for d in spec.destinations
-                if d.masquerade]
+        # What destinations inside a masqueraded one keep (masquerade: false, their
+        # exclude) is not the larger one's to NAT, as in k3snet's own rules: a foreign
+        # disabled pool covering it is the exemption the spec asks for, not a conflict.
+        kept = _kept_inside(spec.destinations)
+        for i, d in enumerate(spec.destinations):
+            if not d.masquerade:
+                continue
+            exclude = aggregate([*d.exclude, *kept[i]]) if i in kept else d.exclude
+            if exclude != (d.cidr,):  # else nothing of it is left to masquerade
+                out.append(CalicoNatDestination(d.cidr, exclude=exclude))
     out += [_exempt_pool(net) for net in nat_exemptions(spec)]
     return out
 
@@ -656,18 +666,25 @@ def compile_cilium(spec: Spec, *, target: str) -> State:
     policy = spec.masquerade
     masquerade: list[tuple[Network, str | None]] = []
     exempt: list[Network] = []
+    # Exemptions whose traffic leaves through the destination's own device: Cilium
+    # masquerading only on other interfaces (egress-masquerade-interfaces, devices)
+    # leaves it alone, as the spec asks.
+    exempt_via: list[tuple[Network, str]] = []
     if policy.mode != "off":
         for dest in spec.destinations:
             if not spec.cluster.pods(dest.family):
                 continue
+            kept = [*dest.exclude] if dest.masquerade else [dest.cidr, *dest.exclude]
             if dest.masquerade:
                 masquerade.append((dest.cidr, dest.device or policy.out_interface))
+            if dest.device is None:
+                exempt += kept
             else:
-                exempt.append(dest.cidr)
-            exempt += dest.exclude
+                exempt_via += [(net, dest.device) for net in kept]
         if policy.mode == "all":
             exempt += policy.non_masquerade_cidrs
     owned: list[NetObject] = [] if wanted is None else [wanted]
     owned.append(CiliumMasquerade(target, masquerade=masquerade, exempt=aggregate(exempt),
-                                  pod_cidrs=spec.cluster.pod_cidrs, wanted=wanted))
+                                  exempt_via=exempt_via, pod_cidrs=spec.cluster.pod_cidrs,
+                                  wanted=wanted))
     return State(owned=owned)

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from k3snet.errors import ModelError, Problem, SpecError
-from k3snet.model.cidr import Network, network_text, parse_network
+from k3snet.model.cidr import Network, go_cidr_text, network_text, parse_network
 from k3snet.spec.fields import (
     CIDR_SCHEMA,
     INVALID,
@@ -121,17 +121,12 @@ def _go_duration(reader: Reader, value: Any, path: str) -> Any:
 with_schema(_go_duration, {"type": "string"})
 
 
-# Go's net.ParseCIDR, which ip-masq-agent's validateCIDR runs on every entry: an address,
-# "/" and a decimal prefix length, nothing around them. Python's ipaddress also takes a
-# bare address (a /32), spaces around it and a netmask (10.0.0.0/255.0.0.0): the agent
-# refuses the whole config for any of them and keeps the rules it had.
-_GO_CIDR = re.compile(r"[0-9A-Fa-f.:]+/[0-9]+")
-
-
 def _go_network(value: Any) -> Network:
     """One ``nonMasqueradeCIDRs`` entry, as ip-masq-agent takes it, or a ModelError."""
     net = parse_network(value)  # its messages for a non-text, host bits, a bad address
-    if isinstance(value, str) and not _GO_CIDR.fullmatch(value):
+    # Go's net.ParseCIDR, which ip-masq-agent's validateCIDR runs on every entry: the agent
+    # refuses the whole config for a bare address, spaces or a netmask, keeping its rules.
+    if isinstance(value, str) and not go_cidr_text(value):
         raise ModelError(f"{value[:80]!r} is not a CIDR as ip-masq-agent reads it (Go's "
                          "net.ParseCIDR: an address, '/' and a prefix length, nothing "
                          f"else, such as {network_text(net)}); ip-masq-agent refuses this "

@@ -23,6 +23,7 @@ from k3snet.model.cidr import (
 from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
 from k3snet.model.nat import snat_address_problem
 from k3snet.model.route import next_hop_problem
+from k3snet.model.sysctl import contradicting_aliases, value_problem
 from k3snet.spec.fields import check_section
 from k3snet.spec.model import (
     BLOCK_SIZE_KEYS,
@@ -101,6 +102,13 @@ def _validate(spec: Spec) -> list[Problem]:
         if s.name in names:
             add(Problem(f"sysctls.{s.name}", "duplicate sysctl"))
         names.add(s.name)
+        problem = value_problem(s.name, s.value)
+        if problem is not None:
+            add(Problem(f"sysctls.{s.name}", problem))
+    for one, other in contradicting_aliases({s.name: s.value for s in spec.sysctls}):
+        add(Problem(f"sysctls.{other}", f"{one} is the same kernel value under another "
+                    "name, given another value: each write sets the other, and every apply "
+                    "would write them again in turn; give one of them"))
     return problems
 
 

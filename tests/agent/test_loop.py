@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from k3snet.agent import (
+    CLEANUP_MARGIN,
     NOT_READY_AFTER,
     Agent,
     AgentMetrics,
@@ -26,6 +27,7 @@ from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.lock import namespace_lock
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for, destroy
+from k3snet.kube import TERMINATION_GRACE
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
@@ -904,6 +906,39 @@ def test_sigterm_ends_a_wait_for_the_namespace_lock(
     assert any("stopped while waiting for another k3snet process" in r.getMessage()
                for r in caplog.records)
     assert memory.state.owned == frozenset()  # nothing was changed
+
+
+def test_cleanup_on_exit_waits_for_the_lock_only_within_the_grace_period(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # --cleanup-on-exit after SIGTERM, another k3snet process holding the node's lock:
+    # the clean-up waited the full minute for it, so the kubelet killed the agent 30 s
+    # after SIGTERM, whatever the removal had reached. It now waits what is left of the
+    # grace period, less the removal's own share, and says it did not clean up.
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = LockedMemory()
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-1", interval=3600, cleanup_on_exit=True))
+    assert agent.run_pass().status == "ok"
+    owned = memory.state.owned
+    assert owned
+    now = [1000.0]
+    agent._monotonic = lambda: now[0]
+    agent.stop()  # SIGTERM at 1000 s
+    now[0] += TERMINATION_GRACE - CLEANUP_MARGIN - 0.2  # the pass and the Lease took the rest
+    done = threading.Thread(target=agent.shutdown)
+    with namespace_lock([None]), caplog.at_level(logging.WARNING):
+        done.start()
+        done.join(timeout=30)
+        ended_within_the_grace_period = not done.is_alive()
+    done.join()
+    assert ended_within_the_grace_period
+    assert any(f"waiting up to {0.2:g} s" in r.getMessage() for r in caplog.records)
+    assert agent.cleaned_up is False
+    assert memory.state.owned == owned  # nothing removed, and said so
 
 
 class CountedPools(MemoryBackend):

@@ -732,3 +732,25 @@ def test_allow_disruptive_reaches_the_backends_as_the_cli_flag_does(
         params["allow_disruptive"] = True
         assert module.build_backend(params, spec, stack).members[0].backend.allow_disruptive \
             is True
+
+
+@pytest.mark.usefixtures("require_root")
+def test_a_spec_path_another_user_could_write_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As `k3snet apply -f`: the module applies its spec_path as root (become), and a file
+    # another user could write let that user change what root applies.
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    spec = tmp_path / "egress.yaml"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "destinations:\n  - cidr: 192.168.2.0/24\n")
+    params = {"spec_path": str(spec), "spec": None}
+    module = load_module()
+    spec.chmod(0o644)
+    assert module.load_spec(params) is not None
+    spec.chmod(0o666)
+    with pytest.raises(k3snet.SpecError, match=r"writable by others.*another user could"):
+        module.load_spec(params)
+    spec.chmod(0o644)
+    os.chown(spec, 65534, 65534)
+    with pytest.raises(k3snet.SpecError, match=r"owned by uid 65534"):
+        module.load_spec(params)

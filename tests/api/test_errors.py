@@ -22,6 +22,7 @@ from k3snet.planner import Change
         (errors.BackendUnavailableError, (errors.BackendError,)),
         (errors.CheckError, (errors.BackendError,)),
         (KubeApiError, (errors.BackendError,)),
+        (errors.LockTimeoutError, (errors.BackendError,)),
         (errors.ApplyError, (errors.BackendError,)),
         (errors.RollbackError, (errors.ApplyError,)),
     ],

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from k3snet.backends.options import resolve_backend_options
+from k3snet.errors import BackendOptionError
 
 
 def test_given_options_are_overridden_by_implicit_then_explicit_ones() -> None:
@@ -41,3 +44,23 @@ def test_implicit_options_go_to_a_backend_that_takes_any_keyword() -> None:
             "x": 1, "netns": "node1", "allow_disruptive": True}
     finally:
         unregister_backend("takes-any")
+
+
+@pytest.mark.parametrize(("variable", "backend"), [
+    ("K3SNET_STATE_DIR", "netlink"), ("K3SNET_PROC_SYS", "netlink"),
+    ("K3SNET_FLANNEL_CONF", "flannel")])
+def test_a_relative_path_from_the_environment_is_refused(variable: str, backend: str) -> None:
+    # Relative, it named another file from each working directory: the sysctl record a
+    # cron job kept under $HOME/state was not the one an apply run elsewhere read.
+    with pytest.raises(BackendOptionError, match=rf"\${variable} 'state' is not an absolute"):
+        resolve_backend_options(backend, None, environ={variable: "state"})
+
+
+def test_the_cli_says_a_relative_state_dir_is_refused(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from k3snet.cli import main  # noqa: PLC0415
+
+    monkeypatch.setenv("K3SNET_STATE_DIR", "state")
+    seed = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+    assert main(["plan", "-f", str(seed), "--backend", "netlink", "--no-facts"]) == 1
+    assert "$K3SNET_STATE_DIR 'state' is not an absolute path" in capsys.readouterr().err

@@ -74,3 +74,24 @@ def test_reading_refuses_a_symlink_or_a_file_others_could_write(tmp_path: Path) 
     file.chmod(0o620)
     assert _kept.read_trusted(file, 100) is None
     assert os.path.exists(file)
+
+
+def test_temporaries_a_killed_writer_left_are_pruned_and_live_ones_and_others_kept(
+        tmp_path: Path) -> None:
+    # A writer killed between making its temporary file and renaming it (SIGKILL, the
+    # OOM killer) never removes it: every such kill left one more in the cache for ever.
+    directory = tmp_path / "state"
+    file = directory / "one.kept"
+    assert _kept.write_atomic(file, b"x", ".t-")
+    old = _kept.STALE_TEMPORARY + 60
+    names = {"left": ".t-0123456789abcdef.tmp", "live": ".t-fedcba9876543210.tmp",
+             "other prefix": ".u-0123456789abcdef.tmp", "other name": ".t-notours.tmp"}
+    for what, name in names.items():
+        (directory / name).write_bytes(b"")
+        if what != "live":
+            os.utime(directory / name, (os.path.getmtime(file) - old,) * 2)
+    os.symlink("/nonexistent", directory / ".t-00000000000000ff.tmp")
+    _kept.prune(directory, file, 10, ".kept", temporary=".t-")
+    assert not (directory / names["left"]).exists()
+    kept = {p.name for p in directory.iterdir()}
+    assert kept == {"one.kept", ".t-00000000000000ff.tmp"} | set(names.values()) - {names["left"]}

@@ -175,3 +175,15 @@ def test_the_parents_the_lock_and_state_directories_need_are_made_writable_by_ro
     assert modes == {"run": 0o755, "run/k3snet": 0o755, "run/k3snet/locks": 0o700,
                      "var": 0o755, "var/k3snet": 0o755, "var/k3snet/host": 0o755,
                      "cache": 0o755, "cache/k3snet": 0o755, "cache/k3snet/spec-cache": 0o700}
+
+
+def test_a_relative_lock_directory_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # From two working directories, K3SNET_LOCK_DIR=locks named two directories: two
+    # processes each held "the" lock of one namespace and changed it at once.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("K3SNET_LOCK_DIR", "locks")
+    with (pytest.raises(BackendError, match="K3SNET_LOCK_DIR 'locks' is not an absolute path"),
+          namespace_lock([None], timeout=0)):
+        pass
+    assert not (tmp_path / "locks").exists()

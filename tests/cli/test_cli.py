@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from k3snet import Plan
-from k3snet.cli import EXIT_USAGE, _common_after_command, _options, build_parser, main
+from k3snet.cli import EXIT_BUSY, EXIT_USAGE, _common_after_command, _options, build_parser, main
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
@@ -145,6 +146,7 @@ def test_pod_cidr_disagreeing_with_flannel_is_a_conflict(
         ("ifupdown", {"k3snet-routes"}, "up ip route"),
         ("netplan", {"90-k3snet.yaml"}, "routes:"),
         ("networkd", {"90-k3snet-eth0.network"}, "[Route]"),
+        ("networkmanager", {"90-k3snet-routes"}, "ip route add 192.168.2.0/24"),
         ("sysctl", {"90-k3snet.conf"}, "net.ipv4.ip_forward = 1"),
         ("manifests", {"k3snet.yaml"}, "kind: DaemonSet"),
     ],
@@ -156,6 +158,20 @@ def test_render_writes_each_persistence_file(
     assert {p.name for p in tmp_path.iterdir()} == files
     assert any(needle in p.read_text() for p in tmp_path.iterdir())
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o000, 0o755), (0o022, 0o755), (0o077, 0o700)])
+def test_the_networkmanager_script_is_written_executable_and_writable_by_its_owner_only(
+        umask: int, mode: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # NetworkManager's dispatcher runs no script that is not executable, nor one its
+    # group or others can write: written 0644 (or 0666 under umask 0), it never ran.
+    before = os.umask(umask)
+    try:
+        assert main(["render", "networkmanager", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    finally:
+        os.umask(before)
+    capsys.readouterr()
+    assert stat.S_IMODE((tmp_path / "90-k3snet-routes").stat().st_mode) == mode
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -621,11 +637,18 @@ def test_lock_timeout_bounds_the_wait_for_another_k3snet_and_nothing_changes(
         argv: list[str], locked_namespace: Any, capsys: pytest.CaptureFixture[str]) -> None:
     # A cron job or CI step that must not hang for the default 60 s behind the agent:
     # --lock-timeout 0 tries once; the failure names the holder and changes nothing.
+    # Its exit code is 75 (busy, try later), not 1: a script retries on it, and only
+    # on it (1 is a spec or a backend failing, which a retry does not mend).
     before = locked_namespace.observe()
-    assert main([*argv, "--backend", "memory-locked", "--lock-timeout", "0"]) == 1
+    assert main([*argv, "--backend", "memory-locked", "--lock-timeout", "0"]) == EXIT_BUSY == 75
     err = capsys.readouterr().err
     assert f"another k3snet process (pid {os.getpid()})" in err
     assert "waited 0 s" in err
+    assert locked_namespace.observe() == before
+    assert main([*argv, "--backend", "memory-locked", "--lock-timeout", "0",
+                 "--output", "json"]) == EXIT_BUSY
+    document = json.loads(capsys.readouterr().out)
+    assert document["error"]["type"] == "LockTimeoutError"
     assert locked_namespace.observe() == before
 
 
@@ -633,7 +656,7 @@ def test_a_run_waiting_for_the_lock_says_so_on_stderr_at_once(
         locked_namespace: Any, capsys: pytest.CaptureFixture[str]) -> None:
     # A person (or a CI log) saw nothing for up to a minute: say who is waited for.
     assert main(["apply", "-f", str(SEED), "--no-facts", "--backend", "memory-locked",
-                 "--lock-timeout", "0.2", "--log-format", "json"]) == 1
+                 "--lock-timeout", "0.2", "--log-format", "json"]) == EXIT_BUSY
     records = [json.loads(line) for line in capsys.readouterr().err.splitlines()
                if line.startswith("{")]
     waiting = [r for r in records if r["level"] == "warning" and "waiting" in r["message"]]
@@ -710,3 +733,34 @@ def test_observe_save_with_an_option_it_ignores_is_a_usage_error(
                  *extra]) == EXIT_USAGE
     assert "--save" in capsys.readouterr().err
     assert not (tmp_path / "bundle").exists()
+
+
+def test_every_exit_code_is_in_the_docs_table_and_the_help_epilog() -> None:
+    # A script reads the exit code; a code the table does not list (75, busy, was added
+    # after it) is one nobody can branch on.
+    from k3snet import cli  # noqa: PLC0415
+
+    codes = {value for name, value in vars(cli).items()
+             if name.startswith("EXIT_") and isinstance(value, int)}
+    table = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    section = table.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    documented = {int(line.split("|")[1]) for line in section.splitlines()
+                  if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
+    assert codes <= documented, sorted(codes - documented)
+    epilog = build_parser().epilog or ""
+    # The --help epilog lists the codes a command of its own says (not the signals').
+    assert {c for c in codes if c < 128} <= {int(w) for w in epilog.replace(",", " ").split()
+                                             if w.isdigit()}
+
+
+@pytest.mark.parametrize("entry", ["memory:", "memory:route,", "memory:,route", ":route", ""])
+@pytest.mark.parametrize("command", [["plan", "-f", str(SEED), "--no-facts"],
+                                     ["render", "nftables", "-f", str(SEED)]])
+def test_a_backend_flag_with_an_empty_name_or_kind_is_a_usage_error(
+        entry: str, command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # `--backend nftables:{{ kinds | join(',') }}` with no kinds gave the backend every
+    # kind without a word; `memory:route,` named a kind '' ("cannot manage  ").
+    with pytest.raises(SystemExit) as caught:
+        main([*command, "--backend", entry])
+    assert caught.value.code == EXIT_USAGE
+    assert "expected NAME or NAME:KIND[,KIND...]" in capsys.readouterr().err

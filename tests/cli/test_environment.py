@@ -61,6 +61,11 @@ def usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     ("K3SNET_LOG_FORMAT", "xml", ["agent", "--once", "--no-kube", "--listen", "none"],
      "--log-format"),
     ("K3SNET_LISTEN", ":99999", ["agent", "--once", "--no-kube"], "--listen"),
+    # Digits that are not 0-9: "²" was refused with int()'s "invalid literal" message, and
+    # "٩٠٩٠" (Arabic-Indic digits) was taken as port 9090.
+    ("K3SNET_LISTEN", ":\u00b2", ["agent", "--once", "--no-kube"], "--listen"),
+    ("K3SNET_LISTEN", ":\u0669\u0660\u0669\u0660", ["agent", "--once", "--no-kube"],
+     "--listen"),
 ])
 def test_a_bad_default_from_the_environment_is_a_usage_error(
         usage_error: Callable[..., str], variable: str, value: str, command: list[str],
@@ -69,6 +74,7 @@ def test_a_bad_default_from_the_environment_is_a_usage_error(
     assert f"argument {option}: " in err
     assert repr(value) in err
     assert "internal error" not in err
+    assert "invalid literal" not in err
     # Set in a cron file or a unit, not typed: the message names where it came from.
     assert f"(from ${variable})" in err
 

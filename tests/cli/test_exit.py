@@ -8,6 +8,7 @@ writing into a pipe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -163,3 +164,54 @@ def test_a_closed_standard_stream_is_read_as_dev_null_not_an_internal_error(
     assert "internal error" not in done.stderr
     if closed == 2:  # the JSON document alone on stdout, as with stderr open
         assert json.loads(done.stdout)["error"]["type"] == "SpecError"
+
+
+HALF_CHANGED = ("from k3snet import MemoryBackend, register_backend\n"
+                "from k3snet.errors import RollbackError\n"
+                "class Half(MemoryBackend):\n"
+                "    def apply(self, plan, *args, **kwargs):\n"
+                "        raise RollbackError('the undo failed too')\n"
+                "register_backend('memory-half', Half)\n")
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+@pytest.mark.parametrize("unbuffered", [False, True])
+@pytest.mark.parametrize("into", ["closed pipe", "/dev/full"])
+def test_a_failure_whose_output_cannot_be_written_keeps_its_exit_code(
+        output: str, unbuffered: bool, into: str) -> None:
+    # `k3snet apply ... -o json | head` whose reader is gone, or a full disk: a RollbackError
+    # ("the node may be half-changed", 5) ended as a BrokenPipeError traceback and exit 1
+    # ("nothing was changed"), or as 141, and a script looked no further.
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"K3SNET_FULL_EXIT", "PYTHONUNBUFFERED"}}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    argv = ["apply", "-f", str(SEED), "--backend", "memory-half", "--no-facts",
+            "--output", output]
+    with contextlib.ExitStack() as stack:
+        if into == "closed pipe":
+            read, write = os.pipe()
+            os.close(read)
+            stack.callback(os.close, write)
+        else:
+            write = stack.enter_context(open("/dev/full", "w")).fileno()
+        done = subprocess.run([sys.executable, "-c", HALF_CHANGED + RUN, *argv], stdout=write,
+                              stderr=subprocess.PIPE, text=True, check=False, env=env,
+                              timeout=300)
+    assert done.returncode == 5, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Exception ignored" not in done.stderr
+    assert "k3snet: error: the undo failed too" in done.stderr
+
+
+def test_a_refused_command_whose_error_document_cannot_be_written_exits_1_quietly() -> None:
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = _k3snet_into(write, "plan", "-f", "no-such-spec.yaml", "--output", "json",
+                            unbuffered=True)
+    finally:
+        os.close(write)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "no-such-spec.yaml" in done.stderr

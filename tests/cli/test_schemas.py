@@ -240,3 +240,45 @@ def test_an_apply_document_with_warnings_validates(capsys: pytest.CaptureFixture
         validate(document, "apply")
     finally:
         unregister_backend("memory-warns")
+
+
+DOCTOR_GOLDEN = Path(__file__).resolve().parents[1] / "doctor" / "golden"
+
+
+def _doctor_argv(case: Path) -> list[str]:
+    """``k3snet doctor -o json`` over a golden bundle, for the flow its expected.json gives."""
+    expected = json.loads((case / "expected.json").read_text())
+    flow = expected["flow"]
+    to = f"[{flow['destination']}]" if ":" in flow["destination"] else flow["destination"]
+    if flow.get("port"):
+        to = f"{to}:{flow['port']}"
+    argv = ["doctor", "--from", flow["source"], "--to", to, "--proto", flow["protocol"],
+            "--state", str(case), "--output", "json"]
+    for cidr in expected.get("service_cidrs", []):
+        argv += ["--service-cidr", cidr]
+    return argv
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in DOCTOR_GOLDEN.iterdir() if p.is_dir()))
+def test_doctor_output_json_validates_for_every_golden_case(
+        case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # docs/schemas.md said `doctor -o json` had "no schema file yet": a script reading
+    # the findings and the fix had only the prose of docs/doctor.md to go by.
+    code = main(_doctor_argv(DOCTOR_GOLDEN / case))
+    document = json.loads(capsys.readouterr().out)
+    validate(document, "doctor")
+    assert code == {"reaches": 0, "blocked": 3, "unknown": 4}[document["trace"]["verdict"]]
+
+
+def test_the_doctor_schema_refuses_what_doctor_never_prints(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    main(_doctor_argv(DOCTOR_GOLDEN / "service-clusterip"))  # endpoints, a translated one
+    document = json.loads(capsys.readouterr().out)
+    assert "endpoint" in document["trace"]
+    validate(document, "doctor")
+    for bad in ({**document, "kind": "plan"},
+                {**document, "after": {"verdict": "maybe", "source_seen": None}},
+                {**document, "trace": {**document["trace"], "extra": 1}},
+                {**document, "findings": [{"code": "x"}]}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate(bad, "doctor")

@@ -168,6 +168,32 @@ def test_an_excluded_part_inside_a_pool_is_no_conflict(api_server: EmulatedApiSe
     assert not p.conflicts  # that part is exempt on purpose, and the pool already exempts it
 
 
+@pytest.mark.parametrize("inner", [
+    "  - {cidr: 192.168.2.0/25, masquerade: false}\n",
+    "  - {cidr: 192.168.2.0/25, exclude: [192.168.2.0/26]}\n",
+])
+def test_a_part_a_destination_inside_keeps_from_nat_is_no_conflict_in_a_pool(
+    inner: str, api_server: EmulatedApiServer
+) -> None:
+    # The most specific destination decides, as in k3snet's own rules: the /24 does not
+    # ask Calico to NAT what the /25 inside it keeps, and the user's disabled pool there
+    # is that exemption (it was a conflict: "Calico will not NAT it").
+    _seed(api_server, K3S_CROSS_SUBNET)
+    kept = "192.168.2.0/25" if "masquerade: false" in inner else "192.168.2.0/26"
+    api_server.put(CRD, _pool("lan", cidr=kept, disabled=True))
+    spec = Spec.from_yaml(SPEC_7345.replace("cni:", inner.rstrip("\n") + "\ncni:"))
+    p = _plan(_backend(api_server), spec)
+    assert not p.conflicts
+    # The rest of the /25 is still the /25's to masquerade: a pool there is a conflict.
+    if "exclude" in inner:
+        api_server.put(CRD, _pool("lan2", cidr="192.168.2.64/26", disabled=True))
+        conflicts = _plan(_backend(api_server), spec).conflicts
+        assert sorted(c.wanted.describe() for c in conflicts) == [
+            "calico masquerades pods to 192.168.2.0/24 except 192.168.2.0/26",
+            "calico masquerades pods to 192.168.2.0/25 except 192.168.2.0/26"]
+        assert all("lan2 192.168.2.64/26 (disabled)" in (c.reason or "") for c in conflicts)
+
+
 @pytest.mark.parametrize("uses", [["LoadBalancer"], ["Tunnel"]])
 def test_a_loadbalancer_only_pool_does_not_exempt_a_destination_from_nat(
     api_server: EmulatedApiServer, uses: list[str]

@@ -20,6 +20,7 @@ from hypothesis.strategies import SearchStrategy
 from k3snet.backends.cilium import (
     ALLOW_DISRUPTIVE_HINT,
     OWNED_ANNOTATION,
+    WRITTEN_ANNOTATION,
     CiliumBackend,
 )
 from k3snet.backends.registry import create_backend
@@ -609,6 +610,58 @@ def test_setting_a_value_cilium_already_runs_with_is_not_disruptive(
     assert backend.disruptive(change) is None
 
 
+@pytest.mark.parametrize("entry", ["10.0.0.0", "10.0.0.0/255.0.0.0", " 10.0.0.0/8"])
+def test_a_non_masquerade_cidr_cilium_cannot_parse_is_an_error_not_a_cidr(
+    entry: str, k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium's ip-masq-agent reads each entry with Go's net.ParseCIDR and refuses the
+    # file; k3snet read "10.0.0.0" as 10.0.0.0/32 (and judged destinations by it).
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(json.dumps({"nonMasqueradeCIDRs": [entry]})))
+    with pytest.raises(BackendError, match=r"not a CIDR as Go's net\.ParseCIDR reads it"):
+        backend.observe()
+
+
+def _helm_upgrade(server: EmulatedApiServer, **data: str) -> None:
+    """What ``helm upgrade`` does to cilium-config: the chart's keys set, annotations it
+    does not render left alone."""
+    obj = _stored(server)
+    assert obj is not None
+    obj["data"].update(data)
+    server.put(CONFIGMAPS, obj)
+
+
+def test_a_key_helm_set_since_is_helm_s_and_removal_keeps_its_value(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    wanted = CiliumConfig(TARGET, settings={"egress-masquerade-interfaces": "eth0",
+                                            "enable-masquerade-to-route-source": "true"})
+    _converge(backend, State(owned=[wanted]))
+    # The chart now sets egress-masquerade-interfaces itself; the other key is untouched.
+    _helm_upgrade(k3s_cilium, **{"egress-masquerade-interfaces": "eth1"})
+    (owned,) = backend.observe().owned
+    assert isinstance(owned, CiliumConfig)
+    assert dict(owned.settings) == {"enable-masquerade-to-route-source": "true"}
+    p = _converge(backend, State(owned=[wanted]))  # k3snet's value again
+    assert [c.action for c in p.changes] == ["replace"]
+    assert _data(k3s_cilium)["egress-masquerade-interfaces"] == "eth0"
+    _converge(backend, State())
+    # Removal gives back the chart's value (it deleted the key: absent before k3snet).
+    assert _data(k3s_cilium) == {**HELM_K3S_DATA, "egress-masquerade-interfaces": "eth1"}
+    assert OWNED_ANNOTATION not in _annotations(k3s_cilium)
+    assert WRITTEN_ANNOTATION not in _annotations(k3s_cilium)
+
+
+def test_a_record_of_an_older_k3snet_keeps_every_cilium_key_it_names(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    cm = _cilium_config({**HELM_K3S_DATA, "egress-masquerade-interfaces": "eth1"})
+    cm["metadata"]["annotations"][OWNED_ANNOTATION] = '{"egress-masquerade-interfaces": null}'
+    k3s_cilium.put(CONFIGMAPS, cm)
+    (owned,) = backend.observe().owned
+    assert isinstance(owned, CiliumConfig)
+    assert dict(owned.settings) == {"egress-masquerade-interfaces": "eth1"}
+
+
 # ---------------------------------------------------------------- what Cilium will do
 
 
@@ -623,6 +676,42 @@ def test_a_destination_inside_the_native_routing_cidr_is_a_conflict(
     assert "inside Cilium's ipv4-native-routing-cidr 192.168.0.0/16" in str(note.reason)
     assert "cni.cilium.ipv4NativeRoutingCIDR" in str(note.reason)
     assert p.render().splitlines()[1].startswith("! cilium")
+
+
+def test_a_native_routing_cidr_cilium_cannot_parse_is_a_conflict_not_a_default(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium's agent panics on it (cidr.MustParseCIDR); read as unset, k3snet promised the
+    # destination masqueraded by a Cilium that does not run.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "ipv4-native-routing-cidr": "10.42.0.0 "
+                                                                           "10.43.0.0"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    assert "ipv4-native-routing-cidr: '10.42.0.0 10.43.0.0' is not a CIDR" in str(note.reason)
+    assert "the Cilium agent panics on it at start" in str(note.reason)
+
+
+@pytest.mark.parametrize("destinations", [
+    [{"cidr": "192.168.0.0/16", "exclude": ["192.168.1.0/24"]}],
+    [{"cidr": "192.168.0.0/16"}, {"cidr": "192.168.1.0/24", "masquerade": False}],
+])
+def test_a_part_the_spec_exempts_inside_a_masqueraded_destination_is_no_conflict(
+    destinations: list[dict[str, Any]], k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium's ip-masq-agent leaves 192.168.1.0/24 alone, as the spec asks; the /16
+    # around it was judged whole ("partly inside ... never masquerades"), a conflict.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true",
+                                               "enable-ip-masq-agent": "true"}))
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent('{"nonMasqueradeCIDRs":["192.168.1.0/24"]}'))
+    data = seed_spec().to_dict()
+    data["destinations"] = destinations
+    p = plan(backend.observe(), compile_for(backend, Spec.from_dict(data)))
+    assert not p.conflicts
+    # A non-masquerade CIDR reaching past the exempt part is a conflict still.
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent('{"nonMasqueradeCIDRs":["192.168.0.0/23"]}'))
+    (note,) = plan(backend.observe(), compile_for(backend, Spec.from_dict(data))).conflicts
+    assert "192.168.0.0/24 is inside 192.168.0.0/23" in str(note.reason)
 
 
 def test_masquerading_turned_off_by_the_admin_is_a_conflict(
@@ -646,6 +735,33 @@ def test_egress_masquerade_interfaces_that_miss_the_device_are_a_conflict(
     assert not plan(backend.observe(), State(owned=[fits])).notes
     (note,) = plan(backend.observe(), State(owned=[misses])).conflicts
     assert "reached via wg0" in str(note.reason)
+
+
+def test_an_exemption_through_a_device_cilium_does_not_masquerade_on_is_met(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium masquerades only traffic leaving eth0; the spec exempts a destination (and
+    # the exclude of another) reached via eth1: Cilium leaves both alone, as asked. Judged
+    # without the device, both were "Cilium masquerades pods' traffic to ..." conflicts.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "egress-masquerade-interfaces": "eth0"}))
+    data = seed_spec().to_dict()
+    data["destinations"] = [
+        {"cidr": "192.168.7.0/24", "masquerade": False, "device": "eth1"},
+        {"cidr": "203.0.113.0/24", "device": "eth0", "exclude": ["203.0.113.8/29"]},
+        {"cidr": "198.51.100.0/24", "device": "eth1", "gateway": "192.168.1.1",
+         "masquerade": False},
+    ]
+    data["destinations"][1]["gateway"] = "192.168.1.1"
+    data["destinations"][0]["gateway"] = "192.168.1.1"
+    p = plan(backend.observe(), compile_for(backend, Spec.from_dict(data)))
+    (note,) = p.conflicts  # the exclude via eth0 only: Cilium does masquerade there
+    assert str(note.reason).count("which the spec exempts") == 1
+    assert "traffic to 203.0.113.8/29, which the spec exempts" in str(note.reason)
+    # A destination without a device is judged for any interface, as before.
+    del data["destinations"][0]["device"]
+    p = plan(backend.observe(), compile_for(backend, Spec.from_dict(data)))
+    assert "traffic to 192.168.7.0/24, which the spec exempts" in str(p.conflicts[0].reason)
 
 
 def test_ebpf_masquerading_on_devices_that_miss_the_device_is_a_conflict(

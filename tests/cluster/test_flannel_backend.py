@@ -365,6 +365,69 @@ def test_configmap_patch_carries_resource_version_and_only_what_changed(
     assert plan(configmap_backend.observe(), desired).empty
 
 
+def _kubectl_apply(server: EmulatedApiServer, text: str) -> None:
+    """What ``kubectl apply -f kube-flannel.yml`` does: the manifest's net-conf.json back,
+    annotations it did not apply left as they are."""
+    obj = _stored(server)
+    obj["data"]["net-conf.json"] = text
+    server.put(CONFIGMAPS, obj)
+
+
+def test_a_key_someone_else_rewrote_is_theirs_and_removal_keeps_their_value(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend
+) -> None:
+    backend = configmap_backend
+    desired = State(owned=[FlannelConfig(backend.target, network="10.244.0.0/16",
+                                         backend_type="vxlan",
+                                         backend_options={"Port": 4789})])
+    backend.apply(plan(backend.observe(), desired))
+    # The admin's manifest moves on (another Network and Port) and is applied again.
+    manifest = NET_CONF.replace("10.42.0.0/16", "10.43.0.0/16").replace("8472", "8475")
+    _kubectl_apply(api_server, manifest)
+    observed = backend.observe()
+    assert [o.describe() for o in observed.foreign] == [
+        FlannelConfig.from_members(backend.target, json.loads(manifest)).describe()]
+    (owned,) = observed.owned
+    assert isinstance(owned, FlannelConfig)
+    # Network and Backend.Port are theirs now; Backend.Type is still as k3snet wrote it.
+    assert owned.members() == {"Backend": {"Type": "vxlan"}}
+    p = plan(observed, desired)
+    assert [c.action for c in p.changes] == ["replace"]
+    backend.apply(p)  # k3snet's values again, the manifest's recorded as theirs
+    assert json.loads(_stored(api_server)["data"]["net-conf.json"])["Network"] == "10.244.0.0/16"
+    backend.apply(plan(backend.observe(), State()))
+    stored = _stored(api_server)
+    # Removal gives back the manifest's values, not the ones from before k3snet's first write.
+    assert stored["data"]["net-conf.json"] == manifest
+    assert not stored["metadata"].get("annotations")
+
+
+def test_a_re_apply_that_keeps_k3snet_s_value_keeps_it_k3snet_s(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend
+) -> None:
+    backend = configmap_backend
+    desired = State(owned=[FlannelConfig(backend.target, network="10.244.0.0/16")])
+    backend.apply(plan(backend.observe(), desired))
+    # Another key edited by hand: k3snet's Network is as it wrote it, so still its.
+    text = _stored(api_server)["data"]["net-conf.json"]
+    _kubectl_apply(api_server, text.replace('"SubnetLen" :24', '"SubnetLen" :25'))
+    assert plan(backend.observe(), desired).empty
+    backend.apply(plan(backend.observe(), State()))
+    assert _stored(api_server)["data"]["net-conf.json"] == NET_CONF.replace(
+        '"SubnetLen" :24', '"SubnetLen" :25')
+
+
+def test_a_record_of_an_older_k3snet_keeps_every_key_it_names(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend
+) -> None:
+    # Without the written annotation, who set a value is unknown: nothing is dropped.
+    api_server.put(CONFIGMAPS, _configmap(
+        NET_CONF.replace("10.42.0.0/16", "10.43.0.0/16"),
+        annotations={OWNED_ANNOTATION: '{"Network": "\\"10.42.0.0/16\\""}'}))
+    (owned,) = configmap_backend.observe().owned
+    assert owned.members() == {"Network": "10.43.0.0/16"}
+
+
 def test_configmap_changed_between_read_and_patch_gives_409_and_nothing(
     api_server: EmulatedApiServer, configmap_backend: FlannelBackend,
     monkeypatch: pytest.MonkeyPatch,

@@ -49,6 +49,15 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     ["doctor", "--from", "nope", "--to", "192.168.2.10", "--state", str(GOLDEN / "seed")],
     ["doctor", "--from", POD, "--to", "192.168.2.10:x", "--state", str(GOLDEN / "seed")],
     ["doctor", "--from", POD, "--to", "192.168.2.10:99999", "--state", str(GOLDEN / "seed")],
+    # A port of other digits than 0-9: "²" was an internal error (int() refuses it), and
+    # "٥٤٣٢" (Arabic-Indic digits) was traced as port 5432; a trailing ":" with no port
+    # was traced as no port at all.
+    ["doctor", "--from", POD, "--to", "192.168.2.10:\u00b2", "--state", str(GOLDEN / "seed")],
+    ["doctor", "--from", POD, "--to", "192.168.2.10:\u0665\u0664\u0663\u0662",
+     "--state", str(GOLDEN / "seed")],
+    ["doctor", "--from", POD, "--to", "192.168.2.10:", "--state", str(GOLDEN / "seed")],
+    ["doctor", "--from", POD, "--to", "[192.168.2.10]:", "--state", str(GOLDEN / "seed")],
+    ["doctor", "--from", POD, "--to", "[192.168.2.10]80", "--state", str(GOLDEN / "seed")],
     ["doctor", "--from", POD, "--to", "fd01::1", "--state", str(GOLDEN / "seed")],
     ["doctor", "--from", POD, "--to", "192.168.2.10", "--state", "/nonexistent/dir"],
     ["doctor", "--from", POD, "--to", "192.168.2.10", "--state", str(GOLDEN)],

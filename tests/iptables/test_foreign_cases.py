@@ -156,6 +156,14 @@ NAT_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
     "an exemption for marked packets is another program's traffic": (
         f"-A POSTROUTING -s {POD} -m mark --mark 0x1/0x1 -j ACCEPT\n"
         f"-A POSTROUTING -s {POD} -j MASQUERADE", 4, {MasqueradeRule(POD)}),
+    # A mark test's value, not its "!", says whom it takes: (mark & mask) == 0 is every
+    # unmarked packet, k3snet's pod traffic among them.
+    "an exemption of packets whose mark bit is clear cuts the chain": (
+        "-A POSTROUTING -m mark --mark 0x0/0x4000 -j RETURN\n"
+        f"-A POSTROUTING -s {POD} -j MASQUERADE", 4, set()),
+    "an exemption of packets without a connection mark cuts the chain": (
+        "-A POSTROUTING -m connmark --mark 0x0 -j ACCEPT\n"
+        f"-A POSTROUTING -s {POD} -j MASQUERADE", 4, set()),
     "an accept in a chain jumped to ends the nat table": (
         "-A POSTROUTING -j FLANNEL-POSTRTG\n"
         "-A FLANNEL-POSTRTG -d 10.1.0.0/16 -j ACCEPT\n"
@@ -386,6 +394,29 @@ NAT_BLOCK_CASES: dict[str, tuple[str, set[tuple[str, str, str, str, str | None, 
         "-A OTHER -m mark ! --mark 0x1/0x1 -m addrtype --dst-type LOCAL -j RETURN\n"
         f"-A OTHER -s {POD} -j MASQUERADE",
         {("masquerade", f"-A OTHER -s {POD} -j MASQUERADE", POD, "None", None, "None")}),
+    "a return of packets whose mark bit is clear in POSTROUTING is an exemption": (
+        "-A POSTROUTING -m mark --mark 0x0/0x4000 -j RETURN",
+        {("exempt", "-A POSTROUTING -m mark --mark 0x0/0x4000 -j RETURN", "None", "None", None,
+          "None")}),
+    "a masquerade of packets without a mark translates k3snet's": (
+        "-A POSTROUTING -m mark --mark 0x0 -j MASQUERADE",
+        {("masquerade", "-A POSTROUTING -m mark --mark 0x0 -j MASQUERADE", "None", "None", None,
+          "None")}),
+    "an accept of connections without a mark in a chain jumped to": (
+        "-A POSTROUTING -j OTHER\n-A OTHER -m connmark --mark 0x0/0xff -j ACCEPT",
+        {("exempt", "-A OTHER -m connmark --mark 0x0/0xff -j ACCEPT", "None", "None", None,
+          "None")}),
+    "a return of marked packets only does not end a chain jumped to": (
+        "-A POSTROUTING -j OTHER\n-A OTHER -m mark ! --mark 0x0/0x4000 -j RETURN\n"
+        f"-A OTHER -s {POD} -j MASQUERADE",
+        {("masquerade", f"-A OTHER -s {POD} -j MASQUERADE", POD, "None", None, "None")}),
+    "a mark test whose value is no number is a doubt: what follows is read": (
+        "-A POSTROUTING -j OTHER\n-A OTHER -m mark ! --mark x/0x4000 -j RETURN\n"
+        f"-A OTHER -s {POD} -j MASQUERADE",
+        {("masquerade", f"-A OTHER -s {POD} -j MASQUERADE", POD, "None", None, "None")}),
+    "a return of packets whose mark bit is clear ends a chain jumped to": (
+        "-A POSTROUTING -j OTHER\n-A OTHER -m mark --mark 0x0/0x4000 -j RETURN\n"
+        f"-A OTHER -s {POD} -j MASQUERADE", set()),
     "a return negating another match does not end a chain jumped to": (
         "-A POSTROUTING -j OTHER\n-A OTHER -m addrtype ! --dst-type LOCAL -j RETURN\n"
         f"-A OTHER -s {POD} -j MASQUERADE",
@@ -553,6 +584,14 @@ FORWARD_BLOCK_CASES: dict[str, tuple[str, str, set[tuple[str, str, str, str, str
         "-A B -o docker0 -j DROP\n-A B -j RETURN", "DROP", set()),
     "kube-proxy's drop of invalid packets two levels down": (
         "-A FORWARD -j A\n-A A -j B\n-A B -m conntrack --ctstate INVALID -j DROP", "DROP",
+        set()),
+    # An accept of marked packets only lets k3snet's unmarked ones go on to the drop;
+    # one of every unmarked packet ends the table for them.
+    "an accept of marked packets only does not end the table": (
+        f"-A FORWARD -m mark ! --mark 0x0/0x1 -j ACCEPT\n-A FORWARD -s {POD} -j DROP", "DROP",
+        {("drop", f"-A FORWARD -s {POD} -j DROP", POD, "None", None, None)}),
+    "an accept of every packet whose mark bit is clear ends the table": (
+        f"-A FORWARD -m mark --mark 0x0/0x1 -j ACCEPT\n-A FORWARD -s {POD} -j DROP", "DROP",
         set()),
     # A queue hands the packet to a program (an IPS), whose verdict ends the table.
     "a queue to a program decides before the jump": (

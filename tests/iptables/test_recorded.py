@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from k3snet.backends.iptables.foreign import foreign_forward, foreign_nat
 from k3snet.backends.iptables.mode import detect_mode
 from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.iptables.table import Op, restore_lines
-from k3snet.errors import ApplyError, PlanError
+from k3snet.errors import ApplyError, BackendError, PlanError
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
 from k3snet.render.iptables.rules import clear_caches, render_unit, tokenize
@@ -277,6 +278,28 @@ def test_mode_detection_from_recorded_outputs() -> None:
     assert detect_mode({"nft": [], "legacy": []}, "iptables v1.8.9 (nf_tables)")[0] == "nft"
     kernel = FakeKernel({("legacy", 4): recorded("legacy", 4)}, version="iptables (nf_tables)")
     assert IptablesBackend(kernel=kernel).mode == "legacy"
+
+
+class _FailingKernel(FakeKernel):
+    """A kernel whose ``-save`` runs of the flavours in ``failing`` fail."""
+
+    def __init__(self, failing: set[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.failing = failing
+
+    def save(self, family: int, mode: str) -> str | None:
+        if mode in self.failing:
+            raise BackendError(f"iptables-{mode}-save failed")
+        return super().save(family, mode)
+
+
+def test_mode_detection_reads_a_flavour_whose_save_fails_as_absent() -> None:
+    kernel = _FailingKernel({"nft"}, saves={("legacy", f): recorded("legacy", f, foreign_only=True)
+                                            for f in (4, 6)})
+    assert IptablesBackend(kernel=kernel).mode == "legacy"
+    # Every run failing is the failure (no privilege, the namespace gone), not a guess.
+    with pytest.raises(BackendError, match="iptables-nft-save failed"):
+        _ = IptablesBackend(kernel=_FailingKernel({"nft", "legacy"}, saves={})).mode
 
 
 ADMIN_K3SNET_CHAIN = """*filter

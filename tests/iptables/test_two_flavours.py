@@ -9,6 +9,9 @@ family, the table and what is there. Fresh ``k3snet-ipt-*`` namespaces.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
@@ -60,3 +63,25 @@ def test_rules_of_the_flavour_auto_did_not_pick_are_a_warning(ns: str, picked: s
     with IptablesBackend(ns, mode=picked) as backend:  # type: ignore[arg-type]
         backend.observe()  # an explicit mode: the user chose; nothing extra is read
         assert not [w for w in backend.warnings if other in w], backend.warnings
+
+
+@pytest.mark.kernel
+def test_a_flavour_whose_save_fails_is_absent_and_the_other_is_detected(
+    ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """iptables-nft-save on a kernel without nf_tables fails ("Could not fetch rule set
+    generation id"); K3s then runs iptables-legacy. mode auto used to raise that failure
+    and never looked at iptables-legacy, where the node's rules are."""
+    for name in ("iptables-nft-save", "ip6tables-nft-save"):
+        tool = tmp_path / name
+        tool.write_text("#!/bin/sh\necho \"$0 v1.8.9 (nf_tables): Could not fetch rule set "
+                        "generation id: Protocol not supported\" >&2\nexit 1\n")
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    run_in(ns, ["iptables-legacy", "-w", "-t", "nat", "-N", "KUBE-POSTROUTING"])
+    run_in(ns, ["iptables-legacy", "-w", "-t", "nat", "-A", "POSTROUTING", "-j",
+                "KUBE-POSTROUTING"])
+    with IptablesBackend(ns) as backend:
+        assert backend.mode == "legacy", backend.mode_reason
+        assert "KUBE-/FLANNEL-" in backend.mode_reason
+        backend.observe()

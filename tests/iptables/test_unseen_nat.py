@@ -59,3 +59,32 @@ def test_foreign_nat_at_any_depth_before_our_jump_is_a_conflict(
             assert notes[0].foreign.rule.startswith(rules[family].split(" --to")[0]), \
                 notes[0].foreign.rule
             assert f"+ {MASQ[family].describe()}" not in p.render()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_an_exemption_of_unmarked_packets_before_our_jump_is_a_conflict(
+    ns: str, mode: str
+) -> None:
+    """``-m mark --mark 0x0/0x4000 -j RETURN`` is kube-proxy's ``! --mark 0x4000/0x4000``
+    return written the other way: every unmarked packet (a pod's) leaves POSTROUTING
+    untranslated. It was read as "another program's marked traffic" (any positive mark
+    test was), so the plan added a masquerade that never runs, and said nothing."""
+    rule = ["-m", "mark", "--mark", "0x0/0x4000", "-j", "RETURN"]
+    for family in (4, 6):
+        run_in(ns, [f"{'ip' if family == 4 else 'ip6'}tables-{mode}", "-w", "-t", "nat",
+                    "-A", "POSTROUTING", *rule])
+    desired = State(owned=list(MASQ.values()))
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        p = plan(backend.observe(), desired)
+        for family in (4, 6):
+            notes = [n for n in p.conflicts if n.wanted == MASQ[family]]
+            assert len(notes) == 1, p.render()
+            assert isinstance(notes[0].foreign, NatBlock)
+            assert notes[0].foreign.rule == "-A POSTROUTING " + " ".join(rule)
+        backend.apply(p)
+    for family in (4, 6):
+        saved = run_in(ns, [f"{'ip' if family == 4 else 'ip6'}tables-{mode}-save", "-t",
+                            "nat"]).stdout
+        assert "-A POSTROUTING " + " ".join(rule) in saved, saved
+        assert "MASQUERADE" not in saved, saved  # held: it would never run

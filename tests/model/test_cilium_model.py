@@ -12,6 +12,7 @@ from k3snet.model.cilium import (
     CiliumMasquerade,
     parse_go_bool,
     setting_problem,
+    startup_problems,
     why_not_masqueraded,
 )
 
@@ -150,3 +151,64 @@ def test_describe() -> None:
         f"cilium {TARGET} routing-mode=native enable-bpf-masquerade=true "
         'ip-masq-agent.nonMasqueradeCIDRs=["10.0.0.0/8"] ip-masq-agent.masqLinkLocal=true')
     assert CiliumConfig(TARGET).describe() == f"cilium {TARGET} (no keys)"
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    # Go's net.ParseCIDR (through Cilium's cidr.MustParseCIDR) panics on each of these.
+    ("ipv4-native-routing-cidr", "garbage", "panics on it at start"),
+    ("ipv4-native-routing-cidr", "10.42.0.0", "panics on it at start"),  # ipaddress: a /32
+    ("ipv4-native-routing-cidr", "10.42.0.0/255.255.0.0", "panics on it at start"),
+    ("ipv4-native-routing-cidr", "10.0.0.0/8,10.1.0.0/16", "panics on it at start"),
+    ("ipv6-native-routing-cidr", "fd00::/129", "panics on it at start"),
+    # "ipv4-native-routing-cidr must be an IPv4 CIDR" (log.Fatalf).
+    ("ipv4-native-routing-cidr", "fd00::/64", "is not an IPv4 CIDR"),
+    ("ipv6-native-routing-cidr", "10.0.0.0/8", "is not an IPv6 CIDR"),
+])
+def test_a_native_routing_cidr_the_agent_cannot_parse_keeps_it_from_starting(
+    key: str, value: str, message: str
+) -> None:
+    # In tunnel mode too: the agent parses the key whenever it is set.
+    config = _config(**{key.replace("-", "_"): value})
+    (problem,) = startup_problems(config)
+    assert problem.startswith(f"{key}: ")
+    assert message in problem
+    assert config.network(key) is None  # never judged as if it were a CIDR
+    native = _config(routing_mode="native", **{key.replace("-", "_"): value})
+    assert not any("needs" in p for p in startup_problems(native) if p.startswith(key[:4]))
+
+
+def test_a_native_routing_cidr_cilium_reads_is_no_problem() -> None:
+    assert startup_problems(_config(ipv4_native_routing_cidr=" 10.42.0.0/16\n")) == []
+    assert startup_problems(_config(ipv4_native_routing_cidr="10.42.9.9/16")) == []  # masked
+    assert _config(ipv4_native_routing_cidr="10.42.9.9/16").network(
+        "ipv4-native-routing-cidr") == parse_network("10.42.0.0/16")
+
+
+def test_an_expectation_under_an_agent_that_cannot_start_is_a_conflict() -> None:
+    # Read as unset, the destination was "masqueraded as Cilium's defaults say"; the agent
+    # panics instead, and pods on every node have no network.
+    foreign = _config(ipv4_native_routing_cidr="192.168.0.0")
+    want = CiliumMasquerade(TARGET, masquerade=[(DEST, None)])
+    assert want.conflicts_with(foreign)
+    reason = want.conflict_reason(foreign)
+    assert reason is not None
+    assert "panics on it at start" in reason
+    assert "the Cilium agent does not run with this config" in reason
+    # What k3snet is about to set fixes it: judged with it laid over.
+    fixed = CiliumMasquerade(TARGET, masquerade=[(DEST, None)], wanted=CiliumConfig(
+        TARGET, settings={"ipv4-native-routing-cidr": "10.42.0.0/16"}))
+    assert not fixed.conflicts_with(foreign)
+    # An expectation of nothing is met whatever the agent does.
+    assert not CiliumMasquerade(TARGET).conflicts_with(foreign)
+
+
+def test_an_exemption_through_a_device_round_trips_and_is_judged_with_it() -> None:
+    want = CiliumMasquerade(TARGET, exempt=["10.9.0.0/16"], exempt_via=[(DEST, "eth1")])
+    assert CiliumMasquerade.from_dict(want.to_dict()) == want
+    assert want.describe().endswith("no masquerade to 10.9.0.0/16, 192.168.2.0/24 via eth1")
+    assert "exempt_via" not in CiliumMasquerade(TARGET, exempt=[DEST]).to_dict()
+    only_eth0 = _config(egress_masquerade_interfaces="eth0")
+    assert [p for p in want.problems(only_eth0) if "192.168.2.0/24" in p] == []
+    via_eth0 = CiliumMasquerade(TARGET, exempt_via=[(DEST, "eth0")])
+    (problem,) = via_eth0.problems(only_eth0)
+    assert "traffic to 192.168.2.0/24, which the spec exempts" in problem

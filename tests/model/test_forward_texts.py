@@ -122,6 +122,29 @@ def test_a_block_decides_a_rule_when_some_packet_of_it_may_match(
             assert rule.conflicts_with(block) == expected
 
 
+RULE_PATTERNS = [None, "eth0", "eth+", "e+", "cni0", "et+"]
+
+
+@pytest.mark.parametrize("oif_pattern", PATTERNS)
+@pytest.mark.parametrize("iif_pattern", PATTERNS)
+def test_a_block_decides_a_wildcard_rule_when_some_packet_of_it_may_match(
+    iif_pattern: str | None, oif_pattern: str | None
+) -> None:
+    # The same oracle, with wildcards in the rule too: a block through eth0 decides
+    # part of a rule through eth+ (it was compared with "eth+" as a name).
+    block = _block(in_interface=iif_pattern, out_interface=oif_pattern)
+    for iif in RULE_PATTERNS:
+        for oif in RULE_PATTERNS:
+            rule = ForwardRule("10.42.0.0/16", "10.0.0.0/8", in_interface=iif, out_interface=oif)
+            new = [(i, o) for i in DEVICES if _matches(iif, i)
+                   for o in DEVICES if _matches(oif, o)]
+            replies = [(o, i) for i, o in new]
+            expected = any(_matches(iif_pattern, i) and _matches(oif_pattern, o)
+                           for i, o in new + replies)
+            assert block.decides(rule) == expected, (block, rule)
+            assert rule.conflicts_with(block) == expected
+
+
 def test_a_block_of_the_other_family_or_other_addresses_decides_nothing() -> None:
     rule = ForwardRule("10.42.0.0/16", "10.0.0.0/8")
     assert not _block(family=6).decides(rule)

@@ -21,6 +21,7 @@ from k3snet import (
     parse_network,
 )
 from k3snet.model import NatBlock, object_from_dict
+from k3snet.model.nat import snat_address_problem
 
 
 def test_parse_network_rejects_host_bits_and_says_what_was_meant() -> None:
@@ -175,6 +176,36 @@ def test_snat_refuses_a_source_no_reply_can_come_back_to(source: str, address: s
     block = NatBlock(4 if "." in address else 6, "snat", f"-j SNAT --to-source {address}",
                      "iptables nat POSTROUTING", to_address=address)
     assert str(block.to_address) == address
+
+
+@pytest.mark.parametrize(("source", "address", "destination"), [
+    ("10.42.0.0/16", "169.254.1.5", None),
+    ("10.42.0.0/16", "169.254.1.5", "192.168.2.0/24"),
+    ("10.42.0.0/16", "169.254.1.5", "169.0.0.0/8"),  # holds more than the link's range
+    ("fd42::/56", "fe80::1", None),
+    ("fd42::/56", "fe80::1", "fd01:2::/64"),
+])
+def test_snat_refuses_a_link_local_source_for_destinations_beyond_the_link(
+        source: str, address: str, destination: str | None) -> None:
+    # The kernel takes `snat to 169.254.1.5` / `snat to fe80::1`, and routers forward no
+    # packet from a link-local address (Linux answers an IPv6 one "not a neighbour"):
+    # the seed lab's pod lost its egress to the database so, though the address was the
+    # node's own.
+    with pytest.raises(ModelError, match=f"SNAT address {re.escape(address)} is a "
+                                         "link-local address: routers do not forward"):
+        SnatRule(source, destination=destination, to_address=address)
+    assert snat_address_problem(ipaddress.ip_address(address)) is not None
+    # What another program wrote is still read as what it does.
+    block = NatBlock(4 if "." in address else 6, "snat", f"-j SNAT --to-source {address}",
+                     "iptables nat POSTROUTING", to_address=address)
+    assert str(block.to_address) == address
+
+
+def test_snat_to_a_link_local_address_is_taken_for_link_local_destinations() -> None:
+    metadata = SnatRule("10.42.0.0/16", destination="169.254.169.254/32",
+                        to_address="169.254.1.5")
+    assert str(metadata.to_address) == "169.254.1.5"
+    assert SnatRule("fd42::/56", destination="fe80::/64", to_address="fe80::1").family == 6
 
 
 @pytest.mark.parametrize("exclude", [None, 5, b"10.0.0.0/8", {"10.0.0.0/8": True}])

@@ -47,6 +47,23 @@ def test_an_out_interface_narrows_a_nat_block() -> None:
     assert block.decides(SnatRule("10.0.0.0/8", to_address="192.0.2.1"))  # any: maybe
 
 
+def test_a_nat_block_through_one_interface_decides_a_rule_through_a_wildcard_holding_it(
+) -> None:
+    # eth+ holds eth0: what leaves through eth0 is translated by the block first. It
+    # was compared with "eth+" as a name, and the conflict went unsaid.
+    block = NatBlock(4, "snat", "-A POSTROUTING -o eth0 -j SNAT --to-source 192.0.2.9", "x",
+                     out_interface="eth0", to_address="192.0.2.9")
+    assert block.decides(MasqueradeRule("10.0.0.0/8", out_interface="eth+"))
+    assert block.decides(MasqueradeRule("10.0.0.0/8", out_interface="e+"))
+    assert not block.decides(MasqueradeRule("10.0.0.0/8", out_interface="eth1+"))
+    assert not block.decides(MasqueradeRule("10.0.0.0/8", out_interface="wg+"))
+    wild = NatBlock(4, "masquerade", "-A POSTROUTING -o eth1+ -j MASQUERADE", "x",
+                    out_interface="eth1+")
+    assert wild.decides(SnatRule("10.0.0.0/8", out_interface="eth+", to_address="192.0.2.1"))
+    assert not wild.decides(SnatRule("10.0.0.0/8", out_interface="eth2+",
+                                     to_address="192.0.2.1"))
+
+
 def test_a_nat_block_round_trips_and_refuses_nonsense() -> None:
     for block in (SNAT, MASQ):
         assert object_from_dict(block.to_dict()) == block

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
-from k3snet.errors import ApplyError
+from k3snet.errors import ApplyError, PlanError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import State, Sysctl
 from k3snet.planner import plan
@@ -228,3 +228,40 @@ def test_one_apply_writes_an_interface_switch_after_the_forwarding_that_spreads_
         assert values == ["1", "0", "1"]
         assert plan(backend.observe(), wanted).empty
         backend.apply(plan(backend.observe(), State()))
+
+
+_CONTRADICTING = State(owned=[Sysctl("net.ipv4.ip_forward", 1),
+                              Sysctl("net.ipv4.conf.all.forwarding", 0)])
+
+
+def test_both_names_of_ipv4_forwarding_with_different_values_are_refused_unchanged(
+        ns: str, tmp_path: Path) -> None:
+    """One kernel value cannot hold both: every apply wrote one of the two names again,
+    turning the node's forwarding on and off in turn (an agent every 30 s)."""
+    before = switches(ns)
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        p = plan(backend.observe(), _CONTRADICTING)
+        assert any("two names of one kernel value" in problem for problem in backend.check(p))
+        with pytest.raises(PlanError, match="two names of one kernel value"):
+            backend.apply(p)
+    assert switches(ns) == before
+    assert not (tmp_path / ns / "sysctl.json").exists()
+
+
+def test_a_write_of_one_name_of_ipv4_forwarding_that_the_other_owned_name_would_undo_is_refused(
+        ns: str, tmp_path: Path) -> None:
+    """ip_forward owned at 1: adding conf.all.forwarding = 0 turns it off behind the plan's
+    back, and the next plan turns it on again."""
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", 1)])))
+        with pytest.raises(PlanError, match="two names of one kernel value"):
+            backend.apply(plan(backend.observe(), _CONTRADICTING))
+        assert sysctl_values(ns, "net/ipv4/ip_forward") == ["1"]
+        # Both names with the same value stay allowed, and so does giving one back.
+        backend.apply(plan(backend.observe(), _BOTH))
+        backend.apply(plan(backend.observe(), State(owned=[Sysctl(
+            "net.ipv4.conf.all.forwarding", 1)])))
+        assert plan(backend.observe(), State(owned=[Sysctl(
+            "net.ipv4.conf.all.forwarding", 1)])).empty
+        backend.apply(plan(backend.observe(), State()))
+    assert sysctl_values(ns, "net/ipv4/ip_forward") == ["0"]

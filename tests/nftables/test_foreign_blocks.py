@@ -252,6 +252,18 @@ def test_blocks_of_every_forward_base_chain_and_no_other() -> None:
     }
 
 
+def test_drops_in_filter_chains_at_prerouting_are_blocks_too() -> None:
+    # Forwarded packets pass them before the forward hook: a drop there wins.
+    kernel = forward(("accept", [[daddr("192.168.1.0/24"), DROP]]))
+    kernel.chains[("ip", "raw", "pre")] = ("prerouting", "accept",
+                                          [[daddr("192.168.5.0/24"), DROP], [DROP]])
+    assert blocks(kernel) == {
+        block("ip daddr 192.168.1.0/24 drop", destination="192.168.1.0/24"),
+        block("ip daddr 192.168.5.0/24 drop", "nftables ip raw pre",
+              destination="192.168.5.0/24"),
+    }
+
+
 def test_an_ip_table_s_drop_without_an_address_family_match_is_ipv4() -> None:
     kernel = Kernel({("ip", "t", "fwd"): ("forward", "accept",
                                           [[meta("iifname", "cni0"), DROP],

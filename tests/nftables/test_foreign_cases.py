@@ -377,6 +377,18 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
     "a conditional jump back up a chain is not followed": (
         nat([saddr(POD), jump("a")], a=[[daddr(B), jump("b")]], b=[[jump("a")], [MASQ]]),
         set()),
+    # nft's "eth*" is every interface whose name starts with eth: an earlier return
+    # through it takes what leaves through eth0 (it was compared with "eth0" as a string).
+    "an earlier return through a wildcard holding the rule's interface hides it": (
+        nat([meta("oifname", "eth*"), RETURN], [saddr(POD), meta("oifname", "eth0"), MASQ]),
+        set()),
+    "an earlier return through a wildcard not holding the rule's interface": (
+        nat([meta("oifname", "veth*"), RETURN], [saddr(POD), meta("oifname", "eth0"), MASQ]),
+        {MasqueradeRule(POD, out_interface="eth0")}),
+    "an earlier return of all but a wildcard holding the rule's interface": (
+        nat([meta("oifname", "eth*", "!="), RETURN],
+            [saddr(POD), meta("oifname", "eth0"), MASQ]),
+        {MasqueradeRule(POD, out_interface="eth0")}),
 }
 
 
@@ -566,6 +578,26 @@ FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
                                       "right": "established"}}, ACCEPT]])), set()),
     "an accept of a marked packet is not modelled": (
         forward(("drop", [[meta("mark", 1), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]])), set()),
+    # nft's "eth*" is every interface whose name starts with eth: a drop through it
+    # drops what leaves through eth1 (it was compared with "eth1" as a string).
+    "another base chain dropping to a wildcard holding our out interface": (
+        forward(("drop", [[saddr(POD), meta("oifname", "eth1"), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[meta("oifname", "eth*"), DROP]])), set()),
+    "another base chain dropping from a wildcard holding our in interface": (
+        forward(("drop", [[meta("iifname", "cni0"), saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[meta("iifname", "cni*"), DROP]])), set()),
+    "an earlier drop of the same chain through a wildcard holding our out interface": (
+        forward(("drop", [[meta("oifname", "eth*"), DROP],
+                          [saddr(POD), meta("oifname", "eth1"), ACCEPT], [CT_REPLY, ACCEPT]])),
+        set()),
+    "another base chain dropping to a wildcard not holding our out interface": (
+        forward(("drop", [[saddr(POD), meta("oifname", "eth1"), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[meta("oifname", "veth*"), DROP]])),
+        {ForwardRule(POD, "0.0.0.0/0", out_interface="eth1")}),
+    "another base chain dropping all but a wildcard holding our out interface": (
+        forward(("drop", [[saddr(POD), meta("oifname", "eth1"), ACCEPT], [CT_REPLY, ACCEPT]]),
+                ("accept", [[meta("oifname", "eth*", "!="), DROP]])),
+        {ForwardRule(POD, "0.0.0.0/0", out_interface="eth1")}),
 }
 
 

@@ -10,14 +10,17 @@ nft's wildcard ``"eth*"`` now, read back as ``eth+``; checked in the kernel's li
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from k3snet.backends.nftables import NftablesBackend, text
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.model._base import interfaces_may_meet
 from k3snet.planner import plan
 from k3snet.render.nftables import (
+    chain_order_key,
     model_ifname,
     nft_ifname,
     nft_rules,
@@ -112,3 +115,106 @@ def test_a_literal_rule_an_earlier_version_wrote_is_repaired_as_drift(ns: str) -
         assert plan(backend.observe(), State(owned=[other, wanted])).empty
     finally:
         backend.close()
+
+
+# Overlapping NAT rules with the same prefixes: NAT is first match, so the rule whose
+# interface match holds fewer interfaces must come first, or it never translates.
+ONE_NAME = SnatRule("10.42.0.0/16", out_interface="eth0", to_address="192.168.1.5")
+NARROW_WILD = MasqueradeRule("10.42.0.0/16", out_interface="eth1+")
+WIDE_WILD = MasqueradeRule("10.42.0.0/16", out_interface="eth+")
+ANY = MasqueradeRule("10.42.0.0/16")
+
+
+def _postrouting_tags(ns: str, family: str = "inet") -> list[str]:
+    """The tags of k3snet's postrouting rules, in the kernel's order."""
+    listing = json.loads(run_in(ns, ["nft", "-j", "list", "table", family, "k3snet"]).stdout)
+    return [item["rule"]["comment"] for item in listing["nftables"]
+            if item.get("rule", {}).get("chain") == "postrouting"]
+
+
+def test_a_name_sorts_before_a_wildcard_holding_it_and_a_longer_wildcard_first() -> None:
+    ordered = sorted([ANY, WIDE_WILD, ONE_NAME, NARROW_WILD], key=chain_order_key)
+    assert ordered == [ONE_NAME, NARROW_WILD, WIDE_WILD, ANY]
+
+
+@pytest.mark.parametrize("syntax", ["json", "nft"])
+def test_a_rule_through_one_interface_added_after_a_wildcard_holding_it_goes_first(
+        ns: str, syntax: str) -> None:
+    """A SNAT through eth0 added after a masquerade through eth+ (which holds eth0) was
+    appended after it and never translated a packet: the wildcard one is moved after it."""
+    backend = NftablesBackend(ns, syntax=syntax)
+    try:
+        backend.apply(plan(backend.observe(), State(owned=[WIDE_WILD, ANY])))
+        backend.apply(plan(backend.observe(), State(owned=[WIDE_WILD, ANY, ONE_NAME])))
+        backend.apply(plan(backend.observe(),
+                           State(owned=[WIDE_WILD, ANY, ONE_NAME, NARROW_WILD])))
+        assert _postrouting_tags(ns) == [rule_tag(nft_rules(o)[0].body)
+                                         for o in (ONE_NAME, NARROW_WILD, WIDE_WILD, ANY)]
+        assert plan(backend.observe(refresh=True),
+                    State(owned=[WIDE_WILD, ANY, ONE_NAME, NARROW_WILD])).empty
+    finally:
+        backend.close()
+
+
+def test_the_boot_file_puts_a_name_before_the_wildcard_holding_it(ns: str) -> None:
+    wanted = State(owned=[WIDE_WILD, ONE_NAME])
+    run_in(ns, ["nft", "-f", "-"], input_text=render_nftables_conf(wanted))
+    assert _postrouting_tags(ns) == [rule_tag(nft_rules(o)[0].body)
+                                     for o in (ONE_NAME, WIDE_WILD)]
+
+
+@pytest.mark.parametrize(("a", "b", "meet"), [
+    ("eth+", "eth0", True), ("eth0", "eth+", True), ("eth+", "eth1+", True),
+    ("eth1+", "eth+", True), ("eth+", "veth0", False), ("eth0", "eth1", False),
+    ("eth0", "eth0", True), ("eth1+", "eth2+", False), (None, "eth0", True),
+    ("eth+", None, True), ("eth0", "eth0+", True), ("eth00", "eth0+", True),
+])
+def test_two_interface_matches_meet_when_some_device_passes_both(
+        a: str | None, b: str | None, meet: bool) -> None:
+    assert interfaces_may_meet(a, b) is meet
+
+
+def test_a_foreign_masquerade_behind_a_return_through_eth_plus_does_not_meet_eth0(
+        ns: str) -> None:
+    """iptables-nft writes ``-o eth+ -j RETURN`` as ``oifname "eth*" return``: it takes
+    every packet leaving through eth0 before the masquerade below it. Compared with
+    "eth0" as a string, that return spared nothing, the masquerade read as doing the
+    wanted rule's job, and k3snet wrote nothing: eth0's pod traffic was not NATed."""
+    if shutil.which("iptables-nft-restore") is None:
+        pytest.skip("iptables-nft-restore is not installed")
+    run_in(ns, ["iptables-nft-restore"], input_text="\n".join([
+        "*nat", ":POSTROUTING ACCEPT [0:0]",
+        "-A POSTROUTING -s 10.42.0.0/16 -o eth+ -j RETURN",
+        "-A POSTROUTING -s 10.42.0.0/16 -o eth0 -j MASQUERADE", "COMMIT", ""]))
+    listed = run_in(ns, ["nft", "list", "chain", "ip", "nat", "POSTROUTING"]).stdout
+    assert 'oifname "eth*"' in listed  # the kernel's own view of the return
+    wanted = MasqueradeRule("10.42.0.0/16", out_interface="eth0")
+    backend = NftablesBackend(ns)
+    try:
+        observed = backend.observe()
+        assert MasqueradeRule("10.42.0.0/16", out_interface="eth0") not in observed.foreign
+        change = plan(observed, State(owned=[wanted]))
+        assert [c.after for c in change.changes] == [wanted]
+        backend.apply(change)
+        assert _postrouting_tags(ns) == [rule_tag(nft_rules(wanted)[0].body)]
+    finally:
+        backend.close()
+
+
+def test_a_foreign_snat_through_eth0_is_a_conflict_of_a_masquerade_through_eth_plus(
+        ns: str) -> None:
+    """iptables-nft's nat chain runs at srcnat, as k3snet's: its SNAT of what leaves through
+    eth0 may translate that part of a wanted masquerade through eth+ first. Compared with
+    "eth+" as a name, the block decided nothing and the plan said no conflict."""
+    if shutil.which("iptables-nft-restore") is None:
+        pytest.skip("iptables-nft-restore is not installed")
+    run_in(ns, ["iptables-nft-restore"], input_text="\n".join([
+        "*nat", ":POSTROUTING ACCEPT [0:0]",
+        "-A POSTROUTING -s 10.42.0.0/16 -o eth0 -j SNAT --to-source 192.0.2.9",
+        "COMMIT", ""]))
+    assert 'oifname "eth0"' in run_in(ns, ["nft", "list", "chain", "ip", "nat",
+                                            "POSTROUTING"]).stdout
+    wanted = MasqueradeRule("10.42.0.0/16", out_interface="eth+")
+    with NftablesBackend(ns) as backend:
+        notes = plan(backend.observe(), State(owned=[wanted])).notes
+    assert [(n.status, n.wanted) for n in notes] == [("conflict", wanted)]

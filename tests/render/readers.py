@@ -73,6 +73,44 @@ def read_ifupdown(text: str) -> list[Route]:
     return routes
 
 
+_NM_FIXED = frozenset({
+    "#!/bin/sh", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", 'case "${2:-}" in',
+    "    up|reapply|dhcp4-change|dhcp6-change) ;;", "    *) exit 0 ;;", "esac", "status=0",
+    'case "${1:-}" in', "        ;;", 'exit "$status"'})
+_NM_ADD = re.compile(r"        error=\$\((ip(?: -6)?) route add (.*) 2>&1\) \|\|")
+_NM_DEVICE = re.compile(r"    (\S+)\)")
+
+
+def read_networkmanager(text: str) -> list[Route]:
+    """The routes a NetworkManager dispatcher script adds; every line must be a known
+    shape, each ``add`` followed by its ``show exact`` check of the very same route and
+    the failure line, under the case branch of the route's own device."""
+    import shlex  # noqa: PLC0415 - only this reader reads shell
+
+    routes: list[Route] = []
+    lines = iter(text.splitlines())
+    device: str | None = None
+    for line in lines:
+        if not line or line.startswith("# ") or line in _NM_FIXED:
+            continue
+        if (found := _NM_DEVICE.fullmatch(line)) is not None:
+            (device,) = shlex.split(found[1])
+            continue
+        added = _NM_ADD.fullmatch(line)
+        if added is None:
+            raise ReadBackError(f"unexpected NetworkManager script line {line!r}")
+        ip, args = added[1], added[2]
+        route = route_from_args(shlex.split(args))
+        if route.device != device:
+            raise ReadBackError(f"route through {route.device} under the case of {device}")
+        check = f'            [ -n "$({ip} route show exact {args})" ] ||'
+        fail = '            { echo "k3snet: $error" >&2; status=1; }'
+        if (next(lines, None), next(lines, None)) != (check, fail):
+            raise ReadBackError(f"the route added by {line!r} is not checked as added")
+        routes.append(route)
+    return routes
+
+
 def read_netplan(text: str, *, protocol: int) -> list[Route]:
     """The routes of a netplan file (netplan has no protocol: ``protocol`` fills it)."""
     data = yaml.safe_load(text)

@@ -36,7 +36,12 @@ from k3snet.model import (
 from k3snet.render.iptables.rules import HOOKS, TABLES
 from k3snet.render.iptables.save import render_iptables_save
 from k3snet.render.manifests import COREDNS_CUSTOM_NAME, dump_manifests, render_manifests
-from k3snet.render.routes import render_ifupdown, render_netplan, render_networkd
+from k3snet.render.routes import (
+    render_ifupdown,
+    render_netplan,
+    render_networkd,
+    render_networkmanager,
+)
 from k3snet.render.sysctl import render_sysctl_d
 from k3snet.spec.compiler import compile as compile_spec
 from k3snet.spec.load import spec_from_document
@@ -45,6 +50,7 @@ from tests.render.readers import (
     read_ifupdown,
     read_netplan,
     read_networkd,
+    read_networkmanager,
     read_nft_json,
     read_server_block,
     read_sysctl_d,
@@ -100,6 +106,7 @@ def reads_back(obj: NetObject) -> None:
         assert read_ifupdown(render_ifupdown(state)) == [obj]
         assert read_netplan(render_netplan(state), protocol=obj.protocol) == [obj]
         assert read_networkd(render_networkd(state)) == [obj]
+        assert read_networkmanager(render_networkmanager(state)) == [obj]
     elif isinstance(obj, Sysctl):
         back = read_sysctl_d(render_sysctl_d(state))
         assert back == [obj]

@@ -343,6 +343,7 @@ def test_render_refuses_backend_flags_that_leave_out_the_backend_it_renders(
 @pytest.mark.parametrize(("kind", "name", "mark"), [
     ("ifupdown", "k3snet-routes", "proto 200"),
     ("networkd", "90-k3snet-eth0.network", "Protocol=200"),
+    ("networkmanager", "90-k3snet-routes", "proto 200"),
 ])  # netplan cannot express a route protocol (docs/cli.md)
 def test_the_boot_files_give_routes_the_protocol_the_spec_gives_netlink(
         kind: str, name: str, mark: str, tmp_path: Path) -> None:
@@ -406,7 +407,7 @@ def test_a_backend_given_its_kinds_in_two_flags_gets_a_file_of_all_of_them(
             capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("kind", ["ifupdown", "networkd"])
+@pytest.mark.parametrize("kind", ["ifupdown", "networkd", "networkmanager"])
 @pytest.mark.parametrize("protocol", ['"static"', "true", "0", "4", "16"])
 def test_a_route_protocol_the_netlink_backend_refuses_is_refused_by_the_boot_files_too(
         kind: str, protocol: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

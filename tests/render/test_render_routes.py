@@ -7,6 +7,7 @@ the netlink backend, and ``sysctl -p`` on the sysctl.d file.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -19,7 +20,13 @@ import yaml
 from k3snet.errors import ModelError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import Route, State, Sysctl
-from k3snet.render.routes import ip_route_args, render_ifupdown, render_netplan, render_networkd
+from k3snet.render.routes import (
+    ip_route_args,
+    render_ifupdown,
+    render_netplan,
+    render_networkd,
+    render_networkmanager,
+)
 from k3snet.render.sysctl import render_sysctl_d
 
 ROUTES = (
@@ -89,7 +96,8 @@ def test_ifupdown_static_stanza_needs_an_address() -> None:
         render_ifupdown(STATE, addresses={"d0": ["not-an-address"]})
 
 
-@pytest.mark.parametrize("render", [render_ifupdown, render_netplan, render_networkd])
+@pytest.mark.parametrize("render", [render_ifupdown, render_netplan, render_networkd,
+                                    render_networkmanager])
 def test_routes_without_device_are_refused(render: object) -> None:
     state = State(owned=[ROUTES[0], Route("10.5.0.0/24", gateway="10.0.0.2"),
                          Route("10.6.0.0/24", gateway="10.0.0.2")])
@@ -199,6 +207,55 @@ def test_ifupdown_commands_round_trip_through_the_kernel() -> None:
                 if when == "down":
                     run_in(ns, shlex.split(command))
             assert not backend.observe().owned
+
+
+@pytest.mark.kernel
+@needs_root
+def test_networkmanager_script_adds_each_route_once_and_fails_only_on_another_programs(
+        tmp_path: Path) -> None:
+    # The script NetworkManager's dispatcher runs as `SCRIPT DEVICE ACTION`, under sh
+    # (dash on Debian), read back by the netlink backend and by `ip -j route`.
+    from k3snet.backends.netlink import NetlinkBackend  # noqa: PLC0415 - kernel tests only
+
+    routes = {*ROUTES, Route("10.3.0.0/24", device="d0", scope="host")}
+    script = tmp_path / "90-k3snet-routes"
+    script.write_text(render_networkmanager(State(owned=routes)))
+
+    def dispatch(ns: str, device: str, action: str) -> tuple[int, str]:
+        done = run_in(ns, ["sh", str(script), device, action], check=False)
+        return done.returncode, done.stderr
+
+    with temporary_netns("render") as ns:
+        for dev, peer, v4, v6 in (("d0", "d0p", "10.0.0.1/24", "fd00::1/64"),
+                                  ("e0", "e0p", "10.9.0.1/24", "fd09::1/64")):
+            run_in(ns, ["ip", "link", "add", dev, "type", "veth", "peer", "name", peer])
+            run_in(ns, ["ip", "link", "set", peer, "up"])
+            run_in(ns, ["ip", "link", "set", dev, "up"])
+            run_in(ns, ["ip", "addr", "add", v4, "dev", dev])
+            run_in(ns, ["ip", "addr", "add", v6, "dev", dev, "nodad"])
+        assert dispatch(ns, "d0", "down") == (0, "")  # no other action adds anything
+        assert dispatch(ns, "d0", "pre-up") == (0, "")
+        with NetlinkBackend(ns, state_dir=str(tmp_path / "state")) as backend:
+            assert not backend.observe().owned
+            assert dispatch(ns, "d0", "up") == (0, "")
+            assert dispatch(ns, "e0", "up") == (0, "")
+            assert dispatch(ns, "x0", "up") == (0, "")  # a device without routes
+            assert {r for r in backend.observe().owned if isinstance(r, Route)} == routes
+            # Up again, a reapply, a DHCP renewal: the routes are there, no failure.
+            for action in ("up", "reapply", "dhcp4-change", "dhcp6-change"):
+                assert dispatch(ns, "d0", action) == (0, "")
+            assert {r for r in backend.observe().owned if isinstance(r, Route)} == routes
+            # Another program's route holds the same destination, metric and table:
+            # said and failed, never replaced.
+            run_in(ns, ["ip", "route", "del", *ip_route_args(ROUTES[0])])
+            run_in(ns, ["ip", "route", "add", "10.1.0.0/24", "via", "10.0.0.3", "dev", "d0",
+                        "metric", "0", "proto", "static"])
+            status, stderr = dispatch(ns, "d0", "up")
+            assert status == 1
+            assert stderr.startswith("k3snet: ")
+            assert "File exists" in stderr
+        (kept,) = json.loads(run_in(ns, ["ip", "-j", "route", "show", "10.1.0.0/24"]).stdout)
+        assert (kept["gateway"], kept["protocol"]) == ("10.0.0.3", "static")
 
 
 @pytest.mark.kernel

@@ -16,7 +16,12 @@ import pytest
 
 from k3snet.errors import ModelError
 from k3snet.model import Route, State, Sysctl
-from k3snet.render.routes import render_ifupdown, render_netplan, render_networkd
+from k3snet.render.routes import (
+    render_ifupdown,
+    render_netplan,
+    render_networkd,
+    render_networkmanager,
+)
 from k3snet.render.sysctl import render_sysctl_d
 from tests.render.test_render_routes import STATE
 
@@ -55,9 +60,13 @@ def test_networkd_files() -> None:
     _check("routes.networkd.txt", "".join(f"### {name}\n{text}" for name, text in files.items()))
 
 
+def test_networkmanager_script() -> None:
+    _check("routes.networkmanager.sh", render_networkmanager(WIDE))
+
+
 @pytest.mark.parametrize(("render", "name"), [
     (render_ifupdown, "ifupdown"), (render_netplan, "netplan"),
-    (render_networkd, "systemd-networkd")])
+    (render_networkd, "systemd-networkd"), (render_networkmanager, "NetworkManager")])
 def test_routes_without_device_are_listed_in_the_refusal(render: object, name: str) -> None:
     state = State(owned=[Route("10.5.0.0/24", gateway="10.0.0.2"),
                          Route("10.6.0.0/24", gateway="10.0.0.2"), *STATE.owned])

@@ -134,6 +134,24 @@ def test_nftables_a_foreign_base_chain_that_drops_our_flow_is_a_conflict(ns: str
     assert not any("192.168.2.0" in json.dumps(r) for r in forward), forward
 
 
+@pytest.mark.parametrize(("hook", "priority"), [("prerouting", "raw"), ("prerouting", "filter"),
+                                               ("postrouting", "filter")])
+def test_nftables_a_drop_of_our_flow_at_prerouting_or_postrouting_is_a_conflict(
+        ns: str, hook: str, priority: str) -> None:
+    """A forwarded packet passes the filter chains at prerouting and postrouting too: a
+    drop there wins over k3snet's accept at the forward hook. Those chains were not read,
+    and the plan wrote the accept and said nothing."""
+    pytest.importorskip("nftables")
+    run_in(ns, ["nft", "-f", "-"], input_text=ADMIN_NFT.replace(
+        "hook forward priority filter - 10", f"hook {hook} priority {priority}"))
+    before = _nft_rules(ns, "admin")
+    with NftablesBackend(ns) as backend:
+        p = plan(backend.observe(), DESIRED)
+        assert_conflict_names_the_rule(p, "ip saddr 10.42.0.0/16 ip daddr 192.168.2.0/24 drop")
+        assert "nftables inet admin screen" in p.render()
+    assert _nft_rules(ns, "admin") == before
+
+
 # -- foreign rules after k3snet's hooks, and foreign NAT before them --------------------
 
 MASQ = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")

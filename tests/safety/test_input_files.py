@@ -18,6 +18,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -288,3 +289,77 @@ def test_flannels_config_file_as_a_fifo_or_too_large_is_an_error_not_a_hang(
     _sparse(tmp_path / "big.json", 1 << 30)
     with pytest.raises(BackendError, match="larger than"):
         FlannelBackend(path=tmp_path / "big.json").observe()
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    spec = tmp_path / "egress.yaml"
+    spec.write_text(SPEC)
+    spec.chmod(0o644)
+    return spec
+
+
+NODE_COMMANDS = [
+    ["plan", "--no-facts"],
+    ["apply", "--no-facts"],
+    ["destroy", "--auto-approve"],
+    ["observe"],
+    ["agent", "--once", "--no-kube", "--no-facts", "--node-name", "n1"],
+]
+
+
+@pytest.mark.usefixtures("require_root")
+@pytest.mark.parametrize("argv", NODE_COMMANDS, ids=lambda argv: argv[0])
+def test_a_spec_another_user_could_write_is_refused_by_every_node_command(
+        argv: list[str], spec_file: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A spec is what root applies, as a plan file is: one another user owns, or that others
+    (or a group other than its owner's own) may write, lets that user change the routes,
+    rules and backend paths root writes. Refused before it is read: nothing is applied."""
+    from k3snet import MemoryBackend, State, Sysctl, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from k3snet.cli import main  # noqa: PLC0415
+
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-spec-owner", lambda: held)
+    run = [argv[0], "-f", str(spec_file), "--backend", "memory-spec-owner", *argv[1:]]
+    try:
+        for mode, owner, why in (
+                (0o646, (0, 0), r"writable by others \(mode 0646\)"),
+                (0o664, (0, 65534), r"writable by group nogroup \(mode 0664\)"),
+                (0o644, (65534, 65534), r"owned by uid 65534, not by this user or root")):
+            os.chown(spec_file, *owner)
+            spec_file.chmod(mode)
+            assert main(run) == 1, why
+            err = capsys.readouterr().err
+            assert re.search(why + ".*another user could change what k3snet applies", err), err
+            assert held.observe() == State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")])
+    finally:
+        unregister_backend("memory-spec-owner")
+
+
+@pytest.mark.usefixtures("require_root")
+def test_a_spec_of_root_the_sudo_user_or_a_private_group_is_taken(
+        spec_file: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`sudo k3snet plan -f ~/egress.yaml`: the file of the user who ran sudo is theirs to
+    change anyway; a 0664 file in its owner's private group (Debian's and Ubuntu's
+    default for users) has no other writer; commands that only read a spec
+    (validate, render) take any spec."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    plan = ["plan", "-f", str(spec_file), "--backend", "memory", "--no-facts"]
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    spec_file.chmod(0o664)  # root:root, root's own group with no other member
+    assert main(plan) == 2, capsys.readouterr().err
+    spec_file.chmod(0o644)
+    os.chown(spec_file, 65534, 65534)
+    monkeypatch.setenv("SUDO_UID", "65534")
+    assert main(plan) == 2, capsys.readouterr().err
+    monkeypatch.setenv("SUDO_UID", "1")  # sudo run by another user: still refused
+    assert main(plan) == 1
+    spec_file.chmod(0o666)
+    capsys.readouterr()
+    assert main(["validate", "-f", str(spec_file)]) == 0
+    assert main(["render", "sysctl", "-f", str(spec_file)]) == 0

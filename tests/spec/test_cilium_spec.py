@@ -72,7 +72,9 @@ def test_the_expectation_follows_the_masquerade_policy() -> None:
     (expected,) = compile_cilium(Spec.from_dict(data), target=TARGET)
     assert isinstance(expected, CiliumMasquerade)
     assert [(str(n), d) for n, d in expected.masquerade] == [("192.168.2.0/24", "eth0")]
-    assert [str(n) for n in expected.exempt] == ["192.168.2.8/29", "192.168.7.0/24"]
+    assert [str(n) for n in expected.exempt] == ["192.168.7.0/24"]
+    # The exclude of a destination through eth0 leaves through eth0.
+    assert [(str(n), d) for n, d in expected.exempt_via] == [("192.168.2.8/29", "eth0")]
     data["masquerade"] = {"mode": "off"}
     (expected,) = compile_cilium(Spec.from_dict(data), target=TARGET)
     assert isinstance(expected, CiliumMasquerade)

@@ -159,6 +159,16 @@ def test_explicit_sysctl_wins_over_managed_forwarding() -> None:
     assert sysctls == ["sysctl net.ipv4.conf.all.rp_filter = 2", "sysctl net.ipv4.ip_forward = 1"]
 
 
+def test_explicit_sysctl_under_the_other_name_of_ip_forward_wins_over_managed_forwarding(
+) -> None:
+    # net.ipv4.conf.all.forwarding is ip_forward under another name: with ip_forward = 1
+    # added beside it, every apply wrote one of the two again, forwarding on and off.
+    spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "device": "eth0"}],
+                           "sysctls": {"net.ipv4.conf.all.forwarding": 0}})
+    sysctls = sorted(o.describe() for o in compile_spec(spec).owned if isinstance(o, Sysctl))
+    assert sysctls == ["sysctl net.ipv4.conf.all.forwarding = 0"]
+
+
 _GATEWAYS = ["192.168.1.1", "192.168.9.1", "172.16.0.1", "fd00::1", "fd09::1"]
 _DEVICES = [None, "eth0", "eth1", "ens3"]
 

@@ -462,3 +462,14 @@ def test_rows_with_a_document_not_found_sound_are_no_hit(spec_file: Path, store:
     entry["sound"] = sound
     file.write_text(json.dumps(entry))
     assert load_spec_cached(spec_file, store) == seed_spec()
+
+
+def test_a_miss_prunes_the_temporary_file_a_killed_writer_left(spec_file: Path,
+                                                               store: Path) -> None:
+    store.mkdir(parents=True, mode=0o700)
+    left = store / ".spec-0123456789abcdef.tmp"  # write_atomic's name, never renamed
+    left.write_text("{")
+    os.utime(left, (1, 1))
+    load_spec_cached(spec_file, store)
+    assert not left.exists()
+    assert len(list(store.iterdir())) == 1

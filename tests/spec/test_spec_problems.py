@@ -52,6 +52,16 @@ DOCUMENTS: dict[str, Any] = {
     "header": {"apiVersion": "v1", "kind": "Pod"},
     "sysctls": {"sysctls": {"net.ipv4.ip_forward": 1, "bad name": 1, "net.x": [1]}},
     "sysctls not a mapping": {"sysctls": ["net.ipv4.ip_forward"]},
+    # The kernel stores any integer in these (rp_filter 3 acts as loose, -1 as the
+    # interface's value) and reads 01 back as 1.
+    "sysctl values out of their documented range": {"sysctls": {
+        "net.ipv4.conf.all.rp_filter": 3, "net.ipv4.conf.eth0.rp_filter": -1,
+        "net.ipv6.conf.all.accept_ra": "01", "net.ipv4.ip_forward": "yes",
+        "net.ipv6.conf.all.forwarding": 2, "net.ipv4.conf.default.arp_announce": 2,
+        "net.ipv4.tcp_keepalive_time": 7200}},
+    # One kernel value under two names: every apply wrote the other one again.
+    "one kernel value given two values": {"sysctls": {
+        "net.ipv4.ip_forward": 1, "net.ipv4.conf.all.forwarding": 0}},
     "label mappings": {"egressPolicy": {"podSelector": "app=web"},
                        "cni": {"flannel": {"backend": {"type": "vxlan", "options": [1]}}}},
     "backends list": {"backends": ["netlink", "bad name", 3, "x" * 65, "-", "__", "a-_b"]},
@@ -324,6 +334,17 @@ def test_the_checks_after_a_list_item_left_out_name_the_document_s_items() -> No
         "masquerade.snatAddresses[1]: 10.42.0.5 is a pod address; SNAT needs a node address",
     ]
 
+
+
+def test_a_link_local_snat_address_is_a_problem_at_its_path() -> None:
+    # Every destination's egress would leave with it as source, and no router forwards
+    # a packet from a link-local address: egress beyond the link silently lost.
+    document = {"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                "masquerade": {"snatAddresses": ["169.254.1.5", "fe80::5"]}}
+    problems = _problems(lambda: Spec.from_dict(document)).splitlines()
+    assert [p.split(":")[0] for p in problems] == ["masquerade.snatAddresses[0]",
+                                                   "masquerade.snatAddresses[1]"]
+    assert all("is a link-local address: routers do not forward" in p for p in problems)
 
 
 def test_an_unspecified_gateway_is_a_problem_at_its_path() -> None:

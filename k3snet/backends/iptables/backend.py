@@ -273,8 +273,7 @@ class IptablesBackend(BackendBase):
     def mode(self) -> Flavour:
         """``nft`` or ``legacy``: given, or detected on first use (see the module docs)."""
         if self._mode is None:
-            texts = {flavour: {family: self._kernel.save(family, flavour)
-                               for family in FAMILIES} for flavour in _FLAVOURS}
+            texts = self._saves_for_detection()
             saves: dict[str, list[str]] = {
                 flavour: [text for text in by_family.values() if text is not None]
                 for flavour, by_family in texts.items()}
@@ -282,6 +281,28 @@ class IptablesBackend(BackendBase):
             self._other_rules = other_flavour_rules(texts[_OTHER[self._mode]])
             self._other_fresh = True  # the first observe need not read it again
         return self._mode
+
+    def _saves_for_detection(self) -> dict[Flavour, dict[int, str | None]]:
+        """Each flavour's ``-save`` text of each family (``None``: not installed).
+
+        A flavour whose tool fails reads as absent (iptables-nft on a kernel without
+        nf_tables: "Could not fetch rule set generation id: Protocol not supported"),
+        so that the other is detected rather than nothing working; when every run
+        fails, the first failure is raised (no privilege, a namespace gone).
+        """
+        texts: dict[Flavour, dict[int, str | None]] = {}
+        failures: list[K3snetError] = []
+        for flavour in _FLAVOURS:
+            texts[flavour] = {}
+            for family in FAMILIES:
+                try:
+                    texts[flavour][family] = self._kernel.save(family, flavour)
+                except K3snetError as exc:
+                    failures.append(exc)
+                    texts[flavour][family] = None
+        if failures and len(failures) == len(_FLAVOURS) * len(FAMILIES):
+            raise failures[0]
+        return texts
 
     @property
     def mode_reason(self) -> str:
@@ -324,6 +345,15 @@ class IptablesBackend(BackendBase):
                 f"mode='{other}' if that is the flavour in use")
         for (family, table), state in sorted(self._tables.items()):
             where = f"IPv{family} {table}"
+            if state.hidden == "table":
+                found.append(f"{_unreadable(state)}; k3snet owns nothing there and "
+                             "refuses to write it")
+            elif state.hidden == "base chains":
+                found.append(
+                    f"{where}: iptables-nft-save leaves out base chains of this table "
+                    f"written with nft (`nft list table {_nft_family(family)} {table}` shows "
+                    "them): they run on their hooks besides k3snet's rules, and what they "
+                    "drop or translate k3snet neither sees nor names as a conflict")
             for chain in state.foreign_chains:
                 jumps = [f"-A {j.chain} {format_line(j.line)}" for j in state.foreign_jumps
                          if j.target == chain]
@@ -832,8 +862,10 @@ class IptablesBackend(BackendBase):
             append(change)
         ordered = {(family, table): pending[family, table]
                    for family in FAMILIES for table in TABLES if (family, table) in pending}
-        problems = [problem for where, changes in ordered.items()
-                    for problem in self._conflicts(tables[where], changes)]
+        problems = [_unreadable(tables[where]) for where in ordered
+                    if tables[where].hidden == "table"]
+        problems += [problem for where, changes in ordered.items()
+                     for problem in self._conflicts(tables[where], changes)]
         if problems:
             self._refuse(plan, "\n  ".join(problems))
         return ordered
@@ -935,6 +967,25 @@ def _where_of(subject: NetObject) -> tuple[int, str]:
             raise PlanError(f"cannot delete {subject}: it is not the iptables backend's")
         return where
     return (subject.family or 4, table_of(subject))
+
+
+def _nft_family(family: int) -> str:
+    return "ip" if family == 4 else "ip6"
+
+
+def _unreadable(state: TableState) -> str:
+    """Why k3snet does not write a table iptables-nft cannot show (``hidden == "table"``).
+
+    Writing it blind, k3snet's rules never read back: each apply added them again
+    (one more jump from the built-in chain every time), and the rules of the table
+    that decide first (a drop, an SNAT) were no conflict.
+    """
+    family, table = state.family, state.table
+    return (f"IPv{family} {table}: iptables-nft cannot read this table (iptables-nft-save: "
+            f"\"Table `{table}' is incompatible, use 'nft' tool\"): it holds rules written "
+            f"with nft (`nft list table {_nft_family(family)} {table}`) that iptables cannot "
+            "show, so k3snet would write it blind; leave it to nft (the nftables backend) or "
+            "move those rules to a table of another name")
 
 
 def _culprit(plan: Plan, line: Line | None) -> Change | None:

@@ -43,7 +43,7 @@ exclusion, anything else negated is not modelled).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Sequence
 
 import attrs
 
@@ -115,14 +115,15 @@ def _cuts(target: str | None, tokens: Line) -> bool:
 
     Unconditional ones do; so do those matching on a negation without a positive
     address match (kube-proxy's ``-m mark ! --mark 0x4000/0x4000 -j RETURN``, after
-    which its MASQUERADE only sees marked packets). Exemptions bounded by an
-    address (flannel's pod-to-pod RETURNs) or a positive mark are let through:
+    which its MASQUERADE only sees marked packets), and those whose only match is a
+    mark test every unmarked packet passes (:func:`_takes_all`). Exemptions bounded
+    by an address (flannel's pod-to-pod RETURNs) or a set mark are let through:
     best effort.
     """
     if target not in ("RETURN", "ACCEPT"):
         return False
     conditions = _conditions(tokens)
-    if not conditions:
+    if not conditions or _takes_all(tokens):
         return True
     positive_address = any(
         tok in ("-s", "-d") and (i == 0 or conditions[i - 1] != "!")
@@ -198,13 +199,16 @@ _GOES_ON = frozenset({None, "MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKS
 
 
 def _takes_all(tokens: Line) -> bool:
-    """A rule every packet of k3snet's matches: no condition, or only ``! --mark``
-    (kube-proxy's return of unmarked packets: k3snet's pod traffic carries no mark)."""
+    """A rule every packet of k3snet's matches: no condition, or only a mark test that
+    a packet without a mark passes (kube-proxy's ``! --mark 0x4000/0x4000`` return of
+    unmarked packets, or the same as ``--mark 0x0/0x4000``: k3snet's pod traffic
+    carries no mark, see :func:`_unmarked_passes`)."""
     conditions = _conditions(tokens)
     if not conditions:
         return True
-    return (len(conditions) == 5 and conditions[0] == "-m"
-            and conditions[1] in ("mark", "connmark") and conditions[2:4] == ["!", "--mark"])
+    return (len(conditions) in (4, 5) and conditions[0] == "-m"
+            and conditions[1] in ("mark", "connmark") and conditions[-2] == "--mark"
+            and conditions[2:-2] in ([], ["!"]) and _unmarked_passes(conditions) is True)
 
 
 @attrs.frozen
@@ -616,9 +620,37 @@ class _NatWalk(_Walk):
 
 
 def _marked(tokens: Line) -> bool:
-    """The rule tests for a set packet or connection mark (``--mark`` not negated)."""
-    return any(word == "--mark" and (index == 0 or tokens[index - 1] != "!")
-               for index, word in enumerate(tokens))
+    """The rule tests for a set packet or connection mark: a packet without a mark
+    fails one of its mark tests (kube-proxy's ``--mark 0x4000/0x4000``; not
+    ``--mark 0x0/0x4000``, which every unmarked packet passes)."""
+    return _unmarked_passes(tokens) is False
+
+
+def _unmarked_passes(tokens: Sequence[str]) -> bool | None:
+    """Whether a packet whose packet and connection marks are 0 (k3snet's pod traffic)
+    passes every ``--mark VALUE[/MASK]`` test of the rule (``None``: it has none, or
+    one whose value does not read as a number and none it fails).
+
+    The kernel's test (xt_mark, xt_connmark) is ``(mark & MASK) == VALUE``, negated
+    by ``!``: with mark 0 it holds when VALUE is 0. ``None`` is a doubt, and counts
+    against k3snet: such a rule is neither another program's marked traffic
+    (:func:`_marked`) nor one that takes every packet of k3snet's (:func:`_takes_all`).
+    """
+    passes: bool | None = None
+    unknown = False
+    for index, word in enumerate(tokens[:-1]):
+        if word != "--mark":
+            continue
+        negated = index > 0 and tokens[index - 1] == "!"
+        try:
+            value = int(tokens[index + 1].split("/", 1)[0], 0)
+        except ValueError:
+            unknown = True
+            continue
+        if (value == 0) == negated:
+            return False
+        passes = True
+    return None if unknown else passes
 
 
 def _nat_block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,

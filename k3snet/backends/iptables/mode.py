@@ -90,7 +90,8 @@ def other_flavour_rules(texts: Mapping[int, str | None]) -> list[str]:
     """What one flavour's ``-save`` texts (by family) hold in the tables k3snet reads.
 
     One ``IPv4 filter: 2 rules, FORWARD policy DROP, 1 user chain`` line per table
-    that holds anything; empty when those tables are empty (or absent).
+    that holds anything (what iptables-nft-save says it left out too); empty when
+    those tables are empty (or absent).
     """
     found = []
     for family, text in sorted(texts.items()):
@@ -110,6 +111,9 @@ def other_flavour_rules(texts: Mapping[int, str | None]) -> list[str]:
             chains = sum(policy == "-" for policy in held.policies.values())
             if chains:
                 parts.append(f"{chains} user chain{'s' if chains != 1 else ''}")
+            if held.hidden is not None:  # iptables-nft-save said it left them out
+                parts.append(f"{'rules' if held.hidden == 'table' else 'base chains'} "
+                             "written with nft that iptables-nft-save cannot show")
             if parts:
                 found.append(f"IPv{family} {table}: {', '.join(parts)}")
     return found

@@ -7,11 +7,24 @@ and :mod:`k3snet.backends.iptables.foreign` (everyone else's).
 
 from __future__ import annotations
 
+import re
+from typing import Literal
+
 import attrs
 
 from k3snet.render.iptables.rules import whole_rule
 
-__all__ = ["Dump", "TableDump", "parse_save"]
+__all__ = ["Dump", "Hidden", "TableDump", "parse_save"]
+
+Hidden = Literal["table", "base chains"]
+"""What iptables-nft-save said it left out of a table (see :attr:`TableDump.hidden`)."""
+
+# iptables-nft-save's words for an nftables table of its name holding what the xt
+# layer cannot show (rules, or base chains, written with nft): comments only, and
+# exit status 0. "is incompatible": the table is left out whole; "contains
+# incompatible base-chains": the chains printed are whole, the others are not shown.
+_INCOMPATIBLE = re.compile(
+    r"^# Table `([^']+)' (is incompatible|contains incompatible base-chains)")
 
 
 @attrs.define
@@ -21,6 +34,11 @@ class TableDump:
     name: str
     policies: dict[str, str] = attrs.field(factory=dict)
     rules: dict[str, list[str]] = attrs.field(factory=dict)
+    hidden: Hidden | None = None
+    """What iptables-nft-save left out, saying so in a comment: ``"table"``, all of it
+    (it holds rules written with nft that iptables cannot show; nothing of it was
+    read), or ``"base chains"`` of the table's own written with nft (the chains read
+    are whole, those run besides them)."""
 
     def chain(self, name: str) -> list[str]:
         """The rules of a chain as printed (empty if the chain does not exist)."""
@@ -32,15 +50,21 @@ Dump = dict[str, TableDump]
 
 
 def parse_save(text: str) -> Dump:
-    """Parse ``iptables-save`` output (any tables; comments and counters ignored); a
-    comment that holds a newline stays in its rule
+    """Parse ``iptables-save`` output (any tables; comments and counters ignored, but
+    iptables-nft-save's saying that it left part of a table out:
+    :attr:`TableDump.hidden`); a comment that holds a newline stays in its rule
     (:func:`~k3snet.render.iptables.rules.whole_rule`)."""
     tables: Dump = {}
     current: TableDump | None = None
     raws = iter(text.split("\n"))
     for raw in raws:
         line = raw.strip()
-        if not line or line.startswith("#"):
+        if not line:
+            continue
+        if line.startswith("#"):
+            if (hidden := _INCOMPATIBLE.match(line)) is not None:
+                dump = tables.setdefault(hidden.group(1), TableDump(hidden.group(1)))
+                dump.hidden = "table" if hidden.group(2) == "is incompatible" else "base chains"
             continue
         if line.startswith("*"):
             current = tables.setdefault(line[1:], TableDump(line[1:]))

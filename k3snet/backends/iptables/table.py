@@ -35,6 +35,7 @@ from k3snet.render.iptables.rules import (
     is_bucket_chain,
     main_lines,
     normalize,
+    parse_rule,
     rebuild_unit,
     remember,
     render_new,
@@ -169,6 +170,9 @@ class TableState:
     """Rules that are not k3snet's jumping to ``K3SNET-*`` chains (k3snet's or not):
     never touched, and a chain of k3snet's they jump to is never deleted
     (:func:`edit_conflicts`)."""
+    hidden: str | None = None
+    """What iptables-nft-save left out of the table (:attr:`TableDump.hidden`):
+    ``"table"`` (nothing of it was read: k3snet does not write it) or ``"base chains"``."""
     stray_jumps: list[Line] = attrs.field(factory=list)
     """Rules of the built-in chain carrying k3snet's tag that jump to a chain not
     named ``K3SNET-*`` (k3snet's own renamed with ``iptables -E``, or a copy): not
@@ -268,6 +272,7 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
         chains={name: lines for name, lines in chains.items() if name not in foreign},
         foreign_chains={name: chains[name] for name in sorted(foreign)},
         foreign_jumps=jumps,
+        hidden=dump.hidden if dump is not None else None,
     )
     state.stray_jumps = [line for line in state.hook_rules if has_tag(line)
                          and (target := _jump_target(line)) in rules
@@ -718,10 +723,11 @@ def diff_table(
         if is_bucket_chain(chain):
             drop = Counter(have) - Counter(want)
             extra = Counter(want) - Counter(have)
-            # A rule whose comment holds a newline cannot be named on one line of
-            # iptables-restore input (-D): its chain is rewritten instead.
-            if sum(drop.values()) <= len(want) and not any(
-                    "\n" in token for line in drop for token in line):
+            # A rule is named by its text (-D) only when that text reads back as the
+            # rule: iptables-save quotes comments only, so another match's value
+            # (`--hashlimit-name a b`) or a comment holding a newline would not, and
+            # the -D was refused on every apply. Such a chain is rewritten instead.
+            if sum(drop.values()) <= len(want) and _nameable(state, chain, drop):
                 keep = [True] * len(have)
                 for index in range(len(have) - 1, -1, -1):  # from the end: positions hold
                     if drop[have[index]] > 0:
@@ -743,6 +749,18 @@ def diff_table(
     hook_ops, hook_rules = _hook_ops(state, want_jump)
     ops = [*declares, *deletes, *appends, *hook_ops, *flushes, *removes]
     return ops, result, hook_rules
+
+
+def _nameable(state: TableState, chain: str, lines: Iterable[Line]) -> bool:
+    """Every one of ``lines``, rules of ``chain`` as read, can be deleted by its text
+    (``-D``): a rule of a valid unit of the chain (k3snet's own text), or one made only
+    of the matches k3snet reads (:func:`~k3snet.render.iptables.rules.parse_rule`),
+    whose values need no quoting but a comment's, and no comment holding a newline."""
+    ours = {line for digest in state.by_chain.get(chain, ())
+            for line in state.units[digest].lines}
+    return all(line in ours or (parse_rule(line) is not None
+                                and not any("\n" in token for token in line))
+               for line in lines)
 
 
 def _apply_delta(chain: str, have: list[Line], delta: Delta, deletes: list[Op],

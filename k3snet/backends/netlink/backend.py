@@ -117,7 +117,7 @@ from k3snet.model.route import (
     protocol_name,
 )
 from k3snet.model.state import State
-from k3snet.model.sysctl import Sysctl
+from k3snet.model.sysctl import Sysctl, contradicting_aliases
 from k3snet.planner import Change, Plan
 
 __all__ = ["DEFAULT_STATE_ROOT", "WATCHED_SYSCTLS", "NetlinkBackend", "check_route_protocol"]
@@ -530,9 +530,10 @@ class NetlinkBackend(BackendBase):
                 shared = {_slot(r): r for r in view.foreign if _slot(r) in keys}
         missing: list[tuple[Change, str]] = []
         if sysctls:
-            found_owned, found_foreign, missing = self._touched_sysctls(sysctls)
+            found_owned, found_foreign, missing, contradictions = self._touched_sysctls(sysctls)
             owned += found_owned
             foreign += found_foreign
+            problems += contradictions
         problems += fit_problems(self, plan, State(owned=owned, foreign=foreign),
                                  slots=False)
         for change in routes:
@@ -559,15 +560,20 @@ class NetlinkBackend(BackendBase):
                                 f"(tables={sorted(self.tables or ())})")
         return problems
 
-    def _touched_sysctls(self, changes: Sequence[Change]
-                         ) -> tuple[list[Sysctl], list[Sysctl], list[tuple[Change, str]]]:
-        """The sysctls ``changes`` name as observe reports them (owned, foreign), and the
-        changes of sysctls the kernel does not have."""
+    def _touched_sysctls(self, changes: Sequence[Change]) -> tuple[
+            list[Sysctl], list[Sysctl], list[tuple[Change, str]], list[str]]:
+        """The sysctls ``changes`` name as observe reports them (owned, foreign), the
+        changes of sysctls the kernel does not have, and the two names of one kernel
+        value (:data:`ALIASES`) the plan would leave owned with different values."""
         data = self._store.load()
         indexes = self._link_indexes(data)
         names = sorted({str(c.subject.key[1]) for c in changes})
+        # The other name of a value the plan writes, owned and left as it is: the write
+        # changes it too, behind the plan's back.
+        kept = sorted({alias for name in names if (alias := ALIASES.get(name)) is not None
+                       and alias not in names and data.owns(alias, indexes)})
         root = self.proc_sys
-        values = self._runner.call(lambda: read_sysctls(root, names))
+        values = self._runner.call(lambda: read_sysctls(root, [*names, *kept]))
         self._count()
         owned: list[Sysctl] = []
         foreign: list[Sysctl] = []
@@ -586,7 +592,9 @@ class NetlinkBackend(BackendBase):
             if values.get(subject.name) is None:
                 missing.append((change, f"{change}: no such sysctl in {self._where} "
                                         f"({root / subject.path})"))
-        return owned, foreign, missing
+        return owned, foreign, missing, _alias_problems(changes, {
+            name: value for name in [*names, *kept] if data.owns(name, indexes)
+            and (value := normal(name, values.get(name))) is not None})
 
     # -- apply
 
@@ -878,6 +886,31 @@ def _previous(state: SysctlState, action: str, name: str, current: str) -> str |
     if alias in state.owned:
         return state.owned[str(alias)][1]
     return normal(name, current)
+
+
+def _alias_problems(changes: Sequence[Change], owned: Mapping[str, str]) -> list[str]:
+    """The sysctl ``changes`` that leave two names of one kernel value (:data:`ALIASES`)
+    owned with different values (``owned``: the owned values now, by name).
+
+    The kernel holds one value: after the plan one of the two reads back as changed,
+    and every apply writes it again, turning forwarding on and off in turn.
+    """
+    after = dict(owned)
+    for change in changes:
+        name = str(change.subject.key[1])
+        if isinstance(change.after, Sysctl):
+            after[name] = change.after.value
+        else:
+            after.pop(name, None)
+    problems: list[str] = []
+    for first, second in contradicting_aliases(after):
+        change = next(c for c in changes if str(c.subject.key[1]) in (first, second))
+        problems.append(
+            f"{change}: {first} and {second} are two names of one kernel value, which k3snet "
+            f"would own as {after[first]} and {after[second]}: each write sets the other, "
+            "and every apply would write them again in turn; want one of them, or the "
+            "same value for both")
+    return problems
 
 
 def _enables_ipv6_forwarding(change: Change) -> bool:

@@ -84,7 +84,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -122,6 +122,7 @@ from k3snet.backends.nftables.kernel import (
     beside_listings,
     first_lines,
     listing_key,
+    owner_tables,
 )
 from k3snet.backends.nftables.parse import (
     ForeignRead,
@@ -182,6 +183,7 @@ class _Started:
     genid: int
     listings: _Listings
     foreign: ForeignRead | None
+    owners: frozenset[tuple[str, str, int]] = frozenset()  # read before the foreign read
 
 
 class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the backend
@@ -356,10 +358,15 @@ class NftablesBackend(BackendBase):
         """
         self._call(self._prefetch)
 
-    def change_token(self) -> int:
+    def change_token(self) -> Hashable:
         """The ruleset generation id: any committed nftables transaction in the namespace
-        (iptables-nft's too) changes it; one small netlink round trip."""
-        return self._call(lambda kernel: kernel.genid())
+        (iptables-nft's too) changes it; one small netlink round trip. With tables a
+        process owns (``flags owner``), the id and those tables: the kernel deletes
+        one when its process ends without moving the id."""
+        def token(kernel: NftKernel) -> Hashable:
+            genid, owners = kernel.genid(), owner_tables(kernel)
+            return (genid, owners) if owners else genid
+        return self._call(token)
 
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Dry run: the problems applying ``plan`` would hit (the kernel sees the batch,
@@ -443,6 +450,11 @@ class NftablesBackend(BackendBase):
             self._settle(started)
             started = None
         cache = None if refresh else self._observed.get(genid)
+        if (cache is not None and cache.foreign is not None and cache.owners
+                and owner_tables(kernel) != cache.owners):
+            # A table a process owned went with it, the generation id unmoved: what the
+            # other tables were read as is stale (k3snet's own table is never owned).
+            cache.foreign = cache.state = None
         if cache is None and not refresh and not (started and started.listings):
             kept = self._kept_read()  # the table as the last process left it, if still so
             if kept is not None:
@@ -470,7 +482,14 @@ class NftablesBackend(BackendBase):
             self._observed.put(genid, cache)
         ahead = started.foreign if started else None
         if foreign and cache.foreign is None:
-            cache.foreign, ahead = self._read_foreign(kernel, ahead), None
+            # Stamped before the read, as the generation id: a table gone during it makes
+            # the next read look again.
+            cache.owners = owner_tables(kernel)
+            # The read prefetch started, unless an owned table went since it began.
+            taken = ahead if started is not None and started.owners == cache.owners else None
+            cache.foreign = self._read_foreign(kernel, taken)
+            if taken is not None:
+                ahead = None
         if ahead is not None and self._foreign_bounded is not None:
             self._foreign_bounded.abandon(ahead.future)  # not taken: see _settle
         return cache
@@ -510,9 +529,10 @@ class NftablesBackend(BackendBase):
         listings = {} if kept is not None and kept.stamped(genid) else self._list_own(bounded)
         foreign = self._foreign_lister() if self.observe_foreign else None
         # The other tables are read meanwhile too, in their own helper.
+        owners = owner_tables(kernel) if foreign is not None and not foreign.busy else frozenset()
         ahead = start_foreign_read(foreign, self._own_tables()) \
             if foreign is not None and not foreign.busy else None
-        self._started = _Started(genid, listings, ahead)
+        self._started = _Started(genid, listings, ahead, owners)
 
     def _kept_lines(self, listings: _Listings | None) -> tuple[_Listings | None, Lines]:
         """With neither lines of its own nor a hint: k3snet's table listed in the

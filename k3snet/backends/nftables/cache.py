@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from k3snet.model import Drift, NetObject
+from k3snet.model import Drift, NetObject, interfaces_may_meet
 from k3snet.model.state import State
 
 if TYPE_CHECKING:
@@ -67,6 +67,9 @@ class Cache:
     tables: dict[str, Table] = field(default_factory=dict)  # nft family -> table
     drift: dict[Key, tuple[Drift, Repair]] = field(default_factory=dict)
     foreign: frozenset[NetObject] | None = None
+    # the tables processes owned when ``foreign`` was read: the kernel deletes one without
+    # moving the generation id, so ``foreign`` holds only while they are all still there
+    owners: frozenset[tuple[str, str, int]] = frozenset()
     state: State | None = None
     nat_index: dict[tuple[int, int, int], set[Key]] = field(default_factory=dict)
     lines: Lines = field(default_factory=dict)  # what the text reader read each rule line as
@@ -115,7 +118,8 @@ def nat_overlap(a: Key, b: Key) -> bool:
         mask = ((1 << bits) - 1) ^ ((1 << (bits - shorter)) - 1)
         if a_dst & mask != b_dst & mask:
             return False
-    return not (a[6] and b[6] and a[6] != b[6])
+    # A key holds "" for any interface; a wildcard (eth+) and a name it holds overlap.
+    return interfaces_may_meet(a[6] or None, b[6] or None)
 
 
 @dataclass

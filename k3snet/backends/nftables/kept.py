@@ -209,7 +209,7 @@ class Kept:
             return False
         if not write_atomic(self.file, data, ".nft-"):
             return False
-        prune(self.file.parent, self.file, MAX_ENTRIES, ".kept")
+        prune(self.file.parent, self.file, MAX_ENTRIES, ".kept", temporary=".nft-")
         self.loaded = cache.genid
         return True
 

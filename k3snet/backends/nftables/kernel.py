@@ -120,6 +120,13 @@ def listed_items(output: str, what: str) -> list[dict[str, Any]]:
     return [item for item in items if isinstance(item, dict)]
 
 
+def owner_tables(kernel: object) -> frozenset[tuple[str, str, int]]:
+    """``kernel``'s :meth:`Libnftables.owner_tables`; none for a kernel seam without it
+    (the recorded and fake kernels of tests)."""
+    read = getattr(kernel, "owner_tables", None)
+    return read() if read is not None else frozenset()
+
+
 def first_lines(text: str, count: int = 4) -> str:
     """The first ``count`` non-empty lines of an nft error, joined with `` | ``."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
@@ -156,6 +163,12 @@ class Libnftables:
         """The ruleset generation id (``NFT_MSG_GETGEN``, one small netlink round trip)."""
         self.calls += 1
         return self._generation.read()
+
+    def owner_tables(self) -> frozenset[tuple[str, str, int]]:
+        """The tables a process owns (:meth:`~k3snet.backends.nfgen.GenerationReader.owner_tables`:
+        they go without moving the generation id)."""
+        self.calls += 1
+        return self._generation.owner_tables()
 
     def run(self, batch: str, *, json_input: bool, dry_run: bool = False) -> tuple[int, str]:
         """Run one libnftables buffer (one transaction); return (rc, error text)."""

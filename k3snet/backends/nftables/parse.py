@@ -75,7 +75,7 @@ from k3snet.backends.nftables.text import (
     table_objects,
 )
 from k3snet.errors import BackendError, ModelError
-from k3snet.model import Drift, NetObject, validate_interface_name
+from k3snet.model import Drift, NetObject, interfaces_may_meet, validate_interface_name
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
@@ -361,7 +361,28 @@ def _disjoint(cond: Match, family: int, source: Network, destination: Network | 
         for net, neg in cond.daddr:
             if (not neg and not overlaps(net, destination)) or (neg and contains(net, destination)):
                 return True
-    return oif is not None and any((name == oif) == neg for name, neg in cond.oif)
+    return _no_interface_passes(cond.oif, oif)
+
+
+def _no_interface_passes(tests: list[tuple[str, bool]], device: str | None) -> bool:
+    """Whether no interface that ``device`` (a name of k3snet's model, ``eth+`` a prefix;
+    ``None``: any) may be passes all of a foreign rule's name ``tests`` (nft's names,
+    ``"eth*"`` a prefix): then the rule never matches its packets.
+
+    Compared as the patterns they are, not as strings: ``oifname "eth*"`` holds eth0,
+    so an earlier ``oifname "eth*" return`` is no exit that spares eth0's packets.
+    """
+    if device is None:
+        return False
+    for name, negated in tests:
+        pattern = model_ifname(name)
+        if negated:
+            # != a pattern: only when every name the device may be matches the pattern.
+            if device.startswith(pattern[:-1]) if pattern.endswith("+") else device == pattern:
+                return True
+        elif not interfaces_may_meet(pattern, device):
+            return True
+    return False
 
 
 @attrs.frozen
@@ -429,6 +450,8 @@ class ForeignReader:
     replies_accepted: bool = False
     # every forward base chain: (family, table), name, policy; and where each accept was read
     forward_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
+    # filter base chains at prerouting and postrouting: forwarded packets pass them too
+    path_bases: list[tuple[tuple[str, str], str]] = field(default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -474,6 +497,9 @@ class ForeignReader:
                 self.forward_bases.append((where, str(name), str(chain.get("policy", "accept"))))
                 self._walking = (where, str(name))
                 self._walk(where, str(name), [], _Way(), self._forward_rule)
+            elif chain.get("type") == "filter" and chain.get("hook") in ("prerouting",
+                                                                         "postrouting"):
+                self.path_bases.append((where, str(name)))  # read for its drops only
         found = self._met()
         found |= self._blocks()
         found.update(block for block, _ in self.nat_blocks)
@@ -501,10 +527,12 @@ class ForeignReader:
         return found
 
     def _blocks(self) -> set[NetObject]:
-        """Foreign drops and rejects at the forward hook that name addresses.
+        """Foreign drops and rejects at the forward hook, and in the filter chains at
+        prerouting and postrouting (which forwarded packets pass too), that name addresses.
 
         An accept in k3snet's chain ends only that chain; a drop in any other base
-        chain on the hook, at any priority, still wins. So such a rule (in a base
+        chain on the hook, at any priority, or on the hooks before and after it, still
+        wins. So such a rule (in a base
         chain or any chain jumped or gone to below it, narrowed by the jumps' tests
         on the way) decides the traffic it names, and a wanted forward rule it may
         match is a conflict. Rules without a positive address match (``ct state
@@ -514,7 +542,9 @@ class ForeignReader:
         is past it named in ``unread``) and does not follow a chain already on its way.
         """
         found: set[NetObject] = set()
-        for where, name, _ in self.forward_bases:
+        # A forwarded packet also passes every filter chain on the prerouting and
+        # postrouting hooks: a drop there wins over any accept at the forward hook.
+        for where, name in [*((w, n) for w, n, _ in self.forward_bases), *self.path_bases]:
             self._block_walk(where, name, _Way(), found)
         return found
 
@@ -912,8 +942,7 @@ def _misses(match: Match, rule: ForwardRule) -> bool:
     """True when ``match`` can never match a packet of ``rule``."""
     if _disjoint(match, rule.family, rule.source, rule.destination, rule.out_interface):
         return True
-    iif = rule.in_interface
-    return iif is not None and any((name == iif) == neg for name, neg in match.iif)
+    return _no_interface_passes(match.iif, rule.in_interface)
 
 
 def _covers(match: Match, rule: ForwardRule) -> bool:

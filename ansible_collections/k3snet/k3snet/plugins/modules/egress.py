@@ -220,7 +220,7 @@ try:
     from k3snet._admin_path import admin_path
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
-    from k3snet.cli import disruptive_notes, sigterm_undoes
+    from k3snet.cli import disruptive_notes, refuse_foreign_spec, sigterm_undoes
     from k3snet.converge import (
         compile_for,
         facts_namespace,
@@ -260,6 +260,9 @@ class ParameterError(Exception):
 def load_spec(params: dict[str, Any]) -> k3snet.Spec | None:
     """The spec from ``spec_path`` (a file on the node) or ``spec`` (a mapping), if any."""
     if params["spec_path"] is not None:
+        # As `k3snet apply -f`: a file another user could write would be theirs to change
+        # what the module applies as root.
+        refuse_foreign_spec(params["spec_path"])
         return k3snet.load_spec(params["spec_path"])
     if params["spec"] is not None:
         return k3snet.Spec.from_dict(params["spec"], source="the spec option")

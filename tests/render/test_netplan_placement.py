@@ -1,0 +1,170 @@
+"""Where ``render netplan`` puts a device's routes among the node's other netplan files.
+
+netplan merges definitions by section and id, and gives each id a networkd file of its
+own (``10-netplan-ID.network``); networkd applies only the first file, in lexical
+order, that matches a link. Routes written under a device's name while another
+definition (``nic0``, ``match: {macaddress}``, ``set-name: eth0``, as cloud-init writes)
+configures that device made a second file that sorts first: at the next boot eth0 had
+k3snet's routes and no DHCP. The last test runs the real ``netplan generate`` and reads
+the networkd files it writes, as networkd would choose among them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from k3snet.cli import main
+from k3snet.errors import ModelError
+from k3snet.model import Route, State
+from k3snet.render.routes import netplan_placement, render_netplan
+
+CLOUD_INIT = {"network": {"version": 2, "ethernets": {"nic0": {
+    "match": {"macaddress": "52:54:00:12:34:56"}, "set-name": "eth0", "dhcp4": True}}}}
+PLAIN = {"network": {"version": 2, "ethernets": {"eth0": {"dhcp4": True}}}}
+BRIDGE = {"network": {"version": 2, "ethernets": {"eno1": {"dhcp4": False}},
+                      "bridges": {"eth0": {"interfaces": ["eno1"], "dhcp4": True}}}}
+GLOB = {"network": {"version": 2, "ethernets": {"all-eth": {
+    "match": {"name": "eth*"}, "dhcp4": True}}}}
+MAC_ONLY = {"network": {"version": 2, "ethernets": {"uplink": {
+    "match": {"macaddress": "52:54:00:12:34:56"}, "dhcp4": True}}}}
+
+
+def test_a_device_renamed_by_set_name_gets_its_routes_under_that_definition() -> None:
+    assert netplan_placement({"50-cloud-init.yaml": CLOUD_INIT}, ["eth0"]) == (
+        {"eth0": "ethernets"}, {"eth0": "nic0"})
+
+
+def test_a_device_named_by_its_id_keeps_its_section() -> None:
+    assert netplan_placement({"01-netcfg.yaml": PLAIN}, ["eth0"]) == (
+        {"eth0": "ethernets"}, {"eth0": "eth0"})
+    assert netplan_placement({"01-netcfg.yaml": BRIDGE}, ["eth0"]) == (
+        {"eth0": "bridges"}, {"eth0": "eth0"})
+
+
+def test_a_device_no_file_names_is_left_to_the_default() -> None:
+    assert netplan_placement({"01-netcfg.yaml": PLAIN, "empty.yaml": None}, ["eth1"]) == ({}, {})
+
+
+@pytest.mark.parametrize("other", [GLOB, MAC_ONLY], ids=["name-glob", "macaddress"])
+def test_a_device_a_match_may_configure_is_refused_until_its_id_is_given(
+        other: dict[str, Any]) -> None:
+    with pytest.raises(ModelError, match=r"--netplan-id eth0=ID"):
+        netplan_placement({"50-cloud-init.yaml": other}, ["eth0"])
+    (netplan_id,) = other["network"]["ethernets"]
+    assert netplan_placement({"50-cloud-init.yaml": other}, ["eth0"],
+                             ids={"eth0": netplan_id}) == (
+        {"eth0": "ethernets"}, {"eth0": netplan_id})
+
+
+def test_a_name_glob_that_does_not_cover_the_device_is_not_a_doubt() -> None:
+    assert netplan_placement({"50.yaml": GLOB}, ["ens3"]) == ({}, {})
+
+
+def test_a_device_two_definitions_name_is_refused() -> None:
+    with pytest.raises(ModelError, match=r"two definitions, 'eth0' \(ethernets\), 'nic0'"):
+        netplan_placement({"01.yaml": PLAIN, "50.yaml": CLOUD_INIT}, ["eth0"])
+
+
+def test_an_id_no_file_defines_is_refused() -> None:
+    with pytest.raises(ModelError, match=r"'nic9' for eth0: no netplan file defines it"):
+        netplan_placement({"50.yaml": CLOUD_INIT}, ["eth0"], ids={"eth0": "nic9"})
+
+
+@pytest.mark.parametrize("document", [[], {"network": "x"}, {"network": {"ethernets": []}}])
+def test_a_file_netplan_refuses_is_refused(document: object) -> None:
+    with pytest.raises(ModelError, match=r"netplan file bad\.yaml"):
+        netplan_placement({"bad.yaml": document}, ["eth0"])
+
+
+def test_two_devices_cannot_share_one_definition() -> None:
+    state = State(owned=[Route("10.1.0.0/24", device="eth0"), Route("10.2.0.0/24", device="eth1")])
+    with pytest.raises(ModelError, match="eth0 and eth1"):
+        render_netplan(state, ids={"eth0": "all-eth", "eth1": "all-eth"})
+
+
+def test_ids_are_quoted_keys() -> None:
+    state = State(owned=[Route("10.1.0.0/24", device="eth0")])
+    text = render_netplan(state, ids={"eth0": "1e3: x"})
+    assert list(yaml.safe_load(text)["network"]["ethernets"]) == ["1e3: x"]
+    with pytest.raises(ModelError, match="netplan id"):
+        render_netplan(state, ids={"eth0": "a\nb"})
+
+
+# ------------------------------------------------------------------ the real netplan
+
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster:
+  podCIDRs: [10.42.0.0/16]
+destinations:
+  - cidr: 192.168.2.0/24
+    gateway: 192.168.1.1
+    device: eth0
+"""
+
+needs_netplan = pytest.mark.skipif(
+    shutil.which("netplan") is None and not os.environ.get("CI"),
+    reason="needs netplan (Debian netplan.io; make deps installs it)")
+
+
+def _networkd_sections(text: str) -> dict[str, list[dict[str, str]]]:
+    sections: dict[str, list[dict[str, str]]] = {}
+    current: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("["):
+            current = {}
+            sections.setdefault(line.strip("[]"), []).append(current)
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            current[key] = value
+    return sections
+
+
+def _applied(run: Path, name: str, mac: str) -> dict[str, list[dict[str, str]]]:
+    """The .network file networkd applies to the link ``name`` with MAC ``mac``: the first,
+    in lexical order, whose [Match] matches it."""
+    for path in sorted((run / "systemd" / "network").glob("*.network")):
+        sections = _networkd_sections(path.read_text())
+        match = sections["Match"][0]
+        if "Name" in match and not fnmatch.fnmatchcase(name, match["Name"]):
+            continue
+        if "PermanentMACAddress" in match and match["PermanentMACAddress"] != mac:
+            continue
+        return sections
+    raise AssertionError(f"no .network file matches {name}")
+
+
+@needs_netplan
+@pytest.mark.parametrize(("admin", "given"), [
+    (CLOUD_INIT, []), (PLAIN, []), (BRIDGE, []), (GLOB, ["--netplan-id", "eth0=all-eth"]),
+    (MAC_ONLY, ["--netplan-id", "eth0=uplink"]),
+], ids=["set-name", "plain", "bridge", "name-glob", "macaddress"])
+def test_the_file_networkd_applies_holds_the_admins_dhcp_and_k3snets_routes(
+        admin: dict[str, Any], given: list[str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "50-cloud-init.yaml").write_text(yaml.safe_dump(admin))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc), *given]) == 0
+    capsys.readouterr()
+    for path in etc.iterdir():
+        path.chmod(0o600)  # netplan warns about readable files
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          # netplan in a snap asks a D-Bus service to generate for / instead
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode == 0, done.stderr
+    applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
+    assert applied["Network"][0].get("DHCP") == "ipv4"  # the admin's configuration
+    assert {"Destination": "192.168.2.0/24", "Gateway": "192.168.1.1"} in applied["Route"]
