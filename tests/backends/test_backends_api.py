@@ -517,6 +517,16 @@ def test_group_undo_does_not_re_add_repaired_drift() -> None:
     assert not nat.observe().owned
 
 
+def test_an_apply_result_holds_its_changes_as_a_tuple_whatever_they_are_given_as() -> None:
+    """A backend returning ``ApplyResult(name, [change])`` made a result unequal to the same
+    one made from ``plan.changes``, and unhashable."""
+    change = Change.add(STATIC)
+    listed = ApplyResult("x", [change], 1)
+    assert listed == ApplyResult("x", (change,), 1)
+    assert listed.applied == (change,)
+    assert hash(listed) == hash(ApplyResult("x", (change,), 1))
+
+
 def test_an_apply_result_renders_its_summary_then_each_change() -> None:
     changes = Plan(changes=[Change.add(Sysctl("net.ipv4.ip_forward", "1")),
                             Change.add(Sysctl("net.ipv4.conf.all.rp_filter", "2"))]).changes
