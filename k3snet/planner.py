@@ -237,11 +237,19 @@ class Note:
 
 
 def _changes(value: Iterable[Change]) -> tuple[Change, ...]:
-    return tuple(value)
+    return _sequence(value, "changes")
 
 
 def _notes(value: Iterable[Note]) -> tuple[Note, ...]:
-    return tuple(value)
+    return _sequence(value, "notes")
+
+
+def _sequence(value: Iterable[Any], what: str) -> tuple[Any, ...]:
+    try:
+        return tuple(value)
+    except TypeError as exc:  # one change where a list belongs: "'Change' is not iterable"
+        raise ModelError(f"a plan's {what} are a list, not {type(value).__name__} "
+                         f"{value!r}") from exc
 
 
 def _held(value: Iterable[tuple[NetObject, NetObject]]) -> tuple[tuple[NetObject, NetObject], ...]:

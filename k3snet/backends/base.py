@@ -31,7 +31,7 @@ error mapping, observe cache, fault injection) are written once in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -44,6 +44,10 @@ from k3snet.planner import Change, Plan
 __all__ = ["ApplyResult", "Backend", "BackendFactory", "ensure_capable"]
 
 
+def _applied(changes: Iterable[Change]) -> tuple[Change, ...]:
+    return tuple(changes)
+
+
 @attrs.frozen
 class ApplyResult:
     """What an apply did: the changes applied, in order, and the system calls it took.
@@ -53,7 +57,9 @@ class ApplyResult:
     """
 
     backend: str
-    applied: tuple[Change, ...] = ()
+    # A tuple whatever it is given as: ApplyResult(name, [change]) was unequal to the same
+    # result made from plan.changes, and could not be hashed.
+    applied: tuple[Change, ...] = attrs.field(default=(), converter=_applied)
     operations: int = 0
     undo: Callable[[], tuple[Change, ...]] | None = attrs.field(
         default=None, eq=False, repr=False, kw_only=True)

@@ -37,6 +37,13 @@ class Member:
         if extra:
             raise ModelError(f"backend {backend.name!r} cannot manage {', '.join(sorted(extra))} "
                              f"(it manages {', '.join(sorted(backend.capabilities))})")
+        unknown = self.kinds - set(known_kinds())
+        if unknown:  # no rank: it has no place in the apply order (min() of nothing)
+            raise ModelError(
+                f"backend {backend.name!r} manages {', '.join(sorted(unknown))}, a kind no "
+                "object type is registered for: register its NetObject classes with "
+                "k3snet.model.register_object_type when its module is imported "
+                "(docs/custom-backend.md, New kinds of objects)")
 
     def order(self) -> int:
         ranks = known_kinds()
@@ -63,7 +70,9 @@ class BackendGroup:
                 if kind in seen:
                     raise ModelError(
                         f"both {seen[kind]!r} and {member.backend.name!r} would manage {kind}; "
-                        f"give each kind to one backend (e.g. --backend iptables:forward)"
+                        "give each kind to one backend: Member(backend, kinds) in the "
+                        "library, --backend NAME:KINDS on the command line (e.g. --backend "
+                        "iptables:forward)"
                     )
                 seen[kind] = member.backend.name
         if not self.members:

@@ -266,16 +266,20 @@ def go_cidr_text(value: str) -> bool:
     return _GO_CIDR.fullmatch(value) is not None
 
 
-def aggregate(prefixes: Iterable[str | Network]) -> tuple[Network, ...]:
+def aggregate(prefixes: Iterable[str | Network] | str | Network) -> tuple[Network, ...]:
     """The smallest set of prefixes covering exactly the same addresses.
 
     Works on a mix of families (IPv4 first, then IPv6) and accepts prefixes
     with host bits set (they are masked, as the kernel does). For one family it
-    equals :func:`ipaddress.collapse_addresses`.
+    equals :func:`ipaddress.collapse_addresses`. One prefix may be given alone.
 
     >>> aggregate(["10.0.0.0/25", "10.0.0.128/25", "fd00::/64", "10.0.0.5/32"])
     (IPv4Network('10.0.0.0/24'), IPv6Network('fd00::/64'))
     """
+    if isinstance(prefixes, str | ipaddress.IPv4Network | ipaddress.IPv6Network):
+        # Iterated, a string gave its characters ("'1' is not a valid CIDR") and a
+        # network its addresses.
+        prefixes = (prefixes,)
     by_family: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
     for prefix in prefixes:
         net = parse_network(prefix, strict=False)

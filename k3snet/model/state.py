@@ -121,7 +121,11 @@ def object_from_dict(data: Mapping[str, Any]) -> NetObject:
 
 
 def _objects(values: Iterable[NetObject]) -> frozenset[NetObject]:
-    result = frozenset(values)
+    try:
+        result = frozenset(values)
+    except TypeError as exc:  # one object where a list belongs: "'Sysctl' is not iterable"
+        raise ModelError(f"a State holds a list of k3snet objects, not {type(values).__name__} "
+                         f"{values!r}") from exc
     for obj in result:
         if not isinstance(obj, NetObject):
             raise ModelError(f"a State holds k3snet objects, not {type(obj).__name__} {obj!r}")

@@ -33,6 +33,7 @@ from k3snet import (
 from k3snet import compile as compile_spec
 from k3snet.backends import Backend, register_backend, registry
 from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.kit import BackendBase
 from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import unregister_backend
 from k3snet.converge import converge
@@ -199,8 +200,22 @@ def test_a_group_whose_members_leave_kinds_out_passes_the_conformance_suite() ->
     assert "also changes sysctl" in problem
 
 
+def test_a_member_of_a_kind_no_object_type_is_registered_for_is_a_model_error_saying_so(
+) -> None:
+    """A third-party backend whose object types were not registered (its module not yet
+    imported) made the group fail in ``min()`` with a bare ValueError."""
+
+    class Dns(BackendBase):
+        name = "dns"
+        capabilities = frozenset({"dnsrecord"})
+
+    with pytest.raises(ModelError, match="dnsrecord, a kind no object type is registered for: "
+                                         "register its NetObject classes"):
+        BackendGroup([Dns(), MemoryBackend(capabilities=["route"])])
+
+
 def test_group_refuses_two_backends_for_one_kind() -> None:
-    with pytest.raises(ValueError, match="would manage"):
+    with pytest.raises(ValueError, match=r"would manage .*Member\(backend, kinds\) in the library"):
         BackendGroup([MemoryBackend(), MemoryBackend(capabilities=["nat"])])
 
 
@@ -500,6 +515,16 @@ def test_group_undo_does_not_re_add_repaired_drift() -> None:
     assert not isinstance(caught.value, RollbackError)
     assert not forward.observe().owned  # the repair stays; no finding is re-added
     assert not nat.observe().owned
+
+
+def test_an_apply_result_holds_its_changes_as_a_tuple_whatever_they_are_given_as() -> None:
+    """A backend returning ``ApplyResult(name, [change])`` made a result unequal to the same
+    one made from ``plan.changes``, and unhashable."""
+    change = Change.add(STATIC)
+    listed = ApplyResult("x", [change], 1)
+    assert listed == ApplyResult("x", (change,), 1)
+    assert listed.applied == (change,)
+    assert hash(listed) == hash(ApplyResult("x", (change,), 1))
 
 
 def test_an_apply_result_renders_its_summary_then_each_change() -> None:

@@ -85,3 +85,20 @@ def test_apply_refuses_a_route_add_into_a_foreign_routes_slot_before_any_step() 
         backend.apply(stale)
     assert system.steps == 0
     assert system.state == State(foreign=FOREIGN)
+
+
+def test_a_group_of_the_page_backend_and_the_memory_backend_passes_beside_foreign_state(
+) -> None:
+    """The group's rollback takes the third-party member back through its own apply of
+    the inverse plan, beside foreign objects of every kind in both members."""
+    from k3snet.backends.group import BackendGroup, Member  # noqa: PLC0415
+    from k3snet.backends.memory import MemoryBackend  # noqa: PLC0415
+
+    docker = MasqueradeRule("172.17.0.0/16")
+
+    def make() -> BackendGroup:
+        return BackendGroup([Member(StepBackend(StepSystem()), ["sysctl", "route"]),
+                             MemoryBackend(State(foreign=[docker]),
+                                           capabilities=["nat", "forward"])])
+
+    run_conformance(make, max_examples=20)

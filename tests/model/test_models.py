@@ -42,6 +42,13 @@ def test_aggregate_mixed_families_and_host_bits() -> None:
     )
 
 
+def test_aggregate_takes_one_prefix_given_alone() -> None:
+    """A string was iterated as its characters: ``aggregate("10.0.0.0/8")`` said
+    "'1' is not a valid CIDR"; a network, as its addresses."""
+    assert aggregate("10.0.0.1/8") == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert aggregate(ipaddress.ip_network("fd00::/64")) == (ipaddress.ip_network("fd00::/64"),)
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [

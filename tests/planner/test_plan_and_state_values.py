@@ -208,6 +208,16 @@ def test_an_added_sysctl_records_what_the_system_held_not_the_previous_it_carrie
     assert taken.previous == "2"
 
 
+def test_one_object_or_change_where_a_list_belongs_is_a_model_error_naming_it() -> None:
+    """``State(owned=Sysctl(...))`` raised a bare TypeError ("'Sysctl' object is not
+    iterable"), which an embedding program catching ``K3snetError`` did not catch."""
+    forwarding = Sysctl("net.ipv4.ip_forward", "1")
+    with pytest.raises(ModelError, match="a State holds a list of k3snet objects, not Sysctl"):
+        State(owned=forwarding)  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="a plan's changes are a list, not Change"):
+        Plan(changes=Change.add(forwarding))  # type: ignore[arg-type]
+
+
 def test_apply_to_says_why_a_change_does_not_fit() -> None:
     with pytest.raises(PlanError, match=r"cannot add .* is already there"):
         Plan(changes=[Change.add(_ROUTE)]).apply_to(State(owned=[_ROUTE]))
