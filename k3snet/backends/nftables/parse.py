@@ -524,8 +524,11 @@ class ForeignReader:
         found = set()
         for item in chains:
             chain = item.get("chain")
+            # A listing's values are read as the strings they must be (another shape is
+            # no table of k3snet's, and no error: a list is unhashable).
             if (isinstance(chain, dict) and chain.get("name") == MARKER_CHAIN
-                    and "hook" not in chain and chain.get("table") in names
+                    and "hook" not in chain and isinstance(chain.get("table"), str)
+                    and chain["table"] in names
                     and chain.get("family") in ("ip", "ip6", "inet")):
                 where = (str(chain["family"]), str(chain["table"]))
                 if where not in self.own_tables:
