@@ -4,7 +4,9 @@ Layout (per family: ``iptables`` for IPv4, ``ip6tables`` for IPv6)::
 
     nat:    POSTROUTING  -m comment --comment k3snet -j K3SNET-POSTROUTING   (appended)
             K3SNET-POSTROUTING   one jump per non-empty bucket, in group order
-            K3SNET-N-d24-s16-o-7 the NAT rules of one group and hash bucket
+            K3SNET-N-d24-s16-o-7 the NAT rules of one group and hash bucket (``o``: out
+                                 one interface, ``w3``: a wildcard of 3 characters
+                                 such as ``eth+``, ``a``: any interface)
             K3SNET-M-<hash16>    one rule's exclusions (RETURN ...) then its MASQUERADE/SNAT
     filter: FORWARD      -m comment --comment k3snet -j K3SNET-FORWARD      (see below)
             K3SNET-FORWARD       one jump per non-empty bucket
@@ -27,19 +29,22 @@ text no longer matches its hash, or that sits in the wrong chain, is drift.
 Why buckets: ``iptables-nft-restore`` must load a chain's whole rule cache to
 delete or insert by position, which costs ~100 ms for a 10k-rule chain. Rules of
 one *group* never overlap (same destination and source prefix lengths and the
-same out-interface specificity: two such rules either differ in both prefixes or
-are the same slot), so their order inside a group does not matter, and a group is
-split in 16 chains by the first hex digit of the hash. One change then touches a
-chain of ~N/16 rules, appended (``-A``) or deleted by spec (``-D``). Groups are
-jumped to most specific first (longer destination prefix, then longer source
-prefix, then rules with an out interface before those without): NAT is first
-match, so a more specific rule wins over a broader one. Forward accepts all have
-the same verdict: one group.
+same out-interface kind: one name, a wildcard of one length, or any; two such rules
+differ in a prefix, or in an interface no device has both of, or are the same
+slot), so their order inside a group does not matter, and a group is split in 16
+chains by the first hex digit of the hash. One change then touches a chain of
+~N/16 rules, appended (``-A``) or deleted by spec (``-D``). Groups are jumped to
+most specific first (longer destination prefix, then longer source prefix, then
+out interface: one name (``eth0``), then wildcards by longer prefix (``eth1+``,
+then ``eth+``), then any): NAT is first match, so a more specific rule wins over
+a broader one, whatever order they were added in. ``-o eth0`` and ``-o eth+``
+were one group before (``o``), so the wildcard one could come first and the other
+never translate; plain names kept their group names, so their chains did not
+change. Forward accepts all have the same verdict: one group.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -202,21 +207,41 @@ def content_hash(obj: NetObject) -> str:
     return content_digest(_canonical(obj)[0])
 
 
-_NAT_BUCKET = re.compile(r"K3SNET-N-d(\d{1,3})-s(\d{1,3})-([oa])-([0-9a-f])")
+# A wildcard's prefix has 1 to 14 characters (an interface name at most 15): only
+# the names k3snet writes are its buckets, any other K3SNET-N-... chain is foreign.
+_NAT_BUCKET = re.compile(r"K3SNET-N-d(\d{1,3})-s(\d{1,3})-(o|a|w(?:[1-9]|1[0-4]))-([0-9a-f])")
 _FWD_BUCKET = re.compile(r"K3SNET-F-([0-9a-f])")
 
 
 def _nat_bucket(obj: MasqueradeRule | SnatRule, digest: str) -> str:
     dplen = 0 if obj.destination is None else obj.destination.prefixlen
-    oif = "o" if obj.out_interface else "a"
-    return f"K3SNET-N-d{dplen}-s{obj.source.prefixlen}-{oif}-{digest[0]}"
+    return f"{_nat_group(dplen, obj.source.prefixlen, obj.out_interface)}{digest[0]}"
+
+
+def _oif_kind(out: str | None) -> str:
+    """The out-interface part of a NAT group's name: ``o`` for one name, ``w<n>`` for a
+    wildcard whose prefix has n characters (``eth+``: ``w3``), ``a`` for any."""
+    if not out:
+        return "a"
+    return f"w{len(out) - 1}" if out.endswith("+") else "o"
+
+
+def _oif_rank(kind: str) -> int:
+    """Where an out-interface kind's groups go among groups of the same prefixes: one
+    name first, then wildcards by longer prefix (``eth1+`` holds fewer names than
+    ``eth+``), then any interface; each set holds the ones after it."""
+    if kind == "o":
+        return 0
+    if kind == "a":
+        return 64  # past every wildcard: an interface name has at most 15 characters
+    return 32 - int(kind[1:])
 
 
 def bucket_order(chain: str) -> tuple[int, ...] | None:
     """Where a bucket chain's jump goes in the main chain (``None``: not a bucket name)."""
     if match := _NAT_BUCKET.fullmatch(chain):
         dplen, splen, oif, digit = match.groups()
-        return (-int(dplen), -int(splen), 0 if oif == "o" else 1, int(digit, 16))
+        return (-int(dplen), -int(splen), _oif_rank(oif), int(digit, 16))
     if match := _FWD_BUCKET.fullmatch(chain):
         return (int(match.group(1), 16),)
     return None
@@ -400,9 +425,11 @@ def _build_plain_masquerade(obj: MasqueradeRule) -> Unit:
             line = ("-d", dst, *line)
         if splen:
             line = ("-s", src, *line)
-    # A source length takes 8 bits (IPv6: up to 128), so shifted by one it needs 9.
-    group = (dplen << 9) | (splen << 1) | (1 if out else 0)
-    chains = _NAT_CHAINS.get(group) or _nat_chains(group, dplen, splen, bool(out))
+    # The interface kind takes 5 bits (0: any, 1: a name, 2 + n: a wildcard of n
+    # characters, n < 16), a source length 8 (IPv6: up to 128).
+    kind = 0 if not out else (len(out) + 1 if out[-1] == "+" else 1)
+    group = (dplen << 13) | (splen << 5) | kind
+    chains = _NAT_CHAINS.get(group) or _nat_chains(group, dplen, splen, out)
     return _new_unit(Unit, (obj, digest, chains[digest[0]], (line,), None, ()))
 
 
@@ -411,8 +438,8 @@ _NAT_CHAINS: dict[int, dict[str, str]] = {}
 the bucket digit: made once, shared by every unit."""
 
 
-def _nat_chains(group: int, dplen: int, splen: int, has_oif: bool) -> dict[str, str]:
-    prefix = _nat_group(dplen, splen, has_oif)
+def _nat_chains(group: int, dplen: int, splen: int, out: str | None) -> dict[str, str]:
+    prefix = _nat_group(dplen, splen, out)
     chains = _NAT_CHAINS[group] = {digit: f"{prefix}{digit}" for digit in "0123456789abcdef"}
     return chains
 
@@ -442,10 +469,9 @@ def _v4_destination(value: int, prefixlen: int) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=1024)
-def _nat_group(dplen: int, splen: int, has_oif: bool) -> str:
+def _nat_group(dplen: int, splen: int, out: str | None) -> str:
     """The name of a NAT group's bucket chains, without the bucket digit."""
-    return f"K3SNET-N-d{dplen}-s{splen}-{'o' if has_oif else 'a'}-"
+    return f"K3SNET-N-d{dplen}-s{splen}-{_oif_kind(out)}-"
 
 
 def table_image(objects: Iterable[NetObject]) -> dict[str, list[Line]]:
