@@ -19,6 +19,8 @@ import pytest
 
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.cli import main
+from k3snet.converge import converge
+from k3snet.errors import ConflictError
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule
 from k3snet.model.state import State
@@ -96,6 +98,9 @@ def _check(ns: str, backend: NftablesBackend, cli: list[str], case: str,
         assert not p.changes
         assert sorted(type(n.wanted).__name__ for n in p.conflicts) == [kind.__name__] * 2
         assert all(n.owned == n.wanted for n in p.conflicts)  # in place, left as it is
+    # The agent's pass (converge) fails as a conflict naming the rule, applying nothing.
+    with pytest.raises(ConflictError, match="admin c"):
+        converge(backend, desired)
     assert ruleset(ns) == before
     # The foreign rule goes: k3snet's rules, never touched, do their job again.
     run_in(ns, ["nft", "delete", "table", "inet", "admin"])
