@@ -30,11 +30,16 @@ SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 ADMIN_CHAIN = {
     "forward": "{ type filter hook forward priority 10; }",
     "postrouting": "{ type nat hook postrouting priority 50; }",
+    "prerouting": "{ type filter hook prerouting priority -150; }",
 }
 # (hook, foreign rules, the k3snet objects each defeats, a line of the plan naming it)
 CASES: dict[str, tuple[str, list[str], type, list[str]]] = {
     "a forward drop (IPv4 and IPv6)": (
         "forward", ["ip saddr 10.42.0.0/16 drop", "ip6 saddr fd42:42::/56 drop"], ForwardRule,
+        ["drop by nftables inet admin c: ip saddr 10.42.0.0/16 drop",
+         "drop by nftables inet admin c: ip6 saddr fd42:42::/56 drop"]),
+    "an early screen on the prerouting hook (IPv4 and IPv6)": (
+        "prerouting", ["ip saddr 10.42.0.0/16 drop", "ip6 saddr fd42:42::/56 drop"], ForwardRule,
         ["drop by nftables inet admin c: ip saddr 10.42.0.0/16 drop",
          "drop by nftables inet admin c: ip6 saddr fd42:42::/56 drop"]),
     "a NAT rule met first (IPv4 and IPv6)": (
