@@ -515,6 +515,8 @@ def plan(observed: State, desired: State) -> Plan:
     doing another job is a ``conflict`` whether the object is in place or to be
     replaced (no replace is planned); one doing the same job leaves a replace to
     it (``met``). Either note names the owned object, which the plan leaves as it is.
+    A wanted forward or NAT rule in place that a foreign block (a drop, a NAT rule
+    met first) defeats is that same conflict, naming the rule in place.
 
     >>> from k3snet.model import Route, State
     >>> wanted = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
@@ -560,7 +562,7 @@ def plan(observed: State, desired: State) -> Plan:
                 adds.append(wanted)
         if note is not None:
             notes.append(note)
-    shadowed = foreign.shadowed(observed, desired)
+    shadowed = foreign.shadowed(observed, desired) + foreign.defeated(observed, desired)
     if shadowed:
         notes = sorted([*notes, *shadowed], key=_wanted_order)
 
@@ -628,6 +630,9 @@ class _ForeignIndex:
                 self.clashing += 1
             self.by_kind.setdefault(obj.kind, []).append(obj)
         self.by_prefix: dict[tuple[str, Network | None], _PrefixIndex] = {}
+        # the kinds a foreign block (a drop, a NAT rule met first) may defeat
+        self.blocked_kinds = frozenset(kind for kind, objs in self.by_kind.items()
+                                       if any(type(o) in _BLOCKS for o in objs))
 
     def candidates(self, wanted: NetObject) -> Sequence[NetObject]:
         clash = wanted.clash_key
@@ -695,6 +700,31 @@ class _ForeignIndex:
                 if (clash := obj.clash_key) is not None and (found := get(clash))
                 and (note := _in_place_note(obj, obj, found))]
 
+    def defeated(self, observed: State, desired: State) -> list[Note]:
+        """Conflict notes for the wanted objects in place (owned in both states) that a
+        foreign block defeats: a drop, or a NAT rule met first, that another program
+        added after k3snet's rule was written.
+
+        Each is judged as it would be if it were to be added (:meth:`judge`), and
+        the note names k3snet's object in place (``owned``): the plan leaves it as
+        it is (no delete, no re-add) and shows the ``!`` instead of nothing to do.
+        A backend that already leaves such rules out of ``owned`` (iptables) has
+        none in place to judge. Without foreign blocks (the usual case)
+        nothing is looked at; with some, only the objects in place of their kinds.
+        """
+        kinds = self.blocked_kinds
+        if not kinds:
+            return []
+        notes: list[Note] = []
+        wanted = desired.owned
+        for obj in observed.owned:
+            if obj.kind not in kinds or obj not in wanted:
+                continue
+            note = self.judge(obj)
+            if note is not None and note.status == "conflict" and type(note.foreign) in _BLOCKS:
+                notes.append(attrs.evolve(note, owned=obj))
+        return notes
+
     def _in_spans(self, ordered: Sequence[NetObject], wanted: frozenset[NetObject]
                   ) -> set[NetObject]:
         """The objects of ``ordered`` in ``wanted`` that lie in a foreign object's span."""
@@ -713,6 +743,8 @@ class _ForeignIndex:
 _REACHED = (ForwardRule, ForwardBlock, MasqueradeRule, SnatRule, NatBlock)
 """The types whose judgement :func:`_reach` and :func:`_destination` know (exactly them:
 a subclass may judge otherwise, and is then judged against every foreign object)."""
+_BLOCKS = (ForwardBlock, NatBlock)
+"""Foreign objects that defeat k3snet's rule in place too (:meth:`_ForeignIndex.defeated`)."""
 
 
 def _reach(wanted: NetObject) -> tuple[Network, ...] | None:

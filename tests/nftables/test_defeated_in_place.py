@@ -1,0 +1,126 @@
+"""A foreign drop or NAT rule added after k3snet's rules are in place is a conflict.
+
+k3snet's forward accept ends only its own chain: a drop another program adds later,
+in another table's base chain on the forward hook (any priority), still drops the
+pods' traffic, and a foreign NAT rule met no later than k3snet's chain translates it
+first. The plan must say so (a ``!`` conflict naming the foreign rule, exit code 4)
+instead of "nothing to do", as the iptables backend does, and must plan nothing
+for it: no delete, no re-add (the agent plans every interval), the foreign rule
+untouched. Checked against the kernel's own view (``nft -j list ruleset``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k3snet.backends.nftables import NftablesBackend
+from k3snet.cli import main
+from k3snet.converge import converge
+from k3snet.errors import ConflictError
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardRule, MasqueradeRule
+from k3snet.model.state import State
+from k3snet.planner import plan
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+ADMIN_CHAIN = {
+    "forward": "{ type filter hook forward priority 10; }",
+    "postrouting": "{ type nat hook postrouting priority 50; }",
+    "prerouting": "{ type filter hook prerouting priority -150; }",
+}
+# (hook, foreign rules, the k3snet objects each defeats, a line of the plan naming it)
+CASES: dict[str, tuple[str, list[str], type, list[str]]] = {
+    "a forward drop (IPv4 and IPv6)": (
+        "forward", ["ip saddr 10.42.0.0/16 drop", "ip6 saddr fd42:42::/56 drop"], ForwardRule,
+        ["drop by nftables inet admin c: ip saddr 10.42.0.0/16 drop",
+         "drop by nftables inet admin c: ip6 saddr fd42:42::/56 drop"]),
+    "an early screen on the prerouting hook (IPv4 and IPv6)": (
+        "prerouting", ["ip saddr 10.42.0.0/16 drop", "ip6 saddr fd42:42::/56 drop"], ForwardRule,
+        ["drop by nftables inet admin c: ip saddr 10.42.0.0/16 drop",
+         "drop by nftables inet admin c: ip6 saddr fd42:42::/56 drop"]),
+    "a NAT rule met first (IPv4 and IPv6)": (
+        "postrouting", ["ip saddr 10.42.0.0/16 snat ip to 192.0.2.1",
+                        "ip6 saddr fd42:42::/56 snat ip6 to 2001:db8::1"], MasqueradeRule,
+        ["nftables inet admin c", "10.42.0.0/16", "fd42:42::/56"]),
+}
+
+
+def ruleset(ns: str) -> list[dict[str, Any]]:
+    """Every rule of the namespace, as the kernel lists it, without handles."""
+    found = json.loads(run_in(ns, ["nft", "-j", "list", "ruleset"]).stdout)["nftables"]
+    rules = [item["rule"] for item in found if "rule" in item]
+    return sorted((json.dumps({k: v for k, v in r.items() if k != "handle"}, sort_keys=True)
+                   for r in rules), key=str)  # type: ignore[return-value]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_foreign_block_added_after_k3snet_rules_is_a_conflict_without_churn(
+    ns: str, case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "nftables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    run_in(ns, ["nft", "-f", "-"], input_text=(tmp_path / "k3snet.nft").read_text())
+    cli = ["-f", str(SEED), "--backend", "nftables", "--netns", ns, "--no-facts"]
+    assert main(["plan", *cli]) == 0
+    # The agent's backend, warm before the foreign rule comes (its caches must see it).
+    backend = NftablesBackend(netns=ns)
+    try:
+        _check(ns, backend, cli, case, capsys)
+    finally:
+        backend.close()
+
+
+def _check(ns: str, backend: NftablesBackend, cli: list[str], case: str,
+           capsys: pytest.CaptureFixture[str]) -> None:
+    hook, rules, kind, lines = CASES[case]
+    desired = State(owned=backend.observe().owned)
+    assert len(desired.owned) == 4  # a forward accept and a masquerade per family
+    run_in(ns, ["nft", "add", "table", "inet", "admin"])
+    run_in(ns, ["nft", "add", "chain", "inet", "admin", "c", ADMIN_CHAIN[hook]])
+    for rule in rules:
+        run_in(ns, ["nft", "add", "rule", "inet", "admin", "c", *rule.split()])
+    before = ruleset(ns)
+    assert sum('"table": "admin"' in r for r in before) == 2
+    capsys.readouterr()
+
+    assert main(["plan", *cli]) == 4  # conflicts, not "nothing to do"
+    shown = capsys.readouterr().out
+    assert "0 to add, 0 to replace, 0 to delete" in shown, shown
+    assert shown.count("\n! ") + shown.startswith("! ") == 2, shown  # IPv4 and IPv6
+    for line in lines:
+        assert line in shown, shown
+    # Applying changes nothing (k3snet's rules and the foreign ones stay as they are).
+    main(["apply", "--allow-conflicts", *cli])
+    assert ruleset(ns) == before
+
+    # The agent's loop: one backend, plan after plan, the same conflicts and no change.
+    for _ in range(3):
+        p = plan(backend.observe(), desired)
+        assert not p.changes
+        assert sorted(type(n.wanted).__name__ for n in p.conflicts) == [kind.__name__] * 2
+        assert all(n.owned == n.wanted for n in p.conflicts)  # in place, left as it is
+    # The agent's pass (converge) fails as a conflict naming the rule, applying nothing.
+    with pytest.raises(ConflictError, match="admin c"):
+        converge(backend, desired)
+    assert ruleset(ns) == before
+    # The foreign rule goes: k3snet's rules, never touched, do their job again.
+    run_in(ns, ["nft", "delete", "table", "inet", "admin"])
+    p = plan(backend.observe(), desired)
+    assert p.empty
+    assert not p.notes
+    # It comes back: the conflicts too.
+    run_in(ns, ["nft", "add", "table", "inet", "admin"])
+    run_in(ns, ["nft", "add", "chain", "inet", "admin", "c", ADMIN_CHAIN[hook]])
+    for rule in rules:
+        run_in(ns, ["nft", "add", "rule", "inet", "admin", "c", *rule.split()])
+    assert len(plan(backend.observe(), desired).conflicts) == 2
+    before = ruleset(ns)
+    # destroy still removes every rule of k3snet's, the defeated ones too, and only those.
+    admin = [r for r in before if '"table": "admin"' in r]
+    assert main(["destroy", "--backend", "nftables", "--netns", ns, "--no-facts",
+                 "--auto-approve"]) == 0
+    assert ruleset(ns) == admin

@@ -1,0 +1,84 @@
+"""A wanted rule in place that a foreign block defeats is a conflict, as if it were added.
+
+A foreign drop, or a NAT rule met first, that another program adds after k3snet's
+rule was written defeats that rule as much as one that was there before. The plan
+must report the same conflict for it (naming k3snet's rule in place, which it
+leaves as it is: no delete, no re-add), never "nothing to do".
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+
+from k3snet import planner
+from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NatBlock, NetObject, State
+from k3snet.planner import plan
+from tests.planner.test_foreign_index import _states
+
+V4, V6 = ("10.42.0.0/16", "192.168.2.0/24"), ("fd42:42::/56", "fd01:2::/64")
+DEFEATS: dict[str, tuple[NetObject, NetObject]] = {
+    "IPv4 forward drop": (ForwardRule(*V4, out_interface="eth0"), ForwardBlock(
+        4, "drop", "ip saddr 10.42.0.0/16 drop", "nftables inet admin c", source=V4[0])),
+    "IPv6 forward drop": (ForwardRule(*V6, out_interface="eth0"), ForwardBlock(
+        6, "drop", "ip6 saddr fd42:42::/56 drop", "nftables inet admin c", source=V6[0])),
+    "IPv4 NAT met first": (MasqueradeRule(V4[0], destination=V4[1], out_interface="eth0"),
+                           NatBlock(4, "snat", "ip saddr 10.42.0.0/16 snat ip to 192.0.2.1",
+                                    "nftables inet admin c", source=V4[0])),
+    "IPv6 NAT met first": (MasqueradeRule(V6[0], destination=V6[1], out_interface="eth0"),
+                           NatBlock(6, "snat", "ip6 saddr fd42:42::/56 snat ip6 to 2001:db8::1",
+                                    "nftables inet admin c", source=V6[0])),
+}
+
+
+@pytest.mark.parametrize("case", list(DEFEATS))
+def test_a_rule_in_place_a_foreign_block_defeats_is_a_conflict_and_stays(case: str) -> None:
+    rule, block = DEFEATS[case]
+    desired = State(owned=[rule])
+    p = plan(State(owned=[rule], foreign=[block]), desired)
+    assert not p.changes
+    assert [(n.status, n.wanted, n.foreign, n.owned) for n in p.notes] == [
+        ("conflict", rule, block, rule)]
+    assert p.target(desired) == frozenset({rule})  # an apply keeps it
+    assert block.describe() in p.render()
+    # Removing it (destroy, a spec without it) is still planned.
+    assert [c.before for c in plan(State(owned=[rule], foreign=[block]), State()).changes] == [
+        rule]
+
+
+@settings(deadline=None)
+@given(_states())
+def test_in_place_rules_get_the_block_conflicts_their_adds_get_and_no_change(
+        states: tuple[State, State]) -> None:
+    observed, desired = states
+    to_add = plan(observed, desired)
+    in_place = plan(State(owned=desired.owned, foreign=observed.foreign), desired)
+    assert not in_place.changes
+
+    def blocked(p: planner.Plan) -> list[tuple[NetObject, NetObject]]:
+        return [(n.wanted, n.foreign) for n in p.conflicts
+                if isinstance(n.foreign, ForwardBlock | NatBlock)]
+
+    assert blocked(in_place) == blocked(to_add)
+    assert all(n.owned == n.wanted for n in in_place.conflicts)
+
+
+def test_without_foreign_blocks_no_rule_in_place_is_judged(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The agent's no-op pass: foreign accepts and NAT rules, none of them a block, cost
+    nothing per rule in place."""
+    judged: list[NetObject] = []
+    real = planner._ForeignIndex.judge
+
+    def counted(self: planner._ForeignIndex, wanted: NetObject) -> planner.Note | None:
+        judged.append(wanted)
+        return real(self, wanted)
+
+    monkeypatch.setattr(planner._ForeignIndex, "judge", counted)
+    owned = [ForwardRule(f"10.{i // 256}.{i % 256}.0/24", "192.168.2.0/24") for i in range(500)]
+    foreign = [ForwardRule("10.42.0.0/16", "172.16.0.0/12"),
+               MasqueradeRule("10.42.0.0/16", destination="172.16.0.0/12")]
+    p = plan(State(owned=owned, foreign=foreign), State(owned=owned))
+    assert p.empty
+    assert not p.notes
+    assert judged == []
