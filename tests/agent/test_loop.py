@@ -876,19 +876,26 @@ class LockedMemory(WatchedMemory):
     netns = None
 
 
-def test_sigterm_ends_a_wait_for_the_namespace_lock(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    # Another k3snet process holds the node's lock (an apply by hand): the agent waited
-    # up to a minute for it, SIGTERM or not, past the pod's 30 s grace period: killed,
-    # it never released its Lease nor wrote its last report.
+def _locked_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  **options: Any) -> tuple[LockedMemory, Agent]:
+    """An agent over a LockedMemory, its spec in a file, its locks under ``tmp_path``."""
     monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC)
     memory = LockedMemory()
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
                   lambda spec, group: compile_for(group, spec),
-                  AgentOptions("node-1", interval=3600))
+                  AgentOptions("node-1", interval=3600, **options))
+    return memory, agent
+
+
+def test_sigterm_ends_a_wait_for_the_namespace_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Another k3snet process holds the node's lock (an apply by hand): the agent waited
+    # up to a minute for it, SIGTERM or not, past the pod's 30 s grace period: killed,
+    # it never released its Lease nor wrote its last report.
+    memory, agent = _locked_agent(tmp_path, monkeypatch)
     results: list[str] = []
     loop = threading.Thread(target=lambda: results.append(str(agent.run())))
     with namespace_lock([None]), caplog.at_level(logging.WARNING):
@@ -915,13 +922,7 @@ def test_cleanup_on_exit_waits_for_the_lock_only_within_the_grace_period(
     # the clean-up waited the full minute for it, so the kubelet killed the agent 30 s
     # after SIGTERM, whatever the removal had reached. It now waits what is left of the
     # grace period, less the removal's own share, and says it did not clean up.
-    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
-    path = tmp_path / "spec.yaml"
-    path.write_text(SPEC)
-    memory = LockedMemory()
-    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
-                  lambda spec, group: compile_for(group, spec),
-                  AgentOptions("node-1", interval=3600, cleanup_on_exit=True))
+    memory, agent = _locked_agent(tmp_path, monkeypatch, cleanup_on_exit=True)
     assert agent.run_pass().status == "ok"
     owned = memory.state.owned
     assert owned

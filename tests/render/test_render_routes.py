@@ -183,19 +183,24 @@ def test_sysctl_d() -> None:
             if not line.startswith("#") and line] == []
 
 
+def _links_d0_e0(ns: str) -> None:
+    """Links d0 and e0 (veths, up) with the addresses ROUTES' gateways need."""
+    for dev, peer, v4, v6 in (("d0", "d0p", "10.0.0.1/24", "fd00::1/64"),
+                              ("e0", "e0p", "10.9.0.1/24", "fd09::1/64")):
+        run_in(ns, ["ip", "link", "add", dev, "type", "veth", "peer", "name", peer])
+        run_in(ns, ["ip", "link", "set", peer, "up"])
+        run_in(ns, ["ip", "link", "set", dev, "up"])
+        run_in(ns, ["ip", "addr", "add", v4, "dev", dev])
+        run_in(ns, ["ip", "addr", "add", v6, "dev", dev, "nodad"])
+
+
 @pytest.mark.kernel
 @needs_root
 def test_ifupdown_commands_round_trip_through_the_kernel() -> None:
     from k3snet.backends.netlink import NetlinkBackend  # noqa: PLC0415 - kernel tests only
 
     with temporary_netns("render") as ns, tempfile.TemporaryDirectory() as tmp:
-        for dev, peer, v4, v6 in (("d0", "d0p", "10.0.0.1/24", "fd00::1/64"),
-                                  ("e0", "e0p", "10.9.0.1/24", "fd09::1/64")):
-            run_in(ns, ["ip", "link", "add", dev, "type", "veth", "peer", "name", peer])
-            run_in(ns, ["ip", "link", "set", peer, "up"])
-            run_in(ns, ["ip", "link", "set", dev, "up"])
-            run_in(ns, ["ip", "addr", "add", v4, "dev", dev])
-            run_in(ns, ["ip", "addr", "add", v6, "dev", dev, "nodad"])
+        _links_d0_e0(ns)
         found = stanzas(render_ifupdown(STATE))
         commands = [line.split(" ", 1) for lines in found.values() for line in lines]
         for when, command in commands:
@@ -226,13 +231,7 @@ def test_networkmanager_script_adds_each_route_once_and_fails_only_on_another_pr
         return done.returncode, done.stderr
 
     with temporary_netns("render") as ns:
-        for dev, peer, v4, v6 in (("d0", "d0p", "10.0.0.1/24", "fd00::1/64"),
-                                  ("e0", "e0p", "10.9.0.1/24", "fd09::1/64")):
-            run_in(ns, ["ip", "link", "add", dev, "type", "veth", "peer", "name", peer])
-            run_in(ns, ["ip", "link", "set", peer, "up"])
-            run_in(ns, ["ip", "link", "set", dev, "up"])
-            run_in(ns, ["ip", "addr", "add", v4, "dev", dev])
-            run_in(ns, ["ip", "addr", "add", v6, "dev", dev, "nodad"])
+        _links_d0_e0(ns)
         assert dispatch(ns, "d0", "down") == (0, "")  # no other action adds anything
         assert dispatch(ns, "d0", "pre-up") == (0, "")
         with NetlinkBackend(ns, state_dir=str(tmp_path / "state")) as backend:
