@@ -10,7 +10,6 @@ own view (``ip -j -6 addr``, ``ip -j -6 route``) is compared.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,39 +17,29 @@ import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.errors import ApplyError, PlanError
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import run_in
 from k3snet.model import Route, State, Sysctl
 from k3snet.planner import Change, plan
+from tests.netlink.links import d0_namespace, ip
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
-
-
-def _ip(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True,
-                          text=True).stdout
 
 
 @pytest.fixture
 def ns() -> Iterator[str]:
     """d0 with a static IPv6 address and the administrator's route through it."""
-    with temporary_netns("v6off") as name:
-        run_in(name, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
-                      "net.ipv6.conf.default.accept_dad=0"])
-        _ip(name, "link", "add", "d0", "type", "veth", "peer", "name", "d0p")
-        _ip(name, "link", "set", "d0p", "up")
-        _ip(name, "link", "set", "d0", "up")
-        _ip(name, "addr", "add", "fd00::1/64", "dev", "d0", "nodad")
-        _ip(name, "-6", "route", "add", "fd99::/64", "via", "fd00::fe", "proto", "static")
+    with d0_namespace("v6off", "fd00::1/64") as name:
+        ip(name, "-6", "route", "add", "fd99::/64", "via", "fd00::fe", "proto", "static")
         yield name
 
 
 def ipv6_view(ns: str) -> tuple[list[str], list[str]]:
     """d0's global IPv6 addresses and the main table's IPv6 destinations but link-local
     ones, as the kernel holds them."""
-    addresses = [a["local"] for entry in json.loads(_ip(ns, "-6", "-j", "addr", "show", "dev",
+    addresses = [a["local"] for entry in json.loads(ip(ns, "-6", "-j", "addr", "show", "dev",
                                                          "d0"))
                  for a in entry["addr_info"] if a.get("scope") == "global"]
-    routes = sorted(r["dst"] for r in json.loads(_ip(ns, "-6", "-j", "route", "show"))
+    routes = sorted(r["dst"] for r in json.loads(ip(ns, "-6", "-j", "route", "show"))
                     if r["dst"] != "fe80::/64")
     return addresses, routes
 

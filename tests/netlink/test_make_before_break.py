@@ -11,7 +11,6 @@ sends the changes one at a time and reads ``ip -j route show table all`` after e
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,30 +24,18 @@ from k3snet.backends.netlink.pyroute2_driver import Pyroute2Driver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import ApplyError
-from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import Route, State
 from k3snet.planner import Change, plan
+from tests.netlink.links import d0_namespace, ip
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
 Driver = Literal["socket", "pyroute2"]
 
 
-def _ip(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True,
-                          text=True).stdout
-
-
 @pytest.fixture
 def ns() -> Iterator[str]:
-    with temporary_netns("mbb") as name:
-        run_in(name, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
-                      "net.ipv6.conf.default.accept_dad=0"])
-        _ip(name, "link", "add", "d0", "type", "veth", "peer", "name", "d0p")
-        _ip(name, "link", "set", "d0p", "up")
-        _ip(name, "link", "set", "d0", "up")
-        _ip(name, "addr", "add", "10.0.0.1/24", "dev", "d0")
-        _ip(name, "addr", "add", "fd00::1/64", "dev", "d0", "nodad")
+    with d0_namespace("mbb", "10.0.0.1/24", "fd00::1/64") as name:
         yield name
 
 
@@ -56,7 +43,7 @@ def kernel_routes(ns: str, destination: str) -> list[dict[str, Any]]:
     """The routes to ``destination`` in every table, as ``ip -j`` reports them."""
     family = "-6" if ":" in destination else "-4"
     listed: list[dict[str, Any]] = json.loads(
-        _ip(ns, "-j", family, "route", "show", "table", "all"))
+        ip(ns, "-j", family, "route", "show", "table", "all"))
     return [r for r in listed if r["dst"] == destination]
 
 
@@ -121,11 +108,11 @@ def test_a_failed_metric_move_leaves_the_kernel_as_it_was_and_never_without_the_
     seen: list[list[dict[str, Any]]] = []
     with _backend(ns, tmp_path, driver, seen, destination) as backend:
         backend.apply(plan(backend.observe(), State(owned=[before])))
-        listed = _ip(ns, "-j", "route", "show", "table", "all")
+        listed = ip(ns, "-j", "route", "show", "table", "all")
         seen.clear()
         backend.faults.fail_at(1)
         with pytest.raises(ApplyError):
             backend.apply(plan(backend.observe(), State(owned=[
                 Route(destination, gateway="10.0.0.2", device="d0", metric=200)])))
     assert all(routes for routes in seen), f"no route to {destination} after a change: {seen}"
-    assert _ip(ns, "-j", "route", "show", "table", "all") == listed
+    assert ip(ns, "-j", "route", "show", "table", "all") == listed
