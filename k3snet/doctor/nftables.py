@@ -20,7 +20,7 @@ reported with a readable form of the JSON.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from ipaddress import ip_address, ip_network
 from typing import Any, Final, Literal
 
@@ -662,12 +662,18 @@ def _device_chain(chain: NftChain, ruleset: Ruleset) -> BaseChain:
                      ruleset.order(chain.family, chain.table, chain.name))
 
 
-def base_chains(ruleset: Ruleset, *, skip_iptables_nft: bool) -> list[BaseChain]:
+def base_chains(ruleset: Ruleset, *,
+                read_from_save: Collection[tuple[str, str, str | None]] = ()
+                ) -> list[BaseChain]:
     """The ruleset's base chains on the hooks a forwarded flow crosses.
 
-    With ``skip_iptables_nft`` the ``ip``/``ip6`` tables iptables-nft owns are left
-    out: they are evaluated from ``iptables-save``, which says more (``xt`` matches
-    are opaque in JSON).
+    The chains ``read_from_save`` names (family, table, chain; a chain of ``None``: the
+    whole table) are left out: iptables-nft's, evaluated from ``iptables-save``, which
+    says more (``xt`` matches are opaque in JSON). Any other chain is evaluated here:
+    iptables-nft-save prints only ``# Table 'filter' is incompatible`` for a table
+    written with ``nft``, and leaves out the base chains it does not know (an admin's
+    ``nft add chain ip filter ...``), so a drop there was evaluated nowhere and a
+    blocked flow read "reaches".
     """
     chains = []
     for chain in ruleset.chains.values():
@@ -678,8 +684,8 @@ def base_chains(ruleset: Ruleset, *, skip_iptables_nft: bool) -> list[BaseChain]
             continue
         if chain.hook not in _HOOKS or chain.family == "netdev":
             continue
-        if skip_iptables_nft and chain.family in ("ip", "ip6") and (
-                chain.table in IPTABLES_NFT_TABLES):
+        if ((chain.family, chain.table, chain.name) in read_from_save
+                or (chain.family, chain.table, None) in read_from_save):
             continue
         kind: Literal["filter", "nat"] = "nat" if chain.kind == "nat" else "filter"
         hook: Hook = chain.hook  # type: ignore[assignment]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Any
 
 import attrs
 
@@ -41,6 +42,25 @@ RULESET_FILES = frozenset(name for name in FILES
 # What a file not captured at all is said to be missing for (read_dir, from_texts).
 _ABSENT = frozenset({"not in the capture", "not captured"})
 _FLANNEL_NETWORK = re.compile(r"^FLANNEL_(IPV6_)?NETWORK=(?P<cidr>\S+)\s*$", re.MULTILINE)
+
+
+_INCOMPATIBLE = re.compile(r"^# Table `(\w+)' is incompatible", re.MULTILINE)
+
+
+def _read_from_save(text: str, tables: Mapping[str, Any], family: int
+                    ) -> set[tuple[str, str, str | None]]:
+    """The nftables chains an iptables-nft-save text evaluates (family, table, chain;
+    ``None``: the whole table): the chains of each table it printed, and the tables it
+    did not print at all. A table it calls incompatible (written with ``nft``) is
+    left to nft's own view whole, and so is a base chain a printed table holds but the
+    text leaves out."""
+    fam = "ip" if family == 4 else "ip6"
+    incompatible = set(_INCOMPATIBLE.findall(text))
+    found: set[tuple[str, str, str | None]] = {
+        (fam, name, chain) for name, table in tables.items() for chain in table.chains}
+    found |= {(fam, name, None) for name in nftables.IPTABLES_NFT_TABLES
+              if name not in tables and name not in incompatible}
+    return found
 
 
 @attrs.frozen
@@ -75,6 +95,7 @@ class NodeState:
         chains: list[BaseChain] = []
         sources: list[str] = []
         has_nft_save = False
+        read_from_save: set[tuple[str, str, str | None]] = set()
         data = capture.json("nft-ruleset.json")
         ruleset = nftables.parse_ruleset(data) if data is not None else None
         for flavour in ("nft", "legacy"):
@@ -84,8 +105,10 @@ class NodeState:
                 if not text.strip():
                     continue
                 has_nft_save = has_nft_save or flavour == "nft"
-                found = iptables.base_chains(iptables.parse_save(text), f"iptables-{flavour}",
-                                             family)
+                tables = iptables.parse_save(text)
+                found = iptables.base_chains(tables, f"iptables-{flavour}", family)
+                if flavour == "nft":  # what nft's own view then leaves to this text
+                    read_from_save |= _read_from_save(text, tables, family)
                 if flavour == "nft" and ruleset is not None:
                     # iptables-nft's chains are nftables chains: their handles say when.
                     fam = "ip" if family == 4 else "ip6"
@@ -94,7 +117,7 @@ class NodeState:
                 chains += found
                 sources.append(f"{name}: {len(found)} base chain(s)")
         if ruleset is not None:
-            found = nftables.base_chains(ruleset, skip_iptables_nft=has_nft_save)
+            found = nftables.base_chains(ruleset, read_from_save=read_from_save)
             chains += found
             sources.append(f"nft-ruleset.json: {len(found)} base chain(s)"
                            + (" (iptables-nft tables read from iptables-save)"

@@ -64,6 +64,9 @@ def test_one_blocked_endpoint_makes_the_flow_blocked_and_is_the_one_shown() -> N
 def test_three_endpoints_follow_kube_proxys_probabilities_in_order() -> None:
     nat = """*nat
 :PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
 :KUBE-SVC-X - [0:0]
 -A PREROUTING -d 10.43.0.100/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-X
 -A KUBE-SVC-X -m statistic --mode random --probability 0.33333333349 -j DNAT --to-destination 10.42.0.21:8080
