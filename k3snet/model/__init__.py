@@ -3,6 +3,7 @@
 from k3snet.model._base import (
     NetObject,
     interfaces_may_meet,
+    out_interface_rank,
     printable,
     validate_interface_name,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "interfaces_may_meet",
     "known_kinds",
     "object_from_dict",
+    "out_interface_rank",
     "overlaps",
     "parse_address",
     "parse_network",

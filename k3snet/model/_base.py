@@ -122,6 +122,20 @@ def interfaces_may_meet(a: str | None, b: str | None) -> bool:
     return interface_may_be(a, b) if a.endswith("+") else interface_may_be(b, a)
 
 
+def out_interface_rank(match: str | None) -> int:
+    """Where a NAT rule's out-interface match (``eth+`` is a prefix; ``None`` or ``""``:
+    any) sorts among NAT rules of the same prefixes. NAT takes the first match, so a
+    match goes before every match holding it: one name (0), then wildcards by longer
+    prefix (``eth1+`` holds fewer names than ``eth+``), then any interface
+    (``IFNAMSIZ``); matches of one rank keep their order. The nftables and iptables
+    renderers both order by it."""
+    if not match:
+        return IFNAMSIZ
+    if match.endswith("+"):
+        return IFNAMSIZ - (len(match) - 1)
+    return 0
+
+
 def net_tuple(net: Network | None) -> tuple[int, int]:
     """(address, prefix) as ints; (-1, -1) for "any"."""
     return (-1, -1) if net is None else (int(net.network_address), net.prefixlen)

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import Any, Final, Literal, NamedTuple
 
 from k3snet.errors import ModelError
-from k3snet.model import NetObject
+from k3snet.model import NetObject, out_interface_rank
 from k3snet.model.cidr import Network, address_text, network_text
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
@@ -342,18 +342,7 @@ def chain_order_key(obj: NetObject) -> tuple[Any, ...]:
     if key[0] != "nat":
         return (1, *obj.sort_key)
     _, version, src, src_len, dst, dst_len, oif = key
-    return (0, version, -src_len, -max(dst_len, 0), _oif_rank(oif), src, dst, dst_len, oif)
-
-
-def _oif_rank(oif: str) -> tuple[int, int]:
-    """Where an out interface match (``""``: any) sorts among those of rules with the
-    same prefixes: a name, then wildcards by longer prefix (``eth1+`` holds fewer
-    names than ``eth+``), then any interface; names of one kind keep their order."""
-    if not oif:
-        return (2, 0)
-    if oif.endswith("+"):
-        return (1, -len(oif))
-    return (0, 0)
+    return (0, version, -src_len, -max(dst_len, 0), out_interface_rank(oif), src, dst, dst_len, oif)
 
 
 def _table_text(family: str, table: str, objects: Iterable[NetObject]) -> list[str]:

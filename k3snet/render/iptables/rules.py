@@ -53,7 +53,7 @@ from typing import Final, NamedTuple
 import attrs
 
 from k3snet.errors import K3snetError
-from k3snet.model import NetObject
+from k3snet.model import NetObject, out_interface_rank
 from k3snet.model.cidr import (
     DECIMAL_OCTETS,
     Network,
@@ -226,22 +226,18 @@ def _oif_kind(out: str | None) -> str:
     return f"w{len(out) - 1}" if out.endswith("+") else "o"
 
 
-def _oif_rank(kind: str) -> int:
-    """Where an out-interface kind's groups go among groups of the same prefixes: one
-    name first, then wildcards by longer prefix (``eth1+`` holds fewer names than
-    ``eth+``), then any interface; each set holds the ones after it."""
-    if kind == "o":
-        return 0
+def _kind_match(kind: str) -> str | None:
+    """An out-interface match of the kind ``_oif_kind`` names (what it ranks by)."""
     if kind == "a":
-        return 64  # past every wildcard: an interface name has at most 15 characters
-    return 32 - int(kind[1:])
+        return None
+    return "x" * int(kind[1:]) + "+" if kind[0] == "w" else "x"
 
 
 def bucket_order(chain: str) -> tuple[int, ...] | None:
     """Where a bucket chain's jump goes in the main chain (``None``: not a bucket name)."""
     if match := _NAT_BUCKET.fullmatch(chain):
         dplen, splen, oif, digit = match.groups()
-        return (-int(dplen), -int(splen), _oif_rank(oif), int(digit, 16))
+        return (-int(dplen), -int(splen), out_interface_rank(_kind_match(oif)), int(digit, 16))
     if match := _FWD_BUCKET.fullmatch(chain):
         return (int(match.group(1), 16),)
     return None
