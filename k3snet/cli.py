@@ -81,6 +81,9 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_RUNNING, EXIT_CONFLICTS = 0, 1, 2, 3, 4
 EXIT_HALF_CHANGED = 5
 """An apply failed and taking it back failed too (a RollbackError): the node may be
 half-changed. Not 1, which says nothing was changed or all of it was taken back."""
+EXIT_TEST_FAILED = 6
+"""``connectivity``: the test Job ran and failed (the pod did not reach the target). Not
+1, which a script waiting on the test cannot tell from an API server it cannot reach."""
 DEFAULT_LISTEN = ":9743"
 """The agent's ``--listen`` unless ``$K3SNET_LISTEN`` says otherwise (none with ``--once``)."""
 EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "changes pending"
@@ -216,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan and apply the minimal changes that make pod egress work on this node.",
         epilog="Exit codes: 0 ok / nothing to do, 1 error, 2 changes pending (plan) or made "
                "(--detailed-exitcode), 3 still running (connectivity), 4 conflicts, 5 failed and "
-               "not taken back (the node may be half-changed), 64 usage, 75 busy (another "
-               "k3snet process held the lock past --lock-timeout; nothing changed).",
+               "not taken back (the node may be half-changed), 6 test failed (connectivity), "
+               "64 usage, 75 busy (another k3snet process held the lock past --lock-timeout; "
+               "nothing changed).",
     )
     parser.add_argument("--version", action="version", version=f"k3snet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -305,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     connectivity = add(
         "connectivity",
         "Read the result of the connectivity test Job (k3snet render manifests). "
-        "Exit 0: passed, 1: failed or error, 3: still running.")
+        "Exit 0: passed, 6: failed, 3: still running, 1: error reading it.")
     connectivity.add_argument("-f", "--spec", required=True, type=_read_path)
     connectivity.add_argument("--kubeconfig",
                               help="default: in-cluster, $KUBECONFIG, ~/.kube/config")
@@ -1648,7 +1652,7 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
     print(result.message)
     if result.succeeded is None:
         return EXIT_RUNNING
-    return EXIT_OK if result.succeeded else EXIT_ERROR
+    return EXIT_OK if result.succeeded else EXIT_TEST_FAILED
 
 
 def cmd_render(args: argparse.Namespace) -> int:
