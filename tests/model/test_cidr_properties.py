@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from k3snet.errors import ModelError
 from k3snet.model import aggregate, contains, overlaps, subtract
 from k3snet.model.cidr import network_sort_key, parse_network
 from k3snet.testing import strategies as ks
@@ -84,3 +86,23 @@ def test_network_sort_key_orders_ipv4_first_then_address_then_prefix() -> None:
     assert [str(n) for n in sorted(nets, key=network_sort_key)] == [
         "9.0.0.0/8", "10.0.0.0/8", "10.0.0.0/16", "fd00::/8"]
     assert network_sort_key(parse_network("10.0.0.0/8")) == (4, 167772160, 8)
+
+
+@given(st.one_of(_v4, _v6), st.one_of(_v4, _v6), st.lists(st.one_of(_v4, _v6), max_size=3))
+def test_the_public_helpers_give_text_the_answer_of_its_parsed_networks(
+    a: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    b: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    holes: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> None:
+    # k3snet.model.contains("10.0.0.0/8", "10.1.0.0/16") raised AttributeError ('str'
+    # object has no attribute 'version'): the helpers took only parsed networks.
+    assert overlaps(str(a), str(b)) == overlaps(a, b)
+    assert contains(str(a), str(b)) == contains(a, b)
+    assert contains(str(a), str(b.network_address)) == contains(a, b.network_address)
+    same = [h for h in holes if h.version == a.version]
+    assert subtract(str(a), [str(h) for h in same]) == subtract(a, same)
+
+
+def test_text_with_host_bits_is_a_model_error_not_a_wrong_answer() -> None:
+    with pytest.raises(ModelError, match="host bits"):
+        overlaps("10.0.0.1/8", "10.1.0.0/16")
