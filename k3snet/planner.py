@@ -208,7 +208,7 @@ class Note:
         if self.owned is None:
             return text
         if self.owned == self.wanted:
-            return f"{text}\n    (k3snet's is in place, but the foreign one comes first)"
+            return f"{text}\n    (k3snet's is in place, but the foreign one overrides it)"
         return f"{text}\n    (k3snet's {self.owned.describe()} stays as it is)"
 
     def to_dict(self) -> dict[str, Any]:

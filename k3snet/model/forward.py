@@ -82,11 +82,17 @@ class ForwardRule(NetObject):
         return isinstance(other, ForwardBlock) and other.decides(self)
 
     def conflict_reason(self, other: NetObject) -> str | None:
-        """Why a :class:`ForwardBlock` wins: it comes first, and k3snet never moves above it."""
-        if isinstance(other, ForwardBlock):
-            return (f"that rule {other.verdict}s some of this traffic before k3snet's accept "
-                    "is reached; k3snet does not place its rules above it")
-        return None
+        """Why a :class:`ForwardBlock` wins, and that k3snet never moves above it. A drop
+        or reject is final wherever it runs: one in another table's base chain of a later
+        priority drops what k3snet's accept passed, so those do not say "before"."""
+        if not isinstance(other, ForwardBlock):
+            return None
+        if other.verdict in ("drop", "reject"):
+            return (f"that rule {other.verdict}s some of this traffic and k3snet's accept "
+                    "cannot let it through (a drop is final in whichever chain of the hook "
+                    "it runs); k3snet does not place its rules above it")
+        return (f"that rule {other.verdict}s some of this traffic before k3snet's accept "
+                "is reached; k3snet does not place its rules above it")
 
     def describe(self) -> str:
         """``forward accept SRC -> DST [iif IF] [oif IF] (+ replies)``."""

@@ -238,8 +238,9 @@ def test_a_conflict_note_prints_its_reason_and_keeps_it_through_json() -> None:
         "! forward accept 10.42.0.0/16 -> 192.168.2.0/24 (+ replies)\n"
         "    (conflicts with foreign: drop by iptables IPv4 filter FORWARD: "
         "-d 192.168.2.0/24 -j DROP)\n"
-        "    (that rule drops some of this traffic before k3snet's accept is reached; "
-        "k3snet does not place its rules above it)")
+        "    (that rule drops some of this traffic and k3snet's accept cannot let it "
+        "through (a drop is final in whichever chain of the hook it runs); k3snet does not "
+        "place its rules above it)")
     assert note.to_dict()["reason"] == note.reason
     again = Plan.from_json(p.to_json())
     assert again == p
