@@ -7,12 +7,14 @@ runs on what was read, and all problems come out at once in one
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from k3snet._gc import gc_paused
+from k3snet._kept import input_problem, refuse_foreign_input
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.fields import Reader
 from k3snet.spec.ipmasq import file_named
@@ -21,7 +23,8 @@ from k3snet.spec.schema import SPEC, read_spec
 from k3snet.spec.source import load_mapping, read_text
 from k3snet.spec.validate import known_sound, validate
 
-__all__ = ["imported_files", "load_mapping", "load_spec", "spec_from_dict", "spec_from_document"]
+__all__ = ["imported_files", "load_mapping", "load_spec", "refuse_foreign_spec", "spec_from_dict",
+           "spec_from_document"]
 
 
 # The one path a check puts in its message: "duplicate destination ... (also destinations[0])".
@@ -106,15 +109,71 @@ def imported_files(document: Any) -> tuple[str, ...]:
     What the document says is not all of the spec then: a reader that keeps a spec
     while its text is unchanged (the agent) must look at these files too.
     """
+    return tuple(file for _, file in _imports(document))
+
+
+def _imports(document: Any) -> list[tuple[str, str]]:
+    """(the input's path in the spec, the file it names) of :func:`imported_files`."""
     if not isinstance(document, Mapping):
-        return ()
+        return []
     found = []
     for field in SPEC.fields:
         if field.child is None or field.many or not field.child.inputs:
             continue
         held = document.get(field.key)
         if isinstance(held, Mapping):
-            found += [path for name in field.child.inputs
+            found += [(f"{field.key}.{name}", path) for name in field.child.inputs
                       if isinstance(value := held.get(name), str)
                       and (path := file_named(value)) is not None]
-    return tuple(found)
+    return found
+
+
+def text_imports(text: str, source: str | None) -> list[tuple[str, str]]:
+    """:func:`_imports` of spec ``text`` (none when it cannot be read: loading says why)."""
+    # Only a text that names an input (or could, escaped) is parsed: most specs are not.
+    if "ipMasqAgentConfig" not in text and "\\" not in text:
+        return []
+    try:
+        return _imports(load_mapping(text, source))
+    except SpecError:
+        return []
+
+
+def refuse_foreign_spec(path: str | Path, *, invoker: int | None = None) -> str | None:
+    """The text of spec file ``path`` (``None`` when it cannot be read: the reader says
+    why), or a :class:`SpecError` when another user than its
+    owner (this user, root, or ``invoker``: the user who ran sudo, who could run k3snet as
+    root anyway) could change it, or a file it imports: what root applies would be
+    theirs, its routes, rules and the paths its backends write.
+
+    Each file is judged as :func:`k3snet._kept.refuse_foreign_input` judges one (its
+    owner and modes, and the links and directories on the way to it); an imported
+    file's problem is at its path in the spec (``masquerade.ipMasqAgentConfig``).
+    The node commands check their spec with it, and the agent each spec it reads.
+    """
+    where = str(path)
+    fix = ("another user could change what k3snet applies; refused (chown it to yourself or "
+           "root and chmod go-w, after reading it again)")
+    try:
+        refuse_foreign_input(path, invoker=invoker)
+    except OSError as exc:
+        raise SpecError([Problem("", f"{input_problem(exc)}: {fix}")], source=where) from None
+    try:
+        text = read_text(path)
+    except SpecError:
+        return None
+    problems = []
+    for at, file in text_imports(text, where):
+        try:
+            refuse_foreign_input(file, invoker=invoker)
+        except OSError as exc:
+            problems.append(Problem(at, f"{file}: {input_problem(exc)}: {fix}"))
+    if problems:
+        raise SpecError(problems, source=where)
+    return text
+
+
+def sudo_invoker() -> int | None:
+    """The user who ran ``sudo`` (``$SUDO_UID``), if any."""
+    given = os.environ.get("SUDO_UID", "")
+    return int(given) if given.isdigit() and given.isascii() else None
