@@ -877,7 +877,7 @@ def _recipe(args: argparse.Namespace, spec: Spec | None,
     if spec is not None:  # the spec's backends: options, with their paths
         check_backend_options(spec, backend_options,
                               [n for n in sorted(used) if spec_backend_options(spec, n)],
-                              source=_where(args))
+                              source=_where(args), paths=path_options)
     _check_backend_opt_targets(args, used)
     recipe: _Recipe = []
     for entry in names:
@@ -1579,7 +1579,7 @@ def _destination(text: str) -> tuple[str, int | None]:
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         spec = _spec(args)
-        check_backend_options(spec, backend_options, source=str(args.spec))
+        check_backend_options(spec, backend_options, source=str(args.spec), paths=path_options)
         compile_spec(spec)
     except SpecError as exc:
         if not _json(args):

@@ -709,6 +709,12 @@ def test_the_spec_s_backend_options_and_allow_disruptive_reach_the_backends_as_i
                           "backends": {"nftables": {"colour": "blue"}}})
     with ExitStack() as stack, pytest.raises(SpecError, match=r"backends\.nftables\.colour"):
         module.build_backend(params | {"backend_options": {}}, bad, stack)
+    # So is a relative path, which names another file from each working directory.
+    relative = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24"}],
+                               "backends": {"flannel": {"path": "net-conf.json"}}})
+    with ExitStack() as stack, pytest.raises(
+            SpecError, match=r"backends\.flannel\.path: 'net-conf.json' is a relative path"):
+        module.build_backend(params | {"backend_options": {}}, relative, stack)
 
 
 @pytest.mark.parametrize("with_spec", [True, False], ids=["present", "absent-without-spec"])

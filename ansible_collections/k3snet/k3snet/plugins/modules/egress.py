@@ -220,6 +220,7 @@ try:
     from k3snet._admin_path import admin_path
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
+    from k3snet.backends.registry import path_options
     from k3snet.cli import disruptive_notes, refuse_foreign_spec, sigterm_undoes
     from k3snet.converge import (
         compile_for,
@@ -287,7 +288,8 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
     used = sorted({n.partition(":")[0] for n in names})
     if spec is not None:  # the spec's backends: options, refused as `k3snet apply -f` does
         check_backend_options(spec, registered_options,
-                              [n for n in used if spec_backend_options(spec, n)])
+                              [n for n in used if spec_backend_options(spec, n)],
+                              paths=path_options)
     members = []
     for entry in names:
         name, kinds = entry.split(":", 1) if ":" in entry else (entry, "")
