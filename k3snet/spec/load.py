@@ -23,8 +23,8 @@ from k3snet.spec.schema import SPEC, read_spec
 from k3snet.spec.source import load_mapping, read_text
 from k3snet.spec.validate import known_sound, validate
 
-__all__ = ["imported_files", "load_mapping", "load_spec", "refuse_foreign_spec", "spec_from_dict",
-           "spec_from_document"]
+__all__ = ["imported_files", "load_mapping", "load_spec", "refuse_foreign_imports",
+           "refuse_foreign_spec", "spec_from_dict", "spec_from_document", "sudo_invoker"]
 
 
 # The one path a check puts in its message: "duplicate destination ... (also destinations[0])".
@@ -128,15 +128,37 @@ def _imports(document: Any) -> list[tuple[str, str]]:
     return found
 
 
-def text_imports(text: str, source: str | None) -> list[tuple[str, str]]:
-    """:func:`_imports` of spec ``text`` (none when it cannot be read: loading says why)."""
+def _text_document(text: str, source: str | None) -> Any:
+    """Spec ``text`` parsed when it may import a file (``None`` otherwise, or when it
+    cannot be read: loading says why)."""
     # Only a text that names an input (or could, escaped) is parsed: most specs are not.
     if "ipMasqAgentConfig" not in text and "\\" not in text:
-        return []
+        return None
     try:
-        return _imports(load_mapping(text, source))
+        return load_mapping(text, source)
     except SpecError:
-        return []
+        return None
+
+
+_FOREIGN = ("another user could change what k3snet applies; refused (chown it to yourself "
+            "or root and chmod go-w, after reading it again)")
+
+
+def refuse_foreign_imports(document: Any, *, invoker: int | None = None,
+                           source: str | None = None) -> None:
+    """A :class:`SpecError` naming each file spec ``document`` imports
+    (:func:`imported_files`) that another user than this one, root or ``invoker`` could
+    change (:func:`k3snet._kept.refuse_foreign_input`), at the input's path in the spec:
+    the file decides what root applies as much as the spec does. For a spec given as
+    data (the Ansible module's ``spec``); :func:`refuse_foreign_spec` judges a file's."""
+    problems = []
+    for at, file in _imports(document):
+        try:
+            refuse_foreign_input(file, invoker=invoker)
+        except OSError as exc:
+            problems.append(Problem(at, f"{file}: {input_problem(exc)}: {_FOREIGN}"))
+    if problems:
+        raise SpecError(problems, source=source)
 
 
 def refuse_foreign_spec(path: str | Path, *, invoker: int | None = None) -> str | None:
@@ -152,24 +174,16 @@ def refuse_foreign_spec(path: str | Path, *, invoker: int | None = None) -> str 
     The node commands check their spec with it, and the agent each spec it reads.
     """
     where = str(path)
-    fix = ("another user could change what k3snet applies; refused (chown it to yourself or "
-           "root and chmod go-w, after reading it again)")
     try:
         refuse_foreign_input(path, invoker=invoker)
     except OSError as exc:
-        raise SpecError([Problem("", f"{input_problem(exc)}: {fix}")], source=where) from None
+        raise SpecError([Problem("", f"{input_problem(exc)}: {_FOREIGN}")],
+                        source=where) from None
     try:
         text = read_text(path)
     except SpecError:
         return None
-    problems = []
-    for at, file in text_imports(text, where):
-        try:
-            refuse_foreign_input(file, invoker=invoker)
-        except OSError as exc:
-            problems.append(Problem(at, f"{file}: {input_problem(exc)}: {fix}"))
-    if problems:
-        raise SpecError(problems, source=where)
+    refuse_foreign_imports(_text_document(text, where), invoker=invoker, source=where)
     return text
 
 

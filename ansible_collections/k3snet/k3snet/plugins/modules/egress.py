@@ -230,6 +230,7 @@ try:
     )
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
+    from k3snet.spec.load import refuse_foreign_imports, sudo_invoker
 except ImportError as exc:
     K3SNET_IMPORT_ERROR: str | None = traceback.format_exc()
     K3SNET_MISSING = str(exc)
@@ -266,6 +267,10 @@ def load_spec(params: dict[str, Any]) -> k3snet.Spec | None:
         refuse_foreign_spec(params["spec_path"])
         return k3snet.load_spec(params["spec_path"])
     if params["spec"] is not None:
+        # A file it imports (masquerade.ipMasqAgentConfig) is read on the node: refused
+        # as a spec_path's imports are, when another user could change it.
+        refuse_foreign_imports(params["spec"], invoker=sudo_invoker(),
+                               source="the spec option")
         return k3snet.Spec.from_dict(params["spec"], source="the spec option")
     return None
 
