@@ -529,3 +529,30 @@ def test_the_agent_judges_its_spec_file_at_every_read(
     finally:
         spec_file.parent.chmod(0o700)
     assert source.read() == SPEC
+
+
+def test_the_agent_parses_a_spec_text_once_for_its_imports_across_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judging the imports at every read must not parse the spec at every pass (~0.1 s for
+    10k destinations): a text is parsed for its imports once, and again when it changes."""
+    import k3snet.spec.load as spec_load  # noqa: PLC0415
+
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    config = tmp_path / "config"
+    config.write_text("nonMasqueradeCIDRs: []\n")
+    spec_file = tmp_path / "egress.yaml"
+    spec_file.write_text(f"{SPEC}masquerade:\n  ipMasqAgentConfig: {config}\n")
+    parsed: list[str] = []
+    real = spec_load.load_mapping
+    monkeypatch.setattr(spec_load, "load_mapping",
+                        lambda text, where: parsed.append(text) or real(text, where))
+    source = FileSpecSource(spec_file)
+    for _ in range(3):
+        source.read()
+    assert len(parsed) == 1
+    spec_file.write_text(f"{SPEC}masquerade:\n  ipMasqAgentConfig: '{config}'\n")
+    source.read()
+    assert len(parsed) == 2
+    config.chmod(0o666)
+    with pytest.raises(SpecError, match=r"masquerade\.ipMasqAgentConfig: .*writable by others"):
+        source.read()
