@@ -79,12 +79,14 @@ def relative_path_problems(spec: Spec, name: str, paths: Iterable[str]) -> list[
     never given back. ``$K3SNET_STATE_DIR`` is refused likewise.
     """
     given = spec_backend_options(spec, name)
+    # "" too: Path("") is ".", the working directory. A Path given in Python as text.
+    written = {key: os.fspath(value) for key in set(paths)
+               if isinstance(value := given.get(key), (str, os.PathLike))}
     return [Problem(f"backends.{name}.{key}",
                     f"{value!r} is a relative path: it would name another place from each "
                     "working directory (an apply from elsewhere, the agent, cron); give an "
                     "absolute path")
-            for key in sorted(set(paths)) if isinstance(value := given.get(key), str)
-            and value and not os.path.isabs(value)]
+            for key, value in sorted(written.items()) if not os.path.isabs(value)]
 
 
 def check_backend_options(spec: Spec, declared: Declared, names: Iterable[str] | None = None,

@@ -126,7 +126,7 @@ def test_a_relative_directory_option_names_the_same_directory_when_applied_from_
     assert [m["state_dir"] for m in _Stateful.made] == [planned / "st"] * 2
 
 
-@pytest.mark.parametrize("given", ["st", "./st", "../st", "~/st"])
+@pytest.mark.parametrize("given", ["st", "./st", "../st", "~/st", "", " "])
 def test_a_spec_giving_a_relative_directory_option_is_refused_at_its_path(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         given: str) -> None:
