@@ -37,12 +37,14 @@ __all__ = ["code_identity", "input_problem", "make_directory", "prune", "read_in
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
     """``$K3SNET_STATE_DIR/name``, else ``default_root/name`` when ``default_root`` is a
     directory; ``None`` (nothing kept) when environment variable ``switch`` is ``off``
-    (or ``0``, ``no``, ``false``) or neither applies."""
+    (or ``0``, ``no``, ``false``) or neither applies, or ``$K3SNET_STATE_DIR`` is a
+    relative path (the backends refuse it: kept under it, ``k3snet validate`` made
+    ``st/spec-cache/`` in whatever directory it ran in)."""
     if os.environ.get(switch, "").lower() in {"0", "off", "no", "false"}:
         return None
     given = os.environ.get("K3SNET_STATE_DIR")
     if given:
-        return Path(given) / name
+        return Path(given) / name if os.path.isabs(given) else None
     return default_root / name if default_root.is_dir() else None
 
 
