@@ -37,12 +37,14 @@ __all__ = ["code_identity", "input_problem", "make_directory", "prune", "read_in
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
     """``$K3SNET_STATE_DIR/name``, else ``default_root/name`` when ``default_root`` is a
     directory; ``None`` (nothing kept) when environment variable ``switch`` is ``off``
-    (or ``0``, ``no``, ``false``) or neither applies."""
+    (or ``0``, ``no``, ``false``) or neither applies, or ``$K3SNET_STATE_DIR`` is a
+    relative path (the backends refuse it: kept under it, ``k3snet validate`` made
+    ``st/spec-cache/`` in whatever directory it ran in)."""
     if os.environ.get(switch, "").lower() in {"0", "off", "no", "false"}:
         return None
     given = os.environ.get("K3SNET_STATE_DIR")
     if given:
-        return Path(given) / name
+        return Path(given) / name if os.path.isabs(given) else None
     return default_root / name if default_root.is_dir() else None
 
 
@@ -168,36 +170,73 @@ def refuse_foreign_input(file: str | Path, *, invoker: int | None = None) -> Non
     member: Debian's and Ubuntu's users get files of mode 0664 in it).
 
     For a file whose contents root acts on, read by name afterwards (a spec): whoever
-    else could write it could change what root does. A symbolic link on the way that
-    another user owns is refused too (they could point it elsewhere between this check
-    and the read). A missing or unreadable file is left to the reader to report.
+    else could write it could change what root does. The way to it is judged too (they
+    could change it between this check and the read): a symbolic link on it that
+    another user owns, and a directory on it that another user owns or may write
+    (as the file, unless it has the sticky bit, where nobody may rename or remove
+    another's entry, or is on a read-only mount: a Kubernetes ConfigMap volume is
+    mode 0777). A missing or unreadable file, or one that is not a regular file, is
+    left to the reader to report.
     """
     trusted = {os.geteuid(), 0, invoker}
-    link = _foreign_link(file, trusted)
-    if link is not None:  # checked, then read by name: its owner could swap it between
-        raise OSError(errno.EPERM, f"reached through {link}", str(file))
+    way = _foreign_way(file, trusted)
+    if way is not None:  # checked, then read by name: that user could swap it between
+        raise OSError(errno.EPERM, way, str(file))
     try:
         info = os.stat(file)
     except OSError:
         return
+    if not stat.S_ISREG(info.st_mode):  # a device, a FIFO: the reader refuses it unread
+        return
     if info.st_uid not in trusted:
         raise OSError(errno.EPERM, f"owned by uid {info.st_uid}, not by this user or root",
                       str(file))
-    writers = [who for who, bit in (("others", stat.S_IWOTH),) if info.st_mode & bit]
-    if info.st_mode & stat.S_IWGRP and not _private_group(info):
-        writers.insert(0, f"group {_group_name(info.st_gid)}")
+    writers = _other_writers(info)
     if writers:
-        raise OSError(errno.EPERM, f"writable by {' and '.join(writers)} (mode "
+        raise OSError(errno.EPERM, f"writable by {writers} (mode "
                       f"{stat.S_IMODE(info.st_mode):04o})", str(file))
 
 
-def _foreign_link(file: str | Path, trusted: set[int | None]) -> str | None:
-    """``LINK, a symbolic link of uid N`` for the first link on the way to ``file`` (as the
-    kernel follows them) that a user outside ``trusted`` owns, else ``None`` (a missing
-    component or too many links are left to the reader to report)."""
+def _other_writers(info: os.stat_result) -> str | None:
+    """``others``, ``group G`` or both when they may write the file or directory ``info``
+    describes (its group only when it is not its owner's private group), else ``None``."""
+    writers = [who for who, bit in (("others", stat.S_IWOTH),) if info.st_mode & bit]
+    if info.st_mode & stat.S_IWGRP and not _private_group(info):
+        writers.insert(0, f"group {_group_name(info.st_gid)}")
+    return " and ".join(writers) or None
+
+
+def _foreign_directory(directory: Path, trusted: set[int | None]) -> str | None:
+    """Why another user than ``trusted`` could replace an entry of ``directory`` (it is
+    theirs, or they may write it and it has no sticky bit), else ``None``."""
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return None  # left to the reader to report
+    if info.st_uid not in trusted:
+        return f"in directory {directory}, owned by uid {info.st_uid}"
+    writers = None if info.st_mode & stat.S_ISVTX else _other_writers(info)
+    if writers is None:
+        return None
+    with contextlib.suppress(OSError):
+        # A read-only mount is written by nobody whatever its modes: a Kubernetes
+        # ConfigMap volume, where the agent's spec is, is a directory of mode 0777.
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return None
+    return (f"in directory {directory}, writable by {writers} (mode "
+            f"{stat.S_IMODE(info.st_mode):04o})")
+
+
+def _foreign_way(file: str | Path, trusted: set[int | None]) -> str | None:
+    """Why a user outside ``trusted`` could change what the way to ``file`` leads to (as
+    the kernel follows it): a symbolic link on it that such a user owns (``reached
+    through LINK, a symbolic link of uid N``) or a directory on it that such a user owns
+    or may write (:func:`_foreign_directory`); else ``None`` (a missing component or too
+    many links are left to the reader to report)."""
     path = Path(file)
     pending = list(reversed((path if path.is_absolute() else Path.cwd() / path).parts[1:]))
     current, hops = Path("/"), 0
+    judged: set[Path] = set()
     while pending:
         name = pending.pop()
         if name in ("", "."):
@@ -205,6 +244,11 @@ def _foreign_link(file: str | Path, trusted: set[int | None]) -> str | None:
         if name == "..":
             current = current.parent
             continue
+        if current not in judged:  # whoever may write it may replace the entry looked up
+            judged.add(current)
+            why = _foreign_directory(current, trusted)
+            if why is not None:
+                return why
         candidate = current / name
         try:
             info = os.lstat(candidate)
@@ -214,7 +258,7 @@ def _foreign_link(file: str | Path, trusted: set[int | None]) -> str | None:
             current = candidate
             continue
         if info.st_uid not in trusted:
-            return f"{candidate}, a symbolic link of uid {info.st_uid}"
+            return f"reached through {candidate}, a symbolic link of uid {info.st_uid}"
         hops += 1
         if hops > 40:  # the kernel's limit: ELOOP, said by the reader
             return None

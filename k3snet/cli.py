@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import attrs
 
 from k3snet._admin_path import admin_path
-from k3snet._kept import input_problem, read_input, refuse_foreign_input, write_output_in
+from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
@@ -70,6 +70,7 @@ from k3snet.planfile import RESERVED_OPTIONS, PlanFile
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
+from k3snet.spec import load as spec_load
 from k3snet.spec.source import read_text
 
 __all__ = ["build_parser", "main"]
@@ -518,16 +519,11 @@ def refuse_foreign_spec(spec: str | Path) -> None:
     """A SpecError when the spec file ``spec`` may be written by another user than its
     owner (this user, root, or ``$SUDO_UID``, who could run k3snet as root anyway):
     that user could change what root applies, its routes, rules and the paths its
-    backends write (a plan file is refused likewise, :mod:`k3snet.planfile`). The
-    node commands and the Ansible module's ``spec_path`` call it."""
-    sudo = os.environ.get("SUDO_UID", "")
-    try:
-        refuse_foreign_input(spec, invoker=int(sudo) if sudo.isdigit() else None)
-    except OSError as exc:
-        raise SpecError([Problem("", f"{input_problem(exc)}: another user could change what "
-                                     "k3snet applies; refused (chown it to yourself or root "
-                                     "and chmod go-w, after reading it again)")],
-                        source=str(spec)) from None
+    backends write (a plan file is refused likewise, :mod:`k3snet.planfile`); so with
+    a directory on the way they may write, or a file the spec imports
+    (:func:`k3snet.spec.load.refuse_foreign_spec`). The node commands and the Ansible
+    module's ``spec_path`` call it."""
+    spec_load.refuse_foreign_spec(spec, invoker=spec_load.sudo_invoker())
 
 
 def _error_code(exc: K3snetError) -> int:
@@ -885,7 +881,7 @@ def _recipe(args: argparse.Namespace, spec: Spec | None,
     if spec is not None:  # the spec's backends: options, with their paths
         check_backend_options(spec, backend_options,
                               [n for n in sorted(used) if spec_backend_options(spec, n)],
-                              source=_where(args))
+                              source=_where(args), paths=path_options)
     _check_backend_opt_targets(args, used)
     recipe: _Recipe = []
     for entry in names:
@@ -1587,7 +1583,7 @@ def _destination(text: str) -> tuple[str, int | None]:
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         spec = _spec(args)
-        check_backend_options(spec, backend_options, source=str(args.spec))
+        check_backend_options(spec, backend_options, source=str(args.spec), paths=path_options)
         compile_spec(spec)
     except SpecError as exc:
         if not _json(args):

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import Problem, SpecError
 from k3snet.kube import DEFAULT_TIMEOUT, KubeErrors
+from k3snet.spec.load import refuse_foreign_spec, sudo_invoker
 from k3snet.spec.source import read_text
 
 __all__ = ["ConfigMapSpecSource", "FileSpecSource", "SpecSource"]
@@ -41,8 +42,12 @@ class FileSpecSource:
         return str(self.path)
 
     def read(self) -> str:
-        """The file's text (a regular UTF-8 file of bounded size, as every spec file)."""
-        return read_text(self.path)
+        """The file's text (a regular UTF-8 file of bounded size, as every spec file), or a
+        :class:`SpecError` when another user could have changed it or a file it imports
+        (:func:`~k3snet.spec.load.refuse_foreign_spec`): judged at every read, as the file,
+        its directory or the import may have changed since the agent started."""
+        text = refuse_foreign_spec(self.path, invoker=sudo_invoker())
+        return read_text(self.path) if text is None else text
 
 
 class ConfigMapSpecSource:

@@ -10,13 +10,15 @@ and ``k3snet validate`` checks them all.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from k3snet.errors import BackendNotFoundError, BackendUnavailableError, Problem, SpecError
 from k3snet.spec.model import Spec
 
-__all__ = ["backend_option_problems", "check_backend_options", "spec_backend_options"]
+__all__ = ["backend_option_problems", "check_backend_options", "relative_path_problems",
+           "spec_backend_options"]
 
 Declared = Callable[[str], Mapping[str, Any]]
 """``name -> the options backend name declares`` (empty: it takes any ``**options``)."""
@@ -30,13 +32,21 @@ def spec_backend_options(spec: Spec, name: str) -> dict[str, Any]:
     return {}
 
 
+Paths = Callable[[str], Iterable[str]]
+"""``name -> the options of backend name that name a file or directory``
+(:func:`k3snet.backends.registry.path_options`)."""
+
+
 def backend_option_problems(spec: Spec, declared: Declared,
-                            names: Iterable[str] | None = None) -> list[Problem]:
+                            names: Iterable[str] | None = None, *,
+                            paths: Paths | None = None) -> list[Problem]:
     """Every option of ``spec`` a backend does not declare (path ``backends.NAME.KEY``).
 
     ``names``: the backends in use (default: the spec's own and those it gives
     options to); an unknown name is a problem too. A backend that cannot be
     loaded here (a missing optional dependency) is not judged: building it says why.
+    ``paths``: with it, a relative path given to an option naming a file or directory
+    is a problem too (:func:`relative_path_problems`).
     """
     wanted = dict.fromkeys(names if names is not None else
                            (*spec.backends, *(n for n, _ in spec.backend_options)))
@@ -54,16 +64,39 @@ def backend_option_problems(spec: Spec, declared: Declared,
             continue
         problems += [Problem(f"{path}.{key}", f"unknown option; known: {', '.join(known)}")
                      for key in spec_backend_options(spec, name) if key not in known]
+        if paths is not None:
+            problems += relative_path_problems(spec, name, paths(name))
     return problems
 
 
+def relative_path_problems(spec: Spec, name: str, paths: Iterable[str]) -> list[Problem]:
+    """A problem (path ``backends.NAME.KEY``) for each option of backend ``name`` among
+    ``paths`` (those naming a file or directory) that ``spec`` gives a relative path.
+
+    A relative ``state_dir`` named another directory from each working directory: an
+    apply run from ``/root`` and one of cron from ``/`` kept the sysctl record in two
+    places, and the second took the sysctl the first had taken over for a foreign one,
+    never given back. ``$K3SNET_STATE_DIR`` is refused likewise.
+    """
+    given = spec_backend_options(spec, name)
+    # "" too: Path("") is ".", the working directory. A Path given in Python as text.
+    written = {key: os.fspath(value) for key in set(paths)
+               if isinstance(value := given.get(key), (str, os.PathLike))}
+    return [Problem(f"backends.{name}.{key}",
+                    f"{value!r} is a relative path: it would name another place from each "
+                    "working directory (an apply from elsewhere, the agent, cron); give an "
+                    "absolute path")
+            for key, value in sorted(written.items()) if not os.path.isabs(value)]
+
+
 def check_backend_options(spec: Spec, declared: Declared, names: Iterable[str] | None = None,
-                          *, source: str | None = None) -> None:
+                          *, source: str | None = None, paths: Paths | None = None) -> None:
     """Raise one :class:`~k3snet.errors.SpecError` with every :func:`backend_option_problems`.
 
     ``declared``: ``name -> options``, usually
-    :func:`k3snet.backends.registry.backend_options`.
+    :func:`k3snet.backends.registry.backend_options`; ``paths``, usually
+    :func:`k3snet.backends.registry.path_options` (relative paths refused).
     """
-    problems = backend_option_problems(spec, declared, names)
+    problems = backend_option_problems(spec, declared, names, paths=paths)
     if problems:
         raise SpecError(problems, source=source)

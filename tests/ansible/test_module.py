@@ -709,6 +709,12 @@ def test_the_spec_s_backend_options_and_allow_disruptive_reach_the_backends_as_i
                           "backends": {"nftables": {"colour": "blue"}}})
     with ExitStack() as stack, pytest.raises(SpecError, match=r"backends\.nftables\.colour"):
         module.build_backend(params | {"backend_options": {}}, bad, stack)
+    # So is a relative path, which names another file from each working directory.
+    relative = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24"}],
+                               "backends": {"flannel": {"path": "net-conf.json"}}})
+    with ExitStack() as stack, pytest.raises(
+            SpecError, match=r"backends\.flannel\.path: 'net-conf.json' is a relative path"):
+        module.build_backend(params | {"backend_options": {}}, relative, stack)
 
 
 @pytest.mark.parametrize("with_spec", [True, False], ids=["present", "absent-without-spec"])
@@ -754,3 +760,24 @@ def test_a_spec_path_another_user_could_write_is_refused(
     os.chown(spec, 65534, 65534)
     with pytest.raises(k3snet.SpecError, match=r"owned by uid 65534"):
         module.load_spec(params)
+
+
+@pytest.mark.usefixtures("require_root")
+def test_a_file_the_spec_option_imports_that_another_user_could_write_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The spec option is the controller's, but the ip-masq-agent config it names is read
+    # on the node: one another user can write decides what root masquerades, as with
+    # `k3snet apply -f` (whose spec's imports are refused likewise).
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    config = tmp_path / "ip-masq-agent"
+    config.write_text("nonMasqueradeCIDRs: [10.0.0.0/8]\n")
+    config.chmod(0o644)
+    given = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+             "destinations": [{"cidr": "192.168.2.0/24"}],
+             "masquerade": {"ipMasqAgentConfig": str(config)}}
+    module = load_module()
+    params = {name: option.get("default") for name, option in module.ARGUMENT_SPEC.items()}
+    assert module.load_spec(params | {"spec": given}) is not None
+    config.chmod(0o666)
+    with pytest.raises(SpecError, match=r"masquerade\.ipMasqAgentConfig: .*writable by others"):
+        module.load_spec(params | {"spec": given})

@@ -103,18 +103,19 @@ def test_a_relative_directory_option_names_the_same_directory_when_applied_from_
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str) -> None:
     # A relative netlink state_dir recorded as given put the sysctl record under the
     # directory `apply FILE` ran in: the next plan in the first one took the sysctl it
-    # had taken over for a foreign one, and `remove` never gave it back.
+    # had taken over for a foreign one, and `remove` never gave it back. (A spec's
+    # relative path is refused; --backend-opt's is this command's, from here.)
     register_backend("memory-stateful", _Stateful)
     _Stateful.made.clear()
     planned, elsewhere = tmp_path / "planned", tmp_path / "elsewhere"
     (planned / "sub").mkdir(parents=True)
     elsewhere.mkdir()
-    spec = _spec(planned, f"backends:\n  memory-stateful: {{state_dir: '{given}', "
-                          "label: st}\n")
+    spec = _spec(planned, "backends:\n  memory-stateful: {label: st}\n")
     saved = tmp_path / "node.plan"
     try:
         monkeypatch.chdir(planned)
         assert main(["plan", "-f", str(spec), "--no-facts", "--backend", "memory-stateful",
+                     "--backend-opt", f"memory-stateful.state_dir={given}",
                      "--out", str(saved)]) == 2
         monkeypatch.chdir(elsewhere)
         assert main(["apply", str(saved), "--auto-approve"]) == 0
@@ -123,3 +124,32 @@ def test_a_relative_directory_option_names_the_same_directory_when_applied_from_
     recorded = json.loads(saved.read_text())["options"]["memory-stateful"]
     assert recorded == {"state_dir": str(planned / given), "label": "st"}  # text kept as is
     assert [m["state_dir"] for m in _Stateful.made] == [planned / "st"] * 2
+
+
+@pytest.mark.parametrize("given", ["st", "./st", "../st", "~/st", "", " "])
+def test_a_spec_giving_a_relative_directory_option_is_refused_at_its_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        given: str) -> None:
+    """A spec is applied from wherever its command runs (an apply from /root, cron from /,
+    the agent): a relative ``state_dir`` in it named another directory each time, and
+    the sysctl record of one run was not the next one's, which then took the sysctl
+    the first had taken over for a foreign one. Refused at its path, as
+    ``$K3SNET_STATE_DIR`` is; by ``validate`` and before a backend is made."""
+    register_backend("memory-stateful", _Stateful)
+    _Stateful.made.clear()
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(tmp_path, f"backends:\n  memory-stateful: {{state_dir: '{given}', "
+                           "label: st}\n")
+    try:
+        for run in (["validate"], ["plan", "--no-facts", "--backend", "memory-stateful"]):
+            assert main([*run, "-f", str(spec)]) == 1
+            err = capsys.readouterr().err
+            assert (f"backends.memory-stateful.state_dir: {given!r} is a relative path"
+                    in err), err
+        assert _Stateful.made == []
+        absolute = _spec(tmp_path, f"backends:\n  memory-stateful: {{state_dir: "
+                                   f"'{tmp_path / 'st'}'}}\n")
+        assert main(["plan", "--no-facts", "--backend", "memory-stateful",
+                     "-f", str(absolute)]) == 2, capsys.readouterr().err
+    finally:
+        unregister_backend("memory-stateful")

@@ -400,3 +400,159 @@ def test_a_spec_reached_through_another_user_s_link_is_refused(
         assert f"reached through {owned_by_nobody}, a symbolic link of uid 65534" in \
             capsys.readouterr().err
         os.chown(owned_by_nobody, 0, 0, follow_symlinks=False)
+
+
+@pytest.mark.usefixtures("require_root")
+@pytest.mark.parametrize("argv", NODE_COMMANDS, ids=lambda argv: argv[0])
+def test_a_spec_in_a_directory_another_user_may_change_is_refused_by_every_node_command(
+        argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Root's own 0644 spec in a directory another user owns or may write is theirs to
+    replace (rename it away, put their own in its place, between the check and the read,
+    or a link to another of root's files): refused like a spec they could write, naming
+    the directory, at any depth. A sticky directory (``/tmp``) lets nobody rename or
+    remove another's entry: taken."""
+    from k3snet import MemoryBackend, State, Sysctl, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from k3snet.cli import main  # noqa: PLC0415
+
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-spec-directory", lambda: held)
+    outer = tmp_path / "outer"
+    inner = outer / "inner"
+    inner.mkdir(parents=True)
+    spec_file = inner / "egress.yaml"
+    spec_file.write_text(SPEC)
+    spec_file.chmod(0o644)
+    run = [argv[0], "-f", str(spec_file), "--backend", "memory-spec-directory", *argv[1:]]
+    try:
+        for directory, mode, owner, why in (
+                (inner, 0o755, (65534, 65534), f"in directory {inner}, owned by uid 65534"),
+                (inner, 0o777, (0, 0), rf"in directory {inner}, writable by others \(mode 0777\)"),
+                (inner, 0o775, (0, 65534),
+                 rf"in directory {inner}, writable by group nogroup \(mode 0775\)"),
+                (outer, 0o757, (0, 0), rf"in directory {outer}, writable by others \(mode 0757\)")):
+            os.chown(directory, *owner)
+            directory.chmod(mode)
+            assert main(run) == 1, why
+            err = capsys.readouterr().err
+            assert re.search(why + ".*another user could change what k3snet applies", err), err
+            assert held.observe() == State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")])
+            os.chown(directory, 0, 0)
+            directory.chmod(0o755)
+        inner.chmod(0o1777)  # sticky, as /tmp
+        assert main(run) != 1, capsys.readouterr().err
+    finally:
+        unregister_backend("memory-spec-directory")
+
+
+@pytest.mark.usefixtures("require_root")
+def test_a_spec_on_a_read_only_mount_is_taken_whatever_its_directory_s_modes(
+        tmp_path: Path) -> None:
+    """The agent's spec is a ConfigMap volume: a read-only mount whose directory has mode
+    0777. Nobody writes a read-only mount, so its modes give nobody a way in: taken. The
+    same directory mounted writable is refused. (In a mount namespace of its own, which
+    goes with the process: the host's mounts are never changed.)"""
+    directory = tmp_path / "config"
+    directory.mkdir()
+    (directory / "egress.yaml").write_text(SPEC)
+    directory.chmod(0o777)
+    plan = (f"{sys.executable} -m k3snet plan --backend memory --no-facts "
+            f"-f {directory}/egress.yaml")
+    env = {**os.environ, "K3SNET_SPEC_CACHE": "off"}
+    env.pop("SUDO_UID", None)
+    mount = f"mount --bind {directory} {directory}"
+    for remount, code in ((f"mount -o remount,bind,ro {directory}", 2), ("true", 1)):
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               f"{mount} && {remount} && {plan}"],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == code, done.stderr
+        assert ("writable by others" in done.stderr) == (code == 1), done.stderr
+
+
+@pytest.mark.usefixtures("require_root")
+def test_an_ip_masq_agent_config_another_user_could_write_is_refused_at_its_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The file ``masquerade.ipMasqAgentConfig`` names decides what root masquerades, as
+    the spec does: one another user owns or may write (or in a directory they may) is
+    refused for the node commands, at the input's path; `validate` still takes it."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    config = tmp_path / "ip-masq" / "config"
+    config.parent.mkdir()
+    config.write_text("nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqLinkLocal: false\n")
+    config.chmod(0o644)
+    spec_file = tmp_path / "egress.yaml"
+    spec_file.write_text(SPEC + "cluster:\n  podCIDRs: [10.42.0.0/16]\n"
+                         f"masquerade:\n  ipMasqAgentConfig: {config}\n")
+    spec_file.chmod(0o644)
+    plan = ["plan", "-f", str(spec_file), "--backend", "memory", "--no-facts"]
+    assert main(plan) == 2, capsys.readouterr().err
+    for path, mode, owner, why in (
+            (config, 0o646, (0, 0), rf"{config}: writable by others \(mode 0646\)"),
+            (config, 0o644, (65534, 65534), rf"{config}: owned by uid 65534"),
+            (config.parent, 0o777, (0, 0),
+             rf"{config}: in directory {config.parent}, writable by others")):
+        os.chown(path, *owner)
+        path.chmod(mode)
+        assert main(plan) == 1, why
+        err = capsys.readouterr().err
+        assert re.search(rf"masquerade\.ipMasqAgentConfig: {why}.*another user could change",
+                         err), err
+        assert main(["validate", "-f", str(spec_file)]) == 0
+        capsys.readouterr()
+        os.chown(path, 0, 0)
+        path.chmod(0o644 if path == config else 0o755)
+    assert main(plan) == 2, capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("require_root")
+def test_the_agent_judges_its_spec_file_at_every_read(
+        spec_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent reads its spec every pass; the file's owner and modes, its directory and
+    its imports may change after the start's check: a read of a spec another user could
+    have changed is refused (the last good spec stays in force)."""
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    source = FileSpecSource(spec_file)
+    assert source.read() == SPEC
+    spec_file.chmod(0o666)
+    with pytest.raises(SpecError, match=r"writable by others \(mode 0666\)"):
+        source.read()
+    spec_file.chmod(0o644)
+    spec_file.parent.chmod(0o777)
+    try:
+        with pytest.raises(SpecError, match=r"in directory .*writable by others"):
+            source.read()
+    finally:
+        spec_file.parent.chmod(0o700)
+    assert source.read() == SPEC
+
+
+def test_the_agent_parses_a_spec_text_once_for_its_imports_across_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judging the imports at every read must not parse the spec at every pass (~0.1 s for
+    10k destinations): a text is parsed for its imports once, and again when it changes."""
+    import k3snet.spec.load as spec_load  # noqa: PLC0415
+
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    config = tmp_path / "config"
+    config.write_text("nonMasqueradeCIDRs: []\n")
+    spec_file = tmp_path / "egress.yaml"
+    spec_file.write_text(f"{SPEC}masquerade:\n  ipMasqAgentConfig: {config}\n")
+    parsed: list[str] = []
+    real = spec_load.load_mapping
+    monkeypatch.setattr(spec_load, "load_mapping",
+                        lambda text, where: parsed.append(text) or real(text, where))
+    source = FileSpecSource(spec_file)
+    for _ in range(3):
+        source.read()
+    assert len(parsed) == 1
+    spec_file.write_text(f"{SPEC}masquerade:\n  ipMasqAgentConfig: '{config}'\n")
+    source.read()
+    assert len(parsed) == 2
+    config.chmod(0o666)
+    with pytest.raises(SpecError, match=r"masquerade\.ipMasqAgentConfig: .*writable by others"):
+        source.read()

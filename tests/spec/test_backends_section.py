@@ -103,3 +103,20 @@ def test_check_backend_options_judges_only_the_named_backends_and_names_the_sour
         check_backend_options(spec, backend_options, source="egress.yaml")
     assert caught.value.source == "egress.yaml"
     assert str(caught.value).startswith("1 problem in egress.yaml:")
+
+
+def test_a_relative_path_option_is_a_problem_whether_text_or_a_path() -> None:
+    # A spec built in Python may give a Path: Path("st") names a directory as "st" does,
+    # and Path("") the working directory. Only options that name files are judged.
+    from k3snet.backends.registry import path_options  # noqa: PLC0415
+
+    spec = Spec(backends=["netlink", "nftables"],
+                backend_options={"netlink": {"state_dir": Path("st"), "proc_sys": ""},
+                                 "nftables": {"table": "relative"}})
+    problems = {p.path for p in backend_option_problems(spec, backend_options,
+                                                        paths=path_options)}
+    assert problems == {"backends.netlink.state_dir", "backends.netlink.proc_sys"}
+    assert backend_option_problems(spec, backend_options) == []  # without paths=: unjudged
+    absolute = Spec(backends=["netlink"],
+                    backend_options={"netlink": {"state_dir": Path("/run/k3snet-test")}})
+    assert backend_option_problems(absolute, backend_options, paths=path_options) == []

@@ -214,6 +214,20 @@ def test_the_directory_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
     assert cache_directory() is None
 
 
+def test_a_relative_state_directory_keeps_no_cache_in_the_working_directory(
+        spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The backends refuse a relative $K3SNET_STATE_DIR; `k3snet validate`, which makes
+    # none, kept its cache under it: st/spec-cache/ made wherever it ran.
+    monkeypatch.delenv("K3SNET_SPEC_CACHE", raising=False)
+    monkeypatch.setenv("K3SNET_STATE_DIR", "st")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cache_directory() is None
+    assert main(["validate", "-f", str(spec_file)]) == 0
+    assert list(work.iterdir()) == []
+
+
 def test_the_cli_uses_the_cache(spec_file: Path, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:

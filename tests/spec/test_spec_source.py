@@ -309,6 +309,10 @@ def test_a_yaml_error_elsewhere_has_no_ipv6_hint(text: str) -> None:
     ("metric: -010\n", "-010"),
     ("a:\n  - 1:30\n", "1:30"),            # YAML 1.1: sexagesimal 90; YAML 1.2: a string
     ("a: [0_10]\n", "0_10"),
+    ("table: 1_000\n", "1_000"),          # YAML 1.1: 1000; YAML 1.2: a string
+    ("metric: 0b101\n", "0b101"),         # YAML 1.1: binary 5; YAML 1.2: a string
+    ("a: -0x10\n", "-0x10"),              # YAML 1.1: -16; YAML 1.2: a string
+    ("a: !!int 10_0\n", "10_0"),
 ])
 def test_an_integer_yaml_versions_read_differently_is_refused_with_its_place(
         text: str, written: str) -> None:
@@ -317,13 +321,13 @@ def test_an_integer_yaml_versions_read_differently_is_refused_with_its_place(
     message = _refusal(text)
     assert message.startswith(f"not valid YAML: {written} is an integer that YAML 1.1 and "
                               "YAML 1.2 read differently; write it in decimal without a "
-                              "leading 0 (or quote it for a text)")
+                              "leading 0 or _ (or quote it for a text)")
     assert "line " in message
 
 
 @pytest.mark.parametrize(("text", "value"), [
     ("a: 0\n", 0), ("a: 100\n", 100), ("a: -0\n", 0), ("a: +254\n", 254), ("a: 0x10\n", 16),
-    ("a: [0, 7]\n", [0, 7]), ("a: '0100'\n", "0100"), ("a: 1_000\n", 1000),
+    ("a: [0, 7]\n", [0, 7]), ("a: '0100'\n", "0100"), ("a: '1_000'\n", "1_000"),
     ("a: !!str 0100\n", "0100"), ("a: 12:30:00Z\n", "12:30:00Z"),
 ])
 def test_integers_both_yaml_versions_read_alike_are_read(text: str, value: object) -> None:

@@ -220,6 +220,7 @@ try:
     from k3snet._admin_path import admin_path
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
+    from k3snet.backends.registry import path_options
     from k3snet.cli import disruptive_notes, refuse_foreign_spec, sigterm_undoes
     from k3snet.converge import (
         compile_for,
@@ -229,6 +230,7 @@ try:
     )
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
+    from k3snet.spec.load import refuse_foreign_imports, sudo_invoker
 except ImportError as exc:
     K3SNET_IMPORT_ERROR: str | None = traceback.format_exc()
     K3SNET_MISSING = str(exc)
@@ -265,6 +267,10 @@ def load_spec(params: dict[str, Any]) -> k3snet.Spec | None:
         refuse_foreign_spec(params["spec_path"])
         return k3snet.load_spec(params["spec_path"])
     if params["spec"] is not None:
+        # A file it imports (masquerade.ipMasqAgentConfig) is read on the node: refused
+        # as a spec_path's imports are, when another user could change it.
+        refuse_foreign_imports(params["spec"], invoker=sudo_invoker(),
+                               source="the spec option")
         return k3snet.Spec.from_dict(params["spec"], source="the spec option")
     return None
 
@@ -287,7 +293,8 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
     used = sorted({n.partition(":")[0] for n in names})
     if spec is not None:  # the spec's backends: options, refused as `k3snet apply -f` does
         check_backend_options(spec, registered_options,
-                              [n for n in used if spec_backend_options(spec, n)])
+                              [n for n in used if spec_backend_options(spec, n)],
+                              paths=path_options)
     members = []
     for entry in names:
         name, kinds = entry.split(":", 1) if ":" in entry else (entry, "")
