@@ -18,6 +18,7 @@ from k3snet.model.cidr import (
 )
 from k3snet.model.cilium import CiliumConfig, CiliumMasquerade
 from k3snet.model.cni import (
+    CalicoFelixNat,
     CalicoNatDestination,
     CalicoPodCIDR,
     CalicoPools,
@@ -47,6 +48,7 @@ __all__ = [
     "MAIN_TABLE",
     "OBJECT_TYPES",
     "Address",
+    "CalicoFelixNat",
     "CalicoNatDestination",
     "CalicoPodCIDR",
     "CalicoPools",
