@@ -1356,11 +1356,14 @@ class CalicoNatDestination(NetObject):
                     f"match {device} (or remove it), {way_out}")
         felix_address = felix.nat_outgoing_address if self.cidr.version == 4 else None
         if self.snat_address is not None and felix_address != self.snat_address:
-            does = (f"SNATs it to {felix_address} (natOutgoingAddress in {where})"
-                    if felix_address is not None else
-                    f"masquerades it to the address of the interface it leaves through "
-                    f"({where} sets no natOutgoingAddress"
-                    + ("; Felix's is IPv4 only)" if self.cidr.version == 6 else ")"))
+            if felix_address is not None:
+                does = f"SNATs it to {felix_address} (natOutgoingAddress in {where})"
+            elif self.cidr.version == 6:
+                does = ("takes no IPv6 address to SNAT to (its natOutgoingAddress is IPv4 "
+                        "only)")
+            else:
+                does = (f"masquerades it to the address of the interface it leaves through "
+                        f"({where} sets no natOutgoingAddress)")
             fix = (f"set natOutgoingAddress: {self.snat_address} in {where}, "
                    if self.cidr.version == 4 else "")
             return (f"the spec SNATs pods' traffic to {self.cidr} to {self.snat_address} "

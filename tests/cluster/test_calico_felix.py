@@ -795,3 +795,16 @@ def test_read_felix_nat_reads_each_field_as_felix_parses_it() -> None:
     assert len(warnings) == 2
     for felix in found:
         assert object_from_dict(felix.to_dict()) == felix
+
+
+def test_an_ipv6_snat_address_is_a_conflict_felix_s_ipv4_address_cannot_meet(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", natOutgoingAddress="192.0.2.7"))
+    api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))
+    spec = SPEC_VIA_ETH1.replace("podCIDRs: [10.42.0.0/16]", "podCIDRs: [10.42.0.0/16, fd42::/48]")
+    spec = spec.replace("  - cidr: 192.168.50.0/24\n", "  - cidr: 2001:db8:50::/64\n")
+    spec += "masquerade: {snatAddresses: [192.0.2.7, '2001:db8::7']}\n"
+    (reason,) = _felix_conflicts(api_server, spec)
+    assert "to 2001:db8::7 (masquerade.snatAddresses), and Felix takes no IPv6 address to " \
+           "SNAT to (its natOutgoingAddress is IPv4 only)" in reason
