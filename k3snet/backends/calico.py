@@ -33,6 +33,18 @@ The observed foreign state holds each readable foreign pool, and one
 :class:`~k3snet.model.cni.CalicoPools` with all of them (and the unreadable
 ones) for those pool-wide judgements.
 
+**Felix's NAT settings.** Calico's ``FelixConfiguration`` resources (same API group)
+decide how Felix translates what ``natOutgoing`` sends out: k3snet lists them and
+observes one :class:`~k3snet.model.cni.CalicoFelixNat` for ``default`` and one per
+``node.NAME`` (and per selector-scoped one) with Felix's effective
+``iptablesNATOutgoingInterfaceFilter``, ``natOutgoingAddress``,
+``natOutgoingExclusions`` and ``natPortRange`` there (:func:`read_felix_nat`). A
+destination the spec masquerades through an interface the filter does not match, or
+SNATs to an address other than ``natOutgoingAddress``, is a conflict naming the
+resource (:class:`~k3snet.model.cni.CalicoNatDestination`). Without the CRD Felix
+runs on its defaults; without the right to list them (403) the settings are
+unreadable, a conflict for every destination the spec masquerades.
+
 **Ownership.** Pools k3snet creates carry the label
 ``app.kubernetes.io/managed-by: k3snet``; every other pool is foreign: observed,
 never changed.
@@ -63,9 +75,11 @@ covering it (Calico's documented way to exclude a destination from outgoing NAT)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -91,13 +105,14 @@ from k3snet.kube import (
     KubeErrors,
     make_api_client,
 )
-from k3snet.model.cni import CalicoPools, IPPool
+from k3snet.model.cni import NAT_OUTGOING_EXCLUSIONS, CalicoFelixNat, CalicoPools, IPPool
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
 
 __all__ = [
     "APIS",
     "DISRUPTIVE_FIELDS",
+    "FELIX_NAT_FIELDS",
     "KNOWN_SPEC_FIELDS",
     "V1_SPEC_FIELDS",
     "CalicoBackend",
@@ -106,6 +121,7 @@ __all__ = [
     "disruptive_fields",
     "disruptive_reason",
     "pool_from_resource",
+    "read_felix_nat",
     "read_pool",
 ]
 
@@ -119,6 +135,7 @@ APIS: Mapping[str, tuple[str, str]] = {
 """API name -> (group, version) serving IP pools."""
 
 PLURAL = "ippools"
+FELIX_PLURAL = "felixconfigurations"
 CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
 KIND = "IPPool"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
@@ -320,12 +337,144 @@ class _Listing:
     foreign: dict[str, IPPool | None]  # None: there, but not readable
     invalid: dict[str, str]  # foreign name -> why it is not readable
     warnings: tuple[str, ...]
+    felix: tuple[CalicoFelixNat, ...] = ()
 
     def state(self) -> State:
-        """Owned pools; foreign: the readable pools and one :class:`CalicoPools` of all."""
+        """Owned pools; foreign: the readable pools, one :class:`CalicoPools` of all, and
+        Felix's NAT settings per scope."""
         readable = [p for p in self.foreign.values() if p is not None]
         return State(owned=self.owned.values(),
-                     foreign=[*readable, CalicoPools(readable, self.invalid)])
+                     foreign=[*readable, CalicoPools(readable, self.invalid), *self.felix])
+
+
+# ---------------------------------------------------------------- FelixConfiguration
+
+FELIX_NAT_FIELDS: Mapping[str, str] = {
+    "iptablesNATOutgoingInterfaceFilter": "IptablesNATOutgoingInterfaceFilter",
+    "natOutgoingAddress": "NATOutgoingAddress",
+    "natOutgoingExclusions": "NATOutgoingExclusions",
+    "natPortRange": "NATPortRange",
+}
+"""The ``FelixConfiguration`` fields k3snet reads -> Felix's parameter name (which a
+``config.projectcalico.org/NAME`` annotation on the resource overrides the field with)."""
+
+_FELIX_FILTER = re.compile(r"[a-zA-Z0-9:._+-]{1,15}")  # Felix's IfaceParamRegexp
+_PORT_RANGE = re.compile(r"(\d+):(\d+)")
+_FELIX_DEFAULTS: Mapping[str, Any] = {"interface_filter": None, "nat_outgoing_address": None,
+                                      "exclusions": "IPPoolsOnly", "port_range": None}
+
+
+def _filter(raw: str) -> str:
+    if not _FELIX_FILTER.fullmatch(raw):
+        raise ValueError("not an interface match of 1..15 letters, digits or :._+-")
+    return raw
+
+
+def _ipv4(raw: str) -> ipaddress.IPv4Address:
+    # Go's net.ParseIP, then To4: an IPv4-mapped IPv6 address is IPv4 there too.
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is None:
+            raise ValueError("not an IPv4 address")
+        return address.ipv4_mapped
+    return address
+
+
+def _exclusion(raw: str) -> str:
+    for name in NAT_OUTGOING_EXCLUSIONS:  # Felix's oneof: any case
+        if raw.lower() == name.lower():
+            return name
+    raise ValueError(f"not one of {', '.join(NAT_OUTGOING_EXCLUSIONS)}")
+
+
+def _ports(raw: str) -> tuple[int, int] | None:
+    match = _PORT_RANGE.fullmatch(raw)
+    low, high = (match[1], match[2]) if match else (raw, raw)
+    if not (low.isdigit() and high.isdigit()):  # Go's PortFromString: else a port name
+        raise ValueError("a port name, not a port or MIN:MAX range")
+    if int(high) > 65535 or int(low) > int(high):
+        raise ValueError("not a port range MIN:MAX with MIN <= MAX <= 65535")
+    return None if int(high) == 0 else (int(low), int(high))  # Felix: MaxPort 0 is unset
+
+
+_FELIX_PARSERS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
+    "iptablesNATOutgoingInterfaceFilter": ("interface_filter", _filter),
+    "natOutgoingAddress": ("nat_outgoing_address", _ipv4),
+    "natOutgoingExclusions": ("exclusions", _exclusion),
+    "natPortRange": ("port_range", _ports),
+}
+
+
+def _felix_raw(item: Mapping[str, Any], key: str) -> str | None:
+    """The text Felix gets for field ``key`` of a FelixConfiguration (None: unset), as
+    Calico's config processor makes it: an annotation overrides the field; nil and ""
+    are unset; a number is its digits, a port range ``MIN:MAX``."""
+    annotations = (item.get("metadata") or {}).get("annotations") or {}
+    override = annotations.get(f"config.projectcalico.org/{FELIX_NAT_FIELDS[key]}")
+    if isinstance(override, str):
+        return override
+    value = (item.get("spec") or {}).get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | str):
+        return str(value)
+    return json.dumps(value)
+
+
+def _felix_fields(item: Mapping[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """The NAT settings one FelixConfiguration sets, as Felix parses them: ``none`` is
+    the zero value, and a value Felix cannot parse is replaced with its default (a
+    warning says so), which still overrides a lower scope's value, as in Felix."""
+    name = (item.get("metadata") or {}).get("name")
+    fields: dict[str, Any] = {}
+    for key, (field, parse) in _FELIX_PARSERS.items():
+        raw = _felix_raw(item, key)
+        if raw is None:
+            continue
+        if raw.lower() == "none":
+            fields[field] = _FELIX_DEFAULTS[field]  # the zero value: the default here
+            continue
+        try:
+            fields[field] = parse(raw)
+        except ValueError as exc:
+            warnings.append(f"FelixConfiguration {name}: {key} {raw!r} is {exc}: Felix "
+                            f"replaces it with its default")
+            fields[field] = _FELIX_DEFAULTS[field]
+    return fields
+
+
+def read_felix_nat(items: Iterable[Mapping[str, Any]]
+                   ) -> tuple[tuple[CalicoFelixNat, ...], tuple[str, ...]]:
+    """Felix's outgoing-NAT settings per scope from ``FelixConfiguration`` resources (as
+    the API lists them), and the warnings reading them gave.
+
+    One :class:`~k3snet.model.cni.CalicoFelixNat` for ``default`` (always: no resource
+    means Felix's defaults), and one for each ``node.NAME`` and each resource with a
+    ``nodeSelector`` (Calico v3.32 and later), its fields over the default's one by one
+    as Felix merges them (a node that a selector-scoped resource selects and that has
+    its own is judged without the selector-scoped one). Other names Felix ignores.
+    """
+    warnings: list[str] = []
+    default: dict[str, Any] = {}
+    scoped: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        name = (item.get("metadata") or {}).get("name")
+        spec = item.get("spec")
+        if not isinstance(name, str) or not isinstance(spec, Mapping | None):
+            continue
+        if name == "default":
+            default = _felix_fields(item, warnings)
+        elif (name.startswith("node.") and name != "node.") or (spec or {}).get(
+                "nodeSelector"):
+            scoped[name] = _felix_fields(item, warnings)
+    found = [CalicoFelixNat("default", **default)]
+    found += [CalicoFelixNat(name, **{**default, **fields})
+              for name, fields in sorted(scoped.items())]
+    return tuple(found), tuple(warnings)
 
 
 # ---------------------------------------------------------------- the backend
@@ -447,11 +596,32 @@ class CalicoBackend(BackendBase):
                 owned_raw[name] = item
             else:
                 foreign[name] = pool
+        felix, found = self._felix()
+        warnings += found
         if tuple(warnings) != self.warnings:  # logged once, not on every agent pass
             for warning in warnings:
                 log.warning("calico: %s", warning)
         self.warnings = tuple(warnings)
-        return _Listing(owned, owned_raw, foreign, invalid, self.warnings)
+        return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix)
+
+    def _felix(self) -> tuple[tuple[CalicoFelixNat, ...], tuple[str, ...]]:
+        """Felix's NAT settings (:func:`read_felix_nat`) from the FelixConfigurations of
+        the pools' API. Without the CRD, Felix's defaults; without the right to list
+        them, one unreadable ``default`` (a conflict for the NAT expectations)."""
+        group, version = self.api
+        try:
+            with translate_errors(f"list FelixConfigurations ({group}/{version})",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                result = self._objects.list_cluster_custom_object(
+                    group, version, FELIX_PLURAL, _request_timeout=self.timeout)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return read_felix_nat(())
+            if exc.status == 403:
+                return (CalicoFelixNat("default", unreadable=f"{exc}"),), ()
+            raise
+        items = result.get("items") if isinstance(result, dict) else None
+        return read_felix_nat(items or ())
 
     def observe(self) -> State:
         """Owned pools (k3snet's label), the readable foreign pools, and all of them at once
@@ -537,7 +707,7 @@ class _Run:
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         self.client = client
-        self.operations = 1  # the listing
+        self.operations = 2  # the listings (pools, FelixConfigurations)
         self.pending: list[tuple[str, Callable[[], object]]] = []  # this change's undos
 
     def _will_undo(self, what: str, undo: Callable[[], object]) -> None:

@@ -39,7 +39,8 @@ backend is built with ``allow_disruptive=True``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import attrs
 
@@ -107,13 +108,17 @@ OWNED_ANNOTATION = "k3snet.io/cilium-owned"
 """The annotation holding k3snet's ownership record on each ConfigMap it changed."""
 
 WRITTEN_ANNOTATION = "k3snet.io/cilium-written"
-"""The ``cilium-config`` annotation holding what k3snet last wrote for each key it owns
-(JSON: key -> value). A key whose value differs from it was set by someone else since
-(``helm upgrade``, K3s' helm-controller): it is theirs again, and their value is the one
-removing k3snet's settings gives back."""
+"""The annotation holding what k3snet last wrote for each key it owns (JSON: key -> value;
+on the ip-masq-agent ConfigMap the value is the field's JSON text), on each ConfigMap it
+changed. A key whose value differs from it was set by someone else since (``helm
+upgrade``, K3s' helm-controller, ``kubectl apply``): it is theirs again, and their value
+is the one removing k3snet's settings gives back."""
 
 ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 """The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
+
+
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- the ip-masq-agent document
@@ -282,8 +287,8 @@ def _config_record(raw: str | None, where: str) -> dict[str, str | None] | None:
     return data
 
 
-def _still_written(record: dict[str, str | None], raw: str | None, data: dict[str, str],
-                   where: str) -> dict[str, str | None]:
+def _still_written(record: dict[str, T], raw: str | None, data: Mapping[str, str],
+                   where: str) -> dict[str, T]:
     """``record`` less the keys whose value is no longer what k3snet wrote (``raw``, the
     WRITTEN_ANNOTATION): someone else set them since, so they are theirs. Without the
     annotation (an earlier k3snet), or for a key it does not name, nothing is dropped."""
@@ -296,6 +301,11 @@ def _still_written(record: dict[str, str | None], raw: str | None, data: dict[st
                            f"remove it (k3snet then keeps every key {OWNED_ANNOTATION} names)")
     return {key: previous for key, previous in record.items()
             if key not in written or data.get(key) == written[key]}
+
+
+def _field_texts(fields: Mapping[str, Any] | None) -> dict[str, str]:
+    """Each ip-masq-agent field as one canonical JSON text (what WRITTEN_ANNOTATION holds)."""
+    return {k: json.dumps(v, sort_keys=True) for k, v in (fields or {}).items()}
 
 
 @attrs.frozen
@@ -337,7 +347,7 @@ class _ConfigMap:
     data: dict[str, str]
     owned: str | None
     version: str | None
-    written: str | None = None  # WRITTEN_ANNOTATION (cilium-config only)
+    written: str | None = None  # WRITTEN_ANNOTATION
 
 
 @attrs.frozen
@@ -400,10 +410,14 @@ class _Api:
                 _content_type="application/merge-patch+json", _request_timeout=self.timeout)
         return _version_of(result)
 
-    def create(self, name: str, data: dict[str, str], owned: str) -> str | None:
+    def create(self, name: str, data: dict[str, str], owned: str,
+               written: str | None = None) -> str | None:
+        annotations = {OWNED_ANNOTATION: owned}
+        if written is not None:
+            annotations[WRITTEN_ANNOTATION] = written
         body: Any = {"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": name, "namespace": self.namespace,
-                             "annotations": {OWNED_ANNOTATION: owned}},
+                             "annotations": annotations},
                 "data": data}
         with translate_errors(f"create {self.where(name)}",
                               classifier=KubeErrors(timeout=self.timeout)):
@@ -505,6 +519,12 @@ class CiliumBackend(BackendBase):
                                            read.config.data, self._where())
         agent_record = (None if read.agent is None
                         else _agent_record(read.agent.owned, self._where(agent=True)))
+        if agent_record is not None:
+            assert read.agent is not None
+            where = self._where(agent=True)
+            now = _field_texts(_agent_fields(self._agent_members(read), where))
+            agent_record = attrs.evolve(agent_record, keys=_still_written(
+                agent_record.keys, read.agent.written, now, where))
         return config_record, agent_record
 
     def _agent_members(self, read: _Read) -> dict[str, Any] | None:
@@ -765,6 +785,10 @@ class CiliumBackend(BackendBase):
             return None, None, ""
         if not record.keys:  # k3snet gives its last key back
             previous = _parse_agent(record.text, self._where(agent=True))
+            if doc == members:
+                # Nothing of k3snet's left in it (every key it wrote was set by someone
+                # else since): their text stays as it is, only the records go.
+                return text, None, "patch"
             if record.created and not doc:
                 return None, None, "delete"
             if _effective(previous or {}) == _effective(doc or {}):
@@ -795,13 +819,15 @@ class CiliumBackend(BackendBase):
                                          written=(config.written,))
             steps.append(write_config)
         agent = read.agent
+        agent_written = self._agent_written(edit)
         if edit.agent_action == "create":
             text = edit.agent_text if edit.agent_text is not None else ""
             assert edit.agent_record is not None
 
             def create_agent() -> Any:
                 version = api.create(api.agent_name, {AGENT_CONFIG_KEY: text},
-                                     edit.agent_record.dump())  # type: ignore[union-attr]
+                                     edit.agent_record.dump(),  # type: ignore[union-attr]
+                                     agent_written)
                 return lambda: api.delete(api.agent_name, version)
             steps.append(create_agent)
         elif edit.agent_action == "delete":
@@ -817,14 +843,25 @@ class CiliumBackend(BackendBase):
             data: dict[str, str | None] = {}
             if edit.agent_text != agent.data.get(AGENT_CONFIG_KEY):
                 data[AGENT_CONFIG_KEY] = edit.agent_text
-            if data or agent_owned != agent.owned:
+            records = agent_owned != agent.owned or agent_written != agent.written
+            if data or records:
                 def patch_agent() -> Any:
                     version = api.patch(api.agent_name, agent.version, data, agent_owned,
-                                        agent_owned != agent.owned)
+                                        records, written=(agent_written,))
                     back = {AGENT_CONFIG_KEY: agent.data.get(AGENT_CONFIG_KEY)}
-                    return lambda: api.patch(api.agent_name, version, back, agent.owned, True)
+                    return lambda: api.patch(api.agent_name, version, back, agent.owned, True,
+                                             written=(agent.written,))
                 steps.append(patch_agent)
         return steps
+
+    def _agent_written(self, edit: _Edit) -> str | None:
+        """The ip-masq-agent ConfigMap's WRITTEN_ANNOTATION after ``edit``: each key of
+        its record with the value the new text gives it (None: no record)."""
+        if edit.agent_record is None:
+            return None
+        where = self._where(agent=True)
+        now = _field_texts(_agent_fields(_parse_agent(edit.agent_text or "", where), where))
+        return json.dumps({k: now.get(k) for k in edit.agent_record.keys}, sort_keys=True)
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

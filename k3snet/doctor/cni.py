@@ -42,7 +42,8 @@ def calico_pools(backend: Any) -> tuple[CalicoPool, ...]:
         elif isinstance(obj, IPPool):
             found[obj.name] = obj
     return tuple(CalicoPool(ip_network(str(p.cidr), strict=False), bool(p.nat_outgoing),
-                            bool(p.disabled)) for _, p in sorted(found.items()))
+                            bool(p.disabled), p.load_balancer_only)
+                 for _, p in sorted(found.items()))
 
 
 @attrs.frozen

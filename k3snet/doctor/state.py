@@ -202,24 +202,33 @@ class NodeState:
         return frozenset(a.address for a in self.addresses)
 
     def ipsets(self) -> dict[str, tuple[IPNetwork, ...]]:
-        """The ipsets whose members the doctor knows: Calico's, from its IP pools."""
+        """The ipsets whose members the doctor knows: Calico's, from its IP pools.
+
+        ``all-ipam-pools`` holds every pool (Felix before v3.31.7 and v3.32.1);
+        ``network-ip-pools``, its successor, every pool but LoadBalancer-only ones
+        (projectcalico/calico#12769): the set's name in Felix's rule says which
+        Felix wrote it."""
         if not self.calico_pools:
             return {}
         sets: dict[str, tuple[IPNetwork, ...]] = {}
         for family, prefix in ((4, "cali40"), (6, "cali60")):
             pools = [p for p in self.calico_pools if p.cidr.version == family]
             sets[f"{prefix}all-ipam-pools"] = tuple(p.cidr for p in pools)
+            sets[f"{prefix}network-ip-pools"] = tuple(p.cidr for p in pools
+                                                      if not p.load_balancer_only)
             sets[f"{prefix}masq-ipam-pools"] = tuple(p.cidr for p in pools if p.nat_outgoing)
         return sets
 
 
 @attrs.frozen
 class CalicoPool:
-    """One Calico IP pool: its CIDR, whether Calico masquerades traffic leaving it."""
+    """One Calico IP pool: its CIDR, whether Calico masquerades traffic leaving it, and
+    whether it is for LoadBalancer addresses only (``allowedUses: [LoadBalancer]``)."""
 
     cidr: IPNetwork
     nat_outgoing: bool = False
     disabled: bool = False
+    load_balancer_only: bool = False
 
 
 def _calico_pools(data: object) -> tuple[CalicoPool, ...]:
@@ -230,5 +239,6 @@ def _calico_pools(data: object) -> tuple[CalicoPool, ...]:
         spec = item.get("spec", {}) if isinstance(item, Mapping) else {}
         if "cidr" in spec:
             pools.append(CalicoPool(ip_network(spec["cidr"], strict=False),
-                                    bool(spec.get("natOutgoing")), bool(spec.get("disabled"))))
+                                    bool(spec.get("natOutgoing")), bool(spec.get("disabled")),
+                                    spec.get("allowedUses") == ["LoadBalancer"]))
     return tuple(pools)

@@ -19,6 +19,7 @@ from k3snet.model.cidr import (
 )
 from k3snet.model.cilium import CiliumConfig, CiliumMasquerade
 from k3snet.model.cni import (
+    CalicoFelixNat,
     CalicoNatDestination,
     CalicoPodCIDR,
     CalicoPools,
@@ -84,6 +85,7 @@ __all__ = [
     "MAIN_TABLE",
     "OBJECT_TYPES",
     "Address",
+    "CalicoFelixNat",
     "CalicoNatDestination",
     "CalicoPodCIDR",
     "CalicoPools",

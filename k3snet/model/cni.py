@@ -8,7 +8,9 @@ Two kinds join the node kinds here, one level up the stack:
   one target: a file on a node or a ConfigMap. Fields left ``None`` are keys
   k3snet does not set. Values are compared in canonical JSON, so a file that
   spells a value differently (spaces, key order) still equals what was written.
-* ``ippool`` (:class:`IPPool`): one Calico ``IPPool`` resource, keyed by name.
+* ``ippool`` (:class:`IPPool`): one Calico ``IPPool`` resource, keyed by name; and,
+  observed beside the pools, Felix's outgoing-NAT settings of Calico's
+  ``FelixConfiguration`` resources (:class:`CalicoFelixNat`).
 
 Both classes register themselves with :func:`~k3snet.model.state.register_object_type`
 when this module is imported.
@@ -31,7 +33,15 @@ import attrs
 
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple, optional_network
-from k3snet.model.cidr import Network, contains, overlaps, parse_network, subtract
+from k3snet.model.cidr import (
+    Address,
+    Network,
+    contains,
+    overlaps,
+    parse_address,
+    parse_network,
+    subtract,
+)
 from k3snet.model.state import State, register_object_type
 
 __all__ = [
@@ -44,8 +54,10 @@ __all__ = [
     "FLANNEL_BACKEND_TYPES",
     "FLANNEL_KEYS",
     "FLANNEL_OWNED_MARKER",
+    "NAT_OUTGOING_EXCLUSIONS",
     "SELECT_ALL",
     "AssignmentMode",
+    "CalicoFelixNat",
     "CalicoNatDestination",
     "CalicoPodCIDR",
     "CalicoPools",
@@ -1261,13 +1273,30 @@ def _pool_note(pool: IPPool) -> str:
     return " (disabled)" if pool.disabled else ""
 
 
+def _interface_within(device: str, pattern: str) -> bool:
+    """Every interface ``device`` names (``eth+``: a prefix) also matches the iptables
+    interface match ``pattern``."""
+    if pattern.endswith("+"):
+        return device.removesuffix("+").startswith(pattern[:-1])
+    return device == pattern
+
+
+def _optional_address(value: str | Address | None) -> Address | None:
+    return None if value is None else parse_address(value)
+
+
 @attrs.frozen(eq=False)
 class CalicoNatDestination(NetObject):
     """An expectation: pod traffic to ``cidr`` (less ``exclude``) is masqueraded by Calico.
 
     Felix never NATs traffic to an address inside any IP pool, enabled or
     disabled; so a destination that overlaps a foreign pool is a conflict:
-    pods reach it with their own addresses. Nothing is said otherwise.
+    pods reach it with their own addresses. ``out_interface`` (the destination's
+    ``device``, else ``masquerade.outInterface``; ``None``: not known) and
+    ``snat_address`` (the spec's ``masquerade.snatAddresses`` entry of its family)
+    are judged against Felix's settings (:class:`CalicoFelixNat`): an
+    ``iptablesNATOutgoingInterfaceFilter`` the interface does not match, or a source
+    address other than the one the spec gives, is a conflict. Nothing is said otherwise.
     """
 
     kind: ClassVar[str] = "ippool"
@@ -1278,14 +1307,24 @@ class CalicoNatDestination(NetObject):
     cidr: Network = attrs.field(converter=parse_network)
     exclude: tuple[Network, ...] = attrs.field(default=(), converter=_pod_networks,
                                                kw_only=True)
+    out_interface: str | None = attrs.field(default=None, kw_only=True)
+    snat_address: Address | None = attrs.field(default=None, converter=_optional_address,
+                                               kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _hash: int = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.out_interface is not None and (
+                not isinstance(self.out_interface, str) or not self.out_interface):
+            raise ModelError(f"out_interface must be an interface name, got "
+                             f"{self.out_interface!r}")
+        if self.snat_address is not None and self.snat_address.version != self.cidr.version:
+            raise ModelError(f"snat_address {self.snat_address} is not of {self.cidr}'s family")
         self._seal(("calico-nat-destination", *net_tuple(self.cidr)),
-                   tuple(net_tuple(n) for n in self.exclude))
+                   (tuple(net_tuple(n) for n in self.exclude), self.out_interface or "",
+                    str(self.snat_address or "")))
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -1296,12 +1335,53 @@ class CalicoNatDestination(NetObject):
         parts = subtract(self.cidr, [n for n in self.exclude if n.version == self.cidr.version])
         return tuple(p for p in pools.pools if any(overlaps(p.cidr, part) for part in parts))
 
+    def _felix_reason(self, felix: CalicoFelixNat) -> str | None:
+        """Why Felix, set as ``felix``, does not translate pods' traffic to this
+        destination as the spec does (None: it does, or k3snet cannot tell)."""
+        where = f"FelixConfiguration {felix.scope}"
+        if felix.unreadable is not None:
+            return (f"k3snet cannot read Calico's FelixConfiguration ({felix.unreadable}), so "
+                    f"it cannot tell whether Felix masquerades pods' traffic to {self.cidr} "
+                    "(iptablesNATOutgoingInterfaceFilter, natOutgoingAddress); fix: let it "
+                    "list felixconfigurations (k3snet render manifests grants it)")
+        way_out = ("or masquerade it on the nodes with a node-level rule (the nftables or "
+                   "iptables backend)")
+        device, allowed = self.out_interface, felix.interface_filter
+        if device is not None and allowed is not None and not _interface_within(device,
+                                                                                allowed):
+            return (f"Felix masquerades only traffic leaving through interfaces matching "
+                    f"{allowed} (iptablesNATOutgoingInterfaceFilter in {where}), and pods' "
+                    f"traffic to {self.cidr} leaves through {device}: Calico will not NAT "
+                    f"it, so pods reach it with their own addresses; fix: make the filter "
+                    f"match {device} (or remove it), {way_out}")
+        felix_address = felix.nat_outgoing_address if self.cidr.version == 4 else None
+        if self.snat_address is not None and felix_address != self.snat_address:
+            if felix_address is not None:
+                does = f"SNATs it to {felix_address} (natOutgoingAddress in {where})"
+            elif self.cidr.version == 6:
+                does = ("takes no IPv6 address to SNAT to (its natOutgoingAddress is IPv4 "
+                        "only)")
+            else:
+                does = (f"masquerades it to the address of the interface it leaves through "
+                        f"({where} sets no natOutgoingAddress)")
+            fix = (f"set natOutgoingAddress: {self.snat_address} in {where}, "
+                   if self.cidr.version == 4 else "")
+            return (f"the spec SNATs pods' traffic to {self.cidr} to {self.snat_address} "
+                    f"(masquerade.snatAddresses), and Felix {does}; fix: {fix}drop the "
+                    f"address from the spec, {way_out}")
+        return None
+
     def conflicts_with(self, other: NetObject) -> bool:
-        """A pool covers part of the destination that should be masqueraded."""
+        """A pool covers part of the destination that should be masqueraded, or Felix's
+        settings keep it from translating the traffic as the spec does."""
+        if isinstance(other, CalicoFelixNat):
+            return self._felix_reason(other) is not None
         return isinstance(other, CalicoPools) and bool(self._blocking(other))
 
     def conflict_reason(self, other: NetObject) -> str | None:
-        """Which pools, why Calico will not NAT, and the two ways out."""
+        """Which pools (or which Felix setting), why Calico will not NAT, and the ways out."""
+        if isinstance(other, CalicoFelixNat):
+            return self._felix_reason(other)
         if not isinstance(other, CalicoPools):
             return None
         pools = ", ".join(f"{p.name} {p.cidr}{_pool_note(p)}" for p in self._blocking(other))
@@ -1312,21 +1392,154 @@ class CalicoNatDestination(NetObject):
                 f"make the pool narrower so it leaves {self.cidr} out")
 
     def describe(self) -> str:
-        """``calico masquerades pods to CIDR [except ...]``."""
+        """``calico masquerades pods to CIDR [except ...] [via DEV] [to ADDRESS]``."""
         text = f"calico masquerades pods to {self.cidr}"
         if self.exclude:
             text += " except " + ", ".join(str(n) for n in self.exclude)
+        if self.out_interface is not None:
+            text += f" via {self.out_interface}"
+        if self.snat_address is not None:
+            text += f" to {self.snat_address}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {"type": self.type_name, "cidr": str(self.cidr),
-                "exclude": [str(n) for n in self.exclude]}
+        """JSON-able form (``out_interface`` and ``snat_address`` only when set)."""
+        data: dict[str, Any] = {"type": self.type_name, "cidr": str(self.cidr),
+                                "exclude": [str(n) for n in self.exclude]}
+        if self.out_interface is not None:
+            data["out_interface"] = self.out_interface
+        if self.snat_address is not None:
+            data["snat_address"] = str(self.snat_address)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalicoNatDestination:
         """Inverse of :meth:`to_dict`."""
-        return cls(data["cidr"], exclude=data.get("exclude", ()))
+        return cls(data["cidr"], exclude=data.get("exclude", ()),
+                   out_interface=data.get("out_interface"),
+                   snat_address=data.get("snat_address"))
+
+
+NAT_OUTGOING_EXCLUSIONS: tuple[str, ...] = ("IPPoolsOnly", "IPPoolsAndHostIPs")
+"""``natOutgoingExclusions`` values; Felix's default is ``IPPoolsOnly``."""
+
+
+def _port_range(value: tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    low, high = (int(v) for v in value)
+    if not 0 <= low <= high <= 65535:
+        raise ModelError(f"natPortRange must be MIN <= MAX within 0..65535, got {low}:{high}")
+    return (low, high)
+
+
+def _felix_address(value: str | Address | None) -> Address | None:
+    address = _optional_address(value)
+    if address is not None and address.version != 4:
+        raise ModelError(f"natOutgoingAddress is an IPv4 address in Felix, got {address}")
+    return address
+
+
+def _exclusions(value: str) -> str:
+    if value not in NAT_OUTGOING_EXCLUSIONS:
+        raise ModelError(f"natOutgoingExclusions must be one of "
+                         f"{', '.join(NAT_OUTGOING_EXCLUSIONS)}, got {value!r}")
+    return value
+
+
+@attrs.frozen(eq=False)
+class CalicoFelixNat(NetObject):
+    """Felix's outgoing-NAT settings on some nodes, as Calico's ``FelixConfiguration``
+    resources give them (observed by the calico backend; never written).
+
+    ``scope`` is ``default`` (the ``default`` FelixConfiguration: every node without
+    its own), ``node.NAME`` (that node's, whose fields override the default's one by
+    one, as Felix merges them) or the name of one with a ``nodeSelector`` (Calico
+    v3.32 and later: the nodes it selects, over the default). The fields are Felix's
+    effective values there:
+
+    * ``interface_filter`` (``iptablesNATOutgoingInterfaceFilter``): Felix masquerades
+      only traffic leaving through interfaces matching it (``eth+``: a prefix);
+    * ``nat_outgoing_address`` (``natOutgoingAddress``, IPv4 only): Felix SNATs to it
+      instead of masquerading;
+    * ``exclusions`` (``natOutgoingExclusions``): with ``IPPoolsAndHostIPs`` traffic
+      to any Calico host's address keeps the pod's address too;
+    * ``port_range`` (``natPortRange``, ``(min, max)``): the source ports of TCP and
+      UDP after NAT.
+
+    ``unreadable`` says why the settings could not be read (then the other fields
+    mean nothing). :class:`CalicoNatDestination` is judged against it; the last two
+    fields change no judgement (k3snet does not know the hosts' addresses; the ports
+    do not decide whether traffic is translated) and are shown for what they are.
+    """
+
+    kind: ClassVar[str] = "ippool"
+    type_name: ClassVar[str] = "calico-felix-nat"
+    rank: ClassVar[int] = 11
+    written: ClassVar[bool] = False
+
+    scope: str = attrs.field(default="default")
+    interface_filter: str | None = attrs.field(default=None, kw_only=True)
+    nat_outgoing_address: Address | None = attrs.field(default=None, converter=_felix_address,
+                                                       kw_only=True)
+    exclusions: str = attrs.field(default="IPPoolsOnly", converter=_exclusions, kw_only=True)
+    port_range: tuple[int, int] | None = attrs.field(default=None, converter=_port_range,
+                                                     kw_only=True)
+    unreadable: str | None = attrs.field(default=None, kw_only=True)
+
+    _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.scope, str) or not self.scope:
+            raise ModelError(f"a FelixConfiguration scope is a resource name, got "
+                             f"{self.scope!r}")
+        if self.interface_filter is not None and (
+                not isinstance(self.interface_filter, str) or not self.interface_filter):
+            raise ModelError(f"interface_filter must be an interface match, got "
+                             f"{self.interface_filter!r}")
+        self._seal(("calico-felix-nat", self.scope),
+                   (self.interface_filter or "", str(self.nat_outgoing_address or ""),
+                    self.exclusions, self.port_range or (), self.unreadable or ""))
+
+    @property
+    def clash_key(self) -> tuple[Any, ...]:
+        """The pool-wide slot the NAT expectations look at (:class:`CalicoPools`)."""
+        return _POOLS_SLOT
+
+    def describe(self) -> str:
+        """``calico felix SCOPE [natOutgoing via F] [to A] [...]``."""
+        if self.unreadable is not None:
+            return f"calico felix {self.scope} unreadable ({self.unreadable})"
+        parts = [f"calico felix {self.scope}"]
+        if self.interface_filter is not None:
+            parts.append(f"natOutgoing via {self.interface_filter}")
+        if self.nat_outgoing_address is not None:
+            parts.append(f"to {self.nat_outgoing_address}")
+        if self.port_range is not None:
+            parts.append(f"ports {self.port_range[0]}:{self.port_range[1]}")
+        if self.exclusions != "IPPoolsOnly":
+            parts.append(f"not to hosts ({self.exclusions})")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"type": self.type_name, "scope": self.scope,
+                "interface_filter": self.interface_filter,
+                "nat_outgoing_address": (None if self.nat_outgoing_address is None
+                                         else str(self.nat_outgoing_address)),
+                "exclusions": self.exclusions,
+                "port_range": None if self.port_range is None else list(self.port_range),
+                "unreadable": self.unreadable}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalicoFelixNat:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data.get("scope", "default"), interface_filter=data.get("interface_filter"),
+                   nat_outgoing_address=data.get("nat_outgoing_address"),
+                   exclusions=data.get("exclusions", "IPPoolsOnly"),
+                   port_range=data.get("port_range"), unreadable=data.get("unreadable"))
 
 
 @attrs.frozen(eq=False)
@@ -1377,4 +1590,5 @@ register_object_type(IPPool)
 register_object_type(CalicoPools)
 register_object_type(CalicoPodCIDR)
 register_object_type(CalicoNatDestination)
+register_object_type(CalicoFelixNat)
 register_object_type(CalicoPoolsReadable)

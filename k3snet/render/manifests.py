@@ -489,6 +489,7 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         # the Calico API server runs, else crd.projectcalico.org (found by discovery).
         # The verbs it sends: it lists the pools, applies (server-side: patch, and
         # create for a new one), creates and deletes; it never gets one, watches or updates.
+        # It lists the FelixConfigurations too (Felix's NAT settings), never writes them.
         objs.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -497,6 +498,10 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
                 "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
                 "resources": ["ippools"],
                 "verbs": ["list", "create", "patch", "delete"],
+            }, {
+                "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
+                "resources": ["felixconfigurations"],
+                "verbs": ["list"],
             }],
         })
         objs.append({

@@ -544,7 +544,8 @@ def compile_ippools(
       ``block_size`` and ``node_selector`` other than their defaults are required
       of that pool too (``block_size``: one integer for a single-stack cluster,
       :class:`~k3snet.spec.model.BlockSizes` for a dual-stack one);
-    * each destination to masquerade must lie outside every pool
+    * each destination to masquerade must lie outside every pool, and leave through an
+      interface Felix's NAT filter matches with the source address the spec gives
       (:class:`~k3snet.model.cni.CalicoNatDestination`, an expectation);
     * every pool must be readable (:class:`~k3snet.model.cni.CalicoPoolsReadable`);
     * one disabled pool (``k3snet-nonat-...``, owned) per CIDR exempt from NAT
@@ -602,7 +603,11 @@ def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMo
                 continue
             exclude = aggregate([*d.exclude, *kept[i]]) if i in kept else d.exclude
             if exclude != (d.cidr,):  # else nothing of it is left to masquerade
-                out.append(CalicoNatDestination(d.cidr, exclude=exclude))
+                # Judged against Felix's interface filter and natOutgoingAddress.
+                out.append(CalicoNatDestination(
+                    d.cidr, exclude=exclude,
+                    out_interface=d.device or spec.masquerade.out_interface,
+                    snat_address=spec.masquerade.snat_address(d.family)))
     out += [_exempt_pool(net) for net in nat_exemptions(spec)]
     return out
 

@@ -85,8 +85,11 @@ T = TypeVar("T")
 CALICO_RESOURCES: tuple[str, ...] = (
     "crd.projectcalico.org/v1/ippools",
     "projectcalico.org/v3/ippools",
+    "crd.projectcalico.org/v1/felixconfigurations",
+    "projectcalico.org/v3/felixconfigurations",
 )
-"""The IPPool resources an emulated Calico cluster serves (both by default)."""
+"""The IPPool and FelixConfiguration resources an emulated Calico cluster serves (both
+APIs by default)."""
 
 AGENT_RESOURCES: tuple[str, ...] = (
     "coordination.k8s.io/v1/leases",
@@ -99,8 +102,8 @@ Events, and the spec ConfigMap (``EmulatedApiServer(resources=CALICO_RESOURCES +
 AGENT_RESOURCES)``)."""
 
 _KINDS = {"ippools": "IPPool", "configmaps": "ConfigMap", "leases": "Lease", "nodes": "Node",
-          "events": "Event"}
-_CLUSTER_SCOPED = frozenset({"ippools", "nodes"})
+          "events": "Event", "felixconfigurations": "FelixConfiguration"}
+_CLUSTER_SCOPED = frozenset({"ippools", "nodes", "felixconfigurations"})
 _KEPT_REQUESTS = 8
 
 

@@ -259,7 +259,7 @@ def test_a_change_is_a_server_side_apply_by_k3snet(
     assert [c.action for c in p] == ["replace"]
     assert disruptive_changes(p) == ()
     result = backend.apply(p)
-    assert result.operations == 2  # one list, one apply
+    assert result.operations == 3  # two lists (pools, FelixConfigurations), one apply
     method, path, body = seeded.requests()[-1]
     assert (method, path) == ("PATCH", "/apis/crd.projectcalico.org/v1/ippools/k3snet-pods-a")
     assert body["spec"] == changed.to_spec()  # the whole configuration k3snet manages

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from k3snet.backends.calico import CalicoBackend, read_pool
+from k3snet.backends.calico import CalicoBackend, read_felix_nat, read_pool
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, disruptive_problems
 from k3snet.converge import converge
 from k3snet.errors import ConflictError, ModelError, PlanError
-from k3snet.model.cni import CalicoPools, IPPool
-from k3snet.model.state import State
+from k3snet.model.cni import CalicoFelixNat, CalicoPools, IPPool
+from k3snet.model.state import State, object_from_dict
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import Spec, compile_ippools
 from k3snet.spec import compile as compile_spec
@@ -629,3 +629,182 @@ def test_a_second_pool_of_the_pod_cidr_without_nat_outgoing_is_a_conflict(
     (conflict,) = [n for n in p.conflicts if "pod CIDR" in n.wanted.describe()]
     reason = conflict.reason or ""
     assert "IPPool zz-twin has pod CIDR 10.42.0.0/16 with natOutgoing false" in reason, reason
+
+
+# ---------------------------------------------------------------- FelixConfiguration
+
+FELIX = "crd.projectcalico.org/v1/felixconfigurations"
+
+SPEC_VIA_ETH1 = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+destinations:
+  - cidr: 192.168.50.0/24
+    device: eth1
+cni:
+  calico: {}
+"""
+
+
+def _felix(name: str, annotations: dict[str, str] | None = None, **spec: Any
+           ) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
+            "metadata": metadata, "spec": spec}
+
+
+def _felix_conflicts(server: EmulatedApiServer, spec: str = SPEC_VIA_ETH1) -> list[str]:
+    _seed(server, K3S_CROSS_SUBNET)
+    p = _plan(_backend(server), Spec.from_yaml(spec))
+    return [c.reason or "" for c in p.conflicts]
+
+
+def test_an_interface_filter_the_destination_s_device_misses_is_a_conflict(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", iptablesNATOutgoingInterfaceFilter="eth0"))
+    (reason,) = _felix_conflicts(api_server)
+    assert "interfaces matching eth0 (iptablesNATOutgoingInterfaceFilter in " \
+           "FelixConfiguration default)" in reason
+    assert "leaves through eth1: Calico will not NAT it" in reason
+    with pytest.raises(ConflictError, match="iptablesNATOutgoingInterfaceFilter"):
+        converge(_backend(api_server), compile_ippools(Spec.from_yaml(SPEC_VIA_ETH1)))
+
+
+@pytest.mark.parametrize("allowed", ["eth+", "eth1", "e+", "+", "none"])
+def test_an_interface_filter_matching_the_device_is_no_conflict(
+    api_server: EmulatedApiServer, allowed: str,
+) -> None:
+    api_server.put(FELIX, _felix("default", iptablesNATOutgoingInterfaceFilter=allowed))
+    assert _felix_conflicts(api_server) == []
+
+
+def test_masquerade_out_interface_is_judged_when_the_destination_has_no_device(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", iptablesNATOutgoingInterfaceFilter="eth0"))
+    spec = SPEC_VIA_ETH1.replace("    device: eth1\n", "") + "masquerade: {outInterface: eth1}\n"
+    (reason,) = _felix_conflicts(api_server, spec)
+    assert "leaves through eth1" in reason
+    # No device and no outInterface: the backend does not see the routes, says nothing.
+    api_server.delete(CRD, "default-ipv4-ippool")
+    assert _felix_conflicts(api_server, SPEC_VIA_ETH1.replace("    device: eth1\n", "")) == []
+
+
+def test_a_node_s_own_felix_configuration_overrides_the_default_field_by_field(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", iptablesNATOutgoingInterfaceFilter="eth+"))
+    # worker-2 sets only natOutgoingAddress: its filter is still the default's eth+.
+    api_server.put(FELIX, _felix("node.worker-2", natOutgoingAddress="192.0.2.7"))
+    api_server.put(FELIX, _felix("node.worker-1", iptablesNATOutgoingInterfaceFilter="eth0"))
+    api_server.put(FELIX, _felix("not-felix-s", iptablesNATOutgoingInterfaceFilter="eth0"))
+    (reason,) = _felix_conflicts(api_server)
+    assert "(iptablesNATOutgoingInterfaceFilter in FelixConfiguration node.worker-1)" in reason
+    felix = {o.scope: o for o in _backend(api_server).observe().foreign
+             if isinstance(o, CalicoFelixNat)}
+    assert sorted(felix) == ["default", "node.worker-1", "node.worker-2"]
+    assert felix["node.worker-2"].describe() == \
+        "calico felix node.worker-2 natOutgoing via eth+ to 192.0.2.7"
+
+
+def test_an_annotation_overrides_the_felix_field_as_calico_s_config_processor_does(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix(
+        "default", {"config.projectcalico.org/IptablesNATOutgoingInterfaceFilter": "eth0"},
+        iptablesNATOutgoingInterfaceFilter="eth+"))
+    (reason,) = _felix_conflicts(api_server)
+    assert "interfaces matching eth0" in reason
+
+
+def test_a_felix_value_felix_cannot_parse_is_its_default_and_a_warning(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", iptablesNATOutgoingInterfaceFilter="eth0,eth1",
+                                 natPortRange="http", natOutgoingExclusions="ippoolsandhostips"))
+    assert _felix_conflicts(api_server) == []  # Felix filters nothing
+    backend = _backend(api_server)
+    (felix,) = [o for o in backend.observe().foreign if isinstance(o, CalicoFelixNat)]
+    assert (felix.interface_filter, felix.port_range, felix.exclusions) == (
+        None, None, "IPPoolsAndHostIPs")  # Felix's oneof is case-insensitive
+    assert [w.split(" is ")[0] for w in backend.warnings] == [
+        "FelixConfiguration default: iptablesNATOutgoingInterfaceFilter 'eth0,eth1'",
+        "FelixConfiguration default: natPortRange 'http'"]
+
+
+def test_snat_addresses_felix_does_not_use_are_a_conflict(api_server: EmulatedApiServer) -> None:
+    spec = SPEC_VIA_ETH1 + "masquerade: {snatAddresses: [192.0.2.7]}\n"
+    (reason,) = _felix_conflicts(api_server, spec)  # no FelixConfiguration: masquerade
+    assert "the spec SNATs pods' traffic to 192.168.50.0/24 to 192.0.2.7" in reason
+    assert "FelixConfiguration default sets no natOutgoingAddress" in reason
+    api_server.put(FELIX, _felix("default", natOutgoingAddress="192.0.2.8"))
+    (reason,) = _felix_conflicts(api_server, spec)
+    assert "Felix SNATs it to 192.0.2.8 (natOutgoingAddress in FelixConfiguration default)" \
+        in reason
+    api_server.put(FELIX, _felix("default", natOutgoingAddress="192.0.2.7"))
+    assert _felix_conflicts(api_server, spec) == []
+
+
+def test_a_masquerading_spec_and_a_felix_nat_outgoing_address_are_no_conflict(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix still translates the traffic (to a fixed address): what the spec asks.
+    api_server.put(FELIX, _felix("default", natOutgoingAddress="192.0.2.7"))
+    assert _felix_conflicts(api_server) == []
+
+
+def test_felix_configurations_the_backend_may_not_list_are_a_conflict(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.fail(403, method="GET", plural="felixconfigurations", times=None)
+    (reason,) = _felix_conflicts(api_server)
+    assert "k3snet cannot read Calico's FelixConfiguration" in reason
+    assert "list felixconfigurations" in reason
+
+
+def test_a_cluster_without_the_felix_crd_runs_felix_s_defaults() -> None:
+    with EmulatedApiServer(resources=(CRD,)) as server:
+        assert _felix_conflicts(server) == []
+        felix = [o for o in _backend(server).observe().foreign if isinstance(o, CalicoFelixNat)]
+        assert [f.describe() for f in felix] == ["calico felix default"]
+
+
+def test_read_felix_nat_reads_each_field_as_felix_parses_it() -> None:
+    found, warnings = read_felix_nat([
+        _felix("default", natPortRange="32768:65535", natOutgoingExclusions="IPPoolsAndHostIPs",
+               natOutgoingAddress="::ffff:192.0.2.1"),
+        _felix("node.a", natPortRange=1024, natOutgoingAddress="none"),
+        _felix("node.b", natPortRange="0"),  # MaxPort 0: no range
+        _felix("node.c", natPortRange="2000:1000", natOutgoingAddress="2001:db8::1"),
+        _felix("edge", nodeSelector="edge == 'true'", iptablesNATOutgoingInterfaceFilter="wg0"),
+    ])
+    described = [f.describe() for f in found]
+    assert described == [
+        "calico felix default to 192.0.2.1 ports 32768:65535 not to hosts (IPPoolsAndHostIPs)",
+        "calico felix edge natOutgoing via wg0 to 192.0.2.1 ports 32768:65535 not to hosts "
+        "(IPPoolsAndHostIPs)",
+        "calico felix node.a ports 1024:1024 not to hosts (IPPoolsAndHostIPs)",
+        "calico felix node.b to 192.0.2.1 not to hosts (IPPoolsAndHostIPs)",
+        "calico felix node.c not to hosts (IPPoolsAndHostIPs)",
+    ]
+    # node.c's range and IPv6 address: Felix's defaults there, over the default's values
+    assert len(warnings) == 2
+    for felix in found:
+        assert object_from_dict(felix.to_dict()) == felix
+
+
+def test_an_ipv6_snat_address_is_a_conflict_felix_s_ipv4_address_cannot_meet(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", natOutgoingAddress="192.0.2.7"))
+    api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))
+    spec = SPEC_VIA_ETH1.replace("podCIDRs: [10.42.0.0/16]", "podCIDRs: [10.42.0.0/16, fd42::/48]")
+    spec = spec.replace("  - cidr: 192.168.50.0/24\n", "  - cidr: 2001:db8:50::/64\n")
+    spec += "masquerade: {snatAddresses: [192.0.2.7, '2001:db8::7']}\n"
+    (reason,) = _felix_conflicts(api_server, spec)
+    assert "to 2001:db8::7 (masquerade.snatAddresses), and Felix takes no IPv6 address to " \
+           "SNAT to (its natOutgoingAddress is IPv4 only)" in reason

@@ -662,6 +662,54 @@ def test_a_record_of_an_older_k3snet_keeps_every_cilium_key_it_names(
     assert dict(owned.settings) == {"egress-masquerade-interfaces": "eth1"}
 
 
+def _kubectl_apply(server: EmulatedApiServer, name: str, text: str) -> None:
+    """What ``kubectl apply -f ip-masq-agent.yaml`` does: the manifest's ``config`` text,
+    annotations it does not name (k3snet's) left alone."""
+    obj = _stored(server, name)
+    assert obj is not None
+    obj["data"] = {"config": text}
+    server.put(CONFIGMAPS, obj)
+
+
+def test_an_ip_masq_agent_key_set_since_by_kubectl_apply_is_theirs_and_removal_keeps_it(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(RFC1918_YAML))
+    wanted = CiliumConfig(TARGET, ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"],
+                                                 "masqLinkLocal": False})
+    _converge(backend, State(owned=[wanted]))
+    # The admin's manifest now sets masqLinkLocal itself (and a new list).
+    newer = "nonMasqueradeCIDRs:\n- 10.0.0.0/8\n- 100.64.0.0/10\nmasqLinkLocal: false\n"
+    _kubectl_apply(k3s_cilium, "ip-masq-agent", newer)
+    (owned,) = backend.observe().owned
+    assert isinstance(owned, CiliumConfig)
+    assert owned.ip_masq_agent is not None
+    assert dict(owned.ip_masq_agent) == {"masqLinkLocal": False}  # the list is theirs
+    _converge(backend, State())
+    # Removal gives back what k3snet changed and nobody changed since: masqLinkLocal
+    # true; the list the manifest set stays, and so does its text otherwise.
+    assert _data(k3s_cilium, "ip-masq-agent") == {
+        "config": newer.replace("masqLinkLocal: false", "masqLinkLocal: true")}
+    assert OWNED_ANNOTATION not in _annotations(k3s_cilium, "ip-masq-agent")
+    assert WRITTEN_ANNOTATION not in _annotations(k3s_cilium, "ip-masq-agent")
+
+
+def test_an_ip_masq_agent_config_rewritten_whole_since_keeps_its_text_on_removal(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(RFC1918_YAML))
+    _converge(backend, State(owned=[CiliumConfig(TARGET, ip_masq_agent={
+        "nonMasqueradeCIDRs": ["10.0.0.0/8"]})]))
+    newer = "# the admin's file\nnonMasqueradeCIDRs: [10.0.0.0/8, 100.64.0.0/10]\n"
+    _kubectl_apply(k3s_cilium, "ip-masq-agent", newer)
+    _converge(backend, State())
+    # Every key k3snet wrote is theirs now: their text stays byte for byte (no
+    # reformatting, no old text put back), only k3snet's annotations go.
+    assert _data(k3s_cilium, "ip-masq-agent") == {"config": newer}
+    assert OWNED_ANNOTATION not in _annotations(k3s_cilium, "ip-masq-agent")
+    assert WRITTEN_ANNOTATION not in _annotations(k3s_cilium, "ip-masq-agent")
+
+
 # ---------------------------------------------------------------- what Cilium will do
 
 

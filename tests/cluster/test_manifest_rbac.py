@@ -177,7 +177,8 @@ def _unused(requests: Iterable[Request], objs: list[dict[str, Any]], namespace: 
 @pytest.fixture(params=["crd", "v3"])
 def server(request: pytest.FixtureRequest) -> Any:
     # Calico's CRDs alone, or its API server's projectcalico.org/v3 too (then used).
-    calico = CALICO_RESOURCES if request.param == "v3" else CALICO_RESOURCES[:1]
+    calico = CALICO_RESOURCES if request.param == "v3" else tuple(
+        r for r in CALICO_RESOURCES if r.startswith("crd."))
     with EmulatedApiServer(resources=calico + AGENT_RESOURCES) as srv:
         srv.calico = calico  # type: ignore[attr-defined]
         srv.put("v1/nodes", {"metadata": {"name": NODE}})
@@ -223,7 +224,8 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
             + DESTINATIONS)
     # Two pools of k3snet's, then one deleted (all of them would be a teardown, refused)
     # and the other, changed meanwhile, repaired.
-    pools = server.calico[-1]  # type: ignore[attr-defined]
+    # the pools of the API in use (v3 where it is served)
+    pools = [r for r in server.calico if r.endswith("/ippools")][-1]  # type: ignore[attr-defined]
 
     def drift() -> None:
         found = server.objects(pools)
@@ -239,6 +241,7 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
     assert namespace == "k3snet-system"
     verbs = {(r.resource, r.verb, r.namespace) for r in requests}
     assert {("ippools", "create", None), ("ippools", "delete", None), ("ippools", "patch", None),
+            ("felixconfigurations", "list", None),
             ("leases", "create", namespace), ("nodes", "patch", None),
             ("events", "create", "default")} <= verbs
     assert _denied(requests, objs, namespace) == []

@@ -474,6 +474,11 @@ def test_calico_gets_ippools_cluster_wide() -> None:
         "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
         "resources": ["ippools"],
         "verbs": ["list", "create", "patch", "delete"],
+    }, {
+        # Felix's NAT settings, read only.
+        "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
+        "resources": ["felixconfigurations"],
+        "verbs": ["list"],
     }]
     binding = _one(objs, "ClusterRoleBinding", AGENT_NAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",

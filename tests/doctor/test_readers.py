@@ -301,6 +301,30 @@ def test_destination_inside_a_calico_pool_is_not_masqueraded() -> None:
     assert d.after.verdict is Verdict.REACHES
 
 
+def test_calico_s_renamed_network_ip_pools_set_is_evaluated_from_its_ip_pools() -> None:
+    # Felix v3.31.7, v3.32.1 and later match cali40network-ip-pools, which leaves out
+    # LoadBalancer-only pools (projectcalico/calico#12769); before, cali40all-ipam-pools.
+    old = (RULESETS / "calico-nat.save").read_text()
+    new = old.replace("cali40all-ipam-pools", "cali40network-ip-pools")
+    pools = json.dumps({"items": [
+        {"kind": "IPPool", "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}},
+        {"kind": "IPPool", "spec": {"cidr": "192.168.2.0/24", "allowedUses": ["LoadBalancer"]}},
+    ]})
+    result = trace(_state(**{"iptables-legacy-v4.save": new,
+                             "calico-ippools.json": _pools(("10.42.0.0/16", True))}), FLOW)
+    assert result.verdict is Verdict.REACHES, result.render()
+    assert str(result.source_seen) == "192.168.1.5"
+    # The LoadBalancer-only pool around the destination: the newer Felix masquerades...
+    result = trace(_state(**{"iptables-legacy-v4.save": new, "calico-ippools.json": pools}),
+                   FLOW)
+    assert result.verdict is Verdict.REACHES, result.render()
+    assert str(result.source_seen) == "192.168.1.5"
+    # ... the older one does not.
+    result = trace(_state(**{"iptables-legacy-v4.save": old, "calico-ippools.json": pools}),
+                   FLOW)
+    assert str(result.source_seen) != "192.168.1.5"
+
+
 @pytest.mark.parametrize("statement", [
     {"match": "x"},                                                     # a match that is text
     {"match": {"left": {"payload": -5}, "op": "==", "right": 1}},       # payload not a mapping
