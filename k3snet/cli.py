@@ -1659,6 +1659,10 @@ def cmd_render(args: argparse.Namespace) -> int:
                   f"{problem}", file=sys.stderr)
             return EXIT_USAGE
     spec = _spec(args)
+    problem = None if args.backend else _spec_backends_problem(spec, args.what)
+    if problem is not None:
+        print(f"k3snet render {args.what}: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     files = RENDERERS[args.what](spec, args)
     if args.out is None:
         for name, text in files.items():
@@ -1700,6 +1704,20 @@ def _render_backend_problem(args: argparse.Namespace) -> str | None:
         return (f"{rendered_by} manages {', '.join(sorted(known))}, not "
                 f"{', '.join(map(repr, wrong))}")
     return None
+
+
+def _spec_backends_problem(spec: Spec, what: str) -> str | None:
+    """Why the spec's ``backends`` (with no ``--backend`` flag) leave out the backend of
+    the file ``what``, or ``None``: plan, apply and the agent would run without it, so
+    the file's rules, routes or sysctls would belong to no backend in use."""
+    rendered_by = _RENDERED_BY.get(what)
+    if rendered_by is None or not spec.backends or rendered_by in spec.backends:
+        return None
+    return (f"the spec's backends ({', '.join(spec.backends)}) do not include "
+            f"{rendered_by}, which manages what this file holds: loaded at boot, it would "
+            "belong to no backend plan, apply and the agent use, never updated nor "
+            "removed. Render the file of the backend the spec names, or give the "
+            "--backend flags plan and apply are given")
 
 
 def _file_options(spec: Spec, args: argparse.Namespace, name: str) -> dict[str, Any]:

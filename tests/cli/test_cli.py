@@ -160,6 +160,35 @@ def test_render_writes_each_persistence_file(
     capsys.readouterr()
 
 
+@pytest.mark.parametrize(("backends", "refused", "rendered"), [
+    ("[netlink, iptables]", "nftables", "iptables"),
+    ("[netlink, nftables]", "iptables", "nftables"),
+    ("[nftables]", "sysctl", "nftables"),
+    ("[nftables]", "networkd", "nftables"),
+    ("{calico: {}}", "nftables", "manifests"),
+])
+def test_render_refuses_a_file_of_a_backend_the_specs_backends_leave_out(
+        backends: str, refused: str, rendered: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # With `backends: [netlink, iptables]`, `render nftables` wrote the whole nftables
+    # file: loaded at boot, a table no backend in use ever updated nor removed (a
+    # destination taken out of the spec kept its masquerade and forward accept).
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text() + f"backends: {backends}\n")
+    out = tmp_path / "out"
+    assert main(["render", refused, "-f", str(spec), "-o", str(out)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"k3snet render {refused}: error: the spec's backends" in err, err
+    assert not out.exists()
+    assert main(["render", rendered, "-f", str(spec), "-o", str(out)]) == 0
+    # --backend chooses other backends than the spec's, for render as for plan
+    if rendered != "manifests":
+        assert main(["render", refused, "-f", str(spec), "-o", str(out / "flags"),
+                     "--backend", refused if refused in ("nftables", "iptables")
+                     else "netlink"]) == 0
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(("umask", "mode"), [(0o000, 0o755), (0o022, 0o755), (0o077, 0o700)])
 def test_the_networkmanager_script_is_written_executable_and_writable_by_its_owner_only(
         umask: int, mode: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
