@@ -315,12 +315,14 @@ def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = Fal
 
 
 def write_output_in(directory: Path, name: str, text: str | bytes, *,
-                    executable: bool = False) -> Path:
+                    executable: bool = False, private: bool = False) -> Path:
     """Write ``directory/name`` as :func:`write_output` does, where ``name`` may go
     through subdirectories of ``directory`` (``10-eth0.network.d/90-k3snet.conf``),
     made if missing (``0777`` less the umask, as ``mkdir -p``'s); returns the path.
     ``executable``: a script, executable by whoever may read it and writable by its
-    owner only (whoever can write a script root runs is root).
+    owner only (whoever can write a script root runs is root). ``private``: readable
+    and writable by its owner only (netplan warns at every run about a file others can
+    read).
 
     Such a subdirectory that is a symbolic link is followed only when it is the
     effective user's own: root writing into a directory another user can write must
@@ -344,6 +346,8 @@ def write_output_in(directory: Path, name: str, text: str | bytes, *,
         mode = _output_mode(before)
         if executable:
             mode = (mode | (mode & 0o444) >> 2) & ~0o022
+        if private:
+            mode &= 0o700
         _replace(file, text, f".{leaf}.", mode, dir_fd=fd)
     finally:
         os.close(fd)

@@ -1674,7 +1674,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     for name, text in files.items():
         # A networkd drop-in is a file in a directory of its own (DEV.network.d/), made
         # below the one given, never through another user's link.
-        print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES))
+        print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES,
+                              private=name in PRIVATE_FILES))
     return EXIT_OK
 
 
@@ -1787,6 +1788,11 @@ NETPLAN_FILE = "90-k3snet.yaml"
 _NETPLAN_DIRS = (Path("/lib/netplan"), Path("/etc/netplan"), Path("/run/netplan"))
 """netplan's directories, in the order a file of the same name overrides another's."""
 MAX_NETPLAN_BYTES = 1 << 20
+
+
+PRIVATE_FILES = frozenset({NETPLAN_FILE})
+"""Rendered files written readable by their owner only: netplan (0.106 and later) warns
+at every run, boot included, about a file of /etc/netplan others can read."""
 
 
 NETWORKMANAGER_FILE = "90-k3snet-routes"

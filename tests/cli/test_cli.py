@@ -203,6 +203,21 @@ def test_the_networkmanager_script_is_written_executable_and_writable_by_its_own
     assert stat.S_IMODE((tmp_path / "90-k3snet-routes").stat().st_mode) == mode
 
 
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_the_netplan_file_is_written_readable_by_its_owner_only(
+        umask: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan warns about a file of /etc/netplan others can read, at every run.
+    (tmp_path / "90-k3snet.yaml").write_text("")
+    (tmp_path / "90-k3snet.yaml").chmod(0o644)  # an older render's
+    before = os.umask(umask)
+    try:
+        assert main(["render", "netplan", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    finally:
+        os.umask(before)
+    capsys.readouterr()
+    assert stat.S_IMODE((tmp_path / "90-k3snet.yaml").stat().st_mode) == 0o600
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], capture_output=True,
                           text=True, check=False, timeout=60)
