@@ -1874,9 +1874,22 @@ def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 
 
 def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
-    from k3snet.render.sysctl import render_sysctl_d  # noqa: PLC0415 - lazy
+    from k3snet.render.sysctl import (  # noqa: PLC0415 - lazy
+        advertisements_ignored_at_boot,
+        render_sysctl_d,
+    )
 
-    return {"90-k3snet.conf": render_sysctl_d(_rendered_state(spec, args))}
+    state = _rendered_state(spec, args)
+    # The netlink backend refuses IPv6 forwarding while it would drop a default route
+    # learned from router advertisements; at boot the file turns it on before there is
+    # one to check, and the kernel then ignores the advertisements (accept_ra 1).
+    if advertisements_ignored_at_boot(state):
+        print("k3snet: warning: the file turns IPv6 forwarding on and gives no interface "
+              "accept_ra 2: after a reboot, a node whose kernel learns its IPv6 default "
+              "route from router advertisements (no networkd or NetworkManager) comes up "
+              "without it; add net.ipv6.conf.IF.accept_ra: 2 to the spec's sysctls for "
+              "that interface (see the file's comment)", file=sys.stderr)
+    return {"90-k3snet.conf": render_sysctl_d(state)}
 
 
 def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

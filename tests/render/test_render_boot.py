@@ -429,6 +429,41 @@ def test_the_sysctl_file_loaded_with_sysctl_p_gives_the_values_forwarding_would_
                      ]) == 0, capsys.readouterr().out
 
 
+def test_the_sysctl_file_says_when_ipv6_forwarding_at_boot_would_ignore_advertisements(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The netlink backend refuses to turn IPv6 forwarding on while that drops a default
+    route learned from router advertisements (and tells to `sysctl -w` accept_ra 2). The
+    boot file turns it on before any such route exists: nothing checks it there, and an
+    interface appearing after it has forwarding 1 and accept_ra 1, which ignores the
+    advertisements; the file and the command said nothing of it."""
+    def loaded(spec: Path) -> tuple[str, str, dict[str, str]]:
+        out = tmp_path / spec.stem
+        assert main(["render", "sysctl", "-f", str(spec), "-o", str(out)]) == 0
+        err = capsys.readouterr().err
+        text = (out / "90-k3snet.conf").read_text()
+        with temporary_netns("rv3r") as ns:
+            run_in(ns, ["sysctl", "-p", str(out / "90-k3snet.conf")], check=False)
+            # eth0 appears after systemd-sysctl ran, which applies its lines then (udev)
+            run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"])
+            run_in(ns, ["sysctl", "-p", str(out / "90-k3snet.conf")])
+            values = {name: run_in(ns, ["sysctl", "-n", f"net.ipv6.conf.eth0.{name}"]
+                                   ).stdout.strip() for name in ("forwarding", "accept_ra")}
+        return err, text, values
+
+    err, text, values = loaded(SEED)
+    assert values == {"forwarding": "1", "accept_ra": "1"}  # advertisements ignored
+    assert "warning: the file turns IPv6 forwarding on" in err, err
+    assert "net.ipv6.conf.IF.accept_ra: 2" in text
+    assert text.index("# IPv6 forwarding on") < text.index("net.ipv6.conf.all.forwarding = 1")
+    spec = tmp_path / "accepting.yaml"
+    spec.write_text(SEED.read_text() + "sysctls:\n  net.ipv6.conf.eth0.accept_ra: 2\n")
+    err, text, values = loaded(spec)
+    assert values == {"forwarding": "1", "accept_ra": "2"}
+    assert "warning" not in err, err
+    assert "# IPv6 forwarding on" not in text
+
+
 def test_a_backend_given_its_kinds_in_two_flags_gets_a_file_of_all_of_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
