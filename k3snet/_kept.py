@@ -348,7 +348,9 @@ def write_output_in(directory: Path, name: str, text: str | bytes, *,
             mode = (mode | (mode & 0o444) >> 2) & ~0o022
         if private:
             mode &= 0o700
-        _replace(file, text, f".{leaf}.", mode, dir_fd=fd)
+        # A boot file: on disk before the rename, and the rename before we return, or a
+        # crash soon after (a reboot that does not sync) left an empty file, or none.
+        _replace(file, text, f".{leaf}.", mode, dir_fd=fd, durable=True)
     finally:
         os.close(fd)
     return file
@@ -385,11 +387,12 @@ def _output_mode(before: os.stat_result | None) -> int:
 
 
 def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None,
-             dir_fd: int | None = None) -> None:
+             dir_fd: int | None = None, *, durable: bool = False) -> None:
     """``text`` into a new temporary file beside ``file`` (0600, else ``mode``), renamed
     over it; nothing left behind on failure, whose :class:`OSError` names ``file``.
     ``dir_fd``: the directory of ``file`` as an open descriptor (the names are then
-    looked up in it)."""
+    looked up in it). ``durable`` (with ``dir_fd``): the file is synced before the
+    rename and the directory after it."""
     try:
         fd, tmp = _temporary(file.parent, prefix, dir_fd)
     except OSError as exc:  # named after the file asked for, not the temporary one
@@ -399,10 +402,16 @@ def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None,
             handle.write(text.encode() if isinstance(text, str) else text)
             if mode is not None:
                 os.fchmod(handle.fileno(), mode)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         if dir_fd is None:
             os.replace(tmp, file)
         else:
             os.replace(tmp.name, file.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            if durable:
+                with contextlib.suppress(OSError):  # some filesystems refuse a directory's
+                    os.fsync(dir_fd)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             if dir_fd is None:

@@ -218,6 +218,29 @@ def test_the_netplan_file_is_written_readable_by_its_owner_only(
     assert stat.S_IMODE((tmp_path / "90-k3snet.yaml").stat().st_mode) == 0o600
 
 
+def test_each_boot_file_is_synced_before_its_rename_and_its_directory_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Renamed unsynced, a boot file written just before a crash (a reboot that does
+    # not sync, a power cut) could be empty or missing at the boot it was made for.
+    synced: list[os.stat_result] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    capsys.readouterr()
+    files = {(s.st_dev, s.st_ino) for s in synced if stat.S_ISREG(s.st_mode)}
+    directories = {(s.st_dev, s.st_ino) for s in synced if stat.S_ISDIR(s.st_mode)}
+    for name in ("k3snet.rules.v4", "k3snet.rules.v6"):
+        info = (tmp_path / name).stat()
+        assert (info.st_dev, info.st_ino) in files, name
+    assert ((tmp_path.stat().st_dev, tmp_path.stat().st_ino)) in directories
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], capture_output=True,
                           text=True, check=False, timeout=60)
