@@ -359,12 +359,14 @@ def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = Fal
 
 
 def write_output_in(directory: Path, name: str, text: str | bytes, *,
-                    executable: bool = False) -> Path:
+                    executable: bool = False, private: bool = False) -> Path:
     """Write ``directory/name`` as :func:`write_output` does, where ``name`` may go
     through subdirectories of ``directory`` (``10-eth0.network.d/90-k3snet.conf``),
     made if missing (``0777`` less the umask, as ``mkdir -p``'s); returns the path.
     ``executable``: a script, executable by whoever may read it and writable by its
-    owner only (whoever can write a script root runs is root).
+    owner only (whoever can write a script root runs is root). ``private``: readable
+    and writable by its owner only (netplan warns at every run about a file others can
+    read).
 
     Such a subdirectory that is a symbolic link is followed only when it is the
     effective user's own: root writing into a directory another user can write must
@@ -388,7 +390,11 @@ def write_output_in(directory: Path, name: str, text: str | bytes, *,
         mode = _output_mode(before)
         if executable:
             mode = (mode | (mode & 0o444) >> 2) & ~0o022
-        _replace(file, text, f".{leaf}.", mode, dir_fd=fd)
+        if private:
+            mode &= 0o700
+        # A boot file: on disk before the rename, and the rename before we return, or a
+        # crash soon after (a reboot that does not sync) left an empty file, or none.
+        _replace(file, text, f".{leaf}.", mode, dir_fd=fd, durable=True)
     finally:
         os.close(fd)
     return file
@@ -425,11 +431,12 @@ def _output_mode(before: os.stat_result | None) -> int:
 
 
 def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None,
-             dir_fd: int | None = None) -> None:
+             dir_fd: int | None = None, *, durable: bool = False) -> None:
     """``text`` into a new temporary file beside ``file`` (0600, else ``mode``), renamed
     over it; nothing left behind on failure, whose :class:`OSError` names ``file``.
     ``dir_fd``: the directory of ``file`` as an open descriptor (the names are then
-    looked up in it)."""
+    looked up in it). ``durable`` (with ``dir_fd``): the file is synced before the
+    rename and the directory after it."""
     try:
         fd, tmp = _temporary(file.parent, prefix, dir_fd)
     except OSError as exc:  # named after the file asked for, not the temporary one
@@ -439,10 +446,16 @@ def _replace(file: Path, text: str | bytes, prefix: str, mode: int | None,
             handle.write(text.encode() if isinstance(text, str) else text)
             if mode is not None:
                 os.fchmod(handle.fileno(), mode)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         if dir_fd is None:
             os.replace(tmp, file)
         else:
             os.replace(tmp.name, file.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            if durable:
+                with contextlib.suppress(OSError):  # some filesystems refuse a directory's
+                    os.fsync(dir_fd)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             if dir_fd is None:

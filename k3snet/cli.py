@@ -1659,6 +1659,10 @@ def cmd_render(args: argparse.Namespace) -> int:
                   f"{problem}", file=sys.stderr)
             return EXIT_USAGE
     spec = _spec(args)
+    problem = None if args.backend else _spec_backends_problem(spec, args.what)
+    if problem is not None:
+        print(f"k3snet render {args.what}: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     files = RENDERERS[args.what](spec, args)
     if args.out is None:
         for name, text in files.items():
@@ -1670,7 +1674,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     for name, text in files.items():
         # A networkd drop-in is a file in a directory of its own (DEV.network.d/), made
         # below the one given, never through another user's link.
-        print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES))
+        print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES,
+                              private=name in PRIVATE_FILES))
     return EXIT_OK
 
 
@@ -1700,6 +1705,20 @@ def _render_backend_problem(args: argparse.Namespace) -> str | None:
         return (f"{rendered_by} manages {', '.join(sorted(known))}, not "
                 f"{', '.join(map(repr, wrong))}")
     return None
+
+
+def _spec_backends_problem(spec: Spec, what: str) -> str | None:
+    """Why the spec's ``backends`` (with no ``--backend`` flag) leave out the backend of
+    the file ``what``, or ``None``: plan, apply and the agent would run without it, so
+    the file's rules, routes or sysctls would belong to no backend in use."""
+    rendered_by = _RENDERED_BY.get(what)
+    if rendered_by is None or not spec.backends or rendered_by in spec.backends:
+        return None
+    return (f"the spec's backends ({', '.join(spec.backends)}) do not include "
+            f"{rendered_by}, which manages what this file holds: loaded at boot, it would "
+            "belong to no backend plan, apply and the agent use, never updated nor "
+            "removed. Render the file of the backend the spec names, or give the "
+            "--backend flags plan and apply are given")
 
 
 def _file_options(spec: Spec, args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -1769,6 +1788,11 @@ NETPLAN_FILE = "90-k3snet.yaml"
 _NETPLAN_DIRS = (Path("/lib/netplan"), Path("/etc/netplan"), Path("/run/netplan"))
 """netplan's directories, in the order a file of the same name overrides another's."""
 MAX_NETPLAN_BYTES = 1 << 20
+
+
+PRIVATE_FILES = frozenset({NETPLAN_FILE})
+"""Rendered files written readable by their owner only: netplan (0.106 and later) warns
+at every run, boot included, about a file of /etc/netplan others can read."""
 
 
 NETWORKMANAGER_FILE = "90-k3snet-routes"
@@ -1850,9 +1874,22 @@ def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 
 
 def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
-    from k3snet.render.sysctl import render_sysctl_d  # noqa: PLC0415 - lazy
+    from k3snet.render.sysctl import (  # noqa: PLC0415 - lazy
+        advertisements_ignored_at_boot,
+        render_sysctl_d,
+    )
 
-    return {"90-k3snet.conf": render_sysctl_d(_rendered_state(spec, args))}
+    state = _rendered_state(spec, args)
+    # The netlink backend refuses IPv6 forwarding while it would drop a default route
+    # learned from router advertisements; at boot the file turns it on before there is
+    # one to check, and the kernel then ignores the advertisements (accept_ra 1).
+    if advertisements_ignored_at_boot(state):
+        print("k3snet: warning: the file turns IPv6 forwarding on and gives no interface "
+              "accept_ra 2: after a reboot, a node whose kernel learns its IPv6 default "
+              "route from router advertisements (no networkd or NetworkManager) comes up "
+              "without it; add net.ipv6.conf.IF.accept_ra: 2 to the spec's sysctls for "
+              "that interface (see the file's comment)", file=sys.stderr)
+    return {"90-k3snet.conf": render_sysctl_d(state)}
 
 
 def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

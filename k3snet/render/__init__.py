@@ -1,1 +1,1 @@
-"""Renderers: plans and states as text, JSON and persistence files (nftables.conf ...)."""
+"""Renderers: plans and states as text, JSON and persistence files (k3snet.nft ...)."""

@@ -1087,6 +1087,34 @@ def _job_pod(core_api: Any, namespace: str, name: str, uid: str | None,
                                       pod.metadata.name))
 
 
+def _refused_pod(core_api: Any, namespace: str, name: str, uid: str | None,
+                 timeout: float | None) -> str | None:
+    """Why the Job's controller could not create its pod (its newest ``FailedCreate``
+    event's message), or ``None``: no such event, or the events cannot be read."""
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - k3snet[kube]
+
+    errors = KubeErrors(timeout=timeout)
+    try:
+        events = core_api.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.kind=Job,involvedObject.name={name}",
+            _request_timeout=timeout).items
+    except ApiException:
+        return None
+    except errors.catches():
+        return None
+    # The selector again, client-side, and the Job's uid: an earlier Job of the same
+    # name must not speak for this one.
+    mine = [event for event in events or []
+            if event.reason == "FailedCreate" and event.involved_object is not None
+            and event.involved_object.kind == "Job" and event.involved_object.name == name
+            and (uid is None or event.involved_object.uid in (None, uid))]
+    if not mine:
+        return None
+    newest = max(mine, key=lambda event: str(getattr(event, "last_timestamp", None)
+                                             or getattr(event, "event_time", None) or ""))
+    return " ".join(str(newest.message or "refused").split())
+
+
 def read_connectivity_result(
     batch_api: Any, core_api: Any, namespace: str, name: str = CONNECTIVITY_JOB_NAME,
     *, timeout: float | None = DEFAULT_TIMEOUT,
@@ -1121,7 +1149,10 @@ def read_connectivity_result(
     try:
         pod = _job_pod(core_api, namespace, name, uid, timeout)
         if pod is None:
-            note = "no pod found"
+            # A pod the API server refused (the namespace's Pod Security level: the
+            # test runs as uid 0 with NET_RAW) is only in the Job's events.
+            refused = _refused_pod(core_api, namespace, name, uid, timeout)
+            note = "no pod found" + (f": {refused}" if refused else "")
         else:
             log = core_api.read_namespaced_pod_log(pod.metadata.name, namespace,
                                                    container=CONNECTIVITY_CONTAINER,

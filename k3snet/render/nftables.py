@@ -1,4 +1,4 @@
-"""nftables text for k3snet's NAT and forward rules, and an ``nftables.conf`` include.
+"""nftables text for k3snet's NAT and forward rules, and the boot file ``k3snet.nft``.
 
 This module is pure: it turns model objects into nft rule text and never talks
 to the kernel. The :mod:`nftables backend <k3snet.backends.nftables>` writes
@@ -365,7 +365,9 @@ def render_nftables_conf(
 ) -> str:
     """An ``nft -f`` file holding k3snet's table(s) with ``state``'s owned NAT and forward rules.
 
-    Meant as an include of ``/etc/nftables.conf`` so the rules survive a reboot.
+    Loaded at boot with ``nft -f`` by a unit of its own (docs/cli.md), so the rules
+    survive a reboot; not as an include of ``/etc/nftables.conf``, whose service
+    firewalld conflicts with on RHEL and its kin.
     Each table is first declared empty and deleted, then written whole, so
     loading the file again replaces the table atomically instead of appending
     duplicates (the idiom ``nft -f`` users rely on). Other kinds (routes,

@@ -195,7 +195,12 @@ def render_networkmanager(state: State) -> str:
     for (device, _), group in _by_device(routes).items():
         devices.setdefault(device, []).extend(group)
     for device, group in devices.items():
-        lines.append(f"    {quote(device)})")
+        # Always quoted: a device named `esac` (a valid name) ended the case as a bare
+        # pattern, a syntax error that ran no line of the script, for any device.
+        pattern = quote(device)
+        if pattern == device:  # nothing shlex would quote (no quote among the characters)
+            pattern = f"'{device}'"
+        lines.append(f"    {pattern})")
         for route in group:
             ip = "ip" if route.family == 4 else "ip -6"
             args = " ".join(quote(a) for a in ip_route_args(route))

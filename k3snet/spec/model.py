@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import attrs
 
+from k3snet._version import __version__
 from k3snet.errors import ModelError
 from k3snet.model import validate_interface_name
 from k3snet.model.cidr import Address, Network, parse_address, parse_network
@@ -242,11 +243,30 @@ class ConnectivityTest:
     image: str = "busybox:1.36"
 
 
+def _release(version: str) -> str:
+    """The release a version names, its leading dotted numbers (PEP 440): ``0.1.0`` for
+    ``0.1.0.dev0``, ``1.2`` for ``1.2rc1``."""
+    numbers = []
+    for part in version.split("."):
+        digits = len(part) - len(part.lstrip("0123456789"))
+        if digits:
+            numbers.append(part[:digits])
+        if digits < len(part) or not digits:
+            break
+    return ".".join(numbers) or version
+
+
+DEFAULT_AGENT_IMAGE = f"ghcr.io/k3snet/k3snet:{_release(__version__)}"
+"""The agent image of this release: the manifests of one k3snet run its agent (a
+constant here stayed 0.1.0 through a version bump, and a newer release's DaemonSet
+would have started an older agent, without the flags it passes)."""
+
+
 @attrs.frozen
 class AgentSettings:
     """How the k3snet agent DaemonSet runs on every node."""
 
-    image: str = "ghcr.io/k3snet/k3snet:0.1.0"
+    image: str = DEFAULT_AGENT_IMAGE
     namespace: str = "kube-system"
     interval_seconds: int = 30
     create_namespace: bool = True

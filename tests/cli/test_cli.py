@@ -160,6 +160,35 @@ def test_render_writes_each_persistence_file(
     capsys.readouterr()
 
 
+@pytest.mark.parametrize(("backends", "refused", "rendered"), [
+    ("[netlink, iptables]", "nftables", "iptables"),
+    ("[netlink, nftables]", "iptables", "nftables"),
+    ("[nftables]", "sysctl", "nftables"),
+    ("[nftables]", "networkd", "nftables"),
+    ("{calico: {}}", "nftables", "manifests"),
+])
+def test_render_refuses_a_file_of_a_backend_the_specs_backends_leave_out(
+        backends: str, refused: str, rendered: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # With `backends: [netlink, iptables]`, `render nftables` wrote the whole nftables
+    # file: loaded at boot, a table no backend in use ever updated nor removed (a
+    # destination taken out of the spec kept its masquerade and forward accept).
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text() + f"backends: {backends}\n")
+    out = tmp_path / "out"
+    assert main(["render", refused, "-f", str(spec), "-o", str(out)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"k3snet render {refused}: error: the spec's backends" in err, err
+    assert not out.exists()
+    assert main(["render", rendered, "-f", str(spec), "-o", str(out)]) == 0
+    # --backend chooses other backends than the spec's, for render as for plan
+    if rendered != "manifests":
+        assert main(["render", refused, "-f", str(spec), "-o", str(out / "flags"),
+                     "--backend", refused if refused in ("nftables", "iptables")
+                     else "netlink"]) == 0
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(("umask", "mode"), [(0o000, 0o755), (0o022, 0o755), (0o077, 0o700)])
 def test_the_networkmanager_script_is_written_executable_and_writable_by_its_owner_only(
         umask: int, mode: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,6 +201,44 @@ def test_the_networkmanager_script_is_written_executable_and_writable_by_its_own
         os.umask(before)
     capsys.readouterr()
     assert stat.S_IMODE((tmp_path / "90-k3snet-routes").stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_the_netplan_file_is_written_readable_by_its_owner_only(
+        umask: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan warns about a file of /etc/netplan others can read, at every run.
+    (tmp_path / "90-k3snet.yaml").write_text("")
+    (tmp_path / "90-k3snet.yaml").chmod(0o644)  # an older render's
+    before = os.umask(umask)
+    try:
+        assert main(["render", "netplan", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    finally:
+        os.umask(before)
+    capsys.readouterr()
+    assert stat.S_IMODE((tmp_path / "90-k3snet.yaml").stat().st_mode) == 0o600
+
+
+def test_each_boot_file_is_synced_before_its_rename_and_its_directory_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Renamed unsynced, a boot file written just before a crash (a reboot that does
+    # not sync, a power cut) could be empty or missing at the boot it was made for.
+    synced: list[os.stat_result] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    capsys.readouterr()
+    files = {(s.st_dev, s.st_ino) for s in synced if stat.S_ISREG(s.st_mode)}
+    directories = {(s.st_dev, s.st_ino) for s in synced if stat.S_ISDIR(s.st_mode)}
+    for name in ("k3snet.rules.v4", "k3snet.rules.v6"):
+        info = (tmp_path / name).stat()
+        assert (info.st_dev, info.st_ino) in files, name
+    assert ((tmp_path.stat().st_dev, tmp_path.stat().st_ino)) in directories
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

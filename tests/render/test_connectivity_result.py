@@ -41,11 +41,19 @@ class Apis:
     """BatchV1Api and CoreV1Api in one: one Job, its pods and their logs."""
 
     def __init__(self, conditions: list[NS] | None, pods: list[NS], logs: dict[str, str],
-                 *, metadata: bool = True) -> None:
+                 *, metadata: bool = True, events: list[NS] | Exception | None = None
+                 ) -> None:
         self.job = NS(status=NS(conditions=conditions),
                       metadata=NS(uid=UID) if metadata else None)
         self.pods, self.logs = pods, logs
+        self.events = [] if events is None else events
         self.selectors: list[str | None] = []
+
+    def list_namespaced_event(self, namespace: str, field_selector: str | None = None,
+                              **_: Any) -> NS:
+        if isinstance(self.events, Exception):
+            raise self.events
+        return NS(items=list(self.events))
 
     def read_namespaced_job(self, name: str, namespace: str, **_: Any) -> NS:
         return self.job
@@ -117,3 +125,36 @@ def test_a_job_without_metadata_is_read_by_its_name() -> None:
 def test_a_value_may_hold_an_equals_sign() -> None:
     assert parse_connectivity_log("k3snet-connectivity target=a=b ping=ok\n") == {
         "target": "a=b", "ping": "ok"}
+
+
+def _event(message: str, when: str, *, reason: str = "FailedCreate", uid: str = UID,
+           name: str = CONNECTIVITY_JOB_NAME) -> NS:
+    return NS(reason=reason, message=message, last_timestamp=when, event_time=None,
+              involved_object=NS(kind="Job", name=name, uid=uid))
+
+
+FORBIDDEN = ('Error creating: pods "k3snet-connectivity-x7k2p" is forbidden: violates '
+             'PodSecurity "baseline:latest": non-default capabilities (container '
+             '"connectivity" must not include "NET_RAW" in securityContext.capabilities.add)')
+
+
+def test_a_pod_the_api_server_refused_is_named_with_its_reason() -> None:
+    # A namespace enforcing Pod Security baseline refuses the test's pod (uid 0, NET_RAW):
+    # the Job had no pod, said as "no pod found" for five minutes, then DeadlineExceeded.
+    events = [_event("an earlier refusal", "2026-01-01T00:00:00Z"),
+              _event(FORBIDDEN, "2026-01-01T00:01:00Z"),
+              _event("another Job's", "2026-01-01T00:02:00Z", uid="job-uid-1"),
+              _event("another name's", "2026-01-01T00:03:00Z", name="other"),
+              _event("Created pod: x", "2026-01-01T00:04:00Z", reason="SuccessfulCreate")]
+    apis = Apis(None, [], {}, events=events)
+    assert _read(apis) == (None, f"connectivity test pending -- {WHERE}: still running; "
+                                 f"no pod found: {FORBIDDEN}")
+
+
+def test_events_that_cannot_be_read_leave_no_pod_found() -> None:
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - k3snet[kube]
+
+    for events in ([], ApiException(status=403, reason="Forbidden")):
+        apis = Apis([_condition("Failed", reason="DeadlineExceeded")], [], {}, events=events)
+        assert _read(apis) == (False, f"connectivity test FAILED -- {WHERE}: Failed "
+                                      "(DeadlineExceeded); no pod found")

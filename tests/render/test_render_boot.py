@@ -187,11 +187,24 @@ def test_ifupdown_up_lines_run_in_the_order_the_file_gives_restore_owned_routes(
                     ) == 0, capsys.readouterr().out
 
 
+def _documented_unit(command: str) -> str:
+    """The systemd unit of docs/cli.md whose ExecStart runs ``command``."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    units = [block.split("```", 1)[0] for block in docs.split("```ini\n")[1:]]
+    found = [unit for unit in units if f"ExecStart=/usr/sbin/{command} " in unit]
+    assert len(found) == 1, f"docs/cli.md has {len(found)} units running {command}"
+    return found[0]
+
+
+def _after(unit: str) -> set[str]:
+    return {name for line in unit.splitlines() if line.startswith("After=")
+            for name in line.removeprefix("After=").split()}
+
+
 def test_the_documented_boot_unit_runs_the_command_each_iptables_file_gives(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
-    unit = docs.split("```ini\n", 1)[1].split("```", 1)[0]
+    unit = _documented_unit("iptables-restore")
     starts = [line.removeprefix("ExecStart=") for line in unit.splitlines()
               if line.startswith("ExecStart=")]
     assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
@@ -211,6 +224,8 @@ WHOLE_RULESET_LOADERS = {
     "iptables.service": ["iptables-restore"],
     "ip6tables.service": ["ip6tables-restore"],
     "nftables.service": ["nft", "-f", "-"],
+    # firewalld flushes iptables' tables when it starts (firewalld issues 742, 863)
+    "firewalld.service": ["iptables-restore"],
 }
 WHOLE_RULESETS = {
     "iptables-restore": "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
@@ -227,10 +242,7 @@ def test_the_documented_boot_unit_runs_after_every_loader_that_would_delete_its_
     # The unit and netfilter-persistent.service (or nftables.service) both run early,
     # before network-pre.target, with no order between them: when the node's own
     # service came second, k3snet's chains were gone after the boot, at random.
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
-    unit = docs.split("```ini\n", 1)[1].split("```", 1)[0]
-    after = {name for line in unit.splitlines() if line.startswith("After=")
-             for name in line.removeprefix("After=").split()}
+    after = _after(_documented_unit("iptables-restore"))
     assert main(["render", "iptables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
     capsys.readouterr()
     for service, loader in WHOLE_RULESET_LOADERS.items():
@@ -244,6 +256,34 @@ def test_the_documented_boot_unit_runs_after_every_loader_that_would_delete_its_
             # Run after k3snet's unit, the service deletes k3snet's chains.
             assert "K3SNET" not in run_in(ns, [save]).stdout, service
         assert service in after, f"the unit may run before {service}, which deletes its chains"
+
+
+def test_the_documented_nftables_unit_loads_the_file_after_nftables_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The docs said to include the file in the one nftables.service loads: on RHEL and
+    # its kin, firewalld (the default firewall) conflicts with nftables.service, so the
+    # table never came back at boot, or firewalld was stopped. A unit of its own runs
+    # the file after nftables.service, whose Debian nftables.conf flushes the ruleset.
+    unit = _documented_unit("nft")
+    (start,) = [line.removeprefix("ExecStart=") for line in unit.splitlines()
+                if line.startswith("ExecStart=")]
+    assert start == "/usr/sbin/nft -f /etc/k3snet/k3snet.nft"
+    assert main(["render", "nftables", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    capsys.readouterr()
+    argv = [word.replace("/etc/k3snet", str(tmp_path)) for word in start.split()]
+    with temporary_netns("rboot") as ns:
+        run_in(ns, argv)
+        assert ("inet", "k3snet") in _tables(ns)
+        assert main(["plan", "-f", str(SEED), "--backend", "nftables", "--netns", ns]) == 0
+        # nftables.service run after it deletes the table: the unit runs after that one
+        run_in(ns, WHOLE_RULESET_LOADERS["nftables.service"],
+               input_text=WHOLE_RULESETS["nft"])
+        assert ("inet", "k3snet") not in _tables(ns)
+    capsys.readouterr()
+    assert {"nftables.service", "firewalld.service"} <= _after(unit)
+    assert "Conflicts=shutdown.target" in unit.splitlines()
+    assert "WantedBy=multi-user.target" in unit.splitlines()
 
 
 @pytest.mark.parametrize("mode", ["legacy", "nft"])
@@ -387,6 +427,41 @@ def test_the_sysctl_file_loaded_with_sysctl_p_gives_the_values_forwarding_would_
                      "--no-facts", "--backend-opt", f"netlink.state_dir={tmp_path / 'state'}",
                      "--backend-opt", f"netlink.watch_sysctls={json.dumps(list(wanted))}",
                      ]) == 0, capsys.readouterr().out
+
+
+def test_the_sysctl_file_says_when_ipv6_forwarding_at_boot_would_ignore_advertisements(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The netlink backend refuses to turn IPv6 forwarding on while that drops a default
+    route learned from router advertisements (and tells to `sysctl -w` accept_ra 2). The
+    boot file turns it on before any such route exists: nothing checks it there, and an
+    interface appearing after it has forwarding 1 and accept_ra 1, which ignores the
+    advertisements; the file and the command said nothing of it."""
+    def loaded(spec: Path) -> tuple[str, str, dict[str, str]]:
+        out = tmp_path / spec.stem
+        assert main(["render", "sysctl", "-f", str(spec), "-o", str(out)]) == 0
+        err = capsys.readouterr().err
+        text = (out / "90-k3snet.conf").read_text()
+        with temporary_netns("rv3r") as ns:
+            run_in(ns, ["sysctl", "-p", str(out / "90-k3snet.conf")], check=False)
+            # eth0 appears after systemd-sysctl ran, which applies its lines then (udev)
+            run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"])
+            run_in(ns, ["sysctl", "-p", str(out / "90-k3snet.conf")])
+            values = {name: run_in(ns, ["sysctl", "-n", f"net.ipv6.conf.eth0.{name}"]
+                                   ).stdout.strip() for name in ("forwarding", "accept_ra")}
+        return err, text, values
+
+    err, text, values = loaded(SEED)
+    assert values == {"forwarding": "1", "accept_ra": "1"}  # advertisements ignored
+    assert "warning: the file turns IPv6 forwarding on" in err, err
+    assert "net.ipv6.conf.IF.accept_ra: 2" in text
+    assert text.index("# IPv6 forwarding on") < text.index("net.ipv6.conf.all.forwarding = 1")
+    spec = tmp_path / "accepting.yaml"
+    spec.write_text(SEED.read_text() + "sysctls:\n  net.ipv6.conf.eth0.accept_ra: 2\n")
+    err, text, values = loaded(spec)
+    assert values == {"forwarding": "1", "accept_ra": "2"}
+    assert "warning" not in err, err
+    assert "# IPv6 forwarding on" not in text
 
 
 def test_a_backend_given_its_kinds_in_two_flags_gets_a_file_of_all_of_them(

@@ -257,6 +257,43 @@ def test_networkmanager_script_adds_each_route_once_and_fails_only_on_another_pr
         assert (kept["gateway"], kept["protocol"]) == ("10.0.0.3", "static")
 
 
+# Words the shell reads as its own where a case pattern starts, all valid device names.
+SHELL_WORDS = ("esac", "case", "in", "do", "done", "fi", "then", "if", "!", "{")
+
+
+@pytest.mark.kernel
+@needs_root
+def test_networkmanager_script_adds_the_routes_of_devices_named_like_shell_words(
+        tmp_path: Path) -> None:
+    # A device named `esac` was a bare case pattern that ended the case: the script was
+    # a syntax error, and NetworkManager ran it for no device, eth0 included.
+    names = [name for name in SHELL_WORDS if _valid_device(name)]
+    assert "esac" in names
+    routes = {Route(f"10.{i}.0.0/24", device=name) for i, name in enumerate(names, 1)}
+    routes.add(Route("10.99.0.0/24", device="d0"))
+    script = tmp_path / "90-k3snet-routes"
+    script.write_text(render_networkmanager(State(owned=routes)))
+    with temporary_netns("render") as ns:
+        for i, name in enumerate([*names, "d0"]):
+            run_in(ns, ["ip", "link", "add", name, "type", "veth", "peer", "name", f"p{i}"])
+            run_in(ns, ["ip", "link", "set", f"p{i}", "up"])
+            run_in(ns, ["ip", "link", "set", name, "up"])
+        for name in [*names, "d0"]:
+            done = run_in(ns, ["sh", str(script), name, "up"], check=False)
+            assert (done.returncode, done.stderr) == (0, ""), name
+        listed = json.loads(run_in(ns, ["ip", "-j", "route", "show", "proto", "211"]).stdout)
+        assert {(r["dst"], r["dev"]) for r in listed} == {
+            (str(r.destination), r.device) for r in routes}
+
+
+def _valid_device(name: str) -> bool:
+    try:
+        Route("10.0.0.0/24", device=name)
+    except ModelError:
+        return False
+    return True
+
+
 @pytest.mark.kernel
 @needs_root
 @pytest.mark.skipif(shutil.which("sysctl") is None, reason="needs sysctl(8) (procps)")

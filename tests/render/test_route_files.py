@@ -22,7 +22,7 @@ from k3snet.render.routes import (
     render_networkd,
     render_networkmanager,
 )
-from k3snet.render.sysctl import render_sysctl_d
+from k3snet.render.sysctl import ADVERTISEMENTS_NOTE, render_sysctl_d
 from tests.render.test_render_routes import STATE
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "render"
@@ -116,7 +116,10 @@ def test_the_sysctl_file() -> None:
         "# Install as /etc/sysctl.d/90-k3snet.conf; load now with: "
         "sysctl -p /etc/sysctl.d/90-k3snet.conf\n\n"
         # the switches the kernel spreads to every interface first (test_render_boot.py)
-        "net.ipv4.ip_forward = 1\nnet.ipv6.conf.all.forwarding = 1\n"
+        "net.ipv4.ip_forward = 1\n"
+        # and what IPv6 forwarding costs at boot, with no interface's accept_ra 2
+        + "".join(f"{line}\n" for line in ADVERTISEMENTS_NOTE)
+        + "net.ipv6.conf.all.forwarding = 1\n"
         "net.ipv4.conf.eth0.rp_filter = 2\n")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -131,6 +133,19 @@ def test_defaults() -> None:
 def test_disruptive_changes_are_allowed_by_either_spelling(cni: CniSettings,
                                                            allowed: bool) -> None:
     assert cni.disruptive_allowed is allowed
+
+
+@pytest.mark.parametrize(("version", "tag"), [
+    ("0.2.0", "0.2.0"), ("0.3.0.dev4", "0.3.0"), ("1.0rc1", "1.0"), ("1.4.2.post1", "1.4.2")])
+def test_the_default_agent_image_is_the_release_of_the_running_k3snet(
+        version: str, tag: str) -> None:
+    # A constant 0.1.0 survived a version bump: the DaemonSet of a newer release would
+    # run an older agent, without the flags the newer manifests pass it.
+    code = ("import k3snet._version as v; v.__version__ = %r; "
+            "from k3snet.spec.model import AgentSettings; print(AgentSettings().image)")
+    done = subprocess.run([sys.executable, "-c", code % version], capture_output=True,
+                          text=True, check=True, timeout=60)
+    assert done.stdout.strip() == f"ghcr.io/k3snet/k3snet:{tag}"
 
 
 def test_backend_options_are_judged_against_what_each_backend_declares() -> None:

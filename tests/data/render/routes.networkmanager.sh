@@ -18,7 +18,7 @@ case "${2:-}" in
 esac
 status=0
 case "${1:-}" in
-    bond0)
+    'bond0')
         error=$(ip route add 10.3.0.0/24 dev bond0 scope host metric 0 proto 211 2>&1) ||
             [ -n "$(ip route show exact 10.3.0.0/24 dev bond0 scope host metric 0 proto 211)" ] ||
             { echo "k3snet: $error" >&2; status=1; }
@@ -29,7 +29,7 @@ case "${1:-}" in
             [ -n "$(ip -6 route show exact fd03::/64 dev bond0 metric 1024 proto 211)" ] ||
             { echo "k3snet: $error" >&2; status=1; }
         ;;
-    d0)
+    'd0')
         error=$(ip route add 10.2.0.0/16 dev d0 table 100 metric 5 proto 211 2>&1) ||
             [ -n "$(ip route show exact 10.2.0.0/16 dev d0 table 100 metric 5 proto 211)" ] ||
             { echo "k3snet: $error" >&2; status=1; }
@@ -40,7 +40,7 @@ case "${1:-}" in
             [ -n "$(ip -6 route show exact fd01::/64 via fd00::2 dev d0 metric 1024 proto 211)" ] ||
             { echo "k3snet: $error" >&2; status=1; }
         ;;
-    e0)
+    'e0')
         error=$(ip route add 0.0.0.0/0 via 10.9.0.2 dev e0 table 1000 metric 0 proto 211 2>&1) ||
             [ -n "$(ip route show exact 0.0.0.0/0 via 10.9.0.2 dev e0 table 1000 metric 0 proto 211)" ] ||
             { echo "k3snet: $error" >&2; status=1; }
