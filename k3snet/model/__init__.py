@@ -1,6 +1,8 @@
 """Immutable values for everything k3snet manages."""
 
-from collections.abc import Iterable
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from k3snet.model import cidr as _cidr
 from k3snet.model._base import (
@@ -42,6 +44,9 @@ from k3snet.model.state import (
     register_object_type,
 )
 from k3snet.model.sysctl import Sysctl
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 def overlaps(a: str | Network, b: str | Network) -> bool:
