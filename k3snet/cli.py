@@ -456,7 +456,7 @@ def _run(args: argparse.Namespace) -> int:
         # "nothing was changed", on a node that may be half-changed.
         with _reporting():
             _report_error(args, exc)
-        return _error_code(exc)
+        return error_code(exc)
     except BrokenPipeError:
         # The reader went away (`k3snet observe | head`): nothing more to say to it.
         _drop_stdout()
@@ -526,8 +526,9 @@ def refuse_foreign_spec(spec: str | Path) -> None:
                         source=str(spec)) from None
 
 
-def _error_code(exc: K3snetError) -> int:
-    """The exit code of a command that failed with ``exc``."""
+def error_code(exc: K3snetError) -> int:
+    """The exit code of a command that failed with ``exc`` (the Ansible module's ``rc``
+    for the same failure, so a playbook retries a busy node on 75 as a script does)."""
     if isinstance(exc, RollbackError):
         return EXIT_HALF_CHANGED
     if isinstance(exc, LockTimeoutError):

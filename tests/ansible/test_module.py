@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import attrs
+import jsonschema
 import pytest
 import yaml
 
@@ -39,6 +40,7 @@ from k3snet.errors import SpecError
 from k3snet.facts import gather_facts
 from k3snet.lab import NODE_ADDRESSES, SeedLab
 from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.schemas import load_schema
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTION_ROOT = REPO  # holds ansible_collections/k3snet/k3snet
@@ -141,7 +143,8 @@ def load_module() -> ModuleType:
 def returned_keys_are_documented(result: dict[str, Any]) -> bool:
     """Every key of a module result is in RETURN, but those Ansible adds itself."""
     documented = set(yaml.safe_load(load_module().RETURN))
-    return set(result) - {"failed", "invocation", "warnings", "deprecations"} <= documented
+    added = {"failed", "invocation", "warnings", "deprecations", "exception", "attempts"}
+    return set(result) - added <= documented
 
 
 def no_traceback(result: dict[str, Any], run: Run) -> bool:
@@ -391,6 +394,43 @@ def test_waiting_for_another_k3snet_process_is_a_task_warning(
                               f"network namespace {ns!r}; waiting up to 0.5 s for it")
 
 
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_a_busy_node_fails_with_rc_75_and_its_error_type_so_a_play_retries_it_alone(
+        tmp_path: Path, ansible_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # `k3snet apply` exits 75 when another k3snet process (the agent) held the lock, "so a
+    # script can retry on that code alone"; a failed task said it only in msg's prose, so
+    # a play could not retry a busy node without retrying a bad spec as well.
+    monkeypatch.setenv("K3SNET_LOCK_DIR", ansible_env["K3SNET_LOCK_DIR"])
+    retried = {"until": "r{index}.rc | default(0) != 75", "retries": 2, "delay": 0,
+               "ignore_errors": True}
+    with temporary_netns("busy") as ns, namespace_lock([ns]):  # held for the whole run
+        options = {"netns": ns, "backends": ["netlink"], "lock_timeout": 0,
+                   "backend_options": {"netlink": {"state_dir": str(tmp_path)}}}
+        tasks = [egress(state="absent", **options),
+                 egress(spec={"destinations": [{"cidr": "192.168.2.0/33"}]}, **options)]
+        run = playbook(tmp_path, ansible_env, [
+            {**task, **retried, "until": retried["until"].format(index=index)}
+            for index, task in enumerate(tasks)], "--check")
+    busy, bad = run.results
+    assert busy["failed"] is True
+    assert (busy["rc"], busy["error"]["type"]) == (75, "LockTimeoutError")
+    assert busy["error"]["message"] == busy["msg"]
+    assert busy["attempts"] >= 2  # retried (ansible-core versions count retries apart)
+    assert returned_keys_are_documented(busy)
+    # The CLI's error document's object (schema error), so one reader takes both.
+    document = {"format": 1, "kind": "error", "error": busy["error"]}
+    jsonschema.validate(document, load_schema("error"))
+    documented = yaml.safe_load(load_module().RETURN)["error"]["contains"]
+    assert set(documented) == set(load_schema("error")["properties"]["error"]["properties"])
+    assert bad["failed"] is True
+    assert (bad["rc"], bad["error"]["type"]) == (1, "SpecError")
+    assert bad["error"]["problems"] == [
+        "destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR"]
+    assert bad["attempts"] == 1  # not retried
+    assert all(no_traceback(r, run) for r in run.results)
+
+
 def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # None of these reaches a backend: no root, no namespace needed.
@@ -419,6 +459,16 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert run.failed == len(tasks)
     results = run.results
     assert all(r["failed"] is True and no_traceback(r, run) for r in results), results
+    # What a play tests to act on a failure: k3snet's error class and the exit code
+    # `k3snet apply` has for it (Ansible's own option checks, 7 and 8, have neither).
+    assert [(r["error"]["type"], r["rc"]) if "error" in r else None for r in results] == [
+        ("SpecError", 1), ("SpecError", 1), ("BackendNotFoundError", 1),
+        ("BackendOptionError", 1), ("BackendOptionError", 1), ("BackendError", 1),
+        ("BackendOptionError", 1), None, None, ("ModelError", 1), ("ParameterError", 64),
+        ("BackendOptionError", 1)]
+    assert results[0]["error"]["problems"] == [
+        "destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR",
+        "masquerade.mode: must be destinations, all or off, got 'bogus'"]
     messages = [r["msg"] for r in results]
     assert messages[0] == ("2 problems in the spec option:\n"
                            "  destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR\n"
@@ -513,6 +563,7 @@ def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
         "not one this module can use: No module named 'k3snet._admin_path'; install the "
         "k3snet release of this collection")
     assert "Failed to import the required Python library" not in result["msg"]
+    assert (result["error"]["type"], result["rc"]) == ("ImportError", 1)
 
 
 def plugin_env(tmp_path: Path, env: dict[str, str], name: str, source: str) -> dict[str, str]:
@@ -568,6 +619,9 @@ def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
     assert half_done["failed"] is True
     assert half_done["changed"] is True
     assert half_done["msg"].startswith("undoing it failed too; failed change: + ")
+    # The exit codes of `k3snet apply`: 5 is "the node may be half-changed".
+    assert [(r["error"]["type"], r["rc"]) for r in run.results] == [
+        ("ApplyError", 1), ("RollbackError", 5)]
     assert all(no_traceback(r, run) for r in run.results)
 
 
@@ -608,6 +662,7 @@ def test_sigterm_during_an_apply_undoes_what_it_had_changed(
         assert result["failed"] is True
         assert result["changed"] is False
         assert result["msg"].startswith("stopped by SIGTERM")
+        assert (result["error"]["type"], result["rc"]) == ("SIGTERM", 143)  # as k3snet apply
         assert no_traceback(result, run)
         assert forwarding(ns) == before
 

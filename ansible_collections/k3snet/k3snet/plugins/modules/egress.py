@@ -173,8 +173,8 @@ changed:
   returned: always
   type: bool
 msg:
-  description: The plan's summary line, or that nothing was to do.
-  returned: success
+  description: The plan's summary line, or that nothing was to do; on failure, what failed.
+  returned: always
   type: str
   sample: "Plan: 6 to add, 0 to replace, 0 to delete."
 plan:
@@ -200,6 +200,40 @@ diff:
   description: The owned objects before and after the plan, one per line.
   returned: success, in diff mode
   type: dict
+rc:
+  description:
+    - The exit code C(k3snet apply) (or C(destroy)) exits with for the same failure, the
+      table of docs/cli.md; V(75) is busy (another k3snet process, such as the agent, held
+      the namespace's lock past O(lock_timeout); nothing was changed, a later run may
+      succeed), V(4) a conflict, V(5) a failed apply whose undo failed too, V(64) a
+      parameter the module refuses, V(143) or V(129) stopped by SIGTERM or SIGHUP,
+      V(1) any other failure.
+  returned: failure (but Ansible's own checks of the options)
+  type: int
+  sample: 75
+error:
+  description:
+    - What failed, as the C(error) object of the C(k3snet --output json) error document
+      (schema C(error)).
+  returned: failure (but Ansible's own checks of the options)
+  type: dict
+  contains:
+    type:
+      description:
+        - k3snet's error class (V(LockTimeoutError), V(ConflictError), V(SpecError),
+          V(TeardownError), V(CheckError), V(ApplyError), V(RollbackError),
+          V(BackendOptionError) ...), or V(ParameterError), V(OSError), V(ImportError)
+          (k3snet missing or too old on the node), V(SIGTERM) or V(SIGHUP).
+      type: str
+      sample: LockTimeoutError
+    message:
+      description: The same as C(msg).
+      type: str
+    problems:
+      description: Each problem on its own (a spec's, with its path); empty when the
+        message is the one problem.
+      type: list
+      elements: str
 """
 
 import inspect
@@ -207,6 +241,7 @@ import logging
 import signal
 import sys
 import traceback
+from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -220,13 +255,21 @@ try:
     from k3snet._admin_path import admin_path
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
-    from k3snet.cli import disruptive_notes, refuse_foreign_spec, sigterm_undoes
+    from k3snet.cli import (
+        EXIT_ERROR,
+        EXIT_USAGE,
+        disruptive_notes,
+        error_code,
+        refuse_foreign_spec,
+        sigterm_undoes,
+    )
     from k3snet.converge import (
         compile_for,
         facts_namespace,
         reads_node_facts,
         route_protocol,
     )
+    from k3snet.errors import BackendOptionError
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
 except ImportError as exc:
@@ -254,7 +297,8 @@ ARGUMENT_SPEC: dict[str, Any] = {
 
 
 class ParameterError(Exception):
-    """A module parameter the library would only refuse with a TypeError."""
+    """Module parameters that ask for nothing to act on (the CLI's parser refuses its own
+    such arguments, exit 64); a backend option is a ``BackendOptionError``, as the CLI's."""
 
 
 def load_spec(params: dict[str, Any]) -> k3snet.Spec | None:
@@ -282,8 +326,8 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
     options: dict[str, Any] = params["backend_options"]
     unused = sorted(set(options) - {n.partition(":")[0] for n in names})
     if unused:
-        raise ParameterError(f"backend_options names backends not in use: {', '.join(unused)} "
-                             f"(backends: {', '.join(names)})")
+        raise BackendOptionError(f"backend_options names backends not in use: "
+                                 f"{', '.join(unused)} (backends: {', '.join(names)})")
     used = sorted({n.partition(":")[0] for n in names})
     if spec is not None:  # the spec's backends: options, refused as `k3snet apply -f` does
         check_backend_options(spec, registered_options,
@@ -295,12 +339,12 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
         accepted = inspect.signature(factory).parameters
         chosen = options.get(name) or {}
         if not isinstance(chosen, dict):
-            raise ParameterError(f"backend_options.{name} must be a mapping of option names "
-                                 "to values")
+            raise BackendOptionError(f"backend_options.{name} must be a mapping of option "
+                                     "names to values")
         unknown = sorted(set(chosen) - set(accepted))
         if unknown:
-            raise ParameterError(f"backend {name!r} has no option {', '.join(unknown)} "
-                                 f"(its options: {', '.join(sorted(accepted))})")
+            raise BackendOptionError(f"backend {name!r} has no option {', '.join(unknown)} "
+                                     f"(its options: {', '.join(sorted(accepted))})")
         # As `k3snet apply -f` builds it: the spec's options, then the task's netns and
         # allow_disruptive or the spec's cni.allowDisruptive (to the backends that declare
         # them), then the
@@ -316,10 +360,19 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
         except (TypeError, ValueError) as exc:  # an option value of the wrong type
             if isinstance(exc, k3snet.K3snetError):
                 raise
-            raise ParameterError(f"backend {name!r}: {exc}") from exc
+            raise BackendOptionError(f"backend {name!r}: {exc}") from exc
         backend = stack.enter_context(made)
         members.append(k3snet.Member(backend, kinds.split(",") if kinds else None))
     return k3snet.BackendGroup(members)
+
+
+def failure(msg: str, kind: str, rc: int, problems: Sequence[object] = (), *,
+            changed: bool = False) -> dict[str, Any]:
+    """A failed task's result: ``msg``, and what a playbook tests to act on the failure
+    (retry a busy node, ``until: result.rc | default(0) != 75``): ``rc``, the exit code of
+    ``k3snet apply`` for it, and ``error``, the object of the CLI's ``error`` document."""
+    return {"msg": msg, "changed": changed, "rc": rc,
+            "error": {"type": kind, "message": msg, "problems": [str(p) for p in problems]}}
 
 
 class TaskWarnings(logging.Handler):
@@ -415,14 +468,17 @@ def main() -> None:
         required_if=[("state", "present", ("spec_path", "spec"), True)],
         supports_check_mode=True,
     )
+    # rc 1: k3snet.cli's EXIT_ERROR, which cannot be imported here.
     if K3SNET_IMPORT_ERROR is not None and K3SNET_FOUND is None:
-        module.fail_json(msg=missing_required_lib("k3snet"), exception=K3SNET_IMPORT_ERROR)
+        module.fail_json(**failure(missing_required_lib("k3snet"), "ImportError", 1),
+                         exception=K3SNET_IMPORT_ERROR)
     if K3SNET_IMPORT_ERROR is not None:
         # Installed, but a release without what this module imports (an older wheel):
         # "not installed, check ansible_python_interpreter" would send the user astray.
-        module.fail_json(msg=f"k3snet {K3SNET_FOUND} on this node's Python ({sys.executable}) "
-                             f"is not one this module can use: {K3SNET_MISSING}; install the "
-                             "k3snet release of this collection", exception=K3SNET_IMPORT_ERROR)
+        module.fail_json(**failure(
+            f"k3snet {K3SNET_FOUND} on this node's Python ({sys.executable}) is not one this "
+            f"module can use: {K3SNET_MISSING}; install the k3snet release of this collection",
+            "ImportError", 1), exception=K3SNET_IMPORT_ERROR)
     # ansible-playbook from cron runs the module with PATH=/usr/bin:/bin: the tools the
     # backends run (iptables-save, nft, ip) are in sbin, as for the `k3snet` command.
     admin_path()
@@ -431,18 +487,22 @@ def main() -> None:
     logging.getLogger("k3snet.backends.lock").addHandler(TaskWarnings(module))
     try:
         result = run(module)
-    except (k3snet.K3snetError, ParameterError) as exc:
+    except k3snet.K3snetError as exc:
         # k3snet's messages name every problem (with its spec path); no traceback. Every
         # failure leaves the node as it was, but an apply whose undo failed too: the node
         # may be half-changed, and Ansible's changed says so.
-        module.fail_json(msg=str(exc), changed=isinstance(exc, k3snet.RollbackError))
+        module.fail_json(**failure(str(exc), type(exc).__name__, error_code(exc),
+                                   getattr(exc, "problems", ()),
+                                   changed=isinstance(exc, k3snet.RollbackError)))
+    except ParameterError as exc:  # what the CLI's parser refuses (exit 64)
+        module.fail_json(**failure(str(exc), "ParameterError", EXIT_USAGE))
     except OSError as exc:  # an unreadable spec_path, a missing tool
         where = f"{exc.filename}: " if exc.filename is not None else ""
-        module.fail_json(msg=where + (exc.strerror or str(exc)))
+        module.fail_json(**failure(where + (exc.strerror or str(exc)), "OSError", EXIT_ERROR))
     except SystemExit as exc:  # run's sigterm_undoes: a RollbackError above if undoing failed
         signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
-        module.fail_json(msg=f"stopped by {signame}: nothing was changed (an apply in "
-                             "progress was undone)")
+        module.fail_json(**failure(f"stopped by {signame}: nothing was changed (an apply in "
+                                   "progress was undone)", signame, int(exc.code or 1)))
     module.exit_json(**result)
 
 
