@@ -475,7 +475,7 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
                            "  masquerade.mode: must be destinations, all or off, got 'bogus'")
     assert "missing.yaml" in messages[1]
     assert "no-such-backend" in messages[2]
-    assert "backend 'netlink' has no option colour" in messages[3]
+    assert "backend 'netlink' has no option 'colour'; its options: " in messages[3]  # the CLI's
     assert "state_dir" in messages[3]  # the options it does have
     assert "backend_options names backends not in use: iptables" in messages[4]
     assert messages[5] == "driver must be 'socket' or 'pyroute2', got 'bogus'"
@@ -485,7 +485,8 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "spec_path, spec" in messages[8]
     assert messages[9] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
     assert messages[10].startswith("backends is an empty list")
-    assert messages[11].startswith("api_client must be a Kubernetes ApiClient object")
+    assert messages[11].startswith(
+        "backend 'calico': api_client must be a Kubernetes ApiClient object")
     assert "kubeconfig" in messages[11]
 
 
@@ -622,6 +623,78 @@ def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
     # The exit codes of `k3snet apply`: 5 is "the node may be half-changed".
     assert [(r["error"]["type"], r["rc"]) for r in run.results] == [
         ("ApplyError", 1), ("RollbackError", 5)]
+    assert all(no_traceback(r, run) for r in run.results)
+
+
+ANY_OPTIONS_BACKEND = """
+from k3snet.backends.memory import MemoryBackend
+
+
+class AnyOptionsBackend(MemoryBackend):
+    name = "anyopts"
+
+    def __init__(self, **options):
+        super().__init__()
+        if options != {"region": "eu-1"}:
+            raise ValueError(f"got {options}")
+"""
+
+BARE_BACKEND = """
+from k3snet.backends.memory import MemoryBackend
+
+
+class BareBackend:
+    # The members every use of a backend reaches for, and no __enter__ or __exit__.
+    name = "bare"
+
+    def __init__(self):
+        self._memory = MemoryBackend()
+        self.capabilities = self._memory.capabilities
+
+    def observe(self):
+        return self._memory.observe()
+
+    def check(self, plan):
+        return self._memory.check(plan)
+
+    def apply(self, plan):
+        return self._memory.apply(plan)
+
+    def close(self):
+        pass
+"""
+
+NOT_A_BACKEND = """
+class NotABackend:
+    pass
+"""
+
+
+def test_backend_plugins_are_built_as_the_cli_builds_them(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # The module had its own copy of k3snet.create_backend: it refused every option of a
+    # plugin whose constructor takes **options (the CLI passes them on), and a plugin
+    # without __enter__, or a factory returning no backend, was a MODULE FAILURE with a
+    # traceback (the CLI uses the first, and names what the second lacks).
+    env = ansible_env
+    for name, source in (("anyopts", ANY_OPTIONS_BACKEND), ("bare", BARE_BACKEND),
+                         ("notabackend", NOT_A_BACKEND)):
+        env = plugin_env(tmp_path, env, name, source)
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24", "gateway": "192.168.1.1"}]}
+    tasks = [egress(spec=spec, backends=["anyopts"], facts=False,
+                    backend_options={"anyopts": {"region": "eu-1"}}),
+             egress(spec=spec, backends=["bare"], facts=False),
+             egress(spec=spec, backends=["notabackend"], facts=False)]
+    run = playbook(tmp_path, env, [{**t, "ignore_errors": True} for t in tasks])
+    anyopts, bare, broken = run.results
+    assert not anyopts.get("failed"), anyopts["msg"]
+    assert len(anyopts["applied"]) == 4
+    assert not bare.get("failed"), bare.get("msg")
+    assert len(bare["applied"]) == 4
+    assert broken["failed"] is True
+    assert broken["error"]["type"] == "BackendUnavailableError"
+    assert "not a backend (no name, no capabilities" in broken["msg"]
     assert all(no_traceback(r, run) for r in run.results)
 
 
