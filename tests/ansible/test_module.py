@@ -567,6 +567,36 @@ def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
     assert (result["error"]["type"], result["rc"]) == ("ImportError", 1)
 
 
+def test_a_k3snet_that_fails_to_import_is_named_with_its_place_and_error(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # k3snet installed without a dependency (pip install --no-deps, attrs removed since):
+    # the task said k3snet was not installed, and to check ansible_python_interpreter.
+    broken = tmp_path / "broken" / "k3snet"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("import k3snet_absent_dependency\n")
+    env = {**ansible_env, "PYTHONPATH": str(broken.parent)}
+    run = playbook(tmp_path, env, [{**egress(spec_path=str(SPEC_PATH)), "ignore_errors": True}])
+    (result,) = run.results
+    assert result["failed"] is True
+    assert result["msg"] == (
+        f"k3snet ({broken / '__init__.py'}) on this node's Python ({sys.executable}) fails to "
+        "import: No module named 'k3snet_absent_dependency'; install it again with its "
+        "dependencies")
+    assert (result["error"]["type"], result["rc"]) == ("ImportError", 1)
+    # None at all (a Python without it: the system's, here): Ansible's own words for a
+    # library the node lacks, pointing at ansible_python_interpreter.
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system is None or subprocess.run([system, "-c", "import k3snet"], env={}, cwd=tmp_path,
+                                        capture_output=True, check=False).returncode == 0:
+        pytest.skip("needs a system python3 without k3snet")
+    env = {**ansible_env, "PYTHONPATH": ""}
+    run = playbook(tmp_path, env, [{**egress(spec_path=str(SPEC_PATH)), "ignore_errors": True,
+                                    "vars": {"ansible_python_interpreter": system}}])
+    (result,) = run.results
+    assert result["msg"].startswith("Failed to import the required Python library (k3snet)")
+    assert (result["error"]["type"], result["rc"]) == ("ImportError", 1)
+
+
 def plugin_env(tmp_path: Path, env: dict[str, str], name: str, source: str) -> dict[str, str]:
     """``env`` with backend plugin ``name`` (class ``source``'s last) installed as an
     entry point, as a third-party backend is found."""

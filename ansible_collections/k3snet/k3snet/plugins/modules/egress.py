@@ -236,6 +236,7 @@ error:
       elements: str
 """
 
+import importlib.util
 import logging
 import signal
 import sys
@@ -247,6 +248,7 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 K3SNET_FOUND: str | None = None  # "VERSION (PATH)" of a k3snet that imports at all
+K3SNET_ABSENT = False  # no k3snet package on this Python's path at all
 try:
     import k3snet
 
@@ -272,9 +274,11 @@ try:
     from k3snet.errors import BackendOptionError
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
-except ImportError as exc:
+except (ImportError, SyntaxError) as exc:  # SyntaxError: a k3snet for a newer Python
     K3SNET_IMPORT_ERROR: str | None = traceback.format_exc()
     K3SNET_MISSING = str(exc)
+    # Not there at all, rather than there but failing (a dependency missing: attrs, ...).
+    K3SNET_ABSENT = isinstance(exc, ModuleNotFoundError) and exc.name == "k3snet"
 else:
     K3SNET_IMPORT_ERROR = None
 
@@ -460,6 +464,15 @@ def run(module: AnsibleModule) -> dict[str, Any]:
     return result
 
 
+def installed_at() -> str:
+    """`` (PATH)`` of the k3snet package that Python finds but cannot import, if known."""
+    try:
+        found = importlib.util.find_spec("k3snet")
+    except (ImportError, ValueError):
+        return ""
+    return f" ({found.origin})" if found is not None and found.origin else ""
+
+
 def main() -> None:
     """Module entry point."""
     module = AnsibleModule(
@@ -469,9 +482,17 @@ def main() -> None:
         supports_check_mode=True,
     )
     # rc 1: k3snet.cli's EXIT_ERROR, which cannot be imported here.
-    if K3SNET_IMPORT_ERROR is not None and K3SNET_FOUND is None:
+    if K3SNET_IMPORT_ERROR is not None and K3SNET_FOUND is None and K3SNET_ABSENT:
         module.fail_json(**failure(missing_required_lib("k3snet"), "ImportError", 1),
                          exception=K3SNET_IMPORT_ERROR)
+    if K3SNET_IMPORT_ERROR is not None and K3SNET_FOUND is None:
+        # Installed, but it fails to import (pip install --no-deps, a dependency removed
+        # since): "not installed, check ansible_python_interpreter" would send the user
+        # to look for a k3snet that is there.
+        module.fail_json(**failure(
+            f"k3snet{installed_at()} on this node's Python ({sys.executable}) fails to "
+            f"import: {K3SNET_MISSING}; install it again with its dependencies",
+            "ImportError", 1), exception=K3SNET_IMPORT_ERROR)
     if K3SNET_IMPORT_ERROR is not None:
         # Installed, but a release without what this module imports (an older wheel):
         # "not installed, check ansible_python_interpreter" would send the user astray.
