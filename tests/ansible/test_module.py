@@ -34,6 +34,7 @@ from k3snet._admin_path import ADMIN_PATH
 from k3snet.backends.lock import namespace_lock
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
+from k3snet.cli import main as cli_main
 from k3snet.converge import compile_for
 from k3snet.demo import SPEC_PATH
 from k3snet.errors import SpecError
@@ -429,6 +430,36 @@ def test_a_busy_node_fails_with_rc_75_and_its_error_type_so_a_play_retries_it_al
         "destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR"]
     assert bad["attempts"] == 1  # not retried
     assert all(no_traceback(r, run) for r in run.results)
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_the_environment_s_state_dir_holds_the_sysctl_record_where_the_cli_reads_it(
+        tmp_path: Path, ansible_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # `k3snet apply` and the agent keep the netlink backend's record of the sysctls it took
+    # over in $K3SNET_STATE_DIR; the module ignored the variable (its nftables read cache
+    # did not), so on a node that sets it a playbook's record was in /run/k3snet, where
+    # `k3snet destroy` never looked: the forwarding it had turned on was never given back.
+    files_before = state_files()
+    state = tmp_path / "state"
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}]}
+    with temporary_netns("envstate") as ns:
+        before = forwarding(ns)
+        task = {**egress(spec=spec, netns=ns, backends=["netlink"], facts=False),
+                "environment": {"K3SNET_STATE_DIR": str(state)}}
+        run = playbook(tmp_path, ansible_env, [task])
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert before[0] == "0"
+        assert forwarding(ns)[0] == "1"
+        assert len(list(state.glob("*/sysctl.json"))) == 1
+        # The command, in the same environment, finds the record and gives them back.
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(state))
+        monkeypatch.setenv("K3SNET_LOCK_DIR", ansible_env["K3SNET_LOCK_DIR"])
+        assert cli_main(["destroy", "--netns", ns, "--backend", "netlink", "--no-facts",
+                         "--auto-approve"]) == 0
+        assert forwarding(ns) == before
+    assert state_files() == files_before, "the module kept its record in /run/k3snet"
 
 
 def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(

@@ -344,15 +344,16 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
             raise BackendOptionError(f"backend_options.{name} must be a mapping of option "
                                      "names to values")
         # As `k3snet apply -f` builds it: the spec's options, then the task's netns and
-        # allow_disruptive or the spec's cni.allowDisruptive (to the backends that declare
-        # them), then the task's backend_options. The agent's environment is not a
-        # playbook's input.
+        # allow_disruptive or the spec's cni.allowDisruptive and the environment's
+        # K3SNET_STATE_DIR ... (to the backends that declare them), then the task's
+        # backend_options. The same environment, the same sysctl record as the CLI's: the
+        # one kept elsewhere, neither gave back a sysctl the other had taken over.
         wanted = resolve_backend_options(
             name, spec_backend_options(spec, name) if spec is not None else None,
             netns=params["netns"],
             allow_disruptive=params["allow_disruptive"] or (
                 spec is not None and spec.cni.disruptive_allowed),
-            environ={}, explicit=chosen)
+            explicit=chosen)
         try:
             # The CLI's own constructor: an undeclared option refused with the backend's
             # list (a factory taking **options takes any), a factory that returns no
