@@ -223,7 +223,7 @@ error:
         - k3snet's error class (V(LockTimeoutError), V(ConflictError), V(SpecError),
           V(TeardownError), V(CheckError), V(ApplyError), V(RollbackError),
           V(BackendOptionError) ...), or V(ParameterError), V(OSError), V(ImportError)
-          (k3snet missing or too old on the node), V(SIGTERM) or V(SIGHUP).
+          (k3snet missing on the node, failing to import or too old), V(SIGTERM) or V(SIGHUP).
       type: str
       sample: LockTimeoutError
     message:
@@ -366,8 +366,7 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
         # Closed as the CLI's group closes its members: a backend need not be a context
         # manager (docs/custom-backend.md asks for close, not __enter__).
         stack.callback(made.close)
-        backend = made
-        members.append(k3snet.Member(backend, kinds.split(",") if kinds else None))
+        members.append(k3snet.Member(made, kinds.split(",") if kinds else None))
     return k3snet.BackendGroup(members)
 
 
