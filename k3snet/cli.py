@@ -102,6 +102,8 @@ back what they made, as Ctrl-C does."""
 
 
 SPEC_HELP = "spec file (YAML or JSON)"
+NOTHING_TO_DESTROY = "Nothing to destroy: k3snet owns nothing here."
+"""What ``destroy`` (and the Ansible module's ``state: absent``) says of an empty plan."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -1343,7 +1345,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
         preview = destroy(backend, dry_run=True, lock_timeout=args.lock_timeout)
         if preview.plan.empty:
             if not as_json:
-                print("Nothing to destroy: k3snet owns nothing here.")
+                print(NOTHING_TO_DESTROY)
             _print_destroy(args, preview, warnings=backend.warnings)
             return EXIT_OK
         asking = not (args.dry_run or args.auto_approve)

@@ -173,7 +173,8 @@ changed:
   returned: always
   type: bool
 msg:
-  description: The plan's summary line, or that nothing was to do; on failure, what failed.
+  description: The plan's summary line, or that nothing was to do (with O(state=absent),
+    as C(k3snet destroy) says it); on failure, what failed.
   returned: always
   type: str
   sample: "Plan: 6 to add, 0 to replace, 0 to delete."
@@ -260,6 +261,7 @@ try:
     from k3snet.cli import (
         EXIT_ERROR,
         EXIT_USAGE,
+        NOTHING_TO_DESTROY,
         disruptive_notes,
         error_code,
         refuse_foreign_spec,
@@ -445,9 +447,11 @@ def run(module: AnsibleModule) -> dict[str, Any]:
             if problems:
                 raise k3snet.CheckError("the plan would fail; nothing was applied:", problems)
     text = done.plan.render()
+    # As `k3snet destroy` says it: there is no spec for the node to match.
+    nothing = params["state"] == "absent" and done.plan.empty
     result: dict[str, Any] = {
         "changed": not done.plan.empty,
-        "msg": text.splitlines()[0],
+        "msg": NOTHING_TO_DESTROY if nothing else text.splitlines()[0],
         "plan": done.plan.to_dict(),
         "plan_text": text,
         "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
