@@ -106,6 +106,8 @@ back what they made, as Ctrl-C does."""
 
 
 SPEC_HELP = "spec file (YAML or JSON)"
+NOTHING_TO_DESTROY = "Nothing to destroy: k3snet owns nothing here."
+"""What ``destroy`` (and the Ansible module's ``state: absent``) says of an empty plan."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -461,7 +463,7 @@ def _run(args: argparse.Namespace) -> int:
         # "nothing was changed", on a node that may be half-changed.
         with _reporting():
             _report_error(args, exc)
-        return _error_code(exc)
+        return error_code(exc)
     except BrokenPipeError:
         # The reader went away (`k3snet observe | head`): nothing more to say to it.
         _drop_stdout()
@@ -526,8 +528,9 @@ def refuse_foreign_spec(spec: str | Path) -> None:
     spec_load.refuse_foreign_spec(spec, invoker=spec_load.sudo_invoker())
 
 
-def _error_code(exc: K3snetError) -> int:
-    """The exit code of a command that failed with ``exc``."""
+def error_code(exc: K3snetError) -> int:
+    """The exit code of a command that failed with ``exc`` (the Ansible module's ``rc``
+    for the same failure, so a playbook retries a busy node on 75 as a script does)."""
     if isinstance(exc, RollbackError):
         return EXIT_HALF_CHANGED
     if isinstance(exc, LockTimeoutError):
@@ -1326,6 +1329,11 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
             print("\n".join(f"  {p}" for p in problems))
         elif done.plan.changes:
             print("Dry run: the backends' check found no problem; nothing was changed.")
+    _print_warnings(warnings)
+
+
+def _print_warnings(warnings: Sequence[str]) -> None:
+    """The backends' warnings as ``plan`` prints them (``!! warning:`` lines)."""
     for line in warnings:
         print(f"!! warning: {line}")
 
@@ -1336,10 +1344,9 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     with _backend(args, spec) as backend:
         preview = destroy(backend, dry_run=True, lock_timeout=args.lock_timeout)
         if preview.plan.empty:
-            if as_json:
-                _print_apply(args, preview, kind="destroy")
-            else:
-                print("Nothing to destroy: k3snet owns nothing here.")
+            if not as_json:
+                print(NOTHING_TO_DESTROY)
+            _print_destroy(args, preview, warnings=backend.warnings)
             return EXIT_OK
         asking = not (args.dry_run or args.auto_approve)
         shown = _asking(args) if asking else human
@@ -1352,24 +1359,35 @@ def cmd_destroy(args: argparse.Namespace) -> int:
             # apply would refuse (an admin's jump into an iptables chain of k3snet's)
             # is refused here too.
             problems = tuple(backend.check(preview.plan))
-            if as_json:
-                _print_apply(args, preview, problems, kind="destroy")
-            elif problems:
-                print("The backends' check found problems; nothing was changed:")
-                print("\n".join(f"  {p}" for p in problems))
+            _print_destroy(args, preview, problems, warnings=backend.warnings)
             return EXIT_ERROR if problems else EXIT_CHANGES
         if asking and not _confirm("Remove everything listed above?", shown):
             return _not_confirmed(args)
         done = destroy(backend, lock_timeout=args.lock_timeout)
-        if as_json:
-            _print_apply(args, done, kind="destroy")
-        elif shown is not sys.stdout or not _same_changes(preview.plan.changes,
-                                                          done.plan.changes):
+        warnings = backend.warnings
+        if not as_json and (shown is not sys.stdout
+                            or not _same_changes(preview.plan.changes, done.plan.changes)):
             print(done.plan.render())  # not listed on stdout, or the node changed since
     if done.result is not None and not as_json:
         print(_result_text(done.plan, done.result))
+    _print_destroy(args, done, warnings=warnings)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
+
+
+def _print_destroy(args: argparse.Namespace, done: Convergence, problems: Sequence[str] = (),
+                   *, warnings: Sequence[str]) -> None:
+    """``destroy``'s document (``--output json``), or the check's ``problems`` and the
+    backends' ``warnings`` as text, as ``apply`` says them: an iptables chain of k3snet's
+    renamed by an admin, whose rules go on running after the destroy, was said in a log
+    line only, and never in the document."""
+    if _json(args):
+        _print_apply(args, done, problems, kind="destroy", warnings=warnings)
+        return
+    if problems:
+        print("The backends' check found problems; nothing was changed:")
+        print("\n".join(f"  {p}" for p in problems))
+    _print_warnings(warnings)
 
 
 def _same_changes(a: Sequence[Change], b: Sequence[Change]) -> bool:

@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import attrs
+import jsonschema
 import pytest
 import yaml
 
@@ -33,12 +34,14 @@ from k3snet._admin_path import ADMIN_PATH
 from k3snet.backends.lock import namespace_lock
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
+from k3snet.cli import main as cli_main
 from k3snet.converge import compile_for
 from k3snet.demo import SPEC_PATH
 from k3snet.errors import SpecError
 from k3snet.facts import gather_facts
 from k3snet.lab import NODE_ADDRESSES, SeedLab
 from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.schemas import load_schema
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTION_ROOT = REPO  # holds ansible_collections/k3snet/k3snet
@@ -141,7 +144,8 @@ def load_module() -> ModuleType:
 def returned_keys_are_documented(result: dict[str, Any]) -> bool:
     """Every key of a module result is in RETURN, but those Ansible adds itself."""
     documented = set(yaml.safe_load(load_module().RETURN))
-    return set(result) - {"failed", "invocation", "warnings", "deprecations"} <= documented
+    added = {"failed", "invocation", "warnings", "deprecations", "exception", "attempts"}
+    return set(result) - added <= documented
 
 
 def no_traceback(result: dict[str, Any], run: Run) -> bool:
@@ -287,6 +291,8 @@ def test_teardown_is_refused_and_state_absent_removes_everything_once(
         assert gone.returncode == 0, gone.stdout + gone.stderr
         (result,) = gone.results
         assert result["changed"] is False
+        # As `k3snet destroy` says it (it said "The system matches the spec", of no spec).
+        assert result["msg"] == "Nothing to destroy: k3snet owns nothing here."
         assert gone.changed == 0
 
 
@@ -391,6 +397,73 @@ def test_waiting_for_another_k3snet_process_is_a_task_warning(
                               f"network namespace {ns!r}; waiting up to 0.5 s for it")
 
 
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_a_busy_node_fails_with_rc_75_and_its_error_type_so_a_play_retries_it_alone(
+        tmp_path: Path, ansible_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # `k3snet apply` exits 75 when another k3snet process (the agent) held the lock, "so a
+    # script can retry on that code alone"; a failed task said it only in msg's prose, so
+    # a play could not retry a busy node without retrying a bad spec as well.
+    monkeypatch.setenv("K3SNET_LOCK_DIR", ansible_env["K3SNET_LOCK_DIR"])
+    retried = {"until": "r{index}.rc | default(0) != 75", "retries": 2, "delay": 0,
+               "ignore_errors": True}
+    with temporary_netns("busy") as ns, namespace_lock([ns]):  # held for the whole run
+        options = {"netns": ns, "backends": ["netlink"], "lock_timeout": 0,
+                   "backend_options": {"netlink": {"state_dir": str(tmp_path)}}}
+        tasks = [egress(state="absent", **options),
+                 egress(spec={"destinations": [{"cidr": "192.168.2.0/33"}]}, **options)]
+        run = playbook(tmp_path, ansible_env, [
+            {**task, **retried, "until": retried["until"].format(index=index)}
+            for index, task in enumerate(tasks)], "--check")
+    busy, bad = run.results
+    assert busy["failed"] is True
+    assert (busy["rc"], busy["error"]["type"]) == (75, "LockTimeoutError")
+    assert busy["error"]["message"] == busy["msg"]
+    assert busy["attempts"] >= 2  # retried (ansible-core versions count retries apart)
+    assert returned_keys_are_documented(busy)
+    # The CLI's error document's object (schema error), so one reader takes both.
+    document = {"format": 1, "kind": "error", "error": busy["error"]}
+    jsonschema.validate(document, load_schema("error"))
+    documented = yaml.safe_load(load_module().RETURN)["error"]["contains"]
+    assert set(documented) == set(load_schema("error")["properties"]["error"]["properties"])
+    assert bad["failed"] is True
+    assert (bad["rc"], bad["error"]["type"]) == (1, "SpecError")
+    assert bad["error"]["problems"] == [
+        "destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR"]
+    assert bad["attempts"] == 1  # not retried
+    assert all(no_traceback(r, run) for r in run.results)
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_the_environment_s_state_dir_holds_the_sysctl_record_where_the_cli_reads_it(
+        tmp_path: Path, ansible_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # `k3snet apply` and the agent keep the netlink backend's record of the sysctls it took
+    # over in $K3SNET_STATE_DIR; the module ignored the variable (its nftables read cache
+    # did not), so on a node that sets it a playbook's record was in /run/k3snet, where
+    # `k3snet destroy` never looked: the forwarding it had turned on was never given back.
+    files_before = state_files()
+    state = tmp_path / "state"
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}]}
+    with temporary_netns("envstate") as ns:
+        before = forwarding(ns)
+        task = {**egress(spec=spec, netns=ns, backends=["netlink"], facts=False),
+                "environment": {"K3SNET_STATE_DIR": str(state)}}
+        run = playbook(tmp_path, ansible_env, [task])
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert before[0] == "0"
+        assert forwarding(ns)[0] == "1"
+        assert len(list(state.glob("*/sysctl.json"))) == 1
+        # The command, in the same environment, finds the record and gives them back.
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(state))
+        monkeypatch.setenv("K3SNET_LOCK_DIR", ansible_env["K3SNET_LOCK_DIR"])
+        assert cli_main(["destroy", "--netns", ns, "--backend", "netlink", "--no-facts",
+                         "--auto-approve"]) == 0
+        assert forwarding(ns) == before
+    assert state_files() == files_before, "the module kept its record in /run/k3snet"
+
+
 def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # None of these reaches a backend: no root, no namespace needed.
@@ -419,13 +492,23 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert run.failed == len(tasks)
     results = run.results
     assert all(r["failed"] is True and no_traceback(r, run) for r in results), results
+    # What a play tests to act on a failure: k3snet's error class and the exit code
+    # `k3snet apply` has for it (Ansible's own option checks, 7 and 8, have neither).
+    assert [(r["error"]["type"], r["rc"]) if "error" in r else None for r in results] == [
+        ("SpecError", 1), ("SpecError", 1), ("BackendNotFoundError", 1),
+        ("BackendOptionError", 1), ("BackendOptionError", 1), ("BackendError", 1),
+        ("BackendOptionError", 1), None, None, ("ModelError", 1), ("ParameterError", 64),
+        ("BackendOptionError", 1)]
+    assert results[0]["error"]["problems"] == [
+        "destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR",
+        "masquerade.mode: must be destinations, all or off, got 'bogus'"]
     messages = [r["msg"] for r in results]
     assert messages[0] == ("2 problems in the spec option:\n"
                            "  destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR\n"
                            "  masquerade.mode: must be destinations, all or off, got 'bogus'")
     assert "missing.yaml" in messages[1]
     assert "no-such-backend" in messages[2]
-    assert "backend 'netlink' has no option colour" in messages[3]
+    assert "backend 'netlink' has no option 'colour'; its options: " in messages[3]  # the CLI's
     assert "state_dir" in messages[3]  # the options it does have
     assert "backend_options names backends not in use: iptables" in messages[4]
     assert messages[5] == "driver must be 'socket' or 'pyroute2', got 'bogus'"
@@ -435,7 +518,8 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "spec_path, spec" in messages[8]
     assert messages[9] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
     assert messages[10].startswith("backends is an empty list")
-    assert messages[11].startswith("api_client must be a Kubernetes ApiClient object")
+    assert messages[11].startswith(
+        "backend 'calico': api_client must be a Kubernetes ApiClient object")
     assert "kubeconfig" in messages[11]
 
 
@@ -513,6 +597,37 @@ def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
         "not one this module can use: No module named 'k3snet._admin_path'; install the "
         "k3snet release of this collection")
     assert "Failed to import the required Python library" not in result["msg"]
+    assert (result["error"]["type"], result["rc"]) == ("ImportError", 1)
+
+
+def test_a_k3snet_that_fails_to_import_is_named_with_its_place_and_error(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # k3snet installed without a dependency (pip install --no-deps, attrs removed since):
+    # the task said k3snet was not installed, and to check ansible_python_interpreter.
+    broken = tmp_path / "broken" / "k3snet"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("import k3snet_absent_dependency\n")
+    env = {**ansible_env, "PYTHONPATH": str(broken.parent)}
+    run = playbook(tmp_path, env, [{**egress(spec_path=str(SPEC_PATH)), "ignore_errors": True}])
+    (result,) = run.results
+    assert result["failed"] is True
+    assert result["msg"] == (
+        f"k3snet ({broken / '__init__.py'}) on this node's Python ({sys.executable}) fails to "
+        "import: No module named 'k3snet_absent_dependency'; install it again with its "
+        "dependencies")
+    assert (result["error"]["type"], result["rc"]) == ("ImportError", 1)
+    # None at all (a Python without it: the system's, here): Ansible's own words for a
+    # library the node lacks, pointing at ansible_python_interpreter.
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system is None or subprocess.run([system, "-c", "import k3snet"], env={}, cwd=tmp_path,
+                                        capture_output=True, check=False).returncode == 0:
+        pytest.skip("needs a system python3 without k3snet")
+    env = {**ansible_env, "PYTHONPATH": ""}
+    run = playbook(tmp_path, env, [{**egress(spec_path=str(SPEC_PATH)), "ignore_errors": True,
+                                    "vars": {"ansible_python_interpreter": system}}])
+    (result,) = run.results
+    assert result["msg"].startswith("Failed to import the required Python library (k3snet)")
+    assert (result["error"]["type"], result["rc"]) == ("ImportError", 1)
 
 
 def plugin_env(tmp_path: Path, env: dict[str, str], name: str, source: str) -> dict[str, str]:
@@ -568,6 +683,81 @@ def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
     assert half_done["failed"] is True
     assert half_done["changed"] is True
     assert half_done["msg"].startswith("undoing it failed too; failed change: + ")
+    # The exit codes of `k3snet apply`: 5 is "the node may be half-changed".
+    assert [(r["error"]["type"], r["rc"]) for r in run.results] == [
+        ("ApplyError", 1), ("RollbackError", 5)]
+    assert all(no_traceback(r, run) for r in run.results)
+
+
+ANY_OPTIONS_BACKEND = """
+from k3snet.backends.memory import MemoryBackend
+
+
+class AnyOptionsBackend(MemoryBackend):
+    name = "anyopts"
+
+    def __init__(self, **options):
+        super().__init__()
+        if options != {"region": "eu-1"}:
+            raise ValueError(f"got {options}")
+"""
+
+BARE_BACKEND = """
+from k3snet.backends.memory import MemoryBackend
+
+
+class BareBackend:
+    # The members every use of a backend reaches for, and no __enter__ or __exit__.
+    name = "bare"
+
+    def __init__(self):
+        self._memory = MemoryBackend()
+        self.capabilities = self._memory.capabilities
+
+    def observe(self):
+        return self._memory.observe()
+
+    def check(self, plan):
+        return self._memory.check(plan)
+
+    def apply(self, plan):
+        return self._memory.apply(plan)
+
+    def close(self):
+        pass
+"""
+
+NOT_A_BACKEND = """
+class NotABackend:
+    pass
+"""
+
+
+def test_backend_plugins_are_built_as_the_cli_builds_them(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # The module had its own copy of k3snet.create_backend: it refused every option of a
+    # plugin whose constructor takes **options (the CLI passes them on), and a plugin
+    # without __enter__, or a factory returning no backend, was a MODULE FAILURE with a
+    # traceback (the CLI uses the first, and names what the second lacks).
+    env = ansible_env
+    for name, source in (("anyopts", ANY_OPTIONS_BACKEND), ("bare", BARE_BACKEND),
+                         ("notabackend", NOT_A_BACKEND)):
+        env = plugin_env(tmp_path, env, name, source)
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24", "gateway": "192.168.1.1"}]}
+    tasks = [egress(spec=spec, backends=["anyopts"], facts=False,
+                    backend_options={"anyopts": {"region": "eu-1"}}),
+             egress(spec=spec, backends=["bare"], facts=False),
+             egress(spec=spec, backends=["notabackend"], facts=False)]
+    run = playbook(tmp_path, env, [{**t, "ignore_errors": True} for t in tasks])
+    anyopts, bare, broken = run.results
+    assert not anyopts.get("failed"), anyopts["msg"]
+    assert len(anyopts["applied"]) == 4
+    assert not bare.get("failed"), bare.get("msg")
+    assert len(bare["applied"]) == 4
+    assert broken["failed"] is True
+    assert broken["error"]["type"] == "BackendUnavailableError"
+    assert "not a backend (no name, no capabilities" in broken["msg"]
     assert all(no_traceback(r, run) for r in run.results)
 
 
@@ -608,6 +798,7 @@ def test_sigterm_during_an_apply_undoes_what_it_had_changed(
         assert result["failed"] is True
         assert result["changed"] is False
         assert result["msg"].startswith("stopped by SIGTERM")
+        assert (result["error"]["type"], result["rc"]) == ("SIGTERM", 143)  # as k3snet apply
         assert no_traceback(result, run)
         assert forwarding(ns) == before
 

@@ -789,6 +789,40 @@ def test_apply_says_the_backends_warnings_as_plan_does(
         unregister_backend("memory-warns")
 
 
+def test_destroy_says_the_backends_warnings_as_apply_does(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # An iptables chain of k3snet's renamed by an admin goes on running after a destroy,
+    # and the backend warns of it: `destroy` said it in a log line only, and its JSON
+    # document (schema apply, which has `warnings`) never.
+    from k3snet import MemoryBackend, load_spec, register_backend  # noqa: PLC0415
+    from k3snet import compile as compile_spec  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+
+    said = "memory: chain K3SNET-OLD holds k3snet's rules under another name"
+
+    class Warns(MemoryBackend):
+        warnings = (said,)
+
+    class OwnsAndWarns(Warns):
+        def __init__(self) -> None:
+            super().__init__(compile_spec(load_spec(SEED)))
+
+    register_backend("memory-warns", Warns)
+    register_backend("memory-owns", OwnsAndWarns)
+    try:
+        for name in ("memory-warns", "memory-owns"):  # nothing to destroy, then something
+            args = ["destroy", "--backend", name, "--no-facts", "--auto-approve"]
+            for extra in ([], ["--dry-run"]):
+                assert main([*args, *extra]) in (0, 2)
+                assert f"!! warning: {said}" in capsys.readouterr().out
+                assert main([*args, *extra, "--output", "json"]) in (0, 2)
+                document = json.loads(capsys.readouterr().out)
+                assert (document["kind"], document["warnings"]) == ("destroy", [said])
+    finally:
+        unregister_backend("memory-warns")
+        unregister_backend("memory-owns")
+
+
 @pytest.mark.parametrize("extra", [["-f", str(SEED)], ["--backend", "iptables"],
                                    ["--backend-opt", "nftables.table=other"], ["--no-facts"]])
 def test_observe_save_with_an_option_it_ignores_is_a_usage_error(

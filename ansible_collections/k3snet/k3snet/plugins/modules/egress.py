@@ -173,8 +173,9 @@ changed:
   returned: always
   type: bool
 msg:
-  description: The plan's summary line, or that nothing was to do.
-  returned: success
+  description: The plan's summary line, or that nothing was to do (with O(state=absent),
+    as C(k3snet destroy) says it); on failure, what failed.
+  returned: always
   type: str
   sample: "Plan: 6 to add, 0 to replace, 0 to delete."
 plan:
@@ -200,19 +201,55 @@ diff:
   description: The owned objects before and after the plan, one per line.
   returned: success, in diff mode
   type: dict
+rc:
+  description:
+    - The exit code C(k3snet apply) (or C(destroy)) exits with for the same failure, the
+      table of docs/cli.md; V(75) is busy (another k3snet process, such as the agent, held
+      the namespace's lock past O(lock_timeout); nothing was changed, a later run may
+      succeed), V(4) a conflict, V(5) a failed apply whose undo failed too, V(64) a
+      parameter the module refuses, V(143) or V(129) stopped by SIGTERM or SIGHUP,
+      V(1) any other failure.
+  returned: failure (but Ansible's own checks of the options)
+  type: int
+  sample: 75
+error:
+  description:
+    - What failed, as the C(error) object of the C(k3snet --output json) error document
+      (schema C(error)).
+  returned: failure (but Ansible's own checks of the options)
+  type: dict
+  contains:
+    type:
+      description:
+        - k3snet's error class (V(LockTimeoutError), V(ConflictError), V(SpecError),
+          V(TeardownError), V(CheckError), V(ApplyError), V(RollbackError),
+          V(BackendOptionError) ...), or V(ParameterError), V(OSError), V(ImportError)
+          (k3snet missing on the node, failing to import or too old), V(SIGTERM) or V(SIGHUP).
+      type: str
+      sample: LockTimeoutError
+    message:
+      description: The same as C(msg).
+      type: str
+    problems:
+      description: Each problem on its own (a spec's, with its path); empty when the
+        message is the one problem.
+      type: list
+      elements: str
 """
 
-import inspect
+import importlib.util
 import logging
 import signal
 import sys
 import traceback
+from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 K3SNET_FOUND: str | None = None  # "VERSION (PATH)" of a k3snet that imports at all
+K3SNET_ABSENT = False  # no k3snet package on this Python's path at all
 try:
     import k3snet
 
@@ -220,20 +257,31 @@ try:
     from k3snet._admin_path import admin_path
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
-    from k3snet.backends.registry import path_options
-    from k3snet.cli import disruptive_notes, refuse_foreign_spec, sigterm_undoes
+    from k3snet.backends.registry import create_backend, path_options
+    from k3snet.cli import (
+        EXIT_ERROR,
+        EXIT_USAGE,
+        NOTHING_TO_DESTROY,
+        disruptive_notes,
+        error_code,
+        refuse_foreign_spec,
+        sigterm_undoes,
+    )
     from k3snet.converge import (
         compile_for,
         facts_namespace,
         reads_node_facts,
         route_protocol,
     )
+    from k3snet.errors import BackendOptionError
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
     from k3snet.spec.load import refuse_foreign_imports, sudo_invoker
-except ImportError as exc:
+except (ImportError, SyntaxError) as exc:  # SyntaxError: a k3snet for a newer Python
     K3SNET_IMPORT_ERROR: str | None = traceback.format_exc()
     K3SNET_MISSING = str(exc)
+    # Not there at all, rather than there but failing (a dependency missing: attrs, ...).
+    K3SNET_ABSENT = isinstance(exc, ModuleNotFoundError) and exc.name == "k3snet"
 else:
     K3SNET_IMPORT_ERROR = None
 
@@ -256,7 +304,8 @@ ARGUMENT_SPEC: dict[str, Any] = {
 
 
 class ParameterError(Exception):
-    """A module parameter the library would only refuse with a TypeError."""
+    """Module parameters that ask for nothing to act on (the CLI's parser refuses its own
+    such arguments, exit 64); a backend option is a ``BackendOptionError``, as the CLI's."""
 
 
 def load_spec(params: dict[str, Any]) -> k3snet.Spec | None:
@@ -288,8 +337,8 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
     options: dict[str, Any] = params["backend_options"]
     unused = sorted(set(options) - {n.partition(":")[0] for n in names})
     if unused:
-        raise ParameterError(f"backend_options names backends not in use: {', '.join(unused)} "
-                             f"(backends: {', '.join(names)})")
+        raise BackendOptionError(f"backend_options names backends not in use: "
+                                 f"{', '.join(unused)} (backends: {', '.join(names)})")
     used = sorted({n.partition(":")[0] for n in names})
     if spec is not None:  # the spec's backends: options, refused as `k3snet apply -f` does
         check_backend_options(spec, registered_options,
@@ -298,35 +347,44 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
     members = []
     for entry in names:
         name, kinds = entry.split(":", 1) if ":" in entry else (entry, "")
-        factory = k3snet.load_backend(name)
-        accepted = inspect.signature(factory).parameters
         chosen = options.get(name) or {}
         if not isinstance(chosen, dict):
-            raise ParameterError(f"backend_options.{name} must be a mapping of option names "
-                                 "to values")
-        unknown = sorted(set(chosen) - set(accepted))
-        if unknown:
-            raise ParameterError(f"backend {name!r} has no option {', '.join(unknown)} "
-                                 f"(its options: {', '.join(sorted(accepted))})")
+            raise BackendOptionError(f"backend_options.{name} must be a mapping of option "
+                                     "names to values")
         # As `k3snet apply -f` builds it: the spec's options, then the task's netns and
-        # allow_disruptive or the spec's cni.allowDisruptive (to the backends that declare
-        # them), then the
-        # task's backend_options. The agent's environment is not a playbook's input.
+        # allow_disruptive or the spec's cni.allowDisruptive and the environment's
+        # K3SNET_STATE_DIR ... (to the backends that declare them), then the task's
+        # backend_options. The same environment, the same sysctl record as the CLI's: the
+        # one kept elsewhere, neither gave back a sysctl the other had taken over.
         wanted = resolve_backend_options(
             name, spec_backend_options(spec, name) if spec is not None else None,
             netns=params["netns"],
             allow_disruptive=params["allow_disruptive"] or (
                 spec is not None and spec.cni.disruptive_allowed),
-            environ={}, explicit=chosen)
+            explicit=chosen)
         try:
-            made = factory(**wanted)
-        except (TypeError, ValueError) as exc:  # an option value of the wrong type
+            # The CLI's own constructor: an undeclared option refused with the backend's
+            # list (a factory taking **options takes any), a factory that returns no
+            # backend refused (not a traceback from the ExitStack).
+            made = create_backend(name, **wanted)
+        except ValueError as exc:  # an option value the constructor refuses as Python does
             if isinstance(exc, k3snet.K3snetError):
                 raise
-            raise ParameterError(f"backend {name!r}: {exc}") from exc
-        backend = stack.enter_context(made)
-        members.append(k3snet.Member(backend, kinds.split(",") if kinds else None))
+            raise BackendOptionError(f"backend {name!r}: {exc}") from exc
+        # Closed as the CLI's group closes its members: a backend need not be a context
+        # manager (docs/custom-backend.md asks for close, not __enter__).
+        stack.callback(made.close)
+        members.append(k3snet.Member(made, kinds.split(",") if kinds else None))
     return k3snet.BackendGroup(members)
+
+
+def failure(msg: str, kind: str, rc: int, problems: Sequence[object] = (), *,
+            changed: bool = False) -> dict[str, Any]:
+    """A failed task's result: ``msg``, and what a playbook tests to act on the failure
+    (retry a busy node, ``until: result.rc | default(0) != 75``): ``rc``, the exit code of
+    ``k3snet apply`` for it, and ``error``, the object of the CLI's ``error`` document."""
+    return {"msg": msg, "changed": changed, "rc": rc,
+            "error": {"type": kind, "message": msg, "problems": [str(p) for p in problems]}}
 
 
 class TaskWarnings(logging.Handler):
@@ -395,9 +453,11 @@ def run(module: AnsibleModule) -> dict[str, Any]:
             if problems:
                 raise k3snet.CheckError("the plan would fail; nothing was applied:", problems)
     text = done.plan.render()
+    # As `k3snet destroy` says it: there is no spec for the node to match.
+    nothing = params["state"] == "absent" and done.plan.empty
     result: dict[str, Any] = {
         "changed": not done.plan.empty,
-        "msg": text.splitlines()[0],
+        "msg": NOTHING_TO_DESTROY if nothing else text.splitlines()[0],
         "plan": done.plan.to_dict(),
         "plan_text": text,
         "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
@@ -414,6 +474,15 @@ def run(module: AnsibleModule) -> dict[str, Any]:
     return result
 
 
+def installed_at() -> str:
+    """`` (PATH)`` of the k3snet package that Python finds but cannot import, if known."""
+    try:
+        found = importlib.util.find_spec("k3snet")
+    except (ImportError, ValueError):
+        return ""
+    return f" ({found.origin})" if found is not None and found.origin else ""
+
+
 def main() -> None:
     """Module entry point."""
     module = AnsibleModule(
@@ -422,14 +491,25 @@ def main() -> None:
         required_if=[("state", "present", ("spec_path", "spec"), True)],
         supports_check_mode=True,
     )
+    # rc 1: k3snet.cli's EXIT_ERROR, which cannot be imported here.
+    if K3SNET_IMPORT_ERROR is not None and K3SNET_FOUND is None and K3SNET_ABSENT:
+        module.fail_json(**failure(missing_required_lib("k3snet"), "ImportError", 1),
+                         exception=K3SNET_IMPORT_ERROR)
     if K3SNET_IMPORT_ERROR is not None and K3SNET_FOUND is None:
-        module.fail_json(msg=missing_required_lib("k3snet"), exception=K3SNET_IMPORT_ERROR)
+        # Installed, but it fails to import (pip install --no-deps, a dependency removed
+        # since): "not installed, check ansible_python_interpreter" would send the user
+        # to look for a k3snet that is there.
+        module.fail_json(**failure(
+            f"k3snet{installed_at()} on this node's Python ({sys.executable}) fails to "
+            f"import: {K3SNET_MISSING}; install it again with its dependencies",
+            "ImportError", 1), exception=K3SNET_IMPORT_ERROR)
     if K3SNET_IMPORT_ERROR is not None:
         # Installed, but a release without what this module imports (an older wheel):
         # "not installed, check ansible_python_interpreter" would send the user astray.
-        module.fail_json(msg=f"k3snet {K3SNET_FOUND} on this node's Python ({sys.executable}) "
-                             f"is not one this module can use: {K3SNET_MISSING}; install the "
-                             "k3snet release of this collection", exception=K3SNET_IMPORT_ERROR)
+        module.fail_json(**failure(
+            f"k3snet {K3SNET_FOUND} on this node's Python ({sys.executable}) is not one this "
+            f"module can use: {K3SNET_MISSING}; install the k3snet release of this collection",
+            "ImportError", 1), exception=K3SNET_IMPORT_ERROR)
     # ansible-playbook from cron runs the module with PATH=/usr/bin:/bin: the tools the
     # backends run (iptables-save, nft, ip) are in sbin, as for the `k3snet` command.
     admin_path()
@@ -438,18 +518,22 @@ def main() -> None:
     logging.getLogger("k3snet.backends.lock").addHandler(TaskWarnings(module))
     try:
         result = run(module)
-    except (k3snet.K3snetError, ParameterError) as exc:
+    except k3snet.K3snetError as exc:
         # k3snet's messages name every problem (with its spec path); no traceback. Every
         # failure leaves the node as it was, but an apply whose undo failed too: the node
         # may be half-changed, and Ansible's changed says so.
-        module.fail_json(msg=str(exc), changed=isinstance(exc, k3snet.RollbackError))
+        module.fail_json(**failure(str(exc), type(exc).__name__, error_code(exc),
+                                   getattr(exc, "problems", ()),
+                                   changed=isinstance(exc, k3snet.RollbackError)))
+    except ParameterError as exc:  # what the CLI's parser refuses (exit 64)
+        module.fail_json(**failure(str(exc), "ParameterError", EXIT_USAGE))
     except OSError as exc:  # an unreadable spec_path, a missing tool
         where = f"{exc.filename}: " if exc.filename is not None else ""
-        module.fail_json(msg=where + (exc.strerror or str(exc)))
+        module.fail_json(**failure(where + (exc.strerror or str(exc)), "OSError", EXIT_ERROR))
     except SystemExit as exc:  # run's sigterm_undoes: a RollbackError above if undoing failed
         signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
-        module.fail_json(msg=f"stopped by {signame}: nothing was changed (an apply in "
-                             "progress was undone)")
+        module.fail_json(**failure(f"stopped by {signame}: nothing was changed (an apply in "
+                                   "progress was undone)", signame, int(exc.code or 1)))
     module.exit_json(**result)
 
 
