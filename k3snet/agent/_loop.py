@@ -807,9 +807,12 @@ class Agent:
                  "leader": result.leader}
         if result.status != "failed":
             self._failed_in_row = 0
-            # "spec-refused" converged the node too, with the spec in force: a refused
-            # newer spec, or the leader's refused cluster-wide part, leaves the node's
-            # rules installed (a leader restarted with one must not stall a rollout).
+        if self._failed_in_row == 0:
+            # The node's part converged: "spec-refused" with the spec in force (a refused
+            # newer spec, or the leader's refused cluster-wide part), or "failed" by the
+            # leader's cluster-wide part alone (_failed counts only the node's failures).
+            # Either leaves the node's rules installed; a leader whose IPPool writes fail
+            # (503, no RBAC) was never ready, and a DaemonSet rollout stalled on its node.
             self.ready, self._unready = True, None
         elif self._failed_in_row >= NOT_READY_AFTER:
             # The node's part keeps failing (a conflict, a refused apply, the lock never

@@ -21,6 +21,7 @@ from k3snet.agent import (
     EVENT_INTERVAL,
     EVENT_TRIES,
     MESSAGE_LIMIT,
+    NOT_READY_AFTER,
     RESULT_ANNOTATION,
     STATUS_ANNOTATION,
     Agent,
@@ -656,3 +657,44 @@ def test_a_restarted_leader_whose_cluster_wide_part_is_refused_is_ready(
     assert restarted.readiness()[0] is True
     assert _sample(restarted, "k3snet_agent_ready") == 1
     restarted.shutdown()
+
+
+def test_a_leader_whose_cluster_wide_part_fails_from_its_first_pass_is_ready(
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
+) -> None:
+    # /readyz says "the node's rules are installed"; the cluster-wide part never counts.
+    # A leader whose IPPool writes failed (503, 429, no RBAC for the pools) converged its
+    # node on every pass, but each pass ended "failed" and only a pass that did not fail
+    # made an agent ready: the leader's pod was never Ready, and the rollout stalled there.
+    server.fail(503, plural="ippools", times=None)
+    a, memory = _agent(server, "node-a", spec_path, clock)
+    for _ in range(NOT_READY_AFTER + 1):
+        result = a.run_pass()
+        assert (result.status, result.leader) == ("failed", True)
+        assert memory.state.owned  # the node's own objects are in force
+        assert a.readiness()[0] is True
+        assert _sample(a, "k3snet_agent_ready") == 1
+    a.shutdown()
+
+
+def test_an_unready_leader_whose_node_part_converges_again_is_ready_while_its_cluster_part_fails(
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
+) -> None:
+    # The node's part failed NOT_READY_AFTER passes in a row (not ready), then converged
+    # again while the cluster-wide part failed: the pass "failed", and the agent stayed
+    # not ready, naming a node failure long repaired.
+    a, memory = _agent(server, "node-a", spec_path, clock)
+    assert a.run_pass().status == "ok"
+    for _ in range(NOT_READY_AFTER):
+        memory._restore(memory.state.with_owned(o for o in memory.state.owned
+                                                if o.kind != "nat"))
+        memory.faults.fail_at(0)
+        assert a.run_pass().status == "failed"
+    assert a.readiness()[0] is False
+    server.fail(503, plural="ippools", times=None)
+    result = a.run_pass()
+    assert (result.status, result.leader, result.drift) == ("failed", True, 0)
+    assert [o for o in memory.state.owned if o.kind == "nat"]  # the node repaired
+    assert a.readiness() == (True, "ready: spec generation 1 in force")
+    assert _sample(a, "k3snet_agent_ready") == 1
+    a.shutdown()
