@@ -53,6 +53,7 @@ __all__ = [
     "configmap_ref",
     "make_api_client",
     "name_problem",
+    "retry_policy",
 ]
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -217,18 +218,52 @@ def make_api_client(
             raise BackendOptionError(f"{name} must be text, got {value!r}")
     kubernetes = _kubernetes()
     config = kubernetes.config
+    configuration = kubernetes.client.Configuration()
     try:
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            configuration = kubernetes.client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            return kubernetes.client.ApiClient(configuration), True
-        return config.new_client_from_config(config_file=kubeconfig, context=context), True
+        else:  # as new_client_from_config does, into a configuration of ours
+            config.load_kube_config(config_file=kubeconfig, context=context,
+                                    client_configuration=configuration)
     except (config.ConfigException, OSError, TypeError, ValueError) as exc:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         raise BackendUnavailableError(
             f"no Kubernetes API to talk to: cannot load the kubeconfig {where} or the in-cluster "
             f"service account ({exc})"
         ) from exc
+    configuration.retries = retry_policy()
+    return kubernetes.client.ApiClient(configuration), True
+
+
+def retry_policy() -> Any:
+    """urllib3's retries for the clients :func:`make_api_client` makes: its default (3
+    more tries) for a connection refused or reset, none for a request that timed out.
+
+    urllib3 sends again a request whose connect or (for a GET) answer timed out, each try
+    waiting the whole request timeout: a read of an API server that accepts connections
+    and never answers (overloaded, a load balancer whose backend is gone), or a
+    black-holed address, took 4 x :data:`DEFAULT_TIMEOUT` (40 s). The agent's first pass
+    waited that long for its Node (``--lease-candidates``), each interval's pass for the
+    spec ConfigMap before converging the node, and the Lease's release on SIGTERM twice
+    that, past the pod's 30 s grace period. The caller tries again (the agent's next pass
+    or Lease step), within its own pace and back-off.
+    """
+    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    class NoRetryAfterTimeout(urllib3.util.Retry):
+        """Retry, except after a timeout (its error is raised at once)."""
+
+        def increment(self, method: str | None = None, url: str | None = None,
+                      response: Any = None, error: Exception | None = None,
+                      _pool: Any = None, _stacktrace: Any = None) -> Any:
+            # NewConnectionError (refused, unreachable: immediate) derives from
+            # ConnectTimeoutError in urllib3: it is still retried.
+            if isinstance(error, urllib3.exceptions.TimeoutError) and not isinstance(
+                    error, urllib3.exceptions.NewConnectionError):
+                raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    return NoRetryAfterTimeout(total=3)
 
 
 def _status_body(body: Any) -> tuple[str, str | None]:
