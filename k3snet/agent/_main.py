@@ -74,8 +74,8 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
                  desired: DesiredState) -> int:
     """Run the agent as ``k3snet agent`` was asked to; returns the exit status.
 
-    SIGTERM and SIGINT end the loop after the pass in progress; the rules stay
-    unless ``--cleanup-on-exit``; a held Lease is released.
+    SIGTERM, SIGINT and SIGHUP (unless ignored) end the loop after the pass in progress;
+    the rules stay unless ``--cleanup-on-exit``; a held Lease is released.
     """
     configure_logging(args.node_name, args.log_format, args.log_level)
     clients: list[Any] = []
@@ -125,7 +125,13 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
         logging.getLogger("k3snet.agent").info(
             "serving /healthz, /readyz and /metrics on %s", server.address)
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        stops = [signal.SIGTERM, signal.SIGINT]
+        # SIGHUP (the terminal or SSH session of an agent run by hand went away) ended the
+        # process at once, mid-pass: between two backends, its Lease held. An ignored one
+        # (nohup) stays ignored.
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            stops.append(signal.SIGHUP)
+        for signum in stops:
             signal.signal(signum, lambda *_: agent.stop())
     log = logging.getLogger("k3snet.agent")
     try:

@@ -34,8 +34,12 @@ def _readyz(port: int) -> int:
         return exc.code
 
 
-@pytest.mark.parametrize("cleanup", [False, True])
-def test_sigterm_ends_the_loop_after_the_pass(tmp_path: Path, cleanup: bool) -> None:
+@pytest.mark.parametrize(("stop", "cleanup"), [(signal.SIGTERM, False), (signal.SIGTERM, True),
+                                               (signal.SIGHUP, False)])
+def test_sigterm_ends_the_loop_after_the_pass(tmp_path: Path, stop: signal.Signals,
+                                              cleanup: bool) -> None:
+    # SIGHUP (an agent run by hand, its terminal or SSH session gone) ended the process
+    # at once, whatever the pass was doing, its Lease held: it ends as SIGTERM does.
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     args = _k3snet("agent", "-f", str(spec), *BASE, "--listen", "127.0.0.1:0",
@@ -58,7 +62,7 @@ def test_sigterm_ends_the_loop_after_the_pass(tmp_path: Path, cleanup: bool) -> 
         while _readyz(port) != 200:
             assert time.monotonic() < deadline, "never ready"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         _, rest = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
