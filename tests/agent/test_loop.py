@@ -436,6 +436,25 @@ def test_a_text_log_record_is_one_line_whatever_its_message_holds() -> None:
     assert lines[0].endswith("(reason=a\\nb)")
 
 
+def test_a_bug_s_traceback_in_a_text_log_begins_no_line_at_the_margin() -> None:
+    # A traceback spans lines (only a bug's does); the exception's message, raw in it,
+    # began a line that could pass for another record.
+    stream = io.StringIO()
+    logger = configure_logging("node-9", "text", stream=stream)
+    try:
+        try:
+            raise ValueError("x\n2026-01-01T00:00:00.000Z ERROR node=other forged")
+        except ValueError as exc:
+            logger.error("pass failed with an unexpected error", exc_info=exc)
+    finally:
+        configure_logging("node-9", "text", stream=io.StringIO())
+    first, *rest = stream.getvalue().splitlines()
+    assert first.endswith("ERROR node=node-9 pass failed with an unexpected error")
+    assert rest
+    assert [line for line in rest if not line.startswith("    ")] == []
+    assert "    2026-01-01T00:00:00.000Z ERROR node=other forged" in rest
+
+
 def test_the_library_s_warnings_are_agent_log_lines_too() -> None:
     # A backend's warning (nftables' foreign state read in part, a lock wait) came out
     # in the CLI's format: no node, another time format, and in text a line break in
