@@ -22,6 +22,7 @@ from k3snet.agent import (
     EVENT_TRIES,
     MESSAGE_LIMIT,
     NOT_READY_AFTER,
+    PATCH_RETRY_LIMIT,
     RESULT_ANNOTATION,
     STATUS_ANNOTATION,
     Agent,
@@ -534,6 +535,41 @@ def test_a_failed_event_is_retried_without_patching_the_node_again(
     reporter.report(NodeReport("failed", "apply: refused", None, 1, leader=False))
     assert _report_calls(server) == (2, EVENT_TRIES + 1)
     assert [e["reason"] for e in server.objects("v1/events")] == ["K3snetSyncFailed"]
+
+
+def test_a_failed_node_patch_is_tried_again_after_a_back_off_not_by_every_pass(
+    server: EmulatedApiServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A Node patch refused for good (no RBAC to patch Nodes: 403; a --node-name naming no
+    # Node: 404) was sent again, and warned about, by every pass: once a second on a node
+    # whose kube-proxy commits every second, from every node of the cluster.
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    server.fail(403, method="PATCH", plural="nodes", times=None)
+    ok = NodeReport("ok", "in sync: no changes", None, 1, leader=False)
+    for _ in range(60):  # 60 passes, a second apart
+        reporter.report(ok)
+        clock.now += 1
+    # Tried at t = 0, then 10 s and 20 s later (t = 10, 30), the next at t = 70.
+    assert _report_calls(server) == (3, 0)
+    assert len([r for r in caplog.records if "cannot report" in r.message]) == 3
+    for _ in range(3600):  # an hour: the back-off stops doubling at PATCH_RETRY_LIMIT
+        reporter.report(ok)
+        clock.now += 1
+    patches = _report_calls(server)[0]
+    assert patches <= 3 + 3600 / PATCH_RETRY_LIMIT + 4
+    # The RBAC fixed: a pass after the back-off writes the latest result, and its Event.
+    server.clear_faults()
+    failed = NodeReport("failed", "apply: refused", None, 1, leader=False)
+    reporter.report(failed)
+    clock.now += PATCH_RETRY_LIMIT
+    reporter.report(failed)
+    assert _report_calls(server) == (patches + 1, 1)
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    assert node["metadata"]["annotations"][STATUS_ANNOTATION] == "failed"
+    reporter.report(ok)  # and a change after a success is written at once
+    assert _report_calls(server)[0] == patches + 2
 
 
 def test_an_event_that_failed_once_is_created_on_a_later_pass(
