@@ -33,6 +33,7 @@ from k3snet.agent import (
     LeaseSettings,
     NodeReport,
     NodeReporter,
+    _main,
 )
 from k3snet.agent._report import event_name, shortened
 from k3snet.backends.calico import CalicoBackend
@@ -283,6 +284,36 @@ def test_a_node_that_is_no_candidate_never_writes_pools(
     assert len(memory.state.owned) == 4
     assert [p["metadata"]["name"] for p in server.objects(POOLS)] == ["default-ipv4-ippool"]
     assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
+    agent.shutdown()
+
+
+def test_a_candidacy_that_cannot_be_read_is_read_again_after_a_back_off_not_by_every_pass(
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
+) -> None:
+    # --lease-candidates reads the Node's labels; without the RBAC to get Nodes (403) every
+    # pass read them again: a GET a second from every node whose kube-proxy commits every
+    # second. Each pass still says why the cluster-wide part failed.
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    api = server.api_client()
+    server.fail(403, method="GET", plural="nodes", times=None)
+    agent = Agent(FileSpecSource(spec_path),
+                  lambda spec: BackendGroup([memory, CalicoBackend(api_client=api, api="crd")]),
+                  lambda spec, group: compile_for(group, spec), AgentOptions("node-a"),
+                  elector_factory=lambda on_change: (
+                      _Stepped(api, "node-a", SETTINGS, on_change=on_change, clock=clock)
+                      if _main._has_label(api, "node-a", "k3snet.io/lease-candidate") else None),
+                  monotonic=clock)
+    for _ in range(60):  # 60 passes, a second apart
+        result = agent.run_pass()
+        assert result.status == "failed"
+        assert "cluster-wide objects: api: read Node node-a: forbidden (403)" in result.message
+        assert agent.readiness()[0] is True  # the node's own part converged
+        clock.now += 1
+    reads = sum(1 for m, p, _ in server.requests() if m == "GET" and p.endswith("/nodes/node-a"))
+    assert reads == 3  # t = 0, 10 and 30 (the interval, 30 s, is the longest wait)
+    server.clear_faults()
+    clock.now += 30
+    assert agent.run_pass().status == "ok"  # no label: no candidate, and no failure
     agent.shutdown()
 
 
