@@ -51,6 +51,7 @@ __all__ = [
     "KubeApiError",
     "KubeErrors",
     "configmap_ref",
+    "label_selector_problem",
     "make_api_client",
     "name_problem",
     "retry_policy",
@@ -85,6 +86,31 @@ def name_problem(value: str, kind: str = "name") -> str | None:
     if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
         return (f"{value!r} is not a name: lower-case letters, digits, '-' and '.', at most "
                 "253 characters, a letter or digit at each end")
+    return None
+
+
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+def label_selector_problem(text: str) -> str | None:
+    """Why ``text`` is not ``KEY`` or ``KEY=VALUE`` with a label key and value the API
+    server accepts, as ``agent --lease-candidates`` takes it (``None``: it is).
+
+    A selector that can match no label (``key==value`` as kubectl writes it, ``key!=v``,
+    a set, a space) made every node no candidate: no node wrote the cluster-wide objects.
+
+    >>> label_selector_problem("node-role.kubernetes.io/control-plane") is None
+    True
+    >>> label_selector_problem("role==edge").split(":")[0]
+    "'role==edge' is not LABEL or LABEL=VALUE"
+    """
+    key, sep, value = text.partition("=")
+    prefix, slash, name = key.rpartition("/")
+    if (not _LABEL_NAME.fullmatch(name) or (slash and name_problem(prefix) is not None)
+            or (sep and value and not _LABEL_NAME.fullmatch(value))):
+        return (f"{text!r} is not LABEL or LABEL=VALUE: a label key ([PREFIX/]NAME, NAME at "
+                "most 63 letters, digits, '-', '_' or '.') and one '=' before a value of the "
+                "same (no '==', '!=', sets or spaces)")
     return None
 
 

@@ -19,7 +19,12 @@ from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import NodeReporter
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
 from k3snet.errors import BackendUnavailableError, ModelError, Problem, SpecError
-from k3snet.kube import DEFAULT_TIMEOUT, name_problem, object_ref_problem
+from k3snet.kube import (
+    DEFAULT_TIMEOUT,
+    label_selector_problem,
+    name_problem,
+    object_ref_problem,
+)
 
 __all__ = ["run_from_cli"]
 
@@ -91,6 +96,10 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
 
     source = _spec_source(args, api)
     settings = _lease_settings(args)
+    if args.lease_candidates:
+        problem = label_selector_problem(args.lease_candidates)
+        if problem is not None:  # the command line checks it too (exit 64); a library caller
+            raise ModelError(f"--lease-candidates {problem}")
     use_kube = not args.no_kube
     if use_kube and args.kubeconfig is None and args.spec_configmap is None:
         # A plain host (no kubeconfig, no service account, or no kubernetes client):
