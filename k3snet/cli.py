@@ -63,7 +63,7 @@ from k3snet.errors import (
     SpecError,
 )
 from k3snet.facts import FactsWatch, gather_facts
-from k3snet.kube import name_problem, object_ref_problem
+from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route
 from k3snet.model.state import State
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile
@@ -393,6 +393,7 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                        help="the Lease electing the writer of cluster-wide objects (default: "
                             "$K3SNET_NAMESPACE or kube-system / k3snet-cluster-writer)")
     agent.add_argument("--lease-candidates", metavar="LABEL[=VALUE]",
+                       type=_from_env("K3SNET_LEASE_CANDIDATES", _label_selector),
                        default=env("K3SNET_LEASE_CANDIDATES"),
                        help="only nodes with this label compete for the Lease (e.g. "
                             "node-role.kubernetes.io/control-plane); others never write "
@@ -680,6 +681,16 @@ def _object_ref(*, key: bool = False) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(problem)
         return text
     return parse
+
+
+def _label_selector(text: str) -> str:
+    """``--lease-candidates LABEL[=VALUE]``: a selector that can match a label, checked now
+    (one that matched none made no node a candidate, and nobody wrote the cluster-wide
+    objects)."""
+    problem = label_selector_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _backend_opt(text: str) -> str:

@@ -51,8 +51,10 @@ __all__ = [
     "KubeApiError",
     "KubeErrors",
     "configmap_ref",
+    "label_selector_problem",
     "make_api_client",
     "name_problem",
+    "retry_policy",
 ]
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -84,6 +86,31 @@ def name_problem(value: str, kind: str = "name") -> str | None:
     if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
         return (f"{value!r} is not a name: lower-case letters, digits, '-' and '.', at most "
                 "253 characters, a letter or digit at each end")
+    return None
+
+
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+def label_selector_problem(text: str) -> str | None:
+    """Why ``text`` is not ``KEY`` or ``KEY=VALUE`` with a label key and value the API
+    server accepts, as ``agent --lease-candidates`` takes it (``None``: it is).
+
+    A selector that can match no label (``key==value`` as kubectl writes it, ``key!=v``,
+    a set, a space) made every node no candidate: no node wrote the cluster-wide objects.
+
+    >>> label_selector_problem("node-role.kubernetes.io/control-plane") is None
+    True
+    >>> label_selector_problem("role==edge").split(":")[0]
+    "'role==edge' is not LABEL or LABEL=VALUE"
+    """
+    key, sep, value = text.partition("=")
+    prefix, slash, name = key.rpartition("/")
+    if (not _LABEL_NAME.fullmatch(name) or (slash and name_problem(prefix) is not None)
+            or (sep and value and not _LABEL_NAME.fullmatch(value))):
+        return (f"{text!r} is not LABEL or LABEL=VALUE: a label key ([PREFIX/]NAME, NAME at "
+                "most 63 letters, digits, '-', '_' or '.') and one '=' before a value of the "
+                "same (no '==', '!=', sets or spaces)")
     return None
 
 
@@ -217,18 +244,52 @@ def make_api_client(
             raise BackendOptionError(f"{name} must be text, got {value!r}")
     kubernetes = _kubernetes()
     config = kubernetes.config
+    configuration = kubernetes.client.Configuration()
     try:
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            configuration = kubernetes.client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            return kubernetes.client.ApiClient(configuration), True
-        return config.new_client_from_config(config_file=kubeconfig, context=context), True
+        else:  # as new_client_from_config does, into a configuration of ours
+            config.load_kube_config(config_file=kubeconfig, context=context,
+                                    client_configuration=configuration)
     except (config.ConfigException, OSError, TypeError, ValueError) as exc:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         raise BackendUnavailableError(
             f"no Kubernetes API to talk to: cannot load the kubeconfig {where} or the in-cluster "
             f"service account ({exc})"
         ) from exc
+    configuration.retries = retry_policy()
+    return kubernetes.client.ApiClient(configuration), True
+
+
+def retry_policy() -> Any:
+    """urllib3's retries for the clients :func:`make_api_client` makes: its default (3
+    more tries) for a connection refused or reset, none for a request that timed out.
+
+    urllib3 sends again a request whose connect or (for a GET) answer timed out, each try
+    waiting the whole request timeout: a read of an API server that accepts connections
+    and never answers (overloaded, a load balancer whose backend is gone), or a
+    black-holed address, took 4 x :data:`DEFAULT_TIMEOUT` (40 s). The agent's first pass
+    waited that long for its Node (``--lease-candidates``), each interval's pass for the
+    spec ConfigMap before converging the node, and the Lease's release on SIGTERM twice
+    that, past the pod's 30 s grace period. The caller tries again (the agent's next pass
+    or Lease step), within its own pace and back-off.
+    """
+    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    class NoRetryAfterTimeout(urllib3.util.Retry):
+        """Retry, except after a timeout (its error is raised at once)."""
+
+        def increment(self, method: str | None = None, url: str | None = None,
+                      response: Any = None, error: Exception | None = None,
+                      _pool: Any = None, _stacktrace: Any = None) -> Any:
+            # NewConnectionError (refused, unreachable: immediate) derives from
+            # ConnectTimeoutError in urllib3: it is still retried.
+            if isinstance(error, urllib3.exceptions.TimeoutError) and not isinstance(
+                    error, urllib3.exceptions.NewConnectionError):
+                raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    return NoRetryAfterTimeout(total=3)
 
 
 def _status_body(body: Any) -> tuple[str, str | None]:

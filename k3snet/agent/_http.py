@@ -1,10 +1,10 @@
 """``/healthz``, ``/readyz`` and ``/metrics``: a one-thread HTTP server no client can exhaust.
 
 The agent listens on the node's port (the DaemonSet uses the host network), which
-every pod of the node can reach. The standard library's threading server gives
-each connection a thread and waits on it for ever: 3 000 connections that sent
-half a request held 3 000 threads and 78 MiB, and kept them, so that any pod could
-walk the agent to its memory limit. This server instead:
+every pod of the cluster can reach, not only the node's. The standard library's
+threading server gives each connection a thread and waits on it for ever: 3 000
+connections that sent half a request held 3 000 threads and 78 MiB, and kept them,
+so that any pod could walk the agent to its memory limit. This server instead:
 
 * runs one thread and a selector, however many clients connect;
 * holds at most ``max_connections``; for one more, it first serves every request

@@ -52,7 +52,11 @@ class _TextFormatter(logging.Formatter):
         if fields:
             line += f" ({fields})"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # A bug's traceback spans lines, each indented: its exception's message (an
+            # API server's text, a name from the node) could otherwise begin a line at
+            # the margin that reads as another record.
+            line += "".join(f"\n    {each}" for each in
+                            self.formatException(record.exc_info).splitlines())
         return line
 
 

@@ -328,6 +328,10 @@ class Agent:
         self._stop_asked_at: float | None = None
         self._once = False
         self._not_candidate = False
+        # The elector factory's failures in a row (reading the Node's labels for
+        # --lease-candidates), the last one, and when it may be called again.
+        self._elector_failures = 0
+        self._elector_failure: tuple[K3snetError, float] | None = None
         # "node"/"cluster" -> (the desired state, the change tokens) of the last pass
         # that found nothing to do there: see _converge_one.
         self._synced: dict[str, tuple[State, tuple[Hashable | None, ...]]] = {}
@@ -732,7 +736,21 @@ class Agent:
         if self.elector is None:
             if self._not_candidate:
                 return False
-            self.elector = self._elector_factory(self._leadership_changed)
+            failed = self._elector_failure
+            if failed is not None and self._monotonic() < failed[1]:
+                # Said again without a request: called by every pass, a factory failing
+                # for good (the Node's labels unreadable: 403) was a GET a second from
+                # every node whose kube-proxy commits every second.
+                raise failed[0].with_traceback(None)
+            try:
+                self.elector = self._elector_factory(self._leadership_changed)
+            except K3snetError as exc:
+                self._elector_failures += 1
+                wait = min(max(self.options.interval, self.options.watch_gap),
+                           10.0 * 2.0 ** min(self._elector_failures - 1, 30))
+                self._elector_failure = (exc, self._monotonic() + wait)
+                raise
+            self._elector_failures, self._elector_failure = 0, None
             if self.elector is None:
                 self._not_candidate = True
                 _log.info("not a candidate for the Lease: cluster-wide objects are left to "
@@ -807,9 +825,12 @@ class Agent:
                  "leader": result.leader}
         if result.status != "failed":
             self._failed_in_row = 0
-            # "spec-refused" converged the node too, with the spec in force: a refused
-            # newer spec, or the leader's refused cluster-wide part, leaves the node's
-            # rules installed (a leader restarted with one must not stall a rollout).
+        if self._failed_in_row == 0:
+            # The node's part converged: "spec-refused" with the spec in force (a refused
+            # newer spec, or the leader's refused cluster-wide part), or "failed" by the
+            # leader's cluster-wide part alone (_failed counts only the node's failures).
+            # Either leaves the node's rules installed; a leader whose IPPool writes fail
+            # (503, no RBAC) was never ready, and a DaemonSet rollout stalled on its node.
             self.ready, self._unready = True, None
         elif self._failed_in_row >= NOT_READY_AFTER:
             # The node's part keeps failing (a conflict, a refused apply, the lock never

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from k3snet.agent._http import HealthServer, parse_listen
@@ -18,7 +19,12 @@ from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import NodeReporter
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
 from k3snet.errors import BackendUnavailableError, ModelError, Problem, SpecError
-from k3snet.kube import DEFAULT_TIMEOUT, name_problem, object_ref_problem
+from k3snet.kube import (
+    DEFAULT_TIMEOUT,
+    label_selector_problem,
+    name_problem,
+    object_ref_problem,
+)
 
 __all__ = ["run_from_cli"]
 
@@ -74,8 +80,8 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
                  desired: DesiredState) -> int:
     """Run the agent as ``k3snet agent`` was asked to; returns the exit status.
 
-    SIGTERM and SIGINT end the loop after the pass in progress; the rules stay
-    unless ``--cleanup-on-exit``; a held Lease is released.
+    SIGTERM, SIGINT and SIGHUP (unless ignored) end the loop after the pass in progress;
+    the rules stay unless ``--cleanup-on-exit``; a held Lease is released.
     """
     configure_logging(args.node_name, args.log_format, args.log_level)
     clients: list[Any] = []
@@ -90,6 +96,10 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
 
     source = _spec_source(args, api)
     settings = _lease_settings(args)
+    if args.lease_candidates:
+        problem = label_selector_problem(args.lease_candidates)
+        if problem is not None:  # the command line checks it too (exit 64); a library caller
+            raise ModelError(f"--lease-candidates {problem}")
     use_kube = not args.no_kube
     if use_kube and args.kubeconfig is None and args.spec_configmap is None:
         # A plain host (no kubeconfig, no service account, or no kubernetes client):
@@ -124,12 +134,10 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
                               metrics=metrics.exposition).start()
         logging.getLogger("k3snet.agent").info(
             "serving /healthz, /readyz and /metrics on %s", server.address)
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: agent.stop())
     log = logging.getLogger("k3snet.agent")
     try:
-        status = agent.run(once=args.once)
+        with _stop_on_signals(agent):
+            status = agent.run(once=args.once)
         if not args.once:
             log.info("stopped after %d pass(es); %s", agent.passes,
                      "removed what k3snet owned on this node" if agent.cleaned_up
@@ -140,3 +148,47 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
             server.stop()
         for client in clients:
             client.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(agent: Agent) -> Iterator[None]:
+    """Within the block, SIGTERM, SIGINT and SIGHUP (unless ignored: ``nohup``) call
+    ``agent.stop()``; the handlers found come back afterwards.
+
+    The handler itself only writes a byte to a pipe; a thread of its own reads it and
+    stops the agent. A Python handler runs in the main thread between two bytecodes,
+    where the loop may hold the lock of the Event ``stop()`` sets (in ``Event.wait``
+    before it blocks, or ``Event.clear``): calling ``stop()`` there waited on that lock
+    for ever, and the kubelet killed the agent, its Lease held. SIGHUP (the terminal or
+    SSH session of an agent run by hand went away) ended the process at once, mid-pass.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    endings = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        endings.append(signal.SIGHUP)
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+
+    def relay() -> None:
+        while os.read(read, 1):  # b"": the write end is closed, the block is over
+            agent.stop()
+
+    def handler(signum: int, frame: object) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: a stop is on its way already
+            os.write(write, b"\0")
+
+    thread = threading.Thread(target=relay, name="k3snet-agent-signals", daemon=True)
+    thread.start()
+    previous = {}
+    try:
+        for ending in endings:
+            previous[ending] = signal.signal(ending, handler)
+        yield
+    finally:
+        for ending, before in previous.items():
+            signal.signal(ending, before)
+        os.close(write)
+        thread.join()
+        os.close(read)

@@ -7,7 +7,15 @@ from typing import Any
 from k3snet.errors import BackendUnavailableError
 from k3snet.planner import Change
 
-__all__ = ["AgentMetrics"]
+__all__ = ["FAILURE_REASONS", "SPEC_REFUSAL_REASONS", "AgentMetrics"]
+
+FAILURE_REASONS = ("conflict", "teardown", "spec", "check", "apply", "api", "backend", "error",
+                   "internal")
+"""The ``reason`` labels of ``k3snet_agent_sync_failures_total`` and
+``k3snet_agent_cluster_sync_failures_total``."""
+
+SPEC_REFUSAL_REASONS = ("invalid", "teardown", "unreadable")
+"""The ``reason`` labels of ``k3snet_agent_spec_rejected_total``."""
 
 # Seconds: a no-op pass on a small node takes milliseconds, a first apply of
 # thousands of rules seconds.
@@ -84,6 +92,14 @@ class AgentMetrics:
             "1 once a pass has converged the node, 0 again after 3 passes in a row whose "
             "node part failed (what /readyz reports).",
             registry=r)
+        # Every reason's series from the start, at 0: a series born at its first failure
+        # has no earlier sample, so `increase(...[10m]) > 0` (the alert docs/agent.md
+        # gives) and rate() miss that failure.
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason=reason)
+            self.cluster_failures.labels(reason=reason)
+        for reason in SPEC_REFUSAL_REASONS:
+            self.spec_rejected.labels(reason=reason)
         self.repair_gap = p.Gauge(
             "k3snet_agent_repair_gap_seconds",
             "Seconds a pass started by a change waits after the previous pass started "

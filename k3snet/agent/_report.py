@@ -8,8 +8,10 @@ change of status also creates an Event on the Node (``kubectl describe node``
 lists it; Events expire after an hour, the annotation stays). An Event that
 cannot be created (no RBAC for Events: 403) is tried again on later passes
 without patching the Node again, after 10, 20, 40 and 80 s, then given up
-(:data:`EVENT_TRIES`). Like the kubelet's own, Events are rate-limited: a status that
-flips every pass creates :data:`EVENT_BURST` Events, then one per
+(:data:`EVENT_TRIES`). A Node patch that fails is tried again by a later pass, 10 s
+later, then twice as long after each further failure, up to :data:`PATCH_RETRY_LIMIT`
+(the latest result is the one tried). Like the kubelet's own, Events are rate-limited:
+a status that flips every pass creates :data:`EVENT_BURST` Events, then one per
 :data:`EVENT_INTERVAL` seconds (the annotation follows every change).
 
 The result's message is cut to :data:`MESSAGE_LIMIT` characters (an Event's to
@@ -34,8 +36,8 @@ import attrs
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
 
-__all__ = ["EVENT_BURST", "EVENT_INTERVAL", "EVENT_TRIES", "MESSAGE_LIMIT", "RESULT_ANNOTATION",
-           "STATUS_ANNOTATION", "NodeReport", "NodeReporter"]
+__all__ = ["EVENT_BURST", "EVENT_INTERVAL", "EVENT_TRIES", "MESSAGE_LIMIT", "PATCH_RETRY_LIMIT",
+           "RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport", "NodeReporter"]
 
 MESSAGE_LIMIT = 2048
 """Characters of a pass's message that the Node annotation carries."""
@@ -48,6 +50,10 @@ EVENT_BURST = 25
 
 EVENT_INTERVAL = 300.0
 """Seconds per further Event once the burst is spent (client-go's spam filter: 25, 5 min)."""
+
+PATCH_RETRY_LIMIT = 300.0
+"""Seconds at most between two tries of a Node patch that keeps failing (10 s after the
+first failure, doubled for each next one)."""
 
 _EVENT_LIMIT = 1024
 _EVENT_RETRY = 10.0  # seconds before the second try; doubled for each next one
@@ -120,6 +126,9 @@ class NodeReporter:
         self.timeout = timeout
         self._clock = clock
         self._last: NodeReport | None = None
+        # Node patches failed in a row, and when the next may be tried (see report).
+        self._patch_failures = 0
+        self._patch_due = 0.0
         # The Event of the last status change, not created yet: (the result, its time
         # stamp, tries made, when the next one is due).
         self._pending: tuple[NodeReport, str, int, float] | None = None
@@ -138,6 +147,12 @@ class NodeReporter:
         if result == self._last:
             self._retry_event()
             return
+        if self._clock() < self._patch_due:
+            # The last patch failed: tried again after a back-off, not on every pass. A
+            # Node patch refused for good (no RBAC: 403; a --node-name naming no Node: 404)
+            # was sent, and warned about, by every pass: once a second on a node whose
+            # kube-proxy commits every second, from every node of the cluster.
+            return
         previous, self._last = self._last, result
         stamp = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {"metadata": {"annotations": {
@@ -152,9 +167,14 @@ class NodeReporter:
                                       _content_type="application/merge-patch+json",
                                       _request_timeout=self.timeout)
         except KubeApiError as exc:
-            self._last = previous  # try again next pass
-            _log.warning("cannot report the result on the node: %s", exc)
+            self._last = previous  # try again on a pass once the back-off is over
+            self._patch_failures += 1
+            wait = min(PATCH_RETRY_LIMIT, _EVENT_RETRY * 2.0 ** min(self._patch_failures - 1, 30))
+            self._patch_due = self._clock() + wait
+            _log.warning("cannot report the result on the node (next try in %.0f s): %s",
+                         wait, exc)
             return
+        self._patch_failures = 0
         self.writes += 1
         if previous is None or previous.status != result.status:
             if not self._may_create_event():

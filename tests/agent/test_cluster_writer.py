@@ -21,6 +21,8 @@ from k3snet.agent import (
     EVENT_INTERVAL,
     EVENT_TRIES,
     MESSAGE_LIMIT,
+    NOT_READY_AFTER,
+    PATCH_RETRY_LIMIT,
     RESULT_ANNOTATION,
     STATUS_ANNOTATION,
     Agent,
@@ -31,6 +33,7 @@ from k3snet.agent import (
     LeaseSettings,
     NodeReport,
     NodeReporter,
+    _main,
 )
 from k3snet.agent._report import event_name, shortened
 from k3snet.backends.calico import CalicoBackend
@@ -284,6 +287,36 @@ def test_a_node_that_is_no_candidate_never_writes_pools(
     agent.shutdown()
 
 
+def test_a_candidacy_that_cannot_be_read_is_read_again_after_a_back_off_not_by_every_pass(
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
+) -> None:
+    # --lease-candidates reads the Node's labels; without the RBAC to get Nodes (403) every
+    # pass read them again: a GET a second from every node whose kube-proxy commits every
+    # second. Each pass still says why the cluster-wide part failed.
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    api = server.api_client()
+    server.fail(403, method="GET", plural="nodes", times=None)
+    agent = Agent(FileSpecSource(spec_path),
+                  lambda spec: BackendGroup([memory, CalicoBackend(api_client=api, api="crd")]),
+                  lambda spec, group: compile_for(group, spec), AgentOptions("node-a"),
+                  elector_factory=lambda on_change: (
+                      _Stepped(api, "node-a", SETTINGS, on_change=on_change, clock=clock)
+                      if _main._has_label(api, "node-a", "k3snet.io/lease-candidate") else None),
+                  monotonic=clock)
+    for _ in range(60):  # 60 passes, a second apart
+        result = agent.run_pass()
+        assert result.status == "failed"
+        assert "cluster-wide objects: api: read Node node-a: forbidden (403)" in result.message
+        assert agent.readiness()[0] is True  # the node's own part converged
+        clock.now += 1
+    reads = sum(1 for m, p, _ in server.requests() if m == "GET" and p.endswith("/nodes/node-a"))
+    assert reads == 3  # t = 0, 10 and 30 (the interval, 30 s, is the longest wait)
+    server.clear_faults()
+    clock.now += 30
+    assert agent.run_pass().status == "ok"  # no label: no candidate, and no failure
+    agent.shutdown()
+
+
 def test_a_pass_of_thousands_of_changes_is_reported_shortened_and_logged_whole(
         server: EmulatedApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spec_path = tmp_path / "spec.yaml"
@@ -358,7 +391,7 @@ def test_a_leader_whose_node_part_fails_still_writes_the_cluster_wide_objects(
     memory_a.faults.fail_at(0)
     assert a.run_pass().status == "failed"
     assert server.get(POOLS, name) is not None
-    assert _sample(a, "k3snet_agent_cluster_sync_failures_total", reason="api") is None
+    assert _sample(a, "k3snet_agent_cluster_sync_failures_total", reason="api") == 0
     a.shutdown()
 
 
@@ -535,6 +568,41 @@ def test_a_failed_event_is_retried_without_patching_the_node_again(
     assert [e["reason"] for e in server.objects("v1/events")] == ["K3snetSyncFailed"]
 
 
+def test_a_failed_node_patch_is_tried_again_after_a_back_off_not_by_every_pass(
+    server: EmulatedApiServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A Node patch refused for good (no RBAC to patch Nodes: 403; a --node-name naming no
+    # Node: 404) was sent again, and warned about, by every pass: once a second on a node
+    # whose kube-proxy commits every second, from every node of the cluster.
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    server.fail(403, method="PATCH", plural="nodes", times=None)
+    ok = NodeReport("ok", "in sync: no changes", None, 1, leader=False)
+    for _ in range(60):  # 60 passes, a second apart
+        reporter.report(ok)
+        clock.now += 1
+    # Tried at t = 0, then 10 s and 20 s later (t = 10, 30), the next at t = 70.
+    assert _report_calls(server) == (3, 0)
+    assert len([r for r in caplog.records if "cannot report" in r.message]) == 3
+    for _ in range(3600):  # an hour: the back-off stops doubling at PATCH_RETRY_LIMIT
+        reporter.report(ok)
+        clock.now += 1
+    patches = _report_calls(server)[0]
+    assert patches <= 3 + 3600 / PATCH_RETRY_LIMIT + 4
+    # The RBAC fixed: a pass after the back-off writes the latest result, and its Event.
+    server.clear_faults()
+    failed = NodeReport("failed", "apply: refused", None, 1, leader=False)
+    reporter.report(failed)
+    clock.now += PATCH_RETRY_LIMIT
+    reporter.report(failed)
+    assert _report_calls(server) == (patches + 1, 1)
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    assert node["metadata"]["annotations"][STATUS_ANNOTATION] == "failed"
+    reporter.report(ok)  # and a change after a success is written at once
+    assert _report_calls(server)[0] == patches + 2
+
+
 def test_an_event_that_failed_once_is_created_on_a_later_pass(
     server: EmulatedApiServer,
 ) -> None:
@@ -656,3 +724,44 @@ def test_a_restarted_leader_whose_cluster_wide_part_is_refused_is_ready(
     assert restarted.readiness()[0] is True
     assert _sample(restarted, "k3snet_agent_ready") == 1
     restarted.shutdown()
+
+
+def test_a_leader_whose_cluster_wide_part_fails_from_its_first_pass_is_ready(
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
+) -> None:
+    # /readyz says "the node's rules are installed"; the cluster-wide part never counts.
+    # A leader whose IPPool writes failed (503, 429, no RBAC for the pools) converged its
+    # node on every pass, but each pass ended "failed" and only a pass that did not fail
+    # made an agent ready: the leader's pod was never Ready, and the rollout stalled there.
+    server.fail(503, plural="ippools", times=None)
+    a, memory = _agent(server, "node-a", spec_path, clock)
+    for _ in range(NOT_READY_AFTER + 1):
+        result = a.run_pass()
+        assert (result.status, result.leader) == ("failed", True)
+        assert memory.state.owned  # the node's own objects are in force
+        assert a.readiness()[0] is True
+        assert _sample(a, "k3snet_agent_ready") == 1
+    a.shutdown()
+
+
+def test_an_unready_leader_whose_node_part_converges_again_is_ready_while_its_cluster_part_fails(
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
+) -> None:
+    # The node's part failed NOT_READY_AFTER passes in a row (not ready), then converged
+    # again while the cluster-wide part failed: the pass "failed", and the agent stayed
+    # not ready, naming a node failure long repaired.
+    a, memory = _agent(server, "node-a", spec_path, clock)
+    assert a.run_pass().status == "ok"
+    for _ in range(NOT_READY_AFTER):
+        memory._restore(memory.state.with_owned(o for o in memory.state.owned
+                                                if o.kind != "nat"))
+        memory.faults.fail_at(0)
+        assert a.run_pass().status == "failed"
+    assert a.readiness()[0] is False
+    server.fail(503, plural="ippools", times=None)
+    result = a.run_pass()
+    assert (result.status, result.leader, result.drift) == ("failed", True, 0)
+    assert [o for o in memory.state.owned if o.kind == "nat"]  # the node repaired
+    assert a.readiness() == (True, "ready: spec generation 1 in force")
+    assert _sample(a, "k3snet_agent_ready") == 1
+    a.shutdown()

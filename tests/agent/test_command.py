@@ -34,8 +34,12 @@ def _readyz(port: int) -> int:
         return exc.code
 
 
-@pytest.mark.parametrize("cleanup", [False, True])
-def test_sigterm_ends_the_loop_after_the_pass(tmp_path: Path, cleanup: bool) -> None:
+@pytest.mark.parametrize(("stop", "cleanup"), [(signal.SIGTERM, False), (signal.SIGTERM, True),
+                                               (signal.SIGHUP, False)])
+def test_sigterm_ends_the_loop_after_the_pass(tmp_path: Path, stop: signal.Signals,
+                                              cleanup: bool) -> None:
+    # SIGHUP (an agent run by hand, its terminal or SSH session gone) ended the process
+    # at once, whatever the pass was doing, its Lease held: it ends as SIGTERM does.
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     args = _k3snet("agent", "-f", str(spec), *BASE, "--listen", "127.0.0.1:0",
@@ -58,7 +62,7 @@ def test_sigterm_ends_the_loop_after_the_pass(tmp_path: Path, cleanup: bool) -> 
         while _readyz(port) != 200:
             assert time.monotonic() < deadline, "never ready"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         _, rest = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -132,3 +136,45 @@ def test_without_a_kubernetes_api_the_agent_still_converges_the_node(
     err = capsys.readouterr().err
     assert "no Kubernetes API: no node report, no Lease" in err
     assert "applied: 3 change(s)" in err
+
+
+# The agent's run, replaced: SIGTERM arrives while the loop holds the lock of its wake-up
+# Event (between taking it and waiting in Event.wait, or in Event.clear). The handler ran
+# agent.stop() there, whose Event.set() took the same lock: the main thread waited on
+# itself for ever, and the kubelet killed the agent 30 s later, its Lease held.
+_SIGNAL_WHILE_WAITING = """
+import os, signal, sys
+from k3snet.agent import Agent
+from k3snet.cli import main
+
+def run(self, *, once=False):
+    with self._wake._cond:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs here, the lock held
+            pass
+    return 0 if self._stopping.wait(60) else 3
+
+Agent.run = run
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_the_loop_holds_its_wake_up_lock_stops_the_agent(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    # A generous bound on a hang (the old code never ended), not a timing assertion.
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_WAITING, "agent", "-f", str(spec),
+                           *BASE, "--listen", "none"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_agent_puts_back_the_signal_handlers_it_found(tmp_path: Path) -> None:
+    # run_from_cli (a library caller's, `main(["agent", ...])` in a process that goes on)
+    # left SIGTERM, SIGINT and SIGHUP calling the stop of an agent that had ended: Ctrl-C
+    # no longer interrupted the process.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    assert main(["agent", "-f", str(spec), *BASE, "--once", "--listen", "none"]) == 0
+    assert {s: signal.getsignal(s) for s in before} == before

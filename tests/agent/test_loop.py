@@ -23,6 +23,7 @@ from k3snet.agent import (
     configure_logging,
     split_cluster_wide,
 )
+from k3snet.agent._metrics import FAILURE_REASONS, SPEC_REFUSAL_REASONS
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.lock import namespace_lock
 from k3snet.backends.memory import MemoryBackend
@@ -436,6 +437,25 @@ def test_a_text_log_record_is_one_line_whatever_its_message_holds() -> None:
     assert lines[0].endswith("(reason=a\\nb)")
 
 
+def test_a_bug_s_traceback_in_a_text_log_begins_no_line_at_the_margin() -> None:
+    # A traceback spans lines (only a bug's does); the exception's message, raw in it,
+    # began a line that could pass for another record.
+    stream = io.StringIO()
+    logger = configure_logging("node-9", "text", stream=stream)
+    try:
+        try:
+            raise ValueError("x\n2026-01-01T00:00:00.000Z ERROR node=other forged")
+        except ValueError as exc:
+            logger.error("pass failed with an unexpected error", exc_info=exc)
+    finally:
+        configure_logging("node-9", "text", stream=io.StringIO())
+    first, *rest = stream.getvalue().splitlines()
+    assert first.endswith("ERROR node=node-9 pass failed with an unexpected error")
+    assert rest
+    assert [line for line in rest if not line.startswith("    ")] == []
+    assert "    2026-01-01T00:00:00.000Z ERROR node=other forged" in rest
+
+
 def test_the_library_s_warnings_are_agent_log_lines_too() -> None:
     # A backend's warning (nftables' foreign state read in part, a lock wait) came out
     # in the CLI's format: no node, another time format, and in text a line break in
@@ -706,6 +726,20 @@ def test_a_change_after_a_quiet_pass_observed_is_found_by_the_next_pass(tmp_path
     assert sorted(map(str, memory.state.owned)) == want
 
 
+def test_every_failure_and_refusal_reason_is_exported_at_zero_before_the_first_one(
+        tmp_path: Path) -> None:
+    # A counter's series appeared with its first failure, at 1: with no earlier sample,
+    # `increase(k3snet_agent_cluster_sync_failures_total[10m]) > 0` (the alert the docs
+    # give) and rate() saw no increase, and missed that failure.
+    node = Node(tmp_path)
+    assert node.agent.run_pass().status == "ok"
+    for reason in FAILURE_REASONS:
+        assert node.sample("k3snet_agent_sync_failures_total", reason=reason) == 0
+        assert node.sample("k3snet_agent_cluster_sync_failures_total", reason=reason) == 0
+    for reason in SPEC_REFUSAL_REASONS:
+        assert node.sample("k3snet_agent_spec_rejected_total", reason=reason) == 0
+
+
 def test_every_failure_reason_the_agent_counts_is_documented() -> None:
     # docs/agent.md's metrics table listed the sync_failures_total reasons without
     # "error" (a k3snet error of no more specific kind): an alert or a dashboard built
@@ -728,6 +762,7 @@ def test_every_failure_reason_the_agent_counts_is_documented() -> None:
         ApplyError("x"), KubeApiError("x", status=500), BackendError("x"), ModelError("x"),
         K3snetError("x"), RuntimeError("x")]
     reasons = {_reason(failure) for failure in failures}
+    assert reasons == set(FAILURE_REASONS)  # each one's series is there from the start
     docs = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
     (row,) = [line for line in docs.splitlines()
               if line.startswith("| `k3snet_agent_sync_failures_total{reason}`")]

@@ -8,14 +8,17 @@ server (the real client's answers).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import ApplyError, BackendError
-from k3snet.kube import KubeApiError, KubeErrors
+from k3snet.kube import KubeApiError, KubeErrors, make_api_client, retry_policy
 from k3snet.testing.kube import EmulatedApiServer
 
 pytestmark = pytest.mark.cluster
@@ -197,3 +200,62 @@ def test_a_request_left_unanswered_is_a_timeout(api_server: EmulatedApiServer) -
                                            r"\(timed out") as info:
         _read(api_server, "x", timeout=0.3)
     assert (info.value.status, info.value.reason) == (None, "Timeout")
+
+
+def _kubeconfig(tmp_path: Path, port: int) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
+        "users: [{name: me, user: {}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: me}}]\n"
+        "current-context: c\n")
+    return path
+
+
+def test_a_client_k3snet_makes_sends_a_request_that_timed_out_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An API server that accepts connections and never answers: urllib3's default retries
+    # sent the read 4 times, each waiting the whole timeout, so the agent's "10 s" request
+    # took 40 s (the spec ConfigMap before each interval's node pass, the Lease's release
+    # on SIGTERM, past the pod's grace period). The kernel completes each connection into
+    # the listening socket's backlog: counting them needs no accept thread and no timing.
+    from kubernetes import client  # noqa: PLC0415 - optional dependency
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        api, owned = make_api_client(kubeconfig=str(_kubeconfig(tmp_path,
+                                                                silent.getsockname()[1])))
+        assert owned
+        try:
+            with pytest.raises(KubeApiError, match=r"no answer from the API server within 0\.2s"), \
+                    translate_errors("read ConfigMap kube-system/x",
+                                     classifier=KubeErrors(timeout=0.2)):
+                client.CoreV1Api(api).read_namespaced_config_map(
+                    "x", "kube-system", _request_timeout=0.2)
+        finally:
+            api.close()
+        silent.setblocking(False)
+        connections = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                connections.append(silent.accept()[0])
+        for each in connections:
+            each.close()
+    assert len(connections) == 1
+
+
+def test_the_retry_policy_retries_a_refused_connection_but_no_timeout() -> None:
+    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    policy = retry_policy()
+    refused = urllib3.exceptions.NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
+    assert policy.increment("PATCH", "/x", error=refused).total == 2
+    for timeout in (urllib3.exceptions.ConnectTimeoutError("connect timed out"),
+                    urllib3.exceptions.ReadTimeoutError(None, "/x", "read timed out")):  # type: ignore[arg-type]
+        with pytest.raises(urllib3.exceptions.MaxRetryError) as info:
+            policy.increment("GET", "/x", error=timeout)
+        assert info.value.reason is timeout
