@@ -20,6 +20,7 @@ reported with a readable form of the JSON.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from ipaddress import ip_address, ip_network
 from typing import Any, Final, Literal
@@ -39,7 +40,7 @@ from k3snet.doctor.packet import (
     trial_certain,
 )
 
-__all__ = ["Ruleset", "base_chains", "parse_ruleset"]
+__all__ = ["Ruleset", "base_chains", "maybe_dormant", "parse_ruleset"]
 
 _HOOKS: Final = frozenset({"prerouting", "forward", "postrouting"})
 _FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozenset({4, 6}),
@@ -52,6 +53,12 @@ _NEUTRAL: Final = frozenset({"counter", "log", "quota", "limit", "meter"})
 # Of those, the ones matching by rate or volume: ``over`` (``inv``) matches only beyond it.
 _RATED: Final = frozenset({"limit", "quota", "meter"})
 _MAX_DEPTH = 64
+#: The table flags nft names; a table's JSON ``flags`` of anything else were misprinted.
+_TABLE_FLAGS: Final = frozenset({"dormant", "owner", "persist"})
+#: A table's header in ``nft list ruleset``'s text (an owned table's ends in comments)
+#: and the flags line nft prints right under it.
+_TABLE_HEAD: Final = re.compile(r"table (\S+) (\S+) \{(?: #.*)?")
+_TABLE_FLAGS_LINE: Final = re.compile(r"\tflags ([a-z,]+)")
 #: Tables iptables-nft owns; evaluated from iptables-save when that is captured.
 IPTABLES_NFT_TABLES: Final = frozenset({"filter", "nat", "mangle", "raw", "security"})
 
@@ -85,11 +92,53 @@ class NftChain:
 @attrs.frozen
 class Ruleset:
     """The chains and named sets of a ruleset, keyed by (family, table, name), and the
-    tables' handles (the order they were created in), keyed by (family, name)."""
+    tables' handles (the order they were created in), keyed by (family, name).
+
+    ``flags`` holds the JSON ``flags`` of each table that has some, as it was printed;
+    ``listed`` every table in the JSON's order; ``text_flags`` each table's flags as the
+    ruleset's text says them (:meth:`with_text`), None when no text was read or it
+    does not list the JSON's tables.
+    """
 
     chains: dict[tuple[str, str, str], NftChain]
     sets: dict[tuple[str, str, str], list[Any]]
     tables: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    flags: dict[tuple[str, str], object] = attrs.field(factory=dict)
+    listed: tuple[tuple[str, str], ...] = ()
+    text_flags: dict[tuple[str, str], tuple[str, ...]] | None = None
+
+    def with_text(self, text: str) -> Ruleset:
+        """This ruleset with its tables' flags read from ``nft list ruleset``'s text
+        (``nft -t``): the ``flags`` line under each table's header. The text is taken
+        only when its header lines name exactly the JSON's tables, in order: a rule's
+        comment holding a line break cannot add a header, and with it a flags line."""
+        if not text.strip():
+            return self
+        lines = text.split("\n")
+        heads = [(i, found) for i, line in enumerate(lines)
+                 if (found := _TABLE_HEAD.fullmatch(line))]
+        if [(found[1], found[2]) for _, found in heads] != list(self.listed):
+            return self
+        flags = {}
+        for i, found in heads:
+            named = _TABLE_FLAGS_LINE.fullmatch(lines[i + 1]) if i + 1 < len(lines) else None
+            flags[(found[1], found[2])] = tuple(named[1].split(",")) if named else ()
+        return attrs.evolve(self, text_flags=flags)
+
+    def dormant(self, family: str, table: str) -> bool | None:
+        """Whether the table is dormant (``flags dormant``: none of its chains is hooked,
+        no packet sees them); None when it has flags that could not be read (libnftables
+        1.0.6 prints another string of its memory as a table's JSON flags, and no text
+        said them)."""
+        if (family, table) not in self.flags:
+            return False
+        value = self.flags[(family, table)]
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, list) and names and all(
+                isinstance(n, str) and n in _TABLE_FLAGS for n in names):
+            return "dormant" in names
+        said = self.text_flags.get((family, table)) if self.text_flags is not None else None
+        return "dormant" in said if said else None
 
     def order(self, family: str, table: str, chain: str) -> tuple[int, int] | None:
         """(table handle, chain handle) of a chain, None when not in the ruleset."""
@@ -105,6 +154,8 @@ def parse_ruleset(data: object) -> Ruleset:
     chains: dict[tuple[str, str, str], NftChain] = {}
     sets: dict[tuple[str, str, str], list[Any]] = {}
     tables: dict[tuple[str, str], int] = {}
+    flags: dict[tuple[str, str], object] = {}
+    listed: list[tuple[str, str]] = []
     items = data.get("nftables", []) if isinstance(data, Mapping) else []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, Mapping):
@@ -112,8 +163,11 @@ def parse_ruleset(data: object) -> Ruleset:
         if "table" in item:
             t = item["table"]
             handle = t.get("handle")
+            listed.append((t["family"], t["name"]))
             if isinstance(handle, int):
                 tables[(t["family"], t["name"])] = handle
+            if "flags" in t:
+                flags[(t["family"], t["name"])] = t["flags"]
         elif "chain" in item:
             c = item["chain"]
             key = (c["family"], c["table"], c["name"])
@@ -131,7 +185,7 @@ def parse_ruleset(data: object) -> Ruleset:
         elif "set" in item or "map" in item:
             s = item.get("set") or item.get("map") or {}
             sets[(s["family"], s["table"], s["name"])] = list(s.get("elem", []))
-    return Ruleset(chains, sets, tables)
+    return Ruleset(chains, sets, tables, flags, tuple(listed))
 
 
 def _devices(value: object) -> tuple[str, ...] | None:
@@ -679,18 +733,42 @@ def base_chains(ruleset: Ruleset, *,
     for chain in ruleset.chains.values():
         if chain.family not in _FAMILIES:
             continue
+        dormant = ruleset.dormant(chain.family, chain.table)
+        if dormant:
+            continue  # unhooked: the kernel runs no packet through its chains
         if chain.hook in _DEVICE_HOOKS and chain.family in ("netdev", "inet"):
-            chains.append(_device_chain(chain, ruleset))
+            found = _device_chain(chain, ruleset)
+        elif (chain.hook not in _HOOKS or chain.family == "netdev"
+              or (chain.family, chain.table, chain.name) in read_from_save
+              or (chain.family, chain.table, None) in read_from_save):
             continue
-        if chain.hook not in _HOOKS or chain.family == "netdev":
-            continue
-        if ((chain.family, chain.table, chain.name) in read_from_save
-                or (chain.family, chain.table, None) in read_from_save):
-            continue
-        kind: Literal["filter", "nat"] = "nat" if chain.kind == "nat" else "filter"
-        hook: Hook = chain.hook  # type: ignore[assignment]
-        chains.append(BaseChain(f"nft {chain.family} {chain.table} {chain.name}", hook,
-                                chain.priority, kind, _FAMILIES[chain.family],
-                                _evaluator(chain, ruleset),
-                                ruleset.order(chain.family, chain.table, chain.name)))
+        else:
+            kind: Literal["filter", "nat"] = "nat" if chain.kind == "nat" else "filter"
+            hook: Hook = chain.hook  # type: ignore[assignment]
+            found = BaseChain(f"nft {chain.family} {chain.table} {chain.name}", hook,
+                              chain.priority, kind, _FAMILIES[chain.family],
+                              _evaluator(chain, ruleset),
+                              ruleset.order(chain.family, chain.table, chain.name))
+        chains.append(maybe_dormant(found, chain.family, chain.table)
+                      if dormant is None else found)
     return chains
+
+
+def maybe_dormant(chain: BaseChain, family: str, table: str) -> BaseChain:
+    """``chain`` of a table that may be dormant (flags that could not be read): what it
+    decides is uncertain, but for an accept that changes nothing (what an unhooked
+    chain amounts to)."""
+    run = chain.evaluate
+
+    def evaluate(packet: Packet) -> ChainResult:
+        result = run(packet)
+        if (result.verdict == "accept" and result.mark == packet.mark
+                and result.untracked is None):
+            return result
+        effect = "accept" if result.mark == packet.mark and result.untracked is None else (
+            "unknown")
+        return attrs.evolve(result, unknowns=(*result.unknowns, Uncertain(
+            f"nft table {family} {table}", "its flags could not be read (libnftables 1.0.6 "
+            "prints them wrong in JSON, and no ruleset text said them): if it is dormant, "
+            "none of its chains sees the packet", effect)))
+    return attrs.evolve(chain, evaluate=evaluate)

@@ -63,6 +63,12 @@ def _read_from_save(text: str, tables: Mapping[str, Any], family: int
     return found
 
 
+def _maybe_dormant(chain: BaseChain, dormant: bool | None, family: str) -> BaseChain:
+    """An iptables-nft ``chain`` whose nftables table may be dormant (None) made uncertain."""
+    table = chain.where.split()[-2]
+    return nftables.maybe_dormant(chain, family, table) if dormant is None else chain
+
+
 @attrs.frozen
 class NodeState:
     """The parsed state of one node (see the module docstring)."""
@@ -97,7 +103,8 @@ class NodeState:
         has_nft_save = False
         read_from_save: set[tuple[str, str, str | None]] = set()
         data = capture.json("nft-ruleset.json")
-        ruleset = nftables.parse_ruleset(data) if data is not None else None
+        ruleset = (nftables.parse_ruleset(data).with_text(capture.text("nft-ruleset.txt"))
+                   if data is not None else None)
         for flavour in ("nft", "legacy"):
             for family in (4, 6):
                 name = f"iptables-{flavour}-v{family}.save"
@@ -110,18 +117,25 @@ class NodeState:
                 if flavour == "nft":  # what nft's own view then leaves to this text
                     read_from_save |= _read_from_save(text, tables, family)
                 if flavour == "nft" and ruleset is not None:
-                    # iptables-nft's chains are nftables chains: their handles say when.
+                    # iptables-nft's chains are nftables chains: their handles say when,
+                    # and a dormant table's are hooked nowhere (iptables-save still
+                    # prints them).
                     fam = "ip" if family == 4 else "ip6"
-                    found = [attrs.evolve(c, order=ruleset.order(fam, *c.where.split()[-2:]))
-                             for c in found]
+                    found = [_maybe_dormant(
+                        attrs.evolve(c, order=ruleset.order(fam, *c.where.split()[-2:])),
+                        ruleset.dormant(fam, c.where.split()[-2]), fam)
+                        for c in found if not ruleset.dormant(fam, c.where.split()[-2])]
                 chains += found
                 sources.append(f"{name}: {len(found)} base chain(s)")
         if ruleset is not None:
             found = nftables.base_chains(ruleset, read_from_save=read_from_save)
             chains += found
+            dormant = [f"{f} {t}" for f, t in ruleset.listed if ruleset.dormant(f, t)]
             sources.append(f"nft-ruleset.json: {len(found)} base chain(s)"
                            + (" (iptables-nft tables read from iptables-save)"
-                              if has_nft_save else ""))
+                              if has_nft_save else "")
+                           + (f"; dormant tables, hooked nowhere: {', '.join(dormant)}"
+                              if dormant else ""))
         cidrs = []
         for match in _FLANNEL_NETWORK.finditer(capture.text("flannel-subnet.env")):
             cidrs.append(ip_network(match["cidr"], strict=False))
