@@ -423,7 +423,9 @@ class _Tracer:
     def rp_filter(self, packet: Packet, oif: str) -> bool:
         """Reverse-path filtering of ``packet`` on its input interface; False if dropped.
 
-        The reverse lookup uses mark 0 (``src_valid_mark`` is off by default).
+        The reverse lookup uses mark 0, or the packet's mark where ``src_valid_mark``
+        is set (on ``all`` or the input interface: the kernel takes either,
+        ``IN_DEV_SRC_VMARK``), so ``fwmark`` policy rules see the mark prerouting gave.
         """
         if packet.family != 4 or packet.iif is None:
             return True
@@ -432,14 +434,19 @@ class _Tracer:
         mode = max(self.state.sysctl(n) for n in names)
         if mode == 0:
             return True
+        valid_mark = any(self.state.sysctl(f"net.ipv4.conf.{n}.src_valid_mark")
+                         for n in ("all", iface))
+        mark = packet.mark if valid_mark else 0
         fam = packet.family
         passed, back = rp_filter_check(
             self.state.routes[fam], self.state.rules[fam], self.state.addresses,
-            src=packet.src, dst=packet.dst, iif=packet.iif, mode=mode, oif=oif, mark=0,
+            src=packet.src, dst=packet.dst, iif=packet.iif, mode=mode, oif=oif, mark=mark,
             ignore_linkdown=self.state.linkdown_ignored(fam))
         kind = "strict" if mode == 1 else "loose"
         where = f"rp_filter={mode} ({kind}) on {packet.iif}"
-        detail = f"the route back to {packet.src} is {back.describe()}"
+        marked = (f" (src_valid_mark: looked up with the packet's mark "
+                  f"{'unknown' if mark is None else hex(mark)})" if valid_mark else "")
+        detail = f"the route back to {packet.src} is {back.describe()}{marked}"
         direction: Direction = packet.direction
         if passed is None:
             self.add(direction, "rp_filter", "unknown", where, detail, certain=False)
