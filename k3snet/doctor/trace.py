@@ -293,6 +293,8 @@ class _Tracer:
     randoms: int = 0
     random_taken: bool = False
     untracked: bool = False
+    route_mark: int | None = 0
+    """The mark the flow's first packet was routed with (after prerouting)."""
 
     def add(self, direction: Direction, stage: str, outcome: Outcome,  # noqa: PLR0917 - a Step
             where: str, detail: str,
@@ -552,6 +554,7 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
               + (" (a Service endpoint picked at random: each is traced)"
                  if t.randoms else ""))
     route = t.routing(packet)
+    t.route_mark = packet.mark
     multipath = ""
     if route.route is not None and route.route.nexthops:
         # The kernel hashes each flow onto one nexthop: each is a branch, all traced.
@@ -749,7 +752,8 @@ def _onward(t: _Tracer, found: dict[str, Any]) -> None:
     same prerouting, forward and postrouting chains. A rule accepting only ``NEW``
     packets from pods (or one dropping the ``SNAT`` state) lets the first packet through
     and the rest not: the connection fails all the same. Only what stops or may stop
-    them is recorded (the route, forwarding and ``rp_filter`` are the first packet's).
+    them is recorded (the route, forwarding and ``rp_filter`` are the first packet's,
+    unless prerouting marked them otherwise: :func:`_onward_route`).
     """
     flow, fam = t.flow, t.flow.family
     seen, dnat = found["source_seen"], found.get("dnat")
@@ -762,10 +766,11 @@ def _onward(t: _Tracer, found: dict[str, Any]) -> None:
     start, randoms, random_taken = len(t.steps), t.randoms, t.random_taken
     packet, _, dropped = t.hook(packet, "prerouting", first=False,
                                 at_nat=lambda p, _: _dnat_to(p, dnat))
-    if not dropped:
-        packet = attrs.evolve(packet, oif=found["egress"])
+    oif = None if dropped else _onward_route(t, found, packet)
+    if oif is not None:
+        packet = attrs.evolve(packet, oif=oif)
         packet, _, dropped = t.hook(packet, "forward", first=False)
-    if not dropped:
+    if oif is not None and not dropped:
         t.hook(packet, "postrouting", first=False,
                at_nat=lambda p, _: attrs.evolve(p, src=seen))
     # A random branch of these chains is the first packet's (the same ``pick``).
@@ -777,6 +782,49 @@ def _onward(t: _Tracer, found: dict[str, Any]) -> None:
                                          and (s.where, s.detail) not in before)]
     t.steps[start:] = onward
     t.uncertain = any(not s.certain for s in t.steps)
+
+
+def _onward_route(t: _Tracer, found: dict[str, Any], packet: Packet) -> str | None:
+    """The interface the connection's next packets leave by (None: they do not leave).
+
+    Routed as the first packet was, unless prerouting marked them otherwise (a rule that
+    marks only ``new`` packets for a ``fwmark`` policy rule): they are then routed on
+    their own mark, and may find no route, or leave by another interface, where the
+    kernel drops a masqueraded connection's packets (``nf_nat_oif_changed``: its
+    masquerade holds the interface it was made on) and kills the connection.
+    """
+    egress: str = found["egress"]
+    if packet.mark == t.route_mark:
+        return egress
+    route = t.routing(packet)
+    if route.route is not None and route.route.nexthops:  # the first packet's nexthop
+        route = attrs.evolve(route, route=route.route.via(
+            min(t.pick, len(route.route.nexthops) - 1)))
+    where = f"table {table_name(route.route.table)}" if route.route else "routing"
+    first = "unknown" if t.route_mark is None else hex(t.route_mark)
+    mark = "unknown" if packet.mark is None else hex(packet.mark)
+    why = (f"marked {mark} in prerouting where the first packet was marked {first}, they "
+           f"are routed {route.describe()}")
+    device = route.route.device if route.route is not None else None
+    if route.type == "unknown" or (route.type == "unicast" and device is None):
+        t.add("original", "routing", "unknown", where, why, "route-unknown", certain=False)
+        return egress
+    if not route.ok or route.type == "local" or device is None:
+        t.add("original", "routing", "drop", where,
+              f"{why}: they do not leave the node, though the first packet did",
+              "onward-route")
+        return None
+    nat: NatAction | None = found.get("nat")
+    if device != egress and nat is not None and nat.kind == "masquerade":
+        t.add("original", "routing", "drop", where,
+              f"{why}: they leave by {device}, not {egress} where the connection was "
+              "masqueraded, and conntrack drops a masqueraded connection's packets that "
+              "leave by another interface", "onward-route")
+        return None
+    if device != egress and not (t.rp_filter(packet, device)
+                                 and t.link_up(device)):
+        return None
+    return device
 
 
 def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,
