@@ -7,7 +7,7 @@ values at their fixed priorities. Matches understood: ``-s``/``-d``/``-i``/``-o`
 (with ``!``, ``+`` wildcards), ``--sport``/``--dport``, ``multiport``,
 ``conntrack``/``state`` ``--ctstate``, ``comment``, ``mark``, ``addrtype``,
 ``statistic --mode random`` (a random branch: :attr:`Packet.pick` says which one
-is followed). Targets: ``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, gotos,
+is followed), ``rpfilter``. Targets: ``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, gotos,
 ``MASQUERADE``, ``SNAT``, ``DNAT``, ``MARK``, and the non-terminating ones (``LOG``
 ...). Anything else makes the rule *unknown*, reported with its text.
 """
@@ -179,9 +179,16 @@ def _rule_from_words(text: str, words: list[str]) -> Rule:
             break
         if word in ("-m", "--match"):
             module = words[i + 1]
-            if module not in _MODULES:
+            if module == "rpfilter":
+                rpfilter: set[str] = set()  # its options, read below
+                matches.append(("-m rpfilter", _rpfilter(rpfilter)))
+            elif module not in _MODULES:
                 matches.append((f"-m {module}", _unknown))
             i += 2
+            continue
+        if module == "rpfilter" and word in _RPFILTER_OPTIONS and not negate:
+            rpfilter.add(word)
+            i += 1
             continue
         arg = words[i + 1] if i + 1 < len(words) else ""
         if module == "statistic" and word == "--mode" and arg == "random" and not negate:
@@ -210,6 +217,37 @@ def _rule_from_words(text: str, words: list[str]) -> Rule:
 
 _MODULES: Final = frozenset({"tcp", "udp", "multiport", "conntrack", "state", "comment",
                              "mark", "addrtype", "icmp", "icmp6", "set", "statistic"})
+
+
+_RPFILTER_OPTIONS: Final = frozenset({"--loose", "--validmark", "--accept-local", "--invert"})
+
+
+def _rpfilter(options: set[str]) -> Matcher:
+    """``-m rpfilter`` (``xt_rpfilter``): the route back to the source (looked up from
+    the loopback, with the packet's mark under ``--validmark``) is unicast and leaves by
+    the input interface (any nexthop of an IPv4 multipath route), or only exists under
+    ``--loose``; a local one passes under ``--accept-local``; ``--invert`` negates it.
+    Calico's raw table drops what fails it from its workloads."""
+    def match(packet: Packet) -> Tri:
+        mark = packet.mark if "--validmark" in options else 0
+        if packet.fib is None or mark is None:
+            return None
+        if packet.iif == "lo":
+            return "--invert" not in options  # looped back: always passes
+        back = packet.fib.reverse(packet.src, packet.dst, mark=mark)
+        if back.type == "unknown":
+            return None
+        if back.type == "local":
+            passed = "--accept-local" in options
+        elif back.type != "unicast" or back.route is None:
+            passed = False
+        else:
+            devices = {back.route.device, *(device for _, device in back.route.nexthops)}
+            if packet.family == 6 and len(devices) > 1 and packet.iif in devices:
+                return None  # IPv6 hashes the flow onto one path, not followed here
+            passed = "--loose" in options or packet.iif in devices
+        return passed != ("--invert" in options)
+    return match
 
 
 def _unknown(_packet: Packet) -> Tri:

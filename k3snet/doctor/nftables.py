@@ -13,7 +13,8 @@ run on its devices only. Understood: matches on ``ip``/``ip6``
 ``numgen random`` as a random branch: :attr:`Packet.pick` says which one is
 followed); ``masquerade``, ``snat``, ``dnat``, ``meta mark set`` (with ``or``,
 ``and``, ``xor`` of the mark); ``limit``/``quota``/``meter`` with the flow
-under every rate (``over`` does not match). Any other expression makes its rule *unknown*,
+under every rate (``over`` does not match); ``fib daddr type`` and ``fib saddr ...
+oif``/``oifname`` (the route back to the source). Any other expression makes its rule *unknown*,
 reported with a readable form of the JSON.
 """
 
@@ -425,7 +426,65 @@ def _literal(right: Any, like: Any) -> Any:
         raise _Unknown from exc
 
 
+def _fib(packet: Packet, fib: Mapping[str, Any]) -> str | None:
+    """What ``fib`` gives ``packet``: ``fib daddr type`` the destination's address type;
+    ``fib saddr [. mark] [. iif] oif`` (``oifname``) the interface the route back to the
+    source leaves by, with ``iif`` only when that is the input interface (any nexthop of
+    an IPv4 multipath route will do), None when there is none ("missing"): the
+    reverse-path check firewalld and others make (``nft_fib4_eval``, ``nft_fib6_eval``)."""
+    result, flags = fib.get("result"), fib.get("flags")
+    flags = {flags} if isinstance(flags, str) else set(flags) if isinstance(flags, list) else None
+    if packet.fib is None or flags is None:
+        raise _Unknown
+    if result == "type" and flags == {"daddr"}:
+        return packet.fib.address_type(packet.dst)
+    if result not in ("oif", "oifname") or "saddr" not in flags or not flags <= {
+            "saddr", "mark", "iif"}:
+        raise _Unknown
+    if "iif" in flags and packet.oif is not None:
+        raise _Unknown  # in forward, which interface the lookup takes depends on the kernel
+    mark = packet.mark if "mark" in flags else 0
+    if mark is None:
+        raise _Unknown
+    back = packet.fib.reverse(packet.src, packet.dst, mark=mark)
+    if back.type == "unknown":
+        raise _Unknown
+    if back.type != "unicast" or back.route is None:
+        return None
+    if "iif" not in flags:
+        return back.route.device
+    devices = {back.route.device, *(device for _, device in back.route.nexthops)}
+    if packet.iif not in devices:
+        return None
+    if packet.family == 6 and len(devices) > 1:
+        raise _Unknown  # IPv6 hashes the flow onto one path, which is not followed here
+    return packet.iif
+
+
+def _fib_match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,
+               chain: NftChain) -> bool:
+    """A match on ``fib``: ``oif missing`` / ``exists`` (false / true), or a value."""
+    fib, op, right = match["left"]["fib"], match.get("op", "=="), match.get("right")
+    if not isinstance(fib, Mapping):
+        raise _Unknown
+    value = _fib(packet, fib)
+    if isinstance(right, bool) and fib.get("result") in ("oif", "oifname"):
+        inside = (value is not None) == right
+    elif value is None:
+        raise _Unknown  # the index 0 or an empty name, as nft stores "missing"
+    else:
+        inside = _contains(right, value, ruleset, chain.family, chain.table)
+    if op == "!=":
+        return not inside
+    if op in ("==", "in"):
+        return inside
+    raise _Unknown
+
+
 def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset, chain: NftChain) -> bool:
+    left = match.get("left")
+    if isinstance(left, Mapping) and "fib" in left:
+        return _fib_match(packet, match, ruleset, chain)
     value = _field(packet, match.get("left"))
     if value is _NoMatch:
         return False

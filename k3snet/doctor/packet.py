@@ -19,6 +19,8 @@ from typing import Literal
 
 import attrs
 
+from k3snet.doctor.routing import Fib
+
 __all__ = [
     "EPHEMERAL_PORTS",
     "MAX_RULE_VISITS",
@@ -88,7 +90,9 @@ class Packet:
     members of the ipsets the doctor knows (Calico's pool sets, from its IP pools).
     ``nat`` is what conntrack says its connection's translation is (``--ctstate
     SNAT``/``DNAT``): ``dnat`` once its destination was translated, ``snat`` once its
-    source was, for the rest of the connection's packets, replies included.
+    source was, for the rest of the connection's packets, replies included. ``fib`` is
+    the node's routing of the packet's family, for what looks a route up (nftables
+    ``fib``, iptables ``-m rpfilter``; None: not known, those rules are unknown).
     """
 
     family: Literal[4, 6]
@@ -106,6 +110,7 @@ class Packet:
     ipsets: Mapping[str, tuple[IPNetwork, ...]] = attrs.field(factory=dict)
     pick: int = 0
     nat: frozenset[str] = frozenset()
+    fib: Fib | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def proto_number(self) -> int:

@@ -21,6 +21,7 @@ import attrs
 
 __all__ = [
     "Address",
+    "Fib",
     "Lookup",
     "RouteEntry",
     "RuleEntry",
@@ -533,6 +534,38 @@ def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddr
             continue
         return Lookup(best.type, best, rule, (*candidates, *found[1:]))
     return Lookup("none", candidates=tuple(candidates), reason=f"no route to {dst}")
+
+
+@attrs.frozen
+class Fib:
+    """One family's routing as netfilter's ``fib`` expression (nftables) and the
+    ``rpfilter`` match (iptables) look it up: ``nft_fib``, ``xt_rpfilter``."""
+
+    routes: tuple[RouteEntry, ...]
+    rules: tuple[RuleEntry, ...]
+    local: frozenset[IPAddress]
+
+    def reverse(self, src: IPAddress, dst: IPAddress, *, mark: int | None) -> Lookup:
+        """The route back to ``src`` for a packet ``src -> dst`` (``fib saddr``,
+        ``rpfilter``): looked up from ``dst`` as the loopback's (no ``iif`` rule sees the
+        packet's interface), with ``mark`` (0 unless the rule asks for the packet's),
+        linkdown routes kept (``FIB_LOOKUP_IGNORE_LINKSTATE``)."""
+        return lookup(self.routes, self.rules, src, src=dst, iif="lo", mark=mark)
+
+    def address_type(self, address: IPAddress) -> str:
+        """``fib daddr type``: ``local``, ``broadcast`` or ``multicast`` as the node's local
+        table says (``inet_dev_addr_type``; IPv6: its addresses), else ``unicast``."""
+        if address.is_multicast:
+            return "multicast"
+        if address in self.local:
+            return "local"
+        if address.version == 4:
+            if address == IPv4Address("255.255.255.255"):
+                return "broadcast"
+            found = _table_lookup(self.routes, 255, address, None)
+            if found and found[0].type in ("local", "broadcast"):
+                return found[0].type
+        return "unicast"
 
 
 def rp_filter_check(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry],

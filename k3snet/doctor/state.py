@@ -25,6 +25,7 @@ from k3snet.doctor.bundle import FILES, NOT_INSTALLED, BundleError, NodeCapture
 from k3snet.doctor.packet import BaseChain
 from k3snet.doctor.routing import (
     Address,
+    Fib,
     RouteEntry,
     RuleEntry,
     parse_addresses,
@@ -210,6 +211,11 @@ class NodeState:
         devices -= {"all", "default"}
         return frozenset(d for d in devices if every or self.sysctl(
             f"{prefix}{d.replace('.', '/')}{suffix}") == 1)
+
+    def fib(self, family: int) -> Fib:
+        """The node's routing of ``family`` as netfilter's route lookups see it."""
+        return Fib(self.routes.get(family, ()), self.rules.get(family, ()),
+                   frozenset(a.address for a in self.addresses if a.address.version == family))
 
     def local_addresses(self) -> frozenset[object]:
         """Every address of the node."""

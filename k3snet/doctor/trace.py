@@ -333,7 +333,7 @@ class _Tracer:
                 # nat chains see only a connection's first packet, until one NATs, and
                 # never a packet conntrack does not track (nf_nat_inet_fn finds no entry).
                 continue
-            seen = attrs.evolve(packet, pick=self.pick)
+            seen = attrs.evolve(packet, pick=self.pick, fib=self.state.fib(packet.family))
             if (hook == "prerouting" and chain.priority < _CONNTRACK_PRIORITY
                     and packet.ctstate != "untracked"):
                 # Conntrack has not taken the packet in yet: ``ct state`` / ``--ctstate``

@@ -407,10 +407,10 @@ def test_an_unknown_rule_that_returns_makes_the_verdict_unknown() -> None:
                     "-A FW -s 10.42.0.0/16 -j DROP\nCOMMIT\n")
     state = _state(**{"iptables-nft-v4.save": filter_table + K3S_NAT})
     assert trace(state, FLOW).verdict is Verdict.UNKNOWN
-    fib = {"fib": {"flags": ["daddr"], "result": "type"}}
+    ct_mark = {"ct": {"key": "mark"}}  # the connection's mark: not followed
     ruleset = _nft(_chain("fw", "fwd", "forward", 0), _chain("fw", "check"),
                    _rule("fw", "fwd", {"jump": {"target": "check"}}),
-                   _rule("fw", "check", _match(fib, "unicast"), {"return": None}),
+                   _rule("fw", "check", _match(ct_mark, 1), {"return": None}),
                    _rule("fw", "check", _match(SADDR, {"prefix": {"addr": "10.42.0.0",
                                                                   "len": 16}}), {"drop": None}),
                    *MASQ_NFT)
@@ -429,8 +429,7 @@ def test_an_unknown_jump_to_a_chain_with_an_unknown_drop_makes_the_verdict_unkno
     ruleset = _nft(_chain("fw", "fwd", "forward", 0), _chain("fw", "bl"),
                    _rule("fw", "fwd", _match({"fib": {"flags": ["saddr"], "result": "type"}},
                                              "unicast"), {"jump": {"target": "bl"}}),
-                   _rule("fw", "bl", _match({"fib": {"flags": ["daddr"], "result": "type"}},
-                                            "unicast"), {"drop": None}),
+                   _rule("fw", "bl", _match({"ct": {"key": "mark"}}, 1), {"drop": None}),
                    *MASQ_NFT)
     assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.UNKNOWN
 
@@ -530,3 +529,4 @@ def test_ipv6_masquerade_never_picks_a_tentative_address_and_avoids_deprecated_o
     picked = masquerade_source(addresses, "eth0", ip_address("fd01:1::1"),
                                ip_address("fd01:2::10"))
     assert str(picked) == "fd01:1::5"
+
