@@ -61,9 +61,12 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
 #: Files a capture takes besides :data:`FILES` that the trace can do without (a bundle
 #: captured before they were read has none, and is no less complete for it):
 #: ``nft-ruleset.txt``, the ruleset's text without set elements, says each table's flags
-#: (``dormant``: its chains are unhooked), which libnftables 1.0.6 prints wrong in JSON.
+#: (``dormant``: its chains are unhooked), which libnftables 1.0.6 prints wrong in JSON;
+#: ``nexthops.json``, the nexthop objects routes name by ``nhid`` alone when
+#: ``net.ipv4.nexthop_compat_mode`` is 0 (a kernel without them fails the command: no gap).
 AUX_FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "nft-ruleset.txt": ("nft", "-t", "list", "ruleset"),
+    "nexthops.json": ("ip", "-j", "nexthop", "show"),
 })
 
 #: CNI files read when present (flannel's view of the cluster CIDR).
@@ -198,6 +201,8 @@ class NodeCapture:
                 missing[name] = f"{' '.join(argv)}: exit {process.returncode}: {stderr.strip()}"
                 continue
             texts[name] = stdout
+        for name in AUX_FILES:
+            missing.pop(name, None)  # what the trace can do without is no capture gap
         for name, path in CNI_FILES.items():
             # CNI files live on the host's file system, which a network namespace shares.
             try:

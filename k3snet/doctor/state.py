@@ -28,6 +28,7 @@ from k3snet.doctor.routing import (
     Fib,
     RouteEntry,
     RuleEntry,
+    nexthop_objects,
     parse_addresses,
     parse_link_states,
     parse_routes,
@@ -137,6 +138,7 @@ class NodeState:
                               if has_nft_save else "")
                            + (f"; dormant tables, hooked nowhere: {', '.join(dormant)}"
                               if dormant else ""))
+        nexthops = nexthop_objects(capture.json("nexthops.json"))
         cidrs = []
         for match in _FLANNEL_NETWORK.finditer(capture.text("flannel-subnet.env")):
             cidrs.append(ip_network(match["cidr"], strict=False))
@@ -144,7 +146,8 @@ class NodeState:
             calico_pools=_calico_pools(capture.json("calico-ippools.json")),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),
-            routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f)) for f in (4, 6)},
+            routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f, nexthops))
+                    for f in (4, 6)},
             rules={f: tuple(parse_rules(capture.json(f"rules-v{f}.json"), f)) for f in (4, 6)},
             sysctls=capture.sysctls(),
             chains=tuple(chains),

@@ -20,6 +20,7 @@ from k3snet.doctor.packet import Packet
 from k3snet.doctor.routing import (
     lookup,
     masquerade_source,
+    nexthop_objects,
     parse_addresses,
     parse_routes,
     parse_rules,
@@ -530,3 +531,27 @@ def test_ipv6_masquerade_never_picks_a_tentative_address_and_avoids_deprecated_o
                                ip_address("fd01:2::10"))
     assert str(picked) == "fd01:1::5"
 
+
+def test_a_route_naming_its_nexthop_object_alone_is_read_through_it() -> None:
+    """``nexthop_compat_mode`` 0: the route says ``nhid`` only; ``nexthops.json`` (``ip -j
+    nexthop show``) gives the gateway and device, a group its members. An object not
+    listed, or listed in a shape of another kind, leaves the route as it is (unknown)."""
+    objects = [{"id": 1, "gateway": "192.168.1.1", "dev": "eth0", "flags": []},
+               {"id": 2, "gateway": "192.168.1.2", "dev": "eth0", "flags": ["dead"]},
+               {"id": 3, "group": [{"id": 1}, {"id": 2}]},
+               {"id": 4, "group": [{"id": 1}, {"id": 99}]},
+               {"id": "5", "dev": "eth0"}, "junk", {"id": 6, "group": "1/2"}]
+    found = nexthop_objects(objects)
+    assert sorted(found) == [1, 2, 3, 4, 6]
+    routes = parse_routes([{"dst": f"10.{n}.0.0/16", "nhid": n, "flags": []}
+                           for n in (1, 3, 4, 5, 6)], 4, found)
+    by = {str(r.destination): r for r in routes}
+    assert (str(by["10.1.0.0/16"].gateway), by["10.1.0.0/16"].device) == ("192.168.1.1", "eth0")
+    assert by["10.3.0.0/16"].nexthops == ()  # the dead member is skipped: one nexthop left
+    assert by["10.3.0.0/16"].device == "eth0"
+    assert all(by[d].device is None for d in ("10.4.0.0/16", "10.5.0.0/16", "10.6.0.0/16"))
+    state = _state(**{"routes-v4.json": json.dumps([
+        *json.loads(NodeCapture.read_dir(HEALTHY).text("routes-v4.json")),
+        {"dst": "192.168.2.0/24", "nhid": 1, "flags": []}]),
+        "nexthops.json": json.dumps(objects)})
+    assert trace(state, FLOW).verdict is not Verdict.UNKNOWN
