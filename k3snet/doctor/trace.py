@@ -821,8 +821,8 @@ def _onward_route(t: _Tracer, found: dict[str, Any], packet: Packet) -> str | No
               "masqueraded, and conntrack drops a masqueraded connection's packets that "
               "leave by another interface", "onward-route")
         return None
-    if device != egress and not (t.rp_filter(packet, device)
-                                 and t.link_up(device)):
+    # Each packet's source is validated again, with its own mark under src_valid_mark.
+    if not t.rp_filter(packet, device) or (device != egress and not t.link_up(device)):
         return None
     return device
 

@@ -117,3 +117,29 @@ def test_the_connections_next_packets_are_routed_on_their_own_mark_as_in_the_ker
         assert found.blocked_at is not None, found.render()
         assert found.blocked_at.code == "onward-route", found.render()
         assert "next packets" in found.blocked_at.detail, found.render()
+
+
+def test_the_connections_next_packets_pass_rp_filter_with_their_own_mark(
+        doctor_lab: DoctorLab) -> None:
+    """``src_valid_mark`` on, strict ``rp_filter`` on ``cni0``: the connection's next
+    packets, marked 0x10 where the first was not, are routed by table 100 (the same
+    uplink) and validated with that mark, where the pods' network is unreachable: the
+    kernel drops them; the doctor validated the first packet only."""
+    topology = Topology(rp_cni=1)
+    doctor_lab.configure(topology)
+    node = doctor_lab.node
+    run_in(node, ["ip", "route", "add", "192.168.2.0/24", "via", "192.168.1.1", "dev", "eth0",
+                  "table", "100"])
+    run_in(node, ["ip", "route", "add", "unreachable", "10.42.0.0/16", "table", "100"])
+    run_in(node, ["ip", "rule", "add", "fwmark", "0x10", "lookup", "100", "pref", "100"])
+    run_in(node, ["nft", "-f", "-"], input_text=_mark_pods("ct state established "))
+    run_in(node, ["sysctl", "-q", "-w", "net.ipv4.conf.all.src_valid_mark=1"])
+    try:
+        answer, found = doctor_lab.kernel_and_trace(topology, timeout=2)
+    finally:
+        run_in(node, ["sysctl", "-q", "-w", "net.ipv4.conf.all.src_valid_mark=0"])
+    assert answer["ok"] is False, answer
+    assert found.verdict is Verdict.BLOCKED, found.render()
+    assert found.blocked_at is not None
+    assert found.blocked_at.code == "rp-filter", found.render()
+    assert "next packets" in found.blocked_at.detail, found.render()
