@@ -4,7 +4,7 @@
 :func:`base_chains` gives the chains netfilter hooks call (``FORWARD``,
 ``POSTROUTING``, ``PREROUTING``) as :class:`~k3snet.doctor.packet.BaseChain`
 values at their fixed priorities. Matches understood: ``-s``/``-d``/``-i``/``-o``/``-p``
-(with ``!``, ``+`` wildcards), ``--sport``/``--dport``, ``multiport``,
+(with ``!``, ``+`` wildcards), ``--sport``/``--dport``, ``--syn``/``--tcp-flags``, ``multiport``,
 ``conntrack``/``state`` ``--ctstate``, ``comment``, ``mark``, ``addrtype``,
 ``statistic --mode random`` (a random branch: :attr:`Packet.pick` says which one
 is followed), ``rpfilter``. Targets: ``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, gotos,
@@ -25,6 +25,7 @@ import attrs
 
 from k3snet.doctor.packet import (
     PROTOCOLS,
+    TCP_FLAGS,
     BaseChain,
     ChainResult,
     ChainRun,
@@ -195,12 +196,12 @@ def _rule_from_words(text: str, words: list[str]) -> Rule:
             matches.append(("statistic random", _random))
             i += 2
             continue
-        if module == "set" and word == "--match-set" and i + 2 < len(words):
-            name, flags = words[i + 1], words[i + 2]
-            in_set = _ipset_matcher(name, flags)
-            matches.append((f"{'! ' if negate else ''}--match-set {name} {flags}",
-                            _negated(in_set) if negate else in_set))
-            i += 3
+        several = _multiword(words, i, module)
+        if several is not None:
+            shown, taken, used = several
+            matches.append((f"{'! ' if negate else ''}{shown}",
+                            _negated(taken) if negate else taken))
+            i += used
             continue
         matcher, used = _option(word, arg, module)
         if matcher is None:
@@ -248,6 +249,53 @@ def _rpfilter(options: set[str]) -> Matcher:
             passed = "--loose" in options or packet.iif in devices
         return passed != ("--invert" in options)
     return match
+
+
+def _flags(names: str) -> int:
+    """``SYN,ACK`` (``ALL``, ``NONE``) as TCP flag bits."""
+    if names == "ALL":
+        return 0x3F  # what iptables means by it: FIN SYN RST PSH ACK URG
+    if names == "NONE":
+        return 0
+    bits = 0
+    for name in names.split(","):
+        bits |= TCP_FLAGS[name.lower()]  # another name: a KeyError, the rule unread
+    return bits
+
+
+def _tcp_flags(mask_text: str, comp_text: str) -> Matcher:
+    """``--tcp-flags MASK COMP``: of the flags in MASK, exactly those in COMP are set."""
+    mask, comp = _flags(mask_text), _flags(comp_text)
+
+    def match(packet: Packet) -> Tri:
+        if packet.proto != "tcp":
+            return False
+        if packet.tcp_flags is None:
+            return None
+        return packet.tcp_flags & mask == comp
+    return match
+
+
+#: ``--syn``: ``--tcp-flags FIN,SYN,RST,ACK SYN``, a connection's first packet.
+_syn = _tcp_flags("FIN,SYN,RST,ACK", "SYN")
+
+
+def _multiword(words: list[str], i: int, module: str) -> tuple[str, Matcher, int] | None:
+    """An option at ``words[i]`` taking other than one argument (``--syn``, ``--tcp-flags
+    MASK COMP``, ``--match-set NAME FLAGS``): its text, its matcher and how many words it
+    takes; None for any other option."""
+    word = words[i]
+    if module in ("", "tcp") and word == "--syn":
+        return "--syn", _syn, 1
+    if i + 2 >= len(words):
+        return None
+    if module in ("", "tcp") and word == "--tcp-flags":
+        return (f"--tcp-flags {words[i + 1]} {words[i + 2]}",
+                _tcp_flags(words[i + 1], words[i + 2]), 3)
+    if module == "set" and word == "--match-set":
+        name, flags = words[i + 1], words[i + 2]
+        return f"--match-set {name} {flags}", _ipset_matcher(name, flags), 3
+    return None
 
 
 def _unknown(_packet: Packet) -> Tri:

@@ -5,7 +5,7 @@
 :class:`~k3snet.doctor.packet.BaseChain`, and each ``ingress`` (``egress``) chain of
 the ``netdev`` and ``inet`` families as the first prerouting (last postrouting) one,
 run on its devices only. Understood: matches on ``ip``/``ip6``
-``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports,
+``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports, ``tcp flags``,
 ``meta`` ``l4proto``/``nfproto``/``iifname``/``oifname``/``mark``, ``ct state`` and
 ``ct direction``, with prefixes, ranges, anonymous and named sets; verdicts
 ``accept``, ``drop``, ``reject``, ``jump``, ``goto``, ``return``, verdict maps
@@ -30,6 +30,7 @@ import attrs
 
 from k3snet.doctor.packet import (
     PROTOCOLS,
+    TCP_FLAGS,
     BaseChain,
     ChainResult,
     ChainRun,
@@ -481,10 +482,69 @@ def _fib_match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,
     raise _Unknown
 
 
-def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset, chain: NftChain) -> bool:
+def _is_tcp_flags(left: Any) -> bool:
+    """``left`` is ``tcp flags``, or ``tcp flags & MASK``."""
+    if isinstance(left, Mapping) and "&" in left and isinstance(left["&"], list) and len(
+            left["&"]) == 2:
+        left = left["&"][0]
+    return (isinstance(left, Mapping) and isinstance(left.get("payload"), Mapping)
+            and left["payload"].get("protocol") == "tcp"
+            and left["payload"].get("field") == "flags")
+
+
+def _flag_bits(value: Any) -> int:
+    """TCP flags as nft's JSON writes them (``"syn"``, ``["syn", "ack"]``, ``{"|": [...]}``,
+    a number) as their bits."""
+    if isinstance(value, bool):
+        raise _Unknown
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value in TCP_FLAGS:
+        return TCP_FLAGS[value]
+    if isinstance(value, Mapping) and len(value) == 1 and isinstance(value.get("|"), list):
+        value = value["|"]
+    if isinstance(value, list) and value:
+        bits = 0
+        for one in value:
+            bits |= _flag_bits(one)
+        return bits
+    raise _Unknown
+
+
+def _tcp_flags_match(packet: Packet, match: Mapping[str, Any]) -> bool:
+    """A match on ``tcp flags`` (the traced packets': SYN, SYN-ACK, then ACK): ``==`` /
+    ``!=`` compare (after ``& MASK``), a bare ``tcp flags syn`` (``in``) asks for any of
+    the bits, ``!`` for none."""
+    left, op, right = match["left"], match.get("op", "=="), match.get("right")
+    if packet.proto != "tcp":
+        return False  # the expression's dependency (meta l4proto tcp) fails
+    if packet.tcp_flags is None:
+        raise _Unknown
+    value = packet.tcp_flags
+    if "&" in left:
+        value &= _flag_bits(left["&"][1])
+    if isinstance(right, Mapping) and "set" in right and isinstance(right["set"], list):
+        inside = value in [_flag_bits(v) for v in right["set"]]
+    elif op == "in":
+        return value & _flag_bits(right) != 0
+    elif op == "!":
+        return value & _flag_bits(right) == 0
+    else:
+        inside = value == _flag_bits(right)
+    if op == "!=":
+        return not inside
+    if op in ("==", "in"):
+        return inside
+    raise _Unknown
+
+
+def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,  # noqa: PLR0911 - per kind
+           chain: NftChain) -> bool:
     left = match.get("left")
     if isinstance(left, Mapping) and "fib" in left:
         return _fib_match(packet, match, ruleset, chain)
+    if _is_tcp_flags(left):
+        return _tcp_flags_match(packet, match)
     value = _field(packet, match.get("left"))
     if value is _NoMatch:
         return False
