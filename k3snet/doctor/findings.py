@@ -615,5 +615,9 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
                  if not (exempted and f.code == "untracked-flow")]
     base = observed if observed is not None else State()
     have = base.by_key
-    wanted = State(owned=[*base.owned, *(f for f in fixes if f.key not in have)])
+    # Drift the backends found in their own objects (a rule edited, a table made dormant)
+    # is not wanted: the plan repairs it, as apply's does. Kept, a dormant table's
+    # masquerade counted as in place, the plan was empty, and the fix changed nothing.
+    kept = [o for o in base.owned if o.written]
+    wanted = State(owned=[*kept, *(f for f in fixes if f.key not in have)])
     return Diagnosis(first, tuple(findings), State(owned=fixes), wanted, plan(base, wanted), tr)
