@@ -259,7 +259,9 @@ def _flags(names: str) -> int:
         return 0
     bits = 0
     for name in names.split(","):
-        bits |= TCP_FLAGS[name.lower()]  # another name: a KeyError, the rule unread
+        if name.lower() not in TCP_FLAGS:
+            raise ValueError(f"TCP flag {name!r}")  # the rule is unread, so unknown
+        bits |= TCP_FLAGS[name.lower()]
     return bits
 
 

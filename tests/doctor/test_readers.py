@@ -555,3 +555,12 @@ def test_a_route_naming_its_nexthop_object_alone_is_read_through_it() -> None:
         {"dst": "192.168.2.0/24", "nhid": 1, "flags": []}]),
         "nexthops.json": json.dumps(objects)})
     assert trace(state, FLOW).verdict is not Verdict.UNKNOWN
+
+
+def test_a_tcp_flags_rule_naming_an_unknown_flag_is_an_unknown_rule() -> None:
+    """``--tcp-flags`` with a name iptables does not print is that rule unread (unknown),
+    not the whole capture refused."""
+    filter_table = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                    "-A FORWARD -p tcp --tcp-flags SYN,BOGUS SYN -j DROP\nCOMMIT\n")
+    result = trace(_state(**{"iptables-nft-v4.save": filter_table + K3S_NAT}), FLOW)
+    assert result.verdict is Verdict.UNKNOWN, result.render()
