@@ -14,7 +14,8 @@ delivers the packet and routes the node's own addresses back to it (to the
 interface that holds the address), but not the pod addresses (K3s' default: pod
 CIDRs are known only inside the cluster; pass ``upstream_routes_pods=True``
 otherwise); an interface facing pods leads to no destination beyond its own
-networks; packets start with mark 0. When a rule picks at random (kube-proxy's
+networks (a host route to the destination itself is a pod's own); packets start
+with mark 0. When a rule picks at random (kube-proxy's
 endpoint choice), every branch is traced and the worst is returned, with the
 others in :attr:`Trace.endpoints`.
 
@@ -589,7 +590,10 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     found["gateway"] = route.route.gateway
     if not t.forwarding(packet) or not t.rp_filter(packet, oif):
         return None
-    if _pod_facing(oif, iif) and route.route.gateway is None and not any(
+    # A host route to the destination itself is a pod's own (Calico's per-pod /32 on its
+    # cali interface, which holds no address): the pod answers there.
+    pods_own = route.route.destination.prefixlen == route.route.destination.max_prefixlen
+    if _pod_facing(oif, iif) and route.route.gateway is None and not pods_own and not any(
             a.device == oif and packet.dst in a.network for a in t.state.addresses):
         t.add("original", "routing", "drop", f"dev {oif}",
               f"{route.describe()}: sends {packet.dst} back towards pods on {oif}, "
