@@ -4,7 +4,8 @@
 ``postrouting`` hook in the ``ip``, ``ip6`` and ``inet`` families as a
 :class:`~k3snet.doctor.packet.BaseChain`, and each ``ingress`` (``egress``) chain of
 the ``netdev`` and ``inet`` families as the first prerouting (last postrouting) one,
-run on its devices only. Understood: matches on ``ip``/``ip6``
+run on its devices only; each chain of a ``bridge`` table's prerouting, input, output
+and postrouting hooks runs for packets on a bridge. Understood: matches on ``ip``/``ip6``
 ``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports, ``tcp flags``,
 ``meta`` ``l4proto``/``nfproto``/``iifname``/``oifname``/``mark``, ``ct state`` and
 ``ct direction``, with prefixes, ranges, anonymous and named sets; verdicts
@@ -50,6 +51,14 @@ _FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozens
 #: Device hooks, placed before every prerouting chain (ingress) and after every
 #: postrouting one (egress): they run on their devices only.
 _DEVICE_HOOKS: Final = {"ingress": ("prerouting", -(1 << 20)), "egress": ("postrouting", 1 << 20)}
+#: Bridge-family hooks a routed packet crosses on a bridge (a pod's ``cni0``): arriving,
+#: a frame from a port meets the bridge's prerouting and input hooks before the
+#: bridge's own ingress; leaving, the bridge's output and postrouting hooks after its
+#: egress (the bridge's forward hook sees bridged frames only).
+_BRIDGE_HOOKS: Final = {"prerouting": ("prerouting", -(1 << 20) - 2),
+                        "input": ("prerouting", -(1 << 20) - 1),
+                        "output": ("postrouting", (1 << 20) + 1),
+                        "postrouting": ("postrouting", (1 << 20) + 2)}
 # Statements that neither match nor decide.
 _NEUTRAL: Final = frozenset({"counter", "log", "quota", "limit", "meter"})
 # Of those, the ones matching by rate or volume: ``over`` (``inv``) matches only beyond it.
@@ -284,6 +293,9 @@ def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per ex
             value = packet.sport if field == "sport" else packet.dport
             return _EPHEMERAL if value is None else value
         raise _Unknown
+    if packet.bridged and isinstance(left, Mapping) and ("ct" in left or (
+            "meta" in left and left["meta"].get("key") in ("iif", "iifname", "oif", "oifname"))):
+        raise _Unknown  # a port the capture does not name; conntrack per br_netfilter
     if isinstance(left, Mapping) and "meta" in left:
         key = left["meta"].get("key")
         values = {
@@ -435,7 +447,7 @@ def _fib(packet: Packet, fib: Mapping[str, Any]) -> str | None:
     reverse-path check firewalld and others make (``nft_fib4_eval``, ``nft_fib6_eval``)."""
     result, flags = fib.get("result"), fib.get("flags")
     flags = {flags} if isinstance(flags, str) else set(flags) if isinstance(flags, list) else None
-    if packet.fib is None or flags is None:
+    if packet.fib is None or flags is None or packet.bridged:
         raise _Unknown
     if result == "type" and flags == {"daddr"}:
         return packet.fib.address_type(packet.dst)
@@ -835,9 +847,27 @@ def _device_chain(chain: NftChain, ruleset: Ruleset) -> BaseChain:
                      ruleset.order(chain.family, chain.table, chain.name))
 
 
+def _bridge_chain(chain: NftChain, ruleset: Ruleset, bridges: Collection[str]) -> BaseChain:
+    """A bridge-family chain, run for packets arriving on (leaving by) a bridge of
+    ``bridges`` (the interfaces other links name as their master)."""
+    hook, priority = _BRIDGE_HOOKS[str(chain.hook)]
+    evaluate = _evaluator(chain, ruleset)
+
+    def on_bridges(packet: Packet) -> ChainResult:
+        device = packet.iif if hook == "prerouting" else packet.oif
+        if device not in bridges:
+            return ChainResult("accept", f"bridge {chain.hook}: {device} is no bridge",
+                               mark=packet.mark)
+        return evaluate(attrs.evolve(packet, bridged=True))
+    hook_name: Hook = hook  # type: ignore[assignment]
+    return BaseChain(f"nft bridge {chain.table} {chain.name}", hook_name, priority, "filter",
+                     frozenset({4, 6}), on_bridges,
+                     ruleset.order(chain.family, chain.table, chain.name))
+
+
 def base_chains(ruleset: Ruleset, *,
-                read_from_save: Collection[tuple[str, str, str | None]] = ()
-                ) -> list[BaseChain]:
+                read_from_save: Collection[tuple[str, str, str | None]] = (),
+                bridges: Collection[str] = ()) -> list[BaseChain]:
     """The ruleset's base chains on the hooks a forwarded flow crosses.
 
     The chains ``read_from_save`` names (family, table, chain; a chain of ``None``: the
@@ -850,12 +880,16 @@ def base_chains(ruleset: Ruleset, *,
     """
     chains = []
     for chain in ruleset.chains.values():
-        if chain.family not in _FAMILIES:
+        if chain.family not in (*_FAMILIES, "bridge"):
             continue
         dormant = ruleset.dormant(chain.family, chain.table)
         if dormant:
             continue  # unhooked: the kernel runs no packet through its chains
-        if chain.hook in _DEVICE_HOOKS and chain.family in ("netdev", "inet"):
+        if chain.family == "bridge":
+            if chain.hook not in _BRIDGE_HOOKS:
+                continue
+            found = _bridge_chain(chain, ruleset, bridges)
+        elif chain.hook in _DEVICE_HOOKS and chain.family in ("netdev", "inet"):
             found = _device_chain(chain, ruleset)
         elif (chain.hook not in _HOOKS or chain.family == "netdev"
               or (chain.family, chain.table, chain.name) in read_from_save

@@ -105,6 +105,9 @@ class Packet:
     the node's routing of the packet's family, for what looks a route up (nftables
     ``fib``, iptables ``-m rpfilter``; None: not known, those rules are unknown).
     ``tcp_flags`` are a TCP packet's flag bits (:data:`TCP_FLAGS`; None: not TCP).
+    ``bridged``: the packet as a bridge-family chain sees it, on a port of the bridge
+    the capture does not name, conntrack's view there depending on ``br_netfilter``:
+    interface and ``ct`` matches are unknown.
     """
 
     family: Literal[4, 6]
@@ -124,6 +127,7 @@ class Packet:
     nat: frozenset[str] = frozenset()
     fib: Fib | None = attrs.field(default=None, eq=False, repr=False)
     tcp_flags: int | None = None
+    bridged: bool = False
 
     @property
     def proto_number(self) -> int:

@@ -65,6 +65,15 @@ def _read_from_save(text: str, tables: Mapping[str, Any], family: int
     return found
 
 
+def _bridges(data: object) -> frozenset[str]:
+    """The interfaces other links name as their ``master`` in ``ip -j addr`` (bridges,
+    whose bridge-family chains a routed packet on them crosses; a bond or VRF named so
+    has no such chains to run)."""
+    links = data if isinstance(data, list) else []
+    return frozenset(link["master"] for link in links
+                     if isinstance(link, Mapping) and isinstance(link.get("master"), str))
+
+
 def _maybe_dormant(chain: BaseChain, dormant: bool | None, family: str) -> BaseChain:
     """An iptables-nft ``chain`` whose nftables table may be dormant (None) made uncertain."""
     table = chain.where.split()[-2]
@@ -130,7 +139,8 @@ class NodeState:
                 chains += found
                 sources.append(f"{name}: {len(found)} base chain(s)")
         if ruleset is not None:
-            found = nftables.base_chains(ruleset, read_from_save=read_from_save)
+            found = nftables.base_chains(ruleset, read_from_save=read_from_save,
+                                         bridges=_bridges(capture.json("addr.json")))
             chains += found
             dormant = [f"{f} {t}" for f, t in ruleset.listed if ruleset.dormant(f, t)]
             sources.append(f"nft-ruleset.json: {len(found)} base chain(s)"
