@@ -1,10 +1,11 @@
 """A node's captured state: the raw texts the doctor traces a flow through.
 
 :class:`NodeCapture` holds what ``iptables-save`` (nft and legacy, IPv4 and IPv6),
-``nft -j list ruleset``, ``ip -j route show table all``, ``ip -j rule``,
+``nft -j list ruleset`` (and its text, for the tables' flags), ``ip -j route show
+table all``, ``ip -j rule``,
 ``ip -j addr`` and the forwarding (IPv6's ``force_forwarding`` too) / ``rp_filter`` /
-``ignore_routes_with_linkdown`` sysctls print, plus the CNI settings a backend reads
-(flannel's ``subnet.env``). It is read live
+``src_valid_mark`` / ``ignore_routes_with_linkdown`` sysctls print, plus the CNI
+settings a backend reads (flannel's ``subnet.env``). It is read live
 (:meth:`NodeCapture.read_live`, argv lists, optionally inside a network
 namespace) or from a directory (:meth:`NodeCapture.read_dir`), and written to one
 (:meth:`NodeCapture.write_dir`), so a node nobody can log in to can be diagnosed
@@ -30,8 +31,8 @@ from k3snet._gojson import JsonTextError, load_json
 from k3snet._kept import input_problem, read_input, write_output
 from k3snet.errors import K3snetError
 
-__all__ = ["CNI_FILES", "EXTRA_FILES", "FILES", "MAX_FILE_BYTES", "NOT_INSTALLED", "BundleError",
-           "NodeCapture"]
+__all__ = ["AUX_FILES", "CNI_FILES", "EXTRA_FILES", "FILES", "MAX_FILE_BYTES", "NOT_INSTALLED",
+           "BundleError", "NodeCapture"]
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 """The largest bundle file read: ``nft -j list ruleset`` of 50 000 rules is ~35 MB; a
@@ -51,10 +52,21 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "addr.json": ("ip", "-j", "addr", "show"),
     "sysctl.txt": (
         "sysctl", "-a", "-r",
-        r"^net\.ipv(4\.ip_forward|4\.conf\..*\.(forwarding|rp_filter)"
+        r"^net\.ipv(4\.ip_forward|4\.conf\..*\.(forwarding|rp_filter|src_valid_mark)"
         r"|6\.conf\..*\.(forwarding|force_forwarding)"
         r"|[46]\.conf\..*\.ignore_routes_with_linkdown)$",
     ),
+})
+
+#: Files a capture takes besides :data:`FILES` that the trace can do without (a bundle
+#: captured before they were read has none, and is no less complete for it):
+#: ``nft-ruleset.txt``, the ruleset's text without set elements, says each table's flags
+#: (``dormant``: its chains are unhooked), which libnftables 1.0.6 prints wrong in JSON;
+#: ``nexthops.json``, the nexthop objects routes name by ``nhid`` alone when
+#: ``net.ipv4.nexthop_compat_mode`` is 0 (a kernel without them fails the command: no gap).
+AUX_FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
+    "nft-ruleset.txt": ("nft", "-t", "list", "ruleset"),
+    "nexthops.json": ("ip", "-j", "nexthop", "show"),
 })
 
 #: CNI files read when present (flannel's view of the cluster CIDR).
@@ -161,7 +173,8 @@ class NodeCapture:
         missing: dict[str, str] = {}
         # The commands are independent: run them at once (a capture in ~0.1 s, not ~0.5 s).
         running: dict[str, subprocess.Popen[str]] = {}
-        for name, argv in FILES.items():
+        commands = {**FILES, **AUX_FILES}
+        for name, argv in commands.items():
             if shutil.which(argv[0]) is None:
                 # Said so before ``ip netns exec`` would fail to start it (exit 1): a tool
                 # not installed wrote no rules, where a command that failed may hide some.
@@ -176,7 +189,7 @@ class NodeCapture:
             except OSError as exc:
                 missing[name] = f"{argv[0]}: {exc}"
         for name, process in running.items():
-            argv = FILES[name]
+            argv = commands[name]
             try:
                 stdout, stderr = process.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -188,6 +201,8 @@ class NodeCapture:
                 missing[name] = f"{' '.join(argv)}: exit {process.returncode}: {stderr.strip()}"
                 continue
             texts[name] = stdout
+        for name in AUX_FILES:
+            missing.pop(name, None)  # what the trace can do without is no capture gap
         for name, path in CNI_FILES.items():
             # CNI files live on the host's file system, which a network namespace shares.
             try:
@@ -203,13 +218,13 @@ class NodeCapture:
         if not root.is_dir():
             raise BundleError(f"{root}: not a directory")
         texts: dict[str, str] = {}
-        for name in (*FILES, *CNI_FILES, *EXTRA_FILES, _MANIFEST):
+        for name in (*FILES, *AUX_FILES, *CNI_FILES, *EXTRA_FILES, _MANIFEST):
             if (root / name).is_symlink():
                 # A capture writes regular files: a link points wherever the bundle's
                 # sender chose on the machine reading it (as root, any file).
                 raise BundleError(f"{root / name}: a symbolic link; a bundle holds the "
                                   "regular files a capture wrote")
-        for name in (*FILES, *CNI_FILES, *EXTRA_FILES):
+        for name in (*FILES, *AUX_FILES, *CNI_FILES, *EXTRA_FILES):
             path = root / name
             if path.is_file():
                 texts[name] = _read_capture(path)
@@ -238,7 +253,7 @@ class NodeCapture:
                 "format": _FORMAT,
                 "files": sorted(self.texts),
                 "missing": dict(sorted(self.missing.items())),
-                "commands": {name: list(argv) for name, argv in FILES.items()},
+                "commands": {name: list(argv) for name, argv in {**FILES, **AUX_FILES}.items()},
             }, indent=2) + "\n")
         except OSError as exc:
             raise BundleError(f"{root}: {exc}") from exc
@@ -247,7 +262,7 @@ class NodeCapture:
     @classmethod
     def from_texts(cls, texts: Mapping[str, str], missing: Sequence[str] = ()) -> NodeCapture:
         """A capture built from texts in memory (tests, tools that fetched them elsewhere)."""
-        unknown = set(texts) - set(FILES) - set(CNI_FILES) - set(EXTRA_FILES)
+        unknown = set(texts) - set(FILES) - set(AUX_FILES) - set(CNI_FILES) - set(EXTRA_FILES)
         if unknown:
             raise BundleError(f"unknown capture files: {', '.join(sorted(unknown))}")
         return cls(texts, dict.fromkeys(missing, "not captured"))

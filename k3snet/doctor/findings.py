@@ -447,6 +447,17 @@ def _masquerade_no_address(state: NodeState, tr: Trace,
                    advice=f"give {tr.egress} an address or SNAT to a fixed one"), None
 
 
+def _onward_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
+    return Finding(
+        "onward-route", "the connection's next packets are routed otherwise than its first",
+        step.where, f"{step.detail}: the first packet and the replies pass, and the "
+        "connection fails all the same",
+        advice="mark every packet of the connection alike: save the mark in the connection "
+               "when its first packet is marked (nftables ct mark set meta mark, iptables "
+               "CONNMARK --save-mark) and restore it on the others (meta mark set ct mark, "
+               "CONNMARK --restore-mark), or mark on what every packet carries"), None
+
+
 _EXPLAINERS: dict[str, Callable[[NodeState, Trace, Step], tuple[Finding, _Change | None]]] = {
     "forwarding-off": _forwarding_off,
     "forward-drop": _forward_drop,
@@ -460,6 +471,7 @@ _EXPLAINERS: dict[str, Callable[[NodeState, Trace, Step], tuple[Finding, _Change
     "reply-misrouted": _reply_route,
     "reply-no-route": _reply_route,
     "masquerade-no-address": _masquerade_no_address,
+    "onward-route": _onward_route,
     "reply-untracked": _untracked,
     "link-down": _link_down,
 }
@@ -603,5 +615,9 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
                  if not (exempted and f.code == "untracked-flow")]
     base = observed if observed is not None else State()
     have = base.by_key
-    wanted = State(owned=[*base.owned, *(f for f in fixes if f.key not in have)])
+    # Drift the backends found in their own objects (a rule edited, a table made dormant)
+    # is not wanted: the plan repairs it, as apply's does. Kept, a dormant table's
+    # masquerade counted as in place, the plan was empty, and the fix changed nothing.
+    kept = [o for o in base.owned if o.written]
+    wanted = State(owned=[*kept, *(f for f in fixes if f.key not in have)])
     return Diagnosis(first, tuple(findings), State(owned=fixes), wanted, plan(base, wanted), tr)

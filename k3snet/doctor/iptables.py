@@ -4,10 +4,10 @@
 :func:`base_chains` gives the chains netfilter hooks call (``FORWARD``,
 ``POSTROUTING``, ``PREROUTING``) as :class:`~k3snet.doctor.packet.BaseChain`
 values at their fixed priorities. Matches understood: ``-s``/``-d``/``-i``/``-o``/``-p``
-(with ``!``, ``+`` wildcards), ``--sport``/``--dport``, ``multiport``,
+(with ``!``, ``+`` wildcards), ``--sport``/``--dport``, ``--syn``/``--tcp-flags``, ``multiport``,
 ``conntrack``/``state`` ``--ctstate``, ``comment``, ``mark``, ``addrtype``,
 ``statistic --mode random`` (a random branch: :attr:`Packet.pick` says which one
-is followed). Targets: ``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, gotos,
+is followed), ``rpfilter``. Targets: ``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, gotos,
 ``MASQUERADE``, ``SNAT``, ``DNAT``, ``MARK``, and the non-terminating ones (``LOG``
 ...). Anything else makes the rule *unknown*, reported with its text.
 """
@@ -25,6 +25,7 @@ import attrs
 
 from k3snet.doctor.packet import (
     PROTOCOLS,
+    TCP_FLAGS,
     BaseChain,
     ChainResult,
     ChainRun,
@@ -179,21 +180,28 @@ def _rule_from_words(text: str, words: list[str]) -> Rule:
             break
         if word in ("-m", "--match"):
             module = words[i + 1]
-            if module not in _MODULES:
+            if module == "rpfilter":
+                rpfilter: set[str] = set()  # its options, read below
+                matches.append(("-m rpfilter", _rpfilter(rpfilter)))
+            elif module not in _MODULES:
                 matches.append((f"-m {module}", _unknown))
             i += 2
+            continue
+        if module == "rpfilter" and word in _RPFILTER_OPTIONS and not negate:
+            rpfilter.add(word)
+            i += 1
             continue
         arg = words[i + 1] if i + 1 < len(words) else ""
         if module == "statistic" and word == "--mode" and arg == "random" and not negate:
             matches.append(("statistic random", _random))
             i += 2
             continue
-        if module == "set" and word == "--match-set" and i + 2 < len(words):
-            name, flags = words[i + 1], words[i + 2]
-            in_set = _ipset_matcher(name, flags)
-            matches.append((f"{'! ' if negate else ''}--match-set {name} {flags}",
-                            _negated(in_set) if negate else in_set))
-            i += 3
+        several = _multiword(words, i, module)
+        if several is not None:
+            shown, taken, used = several
+            matches.append((f"{'! ' if negate else ''}{shown}",
+                            _negated(taken) if negate else taken))
+            i += used
             continue
         matcher, used = _option(word, arg, module)
         if matcher is None:
@@ -210,6 +218,86 @@ def _rule_from_words(text: str, words: list[str]) -> Rule:
 
 _MODULES: Final = frozenset({"tcp", "udp", "multiport", "conntrack", "state", "comment",
                              "mark", "addrtype", "icmp", "icmp6", "set", "statistic"})
+
+
+_RPFILTER_OPTIONS: Final = frozenset({"--loose", "--validmark", "--accept-local", "--invert"})
+
+
+def _rpfilter(options: set[str]) -> Matcher:
+    """``-m rpfilter`` (``xt_rpfilter``): the route back to the source (looked up from
+    the loopback, with the packet's mark under ``--validmark``) is unicast and leaves by
+    the input interface (any nexthop of an IPv4 multipath route), or only exists under
+    ``--loose``; a local one passes under ``--accept-local``; ``--invert`` negates it.
+    Calico's raw table drops what fails it from its workloads."""
+    def match(packet: Packet) -> Tri:
+        mark = packet.mark if "--validmark" in options else 0
+        if packet.fib is None or mark is None:
+            return None
+        if packet.iif == "lo":
+            return "--invert" not in options  # looped back: always passes
+        back = packet.fib.reverse(packet.src, packet.dst, mark=mark)
+        if back.type == "unknown":
+            return None
+        if back.type == "local":
+            passed = "--accept-local" in options
+        elif back.type != "unicast" or back.route is None:
+            passed = False
+        else:
+            devices = {back.route.device, *(device for _, device in back.route.nexthops)}
+            if packet.family == 6 and len(devices) > 1 and packet.iif in devices:
+                return None  # IPv6 hashes the flow onto one path, not followed here
+            passed = "--loose" in options or packet.iif in devices
+        return passed != ("--invert" in options)
+    return match
+
+
+def _flags(names: str) -> int:
+    """``SYN,ACK`` (``ALL``, ``NONE``) as TCP flag bits."""
+    if names == "ALL":
+        return 0x3F  # what iptables means by it: FIN SYN RST PSH ACK URG
+    if names == "NONE":
+        return 0
+    bits = 0
+    for name in names.split(","):
+        if name.lower() not in TCP_FLAGS:
+            raise ValueError(f"TCP flag {name!r}")  # the rule is unread, so unknown
+        bits |= TCP_FLAGS[name.lower()]
+    return bits
+
+
+def _tcp_flags(mask_text: str, comp_text: str) -> Matcher:
+    """``--tcp-flags MASK COMP``: of the flags in MASK, exactly those in COMP are set."""
+    mask, comp = _flags(mask_text), _flags(comp_text)
+
+    def match(packet: Packet) -> Tri:
+        if packet.proto != "tcp":
+            return False
+        if packet.tcp_flags is None:
+            return None
+        return packet.tcp_flags & mask == comp
+    return match
+
+
+#: ``--syn``: ``--tcp-flags FIN,SYN,RST,ACK SYN``, a connection's first packet.
+_syn = _tcp_flags("FIN,SYN,RST,ACK", "SYN")
+
+
+def _multiword(words: list[str], i: int, module: str) -> tuple[str, Matcher, int] | None:
+    """An option at ``words[i]`` taking other than one argument (``--syn``, ``--tcp-flags
+    MASK COMP``, ``--match-set NAME FLAGS``): its text, its matcher and how many words it
+    takes; None for any other option."""
+    word = words[i]
+    if module in ("", "tcp") and word == "--syn":
+        return "--syn", _syn, 1
+    if i + 2 >= len(words):
+        return None
+    if module in ("", "tcp") and word == "--tcp-flags":
+        return (f"--tcp-flags {words[i + 1]} {words[i + 2]}",
+                _tcp_flags(words[i + 1], words[i + 2]), 3)
+    if module == "set" and word == "--match-set":
+        name, flags = words[i + 1], words[i + 2]
+        return f"--match-set {name} {flags}", _ipset_matcher(name, flags), 3
+    return None
 
 
 def _unknown(_packet: Packet) -> Tri:

@@ -4,8 +4,9 @@
 ``postrouting`` hook in the ``ip``, ``ip6`` and ``inet`` families as a
 :class:`~k3snet.doctor.packet.BaseChain`, and each ``ingress`` (``egress``) chain of
 the ``netdev`` and ``inet`` families as the first prerouting (last postrouting) one,
-run on its devices only. Understood: matches on ``ip``/``ip6``
-``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports,
+run on its devices only; each chain of a ``bridge`` table's prerouting, input, output
+and postrouting hooks runs for packets on a bridge. Understood: matches on ``ip``/``ip6``
+``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports, ``tcp flags``,
 ``meta`` ``l4proto``/``nfproto``/``iifname``/``oifname``/``mark``, ``ct state`` and
 ``ct direction``, with prefixes, ranges, anonymous and named sets; verdicts
 ``accept``, ``drop``, ``reject``, ``jump``, ``goto``, ``return``, verdict maps
@@ -13,13 +14,15 @@ run on its devices only. Understood: matches on ``ip``/``ip6``
 ``numgen random`` as a random branch: :attr:`Packet.pick` says which one is
 followed); ``masquerade``, ``snat``, ``dnat``, ``meta mark set`` (with ``or``,
 ``and``, ``xor`` of the mark); ``limit``/``quota``/``meter`` with the flow
-under every rate (``over`` does not match). Any other expression makes its rule *unknown*,
+under every rate (``over`` does not match); ``fib daddr type`` and ``fib saddr ...
+oif``/``oifname`` (the route back to the source). Any other expression makes its rule *unknown*,
 reported with a readable form of the JSON.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from ipaddress import ip_address, ip_network
 from typing import Any, Final, Literal
@@ -28,6 +31,7 @@ import attrs
 
 from k3snet.doctor.packet import (
     PROTOCOLS,
+    TCP_FLAGS,
     BaseChain,
     ChainResult,
     ChainRun,
@@ -39,7 +43,7 @@ from k3snet.doctor.packet import (
     trial_certain,
 )
 
-__all__ = ["Ruleset", "base_chains", "parse_ruleset"]
+__all__ = ["Ruleset", "base_chains", "maybe_dormant", "parse_ruleset"]
 
 _HOOKS: Final = frozenset({"prerouting", "forward", "postrouting"})
 _FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozenset({4, 6}),
@@ -47,11 +51,25 @@ _FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozens
 #: Device hooks, placed before every prerouting chain (ingress) and after every
 #: postrouting one (egress): they run on their devices only.
 _DEVICE_HOOKS: Final = {"ingress": ("prerouting", -(1 << 20)), "egress": ("postrouting", 1 << 20)}
+#: Bridge-family hooks a routed packet crosses on a bridge (a pod's ``cni0``): arriving,
+#: a frame from a port meets the bridge's prerouting and input hooks before the
+#: bridge's own ingress; leaving, the bridge's output and postrouting hooks after its
+#: egress (the bridge's forward hook sees bridged frames only).
+_BRIDGE_HOOKS: Final = {"prerouting": ("prerouting", -(1 << 20) - 2),
+                        "input": ("prerouting", -(1 << 20) - 1),
+                        "output": ("postrouting", (1 << 20) + 1),
+                        "postrouting": ("postrouting", (1 << 20) + 2)}
 # Statements that neither match nor decide.
 _NEUTRAL: Final = frozenset({"counter", "log", "quota", "limit", "meter"})
 # Of those, the ones matching by rate or volume: ``over`` (``inv``) matches only beyond it.
 _RATED: Final = frozenset({"limit", "quota", "meter"})
 _MAX_DEPTH = 64
+#: The table flags nft names; a table's JSON ``flags`` of anything else were misprinted.
+_TABLE_FLAGS: Final = frozenset({"dormant", "owner", "persist"})
+#: A table's header in ``nft list ruleset``'s text (an owned table's ends in comments)
+#: and the flags line nft prints right under it.
+_TABLE_HEAD: Final = re.compile(r"table (\S+) (\S+) \{(?: #.*)?")
+_TABLE_FLAGS_LINE: Final = re.compile(r"\tflags ([a-z,]+)")
 #: Tables iptables-nft owns; evaluated from iptables-save when that is captured.
 IPTABLES_NFT_TABLES: Final = frozenset({"filter", "nat", "mangle", "raw", "security"})
 
@@ -85,11 +103,53 @@ class NftChain:
 @attrs.frozen
 class Ruleset:
     """The chains and named sets of a ruleset, keyed by (family, table, name), and the
-    tables' handles (the order they were created in), keyed by (family, name)."""
+    tables' handles (the order they were created in), keyed by (family, name).
+
+    ``flags`` holds the JSON ``flags`` of each table that has some, as it was printed;
+    ``listed`` every table in the JSON's order; ``text_flags`` each table's flags as the
+    ruleset's text says them (:meth:`with_text`), None when no text was read or it
+    does not list the JSON's tables.
+    """
 
     chains: dict[tuple[str, str, str], NftChain]
     sets: dict[tuple[str, str, str], list[Any]]
     tables: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    flags: dict[tuple[str, str], object] = attrs.field(factory=dict)
+    listed: tuple[tuple[str, str], ...] = ()
+    text_flags: dict[tuple[str, str], tuple[str, ...]] | None = None
+
+    def with_text(self, text: str) -> Ruleset:
+        """This ruleset with its tables' flags read from ``nft list ruleset``'s text
+        (``nft -t``): the ``flags`` line under each table's header. The text is taken
+        only when its header lines name exactly the JSON's tables, in order: a rule's
+        comment holding a line break cannot add a header, and with it a flags line."""
+        if not text.strip():
+            return self
+        lines = text.split("\n")
+        heads = [(i, found) for i, line in enumerate(lines)
+                 if (found := _TABLE_HEAD.fullmatch(line))]
+        if [(found[1], found[2]) for _, found in heads] != list(self.listed):
+            return self
+        flags = {}
+        for i, found in heads:
+            named = _TABLE_FLAGS_LINE.fullmatch(lines[i + 1]) if i + 1 < len(lines) else None
+            flags[(found[1], found[2])] = tuple(named[1].split(",")) if named else ()
+        return attrs.evolve(self, text_flags=flags)
+
+    def dormant(self, family: str, table: str) -> bool | None:
+        """Whether the table is dormant (``flags dormant``: none of its chains is hooked,
+        no packet sees them); None when it has flags that could not be read (libnftables
+        1.0.6 prints another string of its memory as a table's JSON flags, and no text
+        said them)."""
+        if (family, table) not in self.flags:
+            return False
+        value = self.flags[(family, table)]
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, list) and names and all(
+                isinstance(n, str) and n in _TABLE_FLAGS for n in names):
+            return "dormant" in names
+        said = self.text_flags.get((family, table)) if self.text_flags is not None else None
+        return "dormant" in said if said else None
 
     def order(self, family: str, table: str, chain: str) -> tuple[int, int] | None:
         """(table handle, chain handle) of a chain, None when not in the ruleset."""
@@ -105,6 +165,8 @@ def parse_ruleset(data: object) -> Ruleset:
     chains: dict[tuple[str, str, str], NftChain] = {}
     sets: dict[tuple[str, str, str], list[Any]] = {}
     tables: dict[tuple[str, str], int] = {}
+    flags: dict[tuple[str, str], object] = {}
+    listed: list[tuple[str, str]] = []
     items = data.get("nftables", []) if isinstance(data, Mapping) else []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, Mapping):
@@ -112,8 +174,11 @@ def parse_ruleset(data: object) -> Ruleset:
         if "table" in item:
             t = item["table"]
             handle = t.get("handle")
+            listed.append((t["family"], t["name"]))
             if isinstance(handle, int):
                 tables[(t["family"], t["name"])] = handle
+            if "flags" in t:
+                flags[(t["family"], t["name"])] = t["flags"]
         elif "chain" in item:
             c = item["chain"]
             key = (c["family"], c["table"], c["name"])
@@ -131,7 +196,7 @@ def parse_ruleset(data: object) -> Ruleset:
         elif "set" in item or "map" in item:
             s = item.get("set") or item.get("map") or {}
             sets[(s["family"], s["table"], s["name"])] = list(s.get("elem", []))
-    return Ruleset(chains, sets, tables)
+    return Ruleset(chains, sets, tables, flags, tuple(listed))
 
 
 def _devices(value: object) -> tuple[str, ...] | None:
@@ -228,6 +293,9 @@ def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per ex
             value = packet.sport if field == "sport" else packet.dport
             return _EPHEMERAL if value is None else value
         raise _Unknown
+    if packet.bridged and isinstance(left, Mapping) and ("ct" in left or (
+            "meta" in left and left["meta"].get("key") in ("iif", "iifname", "oif", "oifname"))):
+        raise _Unknown  # a port the capture does not name; conntrack per br_netfilter
     if isinstance(left, Mapping) and "meta" in left:
         key = left["meta"].get("key")
         values = {
@@ -371,7 +439,124 @@ def _literal(right: Any, like: Any) -> Any:
         raise _Unknown from exc
 
 
-def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset, chain: NftChain) -> bool:
+def _fib(packet: Packet, fib: Mapping[str, Any]) -> str | None:
+    """What ``fib`` gives ``packet``: ``fib daddr type`` the destination's address type;
+    ``fib saddr [. mark] [. iif] oif`` (``oifname``) the interface the route back to the
+    source leaves by, with ``iif`` only when that is the input interface (any nexthop of
+    an IPv4 multipath route will do), None when there is none ("missing"): the
+    reverse-path check firewalld and others make (``nft_fib4_eval``, ``nft_fib6_eval``)."""
+    result, flags = fib.get("result"), fib.get("flags")
+    flags = {flags} if isinstance(flags, str) else set(flags) if isinstance(flags, list) else None
+    if packet.fib is None or flags is None or packet.bridged:
+        raise _Unknown
+    if result == "type" and flags == {"daddr"}:
+        return packet.fib.address_type(packet.dst)
+    if result not in ("oif", "oifname") or "saddr" not in flags or not flags <= {
+            "saddr", "mark", "iif"}:
+        raise _Unknown
+    if "iif" in flags and packet.oif is not None:
+        raise _Unknown  # in forward, which interface the lookup takes depends on the kernel
+    mark = packet.mark if "mark" in flags else 0
+    if mark is None:
+        raise _Unknown
+    back = packet.fib.reverse(packet.src, packet.dst, mark=mark)
+    if back.type == "unknown":
+        raise _Unknown
+    if back.type != "unicast" or back.route is None:
+        return None
+    if "iif" not in flags:
+        return back.route.device
+    devices = {back.route.device, *(device for _, device in back.route.nexthops)}
+    if packet.iif not in devices:
+        return None
+    if packet.family == 6 and len(devices) > 1:
+        raise _Unknown  # IPv6 hashes the flow onto one path, which is not followed here
+    return packet.iif
+
+
+def _fib_match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,
+               chain: NftChain) -> bool:
+    """A match on ``fib``: ``oif missing`` / ``exists`` (false / true), or a value."""
+    fib, op, right = match["left"]["fib"], match.get("op", "=="), match.get("right")
+    if not isinstance(fib, Mapping):
+        raise _Unknown
+    value = _fib(packet, fib)
+    if isinstance(right, bool) and fib.get("result") in ("oif", "oifname"):
+        inside = (value is not None) == right
+    elif value is None:
+        raise _Unknown  # the index 0 or an empty name, as nft stores "missing"
+    else:
+        inside = _contains(right, value, ruleset, chain.family, chain.table)
+    if op == "!=":
+        return not inside
+    if op in ("==", "in"):
+        return inside
+    raise _Unknown
+
+
+def _is_tcp_flags(left: Any) -> bool:
+    """``left`` is ``tcp flags``, or ``tcp flags & MASK``."""
+    if isinstance(left, Mapping) and "&" in left and isinstance(left["&"], list) and len(
+            left["&"]) == 2:
+        left = left["&"][0]
+    return (isinstance(left, Mapping) and isinstance(left.get("payload"), Mapping)
+            and left["payload"].get("protocol") == "tcp"
+            and left["payload"].get("field") == "flags")
+
+
+def _flag_bits(value: Any) -> int:
+    """TCP flags as nft's JSON writes them (``"syn"``, ``["syn", "ack"]``, ``{"|": [...]}``,
+    a number) as their bits."""
+    if isinstance(value, bool):
+        raise _Unknown
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value in TCP_FLAGS:
+        return TCP_FLAGS[value]
+    if isinstance(value, Mapping) and len(value) == 1 and isinstance(value.get("|"), list):
+        value = value["|"]
+    if isinstance(value, list) and value:
+        bits = 0
+        for one in value:
+            bits |= _flag_bits(one)
+        return bits
+    raise _Unknown
+
+
+def _tcp_flags_match(packet: Packet, match: Mapping[str, Any]) -> bool:
+    """A match on ``tcp flags`` (the traced packets': SYN, SYN-ACK, then ACK): ``==`` /
+    ``!=`` compare (after ``& MASK``), a bare ``tcp flags syn`` (``in``) asks for any of
+    the bits, ``!`` for none."""
+    left, op, right = match["left"], match.get("op", "=="), match.get("right")
+    if packet.proto != "tcp":
+        return False  # the expression's dependency (meta l4proto tcp) fails
+    if packet.tcp_flags is None:
+        raise _Unknown
+    value = packet.tcp_flags
+    if "&" in left:
+        value &= _flag_bits(left["&"][1])
+    if isinstance(right, Mapping) and "set" in right and isinstance(right["set"], list):
+        inside = value in [_flag_bits(v) for v in right["set"]]
+    elif op == "in":
+        return value & _flag_bits(right) != 0
+    elif op == "!":
+        return value & _flag_bits(right) == 0
+    else:
+        inside = value == _flag_bits(right)
+    if op == "!=":
+        return not inside
+    if op in ("==", "in"):
+        return inside
+    raise _Unknown
+
+
+def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,  # noqa: PLR0911 - per kind
+           chain: NftChain) -> bool:
+    left = match.get("left")
+    if isinstance(left, Mapping) and "fib" in left:
+        return _fib_match(packet, match, ruleset, chain)
+    if _is_tcp_flags(left):
+        return _tcp_flags_match(packet, match)
     value = _field(packet, match.get("left"))
     if value is _NoMatch:
         return False
@@ -662,9 +847,27 @@ def _device_chain(chain: NftChain, ruleset: Ruleset) -> BaseChain:
                      ruleset.order(chain.family, chain.table, chain.name))
 
 
+def _bridge_chain(chain: NftChain, ruleset: Ruleset, bridges: Collection[str]) -> BaseChain:
+    """A bridge-family chain, run for packets arriving on (leaving by) a bridge of
+    ``bridges`` (the interfaces other links name as their master)."""
+    hook, priority = _BRIDGE_HOOKS[str(chain.hook)]
+    evaluate = _evaluator(chain, ruleset)
+
+    def on_bridges(packet: Packet) -> ChainResult:
+        device = packet.iif if hook == "prerouting" else packet.oif
+        if device not in bridges:
+            return ChainResult("accept", f"bridge {chain.hook}: {device} is no bridge",
+                               mark=packet.mark)
+        return evaluate(attrs.evolve(packet, bridged=True))
+    hook_name: Hook = hook  # type: ignore[assignment]
+    return BaseChain(f"nft bridge {chain.table} {chain.name}", hook_name, priority, "filter",
+                     frozenset({4, 6}), on_bridges,
+                     ruleset.order(chain.family, chain.table, chain.name))
+
+
 def base_chains(ruleset: Ruleset, *,
-                read_from_save: Collection[tuple[str, str, str | None]] = ()
-                ) -> list[BaseChain]:
+                read_from_save: Collection[tuple[str, str, str | None]] = (),
+                bridges: Collection[str] = ()) -> list[BaseChain]:
     """The ruleset's base chains on the hooks a forwarded flow crosses.
 
     The chains ``read_from_save`` names (family, table, chain; a chain of ``None``: the
@@ -677,20 +880,48 @@ def base_chains(ruleset: Ruleset, *,
     """
     chains = []
     for chain in ruleset.chains.values():
-        if chain.family not in _FAMILIES:
+        if chain.family not in (*_FAMILIES, "bridge"):
             continue
-        if chain.hook in _DEVICE_HOOKS and chain.family in ("netdev", "inet"):
-            chains.append(_device_chain(chain, ruleset))
+        dormant = ruleset.dormant(chain.family, chain.table)
+        if dormant:
+            continue  # unhooked: the kernel runs no packet through its chains
+        if chain.family == "bridge":
+            if chain.hook not in _BRIDGE_HOOKS:
+                continue
+            found = _bridge_chain(chain, ruleset, bridges)
+        elif chain.hook in _DEVICE_HOOKS and chain.family in ("netdev", "inet"):
+            found = _device_chain(chain, ruleset)
+        elif (chain.hook not in _HOOKS or chain.family == "netdev"
+              or (chain.family, chain.table, chain.name) in read_from_save
+              or (chain.family, chain.table, None) in read_from_save):
             continue
-        if chain.hook not in _HOOKS or chain.family == "netdev":
-            continue
-        if ((chain.family, chain.table, chain.name) in read_from_save
-                or (chain.family, chain.table, None) in read_from_save):
-            continue
-        kind: Literal["filter", "nat"] = "nat" if chain.kind == "nat" else "filter"
-        hook: Hook = chain.hook  # type: ignore[assignment]
-        chains.append(BaseChain(f"nft {chain.family} {chain.table} {chain.name}", hook,
-                                chain.priority, kind, _FAMILIES[chain.family],
-                                _evaluator(chain, ruleset),
-                                ruleset.order(chain.family, chain.table, chain.name)))
+        else:
+            kind: Literal["filter", "nat"] = "nat" if chain.kind == "nat" else "filter"
+            hook: Hook = chain.hook  # type: ignore[assignment]
+            found = BaseChain(f"nft {chain.family} {chain.table} {chain.name}", hook,
+                              chain.priority, kind, _FAMILIES[chain.family],
+                              _evaluator(chain, ruleset),
+                              ruleset.order(chain.family, chain.table, chain.name))
+        chains.append(maybe_dormant(found, chain.family, chain.table)
+                      if dormant is None else found)
     return chains
+
+
+def maybe_dormant(chain: BaseChain, family: str, table: str) -> BaseChain:
+    """``chain`` of a table that may be dormant (flags that could not be read): what it
+    decides is uncertain, but for an accept that changes nothing (what an unhooked
+    chain amounts to)."""
+    run = chain.evaluate
+
+    def evaluate(packet: Packet) -> ChainResult:
+        result = run(packet)
+        if (result.verdict == "accept" and result.mark == packet.mark
+                and result.untracked is None):
+            return result
+        effect = "accept" if result.mark == packet.mark and result.untracked is None else (
+            "unknown")
+        return attrs.evolve(result, unknowns=(*result.unknowns, Uncertain(
+            f"nft table {family} {table}", "its flags could not be read (libnftables 1.0.6 "
+            "prints them wrong in JSON, and no ruleset text said them): if it is dormant, "
+            "none of its chains sees the packet", effect)))
+    return attrs.evolve(chain, evaluate=evaluate)

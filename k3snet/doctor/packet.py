@@ -19,10 +19,16 @@ from typing import Literal
 
 import attrs
 
+from k3snet.doctor.routing import Fib
+
 __all__ = [
+    "ACK",
     "EPHEMERAL_PORTS",
     "MAX_RULE_VISITS",
     "PROTOCOLS",
+    "SYN",
+    "SYN_ACK",
+    "TCP_FLAGS",
     "BaseChain",
     "Budget",
     "ChainResult",
@@ -46,6 +52,13 @@ IPNetwork = IPv4Network | IPv6Network
 #: Protocol names and numbers the evaluators understand.
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132}
 
+
+#: TCP's flag bits by name (nftables' names; iptables' are these in capitals).
+TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20,
+             "ecn": 0x40, "cwr": 0x80}
+#: The flags of the packets traced: the connection's first (SYN), its reply (SYN-ACK)
+#: and the next ones (ACK; data adds PSH).
+SYN, SYN_ACK, ACK = 0x02, 0x12, 0x10
 
 #: Linux's default ``ip_local_port_range``: where a pod's unknown source port lies.
 EPHEMERAL_PORTS = (32768, 60999)
@@ -88,7 +101,13 @@ class Packet:
     members of the ipsets the doctor knows (Calico's pool sets, from its IP pools).
     ``nat`` is what conntrack says its connection's translation is (``--ctstate
     SNAT``/``DNAT``): ``dnat`` once its destination was translated, ``snat`` once its
-    source was, for the rest of the connection's packets, replies included.
+    source was, for the rest of the connection's packets, replies included. ``fib`` is
+    the node's routing of the packet's family, for what looks a route up (nftables
+    ``fib``, iptables ``-m rpfilter``; None: not known, those rules are unknown).
+    ``tcp_flags`` are a TCP packet's flag bits (:data:`TCP_FLAGS`; None: not TCP).
+    ``bridged``: the packet as a bridge-family chain sees it, on a port of the bridge
+    the capture does not name, conntrack's view there depending on ``br_netfilter``:
+    interface and ``ct`` matches are unknown.
     """
 
     family: Literal[4, 6]
@@ -106,6 +125,9 @@ class Packet:
     ipsets: Mapping[str, tuple[IPNetwork, ...]] = attrs.field(factory=dict)
     pick: int = 0
     nat: frozenset[str] = frozenset()
+    fib: Fib | None = attrs.field(default=None, eq=False, repr=False)
+    tcp_flags: int | None = None
+    bridged: bool = False
 
     @property
     def proto_number(self) -> int:

@@ -21,11 +21,13 @@ import attrs
 
 __all__ = [
     "Address",
+    "Fib",
     "Lookup",
     "RouteEntry",
     "RuleEntry",
     "lookup",
     "masquerade_source",
+    "nexthop_objects",
     "parse_addresses",
     "parse_link_states",
     "parse_routes",
@@ -190,12 +192,46 @@ def _network(value: object, length: object, family: int) -> IPNetwork | None:
     return ip_network(text, strict=False)
 
 
-def parse_routes(data: object, family: int) -> list[RouteEntry]:
-    """``ip -j route show table all`` output (parsed JSON) -> routes of every table."""
+def nexthop_objects(data: object) -> dict[int, Mapping[str, Any]]:
+    """``ip -j nexthop show`` output -> each nexthop object by its id."""
+    items = data if isinstance(data, list) else []
+    return {item["id"]: item for item in items
+            if isinstance(item, Mapping) and isinstance(item.get("id"), int)}
+
+
+def _resolved(item: Mapping[str, Any], nexthops: Mapping[int, Mapping[str, Any]]
+              ) -> Mapping[str, Any]:
+    """A route that names its nexthop object by ``nhid`` alone (``nexthop_compat_mode``
+    0: the kernel dumps no gateway or device) with that object's, a group's members as
+    a multipath route's nexthops; as it is when it names more, or an unknown object."""
+    found = nexthops.get(item["nhid"]) if isinstance(item.get("nhid"), int) else None
+    if found is None or any(k in item for k in ("gateway", "dev", "nexthops")):
+        return item
+    if isinstance(found.get("group"), list):
+        members = [nexthops.get(m["id"]) if isinstance(m, Mapping)
+                   and isinstance(m.get("id"), int) else None for m in found["group"]]
+        if not members or any(m is None or "group" in m for m in members):
+            return item
+        return {**item, "nexthops": [{k: m[k] for k in ("gateway", "dev", "flags") if k in m}
+                                     for m in members if m is not None]}
+    if "blackhole" in found:
+        return item  # the route's type says blackhole already
+    return {**item, **{k: found[k] for k in ("gateway", "dev") if k in found},
+            "flags": [*item.get("flags", ()), *found.get("flags", ())]}
+
+
+def parse_routes(data: object, family: int,
+                 nexthops: Mapping[int, Mapping[str, Any]] | None = None) -> list[RouteEntry]:
+    """``ip -j route show table all`` output (parsed JSON) -> routes of every table.
+
+    ``nexthops``: the nexthop objects (:func:`nexthop_objects`), for routes that name
+    theirs by ``nhid`` alone."""
     routes = []
     for item in data if isinstance(data, list) else []:
         if not isinstance(item, Mapping) or "dst" not in item:
             continue
+        if nexthops and "nhid" in item:
+            item = _resolved(item, nexthops)  # noqa: PLW2901 - the route as if dumped whole
         if "dead" in item.get("flags", ()):
             continue
         destination = _network(item["dst"], None, family)
@@ -533,6 +569,38 @@ def lookup(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry], dst: IPAddr
             continue
         return Lookup(best.type, best, rule, (*candidates, *found[1:]))
     return Lookup("none", candidates=tuple(candidates), reason=f"no route to {dst}")
+
+
+@attrs.frozen
+class Fib:
+    """One family's routing as netfilter's ``fib`` expression (nftables) and the
+    ``rpfilter`` match (iptables) look it up: ``nft_fib``, ``xt_rpfilter``."""
+
+    routes: tuple[RouteEntry, ...]
+    rules: tuple[RuleEntry, ...]
+    local: frozenset[IPAddress]
+
+    def reverse(self, src: IPAddress, dst: IPAddress, *, mark: int | None) -> Lookup:
+        """The route back to ``src`` for a packet ``src -> dst`` (``fib saddr``,
+        ``rpfilter``): looked up from ``dst`` as the loopback's (no ``iif`` rule sees the
+        packet's interface), with ``mark`` (0 unless the rule asks for the packet's),
+        linkdown routes kept (``FIB_LOOKUP_IGNORE_LINKSTATE``)."""
+        return lookup(self.routes, self.rules, src, src=dst, iif="lo", mark=mark)
+
+    def address_type(self, address: IPAddress) -> str:
+        """``fib daddr type``: ``local``, ``broadcast`` or ``multicast`` as the node's local
+        table says (``inet_dev_addr_type``; IPv6: its addresses), else ``unicast``."""
+        if address.is_multicast:
+            return "multicast"
+        if address in self.local:
+            return "local"
+        if address.version == 4:
+            if address == IPv4Address("255.255.255.255"):
+                return "broadcast"
+            found = _table_lookup(self.routes, 255, address, None)
+            if found and found[0].type in ("local", "broadcast"):
+                return found[0].type
+        return "unicast"
 
 
 def rp_filter_check(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry],

@@ -25,8 +25,10 @@ from k3snet.doctor.bundle import FILES, NOT_INSTALLED, BundleError, NodeCapture
 from k3snet.doctor.packet import BaseChain
 from k3snet.doctor.routing import (
     Address,
+    Fib,
     RouteEntry,
     RuleEntry,
+    nexthop_objects,
     parse_addresses,
     parse_link_states,
     parse_routes,
@@ -63,6 +65,21 @@ def _read_from_save(text: str, tables: Mapping[str, Any], family: int
     return found
 
 
+def _bridges(data: object) -> frozenset[str]:
+    """The interfaces other links name as their ``master`` in ``ip -j addr`` (bridges,
+    whose bridge-family chains a routed packet on them crosses; a bond or VRF named so
+    has no such chains to run)."""
+    links = data if isinstance(data, list) else []
+    return frozenset(link["master"] for link in links
+                     if isinstance(link, Mapping) and isinstance(link.get("master"), str))
+
+
+def _maybe_dormant(chain: BaseChain, dormant: bool | None, family: str) -> BaseChain:
+    """An iptables-nft ``chain`` whose nftables table may be dormant (None) made uncertain."""
+    table = chain.where.split()[-2]
+    return nftables.maybe_dormant(chain, family, table) if dormant is None else chain
+
+
 @attrs.frozen
 class NodeState:
     """The parsed state of one node (see the module docstring)."""
@@ -97,7 +114,8 @@ class NodeState:
         has_nft_save = False
         read_from_save: set[tuple[str, str, str | None]] = set()
         data = capture.json("nft-ruleset.json")
-        ruleset = nftables.parse_ruleset(data) if data is not None else None
+        ruleset = (nftables.parse_ruleset(data).with_text(capture.text("nft-ruleset.txt"))
+                   if data is not None else None)
         for flavour in ("nft", "legacy"):
             for family in (4, 6):
                 name = f"iptables-{flavour}-v{family}.save"
@@ -110,18 +128,27 @@ class NodeState:
                 if flavour == "nft":  # what nft's own view then leaves to this text
                     read_from_save |= _read_from_save(text, tables, family)
                 if flavour == "nft" and ruleset is not None:
-                    # iptables-nft's chains are nftables chains: their handles say when.
+                    # iptables-nft's chains are nftables chains: their handles say when,
+                    # and a dormant table's are hooked nowhere (iptables-save still
+                    # prints them).
                     fam = "ip" if family == 4 else "ip6"
-                    found = [attrs.evolve(c, order=ruleset.order(fam, *c.where.split()[-2:]))
-                             for c in found]
+                    found = [_maybe_dormant(
+                        attrs.evolve(c, order=ruleset.order(fam, *c.where.split()[-2:])),
+                        ruleset.dormant(fam, c.where.split()[-2]), fam)
+                        for c in found if not ruleset.dormant(fam, c.where.split()[-2])]
                 chains += found
                 sources.append(f"{name}: {len(found)} base chain(s)")
         if ruleset is not None:
-            found = nftables.base_chains(ruleset, read_from_save=read_from_save)
+            found = nftables.base_chains(ruleset, read_from_save=read_from_save,
+                                         bridges=_bridges(capture.json("addr.json")))
             chains += found
+            dormant = [f"{f} {t}" for f, t in ruleset.listed if ruleset.dormant(f, t)]
             sources.append(f"nft-ruleset.json: {len(found)} base chain(s)"
                            + (" (iptables-nft tables read from iptables-save)"
-                              if has_nft_save else ""))
+                              if has_nft_save else "")
+                           + (f"; dormant tables, hooked nowhere: {', '.join(dormant)}"
+                              if dormant else ""))
+        nexthops = nexthop_objects(capture.json("nexthops.json"))
         cidrs = []
         for match in _FLANNEL_NETWORK.finditer(capture.text("flannel-subnet.env")):
             cidrs.append(ip_network(match["cidr"], strict=False))
@@ -129,7 +156,8 @@ class NodeState:
             calico_pools=_calico_pools(capture.json("calico-ippools.json")),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),
-            routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f)) for f in (4, 6)},
+            routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f, nexthops))
+                    for f in (4, 6)},
             rules={f: tuple(parse_rules(capture.json(f"rules-v{f}.json"), f)) for f in (4, 6)},
             sysctls=capture.sysctls(),
             chains=tuple(chains),
@@ -196,6 +224,11 @@ class NodeState:
         devices -= {"all", "default"}
         return frozenset(d for d in devices if every or self.sysctl(
             f"{prefix}{d.replace('.', '/')}{suffix}") == 1)
+
+    def fib(self, family: int) -> Fib:
+        """The node's routing of ``family`` as netfilter's route lookups see it."""
+        return Fib(self.routes.get(family, ()), self.rules.get(family, ()),
+                   frozenset(a.address for a in self.addresses if a.address.version == family))
 
     def local_addresses(self) -> frozenset[object]:
         """Every address of the node."""

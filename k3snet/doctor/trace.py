@@ -14,7 +14,8 @@ delivers the packet and routes the node's own addresses back to it (to the
 interface that holds the address), but not the pod addresses (K3s' default: pod
 CIDRs are known only inside the cluster; pass ``upstream_routes_pods=True``
 otherwise); an interface facing pods leads to no destination beyond its own
-networks; packets start with mark 0. When a rule picks at random (kube-proxy's
+networks (a host route to the destination itself is a pod's own); packets start
+with mark 0. When a rule picks at random (kube-proxy's
 endpoint choice), every branch is traced and the worst is returned, with the
 others in :attr:`Trace.endpoints`.
 
@@ -33,6 +34,9 @@ from typing import Any, Final, Literal
 import attrs
 
 from k3snet.doctor.packet import (
+    ACK,
+    SYN,
+    SYN_ACK,
     BaseChain,
     ChainResult,
     Hook,
@@ -293,6 +297,8 @@ class _Tracer:
     randoms: int = 0
     random_taken: bool = False
     untracked: bool = False
+    route_mark: int | None = 0
+    """The mark the flow's first packet was routed with (after prerouting)."""
 
     def add(self, direction: Direction, stage: str, outcome: Outcome,  # noqa: PLR0917 - a Step
             where: str, detail: str,
@@ -331,7 +337,7 @@ class _Tracer:
                 # nat chains see only a connection's first packet, until one NATs, and
                 # never a packet conntrack does not track (nf_nat_inet_fn finds no entry).
                 continue
-            seen = attrs.evolve(packet, pick=self.pick)
+            seen = attrs.evolve(packet, pick=self.pick, fib=self.state.fib(packet.family))
             if (hook == "prerouting" and chain.priority < _CONNTRACK_PRIORITY
                     and packet.ctstate != "untracked"):
                 # Conntrack has not taken the packet in yet: ``ct state`` / ``--ctstate``
@@ -423,7 +429,9 @@ class _Tracer:
     def rp_filter(self, packet: Packet, oif: str) -> bool:
         """Reverse-path filtering of ``packet`` on its input interface; False if dropped.
 
-        The reverse lookup uses mark 0 (``src_valid_mark`` is off by default).
+        The reverse lookup uses mark 0, or the packet's mark where ``src_valid_mark``
+        is set (on ``all`` or the input interface: the kernel takes either,
+        ``IN_DEV_SRC_VMARK``), so ``fwmark`` policy rules see the mark prerouting gave.
         """
         if packet.family != 4 or packet.iif is None:
             return True
@@ -432,14 +440,19 @@ class _Tracer:
         mode = max(self.state.sysctl(n) for n in names)
         if mode == 0:
             return True
+        valid_mark = any(self.state.sysctl(f"net.ipv4.conf.{n}.src_valid_mark")
+                         for n in ("all", iface))
+        mark = packet.mark if valid_mark else 0
         fam = packet.family
         passed, back = rp_filter_check(
             self.state.routes[fam], self.state.rules[fam], self.state.addresses,
-            src=packet.src, dst=packet.dst, iif=packet.iif, mode=mode, oif=oif, mark=0,
+            src=packet.src, dst=packet.dst, iif=packet.iif, mode=mode, oif=oif, mark=mark,
             ignore_linkdown=self.state.linkdown_ignored(fam))
         kind = "strict" if mode == 1 else "loose"
         where = f"rp_filter={mode} ({kind}) on {packet.iif}"
-        detail = f"the route back to {packet.src} is {back.describe()}"
+        marked = (f" (src_valid_mark: looked up with the packet's mark "
+                  f"{'unknown' if mark is None else hex(mark)})" if valid_mark else "")
+        detail = f"the route back to {packet.src} is {back.describe()}{marked}"
         direction: Direction = packet.direction
         if passed is None:
             self.add(direction, "rp_filter", "unknown", where, detail, certain=False)
@@ -532,7 +545,7 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     iif, None, "new", "original", 0, t.state.local_addresses(),  # type: ignore[arg-type]
-                    t.state.ipsets())
+                    t.state.ipsets(), tcp_flags=SYN if proto == "tcp" else None)
     packet, dnat, dropped = t.hook(packet, "prerouting", first=True, at_nat=_translate_dnat)
     if dropped:
         return None
@@ -545,6 +558,7 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
               + (" (a Service endpoint picked at random: each is traced)"
                  if t.randoms else ""))
     route = t.routing(packet)
+    t.route_mark = packet.mark
     multipath = ""
     if route.route is not None and route.route.nexthops:
         # The kernel hashes each flow onto one nexthop: each is a branch, all traced.
@@ -576,7 +590,10 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     found["gateway"] = route.route.gateway
     if not t.forwarding(packet) or not t.rp_filter(packet, oif):
         return None
-    if _pod_facing(oif, iif) and route.route.gateway is None and not any(
+    # A host route to the destination itself is a pod's own (Calico's per-pod /32 on its
+    # cali interface, which holds no address): the pod answers there.
+    pods_own = route.route.destination.prefixlen == route.route.destination.max_prefixlen
+    if _pod_facing(oif, iif) and route.route.gateway is None and not pods_own and not any(
             a.device == oif and packet.dst in a.network for a in t.state.addresses):
         t.add("original", "routing", "drop", f"dev {oif}",
               f"{route.describe()}: sends {packet.dst} back towards pods on {oif}, "
@@ -638,7 +655,7 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
         {"dnat"} if dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
     reply = Packet(fam, answerer, seen, proto, port, flow.source_port, back_in, None,
                    "new" if t.untracked else "established", "reply", 0, local,  # type: ignore[arg-type]
-                   t.state.ipsets(), nat=nat)
+                   t.state.ipsets(), nat=nat, tcp_flags=SYN_ACK if proto == "tcp" else None)
     reply, _, dropped = t.hook(reply, "prerouting", first=False, part="before-nat")
     if dropped:
         return None
@@ -742,7 +759,8 @@ def _onward(t: _Tracer, found: dict[str, Any]) -> None:
     same prerouting, forward and postrouting chains. A rule accepting only ``NEW``
     packets from pods (or one dropping the ``SNAT`` state) lets the first packet through
     and the rest not: the connection fails all the same. Only what stops or may stop
-    them is recorded (the route, forwarding and ``rp_filter`` are the first packet's).
+    them is recorded (the route, forwarding and ``rp_filter`` are the first packet's,
+    unless prerouting marked them otherwise: :func:`_onward_route`).
     """
     flow, fam = t.flow, t.flow.family
     seen, dnat = found["source_seen"], found.get("dnat")
@@ -751,14 +769,16 @@ def _onward(t: _Tracer, found: dict[str, Any]) -> None:
     proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     found["ingress"], None, "established", "original", 0,
-                    t.state.local_addresses(), t.state.ipsets(), nat=nat)  # type: ignore[arg-type]
+                    t.state.local_addresses(), t.state.ipsets(), nat=nat,  # type: ignore[arg-type]
+                    tcp_flags=ACK if proto == "tcp" else None)
     start, randoms, random_taken = len(t.steps), t.randoms, t.random_taken
     packet, _, dropped = t.hook(packet, "prerouting", first=False,
                                 at_nat=lambda p, _: _dnat_to(p, dnat))
-    if not dropped:
-        packet = attrs.evolve(packet, oif=found["egress"])
+    oif = None if dropped else _onward_route(t, found, packet)
+    if oif is not None:
+        packet = attrs.evolve(packet, oif=oif)
         packet, _, dropped = t.hook(packet, "forward", first=False)
-    if not dropped:
+    if oif is not None and not dropped:
         t.hook(packet, "postrouting", first=False,
                at_nat=lambda p, _: attrs.evolve(p, src=seen))
     # A random branch of these chains is the first packet's (the same ``pick``).
@@ -770,6 +790,49 @@ def _onward(t: _Tracer, found: dict[str, Any]) -> None:
                                          and (s.where, s.detail) not in before)]
     t.steps[start:] = onward
     t.uncertain = any(not s.certain for s in t.steps)
+
+
+def _onward_route(t: _Tracer, found: dict[str, Any], packet: Packet) -> str | None:
+    """The interface the connection's next packets leave by (None: they do not leave).
+
+    Routed as the first packet was, unless prerouting marked them otherwise (a rule that
+    marks only ``new`` packets for a ``fwmark`` policy rule): they are then routed on
+    their own mark, and may find no route, or leave by another interface, where the
+    kernel drops a masqueraded connection's packets (``nf_nat_oif_changed``: its
+    masquerade holds the interface it was made on) and kills the connection.
+    """
+    egress: str = found["egress"]
+    if packet.mark == t.route_mark:
+        return egress
+    route = t.routing(packet)
+    if route.route is not None and route.route.nexthops:  # the first packet's nexthop
+        route = attrs.evolve(route, route=route.route.via(
+            min(t.pick, len(route.route.nexthops) - 1)))
+    where = f"table {table_name(route.route.table)}" if route.route else "routing"
+    first = "unknown" if t.route_mark is None else hex(t.route_mark)
+    mark = "unknown" if packet.mark is None else hex(packet.mark)
+    why = (f"marked {mark} in prerouting where the first packet was marked {first}, they "
+           f"are routed {route.describe()}")
+    device = route.route.device if route.route is not None else None
+    if route.type == "unknown" or (route.type == "unicast" and device is None):
+        t.add("original", "routing", "unknown", where, why, "route-unknown", certain=False)
+        return egress
+    if not route.ok or route.type == "local" or device is None:
+        t.add("original", "routing", "drop", where,
+              f"{why}: they do not leave the node, though the first packet did",
+              "onward-route")
+        return None
+    nat: NatAction | None = found.get("nat")
+    if device != egress and nat is not None and nat.kind == "masquerade":
+        t.add("original", "routing", "drop", where,
+              f"{why}: they leave by {device}, not {egress} where the connection was "
+              "masqueraded, and conntrack drops a masqueraded connection's packets that "
+              "leave by another interface", "onward-route")
+        return None
+    # Each packet's source is validated again, with its own mark under src_valid_mark.
+    if not t.rp_filter(packet, device) or (device != egress and not t.link_up(device)):
+        return None
+    return device
 
 
 def _source_seen(t: _Tracer, flow: Flow, natted: ChainResult | None, oif: str,

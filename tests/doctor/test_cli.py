@@ -155,6 +155,31 @@ def test_fix_with_json_output_prints_one_doctor_document_on_stdout(
 
 
 @pytest.mark.kernel
+def test_fix_repairs_k3snets_own_table_made_dormant(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """k3snet's nftables table made dormant after a fix: its masquerade translates
+    nothing. The doctor says so, and ``--fix`` planned nothing (the backend's masquerade
+    counted as in place, its drift kept as wanted) while it predicted "reaches"; the
+    plan now repairs the drift, as apply's does, and the flow reaches."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(nat="none")
+    doctor_lab.configure(topology)
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}", "--fix", "--auto-approve"]
+    assert main(argv) == 0
+    run_in(doctor_lab.node, ["nft", "add", "table", "inet", "k3snet", "{ flags dormant; }"])
+    assert not doctor_lab.probe(topology.destination)["ok"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no-masquerade" in out
+    assert "flags dormant" in out  # the drift the plan repairs
+    assert "now: reaches" in out
+    assert doctor_lab.probe(topology.destination)["ok"]
+
+
+@pytest.mark.kernel
 def test_doctor_without_root_says_the_rulesets_were_unread_not_blocked_by_missing_nat(
         doctor_lab: DoctorLab) -> None:
     """Run without root (the admin forgot sudo), every iptables-save and ``nft list``

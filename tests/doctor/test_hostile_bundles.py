@@ -137,13 +137,12 @@ def _fan_out_nft(levels: int) -> str:
                    "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
         {"rule": {"family": "inet", "table": "fan", "chain": "fwd",
                   "expr": [{"jump": {"target": "c0"}}]}}]
-    fib = {"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}},
-                     "right": "local"}}
+    unknown = {"match": {"op": "==", "left": {"ct": {"key": "mark"}}, "right": 1}}
     for i in range(levels):
         items.append({"chain": {"family": "inet", "table": "fan", "name": f"c{i}"}})
         items += [{"rule": {"family": "inet", "table": "fan", "chain": f"c{i}",
                             "expr": [*head, {"jump": {"target": f"c{i + 1}"}}]}}
-                  for head in ([], [fib])]
+                  for head in ([], [unknown])]
     items.append({"chain": {"family": "inet", "table": "fan", "name": f"c{levels}"}})
     return json.dumps({"nftables": items})
 

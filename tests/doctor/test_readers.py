@@ -20,6 +20,7 @@ from k3snet.doctor.packet import Packet
 from k3snet.doctor.routing import (
     lookup,
     masquerade_source,
+    nexthop_objects,
     parse_addresses,
     parse_routes,
     parse_rules,
@@ -431,10 +432,10 @@ def test_an_unknown_rule_that_returns_makes_the_verdict_unknown() -> None:
                     "-A FW -s 10.42.0.0/16 -j DROP\nCOMMIT\n")
     state = _state(**{"iptables-nft-v4.save": filter_table + K3S_NAT})
     assert trace(state, FLOW).verdict is Verdict.UNKNOWN
-    fib = {"fib": {"flags": ["daddr"], "result": "type"}}
+    ct_mark = {"ct": {"key": "mark"}}  # the connection's mark: not followed
     ruleset = _nft(_chain("fw", "fwd", "forward", 0), _chain("fw", "check"),
                    _rule("fw", "fwd", {"jump": {"target": "check"}}),
-                   _rule("fw", "check", _match(fib, "unicast"), {"return": None}),
+                   _rule("fw", "check", _match(ct_mark, 1), {"return": None}),
                    _rule("fw", "check", _match(SADDR, {"prefix": {"addr": "10.42.0.0",
                                                                   "len": 16}}), {"drop": None}),
                    *MASQ_NFT)
@@ -453,8 +454,7 @@ def test_an_unknown_jump_to_a_chain_with_an_unknown_drop_makes_the_verdict_unkno
     ruleset = _nft(_chain("fw", "fwd", "forward", 0), _chain("fw", "bl"),
                    _rule("fw", "fwd", _match({"fib": {"flags": ["saddr"], "result": "type"}},
                                              "unicast"), {"jump": {"target": "bl"}}),
-                   _rule("fw", "bl", _match({"fib": {"flags": ["daddr"], "result": "type"}},
-                                            "unicast"), {"drop": None}),
+                   _rule("fw", "bl", _match({"ct": {"key": "mark"}}, 1), {"drop": None}),
                    *MASQ_NFT)
     assert trace(_state(**{"nft-ruleset.json": ruleset}), FLOW).verdict is Verdict.UNKNOWN
 
@@ -554,3 +554,37 @@ def test_ipv6_masquerade_never_picks_a_tentative_address_and_avoids_deprecated_o
     picked = masquerade_source(addresses, "eth0", ip_address("fd01:1::1"),
                                ip_address("fd01:2::10"))
     assert str(picked) == "fd01:1::5"
+
+
+def test_a_route_naming_its_nexthop_object_alone_is_read_through_it() -> None:
+    """``nexthop_compat_mode`` 0: the route says ``nhid`` only; ``nexthops.json`` (``ip -j
+    nexthop show``) gives the gateway and device, a group its members. An object not
+    listed, or listed in a shape of another kind, leaves the route as it is (unknown)."""
+    objects = [{"id": 1, "gateway": "192.168.1.1", "dev": "eth0", "flags": []},
+               {"id": 2, "gateway": "192.168.1.2", "dev": "eth0", "flags": ["dead"]},
+               {"id": 3, "group": [{"id": 1}, {"id": 2}]},
+               {"id": 4, "group": [{"id": 1}, {"id": 99}]},
+               {"id": "5", "dev": "eth0"}, "junk", {"id": 6, "group": "1/2"}]
+    found = nexthop_objects(objects)
+    assert sorted(found) == [1, 2, 3, 4, 6]
+    routes = parse_routes([{"dst": f"10.{n}.0.0/16", "nhid": n, "flags": []}
+                           for n in (1, 3, 4, 5, 6)], 4, found)
+    by = {str(r.destination): r for r in routes}
+    assert (str(by["10.1.0.0/16"].gateway), by["10.1.0.0/16"].device) == ("192.168.1.1", "eth0")
+    assert by["10.3.0.0/16"].nexthops == ()  # the dead member is skipped: one nexthop left
+    assert by["10.3.0.0/16"].device == "eth0"
+    assert all(by[d].device is None for d in ("10.4.0.0/16", "10.5.0.0/16", "10.6.0.0/16"))
+    state = _state(**{"routes-v4.json": json.dumps([
+        *json.loads(NodeCapture.read_dir(HEALTHY).text("routes-v4.json")),
+        {"dst": "192.168.2.0/24", "nhid": 1, "flags": []}]),
+        "nexthops.json": json.dumps(objects)})
+    assert trace(state, FLOW).verdict is not Verdict.UNKNOWN
+
+
+def test_a_tcp_flags_rule_naming_an_unknown_flag_is_an_unknown_rule() -> None:
+    """``--tcp-flags`` with a name iptables does not print is that rule unread (unknown),
+    not the whole capture refused."""
+    filter_table = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                    "-A FORWARD -p tcp --tcp-flags SYN,BOGUS SYN -j DROP\nCOMMIT\n")
+    result = trace(_state(**{"iptables-nft-v4.save": filter_table + K3S_NAT}), FLOW)
+    assert result.verdict is Verdict.UNKNOWN, result.render()

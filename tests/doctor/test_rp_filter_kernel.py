@@ -43,3 +43,39 @@ def test_strict_rp_filter_passes_a_reply_on_an_unnumbered_uplink_the_route_back_
         answer, result = doctor_lab.kernel_and_trace(topology, timeout=8)
         assert answer["ok"], answer
         assert result.verdict is Verdict.REACHES, result.render()
+
+
+_MARK_PODS = ("table ip lab_mark {\n chain pre {\n  type filter hook prerouting priority -150; "
+              'policy accept;\n  iifname "cni0" meta mark set 0x10\n }\n}\n')
+
+
+@pytest.mark.parametrize("where", ["off", "all", "cni0"])
+def test_strict_rp_filter_looks_the_source_up_with_the_mark_where_src_valid_mark_says(
+        doctor_lab: DoctorLab, where: str) -> None:
+    """Pods' packets marked in prerouting, the mark routing them out by ``eth1`` (table
+    100): with ``src_valid_mark`` on (``all`` or ``cni0``) the reverse lookup takes the
+    mark too, so the route back to the pod leaves by ``eth1``, not ``cni0``, and strict
+    ``rp_filter`` on ``cni0`` drops the flow; the doctor looked up with mark 0 and said
+    "reaches". Off, the mark is not used there and the flow passes."""
+    topology = Topology(rp_cni=1)
+    doctor_lab.configure(topology)
+    node = doctor_lab.node
+    run_in(node, ["ip", "route", "add", "default", "via", "192.168.4.1", "dev", "eth1",
+                  "table", "100"])
+    run_in(node, ["ip", "rule", "add", "fwmark", "0x10", "lookup", "100", "pref", "100"])
+    run_in(node, ["nft", "-f", "-"], input_text=_MARK_PODS)
+    sysctl = f"net.ipv4.conf.{where}.src_valid_mark"
+    try:
+        if where != "off":
+            run_in(node, ["sysctl", "-q", "-w", f"{sysctl}=1"])
+        answer, result = doctor_lab.kernel_and_trace(topology, timeout=2)
+    finally:
+        if where != "off":
+            run_in(node, ["sysctl", "-q", "-w", f"{sysctl}=0"])
+    assert answer["ok"] is (where == "off"), answer
+    assert result.verdict is (Verdict.REACHES if where == "off" else Verdict.BLOCKED), (
+        result.render())
+    if where != "off":
+        assert result.blocked_at is not None
+        assert result.blocked_at.code == "rp-filter", result.render()
+        assert "src_valid_mark" in result.blocked_at.detail, result.render()
