@@ -143,7 +143,7 @@ def test_pod_cidr_disagreeing_with_flannel_is_a_conflict(
     [
         ("iptables", {"k3snet.rules.v4", "k3snet.rules.v6"}, "K3SNET-POSTROUTING"),
         ("nftables", {"k3snet.nft"}, "masquerade"),
-        ("ifupdown", {"k3snet-routes"}, "up ip route"),
+        ("ifupdown", {"k3snet-routes"}, "up error=$(ip route add"),
         ("netplan", {"90-k3snet.yaml"}, "routes:"),
         ("networkd", {"90-k3snet-eth0.network"}, "[Route]"),
         ("networkmanager", {"90-k3snet-routes"}, "ip route add 192.168.2.0/24"),

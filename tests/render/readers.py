@@ -48,8 +48,18 @@ def route_from_args(args: list[str], *, protocol: int | None = None) -> Route:
     return Route(args[0], **fields)
 
 
+_IFUPDOWN_LINE = re.compile(
+    r"(up|down) error=\$\((ip(?: -6)?) route (add|del) (.*) 2>&1\) \|\| "
+    r"\[ (-n|-z) \"\$\(\2 route show exact \4( 2>/dev/null)?\)\" \] \|\| "
+    r"\{ echo \"k3snet: \$error\" >&2; false; \}")
+_IFUPDOWN_SHAPES = {("up", "add", "-n", None), ("down", "del", "-z", " 2>/dev/null")}
+
+
 def read_ifupdown(text: str) -> list[Route]:
-    """The routes of the ``up`` lines; every line must be a known shape."""
+    """The routes of the ``up`` lines; every line must be a known shape, each ``up``
+    and ``down`` line checking the very route it adds or deletes (``show exact``)."""
+    import shlex  # noqa: PLC0415 - only the shell readers need it
+
     routes: list[Route] = []
     downs = 0
     for line in text.splitlines():
@@ -60,14 +70,13 @@ def read_ifupdown(text: str) -> list[Route]:
             continue
         if words[0] == "address" and len(words) == 2:
             continue
-        command = words[1:4] if words[1:3] != ["ip", "-6"] else [words[1], *words[3:5]]
-        start = 4 if words[1:3] != ["ip", "-6"] else 5
-        if words[0] == "up" and command == ["ip", "route", "add"]:
-            routes.append(route_from_args(words[start:]))
-        elif words[0] == "down" and command == ["ip", "route", "del"]:
-            downs += 1
-        else:
+        found = _IFUPDOWN_LINE.fullmatch(line.strip())
+        if found is None or (found[1], found[3], found[5], found[6]) not in _IFUPDOWN_SHAPES:
             raise ReadBackError(f"unexpected ifupdown line {line!r}")
+        if found[1] == "up":
+            routes.append(route_from_args(shlex.split(found[4])))
+        else:
+            downs += 1
     if downs != len(routes):
         raise ReadBackError(f"{len(routes)} up lines but {downs} down lines")
     return routes

@@ -5,8 +5,9 @@ both families, every rule shape): ``nftables.conf`` passes ``nft -c -f`` and, lo
 with ``nft -f``, lists (``nft -j``) as the same objects; the libnftables JSON batches
 the backend sends (``syntax="json"``) do too; ``rules.v4``/``rules.v6`` pass
 ``iptables-restore --test`` and, loaded, ``iptables-save`` reads back as the same
-objects; the ifupdown file's route commands run as one ``ip -batch`` and ``ip -j
-route`` lists the same routes; ``sysctl -p`` of the sysctl.d file sets the values.
+objects; the ifupdown file's ``up`` lines, run twice with ``sh -c``, succeed and ``ip
+-j route`` lists the same routes, and its ``down`` lines, run twice, leave none;
+``sysctl -p`` of the sysctl.d file sets the values.
 Everything happens in one namespace this module creates and deletes.
 """
 
@@ -166,20 +167,28 @@ def _listed_routes(ns: str) -> list[Route]:
 
 @KERNEL
 @given(routes=_routes())
-def test_ifupdown_route_commands_run_as_one_ip_batch_and_list_as_the_same_routes(
+def test_ifupdown_lines_run_with_sh_twice_list_as_the_same_routes_then_none(
         lab: str, routes: list[Route]) -> None:
     text = render_ifupdown(State(owned=routes))
-    batch = []
-    for line in text.splitlines():
-        words = line.split()
-        if words[:1] == ["up"]:
-            assert words[1] == "ip"
-            batch.append(" ".join(w for w in words[2:] if w != "-6"))
+    lines = [line.strip().split(" ", 1) for line in text.splitlines()
+             if line.startswith(("    up ", "    down "))]
+    ups = [command for when, command in lines if when == "up"]
+    downs = [command for when, command in lines if when == "down"]
+
+    def run(commands: list[str]) -> None:  # as ifupdown runs them; a second run too
+        for command in commands:
+            done = run_in(lab, ["/bin/sh", "-c", command], check=False)
+            assert (done.returncode, done.stderr) == (0, ""), command
+
     try:
-        run_in(lab, ["ip", "-batch", "-"], input_text="\n".join(batch) + "\n")
-        assert set(_listed_routes(lab)) == set(routes)
-        with NetlinkBackend(lab) as netlink:  # and the backend reads them as its own
-            assert _owned(netlink.observe().only(["route"])) == set(routes)
+        for _ in range(2):
+            run(ups)
+            assert sorted(_listed_routes(lab)) == sorted(routes)
+            with NetlinkBackend(lab) as netlink:  # and the backend reads them as its own
+                assert _owned(netlink.observe().only(["route"])) == set(routes)
+        for _ in range(2):
+            run(downs)
+            assert _listed_routes(lab) == []
     finally:
         for family in ("-4", "-6"):
             run_in(lab, ["ip", family, "route", "flush", "table", "all", "proto", "211"])

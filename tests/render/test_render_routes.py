@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -75,15 +74,29 @@ def test_ifupdown_stanzas() -> None:
                            "iface e0 inet manual", "iface e0 inet6 manual"]
     d0 = found["iface d0 inet manual"]
     assert d0 == [  # the model's order (table, destination, metric); deleted in reverse
-        "up ip route add 10.2.0.0/16 dev d0 table 100 metric 5 proto 211",
-        "up ip route add 10.1.0.0/24 via 10.0.0.2 dev d0 metric 0 proto 211",
-        "down ip route del 10.1.0.0/24 via 10.0.0.2 dev d0 metric 0 proto 211",
-        "down ip route del 10.2.0.0/16 dev d0 table 100 metric 5 proto 211",
+        _up("ip", "10.2.0.0/16 dev d0 table 100 metric 5 proto 211"),
+        _up("ip", "10.1.0.0/24 via 10.0.0.2 dev d0 metric 0 proto 211"),
+        _down("ip", "10.1.0.0/24 via 10.0.0.2 dev d0 metric 0 proto 211"),
+        _down("ip", "10.2.0.0/16 dev d0 table 100 metric 5 proto 211"),
     ]
     assert found["iface d0 inet6 manual"] == [
-        "up ip -6 route add fd01::/64 via fd00::2 dev d0 metric 1024 proto 211",
-        "down ip -6 route del fd01::/64 via fd00::2 dev d0 metric 1024 proto 211",
+        _up("ip -6", "fd01::/64 via fd00::2 dev d0 metric 1024 proto 211"),
+        _down("ip -6", "fd01::/64 via fd00::2 dev d0 metric 1024 proto 211"),
     ]
+
+
+def _up(ip: str, args: str) -> str:
+    """An ifupdown ``up`` line: a route already there with k3snet's protocol is no failure."""
+    return (f'up error=$({ip} route add {args} 2>&1) || '
+            f'[ -n "$({ip} route show exact {args})" ] || '
+            '{ echo "k3snet: $error" >&2; false; }')
+
+
+def _down(ip: str, args: str) -> str:
+    """An ifupdown ``down`` line: a route already gone is no failure."""
+    return (f'down error=$({ip} route del {args} 2>&1) || '
+            f'[ -z "$({ip} route show exact {args} 2>/dev/null)" ] || '
+            '{ echo "k3snet: $error" >&2; false; }')
 
 
 def test_ifupdown_static_stanza_needs_an_address() -> None:
@@ -194,6 +207,20 @@ def _links_d0_e0(ns: str) -> None:
         run_in(ns, ["ip", "addr", "add", v6, "dev", dev, "nodad"])
 
 
+def _ip_routes(ns: str) -> list[dict[str, object]]:
+    """Every route of both families in every table, as ``ip -j`` lists them (sorted:
+    the same routes, whatever order the kernel dumps them in)."""
+    listed = [route for family in ("-4", "-6") for route in json.loads(
+        run_in(ns, ["ip", family, "-j", "route", "show", "table", "all"]).stdout)]
+    return sorted(listed, key=lambda route: json.dumps(route, sort_keys=True))
+
+
+def _sh_lines(ns: str, lines: list[str]) -> list[tuple[int, str]]:
+    """Each line run as ifupdown runs it (``/bin/sh -c``): (exit status, stderr)."""
+    done = [run_in(ns, ["/bin/sh", "-c", line], check=False) for line in lines]
+    return [(d.returncode, d.stderr) for d in done]
+
+
 @pytest.mark.kernel
 @needs_root
 def test_ifupdown_commands_round_trip_through_the_kernel() -> None:
@@ -203,15 +230,67 @@ def test_ifupdown_commands_round_trip_through_the_kernel() -> None:
         _links_d0_e0(ns)
         found = stanzas(render_ifupdown(STATE))
         commands = [line.split(" ", 1) for lines in found.values() for line in lines]
-        for when, command in commands:
-            if when == "up":
-                run_in(ns, shlex.split(command))
+        ups = [command for when, command in commands if when == "up"]
+        downs = [command for when, command in commands if when == "down"]
+        assert _sh_lines(ns, ups) == [(0, "")] * len(ups)
         with NetlinkBackend(ns, state_dir=tmp) as backend:
             assert {r for r in backend.observe().owned if isinstance(r, Route)} == set(ROUTES)
-            for when, command in commands:
-                if when == "down":
-                    run_in(ns, shlex.split(command))
+            assert _sh_lines(ns, downs) == [(0, "")] * len(downs)
             assert not backend.observe().owned
+
+
+@pytest.mark.kernel
+@needs_root
+def test_ifupdown_up_and_down_lines_run_twice_succeed_and_leave_the_routes_unchanged() -> None:
+    # ifup after `k3snet apply` or the agent added the routes, or a second ifup; ifdown
+    # after they were deleted: interfaces(5) stops at a failing line and can leave the
+    # interface marked wrongly, so neither may fail.
+    with temporary_netns("render") as ns:
+        _links_d0_e0(ns)
+        found = stanzas(render_ifupdown(STATE))
+        commands = [line.split(" ", 1) for lines in found.values() for line in lines]
+        ups = [command for when, command in commands if when == "up"]
+        downs = [command for when, command in commands if when == "down"]
+        before = _ip_routes(ns)
+        assert _sh_lines(ns, ups) == [(0, "")] * len(ups)
+        added = _ip_routes(ns)
+        assert len(added) == len(before) + len(ROUTES)
+        assert _sh_lines(ns, ups) == [(0, "")] * len(ups)
+        assert _ip_routes(ns) == added
+        assert _sh_lines(ns, downs) == [(0, "")] * len(downs)
+        assert _ip_routes(ns) == before
+        assert _sh_lines(ns, downs) == [(0, "")] * len(downs)
+        assert _ip_routes(ns) == before
+        # A device gone takes its routes along: ifdown of it has nothing left to delete.
+        assert _sh_lines(ns, ups) == [(0, "")] * len(ups)
+        run_in(ns, ["ip", "link", "del", "e0"])
+        assert _sh_lines(ns, downs) == [(0, "")] * len(downs)
+        assert _ip_routes(ns) == [r for r in before if r.get("dev") not in ("e0", "e0p")]
+
+
+@pytest.mark.kernel
+@needs_root
+def test_ifupdown_up_line_fails_on_another_programs_route_in_the_slot_and_keeps_it() -> None:
+    # The same destination, metric and table, another protocol and gateway: `up` says
+    # ip's error and fails, never replacing it; `down` deletes only k3snet's route, so
+    # with none there it has nothing to do and the other program's route stays.
+    with temporary_netns("render") as ns:
+        _links_d0_e0(ns)
+        run_in(ns, ["ip", "route", "add", "10.1.0.0/24", "via", "10.0.0.3", "dev", "d0",
+                    "metric", "0", "proto", "static"])
+        lines = stanzas(render_ifupdown(State(owned=[ROUTES[0]])))["iface d0 inet manual"]
+        (up,) = [line.removeprefix("up ") for line in lines if line.startswith("up ")]
+        (down,) = [line.removeprefix("down ") for line in lines if line.startswith("down ")]
+        before = _ip_routes(ns)
+        ((status, stderr),) = _sh_lines(ns, [up])
+        assert status != 0
+        assert stderr.startswith("k3snet: ")
+        assert "File exists" in stderr
+        assert _ip_routes(ns) == before
+        assert _sh_lines(ns, [down]) == [(0, "")]
+        assert _ip_routes(ns) == before
+        (kept,) = json.loads(run_in(ns, ["ip", "-j", "route", "show", "10.1.0.0/24"]).stdout)
+        assert (kept["gateway"], kept["protocol"]) == ("10.0.0.3", "static")
 
 
 @pytest.mark.kernel
