@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+import attrs
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -28,6 +29,7 @@ from k3snet.agent import (
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
+from k3snet.model.state import State
 from k3snet.schemas import load_schema
 from k3snet.spec import Spec
 
@@ -180,3 +182,39 @@ def test_every_change_of_a_long_pass_is_logged_at_debug_level(tmp_path: Path) ->
              if " DEBUG " in line and " change " in line]
     assert len(debug) == changes
     assert all(str(c) in line for c, line in zip(result.applied, debug, strict=True))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_conflict_with_hundreds_of_foreign_routes_logs_the_first_and_counts_the_rest(
+        tmp_path: Path, fmt: str) -> None:
+    count = 300
+    text = "\n".join(["apiVersion: k3snet.io/v1alpha1", "kind: EgressSpec", "destinations:",
+                      *(f"  - cidr: 10.{i // 256}.{i % 256}.0/24\n    gateway: 192.168.1.1\n"
+                        "    device: eth0" for i in range(count))]) + "\n"
+    agent, memory = _agent(tmp_path, text)
+    want = compile_for(BackendGroup([memory]), Spec.from_yaml(text))
+    # A foreign route where the spec wants each of its own: one conflict per destination.
+    memory._restore(State(foreign=[attrs.evolve(o, gateway=None) for o in want.owned
+                                   if o.kind == "route"]))
+    stream = io.StringIO()
+    configure_logging("node-1", fmt, stream=stream)  # type: ignore[arg-type]
+    try:
+        result = agent.run_pass()
+    finally:
+        configure_logging("node-1", "text", stream=io.StringIO())
+    assert result.status == "failed"
+    assert result.message.startswith("conflict:")
+    assert f"... and {count - LOG_ITEMS} more" in result.message
+    assert result.message in _check(stream.getvalue(), fmt)[-1]
+
+
+def test_a_node_name_s_line_break_begins_no_text_line() -> None:
+    # --node-name (or $NODE_NAME) is written on every line: its "\r" or "\n" began one.
+    stream = io.StringIO()
+    logger = configure_logging("node\n2026-01-01T00:00:00.000Z ERROR node=other forged", "text",
+                               stream=stream)
+    try:
+        logger.info("hello")
+    finally:
+        configure_logging("node-1", "text", stream=io.StringIO())
+    assert len(_check(stream.getvalue(), "text")) == 1
