@@ -94,6 +94,7 @@ def _bounded(fields: dict[str, Any], render: Callable[[dict[str, Any]], str],
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        # The extras under "=KEY": no extra can then take the node's or message's place.
         fields = {f"={k}": str(v) for k, v in _extra(record).items()}
         fields["node"] = str(getattr(record, "node", "-"))
         fields["message"] = record.getMessage()
@@ -151,7 +152,9 @@ def configure_logging(node: str, fmt: LogFormat = "text", level: str | int = "IN
     of the agent's own logger (``k3snet.agent``); the library's loggers (a backend's
     warnings, the namespace lock's wait) log at ``WARNING`` and above, everything
     with ``DEBUG``. Replaces handlers set by an earlier call (or the CLI's), so
-    calling it twice does not duplicate lines. Returns the agent's logger.
+    calling it twice does not duplicate lines. Every record is cut to
+    :data:`LOG_LINE_LIMIT` bytes (its longest fields end ``... (N more characters)``).
+    Returns the agent's logger.
     """
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {fmt!r}")
