@@ -16,7 +16,7 @@ imported only when used. See docs/agent.md.
 
 from k3snet.agent._http import HealthServer, parse_listen
 from k3snet.agent._lease import LeaderElector, LeaseSettings
-from k3snet.agent._logging import LOGGER_NAME, configure_logging
+from k3snet.agent._logging import LOG_ITEMS, LOG_LINE_LIMIT, LOGGER_NAME, configure_logging
 from k3snet.agent._loop import (
     CLEANUP_MARGIN,
     NOT_READY_AFTER,
@@ -47,6 +47,8 @@ __all__ = [
     "EVENT_INTERVAL",
     "EVENT_TRIES",
     "LOGGER_NAME",
+    "LOG_ITEMS",
+    "LOG_LINE_LIMIT",
     "MESSAGE_LIMIT",
     "NOT_READY_AFTER",
     "PATCH_RETRY_LIMIT",

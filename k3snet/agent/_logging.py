@@ -6,14 +6,24 @@ import datetime
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TextIO
 
-__all__ = ["LOGGER_NAME", "LOG_FORMAT_VERSION", "LogFormat", "configure_logging"]
+__all__ = ["LOGGER_NAME", "LOG_FORMAT_VERSION", "LOG_ITEMS", "LOG_LINE_LIMIT", "LogFormat",
+           "configure_logging", "listed"]
 
 LOGGER_NAME = "k3snet.agent"
 LogFormat = Literal["text", "json"]
 LOG_FORMAT_VERSION = 1
 """``format`` of every JSON log line (schema ``log`` in :mod:`k3snet.schemas`)."""
+
+LOG_ITEMS = 20
+"""Items (changes, conflicts, a spec's problems) one log line lists; the rest are counted."""
+
+LOG_LINE_LIMIT = 16_000
+"""Bytes (UTF-8, its line break included) at most of one log record, below the 16 KiB at
+which containerd (CRI) splits a line into partial ones: a collector expecting one JSON
+object per line got pieces, and a first pass at 10 000 destinations logged megabytes."""
 
 # LogRecord attributes every record has: anything else was passed with ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -43,20 +53,67 @@ def _one_line(text: object) -> str:
     return str(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
+def listed(items: Sequence[object], separator: str = "; ") -> str:
+    """The first :data:`LOG_ITEMS` of ``items`` joined, then ``... and N more``."""
+    shown = [str(each) for each in items[:LOG_ITEMS]]
+    if len(items) > LOG_ITEMS:
+        shown.append(f"... and {len(items) - LOG_ITEMS} more")
+    return separator.join(shown)
+
+
+def _size(line: str) -> int:
+    # As a UTF-8 stream writes it (stderr's lone surrogates escaped), with its line break.
+    return len(line.encode("utf-8", "backslashreplace")) + 1
+
+
+def _bounded(fields: dict[str, Any], render: Callable[[dict[str, Any]], str],
+             fixed: frozenset[str] = frozenset()) -> str:
+    """``render(fields)`` within :data:`LOG_LINE_LIMIT` bytes: the longest text fields
+    cut, each ending ``... (N more characters)``.
+
+    The last guard for any record (a foreign error's text, a name from the node, a
+    traceback); the records that list objects list :data:`LOG_ITEMS` of them already.
+    """
+    whole = {k: v for k, v in fields.items() if isinstance(v, str) and k not in fixed}
+    # A field longer than the limit in characters is too long in bytes too.
+    keep = {k: min(len(v), LOG_LINE_LIMIT) for k, v in whole.items()}
+
+    def cut() -> dict[str, Any]:
+        return {**fields, **{k: whole[k] if keep[k] == len(whole[k]) else
+                             f"{whole[k][:keep[k]]}... ({len(whole[k]) - keep[k]} more "
+                             "characters)" for k in whole}}
+
+    line = render(cut())
+    while (excess := _size(line) - LOG_LINE_LIMIT) > 0 and any(keep.values()):
+        # Each character cut takes at least one byte off the line.
+        longest = max(keep, key=lambda k: keep[k])
+        keep[longest] = max(0, keep[longest] - excess)
+        line = render(cut())
+    return line
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extra = _extra(record)
-        fields = " ".join(f"{k}={_one_line(extra[k])}" for k in sorted(extra))
-        line = (f"{_timestamp(record)} {record.levelname} node={getattr(record, 'node', '-')} "
-                f"{_one_line(record.getMessage())}")
-        if fields:
-            line += f" ({fields})"
+        # The extras under "=KEY": no extra can then take the node's or message's place.
+        fields = {f"={k}": str(v) for k, v in _extra(record).items()}
+        fields["node"] = str(getattr(record, "node", "-"))
+        fields["message"] = record.getMessage()
         if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return _bounded(fields, lambda cut: self._render(record, cut))
+
+    @staticmethod
+    def _render(record: logging.LogRecord, fields: dict[str, Any]) -> str:
+        extra = sorted((k[1:], v) for k, v in fields.items() if k.startswith("="))
+        line = (f"{_timestamp(record)} {record.levelname} node={_one_line(fields['node'])} "
+                f"{_one_line(fields['message'])}")
+        if extra:
+            line += " (" + " ".join(f"{k}={_one_line(v)}" for k, v in extra) + ")"
+        if "exception" in fields:
             # A bug's traceback spans lines, each indented: its exception's message (an
             # API server's text, a name from the node) could otherwise begin a line at
             # the margin that reads as another record.
-            line += "".join(f"\n    {each}" for each in
-                            self.formatException(record.exc_info).splitlines())
+            line += "".join(f"\n    {each}" for each in fields["exception"].splitlines())
         return line
 
 
@@ -70,11 +127,14 @@ class _JsonFormatter(logging.Formatter):
             "node": getattr(record, "node", None),
             "logger": record.name,
             "message": record.getMessage(),
-            **_extra(record),
+            **{k: v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+               for k, v in _extra(record).items()},
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, sort_keys=False, default=str)
+        # The schema's own fields stay whole: a reader matches on them.
+        return _bounded(entry, lambda cut: json.dumps(cut, sort_keys=False, default=str),
+                        frozenset({"kind", "time", "level", "logger"}))
 
 
 def _extra(record: logging.LogRecord) -> dict[str, Any]:
@@ -92,7 +152,9 @@ def configure_logging(node: str, fmt: LogFormat = "text", level: str | int = "IN
     of the agent's own logger (``k3snet.agent``); the library's loggers (a backend's
     warnings, the namespace lock's wait) log at ``WARNING`` and above, everything
     with ``DEBUG``. Replaces handlers set by an earlier call (or the CLI's), so
-    calling it twice does not duplicate lines. Returns the agent's logger.
+    calling it twice does not duplicate lines. Every record is cut to
+    :data:`LOG_LINE_LIMIT` bytes (its longest fields end ``... (N more characters)``).
+    Returns the agent's logger.
     """
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {fmt!r}")

@@ -40,6 +40,7 @@ import attrs
 
 from k3snet._kept import read_input
 from k3snet.agent._lease import LeaderElector
+from k3snet.agent._logging import LOG_ITEMS, listed
 from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import NodeReport, NodeReporter
 from k3snet.agent._spec_source import SpecSource
@@ -198,8 +199,19 @@ def _reason(exc: BaseException) -> str:
     return "error" if isinstance(exc, K3snetError) else "internal"
 
 
+def _log_each(applied: Sequence[Change]) -> None:
+    """Each change at debug level when the pass's line names only the first
+    :data:`LOG_ITEMS`: the whole list, one bounded line per change."""
+    if len(applied) > LOG_ITEMS and _log.isEnabledFor(logging.DEBUG):
+        for number, change in enumerate(applied, 1):
+            _log.debug("change %d of %d: %s", number, len(applied), change)
+
+
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    # An error listing objects (a spec's problems, the conflicts, a dry run's) has one
+    # per line after its first: a log line names the first LOG_ITEMS and counts the rest.
+    head, *items = str(exc).split("\n")
+    return " ".join(" ".join([head, listed(items, "\n")]).split())
 
 
 class _PartsFailedError(Exception):
@@ -782,7 +794,9 @@ class Agent:
         self._last_ok_sha, self._last_ok_leader = self._sha, leader
         if applied:
             what = "repaired drift" if drift else "applied"
-            message = f"{what}: {len(applied)} change(s): " + "; ".join(str(c) for c in applied)
+            # The first LOG_ITEMS changes: a first pass at 10 000 destinations applies
+            # 20 000, megabytes on one line (each change is logged at debug level).
+            message = f"{what}: {len(applied)} change(s): {listed(applied)}"
         else:
             message = "in sync: no changes"
         if self._cluster_refusal is not None:
@@ -840,6 +854,7 @@ class Agent:
             self.ready = False
             self._unready = (f"not ready: the node's part failed {self._failed_in_row} passes "
                              f"in a row: {result.message}")
+        _log_each(result.applied)
         if result.status == "ok":
             level = logging.WARNING if result.drift else logging.INFO
             _log.log(level, "%s", result.message, extra=extra)

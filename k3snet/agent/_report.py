@@ -18,7 +18,8 @@ The result's message is cut to :data:`MESSAGE_LIMIT` characters (an Event's to
 1 024): a first pass at 10 000 destinations applies 20 000 changes, and a Node
 annotation listing them all would be megabytes, refused by the API server (256 KiB
 for all of a Node's annotations) or sent to every watcher of Nodes. The agent's
-log has the whole message.
+log line has the whole message (which names a pass's first
+:data:`~k3snet.agent.LOG_ITEMS` changes and counts the rest).
 """
 
 from __future__ import annotations
