@@ -487,11 +487,7 @@ def _fib_match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,
         raise _Unknown  # the index 0 or an empty name, as nft stores "missing"
     else:
         inside = _contains(right, value, ruleset, chain.family, chain.table)
-    if op == "!=":
-        return not inside
-    if op in ("==", "in"):
-        return inside
-    raise _Unknown
+    return _by_op(op, inside)
 
 
 def _is_tcp_flags(left: Any) -> bool:
@@ -543,14 +539,10 @@ def _tcp_flags_match(packet: Packet, match: Mapping[str, Any]) -> bool:
         return value & _flag_bits(right) == 0
     else:
         inside = value == _flag_bits(right)
-    if op == "!=":
-        return not inside
-    if op in ("==", "in"):
-        return inside
-    raise _Unknown
+    return _by_op(op, inside)
 
 
-def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,  # noqa: PLR0911 - per kind
+def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,
            chain: NftChain) -> bool:
     left = match.get("left")
     if isinstance(left, Mapping) and "fib" in left:
@@ -571,6 +563,12 @@ def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,  # noqa: 
         return bool({"<": value < limit, ">": value > limit, "<=": value <= limit,
                      ">=": value >= limit}[op])
     inside = _contains(right, value, ruleset, chain.family, chain.table)
+    return _by_op(op, inside)
+
+
+def _by_op(op: str, inside: bool) -> bool:
+    """A match's result from whether the value is in its right side: ``==`` and ``in``
+    as is, ``!=`` the opposite; any other operator is one doctor cannot evaluate."""
     if op == "!=":
         return not inside
     if op in ("==", "in"):
