@@ -71,15 +71,23 @@ def exit_on_signals() -> None:
 
     Python's default for both ends the process at once: a ``timeout``, a cancelled CI
     job or a closed terminal left the namespaces, and the servers in them, behind. The
-    exit status is ``128 + signal`` (143, 129); once one came, further signals wait for
-    the clean-up.
+    exit status is ``128 + signal`` (143, 129); Ctrl-C still raises
+    :class:`KeyboardInterrupt`. Once one of the three came, further ones wait for the
+    clean-up: a second Ctrl-C cut the first one's short and left the namespaces. A
+    signal ignored when this is called stays ignored: SIGHUP under ``nohup``, SIGINT in
+    a shell's background job.
     """
+    endings = [stop for stop in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+               if signal.getsignal(stop) is not signal.SIG_IGN]
+
     def stopped(signum: int, frame: object) -> None:
-        for stop in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        for stop in endings:
             signal.signal(stop, signal.SIG_IGN)  # the clean-up runs to its end
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SystemExit(128 + signum)
 
-    for stop in (signal.SIGTERM, signal.SIGHUP):
+    for stop in endings:
         signal.signal(stop, stopped)
 
 
