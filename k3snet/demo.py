@@ -28,7 +28,7 @@ from k3snet.backends.registry import create_backend
 from k3snet.converge import converge
 from k3snet.errors import K3snetError
 from k3snet.facts import gather_facts
-from k3snet.lab import NODE_ADDRESSES, Family, ProbeResult, SeedLab
+from k3snet.lab import NODE_ADDRESSES, Family, LabError, ProbeResult, SeedLab
 from k3snet.lab.netns import exit_on_signals
 from k3snet.planner import plan
 from k3snet.spec import ForwardPolicy, Spec, load_spec
@@ -113,7 +113,10 @@ def part_one(spec: Spec, nat_backend: str) -> None:
         _say(f"Lab up: pod {lab.pod}, node {lab.node}, router {lab.router}, db {lab.db}")
         _say("\n[1] Before k3snet: the node reaches the database, its pods do not")
         for family in FAMILIES:
-            _show_probe(f"node -> db tcp/5432 IPv{family}", lab.node_probe(family=family))
+            reached = lab.node_probe(family=family)
+            _show_probe(f"node -> db tcp/5432 IPv{family}", reached)
+            # Else the pod's failure below proves nothing: the lab itself is broken.
+            _expect(reached.ok, f"IPv{family}: the node could not reach the database")
         _probe_all(lab, expect_ok=False)
 
         with _group(lab, nat_backend) as backend:
@@ -174,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except K3snetError as exc:
         print(f"\ndemo FAILED: k3snet error: {exc}", file=sys.stderr)
+        return 1
+    except LabError as exc:  # the lab could not be built, or a probe gave no answer
+        print(f"\ndemo FAILED: lab error: {exc}", file=sys.stderr)
         return 1
     return 0
 
