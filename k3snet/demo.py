@@ -18,6 +18,7 @@ exits (130, 143, 129).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from k3snet.converge import converge
 from k3snet.errors import K3snetError
 from k3snet.facts import gather_facts
 from k3snet.lab import NODE_ADDRESSES, Family, LabError, ProbeResult, SeedLab
-from k3snet.lab.netns import exit_on_signals
+from k3snet.lab.netns import NetnsCommandError, exit_on_signals
 from k3snet.planner import plan
 from k3snet.spec import ForwardPolicy, Spec, load_spec
 from k3snet.spec import compile as compile_spec
@@ -180,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except LabError as exc:  # the lab could not be built, or a probe gave no answer
         print(f"\ndemo FAILED: lab error: {exc}", file=sys.stderr)
+        return 1
+    except NetnsCommandError as exc:  # `ip netns add` as a user, a tool missing
+        hint = "" if os.geteuid() == 0 else " (the demo needs root: run `make demo` as root)"
+        print(f"\ndemo FAILED: {exc}{hint}", file=sys.stderr)
         return 1
     return 0
 

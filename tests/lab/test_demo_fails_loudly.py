@@ -6,6 +6,7 @@ import pytest
 
 from k3snet import demo
 from k3snet.lab import LabError, ProbeResult, SeedLab
+from k3snet.lab.netns import NetnsCommandError
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +27,23 @@ def test_a_lab_that_cannot_be_built_is_one_failure_line_and_exit_1(
     assert demo.main([]) == 1
     err = capsys.readouterr().err
     assert "demo FAILED: lab error: the lab's database server did not start listening" in err
+
+
+def test_a_user_who_is_not_root_is_told_the_demo_needs_root(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `make demo` as a user: `ip netns add` refuses, and the demo ended in a traceback.
+    def refused(cls: type[SeedLab]) -> SeedLab:
+        raise NetnsCommandError(1, ["ip", "netns", "add", "k3snet-pod-000000"], "",
+                                "mount --make-shared /run/netns failed: Operation not permitted")
+
+    monkeypatch.setattr(SeedLab, "create", classmethod(refused))
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
+    assert demo.main([]) == 1
+    err = capsys.readouterr().err
+    assert "demo FAILED: " in err
+    assert "Operation not permitted (the demo needs root: run `make demo` as root)" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.kernel
