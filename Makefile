@@ -93,12 +93,19 @@ RENDER_MUTATION_TESTS := tests/render/test_manifest_files.py tests/render/test_c
 
 deps: $(STAMP)
 
-# apt-get runs only when `dpkg -s` reports a package missing. pip >= 25.1
+# A shell test of whether the package "$$pkg" is installed. Not `dpkg -s`, which exits 0
+# for a package removed but not purged (its config files left, `apt-get remove`): deps
+# then never installed it again. One line per architecture installed (a Multi-Arch: same
+# library): one "installed" will do; grep reads them all (no SIGPIPE under pipefail).
+# Recursive (=), so `$$` reaches the recipe's shell as `$`.
+PKG_INSTALLED = dpkg-query -W -f='$${db:Status-Status}\n' "$$pkg" 2>/dev/null | grep -x installed >/dev/null
+
+# apt-get runs only when a package is not installed. pip >= 25.1
 # understands --group (PEP 735 dependency groups in pyproject.toml).
 $(STAMP): pyproject.toml Makefile
 	@missing=""; \
 	for pkg in $(APT_PACKAGES); do \
-		dpkg -s "$$pkg" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+		$(PKG_INSTALLED) || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing missing system packages:$$missing"; \
@@ -209,7 +216,7 @@ PODMAN ?= podman --runtime runc
 PODMAN_LIMITS ?= --ulimit nofile=1024:1024 --ulimit nproc=4096:4096
 
 $(IMAGE_DIR)/rootfs.tar: Makefile
-	@missing=""; for pkg in $(IMAGE_TOOLS); do dpkg -s "$$pkg" >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	@missing=""; for pkg in $(IMAGE_TOOLS); do $(PKG_INSTALLED) || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
 	test -n "$(DEBIAN_SOURCES)" || { echo "no Debian apt sources on this machine: set DEBIAN_SOURCES"; exit 1; }
 	mkdir -p $(IMAGE_DIR)
