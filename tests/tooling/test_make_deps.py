@@ -31,11 +31,18 @@ def _entry(package: str, status: str) -> str:
             f"Architecture: all\nVersion: 1.0\nDescription: {package}\n stand-in\n\n")
 
 
+def _outside_make() -> dict[str, str]:
+    """Our environment without the flags and variables of a `make test` running this suite."""
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}
+    return {key: value for key, value in os.environ.items() if key not in outer}
+
+
 def _apt_packages() -> list[str]:
     shown = subprocess.run(["make", "-s", "-C", str(ROOT), "--eval",
                             "show-apt-packages:; @echo $(APT_PACKAGES)", "show-apt-packages",
                             NO_PYTHON],
-                           capture_output=True, text=True, check=True, timeout=60)
+                           env=_outside_make(), capture_output=True, text=True, check=True,
+                           timeout=60)
     return shown.stdout.split()
 
 
@@ -58,7 +65,7 @@ def test_a_package_removed_but_not_purged_is_installed_again(tmp_path: Path) -> 
     (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')  # when the test is not root
     for tool in ("apt-get", "sudo"):
         (bin_dir / tool).chmod(0o755)
-    env = {**os.environ, "DPKG_ADMINDIR": str(admin),
+    env = {**_outside_make(), "DPKG_ADMINDIR": str(admin),
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(
         ["make", "-C", str(ROOT), "deps", f"VENV={tmp_path / 'venv'}", NO_PYTHON],
