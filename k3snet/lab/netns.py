@@ -73,7 +73,9 @@ def exit_on_signals() -> None:
     job or a closed terminal left the namespaces, and the servers in them, behind. The
     exit status is ``128 + signal`` (143, 129); Ctrl-C still raises
     :class:`KeyboardInterrupt`. Once one of the three came, further ones wait for the
-    clean-up: a second Ctrl-C cut the first one's short and left the namespaces. A
+    clean-up: a second Ctrl-C cut the first one's short and left the namespaces (it
+    reaches the terminal's whole process group: ignored, it spares the clean-up's own
+    ``ip`` commands too, which inherit that). A
     signal ignored when this is called stays ignored: SIGHUP under ``nohup``, SIGINT in
     a shell's background job.
     """
