@@ -1058,14 +1058,19 @@ class Agent:
         """
         if self._stop_asked_at is None:
             self._stop_asked_at = self._monotonic()
-            deadline = self.grace_deadline()
-            if self.reporter is not None and deadline is not None:
-                self.reporter.finish_by(deadline)
+        self._stopping.set()
+        self._wake.set()
+        self._within_grace()
+
+    def _within_grace(self) -> None:
+        """After :meth:`stop`: the report's requests end by the grace deadline, and the
+        elector takes no further step (each may still be running: SIGTERM's thread)."""
+        deadline = self.grace_deadline()
+        if self.reporter is not None and deadline is not None:
+            self.reporter.finish_by(deadline)
         elector = self.elector
         if elector is not None:
             elector.halt()
-        self._stopping.set()
-        self._wake.set()
 
     def wake(self) -> None:
         """Start the next pass now instead of after the interval."""
@@ -1085,9 +1090,8 @@ class Agent:
         k3snet's rules still on a node being drained.
         """
         deadline = self.grace_deadline()
+        self._within_grace()  # (again: stop() may still be setting it, in its own thread)
         elector, self.elector = self.elector, None
-        if elector is not None:
-            elector.halt()  # no renewal while the node is cleaned up
         writer, self._report_writer = self._report_writer, None
         if writer is not None:
             writer.finish()  # the last result, if pending, meanwhile (stop() set its deadline)

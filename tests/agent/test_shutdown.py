@@ -232,3 +232,4 @@ def test_the_report_of_the_pass_sigterm_interrupted_waits_only_what_is_left_of_t
     assert agent.run_pass().status == "ok"  # ... ends at 1020 s, its result to report
     assert [(what.split()[0], timeout) for what, _, timeout in events[before:]] == [
         ("PATCH", TERMINATION_GRACE - CLEANUP_MARGIN - 20)]
+
