@@ -657,6 +657,13 @@ class Agent:
         if cluster is None:
             self._cluster_refusal = self._cluster_refused = None
             return (), False, None
+        if self._stopping.is_set():
+            # SIGTERM came during the node's part: the cluster-wide part's requests (a
+            # list of every IPPool, writes: 10 s each when the API server does not
+            # answer) would take the grace period the clean-up and the Lease's release
+            # need. The next holder converges that part.
+            _log.debug("stopping: the cluster-wide part is left to the next Lease holder")
+            return (), self.is_leader, None
         leader = False
         try:
             leader = self._cluster_writer()

@@ -233,3 +233,44 @@ def test_the_report_of_the_pass_sigterm_interrupted_waits_only_what_is_left_of_t
     assert [(what.split()[0], timeout) for what, _, timeout in events[before:]] == [
         ("PATCH", TERMINATION_GRACE - CLEANUP_MARGIN - 20)]
 
+
+class _CountedPools(MemoryBackend):
+    """The cluster-wide objects (Calico's IPPools): each observe is a LIST of them."""
+
+    def __init__(self) -> None:
+        super().__init__(capabilities=("ippool",))
+        self.lists = 0
+
+    def observe(self) -> Any:
+        self.lists += 1
+        return super().observe()
+
+
+class _SigtermDuringApply(MemoryBackend):
+    """The node's objects; SIGTERM arrives while they are written."""
+
+    def __init__(self) -> None:
+        super().__init__(capabilities=NODE_KINDS)
+        self.agent: Agent | None = None
+
+    def apply(self, plan: Plan) -> Any:
+        if self.agent is not None:
+            self.agent.stop()
+        return super().apply(plan)
+
+
+def test_sigterm_during_the_node_s_part_skips_the_cluster_wide_part_of_that_pass(
+        tmp_path: Path) -> None:
+    # The pass in progress at SIGTERM went on to the cluster-wide part: a LIST of every
+    # IPPool and its writes, 10 s each with an API server that never answers, out of
+    # the grace period the clean-up and the Lease's release need.
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory, pools = _SigtermDuringApply(), _CountedPools()
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory, pools]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-a", interval=3600))
+    memory.agent = agent
+    assert agent.run_pass().status == "ok"
+    assert memory.state.owned  # the node's part is done
+    assert pools.lists == 0
