@@ -274,3 +274,37 @@ def test_sigterm_during_the_node_s_part_skips_the_cluster_wide_part_of_that_pass
     assert agent.run_pass().status == "ok"
     assert memory.state.owned  # the node's part is done
     assert pools.lists == 0
+
+
+def test_the_wait_for_the_elector_s_step_in_flight_ends_with_the_grace_period(
+        server: EmulatedApiServer) -> None:
+    # stop() waited up to 17 s (the request timeout, a retry period, 5 s) for the thread's
+    # step in flight: with an API server that never answers, past the grace period.
+    clock, events = FakeClock(), []
+    api = recording(server.api_client(), clock, events)
+    settings = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=15.0,
+                             renew_deadline=10.0, retry_period=0.01)
+    holder = LeaderElector(api, "node-a", settings, clock=clock)
+    assert holder.step()
+    entered, answer = threading.Event(), threading.Event()
+    send = api.call_api
+
+    def held(*args: Any, **kwargs: Any) -> Any:  # the thread's step: no answer until told
+        entered.set()
+        answer.wait(timeout=60)
+        return send(*args, **kwargs)
+
+    api.call_api = held
+    holder.start()
+    try:
+        assert entered.wait(timeout=60)  # bounds a hung test only
+        api.call_api = send
+        events.clear()
+        holder.stop(release=True, deadline=Deadline(clock.now, clock))  # nothing left
+        assert events == []  # no release sent
+        assert holder._thread is not None
+        assert holder._thread.is_alive()  # not waited for: its step is still in flight
+    finally:
+        answer.set()
+        if holder._thread is not None:
+            holder._thread.join(timeout=60)  # its step ends while the server still serves
