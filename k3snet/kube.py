@@ -39,8 +39,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import attrs
 
 from k3snet.errors import BackendError, BackendOptionError, BackendUnavailableError
 
@@ -48,6 +51,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
+    "Deadline",
     "KubeApiError",
     "KubeErrors",
     "configmap_ref",
@@ -163,6 +167,27 @@ TERMINATION_GRACE = 30
 """The agent pod's ``terminationGracePeriodSeconds``: after SIGTERM, the seconds the
 kubelet gives it to end its pass, release its Lease and (``--cleanup-on-exit``) remove
 k3snet's objects, before it kills it."""
+
+
+
+@attrs.frozen
+class Deadline:
+    """A time by which several API requests must all be done (after SIGTERM, what is
+    left of :data:`TERMINATION_GRACE`): each request's timeout is cut to what is left,
+    so together they never outlast it."""
+
+    at: float
+    """When it is over, on ``clock``."""
+    clock: Callable[[], float] = time.monotonic
+
+    def left(self) -> float:
+        """Seconds left (0 once it is over)."""
+        return max(0.0, self.at - self.clock())
+
+    def timeout(self, limit: float) -> float:
+        """One request's timeout: ``limit``, cut to what is left (0: send none)."""
+        return min(limit, self.left())
+
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "k3snet"

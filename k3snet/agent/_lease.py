@@ -42,7 +42,7 @@ import attrs
 
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import ModelError
-from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
+from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors
 
 __all__ = ["LeaderElector", "LeaseSettings"]
 
@@ -237,31 +237,46 @@ class LeaderElector:
 
     # ------------------------------------------------------------ release and the thread
 
-    def release(self) -> None:
-        """Give the Lease up at once (if held): the next candidate need not wait it out."""
+    def release(self, deadline: Deadline | None = None) -> None:
+        """Give the Lease up at once (if held): the next candidate need not wait it out.
+
+        ``deadline``: each of its two requests waits at most what is left of it (none is
+        sent once nothing is); the Lease then expires by itself.
+        """
         if not self.is_leader:
             return
         s = self.settings
         self._set_leader(False, None)
         try:
+            timeout = self._within(deadline)
             with translate_errors(f"read {self.where}",
-                                  classifier=KubeErrors(timeout=self._timeout)):
+                                  classifier=KubeErrors(timeout=timeout)):
                 lease = self._api.read_namespaced_lease(s.name, s.namespace,
-                                                        _request_timeout=self._timeout)
+                                                        _request_timeout=timeout)
             if lease.spec is None or lease.spec.holder_identity != self.identity:
                 return
             body = {"metadata": {"resourceVersion": lease.metadata.resource_version},
                     "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
                              "renewTime": _micro_time(_now())}}
+            timeout = self._within(deadline)
             with translate_errors(f"release {self.where}",
-                                  classifier=KubeErrors(timeout=self._timeout)):
+                                  classifier=KubeErrors(timeout=timeout)):
                 self._api.patch_namespaced_lease(
                     s.name, s.namespace, body, _content_type="application/merge-patch+json",
-                    _request_timeout=self._timeout)
-        except KubeApiError as exc:
+                    _request_timeout=timeout)
+        except (KubeApiError, _NoTimeLeftError) as exc:
             _log.warning("could not release %s (it expires by itself): %s", self.where, exc)
         else:
             _log.info("released %s", self.where, extra={"lease": self.where})
+
+    def _within(self, deadline: Deadline | None) -> float:
+        """The timeout of the next request: cut to what is left of ``deadline``."""
+        if deadline is None:
+            return self._timeout
+        timeout = deadline.timeout(self._timeout)
+        if timeout <= 0:
+            raise _NoTimeLeftError("no time left of the grace period")
+        return timeout
 
     def start(self) -> LeaderElector:
         """Run :meth:`step` every ``retry_period`` in a daemon thread (the first after one
@@ -295,10 +310,25 @@ class LeaderElector:
             expires = self._observed_at + s.duration - self._clock()
         return min(s.duration, max(s.retry_period, expires))
 
-    def stop(self, *, release: bool = True) -> None:
-        """Stop the thread, then release the Lease (unless ``release`` is false)."""
+    def halt(self) -> None:
+        """Take no further step (the thread ends after a step in flight, if any);
+        :meth:`stop` then waits for it and releases the Lease."""
         self._stop.set()
+
+    def stop(self, *, release: bool = True, deadline: Deadline | None = None) -> None:
+        """Stop the thread, then release the Lease (unless ``release`` is false).
+
+        ``deadline`` (SIGTERM's grace period): the wait for a step in flight and the
+        release's requests all end by then; a step that an API server never answers
+        held the caller 17 s, and the release 20 s more.
+        """
+        self.halt()
         if self._thread is not None:
-            self._thread.join(timeout=self._timeout + self.settings.retry_period + 5)
+            wait = self._timeout + self.settings.retry_period + 5
+            self._thread.join(timeout=wait if deadline is None else min(wait, deadline.left()))
         if release:
-            self.release()
+            self.release(deadline)
+
+
+class _NoTimeLeftError(Exception):
+    """The deadline is over before a request could be sent."""

@@ -57,7 +57,7 @@ from k3snet.errors import (
     SpecError,
     TeardownError,
 )
-from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE
+from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, Deadline
 from k3snet.model.state import State
 from k3snet.planner import Change
 from k3snet.spec import Spec
@@ -113,9 +113,10 @@ NOT_READY_AFTER = 3
 pass converges the node again)."""
 
 CLEANUP_MARGIN = 5.0
-"""Seconds of the pod's grace period kept for ``--cleanup-on-exit``'s removal itself: its
-wait for another k3snet process's namespace lock ends that long before the kubelet's
-kill would (one killed mid-removal leaves the node half cleaned, its Lease held)."""
+"""Seconds of the pod's grace period kept after SIGTERM's last wait: ``--cleanup-on-exit``'s
+wait for another k3snet process's namespace lock ends that long before the kubelet's kill
+would (one killed mid-removal leaves the node half cleaned), and so do the Lease's release
+and the last report, each request's timeout cut to what is left (see ``Agent.shutdown``)."""
 
 FREE_REPAIRS = 2
 """Drift repairs within :attr:`AgentOptions.repair_window` made as soon as the change is
@@ -271,11 +272,14 @@ class _ReportWriter:
             except Exception:  # noqa: BLE001 - a bug must not end the reporting silently
                 _log.exception("the node report failed")
 
-    def stop(self, timeout: float) -> None:
-        """Write what is pending (waiting at most ``timeout`` seconds), then end."""
+    def finish(self) -> None:
+        """Write what is pending, then end (:meth:`join` waits for it)."""
         with self._ready:
             self._stopping = True
             self._ready.notify()
+
+    def join(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for the thread to end."""
         self._thread.join(timeout)
 
 
@@ -653,6 +657,13 @@ class Agent:
         if cluster is None:
             self._cluster_refusal = self._cluster_refused = None
             return (), False, None
+        if self._stopping.is_set():
+            # SIGTERM came during the node's part: the cluster-wide part's requests (a
+            # list of every IPPool, writes: 10 s each when the API server does not
+            # answer) would take the grace period the clean-up and the Lease's release
+            # need. The next holder converges that part.
+            _log.debug("stopping: the cluster-wide part is left to the next Lease holder")
+            return (), self.is_leader, None
         leader = False
         try:
             leader = self._cluster_writer()
@@ -1047,52 +1058,89 @@ class Agent:
             options.watch_gap * 2.0 ** min(extra, 32), max(options.interval, options.watch_gap))
 
     def stop(self) -> None:
-        """Ask the loop to end after the pass in progress (what SIGTERM does)."""
+        """Ask the loop to end after the pass in progress (what SIGTERM does).
+
+        From now on the grace period counts (:meth:`grace_deadline`): the node report's
+        requests end within it, and the Lease elector takes no further step.
+        """
         if self._stop_asked_at is None:
             self._stop_asked_at = self._monotonic()
         self._stopping.set()
         self._wake.set()
+        self._within_grace()
+
+    def _within_grace(self) -> None:
+        """After :meth:`stop`: the report's requests end by the grace deadline, and the
+        elector takes no further step (each may still be running: SIGTERM's thread)."""
+        deadline = self.grace_deadline()
+        if self.reporter is not None and deadline is not None:
+            self.reporter.finish_by(deadline)
+        elector = self.elector
+        if elector is not None:
+            elector.halt()
 
     def wake(self) -> None:
         """Start the next pass now instead of after the interval."""
         self._wake.set()
 
     def shutdown(self) -> None:
-        """Release the Lease, clean up if asked, close the backends (idempotent)."""
-        if self.elector is not None:
-            self.elector.stop(release=True)
-            self.elector = None
-            self._elector_started = False
-            if self.metrics is not None:
-                self.metrics.leader.set(0)
-        if self._report_writer is not None:
-            # The last result, if still pending, within one request's time: SIGTERM's
-            # grace period (30 s) has the clean-up to fit too. After the Lease's release:
-            # the next leader must not wait for a report.
-            writer, self._report_writer = self._report_writer, None
-            writer.stop(getattr(self.reporter, "timeout", DEFAULT_TIMEOUT))
-        if self._group is not None:
-            try:
-                if self.options.cleanup_on_exit:
-                    self.cleaned_up = self._clean_up(self._group)
-            finally:
-                self._group.close()
-                self._group = None
-        elif self.options.cleanup_on_exit and self.cleaned_up is None:
-            self.cleaned_up = False
-            _log.error("clean-up on exit: nothing removed: no spec was ever in force to say "
-                       "which backends hold k3snet's objects (k3snet destroy removes them)")
+        """Clean up if asked, release the Lease, write the last report, close the backends
+        (idempotent).
 
-    def _clean_up(self, group: BackendGroup) -> bool:
+        The node's clean-up comes first: it needs no API server, and after :meth:`stop`
+        (SIGTERM) the kubelet kills the agent :data:`~k3snet.kube.TERMINATION_GRACE`
+        seconds later. The Lease's release and the last report share what is left of
+        that less :data:`CLEANUP_MARGIN` (:meth:`grace_deadline`): each request's
+        timeout is cut to it. With an API server that accepts connections and never
+        answers, the elector's step in flight (~10 s), the release (20 s) and the report
+        (10 s) came first and outlasted the grace period: the agent was killed with
+        k3snet's rules still on a node being drained.
+        """
+        deadline = self.grace_deadline()
+        self._within_grace()  # (again: stop() may still be setting it, in its own thread)
+        elector, self.elector = self.elector, None
+        writer, self._report_writer = self._report_writer, None
+        if writer is not None:
+            writer.finish()  # the last result, if pending, meanwhile (stop() set its deadline)
+        try:
+            if self._group is not None:
+                try:
+                    if self.options.cleanup_on_exit:
+                        self.cleaned_up = self._clean_up(self._group, deadline)
+                finally:
+                    self._group.close()
+                    self._group = None
+            elif self.options.cleanup_on_exit and self.cleaned_up is None:
+                self.cleaned_up = False
+                _log.error("clean-up on exit: nothing removed: no spec was ever in force to "
+                           "say which backends hold k3snet's objects (k3snet destroy removes "
+                           "them)")
+        finally:
+            if elector is not None:
+                elector.stop(release=True, deadline=deadline)
+                self._elector_started = False
+                if self.metrics is not None:
+                    self.metrics.leader.set(0)
+            if writer is not None:
+                writer.join(getattr(self.reporter, "timeout", DEFAULT_TIMEOUT)
+                            if deadline is None else deadline.left())
+
+    def grace_deadline(self) -> Deadline | None:
+        """When the shutdown's API requests must be done: the grace period less
+        :data:`CLEANUP_MARGIN` from :meth:`stop` (``None`` before any stop was asked)."""
+        if self._stop_asked_at is None:
+            return None
+        return Deadline(self._stop_asked_at + TERMINATION_GRACE - CLEANUP_MARGIN,
+                        self._monotonic)
+
+    def _clean_up(self, group: BackendGroup, deadline: Deadline | None) -> bool:
         """Remove what k3snet owns on the node; whether that succeeded."""
         node, _ = split_cluster_wide(group)
         if node is None:
             return True
         # After SIGTERM, the lock is waited for only within the pod's grace period (the
-        # pass, the Lease and the last report took their share of it).
-        budget = (DEFAULT_LOCK_TIMEOUT if self._stop_asked_at is None else max(
-            0.0, TERMINATION_GRACE - CLEANUP_MARGIN
-            - (self._monotonic() - self._stop_asked_at)))
+        # pass in progress took its share of it).
+        budget = DEFAULT_LOCK_TIMEOUT if deadline is None else deadline.left()
         try:
             done = destroy(node, lock_timeout=min(budget, DEFAULT_LOCK_TIMEOUT))
         except K3snetError as exc:

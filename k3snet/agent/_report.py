@@ -35,7 +35,7 @@ from typing import Any
 import attrs
 
 from k3snet.backends.kit import translate_errors
-from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
+from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors
 
 __all__ = ["EVENT_BURST", "EVENT_INTERVAL", "EVENT_TRIES", "MESSAGE_LIMIT", "PATCH_RETRY_LIMIT",
            "RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport", "NodeReporter"]
@@ -141,12 +141,27 @@ class NodeReporter:
         """When this agent started: a restart shows as a new value in the annotation."""
         self.writes = 0
         """API writes made so far (annotation patches and Events)."""
+        self._deadline: Deadline | None = None
+
+    def finish_by(self, deadline: Deadline) -> None:
+        """From now on, each request waits at most what is left of ``deadline``, and none
+        is sent once nothing is (the agent's last report, within SIGTERM's grace period)."""
+        self._deadline = deadline
+
+    def _request_timeout(self) -> float:
+        """The next request's timeout (0: no time left to send it)."""
+        deadline = self._deadline
+        return self.timeout if deadline is None else deadline.timeout(self.timeout)
 
     def report(self, result: NodeReport) -> None:
         """Write ``result`` if it differs from the last one written; else retry the
         Event of the last status change if it failed and is due."""
         if result == self._last:
             self._retry_event()
+            return
+        timeout = self._request_timeout()
+        if timeout <= 0:
+            _log.warning("no time left to report the result %r on the node", result.status)
             return
         if self._clock() < self._patch_due:
             # The last patch failed: tried again after a back-off, not on every pass. A
@@ -163,10 +178,10 @@ class NodeReporter:
         }}}
         try:
             with translate_errors(f"annotate Node {self.node}",
-                                  classifier=KubeErrors(timeout=self.timeout)):
+                                  classifier=KubeErrors(timeout=timeout)):
                 self._core.patch_node(self.node, body,
                                       _content_type="application/merge-patch+json",
-                                      _request_timeout=self.timeout)
+                                      _request_timeout=timeout)
         except KubeApiError as exc:
             self._last = previous  # try again on a pass once the back-off is over
             self._patch_failures += 1
@@ -211,7 +226,7 @@ class NodeReporter:
         if self._pending is None:
             return
         result, stamp, tries, due = self._pending
-        if self._clock() < due:
+        if self._clock() < due or self._request_timeout() <= 0:
             return
         try:
             self._event(result, stamp)
@@ -245,8 +260,9 @@ class NodeReporter:
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
             "reportingComponent": self.component, "reportingInstance": self.node,
         }
+        timeout = self._request_timeout()
         with translate_errors(f"create Event for Node {self.node}",
-                              classifier=KubeErrors(timeout=self.timeout)):
+                              classifier=KubeErrors(timeout=timeout)):
             self._core.create_namespaced_event(_EVENT_NAMESPACE, body,
-                                               _request_timeout=self.timeout)
+                                               _request_timeout=timeout)
         self.writes += 1

@@ -782,6 +782,9 @@ class HangingReporter:
         self.calls += 1
         self.release.wait()
 
+    def finish_by(self, deadline: object) -> None:
+        """(NodeReporter's: the deadline of the last report)"""
+
 
 def test_drift_is_repaired_while_the_node_report_hangs(tmp_path: Path) -> None:
     # The report (a Node patch, an Event) was written by the loop itself: an API server

@@ -1,0 +1,310 @@
+"""SIGTERM with an API server that never answers: the shutdown fits the pod's grace period.
+
+The API server is the emulated one, made to hang (it accepts every request and never
+answers). Time is a fake clock: each request the agent sends is recorded with the
+timeout it was given, then sent with that timeout scaled down (so a test waits
+fractions of a second, not the 30 s of a grace period), and a request that timed out
+moves the fake clock by its whole (unscaled) timeout, as it would have taken. No
+assertion is on real time: the order of events, the timeouts given, and the clean-up.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+
+from k3snet.agent import (
+    CLEANUP_MARGIN,
+    Agent,
+    AgentOptions,
+    FileSpecSource,
+    LeaderElector,
+    LeaseSettings,
+    NodeReport,
+    NodeReporter,
+)
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
+from k3snet.converge import compile_for
+from k3snet.kube import TERMINATION_GRACE, Deadline
+from k3snet.planner import Plan
+from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
+
+pytestmark = pytest.mark.cluster
+
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+destinations:
+  - cidr: 192.168.2.0/24
+"""
+SETTINGS = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=15.0,
+                         renew_deadline=10.0, retry_period=2.0)
+SCALE = 50.0
+"""Fake seconds per real second of a request's timeout."""
+HANG = 2.0
+"""Real seconds the hung API server holds a request (more than any scaled timeout)."""
+NODE_KINDS = ("route", "sysctl", "nat", "forward")
+LEASES = "coordination.k8s.io/v1/leases"
+
+
+class FakeClock:
+    """The agent's, the elector's and the reporter's monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.now += seconds
+
+
+Event = tuple[str, float, float | None]
+"""(what: "clean-up" or "METHOD path", the fake time it began, a request's timeout)."""
+
+
+def recording(api: Any, clock: FakeClock, events: list[Event]) -> Any:
+    """``api`` (an ApiClient) recording each request, sent with its timeout scaled down;
+    one that timed out took its whole timeout on ``clock``."""
+    send = api.call_api
+
+    def call_api(method: str, url: str, *args: Any, _request_timeout: Any = None,
+                 **kwargs: Any) -> Any:
+        path = url.split("://", 1)[-1].partition("/")[2]
+        events.append((f"{method} /{path.split('?')[0]}", clock.now, _request_timeout))
+        try:
+            return send(method, url, *args, _request_timeout=_request_timeout / SCALE,
+                        **kwargs)
+        except (urllib3.exceptions.TimeoutError, urllib3.exceptions.MaxRetryError):
+            clock.advance(_request_timeout)
+            raise
+
+    api.call_api = call_api
+    return api
+
+
+class RecordedMemory(MemoryBackend):
+    """The node's objects; the clean-up's apply is recorded as an event."""
+
+    def __init__(self, clock: FakeClock, events: list[Event]) -> None:
+        super().__init__(capabilities=NODE_KINDS)
+        self._clock, self._events = clock, events
+
+    def apply(self, plan: Plan) -> Any:
+        if plan.changes and all(c.action == "delete" for c in plan.changes):
+            self._events.append(("clean-up", self._clock.now, None))
+        return super().apply(plan)
+
+
+@pytest.fixture
+def server() -> Iterator[EmulatedApiServer]:
+    with EmulatedApiServer(resources=AGENT_RESOURCES) as srv:
+        srv.put("v1/nodes", {"metadata": {"name": "node-a"}})
+        yield srv
+
+
+def test_a_hung_api_server_lets_the_clean_up_go_first_and_each_request_end_within_the_grace(
+        server: EmulatedApiServer, tmp_path: Path) -> None:
+    # With an API server that accepts connections and never answers, the shutdown sent
+    # the Lease's release (a read, 10 s) and waited for the last report (10 s) before
+    # the clean-up: with the pass in progress at SIGTERM, past the pod's grace period,
+    # and the kubelet killed the agent with k3snet's rules on a node being drained.
+    clock, events = FakeClock(), []
+    api = recording(server.api_client(), clock, events)
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = RecordedMemory(clock, events)
+    reporter = NodeReporter(api, "node-a", clock=clock)
+
+    class _Stepped(LeaderElector):
+        def start(self) -> LeaderElector:  # stepped by the test (no thread)
+            return self
+
+    def elector(on_change: Callable[[bool], None]) -> LeaderElector:
+        return _Stepped(api, "node-a", SETTINGS, on_change=on_change, clock=clock)
+
+    # A cluster-wide kind makes the agent a Lease candidate (the memory backend's pools).
+    pools = MemoryBackend(capabilities=("ippool",))
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory, pools]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-a", interval=3600, cleanup_on_exit=True),
+                  reporter=reporter, elector_factory=elector, monotonic=clock)
+    first = agent.run_pass()
+    assert (first.status, first.leader) == ("ok", True)
+    assert memory.state.owned
+    assert agent.elector is not None
+    agent.stop()  # SIGTERM at 1000 s
+    stopped_at = clock.now
+    deadline = stopped_at + TERMINATION_GRACE - CLEANUP_MARGIN
+    # The pass in progress: the Lease renewed at 1010 s (the holder still holds it
+    # when the shutdown begins), then the API server stops answering; the pass waits
+    # for it until 1016 s.
+    clock.advance(10)
+    assert agent.elector.step()
+    before = len(events)
+    server.fail(504, delay=HANG, times=None)
+    clock.advance(6)
+    agent.shutdown()
+
+    (cleanup,) = [e for e in events if e[0] == "clean-up"]
+    assert cleanup[1] <= deadline
+    assert agent.cleaned_up is True
+    assert memory.state.owned == frozenset()
+    sent = [e for e in events[before:] if e[0] != "clean-up"]
+    lease = [e for e in sent if "/leases/" in e[0]]
+    assert [(what.split()[0], timeout) for what, _, timeout in lease] == [
+        ("GET", deadline - cleanup[1])]  # the release tried, with what was left
+    assert events.index(cleanup) < events.index(lease[0])  # after the clean-up
+    for what, at, timeout in sent:
+        assert timeout is not None
+        assert at + timeout <= deadline, (what, at, timeout)
+
+
+def test_the_lease_release_gives_each_request_what_is_left_and_sends_none_once_nothing_is(
+        server: EmulatedApiServer) -> None:
+    clock, events = FakeClock(), []
+    api = recording(server.api_client(), clock, events)
+    holder = LeaderElector(api, "node-a", SETTINGS, clock=clock)
+    assert holder.step()
+    server.fail(504, method="PATCH", plural="leases", delay=HANG, times=None)
+    events.clear()
+    holder.stop(release=True, deadline=Deadline(clock.now + 4, clock))
+    # The read answered at once (the clock did not move); the patch got the rest.
+    assert [(what.split()[0], timeout) for what, _, timeout in events] == [
+        ("GET", 4.0), ("PATCH", 4.0)]
+    assert holder.is_leader is False
+
+    server.clear_faults()
+    again = LeaderElector(api, "node-b", SETTINGS, clock=clock)
+    assert not again.step()  # node-a's Lease, unreleased: waited out
+    clock.advance(SETTINGS.duration)
+    assert again.step()
+    events.clear()
+    again.stop(release=True, deadline=Deadline(clock.now, clock))
+    assert events == []  # nothing left: nothing sent, the Lease expires by itself
+    lease = server.get(LEASES, SETTINGS.name, SETTINGS.namespace)
+    assert lease is not None
+    assert lease["spec"]["holderIdentity"] == "node-b"
+
+
+def test_a_report_after_sigterm_waits_at_most_what_is_left_of_the_grace_period(
+        server: EmulatedApiServer) -> None:
+    clock, events = FakeClock(), []
+    api = recording(server.api_client(), clock, events)
+    reporter = NodeReporter(api, "node-a", clock=clock)
+    server.fail(504, delay=HANG, times=None)
+    reporter.finish_by(Deadline(clock.now + 3, clock))
+    reporter.report(NodeReport("ok", "converged", None, 1, False))
+    assert [(what.split()[0], timeout) for what, _, timeout in events] == [("PATCH", 3.0)]
+    events.clear()
+    reporter.report(NodeReport("failed", "later", None, 2, False))
+    assert events == []  # nothing left: not sent
+
+
+def test_the_report_of_the_pass_sigterm_interrupted_waits_only_what_is_left_of_the_grace_period(
+        server: EmulatedApiServer, tmp_path: Path) -> None:
+    # The pass in progress at SIGTERM ends with its report: a Node patch given the whole
+    # request timeout (10 s) however little of the grace period was left.
+    clock, events = FakeClock(), []
+    api = recording(server.api_client(), clock, events)
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-a", interval=3600),
+                  reporter=NodeReporter(api, "node-a", clock=clock), monotonic=clock)
+    assert agent.run_pass().status == "ok"
+    agent.stop()  # SIGTERM at 1000 s, the pass in progress ...
+    clock.advance(20)
+    server.fail(504, delay=HANG, times=None)
+    before = len(events)
+    path.write_text(SPEC + "  - cidr: 172.20.0.0/16\n")
+    assert agent.run_pass().status == "ok"  # ... ends at 1020 s, its result to report
+    assert [(what.split()[0], timeout) for what, _, timeout in events[before:]] == [
+        ("PATCH", TERMINATION_GRACE - CLEANUP_MARGIN - 20)]
+
+
+class _CountedPools(MemoryBackend):
+    """The cluster-wide objects (Calico's IPPools): each observe is a LIST of them."""
+
+    def __init__(self) -> None:
+        super().__init__(capabilities=("ippool",))
+        self.lists = 0
+
+    def observe(self) -> Any:
+        self.lists += 1
+        return super().observe()
+
+
+class _SigtermDuringApply(MemoryBackend):
+    """The node's objects; SIGTERM arrives while they are written."""
+
+    def __init__(self) -> None:
+        super().__init__(capabilities=NODE_KINDS)
+        self.agent: Agent | None = None
+
+    def apply(self, plan: Plan) -> Any:
+        if self.agent is not None:
+            self.agent.stop()
+        return super().apply(plan)
+
+
+def test_sigterm_during_the_node_s_part_skips_the_cluster_wide_part_of_that_pass(
+        tmp_path: Path) -> None:
+    # The pass in progress at SIGTERM went on to the cluster-wide part: a LIST of every
+    # IPPool and its writes, 10 s each with an API server that never answers, out of
+    # the grace period the clean-up and the Lease's release need.
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory, pools = _SigtermDuringApply(), _CountedPools()
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory, pools]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-a", interval=3600))
+    memory.agent = agent
+    assert agent.run_pass().status == "ok"
+    assert memory.state.owned  # the node's part is done
+    assert pools.lists == 0
+
+
+def test_the_wait_for_the_elector_s_step_in_flight_ends_with_the_grace_period(
+        server: EmulatedApiServer) -> None:
+    # stop() waited up to 17 s (the request timeout, a retry period, 5 s) for the thread's
+    # step in flight: with an API server that never answers, past the grace period.
+    clock, events = FakeClock(), []
+    api = recording(server.api_client(), clock, events)
+    settings = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=15.0,
+                             renew_deadline=10.0, retry_period=0.01)
+    holder = LeaderElector(api, "node-a", settings, clock=clock)
+    assert holder.step()
+    entered, answer = threading.Event(), threading.Event()
+    send = api.call_api
+
+    def held(*args: Any, **kwargs: Any) -> Any:  # the thread's step: no answer until told
+        entered.set()
+        answer.wait(timeout=60)
+        return send(*args, **kwargs)
+
+    api.call_api = held
+    holder.start()
+    try:
+        assert entered.wait(timeout=60)  # bounds a hung test only
+        api.call_api = send
+        events.clear()
+        holder.stop(release=True, deadline=Deadline(clock.now, clock))  # nothing left
+        assert events == []  # no release sent
+        assert holder._thread is not None
+        assert holder._thread.is_alive()  # not waited for: its step is still in flight
+    finally:
+        answer.set()
+        if holder._thread is not None:
+            holder._thread.join(timeout=60)  # its step ends while the server still serves
