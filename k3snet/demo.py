@@ -7,7 +7,9 @@ the fix with a real TCP exchange and a ping (the database sees the node's
 address), plans again to show nothing is left, and then shows a case that
 masquerading alone does not fix: a FORWARD policy DROP left by Docker or
 firewalld, fixed by k3snet's forward rule. Every namespace is deleted at the end,
-also on error. Needs root; touches nothing outside its own namespaces.
+also on error. Needs root. It changes no network state outside its own namespaces; like
+any k3snet run it leaves its lock files (``/run/k3snet/locks``, one per namespace) and
+the nftables read cache (``/run/k3snet/nftables-read``, bounded) on the host.
 
 Run: ``python -m k3snet.demo [--nat-backend nftables|iptables]``; exits non-zero
 if anything does not behave as shown. Stopped by Ctrl-C, SIGTERM (a ``timeout``, a CI
