@@ -808,3 +808,31 @@ def test_an_ipv6_snat_address_is_a_conflict_felix_s_ipv4_address_cannot_meet(
     (reason,) = _felix_conflicts(api_server, spec)
     assert "to 2001:db8::7 (masquerade.snatAddresses), and Felix takes no IPv6 address to " \
            "SNAT to (its natOutgoingAddress is IPv4 only)" in reason
+
+
+SPEC_ALL_VIA_ETH1 = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+masquerade: {mode: all, outInterface: eth1}
+cni:
+  calico: {}
+"""
+
+
+def test_mode_all_s_pod_wide_masquerade_is_judged_against_felix_s_interface_filter(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Mode all masquerades every destination, not only the spec's: with no destination
+    # at all, traffic leaving through eth1 was never judged against a filter of eth0.
+    api_server.put(FELIX, _felix("default", iptablesNATOutgoingInterfaceFilter="eth0"))
+    (reason,) = _felix_conflicts(api_server, SPEC_ALL_VIA_ETH1)
+    assert "pods' traffic to 0.0.0.0/0 (masquerade mode all) leaves through eth1" in reason
+    api_server.put(FELIX, _felix("default", iptablesNATOutgoingInterfaceFilter="eth+"))
+    assert _felix_conflicts(api_server, SPEC_ALL_VIA_ETH1) == []
+    # Its snatAddresses too; the pools the mode leaves out are not its conflict.
+    api_server.put(FELIX, _felix("default"))
+    spec = SPEC_ALL_VIA_ETH1.replace("outInterface: eth1", "snatAddresses: [192.0.2.7]")
+    (reason,) = _felix_conflicts(api_server, spec)
+    assert "the spec SNATs pods' traffic to 0.0.0.0/0 (masquerade mode all) to 192.0.2.7" \
+        in reason
