@@ -1365,6 +1365,20 @@ class CalicoNatDestination(NetObject):
                     f"traffic to {self._what} leaves through {device}: Calico will not NAT "
                     f"it, so pods reach it with their own addresses; fix: make the filter "
                     f"match {device} (or remove it), {way_out}")
+        if self.cidr.version == 6 and felix.nat_outgoing_address is not None:
+            # Felix renders one cali-nat-outgoing for both families (felix/rules/nat.go
+            # NATOutgoingChain): the IPv4 address lands in the IPv6 rule, which
+            # ip6tables-restore ("Bad IP address") and nft refuse, so none of Felix's
+            # IPv6 NAT table is written (iptables mode: Felix panics after its retries).
+            return (f"Felix writes its IPv4 natOutgoingAddress {felix.nat_outgoing_address} "
+                    f"({where}) into its IPv6 NAT rule too (SNAT --to-source "
+                    f"{felix.nat_outgoing_address} in ip6tables, snat to it in nftables), "
+                    "which the kernel's tools refuse: Felix cannot program its IPv6 NAT "
+                    "table (in iptables mode it gives up and restarts), so pods' traffic to "
+                    f"{self._what} is not masqueraded; fix: unset natOutgoingAddress in "
+                    f"{where} (Felix then masquerades), or set natOutgoing false on the IPv6 "
+                    f"pools and masquerade IPv6 on the nodes with a node-level rule (the "
+                    "nftables or iptables backend)")
         felix_address = felix.nat_outgoing_address if self.cidr.version == 4 else None
         if self.snat_address is not None and felix_address != self.snat_address:
             if felix_address is not None:
@@ -1479,7 +1493,8 @@ class CalicoFelixNat(NetObject):
     * ``interface_filter`` (``iptablesNATOutgoingInterfaceFilter``): Felix masquerades
       only traffic leaving through interfaces matching it (``eth+``: a prefix);
     * ``nat_outgoing_address`` (``natOutgoingAddress``, IPv4 only): Felix SNATs to it
-      instead of masquerading;
+      instead of masquerading, and writes it into its IPv6 NAT rule too, which the
+      kernel's tools refuse (no IPv6 masquerade then);
     * ``exclusions`` (``natOutgoingExclusions``): with ``IPPoolsAndHostIPs`` traffic
       to any Calico host's address keeps the pod's address too;
     * ``port_range`` (``natPortRange``, ``(min, max)``): the source ports of TCP and
