@@ -571,13 +571,14 @@ def compile_ippools(
 def _pod_wide_nat(spec: Spec) -> list[NetObject]:
     """Mode ``all`` masquerades every destination, not only the spec's: the interface
     the traffic leaves through and the SNAT address are judged against Felix's for each
-    pod family (nothing to judge without either)."""
+    pod family (for IPv4 nothing to judge without either; IPv6 always, Felix's IPv4
+    natOutgoingAddress breaking its IPv6 NAT)."""
     out: list[NetObject] = []
     if spec.masquerade.mode != "all":
         return out
     for family in sorted({p.version for p in spec.cluster.pod_cidrs}):
         snat = spec.masquerade.snat_address(family)
-        if spec.masquerade.out_interface is not None or snat is not None:
+        if family == 6 or spec.masquerade.out_interface is not None or snat is not None:
             out.append(CalicoNatDestination(
                 "0.0.0.0/0" if family == 4 else "::/0", pod_wide=True,
                 out_interface=spec.masquerade.out_interface, snat_address=snat))

@@ -858,3 +858,17 @@ def test_mode_all_s_pod_wide_masquerade_is_judged_against_felix_s_interface_filt
     (reason,) = _felix_conflicts(api_server, spec)
     assert "the spec SNATs pods' traffic to 0.0.0.0/0 (masquerade mode all) to 192.0.2.7" \
         in reason
+
+
+def test_mode_all_s_ipv6_masquerade_is_broken_by_felix_s_nat_outgoing_address(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", natOutgoingAddress="192.0.2.7"))
+    api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))
+    spec = SPEC_ALL_VIA_ETH1.replace("podCIDRs: [10.42.0.0/16]",
+                                     "podCIDRs: [10.42.0.0/16, fd42::/48]")
+    spec = spec.replace("mode: all, outInterface: eth1", "mode: all")
+    (reason,) = _felix_conflicts(api_server, spec)
+    assert "pods' traffic to ::/0 (masquerade mode all) is not masqueraded" in reason
+    api_server.put(FELIX, _felix("default"))
+    assert _felix_conflicts(api_server, spec) == []
