@@ -499,16 +499,29 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
             break
     found += _service_findings(state, tr)
     for pool in state.calico_pools:
-        if pool.cidr.version == dst.version and dst in pool.cidr:
-            found.append(Finding(
-                "destination-in-calico-pool", f"{dst} lies inside the Calico IP pool {pool.cidr}",
-                f"IPPool {pool.cidr}" + (" (disabled)" if pool.disabled else ""),
-                "Calico masquerades (natOutgoing) only traffic to destinations outside every "
-                "pool: to this one the pod's address leaves untranslated",
-                severity="warning",
-                advice="shrink or move the pool so it does not cover the destination, or "
-                       "masquerade the destination explicitly (the fix above)"))
-            break
+        if pool.cidr.version != dst.version or dst not in pool.cidr:
+            continue
+        why = ("Calico masquerades (natOutgoing) only traffic to destinations outside every "
+               "pool: to this one the pod's address leaves untranslated")
+        if pool.load_balancer_only:
+            # Felix v3.31.7, v3.32.1 and later match cali40network-ip-pools, which leaves
+            # LoadBalancer-only pools out (projectcalico/calico#12769): they NAT to it.
+            sets = state.felix_pool_sets
+            if "network-ip-pools" in sets and "all-ipam-pools" not in sets:
+                continue
+            if not sets:
+                why = ("Felix before v3.31.7 and v3.32.1 does not masquerade (natOutgoing) "
+                       "traffic to a pool, even a LoadBalancer-only one: there the pod's "
+                       "address leaves untranslated (later versions masquerade it; the "
+                       "capture holds no Calico NAT rule to tell which)")
+        found.append(Finding(
+            "destination-in-calico-pool", f"{dst} lies inside the Calico IP pool {pool.cidr}",
+            f"IPPool {pool.cidr}" + (" (disabled)" if pool.disabled else "")
+            + (" (LoadBalancer only)" if pool.load_balancer_only else ""),
+            why, severity="warning",
+            advice="shrink or move the pool so it does not cover the destination, or "
+                   "masquerade the destination explicitly (the fix above)"))
+        break
     exempt = next((s for s in tr.steps if s.code == "untracked"), None)
     if exempt is not None and tr.verdict is not Verdict.REACHES:
         found.append(Finding(

@@ -43,6 +43,8 @@ RULESET_FILES = frozenset(name for name in FILES
                           if name.endswith(".save") or name == "nft-ruleset.json")
 # What a file not captured at all is said to be missing for (read_dir, from_texts).
 _ABSENT = frozenset({"not in the capture", "not captured"})
+# Felix's pool set in cali-nat-outgoing, by name (iptables-save, nft's text or JSON).
+_FELIX_POOL_SET = re.compile(r"cali[46]0(all-ipam-pools|network-ip-pools)\b")
 _FLANNEL_NETWORK = re.compile(r"^FLANNEL_(IPV6_)?NETWORK=(?P<cidr>\S+)\s*$", re.MULTILINE)
 
 
@@ -96,6 +98,10 @@ class NodeState:
     missing: Mapping[str, str] = attrs.field(factory=dict)
     links: Mapping[str, str] = attrs.field(factory=dict)
     """The interfaces that are ``down`` or have ``no-carrier`` (the others are absent)."""
+    felix_pool_sets: frozenset[str] = frozenset()
+    """Which of Felix's pool sets the captured rules name (``all-ipam-pools``, Felix
+    before v3.31.7 and v3.32.1; ``network-ip-pools``, later ones): whether Felix NATs
+    to LoadBalancer-only pools. Empty: no Calico NAT rule in the capture."""
 
     @classmethod
     def from_capture(cls, capture: NodeCapture) -> NodeState:
@@ -152,7 +158,12 @@ class NodeState:
         cidrs = []
         for match in _FLANNEL_NETWORK.finditer(capture.text("flannel-subnet.env")):
             cidrs.append(ip_network(match["cidr"], strict=False))
+        rule_texts = [capture.text(f"iptables-{flavour}-v{family}.save")
+                      for flavour in ("nft", "legacy") for family in (4, 6)]
+        rule_texts += [capture.text("nft-ruleset.txt"), capture.text("nft-ruleset.json")]
         return cls(
+            felix_pool_sets=frozenset(m[1] for text in rule_texts
+                                      for m in _FELIX_POOL_SET.finditer(text)),
             calico_pools=_calico_pools(capture.json("calico-ippools.json")),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),

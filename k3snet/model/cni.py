@@ -1297,6 +1297,10 @@ class CalicoNatDestination(NetObject):
     are judged against Felix's settings (:class:`CalicoFelixNat`): an
     ``iptablesNATOutgoingInterfaceFilter`` the interface does not match, or a source
     address other than the one the spec gives, is a conflict. Nothing is said otherwise.
+
+    ``pod_wide``: the masquerade mode ``all``'s expectation for a whole family (``cidr``
+    ``0.0.0.0/0`` or ``::/0``), judged against Felix's settings only: the pools are what
+    the mode leaves out (the pod CIDRs, the exemption pools k3snet writes).
     """
 
     kind: ClassVar[str] = "ippool"
@@ -1310,19 +1314,24 @@ class CalicoNatDestination(NetObject):
     out_interface: str | None = attrs.field(default=None, kw_only=True)
     snat_address: Address | None = attrs.field(default=None, converter=_optional_address,
                                                kw_only=True)
+    pod_wide: bool = attrs.field(default=False, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _hash: int = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.pod_wide, bool):
+            raise ModelError(f"pod_wide must be true or false, got {self.pod_wide!r}")
+        if self.pod_wide and self.cidr.prefixlen != 0:
+            raise ModelError(f"a pod-wide expectation covers every address, got {self.cidr}")
         if self.out_interface is not None and (
                 not isinstance(self.out_interface, str) or not self.out_interface):
             raise ModelError(f"out_interface must be an interface name, got "
                              f"{self.out_interface!r}")
         if self.snat_address is not None and self.snat_address.version != self.cidr.version:
             raise ModelError(f"snat_address {self.snat_address} is not of {self.cidr}'s family")
-        self._seal(("calico-nat-destination", *net_tuple(self.cidr)),
+        self._seal(("calico-nat-destination", *net_tuple(self.cidr), self.pod_wide),
                    (tuple(net_tuple(n) for n in self.exclude), self.out_interface or "",
                     str(self.snat_address or "")))
 
@@ -1332,6 +1341,8 @@ class CalicoNatDestination(NetObject):
         return _POOLS_SLOT
 
     def _blocking(self, pools: CalicoPools) -> tuple[IPPool, ...]:
+        if self.pod_wide:
+            return ()
         parts = subtract(self.cidr, [n for n in self.exclude if n.version == self.cidr.version])
         return tuple(p for p in pools.pools if any(overlaps(p.cidr, part) for part in parts))
 
@@ -1351,9 +1362,23 @@ class CalicoNatDestination(NetObject):
                                                                                 allowed):
             return (f"Felix masquerades only traffic leaving through interfaces matching "
                     f"{allowed} (iptablesNATOutgoingInterfaceFilter in {where}), and pods' "
-                    f"traffic to {self.cidr} leaves through {device}: Calico will not NAT "
+                    f"traffic to {self._what} leaves through {device}: Calico will not NAT "
                     f"it, so pods reach it with their own addresses; fix: make the filter "
                     f"match {device} (or remove it), {way_out}")
+        if self.cidr.version == 6 and felix.nat_outgoing_address is not None:
+            # Felix renders one cali-nat-outgoing for both families (felix/rules/nat.go
+            # NATOutgoingChain): the IPv4 address lands in the IPv6 rule, which
+            # ip6tables-restore ("Bad IP address") and nft refuse, so none of Felix's
+            # IPv6 NAT table is written (iptables mode: Felix panics after its retries).
+            return (f"Felix writes its IPv4 natOutgoingAddress {felix.nat_outgoing_address} "
+                    f"({where}) into its IPv6 NAT rule too (SNAT --to-source "
+                    f"{felix.nat_outgoing_address} in ip6tables, snat to it in nftables), "
+                    "which the kernel's tools refuse: Felix cannot program its IPv6 NAT "
+                    "table (in iptables mode it gives up and restarts), so pods' traffic to "
+                    f"{self._what} is not masqueraded; fix: unset natOutgoingAddress in "
+                    f"{where} (Felix then masquerades), or set natOutgoing false on the IPv6 "
+                    f"pools and masquerade IPv6 on the nodes with a node-level rule (the "
+                    "nftables or iptables backend)")
         felix_address = felix.nat_outgoing_address if self.cidr.version == 4 else None
         if self.snat_address is not None and felix_address != self.snat_address:
             if felix_address is not None:
@@ -1366,10 +1391,14 @@ class CalicoNatDestination(NetObject):
                         f"({where} sets no natOutgoingAddress)")
             fix = (f"set natOutgoingAddress: {self.snat_address} in {where}, "
                    if self.cidr.version == 4 else "")
-            return (f"the spec SNATs pods' traffic to {self.cidr} to {self.snat_address} "
+            return (f"the spec SNATs pods' traffic to {self._what} to {self.snat_address} "
                     f"(masquerade.snatAddresses), and Felix {does}; fix: {fix}drop the "
                     f"address from the spec, {way_out}")
         return None
+
+    @property
+    def _what(self) -> str:
+        return f"{self.cidr} (masquerade mode all)" if self.pod_wide else f"{self.cidr}"
 
     def conflicts_with(self, other: NetObject) -> bool:
         """A pool covers part of the destination that should be masqueraded, or Felix's
@@ -1393,7 +1422,7 @@ class CalicoNatDestination(NetObject):
 
     def describe(self) -> str:
         """``calico masquerades pods to CIDR [except ...] [via DEV] [to ADDRESS]``."""
-        text = f"calico masquerades pods to {self.cidr}"
+        text = f"calico masquerades pods to {self._what}"
         if self.exclude:
             text += " except " + ", ".join(str(n) for n in self.exclude)
         if self.out_interface is not None:
@@ -1410,6 +1439,8 @@ class CalicoNatDestination(NetObject):
             data["out_interface"] = self.out_interface
         if self.snat_address is not None:
             data["snat_address"] = str(self.snat_address)
+        if self.pod_wide:
+            data["pod_wide"] = True
         return data
 
     @classmethod
@@ -1417,7 +1448,8 @@ class CalicoNatDestination(NetObject):
         """Inverse of :meth:`to_dict`."""
         return cls(data["cidr"], exclude=data.get("exclude", ()),
                    out_interface=data.get("out_interface"),
-                   snat_address=data.get("snat_address"))
+                   snat_address=data.get("snat_address"),
+                   pod_wide=data.get("pod_wide", False))
 
 
 NAT_OUTGOING_EXCLUSIONS: tuple[str, ...] = ("IPPoolsOnly", "IPPoolsAndHostIPs")
@@ -1461,7 +1493,8 @@ class CalicoFelixNat(NetObject):
     * ``interface_filter`` (``iptablesNATOutgoingInterfaceFilter``): Felix masquerades
       only traffic leaving through interfaces matching it (``eth+``: a prefix);
     * ``nat_outgoing_address`` (``natOutgoingAddress``, IPv4 only): Felix SNATs to it
-      instead of masquerading;
+      instead of masquerading, and writes it into its IPv6 NAT rule too, which the
+      kernel's tools refuse (no IPv6 masquerade then);
     * ``exclusions`` (``natOutgoingExclusions``): with ``IPPoolsAndHostIPs`` traffic
       to any Calico host's address keeps the pod's address too;
     * ``port_range`` (``natPortRange``, ``(min, max)``): the source ports of TCP and

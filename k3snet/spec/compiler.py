@@ -568,6 +568,23 @@ def compile_ippools(
     return State(owned=_pools(spec, ipip_mode, vxlan_mode, block_size, node_selector))
 
 
+def _pod_wide_nat(spec: Spec) -> list[NetObject]:
+    """Mode ``all`` masquerades every destination, not only the spec's: the interface
+    the traffic leaves through and the SNAT address are judged against Felix's for each
+    pod family (for IPv4 nothing to judge without either; IPv6 always, Felix's IPv4
+    natOutgoingAddress breaking its IPv6 NAT)."""
+    out: list[NetObject] = []
+    if spec.masquerade.mode != "all":
+        return out
+    for family in sorted({p.version for p in spec.cluster.pod_cidrs}):
+        snat = spec.masquerade.snat_address(family)
+        if family == 6 or spec.masquerade.out_interface is not None or snat is not None:
+            out.append(CalicoNatDestination(
+                "0.0.0.0/0" if family == 4 else "::/0", pod_wide=True,
+                out_interface=spec.masquerade.out_interface, snat_address=snat))
+    return out
+
+
 def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMode,
            block_size: int | BlockSizes | None, node_selector: str) -> list[NetObject]:
     # The spec's own blockSize was judged by validate(); compile_ippools' argument not.
@@ -608,6 +625,7 @@ def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMo
                     d.cidr, exclude=exclude,
                     out_interface=d.device or spec.masquerade.out_interface,
                     snat_address=spec.masquerade.snat_address(d.family)))
+    out += _pod_wide_nat(spec)
     out += [_exempt_pool(net) for net in nat_exemptions(spec)]
     return out
 

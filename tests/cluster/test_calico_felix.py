@@ -806,5 +806,69 @@ def test_an_ipv6_snat_address_is_a_conflict_felix_s_ipv4_address_cannot_meet(
     spec = spec.replace("  - cidr: 192.168.50.0/24\n", "  - cidr: 2001:db8:50::/64\n")
     spec += "masquerade: {snatAddresses: [192.0.2.7, '2001:db8::7']}\n"
     (reason,) = _felix_conflicts(api_server, spec)
+    assert "Felix writes its IPv4 natOutgoingAddress 192.0.2.7 (FelixConfiguration " \
+           "default) into its IPv6 NAT rule too" in reason
+    api_server.put(FELIX, _felix("default"))  # masquerading, Felix takes no IPv6 address
+    (reason,) = _felix_conflicts(api_server, spec)
     assert "to 2001:db8::7 (masquerade.snatAddresses), and Felix takes no IPv6 address to " \
            "SNAT to (its natOutgoingAddress is IPv4 only)" in reason
+
+
+def test_felix_s_ipv4_nat_outgoing_address_breaks_its_ipv6_masquerade(
+    api_server: EmulatedApiServer,
+) -> None:
+    # felix/rules/nat.go renders the IPv4 natOutgoingAddress into the IPv6
+    # cali-nat-outgoing too; ip6tables-restore and nft refuse it ("Bad IP address"), so
+    # Felix masquerades no IPv6 traffic. A masquerading spec planned clean.
+    api_server.put(FELIX, _felix("default", natOutgoingAddress="192.0.2.7"))
+    api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))
+    spec = SPEC_VIA_ETH1.replace("podCIDRs: [10.42.0.0/16]", "podCIDRs: [10.42.0.0/16, fd42::/48]")
+    spec = spec.replace("  - cidr: 192.168.50.0/24\n", "  - cidr: 2001:db8:50::/64\n")
+    (reason,) = _felix_conflicts(api_server, spec)
+    assert "Felix cannot program its IPv6 NAT table" in reason
+    assert "pods' traffic to 2001:db8:50::/64 is not masqueraded" in reason
+    assert "unset natOutgoingAddress in FelixConfiguration default" in reason
+    api_server.put(FELIX, _felix("default"))
+    assert _felix_conflicts(api_server, spec) == []
+
+
+SPEC_ALL_VIA_ETH1 = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+masquerade: {mode: all, outInterface: eth1}
+cni:
+  calico: {}
+"""
+
+
+def test_mode_all_s_pod_wide_masquerade_is_judged_against_felix_s_interface_filter(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Mode all masquerades every destination, not only the spec's: with no destination
+    # at all, traffic leaving through eth1 was never judged against a filter of eth0.
+    api_server.put(FELIX, _felix("default", iptablesNATOutgoingInterfaceFilter="eth0"))
+    (reason,) = _felix_conflicts(api_server, SPEC_ALL_VIA_ETH1)
+    assert "pods' traffic to 0.0.0.0/0 (masquerade mode all) leaves through eth1" in reason
+    api_server.put(FELIX, _felix("default", iptablesNATOutgoingInterfaceFilter="eth+"))
+    assert _felix_conflicts(api_server, SPEC_ALL_VIA_ETH1) == []
+    # Its snatAddresses too; the pools the mode leaves out are not its conflict.
+    api_server.put(FELIX, _felix("default"))
+    spec = SPEC_ALL_VIA_ETH1.replace("outInterface: eth1", "snatAddresses: [192.0.2.7]")
+    (reason,) = _felix_conflicts(api_server, spec)
+    assert "the spec SNATs pods' traffic to 0.0.0.0/0 (masquerade mode all) to 192.0.2.7" \
+        in reason
+
+
+def test_mode_all_s_ipv6_masquerade_is_broken_by_felix_s_nat_outgoing_address(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", natOutgoingAddress="192.0.2.7"))
+    api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))
+    spec = SPEC_ALL_VIA_ETH1.replace("podCIDRs: [10.42.0.0/16]",
+                                     "podCIDRs: [10.42.0.0/16, fd42::/48]")
+    spec = spec.replace("mode: all, outInterface: eth1", "mode: all")
+    (reason,) = _felix_conflicts(api_server, spec)
+    assert "pods' traffic to ::/0 (masquerade mode all) is not masqueraded" in reason
+    api_server.put(FELIX, _felix("default"))
+    assert _felix_conflicts(api_server, spec) == []

@@ -588,3 +588,24 @@ def test_a_tcp_flags_rule_naming_an_unknown_flag_is_an_unknown_rule() -> None:
                     "-A FORWARD -p tcp --tcp-flags SYN,BOGUS SYN -j DROP\nCOMMIT\n")
     result = trace(_state(**{"iptables-nft-v4.save": filter_table + K3S_NAT}), FLOW)
     assert result.verdict is Verdict.UNKNOWN, result.render()
+
+
+def test_a_loadbalancer_only_pool_felix_nats_to_is_no_destination_in_pool_finding() -> None:
+    # Felix naming cali40network-ip-pools masquerades to a LoadBalancer-only pool; the
+    # hint "leaves untranslated" was then wrong. The older set's Felix does not.
+    old = (RULESETS / "calico-nat.save").read_text()
+    new = old.replace("cali40all-ipam-pools", "cali40network-ip-pools")
+    pools = json.dumps({"items": [
+        {"kind": "IPPool", "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}},
+        {"kind": "IPPool", "spec": {"cidr": "192.168.2.0/24", "allowedUses": ["LoadBalancer"]}},
+    ]})
+    d = diagnose(_state(**{"iptables-legacy-v4.save": new, "calico-ippools.json": pools}), FLOW)
+    assert d.verdict is Verdict.REACHES
+    assert "destination-in-calico-pool" not in [f.code for f in d.findings]
+    d = diagnose(_state(**{"iptables-legacy-v4.save": old, "calico-ippools.json": pools}), FLOW)
+    hint = next(f for f in d.findings if f.code == "destination-in-calico-pool")
+    assert "LoadBalancer only" in hint.where
+    # No Calico NAT rule captured: the hint says which versions do what.
+    d = diagnose(_state(**{"calico-ippools.json": pools}), FLOW)
+    hint = next(f for f in d.findings if f.code == "destination-in-calico-pool")
+    assert "v3.31.7" in hint.why
