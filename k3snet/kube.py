@@ -169,7 +169,6 @@ kubelet gives it to end its pass, release its Lease and (``--cleanup-on-exit``) 
 k3snet's objects, before it kills it."""
 
 
-
 @attrs.frozen
 class Deadline:
     """A time by which several API requests must all be done (after SIGTERM, what is
