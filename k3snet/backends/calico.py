@@ -38,10 +38,11 @@ decide how Felix translates what ``natOutgoing`` sends out: k3snet lists them an
 observes one :class:`~k3snet.model.cni.CalicoFelixNat` for ``default`` and one per
 ``node.NAME`` (and per selector-scoped one) with Felix's effective
 ``iptablesNATOutgoingInterfaceFilter``, ``natOutgoingAddress``,
-``natOutgoingExclusions`` and ``natPortRange`` there (:func:`read_felix_nat`). A
-destination the spec masquerades through an interface the filter does not match, or
-SNATs to an address other than ``natOutgoingAddress``, is a conflict naming the
-resource (:class:`~k3snet.model.cni.CalicoNatDestination`). Without the CRD Felix
+``natOutgoingExclusions``, ``natPortRange`` and ``externalNodesList`` there
+(:func:`read_felix_nat`). A destination the spec masquerades through an interface
+the filter does not match, SNATs to an address other than ``natOutgoingAddress``,
+or (with ``IPPoolsAndHostIPs``) that overlaps ``externalNodesList``, is a conflict
+naming the resource (:class:`~k3snet.model.cni.CalicoNatDestination`). Without the CRD Felix
 runs on its defaults; without the right to list them (403) the settings are
 unreadable, a conflict for every destination the spec masquerades.
 
@@ -354,6 +355,7 @@ FELIX_NAT_FIELDS: Mapping[str, str] = {
     "natOutgoingAddress": "NATOutgoingAddress",
     "natOutgoingExclusions": "NATOutgoingExclusions",
     "natPortRange": "NATPortRange",
+    "externalNodesList": "ExternalNodesCIDRList",
 }
 """The ``FelixConfiguration`` fields k3snet reads -> Felix's parameter name (which a
 ``config.projectcalico.org/NAME`` annotation on the resource overrides the field with)."""
@@ -361,7 +363,11 @@ FELIX_NAT_FIELDS: Mapping[str, str] = {
 _FELIX_FILTER = re.compile(r"[a-zA-Z0-9:._+-]{1,15}")  # Felix's IfaceParamRegexp
 _PORT_RANGE = re.compile(r"(\d+):(\d+)")
 _FELIX_DEFAULTS: Mapping[str, Any] = {"interface_filter": None, "nat_outgoing_address": None,
-                                      "exclusions": "IPPoolsOnly", "port_range": None}
+                                      "exclusions": "IPPoolsOnly", "port_range": None,
+                                      "external_nodes": ()}
+_FELIX_DIE_ON_FAIL = frozenset({"externalNodesList"})
+"""Fields Felix declares ``die-on-fail``: a value it cannot parse stops Felix (its
+config gets an error and it exits) instead of being replaced with the default."""
 
 
 def _filter(raw: str) -> str:
@@ -397,11 +403,29 @@ def _ports(raw: str) -> tuple[int, int] | None:
     return None if int(high) == 0 else (int(low), int(high))  # Felix: MaxPort 0 is unset
 
 
+def _cidr_list(raw: str) -> tuple[ipaddress.IPv4Network, ...]:
+    # Felix's CIDRListParam: split at commas, trim spaces, skip empty entries; each an
+    # IPv4 address (a /32) or CIDR, host bits dropped; one bad entry fails the whole list.
+    networks = []
+    for entry in (part.strip(" ") for part in raw.split(",")):
+        if not entry:
+            continue
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"not a list of IPv4 CIDRs or addresses ({entry!r})") from None
+        if not isinstance(network, ipaddress.IPv4Network):
+            raise ValueError(f"not a list of IPv4 CIDRs or addresses ({entry!r} is IPv6)")
+        networks.append(network)
+    return tuple(networks)
+
+
 _FELIX_PARSERS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "iptablesNATOutgoingInterfaceFilter": ("interface_filter", _filter),
     "natOutgoingAddress": ("nat_outgoing_address", _ipv4),
     "natOutgoingExclusions": ("exclusions", _exclusion),
     "natPortRange": ("port_range", _ports),
+    "externalNodesList": ("external_nodes", _cidr_list),
 }
 
 
@@ -420,6 +444,8 @@ def _felix_raw(item: Mapping[str, Any], key: str) -> str | None:
         return "true" if value else "false"
     if isinstance(value, int | str):
         return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)  # a string list reaches Felix comma-joined
     return json.dumps(value)
 
 
@@ -439,8 +465,12 @@ def _felix_fields(item: Mapping[str, Any], warnings: list[str]) -> dict[str, Any
         try:
             fields[field] = parse(raw)
         except ValueError as exc:
-            warnings.append(f"FelixConfiguration {name}: {key} {raw!r} is {exc}: Felix "
-                            f"replaces it with its default")
+            if key in _FELIX_DIE_ON_FAIL:
+                warnings.append(f"FelixConfiguration {name}: {key} {raw!r} is {exc}: "
+                                f"Felix refuses it and exits; k3snet judges without it")
+            else:
+                warnings.append(f"FelixConfiguration {name}: {key} {raw!r} is {exc}: "
+                                f"Felix replaces it with its default")
             fields[field] = _FELIX_DEFAULTS[field]
     return fields
 

@@ -1379,6 +1379,14 @@ class CalicoNatDestination(NetObject):
                     f"{where} (Felix then masquerades), or set natOutgoing false on the IPv6 "
                     f"pools and masquerade IPv6 on the nodes with a node-level rule (the "
                     "nftables or iptables backend)")
+        hosts = self._external_hosts(felix)
+        if hosts:
+            return (f"Felix does not NAT traffic to Calico hosts' addresses "
+                    f"(natOutgoingExclusions: IPPoolsAndHostIPs in {where}), and its "
+                    f"externalNodesList ({where}) counts {', '.join(str(n) for n in hosts)} "
+                    f"among them: pods' traffic to {self._what} there keeps the pods' own "
+                    f"addresses; fix: set natOutgoingExclusions: IPPoolsOnly or drop the "
+                    f"CIDR from externalNodesList in {where}, {way_out}")
         felix_address = felix.nat_outgoing_address if self.cidr.version == 4 else None
         if self.snat_address is not None and felix_address != self.snat_address:
             if felix_address is not None:
@@ -1395,6 +1403,14 @@ class CalicoNatDestination(NetObject):
                     f"(masquerade.snatAddresses), and Felix {does}; fix: {fix}drop the "
                     f"address from the spec, {way_out}")
         return None
+
+    def _external_hosts(self, felix: CalicoFelixNat) -> tuple[Network, ...]:
+        """The ``externalNodesList`` CIDRs Felix leaves untranslated that meet this
+        destination (less ``exclude``): only with ``IPPoolsAndHostIPs``, IPv4 only."""
+        if felix.exclusions != "IPPoolsAndHostIPs" or self.cidr.version != 4:
+            return ()
+        parts = subtract(self.cidr, [n for n in self.exclude if n.version == 4])
+        return tuple(n for n in felix.external_nodes if any(overlaps(n, p) for p in parts))
 
     @property
     def _what(self) -> str:
@@ -1479,6 +1495,14 @@ def _exclusions(value: str) -> str:
     return value
 
 
+def _external_nodes(value: Iterable[str | Network]) -> tuple[Network, ...]:
+    networks = tuple(parse_network(v) for v in value)
+    if any(n.version != 4 for n in networks):
+        raise ModelError(f"externalNodesList holds IPv4 networks in Felix, got "
+                         f"{', '.join(str(n) for n in networks)}")
+    return networks
+
+
 @attrs.frozen(eq=False)
 class CalicoFelixNat(NetObject):
     """Felix's outgoing-NAT settings on some nodes, as Calico's ``FelixConfiguration``
@@ -1498,12 +1522,16 @@ class CalicoFelixNat(NetObject):
     * ``exclusions`` (``natOutgoingExclusions``): with ``IPPoolsAndHostIPs`` traffic
       to any Calico host's address keeps the pod's address too;
     * ``port_range`` (``natPortRange``, ``(min, max)``): the source ports of TCP and
-      UDP after NAT.
+      UDP after NAT;
+    * ``external_nodes`` (``externalNodesList``, Felix's ``ExternalNodesCIDRList``,
+      IPv4 networks): Felix puts them in its all-hosts set, so with
+      ``IPPoolsAndHostIPs`` it does not NAT traffic to them either.
 
     ``unreadable`` says why the settings could not be read (then the other fields
-    mean nothing). :class:`CalicoNatDestination` is judged against it; the last two
-    fields change no judgement (k3snet does not know the hosts' addresses; the ports
-    do not decide whether traffic is translated) and are shown for what they are.
+    mean nothing). :class:`CalicoNatDestination` is judged against it; ``exclusions``
+    decides only together with ``external_nodes`` (k3snet does not know the Calico
+    nodes' own addresses, the rest of Felix's all-hosts set), and ``port_range`` changes
+    no judgement (the ports do not decide whether traffic is translated).
     """
 
     kind: ClassVar[str] = "ippool"
@@ -1518,6 +1546,8 @@ class CalicoFelixNat(NetObject):
     exclusions: str = attrs.field(default="IPPoolsOnly", converter=_exclusions, kw_only=True)
     port_range: tuple[int, int] | None = attrs.field(default=None, converter=_port_range,
                                                      kw_only=True)
+    external_nodes: tuple[Network, ...] = attrs.field(default=(), converter=_external_nodes,
+                                                      kw_only=True)
     unreadable: str | None = attrs.field(default=None, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -1534,7 +1564,8 @@ class CalicoFelixNat(NetObject):
                              f"{self.interface_filter!r}")
         self._seal(("calico-felix-nat", self.scope),
                    (self.interface_filter or "", str(self.nat_outgoing_address or ""),
-                    self.exclusions, self.port_range or (), self.unreadable or ""))
+                    self.exclusions, self.port_range or (), self.unreadable or "",
+                    tuple(net_tuple(n) for n in self.external_nodes)))
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -1554,6 +1585,8 @@ class CalicoFelixNat(NetObject):
             parts.append(f"ports {self.port_range[0]}:{self.port_range[1]}")
         if self.exclusions != "IPPoolsOnly":
             parts.append(f"not to hosts ({self.exclusions})")
+        if self.external_nodes:
+            parts.append(f"external nodes {','.join(str(n) for n in self.external_nodes)}")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -1564,6 +1597,7 @@ class CalicoFelixNat(NetObject):
                                          else str(self.nat_outgoing_address)),
                 "exclusions": self.exclusions,
                 "port_range": None if self.port_range is None else list(self.port_range),
+                "external_nodes": [str(n) for n in self.external_nodes],
                 "unreadable": self.unreadable}
 
     @classmethod
@@ -1572,7 +1606,9 @@ class CalicoFelixNat(NetObject):
         return cls(data.get("scope", "default"), interface_filter=data.get("interface_filter"),
                    nat_outgoing_address=data.get("nat_outgoing_address"),
                    exclusions=data.get("exclusions", "IPPoolsOnly"),
-                   port_range=data.get("port_range"), unreadable=data.get("unreadable"))
+                   port_range=data.get("port_range"),
+                   external_nodes=data.get("external_nodes", ()),
+                   unreadable=data.get("unreadable"))
 
 
 @attrs.frozen(eq=False)

@@ -17,6 +17,7 @@ from k3snet.backends.calico import CalicoBackend, read_felix_nat, read_pool
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, disruptive_problems
 from k3snet.converge import converge
 from k3snet.errors import ConflictError, ModelError, PlanError
+from k3snet.model.cidr import parse_network
 from k3snet.model.cni import CalicoFelixNat, CalicoPools, IPPool
 from k3snet.model.state import State, object_from_dict
 from k3snet.planner import Change, Plan, plan
@@ -872,3 +873,68 @@ def test_mode_all_s_ipv6_masquerade_is_broken_by_felix_s_nat_outgoing_address(
     assert "pods' traffic to ::/0 (masquerade mode all) is not masqueraded" in reason
     api_server.put(FELIX, _felix("default"))
     assert _felix_conflicts(api_server, spec) == []
+
+
+# -------------------------------------------- natOutgoingExclusions and externalNodesList
+
+def test_an_external_nodes_cidr_felix_excludes_from_nat_is_a_conflict_naming_it(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix's all-hosts set holds externalNodesList: with IPPoolsAndHostIPs it does not
+    # NAT traffic to it, so part of 192.168.50.0/24 keeps the pods' addresses.
+    api_server.put(FELIX, _felix("default", natOutgoingExclusions="IPPoolsAndHostIPs",
+                                 externalNodesList=["10.9.0.0/16", "192.168.50.16/28"]))
+    (reason,) = _felix_conflicts(api_server)
+    assert "natOutgoingExclusions: IPPoolsAndHostIPs in FelixConfiguration default" in reason
+    assert "externalNodesList (FelixConfiguration default) counts 192.168.50.16/28" in reason
+    assert "10.9.0.0/16" not in reason
+    with pytest.raises(ConflictError, match="externalNodesList"):
+        converge(_backend(api_server), compile_ippools(Spec.from_yaml(SPEC_VIA_ETH1)))
+
+
+def test_external_nodes_are_no_conflict_with_ip_pools_only_or_outside_the_destination(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", externalNodesList=["192.168.50.16/28"]))
+    assert _felix_conflicts(api_server) == []  # IPPoolsOnly: Felix NATs to the hosts
+    api_server.put(FELIX, _felix("default", natOutgoingExclusions="IPPoolsAndHostIPs",
+                                 externalNodesList=["192.168.51.0/24"]))
+    assert _felix_conflicts(api_server) == []
+    spec = SPEC_VIA_ETH1.replace("    device: eth1\n",
+                                 "    device: eth1\n    exclude: [192.168.50.0/25]\n")
+    api_server.put(FELIX, _felix("default", natOutgoingExclusions="IPPoolsAndHostIPs",
+                                 externalNodesList=["192.168.50.7"]))
+    assert _felix_conflicts(api_server, spec) == []  # only the excluded part meets it
+
+
+def test_external_nodes_and_exclusions_merge_across_scopes_field_by_field(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", externalNodesList=["192.168.50.0/30"]))
+    api_server.put(FELIX, _felix("node.a", natOutgoingExclusions="IPPoolsAndHostIPs"))
+    (reason,) = _felix_conflicts(api_server)
+    assert "(natOutgoingExclusions: IPPoolsAndHostIPs in FelixConfiguration node.a)" in reason
+    assert "counts 192.168.50.0/30" in reason
+
+
+def test_read_felix_nat_parses_external_nodes_as_felix_s_cidr_list() -> None:
+    found, warnings = read_felix_nat([
+        _felix("default", externalNodesList=["192.168.50.7", " 10.1.2.3/8", ""]),
+        # the annotation overrides the field, comma-separated like Felix's env var
+        _felix("node.a", {"config.projectcalico.org/ExternalNodesCIDRList": "172.16.0.1/12, ,"},
+               externalNodesList=["192.168.50.7"]),
+        _felix("node.b", externalNodesList=["192.168.50.7", "bogus"]),
+        _felix("node.c", externalNodesList=["2001:db8::/64"]),
+    ])
+    assert [f.external_nodes for f in found] == [
+        (parse_network("192.168.50.7/32"), parse_network("10.0.0.0/8")),
+        (parse_network("172.16.0.0/12"),),
+        (), ()]  # one bad entry: Felix refuses the whole list (and exits)
+    assert [w.split(":")[0:2] for w in warnings] == [
+        ["FelixConfiguration node.b", " externalNodesList '192.168.50.7,bogus' is not a list of "
+         "IPv4 CIDRs or addresses ('bogus')"],
+        ["FelixConfiguration node.c", " externalNodesList '2001"]]
+    assert all("Felix refuses it and exits" in w for w in warnings)
+    assert found[0].describe() == "calico felix default external nodes 192.168.50.7/32,10.0.0.0/8"
+    for felix in found:
+        assert object_from_dict(felix.to_dict()) == felix
