@@ -218,3 +218,60 @@ def test_a_foreign_snat_through_eth0_is_a_conflict_of_a_masquerade_through_eth_p
     with NftablesBackend(ns) as backend:
         notes = plan(backend.observe(), State(owned=[wanted])).notes
     assert [(n.status, n.wanted) for n in notes] == [("conflict", wanted)]
+
+
+@pytest.mark.parametrize("syntax", ["json", "nft"])
+def test_a_wildcard_rule_an_earlier_version_put_before_a_name_it_holds_moves_after_it(
+        ns: str, syntax: str) -> None:
+    """k3snet before 75c9e31 appended a SNAT through eth0 after the masquerades through
+    eth+ and any interface (NAT is first match: the SNAT translated nothing), and nothing
+    reordered them while the spec stayed. Read now, both are drift once; apply re-adds
+    them after it, and the next plan is empty."""
+    wanted = State(owned=[WIDE_WILD, ANY, ONE_NAME])
+    backend = NftablesBackend(ns, syntax=syntax)
+    try:
+        backend.apply(plan(backend.observe(), State(owned=[WIDE_WILD, ANY])))
+    finally:
+        backend.close()
+    body = nft_rules(ONE_NAME)[0].body
+    run_in(ns, ["nft", "-f", "-"], input_text=(
+        f'add rule inet k3snet postrouting {body} comment "{rule_tag(body)}"\n'))
+    old = [rule_tag(nft_rules(o)[0].body) for o in (WIDE_WILD, ANY, ONE_NAME)]
+    assert _postrouting_tags(ns) == old
+    backend = NftablesBackend(ns, syntax=syntax)
+    try:
+        repair = plan(backend.observe(), wanted)
+        assert [c.action for c in repair.changes] == ["delete", "delete"]  # the two drifts
+        backend.apply(repair)
+        assert _postrouting_tags(ns) == [old[2], old[0], old[1]]
+        assert plan(backend.observe(refresh=True), wanted).empty
+    finally:
+        backend.close()
+    backend = NftablesBackend(ns, syntax=syntax)  # a fresh read (the text reader) agrees
+    try:
+        assert plan(backend.observe(), wanted).empty
+    finally:
+        backend.close()
+
+
+def test_a_wildcard_rule_before_two_names_it_holds_is_re_added_once(ns: str) -> None:
+    """``eth+`` before the rules through eth0 and eth1 is two findings of one rule: the
+    repair adds it again once, not twice."""
+    other = SnatRule("10.42.0.0/16", out_interface="eth1", to_address="192.168.1.6")
+    wanted = State(owned=[WIDE_WILD, ONE_NAME, other])
+    backend = NftablesBackend(ns)
+    try:
+        backend.apply(plan(backend.observe(), State(owned=[WIDE_WILD])))
+    finally:
+        backend.close()
+    lines = "".join(f'add rule inet k3snet postrouting {b} comment "{rule_tag(b)}"\n'
+                    for b in (nft_rules(o)[0].body for o in (ONE_NAME, other)))
+    run_in(ns, ["nft", "-f", "-"], input_text=lines)
+    backend = NftablesBackend(ns)
+    try:
+        backend.apply(plan(backend.observe(), wanted))
+        assert _postrouting_tags(ns) == [rule_tag(nft_rules(o)[0].body)
+                                         for o in (ONE_NAME, other, WIDE_WILD)]
+        assert plan(backend.observe(refresh=True), wanted).empty
+    finally:
+        backend.close()

@@ -662,7 +662,9 @@ class NftablesBackend(BackendBase):
         removed = [k for k in change_of if k in before and objects.get(k) != before[k]]
         added = [k for k in change_of if k in objects and before.get(k) != objects[k]]
         # A rule with a forged tag that the plan keeps as it now is gets its tag back.
-        retag = [r.retag for _, _, r in repairs if r.retag is not None and r.retag not in change_of]
+        # (once each: two findings, a forged tag and a rule out of order, may name one)
+        retag = list(dict.fromkeys(r.retag for _, _, r in repairs
+                                   if r.retag is not None and r.retag not in change_of))
         removed += retag
         added += retag
         moved = self._moves(cache, objects, added, set(removed))

@@ -75,7 +75,13 @@ from k3snet.backends.nftables.text import (
     table_objects,
 )
 from k3snet.errors import BackendError, ModelError
-from k3snet.model import Drift, NetObject, interfaces_may_meet, validate_interface_name
+from k3snet.model import (
+    Drift,
+    NetObject,
+    interfaces_may_meet,
+    out_interface_rank,
+    validate_interface_name,
+)
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
@@ -1115,6 +1121,10 @@ class _OwnTable:
     flags: tuple[str, ...] | None = None  # the table's, once read (from its text)
     marked: bool | None = None  # carries k3snet's mark (None: the listing cannot say)
     k3snets: bool = False  # holds k3snet's marker chain or a rule with k3snet's tag
+    # NAT rules through a wildcard or any interface read so far, by their prefixes (key[1:6]):
+    # empty in a table without them, so the order check costs one test per rule there
+    wide: dict[tuple[Any, ...], list[tuple[NetObject, list[int]]]] = field(
+        default_factory=dict)
 
     def judge(self, *, mark: bool) -> None:
         """Refuse another program's table of k3snet's name; an older k3snet's table
@@ -1309,6 +1319,29 @@ class _OwnTable:
                        Repair(self.family, retag=obj.key))
         self.cache.put(obj.key, obj)
         self.cache.handles[obj.key] = [*handles]
+        if obj.kind != "forward":
+            self.nat_order(obj, handles)
+
+    def nat_order(self, obj: NetObject, handles: list[int]) -> None:
+        """A NAT rule an earlier one of the same prefixes shadows: NAT takes the first
+        match, so a rule whose interface match holds ``obj``'s (``eth+`` before ``eth0``,
+        as k3snet before 75c9e31 wrote it) is drift; its repair re-adds it after (the
+        apply appends it, moving what must follow it). Rules of other prefixes were in
+        :func:`chain_order_key` order already in those versions."""
+        key = obj.key
+        oif = key[6]
+        if self.wide:
+            rank = out_interface_rank(oif)
+            for earlier, held in self.wide.get(key[1:6], ()):
+                other = earlier.key[6]
+                if out_interface_rank(other) > rank and interfaces_may_meet(other or None,
+                                                                            oif or None):
+                    self.drift(NAT_CHAIN, f"{_handles(held)}: {earlier.describe()} comes "
+                               f"before {obj.describe()}, which then translates nothing it "
+                               "also matches (apply re-adds it after)",
+                               Repair(self.family, retag=earlier.key))
+        if not oif or oif.endswith("+"):
+            self.wide.setdefault(key[1:6], []).append((obj, handles))
 
 
 def _spared(match: Match, exits: list[Match], family: int, source: Network, *,
