@@ -590,10 +590,7 @@ class CalicoBackend(BackendBase):
     def _list(self) -> _Listing:
         group, version = self.api
         try:
-            with translate_errors(f"list IPPools ({group}/{version})",
-                                  classifier=KubeErrors(timeout=self.timeout)):
-                result = self._objects.list_cluster_custom_object(
-                    group, version, PLURAL, _request_timeout=self.timeout)
+            result = self._list_all(PLURAL, "IPPools")
         except KubeApiError as exc:
             if exc.status == 404:
                 server = " with its API server" if (group, version) == APIS["v3"] else ""
@@ -634,16 +631,21 @@ class CalicoBackend(BackendBase):
         self.warnings = tuple(warnings)
         return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix)
 
+    def _list_all(self, plural: str, what: str) -> Any:
+        """Every object of ``plural`` in the pools' API, as the API server lists them; its
+        errors as :class:`KubeApiError` naming ``what`` and the API."""
+        group, version = self.api
+        with translate_errors(f"list {what} ({group}/{version})",
+                              classifier=KubeErrors(timeout=self.timeout)):
+            return self._objects.list_cluster_custom_object(
+                group, version, plural, _request_timeout=self.timeout)
+
     def _felix(self) -> tuple[tuple[CalicoFelixNat, ...], tuple[str, ...]]:
         """Felix's NAT settings (:func:`read_felix_nat`) from the FelixConfigurations of
         the pools' API. Without the CRD, Felix's defaults; without the right to list
         them, one unreadable ``default`` (a conflict for the NAT expectations)."""
-        group, version = self.api
         try:
-            with translate_errors(f"list FelixConfigurations ({group}/{version})",
-                                  classifier=KubeErrors(timeout=self.timeout)):
-                result = self._objects.list_cluster_custom_object(
-                    group, version, FELIX_PLURAL, _request_timeout=self.timeout)
+            result = self._list_all(FELIX_PLURAL, "FelixConfigurations")
         except KubeApiError as exc:
             if exc.status == 404:
                 return read_felix_nat(())
