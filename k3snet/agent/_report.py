@@ -3,7 +3,12 @@
 ``k3snet.io/agent-status`` (``ok``, ``failed``, ``spec-refused``) is short enough
 for a column (``kubectl get nodes -L`` takes labels only, so use
 ``-o custom-columns``); ``k3snet.io/agent-result`` holds the details as JSON.
-Both are written only when the result *changes* (not every pass), and each
+Both are written when the result *changes* (not every pass), and the same values
+again every :data:`REASSERT_INTERVAL` seconds while it does not: a Node registered
+anew (its annotations gone), an annotation removed by hand or written by another
+k3snet on the node (``k3snet agent --once`` run by hand) is then set right within
+that time. The same patch again changes nothing in a Node that still holds it (the
+API server writes nothing and tells no watcher). Each
 change of status also creates an Event on the Node (``kubectl describe node``
 lists it; Events expire after an hour, the annotation stays). An Event that
 cannot be created (no RBAC for Events: 403) is tried again on later passes
@@ -38,7 +43,8 @@ from k3snet.backends.kit import translate_errors
 from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors
 
 __all__ = ["EVENT_BURST", "EVENT_INTERVAL", "EVENT_TRIES", "MESSAGE_LIMIT", "PATCH_RETRY_LIMIT",
-           "RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport", "NodeReporter"]
+           "REASSERT_INTERVAL", "RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport",
+           "NodeReporter"]
 
 MESSAGE_LIMIT = 2048
 """Characters of a pass's message that the Node annotation carries."""
@@ -55,6 +61,10 @@ EVENT_INTERVAL = 300.0
 PATCH_RETRY_LIMIT = 300.0
 """Seconds at most between two tries of a Node patch that keeps failing (10 s after the
 first failure, doubled for each next one)."""
+
+REASSERT_INTERVAL = 600.0
+"""Seconds after which an unchanged result is written to the Node again (the same values:
+a Node that still holds them is not changed)."""
 
 _EVENT_LIMIT = 1024
 _EVENT_RETRY = 10.0  # seconds before the second try; doubled for each next one
@@ -110,7 +120,8 @@ def _now() -> datetime.datetime:
 
 
 class NodeReporter:
-    """Patches the Node's annotations and records Events, only on change.
+    """Patches the Node's annotations and records Events on change (the annotations again
+    every :data:`REASSERT_INTERVAL` seconds while nothing changes).
 
     Failures to report are logged and never fail the pass: a node whose
     rules are right must not be reported broken because the API is slow.
@@ -127,6 +138,9 @@ class NodeReporter:
         self.timeout = timeout
         self._clock = clock
         self._last: NodeReport | None = None
+        # The annotations last written, and when they are written again (unchanged).
+        self._written: dict[str, str] | None = None
+        self._reassert_due = 0.0
         # Node patches failed in a row, and when the next may be tried (see report).
         self._patch_failures = 0
         self._patch_due = 0.0
@@ -154,28 +168,44 @@ class NodeReporter:
         return self.timeout if deadline is None else deadline.timeout(self.timeout)
 
     def report(self, result: NodeReport) -> None:
-        """Write ``result`` if it differs from the last one written; else retry the
-        Event of the last status change if it failed and is due."""
+        """Write ``result`` if it differs from the last one written (else the last one
+        again once :data:`REASSERT_INTERVAL` is over); retry the Event of the last status
+        change if it failed and is due."""
         if result == self._last:
+            if self._written is not None and self._clock() >= self._reassert_due:
+                self._patch(self._written, result.status)
             self._retry_event()
             return
+        stamp = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        annotations = {
+            STATUS_ANNOTATION: result.status,
+            RESULT_ANNOTATION: json.dumps({**result.to_dict(), "time": stamp,
+                                           "started": self.started}, sort_keys=True),
+        }
+        if not self._patch(annotations, result.status):
+            return
+        previous, self._last = self._last, result
+        if previous is None or previous.status != result.status:
+            if not self._may_create_event():
+                return
+            # A newer transition's Event replaces one still waiting to be created.
+            self._pending = (result, stamp, 0, self._clock())
+            self._retry_event()
+
+    def _patch(self, annotations: dict[str, str], status: str) -> bool:
+        """Patch the Node's annotations unless a failed patch's back-off is not over;
+        whether they were written."""
         timeout = self._request_timeout()
         if timeout <= 0:
-            _log.warning("no time left to report the result %r on the node", result.status)
-            return
+            _log.warning("no time left to report the result %r on the node", status)
+            return False
         if self._clock() < self._patch_due:
             # The last patch failed: tried again after a back-off, not on every pass. A
             # Node patch refused for good (no RBAC: 403; a --node-name naming no Node: 404)
             # was sent, and warned about, by every pass: once a second on a node whose
             # kube-proxy commits every second, from every node of the cluster.
-            return
-        previous, self._last = self._last, result
-        stamp = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {"metadata": {"annotations": {
-            STATUS_ANNOTATION: result.status,
-            RESULT_ANNOTATION: json.dumps({**result.to_dict(), "time": stamp,
-                                           "started": self.started}, sort_keys=True),
-        }}}
+            return False
+        body = {"metadata": {"annotations": annotations}}
         try:
             with translate_errors(f"annotate Node {self.node}",
                                   classifier=KubeErrors(timeout=timeout)):
@@ -183,21 +213,17 @@ class NodeReporter:
                                       _content_type="application/merge-patch+json",
                                       _request_timeout=timeout)
         except KubeApiError as exc:
-            self._last = previous  # try again on a pass once the back-off is over
             self._patch_failures += 1
             wait = min(PATCH_RETRY_LIMIT, _EVENT_RETRY * 2.0 ** min(self._patch_failures - 1, 30))
             self._patch_due = self._clock() + wait
             _log.warning("cannot report the result on the node (next try in %.0f s): %s",
                          wait, exc)
-            return
+            return False
         self._patch_failures = 0
+        self._written = annotations
+        self._reassert_due = self._clock() + REASSERT_INTERVAL
         self.writes += 1
-        if previous is None or previous.status != result.status:
-            if not self._may_create_event():
-                return
-            # A newer transition's Event replaces one still waiting to be created.
-            self._pending = (result, stamp, 0, self._clock())
-            self._retry_event()
+        return True
 
     def _may_create_event(self) -> bool:
         """Take a token for one more Event; without one, count it dropped (said once)."""

@@ -25,6 +25,7 @@ from k3snet.agent import (
     MESSAGE_LIMIT,
     NOT_READY_AFTER,
     PATCH_RETRY_LIMIT,
+    REASSERT_INTERVAL,
     RESULT_ANNOTATION,
     STATUS_ANNOTATION,
     Agent,
@@ -562,7 +563,8 @@ def test_a_failed_event_is_retried_without_patching_the_node_again(
     for _ in range(5):  # however long it lasts: at most EVENT_TRIES tries
         clock.now += 1000
         reporter.report(ok)
-    assert _report_calls(server) == (1, EVENT_TRIES)
+    # (The Node is patched again, the same values, once REASSERT_INTERVAL is over.)
+    assert _report_calls(server) == (6, EVENT_TRIES)
     assert server.objects("v1/events") == []
     node = server.get("v1/nodes", "node-a")
     assert node is not None
@@ -571,7 +573,7 @@ def test_a_failed_event_is_retried_without_patching_the_node_again(
     server.clear_faults()
     reporter.report(NodeReport("failed", "apply: refused", None, 1, leader=False))
     reporter.report(NodeReport("failed", "apply: refused", None, 1, leader=False))
-    assert _report_calls(server) == (2, EVENT_TRIES + 1)
+    assert _report_calls(server) == (7, EVENT_TRIES + 1)
     assert [e["reason"] for e in server.objects("v1/events")] == ["K3snetSyncFailed"]
 
 
@@ -610,6 +612,39 @@ def test_a_failed_node_patch_is_tried_again_after_a_back_off_not_by_every_pass(
     assert _report_calls(server)[0] == patches + 2
 
 
+def test_an_unchanged_result_is_written_again_once_the_reassert_interval_is_over(
+    server: EmulatedApiServer,
+) -> None:
+    # The report was written on a change only: a Node registered anew, an annotation
+    # removed by hand, or one written by `k3snet agent --once` run by hand on the node
+    # stayed wrong until the DaemonSet agent's result changed, perhaps never.
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    ok = NodeReport("ok", "in sync: no changes", None, 1, leader=False)
+    reporter.report(ok)
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    written = dict(node["metadata"]["annotations"])
+    # Another k3snet on the node reports its own result over it.
+    client.CoreV1Api(server.api_client()).patch_node("node-a", {"metadata": {"annotations": {
+        STATUS_ANNOTATION: "failed", RESULT_ANNOTATION: '{"status": "failed"}'}}})
+    for _ in range(int(REASSERT_INTERVAL) - 1):  # unchanged passes, a second apart
+        clock.now += 1
+        reporter.report(ok)
+    assert _report_calls(server) == (2, 1)  # (ours, the other's)
+    clock.now += 1
+    reporter.report(ok)
+    assert _report_calls(server) == (3, 1)  # the same values again; no Event
+    node = server.get("v1/nodes", "node-a")
+    assert node is not None
+    assert {k: node["metadata"]["annotations"][k] for k in written} == written
+    clock.now += 1
+    reporter.report(ok)
+    assert _report_calls(server) == (3, 1)  # then REASSERT_INTERVAL later again
+
+
 def test_an_event_that_failed_once_is_created_on_a_later_pass(
     server: EmulatedApiServer,
 ) -> None:
@@ -628,7 +663,7 @@ def test_an_event_that_failed_once_is_created_on_a_later_pass(
     for _ in range(20):
         clock.now += 100
         reporter.report(ok)
-    assert _report_calls(server) == (1, 2)  # created: never again
+    assert _report_calls(server)[1] == 2  # created: never again
 
 
 def test_a_second_process_with_the_node_s_name_never_leads_beside_the_holder(
