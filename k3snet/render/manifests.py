@@ -515,12 +515,16 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     if needs.cilium is not None:
         # Two named ConfigMaps in Cilium's namespace (cilium-config patched, the
         # ip-masq-agent one created and deleted with k3snet's last key); creating
-        # cannot be limited to a name. Read and patched, never updated.
-        cilium_ns, names = needs.cilium
+        # cannot be limited to a name. Read and patched, never updated; deleted: the
+        # ip-masq-agent one only (delete on cilium-config let any node's agent take
+        # Cilium's whole configuration away).
+        cilium_ns, (config_name, agent_name) = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
-            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(set(names)),
-             "verbs": ["get", "patch", "delete"]}])
+            {"apiGroups": [""], "resources": ["configmaps"],
+             "resourceNames": sorted({config_name, agent_name}), "verbs": ["get", "patch"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [agent_name],
+             "verbs": ["delete"]}])
     if needs.flannel_configmap is not None:
         flannel_ns, flannel_name = needs.flannel_configmap
         # One named ConfigMap, read and patched (never updated): resourceNames limits

@@ -501,7 +501,10 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names,
-         "verbs": ["get", "patch", "delete"]}]
+         "verbs": ["get", "patch"]},
+        # Only the ip-masq-agent one is ever deleted: never Cilium's own configuration.
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names[1:],
+         "verbs": ["delete"]}]
     binding = _one(objs, "RoleBinding", f"{AGENT_NAME}-cilium")
     assert binding["metadata"]["namespace"] == namespace
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
