@@ -167,8 +167,9 @@ def test_cilium_options_the_api_server_would_refuse_are_refused_naming_the_optio
 
 def test_a_connectivity_job_image_that_is_no_reference_is_refused() -> None:
     spec = Spec(connectivity_test=ConnectivityTest("192.168.2.10", image="busybox 1.37"))
-    assert _problems(spec) == [("connectivityTest.image",
-                                "'busybox 1.37' is not an image reference")]
+    assert _problems(spec) == [("connectivityTest.image", (
+        "'busybox 1.37' is not an image reference: [REGISTRY[:PORT]/]NAME[:TAG][@DIGEST], "
+        "NAME in lower case (the kubelet refuses any other on every node)"))]
 
 
 # ---------------------------------------------------------------- flannel_conf's directory
