@@ -688,7 +688,10 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         # the interval + 180 s); ready once rules are installed (flannel's rule).
         "livenessProbe": _probe("/healthz", 20, 3),
         "readinessProbe": _probe("/readyz", 5, 1),
-        # The first pass may wait for the node's xtables lock: 10 minutes to start.
+        # Up to 10 minutes until the agent serves /healthz (Python's imports and the API
+        # client on a node starting every pod at once). /healthz is fine from then on
+        # until no pass has finished for its own limit: the first pass is judged as
+        # every other (lock waits are counted in that limit), not by this probe.
         "startupProbe": _probe("/healthz", 5, 120),
         "resources": {
             "requests": {"cpu": AGENT_CPU_REQUEST, "memory": AGENT_MEMORY_REQUEST},
