@@ -353,6 +353,11 @@ def _cilium_configmaps(spec: Spec, problems: list[Problem]) -> tuple[str, tuple[
                                   "backends.cilium.configmap", problems)
     agent = options.get("ip_masq_agent", _CILIUM_IP_MASQ_AGENT)
     problem = object_name_problem(agent)
+    if problem is None and configmap is not None and agent == configmap[1]:
+        # One ConfigMap for both: k3snet's records of the two would overwrite each other,
+        # and the Role would grant delete on Cilium's whole configuration.
+        problem = (f"{agent!r} is the name of Cilium's configuration ({'/'.join(configmap)}); "
+                   "the ip-masq-agent ConfigMap is another one (ip-masq-agent by default)")
     if problem is not None:
         problems.append(Problem("backends.cilium.ip_masq_agent", problem))
     if configmap is None or problem is not None:
