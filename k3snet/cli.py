@@ -596,6 +596,8 @@ class _JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
         # A backend's warning may list thousands of foreign rules: one bounded line, as
         # the agent's (the schema's own fields stay whole: a reader matches on them).
         return bounded_line(entry, lambda cut: json.dumps(cut, sort_keys=True),
@@ -608,8 +610,16 @@ class _TextLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         head = f"{self.formatTime(record)} {record.levelname} {one_line(record.name)}: "
-        return bounded_line({"message": record.getMessage()},
-                            lambda cut: head + one_line(cut["message"]))
+        fields = {"message": record.getMessage()}
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+
+        def render(cut: dict[str, str]) -> str:
+            # A traceback's lines indented: none begins at the margin as a record would.
+            return head + one_line(cut["message"]) + "".join(
+                f"\n    {line}" for line in cut.get("exception", "").splitlines())
+
+        return bounded_line(fields, render)
 
 
 def _printable_output() -> None:

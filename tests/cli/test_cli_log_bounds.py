@@ -46,6 +46,10 @@ class _NoisyBackend(MemoryBackend):
         logging.getLogger("k3snet.backends.calico").warning(
             "calico: %s", "refused\n2026-01-01 00:00:00 ERROR k3snet.forged: a forged record\r"
         )
+        try:
+            raise ValueError("x\n2026-01-01 00:00:00 ERROR k3snet.forged: from a traceback")
+        except ValueError:
+            logging.getLogger("k3snet.backends.calico").warning("calico: read", exc_info=True)
         return super().observe()
 
 
@@ -70,18 +74,23 @@ def test_a_cli_log_record_of_thousands_of_items_is_one_bounded_line(
     err = capsys.readouterr().err
     # Lines as journald, containerd and a collector of JSON lines cut them: at "\n".
     lines = err.removesuffix("\n").split("\n")
-    assert len(lines) == 2, lines  # two records, two lines: no forged one
     for line in lines:
         assert _size(line) <= LOG_LINE_LIMIT, (fmt, _size(line), line[:200])
         assert "\r" not in line
     if fmt == "json":
+        assert len(lines) == 3, lines  # three records, three lines
         records = [json.loads(line) for line in lines]
         for record in records:
             LOG_SCHEMA.validate(record)
-        jumps, forged = (r["message"] for r in records)
+        jumps, forged, _ = (r["message"] for r in records)
+        assert "from a traceback" in records[2]["exception"]
     else:
-        jumps, forged = lines
+        # Three records, each beginning a line; a traceback's lines are indented.
+        heads = [line for line in lines if not line.startswith("    ")]
+        assert len(heads) == 3, lines
+        jumps, forged, _ = heads
         assert jumps.split(" ", 4)[2:4] == ["WARNING", "k3snet.backends.iptables:"]
+        assert any("from a traceback" in line for line in lines if line.startswith("    "))
     # The beginning says what it is about, the end how much was left out.
     assert "chain KUBE-X is not k3snet's" in jumps
     assert jumps.endswith(" more characters)")
