@@ -434,6 +434,32 @@ def _rules(objs: list[dict[str, Any]], kind: str, name: str) -> list[dict[str, A
     return rules
 
 
+# RBAC matches resourceNames against the name a request carries: get, update, patch and
+# delete carry one; create, list, watch and deletecollection do not, so a rule of those
+# with resourceNames allows nothing. The names not known at render time: any Node (the
+# node report), and Calico's pools (named after their CIDRs: an earlier spec's pool must
+# still be deletable).
+NAMED_VERBS = {"get", "update", "patch", "delete"}
+NAMES_UNKNOWN = {"nodes", "ippools"}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_verb_that_names_its_object_is_limited_to_the_objects_the_agent_names(
+        name: str) -> None:
+    for obj in _render(name):
+        if obj["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in obj["rules"]:
+            verbs = set(rule["verbs"])
+            assert "*" not in verbs, rule
+            assert "*" not in rule["resources"], rule
+            if rule.get("resourceNames"):
+                # Never beside a verb that names nothing: that verb would be allowed nowhere.
+                assert verbs <= NAMED_VERBS, rule
+            elif verbs & NAMED_VERBS:
+                assert set(rule["resources"]) <= NAMES_UNKNOWN, (obj["metadata"]["name"], rule)
+
+
 def test_node_report_may_patch_nodes_and_create_events_only() -> None:
     objs = _render("seed")
     assert _rules(objs, "ClusterRole", "k3snet-agent-node-report") == [
