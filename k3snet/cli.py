@@ -26,6 +26,8 @@ import attrs
 
 from k3snet._admin_path import admin_path
 from k3snet._kept import input_problem, read_input, write_output_in
+from k3snet._logline import bounded as bounded_line
+from k3snet._logline import one_line
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
@@ -583,17 +585,41 @@ def _not_confirmed(args: argparse.Namespace) -> int:
 
 
 class _JsonLogFormatter(logging.Formatter):
-    """One JSON object per log record."""
+    """One JSON object per log record, at most :data:`~k3snet.agent.LOG_LINE_LIMIT` bytes."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
+        entry = {
             "format": JSON_FORMAT,
             "kind": "log",  # the agent's lines too: schema k3snet/schemas/log.json
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
-        }, sort_keys=True)
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        # A backend's warning may list thousands of foreign rules: one bounded line, as
+        # the agent's (the schema's own fields stay whole: a reader matches on them).
+        return bounded_line(entry, lambda cut: json.dumps(cut, sort_keys=True),
+                            frozenset({"kind", "time", "level", "logger"}))
+
+
+class _TextLogFormatter(logging.Formatter):
+    """``TIME LEVEL LOGGER: MESSAGE``, one line of at most
+    :data:`~k3snet.agent.LOG_LINE_LIMIT` bytes (line breaks in it written ``\\n``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        head = f"{self.formatTime(record)} {record.levelname} {one_line(record.name)}: "
+        fields = {"message": record.getMessage()}
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+
+        def render(cut: dict[str, str]) -> str:
+            # A traceback's lines indented: none begins at the margin as a record would.
+            return head + one_line(cut["message"]) + "".join(
+                f"\n    {line}" for line in cut.get("exception", "").splitlines())
+
+        return bounded_line(fields, render)
 
 
 def _printable_output() -> None:
@@ -612,7 +638,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
         logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonLogFormatter() if args.log_format == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+                         _TextLogFormatter())
     logger = logging.getLogger("k3snet")
     logger.handlers[:] = [handler]
     logger.setLevel(level)

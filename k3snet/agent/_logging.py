@@ -6,8 +6,12 @@ import datetime
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, TextIO
+
+from k3snet._logline import LOG_LINE_LIMIT
+from k3snet._logline import bounded as _bounded
+from k3snet._logline import one_line as _one_line
 
 __all__ = ["LOGGER_NAME", "LOG_FORMAT_VERSION", "LOG_ITEMS", "LOG_LINE_LIMIT", "LogFormat",
            "configure_logging", "listed"]
@@ -19,11 +23,6 @@ LOG_FORMAT_VERSION = 1
 
 LOG_ITEMS = 20
 """Items (changes, conflicts, a spec's problems) one log line lists; the rest are counted."""
-
-LOG_LINE_LIMIT = 16_000
-"""Bytes (UTF-8, its line break included) at most of one log record, below the 16 KiB at
-which containerd (CRI) splits a line into partial ones: a collector expecting one JSON
-object per line got pieces, and a first pass at 10 000 destinations logged megabytes."""
 
 # LogRecord attributes every record has: anything else was passed with ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -47,49 +46,12 @@ class _NodeFilter(logging.Filter):
         return True
 
 
-def _one_line(text: object) -> str:
-    """``text`` with its line breaks written ``\\n`` and ``\\r``: a message from elsewhere
-    (an API server's error) must not begin a line that reads as another record."""
-    return str(text).replace("\r", "\\r").replace("\n", "\\n")
-
-
 def listed(items: Sequence[object], separator: str = "; ") -> str:
     """The first :data:`LOG_ITEMS` of ``items`` joined, then ``... and N more``."""
     shown = [str(each) for each in items[:LOG_ITEMS]]
     if len(items) > LOG_ITEMS:
         shown.append(f"... and {len(items) - LOG_ITEMS} more")
     return separator.join(shown)
-
-
-def _size(line: str) -> int:
-    # As a UTF-8 stream writes it (stderr's lone surrogates escaped), with its line break.
-    return len(line.encode("utf-8", "backslashreplace")) + 1
-
-
-def _bounded(fields: dict[str, Any], render: Callable[[dict[str, Any]], str],
-             fixed: frozenset[str] = frozenset()) -> str:
-    """``render(fields)`` within :data:`LOG_LINE_LIMIT` bytes: the longest text fields
-    cut, each ending ``... (N more characters)``.
-
-    The last guard for any record (a foreign error's text, a name from the node, a
-    traceback); the records that list objects list :data:`LOG_ITEMS` of them already.
-    """
-    whole = {k: v for k, v in fields.items() if isinstance(v, str) and k not in fixed}
-    # A field longer than the limit in characters is too long in bytes too.
-    keep = {k: min(len(v), LOG_LINE_LIMIT) for k, v in whole.items()}
-
-    def cut() -> dict[str, Any]:
-        return {**fields, **{k: whole[k] if keep[k] == len(whole[k]) else
-                             f"{whole[k][:keep[k]]}... ({len(whole[k]) - keep[k]} more "
-                             "characters)" for k in whole}}
-
-    line = render(cut())
-    while (excess := _size(line) - LOG_LINE_LIMIT) > 0 and any(keep.values()):
-        # Each character cut takes at least one byte off the line.
-        longest = max(keep, key=lambda k: keep[k])
-        keep[longest] = max(0, keep[longest] - excess)
-        line = render(cut())
-    return line
 
 
 class _TextFormatter(logging.Formatter):

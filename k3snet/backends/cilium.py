@@ -484,6 +484,12 @@ class CiliumBackend(BackendBase):
                               else DEFAULT_CONFIGMAP)
         self._target = cilium_target(namespace, cm_name)  # validates before connecting
         cilium_target(namespace, option_text("ip_masq_agent", ip_masq_agent))
+        if ip_masq_agent == cm_name:
+            # One ConfigMap for both: the two records k3snet keeps in it (what it set of
+            # cilium-config, of the ip-masq-agent config) would overwrite each other.
+            raise ModelError(f"ip_masq_agent {ip_masq_agent!r} is the name of Cilium's "
+                             f"configuration ({namespace}/{cm_name}); the ip-masq-agent "
+                             "ConfigMap is another one")
         timeout = option_seconds("timeout", timeout)
         self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self._client, self._owns_client = make_api_client(

@@ -353,6 +353,11 @@ def _cilium_configmaps(spec: Spec, problems: list[Problem]) -> tuple[str, tuple[
                                   "backends.cilium.configmap", problems)
     agent = options.get("ip_masq_agent", _CILIUM_IP_MASQ_AGENT)
     problem = object_name_problem(agent)
+    if problem is None and configmap is not None and agent == configmap[1]:
+        # One ConfigMap for both: k3snet's records of the two would overwrite each other,
+        # and the Role would grant delete on Cilium's whole configuration.
+        problem = (f"{agent!r} is the name of Cilium's configuration ({'/'.join(configmap)}); "
+                   "the ip-masq-agent ConfigMap is another one (ip-masq-agent by default)")
     if problem is not None:
         problems.append(Problem("backends.cilium.ip_masq_agent", problem))
     if configmap is None or problem is not None:
@@ -515,12 +520,16 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     if needs.cilium is not None:
         # Two named ConfigMaps in Cilium's namespace (cilium-config patched, the
         # ip-masq-agent one created and deleted with k3snet's last key); creating
-        # cannot be limited to a name. Read and patched, never updated.
-        cilium_ns, names = needs.cilium
+        # cannot be limited to a name. Read and patched, never updated; deleted: the
+        # ip-masq-agent one only (delete on cilium-config let any node's agent take
+        # Cilium's whole configuration away).
+        cilium_ns, (config_name, agent_name) = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
-            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(set(names)),
-             "verbs": ["get", "patch", "delete"]}])
+            {"apiGroups": [""], "resources": ["configmaps"],
+             "resourceNames": sorted({config_name, agent_name}), "verbs": ["get", "patch"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [agent_name],
+             "verbs": ["delete"]}])
     if needs.flannel_configmap is not None:
         flannel_ns, flannel_name = needs.flannel_configmap
         # One named ConfigMap, read and patched (never updated): resourceNames limits
@@ -684,7 +693,10 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         # the interval + 180 s); ready once rules are installed (flannel's rule).
         "livenessProbe": _probe("/healthz", 20, 3),
         "readinessProbe": _probe("/readyz", 5, 1),
-        # The first pass may wait for the node's xtables lock: 10 minutes to start.
+        # Up to 10 minutes until the agent serves /healthz (Python's imports and the API
+        # client on a node starting every pod at once). /healthz is fine from then on
+        # until no pass has finished for its own limit: the first pass is judged as
+        # every other (lock waits are counted in that limit), not by this probe.
         "startupProbe": _probe("/healthz", 5, 120),
         "resources": {
             "requests": {"cpu": AGENT_CPU_REQUEST, "memory": AGENT_MEMORY_REQUEST},

@@ -75,13 +75,34 @@ U32 = 2**32 - 1
 ENCAPSULATION = one_of("Never", "Always", "CrossSubnet")
 
 
+# An image reference as the kubelet parses it (github.com/distribution/reference's
+# grammar: [DOMAIN[:PORT]/]PATH[:TAG][@DIGEST], the path in lower case). The API server
+# takes any text without surrounding spaces; the kubelet refuses the rest
+# (InvalidImageName) on every node, so a typo rolled out as a DaemonSet whose pods all
+# fail. ASCII classes spelled out: Python's \w is Unicode, Go's is not.
+_PATH_COMPONENT = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_IMAGE_NAME = (f"(?:(?:{_DOMAIN_COMPONENT}(?:[.]{_DOMAIN_COMPONENT})*|\\[[a-fA-F0-9:]+\\])"
+               f"(?::[0-9]+)?/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+_IMAGE_TAG = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_IMAGE_DIGEST = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_IMAGE_REFERENCE = f"({_IMAGE_NAME})(?::{_IMAGE_TAG})?(?:@{_IMAGE_DIGEST})?"
+_IMAGE = re.compile(_IMAGE_REFERENCE)
+_IMAGE_NAME_MAX = 255  # the reference library's NameTotalLengthMax
+_IMAGE_MAX = 1024  # far above any valid one: the match's cost stays small
+
+
 def _image(value: Any) -> str | None:
-    if isinstance(value, str) and value and not any(c.isspace() for c in value):
+    found = (_IMAGE.fullmatch(value) if isinstance(value, str) and len(value) <= _IMAGE_MAX
+             else None)
+    if found is not None and len(found[1]) <= _IMAGE_NAME_MAX:
         return None
-    return f"{value!r} is not an image reference"
+    return (f"{value!r} is not an image reference: [REGISTRY[:PORT]/]NAME[:TAG][@DIGEST], "
+            "NAME in lower case (the kubelet refuses any other on every node)")
 
 
-with_schema(_image, {"type": "string", "pattern": "^\\S+$"})
+with_schema(_image, {"type": "string", "pattern": f"^{_IMAGE_REFERENCE}$",
+                     "maxLength": _IMAGE_MAX})
 # A gateway is an address, read by the route's own parser (no 0.0.0.0 / ::).
 with_schema(parse_gateway, ADDRESS_SCHEMA)
 

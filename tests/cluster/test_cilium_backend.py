@@ -25,7 +25,7 @@ from k3snet.backends.cilium import (
 )
 from k3snet.backends.registry import create_backend
 from k3snet.converge import compile_for
-from k3snet.errors import ApplyError, BackendError, PlanError
+from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.model.cilium import (
     CILIUM_CONTEXT_KEYS,
     CILIUM_DEFAULT_TARGET,
@@ -919,3 +919,15 @@ def test_objects_round_trip_through_json() -> None:
                             wanted=wanted)
     for obj in (wanted, want):
         assert object_from_dict(json.loads(json.dumps(obj.to_dict()))) == obj
+
+
+@pytest.mark.parametrize("options", [
+    {"ip_masq_agent": "cilium-config"},
+    {"configmap": "cilium-system/cfg", "ip_masq_agent": "cfg"},
+])
+def test_an_ip_masq_agent_configmap_named_as_cilium_config_is_refused(
+        options: dict[str, str], api_client: Any) -> None:
+    # One ConfigMap for both: k3snet's records of the two would overwrite each other (and
+    # the ip-masq-agent one is deleted with k3snet's last key).
+    with pytest.raises(ModelError, match="is the name of Cilium's configuration"):
+        create_backend("cilium", api_client=api_client, **options)

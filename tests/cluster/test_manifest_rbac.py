@@ -114,7 +114,7 @@ def _kubeconfig(server: EmulatedApiServer, tmp_path: Path) -> Path:
 
 
 def _run_as_rendered(server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                     texts: tuple[str, str], between: Callable[[], None] = lambda: None,
+                     texts: tuple[str, ...], between: Callable[[], None] = lambda: None,
                      ) -> tuple[list[Request], list[dict[str, Any]], str]:
     """Run the agent with each spec text in turn as the rendered DaemonSet runs it; the
     requests it sent, the rendered objects (of the first spec) and the agent's namespace."""
@@ -160,17 +160,23 @@ def _denied(requests: Iterable[Request], objs: list[dict[str, Any]], namespace: 
 
 
 def _unused(requests: Iterable[Request], objs: list[dict[str, Any]], namespace: str
-            ) -> list[tuple[str | None, str, str]]:
-    """(scope, resource, verb) granted that no request used (in any of the rule's groups:
-    Calico's two APIs are alternatives, one of them in use)."""
+            ) -> list[tuple[str | None, str, str] | tuple[str | None, str, str, str]]:
+    """(scope, resource, verb), or (scope, resource, verb, name) for a rule limited by
+    ``resourceNames``, granted that no request used (in any of the rule's groups:
+    Calico's two APIs are alternatives, one of them in use). Each name is judged on its
+    own: a verb granted on two names and sent to one is one name too many."""
     requests = list(requests)
-    unused = []
+    unused: list[tuple[str | None, str, str] | tuple[str | None, str, str, str]] = []
     for scope, rule in _granted(objs, namespace):
         for resource in rule["resources"]:
             for verb in rule["verbs"]:
-                narrowed = {**rule, "resources": [resource], "verbs": [verb]}
-                if not any(_allows(scope, narrowed, r) for r in requests):
-                    unused.append((scope, resource, verb))
+                for name in rule.get("resourceNames") or [None]:
+                    narrowed = {**rule, "resources": [resource], "verbs": [verb]}
+                    if name is not None:
+                        narrowed["resourceNames"] = [name]
+                    if not any(_allows(scope, narrowed, r) for r in requests):
+                        unused.append((scope, resource, verb) if name is None
+                                      else (scope, resource, verb, name))
     return sorted(unused, key=repr)
 
 
@@ -256,15 +262,19 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
                             "data": {"enable-ipv4-masquerade": "true",
                                      "cluster-pool-ipv4-cidr": "10.42.0.0/16"}})
     base = HEADER + "backends: [cilium]\n"
-    # eBPF masquerading with an ip-masq-agent list that k3snet creates, then deletes
-    # (k3snet keeps its keys of cilium-config: giving all back would be a teardown).
+    # eBPF masquerading with an ip-masq-agent list that k3snet creates, changes, then
+    # deletes (k3snet keeps its keys of cilium-config: giving all back would be a teardown).
     cni = ("cni:\n  allowDisruptive: true\n  cilium:\n    bpfMasquerade: true\n"
            "    ipMasqAgent: true\n")
     requests, objs, namespace = _run_as_rendered(
         server, tmp_path, monkeypatch,
         (base + DESTINATIONS + cni + "    nonMasqueradeCIDRs: [10.42.0.0/16, 172.20.0.0/16]\n",
+         base + DESTINATIONS + cni
+         + "    nonMasqueradeCIDRs: [10.42.0.0/16, 172.20.0.0/16, 172.21.0.0/16]\n",
          base + "destinations: []\n" + cni))
-    assert ("configmaps", "create") in {(r.resource, r.verb) for r in requests}
+    sent = {(r.resource, r.verb, r.name) for r in requests}
+    assert {("configmaps", "create", None), ("configmaps", "patch", "ip-masq-agent"),
+            ("configmaps", "delete", "ip-masq-agent")} <= sent
     assert _denied(requests, objs, namespace) == []
     assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
 

@@ -19,6 +19,8 @@ import attrs
 import kubernetes_validate
 import pytest
 import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from kubernetes_validate.utils import ValidationError
 
 import k3snet
@@ -432,6 +434,33 @@ def _rules(objs: list[dict[str, Any]], kind: str, name: str) -> list[dict[str, A
     return rules
 
 
+# RBAC matches resourceNames against the name a request carries: get, update, patch and
+# delete carry one; create and deletecollection never do, list and watch only with a
+# metadata.name field selector (the agent's lists read everything), so a rule of those
+# with resourceNames allows nothing the agent sends. The names not known at render time: any Node (the
+# node report), and Calico's pools (named after their CIDRs: an earlier spec's pool must
+# still be deletable).
+NAMED_VERBS = {"get", "update", "patch", "delete"}
+NAMES_UNKNOWN = {"nodes", "ippools"}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_verb_that_names_its_object_is_limited_to_the_objects_the_agent_names(
+        name: str) -> None:
+    for obj in _render(name):
+        if obj["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in obj["rules"]:
+            verbs = set(rule["verbs"])
+            assert "*" not in verbs, rule
+            assert "*" not in rule["resources"], rule
+            if rule.get("resourceNames"):
+                # Never beside a verb that names nothing: that verb would be allowed nowhere.
+                assert verbs <= NAMED_VERBS, rule
+            elif verbs & NAMED_VERBS:
+                assert set(rule["resources"]) <= NAMES_UNKNOWN, (obj["metadata"]["name"], rule)
+
+
 def test_node_report_may_patch_nodes_and_create_events_only() -> None:
     objs = _render("seed")
     assert _rules(objs, "ClusterRole", "k3snet-agent-node-report") == [
@@ -501,7 +530,10 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names,
-         "verbs": ["get", "patch", "delete"]}]
+         "verbs": ["get", "patch"]},
+        # Only the ip-masq-agent one is ever deleted: never Cilium's own configuration.
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names[1:],
+         "verbs": ["delete"]}]
     binding = _one(objs, "RoleBinding", f"{AGENT_NAME}-cilium")
     assert binding["metadata"]["namespace"] == namespace
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
@@ -905,3 +937,86 @@ def test_profiles_may_not_change_where_cilium_is_written() -> None:
         render_manifests(_with_cilium(), profiles={"edge": moved})
     same = render_manifests(_with_cilium(), profiles={"edge": _with_cilium()})
     assert len(_kind(same, "DaemonSet")) == 2
+
+
+# ---------------------------------------------------------------- hostile agent values
+
+
+def _kubelet_parses(image: str) -> bool:
+    """Whether the kubelet can pull ``image``, judged part by part as the reference
+    library does (an oracle written apart from the spec's pattern)."""
+    name, at, digest = image.partition("@")
+    if at:
+        algorithm, colon, encoded = digest.partition(":")
+        if (not colon or len(encoded) < 32
+                or any(c not in "0123456789abcdefABCDEF" for c in encoded)
+                or not algorithm[:1].isascii() or not algorithm[:1].isalpha()
+                or any(not (c.isascii() and (c.isalnum() or c in "-_+.")) for c in algorithm)
+                or any(not part or not part[0].isalpha()
+                       for part in algorithm.replace("-", "+").replace("_", "+")
+                       .replace(".", "+").split("+"))):
+            return False
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, _, tag = name.rpartition(":")
+        word = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+        if not tag or len(tag) > 128 or tag[0] not in word or set(tag) - word - {".", "-"}:
+            return False
+    parts = name.split("/")
+    # The first part is a registry when it can be one (else a path part, as the grammar
+    # reads "0_registry.example/x").
+    first_is_host = len(parts) > 1 and _is_host(parts[0])
+    return (all(map(_is_path_part, parts[1:] if first_is_host else parts))
+            and len(name) <= 255)
+
+
+def _is_host(text: str) -> bool:
+    host, colon, port = text.rpartition(":") if text.rfind(":") > text.rfind("]") else (
+        text, "", "")
+    if colon and not (port.isascii() and port.isdigit()):
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        return bool(host[1:-1]) and not set(host[1:-1]) - set("0123456789abcdefABCDEF:")
+    return all(lab and lab.isascii() and lab.replace("-", "").isalnum()
+               and lab[0] != "-" and lab[-1] != "-" for lab in host.split("."))
+
+
+def _is_path_part(part: str) -> bool:
+    pieces = part.replace("__", ".").replace("_", ".")
+    while "--" in pieces:
+        pieces = pieces.replace("--", "-")
+    return all(p and p.isascii() and p.isalnum() and p == p.lower()
+               for p in pieces.replace("-", ".").split("."))
+
+
+IMAGE_PIECES = st.lists(st.sampled_from(
+    ["a", "k3snet", "Reg", "K", "0", ".", "-", "--", "_", "__", "___", "/", ":", "@", "5000",
+     "sha256:" + "ab" * 16, "localhost", "registry.example", " ", "\n", "\t", "\x00", '"',
+     "'", "#", "&x", "*x", "!", "{", "}", "[", "]", "é", "\u202e", "yes", "null", "~"]),
+    min_size=1, max_size=12).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(image=IMAGE_PIECES)
+@example(image="registry.example/K3snet:1")
+@example(image="registry.example:5000/k3snet:1.2@sha256:" + "ab" * 32)
+@example(image="k3snet\n---\nkind: ClusterRoleBinding")
+def test_an_agent_image_is_refused_or_renders_as_one_the_kubelet_pulls(image: str) -> None:
+    """A value the kubelet cannot parse (InvalidImageName on every node) is refused with
+    its path; any other renders as itself, read back through YAML and valid Kubernetes."""
+    spec = Spec(destinations=[Destination("192.168.2.0/24")],
+                agent=AgentSettings(image=image),
+                connectivity_test=ConnectivityTest("192.168.2.10", image=image))
+    if not _kubelet_parses(image):
+        with pytest.raises(SpecError) as refused:
+            render_manifests(spec, node_report=False)
+        assert {p.path for p in refused.value.problems} == {"agent.image",
+                                                            "connectivityTest.image"}
+        return
+    objs = render_manifests(spec, node_report=False)
+    text = dump_manifests(objs)
+    assert list(yaml.safe_load_all(text)) == objs
+    for obj in objs:
+        for container in _containers(obj):
+            assert container["image"] == image
+        assert kubernetes_validate.validate(obj, NEWEST_KUBERNETES_VERSION, strict=True)

@@ -155,6 +155,15 @@ def test_the_spec_s_cilium_options_are_the_configmaps_the_role_names() -> None:
        "[namespace, name] pair)"),
       ("backends.cilium.ip_masq_agent", "'ip_masq_agent' is not a valid ConfigMap name (a "
        "DNS-1123 subdomain: lower-case letters, digits, '-' and '.', at most 253)")]),
+    # One ConfigMap for both would be read, recorded and deleted as two.
+    ({"ip_masq_agent": "cilium-config"},
+     [("backends.cilium.ip_masq_agent", "'cilium-config' is the name of Cilium's configuration "
+       "(kube-system/cilium-config); the ip-masq-agent ConfigMap is another one "
+       "(ip-masq-agent by default)")]),
+    ({"configmap": "cilium-system/cfg", "ip_masq_agent": "cfg"},
+     [("backends.cilium.ip_masq_agent", "'cfg' is the name of Cilium's configuration "
+       "(cilium-system/cfg); the ip-masq-agent ConfigMap is another one "
+       "(ip-masq-agent by default)")]),
 ])
 def test_cilium_options_the_api_server_would_refuse_are_refused_naming_the_option(
     options: dict[str, Any], problems: list[tuple[str, str]]
@@ -167,8 +176,9 @@ def test_cilium_options_the_api_server_would_refuse_are_refused_naming_the_optio
 
 def test_a_connectivity_job_image_that_is_no_reference_is_refused() -> None:
     spec = Spec(connectivity_test=ConnectivityTest("192.168.2.10", image="busybox 1.37"))
-    assert _problems(spec) == [("connectivityTest.image",
-                                "'busybox 1.37' is not an image reference")]
+    assert _problems(spec) == [("connectivityTest.image", (
+        "'busybox 1.37' is not an image reference: [REGISTRY[:PORT]/]NAME[:TAG][@DIGEST], "
+        "NAME in lower case (the kubelet refuses any other on every node)"))]
 
 
 # ---------------------------------------------------------------- flannel_conf's directory

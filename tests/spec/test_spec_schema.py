@@ -113,6 +113,8 @@ def test_an_unknown_key_of_a_nested_mapping_is_reported_with_its_path() -> None:
     assert "dns.zone: unknown key (known: zones)" in found
 
 
+IMAGE_ADVICE = (": [REGISTRY[:PORT]/]NAME[:TAG][@DIGEST], NAME in lower case (the kubelet "
+                "refuses any other on every node)")
 BAD_VALUES = [
     ("destinations[]", "table", 255, "table must be 1..4294967295 and not 255, got 255"),
     ("destinations[]", "table", 0, "table must be 1..4294967295 and not 255, got 0"),
@@ -125,11 +127,19 @@ BAD_VALUES = [
     ("connectivityTest", "namespace", "Bad_NS", "'Bad_NS' is not a valid namespace name"),
     # the Job's image is checked as the agent's is
     ("connectivityTest", "image", "busybox:1.37\n  command: [sh]",
-     "'busybox:1.37\\n  command: [sh]' is not an image reference"),
-    ("connectivityTest", "image", "", "'' is not an image reference"),
+     "'busybox:1.37\\n  command: [sh]' is not an image reference" + IMAGE_ADVICE),
+    ("connectivityTest", "image", "", "'' is not an image reference" + IMAGE_ADVICE),
     ("agent", "intervalSeconds", 0, "must be 1..86400, got 0"),
     ("agent", "intervalSeconds", False, "must be 1..86400, got False"),
-    ("agent", "image", "a b", "'a b' is not an image reference"),
+    ("agent", "image", "a b", "'a b' is not an image reference" + IMAGE_ADVICE),
+    # what the API server takes and the kubelet refuses (InvalidImageName) on every node
+    ("agent", "image", "registry.example/K3snet:1",
+     "'registry.example/K3snet:1' is not an image reference" + IMAGE_ADVICE),
+    ("agent", "image", "k3snet:1:2", "'k3snet:1:2' is not an image reference" + IMAGE_ADVICE),
+    ("agent", "image", "k3snet@sha256:12", "'k3snet@sha256:12' is not an image reference"
+     + IMAGE_ADVICE),
+    ("connectivityTest", "image", "busybox:" + "1" * 129,
+     f"'busybox:{'1' * 129}' is not an image reference" + IMAGE_ADVICE),
     ("agent", "namespace", "-x", "'-x' is not a valid namespace name"),
     ("egressPolicy", "namespace", "UPPER", "'UPPER' is not a valid namespace name"),
     ("masquerade", "mode", "some", "must be destinations, all or off, got 'some'"),

@@ -1,0 +1,65 @@
+"""One log record, one line of bounded size: shared by the agent's and the CLI's formatters.
+
+A record's text may come from elsewhere (an API server's error, a foreign rule, a name
+from the node) and may list thousands of objects; written whole it was a line of
+megabytes that containerd and journald split into pieces, and a line break in it began
+a line that read as another record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["LOG_LINE_LIMIT", "bounded", "one_line"]
+
+LOG_LINE_LIMIT = 16_000
+"""Bytes (UTF-8, its line break included) at most of one log record, below the 16 KiB at
+which containerd (CRI) splits a line into partial ones: a collector expecting one JSON
+object per line got pieces, and a first pass at 10 000 destinations logged megabytes."""
+
+
+def one_line(text: object) -> str:
+    """``text`` with its line breaks written ``\\n`` and ``\\r``: a message from elsewhere
+    (an API server's error) must not begin a line that reads as another record."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _size(line: str) -> int:
+    # As a UTF-8 stream writes it (stderr's lone surrogates escaped), with its line break.
+    return len(line.encode("utf-8", "backslashreplace")) + 1
+
+
+def bounded(
+    fields: dict[str, Any],
+    render: Callable[[dict[str, Any]], str],
+    fixed: frozenset[str] = frozenset(),
+) -> str:
+    """``render(fields)`` within :data:`LOG_LINE_LIMIT` bytes: the longest text fields
+    (but those in ``fixed``) cut, each ending ``... (N more characters)``.
+
+    The last guard for any record (a foreign error's text, a name from the node, a
+    traceback); the records that list objects should list a few of them already.
+    """
+    whole = {k: v for k, v in fields.items() if isinstance(v, str) and k not in fixed}
+    # A field longer than the limit in characters is too long in bytes too.
+    keep = {k: min(len(v), LOG_LINE_LIMIT) for k, v in whole.items()}
+
+    def cut() -> dict[str, Any]:
+        return {
+            **fields,
+            **{
+                k: whole[k]
+                if keep[k] == len(whole[k])
+                else f"{whole[k][: keep[k]]}... ({len(whole[k]) - keep[k]} more characters)"
+                for k in whole
+            },
+        }
+
+    line = render(cut())
+    while (excess := _size(line) - LOG_LINE_LIMIT) > 0 and any(keep.values()):
+        # Each character cut takes at least one byte off the line.
+        longest = max(keep, key=lambda k: keep[k])
+        keep[longest] = max(0, keep[longest] - excess)
+        line = render(cut())
+    return line
