@@ -437,9 +437,9 @@ def _rules(objs: list[dict[str, Any]], kind: str, name: str) -> list[dict[str, A
 # RBAC matches resourceNames against the name a request carries: get, update, patch and
 # delete carry one; create and deletecollection never do, list and watch only with a
 # metadata.name field selector (the agent's lists read everything), so a rule of those
-# with resourceNames allows nothing the agent sends. The names not known at render time: any Node (the
-# node report), and Calico's pools (named after their CIDRs: an earlier spec's pool must
-# still be deletable).
+# with resourceNames allows nothing the agent sends. The names not known at render time:
+# any Node (the node report), and Calico's pools (named after their CIDRs: an earlier
+# spec's pool must still be deletable).
 NAMED_VERBS = {"get", "update", "patch", "delete"}
 NAMES_UNKNOWN = {"nodes", "ippools"}
 
