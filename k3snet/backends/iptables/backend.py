@@ -112,6 +112,7 @@ from k3snet.backends.iptables.foreign import (
     nat_blocks,
 )
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
+from k3snet.backends.iptables.native import NativeRead, read_native
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
     INJECTED_CHAIN,
@@ -232,6 +233,7 @@ class IptablesBackend(BackendBase):
         self._other_fresh = False
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
+        self._native = NativeRead()  # nftables tables of other names (see native.py)
         self._warned: tuple[str, ...] = ()  # what was last logged (said once, not every pass)
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
         self._generation: GenerationReader | None = None
@@ -370,7 +372,30 @@ class IptablesBackend(BackendBase):
                     found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "
                                  f"{jump.target}: -A {jump.chain} {format_line(jump.line)} "
                                  "(kept; k3snet cannot delete that chain while it is there)")
+        found += self._native.warnings
         return tuple(found)
+
+    def _read_native(self) -> NativeRead:
+        """What nftables tables of other names hold (see
+        :mod:`k3snet.backends.iptables.native`), found with one netlink dump of the
+        namespace's tables (the generation id's socket, made for it with
+        iptables-legacy); nothing with a replaced kernel seam, or without nf_tables."""
+        kernel = self._kernel
+        if not isinstance(kernel, Processes) or self._no_generation:
+            return NativeRead()
+        try:
+            if self._generation is None:
+                runner = NetnsRunner(self._netns)
+                try:
+                    self._generation = runner.call(GenerationReader)
+                finally:
+                    runner.close()
+            tables = self._generation.tables()
+        except K3snetError:
+            self._no_generation = True  # no netfilter netlink here: no nftables tables either
+            return NativeRead()
+        return read_native(lambda argv, text, seconds: kernel.run(argv, input_text=text,
+                                                                  timeout=seconds), tables)
 
     def _start_other_flavour(self) -> dict[int, StartedSave | None]:
         """With ``mode="auto"``: start the other flavour's ``-save`` runs (see
@@ -576,6 +601,11 @@ class IptablesBackend(BackendBase):
                                      ours=nat_state.chains)
                     set_aside(nat_state, nat)
                     foreign |= nat
+            # Base chains of nftables tables iptables does not show run on the same hooks.
+            self._native = self._read_native()
+            for read in tables.values():
+                set_aside(read, self._native.blocks)
+            foreign |= self._native.blocks
         except BaseException:
             for pending in other.values():
                 if pending is not None:
