@@ -49,7 +49,12 @@ def _conflicts(observed: State) -> dict[object, object]:
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
-def test_drops_and_nat_first_in_nft_tables_of_other_names_are_conflicts(ns: str, mode: str) -> None:
+@pytest.mark.parametrize("lister", ["libnftables", "nft processes"])
+def test_drops_and_nat_first_in_nft_tables_of_other_names_are_conflicts(
+    ns: str, mode: str, lister: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if lister == "nft processes":  # as without the nftables Python binding
+        monkeypatch.setattr("k3snet.backends.iptables.backend.find_spec", lambda name: None)
     run_in(ns, ["nft", "-f", "-"], input_text=ADMIN)
     with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
         observed = backend.observe()

@@ -91,6 +91,7 @@ import logging
 import shlex
 from collections.abc import Callable, Sequence
 from functools import partial
+from importlib.util import find_spec
 from typing import Literal, NoReturn
 
 import attrs
@@ -141,6 +142,7 @@ from k3snet.backends.kit import (
 )
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
+from k3snet.backends.nftables.kernel import BoundedLister, Lists
 from k3snet.errors import (
     BackendError,
     BackendUnavailableError,
@@ -234,6 +236,8 @@ class IptablesBackend(BackendBase):
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
         self._native = NativeRead()  # nftables tables of other names (see native.py)
+        self._native_runner: NetnsRunner | None = None  # where their listings run
+        self._native_bounded: BoundedLister | None = None
         self._warned: tuple[str, ...] = ()  # what was last logged (said once, not every pass)
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
         self._generation: GenerationReader | None = None
@@ -394,8 +398,21 @@ class IptablesBackend(BackendBase):
         except K3snetError:
             self._no_generation = True  # no netfilter netlink here: no nftables tables either
             return NativeRead()
+        within = self._native_lists if find_spec("nftables") is not None else None
         return read_native(lambda argv, text, seconds: kernel.run(argv, input_text=text,
-                                                                  timeout=seconds), tables)
+                                                                  timeout=seconds),
+                           tables, within)
+
+    def _native_lists(self, deadline: float, read: Callable[[Lists], NativeRead]) -> NativeRead:
+        """``read`` with libnftables in the namespace (kept between reads: a listing
+        costs no process), within ``deadline`` (a listing that hangs is abandoned)."""
+        if self._native_runner is None:
+            self._native_runner = NetnsRunner(self._netns)
+        runner = self._native_runner
+        if self._native_bounded is None:
+            self._native_bounded = runner.call(BoundedLister)  # its helper in the namespace
+        bounded = self._native_bounded
+        return runner.call(lambda: bounded.run(deadline, read))
 
     def _start_other_flavour(self) -> dict[int, StartedSave | None]:
         """With ``mode="auto"``: start the other flavour's ``-save`` runs (see
@@ -459,6 +476,12 @@ class IptablesBackend(BackendBase):
         if self._legacy_reader is not None:
             self._legacy_reader.close()
             self._legacy_reader = None
+        if self._native_bounded is not None:
+            self._native_bounded.close()
+            self._native_bounded = None
+        if self._native_runner is not None:
+            self._native_runner.close()
+            self._native_runner = None
         self._legacy_memo.clear()
         super().close()
 

@@ -28,13 +28,13 @@ from typing import Any
 
 import attrs
 
-from k3snet.backends.nftables.kernel import ListingTimeoutError, listed_items
+from k3snet.backends.nftables.kernel import ListingTimeoutError, Lists, listed_items
 from k3snet.backends.nftables.parse import ForeignReader, parse_rule
 from k3snet.errors import BackendError
 from k3snet.model import ForwardBlock, NatBlock, NetObject
 from k3snet.render.nftables_batch import list_command
 
-__all__ = ["XT_TABLES", "NativeRead", "read_native"]
+__all__ = ["XT_TABLES", "NativeRead", "Within", "read_native"]
 
 XT_TABLES = frozenset({"filter", "nat", "mangle", "raw", "security"})
 """The names of iptables-nft's tables (in nft families ``ip`` and ``ip6``)."""
@@ -57,14 +57,13 @@ class NativeRead:
     warnings: tuple[str, ...] = ()
 
 
-class _Lister:
-    """``nft -j -f -`` listings in the namespace, each within what is left of ``deadline``;
-    what it lists is kept (by kind and reference) for :func:`_defaults`."""
+class _Processes:
+    """``nft -j -f -`` listings in the namespace, each within what is left of ``deadline``
+    (where the ``nftables`` Python binding is missing)."""
 
     def __init__(self, run: Run, deadline: float) -> None:
         self._run = run
         self._deadline = deadline
-        self.listed: dict[tuple[str, ...], list[dict[str, Any]]] = {}
 
     def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
         what = " ".join(["list", kind, *ref.values()])
@@ -85,23 +84,51 @@ class _Lister:
             if "No such file or directory" in done.stderr:
                 return None
             raise BackendError(f"nft {what!r} failed: {done.stderr.strip()[:200]}")
-        items = listed_items(done.stdout, what)
-        self.listed[(kind, *ref.values())] = items
+        return listed_items(done.stdout, what)
+
+
+class _Recorder:
+    """Another :class:`Lists`, keeping what it listed (by kind and reference) for
+    :func:`_defaults`."""
+
+    def __init__(self, lists: Lists) -> None:
+        self._lists = lists
+        self.listed: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        items = self._lists.list(kind, **ref)
+        if items is not None:
+            self.listed[(kind, *ref.values())] = items
         return items
 
 
-def read_native(run: Run, tables: frozenset[tuple[str, str]]) -> NativeRead:
+Within = Callable[[float, Callable[[Lists], "NativeRead"]], "NativeRead"]
+"""Runs a read with a libnftables :class:`Lists` in the namespace, by a deadline
+(``time.monotonic()``), raising :class:`ListingTimeoutError` past it."""
+
+
+def read_native(
+    run: Run, tables: frozenset[tuple[str, str]], within: Within | None = None
+) -> NativeRead:
     """The base chains of nftables tables iptables does not show, as blocks and warnings.
 
     ``tables``: (family, name) of every table in the namespace (one netlink dump:
     :meth:`~k3snet.backends.nfgen.GenerationReader.tables`); only tables that are not
-    iptables-nft's are listed. Best effort: a listing that fails or takes too long is
-    a warning (what was not read is not judged).
+    iptables-nft's are listed: through ``within`` (libnftables in the namespace, no
+    process per listing) when given, else with ``nft -j`` processes run by ``run``.
+    Best effort: a listing that fails or takes too long is a warning (what was not
+    read is not judged).
     """
-    xt = {(f, n) for f, n in tables if f in ("ip", "ip6") and n in XT_TABLES}
+    xt = frozenset((f, n) for f, n in tables if f in ("ip", "ip6") and n in XT_TABLES)
     native = sorted((f, n) for f, n in tables if f in ("ip", "ip6", "inet") and (f, n) not in xt)
     if not native:
         return NativeRead()  # the usual node: nothing listed
+    deadline = time.monotonic() + NATIVE_SECONDS
+    if within is not None:
+        try:
+            return within(deadline, lambda lists: _read(_Recorder(lists), xt))
+        except ListingTimeoutError as exc:
+            return NativeRead(warnings=(f"nftables tables beside iptables not read: {exc}",))
     if shutil.which("nft") is None:
         names = ", ".join(f"{f} {n}" for f, n in native)
         return NativeRead(
@@ -110,8 +137,11 @@ def read_native(run: Run, tables: frozenset[tuple[str, str]]) -> NativeRead:
                 "cannot read them (no nft on PATH): what they drop or translate is not judged",
             )
         )
-    lister = _Lister(run, time.monotonic() + NATIVE_SECONDS)
-    reader = ForeignReader(lister, frozenset(xt))
+    return _read(_Recorder(_Processes(run, deadline)), xt)
+
+
+def _read(lister: _Recorder, xt: frozenset[tuple[str, str]]) -> NativeRead:
+    reader = ForeignReader(lister, xt)
     found = reader.read()
     blocks = frozenset(o for o in found if isinstance(o, ForwardBlock | NatBlock))
     warnings = [
@@ -121,7 +151,7 @@ def read_native(run: Run, tables: frozenset[tuple[str, str]]) -> NativeRead:
     return NativeRead(blocks, tuple(warnings))
 
 
-def _defaults(lister: _Lister, reader: ForeignReader) -> list[str]:
+def _defaults(lister: _Recorder, reader: ForeignReader) -> list[str]:
     """A warning for each filter base chain on a hook forwarded packets pass whose policy,
     or a rule of its own naming no address, may drop them: defaults, not conflicts
     (k3snet cannot open them from iptables), but they decide before or after it."""
