@@ -4,7 +4,8 @@ Every committed nftables transaction in a network namespace bumps one counter
 (``NFT_MSG_GETGEN``), iptables-nft's commits included. Reading it is one small
 netlink round trip, so a backend can keep what it observed until the id moves.
 Written once here for the nftables and the iptables backends. The tables a process
-owns (``flags owner``) are listed too: the kernel deletes one without moving the id. A
+owns (``flags owner``) are listed too, and the names of all tables (the iptables
+backend's look for tables iptables does not show): the kernel deletes one without moving the id. A
 chain's use count
 (``NFT_MSG_GETCHAIN``) is, for a base chain (nothing can jump to one), the number
 of its rules: what the nftables backend holds its text listing to.
@@ -92,30 +93,37 @@ class GenerationReader:
         any transaction: the generation id does not move (Linux 6.x), so what was read
         while one existed is stale once it is gone, and nothing else says so.
         """
+        return frozenset(table for table, owned in self._tables() if owned)
+
+    def tables(self) -> frozenset[tuple[str, str]]:
+        """(family, name) of every table in the namespace: one dump, no rules or chains
+        (what the iptables backend looks at before it lists any other table)."""
+        return frozenset((family, name) for (family, name, _), _ in self._tables())
+
+    def _tables(self) -> list[tuple[tuple[str, str, int], bool]]:
+        """Every table as ((family, name, handle), owned by a process)."""
         with translate_errors("list the nftables tables", capability=_CAPABILITY):
             self._seq += 1
             message = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
             self._sock.send(struct.pack("=IHHII", 16 + len(message), _NFT_MSG_GETTABLE,
                                         _NLM_F_REQUEST | _NLM_F_DUMP, self._seq, 0) + message)
-            owned: set[tuple[str, str, int]] = set()
+            found: list[tuple[tuple[str, str, int], bool]] = []
             while True:
                 data = self._sock.recv(1 << 16)
                 offset = 0
                 while offset + 16 <= len(data):
                     length, answer, _flags, seq = struct.unpack_from("=IHHI", data, offset)
                     if length < 16:
-                        return frozenset(owned)
+                        return found
                     if seq == self._seq:
                         if answer == _NLMSG_DONE:
-                            return frozenset(owned)
+                            return found
                         if answer == _NLMSG_ERROR:
                             (errno,) = struct.unpack_from("=i", data, offset + 16)
                             if errno:
                                 raise OSError(-errno, os.strerror(-errno))
-                            return frozenset(owned)
-                        table = _owned_table(data[offset:offset + length])
-                        if table is not None:
-                            owned.add(table)
+                            return found
+                        found.append(_table(data[offset:offset + length]))
                     offset += (length + 3) & ~3
 
     def _request(self, kind: int, family: int, body: bytes) -> dict[int, bytes] | None:
@@ -153,17 +161,16 @@ def _attributes(data: bytes, offset: int) -> dict[int, bytes]:
     return attributes
 
 
-def _owned_table(message: bytes) -> tuple[str, str, int] | None:
-    """(family, name, handle) of the table one GETTABLE answer describes, if owned."""
+def _table(message: bytes) -> tuple[tuple[str, str, int], bool]:
+    """((family, name, handle), owned) of the table one GETTABLE answer describes."""
     family = message[16] if len(message) > 16 else 0
     attributes = _attributes(message, 20)
     flags = attributes.get(_NFTA_TABLE_FLAGS, b"")
-    if len(flags) < 4 or not struct.unpack_from(">I", flags)[0] & _NFT_TABLE_F_OWNER:
-        return None
+    owned = len(flags) >= 4 and bool(struct.unpack_from(">I", flags)[0] & _NFT_TABLE_F_OWNER)
     name = attributes.get(_NFTA_TABLE_NAME, b"").split(b"\0", 1)[0]
     handle = attributes.get(_NFTA_TABLE_HANDLE, b"")
-    return (_NFPROTO_NAMES.get(family, str(family)), name.decode(errors="replace"),
-            struct.unpack_from(">Q", handle)[0] if len(handle) >= 8 else 0)
+    return ((_NFPROTO_NAMES.get(family, str(family)), name.decode(errors="replace"),
+             struct.unpack_from(">Q", handle)[0] if len(handle) >= 8 else 0), owned)
 
 
 def _attribute(kind: int, data: bytes) -> bytes:

@@ -91,6 +91,7 @@ import logging
 import shlex
 from collections.abc import Callable, Sequence
 from functools import partial
+from importlib.util import find_spec
 from typing import Literal, NoReturn
 
 import attrs
@@ -112,6 +113,7 @@ from k3snet.backends.iptables.foreign import (
     nat_blocks,
 )
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
+from k3snet.backends.iptables.native import NativeRead, read_native
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
     INJECTED_CHAIN,
@@ -140,6 +142,7 @@ from k3snet.backends.kit import (
 )
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
+from k3snet.backends.nftables.kernel import BoundedLister, Lists
 from k3snet.errors import (
     BackendError,
     BackendUnavailableError,
@@ -232,6 +235,9 @@ class IptablesBackend(BackendBase):
         self._other_fresh = False
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
+        self._native = NativeRead()  # nftables tables of other names (see native.py)
+        self._native_runner: NetnsRunner | None = None  # where their listings run
+        self._native_bounded: BoundedLister | None = None
         self._warned: tuple[str, ...] = ()  # what was last logged (said once, not every pass)
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
         self._generation: GenerationReader | None = None
@@ -370,7 +376,43 @@ class IptablesBackend(BackendBase):
                     found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "
                                  f"{jump.target}: -A {jump.chain} {format_line(jump.line)} "
                                  "(kept; k3snet cannot delete that chain while it is there)")
+        found += self._native.warnings
         return tuple(found)
+
+    def _read_native(self) -> NativeRead:
+        """What nftables tables of other names hold (see
+        :mod:`k3snet.backends.iptables.native`), found with one netlink dump of the
+        namespace's tables (the generation id's socket, made for it with
+        iptables-legacy); nothing with a replaced kernel seam, or without nf_tables."""
+        kernel = self._kernel
+        if not isinstance(kernel, Processes) or self._no_generation:
+            return NativeRead()
+        try:
+            if self._generation is None:
+                runner = NetnsRunner(self._netns)
+                try:
+                    self._generation = runner.call(GenerationReader)
+                finally:
+                    runner.close()
+            tables = self._generation.tables()
+        except K3snetError:
+            self._no_generation = True  # no netfilter netlink here: no nftables tables either
+            return NativeRead()
+        within = self._native_lists if find_spec("nftables") is not None else None
+        return read_native(lambda argv, text, seconds: kernel.run(argv, input_text=text,
+                                                                  timeout=seconds),
+                           tables, within)
+
+    def _native_lists(self, deadline: float, read: Callable[[Lists], NativeRead]) -> NativeRead:
+        """``read`` with libnftables in the namespace (kept between reads: a listing
+        costs no process), within ``deadline`` (a listing that hangs is abandoned)."""
+        if self._native_runner is None:
+            self._native_runner = NetnsRunner(self._netns)
+        runner = self._native_runner
+        if self._native_bounded is None:
+            self._native_bounded = runner.call(BoundedLister)  # its helper in the namespace
+        bounded = self._native_bounded
+        return runner.call(lambda: bounded.run(deadline, read))
 
     def _start_other_flavour(self) -> dict[int, StartedSave | None]:
         """With ``mode="auto"``: start the other flavour's ``-save`` runs (see
@@ -434,6 +476,12 @@ class IptablesBackend(BackendBase):
         if self._legacy_reader is not None:
             self._legacy_reader.close()
             self._legacy_reader = None
+        if self._native_bounded is not None:
+            self._native_bounded.close()
+            self._native_bounded = None
+        if self._native_runner is not None:
+            self._native_runner.close()
+            self._native_runner = None
         self._legacy_memo.clear()
         super().close()
 
@@ -576,6 +624,11 @@ class IptablesBackend(BackendBase):
                                      ours=nat_state.chains)
                     set_aside(nat_state, nat)
                     foreign |= nat
+            # Base chains of nftables tables iptables does not show run on the same hooks.
+            self._native = self._read_native()
+            for read in tables.values():
+                set_aside(read, self._native.blocks)
+            foreign |= self._native.blocks
         except BaseException:
             for pending in other.values():
                 if pending is not None:

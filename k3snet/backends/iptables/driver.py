@@ -210,12 +210,16 @@ class Processes:
             raise
         run.wait()
 
-    def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        """Run a command in the namespace and capture its output."""
+    def run(self, argv: Sequence[str], *, input_text: str | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command in the namespace and capture its output (``timeout``: the
+        backend's unless given)."""
         with translate_errors(f"run {argv[0]} in {self.where}",
                               errors=(OSError, subprocess.TimeoutExpired), capability=CAPABILITY):
             result = subprocess.run(self.argv(argv), capture_output=True, text=True,
-                                    errors=_TEXT_ERRORS, timeout=self.timeout, check=False)
+                                    errors=_TEXT_ERRORS, input=input_text,
+                                    timeout=self.timeout if timeout is None else timeout,
+                                    check=False)
         if self.netns and result.returncode != 0 and "network namespace" in result.stderr:
             raise BackendError(f"{self.where} is not usable: {result.stderr.strip()}")
         return result

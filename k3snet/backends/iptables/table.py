@@ -70,6 +70,9 @@ class Op(NamedTuple):
     position: int = 0
     rendered: bool = False
     """The lines come from :func:`render_unit` (no token needs quoting)."""
+    by_number: bool = False
+    """``delete`` by ``position``: the rule's text does not read back (see
+    :func:`_hook_ops`)."""
 
     def restore_lines(self) -> list[str]:
         """The op as lines of ``iptables-restore`` input."""
@@ -80,6 +83,8 @@ class Op(NamedTuple):
                 return [prefix + " ".join(line) for line in self.lines]
             return [prefix + format_line(line) for line in self.lines]
         if kind == "delete":
+            if self.by_number:
+                return [f"-D {chain} {self.position}"]
             return [f"-D {chain} {format_line(self.lines[0])}"]
         if kind == "insert":
             return [f"-I {chain} {self.position} {format_line(self.lines[0])}"]
@@ -746,7 +751,8 @@ def diff_table(
         declares.append(Op("declare", chain))
         appends.append(Op("append", chain, tuple(want), rendered=True))
         result[chain] = list(want)
-    hook_ops, hook_rules = _hook_ops(state, want_jump)
+    main = state.hook.main
+    hook_ops, hook_rules = _hook_ops(state, want_jump, result.get(main, state.chains.get(main)))
     ops = [*declares, *deletes, *appends, *hook_ops, *flushes, *removes]
     return ops, result, hook_rules
 
@@ -793,19 +799,40 @@ def _take(counter: Counter[Line], line: Line) -> bool:
     return True
 
 
-def _hook_ops(state: TableState, want: bool) -> tuple[list[Op], list[Line]]:
+def _hook_ops(state: TableState, want: bool, main: list[Line] | None = None
+              ) -> tuple[list[Op], list[Line]]:
     """The jump from the built-in chain: kept where it is, created where
     :func:`~k3snet.render.iptables.rules.hook_position` says, never moved above a
-    foreign rule (a repaired jump goes back where its first copy was)."""
+    foreign rule (a repaired jump goes back where its first copy was).
+
+    A jump of k3snet's that an admin edited into text that does not read back
+    (iptables-save quotes comments only: ``--hashlimit-name a b``) is deleted by its
+    number, which the apply read again right before (``-D`` with that text was
+    refused, so no destroy or repair of the table could ever pass). A number is a
+    guess if the chain changed since: the main chain (``main``, its rules after the
+    edit) is then deleted and declared again in the same transaction when it stays,
+    which the kernel refuses while a rule still jumps to it, so a wrong rule taken
+    out refuses the whole table instead (a destroy deletes it anyway).
+    """
     hook = state.hook
     rules = list(state.hook_rules)
     jumps = [i for i, r in enumerate(rules) if _hooks_to(r, hook.main)]
     if (want and state.hook_ok()) or (not want and not jumps):
         return [], rules
     ops = []
+    by_number = False
     for index in reversed(jumps):
-        ops.append(Op("delete", hook.builtin, (rules[index],), index + 1))
+        line = rules[index]
+        nameable = line == hook_line(hook) or (parse_rule(line) is not None
+                                                and not any("\n" in t for t in line))
+        ops.append(Op("delete", hook.builtin, (line,), index + 1, by_number=not nameable))
+        by_number |= not nameable
         del rules[index]
+    if by_number and want and main is not None and not any(
+            jump.target == hook.main for jump in state.foreign_jumps):
+        ops += [Op("flush", hook.main), Op("remove", hook.main), Op("declare", hook.main)]
+        if main:
+            ops.append(Op("append", hook.main, tuple(main)))
     if want:
         line = hook_line(hook)
         position = jumps[0] if jumps else hook_position(rules)

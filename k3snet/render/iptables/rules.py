@@ -34,10 +34,15 @@ differ in a prefix, or in an interface no device has both of, or are the same
 slot), so their order inside a group does not matter, and a group is split in 16
 chains by the first hex digit of the hash. One change then touches a chain of
 ~N/16 rules, appended (``-A``) or deleted by spec (``-D``). Groups are jumped to
-most specific first (longer destination prefix, then longer source prefix, then
+most specific first (longer source prefix, then longer destination prefix, then
 out interface: one name (``eth0``), then wildcards by longer prefix (``eth1+``,
 then ``eth+``), then any): NAT is first match, so a more specific rule wins over
-a broader one, whatever order they were added in. ``-o eth0`` and ``-o eth+``
+a broader one, whatever order they were added in. Between two rules neither of
+which holds the other (source /24 to a /16, source /16 to a /24) either order is
+"most specific first", and a packet both match takes the first: the order is the
+nftables backend's (:func:`k3snet.render.nftables.chain_order_key`), so the same
+State translates a packet the same way through either backend. Before 2026-12-05
+the destination came first here. ``-o eth0`` and ``-o eth+``
 were one group before (``o``), so the wildcard one could come first and the other
 never translate; plain names kept their group names, so their chains did not
 change. Forward accepts all have the same verdict: one group.
@@ -237,7 +242,7 @@ def bucket_order(chain: str) -> tuple[int, ...] | None:
     """Where a bucket chain's jump goes in the main chain (``None``: not a bucket name)."""
     if match := _NAT_BUCKET.fullmatch(chain):
         dplen, splen, oif, digit = match.groups()
-        return (-int(dplen), -int(splen), out_interface_rank(_kind_match(oif)), int(digit, 16))
+        return (-int(splen), -int(dplen), out_interface_rank(_kind_match(oif)), int(digit, 16))
     if match := _FWD_BUCKET.fullmatch(chain):
         return (int(match.group(1), 16),)
     return None

@@ -1,0 +1,184 @@
+"""nftables tables of other names beside iptables': base chains that run on k3snet's hooks.
+
+``iptables-save`` shows only iptables' own tables (``ip filter``, ``ip6 nat``, ...).
+A table written with ``nft`` under another name (an admin's ``table inet filter``,
+firewalld's ``inet firewalld``) has base chains on the same hooks, which the kernel
+runs besides iptables' chains, with either flavour: a drop there drops what k3snet's
+FORWARD accepts let through (an ``accept`` ends only its own base chain), and a
+nat chain at a priority no later than iptables' ``srcnat`` translates a connection
+before k3snet's POSTROUTING rules are met.
+
+:func:`read_native` reads them as the nftables backend reads other tables
+(:class:`~k3snet.backends.nftables.parse.ForeignReader`): a drop, reject or queue
+naming addresses is a :class:`~k3snet.model.ForwardBlock`, a NAT rule met first a
+:class:`~k3snet.model.NatBlock`, each a conflict of the wanted rules it may decide.
+What those cannot say (a policy drop, a catch-all drop or reject: defaults k3snet
+cannot open from iptables) is a warning naming the chain. The tables are found in
+one netlink dump; nothing is listed when none is of another name, and the listings
+made for one (``nft -j``) are bounded in time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from k3snet.backends.nftables.kernel import ListingTimeoutError, Lists, listed_items
+from k3snet.backends.nftables.parse import ForeignReader, parse_rule
+from k3snet.errors import BackendError
+from k3snet.model import ForwardBlock, NatBlock, NetObject
+from k3snet.render.nftables_batch import list_command
+
+__all__ = ["XT_TABLES", "NativeRead", "Within", "read_native"]
+
+XT_TABLES = frozenset({"filter", "nat", "mangle", "raw", "security"})
+"""The names of iptables-nft's tables (in nft families ``ip`` and ``ip6``)."""
+
+NATIVE_SECONDS = 2.0
+"""How long the whole read may take (the nftables backend's ``foreign_timeout``)."""
+
+Run = Callable[[list[str], str, float], "subprocess.CompletedProcess[str]"]
+"""Runs an argv in the namespace with the given input and timeout."""
+
+_STOPS = ("drop", "reject", "queue")
+
+
+@attrs.frozen
+class NativeRead:
+    """What the nftables tables of other names hold for k3snet's traffic."""
+
+    blocks: frozenset[NetObject] = frozenset()
+    """:class:`ForwardBlock` and :class:`NatBlock` objects (foreign)."""
+    warnings: tuple[str, ...] = ()
+
+
+class _Processes:
+    """``nft -j -f -`` listings in the namespace, each within what is left of ``deadline``
+    (where the ``nftables`` Python binding is missing)."""
+
+    def __init__(self, run: Run, deadline: float) -> None:
+        self._run = run
+        self._deadline = deadline
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        what = " ".join(["list", kind, *ref.values()])
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise ListingTimeoutError(
+                f"nft {what!r} not run: past the read's bound ({NATIVE_SECONDS} s)"
+            )
+        try:
+            done = self._run(["nft", "-j", "-f", "-"], list_command(kind, ref), left)
+        except BackendError as exc:
+            if isinstance(exc.__cause__, subprocess.TimeoutExpired):
+                raise ListingTimeoutError(
+                    f"nft {what!r} did not finish within the read's bound ({NATIVE_SECONDS} s)"
+                ) from exc
+            raise
+        if done.returncode != 0:
+            if "No such file or directory" in done.stderr:
+                return None
+            raise BackendError(f"nft {what!r} failed: {done.stderr.strip()[:200]}")
+        return listed_items(done.stdout, what)
+
+
+class _Recorder:
+    """Another :class:`Lists`, keeping what it listed (by kind and reference) for
+    :func:`_defaults`."""
+
+    def __init__(self, lists: Lists) -> None:
+        self._lists = lists
+        self.listed: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        items = self._lists.list(kind, **ref)
+        if items is not None:
+            self.listed[(kind, *ref.values())] = items
+        return items
+
+
+Within = Callable[[float, Callable[[Lists], "NativeRead"]], "NativeRead"]
+"""Runs a read with a libnftables :class:`Lists` in the namespace, by a deadline
+(``time.monotonic()``), raising :class:`ListingTimeoutError` past it."""
+
+
+def read_native(
+    run: Run, tables: frozenset[tuple[str, str]], within: Within | None = None
+) -> NativeRead:
+    """The base chains of nftables tables iptables does not show, as blocks and warnings.
+
+    ``tables``: (family, name) of every table in the namespace (one netlink dump:
+    :meth:`~k3snet.backends.nfgen.GenerationReader.tables`); only tables that are not
+    iptables-nft's are listed: through ``within`` (libnftables in the namespace, no
+    process per listing) when given, else with ``nft -j`` processes run by ``run``.
+    Best effort: a listing that fails or takes too long is a warning (what was not
+    read is not judged).
+    """
+    xt = frozenset((f, n) for f, n in tables if f in ("ip", "ip6") and n in XT_TABLES)
+    native = sorted((f, n) for f, n in tables if f in ("ip", "ip6", "inet") and (f, n) not in xt)
+    if not native:
+        return NativeRead()  # the usual node: nothing listed
+    deadline = time.monotonic() + NATIVE_SECONDS
+    if within is not None:
+        try:
+            return within(deadline, lambda lists: _read(_Recorder(lists), xt))
+        except ListingTimeoutError as exc:
+            return NativeRead(warnings=(f"nftables tables beside iptables not read: {exc}",))
+    if shutil.which("nft") is None:
+        names = ", ".join(f"{f} {n}" for f, n in native)
+        return NativeRead(
+            warnings=(
+                f"nftables tables {names} run their base chains besides iptables' and k3snet "
+                "cannot read them (no nft on PATH): what they drop or translate is not judged",
+            )
+        )
+    return _read(_Recorder(_Processes(run, deadline)), xt)
+
+
+def _read(lister: _Recorder, xt: frozenset[tuple[str, str]]) -> NativeRead:
+    reader = ForeignReader(lister, xt)
+    found = reader.read()
+    blocks = frozenset(o for o in found if isinstance(o, ForwardBlock | NatBlock))
+    warnings = [
+        *_defaults(lister, reader),
+        *(f"nftables tables beside iptables' read in part: {u}" for u in reader.unread),
+    ]
+    return NativeRead(blocks, tuple(warnings))
+
+
+def _defaults(lister: _Recorder, reader: ForeignReader) -> list[str]:
+    """A warning for each filter base chain on a hook forwarded packets pass whose policy,
+    or a rule of its own naming no address, may drop them: defaults, not conflicts
+    (k3snet cannot open them from iptables), but they decide before or after it."""
+    bases = [(w, n, p) for w, n, p in reader.forward_bases]
+    bases += [(w, n, "accept") for w, n in reader.path_bases]
+    found = []
+    for (family, table), name, policy in bases:
+        what = []
+        if policy != "accept":
+            what.append(f"policy {policy}")
+        for item in lister.listed.get(("chain", family, table, name), []):
+            rule = item.get("rule")
+            if not isinstance(rule, dict) or not isinstance(rule.get("expr"), list):
+                continue
+            match = parse_rule(rule["expr"])
+            named = any(not neg for _, neg in match.saddr + match.daddr)
+            if match.verdict in _STOPS and not named:
+                what.append(
+                    f"a rule that may {match.verdict} any address (handle {rule.get('handle')})"
+                )
+        if what:
+            found.append(
+                f"nftables {family} {table} chain {name} runs on the same hook as iptables "
+                f"(not shown by iptables-save): {'; '.join(what)}. An accept in iptables "
+                "ends only iptables' chain: what this chain does not accept is dropped "
+                "whatever k3snet's rules say, and k3snet does not judge it; accept "
+                "k3snet's traffic there too (`nft list table "
+                f"{family} {table}` shows it)"
+            )
+    return found
