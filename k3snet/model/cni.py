@@ -54,6 +54,7 @@ __all__ = [
     "FLANNEL_BACKEND_TYPES",
     "FLANNEL_KEYS",
     "FLANNEL_OWNED_MARKER",
+    "FLANNEL_WRITTEN_MARKER",
     "NAT_OUTGOING_EXCLUSIONS",
     "SELECT_ALL",
     "AssignmentMode",
@@ -108,6 +109,12 @@ def flannel_backend_type(value: str) -> str:
 
 FLANNEL_OWNED_MARKER = "k3snet.io/owned"
 """The reserved top-level key where the file backend records which keys k3snet owns."""
+
+FLANNEL_WRITTEN_MARKER = "k3snet.io/written"
+"""The reserved top-level key where the file backend records what k3snet last wrote for
+each key it owns, so a key someone edited since is told from k3snet's."""
+
+_FLANNEL_MARKERS = (FLANNEL_OWNED_MARKER, FLANNEL_WRITTEN_MARKER)
 
 EncapsulationMode = Literal["Never", "Always", "CrossSubnet"]
 ENCAPSULATION_MODES: tuple[str, ...] = ("Never", "Always", "CrossSubnet")
@@ -366,9 +373,10 @@ class FlannelConfig(NetObject):
         if "Type" in self.backend_options:
             raise ModelError(f"flannel {self.target}: give Backend.Type as backend_type, "
                              "not among the options")
-        if FLANNEL_OWNED_MARKER in self.extra:
-            raise ModelError(f"flannel {self.target}: {FLANNEL_OWNED_MARKER!r} is reserved "
-                             "for k3snet's ownership record")
+        for marker in _FLANNEL_MARKERS:
+            if marker in self.extra:
+                raise ModelError(f"flannel {self.target}: {marker!r} is reserved "
+                                 "for k3snet's ownership record")
         clash = sorted(k for k in self.extra if k in self._field_members())
         if clash:
             raise ModelError(f"flannel {self.target}: {', '.join(clash)} given both as a "
@@ -453,7 +461,7 @@ class FlannelConfig(NetObject):
         fields: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in members.items():
-            if key == FLANNEL_OWNED_MARKER:
+            if key in _FLANNEL_MARKERS:
                 continue
             try:
                 fields.update(_field_from_member(key, value))
@@ -464,7 +472,7 @@ class FlannelConfig(NetObject):
         except ModelError:
             # The fields are valid one by one; only their combination can fail here.
             return cls(target, extra={k: v for k, v in members.items()
-                                      if k != FLANNEL_OWNED_MARKER})
+                                      if k not in _FLANNEL_MARKERS})
 
     @property
     def keys(self) -> tuple[str, ...]:
