@@ -515,12 +515,15 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     if needs.cilium is not None:
         # Two named ConfigMaps in Cilium's namespace (cilium-config patched, the
         # ip-masq-agent one created and deleted with k3snet's last key); creating
-        # cannot be limited to a name. Read and patched, never updated.
+        # cannot be limited to a name. Read and patched, never updated. The
+        # CiliumNodeConfigs there are listed (never written): the keys they set over
+        # cilium-config on some nodes are judged too.
         cilium_ns, names = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(set(names)),
-             "verbs": ["get", "patch", "delete"]}])
+             "verbs": ["get", "patch", "delete"]},
+            {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]}])
     if needs.flannel_configmap is not None:
         flannel_ns, flannel_name = needs.flannel_configmap
         # One named ConfigMap, read and patched (never updated): resourceNames limits

@@ -919,3 +919,106 @@ def test_objects_round_trip_through_json() -> None:
                             wanted=wanted)
     for obj in (wanted, want):
         assert object_from_dict(json.loads(json.dumps(obj.to_dict()))) == obj
+
+
+# ---------------------------------------------------------------- CiliumNodeConfigs
+
+NODE_CONFIGS_V2 = "cilium.io/v2/ciliumnodeconfigs"
+NODE_CONFIGS_V2ALPHA1 = "cilium.io/v2alpha1/ciliumnodeconfigs"
+
+
+def _node_config(name: str, defaults: dict[str, Any] | None, selector: Any = None,
+                 version: str = "v2") -> dict[str, Any]:
+    spec: dict[str, Any] = {"nodeSelector": {"matchLabels": {"zone": "edge"}}
+                            if selector is None else selector}
+    if defaults is not None:
+        spec["defaults"] = defaults
+    return {"apiVersion": f"cilium.io/{version}", "kind": "CiliumNodeConfig",
+            "metadata": {"name": name, "namespace": "kube-system"}, "spec": spec}
+
+
+def test_a_node_config_turning_masquerading_off_on_some_nodes_is_a_conflict_naming_it(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-config masquerades; the CiliumNodeConfig turns it off on the edge nodes, whose
+    # agents read it over cilium-config: pods there reach 192.168.2.0/24 unmasqueraded.
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge-no-masq", {"enable-ipv4-masquerade": "false", "bpf-lb-acceleration": "native"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [o.describe() for o in foreign.node_overrides] == [
+        "CiliumNodeConfig edge-no-masq (nodes zone=edge): enable-ipv4-masquerade=false"]
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    reason = str(note.reason)
+    assert reason.startswith("on the nodes of CiliumNodeConfig edge-no-masq (nodes zone=edge)")
+    assert "masquerading is off in Cilium (enable-ipv4-masquerade: 'false')" in reason
+    assert object_from_dict(json.loads(json.dumps(foreign.to_dict()))) == foreign
+
+
+def test_a_node_config_s_native_routing_cidr_is_judged_on_its_nodes(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(NODE_CONFIGS_V2ALPHA1, _node_config(
+        "native", {"routing-mode": "native", "ipv4-native-routing-cidr": "192.168.0.0/16"},
+        selector={"matchExpressions": [{"key": "rack", "operator": "In",
+                                        "values": ["a", "b"]}]}, version="v2alpha1"))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    assert "on the nodes of CiliumNodeConfig native (nodes rack in (a,b))" in str(note.reason)
+    assert "inside Cilium's ipv4-native-routing-cidr 192.168.0.0/16" in str(note.reason)
+
+
+def test_a_node_config_for_every_node_decides_over_cilium_config(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-config has masquerading off, but an empty selector turns it on on every
+    # node: no node runs cilium-config's value, so there is nothing to report.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ipv4-masquerade": "false"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    assert plan(backend.observe(), State(owned=[want])).conflicts
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config("all", {"enable-ipv4-masquerade": "true"},
+                                                 selector={}))
+    assert not plan(backend.observe(), State(owned=[want])).notes
+
+
+@pytest.mark.parametrize("item", [
+    _node_config("no-defaults", None),
+    _node_config("empty-defaults", {}),
+    _node_config("other-keys", {"bpf-lb-acceleration": "native"}),
+    {**_node_config("no-selector", {"enable-ipv4-masquerade": "false"}),
+     "spec": {"defaults": {"enable-ipv4-masquerade": "false"}}},
+])
+def test_node_configs_that_change_nothing_k3snet_judges_are_left_out(
+    item: dict[str, Any], k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # (Cilium's resolver skips one without defaults, and when listing, one without a
+    # nodeSelector selects no node.)
+    k3s_cilium.put(NODE_CONFIGS_V2, item)
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_overrides == ()
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    assert not plan(backend.observe(), State(owned=[want])).notes
+
+
+def test_a_node_config_s_text_is_shown_on_one_printable_line(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "x", {"egress-masquerade-interfaces": "eth0\n+ route 0.0.0.0/0 \x1b[2J"},
+        selector={"matchLabels": {"a\nb": "c\x1b"}}))
+    (foreign,) = backend.observe().foreign
+    text = foreign.describe()
+    assert "\n" not in text
+    assert "\x1b" not in text
+
+
+def test_node_configs_that_cannot_be_listed_are_an_error_naming_them(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.fail(403, method="GET", plural="ciliumnodeconfigs")
+    with pytest.raises(BackendError, match=r"list CiliumNodeConfigs \(cilium.io/v2\) in "
+                                           r"kube-system: forbidden \(403\)"):
+        backend.observe()
