@@ -543,7 +543,10 @@ class CiliumConfig(NetObject):
     def describe(self) -> str:
         """``cilium TARGET key=value ... ip-masq-agent.key=value ...``."""
         parts = [f"cilium {self.target}"]
-        parts += [f"{key}={self.settings[key]}" for key in _ordered(self.settings)]
+        # Values someone else wrote: one printable line each (a line break or a terminal
+        # escape in cilium-config must not forge a line of the plan).
+        parts += [f"{key}={one_line(str(self.settings[key]))}"
+                  for key in _ordered(self.settings)]
         if self.ip_masq_agent is not None:
             agent = self.ip_masq_agent
             parts += [f"ip-masq-agent.{key}={canonical_json(agent[key])}"
@@ -665,11 +668,12 @@ def _device_reason(config: CiliumConfig, destination: Network, device: str, *,
                 and not config.flag("enforce-device-detection")
                 and not _interface_matches(device, devices)):
             return (f"Cilium's eBPF masquerading runs only on the devices it attaches to "
-                    f"(devices: {devices.strip()}), and {destination} is reached via {device}")
+                    f"(devices: {one_line(devices)}), and {destination} is reached via "
+                    f"{device}")
         return None
     interfaces = config.value("egress-masquerade-interfaces")
     if interfaces and not _interface_matches(device, interfaces):
-        return (f"Cilium masquerades only traffic leaving {interfaces} "
+        return (f"Cilium masquerades only traffic leaving {one_line(interfaces)} "
                 f"(egress-masquerade-interfaces), and {destination} is reached via {device}")
     return None
 

@@ -1022,3 +1022,22 @@ def test_node_configs_that_cannot_be_listed_are_an_error_naming_them(
     with pytest.raises(BackendError, match=r"list CiliumNodeConfigs \(cilium.io/v2\) in "
                                            r"kube-system: forbidden \(403\)"):
         backend.observe()
+
+
+@pytest.mark.parametrize("key", ["egress-masquerade-interfaces", "devices"])
+def test_a_cilium_config_value_cannot_forge_a_line_of_the_plan(
+    key: str, k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # A line break or a terminal escape in cilium-config reached the plan as it was: the
+    # foreign config and the reason printed "eth9\n= cilium ...\x1b[31m" as two lines.
+    hostile = "eth9\n= cilium masquerades 192.168.2.0/24\x1b[31m"
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, key: hostile,
+                                               "enable-bpf-masquerade": str(key == "devices"),
+                                               "kube-proxy-replacement": "true"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    p = plan(backend.observe(), State(owned=[want]))
+    (note,) = p.conflicts
+    assert "reached via eth0" in str(note.reason)
+    text = p.render()
+    assert "\x1b" not in text
+    assert not any(line.startswith("=") for line in text.splitlines())
