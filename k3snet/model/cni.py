@@ -1387,14 +1387,9 @@ class CalicoNatDestination(NetObject):
                     f"{where} (Felix then masquerades), or set natOutgoing false on the IPv6 "
                     f"pools and masquerade IPv6 on the nodes with a node-level rule (the "
                     "nftables or iptables backend)")
-        hosts = self._external_hosts(felix)
-        if hosts:
-            return (f"Felix does not NAT traffic to Calico hosts' addresses "
-                    f"(natOutgoingExclusions: IPPoolsAndHostIPs in {where}), and its "
-                    f"externalNodesList ({where}) counts {', '.join(str(n) for n in hosts)} "
-                    f"among them: pods' traffic to {self._what} there keeps the pods' own "
-                    f"addresses; fix: set natOutgoingExclusions: IPPoolsOnly or drop the "
-                    f"CIDR from externalNodesList in {where}, {way_out}")
+        hosts = self._hosts_reason(felix, where, way_out)
+        if hosts is not None:
+            return hosts
         felix_address = felix.nat_outgoing_address if self.cidr.version == 4 else None
         if self.snat_address is not None and felix_address != self.snat_address:
             if felix_address is not None:
@@ -1411,6 +1406,42 @@ class CalicoNatDestination(NetObject):
                     f"(masquerade.snatAddresses), and Felix {does}; fix: {fix}drop the "
                     f"address from the spec, {way_out}")
         return None
+
+    def _hosts_reason(self, felix: CalicoFelixNat, where: str, way_out: str) -> str | None:
+        """Why Felix's all-hosts set (``natOutgoingExclusions: IPPoolsAndHostIPs``) keeps
+        part of this destination untranslated, or None."""
+        hosts = self._external_hosts(felix)
+        if hosts:
+            return (f"Felix does not NAT traffic to Calico hosts' addresses "
+                    f"(natOutgoingExclusions: IPPoolsAndHostIPs in {where}), and its "
+                    f"externalNodesList ({where}) counts {', '.join(str(n) for n in hosts)} "
+                    f"among them: pods' traffic to {self._what} there keeps the pods' own "
+                    f"addresses; fix: set natOutgoingExclusions: IPPoolsOnly or drop the "
+                    f"CIDR from externalNodesList in {where}, {way_out}")
+        nodes = self._node_hosts(felix)
+        if nodes:
+            shown = ", ".join(f"{name} {address.network_address}"
+                              for name, address in nodes[:_SHOWN_HOSTS])
+            more = f" and {len(nodes) - _SHOWN_HOSTS} more" if len(nodes) > _SHOWN_HOSTS else ""
+            return (f"Felix does not NAT traffic to Calico hosts' addresses "
+                    f"(natOutgoingExclusions: IPPoolsAndHostIPs in {where}), and the Calico "
+                    f"nodes' own addresses in its all-hosts set ({shown}{more}) are inside "
+                    f"{self._what}: pods' traffic to them keeps the pods' own addresses; "
+                    f"fix: set natOutgoingExclusions: IPPoolsOnly in {where}, exclude the "
+                    f"node addresses from the destination if their traffic may keep the "
+                    f"pods' addresses, {way_out}")
+        return None
+
+    def _node_hosts(self, felix: CalicoFelixNat) -> tuple[tuple[str, Network], ...]:
+        """The Calico nodes' addresses (:attr:`CalicoFelixNat.hosts`) Felix leaves
+        untranslated inside this destination (less ``exclude``): only with
+        ``IPPoolsAndHostIPs``."""
+        if felix.exclusions != "IPPoolsAndHostIPs" or not felix.hosts:
+            return ()
+        family = self.cidr.version
+        parts = subtract(self.cidr, [n for n in self.exclude if n.version == family])
+        return tuple((name, address) for name, address in felix.hosts
+                     if address.version == family and any(contains(p, address) for p in parts))
 
     def _external_hosts(self, felix: CalicoFelixNat) -> tuple[Network, ...]:
         """The ``externalNodesList`` CIDRs Felix leaves untranslated that meet this
@@ -1503,6 +1534,21 @@ def _exclusions(value: str) -> str:
     return value
 
 
+_SHOWN_HOSTS = 5  # node addresses a conflict names; the rest are counted
+
+
+def _hosts(value: Iterable[tuple[str, str | Network]]) -> tuple[tuple[str, Network], ...]:
+    found = []
+    for name, address in value:
+        if not isinstance(name, str):
+            raise ModelError(f"a Calico host's node name must be a string, got {name!r}")
+        network = parse_network(address)
+        if network.prefixlen != network.max_prefixlen:
+            raise ModelError(f"a Calico host's address is one address, got {network}")
+        found.append((name, network))
+    return tuple(sorted(found, key=lambda h: (h[1].version, int(h[1].network_address), h[0])))
+
+
 def _external_nodes(value: Iterable[str | Network]) -> tuple[Network, ...]:
     networks = tuple(parse_network(v) for v in value)
     if any(n.version != 4 for n in networks):
@@ -1537,9 +1583,9 @@ class CalicoFelixNat(NetObject):
 
     ``unreadable`` says why the settings could not be read (then the other fields
     mean nothing). :class:`CalicoNatDestination` is judged against it; ``exclusions``
-    decides only together with ``external_nodes`` (k3snet does not know the Calico
-    nodes' own addresses, the rest of Felix's all-hosts set), and ``port_range`` changes
-    no judgement (the ports do not decide whether traffic is translated).
+    decides only together with ``external_nodes`` and ``hosts`` (Felix's all-hosts set),
+    and ``port_range`` changes no judgement (the ports do not decide whether traffic is
+    translated).
     """
 
     kind: ClassVar[str] = "ippool"
@@ -1556,6 +1602,11 @@ class CalicoFelixNat(NetObject):
                                                      kw_only=True)
     external_nodes: tuple[Network, ...] = attrs.field(default=(), converter=_external_nodes,
                                                       kw_only=True)
+    hosts: tuple[tuple[str, Network], ...] = attrs.field(default=(), converter=_hosts,
+                                                         kw_only=True)
+    """The Calico nodes' own addresses in Felix's all-hosts set, ``(node, address)``:
+    read only where ``exclusions`` is ``IPPoolsAndHostIPs``, which leaves them
+    untranslated."""
     unreadable: str | None = attrs.field(default=None, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -1573,7 +1624,9 @@ class CalicoFelixNat(NetObject):
         self._seal(("calico-felix-nat", self.scope),
                    (self.interface_filter or "", str(self.nat_outgoing_address or ""),
                     self.exclusions, self.port_range or (), self.unreadable or "",
-                    tuple(net_tuple(n) for n in self.external_nodes)))
+                    tuple(net_tuple(n) for n in self.external_nodes),
+                    *((tuple((name, *net_tuple(n)) for name, n in self.hosts),)
+                      if self.hosts else ())))
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -1595,6 +1648,8 @@ class CalicoFelixNat(NetObject):
             parts.append(f"not to hosts ({self.exclusions})")
         if self.external_nodes:
             parts.append(f"external nodes {','.join(str(n) for n in self.external_nodes)}")
+        if self.hosts:
+            parts.append(f"{len(self.hosts)} host address(es)")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -1606,6 +1661,7 @@ class CalicoFelixNat(NetObject):
                 "exclusions": self.exclusions,
                 "port_range": None if self.port_range is None else list(self.port_range),
                 "external_nodes": [str(n) for n in self.external_nodes],
+                **({"hosts": [[name, str(n)] for name, n in self.hosts]} if self.hosts else {}),
                 "unreadable": self.unreadable}
 
     @classmethod
@@ -1616,6 +1672,7 @@ class CalicoFelixNat(NetObject):
                    exclusions=data.get("exclusions", "IPPoolsOnly"),
                    port_range=data.get("port_range"),
                    external_nodes=data.get("external_nodes", ()),
+                   hosts=[(name, address) for name, address in data.get("hosts") or ()],
                    unreadable=data.get("unreadable"))
 
 

@@ -489,7 +489,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         # the Calico API server runs, else crd.projectcalico.org (found by discovery).
         # The verbs it sends: it lists the pools, applies (server-side: patch, and
         # create for a new one), creates and deletes; it never gets one, watches or updates.
-        # It lists the FelixConfigurations too (Felix's NAT settings), never writes them.
+        # It lists the FelixConfigurations too (Felix's NAT settings), never writes them,
+        # and the Nodes where one leaves the Calico hosts' addresses untranslated.
         objs.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -501,6 +502,12 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             }, {
                 "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
                 "resources": ["felixconfigurations"],
+                "verbs": ["list"],
+            }, {
+                # The Calico nodes' addresses (their annotations), which Felix leaves
+                # untranslated with natOutgoingExclusions: IPPoolsAndHostIPs.
+                "apiGroups": [""],
+                "resources": ["nodes"],
                 "verbs": ["list"],
             }],
         })

@@ -219,6 +219,10 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
             server.put(resource, {"apiVersion": group_version, "kind": "IPPool",
                                   "metadata": {"name": "default-ipv4-ippool"},
                                   "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        if resource.endswith("/felixconfigurations"):  # the Nodes are listed for it
+            server.put(resource, {"apiVersion": group_version, "kind": "FelixConfiguration",
+                                  "metadata": {"name": "default"},
+                                  "spec": {"natOutgoingExclusions": "IPPoolsAndHostIPs"}})
     # The agent in a namespace of its own: its Lease and Role there, Events in default.
     base = (HEADER + "backends: [calico]\ncni:\n  calico: {}\nagent:\n  namespace: k3snet-system\n"
             + DESTINATIONS)
@@ -241,7 +245,7 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
     assert namespace == "k3snet-system"
     verbs = {(r.resource, r.verb, r.namespace) for r in requests}
     assert {("ippools", "create", None), ("ippools", "delete", None), ("ippools", "patch", None),
-            ("felixconfigurations", "list", None),
+            ("felixconfigurations", "list", None), ("nodes", "list", None),
             ("leases", "create", namespace), ("nodes", "patch", None),
             ("events", "create", "default")} <= verbs
     assert _denied(requests, objs, namespace) == []

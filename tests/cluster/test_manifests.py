@@ -479,6 +479,11 @@ def test_calico_gets_ippools_cluster_wide() -> None:
         "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
         "resources": ["felixconfigurations"],
         "verbs": ["list"],
+    }, {
+        # The Calico hosts' addresses (natOutgoingExclusions: IPPoolsAndHostIPs).
+        "apiGroups": [""],
+        "resources": ["nodes"],
+        "verbs": ["list"],
     }]
     binding = _one(objs, "ClusterRoleBinding", AGENT_NAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
