@@ -34,7 +34,11 @@ kubelet updates the mounted ConfigMap, *if* the DaemonSet mounts it (Helm
 namespace (``cilium.io/v2``, else ``v2alpha1``; none where neither is served): the
 keys they set over ``cilium-config`` on the nodes they select go with the foreign
 config (:class:`~k3snet.model.cilium.CiliumNodeOverride`), so a spec's destinations are
-judged on those nodes too. k3snet never writes them.
+judged on those nodes too. Where some node runs Cilium's egress gateway
+(``enable-ipv4-egress-gateway``), the CiliumEgressGatewayPolicies (cluster-wide,
+``cilium.io/v2``) go with it too (:class:`~k3snet.model.cilium.CiliumEgressGateway`): a
+destination the spec exempts that one SNATs on its gateway is a conflict. k3snet never
+writes either.
 
 **Disruptive changes** (:meth:`CiliumBackend.disruptive`): changing
 ``routing-mode``, ``tunnel-protocol``, a native-routing CIDR or
@@ -85,6 +89,7 @@ from k3snet.model.cilium import (
     CILIUM_KEYS,
     IP_MASQ_AGENT_KEYS,
     CiliumConfig,
+    CiliumEgressGateway,
     CiliumNodeOverride,
     cilium_target,
     setting_problem,
@@ -128,6 +133,7 @@ NODE_CONFIG_API: tuple[tuple[str, str], ...] = (("cilium.io", "v2"), ("cilium.io
 ``v2alpha1`` (1.13 to 1.15, and served later too); plural ``ciliumnodeconfigs``."""
 
 _NODE_CONFIG_PLURAL = "ciliumnodeconfigs"
+_EGRESS_GATEWAY_PLURAL = "ciliumegressgatewaypolicies"
 
 ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 """The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
@@ -460,6 +466,24 @@ class _Api:
             return items
         return []
 
+    def egress_gateway_policies(self) -> list[Any]:
+        """The CiliumEgressGatewayPolicies as listed (``cilium.io/v2``; none where it is
+        not served)."""
+        objects = self.client.CustomObjectsApi(self.core.api_client)
+        what = "list CiliumEgressGatewayPolicies (cilium.io/v2)"
+        try:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                found = objects.list_cluster_custom_object(
+                    "cilium.io", "v2", _EGRESS_GATEWAY_PLURAL, _request_timeout=self.timeout)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        items = found.get("items") if isinstance(found, dict) else None
+        if not isinstance(items, list):
+            raise BackendError(f"{what}: the answer has no list of items")
+        return items
+
     def delete(self, name: str, version: str | None) -> None:
         options = self.client.V1DeleteOptions(
             preconditions=self.client.V1Preconditions(resource_version=version))
@@ -527,6 +551,40 @@ def _selector_text(selector: Any, where: str) -> str:
                       "Exists": f"{key}", "DoesNotExist": f"!{key}"}.get(
                           str(operator), f"{key} {operator} ({values})"))
     return printable(",".join(parts))[:_MAX_SELECTOR]
+
+
+def _egress_gateways(items: list[Any], where: str) -> list[CiliumEgressGateway]:
+    """The CiliumEgressGatewayPolicies as values: a policy's ``destinationCIDRs`` and
+    ``excludedCIDRs`` (a CIDR Cilium's schema refuses is an error), its gateway's
+    ``nodeSelector`` and ``egressIP`` / ``interface`` as text."""
+    found = []
+    for item in items:
+        metadata = item.get("metadata") if isinstance(item, dict) else None
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        spec = item.get("spec") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name or not isinstance(spec, dict):
+            raise BackendError(f"{where}: an item has no name or no spec")
+        label = f"{where}: {printable(name[:253])}"
+        destinations = spec.get("destinationCIDRs") or []
+        excluded = spec.get("excludedCIDRs") or []
+        gateway = spec.get("egressGateway")
+        if gateway is None:  # egressGateways (a list) from Cilium 1.18
+            gateways = spec.get("egressGateways")
+            gateway = gateways[0] if isinstance(gateways, list) and gateways else {}
+        if (not isinstance(destinations, list) or not isinstance(excluded, list)
+                or not isinstance(gateway, dict)):
+            raise BackendError(f"{label}: destinationCIDRs, excludedCIDRs or egressGateway "
+                               "is not of the policy's shape")
+        where_to = gateway.get("egressIP") or gateway.get("interface") or ""
+        selector = gateway.get("nodeSelector")
+        text = _selector_text(selector, label) if isinstance(selector, dict) else ""
+        described = f"{text or 'any node'}" + (f" as {where_to}" if where_to else "")
+        try:
+            found.append(CiliumEgressGateway(name, destinations, excluded,
+                                             printable(str(described))[:_MAX_SELECTOR]))
+        except (ModelError, TypeError) as exc:
+            raise BackendError(f"{label}: {exc}") from exc
+    return found
 
 
 # ---------------------------------------------------------------- the backend
@@ -668,6 +726,12 @@ class CiliumBackend(BackendBase):
         owned = self._owned(read)
         foreign = attrs.evolve(self._foreign(read), node_overrides=_node_overrides(
             self._api.node_configs(), f"CiliumNodeConfigs in {self._api.namespace}"))
+        # The policies count only where some node runs the egress gateway (a key k3snet
+        # never writes): otherwise they are not listed.
+        if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
+               for family in (4, 6)):
+            foreign = attrs.evolve(foreign, egress_gateways=_egress_gateways(
+                self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
         return State(owned=[] if owned is None else [owned], foreign=[foreign])
 
     # ------------------------------------------------------------ disruptive changes

@@ -73,6 +73,7 @@ __all__ = [
     "IP_MASQ_AGENT_DEFAULTS",
     "IP_MASQ_AGENT_KEYS",
     "CiliumConfig",
+    "CiliumEgressGateway",
     "CiliumMasquerade",
     "CiliumNodeOverride",
     "cilium_target",
@@ -96,6 +97,7 @@ CILIUM_KEYS: tuple[str, ...] = (
 CILIUM_CONTEXT_KEYS: tuple[str, ...] = (
     "enable-ipv4", "enable-ipv6", "ipam", "cluster-pool-ipv4-cidr", "cluster-pool-ipv6-cidr",
     "devices", "force-device-detection", "enforce-device-detection",
+    "enable-ipv4-egress-gateway", "enable-egress-gateway",
 )
 """``cilium-config`` keys read to judge masquerading, never written."""
 
@@ -383,6 +385,66 @@ class CiliumNodeOverride:
         return cls(data["name"], data.get("selector") or "", data.get("settings") or {})
 
 
+def _networks(value: Iterable[str | Network]) -> tuple[Network, ...]:
+    if isinstance(value, str):
+        raise ModelError(f"expected a list of CIDRs, got the string {value!r}")
+    return tuple(parse_network(v, strict=False) for v in value)
+
+
+@attrs.frozen
+class CiliumEgressGateway:
+    """A CiliumEgressGatewayPolicy (``cilium.io/v2``): with Cilium's egress gateway on
+    (``enable-ipv4-egress-gateway``), the traffic of the pods it selects to
+    ``destinations`` (less ``excluded``) leaves through a gateway node (``gateway``:
+    its node selector, and the egress IP or interface), SNATed there to the egress IP.
+    k3snet only reads it.
+
+    >>> CiliumEgressGateway("legacy", ["192.168.2.0/24"], gateway="role=egress").describe()
+    'CiliumEgressGatewayPolicy legacy: 192.168.2.0/24 through role=egress'
+    """
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    destinations: tuple[Network, ...] = attrs.field(converter=_networks)
+    excluded: tuple[Network, ...] = attrs.field(default=(), converter=_networks)
+    gateway: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+
+    def parts_of(self, destination: Network) -> tuple[Network, ...]:
+        """Where ``destination`` meets the policy's destinations, less its excluded CIDRs."""
+        found: list[Network] = []
+        for net in self.destinations:
+            if net.version != destination.version or not overlaps(net, destination):
+                continue
+            inner = net if contains(destination, net) else destination
+            found += subtract(inner, [e for e in self.excluded if e.version == net.version])
+        return tuple(found)
+
+    def describe(self) -> str:
+        """``CiliumEgressGatewayPolicy NAME: CIDRs [except CIDRs] through GATEWAY``."""
+        text = (f"CiliumEgressGatewayPolicy {one_line(self.name)}: "
+                + ", ".join(map(str, self.destinations)))
+        if self.excluded:
+            text += " except " + ", ".join(map(str, self.excluded))
+        return f"{text} through {one_line(self.gateway) or 'its gateway'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"name": self.name, "destinations": [str(n) for n in self.destinations],
+                "excluded": [str(n) for n in self.excluded], "gateway": self.gateway}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CiliumEgressGateway:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["name"], data.get("destinations") or (), data.get("excluded") or (),
+                   data.get("gateway") or "")
+
+
+def _gateways(value: Iterable[CiliumEgressGateway]) -> tuple[CiliumEgressGateway, ...]:
+    found = tuple(value)
+    if not all(isinstance(g, CiliumEgressGateway) for g in found):
+        raise ModelError("egress_gateways must be CiliumEgressGateway values")
+    return tuple(sorted(found, key=lambda g: g.name))
+
+
 def _overrides(value: Iterable[CiliumNodeOverride]) -> tuple[CiliumNodeOverride, ...]:
     found = tuple(value)
     if not all(isinstance(o, CiliumNodeOverride) for o in found):
@@ -415,6 +477,8 @@ class CiliumConfig(NetObject):
                                                     kw_only=True)
     node_overrides: tuple[CiliumNodeOverride, ...] = attrs.field(
         default=(), converter=_overrides, kw_only=True)
+    egress_gateways: tuple[CiliumEgressGateway, ...] = attrs.field(
+        default=(), converter=_gateways, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -424,8 +488,12 @@ class CiliumConfig(NetObject):
         agent = (-1,) if self.ip_masq_agent is None else (1, self.ip_masq_agent.canonical_items())
         overrides = tuple((o.name, o.selector, o.settings.canonical_items())
                           for o in self.node_overrides)
+        gateways = tuple((g.name, tuple(map(net_tuple, g.destinations)),
+                          tuple(map(net_tuple, g.excluded)), g.gateway)
+                         for g in self.egress_gateways)
         self._seal(("cilium", self.target), (self.settings.canonical_items(), agent,
-                                             *((overrides,) if overrides else ())))
+                                             *((overrides,) if overrides else ()),
+                                             *((gateways,) if gateways else ())))
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -468,7 +536,8 @@ class CiliumConfig(NetObject):
             agent = JsonMapping({**(agent.to_dict() if agent is not None else {}),
                                  **other.ip_masq_agent.to_dict()})
         return CiliumConfig(self.target, settings=settings, ip_masq_agent=agent,
-                            node_overrides=self.node_overrides)
+                            node_overrides=self.node_overrides,
+                            egress_gateways=self.egress_gateways)
 
     def on_nodes(self) -> tuple[tuple[tuple[CiliumNodeOverride, ...], CiliumConfig], ...]:
         """What the agents read, by the node overrides behind it: first the config of
@@ -490,7 +559,15 @@ class CiliumConfig(NetObject):
         settings = self.settings.to_dict()
         for override in overrides:
             settings.update(override.settings.to_dict())
-        return CiliumConfig(self.target, settings=settings, ip_masq_agent=self.ip_masq_agent)
+        return CiliumConfig(self.target, settings=settings, ip_masq_agent=self.ip_masq_agent,
+                            egress_gateways=self.egress_gateways)
+
+    def egress_gateway_on(self, family: int) -> bool:
+        """Cilium's egress gateway runs for ``family`` (IPv4: ``enable-ipv4-egress-gateway``,
+        or ``enable-egress-gateway`` as later releases spell it; IPv6 only with the
+        latter)."""
+        return self.flag("enable-egress-gateway") or (
+            family == 4 and self.flag("enable-ipv4-egress-gateway"))
 
     def non_masquerade_cidrs(self, family: int) -> tuple[tuple[Network, str], ...]:
         """The ip-masq-agent's non-masquerade CIDRs of ``family``, each with where it comes from."""
@@ -556,6 +633,7 @@ class CiliumConfig(NetObject):
         if len(parts) == 1:
             parts.append("(no keys)")
         parts += [f"[{o.describe()}]" for o in self.node_overrides]
+        parts += [f"[{g.describe()}]" for g in self.egress_gateways]
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -568,6 +646,8 @@ class CiliumConfig(NetObject):
         }
         if self.node_overrides:  # left out when empty: the documents of earlier versions
             data["node_overrides"] = [o.to_dict() for o in self.node_overrides]
+        if self.egress_gateways:
+            data["egress_gateways"] = [g.to_dict() for g in self.egress_gateways]
         return data
 
     @classmethod
@@ -576,7 +656,9 @@ class CiliumConfig(NetObject):
         return cls(data["target"], settings=data.get("settings") or {},
                    ip_masq_agent=data.get("ip_masq_agent"),
                    node_overrides=[CiliumNodeOverride.from_dict(o)
-                                   for o in data.get("node_overrides") or ()])
+                                   for o in data.get("node_overrides") or ()],
+                   egress_gateways=[CiliumEgressGateway.from_dict(g)
+                                    for g in data.get("egress_gateways") or ()])
 
 
 def _ordered(settings: JsonMapping) -> list[str]:
@@ -824,6 +906,8 @@ class CiliumMasquerade(NetObject):
         for destination, via in exempt:
             if why_not_masqueraded(effective, destination, via) is None:
                 found.append(_exempt_problem(effective, destination))
+            elif effective.egress_gateway_on(destination.version):
+                found += _gateway_problems(effective, destination)
         return found
 
     def _masqueraded_parts(self, destination: Network) -> tuple[Network, ...]:
@@ -916,6 +1000,24 @@ def pool_problems(config: CiliumConfig, pod_cidrs: Iterable[Network]) -> list[st
                     f"{', '.join(map(str, mine))}: rules for the pod CIDR miss those pods; make "
                     "them equal (cluster.podCIDRs, or Helm "
                     f"ipam.operator.clusterPoolIPv{family}PodCIDRList)")
+    return found
+
+
+def _gateway_problems(config: CiliumConfig, destination: Network) -> list[str]:
+    """The egress gateway policies that SNAT pods' traffic to a destination the spec
+    exempts (Cilium's egress gateway translates it on the gateway node, whatever its
+    masquerading does)."""
+    found = []
+    for gateway in config.egress_gateways:
+        parts = gateway.parts_of(destination)
+        if parts:
+            found.append(
+                f"Cilium's egress gateway sends the traffic of the pods {gateway.describe()} "
+                f"selects to {', '.join(map(str, parts))} through a gateway node and SNATs "
+                f"it to the egress IP there, and the spec exempts {destination}: those pods "
+                "do not keep their addresses; fix: add it to the policy's excludedCIDRs, or "
+                "drop masquerade: false from the spec if the egress IP is what the "
+                "destination expects (k3snet does not edit egress gateway policies)")
     return found
 
 

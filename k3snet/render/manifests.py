@@ -531,6 +531,22 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(set(names)),
              "verbs": ["get", "patch", "delete"]},
             {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]}])
+        # CiliumEgressGatewayPolicies are cluster-scoped: listed (where some node runs
+        # the egress gateway), never written.
+        objs += [{
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(AGENT_NAME + "-cilium", "agent"),
+            "rules": [{"apiGroups": ["cilium.io"], "resources": ["ciliumegressgatewaypolicies"],
+                       "verbs": ["list"]}],
+        }, {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(AGENT_NAME + "-cilium", "agent"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": AGENT_NAME + "-cilium"},
+            "subjects": _subject(namespace),
+        }]
     if needs.flannel_configmap is not None:
         flannel_ns, flannel_name = needs.flannel_configmap
         # One named ConfigMap, read and patched (never updated): resourceNames limits

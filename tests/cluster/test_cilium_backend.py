@@ -1041,3 +1041,79 @@ def test_a_cilium_config_value_cannot_forge_a_line_of_the_plan(
     text = p.render()
     assert "\x1b" not in text
     assert not any(line.startswith("=") for line in text.splitlines())
+
+
+# ---------------------------------------------------------------- egress gateway
+
+EGRESS_POLICIES = "cilium.io/v2/ciliumegressgatewaypolicies"
+
+
+def _egress_policy(name: str, destinations: list[str], excluded: list[str] | None = None
+                   ) -> dict[str, Any]:
+    return {"apiVersion": "cilium.io/v2", "kind": "CiliumEgressGatewayPolicy",
+            "metadata": {"name": name},
+            "spec": {"selectors": [{"podSelector": {"matchLabels": {"app": "legacy"}}}],
+                     "destinationCIDRs": destinations, "excludedCIDRs": excluded or [],
+                     "egressGateway": {"nodeSelector": {"matchLabels": {"egress": "true"}},
+                                       "egressIP": "192.168.1.230"}}}
+
+
+def test_an_egress_gateway_policy_snatting_an_exempt_destination_is_a_conflict(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The spec keeps pods' addresses to 172.20.0.0/16 (eBPF masquerading leaves it alone
+    # through the ip-masq-agent), but the egress gateway SNATs the selected pods' traffic
+    # to everything to 192.168.1.230 on the gateway node.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({
+        **HELM_K3S_DATA, "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true",
+        "kube-proxy-replacement": "true", "enable-ipv4-egress-gateway": "true"}))
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent('{"nonMasqueradeCIDRs":["172.20.0.0/16"]}'))
+    k3s_cilium.put(EGRESS_POLICIES, _egress_policy("legacy", ["0.0.0.0/0"]))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")],
+                            exempt=["172.20.0.0/16"])
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    reason = str(note.reason)
+    assert ("CiliumEgressGatewayPolicy legacy: 0.0.0.0/0 through egress=true as "
+            "192.168.1.230") in reason
+    assert "the spec exempts 172.20.0.0/16" in reason
+    assert "excludedCIDRs" in reason
+    # Excluded from the policy, the destination keeps the pods' addresses: no conflict.
+    k3s_cilium.put(EGRESS_POLICIES, _egress_policy("legacy", ["0.0.0.0/0"],
+                                                   ["172.20.0.0/16"]))
+    assert not plan(backend.observe(), State(owned=[want])).conflicts
+    (foreign,) = backend.observe().foreign
+    assert object_from_dict(json.loads(json.dumps(foreign.to_dict()))) == foreign
+
+
+def test_egress_gateway_policies_are_read_only_where_the_egress_gateway_runs(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(EGRESS_POLICIES, _egress_policy("legacy", ["0.0.0.0/0"]))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.egress_gateways == ()
+    assert not [r for r in k3s_cilium.requests() if "ciliumegressgatewaypolicies" in r[1]]
+    # A CiliumNodeConfig turning it on for some nodes is enough.
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config("egress", {
+        "enable-ipv4-egress-gateway": "true"}))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [g.name for g in foreign.egress_gateways] == ["legacy"]
+
+
+@pytest.mark.parametrize("spec", [
+    {"destinationCIDRs": "0.0.0.0/0"},
+    {"destinationCIDRs": ["not a cidr"]},
+    {"destinationCIDRs": [7]},
+    {"destinationCIDRs": ["0.0.0.0/0"], "egressGateway": "node-a"},
+])
+def test_an_egress_gateway_policy_k3snet_cannot_read_is_an_error_naming_it(
+    spec: dict[str, Any], k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ipv4-egress-gateway": "true"}))
+    k3s_cilium.put(EGRESS_POLICIES, {"apiVersion": "cilium.io/v2",
+                                     "kind": "CiliumEgressGatewayPolicy",
+                                     "metadata": {"name": "odd"}, "spec": spec})
+    with pytest.raises(BackendError, match="CiliumEgressGatewayPolicies: odd"):
+        backend.observe()

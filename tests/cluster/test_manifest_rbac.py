@@ -258,7 +258,9 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
     server.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
                             "metadata": {"name": "cilium-config", "namespace": "kube-system"},
                             "data": {"enable-ipv4-masquerade": "true",
-                                     "cluster-pool-ipv4-cidr": "10.42.0.0/16"}})
+                                     "cluster-pool-ipv4-cidr": "10.42.0.0/16",
+                                     "kube-proxy-replacement": "true",
+                                     "enable-ipv4-egress-gateway": "true"}})
     base = HEADER + "backends: [cilium]\n"
     # eBPF masquerading with an ip-masq-agent list that k3snet creates, then deletes
     # (k3snet keeps its keys of cilium-config: giving all back would be a teardown).
@@ -268,7 +270,8 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
         server, tmp_path, monkeypatch,
         (base + DESTINATIONS + cni + "    nonMasqueradeCIDRs: [10.42.0.0/16, 172.20.0.0/16]\n",
          base + "destinations: []\n" + cni))
-    assert ("configmaps", "create") in {(r.resource, r.verb) for r in requests}
+    assert {("configmaps", "create"), ("ciliumnodeconfigs", "list"),
+            ("ciliumegressgatewaypolicies", "list")} <= {(r.resource, r.verb) for r in requests}
     assert _denied(requests, objs, namespace) == []
     assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
 

@@ -514,9 +514,12 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
                                     "namespace": "kube-system"}]
     # ConfigMaps through the API only: nothing of the host beyond /lib/modules (read-only)
     assert _host_paths(objs) == {"/lib/modules": ("Directory", "/lib/modules")}
-    assert not _kind(objs, "ClusterRole") or {
-        o["metadata"]["name"] for o in _kind(objs, "ClusterRole")} == {
-        "k3snet-agent-node-report"}
+    assert {o["metadata"]["name"] for o in _kind(objs, "ClusterRole")} <= {
+        "k3snet-agent-node-report", f"{AGENT_NAME}-cilium"}
+    cluster_role = _one(objs, "ClusterRole", f"{AGENT_NAME}-cilium")
+    assert cluster_role["rules"] == [{"apiGroups": ["cilium.io"],
+                                      "resources": ["ciliumegressgatewaypolicies"],
+                                      "verbs": ["list"]}]
 
 
 def _with_flannel_configmap_in_default() -> list[dict[str, Any]]:
