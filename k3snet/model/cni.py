@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from k3snet.errors import ModelError
-from k3snet.model._base import NetObject, net_tuple, optional_network
+from k3snet.model._base import NetObject, net_tuple, optional_network, printable
 from k3snet.model.cidr import (
     Address,
     Network,
@@ -511,7 +511,9 @@ class FlannelConfig(NetObject):
             shown = value if isinstance(value, str) else canonical_json(value)
             if key == "Backend":
                 shown = json.dumps(value, separators=(",", ":"))  # Type first, as written
-            parts.append(f"{key}={shown}")
+            # Keys and values someone else wrote: a line break, a terminal escape or a
+            # bidirectional override there must not forge or hide a line of the plan.
+            parts.append(f"{printable(key)}={printable(shown)}")
         if len(parts) == 1:
             parts.append("(no keys)")
         return " ".join(parts)

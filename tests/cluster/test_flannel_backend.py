@@ -669,3 +669,22 @@ def test_flannel_config_model() -> None:
     with pytest.raises(ModelError, match="reserved"):
         FlannelConfig("file:/x.json", extra={FLANNEL_WRITTEN_MARKER: {}})
     assert FlannelConfig.from_members("file:/x.json", {FLANNEL_WRITTEN_MARKER: {}}).keys == ()
+
+
+def test_a_net_conf_key_or_value_cannot_forge_a_line_of_the_plan(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend
+) -> None:
+    # Whoever may edit kube-flannel-cfg wrote a key and a value with line breaks and
+    # terminal escapes: the foreign config printed them as they were, a forged "=" line
+    # under the note and a cleared screen.
+    hostile = NET_CONF.replace(
+        '"x-vendor"', '"x\\n= flannel fake met\\u001b[2J": "v\\u202e\\n+ route",\n  "x-vendor"')
+    _kubectl_apply(api_server, hostile)
+    backend = configmap_backend
+    desired = State(owned=[FlannelConfig(backend.target, network="10.42.0.0/16")])
+    p = plan(backend.observe(), desired)
+    (note,) = p.met
+    text = p.render()
+    assert "\x1b" not in text
+    assert "\u202e" not in text
+    assert [line[0] for line in text.splitlines() if not line.startswith(" ")] == ["P", "="]
