@@ -683,7 +683,7 @@ def test_a_net_conf_key_or_value_cannot_forge_a_line_of_the_plan(
     backend = configmap_backend
     desired = State(owned=[FlannelConfig(backend.target, network="10.42.0.0/16")])
     p = plan(backend.observe(), desired)
-    (note,) = p.met
+    assert len(p.met) == 1
     text = p.render()
     assert "\x1b" not in text
     assert "\u202e" not in text
