@@ -106,12 +106,14 @@ from k3snet.kube import (
     KubeErrors,
     make_api_client,
 )
+from k3snet.model.cidr import Network
 from k3snet.model.cni import NAT_OUTGOING_EXCLUSIONS, CalicoFelixNat, CalicoPools, IPPool
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
 
 __all__ = [
     "APIS",
+    "CALICO_HOST_ANNOTATIONS",
     "DISRUPTIVE_FIELDS",
     "FELIX_NAT_FIELDS",
     "KNOWN_SPEC_FIELDS",
@@ -122,6 +124,7 @@ __all__ = [
     "disruptive_fields",
     "disruptive_reason",
     "pool_from_resource",
+    "read_calico_hosts",
     "read_felix_nat",
     "read_pool",
 ]
@@ -507,6 +510,42 @@ def read_felix_nat(items: Iterable[Mapping[str, Any]]
     return tuple(found), tuple(warnings)
 
 
+CALICO_HOST_ANNOTATIONS: tuple[str, ...] = ("projectcalico.org/IPv4Address",
+                                            "projectcalico.org/IPv6Address")
+"""The Node annotations calico-node writes its autodetected addresses to (with their
+prefix length), which Felix puts in its all-hosts sets."""
+
+
+def read_calico_hosts(items: Iterable[Any]) -> tuple[tuple[tuple[str, Network], ...],
+                                                     tuple[str, ...]]:
+    """``(node, address)`` of each Calico host address on the Nodes (as the API lists
+    them) and the warnings reading them gave: an annotation that is no address with a
+    prefix (``192.168.1.10/24``) is left out, as Felix leaves out what it cannot parse."""
+    hosts: list[tuple[str, Network]] = []
+    warnings: list[str] = []
+    for item in items:
+        metadata = item.get("metadata") if isinstance(item, Mapping) else None
+        if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
+            continue
+        annotations = metadata.get("annotations")
+        if not isinstance(annotations, Mapping):
+            continue
+        name = metadata["name"]
+        for key in CALICO_HOST_ANNOTATIONS:
+            value = annotations.get(key)
+            if not isinstance(value, str) or not value:
+                continue
+            try:
+                address = ipaddress.ip_interface(value.strip()).ip
+            except ValueError:
+                warnings.append(f"Node {name[:253]}: {key} {value[:80]!r} is not an address; "
+                                "left out of Calico's hosts")
+                continue
+            if (address.version == 4) == key.endswith("IPv4Address"):
+                hosts.append((name, ipaddress.ip_network(address)))
+    return tuple(hosts), tuple(warnings)
+
+
 # ---------------------------------------------------------------- the backend
 
 
@@ -653,7 +692,41 @@ class CalicoBackend(BackendBase):
                 return (CalicoFelixNat("default", unreadable=f"{exc}"),), ()
             raise
         items = result.get("items") if isinstance(result, dict) else None
-        return read_felix_nat(items or ())
+        found, warnings = read_felix_nat(items or ())
+        if not any(f.exclusions == "IPPoolsAndHostIPs" and f.unreadable is None for f in found):
+            return found, warnings
+        hosts, more = self._hosts()
+        return (tuple(attrs.evolve(f, hosts=hosts) if f.exclusions == "IPPoolsAndHostIPs"
+                      else f for f in found), (*warnings, *more))
+
+    def _hosts(self) -> tuple[tuple[tuple[str, Network], ...], tuple[str, ...]]:
+        """The Calico nodes' own addresses (Felix's all-hosts set, ``ipset_hosts_mgr.go``),
+        from the ``projectcalico.org/IPv4Address`` / ``IPv6Address`` annotations calico-node
+        writes on its Node (the Calico Node's ``spec.bgp`` addresses, with their prefix):
+        listed only for ``natOutgoingExclusions: IPPoolsAndHostIPs``. Nodes that cannot be
+        listed (403) are a warning: those addresses are then not judged."""
+        from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+        try:
+            with translate_errors("list Nodes (Calico hosts' addresses)",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                # Not made into V1Node objects: only the annotations are read.
+                nodes: Any = client.CoreV1Api(self._client).list_node(
+                    _request_timeout=self.timeout, _preload_content=False)
+                data = json.loads(nodes.data)
+        except KubeApiError as exc:
+            if exc.status == 404:  # no Node resource served (an emulated server): none
+                return (), ()
+            if exc.status == 403:
+                return (), (f"{exc}: the Calico nodes' own addresses, which "
+                            "natOutgoingExclusions: IPPoolsAndHostIPs leaves untranslated, "
+                            "are not judged",)
+            raise
+        except ValueError as exc:
+            raise BackendError(f"list Nodes (Calico hosts' addresses): the answer is not "
+                               f"JSON ({exc})") from exc
+        items = data.get("items") if isinstance(data, dict) else None
+        return read_calico_hosts(items if isinstance(items, list) else ())
 
     def observe(self) -> State:
         """Owned pools (k3snet's label), the readable foreign pools, and all of them at once

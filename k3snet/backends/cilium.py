@@ -30,6 +30,16 @@ the ``resourceVersion`` read: a concurrent change makes the API server answer
 kubelet updates the mounted ConfigMap, *if* the DaemonSet mounts it (Helm
 ``ipMasqAgent.enabled=true``; k3snet does not edit the DaemonSet).
 
+**Per-node overrides.** ``observe`` also lists the CiliumNodeConfigs of Cilium's
+namespace (``cilium.io/v2``, else ``v2alpha1``; none where neither is served): the
+keys they set over ``cilium-config`` on the nodes they select go with the foreign
+config (:class:`~k3snet.model.cilium.CiliumNodeOverride`), so a spec's destinations are
+judged on those nodes too. Where some node runs Cilium's egress gateway
+(``enable-ipv4-egress-gateway``), the CiliumEgressGatewayPolicies (cluster-wide,
+``cilium.io/v2``) go with it too (:class:`~k3snet.model.cilium.CiliumEgressGateway`): a
+destination the spec exempts that one SNATs on its gateway is a conflict. k3snet never
+writes either.
+
 **Disruptive changes** (:meth:`CiliumBackend.disruptive`): changing
 ``routing-mode``, ``tunnel-protocol``, a native-routing CIDR or
 ``enable-bpf-masquerade`` from what Cilium runs with is refused unless the
@@ -71,6 +81,7 @@ from k3snet.kube import (
     configmap_ref,
     make_api_client,
 )
+from k3snet.model import printable
 from k3snet.model.cilium import (
     CILIUM_CONTEXT_KEYS,
     CILIUM_DEFAULTS,
@@ -78,6 +89,8 @@ from k3snet.model.cilium import (
     CILIUM_KEYS,
     IP_MASQ_AGENT_KEYS,
     CiliumConfig,
+    CiliumEgressGateway,
+    CiliumNodeOverride,
     cilium_target,
     setting_problem,
     startup_problems,
@@ -90,6 +103,7 @@ __all__ = [
     "ALLOW_DISRUPTIVE_HINT",
     "DEFAULT_CONFIGMAP",
     "DEFAULT_IP_MASQ_AGENT",
+    "NODE_CONFIG_API",
     "OWNED_ANNOTATION",
     "WRITTEN_ANNOTATION",
     "CiliumBackend",
@@ -113,6 +127,13 @@ on the ip-masq-agent ConfigMap the value is the field's JSON text), on each Conf
 changed. A key whose value differs from it was set by someone else since (``helm
 upgrade``, K3s' helm-controller, ``kubectl apply``): it is theirs again, and their value
 is the one removing k3snet's settings gives back."""
+
+NODE_CONFIG_API: tuple[tuple[str, str], ...] = (("cilium.io", "v2"), ("cilium.io", "v2alpha1"))
+"""Where CiliumNodeConfigs are listed, in order: ``v2`` (Cilium 1.16 and later), else
+``v2alpha1`` (1.13 to 1.15, and served later too); plural ``ciliumnodeconfigs``."""
+
+_NODE_CONFIG_PLURAL = "ciliumnodeconfigs"
+_EGRESS_GATEWAY_PLURAL = "ciliumegressgatewaypolicies"
 
 ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 """The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
@@ -425,6 +446,44 @@ class _Api:
                 self.namespace, body, field_manager="k3snet", _request_timeout=self.timeout)
         return _version_of(result)
 
+    def node_configs(self) -> list[Any]:
+        """The CiliumNodeConfigs of the namespace as listed (none where no API serves them)."""
+        objects = self.client.CustomObjectsApi(self.core.api_client)
+        for group, version in NODE_CONFIG_API:
+            what = f"list CiliumNodeConfigs ({group}/{version}) in {self.namespace}"
+            try:
+                with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                    found = objects.list_namespaced_custom_object(
+                        group, version, self.namespace, _NODE_CONFIG_PLURAL,
+                        _request_timeout=self.timeout)
+            except KubeApiError as exc:
+                if exc.status == 404:  # this version is not served (or no Cilium CRD)
+                    continue
+                raise
+            items = found.get("items") if isinstance(found, dict) else None
+            if not isinstance(items, list):
+                raise BackendError(f"{what}: the answer has no list of items")
+            return items
+        return []
+
+    def egress_gateway_policies(self) -> list[Any]:
+        """The CiliumEgressGatewayPolicies as listed (``cilium.io/v2``; none where it is
+        not served)."""
+        objects = self.client.CustomObjectsApi(self.core.api_client)
+        what = "list CiliumEgressGatewayPolicies (cilium.io/v2)"
+        try:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                found = objects.list_cluster_custom_object(
+                    "cilium.io", "v2", _EGRESS_GATEWAY_PLURAL, _request_timeout=self.timeout)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        items = found.get("items") if isinstance(found, dict) else None
+        if not isinstance(items, list):
+            raise BackendError(f"{what}: the answer has no list of items")
+        return items
+
     def delete(self, name: str, version: str | None) -> None:
         options = self.client.V1DeleteOptions(
             preconditions=self.client.V1Preconditions(resource_version=version))
@@ -437,6 +496,95 @@ class _Api:
 def _version_of(result: Any) -> str | None:
     metadata = getattr(result, "metadata", None)
     return getattr(metadata, "resource_version", None)
+
+
+# ---------------------------------------------------------------- CiliumNodeConfigs
+
+
+_MAX_SELECTOR = 1024  # characters of a selector as described; longer ones are cut
+
+
+def _node_overrides(items: list[Any], where: str) -> list[CiliumNodeOverride]:
+    """The CiliumNodeConfigs that may change what Cilium does with pods' traffic on some
+    node, as the agent reads them (``pkg/option/resolver``): one with no ``defaults`` or
+    no ``nodeSelector`` (a list selects nothing without one) is left out, and so is one
+    setting no key k3snet models. A value that is not a string is an error: the API
+    server's schema for the CRD refuses it, so something else answered."""
+    found = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise BackendError(f"{where}: an item is not an object")
+        metadata = item.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        spec = item.get("spec")
+        if not isinstance(name, str) or not name or not isinstance(spec, dict):
+            raise BackendError(f"{where}: an item has no name or no spec")
+        defaults, selector = spec.get("defaults"), spec.get("nodeSelector")
+        if not defaults or selector is None:
+            continue
+        label = f"{where}: CiliumNodeConfig {printable(name[:253])}"
+        if not isinstance(defaults, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in defaults.items()):
+            raise BackendError(f"{label}: defaults is not a map of strings")
+        known = (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
+        settings = {k: v for k, v in defaults.items() if k in known}
+        if settings:
+            found.append(CiliumNodeOverride(name, _selector_text(selector, label), settings))
+    return found
+
+
+def _selector_text(selector: Any, where: str) -> str:
+    """A label selector as ``kubectl`` writes one (``""``: empty, every node)."""
+    if not isinstance(selector, dict):
+        raise BackendError(f"{where}: nodeSelector is not a label selector")
+    labels = selector.get("matchLabels") or {}
+    expressions = selector.get("matchExpressions") or []
+    if not isinstance(labels, dict) or not isinstance(expressions, list):
+        raise BackendError(f"{where}: nodeSelector is not a label selector")
+    parts = [f"{k}={v}" for k, v in sorted(labels.items(), key=lambda kv: str(kv[0]))]
+    for expression in expressions:
+        if not isinstance(expression, dict):
+            raise BackendError(f"{where}: a nodeSelector expression is not an object")
+        key, operator = expression.get("key"), expression.get("operator")
+        values = ",".join(map(str, expression.get("values") or ()))
+        parts.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
+                      "Exists": f"{key}", "DoesNotExist": f"!{key}"}.get(
+                          str(operator), f"{key} {operator} ({values})"))
+    return printable(",".join(parts))[:_MAX_SELECTOR]
+
+
+def _egress_gateways(items: list[Any], where: str) -> list[CiliumEgressGateway]:
+    """The CiliumEgressGatewayPolicies as values: a policy's ``destinationCIDRs`` and
+    ``excludedCIDRs`` (a CIDR Cilium's schema refuses is an error), its gateway's
+    ``nodeSelector`` and ``egressIP`` / ``interface`` as text."""
+    found = []
+    for item in items:
+        metadata = item.get("metadata") if isinstance(item, dict) else None
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        spec = item.get("spec") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name or not isinstance(spec, dict):
+            raise BackendError(f"{where}: an item has no name or no spec")
+        label = f"{where}: {printable(name[:253])}"
+        destinations = spec.get("destinationCIDRs") or []
+        excluded = spec.get("excludedCIDRs") or []
+        gateway = spec.get("egressGateway")
+        if gateway is None:  # egressGateways (a list) from Cilium 1.18
+            gateways = spec.get("egressGateways")
+            gateway = gateways[0] if isinstance(gateways, list) and gateways else {}
+        if (not isinstance(destinations, list) or not isinstance(excluded, list)
+                or not isinstance(gateway, dict)):
+            raise BackendError(f"{label}: destinationCIDRs, excludedCIDRs or egressGateway "
+                               "is not of the policy's shape")
+        where_to = gateway.get("egressIP") or gateway.get("interface") or ""
+        selector = gateway.get("nodeSelector")
+        text = _selector_text(selector, label) if isinstance(selector, dict) else ""
+        described = f"{text or 'any node'}" + (f" as {where_to}" if where_to else "")
+        try:
+            found.append(CiliumEgressGateway(name, destinations, excluded,
+                                             printable(str(described))[:_MAX_SELECTOR]))
+        except (ModelError, TypeError) as exc:
+            raise BackendError(f"{label}: {exc}") from exc
+    return found
 
 
 # ---------------------------------------------------------------- the backend
@@ -576,12 +724,21 @@ class CiliumBackend(BackendBase):
         return CiliumConfig(self.target, settings=settings, ip_masq_agent=fields)
 
     def observe(self) -> State:
-        """The keys k3snet set (owned) and the settings as they would be without them (foreign)."""
+        """The keys k3snet set (owned) and the settings as they would be without them
+        (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
         read = self._read()
         if read.config is None:
             return State()
         owned = self._owned(read)
-        return State(owned=[] if owned is None else [owned], foreign=[self._foreign(read)])
+        foreign = attrs.evolve(self._foreign(read), node_overrides=_node_overrides(
+            self._api.node_configs(), f"CiliumNodeConfigs in {self._api.namespace}"))
+        # The policies count only where some node runs the egress gateway (a key k3snet
+        # never writes): otherwise they are not listed.
+        if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
+               for family in (4, 6)):
+            foreign = attrs.evolve(foreign, egress_gateways=_egress_gateways(
+                self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
+        return State(owned=[] if owned is None else [owned], foreign=[foreign])
 
     # ------------------------------------------------------------ disruptive changes
 

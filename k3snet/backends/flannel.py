@@ -15,8 +15,10 @@ first sets a key it records the key's previous value (its exact text, or
 back. The record lives next to the content and is written in the same atomic
 step: in a ConfigMap, the annotation ``k3snet.io/flannel-owned``; in a file, the
 reserved top-level key ``"k3snet.io/owned"`` (flannel and K3s parse
-``net-conf.json`` with Go's ``encoding/json``, which ignores unknown keys). So
-``observe`` reports:
+``net-conf.json`` with Go's ``encoding/json``, which ignores unknown keys). Beside it
+(annotation ``k3snet.io/flannel-written``, file key ``"k3snet.io/written"``) is what
+k3snet last wrote for each of its keys: a key whose value differs from it was set by
+someone else since, and is theirs again. So ``observe`` reports:
 
 * ``owned``: a :class:`~k3snet.model.cni.FlannelConfig` of the keys k3snet set,
   with their current values;
@@ -106,6 +108,7 @@ from k3snet.kube import (
 )
 from k3snet.model.cni import (
     FLANNEL_OWNED_MARKER,
+    FLANNEL_WRITTEN_MARKER,
     FlannelConfig,
     canonical_json,
     configmap_target,
@@ -173,15 +176,26 @@ def _values(text: str, where: str) -> dict[str, Any]:
     doc = ObjectText(text, where)
     values = dict(doc.values)
     values.pop(FLANNEL_OWNED_MARKER, None)
+    values.pop(FLANNEL_WRITTEN_MARKER, None)
     return flannel_values(values, where, raw=doc.raw_texts())
 
 
-def _read_doc(text: str, record: Record | None, token: Any, where: str) -> _Doc:
-    return _Doc(text=text, record=record, token=token, values=_values(text, where))
+def _read_doc(text: str, record: Record | None, token: Any, where: str, *,
+              written: Any, written_name: str, owned_name: str) -> _Doc:
+    """The read, its record less the keys someone else set since k3snet wrote them.
+
+    ``written`` is the stored written record as found (``None``: absent).
+    """
+    doc = _Doc(text=text, record=record, token=token, values=_values(text, where))
+    parsed = _parse_written(written, where, written_name, owned_name)
+    if record is None or parsed is None:  # written by an older k3snet: all still its
+        return doc
+    return attrs.evolve(doc, record=_still_written(record, parsed, doc.values))
 
 
 class _FileStore:
-    """``net-conf.json`` as a file; the ownership record is its ``k3snet.io/owned`` member."""
+    """``net-conf.json`` as a file; the ownership record is its ``k3snet.io/owned`` member,
+    what k3snet wrote its ``k3snet.io/written`` member."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -199,16 +213,24 @@ class _FileStore:
         except UnicodeDecodeError as exc:
             raise BackendError(f"{self.where}: not UTF-8 text ({exc.reason})") from exc
         doc = ObjectText(text, self.where)
+        written = doc.values.get(FLANNEL_WRITTEN_MARKER)
+        if FLANNEL_WRITTEN_MARKER in doc.values:
+            text = doc.remove(FLANNEL_WRITTEN_MARKER)
+            doc = ObjectText(text, self.where)
         record = None
         if FLANNEL_OWNED_MARKER in doc.values:
             record = parse_record(doc.values[FLANNEL_OWNED_MARKER], self.where)
             text = doc.remove(FLANNEL_OWNED_MARKER)
-        return _read_doc(text, record, data, self.where)
+        return _read_doc(text, record, data, self.where, written=written,
+                         written_name=f"key {FLANNEL_WRITTEN_MARKER!r}",
+                         owned_name=repr(FLANNEL_OWNED_MARKER))
 
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """Replace the file atomically; returns the number of system round trips."""
         if record is not None:
+            written = _written_text(record, text, self.where)
             text = ObjectText(text, self.where).set(FLANNEL_OWNED_MARKER, record_text(record))
+            text = ObjectText(text, self.where).set(FLANNEL_WRITTEN_MARKER, written)
         with translate_errors(f"read {self.where} again before writing (nothing was "
                               "changed)", into=ApplyError):
             current = read_input(self.path, _MAX_FILE_BYTES)
@@ -289,11 +311,10 @@ class _ConfigMapStore:
         if OWNED_ANNOTATION in annotations:
             record = parse_record(annotations[OWNED_ANNOTATION], self.where)
         version = metadata.resource_version if metadata is not None else None
-        doc = _read_doc(text, record, version, self.where)
-        written = _parse_written(annotations.get(WRITTEN_ANNOTATION), self.where)
-        if record is None or written is None:  # written by an older k3snet: all still its
-            return doc
-        return attrs.evolve(doc, record=_still_written(record, written, doc.values))
+        return _read_doc(text, record, version, self.where,
+                         written=annotations.get(WRITTEN_ANNOTATION),
+                         written_name=f"annotation {WRITTEN_ANNOTATION}",
+                         owned_name=OWNED_ANNOTATION)
 
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """One merge patch, conditional on the resourceVersion read."""
@@ -307,9 +328,8 @@ class _ConfigMapStore:
         # rewrote were dropped on reading) and what k3snet's keys hold after it.
         metadata["annotations"] = {
             OWNED_ANNOTATION: None if record is None else record_text(record),
-            WRITTEN_ANNOTATION: None if record is None else json.dumps(
-                _written(record, _values(text, self.where)), sort_keys=True,
-                ensure_ascii=False),
+            WRITTEN_ANNOTATION: None if record is None else _written_text(
+                record, text, self.where),
         }
         with translate_errors(f"patch {self.where}",
                               classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
@@ -333,19 +353,28 @@ def _written(record: Record, values: dict[str, Any]) -> dict[str, Any]:
             for key, previous in record.items()}
 
 
-def _parse_written(raw: str | None, where: str) -> dict[str, Any] | None:
+def _written_text(record: Record, text: str, where: str) -> str:
+    """The written record as stored: what k3snet's keys hold in ``text``, as JSON."""
+    return json.dumps(_written(record, _values(text, where)), sort_keys=True,
+                      ensure_ascii=False)
+
+
+def _parse_written(raw: Any, where: str, name: str, owned_name: str) -> dict[str, Any] | None:
+    """A stored written record (a JSON text, or the file member's value) checked."""
     if raw is None:
         return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        data = None
+    data = raw
+    if isinstance(raw, str):
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
     if not isinstance(data, dict) or not all(
             v is None or isinstance(v, str) or (isinstance(v, dict) and all(
                 w is None or isinstance(w, str) for w in v.values()))
             for v in data.values()):
-        raise BackendError(f"{where}: k3snet's annotation {WRITTEN_ANNOTATION} is not valid; "
-                           f"remove it (k3snet then keeps every key {OWNED_ANNOTATION} names)")
+        raise BackendError(f"{where}: k3snet's {name} is not valid; "
+                           f"remove it (k3snet then keeps every key {owned_name} names)")
     return data
 
 

@@ -52,7 +52,7 @@ from typing import Any, ClassVar
 import attrs
 
 from k3snet.errors import ModelError
-from k3snet.model._base import NetObject, net_tuple
+from k3snet.model._base import NetObject, net_tuple, one_line
 from k3snet.model.cidr import (
     Network,
     contains,
@@ -73,7 +73,9 @@ __all__ = [
     "IP_MASQ_AGENT_DEFAULTS",
     "IP_MASQ_AGENT_KEYS",
     "CiliumConfig",
+    "CiliumEgressGateway",
     "CiliumMasquerade",
+    "CiliumNodeOverride",
     "cilium_target",
     "parse_go_bool",
     "pool_problems",
@@ -95,6 +97,7 @@ CILIUM_KEYS: tuple[str, ...] = (
 CILIUM_CONTEXT_KEYS: tuple[str, ...] = (
     "enable-ipv4", "enable-ipv6", "ipam", "cluster-pool-ipv4-cidr", "cluster-pool-ipv6-cidr",
     "devices", "force-device-detection", "enforce-device-detection",
+    "enable-ipv4-egress-gateway", "enable-egress-gateway",
 )
 """``cilium-config`` keys read to judge masquerading, never written."""
 
@@ -340,6 +343,115 @@ def _ip_masq_agent(value: Mapping[str, Any] | Iterable[tuple[str, Any]] | None
     return mapping
 
 
+@attrs.frozen
+class CiliumNodeOverride:
+    """A CiliumNodeConfig (Cilium 1.13 and later): ``cilium-config`` keys set over the
+    ConfigMap on the nodes its ``nodeSelector`` picks.
+
+    ``name`` is the object's; ``selector`` its label selector as ``kubectl`` writes one
+    (``""``: every node, an empty selector); ``settings`` the keys of it k3snet models
+    (:data:`CILIUM_KEYS`, :data:`CILIUM_CONTEXT_KEYS`). The agent lays the
+    CiliumNodeConfigs that select its node over ``cilium-config`` in the order of their
+    names, a later name winning (``pkg/option/resolver``); k3snet only reads them.
+
+    >>> CiliumNodeOverride("edge", "zone=edge", {"enable-ipv4-masquerade": "false"}).describe()
+    'CiliumNodeConfig edge (nodes zone=edge): enable-ipv4-masquerade=false'
+    """
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    selector: str = attrs.field(validator=attrs.validators.instance_of(str))
+    settings: JsonMapping = attrs.field(factory=JsonMapping, converter=_settings)
+
+    @property
+    def every_node(self) -> bool:
+        """The selector is empty: it selects every node."""
+        return not self.selector
+
+    def describe(self) -> str:
+        """``CiliumNodeConfig NAME (nodes SELECTOR): key=value ...``."""
+        nodes = "every node" if self.every_node else f"nodes {one_line(self.selector)}"
+        keys = " ".join(f"{k}={one_line(str(self.settings[k]))}"
+                        for k in _ordered(self.settings))
+        return f"CiliumNodeConfig {one_line(self.name)} ({nodes}): {keys or '(no keys)'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"name": self.name, "selector": self.selector,
+                "settings": self.settings.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CiliumNodeOverride:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["name"], data.get("selector") or "", data.get("settings") or {})
+
+
+def _networks(value: Iterable[str | Network]) -> tuple[Network, ...]:
+    if isinstance(value, str):
+        raise ModelError(f"expected a list of CIDRs, got the string {value!r}")
+    return tuple(parse_network(v, strict=False) for v in value)
+
+
+@attrs.frozen
+class CiliumEgressGateway:
+    """A CiliumEgressGatewayPolicy (``cilium.io/v2``): with Cilium's egress gateway on
+    (``enable-ipv4-egress-gateway``), the traffic of the pods it selects to
+    ``destinations`` (less ``excluded``) leaves through a gateway node (``gateway``:
+    its node selector, and the egress IP or interface), SNATed there to the egress IP.
+    k3snet only reads it.
+
+    >>> CiliumEgressGateway("legacy", ["192.168.2.0/24"], gateway="role=egress").describe()
+    'CiliumEgressGatewayPolicy legacy: 192.168.2.0/24 through role=egress'
+    """
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    destinations: tuple[Network, ...] = attrs.field(converter=_networks)
+    excluded: tuple[Network, ...] = attrs.field(default=(), converter=_networks)
+    gateway: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+
+    def parts_of(self, destination: Network) -> tuple[Network, ...]:
+        """Where ``destination`` meets the policy's destinations, less its excluded CIDRs."""
+        found: list[Network] = []
+        for net in self.destinations:
+            if net.version != destination.version or not overlaps(net, destination):
+                continue
+            inner = net if contains(destination, net) else destination
+            found += subtract(inner, [e for e in self.excluded if e.version == net.version])
+        return tuple(found)
+
+    def describe(self) -> str:
+        """``CiliumEgressGatewayPolicy NAME: CIDRs [except CIDRs] through GATEWAY``."""
+        text = (f"CiliumEgressGatewayPolicy {one_line(self.name)}: "
+                + ", ".join(map(str, self.destinations)))
+        if self.excluded:
+            text += " except " + ", ".join(map(str, self.excluded))
+        return f"{text} through {one_line(self.gateway) or 'its gateway'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"name": self.name, "destinations": [str(n) for n in self.destinations],
+                "excluded": [str(n) for n in self.excluded], "gateway": self.gateway}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CiliumEgressGateway:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["name"], data.get("destinations") or (), data.get("excluded") or (),
+                   data.get("gateway") or "")
+
+
+def _gateways(value: Iterable[CiliumEgressGateway]) -> tuple[CiliumEgressGateway, ...]:
+    found = tuple(value)
+    if not all(isinstance(g, CiliumEgressGateway) for g in found):
+        raise ModelError("egress_gateways must be CiliumEgressGateway values")
+    return tuple(sorted(found, key=lambda g: g.name))
+
+
+def _overrides(value: Iterable[CiliumNodeOverride]) -> tuple[CiliumNodeOverride, ...]:
+    found = tuple(value)
+    if not all(isinstance(o, CiliumNodeOverride) for o in found):
+        raise ModelError("node_overrides must be CiliumNodeOverride values")
+    return tuple(sorted(found, key=lambda o: o.name))  # the order the agent lays them in
+
+
 @attrs.frozen(eq=False)
 class CiliumConfig(NetObject):
     """Cilium's masquerade settings for one ``cilium-config`` ConfigMap (``target``).
@@ -348,7 +460,10 @@ class CiliumConfig(NetObject):
     ``ip_masq_agent`` the keys of the ``ip-masq-agent`` config file in the same
     namespace, as JSON values (``None``: a missing or empty file, when Cilium
     uses its default list). An owned object holds only what k3snet set; the
-    observed foreign object is everything as it would be without k3snet.
+    observed foreign object is everything as it would be without k3snet, with
+    ``node_overrides``: the CiliumNodeConfigs of its namespace that set keys of it on
+    some nodes (in name order), which the agent on those nodes reads over
+    ``settings``.
     """
 
     kind: ClassVar[str] = "cilium"
@@ -360,6 +475,10 @@ class CiliumConfig(NetObject):
                                         kw_only=True)
     ip_masq_agent: JsonMapping | None = attrs.field(default=None, converter=_ip_masq_agent,
                                                     kw_only=True)
+    node_overrides: tuple[CiliumNodeOverride, ...] = attrs.field(
+        default=(), converter=_overrides, kw_only=True)
+    egress_gateways: tuple[CiliumEgressGateway, ...] = attrs.field(
+        default=(), converter=_gateways, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -367,7 +486,14 @@ class CiliumConfig(NetObject):
 
     def __attrs_post_init__(self) -> None:
         agent = (-1,) if self.ip_masq_agent is None else (1, self.ip_masq_agent.canonical_items())
-        self._seal(("cilium", self.target), (self.settings.canonical_items(), agent))
+        overrides = tuple((o.name, o.selector, o.settings.canonical_items())
+                          for o in self.node_overrides)
+        gateways = tuple((g.name, tuple(map(net_tuple, g.destinations)),
+                          tuple(map(net_tuple, g.excluded)), g.gateway)
+                         for g in self.egress_gateways)
+        self._seal(("cilium", self.target), (self.settings.canonical_items(), agent,
+                                             *((overrides,) if overrides else ()),
+                                             *((gateways,) if gateways else ())))
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -409,7 +535,39 @@ class CiliumConfig(NetObject):
         if other.ip_masq_agent is not None:
             agent = JsonMapping({**(agent.to_dict() if agent is not None else {}),
                                  **other.ip_masq_agent.to_dict()})
-        return CiliumConfig(self.target, settings=settings, ip_masq_agent=agent)
+        return CiliumConfig(self.target, settings=settings, ip_masq_agent=agent,
+                            node_overrides=self.node_overrides,
+                            egress_gateways=self.egress_gateways)
+
+    def on_nodes(self) -> tuple[tuple[tuple[CiliumNodeOverride, ...], CiliumConfig], ...]:
+        """What the agents read, by the node overrides behind it: first the config of
+        nodes no selective CiliumNodeConfig picks (``settings`` with those of every node
+        laid over, in name order), then one for each selective one (those of every node
+        and it, in name order). Several selective ones picking one node are not laid
+        together: which nodes they share is not known here."""
+        every = tuple(o for o in self.node_overrides if o.every_node)
+        views = [(every, self.on_nodes_of(every))]
+        for override in self.node_overrides:
+            if not override.every_node:
+                laid = tuple(sorted([*every, override], key=lambda o: o.name))
+                views.append((laid, self.on_nodes_of(laid)))
+        return tuple(views)
+
+    def on_nodes_of(self, overrides: Iterable[CiliumNodeOverride]) -> CiliumConfig:
+        """The config an agent reads with ``overrides`` laid over ``settings`` in their
+        order (none: the ConfigMap's alone); without node overrides of its own."""
+        settings = self.settings.to_dict()
+        for override in overrides:
+            settings.update(override.settings.to_dict())
+        return CiliumConfig(self.target, settings=settings, ip_masq_agent=self.ip_masq_agent,
+                            egress_gateways=self.egress_gateways)
+
+    def egress_gateway_on(self, family: int) -> bool:
+        """Cilium's egress gateway runs for ``family`` (IPv4: ``enable-ipv4-egress-gateway``,
+        or ``enable-egress-gateway`` as later releases spell it; IPv6 only with the
+        latter)."""
+        return self.flag("enable-egress-gateway") or (
+            family == 4 and self.flag("enable-ipv4-egress-gateway"))
 
     def non_masquerade_cidrs(self, family: int) -> tuple[tuple[Network, str], ...]:
         """The ip-masq-agent's non-masquerade CIDRs of ``family``, each with where it comes from."""
@@ -462,7 +620,10 @@ class CiliumConfig(NetObject):
     def describe(self) -> str:
         """``cilium TARGET key=value ... ip-masq-agent.key=value ...``."""
         parts = [f"cilium {self.target}"]
-        parts += [f"{key}={self.settings[key]}" for key in _ordered(self.settings)]
+        # Values someone else wrote: one printable line each (a line break or a terminal
+        # escape in cilium-config must not forge a line of the plan).
+        parts += [f"{key}={one_line(str(self.settings[key]))}"
+                  for key in _ordered(self.settings)]
         if self.ip_masq_agent is not None:
             agent = self.ip_masq_agent
             parts += [f"ip-masq-agent.{key}={canonical_json(agent[key])}"
@@ -471,22 +632,33 @@ class CiliumConfig(NetObject):
                 parts.append("ip-masq-agent=(empty)")
         if len(parts) == 1:
             parts.append("(no keys)")
+        parts += [f"[{o.describe()}]" for o in self.node_overrides]
+        parts += [f"[{g.describe()}]" for g in self.egress_gateways]
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {
+        data: dict[str, Any] = {
             "type": self.type_name,
             "target": self.target,
             "settings": self.settings.to_dict(),
             "ip_masq_agent": None if self.ip_masq_agent is None else self.ip_masq_agent.to_dict(),
         }
+        if self.node_overrides:  # left out when empty: the documents of earlier versions
+            data["node_overrides"] = [o.to_dict() for o in self.node_overrides]
+        if self.egress_gateways:
+            data["egress_gateways"] = [g.to_dict() for g in self.egress_gateways]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CiliumConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(data["target"], settings=data.get("settings") or {},
-                   ip_masq_agent=data.get("ip_masq_agent"))
+                   ip_masq_agent=data.get("ip_masq_agent"),
+                   node_overrides=[CiliumNodeOverride.from_dict(o)
+                                   for o in data.get("node_overrides") or ()],
+                   egress_gateways=[CiliumEgressGateway.from_dict(g)
+                                    for g in data.get("egress_gateways") or ()])
 
 
 def _ordered(settings: JsonMapping) -> list[str]:
@@ -578,11 +750,12 @@ def _device_reason(config: CiliumConfig, destination: Network, device: str, *,
                 and not config.flag("enforce-device-detection")
                 and not _interface_matches(device, devices)):
             return (f"Cilium's eBPF masquerading runs only on the devices it attaches to "
-                    f"(devices: {devices.strip()}), and {destination} is reached via {device}")
+                    f"(devices: {one_line(devices)}), and {destination} is reached via "
+                    f"{device}")
         return None
     interfaces = config.value("egress-masquerade-interfaces")
     if interfaces and not _interface_matches(device, interfaces):
-        return (f"Cilium masquerades only traffic leaving {interfaces} "
+        return (f"Cilium masquerades only traffic leaving {one_line(interfaces)} "
                 f"(egress-masquerade-interfaces), and {destination} is reached via {device}")
     return None
 
@@ -690,8 +863,30 @@ class CiliumMasquerade(NetObject):
         return ("cilium", self.target)
 
     def problems(self, config: CiliumConfig) -> list[str]:
-        """Each destination Cilium (``config`` with :attr:`wanted` over it) treats otherwise."""
+        """Each destination Cilium (``config`` with :attr:`wanted` over it) treats otherwise.
+
+        Judged for every node: with the CiliumNodeConfigs of ``config`` laid over
+        (:meth:`CiliumConfig.on_nodes`), a problem only the nodes one of them picks have
+        names it and the keys it sets (k3snet writes ``cilium-config``, which it overrides).
+        """
         effective = config.overlay(self.wanted)
+        if not effective.node_overrides:
+            return self._problems_of(effective)
+        # Cilium reads a key a CiliumNodeConfig sets from it, not from the ConfigMap: a
+        # problem the ConfigMap alone does not have is that object's, and says so.
+        own = self._problems_of(effective.on_nodes_of(()))
+        found: list[str] = []
+        for overrides, view in effective.on_nodes():
+            named = "; ".join(o.describe() for o in overrides if o.settings)
+            for problem in self._problems_of(view):
+                text = problem if problem in own else (
+                    f"on the nodes of {named} (laid over cilium-config, which k3snet "
+                    f"writes; k3snet does not edit CiliumNodeConfigs): {problem}")
+                if text not in found:
+                    found.append(text)
+        return found
+
+    def _problems_of(self, effective: CiliumConfig) -> list[str]:
         # An agent that does not start masquerades nothing and exempts nothing: judging
         # the keys it refuses as their defaults would promise what Cilium does not do.
         found = [f"{problem}: the Cilium agent does not run with this config, so no "
@@ -711,6 +906,8 @@ class CiliumMasquerade(NetObject):
         for destination, via in exempt:
             if why_not_masqueraded(effective, destination, via) is None:
                 found.append(_exempt_problem(effective, destination))
+            elif effective.egress_gateway_on(destination.version):
+                found += _gateway_problems(effective, destination)
         return found
 
     def _masqueraded_parts(self, destination: Network) -> tuple[Network, ...]:
@@ -803,6 +1000,24 @@ def pool_problems(config: CiliumConfig, pod_cidrs: Iterable[Network]) -> list[st
                     f"{', '.join(map(str, mine))}: rules for the pod CIDR miss those pods; make "
                     "them equal (cluster.podCIDRs, or Helm "
                     f"ipam.operator.clusterPoolIPv{family}PodCIDRList)")
+    return found
+
+
+def _gateway_problems(config: CiliumConfig, destination: Network) -> list[str]:
+    """The egress gateway policies that SNAT pods' traffic to a destination the spec
+    exempts (Cilium's egress gateway translates it on the gateway node, whatever its
+    masquerading does)."""
+    found = []
+    for gateway in config.egress_gateways:
+        parts = gateway.parts_of(destination)
+        if parts:
+            found.append(
+                f"Cilium's egress gateway sends the traffic of the pods {gateway.describe()} "
+                f"selects to {', '.join(map(str, parts))} through a gateway node and SNATs "
+                f"it to the egress IP there, and the spec exempts {destination}: those pods "
+                "do not keep their addresses; fix: add it to the policy's excludedCIDRs, or "
+                "drop masquerade: false from the spec if the egress IP is what the "
+                "destination expects (k3snet does not edit egress gateway policies)")
     return found
 
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from k3snet.errors import ModelError
-from k3snet.model._base import NetObject, net_tuple, optional_network
+from k3snet.model._base import NetObject, net_tuple, optional_network, printable
 from k3snet.model.cidr import (
     Address,
     Network,
@@ -54,6 +54,7 @@ __all__ = [
     "FLANNEL_BACKEND_TYPES",
     "FLANNEL_KEYS",
     "FLANNEL_OWNED_MARKER",
+    "FLANNEL_WRITTEN_MARKER",
     "NAT_OUTGOING_EXCLUSIONS",
     "SELECT_ALL",
     "AssignmentMode",
@@ -108,6 +109,12 @@ def flannel_backend_type(value: str) -> str:
 
 FLANNEL_OWNED_MARKER = "k3snet.io/owned"
 """The reserved top-level key where the file backend records which keys k3snet owns."""
+
+FLANNEL_WRITTEN_MARKER = "k3snet.io/written"
+"""The reserved top-level key where the file backend records what k3snet last wrote for
+each key it owns, so a key someone edited since is told from k3snet's."""
+
+_FLANNEL_MARKERS = (FLANNEL_OWNED_MARKER, FLANNEL_WRITTEN_MARKER)
 
 EncapsulationMode = Literal["Never", "Always", "CrossSubnet"]
 ENCAPSULATION_MODES: tuple[str, ...] = ("Never", "Always", "CrossSubnet")
@@ -366,9 +373,10 @@ class FlannelConfig(NetObject):
         if "Type" in self.backend_options:
             raise ModelError(f"flannel {self.target}: give Backend.Type as backend_type, "
                              "not among the options")
-        if FLANNEL_OWNED_MARKER in self.extra:
-            raise ModelError(f"flannel {self.target}: {FLANNEL_OWNED_MARKER!r} is reserved "
-                             "for k3snet's ownership record")
+        for marker in _FLANNEL_MARKERS:
+            if marker in self.extra:
+                raise ModelError(f"flannel {self.target}: {marker!r} is reserved "
+                                 "for k3snet's ownership record")
         clash = sorted(k for k in self.extra if k in self._field_members())
         if clash:
             raise ModelError(f"flannel {self.target}: {', '.join(clash)} given both as a "
@@ -453,7 +461,7 @@ class FlannelConfig(NetObject):
         fields: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in members.items():
-            if key == FLANNEL_OWNED_MARKER:
+            if key in _FLANNEL_MARKERS:
                 continue
             try:
                 fields.update(_field_from_member(key, value))
@@ -464,7 +472,7 @@ class FlannelConfig(NetObject):
         except ModelError:
             # The fields are valid one by one; only their combination can fail here.
             return cls(target, extra={k: v for k, v in members.items()
-                                      if k != FLANNEL_OWNED_MARKER})
+                                      if k not in _FLANNEL_MARKERS})
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -503,7 +511,9 @@ class FlannelConfig(NetObject):
             shown = value if isinstance(value, str) else canonical_json(value)
             if key == "Backend":
                 shown = json.dumps(value, separators=(",", ":"))  # Type first, as written
-            parts.append(f"{key}={shown}")
+            # Keys and values someone else wrote: a line break, a terminal escape or a
+            # bidirectional override there must not forge or hide a line of the plan.
+            parts.append(f"{printable(key)}={printable(shown)}")
         if len(parts) == 1:
             parts.append("(no keys)")
         return " ".join(parts)
@@ -1379,14 +1389,9 @@ class CalicoNatDestination(NetObject):
                     f"{where} (Felix then masquerades), or set natOutgoing false on the IPv6 "
                     f"pools and masquerade IPv6 on the nodes with a node-level rule (the "
                     "nftables or iptables backend)")
-        hosts = self._external_hosts(felix)
-        if hosts:
-            return (f"Felix does not NAT traffic to Calico hosts' addresses "
-                    f"(natOutgoingExclusions: IPPoolsAndHostIPs in {where}), and its "
-                    f"externalNodesList ({where}) counts {', '.join(str(n) for n in hosts)} "
-                    f"among them: pods' traffic to {self._what} there keeps the pods' own "
-                    f"addresses; fix: set natOutgoingExclusions: IPPoolsOnly or drop the "
-                    f"CIDR from externalNodesList in {where}, {way_out}")
+        hosts = self._hosts_reason(felix, where, way_out)
+        if hosts is not None:
+            return hosts
         felix_address = felix.nat_outgoing_address if self.cidr.version == 4 else None
         if self.snat_address is not None and felix_address != self.snat_address:
             if felix_address is not None:
@@ -1403,6 +1408,42 @@ class CalicoNatDestination(NetObject):
                     f"(masquerade.snatAddresses), and Felix {does}; fix: {fix}drop the "
                     f"address from the spec, {way_out}")
         return None
+
+    def _hosts_reason(self, felix: CalicoFelixNat, where: str, way_out: str) -> str | None:
+        """Why Felix's all-hosts set (``natOutgoingExclusions: IPPoolsAndHostIPs``) keeps
+        part of this destination untranslated, or None."""
+        hosts = self._external_hosts(felix)
+        if hosts:
+            return (f"Felix does not NAT traffic to Calico hosts' addresses "
+                    f"(natOutgoingExclusions: IPPoolsAndHostIPs in {where}), and its "
+                    f"externalNodesList ({where}) counts {', '.join(str(n) for n in hosts)} "
+                    f"among them: pods' traffic to {self._what} there keeps the pods' own "
+                    f"addresses; fix: set natOutgoingExclusions: IPPoolsOnly or drop the "
+                    f"CIDR from externalNodesList in {where}, {way_out}")
+        nodes = self._node_hosts(felix)
+        if nodes:
+            shown = ", ".join(f"{name} {address.network_address}"
+                              for name, address in nodes[:_SHOWN_HOSTS])
+            more = f" and {len(nodes) - _SHOWN_HOSTS} more" if len(nodes) > _SHOWN_HOSTS else ""
+            return (f"Felix does not NAT traffic to Calico hosts' addresses "
+                    f"(natOutgoingExclusions: IPPoolsAndHostIPs in {where}), and the Calico "
+                    f"nodes' own addresses in its all-hosts set ({shown}{more}) are inside "
+                    f"{self._what}: pods' traffic to them keeps the pods' own addresses; "
+                    f"fix: set natOutgoingExclusions: IPPoolsOnly in {where}, exclude the "
+                    f"node addresses from the destination if their traffic may keep the "
+                    f"pods' addresses, {way_out}")
+        return None
+
+    def _node_hosts(self, felix: CalicoFelixNat) -> tuple[tuple[str, Network], ...]:
+        """The Calico nodes' addresses (:attr:`CalicoFelixNat.hosts`) Felix leaves
+        untranslated inside this destination (less ``exclude``): only with
+        ``IPPoolsAndHostIPs``."""
+        if felix.exclusions != "IPPoolsAndHostIPs" or not felix.hosts:
+            return ()
+        family = self.cidr.version
+        parts = subtract(self.cidr, [n for n in self.exclude if n.version == family])
+        return tuple((name, address) for name, address in felix.hosts
+                     if address.version == family and any(contains(p, address) for p in parts))
 
     def _external_hosts(self, felix: CalicoFelixNat) -> tuple[Network, ...]:
         """The ``externalNodesList`` CIDRs Felix leaves untranslated that meet this
@@ -1495,6 +1536,21 @@ def _exclusions(value: str) -> str:
     return value
 
 
+_SHOWN_HOSTS = 5  # node addresses a conflict names; the rest are counted
+
+
+def _hosts(value: Iterable[tuple[str, str | Network]]) -> tuple[tuple[str, Network], ...]:
+    found = []
+    for name, address in value:
+        if not isinstance(name, str):
+            raise ModelError(f"a Calico host's node name must be a string, got {name!r}")
+        network = parse_network(address)
+        if network.prefixlen != network.max_prefixlen:
+            raise ModelError(f"a Calico host's address is one address, got {network}")
+        found.append((name, network))
+    return tuple(sorted(found, key=lambda h: (h[1].version, int(h[1].network_address), h[0])))
+
+
 def _external_nodes(value: Iterable[str | Network]) -> tuple[Network, ...]:
     networks = tuple(parse_network(v) for v in value)
     if any(n.version != 4 for n in networks):
@@ -1529,9 +1585,9 @@ class CalicoFelixNat(NetObject):
 
     ``unreadable`` says why the settings could not be read (then the other fields
     mean nothing). :class:`CalicoNatDestination` is judged against it; ``exclusions``
-    decides only together with ``external_nodes`` (k3snet does not know the Calico
-    nodes' own addresses, the rest of Felix's all-hosts set), and ``port_range`` changes
-    no judgement (the ports do not decide whether traffic is translated).
+    decides only together with ``external_nodes`` and ``hosts`` (Felix's all-hosts set),
+    and ``port_range`` changes no judgement (the ports do not decide whether traffic is
+    translated).
     """
 
     kind: ClassVar[str] = "ippool"
@@ -1548,6 +1604,11 @@ class CalicoFelixNat(NetObject):
                                                      kw_only=True)
     external_nodes: tuple[Network, ...] = attrs.field(default=(), converter=_external_nodes,
                                                       kw_only=True)
+    hosts: tuple[tuple[str, Network], ...] = attrs.field(default=(), converter=_hosts,
+                                                         kw_only=True)
+    """The Calico nodes' own addresses in Felix's all-hosts set, ``(node, address)``:
+    read only where ``exclusions`` is ``IPPoolsAndHostIPs``, which leaves them
+    untranslated."""
     unreadable: str | None = attrs.field(default=None, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -1565,7 +1626,9 @@ class CalicoFelixNat(NetObject):
         self._seal(("calico-felix-nat", self.scope),
                    (self.interface_filter or "", str(self.nat_outgoing_address or ""),
                     self.exclusions, self.port_range or (), self.unreadable or "",
-                    tuple(net_tuple(n) for n in self.external_nodes)))
+                    tuple(net_tuple(n) for n in self.external_nodes),
+                    *((tuple((name, *net_tuple(n)) for name, n in self.hosts),)
+                      if self.hosts else ())))
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -1587,6 +1650,8 @@ class CalicoFelixNat(NetObject):
             parts.append(f"not to hosts ({self.exclusions})")
         if self.external_nodes:
             parts.append(f"external nodes {','.join(str(n) for n in self.external_nodes)}")
+        if self.hosts:
+            parts.append(f"{len(self.hosts)} host address(es)")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -1598,6 +1663,7 @@ class CalicoFelixNat(NetObject):
                 "exclusions": self.exclusions,
                 "port_range": None if self.port_range is None else list(self.port_range),
                 "external_nodes": [str(n) for n in self.external_nodes],
+                **({"hosts": [[name, str(n)] for name, n in self.hosts]} if self.hosts else {}),
                 "unreadable": self.unreadable}
 
     @classmethod
@@ -1608,6 +1674,7 @@ class CalicoFelixNat(NetObject):
                    exclusions=data.get("exclusions", "IPPoolsOnly"),
                    port_range=data.get("port_range"),
                    external_nodes=data.get("external_nodes", ()),
+                   hosts=[(name, address) for name, address in data.get("hosts") or ()],
                    unreadable=data.get("unreadable"))
 
 

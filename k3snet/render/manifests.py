@@ -494,7 +494,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         # the Calico API server runs, else crd.projectcalico.org (found by discovery).
         # The verbs it sends: it lists the pools, applies (server-side: patch, and
         # create for a new one), creates and deletes; it never gets one, watches or updates.
-        # It lists the FelixConfigurations too (Felix's NAT settings), never writes them.
+        # It lists the FelixConfigurations too (Felix's NAT settings), never writes them,
+        # and the Nodes where one leaves the Calico hosts' addresses untranslated.
         objs.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -506,6 +507,12 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             }, {
                 "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
                 "resources": ["felixconfigurations"],
+                "verbs": ["list"],
+            }, {
+                # The Calico nodes' addresses (their annotations), which Felix leaves
+                # untranslated with natOutgoingExclusions: IPPoolsAndHostIPs.
+                "apiGroups": [""],
+                "resources": ["nodes"],
                 "verbs": ["list"],
             }],
         })
@@ -522,14 +529,32 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         # ip-masq-agent one created and deleted with k3snet's last key); creating
         # cannot be limited to a name. Read and patched, never updated; deleted: the
         # ip-masq-agent one only (delete on cilium-config let any node's agent take
-        # Cilium's whole configuration away).
+        # Cilium's whole configuration away). The CiliumNodeConfigs there are listed
+        # (never written): the keys they set over cilium-config on some nodes are judged too.
         cilium_ns, (config_name, agent_name) = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["configmaps"],
              "resourceNames": sorted({config_name, agent_name}), "verbs": ["get", "patch"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [agent_name],
-             "verbs": ["delete"]}])
+             "verbs": ["delete"]},
+            {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]}])
+        # CiliumEgressGatewayPolicies are cluster-scoped: listed (where some node runs
+        # the egress gateway), never written.
+        objs += [{
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(AGENT_NAME + "-cilium", "agent"),
+            "rules": [{"apiGroups": ["cilium.io"], "resources": ["ciliumegressgatewaypolicies"],
+                       "verbs": ["list"]}],
+        }, {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(AGENT_NAME + "-cilium", "agent"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": AGENT_NAME + "-cilium"},
+            "subjects": _subject(namespace),
+        }]
     if needs.flannel_configmap is not None:
         flannel_ns, flannel_name = needs.flannel_configmap
         # One named ConfigMap, read and patched (never updated): resourceNames limits

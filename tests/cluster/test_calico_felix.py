@@ -8,12 +8,13 @@ without the code that makes it true.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import yaml
 
-from k3snet.backends.calico import CalicoBackend, read_felix_nat, read_pool
+from k3snet.backends.calico import CalicoBackend, read_calico_hosts, read_felix_nat, read_pool
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, disruptive_problems
 from k3snet.converge import converge
 from k3snet.errors import ConflictError, ModelError, PlanError
@@ -938,3 +939,77 @@ def test_read_felix_nat_parses_external_nodes_as_felix_s_cidr_list() -> None:
     assert found[0].describe() == "calico felix default external nodes 192.168.50.7/32,10.0.0.0/8"
     for felix in found:
         assert object_from_dict(felix.to_dict()) == felix
+
+
+# -------------------------------------------- natOutgoingExclusions and the nodes' addresses
+
+NODES = "v1/nodes"
+
+
+def _node(name: str, **annotations: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {
+                f"projectcalico.org/{k}": v for k, v in annotations.items()}}}
+
+
+def test_a_calico_node_address_inside_the_destination_is_a_conflict_naming_the_node(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix's all-hosts set holds each calico-node's autodetected address (the Node's
+    # projectcalico.org/IPv4Address, prefix dropped): with IPPoolsAndHostIPs, pods'
+    # traffic to gw-1's 192.168.50.4 keeps the pods' addresses.
+    api_server.put(NODES, _node("worker-1", IPv4Address="192.168.1.10/24"))
+    api_server.put(NODES, _node("gw-1", IPv4Address="192.168.50.4/24",
+                                IPv6Address="fd00:50::4/64"))
+    api_server.put(FELIX, _felix("default", natOutgoingExclusions="IPPoolsAndHostIPs"))
+    (reason,) = _felix_conflicts(api_server)
+    assert "natOutgoingExclusions: IPPoolsAndHostIPs in FelixConfiguration default" in reason
+    assert "the Calico nodes' own addresses in its all-hosts set (gw-1 192.168.50.4) " \
+           "are inside 192.168.50.0/24" in reason
+    assert "worker-1" not in reason
+    with pytest.raises(ConflictError, match=r"gw-1 192\.168\.50\.4"):
+        converge(_backend(api_server), compile_ippools(Spec.from_yaml(SPEC_VIA_ETH1)))
+
+
+def test_calico_node_addresses_are_no_conflict_with_ip_pools_only_excluded_or_outside(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(NODES, _node("gw-1", IPv4Address="192.168.50.4/24"))
+    assert _felix_conflicts(api_server) == []  # IPPoolsOnly: Felix NATs to the hosts
+    api_server.put(FELIX, _felix("default", natOutgoingExclusions="IPPoolsAndHostIPs"))
+    spec = SPEC_VIA_ETH1.replace("    device: eth1\n",
+                                 "    device: eth1\n    exclude: [192.168.50.0/28]\n")
+    assert _felix_conflicts(api_server, spec) == []  # only the excluded part holds it
+    api_server.put(NODES, _node("gw-1", IPv4Address="192.168.51.4/24"))
+    assert _felix_conflicts(api_server) == []
+
+
+def test_nodes_are_listed_only_for_ip_pools_and_host_ips(api_server: EmulatedApiServer) -> None:
+    api_server.put(NODES, _node("gw-1", IPv4Address="192.168.50.4/24"))
+    _felix_conflicts(api_server)
+    assert not [r for r in api_server.requests() if "/nodes" in r[1]]
+
+
+def test_nodes_that_cannot_be_listed_are_a_warning_not_a_failure(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(FELIX, _felix("default", natOutgoingExclusions="IPPoolsAndHostIPs"))
+    api_server.fail(403, method="GET", plural="nodes")
+    _seed(api_server, K3S_CROSS_SUBNET)
+    backend = _backend(api_server)
+    assert _plan(backend, Spec.from_yaml(SPEC_VIA_ETH1)).conflicts == ()
+    assert any("the Calico nodes' own addresses" in w and "are not judged" in w
+               for w in backend.warnings)
+
+
+def test_read_calico_hosts_reads_the_annotations_as_addresses() -> None:
+    hosts, warnings = read_calico_hosts([
+        _node("a", IPv4Address="192.168.1.10/24", IPv6Address="fd00::a/64"),
+        _node("b", IPv4Address="bogus\n", IPv6Address="192.168.1.11/24"),
+        {"metadata": {"name": "c"}}, "junk", {"metadata": {"name": 7}},
+    ])
+    assert hosts == (("a", parse_network("192.168.1.10/32")), ("a", parse_network("fd00::a/128")))
+    (warning,) = warnings
+    assert "Node b: projectcalico.org/IPv4Address 'bogus\\n' is not an address" in warning
+    felix = CalicoFelixNat("default", exclusions="IPPoolsAndHostIPs", hosts=hosts)
+    assert object_from_dict(json.loads(json.dumps(felix.to_dict()))) == felix

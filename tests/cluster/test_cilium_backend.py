@@ -931,3 +931,201 @@ def test_an_ip_masq_agent_configmap_named_as_cilium_config_is_refused(
     # the ip-masq-agent one is deleted with k3snet's last key).
     with pytest.raises(ModelError, match="is the name of Cilium's configuration"):
         create_backend("cilium", api_client=api_client, **options)
+
+
+# ---------------------------------------------------------------- CiliumNodeConfigs
+
+NODE_CONFIGS_V2 = "cilium.io/v2/ciliumnodeconfigs"
+NODE_CONFIGS_V2ALPHA1 = "cilium.io/v2alpha1/ciliumnodeconfigs"
+
+
+def _node_config(name: str, defaults: dict[str, Any] | None, selector: Any = None,
+                 version: str = "v2") -> dict[str, Any]:
+    spec: dict[str, Any] = {"nodeSelector": {"matchLabels": {"zone": "edge"}}
+                            if selector is None else selector}
+    if defaults is not None:
+        spec["defaults"] = defaults
+    return {"apiVersion": f"cilium.io/{version}", "kind": "CiliumNodeConfig",
+            "metadata": {"name": name, "namespace": "kube-system"}, "spec": spec}
+
+
+def test_a_node_config_turning_masquerading_off_on_some_nodes_is_a_conflict_naming_it(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-config masquerades; the CiliumNodeConfig turns it off on the edge nodes, whose
+    # agents read it over cilium-config: pods there reach 192.168.2.0/24 unmasqueraded.
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge-no-masq", {"enable-ipv4-masquerade": "false", "bpf-lb-acceleration": "native"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [o.describe() for o in foreign.node_overrides] == [
+        "CiliumNodeConfig edge-no-masq (nodes zone=edge): enable-ipv4-masquerade=false"]
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    reason = str(note.reason)
+    assert reason.startswith("on the nodes of CiliumNodeConfig edge-no-masq (nodes zone=edge)")
+    assert "masquerading is off in Cilium (enable-ipv4-masquerade: 'false')" in reason
+    assert object_from_dict(json.loads(json.dumps(foreign.to_dict()))) == foreign
+
+
+def test_a_node_config_s_native_routing_cidr_is_judged_on_its_nodes(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(NODE_CONFIGS_V2ALPHA1, _node_config(
+        "native", {"routing-mode": "native", "ipv4-native-routing-cidr": "192.168.0.0/16"},
+        selector={"matchExpressions": [{"key": "rack", "operator": "In",
+                                        "values": ["a", "b"]}]}, version="v2alpha1"))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    assert "on the nodes of CiliumNodeConfig native (nodes rack in (a,b))" in str(note.reason)
+    assert "inside Cilium's ipv4-native-routing-cidr 192.168.0.0/16" in str(note.reason)
+
+
+def test_a_node_config_for_every_node_decides_over_cilium_config(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-config has masquerading off, but an empty selector turns it on on every
+    # node: no node runs cilium-config's value, so there is nothing to report.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ipv4-masquerade": "false"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    assert plan(backend.observe(), State(owned=[want])).conflicts
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config("all", {"enable-ipv4-masquerade": "true"},
+                                                 selector={}))
+    assert not plan(backend.observe(), State(owned=[want])).notes
+
+
+@pytest.mark.parametrize("item", [
+    _node_config("no-defaults", None),
+    _node_config("empty-defaults", {}),
+    _node_config("other-keys", {"bpf-lb-acceleration": "native"}),
+    {**_node_config("no-selector", {"enable-ipv4-masquerade": "false"}),
+     "spec": {"defaults": {"enable-ipv4-masquerade": "false"}}},
+])
+def test_node_configs_that_change_nothing_k3snet_judges_are_left_out(
+    item: dict[str, Any], k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # (Cilium's resolver skips one without defaults, and when listing, one without a
+    # nodeSelector selects no node.)
+    k3s_cilium.put(NODE_CONFIGS_V2, item)
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_overrides == ()
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    assert not plan(backend.observe(), State(owned=[want])).notes
+
+
+def test_a_node_config_s_text_is_shown_on_one_printable_line(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "x", {"egress-masquerade-interfaces": "eth0\n+ route 0.0.0.0/0 \x1b[2J"},
+        selector={"matchLabels": {"a\nb": "c\x1b"}}))
+    (foreign,) = backend.observe().foreign
+    text = foreign.describe()
+    assert "\n" not in text
+    assert "\x1b" not in text
+
+
+def test_node_configs_that_cannot_be_listed_are_an_error_naming_them(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.fail(403, method="GET", plural="ciliumnodeconfigs")
+    with pytest.raises(BackendError, match=r"list CiliumNodeConfigs \(cilium.io/v2\) in "
+                                           r"kube-system: forbidden \(403\)"):
+        backend.observe()
+
+
+@pytest.mark.parametrize("key", ["egress-masquerade-interfaces", "devices"])
+def test_a_cilium_config_value_cannot_forge_a_line_of_the_plan(
+    key: str, k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # A line break or a terminal escape in cilium-config reached the plan as it was: the
+    # foreign config and the reason printed "eth9\n= cilium ...\x1b[31m" as two lines.
+    hostile = "eth9\n= cilium masquerades 192.168.2.0/24\x1b[31m"
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, key: hostile,
+                                               "enable-bpf-masquerade": str(key == "devices"),
+                                               "kube-proxy-replacement": "true"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    p = plan(backend.observe(), State(owned=[want]))
+    (note,) = p.conflicts
+    assert "reached via eth0" in str(note.reason)
+    text = p.render()
+    assert "\x1b" not in text
+    assert not any(line.startswith("=") for line in text.splitlines())
+
+
+# ---------------------------------------------------------------- egress gateway
+
+EGRESS_POLICIES = "cilium.io/v2/ciliumegressgatewaypolicies"
+
+
+def _egress_policy(name: str, destinations: list[str], excluded: list[str] | None = None
+                   ) -> dict[str, Any]:
+    return {"apiVersion": "cilium.io/v2", "kind": "CiliumEgressGatewayPolicy",
+            "metadata": {"name": name},
+            "spec": {"selectors": [{"podSelector": {"matchLabels": {"app": "legacy"}}}],
+                     "destinationCIDRs": destinations, "excludedCIDRs": excluded or [],
+                     "egressGateway": {"nodeSelector": {"matchLabels": {"egress": "true"}},
+                                       "egressIP": "192.168.1.230"}}}
+
+
+def test_an_egress_gateway_policy_snatting_an_exempt_destination_is_a_conflict(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The spec keeps pods' addresses to 172.20.0.0/16 (eBPF masquerading leaves it alone
+    # through the ip-masq-agent), but the egress gateway SNATs the selected pods' traffic
+    # to everything to 192.168.1.230 on the gateway node.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({
+        **HELM_K3S_DATA, "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true",
+        "kube-proxy-replacement": "true", "enable-ipv4-egress-gateway": "true"}))
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent('{"nonMasqueradeCIDRs":["172.20.0.0/16"]}'))
+    k3s_cilium.put(EGRESS_POLICIES, _egress_policy("legacy", ["0.0.0.0/0"]))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")],
+                            exempt=["172.20.0.0/16"])
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    reason = str(note.reason)
+    assert ("CiliumEgressGatewayPolicy legacy: 0.0.0.0/0 through egress=true as "
+            "192.168.1.230") in reason
+    assert "the spec exempts 172.20.0.0/16" in reason
+    assert "excludedCIDRs" in reason
+    # Excluded from the policy, the destination keeps the pods' addresses: no conflict.
+    k3s_cilium.put(EGRESS_POLICIES, _egress_policy("legacy", ["0.0.0.0/0"],
+                                                   ["172.20.0.0/16"]))
+    assert not plan(backend.observe(), State(owned=[want])).conflicts
+    (foreign,) = backend.observe().foreign
+    assert object_from_dict(json.loads(json.dumps(foreign.to_dict()))) == foreign
+
+
+def test_egress_gateway_policies_are_read_only_where_the_egress_gateway_runs(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(EGRESS_POLICIES, _egress_policy("legacy", ["0.0.0.0/0"]))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.egress_gateways == ()
+    assert not [r for r in k3s_cilium.requests() if "ciliumegressgatewaypolicies" in r[1]]
+    # A CiliumNodeConfig turning it on for some nodes is enough.
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config("egress", {
+        "enable-ipv4-egress-gateway": "true"}))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [g.name for g in foreign.egress_gateways] == ["legacy"]
+
+
+@pytest.mark.parametrize("spec", [
+    {"destinationCIDRs": "0.0.0.0/0"},
+    {"destinationCIDRs": ["not a cidr"]},
+    {"destinationCIDRs": [7]},
+    {"destinationCIDRs": ["0.0.0.0/0"], "egressGateway": "node-a"},
+])
+def test_an_egress_gateway_policy_k3snet_cannot_read_is_an_error_naming_it(
+    spec: dict[str, Any], k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ipv4-egress-gateway": "true"}))
+    k3s_cilium.put(EGRESS_POLICIES, {"apiVersion": "cilium.io/v2",
+                                     "kind": "CiliumEgressGatewayPolicy",
+                                     "metadata": {"name": "odd"}, "spec": spec})
+    with pytest.raises(BackendError, match="CiliumEgressGatewayPolicies: odd"):
+        backend.observe()

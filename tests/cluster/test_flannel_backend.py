@@ -13,7 +13,12 @@ import pytest
 
 from k3snet.backends.flannel import OWNED_ANNOTATION, FlannelBackend, effective_config
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, SpecError
-from k3snet.model.cni import FLANNEL_OWNED_MARKER, FlannelConfig, configmap_target
+from k3snet.model.cni import (
+    FLANNEL_OWNED_MARKER,
+    FLANNEL_WRITTEN_MARKER,
+    FlannelConfig,
+    configmap_target,
+)
 from k3snet.model.state import State, object_from_dict
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import Cluster, Spec, check_pod_cidr, compile_flannel, pod_cidr_problems
@@ -122,9 +127,11 @@ def test_changing_one_key_rewrites_only_its_value(conf_file: Path) -> None:
     text = conf_file.read_text()
     expected = NET_CONF.replace('"10.42.0.0/16"', '"10.244.0.0/16"')
     marker = json.dumps({"Network": '"10.42.0.0/16"'}, sort_keys=True)
+    written = json.dumps({"Network": '"10.244.0.0/16"'}, sort_keys=True)
     expected = expected.replace(
         '[1, 2,3], "nested": {"a": null}}',
-        f'[1, 2,3], "nested": {{"a": null}}}},\n  "{FLANNEL_OWNED_MARKER}": {marker}')
+        f'[1, 2,3], "nested": {{"a": null}}}},\n  "{FLANNEL_OWNED_MARKER}": {marker},'
+        f'\n  "{FLANNEL_WRITTEN_MARKER}": {written}')
     assert text == expected
     assert plan(backend.observe(), desired).empty
     # Removing k3snet's config puts the original bytes back.
@@ -331,6 +338,74 @@ def test_plans_for_other_targets_or_foreign_configs_are_refused(conf_file: Path)
     assert conf_file.read_text() == NET_CONF
 
 
+def _edit_by_hand(path: Path, old: str, new: str) -> None:
+    """An admin's edit of the file: one value changed, k3snet's members left as they are."""
+    text = path.read_text()
+    assert text.count(old) == 1
+    path.write_text(text.replace(old, new))
+
+
+def test_a_key_an_admin_edited_in_the_file_is_theirs_and_removal_keeps_their_value(
+    conf_file: Path,
+) -> None:
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    desired = State(owned=[FlannelConfig(backend.target, network="10.244.0.0/16",
+                                         backend_type="vxlan",
+                                         backend_options={"Port": 4789})])
+    _converge(backend, desired)
+    # The admin edits Network and Backend.Port by hand afterwards.
+    _edit_by_hand(conf_file, '"Network": "10.244.0.0/16"', '"Network": "10.43.0.0/16"')
+    _edit_by_hand(conf_file, '"Port": 4789', '"Port": 8475')
+    admins = NET_CONF.replace("10.42.0.0/16", "10.43.0.0/16").replace("8472", "8475")
+    observed = backend.observe()
+    assert [o.describe() for o in observed.foreign] == [
+        FlannelConfig.from_members(backend.target, json.loads(admins)).describe()]
+    (owned,) = observed.owned
+    assert isinstance(owned, FlannelConfig)
+    assert owned.members() == {"Backend": {"Type": "vxlan"}}  # Type is still as k3snet wrote it
+    # Removing k3snet's config keeps the admin's values (only Backend.Type is given back,
+    # and it was vxlan before k3snet too): the file is the admin's text byte for byte.
+    _converge(backend, State())
+    assert conf_file.read_text() == admins
+
+
+def test_a_file_key_an_admin_edited_is_set_again_and_their_value_given_back(
+    conf_file: Path,
+) -> None:
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    desired = State(owned=[FlannelConfig(backend.target, network="10.244.0.0/16")])
+    _converge(backend, desired)
+    _edit_by_hand(conf_file, '"Network": "10.244.0.0/16"', '"Network": "10.43.0.0/16"')
+    p = _converge(backend, desired)  # k3snet's value again; the admin's recorded as theirs
+    assert [c.action for c in p] == ["replace"]
+    assert json.loads(conf_file.read_text())["Network"] == "10.244.0.0/16"
+    assert plan(backend.observe(), desired).empty
+    _converge(backend, State())
+    assert conf_file.read_text() == NET_CONF.replace("10.42.0.0/16", "10.43.0.0/16")
+
+
+def test_a_file_record_of_an_older_k3snet_keeps_every_key_it_names(conf_file: Path) -> None:
+    # Without the written member, who set a value is unknown: nothing is dropped.
+    record = json.dumps({"Network": '"10.42.0.0/16"'})
+    conf_file.write_text(NET_CONF.replace("10.42.0.0/16", "10.43.0.0/16").rstrip()[:-1]
+                         + f',\n  "{FLANNEL_OWNED_MARKER}": {record}\n}}\n')
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    (owned,) = backend.observe().owned
+    assert isinstance(owned, FlannelConfig)
+    assert owned.members() == {"Network": "10.43.0.0/16"}
+    _converge(backend, State())
+    assert conf_file.read_text() == NET_CONF
+
+
+@pytest.mark.parametrize("written", ['"x"', "[]", '{"Network": 1}', '{"Backend": {"Port": 2}}'])
+def test_a_corrupt_written_record_in_the_file_is_reported(conf_file: Path, written: str) -> None:
+    conf_file.write_text('{"Network": "10.42.0.0/16", "k3snet.io/owned": {"Network": null}, '
+                         f'"k3snet.io/written": {written}}}')
+    with pytest.raises(BackendError, match=r"k3snet's key 'k3snet\.io/written' is not valid; "
+                                           r"remove it"):
+        FlannelBackend(path=conf_file, allow_disruptive=True).observe()
+
+
 def test_a_corrupt_ownership_record_is_reported(conf_file: Path) -> None:
     conf_file.write_text('{"Network": "10.42.0.0/16", "k3snet.io/owned": {"Network": "{"}}')
     with pytest.raises(BackendError, match="ownership record entry 'Network' holds invalid JSON"):
@@ -425,6 +500,7 @@ def test_a_record_of_an_older_k3snet_keeps_every_key_it_names(
         NET_CONF.replace("10.42.0.0/16", "10.43.0.0/16"),
         annotations={OWNED_ANNOTATION: '{"Network": "\\"10.42.0.0/16\\""}'}))
     (owned,) = configmap_backend.observe().owned
+    assert isinstance(owned, FlannelConfig)
     assert owned.members() == {"Network": "10.43.0.0/16"}
 
 
@@ -590,3 +666,25 @@ def test_flannel_config_model() -> None:
         FlannelConfig("file:/x.json", network="fd00::/64")
     with pytest.raises(ModelError, match="reserved"):
         FlannelConfig("file:/x.json", extra={FLANNEL_OWNED_MARKER: {}})
+    with pytest.raises(ModelError, match="reserved"):
+        FlannelConfig("file:/x.json", extra={FLANNEL_WRITTEN_MARKER: {}})
+    assert FlannelConfig.from_members("file:/x.json", {FLANNEL_WRITTEN_MARKER: {}}).keys == ()
+
+
+def test_a_net_conf_key_or_value_cannot_forge_a_line_of_the_plan(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend
+) -> None:
+    # Whoever may edit kube-flannel-cfg wrote a key and a value with line breaks and
+    # terminal escapes: the foreign config printed them as they were, a forged "=" line
+    # under the note and a cleared screen.
+    hostile = NET_CONF.replace(
+        '"x-vendor"', '"x\\n= flannel fake met\\u001b[2J": "v\\u202e\\n+ route",\n  "x-vendor"')
+    _kubectl_apply(api_server, hostile)
+    backend = configmap_backend
+    desired = State(owned=[FlannelConfig(backend.target, network="10.42.0.0/16")])
+    p = plan(backend.observe(), desired)
+    assert len(p.met) == 1
+    text = p.render()
+    assert "\x1b" not in text
+    assert "\u202e" not in text
+    assert [line[0] for line in text.splitlines() if not line.startswith(" ")] == ["P", "="]

@@ -225,6 +225,10 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
             server.put(resource, {"apiVersion": group_version, "kind": "IPPool",
                                   "metadata": {"name": "default-ipv4-ippool"},
                                   "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        if resource.endswith("/felixconfigurations"):  # the Nodes are listed for it
+            server.put(resource, {"apiVersion": group_version, "kind": "FelixConfiguration",
+                                  "metadata": {"name": "default"},
+                                  "spec": {"natOutgoingExclusions": "IPPoolsAndHostIPs"}})
     # The agent in a namespace of its own: its Lease and Role there, Events in default.
     base = (HEADER + "backends: [calico]\ncni:\n  calico: {}\nagent:\n  namespace: k3snet-system\n"
             + DESTINATIONS)
@@ -247,7 +251,7 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
     assert namespace == "k3snet-system"
     verbs = {(r.resource, r.verb, r.namespace) for r in requests}
     assert {("ippools", "create", None), ("ippools", "delete", None), ("ippools", "patch", None),
-            ("felixconfigurations", "list", None),
+            ("felixconfigurations", "list", None), ("nodes", "list", None),
             ("leases", "create", namespace), ("nodes", "patch", None),
             ("events", "create", "default")} <= verbs
     assert _denied(requests, objs, namespace) == []
@@ -260,7 +264,9 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
     server.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
                             "metadata": {"name": "cilium-config", "namespace": "kube-system"},
                             "data": {"enable-ipv4-masquerade": "true",
-                                     "cluster-pool-ipv4-cidr": "10.42.0.0/16"}})
+                                     "cluster-pool-ipv4-cidr": "10.42.0.0/16",
+                                     "kube-proxy-replacement": "true",
+                                     "enable-ipv4-egress-gateway": "true"}})
     base = HEADER + "backends: [cilium]\n"
     # eBPF masquerading with an ip-masq-agent list that k3snet creates, changes, then
     # deletes (k3snet keeps its keys of cilium-config: giving all back would be a teardown).
@@ -275,6 +281,8 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
     sent = {(r.resource, r.verb, r.name) for r in requests}
     assert {("configmaps", "create", None), ("configmaps", "patch", "ip-masq-agent"),
             ("configmaps", "delete", "ip-masq-agent")} <= sent
+    assert {("ciliumnodeconfigs", "list"),
+            ("ciliumegressgatewaypolicies", "list")} <= {(r.resource, r.verb) for r in requests}
     assert _denied(requests, objs, namespace) == []
     assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
 

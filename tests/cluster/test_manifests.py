@@ -508,6 +508,11 @@ def test_calico_gets_ippools_cluster_wide() -> None:
         "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
         "resources": ["felixconfigurations"],
         "verbs": ["list"],
+    }, {
+        # The Calico hosts' addresses (natOutgoingExclusions: IPPoolsAndHostIPs).
+        "apiGroups": [""],
+        "resources": ["nodes"],
+        "verbs": ["list"],
     }]
     binding = _one(objs, "ClusterRoleBinding", AGENT_NAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
@@ -533,16 +538,20 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
          "verbs": ["get", "patch"]},
         # Only the ip-masq-agent one is ever deleted: never Cilium's own configuration.
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names[1:],
-         "verbs": ["delete"]}]
+         "verbs": ["delete"]},
+        {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]}]
     binding = _one(objs, "RoleBinding", f"{AGENT_NAME}-cilium")
     assert binding["metadata"]["namespace"] == namespace
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
                                     "namespace": "kube-system"}]
     # ConfigMaps through the API only: nothing of the host beyond /lib/modules (read-only)
     assert _host_paths(objs) == {"/lib/modules": ("Directory", "/lib/modules")}
-    assert not _kind(objs, "ClusterRole") or {
-        o["metadata"]["name"] for o in _kind(objs, "ClusterRole")} == {
-        "k3snet-agent-node-report"}
+    assert {o["metadata"]["name"] for o in _kind(objs, "ClusterRole")} <= {
+        "k3snet-agent-node-report", f"{AGENT_NAME}-cilium"}
+    cluster_role = _one(objs, "ClusterRole", f"{AGENT_NAME}-cilium")
+    assert cluster_role["rules"] == [{"apiGroups": ["cilium.io"],
+                                      "resources": ["ciliumegressgatewaypolicies"],
+                                      "verbs": ["list"]}]
 
 
 def _with_flannel_configmap_in_default() -> list[dict[str, Any]]:
