@@ -328,7 +328,13 @@ def test_plans_that_are_not_ours_are_refused(kernel: FakeKernel,
         assert {r.table for r in narrow.observe().foreign if isinstance(r, Route)} <= {100}
 
 
-def test_check_finds_what_the_kernel_would_refuse(make: Callable[..., Made]) -> None:
+def test_check_finds_what_the_kernel_would_refuse(kernel: FakeKernel,
+                                                  make: Callable[..., Made]) -> None:
+    # The prefix routes the kernel adds with the addresses: where it finds gateways.
+    for index, interfaces in ADDRESSES.items():
+        for interface in interfaces:
+            connected = Route(interface.network, device=LINKS[index].name, protocol=2)
+            kernel.routes[kernel.slot(connected)] = connected
     backend, _drivers = make()
     bad = Plan(changes=[
         Change.add(Route("10.8.1.0/24", device="nosuch0")),

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -141,6 +142,7 @@ egress depends on."""
 _BATCH_MESSAGES = 1024
 _MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never ours
 _RA_PROTOCOL = 9  # RTPROT_RA: routes the kernel learned from router advertisements
+_DEFAULT_TABLE = 253  # RT_TABLE_DEFAULT: the IPv4 default rule's, after main
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
 _CAPABILITY = "CAP_NET_ADMIN"
 
@@ -388,9 +390,10 @@ class NetlinkBackend(BackendBase):
         object as named). Routes: the table is managed and the protocol ours; a
         replace shares its slot with no foreign route; an add's slot (table,
         destination, metric) is free of foreign routes too; the device exists and
-        is up; the gateway is on-link (inside a prefix of the device's addresses,
-        or of a link-scope route on it, or link-local with a device) and, for IPv6,
-        not a local address. Sysctls: the parameter exists.
+        is up; the gateway is on-link where the kernel looks it up (a device route of
+        the route's own table, else of ``main`` or IPv4's ``default``, the plan's
+        earlier changes counted: see :func:`_gateway_reachable`; or link-local with a
+        device) and, for IPv6, not a local address. Sysctls: the parameter exists.
         """
         self._routes.begin()
         try:
@@ -500,18 +503,29 @@ class NetlinkBackend(BackendBase):
         problems: list[str] = []
         by_index = self._routes.links()
         links = {link.name: link for link in by_index.values()}
-        addresses = self._driver.addresses()
         owned = dict(view.owned)
         taken = {_slot(r): r for r in view.foreign}
-        local = {iface.ip for ifaces in addresses.values() for iface in ifaces}
-        on_link: dict[str, list[Network]] = {}
-        for index, ifaces in addresses.items():
-            if index in by_index:
-                on_link.setdefault(by_index[index].name, []).extend(i.network for i in ifaces)
-        for route in (*view.owned.values(), *view.foreign):
-            if (isinstance(route, Route) and route.gateway is None and route.device is not None
-                    and route.scope != "host"):
-                on_link.setdefault(route.device, []).append(route.destination)
+        gateways = [r for c in changes if isinstance(r := c.after, Route)
+                    and r.gateway is not None and not r.gateway.is_link_local]
+        local: dict[Address, set[str]] = {}
+        lookup = _GatewayTables(frozenset())
+        if gateways:
+            for index, ifaces in self._driver.addresses().items():
+                name = by_index[index].name if index in by_index else None
+                for iface in ifaces:
+                    local.setdefault(iface.ip, set()).update(() if name is None else (name,))
+            # The kernel looks a gateway up in its route's table, then through the
+            # rules (main and default, with the default rules): those tables only.
+            lookup = _GatewayTables(frozenset({r.table for r in gateways}
+                                              | {MAIN_TABLE, _DEFAULT_TABLE}))
+            for route in (*view.owned.values(), *view.foreign):
+                lookup.add(route)
+            unseen = frozenset(t for t in (MAIN_TABLE, _DEFAULT_TABLE)
+                               if not self._routes.in_scope(t))
+            if unseen:
+                names = {index: link.name for index, link in by_index.items()}
+                for route in self._driver.routes(unseen, names):
+                    lookup.add(route)
         for change in changes:
             after = change.after
             if change.action == "add" and isinstance(after, Route):
@@ -520,9 +534,12 @@ class NetlinkBackend(BackendBase):
                     problems.append(f"{change}: the slot (table, destination, metric) is "
                                     f"taken by {clash}")
             if isinstance(after, Route):
-                problems += _route_problems(change, after, links, local, on_link)
-                if after.gateway is None and after.device is not None:
-                    on_link.setdefault(after.device, []).append(after.destination)
+                problems += _route_problems(change, after, links, local, lookup)
+            # The plan's earlier changes count: a device route it adds first, or deletes.
+            if isinstance(change.before, Route):
+                lookup.remove(change.before)
+            if isinstance(after, Route):
+                lookup.add(after)
             _simulate(owned, change)
         return problems
 
@@ -994,8 +1011,71 @@ def _simulate(owned: dict[tuple[Any, ...], Any], change: Change) -> None:
         del owned[change.before.key]
 
 
+class _GatewayTables:
+    """The routes of some tables by table, family, prefix length and destination: where
+    the kernel looks a route's gateway up (longest prefix first)."""
+
+    def __init__(self, tables: frozenset[int]) -> None:
+        self.tables = tables
+        self._routes: dict[tuple[int, int], dict[int, dict[Network, list[Route | RouteBlock]]]]
+        self._routes = {}
+
+    def add(self, route: Route | RouteBlock) -> None:
+        if route.table in self.tables:
+            dst = route.destination
+            (self._routes.setdefault((route.table, dst.version), {})
+             .setdefault(dst.prefixlen, {}).setdefault(dst, []).append(route))
+
+    def remove(self, route: Route | RouteBlock) -> None:
+        dst = route.destination
+        found = self._routes.get((route.table, dst.version), {}).get(dst.prefixlen, {})
+        with contextlib.suppress(KeyError, ValueError):
+            found[dst].remove(route)
+
+    def covering(self, table: int, address: Address) -> Iterable[list[Route | RouteBlock]]:
+        """The routes of ``table`` whose destination holds ``address``, a list per
+        destination, the longest prefix first."""
+        lengths = self._routes.get((table, address.version), {})
+        for length in sorted(lengths, reverse=True):
+            routes = lengths[length].get(ipaddress.ip_network((address, length), strict=False))
+            if routes:
+                yield routes
+
+
+def _gateway_reachable(route: Route, lookup: _GatewayTables,
+                       local: Mapping[Address, set[str]]) -> bool:
+    """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
+    ``ip6_route_check_nh``, with the default policy rules).
+
+    It looks the gateway up in the route's own table, then, when that finds nothing
+    fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, never another
+    table. With a device, only routes through it are looked at. IPv4 skips routes of
+    scope ``universe`` (those via a gateway) and takes a device route of scope
+    ``link`` or ``host``, or a local address; IPv6 takes the best match (longest
+    prefix, then lowest metric) when it is a device route, without a gateway.
+    """
+    gateway, device = route.gateway, route.device
+    assert gateway is not None
+    if gateway.version == 4:
+        if gateway in local and (device is None or device in local[gateway]):
+            return True
+        return any(isinstance(r, Route) and r.gateway is None and r.device is not None
+                   and r.scope != "universe" and device in (None, r.device)
+                   for table in dict.fromkeys((route.table, MAIN_TABLE, _DEFAULT_TABLE))
+                   for routes in lookup.covering(table, gateway) for r in routes)
+    for table in dict.fromkeys((route.table, MAIN_TABLE)):
+        for routes in lookup.covering(table, gateway):
+            here = [r for r in routes if device is None or getattr(r, "device", None) == device]
+            if here:
+                best = min(here, key=lambda r: r.metric or 0)
+                if isinstance(best, Route) and best.gateway is None:
+                    return True
+                break  # the kernel's answer for this table: a gateway, or a reject route
+    return False
+
+
 def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
-                    local: set[Address], on_link: Mapping[str, Sequence[Network]]) -> list[str]:
+                    local: Mapping[Address, set[str]], lookup: _GatewayTables) -> list[str]:
     """What the kernel would refuse in the route ``change`` wants."""
     problems: list[str] = []
     if route.device is not None:
@@ -1011,14 +1091,23 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
         problems.append(f"{change}: gateway {gateway} is a local address")
     elif gateway.version == 6 and gateway.is_link_local:
         pass  # on every link; Route itself refuses one without a device
-    else:
-        devices = [route.device] if route.device is not None else list(on_link)
-        if not any(gateway in net for dev in devices for net in on_link.get(dev, ())
-                   if net.version == gateway.version):
-            where = f"device {route.device!r}" if route.device else "any device"
-            problems.append(f"{change}: gateway {gateway} is not on-link on {where} "
-                            "(not inside a connected prefix)")
+    elif not _gateway_reachable(route, lookup, local):
+        where = f"device {route.device!r}" if route.device else "any device"
+        tables = [_table_name(t) for t in dict.fromkeys(
+            (route.table, MAIN_TABLE, *((_DEFAULT_TABLE,) if gateway.version == 4 else ())))]
+        named = f"{', '.join(tables[:-1])} or {tables[-1]}" if len(tables) > 1 else tables[0]
+        why = (f"no device route of scope link or host in table {named} holds it, nor is "
+               "it a local address" if gateway.version == 4 else
+               f"its best match in table {named} is no device route (a route via a gateway, "
+               "a reject route, or none)")
+        problems.append(f"{change}: gateway {gateway} is not on-link on {where}: {why} "
+                        "(the kernel looks the gateway up in the route's table, then "
+                        "through the default rules)")
     return problems
+
+
+def _table_name(table: int) -> str:
+    return {MAIN_TABLE: "main", _DEFAULT_TABLE: "default"}.get(table, str(table))
 
 
 def _slot(route: Route | RouteBlock) -> tuple[Any, ...]:
