@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -111,7 +110,7 @@ from k3snet.errors import (
     RollbackError,
 )
 from k3snet.model import NetObject
-from k3snet.model.cidr import Address, Network
+from k3snet.model.cidr import Address
 from k3snet.model.route import (
     K3SNET_ROUTE_PROTOCOL,
     MAIN_TABLE,
@@ -392,7 +391,7 @@ class NetlinkBackend(BackendBase):
         destination, metric) is free of foreign routes too; the device exists and
         is up; the gateway is on-link where the kernel looks it up (a device route of
         the route's own table, else of ``main`` or IPv4's ``default``, the plan's
-        earlier changes counted: see :func:`_gateway_reachable`; or link-local with a
+        earlier changes counted; or link-local with a
         device) and, for IPv6, not a local address. Sysctls: the parameter exists.
         """
         self._routes.begin()
@@ -1013,65 +1012,95 @@ def _simulate(owned: dict[tuple[Any, ...], Any], change: Change) -> None:
 
 class _GatewayTables:
     """The routes of some tables by table, family, prefix length and destination: where
-    the kernel looks a route's gateway up (longest prefix first)."""
+    the kernel looks a route's gateway up (longest prefix first), and its answers
+    (:meth:`reachable`) kept until a route holding that gateway comes or goes."""
 
     def __init__(self, tables: frozenset[int]) -> None:
         self.tables = tables
-        self._routes: dict[tuple[int, int], dict[int, dict[Network, list[Route | RouteBlock]]]]
+        # (table, family) -> prefix length -> the destination's address as an integer.
+        self._routes: dict[tuple[int, int], dict[int, dict[int, list[Route | RouteBlock]]]]
         self._routes = {}
+        self._lengths: dict[tuple[int, int], list[int]] = {}  # longest first
+        # (table, gateway, device) -> the answer: thousands of routes share a gateway.
+        self._answers: dict[tuple[int, Address, str | None], bool] = {}
 
     def add(self, route: Route | RouteBlock) -> None:
         if route.table in self.tables:
             dst = route.destination
-            (self._routes.setdefault((route.table, dst.version), {})
-             .setdefault(dst.prefixlen, {}).setdefault(dst, []).append(route))
+            lengths = self._routes.setdefault((route.table, dst.version), {})
+            if dst.prefixlen not in lengths:
+                self._lengths[route.table, dst.version] = sorted(
+                    [*lengths, dst.prefixlen], reverse=True)
+            (lengths.setdefault(dst.prefixlen, {})
+             .setdefault(int(dst.network_address), []).append(route))
+            self._forget(route)
 
     def remove(self, route: Route | RouteBlock) -> None:
         dst = route.destination
         found = self._routes.get((route.table, dst.version), {}).get(dst.prefixlen, {})
         with contextlib.suppress(KeyError, ValueError):
-            found[dst].remove(route)
+            found[int(dst.network_address)].remove(route)
+            self._forget(route)
+
+    def _forget(self, route: Route | RouteBlock) -> None:
+        """Drop the answers for the gateways ``route`` holds (any table: few answers)."""
+        dst = route.destination
+        for key in [key for key in self._answers
+                    if key[1].version == dst.version and key[1] in dst]:
+            del self._answers[key]
 
     def covering(self, table: int, address: Address) -> Iterable[list[Route | RouteBlock]]:
         """The routes of ``table`` whose destination holds ``address``, a list per
         destination, the longest prefix first."""
         lengths = self._routes.get((table, address.version), {})
-        for length in sorted(lengths, reverse=True):
-            routes = lengths[length].get(ipaddress.ip_network((address, length), strict=False))
+        value, bits = int(address), address.max_prefixlen
+        for length in self._lengths.get((table, address.version), ()):
+            routes = lengths[length].get(value >> (bits - length) << (bits - length))
             if routes:
                 yield routes
 
+    def reachable(self, route: Route, local: Mapping[Address, set[str]]) -> bool:
+        """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
+        ``ip6_route_check_nh``, with the default policy rules).
 
-def _gateway_reachable(route: Route, lookup: _GatewayTables,
-                       local: Mapping[Address, set[str]]) -> bool:
-    """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
-    ``ip6_route_check_nh``, with the default policy rules).
+        It looks the gateway up in the route's own table, then, when that finds nothing
+        fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, never another
+        table. With a device, only routes through it are looked at. IPv4 skips routes of
+        scope ``universe`` (those via a gateway) and takes a device route of scope
+        ``link`` or ``host``, or a local address (``local``: the devices by address);
+        IPv6 takes the best match (longest prefix, then lowest metric) when it is a
+        device route, without a gateway.
+        """
+        gateway, device = route.gateway, route.device
+        assert gateway is not None
+        key = (route.table, gateway, device)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = (
+                self._reachable4(route.table, gateway, device, local) if gateway.version == 4
+                else self._reachable6(route.table, gateway, device))
+        return answer
 
-    It looks the gateway up in the route's own table, then, when that finds nothing
-    fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, never another
-    table. With a device, only routes through it are looked at. IPv4 skips routes of
-    scope ``universe`` (those via a gateway) and takes a device route of scope
-    ``link`` or ``host``, or a local address; IPv6 takes the best match (longest
-    prefix, then lowest metric) when it is a device route, without a gateway.
-    """
-    gateway, device = route.gateway, route.device
-    assert gateway is not None
-    if gateway.version == 4:
+    def _reachable4(self, table: int, gateway: Address, device: str | None,
+                    local: Mapping[Address, set[str]]) -> bool:
         if gateway in local and (device is None or device in local[gateway]):
             return True
         return any(isinstance(r, Route) and r.gateway is None and r.device is not None
                    and r.scope != "universe" and device in (None, r.device)
-                   for table in dict.fromkeys((route.table, MAIN_TABLE, _DEFAULT_TABLE))
-                   for routes in lookup.covering(table, gateway) for r in routes)
-    for table in dict.fromkeys((route.table, MAIN_TABLE)):
-        for routes in lookup.covering(table, gateway):
-            here = [r for r in routes if device is None or getattr(r, "device", None) == device]
-            if here:
-                best = min(here, key=lambda r: r.metric or 0)
-                if isinstance(best, Route) and best.gateway is None:
-                    return True
-                break  # the kernel's answer for this table: a gateway, or a reject route
-    return False
+                   for table in dict.fromkeys((table, MAIN_TABLE, _DEFAULT_TABLE))
+                   for routes in self.covering(table, gateway) for r in routes)
+
+    def _reachable6(self, table: int, gateway: Address, device: str | None) -> bool:
+        for looked in dict.fromkeys((table, MAIN_TABLE)):
+            for routes in self.covering(looked, gateway):
+                here = [r for r in routes
+                        if device is None or getattr(r, "device", None) == device]
+                if here:
+                    best = min(here, key=lambda r: r.metric or 0)
+                    if isinstance(best, Route) and best.gateway is None:
+                        return True
+                    break  # the kernel's answer for this table: a gateway, or a reject route
+        return False
 
 
 def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
@@ -1091,7 +1120,7 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
         problems.append(f"{change}: gateway {gateway} is a local address")
     elif gateway.version == 6 and gateway.is_link_local:
         pass  # on every link; Route itself refuses one without a device
-    elif not _gateway_reachable(route, lookup, local):
+    elif not lookup.reachable(route, local):
         where = f"device {route.device!r}" if route.device else "any device"
         tables = [_table_name(t) for t in dict.fromkeys(
             (route.table, MAIN_TABLE, *((_DEFAULT_TABLE,) if gateway.version == 4 else ())))]
