@@ -140,3 +140,21 @@ def test_a_device_route_the_plan_deletes_first_reaches_no_gateway(
         assert any("10.55.0.5 is not on-link" in p for p in backend.check(both))
         with pytest.raises(ApplyError):
             backend.apply(both)
+
+
+def test_check_names_a_local_prefix_broadcast_and_an_own_link_local_gateway(
+        ns: str, tmp_path: Path) -> None:
+    link_local = "fe80::1:1"
+    _ip(ns, "-6", "addr", "add", f"{link_local}/64", "dev", "d0", "nodad")
+    cases = {
+        # The local table's broadcast route answers before main's device route.
+        Route("10.64.0.0/24", gateway="10.0.0.255", device="d0"): "broadcast address",
+        Route("10.64.1.0/24", gateway="10.0.0.255", device="d0", table=100): "broadcast address",
+        Route("fd64::/64", gateway=link_local, device="d0"): "local address",
+    }
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        for route, needle in cases.items():
+            _named, refused = _judged(backend, route)
+            assert refused, route
+            problems = backend.check(Plan(changes=[Change.add(route)]))
+            assert any(needle in problem for problem in problems), (route, problems)

@@ -505,26 +505,8 @@ class NetlinkBackend(BackendBase):
         owned = dict(view.owned)
         taken = {_slot(r): r for r in view.foreign}
         gateways = [r for c in changes if isinstance(r := c.after, Route)
-                    and r.gateway is not None and not r.gateway.is_link_local]
-        local: dict[Address, set[str]] = {}
-        lookup = _GatewayTables(frozenset())
-        if gateways:
-            for index, ifaces in self._driver.addresses().items():
-                name = by_index[index].name if index in by_index else None
-                for iface in ifaces:
-                    local.setdefault(iface.ip, set()).update(() if name is None else (name,))
-            # The kernel looks a gateway up in its route's table, then through the
-            # rules (main and default, with the default rules): those tables only.
-            lookup = _GatewayTables(frozenset({r.table for r in gateways}
-                                              | {MAIN_TABLE, _DEFAULT_TABLE}))
-            for route in (*view.owned.values(), *view.foreign):
-                lookup.add(route)
-            unseen = frozenset(t for t in (MAIN_TABLE, _DEFAULT_TABLE)
-                               if not self._routes.in_scope(t))
-            if unseen:
-                names = {index: link.name for index, link in by_index.items()}
-                for route in self._driver.routes(unseen, names):
-                    lookup.add(route)
+                    and r.gateway is not None]
+        lookup = self._gateway_tables(gateways, view) if gateways else _GatewayTables(frozenset())
         for change in changes:
             after = change.after
             if change.action == "add" and isinstance(after, Route):
@@ -533,7 +515,7 @@ class NetlinkBackend(BackendBase):
                     problems.append(f"{change}: the slot (table, destination, metric) is "
                                     f"taken by {clash}")
             if isinstance(after, Route):
-                problems += _route_problems(change, after, links, local, lookup)
+                problems += _route_problems(change, after, links, lookup)
             # The plan's earlier changes count: a device route it adds first, or deletes.
             if isinstance(change.before, Route):
                 lookup.remove(change.before)
@@ -541,6 +523,31 @@ class NetlinkBackend(BackendBase):
                 lookup.add(after)
             _simulate(owned, change)
         return problems
+
+    def _gateway_tables(self, gateways: Sequence[Route], view: RouteView) -> _GatewayTables:
+        """Where the kernel looks the ``gateways`` up: their routes' tables, then (the default
+        rules) ``main`` and ``default`` (dumped when not managed), and the local addresses."""
+        by_index = self._routes.links()
+        local: dict[Address, set[str]] = {}
+        broadcasts: set[Address] = set()
+        for index, ifaces in self._driver.addresses().items():
+            name = by_index[index].name if index in by_index else None
+            for iface in ifaces:
+                local.setdefault(iface.ip, set()).update(() if name is None else (name,))
+                if iface.version == 4 and iface.network.prefixlen < 31:
+                    broadcasts.add(iface.network.broadcast_address)
+        lookup = _GatewayTables(frozenset({r.table for r in gateways}
+                                          | {MAIN_TABLE, _DEFAULT_TABLE}),
+                                local, frozenset(broadcasts))
+        for route in (*view.owned.values(), *view.foreign):
+            lookup.add(route)
+        unseen = frozenset(t for t in (MAIN_TABLE, _DEFAULT_TABLE)
+                           if not self._routes.in_scope(t))
+        if unseen:
+            names = {index: link.name for index, link in by_index.items()}
+            for route in self._driver.routes(unseen, names):
+                lookup.add(route)
+        return lookup
 
     def _fit(self, plan: Plan, view: RouteView | None
              ) -> tuple[list[str], list[tuple[Change, str]]]:
@@ -1015,8 +1022,11 @@ class _GatewayTables:
     the kernel looks a route's gateway up (longest prefix first), and its answers
     (:meth:`reachable`) kept until a route holding that gateway comes or goes."""
 
-    def __init__(self, tables: frozenset[int]) -> None:
+    def __init__(self, tables: frozenset[int], local: Mapping[Address, set[str]] | None = None,
+                 broadcasts: frozenset[Address] = frozenset()) -> None:
         self.tables = tables
+        self.local: Mapping[Address, set[str]] = local or {}  # the devices by local address
+        self.broadcasts = broadcasts  # IPv4: of the local addresses' prefixes
         # (table, family) -> prefix length -> the destination's address as an integer.
         self._routes: dict[tuple[int, int], dict[int, dict[int, list[Route | RouteBlock]]]]
         self._routes = {}
@@ -1059,7 +1069,7 @@ class _GatewayTables:
             if routes:
                 yield routes
 
-    def reachable(self, route: Route, local: Mapping[Address, set[str]]) -> bool:
+    def reachable(self, route: Route) -> bool:
         """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
         ``ip6_route_check_nh``, with the default policy rules).
 
@@ -1067,9 +1077,10 @@ class _GatewayTables:
         fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, never another
         table. With a device, only routes through it are looked at. IPv4 skips routes of
         scope ``universe`` (those via a gateway) and takes a device route of scope
-        ``link`` or ``host``, or a local address (``local``: the devices by address);
-        IPv6 takes the best match (longest prefix, then lowest metric) when it is a
-        device route, without a gateway.
+        ``link`` or ``host``, or a local address, never the broadcast address of a
+        local prefix (the ``local`` table's broadcast route answers first); IPv6 takes
+        the best match (longest prefix, then lowest metric) when it is a device route,
+        without a gateway.
         """
         gateway, device = route.gateway, route.device
         assert gateway is not None
@@ -1077,18 +1088,25 @@ class _GatewayTables:
         answer = self._answers.get(key)
         if answer is None:
             answer = self._answers[key] = (
-                self._reachable4(route.table, gateway, device, local) if gateway.version == 4
+                self._reachable4(route.table, gateway, device) if gateway.version == 4
                 else self._reachable6(route.table, gateway, device))
         return answer
 
-    def _reachable4(self, table: int, gateway: Address, device: str | None,
-                    local: Mapping[Address, set[str]]) -> bool:
-        if gateway in local and (device is None or device in local[gateway]):
+    def _reachable4(self, table: int, gateway: Address, device: str | None) -> bool:
+        def direct(looked: int) -> bool:
+            return any(isinstance(r, Route) and r.gateway is None and r.device is not None
+                       and r.scope != "universe" and device in (None, r.device)
+                       for routes in self.covering(looked, gateway) for r in routes)
+
+        if table != MAIN_TABLE and direct(table):
             return True
-        return any(isinstance(r, Route) and r.gateway is None and r.device is not None
-                   and r.scope != "universe" and device in (None, r.device)
-                   for table in dict.fromkeys((table, MAIN_TABLE, _DEFAULT_TABLE))
-                   for routes in self.covering(table, gateway) for r in routes)
+        # The rules: local, main, default.
+        if gateway in self.broadcasts:
+            return False
+        local = self.local.get(gateway)
+        if local is not None and (device is None or device in local):
+            return True
+        return direct(MAIN_TABLE) or direct(_DEFAULT_TABLE)
 
     def _reachable6(self, table: int, gateway: Address, device: str | None) -> bool:
         for looked in dict.fromkeys((table, MAIN_TABLE)):
@@ -1104,7 +1122,7 @@ class _GatewayTables:
 
 
 def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
-                    local: Mapping[Address, set[str]], lookup: _GatewayTables) -> list[str]:
+                    lookup: _GatewayTables) -> list[str]:
     """What the kernel would refuse in the route ``change`` wants."""
     problems: list[str] = []
     if route.device is not None:
@@ -1116,17 +1134,18 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
     gateway = route.gateway
     if gateway is None:
         return problems
-    if gateway.version == 6 and gateway in local:  # IPv4 accepts its own address
+    if gateway.version == 6 and gateway in lookup.local:  # IPv4 accepts its own address
         problems.append(f"{change}: gateway {gateway} is a local address")
     elif gateway.version == 6 and gateway.is_link_local:
         pass  # on every link; Route itself refuses one without a device
-    elif not lookup.reachable(route, local):
+    elif not lookup.reachable(route):
         where = f"device {route.device!r}" if route.device else "any device"
         tables = [_table_name(t) for t in dict.fromkeys(
             (route.table, MAIN_TABLE, *((_DEFAULT_TABLE,) if gateway.version == 4 else ())))]
         named = f"{', '.join(tables[:-1])} or {tables[-1]}" if len(tables) > 1 else tables[0]
-        why = (f"no device route of scope link or host in table {named} holds it, nor is "
-               "it a local address" if gateway.version == 4 else
+        why = (("it is the broadcast address of a local prefix" if gateway in lookup.broadcasts
+                else f"no device route of scope link or host in table {named} holds it, nor "
+                "is it a local address") if gateway.version == 4 else
                f"its best match in table {named} is no device route (a route via a gateway, "
                "a reject route, or none)")
         problems.append(f"{change}: gateway {gateway} is not on-link on {where}: {why} "
