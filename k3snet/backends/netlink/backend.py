@@ -65,6 +65,7 @@ A backend instance is not thread-safe; use one per thread.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -1033,6 +1034,10 @@ class _GatewayTables:
         self._lengths: dict[tuple[int, int], list[int]] = {}  # longest first
         # (table, gateway, device) -> the answer: thousands of routes share a gateway.
         self._answers: dict[tuple[int, Address, str | None], bool] = {}
+        # The gateways answered, as sorted integers per family, and their answers' keys:
+        # a route's destination finds those it holds by bisection.
+        self._answered: dict[int, list[int]] = {4: [], 6: []}
+        self._keys: dict[tuple[int, int], list[tuple[int, Address, str | None]]] = {}
 
     def add(self, route: Route | RouteBlock) -> None:
         if route.table in self.tables:
@@ -1053,11 +1058,17 @@ class _GatewayTables:
             self._forget(route)
 
     def _forget(self, route: Route | RouteBlock) -> None:
-        """Drop the answers for the gateways ``route`` holds (any table: few answers)."""
+        """Drop the answers for the gateways ``route`` holds (whatever their table)."""
         dst = route.destination
-        for key in [key for key in self._answers
-                    if key[1].version == dst.version and key[1] in dst]:
-            del self._answers[key]
+        answered = self._answered[dst.version]
+        first = int(dst.network_address)
+        start = bisect.bisect_left(answered, first)
+        end = bisect.bisect_right(answered, first + (1 << (dst.max_prefixlen - dst.prefixlen)) - 1,
+                                  lo=start)
+        for gateway in answered[start:end]:
+            for key in self._keys.pop((dst.version, gateway)):
+                del self._answers[key]
+        del answered[start:end]
 
     def covering(self, table: int, address: Address) -> Iterable[list[Route | RouteBlock]]:
         """The routes of ``table`` whose destination holds ``address``, a list per
@@ -1090,6 +1101,10 @@ class _GatewayTables:
             answer = self._answers[key] = (
                 self._reachable4(route.table, gateway, device) if gateway.version == 4
                 else self._reachable6(route.table, gateway, device))
+            keys = self._keys.setdefault((gateway.version, int(gateway)), [])
+            if not keys:
+                bisect.insort(self._answered[gateway.version], int(gateway))
+            keys.append(key)
         return answer
 
     def _reachable4(self, table: int, gateway: Address, device: str | None) -> bool:
