@@ -11,6 +11,7 @@ refuses the route.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +100,12 @@ def ns() -> Iterator[str]:
         yield name
 
 
+def _kernel_routes(ns: str) -> list[object]:
+    """The kernel's own listing, both families, every table."""
+    return [json.loads(run_in(ns, ["ip", family, "-j", "route", "show", "table", "all"]).stdout)
+            for family in ("-4", "-6")]
+
+
 def _judged(backend: NetlinkBackend, route: Route) -> tuple[bool, bool]:
     """(whether check names the gateway, whether the kernel refuses the route)."""
     add = Plan(changes=[Change.add(route)])
@@ -119,8 +126,10 @@ def test_check_names_a_gateway_exactly_when_the_kernel_refuses_it(
               for dst, gateway, device, table in _CASES]
     if tables is not None:
         routes = [r for r in routes if r.table in tables]
+    before = _kernel_routes(ns)
     with NetlinkBackend(ns, state_dir=tmp_path, tables=tables) as backend:
         verdicts = {str(route): _judged(backend, route) for route in routes}
+    assert _kernel_routes(ns) == before  # each accepted route gone again, nothing else touched
     wrong = {route: verdict for route, verdict in verdicts.items() if len(set(verdict)) > 1}
     assert not wrong, f"(check names it, the kernel refuses it): {wrong}"
     # The kernel's answers the cases were chosen for: both kinds are among them.
