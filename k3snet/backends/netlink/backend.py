@@ -392,8 +392,9 @@ class NetlinkBackend(BackendBase):
         destination, metric) is free of foreign routes too; the device exists and
         is up; the gateway is on-link where the kernel looks it up (a device route of
         the route's own table, else of ``main`` or IPv4's ``default``, the plan's
-        earlier changes counted; or link-local with a
-        device) and, for IPv6, not a local address. Sysctls: the parameter exists.
+        earlier changes counted; or link-local with a device: see
+        :meth:`_GatewayTables.reachable`), for IPv6 not a local address, for IPv4 not
+        the broadcast address of a local prefix. Sysctls: the parameter exists.
         """
         self._routes.begin()
         try:
@@ -1170,6 +1171,7 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
 
 
 def _table_name(table: int) -> str:
+    """``table`` as ``ip route`` names it (``main``, ``default``, or its number)."""
     return {MAIN_TABLE: "main", _DEFAULT_TABLE: "default"}.get(table, str(table))
 
 
