@@ -362,9 +362,15 @@ class NetlinkBackend(BackendBase):
             return {}
         return {link.name: link.index for link in self._routes.links().values()}
 
-    def _observe_sysctls(self) -> tuple[list[Sysctl], list[Sysctl]]:
+    def _load_sysctls(self) -> tuple[SysctlState, dict[str, int]]:
+        """The sysctl state file, with owned sysctls of renamed interfaces under their new
+        names (:meth:`SysctlState.follow`), and the link indexes by name it needs."""
         data = self._store.load()
         indexes = self._link_indexes(data)
+        return data.follow(indexes), indexes
+
+    def _observe_sysctls(self) -> tuple[list[Sysctl], list[Sysctl]]:
+        data, indexes = self._load_sysctls()
         # One of an interface deleted and created again is the new interface's: foreign.
         mine = {name: entry for name, entry in data.owned.items()
                 if data.owns(name, indexes)}
@@ -623,8 +629,7 @@ class NetlinkBackend(BackendBase):
         """The sysctls ``changes`` name as observe reports them (owned, foreign), the
         changes of sysctls the kernel does not have, and the two names of one kernel
         value (:data:`ALIASES`) the plan would leave owned with different values."""
-        data = self._store.load()
-        indexes = self._link_indexes(data)
+        data, indexes = self._load_sysctls()
         names = sorted({str(c.subject.key[1]) for c in changes})
         # The other name of a value the plan writes, owned and left as it is: the write
         # changes it too, behind the plan's back.
@@ -847,7 +852,7 @@ class NetlinkBackend(BackendBase):
         subject = change.subject
         assert isinstance(subject, Sysctl)
         name = subject.name
-        state = self._store.load()
+        state, _indexes = self._load_sysctls()  # saved below: a rename followed is kept
         root = self.proc_sys
         # The forwarding switches a write of ``name`` overwrites (none for most sysctls).
         current, switches = self._runner.call(
