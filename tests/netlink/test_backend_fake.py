@@ -328,7 +328,13 @@ def test_plans_that_are_not_ours_are_refused(kernel: FakeKernel,
         assert {r.table for r in narrow.observe().foreign if isinstance(r, Route)} <= {100}
 
 
-def test_check_finds_what_the_kernel_would_refuse(make: Callable[..., Made]) -> None:
+def test_check_finds_what_the_kernel_would_refuse(kernel: FakeKernel,
+                                                  make: Callable[..., Made]) -> None:
+    # The prefix routes the kernel adds with the addresses: where it finds gateways.
+    for index, interfaces in ADDRESSES.items():
+        for interface in interfaces:
+            connected = Route(interface.network, device=LINKS[index].name, protocol=2)
+            kernel.routes[kernel.slot(connected)] = connected
     backend, _drivers = make()
     bad = Plan(changes=[
         Change.add(Route("10.8.1.0/24", device="nosuch0")),
@@ -342,6 +348,23 @@ def test_check_finds_what_the_kernel_would_refuse(make: Callable[..., Made]) -> 
     with pytest.raises(ApplyError, match="does not exist"):
         backend.apply(Plan(changes=[Change.add(Route("10.8.1.0/24", device="nosuch0"))]))
     assert backend.check(Plan(changes=[Change.add(A)])) == ()
+
+
+def test_check_judges_each_gateway_against_the_routes_the_plan_left_before_it(
+        make: Callable[..., Made]) -> None:
+    # Thousands of routes share a gateway: its answer is kept, until a route holding
+    # the gateway comes or goes.
+    backend, _drivers = make()
+    reach = Route("10.55.0.0/24", device="d0")
+    backend.apply(Plan(changes=[Change.add(reach)]))
+    first = Route("10.56.0.0/24", gateway="10.55.0.5", device="d0")
+    second = Route("10.57.0.0/24", gateway="10.55.0.5", device="d0")
+    third = Route("10.58.0.0/24", gateway="10.55.0.5", device="d0")
+    problems = backend.check(Plan(changes=[
+        Change.add(first), Change.delete(reach), Change.add(second),
+        Change.add(Route("10.55.0.0/25", device="d0")), Change.add(third)]))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{Change.add(second)}: gateway 10.55.0.5 is not on-link")
 
 
 def test_a_driver_without_notifications_dumps_every_call(

@@ -74,3 +74,35 @@ def test_taking_a_recreated_interfaces_sysctl_over_records_its_own_previous_valu
         assert [(o.name, o.value, o.previous) for o in owned] == [(_NAME, "2", "1")]
         backend.apply(plan(backend.observe(), State()))
     assert rp_filter(ns) == "1"
+
+
+def _value(ns: str, interface: str) -> str:
+    return run_in(ns, ["cat", f"/proc/sys/net/ipv4/conf/{interface}/rp_filter"]).stdout.strip()
+
+
+def test_a_renamed_interfaces_sysctl_stays_owned_under_its_new_name_and_is_given_back(
+        ns: str, tmp_path: Path) -> None:
+    # The kernel renames a link that is up, too (x0 is down here: both work).
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), State(owned=[Sysctl(_NAME, 2)])))
+        run_in(ns, ["ip", "link", "set", "x0", "name", "x9"])
+        owned = [o for o in backend.observe().owned if isinstance(o, Sysctl)]
+        assert [(o.name, o.value, o.previous) for o in owned] == [
+            ("net.ipv4.conf.x9.rp_filter", "2", "0")]
+        backend.apply(plan(backend.observe(), State()))
+        assert _value(ns, "x9") == "0"
+        assert not [o for o in backend.observe().owned if isinstance(o, Sysctl)]
+
+
+def test_two_interfaces_that_swapped_names_keep_their_own_sysctls(
+        ns: str, tmp_path: Path) -> None:
+    run_in(ns, ["ip", "link", "add", "y0", "type", "veth", "peer", "name", "y0p"])
+    other = "net.ipv4.conf.y0.rp_filter"
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), State(owned=[Sysctl(_NAME, 2), Sysctl(other, 1)])))
+        for old, new in (("x0", "tmp0"), ("y0", "x0"), ("tmp0", "y0")):
+            run_in(ns, ["ip", "link", "set", old, "name", new])
+        owned = {o.name: o.value for o in backend.observe().owned if isinstance(o, Sysctl)}
+        assert owned == {_NAME: "1", other: "2"}  # each value went with its interface
+        backend.apply(plan(backend.observe(), State()))
+        assert (_value(ns, "x0"), _value(ns, "y0")) == ("0", "0")

@@ -132,3 +132,26 @@ def test_a_state_file_left_by_a_deleted_namespace_of_the_same_name_is_ignored(
     SysctlStore(tmp_path / "lab", "lab", "4:1").save(
         SysctlState({"net.ipv4.ip_forward": ("1", "0")}))
     assert SysctlStore(tmp_path / "lab", "lab", "4:2").load() == SysctlState()
+
+
+def test_follow_moves_only_records_whose_interface_now_has_another_name() -> None:
+    x0, y0, z0 = ("net.ipv4.conf.x0.rp_filter", "net.ipv4.conf.y0.rp_filter",
+                  "net.ipv4.conf.z0.rp_filter")
+    state = SysctlState(owned={x0: ("2", "0"), y0: ("1", "0"), z0: ("1", "0"),
+                               "net.ipv4.ip_forward": ("1", "0")},
+                        released={"net.ipv4.conf.x9.rp_filter"},
+                        links={x0: 3, y0: 4, z0: 5})
+    assert state.follow({"x0": 3, "y0": 4, "z0": 5}) is state  # nothing renamed
+    assert state.follow({"y0": 4}) is state  # x0 and z0 deleted: nothing to follow
+    # x0 renamed x9, z0 renamed w0; y0 as it was.
+    moved = state.follow({"x9": 3, "y0": 4, "w0": 5})
+    assert moved.owned == {"net.ipv4.conf.x9.rp_filter": ("2", "0"), y0: ("1", "0"),
+                           "net.ipv4.conf.w0.rp_filter": ("1", "0"),
+                           "net.ipv4.ip_forward": ("1", "0")}
+    assert moved.links == {"net.ipv4.conf.x9.rp_filter": 3, y0: 4,
+                           "net.ipv4.conf.w0.rp_filter": 5}
+    assert moved.released == set()
+    assert state.owned[x0] == ("2", "0")  # a copy: the loaded state is left as it was
+    clash = state.follow({"y0": 3, "q0": 4, "z0": 5})  # x0 renamed y0, y0 renamed q0
+    assert set(clash.owned) >= {y0, "net.ipv4.conf.q0.rp_filter", z0}
+    assert clash.owned[y0] == ("2", "0")

@@ -65,6 +65,7 @@ A backend instance is not thread-safe; use one per thread.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -110,7 +111,7 @@ from k3snet.errors import (
     RollbackError,
 )
 from k3snet.model import NetObject
-from k3snet.model.cidr import Address, Network
+from k3snet.model.cidr import Address
 from k3snet.model.route import (
     K3SNET_ROUTE_PROTOCOL,
     MAIN_TABLE,
@@ -141,6 +142,7 @@ egress depends on."""
 _BATCH_MESSAGES = 1024
 _MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never ours
 _RA_PROTOCOL = 9  # RTPROT_RA: routes the kernel learned from router advertisements
+_DEFAULT_TABLE = 253  # RT_TABLE_DEFAULT: the IPv4 default rule's, after main
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
 _CAPABILITY = "CAP_NET_ADMIN"
 
@@ -360,9 +362,15 @@ class NetlinkBackend(BackendBase):
             return {}
         return {link.name: link.index for link in self._routes.links().values()}
 
-    def _observe_sysctls(self) -> tuple[list[Sysctl], list[Sysctl]]:
+    def _load_sysctls(self) -> tuple[SysctlState, dict[str, int]]:
+        """The sysctl state file, with owned sysctls of renamed interfaces under their new
+        names (:meth:`SysctlState.follow`), and the link indexes by name it needs."""
         data = self._store.load()
         indexes = self._link_indexes(data)
+        return data.follow(indexes), indexes
+
+    def _observe_sysctls(self) -> tuple[list[Sysctl], list[Sysctl]]:
+        data, indexes = self._load_sysctls()
         # One of an interface deleted and created again is the new interface's: foreign.
         mine = {name: entry for name, entry in data.owned.items()
                 if data.owns(name, indexes)}
@@ -388,9 +396,11 @@ class NetlinkBackend(BackendBase):
         object as named). Routes: the table is managed and the protocol ours; a
         replace shares its slot with no foreign route; an add's slot (table,
         destination, metric) is free of foreign routes too; the device exists and
-        is up; the gateway is on-link (inside a prefix of the device's addresses,
-        or of a link-scope route on it, or link-local with a device) and, for IPv6,
-        not a local address. Sysctls: the parameter exists.
+        is up; the gateway is on-link where the kernel looks it up (a device route of
+        the route's own table, else of ``main`` or IPv4's ``default``, the plan's
+        earlier changes counted; or link-local with a device: see
+        :meth:`_GatewayTables.reachable`), for IPv6 not a local address, for IPv4 not
+        the broadcast address of a local prefix. Sysctls: the parameter exists.
         """
         self._routes.begin()
         try:
@@ -500,18 +510,11 @@ class NetlinkBackend(BackendBase):
         problems: list[str] = []
         by_index = self._routes.links()
         links = {link.name: link for link in by_index.values()}
-        addresses = self._driver.addresses()
         owned = dict(view.owned)
         taken = {_slot(r): r for r in view.foreign}
-        local = {iface.ip for ifaces in addresses.values() for iface in ifaces}
-        on_link: dict[str, list[Network]] = {}
-        for index, ifaces in addresses.items():
-            if index in by_index:
-                on_link.setdefault(by_index[index].name, []).extend(i.network for i in ifaces)
-        for route in (*view.owned.values(), *view.foreign):
-            if (isinstance(route, Route) and route.gateway is None and route.device is not None
-                    and route.scope != "host"):
-                on_link.setdefault(route.device, []).append(route.destination)
+        gateways = [r for c in changes if isinstance(r := c.after, Route)
+                    and r.gateway is not None]
+        lookup = self._gateway_tables(gateways, view) if gateways else _GatewayTables(frozenset())
         for change in changes:
             after = change.after
             if change.action == "add" and isinstance(after, Route):
@@ -520,11 +523,39 @@ class NetlinkBackend(BackendBase):
                     problems.append(f"{change}: the slot (table, destination, metric) is "
                                     f"taken by {clash}")
             if isinstance(after, Route):
-                problems += _route_problems(change, after, links, local, on_link)
-                if after.gateway is None and after.device is not None:
-                    on_link.setdefault(after.device, []).append(after.destination)
+                problems += _route_problems(change, after, links, lookup)
+            # The plan's earlier changes count: a device route it adds first, or deletes.
+            if isinstance(change.before, Route):
+                lookup.remove(change.before)
+            if isinstance(after, Route):
+                lookup.add(after)
             _simulate(owned, change)
         return problems
+
+    def _gateway_tables(self, gateways: Sequence[Route], view: RouteView) -> _GatewayTables:
+        """Where the kernel looks the ``gateways`` up: their routes' tables, then (the default
+        rules) ``main`` and ``default`` (dumped when not managed), and the local addresses."""
+        by_index = self._routes.links()
+        local: dict[Address, set[str]] = {}
+        broadcasts: set[Address] = set()
+        for index, ifaces in self._driver.addresses().items():
+            name = by_index[index].name if index in by_index else None
+            for iface in ifaces:
+                local.setdefault(iface.ip, set()).update(() if name is None else (name,))
+                if iface.version == 4 and iface.network.prefixlen < 31:
+                    broadcasts.add(iface.network.broadcast_address)
+        lookup = _GatewayTables(frozenset({r.table for r in gateways}
+                                          | {MAIN_TABLE, _DEFAULT_TABLE}),
+                                local, frozenset(broadcasts))
+        for route in (*view.owned.values(), *view.foreign):
+            lookup.add(route)
+        unseen = frozenset(t for t in (MAIN_TABLE, _DEFAULT_TABLE)
+                           if not self._routes.in_scope(t))
+        if unseen:
+            names = {index: link.name for index, link in by_index.items()}
+            for route in self._driver.routes(unseen, names):
+                lookup.add(route)
+        return lookup
 
     def _fit(self, plan: Plan, view: RouteView | None
              ) -> tuple[list[str], list[tuple[Change, str]]]:
@@ -598,8 +629,7 @@ class NetlinkBackend(BackendBase):
         """The sysctls ``changes`` name as observe reports them (owned, foreign), the
         changes of sysctls the kernel does not have, and the two names of one kernel
         value (:data:`ALIASES`) the plan would leave owned with different values."""
-        data = self._store.load()
-        indexes = self._link_indexes(data)
+        data, indexes = self._load_sysctls()
         names = sorted({str(c.subject.key[1]) for c in changes})
         # The other name of a value the plan writes, owned and left as it is: the write
         # changes it too, behind the plan's back.
@@ -822,7 +852,7 @@ class NetlinkBackend(BackendBase):
         subject = change.subject
         assert isinstance(subject, Sysctl)
         name = subject.name
-        state = self._store.load()
+        state, _indexes = self._load_sysctls()  # saved below: a rename followed is kept
         root = self.proc_sys
         # The forwarding switches a write of ``name`` overwrites (none for most sysctls).
         current, switches = self._runner.call(
@@ -994,8 +1024,126 @@ def _simulate(owned: dict[tuple[Any, ...], Any], change: Change) -> None:
         del owned[change.before.key]
 
 
+class _GatewayTables:
+    """The routes of some tables by table, family, prefix length and destination: where
+    the kernel looks a route's gateway up (longest prefix first), and its answers
+    (:meth:`reachable`) kept until a route holding that gateway comes or goes."""
+
+    def __init__(self, tables: frozenset[int], local: Mapping[Address, set[str]] | None = None,
+                 broadcasts: frozenset[Address] = frozenset()) -> None:
+        self.tables = tables
+        self.local: Mapping[Address, set[str]] = local or {}  # the devices by local address
+        self.broadcasts = broadcasts  # IPv4: of the local addresses' prefixes
+        # (table, family) -> prefix length -> the destination's address as an integer.
+        self._routes: dict[tuple[int, int], dict[int, dict[int, list[Route | RouteBlock]]]]
+        self._routes = {}
+        self._lengths: dict[tuple[int, int], list[int]] = {}  # longest first
+        # (table, gateway, device) -> the answer: thousands of routes share a gateway.
+        self._answers: dict[tuple[int, Address, str | None], bool] = {}
+        # The gateways answered, as sorted integers per family, and their answers' keys:
+        # a route's destination finds those it holds by bisection.
+        self._answered: dict[int, list[int]] = {4: [], 6: []}
+        self._keys: dict[tuple[int, int], list[tuple[int, Address, str | None]]] = {}
+
+    def add(self, route: Route | RouteBlock) -> None:
+        if route.table in self.tables:
+            dst = route.destination
+            lengths = self._routes.setdefault((route.table, dst.version), {})
+            if dst.prefixlen not in lengths:
+                self._lengths[route.table, dst.version] = sorted(
+                    [*lengths, dst.prefixlen], reverse=True)
+            (lengths.setdefault(dst.prefixlen, {})
+             .setdefault(int(dst.network_address), []).append(route))
+            self._forget(route)
+
+    def remove(self, route: Route | RouteBlock) -> None:
+        dst = route.destination
+        found = self._routes.get((route.table, dst.version), {}).get(dst.prefixlen, {})
+        with contextlib.suppress(KeyError, ValueError):
+            found[int(dst.network_address)].remove(route)
+            self._forget(route)
+
+    def _forget(self, route: Route | RouteBlock) -> None:
+        """Drop the answers for the gateways ``route`` holds (whatever their table)."""
+        dst = route.destination
+        answered = self._answered[dst.version]
+        first = int(dst.network_address)
+        start = bisect.bisect_left(answered, first)
+        end = bisect.bisect_right(answered, first + (1 << (dst.max_prefixlen - dst.prefixlen)) - 1,
+                                  lo=start)
+        for gateway in answered[start:end]:
+            for key in self._keys.pop((dst.version, gateway)):
+                del self._answers[key]
+        del answered[start:end]
+
+    def covering(self, table: int, address: Address) -> Iterable[list[Route | RouteBlock]]:
+        """The routes of ``table`` whose destination holds ``address``, a list per
+        destination, the longest prefix first."""
+        lengths = self._routes.get((table, address.version), {})
+        value, bits = int(address), address.max_prefixlen
+        for length in self._lengths.get((table, address.version), ()):
+            routes = lengths[length].get(value >> (bits - length) << (bits - length))
+            if routes:
+                yield routes
+
+    def reachable(self, route: Route) -> bool:
+        """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
+        ``ip6_route_check_nh``, with the default policy rules).
+
+        It looks the gateway up in the route's own table, then, when that finds nothing
+        fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, never another
+        table. With a device, only routes through it are looked at. IPv4 skips routes of
+        scope ``universe`` (those via a gateway) and takes a device route of scope
+        ``link`` or ``host``, or a local address, never the broadcast address of a
+        local prefix (the ``local`` table's broadcast route answers first); IPv6 takes
+        the best match (longest prefix, then lowest metric) when it is a device route,
+        without a gateway.
+        """
+        gateway, device = route.gateway, route.device
+        assert gateway is not None
+        key = (route.table, gateway, device)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = (
+                self._reachable4(route.table, gateway, device) if gateway.version == 4
+                else self._reachable6(route.table, gateway, device))
+            keys = self._keys.setdefault((gateway.version, int(gateway)), [])
+            if not keys:
+                bisect.insort(self._answered[gateway.version], int(gateway))
+            keys.append(key)
+        return answer
+
+    def _reachable4(self, table: int, gateway: Address, device: str | None) -> bool:
+        def direct(looked: int) -> bool:
+            return any(isinstance(r, Route) and r.gateway is None and r.device is not None
+                       and r.scope != "universe" and device in (None, r.device)
+                       for routes in self.covering(looked, gateway) for r in routes)
+
+        if table != MAIN_TABLE and direct(table):
+            return True
+        # The rules: local, main, default.
+        if gateway in self.broadcasts:
+            return False
+        local = self.local.get(gateway)
+        if local is not None and (device is None or device in local):
+            return True
+        return direct(MAIN_TABLE) or direct(_DEFAULT_TABLE)
+
+    def _reachable6(self, table: int, gateway: Address, device: str | None) -> bool:
+        for looked in dict.fromkeys((table, MAIN_TABLE)):
+            for routes in self.covering(looked, gateway):
+                here = [r for r in routes
+                        if device is None or getattr(r, "device", None) == device]
+                if here:
+                    best = min(here, key=lambda r: r.metric or 0)
+                    if isinstance(best, Route) and best.gateway is None:
+                        return True
+                    break  # the kernel's answer for this table: a gateway, or a reject route
+        return False
+
+
 def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
-                    local: set[Address], on_link: Mapping[str, Sequence[Network]]) -> list[str]:
+                    lookup: _GatewayTables) -> list[str]:
     """What the kernel would refuse in the route ``change`` wants."""
     problems: list[str] = []
     if route.device is not None:
@@ -1007,18 +1155,29 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
     gateway = route.gateway
     if gateway is None:
         return problems
-    if gateway.version == 6 and gateway in local:  # IPv4 accepts its own address
+    if gateway.version == 6 and gateway in lookup.local:  # IPv4 accepts its own address
         problems.append(f"{change}: gateway {gateway} is a local address")
     elif gateway.version == 6 and gateway.is_link_local:
         pass  # on every link; Route itself refuses one without a device
-    else:
-        devices = [route.device] if route.device is not None else list(on_link)
-        if not any(gateway in net for dev in devices for net in on_link.get(dev, ())
-                   if net.version == gateway.version):
-            where = f"device {route.device!r}" if route.device else "any device"
-            problems.append(f"{change}: gateway {gateway} is not on-link on {where} "
-                            "(not inside a connected prefix)")
+    elif not lookup.reachable(route):
+        where = f"device {route.device!r}" if route.device else "any device"
+        tables = [_table_name(t) for t in dict.fromkeys(
+            (route.table, MAIN_TABLE, *((_DEFAULT_TABLE,) if gateway.version == 4 else ())))]
+        named = f"{', '.join(tables[:-1])} or {tables[-1]}" if len(tables) > 1 else tables[0]
+        why = (("it is the broadcast address of a local prefix" if gateway in lookup.broadcasts
+                else f"no device route of scope link or host in table {named} holds it, nor "
+                "is it a local address") if gateway.version == 4 else
+               f"its best match in table {named} is no device route (a route via a gateway, "
+               "a reject route, or none)")
+        problems.append(f"{change}: gateway {gateway} is not on-link on {where}: {why} "
+                        "(the kernel looks the gateway up in the route's table, then "
+                        "through the default rules)")
     return problems
+
+
+def _table_name(table: int) -> str:
+    """``table`` as ``ip route`` names it (``main``, ``default``, or its number)."""
+    return {MAIN_TABLE: "main", _DEFAULT_TABLE: "default"}.get(table, str(table))
 
 
 def _slot(route: Route | RouteBlock) -> tuple[Any, ...]:

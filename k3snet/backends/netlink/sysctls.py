@@ -18,6 +18,7 @@ import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 
@@ -41,6 +42,8 @@ __all__ = [
     "spread_values",
     "write_sysctl",
 ]
+
+_V = TypeVar("_V")
 
 _STATE_FILE = "sysctl.json"
 _STATE_FORMAT = 1
@@ -167,6 +170,36 @@ class SysctlState:
                            {name: dict(values) for name, values in self.spread.items()},
                            dict(self.links))
 
+    def follow(self, indexes: Mapping[str, int]) -> SysctlState:
+        """This state with each owned sysctl of an interface renamed since its take-over
+        under the interface's new name (``indexes``: the namespace's link indexes by
+        name); itself when none was.
+
+        The kernel renames a link that is up too, and the value k3snet wrote stays with
+        it: under the old name, k3snet owned a sysctl no interface has, and gave the
+        renamed one nothing back. A name another owned sysctl holds on its own
+        interface is left alone.
+        """
+        names = {index: name for name, index in indexes.items()}
+        moved: dict[str, str] = {}
+        for name, recorded in self.links.items():
+            interface = interface_of(name)
+            if (name not in self.owned or interface is None
+                    or indexes.get(interface) == recorded or recorded not in names):
+                continue
+            parts = Sysctl(name, "0").path.split("/")
+            parts[3] = names[recorded]
+            try:
+                moved[name] = Sysctl("/".join(parts), "0").name
+            except ModelError:  # a name no sysctl can spell: left as it is
+                continue
+        moved = {old: new for old, new in moved.items()
+                 if new not in self.owned or new in moved or not self.owns(new, indexes)}
+        if not moved:
+            return self
+        return SysctlState(_renamed(self.owned, moved), self.released - set(moved.values()),
+                           _renamed(self.spread, moved), _renamed(self.links, moved))
+
     def owns(self, name: str, indexes: Mapping[str, int]) -> bool:
         """Whether ``name`` is owned here, on the very interface it was taken over on
         (``indexes``: the namespace's link indexes by name)."""
@@ -175,6 +208,14 @@ class SysctlState:
         recorded = self.links.get(name)
         interface = interface_of(name) if recorded is not None else None
         return interface is None or indexes.get(interface) == recorded
+
+
+def _renamed(table: Mapping[str, _V], moved: Mapping[str, str]) -> dict[str, _V]:
+    """A copy of ``table`` with the keys of ``moved`` under their new names (all at once:
+    two interfaces may have swapped names)."""
+    renamed = {name: value for name, value in table.items() if name not in moved}
+    renamed.update({moved[name]: value for name, value in table.items() if name in moved})
+    return renamed
 
 
 class SysctlStore:
