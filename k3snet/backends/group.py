@@ -125,8 +125,20 @@ class BackendGroup:
                 prefetch()
 
     def observe(self) -> State:
-        """The members' observations, each limited to the kinds it manages here."""
-        return State().merge(*(m.backend.observe().only(m.kinds) for m in self.members))
+        """The members' observations: what each owns of the kinds it manages here, and
+        what any of them sees that is not k3snet's, of every kind the group manages.
+
+        A member limited to some of its kinds still judges the others' objects by what
+        it sees: with ``--backend nftables:nat --backend iptables:forward`` (the split
+        for firewalld's FORWARD policy) a drop in firewalld's own nftables table is
+        seen by nftables alone, and the forward accept the iptables member adds must
+        be judged against it, or the plan said nothing of a drop that defeats it.
+        """
+        kinds = self.capabilities
+        seen = [(m, m.backend.observe()) for m in self.members]
+        return State().merge(*(State(owned=state.only(m.kinds).owned,
+                                     foreign=state.only(kinds).foreign)
+                               for m, state in seen))
 
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Every member's problems with its part of the plan, after the kinds no member
