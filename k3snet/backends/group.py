@@ -11,7 +11,7 @@ undoes the parts already applied, so the group keeps the all-or-nothing rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import FaultHook
@@ -82,6 +82,7 @@ class BackendGroup:
         self.faults = FaultHook()
         """The group's fault hook: an injected failure is handed to the member
         that holds that change (see :class:`~k3snet.backends.kit.FaultHook`)."""
+        self._left: tuple[str, ...] = ()  # the last observe's objects no member keeps up
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -94,8 +95,9 @@ class BackendGroup:
         ``warnings``: the iptables backend's chains that are not k3snet's, Calico's
         resources it cannot read ...), in member order; ``k3snet plan`` prints them as
         ``!! warning:`` lines and the Ansible module as task warnings."""
-        return tuple(str(w) for member in self.members
-                     for w in getattr(member.backend, "warnings", ()) or ())
+        found = tuple(str(w) for member in self.members
+                      for w in getattr(member.backend, "warnings", ()) or ())
+        return found + self._left
 
     def change_token(self) -> tuple[Hashable | None, ...]:
         """The members' change tokens (``None`` for a member that cannot tell).
@@ -136,9 +138,29 @@ class BackendGroup:
         """
         kinds = self.capabilities
         seen = [(m, m.backend.observe()) for m in self.members]
+        self._left = tuple(self._left_behind(seen))
         return State().merge(*(State(owned=state.only(m.kinds).owned,
                                      foreign=state.only(kinds).foreign)
                                for m, state in seen))
+
+    def _left_behind(self, seen: Sequence[tuple[Member, State]]) -> Iterator[str]:
+        """A warning for each member holding k3snet's objects of kinds it is not given
+        here: made when it managed them (``--backend nftables`` before ``--backend
+        nftables:nat --backend iptables:forward``), no plan of this group keeps them up
+        or removes them, and ``destroy`` left them too."""
+        managers = {kind: m.backend.name for m in self.members for kind in m.kinds}
+        for member, state in seen:
+            name = member.backend.name
+            held: dict[str, int] = {}
+            for obj in state.owned:
+                if obj.kind not in member.kinds:
+                    held[obj.kind] = held.get(obj.kind, 0) + 1
+            for kind, count in sorted(held.items()):
+                other = managers.get(kind)
+                yield (f"{name} holds {count} k3snet object(s) of kind {kind}, which "
+                       + (f"this run gives to {other}" if other else "this run manages with "
+                          "no backend") + ": they stay as they are, neither kept up nor "
+                       f"removed; `k3snet destroy --backend {name}:{kind}` removes them")
 
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Every member's problems with its part of the plan, after the kinds no member

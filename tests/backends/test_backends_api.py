@@ -240,6 +240,23 @@ def test_a_group_observes_what_any_member_sees_that_is_not_k3snets_of_all_its_ki
     assert [n.foreign for n in p.conflicts] == [drop]
 
 
+def test_a_group_warns_of_k3snets_objects_a_member_holds_of_a_kind_given_to_another() -> None:
+    # --backend nftables first, then the split of docs/backends.md: nftables' forward
+    # accepts were neither kept up nor removed (destroy too left them), and nothing said so.
+    accept = ForwardRule("10.42.0.0/16", "192.168.2.0/24")
+    nft = MemoryBackend(State(owned=[accept]), capabilities=["nat", "forward"])
+    group = BackendGroup([Member(nft, ["nat"]), Member(MemoryBackend(capabilities=["forward"]))])
+    assert group.warnings == ()  # nothing observed yet
+    assert group.observe() == State()
+    assert group.warnings == (
+        "memory holds 1 k3snet object(s) of kind forward, which this run gives to memory: "
+        "they stay as they are, neither kept up nor removed; `k3snet destroy --backend "
+        "memory:forward` removes them",)
+    nft.apply(plan(nft.observe(), State()))
+    group.observe()
+    assert group.warnings == ()
+
+
 def test_a_group_s_warnings_are_its_members_in_member_order() -> None:
     routes = MemoryBackend(capabilities=["route"])
     nat = MemoryBackend(capabilities=["nat"])
