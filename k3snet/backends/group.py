@@ -50,6 +50,14 @@ class Member:
         return min(ranks.index(k) for k in self.kinds if k in ranks)
 
 
+def _seen_by(member: Member, state: State, kinds: frozenset[str]) -> State:
+    """``member``'s part of the group's state: its owned objects of its kinds here, and
+    its foreign objects of every kind of the group (``kinds``)."""
+    part = state.only(member.kinds)  # the very state, unsorted again, in the usual case
+    extra = [o for o in state.foreign if o.kind in kinds and o.kind not in member.kinds]
+    return State(owned=part.owned, foreign=[*part.foreign, *extra]) if extra else part
+
+
 class BackendGroup:
     """A backend made of others, each owning distinct kinds.
 
@@ -139,9 +147,7 @@ class BackendGroup:
         kinds = self.capabilities
         seen = [(m, m.backend.observe()) for m in self.members]
         self._left = tuple(self._left_behind(seen))
-        return State().merge(*(State(owned=state.only(m.kinds).owned,
-                                     foreign=state.only(kinds).foreign)
-                               for m, state in seen))
+        return State().merge(*(_seen_by(m, state, kinds) for m, state in seen))
 
     def _left_behind(self, seen: Sequence[tuple[Member, State]]) -> Iterator[str]:
         """A warning for each member holding k3snet's objects of kinds it is not given
