@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import FaultHook
 from k3snet.errors import ApplyError, ModelError, PlanError, RollbackError
+from k3snet.model import ForwardBlock, NetObject
 from k3snet.model.drift import Drift
 from k3snet.model.state import State, kind_set, known_kinds
 from k3snet.planner import Change, Plan
@@ -51,11 +52,20 @@ class Member:
 
 
 def _seen_by(member: Member, state: State, kinds: frozenset[str]) -> State:
-    """``member``'s part of the group's state: its owned objects of its kinds here, and
-    its foreign objects of every kind of the group (``kinds``)."""
+    """``member``'s part of the group's state: its owned and foreign objects of its kinds
+    here, and the drops it sees of the other kinds of the group (``kinds``)."""
     part = state.only(member.kinds)  # the very state, unsorted again, in the usual case
-    extra = [o for o in state.foreign if o.kind in kinds and o.kind not in member.kinds]
+    extra = [o for o in state.foreign if o.kind in kinds and o.kind not in member.kinds
+             and _final(o)]
     return State(owned=part.owned, foreign=[*part.foreign, *extra]) if extra else part
+
+
+def _final(obj: NetObject) -> bool:
+    """Whether a foreign object decides wherever the other member's rule sits: a forward
+    drop or reject, final in any chain of the hook. What a backend reads relative to its
+    own rules is not (an iptables RETURN before the jump to its chain exempts that chain
+    from NAT, not nftables' table: read by nftables' member it was a false conflict)."""
+    return isinstance(obj, ForwardBlock) and obj.verdict in ("drop", "reject")
 
 
 class BackendGroup:
@@ -135,14 +145,16 @@ class BackendGroup:
                 prefetch()
 
     def observe(self) -> State:
-        """The members' observations: what each owns of the kinds it manages here, and
-        what any of them sees that is not k3snet's, of every kind the group manages.
+        """The members' observations, each limited to the kinds it manages here, and the
+        foreign forward drops and rejects any member sees.
 
-        A member limited to some of its kinds still judges the others' objects by what
-        it sees: with ``--backend nftables:nat --backend iptables:forward`` (the split
+        A member limited to some of its kinds still shows the others the drops it
+        reads: with ``--backend nftables:nat --backend iptables:forward`` (the split
         for firewalld's FORWARD policy) a drop in firewalld's own nftables table is
         seen by nftables alone, and the forward accept the iptables member adds must
-        be judged against it, or the plan said nothing of a drop that defeats it.
+        be judged against it, or the plan said nothing of a drop that defeats it. A
+        drop is final wherever it sits; other foreign objects are read relative to the
+        reading backend's own rules and stay with its kinds.
         """
         kinds = self.capabilities
         seen = [(m, m.backend.observe()) for m in self.members]

@@ -39,7 +39,7 @@ from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import unregister_backend
 from k3snet.converge import converge
 from k3snet.errors import BackendOptionError, ModelError
-from k3snet.model import ForwardBlock
+from k3snet.model import ForwardBlock, NatBlock
 from k3snet.testing import run_conformance
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"
@@ -238,6 +238,20 @@ def test_a_group_observes_what_any_member_sees_that_is_not_k3snets_of_all_its_ki
     p = plan(observed, wanted)
     assert p.changes == ()
     assert [n.foreign for n in p.conflicts] == [drop]
+
+
+def test_a_group_shows_no_member_what_another_read_relative_to_its_own_rules() -> None:
+    # An iptables RETURN in POSTROUTING before the jump to k3snet's chain exempts that
+    # chain, not nftables' table: shown to the nftables member's masquerade it was a
+    # false conflict (iptables-legacy beside nftables:nat). A drop shows; this does not.
+    exempt = NatBlock(4, "exempt", "-A POSTROUTING -s 10.42.0.0/16 -j RETURN",
+                      "iptables IPv4 nat POSTROUTING", source="10.42.0.0/16")
+    iptables = MemoryBackend(State(foreign=[exempt]), capabilities=["nat", "forward"])
+    group = BackendGroup([Member(MemoryBackend(capabilities=["nat"])),
+                          Member(iptables, ["forward"])])
+    wanted = State(owned=[MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24")])
+    assert group.observe() == State()
+    assert plan(group.observe(), wanted).conflicts == ()
 
 
 def test_a_group_warns_of_k3snets_objects_a_member_holds_of_a_kind_given_to_another() -> None:
