@@ -11,11 +11,12 @@ undoes the parts already applied, so the group keeps the all-or-nothing rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import FaultHook
 from k3snet.errors import ApplyError, ModelError, PlanError, RollbackError
+from k3snet.model import ForwardBlock, NetObject
 from k3snet.model.drift import Drift
 from k3snet.model.state import State, kind_set, known_kinds
 from k3snet.planner import Change, Plan
@@ -50,6 +51,23 @@ class Member:
         return min(ranks.index(k) for k in self.kinds if k in ranks)
 
 
+def _seen_by(member: Member, state: State, kinds: frozenset[str]) -> State:
+    """``member``'s part of the group's state: its owned and foreign objects of its kinds
+    here, and the drops it sees of the other kinds of the group (``kinds``)."""
+    part = state.only(member.kinds)  # the very state, unsorted again, in the usual case
+    extra = [o for o in state.foreign if o.kind in kinds and o.kind not in member.kinds
+             and _final(o)]
+    return State(owned=part.owned, foreign=[*part.foreign, *extra]) if extra else part
+
+
+def _final(obj: NetObject) -> bool:
+    """Whether a foreign object decides wherever the other member's rule sits: a forward
+    drop or reject, final in any chain of the hook. What a backend reads relative to its
+    own rules is not (an iptables RETURN before the jump to its chain exempts that chain
+    from NAT, not nftables' table: read by nftables' member it was a false conflict)."""
+    return isinstance(obj, ForwardBlock) and obj.verdict in ("drop", "reject")
+
+
 class BackendGroup:
     """A backend made of others, each owning distinct kinds.
 
@@ -82,6 +100,7 @@ class BackendGroup:
         self.faults = FaultHook()
         """The group's fault hook: an injected failure is handed to the member
         that holds that change (see :class:`~k3snet.backends.kit.FaultHook`)."""
+        self._left: tuple[str, ...] = ()  # the last observe's objects no member keeps up
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -94,8 +113,9 @@ class BackendGroup:
         ``warnings``: the iptables backend's chains that are not k3snet's, Calico's
         resources it cannot read ...), in member order; ``k3snet plan`` prints them as
         ``!! warning:`` lines and the Ansible module as task warnings."""
-        return tuple(str(w) for member in self.members
-                     for w in getattr(member.backend, "warnings", ()) or ())
+        found = tuple(str(w) for member in self.members
+                      for w in getattr(member.backend, "warnings", ()) or ())
+        return found + self._left
 
     def change_token(self) -> tuple[Hashable | None, ...]:
         """The members' change tokens (``None`` for a member that cannot tell).
@@ -125,8 +145,40 @@ class BackendGroup:
                 prefetch()
 
     def observe(self) -> State:
-        """The members' observations, each limited to the kinds it manages here."""
-        return State().merge(*(m.backend.observe().only(m.kinds) for m in self.members))
+        """The members' observations, each limited to the kinds it manages here, and the
+        foreign forward drops and rejects any member sees.
+
+        A member limited to some of its kinds still shows the others the drops it
+        reads: with ``--backend nftables:nat --backend iptables:forward`` (the split
+        for firewalld's FORWARD policy) a drop in firewalld's own nftables table is
+        seen by nftables alone, and the forward accept the iptables member adds must
+        be judged against it, or the plan said nothing of a drop that defeats it. A
+        drop is final wherever it sits; other foreign objects are read relative to the
+        reading backend's own rules and stay with its kinds.
+        """
+        kinds = self.capabilities
+        seen = [(m, m.backend.observe()) for m in self.members]
+        self._left = tuple(self._left_behind(seen))
+        return State().merge(*(_seen_by(m, state, kinds) for m, state in seen))
+
+    def _left_behind(self, seen: Sequence[tuple[Member, State]]) -> Iterator[str]:
+        """A warning for each member holding k3snet's objects of kinds it is not given
+        here: made when it managed them (``--backend nftables`` before ``--backend
+        nftables:nat --backend iptables:forward``), no plan of this group keeps them up
+        or removes them, and ``destroy`` left them too."""
+        managers = {kind: m.backend.name for m in self.members for kind in m.kinds}
+        for member, state in seen:
+            name = member.backend.name
+            held: dict[str, int] = {}
+            for obj in state.owned:
+                if obj.kind not in member.kinds:
+                    held[obj.kind] = held.get(obj.kind, 0) + 1
+            for kind, count in sorted(held.items()):
+                other = managers.get(kind)
+                yield (f"{name} holds {count} k3snet object(s) of kind {kind}, which "
+                       + (f"this run gives to {other}" if other else "this run manages with "
+                          "no backend") + ": they stay as they are, neither kept up nor "
+                       f"removed; `k3snet destroy --backend {name}:{kind}` removes them")
 
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Every member's problems with its part of the plan, after the kinds no member

@@ -16,6 +16,7 @@ import contextlib
 import difflib
 import importlib
 import inspect
+import os
 import pathlib
 import re
 import typing
@@ -137,11 +138,17 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
 
 def path_options(name: str) -> frozenset[str]:
     """The options of backend ``name`` that name a file or directory: those whose
-    annotation takes a :class:`pathlib.Path` (``state_dir: str | Path | None``)."""
+    annotation takes a :class:`pathlib.Path` or an :class:`os.PathLike`
+    (``state_dir: str | Path | None``, ``path: str | os.PathLike[str]``)."""
 
     def takes_path(annotation: Any) -> bool:
+        # os.PathLike[str] is an alias, not a type: its origin says what it is. Typed
+        # code spells "a path" so (the example backend did), and such an option was
+        # recorded relative in plan files and let through relative in specs.
+        if typing.get_origin(annotation) is os.PathLike:
+            return True
         if isinstance(annotation, type):
-            return issubclass(annotation, pathlib.PurePath)
+            return issubclass(annotation, pathlib.PurePath | os.PathLike)
         return any(takes_path(arg) for arg in typing.get_args(annotation))
 
     return frozenset(option for option, parameter in backend_options(name, resolve=True).items()

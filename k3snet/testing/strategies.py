@@ -640,6 +640,10 @@ def state_pairs(
     changes) draw what independent :func:`states` almost never do: a few changes
     in a state large enough for the planner's small-subset path. Foreign
     objects (observed side only) hold keys of their own.
+
+    ``owned`` must hold more than ``min_owned`` distinct keys: ``state_pairs(sysctls())``
+    (ten names) draws nothing, and Hypothesis fails the test as filtering out every
+    input; pass a smaller ``min_owned`` with a small pool.
     """
     if not 0 <= min_owned <= max_owned or not 1 <= min_changes <= max_changes:
         raise ModelError("need 0 <= min_owned <= max_owned and 1 <= min_changes <= max_changes")

@@ -18,6 +18,7 @@ from k3snet import (
     BackendUnavailableError,
     Change,
     ConflictError,
+    ForwardRule,
     MasqueradeRule,
     Plan,
     PlanError,
@@ -38,6 +39,7 @@ from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import unregister_backend
 from k3snet.converge import converge
 from k3snet.errors import BackendOptionError, ModelError
+from k3snet.model import ForwardBlock, NatBlock
 from k3snet.testing import run_conformance
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"
@@ -217,6 +219,56 @@ def test_a_member_of_a_kind_no_object_type_is_registered_for_is_a_model_error_sa
 def test_group_refuses_two_backends_for_one_kind() -> None:
     with pytest.raises(ValueError, match=r"would manage .*Member\(backend, kinds\) in the library"):
         BackendGroup([MemoryBackend(), MemoryBackend(capabilities=["nat"])])
+
+
+def test_a_group_observes_what_any_member_sees_that_is_not_k3snets_of_all_its_kinds() -> None:
+    # --backend nftables:nat --backend iptables:forward: only nftables sees a drop in
+    # firewalld's own nftables table; limited to NAT, it kept its NAT objects alone, and
+    # the iptables member's forward accept planned as an add the drop defeats.
+    drop = ForwardBlock(4, "drop", "ip daddr 192.168.2.0/24 drop",
+                        "nftables inet firewalld filter_FORWARD", destination="192.168.2.0/24")
+    mine = MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24")
+    nft = MemoryBackend(State(owned=[mine, ForwardRule("10.42.0.0/16", "192.168.9.0/24")],
+                              foreign=[drop]), capabilities=["nat", "forward"])
+    group = BackendGroup([Member(nft, ["nat"]), Member(MemoryBackend(capabilities=["forward"]))])
+    observed = group.observe()
+    # Owned: each member's own kinds only (nftables' forward rule is no one's here).
+    assert observed == State(owned=[mine], foreign=[drop])
+    wanted = State(owned=[mine, ForwardRule("10.42.0.0/16", "192.168.2.0/24")])
+    p = plan(observed, wanted)
+    assert p.changes == ()
+    assert [n.foreign for n in p.conflicts] == [drop]
+
+
+def test_a_group_shows_no_member_what_another_read_relative_to_its_own_rules() -> None:
+    # An iptables RETURN in POSTROUTING before the jump to k3snet's chain exempts that
+    # chain, not nftables' table: shown to the nftables member's masquerade it was a
+    # false conflict (iptables-legacy beside nftables:nat). A drop shows; this does not.
+    exempt = NatBlock(4, "exempt", "-A POSTROUTING -s 10.42.0.0/16 -j RETURN",
+                      "iptables IPv4 nat POSTROUTING", source="10.42.0.0/16")
+    iptables = MemoryBackend(State(foreign=[exempt]), capabilities=["nat", "forward"])
+    group = BackendGroup([Member(MemoryBackend(capabilities=["nat"])),
+                          Member(iptables, ["forward"])])
+    wanted = State(owned=[MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24")])
+    assert group.observe() == State()
+    assert plan(group.observe(), wanted).conflicts == ()
+
+
+def test_a_group_warns_of_k3snets_objects_a_member_holds_of_a_kind_given_to_another() -> None:
+    # --backend nftables first, then the split of docs/backends.md: nftables' forward
+    # accepts were neither kept up nor removed (destroy too left them), and nothing said so.
+    accept = ForwardRule("10.42.0.0/16", "192.168.2.0/24")
+    nft = MemoryBackend(State(owned=[accept]), capabilities=["nat", "forward"])
+    group = BackendGroup([Member(nft, ["nat"]), Member(MemoryBackend(capabilities=["forward"]))])
+    assert group.warnings == ()  # nothing observed yet
+    assert group.observe() == State()
+    assert group.warnings == (
+        "memory holds 1 k3snet object(s) of kind forward, which this run gives to memory: "
+        "they stay as they are, neither kept up nor removed; `k3snet destroy --backend "
+        "memory:forward` removes them",)
+    nft.apply(plan(nft.observe(), State()))
+    group.observe()
+    assert group.warnings == ()
 
 
 def test_a_group_s_warnings_are_its_members_in_member_order() -> None:

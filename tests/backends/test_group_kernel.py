@@ -29,7 +29,7 @@ from k3snet import (
     Sysctl,
     plan,
 )
-from k3snet.backends.group import BackendGroup
+from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.cli import (
@@ -274,3 +274,26 @@ def test_a_later_failure_gives_a_released_sysctl_and_its_spread_back_exactly(
         assert (_forwarding(ns), kernel_view(ns)) == before
         assert state_file.read_text() == recorded
         assert plan(group.observe(), forwarding).empty
+
+
+def test_a_member_limited_to_nat_still_shows_the_forward_member_a_native_nftables_drop(
+        ns: str) -> None:
+    """``--backend nftables:nat --backend iptables:forward`` (docs/backends.md, for
+    firewalld's FORWARD policy): the drop of the fixture's ``inet admin`` table (as
+    firewalld's own table holds them) is seen by the nftables backend alone, which the
+    group limited to NAT. It kept only its NAT objects, so the forward accept for the
+    dropped pods planned as a plain add (exit 2, no conflict) and traffic stayed dropped.
+    Once applied, k3snet's own iptables-nft rules seen through nft make no conflict."""
+    from k3snet.backends.iptables import IptablesBackend  # noqa: PLC0415
+
+    wanted = State(owned=[ForwardRule("10.99.0.0/16", "192.168.2.0/24"),
+                          ForwardRule("10.42.0.0/16", "192.168.2.0/24")])
+    split = [Member(NftablesBackend(ns), ["nat"]), Member(IptablesBackend(ns), ["forward"])]
+    with BackendGroup(split) as group:
+        p = plan(group.observe(), wanted)
+        assert [n.wanted for n in p.conflicts] == [wanted.by_key[ForwardRule(
+            "10.99.0.0/16", "192.168.2.0/24").key]], p.render()
+        assert "inet admin forwarding" in p.conflicts[0].render()
+        group.apply(p)
+        assert plan(group.observe(), wanted).changes == ()
+        assert len(plan(group.observe(), wanted).conflicts) == 1

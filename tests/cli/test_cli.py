@@ -719,6 +719,19 @@ def test_lock_timeout_bounds_the_wait_for_another_k3snet_and_nothing_changes(
     assert locked_namespace.observe() == before
 
 
+def test_plan_takes_no_lock_and_a_dry_run_waits_for_it_as_the_apply_it_rehearses(
+        locked_namespace: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # The decision docs/reliability.md gives reasons for ("Which commands take it"): a
+    # monitoring `plan` never waits for the agent (its exit codes have no "busy"), while
+    # a dry run reports what apply would, busy included, never a half-applied node.
+    plan_args = ["-f", str(SEED), "--no-facts", "--backend", "memory-locked"]
+    assert main(["plan", *plan_args]) == 2
+    assert "another k3snet process" not in capsys.readouterr().err
+    assert main(["apply", *plan_args, "--dry-run", "--lock-timeout", "0"]) == EXIT_BUSY
+    assert main(["destroy", "--backend", "memory-locked", "--dry-run",
+                 "--lock-timeout", "0"]) == EXIT_BUSY
+
+
 def test_a_run_waiting_for_the_lock_says_so_on_stderr_at_once(
         locked_namespace: Any, capsys: pytest.CaptureFixture[str]) -> None:
     # A person (or a CI log) saw nothing for up to a minute: say who is waited for.

@@ -4,6 +4,7 @@ spec's `backends:` options, --backend-opt and allow-disruptive, recorded in the 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,53 @@ def test_a_spec_giving_a_relative_directory_option_is_refused_at_its_path(
                      "-f", str(absolute)]) == 2, capsys.readouterr().err
     finally:
         unregister_backend("memory-stateful")
+
+
+class _PathLikeFile(MemoryBackend):
+    """A third-party backend whose file option is annotated as the shipped example's is
+    (``str | os.PathLike[str]``, the usual spelling of "a path" in typed code)."""
+
+    made: list[Path] = []  # noqa: RUF012 - a record shared by the test and the factory
+
+    def __init__(self, path: str | os.PathLike[str] = "state.json") -> None:
+        super().__init__()
+        self.made.append(Path(path).resolve())
+
+
+class _BarePathLike(MemoryBackend):
+    made = _PathLikeFile.made
+
+    def __init__(self, path: os.PathLike[str] | None = None) -> None:
+        super().__init__()
+        self.made.append(Path(path or ".").resolve())
+
+
+@pytest.mark.parametrize("factory", [_PathLikeFile, _BarePathLike])
+def test_an_os_pathlike_option_names_the_same_file_when_applied_from_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        factory: type[MemoryBackend]) -> None:
+    # examples/jsonfile_backend's `path: str | os.PathLike[str]` was no path option:
+    # `plan --out` recorded `nat.json` as given, and `apply FILE` run from / wrote /nat.json;
+    # a spec's relative `path:` was not refused either.
+    register_backend("memory-pathlike", factory)
+    _PathLikeFile.made.clear()
+    planned, elsewhere = tmp_path / "planned", tmp_path / "elsewhere"
+    planned.mkdir()
+    elsewhere.mkdir()
+    saved = tmp_path / "node.plan"
+    try:
+        monkeypatch.chdir(planned)
+        assert main(["plan", "-f", str(SEED), "--no-facts", "--backend", "memory-pathlike",
+                     "--backend-opt", "memory-pathlike.path=nat.json",
+                     "--out", str(saved)]) == 2
+        monkeypatch.chdir(elsewhere)
+        assert main(["apply", str(saved), "--auto-approve"]) == 0
+        spec = _spec(tmp_path, "backends:\n  memory-pathlike: {path: nat.json}\n")
+        assert main(["validate", "-f", str(spec)]) == 1
+        assert "backends.memory-pathlike.path: 'nat.json' is a relative path" in (
+            capsys.readouterr().err)
+    finally:
+        unregister_backend("memory-pathlike")
+    recorded = json.loads(saved.read_text())["options"]["memory-pathlike"]
+    assert recorded == {"path": str(planned / "nat.json")}
+    assert _PathLikeFile.made == [planned / "nat.json"] * 2

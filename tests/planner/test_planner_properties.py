@@ -354,3 +354,22 @@ def test_replacements_of_a_route_without_a_usable_edge_gateway_are_drawn(
         assert other != route
 
     check()
+
+
+# Beside what a K3s node really holds (flannel's rules, routes of the kernel, DHCP and
+# bird, routes k3snet cannot model, booted sysctls), not only objects of the pool.
+_node_states = ks.states(_pool, max_owned=10, foreign=ks.foreign_objects(), max_foreign=6)
+
+
+@given(_node_states)
+def test_idempotence_plan_of_the_observed_state_is_empty_beside_what_a_k3s_node_holds(
+        state: State) -> None:
+    # Notes (a foreign route ahead of k3snet's) may stand; no change ever does.
+    assert plan(state, State(owned=state.owned)).changes == ()
+
+
+@given(_node_states, desired_states)
+def test_idempotence_second_plan_is_empty_beside_what_a_k3s_node_holds(
+        observed: State, desired: State) -> None:
+    after = plan(observed, desired).apply_to(observed)
+    assert plan(after, desired).changes == ()

@@ -1,0 +1,85 @@
+"""A saved plan (``k3snet plan --out``, :func:`k3snet.converge.apply_plan`) is applied
+exactly when it is still the plan of the node as it is, or refused with nothing changed.
+
+The node at apply time is drawn as the one the plan was made from, the state the plan
+leads to, or another state altogether; through the memory backend, whose state
+includes what ``==`` leaves out (a sysctl's recorded ``previous``: its dump).
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from k3snet import MemoryBackend, State, plan
+from k3snet.converge import apply_plan, state_digest
+from k3snet.errors import StalePlanError
+from k3snet.testing import strategies as ks
+
+_dest = st.sampled_from(["192.168.2.0/24", "fd01:2::/64"]).map(ip_network)
+_sources = st.sampled_from(["10.42.0.0/16", "fd42:42::/56"]).map(ip_network)
+_pool = st.one_of(
+    ks.sysctls(names=("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"),
+               values=("0", "1"), previous=(None, "0", "1")),
+    ks.routes(destinations=_dest, gateways={"eth0": ["192.168.1.1", "fd01:1::1"]},
+              devices=("eth0",), tables=(254,), metrics=(None, 100), protocols=(211, 4)),
+    ks.masquerade_rules(sources=_sources, devices=(None, "eth0")),
+)
+_states = ks.states(_pool, max_owned=6, max_foreign=3)
+_desired = ks.states(_pool, max_owned=6, max_foreign=0)
+
+
+@st.composite
+def _saved_and_node(draw: st.DrawFn) -> tuple[State, State, State]:
+    """(observed when planned, desired, the node when the plan is applied)."""
+    observed, desired = draw(_states), draw(_desired)
+    later = draw(st.sampled_from(["same", "planned", "other"]))
+    if later == "same":
+        node = observed
+    elif later == "planned":  # someone applied it already (another run, the agent)
+        node = plan(observed, desired).apply_to(observed)
+    else:
+        node = draw(_states)
+    return observed, desired, node
+
+
+@given(_saved_and_node())
+def test_a_saved_plan_is_applied_exactly_when_planning_again_gives_it_else_nothing_changes(
+        drawn: tuple[State, State, State]) -> None:
+    observed, desired, node = drawn
+    saved = plan(observed, desired)
+    backend = MemoryBackend(node)
+    before = backend.dump()
+    if plan(node, desired) == saved:
+        apply_plan(backend, saved, desired=desired, allow_conflicts=True,
+                   allow_teardown=True, made_from=state_digest(observed))
+        assert backend.state == saved.apply_to(node)
+        assert plan(backend.observe(), desired).empty
+    else:
+        with pytest.raises(StalePlanError) as refused:
+            apply_plan(backend, saved, desired=desired, allow_conflicts=True,
+                       allow_teardown=True, made_from=state_digest(observed))
+        assert backend.dump() == before  # nothing, not even a sysctl's recorded value
+        # The refusal says which: the node changed, or the plan does not follow from
+        # its own desired state (the node is as it was planned: an edited file).
+        unchanged = state_digest(node) == state_digest(observed)
+        assert ("does not follow from its own desired state" in str(refused.value)) is unchanged
+
+
+@given(_states, _desired, _desired)
+def test_a_plan_saved_for_another_desired_state_is_refused_on_an_unchanged_node(
+        observed: State, desired: State, edited: State) -> None:
+    # A plan file whose `desired` was edited after the plan was made (or whose `plan`
+    # was): refused with nothing changed unless the edit plans the same.
+    saved = plan(observed, desired)
+    backend = MemoryBackend(observed)
+    before = backend.dump()
+    if plan(observed, edited) == saved:
+        return
+    with pytest.raises(StalePlanError, match="does not follow from its own desired state"):
+        apply_plan(backend, saved, desired=edited, allow_conflicts=True, allow_teardown=True,
+                   made_from=state_digest(observed))
+    assert backend.dump() == before
