@@ -168,10 +168,12 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
                   "Exit 0: the flow reaches, 1: error, 3: blocked, 4: unknown; with --fix also "
                   "5: the fix failed and was not taken back, 75: busy (another k3snet "
                   "process held the lock).")
-    doctor.add_argument("--from", dest="source", required=True, metavar="POD_IP")
+    doctor.add_argument("--from", dest="source", required=True, metavar="POD_IP",
+                        help="the pod's address: the flow's source")
     doctor.add_argument("--to", dest="destination", required=True, metavar="DEST[:PORT]",
                         help="address, address:port, or [IPv6]:port")
-    doctor.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
+    doctor.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp",
+                        help="the flow's protocol (default: tcp)")
     where = doctor.add_mutually_exclusive_group()
     where.add_argument("--netns", help="read the node state inside this network namespace")
     where.add_argument("--state", type=_read_path, metavar="DIR",
@@ -189,7 +191,8 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
                         help="apply the fix plan (after confirmation)")
     doctor.add_argument("--auto-approve", action="store_true",
                         help="with --fix: apply without asking")
-    doctor.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    doctor.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                        help="json: one `doctor` document on stdout (default: text)")
 
 
 def _add_explain(add: Callable[[str, str], Any]) -> None:
@@ -253,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an option for backend NAME, repeatable (VALUE is read as JSON "
                               "when it parses, else as text), e.g. nftables.family=split")
         if output:
-            cmd.add_argument("--output", choices=("text", "json"), default="text")
+            cmd.add_argument("--output", choices=("text", "json"), default="text",
+                             help="json: one document on stdout, errors too (default: text)")
         cmd.add_argument("--no-facts", action="store_true",
                          help="do not read the node's interfaces to check the spec")
         return cmd
@@ -301,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     _render_arguments(render)
 
     validate = add("validate", "Check a spec; print every problem at once.")
-    validate.add_argument("-f", "--spec", required=True, type=_read_path)
+    validate.add_argument("-f", "--spec", required=True, type=_read_path, help=SPEC_HELP)
     validate.add_argument("--output", choices=("text", "json"), default="text",
                           help="json: one `validation` document on stdout, valid or not, "
                                "each problem with its path")
@@ -313,14 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
         "connectivity",
         "Read the result of the connectivity test Job (k3snet render manifests). "
         "Exit 0: passed, 6: failed, 3: still running, 1: error reading it.")
-    connectivity.add_argument("-f", "--spec", required=True, type=_read_path)
+    connectivity.add_argument("-f", "--spec", required=True, type=_read_path,
+                              help="the spec whose connectivityTest was rendered")
     connectivity.add_argument("--kubeconfig",
                               help="default: in-cluster, $KUBECONFIG, ~/.kube/config")
-    connectivity.add_argument("--context")
+    connectivity.add_argument("--context", help="with --kubeconfig: the context to use")
 
     completion = add("completion", "Print a shell completion script: "
                      "`source <(k3snet completion bash)`.")
-    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete in")
     return parser
 
 
@@ -358,7 +363,7 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     source.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]", type=_object_ref(key=True),
                         help="read the spec from this ConfigMap through the API each pass "
                              "(default key spec.yaml) instead of -f")
-    agent.add_argument("--interval", type=_positive_seconds, default=30.0,
+    agent.add_argument("--interval", type=_positive_seconds, default=30.0, metavar="SECONDS",
                        help="seconds between passes (default: 30)")
     agent.add_argument("--no-watch", action="store_true",
                        help="pass only every --interval: do not look for changes on the node "
@@ -378,7 +383,7 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                        type=_from_env("K3SNET_LOG_LEVEL",
                                       _one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=True)),
                        metavar="{DEBUG,INFO,WARNING,ERROR}",
-                       help="(default: $K3SNET_LOG_LEVEL or INFO)")
+                       help="the lowest level logged (default: $K3SNET_LOG_LEVEL or INFO)")
     agent.add_argument("--cleanup-on-exit", action="store_true",
                        help="on SIGTERM/SIGINT remove what k3snet owns on this node (like "
                             "`k3snet destroy`); by default the rules stay")
@@ -399,9 +404,17 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                             "node-role.kubernetes.io/control-plane); others never write "
                             "cluster-wide objects nor read the Lease (default: "
                             "$K3SNET_LEASE_CANDIDATES, else every node)")
-    agent.add_argument("--lease-duration", type=_positive_seconds, default=15.0)
-    agent.add_argument("--lease-renew-deadline", type=_positive_seconds, default=10.0)
-    agent.add_argument("--lease-retry-period", type=_positive_seconds, default=2.0)
+    agent.add_argument("--lease-duration", type=_positive_seconds, default=15.0,
+                       metavar="SECONDS",
+                       help="how long a Lease not renewed stays its holder's (default: 15)")
+    agent.add_argument("--lease-renew-deadline", type=_positive_seconds, default=10.0,
+                       metavar="SECONDS",
+                       help="the holder stops writing when it could not renew for this "
+                            "long (default: 10)")
+    agent.add_argument("--lease-retry-period", type=_positive_seconds, default=2.0,
+                       metavar="SECONDS",
+                       help="seconds between the holder's renewals, and a candidate's "
+                            "tries after a failed one (default: 2)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -770,7 +783,7 @@ _netplan_id = _pair("DEV=ID", "an interface, the netplan definition that configu
 def _render_arguments(render: argparse.ArgumentParser) -> None:
     """The options of ``k3snet render``."""
     render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
-    render.add_argument("-f", "--spec", required=True, type=_read_path)
+    render.add_argument("-f", "--spec", required=True, type=_read_path, help=SPEC_HELP)
     render.add_argument("-o", "--out", type=_written_path,
                         help="directory to write into (default: print to stdout)")
     render.add_argument("--flannel-conf", metavar="PATH",
