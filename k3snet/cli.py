@@ -1214,7 +1214,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if args.out is not None:
             _save_planfile(args, spec, backend, observed=observed, desired=desired, p=p)
         marks = disruptive_notes(backend, p)
-        warnings = list(backend.warnings)
+        warnings = [*_left_out(args, spec, backend), *backend.warnings]
     if args.output == "json":
         _print_json({**p.to_dict(), "kind": "plan",
                      **({"warnings": warnings} if warnings else {}),
@@ -1231,6 +1231,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if p.conflicts:
         return EXIT_CONFLICTS
     return EXIT_CHANGES if p.changes else EXIT_OK
+
+
+_NODE_KINDS = {"route": "route", "sysctl": "sysctl", "forward": "forward accept",
+               "nat": "NAT rule"}
+
+
+def _left_out(args: argparse.Namespace, spec: Spec | None, backend: BackendGroup) -> list[str]:
+    """A warning naming the spec's node objects that none of the backends in use manages,
+    unless a ``--backend NAME:KINDS`` split the kinds on purpose: ``plan --backend
+    netlink`` planned the routes alone and said "nothing to do" (exit 0) while the spec's
+    masquerade and forward accepts were in no plan. Compiled only then (the kinds left
+    out alone), so the usual backends cost nothing more."""
+    missing = set(_NODE_KINDS) - backend.capabilities
+    if spec is None or not missing or any(":" in entry for entry in args.backend):
+        return []
+    counts: dict[str, int] = {}
+    for obj in compile_spec(spec, kinds=missing).owned:
+        counts[obj.kind] = counts.get(obj.kind, 0) + 1
+    if not counts:
+        return []
+    what = " and ".join(f"{n} {_NODE_KINDS[kind]}{'s' if n > 1 else ''}"
+                        for kind, n in sorted(counts.items()))
+    names = ", ".join(m.backend.name for m in backend.members)
+    verb = "is" if sum(counts.values()) == 1 else "are"
+    return [f"the spec's {what} {verb} in no plan: none of the backends in use ({names}) "
+            f"manages {' or '.join(sorted(counts))}; add one that does (--backend NAME, or "
+            f"the spec's backends; the default ones, {' and '.join(DEFAULT_BACKENDS)}, "
+            "manage every kind)"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -1300,7 +1328,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.dry_run:
             preview = run(fixed, wanted, dry_run=True)
             problems = tuple(backend.check(preview.plan)) if preview.plan.changes else ()
-            _print_apply(args, preview, problems, warnings=backend.warnings)
+            _print_apply(args, preview, problems,
+                         warnings=[*_left_out(args, spec, backend), *backend.warnings])
             if problems:
                 return EXIT_ERROR
             return EXIT_CHANGES if args.detailed_exitcode and preview.plan.changes else EXIT_OK
@@ -1318,7 +1347,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 # Shown on stdout already, or else printed there with what was applied.
                 shown = preview.plan if ask is sys.stdout else None
         done = run(fixed, wanted, dry_run=False)
-        warnings = backend.warnings  # what the last observe found worth saying, as plan says
+        # What the last observe found worth saying, as plan says.
+        warnings = [*_left_out(args, spec, backend), *backend.warnings]
     _print_apply(args, done, shown=shown, warnings=warnings)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK

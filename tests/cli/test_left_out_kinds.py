@@ -1,0 +1,57 @@
+"""A spec's node objects that none of the backends in use manages are said, not dropped
+in silence.
+
+``k3snet plan -f seed.yaml --backend netlink`` planned the routes and sysctls alone and,
+once they were in place, exited 0 with "0 to add": the spec's masquerade and forward
+accepts were in no plan, and the pods still could not reach the database.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from k3snet.cli import main
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+ROUTES_ONLY = ["--backend", "memory", "--backend-opt", 'memory.capabilities=["route","sysctl"]']
+
+
+def _plan(capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
+    code = main(["plan", "-f", str(SEED), "--no-facts", *flags])
+    return code, capsys.readouterr().out
+
+
+def test_plan_names_the_kinds_no_backend_in_use_manages(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _plan(capsys, *ROUTES_ONLY)
+    assert code == 2  # the routes and sysctls
+    (warning,) = [line for line in out.splitlines() if line.startswith("!! warning:")]
+    assert "2 forward accepts and 2 NAT rules are in no plan" in warning
+    assert "(memory) manages forward or nat" in warning
+
+
+def test_the_json_plan_carries_it_among_the_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = _plan(capsys, *ROUTES_ONLY, "--output", "json")
+    assert any("are in no plan" in w for w in json.loads(out)["warnings"])
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--backend", "memory"],  # every kind
+        ["--backend", "memory:route,sysctl"],  # the kinds split on purpose
+    ],
+    ids=["all-kinds", "kinds-given"],
+)
+def test_no_warning_when_every_kind_is_managed_or_the_kinds_are_chosen(
+    capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    _, out = _plan(capsys, *flags)
+    assert "!! warning" not in out
+
+
+def test_apply_says_it_too(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["apply", "-f", str(SEED), "--no-facts", "--auto-approve", *ROUTES_ONLY]) == 0
+    assert "are in no plan" in capsys.readouterr().out
