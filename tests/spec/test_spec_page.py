@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
+import yaml
+
+from k3snet import Spec
 from k3snet.spec.explain import explain, spec_paths
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "spec.md"
@@ -89,3 +94,70 @@ def test_every_leaf_key_has_a_row() -> None:
         "sysctls",
     } <= keys
     assert not keys & {"destinations", "cni", "cni.calico"}
+
+
+_FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,})\s*(?P<info>\S*)")
+_TOP_KEYS = {
+    "apiVersion",
+    "kind",
+    "cluster",
+    "destinations",
+    "masquerade",
+    "forward",
+    "sysctls",
+    "manageForwarding",
+    "backends",
+    "dns",
+    "egressPolicy",
+    "connectivityTest",
+    "agent",
+    "cni",
+}
+
+
+def spec_fragments() -> list[tuple[str, dict[str, object]]]:
+    """(page:line, document) of every ``yaml`` block of the docs made of spec keys:
+    whole specs and the fragments a section shows (``cluster`` and ``cni.calico``)."""
+    found = []
+    for page in sorted(PAGE.parent.glob("*.md")):
+        lines = page.read_text(encoding="utf-8").splitlines()
+        index = 0
+        while index < len(lines):
+            opening = _FENCE.match(lines[index])
+            index += 1
+            if opening is None:
+                continue
+            start, body, width = index, [], len(opening["indent"])
+            while index < len(lines) and lines[index].strip() != opening["fence"]:
+                body.append(lines[index][width:])
+                index += 1
+            index += 1
+            if opening["info"] in ("yaml", "yml"):
+                document = yaml.safe_load("\n".join(body))
+                if isinstance(document, dict) and set(document) <= _TOP_KEYS:
+                    found.append((f"{page.name}:{start}", document))
+    return found
+
+
+FRAGMENTS = spec_fragments()
+
+
+def test_the_fragments_are_found() -> None:
+    assert {"spec.md:22", "spec.md:140"} <= {where for where, _ in FRAGMENTS}
+
+
+@pytest.mark.parametrize(("where", "document"), FRAGMENTS, ids=[w for w, _ in FRAGMENTS])
+def test_every_spec_fragment_of_the_docs_is_valid(where: str, document: dict[str, object]) -> None:
+    """A fragment (a section's ``cluster:`` and ``cni:`` keys) is read with the header and
+    a destination it leaves out; the file an ``ipMasqAgentConfig`` names is the node's."""
+    whole: dict[str, Any] = {
+        "apiVersion": "k3snet.io/v1alpha1",
+        "kind": "EgressSpec",
+        "destinations": [{"cidr": "192.168.2.0/24"}],
+        **document,
+    }
+    if isinstance(whole.get("masquerade"), dict):
+        whole["masquerade"] = {
+            k: v for k, v in whole["masquerade"].items() if k != "ipMasqAgentConfig"
+        }
+    Spec.from_dict(whole)
