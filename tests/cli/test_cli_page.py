@@ -81,3 +81,13 @@ def test_the_tables_are_read() -> None:
     assert {"--out", "-f", "--backend"} <= documented["plan"]
     assert {"--lease-duration", "--lease-retry-period", "--once"} <= documented["agent"]
     assert documented["completion"] == set()
+
+
+def test_every_positional_choice_is_on_the_page() -> None:
+    """``render WHAT`` (each in the table of persistence files) and ``completion SHELL``."""
+    page = PAGE.read_text(encoding="utf-8")
+    render = next(a for a in _commands()["render"]._actions if a.dest == "what")
+    files = page.split("\n## Persistence files\n", 1)[1].split("\n## ", 1)[0]
+    assert not [w for w in render.choices or () if f"| `{w}` |" not in files]
+    shell = next(a for a in _commands()["completion"]._actions if a.dest == "shell")
+    assert all(f"`{s}`" in page or f"completion {s}" in page for s in shell.choices or ())
