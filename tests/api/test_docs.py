@@ -258,3 +258,15 @@ def test_a_session_a_page_shows_prints_what_it_shows(page: Path, line: int, comm
                           cwd=DOCS.parent, env=env, capture_output=True, text=True,
                           check=False)
     assert done.stdout + done.stderr == output, f"{page.name}:{line}: `{command}`"
+
+
+def test_getting_started_names_every_extra() -> None:
+    """``k3snet[agent]`` (what ``k3snet agent`` needs for its metrics and Lease) was in
+    pyproject.toml alone."""
+    import tomllib  # noqa: PLC0415
+
+    extras = tomllib.loads((DOCS.parent / "pyproject.toml").read_text(encoding="utf-8"))[
+        "project"]["optional-dependencies"]
+    page = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    assert not [name for name in extras
+                if f"k3snet[{name}]" not in page and f".[{name}]" not in page]
