@@ -292,3 +292,15 @@ def test_a_fix_that_fails_with_json_output_leaves_stdout_one_doctor_document(
     document = json.loads(out)  # one document: the diagnosis
     assert (document["kind"], bool(document["plan"]["changes"])) == ("doctor", True)
     assert "changed since this plan was made" in err, err
+
+
+def test_the_first_example_of_the_docs_is_what_the_seed_bundle_prints(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/doctor.md opens with the seed node's diagnosis; tests/doctor/golden/seed is
+    that node's bundle, as the page says."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "doctor.md").read_text()
+    shown = page.split("```text\n", 1)[1].split("```", 1)[0]
+    assert "tests/doctor/golden/seed" in page
+    assert main(["doctor", "--state", str(GOLDEN / "seed"), "--from", "10.42.0.10",
+                 "--to", "192.168.2.10:5432"]) == 3
+    assert capsys.readouterr().out == shown
