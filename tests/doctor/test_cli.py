@@ -304,3 +304,19 @@ def test_the_first_example_of_the_docs_is_what_the_seed_bundle_prints(
     assert main(["doctor", "--state", str(GOLDEN / "seed"), "--from", "10.42.0.10",
                  "--to", "192.168.2.10:5432"]) == 3
     assert capsys.readouterr().out == shown
+
+
+def test_a_base_chain_s_own_nft_rule_names_its_chain_once() -> None:
+    """``-> forward pass nft inet k3snet forward: nft inet k3snet forward: ip saddr ...``
+    printed the chain twice; a rule of a chain the base chain jumps to keeps its name."""
+    from k3snet.doctor.trace import Step  # noqa: PLC0415
+
+    where = "nft inet k3snet forward"
+    own = Step("original", "forward", "pass", where,
+               f"{where}: ip saddr == 10.42.0.0/16 accept")
+    assert own.describe() == (f"-> forward     pass    {where}: "
+                              "ip saddr == 10.42.0.0/16 accept")
+    jumped = Step("original", "forward", "drop", "nft inet firewalld filter_FORWARD",
+                  "nft inet firewalld filter_FWD_public: drop")
+    assert "filter_FORWARD: nft inet firewalld filter_FWD_public: drop" in jumped.describe()
+    assert own.to_dict()["detail"] == f"{where}: ip saddr == 10.42.0.0/16 accept"
