@@ -49,6 +49,7 @@ from k3snet.converge import (
     facts_namespace,
     reads_node_facts,
     route_protocol,
+    unmanaged,
     with_route_protocol,
 )
 from k3snet.errors import (
@@ -1233,30 +1234,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_CHANGES if p.changes else EXIT_OK
 
 
-_NODE_KINDS = {"route": "route", "sysctl": "sysctl", "forward": "forward accept",
+_KIND_NAMES = {"route": "route", "sysctl": "sysctl", "forward": "forward accept",
                "nat": "NAT rule"}
 
 
 def _left_out(args: argparse.Namespace, spec: Spec | None, backend: BackendGroup) -> list[str]:
-    """A warning naming the spec's node objects that none of the backends in use manages,
-    unless a ``--backend NAME:KINDS`` split the kinds on purpose: ``plan --backend
-    netlink`` planned the routes alone and said "nothing to do" (exit 0) while the spec's
-    masquerade and forward accepts were in no plan. Compiled only then (the kinds left
-    out alone), so the usual backends cost nothing more."""
-    missing = set(_NODE_KINDS) - backend.capabilities
-    if spec is None or not missing or any(":" in entry for entry in args.backend):
+    """A warning naming the spec's node objects that none of the backends in use manages
+    (:func:`~k3snet.converge.unmanaged`), unless a ``--backend NAME:KINDS`` split the
+    kinds on purpose."""
+    if spec is None or any(":" in entry for entry in args.backend):
         return []
-    counts: dict[str, int] = {}
-    for obj in compile_spec(spec, kinds=missing).owned:
-        counts[obj.kind] = counts.get(obj.kind, 0) + 1
+    counts = unmanaged(backend, spec)
     if not counts:
         return []
-    what = " and ".join(f"{n} {_NODE_KINDS[kind]}{'s' if n > 1 else ''}"
-                        for kind, n in sorted(counts.items()))
-    names = ", ".join(m.backend.name for m in backend.members)
+    what = " and ".join(f"{n} {_KIND_NAMES[kind]}{'s' if n > 1 else ''}"
+                        for kind, n in counts.items())
     verb = "is" if sum(counts.values()) == 1 else "are"
+    names = ", ".join(m.backend.name for m in backend.members)
     return [f"the spec's {what} {verb} in no plan: none of the backends in use ({names}) "
-            f"manages {' or '.join(sorted(counts))}; add one that does (--backend NAME, or "
+            f"manages {' or '.join(counts)}; add one that does (--backend NAME, or "
             f"the spec's backends; the default ones, {' and '.join(DEFAULT_BACKENDS)}, "
             "manage every kind)"]
 

@@ -55,3 +55,32 @@ def test_no_warning_when_every_kind_is_managed_or_the_kinds_are_chosen(
 def test_apply_says_it_too(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["apply", "-f", str(SEED), "--no-facts", "--auto-approve", *ROUTES_ONLY]) == 0
     assert "are in no plan" in capsys.readouterr().out
+
+
+def test_unmanaged_counts_by_kind_and_compiles_nothing_for_a_backend_of_every_kind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib  # noqa: PLC0415
+
+    from k3snet import load_spec  # noqa: PLC0415
+    from k3snet.backends.memory import MemoryBackend  # noqa: PLC0415
+    from k3snet.converge import unmanaged  # noqa: PLC0415
+
+    # The module (k3snet.converge, the attribute, is the function).
+    converge_module = importlib.import_module("k3snet.converge")
+    spec = load_spec(SEED)
+    assert unmanaged(MemoryBackend(capabilities=["route", "sysctl"]), spec) == {
+        "forward": 2,
+        "nat": 2,
+    }
+    assert unmanaged(MemoryBackend(capabilities=["nat"]), spec) == {
+        "forward": 2,
+        "route": 2,
+        "sysctl": 2,
+    }
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compiled for a backend of every node kind")
+
+    monkeypatch.setattr(converge_module, "compile_spec", refuse)
+    assert unmanaged(MemoryBackend(), spec) == {}
