@@ -41,6 +41,7 @@ from k3snet.backends.registry import (
     refuse_undeclared,
 )
 from k3snet.converge import (
+    NODE_KINDS,
     Convergence,
     apply_plan,
     compile_for,
@@ -1239,10 +1240,17 @@ _KIND_NAMES = {"route": "route", "sysctl": "sysctl", "forward": "forward accept"
 
 
 def _left_out(args: argparse.Namespace, spec: Spec | None, backend: BackendGroup) -> list[str]:
+    return [] if spec is None else unmanaged_warnings(backend, spec, args.backend)
+
+
+def unmanaged_warnings(backend: BackendGroup, spec: Spec, entries: Sequence[str] = ()
+                       ) -> list[str]:
     """A warning naming the spec's node objects that none of the backends in use manages
-    (:func:`~k3snet.converge.unmanaged`), unless a ``--backend NAME:KINDS`` split the
-    kinds on purpose."""
-    if spec is None or any(":" in entry for entry in args.backend):
+    (:func:`~k3snet.converge.unmanaged`), unless one of the ``--backend`` ``entries`` is a
+    ``NAME:KINDS`` that split the kinds on purpose, or no backend in use manages a node
+    kind (flannel, Calico or Cilium alone: a run for the cluster's CNI settings);
+    ``plan``, ``apply`` and the Ansible module say it."""
+    if any(":" in entry for entry in entries) or not NODE_KINDS & backend.capabilities:
         return []
     counts = unmanaged(backend, spec)
     if not counts:
@@ -1252,9 +1260,8 @@ def _left_out(args: argparse.Namespace, spec: Spec | None, backend: BackendGroup
     verb = "is" if sum(counts.values()) == 1 else "are"
     names = ", ".join(m.backend.name for m in backend.members)
     return [f"the spec's {what} {verb} in no plan: none of the backends in use ({names}) "
-            f"manages {' or '.join(counts)}; add one that does (--backend NAME, or "
-            f"the spec's backends; the default ones, {' and '.join(DEFAULT_BACKENDS)}, "
-            "manage every kind)"]
+            f"manages {' or '.join(counts)}; add one that does (the default ones, "
+            f"{' and '.join(DEFAULT_BACKENDS)}, manage every kind)"]
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -994,3 +994,23 @@ def test_the_diff_the_docs_show_is_what_check_mode_prints(
     printed = printed.split("\nTASK ", 1)[0].replace("[localhost]", "[node1]")
     printed = printed.replace(netns, "")
     assert printed.lstrip("*") == shown.lstrip("*")
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_the_spec_s_objects_no_backend_in_use_manages_are_a_task_warning(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    """``backends: [netlink]``: the spec's masquerade and forward accepts are in no plan,
+    as ``k3snet plan --backend netlink`` says; the task said ok (or changed) in silence.
+    ``netlink:route,sysctl`` splits the kinds on purpose: no warning."""
+    with SeedLab.create() as lab:
+        tasks = [egress(spec_path=str(SPEC_PATH), backends=backends, **lab_node(lab))
+                 for backends in (["netlink"], ["netlink:route,sysctl"])]
+        check = playbook(tmp_path, ansible_env, tasks, "--check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    alone, split = check.results
+    warned = [w for w in alone.get("warnings", []) if "in no plan" in w]
+    assert len(warned) == 1, alone.get("warnings")
+    assert "2 forward accepts and 2 NAT rules" in warned[0]
+    assert not [w for w in split.get("warnings", []) if "in no plan" in w]

@@ -84,3 +84,26 @@ def test_unmanaged_counts_by_kind_and_compiles_nothing_for_a_backend_of_every_ki
 
     monkeypatch.setattr(converge_module, "compile_spec", refuse)
     assert unmanaged(MemoryBackend(), spec) == {}
+
+
+def test_no_warning_for_a_run_of_cni_backends_alone(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A flannel (Calico, Cilium) backend alone is a run for the cluster's CNI settings:
+    the node's routes and rules are another run's, not forgotten."""
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}')
+    code = main(
+        [
+            "plan",
+            "-f",
+            str(SEED),
+            "--no-facts",
+            "--backend",
+            "flannel",
+            "--backend-opt",
+            f"flannel.path={conf}",
+        ]
+    )
+    assert code in (0, 2, 4)
+    assert "in no plan" not in capsys.readouterr().out
