@@ -3,7 +3,9 @@
 Every option of ``k3snet COMMAND --help`` is in the command's table, and every option a
 table names is one the command takes; every option says something in ``--help`` too.
 The options every command takes (``-v``, ``-q``, ``--log-format``, ``--color``) are
-said once, above the tables.
+said once, above the tables. (It replaces a check that found each option anywhere under
+docs/, written when ``agent --no-kube`` and ``render --flannel-configmap-namespace`` were
+in ``--help`` alone: cli.md still lacked most of the agent's options.)
 """
 
 from __future__ import annotations
