@@ -43,6 +43,7 @@ from k3snet.backends.registry import (
     refuse_undeclared,
 )
 from k3snet.converge import (
+    NODE_KINDS,
     Convergence,
     apply_plan,
     compile_for,
@@ -51,6 +52,7 @@ from k3snet.converge import (
     facts_namespace,
     reads_node_facts,
     route_protocol,
+    unmanaged,
     with_route_protocol,
 )
 from k3snet.errors import (
@@ -170,10 +172,12 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
                   "Exit 0: the flow reaches, 1: error, 3: blocked, 4: unknown; with --fix also "
                   "5: the fix failed and was not taken back, 75: busy (another k3snet "
                   "process held the lock).")
-    doctor.add_argument("--from", dest="source", required=True, metavar="POD_IP")
+    doctor.add_argument("--from", dest="source", required=True, metavar="POD_IP",
+                        help="the pod's address: the flow's source")
     doctor.add_argument("--to", dest="destination", required=True, metavar="DEST[:PORT]",
                         help="address, address:port, or [IPv6]:port")
-    doctor.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
+    doctor.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp",
+                        help="the flow's protocol (default: tcp)")
     where = doctor.add_mutually_exclusive_group()
     where.add_argument("--netns", help="read the node state inside this network namespace")
     where.add_argument("--state", type=_read_path, metavar="DIR",
@@ -191,7 +195,8 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
                         help="apply the fix plan (after confirmation)")
     doctor.add_argument("--auto-approve", action="store_true",
                         help="with --fix: apply without asking")
-    doctor.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    doctor.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                        help="json: one `doctor` document on stdout (default: text)")
 
 
 def _add_explain(add: Callable[[str, str], Any]) -> None:
@@ -255,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an option for backend NAME, repeatable (VALUE is read as JSON "
                               "when it parses, else as text), e.g. nftables.family=split")
         if output:
-            cmd.add_argument("--output", choices=("text", "json"), default="text")
+            cmd.add_argument("--output", choices=("text", "json"), default="text",
+                             help="json: one document on stdout, errors too (default: text)")
         cmd.add_argument("--no-facts", action="store_true",
                          help="do not read the node's interfaces to check the spec")
         return cmd
@@ -303,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     _render_arguments(render)
 
     validate = add("validate", "Check a spec; print every problem at once.")
-    validate.add_argument("-f", "--spec", required=True, type=_read_path)
+    validate.add_argument("-f", "--spec", required=True, type=_read_path, help=SPEC_HELP)
     validate.add_argument("--output", choices=("text", "json"), default="text",
                           help="json: one `validation` document on stdout, valid or not, "
                                "each problem with its path")
@@ -315,14 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
         "connectivity",
         "Read the result of the connectivity test Job (k3snet render manifests). "
         "Exit 0: passed, 6: failed, 3: still running, 1: error reading it.")
-    connectivity.add_argument("-f", "--spec", required=True, type=_read_path)
+    connectivity.add_argument("-f", "--spec", required=True, type=_read_path,
+                              help="the spec whose connectivityTest was rendered")
     connectivity.add_argument("--kubeconfig",
                               help="default: in-cluster, $KUBECONFIG, ~/.kube/config")
-    connectivity.add_argument("--context")
+    connectivity.add_argument("--context", help="with --kubeconfig: the context to use")
 
     completion = add("completion", "Print a shell completion script: "
                      "`source <(k3snet completion bash)`.")
-    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete in")
     return parser
 
 
@@ -360,7 +367,7 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     source.add_argument("--spec-configmap", metavar="NS/NAME[:KEY]", type=_object_ref(key=True),
                         help="read the spec from this ConfigMap through the API each pass "
                              "(default key spec.yaml) instead of -f")
-    agent.add_argument("--interval", type=_positive_seconds, default=30.0,
+    agent.add_argument("--interval", type=_positive_seconds, default=30.0, metavar="SECONDS",
                        help="seconds between passes (default: 30)")
     agent.add_argument("--no-watch", action="store_true",
                        help="pass only every --interval: do not look for changes on the node "
@@ -380,7 +387,7 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                        type=_from_env("K3SNET_LOG_LEVEL",
                                       _one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=True)),
                        metavar="{DEBUG,INFO,WARNING,ERROR}",
-                       help="(default: $K3SNET_LOG_LEVEL or INFO)")
+                       help="the lowest level logged (default: $K3SNET_LOG_LEVEL or INFO)")
     agent.add_argument("--cleanup-on-exit", action="store_true",
                        help="on SIGTERM/SIGINT remove what k3snet owns on this node (like "
                             "`k3snet destroy`); by default the rules stay")
@@ -401,9 +408,17 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                             "node-role.kubernetes.io/control-plane); others never write "
                             "cluster-wide objects nor read the Lease (default: "
                             "$K3SNET_LEASE_CANDIDATES, else every node)")
-    agent.add_argument("--lease-duration", type=_positive_seconds, default=15.0)
-    agent.add_argument("--lease-renew-deadline", type=_positive_seconds, default=10.0)
-    agent.add_argument("--lease-retry-period", type=_positive_seconds, default=2.0)
+    agent.add_argument("--lease-duration", type=_positive_seconds, default=15.0,
+                       metavar="SECONDS",
+                       help="how long a Lease not renewed stays its holder's (default: 15)")
+    agent.add_argument("--lease-renew-deadline", type=_positive_seconds, default=10.0,
+                       metavar="SECONDS",
+                       help="the holder stops writing when it could not renew for this "
+                            "long (default: 10)")
+    agent.add_argument("--lease-retry-period", type=_positive_seconds, default=2.0,
+                       metavar="SECONDS",
+                       help="seconds between the holder's renewals, and a candidate's "
+                            "tries after a failed one (default: 2)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -796,7 +811,7 @@ _netplan_id = _pair("DEV=ID", "an interface, the netplan definition that configu
 def _render_arguments(render: argparse.ArgumentParser) -> None:
     """The options of ``k3snet render``."""
     render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
-    render.add_argument("-f", "--spec", required=True, type=_read_path)
+    render.add_argument("-f", "--spec", required=True, type=_read_path, help=SPEC_HELP)
     render.add_argument("-o", "--out", type=_written_path,
                         help="directory to write into (default: print to stdout)")
     render.add_argument("--flannel-conf", metavar="PATH",
@@ -1227,7 +1242,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if args.out is not None:
             _save_planfile(args, spec, backend, observed=observed, desired=desired, p=p)
         marks = disruptive_notes(backend, p)
-        warnings = list(backend.warnings)
+        warnings = [*_left_out(args, spec, backend), *backend.warnings]
     if args.output == "json":
         _print_json({**p.to_dict(), "kind": "plan",
                      **({"warnings": warnings} if warnings else {}),
@@ -1244,6 +1259,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if p.conflicts:
         return EXIT_CONFLICTS
     return EXIT_CHANGES if p.changes else EXIT_OK
+
+
+_KIND_NAMES = {"route": "route", "sysctl": "sysctl", "forward": "forward accept",
+               "nat": "NAT rule"}
+
+
+def _left_out(args: argparse.Namespace, spec: Spec | None, backend: BackendGroup) -> list[str]:
+    return [] if spec is None else unmanaged_warnings(backend, spec, args.backend)
+
+
+def unmanaged_warnings(backend: BackendGroup, spec: Spec, entries: Sequence[str] = ()
+                       ) -> list[str]:
+    """A warning naming the spec's node objects that none of the backends in use manages
+    (:func:`~k3snet.converge.unmanaged`), unless one of the ``--backend`` ``entries`` is a
+    ``NAME:KINDS`` that split the kinds on purpose, or no backend in use manages a node
+    kind (flannel, Calico or Cilium alone: a run for the cluster's CNI settings);
+    ``plan``, ``apply`` and the Ansible module say it."""
+    if any(":" in entry for entry in entries) or not NODE_KINDS & backend.capabilities:
+        return []
+    counts = unmanaged(backend, spec)
+    if not counts:
+        return []
+    what = " and ".join(f"{n} {_KIND_NAMES[kind]}{'s' if n > 1 else ''}"
+                        for kind, n in counts.items())
+    verb = "is" if sum(counts.values()) == 1 else "are"
+    names = ", ".join(m.backend.name for m in backend.members)
+    return [f"the spec's {what} {verb} in no plan: none of the backends in use ({names}) "
+            f"manages {' or '.join(counts)}; add one that does (the default ones, "
+            f"{' and '.join(DEFAULT_BACKENDS)}, manage every kind)"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -1313,7 +1357,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.dry_run:
             preview = run(fixed, wanted, dry_run=True)
             problems = tuple(backend.check(preview.plan)) if preview.plan.changes else ()
-            _print_apply(args, preview, problems, warnings=backend.warnings)
+            _print_apply(args, preview, problems,
+                         warnings=[*_left_out(args, spec, backend), *backend.warnings])
             if problems:
                 return EXIT_ERROR
             return EXIT_CHANGES if args.detailed_exitcode and preview.plan.changes else EXIT_OK
@@ -1331,7 +1376,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 # Shown on stdout already, or else printed there with what was applied.
                 shown = preview.plan if ask is sys.stdout else None
         done = run(fixed, wanted, dry_run=False)
-        warnings = backend.warnings  # what the last observe found worth saying, as plan says
+        # What the last observe found worth saying, as plan says.
+        warnings = [*_left_out(args, spec, backend), *backend.warnings]
     _print_apply(args, done, shown=shown, warnings=warnings)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK

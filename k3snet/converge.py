@@ -31,9 +31,9 @@ from k3snet.planner import Plan, plan
 from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
 
-__all__ = ["Convergence", "apply_plan", "compile_for", "converge", "destroy",
+__all__ = ["NODE_KINDS", "Convergence", "apply_plan", "compile_for", "converge", "destroy",
            "disruptive_allowed", "facts_namespace", "reads_node_facts", "refuse_teardown",
-           "route_protocol", "state_digest", "with_route_protocol"]
+           "route_protocol", "state_digest", "unmanaged", "with_route_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,28 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
     # The backend owns the routes of its protocol only: compiled with 211, every one
     # was refused (and one in place replaced by a copy of protocol 211).
     return with_route_protocol(state, route_protocol(backend))
+
+
+NODE_KINDS = frozenset({"route", "sysctl", "forward", "nat"})
+"""The kinds one node holds, which :func:`unmanaged` counts."""
+
+
+def unmanaged(backend: Backend, spec: Spec) -> dict[str, int]:
+    """How many of the spec's node objects (routes, sysctls, forward and NAT rules) are
+    of a kind ``backend`` does not manage, by kind: objects in no plan through it.
+
+    :func:`compile_for` leaves them out (a backend takes its part), so ``k3snet plan
+    --backend netlink`` said nothing of the spec's masquerade; ``plan`` and ``apply``
+    warn of what this finds. Empty, and nothing compiled, when the backend manages
+    every node kind.
+    """
+    missing = NODE_KINDS - backend.capabilities
+    if not missing:
+        return {}
+    counts: dict[str, int] = {}
+    for obj in compile_spec(spec, kinds=missing).owned:
+        counts[obj.kind] = counts.get(obj.kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def with_route_protocol(state: State, protocol: int) -> State:

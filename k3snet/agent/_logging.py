@@ -17,6 +17,7 @@ __all__ = ["LOGGER_NAME", "LOG_FORMAT_VERSION", "LOG_ITEMS", "LOG_LINE_LIMIT", "
            "configure_logging", "listed"]
 
 LOGGER_NAME = "k3snet.agent"
+"""The logger the agent logs through (:func:`configure_logging` sets it up)."""
 LogFormat = Literal["text", "json"]
 LOG_FORMAT_VERSION = 1
 """``format`` of every JSON log line (schema ``log`` in :mod:`k3snet.schemas`)."""

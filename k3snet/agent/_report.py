@@ -69,7 +69,10 @@ a Node that still holds them is not changed)."""
 _EVENT_LIMIT = 1024
 _EVENT_RETRY = 10.0  # seconds before the second try; doubled for each next one
 STATUS_ANNOTATION = "k3snet.io/agent-status"
+"""The Node annotation holding the agent's last pass in one word (``ok``, ``failed``,
+``spec-refused``; docs/agent.md)."""
 RESULT_ANNOTATION = "k3snet.io/agent-result"
+"""The Node annotation holding the agent's last pass as a JSON object (docs/agent.md)."""
 _EVENT_NAMESPACE = "default"  # where the kubelet puts a Node's events too
 _REASONS = {"ok": ("Normal", "K3snetConverged"), "failed": ("Warning", "K3snetSyncFailed"),
             "spec-refused": ("Warning", "K3snetSpecRefused")}

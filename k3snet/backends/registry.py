@@ -31,6 +31,7 @@ __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create
            "takes_any_option", "unregister_backend"]
 
 ENTRY_POINT_GROUP = "k3snet.backends"
+"""The entry-point group a package registers its backends in (docs/custom-backend.md)."""
 
 # Built-ins, also reachable when k3snet runs from a source tree without its
 # entry points installed. k3snet's own entry points name the same targets.

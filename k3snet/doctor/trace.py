@@ -168,10 +168,13 @@ class Step:
         """One line: ``[reply] forward   drop  iptables-nft filter FORWARD: policy DROP``."""
         mark = "" if self.certain else " (uncertain)"
         side = "->" if self.direction == "original" else "<-"
+        # An nftables rule's text names its chain: said once when that is the base chain
+        # (``nft inet k3snet forward: nft inet k3snet forward: ip saddr ...`` otherwise).
+        detail = self.detail.removeprefix(f"{self.where}: ")
         # Rules and interface names come from the node or a bundle: escaped, never
         # control sequences or line breaks on the reader's terminal.
         return (f"{side} {self.stage:<11} {self.outcome:<7} {printable(self.where)}: "
-                f"{printable(self.detail)}{mark}")
+                f"{printable(detail)}{mark}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""

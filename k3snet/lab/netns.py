@@ -36,13 +36,13 @@ __all__ = [
     "unique_name",
 ]
 
-#: Every namespace made by :func:`unique_name` starts with this, so a stray one is
-#: easy to recognise (and to clean up by hand) in ``ip netns list``.
 NAME_PREFIX = "k3snet-"
+"""Every namespace made by :func:`unique_name` starts with this, so a stray one is
+easy to recognise (and to clean up by hand) in ``ip netns list``."""
 
-#: Default bound, in seconds, for any command run by these helpers: a lab command
-#: that hangs must fail the test rather than hang it.
 DEFAULT_TIMEOUT = 10.0
+"""Default bound, in seconds, for any command run by these helpers: a lab command
+that hangs must fail the test rather than hang it."""
 
 # Roles are interpolated into namespace names, which become file names under
 # /run/netns: keep them to a tame alphabet.

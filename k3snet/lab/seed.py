@@ -61,18 +61,20 @@ __all__ = [
 ]
 
 Family = Literal[4, 6]
+"""An IP family: 4 or 6."""
 ForwardTool = Literal["iptables-nft", "iptables-legacy"]
+"""The iptables variant a lab's FORWARD policy DROP is set with."""
 
-#: The port the database listens on (PostgreSQL's, as in the article's example).
 DB_PORT: Final = 5432
-#: The cluster CIDR K3s gives pods by default, per family.
+"""The port the database listens on (PostgreSQL's, as in the article's example)."""
 POD_CIDRS: Final[Mapping[Family, str]] = MappingProxyType({4: "10.42.0.0/16", 6: "fd42:42::/56"})
-#: The pod's own address, per family.
+"""The cluster CIDR K3s gives pods by default, per family."""
 POD_ADDRESSES: Final[Mapping[Family, str]] = MappingProxyType({4: "10.42.0.10", 6: "fd42:42::10"})
-#: The node's address on its uplink (``eth0``): what the database sees after masquerade.
+"""The pod's own address, per family."""
 NODE_ADDRESSES: Final[Mapping[Family, str]] = MappingProxyType({4: "192.168.1.5", 6: "fd01:1::5"})
-#: The database's address, per family.
+"""The node's address on its uplink (``eth0``): what the database sees after masquerade."""
 DB_ADDRESSES: Final[Mapping[Family, str]] = MappingProxyType({4: "192.168.2.10", 6: "fd01:2::10"})
+"""The database's address, per family."""
 
 _ROLES: Final = ("pod", "node", "router", "db")
 

@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+"""An IPv4 or IPv6 network (a CIDR), as :func:`parse_network` gives it."""
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+"""An IPv4 or IPv6 address, as :func:`parse_address` gives it."""
 
 
 # The common spelling of an IPv4 prefix or address, and only spellings ipaddress accepts

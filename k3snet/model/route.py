@@ -32,6 +32,7 @@ K3SNET_ROUTE_PROTOCOL = 211
 Calico uses 80, bird 12, static 4, boot 3, kernel 2)."""
 
 MAIN_TABLE = 254
+"""The kernel's main routing table (``ip route`` without ``table``), a route's default."""
 _TABLE_NAMES = {253: "default", 254: "main", 255: "local"}
 # iproute2's rt_protos names (and k3snet's own): routes print and serialise by name.
 _PROTOCOL_NAMES = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static",

@@ -6,7 +6,7 @@
 ``capture`` (``k3snet observe --save DIR --output json``), ``doctor`` (``k3snet doctor
 --output json``), ``planfile`` and ``log``
 (``--log-format json`` lines, the agent's events). Each
-document carries ``format`` (1) and, from the CLI, a ``kind``. ``spec``
+document carries ``format`` (1; ``planfile``: 2) and, from the CLI, a ``kind``. ``spec``
 (``spec.schema.json``) is the schema of the spec itself, generated from its field
 table by :mod:`k3snet.spec.json_schema`, for editors. The files ship in the package::
 

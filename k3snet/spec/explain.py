@@ -152,7 +152,13 @@ def _type_text(hint: Any) -> str:
 
 
 def _param_default(p: inspect.Parameter, prefix: str) -> str:
-    return "" if p.default is inspect.Parameter.empty else f"{prefix}{p.default!r}"
+    """An option's default as a spec writes it, as a key's (``inet``, ``null``, ``10.0``;
+    Python's ``'inet'`` and ``None`` are no YAML a spec's ``backends:`` takes)."""
+    if p.default is inspect.Parameter.empty:
+        return ""
+    value = p.default
+    text = value if isinstance(value, str) and value.strip() else json.dumps(value, default=str)
+    return f"{prefix}{text}"
 
 
 def _value(value: Any) -> str:

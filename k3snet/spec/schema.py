@@ -473,7 +473,9 @@ CNI = Section(CniSettings, (
                "pools for CIDRs exempt from NAT."),
     nested("cilium", "cilium", CILIUM, omit_none=True,
            doc="Cilium's masquerade settings, written by the cilium backend."),
+    # None (not given) is false; the schema says so, as it does for the calico alias.
     Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True,
+          schema={"type": "boolean", "default": False},
           doc="Let the CNI backends make changes that disrupt running pods."),
 ))
 

@@ -972,3 +972,45 @@ def test_a_file_the_spec_option_imports_that_another_user_could_write_is_refused
     config.chmod(0o666)
     with pytest.raises(SpecError, match=r"masquerade\.ipMasqAgentConfig: .*writable by others"):
         module.load_spec(params | {"spec": given})
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_the_diff_the_docs_show_is_what_check_mode_prints(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    """docs/ansible.md shows the ``--check --diff`` output for the single-stack spec of
+    getting-started on a node with the administrator's static route: a lab node is one."""
+    page = DOCS_PAGE.read_text(encoding="utf-8")
+    shown = page.split("```text\nTASK [Pods reach the database subnet]", 1)[1].split("```", 1)[0]
+    started = (REPO / "docs/getting-started.md").read_text(encoding="utf-8")
+    spec = yaml.safe_load(started.split('Spec.from_yaml("""\n', 1)[1].split('"""', 1)[0])
+    with SeedLab.create() as lab:
+        task = {"name": "Pods reach the database subnet", **egress(spec=spec, **lab_node(lab))}
+        run = playbook(tmp_path, ansible_env, [task], "--check", "--diff")
+        netns = f" (netns {lab.node})"  # the headers name a namespace other than the host's
+    assert run.returncode == 0, run.stdout + run.stderr
+    printed = run.stdout.split("TASK [Pods reach the database subnet]", 1)[1]
+    printed = printed.split("\nTASK ", 1)[0].replace("[localhost]", "[node1]")
+    printed = printed.replace(netns, "")
+    assert printed.lstrip("*") == shown.lstrip("*")
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_the_spec_s_objects_no_backend_in_use_manages_are_a_task_warning(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    """``backends: [netlink]``: the spec's masquerade and forward accepts are in no plan,
+    as ``k3snet plan --backend netlink`` says; the task said ok (or changed) in silence.
+    ``netlink:route,sysctl`` splits the kinds on purpose: no warning."""
+    with SeedLab.create() as lab:
+        tasks = [egress(spec_path=str(SPEC_PATH), backends=backends, **lab_node(lab))
+                 for backends in (["netlink"], ["netlink:route,sysctl"])]
+        check = playbook(tmp_path, ansible_env, tasks, "--check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    alone, split = check.results
+    warned = [w for w in alone.get("warnings", []) if "in no plan" in w]
+    assert len(warned) == 1, alone.get("warnings")
+    assert "2 forward accepts and 2 NAT rules" in warned[0]
+    assert not [w for w in split.get("warnings", []) if "in no plan" in w]

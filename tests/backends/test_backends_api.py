@@ -804,3 +804,24 @@ def test_a_group_disarms_the_fault_it_armed_for_a_member_an_earlier_failure_kept
         group.apply(p)
     assert nat.faults.armed is None
     nat.apply(p.only("nat"))
+
+
+def test_the_table_of_built_in_backends_gives_each_one_s_kinds() -> None:
+    """docs/backends.md's first table: one row per built-in backend, with the kinds its
+    class manages (``memory``: all)."""
+    from k3snet.backends import load_backend  # noqa: PLC0415
+    from k3snet.backends.registry import available_backends  # noqa: PLC0415
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "backends.md").read_text()
+    rows = {cells[0].strip("` "): cells[1].strip()
+            for line in page.split("\n## ", 1)[0].splitlines() if line.startswith("| `")
+            for cells in [line.strip("|").split("|")]}
+    built_in = {"memory", "netlink", "nftables", "iptables", "flannel", "calico", "cilium"}
+    assert set(rows) == built_in
+    assert built_in <= set(available_backends())
+    assert rows.pop("memory") == "all"
+    for name, kinds in rows.items():
+        declared = load_backend(name).capabilities  # type: ignore[attr-defined]
+        if isinstance(declared, property):  # an instance's property that needs no state
+            declared = declared.fget(None)  # type: ignore[misc]
+        assert set(kinds.split(", ")) == declared, name

@@ -878,19 +878,3 @@ def test_a_backend_flag_with_an_empty_name_or_kind_is_a_usage_error(
         main([*command, "--backend", entry])
     assert caught.value.code == EXIT_USAGE
     assert "expected NAME or NAME:KIND[,KIND...]" in capsys.readouterr().err
-
-
-def test_every_option_of_every_command_is_in_the_docs() -> None:
-    # `agent --no-kube` and `render --flannel-configmap-namespace` were in --help alone.
-    import argparse  # noqa: PLC0415
-    import re  # noqa: PLC0415
-
-    docs = "\n".join(p.read_text() for p in
-                     (Path(__file__).resolve().parents[2] / "docs").glob("*.md"))
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    missing = [f"{name} {'/'.join(action.option_strings)}"
-               for name, command in sub.choices.items() for action in command._actions
-               if action.option_strings and action.dest != "help"
-               and not any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", docs)
-                           for o in action.option_strings)]
-    assert not missing, missing

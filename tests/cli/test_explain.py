@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import inspect
 import json
 
 import pytest
@@ -73,7 +74,7 @@ def test_backends_lists_each_backends_options(capsys: pytest.CaptureFixture[str]
     assert "BACKENDS (their options):" in out
     assert "nftables   netns, family, table" in out
     assert main(["explain", "backends.nftables.table"]) == 0
-    assert "DEFAULT:  'k3snet'" in capsys.readouterr().out
+    assert "DEFAULT:  k3snet\n" in capsys.readouterr().out
     assert main(["explain", "backends.nftables.tabel"]) == EXIT_USAGE
     assert "did you mean table?" in capsys.readouterr().err
     assert main(["explain", "backends.nftabels"]) == EXIT_USAGE
@@ -92,7 +93,7 @@ def test_a_backend_option_s_allowed_values_are_spelled_out(
     assert main(["explain", "backends.iptables.mode"]) == 0
     assert "TYPE:     one of nft, legacy, auto\n" in capsys.readouterr().out
     assert main(["explain", "backends.nftables"]) == 0
-    assert "netns              <str or null> default None" in capsys.readouterr().out
+    assert "netns              <str or null> default null" in capsys.readouterr().out
 
 
 def test_an_annotation_that_does_not_resolve_is_said_as_written() -> None:
@@ -106,3 +107,22 @@ def test_an_annotation_that_does_not_resolve_is_said_as_written() -> None:
         unregister_backend("unresolved-hue")
     assert explain("backends.unresolved-hue.colour",
                    backends={"unresolved-hue": options}).splitlines()[1] == "TYPE:     Hue"
+
+
+def test_an_option_s_default_is_said_as_a_spec_writes_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``DEFAULT:  'inet'`` and ``None`` were Python's spellings; a spec's ``backends:``
+    takes ``inet`` and ``null``, as the spec keys' defaults are said. An empty text
+    stays visible, quoted."""
+    from k3snet.spec.explain import explain  # noqa: PLC0415
+
+    assert main(["explain", "backends.nftables.family"]) == 0
+    assert "DEFAULT:  inet\n" in capsys.readouterr().out
+
+    def factory(*, path: str = "", limit: float = 10.0, on: bool = True) -> None:
+        """A backend with an empty default text."""
+
+    declared = {"x": dict(inspect.signature(factory).parameters)}
+    assert "DEFAULT:  \"\"" in explain("backends.x.path", backends=declared)
+    assert "DEFAULT:  10.0" in explain("backends.x.limit", backends=declared)
+    assert "DEFAULT:  true" in explain("backends.x.on", backends=declared)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,14 @@ def test_the_doctor_schema_refuses_what_doctor_never_prints(
                 {**document, "findings": [{"code": "x"}]}):
         with pytest.raises(jsonschema.ValidationError):
             validate(bad, "doctor")
+
+
+def test_every_schema_has_its_section_in_the_docs() -> None:
+    """docs/schemas.md shows each shipped schema under its name, and says each
+    document's ``format``: it said 1 for every one, and a plan file's is 2."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "schemas.md").read_text()
+    assert set(SCHEMA_NAMES) <= set(re.findall(r"^## (\S+)$", page, re.M))
+    formats = {load_schema(name)["properties"]["format"]["const"]
+               for name in SCHEMA_NAMES if name not in ("spec", "object")}
+    assert formats == {1, 2}
+    assert re.search(r"a plan file's\s+is 2", page)

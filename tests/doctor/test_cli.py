@@ -292,3 +292,31 @@ def test_a_fix_that_fails_with_json_output_leaves_stdout_one_doctor_document(
     document = json.loads(out)  # one document: the diagnosis
     assert (document["kind"], bool(document["plan"]["changes"])) == ("doctor", True)
     assert "changed since this plan was made" in err, err
+
+
+def test_the_first_example_of_the_docs_is_what_the_seed_bundle_prints(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/doctor.md opens with the seed node's diagnosis; tests/doctor/golden/seed is
+    that node's bundle, as the page says."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "doctor.md").read_text()
+    shown = page.split("```text\n", 1)[1].split("```", 1)[0]
+    assert "tests/doctor/golden/seed" in page
+    assert main(["doctor", "--state", str(GOLDEN / "seed"), "--from", "10.42.0.10",
+                 "--to", "192.168.2.10:5432"]) == 3
+    assert capsys.readouterr().out == shown
+
+
+def test_a_base_chain_s_own_nft_rule_names_its_chain_once() -> None:
+    """``-> forward pass nft inet k3snet forward: nft inet k3snet forward: ip saddr ...``
+    printed the chain twice; a rule of a chain the base chain jumps to keeps its name."""
+    from k3snet.doctor.trace import Step  # noqa: PLC0415
+
+    where = "nft inet k3snet forward"
+    own = Step("original", "forward", "pass", where,
+               f"{where}: ip saddr == 10.42.0.0/16 accept")
+    assert own.describe() == (f"-> forward     pass    {where}: "
+                              "ip saddr == 10.42.0.0/16 accept")
+    jumped = Step("original", "forward", "drop", "nft inet firewalld filter_FORWARD",
+                  "nft inet firewalld filter_FWD_public: drop")
+    assert "filter_FORWARD: nft inet firewalld filter_FWD_public: drop" in jumped.describe()
+    assert own.to_dict()["detail"] == f"{where}: ip saddr == 10.42.0.0/16 accept"

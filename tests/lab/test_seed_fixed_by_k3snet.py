@@ -85,3 +85,37 @@ def test_cli_names_a_namespace_that_does_not_exist() -> None:
     assert done.returncode == 1
     assert "k3snet-no-such-ns" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _getting_started_node_commands() -> list[tuple[list[str], int]]:
+    """The commands of getting-started's "On a real node" block, each with the exit
+    code its comment says (0 when it says none)."""
+    import re  # noqa: PLC0415
+    import shlex  # noqa: PLC0415
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "getting-started.md").read_text()
+    block = page.split("## On a real node", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.splitlines():
+        command, _, comment = line.partition("#")
+        said = re.search(r"exit (\d+)", comment)
+        commands.append((shlex.split(command), int(said[1]) if said else 0))
+    return commands
+
+
+def test_getting_started_s_node_commands_run_as_written_in_a_lab_namespace() -> None:
+    """Each command of the page, with ``--netns`` of a lab node added (the page says so),
+    exits as its comment says, and the pod then reaches the database."""
+    commands = _getting_started_node_commands()
+    assert [words[:2] for words, _ in commands] == [
+        ["k3snet", "plan"], ["k3snet", "apply"], ["k3snet", "plan"]]
+    root = Path(__file__).resolve().parents[2]
+    with SeedLab.create() as lab:
+        assert not lab.tcp_probe(4).ok
+        for words, code in commands:
+            env = {**os.environ, "K3SNET_STATE_DIR": str(lab.state_dir)}
+            done = subprocess.run([sys.executable, "-m", "k3snet", *words[1:],
+                                   "--netns", lab.node], cwd=root, env=env,
+                                  capture_output=True, text=True, check=False, timeout=120)
+            assert done.returncode == code, (words, done.stdout, done.stderr)
+        assert lab.tcp_probe(4).ok

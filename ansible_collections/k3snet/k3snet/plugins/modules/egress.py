@@ -23,7 +23,7 @@ description:
   - C(changed) is true exactly when the plan had changes; a second run with the same
     spec reports C(changed=false).
   - What the backends warn of (the C(!! warning:) lines of C(k3snet plan)) are task
-    warnings.
+    warnings, and so are the spec's objects none of the backends in use manages.
   - The same library calls as C(k3snet apply) and C(k3snet destroy); the node needs
     the k3snet Python package (see the requirements).
 options:
@@ -266,6 +266,7 @@ try:
         error_code,
         refuse_foreign_spec,
         sigterm_undoes,
+        unmanaged_warnings,
     )
     from k3snet.converge import (
         compile_for,
@@ -438,6 +439,10 @@ def run(module: AnsibleModule) -> dict[str, Any]:
             done = converge_or_destroy(module, backend, spec)
         for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
             module.warn(warning)
+        if spec is not None and params["state"] != "absent":
+            # As `k3snet apply`: the spec's objects no backend in use manages.
+            for warning in unmanaged_warnings(backend, spec, params["backends"] or ()):
+                module.warn(warning)
         if module.check_mode:
             # What `k3snet plan` prints as `!! disruptive:`, judged before anything changed
             # (after an apply, the node already runs with the new value).
