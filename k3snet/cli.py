@@ -1042,22 +1042,25 @@ class _AgentDesired:
     def __init__(self, args: argparse.Namespace) -> None:
         self._args = args
         self._compiled: tuple[Spec, list[tuple[Any, frozenset[str]]], NodeFacts | None,
-                              State] | None = None
+                              frozenset[int], State] | None = None
         self._facts: tuple[object, object, NodeFacts] | None = None  # source, token, facts
         self._watch: FactsWatch | None = None
         self._watch_failed = False
 
-    def __call__(self, spec: Spec, backend: BackendGroup) -> State:
+    def __call__(self, spec: Spec, backend: BackendGroup, *,
+                 hold: frozenset[int] = frozenset()) -> State:
         facts = _local_facts(self._args, backend, lambda netns: self._read_facts(backend, netns))
         # The agent hands a new group object each pass: its members' backends and kinds
         # are what counts (the backends kept alive here, so never another at their id).
         members = [(m.backend, m.kinds) for m in backend.members]
         kept = self._compiled
-        if not (kept and kept[0] is spec and kept[2] == facts and len(kept[1]) == len(members)
+        if not (kept and kept[0] is spec and kept[2] == facts and kept[3] == hold
+                and len(kept[1]) == len(members)
                 and all(a is b and k == j for (a, k), (b, j) in zip(kept[1], members,
                                                                      strict=True))):
-            kept = self._compiled = (spec, members, facts, compile_for(backend, spec, facts))
-        return kept[3]
+            kept = self._compiled = (spec, members, facts, hold,
+                                     compile_for(backend, spec, facts, hold=hold))
+        return kept[4]
 
     def close(self) -> None:
         """Close the facts watch, if one was opened."""

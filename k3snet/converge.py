@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 
@@ -24,6 +24,7 @@ from k3snet.errors import (
     StalePlanError,
     TeardownError,
 )
+from k3snet.model import NetObject
 from k3snet.model.drift import Drift
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route
 from k3snet.model.state import KINDS, State, ensure_state
@@ -38,14 +39,16 @@ __all__ = ["NODE_KINDS", "Convergence", "apply_plan", "compile_for", "converge",
 log = logging.getLogger(__name__)
 
 
-def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) -> State:
+def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None, *,
+                hold: Iterable[int] = ()) -> State:
     """The desired state of ``spec`` for the kinds ``backend`` manages, without observing.
 
     :func:`k3snet.compile` does the work; this only reads plain attributes of the
     backend: its ``capabilities``, the ``target`` of each flannel and cilium
     backend (the config it manages, passed to compile as a value), and the route
     ``protocol`` of the one managing routes (:func:`route_protocol`), which the
-    routes are given.
+    routes are given. ``hold``: destinations whose routes are left out (see
+    :func:`k3snet.spec.held_destinations`).
     """
     members = backend.members if isinstance(backend, BackendGroup) else None
     backends = [m.backend for m in members] if members is not None else [backend]
@@ -54,7 +57,7 @@ def compile_for(backend: Backend, spec: Spec, facts: NodeFacts | None = None) ->
     cilium = [target for member in backends if "cilium" in member.capabilities
               and (target := getattr(member, "target", None)) is not None]
     state = compile_spec(spec, facts, flannel_targets=targets, cilium_targets=cilium,
-                         kinds=backend.capabilities)
+                         kinds=backend.capabilities, hold=hold)
     # The backend owns the routes of its protocol only: compiled with 211, every one
     # was refused (and one in place replaced by a copy of protocol 211).
     return with_route_protocol(state, route_protocol(backend))
@@ -157,6 +160,7 @@ def converge(
     allow_disruptive: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     cancelled: Callable[[], bool] | None = None,
+    keep: Callable[[NetObject], bool] | None = None,
 ) -> Convergence:
     """Bring ``backend``'s owned state to ``desired`` (its kinds only).
 
@@ -177,6 +181,9 @@ def converge(
     this call (as ``cni.allowDisruptive: true`` in the spec and ``--allow-disruptive``
     on the CLI do); they are refused otherwise. ``cancelled``: ends a wait for the
     namespace lock when it turns true (:func:`~k3snet.backends.lock.namespace_lock`).
+    ``keep``: the owned objects observed that it accepts are wanted as they are, unless
+    ``desired`` has an object of the same key (the plan neither deletes nor replaces
+    them: the agent holds the routes of a destination it cannot route to).
     """
     wanted = ensure_state(desired, "desired").only(backend.capabilities)
     expect = getattr(backend, "expect", None)
@@ -184,10 +191,23 @@ def converge(
         expect(wanted)
     with namespace_lock(namespaces_of(backend), timeout=lock_timeout, cancelled=cancelled):
         observed = backend.observe()
+        if keep is not None:
+            wanted = _keeping(wanted, observed.only(backend.capabilities), keep)
         p = plan(observed, wanted)
         return _carry_out(backend, observed, p, dry_run=dry_run, check=check,
                           allow_conflicts=allow_conflicts, allow_teardown=allow_teardown,
                           allow_disruptive=allow_disruptive)
+
+
+def _keeping(wanted: State, observed: State, keep: Callable[[NetObject], bool]) -> State:
+    """``wanted`` and the owned objects of ``observed`` that ``keep`` accepts (drift
+    findings never: they are repaired, and keys ``wanted`` has already excepted)."""
+    keys = {o.key for o in wanted.owned}
+    kept = [o for o in observed.owned
+            if not isinstance(o, Drift) and o.key not in keys and keep(o)]
+    if not kept:
+        return wanted
+    return State(owned=[*wanted.owned, *kept], foreign=wanted.foreign)
 
 
 def apply_plan(

@@ -8,6 +8,8 @@ One pass:
 2. converge the node's own backends (netlink, nftables, iptables, a flannel
    file) with :func:`k3snet.converge`; a new spec that would delete everything
    k3snet owns (:class:`~k3snet.errors.TeardownError`) is refused the same way;
+   destinations the node cannot route to (by the node facts) have their routes
+   held, the rest converged, and the pass fails (``unreachable``);
 3. converge the cluster-wide backends (Calico IPPools, the flannel ConfigMap,
    Cilium's ConfigMaps) only while this agent holds the Lease
    (:mod:`k3snet.agent._lease`), whether or not step 2 succeeded;
@@ -34,7 +36,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -58,9 +60,11 @@ from k3snet.errors import (
     TeardownError,
 )
 from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, Deadline
+from k3snet.model import NetObject
+from k3snet.model.route import Route
 from k3snet.model.state import State
 from k3snet.planner import Change
-from k3snet.spec import Spec
+from k3snet.spec import Spec, held_destinations
 from k3snet.spec.load import imported_files, load_mapping
 from k3snet.spec.source import MAX_BYTES
 
@@ -71,8 +75,17 @@ _log = logging.getLogger("k3snet.agent")
 
 BackendFactory = Callable[[Spec], BackendGroup]
 """Builds the backends a spec asks for (the CLI's ``--backend`` logic)."""
-DesiredState = Callable[[Spec, BackendGroup], State]
-"""The desired state of a spec for a group's kinds (``compile_for`` with node facts)."""
+
+
+class DesiredState(Protocol):
+    """Protocol: the desired state of a spec for a group's kinds (``compile_for`` with
+    node facts); ``hold``: destinations whose routes are left out (the agent passes it
+    only after :func:`~k3snet.spec.held_destinations` named them)."""
+
+    def __call__(self, spec: Spec, group: BackendGroup, /, *,
+                 hold: frozenset[int] = ...) -> State: ...
+
+
 Status = Literal["ok", "failed", "spec-refused"]
 _CLUSTER_KINDS = frozenset({"ippool", "flannel", "cilium"})
 
@@ -191,13 +204,21 @@ def _backends_of(spec: Spec) -> tuple[Any, ...]:
 
 def _reason(exc: BaseException) -> str:
     """A short label for a failure (the ``reason`` of the failure metric)."""
-    for cls, label in ((ConflictError, "conflict"), (TeardownError, "teardown"),
-                       (SpecError, "spec"), (CheckError, "check"), (ApplyError, "apply")):
+    for cls, label in ((_HeldRoutesError, "unreachable"), (ConflictError, "conflict"),
+                       (TeardownError, "teardown"), (SpecError, "spec"), (CheckError, "check"),
+                       (ApplyError, "apply")):
         if isinstance(exc, cls):
             return label
     if isinstance(exc, BackendError):
         return "api" if hasattr(exc, "status") else "backend"
     return "error" if isinstance(exc, K3snetError) else "internal"
+
+
+def _slots_of(spec: Spec, held: frozenset[int]) -> Callable[[NetObject], bool]:
+    """Whether an owned object is a route in the place (table, destination) of a route of
+    one of the ``held`` destinations."""
+    places = {(d.table, d.cidr) for i, d in enumerate(spec.destinations) if i in held}
+    return lambda obj: type(obj) is Route and (obj.table, obj.destination) in places
 
 
 def _log_each(applied: Sequence[Change]) -> None:
@@ -223,6 +244,22 @@ class _PartsFailedError(Exception):
         super().__init__(str(failures[0][1]))
         # The first failure is the pass's (the node's when both failed).
         self.failures, self.applied, self.leader = tuple(failures), applied, leader
+
+
+class _HeldRoutesError(Exception):
+    """The node part converged all but the routes of destinations the node cannot route
+    to (their device or gateway missing by the node facts): those are held as they are."""
+
+    def __init__(self, cause: SpecError, held: frozenset[int], spec: Spec,
+                 applied: Sequence[Change], tokens: tuple[Hashable | None, ...] | None
+                 ) -> None:
+        names = ", ".join(str(spec.destinations[i].cidr) for i in sorted(held))
+        problems = "\n  ".join(map(str, cause.problems))
+        super().__init__(f"{len(held)} destination(s) held, their routes neither added nor "
+                         f"deleted until the node can route to them ({names}); everything "
+                         f"else converged:\n  {problems}")
+        self.cause, self.held = cause, held
+        self.applied, self.tokens = tuple(applied), tokens
 
 
 class _RefusedError(Exception):
@@ -632,6 +669,11 @@ class Agent:
         if node is not None:
             try:
                 changes, tokens = self._converge_one(spec, node, "node")
+            except _HeldRoutesError as exc:
+                # Not a refusal: what could converge did, and the spec is in force.
+                applied += exc.applied
+                self._observed_at = (group, exc.tokens, bool(exc.applied))
+                failures.append(("node", exc))
             except (TeardownError, SpecError) as exc:
                 if new:
                     raise
@@ -722,8 +764,24 @@ class Agent:
     def _converge_one(self, spec: Spec, group: BackendGroup, part: str
                       ) -> tuple[Sequence[Change], tuple[Hashable | None, ...] | None]:
         """What one part applied, and its change tokens as read before it observed
-        (``None``: unreadable)."""
-        desired = self._desired(spec, group)
+        (``None``: unreadable).
+
+        A spec refused by the node facts alone (:func:`~k3snet.spec.held_destinations`:
+        a destination's device is missing, its gateway unreachable) converges without
+        those destinations' routes, the routes k3snet owns in their places (destination
+        and table) kept as they are; :class:`_HeldRoutesError` then fails the pass with
+        what was applied. Refused whole, one unreachable gateway kept every other drift
+        on the node unrepaired, and a new spec from the rest of the node.
+        """
+        held: tuple[SpecError, frozenset[int]] | None = None
+        try:
+            desired = self._desired(spec, group)
+        except SpecError as exc:
+            indices = held_destinations(spec, exc)
+            if not indices:
+                raise
+            desired = self._desired(spec, group, hold=indices)
+            held = exc, indices
         # Read before observing: what is recorded as in sync below is then at most what
         # the observe saw. Read after, it took in a change made after the observe, and
         # every later pass was "in sync" with it, observing nothing until another move.
@@ -731,19 +789,24 @@ class Agent:
         # Only when every member can tell is "no token moved" the same as "no change".
         whole = tokens is not None and all(t is not None for t in tokens)
         synced = self._synced.get(part)
-        if whole and synced is not None and synced[0] is desired and tokens == synced[1]:
+        if (held is None and whole and synced is not None and synced[0] is desired
+                and tokens == synced[1]):
             # The last pass found nothing to do for this very desired state and no
             # change token moved since: this one would find nothing either.
             return (), tokens
         self._synced.pop(part, None)
         # SIGTERM ends a wait for the namespace lock: a minute of it outlasted the pod's
         # grace period (30 s), and the agent was killed before releasing its Lease.
-        done = converge(group, desired, cancelled=self._stopping.is_set)
+        done = converge(group, desired, cancelled=self._stopping.is_set,
+                        keep=None if held is None else _slots_of(spec, held[1]))
+        applied = done.result.applied if done.result is not None else ()
+        if held is not None:
+            raise _HeldRoutesError(*held, spec, applied, tokens)
         if done.plan.empty and whole and tokens is not None:
             # Nothing to do: until a token moves (or the desired state does), observing
             # and planning again would find nothing either.
             self._synced[part] = (desired, tokens)
-        return (done.result.applied if done.result is not None else ()), tokens
+        return applied, tokens
 
     def _tokens(self, group: BackendGroup) -> tuple[Hashable | None, ...] | None:
         """The group's change tokens (``None`` for a member that cannot tell), or ``None``

@@ -9,8 +9,8 @@ from k3snet.planner import Change
 
 __all__ = ["FAILURE_REASONS", "SPEC_REFUSAL_REASONS", "AgentMetrics"]
 
-FAILURE_REASONS = ("conflict", "teardown", "spec", "check", "apply", "api", "backend", "error",
-                   "internal")
+FAILURE_REASONS = ("conflict", "teardown", "spec", "unreachable", "check", "apply", "api",
+                   "backend", "error", "internal")
 """The ``reason`` labels of ``k3snet_agent_sync_failures_total`` and
 ``k3snet_agent_cluster_sync_failures_total``."""
 

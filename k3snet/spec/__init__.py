@@ -40,6 +40,7 @@ from k3snet.spec.compiler import (
     compile_cilium,
     compile_flannel,
     compile_ippools,
+    held_destinations,
     nat_exemptions,
     pod_cidr_problems,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "compile_cilium",
     "compile_flannel",
     "compile_ippools",
+    "held_destinations",
     "load_ip_masq_agent_config",
     "load_spec",
     "nat_exemptions",

@@ -10,6 +10,7 @@ plan judges against what the backend observed.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -64,6 +65,7 @@ __all__ = [
     "compile_cilium",
     "compile_flannel",
     "compile_ippools",
+    "held_destinations",
     "nat_exemptions",
     "pod_cidr_problems",
 ]
@@ -129,6 +131,7 @@ def compile(  # noqa: A001 - the name is the concept
     flannel_targets: Iterable[str] = (),
     cilium_targets: Iterable[str] = (),
     kinds: Iterable[str] | None = None,
+    hold: Iterable[int] = (),
 ) -> State:
     """The desired state of every kind, from values alone: never observes anything.
 
@@ -151,6 +154,12 @@ def compile(  # noqa: A001 - the name is the concept
     result as ``.only(kinds)`` without building the other kinds' objects (every
     check still runs: the same spec is refused whatever the kinds).
 
+    ``hold``: the indices of destinations whose *routes* are left out, their
+    device and gateway not checked against ``facts`` (see :func:`held_destinations`:
+    the agent converges the rest of a spec while some routes cannot be put on the
+    node). Their forward and NAT rules are compiled as usual: they name the
+    destination and the device, never the gateway, and match a device by name.
+
     >>> from k3snet.spec import seed_spec
     >>> state = compile(seed_spec())
     >>> for obj in state: print(obj)
@@ -161,14 +170,39 @@ def compile(  # noqa: A001 - the name is the concept
     """
     # Like reading (k3snet.spec.load): tens of thousands of objects, none in a cycle.
     with gc_paused(len(spec.destinations)):
-        return _compile(spec, facts, tuple(flannel_targets), cilium_targets, kinds)
+        return _compile(spec, facts, tuple(flannel_targets), cilium_targets, kinds,
+                        hold=frozenset(hold))
+
+
+def held_destinations(spec: Spec, error: SpecError) -> frozenset[int]:
+    """The destinations (indices) whose node facts alone made :func:`compile` refuse
+    ``spec`` with ``error``: every problem is a destination's missing device or
+    unreachable gateway on the node, and the spec is otherwise valid. Empty when any
+    other problem is there (the spec is then refused whole).
+
+    Compiled again with ``hold=`` these, the spec gives every object but their routes.
+    """
+    if not error.problems or validate(spec):
+        return frozenset()
+    held: set[int] = set()
+    for problem in error.problems:
+        found = _FACT_PATH.fullmatch(problem.path)
+        if found is None or int(found[1]) >= len(spec.destinations):
+            return frozenset()
+        held.add(int(found[1]))
+    return frozenset(held)
+
+
+# The paths _fact_problems gives a destination's problems.
+_FACT_PATH = re.compile(r"destinations\[(\d+)\]\.(?:device|gateway)")
 
 
 def _compile(spec: Spec, facts: NodeFacts | None, targets: tuple[str, ...],
-             cilium_targets: Iterable[str], kinds: Iterable[str] | None) -> State:
+             cilium_targets: Iterable[str], kinds: Iterable[str] | None, *,
+             hold: frozenset[int] = frozenset()) -> State:
     problems = validate(spec)
     if facts is not None:
-        problems += _fact_problems(spec, facts)
+        problems += _fact_problems(spec, facts, hold)
     cni: list[NetObject] = []
     if targets:
         problems += _flannel_objects(spec, targets, cni)
@@ -178,14 +212,16 @@ def _compile(spec: Spec, facts: NodeFacts | None, targets: tuple[str, ...],
     if problems:
         raise SpecError(problems)
     wanted = None if kinds is None else frozenset(kinds)
-    owned = cni + _node_objects(spec, wanted)
+    owned = cni + _node_objects(spec, wanted, hold)
     if wanted is not None:
         owned = [o for o in owned if o.kind in wanted]
     return State(owned=owned)
 
 
-def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
-    """Routes, forward and NAT rules, sysctls; of the ``wanted`` kinds when given."""
+def _node_objects(spec: Spec, wanted: frozenset[str] | None,
+                  hold: frozenset[int] = frozenset()) -> list[NetObject]:
+    """Routes (but those of the destinations in ``hold``), forward and NAT rules,
+    sysctls; of the ``wanted`` kinds when given."""
     # A cold `k3snet apply` with one backend needs one kind: building the 20 000 others
     # of a 10k-destination spec was a third of its compile (benchmarks/bench_cold.py).
     routes, forward, nat = (wanted is None or k in wanted for k in ("route", "forward", "nat"))
@@ -196,7 +232,7 @@ def _node_objects(spec: Spec, wanted: frozenset[str] | None) -> list[NetObject]:
             if nat and spec.masquerade.mode == "destinations" else {})
     for i, dest in enumerate(spec.destinations):
         pods = pods_of[dest.cidr.version]
-        if routes and dest.routed:
+        if routes and dest.routed and i not in hold:
             owned.append(Route(dest.cidr, gateway=dest.gateway, device=dest.device,
                                table=dest.table, metric=dest.metric))
         if forward and spec.forward.accept and dest.forward:
@@ -291,13 +327,16 @@ def _nat_all_rule(spec: Spec, pod: Network) -> MasqueradeRule | SnatRule | None:
     return _nat_rule(policy, pod, None, keep, policy.out_interface)
 
 
-def _fact_problems(spec: Spec, facts: NodeFacts) -> list[Problem]:
+def _fact_problems(spec: Spec, facts: NodeFacts, hold: frozenset[int] = frozenset()
+                   ) -> list[Problem]:
     problems: list[Problem] = []
     known = set(facts.interfaces)
     # One verdict per distinct gateway and device: 10 000 destinations usually share a
     # few, and each verdict scans every connected and routed prefix of the node.
     verdicts: dict[tuple[Address, str | None], str | None] = {}
     for i, dest in enumerate(spec.destinations):
+        if i in hold:
+            continue
         path = f"destinations[{i}]"
         if known and dest.device is not None and dest.device not in known:
             problems.append(Problem(f"{path}.device", f"no interface {dest.device!r} on "
