@@ -14,21 +14,28 @@ tenth of k3snet's own (protocol 211). Cases, each the median (min-max) wall ms o
   (what makes the agent read the facts again);
 * ``unchanged``: reads one after another;
 * ``ip -j listings``: the three ``ip -j`` processes and :func:`facts_from_ip_json`
-  of their output, the reading ``gather_facts`` gives the same facts as (checked).
+  of their output, the reading ``gather_facts`` gives the same facts as (checked);
+* ``agent pass, repair``: an agent (netlink backend, as ``k3snet agent`` reads the
+  facts and compiles) whose spec has 10 routes via a gateway, after one of k3snet's
+  routes was deleted by ``ip``: the pass that puts it back.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from k3snet import NodeFacts, facts_from_ip_json, gather_facts
+from k3snet.agent import Agent, AgentOptions, FileSpecSource
+from k3snet.cli import _AgentDesired, _backend, build_parser
 from k3snet.lab.netns import create_netns, delete_netns, exit_on_signals, unique_name
 
 
@@ -76,6 +83,33 @@ def median_ms(fn: Callable[[], object], runs: int, before: Callable[[], object])
     return f"{statistics.median(times):.0f} ms ({min(times):.0f}-{max(times):.0f})"
 
 
+def agent_repair(ns: str, runs: int) -> str:
+    """The median pass of an agent putting back a k3snet route deleted before it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["K3SNET_STATE_DIR"] = tmp
+        os.environ["K3SNET_LOCK_DIR"] = tmp
+        path = Path(tmp) / "spec.yaml"
+        path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n"
+                        + "".join(f"  - cidr: 13.0.{n}.0/24\n    gateway: 10.0.0.2\n"
+                                  "    device: d0\n" for n in range(10)))
+        args = build_parser().parse_args(["agent", "-f", str(path), "--netns", ns,
+                                          "--backend", "netlink"])
+        desired = _AgentDesired(args)
+        agent = Agent(FileSpecSource(path), lambda s: _backend(args, s), desired,
+                      AgentOptions("bench"))
+        try:
+            assert agent.run_pass().status == "ok"
+
+            def repaired() -> None:
+                assert agent.run_pass().applied, "nothing put back"
+
+            return median_ms(repaired, runs,
+                             lambda: ip(ns, "route", "del", "13.0.0.0/24", "proto", "211"))
+        finally:
+            agent.shutdown()
+            desired.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, default=10_000)
@@ -98,6 +132,7 @@ def main() -> None:
         print("after a change:", median_ms(lambda: gather_facts(ns), args.runs, change))
         print("unchanged:     ", median_ms(lambda: gather_facts(ns), args.runs, lambda: None))
         print("ip -j listings:", median_ms(lambda: from_ip_json(ns), args.runs, change))
+        print("agent pass, repair:", agent_repair(ns, args.runs))
     finally:
         delete_netns(ns)
 
