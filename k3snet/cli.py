@@ -1018,9 +1018,9 @@ class _AgentDesired:
     Compile is pure, so the same spec, backends and facts give the same state;
     compiling 2k destinations again cost 250 of a 430 ms no-op pass
     (benchmarks/agent_steady.py). The node facts are kept while a token of what
-    they are made of (every route, link and address change in the namespace)
-    stands still: the netlink backend's route token when one is in use, else a
-    :class:`~k3snet.facts.FactsWatch` of the agent's own. Read before the facts,
+    they are made of (every route, link and address change in the namespace but
+    k3snet's own routes) stands still: the netlink backend's facts token when one is
+    in use, else a :class:`~k3snet.facts.FactsWatch` of the agent's own. Read before the facts,
     a token can only make them be read again too often, never too rarely.
     """
 
@@ -1062,7 +1062,10 @@ class _AgentDesired:
     def _token(self, backend: BackendGroup, netns: str | None) -> tuple[object, object]:
         """(what keeps the token, the token); (None, None) when nothing can tell."""
         for member in backend.members:
-            read = getattr(member.backend, "route_token", None)
+            # facts_token: still while only k3snet's own routes changed (the facts leave
+            # them out); a k3snet route deleted and put back is no reason to read them.
+            read = (getattr(member.backend, "facts_token", None)
+                    or getattr(member.backend, "route_token", None))
             if getattr(member.backend, "name", None) == "netlink" and read is not None:
                 token = read()  # None with a driver that reads no notifications (pyroute2)
                 if token is not None:
