@@ -1062,10 +1062,13 @@ class _AgentDesired:
     def _token(self, backend: BackendGroup, netns: str | None) -> tuple[object, object]:
         """(what keeps the token, the token); (None, None) when nothing can tell."""
         for member in backend.members:
-            # facts_token: still while only k3snet's own routes changed (the facts leave
-            # them out); a k3snet route deleted and put back is no reason to read them.
-            read = (getattr(member.backend, "facts_token", None)
-                    or getattr(member.backend, "route_token", None))
+            read = getattr(member.backend, "route_token", None)
+            if "route" in member.kinds:
+                # facts_token: still while only k3snet's own routes changed, which the
+                # facts leave out (211 and this member's protocol: route_protocol); a
+                # k3snet route deleted and put back is no reason to read them. Not for a
+                # member of other kinds: the facts then hold its protocol's routes.
+                read = getattr(member.backend, "facts_token", None) or read
             if getattr(member.backend, "name", None) == "netlink" and read is not None:
                 token = read()  # None with a driver that reads no notifications (pyroute2)
                 if token is not None:
