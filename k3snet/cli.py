@@ -1033,9 +1033,9 @@ class _AgentDesired:
     Compile is pure, so the same spec, backends and facts give the same state;
     compiling 2k destinations again cost 250 of a 430 ms no-op pass
     (benchmarks/agent_steady.py). The node facts are kept while a token of what
-    they are made of (every route, link and address change in the namespace)
-    stands still: the netlink backend's route token when one is in use, else a
-    :class:`~k3snet.facts.FactsWatch` of the agent's own. Read before the facts,
+    they are made of (every route, link and address change in the namespace but
+    k3snet's own routes) stands still: the netlink backend's facts token when one is
+    in use, else a :class:`~k3snet.facts.FactsWatch` of the agent's own. Read before the facts,
     a token can only make them be read again too often, never too rarely.
     """
 
@@ -1081,6 +1081,12 @@ class _AgentDesired:
         """(what keeps the token, the token); (None, None) when nothing can tell."""
         for member in backend.members:
             read = getattr(member.backend, "route_token", None)
+            if "route" in member.kinds:
+                # facts_token: still while only k3snet's own routes changed, which the
+                # facts leave out (211 and this member's protocol: route_protocol); a
+                # k3snet route deleted and put back is no reason to read them. Not for a
+                # member of other kinds: the facts then hold its protocol's routes.
+                read = getattr(member.backend, "facts_token", None) or read
             if getattr(member.backend, "name", None) == "netlink" and read is not None:
                 token = read()  # None with a driver that reads no notifications (pyroute2)
                 if token is not None:

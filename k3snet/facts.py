@@ -1,8 +1,10 @@
-"""Facts about a node (interfaces, addresses, routed prefixes), read with ``ip -j``.
+"""Facts about a node (interfaces, addresses, routed prefixes), read live or from ``ip -j``.
 
 Compile uses them to check a spec against the node it runs on: devices exist,
-gateways are reachable. Reading them needs only iproute2, not pyroute2;
-:class:`FactsWatch` tells when they may have changed (netlink notifications).
+gateways are reachable. A live read takes the interfaces from ``ip -j addr show``
+and the routed prefixes from a netlink route dump (the stdlib's sockets, not
+pyroute2); :func:`facts_from_ip_json` gives the same facts from captured ``ip -j``
+listings. :class:`FactsWatch` tells when they may have changed (netlink notifications).
 """
 
 from __future__ import annotations
@@ -12,16 +14,24 @@ import ipaddress
 import json
 import socket
 import subprocess
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
 
 from k3snet.backends.netns import NetnsRunner, validate_netns
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import validate_interface_name
-from k3snet.model.cidr import parse_network
+from k3snet.model.cidr import Network, parse_network
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, protocol_name
 from k3snet.spec import NodeFacts
 
+if TYPE_CHECKING:
+    from k3snet.backends.netlink.socket_driver import SocketDriver
+
 __all__ = ["FactsWatch", "facts_from_ip_json", "gather_facts"]
+
+T = TypeVar("T")
 
 
 def _argv(args: list[str], netns: str | None) -> list[str]:
@@ -31,8 +41,10 @@ def _argv(args: list[str], netns: str | None) -> list[str]:
     return argv + args
 
 
-def _ip_json_all(commands: list[list[str]], netns: str | None) -> list[Any]:
-    """The JSON of several ``ip -j`` listings, the processes run side by side.
+def _ip_json_all(commands: list[list[str]], netns: str | None,
+                 meanwhile: Callable[[], T]) -> tuple[list[Any], T]:
+    """The JSON of several ``ip -j`` listings, the processes run side by side, and what
+    ``meanwhile`` returns, called while they run.
 
     A cold ``k3snet apply`` waited for three in a row (each a fork, exec and
     netlink dump); the answers and the errors are those of running them one by one.
@@ -45,6 +57,7 @@ def _ip_json_all(commands: list[list[str]], netns: str | None) -> list[Any]:
             # U+FFFD and is then skipped as no interface name (no spec can name it).
             started.append(subprocess.Popen(argv, stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, text=True, errors="replace"))
+        other = meanwhile()
         outputs = [proc.communicate(timeout=30) for proc in started]
     except FileNotFoundError as exc:
         raise BackendError("iproute2's `ip` is not installed") from exc
@@ -63,7 +76,7 @@ def _ip_json_all(commands: list[list[str]], netns: str | None) -> list[Any]:
         # refuses only "/", ":" and white space) as it is, inside a JSON string; such
         # a name is then left out as no interface name.
         results.append(json.loads(out or "[]", strict=False))
-    return results
+    return results, other
 
 
 class FactsWatch:
@@ -125,15 +138,90 @@ def gather_facts(netns: str | None = None, *, hostname: str | None = None,
                  protocol: int = K3SNET_ROUTE_PROTOCOL) -> NodeFacts:
     """Interfaces with their global addresses, and the prefixes the node routes (read live).
 
+    The same facts as :func:`facts_from_ip_json` of ``ip -j addr show`` and ``ip -j
+    route show table all`` (both families), but the routes come from a netlink dump
+    read here: 10 000 routes printed as JSON by two ``ip`` processes and parsed
+    again cost most of an agent pass after each route change.
+
     ``protocol``: the route protocol k3snet's routes are marked with, when the netlink
     backend was given another than 211 (:func:`k3snet.converge.route_protocol`); its
     routes are left out as 211's are (see :func:`facts_from_ip_json`).
     """
-    routes4, routes6, addresses = _ip_json_all(
-        [["-4", "route", "show", "table", "all"], ["-6", "route", "show", "table", "all"],
-         ["addr", "show"]], netns)
-    return facts_from_ip_json(addresses, [*routes4, *routes6], hostname=hostname or netns,
-                              protocol=protocol)
+    from k3snet.backends.netlink.socket_driver import open_socket_driver  # noqa: PLC0415
+
+    runner = NetnsRunner(netns)  # a missing namespace fails here, before any process
+    try:
+        driver = open_socket_driver(runner, _count_nothing)
+    except OSError as exc:
+        raise BackendError(f"read the routes of {_where(netns)}: {exc}") from exc
+    finally:
+        runner.close()
+    try:
+        [addresses], prefixes = _ip_json_all(
+            [["addr", "show"]], netns, lambda: _routed_prefixes(driver, netns, protocol))
+    finally:
+        driver.close()
+    facts = facts_from_ip_json(addresses, [], hostname=hostname or netns)
+    return attrs.evolve(facts, routes=prefixes)
+
+
+def _count_nothing() -> None:
+    """The socket driver counts its requests for the backend; the facts do not."""
+
+
+def _where(netns: str | None) -> str:
+    return "this namespace" if netns is None else f"namespace {netns!r}"
+
+
+def _routed_prefixes(driver: SocketDriver, netns: str | None, protocol: int) -> list[Network]:
+    """The prefixes ``ip -j route show table all`` lists as :func:`facts_from_ip_json`
+    keeps them, IPv4 then IPv6, from the driver's netlink dump of every table."""
+    from k3snet.backends.netlink.codec import (  # noqa: PLC0415
+        RTM_GETROUTE,
+        NetlinkError,
+        route_dump_request,
+    )
+
+    try:
+        dumps = [driver.dump(RTM_GETROUTE, route_dump_request(family, None))
+                 for family in (socket.AF_INET, socket.AF_INET6)]
+    except (OSError, NetlinkError) as exc:
+        raise BackendError(f"read the routes of {_where(netns)}: {exc}") from exc
+    return _prefixes((msg for dump in dumps for msg in dump),
+                     frozenset({K3SNET_ROUTE_PROTOCOL, protocol}))
+
+
+_last_prefixes: dict[bytes, Network | None] = {}
+"""The last dump's route messages (without their netlink header) and the prefix each gave."""
+
+
+def _prefixes(messages: Iterable[bytes], own: frozenset[int]) -> list[Network]:
+    """The prefix of each unicast route message, but k3snet's (protocol in ``own``).
+
+    A message repeated byte for byte by the next dump is the prefix it gave before
+    (:func:`~k3snet.backends.netlink.codec.route_prefix` is pure): building 10 000
+    networks again after each change of one route cost ~20 ms of a ~30 ms read
+    (docs/performance.md, "Node facts from a netlink dump"). Only the last dump's
+    are kept, whatever the namespace: a read of another namespace costs a full build,
+    never a wrong answer.
+    """
+    global _last_prefixes  # noqa: PLW0603 - one small cache, replaced by each read
+    from k3snet.backends.netlink.codec import HDR, RTMSG, route_prefix  # noqa: PLC0415
+
+    known = _last_prefixes
+    seen: dict[bytes, Network | None] = {}
+    found: list[Network] = []
+    at_protocol = HDR + 5  # rtmsg: family, dst_len, src_len, tos, table, protocol, ...
+    for msg in messages:
+        if len(msg) < HDR + RTMSG.size or msg[at_protocol] in own:
+            continue
+        body = msg[HDR:]
+        prefix = known[body] if body in known else route_prefix(msg)
+        seen[body] = prefix
+        if prefix is not None:
+            found.append(prefix)
+    _last_prefixes = seen
+    return found
 
 
 def _list(value: Any) -> list[Any]:

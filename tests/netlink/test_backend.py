@@ -482,6 +482,36 @@ def test_the_route_token_moves_with_every_foreign_route_change_kept_view_or_not(
             assert len(json.loads(_ip(ns, "-j", "route", "show", f"10.12.{octet}.0/24"))) == 1
 
 
+@pytest.mark.parametrize("protocol", [211, 200])
+def test_the_facts_token_stands_still_for_k3snets_own_routes_only_and_moves_for_a_replace(
+        ns: str, tmp_path: Path, protocol: int) -> None:
+    # The node facts leave out routes of 211 and of the backend's protocol, so the agent
+    # need not read them again when only those changed (a deleted route of k3snet's put
+    # back); a replace by one of them removed a route the facts may hold, without a
+    # notification of that route.
+    with NetlinkBackend(ns, state_dir=tmp_path, protocol=protocol) as backend:
+        token = backend.facts_token()
+        assert token is not None
+        for proto in (str(protocol), "211"):
+            _ip(ns, "route", "add", "10.13.0.0/24", "via", "10.0.0.9", "proto", proto)
+            _ip(ns, "-6", "route", "add", "fd13::/64", "via", "fd00::9", "proto", proto)
+            backend.observe()
+            _ip(ns, "route", "del", "10.13.0.0/24", "proto", proto)
+            _ip(ns, "-6", "route", "del", "fd13::/64", "proto", proto)
+            assert backend.facts_token() == token, proto
+        moves = (("route", "add", "10.14.0.0/24", "via", "10.0.0.9", "proto", "static"),
+                 ("route", "replace", "10.14.0.0/24", "via", "10.0.0.9", "proto",
+                  str(protocol)),
+                 ("route", "add", "10.15.0.0/24", "via", "10.0.0.9", "proto", "201"),
+                 ("addr", "add", "10.16.0.1/24", "dev", "e0"))
+        for argv in moves:
+            _ip(ns, *argv)
+            moved = backend.facts_token()
+            assert moved != token, argv
+            token = moved
+        assert backend.route_token() is not None
+
+
 def test_conformance(ns: str, tmp_path: Path, driver: Driver) -> None:
     from k3snet.testing import run_conformance  # noqa: PLC0415 - hypothesis-heavy import
 

@@ -342,9 +342,8 @@ class NetlinkBackend(BackendBase):
     def route_token(self) -> tuple[int, int] | None:
         """The route view's version after reading the pending notifications (no dump):
         it changes with any route, link, address or nexthop-object change in the
-        namespace, ours included, and with nothing else (what node facts are made of:
-        the agent reads them again only when it moved). ``None`` with a driver that reads no
-        notifications (pyroute2).
+        namespace, ours included, and with nothing else (:meth:`facts_token` leaves
+        ours out). ``None`` with a driver that reads no notifications (pyroute2).
         """
         if not self._driver.follows_changes:
             return None
@@ -352,6 +351,19 @@ class NetlinkBackend(BackendBase):
                               capability=_CAPABILITY):
             self._routes.sync()
         return self._routes.version
+
+    def facts_token(self) -> int | None:
+        """As :meth:`route_token`, but still when only k3snet's own routes changed (its
+        protocol, or 211), which the node facts leave out; a route of k3snet's that
+        replaced another moves it. The agent reads the node facts again only when it
+        moved. ``None`` with a driver that reads no notifications (pyroute2).
+        """
+        if not self._driver.follows_changes:
+            return None
+        with translate_errors(f"read the notifications of {self._where}",
+                              capability=_CAPABILITY):
+            self._routes.sync()
+        return self._routes.facts_version
 
     def _count(self) -> None:
         self._operations += 1

@@ -48,6 +48,7 @@ __all__ = [
     "route_dump_request",
     "route_message",
     "route_of",
+    "route_prefix",
     "route_request",
 ]
 
@@ -396,6 +397,27 @@ def decode_route(msg: bytes, names: Mapping[int, str],
         family=family, dst_len=dst_len, src_len=src_len, tos=tos, kind=kind, flags=flags,
         scope=scope, protocol=protocol, table=table, dst=dst, gateway=gateway, oif=oif,
         metric=metric, unmodelled=unmodelled, names=names)
+
+
+def route_prefix(msg: bytes) -> Network | None:
+    """The destination of a raw ``RTM_NEWROUTE`` message as node facts keep it from
+    ``ip -j route show table all``: a unicast route's, never a default route's (no
+    destination bits) nor a cached clone's (``ip`` lists none without ``cache``).
+
+    >>> route_prefix(message(RTM_NEWROUTE, 0, 0, RTMSG.pack(2, 24, 0, 0, 254, 4, 0, 1, 0)
+    ...                      + attr(RTA_DST, bytes([10, 1, 2, 0]))))
+    IPv4Network('10.1.2.0/24')
+    """
+    family, dst_len, _src_len, _tos, _table, _protocol, _scope, kind, flags = (
+        RTMSG.unpack_from(msg, HDR))
+    if kind != RTN_UNICAST or not dst_len or flags & RTM_F_CLONED:
+        return None
+    dst = attrs_of(msg, HDR + RTMSG.size).get(RTA_DST)
+    if family == socket.AF_INET and dst is not None and len(dst) == 4 and dst_len <= 32:
+        return ipaddress.IPv4Network((int.from_bytes(dst, "big"), dst_len), strict=False)
+    if family == socket.AF_INET6 and dst is not None and len(dst) == 16 and dst_len <= 128:
+        return ipaddress.IPv6Network((int.from_bytes(dst, "big"), dst_len), strict=False)
+    return None
 
 
 @attrs.frozen

@@ -19,6 +19,8 @@ import attrs
 
 from k3snet.backends.kit import GC_PAUSE_MIN, ObserveCache, gc_paused
 from k3snet.backends.netlink.codec import (
+    HDR,
+    NLM_F_REPLACE,
     RTM_DELADDR,
     RTM_DELLINK,
     RTM_DELNEXTHOP,
@@ -33,7 +35,7 @@ from k3snet.backends.netlink.codec import (
     header_of,
 )
 from k3snet.backends.netlink.driver import RouteDriver
-from k3snet.model.route import Route, RouteBlock
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock
 
 __all__ = ["RouteCache", "RouteView"]
 
@@ -68,6 +70,9 @@ class RouteCache:
         self._links: dict[int, Link] | None = None
         self._names: dict[int, str] = {}
         self._expected: tuple[Route, ...] = ()  # expect(): what the next dump likely holds
+        # Notifications the node facts may have changed with (see facts_version).
+        self._facts_moves = 0
+        self._facts_blind = frozenset({protocol, K3SNET_ROUTE_PROTOCOL})
 
     def expect(self, routes: Iterable[Route]) -> None:
         """A hint for the next dump: these routes are likely there (changes no result)."""
@@ -114,6 +119,16 @@ class RouteCache:
         with every route notification while no view is kept."""
         return self._generation, self._edits + self._unseen
 
+    @property
+    def facts_version(self) -> int:
+        """Moves with every notification :attr:`version` moves with but those of k3snet's
+        own routes (``protocol``, or 211) that replaced nothing: the node facts leave such
+        routes out (:func:`k3snet.gather_facts`), so a k3snet route deleted by another
+        program and put back does not make the agent read them again. A replace counts:
+        the route it replaced, perhaps another program's, is gone without a notification
+        of its own."""
+        return self._facts_moves
+
     def _token(self) -> int:
         self.sync()
         return self._generation
@@ -145,10 +160,14 @@ class RouteCache:
         """Apply pending notifications to the kept view; forget it on anyone else's change."""
         messages, lost = self.driver.notifications()
         if lost:
+            self._facts_moves += 1
             self.forget()
             return
         for msg in messages:
-            _length, kind, _flags, _seq, pid = header_of(msg)
+            _length, kind, flags, _seq, pid = header_of(msg)
+            if not (kind in (RTM_NEWROUTE, RTM_DELROUTE) and not flags & NLM_F_REPLACE
+                    and len(msg) > HDR + 5 and msg[HDR + 5] in self._facts_blind):
+                self._facts_moves += 1  # byte 5 of the rtmsg: the route's protocol
             if kind in (RTM_NEWLINK, RTM_DELLINK):
                 # IPv4 drops routes of a vanished device without a notification.
                 self.forget()
