@@ -360,13 +360,29 @@ def _gateway_problem(gateway: Address, device: str | None, facts: NodeFacts) -> 
     """Why ``gateway`` (through ``device``) cannot be used on the node of ``facts``."""
     if (facts.interfaces or facts.routes) and not facts.reaches(gateway):
         return (f"gateway {gateway} is not inside any connected or routed prefix of "
-                f"{facts.hostname or 'the node'} "
-                f"({', '.join(map(str, facts.connected() + facts.routes))})")
+                f"{facts.hostname or 'the node'} ({_prefixes_text(gateway, facts)})")
     if (device is not None and device in facts.interfaces
             and not any(contains(a.network, gateway) for a in facts.interfaces[device])
             and not any(contains(n, gateway) for n in facts.routes)):
         return f"gateway {gateway} is not on {device}'s networks"
     return None
+
+
+_LISTED_PREFIXES = 8
+"""Prefixes of the node a gateway problem names (the rest are counted)."""
+
+
+def _prefixes_text(gateway: Address, facts: NodeFacts) -> str:
+    """The node's prefixes of ``gateway``'s family, each once, the first
+    :data:`_LISTED_PREFIXES` named: a router's 10 000 routes made a problem (and the
+    agent's message, log line and Node annotation) of 200 KB."""
+    prefixes = [str(n) for n in dict.fromkeys((*facts.connected(), *facts.routes))
+                if n.version == gateway.version]
+    if not prefixes:
+        return f"none of IPv{gateway.version}"
+    shown = ", ".join(prefixes[:_LISTED_PREFIXES])
+    more = len(prefixes) - _LISTED_PREFIXES
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 # ---------------------------------------------------------------- flannel
