@@ -109,6 +109,21 @@ table inet filter {
     }
 }
 """
+RPFILTER_BESIDE_ACCEPTS = """
+table inet fw {
+    chain pre {
+        type filter hook prerouting priority -140;
+        meta nfproto ipv6 fib saddr . mark . iif oif missing drop
+    }
+    chain screen {
+        type filter hook forward priority 10;
+        ct state invalid drop
+        ip saddr 10.42.0.0/16 accept
+        ip6 saddr fd42:42::/56 accept
+        reject with icmpx admin-prohibited
+    }
+}
+"""
 K3S_LIKE = """
 table ip filter {
     chain FORWARD {
@@ -133,6 +148,8 @@ CASES: dict[str, tuple[str, list[str] | None]] = {
         FIREWALLD_LIKE, ["nftables: inet fw chain screen, ",
                          "(a rule that may drop any address (handle "]),
     "a policy drop whose chain accepts the pods": (ACCEPTS_THE_PODS, None),
+    "firewalld's reverse-path check, and a catch-all reject after the pods' accepts": (
+        RPFILTER_BESIDE_ACCEPTS, None),
     "a K3s-like FORWARD whose flannel chain accepts the cluster CIDR": (K3S_LIKE, None),
 }
 

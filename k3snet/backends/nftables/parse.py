@@ -1056,10 +1056,11 @@ def _unseen() -> Match:
 
 
 def _unmodelled_only(match: Match) -> bool:
-    """Whether ``match`` tests only what k3snet does not model (``ct state invalid``), no
-    address, interface or mark: a default of the chain's, not a block of the pods'."""
+    """Whether ``match`` tests only what k3snet does not model (``ct state invalid``,
+    firewalld's ``meta nfproto ipv6 fib saddr . mark . iif oif missing``), besides the
+    address family: no address, interface or mark, so no default for new pod traffic."""
     return bool(match.unknown) and not (match.saddr or match.daddr or match.iif or match.oif
-                                        or match.marks or match.ct_reply or match.nfproto)
+                                        or match.marks or match.ct_reply)
 
 
 def _misses(match: Match, rule: ForwardRule) -> bool:
