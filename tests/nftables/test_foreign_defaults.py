@@ -16,14 +16,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from k3snet.backends.nftables import NftablesBackend
 from k3snet.cli import main
+from k3snet.errors import BackendError
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
 from tests.nftables.scenario import K3SNET_RULES
-from tests.nftables.test_recorded import backend
+from tests.nftables.test_recorded import RecordedKernel, backend
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
@@ -59,6 +62,25 @@ def test_a_policy_drop_that_does_not_accept_a_wanted_rule_is_a_warning_naming_th
     logged = [r.getMessage() for r in caplog.records
               if r.name.startswith("k3snet.backends.nftables")]
     assert logged == [warning]  # once, as the agent logs its other warnings
+
+
+class _FlannelUnread(RecordedKernel):
+    """The k3s-node recording, whose FLANNEL-FWD cannot be listed."""
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        if ref.get("name") == "FLANNEL-FWD":
+            raise BackendError("nft 'list chain ip filter FLANNEL-FWD' failed")
+        return super().list(kind, **ref)
+
+
+def test_a_chain_the_read_could_not_list_may_drop_what_a_default_chain_jumps_to_it() -> None:
+    # flannel's accepts unread: nothing says FORWARD's policy drop spares the pods.
+    kernel = _FlannelUnread("k3s-node")
+    with NftablesBackend(kernel=lambda: kernel) as nft:
+        nft.expect(State(owned=[CLUSTER_RULE]))
+        nft.observe()
+        (warning,) = nft.warnings
+    assert warning.startswith("nftables: ip filter chain FORWARD, ")
 
 
 @pytest.mark.parametrize("hint", [None, State(owned=[MasqueradeRule("10.52.0.0/16")])])

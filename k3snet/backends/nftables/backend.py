@@ -380,7 +380,9 @@ class NftablesBackend(BackendBase):
 
         Changes no result: the next read of a table with no earlier read's lines
         takes a line that is exactly one of their rules as that object without
-        parsing it (docs/performance.md, "Reading k3snet's table as text").
+        parsing it (docs/performance.md, "Reading k3snet's table as text"). Its
+        forward rules are those :attr:`warnings` judges other tables' default drops
+        against (without the hint, none is judged).
         """
         self._expected = tuple(state.owned)
 

@@ -607,7 +607,7 @@ class ForeignReader:
             what += self._catch_alls.get((where, name), [])
             if what:
                 found.append(ForwardDefault(where[0], where[1], name, policy, tuple(what)))
-        return ForwardDefaults(tuple(found), dict(self._listings))
+        return ForwardDefaults(tuple(found), dict(self._listings) if found else {})
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False) -> bool:
