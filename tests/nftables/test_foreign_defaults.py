@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from k3snet.backends.nftables import NftablesBackend
+from k3snet.backends.nftables.parse import ForwardDefaults
 from k3snet.cli import main
 from k3snet.errors import BackendError
 from k3snet.lab.netns import run_in
@@ -218,3 +220,30 @@ def test_iptables_policy_drop_is_no_warning_when_iptables_manages_forward(
     # Given forward, the nftables member warns of the same chain.
     warnings = plan_warnings(ns, capsys, "nftables:forward", "iptables:nat")
     assert [w for w in warnings if w.startswith("nftables: ip filter chain FORWARD, ")]
+
+
+def test_a_read_finding_the_same_defaults_for_the_same_wanted_rules_is_not_judged_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The agent reads the other tables again after anyone's commit (kube-proxy's, every
+    # few seconds): judging a long chain for every wanted rule each time would cost a pass.
+    judged: list[int] = []
+    real = ForwardDefaults.unopened
+
+    def counted(self: ForwardDefaults, rules: Sequence[ForwardRule]) -> Any:
+        judged.append(len(rules))
+        return real(self, rules)
+
+    monkeypatch.setattr(ForwardDefaults, "unopened", counted)
+    nft, _ = backend("k3s-node")
+    with nft:
+        nft.expect(K3SNET_RULES)
+        nft.observe()
+        first = nft.warnings
+        nft.expect(State(owned=K3SNET_RULES.owned))  # the next pass's hint: equal, not same
+        nft.observe(refresh=True)
+        assert nft.warnings == first
+        assert len(judged) == 1
+        nft.expect(State(owned=[CLUSTER_RULE]))  # another wanted rule: judged again
+        nft.observe(refresh=True)
+        assert nft.warnings == ()
+        assert len(judged) == 2

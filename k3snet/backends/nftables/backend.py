@@ -259,7 +259,8 @@ class NftablesBackend(BackendBase):
         # The other tables' defaults the last read found, and the last judgment of them
         # (by identity: the defaults read and the hint judged against).
         self._defaults = ForwardDefaults()
-        self._judged: tuple[ForwardDefaults, tuple[NetObject, ...], tuple[str, ...]] | None = None
+        self._judged: tuple[ForwardDefaults, tuple[NetObject, ...], list[ForwardRule],
+                            tuple[str, ...]] | None = None
         self._warned: tuple[str, ...] = ()  # the warnings last logged (see _log_warnings)
         # Listings' own libnftables contexts, each in a helper thread (made lazily, in the
         # worker thread), so a listing that never ends can be given up on; only with
@@ -342,16 +343,21 @@ class NftablesBackend(BackendBase):
         so the plan said nothing while the pods' traffic stayed dropped. The wanted
         rules are the hint's (:meth:`expect`: ``converge`` and ``k3snet plan`` give the
         desired state; a group gives its forward rules only to the member managing
-        them); judged from what the read listed, once per read and hint."""
+        them); judged from what the read listed, again only when the defaults read or
+        the wanted forward rules changed (the agent reads again after anyone's commit;
+        docs/performance.md, "Other tables' default drops")."""
         defaults, expected = self._defaults, self._expected
         if not defaults.found:
             return ()
         judged = self._judged
         if judged is not None and judged[0] is defaults and judged[1] is expected:
-            return judged[2]
+            return judged[3]
         # In a stable order: the warning names the first rule dropped, and is logged on change.
         wanted = sorted((o for o in expected if isinstance(o, ForwardRule)),
                         key=lambda r: (r.family, r.describe()))
+        if judged is not None and judged[2] == wanted and judged[0] == defaults:
+            self._judged = (defaults, expected, wanted, judged[3])
+            return judged[3]
         found = tuple(
             f"nftables: {default.family} {default.table} chain {default.chain}, a filter "
             f"chain of another table that forwarded packets pass ({'; '.join(default.what)}), "
@@ -362,7 +368,7 @@ class NftablesBackend(BackendBase):
                "--backend iptables:forward), whose FORWARD rules open iptables' policy"
                if default.family in ("ip", "ip6") and default.table == "filter" else "")
             for default, rule in defaults.unopened(wanted))
-        self._judged = (defaults, expected, found)
+        self._judged = (defaults, expected, wanted, found)
         return found
 
     def observe(self, *, refresh: bool = False) -> State:
