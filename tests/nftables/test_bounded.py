@@ -53,7 +53,7 @@ def test_a_foreign_listing_that_never_ends_leaves_its_chain_unread() -> None:
     lister = BoundedLister(lambda: hanging)
     try:
         whole = ForeignReader(RecordedKernel("k3s-node"), frozenset({("inet", "k3snet")})).read()
-        found, unread = read_foreign_within(lister, frozenset({("inet", "k3snet")}),
+        found, unread, _ = read_foreign_within(lister, frozenset({("inet", "k3snet")}),
                                             time.monotonic() + 0.5)
     finally:
         hanging.release.set()
@@ -90,7 +90,7 @@ def test_a_listing_within_the_bound_is_the_kernel_s() -> None:
         assert own.list("table", family="inet", name="k3snet") == kernel.list(
             "table", family="inet", name="k3snet")
         masquerade = MasqueradeRule("10.42.0.0/16", exclude=["10.42.0.0/16", "224.0.0.0/4"])
-        found, unread = read_foreign_within(lister, frozenset({("inet", "k3snet")}),
+        found, unread, _ = read_foreign_within(lister, frozenset({("inet", "k3snet")}),
                                             time.monotonic() + 60)
         assert masquerade in found
         assert unread == ()

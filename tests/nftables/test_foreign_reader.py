@@ -225,7 +225,7 @@ def test_a_read_given_up_on_replays_the_errors_it_met_and_names_what_it_did_not_
     kernel = _StuckAfterAnError(chains)
     lister = BoundedLister(lambda: kernel)
     try:
-        found, unread = read_foreign_within(lister, frozenset(), time.monotonic() + 0.5)
+        found, unread, _ = read_foreign_within(lister, frozenset(), time.monotonic() + 0.5)
     finally:
         kernel.release.set()
         lister.close()

@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 
 from k3snet.backends.nftables.kernel import ListingTimeoutError, Lists, listed_items
-from k3snet.backends.nftables.parse import ForeignReader, parse_rule
+from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.errors import BackendError
 from k3snet.model import ForwardBlock, NatBlock, NetObject
 from k3snet.render.nftables_batch import list_command
@@ -44,8 +44,6 @@ NATIVE_SECONDS = 2.0
 
 Run = Callable[[list[str], str, float], "subprocess.CompletedProcess[str]"]
 """Runs an argv in the namespace with the given input and timeout."""
-
-_STOPS = ("drop", "reject", "queue")
 
 
 @attrs.frozen
@@ -87,21 +85,6 @@ class _Processes:
         return listed_items(done.stdout, what)
 
 
-class _Recorder:
-    """Another :class:`Lists`, keeping what it listed (by kind and reference) for
-    :func:`_defaults`."""
-
-    def __init__(self, lists: Lists) -> None:
-        self._lists = lists
-        self.listed: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-
-    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
-        items = self._lists.list(kind, **ref)
-        if items is not None:
-            self.listed[(kind, *ref.values())] = items
-        return items
-
-
 Within = Callable[[float, Callable[[Lists], "NativeRead"]], "NativeRead"]
 """Runs a read with a libnftables :class:`Lists` in the namespace, by a deadline
 (``time.monotonic()``), raising :class:`ListingTimeoutError` past it."""
@@ -126,7 +109,7 @@ def read_native(
     deadline = time.monotonic() + NATIVE_SECONDS
     if within is not None:
         try:
-            return within(deadline, lambda lists: _read(_Recorder(lists), xt))
+            return within(deadline, lambda lists: _read(lists, xt))
         except ListingTimeoutError as exc:
             return NativeRead(warnings=(f"nftables tables beside iptables not read: {exc}",))
     if shutil.which("nft") is None:
@@ -137,48 +120,31 @@ def read_native(
                 "cannot read them (no nft on PATH): what they drop or translate is not judged",
             )
         )
-    return _read(_Recorder(_Processes(run, deadline)), xt)
+    return _read(_Processes(run, deadline), xt)
 
 
-def _read(lister: _Recorder, xt: frozenset[tuple[str, str]]) -> NativeRead:
+def _read(lister: Lists, xt: frozenset[tuple[str, str]]) -> NativeRead:
     reader = ForeignReader(lister, xt)
     found = reader.read()
     blocks = frozenset(o for o in found if isinstance(o, ForwardBlock | NatBlock))
     warnings = [
-        *_defaults(lister, reader),
+        *_defaults(reader),
         *(f"nftables tables beside iptables' read in part: {u}" for u in reader.unread),
     ]
     return NativeRead(blocks, tuple(warnings))
 
 
-def _defaults(lister: _Recorder, reader: ForeignReader) -> list[str]:
+def _defaults(reader: ForeignReader) -> list[str]:
     """A warning for each filter base chain on a hook forwarded packets pass whose policy,
-    or a rule of its own naming no address, may drop them: defaults, not conflicts
-    (k3snet cannot open them from iptables), but they decide before or after it."""
-    bases = [(w, n, p) for w, n, p in reader.forward_bases]
-    bases += [(w, n, "accept") for w, n in reader.path_bases]
-    found = []
-    for (family, table), name, policy in bases:
-        what = []
-        if policy != "accept":
-            what.append(f"policy {policy}")
-        for item in lister.listed.get(("chain", family, table, name), []):
-            rule = item.get("rule")
-            if not isinstance(rule, dict) or not isinstance(rule.get("expr"), list):
-                continue
-            match = parse_rule(rule["expr"])
-            named = any(not neg for _, neg in match.saddr + match.daddr)
-            if match.verdict in _STOPS and not named:
-                what.append(
-                    f"a rule that may {match.verdict} any address (handle {rule.get('handle')})"
-                )
-        if what:
-            found.append(
-                f"nftables {family} {table} chain {name} runs on the same hook as iptables "
-                f"(not shown by iptables-save): {'; '.join(what)}. An accept in iptables "
-                "ends only iptables' chain: what this chain does not accept is dropped "
-                "whatever k3snet's rules say, and k3snet does not judge it; accept "
-                "k3snet's traffic there too (`nft list table "
-                f"{family} {table}` shows it)"
-            )
-    return found
+    or a rule of its own naming no address, may drop them (:meth:`ForeignReader.defaults`,
+    as the nftables backend finds them): defaults, not conflicts (k3snet cannot open them
+    from iptables), but they decide before or after it."""
+    return [
+        f"nftables {d.family} {d.table} chain {d.chain} runs on the same hook as iptables "
+        f"(not shown by iptables-save): {'; '.join(d.what)}. An accept in iptables "
+        "ends only iptables' chain: what this chain does not accept is dropped "
+        "whatever k3snet's rules say, and k3snet does not judge it; accept "
+        "k3snet's traffic there too (`nft list table "
+        f"{d.family} {d.table}` shows it)"
+        for d in reader.defaults().found
+    ]

@@ -128,6 +128,7 @@ from k3snet.backends.nftables.parse import (
     LEFTOVER,
     ForeignRead,
     ForeignReader,
+    ForwardDefaults,
     finish_foreign_read,
     read_foreign_within,
     read_own,
@@ -136,7 +137,7 @@ from k3snet.backends.nftables.parse import (
 )
 from k3snet.backends.nftables.text import Lines, expected_lines, first_rule_lines
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, PlanError
-from k3snet.model import Drift, NetObject
+from k3snet.model import Drift, ForwardRule, NetObject
 from k3snet.model.state import State
 from k3snet.planner import Plan
 from k3snet.render.nftables import (
@@ -255,6 +256,11 @@ class NftablesBackend(BackendBase):
         self.foreign_timeout = option_seconds("foreign_timeout", foreign_timeout)
         self.read_timeout = option_seconds("read_timeout", read_timeout)
         self._foreign_unread: tuple[str, ...] = ()
+        # The other tables' defaults the last read found, and the last judgment of them
+        # (by identity: the defaults read and the hint judged against).
+        self._defaults = ForwardDefaults()
+        self._judged: tuple[ForwardDefaults, tuple[NetObject, ...], list[ForwardRule],
+                            tuple[str, ...]] | None = None
         self._warned: tuple[str, ...] = ()  # the warnings last logged (see _log_warnings)
         # Listings' own libnftables contexts, each in a helper thread (made lazily, in the
         # worker thread), so a listing that never ends can be given up on; only with
@@ -317,14 +323,53 @@ class NftablesBackend(BackendBase):
     @property
     def warnings(self) -> tuple[str, ...]:
         """What the last read found worth saying (``!! warning:`` under ``k3snet plan``):
-        an incomplete foreign state, with the listings it lacks."""
+        an incomplete foreign state, with the listings it lacks; another table's filter
+        chain whose default (a policy drop, a catch-all drop or reject) drops forward
+        rules :meth:`expect` was given, which k3snet's accepts cannot open."""
+        found = self._default_warnings()
         if not self._foreign_unread:
-            return ()
+            return found
         return (f"nftables: other tables were not read whole within {self.foreign_timeout:g} s "
                 "(foreign_timeout) and a walk of 4096 rules: their rules there are left out "
                 "of the plan's notes "
                 f"(k3snet's rules never override another table's drop): "
-                f"{'; '.join(self._foreign_unread)}",)
+                f"{'; '.join(self._foreign_unread)}", *found)
+
+    def _default_warnings(self) -> tuple[str, ...]:
+        """A warning for each foreign default that drops some wanted forward rule.
+
+        Policies and catch-all drops are no conflicts (docs/reliability.md): a wanted
+        rule is still added, but an accept in k3snet's table ends only k3snet's chain,
+        so the plan said nothing while the pods' traffic stayed dropped. The wanted
+        rules are the hint's (:meth:`expect`: ``converge`` and ``k3snet plan`` give the
+        desired state; a group gives its forward rules only to the member managing
+        them); judged from what the read listed, again only when the defaults read or
+        the wanted forward rules changed (the agent reads again after anyone's commit;
+        docs/performance.md, "Other tables' default drops")."""
+        defaults, expected = self._defaults, self._expected
+        if not defaults.found:
+            return ()
+        judged = self._judged
+        if judged is not None and judged[0] is defaults and judged[1] is expected:
+            return judged[3]
+        # In a stable order: the warning names the first rule dropped, and is logged on change.
+        wanted = sorted((o for o in expected if isinstance(o, ForwardRule)),
+                        key=lambda r: (r.family, r.describe()))
+        if judged is not None and judged[2] == wanted and judged[0] == defaults:
+            self._judged = (defaults, expected, wanted, judged[3])
+            return judged[3]
+        found = tuple(
+            f"nftables: {default.family} {default.table} chain {default.chain}, a filter "
+            f"chain of another table that forwarded packets pass ({'; '.join(default.what)}), "
+            f"may drop {rule.describe()} whatever k3snet's table accepts (an accept ends "
+            "only its own chain); accept k3snet's traffic in that chain too (`nft list chain "
+            f"{default.family} {default.table} {default.chain}` shows it)"
+            + ("; or give kind forward to the iptables backend (--backend nftables:nat "
+               "--backend iptables:forward), whose FORWARD rules open iptables' policy"
+               if default.family in ("ip", "ip6") and default.table == "filter" else "")
+            for default, rule in defaults.unopened(wanted))
+        self._judged = (defaults, expected, wanted, found)
+        return found
 
     def observe(self, *, refresh: bool = False) -> State:
         """k3snet's rules and the drift in its table (owned), other tables' rules (foreign).
@@ -341,7 +386,9 @@ class NftablesBackend(BackendBase):
 
         Changes no result: the next read of a table with no earlier read's lines
         takes a line that is exactly one of their rules as that object without
-        parsing it (docs/performance.md, "Reading k3snet's table as text").
+        parsing it (docs/performance.md, "Reading k3snet's table as text"). Its
+        forward rules are those :attr:`warnings` judges other tables' default drops
+        against (without the hint, none is judged).
         """
         self._expected = tuple(state.owned)
 
@@ -611,13 +658,18 @@ class NftablesBackend(BackendBase):
         generation id of the cache it goes into."""
         bounded = self._foreign_lister()
         if bounded is None:
-            return ForeignReader(kernel, self._own_tables()).read()
+            reader = ForeignReader(kernel, self._own_tables())
+            found = reader.read()
+            self._defaults = reader.defaults()
+            self._log_warnings()
+            return found
         deadline = time.monotonic() + self.foreign_timeout
         if ahead is not None:
-            found, self._foreign_unread = finish_foreign_read(bounded, ahead, deadline)
+            found, self._foreign_unread, self._defaults = finish_foreign_read(
+                bounded, ahead, deadline)
         else:
-            found, self._foreign_unread = read_foreign_within(bounded, self._own_tables(),
-                                                              deadline)
+            found, self._foreign_unread, self._defaults = read_foreign_within(
+                bounded, self._own_tables(), deadline)
         self._log_warnings()
         return found
 

@@ -97,9 +97,9 @@ from k3snet.render.nftables import (
 )
 from k3snet.render.tag import tag_digest
 
-__all__ = ["ForeignRead", "ForeignReader", "Match", "finish_foreign_read", "leftover_drift",
-           "own_object",
-           "parse_rule", "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
+__all__ = ["ForeignRead", "ForeignReader", "ForwardDefault", "ForwardDefaults", "Match",
+           "finish_foreign_read", "leftover_drift", "own_object", "parse_rule",
+           "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
 
 # iptables targets that let the packet go on to the next rule (kube-proxy's MARK ...).
 _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY",
@@ -108,6 +108,7 @@ _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a 
 _MAX_JUMP_DEPTH = 8
 _MAX_WALKED_RULES = 4096  # bounds the walk through conditional jumps (each is followed)
 _TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})  # what nft names
+_STOPS = ("drop", "queue")  # what parse_rule makes of drop, reject and queue
 _OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
 
 
@@ -467,6 +468,8 @@ class ForeignReader:
         default_factory=list)
     nat_origin: dict[NetObject, tuple[tuple[str, str], str] | None] = field(default_factory=dict)
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
+    # each chain's rules that stop any packet (a drop, reject or queue naming no address)
+    _catch_alls: dict[tuple[tuple[str, str], str], list[str]] = field(default_factory=dict)
     # the rules walked for NAT and accepts, and those read for forward drops
     _walk_budget: _Budget = field(
         default_factory=lambda: _Budget("the walk of other tables' chains"))
@@ -592,22 +595,44 @@ class ForeignReader:
                 assert match.target is not None
                 self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found)
 
-    def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule) -> bool:
-        """Whether base chain ``base`` accepts every packet of ``rule`` (False: it may not)."""
+    def defaults(self) -> ForwardDefaults:
+        """The filter base chains read whose default may drop forwarded packets: a policy
+        that is not accept (forward hook), or a rule of the chain's own that stops any
+        address (forward, prerouting and postrouting hooks). Call after :meth:`read`;
+        judged later without listing anything (:meth:`ForwardDefaults.unopened`)."""
+        found = []
+        bases = [*self.forward_bases, *((w, n, "accept") for w, n in self.path_bases)]
+        for where, name, policy in bases:
+            what = [f"policy {policy}"] if policy != "accept" else []
+            what += self._catch_alls.get((where, name), [])
+            if what:
+                found.append(ForwardDefault(where[0], where[1], name, policy, tuple(what)))
+        return ForwardDefaults(tuple(found), dict(self._listings) if found else {})
+
+    def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
+                      defaults: bool = False) -> bool:
+        """Whether base chain ``base`` accepts every packet of ``rule`` (False: it may not).
+
+        ``defaults``: judge only what drops any address (the policy, a catch-all drop or
+        reject); drops on tests k3snet does not model and naming no address nor
+        interface (``ct state invalid drop``) are passed over.
+        """
         where, name, policy = base
         if where[0] != "inet" and (where[0] == "ip") != (rule.family == 4):
             return True  # a chain of the other address family never sees these packets
-        verdict = self._passes(where, name, rule, 0)
+        verdict = self._passes(where, name, rule, 0, defaults=defaults)
         return policy == "accept" if verdict is None else verdict
 
     def _passes(self, where: tuple[str, str], chain: str, rule: ForwardRule,
-                depth: int) -> bool | None:
+                depth: int, *, defaults: bool = False) -> bool | None:
         """Walk ``chain`` for ``rule``'s packets: True (all accepted), False (some may be
         dropped, or k3snet cannot tell), None (they all leave the chain unjudged)."""
         for match in self._rules(where, chain):
             verdict = match.verdict
             if verdict in (None, "masquerade", "snat") or _misses(match, rule):
                 continue
+            if defaults and verdict in _STOPS and _unmodelled_only(match) and not match.target:
+                continue  # `ct state invalid drop`: not a default for new pod traffic
             whole = _covers(match, rule)
             if verdict == "accept":
                 if whole:
@@ -616,7 +641,7 @@ class ForeignReader:
                 if whole:
                     return None
             elif verdict in ("jump", "goto") and match.target and depth < _MAX_JUMP_DEPTH:
-                sub = self._passes(where, match.target, rule, depth + 1)
+                sub = self._passes(where, match.target, rule, depth + 1, defaults=defaults)
                 # A goto for some packets to a chain that decides nothing: those leave
                 # this chain unjudged (at a base chain, for its policy), the others go
                 # on, and k3snet cannot tell which ends where.
@@ -637,20 +662,25 @@ class ForeignReader:
     def _list_rules(self, where: tuple[str, str], chain: str) -> list[Match]:
         family, table = where
         if self.listed >= _MAX_FOREIGN_CHAINS:
-            return [Match(unknown=1, verdict="drop")]  # unseen: assume it may drop anything
+            return [_unseen()]  # unseen: assume it may drop anything
         self.listed += 1
         try:
             items = self._list("chain", {"family": family, "table": table, "name": chain}) or []
         except ListingTimeoutError as exc:
             self.unread.append(str(exc))
-            return [Match(unknown=1, verdict="drop")]
+            return [_unseen()]
         except BackendError:
-            return [Match(unknown=1, verdict="drop")]
+            return [_unseen()]
         rules = []
+        stops = self._catch_alls[(where, chain)] = []
         for item in items:
             rule = item.get("rule")
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
                 match = parse_rule(rule["expr"])
+                if match.verdict in _STOPS and not any(
+                        not neg for _, neg in match.saddr + match.daddr):
+                    stops.append(f"a rule that may {match.verdict} any address "
+                                 f"(handle {rule.get('handle')})")
                 if match.proto is None and family in ("ip", "ip6"):
                     match.proto = family
                 rules.append(match)
@@ -820,9 +850,59 @@ class ForeignReader:
             self.origins.setdefault(rule, set()).add(self._walking)
 
 
+@attrs.frozen
+class ForwardDefault:
+    """A filter base chain of another table whose default may drop forwarded packets."""
+
+    family: str
+    table: str
+    chain: str
+    policy: str
+    what: tuple[str, ...]
+    """``policy drop``, ``a rule that may drop any address (handle 12)`` ..."""
+
+
+@dataclass(frozen=True)
+class ForwardDefaults:
+    """What :meth:`ForeignReader.defaults` found, with the rules the read listed (parsed):
+    enough to judge wanted forward rules later without listing anything."""
+
+    found: tuple[ForwardDefault, ...] = ()
+    listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
+
+    def unopened(self, rules: Sequence[ForwardRule]) -> list[tuple[ForwardDefault, ForwardRule]]:
+        """Each default with the first of ``rules`` whose packets it may drop: its chain
+        does not accept them before its policy or its catch-all drop (a chain jumped to
+        that the read did not list may drop anything)."""
+        if not self.found or not rules:
+            return []
+        judge = ForeignReader(_Unlisted(), frozenset(), _listings=dict(self.listings))
+        judge.listed = _MAX_FOREIGN_CHAINS  # never list: what was not read may drop
+        found = []
+        for default in self.found:
+            base = ((default.family, default.table), default.chain, default.policy)
+            for rule in rules:
+                if not judge._lets_through(base, rule, defaults=True):
+                    found.append((default, rule))
+                    break
+        return found
+
+
+class _Unlisted:
+    """A :class:`Lists` that lists nothing (``ForwardDefaults`` judges what was read)."""
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        raise BackendError(f"not listed: {kind} {' '.join(ref.values())}")
+
+
+_Found = tuple[frozenset[NetObject], tuple[str, ...], ForwardDefaults]
+"""A read of other tables: (found, unread, defaults)."""
+
+
 def read_foreign_within(bounded: BoundedLister, own_tables: frozenset[tuple[str, str]],
-                        deadline: float) -> tuple[frozenset[NetObject], tuple[str, ...]]:
-    """Other tables' egress state, read by ``deadline`` (``time.monotonic()``): (found, unread).
+                        deadline: float) -> _Found:
+    """Other tables' egress state, read by ``deadline`` (``time.monotonic()``): (found,
+    unread, the defaults that may drop forwarded packets: :meth:`ForeignReader.defaults`).
 
     The whole read runs in the helper's thread, one hand-off. Past the deadline
     it is given up on, and read again from the listings it had completed: what
@@ -831,7 +911,8 @@ def read_foreign_within(bounded: BoundedLister, own_tables: frozenset[tuple[str,
     """
     done: dict[tuple[str, ...], Any] = {}
     try:
-        return bounded.run(deadline, lambda kernel: _whole(kernel, own_tables, done)), ()
+        found, defaults = bounded.run(deadline, lambda kernel: _whole(kernel, own_tables, done))
+        return found, (), defaults
     except ListingTimeoutError:
         return _given_up(done, own_tables, deadline)
 
@@ -842,7 +923,7 @@ class ForeignRead:
     (:func:`start_foreign_read`, :func:`finish_foreign_read`)."""
 
     own_tables: frozenset[tuple[str, str]]
-    future: Future[frozenset[NetObject]]
+    future: Future[tuple[frozenset[NetObject], ForwardDefaults]]
     done: dict[tuple[str, ...], Any]
 
 
@@ -854,28 +935,30 @@ def start_foreign_read(bounded: BoundedLister,
     return ForeignRead(own_tables, bounded.submit(lambda k: _whole(k, own_tables, done)), done)
 
 
-def finish_foreign_read(bounded: BoundedLister, read: ForeignRead,
-                        deadline: float) -> tuple[frozenset[NetObject], tuple[str, ...]]:
+def finish_foreign_read(bounded: BoundedLister, read: ForeignRead, deadline: float) -> _Found:
     """What :func:`read_foreign_within` gives, for a read :func:`start_foreign_read` began:
     waited for until ``deadline``, then what its completed listings say."""
     try:
-        return bounded.wait(read.future, deadline), ()
+        found, defaults = bounded.wait(read.future, deadline)
+        return found, (), defaults
     except ListingTimeoutError:
         return _given_up(read.done, read.own_tables, deadline)
 
 
 def _given_up(done: dict[tuple[str, ...], Any], own_tables: frozenset[tuple[str, str]],
-              deadline: float) -> tuple[frozenset[NetObject], tuple[str, ...]]:
+              deadline: float) -> _Found:
     # Copied in one C call: the helper may still be adding to it.
     lister: Lists = _Replay(dict(done)) if _started(done) else _ChildLister(deadline)
     reader = ForeignReader(lister, own_tables)
-    return reader.read(), tuple(reader.unread)
+    found = reader.read()
+    return found, tuple(reader.unread), reader.defaults()
 
 
 def _whole(kernel: NftKernel, own_tables: frozenset[tuple[str, str]],
-           done: dict[tuple[str, ...], Any]) -> frozenset[NetObject]:
+           done: dict[tuple[str, ...], Any]) -> tuple[frozenset[NetObject], ForwardDefaults]:
     done[("started",)] = True
-    return ForeignReader(_Recording(kernel, done), own_tables).read()
+    reader = ForeignReader(_Recording(kernel, done), own_tables)
+    return reader.read(), reader.defaults()
 
 
 def _started(done: dict[tuple[str, ...], Any]) -> bool:
@@ -964,6 +1047,20 @@ def _guarded(guard: Match, match: Match) -> Match | None:
         ct_reply=guard.ct_reply or match.ct_reply,
         marks=marks, unknown=guard.unknown + match.unknown,
         mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks))
+
+
+def _unseen() -> Match:
+    """A rule standing for a chain k3snet did not read: it may drop anything (its
+    ``target`` marks it, for :meth:`ForwardDefaults.unopened`)."""
+    return Match(unknown=1, verdict="drop", target="(unread)")
+
+
+def _unmodelled_only(match: Match) -> bool:
+    """Whether ``match`` tests only what k3snet does not model (``ct state invalid``,
+    firewalld's ``meta nfproto ipv6 fib saddr . mark . iif oif missing``), besides the
+    address family: no address, interface or mark, so no default for new pod traffic."""
+    return bool(match.unknown) and not (match.saddr or match.daddr or match.iif or match.oif
+                                        or match.marks or match.ct_reply)
 
 
 def _misses(match: Match, rule: ForwardRule) -> bool:
