@@ -96,6 +96,21 @@ def test_facts_catch_missing_devices_and_unreachable_gateways() -> None:
     assert "no interface 'ens3' on node-1 (has: eth0)" in text
 
 
+def test_an_unreachable_gateway_names_a_few_of_the_node_s_prefixes_of_its_family_once() -> None:
+    # A router's 10 000 routes were all listed in one problem (200 KB, and the agent's
+    # message, log line and Node annotation with it), connected prefixes twice.
+    facts = NodeFacts(interfaces={"eth0": ["192.168.9.5/24", "fd00::5/64"]},
+                      routes=[f"10.{i}.0.0/16" for i in range(20)] + ["192.168.9.0/24"])
+    with pytest.raises(SpecError) as info:
+        compile_spec(Spec.from_dict({"destinations": [
+            {"cidr": "192.168.2.0/24", "gateway": "192.168.1.1", "device": "eth0"}]}), facts)
+    text = str(info.value)
+    assert "(192.168.9.0/24, 10.0.0.0/16, 10.1.0.0/16, 10.2.0.0/16, 10.3.0.0/16, " in text
+    assert "10.6.0.0/16 and 13 more)" in text
+    assert "fd00::" not in text
+    assert text.count("192.168.9.0/24") == 1
+
+
 def test_a_gateway_in_a_routed_prefix_is_reachable() -> None:
     facts = NodeFacts(interfaces={"eth0": ["192.168.1.5/24"]}, routes=["172.16.0.0/12"])
     spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "gateway": "172.16.0.1"}]})
