@@ -51,12 +51,14 @@ class Member:
         return min(ranks.index(k) for k in self.kinds if k in ranks)
 
 
-def _seen_by(member: Member, state: State, kinds: frozenset[str]) -> State:
+def _seen_by(member: Member, state: State, kinds: frozenset[str],
+             judged: Callable[[NetObject], bool] = lambda _: False) -> State:
     """``member``'s part of the group's state: its owned and foreign objects of its kinds
-    here, and the drops it sees of the other kinds of the group (``kinds``)."""
+    here, and the drops it sees of the other kinds of the group (``kinds``) but those
+    another member ``judged`` itself."""
     part = state.only(member.kinds)  # the very state, unsorted again, in the usual case
     extra = [o for o in state.foreign if o.kind in kinds and o.kind not in member.kinds
-             and _final(o)]
+             and _final(o) and not judged(o)]
     return State(owned=part.owned, foreign=[*part.foreign, *extra]) if extra else part
 
 
@@ -155,11 +157,22 @@ class BackendGroup:
         be judged against it, or the plan said nothing of a drop that defeats it. A
         drop is final wherever it sits; other foreign objects are read relative to the
         reading backend's own rules and stay with its kinds.
+
+        A member that reads the rule itself, relative to its own (``reads_itself``:
+        the iptables-nft member reading ``ip filter``, where a drop after k3snet's
+        jump is never met by what k3snet's chain accepted), is not shown another's
+        view of it: shown the nftables member's, it had a false conflict.
         """
         kinds = self.capabilities
         seen = [(m, m.backend.observe()) for m in self.members]
         self._left = tuple(self._left_behind(seen))
-        return State().merge(*(_seen_by(m, state, kinds) for m, state in seen))
+        judges = [(m.kinds, read) for m in self.members
+                  if callable(read := getattr(m.backend, "reads_itself", None))]
+
+        def judged(obj: NetObject) -> bool:
+            return any(obj.kind in k and bool(read(obj)) for k, read in judges)
+
+        return State().merge(*(_seen_by(m, state, kinds, judged) for m, state in seen))
 
     def _left_behind(self, seen: Sequence[tuple[Member, State]]) -> Iterator[str]:
         """A warning for each member holding k3snet's objects of kinds it is not given

@@ -297,3 +297,27 @@ def test_a_member_limited_to_nat_still_shows_the_forward_member_a_native_nftable
         group.apply(p)
         assert plan(group.observe(), wanted).changes == ()
         assert len(plan(group.observe(), wanted).conflicts) == 1
+
+
+def test_a_drop_after_the_iptables_jump_is_no_conflict_though_the_nftables_member_reads_it(
+        ns: str) -> None:
+    """``--backend nftables:nat --backend iptables:forward`` with iptables-nft: a drop
+    appended to FORWARD after k3snet's jump is never met by what k3snet's chain accepted
+    (iptables alone plans nothing), but the nftables member lists ``ip filter`` too, and
+    its view of that drop was handed to the iptables member: a false conflict (exit 4,
+    the agent failing every pass). A drop before the jump stays a conflict."""
+    from k3snet.backends.iptables import IptablesBackend  # noqa: PLC0415
+
+    wanted = State(owned=[ForwardRule("10.42.0.0/16", "192.168.2.0/24")])
+    split = [Member(NftablesBackend(ns), ["nat"]),
+             Member(IptablesBackend(ns, mode="nft"), ["forward"])]
+    with BackendGroup(split) as group:
+        group.apply(plan(group.observe(), wanted))
+        run_in(ns, ["iptables-nft", "-A", "FORWARD", "-d", "192.168.2.0/24", "-j", "DROP"])
+        p = plan(group.observe(), wanted)
+        assert p.empty, p.render()
+        assert not p.conflicts, p.render()
+        run_in(ns, ["iptables-nft", "-I", "FORWARD", "1", "-d", "192.168.2.0/24", "-j",
+                    "REJECT"])
+        p = plan(group.observe(), wanted)
+        assert len(p.conflicts) == 1, p.render()

@@ -149,7 +149,7 @@ from k3snet.errors import (
     K3snetError,
     PlanError,
 )
-from k3snet.model import Drift, NetObject
+from k3snet.model import Drift, ForwardBlock, NetObject
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.state import State
@@ -309,6 +309,18 @@ class IptablesBackend(BackendBase):
         if failures and len(failures) == len(_FLAVOURS) * len(FAMILIES):
             raise failures[0]
         return texts
+
+    def reads_itself(self, obj: NetObject) -> bool:
+        """Whether ``obj``, a foreign drop another backend read (the nftables backend's
+        listing of ``ip filter``), is in a table this backend reads itself, relative to
+        its own jump (iptables-nft's filter table, in mode nft): a drop after k3snet's
+        jump is never met by what k3snet's chain accepted, and this backend already
+        reports one before it. :meth:`~k3snet.backends.group.BackendGroup.observe`
+        shows it no other view of those."""
+        where = getattr(obj, "where", None)
+        return (isinstance(obj, ForwardBlock) and isinstance(where, str)
+                and where.startswith(("nftables ip filter ", "nftables ip6 filter "))
+                and self.mode == "nft")
 
     @property
     def mode_reason(self) -> str:
