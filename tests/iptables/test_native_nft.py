@@ -107,3 +107,22 @@ table inet nat {
         observed = backend.observe()
         assert backend.warnings == ()
         assert _conflicts(observed) == {}
+
+
+@pytest.mark.kernel
+def test_with_iptables_legacy_watched_a_drop_added_in_an_nft_table_is_seen_by_the_next_observe(
+        ns: str) -> None:
+    """The agent watches the change token; with iptables-legacy it was a digest of the
+    legacy tables alone, so an observe served from the last one's read kept the nftables
+    tables as they were: a drop added there (or removed: the conflict stayed, the agent
+    failing every pass) was not seen until a legacy rule changed."""
+    with IptablesBackend(ns, mode="legacy") as backend:
+        backend.change_token()  # watched, as by the agent: observe is cached
+        backend.apply(plan(backend.observe(), DESIRED))
+        assert plan(backend.observe(), DESIRED).changes == ()
+        before = backend.change_token()
+        run_in(ns, ["nft", "-f", "-"], input_text=ADMIN)
+        assert backend.change_token() != before
+        assert FORWARD in _conflicts(backend.observe())
+        run_in(ns, ["nft", "delete", "table", "inet", "filter"])
+        assert FORWARD not in _conflicts(backend.observe())

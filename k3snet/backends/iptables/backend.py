@@ -503,14 +503,23 @@ class IptablesBackend(BackendBase):
         """What moves when a rule may have changed: with iptables-nft the nftables
         generation id (any commit in the namespace moves it), with iptables-legacy a
         digest of the filter and nat tables without their counters (any rule, chain
-        or policy change in them moves it, traffic does not); ``None`` with a
-        replaced kernel seam."""
+        or policy change in them moves it, traffic does not), and the nftables
+        generation id where there is one (observe reads nftables tables of other
+        names too: kept by the legacy digest alone, a drop added to firewalld's
+        table, or removed, was not seen while the legacy tables stayed as they
+        were); ``None`` with a replaced kernel seam."""
         if not isinstance(self._kernel, Processes):
             return None
         if self.mode == "legacy":
             if self._legacy_reader is None:
                 self._legacy_reader = NetnsRunner(self._netns)
-            return self._legacy_reader.call(partial(legacy_token, memo=self._legacy_memo))
+            digest = self._legacy_reader.call(partial(legacy_token, memo=self._legacy_memo))
+            generation = self._nft_generation()
+            return digest if generation is None else digest + generation.to_bytes(4, "big")
+        return self._nft_generation()
+
+    def _nft_generation(self) -> int | None:
+        """The namespace's nftables generation id (``None``: no netfilter netlink here)."""
         if self._no_generation:
             return None
         if self._generation is None:
