@@ -124,7 +124,11 @@ def read_native(
 
 
 def _read(lister: Lists, xt: frozenset[tuple[str, str]]) -> NativeRead:
-    reader = ForeignReader(lister, xt)
+    # k3snet's own nftables table (the nftables backend's, beside this one in a group)
+    # is passed by: the nftables backend judges it; read here, its 5 000 NAT rules made
+    # foreign objects no plan needs, a listing past the read's bound, and then nothing
+    # of the other tables read at all.
+    reader = ForeignReader(lister, xt, skip_marked=True)
     found = reader.read()
     blocks = frozenset(o for o in found if isinstance(o, ForwardBlock | NatBlock))
     warnings = [

@@ -451,6 +451,9 @@ class ForeignReader:
 
     kernel: Lists
     own_tables: frozenset[tuple[str, str]]
+    # Also pass by every table holding k3snet's marker chain, whatever its name (the
+    # iptables backend's read: the nftables backend's table is another backend's own).
+    skip_marked: bool = False
     unread: list[str] = field(default_factory=list)
     listed: int = 0
     nat: list[NetObject] = field(default_factory=list)
@@ -490,13 +493,15 @@ class ForeignReader:
         except BackendError:
             return frozenset()  # best effort: no foreign state rather than no observe
         leftovers = self._leftovers(chains)
+        passed = self.own_tables | leftovers | (self._marked(chains) if self.skip_marked
+                                                else frozenset())
         for item in chains:
             chain = item.get("chain")
             if not isinstance(chain, dict):
                 continue
             family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
             where = (str(family), str(table))
-            if family not in ("ip", "ip6", "inet") or where in self.own_tables | leftovers:
+            if family not in ("ip", "ip6", "inet") or where in passed:
                 continue
             if chain.get("hook") == "postrouting" and chain.get("type") == "nat":
                 prio = chain.get("prio")
@@ -524,6 +529,15 @@ class ForeignReader:
                    if (base[0], base[1]) not in self.origins.get(rule, set())):
                 found.add(rule)
         return frozenset(found)
+
+    @staticmethod
+    def _marked(chains: list[dict[str, Any]]) -> frozenset[tuple[str, str]]:
+        """The tables holding k3snet's marker chain (a chain of that name with no hook)."""
+        return frozenset(
+            (chain["family"], chain["table"]) for item in chains
+            if isinstance(chain := item.get("chain"), dict) and chain.get("name") == MARKER_CHAIN
+            and "hook" not in chain and isinstance(chain.get("table"), str)
+            and chain.get("family") in ("ip", "ip6", "inet"))
 
     def _leftovers(self, chains: list[dict[str, Any]]) -> frozenset[tuple[str, str]]:
         """k3snet's tables of the other layout: a table named as k3snet's, of a family
