@@ -149,3 +149,16 @@ def test_the_nftables_backends_own_table_is_not_read_as_foreign_the_others_still
         assert mine == []
         assert isinstance(_conflicts(observed).get(FORWARD), ForwardBlock)
         assert "nftables inet filter chain forward" in "\n".join(backend.warnings)
+
+
+@pytest.mark.kernel
+def test_with_iptables_legacy_the_token_stays_while_only_iptables_nft_commits(ns: str) -> None:
+    """The nftables generation moves the legacy token only while a table of another name
+    is there to read: iptables-nft's commits (kube-proxy's, every second) do not."""
+    with IptablesBackend(ns, mode="legacy") as backend:
+        before = backend.change_token()
+        run_in(ns, ["iptables-nft", "-A", "FORWARD", "-d", "192.0.2.0/24", "-j", "DROP"])
+        run_in(ns, ["ip6tables-nft", "-t", "nat", "-A", "POSTROUTING", "-j", "RETURN"])
+        assert backend.change_token() == before
+        run_in(ns, ["nft", "add", "table", "inet", "filter"])
+        assert backend.change_token() != before

@@ -113,7 +113,7 @@ from k3snet.backends.iptables.foreign import (
     nat_blocks,
 )
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
-from k3snet.backends.iptables.native import NativeRead, read_native
+from k3snet.backends.iptables.native import NativeRead, native_tables, read_native
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
     INJECTED_CHAIN,
@@ -503,11 +503,12 @@ class IptablesBackend(BackendBase):
         """What moves when a rule may have changed: with iptables-nft the nftables
         generation id (any commit in the namespace moves it), with iptables-legacy a
         digest of the filter and nat tables without their counters (any rule, chain
-        or policy change in them moves it, traffic does not), and the nftables
-        generation id where there is one (observe reads nftables tables of other
-        names too: kept by the legacy digest alone, a drop added to firewalld's
-        table, or removed, was not seen while the legacy tables stayed as they
-        were); ``None`` with a replaced kernel seam."""
+        or policy change in them moves it, traffic does not), with the nftables
+        generation id while the namespace has nftables tables of other names
+        (observe reads them too: kept by the legacy digest alone, a drop added to
+        firewalld's table, or removed, was not seen while the legacy tables stayed
+        as they were; only then, or iptables-nft's commits, kube-proxy's every
+        second, would move it); ``None`` with a replaced kernel seam."""
         if not isinstance(self._kernel, Processes):
             return None
         if self.mode == "legacy":
@@ -515,7 +516,10 @@ class IptablesBackend(BackendBase):
                 self._legacy_reader = NetnsRunner(self._netns)
             digest = self._legacy_reader.call(partial(legacy_token, memo=self._legacy_memo))
             generation = self._nft_generation()
-            return digest if generation is None else digest + generation.to_bytes(4, "big")
+            if (generation is None or self._generation is None
+                    or not native_tables(self._generation.tables())):
+                return digest
+            return digest + generation.to_bytes(4, "big")
         return self._nft_generation()
 
     def _nft_generation(self) -> int | None:

@@ -34,7 +34,7 @@ from k3snet.errors import BackendError
 from k3snet.model import ForwardBlock, NatBlock, NetObject
 from k3snet.render.nftables_batch import list_command
 
-__all__ = ["XT_TABLES", "NativeRead", "Within", "read_native"]
+__all__ = ["XT_TABLES", "NativeRead", "Within", "native_tables", "read_native"]
 
 XT_TABLES = frozenset({"filter", "nat", "mangle", "raw", "security"})
 """The names of iptables-nft's tables (in nft families ``ip`` and ``ip6``)."""
@@ -90,6 +90,13 @@ Within = Callable[[float, Callable[[Lists], "NativeRead"]], "NativeRead"]
 (``time.monotonic()``), raising :class:`ListingTimeoutError` past it."""
 
 
+def native_tables(tables: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
+    """The tables of ``tables`` (family, name) that are not iptables-nft's and run on
+    k3snet's hooks (families ``ip``, ``ip6``, ``inet``)."""
+    return frozenset((f, n) for f, n in tables if f in ("ip", "ip6", "inet")
+                     and not (f != "inet" and n in XT_TABLES))
+
+
 def read_native(
     run: Run, tables: frozenset[tuple[str, str]], within: Within | None = None
 ) -> NativeRead:
@@ -103,7 +110,7 @@ def read_native(
     read is not judged).
     """
     xt = frozenset((f, n) for f, n in tables if f in ("ip", "ip6") and n in XT_TABLES)
-    native = sorted((f, n) for f, n in tables if f in ("ip", "ip6", "inet") and (f, n) not in xt)
+    native = sorted(native_tables(tables))
     if not native:
         return NativeRead()  # the usual node: nothing listed
     deadline = time.monotonic() + NATIVE_SECONDS
