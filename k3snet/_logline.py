@@ -8,6 +8,7 @@ a line that read as another record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -58,8 +59,14 @@ def bounded(
 
     line = render(cut())
     while (excess := _size(line) - LOG_LINE_LIMIT) > 0 and any(keep.values()):
-        # Each character cut takes at least one byte off the line.
         longest = max(keep, key=lambda k: keep[k])
-        keep[longest] = max(0, keep[longest] - excess)
+        held = keep[longest]
+        # The bytes a kept character of that field takes on the line, on average: a
+        # character is one byte at least, but six in JSON (\u00e9) past ASCII. Cut as
+        # many characters as bytes are over, all of a message that was not ASCII was cut
+        # (6 000 characters of it to none, where some 2 600 fit).
+        keep[longest] = 0
+        per = max(1.0, (_size(line) - _size(render(cut()))) / held)
+        keep[longest] = max(0, held - max(1, math.ceil(excess / per)))
         line = render(cut())
     return line

@@ -95,3 +95,21 @@ def test_a_cli_log_record_of_thousands_of_items_is_one_bounded_line(
     assert "chain KUBE-X is not k3snet's" in jumps
     assert jumps.endswith(" more characters)")
     assert "forged record" in forged
+
+
+@pytest.mark.parametrize("char", ["a", "é", "中", "\x01", "😀", "\n"])
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_long_message_past_ascii_is_cut_to_what_fits_not_to_nothing(
+        char: str, fmt: str) -> None:
+    """A character takes up to twelve bytes of a JSON line (``\\ud83d\\ude00``); cut one
+    character per byte over, a long message of them lost every character."""
+    from k3snet.cli import _JsonLogFormatter, _TextLogFormatter  # noqa: PLC0415
+
+    formatter = _JsonLogFormatter() if fmt == "json" else _TextLogFormatter()
+    record = logging.LogRecord("k3snet.x", logging.WARNING, __file__, 1, "%s",
+                               ("<" + char * 30_000,), None)
+    line = formatter.format(record)
+    assert len(line.encode("utf-8", "backslashreplace")) + 1 <= LOG_LINE_LIMIT
+    message = json.loads(line)["message"] if fmt == "json" else line
+    assert message.count(char if fmt == "json" or char != "\n" else "\\n") > 1000
+    assert message.endswith("more characters)")
