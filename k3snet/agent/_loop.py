@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import inspect
 import logging
 import os
 import threading
@@ -214,6 +215,16 @@ def _reason(exc: BaseException) -> str:
     return "error" if isinstance(exc, K3snetError) else "internal"
 
 
+def _takes_hold(desired: DesiredState) -> bool:
+    """Whether ``desired`` takes the ``hold`` keyword (or any keyword)."""
+    try:
+        parameters = inspect.signature(desired).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: assume the protocol's
+        return True
+    return any((p.name == "hold" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+               or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def _slots_of(spec: Spec, held: frozenset[int]) -> Callable[[NetObject], bool]:
     """Whether an owned object is a route in the place (table, destination) of a route of
     one of the ``held`` destinations."""
@@ -344,6 +355,10 @@ class Agent:
         self._report_writer: _ReportWriter | None = None  # while run loops (see run)
         self._make_backend = make_backend
         self._desired = desired
+        # A desired-state function written before ``hold`` (two arguments, as the type
+        # said until then) is never handed one: called with it, each pass a destination
+        # was unreachable failed as "internal", a bug, instead of refusing the spec.
+        self._holds = _takes_hold(desired)
         self._elector_factory = elector_factory
         self._clock, self._monotonic = clock, monotonic
         self.elector: LeaderElector | None = None
@@ -777,7 +792,7 @@ class Agent:
         try:
             desired = self._desired(spec, group)
         except SpecError as exc:
-            indices = held_destinations(spec, exc)
+            indices = held_destinations(spec, exc) if self._holds else frozenset()
             if not indices:
                 raise
             desired = self._desired(spec, group, hold=indices)

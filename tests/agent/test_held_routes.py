@@ -184,3 +184,23 @@ def test_held_destinations_names_only_a_spec_refused_by_destination_facts() -> N
     with pytest.raises(SpecError) as caught:
         compile_spec(bad, DOWN)
     assert held_destinations(bad, caught.value) == frozenset()
+
+
+def test_a_desired_function_without_hold_refuses_the_spec_as_before(tmp_path: Path) -> None:
+    """``Agent``'s ``desired`` was ``(spec, group) -> State`` until ``hold``: such a
+    function, called with ``hold=``, raised TypeError, and every pass with an
+    unreachable destination failed as ``internal`` (a bug, with its traceback)."""
+    node = Node(tmp_path)
+
+    def desired(spec: Spec, group: BackendGroup) -> State:
+        return compile_for(group, spec, node.facts)
+
+    node.agent = Agent(FileSpecSource(node.path), lambda spec: BackendGroup([node.memory]),
+                       desired, AgentOptions("node-1", interval=0.01),  # type: ignore[arg-type]
+                       metrics=node.metrics)
+    node.agent.run_pass()
+    node.facts = DOWN
+    result = node.agent.run_pass()
+    assert result.status == "failed"
+    assert node.failures("spec") == 1
+    assert not node.failures("internal")
