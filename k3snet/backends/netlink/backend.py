@@ -345,12 +345,7 @@ class NetlinkBackend(BackendBase):
         namespace, ours included, and with nothing else (:meth:`facts_token` leaves
         ours out). ``None`` with a driver that reads no notifications (pyroute2).
         """
-        if not self._driver.follows_changes:
-            return None
-        with translate_errors(f"read the notifications of {self._where}",
-                              capability=_CAPABILITY):
-            self._routes.sync()
-        return self._routes.version
+        return self._routes.version if self._read_notifications() else None
 
     def facts_token(self) -> int | None:
         """As :meth:`route_token`, but still when only k3snet's own routes changed (its
@@ -358,12 +353,17 @@ class NetlinkBackend(BackendBase):
         replaced another moves it. The agent reads the node facts again only when it
         moved. ``None`` with a driver that reads no notifications (pyroute2).
         """
+        return self._routes.facts_version if self._read_notifications() else None
+
+    def _read_notifications(self) -> bool:
+        """Bring the route view up to the pending notifications (no dump); False with a
+        driver that reads none (pyroute2)."""
         if not self._driver.follows_changes:
-            return None
+            return False
         with translate_errors(f"read the notifications of {self._where}",
                               capability=_CAPABILITY):
             self._routes.sync()
-        return self._routes.facts_version
+        return True
 
     def _count(self) -> None:
         self._operations += 1
