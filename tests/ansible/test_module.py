@@ -299,6 +299,39 @@ def test_teardown_is_refused_and_state_absent_removes_everything_once(
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.usefixtures("require_root")
+def test_state_absent_naming_no_backend_warns_that_other_backends_keep_their_rules(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # A node set up through a spec's `backends: [netlink, iptables]` (K3s on iptables):
+    # `state: absent` alone, as the docs showed it, removed the routes and sysctls and
+    # said changed, while k3snet's iptables chains (its masquerade) stayed, unmentioned.
+    spec = {**yaml.safe_load(SPEC_PATH.read_text()), "backends": ["netlink", "iptables"]}
+    with SeedLab.create() as lab:
+        applied = playbook(tmp_path, ansible_env, [egress(spec=spec, **lab_node(lab))])
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        made = iptables_rules(lab.node)
+        assert any("K3SNET-" in line for line in made)
+
+        bare = playbook(tmp_path, ansible_env, [egress(state="absent", **lab_node(lab))])
+        assert bare.returncode == 0, bare.stdout + bare.stderr
+        (result,) = bare.results
+        assert result["changed"] is True  # the routes and sysctls, through netlink
+        assert iptables_rules(lab.node) == made  # nftables owned nothing: nothing said so
+        warned = [w for w in result.get("warnings", []) if "netlink and nftables" in w]
+        assert len(warned) == 1, result.get("warnings")
+        assert "iptables" in warned[0]
+
+        with_spec = playbook(tmp_path, ansible_env,
+                             [egress(state="absent", spec=spec, **lab_node(lab))])
+        assert with_spec.returncode == 0, with_spec.stdout + with_spec.stderr
+        (result,) = with_spec.results
+        assert result["changed"] is True
+        assert not [w for w in result.get("warnings", []) if "netlink and nftables" in w]
+        assert not [line for line in iptables_rules(lab.node) if "K3SNET" in line]
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
 def test_node_facts_come_from_the_namespace_the_backends_act_in(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # backend_options' netns (or a spec's backends: netns) put the backends in the node's

@@ -46,8 +46,11 @@ options:
     description:
       - V(present) applies the spec.
       - V(absent) removes everything k3snet owns through the backends (owned sysctls
-        get their recorded previous values back), like C(k3snet destroy); no spec is
-        needed then (one may still name the backends).
+        get their recorded previous values back), like C(k3snet destroy).
+      - No spec is needed then, but give the spec (or O(backends)) the node was set up
+        with. Without either only V(netlink) and V(nftables) are used, so what another
+        backend made (the iptables backend's chains, a CNI backend's settings) stays,
+        and the task warns so.
     type: str
     choices: [present, absent]
     default: present
@@ -157,9 +160,10 @@ EXAMPLES = r"""
     spec: "{{ lookup('ansible.builtin.file', 'files/egress.yaml') | from_yaml }}"
   become: true
 
-- name: Remove everything k3snet owns on the node
+- name: Remove everything k3snet owns on the node (through the spec's backends)
   k3snet.k3snet.egress:
     state: absent
+    spec_path: /etc/k3snet/egress.yaml
   become: true
 """
 
@@ -288,6 +292,15 @@ else:
 
 # The same default as the `k3snet` command's, so a playbook and the command agree.
 DEFAULT_BACKENDS = ("netlink", "nftables")
+
+DEFAULT_BACKENDS_ABSENT = (
+    "state=absent with neither spec, spec_path nor backends removes only what k3snet owns "
+    "through its default backends, netlink and nftables: what another backend made (the "
+    "iptables backend's chains, a spec's backends:) stays. Give the spec or the backends "
+    "the node was set up with.")
+"""The task warning of a ``state=absent`` that names no backend: a node set up through a
+spec's ``backends: [netlink, iptables]`` kept k3snet's iptables chains (its masquerade
+still on) while the task said changed, and a second run "k3snet owns nothing here"."""
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "spec_path": {"type": "path"},
@@ -439,6 +452,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
             done = converge_or_destroy(module, backend, spec)
         for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
             module.warn(warning)
+        if params["state"] == "absent" and spec is None and params["backends"] is None:
+            module.warn(DEFAULT_BACKENDS_ABSENT)
         if spec is not None and params["state"] != "absent":
             # As `k3snet apply`: the spec's objects no backend in use manages.
             for warning in unmanaged_warnings(backend, spec, params["backends"] or ()):
