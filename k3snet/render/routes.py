@@ -47,6 +47,7 @@ __all__ = [
     "NETPLAN_SECTIONS",
     "ip_route_args",
     "netplan_placement",
+    "networkd_match",
     "render_ifupdown",
     "render_netplan",
     "render_networkd",
@@ -456,8 +457,86 @@ def _network_file_parents(network_files: Mapping[str, str],
     return parents
 
 
+def networkd_match(text: str, device: str) -> bool | None:
+    r"""Whether the ``.network`` file ``text`` matches the link named ``device``: ``True``,
+    ``False``, or ``None`` when that depends on more than the name (a ``MACAddress=``, a
+    ``Driver=``, a ``Type=``, a ``Host=`` ... of its ``[Match]`` section).
+
+    As systemd-networkd reads ``Name=``: a list of shell globs, any of which matches; a
+    list prefixed with ``!`` names links it does not match; an empty assignment resets
+    the list. A file whose ``[Match]`` section holds no condition matches no link
+    (networkd ignores it and says to give ``Name=*`` for every link).
+
+    >>> networkd_match("[Match]\nName=en* eth*\n[Network]\nDHCP=yes\n", "eth0")
+    True
+    >>> networkd_match("[Match]\nName=!eth0\n", "eth0")
+    False
+    >>> networkd_match("[Match]\nName=*\nType=!loopback bridge\n", "eth0") is None
+    True
+    """
+    from fnmatch import fnmatchcase  # noqa: PLC0415 - only networkd placement needs it
+
+    section = None
+    names: list[tuple[bool, str]] = []
+    others: dict[str, bool] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            continue
+        key, sep, value = line.partition("=")
+        if section != "Match" or not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        if key != "Name":
+            others[key] = bool(value)  # an empty assignment resets the condition
+            continue
+        if not value:
+            names = []
+            continue
+        negated = value.startswith("!")
+        names += [(negated, word) for word in (value[1:] if negated else value).split()]
+    if not names and not any(others.values()):
+        return False
+    if any(negated and fnmatchcase(device, glob) for negated, glob in names):
+        return False
+    wanted = [glob for negated, glob in names if not negated]
+    if wanted and not any(fnmatchcase(device, glob) for glob in wanted):
+        return False
+    return None if any(others.values()) else True
+
+
+def _networkd_claims(others: Mapping[str, str], devices: Iterable[str],
+                     parents: Mapping[str, str]) -> list[str]:
+    """What is wrong with a file of k3snet's own (``90-k3snet-DEV.network``) for each
+    of ``devices`` without a parent file: the other ``.network`` files that do or may
+    match the device, each a problem."""
+    problems = []
+    for device in sorted(devices):
+        if device in parents:
+            continue
+        claims = [(name, found) for name in sorted(others)
+                  if (found := networkd_match(others[name], device)) is not False]
+        if not claims:
+            continue
+        listed = ", ".join(name if found else f"{name} (if its other [Match] conditions "
+                           "hold)" for name, found in claims)
+        problems.append(
+            f"{device}: other .network files match it ({listed}); systemd-networkd "
+            f"applies only the first file matching a link, so 90-k3snet-{device}.network "
+            f"would be ignored (its routes never up), or, sorting first, would replace that "
+            f"file and {device} would come up without its addresses and DHCP. Put the routes "
+            f"in a drop-in of the file that configures {device}: --network-file "
+            f"{device}={claims[0][0]} (a file of {device}'s own, since a drop-in's routes "
+            "go on every link its file configures)")
+    return problems
+
+
 def render_networkd(
-    state: State, *, network_files: Mapping[str, str] | None = None
+    state: State, *, network_files: Mapping[str, str] | None = None,
+    others: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """systemd-networkd files with the owned routes: file name -> content.
 
@@ -470,14 +549,23 @@ def render_networkd(
     sections; two devices with routes cannot be given the same file (networkd puts
     a drop-in's routes on every link its file matches). Devices not in it get a file
     of their own, ``90-k3snet-DEV.network`` with ``[Match] Name=DEV``: right for a
-    device no other ``.network`` file matches. Routes keep ``Protocol=``, so k3snet still
-    owns them after a reboot.
+    device no other ``.network`` file matches. ``others`` gives the other ``.network``
+    files networkd reads (name -> text): a device without a parent file that one of them
+    does or may match (:func:`networkd_match`) is refused, since networkd would ignore
+    k3snet's file or, sorting first, apply it instead of that file (the device then up
+    without its addresses). Routes keep ``Protocol=``, so k3snet still owns them after a
+    reboot.
     """
     routes = _routes(state, "systemd-networkd")
     grouped: dict[str, list[Route]] = {}
     for route in routes:
         grouped.setdefault(route.device or "", []).append(route)
     parents = _network_file_parents(network_files or {}, grouped)
+    problems = _networkd_claims(others or {}, grouped, parents)
+    if problems:
+        raise ModelError("a file of k3snet's own cannot configure "
+                         + ("\n  ".join(["these devices:", *problems]) if len(problems) > 1
+                            else problems[0]))
     files: dict[str, str] = {}
     for device, group in sorted(grouped.items()):
         lines = ["# Generated by k3snet: routes it manages."]

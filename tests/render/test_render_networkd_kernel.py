@@ -101,3 +101,66 @@ def test_networkd_loads_the_rendered_drop_in_as_the_routes_plan_reads_as_its_own
         daemon.terminate()
         log = daemon.communicate(timeout=30)[0]
     assert "10-eth0.network" in log, log  # the file that configured eth0, with the drop-in
+
+
+def test_a_device_another_network_file_configures_is_refused_and_its_drop_in_keeps_both(
+    networkd_ns: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The node's file sorts after 90-k3snet-eth0.network (eth0.network; Flatcar's
+    # zz-default.network): the file of k3snet's own, routes alone, was written, and
+    # networkd configured eth0 with it instead, so eth0 came up without its addresses.
+    ns = networkd_ns
+    conf = tmp_path / "network"
+    conf.mkdir()
+    (conf / "eth0.network").write_text(NODE_FILE)
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert "eth0: other .network files match it (eth0.network)" in err
+    assert "--network-file eth0=eth0.network" in err
+    assert sorted(p.name for p in conf.iterdir()) == ["eth0.network"]  # nothing written
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(conf),
+                 "--network-file", "eth0=eth0.network"]) == 0
+    daemon = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private",
+         "sh", "-c", START, "sh", str(conf)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wanted = [("192.168.2.0/24", "192.168.1.1"), ("fd01:2::/64", "fd01:1::1")]
+        deadline = time.monotonic() + 60  # a wait for networkd, not a timed assertion
+        while _owned_routes(ns) != wanted and daemon.poll() is None:
+            assert time.monotonic() < deadline, _owned_routes(ns)
+            time.sleep(0.2)
+        assert _owned_routes(ns) == wanted, daemon.poll()
+        listed = json.loads(run_in(ns, ["ip", "-j", "address", "show", "dev", "eth0"]).stdout)
+        addresses = {a["local"] for a in listed[0]["addr_info"]}
+        assert {"192.168.1.10", "fd01:1::10"} <= addresses
+    finally:
+        daemon.terminate()
+        log = daemon.communicate(timeout=30)[0]
+    assert "eth0: Configuring with /run/systemd/network/eth0.network" in log, log
+
+
+def test_render_into_etc_systemd_network_reads_every_directory_networkd_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Flatcar's /usr/lib/systemd/network/zz-default.network (Name=*), netplan's
+    # /run/systemd/network/10-netplan-eth0.network: not in the directory written to.
+    from k3snet import cli  # noqa: PLC0415 - its directories are patched
+
+    dirs = tuple(tmp_path / name for name in ("lib", "usr-lib", "run", "etc"))
+    for directory in dirs:
+        directory.mkdir()
+    monkeypatch.setattr(cli, "_NETWORKD_DIRS", dirs)
+    flatcar = "[Match]\nName=*\nType=!loopback bridge\n\n[Network]\nDHCP=yes\n"
+    (dirs[1] / "zz-default.network").write_text(flatcar)
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(dirs[-1])]) == 1
+    assert "(zz-default.network (if its other [Match] conditions hold))" in \
+        capsys.readouterr().err
+    # masked in /etc, as networkd reads it: no file of that name
+    (dirs[-1] / "zz-default.network").symlink_to("/dev/null")
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(dirs[-1])]) == 0
+    assert (dirs[-1] / "90-k3snet-eth0.network").is_file()
+    # written by k3snet before: replaced, not a file of another program
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(dirs[-1])]) == 0
+    # a directory elsewhere: only its own files are read
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(dirs[1])]) == 1

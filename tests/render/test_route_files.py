@@ -136,3 +136,47 @@ def test_two_devices_in_one_network_file_are_refused_not_one_dropped() -> None:
     assert list(render_networkd(state, network_files={"eth0": "20-wired.network",
                                                       "eth2": "20-wired.network"})) == [
         "20-wired.network.d/90-k3snet-routes.conf", "90-k3snet-eth1.network"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[Match]\nName=eth0\n", True),
+    ("[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n", True),
+    ("# a comment\n[Match]\n Name = eth0 \n", True),
+    ("[Match]\nName=eth1\n", False),
+    ("[Match]\nName=!eth0\n", False),  # a list prefixed with ! names links it skips
+    ("[Match]\nName=!lo\n", True),
+    ("[Match]\nName=eth1\nName=\nName=eth0\n", True),  # an empty assignment resets
+    ("[Match]\nName=*\nType=!loopback bridge\n", None),  # Flatcar's zz-default.network
+    ("[Match]\nMACAddress=52:54:00:12:34:56\n", None),
+    ("[Match]\nName=eth1\nDriver=virtio_net\n", False),
+    ("[Match]\n", False),  # networkd ignores a file whose [Match] holds no condition
+    ("[Network]\nDHCP=yes\n", False),
+    ("[Match]\nName=eth0\n[Match]\nHost=node1\n", None),  # sections of one name add up
+])
+def test_networkd_match_reads_match_name_as_systemd_networkd_does(
+        text: str, expected: bool | None) -> None:
+    from k3snet.render.routes import networkd_match  # noqa: PLC0415 - only this test
+
+    assert networkd_match(text, "eth0") is expected
+
+
+@pytest.mark.parametrize("name", ["eth0.network", "20-wired.network", "zz-default.network"])
+def test_a_file_of_k3snet_s_own_for_a_device_another_network_file_may_match_is_refused(
+        name: str) -> None:
+    # networkd applies one .network file to a link, the first in lexical order that
+    # matches: 90-k3snet-eth0.network, with routes alone, was ignored (before it, a
+    # 20-wired.network) or replaced the node's own configuration (after it, eth0.network,
+    # Flatcar's zz-default.network): eth0 came up at boot without its addresses and DHCP.
+    state = State(owned=[Route("10.1.0.0/24", gateway="10.0.0.1", device="eth0")])
+    node = "[Match]\nName=e*\nType=!loopback\n\n[Network]\nDHCP=yes\n" \
+        if name.startswith("zz") else "[Match]\nName=eth0\n\n[Network]\nDHCP=yes\n"
+    others = {name: node, "30-eth1.network": "[Match]\nName=eth1\n"}
+    with pytest.raises(ModelError, match=rf"eth0: other \.network files match it "
+                                         rf"\({name.replace('.', '[.]')}.*--network-file "
+                                         rf"eth0={name.replace('.', '[.]')} "):
+        render_networkd(state, others=others)
+    # Its drop-in is the way; and no other file matching, a file of k3snet's own.
+    assert list(render_networkd(state, network_files={"eth0": name}, others=others)) == [
+        f"{name}.d/90-k3snet-routes.conf"]
+    assert list(render_networkd(state, others={"30-eth1.network": others["30-eth1.network"]})
+                ) == ["90-k3snet-eth0.network"]
