@@ -1990,8 +1990,8 @@ def _networkd_others(out: Path | None) -> dict[str, str]:
                          if not p.name.startswith("."))
     others: dict[str, str] = {}
     for name, path in sorted(paths.items()):
-        if path.is_symlink() and path.resolve() == Path("/dev/null"):
-            continue  # masked: networkd reads no file of that name
+        if path.is_symlink() and (path.resolve() == Path("/dev/null") or not path.exists()):
+            continue  # masked, or a dangling link: networkd reads no file of that name
         try:
             text = read_input(path, MAX_NETWORK_FILE_BYTES).decode("utf-8", "replace")
         except OSError as exc:

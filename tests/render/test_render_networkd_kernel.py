@@ -158,6 +158,7 @@ def test_render_into_etc_systemd_network_reads_every_directory_networkd_reads(
         capsys.readouterr().err
     # masked in /etc, as networkd reads it: no file of that name
     (dirs[-1] / "zz-default.network").symlink_to("/dev/null")
+    (dirs[-1] / "dangling.network").symlink_to(tmp_path / "gone.network")
     assert main(["render", "networkd", "-f", str(SEED), "-o", str(dirs[-1])]) == 0
     assert (dirs[-1] / "90-k3snet-eth0.network").is_file()
     # written by k3snet before: replaced, not a file of another program
