@@ -2020,8 +2020,13 @@ def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
         print(f"k3snet: warning: --network-file {device}={parents[device]}: no route of the "
               f"spec goes through {device} (its devices: {', '.join(devices) or 'none'}); "
               "ignored", file=sys.stderr)
-    return dict(render_networkd(state, network_files=parents,
-                                others=_networkd_others(args.out)))
+    others = _networkd_others(args.out)
+    for device in sorted(set(parents) & set(devices)):
+        if args.out is not None and parents[device] not in others:
+            print(f"k3snet: warning: --network-file {device}={parents[device]}: no such "
+                  f".network file in {args.out}: networkd reads no drop-in without its "
+                  "file, so the routes come up only once it is there", file=sys.stderr)
+    return dict(render_networkd(state, network_files=parents, others=others))
 
 
 def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

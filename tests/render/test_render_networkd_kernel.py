@@ -165,3 +165,20 @@ def test_render_into_etc_systemd_network_reads_every_directory_networkd_reads(
     assert main(["render", "networkd", "-f", str(SEED), "-o", str(dirs[-1])]) == 0
     # a directory elsewhere: only its own files are read
     assert main(["render", "networkd", "-f", str(SEED), "-o", str(dirs[1])]) == 1
+    capsys.readouterr()
+    # a parent file networkd does not read: no drop-in of it comes up (said, written)
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(dirs[-1]),
+                 "--network-file", "eth0=10-eth0.network"]) == 0
+    assert ("--network-file eth0=10-eth0.network: no such .network file in "
+            f"{dirs[-1]}") in capsys.readouterr().err
+    # netplan's file in /run: found there (the masked zz-default.network is none)
+    (dirs[2] / "10-eth0.network").write_text("[Match]\nName=eth0\n")
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(dirs[-1]),
+                 "--network-file", "eth0=10-eth0.network"]) == 0
+    assert "no such .network file" not in capsys.readouterr().err
+    # masked, so not read; and 10-eth0.network is what networkd applies to eth0
+    assert main(["render", "networkd", "-f", str(SEED), "-o", str(dirs[-1]),
+                 "--network-file", "eth0=zz-default.network"]) == 1
+    err = capsys.readouterr().err
+    assert "eth0=zz-default.network: no such" in err
+    assert "10-eth0.network matches eth0 and sorts first" in err

@@ -180,3 +180,27 @@ def test_a_file_of_k3snet_s_own_for_a_device_another_network_file_may_match_is_r
         f"{name}.d/90-k3snet-routes.conf"]
     assert list(render_networkd(state, others={"30-eth1.network": others["30-eth1.network"]})
                 ) == ["90-k3snet-eth0.network"]
+
+
+def test_a_networkd_parent_file_that_does_not_match_its_device_is_refused() -> None:
+    # networkd puts a drop-in's routes on the links its file configures: a parent file of
+    # eth1 (a typo, the wrong file) put eth0's routes on eth1, or on no link at all.
+    state = State(owned=[Route("10.1.0.0/24", gateway="10.0.0.1", device="eth0")])
+    others = {"10-eth1.network": "[Match]\nName=eth1\n",
+              "20-wired.network": "[Match]\nName=e*\n"}
+    with pytest.raises(ModelError, match=r"^--network-file eth0=10-eth1\.network: "
+                                         r"10-eth1\.network does not match eth0 "):
+        render_networkd(state, network_files={"eth0": "10-eth1.network"}, others=others)
+    assert list(render_networkd(state, network_files={"eth0": "20-wired.network"},
+                                others=others)) == ["20-wired.network.d/90-k3snet-routes.conf"]
+    # a file sorting first that matches eth0 is the one networkd applies
+    with pytest.raises(ModelError, match=r"^--network-file eth0=20-wired\.network: "
+                                         r"10-eth0\.network matches eth0 and sorts first"):
+        render_networkd(state, network_files={"eth0": "20-wired.network"},
+                        others={**others, "10-eth0.network": "[Match]\nName=eth0\n"})
+    # two problems: both said
+    two = State(owned=[*state.owned, Route("10.2.0.0/24", gateway="10.0.0.1", device="eth2")])
+    with pytest.raises(ModelError, match=r"^2 problems with the networkd files:\n  --network"
+                                         r"-file eth0=10-eth1.*\n  a file of k3snet's own "
+                                         r"cannot configure eth2: "):
+        render_networkd(two, network_files={"eth0": "10-eth1.network"}, others=others)
