@@ -2003,7 +2003,7 @@ def _networkd_others(out: Path | None) -> dict[str, str]:
 
 
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
-    from k3snet.render.routes import render_networkd  # noqa: PLC0415 - lazy
+    from k3snet.render.routes import networkd_doubts, render_networkd  # noqa: PLC0415 - lazy
 
     state = _boot_routes(spec, args)
     parents: dict[str, str] = {}
@@ -2026,7 +2026,10 @@ def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
             print(f"k3snet: warning: --network-file {device}={parents[device]}: no such "
                   f".network file in {args.out}: networkd reads no drop-in without its "
                   "file, so the routes come up only once it is there", file=sys.stderr)
-    return dict(render_networkd(state, network_files=parents, others=others))
+    files = dict(render_networkd(state, network_files=parents, others=others))
+    for doubt in networkd_doubts(state, network_files=parents, others=others):
+        print(f"k3snet: warning: {doubt}", file=sys.stderr)
+    return files
 
 
 def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

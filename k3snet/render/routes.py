@@ -47,6 +47,7 @@ __all__ = [
     "NETPLAN_SECTIONS",
     "ip_route_args",
     "netplan_placement",
+    "networkd_doubts",
     "networkd_match",
     "render_ifupdown",
     "render_netplan",
@@ -457,28 +458,17 @@ def _network_file_parents(network_files: Mapping[str, str],
     return parents
 
 
-def networkd_match(text: str, device: str) -> bool | None:
-    r"""Whether the ``.network`` file ``text`` matches the link named ``device``: ``True``,
-    ``False``, or ``None`` when that depends on more than the name (a ``MACAddress=``, a
-    ``Driver=``, a ``Type=``, a ``Host=`` ... of its ``[Match]`` section).
+_WIRELESS_MATCH = frozenset({"WLANInterfaceType", "SSID", "BSSID"})
+_WIRELESS_TYPES = frozenset({"wlan", "wwan"})
 
-    As systemd-networkd reads ``Name=``: a list of shell globs, any of which matches; a
-    list prefixed with ``!`` names links it does not match; an empty assignment resets
-    the list. A file whose ``[Match]`` section holds no condition matches no link
-    (networkd ignores it and says to give ``Name=*`` for every link).
 
-    >>> networkd_match("[Match]\nName=en* eth*\n[Network]\nDHCP=yes\n", "eth0")
-    True
-    >>> networkd_match("[Match]\nName=!eth0\n", "eth0")
-    False
-    >>> networkd_match("[Match]\nName=*\nType=!loopback bridge\n", "eth0") is None
-    True
-    """
-    from fnmatch import fnmatchcase  # noqa: PLC0415 - only networkd placement needs it
-
+def _networkd_conditions(text: str) -> tuple[list[tuple[bool, str]], dict[str, list[str]]]:
+    """The ``[Match]`` conditions of a ``.network`` file: ``Name=``'s globs (each with
+    whether it is negated) and every other key's values, as networkd reads them (sections
+    of one name add up; an empty assignment resets a key)."""
     section = None
     names: list[tuple[bool, str]] = []
-    others: dict[str, bool] = {}
+    others: dict[str, list[str]] = {}
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line[0] in "#;":
@@ -491,30 +481,63 @@ def networkd_match(text: str, device: str) -> bool | None:
             continue
         key, value = key.strip(), value.strip()
         if key != "Name":
-            others[key] = bool(value)  # an empty assignment resets the condition
+            others[key] = [*others.get(key, []), value] if value else []
             continue
         if not value:
             names = []
             continue
         negated = value.startswith("!")
         names += [(negated, word) for word in (value[1:] if negated else value).split()]
-    if not names and not any(others.values()):
+    return names, {key: values for key, values in others.items() if values}
+
+
+def networkd_match(text: str, device: str) -> bool | None:
+    r"""Whether the ``.network`` file ``text`` matches the link named ``device``: ``True``,
+    ``False``, or ``None`` when that depends on more than the name (a ``MACAddress=``, a
+    ``Driver=``, a ``Type=``, a ``Host=`` ... of its ``[Match]`` section).
+
+    As systemd-networkd reads ``Name=``: a list of shell globs, any of which matches; a
+    list prefixed with ``!`` names links it does not match; an empty assignment resets
+    the list. A file whose ``[Match]`` section holds no condition matches no link
+    (networkd ignores it and says to give ``Name=*`` for every link). A file for
+    wireless links only (``Type=wlan``, ``SSID=``, Debian's ``80-wifi-adhoc.network``)
+    matches no device whose name is not a wireless one's (``wl*``, ``ww*``).
+
+    >>> networkd_match("[Match]\nName=en* eth*\n[Network]\nDHCP=yes\n", "eth0")
+    True
+    >>> networkd_match("[Match]\nName=!eth0\n", "eth0")
+    False
+    >>> networkd_match("[Match]\nName=*\nType=!loopback bridge\n", "eth0") is None
+    True
+    """
+    from fnmatch import fnmatchcase  # noqa: PLC0415 - only networkd placement needs it
+
+    names, others = _networkd_conditions(text)
+    if not names and not others:
         return False
     if any(negated and fnmatchcase(device, glob) for negated, glob in names):
         return False
     wanted = [glob for negated, glob in names if not negated]
     if wanted and not any(fnmatchcase(device, glob) for glob in wanted):
         return False
-    return None if any(others.values()) else True
+    types = " ".join(others.get("Type", [])).split()
+    wireless = bool(_WIRELESS_MATCH & others.keys()) or (
+        bool(types) and not types[0].startswith("!") and set(types) <= _WIRELESS_TYPES)
+    if wireless and not device.startswith(("wl", "ww")):
+        return False
+    return None if others else True
 
 
 def _networkd_claims(others: Mapping[str, str], devices: Iterable[str],
-                     parents: Mapping[str, str]) -> list[str]:
+                     parents: Mapping[str, str]) -> tuple[list[str], list[str]]:
     """What the other ``.network`` files networkd reads (``others``) say against the files
-    for ``devices``: for a device without a parent file, each file that does or may match
-    it (k3snet's own ``90-k3snet-DEV.network`` would be ignored or replace it); for one
-    with a parent among them, a parent that does not match it."""
-    problems = []
+    for ``devices``, as problems and doubts. For a device without a parent file: each file
+    that matches it, or names it in ``Name=`` with other conditions, is a problem
+    (k3snet's own ``90-k3snet-DEV.network`` would be ignored or replace it); one that may
+    match it by other conditions alone (a ``Type=ether``, a ``MACAddress=``) a doubt. For
+    one with a parent among them: a parent that does not match it, or a file sorting before
+    it that does."""
+    problems, doubts = [], []
     for device in sorted(devices):
         parent = parents.get(device)
         if parent is not None:
@@ -533,22 +556,41 @@ def _networkd_claims(others: Mapping[str, str], devices: Iterable[str],
                     f"nor its drop-in; name {first} (networkctl status {device} lists the "
                     "file in use)")
             continue
-        claims = [(name, found) for name in sorted(others)
-                  if (found := networkd_match(others[name], device)) is not False]
-        if not claims:
-            continue
-        listed = ", ".join(name if found else f"{name} (if its other [Match] conditions "
-                           "hold)" for name, found in claims)
-        problems.append(
-            f"a file of k3snet's own cannot configure {device}: other .network files match "
-            f"it ({listed}); systemd-networkd "
-            f"applies only the first file matching a link, so 90-k3snet-{device}.network "
-            f"would be ignored (its routes never up), or, sorting first, would replace that "
-            f"file and {device} would come up without its addresses and DHCP. Put the routes "
-            f"in a drop-in of the file that configures {device}: --network-file "
-            f"{device}={claims[0][0]} (a file of {device}'s own, since a drop-in's routes "
-            "go on every link its file configures)")
-    return problems
+        claims, maybe = [], []
+        for name in sorted(others):
+            found = networkd_match(others[name], device)
+            if found is None and not _networkd_conditions(others[name])[0]:
+                maybe.append(name)
+            elif found is not False:
+                claims.append(name if found else f"{name} (if its other [Match] "
+                              "conditions hold)")
+        why = (f"systemd-networkd applies only the first file matching a link, so "
+               f"90-k3snet-{device}.network would be ignored (its routes never up), or, "
+               f"sorting first, would replace that file and {device} would come up without "
+               f"its addresses and DHCP")
+        fix = (f"Put the routes in a drop-in of the file that configures {device}: "
+               f"--network-file {device}=FILE (a file of {device}'s own, since a drop-in's "
+               "routes go on every link its file configures)")
+        if claims:
+            problems.append(f"a file of k3snet's own cannot configure {device}: other "
+                            f".network files match it ({', '.join(claims)}); {why}. "
+                            + fix.replace("=FILE", "=" + claims[0].split(" ", 1)[0]))
+        elif maybe:
+            doubts.append(f"{', '.join(maybe)} may match {device} (by [Match] conditions "
+                          f"other than its name, judged on the node only); if one does, "
+                          f"{why}. {fix}")
+    return problems, doubts
+
+
+def networkd_doubts(state: State, *, network_files: Mapping[str, str] | None = None,
+                    others: Mapping[str, str]) -> list[str]:
+    """What :func:`render_networkd` cannot judge of ``others``, the other ``.network``
+    files networkd reads: each file that may match a device without a parent file by
+    conditions other than its name (a ``Type=ether``, a ``MACAddress=``), in a sentence
+    for the user (``k3snet render networkd`` says them on stderr)."""
+    routes = _routes(state, "systemd-networkd")
+    devices = {route.device or "" for route in routes}
+    return _networkd_claims(others, devices, dict(network_files or {}))[1]
 
 
 def render_networkd(
@@ -568,18 +610,19 @@ def render_networkd(
     of their own, ``90-k3snet-DEV.network`` with ``[Match] Name=DEV``: right for a
     device no other ``.network`` file matches. ``others`` gives the other ``.network``
     files networkd reads (name -> text): a device without a parent file that one of them
-    does or may match (:func:`networkd_match`) is refused, since networkd would ignore
-    k3snet's file or, sorting first, apply it instead of that file (the device then up
-    without its addresses); so is a parent file among them that does not match its
-    device. Routes keep ``Protocol=``, so k3snet still owns them after a
-    reboot.
+    matches, or names in ``Name=`` with other conditions (:func:`networkd_match`), is
+    refused, since networkd would ignore k3snet's file or, sorting first, apply it
+    instead of that file (the device then up without its addresses); one that may match
+    by other conditions alone is one of :func:`networkd_doubts`. So is refused a parent
+    file among them that does not match its device, or that sorts after one that does.
+    Routes keep ``Protocol=``, so k3snet still owns them after a reboot.
     """
     routes = _routes(state, "systemd-networkd")
     grouped: dict[str, list[Route]] = {}
     for route in routes:
         grouped.setdefault(route.device or "", []).append(route)
     parents = _network_file_parents(network_files or {}, grouped)
-    problems = _networkd_claims(others or {}, grouped, parents)
+    problems = _networkd_claims(others or {}, grouped, parents)[0]
     if len(problems) > 1:
         raise ModelError("\n  ".join([f"{len(problems)} problems with the networkd files:",
                                        *problems]))

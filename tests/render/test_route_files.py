@@ -152,6 +152,11 @@ def test_two_devices_in_one_network_file_are_refused_not_one_dropped() -> None:
     ("[Match]\n", False),  # networkd ignores a file whose [Match] holds no condition
     ("[Network]\nDHCP=yes\n", False),
     ("[Match]\nName=eth0\n[Match]\nHost=node1\n", None),  # sections of one name add up
+    ("[Match]\nType=ether\nKind=!*\n", None),  # systemd's 89-ethernet.network.example
+    # Debian's stock 80-wifi-adhoc.network: wireless links only
+    ("[Match]\nType=wlan\nWLANInterfaceType=ad-hoc\n", False),
+    ("[Match]\nType=wlan wwan\n", False),
+    ("[Match]\nType=!wlan\n", None),
 ])
 def test_networkd_match_reads_match_name_as_systemd_networkd_does(
         text: str, expected: bool | None) -> None:
@@ -175,7 +180,7 @@ def test_a_file_of_k3snet_s_own_for_a_device_another_network_file_may_match_is_r
                                          rf"\({name.replace('.', '[.]')}.*--network-file "
                                          rf"eth0={name.replace('.', '[.]')} "):
         render_networkd(state, others=others)
-    # Its drop-in is the way; and no other file matching, a file of k3snet's own.
+    # The first file named is the one to give (the first networkd reads).
     assert list(render_networkd(state, network_files={"eth0": name}, others=others)) == [
         f"{name}.d/90-k3snet-routes.conf"]
     assert list(render_networkd(state, others={"30-eth1.network": others["30-eth1.network"]})
@@ -204,3 +209,24 @@ def test_a_networkd_parent_file_that_does_not_match_its_device_is_refused() -> N
                                          r"-file eth0=10-eth1.*\n  a file of k3snet's own "
                                          r"cannot configure eth2: "):
         render_networkd(two, network_files={"eth0": "10-eth1.network"}, others=others)
+
+
+def test_a_file_that_may_match_a_device_by_other_conditions_than_its_name_is_a_doubt() -> None:
+    # A Type=ether file (systemd's 89-ethernet.network.example, enabled) or a MAC address
+    # match may configure eth0: only the node can tell; said, not refused. Debian's stock
+    # files (containers', wifi's) are neither.
+    from k3snet.render.routes import networkd_doubts  # noqa: PLC0415 - only this test
+
+    state = State(owned=[Route("10.1.0.0/24", gateway="10.0.0.1", device="eth0")])
+    others = {"89-ethernet.network": "[Match]\nType=ether\nKind=!*\n",
+              "80-wifi-adhoc.network": "[Match]\nType=wlan\nWLANInterfaceType=ad-hoc\n",
+              "80-container-ve.network": "[Match]\nName=ve-*\nDriver=veth\n"}
+    assert list(render_networkd(state, others=others)) == ["90-k3snet-eth0.network"]
+    (doubt,) = networkd_doubts(state, others=others)
+    assert doubt.startswith("89-ethernet.network may match eth0 (by [Match] conditions "
+                            "other than its name")
+    assert "--network-file eth0=FILE" in doubt
+    assert networkd_doubts(state, others={k: v for k, v in others.items()
+                                          if not k.startswith("89")}) == []
+    assert networkd_doubts(state, network_files={"eth0": "89-ethernet.network"},
+                           others=others) == []
