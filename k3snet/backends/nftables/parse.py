@@ -462,7 +462,12 @@ class ForeignReader:
     # every forward base chain: (family, table), name, policy; and where each accept was read
     forward_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
     # filter base chains at prerouting and postrouting: forwarded packets pass them too
-    path_bases: list[tuple[tuple[str, str], str]] = field(default_factory=list)
+    # (where, name, policy), read for drops and defaults
+    path_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
+    # nat base chains there: the first packet of each new connection passes them (a drop
+    # there drops it, the connection never starts), read for their defaults only
+    nat_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
+    _after_own_nat: set[tuple[tuple[str, str], str]] = field(default_factory=set)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -497,25 +502,8 @@ class ForeignReader:
                                                 else frozenset())
         for item in chains:
             chain = item.get("chain")
-            if not isinstance(chain, dict):
-                continue
-            family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
-            where = (str(family), str(table))
-            if family not in ("ip", "ip6", "inet") or where in passed:
-                continue
-            if chain.get("hook") == "postrouting" and chain.get("type") == "nat":
-                prio = chain.get("prio")
-                first = not isinstance(prio, int) or prio <= _OWN_NAT_PRIO
-                self._walking = (where, str(name))
-                self._walk(where, str(name), [], _Way(),
-                           self._nat_rule_first if first else self._nat_rule)
-            elif chain.get("hook") == "forward" and chain.get("type") == "filter":
-                self.forward_bases.append((where, str(name), str(chain.get("policy", "accept"))))
-                self._walking = (where, str(name))
-                self._walk(where, str(name), [], _Way(), self._forward_rule)
-            elif chain.get("type") == "filter" and chain.get("hook") in ("prerouting",
-                                                                         "postrouting"):
-                self.path_bases.append((where, str(name)))  # read for its drops only
+            if isinstance(chain, dict):
+                self._base(chain, passed)
         found: set[NetObject] = {leftover_drift(*where) for where in sorted(leftovers)}
         found |= self._met()
         found |= self._blocks()
@@ -529,6 +517,35 @@ class ForeignReader:
                    if (base[0], base[1]) not in self.origins.get(rule, set())):
                 found.add(rule)
         return frozenset(found)
+
+    def _base(self, chain: dict[str, Any], passed: frozenset[tuple[str, str]]) -> None:
+        """Read base chain ``chain`` of ``list chains`` as its type and hook ask."""
+        family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
+        where = (str(family), str(table))
+        if family not in ("ip", "ip6", "inet") or where in passed:
+            return
+        policy = str(chain.get("policy", "accept"))
+        kind, hook = chain.get("type"), chain.get("hook")
+        if hook == "postrouting" and kind == "nat":
+            prio = chain.get("prio")
+            first = not isinstance(prio, int) or prio <= _OWN_NAT_PRIO
+            self._walking = (where, str(name))
+            self._walk(where, str(name), [], _Way(),
+                       self._nat_rule_first if first else self._nat_rule)
+            self.nat_bases.append((where, str(name), policy))
+            if isinstance(prio, int) and prio > _OWN_NAT_PRIO:
+                self._after_own_nat.add((where, str(name)))
+        elif hook == "forward" and kind == "filter":
+            self.forward_bases.append((where, str(name), policy))
+            self._walking = (where, str(name))
+            self._walk(where, str(name), [], _Way(), self._forward_rule)
+        elif kind == "filter" and hook in ("prerouting", "postrouting"):
+            self.path_bases.append((where, str(name), policy))  # its drops and defaults
+        elif kind == "nat" and hook == "prerouting":
+            # Listed for its catch-all drops (its own rules only: kube-proxy's service
+            # chains below it are never read).
+            self._rules(where, str(name))
+            self.nat_bases.append((where, str(name), policy))
 
     @staticmethod
     def _marked(chains: list[dict[str, Any]]) -> frozenset[tuple[str, str]]:
@@ -589,7 +606,7 @@ class ForeignReader:
         found: set[NetObject] = set()
         # A forwarded packet also passes every filter chain on the prerouting and
         # postrouting hooks: a drop there wins over any accept at the forward hook.
-        for where, name in [*((w, n) for w, n, _ in self.forward_bases), *self.path_bases]:
+        for where, name, _ in [*self.forward_bases, *self.path_bases]:
             self._block_walk(where, name, _Way(), found)
         return found
 
@@ -610,52 +627,60 @@ class ForeignReader:
                 self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found)
 
     def defaults(self) -> ForwardDefaults:
-        """The filter base chains read whose default may drop forwarded packets: a policy
-        that is not accept (forward hook), or a rule of the chain's own that stops any
-        address (forward, prerouting and postrouting hooks). Call after :meth:`read`;
-        judged later without listing anything (:meth:`ForwardDefaults.unopened`)."""
+        """The base chains read whose default may drop forwarded packets: a policy that is
+        not accept, or a rule of the chain's own that stops any address, in a filter chain
+        on the forward, prerouting or postrouting hook, or a nat chain on the prerouting
+        or postrouting hook (the kernel runs those for the first packet of each new
+        connection, conntrack on: a drop there drops it, and the connection never
+        starts). Call after :meth:`read`; judged later without listing anything
+        (:meth:`ForwardDefaults.unopened`)."""
         found = []
-        bases = [*self.forward_bases, *((w, n, "accept") for w, n in self.path_bases)]
-        for where, name, policy in bases:
+        bases = [*((b, "filter") for b in (*self.forward_bases, *self.path_bases)),
+                 *((b, "nat") for b in self.nat_bases)]
+        for (where, name, policy), kind in bases:
             what = [f"policy {policy}"] if policy != "accept" else []
             what += self._catch_alls.get((where, name), [])
             if what:
-                found.append(ForwardDefault(where[0], where[1], name, policy, tuple(what)))
+                found.append(ForwardDefault(
+                    where[0], where[1], name, policy, tuple(what), kind=kind,
+                    after_own_nat=(where, name) in self._after_own_nat))
         return ForwardDefaults(tuple(found), dict(self._listings) if found else {})
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
-                      defaults: bool = False) -> bool:
+                      defaults: bool = False, reply: bool = False) -> bool:
         """Whether base chain ``base`` accepts every packet of ``rule`` (False: it may not).
 
         ``defaults``: judge only what drops any address (the policy, a catch-all drop or
         reject); drops on tests k3snet does not model and naming no address nor
-        interface (``ct state invalid drop``) are passed over.
+        interface (``ct state invalid drop``) are passed over. ``reply``: ``rule`` is the
+        replies of a connection (``ct state established,related`` matches them all).
         """
         where, name, policy = base
         if where[0] != "inet" and (where[0] == "ip") != (rule.family == 4):
             return True  # a chain of the other address family never sees these packets
-        verdict = self._passes(where, name, rule, 0, defaults=defaults)
+        verdict = self._passes(where, name, rule, 0, defaults=defaults, reply=reply)
         return policy == "accept" if verdict is None else verdict
 
     def _passes(self, where: tuple[str, str], chain: str, rule: ForwardRule,
-                depth: int, *, defaults: bool = False) -> bool | None:
+                depth: int, *, defaults: bool = False, reply: bool = False) -> bool | None:
         """Walk ``chain`` for ``rule``'s packets: True (all accepted), False (some may be
         dropped, or k3snet cannot tell), None (they all leave the chain unjudged)."""
         for match in self._rules(where, chain):
             verdict = match.verdict
-            if verdict in (None, "masquerade", "snat") or _misses(match, rule):
+            if verdict is None or _misses(match, rule):
                 continue
             if defaults and verdict in _STOPS and _unmodelled_only(match) and not match.target:
                 continue  # `ct state invalid drop`: not a default for new pod traffic
-            whole = _covers(match, rule)
-            if verdict == "accept":
+            whole = _covers(match, rule, reply=reply)
+            if verdict in ("accept", "masquerade", "snat"):  # a nat chain's NAT ends it too
                 if whole:
                     return True
             elif verdict == "return":
                 if whole:
                     return None
             elif verdict in ("jump", "goto") and match.target and depth < _MAX_JUMP_DEPTH:
-                sub = self._passes(where, match.target, rule, depth + 1, defaults=defaults)
+                sub = self._passes(where, match.target, rule, depth + 1, defaults=defaults,
+                                   reply=reply)
                 # A goto for some packets to a chain that decides nothing: those leave
                 # this chain unjudged (at a base chain, for its policy), the others go
                 # on, and k3snet cannot tell which ends where.
@@ -866,7 +891,8 @@ class ForeignReader:
 
 @attrs.frozen
 class ForwardDefault:
-    """A filter base chain of another table whose default may drop forwarded packets."""
+    """A base chain of another table whose default may drop forwarded packets (a filter
+    chain, or a nat chain on the prerouting or postrouting hook)."""
 
     family: str
     table: str
@@ -874,6 +900,10 @@ class ForwardDefault:
     policy: str
     what: tuple[str, ...]
     """``policy drop``, ``a rule that may drop any address (handle 12)`` ..."""
+    kind: str = "filter"
+    """The chain's type: ``filter``, or ``nat`` (on the prerouting or postrouting hook)."""
+    after_own_nat: bool = False
+    """A nat chain on the postrouting hook of a priority after k3snet's (srcnat)."""
 
 
 @dataclass(frozen=True)
@@ -884,10 +914,16 @@ class ForwardDefaults:
     found: tuple[ForwardDefault, ...] = ()
     listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
 
-    def unopened(self, rules: Sequence[ForwardRule]) -> list[tuple[ForwardDefault, ForwardRule]]:
-        """Each default with the first of ``rules`` whose packets it may drop: its chain
-        does not accept them before its policy or its catch-all drop (a chain jumped to
-        that the read did not list may drop anything)."""
+    def unopened(self, rules: Sequence[ForwardRule], *,
+                 translated: Sequence[NetObject] = ()) -> list[tuple[ForwardDefault,
+                                                                    ForwardRule]]:
+        """Each default with the first of ``rules`` whose packets it may drop, new ones or
+        (in a filter chain) replies: its chain does not accept them before its policy or
+        its catch-all drop (a chain jumped to that the read did not list may drop
+        anything). A nat chain on the postrouting hook
+        after k3snet's (priority above srcnat) never sees a connection a NAT rule of
+        ``translated`` (k3snet's) translates whole: the kernel runs no later nat chain for
+        a connection an earlier one translated."""
         if not self.found or not rules:
             return []
         judge = ForeignReader(_Unlisted(), frozenset(), _listings=dict(self.listings))
@@ -896,10 +932,30 @@ class ForwardDefaults:
         for default in self.found:
             base = ((default.family, default.table), default.chain, default.policy)
             for rule in rules:
-                if not judge._lets_through(base, rule, defaults=True):
+                if default.after_own_nat and any(_translates(n, rule) for n in translated):
+                    continue
+                # The replies too (k3snet's table accepts them): a filter chain sees them.
+                if not judge._lets_through(base, rule, defaults=True) or (
+                        default.kind == "filter"
+                        and not judge._lets_through(base, _replies(rule), defaults=True,
+                                                    reply=True)):
                     found.append((default, rule))
                     break
         return found
+
+
+def _replies(rule: ForwardRule) -> ForwardRule:
+    """The replies of ``rule``'s connections, as a rule of their own way."""
+    return ForwardRule(rule.destination, rule.source, in_interface=rule.out_interface,
+                       out_interface=rule.in_interface)
+
+
+def _translates(nat: NetObject, rule: ForwardRule) -> bool:
+    """Whether NAT rule ``nat`` translates every new connection of ``rule``."""
+    return (isinstance(nat, MasqueradeRule | SnatRule) and nat.family == rule.family
+            and contains(nat.source, rule.source)
+            and nat.out_interface in (None, rule.out_interface)
+            and any(contains(net, rule.destination) for net in nat.natted_destinations()))
 
 
 class _Unlisted:
@@ -1084,9 +1140,11 @@ def _misses(match: Match, rule: ForwardRule) -> bool:
     return _no_interface_passes(match.iif, rule.in_interface)
 
 
-def _covers(match: Match, rule: ForwardRule) -> bool:
-    """True when ``match`` matches every packet of ``rule`` (only tests k3snet understands)."""
-    if match.unknown or match.marks or match.ct_reply:
+def _covers(match: Match, rule: ForwardRule, *, reply: bool = False) -> bool:
+    """True when ``match`` matches every packet of ``rule`` (only tests k3snet understands;
+    ``reply``: ``rule``'s packets are replies, all of which a ``ct state
+    established,related`` test matches)."""
+    if match.unknown or match.marks or (match.ct_reply and not reply):
         return False
     if match.proto is not None and (match.proto == "ip") != (rule.family == 4):
         return False
