@@ -21,6 +21,7 @@ from k3snet.backends.nftables import NftablesBackend
 from k3snet.cli import main
 from k3snet.converge import converge
 from k3snet.errors import ConflictError
+from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule
 from k3snet.model.state import State
@@ -124,3 +125,51 @@ def _check(ns: str, backend: NftablesBackend, cli: list[str], case: str,
     assert main(["destroy", "--backend", "nftables", "--netns", ns, "--no-facts",
                  "--auto-approve"]) == 0
     assert ruleset(ns) == admin
+
+
+# iptables-nft's FORWARD accepting the pods (and every reply) before an admin's drop of
+# the database's subnet, beside a firewalld-like screen accepting the database's port
+# only (a test k3snet does not model: the pods' accept in ip filter is no "met" rule).
+ACCEPTED_BEFORE_THE_DROP = """
+table ip filter {
+    chain FORWARD {
+        type filter hook forward priority 0; policy drop;
+        ct state established,related accept
+        ip saddr 10.42.0.0/16 accept
+        ip daddr 192.168.2.0/24 drop
+    }
+}
+table inet fw {
+    chain screen {
+        type filter hook forward priority 10;
+        ct state established,related accept
+        ip saddr 10.42.0.0/16 tcp dport 5432 accept
+        ip6 saddr fd42:42::/56 tcp dport 5432 accept
+        reject
+    }
+}
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_a_drop_after_an_accept_of_the_pods_traffic_is_no_conflict_and_real_packets_pass(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The accept ends ip filter's FORWARD for the pods' packets: the drop never sees them,
+    # and the pod reaches the database. The plan said a conflict of that drop (exit 4).
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        run_in(lab.node, ["nft", "-f", "-"], input_text=ACCEPTED_BEFORE_THE_DROP)
+        before = ruleset(lab.node)
+        assert lab.tcp_probe(4).ok
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
+        out = capsys.readouterr().out
+        assert "conflict" not in out.replace("0 conflict(s)", "")
+        # What may drop other traffic of the pods is the screen's reject: a warning.
+        assert "!! warning: nftables: inet fw chain screen, " in out
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        assert ruleset(lab.node) == before  # the kernel's view: nothing changed
+        assert lab.tcp_probe(4).ok

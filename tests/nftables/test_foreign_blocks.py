@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.nftables.parse import ForeignReader
-from k3snet.model import ForwardBlock, NetObject
+from k3snet.model import ForwardBlock, ForwardRule, NetObject
 from tests.nftables.test_foreign_cases import (
     ACCEPT,
     CT_REPLY,
@@ -269,3 +269,69 @@ def test_an_ip_table_s_drop_without_an_address_family_match_is_ipv4() -> None:
                                           [[meta("iifname", "cni0"), DROP],
                                            [daddr(B), DROP]])})
     assert blocks(kernel) == {block(f"ip daddr {B} drop", "nftables ip t fwd", destination=B)}
+
+
+POD = "10.42.0.0/16"
+PODS_OUT = ForwardRule(POD, B)
+
+
+def typed(kernel: Kernel) -> list[ForwardBlock]:
+    return [b for b in blocks(kernel) if isinstance(b, ForwardBlock)]
+
+
+def test_a_drop_after_an_accept_of_the_pods_carries_it_and_decides_no_pod_traffic() -> None:
+    # `ip filter FORWARD`: the pods' accept ends the base chain for their packets, and
+    # `ct state established,related accept` for every reply, before the drop: it was a
+    # conflict of the pods' forward rule all the same (exit 4) whenever that accept was
+    # not also met (another base chain on the hook that may drop them: a warning of that
+    # chain's default is what is true).
+    kernel = forward(("drop", [[CT_REPLY, ACCEPT], [saddr(POD), ACCEPT], [daddr(B), DROP]]),
+                     ("accept", [[{"reject": None}]]))
+    (found,) = [b for b in typed(kernel) if b.where == WHERE]
+    assert found.accepted == (ForwardRule(POD, "0.0.0.0/0"),)
+    assert found.replies_accepted
+    assert not found.decides(PODS_OUT)
+    assert found.decides(ForwardRule("10.43.0.0/16", B))  # not the accept's
+
+
+def test_an_accept_in_a_chain_jumped_to_ends_the_base_chain_too() -> None:
+    kernel = forward(("drop", [[jump("pods")], [daddr(B), DROP]]),
+                     pods=[[saddr(POD), ACCEPT], [daddr(POD), ACCEPT]])
+    (found,) = typed(kernel)
+    assert set(found.accepted) == {ForwardRule(POD, "0.0.0.0/0"), ForwardRule("0.0.0.0/0", POD)}
+    assert not found.decides(PODS_OUT)
+
+
+@pytest.mark.parametrize(("accept", "why"), [
+    ([saddr(POD), UNKNOWN, ACCEPT], "a test k3snet does not model (a port)"),
+    ([saddr(POD), MASKED_MARK, ACCEPT], "a mark"),
+    ([saddr(POD, neg=True), ACCEPT], "a negation"),
+    ([saddr(POD), meta("iifname", "cni*"), ACCEPT], "a wildcard interface"),
+    ([saddr(POD), meta("iifname", "cni0"), ACCEPT], "an interface the pods' rule does not name"),
+    ([saddr(POD), daddr(B), DROP], "a drop, not an accept"),
+])
+def test_an_accept_that_may_not_take_every_pod_packet_leaves_the_drop_a_conflict(
+        accept: list[Expr], why: str) -> None:
+    kernel = forward(("accept", [accept, [daddr(B), DROP]]))
+    assert any(b.decides(PODS_OUT) for b in typed(kernel)), why
+
+
+def test_a_conditional_jump_s_accepts_take_only_what_the_jump_matches() -> None:
+    kernel = forward(("accept", [[saddr("10.42.1.0/24"), jump("pods")], [daddr(B), DROP]]),
+                     pods=[[ACCEPT]])
+    (found,) = [b for b in typed(kernel) if b.rule == f"ip daddr {B} drop"]
+    assert found.accepted == (ForwardRule("10.42.1.0/24", "0.0.0.0/0"),)
+    assert found.decides(PODS_OUT)
+    assert not found.decides(ForwardRule("10.42.1.0/24", B))
+
+
+def test_an_accept_of_any_address_in_an_inet_chain_takes_both_families() -> None:
+    kernel = forward(("accept", [[meta("oifname", "eth0"), ACCEPT], [daddr(B), DROP],
+                                 [daddr("fd01:2::/64"), DROP]]))
+    for found in typed(kernel):
+        assert len(found.accepted) == 1
+        assert found.accepted[0].out_interface == "eth0"
+        assert found.accepted[0].family == found.family
+    assert not any(b.decides(ForwardRule(POD, B, out_interface="eth0")) for b in typed(kernel))
+    assert not any(b.decides(ForwardRule("fd42::/56", "fd01:2::/64", out_interface="eth0"))
+                   for b in typed(kernel))

@@ -107,6 +107,7 @@ _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
 _MAX_WALKED_RULES = 4096  # bounds the walk through conditional jumps (each is followed)
+_MAX_ACCEPTED_BEFORE = 16  # accepts a foreign drop names as met before it (the rest: a doubt)
 _TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})  # what nft names
 _STOPS = ("drop", "queue")  # what parse_rule makes of drop, reject and queue
 _OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
@@ -607,11 +608,14 @@ class ForeignReader:
         # A forwarded packet also passes every filter chain on the prerouting and
         # postrouting hooks: a drop there wins over any accept at the forward hook.
         for where, name, _ in [*self.forward_bases, *self.path_bases]:
-            self._block_walk(where, name, _Way(), found)
+            self._block_walk(where, name, _Way(), found, _Taken())
         return found
 
     def _block_walk(self, where: tuple[str, str], chain: str, way: _Way,
-                    found: set[NetObject]) -> None:
+                    found: set[NetObject], taken: _Taken) -> None:
+        """Walk ``chain`` for blocks; ``taken``: what the accepts met before on the way
+        from the base chain take (it never reaches a later rule: an accept, here or in a
+        chain jumped to, ends the base chain), added to as the walk meets more."""
         way = way.into(where, chain)
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
@@ -619,12 +623,15 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
-            block = _block_of(reached, where, chain)
+            block = _block_of(reached, where, chain, taken)
             if block is not None:
                 found.add(block)
+            if reached.verdict == "accept":
+                taken.add(reached)
             if way.follows(where, match):
                 assert match.target is not None
-                self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found)
+                self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found,
+                                 taken)
 
     def defaults(self) -> ForwardDefaults:
         """The base chains read whose default may drop forwarded packets: a policy that is
@@ -1606,9 +1613,55 @@ def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[Nat
     return blocks
 
 
-def _block_of(match: Match, where: tuple[str, str], chain: str) -> ForwardBlock | None:
+@dataclass
+class _Taken:
+    """What the accepts a walk met take: their traffic, one way, as far as k3snet models
+    their tests (an accept with any other test is left out: a doubt counts against
+    k3snet), and whether every reply (``ct state established,related accept``)."""
+
+    accepted: list[ForwardRule] = field(default_factory=list)
+    replies: bool = False
+
+    def add(self, match: Match) -> None:
+        """Take accept ``match`` (as the walk reached it) into account."""
+        if match.ct_reply:
+            self.replies = self.replies or match.conditions == 1
+            return
+        if match.unknown or match.marks:
+            return
+        tests = (match.saddr, match.daddr, match.iif, match.oif)
+        if any(len(t) > 1 or any(neg for _, neg in t) for t in tests):
+            return
+        protos = [match.proto] if match.proto else ["ip", "ip6"]
+        for proto in protos:
+            any_net = _any_network(proto)
+            try:
+                self.accepted.append(ForwardRule(
+                    match.saddr[0][0] if match.saddr else any_net,
+                    match.daddr[0][0] if match.daddr else any_net,
+                    in_interface=match.iif[0][0] if match.iif else None,
+                    out_interface=match.oif[0][0] if match.oif else None))
+            except ModelError:
+                continue  # a wildcard interface (`eth*`): not modelled, left out
+
+    def before(self, family: int, source: Network | None,
+               destination: Network | None) -> list[ForwardRule]:
+        """The accepted traffic of ``family`` that may meet a rule's (either way), at most
+        :data:`_MAX_ACCEPTED_BEFORE` (leaving one out only counts against k3snet)."""
+        def meets(a: Network, b: Network) -> bool:
+            return ((source is None or overlaps(source, a))
+                    and (destination is None or overlaps(destination, b)))
+
+        found = [r for r in self.accepted if r.family == family and (
+            meets(r.source, r.destination) or meets(r.destination, r.source))]
+        return found[:_MAX_ACCEPTED_BEFORE]
+
+
+def _block_of(match: Match, where: tuple[str, str], chain: str,
+              taken: _Taken | None = None) -> ForwardBlock | None:
     """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None);
-    ``match`` as the walk reached it (with the tests of the jumps on the way)."""
+    ``match`` as the walk reached it (with the tests of the jumps on the way), ``taken``
+    what the accepts before it on its way take."""
     if match.verdict not in ("drop", "reject", "queue") or match.proto is None:
         return None
     words, saddr, daddr, oif = _rule_words(match)
@@ -1624,6 +1677,9 @@ def _block_of(match: Match, where: tuple[str, str], chain: str) -> ForwardBlock 
     text = " ".join(words)
     place = f"nftables {where[0]} {where[1]} {chain}"
     family = 4 if match.proto == "ip" else 6
+    if taken is not None:
+        fields["accepted"] = taken.before(family, fields["source"], fields["destination"])
+        fields["replies_accepted"] = taken.replies
     try:
         return ForwardBlock(family, match.verdict, text, place, **fields,
                             in_interface=iif[0] if len(iif) == 1 else None,
