@@ -43,6 +43,12 @@ CASES: dict[str, tuple[str, list[str], type, list[str]]] = {
         "prerouting", ["ip saddr 10.42.0.0/16 drop", "ip6 saddr fd42:42::/56 drop"], ForwardRule,
         ["drop by nftables inet admin c: ip saddr 10.42.0.0/16 drop",
          "drop by nftables inet admin c: ip6 saddr fd42:42::/56 drop"]),
+    # A verdict map's element was a statement k3snet did not model, so no drop at all.
+    "a verdict map's drop (IPv4 and IPv6)": (
+        "forward", ["ip daddr vmap { 192.168.2.0/24 : drop, 10.0.0.0/8 : accept }",
+                    "ip6 daddr vmap { fd01:2::/64 : drop }"], ForwardRule,
+        ["drop by nftables inet admin c: ip daddr 192.168.2.0/24 drop",
+         "drop by nftables inet admin c: ip6 daddr fd01:2::/64 drop"]),
     "a NAT rule met first (IPv4 and IPv6)": (
         "postrouting", ["ip saddr 10.42.0.0/16 snat ip to 192.0.2.1",
                         "ip6 saddr fd42:42::/56 snat ip6 to 2001:db8::1"], MasqueradeRule,

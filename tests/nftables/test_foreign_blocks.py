@@ -335,3 +335,34 @@ def test_an_accept_of_any_address_in_an_inet_chain_takes_both_families() -> None
     assert not any(b.decides(ForwardRule(POD, B, out_interface="eth0")) for b in typed(kernel))
     assert not any(b.decides(ForwardRule("fd42::/56", "fd01:2::/64", out_interface="eth0"))
                    for b in typed(kernel))
+
+
+def vmap(key: Expr, *elements: tuple[Any, Expr]) -> Expr:
+    return {"vmap": {"key": key, "data": {"set": [[v, verdict] for v, verdict in elements]}}}
+
+
+DADDR = daddr(B)["match"]["left"]
+CT_STATE = {"ct": {"key": "state"}}
+
+
+def test_a_verdict_map_s_drop_is_a_block_of_its_element() -> None:
+    # `ip daddr vmap { 192.168.2.0/24 : drop, 10.0.0.0/8 : accept }` was one statement
+    # k3snet did not model, with no verdict: the drop of the pods' destination unseen.
+    kernel = forward(("accept", [[vmap(DADDR, ({"prefix": {"addr": "192.168.2.0", "len": 24}},
+                                               DROP),
+                                       ({"prefix": {"addr": "10.0.0.0", "len": 8}}, ACCEPT))]]))
+    assert blocks(kernel) == {block(f"ip daddr {B} drop", destination=B)}
+
+
+def test_a_state_map_accepting_established_and_related_accepts_every_reply() -> None:
+    kernel = forward(("drop", [[vmap(CT_STATE, ("established", ACCEPT), ("related", ACCEPT),
+                                     ("invalid", DROP))],
+                               [daddr(B), DROP]]))
+    (found,) = typed(kernel)
+    assert found.replies_accepted
+
+
+@pytest.mark.parametrize("data", ["@blocked", {"set": [["a", "not-a-verdict"]]}, {"set": []}])
+def test_a_named_or_odd_verdict_map_stays_a_statement_k3snet_does_not_model(data: Any) -> None:
+    kernel = forward(("accept", [[{"vmap": {"key": DADDR, "data": data}}]]))
+    assert blocks(kernel) == set()

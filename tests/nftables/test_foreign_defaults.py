@@ -254,8 +254,30 @@ table inet other {
     }
 }
 """
+# The replies accepted through a set of states, or a verdict map (the nftables wiki's
+# `ct state vmap`): each was a test k3snet did not model.
+REPLIES_BY_A_SET_AND_A_MAP = """
+table inet filter {
+    chain forward {
+        type filter hook forward priority 0; policy drop;
+        ct state { established, related } accept
+        ip saddr 10.42.0.0/16 accept
+        ip6 saddr fd42:42::/56 accept
+    }
+}
+table inet wiki {
+    chain forward {
+        type filter hook forward priority 10; policy drop;
+        ct state vmap { established : accept, related : accept, invalid : drop }
+        ip saddr vmap { 10.42.0.0/16 : accept, 10.50.0.0/16 : drop }
+        ip6 saddr fd42:42::/56 accept
+    }
+}
+"""
 # (ruleset, what the warning says; None: no warning)
 CASES: dict[str, tuple[str, list[str] | None]] = {
+    "replies accepted through a set of states and a verdict map": (
+        REPLIES_BY_A_SET_AND_A_MAP, None),
     "a nat prerouting policy drop": (
         NAT_PREROUTING_POLICY_DROP, ["nftables: inet other chain pre, a nat chain ",
                                      "(policy drop)"]),

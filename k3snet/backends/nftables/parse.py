@@ -107,6 +107,7 @@ _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
 _MAX_WALKED_RULES = 4096  # bounds the walk through conditional jumps (each is followed)
+_MAX_VMAP_ELEMENTS = 256  # a verdict map read element by element, up to this size
 _MAX_ACCEPTED_BEFORE = 16  # accepts a foreign drop names as met before it (the rest: a doubt)
 _TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})  # what nft names
 _STOPS = ("drop", "queue")  # what parse_rule makes of drop, reject and queue
@@ -234,7 +235,10 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
             _parse_mark(op, right, out)
             understood = True
         elif "ct" in left and left["ct"].get("key") == "state" and op != "!=":
-            states = {right} if isinstance(right, str) else set(right or ())
+            if isinstance(right, dict):  # `ct state { established, related }`: a set
+                right = right.get("set")
+            states = {right} if isinstance(right, str) else {
+                v for v in right or () if isinstance(v, str)}
             out.ct_reply = understood = states == {"established", "related"}
     if not understood:
         out.unknown += 1
@@ -286,6 +290,38 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         out.verdict = f"xt {name}"  # an iptables target k3snet cannot see into
     else:
         out.unknown += 1
+
+
+def _vmap_expanded(expr: list[Any]) -> list[list[Any]]:
+    """A rule with an anonymous verdict map (``ip daddr vmap { 192.168.2.0/24 : drop }``,
+    ``ct state vmap { established : accept, related : accept, invalid : drop }``) as one
+    rule per element, in the map's order: a lookup picks at most one element, and the
+    elements are disjoint (a set's values, or its intervals, do not overlap), so testing
+    them one by one decides as the map does. A ``ct state`` map's elements are one rule per
+    verdict (``established, related : accept`` is the reply accept). Anything else (a
+    named map, a map of more than :data:`_MAX_VMAP_ELEMENTS`) stays one rule: a statement
+    k3snet does not model, no verdict."""
+    maps = [i for i, s in enumerate(expr) if isinstance(s, dict) and set(s) == {"vmap"}]
+    if len(maps) != 1:
+        return [expr]
+    at = maps[0]
+    body = expr[at]["vmap"]
+    data = body.get("data") if isinstance(body, dict) else None
+    elements = data.get("set") if isinstance(data, dict) else None
+    if (not isinstance(elements, list) or not elements or len(elements) > _MAX_VMAP_ELEMENTS
+            or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[1], dict)
+                       for e in elements)):
+        return [expr]
+    key = body.get("key")
+    pairs: list[tuple[Any, dict[str, Any]]] = [(e[0], e[1]) for e in elements]
+    if isinstance(key, dict) and key.get("ct", {}).get("key") == "state":
+        by_verdict: dict[str, tuple[list[Any], dict[str, Any]]] = {}
+        for value, verdict in pairs:
+            by_verdict.setdefault(repr(sorted(verdict.items(), key=repr)),
+                                  ([], verdict))[0].append(value)
+        pairs = [(values, verdict) for values, verdict in by_verdict.values()]
+    return [[*expr[:at], {"match": {"op": "==", "left": key, "right": value}}, verdict,
+             *expr[at + 1:]] for value, verdict in pairs]
 
 
 def parse_rule(expr: Sequence[Any]) -> Match:
@@ -722,14 +758,15 @@ class ForeignReader:
         for item in items:
             rule = item.get("rule")
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
-                match = parse_rule(rule["expr"])
-                if match.verdict in _STOPS and not any(
-                        not neg for _, neg in match.saddr + match.daddr):
-                    stops.append(f"a rule that may {match.verdict} any address "
-                                 f"(handle {rule.get('handle')})")
-                if match.proto is None and family in ("ip", "ip6"):
-                    match.proto = family
-                rules.append(match)
+                for expr in _vmap_expanded(rule["expr"]):
+                    match = parse_rule(expr)
+                    if match.verdict in _STOPS and not any(
+                            not neg for _, neg in match.saddr + match.daddr):
+                        stops.append(f"a rule that may {match.verdict} any address "
+                                     f"(handle {rule.get('handle')})")
+                    if match.proto is None and family in ("ip", "ip6"):
+                        match.proto = family
+                    rules.append(match)
         return rules
 
     def _list(self, kind: str, ref: dict[str, str]) -> list[dict[str, Any]] | None:
