@@ -32,6 +32,7 @@ ADMIN_CHAIN = {
     "forward": "{ type filter hook forward priority 10; }",
     "postrouting": "{ type nat hook postrouting priority 50; }",
     "prerouting": "{ type filter hook prerouting priority -150; }",
+    "nat-prerouting": "{ type nat hook prerouting priority -100; }",
 }
 # (hook, foreign rules, the k3snet objects each defeats, a line of the plan naming it)
 CASES: dict[str, tuple[str, list[str], type, list[str]]] = {
@@ -43,6 +44,12 @@ CASES: dict[str, tuple[str, list[str], type, list[str]]] = {
         "prerouting", ["ip saddr 10.42.0.0/16 drop", "ip6 saddr fd42:42::/56 drop"], ForwardRule,
         ["drop by nftables inet admin c: ip saddr 10.42.0.0/16 drop",
          "drop by nftables inet admin c: ip6 saddr fd42:42::/56 drop"]),
+    # The kernel runs a nat chain for a new connection's first packet: dropped there, the
+    # connection never starts (tests/nftables/test_foreign_defaults.py shows it).
+    "a drop in a nat prerouting chain (IPv4 and IPv6)": (
+        "nat-prerouting", ["ip saddr 10.42.0.0/16 drop", "ip6 saddr fd42:42::/56 drop"],
+        ForwardRule, ["drop by nftables inet admin c: ip saddr 10.42.0.0/16 drop",
+                      "drop by nftables inet admin c: ip6 saddr fd42:42::/56 drop"]),
     # A verdict map's element was a statement k3snet did not model, so no drop at all.
     "a verdict map's drop (IPv4 and IPv6)": (
         "forward", ["ip daddr vmap { 192.168.2.0/24 : drop, 10.0.0.0/8 : accept }",
@@ -179,3 +186,24 @@ def test_a_drop_after_an_accept_of_the_pods_traffic_is_no_conflict_and_real_pack
         assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
         assert ruleset(lab.node) == before  # the kernel's view: nothing changed
         assert lab.tcp_probe(4).ok
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_a_drop_in_a_nat_prerouting_chain_stops_real_packets_and_is_a_conflict(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The kernel runs the chain for the connection's first packet (conntrack is on:
+    # k3snet's masquerade), drops it, and the connection never starts; the plan said
+    # "No changes" (such a chain was not read for drops).
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        assert lab.tcp_probe(4).ok
+        run_in(lab.node, ["nft", "-f", "-"], input_text=(
+            "table ip admin {\n chain c {\n  type nat hook prerouting priority dstnat;\n"
+            "  ip saddr 10.42.0.0/16 drop\n }\n}\n"))
+        assert not lab.tcp_probe(4, timeout=1.0).ok
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 4
+        assert "drop by nftables ip admin c: ip saddr 10.42.0.0/16 drop" in capsys.readouterr().out

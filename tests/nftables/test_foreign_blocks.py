@@ -366,3 +366,26 @@ def test_a_state_map_accepting_established_and_related_accepts_every_reply() -> 
 def test_a_named_or_odd_verdict_map_stays_a_statement_k3snet_does_not_model(data: Any) -> None:
     kernel = forward(("accept", [[{"vmap": {"key": DADDR, "data": data}}]]))
     assert blocks(kernel) == set()
+
+
+class _NatPrerouting(Kernel):
+    """Its base chains are nat chains on the prerouting hook."""
+
+    def _chain(self, key: tuple[str, str, str]) -> dict[str, Any]:
+        item = super()._chain(key)
+        item["chain"] |= {"type": "nat", "hook": "prerouting", "prio": -100}
+        return item
+
+
+def test_a_nat_chain_s_drop_is_a_block_of_new_connections_only() -> None:
+    # A nat prerouting chain sees a connection's first packet, never a reply: its drop of
+    # the database's subnet as a source ends the database's own connections, not the
+    # replies to the pods'; after the pods' accept (the chain ends for them), nothing.
+    kernel = _NatPrerouting({("ip", "t", "pre"): ("prerouting", "accept",
+                                                  [[saddr(B), DROP], [saddr(POD), ACCEPT],
+                                                   [saddr("10.0.0.0/8"), DROP]])})
+    found = typed(kernel)
+    assert {b.rule for b in found} == {f"ip saddr {B} drop", "ip saddr 10.0.0.0/8 drop"}
+    assert all(b.replies_accepted for b in found)
+    assert not any(b.decides(PODS_OUT) for b in found)
+    assert any(b.decides(ForwardRule("10.43.0.0/16", B)) for b in found)

@@ -645,7 +645,26 @@ class ForeignReader:
         # postrouting hooks: a drop there wins over any accept at the forward hook.
         for where, name, _ in [*self.forward_bases, *self.path_bases]:
             self._block_walk(where, name, _Way(), found, _Taken())
+        for where, name, _ in self.nat_bases:
+            if (where, name) not in self._after_own_nat:  # else: judged as a default only
+                self._nat_chain_blocks(where, name, found)
         return found
+
+    def _nat_chain_blocks(self, where: tuple[str, str], chain: str,
+                          found: set[NetObject]) -> None:
+        """The drops of a nat base chain on the prerouting or postrouting hook met no later
+        than k3snet's: the kernel runs it for a new connection's first packet, so a drop
+        there ends the connection; never for a reply (``replies_accepted``). Its own rules
+        only, as listed (the chains it jumps to are kube-proxy's services, never read)."""
+        taken = _Taken(replies=True)
+        for match in self._rules(where, chain):
+            if not self._block_budget.take(self.unread, where, chain):
+                return
+            block = _block_of(match, where, chain, taken)
+            if block is not None:
+                found.add(block)
+            if match.verdict in ("accept", "masquerade", "snat"):  # ends the chain for them
+                taken.add(match)
 
     def _block_walk(self, where: tuple[str, str], chain: str, way: _Way,
                     found: set[NetObject], taken: _Taken) -> None:
