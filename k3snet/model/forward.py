@@ -132,6 +132,28 @@ def _verdict(value: object) -> str:
     return str(value)
 
 
+def _accepted(values: Any) -> tuple[ForwardRule, ...]:
+    found = tuple(values)
+    if not all(isinstance(v, ForwardRule) for v in found):
+        raise ModelError("a foreign rule's accepted traffic is ForwardRule objects")
+    return found
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ModelError(f"replies_accepted must be true or false, got {value!r}")
+    return value
+
+
+def _one_way_in(rules: tuple[ForwardRule, ...], source: Network, destination: Network,
+                iif: str | None, oif: str | None) -> bool:
+    """Whether one of ``rules``, read one way (source to destination), takes every
+    packet from ``source`` to ``destination`` through those interfaces."""
+    return any(contains(r.source, source) and contains(r.destination, destination)
+               and r.in_interface in (None, iif) and r.out_interface in (None, oif)
+               for r in rules)
+
+
 @attrs.frozen(eq=False)
 class ForwardBlock(NetObject):
     """A foreign rule that drops, rejects, returns or queues forwarded packets before our accept.
@@ -141,7 +163,11 @@ class ForwardBlock(NetObject):
     fw forward``). ``source`` / ``destination`` / interfaces are what it matches
     (``None``: any; a negated or unmodelled match counts as any, so a doubt is a
     conflict rather than an override). A wanted :class:`ForwardRule` whose packets
-    (either way) it may match conflicts with it.
+    (either way) it may match conflicts with it, unless a rule met before it on its
+    way takes those packets first: ``accepted`` (an accept's traffic, each a
+    :class:`ForwardRule` read one way, without replies) and ``replies_accepted``
+    (a ``ct state established,related accept``: every reply). An accept ends the
+    base chain for what it takes, so the rule never sees it.
 
     >>> block = ForwardBlock(4, "drop", "-s 10.42.0.0/16 -d 192.168.2.0/24 -j DROP",
     ...                      "iptables IPv4 filter FORWARD", source="10.42.0.0/16",
@@ -168,18 +194,26 @@ class ForwardBlock(NetObject):
     out_interface: str | None = attrs.field(
         default=None, converter=optional_interface, kw_only=True
     )
+    accepted: tuple[ForwardRule, ...] = attrs.field(default=(), converter=_accepted,
+                                                    kw_only=True)
+    replies_accepted: bool = attrs.field(default=False, converter=_flag, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _hash: int = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        for rule in self.accepted:
+            if rule.family != self.ip_family:
+                raise ModelError(f"foreign rule {self.rule!r}: accepted traffic "
+                                 f"{rule.describe()} is not IPv{self.ip_family}")
         for net in (self.source, self.destination):
             if net is not None and net.version != self.ip_family:
                 raise ModelError(f"foreign rule {self.rule!r}: {net} is not IPv{self.ip_family}")
         key = ("forward-block", self.ip_family, self.where, self.rule)
         self._seal(key, (self.verdict, *net_tuple(self.source), *net_tuple(self.destination),
-                         self.in_interface or "", self.out_interface or ""))
+                         self.in_interface or "", self.out_interface or "",
+                         tuple(r.sort_key for r in self.accepted), self.replies_accepted))
 
     @property
     def family(self) -> int:
@@ -187,13 +221,16 @@ class ForwardBlock(NetObject):
         return self.ip_family
 
     def decides(self, rule: ForwardRule) -> bool:
-        """True when this rule may match packets of ``rule``, new ones or replies."""
+        """True when this rule may match packets of ``rule``, new ones or replies (and
+        a rule met before it does not take them all first)."""
         if rule.family != self.ip_family:
             return False
-        return (self._may_match(rule.source, rule.destination, rule.in_interface,
-                                rule.out_interface)
-                or self._may_match(rule.destination, rule.source, rule.out_interface,
-                                   rule.in_interface))
+        new = (rule.source, rule.destination, rule.in_interface, rule.out_interface)
+        if self._may_match(*new) and not _one_way_in(self.accepted, *new):
+            return True
+        replies = (rule.destination, rule.source, rule.out_interface, rule.in_interface)
+        return (not self.replies_accepted and self._may_match(*replies)
+                and not _one_way_in(self.accepted, *replies))
 
     def _may_match(self, source: Network, destination: Network, iif: str | None,
                    oif: str | None) -> bool:
@@ -220,6 +257,9 @@ class ForwardBlock(NetObject):
             "destination": None if self.destination is None else network_text(self.destination),
             "in_interface": self.in_interface,
             "out_interface": self.out_interface,
+            # Only when set: the form of a block without them is as it was.
+            **({"accepted": [r.to_dict() for r in self.accepted]} if self.accepted else {}),
+            **({"replies_accepted": True} if self.replies_accepted else {}),
         }
 
     @classmethod
@@ -229,4 +269,6 @@ class ForwardBlock(NetObject):
             data["family"], data["verdict"], data["rule"], data["where"],
             source=data.get("source"), destination=data.get("destination"),
             in_interface=data.get("in_interface"), out_interface=data.get("out_interface"),
+            accepted=[ForwardRule.from_dict(r) for r in data.get("accepted", ())],
+            replies_accepted=data.get("replies_accepted", False),
         )

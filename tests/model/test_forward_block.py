@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k3snet import ModelError, State, plan
 from k3snet.backends.iptables.foreign import foreign_blocks
 from k3snet.backends.iptables.save import parse_save
 from k3snet.model import ForwardBlock, ForwardRule, object_from_dict
 from k3snet.render.iptables.rules import hook_position, tokenize
+from k3snet.testing.strategies import forward_rules
 
 DROP = ForwardBlock(4, "drop", "-A FORWARD -s 10.42.0.0/16 -d 192.168.2.0/24 -j DROP",
                     "iptables IPv4 filter", source="10.42.0.0/16", destination="192.168.2.0/24")
@@ -45,6 +49,70 @@ def test_a_block_round_trips_and_its_text_is_one_bounded_line() -> None:
         ForwardBlock(4, "accept", "r", "w")
     with pytest.raises(ModelError):
         ForwardBlock(4, "drop", "r", "w", source="fd00::/8")
+
+
+# A drop met after an accept of the pods' traffic (and a `ct state established,related
+# accept` of every reply): an accept ends the base chain for what it takes.
+AFTER_ACCEPTS = ForwardBlock(4, "drop", "ip daddr 192.168.2.0/24 drop",
+                             "nftables ip filter FORWARD", destination="192.168.2.0/24",
+                             accepted=[ForwardRule("10.42.0.0/16", "0.0.0.0/0")])
+
+
+@pytest.mark.parametrize(("wanted", "decided"), [
+    (ForwardRule("10.42.0.0/16", "192.168.2.0/24"), False),  # taken by the accept first
+    (ForwardRule("10.42.1.0/24", "192.168.2.0/25", out_interface="eth0"), False),
+    (ForwardRule("10.43.0.0/16", "192.168.2.0/24"), True),  # not the accept's
+    (ForwardRule("10.0.0.0/8", "192.168.2.0/24"), True),  # only part of it is the accept's
+    (ForwardRule("192.168.2.0/24", "10.42.0.0/16"), False),  # its replies: the accept's
+    (ForwardRule("192.168.2.0/24", "10.43.0.0/16"), True),  # its replies: not the accept's
+])
+def test_a_block_after_accepts_decides_only_what_they_do_not_take(wanted: ForwardRule,
+                                                                   decided: bool) -> None:
+    assert AFTER_ACCEPTS.decides(wanted) is decided
+    assert wanted.conflicts_with(AFTER_ACCEPTS) is decided
+
+
+def test_a_block_after_an_accept_of_every_reply_decides_new_packets_only() -> None:
+    # `ip saddr 192.168.2.0/24 drop` after `ct state established,related accept`: the
+    # database's replies to the pods never meet it, its own new connections do.
+    block = ForwardBlock(4, "drop", "ip saddr 192.168.2.0/24 drop", "w",
+                         source="192.168.2.0/24", replies_accepted=True)
+    assert not block.decides(ForwardRule("10.42.0.0/16", "192.168.2.0/24"))
+    assert block.decides(ForwardRule("192.168.2.0/24", "10.42.0.0/16"))
+    assert attrs.evolve(block, replies_accepted=False).decides(
+        ForwardRule("10.42.0.0/16", "192.168.2.0/24"))
+
+
+@settings(max_examples=200)
+@given(block=st.builds(lambda d: ForwardBlock(d.family, "drop", "r", "w", source=d.source,
+                                              destination=d.destination,
+                                              in_interface=d.in_interface,
+                                              out_interface=d.out_interface),
+                       forward_rules(4)),
+       accepts=st.lists(forward_rules(4), max_size=3), rule=forward_rules(4),
+       replies=st.booleans())
+def test_property_accepts_before_a_block_only_ever_take_decisions_away(
+        block: ForwardBlock, accepts: list[ForwardRule], rule: ForwardRule,
+        replies: bool) -> None:
+    after = attrs.evolve(block, accepted=accepts, replies_accepted=replies)
+    assert not after.decides(rule) or block.decides(rule)
+    # An accept of the rule's traffic both ways, or of it and every reply: never decided.
+    back = ForwardRule(rule.destination, rule.source, in_interface=rule.out_interface,
+                       out_interface=rule.in_interface)
+    assert not attrs.evolve(block, accepted=[rule, back]).decides(rule)
+    assert not attrs.evolve(block, accepted=[rule], replies_accepted=True).decides(rule)
+    assert object_from_dict(after.to_dict()) == after
+
+
+def test_a_block_s_accepted_traffic_is_of_its_family_and_its_form_unchanged_without_it() -> None:
+    with pytest.raises(ModelError, match="is not IPv4"):
+        ForwardBlock(4, "drop", "r", "w", accepted=[ForwardRule("fd42::/64", "::/0")])
+    with pytest.raises(ModelError, match="ForwardRule objects"):
+        ForwardBlock(4, "drop", "r", "w", accepted=["10.42.0.0/16"])
+    assert "accepted" not in DROP.to_dict()
+    assert "replies_accepted" not in DROP.to_dict()
+    assert object_from_dict(AFTER_ACCEPTS.to_dict()) == AFTER_ACCEPTS
+    assert attrs.evolve(AFTER_ACCEPTS, accepted=()) != AFTER_ACCEPTS
 
 
 def test_the_plan_shows_a_conflict_naming_the_rule_instead_of_adding() -> None:

@@ -331,9 +331,10 @@ def test_foreign_rules_are_modelled(seeded: str) -> None:
         state = backend.observe()
         assert not state.owned
         assert state.foreign == FOREIGN_MODELLED
-        # names and hooks of all chains, then only the egress path's chains
+        # names and hooks of all chains, then only the egress path's chains (of a nat
+        # prerouting chain, its own rules: a drop there drops a connection's first packet)
         assert sorted(commands) == sorted([
-            "list table inet k3snet", "list chains",
+            "list table inet k3snet", "list chains", "list chain ip nat PREROUTING",
             "list chain ip nat POSTROUTING", "list chain ip nat KUBE-POSTROUTING",
             "list chain ip nat FLANNEL-POSTRTG", "list chain ip filter FORWARD",
             "list chain ip filter FLANNEL-FWD", "list chain ip kube-proxy nat-postrouting",

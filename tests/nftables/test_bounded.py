@@ -30,7 +30,7 @@ from k3snet.backends.nftables.kernel import (
 )
 from k3snet.backends.nftables.parse import ForeignReader, read_foreign_within, read_own
 from k3snet.errors import BackendError, ModelError
-from k3snet.model import ForwardRule, MasqueradeRule
+from k3snet.model import ForwardRule, MasqueradeRule, State
 from tests.nftables.test_recorded import RecordedKernel
 
 
@@ -161,6 +161,7 @@ def test_an_incomplete_foreign_read_is_a_warning_of_the_plan() -> None:
     try:
         with nft:
             assert nft.warnings == ()
+            nft.expect(State())  # no forward rule wanted: no default judged
             state = nft.observe()
             (warning,) = nft.warnings
     finally:
@@ -181,6 +182,7 @@ def test_an_incomplete_foreign_read_is_logged_once_while_it_stays_the_same(
     nft._foreign_bounded = BoundedLister(lambda: hanging)
     try:
         with nft, caplog.at_level(logging.WARNING, logger="k3snet.backends.nftables"):
+            nft.expect(State())  # no forward rule wanted: no default judged
             nft.observe()
             (warning,) = nft.warnings
             assert _logged(caplog) == [(logging.WARNING, warning)]

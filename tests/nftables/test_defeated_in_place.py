@@ -21,6 +21,7 @@ from k3snet.backends.nftables import NftablesBackend
 from k3snet.cli import main
 from k3snet.converge import converge
 from k3snet.errors import ConflictError
+from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule
 from k3snet.model.state import State
@@ -31,6 +32,7 @@ ADMIN_CHAIN = {
     "forward": "{ type filter hook forward priority 10; }",
     "postrouting": "{ type nat hook postrouting priority 50; }",
     "prerouting": "{ type filter hook prerouting priority -150; }",
+    "nat-prerouting": "{ type nat hook prerouting priority -100; }",
 }
 # (hook, foreign rules, the k3snet objects each defeats, a line of the plan naming it)
 CASES: dict[str, tuple[str, list[str], type, list[str]]] = {
@@ -42,6 +44,18 @@ CASES: dict[str, tuple[str, list[str], type, list[str]]] = {
         "prerouting", ["ip saddr 10.42.0.0/16 drop", "ip6 saddr fd42:42::/56 drop"], ForwardRule,
         ["drop by nftables inet admin c: ip saddr 10.42.0.0/16 drop",
          "drop by nftables inet admin c: ip6 saddr fd42:42::/56 drop"]),
+    # The kernel runs a nat chain for a new connection's first packet: dropped there, the
+    # connection never starts (tests/nftables/test_foreign_defaults.py shows it).
+    "a drop in a nat prerouting chain (IPv4 and IPv6)": (
+        "nat-prerouting", ["ip saddr 10.42.0.0/16 drop", "ip6 saddr fd42:42::/56 drop"],
+        ForwardRule, ["drop by nftables inet admin c: ip saddr 10.42.0.0/16 drop",
+                      "drop by nftables inet admin c: ip6 saddr fd42:42::/56 drop"]),
+    # A verdict map's element was a statement k3snet did not model, so no drop at all.
+    "a verdict map's drop (IPv4 and IPv6)": (
+        "forward", ["ip daddr vmap { 192.168.2.0/24 : drop, 10.0.0.0/8 : accept }",
+                    "ip6 daddr vmap { fd01:2::/64 : drop }"], ForwardRule,
+        ["drop by nftables inet admin c: ip daddr 192.168.2.0/24 drop",
+         "drop by nftables inet admin c: ip6 daddr fd01:2::/64 drop"]),
     "a NAT rule met first (IPv4 and IPv6)": (
         "postrouting", ["ip saddr 10.42.0.0/16 snat ip to 192.0.2.1",
                         "ip6 saddr fd42:42::/56 snat ip6 to 2001:db8::1"], MasqueradeRule,
@@ -124,3 +138,72 @@ def _check(ns: str, backend: NftablesBackend, cli: list[str], case: str,
     assert main(["destroy", "--backend", "nftables", "--netns", ns, "--no-facts",
                  "--auto-approve"]) == 0
     assert ruleset(ns) == admin
+
+
+# iptables-nft's FORWARD accepting the pods (and every reply) before an admin's drop of
+# the database's subnet, beside a firewalld-like screen accepting the database's port
+# only (a test k3snet does not model: the pods' accept in ip filter is no "met" rule).
+ACCEPTED_BEFORE_THE_DROP = """
+table ip filter {
+    chain FORWARD {
+        type filter hook forward priority 0; policy drop;
+        ct state established,related accept
+        ip saddr 10.42.0.0/16 accept
+        ip daddr 192.168.2.0/24 drop
+    }
+}
+table inet fw {
+    chain screen {
+        type filter hook forward priority 10;
+        ct state established,related accept
+        ip saddr 10.42.0.0/16 tcp dport 5432 accept
+        ip6 saddr fd42:42::/56 tcp dport 5432 accept
+        reject
+    }
+}
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_a_drop_after_an_accept_of_the_pods_traffic_is_no_conflict_and_real_packets_pass(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The accept ends ip filter's FORWARD for the pods' packets: the drop never sees them,
+    # and the pod reaches the database. The plan said a conflict of that drop (exit 4).
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        run_in(lab.node, ["nft", "-f", "-"], input_text=ACCEPTED_BEFORE_THE_DROP)
+        before = ruleset(lab.node)
+        assert lab.tcp_probe(4).ok
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
+        out = capsys.readouterr().out
+        assert "conflict" not in out.replace("0 conflict(s)", "")
+        # What may drop other traffic of the pods is the screen's reject: a warning.
+        assert "!! warning: nftables: inet fw chain screen, " in out
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        assert ruleset(lab.node) == before  # the kernel's view: nothing changed
+        assert lab.tcp_probe(4).ok
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_a_drop_in_a_nat_prerouting_chain_stops_real_packets_and_is_a_conflict(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The kernel runs the chain for the connection's first packet (conntrack is on:
+    # k3snet's masquerade), drops it, and the connection never starts; the plan said
+    # "No changes" (such a chain was not read for drops).
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        assert lab.tcp_probe(4).ok
+        run_in(lab.node, ["nft", "-f", "-"], input_text=(
+            "table ip admin {\n chain c {\n  type nat hook prerouting priority dstnat;\n"
+            "  ip saddr 10.42.0.0/16 drop\n }\n}\n"))
+        assert not lab.tcp_probe(4, timeout=1.0).ok
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 4
+        assert "drop by nftables ip admin c: ip saddr 10.42.0.0/16 drop" in capsys.readouterr().out

@@ -155,9 +155,10 @@ def test_a_k3s_node_foreign_rules_are_modelled_from_the_egress_chains_only() -> 
         NatBlock(4, "masquerade", "ip saddr != 10.42.0.0/16 ip daddr 10.42.0.0/16 masquerade",
                  "nftables ip nat FLANNEL-POSTRTG", destination="10.42.0.0/16"),
     }
-    # names and hooks of all chains, then only the egress path's chains
+    # names and hooks of all chains, then only the egress path's chains (a nat prerouting
+    # chain's own rules: a drop there drops a connection's first packet)
     assert sorted(kernel.listed) == sorted([
-        "list table inet k3snet", "list chains",
+        "list table inet k3snet", "list chains", "list chain ip nat PREROUTING",
         "list chain ip nat POSTROUTING", "list chain ip nat KUBE-POSTROUTING",
         "list chain ip nat FLANNEL-POSTRTG", "list chain ip filter FORWARD",
         "list chain ip filter FLANNEL-FWD", "list chain ip kube-proxy nat-postrouting",

@@ -137,7 +137,7 @@ from k3snet.backends.nftables.parse import (
 )
 from k3snet.backends.nftables.text import Lines, expected_lines, first_rule_lines
 from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, PlanError
-from k3snet.model import Drift, ForwardRule, NetObject
+from k3snet.model import Drift, ForwardRule, MasqueradeRule, NetObject, SnatRule
 from k3snet.model.state import State
 from k3snet.planner import Plan
 from k3snet.render.nftables import (
@@ -259,7 +259,8 @@ class NftablesBackend(BackendBase):
         # The other tables' defaults the last read found, and the last judgment of them
         # (by identity: the defaults read and the hint judged against).
         self._defaults = ForwardDefaults()
-        self._judged: tuple[ForwardDefaults, tuple[NetObject, ...], list[ForwardRule],
+        self._judged: tuple[ForwardDefaults, tuple[NetObject, ...],
+                            tuple[list[ForwardRule], list[MasqueradeRule | SnatRule]],
                             tuple[str, ...]] | None = None
         self._warned: tuple[str, ...] = ()  # the warnings last logged (see _log_warnings)
         # Listings' own libnftables contexts, each in a helper thread (made lazily, in the
@@ -281,6 +282,7 @@ class NftablesBackend(BackendBase):
         self._observed: ObserveCache[Cache] = ObserveCache()
         self._lines: Lines = {}  # the rule lines the last text read read, not read again
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the table likely holds
+        self._hinted = False  # whether expect() was called (its forward rules are judged)
         # prefetch(): the generation id read before the listings it started, and them.
         self._started: _Started | None = None
         self._kernel: NftKernel | None = None
@@ -343,32 +345,43 @@ class NftablesBackend(BackendBase):
         so the plan said nothing while the pods' traffic stayed dropped. The wanted
         rules are the hint's (:meth:`expect`: ``converge`` and ``k3snet plan`` give the
         desired state; a group gives its forward rules only to the member managing
-        them); judged from what the read listed, again only when the defaults read or
-        the wanted forward rules changed (the agent reads again after anyone's commit;
-        docs/performance.md, "Other tables' default drops")."""
-        defaults, expected = self._defaults, self._expected
+        them); without a hint, those k3snet's table holds as the last read or apply
+        left it (a library caller planning with :meth:`observe` alone). Judged from
+        what the read listed, again only when the defaults read or the wanted rules
+        changed (the agent reads again after anyone's commit; docs/performance.md,
+        "Other tables' default drops")."""
+        defaults = self._defaults
         if not defaults.found:
             return ()
+        expected: tuple[NetObject, ...] | None = self._expected if self._hinted else None
+        if expected is None:
+            cache = self._observed.value
+            expected = tuple(cache.objects.values()) if cache is not None else ()
         judged = self._judged
         if judged is not None and judged[0] is defaults and judged[1] is expected:
             return judged[3]
         # In a stable order: the warning names the first rule dropped, and is logged on change.
         wanted = sorted((o for o in expected if isinstance(o, ForwardRule)),
                         key=lambda r: (r.family, r.describe()))
-        if judged is not None and judged[2] == wanted and judged[0] == defaults:
-            self._judged = (defaults, expected, wanted, judged[3])
+        # The NAT rules too: a nat chain after k3snet's never sees what they translate.
+        wanted_nat = sorted((o for o in expected if isinstance(o, MasqueradeRule | SnatRule)),
+                            key=lambda r: (r.family, r.describe()))
+        if judged is not None and judged[2] == (wanted, wanted_nat) and judged[0] == defaults:
+            self._judged = (defaults, expected, judged[2], judged[3])
             return judged[3]
         found = tuple(
-            f"nftables: {default.family} {default.table} chain {default.chain}, a filter "
-            f"chain of another table that forwarded packets pass ({'; '.join(default.what)}), "
-            f"may drop {rule.describe()} whatever k3snet's table accepts (an accept ends "
-            "only its own chain); accept k3snet's traffic in that chain too (`nft list chain "
-            f"{default.family} {default.table} {default.chain}` shows it)"
+            f"nftables: {default.family} {default.table} chain {default.chain}, a "
+            f"{default.kind} chain of another table that forwarded packets pass "
+            f"({'; '.join(default.what)}), may drop {rule.describe()} whatever k3snet's "
+            "table accepts (an accept ends only its own chain); accept k3snet's traffic in "
+            f"that chain too (`nft list chain {default.family} {default.table} "
+            f"{default.chain}` shows it)"
             + ("; or give kind forward to the iptables backend (--backend nftables:nat "
                "--backend iptables:forward), whose FORWARD rules open iptables' policy"
-               if default.family in ("ip", "ip6") and default.table == "filter" else "")
-            for default, rule in defaults.unopened(wanted))
-        self._judged = (defaults, expected, wanted, found)
+               if default.family in ("ip", "ip6") and default.table == "filter"
+               and default.chain == "FORWARD" else "")
+            for default, rule in defaults.unopened(wanted, translated=wanted_nat))
+        self._judged = (defaults, expected, (wanted, wanted_nat), found)
         return found
 
     def observe(self, *, refresh: bool = False) -> State:
@@ -388,9 +401,10 @@ class NftablesBackend(BackendBase):
         takes a line that is exactly one of their rules as that object without
         parsing it (docs/performance.md, "Reading k3snet's table as text"). Its
         forward rules are those :attr:`warnings` judges other tables' default drops
-        against (without the hint, none is judged).
+        against (without the hint, those k3snet's table holds).
         """
         self._expected = tuple(state.owned)
+        self._hinted = True
 
     def prefetch(self) -> None:
         """A hint: start listing k3snet's table (and reading the other tables) now, in

@@ -107,6 +107,8 @@ _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
 _MAX_WALKED_RULES = 4096  # bounds the walk through conditional jumps (each is followed)
+_MAX_VMAP_ELEMENTS = 256  # a verdict map read element by element, up to this size
+_MAX_ACCEPTED_BEFORE = 16  # accepts a foreign drop names as met before it (the rest: a doubt)
 _TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})  # what nft names
 _STOPS = ("drop", "queue")  # what parse_rule makes of drop, reject and queue
 _OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
@@ -233,7 +235,10 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
             _parse_mark(op, right, out)
             understood = True
         elif "ct" in left and left["ct"].get("key") == "state" and op != "!=":
-            states = {right} if isinstance(right, str) else set(right or ())
+            if isinstance(right, dict):  # `ct state { established, related }`: a set
+                right = right.get("set")
+            states = {right} if isinstance(right, str) else {
+                v for v in right or () if isinstance(v, str)}
             out.ct_reply = understood = states == {"established", "related"}
     if not understood:
         out.unknown += 1
@@ -285,6 +290,38 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         out.verdict = f"xt {name}"  # an iptables target k3snet cannot see into
     else:
         out.unknown += 1
+
+
+def _vmap_expanded(expr: list[Any]) -> list[list[Any]]:
+    """A rule with an anonymous verdict map (``ip daddr vmap { 192.168.2.0/24 : drop }``,
+    ``ct state vmap { established : accept, related : accept, invalid : drop }``) as one
+    rule per element, in the map's order: a lookup picks at most one element, and the
+    elements are disjoint (a set's values, or its intervals, do not overlap), so testing
+    them one by one decides as the map does. A ``ct state`` map's elements are one rule per
+    verdict (``established, related : accept`` is the reply accept). Anything else (a
+    named map, a map of more than :data:`_MAX_VMAP_ELEMENTS`) stays one rule: a statement
+    k3snet does not model, no verdict."""
+    maps = [i for i, s in enumerate(expr) if isinstance(s, dict) and set(s) == {"vmap"}]
+    if len(maps) != 1:
+        return [expr]
+    at = maps[0]
+    body = expr[at]["vmap"]
+    data = body.get("data") if isinstance(body, dict) else None
+    elements = data.get("set") if isinstance(data, dict) else None
+    if (not isinstance(elements, list) or not elements or len(elements) > _MAX_VMAP_ELEMENTS
+            or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[1], dict)
+                       for e in elements)):
+        return [expr]
+    key = body.get("key")
+    pairs: list[tuple[Any, dict[str, Any]]] = [(e[0], e[1]) for e in elements]
+    if isinstance(key, dict) and key.get("ct", {}).get("key") == "state":
+        by_verdict: dict[str, tuple[list[Any], dict[str, Any]]] = {}
+        for value, verdict in pairs:
+            by_verdict.setdefault(repr(sorted(verdict.items(), key=repr)),
+                                  ([], verdict))[0].append(value)
+        pairs = [(values, verdict) for values, verdict in by_verdict.values()]
+    return [[*expr[:at], {"match": {"op": "==", "left": key, "right": value}}, verdict,
+             *expr[at + 1:]] for value, verdict in pairs]
 
 
 def parse_rule(expr: Sequence[Any]) -> Match:
@@ -462,7 +499,12 @@ class ForeignReader:
     # every forward base chain: (family, table), name, policy; and where each accept was read
     forward_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
     # filter base chains at prerouting and postrouting: forwarded packets pass them too
-    path_bases: list[tuple[tuple[str, str], str]] = field(default_factory=list)
+    # (where, name, policy), read for drops and defaults
+    path_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
+    # nat base chains there: the first packet of each new connection passes them (a drop
+    # there drops it, the connection never starts), read for their defaults only
+    nat_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
+    _after_own_nat: set[tuple[tuple[str, str], str]] = field(default_factory=set)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -497,25 +539,8 @@ class ForeignReader:
                                                 else frozenset())
         for item in chains:
             chain = item.get("chain")
-            if not isinstance(chain, dict):
-                continue
-            family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
-            where = (str(family), str(table))
-            if family not in ("ip", "ip6", "inet") or where in passed:
-                continue
-            if chain.get("hook") == "postrouting" and chain.get("type") == "nat":
-                prio = chain.get("prio")
-                first = not isinstance(prio, int) or prio <= _OWN_NAT_PRIO
-                self._walking = (where, str(name))
-                self._walk(where, str(name), [], _Way(),
-                           self._nat_rule_first if first else self._nat_rule)
-            elif chain.get("hook") == "forward" and chain.get("type") == "filter":
-                self.forward_bases.append((where, str(name), str(chain.get("policy", "accept"))))
-                self._walking = (where, str(name))
-                self._walk(where, str(name), [], _Way(), self._forward_rule)
-            elif chain.get("type") == "filter" and chain.get("hook") in ("prerouting",
-                                                                         "postrouting"):
-                self.path_bases.append((where, str(name)))  # read for its drops only
+            if isinstance(chain, dict):
+                self._base(chain, passed)
         found: set[NetObject] = {leftover_drift(*where) for where in sorted(leftovers)}
         found |= self._met()
         found |= self._blocks()
@@ -529,6 +554,35 @@ class ForeignReader:
                    if (base[0], base[1]) not in self.origins.get(rule, set())):
                 found.add(rule)
         return frozenset(found)
+
+    def _base(self, chain: dict[str, Any], passed: frozenset[tuple[str, str]]) -> None:
+        """Read base chain ``chain`` of ``list chains`` as its type and hook ask."""
+        family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
+        where = (str(family), str(table))
+        if family not in ("ip", "ip6", "inet") or where in passed:
+            return
+        policy = str(chain.get("policy", "accept"))
+        kind, hook = chain.get("type"), chain.get("hook")
+        if hook == "postrouting" and kind == "nat":
+            prio = chain.get("prio")
+            first = not isinstance(prio, int) or prio <= _OWN_NAT_PRIO
+            self._walking = (where, str(name))
+            self._walk(where, str(name), [], _Way(),
+                       self._nat_rule_first if first else self._nat_rule)
+            self.nat_bases.append((where, str(name), policy))
+            if isinstance(prio, int) and prio > _OWN_NAT_PRIO:
+                self._after_own_nat.add((where, str(name)))
+        elif hook == "forward" and kind == "filter":
+            self.forward_bases.append((where, str(name), policy))
+            self._walking = (where, str(name))
+            self._walk(where, str(name), [], _Way(), self._forward_rule)
+        elif kind == "filter" and hook in ("prerouting", "postrouting"):
+            self.path_bases.append((where, str(name), policy))  # its drops and defaults
+        elif kind == "nat" and hook == "prerouting":
+            # Listed for its catch-all drops (its own rules only: kube-proxy's service
+            # chains below it are never read).
+            self._rules(where, str(name))
+            self.nat_bases.append((where, str(name), policy))
 
     @staticmethod
     def _marked(chains: list[dict[str, Any]]) -> frozenset[tuple[str, str]]:
@@ -589,12 +643,34 @@ class ForeignReader:
         found: set[NetObject] = set()
         # A forwarded packet also passes every filter chain on the prerouting and
         # postrouting hooks: a drop there wins over any accept at the forward hook.
-        for where, name in [*((w, n) for w, n, _ in self.forward_bases), *self.path_bases]:
-            self._block_walk(where, name, _Way(), found)
+        for where, name, _ in [*self.forward_bases, *self.path_bases]:
+            self._block_walk(where, name, _Way(), found, _Taken())
+        for where, name, _ in self.nat_bases:
+            if (where, name) not in self._after_own_nat:  # else: judged as a default only
+                self._nat_chain_blocks(where, name, found)
         return found
 
+    def _nat_chain_blocks(self, where: tuple[str, str], chain: str,
+                          found: set[NetObject]) -> None:
+        """The drops of a nat base chain on the prerouting or postrouting hook met no later
+        than k3snet's: the kernel runs it for a new connection's first packet, so a drop
+        there ends the connection; never for a reply (``replies_accepted``). Its own rules
+        only, as listed (the chains it jumps to are kube-proxy's services, never read)."""
+        taken = _Taken(replies=True)
+        for match in self._rules(where, chain):
+            if not self._block_budget.take(self.unread, where, chain):
+                return
+            block = _block_of(match, where, chain, taken)
+            if block is not None:
+                found.add(block)
+            if match.verdict in ("accept", "masquerade", "snat"):  # ends the chain for them
+                taken.add(match)
+
     def _block_walk(self, where: tuple[str, str], chain: str, way: _Way,
-                    found: set[NetObject]) -> None:
+                    found: set[NetObject], taken: _Taken) -> None:
+        """Walk ``chain`` for blocks; ``taken``: what the accepts met before on the way
+        from the base chain take (it never reaches a later rule: an accept, here or in a
+        chain jumped to, ends the base chain), added to as the walk meets more."""
         way = way.into(where, chain)
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
@@ -602,60 +678,71 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
-            block = _block_of(reached, where, chain)
+            block = _block_of(reached, where, chain, taken)
             if block is not None:
                 found.add(block)
+            if reached.verdict == "accept":
+                taken.add(reached)
             if way.follows(where, match):
                 assert match.target is not None
-                self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found)
+                self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found,
+                                 taken)
 
     def defaults(self) -> ForwardDefaults:
-        """The filter base chains read whose default may drop forwarded packets: a policy
-        that is not accept (forward hook), or a rule of the chain's own that stops any
-        address (forward, prerouting and postrouting hooks). Call after :meth:`read`;
-        judged later without listing anything (:meth:`ForwardDefaults.unopened`)."""
+        """The base chains read whose default may drop forwarded packets: a policy that is
+        not accept, or a rule of the chain's own that stops any address, in a filter chain
+        on the forward, prerouting or postrouting hook, or a nat chain on the prerouting
+        or postrouting hook (the kernel runs those for the first packet of each new
+        connection, conntrack on: a drop there drops it, and the connection never
+        starts). Call after :meth:`read`; judged later without listing anything
+        (:meth:`ForwardDefaults.unopened`)."""
         found = []
-        bases = [*self.forward_bases, *((w, n, "accept") for w, n in self.path_bases)]
-        for where, name, policy in bases:
+        bases = [*((b, "filter") for b in (*self.forward_bases, *self.path_bases)),
+                 *((b, "nat") for b in self.nat_bases)]
+        for (where, name, policy), kind in bases:
             what = [f"policy {policy}"] if policy != "accept" else []
             what += self._catch_alls.get((where, name), [])
             if what:
-                found.append(ForwardDefault(where[0], where[1], name, policy, tuple(what)))
+                found.append(ForwardDefault(
+                    where[0], where[1], name, policy, tuple(what), kind=kind,
+                    after_own_nat=(where, name) in self._after_own_nat))
         return ForwardDefaults(tuple(found), dict(self._listings) if found else {})
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
-                      defaults: bool = False) -> bool:
+                      defaults: bool = False, reply: bool = False) -> bool:
         """Whether base chain ``base`` accepts every packet of ``rule`` (False: it may not).
 
         ``defaults``: judge only what drops any address (the policy, a catch-all drop or
         reject); drops on tests k3snet does not model and naming no address nor
-        interface (``ct state invalid drop``) are passed over.
+        interface (``ct state invalid drop``) are passed over. ``reply``: ``rule`` is the
+        replies of a connection (``ct state established,related`` matches them all).
         """
         where, name, policy = base
         if where[0] != "inet" and (where[0] == "ip") != (rule.family == 4):
             return True  # a chain of the other address family never sees these packets
-        verdict = self._passes(where, name, rule, 0, defaults=defaults)
+        verdict = self._passes(where, name, rule, 0, defaults=defaults, reply=reply)
         return policy == "accept" if verdict is None else verdict
 
     def _passes(self, where: tuple[str, str], chain: str, rule: ForwardRule,
-                depth: int, *, defaults: bool = False) -> bool | None:
+                depth: int, *, defaults: bool = False, reply: bool = False) -> bool | None:
         """Walk ``chain`` for ``rule``'s packets: True (all accepted), False (some may be
         dropped, or k3snet cannot tell), None (they all leave the chain unjudged)."""
         for match in self._rules(where, chain):
             verdict = match.verdict
-            if verdict in (None, "masquerade", "snat") or _misses(match, rule):
+            if verdict is None or _misses(match, rule):
                 continue
             if defaults and verdict in _STOPS and _unmodelled_only(match) and not match.target:
                 continue  # `ct state invalid drop`: not a default for new pod traffic
-            whole = _covers(match, rule)
-            if verdict == "accept":
+            whole = _covers(match, rule, reply=reply)
+            if verdict in ("accept", "masquerade", "snat"):  # a nat chain's NAT ends it too
                 if whole:
                     return True
             elif verdict == "return":
                 if whole:
                     return None
             elif verdict in ("jump", "goto") and match.target and depth < _MAX_JUMP_DEPTH:
-                sub = self._passes(where, match.target, rule, depth + 1, defaults=defaults)
+                sub = self._passes(where, match.target, rule, depth + 1, defaults=defaults,
+                                   reply=reply)
                 # A goto for some packets to a chain that decides nothing: those leave
                 # this chain unjudged (at a base chain, for its policy), the others go
                 # on, and k3snet cannot tell which ends where.
@@ -690,14 +777,15 @@ class ForeignReader:
         for item in items:
             rule = item.get("rule")
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
-                match = parse_rule(rule["expr"])
-                if match.verdict in _STOPS and not any(
-                        not neg for _, neg in match.saddr + match.daddr):
-                    stops.append(f"a rule that may {match.verdict} any address "
-                                 f"(handle {rule.get('handle')})")
-                if match.proto is None and family in ("ip", "ip6"):
-                    match.proto = family
-                rules.append(match)
+                for expr in _vmap_expanded(rule["expr"]):
+                    match = parse_rule(expr)
+                    if match.verdict in _STOPS and not any(
+                            not neg for _, neg in match.saddr + match.daddr):
+                        stops.append(f"a rule that may {match.verdict} any address "
+                                     f"(handle {rule.get('handle')})")
+                    if match.proto is None and family in ("ip", "ip6"):
+                        match.proto = family
+                    rules.append(match)
         return rules
 
     def _list(self, kind: str, ref: dict[str, str]) -> list[dict[str, Any]] | None:
@@ -866,7 +954,8 @@ class ForeignReader:
 
 @attrs.frozen
 class ForwardDefault:
-    """A filter base chain of another table whose default may drop forwarded packets."""
+    """A base chain of another table whose default may drop forwarded packets (a filter
+    chain, or a nat chain on the prerouting or postrouting hook)."""
 
     family: str
     table: str
@@ -874,6 +963,10 @@ class ForwardDefault:
     policy: str
     what: tuple[str, ...]
     """``policy drop``, ``a rule that may drop any address (handle 12)`` ..."""
+    kind: str = "filter"
+    """The chain's type: ``filter``, or ``nat`` (on the prerouting or postrouting hook)."""
+    after_own_nat: bool = False
+    """A nat chain on the postrouting hook of a priority after k3snet's (srcnat)."""
 
 
 @dataclass(frozen=True)
@@ -884,10 +977,16 @@ class ForwardDefaults:
     found: tuple[ForwardDefault, ...] = ()
     listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
 
-    def unopened(self, rules: Sequence[ForwardRule]) -> list[tuple[ForwardDefault, ForwardRule]]:
-        """Each default with the first of ``rules`` whose packets it may drop: its chain
-        does not accept them before its policy or its catch-all drop (a chain jumped to
-        that the read did not list may drop anything)."""
+    def unopened(self, rules: Sequence[ForwardRule], *,
+                 translated: Sequence[NetObject] = ()) -> list[tuple[ForwardDefault,
+                                                                    ForwardRule]]:
+        """Each default with the first of ``rules`` whose packets it may drop, new ones or
+        (in a filter chain) replies: its chain does not accept them before its policy or
+        its catch-all drop (a chain jumped to that the read did not list may drop
+        anything). A nat chain on the postrouting hook
+        after k3snet's (priority above srcnat) never sees a connection a NAT rule of
+        ``translated`` (k3snet's) translates whole: the kernel runs no later nat chain for
+        a connection an earlier one translated."""
         if not self.found or not rules:
             return []
         judge = ForeignReader(_Unlisted(), frozenset(), _listings=dict(self.listings))
@@ -896,10 +995,30 @@ class ForwardDefaults:
         for default in self.found:
             base = ((default.family, default.table), default.chain, default.policy)
             for rule in rules:
-                if not judge._lets_through(base, rule, defaults=True):
+                if default.after_own_nat and any(_translates(n, rule) for n in translated):
+                    continue
+                # The replies too (k3snet's table accepts them): a filter chain sees them.
+                if not judge._lets_through(base, rule, defaults=True) or (
+                        default.kind == "filter"
+                        and not judge._lets_through(base, _replies(rule), defaults=True,
+                                                    reply=True)):
                     found.append((default, rule))
                     break
         return found
+
+
+def _replies(rule: ForwardRule) -> ForwardRule:
+    """The replies of ``rule``'s connections, as a rule of their own way."""
+    return ForwardRule(rule.destination, rule.source, in_interface=rule.out_interface,
+                       out_interface=rule.in_interface)
+
+
+def _translates(nat: NetObject, rule: ForwardRule) -> bool:
+    """Whether NAT rule ``nat`` translates every new connection of ``rule``."""
+    return (isinstance(nat, MasqueradeRule | SnatRule) and nat.family == rule.family
+            and contains(nat.source, rule.source)
+            and nat.out_interface in (None, rule.out_interface)
+            and any(contains(net, rule.destination) for net in nat.natted_destinations()))
 
 
 class _Unlisted:
@@ -1084,9 +1203,11 @@ def _misses(match: Match, rule: ForwardRule) -> bool:
     return _no_interface_passes(match.iif, rule.in_interface)
 
 
-def _covers(match: Match, rule: ForwardRule) -> bool:
-    """True when ``match`` matches every packet of ``rule`` (only tests k3snet understands)."""
-    if match.unknown or match.marks or match.ct_reply:
+def _covers(match: Match, rule: ForwardRule, *, reply: bool = False) -> bool:
+    """True when ``match`` matches every packet of ``rule`` (only tests k3snet understands;
+    ``reply``: ``rule``'s packets are replies, all of which a ``ct state
+    established,related`` test matches)."""
+    if match.unknown or match.marks or (match.ct_reply and not reply):
         return False
     if match.proto is not None and (match.proto == "ip") != (rule.family == 4):
         return False
@@ -1548,9 +1669,55 @@ def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[Nat
     return blocks
 
 
-def _block_of(match: Match, where: tuple[str, str], chain: str) -> ForwardBlock | None:
+@dataclass
+class _Taken:
+    """What the accepts a walk met take: their traffic, one way, as far as k3snet models
+    their tests (an accept with any other test is left out: a doubt counts against
+    k3snet), and whether every reply (``ct state established,related accept``)."""
+
+    accepted: list[ForwardRule] = field(default_factory=list)
+    replies: bool = False
+
+    def add(self, match: Match) -> None:
+        """Take accept ``match`` (as the walk reached it) into account."""
+        if match.ct_reply:
+            self.replies = self.replies or match.conditions == 1
+            return
+        if match.unknown or match.marks:
+            return
+        tests = (match.saddr, match.daddr, match.iif, match.oif)
+        if any(len(t) > 1 or any(neg for _, neg in t) for t in tests):
+            return
+        protos = [match.proto] if match.proto else ["ip", "ip6"]
+        for proto in protos:
+            any_net = _any_network(proto)
+            try:
+                self.accepted.append(ForwardRule(
+                    match.saddr[0][0] if match.saddr else any_net,
+                    match.daddr[0][0] if match.daddr else any_net,
+                    in_interface=match.iif[0][0] if match.iif else None,
+                    out_interface=match.oif[0][0] if match.oif else None))
+            except ModelError:
+                continue  # a wildcard interface (`eth*`): not modelled, left out
+
+    def before(self, family: int, source: Network | None,
+               destination: Network | None) -> list[ForwardRule]:
+        """The accepted traffic of ``family`` that may meet a rule's (either way), at most
+        :data:`_MAX_ACCEPTED_BEFORE` (leaving one out only counts against k3snet)."""
+        def meets(a: Network, b: Network) -> bool:
+            return ((source is None or overlaps(source, a))
+                    and (destination is None or overlaps(destination, b)))
+
+        found = [r for r in self.accepted if r.family == family and (
+            meets(r.source, r.destination) or meets(r.destination, r.source))]
+        return found[:_MAX_ACCEPTED_BEFORE]
+
+
+def _block_of(match: Match, where: tuple[str, str], chain: str,
+              taken: _Taken | None = None) -> ForwardBlock | None:
     """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None);
-    ``match`` as the walk reached it (with the tests of the jumps on the way)."""
+    ``match`` as the walk reached it (with the tests of the jumps on the way), ``taken``
+    what the accepts before it on its way take."""
     if match.verdict not in ("drop", "reject", "queue") or match.proto is None:
         return None
     words, saddr, daddr, oif = _rule_words(match)
@@ -1566,6 +1733,9 @@ def _block_of(match: Match, where: tuple[str, str], chain: str) -> ForwardBlock 
     text = " ".join(words)
     place = f"nftables {where[0]} {where[1]} {chain}"
     family = 4 if match.proto == "ip" else 6
+    if taken is not None:
+        fields["accepted"] = taken.before(family, fields["source"], fields["destination"])
+        fields["replies_accepted"] = taken.replies
     try:
         return ForwardBlock(family, match.verdict, text, place, **fields,
                             in_interface=iif[0] if len(iif) == 1 else None,
