@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import attrs
 
-from k3snet.doctor.packet import BaseChain, ChainResult, NatAction, Packet
+from k3snet.doctor.packet import PLANNED_ORDER, BaseChain, ChainResult, NatAction, Packet
 from k3snet.doctor.routing import RouteEntry, table_name
 from k3snet.doctor.state import NodeState
 from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
@@ -178,7 +178,7 @@ def _with_masquerade(state: NodeState, rule: MasqueradeRule) -> NodeState:
 
     # Created by the fix, k3snet's table is the newest: first of the chains at its priority.
     chain = BaseChain("nft inet k3snet postrouting (planned)", "postrouting", 100, "nat",
-                      frozenset({rule.family}), evaluate, order=(2**31, 0))
+                      frozenset({rule.family}), evaluate, order=PLANNED_ORDER)
     return attrs.evolve(state, chains=(*state.chains, chain))
 
 

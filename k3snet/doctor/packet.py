@@ -25,6 +25,7 @@ __all__ = [
     "ACK",
     "EPHEMERAL_PORTS",
     "MAX_RULE_VISITS",
+    "PLANNED_ORDER",
     "PROTOCOLS",
     "SYN",
     "SYN_ACK",
@@ -214,6 +215,10 @@ class ChainResult:
         return all(u.effect in ("none", self.verdict) for u in self.unknowns)
 
 
+PLANNED_ORDER = (2**31, 0)
+"""The :attr:`BaseChain.order` of a chain a fix would create: registered after every
+chain of the capture (its order is known, whatever order the others may have)."""
+
 MAX_RULE_VISITS = 100_000
 """The rules one walk through a base chain (its jumps and the trials of what unknown
 rules would do included) evaluates at most: a ruleset of 50 000 rules is walked in
@@ -308,3 +313,16 @@ class BaseChain:
         if self.order is None:
             return (self.priority, 1, 0, 0)
         return (self.priority, 0, -self.order[0], -self.order[1])
+
+    @property
+    def other_run_key(self) -> tuple[int, int, int, int]:
+        """The other order :attr:`run_key` cannot rule out: at equal priority the tables
+        the other way round (chains of unknown order first, then the oldest table's),
+        each table's chains as before. Handles are counted per table, so a chain added
+        to an older table after a newer table was made runs before the newer table's
+        chains, and nothing in the capture tells."""
+        if self.order is None:
+            return (self.priority, 0, 0, 0)
+        if self.order == PLANNED_ORDER:
+            return (self.priority, -1, 0, 0)
+        return (self.priority, 1, self.order[0], -self.order[1])
