@@ -19,6 +19,7 @@ from typing import Literal
 
 import attrs
 
+from k3snet.doctor.ipset import IPSetMembers
 from k3snet.doctor.routing import Fib
 
 __all__ = [
@@ -99,7 +100,7 @@ class Packet:
     packet, ``established`` for its replies, ``untracked`` once a raw rule exempted it
     (``NOTRACK``, ``CT --notrack``, nftables ``notrack``). ``local`` are the node's own
     addresses (for ``addrtype`` / ``fib daddr type local`` matches); ``ipsets`` the
-    members of the ipsets the doctor knows (Calico's pool sets, from its IP pools).
+    members of the ipsets the doctor knows (``ipset save``'s, Calico's pool sets).
     ``nat`` is what conntrack says its connection's translation is (``--ctstate
     SNAT``/``DNAT``): ``dnat`` once its destination was translated, ``snat`` once its
     source was, for the rest of the connection's packets, replies included. ``fib`` is
@@ -123,7 +124,7 @@ class Packet:
     direction: Literal["original", "reply"] = "original"
     mark: int | None = 0
     local: frozenset[IPAddress] = frozenset()
-    ipsets: Mapping[str, tuple[IPNetwork, ...]] = attrs.field(factory=dict)
+    ipsets: Mapping[str, IPSetMembers] = attrs.field(factory=dict)
     pick: int = 0
     nat: frozenset[str] = frozenset()
     fib: Fib | None = attrs.field(default=None, eq=False, repr=False)
