@@ -545,7 +545,7 @@ def _other_order(t: _Tracer, verdict: Verdict, seen: IPAddress | None,
            "cannot tell which that is (nftables counts handles per table)")
     if other.verdict is not verdict:
         t.add("original", hook, "unknown", "chain order",
-              f"{why}: the other way round the flow {other.verdict.value}"
+              f"{why}: the other way round the verdict is {other.verdict.value}"
               + (f" (at {other.blocked_at.where}: {other.blocked_at.detail})"
                  if other.blocked_at is not None else ""), "chain-order", certain=False)
         return Verdict.UNKNOWN

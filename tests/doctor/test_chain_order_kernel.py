@@ -51,7 +51,7 @@ def test_a_mark_set_by_the_chain_registered_last_is_seen_by_the_other_table_firs
     order = [s for s in result.steps if s.code == "chain-order"]
     assert order, result.render()
     assert not order[0].certain
-    assert "the other way round the flow reaches" in order[0].detail
+    assert "the other way round the verdict is reaches" in order[0].detail
 
 
 def test_the_source_the_chain_registered_last_gives_is_named(doctor_lab: DoctorLab) -> None:
