@@ -269,9 +269,11 @@ class ChainRun:
 
     def result(self, verdict: Literal["accept", "drop", "nat"], rule: str,
                nat: NatAction | None = None) -> ChainResult:
-        """The chain's result: ``verdict`` decided by ``rule``, with what was recorded."""
+        """The chain's result: ``verdict`` decided by ``rule``, with what was recorded
+        (each unknown once: a rule met again through chains that call each other, or
+        jumps nesting too deep at each turn of a loop, is one step, not thousands)."""
         return ChainResult(verdict, rule, nat=nat, mark=self.packet.mark, path=tuple(self.path),
-                           unknowns=tuple(self.unknowns), randoms=self.randoms,
+                           unknowns=tuple(dict.fromkeys(self.unknowns)), randoms=self.randoms,
                            random_taken=self.random_taken,
                            untracked=self.untracked)
 
