@@ -2,8 +2,8 @@
 
 :class:`NodeCapture` holds what ``iptables-save`` (nft and legacy, IPv4 and IPv6),
 ``nft -j list ruleset`` (and its text, for the tables' flags), ``ip -j route show
-table all``, ``ip -j rule``,
-``ip -j addr`` and the forwarding (IPv6's ``force_forwarding`` too) / ``rp_filter`` /
+table all``, ``ip -j rule``, ``ip -j addr``, ``ipset save`` (the ipsets' members)
+and the forwarding (IPv6's ``force_forwarding`` too) / ``rp_filter`` /
 ``src_valid_mark`` / ``ignore_routes_with_linkdown`` sysctls print, plus the CNI
 settings a backend reads (flannel's ``subnet.env``). It is read live
 (:meth:`NodeCapture.read_live`, argv lists, optionally inside a network
@@ -63,10 +63,13 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
 #: ``nft-ruleset.txt``, the ruleset's text without set elements, says each table's flags
 #: (``dormant``: its chains are unhooked), which libnftables 1.0.6 prints wrong in JSON;
 #: ``nexthops.json``, the nexthop objects routes name by ``nhid`` alone when
-#: ``net.ipv4.nexthop_compat_mode`` is 0 (a kernel without them fails the command: no gap).
+#: ``net.ipv4.nexthop_compat_mode`` is 0 (a kernel without them fails the command: no gap);
+#: ``ipset.save``, the members of the kernel's ipsets, which ``-m set`` rules match (without
+#: the ``ipset`` tool those rules stay unknown, as before it was read).
 AUX_FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "nft-ruleset.txt": ("nft", "-t", "list", "ruleset"),
     "nexthops.json": ("ip", "-j", "nexthop", "show"),
+    "ipset.save": ("ipset", "save"),
 })
 
 #: CNI files read when present (flannel's view of the cluster CIDR).

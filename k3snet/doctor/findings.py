@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import attrs
 
-from k3snet.doctor.packet import BaseChain, ChainResult, NatAction, Packet
+from k3snet.doctor.packet import PLANNED_ORDER, BaseChain, ChainResult, NatAction, Packet
 from k3snet.doctor.routing import RouteEntry, table_name
 from k3snet.doctor.state import NodeState
 from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
@@ -142,6 +142,13 @@ def destination_network(tr: Trace) -> IPNetwork:
     return _host(tr.target)
 
 
+def _at(step: Step, detail: str | None = None) -> str:
+    """``WHERE: DETAIL`` of ``step`` (or of ``detail`` there), its chain named once: an
+    nftables rule's text names its chain already."""
+    text = step.detail if detail is None else detail
+    return f"{step.where}: {text.removeprefix(f'{step.where}: ')}"
+
+
 def _pod_facing(device: str | None, tr: Trace) -> bool:
     return device is not None and (device == tr.ingress or bool(POD_FACING.match(device)))
 
@@ -178,7 +185,7 @@ def _with_masquerade(state: NodeState, rule: MasqueradeRule) -> NodeState:
 
     # Created by the fix, k3snet's table is the newest: first of the chains at its priority.
     chain = BaseChain("nft inet k3snet postrouting (planned)", "postrouting", 100, "nat",
-                      frozenset({rule.family}), evaluate, order=(2**31, 0))
+                      frozenset({rule.family}), evaluate, order=PLANNED_ORDER)
     return attrs.evolve(state, chains=(*state.chains, chain))
 
 
@@ -237,7 +244,7 @@ def _forward_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Ch
     reply = step.direction == "reply"
     what = ("the forward chain drops the replies" if reply
             else "the forward chain drops the flow")
-    where = f"{step.where}: {step.detail}"
+    where = _at(step)
     if step.where.startswith(("iptables", "ip6tables")):
         rule = ForwardRule(pod_network(state, tr), destination_network(tr),
                            out_interface=tr.egress)
@@ -258,8 +265,7 @@ def _forward_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Ch
 def _hook_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
     return Finding(step.code or "dropped", f"a {step.stage} chain drops the "
                    f"{'replies' if step.direction == 'reply' else 'flow'}",
-                   f"{step.where}: {step.detail}",
-                   "a drop in any base chain is final",
+                   _at(step), "a drop in any base chain is final",
                    advice=f"allow the flow in {step.where}"), None
 
 
@@ -270,7 +276,7 @@ def _untracked(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Chang
     side = "replies" if exempt.direction == "reply" else "flow"
     return Finding(
         "untracked", f"a raw rule exempts the {side} from connection tracking",
-        f"{exempt.where}: {exempt.detail.partition(': exempts')[0]}",
+        _at(exempt, exempt.detail.partition(": exempts")[0]),
         "NAT works on tracked connections only: an untracked packet is never masqueraded "
         "or translated by a Service's DNAT, an untracked reply never translated back to "
         f"the pod; here {step.detail}",
@@ -526,7 +532,7 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
     if exempt is not None and tr.verdict is not Verdict.REACHES:
         found.append(Finding(
             "untracked-flow", "a raw rule exempts the flow or its replies from connection "
-            "tracking", f"{exempt.where}: {exempt.detail.partition(': exempts')[0]}",
+            "tracking", _at(exempt, exempt.detail.partition(": exempts")[0]),
             "no NAT applies to untracked packets (masquerade, a Service's DNAT, translating "
             "replies back) and stateful rules see them as untracked, not new or established",
             severity="warning",
@@ -538,7 +544,7 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
         found.append(Finding(
             "unknown-rules", f"{len(unknown)} rule(s) or value(s) could not be evaluated"
             + (f", {len(uncertain)} of which could change the verdict" if uncertain else ""),
-            "; ".join(f"{s.where}: {s.detail}" for s in (uncertain or unknown)[:3]),
+            "; ".join(_at(s) for s in (uncertain or unknown)[:3]),
             "the trace assumes they do not match; each is listed in the trace",
             severity="warning" if uncertain else "info"))
     if state.missing:

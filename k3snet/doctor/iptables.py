@@ -363,14 +363,16 @@ def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # 
 def _ipset_matcher(name: str, flags: str) -> Matcher:
     """Is the packet's source (``src``) or destination (``dst``) in ipset ``name``?
 
-    Unknown unless the doctor knows the set's members (Calico's pool sets).
+    Unknown unless the doctor knows the set's members (``ipset save``'s sets of addresses,
+    Calico's pool sets from its IP pools). Those sets have one dimension: the kernel
+    looks up the first flag's address, whatever flags follow (``ip_set_test``).
     """
     def in_set(packet: Packet) -> Tri:
         members = packet.ipsets.get(name)
-        if members is None or flags.split(",", 1)[0] not in ("src", "dst"):
+        first = flags.split(",", 1)[0]
+        if members is None or first not in ("src", "dst"):
             return None
-        address = packet.src if flags.startswith("src") else packet.dst
-        return any(_in(address, network) for network in members)
+        return (packet.src if first == "src" else packet.dst) in members
     return in_set
 
 

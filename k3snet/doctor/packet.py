@@ -19,12 +19,14 @@ from typing import Literal
 
 import attrs
 
+from k3snet.doctor.ipset import IPSetMembers
 from k3snet.doctor.routing import Fib
 
 __all__ = [
     "ACK",
     "EPHEMERAL_PORTS",
     "MAX_RULE_VISITS",
+    "PLANNED_ORDER",
     "PROTOCOLS",
     "SYN",
     "SYN_ACK",
@@ -98,7 +100,7 @@ class Packet:
     packet, ``established`` for its replies, ``untracked`` once a raw rule exempted it
     (``NOTRACK``, ``CT --notrack``, nftables ``notrack``). ``local`` are the node's own
     addresses (for ``addrtype`` / ``fib daddr type local`` matches); ``ipsets`` the
-    members of the ipsets the doctor knows (Calico's pool sets, from its IP pools).
+    members of the ipsets the doctor knows (``ipset save``'s, Calico's pool sets).
     ``nat`` is what conntrack says its connection's translation is (``--ctstate
     SNAT``/``DNAT``): ``dnat`` once its destination was translated, ``snat`` once its
     source was, for the rest of the connection's packets, replies included. ``fib`` is
@@ -122,7 +124,7 @@ class Packet:
     direction: Literal["original", "reply"] = "original"
     mark: int | None = 0
     local: frozenset[IPAddress] = frozenset()
-    ipsets: Mapping[str, tuple[IPNetwork, ...]] = attrs.field(factory=dict)
+    ipsets: Mapping[str, IPSetMembers] = attrs.field(factory=dict)
     pick: int = 0
     nat: frozenset[str] = frozenset()
     fib: Fib | None = attrs.field(default=None, eq=False, repr=False)
@@ -214,6 +216,10 @@ class ChainResult:
         return all(u.effect in ("none", self.verdict) for u in self.unknowns)
 
 
+PLANNED_ORDER = (2**31, 0)
+"""The :attr:`BaseChain.order` of a chain a fix would create: registered after every
+chain of the capture (its order is known, whatever order the others may have)."""
+
 MAX_RULE_VISITS = 100_000
 """The rules one walk through a base chain (its jumps and the trials of what unknown
 rules would do included) evaluates at most: a ruleset of 50 000 rules is walked in
@@ -263,9 +269,11 @@ class ChainRun:
 
     def result(self, verdict: Literal["accept", "drop", "nat"], rule: str,
                nat: NatAction | None = None) -> ChainResult:
-        """The chain's result: ``verdict`` decided by ``rule``, with what was recorded."""
+        """The chain's result: ``verdict`` decided by ``rule``, with what was recorded
+        (each unknown once: a rule met again through chains that call each other, or
+        jumps nesting too deep at each turn of a loop, is one step, not thousands)."""
         return ChainResult(verdict, rule, nat=nat, mark=self.packet.mark, path=tuple(self.path),
-                           unknowns=tuple(self.unknowns), randoms=self.randoms,
+                           unknowns=tuple(dict.fromkeys(self.unknowns)), randoms=self.randoms,
                            random_taken=self.random_taken,
                            untracked=self.untracked)
 
@@ -308,3 +316,16 @@ class BaseChain:
         if self.order is None:
             return (self.priority, 1, 0, 0)
         return (self.priority, 0, -self.order[0], -self.order[1])
+
+    @property
+    def other_run_key(self) -> tuple[int, int, int, int]:
+        """The other order :attr:`run_key` cannot rule out: at equal priority the tables
+        the other way round (chains of unknown order first, then the oldest table's),
+        each table's chains as before. Handles are counted per table, so a chain added
+        to an older table after a newer table was made runs before the newer table's
+        chains, and nothing in the capture tells."""
+        if self.order is None:
+            return (self.priority, 0, 0, 0)
+        if self.order == PLANNED_ORDER:
+            return (self.priority, -1, 0, 0)
+        return (self.priority, 1, self.order[0], -self.order[1])

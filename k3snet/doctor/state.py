@@ -20,8 +20,9 @@ from typing import Any
 
 import attrs
 
-from k3snet.doctor import iptables, nftables
+from k3snet.doctor import ipset, iptables, nftables
 from k3snet.doctor.bundle import FILES, NOT_INSTALLED, BundleError, NodeCapture
+from k3snet.doctor.ipset import IPSetMembers
 from k3snet.doctor.packet import BaseChain
 from k3snet.doctor.routing import (
     Address,
@@ -102,6 +103,9 @@ class NodeState:
     """Which of Felix's pool sets the captured rules name (``all-ipam-pools``, Felix
     before v3.31.7 and v3.32.1; ``network-ip-pools``, later ones): whether Felix NATs
     to LoadBalancer-only pools. Empty: no Calico NAT rule in the capture."""
+    kernel_ipsets: Mapping[str, IPSetMembers] = attrs.field(factory=dict)
+    """The kernel's ipsets whose members ``ipset save`` gave (sets of addresses only:
+    :mod:`k3snet.doctor.ipset`)."""
 
     @classmethod
     def from_capture(cls, capture: NodeCapture) -> NodeState:
@@ -165,6 +169,7 @@ class NodeState:
             felix_pool_sets=frozenset(m[1] for text in rule_texts
                                       for m in _FELIX_POOL_SET.finditer(text)),
             calico_pools=_calico_pools(capture.json("calico-ippools.json")),
+            kernel_ipsets=ipset.parse_save(capture.text("ipset.save")),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),
             routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f, nexthops))
@@ -245,22 +250,23 @@ class NodeState:
         """Every address of the node."""
         return frozenset(a.address for a in self.addresses)
 
-    def ipsets(self) -> dict[str, tuple[IPNetwork, ...]]:
-        """The ipsets whose members the doctor knows: Calico's, from its IP pools.
+    def ipsets(self) -> dict[str, IPSetMembers]:
+        """The ipsets whose members the doctor knows: the kernel's (``ipset save``), and
+        Calico's pool sets from its IP pools where the kernel's are not captured.
 
         ``all-ipam-pools`` holds every pool (Felix before v3.31.7 and v3.32.1);
         ``network-ip-pools``, its successor, every pool but LoadBalancer-only ones
         (projectcalico/calico#12769): the set's name in Felix's rule says which
         Felix wrote it."""
-        if not self.calico_pools:
-            return {}
-        sets: dict[str, tuple[IPNetwork, ...]] = {}
-        for family, prefix in ((4, "cali40"), (6, "cali60")):
+        sets: dict[str, IPSetMembers] = {}
+        for family, prefix in ((4, "cali40"), (6, "cali60")) if self.calico_pools else ():
             pools = [p for p in self.calico_pools if p.cidr.version == family]
-            sets[f"{prefix}all-ipam-pools"] = tuple(p.cidr for p in pools)
-            sets[f"{prefix}network-ip-pools"] = tuple(p.cidr for p in pools
-                                                      if not p.load_balancer_only)
-            sets[f"{prefix}masq-ipam-pools"] = tuple(p.cidr for p in pools if p.nat_outgoing)
+            sets[f"{prefix}all-ipam-pools"] = IPSetMembers.of(p.cidr for p in pools)
+            sets[f"{prefix}network-ip-pools"] = IPSetMembers.of(
+                p.cidr for p in pools if not p.load_balancer_only)
+            sets[f"{prefix}masq-ipam-pools"] = IPSetMembers.of(
+                p.cidr for p in pools if p.nat_outgoing)
+        sets.update(self.kernel_ipsets)  # what the kernel holds is what rules match
         return sets
 
 

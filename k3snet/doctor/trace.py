@@ -35,6 +35,7 @@ import attrs
 
 from k3snet.doctor.packet import (
     ACK,
+    PLANNED_ORDER,
     SYN,
     SYN_ACK,
     BaseChain,
@@ -302,6 +303,12 @@ class _Tracer:
     untracked: bool = False
     route_mark: int | None = 0
     """The mark the flow's first packet was routed with (after prerouting)."""
+    other_order: bool = False
+    """Run chains of equal priority in the other order the capture cannot rule out
+    (:attr:`BaseChain.other_run_key`)."""
+    ties: dict[tuple[str, int], tuple[str, ...]] = attrs.field(factory=dict)
+    """The chains run on a hook at one priority whose order the capture cannot tell
+    (of different tables), by (hook, priority)."""
 
     def add(self, direction: Direction, stage: str, outcome: Outcome,  # noqa: PLR0917 - a Step
             where: str, detail: str,
@@ -325,7 +332,8 @@ class _Tracer:
         direction: Direction = packet.direction
         chains = sorted((c for c in self.state.chains
                          if c.hook == hook and packet.family in c.families),
-                        key=_run_position)
+                        key=lambda c: _run_position(c, other=self.other_order))
+        self.ties.update(_unordered(hook, chains))
         natted: ChainResult | None = None
         translated = at_nat is None
         for chain in chains:
@@ -488,9 +496,16 @@ def trace(state: NodeState, flow: Flow, *, upstream_routes_pods: bool = False) -
 
 
 def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
-                  pick: int) -> Trace:
-    """One trace, following random branch ``pick`` wherever a rule picks at random."""
-    t = _Tracer(state, flow, pick=pick)
+                  pick: int, *, other_order: bool = False) -> Trace:
+    """One trace, following random branch ``pick`` wherever a rule picks at random.
+
+    Where chains of different tables run at one priority, the flow is traced in the
+    other order too (``other_order``): the kernel runs the one registered last first,
+    which nftables' handles, counted per table, do not tell across tables. When that
+    order ends otherwise, the verdict is unknown; when the destination would only see
+    another source, a step says so.
+    """
+    t = _Tracer(state, flow, pick=pick, other_order=other_order)
     found: dict[str, Any] = {}
     unread = state.unread_rulesets()
     if unread:  # empty is not what they hold: whatever the trace finds may be wrong
@@ -511,7 +526,33 @@ def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
     if t.randoms:
         found["branch"] = pick
         found["more_branches"] = t.random_taken
+    if t.ties and not other_order:
+        other = _trace_branch(state, flow, upstream_routes_pods, pick, other_order=True)
+        verdict = _other_order(t, verdict, found.get("source_seen"), other)
     return Trace(flow, tuple(t.steps), verdict, **found)
+
+
+def _other_order(t: _Tracer, verdict: Verdict, seen: IPAddress | None,
+                 other: Trace) -> Verdict:
+    """Say what the other order of the tied chains (:func:`_unordered`) changes: the
+    verdict (it becomes unknown) or only the source the destination sees."""
+    if other.verdict is verdict and other.source_seen == seen:
+        return verdict
+    hook = next(iter(t.ties))[0]
+    tied = "; ".join(f"{', '.join(wheres)} on {on} at priority {priority}"
+                     for (on, priority), wheres in t.ties.items())
+    why = (f"the kernel runs the chain registered last first ({tied}), and the capture "
+           "cannot tell which that is (nftables counts handles per table)")
+    if other.verdict is not verdict:
+        t.add("original", hook, "unknown", "chain order",
+              f"{why}: the other way round the verdict is {other.verdict.value}"
+              + (f" (at {other.blocked_at.where}: {other.blocked_at.detail})"
+                 if other.blocked_at is not None else ""), "chain-order", certain=False)
+        return Verdict.UNKNOWN
+    t.add("original", hook, "info", "chain order",
+          f"{why}: the other way round the destination sees {other.source_seen}",
+          "chain-order")
+    return verdict
 
 
 def _ingress(t: _Tracer) -> str | None:
@@ -702,14 +743,32 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     return None
 
 
-def _run_position(chain: BaseChain) -> tuple[int, ...]:
+def _run_position(chain: BaseChain, *, other: bool = False) -> tuple[int, ...]:
     """Where ``chain`` runs on its hook: a nat chain at the NAT core's point (after the
     chains of that priority whose registration the capture shows), ordered among the
-    nat chains by its own priority and registration; any other chain by its own."""
+    nat chains by its own priority and registration; any other chain by its own.
+    ``other``: at equal priority, the other order of tables (:attr:`BaseChain.other_run_key`)."""
+    key = chain.other_run_key if other else chain.run_key
     core = _NAT_CORE.get(chain.hook)
     if chain.kind == "nat" and core is not None:
-        return (core, 1, 0, 0, *chain.run_key)
-    return chain.run_key
+        return (core, 1, 0, 0, *key)
+    return key
+
+
+def _unordered(hook: Hook, chains: list[BaseChain]) -> dict[tuple[str, int], tuple[str, ...]]:
+    """The chains of ``hook`` that run at one priority (nat chains among themselves)
+    from different tables, or of unknown registration: the kernel runs the one
+    registered last first, and the capture tells that only within a table."""
+    groups: dict[tuple[bool, int], list[BaseChain]] = {}
+    for chain in chains:
+        if chain.order == PLANNED_ORDER:
+            continue  # a fix's chain: registered after all of them
+        nat = chain.kind == "nat" and chain.hook in _NAT_CORE
+        groups.setdefault((nat, chain.priority), []).append(chain)
+    return {(hook, priority): tuple(c.where for c in group)
+            for (_, priority), group in groups.items()
+            if len(group) > 1 and (any(c.order is None for c in group)
+                                   or len({c.order[0] for c in group if c.order}) > 1)}
 
 
 def _past_nat(chain: BaseChain) -> bool:

@@ -166,6 +166,49 @@ def test_chains_calling_each_other_repeatedly_end_in_an_unknown_verdict_not_a_ha
     assert any("rule evaluations" in s.detail for s in result.trace.steps)
 
 
+def _loop_iptables(levels: int) -> str:
+    lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             *(f":C{i} - [0:0]" for i in range(levels)), "-A FORWARD -j C0"]
+    for i in range(levels):
+        lines += [f"-A C{i} -j C{(i + 1) % levels}"] * 2
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def _loop_nft(levels: int) -> str:
+    items: list[dict[str, Any]] = [
+        {"table": {"family": "inet", "name": "loop", "handle": 9}},
+        {"chain": {"family": "inet", "table": "loop", "name": "fwd", "handle": 1,
+                   "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+        {"rule": {"family": "inet", "table": "loop", "chain": "fwd",
+                  "expr": [{"jump": {"target": "c0"}}]}}]
+    for i in range(levels):
+        items.append({"chain": {"family": "inet", "table": "loop", "name": f"c{i}"}})
+        items += [{"rule": {"family": "inet", "table": "loop", "chain": f"c{i}",
+                            "expr": [{"jump": {"target": f"c{(i + 1) % levels}"}}]}}] * 2
+    return json.dumps({"nftables": items})
+
+
+@pytest.mark.parametrize("name", ["iptables-nft-v4.save", "nft-ruleset.json"])
+def test_chains_jumping_in_a_loop_are_each_unknown_rule_once_not_thousands_of_steps(
+        name: str) -> None:
+    """40 chains each jumping twice to the next, the last to the first (a loop the kernel
+    refuses, a bundle can hold): each time the walk passed the depth limit it recorded
+    "jumps nest too deep" again, ~50 000 steps and 5 MB of text from a few KB of bundle.
+    Each unknown is now one step."""
+    texts = dict(NodeCapture.read_dir(GOLDEN / "healthy").texts)
+    if name.endswith(".save"):
+        kept = [p for p in texts[name].split("*") if p and not p.startswith("filter")]
+        texts[name] = "".join(f"*{p}" for p in kept) + _loop_iptables(40)
+    else:
+        texts[name] = _loop_nft(40)
+    state = NodeState.from_capture(NodeCapture.from_texts(texts))
+    result = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
+    assert result.verdict == "unknown"
+    steps = result.trace.steps
+    assert any("nest too deep" in s.detail for s in steps)
+    assert len(steps) == len(set(steps)) < 100, len(steps)
+
+
 def test_a_fix_through_an_interface_k3snet_cannot_name_is_advice_not_an_error() -> None:
     """A route through a device named ``10.0.0.0/8`` (an edited bundle): the fix the
     doctor plans would go through it, and building it raised ModelError out of

@@ -609,3 +609,14 @@ def test_a_loadbalancer_only_pool_felix_nats_to_is_no_destination_in_pool_findin
     d = diagnose(_state(**{"calico-ippools.json": pools}), FLOW)
     hint = next(f for f in d.findings if f.code == "destination-in-calico-pool")
     assert "v3.31.7" in hint.why
+
+
+def test_a_finding_on_an_nftables_rule_names_its_chain_once() -> None:
+    """An nftables rule's text names its chain: ``where`` said it twice (``nft inet
+    lab_filter forward: nft inet lab_filter forward: ... drop``)."""
+    state = NodeState.from_capture(NodeCapture.read_dir(HEALTHY.parent / "foreign-nftables-drop"))
+    d = diagnose(state, FLOW)
+    finding = d.findings[0]
+    assert finding.code == "foreign-table-drop", d.render()
+    chain = d.trace.blocked_at.where if d.trace.blocked_at else "?"
+    assert finding.where.count(chain) == 1, finding.where

@@ -1,0 +1,116 @@
+"""``ipset save`` read for what ``-m set`` matches (no root: recorded texts)."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, trace
+from k3snet.doctor.bundle import AUX_FILES
+from k3snet.doctor.ipset import IPSetMembers, parse_save
+
+HEALTHY = Path(__file__).parent / "golden" / "healthy"
+RULESETS = Path(__file__).parent / "rulesets"
+FLOW = Flow("10.42.0.10", "192.168.2.10", port=5432)
+
+# As ipset 7 saves Felix's and kube-router's sets (kube-router's with timeouts).
+SAVED = """create cali40all-hosts-net hash:net family inet hashsize 1024 bucketsize 12
+add cali40all-hosts-net 192.168.1.5
+add cali40all-hosts-net 192.168.1.6
+create cali40masq-ipam-pools hash:net family inet hashsize 1024 maxelem 1048576
+add cali40masq-ipam-pools 10.42.0.0/16
+create cali40all-ipam-pools hash:net family inet hashsize 1024 maxelem 1048576
+add cali40all-ipam-pools 10.42.0.0/16
+create KUBE-DST-XYZ hash:ip family inet hashsize 1024 maxelem 65536 timeout 0
+add KUBE-DST-XYZ 192.168.2.10 timeout 0
+create cali60all-hosts-net hash:net family inet6 hashsize 1024 maxelem 1048576
+add cali60all-hosts-net fd00:1::5
+create with-nomatch hash:net family inet hashsize 1024 maxelem 65536
+add with-nomatch 192.168.0.0/16
+add with-nomatch 192.168.2.0/24 nomatch
+create masked hash:ip family inet hashsize 1024 maxelem 65536 netmask 24
+add masked 192.168.2.0
+create ports hash:ip,port family inet hashsize 1024 maxelem 65536
+add ports 192.168.2.10,tcp:5432
+create commented hash:net family inet hashsize 1024 maxelem 65536 comment
+add commented 192.168.2.0/24 comment "not a \\"nomatch\\" flag"
+"""
+
+
+def test_sets_of_addresses_are_read_and_the_others_left_unknown() -> None:
+    sets = parse_save(SAVED)
+    assert ip_address("192.168.1.6") in sets["cali40all-hosts-net"]
+    assert ip_address("192.168.2.10") not in sets["cali40all-hosts-net"]
+    assert ip_address("10.42.3.4") in sets["cali40masq-ipam-pools"]
+    assert ip_address("192.168.2.10") in sets["KUBE-DST-XYZ"]
+    assert ip_address("fd00:1::5") in sets["cali60all-hosts-net"]
+    assert ip_address("192.168.1.5") not in sets["cali60all-hosts-net"]
+    # nomatch takes addresses out of a wider entry, a netmask widens each, a set of
+    # address and port is matched on both: not judged, their rules stay unknown.
+    assert {"with-nomatch", "masked", "ports"}.isdisjoint(sets)
+    # a comment that only says nomatch is not the flag (a conservative reader may
+    # still leave the set out; it must never read it as another set's members)
+    assert set(sets.get("commented", ())) <= {ip_network("192.168.2.0/24")}
+
+
+def test_an_unreadable_line_leaves_its_set_out() -> None:
+    sets = parse_save("create a hash:net family inet\nadd a 10.0.0.0/8\nadd a 10.1.0.1-10.1.0.9\n"
+                      'create b hash:ip family inet\nadd b "10.0.0.1\n'
+                      "create c hash:ip family inet\nadd c 10.0.0.1\n")
+    assert set(sets) == {"c"}
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)), max_size=30),
+       st.integers(0, 2**32 - 1))
+def test_membership_by_prefix_buckets_agrees_with_containment(
+        members: list[tuple[int, int]], address: int) -> None:
+    networks = [ip_network((value, length), strict=False) for value, length in members]
+    got = ip_address(address) in IPSetMembers.of(networks)
+    assert got == any(ip_address(address) in network for network in networks)
+
+
+def test_a_set_of_a_hundred_thousand_members_is_read_and_matched() -> None:
+    lines = ["create big hash:ip family inet hashsize 131072 maxelem 200000"]
+    lines += [f"add big 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(100_000)]
+    members = parse_save("\n".join(lines))["big"]
+    assert len(members) == 100_000
+    assert ip_address("10.1.134.159") in members  # 99 999
+    assert ip_address("10.1.134.160") not in members
+
+
+def _state(**texts: str) -> NodeState:
+    base = NodeCapture.read_dir(HEALTHY)
+    merged = {k: v for k, v in base.texts.items()
+              if not k.startswith("iptables-") and k != "nft-ruleset.json"}
+    merged.update(texts)
+    return NodeState.from_capture(NodeCapture(merged))
+
+
+def test_felix_s_host_exclusion_is_evaluated_from_the_saved_sets() -> None:
+    nat = (RULESETS / "calico-nat.save").read_text().replace(
+        "dst -j MASQUERADE", "dst -m set ! --match-set cali40all-hosts-net dst -j MASQUERADE")
+    assert "ipset.save" in AUX_FILES
+    unknown = trace(_state(**{"iptables-legacy-v4.save": nat}), FLOW)
+    assert unknown.verdict is Verdict.UNKNOWN, unknown.render()
+    reaches = trace(_state(**{"iptables-legacy-v4.save": nat, "ipset.save": SAVED}), FLOW)
+    assert reaches.verdict is Verdict.REACHES, reaches.render()
+    assert str(reaches.source_seen) == "192.168.1.5"
+    host = SAVED.replace("add cali40all-hosts-net 192.168.1.6", "add cali40all-hosts-net "
+                         "192.168.2.10")
+    blocked = trace(_state(**{"iptables-legacy-v4.save": nat, "ipset.save": host}), FLOW)
+    assert blocked.verdict is Verdict.BLOCKED, blocked.render()
+
+
+def test_the_kernel_s_pool_sets_are_what_rules_match_over_the_pools_read() -> None:
+    nat = (RULESETS / "calico-nat.save").read_text()
+    # The IP pools say the destination's network is a pool; the kernel's set does not
+    # hold it (yet): Felix's rule, as the kernel runs it, masquerades.
+    pools = ('{"items": [{"spec": {"cidr": "10.42.0.0/16", "natOutgoing": true}},'
+             ' {"spec": {"cidr": "192.168.2.0/24"}}]}')
+    state = _state(**{"iptables-legacy-v4.save": nat, "calico-ippools.json": pools,
+                      "ipset.save": SAVED})
+    result = trace(state, FLOW)
+    assert result.verdict is Verdict.REACHES, result.render()
