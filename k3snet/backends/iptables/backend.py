@@ -107,10 +107,12 @@ from k3snet.backends.iptables.driver import (
     tool_name,
 )
 from k3snet.backends.iptables.foreign import (
+    PATH_CHAINS,
     foreign_blocks,
     foreign_forward,
     foreign_nat,
     nat_blocks,
+    path_blocks,
 )
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
 from k3snet.backends.iptables.native import NativeRead, native_tables, read_native
@@ -235,6 +237,8 @@ class IptablesBackend(BackendBase):
         self._other_fresh = False
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
+        # raw, mangle or security tables iptables-nft-save left (partly) out: (family, table, what)
+        self._path_hidden: tuple[tuple[int, str, str], ...] = ()
         self._native = NativeRead()  # nftables tables of other names (see native.py)
         self._native_runner: NetnsRunner | None = None  # where their listings run
         self._native_bounded: BoundedLister | None = None
@@ -388,6 +392,13 @@ class IptablesBackend(BackendBase):
                     found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "
                                  f"{jump.target}: -A {jump.chain} {format_line(jump.line)} "
                                  "(kept; k3snet cannot delete that chain while it is there)")
+        for family, table, what in self._path_hidden:
+            found.append(
+                f"IPv{family} {table}: iptables-nft-save leaves out "
+                f"{'this table' if what == 'table' else 'base chains of this table'} "
+                f"(written with nft: `nft list table {_nft_family(family)} {table}` shows "
+                "it): it runs on the path of forwarded packets, and what it drops k3snet "
+                "neither sees nor names as a conflict")
         found += self._native.warnings
         return tuple(found)
 
@@ -502,7 +513,8 @@ class IptablesBackend(BackendBase):
     def change_token(self) -> int | bytes | None:
         """What moves when a rule may have changed: with iptables-nft the nftables
         generation id (any commit in the namespace moves it), with iptables-legacy a
-        digest of the filter and nat tables without their counters (any rule, chain
+        digest of the filter and nat tables (and raw, mangle and security, which observe
+        judges too) without their counters (any rule, chain
         or policy change in them moves it, traffic does not), with the nftables
         generation id while the namespace has nftables tables of other names
         (observe reads them too: kept by the legacy digest alone, a drop added to
@@ -628,27 +640,14 @@ class IptablesBackend(BackendBase):
         other = self._start_other_flavour()  # runs while this flavour is read
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
+        hidden: list[tuple[int, str, str]] = []
         try:
             with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the save
                 for family in FAMILIES:
                     dump = self._save(family, started[1].pop(family, None) if started else None)
                     for table in TABLES:
                         tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
-                    foreign |= foreign_nat(dump.get("nat"), family)
-                    foreign |= foreign_forward(dump.get("filter"), family)
-                    # What a foreign rule decides before our jump is not ours: our rules for it
-                    # are left out of ``owned``, so the plan says "!" instead of re-adding them.
-                    filter_state = tables[family, "filter"]
-                    blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index(),
-                                            ours=filter_state.chains)
-                    set_aside(filter_state, blocks)
-                    foreign |= blocks
-                    # The same for NAT: the first NAT rule a connection meets decides.
-                    nat_state = tables[family, "nat"]
-                    nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index(),
-                                     ours=nat_state.chains)
-                    set_aside(nat_state, nat)
-                    foreign |= nat
+                    foreign |= _judge(family, dump, tables, hidden)
             # Base chains of nftables tables iptables does not show run on the same hooks.
             self._native = self._read_native()
             for read in tables.values():
@@ -664,6 +663,7 @@ class IptablesBackend(BackendBase):
                 save.cancel()  # what an error left unread
         self._tables = tables
         self._foreign = frozenset(foreign)
+        self._path_hidden = tuple(hidden)
         self._read_other_flavour(other)
         self._log_warnings()
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
@@ -1045,6 +1045,38 @@ def _where_of(subject: NetObject) -> tuple[int, str]:
             raise PlanError(f"cannot delete {subject}: it is not the iptables backend's")
         return where
     return (subject.family or 4, table_of(subject))
+
+
+def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str], TableState],
+           hidden: list[tuple[int, str, str]]) -> set[NetObject]:
+    """The foreign objects of one family's tables (``tables``: k3snet's, as loaded; what a
+    foreign rule decides first is set aside there), and the tables of ``PATH_CHAINS``
+    iptables-nft-save left out (added to ``hidden``)."""
+    foreign: set[NetObject] = set()
+    foreign |= foreign_nat(dump.get("nat"), family)
+    foreign |= foreign_forward(dump.get("filter"), family)
+    # What a foreign rule decides before our jump is not ours: our rules for it
+    # are left out of ``owned``, so the plan says "!" instead of re-adding them.
+    filter_state = tables[family, "filter"]
+    blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index(),
+                            ours=filter_state.chains)
+    set_aside(filter_state, blocks)
+    foreign |= blocks
+    # raw, mangle and security run on the same path (k3snet has no jump there).
+    for table in PATH_CHAINS:
+        path = path_blocks(dump.get(table), family)
+        set_aside(filter_state, path)
+        foreign |= path
+        left_out = dump[table].hidden if table in dump else None
+        if left_out is not None:
+            hidden.append((family, table, left_out))
+    # The same for NAT: the first NAT rule a connection meets decides.
+    nat_state = tables[family, "nat"]
+    nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index(),
+                     ours=nat_state.chains)
+    set_aside(nat_state, nat)
+    foreign |= nat
+    return foreign
 
 
 def _nft_family(family: int) -> str:
