@@ -165,6 +165,7 @@ from k3snet.render.iptables.rules import (
     render_unit,
     table_of,
 )
+from k3snet.render.nftables import table_families
 
 __all__ = ["Driver", "IptablesBackend", "Mode"]
 
@@ -241,6 +242,8 @@ class IptablesBackend(BackendBase):
         self._path_hidden: tuple[tuple[int, str, str], ...] = ()
         self._native = NativeRead()  # nftables tables of other names (see native.py)
         self._native_runner: NetnsRunner | None = None  # where their listings run
+        # k3snet's nftables tables an nftables backend beside this one manages (beside())
+        self._nft_managed: frozenset[tuple[str, str]] = frozenset()
         self._native_bounded: BoundedLister | None = None
         self._warned: tuple[str, ...] = ()  # what was last logged (said once, not every pass)
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
@@ -400,7 +403,19 @@ class IptablesBackend(BackendBase):
                 "it): it runs on the path of forwarded packets, and what it drops k3snet "
                 "neither sees nor names as a conflict")
         found += self._native.warnings
+        found += [_left_nftables(family, table) for family, table
+                  in sorted(self._native.k3snet_tables - self._nft_managed)]
         return tuple(found)
+
+    def beside(self, others: Sequence[object]) -> None:
+        """A hint from :class:`~k3snet.backends.group.BackendGroup`: the other backends in
+        use with this one. The tables of an ``nftables`` backend among them are in use
+        (``--backend nftables:nat --backend iptables:forward``), not left behind: no
+        warning names them (:attr:`warnings`)."""
+        self._nft_managed = frozenset(
+            (family, str(getattr(other, "table", "k3snet"))) for other in others
+            if getattr(other, "name", None) == "nftables"
+            for family in table_families(getattr(other, "family", "inet")))
 
     def _read_native(self) -> NativeRead:
         """What nftables tables of other names hold (see
@@ -1077,6 +1092,18 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     set_aside(nat_state, nat)
     foreign |= nat
     return foreign
+
+
+def _left_nftables(family: str, table: str) -> str:
+    """The warning naming k3snet's nftables table, left by the nftables backend."""
+    options = [*([f"--backend-opt nftables.table={table}"] if table != "k3snet" else []),
+               *(["--backend-opt nftables.family=split"] if family != "inet" else [])]
+    command = " ".join(["k3snet destroy --backend nftables", *options])
+    return (f"nftables table {family} {table} holds rules k3snet's nftables backend wrote "
+            "(its marker chain): they run on the same hooks as iptables' (its masquerade "
+            "and SNAT rules translate the pods' connections whatever k3snet's iptables "
+            "rules say), and this backend neither judges, keeps up nor removes them; if "
+            f"the nftables backend no longer manages this node, `{command}` removes them")
 
 
 def _nft_family(family: int) -> str:

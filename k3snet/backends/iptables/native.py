@@ -53,6 +53,9 @@ class NativeRead:
     blocks: frozenset[NetObject] = frozenset()
     """:class:`ForwardBlock` and :class:`NatBlock` objects (foreign)."""
     warnings: tuple[str, ...] = ()
+    k3snet_tables: frozenset[tuple[str, str]] = frozenset()
+    """(family, name) of the tables holding k3snet's marker chain: the nftables
+    backend's, passed by (not judged here)."""
 
 
 class _Processes:
@@ -142,7 +145,7 @@ def _read(lister: Lists, xt: frozenset[tuple[str, str]]) -> NativeRead:
         *_defaults(reader),
         *(f"nftables tables beside iptables' read in part: {u}" for u in reader.unread),
     ]
-    return NativeRead(blocks, tuple(warnings))
+    return NativeRead(blocks, tuple(warnings), reader.marked)
 
 
 def _defaults(reader: ForeignReader) -> list[str]:
