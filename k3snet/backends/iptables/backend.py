@@ -857,9 +857,26 @@ class IptablesBackend(BackendBase):
         return tuple(committed)
 
     def _reverter(self, state: TableState, step: _Step) -> Callable[[], None]:
-        """What takes a committed table edit back (``state`` is the table after it)."""
+        """What takes a committed table edit back (``state`` is the table after it).
+
+        A rule of the table as it was whose text does not read back (an admin's hook
+        jump edited to ``--hashlimit-name a b``: iptables-save quotes comments only)
+        makes iptables refuse the whole rollback of the table: it is then taken back
+        without such rules, k3snet's own jump in place of an edited one, and a
+        warning says so.
+        """
         def revert() -> None:
-            self._run(step.family, step.table, revert_ops(state, step.edit))
+            exact = revert_ops(state, step.edit)
+            try:
+                self._run(step.family, step.table, exact)
+            except RunFailedError:
+                loose = revert_ops(state, step.edit, exact=False)
+                if loose == exact:
+                    raise
+                self._run(step.family, step.table, loose)
+                log.warning("iptables: IPv%s %s taken back without the rules whose text "
+                            "does not read back (k3snet's hook jump in place of an edited "
+                            "one)", step.family, step.table)
         return revert
 
     def _fail(self, undo: Compensation, step: _Step, failed: Change | None,
