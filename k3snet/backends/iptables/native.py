@@ -58,21 +58,45 @@ class NativeRead:
     backend's, passed by (not judged here)."""
 
 
+_Items = list[dict[str, Any]]
+"""What one ``nft -j list`` prints: its objects."""
+
+
 class _Processes:
     """``nft -j -f -`` listings in the namespace, each within what is left of ``deadline``
-    (where the ``nftables`` Python binding is missing)."""
+    (where the ``nftables`` Python binding is missing).
+
+    A chain's listing is answered from one listing of its whole table, made the first
+    time a chain of that table is asked for: the walk lists up to 64 chains, and each
+    was an ``nft`` process of its own (nft prints nothing for a JSON batch of several
+    listings, so one process per table is the least).
+    """
 
     def __init__(self, run: Run, deadline: float) -> None:
         self._run = run
         self._deadline = deadline
+        self.runs = 0
+        # (family, table): each chain's listing in it (None: the table is not there)
+        self._tables: dict[tuple[str, str], dict[str, _Items] | None] = {}
 
-    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+    def list(self, kind: str, **ref: str) -> _Items | None:
+        if kind != "chain" or set(ref) != {"family", "table", "name"}:
+            return self._list(kind, ref)
+        where = (ref["family"], ref["table"])
+        if where not in self._tables:
+            items = self._list("table", {"family": ref["family"], "name": ref["table"]})
+            self._tables[where] = None if items is None else _by_chain(items)
+        chains = self._tables[where]
+        return None if chains is None else chains.get(ref["name"])
+
+    def _list(self, kind: str, ref: dict[str, str]) -> _Items | None:
         what = " ".join(["list", kind, *ref.values()])
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise ListingTimeoutError(
                 f"nft {what!r} not run: past the read's bound ({NATIVE_SECONDS} s)"
             )
+        self.runs += 1
         try:
             done = self._run(["nft", "-j", "-f", "-"], list_command(kind, ref), left)
         except BackendError as exc:
@@ -86,6 +110,19 @@ class _Processes:
                 return None
             raise BackendError(f"nft {what!r} failed: {done.stderr.strip()[:200]}")
         return listed_items(done.stdout, what)
+
+
+def _by_chain(items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """A table's listing as each of its chains' (``list chain``: the chain, its rules)."""
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        chain = item.get("chain")
+        if isinstance(chain, dict) and isinstance(chain.get("name"), str):
+            chains.setdefault(chain["name"], []).insert(0, item)
+        rule = item.get("rule")
+        if isinstance(rule, dict) and isinstance(rule.get("chain"), str):
+            chains.setdefault(rule["chain"], []).append(item)
+    return chains
 
 
 Within = Callable[[float, Callable[[Lists], "NativeRead"]], "NativeRead"]
