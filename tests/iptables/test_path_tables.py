@@ -74,7 +74,7 @@ def test_an_accept_ends_only_its_own_table_and_what_goes_on_is_no_block() -> Non
     assert _blocks("mangle", "-A FORWARD -j ACCEPT\n-A FORWARD -j DROP") == set()
     assert _blocks("mangle", "-A PREROUTING -j MARK --set-xmark 0x1/0x1\n"
                              "-A PREROUTING -j TPROXY --on-port 1 --tproxy-mark 0x1/0x1") == set()
-    assert _blocks("raw", "-A PREROUTING -j CT --notrack") == set()
+    assert _blocks("raw", "-A PREROUTING -j CT --zone 1") == set()
 
 
 def test_a_reverse_path_drop_is_no_block_of_a_pods_traffic() -> None:
@@ -135,3 +135,57 @@ def test_a_mangle_table_written_with_nft_that_iptables_cannot_show_is_a_warning(
         backend.observe()
         (warning,) = [w for w in backend.warnings if w.startswith("IPv4 mangle:")]
         assert "`nft list table ip mangle`" in warning, warning
+
+
+def test_untracked_packets_in_raw_are_an_exemption_from_nat() -> None:
+    assert _blocks("raw", f"-A PREROUTING -s {POD} -j CT --notrack") == {
+        "no NAT by iptables IPv4 raw: -A PREROUTING -s 10.42.0.0/16 -j CT --notrack"}
+    assert _blocks("raw", "-A PREROUTING -j ADMIN\n-A ADMIN -d 192.168.2.0/24 -j NOTRACK") == {
+        "no NAT by iptables IPv4 raw: -A ADMIN -d 192.168.2.0/24 -j NOTRACK"}
+    # marked traffic is another program's; an accept of every packet first ends the chain
+    assert _blocks("raw", "-A PREROUTING -m mark --mark 0x1/0x1 -j CT --notrack") == set()
+    assert _blocks("raw", "-A PREROUTING -j ACCEPT\n-A PREROUTING -j NOTRACK") == set()
+    assert _blocks("mangle", "-A PREROUTING -j NOTRACK") == set()  # raw's alone
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
+        require_root: None, mode: str) -> None:
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    masquerade = MasqueradeRule(POD, destination=DB, out_interface="eth0")
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), _desired()))
+            assert lab.tcp_probe(4).ok
+            rule = ["-t", "raw", "-A", "PREROUTING", "-s", POD, "-j", "CT", "--notrack"]
+            run_in(lab.node, [f"iptables-{mode}", "-w", *rule])
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # no NAT: no way back to the pod
+            observed = backend.observe()
+            assert masquerade not in observed.owned
+            p = plan(observed, _desired())
+            (note,) = p.conflicts
+            assert note.wanted == masquerade, p.render()
+            assert note.foreign is not None
+            assert note.foreign.describe() == (
+                "no NAT by iptables IPv4 raw: -A PREROUTING -s 10.42.0.0/16 -j CT --notrack")
+
+
+@pytest.mark.kernel
+def test_the_split_group_shows_a_mangle_drop_once_as_the_iptables_member_reads_it(
+        ns: str) -> None:
+    pytest.importorskip("nftables")
+    from k3snet.backends.group import BackendGroup, Member  # noqa: PLC0415
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+
+    run_in(ns, ["iptables-nft", "-t", "mangle", "-A", "FORWARD", "-d", DB, "-j", "DROP"])
+    with BackendGroup([Member(NftablesBackend(ns), ["nat"]),
+                       Member(IptablesBackend(ns, mode="nft"), ["forward"])]) as group:
+        observed = group.observe()
+        drops = sorted(o.describe() for o in observed.foreign if isinstance(o, ForwardBlock))
+        assert drops == ["drop by iptables IPv4 mangle: -A FORWARD -d 192.168.2.0/24 -j DROP"]
+        (note,) = plan(observed, _desired()).conflicts
+        assert note.wanted == WANTED

@@ -319,15 +319,15 @@ class IptablesBackend(BackendBase):
 
     def reads_itself(self, obj: NetObject) -> bool:
         """Whether ``obj``, a foreign drop another backend read (the nftables backend's
-        listing of ``ip filter``), is in a table this backend reads itself, relative to
-        its own jump (iptables-nft's filter table, in mode nft): a drop after k3snet's
-        jump is never met by what k3snet's chain accepted, and this backend already
-        reports one before it. :meth:`~k3snet.backends.group.BackendGroup.observe`
-        shows it no other view of those."""
+        listing of ``ip filter``), is in a table this backend reads itself (iptables-nft's
+        filter table, in mode nft, relative to its own jump: a drop after k3snet's jump
+        is never met by what k3snet's chain accepted, and this backend already reports
+        one before it; raw, mangle and security, read whole). Then
+        :meth:`~k3snet.backends.group.BackendGroup.observe` shows it no other view of
+        those."""
         where = getattr(obj, "where", None)
         return (isinstance(obj, ForwardBlock) and isinstance(where, str)
-                and where.startswith(("nftables ip filter ", "nftables ip6 filter "))
-                and self.mode == "nft")
+                and where.startswith(_READ_ITSELF) and self.mode == "nft")
 
     @property
     def mode_reason(self) -> str:
@@ -1057,6 +1057,10 @@ class IptablesBackend(BackendBase):
         return parse_save(text)
 
 
+_READ_ITSELF = tuple(f"nftables {family} {table} " for family in ("ip", "ip6")
+                     for table in ("filter", *PATH_CHAINS))
+"""Where the nftables backend's view of a table this one reads starts (``reads_itself``)."""
+
 _FLAVOURS: tuple[Flavour, ...] = ("nft", "legacy")
 _OTHER: dict[Flavour, Flavour] = {"nft": "legacy", "legacy": "nft"}
 
@@ -1098,6 +1102,7 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     for table in PATH_CHAINS:
         path = path_blocks(dump.get(table), family)
         set_aside(filter_state, path)
+        set_aside(tables[family, "nat"], path)  # raw's NOTRACK: no NAT at all
         foreign |= path
         left_out = dump[table].hidden if table in dump else None
         if left_out is not None:

@@ -405,7 +405,11 @@ def path_blocks(dump: TableDump | None, family: int) -> set[NetObject]:
     ``ACCEPT`` (``-P FORWARD DROP``) for the packets that may reach it. A reverse-path
     drop (``-m rpfilter --invert``: Calico's, firewalld's) drops only packets whose
     source the node does not route back the way they came in, never a pod's, and is
-    not read as one.
+    not read as one. In raw PREROUTING, a rule that leaves packets untracked
+    (``-j NOTRACK``, ``-j CT --notrack``) takes them out of NAT altogether (the nat
+    table sees only tracked connections): it is an ``exempt``
+    :class:`~k3snet.model.NatBlock`, a conflict of the masquerade and SNAT rules it
+    may match.
     """
     found: set[NetObject] = set()
     if dump is None:
@@ -413,6 +417,9 @@ def path_blocks(dump: TableDump | None, family: int) -> set[NetObject]:
     for builtin in PATH_CHAINS.get(dump.name, ()):
         if builtin in dump.rules or builtin in dump.policies:
             found |= _ForwardWalk(dump, family, None, builtin=builtin).through()
+    if dump.name == "raw":
+        found |= _UntrackWalk(dump, family, None).walk("PREROUTING",
+                                                       len(dump.chain("PREROUTING")))
     return found
 
 
@@ -682,6 +689,29 @@ class _NatWalk(_Walk):
         _nat_block(self.found, self.family, chain, tokens, target, outers=outers)
 
 
+class _UntrackWalk(_Walk):
+    """One walk of :func:`path_blocks` down raw PREROUTING for rules that leave packets
+    untracked (bounded, loop-safe)."""
+
+    def unread(self, text: str) -> NetObject:
+        return NatBlock(self.family, "exempt", text, f"iptables IPv{self.family} raw")
+
+    def verdict(self, chain: str, tokens: Line, target: str | None, outers: tuple[Line, ...],
+                *, leaves: bool, every: bool) -> str:
+        if target == "NOTRACK" or (target == "CT" and "--notrack" in tokens):
+            self.block(chain, tokens, target, outers)
+            return _ON  # a packet goes on, untracked
+        if target in ("ACCEPT", "DROP", "REJECT", "NFQUEUE", "QUEUE"):
+            return _DONE if every else _ON
+        if target == "RETURN":
+            return _BACK if every else _ON
+        return _ON
+
+    def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
+        _nat_block(self.found, self.family, chain, tokens, "RETURN", outers=outers,
+                   where=f"iptables IPv{self.family} raw")
+
+
 def _marked(tokens: Line) -> bool:
     """The rule tests for a set packet or connection mark: a packet without a mark
     fails one of its mark tests (kube-proxy's ``--mark 0x4000/0x4000``; not
@@ -717,7 +747,7 @@ def _unmarked_passes(tokens: Sequence[str]) -> bool | None:
 
 
 def _nat_block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
-               outers: tuple[Line, ...] = ()) -> None:
+               outers: tuple[Line, ...] = (), where: str = "") -> None:
     """Add the block a NAT rule ``tokens`` makes (narrowed by the jumps ``outers``)."""
     if _marked(tokens) or any(map(_marked, outers)):
         return  # another program's marked traffic, not k3snet's pods' (see nat_blocks)
@@ -732,7 +762,7 @@ def _nat_block(found: set[NetObject], family: int, chain: str, tokens: Line, tar
     if action == "snat" and "--to-source" in tokens[:-1]:
         to_address = tokens[tokens.index("--to-source") + 1]
     text = f"-A {chain} {format_line(tokens)}"
-    where = f"iptables IPv{family} nat"
+    where = where or f"iptables IPv{family} nat"
     for attempt in ({**matches, "to_address": to_address}, {"to_address": to_address}, {}):
         try:
             # A value k3snet cannot hold (a port range, another family): read as "any"
