@@ -231,7 +231,7 @@ class IptablesBackend(BackendBase):
         self._kernel: Kernel = kernel if kernel is not None else Processes(netns, timeout)
         self._mode: Flavour | None = None if mode == "auto" else mode
         self._mode_reason = "given" if mode != "auto" else ""
-        # mode auto: what the other flavour holds in filter and nat (see warnings), and
+        # mode auto: what the other flavour holds in the tables read (see warnings), and
         # whether the detection's read of it is still fresh for the next observe.
         self._auto = mode == "auto"
         self._other_rules: list[str] = []
@@ -351,7 +351,8 @@ class IptablesBackend(BackendBase):
     def warnings(self) -> tuple[str, ...]:
         """What the last :meth:`observe` found worth saying (``!! warning:`` under
         ``k3snet plan``): with ``mode="auto"``, rules in the flavour not picked (in
-        filter or nat: k3snet does not see them, the kernel runs them);
+        filter, nat, raw, mangle or security: k3snet does not see them, the kernel runs
+        them);
         ``K3SNET-*`` chains that are not k3snet's, rules that are not k3snet's
         jumping to its chains, and jumps carrying k3snet's tag from a built-in chain
         to a chain not named ``K3SNET-*`` (k3snet's chains renamed). k3snet leaves
@@ -472,7 +473,7 @@ class IptablesBackend(BackendBase):
         return started
 
     def _read_other_flavour(self, started: dict[int, StartedSave | None]) -> None:
-        """With ``mode="auto"``: what the flavour not picked holds in filter and nat.
+        """With ``mode="auto"``: what the flavour not picked holds in the tables read.
 
         Read again by every observe that reads the kernel (not by one served from
         the cache: a commit in the other flavour does not move the change token),
