@@ -22,6 +22,10 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   counts against k3snet: a negated or unmodelled match is read as "any", so a
   rule that may drop our traffic is a conflict rather than overridden.
 
+* raw, mangle and security, what decides on the forward path where k3snet writes
+  nothing (:func:`path_blocks`): their drops, as filter's before k3snet's jump, and
+  raw's rules leaving packets untracked (no NAT for them).
+
 * nat, what translates otherwise (:func:`nat_blocks`): every rule that may
   translate (``MASQUERADE``, ``SNAT``, ``NETMAP``, any target k3snet does not
   know) met before k3snet's POSTROUTING jump, at any depth of jumps (bounded,

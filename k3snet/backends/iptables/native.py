@@ -13,9 +13,11 @@ before k3snet's POSTROUTING rules are met.
 naming addresses is a :class:`~k3snet.model.ForwardBlock`, a NAT rule met first a
 :class:`~k3snet.model.NatBlock`, each a conflict of the wanted rules it may decide.
 What those cannot say (a policy drop, a catch-all drop or reject: defaults k3snet
-cannot open from iptables) is a warning naming the chain. The tables are found in
-one netlink dump; nothing is listed when none is of another name, and the listings
-made for one (``nft -j``) are bounded in time.
+cannot open from iptables) is a warning naming the chain. A table holding k3snet's
+marker chain (the nftables backend's) is passed by, and named
+(:attr:`NativeRead.k3snet_tables`). The tables are found in one netlink dump; nothing
+is listed when none is of another name, and the listings made for one (``nft -j``)
+are bounded in time.
 """
 
 from __future__ import annotations
