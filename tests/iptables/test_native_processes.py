@@ -117,3 +117,15 @@ def test_a_table_gone_between_the_listings_reads_as_its_chains_gone() -> None:
     assert lister.list("chain", family="inet", table="gone", name="c1") is None
     assert lister.list("chain", family="inet", table="fw", name="nope") is None
     assert nft.runs == 2
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed")
+def test_a_table_of_many_chains_is_listed_chain_by_chain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # kube-proxy's nftables table has a few chains per service: listing it whole for the
+    # handful the walk reads would cost more than those listings.
+    monkeypatch.setattr(native, "WHOLE_TABLE_CHAINS", CHAINS)
+    nft = _Nft()
+    read = native.read_native(nft, TABLES)
+    assert nft.runs == 1 + 1 + CHAINS  # the chains, the base chain, each chain jumped to
+    assert read == native._read(_ChainByChain(), frozenset({("ip", "filter")}))

@@ -60,6 +60,10 @@ class NativeRead:
     backend's, passed by (not judged here)."""
 
 
+WHOLE_TABLE_CHAINS = 256
+"""The most chains a table may have to be listed whole for a chain of it (see
+:class:`_Processes`); firewalld's has about a hundred."""
+
 _Items = list[dict[str, Any]]
 """What one ``nft -j list`` prints: its objects."""
 
@@ -71,7 +75,9 @@ class _Processes:
     A chain's listing is answered from one listing of its whole table, made the first
     time a chain of that table is asked for: the walk lists up to 64 chains, and each
     was an ``nft`` process of its own (nft prints nothing for a JSON batch of several
-    listings, so one process per table is the least).
+    listings, so one process per table is the least). A table of more than
+    :data:`WHOLE_TABLE_CHAINS` chains (kube-proxy's nftables mode: a few per service)
+    is still listed chain by chain: the walk reads a handful of them.
     """
 
     def __init__(self, run: Run, deadline: float) -> None:
@@ -80,11 +86,21 @@ class _Processes:
         self.runs = 0
         # (family, table): each chain's listing in it (None: the table is not there)
         self._tables: dict[tuple[str, str], dict[str, _Items] | None] = {}
+        self._chains: dict[tuple[str, str], int] = {}  # how many each table has
 
     def list(self, kind: str, **ref: str) -> _Items | None:
         if kind != "chain" or set(ref) != {"family", "table", "name"}:
-            return self._list(kind, ref)
+            items = self._list(kind, ref)
+            if kind == "chains" and items is not None:
+                for item in items:
+                    chain = item.get("chain")
+                    if isinstance(chain, dict):
+                        where = (str(chain.get("family")), str(chain.get("table")))
+                        self._chains[where] = self._chains.get(where, 0) + 1
+            return items
         where = (ref["family"], ref["table"])
+        if self._chains.get(where, 0) > WHOLE_TABLE_CHAINS:
+            return self._list(kind, ref)
         if where not in self._tables:
             items = self._list("table", {"family": ref["family"], "name": ref["table"]})
             self._tables[where] = None if items is None else _by_chain(items)
