@@ -103,6 +103,10 @@ class BackendGroup:
         """The group's fault hook: an injected failure is handed to the member
         that holds that change (see :class:`~k3snet.backends.kit.FaultHook`)."""
         self._left: tuple[str, ...] = ()  # the last observe's objects no member keeps up
+        for member in self.members:  # a member that takes the hint learns who is beside it
+            beside = getattr(member.backend, "beside", None)
+            if callable(beside):
+                beside(tuple(m.backend for m in self.members if m is not member))
 
     @property
     def capabilities(self) -> frozenset[str]:

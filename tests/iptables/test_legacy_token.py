@@ -1,7 +1,8 @@
 """iptables-legacy's change token against the kernel, in namespaces these tests create.
 
-The token must move with every change of a rule, a chain or a policy of the filter
-and nat tables (IPv4 and IPv6), and must not move with traffic or ``iptables -Z``
+The token must move with every change of a rule, a chain or a policy of the tables
+the backend reads (filter and nat, and raw, mangle and security, whose drops it
+judges; IPv4 and IPv6), and must not move with traffic or ``iptables -Z``
 (counters only). Each change is checked in the kernel's own view
 (``iptables-legacy-save``) as well; a table the namespace lacks must not be
 created by reading the token (``/proc/net/ip_tables_names``).
@@ -31,7 +32,9 @@ pytestmark = pytest.mark.kernel
 
 FAMILIES = (4, 6)
 CASES = [pytest.param(family, table, id=f"v{family}-{table}")
-         for family in FAMILIES for table in ("filter", "nat")]
+         for family in FAMILIES for table in ("filter", "nat", "raw", "mangle", "security")]
+CHAINS = {"filter": "FORWARD", "nat": "POSTROUTING", "raw": "PREROUTING", "mangle": "FORWARD",
+          "security": "FORWARD"}
 SOURCES = {4: ("10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"),
            6: ("fd00:1::/64", "fd00:2::/64", "fd00:3::/64")}
 _COUNTER = re.compile(r"^\[(\d+):(\d+)\] -A", re.MULTILINE)
@@ -76,8 +79,8 @@ def test_absent_tables_are_not_created_and_appear_in_the_token(ns: str) -> None:
 
 @pytest.mark.parametrize(("family", "table"), CASES)
 def test_every_rule_chain_and_policy_change_moves_it(ns: str, family: int, table: str) -> None:
-    chain = "FORWARD" if table == "filter" else "POSTROUTING"
-    target = ["-j", "ACCEPT"] if table == "filter" else ["-j", "MASQUERADE"]
+    chain = CHAINS[table]
+    target = ["-j", "ACCEPT"] if table != "nat" else ["-j", "MASQUERADE"]
     first, second, third = SOURCES[family]
     ipt = [tool(family), "-t", table]
     run_in(ns, [*ipt, "-A", chain, "-s", first, *target])
@@ -87,7 +90,7 @@ def test_every_rule_chain_and_policy_change_moves_it(ns: str, family: int, table
         ("delete", ["-D", chain, "1"], f"-A {chain} -s {third}"),
         ("new empty chain", ["-N", "K3SNET-TEST"], ":K3SNET-TEST - [0:0]"),
     ]
-    if table == "filter":  # nat refuses a DROP policy
+    if table != "nat":  # nat refuses a DROP policy
         steps.append(("policy", ["-P", chain, "DROP"], f":{chain} DROP"))
     with IptablesBackend(ns, mode="legacy") as backend:
         seen = [backend.change_token()]

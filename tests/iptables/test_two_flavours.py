@@ -3,7 +3,7 @@
 iptables-nft and iptables-legacy rules live side by side in the kernel and both
 run: a legacy DROP next to nft rules drops the packet whatever the nft chains
 accept. k3snet reads one flavour; with ``mode="auto"`` it says when the other
-one holds rules in the tables it reads (filter, nat), naming the flavour, the
+one holds rules in the tables it reads (filter, nat; raw, mangle, security), naming the flavour, the
 family, the table and what is there. Fresh ``k3snet-ipt-*`` namespaces.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables.mode import other_flavour_rules
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
@@ -85,3 +86,12 @@ def test_a_flavour_whose_save_fails_is_absent_and_the_other_is_detected(
         assert backend.mode == "legacy", backend.mode_reason
         assert "KUBE-/FLANNEL-" in backend.mode_reason
         backend.observe()
+
+
+def test_the_other_flavours_drops_in_raw_and_mangle_are_named_not_an_empty_hint_chain() -> None:
+    text = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+            ":KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n"
+            "*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -s 10.50.0.0/16 -j DROP\nCOMMIT\n"
+            "*security\n:FORWARD DROP [0:0]\nCOMMIT\n")
+    assert other_flavour_rules({4: text, 6: None}) == [
+        "IPv4 raw: 1 rule", "IPv4 security: FORWARD policy DROP"]

@@ -107,10 +107,12 @@ from k3snet.backends.iptables.driver import (
     tool_name,
 )
 from k3snet.backends.iptables.foreign import (
+    PATH_CHAINS,
     foreign_blocks,
     foreign_forward,
     foreign_nat,
     nat_blocks,
+    path_blocks,
 )
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
 from k3snet.backends.iptables.native import NativeRead, native_tables, read_native
@@ -163,6 +165,7 @@ from k3snet.render.iptables.rules import (
     render_unit,
     table_of,
 )
+from k3snet.render.nftables import table_families
 
 __all__ = ["Driver", "IptablesBackend", "Mode"]
 
@@ -228,15 +231,19 @@ class IptablesBackend(BackendBase):
         self._kernel: Kernel = kernel if kernel is not None else Processes(netns, timeout)
         self._mode: Flavour | None = None if mode == "auto" else mode
         self._mode_reason = "given" if mode != "auto" else ""
-        # mode auto: what the other flavour holds in filter and nat (see warnings), and
+        # mode auto: what the other flavour holds in the tables read (see warnings), and
         # whether the detection's read of it is still fresh for the next observe.
         self._auto = mode == "auto"
         self._other_rules: list[str] = []
         self._other_fresh = False
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
+        # raw, mangle or security tables iptables-nft-save left (partly) out: (family, table, what)
+        self._path_hidden: tuple[tuple[int, str, str], ...] = ()
         self._native = NativeRead()  # nftables tables of other names (see native.py)
         self._native_runner: NetnsRunner | None = None  # where their listings run
+        # k3snet's nftables tables an nftables backend beside this one manages (beside())
+        self._nft_managed: frozenset[tuple[str, str]] = frozenset()
         self._native_bounded: BoundedLister | None = None
         self._warned: tuple[str, ...] = ()  # what was last logged (said once, not every pass)
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
@@ -312,15 +319,15 @@ class IptablesBackend(BackendBase):
 
     def reads_itself(self, obj: NetObject) -> bool:
         """Whether ``obj``, a foreign drop another backend read (the nftables backend's
-        listing of ``ip filter``), is in a table this backend reads itself, relative to
-        its own jump (iptables-nft's filter table, in mode nft): a drop after k3snet's
-        jump is never met by what k3snet's chain accepted, and this backend already
-        reports one before it. :meth:`~k3snet.backends.group.BackendGroup.observe`
-        shows it no other view of those."""
+        listing of ``ip filter``), is in a table this backend reads itself (iptables-nft's
+        filter table, in mode nft, relative to its own jump: a drop after k3snet's jump
+        is never met by what k3snet's chain accepted, and this backend already reports
+        one before it; raw, mangle and security, read whole). Then
+        :meth:`~k3snet.backends.group.BackendGroup.observe` shows it no other view of
+        those."""
         where = getattr(obj, "where", None)
         return (isinstance(obj, ForwardBlock) and isinstance(where, str)
-                and where.startswith(("nftables ip filter ", "nftables ip6 filter "))
-                and self.mode == "nft")
+                and where.startswith(_READ_ITSELF) and self.mode == "nft")
 
     @property
     def mode_reason(self) -> str:
@@ -344,7 +351,8 @@ class IptablesBackend(BackendBase):
     def warnings(self) -> tuple[str, ...]:
         """What the last :meth:`observe` found worth saying (``!! warning:`` under
         ``k3snet plan``): with ``mode="auto"``, rules in the flavour not picked (in
-        filter or nat: k3snet does not see them, the kernel runs them);
+        filter, nat, raw, mangle or security: k3snet does not see them, the kernel runs
+        them);
         ``K3SNET-*`` chains that are not k3snet's, rules that are not k3snet's
         jumping to its chains, and jumps carrying k3snet's tag from a built-in chain
         to a chain not named ``K3SNET-*`` (k3snet's chains renamed). k3snet leaves
@@ -388,8 +396,27 @@ class IptablesBackend(BackendBase):
                     found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "
                                  f"{jump.target}: -A {jump.chain} {format_line(jump.line)} "
                                  "(kept; k3snet cannot delete that chain while it is there)")
+        for family, table, what in self._path_hidden:
+            found.append(
+                f"IPv{family} {table}: iptables-nft-save leaves out "
+                f"{'this table' if what == 'table' else 'base chains of this table'} "
+                f"(written with nft: `nft list table {_nft_family(family)} {table}` shows "
+                "it): it runs on the path of forwarded packets, and what it drops k3snet "
+                "neither sees nor names as a conflict")
         found += self._native.warnings
+        found += [_left_nftables(family, table) for family, table
+                  in sorted(self._native.k3snet_tables - self._nft_managed)]
         return tuple(found)
+
+    def beside(self, others: Sequence[object]) -> None:
+        """A hint from :class:`~k3snet.backends.group.BackendGroup`: the other backends in
+        use with this one. The tables of an ``nftables`` backend among them are in use
+        (``--backend nftables:nat --backend iptables:forward``), not left behind: no
+        warning names them (:attr:`warnings`)."""
+        self._nft_managed = frozenset(
+            (family, str(getattr(other, "table", "k3snet"))) for other in others
+            if getattr(other, "name", None) == "nftables"
+            for family in table_families(getattr(other, "family", "inet")))
 
     def _read_native(self) -> NativeRead:
         """What nftables tables of other names hold (see
@@ -446,7 +473,7 @@ class IptablesBackend(BackendBase):
         return started
 
     def _read_other_flavour(self, started: dict[int, StartedSave | None]) -> None:
-        """With ``mode="auto"``: what the flavour not picked holds in filter and nat.
+        """With ``mode="auto"``: what the flavour not picked holds in the tables read.
 
         Read again by every observe that reads the kernel (not by one served from
         the cache: a commit in the other flavour does not move the change token),
@@ -502,7 +529,8 @@ class IptablesBackend(BackendBase):
     def change_token(self) -> int | bytes | None:
         """What moves when a rule may have changed: with iptables-nft the nftables
         generation id (any commit in the namespace moves it), with iptables-legacy a
-        digest of the filter and nat tables without their counters (any rule, chain
+        digest of the filter and nat tables (and raw, mangle and security, which observe
+        judges too) without their counters (any rule, chain
         or policy change in them moves it, traffic does not), with the nftables
         generation id while the namespace has nftables tables of other names
         (observe reads them too: kept by the legacy digest alone, a drop added to
@@ -628,27 +656,14 @@ class IptablesBackend(BackendBase):
         other = self._start_other_flavour()  # runs while this flavour is read
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
+        hidden: list[tuple[int, str, str]] = []
         try:
             with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the save
                 for family in FAMILIES:
                     dump = self._save(family, started[1].pop(family, None) if started else None)
                     for table in TABLES:
                         tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
-                    foreign |= foreign_nat(dump.get("nat"), family)
-                    foreign |= foreign_forward(dump.get("filter"), family)
-                    # What a foreign rule decides before our jump is not ours: our rules for it
-                    # are left out of ``owned``, so the plan says "!" instead of re-adding them.
-                    filter_state = tables[family, "filter"]
-                    blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index(),
-                                            ours=filter_state.chains)
-                    set_aside(filter_state, blocks)
-                    foreign |= blocks
-                    # The same for NAT: the first NAT rule a connection meets decides.
-                    nat_state = tables[family, "nat"]
-                    nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index(),
-                                     ours=nat_state.chains)
-                    set_aside(nat_state, nat)
-                    foreign |= nat
+                    foreign |= _judge(family, dump, tables, hidden)
             # Base chains of nftables tables iptables does not show run on the same hooks.
             self._native = self._read_native()
             for read in tables.values():
@@ -664,6 +679,7 @@ class IptablesBackend(BackendBase):
                 save.cancel()  # what an error left unread
         self._tables = tables
         self._foreign = frozenset(foreign)
+        self._path_hidden = tuple(hidden)
         self._read_other_flavour(other)
         self._log_warnings()
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
@@ -842,9 +858,26 @@ class IptablesBackend(BackendBase):
         return tuple(committed)
 
     def _reverter(self, state: TableState, step: _Step) -> Callable[[], None]:
-        """What takes a committed table edit back (``state`` is the table after it)."""
+        """What takes a committed table edit back (``state`` is the table after it).
+
+        A rule of the table as it was whose text does not read back (an admin's hook
+        jump edited to ``--hashlimit-name a b``: iptables-save quotes comments only)
+        makes iptables refuse the whole rollback of the table: it is then taken back
+        without such rules, k3snet's own jump in place of an edited one, and a
+        warning says so.
+        """
         def revert() -> None:
-            self._run(step.family, step.table, revert_ops(state, step.edit))
+            exact = revert_ops(state, step.edit)
+            try:
+                self._run(step.family, step.table, exact)
+            except RunFailedError:
+                loose = revert_ops(state, step.edit, exact=False)
+                if loose == exact:
+                    raise
+                self._run(step.family, step.table, loose)
+                log.warning("iptables: IPv%s %s taken back without the rules whose text "
+                            "does not read back (k3snet's hook jump in place of an edited "
+                            "one)", step.family, step.table)
         return revert
 
     def _fail(self, undo: Compensation, step: _Step, failed: Change | None,
@@ -1025,6 +1058,10 @@ class IptablesBackend(BackendBase):
         return parse_save(text)
 
 
+_READ_ITSELF = tuple(f"nftables {family} {table} " for family in ("ip", "ip6")
+                     for table in ("filter", *PATH_CHAINS))
+"""Where the nftables backend's view of a table this one reads starts (``reads_itself``)."""
+
 _FLAVOURS: tuple[Flavour, ...] = ("nft", "legacy")
 _OTHER: dict[Flavour, Flavour] = {"nft": "legacy", "legacy": "nft"}
 
@@ -1045,6 +1082,51 @@ def _where_of(subject: NetObject) -> tuple[int, str]:
             raise PlanError(f"cannot delete {subject}: it is not the iptables backend's")
         return where
     return (subject.family or 4, table_of(subject))
+
+
+def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str], TableState],
+           hidden: list[tuple[int, str, str]]) -> set[NetObject]:
+    """The foreign objects of one family's tables (``tables``: k3snet's, as loaded; what a
+    foreign rule decides first is set aside there), and the tables of ``PATH_CHAINS``
+    iptables-nft-save left out (added to ``hidden``)."""
+    foreign: set[NetObject] = set()
+    foreign |= foreign_nat(dump.get("nat"), family)
+    foreign |= foreign_forward(dump.get("filter"), family)
+    # What a foreign rule decides before our jump is not ours: our rules for it
+    # are left out of ``owned``, so the plan says "!" instead of re-adding them.
+    filter_state = tables[family, "filter"]
+    blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index(),
+                            ours=filter_state.chains)
+    set_aside(filter_state, blocks)
+    foreign |= blocks
+    # raw, mangle and security run on the same path (k3snet has no jump there).
+    for table in PATH_CHAINS:
+        path = path_blocks(dump.get(table), family)
+        set_aside(filter_state, path)
+        set_aside(tables[family, "nat"], path)  # raw's NOTRACK: no NAT at all
+        foreign |= path
+        left_out = dump[table].hidden if table in dump else None
+        if left_out is not None:
+            hidden.append((family, table, left_out))
+    # The same for NAT: the first NAT rule a connection meets decides.
+    nat_state = tables[family, "nat"]
+    nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index(),
+                     ours=nat_state.chains)
+    set_aside(nat_state, nat)
+    foreign |= nat
+    return foreign
+
+
+def _left_nftables(family: str, table: str) -> str:
+    """The warning naming k3snet's nftables table, left by the nftables backend."""
+    options = [*([f"--backend-opt nftables.table={table}"] if table != "k3snet" else []),
+               *(["--backend-opt nftables.family=split"] if family != "inet" else [])]
+    command = " ".join(["k3snet destroy --backend nftables", *options])
+    return (f"nftables table {family} {table} holds rules k3snet's nftables backend wrote "
+            "(its marker chain): they run on the same hooks as iptables' (its masquerade "
+            "and SNAT rules translate the pods' connections whatever k3snet's iptables "
+            "rules say), and this backend neither judges, keeps up nor removes them; if "
+            f"the nftables backend no longer manages this node, `{command}` removes them")
 
 
 def _nft_family(family: int) -> str:

@@ -22,6 +22,10 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   counts against k3snet: a negated or unmodelled match is read as "any", so a
   rule that may drop our traffic is a conflict rather than overridden.
 
+* raw, mangle and security, what decides on the forward path where k3snet writes
+  nothing (:func:`path_blocks`): their drops, as filter's before k3snet's jump, and
+  raw's rules leaving packets untracked (no NAT for them).
+
 * nat, what translates otherwise (:func:`nat_blocks`): every rule that may
   translate (``MASQUERADE``, ``SNAT``, ``NETMAP``, any target k3snet does not
   know) met before k3snet's POSTROUTING jump, at any depth of jumps (bounded,
@@ -62,7 +66,8 @@ from k3snet.render.iptables.rules import (
     tokenize,
 )
 
-__all__ = ["foreign_blocks", "foreign_forward", "foreign_nat", "nat_blocks"]
+__all__ = ["PATH_CHAINS", "foreign_blocks", "foreign_forward", "foreign_nat", "nat_blocks",
+           "path_blocks"]
 
 _STOP = frozenset({"DROP", "REJECT"})
 
@@ -383,6 +388,45 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
     return _ForwardWalk(dump, family, ours).walk("FORWARD", before)
 
 
+PATH_CHAINS: dict[str, tuple[str, ...]] = {
+    "raw": ("PREROUTING",),
+    "mangle": ("PREROUTING", "FORWARD", "POSTROUTING"),
+    "security": ("FORWARD",),
+}
+"""The built-in chains of the tables k3snet writes nothing in that a forwarded packet
+passes (either way: the replies too), each run by the kernel besides filter's FORWARD."""
+
+
+def path_blocks(dump: TableDump | None, family: int) -> set[NetObject]:
+    """Foreign rules of ``raw``, ``mangle`` or ``security`` (``dump``'s table) that drop,
+    reject or queue forwarded packets, in the built-in chains of :data:`PATH_CHAINS`.
+
+    k3snet writes nothing in those tables, and an ``ACCEPT`` in filter ends only
+    filter's chain: a ``-t mangle -A FORWARD -j DROP`` (or ``-t raw -A PREROUTING``)
+    drops what k3snet's forward accepts let through. So every rule of those chains is
+    read as filter's are before k3snet's jump (:func:`foreign_blocks`: at any depth,
+    a doubt counts against k3snet), and so is the chain's policy when it is not
+    ``ACCEPT`` (``-P FORWARD DROP``) for the packets that may reach it. A reverse-path
+    drop (``-m rpfilter --invert``: Calico's, firewalld's) drops only packets whose
+    source the node does not route back the way they came in, never a pod's, and is
+    not read as one. In raw PREROUTING, a rule that leaves packets untracked
+    (``-j NOTRACK``, ``-j CT --notrack``) takes them out of NAT altogether (the nat
+    table sees only tracked connections): it is an ``exempt``
+    :class:`~k3snet.model.NatBlock`, a conflict of the masquerade and SNAT rules it
+    may match.
+    """
+    found: set[NetObject] = set()
+    if dump is None:
+        return found
+    for builtin in PATH_CHAINS.get(dump.name, ()):
+        if builtin in dump.rules or builtin in dump.policies:
+            found |= _ForwardWalk(dump, family, None, builtin=builtin).through()
+    if dump.name == "raw":
+        found |= _UntrackWalk(dump, family, None).walk("PREROUTING",
+                                                       len(dump.chain("PREROUTING")))
+    return found
+
+
 _ON, _END, _BACK, _DONE = "on", "end", "back", "done"
 """How packets leave a rule (to the next one; ``_DONE``: the table ends for them, ``_BACK``:
 they go back as a ``RETURN`` sends them) or a chain (``_END``: some reach its end)."""
@@ -475,14 +519,33 @@ class _Walk:
 
 
 class _ForwardWalk(_Walk):
-    """One walk of :func:`foreign_blocks` down the FORWARD path (bounded, loop-safe)."""
+    """One walk of :func:`foreign_blocks` down the FORWARD path, or of :func:`path_blocks`
+    down ``builtin`` of another table (bounded, loop-safe)."""
 
-    def __init__(self, dump: TableDump, family: int, ours: Container[str] | None) -> None:
+    def __init__(self, dump: TableDump, family: int, ours: Container[str] | None, *,
+                 builtin: str = "FORWARD") -> None:
         super().__init__(dump, family, ours)
-        self.policy = dump.policies.get("FORWARD", "ACCEPT")
+        self.builtin = builtin
+        self.policy = dump.policies.get(builtin, "ACCEPT")
+        self.where = f"iptables IPv{family} {dump.name}"
 
     def unread(self, text: str) -> NetObject:
-        return ForwardBlock(self.family, "drop", text, f"iptables IPv{self.family} filter")
+        return ForwardBlock(self.family, "drop", text, self.where)
+
+    def through(self) -> set[NetObject]:
+        """The blocks met in the whole built-in chain, and its policy for the packets that
+        may reach its end (a table k3snet has no jump in)."""
+        try:
+            left = self.chain(self.builtin, self.dump.chain(self.builtin), (), leaves=True,
+                              on_way=(self.builtin,))
+        except _WalkStopped as stop:
+            self.found.add(self.unread(f"-A {stop.chain} {format_line(stop.tokens)} (and what "
+                                       f"follows: not read, {stop.why})"))
+            return self.found
+        if left == _END and self.policy != "ACCEPT":
+            self.found.add(ForwardBlock(self.family, "drop", f"-P {self.builtin} {self.policy}",
+                                        self.where))
+        return self.found
 
     def verdict(self, chain: str, tokens: Line, target: str | None, outers: tuple[Line, ...],
                 *, leaves: bool, every: bool) -> str:
@@ -499,11 +562,12 @@ class _ForwardWalk(_Walk):
 
     def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
         if target != "RETURN" or self.policy != "ACCEPT":
-            _block(self.found, self.family, chain, tokens, target, outers=outers)
+            _block(self.found, self.family, chain, tokens, target, outers=outers,
+                   where=self.where)
 
 
 def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
-           outers: tuple[Line, ...] = ()) -> None:
+           outers: tuple[Line, ...] = (), where: str = "") -> None:
     """Add the block ``tokens`` makes (narrowed by the jumps ``outers`` that lead there)."""
     matches: dict[str, str | None] = {}
     for line in (*outers, tokens):  # the innermost match of each kind is the narrowest known
@@ -513,13 +577,23 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
     if _conditions(tokens) == ["-m", "conntrack", "--ctstate", "INVALID"] or (
             _conditions(tokens) == ["-m", "state", "--state", "INVALID"]):
         return  # kube-proxy's drop of invalid packets: valid traffic goes on
+    if _reverse_path(tokens):
+        return  # a pod's source is routed back the way it came in (see path_blocks)
     text = f"-A {chain} {format_line(tokens)}"
+    where = where or f"iptables IPv{family} filter"
     try:
-        found.add(ForwardBlock(family, _VERDICT[target], text, f"iptables IPv{family} filter",
-                               **matches))
+        found.add(ForwardBlock(family, _VERDICT[target], text, where, **matches))
     except (K3snetError, ValueError):
         # A match k3snet cannot hold (another family, an odd interface): read it as "any".
-        found.add(ForwardBlock(family, _VERDICT[target], text, f"iptables IPv{family} filter"))
+        found.add(ForwardBlock(family, _VERDICT[target], text, where))
+
+
+def _reverse_path(tokens: Line) -> bool:
+    """The rule drops only what fails a reverse-path check (``-m rpfilter --invert``;
+    its other matches narrow it further)."""
+    conditions = _conditions(tokens)
+    return any(conditions[i: i + 2] == ["-m", "rpfilter"] for i in range(len(conditions))) \
+        and "--invert" in conditions
 
 
 def _excluded(matches: dict[str, str | None], lines: tuple[Line, ...]) -> bool:
@@ -619,6 +693,29 @@ class _NatWalk(_Walk):
         _nat_block(self.found, self.family, chain, tokens, target, outers=outers)
 
 
+class _UntrackWalk(_Walk):
+    """One walk of :func:`path_blocks` down raw PREROUTING for rules that leave packets
+    untracked (bounded, loop-safe)."""
+
+    def unread(self, text: str) -> NetObject:
+        return NatBlock(self.family, "exempt", text, f"iptables IPv{self.family} raw")
+
+    def verdict(self, chain: str, tokens: Line, target: str | None, outers: tuple[Line, ...],
+                *, leaves: bool, every: bool) -> str:
+        if target == "NOTRACK" or (target == "CT" and "--notrack" in tokens):
+            self.block(chain, tokens, target, outers)
+            return _ON  # a packet goes on, untracked
+        if target in ("ACCEPT", "DROP", "REJECT", "NFQUEUE", "QUEUE"):
+            return _DONE if every else _ON
+        if target == "RETURN":
+            return _BACK if every else _ON
+        return _ON
+
+    def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
+        _nat_block(self.found, self.family, chain, tokens, "RETURN", outers=outers,
+                   where=f"iptables IPv{self.family} raw")
+
+
 def _marked(tokens: Line) -> bool:
     """The rule tests for a set packet or connection mark: a packet without a mark
     fails one of its mark tests (kube-proxy's ``--mark 0x4000/0x4000``; not
@@ -654,7 +751,7 @@ def _unmarked_passes(tokens: Sequence[str]) -> bool | None:
 
 
 def _nat_block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
-               outers: tuple[Line, ...] = ()) -> None:
+               outers: tuple[Line, ...] = (), where: str = "") -> None:
     """Add the block a NAT rule ``tokens`` makes (narrowed by the jumps ``outers``)."""
     if _marked(tokens) or any(map(_marked, outers)):
         return  # another program's marked traffic, not k3snet's pods' (see nat_blocks)
@@ -669,7 +766,7 @@ def _nat_block(found: set[NetObject], family: int, chain: str, tokens: Line, tar
     if action == "snat" and "--to-source" in tokens[:-1]:
         to_address = tokens[tokens.index("--to-source") + 1]
     text = f"-A {chain} {format_line(tokens)}"
-    where = f"iptables IPv{family} nat"
+    where = where or f"iptables IPv{family} nat"
     for attempt in ({**matches, "to_address": to_address}, {"to_address": to_address}, {}):
         try:
             # A value k3snet cannot hold (a port range, another family): read as "any"

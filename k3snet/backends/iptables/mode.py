@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from k3snet.backends.iptables.driver import Flavour
+from k3snet.backends.iptables.foreign import PATH_CHAINS
 from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.iptables.table import own_chains
 from k3snet.render.iptables.rules import HOOKS, PREFIX, TABLES
@@ -91,14 +92,16 @@ def other_flavour_rules(texts: Mapping[int, str | None]) -> list[str]:
 
     One ``IPv4 filter: 2 rules, FORWARD policy DROP, 1 user chain`` line per table
     that holds anything (what iptables-nft-save says it left out too); empty when
-    those tables are empty (or absent).
+    those tables are empty (or absent). The raw, mangle and security tables, whose
+    drops on the forward path k3snet judges, count by their rules and policies: an
+    empty chain there (kubelet's ``KUBE-IPTABLES-HINT`` in mangle) runs nothing.
     """
     found = []
     for family, text in sorted(texts.items()):
         if not text:
             continue
         dump = parse_save(text)
-        for table in TABLES:
+        for table in (*TABLES, *PATH_CHAINS):
             held = dump.get(table)
             if held is None:
                 continue
@@ -109,7 +112,7 @@ def other_flavour_rules(texts: Mapping[int, str | None]) -> list[str]:
             parts += [f"{chain} policy {policy}" for chain, policy in held.policies.items()
                       if policy not in ("ACCEPT", "-")]
             chains = sum(policy == "-" for policy in held.policies.values())
-            if chains:
+            if chains and (rules or table in TABLES):
                 parts.append(f"{chains} user chain{'s' if chains != 1 else ''}")
             if held.hidden is not None:  # iptables-nft-save said it left them out
                 parts.append(f"{'rules' if held.hidden == 'table' else 'base chains'} "

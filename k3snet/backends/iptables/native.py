@@ -13,9 +13,11 @@ before k3snet's POSTROUTING rules are met.
 naming addresses is a :class:`~k3snet.model.ForwardBlock`, a NAT rule met first a
 :class:`~k3snet.model.NatBlock`, each a conflict of the wanted rules it may decide.
 What those cannot say (a policy drop, a catch-all drop or reject: defaults k3snet
-cannot open from iptables) is a warning naming the chain. The tables are found in
-one netlink dump; nothing is listed when none is of another name, and the listings
-made for one (``nft -j``) are bounded in time.
+cannot open from iptables) is a warning naming the chain. A table holding k3snet's
+marker chain (the nftables backend's) is passed by, and named
+(:attr:`NativeRead.k3snet_tables`). The tables are found in one netlink dump; nothing
+is listed when none is of another name, and the listings made for one (``nft -j``)
+are bounded in time.
 """
 
 from __future__ import annotations
@@ -53,23 +55,66 @@ class NativeRead:
     blocks: frozenset[NetObject] = frozenset()
     """:class:`ForwardBlock` and :class:`NatBlock` objects (foreign)."""
     warnings: tuple[str, ...] = ()
+    k3snet_tables: frozenset[tuple[str, str]] = frozenset()
+    """(family, name) of the tables holding k3snet's marker chain: the nftables
+    backend's, passed by (not judged here)."""
+
+
+WHOLE_TABLE_CHAINS = 256
+"""The most chains a table may have to be listed whole for a chain of it (see
+:class:`_Processes`); firewalld's has about a hundred."""
+
+_Items = list[dict[str, Any]]
+"""What one ``nft -j list`` prints: its objects."""
 
 
 class _Processes:
     """``nft -j -f -`` listings in the namespace, each within what is left of ``deadline``
-    (where the ``nftables`` Python binding is missing)."""
+    (where the ``nftables`` Python binding is missing).
+
+    A chain's listing is answered from one listing of its whole table, made the first
+    time a chain of that table is asked for: the walk lists up to 64 chains, and each
+    was an ``nft`` process of its own (nft prints nothing for a JSON batch of several
+    listings, so one process per table is the least). A table of more than
+    :data:`WHOLE_TABLE_CHAINS` chains (kube-proxy's nftables mode: a few per service)
+    is still listed chain by chain: the walk reads a handful of them.
+    """
 
     def __init__(self, run: Run, deadline: float) -> None:
         self._run = run
         self._deadline = deadline
+        self.runs = 0
+        # (family, table): each chain's listing in it (None: the table is not there)
+        self._tables: dict[tuple[str, str], dict[str, _Items] | None] = {}
+        self._chains: dict[tuple[str, str], int] = {}  # how many each table has
 
-    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+    def list(self, kind: str, **ref: str) -> _Items | None:
+        if kind != "chain" or set(ref) != {"family", "table", "name"}:
+            items = self._list(kind, ref)
+            if kind == "chains" and items is not None:
+                for item in items:
+                    chain = item.get("chain")
+                    if isinstance(chain, dict):
+                        where = (str(chain.get("family")), str(chain.get("table")))
+                        self._chains[where] = self._chains.get(where, 0) + 1
+            return items
+        where = (ref["family"], ref["table"])
+        if self._chains.get(where, 0) > WHOLE_TABLE_CHAINS:
+            return self._list(kind, ref)
+        if where not in self._tables:
+            items = self._list("table", {"family": ref["family"], "name": ref["table"]})
+            self._tables[where] = None if items is None else _by_chain(items)
+        chains = self._tables[where]
+        return None if chains is None else chains.get(ref["name"])
+
+    def _list(self, kind: str, ref: dict[str, str]) -> _Items | None:
         what = " ".join(["list", kind, *ref.values()])
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise ListingTimeoutError(
                 f"nft {what!r} not run: past the read's bound ({NATIVE_SECONDS} s)"
             )
+        self.runs += 1
         try:
             done = self._run(["nft", "-j", "-f", "-"], list_command(kind, ref), left)
         except BackendError as exc:
@@ -83,6 +128,19 @@ class _Processes:
                 return None
             raise BackendError(f"nft {what!r} failed: {done.stderr.strip()[:200]}")
         return listed_items(done.stdout, what)
+
+
+def _by_chain(items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """A table's listing as each of its chains' (``list chain``: the chain, its rules)."""
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        chain = item.get("chain")
+        if isinstance(chain, dict) and isinstance(chain.get("name"), str):
+            chains.setdefault(chain["name"], []).insert(0, item)
+        rule = item.get("rule")
+        if isinstance(rule, dict) and isinstance(rule.get("chain"), str):
+            chains.setdefault(rule["chain"], []).append(item)
+    return chains
 
 
 Within = Callable[[float, Callable[[Lists], "NativeRead"]], "NativeRead"]
@@ -142,7 +200,7 @@ def _read(lister: Lists, xt: frozenset[tuple[str, str]]) -> NativeRead:
         *_defaults(reader),
         *(f"nftables tables beside iptables' read in part: {u}" for u in reader.unread),
     ]
-    return NativeRead(blocks, tuple(warnings))
+    return NativeRead(blocks, tuple(warnings), reader.marked)
 
 
 def _defaults(reader: ForeignReader) -> list[str]:

@@ -844,8 +844,14 @@ def _hook_ops(state: TableState, want: bool, main: list[Line] | None = None
     return ops, rules
 
 
-def revert_ops(state: TableState, edit: TableEdit) -> list[Op]:
-    """Ops that put back what ``edit`` changed (``state`` is the table after the edit)."""
+def revert_ops(state: TableState, edit: TableEdit, *, exact: bool = True) -> list[Op]:
+    """Ops that put back what ``edit`` changed (``state`` is the table after the edit).
+
+    ``exact=False``: a rule whose text may not read back (iptables-save quotes comments
+    only: an admin's ``--hashlimit-name a b``; see :func:`_nameable`) is not written
+    again, which iptables would refuse, failing the whole table's rollback: k3snet's
+    hook jump goes back in place of an edited one, other such rules are left out.
+    """
     declares: list[Op] = []
     appends: list[Op] = []
     flushes: list[Op] = []
@@ -859,7 +865,9 @@ def revert_ops(state: TableState, edit: TableEdit) -> list[Op]:
             removes.append(Op("remove", chain))
             continue
         declares.append(Op("declare", chain))  # creates it, or flushes it
-        appends.append(Op("append", chain, tuple(old)))
+        lines = tuple(old) if exact else tuple(line for line in old if _writable(line))
+        if lines:
+            appends.append(Op("append", chain, lines))
     hook = state.hook
     current = list(state.hook_rules)
     hook_ops: list[Op] = []
@@ -869,8 +877,16 @@ def revert_ops(state: TableState, edit: TableEdit) -> list[Op]:
                 hook_ops.append(Op("delete", hook.builtin, (current[index],), index + 1))
         for index, line in enumerate(edit.old_hook_rules):
             if _hooks_to(line, hook.main):
-                hook_ops.append(Op("insert", hook.builtin, (line,), index + 1))
+                put = line if exact or _writable(line) else hook_line(hook)
+                hook_ops.append(Op("insert", hook.builtin, (put,), index + 1))
     return [*declares, *appends, *hook_ops, *flushes, *removes]
+
+
+def _writable(line: Line) -> bool:
+    """``line``, a rule as read, surely reads back from its text: made only of the
+    matches k3snet reads (as its own rules are), no comment holding a newline (as
+    :func:`_nameable` judges)."""
+    return parse_rule(line) is not None and not any("\n" in token for token in line)
 
 
 def commit_edit(state: TableState, edit: TableEdit) -> None:

@@ -1,4 +1,4 @@
-"""iptables-legacy's change token: x_tables' filter and nat rules, read with ``getsockopt``.
+"""iptables-legacy's change token: x_tables' rules, read with ``getsockopt``.
 
 x_tables keeps no generation counter and sends no notification; what the kernel
 does offer is each table whole, in the two ``getsockopt`` calls ``iptables-save``
@@ -7,7 +7,8 @@ and ``IPT_SO_GET_ENTRIES`` (the blob of every ``struct ipt_entry``, each with it
 packet and byte counters). A digest of the blob with each entry's counters
 zeroed changes with any rule, chain or policy of the table, and not with the
 traffic that moves the counters (nor with ``iptables -Z``). One token covers the
-filter and nat tables of IPv4 and IPv6 (``IP6T_SO_*`` on an ``AF_INET6`` socket).
+tables the backend reads (:data:`TABLES`) of IPv4 and IPv6 (``IP6T_SO_*`` on an
+``AF_INET6`` socket).
 
 Reading a table the namespace does not have would *create* it (the kernel loads
 the table's module or instantiates it from its template on first use), so a
@@ -40,8 +41,10 @@ from k3snet.errors import BackendError
 __all__ = ["ENTRIES_AT", "LAYOUTS", "TABLES", "Kept", "Layout", "TableDigest", "digest_table",
            "fetch_table", "legacy_token", "table_digests", "zero_counters"]
 
-TABLES = ("filter", "nat")
-"""The tables the iptables backend reads (see ``k3snet.render.iptables.rules.TABLES``)."""
+TABLES = ("filter", "nat", "raw", "mangle", "security")
+"""The tables the iptables backend reads: those it writes
+(``k3snet.render.iptables.rules.TABLES``) and those whose drops it judges
+(``k3snet.backends.iptables.foreign.PATH_CHAINS``)."""
 
 _SO_GET_INFO = 64  # IPT_SO_GET_INFO == IP6T_SO_GET_INFO (IPT_BASE_CTL)
 _SO_GET_ENTRIES = 65

@@ -491,6 +491,8 @@ class ForeignReader:
     # Also pass by every table holding k3snet's marker chain, whatever its name (the
     # iptables backend's read: the nftables backend's table is another backend's own).
     skip_marked: bool = False
+    # The tables passed by as k3snet's (skip_marked): the iptables backend names them.
+    marked: frozenset[tuple[str, str]] = frozenset()
     unread: list[str] = field(default_factory=list)
     listed: int = 0
     nat: list[NetObject] = field(default_factory=list)
@@ -535,8 +537,9 @@ class ForeignReader:
         except BackendError:
             return frozenset()  # best effort: no foreign state rather than no observe
         leftovers = self._leftovers(chains)
-        passed = self.own_tables | leftovers | (self._marked(chains) if self.skip_marked
-                                                else frozenset())
+        if self.skip_marked:
+            self.marked = self._marked(chains)
+        passed = self.own_tables | leftovers | self.marked
         for item in chains:
             chain = item.get("chain")
             if isinstance(chain, dict):

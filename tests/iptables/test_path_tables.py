@@ -1,0 +1,191 @@
+"""Drops in raw, mangle and security: tables k3snet writes nothing in, on the forward path.
+
+A forwarded packet passes raw PREROUTING, mangle PREROUTING, FORWARD and POSTROUTING
+and security FORWARD besides filter's FORWARD, where k3snet's accepts are: an
+``ACCEPT`` ends only its own chain, so a ``-t mangle -A FORWARD -j DROP`` drops the
+pods' traffic whatever k3snet's rules say. The backend read only filter and nat, and
+the plan said every forward rule was in place. Now such a drop is a
+:class:`~k3snet.model.ForwardBlock`, a ``!`` conflict as a drop before k3snet's jump
+in filter is. The kernel test sends a real connection through the seed lab's node.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables.foreign import path_blocks
+from k3snet.backends.iptables.save import parse_save
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NetObject, State
+from k3snet.planner import plan
+
+POD = "10.42.0.0/16"
+DB = "192.168.2.0/24"
+WANTED = ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0")
+
+
+def _blocks(table: str, rules: str, policies: dict[str, str] | None = None,
+            family: int = 4) -> set[str]:
+    chains = {"PREROUTING": "ACCEPT", "FORWARD": "ACCEPT", "POSTROUTING": "ACCEPT",
+              "OUTPUT": "ACCEPT", "ADMIN": "-", **(policies or {})}
+    head = "\n".join(f":{chain} {policy} [0:0]" for chain, policy in chains.items())
+    text = f"*{table}\n{head}\n{rules.strip()}\nCOMMIT\n"
+    return {block.describe() for block in path_blocks(parse_save(text).get(table), family)}
+
+
+@pytest.mark.parametrize(("table", "chain"), [
+    ("mangle", "FORWARD"), ("mangle", "PREROUTING"), ("mangle", "POSTROUTING"),
+    ("raw", "PREROUTING"), ("security", "FORWARD")])
+def test_a_catch_all_drop_on_the_forward_path_of_another_table_is_a_block(
+        table: str, chain: str) -> None:
+    assert _blocks(table, f"-A {chain} -j DROP") == {
+        f"drop by iptables IPv4 {table}: -A {chain} -j DROP"}
+
+
+def test_chains_forwarded_packets_do_not_pass_are_not_read() -> None:
+    assert _blocks("mangle", "-A OUTPUT -j DROP\n-A ADMIN -j DROP") == set()
+    assert _blocks("raw", "-A OUTPUT -j DROP") == set()
+    assert _blocks("nat", "-A PREROUTING -j DROP") == set()  # not a table judged here
+
+
+def test_a_drop_a_jump_down_keeps_its_addresses_and_the_way_there_narrows_it() -> None:
+    blocks = _blocks("mangle", f"-A FORWARD -s {POD} -j ADMIN\n-A ADMIN -d {DB} -j DROP")
+    assert blocks == {"drop by iptables IPv4 mangle: -A ADMIN -d 192.168.2.0/24 -j DROP"}
+    text = ("*mangle\n:FORWARD ACCEPT [0:0]\n:ADMIN - [0:0]\n"
+            f"-A FORWARD -s {POD} -j ADMIN\n-A ADMIN -d {DB} -j DROP\nCOMMIT\n")
+    (block,) = path_blocks(parse_save(text)["mangle"], 4)
+    assert isinstance(block, ForwardBlock)
+    assert (str(block.source), str(block.destination)) == (POD, DB)
+
+
+def test_the_policy_of_a_path_chain_drops_what_reaches_its_end() -> None:
+    assert _blocks("mangle", "", {"FORWARD": "DROP"}) == {
+        "drop by iptables IPv4 mangle: -P FORWARD DROP"}
+    # an accept of every packet first: the policy is never reached
+    assert _blocks("mangle", "-A FORWARD -j ACCEPT", {"FORWARD": "DROP"}) == set()
+    # a return of some packets goes to the policy too
+    assert _blocks("mangle", f"-A FORWARD -s {POD} -j RETURN\n-A FORWARD -j ACCEPT",
+                   {"FORWARD": "DROP"}) == {
+        "return by iptables IPv4 mangle: -A FORWARD -s 10.42.0.0/16 -j RETURN"}
+
+
+def test_an_accept_ends_only_its_own_table_and_what_goes_on_is_no_block() -> None:
+    assert _blocks("mangle", "-A FORWARD -j ACCEPT\n-A FORWARD -j DROP") == set()
+    assert _blocks("mangle", "-A PREROUTING -j MARK --set-xmark 0x1/0x1\n"
+                             "-A PREROUTING -j TPROXY --on-port 1 --tproxy-mark 0x1/0x1") == set()
+    assert _blocks("raw", "-A PREROUTING -j CT --zone 1") == set()
+
+
+def test_a_reverse_path_drop_is_no_block_of_a_pods_traffic() -> None:
+    # Calico's raw rule and firewalld's IPv6 one: only spoofed sources fail the check.
+    calico = ("-A PREROUTING -m mark --mark 0x40000/0x40000 -m rpfilter --validmark "
+              "--invert -j DROP")
+    assert _blocks("raw", calico) == set()
+    assert _blocks("raw", "-A PREROUTING -m rpfilter --invert -j DROP", family=6) == set()
+    assert _blocks("mangle", "-A PREROUTING -m rpfilter -j DROP") == {
+        "drop by iptables IPv4 mangle: -A PREROUTING -m rpfilter -j DROP"}
+
+
+def _desired() -> State:
+    return State(owned=[WANTED, MasqueradeRule(POD, destination=DB, out_interface="eth0")])
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("rule", [
+    ["-t", "mangle", "-A", "FORWARD", "-j", "DROP"],
+    ["-t", "raw", "-A", "PREROUTING", "-s", POD, "-j", "DROP"],
+    ["-t", "mangle", "-A", "POSTROUTING", "-d", DB, "-j", "DROP"],
+], ids=["mangle-forward", "raw-prerouting", "mangle-postrouting"])
+def test_a_drop_in_mangle_or_raw_drops_the_pods_connection_and_is_a_conflict(
+        require_root: None, mode: str, rule: list[str]) -> None:
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), _desired()))
+            assert plan(backend.observe(), _desired()).changes == ()
+            assert lab.tcp_probe(4).ok  # k3snet's rules let the pod through
+            run_in(lab.node, [f"iptables-{mode}", "-w", *rule])
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real packet: dropped
+            observed = backend.observe()
+            p = plan(observed, _desired())
+            (note,) = p.conflicts
+            assert note.wanted == WANTED, p.render()
+            foreign: NetObject | None = note.foreign
+            assert isinstance(foreign, ForwardBlock)
+            assert foreign.where == f"iptables IPv4 {rule[1]}"
+            assert foreign.rule == " ".join(rule[2:]), foreign.rule
+            assert not p.changes, p.render()
+
+
+@pytest.mark.kernel
+def test_a_mangle_table_written_with_nft_that_iptables_cannot_show_is_a_warning(
+        ns: str) -> None:
+    admin = ("table ip mangle {\n  chain FORWARD {\n"
+             "    type filter hook forward priority -150; policy accept;\n"
+             "    ip saddr 10.42.0.0/16 ct state new drop\n  }\n}\n")
+    run_in(ns, ["nft", "-f", "-"], input_text=admin)
+    assert "`mangle' is incompatible" in run_in(ns, ["iptables-nft-save"]).stdout
+    with IptablesBackend(ns, mode="nft") as backend:
+        backend.observe()
+        (warning,) = [w for w in backend.warnings if w.startswith("IPv4 mangle:")]
+        assert "`nft list table ip mangle`" in warning, warning
+
+
+def test_untracked_packets_in_raw_are_an_exemption_from_nat() -> None:
+    assert _blocks("raw", f"-A PREROUTING -s {POD} -j CT --notrack") == {
+        "no NAT by iptables IPv4 raw: -A PREROUTING -s 10.42.0.0/16 -j CT --notrack"}
+    assert _blocks("raw", "-A PREROUTING -j ADMIN\n-A ADMIN -d 192.168.2.0/24 -j NOTRACK") == {
+        "no NAT by iptables IPv4 raw: -A ADMIN -d 192.168.2.0/24 -j NOTRACK"}
+    # marked traffic is another program's; an accept of every packet first ends the chain
+    assert _blocks("raw", "-A PREROUTING -m mark --mark 0x1/0x1 -j CT --notrack") == set()
+    assert _blocks("raw", "-A PREROUTING -j ACCEPT\n-A PREROUTING -j NOTRACK") == set()
+    assert _blocks("mangle", "-A PREROUTING -j NOTRACK") == set()  # raw's alone
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
+        require_root: None, mode: str) -> None:
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    masquerade = MasqueradeRule(POD, destination=DB, out_interface="eth0")
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), _desired()))
+            assert lab.tcp_probe(4).ok
+            rule = ["-t", "raw", "-A", "PREROUTING", "-s", POD, "-j", "CT", "--notrack"]
+            run_in(lab.node, [f"iptables-{mode}", "-w", *rule])
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # no NAT: no way back to the pod
+            observed = backend.observe()
+            assert masquerade not in observed.owned
+            p = plan(observed, _desired())
+            (note,) = p.conflicts
+            assert note.wanted == masquerade, p.render()
+            assert note.foreign is not None
+            assert note.foreign.describe() == (
+                "no NAT by iptables IPv4 raw: -A PREROUTING -s 10.42.0.0/16 -j CT --notrack")
+
+
+@pytest.mark.kernel
+def test_the_split_group_shows_a_mangle_drop_once_as_the_iptables_member_reads_it(
+        ns: str) -> None:
+    pytest.importorskip("nftables")
+    from k3snet.backends.group import BackendGroup, Member  # noqa: PLC0415
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+
+    run_in(ns, ["iptables-nft", "-t", "mangle", "-A", "FORWARD", "-d", DB, "-j", "DROP"])
+    with BackendGroup([Member(NftablesBackend(ns), ["nat"]),
+                       Member(IptablesBackend(ns, mode="nft"), ["forward"])]) as group:
+        observed = group.observe()
+        drops = sorted(o.describe() for o in observed.foreign if isinstance(o, ForwardBlock))
+        assert drops == ["drop by iptables IPv4 mangle: -A FORWARD -d 192.168.2.0/24 -j DROP"]
+        (note,) = plan(observed, _desired()).conflicts
+        assert note.wanted == WANTED
