@@ -8,6 +8,7 @@ of behaviour: regenerate with ``K3SNET_REGENERATE=1`` and review the diff.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,12 @@ DOCUMENTS: dict[str, Any] = {
                                 "cni": {"calico": {"ipip": 1}}, "dns": {"zone": []}},
     "list given a string": {"destinations": D, "cluster": {"podCIDRs": "10.42.0.0/16"}},
     "list given a mapping": {"cluster": {"serviceCIDRs": {"a": 1}}},
+    # What YAML read where a list or a mapping belongs, in YAML's words (Python's were
+    # "got str", "got dict", "got datetime", "got bytes").
+    "YAML's other values where a list or mapping belongs": {
+        "destinations": datetime.date(2001, 12, 14), "cluster": b"x",
+        "masquerade": 1.5, "dns": True, "agent": {1, 2},
+        "cni": datetime.datetime(2001, 12, 14, 10, 0)},
     "bad CIDR entries": {"cluster": {"podCIDRs": ["10.42.0.0/16", "nope", 7, None],
                                      "serviceCIDRs": ["10.43.0.1/16"]}},
     "bad scalars": {"destinations": [{"cidr": D, "masquerade": "yes", "forward": 1}],
