@@ -39,6 +39,7 @@ from k3snet.backends.registry import (
     backend_options,
     create_backend,
     load_backend,
+    option_defaults,
     path_options,
     refuse_undeclared,
 )
@@ -1725,13 +1726,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(dumps(spec_json_schema()), end="")
         return EXIT_OK
     declared = None
+    defaults: dict[str, dict[str, str]] = {}
     if args.path.split(".", 1)[0].startswith("backends"):  # loads the backends' modules
         declared = {}
         for name in available_backends():
             with contextlib.suppress(K3snetError):  # cannot be loaded here: not listed
                 declared[name] = backend_options(name, resolve=True)
+                defaults[name] = option_defaults(name)
     try:
-        print(explain(args.path, backends=declared))
+        print(explain(args.path, backends=declared, defaults=defaults))
     except UnknownFieldError as exc:
         print(f"k3snet explain: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
