@@ -774,9 +774,20 @@ def _read_path(text: str) -> Path:
     return Path(text)
 
 
+_FORMAT_WORDS = ("json", "text", "yaml")
+
+
 def _written_path(text: str) -> Path:
-    """argparse type: a file or directory to write (not ``-``, standard output)."""
+    """argparse type: a file or directory to write (not ``-``, standard output; nor an
+    output format's name where no such path is: ``render -o json`` made a directory
+    ``json`` for someone used to ``doctor -o json`` and ``plan --output json``, and
+    ``plan --out json`` saved a plan file ``json``)."""
     _not_a_stream(text, "output")
+    if text in _FORMAT_WORDS and not os.path.lexists(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is where to write (a file or directory named {text} here), not an "
+            f"output format (that is --output {text} of the commands that have one, -o "
+            f"{text} of doctor); give ./{text} for a path of that name")
     return Path(text)
 
 
@@ -813,8 +824,9 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
     """The options of ``k3snet render``."""
     render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
     render.add_argument("-f", "--spec", required=True, type=_read_path, help=SPEC_HELP)
-    render.add_argument("-o", "--out", type=_written_path,
-                        help="directory to write into (default: print to stdout)")
+    render.add_argument("-o", "--out", type=_written_path, metavar="DIR",
+                        help="directory to write into (default: print to stdout; not a "
+                             "format: render has no --output)")
     render.add_argument("--flannel-conf", metavar="PATH",
                         help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf; "
                              "default: the spec's backends.flannel.path)")
