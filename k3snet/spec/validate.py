@@ -18,6 +18,7 @@ from k3snet.model.cidr import (
     aggregate,
     contains,
     not_unicast,
+    not_unicast_network,
     overlaps,
 )
 from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
@@ -137,6 +138,14 @@ def _destination_problems(
 ) -> list[Problem]:
     problems: list[Problem] = []
     add = problems.append
+    kind = not_unicast_network(dest.cidr)
+    if kind is not None:
+        # The kernel takes the route (127.0.0.0/8 via a gateway, ff00::/8 ...), and the
+        # apply succeeded with nothing a pod's traffic could use.
+        add(Problem(f"{path}.cidr", f"{dest.cidr} is {kind}: no pod's packet to it is "
+                                    "routed to a host, so its route, masquerade and forward "
+                                    "rule would do nothing; give the unicast network the "
+                                    "pods must reach"))
     unusable = _gateway_problem(dest)
     if unusable is not None:
         add(Problem(f"{path}.gateway", unusable))

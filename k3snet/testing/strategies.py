@@ -29,7 +29,14 @@ from hypothesis.strategies import SearchStrategy
 
 from k3snet.errors import ModelError
 from k3snet.model import NetObject, validate_interface_name
-from k3snet.model.cidr import Address, Network, aggregate, not_unicast, parse_network
+from k3snet.model.cidr import (
+    Address,
+    Network,
+    aggregate,
+    not_unicast,
+    not_unicast_network,
+    parse_network,
+)
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule, snat_address_problem
 from k3snet.model.route import (
@@ -766,7 +773,8 @@ def specs(
     own = cluster.pod_cidrs + cluster.service_cidrs
 
     def outside(n: Network) -> bool:
-        return n.version in fams and not any(n.overlaps(c) for c in own if c.version == n.version)
+        return (n.version in fams and not_unicast_network(n) is None
+                and not any(n.overlaps(c) for c in own if c.version == n.version))
 
     chosen = destinations.filter(outside) if destinations is not None else None
     drawn = {version: networks(version, min_prefix=16 if version == 4 else 48,

@@ -42,6 +42,17 @@ DOCUMENTS: dict[str, Any] = {
         "destinations": datetime.date(2001, 12, 14), "cluster": b"x",
         "masquerade": 1.5, "dns": True, "agent": {1, 2},
         "cni": datetime.datetime(2001, 12, 14, 10, 0)},
+    # The kernel takes a route to each (127.0.0.0/8 via a gateway, ff00::/8 ...): the apply
+    # succeeded, with nothing a pod's packet could use.
+    "destinations no host is reached at": {
+        "cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"],
+                    "serviceCIDRs": ["10.43.0.0/16", "fd43::/112"]},
+        "destinations": [{"cidr": c} for c in (
+            "127.0.0.0/8", "224.0.0.0/4", "239.1.0.0/16", "255.255.255.255/32", "0.0.0.0/32",
+            "::1/128", "ff02::/16", "::/128", "::ffff:192.168.2.0/120",
+            # not refused: link-local (a cloud's metadata address) and ranges holding
+            # unicast networks too
+            "169.254.169.254/32", "fe80::/64", "128.0.0.0/1", "::/3")]},
     "bad CIDR entries": {"cluster": {"podCIDRs": ["10.42.0.0/16", "nope", 7, None],
                                      "serviceCIDRs": ["10.43.0.1/16"]}},
     "bad scalars": {"destinations": [{"cidr": D, "masquerade": "yes", "forward": 1}],
