@@ -77,6 +77,7 @@ from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_
 from k3snet.spec import compile as compile_spec
 from k3snet.spec import load as spec_load
 from k3snet.spec.source import read_text
+from k3snet.spec.validate import holds_nul
 
 __all__ = ["build_parser", "main"]
 
@@ -742,7 +743,18 @@ def _backend_opt(text: str) -> str:
     if not (dot and eq and target and key.isidentifier()) or "=" in target:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME.KEY=VALUE, e.g. "
                                          "nftables.family=split")
+    if holds_nul(_option_value(text.partition("=")[2])):  # JSON's "\u0000"
+        raise argparse.ArgumentTypeError(f"{text!r}: the value holds a NUL character, which "
+                                         "no path, name or other text a backend takes has")
     return text
+
+
+def _option_value(text: str) -> Any:
+    """A ``--backend-opt`` VALUE: JSON when it parses, else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _backend_entry(text: str) -> str:
@@ -921,10 +933,7 @@ def _explicit_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
             raise BackendOptionError(f"--backend-opt {entry!r}: expected NAME.KEY=VALUE")
         if target != name:
             continue
-        try:
-            found[key] = json.loads(text)
-        except ValueError:
-            found[key] = text
+        found[key] = _option_value(text)
     return found
 
 

@@ -667,6 +667,17 @@ def test_a_dash_for_standard_input_or_output_is_a_usage_error_naming_it(
     assert list(tmp_path.iterdir()) == []  # nothing written, no file named "-"
 
 
+def test_a_backend_option_holding_a_nul_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """JSON's ``"\u0000"`` in --backend-opt netlink.state_dir reached the backend, and plan
+    failed as an internal error ("embedded null byte") at the first file it touched."""
+    with pytest.raises(SystemExit) as caught:
+        main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+              "--backend-opt", 'netlink.state_dir="/run/a\\u0000b"'])
+    assert caught.value.code == EXIT_USAGE
+    assert "the value holds a NUL character" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [
     ["render", "sysctl", "-f", str(SEED), "-o", "json"],
     ["render", "manifests", "-f", str(SEED), "--out", "yaml"],

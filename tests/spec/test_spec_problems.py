@@ -53,6 +53,10 @@ DOCUMENTS: dict[str, Any] = {
             # not refused: link-local (a cloud's metadata address) and ranges holding
             # unicast networks too
             "169.254.169.254/32", "fe80::/64", "128.0.0.0/1", "::/3")]},
+    # state_dir with a NUL failed as an internal error ("embedded null byte") at plan.
+    "backend options holding a NUL": {
+        "backends": {"netlink": {"state_dir": "/run/k3s\x00net", "protocol": 200},
+                     "nftables": {"table": "k3snet", "x": ["a", {"b": "c\x00"}]}}},
     "bad CIDR entries": {"cluster": {"podCIDRs": ["10.42.0.0/16", "nope", 7, None],
                                      "serviceCIDRs": ["10.43.0.1/16"]}},
     "bad scalars": {"destinations": [{"cidr": D, "masquerade": "yes", "forward": 1}],
