@@ -432,3 +432,20 @@ def test_a_label_or_option_key_yaml_reads_as_no_text_is_refused(text: str, path:
     assert problem.message.startswith("a key must be text, got ")
     assert problem.message.endswith("(YAML reads unquoted yes, no, on, off, true, false and "
                                     "numbers as such: quote the key)")
+
+
+def test_a_spec_error_s_message_names_the_first_hundred_problems_and_counts_the_rest() -> None:
+    """A 1 MB spec of 100 000 unknown keys made a message of 17 MB (stderr, twice with
+    --output json, the agent's log); ``problems`` keeps every one."""
+    text = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n" + "".join(
+        f"k{i}: 1\n" for i in range(100_000))
+    with pytest.raises(SpecError) as info:
+        Spec.from_yaml(text, source="big.yaml")
+    assert len(info.value.problems) == 100_000
+    lines = str(info.value).splitlines()
+    assert lines[0] == "100000 problems in big.yaml:"
+    assert lines[1].startswith("  k0: unknown key")
+    assert lines[100].startswith("  k99: unknown key")
+    assert lines[101:] == ["  ... and 99900 more (all of them: k3snet validate --output json)"]
+    assert len(str(SpecError([info.value.problems[0]] * 100))) < len(str(info.value))
+    assert "more" not in str(SpecError(info.value.problems[:100]))
