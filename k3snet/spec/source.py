@@ -10,7 +10,8 @@ edit rights can change, so reading is bounded whatever the input:
   silently, e.g. a second ``destinations: []``), merge keys (``<<``, a second value
   for a key, dropped silently) and nesting deeper than :data:`MAX_DEPTH`;
 * integers YAML 1.1 (PyYAML) and YAML 1.2 (editors, schema validators) read
-  differently, ``0100`` (octal 64 or 100) and ``1:30`` (90 or a text), are refused;
+  differently, ``0100`` (octal 64 or 100) and ``1:30`` (90 or a text), are refused, and
+  so are plain texts YAML 1.2 reads as numbers (``09``, ``0o17``, ``1e3``);
 * numbers too long to convert and anything else the parser refuses are one
   :class:`~k3snet.errors.SpecError`, never a traceback.
 """
@@ -30,6 +31,7 @@ from k3snet._gojson import nests_deeper
 from k3snet._kept import input_problem, read_input
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.blockstyle import CONTROL as _CONTROL
+from k3snet.spec.blockstyle import YAML12_NUMBER as _YAML12_NUMBER
 from k3snet.spec.blockstyle import read_block_style
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "load_mapping", "read_text", "unique_pairs"]
@@ -185,6 +187,19 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
                     "for a text)", node.start_mark)
             return super().construct_yaml_int(node)
 
+        def construct_yaml_str(self, node: Any) -> Any:
+            written = self.construct_scalar(node)
+            if (not node.style and _YAML12_NUMBER.fullmatch(written)  # plain: None, or ""
+                    and not _tagged(text, node.start_mark)):
+                # Text to PyYAML (YAML 1.1), a number to YAML 1.2: 09 is 9 to an editor
+                # and the JSON Schema, and k3snet wrote "09" (a sysctl the kernel refused).
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{written[:40]} is text to YAML 1.1 (k3snet) and a number "
+                    "to YAML 1.2 (editors, the JSON Schema); write the number in decimal "
+                    "without a leading 0 or an exponent (or quote it for a text)",
+                    node.start_mark)
+            return super().construct_yaml_str(node)
+
         def construct_undefined(self, node: Any) -> Any:
             # !!python/object, !!binary's kin and local !tags: PyYAML's own words were
             # "could not determine a constructor", as if one were missing.
@@ -194,6 +209,7 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
                 node.start_mark)
 
     StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+    StrictLoader.add_constructor("tag:yaml.org,2002:str", StrictLoader.construct_yaml_str)
     StrictLoader.add_constructor(None, StrictLoader.construct_undefined)
 
     try:
@@ -206,6 +222,15 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
             raise _error(f"cannot read the YAML: a number of more than "  # is no spec writer's
                          f"{sys.get_int_max_str_digits()} digits", source) from None
         raise _error(f"cannot read the YAML: {str(exc)[:200]}", source) from None
+
+
+def _tagged(text: str, mark: Any) -> bool:
+    """Whether the node starting at ``mark`` of ``text`` is written with a tag
+    (``!!str 09``: a text on purpose; PyYAML's nodes do not keep it)."""
+    line: int = mark.line
+    column: int = mark.column
+    lines = text.removeprefix("\ufeff").split("\n", line + 1)  # marks skip a BOM
+    return line < len(lines) and lines[line][column:column + 1] == "!"
 
 
 def _yaml_problem(exc: Exception, text: str) -> str:

@@ -351,6 +351,38 @@ def test_an_integer_yaml_versions_read_differently_is_refused_with_its_place(
     assert "line " in message
 
 
+@pytest.mark.parametrize(("text", "written", "where"), [
+    ("sysctls:\n  net.ipv4.ip_forward: 01\n", "01", None),  # an int to both: refused above
+    ("a: 09\n", "09", "(line 1, column 4)"),     # YAML 1.1: the text "09"; YAML 1.2: 9
+    ("a: [1, 08]\n", "08", "(line 1, column 8)"),
+    ("a: 0o17\n", "0o17", "(line 1, column 4)"),  # YAML 1.2: octal 15
+    ("a: 1e3\n", "1e3", "(line 1, column 4)"),    # YAML 1.2: 1000.0
+    ("a:\n  b: 1.0e3\n", "1.0e3", "(line 2, column 6)"),
+    ('{"metric": 1e3}', "1e3", "(line 1, column 12)"),  # a JSON number, text to PyYAML
+    ("09: x\n", "09", "(line 1, column 1)"),
+])
+def test_a_text_yaml_1_2_reads_as_a_number_is_refused_with_its_place(
+        text: str, written: str, where: str | None) -> None:
+    """PyYAML read ``09`` and ``1e3`` as text where an editor and the JSON Schema read
+    numbers: a sysctl of ``09`` was written as "09" (the kernel refused it at apply)."""
+    message = _refusal(text)
+    if where is None:
+        assert message.startswith(f"not valid YAML: {written} is an integer that YAML 1.1")
+        return
+    assert message == (f"not valid YAML: {written} is text to YAML 1.1 (k3snet) and a number "
+                       "to YAML 1.2 (editors, the JSON Schema); write the number in decimal "
+                       f"without a leading 0 or an exponent (or quote it for a text) {where}")
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("a: '09'\n", "09"), ('a: "1e3"\n', "1e3"), ("a: !!str 09\n", "09"),
+    ("\ufeffa: !!str 09\n", "09"), ("a: v1e3\n", "v1e3"), ("a: 1.2.3\n", "1.2.3"),
+    ("a: 10.42.0.0/16\n", "10.42.0.0/16"), ("a: |\n  09\n", "09\n"), ("a: 1.5\n", 1.5),
+])
+def test_a_text_both_yaml_versions_read_alike_is_read(text: str, value: object) -> None:
+    assert load_mapping(text, None) == {"a": value}
+
+
 @pytest.mark.parametrize(("text", "value"), [
     ("a: 0\n", 0), ("a: 100\n", 100), ("a: -0\n", 0), ("a: +254\n", 254), ("a: 0x10\n", 16),
     ("a: [0, 7]\n", [0, 7]), ("a: '0100'\n", "0100"), ("a: '1_000'\n", "1_000"),
