@@ -39,6 +39,7 @@ from k3snet.backends.registry import (
     backend_options,
     create_backend,
     load_backend,
+    option_defaults,
     path_options,
     refuse_undeclared,
 )
@@ -76,6 +77,7 @@ from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_
 from k3snet.spec import compile as compile_spec
 from k3snet.spec import load as spec_load
 from k3snet.spec.source import read_text
+from k3snet.spec.validate import holds_nul
 
 __all__ = ["build_parser", "main"]
 
@@ -741,7 +743,18 @@ def _backend_opt(text: str) -> str:
     if not (dot and eq and target and key.isidentifier()) or "=" in target:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME.KEY=VALUE, e.g. "
                                          "nftables.family=split")
+    if holds_nul(_option_value(text.partition("=")[2])):  # JSON's "\u0000"
+        raise argparse.ArgumentTypeError(f"{text!r}: the value holds a NUL character, which "
+                                         "no path, name or other text a backend takes has")
     return text
+
+
+def _option_value(text: str) -> Any:
+    """A ``--backend-opt`` VALUE: JSON when it parses, else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _backend_entry(text: str) -> str:
@@ -773,9 +786,20 @@ def _read_path(text: str) -> Path:
     return Path(text)
 
 
+_FORMAT_WORDS = ("json", "text", "yaml")
+
+
 def _written_path(text: str) -> Path:
-    """argparse type: a file or directory to write (not ``-``, standard output)."""
+    """argparse type: a file or directory to write (not ``-``, standard output; nor an
+    output format's name where no such path is: ``render -o json`` made a directory
+    ``json`` for someone used to ``doctor -o json`` and ``plan --output json``, and
+    ``plan --out json`` saved a plan file ``json``)."""
     _not_a_stream(text, "output")
+    if text in _FORMAT_WORDS and not os.path.lexists(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is where to write (a file or directory named {text} here), not an "
+            f"output format (that is --output {text} of the commands that have one, -o "
+            f"{text} of doctor); give ./{text} for a path of that name")
     return Path(text)
 
 
@@ -812,8 +836,9 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
     """The options of ``k3snet render``."""
     render.add_argument("what", choices=sorted(RENDERERS), help="what to render")
     render.add_argument("-f", "--spec", required=True, type=_read_path, help=SPEC_HELP)
-    render.add_argument("-o", "--out", type=_written_path,
-                        help="directory to write into (default: print to stdout)")
+    render.add_argument("-o", "--out", type=_written_path, metavar="DIR",
+                        help="directory to write into (default: print to stdout; not a "
+                             "format: render has no --output)")
     render.add_argument("--flannel-conf", metavar="PATH",
                         help="manifests: flannel's net-conf.json on the nodes (K3s --flannel-conf; "
                              "default: the spec's backends.flannel.path)")
@@ -910,10 +935,7 @@ def _explicit_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
             raise BackendOptionError(f"--backend-opt {entry!r}: expected NAME.KEY=VALUE")
         if target != name:
             continue
-        try:
-            found[key] = json.loads(text)
-        except ValueError:
-            found[key] = text
+        found[key] = _option_value(text)
     return found
 
 
@@ -1727,13 +1749,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(dumps(spec_json_schema()), end="")
         return EXIT_OK
     declared = None
+    defaults: dict[str, dict[str, str]] = {}
     if args.path.split(".", 1)[0].startswith("backends"):  # loads the backends' modules
         declared = {}
         for name in available_backends():
             with contextlib.suppress(K3snetError):  # cannot be loaded here: not listed
                 declared[name] = backend_options(name, resolve=True)
+                defaults[name] = option_defaults(name)
     try:
-        print(explain(args.path, backends=declared))
+        print(explain(args.path, backends=declared, defaults=defaults))
     except UnknownFieldError as exc:
         print(f"k3snet explain: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

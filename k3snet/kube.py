@@ -49,6 +49,7 @@ from k3snet.errors import BackendError, BackendOptionError, BackendUnavailableEr
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "KUBECONFIG_DEFAULT",
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
     "Deadline",
@@ -60,6 +61,10 @@ __all__ = [
     "name_problem",
     "retry_policy",
 ]
+
+KUBECONFIG_DEFAULT = ("the in-cluster service account in a pod, else $KUBECONFIG or "
+                      "~/.kube/config")
+"""What a backend's ``kubeconfig`` left out means (:func:`make_api_client`), in words."""
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

@@ -81,7 +81,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -100,6 +100,7 @@ from k3snet.backends.kit import (
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.kube import (
     DEFAULT_TIMEOUT,
+    KUBECONFIG_DEFAULT,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     KubeApiError,
@@ -561,6 +562,8 @@ class CalicoBackend(BackendBase):
     """
 
     name = "calico"
+    option_defaults: ClassVar[Mapping[str, str]] = {"kubeconfig": KUBECONFIG_DEFAULT}
+    """What an option left out means (``k3snet explain backends.calico``)."""
 
     def __init__(
         self,

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
@@ -76,6 +76,7 @@ from k3snet.backends.kit import (
 from k3snet.errors import ApplyError, BackendError, K3snetError, ModelError, PlanError
 from k3snet.kube import (
     DEFAULT_TIMEOUT,
+    KUBECONFIG_DEFAULT,
     KubeApiError,
     KubeErrors,
     configmap_ref,
@@ -615,6 +616,11 @@ class CiliumBackend(BackendBase):
     """
 
     name = "cilium"
+    option_defaults: ClassVar[Mapping[str, str]] = {
+        "configmap": "kube-system/cilium-config",
+        "kubeconfig": KUBECONFIG_DEFAULT,
+    }
+    """What an option left out means (``k3snet explain backends.cilium``)."""
 
     def __init__(
         self,

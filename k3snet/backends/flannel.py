@@ -64,8 +64,9 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -101,6 +102,7 @@ from k3snet.backends.kit import (
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.kube import (
     DEFAULT_TIMEOUT,
+    KUBECONFIG_DEFAULT,
     KubeApiError,
     KubeErrors,
     configmap_ref,
@@ -468,6 +470,12 @@ class FlannelBackend(BackendBase):
     """
 
     name = "flannel"
+    option_defaults: ClassVar[Mapping[str, str]] = {
+        "path": "none: the ConfigMap",
+        "configmap": "kube-flannel/kube-flannel-cfg (upstream flannel's), unless path is given",
+        "kubeconfig": KUBECONFIG_DEFAULT,
+    }
+    """What an option left out means (``k3snet explain backends.flannel``)."""
 
     def __init__(
         self,

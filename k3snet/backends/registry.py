@@ -20,15 +20,15 @@ import os
 import pathlib
 import re
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from k3snet.backends.base import Backend, BackendFactory
 from k3snet.errors import BackendNotFoundError, BackendOptionError, BackendUnavailableError
 
 __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create_backend",
-           "load_backend", "path_options", "refuse_undeclared", "register_backend",
-           "takes_any_option", "unregister_backend"]
+           "load_backend", "option_defaults", "path_options", "refuse_undeclared",
+           "register_backend", "takes_any_option", "unregister_backend"]
 
 ENTRY_POINT_GROUP = "k3snet.backends"
 """The entry-point group a package registers its backends in (docs/custom-backend.md)."""
@@ -135,6 +135,17 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
         return {}
     return {n: p for n, p in parameters.items()
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+
+
+def option_defaults(name: str) -> dict[str, str]:
+    """What backend ``name`` does with an option left out, in words, where its factory's
+    default (``None``) does not say it: its ``option_defaults`` class attribute
+    (``{"state_dir": "/run/k3snet"}``), ``{}`` when it has none. ``k3snet explain``
+    shows these, a user being the one to get them, not ``null``."""
+    declared = getattr(load_backend(name), "option_defaults", None)
+    if not isinstance(declared, Mapping):
+        return {}
+    return {str(option): str(text) for option, text in declared.items()}
 
 
 def path_options(name: str) -> frozenset[str]:

@@ -136,6 +136,14 @@ def out_interface_rank(match: str | None) -> int:
     return 0
 
 
+def _sealed(obj: NetObject) -> bool:
+    try:
+        object.__getattribute__(obj, "_key")
+    except AttributeError:
+        return False
+    return True
+
+
 def net_tuple(net: Network | None) -> tuple[int, int]:
     """(address, prefix) as ints; (-1, -1) for "any"."""
     return (-1, -1) if net is None else (int(net.network_address), net.prefixlen)
@@ -144,13 +152,17 @@ def net_tuple(net: Network | None) -> tuple[int, int]:
 class NetObject:
     """Mixin for every managed object (routes, NAT rules, forward rules, sysctls).
 
-    Subclasses are ``attrs`` frozen slotted classes with ``eq=False``; they set
-    ``_key`` (identity: two objects with one key cannot both exist on a node, a
-    change of anything else is a *replace*) and ``_sort`` (the full content as
-    plain values) in ``__attrs_post_init__`` through :meth:`_seal`.
+    Subclasses are ``attrs`` frozen slotted classes with ``eq=False`` that set
+    ``kind``, ``type_name`` and ``rank``, and call :meth:`_seal` in
+    ``__attrs_post_init__``: ``self._seal(key, content)`` with the identity (two
+    objects with one key cannot both exist on a node, a change of anything else is a
+    *replace*) and the rest of the content, as plain values. Equality, hashing and
+    order come from them (docs/custom-backend.md, "New kinds of objects").
     """
 
-    __slots__ = ()
+    # Held here, so that a new kind need not declare them (the built-in kinds still do,
+    # as attrs fields of init=False, which attrs lays on these slots).
+    __slots__ = ("_hash", "_key", "_sort")
 
     kind: ClassVar[str]
     """The group an object diffs in: ``sysctl``, ``route``, ``forward``, ``nat``."""
@@ -172,10 +184,24 @@ class NetObject:
     _hash: int
 
     def _seal(self, key: tuple[Any, ...], content: tuple[Any, ...]) -> None:
+        """Set the object's identity ``key`` and ``content`` (tuples of plain values: ints,
+        text), once, in ``__attrs_post_init__``. Named with an underscore, as
+        a namedtuple's ``_replace`` is, so that it clashes with no field."""
         object.__setattr__(self, "_key", key)
         full = (self.rank, *key, self.type_name, *content)
         object.__setattr__(self, "_sort", full)
         object.__setattr__(self, "_hash", hash(full))
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only when normal lookup failed: a slot _seal never set, or a property
+        # (key, sort_key) that read one.
+        if name in NetObject.__slots__ or (hasattr(type(self), name) and not _sealed(self)):
+            raise AttributeError(
+                f"{type(self).__name__} has no {name}: a NetObject subclass calls "
+                "self._seal(key, content) in __attrs_post_init__ (docs/custom-backend.md, "
+                "'New kinds of objects')", name=name, obj=self)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}",
+                             name=name, obj=self)
 
     @property
     def key(self) -> tuple[Any, ...]:

@@ -26,6 +26,7 @@ __all__ = [
     "network_sort_key",
     "network_text",
     "not_unicast",
+    "not_unicast_network",
     "overlaps",
     "parse_address",
     "parse_network",
@@ -213,6 +214,28 @@ def not_unicast(address: Address) -> str | None:
         return "the broadcast address"
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return "an IPv4-mapped address (never a packet's source or destination on the wire)"
+    return None
+
+
+_NOT_UNICAST_RANGES: dict[int, tuple[tuple[Network, str], ...]] = {
+    4: ((ipaddress.IPv4Network("127.0.0.0/8"), "loopback"),
+        (ipaddress.IPv4Network("224.0.0.0/4"), "multicast"),
+        (ipaddress.IPv4Network("255.255.255.255/32"), "the broadcast address"),
+        (ipaddress.IPv4Network("0.0.0.0/32"), "the unspecified address")),
+    6: ((ipaddress.IPv6Network("::1/128"), "loopback"),
+        (ipaddress.IPv6Network("ff00::/8"), "multicast"),
+        (ipaddress.IPv6Network("::/128"), "the unspecified address"),
+        (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped (never on the wire)")),
+}
+
+
+def not_unicast_network(net: Network) -> str | None:
+    """What ``net`` is when none of its addresses is one a packet is routed to as to a
+    host (``"multicast"``, ``"loopback"``: every address of it is :func:`not_unicast`
+    alike), else ``None``. ``0.0.0.0/0`` holds them and others: ``None``."""
+    for outer, kind in _NOT_UNICAST_RANGES[net.version]:
+        if contains(outer, net):
+            return kind
     return None
 
 

@@ -32,6 +32,11 @@ _LINE = re.compile(r"""(\ *)(?:
     | -\ +((?!-(?:\ |$))[^\#\ ].*)                       # - value (but not "- -" nor "- - x")
     | (?:\#.*)?                                       # blank, or a comment
     )$""", re.VERBOSE)
+# YAML 1.2's core schema numbers (editors, the JSON Schema's tools): PyYAML (YAML 1.1) reads
+# some as text (09, 0o17, 1e3, 1.0e3), left to PyYAML's loader, which refuses them.
+YAML12_NUMBER = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"
+                           r"|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                           r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
 _PLAIN_START = re.compile(r"[A-Za-z0-9_./~+=<(]|-[A-Za-z0-9_.]")
 _DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,17})$")  # longer: PyYAML's (and its limits)
 _DEEPEST = 32
@@ -201,7 +206,7 @@ class _Reader:
         if _PLAIN_START.match(text) is None:
             raise _NotBlockStyleError
         tag = self.resolve(text)
-        if tag == _STR:
+        if tag == _STR and YAML12_NUMBER.fullmatch(text) is None:
             value = text
         elif tag == _INT and _DECIMAL.match(text):
             value = int(text)

@@ -21,9 +21,12 @@ options each backend declares are explained when the caller passes them
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import inspect
 import json
+import os
+import pathlib
 import re
 import textwrap
 import types
@@ -70,8 +73,14 @@ def _parts(path: str) -> list[str]:
     return [_INDEX.sub("", part) for part in path.strip().strip(".").split(".") if part]
 
 
-def explain(path: str, *, backends: Declared | None = None) -> str:
+def explain(path: str, *, backends: Declared | None = None,
+            defaults: Mapping[str, Mapping[str, str]] | None = None) -> str:
     """What key ``path`` of the spec is: type, default, allowed values, meaning, sub-keys.
+
+    ``backends``: the options each backend declares (name -> parameters,
+    :func:`k3snet.backends.registry.backend_options`); ``defaults``: what each does with
+    an option left out whose parameter default is ``None``, in words (name -> option ->
+    text, :func:`k3snet.backends.registry.option_defaults`), shown instead of ``null``.
 
     Raises :class:`~k3snet.errors.UnknownFieldError` (with the closest paths as
     ``suggestions``) for a key the spec does not have.
@@ -80,7 +89,7 @@ def explain(path: str, *, backends: Declared | None = None) -> str:
     node: Mapping[str, Any] = _schema()
     for i, part in enumerate(parts):
         if parts[:i] == ["backends"] and backends is not None:
-            return _explain_backend(parts[i:], backends)
+            return _explain_backend(parts[i:], backends, defaults or {})
         properties = _object(node).get("properties", {})
         if part not in properties:
             raise _unknown(".".join(parts), backends)
@@ -104,18 +113,21 @@ def _unknown(path: str, backends: Declared | None) -> UnknownFieldError:
     return UnknownFieldError(f"no key {path!r} in the spec{hint}", close)
 
 
-def _explain_backend(parts: list[str], backends: Declared) -> str:
+def _explain_backend(parts: list[str], backends: Declared,
+                     defaults: Mapping[str, Mapping[str, str]]) -> str:
     name, *rest = parts
     if name not in backends:
         raise _unknown(".".join(["backends", *parts]), backends)
     options = backends[name]
+    said = defaults.get(name, {})
     if not rest:
         meaning = (f"The options of backend {name!r}: its constructor's keyword options. "
                    "--netns, the agent's environment and --backend-opt override them.")
         lines = [f"KEY:      backends.{name}", "TYPE:     mapping of option to value", "",
                  "DESCRIPTION:", textwrap.fill(meaning, 88, initial_indent="    ",
                                                subsequent_indent="    "), "", "FIELDS:"]
-        lines += [f"    {option:<18} <{_annotation(p)}>{_param_default(p, ' default ')}"
+        lines += [f"    {option:<18} <{_annotation(p)}>"
+                  f"{_param_default(p, ' default ', said.get(option))}"
                   for option, p in options.items()]
         return "\n".join(lines)
     if len(rest) > 1 or rest[0] not in options:
@@ -126,7 +138,7 @@ def _explain_backend(parts: list[str], backends: Declared) -> str:
                                 [f"backends.{name}.{c}" for c in close])
     p = options[rest[0]]
     lines = [f"KEY:      backends.{name}.{rest[0]}", f"TYPE:     {_annotation(p)}"]
-    default = _param_default(p, "")
+    default = _param_default(p, "", said.get(rest[0]))
     lines.append(f"DEFAULT:  {default}" if default else "REQUIRED: yes")
     return "\n".join(lines)
 
@@ -137,26 +149,58 @@ def _annotation(p: inspect.Parameter) -> str:
     return _type_text(p.annotation)
 
 
+# A constructor's annotation in a spec's words: a YAML document holds strings, numbers,
+# booleans, lists and mappings, and ``str``, ``bool`` or ``Iterable`` are Python's.
+_YAML_WORDS: Mapping[Any, str] = {
+    bool: "boolean", int: "integer", float: "number", str: "string", dict: "mapping",
+    collections.abc.Mapping: "mapping", tuple: "list", list: "list", set: "list",
+    frozenset: "list", collections.abc.Set: "list", collections.abc.Sequence: "list",
+    collections.abc.Collection: "list", collections.abc.Iterable: "list",
+    os.PathLike: "absolute path", type(None): "null", typing.Any: "any",
+}
+
+
 def _type_text(hint: Any) -> str:
-    """A type as ``explain`` says it: ``one of inet, split`` for a ``Literal``, ``str or
-    null`` for ``str | None``; a name for the rest (the text, unresolved)."""
-    if isinstance(hint, str):
-        return hint
-    if hint is type(None):
-        return "null"
+    """A type as ``explain`` says it, in a spec's words: ``one of inet, split`` for a
+    ``Literal``, ``string or null`` for ``str | None``, ``absolute path`` for
+    ``str | Path``; a class no YAML value is (a client, a callable) as ``Python object
+    (NAME)``: only a library caller gives one. The text of an unresolved name as is."""
+    if isinstance(hint, str):  # an annotation left unresolved: its words, as far as known
+        return _union([_TEXT_WORDS.get(part.strip(), part.strip()) for part in hint.split("|")])
     if typing.get_origin(hint) is typing.Literal:
         return "one of " + ", ".join(str(v) for v in typing.get_args(hint))
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_text(arg) for arg in typing.get_args(hint))
-    return getattr(hint, "__name__", None) or str(hint)
+        return _union([_type_text(arg) for arg in typing.get_args(hint)])
+    cls = typing.get_origin(hint) or hint
+    if cls in _YAML_WORDS:
+        return _YAML_WORDS[cls]
+    if isinstance(cls, type) and issubclass(cls, pathlib.PurePath):
+        return "absolute path"
+    name = getattr(cls, "__name__", None) or str(cls)
+    return f"Python object ({name})"
 
 
-def _param_default(p: inspect.Parameter, prefix: str) -> str:
+_TEXT_WORDS = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+               "None": "null", "Path": "absolute path", "Any": "any"}
+
+
+def _union(words: list[str]) -> str:
+    """Alternatives, once each; ``str | Path`` is a path given as text."""
+    unique = list(dict.fromkeys(words))
+    if "absolute path" in unique and "string" in unique:
+        unique.remove("string")
+    return " or ".join(unique)
+
+
+def _param_default(p: inspect.Parameter, prefix: str, said: str | None = None) -> str:
     """An option's default as a spec writes it, as a key's (``inet``, ``null``, ``10.0``;
-    Python's ``'inet'`` and ``None`` are no YAML a spec's ``backends:`` takes)."""
+    Python's ``'inet'`` and ``None`` are no YAML a spec's ``backends:`` takes); ``said``:
+    what the backend does instead of a ``null`` default (its ``option_defaults``)."""
     if p.default is inspect.Parameter.empty:
         return ""
     value = p.default
+    if value is None and said:
+        return f"{prefix}{said}"
     text = value if isinstance(value, str) and value.strip() else json.dumps(value, default=str)
     return f"{prefix}{text}"
 

@@ -12,6 +12,7 @@ parsed and programmatic specs alike). Defaults are the attrs classes' own.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ __all__ = [
     "string",
     "strs",
     "write_section",
+    "yaml_type",
 ]
 
 T = TypeVar("T")
@@ -58,6 +60,25 @@ class _Invalid:
 
 INVALID: Any = _Invalid()
 """Returned by a read function that reported a problem: the class default applies."""
+
+
+_YAML_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+    (bytes, "binary data"), (Mapping, "a mapping"), (list, "a list"), (tuple, "a list"),
+    (set, "a set"), (datetime.datetime, "a timestamp"), (datetime.date, "a date"),
+)
+
+
+def yaml_type(value: Any) -> str:
+    """What ``value`` is in the words of YAML, for a problem's ``got ...``: ``a string``,
+    ``a list``, ``a mapping``, ``null`` (Python's ``str``, ``list``, ``dict`` and
+    ``NoneType`` are no words of a spec; ``2001-12-14`` is a date to PyYAML)."""
+    if value is None:
+        return "null"
+    for cls, name in _YAML_TYPES:
+        if isinstance(value, cls):
+            return name
+    return type(value).__name__
 
 
 def join(path: str, key: str) -> str:
@@ -85,7 +106,7 @@ class Reader:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            self.problem(path, f"expected a mapping, got {type(value).__name__}")
+            self.problem(path, f"expected a mapping, got {yaml_type(value)}")
             return {}
         for key in value:
             if key not in allowed:
@@ -130,7 +151,7 @@ class Reader:
         if value is None:
             return ()
         if isinstance(value, str) or not isinstance(value, Sequence):
-            self.problem(path, f"expected a list, got {type(value).__name__}")
+            self.problem(path, f"expected a list, got {yaml_type(value)}")
             return ()
         return value
 

@@ -38,6 +38,7 @@ from k3snet.spec.fields import (
     string,
     strs,
     write_section,
+    yaml_type,
 )
 from k3snet.spec.ipmasq import import_problem, load_ip_masq_agent_config
 from k3snet.spec.model import (
@@ -142,7 +143,7 @@ def _backends(reader: Reader, value: Any, path: str) -> Any:
         if name is INVALID:
             continue
         if given is not None and not isinstance(given, Mapping):
-            reader.problem(where, f"expected a mapping of options, got {type(given).__name__}")
+            reader.problem(where, f"expected a mapping of options, got {yaml_type(given)}")
             continue
         names.append(name)
         good = {}
@@ -220,7 +221,7 @@ def _constant(key: str, expected: str) -> Field:
 
 def _sysctls(reader: Reader, value: Any, path: str) -> Any:
     if not isinstance(value, Mapping):
-        reader.problem(path, f"expected a mapping, got {type(value).__name__}")
+        reader.problem(path, f"expected a mapping, got {yaml_type(value)}")
         return INVALID
     result = [reader.convert((name, setting), f"{path}.{name}", lambda p: Sysctl(*p))
               for name, setting in value.items()]

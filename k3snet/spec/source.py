@@ -10,7 +10,8 @@ edit rights can change, so reading is bounded whatever the input:
   silently, e.g. a second ``destinations: []``), merge keys (``<<``, a second value
   for a key, dropped silently) and nesting deeper than :data:`MAX_DEPTH`;
 * integers YAML 1.1 (PyYAML) and YAML 1.2 (editors, schema validators) read
-  differently, ``0100`` (octal 64 or 100) and ``1:30`` (90 or a text), are refused;
+  differently, ``0100`` (octal 64 or 100) and ``1:30`` (90 or a text), are refused, and
+  so are plain texts YAML 1.2 reads as numbers (``09``, ``0o17``, ``1e3``);
 * numbers too long to convert and anything else the parser refuses are one
   :class:`~k3snet.errors.SpecError`, never a traceback.
 """
@@ -21,6 +22,7 @@ import errno
 import ipaddress
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from k3snet._gojson import nests_deeper
 from k3snet._kept import input_problem, read_input
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.blockstyle import CONTROL as _CONTROL
+from k3snet.spec.blockstyle import YAML12_NUMBER as _YAML12_NUMBER
 from k3snet.spec.blockstyle import read_block_style
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "load_mapping", "read_text", "unique_pairs"]
@@ -184,15 +187,86 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
                     "for a text)", node.start_mark)
             return super().construct_yaml_int(node)
 
+        def construct_yaml_str(self, node: Any) -> Any:
+            written = self.construct_scalar(node)
+            if (not node.style and _YAML12_NUMBER.fullmatch(written)  # plain: None, or ""
+                    and not _tagged(text, node.start_mark)):
+                # Text to PyYAML (YAML 1.1), a number to YAML 1.2: 09 is 9 to an editor
+                # and the JSON Schema, and k3snet wrote "09" (a sysctl the kernel refused).
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{written[:40]} is text to YAML 1.1 (k3snet) and a number "
+                    "to YAML 1.2 (editors, the JSON Schema); write the number in decimal "
+                    "without a leading 0 or an exponent (or quote it for a text)",
+                    node.start_mark)
+            return super().construct_yaml_str(node)
+
+        def construct_undefined(self, node: Any) -> Any:
+            # !!python/object, !!binary's kin and local !tags: PyYAML's own words were
+            # "could not determine a constructor", as if one were missing.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the tag {node.tag[:80]!r} is not allowed in a spec (plain "
+                "YAML values only: text, numbers, true/false, null, lists, mappings)",
+                node.start_mark)
+
     StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+    StrictLoader.add_constructor("tag:yaml.org,2002:str", StrictLoader.construct_yaml_str)
+    StrictLoader.add_constructor(None, StrictLoader.construct_undefined)
 
     try:
         return yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
-        raise _error(f"not valid YAML: {str(exc)[:300]}{_ipv6_hint(text, exc)}",
+        raise _error(f"not valid YAML: {_yaml_problem(exc, text)[:300]}{_ipv6_hint(text, exc)}",
                      source) from None
     except (ValueError, RecursionError, MemoryError) as exc:  # e.g. a 5000-digit number
+        if "integer string conversion" in str(exc):  # Python's advice (set_int_max_str_digits)
+            raise _error(f"cannot read the YAML: a number of more than "  # is no spec writer's
+                         f"{sys.get_int_max_str_digits()} digits", source) from None
         raise _error(f"cannot read the YAML: {str(exc)[:200]}", source) from None
+
+
+def _tagged(text: str, mark: Any) -> bool:
+    """Whether the node starting at ``mark`` of ``text`` is written with a tag
+    (``!!str 09``: a text on purpose; PyYAML's nodes do not keep it)."""
+    line: int = mark.line
+    column: int = mark.column
+    lines = text.removeprefix("\ufeff").split("\n", line + 1)  # marks skip a BOM
+    return line < len(lines) and lines[line][column:column + 1] == "!"
+
+
+def _yaml_problem(exc: Exception, text: str) -> str:
+    """PyYAML's error ``exc`` (from parsing ``text``) as one line that says where, by line
+    and column: its own text names the input ``"<unicode string>"`` (PyYAML's name for
+    text it was handed), a word no spec writer knows, on lines of their own."""
+    if hasattr(exc, "position") and hasattr(exc, "reason"):  # a ReaderError: a bad character
+        line, column = _line_column(text, exc.position)
+        character = getattr(exc, "character", "")
+        what = f"#x{character:04x}" if isinstance(character, int) else repr(character)
+        return f"character {what} at line {line}, column {column}: {exc.reason}"
+    context, problem = getattr(exc, "context", None), getattr(exc, "problem", None)
+    if context is None and problem is None:
+        return " ".join(str(exc).replace('in "<unicode string>", ', "").split())
+    context_mark = getattr(exc, "context_mark", None)
+    problem_mark = getattr(exc, "problem_mark", None)
+    parts = []
+    if context:
+        shown = context_mark is not None and (
+            problem_mark is None
+            or (context_mark.line, context_mark.column) != (problem_mark.line, problem_mark.column))
+        parts.append(context + (_at(context_mark) if shown else ""))
+    if problem:
+        parts.append(problem + (_at(problem_mark) if problem_mark is not None else ""))
+    note = getattr(exc, "note", None)
+    return ": ".join(parts) + (f" ({note})" if note else "")
+
+
+def _at(mark: Any) -> str:
+    return f" (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """The line and column (from 1) of ``text``'s character at ``position``."""
+    start = text.rfind("\n", 0, position) + 1
+    return text.count("\n", 0, position) + 1, position - start + 1
 
 
 # Integers PyYAML reads as YAML 1.1 does and YAML 1.2 (editors, the JSON Schema's tools)

@@ -6,9 +6,11 @@ returns them all, and loading raises them in one :class:`~k3snet.errors.SpecErro
 
 from __future__ import annotations
 
+import os
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from k3snet.errors import Problem
 from k3snet.model.cidr import (
@@ -18,6 +20,7 @@ from k3snet.model.cidr import (
     aggregate,
     contains,
     not_unicast,
+    not_unicast_network,
     overlaps,
 )
 from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
@@ -36,7 +39,7 @@ from k3snet.spec.model import (
 from k3snet.spec.schema import DNS_LABEL, SPEC
 from k3snet.spec.validators import int_in
 
-__all__ = ["BLOCK_SIZE_PATH", "block_size_problems", "known_sound", "validate"]
+__all__ = ["BLOCK_SIZE_PATH", "block_size_problems", "holds_nul", "known_sound", "validate"]
 
 BLOCK_SIZE_PATH = "cni.calico.blockSize"
 
@@ -97,6 +100,7 @@ def _validate(spec: Spec) -> list[Problem]:
     if spec.cni.calico is not None:
         problems += block_size_problems(spec.cni.calico.block_size, cluster.pod_cidrs)
     problems += _cluster_object_problems(spec)
+    problems += _option_nul_problems(spec)
     names: set[str] = set()
     for s in spec.sysctls:
         if s.name in names:
@@ -110,6 +114,33 @@ def _validate(spec: Spec) -> list[Problem]:
                     "name, given another value: each write sets the other, and every apply "
                     "would write them again in turn; give one of them"))
     return problems
+
+
+def _option_nul_problems(spec: Spec) -> list[Problem]:
+    """A backend option holding a NUL character (``state_dir: "/run/a\\0b"``): no path,
+    name or other text a backend takes has one, and a path with one failed as an
+    internal error ("embedded null byte") at the first file the backend touched."""
+    return [Problem(f"backends.{name}.{key}", "holds a NUL character (\\0), which no path, "
+                    "name or other text a backend takes has")
+            for name, options in spec.backend_options for key, value in options
+            if holds_nul(value)]
+
+
+def holds_nul(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` (a backend option's: text, a path, lists and mappings of them)
+    holds a NUL character anywhere, ``depth`` levels down at most 8."""
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, bytes):
+        return b"\0" in value
+    if isinstance(value, os.PathLike):
+        return holds_nul(os.fspath(value))
+    if depth < 8 and isinstance(value, Mapping):
+        return any(holds_nul(k, depth + 1) or holds_nul(v, depth + 1)
+                   for k, v in value.items())
+    if depth < 8 and isinstance(value, list | tuple | set | frozenset):
+        return any(holds_nul(item, depth + 1) for item in value)
+    return False
 
 
 def _gateway_problem(dest: Destination) -> str | None:
@@ -137,6 +168,14 @@ def _destination_problems(
 ) -> list[Problem]:
     problems: list[Problem] = []
     add = problems.append
+    kind = not_unicast_network(dest.cidr)
+    if kind is not None:
+        # The kernel takes the route (127.0.0.0/8 via a gateway, ff00::/8 ...), and the
+        # apply succeeded with nothing a pod's traffic could use.
+        add(Problem(f"{path}.cidr", f"{dest.cidr} is {kind}: no pod's packet to it is "
+                                    "routed to a host, so its route, masquerade and forward "
+                                    "rule would do nothing; give the unicast network the "
+                                    "pods must reach"))
     unusable = _gateway_problem(dest)
     if unusable is not None:
         add(Problem(f"{path}.gateway", unusable))

@@ -101,6 +101,20 @@ def test_state_pairs_add_only_new_keys_and_keep_foreign_keys_apart(
     assert not (before.keys() | after.keys()) & {o.key for o in observed.foreign}
 
 
+@settings(deadline=None, max_examples=50)
+@given(ks.state_pairs(ks.sysctls()))
+def test_state_pairs_of_a_pool_smaller_than_min_owned_draw_what_it_holds_and_each_change(
+        pair: tuple[State, State]) -> None:
+    """Ten sysctl names for at least 17 owned objects: every example was filtered out, and
+    Hypothesis failed the test (``state_pairs(sysctls())``, as recipes.md's table reads)."""
+    observed, desired = pair
+    before = {o.key: o for o in observed.owned}
+    after = {o.key: o for o in desired.owned}
+    assert 1 <= len(before) <= 10
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert 2 <= len(changed) <= 5
+
+
 def test_a_strategy_is_made_once_for_the_same_steering() -> None:
     """Hypothesis checks each new strategy object on its first draw; the composite
     strategies ask for these on every object they draw."""

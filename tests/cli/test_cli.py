@@ -667,6 +667,47 @@ def test_a_dash_for_standard_input_or_output_is_a_usage_error_naming_it(
     assert list(tmp_path.iterdir()) == []  # nothing written, no file named "-"
 
 
+def test_a_backend_option_holding_a_nul_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """JSON's ``"\u0000"`` in --backend-opt netlink.state_dir reached the backend, and plan
+    failed as an internal error ("embedded null byte") at the first file it touched."""
+    with pytest.raises(SystemExit) as caught:
+        main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+              "--backend-opt", 'netlink.state_dir="/run/a\\u0000b"'])
+    assert caught.value.code == EXIT_USAGE
+    assert "the value holds a NUL character" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["render", "sysctl", "-f", str(SEED), "-o", "json"],
+    ["render", "manifests", "-f", str(SEED), "--out", "yaml"],
+    ["plan", "-f", str(SEED), "--backend", "memory", "--no-facts", "--out", "json"],
+    ["observe", "--backend", "memory", "--save", "text"],
+])
+def test_an_output_format_given_as_where_to_write_is_a_usage_error(
+        argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``-o`` is doctor's --output (a format) and render's --out (a directory):
+    ``render -o json`` made a directory ``json`` of boot files, and ``plan --out json``
+    (beside --output) saved a plan file ``json``, both silently."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == EXIT_USAGE
+    where = argv[-1]
+    assert (f"{where!r} is where to write (a file or directory named {where} here), not an "
+            f"output format") in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_named_like_a_format_is_reached_as_written_or_when_it_exists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["render", "sysctl", "-f", str(SEED), "-o", "./json"]) == 0
+    assert [p.name for p in (tmp_path / "json").iterdir()] == ["90-k3snet.conf"]
+    assert main(["render", "sysctl", "-f", str(SEED), "-o", "json"]) == 0  # it exists now
+
+
 def test_a_file_named_dash_is_still_reached_as_dot_slash_dash(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

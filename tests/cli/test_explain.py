@@ -93,7 +93,38 @@ def test_a_backend_option_s_allowed_values_are_spelled_out(
     assert main(["explain", "backends.iptables.mode"]) == 0
     assert "TYPE:     one of nft, legacy, auto\n" in capsys.readouterr().out
     assert main(["explain", "backends.nftables"]) == 0
-    assert "netns              <str or null> default null" in capsys.readouterr().out
+    assert ("netns              <string or null> default the caller's own namespace"
+            in capsys.readouterr().out)
+
+
+def test_a_null_default_says_what_the_backend_does_instead(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """netlink's ``state_dir`` defaults to ``None`` in Python, and explain said
+    ``DEFAULT:  null``: the user gets ``/run/k3snet`` (the backend's option_defaults)."""
+    assert main(["explain", "backends.netlink.state_dir"]) == 0
+    assert capsys.readouterr().out == ("KEY:      backends.netlink.state_dir\n"
+                                       "TYPE:     absolute path or null\n"
+                                       "DEFAULT:  /run/k3snet\n")
+    assert main(["explain", "backends.netlink"]) == 0
+    out = capsys.readouterr().out
+    assert "tables             <list or null> default every table but local" in out
+    assert main(["explain", "backends.flannel.kubeconfig"]) == 0
+    assert "DEFAULT:  the in-cluster service account in a pod, else $KUBECONFIG" in (
+        capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name", ["netlink", "nftables", "iptables", "flannel", "calico",
+                                  "cilium", "memory"])
+def test_backend_options_are_typed_in_a_spec_s_words(
+        name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``<str or Path or null>``, ``<bool>``, ``<float>``, ``<Iterable>`` were Python's
+    names of what a spec writes as a string, a boolean, a number or a list."""
+    assert main(["explain", f"backends.{name}"]) == 0
+    fields = capsys.readouterr().out.split("FIELDS:\n", 1)[1]
+    types = [line.split("<", 1)[1].rsplit(">", 1)[0] for line in fields.splitlines()]
+    words = {word for text in types for word in text.replace(",", " ").split()}
+    assert not words & {"str", "bool", "int", "float", "Path", "Iterable", "tuple", "Any"}, (
+        types)
 
 
 def test_an_annotation_that_does_not_resolve_is_said_as_written() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -35,13 +35,21 @@ class Family:
 
 
 BACKENDS = {
-    "nft": {"netns": _option("netns", "str | None", None), "family": _option("family", Family),
+    "nft": {"netns": _option("netns", "str | None", None),  # text: "string or null"
+            "family": _option("family", Family),
             "table": _option("table", str, "k3snet"), "count": _option("count"),
             "limit": _option("limit", int | None, 5),  # a union: "int or null"
-            "mode": _option("mode", Literal["a", "b"], "a")},  # "one of a, b"
+            "mode": _option("mode", Literal["a", "b"], "a"),  # "one of a, b"
+            "state_dir": _option("state_dir", str | Path | None, None),  # "absolute path"
+            "flag": _option("flag", bool, False), "ratio": _option("ratio", float, 0.5),
+            "pools": _option("pools", Iterable[int] | None, None),  # "list or null"
+            "hook": _option("hook", Callable[[], None] | None, None)},  # Python's alone
     "plain": {},
     "many": {f"width{i}": _option(f"width{i}", int, i) for i in range(1, 6)},
 }
+
+
+DEFAULTS = {"nft": {"state_dir": "/run/k3snet", "netns": "the caller's own namespace"}}
 
 
 def _explained(path: str, **keywords: object) -> Callable[[], str]:
@@ -63,6 +71,14 @@ CASES.update({
     "backends.nft": _explained("backends.nft", backends=BACKENDS),
     "backends.plain": _explained("backends.plain", backends=BACKENDS),
     "backends.nft.table": _explained("backends.nft.table", backends=BACKENDS),
+    # What a backend does with an option left out (its option_defaults), said where its
+    # default is null: explain said "null" of netlink's state_dir, /run/k3snet in fact.
+    "backends.nft (with what null means)": _explained("backends.nft", backends=BACKENDS,
+                                                      defaults=DEFAULTS),
+    "backends.nft.state_dir (with what null means)": _explained(
+        "backends.nft.state_dir", backends=BACKENDS, defaults=DEFAULTS),
+    "backends.nft.table (a default that is not null stays)": _explained(
+        "backends.nft.table", backends=BACKENDS, defaults={"nft": {"table": "ignored"}}),
     "backends.nft.netns": _explained("backends.nft.netns", backends=BACKENDS),
     "backends.nft.family": _explained("backends.nft.family", backends=BACKENDS),
     "backends.nft.count": _explained("backends.nft.count", backends=BACKENDS),

@@ -188,7 +188,7 @@ def test_problems_carry_their_paths_and_the_defaults_apply() -> None:
         "top.inner.name: required, a name",
         "top.inner.size: must be 1..9, got 0",
         "top.items[0].name: expected a string, got 1",
-        "top.items[3]: expected a mapping, got str",
+        "top.items[3]: expected a mapping, got a string",
         "top.items[3].name: required, a name",
         "top.label: expected a string, got 5",
         "top.nets[0]: '10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)",
@@ -230,8 +230,8 @@ def test_the_reader_kit() -> None:
     assert reader.convert("x", "c", int) is INVALID
     assert reader.networks(["10.0.0.0/8", "x"], "n") == reader.networks(["10.0.0.0/8"], "n")
     assert [str(p) for p in reader.problems] == [
-        "p: expected a mapping, got list", "2: unknown key (known: a, b)",
-        "s: expected a list, got str", "s: expected a list, got dict",
+        "p: expected a mapping, got a list", "2: unknown key (known: a, b)",
+        "s: expected a list, got a string", "s: expected a list, got a mapping",
         "c: invalid literal for int() with base 10: 'x'", "n[1]: 'x' is not a valid CIDR"]
     assert (join("", "k"), join("a.b", "k")) == ("k", "a.b.k")
     assert repr(INVALID) == "INVALID"
@@ -361,7 +361,7 @@ def test_the_schema_writes_defaults_as_json_nests_one_level_and_keeps_constants(
 
 def test_a_list_key_given_something_else_is_a_problem_at_its_path() -> None:
     assert _read({"words": "a", "items": {"name": "x"}})[1] == [
-        "top.items: expected a list, got dict", "top.words: expected a list, got str"]
+        "top.items: expected a list, got a mapping", "top.words: expected a list, got a string"]
 
 
 def test_a_key_with_two_dots_is_written_nested_once() -> None:

@@ -8,6 +8,7 @@ of behaviour: regenerate with ``K3SNET_REGENERATE=1`` and review the diff.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,27 @@ DOCUMENTS: dict[str, Any] = {
                                 "cni": {"calico": {"ipip": 1}}, "dns": {"zone": []}},
     "list given a string": {"destinations": D, "cluster": {"podCIDRs": "10.42.0.0/16"}},
     "list given a mapping": {"cluster": {"serviceCIDRs": {"a": 1}}},
+    # What YAML read where a list or a mapping belongs, in YAML's words (Python's were
+    # "got str", "got dict", "got datetime", "got bytes").
+    "YAML's other values where a list or mapping belongs": {
+        "destinations": datetime.date(2001, 12, 14), "cluster": b"x",
+        "masquerade": 1.5, "dns": True, "agent": {1, 2},
+        "cni": datetime.datetime(2001, 12, 14, 10, 0)},
+    # The kernel takes a route to each (127.0.0.0/8 via a gateway, ff00::/8 ...): the apply
+    # succeeded, with nothing a pod's packet could use.
+    "destinations no host is reached at": {
+        "cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"],
+                    "serviceCIDRs": ["10.43.0.0/16", "fd43::/112"]},
+        "destinations": [{"cidr": c} for c in (
+            "127.0.0.0/8", "224.0.0.0/4", "239.1.0.0/16", "255.255.255.255/32", "0.0.0.0/32",
+            "::1/128", "ff02::/16", "::/128", "::ffff:192.168.2.0/120",
+            # not refused: link-local (a cloud's metadata address) and ranges holding
+            # unicast networks too
+            "169.254.169.254/32", "fe80::/64", "128.0.0.0/1", "::/3")]},
+    # state_dir with a NUL failed as an internal error ("embedded null byte") at plan.
+    "backend options holding a NUL": {
+        "backends": {"netlink": {"state_dir": "/run/k3s\x00net", "protocol": 200},
+                     "nftables": {"table": "k3snet", "x": ["a", {"b": "c\x00"}]}}},
     "bad CIDR entries": {"cluster": {"podCIDRs": ["10.42.0.0/16", "nope", 7, None],
                                      "serviceCIDRs": ["10.43.0.1/16"]}},
     "bad scalars": {"destinations": [{"cidr": D, "masquerade": "yes", "forward": 1}],
@@ -410,3 +432,20 @@ def test_a_label_or_option_key_yaml_reads_as_no_text_is_refused(text: str, path:
     assert problem.message.startswith("a key must be text, got ")
     assert problem.message.endswith("(YAML reads unquoted yes, no, on, off, true, false and "
                                     "numbers as such: quote the key)")
+
+
+def test_a_spec_error_s_message_names_the_first_hundred_problems_and_counts_the_rest() -> None:
+    """A 1 MB spec of 100 000 unknown keys made a message of 17 MB (stderr, twice with
+    --output json, the agent's log); ``problems`` keeps every one."""
+    text = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n" + "".join(
+        f"k{i}: 1\n" for i in range(100_000))
+    with pytest.raises(SpecError) as info:
+        Spec.from_yaml(text, source="big.yaml")
+    assert len(info.value.problems) == 100_000
+    lines = str(info.value).splitlines()
+    assert lines[0] == "100000 problems in big.yaml:"
+    assert lines[1].startswith("  k0: unknown key")
+    assert lines[100].startswith("  k99: unknown key")
+    assert lines[101:] == ["  ... and 99900 more (all of them: k3snet validate --output json)"]
+    assert len(str(SpecError([info.value.problems[0]] * 100))) < len(str(info.value))
+    assert "more" not in str(SpecError(info.value.problems[:100]))

@@ -65,9 +65,9 @@ def test_bad_yaml_and_unreadable_numbers() -> None:
     message = _refusal("destinations: [\n")
     assert message.startswith("not valid YAML: ")
     assert len(message) <= len("not valid YAML: ") + 300
+    # Python's own words were "... use sys.set_int_max_str_digits() to increase the limit".
     assert _refusal("a: " + "9" * 5000 + "\n") == (
-        "cannot read the YAML: Exceeds the limit (4300 digits) for integer string conversion: "
-        "value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit")
+        "cannot read the YAML: a number of more than 4300 digits")
 
 
 def test_the_depth_is_bounded() -> None:
@@ -170,7 +170,7 @@ def test_an_ip_masq_agent_config_is_a_path_text_or_mapping(tmp_path: Path) -> No
     assert refusal("masqLinkLocal: 1") == (
         "ip-masq-agent config", ["masqLinkLocal: expected true or false, got 1"])
     # One line without ":" names a file, even a missing one (it was read as YAML text,
-    # which said "expected a mapping, got str").
+    # which said "expected a mapping, got a string").
     missing = str(tmp_path / "missing")
     assert refusal(missing) == (missing, [f"cannot read {missing}: No such file or directory"])
     assert load_ip_masq_agent_config("{}") == IpMasqAgentConfig()
@@ -179,12 +179,38 @@ def test_an_ip_masq_agent_config_is_a_path_text_or_mapping(tmp_path: Path) -> No
         "ip-masq-agent config", [
             "other: unknown key (known: nonMasqueradeCIDRs, masqLinkLocal, masqLinkLocalIPv6, "
             "resyncInterval, cidrLimit)",
-            "nonMasqueradeCIDRs: expected a list, got str"])
+            "nonMasqueradeCIDRs: expected a list, got a string"])
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("a: [1\n", "not valid YAML: while parsing a flow sequence (line 1, column 4): did not "
+                "find expected ',' or ']' (line 2, column 1)"),
+    ("a: &x [1]\nb: *x\n", "not valid YAML: anchors and aliases (&name, *name) are not "
+                           "allowed in a spec (line 1, column 4)"),
+    ("a: b\x00\n", "not valid YAML: character #x0000 at line 1, column 5: control "
+                   "characters are not allowed"),
+    ("a:\n  b: 1\n c: 2\n", "not valid YAML: while parsing a block mapping (line 1, column 1)"
+                         ": did not find expected key (line 3, column 2)"),
+    ("a: !!python/object/apply:os.system [id]\n",
+     "not valid YAML: the tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed "
+     "in a spec (plain YAML values only: text, numbers, true/false, null, lists, mappings) "
+     "(line 1, column 4)"),
+    ("a: !local x\n", "not valid YAML: the tag '!local' is not allowed in a spec (plain YAML "
+                     "values only: text, numbers, true/false, null, lists, mappings) "
+                     "(line 1, column 4)"),
+])
+def test_a_yaml_error_says_its_line_and_column_and_no_unicode_string(text: str,
+                                                                     said: str) -> None:
+    """PyYAML names text it was handed ``"<unicode string>"``: the problems said
+    ``in "<unicode string>", line 4, column 11`` on lines of their own; the source (the
+    file) is the SpecError's already. A tag PyYAML has no constructor for "could not
+    determine a constructor", as if one were missing."""
+    assert _refusal(text) == said
 
 
 def test_anchor_and_duplicate_key_refusals_say_where() -> None:
-    assert _refusal("a: 1\nb: &x [1]\nc: *x\n").endswith("line 2, column 4")
-    assert _refusal("a: 1\nb: 2\na: 3\n").endswith("line 3, column 1")
+    assert _refusal("a: 1\nb: &x [1]\nc: *x\n").endswith("(line 2, column 4)")
+    assert _refusal("a: 1\nb: 2\na: 3\n").endswith("(line 3, column 1)")
 
 
 def _collections_while(action: Callable[[], object]) -> int:
@@ -323,6 +349,38 @@ def test_an_integer_yaml_versions_read_differently_is_refused_with_its_place(
                               "YAML 1.2 read differently; write it in decimal without a "
                               "leading 0 or _ (or quote it for a text)")
     assert "line " in message
+
+
+@pytest.mark.parametrize(("text", "written", "where"), [
+    ("sysctls:\n  net.ipv4.ip_forward: 01\n", "01", None),  # an int to both: refused above
+    ("a: 09\n", "09", "(line 1, column 4)"),     # YAML 1.1: the text "09"; YAML 1.2: 9
+    ("a: [1, 08]\n", "08", "(line 1, column 8)"),
+    ("a: 0o17\n", "0o17", "(line 1, column 4)"),  # YAML 1.2: octal 15
+    ("a: 1e3\n", "1e3", "(line 1, column 4)"),    # YAML 1.2: 1000.0
+    ("a:\n  b: 1.0e3\n", "1.0e3", "(line 2, column 6)"),
+    ('{"metric": 1e3}', "1e3", "(line 1, column 12)"),  # a JSON number, text to PyYAML
+    ("09: x\n", "09", "(line 1, column 1)"),
+])
+def test_a_text_yaml_1_2_reads_as_a_number_is_refused_with_its_place(
+        text: str, written: str, where: str | None) -> None:
+    """PyYAML read ``09`` and ``1e3`` as text where an editor and the JSON Schema read
+    numbers: a sysctl of ``09`` was written as "09" (the kernel refused it at apply)."""
+    message = _refusal(text)
+    if where is None:
+        assert message.startswith(f"not valid YAML: {written} is an integer that YAML 1.1")
+        return
+    assert message == (f"not valid YAML: {written} is text to YAML 1.1 (k3snet) and a number "
+                       "to YAML 1.2 (editors, the JSON Schema); write the number in decimal "
+                       f"without a leading 0 or an exponent (or quote it for a text) {where}")
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("a: '09'\n", "09"), ('a: "1e3"\n', "1e3"), ("a: !!str 09\n", "09"),
+    ("\ufeffa: !!str 09\n", "09"), ("a: v1e3\n", "v1e3"), ("a: 1.2.3\n", "1.2.3"),
+    ("a: 10.42.0.0/16\n", "10.42.0.0/16"), ("a: |\n  09\n", "09\n"), ("a: 1.5\n", 1.5),
+])
+def test_a_text_both_yaml_versions_read_alike_is_read(text: str, value: object) -> None:
+    assert load_mapping(text, None) == {"a": value}
 
 
 @pytest.mark.parametrize(("text", "value"), [

@@ -89,10 +89,10 @@ from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from importlib.util import find_spec
-from typing import Literal, NoReturn
+from typing import ClassVar, Literal, NoReturn
 
 import attrs
 
@@ -206,6 +206,8 @@ class IptablesBackend(BackendBase):
     """
 
     name = "iptables"
+    option_defaults: ClassVar[Mapping[str, str]] = {"netns": "the caller's own namespace"}
+    """What an option left out means (``k3snet explain backends.iptables``)."""
     capabilities: frozenset[str] = frozenset({"nat", "forward"})
 
     def __init__(

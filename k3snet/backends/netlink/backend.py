@@ -71,7 +71,7 @@ import errno
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.kit import (
@@ -209,6 +209,12 @@ class NetlinkBackend(BackendBase):
     """
 
     name = "netlink"
+    option_defaults: ClassVar[Mapping[str, str]] = {
+        "netns": "the caller's own namespace",
+        "state_dir": str(DEFAULT_STATE_ROOT),
+        "tables": "every table but local",
+    }
+    """What an option left out means (``k3snet explain backends.netlink``)."""
     capabilities: frozenset[str] = frozenset({"route", "sysctl"})
 
     def __init__(

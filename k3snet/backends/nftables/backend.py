@@ -84,9 +84,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import attrs
 
@@ -223,6 +223,8 @@ class NftablesBackend(BackendBase):
     """
 
     name = "nftables"
+    option_defaults: ClassVar[Mapping[str, str]] = {"netns": "the caller's own namespace"}
+    """What an option left out means (``k3snet explain backends.nftables``)."""
     capabilities: frozenset[str] = frozenset({"nat", "forward"})
 
     def __init__(
