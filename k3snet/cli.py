@@ -1589,7 +1589,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     desired = _AgentDesired(args)
     try:
         return run_from_cli(args, make_backend=lambda spec: _backend(args, spec),
-                            desired=desired)
+                            desired=desired,
+                            spec_warnings=lambda spec, group: unmanaged_warnings(
+                                group, spec, args.backend))
     finally:
         desired.close()
 

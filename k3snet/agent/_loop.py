@@ -351,6 +351,9 @@ class Agent:
     only once the spec has a cluster-wide backend, or returns None when this
     node is no candidate (it then never writes cluster-wide objects); without a
     factory this agent writes cluster-wide objects itself (``--no-kube``).
+    ``spec_warnings`` (optional) says what is wrong with a spec and its backends
+    without refusing it (``k3snet agent``: the spec's node objects no backend in use
+    manages, as ``plan`` warns); each is logged once, when the spec goes in force.
     """
 
     def __init__(self, source: SpecSource, make_backend: BackendFactory, desired: DesiredState,
@@ -359,14 +362,16 @@ class Agent:
                  elector_factory: Callable[[Callable[[bool], None]],
                                            LeaderElector | None] | None = None,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 spec_warnings: Callable[[Spec, BackendGroup], Sequence[str]] | None = None
+                 ) -> None:
         self.source = source
         self.options = options
         self.metrics = metrics
         self.reporter = reporter
         self._report_writer: _ReportWriter | None = None  # while run loops (see run)
         self._make_backend = make_backend
-        self._desired = desired
+        self._desired, self._spec_warnings = desired, spec_warnings
         # A desired-state function written before ``hold`` (two arguments, as the type
         # said until then) is never handed one: called with it, each pass a destination
         # was unreachable failed as "internal", a bug, instead of refusing the spec.
@@ -663,8 +668,23 @@ class Agent:
         self._refused_sha = self._refusal = self._teardown_wait = None
         _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
                   sha[:12], self.source.where)
+        self._warn_of(spec, group)
         if self.metrics is not None:
             self.metrics.set_spec(sha, self.generation)
+
+    def _warn_of(self, spec: Spec, group: BackendGroup) -> None:
+        """Log the spec's warnings (once: the spec just went in force). The agent said
+        none: with ``--backend nftables`` alone its routes were in no plan, every pass
+        "in sync", and nothing told the operator that no route was ever made."""
+        if self._spec_warnings is None:
+            return
+        try:
+            warnings = self._spec_warnings(spec, group)
+        except K3snetError as exc:  # a warning must not fail the pass
+            _log.debug("cannot say the spec's warnings: %s", _one_line(exc))
+            return
+        for warning in warnings:
+            _log.warning("spec generation %d: %s", self.generation, warning)
 
     def _group_for(self, spec: Spec) -> tuple[BackendGroup, bool]:
         if self._group is not None and self._group_backends == _backends_of(spec):
