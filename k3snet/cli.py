@@ -1031,8 +1031,8 @@ _COMPILES_KEPT = 4
 """Compiles :class:`_AgentDesired` keeps: a pass asks for the node's part and the
 cluster-wide part, and while a destination is unreachable for the node's part without
 and with ``hold``. Kept one, they took each other's place: a leader compiled twice a
-pass, a node holding a route twice a pass (2k destinations: 250 ms a compile, where the
-passes of a node whose tokens move come a second apart)."""
+pass, a node holding a route twice a pass (docs/performance.md, "Passes holding
+routes")."""
 
 
 class _AgentDesired:
