@@ -247,6 +247,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(" ".join([head, listed(items, "\n")]).split())
 
 
+def _destinations(spec: Spec, indices: frozenset[int]) -> str:
+    """The CIDRs of the destinations at ``indices``, the first :data:`LOG_ITEMS` named:
+    an uplink losing its address holds every destination through it, and a message
+    naming 10 000 was 170 KB, built again on every pass."""
+    held = sorted(indices)
+    # listed() names the first LOG_ITEMS and counts the rest: only those are made text.
+    return listed([*(spec.destinations[i].cidr for i in held[:LOG_ITEMS]),
+                   *held[LOG_ITEMS:]], ", ")
+
+
 class _PartsFailedError(Exception):
     """The node part, the cluster-wide part or both failed (what was applied is kept)."""
 
@@ -264,7 +274,7 @@ class _HeldRoutesError(Exception):
     def __init__(self, cause: SpecError, held: frozenset[int], spec: Spec,
                  applied: Sequence[Change], tokens: tuple[Hashable | None, ...] | None
                  ) -> None:
-        names = ", ".join(str(spec.destinations[i].cidr) for i in sorted(held))
+        names = _destinations(spec, held)
         problems = "\n  ".join(map(str, cause.problems))
         super().__init__(f"{len(held)} destination(s) held, their routes neither added nor "
                          f"deleted until the node can route to them ({names}); everything "
@@ -892,7 +902,7 @@ class Agent:
         self._holding.unroutable = said
         if held is None:
             return
-        names = ", ".join(str(spec.destinations[i].cidr) for i in sorted(held[1]))
+        names = _destinations(spec, held[1])
         _log.warning("the node cannot route to %d destination(s) (%s); no backend of the "
                      "node manages routes, so there is none to hold: %s", len(held[1]),
                      names, _one_line(held[0]))
