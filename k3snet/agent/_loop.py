@@ -1107,7 +1107,10 @@ class Agent:
                 started = self._monotonic()
                 self._observed_at = None
                 result = self.run_pass()
-                before, applied = (self._baseline() if result.status != "failed"
+                # A pass that only held routes converged the rest: its baseline holds too
+                # (without it, a change made while it ran waited for the interval).
+                before, applied = (self._baseline()
+                                   if result.status != "failed" or self._held_pass
                                    else (None, False))
                 self._by_change = self._wait_after(started, before, applied=applied)
                 self._wake.clear()

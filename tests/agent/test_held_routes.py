@@ -8,6 +8,7 @@ which devices and gateways the node has, the memory backend keeps what it holds
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import NodeFacts, Spec, held_destinations
 from k3snet.spec import compile as compile_spec
+
+from .test_loop import MovedWhileObserved
 
 SPEC = """\
 apiVersion: k3snet.io/v1alpha1
@@ -350,3 +353,48 @@ def test_a_pass_holding_many_destinations_names_the_first_ones_and_counts_the_re
     assert "172.20.0.0/16, 10.0.0.0/16" in head
     assert f"10.{_loop.LOG_ITEMS - 2}.0.0/16, ... and 6 more)" in head
     assert f"10.{_loop.LOG_ITEMS - 1}.0.0/16" not in result.message.split("converged")[0]
+
+
+def test_a_change_made_while_a_pass_holding_routes_runs_starts_the_next_pass(
+        tmp_path: Path) -> None:
+    """The watch's baseline of a pass that held routes was read after it, as for any
+    failed pass: a rule removed after that pass observed was in it, and waited for the
+    interval (an hour here), though the pass had converged everything else."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = MovedWhileObserved()
+    facts = [UP]
+
+    def desired(spec: Spec, group: BackendGroup, *,
+                hold: frozenset[int] = frozenset()) -> State:
+        return compile_for(group, spec, facts[0], hold=hold)
+
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), desired,
+                  AgentOptions("node-1", interval=3600, watch=0.01, watch_gap=0.0))
+    assert agent.run_pass().status == "ok"
+    facts[0] = DOWN
+    assert agent.run_pass().status == "failed"
+    runner = threading.Thread(target=agent.run)
+    runner.start()
+    try:
+        wait = threading.Event()
+        for _ in range(1000):  # the loop's first pass (held again), at most 10 s
+            if agent.passes >= 3:
+                break
+            wait.wait(0.01)
+        wait.wait(0.1)  # quiet
+        want = sorted(map(str, memory.state.owned))
+        changes = plan(State(), memory.state).changes
+        forward = [c.inverse() for c in changes if c.kind == "forward"]
+        nat = [c.inverse() for c in changes if c.kind == "nat"]
+        memory.strike.append(Plan(changes=nat))  # removed during the repair pass
+        memory.apply(Plan(changes=forward))  # drift: starts that pass
+        for _ in range(1000):  # at most 10 s, against an interval of an hour
+            if sorted(map(str, memory.state.owned)) == want:
+                break
+            wait.wait(0.01)
+        assert sorted(map(str, memory.state.owned)) == want
+        assert not memory.strike
+    finally:
+        agent.stop()
+        runner.join()
