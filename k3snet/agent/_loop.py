@@ -9,7 +9,8 @@ One pass:
    file) with :func:`k3snet.converge`; a new spec that would delete everything
    k3snet owns (:class:`~k3snet.errors.TeardownError`) is refused the same way;
    destinations the node cannot route to (by the node facts) have their routes
-   held, the rest converged, and the pass fails (``unreachable``);
+   held, the rest converged, and the pass fails (``unreachable``: without the
+   failures' back-off; a node part managing no routes holds nothing and goes on);
 3. converge the cluster-wide backends (Calico IPPools, the flannel ConfigMap,
    Cilium's ConfigMaps) only while this agent holds the Lease
    (:mod:`k3snet.agent._lease`), whether or not step 2 succeeded;
