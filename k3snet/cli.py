@@ -1051,11 +1051,19 @@ def _local_facts(args: argparse.Namespace, backend: BackendGroup,
     return read(facts_namespace(backend))  # --netns, or a --backend-opt/backends: netns
 
 
+_COMPILES_KEPT = 4
+"""Compiles :class:`_AgentDesired` keeps: a pass asks for the node's part and the
+cluster-wide part, and while a destination is unreachable for the node's part without
+and with ``hold``. Kept one, they took each other's place: a leader compiled twice a
+pass, a node holding a route twice a pass (docs/performance.md, "Passes holding
+routes")."""
+
+
 class _AgentDesired:
     """The desired state of each of the agent's passes, ``(spec, group) -> State``.
 
-    Compile is pure, so the same spec, backends and facts give the same state;
-    compiling 2k destinations again cost 250 of a 430 ms no-op pass
+    Compile is pure, so the same spec, backends and facts give the same state (or the
+    same refusal); compiling 2k destinations again cost 250 of a 430 ms no-op pass
     (benchmarks/agent_steady.py). The node facts are kept while a token of what
     they are made of (every route, link and address change in the namespace but
     k3snet's own routes) stands still: the netlink backend's facts token when one is
@@ -1065,8 +1073,10 @@ class _AgentDesired:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self._args = args
-        self._compiled: tuple[Spec, list[tuple[Any, frozenset[str]]], NodeFacts | None,
-                              frozenset[int], State] | None = None
+        # The last compiles' inputs and results (a state, or the SpecError it raised):
+        # one for each group and ``hold`` a pass asks for (see _COMPILES_KEPT).
+        self._compiled: list[tuple[Spec, list[tuple[Any, frozenset[str]]], NodeFacts | None,
+                                   frozenset[int], State | SpecError]] = []
         self._facts: tuple[object, object, NodeFacts] | None = None  # source, token, facts
         self._watch: FactsWatch | None = None
         self._watch_failed = False
@@ -1077,13 +1087,27 @@ class _AgentDesired:
         # The agent hands a new group object each pass: its members' backends and kinds
         # are what counts (the backends kept alive here, so never another at their id).
         members = [(m.backend, m.kinds) for m in backend.members]
-        kept = self._compiled
-        if not (kept and kept[0] is spec and kept[2] == facts and kept[3] == hold
-                and len(kept[1]) == len(members)
-                and all(a is b and k == j for (a, k), (b, j) in zip(kept[1], members,
-                                                                     strict=True))):
-            kept = self._compiled = (spec, members, facts, hold,
-                                     compile_for(backend, spec, facts, hold=hold))
+        for kept in self._compiled:
+            if (kept[0] is spec and kept[2] == facts and kept[3] == hold
+                    and len(kept[1]) == len(members)
+                    and all(a is b and k == j for (a, k), (b, j) in zip(kept[1], members,
+                                                                         strict=True))):
+                break
+        else:
+            try:
+                result: State | SpecError = compile_for(backend, spec, facts, hold=hold)
+            except SpecError as exc:
+                # Kept too: while some destination is unreachable, the agent compiles
+                # each pass without hold first, to see whether it is back.
+                result = exc
+            kept = (spec, members, facts, hold, result)
+            # Of another spec: never asked for again (a spec in force is one object).
+            self._compiled = [kept, *(k for k in self._compiled[:_COMPILES_KEPT - 1]
+                                      if k[0] is spec)]
+        if isinstance(kept[4], SpecError):
+            # The same error (the agent finds its held destinations once), without the
+            # traceback of the raise before: each raise would add to it.
+            raise kept[4].with_traceback(None)
         return kept[4]
 
     def close(self) -> None:
@@ -1589,7 +1613,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     desired = _AgentDesired(args)
     try:
         return run_from_cli(args, make_backend=lambda spec: _backend(args, spec),
-                            desired=desired)
+                            desired=desired,
+                            spec_warnings=lambda spec, group: unmanaged_warnings(
+                                group, spec, args.backend))
     finally:
         desired.close()
 

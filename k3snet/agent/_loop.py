@@ -9,7 +9,8 @@ One pass:
    file) with :func:`k3snet.converge`; a new spec that would delete everything
    k3snet owns (:class:`~k3snet.errors.TeardownError`) is refused the same way;
    destinations the node cannot route to (by the node facts) have their routes
-   held, the rest converged, and the pass fails (``unreachable``);
+   held, the rest converged, and the pass fails (``unreachable``: without the
+   failures' back-off; a node part managing no routes holds nothing and goes on);
 3. converge the cluster-wide backends (Calico IPPools, the flannel ConfigMap,
    Cilium's ConfigMaps) only while this agent holds the Lease
    (:mod:`k3snet.agent._lease`), whether or not step 2 succeeded;
@@ -247,6 +248,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(" ".join([head, listed(items, "\n")]).split())
 
 
+def _destinations(spec: Spec, indices: frozenset[int]) -> str:
+    """The CIDRs of the destinations at ``indices``, the first :data:`LOG_ITEMS` named:
+    an uplink losing its address holds every destination through it, and a message
+    naming 10 000 was 170 KB, built again on every pass."""
+    held = sorted(indices)
+    # listed() names the first LOG_ITEMS and counts the rest: only those are made text.
+    return listed([*(spec.destinations[i].cidr for i in held[:LOG_ITEMS]),
+                   *held[LOG_ITEMS:]], ", ")
+
+
 class _PartsFailedError(Exception):
     """The node part, the cluster-wide part or both failed (what was applied is kept)."""
 
@@ -264,13 +275,25 @@ class _HeldRoutesError(Exception):
     def __init__(self, cause: SpecError, held: frozenset[int], spec: Spec,
                  applied: Sequence[Change], tokens: tuple[Hashable | None, ...] | None
                  ) -> None:
-        names = ", ".join(str(spec.destinations[i].cidr) for i in sorted(held))
+        names = _destinations(spec, held)
         problems = "\n  ".join(map(str, cause.problems))
         super().__init__(f"{len(held)} destination(s) held, their routes neither added nor "
                          f"deleted until the node can route to them ({names}); everything "
                          f"else converged:\n  {problems}")
         self.cause, self.held = cause, held
         self.applied, self.tokens = tuple(applied), tokens
+
+
+@attrs.define
+class _Holding:
+    """What the agent remembers of destinations the node cannot route to."""
+
+    found: tuple[Spec, SpecError, frozenset[int]] | None = None
+    """(the spec, the error compiling it, its held destinations) last found."""
+    unroutable: tuple[Spec, frozenset[int]] | None = None
+    """(the spec, the destinations) last said unroutable with no route to hold."""
+    said: tuple[str, float] | None = None
+    """(the message, when) of held routes last logged as an error."""
 
 
 class _RefusedError(Exception):
@@ -339,6 +362,9 @@ class Agent:
     only once the spec has a cluster-wide backend, or returns None when this
     node is no candidate (it then never writes cluster-wide objects); without a
     factory this agent writes cluster-wide objects itself (``--no-kube``).
+    ``spec_warnings`` (optional) says what is wrong with a spec and its backends
+    without refusing it (``k3snet agent``: the spec's node objects no backend in use
+    manages, as ``plan`` warns); each is logged once, when the spec goes in force.
     """
 
     def __init__(self, source: SpecSource, make_backend: BackendFactory, desired: DesiredState,
@@ -347,14 +373,16 @@ class Agent:
                  elector_factory: Callable[[Callable[[bool], None]],
                                            LeaderElector | None] | None = None,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 spec_warnings: Callable[[Spec, BackendGroup], Sequence[str]] | None = None
+                 ) -> None:
         self.source = source
         self.options = options
         self.metrics = metrics
         self.reporter = reporter
         self._report_writer: _ReportWriter | None = None  # while run loops (see run)
         self._make_backend = make_backend
-        self._desired = desired
+        self._desired, self._spec_warnings = desired, spec_warnings
         # A desired-state function written before ``hold`` (two arguments, as the type
         # said until then) is never handed one: called with it, each pass a destination
         # was unreachable failed as "internal", a bug, instead of refusing the spec.
@@ -394,8 +422,7 @@ class Agent:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stop_asked_at: float | None = None
-        self._once = False
-        self._not_candidate = False
+        self._once = self._not_candidate = False
         # The elector factory's failures in a row (reading the Node's labels for
         # --lease-candidates), the last one, and when it may be called again.
         self._elector_failures = 0
@@ -417,8 +444,13 @@ class Agent:
         self._repairs: collections.deque[float] = collections.deque()
         self._gap = options.watch_gap
         # Passes whose node part failed, in a row: beyond FREE_REPAIRS, a change-started
-        # retry waits too.
-        self._failed_in_row = 0
+        # retry waits too; of those, the ones in a row that did not converge the rest (not
+        # only routes held by the node facts: see _failed), which alone slow the retries.
+        self._failed_in_row = self._stuck_in_row = 0
+        # Whether the pass in progress put a new spec in force, and whether it failed by
+        # held routes alone.
+        self._new_in_pass = self._held_pass = False
+        self._holding = _Holding()
         # Why a ready agent is ready no more (None: it never was, or is again).
         self._unready: str | None = None
         if self.metrics is not None:
@@ -469,6 +501,7 @@ class Agent:
         """Read the spec, converge, record the outcome; never raises for a failed pass."""
         started = self._monotonic()
         self.passes += 1
+        self._new_in_pass = self._held_pass = False
         try:
             result = self._pass()
         except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
@@ -642,11 +675,27 @@ class Agent:
         self._spec, self._sha, self._group = spec, sha, group
         self._group_backends = _backends_of(spec)
         self.generation += 1
+        self._new_in_pass = True
         self._refused_sha = self._refusal = self._teardown_wait = None
         _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
                   sha[:12], self.source.where)
+        self._warn_of(spec, group)
         if self.metrics is not None:
             self.metrics.set_spec(sha, self.generation)
+
+    def _warn_of(self, spec: Spec, group: BackendGroup) -> None:
+        """Log the spec's warnings (once: the spec just went in force). The agent said
+        none: with ``--backend nftables`` alone its routes were in no plan, every pass
+        "in sync", and nothing told the operator that no route was ever made."""
+        if self._spec_warnings is None:
+            return
+        try:
+            warnings = self._spec_warnings(spec, group)
+        except K3snetError as exc:  # a warning must not fail the pass
+            _log.debug("cannot say the spec's warnings: %s", _one_line(exc))
+            return
+        for warning in warnings:
+            _log.warning("spec generation %d: %s", self.generation, warning)
 
     def _group_for(self, spec: Spec) -> tuple[BackendGroup, bool]:
         if self._group is not None and self._group_backends == _backends_of(spec):
@@ -792,11 +841,19 @@ class Agent:
         try:
             desired = self._desired(spec, group)
         except SpecError as exc:
-            indices = held_destinations(spec, exc) if self._holds else frozenset()
+            indices = self._held_of(spec, exc)
             if not indices:
                 raise
             desired = self._desired(spec, group, hold=indices)
             held = exc, indices
+        else:
+            self._unroutable(spec, None)
+        if held is not None and "route" not in group.capabilities:
+            # No member here manages routes: nothing is held, everything converged.
+            # Failed "unreachable" all the same, a node whose NAT and forward rules were
+            # all in place (its routes another program's) turned not ready.
+            self._unroutable(spec, held)
+            held = None
         # Read before observing: what is recorded as in sync below is then at most what
         # the observe saw. Read after, it took in a change made after the observe, and
         # every later pass was "in sync" with it, observing nothing until another move.
@@ -804,10 +861,12 @@ class Agent:
         # Only when every member can tell is "no token moved" the same as "no change".
         whole = tokens is not None and all(t is not None for t in tokens)
         synced = self._synced.get(part)
-        if (held is None and whole and synced is not None and synced[0] is desired
-                and tokens == synced[1]):
+        if whole and synced is not None and synced[0] is desired and tokens == synced[1]:
             # The last pass found nothing to do for this very desired state and no
-            # change token moved since: this one would find nothing either.
+            # change token moved since: this one would find nothing either (held
+            # routes included: the same desired state holds the same ones).
+            if held is not None:
+                raise _HeldRoutesError(*held, spec, (), tokens)
             return (), tokens
         self._synced.pop(part, None)
         # SIGTERM ends a wait for the namespace lock: a minute of it outlasted the pod's
@@ -815,13 +874,39 @@ class Agent:
         done = converge(group, desired, cancelled=self._stopping.is_set,
                         keep=None if held is None else _slots_of(spec, held[1]))
         applied = done.result.applied if done.result is not None else ()
-        if held is not None:
-            raise _HeldRoutesError(*held, spec, applied, tokens)
         if done.plan.empty and whole and tokens is not None:
             # Nothing to do: until a token moves (or the desired state does), observing
             # and planning again would find nothing either.
             self._synced[part] = (desired, tokens)
+        if held is not None:
+            raise _HeldRoutesError(*held, spec, applied, tokens)
         return applied, tokens
+
+    def _held_of(self, spec: Spec, error: SpecError) -> frozenset[int]:
+        """:func:`~k3snet.spec.held_destinations` of ``spec`` refused with ``error``, found
+        again only for another spec or error (a desired-state function that keeps its
+        results hands back the same error while the node facts stand still: finding
+        them validates the whole spec)."""
+        if not self._holds:
+            return frozenset()
+        kept = self._holding.found
+        if kept is None or kept[0] is not spec or kept[1] is not error:
+            kept = self._holding.found = (spec, error, held_destinations(spec, error))
+        return kept[2]
+
+    def _unroutable(self, spec: Spec, held: tuple[SpecError, frozenset[int]] | None) -> None:
+        """Say once (until it changes) which destinations the node cannot route to while
+        the node's backends manage no route (nothing to hold: the pass goes on)."""
+        said = None if held is None else (spec, held[1])
+        if said == self._holding.unroutable:
+            return
+        self._holding.unroutable = said
+        if held is None:
+            return
+        names = _destinations(spec, held[1])
+        _log.warning("the node cannot route to %d destination(s) (%s); no backend of the "
+                     "node manages routes, so there is none to hold: %s", len(held[1]),
+                     names, _one_line(held[0]))
 
     def _tokens(self, group: BackendGroup) -> tuple[Hashable | None, ...] | None:
         """The group's change tokens (``None`` for a member that cannot tell), or ``None``
@@ -871,8 +956,9 @@ class Agent:
         if leader:
             self._wake.set()  # write the cluster-wide objects now, not an interval later
 
-    def _ok(self, applied: Sequence[Change], leader: bool, *, changed: bool) -> PassResult:
-        applied = tuple(applied)
+    def _drift(self, applied: Sequence[Change], leader: bool, *, changed: bool) -> int:
+        """How many of ``applied`` repaired drift; the pass converged (all but held routes)
+        and is the last good one from now on."""
         drift = 0
         if not changed and self._last_ok_sha == self._sha:
             # Same spec as the last good pass: what had to change was drift, except
@@ -881,6 +967,11 @@ class Agent:
             drift = sum(1 for c in applied
                         if not (first_lead and c.kind in _CLUSTER_KINDS))
         self._last_ok_sha, self._last_ok_leader = self._sha, leader
+        return drift
+
+    def _ok(self, applied: Sequence[Change], leader: bool, *, changed: bool) -> PassResult:
+        applied = tuple(applied)
+        drift = self._drift(applied, leader, changed=changed)
         if applied:
             what = "repaired drift" if drift else "applied"
             # The first LOG_ITEMS changes: a first pass at 10 000 destinations applies
@@ -901,8 +992,19 @@ class Agent:
             applied, leader, parts = exc.applied, exc.leader, exc.failures
         # Only the node's own failures slow the retries: the leader's cluster-wide part
         # failing (the API server down) must not delay the repair of the node's drift.
-        node_failed = any(part == "node" for part, _ in parts)
-        self._failed_in_row = self._failed_in_row + 1 if node_failed else 0
+        # Nor do held routes: everything else converged, and such a pass costs what a
+        # pass finding nothing costs (the same desired state, kept by its compile). A
+        # device or address coming back moves the netlink token: the routes are put
+        # back at the next look, not at the end of a back-off up to the interval, and
+        # other drift meanwhile is repaired as soon as it is seen (it was counted as
+        # such: a fight with another program still slows the repairs).
+        node = [failure for part, failure in parts if part == "node"]
+        held = bool(node) and all(isinstance(f, _HeldRoutesError) for f in node)
+        self._held_pass = held and len(node) == len(parts)
+        self._failed_in_row = self._failed_in_row + 1 if node else 0
+        self._stuck_in_row = self._stuck_in_row + 1 if node and not held else 0
+        drift = (self._drift(applied, leader, changed=self._new_in_pass) if self._held_pass
+                 else 0)
         reason = _reason(parts[0][1])
         said = []
         for part, failure in parts:
@@ -920,14 +1022,14 @@ class Agent:
             message = f"{message}; {self._cluster_refusal}"
         if self._refusal is not None and reason != "spec":
             message = f"{self._refusal}; {message}"
-        return PassResult("failed", message, applied, self._sha, leader)
+        return PassResult("failed", message, applied, self._sha, leader, drift)
 
     def _record(self, result: PassResult, seconds: float) -> None:
         extra = {"status": result.status, "generation": self.generation,
                  "duration_ms": round(seconds * 1000, 1), "changes": len(result.applied),
                  "leader": result.leader}
         if result.status != "failed":
-            self._failed_in_row = 0
+            self._failed_in_row = self._stuck_in_row = 0
         if self._failed_in_row == 0:
             # The node's part converged: "spec-refused" with the spec in force (a refused
             # newer spec, or the leader's refused cluster-wide part), or "failed" by the
@@ -944,17 +1046,21 @@ class Agent:
             self._unready = (f"not ready: the node's part failed {self._failed_in_row} passes "
                              f"in a row: {result.message}")
         _log_each(result.applied)
+        if result.drift:
+            self._repairs.append(self._monotonic())
+        # Forgotten here too, not only by repair_gap: a wait that never calls it
+        # (--no-watch, or no member with a change token) let a node with drift at
+        # every pass keep one entry per repair for the process's life.
+        self._forget_old_repairs()
         if result.status == "ok":
             level = logging.WARNING if result.drift else logging.INFO
             _log.log(level, "%s", result.message, extra=extra)
-            if result.drift:
-                self._repairs.append(self._monotonic())
-            # Forgotten here too, not only by repair_gap: a wait that never calls it
-            # (--no-watch, or no member with a change token) let a node with drift at
-            # every pass keep one entry per repair for the process's life.
-            self._forget_old_repairs()
         elif result.status == "spec-refused":
             _log.warning("%s", result.message, extra=extra)
+        elif self._held_pass and not result.drift and self._held_said_recently(result):
+            # The same routes held again, nothing else done: said as an error once an
+            # interval (as the back-off said it), in between as information.
+            _log.info("pass failed: %s", result.message, extra=extra)
         else:
             _log.error("pass failed: %s", result.message, extra=extra)
         if self.metrics is not None:
@@ -972,6 +1078,17 @@ class Agent:
         elif self.reporter is not None:
             self.reporter.report(NodeReport(result.status, result.message, self._sha,
                                             self.generation, result.leader))
+
+    def _held_said_recently(self, result: PassResult) -> bool:
+        """Whether this very message of held routes was logged as an error less than an
+        interval ago (else it is now)."""
+        now = self._monotonic()
+        said = self._holding.said
+        if said is not None and said[0] == result.message and now - said[1] < \
+                self.options.interval:
+            return True
+        self._holding.said = (result.message, now)
+        return False
 
     # ------------------------------------------------------------ the loop
 
@@ -991,7 +1108,10 @@ class Agent:
                 started = self._monotonic()
                 self._observed_at = None
                 result = self.run_pass()
-                before, applied = (self._baseline() if result.status != "failed"
+                # A pass that only held routes converged the rest: its baseline holds too
+                # (without it, a change made while it ran waited for the interval).
+                before, applied = (self._baseline()
+                                   if result.status != "failed" or self._held_pass
                                    else (None, False))
                 self._by_change = self._wait_after(started, before, applied=applied)
                 self._wake.clear()
@@ -1094,7 +1214,9 @@ class Agent:
         failing in a row back off the same way (beyond :data:`FREE_REPAIRS` of them,
         until one does not fail): on a node whose tokens keep moving (kube-proxy
         committing), a pass that fails for good was otherwise tried again, with a
-        whole observe and plan and an error, once every ``watch_gap``.
+        whole observe and plan and an error, once every ``watch_gap``. A pass that
+        only held routes (the node cannot route to some destinations) converged the
+        rest and does not back off.
         """
         options = self.options
         self._forget_old_repairs()
@@ -1109,13 +1231,13 @@ class Agent:
                       options.repair_window, options.watch_gap)
         self._gap = drift
         gap = drift
-        failed = self._doubled(self._failed_in_row)
+        failed = self._doubled(self._stuck_in_row)
         if failed > gap:
-            if self._failed_in_row == FREE_REPAIRS + 1:
+            if self._stuck_in_row == FREE_REPAIRS + 1:
                 _log.warning("%d passes failed in a row: a change now starts the next try "
                              "after %.0f s, doubling with each failure up to the interval "
                              "(%.0f s), until a pass succeeds",
-                             self._failed_in_row, failed, options.interval)
+                             self._stuck_in_row, failed, options.interval)
             gap = failed
         if self.metrics is not None:
             self.metrics.repair_gap.set(gap)

@@ -8,8 +8,8 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from k3snet.agent._http import HealthServer, parse_listen
 from k3snet.agent._lease import LeaderElector, LeaseSettings
@@ -25,6 +25,10 @@ from k3snet.kube import (
     name_problem,
     object_ref_problem,
 )
+
+if TYPE_CHECKING:
+    from k3snet.backends.group import BackendGroup
+    from k3snet.spec import Spec
 
 __all__ = ["run_from_cli"]
 
@@ -77,8 +81,12 @@ def _has_label(api_client: Any, node: str, selector: str) -> bool:
 
 
 def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
-                 desired: DesiredState) -> int:
+                 desired: DesiredState,
+                 spec_warnings: Callable[[Spec, BackendGroup], Sequence[str]] | None = None
+                 ) -> int:
     """Run the agent as ``k3snet agent`` was asked to; returns the exit status.
+
+    ``spec_warnings``: what to warn of once a spec is in force (see :class:`Agent`).
 
     SIGTERM, SIGINT and SIGHUP (unless ignored) end the loop after the pass in progress;
     the rules stay unless ``--cleanup-on-exit``; a held Lease is released.
@@ -126,7 +134,7 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
                                watch=None if getattr(args, "no_watch", False) else 0.25,
                                cleanup_on_exit=args.cleanup_on_exit),
                   metrics=metrics, reporter=reporter,
-                  elector_factory=elector if use_kube else None)
+                  elector_factory=elector if use_kube else None, spec_warnings=spec_warnings)
     server = None
     if metrics is not None:
         host, port = parse_listen(args.listen)

@@ -31,6 +31,7 @@ from k3snet.agent import (
     Agent,
     AgentMetrics,
     AgentOptions,
+    ConfigMapSpecSource,
     FileSpecSource,
     LeaderElector,
     LeaseSettings,
@@ -807,3 +808,35 @@ def test_an_unready_leader_whose_node_part_converges_again_is_ready_while_its_cl
     assert a.readiness() == (True, "ready: spec generation 1 in force")
     assert _sample(a, "k3snet_agent_ready") == 1
     a.shutdown()
+
+
+@pytest.mark.parametrize(("status", "delay"), [(500, 0.0), (410, 0.0), (504, 2.0)],
+                         ids=["500", "410", "timeout"])
+def test_a_spec_configmap_the_api_fails_to_read_keeps_the_last_good_spec_repairing_drift(
+        server: EmulatedApiServer, status: int, delay: float) -> None:
+    """The API server failing the spec's read (an error, Gone, no answer within the
+    request timeout) changes nothing of the spec in force: the pass repairs the node's
+    drift with it, the spec stays in force, and the next good read is in sync."""
+    server.put("v1/configmaps", {"metadata": {"name": "k3snet-spec", "namespace": "kube-system"},
+                                 "data": {"spec.yaml": SPEC}})
+    memory = MemoryBackend(capabilities=("route", "sysctl", "nat", "forward"))
+    source = ConfigMapSpecSource(server.api_client(), "kube-system", "k3snet-spec",
+                                 timeout=0.5)
+    agent = Agent(source, lambda spec: BackendGroup([memory]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-a", interval=3600))
+    assert agent.run_pass().status == "ok"
+    wanted = sorted(map(str, memory.state.owned))
+    memory.apply(Plan(changes=[c.inverse() for c in plan(State(), memory.state).changes
+                               if c.kind == "nat"]))  # another program deletes the NAT
+    server.fail(status, method="GET", plural="configmaps", delay=delay)
+    result = agent.run_pass()
+    assert result.status == "spec-refused"  # the read refused, said as such
+    assert "refused (unreadable)" in result.message
+    assert "keeping spec generation 1" in result.message
+    assert [c.kind for c in result.applied] == ["nat"]  # repaired with the spec in force
+    assert sorted(map(str, memory.state.owned)) == wanted
+    assert agent.generation == 1
+    again = agent.run_pass()
+    assert again.status == "ok"
+    assert again.message == "in sync: no changes"

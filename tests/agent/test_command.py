@@ -178,3 +178,25 @@ def test_the_agent_puts_back_the_signal_handlers_it_found(tmp_path: Path) -> Non
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     assert main(["agent", "-f", str(spec), *BASE, "--once", "--listen", "none"]) == 0
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+@pytest.mark.parametrize(("backend", "warned"), [
+    (["--backend", "memory", "--backend-opt", 'memory.capabilities=["route","sysctl"]'], True),
+    (["--backend", "memory:route,sysctl"], False),  # the kinds split on purpose
+    (["--backend", "memory"], False),  # every kind
+], ids=["kinds-left-out", "kinds-given", "all-kinds"])
+def test_the_agent_warns_once_of_the_spec_s_objects_no_backend_in_use_manages(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], backend: list[str],
+        warned: bool) -> None:
+    """As ``plan`` and ``apply`` do: the agent said nothing, every pass "in sync", while
+    the spec's masquerade and forward accepts were in no plan."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["agent", "-f", str(spec), *backend, "--no-kube", "--no-facts", "--once",
+                 "--listen", "none", "--log-format", "json"]) == 0
+    said = [json.loads(line)["message"] for line in capsys.readouterr().err.splitlines()]
+    warnings = [m for m in said if "in no plan" in m]
+    assert len(warnings) == (1 if warned else 0)
+    if warned:
+        assert warnings[0].startswith("spec generation 1: the spec's 1 forward accept and "
+                                      "1 NAT rule are in no plan")

@@ -200,10 +200,10 @@ def test_the_gap_after_failures_doubles_up_to_the_interval_and_resets_on_success
                    interval=30.0, watch_gap=1.0)
     gaps = []
     for _ in range(8):
-        agent._failed_in_row += 1
+        agent._stuck_in_row += 1
         gaps.append(agent.repair_gap())
     assert gaps == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
-    agent._failed_in_row = 0
+    agent._stuck_in_row = 0
     assert agent.repair_gap() == 1.0
 
 

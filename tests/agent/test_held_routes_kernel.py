@@ -105,3 +105,48 @@ def test_a_route_through_a_lost_gateway_is_held_while_the_rest_is_repaired_kerne
         assert set(routes) == {"10.100.0.0/24", "10.101.0.0/24"}
         assert routes["10.101.0.0/24"]["gateway"] == "10.9.0.1"
         assert "onlink" not in routes["10.101.0.0/24"].get("flags", [])
+
+
+def test_held_passes_compile_nothing_again_and_the_address_coming_back_starts_a_pass_kernel(
+        require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the node facts stand still a held pass compiles nothing (the refusal is
+    kept with the state: both compiles ran every pass, 2 x 250 ms at 2k destinations),
+    observes nothing when no token moved, and the address coming back moves the
+    netlink token: the next look starts the pass, with no back-off."""
+    from k3snet import cli  # noqa: PLC0415
+    from k3snet.converge import compile_for, converge  # noqa: PLC0415
+
+    compiles = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        compiles.append(kwargs.get("hold"))
+        return compile_for(*args, **kwargs)
+
+    from k3snet.agent import _loop  # noqa: PLC0415
+
+    converges = []
+
+    def converged(*args: Any, **kwargs: Any) -> Any:
+        converges.append(args)
+        return converge(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "compile_for", counted)
+    monkeypatch.setattr(_loop, "converge", converged)
+    with _agent(tmp_path, monkeypatch) as (agent, ns):
+        assert agent.run_pass().status == "ok"
+        run_in(ns, ["ip", "addr", "del", "10.9.0.2/24", "dev", "vpn0"])
+        compiles.clear()
+        converges.clear()
+        for _ in range(4):
+            assert agent.run_pass().status == "failed"
+        assert compiles == [frozenset(), {1}]  # the first held pass's two, then none
+        assert len(converges) == 1  # then nothing moved: nothing observed
+        _, token = agent.changes_seen(None)
+        assert token is not None
+        assert agent.repair_gap() == agent.options.watch_gap
+        run_in(ns, ["ip", "addr", "add", "10.9.0.2/24", "dev", "vpn0"])
+        moved, _ = agent.changes_seen(token)
+        assert moved
+        back = agent.run_pass()
+        assert back.status == "ok", back.message
+        assert set(_our_routes(ns)) == {"10.100.0.0/24", "10.101.0.0/24"}

@@ -1016,3 +1016,25 @@ def test_passes_a_change_on_the_node_starts_list_no_cluster_wide_objects() -> No
     agent._by_change = False  # the interval's pass lists them
     agent.run_pass()
     assert pools.lists == 3
+
+
+def test_the_spec_s_warnings_are_said_once_for_each_spec_in_force(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    node = Node(tmp_path)
+    asked: list[Spec] = []
+
+    def warnings(spec: Spec, group: BackendGroup) -> list[str]:
+        asked.append(spec)
+        return [f"{len(spec.destinations)} destination(s) in no plan"]
+
+    node.agent._spec_warnings = warnings
+    with caplog.at_level(logging.WARNING, logger="k3snet.agent"):
+        for _ in range(3):
+            assert node.agent.run_pass().status == "ok"
+        node.path.write_text(SPEC_TWO)
+        for _ in range(2):
+            assert node.agent.run_pass().status == "ok"
+    said = [r.getMessage() for r in caplog.records if "in no plan" in r.getMessage()]
+    assert said == ["spec generation 1: 1 destination(s) in no plan",
+                    "spec generation 2: 2 destination(s) in no plan"]
+    assert len(asked) == 2

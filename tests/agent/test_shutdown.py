@@ -10,6 +10,8 @@ assertion is on real time: the order of events, the timeouts given, and the clea
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,11 +30,13 @@ from k3snet.agent import (
     NodeReport,
     NodeReporter,
 )
+from k3snet.agent._main import _stop_on_signals
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
 from k3snet.kube import TERMINATION_GRACE, Deadline
 from k3snet.planner import Plan
+from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
 
 pytestmark = pytest.mark.cluster
@@ -308,3 +312,52 @@ def test_the_wait_for_the_elector_s_step_in_flight_ends_with_the_grace_period(
         answer.set()
         if holder._thread is not None:
             holder._thread.join(timeout=60)  # its step ends while the server still serves
+
+
+class _SignalledRoutes(MemoryBackend):
+    """The routes member: the process gets a real signal while its changes are written,
+    then writes them once the agent took it as a stop (the handler's thread ran)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(capabilities=("route", "sysctl"))
+        self.signum = signum
+        self.agent: Agent | None = None
+        self.stopped_within: bool | None = None
+
+    def apply(self, plan: Plan) -> Any:
+        if self.agent is not None and self.stopped_within is None:
+            os.kill(os.getpid(), self.signum)
+            # A generous bound: the stop comes from the signal thread (no timed assertion).
+            self.stopped_within = self.agent._stopping.wait(60)
+        return super().apply(plan)
+
+
+@pytest.mark.parametrize("cleanup", [False, True], ids=["rules-stay", "cleanup-on-exit"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_an_apply_leaves_no_half_change(
+        tmp_path: Path, signum: int, cleanup: bool) -> None:
+    """The signal's handler only asks the loop to stop: the apply in progress is written
+    whole, every member of the group (the routes' member got the signal, the NAT
+    member's changes come after), the loop ends after that pass, and the clean-up on
+    exit, if asked, removes all of it."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    routes = _SignalledRoutes(signum)
+    rules = MemoryBackend(capabilities=("nat", "forward"))
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([routes, rules]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-a", interval=3600, watch=None, cleanup_on_exit=cleanup))
+    routes.agent = agent
+    wanted = compile_for(BackendGroup([routes, rules]), Spec.from_yaml(SPEC))
+    with _stop_on_signals(agent):
+        status = agent.run()
+    assert routes.stopped_within is True
+    assert agent.passes == 1
+    assert status == 0
+    held = sorted(map(str, (*routes.state.owned, *rules.state.owned)))
+    if cleanup:
+        assert agent.cleaned_up is True
+        assert held == []
+    else:
+        assert held == sorted(map(str, wanted.owned))
+        assert rules.state.owned  # the member after the signalled one, written too
