@@ -245,6 +245,8 @@ def _one_line(exc: BaseException) -> str:
     # An error listing objects (a spec's problems, the conflicts, a dry run's) has one
     # per line after its first: a log line names the first LOG_ITEMS and counts the rest.
     head, *items = str(exc).split("\n")
+    if isinstance(exc, SpecError):  # its message names only the first SHOWN_PROBLEMS
+        return " ".join(" ".join([head, listed(exc.problems, "\n")]).split())
     return " ".join(" ".join([head, listed(items, "\n")]).split())
 
 
