@@ -37,6 +37,8 @@ class _Unobservable:
     def __getattr__(self, name: str) -> Any:
         if name in {"target", "protocol"}:  # plain attributes compile_for reads, not set
             raise AttributeError(name)
+        if name == "beside":  # BackendGroup's optional hint, asked when the group is built
+            raise AttributeError(name)
         raise AssertionError(f"compile used {self.name}.{name}")
 
 
