@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -197,14 +198,29 @@ def test_sysctl_d() -> None:
 
 
 def _links_d0_e0(ns: str) -> None:
-    """Links d0 and e0 (veths, up) with the addresses ROUTES' gateways need."""
+    """Links d0 and e0 (veths, up) with the addresses ROUTES' gateways need.
+
+    Settled when it returns: no link-local addresses (their routes come after DAD), and
+    every link's carrier seen (the kernel adds a link's IPv6 multicast route then, from
+    a deferred work item): the tests compare whole route listings taken later.
+    """
     for dev, peer, v4, v6 in (("d0", "d0p", "10.0.0.1/24", "fd00::1/64"),
                               ("e0", "e0p", "10.9.0.1/24", "fd09::1/64")):
         run_in(ns, ["ip", "link", "add", dev, "type", "veth", "peer", "name", peer])
-        run_in(ns, ["ip", "link", "set", peer, "up"])
-        run_in(ns, ["ip", "link", "set", dev, "up"])
+        for each in (peer, dev):
+            run_in(ns, ["ip", "link", "set", each, "addrgenmode", "none"])
+            run_in(ns, ["ip", "link", "set", each, "up"])
         run_in(ns, ["ip", "addr", "add", v4, "dev", dev])
         run_in(ns, ["ip", "addr", "add", v6, "dev", dev, "nodad"])
+    wanted = {"d0", "d0p", "e0", "e0p"}
+    for _ in range(100):
+        multicast = {route.get("dev") for route in json.loads(run_in(
+            ns, ["ip", "-6", "-j", "route", "show", "table", "local", "type", "multicast"]
+        ).stdout)}
+        if wanted <= multicast:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the lab's links did not come up: multicast routes of {multicast}")
 
 
 def _ip_routes(ns: str) -> list[dict[str, object]]:
