@@ -84,7 +84,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import ClassVar, TypeVar
 
@@ -265,6 +265,7 @@ class NftablesBackend(BackendBase):
                             tuple[list[ForwardRule], list[MasqueradeRule | SnatRule]],
                             tuple[str, ...]] | None = None
         self._warned: tuple[str, ...] = ()  # the warnings last logged (see _log_warnings)
+        self._iptables_beside = False  # an iptables backend in use beside this one (beside())
         # Listings' own libnftables contexts, each in a helper thread (made lazily, in the
         # worker thread), so a listing that never ends can be given up on; only with
         # the real kernel: fakes serve recorded listings. One for k3snet's table, one
@@ -330,7 +331,7 @@ class NftablesBackend(BackendBase):
         an incomplete foreign state, with the listings it lacks; another table's filter
         chain whose default (a policy drop, a catch-all drop or reject) drops forward
         rules :meth:`expect` was given, which k3snet's accepts cannot open."""
-        found = self._default_warnings()
+        found = self._default_warnings() + self._iptables_warnings()
         if not self._foreign_unread:
             return found
         return (f"nftables: other tables were not read whole within {self.foreign_timeout:g} s "
@@ -338,6 +339,32 @@ class NftablesBackend(BackendBase):
                 "of the plan's notes "
                 f"(k3snet's rules never override another table's drop): "
                 f"{'; '.join(self._foreign_unread)}", *found)
+
+    def beside(self, others: Sequence[object]) -> None:
+        """A hint from :class:`~k3snet.backends.group.BackendGroup`: the other backends in
+        use with this one. The iptables backend's chains are in use when it is among
+        them (``--backend nftables:nat --backend iptables:forward``), not left behind:
+        no warning names them (:attr:`warnings`; the group names those of kinds it
+        gives another member)."""
+        self._iptables_beside = any(getattr(other, "name", None) == "iptables"
+                                    for other in others)
+
+    def _iptables_warnings(self) -> tuple[str, ...]:
+        """The iptables backend's chains in iptables-nft's tables, passed by as k3snet's
+        (they meet none of the spec's rules), when no iptables backend is in use
+        beside this one: left by a node's move from ``--backend iptables``."""
+        own = self._defaults.iptables_own
+        if not own or self._iptables_beside:
+            return ()
+        chains = ", ".join(f"{family} {table} {chain}" for (family, table), chain in own)
+        return ("nftables: iptables-nft's tables hold chains k3snet's iptables backend wrote "
+                f"(its jump from the built-in chain: {chains}): their masquerade and SNAT "
+                "rules still translate the pods' connections and their accepts let them "
+                "through, on the same hooks as this table's, and this backend counts none "
+                "of them as meeting the spec's rules (it writes its own), nor keeps them "
+                "up or removes them; if the iptables backend no longer manages this node, "
+                "`k3snet destroy --backend iptables --backend-opt iptables.mode=nft` "
+                "removes them",)
 
     def _default_warnings(self) -> tuple[str, ...]:
         """A warning for each foreign default that drops some wanted forward rule.

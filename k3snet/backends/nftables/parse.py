@@ -85,6 +85,8 @@ from k3snet.model import (
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
+from k3snet.render.iptables.rules import HOOKS as XT_HOOKS
+from k3snet.render.iptables.rules import is_bucket_chain
 from k3snet.render.nftables import (
     CHAIN_HOOKS,
     FORWARD_CHAIN,
@@ -493,6 +495,10 @@ class ForeignReader:
     skip_marked: bool = False
     # The tables passed by as k3snet's (skip_marked): the iptables backend names them.
     marked: frozenset[tuple[str, str]] = frozenset()
+    # iptables-nft's tables holding the iptables backend's chains (by its hook jump): that
+    # jump is passed by (its rules meet nothing: they are k3snet's, left behind or in use
+    # beside), (family, table) -> the chain jumped to
+    iptables_own: dict[tuple[str, str], str] = field(default_factory=dict)
     unread: list[str] = field(default_factory=list)
     listed: int = 0
     nat: list[NetObject] = field(default_factory=list)
@@ -709,7 +715,8 @@ class ForeignReader:
                 found.append(ForwardDefault(
                     where[0], where[1], name, policy, tuple(what), kind=kind,
                     after_own_nat=(where, name) in self._after_own_nat))
-        return ForwardDefaults(tuple(found), dict(self._listings) if found else {})
+        return ForwardDefaults(tuple(found), dict(self._listings) if found else {},
+                               iptables_own=tuple(sorted(self.iptables_own.items())))
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False, reply: bool = False) -> bool:
@@ -777,8 +784,12 @@ class ForeignReader:
             return [_unseen()]
         rules = []
         stops = self._catch_alls[(where, chain)] = []
+        hook = _XT_HOOK_CHAINS.get((family, table, chain))
         for item in items:
             rule = item.get("rule")
+            if hook is not None and isinstance(rule, dict) and self._iptables_hook(
+                    where, rule, hook):
+                continue  # the iptables backend's jump to its chains: k3snet's, not foreign
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
                 for expr in _vmap_expanded(rule["expr"]):
                     match = parse_rule(expr)
@@ -793,6 +804,28 @@ class ForeignReader:
 
     def _list(self, kind: str, ref: dict[str, str]) -> list[dict[str, Any]] | None:
         return self.kernel.list(kind, **ref)
+
+    def _iptables_hook(self, where: tuple[str, str], rule: dict[str, Any], main: str) -> bool:
+        """Whether ``rule`` of an iptables-nft built-in chain is the iptables backend's jump
+        to its main chain ``main``, as it writes it (``-m comment --comment k3snet -j
+        K3SNET-POSTROUTING``: a comment, a counter, the jump), and ``main`` holds only
+        what it writes there (each rule such a jump to one of its bucket chains; none:
+        every bucket gone). The comment's text libnftables' JSON hides (an ``xt``
+        match): the main chain's rules tell k3snet's from an administrator's
+        ``K3SNET-*`` chain, whose rules k3snet never writes (a look-alike stays foreign)."""
+        if where in self.iptables_own:
+            return _tagged_jump(rule) == main
+        if _tagged_jump(rule) != main:
+            return False
+        try:
+            items = self._list("chain", {"family": where[0], "table": where[1], "name": main})
+        except BackendError:  # unread (a timeout too): read as another's, conservatively
+            return False
+        inner = [item["rule"] for item in items or () if isinstance(item.get("rule"), dict)]
+        if not all(is_bucket_chain(_tagged_jump(r) or "") for r in inner):
+            return False
+        self.iptables_own[where] = main
+        return True
 
     def _walk(self, where: tuple[str, str], chain: str, exits: list[Match], way: _Way,
               visit: Callable[[Match, list[Match]], None]) -> tuple[list[Match], bool]:
@@ -979,6 +1012,10 @@ class ForwardDefaults:
 
     found: tuple[ForwardDefault, ...] = ()
     listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
+    iptables_own: tuple[tuple[tuple[str, str], str], ...] = ()
+    """The read's other finding: iptables-nft's tables holding the iptables backend's
+    chains, each with the chain its hook jumps to (``(("ip", "nat"),
+    "K3SNET-POSTROUTING")``), passed by (:attr:`ForeignReader.iptables_own`)."""
 
     def unopened(self, rules: Sequence[ForwardRule], *,
                  translated: Sequence[NetObject] = ()) -> list[tuple[ForwardDefault,
@@ -1145,6 +1182,41 @@ class _ChildLister:
 
     def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
         return list_in_child(self.deadline, kind, **ref)
+
+
+_XT_HOOK_CHAINS: dict[tuple[str, str, str], str] = {
+    (family, hook.table, hook.builtin): hook.main
+    for hook in XT_HOOKS.values() for family in ("ip", "ip6")}
+"""iptables-nft's built-in chains the iptables backend hooks, by (family, table, chain):
+the main chain its jump goes to."""
+
+
+def _tagged_jump(rule: dict[str, Any]) -> str | None:
+    """The chain ``rule`` jumps to when it is shaped as the iptables backend's jumps are
+    through iptables-nft (a comment, counters, a jump; nothing else), else ``None``. The
+    comment is an ``xt`` match whose text libnftables' JSON leaves out, or (an
+    iptables-nft keeping it as the rule's comment) ``k3snet``."""
+    expr = rule.get("expr")
+    if not isinstance(expr, list) or not expr:
+        return None
+    last = expr[-1]
+    jump = last.get("jump") if isinstance(last, dict) else None
+    if not isinstance(jump, dict) or not isinstance(jump.get("target"), str):
+        return None
+    comments = 0
+    for item in expr[:-1]:
+        if not isinstance(item, dict) or len(item) != 1:
+            return None
+        xt = item.get("xt")
+        if isinstance(xt, dict) and xt.get("type") == "match" and xt.get("name") == "comment":
+            comments += 1
+        elif "counter" not in item:
+            return None
+    if rule.get("comment") is not None:
+        if rule.get("comment") != "k3snet" or comments:
+            return None
+        comments = 1
+    return str(jump["target"]) if comments == 1 else None
 
 
 def _narrowest(tests: list[tuple[Network, bool]]) -> list[tuple[Network, bool]] | None:
