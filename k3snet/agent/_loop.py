@@ -63,7 +63,7 @@ from k3snet.errors import (
     SpecError,
     TeardownError,
 )
-from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, Deadline
+from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, Deadline, requests_within
 from k3snet.model import NetObject
 from k3snet.model.route import Route
 from k3snet.model.state import State
@@ -504,12 +504,18 @@ class Agent:
     # ------------------------------------------------------------ one pass
 
     def run_pass(self) -> PassResult:
-        """Read the spec, converge, record the outcome; never raises for a failed pass."""
+        """Read the spec, converge, record the outcome; never raises for a failed pass.
+
+        Once :meth:`stop` is asked (SIGTERM), each API request of the pass in progress
+        (the cluster-wide part's, made by its backends with their own timeout) waits at
+        most what is left of :meth:`grace_deadline` (:func:`~k3snet.kube.requests_within`).
+        """
         started = self._monotonic()
         self.passes += 1
         self._new_in_pass = self._held_pass = False
         try:
-            result = self._pass()
+            with requests_within(self.grace_deadline):
+                result = self._pass()
         except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
             result = self._failed(exc)
         self._heartbeat = self._monotonic()

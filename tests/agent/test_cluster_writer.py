@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet.agent import (
+    CLEANUP_MARGIN,
     EVENT_BURST,
     EVENT_INTERVAL,
     EVENT_TRIES,
@@ -44,7 +45,7 @@ from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for, destroy
-from k3snet.kube import name_problem
+from k3snet.kube import TERMINATION_GRACE, name_problem
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
@@ -970,3 +971,46 @@ def test_a_failed_read_leaves_a_refused_newer_spec_refused_for_what_it_is(
     assert "unreadable" not in after.message
     assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="invalid") == 1
     assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 0
+
+
+def test_sigterm_during_the_cluster_wide_part_cuts_each_of_its_requests_to_the_grace_period(
+        server: EmulatedApiServer, spec_path: Path) -> None:
+    """SIGTERM came once the cluster-wide part had started (the check before it had
+    passed): its requests (a LIST of every IPPool, then writes), each given the Calico
+    backend's own timeout (10 s), went on with an API server answering slowly, past the
+    pod's grace period; the kubelet killed the agent before its Lease was released or
+    the node cleaned up. Each is now cut to what is left of the grace deadline."""
+    api = server.api_client()
+    sent: list[Any] = []
+    request = api.rest_client.request
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:  # what reaches urllib3
+        sent.append((args[0], kwargs.get("_request_timeout")))
+        return request(*args, **kwargs)
+
+    api.rest_client.request = recorded
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    pools = CalicoBackend(api_client=api, api="crd")
+    now = [1000.0]
+    left = 0.25  # exact in binary: the cut is compared as is
+
+    class StoppedInClusterPart(Agent):
+        def _cluster_writer(self) -> bool:
+            self.stop()  # SIGTERM; then all but `left` s of the grace period go by
+            now[0] += TERMINATION_GRACE - CLEANUP_MARGIN - left
+            return super()._cluster_writer()
+
+    agent = StoppedInClusterPart(FileSpecSource(spec_path),
+                                 lambda spec: BackendGroup([memory, pools]),
+                                 lambda spec, group: compile_for(group, spec),
+                                 AgentOptions("node-a", interval=3600), monotonic=lambda: now[0])
+    server.fail(504, method="GET", plural="ippools", delay=2.0, times=None)  # answers late
+    result = agent.run_pass()
+    assert result.status == "failed"
+    assert "cluster-wide objects: api: " in result.message
+    assert "no answer from the API server" in result.message
+    assert memory.state.owned  # the node's part converged
+    assert sent
+    assert all(timeout is not None and timeout <= left for _, timeout in sent), sent
+    server.clear_faults()
+    agent.shutdown()
