@@ -36,11 +36,13 @@ message ends with the server's own message when it sent one.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -59,6 +61,7 @@ __all__ = [
     "label_selector_problem",
     "make_api_client",
     "name_problem",
+    "requests_within",
     "retry_policy",
 ]
 
@@ -193,6 +196,60 @@ class Deadline:
         return min(limit, self.left())
 
 
+_WITHIN: contextvars.ContextVar[Callable[[], Deadline | None] | None] = contextvars.ContextVar(
+    "k3snet_kube_within", default=None)
+_LEAST_TIMEOUT = 0.001  # the client sends a timeout of 0 with none at all
+
+
+@contextlib.contextmanager
+def requests_within(deadline: Callable[[], Deadline | None]) -> Iterator[None]:
+    """Within the block, in this thread, each request of a client :func:`make_api_client`
+    returned waits at most what is left of ``deadline()`` (asked at each request: ``None``
+    bounds nothing), whatever timeout its caller gave.
+
+    The agent's pass runs within its grace deadline (``None`` until SIGTERM): the
+    cluster-wide part's requests (a list of every IPPool, then writes), made by
+    backends with their own timeout each (10 s), went on past the pod's grace period
+    when the API server answered slowly, and the kubelet killed the agent before it
+    released the Lease or cleaned up.
+    """
+    token = _WITHIN.set(deadline)
+    try:
+        yield
+    finally:
+        _WITHIN.reset(token)
+
+
+def _cut(timeout: Any, left: float) -> Any:
+    """A request's ``_request_timeout`` (seconds, ``(connect, read)`` or None) cut to
+    ``left`` seconds."""
+    left = max(left, _LEAST_TIMEOUT)
+    if isinstance(timeout, tuple) and len(timeout) == 2:
+        return tuple(left if t is None else min(t, left) for t in timeout)
+    if isinstance(timeout, int | float) and timeout > 0:
+        return min(float(timeout), left)
+    return left
+
+
+def _bound(api_client: Any) -> None:
+    """Make ``api_client``'s requests honour :func:`requests_within` (once a client; a
+    client sending outside such a block is unchanged)."""
+    rest = getattr(api_client, "rest_client", None)
+    if rest is None or getattr(rest, "_k3snet_within", False):
+        return
+    request = rest.request
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        within = _WITHIN.get()
+        deadline = within() if within is not None else None
+        if deadline is not None:
+            kwargs["_request_timeout"] = _cut(kwargs.get("_request_timeout"), deadline.left())
+        return request(*args, **kwargs)
+
+    rest.request = bounded
+    rest._k3snet_within = True
+
+
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "k3snet"
 
@@ -257,7 +314,8 @@ def make_api_client(
     ``api_client`` is returned as is (not owned). Otherwise the in-cluster
     service account is used when running in a pod (``KUBERNETES_SERVICE_HOST``
     set and no ``kubeconfig`` given), else the kubeconfig (``$KUBECONFIG`` or
-    ``~/.kube/config``, or ``kubeconfig``), with ``context``.
+    ``~/.kube/config``, or ``kubeconfig``), with ``context``. Either way its requests
+    honour :func:`requests_within`.
     """
     if isinstance(api_client, str | bytes | bool | int | float | list | tuple | dict):
         # Plain data is what a spec's backends: options, --backend-opt and the Ansible
@@ -267,6 +325,7 @@ def make_api_client(
             f"spec, the command line or Ansible names the cluster with kubeconfig and "
             f"context, got {api_client!r}")
     if api_client is not None:
+        _bound(api_client)
         return api_client, False
     for name, value in (("kubeconfig", kubeconfig), ("context", context)):
         if value is not None and not isinstance(value, str):
@@ -287,7 +346,9 @@ def make_api_client(
             f"service account ({exc})"
         ) from exc
     configuration.retries = retry_policy()
-    return kubernetes.client.ApiClient(configuration), True
+    made = kubernetes.client.ApiClient(configuration)
+    _bound(made)
+    return made, True
 
 
 def retry_policy() -> Any:

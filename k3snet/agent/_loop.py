@@ -5,6 +5,8 @@ One pass:
 1. read the spec again (a mounted ConfigMap changes in place), and the
    ``ipMasqAgentConfig`` file it imports; a new text or file is parsed and
    validated; an invalid one is *refused* and the last good spec stays in force;
+   a read that fails this time (the API server restarting: see
+   :class:`~k3snet.agent.SpecSource`) refuses nothing, the spec in force stays;
 2. converge the node's own backends (netlink, nftables, iptables, a flannel
    file) with :func:`k3snet.converge`; a new spec that would delete everything
    k3snet owns (:class:`~k3snet.errors.TeardownError`) is refused the same way;
@@ -45,7 +47,7 @@ import attrs
 from k3snet._kept import read_input
 from k3snet.agent._lease import LeaderElector
 from k3snet.agent._logging import LOG_ITEMS, listed
-from k3snet.agent._metrics import AgentMetrics
+from k3snet.agent._metrics import AgentMetrics, spec_read_error_reason
 from k3snet.agent._report import NodeReport, NodeReporter
 from k3snet.agent._spec_source import SpecSource
 from k3snet.backends.group import BackendGroup, Member
@@ -61,7 +63,7 @@ from k3snet.errors import (
     SpecError,
     TeardownError,
 )
-from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, Deadline
+from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, Deadline, requests_within
 from k3snet.model import NetObject
 from k3snet.model.route import Route
 from k3snet.model.state import State
@@ -369,6 +371,10 @@ class Agent:
     manages, as ``plan`` warns); each is logged once, when the spec goes in force.
     """
 
+    _unread: tuple[int, str] | None = None
+    """(reads of the spec that failed in a row with a spec in force, what the pass's
+    message says of them): not refusals, see :meth:`_read_failed`."""
+
     def __init__(self, source: SpecSource, make_backend: BackendFactory, desired: DesiredState,
                  options: AgentOptions, *, metrics: AgentMetrics | None = None,
                  reporter: NodeReporter | None = None,
@@ -500,12 +506,18 @@ class Agent:
     # ------------------------------------------------------------ one pass
 
     def run_pass(self) -> PassResult:
-        """Read the spec, converge, record the outcome; never raises for a failed pass."""
+        """Read the spec, converge, record the outcome; never raises for a failed pass.
+
+        Once :meth:`stop` is asked (SIGTERM), each API request of the pass in progress
+        (the cluster-wide part's, made by its backends with their own timeout) waits at
+        most what is left of :meth:`grace_deadline` (:func:`~k3snet.kube.requests_within`).
+        """
         started = self._monotonic()
         self.passes += 1
         self._new_in_pass = self._held_pass = False
         try:
-            result = self._pass()
+            with requests_within(self.grace_deadline):
+                result = self._pass()
         except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
             result = self._failed(exc)
         self._heartbeat = self._monotonic()
@@ -539,6 +551,8 @@ class Agent:
             raise refused.cause if refused is not None else SpecError(
                 [Problem("", self._refusal or "no valid spec yet")], source=self.source.where)
         result = self._converge_current(changed=False)
+        if self._unread is not None:
+            result = attrs.evolve(result, message=f"{result.message}; {self._unread[1]}")
         if refused is not None or self._refusal is not None:
             return attrs.evolve(result, status="spec-refused",
                                 message=f"{self._refusal}; {result.message}")
@@ -551,12 +565,18 @@ class Agent:
         self._spec_read_at = self._monotonic()
         try:
             text = self.source.read()
-        except K3snetError as exc:
+        except SpecError as exc:  # the source holds no usable spec: refused
+            self._read_again()
             refused = _RefusedError("unreadable", exc)
             if str(exc) != self._unreadable:  # said once, not every pass
                 self._unreadable = str(exc)
                 self._refuse(None, refused)
+        except K3snetError as exc:  # not read this time: nothing refused
+            self._read_failed(exc)
         else:
+            self._read_again()
+            if self.metrics is not None:
+                self.metrics.spec_last_read.set(self._clock())
             self._unreadable = None
             sha = self._spec_sha(text)
             if sha not in (self._sha, self._refused_sha) or self._retry_teardown(sha):
@@ -568,6 +588,43 @@ class Agent:
                 self._refusal = None  # the file went back to the spec in force
                 self._refused_sha = self._teardown_wait = None
         return candidate, refused
+
+    def _read_failed(self, exc: K3snetError) -> None:
+        """A read of the spec that failed this time (an API server restarting, overloaded,
+        unreachable: :class:`~k3snet.agent.SpecSource`): the spec in force stays, and
+        no newer one is refused, since none was read.
+
+        It was a refusal: a control-plane restart made every node report "new spec ...
+        refused (unreadable)", ``spec-refused`` on its Node with an Event, and
+        ``k3snet_agent_spec_rejected_total`` rise, an alert from every node at once for a
+        spec nobody changed. Now the pass's status is the node's (``ok`` when its rules
+        are in sync, so no Event), its message says the spec was not read,
+        ``k3snet_agent_spec_read_errors_total`` counts it, and the log warns at the 1st,
+        2nd, 4th, 8th ... failed read in a row (at debug level in between). With no spec
+        in force yet the pass fails with the error.
+        """
+        reason = spec_read_error_reason(exc)
+        if self.metrics is not None:
+            self.metrics.spec_read_errors.labels(reason=reason).inc()
+        if self._sha is None:
+            raise exc
+        count = 1 + (self._unread[0] if self._unread is not None else 0)
+        # The message names the reason, not the error: the Node's annotation is written
+        # when the message changes, and a restart's errors change every pass.
+        self._unread = (count, f"spec not read from {self.source.where} ({reason}): keeping "
+                               f"spec generation {self.generation} ({self._sha[:12]})")
+        level = logging.WARNING if count & (count - 1) == 0 else logging.DEBUG
+        _log.log(level, "cannot read the spec from %s (%d read(s) in a row failed; spec "
+                 "generation %d stays in force, read again within %.0f s): %s",
+                 self.source.where, count, self.generation, self.options.interval,
+                 _one_line(exc), extra={"reason": reason})
+
+    def _read_again(self) -> None:
+        """The spec's source answered: the failed reads before it are over."""
+        if self._unread is not None:
+            _log.info("the spec from %s is read again after %d failed read(s)",
+                      self.source.where, self._unread[0])
+        self._unread = None
 
     def _spec_sha(self, text: str) -> str:
         """SHA-256 of the spec's text, and of the files it imports when it does.
@@ -1020,6 +1077,8 @@ class Agent:
             if reason == "conflict":
                 self.metrics.conflicts.inc()
         message = "; ".join(said)
+        if self._unread is not None:
+            message = f"{message}; {self._unread[1]}"
         if self._cluster_refusal is not None:
             message = f"{message}; {self._cluster_refusal}"
         if self._refusal is not None and reason != "spec":

@@ -7,7 +7,8 @@ from typing import Any
 from k3snet.errors import BackendUnavailableError
 from k3snet.planner import Change
 
-__all__ = ["FAILURE_REASONS", "SPEC_REFUSAL_REASONS", "AgentMetrics"]
+__all__ = ["FAILURE_REASONS", "SPEC_READ_ERROR_REASONS", "SPEC_REFUSAL_REASONS", "AgentMetrics",
+           "spec_read_error_reason"]
 
 FAILURE_REASONS = ("conflict", "teardown", "spec", "unreachable", "check", "apply", "api",
                    "backend", "error", "internal")
@@ -16,6 +17,23 @@ FAILURE_REASONS = ("conflict", "teardown", "spec", "unreachable", "check", "appl
 
 SPEC_REFUSAL_REASONS = ("invalid", "teardown", "unreadable")
 """The ``reason`` labels of ``k3snet_agent_spec_rejected_total``."""
+
+SPEC_READ_ERROR_REASONS = ("timeout", "unreachable", "server", "throttled", "other")
+"""The ``reason`` labels of ``k3snet_agent_spec_read_errors_total``."""
+
+
+def spec_read_error_reason(exc: BaseException) -> str:
+    """The ``reason`` label of a failed read of the spec: ``timeout`` (no answer in
+    time), ``unreachable`` (no connection), ``server`` (5xx), ``throttled`` (429), or
+    ``other`` (another status, such as 410, or an error of no API request)."""
+    status = getattr(exc, "status", None)
+    if not hasattr(exc, "status"):
+        return "other"
+    if status is None:
+        return "timeout" if getattr(exc, "reason", None) == "Timeout" else "unreachable"
+    if status == 429:
+        return "throttled"
+    return "server" if status >= 500 else "other"
 
 # Seconds: a no-op pass on a small node takes milliseconds, a first apply of
 # thousands of rules seconds.
@@ -79,6 +97,14 @@ class AgentMetrics:
             "k3snet_agent_spec_rejected",
             "New specs refused (invalid, unreadable, or deleting everything), by reason.",
             ["reason"], registry=r)
+        self.spec_read_errors = p.Counter(
+            "k3snet_agent_spec_read_errors",
+            "Reads of the spec that failed this time (the API server restarting, "
+            "overloaded, unreachable), by reason: the spec in force stays, nothing refused.",
+            ["reason"], registry=r)
+        self.spec_last_read = p.Gauge(
+            "k3snet_agent_spec_last_read_timestamp_seconds",
+            "Unix time the spec's source was last read (0: never).", registry=r)
         self.spec_kept = p.Gauge(
             "k3snet_agent_spec_last_good_kept",
             "1 while the newest spec is refused and the last good one stays in force.",
@@ -100,6 +126,8 @@ class AgentMetrics:
             self.cluster_failures.labels(reason=reason)
         for reason in SPEC_REFUSAL_REASONS:
             self.spec_rejected.labels(reason=reason)
+        for reason in SPEC_READ_ERROR_REASONS:
+            self.spec_read_errors.labels(reason=reason)
         self.repair_gap = p.Gauge(
             "k3snet_agent_repair_gap_seconds",
             "Seconds a pass started by a change waits after the previous pass started "

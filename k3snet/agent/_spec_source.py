@@ -7,15 +7,27 @@ from typing import Any, Protocol
 
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import Problem, SpecError
-from k3snet.kube import DEFAULT_TIMEOUT, KubeErrors
+from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
 from k3snet.spec.load import refuse_foreign_spec, sudo_invoker
 from k3snet.spec.source import read_text
 
 __all__ = ["ConfigMapSpecSource", "FileSpecSource", "SpecSource"]
 
+_REFUSING_STATUSES = frozenset({401, 403, 404})
+"""Answers of the API server to the spec's read that stay so until someone acts (the
+ConfigMap or its namespace deleted, the agent's RBAC or credentials): the spec is
+refused as ``unreadable``. Any other failure (no answer, 5xx, 429, 410, ...) is a read
+that failed this time: the spec in force stays, not refused, read again next interval."""
+
 
 class SpecSource(Protocol):
-    """Protocol: the spec's text as it is now (raises SpecError when unreadable)."""
+    """Protocol: the spec's text as it is now.
+
+    ``read`` raises :class:`~k3snet.errors.SpecError` when the source holds no usable
+    spec (a file gone, a ConfigMap deleted or without the key: the agent refuses it as
+    ``unreadable``), and another :class:`~k3snet.errors.K3snetError` when it could not
+    be read this time (an API server restarting, overloaded, unreachable: the agent
+    keeps the spec in force, refuses nothing and reads again)."""
 
     @property
     def where(self) -> str:
@@ -71,10 +83,19 @@ class ConfigMapSpecSource:
         return f"ConfigMap {self.namespace}/{self.name} key {self.key}"
 
     def read(self) -> str:
-        """The key's text; SpecError when the ConfigMap or the key is missing."""
-        with translate_errors(f"read {self.where}", classifier=KubeErrors(timeout=self.timeout)):
-            configmap = self._core.read_namespaced_config_map(
-                self.name, self.namespace, _request_timeout=self.timeout)
+        """The key's text; SpecError when the ConfigMap or the key is missing, or the
+        agent may not read it (401, 403, 404: what stays so until someone acts); a
+        :class:`~k3snet.kube.KubeApiError` when the read failed this time (no answer,
+        5xx, 429, 410, ...: a control plane restarting says nothing of the spec)."""
+        try:
+            with translate_errors(f"read {self.where}",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                configmap = self._core.read_namespaced_config_map(
+                    self.name, self.namespace, _request_timeout=self.timeout)
+        except KubeApiError as exc:
+            if exc.status in _REFUSING_STATUSES:
+                raise SpecError([Problem("", str(exc))], source=self.where) from exc
+            raise
         data = configmap.data or {}
         if self.key not in data:
             raise SpecError([Problem("", f"{self.where}: no such key (keys: "

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from k3snet.agent import (
+    CLEANUP_MARGIN,
     EVENT_BURST,
     EVENT_INTERVAL,
     EVENT_TRIES,
@@ -44,7 +45,7 @@ from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for, destroy
-from k3snet.kube import name_problem
+from k3snet.kube import TERMINATION_GRACE, name_problem
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
@@ -810,33 +811,206 @@ def test_an_unready_leader_whose_node_part_converges_again_is_ready_while_its_cl
     a.shutdown()
 
 
-@pytest.mark.parametrize(("status", "delay"), [(500, 0.0), (410, 0.0), (504, 2.0)],
-                         ids=["500", "410", "timeout"])
-def test_a_spec_configmap_the_api_fails_to_read_keeps_the_last_good_spec_repairing_drift(
-        server: EmulatedApiServer, status: int, delay: float) -> None:
-    """The API server failing the spec's read (an error, Gone, no answer within the
-    request timeout) changes nothing of the spec in force: the pass repairs the node's
-    drift with it, the spec stays in force, and the next good read is in sync."""
-    server.put("v1/configmaps", {"metadata": {"name": "k3snet-spec", "namespace": "kube-system"},
-                                 "data": {"spec.yaml": SPEC}})
-    memory = MemoryBackend(capabilities=("route", "sysctl", "nat", "forward"))
-    source = ConfigMapSpecSource(server.api_client(), "kube-system", "k3snet-spec",
-                                 timeout=0.5)
+SPEC_CONFIGMAP = "ConfigMap kube-system/k3snet-spec key spec.yaml"
+
+
+def _configmap_agent(srv: EmulatedApiServer, text: str = SPEC
+                     ) -> tuple[Agent, MemoryBackend]:
+    """An agent reading its spec through the API (``--spec-configmap``), reporting on
+    Node node-a, with metrics."""
+    srv.put("v1/configmaps", {"metadata": {"name": "k3snet-spec", "namespace": "kube-system"},
+                              "data": {"spec.yaml": text}})
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    api = srv.api_client()
+    source = ConfigMapSpecSource(api, "kube-system", "k3snet-spec", timeout=0.5)
     agent = Agent(source, lambda spec: BackendGroup([memory]),
                   lambda spec, group: compile_for(group, spec),
-                  AgentOptions("node-a", interval=3600))
+                  AgentOptions("node-a", interval=3600), metrics=AgentMetrics(),
+                  reporter=NodeReporter(api, "node-a"))
+    return agent, memory
+
+
+def _events(srv: EmulatedApiServer) -> int:
+    return len([p for m, p, _ in srv.requests() if m == "POST" and p.endswith("/events")])
+
+
+def _node_status(srv: EmulatedApiServer) -> str:
+    node = srv.get("v1/nodes", "node-a")
+    assert node is not None
+    return str(node["metadata"]["annotations"][STATUS_ANNOTATION])
+
+
+@pytest.mark.parametrize(("status", "delay", "reason"),
+                         [(500, 0.0, "server"), (503, 0.0, "server"), (429, 0.0, "throttled"),
+                          (410, 0.0, "other"), (504, 1.0, "timeout")],
+                         ids=["500", "503", "429", "410", "timeout"])
+def test_a_spec_configmap_the_api_fails_to_read_keeps_the_last_good_spec_repairing_drift(
+        server: EmulatedApiServer, status: int, delay: float, reason: str) -> None:
+    """The API server failing the spec's read (an error, throttled, Gone, no answer
+    within the request timeout: a control plane restarting) changes nothing of the spec
+    in force and refuses nothing: the pass repairs the node's drift with it, its status
+    stays ``ok`` (no Event, the node ready), a read error is counted apart from refused
+    specs, and the next good read is in sync.
+
+    It was a refusal: "new spec ... refused (unreadable)", ``spec-refused`` on every
+    Node with an Event and ``k3snet_agent_spec_rejected_total`` rising on every node
+    at once, for a spec nobody had changed."""
+    agent, memory = _configmap_agent(server)
     assert agent.run_pass().status == "ok"
+    assert _events(server) == 1  # K3snetConverged
     wanted = sorted(map(str, memory.state.owned))
     memory.apply(Plan(changes=[c.inverse() for c in plan(State(), memory.state).changes
                                if c.kind == "nat"]))  # another program deletes the NAT
-    server.fail(status, method="GET", plural="configmaps", delay=delay)
-    result = agent.run_pass()
-    assert result.status == "spec-refused"  # the read refused, said as such
-    assert "refused (unreadable)" in result.message
-    assert "keeping spec generation 1" in result.message
-    assert [c.kind for c in result.applied] == ["nat"]  # repaired with the spec in force
+    sha = agent.spec_sha256
+    assert sha is not None
+    tries = NOT_READY_AFTER + 1
+    server.fail(status, method="GET", plural="configmaps", delay=delay, times=tries)
+    for number in range(tries):
+        result = agent.run_pass()
+        assert result.status == "ok"
+        assert "refused" not in result.message
+        assert result.message.endswith(f"; spec not read from {SPEC_CONFIGMAP} ({reason}): "
+                                       f"keeping spec generation 1 ({sha[:12]})")
+        if number == 0:  # repaired with the spec in force
+            assert [c.kind for c in result.applied] == ["nat"]
+        assert agent.readiness()[0] is True
     assert sorted(map(str, memory.state.owned)) == wanted
     assert agent.generation == 1
+    assert _sample(agent, "k3snet_agent_spec_read_errors_total", reason=reason) == tries
+    assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 0
+    assert _sample(agent, "k3snet_agent_spec_last_good_kept") == 0
+    assert _sample(agent, "k3snet_agent_ready") == 1
+    assert _events(server) == 1  # no Event: the status never changed
+    assert _node_status(server) == "ok"
     again = agent.run_pass()
-    assert again.status == "ok"
-    assert again.message == "in sync: no changes"
+    assert (again.status, again.message) == ("ok", "in sync: no changes")
+    assert _sample(agent, "k3snet_agent_spec_read_errors_total", reason=reason) == tries
+
+
+def test_failed_reads_of_the_spec_are_logged_as_warnings_at_the_first_second_fourth_and_eighth(
+        server: EmulatedApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    # A control plane down for an hour is 120 failed reads at the default interval: a
+    # warning each was 120 lines a node saying the same.
+    agent, _ = _configmap_agent(server)
+    agent.run_pass()
+    server.fail(503, method="GET", plural="configmaps", times=9)
+    with caplog.at_level("DEBUG", logger="k3snet.agent"):
+        for _ in range(9):
+            agent.run_pass()
+        agent.run_pass()  # read again
+    said = [r for r in caplog.records if "cannot read the spec" in r.message]
+    assert len(said) == 9
+    assert [r.message.split("(")[1].split(" ")[0] for r in said
+            if r.levelname == "WARNING"] == ["1", "2", "4", "8"]
+    assert any("read again after 9 failed read(s)" in r.message for r in caplog.records)
+
+
+def test_a_spec_configmap_that_cannot_be_read_before_any_spec_fails_the_pass_refusing_nothing(
+        server: EmulatedApiServer) -> None:
+    agent, memory = _configmap_agent(server)
+    server.fail(503, method="GET", plural="configmaps")
+    result = agent.run_pass()
+    assert result.status == "failed"
+    assert result.message.startswith(f"api: read {SPEC_CONFIGMAP}: the API server failed (503")
+    assert _sample(agent, "k3snet_agent_spec_read_errors_total", reason="server") == 1
+    assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 0
+    assert not memory.state.owned
+    assert agent.run_pass().status == "ok"
+
+
+@pytest.mark.parametrize("how", ["deleted", "forbidden"])
+def test_a_spec_configmap_deleted_or_forbidden_is_refused_keeping_the_last_good_spec(
+        server: EmulatedApiServer, how: str) -> None:
+    """404 (the ConfigMap, or its namespace, deleted) and 403 (the agent's RBAC for it
+    removed) are answers that stay until someone acts: refused as ``unreadable``, said
+    on the Node with an Event and counted, the last good spec in force, the node ready."""
+    agent, memory = _configmap_agent(server)
+    assert agent.run_pass().status == "ok"
+    if how == "deleted":
+        server.delete("v1/configmaps", "k3snet-spec", "kube-system")
+        said = "not found (404)"
+    else:
+        server.fail(403, method="GET", plural="configmaps", times=None)
+        said = "forbidden (403)"
+    for _ in range(NOT_READY_AFTER + 1):
+        result = agent.run_pass()
+        assert result.status == "spec-refused"
+        assert f"new spec from {SPEC_CONFIGMAP} refused (unreadable)" in result.message
+        assert said in result.message
+        assert "keeping spec generation 1" in result.message
+        assert agent.readiness()[0] is True
+    assert memory.state.owned
+    assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 1
+    assert _sample(agent, "k3snet_agent_spec_read_errors_total", reason="other") == 0
+    assert _node_status(server) == "spec-refused"
+    assert _events(server) == 2  # K3snetConverged, K3snetSpecRefused
+    server.clear_faults()
+    server.put("v1/configmaps", {"metadata": {"name": "k3snet-spec", "namespace": "kube-system"},
+                                 "data": {"spec.yaml": SPEC}})
+    assert (agent.run_pass().status, agent.generation) == ("ok", 1)
+
+
+def test_a_failed_read_leaves_a_refused_newer_spec_refused_for_what_it_is(
+        server: EmulatedApiServer) -> None:
+    # The failed read replaced the refusal's reason with "unreadable", for good: read
+    # again, the same invalid text was not tried again (refused already) and the node
+    # said "refused (unreadable)" until the text changed.
+    agent, _ = _configmap_agent(server)
+    assert agent.run_pass().status == "ok"
+    server.put("v1/configmaps", {"metadata": {"name": "k3snet-spec", "namespace": "kube-system"},
+                                 "data": {"spec.yaml": SPEC + "bogus: 1\n"}})
+    assert "refused (invalid)" in agent.run_pass().message
+    server.fail(503, method="GET", plural="configmaps")
+    during = agent.run_pass()
+    assert during.status == "spec-refused"
+    assert "refused (invalid)" in during.message
+    assert "spec not read" in during.message
+    after = agent.run_pass()
+    assert after.status == "spec-refused"
+    assert "refused (invalid)" in after.message
+    assert "unreadable" not in after.message
+    assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="invalid") == 1
+    assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 0
+
+
+def test_sigterm_during_the_cluster_wide_part_cuts_each_of_its_requests_to_the_grace_period(
+        server: EmulatedApiServer, spec_path: Path) -> None:
+    """SIGTERM came once the cluster-wide part had started (the check before it had
+    passed): its requests (a LIST of every IPPool, then writes), each given the Calico
+    backend's own timeout (10 s), went on with an API server answering slowly, past the
+    pod's grace period; the kubelet killed the agent before its Lease was released or
+    the node cleaned up. Each is now cut to what is left of the grace deadline."""
+    api = server.api_client()
+    sent: list[Any] = []
+    request = api.rest_client.request
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:  # what reaches urllib3
+        sent.append((args[0], kwargs.get("_request_timeout")))
+        return request(*args, **kwargs)
+
+    api.rest_client.request = recorded
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    pools = CalicoBackend(api_client=api, api="crd")
+    now = [1000.0]
+    left = 0.25  # exact in binary: the cut is compared as is
+
+    class StoppedInClusterPart(Agent):
+        def _cluster_writer(self) -> bool:
+            self.stop()  # SIGTERM; then all but `left` s of the grace period go by
+            now[0] += TERMINATION_GRACE - CLEANUP_MARGIN - left
+            return super()._cluster_writer()
+
+    agent = StoppedInClusterPart(FileSpecSource(spec_path),
+                                 lambda spec: BackendGroup([memory, pools]),
+                                 lambda spec, group: compile_for(group, spec),
+                                 AgentOptions("node-a", interval=3600), monotonic=lambda: now[0])
+    server.fail(504, method="GET", plural="ippools", delay=2.0, times=None)  # answers late
+    result = agent.run_pass()
+    assert result.status == "failed"
+    assert "cluster-wide objects: api: " in result.message
+    assert "no answer from the API server" in result.message
+    assert memory.state.owned  # the node's part converged
+    assert sent
+    assert all(timeout is not None and timeout <= left for _, timeout in sent), sent
+    server.clear_faults()
+    agent.shutdown()

@@ -23,7 +23,7 @@ from k3snet.agent import (
     configure_logging,
     split_cluster_wide,
 )
-from k3snet.agent._metrics import FAILURE_REASONS, SPEC_REFUSAL_REASONS
+from k3snet.agent._metrics import FAILURE_REASONS, SPEC_READ_ERROR_REASONS, SPEC_REFUSAL_REASONS
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.lock import namespace_lock
 from k3snet.backends.memory import MemoryBackend
@@ -738,6 +738,8 @@ def test_every_failure_and_refusal_reason_is_exported_at_zero_before_the_first_o
         assert node.sample("k3snet_agent_cluster_sync_failures_total", reason=reason) == 0
     for reason in SPEC_REFUSAL_REASONS:
         assert node.sample("k3snet_agent_spec_rejected_total", reason=reason) == 0
+    for reason in SPEC_READ_ERROR_REASONS:
+        assert node.sample("k3snet_agent_spec_read_errors_total", reason=reason) == 0
 
 
 def test_every_failure_reason_the_agent_counts_is_documented() -> None:
@@ -768,6 +770,23 @@ def test_every_failure_reason_the_agent_counts_is_documented() -> None:
     (row,) = [line for line in docs.splitlines()
               if line.startswith("| `k3snet_agent_sync_failures_total{reason}`")]
     assert reasons <= set(re.findall(r"`([a-z]+)`", row))
+
+
+def test_every_spec_read_error_reason_is_given_and_documented() -> None:
+    from k3snet.agent._metrics import spec_read_error_reason  # noqa: PLC0415 - the labels
+    from k3snet.errors import K3snetError  # noqa: PLC0415
+    from k3snet.kube import KubeApiError  # noqa: PLC0415
+
+    errors = [KubeApiError("x", reason="Timeout"), KubeApiError("x"),
+              KubeApiError("x", status=503), KubeApiError("x", status=429),
+              KubeApiError("x", status=410), K3snetError("x")]
+    reasons = [spec_read_error_reason(error) for error in errors]
+    assert reasons == ["timeout", "unreachable", "server", "throttled", "other", "other"]
+    assert set(reasons) == set(SPEC_READ_ERROR_REASONS)
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
+    (row,) = [line for line in docs.splitlines()
+              if line.startswith("| `k3snet_agent_spec_read_errors_total{reason}`")]
+    assert set(reasons) <= set(re.findall(r"`([a-z]+)`", row))
 
 
 class HangingReporter:

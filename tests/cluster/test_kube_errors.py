@@ -18,7 +18,14 @@ import pytest
 
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import ApplyError, BackendError
-from k3snet.kube import KubeApiError, KubeErrors, make_api_client, retry_policy
+from k3snet.kube import (
+    Deadline,
+    KubeApiError,
+    KubeErrors,
+    make_api_client,
+    requests_within,
+    retry_policy,
+)
 from k3snet.testing.kube import EmulatedApiServer
 
 pytestmark = pytest.mark.cluster
@@ -259,3 +266,43 @@ def test_the_retry_policy_retries_a_refused_connection_but_no_timeout() -> None:
         with pytest.raises(urllib3.exceptions.MaxRetryError) as info:
             policy.increment("GET", "/x", error=timeout)
         assert info.value.reason is timeout
+
+
+class _Rest:
+    """A client's REST layer recording the timeout each request reaches it with."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[Any] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> None:
+        self.timeouts.append(kwargs.get("_request_timeout"))
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.rest_client = _Rest()
+
+
+@pytest.mark.parametrize(("given", "cut"), [(10, 2.0), (1.5, 1.5), (None, 2.0),
+                                            ((3, 30), (2.0, 2.0)), ((1, None), (1, 2.0))])
+def test_requests_within_a_deadline_wait_at_most_what_is_left_and_others_as_given(
+        given: Any, cut: Any) -> None:
+    client = _Client()
+    rest = client.rest_client
+    assert make_api_client(client) == (client, False)
+    assert make_api_client(client) == (client, False)  # bound once, not twice
+    now = [100.0]
+    deadline: list[Deadline | None] = [None]
+    rest.request("GET", "/x", _request_timeout=given)
+    with requests_within(lambda: deadline[0]):
+        rest.request("GET", "/x", _request_timeout=given)  # no deadline yet (no SIGTERM)
+        deadline[0] = Deadline(110.0, lambda: now[0])
+        now[0] = 108.0
+        rest.request("GET", "/x", _request_timeout=given)
+        now[0] = 111.0  # over: the least timeout, never none (0 is none to the client)
+        rest.request("GET", "/x", _request_timeout=given)
+    rest.request("GET", "/x", _request_timeout=given)
+    assert rest.timeouts[:2] == [given, given]
+    assert rest.timeouts[2] == cut
+    assert rest.timeouts[3] == (0.001 if not isinstance(given, tuple) else (0.001, 0.001))
+    assert rest.timeouts[4] == given
