@@ -47,10 +47,12 @@ options:
       - V(present) applies the spec.
       - V(absent) removes everything k3snet owns through the backends (owned sysctls
         get their recorded previous values back), like C(k3snet destroy).
-      - No spec is needed then, but give the spec (or O(backends)) the node was set up
-        with. Without either only V(netlink) and V(nftables) are used, so what another
-        backend made (the iptables backend's chains, a CNI backend's settings) stays,
-        and the task warns so.
+      - No spec is needed then. Without a spec or O(backends), every node backend
+        (V(netlink), V(nftables), V(iptables) in both its nft and legacy flavours) looks
+        for k3snet's own objects, and those holding any remove them (the return value
+        C(discovered) says which); a backend that cannot look (its tool missing) is a task
+        warning. A CNI backend's settings (flannel, calico, cilium) need the spec or
+        O(backends).
     type: str
     choices: [present, absent]
     default: present
@@ -160,10 +162,9 @@ EXAMPLES = r"""
     spec: "{{ lookup('ansible.builtin.file', 'files/egress.yaml') | from_yaml }}"
   become: true
 
-- name: Remove everything k3snet owns on the node (through the spec's backends)
+- name: Remove everything k3snet owns on the node (through every backend holding any)
   k3snet.k3snet.egress:
     state: absent
-    spec_path: /etc/k3snet/egress.yaml
   become: true
 """
 
@@ -201,6 +202,17 @@ operations:
   description: How many system operations the apply took.
   returned: success
   type: int
+discovered:
+  description:
+    - With O(state=absent) and neither a spec nor O(backends), the node backends looked
+      through, as C(k3snet destroy --output json) says them; C(held) maps each backend
+      holding k3snet's objects (V(netlink), V(nftables), V(iptables-nft),
+      V(iptables-legacy)) to how many; C(empty) lists those holding none, C(unavailable)
+      those that could not look.
+  returned: success, with O(state=absent) naming no spec or backend
+  type: dict
+  sample: {"held": {"netlink": 4, "iptables-nft": 4}, "empty": ["nftables"],
+           "unavailable": []}
 diff:
   description: The owned objects before and after the plan, one per line.
   returned: success, in diff mode
@@ -259,6 +271,7 @@ try:
 
     K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
     from k3snet._admin_path import admin_path
+    from k3snet.backends.discover import NODE_BACKENDS, Discovery, discover_owners
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
     from k3snet.backends.registry import create_backend, path_options
@@ -274,6 +287,7 @@ try:
     )
     from k3snet.converge import (
         compile_for,
+        destroy_each,
         facts_namespace,
         reads_node_facts,
         route_protocol,
@@ -292,15 +306,6 @@ else:
 
 # The same default as the `k3snet` command's, so a playbook and the command agree.
 DEFAULT_BACKENDS = ("netlink", "nftables")
-
-DEFAULT_BACKENDS_ABSENT = (
-    "state=absent with neither spec, spec_path nor backends removes only what k3snet owns "
-    "through its default backends, netlink and nftables: what another backend made (the "
-    "iptables backend's chains, a spec's backends:) stays. Give the spec or the backends "
-    "the node was set up with.")
-"""The task warning of a ``state=absent`` that names no backend: a node set up through a
-spec's ``backends: [netlink, iptables]`` kept k3snet's iptables chains (its masquerade
-still on) while the task said changed, and a second run "k3snet owns nothing here"."""
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "spec_path": {"type": "path"},
@@ -392,6 +397,29 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
     return k3snet.BackendGroup(members)
 
 
+def discover(params: dict[str, Any], stack: ExitStack) -> Discovery:
+    """``state=absent`` naming no spec nor backend: every node backend holding k3snet's
+    objects, as ``k3snet destroy`` without ``-f`` or ``--backend`` finds them (closed by
+    ``stack``). Through netlink and nftables alone, a node set up with ``backends:
+    [netlink, iptables]`` kept k3snet's iptables chains (its masquerade)."""
+    options: dict[str, Any] = params["backend_options"]
+    names = {name for _, name, _ in NODE_BACKENDS}
+    unused = sorted(set(options) - names)
+    if unused:
+        raise BackendOptionError(f"backend_options names backends not in use: "
+                                 f"{', '.join(unused)} (looked through: "
+                                 f"{', '.join(sorted(names))})")
+    resolved = {}
+    for name in sorted(names):
+        chosen = options.get(name) or {}
+        if not isinstance(chosen, dict):
+            raise BackendOptionError(f"backend_options.{name} must be a mapping of option "
+                                     "names to values")
+        resolved[name] = resolve_backend_options(name, None, netns=params["netns"],
+                                                 explicit=chosen)
+    return stack.enter_context(discover_owners(resolved))
+
+
 def failure(msg: str, kind: str, rc: int, problems: Sequence[object] = (), *,
             changed: bool = False) -> dict[str, Any]:
     """A failed task's result: ``msg``, and what a playbook tests to act on the failure
@@ -442,6 +470,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
     """Converge (or destroy) as the parameters say; the result to exit with."""
     params = module.params
     spec = load_spec(params)
+    if params["state"] == "absent" and spec is None and params["backends"] is None:
+        return run_discovered(module)
     with ExitStack() as stack:
         backend = build_backend(params, spec, stack)
         # As `k3snet apply`: SIGTERM (systemd stopping ansible-pull, a cancelled CI job,
@@ -452,8 +482,6 @@ def run(module: AnsibleModule) -> dict[str, Any]:
             done = converge_or_destroy(module, backend, spec)
         for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
             module.warn(warning)
-        if params["state"] == "absent" and spec is None and params["backends"] is None:
-            module.warn(DEFAULT_BACKENDS_ABSENT)
         if spec is not None and params["state"] != "absent":
             # As `k3snet apply`: the spec's objects no backend in use manages.
             for warning in unmanaged_warnings(backend, spec, params["backends"] or ()):
@@ -472,6 +500,28 @@ def run(module: AnsibleModule) -> dict[str, Any]:
             problems = backend.check(done.plan)
             if problems:
                 raise k3snet.CheckError("the plan would fail; nothing was applied:", problems)
+    return result_of(module, done)
+
+
+def run_discovered(module: AnsibleModule) -> dict[str, Any]:
+    """``state=absent`` naming no spec nor backend: through every node backend holding
+    k3snet's objects (:func:`discover`); check mode runs their own check of the plan."""
+    params = module.params
+    with ExitStack() as stack:
+        found = discover(params, stack)
+        with sigterm_undoes():
+            done = destroy_each(found.groups, dry_run=module.check_mode,
+                                check=module.check_mode, lock_timeout=params["lock_timeout"])
+        for warning in found.warnings:
+            module.warn(warning)
+        discovered = {"held": {o.label: o.owned for o in found.owners},
+                      "empty": list(found.idle), "unavailable": list(found.unavailable)}
+    return {**result_of(module, done), "discovered": discovered}
+
+
+def result_of(module: AnsibleModule, done: k3snet.Convergence) -> dict[str, Any]:
+    """The task's result: ``changed``, the plan, what was applied, the diff."""
+    params = module.params
     text = done.plan.render()
     # As `k3snet destroy` says it: there is no spec for the node to match.
     nothing = params["state"] == "absent" and done.plan.empty
