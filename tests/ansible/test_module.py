@@ -538,7 +538,7 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert [(r["error"]["type"], r["rc"]) if "error" in r else None for r in results] == [
         ("SpecError", 1), ("SpecError", 1), ("BackendNotFoundError", 1),
         ("BackendOptionError", 1), ("BackendOptionError", 1), ("BackendError", 1),
-        ("BackendOptionError", 1), None, None, ("ModelError", 1), ("ParameterError", 64),
+        ("BackendOptionError", 1), None, None, ("ParameterError", 64), ("ParameterError", 64),
         ("BackendOptionError", 1)]
     assert results[0]["error"]["problems"] == [
         "destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR",

@@ -112,6 +112,8 @@ options:
     description:
       - Seconds to wait for another k3snet process (the agent, another run) acting
         in the same network namespace, from V(0) (try once) to below a day.
+      - Another value fails the task before anything is read, with C(rc) V(64)
+        (C(ParameterError)), as C(k3snet apply --lock-timeout) refuses it.
     type: float
     default: 60
 requirements:
@@ -223,7 +225,8 @@ rc:
       table of docs/cli.md; V(75) is busy (another k3snet process, such as the agent, held
       the namespace's lock past O(lock_timeout); nothing was changed, a later run may
       succeed), V(4) a conflict, V(5) a failed apply whose undo failed too, V(64) a
-      parameter the module refuses, V(143) or V(129) stopped by SIGTERM or SIGHUP,
+      parameter the module refuses (as the command's parser would, O(backends=[]) or an
+      O(lock_timeout) out of range), V(143) or V(129) stopped by SIGTERM or SIGHUP,
       V(1) any other failure.
   returned: failure (but Ansible's own checks of the options)
   type: int
@@ -272,6 +275,7 @@ try:
     K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
     from k3snet._admin_path import admin_path
     from k3snet.backends.discover import NODE_BACKENDS, Discovery, discover_owners
+    from k3snet.backends.kit import option_seconds
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
     from k3snet.backends.registry import create_backend, path_options
@@ -292,7 +296,7 @@ try:
         reads_node_facts,
         route_protocol,
     )
-    from k3snet.errors import BackendOptionError
+    from k3snet.errors import BackendOptionError, ModelError
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
     from k3snet.spec.load import refuse_foreign_imports, sudo_invoker
@@ -469,6 +473,11 @@ def converge_or_destroy(module: AnsibleModule, backend: k3snet.BackendGroup,
 def run(module: AnsibleModule) -> dict[str, Any]:
     """Converge (or destroy) as the parameters say; the result to exit with."""
     params = module.params
+    try:
+        # As the CLI's parser refuses --lock-timeout nan (exit 64), before the node is read.
+        option_seconds("lock_timeout", params["lock_timeout"], zero=True)
+    except ModelError as exc:
+        raise ParameterError(str(exc)) from exc
     spec = load_spec(params)
     if params["state"] == "absent" and spec is None and params["backends"] is None:
         return run_discovered(module)
