@@ -174,3 +174,35 @@ def test_destroy_naming_a_backend_keeps_to_it(tmp_path: Path) -> None:
         assert gone.returncode == 0, gone.stderr
         assert "Looked through" not in gone.stdout
         assert any("K3SNET-" in line for line in _everything(lab.node)["iptables-nft-save"])
+
+
+def test_destroy_naming_no_backend_finds_the_split_nftables_layout(tmp_path: Path) -> None:
+    # `nftables.family=split` writes ip k3snet and ip6 k3snet: looked for with the default
+    # layout (inet), they are k3snet's tables of the other layout (its marker chain).
+    with SeedLab.create() as lab:
+        before = _everything(lab.node)
+        applied = _run("apply", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "nftables", "--backend-opt", "nftables.family=split",
+                       "--netns", lab.node, lab=lab, lock_dir=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        gone = _run("destroy", "--netns", lab.node, "--auto-approve", lab=lab,
+                    lock_dir=tmp_path)
+        assert gone.returncode == 0, gone.stderr
+        assert "nftables (" in gone.stdout
+        assert _everything(lab.node) == before
+
+
+def test_looking_with_every_backend_on_an_empty_node_creates_nothing(tmp_path: Path) -> None:
+    # Reading an x_tables table the namespace lacks creates it; nothing may be left by
+    # a destroy that found nothing (no legacy table, no nftables table, no state file).
+    with SeedLab.create() as lab:
+        before = _everything(lab.node)
+        names = run_in(lab.node, ["cat", "/proc/net/ip_tables_names",
+                                  "/proc/net/ip6_tables_names"], check=False).stdout
+        for argv in (["--dry-run"], ["--auto-approve"]):
+            done = _run("destroy", "--netns", lab.node, *argv, lab=lab, lock_dir=tmp_path)
+            assert done.returncode == 0, done.stderr
+            assert "held by none of them" in done.stdout
+        assert _everything(lab.node) == before
+        assert run_in(lab.node, ["cat", "/proc/net/ip_tables_names",
+                                 "/proc/net/ip6_tables_names"], check=False).stdout == names
