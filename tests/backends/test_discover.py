@@ -15,7 +15,7 @@ from k3snet.backends import discover
 from k3snet.backends.registry import register_backend, unregister_backend
 from k3snet.cli import main
 from k3snet.converge import destroy_each
-from k3snet.errors import BackendUnavailableError
+from k3snet.errors import ApplyError, BackendUnavailableError
 from k3snet.model import MasqueradeRule, Route
 from k3snet.schemas import SCHEMA_NAMES, load_schema
 
@@ -95,3 +95,15 @@ def test_a_backend_opt_may_name_any_backend_looked_through(
         node: dict[str, MemoryBackend], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["destroy", "--dry-run", "--backend-opt", "nope.x=1"]) == 1
     assert "no backend 'nope' in use" in capsys.readouterr().err
+
+
+def test_a_later_backend_failing_leaves_the_earlier_removals_done_and_says_so(
+        node: dict[str, MemoryBackend], caplog: pytest.LogCaptureFixture) -> None:
+    node["fake-ipt"].faults.fail_at(0)
+    with discover.discover_owners() as found, pytest.raises(ApplyError) as failed:
+        destroy_each(found.groups)
+    said = "removed before memory failed, and not undone: memory+memory: 3 change(s)"
+    assert any(note.startswith(said) for note in failed.value.__notes__)
+    assert said in caplog.text
+    assert not node["fake-netlink"].observe().owned
+    assert node["fake-ipt"].observe().owned == {NAT}  # all or nothing, within a backend

@@ -601,9 +601,13 @@ def main() -> None:
         # k3snet's messages name every problem (with its spec path); no traceback. Every
         # failure leaves the node as it was, but an apply whose undo failed too: the node
         # may be half-changed, and Ansible's changed says so.
-        module.fail_json(**failure(str(exc), type(exc).__name__, error_code(exc),
-                                   getattr(exc, "problems", ()),
-                                   changed=isinstance(exc, k3snet.RollbackError)))
+        # A note (destroy_each's, the one k3snet adds): what a removal through several
+        # backends had removed before one failed, which stays removed: changed too.
+        notes = getattr(exc, "__notes__", ())
+        module.fail_json(**failure("\n".join([str(exc), *notes]), type(exc).__name__,
+                                   error_code(exc), getattr(exc, "problems", ()),
+                                   changed=isinstance(exc, k3snet.RollbackError)
+                                   or bool(notes)))
     except ParameterError as exc:  # what the CLI's parser refuses (exit 64)
         module.fail_json(**failure(str(exc), "ParameterError", EXIT_USAGE))
     except OSError as exc:  # an unreadable spec_path, a missing tool
