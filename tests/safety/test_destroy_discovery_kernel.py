@@ -206,3 +206,26 @@ def test_looking_with_every_backend_on_an_empty_node_creates_nothing(tmp_path: P
         assert _everything(lab.node) == before
         assert run_in(lab.node, ["cat", "/proc/net/ip_tables_names",
                                  "/proc/net/ip6_tables_names"], check=False).stdout == names
+
+
+def test_chains_named_exactly_as_k3snets_without_its_tag_are_never_removed(
+        tmp_path: Path) -> None:
+    # The admin next door, on a node k3snet never ran on: chains with k3snet's very names,
+    # made by hand in both flavours, their rules without k3snet's tag.
+    hand_made = ("*nat\n:K3SNET-POSTROUTING - [0:0]\n-A POSTROUTING -j K3SNET-POSTROUTING\n"
+                 "-A K3SNET-POSTROUTING -s 10.88.0.0/16 -j MASQUERADE\nCOMMIT\n"
+                 "*filter\n:K3SNET-FORWARD - [0:0]\n-A FORWARD -j K3SNET-FORWARD\n"
+                 "-A K3SNET-FORWARD -s 10.88.0.0/16 -j ACCEPT\nCOMMIT\n")
+    with SeedLab.create() as lab:
+        for tool in ("iptables-nft-restore", "iptables-legacy-restore"):
+            run_in(lab.node, [tool, "--noflush"], input_text=hand_made)
+        for argv in LOOK_ALIKES_NFT:
+            run_in(lab.node, argv)
+        before = _everything(lab.node)
+        gone = _run("destroy", "--netns", lab.node, "--auto-approve", lab=lab,
+                    lock_dir=tmp_path)
+        assert gone.returncode == 0, gone.stderr
+        assert "held by none of them" in gone.stdout
+        assert "Nothing to destroy" in gone.stdout
+        assert "chain K3SNET-POSTROUTING is not k3snet's" in gone.stdout
+        assert _everything(lab.node) == before
