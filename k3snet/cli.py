@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,6 +30,7 @@ from k3snet._logline import bounded as bounded_line
 from k3snet._logline import one_line
 from k3snet._version import __version__
 from k3snet.backends.base import ApplyResult
+from k3snet.backends.discover import NODE_BACKENDS, Discovery, discover_owners
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, option_seconds
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
@@ -49,7 +50,7 @@ from k3snet.converge import (
     apply_plan,
     compile_for,
     converge,
-    destroy,
+    destroy_each,
     facts_namespace,
     reads_node_facts,
     route_protocol,
@@ -58,6 +59,7 @@ from k3snet.converge import (
 )
 from k3snet.errors import (
     BackendOptionError,
+    CheckError,
     ConflictError,
     K3snetError,
     LockTimeoutError,
@@ -1442,7 +1444,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence[str] = (),
                  *, shown: Plan | None = None, kind: str = "apply",
-                 warnings: Sequence[str] = ()) -> None:
+                 warnings: Sequence[str] = (), extra: Mapping[str, Any] | None = None) -> None:
     """The plan (unless ``shown`` already, for approval), then what was applied, then the
     backends' ``warnings`` (``!! warning:`` lines, as plan prints them); with
     ``--output json`` one document of ``kind`` (``apply`` or ``destroy``)."""
@@ -1456,6 +1458,7 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
             "operations": done.result.operations if done.result else 0,
             "problems": list(problems),
             **({"warnings": list(warnings)} if warnings else {}),
+            **(extra or {}),
         })
         return
     if shown is None or not _same_changes(shown.changes, done.plan.changes):
@@ -1480,49 +1483,88 @@ def _print_warnings(warnings: Sequence[str]) -> None:
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     spec = _spec(args) if args.spec else None
-    as_json, human = _json(args), _human(args)
+    if spec is None and not args.backend:
+        return _destroy_found(args)
     with _backend(args, spec) as backend:
-        preview = destroy(backend, dry_run=True, lock_timeout=args.lock_timeout)
-        if preview.plan.empty:
-            if not as_json:
-                print(NOTHING_TO_DESTROY)
-            _print_destroy(args, preview, warnings=backend.warnings)
-            return EXIT_OK
-        asking = not (args.dry_run or args.auto_approve)
-        shown = _asking(args) if asking else human
-        if asking or not as_json:  # with JSON, the document holds the plan
-            print(preview.plan.render(), file=shown)
-        for line in _disruptive(backend, preview.plan, "destroy"):
+        return _destroy_through(args, [backend], lambda: backend.warnings)
+
+
+def _destroy_found(args: argparse.Namespace) -> int:
+    """``destroy`` naming no backend: through every node backend holding k3snet's objects
+    (:func:`~k3snet.backends.discover.discover_owners`). The defaults, netlink and
+    nftables, left a node set up with ``backends: [netlink, iptables]`` masquerading."""
+    names = {name for _, name, _ in NODE_BACKENDS}
+    _check_backend_opt_targets(args, names)
+    with discover_owners({name: _options(name, args) for name in sorted(names)}) as found:
+        print(found.summary(), file=_human(args))
+        return _destroy_through(args, found.groups, lambda: found.warnings, found=found)
+
+
+def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
+                     warnings: Callable[[], Sequence[str]], *,
+                     found: Discovery | None = None) -> int:
+    """Remove what ``groups`` own, one after the other; ``warnings()``: what to say after
+    each read; ``found``: the discovery the groups come from (said in the document)."""
+    as_json, human = _json(args), _human(args)
+    preview = destroy_each(groups, dry_run=True, lock_timeout=args.lock_timeout)
+    if preview.plan.empty:
+        if not as_json:
+            print(NOTHING_TO_DESTROY)
+        _print_destroy(args, preview, warnings=warnings(), found=found)
+        return EXIT_OK
+    asking = not (args.dry_run or args.auto_approve)
+    shown = _asking(args) if asking else human
+    if asking or not as_json:  # with JSON, the document holds the plan
+        print(preview.plan.render(), file=shown)
+    for group in groups:
+        for line in _disruptive(group, preview.plan, "destroy"):
             print(line, file=shown)
-        if args.dry_run:
-            # The backends' own check, as `apply --dry-run` runs it: a destroy that
-            # apply would refuse (an admin's jump into an iptables chain of k3snet's)
-            # is refused here too.
-            problems = tuple(backend.check(preview.plan))
-            _print_destroy(args, preview, problems, warnings=backend.warnings)
-            return EXIT_ERROR if problems else EXIT_CHANGES
-        if asking and not _confirm("Remove everything listed above?", shown):
-            return _not_confirmed(args)
-        done = destroy(backend, lock_timeout=args.lock_timeout)
-        warnings = backend.warnings
-        if not as_json and (shown is not sys.stdout
-                            or not _same_changes(preview.plan.changes, done.plan.changes)):
-            print(done.plan.render())  # not listed on stdout, or the node changed since
+    if args.dry_run:
+        # The backends' own check, as `apply --dry-run` runs it: a destroy that
+        # apply would refuse (an admin's jump into an iptables chain of k3snet's)
+        # is refused here too.
+        problems = _destroy_problems(args, groups, preview)
+        _print_destroy(args, preview, problems, warnings=warnings(), found=found)
+        return EXIT_ERROR if problems else EXIT_CHANGES
+    if asking and not _confirm("Remove everything listed above?", shown):
+        return _not_confirmed(args)
+    done = destroy_each(groups, lock_timeout=args.lock_timeout)
+    if not as_json and (shown is not sys.stdout
+                        or not _same_changes(preview.plan.changes, done.plan.changes)):
+        print(done.plan.render())  # not listed on stdout, or the node changed since
     if done.result is not None and not as_json:
         print(_result_text(done.plan, done.result))
-    _print_destroy(args, done, warnings=warnings)
+    _print_destroy(args, done, warnings=warnings(), found=found)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
 
 
+def _destroy_problems(args: argparse.Namespace, groups: Sequence[BackendGroup],
+                      preview: Convergence) -> tuple[str, ...]:
+    """The backends' check of ``preview``'s plan (of each group's own part, read again,
+    when there are several: a kind two groups hold cannot be split by kind)."""
+    if len(groups) == 1:
+        return tuple(groups[0].check(preview.plan))
+    try:
+        destroy_each(groups, dry_run=True, check=True, lock_timeout=args.lock_timeout)
+    except CheckError as exc:
+        return exc.problems
+    return ()
+
+
 def _print_destroy(args: argparse.Namespace, done: Convergence, problems: Sequence[str] = (),
-                   *, warnings: Sequence[str]) -> None:
+                   *, warnings: Sequence[str], found: Discovery | None = None) -> None:
     """``destroy``'s document (``--output json``), or the check's ``problems`` and the
     backends' ``warnings`` as text, as ``apply`` says them: an iptables chain of k3snet's
     renamed by an admin, whose rules go on running after the destroy, was said in a log
-    line only, and never in the document."""
+    line only, and never in the document. ``found``: with ``--output json``, the
+    document's ``discovered`` (which backends held what, which could not look)."""
     if _json(args):
-        _print_apply(args, done, problems, kind="destroy", warnings=warnings)
+        _print_apply(args, done, problems, kind="destroy", warnings=warnings,
+                     extra={"discovered": {
+                         "held": {o.label: o.owned for o in found.owners},
+                         "empty": list(found.idle),
+                         "unavailable": list(found.unavailable)}} if found else None)
         return
     if problems:
         print("The backends' check found problems; nothing was changed:")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
@@ -33,8 +33,8 @@ from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
 
 __all__ = ["NODE_KINDS", "Convergence", "apply_plan", "compile_for", "converge", "destroy",
-           "disruptive_allowed", "facts_namespace", "reads_node_facts", "refuse_teardown",
-           "route_protocol", "state_digest", "unmanaged", "with_route_protocol"]
+           "destroy_each", "disruptive_allowed", "facts_namespace", "reads_node_facts",
+           "refuse_teardown", "route_protocol", "state_digest", "unmanaged", "with_route_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,60 @@ def destroy(backend: Backend, *, dry_run: bool = False, allow_disruptive: bool =
     return converge(backend, State(), dry_run=dry_run, allow_conflicts=True,
                     allow_teardown=True, allow_disruptive=allow_disruptive,
                     lock_timeout=lock_timeout)
+
+
+def destroy_each(backends: Sequence[Backend], *, dry_run: bool = False, check: bool = False,
+                 allow_disruptive: bool = False,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Convergence:
+    """:func:`destroy` through each of ``backends`` in turn, as one :class:`Convergence`.
+
+    For the groups of a :class:`~k3snet.backends.discover.Discovery` (backends that
+    manage the same kind cannot share a group). The plan holds every backend's
+    changes in turn, the result every applied change (``None`` when no backend
+    applied any), the observed state every backend's owned objects (the first of a
+    key two backends hold: a view, never planned from). ``dry_run`` with ``check``
+    runs each backend's check on its own part and raises one
+    :class:`~k3snet.errors.CheckError` of every problem. Each backend's removal is all
+    or nothing; one that fails raises its error, the earlier backends' removals
+    staying done (the error's note and a log line name them).
+    """
+    parts: list[Convergence] = []
+    problems: list[str] = []
+    for backend in backends:
+        try:
+            part = destroy(backend, dry_run=dry_run, allow_disruptive=allow_disruptive,
+                           lock_timeout=lock_timeout)
+        except Exception as exc:
+            done = [p.result.summary() for p in parts if p.result and p.result.applied]
+            if done:
+                said = (f"removed before {getattr(backend, 'name', backend)} failed, and "
+                        f"not undone: {'; '.join(done)}")
+                log.error("destroy: %s", said)
+                exc.add_note(said)
+            raise
+        if dry_run and check and part.plan.changes:
+            problems += backend.check(part.plan)
+        parts.append(part)
+    if problems:
+        raise CheckError("the backends' check found problems; nothing was changed:", problems)
+    return _joined(parts)
+
+
+def _joined(parts: Sequence[Convergence]) -> Convergence:
+    """One Convergence of several backends' (``parts`` itself when there is one)."""
+    if len(parts) == 1:
+        return parts[0]
+    owned: dict[tuple[object, ...], NetObject] = {}
+    for part in parts:
+        for obj in part.observed.owned:
+            owned.setdefault(obj.key, obj)
+    results = [p.result for p in parts if p.result is not None]
+    result = (ApplyResult("+".join(r.backend for r in results),
+                          [c for r in results for c in r.applied],
+                          sum(r.operations for r in results)) if results else None)
+    return Convergence(State(owned=owned.values()),
+                       Plan(changes=[c for p in parts for c in p.plan.changes],
+                            notes=[n for p in parts for n in p.plan.notes]), result)
 
 
 def refuse_teardown(backend: Backend, observed: State, p: Plan) -> None:

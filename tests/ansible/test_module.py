@@ -299,34 +299,42 @@ def test_teardown_is_refused_and_state_absent_removes_everything_once(
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.usefixtures("require_root")
-def test_state_absent_naming_no_backend_warns_that_other_backends_keep_their_rules(
+def test_state_absent_naming_no_backend_removes_what_every_node_backend_holds(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
     # A node set up through a spec's `backends: [netlink, iptables]` (K3s on iptables):
     # `state: absent` alone, as the docs showed it, removed the routes and sysctls and
-    # said changed, while k3snet's iptables chains (its masquerade) stayed, unmentioned.
+    # said changed, while k3snet's iptables chains (its masquerade) stayed. Now every node
+    # backend looks for k3snet's objects, and those holding any remove them.
     spec = {**yaml.safe_load(SPEC_PATH.read_text()), "backends": ["netlink", "iptables"]}
     with SeedLab.create() as lab:
+        before = forwarding(lab.node)
         applied = playbook(tmp_path, ansible_env, [egress(spec=spec, **lab_node(lab))])
         assert applied.returncode == 0, applied.stdout + applied.stderr
         made = iptables_rules(lab.node)
         assert any("K3SNET-" in line for line in made)
 
+        checked = playbook(tmp_path, ansible_env, [egress(state="absent", **lab_node(lab))],
+                           "--check")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        (result,) = checked.results
+        assert result["changed"] is True
+        assert result["discovered"]["held"].keys() == {"netlink", "iptables-nft"}
+        assert any(c["before"]["type"] == "masquerade" for c in result["plan"]["changes"])
+        assert iptables_rules(lab.node) == made  # check mode changes nothing
+
         bare = playbook(tmp_path, ansible_env, [egress(state="absent", **lab_node(lab))])
         assert bare.returncode == 0, bare.stdout + bare.stderr
         (result,) = bare.results
-        assert result["changed"] is True  # the routes and sysctls, through netlink
-        assert iptables_rules(lab.node) == made  # nftables owned nothing: nothing said so
-        warned = [w for w in result.get("warnings", []) if "netlink and nftables" in w]
-        assert len(warned) == 1, result.get("warnings")
-        assert "iptables" in warned[0]
-
-        with_spec = playbook(tmp_path, ansible_env,
-                             [egress(state="absent", spec=spec, **lab_node(lab))])
-        assert with_spec.returncode == 0, with_spec.stdout + with_spec.stderr
-        (result,) = with_spec.results
         assert result["changed"] is True
-        assert not [w for w in result.get("warnings", []) if "netlink and nftables" in w]
+        assert returned_keys_are_documented(result)
         assert not [line for line in iptables_rules(lab.node) if "K3SNET" in line]
+        assert forwarding(lab.node) == before  # the sysctls given back, through netlink
+
+        again = playbook(tmp_path, ansible_env, [egress(state="absent", **lab_node(lab))])
+        (result,) = again.results
+        assert result["changed"] is False
+        assert result["msg"] == "Nothing to destroy: k3snet owns nothing here."
+        assert result["discovered"]["held"] == {}
 
 
 @pytest.mark.kernel
@@ -530,7 +538,7 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert [(r["error"]["type"], r["rc"]) if "error" in r else None for r in results] == [
         ("SpecError", 1), ("SpecError", 1), ("BackendNotFoundError", 1),
         ("BackendOptionError", 1), ("BackendOptionError", 1), ("BackendError", 1),
-        ("BackendOptionError", 1), None, None, ("ModelError", 1), ("ParameterError", 64),
+        ("BackendOptionError", 1), None, None, ("ParameterError", 64), ("ParameterError", 64),
         ("BackendOptionError", 1)]
     assert results[0]["error"]["problems"] == [
         "destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR",

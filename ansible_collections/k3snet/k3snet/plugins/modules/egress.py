@@ -47,10 +47,12 @@ options:
       - V(present) applies the spec.
       - V(absent) removes everything k3snet owns through the backends (owned sysctls
         get their recorded previous values back), like C(k3snet destroy).
-      - No spec is needed then, but give the spec (or O(backends)) the node was set up
-        with. Without either only V(netlink) and V(nftables) are used, so what another
-        backend made (the iptables backend's chains, a CNI backend's settings) stays,
-        and the task warns so.
+      - No spec is needed then. Without a spec or O(backends), every node backend
+        (V(netlink), V(nftables), V(iptables) in both its nft and legacy flavours) looks
+        for k3snet's own objects, and those holding any remove them (the return value
+        C(discovered) says which); a backend that cannot look (its tool missing) is a task
+        warning. A CNI backend's settings (flannel, calico, cilium) need the spec or
+        O(backends).
     type: str
     choices: [present, absent]
     default: present
@@ -110,6 +112,8 @@ options:
     description:
       - Seconds to wait for another k3snet process (the agent, another run) acting
         in the same network namespace, from V(0) (try once) to below a day.
+      - Another value fails the task before anything is read, with C(rc) V(64)
+        (C(ParameterError)), as C(k3snet apply --lock-timeout) refuses it.
     type: float
     default: 60
 requirements:
@@ -160,10 +164,9 @@ EXAMPLES = r"""
     spec: "{{ lookup('ansible.builtin.file', 'files/egress.yaml') | from_yaml }}"
   become: true
 
-- name: Remove everything k3snet owns on the node (through the spec's backends)
+- name: Remove everything k3snet owns on the node (through every backend holding any)
   k3snet.k3snet.egress:
     state: absent
-    spec_path: /etc/k3snet/egress.yaml
   become: true
 """
 
@@ -201,6 +204,17 @@ operations:
   description: How many system operations the apply took.
   returned: success
   type: int
+discovered:
+  description:
+    - With O(state=absent) and neither a spec nor O(backends), the node backends looked
+      through, as C(k3snet destroy --output json) says them; C(held) maps each backend
+      holding k3snet's objects (V(netlink), V(nftables), V(iptables-nft),
+      V(iptables-legacy)) to how many; C(empty) lists those holding none, C(unavailable)
+      those that could not look.
+  returned: success, with O(state=absent) naming no spec or backend
+  type: dict
+  sample: {"held": {"netlink": 4, "iptables-nft": 4}, "empty": ["nftables"],
+           "unavailable": []}
 diff:
   description: The owned objects before and after the plan, one per line.
   returned: success, in diff mode
@@ -211,7 +225,8 @@ rc:
       table of docs/cli.md; V(75) is busy (another k3snet process, such as the agent, held
       the namespace's lock past O(lock_timeout); nothing was changed, a later run may
       succeed), V(4) a conflict, V(5) a failed apply whose undo failed too, V(64) a
-      parameter the module refuses, V(143) or V(129) stopped by SIGTERM or SIGHUP,
+      parameter the module refuses (as the command's parser would, O(backends=[]) or an
+      O(lock_timeout) out of range), V(143) or V(129) stopped by SIGTERM or SIGHUP,
       V(1) any other failure.
   returned: failure (but Ansible's own checks of the options)
   type: int
@@ -259,6 +274,8 @@ try:
 
     K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
     from k3snet._admin_path import admin_path
+    from k3snet.backends.discover import NODE_BACKENDS, Discovery, discover_owners
+    from k3snet.backends.kit import option_seconds
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
     from k3snet.backends.registry import create_backend, path_options
@@ -274,11 +291,12 @@ try:
     )
     from k3snet.converge import (
         compile_for,
+        destroy_each,
         facts_namespace,
         reads_node_facts,
         route_protocol,
     )
-    from k3snet.errors import BackendOptionError
+    from k3snet.errors import BackendOptionError, ModelError
     from k3snet.facts import gather_facts
     from k3snet.spec import check_backend_options, spec_backend_options
     from k3snet.spec.load import refuse_foreign_imports, sudo_invoker
@@ -292,15 +310,6 @@ else:
 
 # The same default as the `k3snet` command's, so a playbook and the command agree.
 DEFAULT_BACKENDS = ("netlink", "nftables")
-
-DEFAULT_BACKENDS_ABSENT = (
-    "state=absent with neither spec, spec_path nor backends removes only what k3snet owns "
-    "through its default backends, netlink and nftables: what another backend made (the "
-    "iptables backend's chains, a spec's backends:) stays. Give the spec or the backends "
-    "the node was set up with.")
-"""The task warning of a ``state=absent`` that names no backend: a node set up through a
-spec's ``backends: [netlink, iptables]`` kept k3snet's iptables chains (its masquerade
-still on) while the task said changed, and a second run "k3snet owns nothing here"."""
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "spec_path": {"type": "path"},
@@ -392,6 +401,29 @@ def build_backend(params: dict[str, Any], spec: k3snet.Spec | None,
     return k3snet.BackendGroup(members)
 
 
+def discover(params: dict[str, Any], stack: ExitStack) -> Discovery:
+    """``state=absent`` naming no spec nor backend: every node backend holding k3snet's
+    objects, as ``k3snet destroy`` without ``-f`` or ``--backend`` finds them (closed by
+    ``stack``). Through netlink and nftables alone, a node set up with ``backends:
+    [netlink, iptables]`` kept k3snet's iptables chains (its masquerade)."""
+    options: dict[str, Any] = params["backend_options"]
+    names = {name for _, name, _ in NODE_BACKENDS}
+    unused = sorted(set(options) - names)
+    if unused:
+        raise BackendOptionError(f"backend_options names backends not in use: "
+                                 f"{', '.join(unused)} (looked through: "
+                                 f"{', '.join(sorted(names))})")
+    resolved = {}
+    for name in sorted(names):
+        chosen = options.get(name) or {}
+        if not isinstance(chosen, dict):
+            raise BackendOptionError(f"backend_options.{name} must be a mapping of option "
+                                     "names to values")
+        resolved[name] = resolve_backend_options(name, None, netns=params["netns"],
+                                                 explicit=chosen)
+    return stack.enter_context(discover_owners(resolved))
+
+
 def failure(msg: str, kind: str, rc: int, problems: Sequence[object] = (), *,
             changed: bool = False) -> dict[str, Any]:
     """A failed task's result: ``msg``, and what a playbook tests to act on the failure
@@ -441,7 +473,14 @@ def converge_or_destroy(module: AnsibleModule, backend: k3snet.BackendGroup,
 def run(module: AnsibleModule) -> dict[str, Any]:
     """Converge (or destroy) as the parameters say; the result to exit with."""
     params = module.params
+    try:
+        # As the CLI's parser refuses --lock-timeout nan (exit 64), before the node is read.
+        option_seconds("lock_timeout", params["lock_timeout"], zero=True)
+    except ModelError as exc:
+        raise ParameterError(str(exc)) from exc
     spec = load_spec(params)
+    if params["state"] == "absent" and spec is None and params["backends"] is None:
+        return run_discovered(module)
     with ExitStack() as stack:
         backend = build_backend(params, spec, stack)
         # As `k3snet apply`: SIGTERM (systemd stopping ansible-pull, a cancelled CI job,
@@ -452,8 +491,6 @@ def run(module: AnsibleModule) -> dict[str, Any]:
             done = converge_or_destroy(module, backend, spec)
         for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
             module.warn(warning)
-        if params["state"] == "absent" and spec is None and params["backends"] is None:
-            module.warn(DEFAULT_BACKENDS_ABSENT)
         if spec is not None and params["state"] != "absent":
             # As `k3snet apply`: the spec's objects no backend in use manages.
             for warning in unmanaged_warnings(backend, spec, params["backends"] or ()):
@@ -472,6 +509,28 @@ def run(module: AnsibleModule) -> dict[str, Any]:
             problems = backend.check(done.plan)
             if problems:
                 raise k3snet.CheckError("the plan would fail; nothing was applied:", problems)
+    return result_of(module, done)
+
+
+def run_discovered(module: AnsibleModule) -> dict[str, Any]:
+    """``state=absent`` naming no spec nor backend: through every node backend holding
+    k3snet's objects (:func:`discover`); check mode runs their own check of the plan."""
+    params = module.params
+    with ExitStack() as stack:
+        found = discover(params, stack)
+        with sigterm_undoes():
+            done = destroy_each(found.groups, dry_run=module.check_mode,
+                                check=module.check_mode, lock_timeout=params["lock_timeout"])
+        for warning in found.warnings:
+            module.warn(warning)
+        discovered = {"held": {o.label: o.owned for o in found.owners},
+                      "empty": list(found.idle), "unavailable": list(found.unavailable)}
+    return {**result_of(module, done), "discovered": discovered}
+
+
+def result_of(module: AnsibleModule, done: k3snet.Convergence) -> dict[str, Any]:
+    """The task's result: ``changed``, the plan, what was applied, the diff."""
+    params = module.params
     text = done.plan.render()
     # As `k3snet destroy` says it: there is no spec for the node to match.
     nothing = params["state"] == "absent" and done.plan.empty
@@ -542,9 +601,13 @@ def main() -> None:
         # k3snet's messages name every problem (with its spec path); no traceback. Every
         # failure leaves the node as it was, but an apply whose undo failed too: the node
         # may be half-changed, and Ansible's changed says so.
-        module.fail_json(**failure(str(exc), type(exc).__name__, error_code(exc),
-                                   getattr(exc, "problems", ()),
-                                   changed=isinstance(exc, k3snet.RollbackError)))
+        # A note (destroy_each's, the one k3snet adds): what a removal through several
+        # backends had removed before one failed, which stays removed: changed too.
+        notes = getattr(exc, "__notes__", ())
+        module.fail_json(**failure("\n".join([str(exc), *notes]), type(exc).__name__,
+                                   error_code(exc), getattr(exc, "problems", ()),
+                                   changed=isinstance(exc, k3snet.RollbackError)
+                                   or bool(notes)))
     except ParameterError as exc:  # what the CLI's parser refuses (exit 64)
         module.fail_json(**failure(str(exc), "ParameterError", EXIT_USAGE))
     except OSError as exc:  # an unreadable spec_path, a missing tool

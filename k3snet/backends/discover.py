@@ -1,0 +1,163 @@
+"""Which node backends hold k3snet's objects: what a removal naming no backend goes through.
+
+``k3snet destroy`` without ``-f`` or ``--backend`` (and the Ansible module's
+``state: absent`` without a spec or ``backends``) used the default backends,
+netlink and nftables: on a node set up with ``backends: [netlink, iptables]`` it
+removed the routes and sysctls, said so, and left k3snet's iptables chains (its
+masquerade) running. :func:`discover_owners` instead looks with every node backend
+k3snet ships (:data:`NODE_BACKENDS`: netlink, nftables, iptables-nft and
+iptables-legacy), each through its own ``observe`` (k3snet's objects are told by
+the backend's own marks: route protocol 211 and the sysctl state file, the
+nftables table's marker chain, the iptables chains' tags), and keeps those owning
+something. Nothing is changed by looking. A backend that cannot look (its library
+or tool missing) is named in :attr:`Discovery.warnings`, not raised.
+
+Two found backends managing the same kind (nftables and iptables both holding NAT
+rules, after a switch of backends) cannot be one
+:class:`~k3snet.backends.group.BackendGroup`: :attr:`Discovery.groups` are as few
+groups as hold them all, each of distinct kinds, removed one after the other
+(:func:`k3snet.converge.destroy_each`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from k3snet.backends.base import Backend
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.registry import create_backend
+from k3snet.errors import BackendUnavailableError, K3snetError
+
+__all__ = ["NODE_BACKENDS", "Discovery", "Owner", "discover_owners"]
+
+log = logging.getLogger(__name__)
+
+NODE_BACKENDS: tuple[tuple[str, str, Mapping[str, Any]], ...] = (
+    ("netlink", "netlink", {}),
+    ("nftables", "nftables", {}),
+    ("iptables-nft", "iptables", {"mode": "nft"}),
+    ("iptables-legacy", "iptables", {"mode": "legacy"}),
+)
+"""``(label, backend name, options)`` of every node backend :func:`discover_owners`
+looks through, in that order: both iptables flavours, since their rules run side by
+side in the kernel and one flavour's ``-save`` shows nothing of the other's."""
+
+
+@attrs.frozen
+class Owner:
+    """A backend that holds ``owned`` of k3snet's objects (``label``: ``iptables-nft`` ...)."""
+
+    label: str
+    backend: Backend
+    owned: int
+
+
+@attrs.define
+class Discovery:
+    """What :func:`discover_owners` found; close it (or use it as a context manager)
+    to close every backend it made."""
+
+    owners: tuple[Owner, ...]
+    """The backends holding k3snet's objects, in :data:`NODE_BACKENDS` order."""
+    idle: tuple[str, ...]
+    """The labels of the backends that looked and hold nothing."""
+    unavailable: tuple[str, ...]
+    """One line per backend that could not look (``iptables-legacy: ... not found``)."""
+    _looked: tuple[Backend, ...] = ()
+
+    @property
+    def groups(self) -> tuple[BackendGroup, ...]:
+        """The owners as the fewest groups of distinct kinds, first come first placed
+        (netlink and nftables, or netlink and iptables, are one group)."""
+        groups: list[list[Backend]] = []
+        for owner in self.owners:
+            kinds = owner.backend.capabilities
+            for group in groups:
+                if not any(kinds & member.capabilities for member in group):
+                    group.append(owner.backend)
+                    break
+            else:
+                groups.append([owner.backend])
+        return tuple(BackendGroup(group) for group in groups)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The backends that could not look, then what every backend that looked found
+        worth saying (an iptables chain named ``K3SNET-*`` that is not k3snet's ...)."""
+        found = [f"{line}: not looked through, k3snet's objects there (if any) stay"
+                 for line in self.unavailable]
+        for backend in self._looked:
+            found += [str(w) for w in getattr(backend, "warnings", ()) or ()]
+        return tuple(found)
+
+    def summary(self) -> str:
+        """``Looked through netlink, nftables, iptables-nft, iptables-legacy: k3snet's
+        objects are held by netlink (3), iptables-nft (4).``"""
+        looked = [o.label for o in self.owners] + list(self.idle)
+        order = [label for label, _, _ in NODE_BACKENDS]
+        looked.sort(key=lambda label: order.index(label) if label in order else len(order))
+        held = ", ".join(f"{o.label} ({o.owned})" for o in self.owners) or "none of them"
+        return (f"Looked through {', '.join(looked) or 'no backend'} (no backend named): "
+                f"k3snet's objects are held by {held}.")
+
+    def close(self) -> None:
+        """Close every backend made (all of them, even if one fails to close)."""
+        for backend in self._looked:
+            with contextlib.suppress(Exception):
+                backend.close()
+
+    def __enter__(self) -> Discovery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> Discovery:
+    """Look for k3snet's objects with every backend of :data:`NODE_BACKENDS`.
+
+    ``options``: keyword options by backend name (``{"netlink": {"netns": "x"}}``,
+    as the CLI resolves them: ``--netns``, the environment's ``K3SNET_STATE_DIR``,
+    ``--backend-opt``), given to every backend of that name; an ``iptables`` ``mode``
+    given there keeps that flavour alone. Changes nothing.
+
+    >>> from k3snet.converge import destroy_each
+    >>> with discover_owners({"netlink": {"netns": "lab"}}) as found:  # doctest: +SKIP
+    ...     print(found.summary())
+    ...     destroy_each(found.groups)
+    """
+    options = options or {}
+    owners: list[Owner] = []
+    idle: list[str] = []
+    unavailable: list[str] = []
+    looked: list[Backend] = []
+    for label, name, fixed in NODE_BACKENDS:
+        given = dict(options.get(name, {}))
+        if "mode" in fixed and given.get("mode", "auto") not in ("auto", fixed["mode"]):
+            continue  # the flavour asked for is the other one
+        try:
+            backend = create_backend(name, **{**given, **fixed})
+        except BackendUnavailableError as exc:  # a library missing (nftables' bindings)
+            unavailable.append(f"{label}: {exc}")
+            continue
+        looked.append(backend)
+        try:
+            owned = len(backend.observe().owned)
+        except K3snetError as exc:  # a tool missing (iptables-legacy-save), no nf_tables
+            log.debug("%s could not look: %s", label, exc)
+            unavailable.append(f"{label}: {exc}")
+            looked.pop()
+            with contextlib.suppress(Exception):
+                backend.close()
+            continue
+        if owned:
+            owners.append(Owner(label, backend, owned))
+        else:
+            idle.append(label)
+    return Discovery(tuple(owners), tuple(idle), tuple(unavailable), tuple(looked))
+

@@ -1,0 +1,109 @@
+"""discover_owners and destroy_each, with in-memory backends standing in for the node's."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
+
+from k3snet import MemoryBackend, State, Sysctl
+from k3snet.backends import discover
+from k3snet.backends.registry import register_backend, unregister_backend
+from k3snet.cli import main
+from k3snet.converge import destroy_each
+from k3snet.errors import ApplyError, BackendUnavailableError
+from k3snet.model import MasqueradeRule, Route
+from k3snet.schemas import SCHEMA_NAMES, load_schema
+
+ROUTE = Route("192.168.2.0/24", gateway="192.168.1.1")
+NAT = MasqueradeRule("10.42.0.0/16")
+SYSCTL = Sysctl("net.ipv4.ip_forward", 1)
+
+
+class Missing(MemoryBackend):
+    """A backend whose tool is missing: it cannot look."""
+
+    def observe(self) -> State:
+        raise BackendUnavailableError("fake-save not found on PATH (install it)")
+
+
+@pytest.fixture
+def node(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, MemoryBackend]]:
+    """Four memory backends in NODE_BACKENDS' places: routes, nftables-like (holding NAT),
+    iptables-like of one flavour (holding the same NAT: backends switched), one missing."""
+    made = {
+        "fake-netlink": MemoryBackend(State(owned=[ROUTE, SYSCTL]),
+                                      capabilities=["route", "sysctl"]),
+        "fake-nft": MemoryBackend(State(owned=[NAT]), capabilities=["nat", "forward"]),
+        "fake-ipt": MemoryBackend(State(owned=[NAT]), capabilities=["nat", "forward"]),
+        "fake-idle": MemoryBackend(capabilities=["nat", "forward"]),
+        "fake-missing": Missing(capabilities=["nat", "forward"]),
+    }
+    for name, backend in made.items():
+        register_backend(name, lambda backend=backend, **_: backend)
+    monkeypatch.setattr(discover, "NODE_BACKENDS", tuple((n, n, {}) for n in made))
+    monkeypatch.setattr("k3snet.cli.NODE_BACKENDS", discover.NODE_BACKENDS)
+    try:
+        yield made
+    finally:
+        for name in made:
+            unregister_backend(name)
+
+
+def test_backends_holding_one_kind_are_two_groups_and_a_missing_one_is_a_warning(
+        node: dict[str, MemoryBackend]) -> None:
+    with discover.discover_owners() as found:
+        assert [o.label for o in found.owners] == ["fake-netlink", "fake-nft", "fake-ipt"]
+        assert found.idle == ("fake-idle",)
+        assert [[m.backend for m in g.members] for g in found.groups] == [
+            [node["fake-netlink"], node["fake-nft"]], [node["fake-ipt"]]]
+        (missing,) = found.warnings
+        assert missing.startswith("fake-missing: fake-save not found")
+        preview = destroy_each(found.groups, dry_run=True)
+        assert len(preview.plan.changes) == 4  # the NAT rule once through each backend
+        assert node["fake-ipt"].observe().owned == {NAT}
+        done = destroy_each(found.groups)
+    assert done.result is not None
+    assert len(done.result.applied) == 4
+    assert all(not b.observe().owned for n, b in node.items() if n != "fake-missing")
+
+
+def test_destroy_naming_no_backend_says_what_it_found_in_its_document(
+        node: dict[str, MemoryBackend], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["destroy", "--auto-approve", "--no-facts", "--output", "json"]) == 0
+    document: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert document["discovered"] == {
+        "held": {"fake-netlink": 2, "fake-nft": 1, "fake-ipt": 1}, "empty": ["fake-idle"],
+        "unavailable": ["fake-missing: fake-save not found on PATH (install it)"]}
+    assert len(document["applied"]) == 4
+    assert any("fake-missing" in w for w in document["warnings"])
+    registry: Registry[Any] = Registry().with_resources(
+        (load_schema(n)["$id"], Resource.from_contents(load_schema(n))) for n in SCHEMA_NAMES)
+    jsonschema.Draft202012Validator(load_schema("apply"), registry=registry).validate(document)
+
+    assert main(["destroy", "--auto-approve", "--no-facts"]) == 0
+    out = capsys.readouterr().out
+    assert "Looked through fake-netlink, fake-nft, fake-ipt, fake-idle" in out
+    assert "Nothing to destroy" in out
+
+
+def test_a_backend_opt_may_name_any_backend_looked_through(
+        node: dict[str, MemoryBackend], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["destroy", "--dry-run", "--backend-opt", "nope.x=1"]) == 1
+    assert "no backend 'nope' in use" in capsys.readouterr().err
+
+
+def test_a_later_backend_failing_leaves_the_earlier_removals_done_and_says_so(
+        node: dict[str, MemoryBackend], caplog: pytest.LogCaptureFixture) -> None:
+    node["fake-ipt"].faults.fail_at(0)
+    with discover.discover_owners() as found, pytest.raises(ApplyError) as failed:
+        destroy_each(found.groups)
+    said = "removed before memory failed, and not undone: memory+memory: 3 change(s)"
+    assert any(note.startswith(said) for note in failed.value.__notes__)
+    assert said in caplog.text
+    assert not node["fake-netlink"].observe().owned
+    assert node["fake-ipt"].observe().owned == {NAT}  # all or nothing, within a backend
