@@ -324,6 +324,65 @@ def _vmap_expanded(expr: list[Any]) -> list[list[Any]]:
              *expr[at + 1:]] for value, verdict in pairs]
 
 
+def _stop_expanded(expr: list[Any]) -> list[list[Any]]:
+    """A drop, reject or queue testing an address against an anonymous set or a range
+    (``ip daddr { 192.168.2.0/24, 10.9.0.0/16 } drop``, ``ip daddr 192.168.2.0-192.168.2.200
+    drop``) as one rule per prefix it names: the rule stops a packet when one of them
+    matches, so testing them one by one decides as the kernel does. Read whole, it named
+    no address k3snet models, and a drop of the pods' destination was no block at all.
+    Any other rule, and one naming more than :data:`_MAX_VMAP_ELEMENTS` prefixes, stays
+    as it is."""
+    sets = [(at, nets) for at, statement in enumerate(expr)
+            if (nets := _address_set(statement)) is not None]
+    if not sets or parse_rule(expr).verdict not in _STOPS:
+        return [expr]
+    exprs = [expr]
+    for at, nets in sets:
+        test = expr[at]["match"]
+        exprs = [[*e[:at], {"match": {**test, "right": {"prefix": {
+                      "addr": str(net.network_address), "len": net.prefixlen}}}}, *e[at + 1:]]
+                 for e in exprs for net in nets]
+        if len(exprs) > _MAX_VMAP_ELEMENTS:
+            return [expr]
+    return exprs
+
+
+def _address_set(statement: Any) -> list[Network] | None:
+    """The prefixes of a positive address test against an anonymous set or a range (else
+    None: one prefix, anything else, an element k3snet cannot read)."""
+    test = statement.get("match") if isinstance(statement, dict) and len(statement) == 1 else None
+    if not isinstance(test, dict) or test.get("op", "==") not in ("==", "in"):
+        return None
+    left, right = test.get("left"), test.get("right")
+    payload = left.get("payload") if isinstance(left, dict) else None
+    if (not isinstance(payload, dict) or payload.get("protocol") not in ("ip", "ip6")
+            or payload.get("field") not in ("saddr", "daddr") or not isinstance(right, dict)):
+        return None
+    items = right.get("set") if "set" in right else [right] if "range" in right else None
+    if not isinstance(items, list) or not items:
+        return None
+    nets: list[Network] = []
+    try:
+        for item in items:
+            nets += _element_prefixes(item)
+            if len(nets) > _MAX_VMAP_ELEMENTS:
+                return None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return nets
+
+
+def _element_prefixes(item: Any) -> list[Network]:
+    """The prefixes one set element names (an address, a prefix, a range); raises
+    ValueError (or TypeError, KeyError) for anything else."""
+    if isinstance(item, dict) and isinstance(item.get("elem"), dict):
+        item = item["elem"].get("val")  # an element with a comment, a timeout ...
+    if isinstance(item, dict) and "range" in item:
+        low, high = (ipaddress.ip_address(str(a)) for a in item["range"])
+        return list(ipaddress.summarize_address_range(low, high))
+    return [_network(item)]
+
+
 def parse_rule(expr: Sequence[Any]) -> Match:
     """Read a rule's JSON statements into a :class:`Match`; never raises on odd input."""
     out = Match()
@@ -780,7 +839,8 @@ class ForeignReader:
         for item in items:
             rule = item.get("rule")
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
-                for expr in _vmap_expanded(rule["expr"]):
+                for expr in (one for whole in _vmap_expanded(rule["expr"])
+                             for one in _stop_expanded(whole)):
                     match = parse_rule(expr)
                     if match.verdict in _STOPS and not any(
                             not neg for _, neg in match.saddr + match.daddr):
