@@ -1,14 +1,16 @@
-"""A foreign drop naming its addresses in an anonymous set or a range is a block of each.
+"""A foreign verdict naming its addresses in an anonymous set or a range is one per prefix.
 
 ``ip daddr { 192.168.2.0/24, 10.9.0.0/16 } drop`` and ``ip daddr 192.168.2.0-192.168.2.200
 drop`` named no address k3snet models: read whole, the rule was a test k3snet did not
 model, with no address, so no block at all, and ``k3snet plan`` said the pods' forward
-rule was to be added (exit 2) while the kernel dropped their traffic. A verdict map's
-elements were read one by one (``ip daddr vmap { 192.168.2.0/24 : drop }``), the same
-drop in a set was not. A drop stops a packet when one element matches: one block per
-prefix the set or range names decides as the kernel does, and stays as precise as the
-set (firewalld's reject of IPv6's special prefixes is no conflict of the pods' IPv6
-traffic). Kernel tests check the kernel's own view (``nft -j list ruleset``).
+rule was to be added (exit 2) while the kernel dropped their traffic; ``ip saddr {
+10.42.0.0/16, 10.50.0.0/16 } accept`` took nothing, and a policy drop after it was
+warned of as dropping the pods. A verdict map's elements were read one by one (``ip
+daddr vmap { 192.168.2.0/24 : drop }``), the same drop in a set was not. An accept or a
+drop ends the chain for a packet one element matches: one rule per prefix the set or
+range names decides as the kernel does, and stays as precise as the set (firewalld's
+reject of IPv6's special prefixes is no conflict of the pods' IPv6 traffic). Kernel
+tests check the kernel's own view (``nft -j list ruleset``).
 """
 
 from __future__ import annotations
@@ -100,16 +102,38 @@ def test_a_set_k3snet_cannot_read_whole_stays_one_rule(elements: list[Any], why:
     assert typed(kernel) == [], why
 
 
-def test_an_accept_of_a_set_is_not_read_element_by_element() -> None:
-    # Only drops are read so: an accept of a set still takes nothing k3snet can name
-    # (a doubt counts against k3snet), so the drop after it stays a conflict.
+def test_an_accept_of_a_set_holding_the_pods_takes_them_before_a_drop() -> None:
+    # Read whole, the accept took nothing: the drop after it was a conflict of the pods'
+    # forward rule while their packets never reached it.
     kernel = forward(("accept", [[in_set(saddr("10.42.0.0/16")["match"]["left"],
                                          prefix("10.42.0.0/16"), prefix("10.50.0.0/16")),
                                   ACCEPT], [daddr(B), DROP]]))
     (found,) = typed(kernel)
-    assert found.accepted == ()
+    assert found.accepted == (ForwardRule("10.42.0.0/16", "0.0.0.0/0"),
+                              ForwardRule("10.50.0.0/16", "0.0.0.0/0"))
+    assert not found.decides(ForwardRule("10.42.0.0/16", B))
+    assert found.decides(ForwardRule("10.43.0.0/16", B))
 
 
+def test_a_jump_for_a_set_stays_one_rule() -> None:
+    # A jump comes back to the rule after it: only verdicts that end the chain are read
+    # element by element.
+    kernel = forward(("accept", [[in_set(DADDR, prefix(B), prefix("10.9.0.0/16")),
+                                  {"jump": {"target": "sub"}}]]), sub=[[DROP]])
+    assert typed(kernel) == []
+
+
+# A policy drop whose chain accepts the pods through a set: no warning (it was one).
+SET_ACCEPT = """
+table inet filter {
+    chain forward {
+        type filter hook forward priority 0; policy drop;
+        ct state { established, related } accept
+        ip saddr { 10.42.0.0/16, 10.50.0.0/16 } accept
+        ip6 saddr fd42:42::/56 accept
+    }
+}
+"""
 SET_DROP = """
 table inet admin {
     chain forward {
@@ -152,7 +176,8 @@ def _ruleset(ns: str) -> list[str]:
     (SET_DROP, "drop by nftables inet admin forward: ip daddr 192.168.2.0/24 drop"),
     (RANGE_DROP, "drop by nftables ip admin forward: ip daddr 192.168.2.0/25 "),
     (FIREWALLD_SPECIAL_IPV6, None),
-], ids=["set", "range", "firewalld"])
+    (SET_ACCEPT, None),
+], ids=["set", "range", "firewalld", "set accept"])
 def test_the_plan_names_a_set_s_or_a_range_s_drop_of_the_pods_destination(
         ns: str, rules: str, conflict: str | None, capsys: pytest.CaptureFixture[str]) -> None:
     run_in(ns, ["nft", "-f", "-"], input_text=rules)
@@ -164,6 +189,7 @@ def test_the_plan_names_a_set_s_or_a_range_s_drop_of_the_pods_destination(
     if conflict is None:
         assert code == 2, out
         assert not [line for line in out.splitlines() if line.startswith("! ")], out
+        assert not [line for line in out.splitlines() if line.startswith("!! warning: nftables")]
         return
     assert code == 4, out
     assert "! forward accept 10.42.0.0/16 -> 192.168.2.0/24" in out

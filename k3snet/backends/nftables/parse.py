@@ -324,17 +324,19 @@ def _vmap_expanded(expr: list[Any]) -> list[list[Any]]:
              *expr[at + 1:]] for value, verdict in pairs]
 
 
-def _stop_expanded(expr: list[Any]) -> list[list[Any]]:
-    """A drop, reject or queue testing an address against an anonymous set or a range
-    (``ip daddr { 192.168.2.0/24, 10.9.0.0/16 } drop``, ``ip daddr 192.168.2.0-192.168.2.200
-    drop``) as one rule per prefix it names: the rule stops a packet when one of them
-    matches, so testing them one by one decides as the kernel does. Read whole, it named
-    no address k3snet models, and a drop of the pods' destination was no block at all.
+def _set_expanded(expr: list[Any]) -> list[list[Any]]:
+    """An accept, drop, reject or queue testing an address against an anonymous set or a
+    range (``ip daddr { 192.168.2.0/24, 10.9.0.0/16 } drop``, ``ip saddr { 10.42.0.0/16,
+    10.50.0.0/16 } accept``, ``ip daddr 192.168.2.0-192.168.2.200 drop``) as one rule per
+    prefix it names: the verdict ends the chain for a packet one of them matches, so
+    testing them one by one decides as the kernel does. Read whole, the rule named no
+    address k3snet models: a drop of the pods' destination was no block at all, an
+    accept of the pods took nothing (a policy drop after it warned of as dropping them).
     Any other rule, and one naming more than :data:`_MAX_VMAP_ELEMENTS` prefixes, stays
     as it is."""
     sets = [(at, nets) for at, statement in enumerate(expr)
             if (nets := _address_set(statement)) is not None]
-    if not sets or parse_rule(expr).verdict not in _STOPS:
+    if not sets or parse_rule(expr).verdict not in (*_STOPS, "accept"):
         return [expr]
     exprs = [expr]
     for at, nets in sets:
@@ -840,7 +842,7 @@ class ForeignReader:
             rule = item.get("rule")
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
                 for expr in (one for whole in _vmap_expanded(rule["expr"])
-                             for one in _stop_expanded(whole)):
+                             for one in _set_expanded(whole)):
                     match = parse_rule(expr)
                     if match.verdict in _STOPS and not any(
                             not neg for _, neg in match.saddr + match.daddr):
