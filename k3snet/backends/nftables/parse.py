@@ -578,6 +578,9 @@ class ForeignReader:
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
     # each chain's rules that stop any packet (a drop, reject or queue naming no address)
     _catch_alls: dict[tuple[tuple[str, str], str], list[str]] = field(default_factory=dict)
+    # each chain's rules that stop packets naming an address: a default of a nat chain
+    # after k3snet's (no block: it never sees what k3snet's NAT translates)
+    _addressed: dict[tuple[tuple[str, str], str], list[str]] = field(default_factory=dict)
     # the rules walked for NAT and accepts, and those read for forward drops
     _walk_budget: _Budget = field(
         default_factory=lambda: _Budget("the walk of other tables' chains"))
@@ -758,7 +761,10 @@ class ForeignReader:
         on the forward, prerouting or postrouting hook, or a nat chain on the prerouting
         or postrouting hook (the kernel runs those for the first packet of each new
         connection, conntrack on: a drop there drops it, and the connection never
-        starts). Call after :meth:`read`; judged later without listing anything
+        starts). In a nat chain on the postrouting hook after k3snet's, a rule of its own
+        stopping some addresses is one too: it is no block, since the kernel never runs it
+        for a connection k3snet's NAT translated, and drops the others. Call after
+        :meth:`read`; judged later without listing anything
         (:meth:`ForwardDefaults.unopened`)."""
         found = []
         bases = [*((b, "filter") for b in (*self.forward_bases, *self.path_bases)),
@@ -766,6 +772,8 @@ class ForeignReader:
         for (where, name, policy), kind in bases:
             what = [f"policy {policy}"] if policy != "accept" else []
             what += self._catch_alls.get((where, name), [])
+            if (where, name) in self._after_own_nat:
+                what += self._addressed.get((where, name), [])
             if what:
                 found.append(ForwardDefault(
                     where[0], where[1], name, policy, tuple(what), kind=kind,
@@ -838,6 +846,7 @@ class ForeignReader:
             return [_unseen()]
         rules = []
         stops = self._catch_alls[(where, chain)] = []
+        addressed = self._addressed[(where, chain)] = []
         for item in items:
             rule = item.get("rule")
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
@@ -848,6 +857,10 @@ class ForeignReader:
                             not neg for _, neg in match.saddr + match.daddr):
                         stops.append(f"a rule that may {match.verdict} any address "
                                      f"(handle {rule.get('handle')})")
+                    elif match.verdict in _STOPS:
+                        addressed.append(f"a rule that may {match.verdict} "
+                                         f"{' '.join(_rule_words(match)[0])} "
+                                         f"(handle {rule.get('handle')})")
                     if match.proto is None and family in ("ip", "ip6"):
                         match.proto = family
                     rules.append(match)
