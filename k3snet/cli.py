@@ -40,6 +40,7 @@ from k3snet.backends.registry import (
     create_backend,
     load_backend,
     option_defaults,
+    option_problems,
     path_options,
     refuse_undeclared,
 )
@@ -960,7 +961,8 @@ def _recipe(args: argparse.Namespace, spec: Spec | None,
     if spec is not None:  # the spec's backends: options, with their paths
         check_backend_options(spec, backend_options,
                               [n for n in sorted(used) if spec_backend_options(spec, n)],
-                              source=_where(args), paths=path_options)
+                              source=_where(args), paths=path_options,
+                              values=option_problems)
     _check_backend_opt_targets(args, used)
     recipe: _Recipe = []
     for entry in names:
@@ -1743,7 +1745,8 @@ def _destination(text: str) -> tuple[str, int | None]:
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         spec = _spec(args)
-        check_backend_options(spec, backend_options, source=str(args.spec), paths=path_options)
+        check_backend_options(spec, backend_options, source=str(args.spec), paths=path_options,
+                              values=option_problems)
         compile_spec(spec)
     except SpecError as exc:
         if not _json(args):
