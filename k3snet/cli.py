@@ -29,6 +29,7 @@ from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._logline import bounded as bounded_line
 from k3snet._logline import one_line
 from k3snet._version import __version__
+from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, option_seconds
@@ -2006,14 +2007,19 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
     paths.pop(NETPLAN_FILE, None)  # the file this replaces
     documents: dict[str, object] = {}
     for name, path in sorted(paths.items()):
+        text = ""
         try:
             text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
             documents[name] = yaml.safe_load(text)
         except OSError as exc:
             raise ModelError(f"cannot read the netplan file {path}: {input_problem(exc)}") \
                 from None
-        except (UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ModelError(f"netplan file {path} is not YAML netplan reads: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ModelError(f"netplan file {path} is not UTF-8 text (byte {exc.start}: "
+                             f"{exc.reason})") from None
+        except yaml.YAMLError as exc:
+            raise ModelError(f"netplan file {path} is not YAML netplan reads: "
+                             f"{yaml_problem(exc, text)[:300]}") from None
     return documents
 
 

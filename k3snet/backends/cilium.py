@@ -64,6 +64,7 @@ from k3snet._gojson import (
     load_json,
     nests_deeper,
 )
+from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult, ensure_capable
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
@@ -207,7 +208,8 @@ def _parse_agent_yaml(text: str, where: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise BackendError(f"{where}: the ip-masq-agent config is not valid YAML or JSON "
-                           f"({exc}); Cilium cannot read it either") from exc
+                           f"({yaml_problem(exc, text)[:300]}); Cilium cannot read it either"
+                           ) from exc
     except RecursionError:
         raise BackendError(too_deep) from None
     if nests_deeper(value, MAX_NESTING, shared=True):  # aliases share containers
