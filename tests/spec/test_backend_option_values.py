@@ -108,3 +108,15 @@ def test_an_unknown_or_relative_option_is_said_once() -> None:
     problems = backend_option_problems(spec, backend_options, values=option_problems,
                                        paths=lambda _name: ["state_dir"])
     assert [p.path for p in problems] == ["backends.netlink.tabels", "backends.netlink.state_dir"]
+
+
+def test_plan_names_the_spec_path_of_a_value_before_building_any_backend(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """plan, apply and the agent build their backends through one recipe, which checks
+    the spec's options first: the constructor's error named no spec path."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(HEADER + "backends:\n  memory: {}\n  nftables: {table: 'k3s net'}\n")
+    assert main(["plan", "-f", str(spec), "--backend", "nftables", "--no-facts",
+                 "--netns", "h-yaml-never-made"]) == 1
+    err = capsys.readouterr().err
+    assert "backends.nftables.table: nftables table name 'k3s net' must be" in err
