@@ -139,6 +139,7 @@ from k3snet.backends.kit import (
     BackendBase,
     Compensation,
     GcPause,
+    OptionChecks,
     gc_paused,
     option_seconds,
 )
@@ -187,6 +188,14 @@ class _Step:
     edit: TableEdit
 
 
+def _choice(option: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a :class:`~k3snet.errors.BackendError`."""
+    if isinstance(value, str) and value in choices:
+        return value
+    named = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}"
+    raise BackendError(f"{option} must be {named}, not {value!r}")
+
+
 class IptablesBackend(BackendBase):
     """Masquerade/SNAT (nat table) and forward accepts (filter table) through iptables.
 
@@ -209,6 +218,11 @@ class IptablesBackend(BackendBase):
     option_defaults: ClassVar[Mapping[str, str]] = {"netns": "the caller's own namespace"}
     """What an option left out means (``k3snet explain backends.iptables``)."""
     capabilities: frozenset[str] = frozenset({"nat", "forward"})
+    option_checks: ClassVar[OptionChecks] = {
+        "driver": lambda v: _choice("driver", v, ("restore", "libiptc", "auto")),
+        "mode": lambda v: _choice("mode", v, ("nft", "legacy", "auto")),
+        "timeout": lambda v: option_seconds("timeout", v)}
+    """The constructor's checks of option values."""
 
     def __init__(
         self,
@@ -220,11 +234,9 @@ class IptablesBackend(BackendBase):
         kernel: Kernel | None = None,
     ) -> None:
         super().__init__()
-        if driver not in ("restore", "libiptc", "auto"):
-            raise BackendError(f"driver must be 'restore', 'libiptc' or 'auto', not {driver!r}")
-        if mode not in ("nft", "legacy", "auto"):
-            raise BackendError(f"mode must be 'nft', 'legacy' or 'auto', not {mode!r}")
-        timeout = option_seconds("timeout", timeout)
+        for option, value in (("driver", driver), ("mode", mode), ("timeout", timeout)):
+            self.option_checks[option](value)
+        timeout = float(timeout)
         if netns is not None and kernel is None:
             path = netns_path(validate_netns(netns))
             if not path.exists():
