@@ -1101,9 +1101,12 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
                             ours=filter_state.chains)
     set_aside(filter_state, blocks)
     foreign |= blocks
-    # raw, mangle and security run on the same path (k3snet has no jump there).
+    # raw, mangle and security run on the same path (k3snet has no jump there). Under a
+    # FORWARD policy that drops, raw's untracked packets are a forward block too: their
+    # replies never match k3snet's accept of established connections.
+    drops = "filter" in dump and dump["filter"].policies.get("FORWARD", "ACCEPT") != "ACCEPT"
     for table in PATH_CHAINS:
-        path = path_blocks(dump.get(table), family)
+        path = path_blocks(dump.get(table), family, forward_drops=drops)
         set_aside(filter_state, path)
         set_aside(tables[family, "nat"], path)  # raw's NOTRACK: no NAT at all
         foreign |= path
