@@ -114,6 +114,7 @@ from k3snet.backends.iptables.foreign import (
     nat_blocks,
     path_blocks,
 )
+from k3snet.backends.iptables.made import Made, MadeRecord
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
 from k3snet.backends.iptables.native import NativeRead, native_tables, read_native
 from k3snet.backends.iptables.save import TableDump, parse_save
@@ -143,6 +144,7 @@ from k3snet.backends.kit import (
     gc_paused,
     option_seconds,
 )
+from k3snet.backends.lock import namespace_id
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables.kernel import BoundedLister, Lists
@@ -725,8 +727,83 @@ class IptablesBackend(BackendBase):
         fail_after = self.faults.take(plan)
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
+        missing = self._builtins_missing(plan)
         with gc_paused(len(plan.changes)) as pause:
-            return self._apply(plan, fail_after, pause)
+            result = self._apply(plan, fail_after, pause)
+        if missing is not None:
+            self._tidy_builtins(missing)
+        return result
+
+    def _reader(self) -> GenerationReader | None:
+        """The namespace's netfilter netlink reader (``None``: none here)."""
+        if self._generation is None and not self._no_generation:
+            self._nft_generation()
+        return self._generation
+
+    def _builtins_missing(self, plan: Plan) -> list[Made] | None:
+        """The built-in chains iptables-nft will make for ``plan``'s rules (that do not
+        exist yet: :mod:`k3snet.backends.iptables.made`); ``None``: not told (legacy,
+        a replaced kernel seam, no netfilter netlink, or it could not be read)."""
+        if self.mode != "nft" or not isinstance(self._kernel, Processes):
+            return None
+        try:
+            reader = self._reader()
+            if reader is None:
+                return None
+            missing = []
+            for family, table in sorted({_where_of(c.subject) for c in plan.changes
+                                         if c.action != "delete"}):
+                nft_family, chain = _nft_family(family), HOOKS[table].builtin
+                if reader.chain_state(nft_family, table, chain) is None:
+                    made = reader.table_use(nft_family, table) is None
+                    missing.append(Made(nft_family, table, chain, made))
+        except K3snetError as exc:
+            log.debug("iptables: cannot tell which built-in chains exist: %s", exc)
+            return None
+        return missing
+
+    def _tidy_builtins(self, missing: list[Made]) -> None:
+        """Record the built-in chains the apply made (of ``missing``), and delete those
+        recorded whose table no longer holds a chain of k3snet's, when still unused
+        (see :mod:`k3snet.backends.iptables.made`). Never fails the apply done."""
+        try:
+            reader = self._reader()
+            if reader is None:
+                return
+            record = MadeRecord(self._netns, namespace_id(self._netns))
+            before = record.load()
+            made = list(before)
+            made += [m for m in missing if m not in made
+                     and reader.chain_state(m.family, m.table, m.chain) is not None]
+            kept = [m for m in made if not self._remove_unused(reader, m)]
+            if kept != before:
+                record.save(kept)
+        except K3snetError as exc:
+            log.warning("iptables: cannot tidy the built-in chains k3snet made: %s", exc)
+
+    def _remove_unused(self, reader: GenerationReader, made: Made) -> bool:
+        """Whether ``made`` is done with: deleted now (k3snet's chains gone from its table,
+        the chain empty with policy accept), gone, or another program's (a rule in it, a
+        policy drop); ``False``: still k3snet's to keep, or the kernel refused."""
+        family = 4 if made.family == "ip" else 6
+        state = self._tables.get((family, made.table)) if self._tables is not None else None
+        if state is None or state.chains:
+            return False  # k3snet's chains are there (or unknown): the chain is in use
+        generation = reader.read()
+        found = reader.chain_state(made.family, made.table, made.chain)
+        if found is None or found != (0, True):
+            return True  # gone, or used by another program since: not k3snet's to delete
+        table_too = made.table_made and reader.table_use(made.family, made.table) == 1
+        try:
+            reader.delete_unchanged(generation, made.family, made.table, made.chain,
+                                    table_too=table_too)
+        except K3snetError as exc:  # changed meanwhile (ERESTART), or used (EBUSY)
+            log.info("iptables: %s %s %s, made for k3snet's rules, left: %s", made.family,
+                     made.table, made.chain, exc)
+            return False
+        log.info("iptables: deleted %s %s %s%s, made for k3snet's rules only and unused",
+                 made.family, made.table, made.chain, " and its table" if table_too else "")
+        return True
 
     def _apply(self, plan: Plan, fail_after: int | None, pause: GcPause) -> ApplyResult:
         inject = injected = None
@@ -1113,9 +1190,12 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
                             ours=filter_state.chains)
     set_aside(filter_state, blocks)
     foreign |= blocks
-    # raw, mangle and security run on the same path (k3snet has no jump there).
+    # raw, mangle and security run on the same path (k3snet has no jump there). Under a
+    # FORWARD policy that drops, raw's untracked packets are a forward block too: their
+    # replies never match k3snet's accept of established connections.
+    drops = "filter" in dump and dump["filter"].policies.get("FORWARD", "ACCEPT") != "ACCEPT"
     for table in PATH_CHAINS:
-        path = path_blocks(dump.get(table), family)
+        path = path_blocks(dump.get(table), family, forward_drops=drops)
         set_aside(filter_state, path)
         set_aside(tables[family, "nat"], path)  # raw's NOTRACK: no NAT at all
         foreign |= path
