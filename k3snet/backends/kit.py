@@ -47,6 +47,7 @@ A custom backend that subclasses :class:`BackendBase` gets all of this::
 from __future__ import annotations
 
 import errno as errno_codes
+import os
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -84,6 +85,7 @@ __all__ = [
     "fit_problems",
     "gc_paused",
     "option_flag",
+    "option_path",
     "option_seconds",
     "option_text",
     "run_option_checks",
@@ -124,6 +126,16 @@ def option_text(name: str, value: object) -> str:
     """A text option: never a number, a list or ``None``."""
     if not isinstance(value, str):
         raise ModelError(f"{name} must be text, got {value!r}")
+    return value
+
+
+def option_path(name: str, value: object) -> str | os.PathLike[str]:
+    """A file or directory option: text or a path object, holding no NUL (which no
+    system call takes: ``embedded null byte`` at the first use, far from the option)."""
+    if not isinstance(value, str | os.PathLike):
+        raise ModelError(f"{name} must be a path (text), got {value!r}")
+    if "\0" in os.fspath(value):
+        raise ModelError(f"{name} must be a path without NUL characters, got {value!r}")
     return value
 
 

@@ -34,14 +34,13 @@ WANTED = State(owned=[
 
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
     return tmp_path
 
 
 @pytest.fixture
 def backend(ns: str, state_dir: Path) -> Iterator[IptablesBackend]:
-    with IptablesBackend(ns, mode="nft") as made:
+    with IptablesBackend(ns, mode="nft", state_dir=state_dir) as made:
         yield made
 
 

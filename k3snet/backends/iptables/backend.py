@@ -88,6 +88,7 @@ Drift
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -114,7 +115,7 @@ from k3snet.backends.iptables.foreign import (
     nat_blocks,
     path_blocks,
 )
-from k3snet.backends.iptables.made import Made, MadeRecord
+from k3snet.backends.iptables.made import DEFAULT_ROOT, Made, MadeRecord
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
 from k3snet.backends.iptables.native import NativeRead, native_tables, read_native
 from k3snet.backends.iptables.save import TableDump, parse_save
@@ -142,6 +143,7 @@ from k3snet.backends.kit import (
     GcPause,
     OptionChecks,
     gc_paused,
+    option_path,
     option_seconds,
 )
 from k3snet.backends.lock import namespace_id
@@ -207,6 +209,9 @@ class IptablesBackend(BackendBase):
 
     ``netns`` names the network namespace (``ip netns``) to work in; ``None`` is
     the caller's own. ``driver`` and ``mode`` are described in the module docs.
+    ``state_dir``: where the record of the built-in chains iptables-nft made for k3snet
+    is kept, ``state_dir/<netns or 'host'>/iptables-made.json`` (default
+    ``/run/k3snet``, as the netlink backend's; :mod:`k3snet.backends.iptables.made`).
     ``kernel`` replaces the I/O seam (:class:`~k3snet.backends.iptables.driver.Kernel`),
     e.g. with a fake serving recorded ``iptables-save`` text; ``driver`` is then
     whatever that kernel is. ``faults.fail_at(N)``
@@ -217,13 +222,15 @@ class IptablesBackend(BackendBase):
     """
 
     name = "iptables"
-    option_defaults: ClassVar[Mapping[str, str]] = {"netns": "the caller's own namespace"}
+    option_defaults: ClassVar[Mapping[str, str]] = {"netns": "the caller's own namespace",
+                                                    "state_dir": str(DEFAULT_ROOT)}
     """What an option left out means (``k3snet explain backends.iptables``)."""
     capabilities: frozenset[str] = frozenset({"nat", "forward"})
     option_checks: ClassVar[OptionChecks] = {
         "driver": lambda v: _choice("driver", v, ("restore", "libiptc", "auto")),
         "mode": lambda v: _choice("mode", v, ("nft", "legacy", "auto")),
-        "timeout": lambda v: option_seconds("timeout", v)}
+        "timeout": lambda v: option_seconds("timeout", v),
+        "state_dir": lambda v: v is None or option_path("state_dir", v)}
     """The constructor's checks of option values."""
 
     def __init__(
@@ -233,11 +240,14 @@ class IptablesBackend(BackendBase):
         driver: Driver = "auto",
         mode: Mode = "auto",
         timeout: float = 30.0,
+        state_dir: str | os.PathLike[str] | None = None,
         kernel: Kernel | None = None,
     ) -> None:
         super().__init__()
-        for option, value in (("driver", driver), ("mode", mode), ("timeout", timeout)):
+        for option, value in (("driver", driver), ("mode", mode), ("timeout", timeout),
+                              ("state_dir", state_dir)):
             self.option_checks[option](value)
+        self._state_dir = state_dir
         timeout = float(timeout)
         if netns is not None and kernel is None:
             path = netns_path(validate_netns(netns))
@@ -770,7 +780,7 @@ class IptablesBackend(BackendBase):
             reader = self._reader()
             if reader is None:
                 return
-            record = MadeRecord(self._netns, namespace_id(self._netns))
+            record = MadeRecord(self._netns, namespace_id(self._netns), self._state_dir)
             before = record.load()
             made = list(before)
             made += [m for m in missing if m not in made

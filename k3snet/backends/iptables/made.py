@@ -7,8 +7,9 @@ policy accept (a nat chain keeps connection tracking on for every packet of the
 namespace). Whether they existed is read when k3snet's apply adds rules to the table
 (the kernel's own answer, never guessed from ``iptables-nft-save``, which shows every
 built-in chain, existing or not), and what k3snet's apply made is kept in
-``<state dir>/<netns or 'host'>/iptables-made.json`` (``$K3SNET_STATE_DIR`` or
-``/run/k3snet``, as the netlink backend's sysctl record), with the namespace's identity.
+``<state_dir>/<netns or 'host'>/iptables-made.json`` (the backend's ``state_dir``,
+``/run/k3snet`` by default, as the netlink backend's sysctl record; the CLI, the agent
+and the Ansible module give both ``$K3SNET_STATE_DIR``), with the namespace's identity.
 Once k3snet's chains are gone from that table, a recorded chain that is still empty
 with policy accept is deleted, with its table when k3snet's apply made that too and
 it holds nothing else, in one transaction the kernel refuses when anything changed
@@ -29,11 +30,11 @@ import attrs
 
 from k3snet._kept import read_trusted, replace_atomically
 
-__all__ = ["Made", "MadeRecord"]
+__all__ = ["DEFAULT_ROOT", "Made", "MadeRecord"]
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_ROOT: Final = Path("/run/k3snet")  # the netlink backend's DEFAULT_STATE_ROOT
+DEFAULT_ROOT: Final = Path("/run/k3snet")  # the netlink backend's DEFAULT_STATE_ROOT
 _NAME: Final = "iptables-made.json"
 _LIMIT: Final = 64 * 1024
 
@@ -52,10 +53,9 @@ class MadeRecord:
     """The record of one namespace (``identity``: its ``namespace_id``; a record of an
     earlier namespace of the same name is another's, and ignored)."""
 
-    def __init__(self, netns: str | None, identity: str) -> None:
-        given = os.environ.get("K3SNET_STATE_DIR")
-        root = Path(given) if given and os.path.isabs(given) else _DEFAULT_ROOT
-        self.file = root / (netns or "host") / _NAME
+    def __init__(self, netns: str | None, identity: str,
+                 root: str | os.PathLike[str] | None = None) -> None:
+        self.file = Path(root if root is not None else DEFAULT_ROOT) / (netns or "host") / _NAME
         self.identity = identity
 
     def load(self) -> list[Made]:
