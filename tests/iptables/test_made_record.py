@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from k3snet.backends.iptables import made
 from k3snet.backends.iptables.made import Made, MadeRecord
 
 MADE = [Made("ip", "filter", "FORWARD", True), Made("ip6", "nat", "POSTROUTING", False)]
@@ -46,9 +47,13 @@ def test_a_damaged_or_foreign_record_is_nothing_made(state_dir: Path,
 
 def test_without_a_state_dir_the_record_is_kept_where_the_netlink_backend_keeps_its_own(
         ) -> None:
-    from k3snet.backends.netlink import DEFAULT_STATE_ROOT  # noqa: PLC0415
+    from k3snet.backends.iptables import IptablesBackend  # noqa: PLC0415
+    from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend  # noqa: PLC0415
 
-    assert MadeRecord("lab", "1-2").file == DEFAULT_STATE_ROOT / "lab" / "iptables-made.json"
+    # (the tests' conftest moves made.DEFAULT_ROOT away from /run/k3snet)
+    assert IptablesBackend.option_defaults["state_dir"] == str(DEFAULT_STATE_ROOT)
+    assert NetlinkBackend.option_defaults["state_dir"] == str(DEFAULT_STATE_ROOT)
+    assert MadeRecord("lab", "1-2").file.parent.parent == made.DEFAULT_ROOT
 
 
 def test_the_cli_s_k3snet_state_dir_reaches_the_iptables_backend_as_the_netlink_one(

@@ -34,7 +34,8 @@ __all__ = ["DEFAULT_ROOT", "Made", "MadeRecord"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT: Final = Path("/run/k3snet")  # the netlink backend's DEFAULT_STATE_ROOT
+DEFAULT_ROOT = Path("/run/k3snet")  # the netlink backend's DEFAULT_STATE_ROOT (not Final:
+# the project's tests move it)
 _NAME: Final = "iptables-made.json"
 _LIMIT: Final = 64 * 1024
 
