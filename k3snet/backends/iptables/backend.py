@@ -116,6 +116,7 @@ from k3snet.backends.iptables.foreign import (
 )
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
 from k3snet.backends.iptables.native import NativeRead, native_tables, read_native
+from k3snet.backends.iptables.routed import RoutedBy, read_routes
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
     INJECTED_CHAIN,
@@ -142,6 +143,7 @@ from k3snet.backends.kit import (
     gc_paused,
     option_seconds,
 )
+from k3snet.backends.netlink.socket_driver import SocketDriver, open_dump_driver
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables.kernel import BoundedLister, Lists
@@ -152,6 +154,7 @@ from k3snet.errors import (
     PlanError,
 )
 from k3snet.model import Drift, ForwardBlock, NetObject
+from k3snet.model.cidr import Network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.state import State
@@ -251,6 +254,7 @@ class IptablesBackend(BackendBase):
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
         self._generation: GenerationReader | None = None
         self._no_generation = False
+        self._route_reader: SocketDriver | None = None  # rtnetlink, for RoutedBy
         self._legacy_reader: NetnsRunner | None = None  # a thread in the namespace
         self._legacy_memo: dict[tuple[int, str], Kept] = {}  # its last read of each table
         # prefetch(): the change token read before the saves it started, and them.
@@ -420,6 +424,30 @@ class IptablesBackend(BackendBase):
             if getattr(other, "name", None) == "nftables"
             for family in table_families(getattr(other, "family", "inet")))
 
+    def _routed(self) -> RoutedBy | None:
+        """The node's routes, read at most once by this observe, when a drop naming an
+        out-interface and no destination is judged (:mod:`~k3snet.backends.iptables.routed`);
+        ``None`` with a replaced kernel seam (nothing is read: such a drop may meet any
+        packet). Not read on the observe cache's path: a route change alone does not move
+        the change token, the next change of the tables reads them again."""
+        if not isinstance(self._kernel, Processes):
+            return None
+
+        def load() -> list[tuple[Network | str, str | None]]:
+            try:
+                if self._route_reader is None:
+                    runner = NetnsRunner(self._netns)
+                    try:
+                        self._route_reader = open_dump_driver(runner)
+                    finally:
+                        runner.close()
+                return read_routes(self._route_reader)
+            except (OSError, K3snetError) as exc:
+                log.debug("routes not read (%s): drops by out-interface judged as any", exc)
+                return [("0.0.0.0/0", None), ("::/0", None)]  # any device: no narrowing
+
+        return RoutedBy(load)
+
     def _read_native(self) -> NativeRead:
         """What nftables tables of other names hold (see
         :mod:`k3snet.backends.iptables.native`), found with one netlink dump of the
@@ -514,6 +542,9 @@ class IptablesBackend(BackendBase):
         if self._generation is not None:
             self._generation.close()
             self._generation = None
+        if self._route_reader is not None:
+            self._route_reader.close()
+            self._route_reader = None
         if self._legacy_reader is not None:
             self._legacy_reader.close()
             self._legacy_reader = None
@@ -659,13 +690,14 @@ class IptablesBackend(BackendBase):
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
         hidden: list[tuple[int, str, str]] = []
+        routed = self._routed()
         try:
             with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the save
                 for family in FAMILIES:
                     dump = self._save(family, started[1].pop(family, None) if started else None)
                     for table in TABLES:
                         tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
-                    foreign |= _judge(family, dump, tables, hidden)
+                    foreign |= _judge(family, dump, tables, hidden, routed)
             # Base chains of nftables tables iptables does not show run on the same hooks.
             self._native = self._read_native()
             for read in tables.values():
@@ -1087,10 +1119,11 @@ def _where_of(subject: NetObject) -> tuple[int, str]:
 
 
 def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str], TableState],
-           hidden: list[tuple[int, str, str]]) -> set[NetObject]:
+           hidden: list[tuple[int, str, str]], routed: RoutedBy | None = None) -> set[NetObject]:
     """The foreign objects of one family's tables (``tables``: k3snet's, as loaded; what a
     foreign rule decides first is set aside there), and the tables of ``PATH_CHAINS``
-    iptables-nft-save left out (added to ``hidden``)."""
+    iptables-nft-save left out (added to ``hidden``); ``routed``: the node's routes, what
+    a drop by out-interface may meet (see :func:`foreign_blocks`)."""
     foreign: set[NetObject] = set()
     foreign |= foreign_nat(dump.get("nat"), family)
     foreign |= foreign_forward(dump.get("filter"), family)
@@ -1098,12 +1131,12 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     # are left out of ``owned``, so the plan says "!" instead of re-adding them.
     filter_state = tables[family, "filter"]
     blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index(),
-                            ours=filter_state.chains)
+                            ours=filter_state.chains, routed=routed)
     set_aside(filter_state, blocks)
     foreign |= blocks
     # raw, mangle and security run on the same path (k3snet has no jump there).
     for table in PATH_CHAINS:
-        path = path_blocks(dump.get(table), family)
+        path = path_blocks(dump.get(table), family, routed=routed)
         set_aside(filter_state, path)
         set_aside(tables[family, "nat"], path)  # raw's NOTRACK: no NAT at all
         foreign |= path
