@@ -163,6 +163,13 @@ def test_a_wildcard_out_interface_covers_every_bridge_it_names() -> None:
     assert str(RoutedBy(ROUTES[6]).cover(6, "docker0")) == "fd00:d0c::/64"
 
 
+def test_a_bridge_without_a_global_ipv6_address_forwards_nothing_the_pods_send() -> None:
+    # Docker's ip6tables rules beside a docker0 that has only its link-local route.
+    routes = [(net, dev) for net, dev in ROUTES[6] if not str(net).startswith("fd00:d0c")]
+    assert str(RoutedBy(routes).cover(6, "docker0")) == "fe80::/64"
+    assert _deciding(docker28(6), 6, RoutedBy(routes)) == set()
+
+
 def test_a_mangle_drop_by_out_interface_is_narrowed_too() -> None:
     text = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
             ":POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o docker0 -j DROP\nCOMMIT\n")
@@ -250,3 +257,33 @@ def test_the_nftables_backend_gives_the_same_verdict_on_dockers_iptables_nft_tab
             for family in (4, 6):
                 probe = lab.tcp_probe(family)
                 assert probe.ok, (family, probe.error)
+
+
+@pytest.mark.kernel
+def test_the_routes_are_read_once_by_an_observe_that_judges_such_a_drop_and_never_else(
+        ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from k3snet.backends.iptables.routed import read_routes  # noqa: PLC0415
+
+    reads: list[int] = []
+
+    def counted(driver: object) -> object:
+        reads.append(1)
+        return read_routes(driver)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("k3snet.backends.iptables.backend.read_routes", counted)
+    run_in(ns, ["ip", "link", "add", "docker0", "type", "bridge"])
+    run_in(ns, ["ip", "addr", "add", BRIDGE[4][0], "dev", "docker0"])
+    run_in(ns, ["ip", "link", "set", "docker0", "up"])
+    with IptablesBackend(ns, mode="nft") as backend:
+        backend.observe()
+        assert reads == []  # no drop by out-interface: no dump
+        for family in (4, 6):
+            tool = f"{'ip' if family == 4 else 'ip6'}tables-nft-restore"
+            run_in(ns, [tool], input_text=docker28(family))
+        observed = backend.observe()
+        assert reads == [1]  # one dump for both families' tables
+        (block,) = [b for b in observed.foreign if isinstance(b, ForwardBlock)
+                    and b.family == 4 and "docker0 -j DROP" in b.rule]
+        assert str(block.destination) == BRIDGE[4][1]
+        backend.observe()  # served from the last read: the change token has not moved
+        assert reads == [1]

@@ -13,8 +13,9 @@ block is judged with (:mod:`k3snet.backends.iptables.foreign`).
 
 A doubt counts against k3snet: a route whose device is not known (multipath, nexthop
 object) may leave by any device, a device no route names gives no cover (it may come
-up later with any route), nor does a default route. IPv6 link-local (``fe80::/10``)
-and multicast destinations are never a forwarded pod connection's, and are left out.
+up later with any route), nor does a default route. Multicast destinations are never a
+forwarded pod connection's, and are left out, and so are IPv6 link-local ones
+(``fe80::/10``) but for a device with no other route.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class RoutedBy:
     True
     >>> routed.cover(4, "eth1") is None  # no route: it may get any one later
     True
+    >>> RoutedBy([("fe80::/64", "docker0")]).cover(6, "docker0")  # forwards nothing
+    IPv6Network('fe80::/64')
     """
 
     def __init__(self, routes: Iterable[tuple[Network | str, str | None]]
@@ -58,21 +61,26 @@ class RoutedBy:
             self._read = []
             for destination, device in self._load():
                 net = ipaddress.ip_network(destination, strict=False)
-                if net.is_multicast or (net.version == 6 and contains(_LINK_LOCAL, net)):
-                    continue
-                self._read.append((net, device))
+                if not net.is_multicast:
+                    self._read.append((net, device))
         return self._read
 
     def cover(self, family: int, interface: str) -> Network | None:
         """The smallest network holding every destination a route by a device that
         ``interface`` (a name, or ``eth+``) may name carries, with the routes of devices
-        not known; ``None`` when that is every address or no route names such a device."""
+        not known; ``None`` when that is every address or no route names such a device.
+
+        IPv6 link-local routes (``fe80::/64`` on every device) count only for a device
+        with no other: the kernel forwards no packet to a link-local address, and one
+        with only those (a bridge without a global IPv6 address) forwards nothing."""
         routes = [(net, device) for net, device in self._routes() if net.version == family]
-        nets = [net for net, device in routes
-                if device is None or interfaces_may_meet(interface, device)]
         if not any(device is not None and interfaces_may_meet(interface, device)
                    for _, device in routes):
             return None
+        nets = [net for net, device in routes
+                if device is None or interfaces_may_meet(interface, device)]
+        wider = [net for net in nets if not (family == 6 and contains(_LINK_LOCAL, net))]
+        nets = wider or nets
         found: Network | None = None
         for net in nets:
             if found is None:
