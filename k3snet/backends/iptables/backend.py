@@ -154,7 +154,6 @@ from k3snet.errors import (
     PlanError,
 )
 from k3snet.model import Drift, ForwardBlock, NetObject
-from k3snet.model.cidr import Network
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.state import State
@@ -433,7 +432,7 @@ class IptablesBackend(BackendBase):
         if not isinstance(self._kernel, Processes):
             return None
 
-        def load() -> list[tuple[Network | str, str | None]]:
+        def load() -> list[tuple[int, int, int, str | None]]:
             try:
                 if self._route_reader is None:
                     runner = NetnsRunner(self._netns)
@@ -444,7 +443,7 @@ class IptablesBackend(BackendBase):
                 return read_routes(self._route_reader)
             except (OSError, K3snetError) as exc:
                 log.debug("routes not read (%s): drops by out-interface judged as any", exc)
-                return [("0.0.0.0/0", None), ("::/0", None)]  # any device: no narrowing
+                return [(4, 0, 0, None), (6, 0, 0, None)]  # any device: no narrowing
 
         return RoutedBy(load)
 

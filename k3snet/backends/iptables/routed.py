@@ -21,19 +21,29 @@ forwarded pod connection's, and are left out, and so are IPv6 link-local ones
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable, Iterable
 
-from k3snet.backends.netlink.codec import ROUTE_TYPES
-from k3snet.backends.netlink.driver import RouteDriver
+from k3snet.backends.netlink.codec import (
+    HDR,
+    RT_TABLE_LOCAL,
+    RTA_DST,
+    RTA_MULTIPATH,
+    RTA_OIF,
+    RTA_TABLE,
+    RTM_F_CLONED,
+    RTM_GETROUTE,
+    RTMSG,
+    RTN_UNICAST,
+    U32,
+    attrs_of,
+    route_dump_request,
+)
+from k3snet.backends.netlink.socket_driver import SocketDriver
 from k3snet.model import interfaces_may_meet
-from k3snet.model.cidr import Network, contains
-from k3snet.model.route import Route, RouteBlock
+from k3snet.model.cidr import Network
 
-__all__ = ["RoutedBy", "read_routes", "route_pairs"]
-
-_NO_DEVICE = frozenset(ROUTE_TYPES.values())
-"""RouteBlock kinds that send no packet out of a device (``blackhole``, ``local`` ...)."""
-
+__all__ = ["RoutedBy", "read_routes"]
 
 class RoutedBy:
     """The node's unicast routes as (destination, device): ``None`` for a device not known.
@@ -51,18 +61,20 @@ class RoutedBy:
     """
 
     def __init__(self, routes: Iterable[tuple[Network | str, str | None]]
-                 | Callable[[], Iterable[tuple[Network | str, str | None]]]) -> None:
-        # A callable is read at the first cover(): no dump when no block needs one.
-        self._load = routes if callable(routes) else lambda: routes
-        self._read: list[tuple[Network, str | None]] | None = None
+                 | Callable[[], Iterable[_Raw]]) -> None:
+        # A callable (raw routes, read_routes) is read at the first cover(): no dump when
+        # no block needs one.
+        if callable(routes):
+            self._load = routes
+        else:
+            nets = [(ipaddress.ip_network(net, strict=False), device) for net, device in routes]
+            raw = [_raw(net, device) for net, device in nets if not net.is_multicast]
+            self._load = lambda: raw
+        self._read: list[_Raw] | None = None
 
-    def _routes(self) -> list[tuple[Network, str | None]]:
+    def _routes(self) -> list[_Raw]:
         if self._read is None:
-            self._read = []
-            for destination, device in self._load():
-                net = ipaddress.ip_network(destination, strict=False)
-                if not net.is_multicast:
-                    self._read.append((net, device))
+            self._read = list(self._load())
         return self._read
 
     def cover(self, family: int, interface: str) -> Network | None:
@@ -73,42 +85,76 @@ class RoutedBy:
         IPv6 link-local routes (``fe80::/64`` on every device) count only for a device
         with no other: the kernel forwards no packet to a link-local address, and one
         with only those (a bridge without a global IPv6 address) forwards nothing."""
-        routes = [(net, device) for net, device in self._routes() if net.version == family]
-        if not any(device is not None and interfaces_may_meet(interface, device)
-                   for _, device in routes):
+        bits = 32 if family == 4 else 128
+        meets: dict[str | None, bool] = {None: True}
+        found: list[tuple[int, int]] = []
+        link_local: list[tuple[int, int]] = []
+        named = False
+        for version, address, length, device in self._routes():
+            if version != family:
+                continue
+            if device not in meets:
+                meets[device] = interfaces_may_meet(interface, device)
+            if not meets[device]:
+                continue
+            named = named or device is not None
+            if family == 6 and address >> 118 == _LINK_LOCAL_TOP:
+                link_local.append((address, length))
+            else:
+                found.append((address, length))
+        if not named:
             return None
-        nets = [net for net, device in routes
-                if device is None or interfaces_may_meet(interface, device)]
-        wider = [net for net in nets if not (family == 6 and contains(_LINK_LOCAL, net))]
-        nets = wider or nets
-        found: Network | None = None
-        for net in nets:
-            if found is None:
-                found = net
-            while not contains(found, net):
-                found = found.supernet()
-        if found is None or found.prefixlen == 0:
+        found = found or link_local
+        # The common prefix of them all: the leading bits where every address agrees.
+        first = found[0][0]
+        length = min(n for _, n in found)
+        differ = 0
+        for address, _ in found:
+            differ |= address ^ first
+        length = min(length, bits - differ.bit_length())
+        if length == 0:
             return None
-        return found
+        mask = ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
+        return (ipaddress.IPv4Network if family == 4 else ipaddress.IPv6Network)(
+            (first & mask, length))
 
 
-_LINK_LOCAL = ipaddress.ip_network("fe80::/10")
+_Raw = tuple[int, int, int, str | None]
+"""A route as :class:`RoutedBy` keeps it: (4 or 6, destination as an integer, prefix
+length, device or ``None``)."""
+
+_LINK_LOCAL_TOP = 0xFE80 >> 6  # fe80::/10: the top 10 bits of an address
 
 
-def route_pairs(routes: Iterable[Route | RouteBlock]) -> list[tuple[Network | str, str | None]]:
-    """(destination, device) of what a netlink route dump decoded to (both families, every
-    table but ``local``), for :class:`RoutedBy`."""
-    pairs: list[tuple[Network | str, str | None]] = []
-    for route in routes:
-        if isinstance(route, Route):
-            pairs.append((route.destination, route.device))
-        elif route.what not in _NO_DEVICE and not route.what.startswith("type "):
-            pairs.append((route.destination, None))  # multipath, nexthop object: any device
-    return pairs
+def _raw(net: Network, device: str | None) -> _Raw:
+    return (net.version, int(net.network_address), net.prefixlen, device)
 
 
-def read_routes(driver: RouteDriver) -> list[tuple[Network | str, str | None]]:
-    """The namespace's routes as :class:`RoutedBy` takes them: one link dump, one route
-    dump per family."""
+def read_routes(driver: SocketDriver) -> list[_Raw]:
+    """The namespace's unicast routes of every table but ``local``, as :class:`RoutedBy`
+    takes them: one link dump, one route dump per family, decoded only as far as the
+    destination and device (a node with 10 000 routes: see docs/performance.md)."""
     names = {index: link.name for index, link in driver.links().items()}
-    return route_pairs(driver.routes(None, names))
+    found: list[_Raw] = []
+    for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        for msg in driver.dump(RTM_GETROUTE, route_dump_request(family, None),
+                               missing_ok=True):
+            _family, length, src_len, _tos, table, _proto, _scope, kind, flags = (
+                RTMSG.unpack_from(msg, HDR))
+            found_attrs = attrs_of(msg, HDR + RTMSG.size)
+            if RTA_TABLE in found_attrs:
+                table = U32.unpack(found_attrs[RTA_TABLE])[0]
+            if (kind != RTN_UNICAST or src_len or flags & RTM_F_CLONED
+                    or table == RT_TABLE_LOCAL):
+                continue
+            address = int.from_bytes(found_attrs.get(RTA_DST, b""), "big")
+            if version == 4 and address >> 28 == 0xE:
+                continue  # multicast: never a pod connection's destination
+            if version == 6 and address >> 120 == 0xFF:
+                continue
+            oif = found_attrs.get(RTA_OIF)
+            device = None  # multipath, nexthop object: it may leave by any device
+            if oif is not None and RTA_MULTIPATH not in found_attrs:
+                device = names.get(U32.unpack(oif)[0])
+            found.append((version, address, length, device))
+    return found
