@@ -4,14 +4,15 @@ Docker 28+ drops what enters a bridge from elsewhere, ``-A DOCKER ! -i docker0 -
 docker0 -j DROP`` (reached from FORWARD through ``DOCKER-FORWARD`` and
 ``DOCKER-BRIDGE``; Docker 27 jumps there from FORWARD itself, older ones drop in
 ``DOCKER-ISOLATION-STAGE-2``). Read as "any destination", that drop met the replies of
-every wanted forward rule without an in-interface, and ``k3snet apply`` refused (exit 4)
+every wanted forward rule without an in-interface (and an internal network's
+``! -d 192.0.2.0/24 -i br-int -j DROP`` their new packets), and ``k3snet apply`` refused (exit 4)
 while the kernel never drops a pod's packet there: a packet leaves by the device its
 destination is routed by, and docker0 carries only Docker's subnet. Such a drop now
-gets as destination what the node routes by its out-interface
-(:class:`~k3snet.backends.iptables.routed.RoutedBy`); ``-o eth0`` on the uplink, or a
-drop naming the pods' CIDR, is still a conflict. Kernel tests send real connections
-through the seed lab's node with Docker's rules in place, both iptables variants, both
-families.
+gets as destination what the node routes by its out-interface, or as source what it
+routes by its in-interface (:class:`~k3snet.backends.iptables.routed.RoutedBy`);
+``-o eth0`` on the uplink, or a drop naming the pods' CIDR, is still a conflict. Kernel
+tests send real connections through the seed lab's node with Docker's rules in place,
+both iptables variants, both families.
 """
 
 from __future__ import annotations
@@ -83,7 +84,22 @@ def _nat(family: int) -> str:
             "-A DOCKER -i docker0 -j RETURN\nCOMMIT\n")
 
 
-LAYOUTS = {"docker-28": docker28, "docker-27": docker27}
+INTERNAL = {4: ("192.0.2.1/24", "192.0.2.0/24"), 6: ("fd00:1::1/64", "fd00:1::/64")}
+
+
+def docker28_internal(family: int) -> str:
+    """Docker 28 with an internal network too (``docker network create --internal``, bridge
+    br-int): DOCKER-INTERNAL drops what leaves it or enters it from another subnet, the
+    second by in-interface alone (moby's iptablesdoc usernet-internal, v28)."""
+    subnet = INTERNAL[family][1]
+    return docker28(family).replace("-A DOCKER-FORWARD -i docker0 -j ACCEPT\n", (
+        "-A DOCKER-FORWARD -i docker0 -j ACCEPT\n"
+        "-A DOCKER-FORWARD -i br-int -o br-int -j ACCEPT\n"
+        f"-A DOCKER-INTERNAL ! -s {subnet} -o br-int -j DROP\n"
+        f"-A DOCKER-INTERNAL ! -d {subnet} -i br-int -j DROP\n"))
+
+
+LAYOUTS = {"docker-28": docker28, "docker-27": docker27, "docker-28-internal": docker28_internal}
 
 # The seed node's routes, and Docker's bridge.
 ROUTES = {
@@ -92,6 +108,8 @@ ROUTES = {
     6: [("fd42:42::/64", "cni0"), ("fd01:1::/64", "eth0"), ("fd01:2::/64", "eth0"),
         ("fd00:d0c::/64", "docker0"), ("fe80::/64", "docker0"), ("fe80::/64", "eth0")],
 }
+for _family, (_, _subnet) in INTERNAL.items():
+    ROUTES[_family].append((_subnet, "br-int"))
 
 
 def _wanted(family: int) -> list[ForwardRule]:
@@ -115,8 +133,14 @@ def test_dockers_bridge_drops_meet_no_pod_traffic_routed_elsewhere(
     text = LAYOUTS[layout](family)
     assert _deciding(text, family, RoutedBy(ROUTES[family])) == set()
     # Without the routes (a replaced kernel seam) the drop may meet any packet, as before.
-    assert _deciding(text, family, None) == {
-        f"drop by iptables IPv{family} filter: -A DOCKER ! -i docker0 -o docker0 -j DROP"}
+    expected = {f"drop by iptables IPv{family} filter: -A DOCKER ! -i docker0 -o docker0 -j DROP"}
+    if layout == "docker-28-internal":  # by in-interface alone: the pods' new packets too
+        subnet = INTERNAL[family][1]
+        expected |= {f"drop by iptables IPv{family} filter: -A DOCKER-INTERNAL "
+                     f"! -d {subnet} -i br-int -j DROP",
+                     f"drop by iptables IPv{family} filter: -A DOCKER-INTERNAL "
+                     f"! -s {subnet} -o br-int -j DROP"}
+    assert _deciding(text, family, None) == expected
 
 
 def _with(text: str, rule: str) -> str:
@@ -133,6 +157,9 @@ def test_a_drop_on_the_uplink_or_of_the_pods_cidr_beside_docker_is_still_a_confl
     uplink = _with(text, "-A DOCKER-USER -o eth0 -j DROP")
     assert _deciding(uplink, family, routed) == {
         f"drop by iptables IPv{family} filter: -A DOCKER-USER -o eth0 -j DROP"}
+    replies = _with(text, "-A DOCKER-USER -i eth0 -j DROP")  # the replies come in there
+    assert _deciding(replies, family, routed) == {
+        f"drop by iptables IPv{family} filter: -A DOCKER-USER -i eth0 -j DROP"}
     pods = _with(text, f"-A DOCKER-USER -d {POD[family]} -j DROP")
     assert _deciding(pods, family, routed) == {
         f"drop by iptables IPv{family} filter: -A DOCKER-USER -d {POD[family]} -j DROP"}
@@ -155,7 +182,8 @@ def test_the_bridge_drop_meets_the_pods_when_the_node_routes_them_by_the_bridge(
 
 
 def test_a_wildcard_out_interface_covers_every_bridge_it_names() -> None:
-    routed = RoutedBy([*ROUTES[4], ("172.18.0.0/16", "br-1"), ("172.19.0.0/16", "br-2")])
+    others = [(net, dev) for net, dev in ROUTES[4] if dev != "br-int"]
+    routed = RoutedBy([*others, ("172.18.0.0/16", "br-1"), ("172.19.0.0/16", "br-2")])
     assert str(routed.cover(4, "br-+")) == "172.18.0.0/15"
     text = _filter("ACCEPT", "-A FORWARD -o br-+ -j DROP", ())
     assert _deciding(text, 4, routed) == set()
@@ -179,10 +207,11 @@ def test_a_mangle_drop_by_out_interface_is_narrowed_too() -> None:
 
 
 def _bridge(node: str) -> None:
-    run_in(node, ["ip", "link", "add", "docker0", "type", "bridge"])
-    for family in (4, 6):
-        run_in(node, ["ip", f"-{family}", "addr", "add", BRIDGE[family][0], "dev", "docker0"])
-    run_in(node, ["ip", "link", "set", "docker0", "up"])  # no port: linkdown, routes kept
+    for name, addresses in (("docker0", BRIDGE), ("br-int", INTERNAL)):
+        run_in(node, ["ip", "link", "add", name, "type", "bridge"])
+        for family in (4, 6):
+            run_in(node, ["ip", f"-{family}", "addr", "add", addresses[family][0], "dev", name])
+        run_in(node, ["ip", "link", "set", name, "up"])  # no port: linkdown, routes kept
 
 
 def _desired() -> State:

@@ -388,7 +388,11 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
     ``routed``: the node's routes. A block naming an out-interface and no destination
     (Docker's ``! -i docker0 -o docker0 -j DROP``) only meets packets for what the node
     routes by that interface, and gets that as its destination
-    (:meth:`~k3snet.backends.iptables.routed.RoutedBy.cover`); without, it may meet any.
+    (:meth:`~k3snet.backends.iptables.routed.RoutedBy.cover`); one naming an
+    in-interface and no source (Docker's internal network, ``! -d 192.0.2.0/24 -i br-x
+    -j DROP``) gets so its source: a packet comes in by the device its source is routed
+    by (not so on a node routing asymmetrically, where a reply may come in elsewhere).
+    Without ``routed``, such a block may meet any packet.
     """
     if dump is None:
         return set()
@@ -580,7 +584,8 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
            outers: tuple[Line, ...] = (), where: str = "",
            routed: RoutedBy | None = None) -> None:
     """Add the block ``tokens`` makes (narrowed by the jumps ``outers`` that lead there, and
-    for an out-interface without a destination by what ``routed`` routes by it)."""
+    for an out- or in-interface without a destination or source by what ``routed`` routes
+    by it)."""
     matches: dict[str, str | None] = {}
     for line in (*outers, tokens):  # the innermost match of each kind is the narrowest known
         matches.update({k: v for k, v in _addresses(line).items() if v is not None})
@@ -591,13 +596,15 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
         return  # kube-proxy's drop of invalid packets: valid traffic goes on
     if _reverse_path(tokens):
         return  # a pod's source is routed back the way it came in (see path_blocks)
-    out = matches.get("out_interface")
-    if routed is not None and out is not None and matches.get("destination") is None:
-        # A packet leaves by the device its destination is routed by: this rule meets
-        # only destinations routed by ``out`` (Docker's bridge subnet, not the pods').
-        cover = routed.cover(family, out)
-        if cover is not None:
-            matches["destination"] = str(cover)
+    for interface, address in (("out_interface", "destination"), ("in_interface", "source")):
+        # A packet leaves by the device its destination is routed by, and comes in by the
+        # one its source is (the reverse path, what rp_filter checks): this rule meets only
+        # what the node routes by that device (Docker's bridge subnet, not the pods').
+        name = matches.get(interface)
+        if routed is not None and name is not None and matches.get(address) is None:
+            cover = routed.cover(family, name)
+            if cover is not None:
+                matches[address] = str(cover)
     text = f"-A {chain} {format_line(tokens)}"
     where = where or f"iptables IPv{family} filter"
     try:
