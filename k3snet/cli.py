@@ -29,6 +29,7 @@ from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._logline import bounded as bounded_line
 from k3snet._logline import one_line
 from k3snet._version import __version__
+from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.discover import NODE_BACKENDS, Discovery, discover_owners
 from k3snet.backends.group import BackendGroup, Member
@@ -41,6 +42,7 @@ from k3snet.backends.registry import (
     create_backend,
     load_backend,
     option_defaults,
+    option_problems,
     path_options,
     refuse_undeclared,
 )
@@ -962,7 +964,8 @@ def _recipe(args: argparse.Namespace, spec: Spec | None,
     if spec is not None:  # the spec's backends: options, with their paths
         check_backend_options(spec, backend_options,
                               [n for n in sorted(used) if spec_backend_options(spec, n)],
-                              source=_where(args), paths=path_options)
+                              source=_where(args), paths=path_options,
+                              values=option_problems)
     _check_backend_opt_targets(args, used)
     recipe: _Recipe = []
     for entry in names:
@@ -1785,7 +1788,8 @@ def _destination(text: str) -> tuple[str, int | None]:
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         spec = _spec(args)
-        check_backend_options(spec, backend_options, source=str(args.spec), paths=path_options)
+        check_backend_options(spec, backend_options, source=str(args.spec), paths=path_options,
+                              values=option_problems)
         compile_spec(spec)
     except SpecError as exc:
         if not _json(args):
@@ -2045,14 +2049,19 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
     paths.pop(NETPLAN_FILE, None)  # the file this replaces
     documents: dict[str, object] = {}
     for name, path in sorted(paths.items()):
+        text = ""
         try:
             text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
             documents[name] = yaml.safe_load(text)
         except OSError as exc:
             raise ModelError(f"cannot read the netplan file {path}: {input_problem(exc)}") \
                 from None
-        except (UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ModelError(f"netplan file {path} is not YAML netplan reads: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ModelError(f"netplan file {path} is not UTF-8 text (byte {exc.start}: "
+                             f"{exc.reason})") from None
+        except yaml.YAMLError as exc:
+            raise ModelError(f"netplan file {path} is not YAML netplan reads: "
+                             f"{yaml_problem(exc, text)[:300]}") from None
     return documents
 
 

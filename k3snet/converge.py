@@ -344,8 +344,21 @@ def destroy_each(backends: Sequence[Backend], *, dry_run: bool = False, check: b
     runs each backend's check on its own part and raises one
     :class:`~k3snet.errors.CheckError` of every problem. Each backend's removal is all
     or nothing; one that fails raises its error, the earlier backends' removals
-    staying done (the error's note and a log line name them).
+    staying done (the error's note and a log line name them). The lock of every
+    namespace the backends act in is taken once, for the whole removal: no other k3snet
+    process acts between two backends' parts (an apply seeing half a destroy).
     """
+    namespaces: list[str | None] = []
+    for backend in backends:
+        namespaces += [n for n in namespaces_of(backend) if n not in namespaces]
+    with namespace_lock(namespaces, timeout=lock_timeout):
+        return _destroy_each_locked(backends, dry_run=dry_run, check=check,
+                                    allow_disruptive=allow_disruptive,
+                                    lock_timeout=lock_timeout)
+
+
+def _destroy_each_locked(backends: Sequence[Backend], *, dry_run: bool, check: bool,
+                         allow_disruptive: bool, lock_timeout: float) -> Convergence:
     parts: list[Convergence] = []
     problems: list[str] = []
     for backend in backends:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.registry import create_backend
 from k3snet.converge import converge
@@ -91,11 +92,15 @@ def _group(lab: SeedLab, nat_backend: str, *, forward_backend: str | None = None
     """netlink for routes and sysctls, the NAT backend for NAT (and forward, by default)."""
     node = lab.node
     members = [Member(create_backend("netlink", netns=node, state_dir=lab.state_dir))]
+    def build(name: str) -> Backend:  # the iptables backend keeps a record there too
+        options = {"state_dir": lab.state_dir} if name == "iptables" else {}
+        return create_backend(name, netns=node, **options)
+
     if forward_backend is None or forward_backend == nat_backend:
-        members.append(Member(create_backend(nat_backend, netns=node), ["nat", "forward"]))
+        members.append(Member(build(nat_backend), ["nat", "forward"]))
     else:
-        members.append(Member(create_backend(nat_backend, netns=node), ["nat"]))
-        members.append(Member(create_backend(forward_backend, netns=node), ["forward"]))
+        members.append(Member(build(nat_backend), ["nat"]))
+        members.append(Member(build(forward_backend), ["forward"]))
     return BackendGroup(members)
 
 

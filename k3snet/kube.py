@@ -42,7 +42,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -50,6 +50,7 @@ import attrs
 from k3snet.errors import BackendError, BackendOptionError, BackendUnavailableError
 
 __all__ = [
+    "API_OPTION_CHECKS",
     "DEFAULT_TIMEOUT",
     "KUBECONFIG_DEFAULT",
     "MANAGED_BY_LABEL",
@@ -303,6 +304,31 @@ def _kubernetes() -> Any:
     return kubernetes
 
 
+def _client_object(api_client: Any) -> None:
+    if isinstance(api_client, str | bytes | bool | int | float | list | tuple | dict):
+        # Plain data is what a spec's backends: options, --backend-opt and the Ansible
+        # module can give: never a client, and it failed only at the first request.
+        raise BackendOptionError(
+            f"api_client must be a Kubernetes ApiClient object (a library caller's); a "
+            f"spec, the command line or Ansible names the cluster with kubeconfig and "
+            f"context, got {api_client!r}")
+
+
+def _text_or_none(option: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if value is not None and not isinstance(value, str):
+            raise BackendOptionError(f"{option} must be text, got {value!r}")
+    return check
+
+
+API_OPTION_CHECKS: Mapping[str, Callable[[Any], None]] = {
+    "api_client": _client_object, "kubeconfig": _text_or_none("kubeconfig"),
+    "context": _text_or_none("context")}
+"""The checks :func:`make_api_client` makes of its options' values, each raising a
+:class:`~k3snet.errors.BackendOptionError`: for the option checks of the backends that
+take them (``k3snet validate`` runs them without loading any kubeconfig)."""
+
+
 def make_api_client(
     api_client: Any = None,
     *,
@@ -317,19 +343,12 @@ def make_api_client(
     ``~/.kube/config``, or ``kubeconfig``), with ``context``. Either way its requests
     honour :func:`requests_within`.
     """
-    if isinstance(api_client, str | bytes | bool | int | float | list | tuple | dict):
-        # Plain data is what a spec's backends: options, --backend-opt and the Ansible
-        # module can give: never a client, and it failed only at the first request.
-        raise BackendOptionError(
-            f"api_client must be a Kubernetes ApiClient object (a library caller's); a "
-            f"spec, the command line or Ansible names the cluster with kubeconfig and "
-            f"context, got {api_client!r}")
+    for option, value in (("api_client", api_client), ("kubeconfig", kubeconfig),
+                          ("context", context)):
+        API_OPTION_CHECKS[option](value)
     if api_client is not None:
         _bound(api_client)
         return api_client, False
-    for name, value in (("kubeconfig", kubeconfig), ("context", context)):
-        if value is not None and not isinstance(value, str):
-            raise BackendOptionError(f"{name} must be text, got {value!r}")
     kubernetes = _kubernetes()
     config = kubernetes.config
     configuration = kubernetes.client.Configuration()

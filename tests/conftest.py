@@ -31,6 +31,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -125,6 +126,7 @@ _netns_leftovers = pytest.StashKey["list[str]"]()
 
 
 _session_lock_dir = pytest.StashKey["str | None"]()
+_session_state_dir = pytest.StashKey[str]()
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -144,12 +146,23 @@ def pytest_configure(config: pytest.Config) -> None:
     # The nftables backend's kept read (k3snet.backends.nftables.kept) is off too, unless a
     # test turns it on (tests/nftables/test_kept.py): nothing is written to /run/k3snet.
     os.environ.setdefault("K3SNET_READ_CACHE", "off")
+    # The iptables backend's record of the built-in chains it made (mode nft), for the
+    # backends the tests build without a state_dir: under the session's directory, not
+    # /run/k3snet (one directory per test namespace; the demo's test looks there).
+    from k3snet.backends.iptables import made as iptables_made  # noqa: PLC0415
+
+    state_root = tempfile.mkdtemp(prefix="k3snet-test-state-")
+    config.stash[_session_state_dir] = state_root
+    iptables_made.DEFAULT_ROOT = Path(state_root)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     made = config.stash.get(_session_lock_dir, None)
     if made is not None:
         shutil.rmtree(made, ignore_errors=True)
+    state_root = config.stash.get(_session_state_dir, None)
+    if state_root is not None:
+        shutil.rmtree(state_root, ignore_errors=True)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

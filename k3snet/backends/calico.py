@@ -89,6 +89,7 @@ from k3snet.backends.base import ApplyResult
 from k3snet.backends.kit import (
     BackendBase,
     Compensation,
+    OptionChecks,
     UndoFailure,
     disruptive_problems,
     fit_problems,
@@ -99,6 +100,7 @@ from k3snet.backends.kit import (
 )
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
 from k3snet.kube import (
+    API_OPTION_CHECKS,
     DEFAULT_TIMEOUT,
     KUBECONFIG_DEFAULT,
     MANAGED_BY_LABEL,
@@ -550,6 +552,18 @@ def read_calico_hosts(items: Iterable[Any]) -> tuple[tuple[tuple[str, Network], 
 # ---------------------------------------------------------------- the backend
 
 
+def _api_choice(api: object) -> None:
+    if not isinstance(api, str) or api not in (*APIS, "auto"):
+        raise ModelError(f"calico backend: api must be crd, v3 or auto, got {api!r}")
+
+
+def _field_manager(field_manager: object) -> None:
+    # The API server takes a fieldManager of at most 128 characters.
+    if not option_text("field_manager", field_manager) or len(str(field_manager)) > 128:
+        raise ModelError(f"calico backend: field_manager must be 1..128 characters, got "
+                         f"{field_manager!r}")
+
+
 class CalicoBackend(BackendBase):
     """Calico IP pools through the Kubernetes API (``projectcalico.org/v3`` or the CRDs).
 
@@ -565,6 +579,13 @@ class CalicoBackend(BackendBase):
     option_defaults: ClassVar[Mapping[str, str]] = {"kubeconfig": KUBECONFIG_DEFAULT}
     """What an option left out means (``k3snet explain backends.calico``)."""
 
+    option_checks: ClassVar[OptionChecks] = {
+        "api": _api_choice, "field_manager": _field_manager,
+        "timeout": lambda v: option_seconds("timeout", v),
+        "allow_disruptive": lambda v: option_flag("allow_disruptive", v),
+        **API_OPTION_CHECKS}
+    """The constructor's checks of option values."""
+
     def __init__(
         self,
         *,
@@ -577,13 +598,10 @@ class CalicoBackend(BackendBase):
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__()
-        if api not in (*APIS, "auto"):
-            raise ModelError(f"calico backend: api must be crd, v3 or auto, got {api!r}")
+        _api_choice(api)
         timeout = option_seconds("timeout", timeout)
         allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
-        if not option_text("field_manager", field_manager) or len(field_manager) > 128:
-            raise ModelError(f"calico backend: field_manager must be 1..128 characters, got "
-                             f"{field_manager!r}")
+        _field_manager(field_manager)
         self._client, self._owns_client = make_api_client(
             api_client, kubeconfig=kubeconfig, context=context)
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])

@@ -48,6 +48,7 @@ backend is built with ``allow_disruptive=True``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
@@ -63,18 +64,22 @@ from k3snet._gojson import (
     load_json,
     nests_deeper,
 )
+from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult, ensure_capable
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
     BackendBase,
     Compensation,
+    OptionChecks,
     option_flag,
     option_seconds,
     option_text,
+    run_option_checks,
     translate_errors,
 )
 from k3snet.errors import ApplyError, BackendError, K3snetError, ModelError, PlanError
 from k3snet.kube import (
+    API_OPTION_CHECKS,
     DEFAULT_TIMEOUT,
     KUBECONFIG_DEFAULT,
     KubeApiError,
@@ -203,7 +208,8 @@ def _parse_agent_yaml(text: str, where: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise BackendError(f"{where}: the ip-masq-agent config is not valid YAML or JSON "
-                           f"({exc}); Cilium cannot read it either") from exc
+                           f"({yaml_problem(exc, text)[:300]}); Cilium cannot read it either"
+                           ) from exc
     except RecursionError:
         raise BackendError(too_deep) from None
     if nests_deeper(value, MAX_NESTING, shared=True):  # aliases share containers
@@ -602,6 +608,25 @@ class _Edit:
     agent_action: str  # "", "patch", "create" or "delete"
 
 
+def _configmap(configmap: Any) -> tuple[str, str]:
+    return configmap_ref(configmap) if configmap is not None else DEFAULT_CONFIGMAP
+
+
+def _ip_masq_agent(name: Any, namespace: str = DEFAULT_CONFIGMAP[0]) -> None:
+    cilium_target(namespace, option_text("ip_masq_agent", name))
+
+
+def _apart(configmap: Any, ip_masq_agent: Any) -> None:
+    """Refuse an ``ip_masq_agent`` naming Cilium's configuration ``configmap``: in one
+    ConfigMap for both, the two records k3snet keeps in it (what it set of
+    cilium-config, of the ip-masq-agent config) would overwrite each other."""
+    namespace, cm_name = _configmap(configmap)
+    if ip_masq_agent == cm_name:
+        raise ModelError(f"ip_masq_agent {ip_masq_agent!r} is the name of Cilium's "
+                         f"configuration ({namespace}/{cm_name}); the ip-masq-agent "
+                         "ConfigMap is another one")
+
+
 class CiliumBackend(BackendBase):
     """Cilium's masquerade settings: ``cilium-config`` and the ip-masq-agent ConfigMap.
 
@@ -622,6 +647,23 @@ class CiliumBackend(BackendBase):
     }
     """What an option left out means (``k3snet explain backends.cilium``)."""
 
+    option_checks: ClassVar[OptionChecks] = {
+        "configmap": lambda v: cilium_target(*_configmap(v)),
+        "ip_masq_agent": _ip_masq_agent,
+        "timeout": lambda v: option_seconds("timeout", v),
+        "allow_disruptive": lambda v: option_flag("allow_disruptive", v),
+        **API_OPTION_CHECKS}
+    """The constructor's checks of option values."""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The option checks, and ``ip_masq_agent`` naming Cilium's own ConfigMap."""
+        problems = super().check_options(options)
+        if not problems:
+            problems = run_option_checks({"ip_masq_agent": functools.partial(
+                _apart, options.get("configmap"))}, options)
+        return problems
+
     def __init__(
         self,
         *,
@@ -634,16 +676,10 @@ class CiliumBackend(BackendBase):
         allow_disruptive: bool = False,
     ) -> None:
         super().__init__()
-        namespace, cm_name = (configmap_ref(configmap) if configmap is not None
-                              else DEFAULT_CONFIGMAP)
+        namespace, cm_name = _configmap(configmap)
         self._target = cilium_target(namespace, cm_name)  # validates before connecting
-        cilium_target(namespace, option_text("ip_masq_agent", ip_masq_agent))
-        if ip_masq_agent == cm_name:
-            # One ConfigMap for both: the two records k3snet keeps in it (what it set of
-            # cilium-config, of the ip-masq-agent config) would overwrite each other.
-            raise ModelError(f"ip_masq_agent {ip_masq_agent!r} is the name of Cilium's "
-                             f"configuration ({namespace}/{cm_name}); the ip-masq-agent "
-                             "ConfigMap is another one")
+        _ip_masq_agent(ip_masq_agent, namespace)
+        _apart(configmap, ip_masq_agent)
         timeout = option_seconds("timeout", timeout)
         self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self._client, self._owns_client = make_api_client(

@@ -94,13 +94,15 @@ from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
     BackendBase,
     Compensation,
+    OptionChecks,
     fit_problems,
     option_flag,
     option_seconds,
     translate_errors,
 )
-from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
+from k3snet.errors import ApplyError, BackendError, BackendOptionError, ModelError, PlanError
 from k3snet.kube import (
+    API_OPTION_CHECKS,
     DEFAULT_TIMEOUT,
     KUBECONFIG_DEFAULT,
     KubeApiError,
@@ -116,6 +118,8 @@ from k3snet.model.cni import (
     configmap_target,
     effective_config,
     file_target,
+    namespace_problem,
+    object_name_problem,
 )
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
@@ -454,6 +458,27 @@ def _foreign(target: str, doc: _Doc) -> FlannelConfig:
     return FlannelConfig.from_members(target, _foreign_values(doc))
 
 
+_PATH_OR_CONFIGMAP = "flannel backend: give a file path or a ConfigMap, not both"
+
+
+def _path(value: object) -> str | os.PathLike[str]:
+    """Option ``path``: a path (text), else a :class:`~k3snet.errors.BackendOptionError`."""
+    if isinstance(value, str | os.PathLike):
+        return value
+    raise BackendOptionError(f"path must be a path (text), got {value!r}")
+
+
+def _configmap(value: Any) -> tuple[str, str]:
+    """Option ``configmap``: ``(namespace, name)`` of names the API server takes, else a
+    :class:`~k3snet.errors.BackendOptionError` (a name it refuses failed at the first
+    request, on every node)."""
+    namespace, name = configmap_ref(value)
+    problem = namespace_problem(namespace) or object_name_problem(name)
+    if problem is not None:
+        raise BackendOptionError(f"configmap: {problem}")
+    return namespace, name
+
+
 class FlannelBackend(BackendBase):
     """Flannel's ``net-conf.json``, in a file (``path``) or a ConfigMap (``configmap``).
 
@@ -477,6 +502,22 @@ class FlannelBackend(BackendBase):
     }
     """What an option left out means (``k3snet explain backends.flannel``)."""
 
+    option_checks: ClassVar[OptionChecks] = {
+        "path": lambda v: v is None or _path(v),
+        "configmap": lambda v: v is None or _configmap(v),
+        "timeout": lambda v: option_seconds("timeout", v),
+        "allow_disruptive": lambda v: option_flag("allow_disruptive", v),
+        **API_OPTION_CHECKS}
+    """The constructor's checks of option values."""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The option checks, and ``configmap`` given with ``path``."""
+        problems = super().check_options(options)
+        if options.get("path") is not None and options.get("configmap") is not None:
+            problems.append(("configmap", _PATH_OR_CONFIGMAP))
+        return problems
+
     def __init__(
         self,
         *,
@@ -490,18 +531,18 @@ class FlannelBackend(BackendBase):
     ) -> None:
         super().__init__()
         if path is not None and configmap is not None:
-            raise ModelError("flannel backend: give a file path or a ConfigMap, not both")
+            raise ModelError(_PATH_OR_CONFIGMAP)
         timeout = option_seconds("timeout", timeout)
         self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self._client: Any = None
         self._owns_client = False
         self._store: _FileStore | _ConfigMapStore
         if path is not None:
-            self._store = _FileStore(Path(path).absolute())
+            self._store = _FileStore(Path(_path(path)).absolute())
         else:
-            namespace, cm_name = (configmap_ref(configmap) if configmap is not None
+            # The names checked before connecting.
+            namespace, cm_name = (_configmap(configmap) if configmap is not None
                                   else DEFAULT_CONFIGMAP)
-            configmap_target(namespace, cm_name)  # validate the names before connecting
             self._client, self._owns_client = make_api_client(
                 api_client, kubeconfig=kubeconfig, context=context)
             self._store = _ConfigMapStore(self._client, namespace, cm_name, timeout)

@@ -47,10 +47,11 @@ A custom backend that subclasses :class:`BackendBase` gets all of this::
 from __future__ import annotations
 
 import errno as errno_codes
-from collections.abc import Callable, Hashable, Iterator, Sequence
+import os
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Generic, NoReturn, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, Protocol, Self, TypeVar
 
 # The GC pause lives with the model (the spec's loading and compile use it too).
 from k3snet._gc import GC_PAUSE_MIN, GcPause, gc_paused
@@ -77,14 +78,17 @@ __all__ = [
     "GcPause",
     "LibraryErrors",
     "ObserveCache",
+    "OptionChecks",
     "UndoFailure",
     "disruptive_problems",
     "ensure_fits",
     "fit_problems",
     "gc_paused",
     "option_flag",
+    "option_path",
     "option_seconds",
     "option_text",
+    "run_option_checks",
     "taken_slots",
     "translate_errors",
     "unwritten_problems",
@@ -123,6 +127,37 @@ def option_text(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise ModelError(f"{name} must be text, got {value!r}")
     return value
+
+
+def option_path(name: str, value: object) -> str | os.PathLike[str]:
+    """A file or directory option: text or a path object, holding no NUL (which no
+    system call takes: ``embedded null byte`` at the first use, far from the option)."""
+    if not isinstance(value, str | os.PathLike):
+        raise ModelError(f"{name} must be a path (text), got {value!r}")
+    if "\0" in os.fspath(value):
+        raise ModelError(f"{name} must be a path without NUL characters, got {value!r}")
+    return value
+
+
+OptionChecks = Mapping[str, Callable[[Any], object]]
+"""``option -> check``: each check takes the option's value and raises a
+:class:`~k3snet.errors.K3snetError` saying what is wrong with it (what it returns is
+ignored); the very function the backend's constructor calls on it."""
+
+
+def run_option_checks(checks: OptionChecks, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(option, why)`` for each of ``options`` whose check in ``checks`` refuses its
+    value; options without a check (or unknown) are passed by."""
+    problems = []
+    for option, value in options.items():
+        check = checks.get(option)
+        if check is None:
+            continue
+        try:
+            check(value)
+        except K3snetError as exc:
+            problems.append((option, str(exc)))
+    return problems
 
 
 # ---------------------------------------------------------------- fault injection
@@ -566,6 +601,16 @@ class BackendBase:
     """
 
     name: str = ""
+    option_checks: ClassVar[OptionChecks] = {}
+    """The checks of option values :meth:`check_options` runs (see :data:`OptionChecks`)."""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """``(option, why)`` for each of ``options`` the constructor would refuse for its
+        value, found without building anything: no socket, file, kernel or API
+        server is touched (``k3snet validate`` runs it on a spec's ``backends:``).
+        Runs :attr:`option_checks`; a backend with checks across options extends it."""
+        return run_option_checks(cls.option_checks, options)
 
     def __init__(self) -> None:
         self.faults = FaultHook()

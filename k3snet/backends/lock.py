@@ -10,6 +10,9 @@ The lock is ``flock(2)`` on a file named after the namespace's identity (device
 and inode of its ``/proc/thread-self/ns/net`` or ``/run/netns`` handle, so two names of
 one namespace share a lock), in ``/run/k3snet/locks`` (``K3SNET_LOCK_DIR``
 overrides it). The kernel releases it when the process dies, even by SIGKILL.
+A thread already holding a namespace's lock takes it again at once (re-entry: a
+destroy through several backends holds it for all of them, each backend's own
+removal taking it inside); ``flock`` alone would make it wait for itself.
 The file holds the holder's pid, quoted when another process has to wait for it
 (a warning, once, when the wait begins) and when it waited too long; when it cannot
 be written (a full ``/run``) the lock is held all the same and the pid is "unknown".
@@ -26,6 +29,7 @@ import fcntl
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -43,6 +47,9 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 """Seconds to wait for another k3snet process before giving up with a typed error."""
 
 _POLL = 0.05
+
+_held = threading.local()
+"""``files``: the lock file names this thread holds (re-entry takes them at once)."""
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +115,15 @@ def namespace_lock(netns: Iterable[str | None], *,
     the agent was killed before it released its Lease). A timeout that
     is not a number of seconds from 0 to a day (NaN, which no deadline ever reaches, a
     negative one, infinity) is refused with :class:`~k3snet.errors.ModelError` first.
+    Re-entrant: the namespaces whose lock the calling thread holds already are taken at
+    once (released by the outermost block only).
     """
     timeout = option_seconds("lock_timeout", timeout, zero=True)
-    wanted = sorted({_identity(n) for n in netns})
+    held: set[str] = getattr(_held, "files", None) or set()
+    _held.files = held
+    # A lock this thread holds already is its own: flock on a second descriptor of the
+    # file would wait for this very thread until the timeout.
+    wanted = sorted(i for i in {_identity(n) for n in netns} if i[0] not in held)
     with contextlib.ExitStack() as stack:
         if wanted:
             directory = _lock_dir()
@@ -119,6 +132,8 @@ def namespace_lock(netns: Iterable[str | None], *,
             for filename, name in wanted:
                 stack.enter_context(_flock(directory_fd, directory / filename, name, timeout,
                                            cancelled))
+                held.add(filename)
+                stack.callback(held.discard, filename)
         yield
 
 

@@ -8,7 +8,10 @@ owns (``flags owner``) are listed too, and the names of all tables (the iptables
 backend's look for tables iptables does not show): the kernel deletes one without moving the id. A
 chain's use count
 (``NFT_MSG_GETCHAIN``) is, for a base chain (nothing can jump to one), the number
-of its rules: what the nftables backend holds its text listing to.
+of its rules: what the nftables backend holds its text listing to. A base chain's
+policy, a table's use count, and the deletion of an empty chain and table in one
+transaction guarded by the generation id, are what the iptables backend removes the
+built-in chains iptables-nft made for it with (:mod:`k3snet.backends.iptables.made`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ _NFTA_CHAIN_TABLE = 1
 _NFTA_CHAIN_NAME = 3
 _NFTA_CHAIN_USE = 6
 _NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
+_NFT_MSG_DELTABLE = (10 << 8) | 2
+_NFT_MSG_DELCHAIN = (10 << 8) | 5
+_NFTA_TABLE_USE = 3
+_NFTA_CHAIN_POLICY = 5
+_NF_ACCEPT = 1
+_NFNL_MSG_BATCH_BEGIN = 0x10
+_NFNL_MSG_BATCH_END = 0x11
+_NFNL_SUBSYS_NFTABLES = 10
+_NFNL_BATCH_GENID = 1
+_NLM_F_ACK = 4
+_NLM_F_NONREC = 0x100  # delete only an empty chain or table (EBUSY), never its contents
+_BATCH_SECONDS = 5.0
 _ENOENT = 2
 _NLMSG_ERROR = 2
 _NLM_F_REQUEST = 1
@@ -85,6 +100,85 @@ class GenerationReader:
             raise BackendError(f"the kernel's answer for chain {family} {table} {chain} has no "
                                "use count")
         return int(struct.unpack_from(">I", attributes[_NFTA_CHAIN_USE])[0])
+
+    def chain_state(self, family: str, table: str, chain: str) -> tuple[int, bool] | None:
+        """Base chain ``chain`` of ``family table``: (its rule count, its policy is
+        accept); ``None``: no such chain."""
+        body = _attribute(_NFTA_CHAIN_TABLE, table.encode() + b"\0") + _attribute(
+            _NFTA_CHAIN_NAME, chain.encode() + b"\0")
+        with translate_errors(f"read nftables chain {family} {table} {chain}",
+                              capability=_CAPABILITY):
+            attributes = self._request(_NFT_MSG_GETCHAIN, _NFPROTO[family], body)
+        if attributes is None:
+            return None
+        use = attributes.get(_NFTA_CHAIN_USE, b"")
+        policy = attributes.get(_NFTA_CHAIN_POLICY, b"")
+        if len(use) < 4 or len(policy) < 4:
+            raise BackendError(f"the kernel's answer for chain {family} {table} {chain} has no "
+                               "use count or policy: not a base chain")
+        return (int(struct.unpack_from(">I", use)[0]),
+                struct.unpack_from(">I", policy)[0] == _NF_ACCEPT)
+
+    def table_use(self, family: str, table: str) -> int | None:
+        """How many chains, sets and objects table ``family table`` holds (``None``: no
+        such table)."""
+        with translate_errors(f"read nftables table {family} {table}", capability=_CAPABILITY):
+            attributes = self._request(_NFT_MSG_GETTABLE, _NFPROTO[family],
+                                       _attribute(_NFTA_TABLE_NAME, table.encode() + b"\0"))
+        if attributes is None:
+            return None
+        use = attributes.get(_NFTA_TABLE_USE, b"")
+        if len(use) < 4:
+            raise BackendError(f"the kernel's answer for table {family} {table} has no use count")
+        return int(struct.unpack_from(">I", use)[0])
+
+    def delete_unchanged(self, generation: int, family: str, table: str, chain: str, *,
+                         table_too: bool) -> None:
+        """Delete chain ``chain`` of ``family table`` (and the table, with ``table_too``)
+        in one transaction the kernel refuses unless the ruleset's generation id is still
+        ``generation`` (``ERESTART``: something changed since it was read), and unless
+        the chain holds no rule and the table nothing else (``NLM_F_NONREC``: ``EBUSY``,
+        never their contents deleted with them): what was judged unused goes, or nothing.
+        Refusals as :class:`OSError` (through :class:`~k3snet.errors.BackendError`)."""
+        begin = self._seq + 1
+        messages = [(_NFNL_MSG_BATCH_BEGIN, _NLM_F_REQUEST,
+                     struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(_NFNL_SUBSYS_NFTABLES))
+                     + _attribute(_NFNL_BATCH_GENID, struct.pack(">I", generation)))]
+        head = struct.pack("=BBH", _NFPROTO[family], 0, 0)
+        messages.append((_NFT_MSG_DELCHAIN, _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_NONREC, head
+                         + _attribute(_NFTA_CHAIN_TABLE, table.encode() + b"\0")
+                         + _attribute(_NFTA_CHAIN_NAME, chain.encode() + b"\0")))
+        if table_too:
+            messages.append((_NFT_MSG_DELTABLE, _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_NONREC,
+                             head
+                             + _attribute(_NFTA_TABLE_NAME, table.encode() + b"\0")))
+        messages.append((_NFNL_MSG_BATCH_END, _NLM_F_REQUEST, struct.pack(
+            "=BBH", socket.AF_UNSPEC, 0, socket.htons(_NFNL_SUBSYS_NFTABLES))))
+        data = b""
+        for offset, (kind, flags, body) in enumerate(messages):
+            data += struct.pack("=IHHII", 16 + len(body), kind, flags, begin + offset, 0) + body
+        self._seq = begin + len(messages) - 1
+        waiting = {begin + 1 + i for i in range(len(messages) - 2)}  # the acks asked for
+        with translate_errors(f"delete nftables chain {family} {table} {chain}",
+                              capability=_CAPABILITY):
+            self._sock.settimeout(_BATCH_SECONDS)
+            try:
+                self._sock.send(data)
+                while waiting:
+                    answer = self._sock.recv(65536)
+                    offset = 0
+                    while offset + 16 <= len(answer):
+                        length, kind, _flags, seq = struct.unpack_from("=IHHI", answer, offset)
+                        if length < 16:
+                            break
+                        if kind == _NLMSG_ERROR and begin <= seq <= self._seq:
+                            (errno,) = struct.unpack_from("=i", answer, offset + 16)
+                            if errno:
+                                raise OSError(-errno, os.strerror(-errno))
+                            waiting.discard(seq)
+                        offset += (length + 3) & ~3
+            finally:
+                self._sock.settimeout(None)
 
     def owner_tables(self) -> frozenset[tuple[str, str, int]]:
         """(family, name, handle) of every table a process owns (``flags owner``).

@@ -40,6 +40,7 @@ def _absolute_path(variable: str) -> Callable[[str], Path]:
 ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("netlink", "proc_sys", "K3SNET_PROC_SYS", _absolute_path("K3SNET_PROC_SYS")),
     ("netlink", "state_dir", "K3SNET_STATE_DIR", _absolute_path("K3SNET_STATE_DIR")),
+    ("iptables", "state_dir", "K3SNET_STATE_DIR", _absolute_path("K3SNET_STATE_DIR")),
     ("flannel", "path", "K3SNET_FLANNEL_CONF", _absolute_path("K3SNET_FLANNEL_CONF")),
     ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", configmap_ref),
 )

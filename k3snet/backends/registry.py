@@ -27,7 +27,8 @@ from k3snet.backends.base import Backend, BackendFactory
 from k3snet.errors import BackendNotFoundError, BackendOptionError, BackendUnavailableError
 
 __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create_backend",
-           "load_backend", "option_defaults", "path_options", "refuse_undeclared",
+           "load_backend", "option_defaults", "option_problems", "path_options",
+           "refuse_undeclared",
            "register_backend", "takes_any_option", "unregister_backend"]
 
 ENTRY_POINT_GROUP = "k3snet.backends"
@@ -146,6 +147,18 @@ def option_defaults(name: str) -> dict[str, str]:
     if not isinstance(declared, Mapping):
         return {}
     return {str(option): str(text) for option, text in declared.items()}
+
+
+def option_problems(name: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(option, why)`` for each of ``options`` backend ``name`` refuses for its value
+    (a table name with a space, ``timeout: "10"``), from its factory's
+    ``check_options(options)`` (:meth:`k3snet.backends.kit.BackendBase.check_options`):
+    the checks its constructor makes, without building it (no kernel, file or API
+    server touched). ``[]`` for a factory without one."""
+    check = getattr(load_backend(name), "check_options", None)
+    if not callable(check):
+        return []
+    return [(str(option), str(why)) for option, why in check(options)]
 
 
 def path_options(name: str) -> frozenset[str]:

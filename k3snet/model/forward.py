@@ -87,6 +87,10 @@ class ForwardRule(NetObject):
         priority drops what k3snet's accept passed, so those do not say "before"."""
         if not isinstance(other, ForwardBlock):
             return None
+        if other.verdict == "untrack":
+            return ("that rule leaves some of this traffic untracked: a reply is then no "
+                    "established connection's, k3snet's accept of replies does not take it, "
+                    "and the FORWARD policy drops it; k3snet does not place its rules above it")
         if other.verdict in ("drop", "reject"):
             return (f"that rule {other.verdict}s some of this traffic and k3snet's accept "
                     "cannot let it through (a drop is final in whichever chain of the hook "
@@ -124,7 +128,7 @@ class ForwardRule(NetObject):
         )
 
 
-_VERDICTS = ("drop", "reject", "return", "queue")
+_VERDICTS = ("drop", "reject", "return", "queue", "untrack")
 def _verdict(value: object) -> str:
     if value not in _VERDICTS:
         raise ModelError(f"a foreign rule's verdict is one of {', '.join(_VERDICTS)}, "
@@ -156,7 +160,9 @@ def _one_way_in(rules: tuple[ForwardRule, ...], source: Network, destination: Ne
 
 @attrs.frozen(eq=False)
 class ForwardBlock(NetObject):
-    """A foreign rule that drops, rejects, returns or queues forwarded packets before our accept.
+    """A foreign rule that drops, rejects, returns or queues forwarded packets before our
+    accept, or leaves them untracked (``untrack``: their replies are then no established
+    connection's, and k3snet's accept of replies never takes them).
 
     Only ever *observed* (foreign): ``rule`` is the rule's text as its tool lists
     it, ``where`` where it sits (``iptables IPv4 filter FORWARD``, ``nftables inet

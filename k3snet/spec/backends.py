@@ -16,6 +16,7 @@ from typing import Any
 
 from k3snet.errors import BackendNotFoundError, BackendUnavailableError, Problem, SpecError
 from k3snet.spec.model import Spec
+from k3snet.spec.validate import holds_nul as _holds_nul
 
 __all__ = ["backend_option_problems", "check_backend_options", "relative_path_problems",
            "spec_backend_options"]
@@ -32,6 +33,10 @@ def spec_backend_options(spec: Spec, name: str) -> dict[str, Any]:
     return {}
 
 
+Values = Callable[[str, Mapping[str, Any]], Iterable[tuple[str, str]]]
+"""``(name, options) -> (option, why)`` for each option backend ``name`` refuses for
+its value (:func:`k3snet.backends.registry.option_problems`)."""
+
 Paths = Callable[[str], Iterable[str]]
 """``name -> the options of backend name that name a file or directory``
 (:func:`k3snet.backends.registry.path_options`)."""
@@ -39,14 +44,18 @@ Paths = Callable[[str], Iterable[str]]
 
 def backend_option_problems(spec: Spec, declared: Declared,
                             names: Iterable[str] | None = None, *,
-                            paths: Paths | None = None) -> list[Problem]:
+                            paths: Paths | None = None,
+                            values: Values | None = None) -> list[Problem]:
     """Every option of ``spec`` a backend does not declare (path ``backends.NAME.KEY``).
 
     ``names``: the backends in use (default: the spec's own and those it gives
     options to); an unknown name is a problem too. A backend that cannot be
     loaded here (a missing optional dependency) is not judged: building it says why.
     ``paths``: with it, a relative path given to an option naming a file or directory
-    is a problem too (:func:`relative_path_problems`).
+    is a problem too (:func:`relative_path_problems`). ``values``: with it, an option
+    value the backend refuses is a problem too, found by the backend's own checks
+    without building it (``table: "k3s net"``, ``timeout: "10"``): they passed
+    ``k3snet validate`` and failed on every node.
     """
     wanted = dict.fromkeys(names if names is not None else
                            (*spec.backends, *(n for n, _ in spec.backend_options)))
@@ -60,12 +69,19 @@ def backend_option_problems(spec: Spec, declared: Declared,
             continue
         except BackendUnavailableError:
             continue
-        if not known:  # the backend takes **options: nothing to check against
-            continue
-        problems += [Problem(f"{path}.{key}", f"unknown option; known: {', '.join(known)}")
-                     for key in spec_backend_options(spec, name) if key not in known]
-        if paths is not None:
-            problems += relative_path_problems(spec, name, paths(name))
+        given = spec_backend_options(spec, name)
+        if known:  # else the backend takes **options: nothing to check against
+            problems += [Problem(f"{path}.{key}", f"unknown option; known: {', '.join(known)}")
+                         for key in given if key not in known]
+            if paths is not None:
+                problems += relative_path_problems(spec, name, paths(name))
+        if values is not None and given:
+            # Those already found wrong (unknown, relative, a NUL) are not judged again.
+            said = {p.path for p in problems}
+            # The path names the option: "tables: route table must be ..." says it twice.
+            problems += [Problem(f"{path}.{key}", why.removeprefix(f"{key}: "))
+                         for key, why in values(name, given)
+                         if f"{path}.{key}" not in said and not _holds_nul(given.get(key))]
     return problems
 
 
@@ -90,13 +106,15 @@ def relative_path_problems(spec: Spec, name: str, paths: Iterable[str]) -> list[
 
 
 def check_backend_options(spec: Spec, declared: Declared, names: Iterable[str] | None = None,
-                          *, source: str | None = None, paths: Paths | None = None) -> None:
+                          *, source: str | None = None, paths: Paths | None = None,
+                          values: Values | None = None) -> None:
     """Raise one :class:`~k3snet.errors.SpecError` with every :func:`backend_option_problems`.
 
     ``declared``: ``name -> options``, usually
     :func:`k3snet.backends.registry.backend_options`; ``paths``, usually
-    :func:`k3snet.backends.registry.path_options` (relative paths refused).
+    :func:`k3snet.backends.registry.path_options` (relative paths refused); ``values``,
+    usually :func:`k3snet.backends.registry.option_problems` (values refused).
     """
-    problems = backend_option_problems(spec, declared, names, paths=paths)
+    problems = backend_option_problems(spec, declared, names, paths=paths, values=values)
     if problems:
         raise SpecError(problems, source=source)

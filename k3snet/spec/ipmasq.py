@@ -106,7 +106,9 @@ def _go_duration_overflows(text: str) -> bool:
 
 def _go_duration(reader: Reader, value: Any, path: str) -> Any:
     """A text Go's ``time.ParseDuration`` reads (``60s``, ``1m30s``): ip-masq-agent decodes
-    ``resyncInterval`` as a ``metav1.Duration`` and refuses the config otherwise."""
+    ``resyncInterval`` as a ``metav1.Duration`` and refuses the config otherwise. Zero and
+    negative ones are read: the agent checks no range and sleeps that long between
+    syncs (none: it syncs over and over), its rules in force all the same."""
     if not isinstance(value, str) or not _GO_DURATION.fullmatch(value):
         reader.problem(path, f"expected a Go duration such as 60s or 1m30s, got {value!r:.80}; "
                              "ip-masq-agent refuses this config")

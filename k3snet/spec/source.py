@@ -9,6 +9,8 @@ edit rights can change, so reading is bounded whatever the input:
   a minute and gigabytes), so are duplicate keys (the last one used to win
   silently, e.g. a second ``destinations: []``), merge keys (``<<``, a second value
   for a key, dropped silently) and nesting deeper than :data:`MAX_DEPTH`;
+* NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR (U+0085, U+2028, U+2029), line breaks
+  to YAML 1.1 and not to YAML 1.2 or an editor, are refused, named by line and column;
 * integers YAML 1.1 (PyYAML) and YAML 1.2 (editors, schema validators) read
   differently, ``0100`` (octal 64 or 100) and ``1:30`` (90 or a text), are refused, and
   so are plain texts YAML 1.2 reads as numbers (``09``, ``0o17``, ``1e3``);
@@ -29,6 +31,7 @@ from typing import Any
 from k3snet._gc import gc_paused
 from k3snet._gojson import nests_deeper
 from k3snet._kept import input_problem, read_input
+from k3snet._yamltext import odd_break, yaml_problem
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.blockstyle import CONTROL as _CONTROL
 from k3snet.spec.blockstyle import YAML12_NUMBER as _YAML12_NUMBER
@@ -55,6 +58,14 @@ def load_mapping(text: str, source: str | None) -> Any:
     """
     if len(text) > MAX_BYTES:
         raise _error(f"the spec is {len(text)} characters; at most {MAX_BYTES} are read", source)
+    odd = odd_break(text)
+    if odd is not None:
+        # `a: b<NEL>c: d` is two keys to PyYAML and one to an editor and the JSON Schema.
+        raise _error(f"the text holds {odd}: YAML 1.1 (k3snet) reads it as a line break, "
+                     "YAML 1.2 (editors, the JSON Schema) as a character within the line, "
+                     "so they read different keys and values; remove it (in a "
+                     "double-quoted text, write it as an escape: \\x85, \\u2028, "
+                     "\\u2029)", source)
     with gc_paused(len(text) // 64):
         data = _parse(text, source)
         _check_depth(data, source)
@@ -215,7 +226,7 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
     try:
         return yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
-        raise _error(f"not valid YAML: {_yaml_problem(exc, text)[:300]}{_ipv6_hint(text, exc)}",
+        raise _error(f"not valid YAML: {yaml_problem(exc, text)[:300]}{_ipv6_hint(text, exc)}",
                      source) from None
     except (ValueError, RecursionError, MemoryError) as exc:  # e.g. a 5000-digit number
         if "integer string conversion" in str(exc):  # Python's advice (set_int_max_str_digits)
@@ -231,42 +242,6 @@ def _tagged(text: str, mark: Any) -> bool:
     column: int = mark.column
     lines = text.removeprefix("\ufeff").split("\n", line + 1)  # marks skip a BOM
     return line < len(lines) and lines[line][column:column + 1] == "!"
-
-
-def _yaml_problem(exc: Exception, text: str) -> str:
-    """PyYAML's error ``exc`` (from parsing ``text``) as one line that says where, by line
-    and column: its own text names the input ``"<unicode string>"`` (PyYAML's name for
-    text it was handed), a word no spec writer knows, on lines of their own."""
-    if hasattr(exc, "position") and hasattr(exc, "reason"):  # a ReaderError: a bad character
-        line, column = _line_column(text, exc.position)
-        character = getattr(exc, "character", "")
-        what = f"#x{character:04x}" if isinstance(character, int) else repr(character)
-        return f"character {what} at line {line}, column {column}: {exc.reason}"
-    context, problem = getattr(exc, "context", None), getattr(exc, "problem", None)
-    if context is None and problem is None:
-        return " ".join(str(exc).replace('in "<unicode string>", ', "").split())
-    context_mark = getattr(exc, "context_mark", None)
-    problem_mark = getattr(exc, "problem_mark", None)
-    parts = []
-    if context:
-        shown = context_mark is not None and (
-            problem_mark is None
-            or (context_mark.line, context_mark.column) != (problem_mark.line, problem_mark.column))
-        parts.append(context + (_at(context_mark) if shown else ""))
-    if problem:
-        parts.append(problem + (_at(problem_mark) if problem_mark is not None else ""))
-    note = getattr(exc, "note", None)
-    return ": ".join(parts) + (f" ({note})" if note else "")
-
-
-def _at(mark: Any) -> str:
-    return f" (line {mark.line + 1}, column {mark.column + 1})"
-
-
-def _line_column(text: str, position: int) -> tuple[int, int]:
-    """The line and column (from 1) of ``text``'s character at ``position``."""
-    start = text.rfind("\n", 0, position) + 1
-    return text.count("\n", 0, position) + 1, position - start + 1
 
 
 # Integers PyYAML reads as YAML 1.1 does and YAML 1.2 (editors, the JSON Schema's tools)

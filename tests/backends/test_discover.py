@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -12,10 +14,11 @@ from referencing import Registry, Resource
 
 from k3snet import MemoryBackend, State, Sysctl
 from k3snet.backends import discover
+from k3snet.backends.lock import namespace_lock
 from k3snet.backends.registry import register_backend, unregister_backend
 from k3snet.cli import main
 from k3snet.converge import destroy_each
-from k3snet.errors import ApplyError, BackendUnavailableError
+from k3snet.errors import ApplyError, BackendUnavailableError, LockTimeoutError
 from k3snet.model import MasqueradeRule, Route
 from k3snet.schemas import SCHEMA_NAMES, load_schema
 
@@ -107,3 +110,45 @@ def test_a_later_backend_failing_leaves_the_earlier_removals_done_and_says_so(
     assert said in caplog.text
     assert not node["fake-netlink"].observe().owned
     assert node["fake-ipt"].observe().owned == {NAT}  # all or nothing, within a backend
+
+
+class InNamespace(MemoryBackend):
+    """A memory backend acting in this thread's namespace (it takes the namespace lock);
+    its ``expect`` hint, which converge calls before taking the lock, records whether
+    another k3snet process (a thread here) could take it at that moment."""
+
+    netns = None
+
+    def __init__(self, *args: Any, seen: list[bool], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen = seen
+
+    def expect(self, wanted: State) -> None:
+        free: list[bool] = []
+
+        def other() -> None:
+            try:
+                with namespace_lock([None], timeout=0):
+                    free.append(True)
+            except LockTimeoutError:
+                free.append(False)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        self.seen.append(free[0])
+
+
+def test_a_destroy_through_several_backends_holds_the_namespace_lock_from_first_to_last(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each backend's removal took the lock on its own: between the first's and the
+    # second's another k3snet process (an apply) could act on a half-destroyed node.
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path))
+    seen: list[bool] = []
+    first = InNamespace(State(owned=[ROUTE]), capabilities=["route"], seen=seen)
+    second = InNamespace(State(owned=[NAT]), capabilities=["nat"], seen=seen)
+    done = destroy_each([first, second])
+    assert len(done.result.applied if done.result else ()) == 2
+    assert seen == [False, False]  # the lock is never free for another between them
+    with namespace_lock([None], timeout=0):  # and free again after
+        pass

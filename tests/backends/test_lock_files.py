@@ -123,19 +123,25 @@ def test_a_lock_that_is_not_a_regular_file_is_refused(locks: Path) -> None:
 
 
 _FULL_DISK = """
-import os, resource, signal, sys
+import os, resource, signal, sys, threading
 from k3snet.backends.lock import namespace_lock
 from k3snet.errors import BackendError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
 # No byte may be written to any file from here on: the kernel's refusal of the pid's
 # write is the one a full /run gives (ENOSPC), through the same call.
 resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
-with namespace_lock([None], timeout=0):
+said = []
+def other():  # another thread: this one takes its own lock again at once
     try:
         with namespace_lock([None], timeout=0):
-            sys.exit("the lock was not held")
+            said.append("the lock was not held")
     except BackendError as exc:
-        print("held:", exc)
+        said.append(f"held: {exc}")
+with namespace_lock([None], timeout=0):
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+print(said[0])
 """
 
 

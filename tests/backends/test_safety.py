@@ -134,9 +134,19 @@ def test_a_lock_timeout_that_is_not_a_number_of_seconds_is_refused_before_waitin
 def test_a_zero_lock_timeout_tries_the_lock_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path))
-    with namespace_lock([None], timeout=0), \
-            pytest.raises(BackendError, match="waited 0 s"), namespace_lock([None], timeout=0):
-        pass
+    refused: list[BaseException] = []
+
+    def other() -> None:  # another thread: this one would take its own lock again
+        with pytest.raises(BackendError, match="waited 0 s") as failed, \
+                namespace_lock([None], timeout=0):
+            pass
+        refused.append(failed.value)
+
+    with namespace_lock([None], timeout=0):
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert len(refused) == 1
 
 
 def test_backends_without_a_namespace_need_no_lock() -> None:
@@ -234,3 +244,31 @@ def test_deleting_every_owned_route_is_no_teardown_when_foreign_routes_meet_the_
     done = converge(backend, State(owned=[ROUTE, FORWARDING]))
     assert [n.status for n in done.plan.notes] == ["met"], done.plan.render()
     assert backend.observe().owned == {FORWARDING}
+
+
+def test_the_namespace_lock_is_re_entrant_in_its_thread_and_still_excludes_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # flock on a second descriptor of the file waited for this very thread: a destroy
+    # holding the lock for several backends could not let each take it again.
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path))
+    refused: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            with namespace_lock([None], timeout=0):
+                pass
+        except BackendError as exc:
+            refused.append(exc)
+
+    with namespace_lock([None], timeout=0):
+        with namespace_lock([None, None], timeout=0):  # taken again at once
+            pass
+        thread = threading.Thread(target=other)  # still held: the inner block kept it
+        thread.start()
+        thread.join()
+    assert len(refused) == 1
+    assert "waited 0 s" in str(refused[0])
+    thread = threading.Thread(target=other)  # the outermost block released it
+    thread.start()
+    thread.join()
+    assert len(refused) == 1

@@ -8,6 +8,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -730,10 +731,21 @@ def locked_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     held = Locked(State(owned=[Sysctl("net.ipv4.ip_forward", "1")]))
     monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
     register_backend("memory-locked", lambda: held)
-    try:
+    taken, release = threading.Event(), threading.Event()
+
+    def holder() -> None:  # another thread: this one would take its own lock again
         with namespace_lock([None], timeout=0):
-            yield held
+            taken.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert taken.wait(10)
+        yield held
     finally:
+        release.set()
+        thread.join()
         unregister_backend("memory-locked")
 
 

@@ -148,6 +148,57 @@ def test_untracked_packets_in_raw_are_an_exemption_from_nat() -> None:
     assert _blocks("mangle", "-A PREROUTING -j NOTRACK") == set()  # raw's alone
 
 
+def test_untracked_packets_under_a_forward_policy_drop_are_a_forward_block_too() -> None:
+    text = (f"*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ADMIN - [0:0]\n"
+            f"-A PREROUTING -s {POD} -j CT --notrack\n-A PREROUTING -j ADMIN\n"
+            f"-A ADMIN -s {DB} -j NOTRACK\n"
+            "-A PREROUTING -m mark --mark 0x1/0x1 -j NOTRACK\nCOMMIT\n")
+    dump = parse_save(text)["raw"]
+    forward = {b.describe() for b in path_blocks(dump, 4, forward_drops=True)
+               if isinstance(b, ForwardBlock)}
+    assert forward == {  # either way: a reply of an untracked packet is no established one
+        "untrack by iptables IPv4 raw: -A PREROUTING -s 10.42.0.0/16 -j CT --notrack",
+        "untrack by iptables IPv4 raw: -A ADMIN -s 192.168.2.0/24 -j NOTRACK"}
+    for block in path_blocks(dump, 4, forward_drops=True):
+        if isinstance(block, ForwardBlock):
+            assert block.decides(WANTED)
+    # a FORWARD policy of ACCEPT lets the untracked replies through: no NAT alone
+    assert not any(isinstance(b, ForwardBlock) for b in path_blocks(dump, 4))
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("untracked", [["-s", POD, "-j", "CT", "--notrack"],
+                                       ["-s", DB, "-j", "NOTRACK"]],
+                         ids=["pods-packets", "replies"])
+def test_untracked_traffic_under_a_forward_policy_drop_is_dropped_and_a_forward_conflict(
+        require_root: None, mode: str, untracked: list[str]) -> None:
+    """No NAT here (the router routes the pod CIDR back): the forward rule alone decides.
+    An untracked packet's reply is a new connection's, an untracked reply none's: neither
+    matches k3snet's accept of replies, and FORWARD's policy drops them."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED])
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), wanted))
+            assert lab.tcp_probe(4).ok
+            run_in(lab.node, [f"iptables-{mode}", "-w", "-t", "raw", "-A", "PREROUTING",
+                              *untracked])
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+            p = plan(backend.observe(), wanted)
+            (note,) = p.conflicts
+            assert note.wanted == WANTED, p.render()
+            assert isinstance(note.foreign, ForwardBlock)
+            assert note.foreign.describe() == (
+                f"untrack by iptables IPv4 raw: -A PREROUTING {' '.join(untracked)}")
+            assert not p.changes, p.render()
+
+
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])

@@ -37,7 +37,7 @@ CASES: dict[str, Case] = {
                                                      "destination": "10.0.0.0/8"}),
     "rule reasons": lambda: [
         ForwardRule("10.42.0.0/16", "10.0.0.0/8").conflict_reason(
-            _block(verdict=v, family=4)) for v in ("drop", "reject", "return")] + [
+            _block(verdict=v, family=4)) for v in ("drop", "reject", "return", "untrack")] + [
         ForwardRule("10.42.0.0/16", "10.0.0.0/8").conflict_reason(
             ForwardRule("10.42.0.0/16", "10.0.0.0/8"))],
     "block": lambda: _block("-s 10.42.0.0/16 -o eth+ -j REJECT", verdict="reject",

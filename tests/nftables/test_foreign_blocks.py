@@ -135,10 +135,13 @@ BLOCKS: dict[str, tuple[list[Expr], set[NetObject]]] = {
     "an address of the other family counts as a match": (
         [saddr("10.42.0.0/16"), daddr("fd00::/8")],
         {block("ip saddr 10.42.0.0/16 (and 1 more match) drop", source="10.42.0.0/16")}),
-    "a set of destinations counts as a match": (
+    # A drop stops a packet any element matches: one block per element, as precise as
+    # the set (it counted as any destination, and a set-only drop was no block at all).
+    "a set of destinations is a block of each": (
         [saddr("10.42.0.0/16"), {"match": {"op": "==", "left": daddr(B)["match"]["left"],
                                            "right": {"set": ["192.0.2.1", "192.0.2.2"]}}}],
-        {block("ip saddr 10.42.0.0/16 (and 1 more match) drop", source="10.42.0.0/16")}),
+        {block(f"ip saddr 10.42.0.0/16 ip daddr 192.0.2.{n}/32 drop", source="10.42.0.0/16",
+               destination=f"192.0.2.{n}/32") for n in (1, 2)}),
     "a set of exclusions is named, and matches any destination": (
         [saddr("10.42.0.0/16"), {"match": {"op": "!=", "left": daddr(B)["match"]["left"],
                                            "right": {"set": ["192.0.2.1", "192.0.2.2"]}}}],

@@ -274,6 +274,17 @@ table inet wiki {
     }
 }
 """
+# The pods accepted through an anonymous set (read whole, it took nothing: a warning).
+ACCEPTS_THE_PODS_BY_A_SET = """
+table inet filter {
+    chain forward {
+        type filter hook forward priority 0; policy drop;
+        ct state established,related accept
+        ip saddr { 10.42.0.0/16, 10.50.0.0/16 } accept
+        ip6 saddr { fd42:42::/56, fd50::/56 } accept
+    }
+}
+"""
 # (ruleset, what the warning says; None: no warning)
 CASES: dict[str, tuple[str, list[str] | None]] = {
     "replies accepted through a set of states and a verdict map": (
@@ -307,6 +318,7 @@ CASES: dict[str, tuple[str, list[str] | None]] = {
         FIREWALLD_LIKE, ["nftables: inet fw chain screen, ",
                          "(a rule that may drop any address (handle "]),
     "a policy drop whose chain accepts the pods": (ACCEPTS_THE_PODS, None),
+    "a policy drop whose chain accepts the pods through a set": (ACCEPTS_THE_PODS_BY_A_SET, None),
     "firewalld's reverse-path check, and a catch-all reject after the pods' accepts": (
         RPFILTER_BESIDE_ACCEPTS, None),
     "a K3s-like FORWARD whose flannel chain accepts the cluster CIDR": (K3S_LIKE, None),

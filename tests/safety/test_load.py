@@ -158,11 +158,12 @@ from k3snet.model import ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
 ns, name, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
 IPTABLES_TIMEOUT, FOREIGN_TIMEOUT = float(sys.argv[4]), float(sys.argv[5])
+state_dir = sys.argv[6]  # the iptables backend's record of chains it made: not /run/k3snet
 start = time.monotonic()
 desired = State(owned=[MasqueradeRule(f"10.{index}.0.0/16", destination="192.168.2.0/24"),
                        ForwardRule(f"10.{index}.0.0/16", "192.168.2.0/24")])
 backend = (NftablesBackend(ns, foreign_timeout=FOREIGN_TIMEOUT) if name == "nftables"
-           else IptablesBackend(ns, mode="nft", timeout=IPTABLES_TIMEOUT))
+           else IptablesBackend(ns, mode="nft", timeout=IPTABLES_TIMEOUT, state_dir=state_dir))
 with backend:
     try:
         backend.apply(plan(backend.observe(), desired))
@@ -211,7 +212,7 @@ def test_applies_return_next_to_a_big_foreign_chain_under_a_writer(
             # the child is killed rather than left listing.
             done = subprocess.run(
                 ["ip", "netns", "exec", ns, sys.executable, "-c", APPLY, ns, backend_name,
-                 str(index), str(IPTABLES_TIMEOUT), str(FOREIGN_TIMEOUT)],
+                 str(index), str(IPTABLES_TIMEOUT), str(FOREIGN_TIMEOUT), str(tmp_path)],
                 capture_output=True, text=True, timeout=120, check=False)
             assert done.returncode == 0, done.stderr
             results.append(json.loads(done.stdout))

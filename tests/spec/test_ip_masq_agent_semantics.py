@@ -92,13 +92,17 @@ def test_a_cidr_limit_that_is_no_count_is_refused(value: str) -> None:
 
 
 @pytest.mark.parametrize("value", ["60s", "1m30s", "1.5h", "300ms", ".5s", "-1s", "+2m", "0",
-                                   "1us", "1µs", "1ns"])
+                                   "1us", "1µs", "1ns", "-0", "0s", "5.s", "1\u03bcs", "1m1m"])
 def test_a_resync_interval_go_parses_is_read(value: str) -> None:
+    # Zero and negative too: ip-masq-agent's validate() checks the CIDRs alone, and its
+    # loop sleeps resyncInterval between syncs (time.Sleep of 0 or less returns at once);
+    # its rules were in force with such a config, so they are imported.
     config = load_ip_masq_agent_config({"resyncInterval": value, "nonMasqueradeCIDRs": []})
     assert config.resync_interval == value
 
 
-@pytest.mark.parametrize("value", [60, "60", "", "1d", "s", "1.s5", "1 s", True, None, "1s "])
+@pytest.mark.parametrize("value", [60, "60", "", "1d", "s", "1.s5", "1 s", True, None, "1s ",
+                                   "00", ".s", "-", "1h-5m", "1S", "-1", "0.0"])
 def test_a_resync_interval_go_refuses_makes_the_config_refused(value: object) -> None:
     # metav1.Duration: a JSON string time.ParseDuration reads; a number, null or a text
     # without a unit make json.Unmarshal fail, and ip-masq-agent refuse the whole config.

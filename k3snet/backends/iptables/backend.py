@@ -88,6 +88,7 @@ Drift
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -114,6 +115,7 @@ from k3snet.backends.iptables.foreign import (
     nat_blocks,
     path_blocks,
 )
+from k3snet.backends.iptables.made import DEFAULT_ROOT, Made, MadeRecord
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
 from k3snet.backends.iptables.native import NativeRead, native_tables, read_native
 from k3snet.backends.iptables.routed import RoutedBy, read_routes
@@ -140,9 +142,12 @@ from k3snet.backends.kit import (
     BackendBase,
     Compensation,
     GcPause,
+    OptionChecks,
     gc_paused,
+    option_path,
     option_seconds,
 )
+from k3snet.backends.lock import namespace_id
 from k3snet.backends.netlink.socket_driver import SocketDriver, open_dump_driver
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
@@ -189,6 +194,14 @@ class _Step:
     edit: TableEdit
 
 
+def _choice(option: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a :class:`~k3snet.errors.BackendError`."""
+    if isinstance(value, str) and value in choices:
+        return value
+    named = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}"
+    raise BackendError(f"{option} must be {named}, not {value!r}")
+
+
 class IptablesBackend(BackendBase):
     """Masquerade/SNAT (nat table) and forward accepts (filter table) through iptables.
 
@@ -198,6 +211,9 @@ class IptablesBackend(BackendBase):
 
     ``netns`` names the network namespace (``ip netns``) to work in; ``None`` is
     the caller's own. ``driver`` and ``mode`` are described in the module docs.
+    ``state_dir``: where the record of the built-in chains iptables-nft made for k3snet
+    is kept, ``state_dir/<netns or 'host'>/iptables-made.json`` (default
+    ``/run/k3snet``, as the netlink backend's; :mod:`k3snet.backends.iptables.made`).
     ``kernel`` replaces the I/O seam (:class:`~k3snet.backends.iptables.driver.Kernel`),
     e.g. with a fake serving recorded ``iptables-save`` text; ``driver`` is then
     whatever that kernel is. ``faults.fail_at(N)``
@@ -208,9 +224,16 @@ class IptablesBackend(BackendBase):
     """
 
     name = "iptables"
-    option_defaults: ClassVar[Mapping[str, str]] = {"netns": "the caller's own namespace"}
+    option_defaults: ClassVar[Mapping[str, str]] = {"netns": "the caller's own namespace",
+                                                    "state_dir": str(DEFAULT_ROOT)}
     """What an option left out means (``k3snet explain backends.iptables``)."""
     capabilities: frozenset[str] = frozenset({"nat", "forward"})
+    option_checks: ClassVar[OptionChecks] = {
+        "driver": lambda v: _choice("driver", v, ("restore", "libiptc", "auto")),
+        "mode": lambda v: _choice("mode", v, ("nft", "legacy", "auto")),
+        "timeout": lambda v: option_seconds("timeout", v),
+        "state_dir": lambda v: v is None or option_path("state_dir", v)}
+    """The constructor's checks of option values."""
 
     def __init__(
         self,
@@ -219,14 +242,15 @@ class IptablesBackend(BackendBase):
         driver: Driver = "auto",
         mode: Mode = "auto",
         timeout: float = 30.0,
+        state_dir: str | os.PathLike[str] | None = None,
         kernel: Kernel | None = None,
     ) -> None:
         super().__init__()
-        if driver not in ("restore", "libiptc", "auto"):
-            raise BackendError(f"driver must be 'restore', 'libiptc' or 'auto', not {driver!r}")
-        if mode not in ("nft", "legacy", "auto"):
-            raise BackendError(f"mode must be 'nft', 'legacy' or 'auto', not {mode!r}")
-        timeout = option_seconds("timeout", timeout)
+        for option, value in (("driver", driver), ("mode", mode), ("timeout", timeout),
+                              ("state_dir", state_dir)):
+            self.option_checks[option](value)
+        self._state_dir = state_dir
+        timeout = float(timeout)
         if netns is not None and kernel is None:
             path = netns_path(validate_netns(netns))
             if not path.exists():
@@ -744,8 +768,83 @@ class IptablesBackend(BackendBase):
         fail_after = self.faults.take(plan)
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
+        missing = self._builtins_missing(plan)
         with gc_paused(len(plan.changes)) as pause:
-            return self._apply(plan, fail_after, pause)
+            result = self._apply(plan, fail_after, pause)
+        if missing is not None:
+            self._tidy_builtins(missing)
+        return result
+
+    def _reader(self) -> GenerationReader | None:
+        """The namespace's netfilter netlink reader (``None``: none here)."""
+        if self._generation is None and not self._no_generation:
+            self._nft_generation()
+        return self._generation
+
+    def _builtins_missing(self, plan: Plan) -> list[Made] | None:
+        """The built-in chains iptables-nft will make for ``plan``'s rules (that do not
+        exist yet: :mod:`k3snet.backends.iptables.made`); ``None``: not told (legacy,
+        a replaced kernel seam, no netfilter netlink, or it could not be read)."""
+        if self.mode != "nft" or not isinstance(self._kernel, Processes):
+            return None
+        try:
+            reader = self._reader()
+            if reader is None:
+                return None
+            missing = []
+            for family, table in sorted({_where_of(c.subject) for c in plan.changes
+                                         if c.action != "delete"}):
+                nft_family, chain = _nft_family(family), HOOKS[table].builtin
+                if reader.chain_state(nft_family, table, chain) is None:
+                    made = reader.table_use(nft_family, table) is None
+                    missing.append(Made(nft_family, table, chain, made))
+        except K3snetError as exc:
+            log.debug("iptables: cannot tell which built-in chains exist: %s", exc)
+            return None
+        return missing
+
+    def _tidy_builtins(self, missing: list[Made]) -> None:
+        """Record the built-in chains the apply made (of ``missing``), and delete those
+        recorded whose table no longer holds a chain of k3snet's, when still unused
+        (see :mod:`k3snet.backends.iptables.made`). Never fails the apply done."""
+        try:
+            reader = self._reader()
+            if reader is None:
+                return
+            record = MadeRecord(self._netns, namespace_id(self._netns), self._state_dir)
+            before = record.load()
+            made = list(before)
+            made += [m for m in missing if m not in made
+                     and reader.chain_state(m.family, m.table, m.chain) is not None]
+            kept = [m for m in made if not self._remove_unused(reader, m)]
+            if kept != before:
+                record.save(kept)
+        except K3snetError as exc:
+            log.warning("iptables: cannot tidy the built-in chains k3snet made: %s", exc)
+
+    def _remove_unused(self, reader: GenerationReader, made: Made) -> bool:
+        """Whether ``made`` is done with: deleted now (k3snet's chains gone from its table,
+        the chain empty with policy accept), gone, or another program's (a rule in it, a
+        policy drop); ``False``: still k3snet's to keep, or the kernel refused."""
+        family = 4 if made.family == "ip" else 6
+        state = self._tables.get((family, made.table)) if self._tables is not None else None
+        if state is None or state.chains:
+            return False  # k3snet's chains are there (or unknown): the chain is in use
+        generation = reader.read()
+        found = reader.chain_state(made.family, made.table, made.chain)
+        if found is None or found != (0, True):
+            return True  # gone, or used by another program since: not k3snet's to delete
+        table_too = made.table_made and reader.table_use(made.family, made.table) == 1
+        try:
+            reader.delete_unchanged(generation, made.family, made.table, made.chain,
+                                    table_too=table_too)
+        except K3snetError as exc:  # changed meanwhile (ERESTART), or used (EBUSY)
+            log.info("iptables: %s %s %s, made for k3snet's rules, left: %s", made.family,
+                     made.table, made.chain, exc)
+            return False
+        log.info("iptables: deleted %s %s %s%s, made for k3snet's rules only and unused",
+                 made.family, made.table, made.chain, " and its table" if table_too else "")
+        return True
 
     def _apply(self, plan: Plan, fail_after: int | None, pause: GcPause) -> ApplyResult:
         inject = injected = None
@@ -1133,9 +1232,12 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
                             ours=filter_state.chains, routed=routed)
     set_aside(filter_state, blocks)
     foreign |= blocks
-    # raw, mangle and security run on the same path (k3snet has no jump there).
+    # raw, mangle and security run on the same path (k3snet has no jump there). Under a
+    # FORWARD policy that drops, raw's untracked packets are a forward block too: their
+    # replies never match k3snet's accept of established connections.
+    drops = "filter" in dump and dump["filter"].policies.get("FORWARD", "ACCEPT") != "ACCEPT"
     for table in PATH_CHAINS:
-        path = path_blocks(dump.get(table), family, routed=routed)
+        path = path_blocks(dump.get(table), family, forward_drops=drops, routed=routed)
         set_aside(filter_state, path)
         set_aside(tables[family, "nat"], path)  # raw's NOTRACK: no NAT at all
         foreign |= path

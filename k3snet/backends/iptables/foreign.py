@@ -409,6 +409,7 @@ passes (either way: the replies too), each run by the kernel besides filter's FO
 
 
 def path_blocks(dump: TableDump | None, family: int, *,
+                forward_drops: bool = False,
                 routed: RoutedBy | None = None) -> set[NetObject]:
     """Foreign rules of ``raw``, ``mangle`` or ``security`` (``dump``'s table) that drop,
     reject or queue forwarded packets, in the built-in chains of :data:`PATH_CHAINS`.
@@ -425,7 +426,11 @@ def path_blocks(dump: TableDump | None, family: int, *,
     (``-j NOTRACK``, ``-j CT --notrack``) takes them out of NAT altogether (the nat
     table sees only tracked connections): it is an ``exempt``
     :class:`~k3snet.model.NatBlock`, a conflict of the masquerade and SNAT rules it
-    may match. ``routed``: as for :func:`foreign_blocks`.
+    may match. With ``forward_drops`` (filter's FORWARD policy is not ``ACCEPT``) it is
+    an ``untrack`` :class:`~k3snet.model.ForwardBlock` too: an untracked packet's reply
+    (or an untracked reply) is no established connection's, k3snet's accept of replies
+    (``--ctstate RELATED,ESTABLISHED``) does not take it, and the policy drops it.
+    ``routed``: as for :func:`foreign_blocks`.
     """
     found: set[NetObject] = set()
     if dump is None:
@@ -435,7 +440,8 @@ def path_blocks(dump: TableDump | None, family: int, *,
             found |= _ForwardWalk(dump, family, None, builtin=builtin,
                                   routed=routed).through()
     if dump.name == "raw":
-        found |= _UntrackWalk(dump, family, None).walk("PREROUTING",
+        found |= _UntrackWalk(dump, family, None, forward=forward_drops).walk(
+            "PREROUTING",
                                                        len(dump.chain("PREROUTING")))
     return found
 
@@ -581,11 +587,11 @@ class _ForwardWalk(_Walk):
 
 
 def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
-           outers: tuple[Line, ...] = (), where: str = "",
+           outers: tuple[Line, ...] = (), where: str = "", verdict: str = "",
            routed: RoutedBy | None = None) -> None:
     """Add the block ``tokens`` makes (narrowed by the jumps ``outers`` that lead there, and
     for an out- or in-interface without a destination or source by what ``routed`` routes
-    by it)."""
+    by it; ``verdict``: the block's, when not its target's)."""
     matches: dict[str, str | None] = {}
     for line in (*outers, tokens):  # the innermost match of each kind is the narrowest known
         matches.update({k: v for k, v in _addresses(line).items() if v is not None})
@@ -607,11 +613,12 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
                 matches[address] = str(cover)
     text = f"-A {chain} {format_line(tokens)}"
     where = where or f"iptables IPv{family} filter"
+    verdict = verdict or _VERDICT[target]
     try:
-        found.add(ForwardBlock(family, _VERDICT[target], text, where, **matches))
+        found.add(ForwardBlock(family, verdict, text, where, **matches))
     except (K3snetError, ValueError):
         # A match k3snet cannot hold (another family, an odd interface): read it as "any".
-        found.add(ForwardBlock(family, _VERDICT[target], text, where))
+        found.add(ForwardBlock(family, verdict, text, where))
 
 
 def _reverse_path(tokens: Line) -> bool:
@@ -721,7 +728,12 @@ class _NatWalk(_Walk):
 
 class _UntrackWalk(_Walk):
     """One walk of :func:`path_blocks` down raw PREROUTING for rules that leave packets
-    untracked (bounded, loop-safe)."""
+    untracked (bounded, loop-safe); ``forward``: each is a forward block too."""
+
+    def __init__(self, dump: TableDump, family: int, ours: Container[str] | None, *,
+                 forward: bool = False) -> None:
+        super().__init__(dump, family, ours)
+        self.forward = forward
 
     def unread(self, text: str) -> NetObject:
         return NatBlock(self.family, "exempt", text, f"iptables IPv{self.family} raw")
@@ -738,8 +750,12 @@ class _UntrackWalk(_Walk):
         return _ON
 
     def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
+        where = f"iptables IPv{self.family} raw"
         _nat_block(self.found, self.family, chain, tokens, "RETURN", outers=outers,
-                   where=f"iptables IPv{self.family} raw")
+                   where=where)
+        if self.forward and not (_marked(tokens) or any(map(_marked, outers))):
+            _block(self.found, self.family, chain, tokens, target, outers=outers,
+                   where=where, verdict="untrack")
 
 
 def _marked(tokens: Line) -> bool:

@@ -68,6 +68,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import os
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -77,6 +78,7 @@ from k3snet.backends.base import ApplyResult
 from k3snet.backends.kit import (
     BackendBase,
     Compensation,
+    OptionChecks,
     UndoFailure,
     disruptive_problems,
     fit_problems,
@@ -166,6 +168,42 @@ def check_route_protocol(protocol: object) -> int:
     return protocol
 
 
+def _check_driver(driver: object) -> None:
+    if not callable(driver) and driver not in ("socket", "pyroute2"):
+        raise BackendError(f"driver must be 'socket' or 'pyroute2', got {driver!r}")
+
+
+def _path_text(option: str, value: object) -> str | os.PathLike[str]:
+    """``value`` if it is a path (text or a path object), else a
+    :class:`~k3snet.errors.BackendError` naming ``option`` (``state_dir: 5`` was a
+    ``TypeError`` from :class:`~pathlib.Path`)."""
+    if isinstance(value, str | os.PathLike):
+        return value
+    raise BackendError(f"{option} must be a path (text), got {value!r}")
+
+
+def _route_tables(tables: object) -> frozenset[int]:
+    """The route tables of option ``tables`` (a list of 1..2**32-1 numbers), else a
+    :class:`~k3snet.errors.BackendError` saying why."""
+    if isinstance(tables, str | bytes | Mapping) or not isinstance(tables, Iterable):
+        raise BackendError(f"tables must be a list of route table numbers, got {tables!r}")
+    try:
+        return frozenset(Route("0.0.0.0/0", device="lo", table=t).table for t in tables)
+    except ModelError as exc:
+        raise BackendError(f"tables: {exc}") from exc
+
+
+def _sysctl_names(names: object) -> tuple[str, ...]:
+    """The sysctls of option ``watch_sysctls`` (a list of names), else a
+    :class:`~k3snet.errors.BackendError` saying why."""
+    if isinstance(names, str | bytes | Mapping) or not isinstance(names, Iterable):
+        raise BackendError(f"watch_sysctls must be a list of sysctl names, got {names!r}")
+    try:
+        return tuple(Sysctl(n, "0").name for n in names)
+    except ModelError as exc:
+        raise BackendError(f"watch_sysctls: {exc}") from exc
+
+
 class NetlinkBackend(BackendBase):
     """Routes and ``net.*`` sysctls of one network namespace, through rtnetlink and /proc/sys.
 
@@ -217,6 +255,15 @@ class NetlinkBackend(BackendBase):
     """What an option left out means (``k3snet explain backends.netlink``)."""
     capabilities: frozenset[str] = frozenset({"route", "sysctl"})
 
+    option_checks: ClassVar[OptionChecks] = {
+        "driver": _check_driver, "protocol": check_route_protocol,
+        "tables": lambda v: v is None or _route_tables(v), "watch_sysctls": _sysctl_names,
+        "state_dir": lambda v: v is None or _path_text("state_dir", v),
+        "proc_sys": lambda v: _path_text("proc_sys", v),
+        "allow_disruptive": lambda v: option_flag("allow_disruptive", v)}
+    """The constructor's checks of option values (whether ``proc_sys`` is a directory is
+    the node's to say, when the backend is built)."""
+
     def __init__(
         self,
         netns: str | None = None,
@@ -229,27 +276,20 @@ class NetlinkBackend(BackendBase):
         proc_sys: str | Path = "/proc/sys",
         allow_disruptive: bool = False,
     ) -> None:
-        if not callable(driver) and driver not in ("socket", "pyroute2"):
-            raise BackendError(f"driver must be 'socket' or 'pyroute2', got {driver!r}")
+        _check_driver(driver)
         self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
-        self.proc_sys = Path(proc_sys)
+        self.proc_sys = Path(_path_text("proc_sys", proc_sys))
         if not self.proc_sys.is_dir():
             raise BackendError(f"proc_sys {str(proc_sys)!r} is not a directory")
         self.protocol = check_route_protocol(protocol)
         self.netns = netns
         self.tables: frozenset[int] | None = None
         if tables is not None:
-            try:
-                self.tables = frozenset(Route("0.0.0.0/0", device="lo", table=t).table
-                                        for t in tables)
-            except ModelError as exc:
-                raise BackendError(f"tables: {exc}") from exc
+            self.tables = _route_tables(tables)
+        if state_dir is not None:
+            _path_text("state_dir", state_dir)
         super().__init__()
-        try:
-            self._watch = frozenset(Sysctl(n, "0").name for n in (*WATCHED_SYSCTLS,
-                                                                   *watch_sysctls))
-        except ModelError as exc:
-            raise BackendError(f"watch_sysctls: {exc}") from exc
+        self._watch = frozenset((*_sysctl_names(WATCHED_SYSCTLS), *_sysctl_names(watch_sysctls)))
         self._operations = 0
         self._observed: tuple[tuple[int, int], State] | None = None
         self.driver: str = driver if isinstance(driver, str) else getattr(

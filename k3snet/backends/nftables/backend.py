@@ -82,11 +82,12 @@ network namespace and one kernel seam (:mod:`.kernel`); use one instance per thr
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
@@ -95,10 +96,12 @@ from k3snet.backends.kit import (
     GC_PAUSE_MIN,
     BackendBase,
     ObserveCache,
+    OptionChecks,
     fit_problems,
     gc_paused,
     option_flag,
     option_seconds,
+    run_option_checks,
     unwritten_problems,
 )
 from k3snet.backends.netns import NetnsRunner
@@ -136,7 +139,13 @@ from k3snet.backends.nftables.parse import (
     table_of,
 )
 from k3snet.backends.nftables.text import Lines, expected_lines, first_rule_lines
-from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, PlanError
+from k3snet.errors import (
+    ApplyError,
+    BackendError,
+    BackendUnavailableError,
+    K3snetError,
+    PlanError,
+)
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, NetObject, SnatRule
 from k3snet.model.state import State
 from k3snet.planner import Plan
@@ -192,6 +201,13 @@ class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the back
     """The plan does not fit k3snet's table: the kit's fit check says why."""
 
 
+def _table_name(syntax: str, table: Any) -> str:
+    """``table`` if it can name k3snet's table in batches of ``syntax``, else a
+    :class:`~k3snet.errors.ModelError`: nft's language cannot name a table after one
+    of its words; JSON batches can."""
+    return validate_table_name(table) if syntax == "json" else validate_nft_name(table)
+
+
 class NftablesBackend(BackendBase):
     """NAT and forward rules in k3snet's own nftables table, one transaction per apply.
 
@@ -226,6 +242,25 @@ class NftablesBackend(BackendBase):
     option_defaults: ClassVar[Mapping[str, str]] = {"netns": "the caller's own namespace"}
     """What an option left out means (``k3snet explain backends.nftables``)."""
     capabilities: frozenset[str] = frozenset({"nat", "forward"})
+    option_checks: ClassVar[OptionChecks] = {
+        "family": table_families, "syntax": validate_syntax,
+        "observe_foreign": lambda v: option_flag("observe_foreign", v),
+        "keep_read": lambda v: option_flag("keep_read", v),
+        "foreign_timeout": lambda v: option_seconds("foreign_timeout", v),
+        "read_timeout": lambda v: option_seconds("read_timeout", v)}
+    """The constructor's checks of option values (``table``'s depends on ``syntax``)."""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The option checks, and ``table``'s as the constructor judges it for the
+        ``syntax`` given (a word of nft's language is a name only in JSON batches)."""
+        problems = super().check_options(options)
+        if "table" in options:
+            with contextlib.suppress(K3snetError):
+                problems += run_option_checks(
+                    {"table": functools.partial(_table_name, validate_syntax(
+                        options.get("syntax", "nft")))}, options)
+        return problems
 
     def __init__(
         self,
@@ -244,7 +279,7 @@ class NftablesBackend(BackendBase):
         self._families = table_families(family)
         validate_syntax(syntax)
         # nft's language cannot name a table after one of its words; JSON batches can.
-        self._table = validate_table_name(table) if syntax == "json" else validate_nft_name(table)
+        self._table = _table_name(syntax, table)
         if kernel is None:
             try:
                 import nftables  # noqa: F401, PLC0415 - only checks the optional dependency

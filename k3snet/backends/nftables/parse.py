@@ -326,6 +326,67 @@ def _vmap_expanded(expr: list[Any]) -> list[list[Any]]:
              *expr[at + 1:]] for value, verdict in pairs]
 
 
+def _set_expanded(expr: list[Any]) -> list[list[Any]]:
+    """An accept, drop, reject or queue testing an address against an anonymous set or a
+    range (``ip daddr { 192.168.2.0/24, 10.9.0.0/16 } drop``, ``ip saddr { 10.42.0.0/16,
+    10.50.0.0/16 } accept``, ``ip daddr 192.168.2.0-192.168.2.200 drop``) as one rule per
+    prefix it names: the verdict ends the chain for a packet one of them matches, so
+    testing them one by one decides as the kernel does. Read whole, the rule named no
+    address k3snet models: a drop of the pods' destination was no block at all, an
+    accept of the pods took nothing (a policy drop after it warned of as dropping them).
+    Any other rule, and one naming more than :data:`_MAX_VMAP_ELEMENTS` prefixes, stays
+    as it is."""
+    sets = [(at, nets) for at, statement in enumerate(expr)
+            if (nets := _address_set(statement)) is not None]
+    if not sets or parse_rule(expr).verdict not in (*_STOPS, "accept"):
+        return [expr]
+    exprs = [expr]
+    for at, nets in sets:
+        test = expr[at]["match"]
+        exprs = [[*e[:at], {"match": {**test, "right": {"prefix": {
+                      "addr": str(net.network_address), "len": net.prefixlen}}}}, *e[at + 1:]]
+                 for e in exprs for net in nets]
+        if len(exprs) > _MAX_VMAP_ELEMENTS:
+            return [expr]
+    return exprs
+
+
+def _address_set(statement: Any) -> list[Network] | None:
+    """The prefixes of a positive address test against an anonymous set or a range (else
+    None: one prefix, anything else, an element k3snet cannot read)."""
+    test = statement.get("match") if isinstance(statement, dict) and len(statement) == 1 else None
+    if not isinstance(test, dict) or test.get("op", "==") not in ("==", "in"):
+        return None
+    left, right = test.get("left"), test.get("right")
+    payload = left.get("payload") if isinstance(left, dict) else None
+    if (not isinstance(payload, dict) or payload.get("protocol") not in ("ip", "ip6")
+            or payload.get("field") not in ("saddr", "daddr") or not isinstance(right, dict)):
+        return None
+    items = right.get("set") if "set" in right else [right] if "range" in right else None
+    if not isinstance(items, list) or not items:
+        return None
+    nets: list[Network] = []
+    try:
+        for item in items:
+            nets += _element_prefixes(item)
+            if len(nets) > _MAX_VMAP_ELEMENTS:
+                return None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return nets
+
+
+def _element_prefixes(item: Any) -> list[Network]:
+    """The prefixes one set element names (an address, a prefix, a range); raises
+    ValueError (or TypeError, KeyError) for anything else."""
+    if isinstance(item, dict) and isinstance(item.get("elem"), dict):
+        item = item["elem"].get("val")  # an element with a comment, a timeout ...
+    if isinstance(item, dict) and "range" in item:
+        low, high = (ipaddress.ip_address(str(a)) for a in item["range"])
+        return list(ipaddress.summarize_address_range(low, high))
+    return [_network(item)]
+
+
 def parse_rule(expr: Sequence[Any]) -> Match:
     """Read a rule's JSON statements into a :class:`Match`; never raises on odd input."""
     out = Match()
@@ -523,6 +584,9 @@ class ForeignReader:
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
     # each chain's rules that stop any packet (a drop, reject or queue naming no address)
     _catch_alls: dict[tuple[tuple[str, str], str], list[str]] = field(default_factory=dict)
+    # each chain's rules that stop packets naming an address: a default of a nat chain
+    # after k3snet's (no block: it never sees what k3snet's NAT translates)
+    _addressed: dict[tuple[tuple[str, str], str], list[str]] = field(default_factory=dict)
     # the rules walked for NAT and accepts, and those read for forward drops
     _walk_budget: _Budget = field(
         default_factory=lambda: _Budget("the walk of other tables' chains"))
@@ -703,7 +767,10 @@ class ForeignReader:
         on the forward, prerouting or postrouting hook, or a nat chain on the prerouting
         or postrouting hook (the kernel runs those for the first packet of each new
         connection, conntrack on: a drop there drops it, and the connection never
-        starts). Call after :meth:`read`; judged later without listing anything
+        starts). In a nat chain on the postrouting hook after k3snet's, a rule of its own
+        stopping some addresses is one too: it is no block, since the kernel never runs it
+        for a connection k3snet's NAT translated, and drops the others. Call after
+        :meth:`read`; judged later without listing anything
         (:meth:`ForwardDefaults.unopened`)."""
         found = []
         bases = [*((b, "filter") for b in (*self.forward_bases, *self.path_bases)),
@@ -711,6 +778,8 @@ class ForeignReader:
         for (where, name, policy), kind in bases:
             what = [f"policy {policy}"] if policy != "accept" else []
             what += self._catch_alls.get((where, name), [])
+            if (where, name) in self._after_own_nat:
+                what += self._addressed.get((where, name), [])
             if what:
                 found.append(ForwardDefault(
                     where[0], where[1], name, policy, tuple(what), kind=kind,
@@ -785,18 +854,24 @@ class ForeignReader:
         rules = []
         stops = self._catch_alls[(where, chain)] = []
         hook = _XT_HOOK_CHAINS.get((family, table, chain))
+        addressed = self._addressed[(where, chain)] = []
         for item in items:
             rule = item.get("rule")
             if hook is not None and isinstance(rule, dict) and self._iptables_hook(
                     where, rule, hook):
                 continue  # the iptables backend's jump to its chains: k3snet's, not foreign
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
-                for expr in _vmap_expanded(rule["expr"]):
+                for expr in (one for whole in _vmap_expanded(rule["expr"])
+                             for one in _set_expanded(whole)):
                     match = parse_rule(expr)
                     if match.verdict in _STOPS and not any(
                             not neg for _, neg in match.saddr + match.daddr):
                         stops.append(f"a rule that may {match.verdict} any address "
                                      f"(handle {rule.get('handle')})")
+                    elif match.verdict in _STOPS:
+                        addressed.append(f"a rule that may {match.verdict} "
+                                         f"{' '.join(_rule_words(match)[0])} "
+                                         f"(handle {rule.get('handle')})")
                     if match.proto is None and family in ("ip", "ip6"):
                         match.proto = family
                     rules.append(match)

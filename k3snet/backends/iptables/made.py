@@ -1,0 +1,90 @@
+"""Built-in chains iptables-nft made for k3snet's jump, recorded to go with it.
+
+iptables-nft creates a built-in chain (``ip filter FORWARD``, ``ip6 nat POSTROUTING``),
+and its table, only when a rule is first added to it: on a node where nothing else
+used them, k3snet's hook jump made them, and a destroy left them behind, empty with
+policy accept (a nat chain keeps connection tracking on for every packet of the
+namespace). Whether they existed is read when k3snet's apply adds rules to the table
+(the kernel's own answer, never guessed from ``iptables-nft-save``, which shows every
+built-in chain, existing or not), and what k3snet's apply made is kept in
+``<state_dir>/<netns or 'host'>/iptables-made.json`` (the backend's ``state_dir``,
+``/run/k3snet`` by default, as the netlink backend's sysctl record; the CLI, the agent
+and the Ansible module give both ``$K3SNET_STATE_DIR``), with the namespace's identity.
+Once k3snet's chains are gone from that table, a recorded chain that is still empty
+with policy accept is deleted, with its table when k3snet's apply made that too and
+it holds nothing else, in one transaction the kernel refuses when anything changed
+since (a rule, a chain, an admin's policy drop: then it is another program's and the
+record is dropped). A record that cannot be read or written is a log line: the
+chain then stays, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from k3snet._kept import read_trusted, replace_atomically
+
+__all__ = ["DEFAULT_ROOT", "Made", "MadeRecord"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("/run/k3snet")  # the netlink backend's DEFAULT_STATE_ROOT (not Final:
+# the project's tests move it)
+_NAME: Final = "iptables-made.json"
+_LIMIT: Final = 64 * 1024
+
+
+@attrs.frozen
+class Made:
+    """A built-in chain iptables-nft made for k3snet (``table_made``: its table too)."""
+
+    family: str
+    table: str
+    chain: str
+    table_made: bool
+
+
+class MadeRecord:
+    """The record of one namespace (``identity``: its ``namespace_id``; a record of an
+    earlier namespace of the same name is another's, and ignored)."""
+
+    def __init__(self, netns: str | None, identity: str,
+                 root: str | os.PathLike[str] | None = None) -> None:
+        self.file = Path(root if root is not None else DEFAULT_ROOT) / (netns or "host") / _NAME
+        self.identity = identity
+
+    def load(self) -> list[Made]:
+        """What is recorded for this namespace (nothing when unreadable)."""
+        data = read_trusted(self.file, _LIMIT)
+        if data is None:
+            return []
+        try:
+            document = json.loads(data)
+            if document.get("namespace") != self.identity:
+                return []
+            return [Made(str(e["family"]), str(e["table"]), str(e["chain"]),
+                         bool(e["table_made"])) for e in document["made"]]
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("iptables: ignoring the record %s of chains k3snet made: %s",
+                        self.file, exc)
+            return []
+
+    def save(self, made: list[Made]) -> None:
+        """Record ``made`` (the file removed when empty); a failure is a log line."""
+        try:
+            if not made:
+                if self.file.exists():
+                    self.file.unlink()
+                return
+            document = {"namespace": self.identity, "made": [attrs.asdict(m) for m in made]}
+            replace_atomically(self.file, json.dumps(document, indent=1) + "\n",
+                               ".iptables-made-", mode=0o700)
+        except OSError as exc:
+            log.warning("iptables: cannot record the built-in chains k3snet made in %s: %s "
+                        "(a destroy leaves them, empty)", self.file, exc)

@@ -1,0 +1,115 @@
+"""Built-in chains and tables iptables-nft made for k3snet's jump go with it, if unused.
+
+On a namespace where nothing used ``ip filter FORWARD`` or ``ip6 nat POSTROUTING``,
+iptables-nft creates them (and their tables) for k3snet's jump; a destroy left them,
+empty with policy accept (a nat chain keeping connection tracking on). What the apply
+made is recorded (:mod:`k3snet.backends.iptables.made`); a destroy deletes it when
+still unused, and never a chain or table that existed before, holds another
+program's rule, or an admin set to policy drop. Checked with ``nft -j list ruleset``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.converge import destroy
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardRule, MasqueradeRule, State
+from k3snet.planner import plan
+
+pytestmark = pytest.mark.kernel
+
+WANTED = State(owned=[
+    ForwardRule("10.42.0.0/16", "192.168.2.0/24"),
+    MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24"),
+    ForwardRule("fd42::/56", "fd01:2::/64"),
+    MasqueradeRule("fd42::/56", destination="fd01:2::/64"),
+])
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
+    return tmp_path
+
+
+@pytest.fixture
+def backend(ns: str, state_dir: Path) -> Iterator[IptablesBackend]:
+    with IptablesBackend(ns, mode="nft", state_dir=state_dir) as made:
+        yield made
+
+
+def _ruleset(ns: str) -> dict[tuple[str, str], dict[str, dict[str, object]]]:
+    """{(family, table): {chain: {"policy": ..., "rules": n}}} as nft lists it."""
+    listed = json.loads(run_in(ns, ["nft", "-j", "list", "ruleset"]).stdout)["nftables"]
+    tables: dict[tuple[str, str], dict[str, dict[str, object]]] = {}
+    for item in listed:
+        if "table" in item:
+            tables[item["table"]["family"], item["table"]["name"]] = {}
+        elif "chain" in item:
+            chain = item["chain"]
+            tables[chain["family"], chain["table"]][chain["name"]] = {
+                "policy": chain.get("policy"), "rules": 0}
+        elif "rule" in item:
+            rule = item["rule"]
+            tables[rule["family"], rule["table"]][rule["chain"]]["rules"] += 1  # type: ignore[operator]
+    return tables
+
+
+def test_a_destroy_removes_the_built_in_chains_and_tables_its_apply_made(
+        ns: str, backend: IptablesBackend, state_dir: Path) -> None:
+    assert _ruleset(ns) == {}
+    backend.apply(plan(backend.observe(), WANTED))
+    assert set(_ruleset(ns)) == {("ip", "filter"), ("ip", "nat"), ("ip6", "filter"),
+                                 ("ip6", "nat")}
+    record = json.loads((state_dir / ns / "iptables-made.json").read_text())
+    assert sorted((m["family"], m["table"], m["chain"], m["table_made"])
+                  for m in record["made"]) == [
+        ("ip", "filter", "FORWARD", True), ("ip", "nat", "POSTROUTING", True),
+        ("ip6", "filter", "FORWARD", True), ("ip6", "nat", "POSTROUTING", True)]
+    destroy(backend)
+    assert _ruleset(ns) == {}  # nothing k3snet made is left, empty or not
+    assert not (state_dir / ns / "iptables-made.json").exists()
+    assert plan(backend.observe(), State()).empty
+
+
+def test_built_in_chains_that_existed_before_stay(ns: str, backend: IptablesBackend,
+                                                  state_dir: Path) -> None:
+    # Another program's table and chain, empty with policy accept: not k3snet's to delete.
+    run_in(ns, ["iptables-nft", "-w", "-P", "FORWARD", "ACCEPT"])
+    before = _ruleset(ns)
+    assert before == {("ip", "filter"): {"FORWARD": {"policy": "accept", "rules": 0}}}
+    backend.apply(plan(backend.observe(), WANTED))
+    destroy(backend)
+    assert _ruleset(ns) == before
+
+
+@pytest.mark.parametrize("meanwhile", [
+    ["iptables-nft", "-w", "-A", "FORWARD", "-s", "10.9.0.0/16", "-j", "ACCEPT"],
+    ["iptables-nft", "-w", "-P", "FORWARD", "DROP"],
+], ids=["another-rule", "policy-drop"])
+def test_a_built_in_chain_another_program_uses_since_stays(
+        ns: str, backend: IptablesBackend, state_dir: Path, meanwhile: list[str]) -> None:
+    backend.apply(plan(backend.observe(), WANTED))
+    run_in(ns, meanwhile)  # kube-proxy's rule, an admin's policy: the chain is theirs now
+    destroy(backend)
+    left = _ruleset(ns)
+    assert set(left) == {("ip", "filter")}  # the others went
+    (forward,) = left["ip", "filter"].values()
+    assert forward == ({"policy": "accept", "rules": 1} if "-A" in meanwhile
+                       else {"policy": "drop", "rules": 0})
+    assert not (state_dir / ns / "iptables-made.json").exists()  # no longer k3snet's
+
+
+def test_a_table_holding_another_chain_since_stays_without_the_built_in_chain(
+        ns: str, backend: IptablesBackend) -> None:
+    backend.apply(plan(backend.observe(), WANTED))
+    run_in(ns, ["iptables-nft", "-w", "-N", "ADMIN"])
+    destroy(backend)
+    left = _ruleset(ns)
+    assert left == {("ip", "filter"): {"ADMIN": {"policy": None, "rules": 0}}}

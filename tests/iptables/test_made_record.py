@@ -1,0 +1,76 @@
+"""The record of the built-in chains iptables-nft made for k3snet: this namespace's only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.iptables import made
+from k3snet.backends.iptables.made import Made, MadeRecord
+
+MADE = [Made("ip", "filter", "FORWARD", True), Made("ip6", "nat", "POSTROUTING", False)]
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_a_record_reads_back_for_its_namespace_alone_and_goes_when_empty(
+        state_dir: Path) -> None:
+    record = MadeRecord("lab", "1-2", state_dir)
+    record.save(MADE)
+    assert record.file == state_dir / "lab" / "iptables-made.json"
+    assert record.file.stat().st_mode & 0o077 == 0
+    assert MadeRecord("lab", "1-2", state_dir).load() == MADE
+    # a later namespace of the same name (another inode) made none of them
+    assert MadeRecord("lab", "1-3", state_dir).load() == []
+    record.save([])
+    assert not record.file.exists()
+
+
+def test_a_damaged_or_foreign_record_is_nothing_made(state_dir: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    record = MadeRecord(None, "1-2", state_dir)
+    record.save(MADE)
+    assert record.file == state_dir / "host" / "iptables-made.json"
+    record.file.write_text('{"namespace": "1-2", "made": [{"family": "ip"}]}')
+    assert record.load() == []
+    assert "ignoring the record" in caplog.text
+    record.file.chmod(0o666)  # writable by anyone: not k3snet's to trust
+    record.save(MADE)  # replaced atomically by a file of k3snet's own
+    assert record.load() == MADE
+    record.file.chmod(0o666)
+    assert record.load() == []
+
+
+def test_without_a_state_dir_the_record_is_kept_where_the_netlink_backend_keeps_its_own(
+        ) -> None:
+    from k3snet.backends.iptables import IptablesBackend  # noqa: PLC0415
+    from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend  # noqa: PLC0415
+
+    # (the tests' conftest moves made.DEFAULT_ROOT away from /run/k3snet)
+    assert IptablesBackend.option_defaults["state_dir"] == str(DEFAULT_STATE_ROOT)
+    assert NetlinkBackend.option_defaults["state_dir"] == str(DEFAULT_STATE_ROOT)
+    assert MadeRecord("lab", "1-2").file.parent.parent == made.DEFAULT_ROOT
+
+
+def test_the_cli_s_k3snet_state_dir_reaches_the_iptables_backend_as_the_netlink_one(
+        ) -> None:
+    from k3snet.backends.options import resolve_backend_options  # noqa: PLC0415
+
+    environ = {"K3SNET_STATE_DIR": "/var/lib/k3snet"}
+    for name in ("iptables", "netlink"):
+        options = resolve_backend_options(name, environ=environ)
+        assert options["state_dir"] == Path("/var/lib/k3snet")
+
+
+@pytest.mark.parametrize("value", ["/run/k3s\0net", 5, ["/run"]])
+def test_a_state_dir_that_is_no_path_is_refused_when_the_backend_is_built(
+        value: object) -> None:
+    from k3snet.backends.iptables import IptablesBackend  # noqa: PLC0415
+    from k3snet.errors import ModelError  # noqa: PLC0415
+
+    with pytest.raises(ModelError, match="state_dir must be a path"):
+        IptablesBackend(state_dir=value)  # type: ignore[arg-type]
