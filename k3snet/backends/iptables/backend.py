@@ -93,7 +93,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from importlib.util import find_spec
-from typing import ClassVar, Literal, NoReturn
+from typing import TYPE_CHECKING, ClassVar, Literal, NoReturn
 
 import attrs
 
@@ -148,7 +148,6 @@ from k3snet.backends.kit import (
     option_seconds,
 )
 from k3snet.backends.lock import namespace_id
-from k3snet.backends.netlink.socket_driver import SocketDriver, open_dump_driver
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables.kernel import BoundedLister, Lists
@@ -173,6 +172,9 @@ from k3snet.render.iptables.rules import (
     table_of,
 )
 from k3snet.render.nftables import table_families
+
+if TYPE_CHECKING:  # imported when routes are read (see _routed)
+    from k3snet.backends.netlink.socket_driver import SocketDriver
 
 __all__ = ["Driver", "IptablesBackend", "Mode"]
 
@@ -459,6 +461,10 @@ class IptablesBackend(BackendBase):
         def load() -> list[tuple[int, int, int, str | None]]:
             try:
                 if self._route_reader is None:
+                    from k3snet.backends.netlink.socket_driver import (  # noqa: PLC0415
+                        open_dump_driver,  # only when a drop by interface alone is judged
+                    )
+
                     runner = NetnsRunner(self._netns)
                     try:
                         self._route_reader = open_dump_driver(runner)

@@ -26,25 +26,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from k3snet.backends.netlink.codec import (
-    HDR,
-    RT_TABLE_LOCAL,
-    RTA_DST,
-    RTA_MULTIPATH,
-    RTA_OIF,
-    RTA_TABLE,
-    RTM_F_CLONED,
-    RTM_GETROUTE,
-    RTMSG,
-    RTN_UNICAST,
-    U32,
-    attrs_of,
-    route_dump_request,
-)
-from k3snet.backends.netlink.socket_driver import SocketDriver
 from k3snet.model import interfaces_may_meet
 from k3snet.model.cidr import Network
+
+if TYPE_CHECKING:  # the netlink modules are imported by read_routes alone, when it runs
+    from k3snet.backends.netlink.socket_driver import SocketDriver
 
 __all__ = ["RoutedBy", "read_routes"]
 
@@ -137,6 +125,24 @@ def read_routes(driver: SocketDriver) -> list[_Raw]:
     """The namespace's unicast routes of every table but ``local``, as :class:`RoutedBy`
     takes them: one link dump, one route dump per family, decoded only as far as the
     destination and device (a node with 10 000 routes: see docs/performance.md)."""
+    # Here, not at the top: a cold `k3snet apply --backend iptables` that meets no drop by
+    # interface alone never imports the netlink backend's modules.
+    from k3snet.backends.netlink.codec import (  # noqa: PLC0415
+        HDR,
+        RT_TABLE_LOCAL,
+        RTA_DST,
+        RTA_MULTIPATH,
+        RTA_OIF,
+        RTA_TABLE,
+        RTM_F_CLONED,
+        RTM_GETROUTE,
+        RTMSG,
+        RTN_UNICAST,
+        U32,
+        attrs_of,
+        route_dump_request,
+    )
+
     names = {index: link.name for index, link in driver.links().items()}
     found: list[_Raw] = []
     for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
