@@ -93,7 +93,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from importlib.util import find_spec
-from typing import ClassVar, Literal, NoReturn
+from typing import TYPE_CHECKING, ClassVar, Literal, NoReturn
 
 import attrs
 
@@ -118,6 +118,7 @@ from k3snet.backends.iptables.foreign import (
 from k3snet.backends.iptables.made import DEFAULT_ROOT, Made, MadeRecord
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
 from k3snet.backends.iptables.native import NativeRead, native_tables, read_native
+from k3snet.backends.iptables.routed import RoutedBy, read_routes
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
     INJECTED_CHAIN,
@@ -171,6 +172,9 @@ from k3snet.render.iptables.rules import (
     table_of,
 )
 from k3snet.render.nftables import table_families
+
+if TYPE_CHECKING:  # imported when routes are read (see _routed)
+    from k3snet.backends.netlink.socket_driver import SocketDriver
 
 __all__ = ["Driver", "IptablesBackend", "Mode"]
 
@@ -275,6 +279,7 @@ class IptablesBackend(BackendBase):
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
         self._generation: GenerationReader | None = None
         self._no_generation = False
+        self._route_reader: SocketDriver | None = None  # rtnetlink, for RoutedBy
         self._legacy_reader: NetnsRunner | None = None  # a thread in the namespace
         self._legacy_memo: dict[tuple[int, str], Kept] = {}  # its last read of each table
         # prefetch(): the change token read before the saves it started, and them.
@@ -444,6 +449,34 @@ class IptablesBackend(BackendBase):
             if getattr(other, "name", None) == "nftables"
             for family in table_families(getattr(other, "family", "inet")))
 
+    def _routed(self) -> RoutedBy | None:
+        """The node's routes, read at most once by this observe, when a drop naming an
+        out-interface and no destination is judged (:mod:`~k3snet.backends.iptables.routed`);
+        ``None`` with a replaced kernel seam (nothing is read: such a drop may meet any
+        packet). Not read on the observe cache's path: a route change alone does not move
+        the change token, the next change of the tables reads them again."""
+        if not isinstance(self._kernel, Processes):
+            return None
+
+        def load() -> list[tuple[int, int, int, str | None]]:
+            try:
+                if self._route_reader is None:
+                    from k3snet.backends.netlink.socket_driver import (  # noqa: PLC0415
+                        open_dump_driver,  # only when a drop by interface alone is judged
+                    )
+
+                    runner = NetnsRunner(self._netns)
+                    try:
+                        self._route_reader = open_dump_driver(runner)
+                    finally:
+                        runner.close()
+                return read_routes(self._route_reader)
+            except (OSError, K3snetError) as exc:
+                log.debug("routes not read (%s): drops by out-interface judged as any", exc)
+                return [(4, 0, 0, None), (6, 0, 0, None)]  # any device: no narrowing
+
+        return RoutedBy(load)
+
     def _read_native(self) -> NativeRead:
         """What nftables tables of other names hold (see
         :mod:`k3snet.backends.iptables.native`), found with one netlink dump of the
@@ -538,6 +571,9 @@ class IptablesBackend(BackendBase):
         if self._generation is not None:
             self._generation.close()
             self._generation = None
+        if self._route_reader is not None:
+            self._route_reader.close()
+            self._route_reader = None
         if self._legacy_reader is not None:
             self._legacy_reader.close()
             self._legacy_reader = None
@@ -683,13 +719,14 @@ class IptablesBackend(BackendBase):
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
         hidden: list[tuple[int, str, str]] = []
+        routed = self._routed()
         try:
             with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the save
                 for family in FAMILIES:
                     dump = self._save(family, started[1].pop(family, None) if started else None)
                     for table in TABLES:
                         tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
-                    foreign |= _judge(family, dump, tables, hidden)
+                    foreign |= _judge(family, dump, tables, hidden, routed)
             # Base chains of nftables tables iptables does not show run on the same hooks.
             self._native = self._read_native()
             for read in tables.values():
@@ -1186,10 +1223,11 @@ def _where_of(subject: NetObject) -> tuple[int, str]:
 
 
 def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str], TableState],
-           hidden: list[tuple[int, str, str]]) -> set[NetObject]:
+           hidden: list[tuple[int, str, str]], routed: RoutedBy | None = None) -> set[NetObject]:
     """The foreign objects of one family's tables (``tables``: k3snet's, as loaded; what a
     foreign rule decides first is set aside there), and the tables of ``PATH_CHAINS``
-    iptables-nft-save left out (added to ``hidden``)."""
+    iptables-nft-save left out (added to ``hidden``); ``routed``: the node's routes, what
+    a drop by out-interface may meet (see :func:`foreign_blocks`)."""
     foreign: set[NetObject] = set()
     foreign |= foreign_nat(dump.get("nat"), family)
     foreign |= foreign_forward(dump.get("filter"), family)
@@ -1197,7 +1235,7 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     # are left out of ``owned``, so the plan says "!" instead of re-adding them.
     filter_state = tables[family, "filter"]
     blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index(),
-                            ours=filter_state.chains)
+                            ours=filter_state.chains, routed=routed)
     set_aside(filter_state, blocks)
     foreign |= blocks
     # raw, mangle and security run on the same path (k3snet has no jump there). Under a
@@ -1205,7 +1243,7 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     # replies never match k3snet's accept of established connections.
     drops = "filter" in dump and dump["filter"].policies.get("FORWARD", "ACCEPT") != "ACCEPT"
     for table in PATH_CHAINS:
-        path = path_blocks(dump.get(table), family, forward_drops=drops)
+        path = path_blocks(dump.get(table), family, forward_drops=drops, routed=routed)
         set_aside(filter_state, path)
         set_aside(tables[family, "nat"], path)  # raw's NOTRACK: no NAT at all
         foreign |= path

@@ -51,6 +51,7 @@ from collections.abc import Container, Iterator, Sequence
 
 import attrs
 
+from k3snet.backends.iptables.routed import RoutedBy
 from k3snet.backends.iptables.save import TableDump
 from k3snet.errors import K3snetError
 from k3snet.model import NetObject
@@ -363,7 +364,8 @@ _VERDICT = {"DROP": "drop", "REJECT": "reject", "RETURN": "return", "NFQUEUE": "
 
 
 def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
-                   ours: Container[str] | None = None) -> set[NetObject]:
+                   ours: Container[str] | None = None,
+                   routed: RoutedBy | None = None) -> set[NetObject]:
     """Foreign rules met before FORWARD's rule number ``before`` (0-based: where
     k3snet's jump is or would go) that drop, reject or return forwarded packets.
 
@@ -382,10 +384,19 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
     (the chain) for the packets reaching it; after any other, the rules that
     follow are read (a doubt counts against k3snet). kube-proxy's drop of
     ``INVALID`` packets is left out: valid traffic goes on.
+
+    ``routed``: the node's routes. A block naming an out-interface and no destination
+    (Docker's ``! -i docker0 -o docker0 -j DROP``) only meets packets for what the node
+    routes by that interface, and gets that as its destination
+    (:meth:`~k3snet.backends.iptables.routed.RoutedBy.cover`); one naming an
+    in-interface and no source (Docker's internal network, ``! -d 192.0.2.0/24 -i br-x
+    -j DROP``) gets so its source: a packet comes in by the device its source is routed
+    by (not so on a node routing asymmetrically, where a reply may come in elsewhere).
+    Without ``routed``, such a block may meet any packet.
     """
     if dump is None:
         return set()
-    return _ForwardWalk(dump, family, ours).walk("FORWARD", before)
+    return _ForwardWalk(dump, family, ours, routed=routed).walk("FORWARD", before)
 
 
 PATH_CHAINS: dict[str, tuple[str, ...]] = {
@@ -398,7 +409,8 @@ passes (either way: the replies too), each run by the kernel besides filter's FO
 
 
 def path_blocks(dump: TableDump | None, family: int, *,
-                forward_drops: bool = False) -> set[NetObject]:
+                forward_drops: bool = False,
+                routed: RoutedBy | None = None) -> set[NetObject]:
     """Foreign rules of ``raw``, ``mangle`` or ``security`` (``dump``'s table) that drop,
     reject or queue forwarded packets, in the built-in chains of :data:`PATH_CHAINS`.
 
@@ -418,13 +430,15 @@ def path_blocks(dump: TableDump | None, family: int, *,
     an ``untrack`` :class:`~k3snet.model.ForwardBlock` too: an untracked packet's reply
     (or an untracked reply) is no established connection's, k3snet's accept of replies
     (``--ctstate RELATED,ESTABLISHED``) does not take it, and the policy drops it.
+    ``routed``: as for :func:`foreign_blocks`.
     """
     found: set[NetObject] = set()
     if dump is None:
         return found
     for builtin in PATH_CHAINS.get(dump.name, ()):
         if builtin in dump.rules or builtin in dump.policies:
-            found |= _ForwardWalk(dump, family, None, builtin=builtin).through()
+            found |= _ForwardWalk(dump, family, None, builtin=builtin,
+                                  routed=routed).through()
     if dump.name == "raw":
         found |= _UntrackWalk(dump, family, None, forward=forward_drops).walk(
             "PREROUTING",
@@ -528,9 +542,10 @@ class _ForwardWalk(_Walk):
     down ``builtin`` of another table (bounded, loop-safe)."""
 
     def __init__(self, dump: TableDump, family: int, ours: Container[str] | None, *,
-                 builtin: str = "FORWARD") -> None:
+                 builtin: str = "FORWARD", routed: RoutedBy | None = None) -> None:
         super().__init__(dump, family, ours)
         self.builtin = builtin
+        self.routed = routed
         self.policy = dump.policies.get(builtin, "ACCEPT")
         self.where = f"iptables IPv{family} {dump.name}"
 
@@ -568,13 +583,15 @@ class _ForwardWalk(_Walk):
     def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
         if target != "RETURN" or self.policy != "ACCEPT":
             _block(self.found, self.family, chain, tokens, target, outers=outers,
-                   where=self.where)
+                   where=self.where, routed=self.routed)
 
 
 def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
-           outers: tuple[Line, ...] = (), where: str = "", verdict: str = "") -> None:
-    """Add the block ``tokens`` makes (narrowed by the jumps ``outers`` that lead there;
-    ``verdict``: the block's, when not its target's)."""
+           outers: tuple[Line, ...] = (), where: str = "", verdict: str = "",
+           routed: RoutedBy | None = None) -> None:
+    """Add the block ``tokens`` makes (narrowed by the jumps ``outers`` that lead there, and
+    for an out- or in-interface without a destination or source by what ``routed`` routes
+    by it; ``verdict``: the block's, when not its target's)."""
     matches: dict[str, str | None] = {}
     for line in (*outers, tokens):  # the innermost match of each kind is the narrowest known
         matches.update({k: v for k, v in _addresses(line).items() if v is not None})
@@ -585,6 +602,15 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
         return  # kube-proxy's drop of invalid packets: valid traffic goes on
     if _reverse_path(tokens):
         return  # a pod's source is routed back the way it came in (see path_blocks)
+    for interface, address in (("out_interface", "destination"), ("in_interface", "source")):
+        # A packet leaves by the device its destination is routed by, and comes in by the
+        # one its source is (the reverse path, what rp_filter checks): this rule meets only
+        # what the node routes by that device (Docker's bridge subnet, not the pods').
+        name = matches.get(interface)
+        if routed is not None and name is not None and matches.get(address) is None:
+            cover = routed.cover(family, name)
+            if cover is not None:
+                matches[address] = str(cover)
     text = f"-A {chain} {format_line(tokens)}"
     where = where or f"iptables IPv{family} filter"
     verdict = verdict or _VERDICT[target]

@@ -58,7 +58,7 @@ from k3snet.backends.netns import NetnsRunner
 from k3snet.model.route import Route, RouteBlock
 from k3snet.planner import Change
 
-__all__ = ["SocketDriver", "open_monitor", "open_socket_driver"]
+__all__ = ["SocketDriver", "open_dump_driver", "open_monitor", "open_socket_driver"]
 
 # The socket driver sends a batch in sendmsg calls of at most _BATCH_BYTES (one, for
 # routes as the model has them: a request is at most 92 bytes). The socket buffers
@@ -95,8 +95,8 @@ def open_monitor(buffer: int = _MONITOR_RCVBUF) -> socket.socket:
     return monitor
 
 
-def _open_sockets() -> tuple[socket.socket, socket.socket]:
-    """A request socket and a notification socket, in the calling thread's namespace."""
+def _open_request() -> socket.socket:
+    """A request socket, in the calling thread's namespace."""
     request = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                             NETLINK_ROUTE)
     try:
@@ -105,6 +105,16 @@ def _open_sockets() -> tuple[socket.socket, socket.socket]:
         for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
             request.setsockopt(SOL_NETLINK, option, 1)
         request.bind((0, 0))
+    except BaseException:
+        request.close()
+        raise
+    return request
+
+
+def _open_sockets() -> tuple[socket.socket, socket.socket]:
+    """A request socket and a notification socket, in the calling thread's namespace."""
+    request = _open_request()
+    try:
         monitor = open_monitor()
     except BaseException:
         request.close()
@@ -116,6 +126,14 @@ def open_socket_driver(runner: NetnsRunner, count: Callable[[], None]) -> Socket
     """A :class:`SocketDriver` whose sockets ``runner`` created in its namespace."""
     request, monitor = runner.call(_open_sockets)
     return SocketDriver(request, monitor, count)
+
+
+def open_dump_driver(runner: NetnsRunner) -> SocketDriver:
+    """A :class:`SocketDriver` for dumps only (links, addresses, routes): its request
+    socket, made in ``runner``'s namespace, and no notification socket (another
+    backend's look at the routes, which follows no change)."""
+    request = runner.call(_open_request)
+    return SocketDriver(request, request, lambda: None)
 
 
 class SocketDriver:

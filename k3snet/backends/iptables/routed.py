@@ -1,0 +1,169 @@
+"""Which destinations the node routes by each device: what an out-interface match can meet.
+
+A forwarded packet leaves by the device of the route the kernel picks for its
+destination. So a drop that names an out-interface and no destination, as Docker's
+``-A DOCKER ! -i docker0 -o docker0 -j DROP``, only ever meets packets for the
+networks routed by that device (Docker's bridge subnet): never a pod's connection to a
+database routed by the uplink, nor its replies, routed by the pods' interface
+(``cni0``, ``flannel.1``, ``cali*``). :class:`RoutedBy` holds the node's unicast routes
+of every table but ``local`` (what policy routing may pick), read with one rtnetlink
+dump per observe that reads the tables (never on the observe cache's path), and gives
+the smallest network holding them all (:meth:`RoutedBy.cover`), the destination such a
+block is judged with (:mod:`k3snet.backends.iptables.foreign`). The same for a drop by
+in-interface and no source (Docker 28's internal network, ``! -d 192.0.2.0/24 -i br-int
+-j DROP``): a packet comes in by the device its source is routed by (the reverse path;
+not so on a node routing asymmetrically).
+
+A doubt counts against k3snet: a route whose device is not known (multipath, nexthop
+object) may leave by any device, a device no route names gives no cover (it may come
+up later with any route), nor does a default route. Multicast destinations are never a
+forwarded pod connection's, and are left out, and so are IPv6 link-local ones
+(``fe80::/10``) but for a device with no other route.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from k3snet.model import interfaces_may_meet
+from k3snet.model.cidr import Network
+
+if TYPE_CHECKING:  # the netlink modules are imported by read_routes alone, when it runs
+    from k3snet.backends.netlink.socket_driver import SocketDriver
+
+__all__ = ["RoutedBy", "read_routes"]
+
+class RoutedBy:
+    """The node's unicast routes as (destination, device): ``None`` for a device not known.
+
+    >>> routed = RoutedBy([("172.17.0.0/16", "docker0"), ("0.0.0.0/0", "eth0"),
+    ...                    ("10.42.0.0/24", "cni0"), ("10.42.1.0/24", "flannel.1")])
+    >>> routed.cover(4, "docker0")
+    IPv4Network('172.17.0.0/16')
+    >>> routed.cover(4, "eth0") is None  # the default route: any destination
+    True
+    >>> routed.cover(4, "eth1") is None  # no route: it may get any one later
+    True
+    >>> RoutedBy([("fe80::/64", "docker0")]).cover(6, "docker0")  # forwards nothing
+    IPv6Network('fe80::/64')
+    """
+
+    def __init__(self, routes: Iterable[tuple[Network | str, str | None]]
+                 | Callable[[], Iterable[_Raw]]) -> None:
+        # A callable (raw routes, read_routes) is read at the first cover(): no dump when
+        # no block needs one.
+        if callable(routes):
+            self._load = routes
+        else:
+            nets = [(ipaddress.ip_network(net, strict=False), device) for net, device in routes]
+            raw = [_raw(net, device) for net, device in nets if not net.is_multicast]
+            self._load = lambda: raw
+        self._read: list[_Raw] | None = None
+
+    def _routes(self) -> list[_Raw]:
+        if self._read is None:
+            self._read = list(self._load())
+        return self._read
+
+    def cover(self, family: int, interface: str) -> Network | None:
+        """The smallest network holding every destination a route by a device that
+        ``interface`` (a name, or ``eth+``) may name carries, with the routes of devices
+        not known; ``None`` when that is every address or no route names such a device.
+
+        IPv6 link-local routes (``fe80::/64`` on every device) count only for a device
+        with no other: the kernel forwards no packet to a link-local address, and one
+        with only those (a bridge without a global IPv6 address) forwards nothing."""
+        bits = 32 if family == 4 else 128
+        meets: dict[str | None, bool] = {None: True}
+        found: list[tuple[int, int]] = []
+        link_local: list[tuple[int, int]] = []
+        named = False
+        for version, address, length, device in self._routes():
+            if version != family:
+                continue
+            if device not in meets:
+                meets[device] = interfaces_may_meet(interface, device)
+            if not meets[device]:
+                continue
+            named = named or device is not None
+            if family == 6 and address >> 118 == _LINK_LOCAL_TOP:
+                link_local.append((address, length))
+            else:
+                found.append((address, length))
+        if not named:
+            return None
+        found = found or link_local
+        # The common prefix of them all: the leading bits where every address agrees.
+        first = found[0][0]
+        length = min(n for _, n in found)
+        differ = 0
+        for address, _ in found:
+            differ |= address ^ first
+        length = min(length, bits - differ.bit_length())
+        if length == 0:
+            return None
+        mask = ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
+        return (ipaddress.IPv4Network if family == 4 else ipaddress.IPv6Network)(
+            (first & mask, length))
+
+
+_Raw = tuple[int, int, int, str | None]
+"""A route as :class:`RoutedBy` keeps it: (4 or 6, destination as an integer, prefix
+length, device or ``None``)."""
+
+_LINK_LOCAL_TOP = 0xFE80 >> 6  # fe80::/10: the top 10 bits of an address
+
+
+def _raw(net: Network, device: str | None) -> _Raw:
+    return (net.version, int(net.network_address), net.prefixlen, device)
+
+
+def read_routes(driver: SocketDriver) -> list[_Raw]:
+    """The namespace's unicast routes of every table but ``local``, as :class:`RoutedBy`
+    takes them: one link dump, one route dump per family, decoded only as far as the
+    destination and device (a node with 10 000 routes: see docs/performance.md)."""
+    # Here, not at the top: a cold `k3snet apply --backend iptables` that meets no drop by
+    # interface alone never imports the netlink backend's modules.
+    from k3snet.backends.netlink.codec import (  # noqa: PLC0415
+        HDR,
+        RT_TABLE_LOCAL,
+        RTA_DST,
+        RTA_MULTIPATH,
+        RTA_OIF,
+        RTA_TABLE,
+        RTM_F_CLONED,
+        RTM_GETROUTE,
+        RTMSG,
+        RTN_UNICAST,
+        U32,
+        attrs_of,
+        route_dump_request,
+    )
+
+    names = {index: link.name for index, link in driver.links().items()}
+    found: list[_Raw] = []
+    for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        for msg in driver.dump(RTM_GETROUTE, route_dump_request(family, None),
+                               missing_ok=True):
+            _family, length, src_len, _tos, table, _proto, _scope, kind, flags = (
+                RTMSG.unpack_from(msg, HDR))
+            found_attrs = attrs_of(msg, HDR + RTMSG.size)
+            if RTA_TABLE in found_attrs:
+                table = U32.unpack(found_attrs[RTA_TABLE])[0]
+            if (kind != RTN_UNICAST or src_len or flags & RTM_F_CLONED
+                    or table == RT_TABLE_LOCAL):
+                continue
+            address = int.from_bytes(found_attrs.get(RTA_DST, b""), "big")
+            if version == 4 and address >> 28 == 0xE:
+                continue  # multicast: never a pod connection's destination
+            if version == 6 and address >> 120 == 0xFF:
+                continue
+            oif = found_attrs.get(RTA_OIF)
+            device = None  # multipath, nexthop object: it may leave by any device
+            if oif is not None and RTA_MULTIPATH not in found_attrs:
+                device = names.get(U32.unpack(oif)[0])
+            found.append((version, address, length, device))
+    return found
