@@ -20,7 +20,10 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    observing, as ``converge`` does, and once with a wrong state, and
    ``prefetch()`` is called before an ``observe``;
 4. a second random desired state is reached from the first (replace and delete
-   paths), and removing everything leaves the foreign state as it was found;
+   paths), and removing everything leaves the foreign state as it was found; the
+   objects drawn include some beside the foreign ones found (a route to a foreign
+   route's destination in another table, rules of a foreign rule's source), so a
+   backend deleting or reading objects by fewer fields than they have fails;
 5. plans with kinds outside ``capabilities``, deleting or replacing objects the
    backend does not own, adding a route into the slot a foreign route holds, or stale
    (adding an object already there, deleting or replacing one already gone,
@@ -65,7 +68,7 @@ from k3snet.backends.kit import BackendBase, FaultHook
 from k3snet.errors import ApplyError, K3snetError, ModelError, RollbackError
 from k3snet.model import NetObject
 from k3snet.model.forward import ForwardRule
-from k3snet.model.nat import MasqueradeRule
+from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route, RouteBlock
 from k3snet.model.state import State, known_kinds
 from k3snet.model.sysctl import Sysctl
@@ -105,9 +108,11 @@ def run_conformance(
     lifecycle_checked = False
     try:
         _check_protocol(backend)
-        pool = (objects.map(functools.partial(_managed, backend)) if objects is not None
-                else _default_objects(backend))
         baseline = backend.observe()
+        pool = _with_beside(
+            backend, baseline,
+            objects.map(functools.partial(_managed, backend)) if objects is not None
+            else _default_objects(backend), default_pool=objects is None)
         _check_kinds(backend, baseline)
         assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
         _check_refusals(backend, baseline)
@@ -175,6 +180,73 @@ def _default_objects(backend: Backend) -> SearchStrategy[NetObject]:
             f"{', '.join(sorted(backend.capabilities))}; pass objects=, a strategy of "
             f"objects {backend.name} can hold (it draws {', '.join(_DRAWN_KINDS)} by default)")
     return st.one_of(strategies.objects(kinds), *(_EDGES[kind] for kind in kinds))
+
+
+def _with_beside(backend: Backend, baseline: State, pool: SearchStrategy[NetObject], *,
+                 default_pool: bool) -> SearchStrategy[NetObject]:
+    """``pool``, and the objects beside the foreign ones found (:func:`_beside_foreign`)."""
+    beside = _beside_foreign(backend, baseline, default_pool=default_pool)
+    return st.one_of(pool, st.sampled_from(beside)) if beside else pool
+
+
+# A destination and SNAT address of each family that the objects beside a foreign one use.
+_ELSEWHERE = {4: ("203.0.113.0/24", "192.0.2.77"), 6: ("2001:db8:ffff::/48", "2001:db8::77")}
+
+
+def _beside_foreign(backend: Backend, baseline: State, *, default_pool: bool
+                    ) -> list[NetObject]:
+    """Objects k3snet may own next to the foreign ones found, sharing what a careless
+    backend matches them by: a route to a foreign route's destination in another table,
+    NAT and forward rules of a foreign rule's source, a foreign sysctl's parameter with
+    another value (taken over, given back when deleted).
+
+    Random objects almost never share a foreign object's destination or source, so a
+    backend that deletes "the route to 192.0.2.0/24" (``ip route del`` without table,
+    metric and protocol takes the first one it finds), a NAT rule by its source alone, or
+    that reads a foreign object over its own one passed. Each is kept only if the planner
+    makes it one add, without conflict, beside the foreign state found. A route goes
+    through the foreign route's own device and gateway, which the system has (with
+    ``objects=``, no route is made beside a route k3snet cannot model: it has no device).
+    """
+    candidates: list[NetObject] = []
+    for kind in sorted(backend.capabilities):
+        for found in sorted(o for o in baseline.foreign if o.kind == kind)[:3]:
+            with contextlib.suppress(K3snetError):  # a value a neighbour cannot take
+                candidates += _neighbours(found, default_pool=default_pool)
+    disruptive = getattr(backend, "disruptive", None)
+    if getattr(backend, "allow_disruptive", False):
+        disruptive = None
+    beside: list[NetObject] = []
+    for candidate in candidates:
+        if candidate.kind not in backend.capabilities or candidate in beside:
+            continue
+        if disruptive is not None and disruptive(Change.add(candidate)):
+            continue  # refused unless allowed, rightly
+        with contextlib.suppress(K3snetError):
+            p = plan(baseline, State(owned=[candidate]))
+            if p.changes == (Change.add(candidate),) and not p.conflicts:
+                beside.append(candidate)
+    return beside
+
+
+def _neighbours(found: NetObject, *, default_pool: bool) -> list[NetObject]:
+    """The objects of :func:`_beside_foreign` next to the foreign ``found``."""
+    if isinstance(found, Route):
+        other_table = 100 if found.table == 254 else 254
+        return [Route(found.destination, gateway=found.gateway, device=found.device,
+                      table=other_table)]
+    if isinstance(found, RouteBlock):
+        other_table = 100 if found.table == 254 else 254
+        return [Route(found.destination, device="eth0", table=other_table)] if default_pool else []
+    if isinstance(found, Sysctl):
+        return [Sysctl(found.name, "1" if found.value != "1" else "0")]
+    source = getattr(found, "source", None)  # a NatBlock's or ForwardBlock's too
+    if found.kind in ("nat", "forward") and isinstance(
+            source, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        destination, address = _ELSEWHERE[source.version]
+        return [SnatRule(source, destination=destination, to_address=address),
+                MasqueradeRule(source, out_interface="eth0"), ForwardRule(source, destination)]
+    return []
 
 
 # Values a backend's own encoding gets wrong, which the strategies' small default pools

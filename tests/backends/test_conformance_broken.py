@@ -7,14 +7,16 @@ was added (second review of the kit, written from a third-party backend's side).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import pytest
 
-from k3snet import ApplyResult, Change, Plan, Route, State, Sysctl
+from k3snet import ApplyResult, Change, ForwardRule, Plan, Route, State, Sysctl
 from k3snet.backends.kit import BackendBase, fit_problems, taken_slots
 from k3snet.backends.memory import MemoryBackend
 from k3snet.errors import ApplyError, PlanError
-from k3snet.model import MasqueradeRule, RouteBlock
+from k3snet.model import MasqueradeRule, NetObject, RouteBlock
 from k3snet.testing import run_conformance
 
 # Hypothesis reports several distinct failures as an ExceptionGroup.
@@ -384,3 +386,65 @@ def test_conformance_fails_a_backend_that_replaces_a_foreign_object() -> None:
         run_conformance(
             lambda: _ReplacesForeignObjects(State(foreign=[flannel]), capabilities=["nat"]),
             max_examples=20)
+
+
+# A node's own objects, beside which k3snet's are drawn: a static route, another
+# program's masquerade, a forward accept, the forwarding sysctl.
+_BESIDE = (Route("192.0.2.0/24", device="eth0", protocol=4),
+           MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24"),
+           ForwardRule("10.42.0.0/16", "198.51.100.0/24"),
+           Sysctl("net.ipv4.ip_forward", "0"))
+
+
+def _deleting_alike(backend: MemoryBackend, plan: Plan,
+                    alike: Callable[[NetObject, NetObject], bool]) -> ApplyResult:
+    """Apply ``plan``; each delete or replace also removes every foreign object ``alike``
+    the one it removes (a delete matching on fewer fields than the object has)."""
+    result = MemoryBackend.apply(backend, plan)
+    gone = [c.before for c in plan.changes if c.before is not None]
+    foreign = [o for o in backend._state.foreign if not any(alike(o, g) for g in gone)]
+    backend._state = State(owned=backend._state.owned, foreign=foreign)
+    return result
+
+
+class _DeletesRoutesByDestination(MemoryBackend):
+    """Deletes a route by its destination alone, as ``ip route del 192.0.2.0/24`` without
+    table, metric and protocol does: the first route there goes, maybe another program's."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        return _deleting_alike(self, plan, lambda o, g: isinstance(o, Route) and isinstance(
+            g, Route) and o.destination == g.destination)
+
+
+class _DeletesNatBySource(MemoryBackend):
+    """Deletes a NAT rule by its source alone (every rule of that source goes)."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        return _deleting_alike(self, plan, lambda o, g: o.kind == g.kind == "nat"
+                               and getattr(o, "source", None) == getattr(g, "source", None))
+
+
+class _ReadsForeignOverItsOwn(MemoryBackend):
+    """Reads a route of its own as missing where a foreign route has its destination
+    (in another table): its reader matches routes by destination."""
+
+    def observe(self) -> State:
+        state = super().observe()
+        taken = {o.destination for o in state.foreign if isinstance(o, Route)}
+        return State(owned=[o for o in state.owned
+                            if not (isinstance(o, Route) and o.destination in taken)],
+                     foreign=state.foreign)
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    (_DeletesRoutesByDestination, "apply changed foreign state"),
+    (_DeletesNatBySource, "apply changed foreign state"),
+    (_ReadsForeignOverItsOwn, "differs from the plan's target"),
+])
+def test_conformance_draws_objects_beside_the_foreign_ones_a_careless_backend_confuses(
+        broken: type[MemoryBackend], says: str) -> None:
+    """Random routes and rules almost never had a foreign one's destination or source, so a
+    backend deleting the foreign route or NAT rule "alike" its own one, or reading its own
+    one as the foreign one, passed the suite on a system full of foreign objects."""
+    with pytest.raises(FAILS, match=says):
+        run_conformance(lambda: broken(State(foreign=_BESIDE)), max_examples=30)
