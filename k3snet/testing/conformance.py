@@ -42,6 +42,8 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
 
 7. lifecycle: ``with backend as b`` gives the backend itself and closes it (its
    ``__exit__`` calls ``close()``), and closing it again is harmless.
+8. with ``reopen=``: another backend on the same system (the next process's)
+   observes, after every apply, failed or not, what the one that applied does.
 
 By default the objects drawn include the values a backend's own encoding gets
 wrong: tables above 255 and the largest, the largest metric, default and host
@@ -91,6 +93,7 @@ def run_conformance(
     objects: SearchStrategy[NetObject] | None = None,
     max_examples: int | None = None,
     max_objects: int = 8,
+    reopen: Callable[[Backend], Backend] | None = None,
 ) -> None:
     """Run the backend conformance suite against backends made by ``factory``.
 
@@ -101,6 +104,12 @@ def run_conformance(
     kinds only must pass ``objects``). ``max_examples`` is per stage; by default a tenth of the
     active hypothesis profile's ``max_examples`` (at least 10), so a thorough
     profile runs a thorough conformance suite. The backend is closed at the end.
+
+    ``reopen(backend)`` makes another backend on the same system, as the next process
+    would (``lambda b: JsonFileBackend(b.path)``). When given, after every apply, failed
+    or not, the other backend must observe what ``backend`` does, the values its sysctls
+    recorded too: what a backend owns is read from the system (or a file of its own),
+    not remembered by the instance, since each ``k3snet apply`` is a new process.
     """
     if max_examples is None:
         max_examples = max(10, settings().max_examples // 10)
@@ -116,8 +125,11 @@ def run_conformance(
         _check_kinds(backend, baseline)
         assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
         _check_refusals(backend, baseline)
-        _random_round_trips(backend, baseline, pool, max_examples, max_objects)
-        _all_or_nothing(backend, baseline, pool, max_examples, max_objects)
+        converge = functools.partial(_converge, reopen=reopen)
+        _random_round_trips(backend, baseline, pool, max_examples, max_objects,
+                            converge=converge)
+        _all_or_nothing(backend, baseline, pool, max_examples, max_objects,
+                        converge=converge, reopen=reopen)
         lifecycle_checked = True  # it closes the backend, whatever it finds
         _check_lifecycle(backend)
     finally:
@@ -375,6 +387,8 @@ def _random_round_trips(
     pool: SearchStrategy[NetObject],
     max_examples: int,
     max_objects: int,
+    *,
+    converge: Callable[[Backend, State], None],
 ) -> None:
     wanted = st.lists(pool, max_size=max_objects, unique_by=lambda o: o.key)
 
@@ -382,7 +396,7 @@ def _random_round_trips(
     @given(first=wanted, second=wanted)
     def round_trip(first: list[NetObject], second: list[NetObject]) -> None:
         try:
-            _converge(backend, State(owned=first))
+            converge(backend, State(owned=first))
             held = backend.observe()
             _check_hints(backend, held, State(owned=second))
             if held.owned:
@@ -396,7 +410,7 @@ def _random_round_trips(
                                 f"a stale plan deleting {there} twice (the second delete "
                                 "finds it gone)")
             for desired in (State(owned=second), State()):
-                _converge(backend, desired)
+                converge(backend, desired)
             final = backend.observe()
             assert final == baseline, (
                 f"after removing everything, the state differs from the one found:\n"
@@ -424,6 +438,9 @@ def _all_or_nothing(
     pool: SearchStrategy[NetObject],
     max_examples: int,
     max_objects: int,
+    *,
+    converge: Callable[[Backend, State], None],
+    reopen: Callable[[Backend], Backend] | None,
 ) -> None:
     """A failure injected at every position of multi-change plans changes nothing."""
     hook = backend.faults  # type: ignore[attr-defined]  # checked by _check_protocol
@@ -436,13 +453,15 @@ def _all_or_nothing(
     @given(first=first_states, second=second_states)
     def fail_everywhere(first: list[NetObject], second: list[NetObject]) -> None:
         try:
-            _converge(backend, State(owned=first))
+            converge(backend, State(owned=first))
             before = backend.observe()
             p = plan(before, State(owned=second))
             if not p.changes:
                 return
             for index in range(len(p.changes)):
                 _expect_injected_failure(backend, hook, p, index, before)
+                if reopen is not None:
+                    _check_reopened(backend, reopen, before)
         finally:
             hook.fail_at(None)
             _reset(backend)
@@ -488,7 +507,8 @@ def _recorded(state: State) -> dict[str, str | None]:
     return {o.name: o.previous for o in state.owned if isinstance(o, Sysctl)}
 
 
-def _converge(backend: Backend, desired: State) -> None:
+def _converge(backend: Backend, desired: State, *,
+              reopen: Callable[[Backend], Backend] | None = None) -> None:
     expect = getattr(backend, "expect", None)
     if callable(expect):  # as k3snet.converge does: the hint, then observe()
         expect(desired)
@@ -505,6 +525,8 @@ def _converge(backend: Backend, desired: State) -> None:
     assert applied == p.changes, _applied_mismatch(applied, p)
     after = backend.observe()
     _check_kinds(backend, after)
+    if reopen is not None:
+        _check_reopened(backend, reopen, after)
     target = _as_held(p.target(desired), after)
     assert after.owned == target, (
         f"after apply, observe() differs from the plan's target:\n"
@@ -517,6 +539,25 @@ def _converge(backend: Backend, desired: State) -> None:
     )
     again = plan(after, desired)
     assert again.empty, f"planning again right after apply is not empty:\n{again.render()}"
+
+
+def _check_reopened(backend: Backend, reopen: Callable[[Backend], Backend],
+                    held: State) -> None:
+    """Another backend on the same system (``reopen``, the next process's) observes what
+    ``backend`` holds, down to the values its sysctls recorded."""
+    other = reopen(backend)
+    try:
+        seen = other.observe()
+    finally:
+        other.close()
+    recorded, reread = _recorded(held), _recorded(seen)
+    assert (seen, reread) == (held, recorded), (
+        f"another {backend.name} backend on the same system (reopen=, as the next process) "
+        "observes otherwise than the one that applied: what a backend owns, and the values "
+        "its sysctls recorded, must be read from the system, not remembered by the "
+        f"instance:\n{_diff(held, seen)}\n"
+        + "".join(f"  {name}: previous {value!r}, reopened {reread.get(name)!r}\n"
+                  for name, value in sorted(recorded.items()) if reread.get(name) != value))
 
 
 def _check_hints(backend: Backend, held: State, wrong: State) -> None:

@@ -13,6 +13,7 @@ import attrs
 import pytest
 
 from k3snet import ApplyResult, Change, ForwardRule, Plan, Route, State, Sysctl
+from k3snet.backends import Backend
 from k3snet.backends.kit import BackendBase, fit_problems, taken_slots
 from k3snet.backends.memory import MemoryBackend
 from k3snet.errors import ApplyError, PlanError
@@ -448,3 +449,63 @@ def test_conformance_draws_objects_beside_the_foreign_ones_a_careless_backend_co
     one as the foreign one, passed the suite on a system full of foreign objects."""
     with pytest.raises(FAILS, match=says):
         run_conformance(lambda: broken(State(foreign=_BESIDE)), max_examples=30)
+
+
+class _RemembersWhatItOwns(BackendBase):
+    """Keeps the keys of what it added in the instance: its system (``store``) holds the
+    objects, but another instance on it (the next ``k3snet apply``, a new process) takes
+    them for another program's."""
+
+    name = "remembers"
+    capabilities = frozenset({"route", "nat", "forward", "sysctl"})
+
+    def __init__(self, store: MemoryBackend) -> None:
+        super().__init__()
+        self.store = store
+        self.faults = store.faults  # the store's apply takes the injected failure
+        self._mine: set[tuple[object, ...]] = set()
+
+    def observe(self) -> State:
+        held = self.store.observe()
+        return State(owned=[o for o in held.owned if o.key in self._mine],
+                     foreign=[*held.foreign, *(o for o in held.owned if o.key not in self._mine)])
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return tuple(fit_problems(self, plan, self.observe()))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.ensure_fits(plan, self.observe())
+        result = self.store.apply(plan)
+        for change in plan.changes:
+            self._mine.discard(change.subject.key)
+            if change.after is not None:
+                self._mine.add(change.after.key)
+        return ApplyResult(self.name, result.applied, result.operations)
+
+
+def test_conformance_with_reopen_fails_a_backend_that_remembers_what_it_owns() -> None:
+    """Every stage ran on the one instance, so a backend that knew its objects from its own
+    memory passed, and each new ``k3snet apply`` (a new process) read them as another
+    program's: never updated nor removed, and added again beside them."""
+    found = State(foreign=_BESIDE)
+    run_conformance(lambda: _RemembersWhatItOwns(MemoryBackend(found)), max_examples=10)
+    with pytest.raises(FAILS, match="another remembers backend on the same system"):
+        run_conformance(lambda: _RemembersWhatItOwns(MemoryBackend(found)), max_examples=10,
+                        reopen=lambda b: _RemembersWhatItOwns(b.store))  # type: ignore[attr-defined]
+
+
+def test_conformance_with_reopen_fails_a_backend_that_forgets_the_values_to_give_back(
+) -> None:
+    """The values a backend's sysctls recorded (``Sysctl.previous``) must outlive it too:
+    the next process deletes the sysctl and gives that value back."""
+
+    def reopen(backend: Backend) -> Backend:
+        """A backend on what ``backend`` holds, but the values its sysctls recorded."""
+        held = backend.observe()
+        return MemoryBackend(State(owned=[attrs.evolve(o, previous=None) if isinstance(o, Sysctl)
+                                    else o for o in held.owned], foreign=held.foreign))
+
+    found = State(foreign=[Sysctl("net.ipv4.ip_forward", "0")])
+    with pytest.raises(FAILS, match="reopened None"):
+        run_conformance(lambda: MemoryBackend(found, capabilities=["sysctl"]), max_examples=20,
+                        reopen=reopen)
