@@ -509,3 +509,34 @@ def test_conformance_with_reopen_fails_a_backend_that_forgets_the_values_to_give
     with pytest.raises(FAILS, match="reopened None"):
         run_conformance(lambda: MemoryBackend(found, capabilities=["sysctl"]), max_examples=20,
                         reopen=reopen)
+
+
+class _DeletesForeignNat(MemoryBackend):
+    """Guards the foreign routes and sysctls it finds, but lets a plan delete or replace
+    another program's NAT and forward rules."""
+
+    def _theirs(self, plan: Plan) -> list[Change]:
+        return [c for c in plan.changes if c.before is not None
+                and c.before.kind in ("nat", "forward") and c.before in self._state.foreign]
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        theirs = self._theirs(plan)
+        return super().check(Plan(changes=[c for c in plan.changes if c not in theirs]))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        theirs = self._theirs(plan)
+        if not theirs:
+            return super().apply(plan)
+        gone = {c.before for c in theirs}
+        self._state = State(owned=self._state.owned, foreign=self._state.foreign - gone)
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+def test_conformance_tries_to_delete_foreign_objects_of_every_kind_it_finds() -> None:
+    """It tried the first three foreign objects found: on a node with sysctls and routes
+    (which sort first) never a NAT or forward rule, so a backend deleting another
+    program's masquerade when a plan said so passed."""
+    found = State(foreign=[*_BESIDE, Sysctl("net.ipv4.conf.all.rp_filter", "2"),
+                           Sysctl("net.ipv6.conf.all.forwarding", "0")])
+    with pytest.raises(FAILS, match=r"a plan deleting the foreign (forward|masquerade)"):
+        run_conformance(lambda: _DeletesForeignNat(found), max_examples=5)
