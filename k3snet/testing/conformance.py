@@ -44,7 +44,8 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
 7. lifecycle: ``with backend as b`` gives the backend itself and closes it (its
    ``__exit__`` calls ``close()``), and closing it again is harmless.
 8. with ``reopen=``: another backend on the same system (the next process's)
-   observes, after every apply, failed or not, what the one that applied does.
+   observes, after every apply, failed or not, what the one that applied does; and
+   when that other backend changes the system, the first one observes the change.
 
 By default the objects drawn include the values a backend's own encoding gets
 wrong: tables above 255 and the largest, the largest metric, default and host
@@ -110,7 +111,9 @@ def run_conformance(
     would (``lambda b: JsonFileBackend(b.path)``). When given, after every apply, failed
     or not, the other backend must observe what ``backend`` does, the values its sysctls
     recorded too: what a backend owns is read from the system (or a file of its own),
-    not remembered by the instance, since each ``k3snet apply`` is a new process.
+    not remembered by the instance, since each ``k3snet apply`` is a new process. And
+    when the other backend changes the system, ``backend`` must observe the change (the
+    agent's backend lives from pass to pass, beside ``k3snet apply`` runs).
     """
     if max_examples is None:
         max_examples = max(10, settings().max_examples // 10)
@@ -128,7 +131,7 @@ def run_conformance(
         _check_refusals(backend, baseline)
         converge = functools.partial(_converge, reopen=reopen)
         _random_round_trips(backend, baseline, pool, max_examples, max_objects,
-                            converge=converge)
+                            converge=converge, reopen=reopen)
         _all_or_nothing(backend, baseline, pool, max_examples, max_objects,
                         converge=converge, reopen=reopen)
         lifecycle_checked = True  # it closes the backend, whatever it finds
@@ -402,6 +405,7 @@ def _random_round_trips(
     max_objects: int,
     *,
     converge: Callable[[Backend, State], None],
+    reopen: Callable[[Backend], Backend] | None,
 ) -> None:
     wanted = st.lists(pool, max_size=max_objects, unique_by=lambda o: o.key)
 
@@ -422,8 +426,10 @@ def _random_round_trips(
                                 Plan(changes=[Change.delete(there), Change.delete(there)]),
                                 f"a stale plan deleting {there} twice (the second delete "
                                 "finds it gone)")
-            for desired in (State(owned=second), State()):
-                converge(backend, desired)
+            converge(backend, State(owned=second))
+            if reopen is not None:
+                _check_changed_elsewhere(backend, reopen, State(owned=first))
+            converge(backend, State())
             final = backend.observe()
             assert final == baseline, (
                 f"after removing everything, the state differs from the one found:\n"
@@ -571,6 +577,28 @@ def _check_reopened(backend: Backend, reopen: Callable[[Backend], Backend],
         f"instance:\n{_diff(held, seen)}\n"
         + "".join(f"  {name}: previous {value!r}, reopened {reread.get(name)!r}\n"
                   for name, value in sorted(recorded.items()) if reread.get(name) != value))
+
+
+def _check_changed_elsewhere(backend: Backend, reopen: Callable[[Backend], Backend],
+                             desired: State) -> None:
+    """Another backend on the same system (``reopen``: a ``k3snet apply`` run beside the
+    agent, whose backend lives from pass to pass) converges it to ``desired``; ``backend``
+    must then observe what that one does, not what it read or wrote before."""
+    other = reopen(backend)
+    try:
+        _converge(other, desired)
+        there = other.observe()
+    finally:
+        other.close()
+    seen = backend.observe()
+    recorded, kept = _recorded(there), _recorded(seen)
+    assert (seen, kept) == (there, recorded), (
+        f"after another {backend.name} backend on the same system (reopen=, another "
+        "process) changed it, observe() reports otherwise than that one (a state kept "
+        "past a change the backend did not make itself):\n"
+        f"{_diff(there, seen)}\n"
+        + "".join(f"  {name}: previous {value!r}, observed {kept.get(name)!r}\n"
+                  for name, value in sorted(recorded.items()) if kept.get(name) != value))
 
 
 def _check_hints(backend: Backend, held: State, wrong: State) -> None:

@@ -506,9 +506,10 @@ def test_conformance_with_reopen_fails_a_backend_that_forgets_the_values_to_give
                                     else o for o in held.owned], foreign=held.foreign))
 
     found = State(foreign=[Sysctl("net.ipv4.ip_forward", "0")])
-    with pytest.raises(FAILS, match="reopened None"):
+    with pytest.raises(FAILS) as caught:
         run_conformance(lambda: MemoryBackend(found, capabilities=["sysctl"]), max_examples=20,
                         reopen=reopen)
+    assert "reopened None" in _messages(caught.value)
 
 
 class _DeletesForeignNat(MemoryBackend):
@@ -540,3 +541,54 @@ def test_conformance_tries_to_delete_foreign_objects_of_every_kind_it_finds() ->
                            Sysctl("net.ipv6.conf.all.forwarding", "0")])
     with pytest.raises(FAILS, match=r"a plan deleting the foreign (forward|masquerade)"):
         run_conformance(lambda: _DeletesForeignNat(found), max_examples=5)
+
+
+class _StoreBackend(MemoryBackend):
+    """A backend on a shared system (``store``), as two processes' backends share a node."""
+
+    def __init__(self, store: MemoryBackend) -> None:
+        super().__init__()
+        self.store = store
+        self.faults = store.faults
+
+    def observe(self) -> State:
+        return self.store.observe()
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return self.store.check(plan)
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        return self.store.apply(plan)
+
+
+class _KeepsWhatItRead(_StoreBackend):
+    """Keeps what it read until it applies something itself: what another process (a
+    ``k3snet apply`` beside the agent) changed stays unseen."""
+
+    _kept: State | None = None
+
+    def observe(self) -> State:
+        if self._kept is None:
+            self._kept = super().observe()
+        return self._kept
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self._kept = None
+        try:
+            return super().apply(plan)
+        finally:
+            self._kept = None
+
+
+def test_conformance_with_reopen_fails_a_backend_blind_to_changes_another_process_made(
+) -> None:
+    """The suite changed the system through the one backend only, so a read kept until the
+    backend's own next apply passed; the agent's backend, alive from pass to pass, then
+    planned against a state a ``k3snet apply`` beside it had changed."""
+    found = State(foreign=_BESIDE)
+    run_conformance(lambda: _StoreBackend(MemoryBackend(found)), max_examples=10,
+                    reopen=lambda b: _StoreBackend(b.store))  # type: ignore[attr-defined]
+    run_conformance(lambda: _KeepsWhatItRead(MemoryBackend(found)), max_examples=10)
+    with pytest.raises(FAILS, match=r"after another \w+ backend on the same system"):
+        run_conformance(lambda: _KeepsWhatItRead(MemoryBackend(found)), max_examples=10,
+                        reopen=lambda b: _KeepsWhatItRead(b.store))  # type: ignore[attr-defined]
