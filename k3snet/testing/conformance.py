@@ -20,9 +20,13 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    observing, as ``converge`` does, and once with a wrong state, and
    ``prefetch()`` is called before an ``observe``;
 4. a second random desired state is reached from the first (replace and delete
-   paths), and removing everything leaves the foreign state as it was found;
+   paths), and removing everything leaves the foreign state as it was found; the
+   objects drawn include some beside the foreign ones found (a route to a foreign
+   route's destination in another table, rules of a foreign rule's source), so a
+   backend deleting or reading objects by fewer fields than they have fails;
 5. plans with kinds outside ``capabilities``, deleting or replacing objects the
-   backend does not own, adding a route into the slot a foreign route holds, or stale
+   backend does not own (the first three foreign ones found of each kind), adding
+   a route into the slot a foreign route holds, or stale
    (adding an object already there, deleting or replacing one already gone,
    also as the second change of a plan whose first one fits) are refused by ``check`` and
    ``apply`` and change nothing;
@@ -39,6 +43,9 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
 
 7. lifecycle: ``with backend as b`` gives the backend itself and closes it (its
    ``__exit__`` calls ``close()``), and closing it again is harmless.
+8. with ``reopen=``: another backend on the same system (the next process's)
+   observes, after every apply, failed or not, what the one that applied does; and
+   when that other backend changes the system, the first one observes the change.
 
 By default the objects drawn include the values a backend's own encoding gets
 wrong: tables above 255 and the largest, the largest metric, default and host
@@ -65,7 +72,7 @@ from k3snet.backends.kit import BackendBase, FaultHook
 from k3snet.errors import ApplyError, K3snetError, ModelError, RollbackError
 from k3snet.model import NetObject
 from k3snet.model.forward import ForwardRule
-from k3snet.model.nat import MasqueradeRule
+from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route, RouteBlock
 from k3snet.model.state import State, known_kinds
 from k3snet.model.sysctl import Sysctl
@@ -88,6 +95,7 @@ def run_conformance(
     objects: SearchStrategy[NetObject] | None = None,
     max_examples: int | None = None,
     max_objects: int = 8,
+    reopen: Callable[[Backend], Backend] | None = None,
 ) -> None:
     """Run the backend conformance suite against backends made by ``factory``.
 
@@ -98,6 +106,14 @@ def run_conformance(
     kinds only must pass ``objects``). ``max_examples`` is per stage; by default a tenth of the
     active hypothesis profile's ``max_examples`` (at least 10), so a thorough
     profile runs a thorough conformance suite. The backend is closed at the end.
+
+    ``reopen(backend)`` makes another backend on the same system, as the next process
+    would (``lambda b: JsonFileBackend(b.path)``). When given, after every apply, failed
+    or not, the other backend must observe what ``backend`` does, the values its sysctls
+    recorded too: what a backend owns is read from the system (or a file of its own),
+    not remembered by the instance, since each ``k3snet apply`` is a new process. And
+    when the other backend changes the system, ``backend`` must observe the change (the
+    agent's backend lives from pass to pass, beside ``k3snet apply`` runs).
     """
     if max_examples is None:
         max_examples = max(10, settings().max_examples // 10)
@@ -105,14 +121,19 @@ def run_conformance(
     lifecycle_checked = False
     try:
         _check_protocol(backend)
-        pool = (objects.map(functools.partial(_managed, backend)) if objects is not None
-                else _default_objects(backend))
         baseline = backend.observe()
+        pool = _with_beside(
+            backend, baseline,
+            objects.map(functools.partial(_managed, backend)) if objects is not None
+            else _default_objects(backend), default_pool=objects is None)
         _check_kinds(backend, baseline)
         assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
         _check_refusals(backend, baseline)
-        _random_round_trips(backend, baseline, pool, max_examples, max_objects)
-        _all_or_nothing(backend, baseline, pool, max_examples, max_objects)
+        converge = functools.partial(_converge, reopen=reopen)
+        _random_round_trips(backend, baseline, pool, max_examples, max_objects,
+                            converge=converge, reopen=reopen)
+        _all_or_nothing(backend, baseline, pool, max_examples, max_objects,
+                        converge=converge, reopen=reopen)
         lifecycle_checked = True  # it closes the backend, whatever it finds
         _check_lifecycle(backend)
     finally:
@@ -177,6 +198,72 @@ def _default_objects(backend: Backend) -> SearchStrategy[NetObject]:
     return st.one_of(strategies.objects(kinds), *(_EDGES[kind] for kind in kinds))
 
 
+def _with_beside(backend: Backend, baseline: State, pool: SearchStrategy[NetObject], *,
+                 default_pool: bool) -> SearchStrategy[NetObject]:
+    """``pool``, and the objects beside the foreign ones found (:func:`_beside_foreign`)."""
+    beside = _beside_foreign(backend, baseline, default_pool=default_pool)
+    return st.one_of(pool, st.sampled_from(beside)) if beside else pool
+
+
+# A destination and SNAT address of each family that the objects beside a foreign one use.
+_ELSEWHERE = {4: ("203.0.113.0/24", "192.0.2.77"), 6: ("2001:db8:ffff::/48", "2001:db8::77")}
+
+
+def _beside_foreign(backend: Backend, baseline: State, *, default_pool: bool
+                    ) -> list[NetObject]:
+    """Objects k3snet may own next to the foreign ones found, sharing what a careless
+    backend matches them by: a route to a foreign route's destination in another table,
+    NAT and forward rules of a foreign rule's source, a foreign sysctl's parameter with
+    another value (taken over, given back when deleted).
+
+    Random objects almost never share a foreign object's destination or source, so a
+    backend that deletes "the route to 192.0.2.0/24" (``ip route del`` without table,
+    metric and protocol takes the first one it finds), a NAT rule by its source alone, or
+    that reads a foreign object over its own one passed. Each is kept only if the planner
+    makes it one add, without conflict, beside the foreign state found. A route goes
+    through the foreign route's own device and gateway, which the system has (with
+    ``objects=``, no route is made beside a route k3snet cannot model: it has no device).
+    """
+    candidates: list[NetObject] = []
+    for found in _first_of_each_kind(baseline.foreign, 3):
+        with contextlib.suppress(K3snetError):  # a value a neighbour cannot take
+            candidates += _neighbours(found, default_pool=default_pool)
+    disruptive = getattr(backend, "disruptive", None)
+    if getattr(backend, "allow_disruptive", False):
+        disruptive = None
+    beside: list[NetObject] = []
+    for candidate in candidates:
+        if candidate.kind not in backend.capabilities or candidate in beside:
+            continue
+        if disruptive is not None and disruptive(Change.add(candidate)):
+            continue  # refused unless allowed, rightly
+        with contextlib.suppress(K3snetError):
+            p = plan(baseline, State(owned=[candidate]))
+            if p.changes == (Change.add(candidate),) and not p.conflicts:
+                beside.append(candidate)
+    return beside
+
+
+def _neighbours(found: NetObject, *, default_pool: bool) -> list[NetObject]:
+    """The objects of :func:`_beside_foreign` next to the foreign ``found``."""
+    if isinstance(found, Route):
+        other_table = 100 if found.table == 254 else 254
+        return [Route(found.destination, gateway=found.gateway, device=found.device,
+                      table=other_table)]
+    if isinstance(found, RouteBlock):
+        other_table = 100 if found.table == 254 else 254
+        return [Route(found.destination, device="eth0", table=other_table)] if default_pool else []
+    if isinstance(found, Sysctl):
+        return [Sysctl(found.name, "1" if found.value != "1" else "0")]
+    source = getattr(found, "source", None)  # a NatBlock's or ForwardBlock's too
+    if found.kind in ("nat", "forward") and isinstance(
+            source, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        destination, address = _ELSEWHERE[source.version]
+        return [SnatRule(source, destination=destination, to_address=address),
+                MasqueradeRule(source, out_interface="eth0"), ForwardRule(source, destination)]
+    return []
+
+
 # Values a backend's own encoding gets wrong, which the strategies' small default pools
 # (tables 254 and 100, prefixes /8 and longer, devices eth0, eth1, cni0) never draw: a
 # table above 255 (rtm_table is one byte, RTA_TABLE holds the rest) and the largest, the
@@ -237,7 +324,9 @@ def _check_refusals(backend: Backend, baseline: State) -> None:
         stranger = strangers[0]
         _expect_refusal(backend, baseline, Plan(changes=[Change.add(stranger)]),
                         f"a plan adding {stranger} (kind {stranger.kind} not in capabilities)")
-    for foreign in sorted(baseline.foreign)[:3]:
+    # The first three of each kind: of the first three of all, a node's sysctls and
+    # routes (which sort first) left its NAT and forward rules untried.
+    for foreign in _first_of_each_kind(baseline.foreign, 3):
         if foreign.kind in backend.capabilities:
             _expect_refusal(backend, baseline, Plan(changes=[Change.delete(foreign)]),
                             f"a plan deleting the foreign {foreign}")
@@ -253,6 +342,17 @@ def _check_refusals(backend: Backend, baseline: State) -> None:
             _expect_refusal(backend, baseline, Plan(changes=[Change.add(mine)]),
                             f"a plan adding {mine} into the slot (table, destination, "
                             f"metric) of the foreign {foreign_route.describe()}")
+
+
+def _first_of_each_kind(objects: frozenset[NetObject], count: int) -> list[NetObject]:
+    """The first ``count`` objects of each kind among ``objects``, in order."""
+    kinds: dict[str, int] = {}
+    first = []
+    for obj in sorted(objects):
+        kinds[obj.kind] = kinds.get(obj.kind, 0) + 1
+        if kinds[obj.kind] <= count:
+            first.append(obj)
+    return first
 
 
 def _expect_refusal(backend: Backend, baseline: State, bad: Plan, what: str) -> None:
@@ -303,6 +403,9 @@ def _random_round_trips(
     pool: SearchStrategy[NetObject],
     max_examples: int,
     max_objects: int,
+    *,
+    converge: Callable[[Backend, State], None],
+    reopen: Callable[[Backend], Backend] | None,
 ) -> None:
     wanted = st.lists(pool, max_size=max_objects, unique_by=lambda o: o.key)
 
@@ -310,7 +413,7 @@ def _random_round_trips(
     @given(first=wanted, second=wanted)
     def round_trip(first: list[NetObject], second: list[NetObject]) -> None:
         try:
-            _converge(backend, State(owned=first))
+            converge(backend, State(owned=first))
             held = backend.observe()
             _check_hints(backend, held, State(owned=second))
             if held.owned:
@@ -323,8 +426,10 @@ def _random_round_trips(
                                 Plan(changes=[Change.delete(there), Change.delete(there)]),
                                 f"a stale plan deleting {there} twice (the second delete "
                                 "finds it gone)")
-            for desired in (State(owned=second), State()):
-                _converge(backend, desired)
+            converge(backend, State(owned=second))
+            if reopen is not None:
+                _check_changed_elsewhere(backend, reopen, State(owned=first))
+            converge(backend, State())
             final = backend.observe()
             assert final == baseline, (
                 f"after removing everything, the state differs from the one found:\n"
@@ -352,6 +457,9 @@ def _all_or_nothing(
     pool: SearchStrategy[NetObject],
     max_examples: int,
     max_objects: int,
+    *,
+    converge: Callable[[Backend, State], None],
+    reopen: Callable[[Backend], Backend] | None,
 ) -> None:
     """A failure injected at every position of multi-change plans changes nothing."""
     hook = backend.faults  # type: ignore[attr-defined]  # checked by _check_protocol
@@ -364,13 +472,15 @@ def _all_or_nothing(
     @given(first=first_states, second=second_states)
     def fail_everywhere(first: list[NetObject], second: list[NetObject]) -> None:
         try:
-            _converge(backend, State(owned=first))
+            converge(backend, State(owned=first))
             before = backend.observe()
             p = plan(before, State(owned=second))
             if not p.changes:
                 return
             for index in range(len(p.changes)):
                 _expect_injected_failure(backend, hook, p, index, before)
+                if reopen is not None:
+                    _check_reopened(backend, reopen, before)
         finally:
             hook.fail_at(None)
             _reset(backend)
@@ -416,7 +526,8 @@ def _recorded(state: State) -> dict[str, str | None]:
     return {o.name: o.previous for o in state.owned if isinstance(o, Sysctl)}
 
 
-def _converge(backend: Backend, desired: State) -> None:
+def _converge(backend: Backend, desired: State, *,
+              reopen: Callable[[Backend], Backend] | None = None) -> None:
     expect = getattr(backend, "expect", None)
     if callable(expect):  # as k3snet.converge does: the hint, then observe()
         expect(desired)
@@ -433,6 +544,8 @@ def _converge(backend: Backend, desired: State) -> None:
     assert applied == p.changes, _applied_mismatch(applied, p)
     after = backend.observe()
     _check_kinds(backend, after)
+    if reopen is not None:
+        _check_reopened(backend, reopen, after)
     target = _as_held(p.target(desired), after)
     assert after.owned == target, (
         f"after apply, observe() differs from the plan's target:\n"
@@ -445,6 +558,47 @@ def _converge(backend: Backend, desired: State) -> None:
     )
     again = plan(after, desired)
     assert again.empty, f"planning again right after apply is not empty:\n{again.render()}"
+
+
+def _check_reopened(backend: Backend, reopen: Callable[[Backend], Backend],
+                    held: State) -> None:
+    """Another backend on the same system (``reopen``, the next process's) observes what
+    ``backend`` holds, down to the values its sysctls recorded."""
+    other = reopen(backend)
+    try:
+        seen = other.observe()
+    finally:
+        other.close()
+    recorded, reread = _recorded(held), _recorded(seen)
+    assert (seen, reread) == (held, recorded), (
+        f"another {backend.name} backend on the same system (reopen=, as the next process) "
+        "observes otherwise than the one that applied: what a backend owns, and the values "
+        "its sysctls recorded, must be read from the system, not remembered by the "
+        f"instance:\n{_diff(held, seen)}\n"
+        + "".join(f"  {name}: previous {value!r}, reopened {reread.get(name)!r}\n"
+                  for name, value in sorted(recorded.items()) if reread.get(name) != value))
+
+
+def _check_changed_elsewhere(backend: Backend, reopen: Callable[[Backend], Backend],
+                             desired: State) -> None:
+    """Another backend on the same system (``reopen``: a ``k3snet apply`` run beside the
+    agent, whose backend lives from pass to pass) converges it to ``desired``; ``backend``
+    must then observe what that one does, not what it read or wrote before."""
+    other = reopen(backend)
+    try:
+        _converge(other, desired)
+        there = other.observe()
+    finally:
+        other.close()
+    seen = backend.observe()
+    recorded, kept = _recorded(there), _recorded(seen)
+    assert (seen, kept) == (there, recorded), (
+        f"after another {backend.name} backend on the same system (reopen=, another "
+        "process) changed it, observe() reports otherwise than that one (a state kept "
+        "past a change the backend did not make itself):\n"
+        f"{_diff(there, seen)}\n"
+        + "".join(f"  {name}: previous {value!r}, observed {kept.get(name)!r}\n"
+                  for name, value in sorted(recorded.items()) if kept.get(name) != value))
 
 
 def _check_hints(backend: Backend, held: State, wrong: State) -> None:

@@ -93,11 +93,16 @@ _ADDRESS_OF: dict[int, SearchStrategy[Address]] = {
     6: st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
 }
 # Next hops: any address but the unspecified one, which the kernel reads as no gateway,
-# and IPv4-mapped IPv6 ones, which it refuses (Route refuses both).
+# and IPv4-mapped IPv6 ones, which it refuses (Route refuses both). IPv6 ones are link-local
+# as often (fe80::/64, what a router advertises and most IPv6 routes go through), which
+# 128 random bits never are.
+_LINK_LOCAL_GATEWAYS: SearchStrategy[Address] = st.integers(1, 2**64 - 1).map(
+    lambda host: ipaddress.IPv6Address((0xfe80 << 112) | host))
+_GLOBAL_GATEWAYS: SearchStrategy[Address] = st.integers(1, 2**128 - 1).map(
+    ipaddress.IPv6Address).filter(lambda a: a.ipv4_mapped is None)
 _GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
     4: st.integers(1, 2**32 - 1).map(ipaddress.IPv4Address),
-    6: st.integers(1, 2**128 - 1).map(ipaddress.IPv6Address).filter(
-        lambda a: a.ipv4_mapped is None),
+    6: st.one_of(_GLOBAL_GATEWAYS, _LINK_LOCAL_GATEWAYS),
 }
 # SNAT sources: unicast addresses (SnatRule refuses the others: no reply comes back).
 _SNAT_TO: dict[int, SearchStrategy[Address]] = {
@@ -105,7 +110,7 @@ _SNAT_TO: dict[int, SearchStrategy[Address]] = {
     for version, strategy in _ADDRESS_OF.items()}
 # Next hops a route without device can have: not link-local IPv6 (Route refuses it).
 _DEVICELESS_GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
-    4: _GATEWAY_OF[4], 6: _GATEWAY_OF[6].filter(lambda a: not a.is_link_local)}
+    4: _GATEWAY_OF[4], 6: _GLOBAL_GATEWAYS.filter(lambda a: not a.is_link_local)}
 # A spec's gateways: no multicast, loopback or broadcast address (the spec refuses them;
 # a route read from the kernel may have one).
 _SPEC_GATEWAY_OF: dict[int, SearchStrategy[Address]] = {

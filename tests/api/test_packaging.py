@@ -68,3 +68,26 @@ def test_import_hypothesis_loads_no_strategy_until_a_test_asks_for_one() -> None
     loaded, drawn = done.stdout.splitlines()
     assert loaded == "['k3snet.testing._hypothesis_entry']"
     assert drawn == "Route"
+
+
+def test_the_hypothesis_plugin_and_the_testing_helpers_work_without_the_other_extras() -> None:
+    # `pip install k3snet hypothesis`: attrs alone besides. The plugin runs in every
+    # Hypothesis session of such a machine; resolving k3snet's types, the strategies and
+    # the conformance suite on the memory backend must not need PyYAML or a backend's library.
+    blocked = ["yaml", "pyroute2", "nftables", "iptc", "kubernetes", "prometheus_client"]
+    code = ("import sys\n"
+            f"for name in {blocked!r}: sys.modules[name] = None\n"
+            "from hypothesis import strategies as st\n"
+            "import k3snet\n"
+            "from k3snet.model import NetObject\n"
+            "for cls in (k3snet.Route, k3snet.SnatRule, k3snet.State, k3snet.Spec, NetObject):\n"
+            "    st.from_type(cls).example()\n"
+            "from k3snet.testing import run_conformance, strategies\n"
+            "from k3snet.backends.memory import MemoryBackend\n"
+            "k3snet.compile(strategies.specs().example())\n"
+            "run_conformance(MemoryBackend, max_examples=3)\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["ok"]

@@ -270,6 +270,22 @@ def test_routes_draw_device_less_ones_when_asked() -> None:
     assert found.gateway is not None
 
 
+def test_routes_draw_ipv6_routes_via_link_local_gateways_and_replacements_too() -> None:
+    """Most IPv6 routes of a node go via a router's link-local address (``via fe80::1 dev
+    eth0``, what router advertisements give); IPv6 gateways were 128 random bits, which
+    never fall in fe80::/10, so a backend or renderer mishandling them (the device a
+    link-local next hop needs, a zone) was never drawn."""
+    def link_local(route: NetObject) -> bool:
+        return isinstance(route, Route) and route.gateway is not None and (
+            route.gateway.version == 6 and route.gateway.is_link_local)
+
+    found = find(ks.routes(family=6), link_local)
+    assert isinstance(found, Route)
+    assert found.device is not None
+    assert str(found.gateway) == "fe80::1"
+    assert link_local(find(ks.replacements(Route("2001:db8::/64", device="eth0")), link_local))
+
+
 @given(ks.snat_rules(), ks.routes())
 def test_snat_sources_and_gateways_are_addresses_k3snet_takes(rule: SnatRule,
                                                               route: Route) -> None:

@@ -375,7 +375,8 @@ def test_a_third_party_backend_registered_by_entry_point_passes_conformance(
     assert "jsonfile" in available_backends()
     counter = iter(range(10**6))
     run_conformance(lambda: create_backend("jsonfile", path=tmp_path / f"s{next(counter)}.json"),
-                    max_examples=30)
+                    max_examples=30,
+                    reopen=lambda backend: create_backend("jsonfile", path=backend.path))  # type: ignore[attr-defined]
     backend = create_backend("jsonfile", path=tmp_path / "demo.json")
     rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
     backend.apply(plan(backend.observe(), State(owned=[rule])))

@@ -7,14 +7,17 @@ was added (second review of the kit, written from a third-party backend's side).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import pytest
 
-from k3snet import ApplyResult, Change, Plan, Route, State, Sysctl
+from k3snet import ApplyResult, Change, ForwardRule, Plan, Route, State, Sysctl
+from k3snet.backends import Backend
 from k3snet.backends.kit import BackendBase, fit_problems, taken_slots
 from k3snet.backends.memory import MemoryBackend
 from k3snet.errors import ApplyError, PlanError
-from k3snet.model import MasqueradeRule, RouteBlock
+from k3snet.model import MasqueradeRule, NetObject, RouteBlock
 from k3snet.testing import run_conformance
 
 # Hypothesis reports several distinct failures as an ExceptionGroup.
@@ -384,3 +387,208 @@ def test_conformance_fails_a_backend_that_replaces_a_foreign_object() -> None:
         run_conformance(
             lambda: _ReplacesForeignObjects(State(foreign=[flannel]), capabilities=["nat"]),
             max_examples=20)
+
+
+# A node's own objects, beside which k3snet's are drawn: a static route, another
+# program's masquerade, a forward accept, the forwarding sysctl.
+_BESIDE = (Route("192.0.2.0/24", device="eth0", protocol=4),
+           MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24"),
+           ForwardRule("10.42.0.0/16", "198.51.100.0/24"),
+           Sysctl("net.ipv4.ip_forward", "0"))
+
+
+def _deleting_alike(backend: MemoryBackend, plan: Plan,
+                    alike: Callable[[NetObject, NetObject], bool]) -> ApplyResult:
+    """Apply ``plan``; each delete or replace also removes every foreign object ``alike``
+    the one it removes (a delete matching on fewer fields than the object has)."""
+    result = MemoryBackend.apply(backend, plan)
+    gone = [c.before for c in plan.changes if c.before is not None]
+    foreign = [o for o in backend._state.foreign if not any(alike(o, g) for g in gone)]
+    backend._state = State(owned=backend._state.owned, foreign=foreign)
+    return result
+
+
+class _DeletesRoutesByDestination(MemoryBackend):
+    """Deletes a route by its destination alone, as ``ip route del 192.0.2.0/24`` without
+    table, metric and protocol does: the first route there goes, maybe another program's."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        return _deleting_alike(self, plan, lambda o, g: isinstance(o, Route) and isinstance(
+            g, Route) and o.destination == g.destination)
+
+
+class _DeletesNatBySource(MemoryBackend):
+    """Deletes a NAT rule by its source alone (every rule of that source goes)."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        return _deleting_alike(self, plan, lambda o, g: o.kind == g.kind == "nat"
+                               and getattr(o, "source", None) == getattr(g, "source", None))
+
+
+class _ReadsForeignOverItsOwn(MemoryBackend):
+    """Reads a route of its own as missing where a foreign route has its destination
+    (in another table): its reader matches routes by destination."""
+
+    def observe(self) -> State:
+        state = super().observe()
+        taken = {o.destination for o in state.foreign if isinstance(o, Route)}
+        return State(owned=[o for o in state.owned
+                            if not (isinstance(o, Route) and o.destination in taken)],
+                     foreign=state.foreign)
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    (_DeletesRoutesByDestination, "apply changed foreign state"),
+    (_DeletesNatBySource, "apply changed foreign state"),
+    (_ReadsForeignOverItsOwn, "differs from the plan's target"),
+])
+def test_conformance_draws_objects_beside_the_foreign_ones_a_careless_backend_confuses(
+        broken: type[MemoryBackend], says: str) -> None:
+    """Random routes and rules almost never had a foreign one's destination or source, so a
+    backend deleting the foreign route or NAT rule "alike" its own one, or reading its own
+    one as the foreign one, passed the suite on a system full of foreign objects."""
+    with pytest.raises(FAILS, match=says):
+        run_conformance(lambda: broken(State(foreign=_BESIDE)), max_examples=30)
+
+
+class _RemembersWhatItOwns(BackendBase):
+    """Keeps the keys of what it added in the instance: its system (``store``) holds the
+    objects, but another instance on it (the next ``k3snet apply``, a new process) takes
+    them for another program's."""
+
+    name = "remembers"
+    capabilities = frozenset({"route", "nat", "forward", "sysctl"})
+
+    def __init__(self, store: MemoryBackend) -> None:
+        super().__init__()
+        self.store = store
+        self.faults = store.faults  # the store's apply takes the injected failure
+        self._mine: set[tuple[object, ...]] = set()
+
+    def observe(self) -> State:
+        held = self.store.observe()
+        return State(owned=[o for o in held.owned if o.key in self._mine],
+                     foreign=[*held.foreign, *(o for o in held.owned if o.key not in self._mine)])
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return tuple(fit_problems(self, plan, self.observe()))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.ensure_fits(plan, self.observe())
+        result = self.store.apply(plan)
+        for change in plan.changes:
+            self._mine.discard(change.subject.key)
+            if change.after is not None:
+                self._mine.add(change.after.key)
+        return ApplyResult(self.name, result.applied, result.operations)
+
+
+def test_conformance_with_reopen_fails_a_backend_that_remembers_what_it_owns() -> None:
+    """Every stage ran on the one instance, so a backend that knew its objects from its own
+    memory passed, and each new ``k3snet apply`` (a new process) read them as another
+    program's: never updated nor removed, and added again beside them."""
+    found = State(foreign=_BESIDE)
+    run_conformance(lambda: _RemembersWhatItOwns(MemoryBackend(found)), max_examples=10)
+    with pytest.raises(FAILS, match="another remembers backend on the same system"):
+        run_conformance(lambda: _RemembersWhatItOwns(MemoryBackend(found)), max_examples=10,
+                        reopen=lambda b: _RemembersWhatItOwns(b.store))  # type: ignore[attr-defined]
+
+
+def test_conformance_with_reopen_fails_a_backend_that_forgets_the_values_to_give_back(
+) -> None:
+    """The values a backend's sysctls recorded (``Sysctl.previous``) must outlive it too:
+    the next process deletes the sysctl and gives that value back."""
+
+    def reopen(backend: Backend) -> Backend:
+        """A backend on what ``backend`` holds, but the values its sysctls recorded."""
+        held = backend.observe()
+        return MemoryBackend(State(owned=[attrs.evolve(o, previous=None) if isinstance(o, Sysctl)
+                                    else o for o in held.owned], foreign=held.foreign))
+
+    found = State(foreign=[Sysctl("net.ipv4.ip_forward", "0")])
+    with pytest.raises(FAILS) as caught:
+        run_conformance(lambda: MemoryBackend(found, capabilities=["sysctl"]), max_examples=20,
+                        reopen=reopen)
+    assert "reopened None" in _messages(caught.value)
+
+
+class _DeletesForeignNat(MemoryBackend):
+    """Guards the foreign routes and sysctls it finds, but lets a plan delete or replace
+    another program's NAT and forward rules."""
+
+    def _theirs(self, plan: Plan) -> list[Change]:
+        return [c for c in plan.changes if c.before is not None
+                and c.before.kind in ("nat", "forward") and c.before in self._state.foreign]
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        theirs = self._theirs(plan)
+        return super().check(Plan(changes=[c for c in plan.changes if c not in theirs]))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        theirs = self._theirs(plan)
+        if not theirs:
+            return super().apply(plan)
+        gone = {c.before for c in theirs}
+        self._state = State(owned=self._state.owned, foreign=self._state.foreign - gone)
+        return ApplyResult(self.name, plan.changes, len(plan.changes))
+
+
+def test_conformance_tries_to_delete_foreign_objects_of_every_kind_it_finds() -> None:
+    """It tried the first three foreign objects found: on a node with sysctls and routes
+    (which sort first) never a NAT or forward rule, so a backend deleting another
+    program's masquerade when a plan said so passed."""
+    found = State(foreign=[*_BESIDE, Sysctl("net.ipv4.conf.all.rp_filter", "2"),
+                           Sysctl("net.ipv6.conf.all.forwarding", "0")])
+    with pytest.raises(FAILS, match=r"a plan deleting the foreign (forward|masquerade)"):
+        run_conformance(lambda: _DeletesForeignNat(found), max_examples=5)
+
+
+class _StoreBackend(MemoryBackend):
+    """A backend on a shared system (``store``), as two processes' backends share a node."""
+
+    def __init__(self, store: MemoryBackend) -> None:
+        super().__init__()
+        self.store = store
+        self.faults = store.faults
+
+    def observe(self) -> State:
+        return self.store.observe()
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return self.store.check(plan)
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        return self.store.apply(plan)
+
+
+class _KeepsWhatItRead(_StoreBackend):
+    """Keeps what it read until it applies something itself: what another process (a
+    ``k3snet apply`` beside the agent) changed stays unseen."""
+
+    _kept: State | None = None
+
+    def observe(self) -> State:
+        if self._kept is None:
+            self._kept = super().observe()
+        return self._kept
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self._kept = None
+        try:
+            return super().apply(plan)
+        finally:
+            self._kept = None
+
+
+def test_conformance_with_reopen_fails_a_backend_blind_to_changes_another_process_made(
+) -> None:
+    """The suite changed the system through the one backend only, so a read kept until the
+    backend's own next apply passed; the agent's backend, alive from pass to pass, then
+    planned against a state a ``k3snet apply`` beside it had changed."""
+    found = State(foreign=_BESIDE)
+    run_conformance(lambda: _StoreBackend(MemoryBackend(found)), max_examples=10,
+                    reopen=lambda b: _StoreBackend(b.store))  # type: ignore[attr-defined]
+    run_conformance(lambda: _KeepsWhatItRead(MemoryBackend(found)), max_examples=10)
+    with pytest.raises(FAILS, match=r"after another \w+ backend on the same system"):
+        run_conformance(lambda: _KeepsWhatItRead(MemoryBackend(found)), max_examples=10,
+                        reopen=lambda b: _KeepsWhatItRead(b.store))  # type: ignore[attr-defined]

@@ -107,7 +107,8 @@ def test_crd_backend_conforms_and_never_touches_foreign_pools(
 ) -> None:
     foreign = _foreign_snapshot(seeded_all)
     run_conformance(lambda: _backend(api_client, allow_disruptive=True), objects=ippools(),
-                    max_examples=20)
+                    max_examples=20,
+                    reopen=lambda _: _backend(api_client, allow_disruptive=True))
     assert _foreign_snapshot(seeded_all) == foreign  # byte-equal, resourceVersions included
     assert _owned_snapshot(seeded_all) == {}
 

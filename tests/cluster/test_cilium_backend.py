@@ -164,7 +164,8 @@ def test_conforms_and_leaves_both_configmaps_as_found(k3s_cilium: EmulatedApiSer
                                                       api_client: Any) -> None:
     before = _stored(k3s_cilium)
     run_conformance(lambda: CiliumBackend(api_client=api_client, allow_disruptive=True),
-                    objects=cilium_configs(), max_examples=15)
+                    objects=cilium_configs(), max_examples=15,
+                    reopen=lambda _: CiliumBackend(api_client=api_client, allow_disruptive=True))
     after = _stored(k3s_cilium)
     assert before is not None
     assert after is not None

@@ -97,7 +97,8 @@ def _converge(backend: FlannelBackend, desired: State) -> Plan:
 def test_file_backend_conforms_and_leaves_the_file_byte_identical(conf_file: Path) -> None:
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     run_conformance(lambda: FlannelBackend(path=conf_file, allow_disruptive=True),
-                    objects=flannel_configs(backend.target), max_examples=25)
+                    objects=flannel_configs(backend.target), max_examples=25,
+                    reopen=lambda _: FlannelBackend(path=conf_file, allow_disruptive=True))
     assert conf_file.read_text() == NET_CONF
     assert sorted(os.listdir(conf_file.parent)) == ["net-conf.json"]  # no temporary files left
 
@@ -109,7 +110,9 @@ def test_configmap_backend_conforms_and_leaves_the_configmap_as_found(
     before = _stored(api_server)
     target = configmap_target("kube-flannel", "kube-flannel-cfg")
     run_conformance(lambda: FlannelBackend(api_client=api_client, allow_disruptive=True),
-                    objects=flannel_configs(target), max_examples=15)
+                    objects=flannel_configs(target), max_examples=15,
+                    reopen=lambda _: FlannelBackend(api_client=api_client,
+                                                    allow_disruptive=True))
     after = _stored(api_server)
     assert after["data"] == before["data"]  # both keys, byte for byte
     assert not after["metadata"].get("annotations")

@@ -750,6 +750,7 @@ def test_conformance(ns: str, config: tuple[str, str]) -> None:
         lambda: make(ns, config),
         objects=st.one_of(strategies.nat_rules(), strategies.forward_rules()),
         max_examples=int(os.environ.get("K3SNET_IPTABLES_EXAMPLES", "8")),
+        reopen=lambda _: make(ns, config),  # the next process's, reading the kernel
     )
 
 

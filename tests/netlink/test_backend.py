@@ -533,8 +533,11 @@ def test_conformance(ns: str, tmp_path: Path, driver: Driver) -> None:
         strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000), **common),
         strategies.routes(devices=(None,), tables=(254,), **common))
     sysctls = strategies.sysctls(names=WATCHED_SYSCTLS, values=("0", "1"))
+    # reopen: the next process's backend reads the routes and the sysctls' recorded values
+    # (its state file) as this one holds them.
     run_conformance(lambda: NetlinkBackend(ns, state_dir=tmp_path, driver=driver),
-                    objects=st.one_of(routes, sysctls), max_examples=50)
+                    objects=st.one_of(routes, sysctls), max_examples=50,
+                    reopen=lambda _: NetlinkBackend(ns, state_dir=tmp_path, driver=driver))
     assert not {line for line in kernel_routes(ns) if "proto 211" in line}
 
 

@@ -704,4 +704,5 @@ def test_conformance(seeded: str, syntax: str) -> None:
         lambda: make(seeded, syntax),
         objects=st.one_of(strategies.nat_rules(), strategies.forward_rules()),
         max_examples=int(os.environ.get("K3SNET_NFTABLES_EXAMPLES", "10")),
+        reopen=lambda _: make(seeded, syntax),  # the next process's, reading the kernel
     )
