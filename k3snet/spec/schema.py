@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from k3snet.model.cidr import parse_address, parse_network
-from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
+from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE, canonical_json
 from k3snet.model.route import parse_gateway
 from k3snet.model.sysctl import Sysctl
 from k3snet.spec.fields import (
@@ -389,11 +389,26 @@ AGENT = Section(AgentSettings, (
               "would all get that level, and which kubectl delete -f would delete."),
 ))
 
+def _json_values(value: Any) -> str | None:
+    """Options written into flannel's net-conf.json: JSON values only. YAML's ``.nan`` and
+    ``.inf`` passed ``validate``; Python writes them as ``NaN``, which flannel's JSON
+    reader refuses (and NaN never equals itself: the plan never settled)."""
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        canonical_json(dict(items))
+    except (TypeError, ValueError):  # ModelError is a ValueError
+        return "holds a value JSON has not (.nan, .inf): flannel could not read net-conf.json"
+    return None
+
+
+with_schema(_json_values, {"type": "object"})
+
 FLANNEL = Section(FlannelSettings, (
     Field("backend.type", "backend_type", raw, checks=(optional(one_of(*FLANNEL_TYPES)),),
           example="host-gw", doc="Flannel's backend Type in net-conf.json (unset: leave it)."),
     Field("backend.options", "backend_options", mapping("expected a mapping"), pairs,
-          example={"VNI": 4}, doc="The other keys of flannel's Backend (VNI, Port ...)."),
+          checks=(_json_values,), example={"VNI": 4},
+          doc="The other keys of flannel's Backend (VNI, Port ...)."),
     Field("enableNFTables", "enable_nftables", boolean, example=True,
           doc="Flannel's EnableNFTables (unset: leave it)."),
     Field("setNetworks", "set_networks", boolean, example=True,
