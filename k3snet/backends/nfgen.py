@@ -85,15 +85,20 @@ class GenerationReader:
             raise BackendError("the kernel's nftables generation answer has no id")
         return int(struct.unpack_from(">I", attributes[_NFTA_GEN_ID])[0])
 
-    def chain_use(self, family: str, table: str, chain: str) -> int | None:
-        """Chain ``chain`` of table ``family table``'s use count (``None``: no such chain):
-        its rules, and the rules and map elements that jump to it (none can to a base
-        chain)."""
+    def _chain(self, family: str, table: str, chain: str) -> dict[int, bytes] | None:
+        """The kernel's attributes of chain ``chain`` of ``family table`` (``None``: no
+        such chain)."""
         body = _attribute(_NFTA_CHAIN_TABLE, table.encode() + b"\0") + _attribute(
             _NFTA_CHAIN_NAME, chain.encode() + b"\0")
         with translate_errors(f"read nftables chain {family} {table} {chain}",
                               capability=_CAPABILITY):
-            attributes = self._request(_NFT_MSG_GETCHAIN, _NFPROTO[family], body)
+            return self._request(_NFT_MSG_GETCHAIN, _NFPROTO[family], body)
+
+    def chain_use(self, family: str, table: str, chain: str) -> int | None:
+        """Chain ``chain`` of table ``family table``'s use count (``None``: no such chain):
+        its rules, and the rules and map elements that jump to it (none can to a base
+        chain)."""
+        attributes = self._chain(family, table, chain)
         if attributes is None:
             return None
         if _NFTA_CHAIN_USE not in attributes:
@@ -104,11 +109,7 @@ class GenerationReader:
     def chain_state(self, family: str, table: str, chain: str) -> tuple[int, bool] | None:
         """Base chain ``chain`` of ``family table``: (its rule count, its policy is
         accept); ``None``: no such chain."""
-        body = _attribute(_NFTA_CHAIN_TABLE, table.encode() + b"\0") + _attribute(
-            _NFTA_CHAIN_NAME, chain.encode() + b"\0")
-        with translate_errors(f"read nftables chain {family} {table} {chain}",
-                              capability=_CAPABILITY):
-            attributes = self._request(_NFT_MSG_GETCHAIN, _NFPROTO[family], body)
+        attributes = self._chain(family, table, chain)
         if attributes is None:
             return None
         use = attributes.get(_NFTA_CHAIN_USE, b"")
