@@ -74,6 +74,7 @@ from k3snet.backends.nftables.text import (
     table_marked,
     table_objects,
 )
+from k3snet.backends.routed import RoutedBy
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import (
     Drift,
@@ -561,6 +562,9 @@ class ForeignReader:
     # beside), (family, table) -> the chain jumped to
     iptables_own: dict[tuple[str, str], str] = field(default_factory=dict)
     unread: list[str] = field(default_factory=list)
+    # The node's routes: a drop naming an interface and no address meets what the node
+    # routes by it (None: such a drop is read as no block, as with a replaced kernel seam)
+    routed: RoutedBy | None = None
     listed: int = 0
     nat: list[NetObject] = field(default_factory=list)
     accepts: list[ForwardRule] = field(default_factory=list)
@@ -733,7 +737,7 @@ class ForeignReader:
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
                 return
-            block = _block_of(match, where, chain, taken)
+            block = _block_of(match, where, chain, taken, self.routed)
             if block is not None:
                 found.add(block)
             if match.verdict in ("accept", "masquerade", "snat"):  # ends the chain for them
@@ -751,7 +755,7 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
-            block = _block_of(reached, where, chain, taken)
+            block = _block_of(reached, where, chain, taken, self.routed)
             if block is not None:
                 found.add(block)
             if reached.verdict == "accept":
@@ -1148,21 +1152,23 @@ _Found = tuple[frozenset[NetObject], tuple[str, ...], ForwardDefaults]
 
 
 def read_foreign_within(bounded: BoundedLister, own_tables: frozenset[tuple[str, str]],
-                        deadline: float) -> _Found:
+                        deadline: float, routed: RoutedBy | None = None) -> _Found:
     """Other tables' egress state, read by ``deadline`` (``time.monotonic()``): (found,
     unread, the defaults that may drop forwarded packets: :meth:`ForeignReader.defaults`).
 
     The whole read runs in the helper's thread, one hand-off. Past the deadline
     it is given up on, and read again from the listings it had completed: what
     it had not is unread. While the helper is stuck in an earlier listing, each
-    listing runs ``nft`` in a child process killed at the deadline.
+    listing runs ``nft`` in a child process killed at the deadline. ``routed``: see
+    :attr:`ForeignReader.routed`.
     """
     done: dict[tuple[str, ...], Any] = {}
     try:
-        found, defaults = bounded.run(deadline, lambda kernel: _whole(kernel, own_tables, done))
+        found, defaults = bounded.run(
+            deadline, lambda kernel: _whole(kernel, own_tables, done, routed))
         return found, (), defaults
     except ListingTimeoutError:
-        return _given_up(done, own_tables, deadline)
+        return _given_up(done, own_tables, deadline, routed)
 
 
 @dataclass
@@ -1173,14 +1179,16 @@ class ForeignRead:
     own_tables: frozenset[tuple[str, str]]
     future: Future[tuple[frozenset[NetObject], ForwardDefaults]]
     done: dict[tuple[str, ...], Any]
+    routed: RoutedBy | None = None
 
 
-def start_foreign_read(bounded: BoundedLister,
-                       own_tables: frozenset[tuple[str, str]]) -> ForeignRead:
+def start_foreign_read(bounded: BoundedLister, own_tables: frozenset[tuple[str, str]],
+                       routed: RoutedBy | None = None) -> ForeignRead:
     """The read of :func:`read_foreign_within`, queued in the helper thread now."""
     done: dict[tuple[str, ...], Any] = {}
     bounded.calls += 1
-    return ForeignRead(own_tables, bounded.submit(lambda k: _whole(k, own_tables, done)), done)
+    return ForeignRead(own_tables, bounded.submit(lambda k: _whole(k, own_tables, done, routed)),
+                       done, routed)
 
 
 def finish_foreign_read(bounded: BoundedLister, read: ForeignRead, deadline: float) -> _Found:
@@ -1190,22 +1198,23 @@ def finish_foreign_read(bounded: BoundedLister, read: ForeignRead, deadline: flo
         found, defaults = bounded.wait(read.future, deadline)
         return found, (), defaults
     except ListingTimeoutError:
-        return _given_up(read.done, read.own_tables, deadline)
+        return _given_up(read.done, read.own_tables, deadline, read.routed)
 
 
 def _given_up(done: dict[tuple[str, ...], Any], own_tables: frozenset[tuple[str, str]],
-              deadline: float) -> _Found:
+              deadline: float, routed: RoutedBy | None = None) -> _Found:
     # Copied in one C call: the helper may still be adding to it.
     lister: Lists = _Replay(dict(done)) if _started(done) else _ChildLister(deadline)
-    reader = ForeignReader(lister, own_tables)
+    reader = ForeignReader(lister, own_tables, routed=routed)
     found = reader.read()
     return found, tuple(reader.unread), reader.defaults()
 
 
 def _whole(kernel: NftKernel, own_tables: frozenset[tuple[str, str]],
-           done: dict[tuple[str, ...], Any]) -> tuple[frozenset[NetObject], ForwardDefaults]:
+           done: dict[tuple[str, ...], Any],
+           routed: RoutedBy | None = None) -> tuple[frozenset[NetObject], ForwardDefaults]:
     done[("started",)] = True
-    reader = ForeignReader(_Recording(kernel, done), own_tables)
+    reader = ForeignReader(_Recording(kernel, done), own_tables, routed=routed)
     return reader.read(), reader.defaults()
 
 
@@ -1864,25 +1873,43 @@ class _Taken:
 
 
 def _block_of(match: Match, where: tuple[str, str], chain: str,
-              taken: _Taken | None = None) -> ForwardBlock | None:
+              taken: _Taken | None = None,
+              routed: RoutedBy | None = None) -> ForwardBlock | None:
     """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None);
     ``match`` as the walk reached it (with the tests of the jumps on the way), ``taken``
-    what the accepts before it on its way take."""
+    what the accepts before it on its way take.
+
+    With ``routed`` (the node's routes), a drop naming an interface and no address
+    (``iptables -A DOCKER-USER -o eth0 -j DROP``, read through nft) is one too: it meets
+    only what the node routes by that interface, as the iptables backend reads it
+    (:meth:`~k3snet.backends.routed.RoutedBy.cover`; Docker's ``oifname "docker0"``
+    drop: docker0's subnet, not the pods' connections; the uplink's default route: any
+    destination). Not in an ``inet`` table (no family to judge it in): still none."""
     if match.verdict not in ("drop", "reject", "queue") or match.proto is None:
         return None
     words, saddr, daddr, oif = _rule_words(match)
-    if not saddr and not daddr:
-        return None
-    words.append(match.verdict)
-    iif = [name for name, neg in match.iif if not neg]
+    # A name tested twice (the jump's `oifname "docker0"`, then the rule's) is that name.
+    oif = list(dict.fromkeys(oif))
+    iif = list(dict.fromkeys(name for name, neg in match.iif if not neg))
+    family = 4 if match.proto == "ip" else 6
     fields: dict[str, Any] = {
         # One prefix each is what a block holds; several (a set) count as any.
         "source": saddr[0] if len(saddr) == 1 else None,
         "destination": daddr[0] if len(daddr) == 1 else None,
     }
+    if not saddr and not daddr:
+        if routed is None or not (len(oif) == 1 or len(iif) == 1):
+            return None
+        # A packet leaves by the device its destination is routed by, and comes in by the
+        # one its source is (the reverse path): the drop meets only what the node routes
+        # by that device (None: any address).
+        if len(oif) == 1:
+            fields["destination"] = routed.cover(family, model_ifname(oif[0]))
+        if len(iif) == 1:
+            fields["source"] = routed.cover(family, model_ifname(iif[0]))
+    words.append(match.verdict)
     text = " ".join(words)
     place = f"nftables {where[0]} {where[1]} {chain}"
-    family = 4 if match.proto == "ip" else 6
     if taken is not None:
         fields["accepted"] = taken.before(family, fields["source"], fields["destination"])
         fields["replies_accepted"] = taken.replies
