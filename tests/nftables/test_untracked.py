@@ -38,13 +38,14 @@ class _Raw(Kernel):
 
 def raw(*rules: list[Expr], prio: int = -300, family: str = "ip",
         **chains: list[list[Expr]]) -> _Raw:
-    table = {(family, "raw", "PREROUTING"): ("prerouting", "accept", list(rules))}
+    table: dict[tuple[str, str, str], tuple[str | None, str, list[list[Expr]]]] = {
+        (family, "raw", "PREROUTING"): ("prerouting", "accept", list(rules))}
     table |= {(family, "raw", name): (None, "", body) for name, body in chains.items()}
     return _Raw(table, prio)
 
 
 def untracked(kernel: Kernel) -> set[NetObject]:
-    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    found = ForeignReader(kernel, frozenset()).read()
     return {o for o in found if isinstance(o, NatBlock)}
 
 
