@@ -118,7 +118,6 @@ from k3snet.backends.iptables.foreign import (
 from k3snet.backends.iptables.made import DEFAULT_ROOT, Made, MadeRecord
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
 from k3snet.backends.iptables.native import NativeRead, native_tables, read_native
-from k3snet.backends.iptables.routed import RoutedBy, read_routes
 from k3snet.backends.iptables.save import TableDump, parse_save
 from k3snet.backends.iptables.table import (
     INJECTED_CHAIN,
@@ -151,6 +150,7 @@ from k3snet.backends.lock import namespace_id
 from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables.kernel import BoundedLister, Lists
+from k3snet.backends.routed import RoutedBy, read_routes
 from k3snet.errors import (
     BackendError,
     BackendUnavailableError,
@@ -451,7 +451,7 @@ class IptablesBackend(BackendBase):
 
     def _routed(self) -> RoutedBy | None:
         """The node's routes, read at most once by this observe, when a drop naming an
-        out-interface and no destination is judged (:mod:`~k3snet.backends.iptables.routed`);
+        out-interface and no destination is judged (:mod:`~k3snet.backends.routed`);
         ``None`` with a replaced kernel seam (nothing is read: such a drop may meet any
         packet). Not read on the observe cache's path: a route change alone does not move
         the change token, the next change of the tables reads them again."""

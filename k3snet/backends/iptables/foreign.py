@@ -51,8 +51,8 @@ from collections.abc import Container, Iterator, Sequence
 
 import attrs
 
-from k3snet.backends.iptables.routed import RoutedBy
 from k3snet.backends.iptables.save import TableDump
+from k3snet.backends.routed import RoutedBy
 from k3snet.errors import K3snetError
 from k3snet.model import NetObject
 from k3snet.model.cidr import Network, contains, overlaps
@@ -388,7 +388,7 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
     ``routed``: the node's routes. A block naming an out-interface and no destination
     (Docker's ``! -i docker0 -o docker0 -j DROP``) only meets packets for what the node
     routes by that interface, and gets that as its destination
-    (:meth:`~k3snet.backends.iptables.routed.RoutedBy.cover`); one naming an
+    (:meth:`~k3snet.backends.routed.RoutedBy.cover`); one naming an
     in-interface and no source (Docker's internal network, ``! -d 192.0.2.0/24 -i br-x
     -j DROP``) gets so its source: a packet comes in by the device its source is routed
     by (not so on a node routing asymmetrically, where a reply may come in elsewhere).

@@ -84,10 +84,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 
@@ -139,6 +140,7 @@ from k3snet.backends.nftables.parse import (
     table_of,
 )
 from k3snet.backends.nftables.text import Lines, expected_lines, first_rule_lines
+from k3snet.backends.routed import RoutedBy, read_routes
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -161,6 +163,9 @@ from k3snet.render.nftables import (
     validate_table_name,
 )
 from k3snet.render.nftables_batch import Syntax, validate_syntax
+
+if TYPE_CHECKING:  # imported when routes are read (see _routed)
+    from k3snet.backends.netlink.socket_driver import SocketDriver
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +315,8 @@ class NftablesBackend(BackendBase):
         self._bounded: BoundedLister | None = None
         self._foreign_bounded: BoundedLister | None = None
         self._bounded_kernel = kernel is None
+        self._route_reader: SocketDriver | None = None  # rtnetlink, for RoutedBy
+        self._route_lock = threading.Lock()  # the helper's read, and a given-up one's
         self.keep_read = option_flag("keep_read", keep_read)
         self._kept: Kept | None = None  # the table as the last process left it (.kept)
         self._kept_looked = False
@@ -531,6 +538,10 @@ class NftablesBackend(BackendBase):
                 kept.keep(cache)  # only ever a shortcut for the next process
         self._kept = None
         kernel, self._kernel = self._kernel, None
+        reader, self._route_reader = self._route_reader, None
+        if reader is not None:
+            with contextlib.suppress(OSError):
+                reader.close()
         helpers = (self._bounded, self._foreign_bounded)
         self._bounded = self._foreign_bounded = None
         for bounded in helpers:
@@ -662,7 +673,7 @@ class NftablesBackend(BackendBase):
         foreign = self._foreign_lister() if self.observe_foreign else None
         # The other tables are read meanwhile too, in their own helper.
         owners = owner_tables(kernel) if foreign is not None and not foreign.busy else frozenset()
-        ahead = start_foreign_read(foreign, self._own_tables()) \
+        ahead = start_foreign_read(foreign, self._own_tables(), self._routed()) \
             if foreign is not None and not foreign.busy else None
         self._started = _Started(genid, listings, ahead, owners)
 
@@ -747,9 +758,34 @@ class NftablesBackend(BackendBase):
                 bounded, ahead, deadline)
         else:
             found, self._foreign_unread, self._defaults = read_foreign_within(
-                bounded, self._own_tables(), deadline)
+                bounded, self._own_tables(), deadline, self._routed())
         self._log_warnings()
         return found
+
+    def _routed(self) -> RoutedBy:
+        """The node's routes for one read of the other tables: a drop naming an interface
+        and no address meets what the node routes by it (:mod:`k3snet.backends.routed`).
+        Read at most once, and only when such a drop is judged (one rtnetlink dump; the
+        netlink modules imported then), in the thread that reads the tables, which is in
+        the namespace (the worker's, or a helper it started). Never on the observe
+        cache's path: a route change alone does not move the generation id."""
+
+        def load() -> list[tuple[int, int, int, str | None]]:
+            with self._route_lock:
+                try:
+                    if self._route_reader is None:
+                        from k3snet.backends.netlink.socket_driver import (  # noqa: PLC0415
+                            open_dump_driver,  # only when a drop by interface alone is judged
+                        )
+
+                        # This thread is in the namespace already: no worker of its own.
+                        self._route_reader = open_dump_driver(NetnsRunner(None))
+                    return read_routes(self._route_reader)
+                except (OSError, K3snetError) as exc:
+                    log.debug("routes not read (%s): drops by interface judged as any", exc)
+                    return [(4, 0, 0, None), (6, 0, 0, None)]  # any device: no narrowing
+
+        return RoutedBy(load)
 
     def _log_warnings(self) -> None:
         """Log :attr:`warnings` when they change, as the iptables backend does: the

@@ -74,6 +74,7 @@ from k3snet.backends.nftables.text import (
     table_marked,
     table_objects,
 )
+from k3snet.backends.routed import RoutedBy
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import (
     Drift,
@@ -114,6 +115,7 @@ _MAX_ACCEPTED_BEFORE = 16  # accepts a foreign drop names as met before it (the 
 _TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})  # what nft names
 _STOPS = ("drop", "queue")  # what parse_rule makes of drop, reject and queue
 _OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
+_CONNTRACK_PRIO = -200  # NF_IP_PRI_CONNTRACK: a chain before it sees untracked packets
 
 
 def table_of(obj: NetObject, families: tuple[str, ...]) -> str:
@@ -143,6 +145,8 @@ class Match:
     nat_addr: str | None = None
     nat_flags: tuple[str, ...] = ()
     nat_extra: bool = False  # ports, ranges, maps, other flags: not modelled
+    # a notrack statement (the packet goes on, untracked): its words in a block's text
+    notrack: str | None = None
 
     @property
     def conditions(self) -> int:
@@ -272,6 +276,9 @@ def _parse_statement(name: str, body: Any, out: Match) -> None:
             out.nat_extra = True
     elif name in ("counter", "log", "mangle"):
         out.extras += 1  # counting, logging, setting a mark: no verdict changes
+    elif name == "notrack":  # iptables-nft's -j NOTRACK too
+        out.notrack = "notrack"
+        out.extras += 1
     elif name == "xt":
         _parse_xt(body, out)
     else:
@@ -287,6 +294,11 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         # libnftables' JSON hides the target's options, so a --random-fully is not
         # seen (it does not change which packets are NATed).
         out.verdict = "masquerade"
+        out.extras += 1
+    elif kind == "target" and name == "CT":
+        # iptables-nft's -j CT, whose options libnftables' JSON hides: read as --notrack
+        # (a doubt counts against k3snet: a --zone or --helper one is a false "no NAT").
+        out.notrack = "xt CT (read as --notrack: its options are not listed)"
         out.extras += 1
     elif kind == "target":
         out.verdict = f"xt {name}"  # an iptables target k3snet cannot see into
@@ -561,6 +573,9 @@ class ForeignReader:
     # beside), (family, table) -> the chain jumped to
     iptables_own: dict[tuple[str, str], str] = field(default_factory=dict)
     unread: list[str] = field(default_factory=list)
+    # The node's routes: a drop naming an interface and no address meets what the node
+    # routes by it (None: such a drop is read as no block, as with a replaced kernel seam)
+    routed: RoutedBy | None = None
     listed: int = 0
     nat: list[NetObject] = field(default_factory=list)
     accepts: list[ForwardRule] = field(default_factory=list)
@@ -574,6 +589,9 @@ class ForeignReader:
     # there drops it, the connection never starts), read for their defaults only
     nat_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
     _after_own_nat: set[tuple[tuple[str, str], str]] = field(default_factory=set)
+    # filter base chains at prerouting before conntrack (raw's -300): a notrack there
+    # takes packets out of NAT
+    _before_conntrack: set[tuple[tuple[str, str], str]] = field(default_factory=set)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -651,6 +669,9 @@ class ForeignReader:
             self._walk(where, str(name), [], _Way(), self._forward_rule)
         elif kind == "filter" and hook in ("prerouting", "postrouting"):
             self.path_bases.append((where, str(name), policy))  # its drops and defaults
+            prio = chain.get("prio")
+            if hook == "prerouting" and isinstance(prio, int) and prio < _CONNTRACK_PRIO:
+                self._before_conntrack.add((where, str(name)))
         elif kind == "nat" and hook == "prerouting":
             # Listed for its catch-all drops (its own rules only: kube-proxy's service
             # chains below it are never read).
@@ -717,7 +738,8 @@ class ForeignReader:
         # A forwarded packet also passes every filter chain on the prerouting and
         # postrouting hooks: a drop there wins over any accept at the forward hook.
         for where, name, _ in [*self.forward_bases, *self.path_bases]:
-            self._block_walk(where, name, _Way(), found, _Taken())
+            untrack = (where, name) if (where, name) in self._before_conntrack else None
+            self._block_walk(where, name, _Way(), found, _Taken(), untrack=untrack)
         for where, name, _ in self.nat_bases:
             if (where, name) not in self._after_own_nat:  # else: judged as a default only
                 self._nat_chain_blocks(where, name, found)
@@ -733,17 +755,21 @@ class ForeignReader:
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
                 return
-            block = _block_of(match, where, chain, taken)
+            block = _block_of(match, where, chain, taken, self.routed)
             if block is not None:
                 found.add(block)
             if match.verdict in ("accept", "masquerade", "snat"):  # ends the chain for them
                 taken.add(match)
 
     def _block_walk(self, where: tuple[str, str], chain: str, way: _Way,
-                    found: set[NetObject], taken: _Taken) -> None:
+                    found: set[NetObject], taken: _Taken, *,
+                    untrack: tuple[tuple[str, str], str] | None = None) -> None:
         """Walk ``chain`` for blocks; ``taken``: what the accepts met before on the way
         from the base chain take (it never reaches a later rule: an accept, here or in a
-        chain jumped to, ends the base chain), added to as the walk meets more."""
+        chain jumped to, ends the base chain), added to as the walk meets more.
+        ``untrack``: the base chain, when it runs before conntrack (a raw prerouting
+        chain): a ``notrack`` there is an exempt :class:`NatBlock` (the nat hooks see
+        tracked connections only), unless an accept or drop of every packet came first."""
         way = way.into(where, chain)
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
@@ -751,15 +777,20 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
-            block = _block_of(reached, where, chain, taken)
+            block = _block_of(reached, where, chain, taken, self.routed)
             if block is not None:
                 found.add(block)
+            if untrack is not None and reached.notrack and not taken.ended:
+                self.nat_blocks.extend((b, untrack) for b in _untrack_blocks(reached, where,
+                                                                              chain))
+            if reached.verdict in ("accept", "drop", "queue") and reached.conditions == 0:
+                taken.ended = True  # every later rule of the base chain is unreached
             if reached.verdict == "accept":
                 taken.add(reached)
             if way.follows(where, match):
                 assert match.target is not None
                 self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found,
-                                 taken)
+                                 taken, untrack=untrack)
 
     def defaults(self) -> ForwardDefaults:
         """The base chains read whose default may drop forwarded packets: a policy that is
@@ -1148,21 +1179,23 @@ _Found = tuple[frozenset[NetObject], tuple[str, ...], ForwardDefaults]
 
 
 def read_foreign_within(bounded: BoundedLister, own_tables: frozenset[tuple[str, str]],
-                        deadline: float) -> _Found:
+                        deadline: float, routed: RoutedBy | None = None) -> _Found:
     """Other tables' egress state, read by ``deadline`` (``time.monotonic()``): (found,
     unread, the defaults that may drop forwarded packets: :meth:`ForeignReader.defaults`).
 
     The whole read runs in the helper's thread, one hand-off. Past the deadline
     it is given up on, and read again from the listings it had completed: what
     it had not is unread. While the helper is stuck in an earlier listing, each
-    listing runs ``nft`` in a child process killed at the deadline.
+    listing runs ``nft`` in a child process killed at the deadline. ``routed``: see
+    :attr:`ForeignReader.routed`.
     """
     done: dict[tuple[str, ...], Any] = {}
     try:
-        found, defaults = bounded.run(deadline, lambda kernel: _whole(kernel, own_tables, done))
+        found, defaults = bounded.run(
+            deadline, lambda kernel: _whole(kernel, own_tables, done, routed))
         return found, (), defaults
     except ListingTimeoutError:
-        return _given_up(done, own_tables, deadline)
+        return _given_up(done, own_tables, deadline, routed)
 
 
 @dataclass
@@ -1173,14 +1206,16 @@ class ForeignRead:
     own_tables: frozenset[tuple[str, str]]
     future: Future[tuple[frozenset[NetObject], ForwardDefaults]]
     done: dict[tuple[str, ...], Any]
+    routed: RoutedBy | None = None
 
 
-def start_foreign_read(bounded: BoundedLister,
-                       own_tables: frozenset[tuple[str, str]]) -> ForeignRead:
+def start_foreign_read(bounded: BoundedLister, own_tables: frozenset[tuple[str, str]],
+                       routed: RoutedBy | None = None) -> ForeignRead:
     """The read of :func:`read_foreign_within`, queued in the helper thread now."""
     done: dict[tuple[str, ...], Any] = {}
     bounded.calls += 1
-    return ForeignRead(own_tables, bounded.submit(lambda k: _whole(k, own_tables, done)), done)
+    return ForeignRead(own_tables, bounded.submit(lambda k: _whole(k, own_tables, done, routed)),
+                       done, routed)
 
 
 def finish_foreign_read(bounded: BoundedLister, read: ForeignRead, deadline: float) -> _Found:
@@ -1190,22 +1225,23 @@ def finish_foreign_read(bounded: BoundedLister, read: ForeignRead, deadline: flo
         found, defaults = bounded.wait(read.future, deadline)
         return found, (), defaults
     except ListingTimeoutError:
-        return _given_up(read.done, read.own_tables, deadline)
+        return _given_up(read.done, read.own_tables, deadline, read.routed)
 
 
 def _given_up(done: dict[tuple[str, ...], Any], own_tables: frozenset[tuple[str, str]],
-              deadline: float) -> _Found:
+              deadline: float, routed: RoutedBy | None = None) -> _Found:
     # Copied in one C call: the helper may still be adding to it.
     lister: Lists = _Replay(dict(done)) if _started(done) else _ChildLister(deadline)
-    reader = ForeignReader(lister, own_tables)
+    reader = ForeignReader(lister, own_tables, routed=routed)
     found = reader.read()
     return found, tuple(reader.unread), reader.defaults()
 
 
 def _whole(kernel: NftKernel, own_tables: frozenset[tuple[str, str]],
-           done: dict[tuple[str, ...], Any]) -> tuple[frozenset[NetObject], ForwardDefaults]:
+           done: dict[tuple[str, ...], Any],
+           routed: RoutedBy | None = None) -> tuple[frozenset[NetObject], ForwardDefaults]:
     done[("started",)] = True
-    reader = ForeignReader(_Recording(kernel, done), own_tables)
+    reader = ForeignReader(_Recording(kernel, done), own_tables, routed=routed)
     return reader.read(), reader.defaults()
 
 
@@ -1787,6 +1823,30 @@ def _rule_words(match: Match) -> tuple[list[str], list[Network], list[Network], 
     return words, saddr, daddr, oif
 
 
+def _untrack_blocks(match: Match, where: tuple[str, str], chain: str) -> list[NatBlock]:
+    """The exempt :class:`NatBlock` (one per address family it may see) a ``notrack`` in a
+    chain run before conntrack makes: its packets are never NATed (the nat hooks see
+    tracked connections only), so a masquerade or SNAT rule they may match is not met.
+    One testing a mark is none (as the iptables backend reads raw's rules)."""
+    if match.marks:
+        return []
+    words, saddr, daddr, _ = _rule_words(match)
+    text = " ".join([*words, match.notrack or "notrack"])
+    place = f"nftables {where[0]} {where[1]} {chain}"
+    families = [4 if match.proto == "ip" else 6] if match.proto else [4, 6]
+    blocks = []
+    for family in families:
+        fields: dict[str, Any] = {"source": saddr[0] if len(saddr) == 1 else None,
+                                  "destination": daddr[0] if len(daddr) == 1 else None}
+        for attempt in (fields, {}):
+            try:  # another family's address: read as any
+                blocks.append(NatBlock(family, "exempt", text, place, **attempt))
+                break
+            except ModelError:
+                continue
+    return blocks
+
+
 def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[NatBlock]:
     """The :class:`NatBlock` (one per address family it may see) a foreign NAT rule makes."""
     words, saddr, daddr, oif = _rule_words(match)
@@ -1827,6 +1887,7 @@ class _Taken:
 
     accepted: list[ForwardRule] = field(default_factory=list)
     replies: bool = False
+    ended: bool = False  # a rule accepting or dropping every packet was met
 
     def add(self, match: Match) -> None:
         """Take accept ``match`` (as the walk reached it) into account."""
@@ -1864,25 +1925,43 @@ class _Taken:
 
 
 def _block_of(match: Match, where: tuple[str, str], chain: str,
-              taken: _Taken | None = None) -> ForwardBlock | None:
+              taken: _Taken | None = None,
+              routed: RoutedBy | None = None) -> ForwardBlock | None:
     """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None);
     ``match`` as the walk reached it (with the tests of the jumps on the way), ``taken``
-    what the accepts before it on its way take."""
+    what the accepts before it on its way take.
+
+    With ``routed`` (the node's routes), a drop naming an interface and no address
+    (``iptables -A DOCKER-USER -o eth0 -j DROP``, read through nft) is one too: it meets
+    only what the node routes by that interface, as the iptables backend reads it
+    (:meth:`~k3snet.backends.routed.RoutedBy.cover`; Docker's ``oifname "docker0"``
+    drop: docker0's subnet, not the pods' connections; the uplink's default route: any
+    destination). Not in an ``inet`` table (no family to judge it in): still none."""
     if match.verdict not in ("drop", "reject", "queue") or match.proto is None:
         return None
     words, saddr, daddr, oif = _rule_words(match)
-    if not saddr and not daddr:
-        return None
-    words.append(match.verdict)
-    iif = [name for name, neg in match.iif if not neg]
+    # A name tested twice (the jump's `oifname "docker0"`, then the rule's) is that name.
+    oif = list(dict.fromkeys(oif))
+    iif = list(dict.fromkeys(name for name, neg in match.iif if not neg))
+    family = 4 if match.proto == "ip" else 6
     fields: dict[str, Any] = {
         # One prefix each is what a block holds; several (a set) count as any.
         "source": saddr[0] if len(saddr) == 1 else None,
         "destination": daddr[0] if len(daddr) == 1 else None,
     }
+    if not saddr and not daddr:
+        if routed is None or not (len(oif) == 1 or len(iif) == 1):
+            return None
+        # A packet leaves by the device its destination is routed by, and comes in by the
+        # one its source is (the reverse path): the drop meets only what the node routes
+        # by that device (None: any address).
+        if len(oif) == 1:
+            fields["destination"] = routed.cover(family, model_ifname(oif[0]))
+        if len(iif) == 1:
+            fields["source"] = routed.cover(family, model_ifname(iif[0]))
+    words.append(match.verdict)
     text = " ".join(words)
     place = f"nftables {where[0]} {where[1]} {chain}"
-    family = 4 if match.proto == "ip" else 6
     if taken is not None:
         fields["accepted"] = taken.before(family, fields["source"], fields["destination"])
         fields["replies_accepted"] = taken.replies

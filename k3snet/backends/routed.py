@@ -9,10 +9,11 @@ database routed by the uplink, nor its replies, routed by the pods' interface
 of every table but ``local`` (what policy routing may pick), read with one rtnetlink
 dump per observe that reads the tables (never on the observe cache's path), and gives
 the smallest network holding them all (:meth:`RoutedBy.cover`), the destination such a
-block is judged with (:mod:`k3snet.backends.iptables.foreign`). The same for a drop by
-in-interface and no source (Docker 28's internal network, ``! -d 192.0.2.0/24 -i br-int
--j DROP``): a packet comes in by the device its source is routed by (the reverse path;
-not so on a node routing asymmetrically).
+block is judged with (:mod:`k3snet.backends.iptables.foreign`; the nftables backend's
+read of other ``ip``/``ip6`` tables, :mod:`k3snet.backends.nftables.parse`, the same).
+The same for a drop by in-interface and no source (Docker 28's internal network,
+``! -d 192.0.2.0/24 -i br-int -j DROP``): a packet comes in by the device its source is
+routed by (the reverse path; not so on a node routing asymmetrically).
 
 A doubt counts against k3snet: a route whose device is not known (multipath, nexthop
 object) may leave by any device, a device no route names gives no cover (it may come
