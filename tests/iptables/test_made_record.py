@@ -28,6 +28,12 @@ def test_a_record_reads_back_for_its_namespace_alone_and_goes_when_empty(
     assert MadeRecord("lab", "1-3", state_dir).load() == []
     record.save([])
     assert not record.file.exists()
+    assert not record.file.parent.exists()  # nothing else was in the namespace's directory
+    record.save(MADE)
+    (record.file.parent / "sysctl.json").write_text("{}")  # the netlink backend's record
+    record.save([])
+    assert not record.file.exists()
+    assert (record.file.parent / "sysctl.json").exists()
 
 
 def test_a_damaged_or_foreign_record_is_nothing_made(state_dir: Path,

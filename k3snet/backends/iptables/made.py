@@ -20,6 +20,7 @@ chain then stays, as before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -76,11 +77,15 @@ class MadeRecord:
             return []
 
     def save(self, made: list[Made]) -> None:
-        """Record ``made`` (the file removed when empty); a failure is a log line."""
+        """Record ``made`` (the file removed when empty, and its namespace's directory
+        when nothing else is in it: the netlink backend's record shares it); a failure is
+        a log line."""
         try:
             if not made:
                 if self.file.exists():
                     self.file.unlink()
+                    with contextlib.suppress(OSError):  # not empty: another record's
+                        self.file.parent.rmdir()
                 return
             document = {"namespace": self.identity, "made": [attrs.asdict(m) for m in made]}
             replace_atomically(self.file, json.dumps(document, indent=1) + "\n",
