@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 
@@ -31,7 +31,6 @@ from k3snet._logline import one_line
 from k3snet._version import __version__
 from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult
-from k3snet.backends.discover import NODE_BACKENDS, Discovery, discover_owners
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, option_seconds
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
@@ -82,6 +81,9 @@ from k3snet.spec import compile as compile_spec
 from k3snet.spec import load as spec_load
 from k3snet.spec.source import read_text
 from k3snet.spec.validate import holds_nul
+
+if TYPE_CHECKING:  # imported by destroy when it looks through every backend
+    from k3snet.backends.discover import Discovery
 
 __all__ = ["build_parser", "main"]
 
@@ -1496,6 +1498,8 @@ def _destroy_found(args: argparse.Namespace) -> int:
     """``destroy`` naming no backend: through every node backend holding k3snet's objects
     (:func:`~k3snet.backends.discover.discover_owners`). The defaults, netlink and
     nftables, left a node set up with ``backends: [netlink, iptables]`` masquerading."""
+    from k3snet.backends.discover import NODE_BACKENDS, discover_owners  # noqa: PLC0415
+
     names = {name for _, name, _ in NODE_BACKENDS}
     _check_backend_opt_targets(args, names)
     with discover_owners({name: _options(name, args) for name in sorted(names)}) as found:

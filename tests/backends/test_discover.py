@@ -49,7 +49,6 @@ def node(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, MemoryBackend]]:
     for name, backend in made.items():
         register_backend(name, lambda backend=backend, **_: backend)
     monkeypatch.setattr(discover, "NODE_BACKENDS", tuple((n, n, {}) for n in made))
-    monkeypatch.setattr("k3snet.cli.NODE_BACKENDS", discover.NODE_BACKENDS)
     try:
         yield made
     finally:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -86,8 +87,6 @@ from k3snet.model import (
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
-from k3snet.render.iptables.rules import HOOKS as XT_HOOKS
-from k3snet.render.iptables.rules import is_bucket_chain
 from k3snet.render.nftables import (
     CHAIN_HOOKS,
     FORWARD_CHAIN,
@@ -884,7 +883,7 @@ class ForeignReader:
             return [_unseen()]
         rules = []
         stops = self._catch_alls[(where, chain)] = []
-        hook = _XT_HOOK_CHAINS.get((family, table, chain))
+        hook = _xt_hook_chains().get((family, table, chain))
         addressed = self._addressed[(where, chain)] = []
         for item in items:
             rule = item.get("rule")
@@ -928,6 +927,8 @@ class ForeignReader:
         except BackendError:  # unread (a timeout too): read as another's, conservatively
             return False
         inner = [item["rule"] for item in items or () if isinstance(item.get("rule"), dict)]
+        from k3snet.render.iptables.rules import is_bucket_chain  # noqa: PLC0415
+
         if not all(is_bucket_chain(_tagged_jump(r) or "") for r in inner):
             return False
         self.iptables_own[where] = main
@@ -1295,11 +1296,16 @@ class _ChildLister:
         return list_in_child(self.deadline, kind, **ref)
 
 
-_XT_HOOK_CHAINS: dict[tuple[str, str, str], str] = {
-    (family, hook.table, hook.builtin): hook.main
-    for hook in XT_HOOKS.values() for family in ("ip", "ip6")}
-"""iptables-nft's built-in chains the iptables backend hooks, by (family, table, chain):
-the main chain its jump goes to."""
+@functools.cache
+def _xt_hook_chains() -> dict[tuple[str, str, str], str]:
+    """iptables-nft's built-in chains the iptables backend hooks, by (family, table,
+    chain): the main chain its jump goes to. (The iptables renderer is imported at the
+    first read of another table, not with the backend: a cold nftables apply on a node
+    with no other table never needs it.)"""
+    from k3snet.render.iptables.rules import HOOKS  # noqa: PLC0415
+
+    return {(family, hook.table, hook.builtin): hook.main
+            for hook in HOOKS.values() for family in ("ip", "ip6")}
 
 
 def _tagged_jump(rule: dict[str, Any]) -> str | None:
