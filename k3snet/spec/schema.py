@@ -93,10 +93,33 @@ _IMAGE_NAME_MAX = 255  # the reference library's NameTotalLengthMax
 _IMAGE_MAX = 1024  # far above any valid one: the match's cost stays small
 
 
+_IMAGE_ID = re.compile("[a-f0-9]{64}")  # an image ID, not a name: refused as one
+
+
+def _normalised_name(name: str) -> str:
+    """The image name as the kubelet parses it (the reference library's
+    ParseNormalizedNamed): a name without a registry is Docker Hub's,
+    ``docker.io/library/NAME`` for a name of one component."""
+    first, slash, rest = name.partition("/")
+    if not slash or (not any(c in first for c in ".:") and first != "localhost"
+                     and first.lower() == first):
+        domain, rest = "docker.io", name
+    else:
+        domain = first
+    if domain == "index.docker.io":
+        domain = "docker.io"
+    if domain == "docker.io" and "/" not in rest:
+        rest = "library/" + rest
+    return f"{domain}/{rest}"
+
+
 def _image(value: Any) -> str | None:
     found = (_IMAGE.fullmatch(value) if isinstance(value, str) and len(value) <= _IMAGE_MAX
              else None)
-    if found is not None and len(found[1]) <= _IMAGE_NAME_MAX:
+    # The name's length is judged once normalised, as the kubelet judges it: `busybox`
+    # is 25 characters long there (docker.io/library/busybox).
+    if (found is not None and len(_normalised_name(found[1])) <= _IMAGE_NAME_MAX
+            and not _IMAGE_ID.fullmatch(value)):
         return None
     return (f"{value!r} is not an image reference: [REGISTRY[:PORT]/]NAME[:TAG][@DIGEST], "
             "NAME in lower case (the kubelet refuses any other on every node)")

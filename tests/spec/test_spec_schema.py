@@ -140,6 +140,14 @@ BAD_VALUES = [
      + IMAGE_ADVICE),
     ("connectivityTest", "image", "busybox:" + "1" * 129,
      f"'busybox:{'1' * 129}' is not an image reference" + IMAGE_ADVICE),
+    # the name's 255 characters are counted as the kubelet counts them: with the
+    # docker.io/library/ a name without a registry gets
+    ("agent", "image", "k" * 250 + ":1", f"'{'k' * 250}:1' is not an image reference"
+     + IMAGE_ADVICE),
+    ("agent", "image", "k3snet/" + "k" * 240,
+     f"'k3snet/{'k' * 240}' is not an image reference" + IMAGE_ADVICE),
+    # 64 hexadecimal digits are an image ID, which the kubelet refuses as a name
+    ("agent", "image", "a" * 64, f"'{'a' * 64}' is not an image reference" + IMAGE_ADVICE),
     ("agent", "namespace", "-x", "'-x' is not a valid namespace name"),
     ("egressPolicy", "namespace", "UPPER", "'UPPER' is not a valid namespace name"),
     ("masquerade", "mode", "some", "must be destinations, all or off, got 'some'"),
@@ -215,3 +223,16 @@ def test_every_problem_of_one_item_is_reported_at_once() -> None:
     paths = sorted(p.path for p in caught.value.problems)
     assert paths == ["destinations[0].cidr", "destinations[0].device", "destinations[0].metric",
                      "destinations[0].table"]
+
+
+@pytest.mark.parametrize("image", [
+    "k" * 237,  # docker.io/library/ + 237: the 255 the kubelet allows
+    "k3snet/" + "k" * 229,  # docker.io/ + 245
+    "registry.example/" + "k" * 238,  # a registry of its own: not prefixed
+    "localhost/" + "k" * 245,
+    "a" * 63,  # one digit short of an image ID
+    "busybox@sha256:" + "a" * 64,
+])
+def test_an_image_name_of_at_most_255_characters_as_the_kubelet_normalises_it_is_accepted(
+        image: str) -> None:
+    assert Spec.from_dict({"agent": {"image": image}}).agent.image == image
