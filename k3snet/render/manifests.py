@@ -609,10 +609,10 @@ def _agent_volumes(
         {"name": "spec", "mountPath": posixpath.dirname(SPEC_PATH), "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
     ]
-    # nft and iptables ask the kernel for a module they miss (nf_nat, xt_comment ...);
-    # the host's modules, read-only, as kube-proxy, flannel and calico-node mount them.
-    volumes.append(_host_path("lib-modules", "/lib/modules", "Directory"))
-    mounts.append({"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True})
+    # No /lib/modules: the kernel loads the netfilter modules a rule needs (nf_nat,
+    # nft_masq, xt_comment ...) itself, with the host's modprobe and modules; a modprobe
+    # run in the container (iptables-legacy's, for ip_tables) would need CAP_SYS_MODULE,
+    # which the agent is never given, so the mount served nothing.
     if needs.node_lock:
         # The node backends converge under the namespace lock (/run/k3snet/locks):
         # the host's directory, so that the agent and a host `k3snet apply` exclude

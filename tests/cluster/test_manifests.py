@@ -389,7 +389,6 @@ def _env(objs: list[dict[str, Any]]) -> dict[str, Any]:
 def test_writable_host_paths_only_where_needed() -> None:
     # No backend named: any node backend may run, so sysctls and the xtables lock.
     assert _host_paths(_render("seed")) == {
-        "/lib/modules": ("Directory", "/lib/modules"),
         "/run/k3snet": ("DirectoryOrCreate", "/run/k3snet"),
         "/proc/sys/net": ("Directory", "/host/proc/sys/net"),
         "/run/xtables.lock": ("FileOrCreate", "/run/xtables.lock"),
@@ -397,19 +396,20 @@ def test_writable_host_paths_only_where_needed() -> None:
     assert _env(_render("seed"))["K3SNET_PROC_SYS"] == "/host/proc/sys"
     nft_only = render_manifests(attrs.evolve(k3snet.seed_spec(), backends=("nftables",)))
     # every node backend takes the namespace lock, in the host's /run/k3snet/locks
-    assert _host_paths(nft_only) == {"/lib/modules": ("Directory", "/lib/modules"),
-                                     "/run/k3snet": ("DirectoryOrCreate", "/run/k3snet")}
+    assert _host_paths(nft_only) == {"/run/k3snet": ("DirectoryOrCreate", "/run/k3snet")}
     assert "K3SNET_PROC_SYS" not in _env(nft_only)
     netlink_only = render_manifests(Spec(backends=["netlink"]))
-    assert set(_host_paths(netlink_only)) == {"/lib/modules", "/run/k3snet", "/proc/sys/net"}
+    assert set(_host_paths(netlink_only)) == {"/run/k3snet", "/proc/sys/net"}
     assert set(_host_paths(render_manifests(Spec(backends=["iptables"])))) == {
-        "/lib/modules", "/run/k3snet", "/run/xtables.lock"}
-    # /lib/modules is the one host path mounted read-only
+        "/run/k3snet", "/run/xtables.lock"}
+    # No /lib/modules: the kernel loads netfilter modules with the host's own; a modprobe
+    # in the container would need CAP_SYS_MODULE, which no agent gets
     for name in SPECS:
         pod = _one(_render(name), "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]
-        (modules,) = [m for m in pod["containers"][0]["volumeMounts"]
-                      if m["name"] == "lib-modules"]
-        assert modules == {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True}
+        assert not any(v.get("hostPath", {}).get("path", "").startswith("/lib")
+                       for v in pod["volumes"])
+        assert "SYS_MODULE" not in pod["containers"][0]["securityContext"]["capabilities"].get(
+            "add", [])
     # The only writable path inside the container itself is a small memory-backed /tmp.
     pod = _one(nft_only, "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]
     assert [v for v in pod["volumes"] if "emptyDir" in v] == [
@@ -544,8 +544,8 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
     assert binding["metadata"]["namespace"] == namespace
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
                                     "namespace": "kube-system"}]
-    # ConfigMaps through the API only: nothing of the host beyond /lib/modules (read-only)
-    assert _host_paths(objs) == {"/lib/modules": ("Directory", "/lib/modules")}
+    # ConfigMaps through the API only: nothing of the host
+    assert _host_paths(objs) == {}
     assert {o["metadata"]["name"] for o in _kind(objs, "ClusterRole")} <= {
         "k3snet-agent-node-report", f"{AGENT_NAME}-cilium"}
     cluster_role = _one(objs, "ClusterRole", f"{AGENT_NAME}-cilium")
