@@ -883,6 +883,9 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
     render.add_argument("--no-node-report", action="store_true",
                         help="manifests: the agent does not annotate its Node (no API access "
                              "unless a backend needs it)")
+    render.add_argument("--node-restriction", action="store_true",
+                        help="manifests: a ValidatingAdmissionPolicy limiting the agent's "
+                             "ServiceAccount to its own Node (Kubernetes 1.30+)")
 
 
 def _listen_address(text: str) -> str:
@@ -2176,6 +2179,7 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
         flannel_configmap_namespace=args.flannel_configmap_namespace,
         profiles=profiles,
         node_report=not args.no_node_report,
+        node_restriction=args.node_restriction,
     )
     return {"k3snet.yaml": dump_manifests(objects)}
 

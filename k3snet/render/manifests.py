@@ -60,6 +60,8 @@ __all__ = [
     "LEASE_NAME",
     "MANAGED_BY_LABELS",
     "NEWEST_KUBERNETES_VERSION",
+    "NODE_NAME_EXTRA",
+    "NODE_RESTRICTION_NAME",
     "OLDEST_KUBERNETES_VERSION",
     "PROFILE_LABEL",
     "SPEC_CONFIGMAP_NAME",
@@ -118,6 +120,14 @@ LEASE_NAME: Final = "k3snet-cluster-writer"
 """The Lease whose holder alone writes cluster-wide objects (Calico pools, flannel's ConfigMap)."""
 LEASE_ROLE_NAME: Final = "k3snet-agent-lease"
 REPORT_ROLE_NAME: Final = "k3snet-agent-node-report"
+NODE_RESTRICTION_NAME: Final = "k3snet-agent-node-restriction"
+"""The ValidatingAdmissionPolicy (and its binding) of ``node_restriction=True``."""
+NODE_NAME_EXTRA: Final = "authentication.kubernetes.io/node-name"
+"""Where the API server puts the node of a pod-bound ServiceAccount token's pod
+(``request.userInfo.extra``; Kubernetes 1.30+, KEP-4193)."""
+# The agent's own Node annotations (k3snet.agent._report; render/ imports no agent code).
+_REPORT_ANNOTATIONS: Final = ("k3snet.io/agent-status", "k3snet.io/agent-result")
+_EVENT_NAMESPACE: Final = "default"
 # Measured: see docs/agent.md ("Memory") for the figures and the command.
 AGENT_MEMORY_REQUEST: Final = "128Mi"
 AGENT_MEMORY_LIMIT: Final = "384Mi"
@@ -214,6 +224,8 @@ class _AgentNeeds:
     node_report: bool = True
     cilium: tuple[str, tuple[str, str]] | None = None
     """(namespace, (cilium-config's name, the ip-masq-agent ConfigMap's name))."""
+    node_restriction: bool = False
+    """Whether an admission policy limits the agent's writes to its own node's objects."""
 
     @property
     def cluster_wide(self) -> bool:
@@ -229,7 +241,7 @@ class _AgentNeeds:
 
 def _agent_needs(
     spec: Spec, flannel_conf: str | None, flannel_configmap_namespace: str | None,
-    node_report: bool = True,
+    node_report: bool = True, node_restriction: bool = False,
 ) -> _AgentNeeds:
     problems: list[Problem] = []
     flannel: tuple[str | None, tuple[str, str] | None] = (None, None)
@@ -253,6 +265,7 @@ def _agent_needs(
         flannel_configmap=flannel[1],
         node_report=node_report,
         cilium=cilium,
+        node_restriction=node_restriction,
     )
 
 
@@ -397,6 +410,8 @@ def _agent_objects(spec: Spec, needs: _AgentNeeds, spec_text: str,
             "data": {posixpath.basename(SPEC_PATH): profile.text},
         })
     objs += _rbac_objects(ns, needs)
+    if needs.node_restriction:
+        objs += _node_restriction(ns, needs)
     others = [p.name for p in profiles]
     objs.append(_daemonset(default, needs, others))
     objs += [_daemonset(p, needs, []) for p in profiles]
@@ -567,6 +582,125 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             "verbs": ["get", "patch"],
         }])
     return objs
+
+
+def _cel_text(value: str) -> str:
+    """A CEL string literal (single-quoted; the values are names and keys)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _cel_unchanged(field: str) -> str:
+    """CEL: ``object.FIELD`` is what it was (both absent, or equal)."""
+    return (f"(has(object.{field}) == has(oldObject.{field}) && "
+            f"(!has(object.{field}) || object.{field} == oldObject.{field}))")
+
+
+def _node_restriction_validations(needs: _AgentNeeds) -> list[dict[str, str]]:
+    """The CEL checks of the agent's admission policy, one per kind of object it writes
+    that is its node's own (or that RBAC cannot limit to a name)."""
+    mine = "variables.nodeName"
+    ours = "[" + ", ".join(_cel_text(key) for key in _REPORT_ANNOTATIONS) + "]"
+    checks = [{
+        "expression": f"{mine} != ''",
+        "message": ("the k3snet agent's token names no node: a pod-bound ServiceAccount "
+                    f"token carries {NODE_NAME_EXTRA} from Kubernetes 1.30 "
+                    "(ServiceAccountTokenPodNodeInfo)"),
+    }]
+    if needs.node_report:
+        checks.append({
+            # Its own Node, and only the report's annotations: no label (a profile's,
+            # a node role), no taint, no spec field, no other annotation changes.
+            "expression": (
+                "request.resource.resource != 'nodes' || ("
+                f"object.metadata.name == {mine} && "
+                + " && ".join(_cel_unchanged(f) for f in (
+                    "spec", "metadata.labels", "metadata.ownerReferences",
+                    "metadata.finalizers")) + " && "
+                "(!has(object.metadata.annotations) || object.metadata.annotations.all(k, "
+                f"k in {ours} || (has(oldObject.metadata.annotations) && "
+                "k in oldObject.metadata.annotations && "
+                "oldObject.metadata.annotations[k] == object.metadata.annotations[k]))) && "
+                "(!has(oldObject.metadata.annotations) || "
+                f"oldObject.metadata.annotations.all(k, k in {ours} || "
+                "(has(object.metadata.annotations) && k in object.metadata.annotations))))"),
+            "message": ("the k3snet agent may change only its own Node, and there only the "
+                        + " and ".join(_REPORT_ANNOTATIONS) + " annotations"),
+        })
+        checks.append({
+            "expression": (
+                "request.resource.resource != 'events' || ("
+                "has(object.involvedObject.kind) && object.involvedObject.kind == 'Node' && "
+                f"has(object.involvedObject.name) && object.involvedObject.name == {mine})"),
+            "message": "the k3snet agent may record Events about its own Node only",
+        })
+    if needs.cluster_wide:
+        # RBAC cannot limit create to a name; the holder must be the agent's node, and
+        # only the holder may give the Lease up.
+        holder = "holderIdentity"
+        checks.append({
+            "expression": (
+                "request.resource.resource != 'leases' || ("
+                f"object.metadata.name == {_cel_text(LEASE_NAME)} && "
+                f"(!has(object.spec.{holder}) || object.spec.{holder} in ['', {mine}]) && "
+                f"(request.operation == 'CREATE' || (has(object.spec.{holder}) && "
+                f"object.spec.{holder} != '') || !has(oldObject.spec.{holder}) || "
+                f"oldObject.spec.{holder} in ['', {mine}]))"),
+            "message": (f"the k3snet agent may write only the Lease {LEASE_NAME}, as its own "
+                        "node, and give it up only when its node holds it"),
+        })
+    if needs.cilium is not None:
+        # RBAC grants create on every ConfigMap of Cilium's namespace (a create names no
+        # object): kube-system's coredns-custom, say, which CoreDNS imports.
+        checks.append({
+            "expression": ("request.resource.resource != 'configmaps' || "
+                           f"object.metadata.name == {_cel_text(needs.cilium[1][1])}"),
+            "message": (f"the k3snet agent may create the ConfigMap {needs.cilium[1][1]} "
+                        "only"),
+        })
+    return checks
+
+
+def _node_restriction(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and its binding: what RBAC cannot say (a DaemonSet's
+    pod may patch any Node, create any Lease or ConfigMap) for the agent's
+    ServiceAccount, from the node name in its pod-bound token."""
+    rules: list[dict[str, Any]] = []
+
+    def rule(group: str, version: str, resource: str, *operations: str) -> None:
+        rules.append({"apiGroups": [group], "apiVersions": [version],
+                      "operations": list(operations), "resources": [resource]})
+
+    if needs.node_report:
+        rule("", "v1", "nodes", "UPDATE")  # a patch is an UPDATE in admission
+        rule("", "v1", "events", "CREATE")
+    if needs.cluster_wide:
+        rule("coordination.k8s.io", "v1", "leases", "CREATE", "UPDATE")
+    if needs.cilium is not None:
+        rule("", "v1", "configmaps", "CREATE")
+    if not rules:
+        return []
+    user = f"system:serviceaccount:{namespace}:{AGENT_NAME}"
+    extra = f"request.userInfo.extra[{_cel_text(NODE_NAME_EXTRA)}]"
+    return [{
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": _meta(NODE_RESTRICTION_NAME, "agent"),
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": rules},
+            "matchConditions": [{"name": "k3snet-agent",
+                                 "expression": f"request.userInfo.username == {_cel_text(user)}"}],
+            "variables": [{"name": "nodeName", "expression": (
+                f"has(request.userInfo.extra) && {_cel_text(NODE_NAME_EXTRA)} in "
+                f"request.userInfo.extra && size({extra}) == 1 ? {extra}[0] : ''")}],
+            "validations": _node_restriction_validations(needs),
+        },
+    }, {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": _meta(NODE_RESTRICTION_NAME, "agent"),
+        "spec": {"policyName": NODE_RESTRICTION_NAME, "validationActions": ["Deny"]},
+    }]
 
 
 def _role(name: str, namespace: str, subject_namespace: str,
@@ -949,6 +1083,7 @@ def render_manifests(
     flannel_configmap_namespace: str | None = None,
     profiles: Mapping[str, Spec | tuple[Spec, str]] | None = None,
     node_report: bool = True,
+    node_restriction: bool = False,
 ) -> list[dict[str, Any]]:
     """The Kubernetes objects for ``spec``, in apply order.
 
@@ -972,6 +1107,13 @@ def render_manifests(
     ``node_report`` (default on): the agent annotates its Node with its last
     result and records Events (RBAC: patch Nodes, create Events).
 
+    ``node_restriction`` (default off; Kubernetes 1.30+): a ValidatingAdmissionPolicy
+    and its binding that let the agent's ServiceAccount patch only its own Node (the
+    report's annotations alone), record Events about it alone, hold the Lease only as
+    its own node and create no ConfigMap but Cilium's ip-masq-agent one: what RBAC
+    cannot limit, judged from the node name the API server puts in a pod-bound token
+    (:data:`NODE_NAME_EXTRA`).
+
     Raises :class:`~k3snet.errors.SpecError` for an invalid spec, flannel options
     or profile.
 
@@ -982,7 +1124,8 @@ def render_manifests(
     problems = validate(spec) or _egress_policy_problems(spec)
     if problems:
         raise SpecError(problems)
-    needs = _agent_needs(spec, flannel_conf, flannel_configmap_namespace, node_report)
+    needs = _agent_needs(spec, flannel_conf, flannel_configmap_namespace, node_report,
+                         node_restriction)
     text = _spec_text(spec) if spec_text is None else spec_text
     objs = _agent_objects(spec, needs, text, _profiles(spec, profiles or {}))
     if spec.dns:
