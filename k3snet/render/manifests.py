@@ -18,7 +18,8 @@ What is rendered, each object labelled ``app.kubernetes.io/name: k3snet`` and
   privileged, read-only root filesystem);
   RBAC only for what the spec's backends reach through the API (Calico IPPools,
   the flannel ConfigMap), and a Namespace when the agent's is not a built-in one
-  (and ``agent.createNamespace`` is not false);
+  (and ``agent.createNamespace`` is not false); with ``node_restriction``, a
+  ValidatingAdmissionPolicy limiting the agent to its own node's objects;
 * ``egressPolicy.restrict``: a NetworkPolicy allowing the selected pods egress to
   exactly the spec's destinations, and to cluster DNS when ``allowDNS``;
 * ``dns``: K3s's ``coredns-custom`` ConfigMap forwarding each zone to its resolvers;
