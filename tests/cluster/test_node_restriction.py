@@ -5,8 +5,8 @@ ConfigMap in Cilium's; the ValidatingAdmissionPolicy limits it to its own node's
 by the node name the API server puts in a pod-bound token. The shape is checked always
 (and validated with ``kubernetes-validate`` from Kubernetes 1.30, whose API has the
 policy's v1); what each CEL expression decides is checked with a CEL evaluator in
-Python, ``cel-python`` (``celpy``), when it is installed: those tests are skipped
-without it (it needs native wheels: google-re2, pendulum; not a dev dependency).
+Python, ``cel-python`` (``celpy``, in the ``dev`` dependency group): those tests are
+skipped only where it is not installed.
 """
 
 from __future__ import annotations
