@@ -618,10 +618,13 @@ def _networkd_maybe(conditions: Mapping[str, list[str]], device: str) -> str:
 
 def _networkd_wider(text: str, device: str) -> str:
     """How the ``.network`` file ``text`` may configure links other than ``device``
-    (``""``: its ``Name=`` names ``device`` alone)."""
-    names, _ = _networkd_conditions(text)
+    (``""``: its ``Name=`` names ``device`` alone, or it matches one permanent hardware
+    address, which no VLAN or bond on top shares, unlike ``MACAddress=``)."""
+    names, conditions = _networkd_conditions(text)
     wanted = [glob for negated, glob in names if not negated]
     if wanted and all(glob == device for glob in wanted):
+        return ""
+    if len(" ".join(conditions.get("PermanentMACAddress", [])).split()) == 1:
         return ""
     said = f"Name={' '.join(wanted)}" if wanted else "no Name="
     return (f"may configure other links than {device} ({said} in its [Match]): networkd "

@@ -290,5 +290,10 @@ def test_a_parent_file_that_may_configure_other_links_is_said_and_not_suggested_
     # The copy the advice names configures eth0 alone: nothing to say.
     own = {**flatcar, "10-eth0.network": "[Match]\nName=eth0\n\n[Network]\nDHCP=yes\n"}
     assert networkd_doubts(state, network_files={"eth0": "10-eth0.network"}, others=own) == []
+    for node in ("[Match]\nName=eth0 eth1\n", "[Match]\nName=eth*\n",
+                 "[Match]\nMACAddress=52:54:00:12:34:56\n"):  # a VLAN on eth0 shares it
+        assert networkd_doubts(state, network_files={"eth0": "10-eth0.network"},
+                               others={"10-eth0.network": node}) != [], node
+    hardware = "[Match]\nPermanentMACAddress=52:54:00:12:34:56\n"  # netplan's match: one NIC
     assert networkd_doubts(state, network_files={"eth0": "10-eth0.network"},
-                           others={"10-eth0.network": "[Match]\nName=eth0 eth1\n"}) != []
+                           others={"10-eth0.network": hardware}) == []
