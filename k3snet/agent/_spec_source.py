@@ -120,6 +120,10 @@ class ConfigMapSpecSource:
                 if self._denied_since is not None:
                     message += f" (so at every read for {self.denied_grace:g} s)"
                 raise SpecError([Problem("", message)], source=self.where) from exc
+            if exc.status not in _DENIED_STATUSES:
+                # Another answer ends the run of denials: an API server that fails again
+                # (a crash loop) fills its caches again when it is back.
+                self._denied_since = None
             raise
         self._read_once, self._denied_since = True, None
         data = configmap.data or {}
@@ -131,7 +135,8 @@ class ConfigMapSpecSource:
 
     def _denied_for_now(self, exc: KubeApiError) -> bool:
         """Whether a 401 or 403 is a read that failed this time: a read succeeded before,
-        and the first of these answers in a row is younger than :attr:`denied_grace`."""
+        and the first of these answers in a row (no other answer, nor failure, between)
+        is younger than :attr:`denied_grace`."""
         if exc.status not in _DENIED_STATUSES or not self._read_once:
             return False
         now = self._monotonic()

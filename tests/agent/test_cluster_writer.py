@@ -981,10 +981,15 @@ def test_a_spec_configmap_denied_after_a_read_is_a_failed_read_for_a_while_not_a
     server.clear_faults()
     assert agent.run_pass().message == "in sync: no changes"  # the caches filled
     server.fail(status, method="GET", plural="configmaps", times=None)
-    clock.now += DENIED_GRACE
     assert agent.run_pass().status == "ok"  # counted from the first in a row again
+    server.clear_faults()
+    server.fail(503, method="GET", plural="configmaps", times=1)  # down again, a while
+    clock.now += DENIED_GRACE
+    assert agent.run_pass().status == "ok"
+    server.fail(status, method="GET", plural="configmaps", times=None)
+    assert agent.run_pass().status == "ok"  # back, filling its caches again
     assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 0
-    assert _sample(agent, "k3snet_agent_spec_read_errors_total", reason="denied") == 4
+    assert _sample(agent, "k3snet_agent_spec_read_errors_total", reason="denied") == 5
     assert _events(server) == 1  # K3snetConverged
     clock.now += DENIED_GRACE
     refused = agent.run_pass()
