@@ -1538,7 +1538,9 @@ def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
         return EXIT_ERROR if problems else EXIT_CHANGES
     if asking and not _confirm("Remove everything listed above?", shown):
         return _not_confirmed(args)
-    done = destroy_each(groups, lock_timeout=args.lock_timeout)
+    # What is approved is what is removed: the listed plan, refused if the node changed.
+    done = destroy_each(groups, lock_timeout=args.lock_timeout,
+                        confirmed=preview.plan if asking else None)
     if not as_json and (shown is not sys.stdout
                         or not _same_changes(preview.plan.changes, done.plan.changes)):
         print(done.plan.render())  # not listed on stdout, or the node changed since

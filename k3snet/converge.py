@@ -333,7 +333,8 @@ def destroy(backend: Backend, *, dry_run: bool = False, allow_disruptive: bool =
 
 def destroy_each(backends: Sequence[Backend], *, dry_run: bool = False, check: bool = False,
                  allow_disruptive: bool = False,
-                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Convergence:
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+                 confirmed: Plan | None = None) -> Convergence:
     """:func:`destroy` through each of ``backends`` in turn, as one :class:`Convergence`.
 
     For the groups of a :class:`~k3snet.backends.discover.Discovery` (backends that
@@ -347,14 +348,43 @@ def destroy_each(backends: Sequence[Backend], *, dry_run: bool = False, check: b
     staying done (the error's note and a log line name them). The lock of every
     namespace the backends act in is taken once, for the whole removal: no other k3snet
     process acts between two backends' parts (an apply seeing half a destroy).
+
+    ``confirmed``: the plan a user was shown and approved (an earlier dry run, made in
+    another hold of the lock). Unless removing everything now is exactly its changes,
+    :class:`~k3snet.errors.StalePlanError` is raised and nothing is removed: read
+    again, the removal took what had appeared meanwhile too (an apply, the agent),
+    objects nobody had approved removing.
     """
     namespaces: list[str | None] = []
     for backend in backends:
         namespaces += [n for n in namespaces_of(backend) if n not in namespaces]
     with namespace_lock(namespaces, timeout=lock_timeout):
+        if confirmed is not None and not dry_run:
+            _refuse_unconfirmed(backends, confirmed, allow_disruptive=allow_disruptive,
+                                lock_timeout=lock_timeout)
         return _destroy_each_locked(backends, dry_run=dry_run, check=check,
                                     allow_disruptive=allow_disruptive,
                                     lock_timeout=lock_timeout)
+
+
+def _refuse_unconfirmed(backends: Sequence[Backend], confirmed: Plan, *,
+                        allow_disruptive: bool, lock_timeout: float) -> None:
+    """StalePlanError unless removing everything through ``backends`` now is
+    ``confirmed``'s changes (the caller holds the namespaces' lock until the removal)."""
+    now = _destroy_each_locked(backends, dry_run=True, check=False,
+                               allow_disruptive=allow_disruptive, lock_timeout=lock_timeout)
+    if set(now.plan.changes) == set(confirmed.changes):
+        return
+    listed = set(confirmed.changes)
+    unlisted = [c for c in now.plan.changes if c not in listed]
+    gone = len(listed - set(now.plan.changes))
+    shown = "; ".join(map(str, unlisted[:3])) + ("; ..." if len(unlisted) > 3 else "")
+    raise StalePlanError(
+        "the node changed since the removal you confirmed was listed: removing everything "
+        f"now would be {len(now.plan.changes)} change(s) instead of "
+        f"{len(confirmed.changes)} ({len(unlisted)} not listed"
+        f"{': ' + shown if unlisted else ''}; {gone} listed no longer to make); nothing was "
+        "removed: run destroy again to see the list")
 
 
 def _destroy_each_locked(backends: Sequence[Backend], *, dry_run: bool, check: bool,

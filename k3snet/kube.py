@@ -200,6 +200,9 @@ class Deadline:
 _WITHIN: contextvars.ContextVar[Callable[[], Deadline | None] | None] = contextvars.ContextVar(
     "k3snet_kube_within", default=None)
 _LEAST_TIMEOUT = 0.001  # the client sends a timeout of 0 with none at all
+_CUT_ATTRIBUTE = "_k3snet_timeout_cut"
+"""Set on the error of a request whose timeout :func:`requests_within` cut: the seconds
+it waited at most, quoted by its message in place of the caller's timeout."""
 
 
 @contextlib.contextmanager
@@ -232,6 +235,14 @@ def _cut(timeout: Any, left: float) -> Any:
     return left
 
 
+def _waits(timeout: Any) -> float:
+    """The longest a request of ``_request_timeout`` (as :func:`_cut` makes it) waits
+    for one thing: its connection or its answer."""
+    if isinstance(timeout, tuple):
+        return max(float(t) for t in timeout if t is not None)
+    return float(timeout)
+
+
 def _bound(api_client: Any) -> None:
     """Make ``api_client``'s requests honour :func:`requests_within` (once a client; a
     client sending outside such a block is unchanged)."""
@@ -243,9 +254,18 @@ def _bound(api_client: Any) -> None:
     def bounded(*args: Any, **kwargs: Any) -> Any:
         within = _WITHIN.get()
         deadline = within() if within is not None else None
+        cut = None
         if deadline is not None:
-            kwargs["_request_timeout"] = _cut(kwargs.get("_request_timeout"), deadline.left())
-        return request(*args, **kwargs)
+            given = kwargs.get("_request_timeout")
+            kwargs["_request_timeout"] = _cut(given, deadline.left())
+            if kwargs["_request_timeout"] != given:
+                cut = _waits(kwargs["_request_timeout"])
+        try:
+            return request(*args, **kwargs)
+        except Exception as exc:
+            if cut is not None:
+                setattr(exc, _CUT_ATTRIBUTE, cut)
+            raise
 
     rest.request = bounded
     rest._k3snet_within = True
@@ -430,6 +450,7 @@ def _describe(exc: BaseException, timeout: float | None
     kubernetes = _kubernetes()
     import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
 
+    cut: float | None = getattr(exc, _CUT_ATTRIBUTE, None)
     if isinstance(exc, kubernetes.client.exceptions.ApiException):
         status = exc.status or None
         if status is None:  # the client's own failures (TLS, unusable arguments)
@@ -448,7 +469,13 @@ def _describe(exc: BaseException, timeout: float | None
     if isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
         exc, urllib3.exceptions.NewConnectionError
     ):
-        limit = f" within {timeout:g}s" if timeout is not None else ""
+        if cut is not None:
+            # The caller's timeout (10 s) was not what the request waited: quoting it
+            # after SIGTERM read as an API server 10 s slow, where it had 2 s to answer.
+            limit = (f" within {cut:.3g}s, its timeout cut to what was left of the grace "
+                     f"period")
+        else:
+            limit = f" within {timeout:g}s" if timeout is not None else ""
         return (f"no answer from the API server{limit} (timed out; it may or may not "
                 f"have acted on the request)", None, _TIMEOUT_REASON)
     return f"cannot reach the API server: {type(exc).__name__}: {exc}", None, None

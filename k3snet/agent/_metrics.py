@@ -18,14 +18,16 @@ FAILURE_REASONS = ("conflict", "teardown", "spec", "unreachable", "check", "appl
 SPEC_REFUSAL_REASONS = ("invalid", "teardown", "unreadable")
 """The ``reason`` labels of ``k3snet_agent_spec_rejected_total``."""
 
-SPEC_READ_ERROR_REASONS = ("timeout", "unreachable", "server", "throttled", "other")
+SPEC_READ_ERROR_REASONS = ("timeout", "unreachable", "server", "throttled", "denied", "other")
 """The ``reason`` labels of ``k3snet_agent_spec_read_errors_total``."""
 
 
 def spec_read_error_reason(exc: BaseException) -> str:
     """The ``reason`` label of a failed read of the spec: ``timeout`` (no answer in
-    time), ``unreachable`` (no connection), ``server`` (5xx), ``throttled`` (429), or
-    ``other`` (another status, such as 410, or an error of no API request)."""
+    time), ``unreachable`` (no connection), ``server`` (5xx), ``throttled`` (429),
+    ``denied`` (401, 403 for a while once a read succeeded: an API server filling its
+    caches after a restart), or ``other`` (another status, such as 410, or an
+    error of no API request)."""
     status = getattr(exc, "status", None)
     if not hasattr(exc, "status"):
         return "other"
@@ -33,6 +35,8 @@ def spec_read_error_reason(exc: BaseException) -> str:
         return "timeout" if getattr(exc, "reason", None) == "Timeout" else "unreachable"
     if status == 429:
         return "throttled"
+    if status in (401, 403):
+        return "denied"
     return "server" if status >= 500 else "other"
 
 # Seconds: a no-op pass on a small node takes milliseconds, a first apply of

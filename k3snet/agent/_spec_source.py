@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +20,20 @@ _REFUSING_STATUSES = frozenset({401, 403, 404})
 ConfigMap or its namespace deleted, the agent's RBAC or credentials): the spec is
 refused as ``unreadable``. Any other failure (no answer, 5xx, 429, 410, ...) is a read
 that failed this time: the spec in force stays, not refused, read again next interval."""
+
+_DENIED_STATUSES = frozenset({401, 403})
+
+DENIED_GRACE = 300.0
+"""Seconds a 401 or 403 to the spec's read, once a read succeeded, is a read that failed
+this time rather than a refusal (counted from the first of them in a row).
+
+An API server that has just restarted answers 403 while its RBAC authorizer's caches
+fill (kubernetes/kubernetes#121635: minutes, with many RoleBindings; #47525), and its
+token authenticator may answer 401 the same way: every node refused the spec at once,
+``spec-refused`` with an Event, for a spec and a permission nobody had changed. A real
+removal of the agent's permission is refused this much later; either way the spec in
+force stays and the node's rules are the same, so only the alert waits. A first read
+refused so is refused at once (a Role never granted: said from the first pass)."""
 
 
 class SpecSource(Protocol):
@@ -71,11 +87,16 @@ class ConfigMapSpecSource:
     (unless the last read is an interval old), the spec in force stays."""
 
     def __init__(self, api_client: Any, namespace: str, name: str, key: str = "spec.yaml",
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, *, denied_grace: float = DENIED_GRACE,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         self._core: Any = client.CoreV1Api(api_client)
         self.namespace, self.name, self.key, self.timeout = namespace, name, key, timeout
+        self.denied_grace = denied_grace
+        self._monotonic = monotonic
+        self._read_once = False
+        self._denied_since: float | None = None
 
     @property
     def where(self) -> str:
@@ -84,7 +105,8 @@ class ConfigMapSpecSource:
 
     def read(self) -> str:
         """The key's text; SpecError when the ConfigMap or the key is missing, or the
-        agent may not read it (401, 403, 404: what stays so until someone acts); a
+        agent may not read it (401, 403, 404: what stays so until someone acts; a 401 or
+        403 once a read succeeded only after ``denied_grace`` seconds: ``DENIED_GRACE``); a
         :class:`~k3snet.kube.KubeApiError` when the read failed this time (no answer,
         5xx, 429, 410, ...: a control plane restarting says nothing of the spec)."""
         try:
@@ -93,12 +115,31 @@ class ConfigMapSpecSource:
                 configmap = self._core.read_namespaced_config_map(
                     self.name, self.namespace, _request_timeout=self.timeout)
         except KubeApiError as exc:
-            if exc.status in _REFUSING_STATUSES:
-                raise SpecError([Problem("", str(exc))], source=self.where) from exc
+            if exc.status in _REFUSING_STATUSES and not self._denied_for_now(exc):
+                message = str(exc)
+                if self._denied_since is not None:
+                    message += f" (so at every read for {self.denied_grace:g} s)"
+                raise SpecError([Problem("", message)], source=self.where) from exc
+            if exc.status not in _DENIED_STATUSES:
+                # Another answer ends the run of denials: an API server that fails again
+                # (a crash loop) fills its caches again when it is back.
+                self._denied_since = None
             raise
+        self._read_once, self._denied_since = True, None
         data = configmap.data or {}
         if self.key not in data:
             raise SpecError([Problem("", f"{self.where}: no such key (keys: "
                                          f"{', '.join(sorted(data)) or 'none'})")],
                             source=self.where)
         return str(data[self.key])
+
+    def _denied_for_now(self, exc: KubeApiError) -> bool:
+        """Whether a 401 or 403 is a read that failed this time: a read succeeded before,
+        and the first of these answers in a row (no other answer, nor failure, between)
+        is younger than :attr:`denied_grace`."""
+        if exc.status not in _DENIED_STATUSES or not self._read_once:
+            return False
+        now = self._monotonic()
+        if self._denied_since is None:
+            self._denied_since = now
+        return now - self._denied_since < self.denied_grace

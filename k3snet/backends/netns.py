@@ -24,7 +24,7 @@ from typing import TypeVar
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
-__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "libc", "netns_path",
+__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "libc", "netns_option", "netns_path",
            "validate_netns"]
 
 NETNS_DIR = Path("/run/netns")
@@ -43,9 +43,18 @@ def netns_path(name: str) -> Path:
 
 def validate_netns(name: str) -> str:
     """A namespace name ``ip netns`` accepts; raise a clear error otherwise."""
+    if not isinstance(name, str):
+        raise BackendError(f"a network namespace name is text, got {name!r}")
     if not name or "/" in name or name in {".", ".."} or len(name) > 255 or "\0" in name:
-        raise BackendError(f"invalid network namespace name {name!r}")
+        raise BackendError(f"invalid network namespace name {name[:80]!r}: a name of "
+                           f"/run/netns (1 to 255 characters, no '/' nor NUL, not . or ..)")
     return name
+
+
+def netns_option(value: str | None) -> str | None:
+    """The check of a backend's ``netns`` option (``None``: the caller's namespace), as
+    its constructor makes it: ``k3snet validate`` runs it on a spec's ``backends:``."""
+    return None if value is None else validate_netns(value)
 
 
 @functools.cache

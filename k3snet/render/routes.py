@@ -460,6 +460,10 @@ def _network_file_parents(network_files: Mapping[str, str],
 
 _WIRELESS_MATCH = frozenset({"WLANInterfaceType", "SSID", "BSSID"})
 _WIRELESS_TYPES = frozenset({"wlan", "wwan"})
+# [Match] keys that test the host, not the link (systemd.network(5)): a file with only
+# these matches every link of a host that meets them.
+_HOST_MATCH = frozenset({"Host", "Virtualization", "KernelCommandLine", "KernelVersion",
+                         "Architecture", "Firmware", "Credential"})
 
 
 def _networkd_conditions(text: str) -> tuple[list[tuple[bool, str]], dict[str, list[str]]]:
@@ -498,10 +502,13 @@ def networkd_match(text: str, device: str) -> bool | None:
 
     As systemd-networkd reads ``Name=``: a list of shell globs, any of which matches; a
     list prefixed with ``!`` names links it does not match; an empty assignment resets
-    the list. A file whose ``[Match]`` section holds no condition matches no link
-    (networkd ignores it and says to give ``Name=*`` for every link). A file for
-    wireless links only (``Type=wlan``, ``SSID=``, Debian's ``80-wifi-adhoc.network``)
-    matches no device whose name is not a wireless one's (``wl*``, ``ww*``).
+    the list. A file whose ``[Match]`` section holds no condition (or that has none) is
+    ``None``: systemd v246 and later ignore it (and say to give ``Name=*`` for every
+    link), earlier versions apply it to every link. So is a file whose conditions all
+    test the host (``Virtualization=``, ``Host=`` ...): it matches every link of a host
+    that meets them. A file for wireless links only (``Type=wlan``, ``SSID=``, Debian's
+    ``80-wifi-adhoc.network``) matches no device whose name is not a wireless one's
+    (``wl*``, ``ww*``).
 
     >>> networkd_match("[Match]\nName=en* eth*\n[Network]\nDHCP=yes\n", "eth0")
     True
@@ -514,7 +521,7 @@ def networkd_match(text: str, device: str) -> bool | None:
 
     names, others = _networkd_conditions(text)
     if not names and not others:
-        return False
+        return None
     if any(negated and fnmatchcase(device, glob) for negated, glob in names):
         return False
     wanted = [glob for negated, glob in names if not negated]
@@ -543,7 +550,14 @@ def _networkd_claims(others: Mapping[str, str], devices: Iterable[str],
         if parent is not None:
             first = next((name for name in sorted(others) if name < parent
                           and networkd_match(others[name], device)), None)
-            if parent in others and networkd_match(others[parent], device) is False:
+            if parent in others and _networkd_conditions(others[parent]) == ([], {}):
+                problems.append(
+                    f"--network-file {device}={parent}: {parent} has no [Match] condition: "
+                    "systemd v246 and later ignore it (the drop-in's routes on no link), "
+                    "earlier versions apply it to every link (the routes on each); name "
+                    f"the file that configures {device} alone (networkctl status {device} "
+                    "lists it)")
+            elif parent in others and networkd_match(others[parent], device) is False:
                 problems.append(
                     f"--network-file {device}={parent}: {parent} does not match {device} "
                     f"(its [Match] section): networkd would put the routes of {device} "
@@ -555,12 +569,16 @@ def _networkd_claims(others: Mapping[str, str], devices: Iterable[str],
                     f"first: networkd configures {device} with it and never reads {parent} "
                     f"nor its drop-in; name {first} (networkctl status {device} lists the "
                     "file in use)")
+            elif parent in others and (wider := _networkd_wider(others[parent], device)):
+                doubts.append(f"--network-file {device}={parent}: {parent} {wider}. "
+                              + _networkd_own_file(parent, device))
             continue
         claims, maybe = [], []
         for name in sorted(others):
             found = networkd_match(others[name], device)
-            if found is None and not _networkd_conditions(others[name])[0]:
-                maybe.append(name)
+            names, conditions = _networkd_conditions(others[name])
+            if found is None and not names:
+                maybe.append(f"{name} {_networkd_maybe(conditions, device)}")
             elif found is not False:
                 claims.append(name if found else f"{name} (if its other [Match] "
                               "conditions hold)")
@@ -572,14 +590,54 @@ def _networkd_claims(others: Mapping[str, str], devices: Iterable[str],
                f"--network-file {device}=FILE (a file of {device}'s own, since a drop-in's "
                "routes go on every link its file configures)")
         if claims:
+            first_claim = claims[0].split(" ", 1)[0]
+            wider = _networkd_wider(others[first_claim], device)
             problems.append(f"a file of k3snet's own cannot configure {device}: other "
                             f".network files match it ({', '.join(claims)}); {why}. "
-                            + fix.replace("=FILE", "=" + claims[0].split(" ", 1)[0]))
+                            + fix.replace("=FILE", "=" + first_claim)
+                            + (f"; but {first_claim} {wider}: "
+                               + _networkd_own_file(first_claim, device) if wider else ""))
         elif maybe:
-            doubts.append(f"{', '.join(maybe)} may match {device} (by [Match] conditions "
-                          f"other than its name, judged on the node only); if one does, "
-                          f"{why}. {fix}")
+            doubts.append(f"{'; '.join(maybe)}; if one does, {why}. {fix}")
     return problems, doubts
+
+
+def _networkd_maybe(conditions: Mapping[str, list[str]], device: str) -> str:
+    """Why a file naming no link in ``Name=`` may match ``device``, given its other
+    ``[Match]`` conditions (``{}``: none at all)."""
+    if not conditions:
+        return (f"may match {device}: its [Match] holds no condition, which systemd before "
+                "v246 applies to every link (v246 and later ignore the file)")
+    if conditions.keys() <= _HOST_MATCH:
+        tests = " ".join(f"{key}={' '.join(values)}" for key, values in sorted(conditions.items()))
+        return (f"may match {device}: its [Match] tests the host alone ({tests}), and on a "
+                "host that meets it the file matches every link")
+    return (f"may match {device} (by [Match] conditions other than its name, judged on the "
+            "node only)")
+
+
+def _networkd_wider(text: str, device: str) -> str:
+    """How the ``.network`` file ``text`` may configure links other than ``device``
+    (``""``: its ``Name=`` names ``device`` alone, or it matches one permanent hardware
+    address, which no VLAN or bond on top shares, unlike ``MACAddress=``)."""
+    names, conditions = _networkd_conditions(text)
+    wanted = [glob for negated, glob in names if not negated]
+    if wanted and all(glob == device for glob in wanted):
+        return ""
+    if len(" ".join(conditions.get("PermanentMACAddress", [])).split()) == 1:
+        return ""
+    said = f"Name={' '.join(wanted)}" if wanted else "no Name="
+    return (f"may configure other links than {device} ({said} in its [Match]): networkd "
+            "puts a drop-in's routes on every link its file configures, and a route whose "
+            "gateway a link cannot reach fails that link's configuration")
+
+
+def _networkd_own_file(parent: str, device: str) -> str:
+    """The advice for a parent file that may configure other links than ``device``."""
+    return (f"On a node where it configures {device} alone that is right; otherwise copy "
+            f"{parent} to /etc/systemd/network/10-{device}.network with Name={device} in "
+            f"its [Match] (sorting first, it configures {device} as before) and give "
+            f"--network-file {device}=10-{device}.network")
 
 
 def networkd_doubts(state: State, *, network_files: Mapping[str, str] | None = None,

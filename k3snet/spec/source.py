@@ -237,11 +237,23 @@ def _load_yaml(yaml: Any, text: str, source: str | None) -> Any:
 
 def _tagged(text: str, mark: Any) -> bool:
     """Whether the node starting at ``mark`` of ``text`` is written with a tag
-    (``!!str 09``: a text on purpose; PyYAML's nodes do not keep it)."""
+    (``!!str 09``: a text on purpose; PyYAML's nodes do not keep it), before or after
+    its anchor (``&x !!str 09``: the node starts at the anchor)."""
     line: int = mark.line
     column: int = mark.column
     lines = text.removeprefix("\ufeff").split("\n", line + 1)  # marks skip a BOM
-    return line < len(lines) and lines[line][column:column + 1] == "!"
+    if line >= len(lines):
+        return False
+    if lines[line][column:column + 1] != "&":
+        return lines[line][column:column + 1] == "!"
+    rest = "\n".join(lines[line:])  # the anchor's line and what follows it
+    return _ANCHOR_THEN_TAG.match(rest, column) is not None
+
+
+# An anchor, then a tag: separated by spaces, line breaks and comments (YAML's
+# s-separate); PyYAML's anchor names are letters, digits, "-" and "_". Each text has
+# one way to match (a comment runs to its line's end): no backtracking blow-up.
+_ANCHOR_THEN_TAG = re.compile(r"&[-\w]+(?:[ \t\r\n]|#[^\n]*\n)*!")
 
 
 # Integers PyYAML reads as YAML 1.1 does and YAML 1.2 (editors, the JSON Schema's tools)

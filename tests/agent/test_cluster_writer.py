@@ -41,6 +41,7 @@ from k3snet.agent import (
     _main,
 )
 from k3snet.agent._report import event_name, shortened
+from k3snet.agent._spec_source import DENIED_GRACE
 from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
@@ -814,15 +815,16 @@ def test_an_unready_leader_whose_node_part_converges_again_is_ready_while_its_cl
 SPEC_CONFIGMAP = "ConfigMap kube-system/k3snet-spec key spec.yaml"
 
 
-def _configmap_agent(srv: EmulatedApiServer, text: str = SPEC
+def _configmap_agent(srv: EmulatedApiServer, text: str = SPEC, clock: FakeClock | None = None,
                      ) -> tuple[Agent, MemoryBackend]:
     """An agent reading its spec through the API (``--spec-configmap``), reporting on
-    Node node-a, with metrics."""
+    Node node-a, with metrics; ``clock``: the spec source's."""
     srv.put("v1/configmaps", {"metadata": {"name": "k3snet-spec", "namespace": "kube-system"},
                               "data": {"spec.yaml": text}})
     memory = MemoryBackend(capabilities=NODE_KINDS)
     api = srv.api_client()
-    source = ConfigMapSpecSource(api, "kube-system", "k3snet-spec", timeout=0.5)
+    source = ConfigMapSpecSource(api, "kube-system", "k3snet-spec", timeout=0.5,
+                                 monotonic=clock or FakeClock())
     agent = Agent(source, lambda spec: BackendGroup([memory]),
                   lambda spec, group: compile_for(group, spec),
                   AgentOptions("node-a", interval=3600), metrics=AgentMetrics(),
@@ -918,20 +920,24 @@ def test_a_spec_configmap_that_cannot_be_read_before_any_spec_fails_the_pass_ref
     assert agent.run_pass().status == "ok"
 
 
-@pytest.mark.parametrize("how", ["deleted", "forbidden"])
+@pytest.mark.parametrize("how", ["deleted", "forbidden", "unauthorized"])
 def test_a_spec_configmap_deleted_or_forbidden_is_refused_keeping_the_last_good_spec(
-        server: EmulatedApiServer, how: str) -> None:
-    """404 (the ConfigMap, or its namespace, deleted) and 403 (the agent's RBAC for it
-    removed) are answers that stay until someone acts: refused as ``unreadable``, said
-    on the Node with an Event and counted, the last good spec in force, the node ready."""
-    agent, memory = _configmap_agent(server)
+        server: EmulatedApiServer, clock: FakeClock, how: str) -> None:
+    """404 (the ConfigMap, or its namespace, deleted), 403 (the agent's RBAC for it
+    removed) and 401 are answers that stay until someone acts: refused as
+    ``unreadable`` (a 401 or 403 once it has lasted DENIED_GRACE), said on the Node
+    with an Event and counted, the last good spec in force, the node ready."""
+    agent, memory = _configmap_agent(server, clock=clock)
     assert agent.run_pass().status == "ok"
     if how == "deleted":
         server.delete("v1/configmaps", "k3snet-spec", "kube-system")
         said = "not found (404)"
     else:
-        server.fail(403, method="GET", plural="configmaps", times=None)
-        said = "forbidden (403)"
+        status = 403 if how == "forbidden" else 401
+        server.fail(status, method="GET", plural="configmaps", times=None)
+        said = f"{how} ({status})"
+        assert agent.run_pass().status == "ok"  # the API server's caches may be filling
+        clock.now += DENIED_GRACE
     for _ in range(NOT_READY_AFTER + 1):
         result = agent.run_pass()
         assert result.status == "spec-refused"
@@ -942,12 +948,64 @@ def test_a_spec_configmap_deleted_or_forbidden_is_refused_keeping_the_last_good_
     assert memory.state.owned
     assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 1
     assert _sample(agent, "k3snet_agent_spec_read_errors_total", reason="other") == 0
+    assert _sample(agent, "k3snet_agent_spec_read_errors_total",
+                   reason="denied") == (how != "deleted")
     assert _node_status(server) == "spec-refused"
     assert _events(server) == 2  # K3snetConverged, K3snetSpecRefused
     server.clear_faults()
     server.put("v1/configmaps", {"metadata": {"name": "k3snet-spec", "namespace": "kube-system"},
                                  "data": {"spec.yaml": SPEC}})
     assert (agent.run_pass().status, agent.generation) == ("ok", 1)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_spec_configmap_denied_after_a_read_is_a_failed_read_for_a_while_not_a_refusal(
+        server: EmulatedApiServer, clock: FakeClock, status: int) -> None:
+    """An API server that has just restarted answers 403 while its RBAC caches fill
+    (kubernetes/kubernetes#121635: minutes, with many RoleBindings), and may answer
+    401 the same way: every node refused the spec at once (``spec-refused``, an Event,
+    ``spec_rejected_total``) for a permission nobody had changed. Once a read
+    succeeded, such answers are failed reads until they have lasted DENIED_GRACE; a
+    success in between starts the count again."""
+    agent, memory = _configmap_agent(server, clock=clock)
+    assert agent.run_pass().status == "ok"
+    sha = agent.spec_sha256
+    assert sha is not None
+    server.fail(status, method="GET", plural="configmaps", times=None)
+    for _ in range(3):
+        result = agent.run_pass()
+        assert result.status == "ok", result.message
+        assert result.message.endswith(f"; spec not read from {SPEC_CONFIGMAP} (denied): "
+                                       f"keeping spec generation 1 ({sha[:12]})")
+        clock.now += DENIED_GRACE / 3 - 1
+    server.clear_faults()
+    assert agent.run_pass().message == "in sync: no changes"  # the caches filled
+    server.fail(status, method="GET", plural="configmaps", times=None)
+    assert agent.run_pass().status == "ok"  # counted from the first in a row again
+    server.clear_faults()
+    server.fail(503, method="GET", plural="configmaps", times=1)  # down again, a while
+    clock.now += DENIED_GRACE
+    assert agent.run_pass().status == "ok"
+    server.fail(status, method="GET", plural="configmaps", times=None)
+    assert agent.run_pass().status == "ok"  # back, filling its caches again
+    assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 0
+    assert _sample(agent, "k3snet_agent_spec_read_errors_total", reason="denied") == 5
+    assert _events(server) == 1  # K3snetConverged
+    clock.now += DENIED_GRACE
+    refused = agent.run_pass()
+    assert refused.status == "spec-refused"
+    assert f"(so at every read for {DENIED_GRACE:g} s)" in refused.message
+    assert memory.state.owned
+    assert _events(server) == 2
+
+
+def test_a_spec_configmap_denied_at_the_first_read_is_refused_at_once(
+        server: EmulatedApiServer) -> None:
+    # A Role never granted (the rendered RBAC does not allow the read): said at once.
+    agent, _ = _configmap_agent(server)
+    server.fail(403, method="GET", plural="configmaps", times=None)
+    assert agent.run_pass().status == "failed"
+    assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 1
 
 
 def test_a_failed_read_leaves_a_refused_newer_spec_refused_for_what_it_is(

@@ -779,9 +779,10 @@ def test_every_spec_read_error_reason_is_given_and_documented() -> None:
 
     errors = [KubeApiError("x", reason="Timeout"), KubeApiError("x"),
               KubeApiError("x", status=503), KubeApiError("x", status=429),
-              KubeApiError("x", status=410), K3snetError("x")]
+              KubeApiError("x", status=403), KubeApiError("x", status=410), K3snetError("x")]
     reasons = [spec_read_error_reason(error) for error in errors]
-    assert reasons == ["timeout", "unreachable", "server", "throttled", "other", "other"]
+    assert reasons == ["timeout", "unreachable", "server", "throttled", "denied", "other",
+                       "other"]
     assert set(reasons) == set(SPEC_READ_ERROR_REASONS)
     docs = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
     (row,) = [line for line in docs.splitlines()

@@ -172,3 +172,33 @@ def test_with_stdout_redirected_the_plan_to_approve_and_the_question_go_to_the_t
     # The file still gets the plan once, then what was done.
     assert out.count("- sysctl net.ipv4.conf.all.rp_filter = 2") == 1
     assert out.splitlines()[-1].endswith("as planned above.")
+
+
+def test_a_confirmed_destroy_removes_nothing_when_the_node_changed_since_its_list(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The list is read in one hold of the lock, the removal in another after the user's
+    # answer: an apply meanwhile (or the agent) added an object, and the confirmed
+    # destroy removed it too, though the user had approved removing one sysctl.
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-moved", lambda: held)
+    added = Sysctl("net.ipv4.ip_forward", "1")
+
+    def answer(*prompt: str) -> str:
+        held.apply(Plan(changes=[Change("add", None, added)]))  # while the user reads
+        return "yes"
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(builtins, "input", answer)
+    try:
+        code = main(["destroy", "--backend", "memory-moved"])
+    finally:
+        unregister_backend("memory-moved")
+    out, err = capsys.readouterr()
+    assert code == 1  # nothing was removed
+    assert "- sysctl net.ipv4.ip_forward = 1" not in out  # never listed for approval
+    assert ("the node changed since the removal you confirmed was listed: removing "
+            "everything now would be 2 change(s) instead of 1 (1 not listed: - sysctl "
+            "net.ipv4.ip_forward = 1; 0 listed no longer to make); nothing was removed") in err
+    assert sorted(map(str, held.observe().owned)) == [
+        "sysctl net.ipv4.conf.all.rp_filter = 2", "sysctl net.ipv4.ip_forward = 1"]

@@ -306,3 +306,35 @@ def test_requests_within_a_deadline_wait_at_most_what_is_left_and_others_as_give
     assert rest.timeouts[2] == cut
     assert rest.timeouts[3] == (0.001 if not isinstance(given, tuple) else (0.001, 0.001))
     assert rest.timeouts[4] == given
+
+
+class _SlowRest(_Rest):
+    """A REST layer whose every request times out."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> None:
+        import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+        super().request(method, url, **kwargs)
+        raise urllib3.exceptions.ReadTimeoutError(None, url, "Read timed out.")  # type: ignore[arg-type]
+
+
+def test_a_request_timing_out_after_its_timeout_was_cut_to_the_grace_period_says_so() -> None:
+    client = _Client()
+    client.rest_client = _SlowRest()
+    make_api_client(client)
+    deadline = Deadline(110.0, lambda: 108.5)
+
+    def read(timeout: Any) -> KubeApiError:
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors(WHERE, classifier=KubeErrors(timeout=10.0)):
+            client.rest_client.request("GET", "/x", _request_timeout=timeout)
+        return info.value
+
+    with requests_within(lambda: deadline):
+        cut = read(10)
+    after = read(10)
+    assert str(cut) == (f"{WHERE}: no answer from the API server within 1.5s, its timeout "
+                        "cut to what was left of the grace period (timed out; it may or may "
+                        "not have acted on the request)")
+    assert "within 10s (timed out" in str(after)
+    assert client.rest_client.timeouts == [1.5, 10]

@@ -149,8 +149,11 @@ def test_two_devices_in_one_network_file_are_refused_not_one_dropped() -> None:
     ("[Match]\nName=*\nType=!loopback bridge\n", None),  # Flatcar's zz-default.network
     ("[Match]\nMACAddress=52:54:00:12:34:56\n", None),
     ("[Match]\nName=eth1\nDriver=virtio_net\n", False),
-    ("[Match]\n", False),  # networkd ignores a file whose [Match] holds no condition
-    ("[Network]\nDHCP=yes\n", False),
+    # A [Match] holding no condition: systemd v246 and later ignore the file, earlier
+    # versions apply it to every link (CentOS 7's zzz-default.network had none).
+    ("[Match]\n", None),
+    ("[Network]\nDHCP=yes\n", None),
+    ("[Match]\nVirtualization=kvm\n", None),  # every link of a KVM guest
     ("[Match]\nName=eth0\n[Match]\nHost=node1\n", None),  # sections of one name add up
     ("[Match]\nType=ether\nKind=!*\n", None),  # systemd's 89-ethernet.network.example
     # Debian's stock 80-wifi-adhoc.network: wireless links only
@@ -228,5 +231,69 @@ def test_a_file_that_may_match_a_device_by_other_conditions_than_its_name_is_a_d
     assert "--network-file eth0=FILE" in doubt
     assert networkd_doubts(state, others={k: v for k, v in others.items()
                                           if not k.startswith("89")}) == []
-    assert networkd_doubts(state, network_files={"eth0": "89-ethernet.network"},
-                           others=others) == []
+    (wider,) = networkd_doubts(state, network_files={"eth0": "89-ethernet.network"},
+                               others=others)
+    assert wider.startswith("--network-file eth0=89-ethernet.network: 89-ethernet.network "
+                            "may configure other links than eth0 (no Name= in its [Match])")
+
+
+def test_a_file_matching_every_link_by_its_host_or_on_old_systemd_is_a_doubt_saying_so() -> None:
+    # A [Match] of host conditions alone (Virtualization=) matches every link of a host
+    # that meets them; one of no condition every link before systemd v246 (ignored
+    # since). Both were said as "may match eth0 by conditions other than its name", or
+    # (the empty one) not at all: on Ubuntu 20.04 (systemd 245) it configured eth0 and
+    # 90-k3snet-eth0.network, sorting after it, was never read.
+    from k3snet.render.routes import networkd_doubts  # noqa: PLC0415 - only this test
+
+    state = State(owned=[Route("10.1.0.0/24", gateway="10.0.0.1", device="eth0")])
+    others = {"50-kvm.network": "[Match]\nVirtualization=kvm\n\n[Network]\nDHCP=yes\n",
+              "zzz-default.network": "[Network]\nDHCP=yes\n"}
+    assert list(render_networkd(state, others=others)) == ["90-k3snet-eth0.network"]
+    (doubt,) = networkd_doubts(state, others=others)
+    assert doubt.startswith(
+        "50-kvm.network may match eth0: its [Match] tests the host alone (Virtualization="
+        "kvm), and on a host that meets it the file matches every link; zzz-default.network "
+        "may match eth0: its [Match] holds no condition, which systemd before v246 applies "
+        "to every link (v246 and later ignore the file); if one does, ")
+    # Named as eth0's file, one of no condition is no file of eth0's on any version.
+    with pytest.raises(ModelError, match=r"^--network-file eth0=zzz-default\.network: "
+                                         r"zzz-default\.network has no \[Match\] condition"):
+        render_networkd(state, network_files={"eth0": "zzz-default.network"}, others=others)
+
+
+def test_a_parent_file_that_may_configure_other_links_is_said_and_not_suggested_bare() -> None:
+    # Flatcar's zz-default.network matches every link (Name=*): on a node with two NICs,
+    # the suggested --network-file eth0=zz-default.network put eth0's routes on eth1 too,
+    # where the gateway is unreachable and networkd failed eth1's configuration.
+    from k3snet.render.routes import networkd_doubts  # noqa: PLC0415 - only this test
+
+    state = State(owned=[Route("10.1.0.0/24", gateway="10.0.0.1", device="eth0")])
+    flatcar = {"zz-default.network": "[Match]\nName=*\nType=!loopback bridge tunnel\n\n"
+                                     "[Network]\nDHCP=yes\n"}
+    with pytest.raises(ModelError) as refused:
+        render_networkd(state, others=flatcar)
+    assert str(refused.value).endswith(
+        "--network-file eth0=zz-default.network (a file of eth0's own, since a drop-in's "
+        "routes go on every link its file configures); but zz-default.network may configure "
+        "other links than eth0 (Name=* in its [Match]): networkd puts a drop-in's routes on "
+        "every link its file configures, and a route whose gateway a link cannot reach fails "
+        "that link's configuration: On a node where it configures eth0 alone that is right; "
+        "otherwise copy zz-default.network to /etc/systemd/network/10-eth0.network with "
+        "Name=eth0 in its [Match] (sorting first, it configures eth0 as before) and give "
+        "--network-file eth0=10-eth0.network")
+    given = {"eth0": "zz-default.network"}
+    assert list(render_networkd(state, network_files=given, others=flatcar)) == [
+        "zz-default.network.d/90-k3snet-routes.conf"]  # one NIC: right; said, not refused
+    (doubt,) = networkd_doubts(state, network_files=given, others=flatcar)
+    assert doubt.startswith("--network-file eth0=zz-default.network: zz-default.network may "
+                            "configure other links than eth0 (Name=* in its [Match])")
+    # The copy the advice names configures eth0 alone: nothing to say.
+    own = {**flatcar, "10-eth0.network": "[Match]\nName=eth0\n\n[Network]\nDHCP=yes\n"}
+    assert networkd_doubts(state, network_files={"eth0": "10-eth0.network"}, others=own) == []
+    for node in ("[Match]\nName=eth0 eth1\n", "[Match]\nName=eth*\n",
+                 "[Match]\nMACAddress=52:54:00:12:34:56\n"):  # a VLAN on eth0 shares it
+        assert networkd_doubts(state, network_files={"eth0": "10-eth0.network"},
+                               others={"10-eth0.network": node}) != [], node
+    hardware = "[Match]\nPermanentMACAddress=52:54:00:12:34:56\n"  # netplan's match: one NIC
+    assert networkd_doubts(state, network_files={"eth0": "10-eth0.network"},
+                           others={"10-eth0.network": hardware}) == []

@@ -50,6 +50,14 @@ REFUSED = [
     ("cilium", "ip_masq_agent", "cilium-config"),
     ("cilium", "ip_masq_agent", 5),
     ("cilium", "timeout", -1),
+    # A namespace's name is a file of /run/netns: validate let these through, and each
+    # node's first apply failed on them.
+    ("netlink", "netns", "lab/../x"),
+    ("netlink", "netns", ".."),
+    ("nftables", "netns", "x" * 256),
+    ("nftables", "netns", ""),
+    ("iptables", "netns", "a\u0000b"),
+    ("iptables", "netns", 5),
 ]
 
 

@@ -360,6 +360,7 @@ def test_an_integer_yaml_versions_read_differently_is_refused_with_its_place(
     ("a:\n  b: 1.0e3\n", "1.0e3", "(line 2, column 6)"),
     ('{"metric": 1e3}', "1e3", "(line 1, column 12)"),  # a JSON number, text to PyYAML
     ("09: x\n", "09", "(line 1, column 1)"),
+    ("a: &x 09\n", "09", "(line 1, column 4)"),  # an anchor is no tag
 ])
 def test_a_text_yaml_1_2_reads_as_a_number_is_refused_with_its_place(
         text: str, written: str, where: str | None) -> None:
@@ -378,6 +379,11 @@ def test_a_text_yaml_1_2_reads_as_a_number_is_refused_with_its_place(
     ("a: '09'\n", "09"), ('a: "1e3"\n', "1e3"), ("a: !!str 09\n", "09"),
     ("\ufeffa: !!str 09\n", "09"), ("a: v1e3\n", "v1e3"), ("a: 1.2.3\n", "1.2.3"),
     ("a: 10.42.0.0/16\n", "10.42.0.0/16"), ("a: |\n  09\n", "09\n"), ("a: 1.5\n", 1.5),
+    # Tagged after an anchor (a node's properties come in either order): the node starts
+    # at the anchor, and "09" tagged !!str on purpose was refused as an untagged one.
+    ("a: &x !!str 09\n", "09"), ("a: !!str &x 09\n", "09"), ("a: [&x !!str 1e3]\n", ["1e3"]),
+    ("a: &x\n  !!str 09\n", "09"), ("a: &x  # why\n  !!str 09\n", "09"),
+    ("a: &x !!str 0100\n", "0100"),
 ])
 def test_a_text_both_yaml_versions_read_alike_is_read(text: str, value: object) -> None:
     assert load_mapping(text, None) == {"a": value}

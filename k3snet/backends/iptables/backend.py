@@ -147,7 +147,7 @@ from k3snet.backends.kit import (
     option_seconds,
 )
 from k3snet.backends.lock import namespace_id
-from k3snet.backends.netns import NetnsRunner, netns_path, validate_netns
+from k3snet.backends.netns import NetnsRunner, netns_option, netns_path
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables.kernel import BoundedLister, Lists
 from k3snet.backends.routed import RoutedBy, read_routes
@@ -231,6 +231,7 @@ class IptablesBackend(BackendBase):
     """What an option left out means (``k3snet explain backends.iptables``)."""
     capabilities: frozenset[str] = frozenset({"nat", "forward"})
     option_checks: ClassVar[OptionChecks] = {
+        "netns": netns_option,
         "driver": lambda v: _choice("driver", v, ("restore", "libiptc", "auto")),
         "mode": lambda v: _choice("mode", v, ("nft", "legacy", "auto")),
         "timeout": lambda v: option_seconds("timeout", v),
@@ -248,13 +249,13 @@ class IptablesBackend(BackendBase):
         kernel: Kernel | None = None,
     ) -> None:
         super().__init__()
-        for option, value in (("driver", driver), ("mode", mode), ("timeout", timeout),
-                              ("state_dir", state_dir)):
+        for option, value in (("netns", netns), ("driver", driver), ("mode", mode),
+                              ("timeout", timeout), ("state_dir", state_dir)):
             self.option_checks[option](value)
         self._state_dir = state_dir
         timeout = float(timeout)
         if netns is not None and kernel is None:
-            path = netns_path(validate_netns(netns))
+            path = netns_path(netns)
             if not path.exists():
                 raise BackendError(f"network namespace {netns!r} does not exist ({path})")
         self._netns = netns

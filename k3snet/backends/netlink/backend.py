@@ -103,7 +103,7 @@ from k3snet.backends.netlink.sysctls import (
     write_sysctl,
 )
 from k3snet.backends.netlink.view import RouteCache, RouteView
-from k3snet.backends.netns import NetnsRunner
+from k3snet.backends.netns import NetnsRunner, netns_option
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -256,7 +256,7 @@ class NetlinkBackend(BackendBase):
     capabilities: frozenset[str] = frozenset({"route", "sysctl"})
 
     option_checks: ClassVar[OptionChecks] = {
-        "driver": _check_driver, "protocol": check_route_protocol,
+        "netns": netns_option, "driver": _check_driver, "protocol": check_route_protocol,
         "tables": lambda v: v is None or _route_tables(v), "watch_sysctls": _sysctl_names,
         "state_dir": lambda v: v is None or _path_text("state_dir", v),
         "proc_sys": lambda v: _path_text("proc_sys", v),

@@ -105,7 +105,7 @@ from k3snet.backends.kit import (
     run_option_checks,
     unwritten_problems,
 )
-from k3snet.backends.netns import NetnsRunner
+from k3snet.backends.netns import NetnsRunner, netns_option
 from k3snet.backends.nftables.batch import Batch
 from k3snet.backends.nftables.cache import (
     Cache,
@@ -248,7 +248,7 @@ class NftablesBackend(BackendBase):
     """What an option left out means (``k3snet explain backends.nftables``)."""
     capabilities: frozenset[str] = frozenset({"nat", "forward"})
     option_checks: ClassVar[OptionChecks] = {
-        "family": table_families, "syntax": validate_syntax,
+        "netns": netns_option, "family": table_families, "syntax": validate_syntax,
         "observe_foreign": lambda v: option_flag("observe_foreign", v),
         "keep_read": lambda v: option_flag("keep_read", v),
         "foreign_timeout": lambda v: option_seconds("foreign_timeout", v),
