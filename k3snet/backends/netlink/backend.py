@@ -292,6 +292,8 @@ class NetlinkBackend(BackendBase):
         self._watch = frozenset((*_sysctl_names(WATCHED_SYSCTLS), *_sysctl_names(watch_sysctls)))
         self._operations = 0
         self._observed: tuple[tuple[int, int], State] | None = None
+        # expect()'s sysctls (name -> value): what the warnings judge forwarding by.
+        self._wanted_sysctls: dict[str, str] | None = None
         self.driver: str = driver if isinstance(driver, str) else getattr(
             driver, "__name__", type(driver).__name__)
         self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
@@ -366,9 +368,71 @@ class NetlinkBackend(BackendBase):
 
         Changes no result: the next dump (with the socket driver) takes a route whose
         message has exactly one of their fields as that very object instead of building
-        it (docs/performance.md, "Expected objects: routes").
+        it (docs/performance.md, "Expected objects: routes"). Its sysctls are those
+        :attr:`warnings` judges the forwarding switches by.
         """
         self._routes.expect(o for o in state.owned if type(o) is Route)
+        self._wanted_sysctls = {o.name: o.value for o in state.owned if type(o) is Sysctl}
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the namespace holds that defeats the sysctls k3snet wants
+        (``!! warning:`` under ``k3snet plan`` and ``apply``), read from the kernel now.
+
+        IPv4 forwarding is decided by the switch of the interface a packet *arrives on*
+        (``net.ipv4.conf.<if>.forwarding``, ``ip_route_input_slow``), not by
+        ``net.ipv4.ip_forward``: that one only sets every interface's switch when its
+        value changes. An interface at 0 beside ``ip_forward = 1`` (systemd-networkd
+        without ``IPForward=``, an administrator's sysctl) drops the pods' packets
+        arriving there (or their replies arriving from the uplink), and ``default``'s
+        0 gives every interface created later (a pod's veth, a CNI bridge made again)
+        a 0: named here when the wanted sysctls (:meth:`expect`'s, else those owned)
+        turn IPv4 forwarding on, the kernel's is on already (a write of it spreads) and
+        the spec names no such switch itself. IPv6 forwards by
+        ``net.ipv6.conf.all.forwarding`` alone: its interfaces' switches are not named.
+        """
+        wanted = self._wanted_sysctls
+        if wanted is None:
+            observed = self._observed
+            if observed is None:
+                return ()
+            wanted = {o.name: o.value for o in observed[1].owned if type(o) is Sysctl}
+        on = wanted.get("net.ipv4.ip_forward", wanted.get("net.ipv4.conf.all.forwarding"))
+        if on in (None, "0"):
+            return ()
+        root = self.proc_sys
+        with translate_errors(f"read the forwarding switches of {self._where}",
+                              capability=_CAPABILITY):
+            now, switches = self._runner.call(lambda: (
+                read_sysctls(root, ["net.ipv4.ip_forward"])["net.ipv4.ip_forward"],
+                spread_values(root, "net.ipv4.ip_forward")))
+        self._count()
+        if normal("net.ipv4.ip_forward", now) in (None, "0"):
+            return ()  # the plan writes it: the kernel sets every switch, default's too
+        off = [switch for switch, value in switches.items() if value == "0"
+               and switch.endswith(".forwarding") and switch not in wanted
+               and switch != "net.ipv4.conf.lo.forwarding"]
+        found: list[str] = []
+        interfaces = [name for switch in off if (name := interface_of(switch)) is not None]
+        if interfaces:
+            shown = ", ".join(interfaces[:8]) + (
+                f" and {len(interfaces) - 8} more" if len(interfaces) > 8 else "")
+            first = next(s for s in off if interface_of(s) is not None)
+            found.append(
+                f"netlink: IPv4 forwarding is off on {shown} in {self._where} "
+                f"({first} = 0 ...) although net.ipv4.ip_forward is 1: the kernel forwards "
+                "no IPv4 packet arriving on such an interface (the switch of the interface "
+                "a packet arrives on decides), so pods' traffic arriving there, or its "
+                "replies arriving there from a destination, is dropped; name the switch in "
+                f"the spec's sysctls ({first}: 1) for k3snet to turn it on and keep it on")
+        if "net.ipv4.conf.default.forwarding" in off:
+            found.append(
+                f"netlink: net.ipv4.conf.default.forwarding is 0 in {self._where} although "
+                "net.ipv4.ip_forward is 1: every interface created from now on (a pod's "
+                "veth, a CNI bridge made again) starts with IPv4 forwarding off, and the "
+                "kernel forwards no IPv4 packet arriving on it; name it in the spec's "
+                "sysctls (net.ipv4.conf.default.forwarding: 1)")
+        return tuple(found)
 
     def change_token(self) -> Hashable | None:
         """The route view's version after reading the pending notifications (no dump),
