@@ -85,7 +85,7 @@ from k3snet.backends.kit import (
     option_flag,
     translate_errors,
 )
-from k3snet.backends.netlink.codec import Link, NetlinkError
+from k3snet.backends.netlink.codec import Link, LookupRule, NetlinkError
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netlink.sysctls import (
@@ -145,6 +145,7 @@ _BATCH_MESSAGES = 1024
 _MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never ours
 _RA_PROTOCOL = 9  # RTPROT_RA: routes the kernel learned from router advertisements
 _DEFAULT_TABLE = 253  # RT_TABLE_DEFAULT: the IPv4 default rule's, after main
+_DEFAULT_RULE_TABLES = frozenset({255, MAIN_TABLE, _DEFAULT_TABLE})  # local, main, default
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
 _CAPABILITY = "CAP_NET_ADMIN"
 
@@ -519,7 +520,8 @@ class NetlinkBackend(BackendBase):
         replace shares its slot with no foreign route; an add's slot (table,
         destination, metric) is free of foreign routes too; the device exists and
         is up; the gateway is on-link where the kernel looks it up (a device route of
-        the route's own table, else of ``main`` or IPv4's ``default``, the plan's
+        the route's own table, else of ``main``, IPv4's ``default`` or a table an
+        administrator's policy rule may send the lookup to, the plan's
         earlier changes counted; or link-local with a device: see
         :meth:`_GatewayTables.reachable`), for IPv6 not a local address, for IPv4 not
         the broadcast address of a local prefix. Sysctls: the parameter exists.
@@ -666,12 +668,18 @@ class NetlinkBackend(BackendBase):
                 local.setdefault(iface.ip, set()).update(() if name is None else (name,))
                 if iface.version == 4 and iface.network.prefixlen < 31:
                     broadcasts.add(iface.network.broadcast_address)
-        lookup = _GatewayTables(frozenset({r.table for r in gateways}
-                                          | {MAIN_TABLE, _DEFAULT_TABLE}),
-                                local, frozenset(broadcasts))
+        # The administrator's rules sending lookups to other tables (optional of a driver:
+        # without it, the default rules alone).
+        read_rules: Callable[[], Sequence[LookupRule]] | None = getattr(
+            self._driver, "rules", None)
+        rules = [rule for rule in (read_rules() if read_rules is not None else ())
+                 if rule.table not in _DEFAULT_RULE_TABLES]
+        tables = frozenset({r.table for r in gateways} | {rule.table for rule in rules}
+                           | {MAIN_TABLE, _DEFAULT_TABLE})
+        lookup = _GatewayTables(tables, local, frozenset(broadcasts), rules)
         for route in (*view.owned.values(), *view.foreign):
             lookup.add(route)
-        unseen = frozenset(t for t in (MAIN_TABLE, _DEFAULT_TABLE)
+        unseen = frozenset(t for t in tables - {r.table for r in gateways}
                            if not self._routes.in_scope(t))
         if unseen:
             names = {index: link.name for index, link in by_index.items()}
@@ -1152,8 +1160,10 @@ class _GatewayTables:
     (:meth:`reachable`) kept until a route holding that gateway comes or goes."""
 
     def __init__(self, tables: frozenset[int], local: Mapping[Address, set[str]] | None = None,
-                 broadcasts: frozenset[Address] = frozenset()) -> None:
+                 broadcasts: frozenset[Address] = frozenset(),
+                 rules: Sequence[LookupRule] = ()) -> None:
         self.tables = tables
+        self.rules = rules  # the administrator's, to other tables than local, main, default
         self.local: Mapping[Address, set[str]] = local or {}  # the devices by local address
         self.broadcasts = broadcasts  # IPv4: of the local addresses' prefixes
         # (table, family) -> prefix length -> the destination's address as an integer.
@@ -1210,16 +1220,17 @@ class _GatewayTables:
 
     def reachable(self, route: Route) -> bool:
         """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
-        ``ip6_route_check_nh``, with the default policy rules).
+        ``ip6_route_check_nh``, through the policy rules).
 
         It looks the gateway up in the route's own table, then, when that finds nothing
-        fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, never another
-        table. With a device, only routes through it are looked at. IPv4 skips routes of
-        scope ``universe`` (those via a gateway) and takes a device route of scope
-        ``link`` or ``host``, or a local address, never the broadcast address of a
-        local prefix (the ``local`` table's broadcast route answers first); IPv6 takes
-        the best match (longest prefix, then lowest metric) when it is a device route,
-        without a gateway.
+        fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, and the tables
+        of the administrator's rules that lookup may match (:meth:`_ruled`; with the
+        socket driver, which reads them). With a device, only routes through it are
+        looked at. IPv4 skips routes of scope ``universe`` (those via a gateway) and
+        takes a device route of scope ``link`` or ``host``, or a local address, never the
+        broadcast address of a local prefix (the ``local`` table's broadcast route
+        answers first); IPv6 takes the best match (longest prefix, then lowest metric)
+        when it is a device route, without a gateway.
         """
         gateway, device = route.gateway, route.device
         assert gateway is not None
@@ -1243,16 +1254,30 @@ class _GatewayTables:
 
         if table != MAIN_TABLE and direct(table):
             return True
-        # The rules: local, main, default.
+        # The rules: local, main, default, and the administrator's.
         if gateway in self.broadcasts:
             return False
         local = self.local.get(gateway)
         if local is not None and (device is None or device in local):
             return True
-        return direct(MAIN_TABLE) or direct(_DEFAULT_TABLE)
+        return direct(MAIN_TABLE) or direct(_DEFAULT_TABLE) or any(
+            direct(looked) for looked in self._ruled(gateway, device))
+
+    def _ruled(self, gateway: Address, device: str | None) -> list[int]:
+        """The tables the administrator's rules may send the lookup of ``gateway`` to:
+        IPv4's comes in by ``lo``, IPv6's by no interface; its out-interface is
+        ``device`` (none without one). Taken as they come, whatever their priority: a
+        gateway any of them makes on-link is no problem of the dry run (the kernel
+        answers at the apply, which is taken back whole on a refusal)."""
+        incoming = "lo" if gateway.version == 4 else None
+        return [rule.table for rule in self.rules
+                if rule.family == gateway.version
+                and (rule.destination is None or gateway in rule.destination)
+                and rule.in_interface in (None, incoming)
+                and (rule.out_interface is None or rule.out_interface == device)]
 
     def _reachable6(self, table: int, gateway: Address, device: str | None) -> bool:
-        for looked in dict.fromkeys((table, MAIN_TABLE)):
+        for looked in dict.fromkeys((table, MAIN_TABLE, *self._ruled(gateway, device))):
             for routes in self.covering(looked, gateway):
                 here = [r for r in routes
                         if device is None or getattr(r, "device", None) == device]
@@ -1293,7 +1318,7 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
                "a reject route, or none)")
         problems.append(f"{change}: gateway {gateway} is not on-link on {where}: {why} "
                         "(the kernel looks the gateway up in the route's table, then "
-                        "through the default rules)")
+                        "through the policy rules)")
     return problems
 
 

@@ -35,23 +35,27 @@ from k3snet.backends.netlink.codec import (
     RTM_GETADDR,
     RTM_GETLINK,
     RTM_GETROUTE,
+    RTM_GETRULE,
     RTNLGRP_NEXTHOP,
     SO_RCVBUFFORCE,
     SO_SNDBUFFORCE,
     SOL_NETLINK,
     Interface,
     Link,
+    LookupRule,
     NetlinkError,
     RouteShape,
     address_dump_request,
     decode_address,
     decode_link,
     decode_route,
+    decode_rule,
     error_of,
     link_dump_request,
     messages,
     route_dump_request,
     route_message,
+    rule_dump_request,
 )
 from k3snet.backends.netlink.driver import DUMP_RETRIES
 from k3snet.backends.netns import NetnsRunner
@@ -184,6 +188,15 @@ class SocketDriver:
                 if decoded is not None:
                     found.setdefault(decoded[0], []).append(decoded[1])
         return found
+
+    def rules(self) -> list[LookupRule]:
+        """The policy rules of both families a gateway's lookup may pass to another
+        table (:func:`~.codec.decode_rule`), in priority order (optional: see
+        :class:`~.driver.RouteDriver`)."""
+        found = [rule for family in (socket.AF_INET, socket.AF_INET6)
+                 for msg in self.dump(RTM_GETRULE, rule_dump_request(family), missing_ok=True)
+                 if (rule := decode_rule(msg)) is not None]
+        return sorted(found, key=lambda rule: rule.priority)
 
     reads_expected = True
     """:meth:`routes` takes ``expected`` (see :class:`~.driver.RouteDriver`)."""
