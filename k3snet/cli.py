@@ -1048,7 +1048,7 @@ def _spec_and_backend(args: argparse.Namespace) -> tuple[Spec, BackendGroup]:
 def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> State:
     protocol = route_protocol(backend)
     return compile_for(backend, spec, _local_facts(
-        args, backend, lambda netns: gather_facts(netns, protocol=protocol)))
+        args, backend, lambda netns: gather_facts(netns, protocol=protocol, backend=backend)))
 
 
 def _local_facts(args: argparse.Namespace, backend: BackendGroup,

@@ -435,6 +435,21 @@ class NetlinkBackend(BackendBase):
                 "sysctls (net.ipv4.conf.default.forwarding: 1)")
         return tuple(found)
 
+    def route_dumps(self) -> list[list[bytes]] | None:
+        """Each family's raw route messages of every table, IPv4's then IPv6's, for
+        :func:`k3snet.gather_facts` (given this backend); ``None`` with a driver that
+        cannot (pyroute2). When the backend observes every table (no ``tables``), its
+        next observe reads them instead of dumping again, unless a route, link, address
+        or nexthop object changed in between: a cold ``k3snet apply`` dumped the routes
+        twice (docs/performance.md, "One route dump for the facts and the observe")."""
+        dumps = getattr(self._driver, "route_dumps", None)
+        if dumps is None:
+            return None
+        with translate_errors(f"read the routes of {self._where}", capability=_CAPABILITY):
+            self._routes.sync()  # what came before the dump is no reason to drop it
+            found: list[list[bytes]] = dumps(keep=self.tables is None)
+        return found
+
     def change_token(self) -> Hashable | None:
         """The route view's version after reading the pending notifications (no dump),
         and the sysctls ``observe`` reports (a few small files: the kernel announces no
