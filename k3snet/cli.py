@@ -1128,7 +1128,7 @@ class _AgentDesired:
         kept = self._facts
         if source is not None and kept is not None and kept[0] is source and kept[1] == token:
             return kept[2]
-        facts = gather_facts(netns, protocol=route_protocol(backend))
+        facts = gather_facts(netns, protocol=route_protocol(backend), backend=backend)
         self._facts = None if source is None else (source, token, facts)
         return facts
 
