@@ -1051,7 +1051,7 @@ def _spec_and_backend(args: argparse.Namespace) -> tuple[Spec, BackendGroup]:
 def _desired(args: argparse.Namespace, spec: Spec, backend: BackendGroup) -> State:
     protocol = route_protocol(backend)
     return compile_for(backend, spec, _local_facts(
-        args, backend, lambda netns: gather_facts(netns, protocol=protocol)))
+        args, backend, lambda netns: gather_facts(netns, protocol=protocol, backend=backend)))
 
 
 def _local_facts(args: argparse.Namespace, backend: BackendGroup,
@@ -1131,7 +1131,7 @@ class _AgentDesired:
         kept = self._facts
         if source is not None and kept is not None and kept[0] is source and kept[1] == token:
             return kept[2]
-        facts = gather_facts(netns, protocol=route_protocol(backend))
+        facts = gather_facts(netns, protocol=route_protocol(backend), backend=backend)
         self._facts = None if source is None else (source, token, facts)
         return facts
 

@@ -135,7 +135,7 @@ class FactsWatch:
 
 
 def gather_facts(netns: str | None = None, *, hostname: str | None = None,
-                 protocol: int = K3SNET_ROUTE_PROTOCOL) -> NodeFacts:
+                 protocol: int = K3SNET_ROUTE_PROTOCOL, backend: object = None) -> NodeFacts:
     """Interfaces with their global addresses, and the prefixes the node routes (read live).
 
     The same facts as :func:`facts_from_ip_json` of ``ip -j addr show`` and ``ip -j
@@ -146,21 +146,22 @@ def gather_facts(netns: str | None = None, *, hostname: str | None = None,
     ``protocol``: the route protocol k3snet's routes are marked with, when the netlink
     backend was given another than 211 (:func:`k3snet.converge.route_protocol`); its
     routes are left out as 211's are (see :func:`facts_from_ip_json`).
-    """
-    from k3snet.backends.netlink.socket_driver import open_socket_driver  # noqa: PLC0415
 
-    runner = NetnsRunner(netns)  # a missing namespace fails here, before any process
-    try:
-        driver = open_socket_driver(runner, _count_nothing)
-    except OSError as exc:
-        raise BackendError(f"read the routes of {_where(netns)}: {exc}") from exc
-    finally:
-        runner.close()
+    ``backend``: the backend (or group) about to observe that namespace; a member
+    with ``route_dumps`` acting there (the netlink backend) reads the routes, and
+    its next observe takes that dump instead of making its own while nothing changed.
+    """
+    read = _route_reader(backend, netns)
+    driver = None
+    if read is None:
+        driver = _open_driver(netns)  # a missing namespace fails here, before any process
+        read = driver.route_dumps
     try:
         [addresses], prefixes = _ip_json_all(
-            [["addr", "show"]], netns, lambda: _routed_prefixes(driver, netns, protocol))
+            [["addr", "show"]], netns, lambda: _prefixes_of(read, netns, protocol))
     finally:
-        driver.close()
+        if driver is not None:
+            driver.close()
     facts = facts_from_ip_json(addresses, [], hostname=hostname or netns)
     return attrs.evolve(facts, routes=prefixes)
 
@@ -173,22 +174,52 @@ def _where(netns: str | None) -> str:
     return "this namespace" if netns is None else f"namespace {netns!r}"
 
 
-def _routed_prefixes(driver: SocketDriver, netns: str | None, protocol: int) -> list[Network]:
+def _route_reader(backend: object, netns: str | None
+                  ) -> Callable[[], list[list[bytes]] | None] | None:
+    """The ``route_dumps`` of ``backend`` (or of a member of its group) acting in ``netns``."""
+    if backend is None:
+        return None
+    members = getattr(backend, "members", None)
+    candidates = [m.backend for m in members] if members is not None else [backend]
+    for candidate in candidates:
+        read = getattr(candidate, "route_dumps", None)
+        if callable(read) and getattr(candidate, "netns", False) == netns:
+            return read  # type: ignore[no-any-return]
+    return None
+
+
+def _prefixes_of(read: Callable[..., list[list[bytes]] | None], netns: str | None,
+                 protocol: int) -> list[Network]:
     """The prefixes ``ip -j route show table all`` lists as :func:`facts_from_ip_json`
-    keeps them, IPv4 then IPv6, from the driver's netlink dump of every table."""
-    from k3snet.backends.netlink.codec import (  # noqa: PLC0415
-        RTM_GETROUTE,
-        NetlinkError,
-        route_dump_request,
-    )
+    keeps them, IPv4 then IPv6, from ``read()``: each family's netlink dump of every
+    table (a socket driver's, or a netlink backend's ``route_dumps``)."""
+    from k3snet.backends.netlink.codec import NetlinkError  # noqa: PLC0415
 
     try:
-        dumps = [driver.dump(RTM_GETROUTE, route_dump_request(family, None))
-                 for family in (socket.AF_INET, socket.AF_INET6)]
+        dumps = read()
     except (OSError, NetlinkError) as exc:
         raise BackendError(f"read the routes of {_where(netns)}: {exc}") from exc
+    if dumps is None:  # a backend whose driver cannot: a dump of the facts' own
+        driver = _open_driver(netns)
+        try:
+            return _prefixes_of(driver.route_dumps, netns, protocol)
+        finally:
+            driver.close()
     return _prefixes((msg for dump in dumps for msg in dump),
                      frozenset({K3SNET_ROUTE_PROTOCOL, protocol}))
+
+
+def _open_driver(netns: str | None) -> SocketDriver:
+    """A socket driver of the facts' own in ``netns`` (the caller closes it)."""
+    from k3snet.backends.netlink.socket_driver import open_socket_driver  # noqa: PLC0415
+
+    runner = NetnsRunner(netns)
+    try:
+        return open_socket_driver(runner, _count_nothing)
+    except OSError as exc:
+        raise BackendError(f"read the routes of {_where(netns)}: {exc}") from exc
+    finally:
+        runner.close()
 
 
 _last_prefixes: dict[bytes, Network | None] = {}

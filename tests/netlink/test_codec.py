@@ -272,3 +272,23 @@ def test_attribute_parsing_stops_at_garbage() -> None:
     broken = good + codec.RTATTR.pack(200, codec.RTA_OIF) + b"\0" * 4  # claims 200 bytes
     assert codec.attrs_of(broken, 0) == codec.attrs_of(good, 0)
     assert len(codec.attr(1, b"abc")) == 8  # padded to 4 bytes
+
+
+def _rule(family: int = socket.AF_INET, *, src_len: int = 0, action: int = codec.FR_ACT_TO_TBL,
+          flags: int = 0, extra: bytes = b"") -> bytes:
+    body = codec.FIB_RULE_HDR.pack(family, 24, src_len, 0, 200, 0, 0, action, flags)
+    body += codec.attr(codec.FRA_DST, socket.inet_aton("10.9.0.0")) if family == 2 else b""
+    body += codec.attr_u32(codec.FRA_PRIORITY, 100) + codec.attr_u32(codec.FRA_TABLE, 1000)
+    return codec.message(32, 0, 0, body + extra)
+
+
+def test_decode_rule_reads_a_table_rule_a_gateways_lookup_can_match_and_no_other() -> None:
+    rule = codec.decode_rule(_rule(extra=codec.attr(codec.FRA_IIFNAME, b"lo\0")))
+    assert rule == codec.LookupRule(4, 100, 1000, Route("10.9.0.0/24", device="lo").destination,
+                                    "lo", None)
+    assert codec.decode_rule(_rule(extra=codec.attr_u32(codec.FRA_FWMARK, 0))) is not None
+    assert codec.decode_rule(_rule(extra=codec.attr_u32(codec.FRA_FWMARK, 7))) is None
+    assert codec.decode_rule(_rule(src_len=16)) is None
+    assert codec.decode_rule(_rule(flags=codec.FIB_RULE_INVERT)) is None
+    assert codec.decode_rule(_rule(action=6)) is None  # blackhole
+    assert codec.decode_rule(_rule(socket.AF_BRIDGE)) is None

@@ -85,7 +85,7 @@ from k3snet.backends.kit import (
     option_flag,
     translate_errors,
 )
-from k3snet.backends.netlink.codec import Link, NetlinkError
+from k3snet.backends.netlink.codec import Link, LookupRule, NetlinkError
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netlink.sysctls import (
@@ -145,6 +145,7 @@ _BATCH_MESSAGES = 1024
 _MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never ours
 _RA_PROTOCOL = 9  # RTPROT_RA: routes the kernel learned from router advertisements
 _DEFAULT_TABLE = 253  # RT_TABLE_DEFAULT: the IPv4 default rule's, after main
+_DEFAULT_RULE_TABLES = frozenset({255, MAIN_TABLE, _DEFAULT_TABLE})  # local, main, default
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
 _CAPABILITY = "CAP_NET_ADMIN"
 
@@ -292,6 +293,8 @@ class NetlinkBackend(BackendBase):
         self._watch = frozenset((*_sysctl_names(WATCHED_SYSCTLS), *_sysctl_names(watch_sysctls)))
         self._operations = 0
         self._observed: tuple[tuple[int, int], State] | None = None
+        # expect()'s sysctls (name -> value): what the warnings judge forwarding by.
+        self._wanted_sysctls: dict[str, str] | None = None
         self.driver: str = driver if isinstance(driver, str) else getattr(
             driver, "__name__", type(driver).__name__)
         self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
@@ -366,9 +369,86 @@ class NetlinkBackend(BackendBase):
 
         Changes no result: the next dump (with the socket driver) takes a route whose
         message has exactly one of their fields as that very object instead of building
-        it (docs/performance.md, "Expected objects: routes").
+        it (docs/performance.md, "Expected objects: routes"). Its sysctls are those
+        :attr:`warnings` judges the forwarding switches by.
         """
         self._routes.expect(o for o in state.owned if type(o) is Route)
+        self._wanted_sysctls = {o.name: o.value for o in state.owned if type(o) is Sysctl}
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the namespace holds that defeats the sysctls k3snet wants
+        (``!! warning:`` under ``k3snet plan`` and ``apply``), read from the kernel now.
+
+        IPv4 forwarding is decided by the switch of the interface a packet *arrives on*
+        (``net.ipv4.conf.<if>.forwarding``, ``ip_route_input_slow``), not by
+        ``net.ipv4.ip_forward``: that one only sets every interface's switch when its
+        value changes. An interface at 0 beside ``ip_forward = 1`` (systemd-networkd
+        without ``IPForward=``, an administrator's sysctl) drops the pods' packets
+        arriving there (or their replies arriving from the uplink), and ``default``'s
+        0 gives every interface created later (a pod's veth, a CNI bridge made again)
+        a 0: named here when the wanted sysctls (:meth:`expect`'s, else those owned)
+        turn IPv4 forwarding on, the kernel's is on already (a write of it spreads) and
+        the spec names no such switch itself. IPv6 forwards by
+        ``net.ipv6.conf.all.forwarding`` alone: its interfaces' switches are not named.
+        """
+        wanted = self._wanted_sysctls
+        if wanted is None:
+            observed = self._observed
+            if observed is None:
+                return ()
+            wanted = {o.name: o.value for o in observed[1].owned if type(o) is Sysctl}
+        on = wanted.get("net.ipv4.ip_forward", wanted.get("net.ipv4.conf.all.forwarding"))
+        if on in (None, "0"):
+            return ()
+        root = self.proc_sys
+        with translate_errors(f"read the forwarding switches of {self._where}",
+                              capability=_CAPABILITY):
+            now, switches = self._runner.call(lambda: (
+                read_sysctls(root, ["net.ipv4.ip_forward"])["net.ipv4.ip_forward"],
+                spread_values(root, "net.ipv4.ip_forward")))
+        self._count()
+        if normal("net.ipv4.ip_forward", now) in (None, "0"):
+            return ()  # the plan writes it: the kernel sets every switch, default's too
+        off = [switch for switch, value in switches.items() if value == "0"
+               and switch.endswith(".forwarding") and switch not in wanted
+               and switch != "net.ipv4.conf.lo.forwarding"]
+        found: list[str] = []
+        interfaces = [name for switch in off if (name := interface_of(switch)) is not None]
+        if interfaces:
+            shown = ", ".join(interfaces[:8]) + (
+                f" and {len(interfaces) - 8} more" if len(interfaces) > 8 else "")
+            first = next(s for s in off if interface_of(s) is not None)
+            found.append(
+                f"netlink: IPv4 forwarding is off on {shown} in {self._where} "
+                f"({first} = 0 ...) although net.ipv4.ip_forward is 1: the kernel forwards "
+                "no IPv4 packet arriving on such an interface (the switch of the interface "
+                "a packet arrives on decides), so pods' traffic arriving there, or its "
+                "replies arriving there from a destination, is dropped; name the switch in "
+                f"the spec's sysctls ({first}: 1) for k3snet to turn it on and keep it on")
+        if "net.ipv4.conf.default.forwarding" in off:
+            found.append(
+                f"netlink: net.ipv4.conf.default.forwarding is 0 in {self._where} although "
+                "net.ipv4.ip_forward is 1: every interface created from now on (a pod's "
+                "veth, a CNI bridge made again) starts with IPv4 forwarding off, and the "
+                "kernel forwards no IPv4 packet arriving on it; name it in the spec's "
+                "sysctls (net.ipv4.conf.default.forwarding: 1)")
+        return tuple(found)
+
+    def route_dumps(self) -> list[list[bytes]] | None:
+        """Each family's raw route messages of every table, IPv4's then IPv6's, for
+        :func:`k3snet.gather_facts` (given this backend); ``None`` with a driver that
+        cannot (pyroute2). When the backend observes every table (no ``tables``), its
+        next observe reads them instead of dumping again, unless a route, link, address
+        or nexthop object changed in between: a cold ``k3snet apply`` dumped the routes
+        twice (docs/performance.md, "One route dump for the facts and the observe")."""
+        dumps = getattr(self._driver, "route_dumps", None)
+        if dumps is None:
+            return None
+        with translate_errors(f"read the routes of {self._where}", capability=_CAPABILITY):
+            self._routes.sync()  # what came before the dump is no reason to drop it
+            found: list[list[bytes]] = dumps(keep=self.tables is None)
+        return found
 
     def change_token(self) -> Hashable | None:
         """The route view's version after reading the pending notifications (no dump),
@@ -455,7 +535,8 @@ class NetlinkBackend(BackendBase):
         replace shares its slot with no foreign route; an add's slot (table,
         destination, metric) is free of foreign routes too; the device exists and
         is up; the gateway is on-link where the kernel looks it up (a device route of
-        the route's own table, else of ``main`` or IPv4's ``default``, the plan's
+        the route's own table, else of ``main``, IPv4's ``default`` or a table an
+        administrator's policy rule may send the lookup to, the plan's
         earlier changes counted; or link-local with a device: see
         :meth:`_GatewayTables.reachable`), for IPv6 not a local address, for IPv4 not
         the broadcast address of a local prefix. Sysctls: the parameter exists.
@@ -602,12 +683,18 @@ class NetlinkBackend(BackendBase):
                 local.setdefault(iface.ip, set()).update(() if name is None else (name,))
                 if iface.version == 4 and iface.network.prefixlen < 31:
                     broadcasts.add(iface.network.broadcast_address)
-        lookup = _GatewayTables(frozenset({r.table for r in gateways}
-                                          | {MAIN_TABLE, _DEFAULT_TABLE}),
-                                local, frozenset(broadcasts))
+        # The administrator's rules sending lookups to other tables (optional of a driver:
+        # without it, the default rules alone).
+        read_rules: Callable[[], Sequence[LookupRule]] | None = getattr(
+            self._driver, "rules", None)
+        rules = [rule for rule in (read_rules() if read_rules is not None else ())
+                 if rule.table not in _DEFAULT_RULE_TABLES]
+        tables = frozenset({r.table for r in gateways} | {rule.table for rule in rules}
+                           | {MAIN_TABLE, _DEFAULT_TABLE})
+        lookup = _GatewayTables(tables, local, frozenset(broadcasts), rules)
         for route in (*view.owned.values(), *view.foreign):
             lookup.add(route)
-        unseen = frozenset(t for t in (MAIN_TABLE, _DEFAULT_TABLE)
+        unseen = frozenset(t for t in tables - {r.table for r in gateways}
                            if not self._routes.in_scope(t))
         if unseen:
             names = {index: link.name for index, link in by_index.items()}
@@ -1088,8 +1175,10 @@ class _GatewayTables:
     (:meth:`reachable`) kept until a route holding that gateway comes or goes."""
 
     def __init__(self, tables: frozenset[int], local: Mapping[Address, set[str]] | None = None,
-                 broadcasts: frozenset[Address] = frozenset()) -> None:
+                 broadcasts: frozenset[Address] = frozenset(),
+                 rules: Sequence[LookupRule] = ()) -> None:
         self.tables = tables
+        self.rules = rules  # the administrator's, to other tables than local, main, default
         self.local: Mapping[Address, set[str]] = local or {}  # the devices by local address
         self.broadcasts = broadcasts  # IPv4: of the local addresses' prefixes
         # (table, family) -> prefix length -> the destination's address as an integer.
@@ -1146,16 +1235,17 @@ class _GatewayTables:
 
     def reachable(self, route: Route) -> bool:
         """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
-        ``ip6_route_check_nh``, with the default policy rules).
+        ``ip6_route_check_nh``, through the policy rules).
 
         It looks the gateway up in the route's own table, then, when that finds nothing
-        fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, never another
-        table. With a device, only routes through it are looked at. IPv4 skips routes of
-        scope ``universe`` (those via a gateway) and takes a device route of scope
-        ``link`` or ``host``, or a local address, never the broadcast address of a
-        local prefix (the ``local`` table's broadcast route answers first); IPv6 takes
-        the best match (longest prefix, then lowest metric) when it is a device route,
-        without a gateway.
+        fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, and the tables
+        of the administrator's rules that lookup may match (:meth:`_ruled`; with the
+        socket driver, which reads them). With a device, only routes through it are
+        looked at. IPv4 skips routes of scope ``universe`` (those via a gateway) and
+        takes a device route of scope ``link`` or ``host``, or a local address, never the
+        broadcast address of a local prefix (the ``local`` table's broadcast route
+        answers first); IPv6 takes the best match (longest prefix, then lowest metric)
+        when it is a device route, without a gateway.
         """
         gateway, device = route.gateway, route.device
         assert gateway is not None
@@ -1179,16 +1269,30 @@ class _GatewayTables:
 
         if table != MAIN_TABLE and direct(table):
             return True
-        # The rules: local, main, default.
+        # The rules: local, main, default, and the administrator's.
         if gateway in self.broadcasts:
             return False
         local = self.local.get(gateway)
         if local is not None and (device is None or device in local):
             return True
-        return direct(MAIN_TABLE) or direct(_DEFAULT_TABLE)
+        return direct(MAIN_TABLE) or direct(_DEFAULT_TABLE) or any(
+            direct(looked) for looked in self._ruled(gateway, device))
+
+    def _ruled(self, gateway: Address, device: str | None) -> list[int]:
+        """The tables the administrator's rules may send the lookup of ``gateway`` to:
+        IPv4's comes in by ``lo``, IPv6's by no interface; its out-interface is
+        ``device`` (none without one). Taken as they come, whatever their priority: a
+        gateway any of them makes on-link is no problem of the dry run (the kernel
+        answers at the apply, which is taken back whole on a refusal)."""
+        incoming = "lo" if gateway.version == 4 else None
+        return [rule.table for rule in self.rules
+                if rule.family == gateway.version
+                and (rule.destination is None or gateway in rule.destination)
+                and rule.in_interface in (None, incoming)
+                and (rule.out_interface is None or rule.out_interface == device)]
 
     def _reachable6(self, table: int, gateway: Address, device: str | None) -> bool:
-        for looked in dict.fromkeys((table, MAIN_TABLE)):
+        for looked in dict.fromkeys((table, MAIN_TABLE, *self._ruled(gateway, device))):
             for routes in self.covering(looked, gateway):
                 here = [r for r in routes
                         if device is None or getattr(r, "device", None) == device]
@@ -1229,7 +1333,7 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
                "a reject route, or none)")
         problems.append(f"{change}: gateway {gateway} is not on-link on {where}: {why} "
                         "(the kernel looks the gateway up in the route's table, then "
-                        "through the default rules)")
+                        "through the policy rules)")
     return problems
 
 

@@ -6,7 +6,7 @@ Both drivers (:mod:`.socket_driver`, :mod:`.pyroute2_driver`) build on it, and
 :func:`route_of` is the one place that says which kernel routes k3snet models.
 
 Constants come from ``linux/netlink.h``, ``linux/rtnetlink.h``, ``linux/if_link.h``
-and ``linux/if_addr.h``.
+``linux/if_addr.h`` and ``linux/fib_rules.h``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ __all__ = [
     "NLMSG",
     "Interface",
     "Link",
+    "LookupRule",
     "NetlinkError",
     "RouteShape",
     "address_dump_request",
@@ -39,6 +40,7 @@ __all__ = [
     "decode_address",
     "decode_link",
     "decode_route",
+    "decode_rule",
     "error_of",
     "expected_routes",
     "header_of",
@@ -50,6 +52,7 @@ __all__ = [
     "route_of",
     "route_prefix",
     "route_request",
+    "rule_dump_request",
 ]
 
 NETLINK_ROUTE = 0
@@ -102,6 +105,17 @@ IFLA_IFNAME = 3
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 NLA_TYPE_MASK = 0x3FFF
+RTM_GETRULE = 34
+FRA_DST = 1
+FRA_SRC = 2
+FRA_IIFNAME = 3
+FRA_PRIORITY = 6
+FRA_FWMARK = 10
+FRA_TABLE = 15
+FRA_OIFNAME = 17
+FRA_L3MDEV = 19
+FR_ACT_TO_TBL = 1
+FIB_RULE_INVERT = 0x2
 
 RTN_UNICAST = 1
 RTM_F_CLONED = 0x200
@@ -129,6 +143,8 @@ IFINFO: Final = struct.Struct("=BxHiII")
 """ifinfomsg: family, type, index, flags, change."""
 IFADDR: Final = struct.Struct("=BBBBI")
 """ifaddrmsg: family, prefixlen, flags, scope, index."""
+FIB_RULE_HDR: Final = struct.Struct("=BBBBBBBBI")
+"""fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags."""
 RTATTR: Final = struct.Struct("=HH")
 U32: Final = struct.Struct("=I")
 I32: Final = struct.Struct("=i")
@@ -453,3 +469,55 @@ def decode_address(msg: bytes) -> tuple[int, Interface] | None:
     if family == socket.AF_INET6:
         return index, ipaddress.IPv6Interface((raw, prefixlen))
     return None
+
+
+@attrs.frozen
+class LookupRule:
+    """A policy rule a gateway's lookup may pass through to another table
+    (:func:`decode_rule`): its family (4 or 6), priority, table, destination prefix
+    (``None``: any) and the interface names it requires (``None``: any)."""
+
+    family: int
+    priority: int
+    table: int
+    destination: Network | None
+    in_interface: str | None
+    out_interface: str | None
+
+
+def rule_dump_request(family: int) -> bytes:
+    """The body of an ``RTM_GETRULE`` dump of one family's policy rules."""
+    return FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _name(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def decode_rule(msg: bytes) -> LookupRule | None:
+    """The rule of a raw ``RTM_NEWRULE`` message when it sends lookups to a table and the
+    kernel's own lookup of a route's gateway (``fib_check_nh_v4_gw``,
+    ``ip6_route_check_nh``: no source address, mark nor TOS) can match it; else
+    ``None`` (another action, inverted, a source prefix, a mark, a TOS, an L3 master
+    device). Selectors that lookup never sets otherwise (a user id range, ports, an
+    IP protocol) are not read: the rule counts as matching."""
+    if len(msg) < HDR + FIB_RULE_HDR.size:
+        return None
+    family, dst_len, src_len, tos, table, _, _, action, flags = FIB_RULE_HDR.unpack_from(
+        msg, HDR)
+    found = attrs_of(msg, HDR + FIB_RULE_HDR.size)
+    if (action != FR_ACT_TO_TBL or flags & FIB_RULE_INVERT or src_len or tos
+            or FRA_SRC in found or FRA_L3MDEV in found
+            or (FRA_FWMARK in found and U32.unpack(found[FRA_FWMARK][:4])[0])
+            or family not in (socket.AF_INET, socket.AF_INET6)):
+        return None
+    if FRA_TABLE in found:
+        table = U32.unpack(found[FRA_TABLE][:4])[0]
+    destination: Network | None = None
+    raw = found.get(FRA_DST)
+    if dst_len and raw is not None:
+        destination = (ipaddress.IPv4Network((raw, dst_len)) if family == socket.AF_INET
+                       else ipaddress.IPv6Network((raw, dst_len)))
+    priority = U32.unpack(found[FRA_PRIORITY][:4])[0] if FRA_PRIORITY in found else 0
+    return LookupRule(4 if family == socket.AF_INET else 6, priority, table, destination,
+                      _name(found.get(FRA_IIFNAME)), _name(found.get(FRA_OIFNAME)))

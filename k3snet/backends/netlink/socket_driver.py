@@ -35,23 +35,27 @@ from k3snet.backends.netlink.codec import (
     RTM_GETADDR,
     RTM_GETLINK,
     RTM_GETROUTE,
+    RTM_GETRULE,
     RTNLGRP_NEXTHOP,
     SO_RCVBUFFORCE,
     SO_SNDBUFFORCE,
     SOL_NETLINK,
     Interface,
     Link,
+    LookupRule,
     NetlinkError,
     RouteShape,
     address_dump_request,
     decode_address,
     decode_link,
     decode_route,
+    decode_rule,
     error_of,
     link_dump_request,
     messages,
     route_dump_request,
     route_message,
+    rule_dump_request,
 )
 from k3snet.backends.netlink.driver import DUMP_RETRIES
 from k3snet.backends.netns import NetnsRunner
@@ -160,6 +164,9 @@ class SocketDriver:
         # not built again after each change of one.
         self._decoded: dict[frozenset[int] | None,
                             tuple[dict[int, str], dict[bytes, Route | RouteBlock | None]]] = {}
+        # route_dumps(keep=True): each family's dump of every table, for the next
+        # routes() of every table, until any notification (or a loss) may make it stale.
+        self._kept_dumps: dict[int, list[bytes]] = {}
 
     def close(self) -> None:
         """Close both sockets (idempotent)."""
@@ -185,6 +192,27 @@ class SocketDriver:
                     found.setdefault(decoded[0], []).append(decoded[1])
         return found
 
+    def route_dumps(self, *, keep: bool = False) -> list[list[bytes]]:
+        """Each family's raw route messages of every table, IPv4's then IPv6's (one
+        ``RTM_GETROUTE`` dump each). ``keep``: the next :meth:`routes` of every table
+        takes them instead of dumping again, unless a notification came in between
+        (:meth:`notifications` drops them: the node facts and the observe of one
+        ``k3snet apply`` share one dump)."""
+        families = (socket.AF_INET, socket.AF_INET6)
+        found = [self.dump(RTM_GETROUTE, route_dump_request(family, None))
+                 for family in families]
+        self._kept_dumps = dict(zip(families, found, strict=True)) if keep else {}
+        return found
+
+    def rules(self) -> list[LookupRule]:
+        """The policy rules of both families a gateway's lookup may pass to another
+        table (:func:`~.codec.decode_rule`), in priority order (optional: see
+        :class:`~.driver.RouteDriver`)."""
+        found = [rule for family in (socket.AF_INET, socket.AF_INET6)
+                 for msg in self.dump(RTM_GETRULE, rule_dump_request(family), missing_ok=True)
+                 if (rule := decode_rule(msg)) is not None]
+        return sorted(found, key=lambda rule: rule.priority)
+
     reads_expected = True
     """:meth:`routes` takes ``expected`` (see :class:`~.driver.RouteDriver`)."""
 
@@ -205,10 +233,16 @@ class SocketDriver:
             {route: route for route in expected.values()} if expected else {})
         # With strict checking the kernel filters by table itself: one dump per table.
         chosen: Iterable[int | None] = sorted(tables) if tables else (None,)
+        kept, self._kept_dumps = self._kept_dumps, {}
+        if kept and self._pending():
+            kept = {}  # a notification not read yet: the kept dump may be stale
         for family in (socket.AF_INET, socket.AF_INET6):
             for table in chosen:
                 request = route_dump_request(family, table)
-                for msg in self.dump(RTM_GETROUTE, request, missing_ok=True):
+                dumped = kept.get(family) if table is None else None
+                if dumped is None:
+                    dumped = self.dump(RTM_GETROUTE, request, missing_ok=True)
+                for msg in dumped:
                     body = msg[HDR:]
                     if body in previous:
                         route = previous[body]
@@ -323,6 +357,16 @@ class SocketDriver:
                 if mseq == last:
                     return failures
 
+    def _pending(self) -> bool:
+        """Whether a notification (or the news of lost ones) waits on the monitor socket."""
+        try:
+            self.monitor.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # ENOBUFS: some were lost
+        return True
+
     def notifications(self) -> tuple[list[bytes], bool]:
         """Pending notifications, and whether some were lost (the socket overran)."""
         found: list[bytes] = []
@@ -332,6 +376,8 @@ class SocketDriver:
             try:
                 size = self.monitor.recv_into(buf, 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
+                if found or lost:
+                    self._kept_dumps = {}  # something changed: a kept dump may be stale
                 return found, lost
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:

@@ -1,0 +1,118 @@
+"""IPv4 forwards by the switch of the interface a packet arrives on
+(``net.ipv4.conf.<if>.forwarding``), which ``net.ipv4.ip_forward`` sets only when its
+own value changes: an interface at 0 beside ``ip_forward = 1`` drops the pods' packets
+while the plan says the forwarding sysctl is met. The netlink backend names such
+switches in its warnings. The kernel's own view is read with ``sysctl`` in the
+namespace, and the seed lab shows the drop with a real connection.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.demo import SPEC_PATH
+from k3snet.lab import SeedLab
+from k3snet.lab.netns import run_in
+from k3snet.model import State, Sysctl
+from k3snet.planner import plan
+from tests.netlink.links import d0_namespace
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+
+_FORWARD = Sysctl("net.ipv4.ip_forward", 1)
+
+
+def _sysctl(ns: str, *assignments: str) -> None:
+    run_in(ns, ["sysctl", "-qw", *assignments])
+
+
+def _value(ns: str, name: str) -> str:
+    return run_in(ns, ["sysctl", "-n", name]).stdout.strip()
+
+
+def test_an_interfaces_ipv4_forwarding_off_beside_ip_forward_on_is_a_warning(
+        tmp_path: Path) -> None:
+    with d0_namespace("fwdsw") as ns, NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        _sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv4.conf.d0.forwarding=0")
+        backend.expect(State(owned=[_FORWARD]))
+        observed = backend.observe()
+        assert plan(observed, State(owned=[_FORWARD])).empty  # met: nothing to write
+        [warning] = backend.warnings
+        assert "IPv4 forwarding is off on d0 " in warning
+        assert "net.ipv4.conf.d0.forwarding: 1" in warning
+        assert "d0p" not in warning
+        assert " lo" not in warning
+
+        _sysctl(ns, "net.ipv4.conf.default.forwarding=0")
+        assert any("net.ipv4.conf.default.forwarding is 0" in w for w in backend.warnings)
+
+        # A switch the spec names is the spec's to set: no warning of it.
+        backend.expect(State(owned=[_FORWARD, Sysctl("net.ipv4.conf.d0.forwarding", 1),
+                                    Sysctl("net.ipv4.conf.default.forwarding", 0)]))
+        assert backend.warnings == ()
+        # Nothing wanted of forwarding: nothing said.
+        backend.expect(State())
+        assert backend.warnings == ()
+
+
+def test_no_forwarding_warning_while_ip_forward_is_off_since_its_write_sets_every_switch(
+        tmp_path: Path) -> None:
+    with d0_namespace("fwdsp") as ns, NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        _sysctl(ns, "net.ipv4.ip_forward=0")
+        assert _value(ns, "net.ipv4.conf.d0.forwarding") == "0"
+        backend.expect(State(owned=[_FORWARD]))
+        p = plan(backend.observe(), State(owned=[_FORWARD]))
+        assert backend.warnings == ()
+        backend.apply(p)
+        assert _value(ns, "net.ipv4.conf.d0.forwarding") == "1"
+        assert _value(ns, "net.ipv4.conf.default.forwarding") == "1"
+        assert backend.warnings == ()
+        # Without a hint, the owned sysctls say what is wanted.
+        _sysctl(ns, "net.ipv4.conf.d0.forwarding=0")
+        with NetlinkBackend(ns, state_dir=tmp_path) as again:
+            again.observe()
+            assert any("IPv4 forwarding is off on d0 " in w for w in again.warnings)
+        backend.apply(plan(backend.observe(), State()))
+
+
+def _k3snet(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "K3SNET_STATE_DIR": str(state_dir)}
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env,
+                          capture_output=True, text=True, check=False, timeout=120)
+
+
+@pytest.mark.lab
+def test_the_pod_bridges_forwarding_off_drops_the_pods_connection_and_is_named(
+        tmp_path: Path) -> None:
+    with SeedLab.create() as lab:
+        backends = ["--backend", "netlink", "--backend", "nftables", "--netns", lab.node]
+        applied = _k3snet("apply", "-f", str(SPEC_PATH), *backends, state_dir=lab.state_dir)
+        assert applied.returncode == 0, applied.stderr
+        assert lab.tcp_probe(4).ok
+        _sysctl(lab.node, "net.ipv4.conf.cni0.forwarding=0")
+        assert _value(lab.node, "net.ipv4.ip_forward") == "1"
+        assert not lab.tcp_probe(4, timeout=1.0).ok  # the kernel's answer, not ours
+
+        shown = _k3snet("plan", "-f", str(SPEC_PATH), *backends, state_dir=lab.state_dir)
+        assert shown.returncode == 0, shown.stdout + shown.stderr  # no change to make ...
+        assert "!! warning: netlink: IPv4 forwarding is off on cni0 " in shown.stdout
+
+        # ... until the spec names the switch: k3snet turns it on, the pod connects.
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SPEC_PATH.read_text()
+                        + "sysctls:\n  net.ipv4.conf.cni0.forwarding: 1\n")
+        fixed = _k3snet("apply", "-f", str(spec), *backends, state_dir=lab.state_dir)
+        assert fixed.returncode == 0, fixed.stderr
+        assert "warning" not in fixed.stdout
+        assert _value(lab.node, "net.ipv4.conf.cni0.forwarding") == "1"
+        assert lab.tcp_probe(4).ok
+        gone = _k3snet("destroy", "-f", str(spec), *backends, "--auto-approve",
+                      state_dir=lab.state_dir)
+        assert gone.returncode == 0, gone.stderr
+        assert _value(lab.node, "net.ipv4.conf.cni0.forwarding") == "0"

@@ -1,0 +1,68 @@
+"""``check`` judges a gateway where the kernel looks it up, the administrator's policy
+rules included: a gateway on-link only in a table an ``ip rule`` sends the lookup to
+(``ip rule add to 10.9.0.0/24 lookup 200``) is taken by the kernel
+(``fib_check_nh_v4_gw`` and ``ip6_route_check_nh`` look through the rules), and
+``check`` refused it, so ``k3snet apply --dry-run`` failed a plan the apply makes. A
+rule the lookup cannot match (a source prefix: the lookup has no source address)
+still leaves the gateway refused, by both. The kernel's view is ``ip -j route``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.errors import ApplyError
+from k3snet.model import Route, State
+from k3snet.planner import plan
+from tests.netlink.links import d0_namespace, ip
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+
+
+def _listed(ns: str) -> set[tuple[str, str | None, str]]:
+    return {(r["dst"], r.get("gateway"), str(r.get("table", "main")))
+            for family in ("-4", "-6")
+            for r in json.loads(ip(ns, "-j", family, "route", "show", "table", "all"))
+            if r.get("protocol") == "211"}
+
+
+def test_a_gateway_on_link_through_an_administrators_rule_passes_check_as_the_kernel_takes_it(
+        tmp_path: Path) -> None:
+    with d0_namespace("gwrule") as ns, NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        ip(ns, "route", "add", "10.9.0.0/24", "dev", "d0", "table", "200")
+        ip(ns, "rule", "add", "to", "10.9.0.0/24", "lookup", "200", "pref", "100")
+        ip(ns, "-6", "route", "add", "fd09::/64", "dev", "d0", "table", "201")
+        ip(ns, "-6", "rule", "add", "to", "fd09::/64", "lookup", "201", "pref", "100")
+        wanted = State(owned=[
+            Route("192.168.7.0/24", gateway="10.9.0.1"),
+            Route("192.168.8.0/24", gateway="10.9.0.1", device="d0", table=100),
+            Route("fd07::/64", gateway="fd09::1", device="d0"),
+        ])
+        p = plan(backend.observe(), wanted)
+        assert backend.check(p) == ()
+        backend.apply(p)
+        assert _listed(ns) == {("192.168.7.0/24", "10.9.0.1", "main"),
+                               ("192.168.8.0/24", "10.9.0.1", "100"),
+                               ("fd07::/64", "fd09::1", "main")}
+        backend.apply(plan(backend.observe(), State()))
+        assert _listed(ns) == set()
+
+
+def test_a_rule_the_gateways_lookup_cannot_match_leaves_it_refused_by_check_and_kernel(
+        tmp_path: Path) -> None:
+    with d0_namespace("gwrulx") as ns, NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        ip(ns, "route", "add", "10.9.0.0/24", "dev", "d0", "table", "200")
+        ip(ns, "rule", "add", "from", "10.1.0.0/16", "to", "10.9.0.0/24", "lookup", "200")
+        ip(ns, "rule", "add", "fwmark", "7", "lookup", "200")
+        ip(ns, "rule", "add", "oif", "d0p", "lookup", "200")
+        p = plan(backend.observe(), State(owned=[Route("192.168.7.0/24", gateway="10.9.0.1",
+                                                       device="d0")]))
+        [problem] = backend.check(p)
+        assert "gateway 10.9.0.1 is not on-link" in problem
+        with pytest.raises(ApplyError):
+            backend.apply(p)
+        assert _listed(ns) == set()
