@@ -13,7 +13,7 @@ import pytest
 
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.lab.netns import run_in
-from k3snet.model import MasqueradeRule, NatBlock, NetObject, State
+from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NatBlock, NetObject, State
 from k3snet.planner import plan
 from tests.nftables.test_foreign_cases import ACCEPT, DROP, Expr, Kernel, daddr, jump, meta, saddr
 
@@ -89,6 +89,77 @@ def test_a_notrack_testing_a_mark_is_none_as_in_the_iptables_backend() -> None:
     assert untracked(raw([meta("mark", 1), NOTRACK])) == set()
 
 
+def _untracked_under(policy: str, forward: list[list[Expr]], *notracks: list[Expr]) -> _Raw:
+    """Raw's notracks beside another table's forward chain (``inet fw pass``)."""
+    kernel = raw(*notracks)
+    kernel.chains[("inet", "fw", "pass")] = ("forward", policy, forward)
+    return kernel
+
+
+def untrack_blocks(kernel: Kernel) -> set[str]:
+    return {o.describe() for o in ForeignReader(kernel, frozenset()).read()
+            if isinstance(o, ForwardBlock) and o.verdict == "untrack"}
+
+
+REPLIES: Expr = {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                           "right": ["established", "related"]}}
+PODS_OUT = [saddr(POD), daddr(DB), ACCEPT]
+WANTED_FORWARD = ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0")
+
+
+@pytest.mark.parametrize("untracked", [saddr(POD), daddr(POD)], ids=["pods", "replies"])
+def test_a_notrack_under_a_forward_policy_drop_accepting_replies_by_conntrack_is_a_conflict(
+        untracked: Expr) -> None:
+    kernel = _untracked_under("drop", [[REPLIES, ACCEPT], PODS_OUT], [untracked, NOTRACK])
+    found = ForeignReader(kernel, frozenset()).read()
+    (block,) = [o for o in found if isinstance(o, ForwardBlock)]
+    assert block.verdict == "untrack"
+    assert block.where == "nftables ip raw PREROUTING"
+    assert block.rule.endswith("notrack (then nftables inet fw pass: policy drop)")
+    # the chain's accept of the pods is no foreign forward rule meeting the wanted one:
+    # its replies are accepted by conntrack alone
+    assert not any(isinstance(o, ForwardRule) for o in found)
+    p = plan(State(foreign=list(found)), State(owned=[WANTED_FORWARD]))
+    (note,) = p.conflicts
+    assert note.foreign == block
+    assert "untracked" in (note.reason or "")
+
+
+def test_a_notrack_under_a_forward_chains_last_drop_of_every_packet_is_a_conflict() -> None:
+    kernel = _untracked_under("accept", [[REPLIES, ACCEPT], PODS_OUT, [DROP]],
+                              [saddr(POD), NOTRACK])
+    assert untrack_blocks(kernel) == {
+        f"untrack by nftables ip raw PREROUTING: ip saddr {POD} notrack (then nftables inet "
+        "fw pass: drop (a rule of every packet))"}
+
+
+def test_a_notrack_whose_flow_the_forward_chain_accepts_both_ways_by_address_is_none() -> None:
+    # Untracked, the packets of both ways are still accepted: the connection works.
+    answered = [saddr(DB), daddr(POD), ACCEPT]
+    kernel = _untracked_under("drop", [[REPLIES, ACCEPT], PODS_OUT, answered],
+                              [saddr(POD), NOTRACK])
+    found = ForeignReader(kernel, frozenset()).read()
+    assert not plan(State(foreign=list(found)), State(owned=[WANTED_FORWARD])).conflicts
+
+
+@pytest.mark.parametrize("forward", [
+    [[REPLIES, ACCEPT], PODS_OUT],  # policy accept, nothing dropped
+    [[REPLIES, ACCEPT], PODS_OUT, [meta("iifname", "eth9"), DROP]],  # not every packet
+    [[ACCEPT], [DROP]],  # accepted whole before the drop
+], ids=["policy-accept", "conditional-drop", "accepted-whole"])
+def test_a_notrack_under_a_forward_chain_that_drops_nothing_untracked_is_none(
+        forward: list[list[Expr]]) -> None:
+    assert untrack_blocks(_untracked_under("accept", forward, [saddr(POD), NOTRACK])) == set()
+
+
+def test_a_notrack_after_conntrack_or_testing_a_mark_is_no_untrack_block() -> None:
+    forward = [[REPLIES, ACCEPT], PODS_OUT]
+    assert untrack_blocks(_untracked_under("drop", forward, [meta("mark", 1), NOTRACK])) == set()
+    late = _untracked_under("drop", forward, [saddr(POD), NOTRACK])
+    late.prio = -150
+    assert untrack_blocks(late) == set()
+
+
 @pytest.mark.kernel
 def test_iptables_nfts_raw_notrack_is_a_conflict_of_the_masquerade(ns: str) -> None:
     """``iptables-nft -t raw -A PREROUTING -s POD -j CT --notrack``, read through nft."""
@@ -119,7 +190,6 @@ def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
     (no NAT: no way back to the pod), and the plan says why."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
     from k3snet.lab import SeedLab  # noqa: PLC0415
-    from k3snet.model import ForwardRule  # noqa: PLC0415
 
     masquerade = MasqueradeRule(POD, destination=DB, out_interface="eth0")
     wanted = State(owned=[ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0"),
@@ -136,3 +206,55 @@ def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
             assert note.wanted == masquerade, p.render()
             assert isinstance(note.foreign, NatBlock), p.render()
             assert note.foreign.action == "exempt"
+
+
+def _fw(default: str, *accepts: str) -> str:
+    """Another table's forward chain: the pods' connections accepted, their replies by
+    conntrack (``ct state established,related accept``), the rest dropped by ``default``
+    (``policy drop`` or a last ``reject``)."""
+    policy = "drop" if default == "policy drop" else "accept"
+    last = "" if default == "policy drop" else f"add rule inet fw pass {default}\n"
+    return ("add table inet fw\n"
+            f"add chain inet fw pass {{ type filter hook forward priority 0; policy {policy}; }}\n"
+            "add rule inet fw pass ct state established,related accept\n"
+            f"add rule inet fw pass ip saddr {POD} ip daddr {DB} accept\n"
+            + "".join(f"add rule inet fw pass {accept} accept\n" for accept in accepts)
+            + last)
+
+
+_NOTRACK = ("add table ip raw\nadd chain ip raw pre {{ type filter hook prerouting priority "
+            "raw; }}\nadd rule ip raw pre ip saddr {} notrack\n")
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("default", ["policy drop", "reject"])
+@pytest.mark.parametrize("untracked", [POD, DB], ids=["pods-packets", "replies"])
+def test_untracked_traffic_under_another_tables_forward_default_is_dropped_and_a_conflict(
+        require_root: None, default: str, untracked: str) -> None:
+    """No NAT here (the router routes the pod CIDR back): the forward path alone decides.
+    Another table's forward chain accepts the pods' connections and their replies by
+    conntrack; with a notrack before conntrack, an untracked packet's reply is a new
+    connection's and an untracked reply none's: the chain's default drops them, as
+    iptables' FORWARD policy does (``tests/iptables/test_path_tables.py``)."""
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    rule = ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0")
+    wanted = State(owned=[rule])
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_fw(default))
+        with NftablesBackend(lab.node) as backend:
+            backend.apply(plan(backend.observe(), wanted))
+            assert lab.tcp_probe(4).ok
+            assert not plan(backend.observe(), wanted).conflicts
+            run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(untracked))
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+            p = plan(backend.observe(), wanted)
+            (note,) = p.conflicts
+            assert note.wanted == rule, p.render()
+            assert isinstance(note.foreign, ForwardBlock), p.render()
+            assert note.foreign.verdict == "untrack"
+            assert not p.changes, p.render()

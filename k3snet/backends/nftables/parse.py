@@ -591,6 +591,13 @@ class ForeignReader:
     # filter base chains at prerouting before conntrack (raw's -300): a notrack there
     # takes packets out of NAT
     _before_conntrack: set[tuple[tuple[str, str], str]] = field(default_factory=set)
+    # the notracks met there, as the walk reached them (the rule, where, its chain), and
+    # each forward base chain whose default drops what no accept of its own takes (its
+    # place, that default, the accepts before it): an untracked flow's replies are no
+    # established connection's, its `ct state established,related accept` does not take them
+    _notracks: list[tuple[Match, tuple[str, str], str]] = field(default_factory=list)
+    _untrack_defaults: list[tuple[tuple[str, str], str, str, list[ForwardRule]]] = field(
+        default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -641,7 +648,11 @@ class ForeignReader:
             # An accept ends only its own chain: every other base chain on the forward
             # hook must let the packets through too (firewalld#527).
             if all(self._lets_through(base, rule) for base in self.forward_bases
-                   if (base[0], base[1]) not in self.origins.get(rule, set())):
+                   if (base[0], base[1]) not in self.origins.get(rule, set())) and not any(
+                       isinstance(b, ForwardBlock) and b.verdict == "untrack" and b.decides(rule)
+                       for b in found):
+                # (Not one whose flow a notrack untracks under a default that drops it: its
+                # replies are accepted by conntrack, which no longer takes them.)
                 found.add(rule)
         return frozenset(found)
 
@@ -736,9 +747,18 @@ class ForeignReader:
         found: set[NetObject] = set()
         # A forwarded packet also passes every filter chain on the prerouting and
         # postrouting hooks: a drop there wins over any accept at the forward hook.
-        for where, name, _ in [*self.forward_bases, *self.path_bases]:
+        forward = {(where, name) for where, name, _ in self.forward_bases}
+        for where, name, policy in [*self.forward_bases, *self.path_bases]:
             untrack = (where, name) if (where, name) in self._before_conntrack else None
-            self._block_walk(where, name, _Way(), found, _Taken(), untrack=untrack)
+            taken = _Taken()
+            self._block_walk(where, name, _Way(), found, taken, untrack=untrack,
+                             forward=(where, name) in forward)
+            if (where, name) in forward and policy != "accept" and not taken.ended:
+                self._untrack_defaults.append((where, name, f"policy {policy}",
+                                               list(taken.accepted)))
+        for match, where, chain in self._notracks:
+            for default in self._untrack_defaults:
+                found.update(_untrack_forward_blocks(match, where, chain, default))
         for where, name, _ in self.nat_bases:
             if (where, name) not in self._after_own_nat:  # else: judged as a default only
                 self._nat_chain_blocks(where, name, found)
@@ -762,13 +782,16 @@ class ForeignReader:
 
     def _block_walk(self, where: tuple[str, str], chain: str, way: _Way,
                     found: set[NetObject], taken: _Taken, *,
-                    untrack: tuple[tuple[str, str], str] | None = None) -> None:
+                    untrack: tuple[tuple[str, str], str] | None = None,
+                    forward: bool = False) -> None:
         """Walk ``chain`` for blocks; ``taken``: what the accepts met before on the way
         from the base chain take (it never reaches a later rule: an accept, here or in a
         chain jumped to, ends the base chain), added to as the walk meets more.
         ``untrack``: the base chain, when it runs before conntrack (a raw prerouting
         chain): a ``notrack`` there is an exempt :class:`NatBlock` (the nat hooks see
-        tracked connections only), unless an accept or drop of every packet came first."""
+        tracked connections only), unless an accept or drop of every packet came first,
+        and is kept for the forward chains' defaults. ``forward``: the base chain is on
+        the forward hook: a drop of every packet met is its default for untracked flows."""
         way = way.into(where, chain)
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
@@ -782,6 +805,12 @@ class ForeignReader:
             if untrack is not None and reached.notrack and not taken.ended:
                 self.nat_blocks.extend((b, untrack) for b in _untrack_blocks(reached, where,
                                                                               chain))
+                self._notracks.append((reached, where, chain))
+            if (forward and reached.verdict in ("drop", "queue") and reached.conditions == 0
+                    and not taken.ended):
+                self._untrack_defaults.append((
+                    where, chain, f"{match.verdict} (a rule of every packet)",
+                    list(taken.accepted)))
             if reached.verdict in ("accept", "drop", "queue") and reached.conditions == 0:
                 taken.ended = True  # every later rule of the base chain is unreached
             if reached.verdict == "accept":
@@ -789,7 +818,7 @@ class ForeignReader:
             if way.follows(where, match):
                 assert match.target is not None
                 self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found,
-                                 taken, untrack=untrack)
+                                 taken, untrack=untrack, forward=forward)
 
     def defaults(self) -> ForwardDefaults:
         """The base chains read whose default may drop forwarded packets: a policy that is
@@ -1847,6 +1876,43 @@ def _untrack_blocks(match: Match, where: tuple[str, str], chain: str) -> list[Na
         for attempt in (fields, {}):
             try:  # another family's address: read as any
                 blocks.append(NatBlock(family, "exempt", text, place, **attempt))
+                break
+            except ModelError:
+                continue
+    return blocks
+
+
+def _untrack_forward_blocks(match: Match, where: tuple[str, str], chain: str,
+                            under: tuple[tuple[str, str], str, str, list[ForwardRule]]
+                            ) -> list[ForwardBlock]:
+    """The ``untrack`` :class:`ForwardBlock` (one per address family both chains may see)
+    a ``notrack`` before conntrack (``match`` in ``chain``) makes under ``under``: the default of
+    a forward base chain (its table, its name, its policy drop or drop of every packet,
+    the accepts before it): an untracked packet's reply is a new
+    connection's, an untracked reply none's, and that chain's accept of established
+    connections takes neither, as iptables' FORWARD policy (the iptables backend's
+    untrack block). One testing a mark is none, as for NAT."""
+    if match.marks:
+        return []
+    base, name, default, accepted = under
+    words, saddr, daddr, _ = _rule_words(match)
+    iif = [name for name, neg in match.iif if not neg]
+    text = (f"{' '.join([*words, match.notrack or 'notrack'])} (then nftables {base[0]} "
+            f"{base[1]} {name}: {default})")
+    place = f"nftables {where[0]} {where[1]} {chain}"
+    families = [4 if match.proto == "ip" else 6] if match.proto else [4, 6]
+    if base[0] != "inet":
+        families = [f for f in families if f == (4 if base[0] == "ip" else 6)]
+    blocks = []
+    for family in families:
+        fields: dict[str, Any] = {"source": saddr[0] if len(saddr) == 1 else None,
+                                  "destination": daddr[0] if len(daddr) == 1 else None,
+                                  "in_interface": iif[0] if len(iif) == 1 else None}
+        took = [rule for rule in accepted if rule.family == family]
+        for attempt in (fields, {}):
+            try:  # another family's address, an odd interface: read as any
+                blocks.append(ForwardBlock(family, "untrack", text, place, **attempt,
+                                           accepted=took))
                 break
             except ModelError:
                 continue
