@@ -112,6 +112,7 @@ from k3snet.backends.iptables.foreign import (
     foreign_blocks,
     foreign_forward,
     foreign_nat,
+    forward_drops_untracked,
     nat_blocks,
     path_blocks,
 )
@@ -1239,9 +1240,10 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     set_aside(filter_state, blocks)
     foreign |= blocks
     # raw, mangle and security run on the same path (k3snet has no jump there). Under a
-    # FORWARD policy that drops, raw's untracked packets are a forward block too: their
+    # FORWARD that drops what k3snet does not accept (its policy, a drop of every packet),
+    # raw's untracked packets are a forward block too: their
     # replies never match k3snet's accept of established connections.
-    drops = "filter" in dump and dump["filter"].policies.get("FORWARD", "ACCEPT") != "ACCEPT"
+    drops = forward_drops_untracked(dump.get("filter"))
     for table in PATH_CHAINS:
         path = path_blocks(dump.get(table), family, forward_drops=drops, routed=routed)
         set_aside(filter_state, path)

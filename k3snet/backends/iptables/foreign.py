@@ -67,8 +67,8 @@ from k3snet.render.iptables.rules import (
     tokenize,
 )
 
-__all__ = ["PATH_CHAINS", "foreign_blocks", "foreign_forward", "foreign_nat", "nat_blocks",
-           "path_blocks"]
+__all__ = ["PATH_CHAINS", "foreign_blocks", "foreign_forward", "foreign_nat",
+           "forward_drops_untracked", "nat_blocks", "path_blocks"]
 
 _STOP = frozenset({"DROP", "REJECT"})
 
@@ -426,10 +426,11 @@ def path_blocks(dump: TableDump | None, family: int, *,
     (``-j NOTRACK``, ``-j CT --notrack``) takes them out of NAT altogether (the nat
     table sees only tracked connections): it is an ``exempt``
     :class:`~k3snet.model.NatBlock`, a conflict of the masquerade and SNAT rules it
-    may match. With ``forward_drops`` (filter's FORWARD policy is not ``ACCEPT``) it is
-    an ``untrack`` :class:`~k3snet.model.ForwardBlock` too: an untracked packet's reply
-    (or an untracked reply) is no established connection's, k3snet's accept of replies
-    (``--ctstate RELATED,ESTABLISHED``) does not take it, and the policy drops it.
+    may match. With ``forward_drops`` (filter's FORWARD drops what k3snet's chain does
+    not accept: :func:`forward_drops_untracked`) it is an ``untrack``
+    :class:`~k3snet.model.ForwardBlock` too: an untracked packet's reply (or an
+    untracked reply) is no established connection's, k3snet's accept of replies
+    (``--ctstate RELATED,ESTABLISHED``) does not take it, and FORWARD drops it.
     ``routed``: as for :func:`foreign_blocks`.
     """
     found: set[NetObject] = set()
@@ -444,6 +445,27 @@ def path_blocks(dump: TableDump | None, family: int, *,
             "PREROUTING",
                                                        len(dump.chain("PREROUTING")))
     return found
+
+
+def forward_drops_untracked(dump: TableDump | None) -> bool:
+    """Whether filter's FORWARD (``dump``) drops what k3snet's chain does not accept: its
+    policy is not ``ACCEPT``, or one of its own rules drops or rejects every packet
+    (``-A FORWARD -j REJECT``, RHEL's default ruleset's last rule) before an ``ACCEPT``
+    or ``RETURN`` of every packet. k3snet's jump is FORWARD's first rule: an untracked
+    flow's packets (an untracked packet's reply is a new connection's, an untracked
+    reply none's) fall through k3snet's accept of established connections to it."""
+    if dump is None:
+        return False
+    if dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT":
+        return True
+    for spec in dump.chain("FORWARD"):
+        tokens = tokenize(spec)
+        target = _target(tokens)
+        if target in _STOP and not _conditions(tokens):
+            return True
+        if target in ("ACCEPT", "RETURN") and _takes_all(tokens):
+            return False
+    return False
 
 
 _ON, _END, _BACK, _DONE = "on", "end", "back", "done"
