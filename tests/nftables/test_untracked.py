@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from k3snet.backends.nftables.kernel import CT_FLAGS
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NatBlock, NetObject, State
@@ -173,6 +174,62 @@ def test_iptables_nfts_raw_notrack_is_a_conflict_of_the_masquerade(ns: str) -> N
         (block,) = [b for b in observed.foreign if isinstance(b, NatBlock)]
         assert (block.action, str(block.source)) == ("exempt", POD)
         assert plan(observed, wanted).conflicts
+
+
+def _ct(flags: int | None) -> Expr:
+    """iptables-nft's ``-j CT`` as listed: its name alone, and the kernel's flags when the
+    backend's listing read them."""
+    body: dict[str, Any] = {"type": "target", "name": "CT"}
+    if flags is not None:
+        body[CT_FLAGS] = flags
+    return {"xt": body}
+
+
+@pytest.mark.parametrize("flags", [1, 3], ids=["ct-notrack", "NOTRACK"])
+def test_an_xt_ct_whose_kernel_flags_say_notrack_is_no_nat(flags: int) -> None:
+    assert untracked(raw([saddr(POD), _ct(flags)])) == {
+        exempt(f"ip saddr {POD} xt CT --notrack", source=POD)}
+
+
+def test_an_xt_ct_of_a_zone_or_a_helper_is_tracked_and_no_block() -> None:
+    reader = ForeignReader(raw([saddr(POD), _ct(0)]), frozenset())
+    assert not any(isinstance(o, NatBlock) for o in reader.read())
+    assert reader.defaults().doubts == ()
+
+
+def test_an_xt_ct_whose_flags_were_not_read_is_a_doubt_said_not_a_conflict() -> None:
+    reader = ForeignReader(raw([saddr(POD), _ct(None)]), frozenset())
+    found = reader.read()
+    assert not any(isinstance(o, NatBlock) for o in found)
+    (doubt,) = reader.defaults().doubts
+    assert doubt.startswith(f"iptables-nft's -j CT in ip raw PREROUTING (ip saddr {POD} xt "
+                            "target CT) was listed without its options")
+    wanted = State(owned=[MasqueradeRule(POD, destination=DB, out_interface="eth0")])
+    assert not plan(State(foreign=list(found)), wanted).conflicts
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("options", [["--zone", "1"], ["--helper", "ftp"]],
+                         ids=["zone", "helper"])
+def test_iptables_nfts_raw_ct_of_a_zone_or_a_helper_is_no_conflict(
+        ns: str, options: list[str]) -> None:
+    """libnftables lists ``-j CT --zone 1`` as ``-j CT --notrack`` is (``xt target CT``):
+    read as a notrack, it was a false "no NAT" conflict. The kernel's own view of the
+    target (its flags) tells them apart."""
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+
+    proto = ["-p", "tcp", "--dport", "21"] if options[0] == "--helper" else []
+    run_in(ns, ["iptables-nft", "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD, *proto,
+                "-j", "CT", *options])
+    run_in(ns, ["iptables-nft", "-w", "-t", "raw", "-A", "PREROUTING", "-s", "10.99.0.0/16",
+                "-j", "NOTRACK"])
+    wanted = State(owned=[MasqueradeRule(POD, destination=DB, out_interface="eth0")])
+    with NftablesBackend(ns) as backend:
+        observed = backend.observe()
+        assert {str(b.source) for b in observed.foreign if isinstance(b, NatBlock)} == {
+            "10.99.0.0/16"}  # the real notrack beside it still is one
+        assert not plan(observed, wanted).conflicts
+        assert backend.warnings == ()
 
 
 _NATIVE = ["nft", "add table ip raw; add chain ip raw pre { type filter hook prerouting "

@@ -56,6 +56,7 @@ import attrs
 
 from k3snet.backends.nftables.cache import Cache, Repair, Table
 from k3snet.backends.nftables.kernel import (
+    CT_FLAGS,
     SLOW_LISTING,
     BoundedLister,
     ListingTimeoutError,
@@ -115,6 +116,7 @@ _TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})  # what nft names
 _STOPS = ("drop", "queue")  # what parse_rule makes of drop, reject and queue
 _OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
 _CONNTRACK_PRIO = -200  # NF_IP_PRI_CONNTRACK: a chain before it sees untracked packets
+_XT_CT_NOTRACK = 1  # xt_ct_target_info's flag: -j CT --notrack, -j NOTRACK
 
 
 def table_of(obj: NetObject, families: tuple[str, ...]) -> str:
@@ -146,6 +148,8 @@ class Match:
     nat_extra: bool = False  # ports, ranges, maps, other flags: not modelled
     # a notrack statement (the packet goes on, untracked): its words in a block's text
     notrack: str | None = None
+    # an iptables-nft -j CT whose flags were not read: it may be a --notrack
+    ct_doubt: bool = False
 
     @property
     def conditions(self) -> int:
@@ -295,9 +299,16 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         out.verdict = "masquerade"
         out.extras += 1
     elif kind == "target" and name == "CT":
-        # iptables-nft's -j CT, whose options libnftables' JSON hides: read as --notrack
-        # (a doubt counts against k3snet: a --zone or --helper one is a false "no NAT").
-        out.notrack = "xt CT (read as --notrack: its options are not listed)"
+        # iptables-nft's -j CT (and -j NOTRACK), whose options libnftables' JSON hides:
+        # the kernel's flags, when the listing was given them (CT_FLAGS), tell a
+        # --notrack from a --zone or a --helper (tracked: nothing changes for NAT);
+        # without them, a doubt (said, not a conflict).
+        flags = body.get(CT_FLAGS)
+        if isinstance(flags, int) and not isinstance(flags, bool):
+            if flags & _XT_CT_NOTRACK:
+                out.notrack = "xt CT --notrack"
+        else:
+            out.ct_doubt = True
         out.extras += 1
     elif kind == "target":
         out.verdict = f"xt {name}"  # an iptables target k3snet cannot see into
@@ -598,6 +609,9 @@ class ForeignReader:
     _notracks: list[tuple[Match, tuple[str, str], str]] = field(default_factory=list)
     _untrack_defaults: list[tuple[tuple[str, str], str, str, list[ForwardRule]]] = field(
         default_factory=list)
+    # what may leave packets untracked, not known whole (an -j CT whose flags were not
+    # read): said as warnings (ForwardDefaults.doubts), no conflict
+    doubts: list[str] = field(default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -806,6 +820,12 @@ class ForeignReader:
                 self.nat_blocks.extend((b, untrack) for b in _untrack_blocks(reached, where,
                                                                               chain))
                 self._notracks.append((reached, where, chain))
+            if untrack is not None and reached.ct_doubt and not taken.ended:
+                self.doubts.append(
+                    f"iptables-nft's -j CT in {where[0]} {where[1]} {chain} "
+                    f"({' '.join([*_rule_words(reached)[0], 'xt target CT'])}) was listed "
+                    "without its options: if it is a --notrack, what it matches gets no "
+                    "NAT (`iptables-nft-save -t raw` shows them)")
             if (forward and reached.verdict in ("drop", "queue") and reached.conditions == 0
                     and not taken.ended):
                 self._untrack_defaults.append((
@@ -844,7 +864,8 @@ class ForeignReader:
                     where[0], where[1], name, policy, tuple(what), kind=kind,
                     after_own_nat=(where, name) in self._after_own_nat))
         return ForwardDefaults(tuple(found), dict(self._listings) if found else {},
-                               iptables_own=tuple(sorted(self.iptables_own.items())))
+                               iptables_own=tuple(sorted(self.iptables_own.items())),
+                               doubts=tuple(dict.fromkeys(self.doubts)))
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False, reply: bool = False) -> bool:
@@ -1152,6 +1173,8 @@ class ForwardDefaults:
     """The read's other finding: iptables-nft's tables holding the iptables backend's
     chains, each with the chain its hook jumps to (``(("ip", "nat"),
     "K3SNET-POSTROUTING")``), passed by (:attr:`ForeignReader.iptables_own`)."""
+    doubts: tuple[str, ...] = ()
+    """What the read could not judge whole and says (:attr:`ForeignReader.doubts`)."""
 
     def unopened(self, rules: Sequence[ForwardRule], *,
                  translated: Sequence[NetObject] = ()) -> list[tuple[ForwardDefault,
