@@ -788,9 +788,7 @@ class ForeignReader:
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
                 return
-            block = _block_of(match, where, chain, taken, self.routed)
-            if block is not None:
-                found.add(block)
+            found.update(_blocks_of(match, where, chain, taken, self.routed))
             if match.verdict in ("accept", "masquerade", "snat"):  # ends the chain for them
                 taken.add(match)
 
@@ -813,9 +811,7 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
-            block = _block_of(reached, where, chain, taken, self.routed)
-            if block is not None:
-                found.add(block)
+            found.update(_blocks_of(reached, where, chain, taken, self.routed))
             if untrack is not None and reached.notrack and not taken.ended:
                 self.nat_blocks.extend((b, untrack) for b in _untrack_blocks(reached, where,
                                                                               chain))
@@ -2019,6 +2015,19 @@ class _Taken:
         return found[:_MAX_ACCEPTED_BEFORE]
 
 
+def _blocks_of(match: Match, where: tuple[str, str], chain: str, taken: _Taken | None,
+               routed: RoutedBy | None) -> list[ForwardBlock]:
+    """The blocks of :func:`_block_of`: in an ``inet`` table, a drop naming no address
+    family (``oifname "eth0" drop``) is judged in each, as one in an ``ip`` and one in
+    an ``ip6`` table are (by the node's routes of that family)."""
+    if match.proto is None and where[0] == "inet":
+        found = (_block_of(dataclasses.replace(match, proto=proto), where, chain, taken,
+                           routed) for proto in ("ip", "ip6"))
+        return [block for block in found if block is not None]
+    block = _block_of(match, where, chain, taken, routed)
+    return [] if block is None else [block]
+
+
 def _block_of(match: Match, where: tuple[str, str], chain: str,
               taken: _Taken | None = None,
               routed: RoutedBy | None = None) -> ForwardBlock | None:
@@ -2031,7 +2040,8 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
     only what the node routes by that interface, as the iptables backend reads it
     (:meth:`~k3snet.backends.routed.RoutedBy.cover`; Docker's ``oifname "docker0"``
     drop: docker0's subnet, not the pods' connections; the uplink's default route: any
-    destination). Not in an ``inet`` table (no family to judge it in): still none."""
+    destination). ``match`` names its family (:func:`_blocks_of` gives an ``inet``
+    table's drop one in each)."""
     if match.verdict not in ("drop", "reject", "queue") or match.proto is None:
         return None
     words, saddr, daddr, oif = _rule_words(match)
