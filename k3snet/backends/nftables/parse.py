@@ -298,6 +298,11 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         # seen (it does not change which packets are NATed).
         out.verdict = "masquerade"
         out.extras += 1
+    elif kind == "target" and name == "REJECT":
+        # iptables-nft's -j REJECT: a compat target, ending the packet as `reject` does
+        # (its options, the ICMP type or TCP reset, are not listed and change nothing).
+        out.verdict = "drop"
+        out.extras += 1
     elif kind == "target" and name == "CT":
         # iptables-nft's -j CT (and -j NOTRACK), whose options libnftables' JSON hides:
         # the kernel's flags, when the listing was given them (CT_FLAGS), tell a
