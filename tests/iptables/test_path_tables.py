@@ -166,6 +166,39 @@ def test_untracked_packets_under_a_forward_policy_drop_are_a_forward_block_too()
     assert not any(isinstance(b, ForwardBlock) for b in path_blocks(dump, 4))
 
 
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_an_admins_forward_accepts_answered_by_conntrack_meet_nothing_untracked(
+        require_root: None, mode: str) -> None:
+    """FORWARD's policy DROP opened by the admin's own accepts, the replies by conntrack:
+    read as meeting the wanted forward rule, no rule of k3snet's was written, and with
+    the pods' packets untracked their replies (a new connection's) met the policy."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED])
+    tool = f"iptables-{mode}"
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", POD, "-d", DB, "-j", "ACCEPT"])
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-d", POD, "-m", "conntrack",
+                          "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"])
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            p = plan(backend.observe(), wanted)
+            assert [n.status for n in p.notes] == ["met"], p.render()
+            assert lab.tcp_probe(4).ok
+            run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                              "-j", "CT", "--notrack"])
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+            p = plan(backend.observe(), wanted)
+            (note,) = p.conflicts
+            assert note.wanted == WANTED, p.render()
+            assert isinstance(note.foreign, ForwardBlock)
+            assert note.foreign.verdict == "untrack"
+
+
 @pytest.mark.parametrize("last", ["-j DROP", "-j REJECT --reject-with icmp-host-prohibited"])
 def test_untracked_packets_before_a_last_drop_of_every_packet_in_forward_are_a_forward_block(
         last: str) -> None:

@@ -1231,7 +1231,6 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     a drop by out-interface may meet (see :func:`foreign_blocks`)."""
     foreign: set[NetObject] = set()
     foreign |= foreign_nat(dump.get("nat"), family)
-    foreign |= foreign_forward(dump.get("filter"), family)
     # What a foreign rule decides before our jump is not ours: our rules for it
     # are left out of ``owned``, so the plan says "!" instead of re-adding them.
     filter_state = tables[family, "filter"]
@@ -1252,6 +1251,9 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
         left_out = dump[table].hidden if table in dump else None
         if left_out is not None:
             hidden.append((family, table, left_out))
+    # An accept whose replies conntrack takes meets nothing a notrack leaves untracked.
+    foreign |= foreign_forward(dump.get("filter"), family, untracked=[
+        b for b in foreign if isinstance(b, ForwardBlock) and b.verdict == "untrack"])
     # The same for NAT: the first NAT rule a connection meets decides.
     nat_state = tables[family, "nat"]
     nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index(),

@@ -315,8 +315,12 @@ def _nat_object(fields: RuleFields, family: int, spared: list[Network]) -> NetOb
         return None  # a port range, another family ...: not modelled
 
 
-def foreign_forward(dump: TableDump | None, family: int) -> set[NetObject]:
-    """Simple accepts on the FORWARD path whose replies are accepted too."""
+def foreign_forward(dump: TableDump | None, family: int, *,
+                    untracked: Sequence[ForwardBlock] = ()) -> set[NetObject]:
+    """Simple accepts on the FORWARD path whose replies are accepted too; not one that
+    an ``untrack`` block of ``untracked`` decides and whose replies only an accept of
+    established connections takes (``--ctstate RELATED,ESTABLISHED``): the flow it
+    accepts is untracked, its replies are a new connection's (or none's)."""
     found: set[NetObject] = set()
     if dump is None:
         return found
@@ -338,12 +342,18 @@ def foreign_forward(dump: TableDump | None, family: int) -> set[NetObject]:
         destination = rule.destination if rule.destination is not None else zero
         if source.version != family or destination.version != family:
             continue
-        if any(_answers(reply, rule, source, destination) for reply in accepts):
-            try:
-                found.add(ForwardRule(source, destination, in_interface=rule.in_interface,
-                                      out_interface=rule.out_interface))
-            except K3snetError:
-                continue
+        answers = [reply for reply in accepts if _answers(reply, rule, source, destination)]
+        if not answers:
+            continue
+        try:
+            accepted = ForwardRule(source, destination, in_interface=rule.in_interface,
+                                   out_interface=rule.out_interface)
+        except K3snetError:
+            continue
+        if all(reply.ctstate is not None for reply in answers) and any(
+                block.decides(accepted) for block in untracked):
+            continue
+        found.add(accepted)
     return found
 
 
