@@ -315,3 +315,26 @@ def test_untracked_traffic_under_another_tables_forward_default_is_dropped_and_a
             assert isinstance(note.foreign, ForwardBlock), p.render()
             assert note.foreign.verdict == "untrack"
             assert not p.changes, p.render()
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_untracked_traffic_a_forward_chain_accepts_both_ways_by_address_connects_no_conflict(
+        require_root: None) -> None:
+    """The same chain accepting the replies by their addresses too: the untracked flow
+    passes both ways (a real connection), and the plan has no conflict."""
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED_FORWARD])
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        run_in(lab.node, ["nft", "-f", "-"],
+               input_text=_fw("policy drop", f"ip saddr {DB} ip daddr {POD}"))
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(POD))
+        with NftablesBackend(lab.node) as backend:
+            backend.apply(plan(backend.observe(), wanted))
+            assert lab.tcp_probe(4).ok
+            p = plan(backend.observe(), wanted)
+            assert not p.conflicts, p.render()
