@@ -229,7 +229,10 @@ class ForwardBlock(NetObject):
 
     def decides(self, rule: ForwardRule) -> bool:
         """True when this rule may match packets of ``rule``, new ones or replies (and
-        a rule met before it does not take them all first)."""
+        a rule met before it does not take them all first). An ``untrack`` one that may
+        match either way decides both (the other way is then a new connection's, or
+        none's), unless ``accepted`` takes both ways by what they are: an accept of
+        replies by conntrack (``replies_accepted``) takes no untracked flow."""
         if rule.family != self.ip_family:
             return False
         new = (rule.source, rule.destination, rule.in_interface, rule.out_interface)
