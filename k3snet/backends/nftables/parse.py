@@ -825,8 +825,9 @@ class ForeignReader:
                 self.doubts.append(
                     f"iptables-nft's -j CT in {where[0]} {where[1]} {chain} "
                     f"({' '.join([*_rule_words(reached)[0], 'xt target CT'])}) was listed "
-                    "without its options: if it is a --notrack, what it matches gets no "
-                    "NAT (`iptables-nft-save -t raw` shows them)")
+                    "without its options: if it is a --notrack, what it matches is untracked "
+                    "(no NAT, and replies a forward chain accepts by conntrack alone are "
+                    "dropped; `iptables-nft-save -t raw` shows them)")
             if (forward and reached.verdict in ("drop", "queue") and reached.conditions == 0
                     and not taken.ended):
                 self._untrack_defaults.append((
