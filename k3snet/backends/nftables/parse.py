@@ -661,6 +661,7 @@ class ForeignReader:
         found |= self._met()
         found |= self._blocks()
         found.update(block for block, _ in self.nat_blocks)
+        untracking = [b for b in found if isinstance(b, ForwardBlock) and b.verdict == "untrack"]
         for rule in self.accepts:
             if not self.replies_accepted and not any(_answers(o, rule) for o in self.accepts):
                 continue
@@ -668,8 +669,7 @@ class ForeignReader:
             # hook must let the packets through too (firewalld#527).
             if all(self._lets_through(base, rule) for base in self.forward_bases
                    if (base[0], base[1]) not in self.origins.get(rule, set())) and not any(
-                       isinstance(b, ForwardBlock) and b.verdict == "untrack" and b.decides(rule)
-                       for b in found):
+                       b.decides(rule) for b in untracking):
                 # (Not one whose flow a notrack untracks under a default that drops it: its
                 # replies are accepted by conntrack, which no longer takes them.)
                 found.add(rule)
