@@ -30,6 +30,15 @@ _NETLINK_NETFILTER = 12
 _NFT_MSG_GETGEN = (10 << 8) | 16
 _NFT_MSG_GETCHAIN = (10 << 8) | 4
 _NFT_MSG_GETTABLE = (10 << 8) | 1
+_NFT_MSG_GETRULE = (10 << 8) | 7
+_NFTA_RULE_TABLE = 1
+_NFTA_RULE_CHAIN = 2
+_NFTA_RULE_HANDLE = 3
+_NFTA_RULE_EXPRESSIONS = 4
+_NFTA_EXPR_NAME = 1
+_NFTA_EXPR_DATA = 2
+_NFTA_TARGET_NAME = 1
+_NFTA_TARGET_INFO = 3
 _NFTA_TABLE_NAME = 1
 _NFTA_TABLE_FLAGS = 2
 _NFTA_TABLE_HANDLE = 4
@@ -240,6 +249,33 @@ class GenerationReader:
             raise OSError(-errno, os.strerror(-errno))
         return _attributes(data[:length], 20)  # after nlmsghdr and nfgenmsg
 
+    def ct_target_flags(self, family: str, table: str, chain: str, handle: int) -> int | None:
+        """The flags of the ``CT`` target of rule ``handle`` of chain ``chain`` of table
+        ``family table`` (``xt_ct_target_info``'s first field: ``XT_CT_NOTRACK`` is 1), as
+        the kernel holds them; ``None``: no such rule, or no ``CT`` target in it.
+
+        iptables-nft writes ``-j CT`` (``--notrack``, ``--zone``, ``--helper``; ``-j
+        NOTRACK`` too) as a compat target, and libnftables lists only its name, in JSON
+        and, built without libxtables, in text: the kernel's answer to one ``GETRULE``
+        holds the target's data (``NFTA_TARGET_INFO``)."""
+        body = (_attribute(_NFTA_RULE_TABLE, table.encode() + b"\0")
+                + _attribute(_NFTA_RULE_CHAIN, chain.encode() + b"\0")
+                + _attribute(_NFTA_RULE_HANDLE, struct.pack(">Q", handle)))
+        with translate_errors(f"read nftables rule {family} {table} {chain} {handle}",
+                              capability=_CAPABILITY):
+            attributes = self._request(_NFT_MSG_GETRULE, _NFPROTO[family], body)
+        if attributes is None:
+            return None
+        for _, element in _attribute_list(attributes.get(_NFTA_RULE_EXPRESSIONS, b"")):
+            expression = _attributes(element, 0)
+            if expression.get(_NFTA_EXPR_NAME, b"").split(b"\0", 1)[0] != b"target":
+                continue
+            target = _attributes(expression.get(_NFTA_EXPR_DATA, b""), 0)
+            info = target.get(_NFTA_TARGET_INFO, b"")
+            if target.get(_NFTA_TARGET_NAME, b"").split(b"\0", 1)[0] == b"CT" and len(info) >= 2:
+                return int(struct.unpack_from("=H", info)[0])  # host order, as xt_CT's
+        return None
+
     def close(self) -> None:
         """Close the socket (idempotent)."""
         self._sock.close()
@@ -254,6 +290,19 @@ def _attributes(data: bytes, offset: int) -> dict[int, bytes]:
         attributes.setdefault(attr_type & 0x3FFF, data[offset + 4:offset + attr_len])
         offset += (attr_len + 3) & ~3
     return attributes
+
+
+def _attribute_list(data: bytes) -> list[tuple[int, bytes]]:
+    """A nested list's attributes in order (each ``NFTA_LIST_ELEM``, the same type)."""
+    found = []
+    offset = 0
+    while offset + 4 <= len(data):
+        attr_len, attr_type = struct.unpack_from("=HH", data, offset)
+        if attr_len < 4:
+            break
+        found.append((attr_type & 0x3FFF, data[offset + 4:offset + attr_len]))
+        offset += (attr_len + 3) & ~3
+    return found
 
 
 def _table(message: bytes) -> tuple[tuple[str, str, int], bool]:

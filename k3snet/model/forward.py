@@ -90,7 +90,8 @@ class ForwardRule(NetObject):
         if other.verdict == "untrack":
             return ("that rule leaves some of this traffic untracked: a reply is then no "
                     "established connection's, k3snet's accept of replies does not take it, "
-                    "and the FORWARD policy drops it; k3snet does not place its rules above it")
+                    "and the forward path's default (a policy drop, a drop of every packet) "
+                    "drops it; k3snet does not place its rules above it")
         if other.verdict in ("drop", "reject"):
             return (f"that rule {other.verdict}s some of this traffic and k3snet's accept "
                     "cannot let it through (a drop is final in whichever chain of the hook "
@@ -228,13 +229,22 @@ class ForwardBlock(NetObject):
 
     def decides(self, rule: ForwardRule) -> bool:
         """True when this rule may match packets of ``rule``, new ones or replies (and
-        a rule met before it does not take them all first)."""
+        a rule met before it does not take them all first). An ``untrack`` one that may
+        match either way decides both (the other way is then a new connection's, or
+        none's), unless ``accepted`` takes both ways by what they are: an accept of
+        replies by conntrack (``replies_accepted``) takes no untracked flow."""
         if rule.family != self.ip_family:
             return False
         new = (rule.source, rule.destination, rule.in_interface, rule.out_interface)
+        replies = (rule.destination, rule.source, rule.out_interface, rule.in_interface)
+        if self.verdict == "untrack":
+            # Untracked one way, the other way is a new connection's: no accept of
+            # established connections takes either, only accepts of both ways' addresses.
+            return ((self._may_match(*new) or self._may_match(*replies))
+                    and not (_one_way_in(self.accepted, *new)
+                             and _one_way_in(self.accepted, *replies)))
         if self._may_match(*new) and not _one_way_in(self.accepted, *new):
             return True
-        replies = (rule.destination, rule.source, rule.out_interface, rule.in_interface)
         return (not self.replies_accepted and self._may_match(*replies)
                 and not _one_way_in(self.accepted, *replies))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
-from k3snet.backends.iptables.foreign import path_blocks
+from k3snet.backends.iptables.foreign import forward_drops_untracked, path_blocks
 from k3snet.backends.iptables.save import parse_save
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NetObject, State
@@ -164,6 +164,87 @@ def test_untracked_packets_under_a_forward_policy_drop_are_a_forward_block_too()
             assert block.decides(WANTED)
     # a FORWARD policy of ACCEPT lets the untracked replies through: no NAT alone
     assert not any(isinstance(b, ForwardBlock) for b in path_blocks(dump, 4))
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_an_admins_forward_accepts_answered_by_conntrack_meet_nothing_untracked(
+        require_root: None, mode: str) -> None:
+    """FORWARD's policy DROP opened by the admin's own accepts, the replies by conntrack:
+    read as meeting the wanted forward rule, no rule of k3snet's was written, and with
+    the pods' packets untracked their replies (a new connection's) met the policy."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED])
+    tool = f"iptables-{mode}"
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", POD, "-d", DB, "-j", "ACCEPT"])
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-d", POD, "-m", "conntrack",
+                          "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"])
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            p = plan(backend.observe(), wanted)
+            assert [n.status for n in p.notes] == ["met"], p.render()
+            assert lab.tcp_probe(4).ok
+            run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                              "-j", "CT", "--notrack"])
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+            p = plan(backend.observe(), wanted)
+            (note,) = p.conflicts
+            assert note.wanted == WANTED, p.render()
+            assert isinstance(note.foreign, ForwardBlock)
+            assert note.foreign.verdict == "untrack"
+
+
+@pytest.mark.parametrize("last", ["-j DROP", "-j REJECT --reject-with icmp-host-prohibited"])
+def test_untracked_packets_before_a_last_drop_of_every_packet_in_forward_are_a_forward_block(
+        last: str) -> None:
+    """FORWARD's policy ACCEPT, and a drop of every packet after k3snet's jump (RHEL's
+    firewalld-less default, ``-A FORWARD -j REJECT``): the untracked replies fall through
+    k3snet's accept of established connections to it, as to a policy drop."""
+    dump = parse_save(f"*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j K3SNET-FORWARD\n"
+                      f"-A FORWARD {last}\nCOMMIT\n")
+    assert forward_drops_untracked(dump["filter"])
+    for harmless in ("-i eth9 -j DROP", "-m conntrack --ctstate INVALID -j DROP"):
+        dump = parse_save(f"*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD {harmless}\nCOMMIT\n")
+        assert not forward_drops_untracked(dump["filter"])
+    # an ACCEPT of every packet before it: the drop is never reached
+    dump = parse_save(f"*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j ACCEPT\n"
+                      f"-A FORWARD {last}\nCOMMIT\n")
+    assert not forward_drops_untracked(dump["filter"])
+    assert not forward_drops_untracked(None)
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_untracked_traffic_before_a_last_reject_in_forward_is_dropped_and_a_forward_conflict(
+        require_root: None, mode: str) -> None:
+    """FORWARD's policy stays ACCEPT; ``-A FORWARD -j REJECT`` after k3snet's jump rejects
+    what k3snet's chain does not accept: the replies of the pods' untracked packets."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED])
+    untracked = ["-s", POD, "-j", "CT", "--notrack"]
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        run_in(lab.node, [f"iptables-{mode}", "-w", "-A", "FORWARD", "-j", "REJECT"])
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), wanted))
+            assert lab.tcp_probe(4).ok
+            run_in(lab.node, [f"iptables-{mode}", "-w", "-t", "raw", "-A", "PREROUTING",
+                              *untracked])
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: rejected
+            p = plan(backend.observe(), wanted)
+            (note,) = p.conflicts
+            assert note.wanted == WANTED, p.render()
+            assert isinstance(note.foreign, ForwardBlock)
+            assert note.foreign.verdict == "untrack"
+            assert not p.changes, p.render()
 
 
 @pytest.mark.kernel

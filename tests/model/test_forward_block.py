@@ -171,3 +171,25 @@ def DROP_NET(text: str) -> object:  # noqa: N802 - reads as a constructor in the
     import ipaddress  # noqa: PLC0415 - only here
 
     return ipaddress.ip_network(text)
+
+
+def test_an_untrack_block_decides_the_whole_flow_unless_both_ways_are_accepted_by_address(
+        ) -> None:
+    rule = ForwardRule("10.42.0.0/16", "192.168.2.0/24")
+    out = ForwardRule("10.42.0.0/16", "192.168.2.0/24")
+    back = ForwardRule("192.168.2.0/24", "10.42.0.0/16")
+
+    def untrack(*accepted: ForwardRule, replies: bool = False) -> ForwardBlock:
+        return ForwardBlock(4, "untrack", "ip saddr 10.42.0.0/16 notrack", "nftables ip raw pre",
+                            source="10.42.0.0/16", accepted=accepted, replies_accepted=replies)
+
+    assert untrack().decides(rule)
+    assert untrack(out).decides(rule)  # the replies: a new connection's, not accepted
+    assert untrack(out, replies=True).decides(rule)  # conntrack's accept takes none
+    assert not untrack(out, back).decides(rule)
+    # the block matches the replies' way only: the same, either way decides
+    only_back = ForwardBlock(4, "untrack", "ip daddr 10.42.0.0/16 notrack",
+                             "nftables ip raw pre", destination="10.42.0.0/16", accepted=[out])
+    assert only_back.decides(rule)
+    assert not ForwardBlock(4, "untrack", "ip saddr 10.9.0.0/16 notrack", "nftables ip raw pre",
+                            source="10.9.0.0/16").decides(rule)

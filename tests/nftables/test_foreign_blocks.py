@@ -176,10 +176,16 @@ def test_a_queue_to_a_program_is_a_block(statement: Expr) -> None:
 
 
 @pytest.mark.parametrize("verdict", [ACCEPT, {"return": None}, jump("x"),
-                                     {"xt": {"type": "target", "name": "REJECT"}},
                                      {"masquerade": None}, {"counter": None}])
 def test_other_verdicts_are_no_blocks(verdict: Expr) -> None:
     assert blocks(forward(("accept", [[daddr(B), verdict]]), x=[])) == set()
+
+
+def test_iptables_nfts_reject_target_is_a_reject() -> None:
+    # -j REJECT through iptables-nft: a compat target that always ends the packet.
+    xt_reject = {"xt": {"type": "target", "name": "REJECT"}}
+    assert {b.describe() for b in blocks(forward(("accept", [[daddr(B), xt_reject]])))} == {
+        f"drop by nftables inet fw0 forward: ip daddr {B} drop"}
 
 
 def test_blocks_are_read_in_base_chains_and_at_any_depth_below() -> None:
@@ -392,3 +398,45 @@ def test_a_nat_chain_s_drop_is_a_block_of_new_connections_only() -> None:
     assert all(b.replies_accepted for b in found)
     assert not any(b.decides(PODS_OUT) for b in found)
     assert any(b.decides(ForwardRule("10.43.0.0/16", B)) for b in found)
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("rule", [["-I", "FORWARD", "-d", "192.168.2.0/24", "-j", "REJECT"],
+                                  ["-A", "FORWARD", "-j", "REJECT"]],
+                         ids=["pods-destination", "every-packet"])
+def test_iptables_nfts_reject_drops_the_pods_and_the_plan_says_so(
+        require_root: None, rule: list[str]) -> None:
+    """iptables-nft writes ``-j REJECT`` as a compat target (``xt target REJECT``), which
+    rejects every packet it matches as ``reject`` does: read as a target k3snet cannot
+    see into, it was no block and no default, while the pods' connections were rejected."""
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+    from k3snet.lab.netns import run_in  # noqa: PLC0415
+    from k3snet.model import MasqueradeRule, State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    wanted_rule = ForwardRule("10.42.0.0/16", "192.168.2.0/24", in_interface="cni0",
+                              out_interface="eth0")
+    wanted = State(owned=[wanted_rule, MasqueradeRule("10.42.0.0/16",
+                                                      destination="192.168.2.0/24",
+                                                      out_interface="eth0")])
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        with NftablesBackend(lab.node) as backend:
+            backend.apply(plan(backend.observe(), wanted))
+            assert lab.tcp_probe(4).ok
+            run_in(lab.node, ["iptables-nft", "-w", *rule])
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: rejected
+            backend.expect(wanted)
+            p = plan(backend.observe(), wanted)
+            if "-d" in rule:  # a block of the pods' destination: a conflict
+                (note,) = p.conflicts
+                assert note.wanted == wanted_rule, p.render()
+                assert note.foreign.describe() == (
+                    "drop by nftables ip filter FORWARD: ip daddr 192.168.2.0/24 drop")
+            else:  # a reject of every packet: a default of the chain, a warning
+                assert not p.conflicts, p.render()
+                (warning,) = backend.warnings
+                assert warning.startswith("nftables: ip filter chain FORWARD, a filter "
+                                          "chain of another table"), warning

@@ -12,10 +12,16 @@ warning); it now reads it as the iptables backend does
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.backends.routed import RoutedBy
+from k3snet.cli import main
+from k3snet.lab import SeedLab
+from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, NetObject, State
 from k3snet.planner import plan
 from tests.nftables.test_foreign_cases import DROP, Expr, Kernel, daddr, jump, meta
@@ -25,6 +31,7 @@ ROUTES = RoutedBy([("172.17.0.0/16", "docker0"), ("0.0.0.0/0", "eth0"),
                    ("fd17::/64", "docker0"), ("::/0", "eth0")])
 POD = "10.42.0.0/16"
 DB = "192.168.2.0/24"
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
 
 def docker_user(*rules: list[Expr], family: str = "ip") -> Kernel:
@@ -88,9 +95,29 @@ def test_a_drop_naming_neither_an_address_nor_an_interface_is_still_no_block() -
     assert blocks(docker_user([DROP])) == set()
 
 
-def test_an_inet_table_names_no_family_to_judge_such_a_drop_in() -> None:
-    # Left as it was: a known gap (docs/backends.md).
-    assert blocks(docker_user([meta("oifname", "eth0"), DROP], family="inet")) == set()
+def test_an_inet_tables_drop_is_judged_in_each_family_with_its_routes() -> None:
+    # It was no block at all (a warning of a default at most), while an ip or ip6
+    # table's was a conflict on the uplink and nothing on Docker's bridge.
+    def inet(text: str, family: int, **fields: Any) -> ForwardBlock:
+        return ForwardBlock(family, "drop", text, "nftables inet filter DOCKER-USER",
+                            **fields)
+
+    uplink = blocks(docker_user([meta("oifname", "eth0"), DROP], family="inet"))
+    assert uplink == {inet("oifname eth0 drop", 4, out_interface="eth0"),
+                      inet("oifname eth0 drop", 6, out_interface="eth0")}
+    for family, db in ((4, DB), (6, "fd00:db::/64")):
+        wanted = State(owned=[ForwardRule(POD if family == 4 else "fd42::/48", db,
+                                          out_interface="eth0")])
+        assert plan(State(foreign=list(uplink)), wanted).conflicts
+    bridge = blocks(docker_user([meta("oifname", "docker0"), DROP], family="inet"))
+    assert bridge == {
+        inet("oifname docker0 drop", 4, destination="172.17.0.0/16", out_interface="docker0"),
+        inet("oifname docker0 drop", 6, destination="fd17::/64", out_interface="docker0")}
+    wanted = State(owned=[ForwardRule(POD, DB, out_interface="eth0"),
+                          ForwardRule("fd42::/48", "fd00:db::/64", out_interface="eth0")])
+    assert not plan(State(foreign=list(bridge)), wanted).conflicts
+    # with an address, its family is the address's, as before
+    assert {b.family for b in blocks(docker_user([daddr(DB), DROP], family="inet"))} == {4}
 
 
 def test_a_drop_reached_through_a_jump_testing_the_same_interface_is_judged_by_it() -> None:
@@ -105,3 +132,47 @@ def test_a_drop_reached_through_a_jump_testing_the_same_interface_is_judged_by_i
     assert blocks(kernel) == {ForwardBlock(
         4, "drop", "iifname != docker0 oifname docker0 oifname docker0 drop",
         "nftables ip filter DOCKER", destination="172.17.0.0/16", out_interface="docker0")}
+
+
+_INET_DROP = ("add table inet fw\n"
+              "add chain inet fw pass {{ type filter hook forward priority 0; policy accept; }}\n"
+              "add rule inet fw pass oifname {} drop\n")
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_an_inet_tables_drop_by_interface_drops_exactly_where_the_plan_says_so(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The seed lab fixed by k3snet (netlink + nftables), then another ``inet`` table's
+    forward chain dropping by out-interface alone: on the uplink the pods' connections of
+    both families are dropped and the plan names the conflict of each; on a bridge whose
+    routes the pods' traffic never takes they connect and the plan is clean."""
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        # a bridge-like device of the node's own (a veth pair within it: no dummy module)
+        run_in(lab.node, ["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d0p"])
+        run_in(lab.node, ["ip", "link", "set", "d0p", "up"])
+        run_in(lab.node, ["ip", "addr", "add", "172.17.0.1/16", "dev", "d0"])
+        run_in(lab.node, ["ip", "addr", "add", "fd17::1/64", "dev", "d0", "nodad"])
+        run_in(lab.node, ["ip", "link", "set", "d0", "up"])
+        for device, dropped in (("eth0", True), ("d0", False)):
+            run_in(lab.node, ["nft", "-f", "-"], input_text=_INET_DROP.format(device))
+            try:
+                assert [lab.tcp_probe(f, timeout=1.0).ok for f in (4, 6)] == [not dropped] * 2
+                capsys.readouterr()
+                code = main(["plan", "-f", str(SEED), "--netns", lab.node])
+                out = capsys.readouterr().out
+            finally:
+                run_in(lab.node, ["nft", "delete", "table", "inet", "fw"])
+            conflicts = [line for line in out.splitlines() if line.startswith("! ")]
+            if dropped:
+                assert code == 4, out
+                assert sorted(conflicts) == [
+                    "! forward accept 10.42.0.0/16 -> 192.168.2.0/24 oif eth0 (+ replies)",
+                    "! forward accept fd42:42::/56 -> fd01:2::/64 oif eth0 (+ replies)"], out
+                assert "drop by nftables inet fw pass: oifname eth0 drop" in out
+            else:
+                assert code == 0, out
+                assert conflicts == [], out

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from k3snet.backends.nftables.kernel import CT_FLAGS
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.lab.netns import run_in
-from k3snet.model import MasqueradeRule, NatBlock, NetObject, State
+from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NatBlock, NetObject, State
 from k3snet.planner import plan
 from tests.nftables.test_foreign_cases import ACCEPT, DROP, Expr, Kernel, daddr, jump, meta, saddr
 
@@ -89,6 +90,77 @@ def test_a_notrack_testing_a_mark_is_none_as_in_the_iptables_backend() -> None:
     assert untracked(raw([meta("mark", 1), NOTRACK])) == set()
 
 
+def _untracked_under(policy: str, forward: list[list[Expr]], *notracks: list[Expr]) -> _Raw:
+    """Raw's notracks beside another table's forward chain (``inet fw pass``)."""
+    kernel = raw(*notracks)
+    kernel.chains[("inet", "fw", "pass")] = ("forward", policy, forward)
+    return kernel
+
+
+def untrack_blocks(kernel: Kernel) -> set[str]:
+    return {o.describe() for o in ForeignReader(kernel, frozenset()).read()
+            if isinstance(o, ForwardBlock) and o.verdict == "untrack"}
+
+
+REPLIES: Expr = {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                           "right": ["established", "related"]}}
+PODS_OUT = [saddr(POD), daddr(DB), ACCEPT]
+WANTED_FORWARD = ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0")
+
+
+@pytest.mark.parametrize("untracked", [saddr(POD), daddr(POD)], ids=["pods", "replies"])
+def test_a_notrack_under_a_forward_policy_drop_accepting_replies_by_conntrack_is_a_conflict(
+        untracked: Expr) -> None:
+    kernel = _untracked_under("drop", [[REPLIES, ACCEPT], PODS_OUT], [untracked, NOTRACK])
+    found = ForeignReader(kernel, frozenset()).read()
+    (block,) = [o for o in found if isinstance(o, ForwardBlock)]
+    assert block.verdict == "untrack"
+    assert block.where == "nftables ip raw PREROUTING"
+    assert block.rule.endswith("notrack (then nftables inet fw pass: policy drop)")
+    # the chain's accept of the pods is no foreign forward rule meeting the wanted one:
+    # its replies are accepted by conntrack alone
+    assert not any(isinstance(o, ForwardRule) for o in found)
+    p = plan(State(foreign=list(found)), State(owned=[WANTED_FORWARD]))
+    (note,) = p.conflicts
+    assert note.foreign == block
+    assert "untracked" in (note.reason or "")
+
+
+def test_a_notrack_under_a_forward_chains_last_drop_of_every_packet_is_a_conflict() -> None:
+    kernel = _untracked_under("accept", [[REPLIES, ACCEPT], PODS_OUT, [DROP]],
+                              [saddr(POD), NOTRACK])
+    assert untrack_blocks(kernel) == {
+        f"untrack by nftables ip raw PREROUTING: ip saddr {POD} notrack (then nftables inet "
+        "fw pass: drop (a rule of every packet))"}
+
+
+def test_a_notrack_whose_flow_the_forward_chain_accepts_both_ways_by_address_is_none() -> None:
+    # Untracked, the packets of both ways are still accepted: the connection works.
+    answered = [saddr(DB), daddr(POD), ACCEPT]
+    kernel = _untracked_under("drop", [[REPLIES, ACCEPT], PODS_OUT, answered],
+                              [saddr(POD), NOTRACK])
+    found = ForeignReader(kernel, frozenset()).read()
+    assert not plan(State(foreign=list(found)), State(owned=[WANTED_FORWARD])).conflicts
+
+
+@pytest.mark.parametrize("forward", [
+    [[REPLIES, ACCEPT], PODS_OUT],  # policy accept, nothing dropped
+    [[REPLIES, ACCEPT], PODS_OUT, [meta("iifname", "eth9"), DROP]],  # not every packet
+    [[ACCEPT], [DROP]],  # accepted whole before the drop
+], ids=["policy-accept", "conditional-drop", "accepted-whole"])
+def test_a_notrack_under_a_forward_chain_that_drops_nothing_untracked_is_none(
+        forward: list[list[Expr]]) -> None:
+    assert untrack_blocks(_untracked_under("accept", forward, [saddr(POD), NOTRACK])) == set()
+
+
+def test_a_notrack_after_conntrack_or_testing_a_mark_is_no_untrack_block() -> None:
+    forward = [[REPLIES, ACCEPT], PODS_OUT]
+    assert untrack_blocks(_untracked_under("drop", forward, [meta("mark", 1), NOTRACK])) == set()
+    late = _untracked_under("drop", forward, [saddr(POD), NOTRACK])
+    late.prio = -150
+    assert untrack_blocks(late) == set()
+
+
 @pytest.mark.kernel
 def test_iptables_nfts_raw_notrack_is_a_conflict_of_the_masquerade(ns: str) -> None:
     """``iptables-nft -t raw -A PREROUTING -s POD -j CT --notrack``, read through nft."""
@@ -102,6 +174,62 @@ def test_iptables_nfts_raw_notrack_is_a_conflict_of_the_masquerade(ns: str) -> N
         (block,) = [b for b in observed.foreign if isinstance(b, NatBlock)]
         assert (block.action, str(block.source)) == ("exempt", POD)
         assert plan(observed, wanted).conflicts
+
+
+def _ct(flags: int | None) -> Expr:
+    """iptables-nft's ``-j CT`` as listed: its name alone, and the kernel's flags when the
+    backend's listing read them."""
+    body: dict[str, Any] = {"type": "target", "name": "CT"}
+    if flags is not None:
+        body[CT_FLAGS] = flags
+    return {"xt": body}
+
+
+@pytest.mark.parametrize("flags", [1, 3], ids=["ct-notrack", "NOTRACK"])
+def test_an_xt_ct_whose_kernel_flags_say_notrack_is_no_nat(flags: int) -> None:
+    assert untracked(raw([saddr(POD), _ct(flags)])) == {
+        exempt(f"ip saddr {POD} xt CT --notrack", source=POD)}
+
+
+def test_an_xt_ct_of_a_zone_or_a_helper_is_tracked_and_no_block() -> None:
+    reader = ForeignReader(raw([saddr(POD), _ct(0)]), frozenset())
+    assert not any(isinstance(o, NatBlock) for o in reader.read())
+    assert reader.defaults().doubts == ()
+
+
+def test_an_xt_ct_whose_flags_were_not_read_is_a_doubt_said_not_a_conflict() -> None:
+    reader = ForeignReader(raw([saddr(POD), _ct(None)]), frozenset())
+    found = reader.read()
+    assert not any(isinstance(o, NatBlock) for o in found)
+    (doubt,) = reader.defaults().doubts
+    assert doubt.startswith(f"iptables-nft's -j CT in ip raw PREROUTING (ip saddr {POD} xt "
+                            "target CT) was listed without its options")
+    wanted = State(owned=[MasqueradeRule(POD, destination=DB, out_interface="eth0")])
+    assert not plan(State(foreign=list(found)), wanted).conflicts
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("options", [["--zone", "1"], ["--helper", "ftp"]],
+                         ids=["zone", "helper"])
+def test_iptables_nfts_raw_ct_of_a_zone_or_a_helper_is_no_conflict(
+        ns: str, options: list[str]) -> None:
+    """libnftables lists ``-j CT --zone 1`` as ``-j CT --notrack`` is (``xt target CT``):
+    read as a notrack, it was a false "no NAT" conflict. The kernel's own view of the
+    target (its flags) tells them apart."""
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+
+    proto = ["-p", "tcp", "--dport", "21"] if options[0] == "--helper" else []
+    run_in(ns, ["iptables-nft", "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD, *proto,
+                "-j", "CT", *options])
+    run_in(ns, ["iptables-nft", "-w", "-t", "raw", "-A", "PREROUTING", "-s", "10.99.0.0/16",
+                "-j", "NOTRACK"])
+    wanted = State(owned=[MasqueradeRule(POD, destination=DB, out_interface="eth0")])
+    with NftablesBackend(ns) as backend:
+        observed = backend.observe()
+        assert {str(b.source) for b in observed.foreign if isinstance(b, NatBlock)} == {
+            "10.99.0.0/16"}  # the real notrack beside it still is one
+        assert not plan(observed, wanted).conflicts
+        assert backend.warnings == ()
 
 
 _NATIVE = ["nft", "add table ip raw; add chain ip raw pre { type filter hook prerouting "
@@ -119,7 +247,6 @@ def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
     (no NAT: no way back to the pod), and the plan says why."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
     from k3snet.lab import SeedLab  # noqa: PLC0415
-    from k3snet.model import ForwardRule  # noqa: PLC0415
 
     masquerade = MasqueradeRule(POD, destination=DB, out_interface="eth0")
     wanted = State(owned=[ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0"),
@@ -136,3 +263,78 @@ def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
             assert note.wanted == masquerade, p.render()
             assert isinstance(note.foreign, NatBlock), p.render()
             assert note.foreign.action == "exempt"
+
+
+def _fw(default: str, *accepts: str) -> str:
+    """Another table's forward chain: the pods' connections accepted, their replies by
+    conntrack (``ct state established,related accept``), the rest dropped by ``default``
+    (``policy drop`` or a last ``reject``)."""
+    policy = "drop" if default == "policy drop" else "accept"
+    last = "" if default == "policy drop" else f"add rule inet fw pass {default}\n"
+    return ("add table inet fw\n"
+            f"add chain inet fw pass {{ type filter hook forward priority 0; policy {policy}; }}\n"
+            "add rule inet fw pass ct state established,related accept\n"
+            f"add rule inet fw pass ip saddr {POD} ip daddr {DB} accept\n"
+            + "".join(f"add rule inet fw pass {accept} accept\n" for accept in accepts)
+            + last)
+
+
+_NOTRACK = ("add table ip raw\nadd chain ip raw pre {{ type filter hook prerouting priority "
+            "raw; }}\nadd rule ip raw pre ip saddr {} notrack\n")
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("default", ["policy drop", "reject"])
+@pytest.mark.parametrize("untracked", [POD, DB], ids=["pods-packets", "replies"])
+def test_untracked_traffic_under_another_tables_forward_default_is_dropped_and_a_conflict(
+        require_root: None, default: str, untracked: str) -> None:
+    """No NAT here (the router routes the pod CIDR back): the forward path alone decides.
+    Another table's forward chain accepts the pods' connections and their replies by
+    conntrack; with a notrack before conntrack, an untracked packet's reply is a new
+    connection's and an untracked reply none's: the chain's default drops them, as
+    iptables' FORWARD policy does (``tests/iptables/test_path_tables.py``)."""
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    rule = ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0")
+    wanted = State(owned=[rule])
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_fw(default))
+        with NftablesBackend(lab.node) as backend:
+            backend.apply(plan(backend.observe(), wanted))
+            assert lab.tcp_probe(4).ok
+            assert not plan(backend.observe(), wanted).conflicts
+            run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(untracked))
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+            p = plan(backend.observe(), wanted)
+            (note,) = p.conflicts
+            assert note.wanted == rule, p.render()
+            assert isinstance(note.foreign, ForwardBlock), p.render()
+            assert note.foreign.verdict == "untrack"
+            assert not p.changes, p.render()
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_untracked_traffic_a_forward_chain_accepts_both_ways_by_address_connects_no_conflict(
+        require_root: None) -> None:
+    """The same chain accepting the replies by their addresses too: the untracked flow
+    passes both ways (a real connection), and the plan has no conflict."""
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED_FORWARD])
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        run_in(lab.node, ["nft", "-f", "-"],
+               input_text=_fw("policy drop", f"ip saddr {DB} ip daddr {POD}"))
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(POD))
+        with NftablesBackend(lab.node) as backend:
+            backend.apply(plan(backend.observe(), wanted))
+            assert lab.tcp_probe(4).ok
+            p = plan(backend.observe(), wanted)
+            assert not p.conflicts, p.render()

@@ -112,6 +112,7 @@ from k3snet.backends.iptables.foreign import (
     foreign_blocks,
     foreign_forward,
     foreign_nat,
+    forward_drops_untracked,
     nat_blocks,
     path_blocks,
 )
@@ -1231,7 +1232,6 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     a drop by out-interface may meet (see :func:`foreign_blocks`)."""
     foreign: set[NetObject] = set()
     foreign |= foreign_nat(dump.get("nat"), family)
-    foreign |= foreign_forward(dump.get("filter"), family)
     # What a foreign rule decides before our jump is not ours: our rules for it
     # are left out of ``owned``, so the plan says "!" instead of re-adding them.
     filter_state = tables[family, "filter"]
@@ -1240,9 +1240,10 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     set_aside(filter_state, blocks)
     foreign |= blocks
     # raw, mangle and security run on the same path (k3snet has no jump there). Under a
-    # FORWARD policy that drops, raw's untracked packets are a forward block too: their
+    # FORWARD that drops what k3snet does not accept (its policy, a drop of every packet),
+    # raw's untracked packets are a forward block too: their
     # replies never match k3snet's accept of established connections.
-    drops = "filter" in dump and dump["filter"].policies.get("FORWARD", "ACCEPT") != "ACCEPT"
+    drops = forward_drops_untracked(dump.get("filter"))
     for table in PATH_CHAINS:
         path = path_blocks(dump.get(table), family, forward_drops=drops, routed=routed)
         set_aside(filter_state, path)
@@ -1251,6 +1252,9 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
         left_out = dump[table].hidden if table in dump else None
         if left_out is not None:
             hidden.append((family, table, left_out))
+    # An accept whose replies conntrack takes meets nothing a notrack leaves untracked.
+    foreign |= foreign_forward(dump.get("filter"), family, untracked=[
+        b for b in foreign if isinstance(b, ForwardBlock) and b.verdict == "untrack"])
     # The same for NAT: the first NAT rule a connection meets decides.
     nat_state = tables[family, "nat"]
     nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index(),

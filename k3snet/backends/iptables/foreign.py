@@ -67,8 +67,8 @@ from k3snet.render.iptables.rules import (
     tokenize,
 )
 
-__all__ = ["PATH_CHAINS", "foreign_blocks", "foreign_forward", "foreign_nat", "nat_blocks",
-           "path_blocks"]
+__all__ = ["PATH_CHAINS", "foreign_blocks", "foreign_forward", "foreign_nat",
+           "forward_drops_untracked", "nat_blocks", "path_blocks"]
 
 _STOP = frozenset({"DROP", "REJECT"})
 
@@ -315,8 +315,12 @@ def _nat_object(fields: RuleFields, family: int, spared: list[Network]) -> NetOb
         return None  # a port range, another family ...: not modelled
 
 
-def foreign_forward(dump: TableDump | None, family: int) -> set[NetObject]:
-    """Simple accepts on the FORWARD path whose replies are accepted too."""
+def foreign_forward(dump: TableDump | None, family: int, *,
+                    untracked: Sequence[ForwardBlock] = ()) -> set[NetObject]:
+    """Simple accepts on the FORWARD path whose replies are accepted too; not one that
+    an ``untrack`` block of ``untracked`` decides and whose replies only an accept of
+    established connections takes (``--ctstate RELATED,ESTABLISHED``): the flow it
+    accepts is untracked, its replies are a new connection's (or none's)."""
     found: set[NetObject] = set()
     if dump is None:
         return found
@@ -338,12 +342,18 @@ def foreign_forward(dump: TableDump | None, family: int) -> set[NetObject]:
         destination = rule.destination if rule.destination is not None else zero
         if source.version != family or destination.version != family:
             continue
-        if any(_answers(reply, rule, source, destination) for reply in accepts):
-            try:
-                found.add(ForwardRule(source, destination, in_interface=rule.in_interface,
-                                      out_interface=rule.out_interface))
-            except K3snetError:
-                continue
+        answers = [reply for reply in accepts if _answers(reply, rule, source, destination)]
+        if not answers:
+            continue
+        try:
+            accepted = ForwardRule(source, destination, in_interface=rule.in_interface,
+                                   out_interface=rule.out_interface)
+        except K3snetError:
+            continue
+        if all(reply.ctstate is not None for reply in answers) and any(
+                block.decides(accepted) for block in untracked):
+            continue
+        found.add(accepted)
     return found
 
 
@@ -426,10 +436,11 @@ def path_blocks(dump: TableDump | None, family: int, *,
     (``-j NOTRACK``, ``-j CT --notrack``) takes them out of NAT altogether (the nat
     table sees only tracked connections): it is an ``exempt``
     :class:`~k3snet.model.NatBlock`, a conflict of the masquerade and SNAT rules it
-    may match. With ``forward_drops`` (filter's FORWARD policy is not ``ACCEPT``) it is
-    an ``untrack`` :class:`~k3snet.model.ForwardBlock` too: an untracked packet's reply
-    (or an untracked reply) is no established connection's, k3snet's accept of replies
-    (``--ctstate RELATED,ESTABLISHED``) does not take it, and the policy drops it.
+    may match. With ``forward_drops`` (filter's FORWARD drops what k3snet's chain does
+    not accept: :func:`forward_drops_untracked`) it is an ``untrack``
+    :class:`~k3snet.model.ForwardBlock` too: an untracked packet's reply (or an
+    untracked reply) is no established connection's, k3snet's accept of replies
+    (``--ctstate RELATED,ESTABLISHED``) does not take it, and FORWARD drops it.
     ``routed``: as for :func:`foreign_blocks`.
     """
     found: set[NetObject] = set()
@@ -444,6 +455,27 @@ def path_blocks(dump: TableDump | None, family: int, *,
             "PREROUTING",
                                                        len(dump.chain("PREROUTING")))
     return found
+
+
+def forward_drops_untracked(dump: TableDump | None) -> bool:
+    """Whether filter's FORWARD (``dump``) drops what k3snet's chain does not accept: its
+    policy is not ``ACCEPT``, or one of its own rules drops or rejects every packet
+    (``-A FORWARD -j REJECT``, RHEL's default ruleset's last rule) before an ``ACCEPT``
+    or ``RETURN`` of every packet. k3snet's jump is FORWARD's first rule: an untracked
+    flow's packets (an untracked packet's reply is a new connection's, an untracked
+    reply none's) fall through k3snet's accept of established connections to it."""
+    if dump is None:
+        return False
+    if dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT":
+        return True
+    for spec in dump.chain("FORWARD"):
+        tokens = tokenize(spec)
+        target = _target(tokens)
+        if target in _STOP and not _conditions(tokens):
+            return True
+        if target in ("ACCEPT", "RETURN") and _takes_all(tokens):
+            return False
+    return False
 
 
 _ON, _END, _BACK, _DONE = "on", "end", "back", "done"

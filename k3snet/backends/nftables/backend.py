@@ -372,8 +372,11 @@ class NftablesBackend(BackendBase):
         """What the last read found worth saying (``!! warning:`` under ``k3snet plan``):
         an incomplete foreign state, with the listings it lacks; another table's filter
         chain whose default (a policy drop, a catch-all drop or reject) drops forward
-        rules :meth:`expect` was given, which k3snet's accepts cannot open."""
-        found = self._default_warnings() + self._iptables_warnings()
+        rules :meth:`expect` was given, which k3snet's accepts cannot open; what the read
+        could not judge whole (an iptables-nft ``-j CT`` whose options were not read)."""
+        found = (self._default_warnings()
+                 + tuple(f"nftables: {doubt}" for doubt in self._defaults.doubts)
+                 + self._iptables_warnings())
         if not self._foreign_unread:
             return found
         return (f"nftables: other tables were not read whole within {self.foreign_timeout:g} s "

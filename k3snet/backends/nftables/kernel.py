@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -133,6 +133,14 @@ def first_lines(text: str, count: int = 4) -> str:
     return " | ".join(lines[:count]) or "no detail"
 
 
+CT_FLAGS = "k3snet_ct_flags"
+"""The key :class:`Libnftables` adds to an ``xt`` ``CT`` target of a chain's JSON listing:
+the target's flags as the kernel holds them (``XT_CT_NOTRACK``, 1: ``--notrack`` or
+``-j NOTRACK``), read over netlink
+(:meth:`~k3snet.backends.nfgen.GenerationReader.ct_target_flags`).
+Absent (a listing by a child ``nft``, a rule gone meanwhile): not known."""
+
+
 class Libnftables:
     """The real :class:`NftKernel`: a libnftables context and a netfilter netlink socket.
 
@@ -196,7 +204,33 @@ class Libnftables:
             if "No such file or directory" in error:
                 return None
             raise BackendError(f"nft {what!r} failed: {first_lines(_with_capability(error))}")
-        return listed_items(output, what)
+        items = listed_items(output, what)
+        if kind == "chain" and '"CT"' in output:
+            self._ct_flags(items)
+        return items
+
+    def _ct_flags(self, items: Iterable[dict[str, Any]]) -> None:
+        """Give each iptables-nft ``-j CT`` of a chain's listing the flags the kernel holds
+        for it (:data:`CT_FLAGS`): libnftables lists only the target's name, so a
+        ``--zone`` or ``--helper`` one looked as a ``--notrack`` one."""
+        for item in items:
+            rule = item.get("rule")
+            if not isinstance(rule, dict) or not isinstance(rule.get("expr"), list):
+                continue
+            for statement in rule["expr"]:
+                xt = statement.get("xt") if isinstance(statement, dict) else None
+                if not (isinstance(xt, dict) and xt.get("type") == "target"
+                        and xt.get("name") == "CT"):
+                    continue
+                try:
+                    self.calls += 1
+                    flags = self._generation.ct_target_flags(
+                        str(rule["family"]), str(rule["table"]), str(rule["chain"]),
+                        int(rule["handle"]))
+                except (BackendError, KeyError, TypeError, ValueError):
+                    flags = None  # not read: the target stays a doubt
+                if flags is not None:
+                    xt[CT_FLAGS] = flags
 
     def list_text(self, kind: str, **ref: str) -> str | None:
         """What ``nft -a list KIND REF...`` prints; ``None`` if the object does not exist;

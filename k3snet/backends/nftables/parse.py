@@ -56,6 +56,7 @@ import attrs
 
 from k3snet.backends.nftables.cache import Cache, Repair, Table
 from k3snet.backends.nftables.kernel import (
+    CT_FLAGS,
     SLOW_LISTING,
     BoundedLister,
     ListingTimeoutError,
@@ -115,6 +116,7 @@ _TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})  # what nft names
 _STOPS = ("drop", "queue")  # what parse_rule makes of drop, reject and queue
 _OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
 _CONNTRACK_PRIO = -200  # NF_IP_PRI_CONNTRACK: a chain before it sees untracked packets
+_XT_CT_NOTRACK = 1  # xt_ct_target_info's flag: -j CT --notrack, -j NOTRACK
 
 
 def table_of(obj: NetObject, families: tuple[str, ...]) -> str:
@@ -146,6 +148,8 @@ class Match:
     nat_extra: bool = False  # ports, ranges, maps, other flags: not modelled
     # a notrack statement (the packet goes on, untracked): its words in a block's text
     notrack: str | None = None
+    # an iptables-nft -j CT whose flags were not read: it may be a --notrack
+    ct_doubt: bool = False
 
     @property
     def conditions(self) -> int:
@@ -294,10 +298,22 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         # seen (it does not change which packets are NATed).
         out.verdict = "masquerade"
         out.extras += 1
+    elif kind == "target" and name == "REJECT":
+        # iptables-nft's -j REJECT: a compat target, ending the packet as `reject` does
+        # (its options, the ICMP type or TCP reset, are not listed and change nothing).
+        out.verdict = "drop"
+        out.extras += 1
     elif kind == "target" and name == "CT":
-        # iptables-nft's -j CT, whose options libnftables' JSON hides: read as --notrack
-        # (a doubt counts against k3snet: a --zone or --helper one is a false "no NAT").
-        out.notrack = "xt CT (read as --notrack: its options are not listed)"
+        # iptables-nft's -j CT (and -j NOTRACK), whose options libnftables' JSON hides:
+        # the kernel's flags, when the listing was given them (CT_FLAGS), tell a
+        # --notrack from a --zone or a --helper (tracked: nothing changes for NAT);
+        # without them, a doubt (said, not a conflict).
+        flags = body.get(CT_FLAGS)
+        if isinstance(flags, int) and not isinstance(flags, bool):
+            if flags & _XT_CT_NOTRACK:
+                out.notrack = "xt CT --notrack"
+        else:
+            out.ct_doubt = True
         out.extras += 1
     elif kind == "target":
         out.verdict = f"xt {name}"  # an iptables target k3snet cannot see into
@@ -591,6 +607,16 @@ class ForeignReader:
     # filter base chains at prerouting before conntrack (raw's -300): a notrack there
     # takes packets out of NAT
     _before_conntrack: set[tuple[tuple[str, str], str]] = field(default_factory=set)
+    # the notracks met there, as the walk reached them (the rule, where, its chain), and
+    # each forward base chain whose default drops what no accept of its own takes (its
+    # place, that default, the accepts before it): an untracked flow's replies are no
+    # established connection's, its `ct state established,related accept` does not take them
+    _notracks: list[tuple[Match, tuple[str, str], str]] = field(default_factory=list)
+    _untrack_defaults: list[tuple[tuple[str, str], str, str, list[ForwardRule]]] = field(
+        default_factory=list)
+    # what may leave packets untracked, not known whole (an -j CT whose flags were not
+    # read): said as warnings (ForwardDefaults.doubts), no conflict
+    doubts: list[str] = field(default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -635,13 +661,17 @@ class ForeignReader:
         found |= self._met()
         found |= self._blocks()
         found.update(block for block, _ in self.nat_blocks)
+        untracking = [b for b in found if isinstance(b, ForwardBlock) and b.verdict == "untrack"]
         for rule in self.accepts:
             if not self.replies_accepted and not any(_answers(o, rule) for o in self.accepts):
                 continue
             # An accept ends only its own chain: every other base chain on the forward
             # hook must let the packets through too (firewalld#527).
             if all(self._lets_through(base, rule) for base in self.forward_bases
-                   if (base[0], base[1]) not in self.origins.get(rule, set())):
+                   if (base[0], base[1]) not in self.origins.get(rule, set())) and not any(
+                       b.decides(rule) for b in untracking):
+                # (Not one whose flow a notrack untracks under a default that drops it: its
+                # replies are accepted by conntrack, which no longer takes them.)
                 found.add(rule)
         return frozenset(found)
 
@@ -736,9 +766,18 @@ class ForeignReader:
         found: set[NetObject] = set()
         # A forwarded packet also passes every filter chain on the prerouting and
         # postrouting hooks: a drop there wins over any accept at the forward hook.
-        for where, name, _ in [*self.forward_bases, *self.path_bases]:
+        forward = {(where, name) for where, name, _ in self.forward_bases}
+        for where, name, policy in [*self.forward_bases, *self.path_bases]:
             untrack = (where, name) if (where, name) in self._before_conntrack else None
-            self._block_walk(where, name, _Way(), found, _Taken(), untrack=untrack)
+            taken = _Taken()
+            self._block_walk(where, name, _Way(), found, taken, untrack=untrack,
+                             forward=(where, name) in forward)
+            if (where, name) in forward and policy != "accept" and not taken.ended:
+                self._untrack_defaults.append((where, name, f"policy {policy}",
+                                               list(taken.accepted)))
+        for match, where, chain in self._notracks:
+            for default in self._untrack_defaults:
+                found.update(_untrack_forward_blocks(match, where, chain, default))
         for where, name, _ in self.nat_bases:
             if (where, name) not in self._after_own_nat:  # else: judged as a default only
                 self._nat_chain_blocks(where, name, found)
@@ -754,21 +793,22 @@ class ForeignReader:
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
                 return
-            block = _block_of(match, where, chain, taken, self.routed)
-            if block is not None:
-                found.add(block)
+            found.update(_blocks_of(match, where, chain, taken, self.routed))
             if match.verdict in ("accept", "masquerade", "snat"):  # ends the chain for them
                 taken.add(match)
 
     def _block_walk(self, where: tuple[str, str], chain: str, way: _Way,
                     found: set[NetObject], taken: _Taken, *,
-                    untrack: tuple[tuple[str, str], str] | None = None) -> None:
+                    untrack: tuple[tuple[str, str], str] | None = None,
+                    forward: bool = False) -> None:
         """Walk ``chain`` for blocks; ``taken``: what the accepts met before on the way
         from the base chain take (it never reaches a later rule: an accept, here or in a
         chain jumped to, ends the base chain), added to as the walk meets more.
         ``untrack``: the base chain, when it runs before conntrack (a raw prerouting
         chain): a ``notrack`` there is an exempt :class:`NatBlock` (the nat hooks see
-        tracked connections only), unless an accept or drop of every packet came first."""
+        tracked connections only), unless an accept or drop of every packet came first,
+        and is kept for the forward chains' defaults. ``forward``: the base chain is on
+        the forward hook: a drop of every packet met is its default for untracked flows."""
         way = way.into(where, chain)
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
@@ -776,12 +816,23 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
-            block = _block_of(reached, where, chain, taken, self.routed)
-            if block is not None:
-                found.add(block)
+            found.update(_blocks_of(reached, where, chain, taken, self.routed))
             if untrack is not None and reached.notrack and not taken.ended:
                 self.nat_blocks.extend((b, untrack) for b in _untrack_blocks(reached, where,
                                                                               chain))
+                self._notracks.append((reached, where, chain))
+            if untrack is not None and reached.ct_doubt and not taken.ended:
+                self.doubts.append(
+                    f"iptables-nft's -j CT in {where[0]} {where[1]} {chain} "
+                    f"({' '.join([*_rule_words(reached)[0], 'xt target CT'])}) was listed "
+                    "without its options: if it is a --notrack, what it matches is untracked "
+                    "(no NAT, and replies a forward chain accepts by conntrack alone are "
+                    "dropped; `iptables-nft-save -t raw` shows them)")
+            if (forward and reached.verdict in ("drop", "queue") and reached.conditions == 0
+                    and not taken.ended):
+                self._untrack_defaults.append((
+                    where, chain, f"{match.verdict} (a rule of every packet)",
+                    list(taken.accepted)))
             if reached.verdict in ("accept", "drop", "queue") and reached.conditions == 0:
                 taken.ended = True  # every later rule of the base chain is unreached
             if reached.verdict == "accept":
@@ -789,7 +840,7 @@ class ForeignReader:
             if way.follows(where, match):
                 assert match.target is not None
                 self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found,
-                                 taken, untrack=untrack)
+                                 taken, untrack=untrack, forward=forward)
 
     def defaults(self) -> ForwardDefaults:
         """The base chains read whose default may drop forwarded packets: a policy that is
@@ -815,7 +866,8 @@ class ForeignReader:
                     where[0], where[1], name, policy, tuple(what), kind=kind,
                     after_own_nat=(where, name) in self._after_own_nat))
         return ForwardDefaults(tuple(found), dict(self._listings) if found else {},
-                               iptables_own=tuple(sorted(self.iptables_own.items())))
+                               iptables_own=tuple(sorted(self.iptables_own.items())),
+                               doubts=tuple(dict.fromkeys(self.doubts)))
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False, reply: bool = False) -> bool:
@@ -1123,6 +1175,8 @@ class ForwardDefaults:
     """The read's other finding: iptables-nft's tables holding the iptables backend's
     chains, each with the chain its hook jumps to (``(("ip", "nat"),
     "K3SNET-POSTROUTING")``), passed by (:attr:`ForeignReader.iptables_own`)."""
+    doubts: tuple[str, ...] = ()
+    """What the read could not judge whole and says (:attr:`ForeignReader.doubts`)."""
 
     def unopened(self, rules: Sequence[ForwardRule], *,
                  translated: Sequence[NetObject] = ()) -> list[tuple[ForwardDefault,
@@ -1853,6 +1907,43 @@ def _untrack_blocks(match: Match, where: tuple[str, str], chain: str) -> list[Na
     return blocks
 
 
+def _untrack_forward_blocks(match: Match, where: tuple[str, str], chain: str,
+                            under: tuple[tuple[str, str], str, str, list[ForwardRule]]
+                            ) -> list[ForwardBlock]:
+    """The ``untrack`` :class:`ForwardBlock` (one per address family both chains may see)
+    a ``notrack`` before conntrack (``match`` in ``chain``) makes under ``under``: the default of
+    a forward base chain (its table, its name, its policy drop or drop of every packet,
+    the accepts before it): an untracked packet's reply is a new
+    connection's, an untracked reply none's, and that chain's accept of established
+    connections takes neither, as iptables' FORWARD policy (the iptables backend's
+    untrack block). One testing a mark is none, as for NAT."""
+    if match.marks:
+        return []
+    base, name, default, accepted = under
+    words, saddr, daddr, _ = _rule_words(match)
+    iif = [name for name, neg in match.iif if not neg]
+    text = (f"{' '.join([*words, match.notrack or 'notrack'])} (then nftables {base[0]} "
+            f"{base[1]} {name}: {default})")
+    place = f"nftables {where[0]} {where[1]} {chain}"
+    families = [4 if match.proto == "ip" else 6] if match.proto else [4, 6]
+    if base[0] != "inet":
+        families = [f for f in families if f == (4 if base[0] == "ip" else 6)]
+    blocks = []
+    for family in families:
+        fields: dict[str, Any] = {"source": saddr[0] if len(saddr) == 1 else None,
+                                  "destination": daddr[0] if len(daddr) == 1 else None,
+                                  "in_interface": iif[0] if len(iif) == 1 else None}
+        took = [rule for rule in accepted if rule.family == family]
+        for attempt in (fields, {}):
+            try:  # another family's address, an odd interface: read as any
+                blocks.append(ForwardBlock(family, "untrack", text, place, **attempt,
+                                           accepted=took))
+                break
+            except ModelError:
+                continue
+    return blocks
+
+
 def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[NatBlock]:
     """The :class:`NatBlock` (one per address family it may see) a foreign NAT rule makes."""
     words, saddr, daddr, oif = _rule_words(match)
@@ -1930,6 +2021,19 @@ class _Taken:
         return found[:_MAX_ACCEPTED_BEFORE]
 
 
+def _blocks_of(match: Match, where: tuple[str, str], chain: str, taken: _Taken | None,
+               routed: RoutedBy | None) -> list[ForwardBlock]:
+    """The blocks of :func:`_block_of`: in an ``inet`` table, a drop naming no address
+    family (``oifname "eth0" drop``) is judged in each, as one in an ``ip`` and one in
+    an ``ip6`` table are (by the node's routes of that family)."""
+    if match.proto is None and where[0] == "inet":
+        found = (_block_of(dataclasses.replace(match, proto=proto), where, chain, taken,
+                           routed) for proto in ("ip", "ip6"))
+        return [block for block in found if block is not None]
+    block = _block_of(match, where, chain, taken, routed)
+    return [] if block is None else [block]
+
+
 def _block_of(match: Match, where: tuple[str, str], chain: str,
               taken: _Taken | None = None,
               routed: RoutedBy | None = None) -> ForwardBlock | None:
@@ -1942,7 +2046,8 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
     only what the node routes by that interface, as the iptables backend reads it
     (:meth:`~k3snet.backends.routed.RoutedBy.cover`; Docker's ``oifname "docker0"``
     drop: docker0's subnet, not the pods' connections; the uplink's default route: any
-    destination). Not in an ``inet`` table (no family to judge it in): still none."""
+    destination). ``match`` names its family (:func:`_blocks_of` gives an ``inet``
+    table's drop one in each)."""
     if match.verdict not in ("drop", "reject", "queue") or match.proto is None:
         return None
     words, saddr, daddr, oif = _rule_words(match)
