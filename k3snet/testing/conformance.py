@@ -36,7 +36,10 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    at *every* position raises :class:`~k3snet.errors.ApplyError` and leaves
    ``observe()`` exactly as before (the sysctls' recorded ``previous`` values too,
    which ``==`` does not compare), and removing everything afterwards gives back
-   the state found. A backend without a fault hook, or one that
+   the state found. The error says what happened: ``failed`` is the change the
+   failure was injected at (or ``None``), ``done`` the plan's changes made before it
+   and ``rolled_back`` their inverses, last first (both empty for a transaction).
+   A backend without a fault hook, or one that
    ignores it, or one that does not roll back, fails here; one that looks at the
    hook only before its first step (a multi-step backend should fail where the
    system would, at step ``i``) passes without its rollback ever running.
@@ -70,7 +73,7 @@ from hypothesis.strategies import SearchStrategy
 from k3snet.backends.base import Backend
 from k3snet.backends.kit import BackendBase, FaultHook
 from k3snet.errors import ApplyError, K3snetError, ModelError, RollbackError
-from k3snet.model import NetObject
+from k3snet.model import Drift, NetObject
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route, RouteBlock
@@ -500,8 +503,8 @@ def _expect_injected_failure(backend: Backend, hook: FaultHook, p: Plan, index: 
         backend.apply(p)
     except RollbackError as exc:
         raise AssertionError(f"{where}: the rollback failed: {exc}\nplan:\n{p.render()}") from exc
-    except ApplyError:
-        pass
+    except ApplyError as exc:
+        _check_apply_error(exc, p, index, where)
     else:
         raise AssertionError(f"{where}: apply succeeded; the backend ignores its fault hook\n"
                              f"plan:\n{p.render()}")
@@ -519,6 +522,35 @@ def _expect_injected_failure(backend: Backend, hook: FaultHook, p: Plan, index: 
                   for name in sorted(recorded.keys() | kept.keys())
                   if recorded.get(name) != kept.get(name))
         + f"plan:\n{p.render()}")
+
+
+def _check_apply_error(exc: ApplyError, p: Plan, index: int, where: str) -> None:
+    """The :class:`~k3snet.errors.ApplyError` of a failure injected at change ``index``
+    says what happened, as :class:`~k3snet.backends.kit.Compensation` says it: ``failed``
+    is that change (or ``None``: the whole transaction refused), ``done`` the plan's
+    changes made before the failure, each once, in the order made (empty for a
+    transaction), and ``rolled_back`` their inverses, last first.
+
+    A group's error said nothing was done while it rolled back what its earlier members
+    had made; a backend's ``rolled_back`` naming changes ``done`` does not (or the other
+    way round) tells the admin and a group of another rollback than the one made.
+    """
+    details = (f"  failed: {exc.failed}\n" + "".join(f"  done: {c}\n" for c in exc.done)
+               + "".join(f"  rolled back: {c}\n" for c in exc.rolled_back)
+               + f"plan:\n{p.render()}")
+    assert exc.failed is None or exc.failed == p.changes[index], (
+        f"{where}: ApplyError.failed names another change than the one that failed "
+        f"({p.changes[index]}; None when the whole transaction was refused):\n{details}")
+    once = f"{where}: ApplyError.done must list changes of the plan made before the failure, "
+    assert all(c in p.changes for c in exc.done), f"{once}each once:\n{details}"
+    assert len(set(exc.done)) == len(exc.done), f"{once}each once:\n{details}"
+    inverses = tuple(c.inverse() for c in reversed(exc.done)
+                     if not isinstance(c.subject, Drift))
+    rolled_back = tuple(c for c in exc.rolled_back if not isinstance(c.subject, Drift))
+    assert rolled_back == inverses, (
+        f"{where}: after a rollback, ApplyError.rolled_back must be the inverses of the "
+        "changes in ApplyError.done, last first (a transaction refused whole: both empty; "
+        "k3snet.backends.kit.Compensation.fail says both):\n" + details)
 
 
 def _recorded(state: State) -> dict[str, str | None]:

@@ -592,3 +592,92 @@ def test_conformance_with_reopen_fails_a_backend_blind_to_changes_another_proces
     with pytest.raises(FAILS, match=r"after another \w+ backend on the same system"):
         run_conformance(lambda: _KeepsWhatItRead(MemoryBackend(found)), max_examples=10,
                         reopen=lambda b: _KeepsWhatItRead(b.store))  # type: ignore[attr-defined]
+
+
+class _ReportsItsRollbackAs(MemoryBackend):
+    """Fails as the memory backend does (the changes before the failing one made, then
+    undone), and reports that in its own words (``report``: the error it raises instead)."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        raise NotImplementedError
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        try:
+            return super().apply(plan)
+        except ApplyError as exc:
+            raise self.report(exc, plan) from None
+
+
+class _SaysNothingWasDone(_ReportsItsRollbackAs):
+    """Rolled back the changes it made, says none was made (as a group's error did)."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        return ApplyError(exc.message, failed=exc.failed, rolled_back=exc.rolled_back)
+
+
+class _SaysNothingWasRolledBack(_ReportsItsRollbackAs):
+    """Names the changes it made, not that it took them back."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        return ApplyError(exc.message, failed=exc.failed, done=exc.done)
+
+
+class _RollsBackFirstFirst(_ReportsItsRollbackAs):
+    """Lists the inverses in the order the changes were made (the undo ran last first)."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        return ApplyError(exc.message, failed=exc.failed, done=exc.done,
+                          rolled_back=tuple(reversed(exc.rolled_back)))
+
+
+class _BlamesTheFirstChange(_ReportsItsRollbackAs):
+    """Names the plan's first change as the one that failed, whichever did."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        return ApplyError(exc.message, failed=plan.changes[0], done=exc.done,
+                          rolled_back=exc.rolled_back)
+
+
+class _DoneHoldsOtherChanges(_ReportsItsRollbackAs):
+    """Says it made the inverses it undid (a change the plan does not hold)."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        return ApplyError(exc.message, failed=exc.failed, done=exc.rolled_back,
+                          rolled_back=tuple(c.inverse() for c in reversed(exc.rolled_back)))
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    (_SaysNothingWasDone, "inverses of the changes in ApplyError.done"),
+    (_SaysNothingWasRolledBack, "inverses of the changes in ApplyError.done"),
+    (_RollsBackFirstFirst, "last first"),
+    (_BlamesTheFirstChange, "ApplyError.failed names another change"),
+    (_DoneHoldsOtherChanges, "changes of the plan made before the failure"),
+])
+def test_conformance_fails_an_apply_error_that_misreports_the_rollback(
+        broken: type[MemoryBackend], says: str) -> None:
+    """``ApplyError.done`` / ``rolled_back`` / ``failed`` say what a failed apply made and
+    took back (the CLI prints them, a group adds its own to them); the suite checked only
+    that the system was as before, so any words passed."""
+    with pytest.raises(FAILS, match=says):
+        run_conformance(broken, max_examples=20)
+
+
+def test_conformance_passes_an_apply_error_of_a_transaction_refused_whole() -> None:
+    """A backend with a real transaction makes nothing before the failure: ``done`` and
+    ``rolled_back`` empty, ``failed`` the change refused or ``None``."""
+
+    class Transactional(MemoryBackend):
+        def apply(self, plan: Plan) -> ApplyResult:
+            fail_at = self.faults.take(plan)
+            if fail_at is not None:
+                raise ApplyError("refused whole", failed=None if fail_at % 2 else
+                                 plan.changes[fail_at])
+            return super().apply(plan)
+
+    run_conformance(Transactional, max_examples=20)
