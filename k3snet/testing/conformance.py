@@ -49,6 +49,9 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
 8. with ``reopen=``: another backend on the same system (the next process's)
    observes, after every apply, failed or not, what the one that applied does; and
    when that other backend changes the system, the first one observes the change.
+9. the optional ``change_token()`` (:meth:`k3snet.backends.kit.BackendBase.change_token`)
+   moves whenever what ``observe()`` reports changed, by the backend's own apply or
+   (with ``reopen=``) another's; ``None`` says it cannot tell.
 
 By default the objects drawn include the values a backend's own encoding gets
 wrong: tables above 255 and the largest, the largest metric, default and host
@@ -62,7 +65,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -563,6 +566,7 @@ def _converge(backend: Backend, desired: State, *,
     expect = getattr(backend, "expect", None)
     if callable(expect):  # as k3snet.converge does: the hint, then observe()
         expect(desired)
+    token = _change_token(backend)
     before = backend.observe()
     p = plan(before, desired)
     problems = _checked(backend, p)
@@ -576,6 +580,7 @@ def _converge(backend: Backend, desired: State, *,
     assert applied == p.changes, _applied_mismatch(applied, p)
     after = backend.observe()
     _check_kinds(backend, after)
+    _check_token_moved(backend, token, before, after, "its own apply")
     if reopen is not None:
         _check_reopened(backend, reopen, after)
     target = _as_held(p.target(desired), after)
@@ -615,7 +620,10 @@ def _check_changed_elsewhere(backend: Backend, reopen: Callable[[Backend], Backe
                              desired: State) -> None:
     """Another backend on the same system (``reopen``: a ``k3snet apply`` run beside the
     agent, whose backend lives from pass to pass) converges it to ``desired``; ``backend``
-    must then observe what that one does, not what it read or wrote before."""
+    must then observe what that one does, not what it read or wrote before, and its
+    change token must have moved."""
+    token = _change_token(backend)
+    held = backend.observe()
     other = reopen(backend)
     try:
         _converge(other, desired)
@@ -631,6 +639,31 @@ def _check_changed_elsewhere(backend: Backend, reopen: Callable[[Backend], Backe
         f"{_diff(there, seen)}\n"
         + "".join(f"  {name}: previous {value!r}, observed {kept.get(name)!r}\n"
                   for name, value in sorted(recorded.items()) if kept.get(name) != value))
+    _check_token_moved(backend, token, held, seen, "another backend on the same system")
+
+
+def _change_token(backend: Backend) -> Hashable | None:
+    """The backend's optional ``change_token()``, ``None`` when it cannot tell: it has
+    none, says ``None``, or (a group's) one of its parts says ``None``."""
+    read = getattr(backend, "change_token", None)
+    token = read() if callable(read) else None
+    if isinstance(token, tuple) and any(part is None for part in token):
+        return None
+    return token
+
+
+def _check_token_moved(backend: Backend, token: Hashable | None, before: State,
+                       after: State, by: str) -> None:
+    """What ``observe()`` reports changed (``by`` changed it): the change token read before
+    must have moved, or the agent, which observes again only when it moves, never sees
+    the change (nor does an :class:`~k3snet.backends.kit.ObserveCache` stamped with it)."""
+    if token is None or after == before:
+        return
+    now = _change_token(backend)
+    assert now is None or now != token, (
+        f"{backend.name}.change_token() stayed {token!r} while {by} changed what observe() "
+        "reports (a token changes whenever observe() may report otherwise; None: cannot "
+        f"tell):\n{_diff(before, after)}")
 
 
 def _check_hints(backend: Backend, held: State, wrong: State) -> None:

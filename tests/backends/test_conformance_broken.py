@@ -681,3 +681,49 @@ def test_conformance_passes_an_apply_error_of_a_transaction_refused_whole() -> N
             return super().apply(plan)
 
     run_conformance(Transactional, max_examples=20)
+
+
+class _TokenOfItsOwnApplies(_StoreBackend):
+    """Counts its own applies as its change token: blind to another process's changes."""
+
+    def __init__(self, store: MemoryBackend) -> None:
+        super().__init__(store)
+        self.applies = 0
+
+    def change_token(self) -> int:
+        return self.applies
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = super().apply(plan)
+        self.applies += 1
+        return result
+
+
+class _ConstantToken(_StoreBackend):
+    """A change token that never moves (a version read from the wrong place)."""
+
+    def change_token(self) -> str:
+        return "v1"
+
+
+@pytest.mark.parametrize(("broken", "reopened"), [(_ConstantToken, False),
+                                                  (_TokenOfItsOwnApplies, True)])
+def test_conformance_fails_a_change_token_that_stays_while_the_state_changes(
+        broken: type[_StoreBackend], reopened: bool) -> None:
+    """The agent observes again only when a token moves (and an ObserveCache serves its
+    value while the token stays): a token that stayed while the system changed passed."""
+    store = MemoryBackend()
+    with pytest.raises(FAILS, match=r"change_token\(\) stayed"):
+        run_conformance(lambda: broken(store), max_examples=20,
+                        reopen=(lambda _: broken(store)) if reopened else None)
+
+
+def test_conformance_passes_a_change_token_that_moves_with_the_system() -> None:
+    store = MemoryBackend()
+
+    class Versioned(_StoreBackend):
+        def change_token(self) -> str:
+            return self.store.dump()
+
+    run_conformance(lambda: Versioned(store), max_examples=20,
+                    reopen=lambda _: Versioned(store))
