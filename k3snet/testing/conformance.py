@@ -53,6 +53,10 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    moves whenever what ``observe()`` reports changed, by the backend's own apply or
    (with ``reopen=``) another's; ``None`` says it cannot tell.
 
+With no foreign object of its kinds in the system ``factory()``'s backend sees, the
+checks of 4 and 5 about other programs' objects have nothing to work on: a
+:class:`UserWarning` says so.
+
 By default the objects drawn include the values a backend's own encoding gets
 wrong: tables above 255 and the largest, the largest metric, default and host
 routes of both families, interface names with capitals, punctuation and 15 bytes.
@@ -65,6 +69,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import warnings
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -134,6 +139,7 @@ def run_conformance(
             else _default_objects(backend), default_pool=objects is None)
         _check_kinds(backend, baseline)
         assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
+        _warn_of_unseen_foreign(backend, baseline)
         _check_refusals(backend, baseline)
         converge = functools.partial(_converge, reopen=reopen)
         _random_round_trips(backend, baseline, pool, max_examples, max_objects,
@@ -145,6 +151,19 @@ def run_conformance(
     finally:
         if not lifecycle_checked:
             backend.close()
+
+
+def _warn_of_unseen_foreign(backend: Backend, baseline: State) -> None:
+    """A :class:`UserWarning` when ``factory()``'s system holds no foreign object of the
+    backend's kinds: the promises about other programs' objects (never changed, deleted
+    or replaced; objects beside them told apart) go unchecked, and a suite run on an
+    empty system (a new file, an empty namespace) passed without a word of it."""
+    if not any(o.kind in backend.capabilities for o in baseline.foreign):
+        warnings.warn(
+            f"run_conformance: {backend.name} found no foreign object (of kind "
+            f"{', '.join(sorted(backend.capabilities))}): that it never changes, deletes "
+            "or replaces another program's objects is not checked; give factory() a "
+            "system that holds some (docs/custom-backend.md)", UserWarning, stacklevel=3)
 
 
 def _managed(backend: Backend, obj: NetObject) -> NetObject:
