@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import ipaddress
 import json
 import os
@@ -58,6 +59,9 @@ except ImportError:  # d5962fa
     from k3snet.testing.netns import create_netns, delete_netns, unique_name
 
 RULES = 10_000
+# Whether this install's iptables backend keeps a record of the built-in chains it made
+# (under its state_dir); asked once, not within a timed observe.
+_KEEPS_RECORD = "state_dir" in inspect.signature(IptablesBackend).parameters
 
 
 def cpu_ms() -> float:
@@ -117,17 +121,25 @@ def _masquerade_rules() -> list[MasqueradeRule]:
             for i in range(RULES)]
 
 
+def _iptables(ns: str, state: str) -> IptablesBackend:
+    """This install's iptables-nft backend on ``ns``; its record of the built-in chains
+    it made (an install that keeps one) goes under ``state``, not /run/k3snet."""
+    options = {"state_dir": state} if _KEEPS_RECORD else {}
+    return IptablesBackend(ns, mode="nft", driver="restore", **options)  # type: ignore[arg-type]
+
+
 def iptables_setup(ns: str) -> None:
     """Write the 10 000 rules into ``ns`` with this install."""
-    with IptablesBackend(ns, mode="nft", driver="restore") as backend:
+    with tempfile.TemporaryDirectory() as state, _iptables(ns, state) as backend:
         backend.apply(plan(backend.observe(), State(owned=_masquerade_rules())))
 
 
 def iptables_observe(ns: str) -> None:
     """One cold observe of ``ns``: a JSON line of CPU ms."""
-    start = start_clock()
-    with IptablesBackend(ns, mode="nft", driver="restore") as backend:
-        owned = len(backend.observe().owned)
+    with tempfile.TemporaryDirectory() as state:
+        start = start_clock()
+        with _iptables(ns, state) as backend:
+            owned = len(backend.observe().owned)
     spent = cpu_ms() - start
     if owned != RULES:
         sys.exit(f"observed {owned} owned objects, not {RULES}")
@@ -142,7 +154,7 @@ def iptables_counted(ns: str, what: str, then: str | None) -> None:
     same process (the bench_iptables row "observe 10k (cold, 10k rules)"); ``open``: a
     cold process's backend on ``ns`` holding them, then its observe.
     """
-    with IptablesBackend(ns, mode="nft", driver="restore") as backend:
+    with tempfile.TemporaryDirectory() as state, _iptables(ns, state) as backend:
         if what == "apply":
             backend.apply(plan(backend.observe(), State(owned=_masquerade_rules())))
         if then == "observe" and len(backend.observe().owned) != RULES:

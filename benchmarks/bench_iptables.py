@@ -26,6 +26,7 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
@@ -74,9 +75,9 @@ def bench_full(mode: str, driver: str, count: int, repeat: int) -> dict[str, flo
     k3snet, raw, observe, planning = [], [], [], []
     for _ in range(repeat):
         clear_caches()  # no help from an earlier run
-        with temporary_netns("bench") as ns, IptablesBackend(
-            ns, mode=mode, driver=driver  # type: ignore[arg-type]
-        ) as backend:
+        with temporary_netns("bench") as ns, tempfile.TemporaryDirectory() as state, \
+                IptablesBackend(ns, mode=mode, driver=driver,  # type: ignore[arg-type]
+                                state_dir=state) as backend:
             _ = backend.mode
             start = time.perf_counter()
             observed = backend.observe()
@@ -108,8 +109,10 @@ def bench_one_change(mode: str, driver: str, count: int, repeat: int) -> dict[st
     times, calls = [], []
     with ExitStack() as stack:
         ns = stack.enter_context(temporary_netns("bench"))
+        state = stack.enter_context(tempfile.TemporaryDirectory())
         backend = stack.enter_context(
-            IptablesBackend(ns, mode=mode, driver=driver)  # type: ignore[arg-type]
+            IptablesBackend(ns, mode=mode, driver=driver,  # type: ignore[arg-type]
+                            state_dir=state)
         )
         backend.apply(plan(backend.observe(), states[0]))
         start = time.perf_counter()

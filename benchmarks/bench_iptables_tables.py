@@ -105,8 +105,8 @@ def windows(trace_dir: str, mode: str) -> list[float]:
 
 
 def bench(mode: str, count: int, repeat: int) -> dict[str, float]:
-    with temporary_netns("benchtab") as ns:
-        backend = IptablesBackend(ns, mode=mode)  # type: ignore[arg-type]
+    with temporary_netns("benchtab") as ns, tempfile.TemporaryDirectory() as records:
+        backend = IptablesBackend(ns, mode=mode, state_dir=records)  # type: ignore[arg-type]
         seam = Traced(ns)
         backend._kernel = seam  # the real seam, counted
         with backend:
@@ -145,8 +145,8 @@ def bench(mode: str, count: int, repeat: int) -> dict[str, float]:
 
 def bench_full(mode: str, count: int, repeat: int) -> dict[str, float]:
     """A full apply of ``count`` rules per table and family into empty chains (no strace)."""
-    with temporary_netns("benchtab") as ns:
-        backend = IptablesBackend(ns, mode=mode)  # type: ignore[arg-type]
+    with temporary_netns("benchtab") as ns, tempfile.TemporaryDirectory() as records:
+        backend = IptablesBackend(ns, mode=mode, state_dir=records)  # type: ignore[arg-type]
         seam = Traced(ns)
         backend._kernel = seam
         with backend:

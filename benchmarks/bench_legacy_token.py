@@ -29,6 +29,7 @@ import socket
 import statistics
 import struct
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,8 +94,8 @@ def main() -> int:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     for size in args.sizes:
-        with temporary_netns("bench") as ns, \
-                IptablesBackend(ns, mode="legacy") as backend:
+        with temporary_netns("bench") as ns, tempfile.TemporaryDirectory() as state, \
+                IptablesBackend(ns, mode="legacy", state_dir=state) as backend:
             backend.apply(plan(backend.observe(), desired(size)))
             backend.change_token()  # its thread started, as the agent's is
             token = measure(backend.change_token, args.runs)

@@ -187,8 +187,10 @@ class Node:
             # measures the read; 50 000 rules on a loaded machine outlast 10 s
             return NftablesBackend(self.ns, keep_read=keep_read, read_timeout=300)
         if self.name == "routes":
-            return NetlinkBackend(self.ns)
-        return IptablesBackend(self.ns, mode=self.mode)  # type: ignore[arg-type]
+            # Records kept where this node's CLI runs keep theirs (K3SNET_STATE_DIR=tmp).
+            return NetlinkBackend(self.ns, state_dir=self.tmp)
+        return IptablesBackend(self.ns, mode=self.mode,  # type: ignore[arg-type]
+                               state_dir=self.tmp)
 
     # ------------------------------------------------------------ raw tools
 

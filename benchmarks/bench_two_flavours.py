@@ -24,6 +24,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,9 +64,9 @@ def raw_saves(ns: str, flavour: str, *, together: bool) -> float:
     return time.perf_counter() - start
 
 
-def detection(ns: str) -> float:
+def detection(ns: str, state: str) -> float:
     """``mode="auto"``'s detection in a fresh backend (its first use), in seconds."""
-    with IptablesBackend(ns) as backend:
+    with IptablesBackend(ns, state_dir=state) as backend:
         start = time.perf_counter()
         _ = backend.mode
         return time.perf_counter() - start
@@ -82,13 +83,14 @@ def main() -> None:
         ForwardRule("10.50.0.0/16", "192.168.2.0/24")])
     for picked in ("nft", "legacy"):
         other = "legacy" if picked == "nft" else "nft"
-        with temporary_netns("ipt") as ns:
+        with temporary_netns("ipt") as ns, tempfile.TemporaryDirectory() as state:
             run_in(ns, [f"iptables-{picked}-restore", "--noflush"], input_text=NODE_V4)
             run_in(ns, [f"ip6tables-{picked}-restore", "--noflush"], input_text=NODE_V6)
             run_in(ns, [f"iptables-{other}", "-w", "-A", "FORWARD", "-s", "10.50.0.0/16",
                         "-j", "DROP"])
-            with IptablesBackend(ns) as auto, \
-                    IptablesBackend(ns, mode=picked) as given:  # type: ignore[arg-type]
+            with IptablesBackend(ns, state_dir=state) as auto, \
+                    IptablesBackend(ns, mode=picked, state_dir=state
+                                    ) as given:
                 assert auto.mode == picked, auto.mode_reason
                 auto.apply(plan(auto.observe(), desired))
                 times: dict[str, list[float]] = {name: [] for name in (
@@ -109,7 +111,7 @@ def main() -> None:
                       f"flavour's one after the other {median['picked in turn']:.1f} ms")
             found: dict[str, list[float]] = {"detect": [], "raw": []}
             for _ in range(args.runs):
-                found["detect"].append(detection(ns))
+                found["detect"].append(detection(ns, state))
                 found["raw"].append(raw_saves(ns, picked, together=False)
                                     + raw_saves(ns, other, together=False))
             median = {name: 1000 * statistics.median(v) for name, v in found.items()}

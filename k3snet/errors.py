@@ -177,9 +177,14 @@ class ApplyError(BackendError):
     """An apply failed.
 
     ``failed`` is the change that failed (or ``None`` when the whole transaction
-    was refused), ``done`` what had been applied before it and ``rolled_back``
-    what was undone. A backend with real transactions (nftables, iptables-restore)
-    leaves the system as it was: ``done`` is empty.
+    was refused), ``done`` the changes that had been applied before it, in the order
+    they were made, and ``rolled_back`` what was undone: the inverses of ``done``,
+    last first (a finding's repair has none), as
+    :meth:`k3snet.backends.kit.Compensation.fail` says them. A backend with real
+    transactions (nftables, iptables-restore) leaves the system as it was: both are
+    empty. A :class:`~k3snet.BackendGroup` counts the parts its earlier
+    members made (and it took back) in both. For a :class:`RollbackError`, what
+    ``done`` holds and ``rolled_back`` does not undo may still be there.
     """
 
     def __init__(

@@ -14,7 +14,8 @@ a node's kernel, a file, a cluster. It is used in three steps::
   is returned, or :class:`~k3snet.errors.ApplyError` is raised and the system is
   as it was before. Backends with kernel transactions (nftables,
   ``iptables-restore``) get this for free; the others undo what they did and
-  report it in ``ApplyError.rolled_back``. If the undo fails too,
+  report it: ``ApplyError.done`` the changes made, ``rolled_back`` their inverses,
+  last first (:class:`~k3snet.errors.ApplyError`). If the undo fails too,
   :class:`~k3snet.errors.RollbackError` says the state is unknown.
 * **only owned objects**: a backend never changes, reorders or deletes an
   object it did not create; a plan naming one is refused.

@@ -62,6 +62,11 @@ def _seen_by(member: Member, state: State, kinds: frozenset[str],
     return State(owned=part.owned, foreign=[*part.foreign, *extra]) if extra else part
 
 
+def _made(results: Iterable[tuple[Member, Plan, ApplyResult]]) -> list[Change]:
+    """The changes of the parts the members applied, in the order they were made."""
+    return [c for _, part, _ in results for c in part.changes]
+
+
 def _final(obj: NetObject) -> bool:
     """Whether a foreign object decides wherever the other member's rule sits: a forward
     drop or reject, final in any chain of the hook. What a backend reads relative to its
@@ -248,16 +253,17 @@ class BackendGroup:
                 # Ctrl-C (KeyboardInterrupt) or SystemExit: the earlier parts are taken
                 # back as for an error, then the interruption goes on as it came.
                 raise
-            previous = exc.rolled_back if isinstance(exc, ApplyError) else ()
+            own = exc if isinstance(exc, ApplyError) else None
             # A member whose own undo failed may have left changes: the group's
             # error says so too (its type, and what may still be there).
             half = isinstance(exc, RollbackError)
             raise (RollbackError if half else ApplyError)(
-                f"{member.backend.name}: "
-                f"{exc.message if isinstance(exc, ApplyError) else exc}",
-                failed=exc.failed if isinstance(exc, ApplyError) else None,
-                done=exc.done if isinstance(exc, RollbackError) else [],
-                rolled_back=[*previous, *undone],
+                f"{member.backend.name}: {own.message if own is not None else exc}",
+                failed=own.failed if own is not None else None,
+                # What was made before the failure: the earlier members' parts, then
+                # what the failing member made of its own (both undone since).
+                done=[*_made(results), *(own.done if own is not None else ())],
+                rolled_back=[*(own.rolled_back if own is not None else ()), *undone],
             ) from exc
         finally:
             if armed is not None:
@@ -328,13 +334,15 @@ class BackendGroup:
                         else f"was interrupted ({type(exc).__name__}): the system may be "
                         "half-changed")
                 reason = str(cause) or type(cause).__name__  # a bare Ctrl-C has no text
+                own = cause if isinstance(cause, ApplyError) else None
                 raise RollbackError(
                     f"{failing.backend.name}: {reason}; undoing {member.backend.name} {what}",
-                    failed=cause.failed if isinstance(cause, ApplyError) else None,
-                    done=[c for _, part, _ in results for c in part.changes],
-                    # What the member's own undo took back before it failed counts.
-                    rolled_back=[*undone, *(exc.rolled_back
-                                            if isinstance(exc, RollbackError) else ())],
+                    failed=own.failed if own is not None else None,
+                    done=[*_made(results), *(own.done if own is not None else ())],
+                    # What the failing member took back of its own, and what this
+                    # member's undo took back before it failed, count.
+                    rolled_back=[*(own.rolled_back if own is not None else ()), *undone,
+                                 *(exc.rolled_back if isinstance(exc, RollbackError) else ())],
                 ) from exc
             undone += inverse.changes
         return undone

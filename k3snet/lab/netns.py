@@ -17,9 +17,12 @@ import os
 import re
 import secrets
 import signal
+import stat
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -28,6 +31,7 @@ __all__ = [
     "create_netns",
     "delete_netns",
     "exit_on_signals",
+    "forget_netns_state",
     "kill_netns_processes",
     "netns_exists",
     "netns_pids",
@@ -49,6 +53,13 @@ that hangs must fail the test rather than hang it."""
 _ROLE = re.compile(r"[a-z][a-z0-9]{0,7}")
 # What iproute2 accepts and what we create: no path separators, no dots-only names.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+_STATE_ROOT = Path("/run/k3snet")  # the backends' default state_dir (netlink's DEFAULT_STATE_ROOT)
+# What k3snet's backends keep in a namespace's directory there: the netlink backend's
+# sysctl record and its lock, the iptables backend's record of built-in chains it made,
+# and the temporaries each is written through.
+_RECORDS = frozenset({"sysctl.json", "lock", "iptables-made.json"})
+_TEMPORARIES = (".sysctl.json.", ".iptables-made-")
 
 
 class NetnsCommandError(subprocess.CalledProcessError):
@@ -159,13 +170,66 @@ def create_netns(name: str) -> str:
 def delete_netns(name: str) -> None:
     """Delete the named network namespace; do nothing if it is already gone.
 
-    Its interfaces (veth ends included) go with it. Processes still running inside
+    Its interfaces (veth ends included) go with it, and the records k3snet's backends
+    kept for it (:func:`forget_netns_state`). Processes still running inside
     keep the namespace alive until they exit, so callers stop them first (see
     :func:`netns_pids`).
     """
     _check_name(name)
     if netns_exists(name):
         _run(["ip", "netns", "delete", name], check=True, timeout=DEFAULT_TIMEOUT)
+        forget_netns_state(name)
+
+
+def forget_netns_state(name: str) -> None:
+    """Remove the records k3snet's backends kept for the deleted namespace ``name``
+    (``/run/k3snet/NAME/``: the netlink backend's sysctl record, the iptables backend's
+    record of built-in chains it made), which :func:`delete_netns` does.
+
+    Left behind, they piled up one directory per lab namespace, and a later namespace of
+    that name given the same inode read them as its own. The directory goes only when it
+    is that namespace's: not ``host`` (the caller's own namespace's), a real directory of
+    this user's that nobody else may write, holding k3snet's per-namespace files and
+    nothing else (``/run/k3snet/locks`` or ``spec-cache`` of a namespace so named stay);
+    nothing is done while a namespace of that name exists. Searched under
+    ``/run/k3snet``, the iptables backend's default root when a test moved it, and
+    ``$K3SNET_STATE_DIR``.
+    """
+    _check_name(name)
+    if name == "host" or netns_exists(name):
+        return
+    for root in _state_roots():
+        directory = root / name
+        try:
+            info = os.lstat(directory)
+            if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()
+                    or info.st_mode & 0o022):
+                continue
+            entries = [(entry, os.lstat(directory / entry)) for entry in os.listdir(directory)]
+        except OSError:  # none there (the usual case), or not ours to read
+            continue
+        if not entries or not all(
+                (entry in _RECORDS or entry.startswith(_TEMPORARIES))
+                and stat.S_ISREG(found.st_mode) for entry, found in entries):
+            continue
+        with suppress(OSError):  # one gone meanwhile, or the directory refilled
+            for entry, _ in entries:
+                os.unlink(directory / entry)
+            os.rmdir(directory)
+
+
+def _state_roots() -> list[Path]:
+    """Where backends keep per-namespace records: the default root, the iptables
+    backend's when moved (only if its module is loaded: else nothing moved it), and
+    ``$K3SNET_STATE_DIR`` (the CLI's, which child processes were given)."""
+    roots = [_STATE_ROOT]
+    made = sys.modules.get("k3snet.backends.iptables.made")
+    moved = getattr(made, "DEFAULT_ROOT", None)
+    given = os.environ.get("K3SNET_STATE_DIR")
+    for root in (moved, Path(given) if given and os.path.isabs(given) else None):
+        if isinstance(root, Path) and root not in roots:
+            roots.append(root)
+    return roots
 
 
 def netns_pids(name: str) -> tuple[int, ...]:

@@ -36,7 +36,10 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    at *every* position raises :class:`~k3snet.errors.ApplyError` and leaves
    ``observe()`` exactly as before (the sysctls' recorded ``previous`` values too,
    which ``==`` does not compare), and removing everything afterwards gives back
-   the state found. A backend without a fault hook, or one that
+   the state found. The error says what happened: ``failed`` is the change the
+   failure was injected at (or ``None``), ``done`` the plan's changes made before it
+   and ``rolled_back`` their inverses, last first (both empty for a transaction).
+   A backend without a fault hook, or one that
    ignores it, or one that does not roll back, fails here; one that looks at the
    hook only before its first step (a multi-step backend should fail where the
    system would, at step ``i``) passes without its rollback ever running.
@@ -46,6 +49,13 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
 8. with ``reopen=``: another backend on the same system (the next process's)
    observes, after every apply, failed or not, what the one that applied does; and
    when that other backend changes the system, the first one observes the change.
+9. the optional ``change_token()`` (:meth:`k3snet.backends.kit.BackendBase.change_token`)
+   moves whenever what ``observe()`` reports changed, by the backend's own apply or
+   (with ``reopen=``) another's; ``None`` says it cannot tell.
+
+With no foreign object of its kinds in the system ``factory()``'s backend sees, the
+checks of 4 and 5 about other programs' objects have nothing to work on: a
+:class:`UserWarning` says so.
 
 By default the objects drawn include the values a backend's own encoding gets
 wrong: tables above 255 and the largest, the largest metric, default and host
@@ -59,7 +69,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -70,7 +81,7 @@ from hypothesis.strategies import SearchStrategy
 from k3snet.backends.base import Backend
 from k3snet.backends.kit import BackendBase, FaultHook
 from k3snet.errors import ApplyError, K3snetError, ModelError, RollbackError
-from k3snet.model import NetObject
+from k3snet.model import Drift, NetObject
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
 from k3snet.model.route import Route, RouteBlock
@@ -128,6 +139,7 @@ def run_conformance(
             else _default_objects(backend), default_pool=objects is None)
         _check_kinds(backend, baseline)
         assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
+        _warn_of_unseen_foreign(backend, baseline)
         _check_refusals(backend, baseline)
         converge = functools.partial(_converge, reopen=reopen)
         _random_round_trips(backend, baseline, pool, max_examples, max_objects,
@@ -139,6 +151,19 @@ def run_conformance(
     finally:
         if not lifecycle_checked:
             backend.close()
+
+
+def _warn_of_unseen_foreign(backend: Backend, baseline: State) -> None:
+    """A :class:`UserWarning` when ``factory()``'s system holds no foreign object of the
+    backend's kinds: the promises about other programs' objects (never changed, deleted
+    or replaced; objects beside them told apart) go unchecked, and a suite run on an
+    empty system (a new file, an empty namespace) passed without a word of it."""
+    if not any(o.kind in backend.capabilities for o in baseline.foreign):
+        warnings.warn(
+            f"run_conformance: {backend.name} found no foreign object (of kind "
+            f"{', '.join(sorted(backend.capabilities))}): that it never changes, deletes "
+            "or replaces another program's objects is not checked; give factory() a "
+            "system that holds some (docs/custom-backend.md)", UserWarning, stacklevel=3)
 
 
 def _managed(backend: Backend, obj: NetObject) -> NetObject:
@@ -500,8 +525,8 @@ def _expect_injected_failure(backend: Backend, hook: FaultHook, p: Plan, index: 
         backend.apply(p)
     except RollbackError as exc:
         raise AssertionError(f"{where}: the rollback failed: {exc}\nplan:\n{p.render()}") from exc
-    except ApplyError:
-        pass
+    except ApplyError as exc:
+        _check_apply_error(exc, p, index, where)
     else:
         raise AssertionError(f"{where}: apply succeeded; the backend ignores its fault hook\n"
                              f"plan:\n{p.render()}")
@@ -521,6 +546,35 @@ def _expect_injected_failure(backend: Backend, hook: FaultHook, p: Plan, index: 
         + f"plan:\n{p.render()}")
 
 
+def _check_apply_error(exc: ApplyError, p: Plan, index: int, where: str) -> None:
+    """The :class:`~k3snet.errors.ApplyError` of a failure injected at change ``index``
+    says what happened, as :class:`~k3snet.backends.kit.Compensation` says it: ``failed``
+    is that change (or ``None``: the whole transaction refused), ``done`` the plan's
+    changes made before the failure, each once, in the order made (empty for a
+    transaction), and ``rolled_back`` their inverses, last first.
+
+    A group's error said nothing was done while it rolled back what its earlier members
+    had made; a backend's ``rolled_back`` naming changes ``done`` does not (or the other
+    way round) tells the admin and a group of another rollback than the one made.
+    """
+    details = (f"  failed: {exc.failed}\n" + "".join(f"  done: {c}\n" for c in exc.done)
+               + "".join(f"  rolled back: {c}\n" for c in exc.rolled_back)
+               + f"plan:\n{p.render()}")
+    assert exc.failed is None or exc.failed == p.changes[index], (
+        f"{where}: ApplyError.failed names another change than the one that failed "
+        f"({p.changes[index]}; None when the whole transaction was refused):\n{details}")
+    once = f"{where}: ApplyError.done must list changes of the plan made before the failure, "
+    assert all(c in p.changes for c in exc.done), f"{once}each once:\n{details}"
+    assert len(set(exc.done)) == len(exc.done), f"{once}each once:\n{details}"
+    inverses = tuple(c.inverse() for c in reversed(exc.done)
+                     if not isinstance(c.subject, Drift))
+    rolled_back = tuple(c for c in exc.rolled_back if not isinstance(c.subject, Drift))
+    assert rolled_back == inverses, (
+        f"{where}: after a rollback, ApplyError.rolled_back must be the inverses of the "
+        "changes in ApplyError.done, last first (a transaction refused whole: both empty; "
+        "k3snet.backends.kit.Compensation.fail says both):\n" + details)
+
+
 def _recorded(state: State) -> dict[str, str | None]:
     """Each owned sysctl's recorded previous value (which ``==`` leaves out)."""
     return {o.name: o.previous for o in state.owned if isinstance(o, Sysctl)}
@@ -531,6 +585,7 @@ def _converge(backend: Backend, desired: State, *,
     expect = getattr(backend, "expect", None)
     if callable(expect):  # as k3snet.converge does: the hint, then observe()
         expect(desired)
+    token = _change_token(backend)
     before = backend.observe()
     p = plan(before, desired)
     problems = _checked(backend, p)
@@ -544,6 +599,7 @@ def _converge(backend: Backend, desired: State, *,
     assert applied == p.changes, _applied_mismatch(applied, p)
     after = backend.observe()
     _check_kinds(backend, after)
+    _check_token_moved(backend, token, before, after, "its own apply")
     if reopen is not None:
         _check_reopened(backend, reopen, after)
     target = _as_held(p.target(desired), after)
@@ -583,7 +639,10 @@ def _check_changed_elsewhere(backend: Backend, reopen: Callable[[Backend], Backe
                              desired: State) -> None:
     """Another backend on the same system (``reopen``: a ``k3snet apply`` run beside the
     agent, whose backend lives from pass to pass) converges it to ``desired``; ``backend``
-    must then observe what that one does, not what it read or wrote before."""
+    must then observe what that one does, not what it read or wrote before, and its
+    change token must have moved."""
+    token = _change_token(backend)
+    held = backend.observe()
     other = reopen(backend)
     try:
         _converge(other, desired)
@@ -599,6 +658,31 @@ def _check_changed_elsewhere(backend: Backend, reopen: Callable[[Backend], Backe
         f"{_diff(there, seen)}\n"
         + "".join(f"  {name}: previous {value!r}, observed {kept.get(name)!r}\n"
                   for name, value in sorted(recorded.items()) if kept.get(name) != value))
+    _check_token_moved(backend, token, held, seen, "another backend on the same system")
+
+
+def _change_token(backend: Backend) -> Hashable | None:
+    """The backend's optional ``change_token()``, ``None`` when it cannot tell: it has
+    none, says ``None``, or (a group's) one of its parts says ``None``."""
+    read = getattr(backend, "change_token", None)
+    token = read() if callable(read) else None
+    if isinstance(token, tuple) and any(part is None for part in token):
+        return None
+    return token
+
+
+def _check_token_moved(backend: Backend, token: Hashable | None, before: State,
+                       after: State, by: str) -> None:
+    """What ``observe()`` reports changed (``by`` changed it): the change token read before
+    must have moved, or the agent, which observes again only when it moves, never sees
+    the change (nor does an :class:`~k3snet.backends.kit.ObserveCache` stamped with it)."""
+    if token is None or after == before:
+        return
+    now = _change_token(backend)
+    assert now is None or now != token, (
+        f"{backend.name}.change_token() stayed {token!r} while {by} changed what observe() "
+        "reports (a token changes whenever observe() may report otherwise; None: cannot "
+        f"tell):\n{_diff(before, after)}")
 
 
 def _check_hints(backend: Backend, held: State, wrong: State) -> None:

@@ -160,6 +160,24 @@ def test_group_applies_in_dependency_order_and_undoes_earlier_members_on_failure
     assert plan(group.observe(), compile_spec(seed_spec())).empty
 
 
+def test_a_group_s_apply_error_says_what_its_members_made_and_took_back() -> None:
+    """``done`` is what was made before the failure: the earlier members' parts, then what
+    the failing member made of its own; ``rolled_back`` their inverses, last first (as
+    Compensation.fail says it). The group said ``done=()`` while rolling back changes."""
+    node = MemoryBackend(capabilities=["route", "sysctl"])
+    nat = MemoryBackend(capabilities=["nat", "forward"])
+    group = BackendGroup([node, nat])
+    p = plan(group.observe(), compile_spec(seed_spec()))
+    node_part, nat_part = p.only(node.capabilities).changes, p.only(nat.capabilities).changes
+    nat.faults.fail_at(1)
+    with pytest.raises(ApplyError) as info:
+        group.apply(p)
+    made = (*node_part, nat_part[0])
+    assert info.value.done == made
+    assert info.value.rolled_back == tuple(c.inverse() for c in reversed(made))
+    assert info.value.failed == nat_part[1]
+
+
 class _Expecting(MemoryBackend):
     """Records the hints converge gives (expect) and what was observed after each."""
 
@@ -669,7 +687,10 @@ def test_a_member_left_half_changed_makes_the_group_error_a_rollback_error() -> 
     with pytest.raises(RollbackError) as caught:
         group.apply(p)
     assert "ROLLBACK FAILED" in str(caught.value)
-    assert [c.kind for c in caught.value.done] == ["nat"]  # what may still be there
+    # Made: the sysctl, then the NAT rule; taken back: the sysctl. What may still be
+    # there is what was made and not taken back (as Compensation.fail says it).
+    assert [c.kind for c in caught.value.done] == ["sysctl", "nat"]
+    assert caught.value.rolled_back == (p.changes[0].inverse(),)
     assert not sysctls.observe().owned  # the earlier member is taken back all the same
 
 

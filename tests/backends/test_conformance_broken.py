@@ -7,6 +7,7 @@ was added (second review of the kit, written from a third-party backend's side).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import attrs
@@ -22,6 +23,11 @@ from k3snet.testing import run_conformance
 
 # Hypothesis reports several distinct failures as an ExceptionGroup.
 FAILS = (AssertionError, ExceptionGroup)
+
+# Most of these backends break a promise that needs no foreign object to show: the
+# suite's word that it found none (a UserWarning) says nothing here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:run_conformance. .* found no foreign object:UserWarning")
 
 
 def _blindly(backend: MemoryBackend, plan: Plan) -> ApplyResult:
@@ -592,3 +598,150 @@ def test_conformance_with_reopen_fails_a_backend_blind_to_changes_another_proces
     with pytest.raises(FAILS, match=r"after another \w+ backend on the same system"):
         run_conformance(lambda: _KeepsWhatItRead(MemoryBackend(found)), max_examples=10,
                         reopen=lambda b: _KeepsWhatItRead(b.store))  # type: ignore[attr-defined]
+
+
+class _ReportsItsRollbackAs(MemoryBackend):
+    """Fails as the memory backend does (the changes before the failing one made, then
+    undone), and reports that in its own words (``report``: the error it raises instead)."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        raise NotImplementedError
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        try:
+            return super().apply(plan)
+        except ApplyError as exc:
+            raise self.report(exc, plan) from None
+
+
+class _SaysNothingWasDone(_ReportsItsRollbackAs):
+    """Rolled back the changes it made, says none was made (as a group's error did)."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        return ApplyError(exc.message, failed=exc.failed, rolled_back=exc.rolled_back)
+
+
+class _SaysNothingWasRolledBack(_ReportsItsRollbackAs):
+    """Names the changes it made, not that it took them back."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        return ApplyError(exc.message, failed=exc.failed, done=exc.done)
+
+
+class _RollsBackFirstFirst(_ReportsItsRollbackAs):
+    """Lists the inverses in the order the changes were made (the undo ran last first)."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        return ApplyError(exc.message, failed=exc.failed, done=exc.done,
+                          rolled_back=tuple(reversed(exc.rolled_back)))
+
+
+class _BlamesTheFirstChange(_ReportsItsRollbackAs):
+    """Names the plan's first change as the one that failed, whichever did."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        return ApplyError(exc.message, failed=plan.changes[0], done=exc.done,
+                          rolled_back=exc.rolled_back)
+
+
+class _DoneHoldsOtherChanges(_ReportsItsRollbackAs):
+    """Says it made the inverses it undid (a change the plan does not hold)."""
+
+    @staticmethod
+    def report(exc: ApplyError, plan: Plan) -> ApplyError:
+        return ApplyError(exc.message, failed=exc.failed, done=exc.rolled_back,
+                          rolled_back=tuple(c.inverse() for c in reversed(exc.rolled_back)))
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    (_SaysNothingWasDone, "inverses of the changes in ApplyError.done"),
+    (_SaysNothingWasRolledBack, "inverses of the changes in ApplyError.done"),
+    (_RollsBackFirstFirst, "last first"),
+    (_BlamesTheFirstChange, "ApplyError.failed names another change"),
+    (_DoneHoldsOtherChanges, "changes of the plan made before the failure"),
+])
+def test_conformance_fails_an_apply_error_that_misreports_the_rollback(
+        broken: type[MemoryBackend], says: str) -> None:
+    """``ApplyError.done`` / ``rolled_back`` / ``failed`` say what a failed apply made and
+    took back (the CLI prints them, a group adds its own to them); the suite checked only
+    that the system was as before, so any words passed."""
+    with pytest.raises(FAILS, match=says):
+        run_conformance(broken, max_examples=20)
+
+
+def test_conformance_passes_an_apply_error_of_a_transaction_refused_whole() -> None:
+    """A backend with a real transaction makes nothing before the failure: ``done`` and
+    ``rolled_back`` empty, ``failed`` the change refused or ``None``."""
+
+    class Transactional(MemoryBackend):
+        def apply(self, plan: Plan) -> ApplyResult:
+            fail_at = self.faults.take(plan)
+            if fail_at is not None:
+                raise ApplyError("refused whole", failed=None if fail_at % 2 else
+                                 plan.changes[fail_at])
+            return super().apply(plan)
+
+    run_conformance(Transactional, max_examples=20)
+
+
+class _TokenOfItsOwnApplies(_StoreBackend):
+    """Counts its own applies as its change token: blind to another process's changes."""
+
+    def __init__(self, store: MemoryBackend) -> None:
+        super().__init__(store)
+        self.applies = 0
+
+    def change_token(self) -> int:
+        return self.applies
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = super().apply(plan)
+        self.applies += 1
+        return result
+
+
+class _ConstantToken(_StoreBackend):
+    """A change token that never moves (a version read from the wrong place)."""
+
+    def change_token(self) -> str:
+        return "v1"
+
+
+@pytest.mark.parametrize(("broken", "reopened"), [(_ConstantToken, False),
+                                                  (_TokenOfItsOwnApplies, True)])
+def test_conformance_fails_a_change_token_that_stays_while_the_state_changes(
+        broken: type[_StoreBackend], reopened: bool) -> None:
+    """The agent observes again only when a token moves (and an ObserveCache serves its
+    value while the token stays): a token that stayed while the system changed passed."""
+    store = MemoryBackend()
+    with pytest.raises(FAILS, match=r"change_token\(\) stayed"):
+        run_conformance(lambda: broken(store), max_examples=20,
+                        reopen=(lambda _: broken(store)) if reopened else None)
+
+
+def test_conformance_passes_a_change_token_that_moves_with_the_system() -> None:
+    store = MemoryBackend()
+
+    class Versioned(_StoreBackend):
+        def change_token(self) -> str:
+            return self.store.dump()
+
+    run_conformance(lambda: Versioned(store), max_examples=20,
+                    reopen=lambda _: Versioned(store))
+
+
+def test_conformance_warns_when_it_finds_no_foreign_object_to_leave_alone() -> None:
+    """On an empty system the checks about other programs' objects had nothing to work on,
+    and the suite passed without a word: a backend deleting any route it found passed."""
+    with pytest.warns(UserWarning, match=r"no foreign object \(of kind nat, route\)"):
+        run_conformance(lambda: MemoryBackend(capabilities=["route", "nat"]), max_examples=5)
+    found = State(foreign=[Route("192.0.2.0/24", device="eth0")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_conformance(lambda: MemoryBackend(found, capabilities=["route", "nat"]),
+                        max_examples=5)

@@ -80,3 +80,19 @@ def test_a_state_dir_that_is_no_path_is_refused_when_the_backend_is_built(
 
     with pytest.raises(ModelError, match="state_dir must be a path"):
         IptablesBackend(state_dir=value)  # type: ignore[arg-type]
+
+
+def test_a_namespace_named_host_and_the_callers_own_keep_records_apart(
+        state_dir: Path) -> None:
+    # Both map to state_dir/host/: one file for both, each apply replaced the other's
+    # record, and a destroy of one left the chains the other had made.
+    own = MadeRecord(None, "1-1", state_dir)
+    named = MadeRecord("host", "2-2", state_dir)
+    assert own.file != named.file
+    own.save(MADE)
+    named.save(MADE[:1])
+    assert own.load() == MADE
+    assert named.load() == MADE[:1]
+    named.save([])  # the named one's destroy
+    assert own.load() == MADE
+    assert own.file.parent.is_dir()

@@ -215,7 +215,8 @@ class IptablesBackend(BackendBase):
     ``netns`` names the network namespace (``ip netns``) to work in; ``None`` is
     the caller's own. ``driver`` and ``mode`` are described in the module docs.
     ``state_dir``: where the record of the built-in chains iptables-nft made for k3snet
-    is kept, ``state_dir/<netns or 'host'>/iptables-made.json`` (default
+    is kept, ``state_dir/<netns or 'host'>/iptables-made.json`` (a namespace named
+    ``host``: ``iptables-made-netns.json`` there; default
     ``/run/k3snet``, as the netlink backend's; :mod:`k3snet.backends.iptables.made`).
     ``kernel`` replaces the I/O seam (:class:`~k3snet.backends.iptables.driver.Kernel`),
     e.g. with a fake serving recorded ``iptables-save`` text; ``driver`` is then

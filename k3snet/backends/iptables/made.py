@@ -7,7 +7,8 @@ policy accept (a nat chain keeps connection tracking on for every packet of the
 namespace). Whether they existed is read when k3snet's apply adds rules to the table
 (the kernel's own answer, never guessed from ``iptables-nft-save``, which shows every
 built-in chain, existing or not), and what k3snet's apply made is kept in
-``<state_dir>/<netns or 'host'>/iptables-made.json`` (the backend's ``state_dir``,
+``<state_dir>/<netns or 'host'>/iptables-made.json`` (a namespace named ``host`` keeps
+``iptables-made-netns.json`` there, beside the caller's own; the backend's ``state_dir``,
 ``/run/k3snet`` by default, as the netlink backend's sysctl record; the CLI, the agent
 and the Ansible module give both ``$K3SNET_STATE_DIR``), with the namespace's identity.
 Once k3snet's chains are gone from that table, a recorded chain that is still empty
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = Path("/run/k3snet")  # the netlink backend's DEFAULT_STATE_ROOT (not Final:
 # the project's tests move it)
 _NAME: Final = "iptables-made.json"
+_NAMED_HOST: Final = "iptables-made-netns.json"
 _LIMIT: Final = 64 * 1024
 
 
@@ -57,7 +59,11 @@ class MadeRecord:
 
     def __init__(self, netns: str | None, identity: str,
                  root: str | os.PathLike[str] | None = None) -> None:
-        self.file = Path(root if root is not None else DEFAULT_ROOT) / (netns or "host") / _NAME
+        directory = Path(root if root is not None else DEFAULT_ROOT) / (netns or "host")
+        # The caller's own namespace keeps its record in "host/": a namespace named
+        # "host" has another file there, or each apply replaced the other's record (and
+        # the other's destroy left the chains it had made).
+        self.file = directory / (_NAMED_HOST if netns == "host" else _NAME)
         self.identity = identity
 
     def load(self) -> list[Made]:
