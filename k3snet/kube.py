@@ -53,6 +53,7 @@ __all__ = [
     "API_OPTION_CHECKS",
     "DEFAULT_TIMEOUT",
     "KUBECONFIG_DEFAULT",
+    "LIST_PAGE",
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
     "Deadline",
@@ -60,6 +61,7 @@ __all__ = [
     "KubeErrors",
     "configmap_ref",
     "label_selector_problem",
+    "list_pages",
     "make_api_client",
     "name_problem",
     "requests_within",
@@ -253,6 +255,58 @@ def _bound(api_client: Any) -> None:
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "k3snet"
+
+LIST_PAGE = 500
+"""Objects asked for in one list request (``limit``), as kubectl and client-go's pager
+ask: a list of every Node of a 5 000-node cluster in one answer is tens of megabytes the
+API server builds in memory at once, past the request timeout on a loaded server."""
+
+_MAX_PAGES = 10_000  # a server answering a continue token for ever is not followed further
+
+
+def list_pages(fetch: Callable[[dict[str, Any]], Any], doing: str, *,
+               page: int = LIST_PAGE) -> list[Any]:
+    """Every item of a list, asked for ``page`` at a time.
+
+    ``fetch(args)`` makes one list request, passing ``args`` to the client's list method
+    (``limit`` and ``_continue``; none: the whole list at once), and returns the answer as
+    JSON data, raising :class:`KubeApiError` for a failed request. The ``continue``
+    token of each answer asks for the next page. When a token has expired (410 Gone:
+    the API server compacted the version the list began at), the whole list is asked
+    for again in one request, as client-go's pager does. ``doing`` names the list in
+    the :class:`~k3snet.errors.BackendError` an answer without a list of items, or a
+    token the server gives again, raises.
+    """
+    items: list[Any] = []
+    token: str | None = None
+    seen: set[str] = set()
+    for _ in range(_MAX_PAGES):
+        try:
+            answer = fetch({"limit": page, **({"_continue": token} if token else {})})
+        except KubeApiError as exc:
+            if exc.status != 410 or token is None:
+                raise
+            return _items(fetch({}), doing)
+        items += _items(answer, doing)
+        metadata = answer.get("metadata")
+        token = metadata.get("continue") if isinstance(metadata, dict) else None
+        if not token or not isinstance(token, str):
+            return items
+        if token in seen:
+            raise BackendError(f"{doing}: the API server gave the same continue token "
+                               "twice; the list does not end")
+        seen.add(token)
+    raise BackendError(f"{doing}: more than {_MAX_PAGES} pages of {page} objects; k3snet "
+                       "does not read further")
+
+
+def _items(answer: Any, doing: str) -> list[Any]:
+    items = answer.get("items") if isinstance(answer, dict) else None
+    if items is None and isinstance(answer, dict):
+        return []  # an empty list, as Go's omitempty writes it
+    if not isinstance(items, list):
+        raise BackendError(f"{doing}: the answer has no list of items")
+    return items
 
 _HINTS = {
     401: "unauthorized (401): the credentials in the kubeconfig or service account token "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from k3snet.kube import (
     Deadline,
     KubeApiError,
     KubeErrors,
+    list_pages,
     make_api_client,
     requests_within,
     retry_policy,
@@ -306,3 +308,54 @@ def test_requests_within_a_deadline_wait_at_most_what_is_left_and_others_as_give
     assert rest.timeouts[2] == cut
     assert rest.timeouts[3] == (0.001 if not isinstance(given, tuple) else (0.001, 0.001))
     assert rest.timeouts[4] == given
+
+
+# ---------------------------------------------------------------- lists in pages
+
+
+def _pages(*answers: Any) -> Callable[[dict[str, Any]], Any]:
+    asked: list[dict[str, Any]] = []
+
+    def fetch(page: dict[str, Any]) -> Any:
+        asked.append(page)
+        answer = answers[min(len(asked), len(answers)) - 1]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    fetch.asked = asked  # type: ignore[attr-defined]
+    return fetch
+
+
+def test_list_pages_follows_continue_tokens_until_the_last_page() -> None:
+    fetch = _pages({"metadata": {"continue": "a"}, "items": [1, 2]},
+                   {"metadata": {"continue": "b"}, "items": [3]},
+                   {"metadata": {}, "items": None})
+    assert list_pages(fetch, "list X", page=2) == [1, 2, 3]
+    assert fetch.asked == [{"limit": 2}, {"limit": 2, "_continue": "a"},  # type: ignore[attr-defined]
+                           {"limit": 2, "_continue": "b"}]
+
+
+def test_list_pages_lists_whole_once_a_continue_token_expired() -> None:
+    gone = KubeApiError("list X: gone", status=410, reason="Expired")
+    fetch = _pages({"metadata": {"continue": "a"}, "items": [1]}, gone,
+                   {"metadata": {}, "items": [1, 2, 3]})
+    assert list_pages(fetch, "list X") == [1, 2, 3]
+    assert fetch.asked[-1] == {}  # type: ignore[attr-defined]
+    # A 410 of the first request is no expired token: it is the caller's to see.
+    with pytest.raises(KubeApiError):
+        list_pages(_pages(gone), "list X")
+
+
+@pytest.mark.parametrize("answers", [
+    ([1, 2],),
+    ({"items": "x"},),
+    ({"metadata": {"continue": "a"}, "items": [1]}, {"metadata": {"continue": "a"}, "items": [1]}),
+])
+def test_list_pages_refuses_an_answer_that_is_no_list_or_never_ends(
+    answers: tuple[Any, ...],
+) -> None:
+    # A server answering the same token again would be followed for ever.
+    with pytest.raises(BackendError, match="list X: "):
+        list_pages(_pages(*answers), "list X")
+
