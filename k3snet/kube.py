@@ -66,6 +66,7 @@ __all__ = [
     "name_problem",
     "requests_within",
     "retry_policy",
+    "selector_matches",
 ]
 
 KUBECONFIG_DEFAULT = ("the in-cluster service account in a pod, else $KUBECONFIG or "
@@ -127,6 +128,69 @@ def label_selector_problem(text: str) -> str | None:
                 "most 63 letters, digits, '-', '_' or '.') and one '=' before a value of the "
                 "same (no '==', '!=', sets or spaces)")
     return None
+
+
+def _label_key_problem(key: Any) -> bool:
+    if not isinstance(key, str):
+        return True
+    prefix, slash, name = key.rpartition("/")
+    return not _LABEL_NAME.fullmatch(name) or bool(slash and name_problem(prefix) is not None)
+
+
+def _label_value_problem(value: Any) -> bool:
+    return not isinstance(value, str) or bool(value and not _LABEL_NAME.fullmatch(value))
+
+
+_OPERATORS = {"In": True, "NotIn": True, "Exists": False, "DoesNotExist": False}  # values?
+
+
+def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
+    """Whether the label selector ``selector`` (``metav1.LabelSelector`` as JSON data:
+    ``matchLabels``, ``matchExpressions``) selects an object with ``labels``, as
+    apimachinery's ``LabelSelectorAsSelector`` and ``Matches`` judge it: ``None``
+    selects nothing, an empty one everything; ``NotIn`` and ``DoesNotExist`` select
+    what lacks the key.
+
+    A selector apimachinery refuses (an unknown operator, ``In`` without values,
+    ``Exists`` with some, a key or value that is no label's) raises ``ValueError``.
+
+    >>> selector_matches({"matchLabels": {"zone": "edge"}}, {"zone": "edge", "x": "y"})
+    True
+    >>> selector_matches({"matchExpressions": [{"key": "rack", "operator": "NotIn",
+    ...                                         "values": ["a"]}]}, {})
+    True
+    """
+    if selector is None:
+        return False
+    if not isinstance(selector, Mapping):
+        raise ValueError("not a label selector")
+    match_labels = selector.get("matchLabels") or {}
+    expressions = selector.get("matchExpressions") or []
+    if not isinstance(match_labels, Mapping) or not isinstance(expressions, list):
+        raise ValueError("not a label selector")
+    requirements: list[tuple[Any, str, list[Any]]] = []
+    for key, value in match_labels.items():
+        if _label_key_problem(key) or _label_value_problem(value):
+            raise ValueError(f"not a label selector: matchLabels {key!r}: {value!r}")
+        requirements.append((key, "In", [value]))
+    for expression in expressions:
+        if not isinstance(expression, Mapping):
+            raise ValueError("not a label selector: a matchExpressions entry is no object")
+        key, operator = expression.get("key"), expression.get("operator")
+        values = expression.get("values") or []
+        if operator not in _OPERATORS or _label_key_problem(key):
+            raise ValueError(f"not a label selector: {key!r} {operator!r}")
+        if (not isinstance(values, list) or bool(values) != _OPERATORS[operator]
+                or any(_label_value_problem(v) for v in values)):
+            raise ValueError(f"not a label selector: {key!r} {operator} with values {values!r}")
+        requirements.append((key, operator, values))
+    for key, operator, values in requirements:
+        has = key in labels
+        if not {"In": has and labels.get(key) in values,
+                "NotIn": not has or labels.get(key) not in values,
+                "Exists": has, "DoesNotExist": not has}[operator]:
+            return False
+    return True
 
 
 def object_ref_problem(text: str, *, key: bool = False) -> str | None:

@@ -27,6 +27,7 @@ from k3snet.kube import (
     make_api_client,
     requests_within,
     retry_policy,
+    selector_matches,
 )
 from k3snet.testing.kube import EmulatedApiServer
 
@@ -359,3 +360,43 @@ def test_list_pages_refuses_an_answer_that_is_no_list_or_never_ends(
     with pytest.raises(BackendError, match="list X: "):
         list_pages(_pages(*answers), "list X")
 
+
+# ---------------------------------------------------------------- label selectors
+
+@pytest.mark.parametrize(("selector", "labels", "selected"), [
+    (None, {"a": "b"}, False),  # a nil selector selects nothing
+    ({}, {}, True),  # an empty one everything
+    ({"matchLabels": {}, "matchExpressions": []}, {"a": "b"}, True),
+    ({"matchLabels": {"zone": "edge"}}, {"zone": "edge"}, True),
+    ({"matchLabels": {"zone": "edge"}}, {"zone": "core"}, False),
+    ({"matchLabels": {"zone": ""}}, {}, False),
+    ({"matchLabels": {"zone": ""}}, {"zone": ""}, True),
+    ({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]},
+     {"zone": "b"}, True),
+    ({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+    ({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]},
+     {"zone": "a"}, False),
+    ({"matchExpressions": [{"key": "zone", "operator": "Exists"}]}, {"zone": ""}, True),
+    ({"matchExpressions": [{"key": "zone", "operator": "DoesNotExist"}]}, {"zone": "a"}, False),
+    ({"matchLabels": {"zone": "edge"},
+      "matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, {"zone": "edge"}, False),
+])
+def test_selector_matches_as_apimachinery_matches(
+    selector: Any, labels: dict[str, str], selected: bool,
+) -> None:
+    assert selector_matches(selector, labels) is selected
+
+
+@pytest.mark.parametrize("selector", [
+    "zone=edge",
+    {"matchLabels": ["zone"]},
+    {"matchLabels": {"zone": 5}},
+    {"matchLabels": {"bad key!": "x"}},
+    {"matchExpressions": [{"key": "zone", "operator": "Equals", "values": ["a"]}]},
+    {"matchExpressions": [{"key": "zone", "operator": "In", "values": []}]},
+    {"matchExpressions": [{"key": "zone", "operator": "Exists", "values": ["a"]}]},
+    {"matchExpressions": ["zone"]},
+])
+def test_selector_matches_refuses_what_apimachinery_refuses(selector: Any) -> None:
+    with pytest.raises(ValueError, match="not a label selector"):
+        selector_matches(selector, {"zone": "a"})
