@@ -460,23 +460,25 @@ class _Api:
         return _version_of(result)
 
     def node_configs(self) -> list[Any]:
-        """The CiliumNodeConfigs of the namespace as listed (none where no API serves them)."""
+        """The CiliumNodeConfigs of the namespace as listed (none where no API serves them;
+        :data:`~k3snet.kube.LIST_PAGE` a request)."""
         objects = self.client.CustomObjectsApi(self.core.api_client)
         for group, version in NODE_CONFIG_API:
             what = f"list CiliumNodeConfigs ({group}/{version}) in {self.namespace}"
-            try:
+
+            def fetch(page: dict[str, Any], group: str = group, version: str = version,
+                      what: str = what) -> Any:
                 with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
-                    found = objects.list_namespaced_custom_object(
+                    return objects.list_namespaced_custom_object(
                         group, version, self.namespace, _NODE_CONFIG_PLURAL,
-                        _request_timeout=self.timeout)
+                        _request_timeout=self.timeout, **page)
+
+            try:
+                return list_pages(fetch, what)
             except KubeApiError as exc:
                 if exc.status == 404:  # this version is not served (or no Cilium CRD)
                     continue
                 raise
-            items = found.get("items") if isinstance(found, dict) else None
-            if not isinstance(items, list):
-                raise BackendError(f"{what}: the answer has no list of items")
-            return items
         return []
 
     def node_labels(self) -> list[dict[str, str]] | None:
@@ -520,21 +522,22 @@ class _Api:
 
     def egress_gateway_policies(self) -> list[Any]:
         """The CiliumEgressGatewayPolicies as listed (``cilium.io/v2``; none where it is
-        not served)."""
+        not served; :data:`~k3snet.kube.LIST_PAGE` a request)."""
         objects = self.client.CustomObjectsApi(self.core.api_client)
         what = "list CiliumEgressGatewayPolicies (cilium.io/v2)"
-        try:
+
+        def fetch(page: dict[str, Any]) -> Any:
             with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
-                found = objects.list_cluster_custom_object(
-                    "cilium.io", "v2", _EGRESS_GATEWAY_PLURAL, _request_timeout=self.timeout)
+                return objects.list_cluster_custom_object(
+                    "cilium.io", "v2", _EGRESS_GATEWAY_PLURAL, _request_timeout=self.timeout,
+                    **page)
+
+        try:
+            return list_pages(fetch, what)
         except KubeApiError as exc:
             if exc.status == 404:
                 return []
             raise
-        items = found.get("items") if isinstance(found, dict) else None
-        if not isinstance(items, list):
-            raise BackendError(f"{what}: the answer has no list of items")
-        return items
 
     def delete(self, name: str, version: str | None) -> None:
         options = self.client.V1DeleteOptions(

@@ -1234,3 +1234,19 @@ def test_an_egress_gateway_policy_k3snet_cannot_read_is_an_error_naming_it(
                                      "metadata": {"name": "odd"}, "spec": spec})
     with pytest.raises(BackendError, match="CiliumEgressGatewayPolicies: odd"):
         backend.observe()
+
+
+def test_node_configs_and_egress_gateway_policies_are_listed_in_pages(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ipv4-egress-gateway": "true"}))
+    for index in range(501):
+        k3s_cilium.put(EGRESS_POLICIES, _egress_policy(f"p-{index:03}", ["10.9.0.0/16"]))
+        k3s_cilium.put(NODE_CONFIGS_V2, _node_config(f"c-{index:03}", {"debug": "true"}))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert len(foreign.egress_gateways) == 501
+    lists = [p for m, p, _ in k3s_cilium.requests() if m == "GET" and (
+        p.endswith(("/ciliumegressgatewaypolicies", "/ciliumnodeconfigs")))]
+    assert len(lists) == 4
