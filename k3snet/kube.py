@@ -56,6 +56,7 @@ __all__ = [
     "LIST_PAGE",
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
+    "METADATA_ONLY",
     "Deadline",
     "KubeApiError",
     "KubeErrors",
@@ -324,6 +325,14 @@ LIST_PAGE = 500
 """Objects asked for in one list request (``limit``), as kubectl and client-go's pager
 ask: a list of every Node of a 5 000-node cluster in one answer is tens of megabytes the
 API server builds in memory at once, past the request timeout on a loaded server."""
+
+METADATA_ONLY: Mapping[str, str] = {
+    "Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, "
+              "application/json"}
+"""The headers of a list that reads only the objects' metadata (``_headers=dict(...)``):
+the API server answers a ``PartialObjectMetadataList`` (name, labels, annotations; a
+Node's status and images left out, most of its size), or the whole objects where it
+cannot (the same ``items[].metadata`` either way)."""
 
 _MAX_PAGES = 10_000  # a server answering a continue token for ever is not followed further
 

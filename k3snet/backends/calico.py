@@ -105,6 +105,7 @@ from k3snet.kube import (
     KUBECONFIG_DEFAULT,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    METADATA_ONLY,
     KubeApiError,
     KubeErrors,
     list_pages,
@@ -739,7 +740,8 @@ class CalicoBackend(BackendBase):
             with translate_errors(doing, classifier=KubeErrors(timeout=self.timeout)):
                 # Not made into V1Node objects: only the annotations are read.
                 nodes: Any = client.CoreV1Api(self._client).list_node(
-                    _request_timeout=self.timeout, _preload_content=False, **page)
+                    _request_timeout=self.timeout, _preload_content=False,
+                    _headers=dict(METADATA_ONLY), **page)
             try:
                 return json.loads(nodes.data)
             except ValueError as exc:

@@ -83,6 +83,7 @@ from k3snet.kube import (
     API_OPTION_CHECKS,
     DEFAULT_TIMEOUT,
     KUBECONFIG_DEFAULT,
+    METADATA_ONLY,
     KubeApiError,
     KubeErrors,
     configmap_ref,
@@ -490,7 +491,8 @@ class _Api:
             with translate_errors(doing, classifier=KubeErrors(timeout=self.timeout)):
                 # Not made into V1Node objects: only the labels are read.
                 nodes: Any = self.core.list_node(_request_timeout=self.timeout,
-                                            _preload_content=False, **page)
+                                                 _preload_content=False,
+                                                 _headers=dict(METADATA_ONLY), **page)
             try:
                 return json.loads(nodes.data)
             except ValueError as exc:

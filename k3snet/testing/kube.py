@@ -225,6 +225,7 @@ def _emulator_class() -> type[Any]:
         _version: int = attrs.field(default=0, init=False)
         # (METHOD, path, body as sent): the checks below add metadata to request bodies.
         log: list[tuple[str, str, Any]] = attrs.field(factory=list, init=False)
+        accepts: list[str] = attrs.field(factory=list, init=False)  # each Accept header
 
         def add_fault(self, fault: Fault) -> None:
             with self._fault_lock:
@@ -335,6 +336,7 @@ def _emulator_class() -> type[Any]:
         async def _handle(self, request: Any) -> Any:
             self.log.append((str(request.method.value), request.url.path,
                              copy.deepcopy(request.data)))
+            self.accepts.append(str(request.headers.get("Accept", "")))
             # kmock matches each request against views over *all* past requests (O(n)
             # each, quadratic over a test); only the current one matters for matching.
             del self._requests[:-_KEPT_REQUESTS]
@@ -633,6 +635,14 @@ class EmulatedApiServer:
     def clear_faults(self) -> None:
         """Remove every pending fault."""
         self.emulator.clear_faults()
+
+    def accepts(self) -> list[str]:
+        """The ``Accept`` header of every request served so far, in the order of
+        :meth:`requests` (kmock answers JSON whatever it asks for)."""
+        def read() -> list[str]:
+            return list(self.emulator.accepts)
+
+        return self._call(read)
 
     def requests(self) -> list[tuple[str, str, Any]]:
         """``(METHOD, path, body)`` of every request served so far, in order (body parsed

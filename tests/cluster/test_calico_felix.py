@@ -1032,6 +1032,11 @@ def test_the_nodes_of_a_large_cluster_are_listed_in_pages_of_500(
     (reason,) = _felix_conflicts(api_server)
     assert "(zz-gw 192.168.50.4)" in reason
     assert _node_lists(api_server) == 3
+    # Their metadata alone: a Node's status (images, conditions) is most of its size.
+    accepts = [a for (m, p, _), a in zip(api_server.requests(), api_server.accepts(),
+                                         strict=True) if p == "/api/v1/nodes"]
+    assert len(accepts) == 3
+    assert all(a.startswith("application/json;as=PartialObjectMetadataList;") for a in accepts)
 
 
 def test_an_expired_continue_token_lists_the_nodes_again_whole(

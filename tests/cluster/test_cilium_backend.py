@@ -1027,6 +1027,9 @@ def test_node_configs_selecting_one_node_are_laid_together_by_its_labels(
     (foreign,) = backend.observe().foreign
     assert isinstance(foreign, CiliumConfig)
     assert foreign.node_groups == ((), ("edge-a-native", "edge-b-cidr"))
+    (accept,) = [a for (m, p, _), a in zip(k3s_cilium.requests(), k3s_cilium.accepts(),
+                                           strict=True) if p == "/api/v1/nodes"]
+    assert accept.startswith("application/json;as=PartialObjectMetadataList;")  # labels only
     assert not plan(backend.observe(), State(owned=[want])).notes
     assert object_from_dict(json.loads(json.dumps(foreign.to_dict()))) == foreign
     # A dmz node gets the CIDR alone (tunnel routing): still nothing to report. A node
