@@ -912,9 +912,17 @@ class CiliumMasquerade(NetObject):
         # Cilium reads a key a CiliumNodeConfig sets from it, not from the ConfigMap: a
         # problem the ConfigMap alone does not have is that object's, and says so.
         own = self._problems_of(effective.on_nodes_of(()))
-        found: list[str] = []
+        # Sets of them giving the agents one config are judged once, named by the first
+        # (the fewest): nodes labelled every which way make many sets, few configs.
+        views: dict[CiliumConfig, list[tuple[CiliumNodeOverride, ...]]] = {}
         for overrides, view in effective.on_nodes():
-            named = "; ".join(o.describe() for o in overrides if o.settings)
+            views.setdefault(view, []).append(overrides)
+        found: list[str] = []
+        for view, sets in views.items():
+            named = "; ".join(o.describe() for o in sets[0] if o.settings)
+            if len(sets) > 1:
+                named += f", and those of {len(sets) - 1} more sets of CiliumNodeConfigs " \
+                         "laid over it to the same config"
             for problem in self._problems_of(view):
                 text = problem if problem in own else (
                     f"on the nodes of {named} (laid over cilium-config, which k3snet "

@@ -234,3 +234,21 @@ def test_on_nodes_lays_the_node_configs_of_each_node_group_together() -> None:
     assert config != attrs.evolve(config, node_groups=None)
     with pytest.raises(ModelError, match="not among the node_overrides"):
         attrs.evolve(config, node_groups=[["c-other"]])
+
+
+def test_node_groups_giving_one_config_are_judged_once_and_named_by_the_fewest() -> None:
+    # Nodes labelled every which way: 2**8 sets of eight CiliumNodeConfigs, two configs
+    # (the masquerade interface eth0 or eth1). Each set was judged and named on its own:
+    # a conflict text for each set and destination, and minutes of the leader's pass.
+    overrides = [CiliumNodeOverride(f"o{i}", f"k{i}=v",
+                                    {"egress-masquerade-interfaces": f"eth{i % 2}"})
+                 for i in range(8)]
+    groups = [[f"o{i}" for i in range(8) if mask >> i & 1] for mask in range(2 ** 8)]
+    config = CiliumConfig(TARGET, node_overrides=overrides, node_groups=groups)
+    want = CiliumMasquerade(TARGET, masquerade=[(f"192.168.{i}.0/24", "eth0")
+                                                for i in range(3)])
+    found = want.problems(config)
+    assert len(found) == 3  # one config masquerades through eth1 only
+    named = ("on the nodes of CiliumNodeConfig o1 (nodes k1=v): "
+             "egress-masquerade-interfaces=eth1, and those of ")
+    assert all(text.startswith(named) for text in found)
