@@ -34,11 +34,12 @@ kubelet updates the mounted ConfigMap, *if* the DaemonSet mounts it (Helm
 namespace (``cilium.io/v2``, else ``v2alpha1``; none where neither is served): the
 keys they set over ``cilium-config`` on the nodes they select go with the foreign
 config (:class:`~k3snet.model.cilium.CiliumNodeOverride`), so a spec's destinations are
-judged on those nodes too. Where some node runs Cilium's egress gateway
-(``enable-ipv4-egress-gateway``), the CiliumEgressGatewayPolicies (cluster-wide,
-``cilium.io/v2``) go with it too (:class:`~k3snet.model.cilium.CiliumEgressGateway`): a
-destination the spec exempts that one SNATs on its gateway is a conflict. k3snet never
-writes either.
+judged on those nodes too; where one selects some nodes, the Nodes' labels say which of
+them each node's agent lays together (``CiliumConfig.node_groups``). Where some node
+runs Cilium's egress gateway (``enable-ipv4-egress-gateway``), the
+CiliumEgressGatewayPolicies (cluster-wide, ``cilium.io/v2``) go with it too
+(:class:`~k3snet.model.cilium.CiliumEgressGateway`): a destination the spec exempts that
+one SNATs on its gateway is a conflict. k3snet never writes either.
 
 **Disruptive changes** (:meth:`CiliumBackend.disruptive`): changing
 ``routing-mode``, ``tunnel-protocol``, a native-routing CIDR or
