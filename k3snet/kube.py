@@ -53,17 +53,21 @@ __all__ = [
     "API_OPTION_CHECKS",
     "DEFAULT_TIMEOUT",
     "KUBECONFIG_DEFAULT",
+    "LIST_PAGE",
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
+    "METADATA_ONLY",
     "Deadline",
     "KubeApiError",
     "KubeErrors",
     "configmap_ref",
     "label_selector_problem",
+    "list_pages",
     "make_api_client",
     "name_problem",
     "requests_within",
     "retry_policy",
+    "selector_matches",
 ]
 
 KUBECONFIG_DEFAULT = ("the in-cluster service account in a pod, else $KUBECONFIG or "
@@ -125,6 +129,69 @@ def label_selector_problem(text: str) -> str | None:
                 "most 63 letters, digits, '-', '_' or '.') and one '=' before a value of the "
                 "same (no '==', '!=', sets or spaces)")
     return None
+
+
+def _label_key_problem(key: Any) -> bool:
+    if not isinstance(key, str):
+        return True
+    prefix, slash, name = key.rpartition("/")
+    return not _LABEL_NAME.fullmatch(name) or bool(slash and name_problem(prefix) is not None)
+
+
+def _label_value_problem(value: Any) -> bool:
+    return not isinstance(value, str) or bool(value and not _LABEL_NAME.fullmatch(value))
+
+
+_OPERATORS = {"In": True, "NotIn": True, "Exists": False, "DoesNotExist": False}  # values?
+
+
+def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
+    """Whether the label selector ``selector`` (``metav1.LabelSelector`` as JSON data:
+    ``matchLabels``, ``matchExpressions``) selects an object with ``labels``, as
+    apimachinery's ``LabelSelectorAsSelector`` and ``Matches`` judge it: ``None``
+    selects nothing, an empty one everything; ``NotIn`` and ``DoesNotExist`` select
+    what lacks the key.
+
+    A selector apimachinery refuses (an unknown operator, ``In`` without values,
+    ``Exists`` with some, a key or value that is no label's) raises ``ValueError``.
+
+    >>> selector_matches({"matchLabels": {"zone": "edge"}}, {"zone": "edge", "x": "y"})
+    True
+    >>> selector_matches({"matchExpressions": [{"key": "rack", "operator": "NotIn",
+    ...                                         "values": ["a"]}]}, {})
+    True
+    """
+    if selector is None:
+        return False
+    if not isinstance(selector, Mapping):
+        raise ValueError("not a label selector")
+    match_labels = selector.get("matchLabels") or {}
+    expressions = selector.get("matchExpressions") or []
+    if not isinstance(match_labels, Mapping) or not isinstance(expressions, list):
+        raise ValueError("not a label selector")
+    requirements: list[tuple[Any, str, list[Any]]] = []
+    for key, value in match_labels.items():
+        if _label_key_problem(key) or _label_value_problem(value):
+            raise ValueError(f"not a label selector: matchLabels {key!r}: {value!r}")
+        requirements.append((key, "In", [value]))
+    for expression in expressions:
+        if not isinstance(expression, Mapping):
+            raise ValueError("not a label selector: a matchExpressions entry is no object")
+        key, operator = expression.get("key"), expression.get("operator")
+        values = expression.get("values") or []
+        if operator not in _OPERATORS or _label_key_problem(key):
+            raise ValueError(f"not a label selector: {key!r} {operator!r}")
+        if (not isinstance(values, list) or bool(values) != _OPERATORS[operator]
+                or any(_label_value_problem(v) for v in values)):
+            raise ValueError(f"not a label selector: {key!r} {operator} with values {values!r}")
+        requirements.append((key, operator, values))
+    for key, operator, values in requirements:
+        has = key in labels
+        if not {"In": has and labels.get(key) in values,
+                "NotIn": not has or labels.get(key) not in values,
+                "Exists": has, "DoesNotExist": not has}[operator]:
+            return False
+    return True
 
 
 def object_ref_problem(text: str, *, key: bool = False) -> str | None:
@@ -273,6 +340,66 @@ def _bound(api_client: Any) -> None:
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "k3snet"
+
+LIST_PAGE = 500
+"""Objects asked for in one list request (``limit``), as kubectl and client-go's pager
+ask: a list of every Node of a 5 000-node cluster in one answer is tens of megabytes the
+API server builds in memory at once, past the request timeout on a loaded server."""
+
+METADATA_ONLY: Mapping[str, str] = {
+    "Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, "
+              "application/json"}
+"""The headers of a list that reads only the objects' metadata (``_headers=dict(...)``):
+the API server answers a ``PartialObjectMetadataList`` (name, labels, annotations; a
+Node's status and images left out, most of its size), or the whole objects where it
+cannot (the same ``items[].metadata`` either way)."""
+
+_MAX_PAGES = 10_000  # a server answering a continue token for ever is not followed further
+
+
+def list_pages(fetch: Callable[[dict[str, Any]], Any], doing: str, *,
+               page: int = LIST_PAGE) -> list[Any]:
+    """Every item of a list, asked for ``page`` at a time.
+
+    ``fetch(args)`` makes one list request, passing ``args`` to the client's list method
+    (``limit`` and ``_continue``; none: the whole list at once), and returns the answer as
+    JSON data, raising :class:`KubeApiError` for a failed request. The ``continue``
+    token of each answer asks for the next page. When a token has expired (410 Gone:
+    the API server compacted the version the list began at), the whole list is asked
+    for again in one request, as client-go's pager does. ``doing`` names the list in
+    the :class:`~k3snet.errors.BackendError` an answer without a list of items, or a
+    token the server gives again, raises.
+    """
+    items: list[Any] = []
+    token: str | None = None
+    seen: set[str] = set()
+    for _ in range(_MAX_PAGES):
+        try:
+            answer = fetch({"limit": page, **({"_continue": token} if token else {})})
+        except KubeApiError as exc:
+            if exc.status != 410 or token is None:
+                raise
+            return _items(fetch({}), doing)
+        items += _items(answer, doing)
+        metadata = answer.get("metadata")
+        token = metadata.get("continue") if isinstance(metadata, dict) else None
+        if not token or not isinstance(token, str):
+            return items
+        if token in seen:
+            raise BackendError(f"{doing}: the API server gave the same continue token "
+                               "twice; the list does not end")
+        seen.add(token)
+    raise BackendError(f"{doing}: more than {_MAX_PAGES} pages of {page} objects; k3snet "
+                       "does not read further")
+
+
+def _items(answer: Any, doing: str) -> list[Any]:
+    items = answer.get("items") if isinstance(answer, dict) else None
+    if items is None and isinstance(answer, dict):
+        return []  # an empty list, as Go's omitempty writes it
+    if not isinstance(items, list):
+        raise BackendError(f"{doing}: the answer has no list of items")
+    return items
 
 _HINTS = {
     401: "unauthorized (401): the credentials in the kubeconfig or service account token "

@@ -105,8 +105,10 @@ from k3snet.kube import (
     KUBECONFIG_DEFAULT,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    METADATA_ONLY,
     KubeApiError,
     KubeErrors,
+    list_pages,
     make_api_client,
 )
 from k3snet.model.cidr import Network
@@ -650,7 +652,7 @@ class CalicoBackend(BackendBase):
     def _list(self) -> _Listing:
         group, version = self.api
         try:
-            result = self._list_all(PLURAL, "IPPools")
+            items = self._list_all(PLURAL, "IPPools")
         except KubeApiError as exc:
             if exc.status == 404:
                 server = " with its API server" if (group, version) == APIS["v3"] else ""
@@ -662,9 +664,9 @@ class CalicoBackend(BackendBase):
         foreign: dict[str, IPPool | None] = {}
         invalid: dict[str, str] = {}
         warnings: list[str] = []
-        items = result.get("items") if isinstance(result, dict) else None
-        for item in items or ():
-            name = (item.get("metadata") or {}).get("name")
+        for item in items:
+            metadata = item.get("metadata") if isinstance(item, dict) else None
+            name = metadata.get("name") if isinstance(metadata, dict) else None
             if not isinstance(name, str):
                 continue
             try:
@@ -691,29 +693,33 @@ class CalicoBackend(BackendBase):
         self.warnings = tuple(warnings)
         return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix)
 
-    def _list_all(self, plural: str, what: str) -> Any:
-        """Every object of ``plural`` in the pools' API, as the API server lists them; its
-        errors as :class:`KubeApiError` naming ``what`` and the API."""
+    def _list_all(self, plural: str, what: str) -> list[Any]:
+        """Every object of ``plural`` in the pools' API, as the API server lists them
+        (:data:`~k3snet.kube.LIST_PAGE` a request); its errors as :class:`KubeApiError`
+        naming ``what`` and the API."""
         group, version = self.api
-        with translate_errors(f"list {what} ({group}/{version})",
-                              classifier=KubeErrors(timeout=self.timeout)):
-            return self._objects.list_cluster_custom_object(
-                group, version, plural, _request_timeout=self.timeout)
+        doing = f"list {what} ({group}/{version})"
+
+        def fetch(page: dict[str, Any]) -> Any:
+            with translate_errors(doing, classifier=KubeErrors(timeout=self.timeout)):
+                return self._objects.list_cluster_custom_object(
+                    group, version, plural, _request_timeout=self.timeout, **page)
+
+        return list_pages(fetch, doing)
 
     def _felix(self) -> tuple[tuple[CalicoFelixNat, ...], tuple[str, ...]]:
         """Felix's NAT settings (:func:`read_felix_nat`) from the FelixConfigurations of
         the pools' API. Without the CRD, Felix's defaults; without the right to list
         them, one unreadable ``default`` (a conflict for the NAT expectations)."""
         try:
-            result = self._list_all(FELIX_PLURAL, "FelixConfigurations")
+            items = self._list_all(FELIX_PLURAL, "FelixConfigurations")
         except KubeApiError as exc:
             if exc.status == 404:
                 return read_felix_nat(())
             if exc.status == 403:
                 return (CalicoFelixNat("default", unreadable=f"{exc}"),), ()
             raise
-        items = result.get("items") if isinstance(result, dict) else None
-        found, warnings = read_felix_nat(items or ())
+        found, warnings = read_felix_nat(items)
         if not any(f.exclusions == "IPPoolsAndHostIPs" and f.unreadable is None for f in found):
             return found, warnings
         hosts, more = self._hosts()
@@ -728,13 +734,21 @@ class CalicoBackend(BackendBase):
         listed (403) are a warning: those addresses are then not judged."""
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
-        try:
-            with translate_errors("list Nodes (Calico hosts' addresses)",
-                                  classifier=KubeErrors(timeout=self.timeout)):
+        doing = "list Nodes (Calico hosts' addresses)"
+
+        def fetch(page: dict[str, Any]) -> Any:
+            with translate_errors(doing, classifier=KubeErrors(timeout=self.timeout)):
                 # Not made into V1Node objects: only the annotations are read.
                 nodes: Any = client.CoreV1Api(self._client).list_node(
-                    _request_timeout=self.timeout, _preload_content=False)
-                data = json.loads(nodes.data)
+                    _request_timeout=self.timeout, _preload_content=False,
+                    _headers=dict(METADATA_ONLY), **page)
+            try:
+                return json.loads(nodes.data)
+            except ValueError as exc:
+                raise BackendError(f"{doing}: the answer is not JSON ({exc})") from exc
+
+        try:
+            items = list_pages(fetch, doing)
         except KubeApiError as exc:
             if exc.status == 404:  # no Node resource served (an emulated server): none
                 return (), ()
@@ -743,11 +757,7 @@ class CalicoBackend(BackendBase):
                             "natOutgoingExclusions: IPPoolsAndHostIPs leaves untranslated, "
                             "are not judged",)
             raise
-        except ValueError as exc:
-            raise BackendError(f"list Nodes (Calico hosts' addresses): the answer is not "
-                               f"JSON ({exc})") from exc
-        items = data.get("items") if isinstance(data, dict) else None
-        return read_calico_hosts(items if isinstance(items, list) else ())
+        return read_calico_hosts(items)
 
     def observe(self) -> State:
         """Owned pools (k3snet's label), the readable foreign pools, and all of them at once

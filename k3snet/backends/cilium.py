@@ -34,11 +34,12 @@ kubelet updates the mounted ConfigMap, *if* the DaemonSet mounts it (Helm
 namespace (``cilium.io/v2``, else ``v2alpha1``; none where neither is served): the
 keys they set over ``cilium-config`` on the nodes they select go with the foreign
 config (:class:`~k3snet.model.cilium.CiliumNodeOverride`), so a spec's destinations are
-judged on those nodes too. Where some node runs Cilium's egress gateway
-(``enable-ipv4-egress-gateway``), the CiliumEgressGatewayPolicies (cluster-wide,
-``cilium.io/v2``) go with it too (:class:`~k3snet.model.cilium.CiliumEgressGateway`): a
-destination the spec exempts that one SNATs on its gateway is a conflict. k3snet never
-writes either.
+judged on those nodes too; where one selects some nodes, the Nodes' labels say which of
+them each node's agent lays together (``CiliumConfig.node_groups``). Where some node
+runs Cilium's egress gateway (``enable-ipv4-egress-gateway``), the
+CiliumEgressGatewayPolicies (cluster-wide, ``cilium.io/v2``) go with it too
+(:class:`~k3snet.model.cilium.CiliumEgressGateway`): a destination the spec exempts that
+one SNATs on its gateway is a conflict. k3snet never writes either.
 
 **Disruptive changes** (:meth:`CiliumBackend.disruptive`): changing
 ``routing-mode``, ``tunnel-protocol``, a native-routing CIDR or
@@ -50,7 +51,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -82,10 +84,13 @@ from k3snet.kube import (
     API_OPTION_CHECKS,
     DEFAULT_TIMEOUT,
     KUBECONFIG_DEFAULT,
+    METADATA_ONLY,
     KubeApiError,
     KubeErrors,
     configmap_ref,
+    list_pages,
     make_api_client,
+    selector_matches,
 )
 from k3snet.model import printable
 from k3snet.model.cilium import (
@@ -146,6 +151,8 @@ ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- the ip-masq-agent document
@@ -396,6 +403,7 @@ class _Api:
         self.namespace = namespace
         self.config_name, self.agent_name = names
         self.timeout = timeout
+        self.warned: set[str] = set()
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -454,42 +462,85 @@ class _Api:
         return _version_of(result)
 
     def node_configs(self) -> list[Any]:
-        """The CiliumNodeConfigs of the namespace as listed (none where no API serves them)."""
+        """The CiliumNodeConfigs of the namespace as listed (none where no API serves them;
+        :data:`~k3snet.kube.LIST_PAGE` a request)."""
         objects = self.client.CustomObjectsApi(self.core.api_client)
         for group, version in NODE_CONFIG_API:
             what = f"list CiliumNodeConfigs ({group}/{version}) in {self.namespace}"
-            try:
+
+            def fetch(page: dict[str, Any], group: str = group, version: str = version,
+                      what: str = what) -> Any:
                 with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
-                    found = objects.list_namespaced_custom_object(
+                    return objects.list_namespaced_custom_object(
                         group, version, self.namespace, _NODE_CONFIG_PLURAL,
-                        _request_timeout=self.timeout)
+                        _request_timeout=self.timeout, **page)
+
+            try:
+                return list_pages(fetch, what)
             except KubeApiError as exc:
                 if exc.status == 404:  # this version is not served (or no Cilium CRD)
                     continue
                 raise
-            items = found.get("items") if isinstance(found, dict) else None
-            if not isinstance(items, list):
-                raise BackendError(f"{what}: the answer has no list of items")
-            return items
         return []
+
+    def node_labels(self) -> list[dict[str, str]] | None:
+        """The labels of every Node, listed :data:`~k3snet.kube.LIST_PAGE` at a time
+        (``None``: the Nodes cannot be listed, 403, or are not served; a warning says so)."""
+        doing = "list Nodes (the labels CiliumNodeConfigs select)"
+
+        def fetch(page: dict[str, Any]) -> Any:
+            with translate_errors(doing, classifier=KubeErrors(timeout=self.timeout)):
+                # Not made into V1Node objects: only the labels are read.
+                nodes: Any = self.core.list_node(_request_timeout=self.timeout,
+                                                 _preload_content=False,
+                                                 _headers=dict(METADATA_ONLY), **page)
+            try:
+                return json.loads(nodes.data)
+            except ValueError as exc:
+                raise BackendError(f"{doing}: the answer is not JSON ({exc})") from exc
+
+        try:
+            items = list_pages(fetch, doing)
+        except KubeApiError as exc:
+            if exc.status in (403, 404):
+                self.warn(f"{exc}: the CiliumNodeConfigs selecting some nodes are judged "
+                          "one at a time, not as they are laid together on a node")
+                return None
+            raise
+        found = []
+        for item in items:
+            metadata = item.get("metadata") if isinstance(item, dict) else None
+            labels = metadata.get("labels") if isinstance(metadata, dict) else None
+            found.append({k: v for k, v in labels.items()
+                          if isinstance(k, str) and isinstance(v, str)}
+                         if isinstance(labels, dict) else {})
+        return found
+
+    def warn(self, warning: str) -> None:
+        """Log ``warning`` once, not on every agent pass that finds it again."""
+        warning = printable(warning)[:1000]  # a selector's text is the cluster's
+        if warning not in self.warned:
+            self.warned.add(warning)
+            log.warning("cilium: %s", warning)
 
     def egress_gateway_policies(self) -> list[Any]:
         """The CiliumEgressGatewayPolicies as listed (``cilium.io/v2``; none where it is
-        not served)."""
+        not served; :data:`~k3snet.kube.LIST_PAGE` a request)."""
         objects = self.client.CustomObjectsApi(self.core.api_client)
         what = "list CiliumEgressGatewayPolicies (cilium.io/v2)"
-        try:
+
+        def fetch(page: dict[str, Any]) -> Any:
             with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
-                found = objects.list_cluster_custom_object(
-                    "cilium.io", "v2", _EGRESS_GATEWAY_PLURAL, _request_timeout=self.timeout)
+                return objects.list_cluster_custom_object(
+                    "cilium.io", "v2", _EGRESS_GATEWAY_PLURAL, _request_timeout=self.timeout,
+                    **page)
+
+        try:
+            return list_pages(fetch, what)
         except KubeApiError as exc:
             if exc.status == 404:
                 return []
             raise
-        items = found.get("items") if isinstance(found, dict) else None
-        if not isinstance(items, list):
-            raise BackendError(f"{what}: the answer has no list of items")
-        return items
 
     def delete(self, name: str, version: str | None) -> None:
         options = self.client.V1DeleteOptions(
@@ -511,12 +562,13 @@ def _version_of(result: Any) -> str | None:
 _MAX_SELECTOR = 1024  # characters of a selector as described; longer ones are cut
 
 
-def _node_overrides(items: list[Any], where: str) -> list[CiliumNodeOverride]:
+def _node_overrides(items: list[Any], where: str) -> list[tuple[CiliumNodeOverride, Any]]:
     """The CiliumNodeConfigs that may change what Cilium does with pods' traffic on some
     node, as the agent reads them (``pkg/option/resolver``): one with no ``defaults`` or
     no ``nodeSelector`` (a list selects nothing without one) is left out, and so is one
     setting no key k3snet models. A value that is not a string is an error: the API
-    server's schema for the CRD refuses it, so something else answered."""
+    server's schema for the CRD refuses it, so something else answered. Each with its
+    ``nodeSelector`` as listed."""
     found = []
     for item in items:
         if not isinstance(item, dict):
@@ -536,8 +588,28 @@ def _node_overrides(items: list[Any], where: str) -> list[CiliumNodeOverride]:
         known = (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
         settings = {k: v for k, v in defaults.items() if k in known}
         if settings:
-            found.append(CiliumNodeOverride(name, _selector_text(selector, label), settings))
+            found.append((CiliumNodeOverride(name, _selector_text(selector, label), settings),
+                          selector))
     return found
+
+
+def _node_groups(overrides: list[tuple[CiliumNodeOverride, Any]],
+                 labels: list[dict[str, str]] | None, warn: Callable[[str], None]
+                 ) -> tuple[tuple[str, ...], ...] | None:
+    """For each set of ``overrides`` that select some node (by its ``labels``) together,
+    their names, as the agent on it picks them (``pkg/option/resolver``: each
+    ``nodeSelector`` matched against its Node's labels). ``None`` when not known: no
+    Node listed, or a selector apimachinery refuses (the API server's schema does, so
+    something else answered)."""
+    if not labels:
+        return None
+    try:
+        return tuple({tuple(o.name for o, selector in overrides
+                            if selector_matches(selector, node)) for node in labels})
+    except ValueError as exc:
+        warn(f"a CiliumNodeConfig's nodeSelector cannot be read ({exc}): those selecting "
+             "some nodes are judged one at a time")
+        return None
 
 
 def _selector_text(selector: Any, where: str) -> str:
@@ -772,8 +844,14 @@ class CiliumBackend(BackendBase):
         if read.config is None:
             return State()
         owned = self._owned(read)
-        foreign = attrs.evolve(self._foreign(read), node_overrides=_node_overrides(
-            self._api.node_configs(), f"CiliumNodeConfigs in {self._api.namespace}"))
+        found = _node_overrides(self._api.node_configs(),
+                                f"CiliumNodeConfigs in {self._api.namespace}")
+        # Several selecting one node are laid together there: the Nodes' labels say
+        # which do (listed only when some CiliumNodeConfig selects some nodes).
+        groups = (_node_groups(found, self._api.node_labels(), self._api.warn)
+                  if any(not o.every_node for o, _ in found) else None)
+        foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
+                               node_groups=groups)
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()

@@ -452,6 +452,19 @@ def _overrides(value: Iterable[CiliumNodeOverride]) -> tuple[CiliumNodeOverride,
     return tuple(sorted(found, key=lambda o: o.name))  # the order the agent lays them in
 
 
+def _groups(value: Iterable[Iterable[str]] | None) -> tuple[tuple[str, ...], ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise ModelError("node_groups must be lists of CiliumNodeConfig names")
+    found = set()
+    for group in value:
+        if isinstance(group, str) or not all(isinstance(n, str) for n in group):
+            raise ModelError("node_groups must be lists of CiliumNodeConfig names")
+        found.add(tuple(sorted(set(group))))
+    return tuple(sorted(found, key=lambda g: (len(g), g)))
+
+
 @attrs.frozen(eq=False)
 class CiliumConfig(NetObject):
     """Cilium's masquerade settings for one ``cilium-config`` ConfigMap (``target``).
@@ -463,7 +476,10 @@ class CiliumConfig(NetObject):
     observed foreign object is everything as it would be without k3snet, with
     ``node_overrides``: the CiliumNodeConfigs of its namespace that set keys of it on
     some nodes (in name order), which the agent on those nodes reads over
-    ``settings``.
+    ``settings``; and ``node_groups``, when the Nodes' labels were read: for each set of
+    them that selects some node alone, their names (``()``: the nodes none of them
+    selects); ``None``: not known, each is judged on its own
+    (:meth:`on_nodes`).
     """
 
     kind: ClassVar[str] = "cilium"
@@ -479,6 +495,8 @@ class CiliumConfig(NetObject):
         default=(), converter=_overrides, kw_only=True)
     egress_gateways: tuple[CiliumEgressGateway, ...] = attrs.field(
         default=(), converter=_gateways, kw_only=True)
+    node_groups: tuple[tuple[str, ...], ...] | None = attrs.field(
+        default=None, converter=_groups, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -491,9 +509,17 @@ class CiliumConfig(NetObject):
         gateways = tuple((g.name, tuple(map(net_tuple, g.destinations)),
                           tuple(map(net_tuple, g.excluded)), g.gateway)
                          for g in self.egress_gateways)
+        if self.node_groups is not None:
+            names = {o.name for o in self.node_overrides}
+            unknown = sorted({n for g in self.node_groups for n in g} - names)
+            if unknown:
+                raise ModelError(f"node_groups name {', '.join(unknown)}, which are not "
+                                 "among the node_overrides")
+        groups = () if self.node_groups is None else (("groups", self.node_groups),)
         self._seal(("cilium", self.target), (self.settings.canonical_items(), agent,
                                              *((overrides,) if overrides else ()),
-                                             *((gateways,) if gateways else ())))
+                                             *((gateways,) if gateways else ()),
+                                             *groups))
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -537,14 +563,22 @@ class CiliumConfig(NetObject):
                                  **other.ip_masq_agent.to_dict()})
         return CiliumConfig(self.target, settings=settings, ip_masq_agent=agent,
                             node_overrides=self.node_overrides,
-                            egress_gateways=self.egress_gateways)
+                            egress_gateways=self.egress_gateways,
+                            node_groups=self.node_groups)
 
     def on_nodes(self) -> tuple[tuple[tuple[CiliumNodeOverride, ...], CiliumConfig], ...]:
-        """What the agents read, by the node overrides behind it: first the config of
-        nodes no selective CiliumNodeConfig picks (``settings`` with those of every node
-        laid over, in name order), then one for each selective one (those of every node
-        and it, in name order). Several selective ones picking one node are not laid
-        together: which nodes they share is not known here."""
+        """What the agents read, by the node overrides behind it, each laid over
+        ``settings`` in name order as the agent lays them (``pkg/option/resolver``).
+
+        With :attr:`node_groups` known (the Nodes' labels read), one for each group: the
+        CiliumNodeConfigs selecting some node together. Without, first the config of
+        nodes no selective CiliumNodeConfig picks (those of every node laid over), then
+        one for each selective one (those of every node and it): several selective ones
+        picking one node are not laid together, which nodes they share being unknown."""
+        if self.node_groups is not None:
+            by_name = {o.name: o for o in self.node_overrides}
+            return tuple((laid, self.on_nodes_of(laid)) for laid in (
+                tuple(by_name[n] for n in group) for group in self.node_groups))
         every = tuple(o for o in self.node_overrides if o.every_node)
         views = [(every, self.on_nodes_of(every))]
         for override in self.node_overrides:
@@ -648,6 +682,8 @@ class CiliumConfig(NetObject):
             data["node_overrides"] = [o.to_dict() for o in self.node_overrides]
         if self.egress_gateways:
             data["egress_gateways"] = [g.to_dict() for g in self.egress_gateways]
+        if self.node_groups is not None:
+            data["node_groups"] = [list(g) for g in self.node_groups]
         return data
 
     @classmethod
@@ -658,7 +694,8 @@ class CiliumConfig(NetObject):
                    node_overrides=[CiliumNodeOverride.from_dict(o)
                                    for o in data.get("node_overrides") or ()],
                    egress_gateways=[CiliumEgressGateway.from_dict(g)
-                                    for g in data.get("egress_gateways") or ()])
+                                    for g in data.get("egress_gateways") or ()],
+                   node_groups=data.get("node_groups"))
 
 
 def _ordered(settings: JsonMapping) -> list[str]:
@@ -875,9 +912,17 @@ class CiliumMasquerade(NetObject):
         # Cilium reads a key a CiliumNodeConfig sets from it, not from the ConfigMap: a
         # problem the ConfigMap alone does not have is that object's, and says so.
         own = self._problems_of(effective.on_nodes_of(()))
-        found: list[str] = []
+        # Sets of them giving the agents one config are judged once, named by the first
+        # (the fewest): nodes labelled every which way make many sets, few configs.
+        views: dict[CiliumConfig, list[tuple[CiliumNodeOverride, ...]]] = {}
         for overrides, view in effective.on_nodes():
-            named = "; ".join(o.describe() for o in overrides if o.settings)
+            views.setdefault(view, []).append(overrides)
+        found: list[str] = []
+        for view, sets in views.items():
+            named = "; ".join(o.describe() for o in sets[0] if o.settings)
+            if len(sets) > 1:
+                named += f", and those of {len(sets) - 1} more sets of CiliumNodeConfigs " \
+                         "laid over it to the same config"
             for problem in self._problems_of(view):
                 text = problem if problem in own else (
                     f"on the nodes of {named} (laid over cilium-config, which k3snet "

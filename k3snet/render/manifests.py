@@ -556,13 +556,15 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
              "verbs": ["delete"]},
             {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]}])
         # CiliumEgressGatewayPolicies are cluster-scoped: listed (where some node runs
-        # the egress gateway), never written.
+        # the egress gateway), never written; so are the Nodes (their labels, which the
+        # CiliumNodeConfigs selecting some nodes select by).
         objs += [{
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": _meta(AGENT_NAME + "-cilium", "agent"),
             "rules": [{"apiGroups": ["cilium.io"], "resources": ["ciliumegressgatewaypolicies"],
-                       "verbs": ["list"]}],
+                       "verbs": ["list"]},
+                      {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}],
         }, {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",

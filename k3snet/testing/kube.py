@@ -23,6 +23,10 @@ the smallest extension the backends' contract needs (``_Emulator``):
   *before* the emulator touches its objects. (kmock's own reactions cannot do
   that: the emulator applies every write even when a reaction answers an error.)
 
+* lists in pages (``limit`` and ``continue``, as the real server serves them: in the
+  order of namespace and name, the next page's token in ``metadata.continue``); a
+  token this server did not make is refused with 400;
+
 * kmock's request history is trimmed to the last few requests (its matching
   walks the whole history for every request: quadratic over a long test); use
   :meth:`EmulatedApiServer.requests` for the full log.
@@ -46,9 +50,11 @@ the smallest extension the backends' contract needs (``_Emulator``):
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime
 import ipaddress
+import json
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -124,7 +130,8 @@ class Fault:
     Matches on the HTTP ``method`` (``None``: any), the resource ``plural`` and the
     object ``name`` (``None``: any). ``status`` is the error answered; ``delay``
     seconds are waited first (longer than the client's timeout: a timeout).
-    ``times`` is how many requests it hits (``None``: all).
+    ``times`` is how many requests it hits (``None``: all). ``param``: only requests
+    carrying that query parameter (``"continue"``: the pages of a list after the first).
     """
 
     status: int = 500
@@ -134,12 +141,15 @@ class Fault:
     delay: float = 0.0
     times: int | None = 1
     message: str | None = None
+    param: str | None = None
 
-    def matches(self, method: str, plural: str | None, name: str | None) -> bool:
+    def matches(self, method: str, plural: str | None, name: str | None,
+                params: Mapping[str, str] | None = None) -> bool:
         """True when a request is one this fault is for."""
         return ((self.method is None or self.method.upper() == method.upper())
                 and (self.plural is None or self.plural == plural)
-                and (self.name is None or self.name == name))
+                and (self.name is None or self.name == name)
+                and (self.param is None or self.param in (params or {})))
 
 
 _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
@@ -185,6 +195,12 @@ def _updated_managed_fields(managed: list[dict[str, Any]], manager: str, api_ver
     return out
 
 
+def _list_key(item: Mapping[str, Any]) -> tuple[str, str]:
+    """Where an object sorts in a list: by namespace, then name (the storage's order)."""
+    metadata = item.get("metadata") or {}
+    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
 def _update_manager(request: Any) -> str:
     """The manager of a create or update: ``fieldManager``, else the User-Agent's product
     (as the real server names it)."""
@@ -209,6 +225,7 @@ def _emulator_class() -> type[Any]:
         _version: int = attrs.field(default=0, init=False)
         # (METHOD, path, body as sent): the checks below add metadata to request bodies.
         log: list[tuple[str, str, Any]] = attrs.field(factory=list, init=False)
+        accepts: list[str] = attrs.field(factory=list, init=False)  # each Accept header
 
         def add_fault(self, fault: Fault) -> None:
             with self._fault_lock:
@@ -225,7 +242,8 @@ def _emulator_class() -> type[Any]:
                 name = (request.data.get("metadata") or {}).get("name")
             with self._fault_lock:
                 for index, fault in enumerate(self._faults):
-                    if fault.matches(str(request.method.value), plural, name):
+                    if fault.matches(str(request.method.value), plural, name,
+                                     request.params):
                         if fault.times is not None:
                             left = fault.times - 1
                             if left <= 0:
@@ -318,6 +336,7 @@ def _emulator_class() -> type[Any]:
         async def _handle(self, request: Any) -> Any:
             self.log.append((str(request.method.value), request.url.path,
                              copy.deepcopy(request.data)))
+            self.accepts.append(str(request.headers.get("Accept", "")))
             # kmock matches each request against views over *all* past requests (O(n)
             # each, quadratic over a test); only the current one matters for matching.
             del self._requests[:-_KEPT_REQUESTS]
@@ -347,6 +366,29 @@ def _emulator_class() -> type[Any]:
                     and response.status == 200 and not response.prepared):
                 response.set_status(201)
             return response
+
+        async def _serve_list(self, request: Any) -> Any:
+            """kmock's list, in pages when ``limit`` is asked (see the module docs)."""
+            answer: Any = await super()._serve_list(request)
+            params = request.params
+            if "limit" not in params and "continue" not in params:
+                return answer
+            items = sorted(answer["items"], key=_list_key)
+            token = params.get("continue")
+            if token:
+                try:
+                    after = tuple(json.loads(base64.b64decode(token, validate=True)))
+                except ValueError:
+                    raise KubernetesError(status=400, reason="BadRequest",
+                                          message="continue key is not valid") from None
+                items = [item for item in items if _list_key(item) > after]
+            limit = int(params.get("limit") or 0)
+            metadata = dict(answer.get("metadata") or {})
+            if 0 < limit < len(items):
+                items = items[:limit]
+                metadata["continue"] = base64.b64encode(
+                    json.dumps(list(_list_key(items[-1]))).encode()).decode()
+            return {**answer, "metadata": metadata, "items": items}
 
         def _precondition(self, request: Any, action: str, data: dict[str, Any] | None) -> None:
             plural = request.resource.plural
@@ -583,16 +625,24 @@ class EmulatedApiServer:
 
     def fail(self, status: int = 500, *, method: str | None = None, plural: str | None = None,
              name: str | None = None, delay: float = 0.0, times: int | None = 1,
-             message: str | None = None) -> Fault:
+             message: str | None = None, param: str | None = None) -> Fault:
         """Make matching requests fail (see :class:`Fault`); returns the fault."""
         fault = Fault(status=status, method=method, plural=plural, name=name, delay=delay,
-                      times=times, message=message)
+                      times=times, message=message, param=param)
         self.emulator.add_fault(fault)
         return fault
 
     def clear_faults(self) -> None:
         """Remove every pending fault."""
         self.emulator.clear_faults()
+
+    def accepts(self) -> list[str]:
+        """The ``Accept`` header of every request served so far, in the order of
+        :meth:`requests` (kmock answers JSON whatever it asks for)."""
+        def read() -> list[str]:
+            return list(self.emulator.accepts)
+
+        return self._call(read)
 
     def requests(self) -> list[tuple[str, str, Any]]:
         """``(METHOD, path, body)`` of every request served so far, in order (body parsed

@@ -1013,3 +1013,56 @@ def test_read_calico_hosts_reads_the_annotations_as_addresses() -> None:
     assert "Node b: projectcalico.org/IPv4Address 'bogus\\n' is not an address" in warning
     felix = CalicoFelixNat("default", exclusions="IPPoolsAndHostIPs", hosts=hosts)
     assert object_from_dict(json.loads(json.dumps(felix.to_dict()))) == felix
+
+
+def _node_lists(server: EmulatedApiServer) -> int:
+    return len([p for m, p, _ in server.requests() if m == "GET" and p == "/api/v1/nodes"])
+
+
+def test_the_nodes_of_a_large_cluster_are_listed_in_pages_of_500(
+    api_server: EmulatedApiServer,
+) -> None:
+    # One request for every Node of a 5 000-node cluster is tens of megabytes the API
+    # server builds at once (past the request timeout on a loaded one); listed 500 at a
+    # time, as kubectl does, the gateway on the last page is still judged.
+    for index in range(1100):
+        api_server.put(NODES, _node(f"worker-{index:04}", IPv4Address="192.168.1.10/24"))
+    api_server.put(NODES, _node("zz-gw", IPv4Address="192.168.50.4/24"))
+    api_server.put(FELIX, _felix("default", natOutgoingExclusions="IPPoolsAndHostIPs"))
+    (reason,) = _felix_conflicts(api_server)
+    assert "(zz-gw 192.168.50.4)" in reason
+    assert _node_lists(api_server) == 3
+    # Their metadata alone: a Node's status (images, conditions) is most of its size.
+    accepts = [a for (m, p, _), a in zip(api_server.requests(), api_server.accepts(),
+                                         strict=True) if p == "/api/v1/nodes"]
+    assert len(accepts) == 3
+    assert all(a.startswith("application/json;as=PartialObjectMetadataList;") for a in accepts)
+
+
+def test_an_expired_continue_token_lists_the_nodes_again_whole(
+    api_server: EmulatedApiServer,
+) -> None:
+    # 410 Gone: the API server compacted the version the list began at; client-go's
+    # pager then asks for the whole list in one request.
+    for index in range(600):
+        api_server.put(NODES, _node(f"worker-{index:04}", IPv4Address="192.168.1.10/24"))
+    api_server.put(NODES, _node("zz-gw", IPv4Address="192.168.50.4/24"))
+    api_server.put(FELIX, _felix("default", natOutgoingExclusions="IPPoolsAndHostIPs"))
+    api_server.fail(410, method="GET", plural="nodes", param="continue")
+    (reason,) = _felix_conflicts(api_server)
+    assert "(zz-gw 192.168.50.4)" in reason
+    assert _node_lists(api_server) == 3  # the first page, the refused second, all at once
+
+
+def test_ip_pools_and_felix_configurations_are_listed_in_pages(
+    api_server: EmulatedApiServer,
+) -> None:
+    for index in range(501):
+        api_server.put(CRD, _pool(f"other-{index:03}", cidr=f"10.{200 + index // 256}."
+                                  f"{index % 256}.0/24", disabled=True))
+    _seed(api_server, K3S_CROSS_SUBNET)
+    backend = _backend(api_server)
+    pools = backend.observe().foreign
+    assert len([p for p in pools if isinstance(p, IPPool)]) == 501 + 1
+    lists = [p for m, p, _ in api_server.requests() if m == "GET" and p.endswith("/ippools")]
+    assert len(lists) == 2

@@ -996,6 +996,113 @@ def test_a_node_config_for_every_node_decides_over_cilium_config(
     assert not plan(backend.observe(), State(owned=[want])).notes
 
 
+NODES = "v1/nodes"
+
+
+def _node(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+
+
+def _native_on_edge(server: EmulatedApiServer) -> None:
+    # Native routing on the edge nodes, in two CiliumNodeConfigs: one sets the routing
+    # mode, the other the native-routing CIDR that mode needs (alone, the agent exits:
+    # "native routing cidr must be configured").
+    server.put(NODE_CONFIGS_V2, _node_config("edge-a-native", {"routing-mode": "native"}))
+    server.put(NODE_CONFIGS_V2, _node_config(
+        "edge-b-cidr", {"ipv4-native-routing-cidr": "10.42.0.0/16"},
+        selector={"matchExpressions": [{"key": "zone", "operator": "In",
+                                        "values": ["edge", "dmz"]}]}))
+
+
+def test_node_configs_selecting_one_node_are_laid_together_by_its_labels(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The agent on edge-1 lays both over cilium-config: native routing with its CIDR. One
+    # at a time, the first was a config the agent refuses to start with: a conflict no
+    # node has.
+    _native_on_edge(k3s_cilium)
+    k3s_cilium.put(NODES, _node("server-1"))
+    k3s_cilium.put(NODES, _node("edge-1", zone="edge"))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_groups == ((), ("edge-a-native", "edge-b-cidr"))
+    (accept,) = [a for (m, p, _), a in zip(k3s_cilium.requests(), k3s_cilium.accepts(),
+                                           strict=True) if p == "/api/v1/nodes"]
+    assert accept.startswith("application/json;as=PartialObjectMetadataList;")  # labels only
+    assert not plan(backend.observe(), State(owned=[want])).notes
+    assert object_from_dict(json.loads(json.dumps(foreign.to_dict()))) == foreign
+    # A dmz node gets the CIDR alone (tunnel routing): still nothing to report. A node
+    # only the first selects would exit.
+    k3s_cilium.put(NODES, _node("dmz-1", zone="dmz"))
+    assert not plan(backend.observe(), State(owned=[want])).notes
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge-b-cidr", {"ipv4-native-routing-cidr": "10.42.0.0/16"},
+        selector={"matchLabels": {"zone": "dmz"}}))
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    assert "on the nodes of CiliumNodeConfig edge-a-native (nodes zone=edge)" in str(note.reason)
+    assert "the Cilium agent does not run with this config" in str(note.reason)
+
+
+def test_a_node_config_selecting_no_node_is_not_judged_and_not_in_selects_the_unlabelled(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge-no-masq", {"enable-ipv4-masquerade": "false"}))
+    k3s_cilium.put(NODES, _node("server-1", zone="core"))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    assert not plan(backend.observe(), State(owned=[want])).notes  # no edge node
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge-no-masq", {"enable-ipv4-masquerade": "false"},
+        selector={"matchExpressions": [{"key": "zone", "operator": "NotIn",
+                                        "values": ["edge"]}]}))
+    k3s_cilium.put(NODES, _node("server-1"))  # no zone label: NotIn selects it
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    assert "masquerading is off in Cilium" in str(note.reason)
+
+
+def test_node_configs_are_judged_one_at_a_time_where_the_nodes_cannot_be_listed(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An agent whose ClusterRole predates the nodes rule: judged as before, and said
+    # once in the log, not on every pass.
+    _native_on_edge(k3s_cilium)
+    k3s_cilium.put(NODES, _node("edge-1", zone="edge"))
+    k3s_cilium.fail(403, method="GET", plural="nodes", times=None)
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_groups is None
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    assert plan(backend.observe(), State(owned=[want])).conflicts
+    warned = [r for r in caplog.records if "judged one at a time" in r.getMessage()]
+    assert len(warned) == 1
+    assert "forbidden (403)" in warned[0].getMessage()
+
+
+def test_a_node_selector_apimachinery_refuses_is_judged_alone_with_a_warning(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "odd", {"enable-ipv4-masquerade": "false"},
+        selector={"matchExpressions": [{"key": "zone\x1b[2J", "operator": "Equals"}]}))
+    k3s_cilium.put(NODES, _node("server-1"))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_groups is None
+    (warned,) = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert "\x1b" not in warned
+
+
+def test_nodes_are_listed_only_for_node_configs_selecting_some_nodes(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(NODES, _node("edge-1", zone="edge"))
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config("all", {"enable-ipv4-masquerade": "true"},
+                                                 selector={}))
+    backend.observe()
+    assert not [r for r in k3s_cilium.requests() if r[1] == "/api/v1/nodes"]
+
+
 @pytest.mark.parametrize("item", [
     _node_config("no-defaults", None),
     _node_config("empty-defaults", {}),
@@ -1130,3 +1237,19 @@ def test_an_egress_gateway_policy_k3snet_cannot_read_is_an_error_naming_it(
                                      "metadata": {"name": "odd"}, "spec": spec})
     with pytest.raises(BackendError, match="CiliumEgressGatewayPolicies: odd"):
         backend.observe()
+
+
+def test_node_configs_and_egress_gateway_policies_are_listed_in_pages(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ipv4-egress-gateway": "true"}))
+    for index in range(501):
+        k3s_cilium.put(EGRESS_POLICIES, _egress_policy(f"p-{index:03}", ["10.9.0.0/16"]))
+        k3s_cilium.put(NODE_CONFIGS_V2, _node_config(f"c-{index:03}", {"debug": "true"}))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert len(foreign.egress_gateways) == 501
+    lists = [p for m, p, _ in k3s_cilium.requests() if m == "GET" and (
+        p.endswith(("/ciliumegressgatewaypolicies", "/ciliumnodeconfigs")))]
+    assert len(lists) == 4

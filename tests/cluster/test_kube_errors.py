@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ from k3snet.kube import (
     Deadline,
     KubeApiError,
     KubeErrors,
+    list_pages,
     make_api_client,
     requests_within,
     retry_policy,
+    selector_matches,
 )
 from k3snet.testing.kube import EmulatedApiServer
 
@@ -338,3 +341,94 @@ def test_a_request_timing_out_after_its_timeout_was_cut_to_the_grace_period_says
                         "not have acted on the request)")
     assert "within 10s (timed out" in str(after)
     assert client.rest_client.timeouts == [1.5, 10]
+
+
+# ---------------------------------------------------------------- lists in pages
+
+
+def _pages(*answers: Any) -> Callable[[dict[str, Any]], Any]:
+    asked: list[dict[str, Any]] = []
+
+    def fetch(page: dict[str, Any]) -> Any:
+        asked.append(page)
+        answer = answers[min(len(asked), len(answers)) - 1]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    fetch.asked = asked  # type: ignore[attr-defined]
+    return fetch
+
+
+def test_list_pages_follows_continue_tokens_until_the_last_page() -> None:
+    fetch = _pages({"metadata": {"continue": "a"}, "items": [1, 2]},
+                   {"metadata": {"continue": "b"}, "items": [3]},
+                   {"metadata": {}, "items": None})
+    assert list_pages(fetch, "list X", page=2) == [1, 2, 3]
+    assert fetch.asked == [{"limit": 2}, {"limit": 2, "_continue": "a"},  # type: ignore[attr-defined]
+                           {"limit": 2, "_continue": "b"}]
+
+
+def test_list_pages_lists_whole_once_a_continue_token_expired() -> None:
+    gone = KubeApiError("list X: gone", status=410, reason="Expired")
+    fetch = _pages({"metadata": {"continue": "a"}, "items": [1]}, gone,
+                   {"metadata": {}, "items": [1, 2, 3]})
+    assert list_pages(fetch, "list X") == [1, 2, 3]
+    assert fetch.asked[-1] == {}  # type: ignore[attr-defined]
+    # A 410 of the first request is no expired token: it is the caller's to see.
+    with pytest.raises(KubeApiError):
+        list_pages(_pages(gone), "list X")
+
+
+@pytest.mark.parametrize("answers", [
+    ([1, 2],),
+    ({"items": "x"},),
+    ({"metadata": {"continue": "a"}, "items": [1]}, {"metadata": {"continue": "a"}, "items": [1]}),
+])
+def test_list_pages_refuses_an_answer_that_is_no_list_or_never_ends(
+    answers: tuple[Any, ...],
+) -> None:
+    # A server answering the same token again would be followed for ever.
+    with pytest.raises(BackendError, match="list X: "):
+        list_pages(_pages(*answers), "list X")
+
+
+# ---------------------------------------------------------------- label selectors
+
+@pytest.mark.parametrize(("selector", "labels", "selected"), [
+    (None, {"a": "b"}, False),  # a nil selector selects nothing
+    ({}, {}, True),  # an empty one everything
+    ({"matchLabels": {}, "matchExpressions": []}, {"a": "b"}, True),
+    ({"matchLabels": {"zone": "edge"}}, {"zone": "edge"}, True),
+    ({"matchLabels": {"zone": "edge"}}, {"zone": "core"}, False),
+    ({"matchLabels": {"zone": ""}}, {}, False),
+    ({"matchLabels": {"zone": ""}}, {"zone": ""}, True),
+    ({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]},
+     {"zone": "b"}, True),
+    ({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+    ({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]},
+     {"zone": "a"}, False),
+    ({"matchExpressions": [{"key": "zone", "operator": "Exists"}]}, {"zone": ""}, True),
+    ({"matchExpressions": [{"key": "zone", "operator": "DoesNotExist"}]}, {"zone": "a"}, False),
+    ({"matchLabels": {"zone": "edge"},
+      "matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, {"zone": "edge"}, False),
+])
+def test_selector_matches_as_apimachinery_matches(
+    selector: Any, labels: dict[str, str], selected: bool,
+) -> None:
+    assert selector_matches(selector, labels) is selected
+
+
+@pytest.mark.parametrize("selector", [
+    "zone=edge",
+    {"matchLabels": ["zone"]},
+    {"matchLabels": {"zone": 5}},
+    {"matchLabels": {"bad key!": "x"}},
+    {"matchExpressions": [{"key": "zone", "operator": "Equals", "values": ["a"]}]},
+    {"matchExpressions": [{"key": "zone", "operator": "In", "values": []}]},
+    {"matchExpressions": [{"key": "zone", "operator": "Exists", "values": ["a"]}]},
+    {"matchExpressions": ["zone"]},
+])
+def test_selector_matches_refuses_what_apimachinery_refuses(selector: Any) -> None:
+    with pytest.raises(ValueError, match="not a label selector"):
+        selector_matches(selector, {"zone": "a"})

@@ -267,6 +267,12 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
                                      "cluster-pool-ipv4-cidr": "10.42.0.0/16",
                                      "kube-proxy-replacement": "true",
                                      "enable-ipv4-egress-gateway": "true"}})
+    # A CiliumNodeConfig selecting some nodes: the Nodes' labels are listed.
+    server.put("cilium.io/v2/ciliumnodeconfigs", {
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNodeConfig",
+        "metadata": {"name": "edge", "namespace": "kube-system"},
+        "spec": {"nodeSelector": {"matchLabels": {"zone": "edge"}},
+                 "defaults": {"enable-ipv4-masquerade": "true"}}})
     base = HEADER + "backends: [cilium]\n"
     # eBPF masquerading with an ip-masq-agent list that k3snet creates, changes, then
     # deletes (k3snet keeps its keys of cilium-config: giving all back would be a teardown).
@@ -281,8 +287,8 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
     sent = {(r.resource, r.verb, r.name) for r in requests}
     assert {("configmaps", "create", None), ("configmaps", "patch", "ip-masq-agent"),
             ("configmaps", "delete", "ip-masq-agent")} <= sent
-    assert {("ciliumnodeconfigs", "list"),
-            ("ciliumegressgatewaypolicies", "list")} <= {(r.resource, r.verb) for r in requests}
+    assert {("ciliumnodeconfigs", "list"), ("ciliumegressgatewaypolicies", "list"),
+            ("nodes", "list")} <= {(r.resource, r.verb) for r in requests}
     assert _denied(requests, objs, namespace) == []
     assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
 

@@ -551,6 +551,8 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
     cluster_role = _one(objs, "ClusterRole", f"{AGENT_NAME}-cilium")
     assert cluster_role["rules"] == [{"apiGroups": ["cilium.io"],
                                       "resources": ["ciliumegressgatewaypolicies"],
+                                      "verbs": ["list"]},
+                                     {"apiGroups": [""], "resources": ["nodes"],
                                       "verbs": ["list"]}]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from k3snet.errors import ModelError
@@ -10,6 +11,7 @@ from k3snet.model.cilium import (
     CILIUM_DEFAULT_TARGET,
     CiliumConfig,
     CiliumMasquerade,
+    CiliumNodeOverride,
     parse_go_bool,
     setting_problem,
     startup_problems,
@@ -212,3 +214,41 @@ def test_an_exemption_through_a_device_round_trips_and_is_judged_with_it() -> No
     via_eth0 = CiliumMasquerade(TARGET, exempt_via=[(DEST, "eth0")])
     (problem,) = via_eth0.problems(only_eth0)
     assert "traffic to 192.168.2.0/24, which the spec exempts" in problem
+
+
+def test_on_nodes_lays_the_node_configs_of_each_node_group_together() -> None:
+    edge = CiliumNodeOverride("a-edge", "zone=edge", {"routing-mode": "native"})
+    cidr = CiliumNodeOverride("b-cidr", "zone in (edge,dmz)",
+                              {"ipv4-native-routing-cidr": "10.42.0.0/16"})
+    config = CiliumConfig("configmap:kube-system/cilium-config",
+                          settings={"routing-mode": "tunnel"}, node_overrides=[cidr, edge],
+                          node_groups=[["b-cidr", "a-edge"], [], ["b-cidr"], []])
+    assert config.node_groups == ((), ("b-cidr",), ("a-edge", "b-cidr"))
+    views = config.on_nodes()
+    assert [[o.name for o in laid] for laid, _ in views] == [[], ["b-cidr"], ["a-edge", "b-cidr"]]
+    assert views[-1][1].value("routing-mode") == "native"
+    assert views[-1][1].value("ipv4-native-routing-cidr") == "10.42.0.0/16"
+    # Unknown (None), each selective one is judged alone, after the nodes none selects.
+    alone = attrs.evolve(config, node_groups=None).on_nodes()
+    assert [[o.name for o in laid] for laid, _ in alone] == [[], ["a-edge"], ["b-cidr"]]
+    assert config != attrs.evolve(config, node_groups=None)
+    with pytest.raises(ModelError, match="not among the node_overrides"):
+        attrs.evolve(config, node_groups=[["c-other"]])
+
+
+def test_node_groups_giving_one_config_are_judged_once_and_named_by_the_fewest() -> None:
+    # Nodes labelled every which way: 2**8 sets of eight CiliumNodeConfigs, two configs
+    # (the masquerade interface eth0 or eth1). Each set was judged and named on its own:
+    # a conflict text for each set and destination, and minutes of the leader's pass.
+    overrides = [CiliumNodeOverride(f"o{i}", f"k{i}=v",
+                                    {"egress-masquerade-interfaces": f"eth{i % 2}"})
+                 for i in range(8)]
+    groups = [[f"o{i}" for i in range(8) if mask >> i & 1] for mask in range(2 ** 8)]
+    config = CiliumConfig(TARGET, node_overrides=overrides, node_groups=groups)
+    want = CiliumMasquerade(TARGET, masquerade=[(f"192.168.{i}.0/24", "eth0")
+                                                for i in range(3)])
+    found = want.problems(config)
+    assert len(found) == 3  # one config masquerades through eth1 only
+    named = ("on the nodes of CiliumNodeConfig o1 (nodes k1=v): "
+             "egress-masquerade-interfaces=eth1, and those of ")
+    assert all(text.startswith(named) for text in found)
