@@ -516,7 +516,9 @@ def plan(observed: State, desired: State) -> Plan:
     replaced (no replace is planned); one doing the same job leaves a replace to
     it (``met``). Either note names the owned object, which the plan leaves as it is.
     A wanted forward or NAT rule in place that a foreign block (a drop, a NAT rule
-    met first) defeats is that same conflict, naming the rule in place.
+    met first) defeats is that same conflict, naming the rule in place. A foreign drop
+    or reject (:attr:`~k3snet.model.ForwardBlock.final`) is judged before any foreign
+    accept: no accept meets what it defeats.
 
     >>> from k3snet.model import Route, State
     >>> wanted = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
@@ -633,6 +635,9 @@ class _ForeignIndex:
         # the kinds a foreign block (a drop, a NAT rule met first) may defeat
         self.blocked_kinds = frozenset(kind for kind, objs in self.by_kind.items()
                                        if any(type(o) in _BLOCKS for o in objs))
+        # the kinds a final foreign block (a drop or reject) may defeat, met or not
+        self.final_kinds = frozenset(kind for kind, objs in self.by_kind.items()
+                                     if any(type(o) is ForwardBlock and o.final for o in objs))
 
     def candidates(self, wanted: NetObject) -> Sequence[NetObject]:
         clash = wanted.clash_key
@@ -664,6 +669,15 @@ class _ForeignIndex:
         candidates = self._judged_against(wanted)
         if not candidates:
             return None
+        if wanted.kind in self.final_kinds:
+            # A drop or reject is final wherever it runs: no foreign accept meets what it
+            # defeats. One backend reports only the accepts that get through the drops it
+            # reads; a group hands a member the drops another reads (firewalld's nftables
+            # table beside flannel's accept in iptables' FORWARD), and judged after the
+            # accept, the drop was a "met".
+            for obj in candidates:
+                if type(obj) is ForwardBlock and obj.final and wanted.conflicts_with(obj):
+                    return Note("conflict", wanted, obj, reason=wanted.conflict_reason(obj))
         for obj in candidates:
             if wanted.met_by(obj):
                 return Note("met", wanted, obj)

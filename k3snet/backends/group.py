@@ -67,7 +67,7 @@ def _final(obj: NetObject) -> bool:
     drop or reject, final in any chain of the hook. What a backend reads relative to its
     own rules is not (an iptables RETURN before the jump to its chain exempts that chain
     from NAT, not nftables' table: read by nftables' member it was a false conflict)."""
-    return isinstance(obj, ForwardBlock) and obj.verdict in ("drop", "reject")
+    return isinstance(obj, ForwardBlock) and obj.final
 
 
 class BackendGroup:

@@ -321,3 +321,26 @@ def test_a_drop_after_the_iptables_jump_is_no_conflict_though_the_nftables_membe
                     "REJECT"])
         p = plan(group.observe(), wanted)
         assert len(p.conflicts) == 1, p.render()
+
+
+def test_a_foreign_accept_of_one_member_does_not_meet_a_rule_another_members_drop_defeats(
+        ns: str) -> None:
+    """``--backend nftables:nat --backend iptables:forward`` on a node whose firewall drops
+    the pods' traffic in its own nftables table (firewalld's, the fixture's ``inet
+    admin``) while flannel's accept sits in iptables' FORWARD: the accept does not let
+    the traffic through the other table's drop (firewalld#527), nor would k3snet's. The
+    plan said the forward rule was met by flannel's accept (exit 0, nothing to do) and
+    the pods' connections stayed dropped; it is a conflict naming the drop."""
+    from k3snet.backends.iptables import IptablesBackend  # noqa: PLC0415
+
+    run_in(ns, ["iptables-legacy", "-P", "FORWARD", "DROP"])
+    for match in ("-s", "-d"):  # flannel's FLANNEL-FWD: the pods' traffic and its replies
+        run_in(ns, ["iptables-legacy", "-A", "FORWARD", match, "10.99.0.0/16", "-j", "ACCEPT"])
+    wanted = State(owned=[ForwardRule("10.99.0.0/16", "192.168.2.0/24")])
+    split = [Member(NftablesBackend(ns), ["nat"]),
+             Member(IptablesBackend(ns, mode="legacy"), ["forward"])]
+    with BackendGroup(split) as group:
+        p = plan(group.observe(), wanted)
+    assert not p.met, p.render()
+    assert [n.foreign.describe() for n in p.conflicts] == [
+        "drop by nftables inet admin forwarding: ip saddr 10.99.0.0/16 drop"], p.render()
