@@ -110,6 +110,60 @@ def test_an_injected_failure_at_every_position_leaves_the_kernel_as_it_was(
     assert kernel_view(ns) != before
 
 
+MOVED = State(owned=[
+    *(o for o in WANTED.owned if not isinstance(o, Route | MasqueradeRule | ForwardRule)
+      or o.family == 6),
+    Route("192.168.3.0/24", gateway="10.0.0.254", device="d0"),
+    MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24", out_interface="d0"),
+    ForwardRule("10.42.0.0/16", "192.168.3.0/24"),
+])
+
+
+def _per_family(view: tuple[object, ...]) -> tuple[object, ...]:
+    """``kernel_view`` without nftables handles, each chain's IPv4 and IPv6 rules apart
+    (each in its order): the order of an ``ip`` and an ``ip6`` rule decides nothing, and
+    a rule deleted and added back (an undo) may come back on the other side of one."""
+    routes, routes6, ruleset, sysctls = view
+    assert isinstance(ruleset, list)
+    kept: list[object] = []
+    chains: dict[tuple[str, str, str], list[str]] = {}
+    for item in ruleset:
+        [(what, body)] = item.items()
+        body = {k: v for k, v in body.items() if k != "handle"}
+        if what != "rule":
+            kept.append({what: body})
+            continue
+        text = json.dumps(body, sort_keys=True)
+        family = "ip6" if '"ip6"' in text else "ip"
+        chains.setdefault((body["table"], body["chain"], family), []).append(text)
+    return routes, routes6, kept, chains, sysctls
+
+
+def test_a_plan_splitting_a_members_part_is_made_in_its_order_and_undone_at_any_change(
+        ns: str, group: BackendGroup) -> None:
+    """A destination replaced by another: nftables deletes its NAT and forward rules, then
+    netlink swaps the routes, then nftables adds the new rules (two nftables transactions
+    around netlink's part); a failure at any change leaves the kernel as it was (but for
+    the order of an IPv4 and an IPv6 rule of one chain, which decides nothing)."""
+    group.apply(plan(group.observe(), WANTED))
+    before = _per_family(kernel_view(ns))
+    p = plan(group.observe(), MOVED)
+    assert [(c.action, c.kind) for c in p.changes] == [
+        ("delete", "nat"), ("delete", "forward"), ("delete", "route"), ("add", "route"),
+        ("add", "forward"), ("add", "nat")], p.render()
+    for index in range(len(p.changes)):
+        group.faults.fail_at(index)
+        with pytest.raises(ApplyError) as caught:
+            group.apply(p)
+        assert caught.value.failed == p.changes[index]
+        assert _per_family(kernel_view(ns)) == before, f"failure at {index}: {p.changes[index]}"
+    done = group.apply(p)
+    assert done.applied == p.changes
+    assert plan(group.observe(), MOVED).empty
+    routes = json.loads(run_in(ns, ["ip", "-j", "route", "show", "proto", "211"]).stdout)
+    assert [r["dst"] for r in routes] == ["192.168.3.0/24"]
+
+
 class _Refusing(NftablesBackend):
     """An nftables member that refuses its part (or crashes) after netlink applied."""
 
