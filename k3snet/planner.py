@@ -33,8 +33,9 @@ Properties (each one a hypothesis test in ``tests/planner``):
   deletes of a higher one first (a route via a gateway after the device route that
   may reach it), and a delete of a tier below a replace of its kind last (the
   replaced object's old form may rely on it; an undo, in reverse, puts it back first);
-  a route moved to another metric is deleted after its new form is added (make
-  before break), and the deletes of a lower tier wait for it too.
+  a route moved to another metric, or a sysctl wanted under its other name
+  (``net.ipv4.ip_forward`` for ``net.ipv4.conf.all.forwarding``), is deleted after its
+  new form is added (make before break), and the deletes of a lower tier wait for it too.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from k3snet.model import (
 )
 from k3snet.model.cidr import overlaps
 from k3snet.model.state import State, ensure_state, kind_set, malformed, object_from_dict
-from k3snet.model.sysctl import Sysctl
+from k3snet.model.sysctl import ALIASES, Sysctl
 
 __all__ = ["Action", "Change", "Note", "Plan", "plan"]
 
@@ -559,7 +560,7 @@ def plan(observed: State, desired: State) -> Plan:
             if note is None:
                 replaces.append(Change("replace", current, wanted))
         else:
-            note = foreign.judge(wanted)
+            note = None if _given_back_alias(wanted, have, want) else foreign.judge(wanted)
             if note is None and not wanted.expectation:
                 adds.append(wanted)
         if note is not None:
@@ -588,7 +589,9 @@ def _ordered_changes(deletes: list[NetObject], replaces: list[Change], adds: lis
     before break: deleted first, the destination had no route between the two (a
     batch, a request each with pyroute2, or for good when the run was killed there),
     and an undo does the same in reverse. The deletes of a lower tier than a moved
-    route wait for it too, as they wait for a replace.
+    route wait for it too, as they wait for a replace. So does a sysctl wanted under
+    its other name (:data:`~k3snet.model.sysctl.ALIASES`): given back first, forwarding
+    went off until the other name's add turned it on again.
     """
     above: dict[str, int] = {}  # kind -> highest tier a replace or a moved route touches
     for change in replaces:
@@ -603,6 +606,13 @@ def _ordered_changes(deletes: list[NetObject], replaces: list[Change], adds: lis
         arriving = {obj.clash_key for obj in adds if isinstance(obj, Route)}
         moved = {obj for obj in deletes
                  if isinstance(obj, Route) and obj.clash_key in arriving}
+        # A sysctl wanted under its other name (ip_forward for conf.all.forwarding): one
+        # kernel value. Given back first, it held the value k3snet found (forwarding off)
+        # until the other name's add wrote it again.
+        renamed = {obj.name for obj in adds if isinstance(obj, Sysctl) and obj.name in ALIASES}
+        if renamed:
+            moved |= {obj for obj in deletes
+                      if isinstance(obj, Sysctl) and ALIASES.get(obj.name) in renamed}
         for obj in moved:
             if obj.tier > above.get(obj.kind, -1):
                 above[obj.kind] = obj.tier
@@ -856,6 +866,18 @@ def _in_place_note(wanted: NetObject, current: NetObject, candidates: Iterable[N
     if ahead and wanted != current:
         return Note("met", wanted, ahead[0], owned=current)
     return None
+
+
+def _given_back_alias(wanted: NetObject, have: Mapping[tuple[Any, ...], NetObject],
+                      want: Mapping[tuple[Any, ...], NetObject]) -> bool:
+    """Whether ``wanted`` is a sysctl whose other name (:data:`~k3snet.model.sysctl.ALIASES`:
+    one kernel value) k3snet owns and the plan gives back. The value read under
+    ``wanted``'s name is then k3snet's own write, not another program's: judged "met" by
+    it, the sysctl was not added, and the give-back turned forwarding off."""
+    if type(wanted) is not Sysctl:
+        return False
+    alias = ALIASES.get(wanted.name)
+    return alias is not None and ("sysctl", alias) in have and ("sysctl", alias) not in want
 
 
 def _sort_key(obj: NetObject) -> tuple[Any, ...]:
