@@ -302,21 +302,21 @@ class BackendGroup:
         if len(touched) <= 1:  # one member's changes (or none): its part, as it is
             return [(m, plan.only(m.kinds)) for m in touched]
         owner = {kind: member for member in touched for kind in member.kinds}
-        runs: list[tuple[Member, list[Change]]] = []
+        # Where each run starts (the plan's index, its member); one attribute chain a
+        # change, not Change.kind's two calls: big plans pass here.
+        starts: list[tuple[int, Member]] = []
         last: Member | None = None
-        for change in plan.changes:
-            # One attribute chain, not Change.kind's two calls: big plans pass here.
-            member = owner.get((change.before if change.after is None
-                                else change.after).kind)  # type: ignore[union-attr]
-            if member is None:  # a kind no member manages: apply refused the plan
-                continue
-            if member is last:
-                runs[-1][1].append(change)
-            else:
-                runs.append((member, [change]))
+        for index, change in enumerate(plan.changes):
+            member = owner[(change.before if change.after is None
+                            else change.after).kind]  # type: ignore[union-attr]
+            if member is not last:
+                starts.append((index, member))
                 last = member
-        if len(runs) == len(touched):  # one run a member: its part, as it is
-            return [(member, plan.only(member.kinds)) for member, _ in runs]
+        if len(starts) == len(touched):  # one run a member: its part, as it is
+            return [(member, plan.only(member.kinds)) for _, member in starts]
+        ends = [index for index, _ in starts[1:]] + [len(plan.changes)]
+        runs = [(member, plan.changes[start:end])
+                for (start, member), end in zip(starts, ends, strict=True)]
         # Notes and held objects go with a member's first run, as they went with its part.
         given: set[int] = set()
         result: list[tuple[Member, Plan]] = []
