@@ -33,8 +33,9 @@ Properties (each one a hypothesis test in ``tests/planner``):
   deletes of a higher one first (a route via a gateway after the device route that
   may reach it), and a delete of a tier below a replace of its kind last (the
   replaced object's old form may rely on it; an undo, in reverse, puts it back first);
-  a route moved to another metric is deleted after its new form is added (make
-  before break), and the deletes of a lower tier wait for it too.
+  a route moved to another metric, or a sysctl wanted under its other name
+  (``net.ipv4.ip_forward`` for ``net.ipv4.conf.all.forwarding``), is deleted after its
+  new form is added (make before break), and the deletes of a lower tier wait for it too.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from k3snet.model import (
 )
 from k3snet.model.cidr import overlaps
 from k3snet.model.state import State, ensure_state, kind_set, malformed, object_from_dict
-from k3snet.model.sysctl import Sysctl
+from k3snet.model.sysctl import ALIASES, Sysctl
 
 __all__ = ["Action", "Change", "Note", "Plan", "plan"]
 
@@ -516,7 +517,9 @@ def plan(observed: State, desired: State) -> Plan:
     replaced (no replace is planned); one doing the same job leaves a replace to
     it (``met``). Either note names the owned object, which the plan leaves as it is.
     A wanted forward or NAT rule in place that a foreign block (a drop, a NAT rule
-    met first) defeats is that same conflict, naming the rule in place.
+    met first) defeats is that same conflict, naming the rule in place. A foreign drop
+    or reject (:attr:`~k3snet.model.ForwardBlock.final`) is judged before any foreign
+    accept: no accept meets what it defeats.
 
     >>> from k3snet.model import Route, State
     >>> wanted = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
@@ -557,7 +560,7 @@ def plan(observed: State, desired: State) -> Plan:
             if note is None:
                 replaces.append(Change("replace", current, wanted))
         else:
-            note = foreign.judge(wanted)
+            note = None if _given_back_alias(wanted, have, want) else foreign.judge(wanted)
             if note is None and not wanted.expectation:
                 adds.append(wanted)
         if note is not None:
@@ -586,7 +589,9 @@ def _ordered_changes(deletes: list[NetObject], replaces: list[Change], adds: lis
     before break: deleted first, the destination had no route between the two (a
     batch, a request each with pyroute2, or for good when the run was killed there),
     and an undo does the same in reverse. The deletes of a lower tier than a moved
-    route wait for it too, as they wait for a replace.
+    route wait for it too, as they wait for a replace. So does a sysctl wanted under
+    its other name (:data:`~k3snet.model.sysctl.ALIASES`): given back first, forwarding
+    went off until the other name's add turned it on again.
     """
     above: dict[str, int] = {}  # kind -> highest tier a replace or a moved route touches
     for change in replaces:
@@ -601,6 +606,13 @@ def _ordered_changes(deletes: list[NetObject], replaces: list[Change], adds: lis
         arriving = {obj.clash_key for obj in adds if isinstance(obj, Route)}
         moved = {obj for obj in deletes
                  if isinstance(obj, Route) and obj.clash_key in arriving}
+        # A sysctl wanted under its other name (ip_forward for conf.all.forwarding): one
+        # kernel value. Given back first, it held the value k3snet found (forwarding off)
+        # until the other name's add wrote it again.
+        renamed = {obj.name for obj in adds if isinstance(obj, Sysctl) and obj.name in ALIASES}
+        if renamed:
+            moved |= {obj for obj in deletes
+                      if isinstance(obj, Sysctl) and ALIASES.get(obj.name) in renamed}
         for obj in moved:
             if obj.tier > above.get(obj.kind, -1):
                 above[obj.kind] = obj.tier
@@ -633,6 +645,9 @@ class _ForeignIndex:
         # the kinds a foreign block (a drop, a NAT rule met first) may defeat
         self.blocked_kinds = frozenset(kind for kind, objs in self.by_kind.items()
                                        if any(type(o) in _BLOCKS for o in objs))
+        # the kinds a final foreign block (a drop or reject) may defeat, met or not
+        self.final_kinds = frozenset(kind for kind, objs in self.by_kind.items()
+                                     if any(type(o) is ForwardBlock and o.final for o in objs))
 
     def candidates(self, wanted: NetObject) -> Sequence[NetObject]:
         clash = wanted.clash_key
@@ -664,6 +679,15 @@ class _ForeignIndex:
         candidates = self._judged_against(wanted)
         if not candidates:
             return None
+        if wanted.kind in self.final_kinds:
+            # A drop or reject is final wherever it runs: no foreign accept meets what it
+            # defeats. One backend reports only the accepts that get through the drops it
+            # reads; a group hands a member the drops another reads (firewalld's nftables
+            # table beside flannel's accept in iptables' FORWARD), and judged after the
+            # accept, the drop was a "met".
+            for obj in candidates:
+                if type(obj) is ForwardBlock and obj.final and wanted.conflicts_with(obj):
+                    return Note("conflict", wanted, obj, reason=wanted.conflict_reason(obj))
         for obj in candidates:
             if wanted.met_by(obj):
                 return Note("met", wanted, obj)
@@ -842,6 +866,18 @@ def _in_place_note(wanted: NetObject, current: NetObject, candidates: Iterable[N
     if ahead and wanted != current:
         return Note("met", wanted, ahead[0], owned=current)
     return None
+
+
+def _given_back_alias(wanted: NetObject, have: Mapping[tuple[Any, ...], NetObject],
+                      want: Mapping[tuple[Any, ...], NetObject]) -> bool:
+    """Whether ``wanted`` is a sysctl whose other name (:data:`~k3snet.model.sysctl.ALIASES`:
+    one kernel value) k3snet owns and the plan gives back. The value read under
+    ``wanted``'s name is then k3snet's own write, not another program's: judged "met" by
+    it, the sysctl was not added, and the give-back turned forwarding off."""
+    if type(wanted) is not Sysctl:
+        return False
+    alias = ALIASES.get(wanted.name)
+    return alias is not None and ("sysctl", alias) in have and ("sysctl", alias) not in want
 
 
 def _sort_key(obj: NetObject) -> tuple[Any, ...]:

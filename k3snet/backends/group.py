@@ -3,8 +3,8 @@
 A node is usually driven by more than one backend (``netlink`` for routes and
 sysctls, ``nftables`` or ``iptables`` for NAT and forward rules). A
 :class:`BackendGroup` is itself a :class:`~k3snet.backends.Backend`: it splits a
-plan by kind, applies the parts in dependency order (the backend whose kinds
-come first goes first: sysctls and routes before NAT), and if one part fails
+plan by kind, applies the parts in the plan's order (sysctls and routes added
+before the NAT and forward rules relying on them, deleted after them), and if one part fails
 (for any reason: a refusal, an apply error, a crash of the member's code), it
 undoes the parts already applied, so the group keeps the all-or-nothing rule.
 """
@@ -72,7 +72,7 @@ def _final(obj: NetObject) -> bool:
     drop or reject, final in any chain of the hook. What a backend reads relative to its
     own rules is not (an iptables RETURN before the jump to its chain exempts that chain
     from NAT, not nftables' table: read by nftables' member it was a false conflict)."""
-    return isinstance(obj, ForwardBlock) and obj.verdict in ("drop", "reject")
+    return isinstance(obj, ForwardBlock) and obj.final
 
 
 class BackendGroup:
@@ -217,9 +217,13 @@ class BackendGroup:
         return tuple(problems)
 
     def apply(self, plan: Plan) -> ApplyResult:
-        """Apply each member's part in order; on any failure undo the parts already applied.
+        """Apply the members' parts in the plan's order; on any failure undo the parts
+        already applied.
 
-        All or nothing for any error of any member: an :class:`~k3snet.errors.ApplyError`,
+        Each member is given its changes in runs (``_runs``): its whole part at once,
+        but where the plan puts another member's change between two of its own (a NAT
+        rule deleted before the route it relied on, added after it). All or nothing for
+        any error of any member: an :class:`~k3snet.errors.ApplyError`,
         a :class:`~k3snet.errors.PlanError` (a member refusing its part), or any
         other exception. If nothing had been applied yet, the member's error is
         raised as it is; otherwise the parts already applied are undone (in
@@ -231,19 +235,26 @@ class BackendGroup:
         again as it came.
         """
         ensure_capable(self, plan)
-        parts = [(member, plan.only(member.kinds)) for member in self.members]
-        hookless, armed = self._arm_members(plan, parts)
+        parts = self._runs(plan)
+        fault = self._fault(plan, parts)
+        armed: FaultHook | None = None
         results: list[tuple[Member, Plan, ApplyResult]] = []
         member: Member | None = None
         try:
             # One try around the whole loop: a signal's exception (the CLI's SIGTERM
             # handler, Ctrl-C) lands at any bytecode, also between two members' parts.
-            for member, part in parts:
+            for number, (member, part) in enumerate(parts):
                 if not part.changes:
                     continue
-                if member is hookless:
-                    raise ApplyError(f"{member.backend.name}: injected failure before its "
-                                     "part (the backend has no fault hook)")
+                if fault is not None and fault[0] == number:
+                    # Armed for this very run: a member given two runs took the failure
+                    # meant for its second one in its first.
+                    hook = getattr(member.backend, "faults", None)
+                    if not isinstance(hook, FaultHook):
+                        raise ApplyError(f"{member.backend.name}: injected failure before "
+                                         "its part (the backend has no fault hook)")
+                    hook.fail_at(fault[1])
+                    armed = hook
                 results.append((member, part, member.backend.apply(part)))
         except BaseException as exc:
             if not results or member is None:  # nothing of the group's doing to undo
@@ -267,8 +278,8 @@ class BackendGroup:
             ) from exc
         finally:
             if armed is not None:
-                # The injected failure was for a member an earlier failure kept from its
-                # part: left armed, it failed that member's next apply, in or out of a group.
+                # Taken by the apply it was armed for; left armed (the apply never ran),
+                # it would fail that member's next apply, in or out of a group.
                 armed.fail_at(None)
         # In the plan's order, as every backend reports them (the members ran in theirs).
         # Keyed by identity: the parts hold the plan's own Change values, and hashing
@@ -278,25 +289,65 @@ class BackendGroup:
                                key=lambda c: position.get(id(c), len(position))))
         return ApplyResult(self.name, applied, sum(r.operations for _, _, r in results))
 
-    def _arm_members(self, plan: Plan, parts: Sequence[tuple[Member, Plan]]
-                     ) -> tuple[Member | None, FaultHook | None]:
-        """Hand the group's injected failure to the member that holds that change.
+    def _runs(self, plan: Plan) -> list[tuple[Member, Plan]]:
+        """The parts of ``plan`` the members are given, in the order :meth:`apply` gives
+        them: the plan's changes in its order, each run the changes of one member
+        between two of another's.
 
-        Returns the member without a fault hook that fails as a whole instead (the
-        group raises before applying its part), and the member's hook armed.
+        A plan the planner made puts deletes first, NAT and forward rules before the
+        routes and sysctls they rely on, then adds the other way round: a group of
+        ``netlink`` and ``nftables`` gives each member one part when the plan only adds
+        or only deletes (the usual plan, a destroy), and ``nftables`` its deletes and
+        its adds apart when the plan deletes and adds (a destination replaced by
+        another), with ``netlink``'s part between them. Given each member's part in
+        turn, routes went before the NAT and forward rules that relied on them: the
+        pods' traffic to a destination removed was forwarded and masqueraded through
+        the default route in between (for good when the run was killed there).
         """
+        touched = [m for m in self.members if not m.kinds.isdisjoint(plan.kinds)]
+        if len(touched) <= 1:  # one member's changes (or none): its part, as it is
+            return [(m, plan.only(m.kinds)) for m in touched]
+        owner = {kind: member for member in touched for kind in member.kinds}
+        # Where each run starts (the plan's index, its member); one attribute chain a
+        # change, not Change.kind's two calls: big plans pass here.
+        starts: list[tuple[int, Member]] = []
+        last: Member | None = None
+        for index, change in enumerate(plan.changes):
+            member = owner[(change.before if change.after is None
+                            else change.after).kind]  # type: ignore[union-attr]
+            if member is not last:
+                starts.append((index, member))
+                last = member
+        if len(starts) == len(touched):  # one run a member: its part, as it is
+            return [(member, plan.only(member.kinds)) for _, member in starts]
+        ends = [index for index, _ in starts[1:]] + [len(plan.changes)]
+        runs = [(member, plan.changes[start:end])
+                for (start, member), end in zip(starts, ends, strict=True)]
+        # Notes and held objects go with a member's first run, as they went with its part.
+        given: set[int] = set()
+        result: list[tuple[Member, Plan]] = []
+        for member, changes in runs:
+            if id(member) in given:
+                result.append((member, Plan(changes=changes)))
+                continue
+            given.add(id(member))
+            whole = plan.only(member.kinds)
+            result.append((member, Plan(changes=changes, notes=whole.notes, held=whole.held)))
+        return result
+
+    def _fault(self, plan: Plan, parts: Sequence[tuple[Member, Plan]]) -> tuple[int, int] | None:
+        """Where the group's injected failure lands: (run, index of the change in that run);
+        ``None`` when none is armed. Handed to the member whose run holds that change, just
+        before that run (:class:`~k3snet.backends.kit.FaultHook`)."""
         at = self.faults.take(plan)
         if at is None:
-            return None, None
+            return None
         failing = plan.changes[at]
-        for member, part in parts:
-            if failing in part.changes:
-                hook = getattr(member.backend, "faults", None)
-                if not isinstance(hook, FaultHook):
-                    return member, None
-                hook.fail_at(part.changes.index(failing))
-                return None, hook
-        return None, None
+        for number, (_, part) in enumerate(parts):
+            for index, change in enumerate(part.changes):
+                if change is failing:
+                    return number, index
+        return None
 
     def close(self) -> None:
         """Close every member (all of them, even if one fails to close)."""

@@ -23,16 +23,21 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,15}")
 IFNAMSIZ = 16
 
 
-@functools.lru_cache(maxsize=4096)
 def validate_interface_name(name: str) -> str:
     """Return ``name`` if the kernel would accept it as an interface name and every
     output language can spell it (no leading ``@``), else raise."""
     if not isinstance(name, str):
+        # Before the cache: a list or a dict is unhashable, and the cache's TypeError
+        # ("unhashable type: 'list'") escaped code that catches k3snet's errors.
         raise ModelError(f"interface name must be a string, got {name!r}")
-    if len(name.encode()) >= IFNAMSIZ:
-        raise ModelError(
-            f"interface name {name!r} is {len(name.encode())} bytes; the kernel allows at most 15"
-        )
+    return _valid_interface_name(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_interface_name(name: str) -> str:
+    size = len(name.encode("utf-8", "surrogatepass"))  # a lone surrogate is no error here
+    if size >= IFNAMSIZ:
+        raise ModelError(f"interface name {name!r} is {size} bytes; the kernel allows at most 15")
     if name in {"", ".", ".."} or not _IFNAME.fullmatch(name):
         raise ModelError(
             f"interface name {name!r} is not valid (letters, digits and _.@+- only, "
@@ -52,7 +57,10 @@ def validate_interface_name(name: str) -> str:
 
 def optional_interface(name: str | None) -> str | None:
     """attrs converter: validate an optional interface name."""
-    return None if name is None else validate_interface_name(name)
+    if name is None:
+        return None
+    # Text straight to the cached check: this runs for every route and rule read back.
+    return _valid_interface_name(name) if type(name) is str else validate_interface_name(name)
 
 
 def optional_network(value: str | Network | None) -> Network | None:

@@ -227,6 +227,14 @@ class ForwardBlock(NetObject):
         """4 or 6."""
         return self.ip_family
 
+    @property
+    def final(self) -> bool:
+        """True for a drop or reject: final wherever it runs (an accept in another base
+        chain of the hook, or in another program's tables, does not let the packet
+        through it, firewalld#527), so no foreign accept meets what it decides. The
+        other verdicts act relative to the rules around them."""
+        return self.verdict in ("drop", "reject")
+
     def decides(self, rule: ForwardRule) -> bool:
         """True when this rule may match packets of ``rule``, new ones or replies (and
         a rule met before it does not take them all first). An ``untrack`` one that may

@@ -37,8 +37,8 @@ from k3snet.model.cidr import (
     not_unicast_network,
     parse_network,
 )
-from k3snet.model.forward import ForwardRule
-from k3snet.model.nat import MasqueradeRule, SnatRule, snat_address_problem
+from k3snet.model.forward import ForwardBlock, ForwardRule
+from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule, snat_address_problem
 from k3snet.model.route import (
     K3SNET_ROUTE_PROTOCOL,
     Route,
@@ -67,9 +67,11 @@ __all__ = [
     "for_type",
     "foreign_objects",
     "foreign_routes",
+    "forward_blocks",
     "forward_rules",
     "interface_names",
     "masquerade_rules",
+    "nat_blocks",
     "nat_rules",
     "networks",
     "objects",
@@ -960,6 +962,98 @@ def route_blocks(family: int | None = None, *,
 
 _BLOCK_SHAPES = st.sampled_from(("multipath", "blackhole", "unreachable"))
 
+_VERDICTS = ("drop", "reject", "return", "queue", "untrack")
+_NAT_ACTIONS = ("masquerade", "snat", "exempt")
+
+
+def _pools_by_family(given: SearchStrategy[Network] | None) -> dict[int, SearchStrategy[Network]]:
+    """Per family, the networks a block matches: ``given``'s of that family, else any
+    (made once: a filter made in each draw is checked anew every time)."""
+    if given is None:
+        return {4: networks(4), 6: networks(6)}
+    return {version: given.filter(functools.partial(_of_version, version)) for version in (4, 6)}
+
+
+def _of_version(version: int, net: Network) -> bool:
+    return net.version == version
+
+
+def forward_blocks(
+    family: int | None = None,
+    *,
+    networks_of: SearchStrategy[Network] | None = None,
+    devices: Sequence[str | None] = (None, *DEFAULT_DEVICES[:2]),
+    verdicts: Sequence[str] = _VERDICTS,
+) -> SearchStrategy[ForwardBlock]:
+    """Foreign rules deciding forwarded traffic before k3snet's accept, as the iptables and
+    nftables backends observe them (:class:`~k3snet.model.ForwardBlock`): every verdict,
+    a source, destination and interfaces or none (any), the accepts met before it
+    (``accepted``, read one way) and whether it comes after an accept of every reply.
+
+    ``networks_of``: where its source, destination and accepted traffic come from
+    (narrow it to make blocks meet the forward rules of a test often); ``verdicts``:
+    only some (``("drop", "reject")``: the final ones).
+    """
+    _check_family(family)
+    _pool("devices", devices, each=_interface)
+    _pool("verdicts", verdicts, each=lambda verdict: ForwardBlock(4, verdict, "x", "x"))
+    if networks_of is not None:
+        _check_strategies(networks_of=networks_of)
+
+    pools = _pools_by_family(networks_of)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> ForwardBlock:
+        version = draw(families(family))
+        pool = pools[version]
+        source, destination = draw(maybe(pool)), draw(maybe(pool))
+        accepted = [ForwardRule(draw(pool), draw(pool), in_interface=draw(pick(devices)),
+                                out_interface=draw(pick(devices)))
+                    for _ in range(draw(_ints(0, 2)))]
+        verdict = draw(pick(verdicts))
+        return ForwardBlock(version, verdict, f"a {verdict} rule",
+                            f"iptables IPv{version} filter FORWARD", source=source,
+                            destination=destination, in_interface=draw(pick(devices)),
+                            out_interface=draw(pick(devices)), accepted=accepted,
+                            replies_accepted=draw(st.booleans()))
+
+    return build()
+
+
+def nat_blocks(
+    family: int | None = None,
+    *,
+    networks_of: SearchStrategy[Network] | None = None,
+    devices: Sequence[str | None] = (None, *DEFAULT_DEVICES[:2]),
+    actions: Sequence[str] = _NAT_ACTIONS,
+) -> SearchStrategy[NatBlock]:
+    """Foreign NAT rules met before k3snet's, as the iptables and nftables backends observe
+    them (:class:`~k3snet.model.NatBlock`): a masquerade, an SNAT (to a unicast address,
+    or to one k3snet does not model: ``to_address=None``) or an exemption (a ``RETURN``),
+    with a source, destination and out interface or none (any).
+
+    ``networks_of`` and ``actions`` steer as :func:`forward_blocks`' arguments do.
+    """
+    _check_family(family)
+    _pool("devices", devices, each=_interface)
+    _pool("actions", actions, each=lambda action: NatBlock(4, action, "x", "x"))
+    if networks_of is not None:
+        _check_strategies(networks_of=networks_of)
+
+    pools = _pools_by_family(networks_of)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> NatBlock:
+        version = draw(families(family))
+        pool = pools[version]
+        action = draw(pick(actions))
+        to = draw(maybe(_SNAT_TO[version])) if action == "snat" else None
+        return NatBlock(version, action, f"a {action} rule", f"iptables IPv{version} nat "
+                        "POSTROUTING", source=draw(maybe(pool)), destination=draw(maybe(pool)),
+                        out_interface=draw(pick(devices)), to_address=to)
+
+    return build()
+
 
 def cni_rules(cluster: Cluster = _K3S) -> SearchStrategy[MasqueradeRule | ForwardRule]:
     """The NAT and FORWARD rules flannel (as K3s runs it) writes for ``cluster``'s pod CIDRs.
@@ -1005,6 +1099,7 @@ def for_type(cls: type[Any]) -> SearchStrategy[Any]:
     table: dict[type[Any], Any] = {
         Route: routes, MasqueradeRule: masquerade_rules, SnatRule: snat_rules,
         ForwardRule: forward_rules, Sysctl: sysctls, State: states, Spec: specs,
+        RouteBlock: route_blocks, ForwardBlock: forward_blocks, NatBlock: nat_blocks,
     }
     if cls not in table:
         raise ModelError(f"no k3snet strategy for {cls!r}")

@@ -110,6 +110,60 @@ def test_an_injected_failure_at_every_position_leaves_the_kernel_as_it_was(
     assert kernel_view(ns) != before
 
 
+MOVED = State(owned=[
+    *(o for o in WANTED.owned if not isinstance(o, Route | MasqueradeRule | ForwardRule)
+      or o.family == 6),
+    Route("192.168.3.0/24", gateway="10.0.0.254", device="d0"),
+    MasqueradeRule("10.42.0.0/16", destination="192.168.3.0/24", out_interface="d0"),
+    ForwardRule("10.42.0.0/16", "192.168.3.0/24"),
+])
+
+
+def _per_family(view: tuple[object, ...]) -> tuple[object, ...]:
+    """``kernel_view`` without nftables handles, each chain's IPv4 and IPv6 rules apart
+    (each in its order): the order of an ``ip`` and an ``ip6`` rule decides nothing, and
+    a rule deleted and added back (an undo) may come back on the other side of one."""
+    routes, routes6, ruleset, sysctls = view
+    assert isinstance(ruleset, list)
+    kept: list[object] = []
+    chains: dict[tuple[str, str, str], list[str]] = {}
+    for item in ruleset:
+        [(what, body)] = item.items()
+        body = {k: v for k, v in body.items() if k != "handle"}
+        if what != "rule":
+            kept.append({what: body})
+            continue
+        text = json.dumps(body, sort_keys=True)
+        family = "ip6" if '"ip6"' in text else "ip"
+        chains.setdefault((body["table"], body["chain"], family), []).append(text)
+    return routes, routes6, kept, chains, sysctls
+
+
+def test_a_plan_splitting_a_members_part_is_made_in_its_order_and_undone_at_any_change(
+        ns: str, group: BackendGroup) -> None:
+    """A destination replaced by another: nftables deletes its NAT and forward rules, then
+    netlink swaps the routes, then nftables adds the new rules (two nftables transactions
+    around netlink's part); a failure at any change leaves the kernel as it was (but for
+    the order of an IPv4 and an IPv6 rule of one chain, which decides nothing)."""
+    group.apply(plan(group.observe(), WANTED))
+    before = _per_family(kernel_view(ns))
+    p = plan(group.observe(), MOVED)
+    assert [(c.action, c.kind) for c in p.changes] == [
+        ("delete", "nat"), ("delete", "forward"), ("delete", "route"), ("add", "route"),
+        ("add", "forward"), ("add", "nat")], p.render()
+    for index in range(len(p.changes)):
+        group.faults.fail_at(index)
+        with pytest.raises(ApplyError) as caught:
+            group.apply(p)
+        assert caught.value.failed == p.changes[index]
+        assert _per_family(kernel_view(ns)) == before, f"failure at {index}: {p.changes[index]}"
+    done = group.apply(p)
+    assert done.applied == p.changes
+    assert plan(group.observe(), MOVED).empty
+    routes = json.loads(run_in(ns, ["ip", "-j", "route", "show", "proto", "211"]).stdout)
+    assert [r["dst"] for r in routes] == ["192.168.3.0/24"]
+
+
 class _Refusing(NftablesBackend):
     """An nftables member that refuses its part (or crashes) after netlink applied."""
 
@@ -321,3 +375,26 @@ def test_a_drop_after_the_iptables_jump_is_no_conflict_though_the_nftables_membe
                     "REJECT"])
         p = plan(group.observe(), wanted)
         assert len(p.conflicts) == 1, p.render()
+
+
+def test_a_foreign_accept_of_one_member_does_not_meet_a_rule_another_members_drop_defeats(
+        ns: str) -> None:
+    """``--backend nftables:nat --backend iptables:forward`` on a node whose firewall drops
+    the pods' traffic in its own nftables table (firewalld's, the fixture's ``inet
+    admin``) while flannel's accept sits in iptables' FORWARD: the accept does not let
+    the traffic through the other table's drop (firewalld#527), nor would k3snet's. The
+    plan said the forward rule was met by flannel's accept (exit 0, nothing to do) and
+    the pods' connections stayed dropped; it is a conflict naming the drop."""
+    from k3snet.backends.iptables import IptablesBackend  # noqa: PLC0415
+
+    run_in(ns, ["iptables-legacy", "-P", "FORWARD", "DROP"])
+    for match in ("-s", "-d"):  # flannel's FLANNEL-FWD: the pods' traffic and its replies
+        run_in(ns, ["iptables-legacy", "-A", "FORWARD", match, "10.99.0.0/16", "-j", "ACCEPT"])
+    wanted = State(owned=[ForwardRule("10.99.0.0/16", "192.168.2.0/24")])
+    split = [Member(NftablesBackend(ns), ["nat"]),
+             Member(IptablesBackend(ns, mode="legacy"), ["forward"])]
+    with BackendGroup(split) as group:
+        p = plan(group.observe(), wanted)
+    assert not p.met, p.render()
+    assert [n.foreign.describe() for n in p.conflicts] == [
+        "drop by nftables inet admin forwarding: ip saddr 10.99.0.0/16 drop"], p.render()

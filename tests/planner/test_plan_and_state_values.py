@@ -362,7 +362,7 @@ def test_any_json_reads_as_a_state_and_a_plan_or_fails_with_a_model_error(
 @pytest.mark.parametrize(("document", "message"), [
     ({"owned": [{"type": "route"}]}, "a route object has no 'destination' field"),
     ({"owned": [{"type": "route", "destination": "10.0.0.0/8", "device": []}]},
-     "a route object is malformed"),
+     "interface name must be a string, got []"),
     ({"owned": "route"}, "a state's 'owned' is a list, not str"),
     ({"foreign": [["route"]]}, "an object is a JSON object, not list"),
     ([], "not a k3snet state: expected a JSON object"),

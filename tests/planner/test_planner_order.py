@@ -128,3 +128,29 @@ def test_a_route_moved_to_another_metric_is_added_before_its_old_form_is_deleted
     moved = plan(observed, State(owned=[*_BULK[:bulk], _OLD_LINK,
                                         attrs.evolve(old_via, metric=50)]))
     assert [c.action for c in moved.changes] == ["add", "delete"]
+
+
+@pytest.mark.parametrize(("old", "new"), [("net.ipv4.conf.all.forwarding", "net.ipv4.ip_forward"),
+                                          ("net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding")])
+def test_a_sysctl_wanted_under_its_other_name_is_added_before_the_old_name_is_given_back(
+        old: str, new: str) -> None:
+    """Make before break: ``ip_forward`` and ``conf.all.forwarding`` are one kernel value.
+    The old name given back first wrote the value k3snet found (forwarding off), and the
+    pods' traffic was dropped until the new name's add (for good when the run was killed
+    in between)."""
+    observed = State(owned=[Sysctl(old, "1", previous="0"), *_BULK[:3]])
+    p = plan(observed, State(owned=[Sysctl(new, "1"), *_BULK[:3]]))
+    assert [str(c) for c in p.changes] == [str(Change.add(Sysctl(new, "1"))),
+                                           str(Change.delete(Sysctl(old, "1")))]
+    # The netlink backend reads ip_forward always, owned or not: under the new name, the
+    # value of k3snet's own write. It met the new name, which was not added, and the
+    # give-back turned forwarding off ("= met", for good until the next run).
+    seen = State(owned=observed.owned, foreign=[Sysctl(new, "1")])
+    again = plan(seen, State(owned=[Sysctl(new, "1"), *_BULK[:3]]))
+    assert again.changes == p.changes
+    assert not again.notes
+    kept = plan(seen, State(owned=[Sysctl(new, "1"), Sysctl(old, "1"), *_BULK[:3]]))
+    assert kept.changes == ()
+    assert [n.status for n in kept.notes] == ["met"]  # both wanted: the old name stays
+    other = plan(observed, State(owned=[Sysctl("net.ipv4.conf.all.rp_filter", "1"), *_BULK[:3]]))
+    assert [c.action for c in other.changes] == ["delete", "add"]

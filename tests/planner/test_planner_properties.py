@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from k3snet import Change, Plan, PlanError, Spec, State, plan
 from k3snet.model import NetObject, Route, Sysctl, object_from_dict
+from k3snet.model.sysctl import ALIASES
 from k3snet.testing import strategies as ks
 
 # Narrow pools so that independent draws collide often: same key with another
@@ -24,8 +25,8 @@ _dest = st.sampled_from(["192.168.2.0/24", "192.168.3.0/24", "fd01:2::/64", "10.
 _sources = st.sampled_from(["10.42.0.0/16", "fd42:42::/56"]).map(ip_network)
 _pool = st.one_of(
     ks.sysctls(names=("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
-                      "net.ipv4.conf.all.rp_filter"), values=("0", "1"),
-               previous=(None, "0", "1")),
+                      "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.all.forwarding"),
+               values=("0", "1"), previous=(None, "0", "1")),
     ks.routes(destinations=_dest.map(ip_network),
               gateways={"eth0": ["192.168.1.1", "fd01:1::1"], "eth1": ["192.168.1.254"]},
               devices=("eth0", "eth1"), tables=(254,), metrics=(None, 100),
@@ -169,9 +170,13 @@ def test_order_deletes_then_replaces_and_adds_then_what_replaces_relied_on_in_de
              and isinstance(c.subject, Route)}
     moved = [c.subject for c in changes if c.action == "delete"
              and isinstance(c.subject, Route) and c.subject.clash_key in added]
+    named = {c.subject.name for c in changes if c.action == "add"
+             and isinstance(c.subject, Sysctl)}
+    renamed = [c.subject for c in changes if c.action == "delete"  # one kernel value
+               and isinstance(c.subject, Sysctl) and ALIASES.get(c.subject.name) in named]
     for i in late:  # a delete waits only for a replace or a moved route that may rely on it
         deleted = changes[i].subject
-        assert deleted in moved or any(
+        assert deleted in moved or deleted in renamed or any(
             c.action == "replace" and c.kind == deleted.kind
             and max(c.before.tier, c.subject.tier) > deleted.tier  # type: ignore[union-attr]
             for c in changes[:i]) or any(m.tier > deleted.tier for m in moved)
@@ -179,6 +184,11 @@ def test_order_deletes_then_replaces_and_adds_then_what_replaces_relied_on_in_de
         at = changes.index(Change.delete(route))
         assert any(c.action == "add" and c.subject.clash_key == route.clash_key
                    for c in changes[:at]), f"{route} is deleted before its new form is added"
+    for sysctl in renamed:  # make before break: its other name is written first
+        at = changes.index(Change.delete(sysctl))
+        assert any(c.action == "add" and isinstance(c.subject, Sysctl)
+                   and c.subject.name == ALIASES[sysctl.name]
+                   for c in changes[:at]), f"{sysctl} is given back before its other name"
     for i, change in enumerate(changes):  # what a tier relies on is there before, gone after
         for j, other in enumerate(changes):
             if other.kind != change.kind or other.subject.tier >= change.subject.tier:
@@ -286,13 +296,18 @@ _big_pairs = ks.state_pairs(ks.objects(every_shape=True), min_owned=17, max_owne
 
 def _in_canonical_order(p: Plan) -> bool:
     """Deletes by falling rank and tier, then replaces and adds by rising rank and tier
-    (a replace first), then the routes moved to another metric and the deletes of a
-    tier below a replace or a moved route of their kind; each in the total order."""
+    (a replace first), then the routes moved to another metric (the sysctls wanted under
+    their other name) and the deletes of a tier below a replace or a moved route of their
+    kind; each in the total order."""
     above: dict[str, int] = {}
     added = {c.subject.clash_key for c in p.changes if c.action == "add"
              and isinstance(c.subject, Route)}
-    moved = {c.subject for c in p.changes if c.action == "delete"
-             and isinstance(c.subject, Route) and c.subject.clash_key in added}
+    moved: set[NetObject] = {c.subject for c in p.changes if c.action == "delete"
+                             and isinstance(c.subject, Route) and c.subject.clash_key in added}
+    named = {c.subject.name for c in p.changes if c.action == "add"
+             and isinstance(c.subject, Sysctl)}
+    moved |= {c.subject for c in p.changes if c.action == "delete"  # under its other name
+              and isinstance(c.subject, Sysctl) and ALIASES.get(c.subject.name) in named}
     for change in p.changes:
         if change.action == "replace":
             assert change.before is not None
