@@ -137,7 +137,9 @@ def test_a_probe_queued_behind_a_flood_of_idle_connections_is_answered() -> None
     try:
         served.start()
         assert _answer(probe).startswith(b"HTTP/1.1 200 OK\r\n")
-        assert served.connections <= 8
+        # Read from this thread while the server's may be between the accept of one
+        # too many and the close that makes room (9 for an instant): once it has turned.
+        assert _until(lambda: served.connections <= 8)
     finally:
         for sock in (*before, probe, *after):
             sock.close()
