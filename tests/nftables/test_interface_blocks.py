@@ -12,6 +12,7 @@ warning); it now reads it as the iptables backend does
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, NetObject, State
 from k3snet.planner import plan
-from tests.nftables.test_foreign_cases import DROP, Expr, Kernel, daddr, jump, meta
+from tests.nftables.test_foreign_cases import ACCEPT, DROP, Expr, Kernel, daddr, jump, meta
 
 ROUTES = RoutedBy([("172.17.0.0/16", "docker0"), ("0.0.0.0/0", "eth0"),
                    ("10.42.0.0/24", "cni0"), ("192.0.2.0/24", "br-int"),
@@ -176,3 +177,24 @@ def test_an_inet_tables_drop_by_interface_drops_exactly_where_the_plan_says_so(
             else:
                 assert code == 0, out
                 assert conflicts == [], out
+
+
+def test_an_inet_tables_rule_that_stops_no_packet_is_not_copied_to_be_judged_per_family(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every rule the walk reaches in an inet table (firewalld's, thousands of accepts) was
+    # copied once per family (dataclasses.replace, ~15 us a rule) only for _block_of to
+    # find it no drop: a cold read of 4 096 such rules spent ~57 ms more.
+    copied: list[object] = []
+    real = dataclasses.replace
+
+    def counting(obj: Any, **changes: Any) -> Any:
+        copied.append(obj)
+        return real(obj, **changes)
+
+    monkeypatch.setattr(dataclasses, "replace", counting)
+    accepts = Kernel({("inet", "filter", "FORWARD"): (
+        "forward", "accept", [[meta("iifname", f"veth{i}"), ACCEPT] for i in range(20)])})
+    assert blocks(accepts) == set()
+    assert copied == []
+    # a drop still is, in each family
+    assert len(blocks(docker_user([meta("oifname", "eth0"), DROP], family="inet"))) == 2

@@ -167,6 +167,9 @@ class SocketDriver:
         # route_dumps(keep=True): each family's dump of every table, for the next
         # routes() of every table, until any notification (or a loss) may make it stale.
         self._kept_dumps: dict[int, list[bytes]] = {}
+        # The monitor's overrun (ENOBUFS) a peek met: the kernel reports it once, so
+        # notifications() says it in its place.
+        self._lost_seen = False
 
     def close(self) -> None:
         """Close both sockets (idempotent)."""
@@ -363,14 +366,17 @@ class SocketDriver:
             self.monitor.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
-        except OSError:
-            return True  # ENOBUFS: some were lost
+        except OSError as exc:
+            # ENOBUFS: some were lost. The kernel says so once (the peek took the error):
+            # the next notifications() reports it.
+            self._lost_seen = self._lost_seen or exc.errno == errno.ENOBUFS
+            return True
         return True
 
     def notifications(self) -> tuple[list[bytes], bool]:
         """Pending notifications, and whether some were lost (the socket overran)."""
         found: list[bytes] = []
-        lost = False
+        lost, self._lost_seen = self._lost_seen, False
         buf = self._buf
         while True:
             try:

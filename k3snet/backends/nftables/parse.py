@@ -114,6 +114,7 @@ _MAX_VMAP_ELEMENTS = 256  # a verdict map read element by element, up to this si
 _MAX_ACCEPTED_BEFORE = 16  # accepts a foreign drop names as met before it (the rest: a doubt)
 _TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})  # what nft names
 _STOPS = ("drop", "queue")  # what parse_rule makes of drop, reject and queue
+_ENDING = ("drop", "reject", "queue")  # the verdicts a forward block is made of
 _OWN_NAT_PRIO: int = CHAIN_HOOKS[NAT_CHAIN]["prio"]  # srcnat: 100
 _CONNTRACK_PRIO = -200  # NF_IP_PRI_CONNTRACK: a chain before it sees untracked packets
 _XT_CT_NOTRACK = 1  # xt_ct_target_info's flag: -j CT --notrack, -j NOTRACK
@@ -2027,6 +2028,8 @@ def _blocks_of(match: Match, where: tuple[str, str], chain: str, taken: _Taken |
     family (``oifname "eth0" drop``) is judged in each, as one in an ``ip`` and one in
     an ``ip6`` table are (by the node's routes of that family)."""
     if match.proto is None and where[0] == "inet":
+        if match.verdict not in _ENDING:
+            return []  # no block in either family: not copied to be judged in each
         found = (_block_of(dataclasses.replace(match, proto=proto), where, chain, taken,
                            routed) for proto in ("ip", "ip6"))
         return [block for block in found if block is not None]
@@ -2048,7 +2051,7 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
     drop: docker0's subnet, not the pods' connections; the uplink's default route: any
     destination). ``match`` names its family (:func:`_blocks_of` gives an ``inet``
     table's drop one in each)."""
-    if match.verdict not in ("drop", "reject", "queue") or match.proto is None:
+    if match.verdict not in _ENDING or match.proto is None:
         return None
     words, saddr, daddr, oif = _rule_words(match)
     # A name tested twice (the jump's `oifname "docker0"`, then the rule's) is that name.
