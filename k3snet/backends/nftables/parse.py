@@ -608,7 +608,8 @@ class ForeignReader:
     # takes packets out of NAT
     _before_conntrack: set[tuple[tuple[str, str], str]] = field(default_factory=set)
     # the notracks met there, as the walk reached them (the rule, where, its chain), and
-    # each forward base chain whose default drops what no accept of its own takes (its
+    # each filter base chain on the forward path after conntrack (the forward hook, or
+    # prerouting or postrouting) whose default drops what no accept of its own takes (its
     # place, that default, the accepts before it): an untracked flow's replies are no
     # established connection's, its `ct state established,related accept` does not take them
     _notracks: list[tuple[Match, tuple[str, str], str]] = field(default_factory=list)
@@ -766,13 +767,15 @@ class ForeignReader:
         found: set[NetObject] = set()
         # A forwarded packet also passes every filter chain on the prerouting and
         # postrouting hooks: a drop there wins over any accept at the forward hook.
-        forward = {(where, name) for where, name, _ in self.forward_bases}
         for where, name, policy in [*self.forward_bases, *self.path_bases]:
             untrack = (where, name) if (where, name) in self._before_conntrack else None
             taken = _Taken()
+            # Each chain after conntrack, on any hook a forwarded packet passes, judges
+            # untracked flows by its default: its accept by conntrack takes none of them.
+            judges = untrack is None
             self._block_walk(where, name, _Way(), found, taken, untrack=untrack,
-                             forward=(where, name) in forward)
-            if (where, name) in forward and policy != "accept" and not taken.ended:
+                             forward=judges)
+            if judges and policy != "accept" and not taken.ended:
                 self._untrack_defaults.append((where, name, f"policy {policy}",
                                                list(taken.accepted)))
         for match, where, chain in self._notracks:
@@ -807,8 +810,9 @@ class ForeignReader:
         ``untrack``: the base chain, when it runs before conntrack (a raw prerouting
         chain): a ``notrack`` there is an exempt :class:`NatBlock` (the nat hooks see
         tracked connections only), unless an accept or drop of every packet came first,
-        and is kept for the forward chains' defaults. ``forward``: the base chain is on
-        the forward hook: a drop of every packet met is its default for untracked flows."""
+        and is kept for the forward path's defaults. ``forward``: the base chain is on
+        the forward path after conntrack (the forward hook, or prerouting or postrouting
+        after it): a drop of every packet met is its default for untracked flows."""
         way = way.into(where, chain)
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
@@ -1912,7 +1916,9 @@ def _untrack_forward_blocks(match: Match, where: tuple[str, str], chain: str,
                             ) -> list[ForwardBlock]:
     """The ``untrack`` :class:`ForwardBlock` (one per address family both chains may see)
     a ``notrack`` before conntrack (``match`` in ``chain``) makes under ``under``: the default of
-    a forward base chain (its table, its name, its policy drop or drop of every packet,
+    a filter base chain on the forward path after conntrack (on the forward hook, or on
+    prerouting or postrouting, which forwarded packets pass too: its table, its name, its
+    policy drop or drop of every packet,
     the accepts before it): an untracked packet's reply is a new
     connection's, an untracked reply none's, and that chain's accept of established
     connections takes neither, as iptables' FORWARD policy (the iptables backend's
