@@ -303,6 +303,11 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         # (its options, the ICMP type or TCP reset, are not listed and change nothing).
         out.verdict = "drop"
         out.extras += 1
+    elif kind == "target" and name in ("NFQUEUE", "QUEUE"):
+        # iptables-nft's -j NFQUEUE: a program decides the packet, as nft's `queue`
+        # (read as a target k3snet cannot see into, it was no block of the pods).
+        out.verdict = "queue"
+        out.extras += 1
     elif kind == "target" and name == "CT":
         # iptables-nft's -j CT (and -j NOTRACK), whose options libnftables' JSON hides:
         # the kernel's flags, when the listing was given them (CT_FLAGS), tell a
@@ -316,7 +321,9 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
             out.ct_doubt = True
         out.extras += 1
     elif kind == "target":
-        out.verdict = f"xt {name}"  # an iptables target k3snet cannot see into
+        # An iptables target k3snet cannot see into: in a nat chain it may translate
+        # (-j SNAT, -j NETMAP: _translates_opaquely), elsewhere it may drop.
+        out.verdict = f"xt {name}"
     else:
         out.unknown += 1
 
@@ -1006,7 +1013,7 @@ class ForeignReader:
         way = way.into(where, chain)
         for match in self._walked_rules(where, chain):
             verdict = match.verdict
-            if verdict in ("masquerade", "snat", "accept", "xt SNAT"):
+            if verdict in ("masquerade", "snat", "accept") or _translates_opaquely(match):
                 self._at = (where, chain)
                 self._visit(way.reaching(match), local, visit)
             if verdict is None:
@@ -1119,13 +1126,15 @@ class ForeignReader:
         likewise another program's traffic.
         """
         self._nat_rule(match, exits)
-        if match.verdict not in ("masquerade", "snat", "xt SNAT"):
+        if match.verdict not in ("masquerade", "snat") and not _translates_opaquely(match):
             return
         if match.marks and match.mark_set_only:
             return
         self.nat_blocks.extend((block, self._walking) for block in _nat_blocks_of(match, *self._at))
 
     def _forward_rule(self, match: Match, exits: list[Match]) -> None:
+        if match.verdict != "accept":
+            return  # (an iptables target k3snet cannot see into accepts nothing)
         if match.ct_reply and match.conditions == 1:
             self.replies_accepted = True
             return
@@ -1855,6 +1864,15 @@ def _spared_by(obj: NetObject, block: NatBlock) -> NetObject | None:
         return None  # nothing of it left
 
 
+def _translates_opaquely(match: Match) -> bool:
+    """An iptables-nft compat target k3snet cannot see into (``xt target SNAT``, whose
+    address libnftables' JSON hides, ``xt target NETMAP``, any other): in a nat chain
+    on the postrouting hook it may translate the connection, an SNAT to an address
+    k3snet does not model (as the iptables backend reads a target it does not know
+    there: a doubt counts against k3snet)."""
+    return match.verdict is not None and match.verdict.startswith("xt ")
+
+
 def _unmarked_only(match: Match) -> bool:
     """A rule that tests only for marks not set (kube-proxy's ``meta mark & 0x4000 == 0
     return``): it matches every packet of k3snet's pod traffic, which carries no mark."""
@@ -1958,8 +1976,14 @@ def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[Nat
         action, words = "masquerade", [*words, "masquerade"]
     else:
         action = "snat"
-        words.append(f"snat to {match.nat_addr}" if to_address else "snat (to an address "
-                     "or range k3snet does not model)")
+        opaque = match.verdict or ""
+        if to_address:
+            words.append(f"snat to {match.nat_addr}")
+        elif opaque.startswith("xt ") and opaque != "xt SNAT":  # -j NETMAP, another
+            words.append(f"xt target {opaque[3:]} (a target k3snet cannot see into: it may "
+                         "translate, to an address k3snet does not model)")
+        else:
+            words.append("snat (to an address or range k3snet does not model)")
     text = " ".join(words)
     place = f"nftables {where[0]} {where[1]} {chain}"
     families = [4 if match.proto == "ip" else 6] if match.proto else [4, 6]
