@@ -31,8 +31,10 @@ Foreign state
     set mark (kube-proxy's "masquerade me" mark 0x4000) is ignored: those packets
     are masqueraded by kube-proxy. iptables-nft writes ``-j MASQUERADE`` as a
     compat target whose options libnftables' JSON hides, so its
-    ``--random-fully`` reads as ``random_fully=False``; its ``-j SNAT`` is not
-    modelled. Forward accepts whose replies are accepted too become foreign
+    ``--random-fully`` reads as ``random_fully=False``; its ``-j SNAT`` (and ``-j
+    NETMAP``, any compat target k3snet cannot see into) is not modelled: in a nat chain
+    met no later than k3snet's it may translate (a block), elsewhere it accepts
+    nothing. Forward accepts whose replies are accepted too become foreign
     :class:`~k3snet.model.ForwardRule` objects when nothing may drop their
     packets: no earlier rule of their chain (or of a chain it jumps to), and no
     other base chain on the forward hook, since an accept ends only its own
