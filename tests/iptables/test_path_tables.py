@@ -450,3 +450,34 @@ def test_the_split_group_shows_a_mangle_drop_once_as_the_iptables_member_reads_i
         assert drops == ["drop by iptables IPv4 mangle: -A FORWARD -d 192.168.2.0/24 -j DROP"]
         (note,) = plan(observed, _desired()).conflicts
         assert note.wanted == WANTED
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_untracked_traffic_whose_replies_forward_accepts_by_address_passes_k3snets_own_rule(
+        require_root: None, mode: str) -> None:
+    """k3snet's accept of new traffic, first in FORWARD, takes the pods' untracked packets
+    by their addresses; the administrator's accepts the replies so: a real connection.
+    The plan said k3snet's own rule was decided by the notrack: a conflict, and the rule
+    set aside (not owned: an edit of the table removes such a rule, and the pods' new
+    packets would then meet the policy)."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED])
+    tool = f"iptables-{mode}"
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), wanted))
+            run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", DB, "-d", POD, "-j", "ACCEPT"])
+            run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                              "-j", "CT", "--notrack"])
+            assert lab.tcp_probe(4).ok  # a real connection, untracked
+            observed = backend.observe()
+            assert WANTED in observed.owned
+            p = plan(observed, wanted)
+            assert not p.conflicts, p.render()
+            assert not p.changes, p.render()
