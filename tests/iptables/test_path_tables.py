@@ -14,7 +14,11 @@ from __future__ import annotations
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
-from k3snet.backends.iptables.foreign import forward_drops_untracked, path_blocks
+from k3snet.backends.iptables.foreign import (
+    forward_drops_untracked,
+    path_blocks,
+    untracked_accepts,
+)
 from k3snet.backends.iptables.save import parse_save
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NetObject, State
@@ -218,6 +222,131 @@ def test_untracked_packets_before_a_last_drop_of_every_packet_in_forward_are_a_f
     assert not forward_drops_untracked(None)
 
 
+def _filter(rules: str, policy: str = "ACCEPT") -> str:
+    chains = ":ADMIN - [0:0]\n:INNER - [0:0]\n:K3SNET-FORWARD - [0:0]\n"
+    return f"*filter\n:FORWARD {policy} [0:0]\n{chains}{rules.strip()}\nCOMMIT\n"
+
+
+@pytest.mark.parametrize("rules", [
+    "-A FORWARD -j K3SNET-FORWARD\n-A FORWARD -j ADMIN\n-A ADMIN -s 10.9.0.0/16 -j ACCEPT\n"
+    "-A ADMIN -j REJECT --reject-with icmp-host-prohibited",
+    "-A FORWARD -j ADMIN\n-A ADMIN -j INNER\n-A INNER -j DROP",
+    "-A FORWARD -j ADMIN\n-A ADMIN -j INNER\n-A INNER -j RETURN\n-A ADMIN -j DROP",
+    "-A FORWARD -g ADMIN\n-A ADMIN -j DROP",
+], ids=["ufw-like-last-reject", "two-deep", "return-to-a-later-drop", "gone-to"])
+def test_a_drop_of_every_packet_in_a_chain_forward_jumps_to_drops_what_is_untracked(
+        rules: str) -> None:
+    """ufw's and firewalld's own chains, not FORWARD, end with their reject: the untracked
+    replies reach it through FORWARD's jump as they would a drop in FORWARD itself."""
+    assert forward_drops_untracked(parse_save(_filter(rules))["filter"])
+
+
+@pytest.mark.parametrize("rules", [
+    "-A FORWARD -i eth9 -j ADMIN\n-A ADMIN -j DROP",  # some packets only
+    "-A FORWARD -j ADMIN\n-A ADMIN -j RETURN\n-A ADMIN -j DROP",  # never reached
+    "-A FORWARD -j ADMIN\n-A ADMIN -j ACCEPT\n-A FORWARD -j DROP",  # accepted first
+    "-A FORWARD -g ADMIN\n-A ADMIN -s 10.9.0.0/16 -j DROP\n-A FORWARD -j DROP",  # policy
+    "-A FORWARD -j ADMIN\n-A ADMIN -j INNER\n-A INNER -j ADMIN",  # a loop in the text
+    "-A FORWARD -j K3SNET-FORWARD\n-A K3SNET-FORWARD -j DROP",  # k3snet's own
+], ids=["conditional-jump", "after-return", "accepted", "gone-to-policy", "loop", "own"])
+def test_a_chain_forward_jumps_to_that_drops_not_every_packet_drops_nothing_untracked(
+        rules: str) -> None:
+    assert not forward_drops_untracked(parse_save(_filter(rules))["filter"])
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_untracked_traffic_before_a_reject_in_a_chain_forward_jumps_to_is_a_forward_conflict(
+        require_root: None, mode: str) -> None:
+    """FORWARD's policy stays ACCEPT; the administrator's chain FORWARD jumps to ends with a
+    reject (as ufw's and firewalld's do): the pods' untracked packets' replies are rejected
+    there, and the plan said No changes."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED])
+    tool = f"iptables-{mode}"
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), wanted))
+            # after k3snet's jump (one before it is a conflict of its own)
+            run_in(lab.node, [tool, "-w", "-N", "ADMIN"])
+            run_in(lab.node, [tool, "-w", "-A", "ADMIN", "-j", "REJECT"])
+            run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-j", "ADMIN"])
+            assert lab.tcp_probe(4).ok
+            assert not plan(backend.observe(), wanted).conflicts
+            run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                              "-j", "CT", "--notrack"])
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: rejected
+            p = plan(backend.observe(), wanted)
+            (note,) = p.conflicts
+            assert note.wanted == WANTED, p.render()
+            assert isinstance(note.foreign, ForwardBlock)
+            assert note.foreign.verdict == "untrack"
+            assert not p.changes, p.render()
+
+
+def test_an_untracked_flow_forwards_own_accepts_take_both_ways_by_address_is_no_conflict(
+        ) -> None:
+    """FORWARD's policy DROP, opened for the flow both ways by address: the untracked
+    replies, which k3snet's accept of established connections does not take, are accepted
+    there (the nftables backend reads another table's forward chain so)."""
+    both = (f"-A FORWARD -j K3SNET-FORWARD\n-A FORWARD -s {POD} -d {DB} -j ACCEPT\n"
+            f"-A FORWARD -s {DB} -d {POD} -j ACCEPT")
+    dump = parse_save(_filter(both, "DROP"))["filter"]
+    accepted = untracked_accepts(dump, 4)
+    assert accepted == (ForwardRule(POD, DB), ForwardRule(DB, POD))
+    raw = parse_save(f"*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -s {POD} -j NOTRACK\n"
+                     "COMMIT\n")["raw"]
+    (block,) = [b for b in path_blocks(raw, 4, forward_drops=True, accepted=accepted)
+                if isinstance(b, ForwardBlock)]
+    assert not block.decides(WANTED)
+    # one way only, by conntrack the other, or after a drop: still a conflict
+    for rules in (f"-A FORWARD -s {POD} -d {DB} -j ACCEPT\n-A FORWARD -d {POD} -m conntrack "
+                  "--ctstate RELATED,ESTABLISHED -j ACCEPT",
+                  f"-A FORWARD -s {POD} -d {DB} -j ACCEPT\n-A FORWARD -s 10.0.0.0/8 -j DROP\n"
+                  f"-A FORWARD -s {DB} -d {POD} -j ACCEPT"):
+        accepted = untracked_accepts(parse_save(_filter(rules, "DROP"))["filter"], 4)
+        (block,) = [b for b in path_blocks(raw, 4, forward_drops=True, accepted=accepted)
+                    if isinstance(b, ForwardBlock)]
+        assert block.decides(WANTED), rules
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_untracked_traffic_forward_accepts_both_ways_by_address_connects_and_no_conflict(
+        require_root: None, mode: str) -> None:
+    """The pods' packets untracked under FORWARD's policy DROP, the administrator's accepts
+    after k3snet's jump taking both ways by address: a real connection. k3snet's rule in
+    place was read as one the notrack decides (set aside, not owned: the plan said it was
+    met by the administrator's and the next edit of the table removed it), while the
+    nftables backend keeps its own beside the same rules in another table's chain."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED])
+    tool = f"iptables-{mode}"
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), wanted))
+            for source, destination in ((POD, DB), (DB, POD)):
+                run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", source, "-d",
+                                  destination, "-j", "ACCEPT"])
+            run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                              "-j", "CT", "--notrack"])
+            assert lab.tcp_probe(4).ok  # a real connection, untracked both ways
+            observed = backend.observe()
+            assert WANTED in observed.owned  # k3snet's own rule, still in place
+            p = plan(observed, wanted)
+            assert not p.conflicts, p.render()
+            assert not p.changes, p.render()
+
+
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
@@ -321,3 +450,34 @@ def test_the_split_group_shows_a_mangle_drop_once_as_the_iptables_member_reads_i
         assert drops == ["drop by iptables IPv4 mangle: -A FORWARD -d 192.168.2.0/24 -j DROP"]
         (note,) = plan(observed, _desired()).conflicts
         assert note.wanted == WANTED
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_untracked_traffic_whose_replies_forward_accepts_by_address_passes_k3snets_own_rule(
+        require_root: None, mode: str) -> None:
+    """k3snet's accept of new traffic, first in FORWARD, takes the pods' untracked packets
+    by their addresses; the administrator's accepts the replies so: a real connection.
+    The plan said k3snet's own rule was decided by the notrack: a conflict, and the rule
+    set aside (not owned: an edit of the table removes such a rule, and the pods' new
+    packets would then meet the policy)."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED])
+    tool = f"iptables-{mode}"
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), wanted))
+            run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", DB, "-d", POD, "-j", "ACCEPT"])
+            run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                              "-j", "CT", "--notrack"])
+            assert lab.tcp_probe(4).ok  # a real connection, untracked
+            observed = backend.observe()
+            assert WANTED in observed.owned
+            p = plan(observed, wanted)
+            assert not p.conflicts, p.render()
+            assert not p.changes, p.render()

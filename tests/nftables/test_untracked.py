@@ -338,3 +338,93 @@ def test_untracked_traffic_a_forward_chain_accepts_both_ways_by_address_connects
             assert lab.tcp_probe(4).ok
             p = plan(backend.observe(), wanted)
             assert not p.conflicts, p.render()
+
+
+class _Path(_Raw):
+    """Raw's chains, and another table's filter chain ``inet fw pass`` on ``hook``
+    (priority 0: after conntrack)."""
+
+    def __init__(self, chains: Any, prio: int, hook: str) -> None:
+        super().__init__(chains, prio)
+        self.hook = hook
+
+    def _chain(self, key: tuple[str, str, str]) -> dict[str, Any]:
+        if key != ("inet", "fw", "pass"):
+            return super()._chain(key)
+        return {"chain": {"family": "inet", "table": "fw", "name": "pass", "handle": 1,
+                          "type": "filter", "hook": self.hook, "prio": 0,
+                          "policy": self.chains[key][1]}}
+
+
+def _untracked_on(hook: str, policy: str, rules: list[list[Expr]],
+                  *notracks: list[Expr]) -> _Path:
+    kernel = _Path(raw(*notracks).chains, -300, hook)
+    kernel.chains[("inet", "fw", "pass")] = (hook, policy, rules)
+    return kernel
+
+
+@pytest.mark.parametrize("hook", ["prerouting", "postrouting"])
+@pytest.mark.parametrize("untracked", [saddr(POD), daddr(POD)], ids=["pods", "replies"])
+def test_a_notrack_under_a_path_chains_policy_drop_accepting_replies_by_conntrack_conflicts(
+        hook: str, untracked: Expr) -> None:
+    """Forwarded packets pass the filter chains on the prerouting and postrouting hooks
+    too: one whose policy drops what it does not accept, its replies by conntrack, drops
+    an untracked flow's replies as a forward chain's does."""
+    kernel = _untracked_on(hook, "drop", [[REPLIES, ACCEPT], PODS_OUT], [untracked, NOTRACK])
+    found = ForeignReader(kernel, frozenset()).read()
+    (block,) = [o for o in found if isinstance(o, ForwardBlock)]
+    assert block.verdict == "untrack"
+    assert block.rule.endswith("notrack (then nftables inet fw pass: policy drop)")
+    (note,) = plan(State(foreign=list(found)), State(owned=[WANTED_FORWARD])).conflicts
+    assert note.foreign == block
+    last = _untracked_on(hook, "accept", [[REPLIES, ACCEPT], PODS_OUT, [DROP]],
+                         [untracked, NOTRACK])
+    assert untrack_blocks(last) == {block.describe().replace(
+        "policy drop", "drop (a rule of every packet)")}
+
+
+@pytest.mark.parametrize("hook", ["prerouting", "postrouting"])
+def test_a_notrack_a_prerouting_or_postrouting_chain_accepts_both_ways_by_address_is_none(
+        hook: str) -> None:
+    answered = [saddr(DB), daddr(POD), ACCEPT]
+    kernel = _untracked_on(hook, "drop", [[REPLIES, ACCEPT], PODS_OUT, answered],
+                           [saddr(POD), NOTRACK])
+    found = ForeignReader(kernel, frozenset()).read()
+    assert not plan(State(foreign=list(found)), State(owned=[WANTED_FORWARD])).conflicts
+    assert untrack_blocks(_untracked_on(hook, "accept", [[REPLIES, ACCEPT], PODS_OUT],
+                                        [saddr(POD), NOTRACK])) == set()
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("hook", ["prerouting", "postrouting"])
+def test_untracked_traffic_under_a_path_chains_policy_drop_is_dropped_and_a_conflict(
+        require_root: None, hook: str) -> None:
+    """Another table's filter chain on the prerouting (or postrouting) hook, policy drop,
+    accepting the pods' connections and their replies by conntrack: with the pods'
+    packets untracked, their replies are a new connection's and that chain drops them
+    (a real connection). Only forward-hook chains were judged: the plan said nothing."""
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[WANTED_FORWARD])
+    chain = (f"add table inet fw\nadd chain inet fw pass {{ type filter hook {hook} "
+             "priority 0; policy drop; }\n"
+             "add rule inet fw pass ct state established,related accept\n"
+             f"add rule inet fw pass ip saddr {POD} ip daddr {DB} accept\n")
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+        run_in(lab.node, ["nft", "-f", "-"], input_text=chain)
+        with NftablesBackend(lab.node) as backend:
+            backend.apply(plan(backend.observe(), wanted))
+            assert lab.tcp_probe(4).ok
+            assert not plan(backend.observe(), wanted).conflicts
+            run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(POD))
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+            p = plan(backend.observe(), wanted)
+            (note,) = p.conflicts
+            assert note.wanted == WANTED_FORWARD, p.render()
+            assert isinstance(note.foreign, ForwardBlock), p.render()
+            assert note.foreign.verdict == "untrack"
+            assert not p.changes, p.render()

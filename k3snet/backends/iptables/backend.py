@@ -115,6 +115,7 @@ from k3snet.backends.iptables.foreign import (
     forward_drops_untracked,
     nat_blocks,
     path_blocks,
+    untracked_accepts,
 )
 from k3snet.backends.iptables.made import DEFAULT_ROOT, Made, MadeRecord
 from k3snet.backends.iptables.mode import detect_mode, other_flavour_rules
@@ -1245,8 +1246,15 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     # raw's untracked packets are a forward block too: their
     # replies never match k3snet's accept of established connections.
     drops = forward_drops_untracked(dump.get("filter"))
+    # (Unless FORWARD's accepts take both ways of the flow by address: the
+    # administrator's, and k3snet's own in place, whose accept of new traffic is one.)
+    accepted: tuple[ForwardRule, ...] = ()
+    if drops:
+        accepted = (*untracked_accepts(dump.get("filter"), family),
+                    *sorted(o for o in filter_state.owned.values() if isinstance(o, ForwardRule)))
     for table in PATH_CHAINS:
-        path = path_blocks(dump.get(table), family, forward_drops=drops, routed=routed)
+        path = path_blocks(dump.get(table), family, forward_drops=drops, accepted=accepted,
+                           routed=routed)
         set_aside(filter_state, path)
         set_aside(tables[family, "nat"], path)  # raw's NOTRACK: no NAT at all
         foreign |= path

@@ -68,7 +68,7 @@ from k3snet.render.iptables.rules import (
 )
 
 __all__ = ["PATH_CHAINS", "foreign_blocks", "foreign_forward", "foreign_nat",
-           "forward_drops_untracked", "nat_blocks", "path_blocks"]
+           "forward_drops_untracked", "nat_blocks", "path_blocks", "untracked_accepts"]
 
 _STOP = frozenset({"DROP", "REJECT"})
 
@@ -324,16 +324,7 @@ def foreign_forward(dump: TableDump | None, family: int, *,
     found: set[NetObject] = set()
     if dump is None:
         return found
-    accepts: list[RuleFields] = []
-    for _, target, fields, _ in _walk(dump, "FORWARD"):
-        if target in _STOP:
-            if fields is not None and fields.ctstate == "INVALID":
-                continue  # kube-proxy's drop of invalid packets: valid traffic goes on
-            break  # what comes after a drop may never be reached
-        if fields is None:
-            continue
-        if fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg:
-            accepts.append(fields)
+    accepts = _forward_accepts(dump)
     zero = _zero(family)
     for rule in accepts:
         if rule.ctstate is not None:
@@ -355,6 +346,47 @@ def foreign_forward(dump: TableDump | None, family: int, *,
             continue
         found.add(accepted)
     return found
+
+
+def _forward_accepts(dump: TableDump) -> list[RuleFields]:
+    """The simple ``ACCEPT`` rules of FORWARD (and of the chains it jumps to, one level)
+    met before any drop or reject (but kube-proxy's drop of ``INVALID`` packets)."""
+    accepts: list[RuleFields] = []
+    for _, target, fields, _ in _walk(dump, "FORWARD"):
+        if target in _STOP:
+            if fields is not None and fields.ctstate == "INVALID":
+                continue  # kube-proxy's drop of invalid packets: valid traffic goes on
+            break  # what comes after a drop may never be reached
+        if fields is None:
+            continue
+        if fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg:
+            accepts.append(fields)
+    return accepts
+
+
+def untracked_accepts(dump: TableDump | None, family: int) -> tuple[ForwardRule, ...]:
+    """What FORWARD's own accepts take of an untracked flow (``dump``: filter): each
+    accept by address and interface alone (no ``--ctstate``), read one way, met before
+    any drop or reject. An untracked packet falls through k3snet's accept of established
+    connections to them: an administrator's accepts of both ways by address let an
+    untracked flow through (the ``accepted`` of an ``untrack``
+    :class:`~k3snet.model.ForwardBlock`, as the nftables backend reads them)."""
+    if dump is None:
+        return ()
+    zero = _zero(family)
+    found: list[ForwardRule] = []
+    for rule in _forward_accepts(dump):
+        source = rule.source if rule.source is not None else zero
+        destination = rule.destination if rule.destination is not None else zero
+        if rule.ctstate is not None or source.version != family or (
+                destination.version != family):
+            continue
+        try:
+            found.append(ForwardRule(source, destination, in_interface=rule.in_interface,
+                                     out_interface=rule.out_interface))
+        except K3snetError:
+            continue
+    return tuple(dict.fromkeys(found))
 
 
 def _answers(reply: RuleFields, rule: RuleFields, source: Network, destination: Network) -> bool:
@@ -419,7 +451,7 @@ passes (either way: the replies too), each run by the kernel besides filter's FO
 
 
 def path_blocks(dump: TableDump | None, family: int, *,
-                forward_drops: bool = False,
+                forward_drops: bool = False, accepted: Sequence[ForwardRule] = (),
                 routed: RoutedBy | None = None) -> set[NetObject]:
     """Foreign rules of ``raw``, ``mangle`` or ``security`` (``dump``'s table) that drop,
     reject or queue forwarded packets, in the built-in chains of :data:`PATH_CHAINS`.
@@ -440,8 +472,9 @@ def path_blocks(dump: TableDump | None, family: int, *,
     not accept: :func:`forward_drops_untracked`) it is an ``untrack``
     :class:`~k3snet.model.ForwardBlock` too: an untracked packet's reply (or an
     untracked reply) is no established connection's, k3snet's accept of replies
-    (``--ctstate RELATED,ESTABLISHED``) does not take it, and FORWARD drops it.
-    ``routed``: as for :func:`foreign_blocks`.
+    (``--ctstate RELATED,ESTABLISHED``) does not take it, and FORWARD drops it, unless
+    FORWARD's own accepts take both ways by address (``accepted``, one way each:
+    :func:`untracked_accepts`). ``routed``: as for :func:`foreign_blocks`.
     """
     found: set[NetObject] = set()
     if dump is None:
@@ -451,31 +484,57 @@ def path_blocks(dump: TableDump | None, family: int, *,
             found |= _ForwardWalk(dump, family, None, builtin=builtin,
                                   routed=routed).through()
     if dump.name == "raw":
-        found |= _UntrackWalk(dump, family, None, forward=forward_drops).walk(
-            "PREROUTING",
-                                                       len(dump.chain("PREROUTING")))
+        found |= _UntrackWalk(dump, family, None, forward=forward_drops,
+                              accepted=accepted).walk("PREROUTING",
+                                                      len(dump.chain("PREROUTING")))
     return found
 
 
 def forward_drops_untracked(dump: TableDump | None) -> bool:
     """Whether filter's FORWARD (``dump``) drops what k3snet's chain does not accept: its
-    policy is not ``ACCEPT``, or one of its own rules drops or rejects every packet
+    policy is not ``ACCEPT``, or a rule drops or rejects every packet reaching it
     (``-A FORWARD -j REJECT``, RHEL's default ruleset's last rule) before an ``ACCEPT``
-    or ``RETURN`` of every packet. k3snet's jump is FORWARD's first rule: an untracked
-    flow's packets (an untracked packet's reply is a new connection's, an untracked
-    reply none's) fall through k3snet's accept of established connections to it."""
+    or ``RETURN`` of every packet, in FORWARD or in a chain FORWARD jumps or goes to for
+    every packet, at any depth (ufw's and firewalld's own chains ending with a reject:
+    ``-A FORWARD -j ADMIN``, ``-A ADMIN -j REJECT``). k3snet's jump is FORWARD's first
+    rule: an untracked flow's packets (an untracked packet's reply is a new connection's,
+    an untracked reply none's) fall through k3snet's accept of established connections
+    to it."""
     if dump is None:
         return False
     if dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT":
         return True
-    for spec in dump.chain("FORWARD"):
+    return _drops_every(dump, "FORWARD", ("FORWARD",), [0]) is True
+
+
+def _drops_every(dump: TableDump, chain: str, on_way: tuple[str, ...],
+                 read: list[int]) -> bool | None:
+    """Whether the rules of ``chain`` (reached by the chains ``on_way``) drop or reject
+    every packet reaching them (True), accept every one first (False), or send them back
+    (None: to the rule after the jump here, or to FORWARD's policy). Bounded as the
+    walks below (``read``: the rules read so far): past :data:`WALK_LIMIT` rules, a doubt
+    counts against k3snet (True); k3snet's chains, loops and chains deeper than
+    :data:`WALK_DEPTH` are not followed."""
+    for spec in dump.chain(chain):
+        read[0] += 1
+        if read[0] > WALK_LIMIT:
+            return True
         tokens = tokenize(spec)
         target = _target(tokens)
-        if target in _STOP and not _conditions(tokens):
+        if not _takes_all(tokens):
+            continue  # some packets only: not a default of every untracked flow
+        if target in _STOP:
             return True
-        if target in ("ACCEPT", "RETURN") and _takes_all(tokens):
+        if target == "ACCEPT":
             return False
-    return False
+        if target == "RETURN":
+            return None
+        if (target is not None and target in dump.rules and not target.startswith(PREFIX)
+                and target not in on_way and len(on_way) <= WALK_DEPTH):
+            below = _drops_every(dump, target, (*on_way, target), read)
+            if below is not None or "-g" in tokens:
+                return below  # a chain gone to ends as this one would
+    return None
 
 
 _ON, _END, _BACK, _DONE = "on", "end", "back", "done"
@@ -620,10 +679,11 @@ class _ForwardWalk(_Walk):
 
 def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target: str, *,
            outers: tuple[Line, ...] = (), where: str = "", verdict: str = "",
-           routed: RoutedBy | None = None) -> None:
+           routed: RoutedBy | None = None, accepted: tuple[ForwardRule, ...] = ()) -> None:
     """Add the block ``tokens`` makes (narrowed by the jumps ``outers`` that lead there, and
     for an out- or in-interface without a destination or source by what ``routed`` routes
-    by it; ``verdict``: the block's, when not its target's)."""
+    by it; ``verdict``: the block's, when not its target's; ``accepted``: its
+    :attr:`~k3snet.model.ForwardBlock.accepted`)."""
     matches: dict[str, str | None] = {}
     for line in (*outers, tokens):  # the innermost match of each kind is the narrowest known
         matches.update({k: v for k, v in _addresses(line).items() if v is not None})
@@ -647,10 +707,10 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
     where = where or f"iptables IPv{family} filter"
     verdict = verdict or _VERDICT[target]
     try:
-        found.add(ForwardBlock(family, verdict, text, where, **matches))
+        found.add(ForwardBlock(family, verdict, text, where, **matches, accepted=accepted))
     except (K3snetError, ValueError):
         # A match k3snet cannot hold (another family, an odd interface): read it as "any".
-        found.add(ForwardBlock(family, verdict, text, where))
+        found.add(ForwardBlock(family, verdict, text, where, accepted=accepted))
 
 
 def _reverse_path(tokens: Line) -> bool:
@@ -763,9 +823,10 @@ class _UntrackWalk(_Walk):
     untracked (bounded, loop-safe); ``forward``: each is a forward block too."""
 
     def __init__(self, dump: TableDump, family: int, ours: Container[str] | None, *,
-                 forward: bool = False) -> None:
+                 forward: bool = False, accepted: Sequence[ForwardRule] = ()) -> None:
         super().__init__(dump, family, ours)
         self.forward = forward
+        self.accepted = tuple(rule for rule in accepted if rule.family == family)
 
     def unread(self, text: str) -> NetObject:
         return NatBlock(self.family, "exempt", text, f"iptables IPv{self.family} raw")
@@ -787,7 +848,7 @@ class _UntrackWalk(_Walk):
                    where=where)
         if self.forward and not (_marked(tokens) or any(map(_marked, outers))):
             _block(self.found, self.family, chain, tokens, target, outers=outers,
-                   where=where, verdict="untrack")
+                   where=where, verdict="untrack", accepted=self.accepted)
 
 
 def _marked(tokens: Line) -> bool:

@@ -31,8 +31,10 @@ Foreign state
     set mark (kube-proxy's "masquerade me" mark 0x4000) is ignored: those packets
     are masqueraded by kube-proxy. iptables-nft writes ``-j MASQUERADE`` as a
     compat target whose options libnftables' JSON hides, so its
-    ``--random-fully`` reads as ``random_fully=False``; its ``-j SNAT`` is not
-    modelled. Forward accepts whose replies are accepted too become foreign
+    ``--random-fully`` reads as ``random_fully=False``; its ``-j SNAT`` (and ``-j
+    NETMAP``, any compat target k3snet cannot see into) is not modelled: in a nat chain
+    met no later than k3snet's it may translate (a block), elsewhere it accepts
+    nothing. Forward accepts whose replies are accepted too become foreign
     :class:`~k3snet.model.ForwardRule` objects when nothing may drop their
     packets: no earlier rule of their chain (or of a chain it jumps to), and no
     other base chain on the forward hook, since an accept ends only its own
@@ -304,6 +306,11 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         # (its options, the ICMP type or TCP reset, are not listed and change nothing).
         out.verdict = "drop"
         out.extras += 1
+    elif kind == "target" and name in ("NFQUEUE", "QUEUE"):
+        # iptables-nft's -j NFQUEUE: a program decides the packet, as nft's `queue`
+        # (read as a target k3snet cannot see into, it was no block of the pods).
+        out.verdict = "queue"
+        out.extras += 1
     elif kind == "target" and name == "CT":
         # iptables-nft's -j CT (and -j NOTRACK), whose options libnftables' JSON hides:
         # the kernel's flags, when the listing was given them (CT_FLAGS), tell a
@@ -317,7 +324,9 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
             out.ct_doubt = True
         out.extras += 1
     elif kind == "target":
-        out.verdict = f"xt {name}"  # an iptables target k3snet cannot see into
+        # An iptables target k3snet cannot see into: in a nat chain it may translate
+        # (-j SNAT, -j NETMAP: _translates_opaquely), elsewhere it may drop.
+        out.verdict = f"xt {name}"
     else:
         out.unknown += 1
 
@@ -609,7 +618,8 @@ class ForeignReader:
     # takes packets out of NAT
     _before_conntrack: set[tuple[tuple[str, str], str]] = field(default_factory=set)
     # the notracks met there, as the walk reached them (the rule, where, its chain), and
-    # each forward base chain whose default drops what no accept of its own takes (its
+    # each filter base chain on the forward path after conntrack (the forward hook, or
+    # prerouting or postrouting) whose default drops what no accept of its own takes (its
     # place, that default, the accepts before it): an untracked flow's replies are no
     # established connection's, its `ct state established,related accept` does not take them
     _notracks: list[tuple[Match, tuple[str, str], str]] = field(default_factory=list)
@@ -767,13 +777,15 @@ class ForeignReader:
         found: set[NetObject] = set()
         # A forwarded packet also passes every filter chain on the prerouting and
         # postrouting hooks: a drop there wins over any accept at the forward hook.
-        forward = {(where, name) for where, name, _ in self.forward_bases}
         for where, name, policy in [*self.forward_bases, *self.path_bases]:
             untrack = (where, name) if (where, name) in self._before_conntrack else None
             taken = _Taken()
+            # Each chain after conntrack, on any hook a forwarded packet passes, judges
+            # untracked flows by its default: its accept by conntrack takes none of them.
+            judges = untrack is None
             self._block_walk(where, name, _Way(), found, taken, untrack=untrack,
-                             forward=(where, name) in forward)
-            if (where, name) in forward and policy != "accept" and not taken.ended:
+                             forward=judges)
+            if judges and policy != "accept" and not taken.ended:
                 self._untrack_defaults.append((where, name, f"policy {policy}",
                                                list(taken.accepted)))
         for match, where, chain in self._notracks:
@@ -808,8 +820,9 @@ class ForeignReader:
         ``untrack``: the base chain, when it runs before conntrack (a raw prerouting
         chain): a ``notrack`` there is an exempt :class:`NatBlock` (the nat hooks see
         tracked connections only), unless an accept or drop of every packet came first,
-        and is kept for the forward chains' defaults. ``forward``: the base chain is on
-        the forward hook: a drop of every packet met is its default for untracked flows."""
+        and is kept for the forward path's defaults. ``forward``: the base chain is on
+        the forward path after conntrack (the forward hook, or prerouting or postrouting
+        after it): a drop of every packet met is its default for untracked flows."""
         way = way.into(where, chain)
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
@@ -1003,7 +1016,7 @@ class ForeignReader:
         way = way.into(where, chain)
         for match in self._walked_rules(where, chain):
             verdict = match.verdict
-            if verdict in ("masquerade", "snat", "accept", "xt SNAT"):
+            if verdict in ("masquerade", "snat", "accept") or _translates_opaquely(match):
                 self._at = (where, chain)
                 self._visit(way.reaching(match), local, visit)
             if verdict is None:
@@ -1116,13 +1129,15 @@ class ForeignReader:
         likewise another program's traffic.
         """
         self._nat_rule(match, exits)
-        if match.verdict not in ("masquerade", "snat", "xt SNAT"):
+        if match.verdict not in ("masquerade", "snat") and not _translates_opaquely(match):
             return
         if match.marks and match.mark_set_only:
             return
         self.nat_blocks.extend((block, self._walking) for block in _nat_blocks_of(match, *self._at))
 
     def _forward_rule(self, match: Match, exits: list[Match]) -> None:
+        if match.verdict != "accept":
+            return  # (an iptables target k3snet cannot see into accepts nothing)
         if match.ct_reply and match.conditions == 1:
             self.replies_accepted = True
             return
@@ -1852,6 +1867,15 @@ def _spared_by(obj: NetObject, block: NatBlock) -> NetObject | None:
         return None  # nothing of it left
 
 
+def _translates_opaquely(match: Match) -> bool:
+    """An iptables-nft compat target k3snet cannot see into (``xt target SNAT``, whose
+    address libnftables' JSON hides, ``xt target NETMAP``, any other): in a nat chain
+    on the postrouting hook it may translate the connection, an SNAT to an address
+    k3snet does not model (as the iptables backend reads a target it does not know
+    there: a doubt counts against k3snet)."""
+    return match.verdict is not None and match.verdict.startswith("xt ")
+
+
 def _unmarked_only(match: Match) -> bool:
     """A rule that tests only for marks not set (kube-proxy's ``meta mark & 0x4000 == 0
     return``): it matches every packet of k3snet's pod traffic, which carries no mark."""
@@ -1913,7 +1937,9 @@ def _untrack_forward_blocks(match: Match, where: tuple[str, str], chain: str,
                             ) -> list[ForwardBlock]:
     """The ``untrack`` :class:`ForwardBlock` (one per address family both chains may see)
     a ``notrack`` before conntrack (``match`` in ``chain``) makes under ``under``: the default of
-    a forward base chain (its table, its name, its policy drop or drop of every packet,
+    a filter base chain on the forward path after conntrack (on the forward hook, or on
+    prerouting or postrouting, which forwarded packets pass too: its table, its name, its
+    policy drop or drop of every packet,
     the accepts before it): an untracked packet's reply is a new
     connection's, an untracked reply none's, and that chain's accept of established
     connections takes neither, as iptables' FORWARD policy (the iptables backend's
@@ -1953,8 +1979,14 @@ def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[Nat
         action, words = "masquerade", [*words, "masquerade"]
     else:
         action = "snat"
-        words.append(f"snat to {match.nat_addr}" if to_address else "snat (to an address "
-                     "or range k3snet does not model)")
+        opaque = match.verdict or ""
+        if to_address:
+            words.append(f"snat to {match.nat_addr}")
+        elif opaque.startswith("xt ") and opaque != "xt SNAT":  # -j NETMAP, another
+            words.append(f"xt target {opaque[3:]} (a target k3snet cannot see into: it may "
+                         "translate, to an address k3snet does not model)")
+        else:
+            words.append("snat (to an address or range k3snet does not model)")
     text = " ".join(words)
     place = f"nftables {where[0]} {where[1]} {chain}"
     families = [4 if match.proto == "ip" else 6] if match.proto else [4, 6]
