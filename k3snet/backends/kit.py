@@ -596,6 +596,16 @@ class ObserveCache(Generic[T]):
 # ---------------------------------------------------------------- warnings in the log
 
 
+class _Said(str):
+    """The format string of :class:`WarningLog`'s records, by which
+    :meth:`WarningLog.is_record` knows them (no extra field in the agent's JSON lines)."""
+
+    __slots__ = ()
+
+
+_SAID, _SAID_BY = _Said("%s"), _Said("%s: %s")
+
+
 class WarningLog:
     """Log warnings once while each lasts: :meth:`say` is given what is worth saying
     now (a backend's ``warnings``), as often as it is read, and logs at ``WARNING``
@@ -605,7 +615,14 @@ class WarningLog:
 
     ``logger``: a :class:`logging.Logger` or its name; ``who``: the backend's name,
     put before each warning (``iptables: ...``) unless the warning starts with it.
+    :meth:`is_record` tells its records from others' (``k3snet plan``, which prints
+    the warnings as ``!! warning:`` lines, leaves them out of its log).
     """
+
+    @staticmethod
+    def is_record(record: logging.LogRecord) -> bool:
+        """Whether ``record`` is a warning some :class:`WarningLog` logged."""
+        return isinstance(record.msg, _Said)
 
     def __init__(self, logger: logging.Logger | str, who: str = "") -> None:
         self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
@@ -625,9 +642,9 @@ class WarningLog:
         who = self.who
         for warning in new:
             if who and not warning.startswith(f"{who}:"):
-                self.logger.warning("%s: %s", who, warning)
+                self.logger.warning(_SAID_BY, who, warning)
             else:
-                self.logger.warning("%s", warning)
+                self.logger.warning(_SAID, warning)
         return new
 
 
