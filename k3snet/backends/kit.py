@@ -53,6 +53,7 @@ from __future__ import annotations
 import errno as errno_codes
 import logging
 import os
+import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -616,7 +617,7 @@ class WarningLog:
     ``logger``: a :class:`logging.Logger` or its name; ``who``: the backend's name,
     put before each warning (``iptables: ...``) unless the warning starts with it.
     :meth:`is_record` tells its records from others' (``k3snet plan``, which prints
-    the warnings as ``!! warning:`` lines, leaves them out of its log).
+    the warnings as ``!! warning:`` lines, holds them back from its stderr).
     """
 
     @staticmethod
@@ -628,6 +629,8 @@ class WarningLog:
         self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
         self.who = who
         self._said: frozenset[str] = frozenset()
+        # The backend after a read in its worker thread, the agent after its pass.
+        self._lock = threading.Lock()
 
     @property
     def said(self) -> frozenset[str]:
@@ -637,8 +640,9 @@ class WarningLog:
     def say(self, warnings: Iterable[object]) -> tuple[str, ...]:
         """Log those of ``warnings`` (each as ``str``) not given last time; returns them."""
         now = tuple(dict.fromkeys(str(w) for w in warnings))
-        new = tuple(w for w in now if w not in self._said)
-        self._said = frozenset(now)
+        with self._lock:
+            new = tuple(w for w in now if w not in self._said)
+            self._said = frozenset(now)
         who = self.who
         for warning in new:
             if who and not warning.startswith(f"{who}:"):
