@@ -909,6 +909,8 @@ class Agent:
                 group.log_warnings()
             except Exception as exc:  # noqa: BLE001 - a warning never fails the pass
                 _log.debug("cannot say the backends' warnings: %s", _one_line(exc))
+            if self.metrics is not None:
+                self.metrics.backend_warnings.labels(part=part).set(len(group.in_force))
 
     def _converge_part(self, spec: Spec, group: BackendGroup, part: str
                        ) -> tuple[Sequence[Change], tuple[Hashable | None, ...] | None]:
@@ -1038,6 +1040,8 @@ class Agent:
     def _leadership_changed(self, leader: bool) -> None:
         if self.metrics is not None:
             self.metrics.leader.set(1 if leader else 0)
+            if not leader:  # the cluster-wide part's are looked at by its writer alone
+                self.metrics.backend_warnings.labels(part="cluster").set(0)
         if leader:
             self._wake.set()  # write the cluster-wide objects now, not an interval later
 

@@ -109,8 +109,10 @@ class BackendGroup:
         """The group's fault hook: an injected failure is handed to the member
         that holds that change (see :class:`~k3snet.backends.kit.FaultHook`)."""
         self._left: tuple[str, ...] = ()  # the last observe's objects no member keeps up
-        # The logs of the group's own warnings and of members without log_warnings.
+        # The logs of the group's own warnings and of members without a warning_log.
         self._logs: dict[int, WarningLog] = {}
+        self.in_force: tuple[str, ...] = ()
+        """The warnings :meth:`log_warnings` was last given (each logged when it came)."""
         for member in self.members:  # a member that takes the hint learns who is beside it
             beside = getattr(member.backend, "beside", None)
             if callable(beside):
@@ -133,38 +135,42 @@ class BackendGroup:
 
     def log_warnings(self) -> tuple[str, ...]:
         """Log :attr:`warnings`, each once while it lasts (again once it changed or came
-        back), and return those logged now; the agent calls it after every pass, so a
-        warning reaches its log whichever member has it (the netlink backend's
-        forwarding switches at 0 were said by ``plan`` and ``apply`` alone).
+        back), and return those logged now (:attr:`in_force`: all of them); the agent
+        calls it after every pass, so a warning reaches its log whichever member has it
+        (the netlink backend's forwarding switches at 0 were said by ``plan`` and
+        ``apply`` alone).
 
-        A member with ``log_warnings`` (every :class:`~k3snet.backends.kit.BackendBase`)
-        logs its own: what it logged after its read is not logged twice. Another
-        member's ``warnings`` and the group's own (objects no member keeps up) go
-        through a :class:`~k3snet.backends.kit.WarningLog` the group keeps. A member
-        whose warnings cannot be read now (a :class:`~k3snet.errors.K3snetError`) is
-        passed over: a warning never fails a pass.
+        A member's warnings go through its own ``warning_log`` when it has one (every
+        :class:`~k3snet.backends.kit.BackendBase`): what it logged after its read is
+        not logged twice. Another member's, and the group's own (objects no member
+        keeps up), through a :class:`~k3snet.backends.kit.WarningLog` the group keeps.
+        A member whose warnings cannot be read now (a
+        :class:`~k3snet.errors.K3snetError`) is passed over: a warning never fails a pass.
         """
         logged: list[str] = []
+        in_force: list[str] = []
         for index, member in enumerate(self.members):
             backend = member.backend
-            try:
-                own: Callable[[], Sequence[str] | None] | None = getattr(
-                    backend, "log_warnings", None)
-                if callable(own):
-                    logged += own() or ()
-                    continue
+            said = getattr(backend, "warning_log", None)
+            if not isinstance(said, WarningLog):
                 said = self._logs.get(index)
                 if said is None:
                     said = self._logs[index] = WarningLog(
                         f"k3snet.backends.{backend.name}", backend.name)
-                logged += said.say(getattr(backend, "warnings", ()) or ())
+            try:
+                now = [str(w) for w in getattr(backend, "warnings", ()) or ()]
             except K3snetError as exc:
                 logging.getLogger(__name__).debug("the warnings of %s not read: %s",
                                                   backend.name, exc)
+                continue
+            logged += said.say(now)
+            in_force += now
         said = self._logs.get(-1)
         if said is None:
             said = self._logs[-1] = WarningLog(__name__)
-        return (*logged, *said.say(self._left))
+        logged += said.say(self._left)
+        self.in_force = (*in_force, *self._left)
+        return tuple(logged)
 
     def change_token(self) -> tuple[Hashable | None, ...]:
         """The members' change tokens (``None`` for a member that cannot tell).

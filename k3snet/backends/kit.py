@@ -702,16 +702,13 @@ class BackendBase:
         """
         return None
 
-    def log_warnings(self) -> tuple[str, ...]:
-        """Log this backend's ``warnings`` (its attribute or property, when it has one)
-        through its own :class:`WarningLog`: each once while it lasts. Call it after a
-        read that found them (the nftables, iptables and Calico backends do, for a
-        library user's log); the agent calls it after every pass
-        (:meth:`~k3snet.backends.group.BackendGroup.log_warnings`), and, the log
-        being the backend's own, a warning the backend logged already is not logged
-        again. The logger is the backend's module's when it is one of k3snet's, else
-        ``k3snet.backends.NAME`` (the agent's log shows ``k3snet`` loggers alone).
-        Returns the warnings logged now."""
+    @property
+    def warning_log(self) -> WarningLog:
+        """This backend's :class:`WarningLog` (made on first use), which
+        :meth:`log_warnings` and the agent's
+        :meth:`~k3snet.backends.group.BackendGroup.log_warnings` both give its
+        warnings. Its logger is the backend's module's when it is one of k3snet's,
+        else ``k3snet.backends.NAME`` (the agent's log shows ``k3snet`` loggers alone)."""
         said: WarningLog | None = self.__dict__.get("_warning_log")
         if said is None:
             module = type(self).__module__
@@ -719,7 +716,17 @@ class BackendBase:
                               else f"k3snet.backends.{self.name or type(self).__name__}",
                               self.name)
             self._warning_log = said
-        return said.say(getattr(self, "warnings", None) or ())
+        return said
+
+    def log_warnings(self) -> tuple[str, ...]:
+        """Log this backend's ``warnings`` (its attribute or property, when it has one)
+        through its own :class:`WarningLog`: each once while it lasts. Call it after a
+        read that found them (the nftables, iptables and Calico backends do, for a
+        library user's log); the agent calls it after every pass
+        (:meth:`~k3snet.backends.group.BackendGroup.log_warnings`), and, the log
+        being the backend's own (:attr:`warning_log`), a warning the backend logged
+        already is not logged again. Returns the warnings logged now."""
+        return self.warning_log.say(getattr(self, "warnings", None) or ())
 
     def ensure_capable(self, plan: Plan) -> None:
         """Refuse a plan with kinds this backend does not manage (PlanError)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from k3snet.agent import Agent, AgentOptions, FileSpecSource
+from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
@@ -56,12 +56,12 @@ class _Plain:
         self.warnings: tuple[str, ...] = ()
 
     def __getattr__(self, name: str) -> Any:
-        if name == "log_warnings":
+        if name in ("log_warnings", "warning_log"):
             raise AttributeError(name)
         return getattr(self._memory, name)
 
 
-def _agent(tmp_path: Path, *backends: Any) -> Agent:
+def _agent(tmp_path: Path, *backends: Any, metrics: AgentMetrics | None = None) -> Agent:
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC)
 
@@ -71,7 +71,8 @@ def _agent(tmp_path: Path, *backends: Any) -> Agent:
                              Member(backends[2], frozenset({"nat"}))])
 
     return Agent(FileSpecSource(path), make_backend,
-                 lambda spec, group: compile_for(group, spec), AgentOptions("node-1"))  # type: ignore[arg-type]
+                 lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                 AgentOptions("node-1"), metrics=metrics)
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -84,7 +85,15 @@ def test_every_backends_warning_is_logged_once_while_it_lasts_and_again_when_bac
     warns = _Warns(capabilities=("route", "sysctl"))
     own = _SelfLogging(capabilities=("forward",))
     plain = _Plain()
-    agent = _agent(tmp_path, warns, own, plain)
+    metrics = AgentMetrics()
+    agent = _agent(tmp_path, warns, own, plain, metrics=metrics)
+
+    def in_force() -> float | None:
+        value: float | None = metrics.registry.get_sample_value(
+            "k3snet_agent_backend_warnings", {"part": "node"})
+        return value
+
+    assert in_force() == 0
     with caplog.at_level(logging.WARNING):
         assert agent.run_pass().status == "ok"
         assert _warnings(caplog) == []
@@ -96,11 +105,13 @@ def test_every_backends_warning_is_logged_once_while_it_lasts_and_again_when_bac
         assert sorted(_warnings(caplog)) == [
             "memory: cni0's forwarding is 0", "memory: own: a drop in another table",
             "plain: a pool not read"]
+        assert in_force() == 3  # in the metrics while they last
         caplog.clear()
         warns.warnings = ()  # gone ...
         plain.warnings = ("a pool not read", "another pool not read")
         assert agent.run_pass().status == "ok"
         assert _warnings(caplog) == ["plain: another pool not read"]  # only what is new
+        assert in_force() == 3
         warns.warnings = ("cni0's forwarding is 0",)  # ... and back
         assert agent.run_pass().status == "ok"
         assert _warnings(caplog) == ["plain: another pool not read",

@@ -33,7 +33,7 @@ destinations:
 @contextlib.contextmanager
 def _agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
     from k3snet import cli  # noqa: PLC0415 - the CLI's own agent wiring, as `k3snet agent`
-    from k3snet.agent import Agent, AgentOptions, FileSpecSource  # noqa: PLC0415
+    from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource  # noqa: PLC0415
 
     monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path))
@@ -51,12 +51,18 @@ def _agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[An
                                               "--backend", "netlink"])
         desired = cli._AgentDesired(args)
         agent = Agent(FileSpecSource(spec), lambda s: cli._backend(args, s), desired,
-                      AgentOptions("warnlog", interval=60))
+                      AgentOptions("warnlog", interval=60), metrics=AgentMetrics())
         try:
             yield agent, ns
         finally:
             agent.shutdown()
             desired.close()
+
+
+def _in_force(agent: Any) -> float | None:
+    value: float | None = agent.metrics.registry.get_sample_value(
+        "k3snet_agent_backend_warnings", {"part": "node"})
+    return value
 
 
 def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -71,6 +77,7 @@ def test_a_pod_bridges_forwarding_switch_at_0_is_logged_once_while_it_lasts_kern
         assert agent.run_pass().status == "ok"  # writes ip_forward = 1: every switch on
         assert run_in(ns, ["sysctl", "-n", "net.ipv4.conf.cni0.forwarding"]).stdout.strip() == "1"
         assert _said(caplog) == []
+        assert _in_force(agent) == 0
         run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.cni0.forwarding=0"])
         # Moves no change token (the kernel announces no sysctl change): an interval's
         # pass, with nothing to observe again, still says it.
@@ -83,10 +90,12 @@ def test_a_pod_bridges_forwarding_switch_at_0_is_logged_once_while_it_lasts_kern
         for _ in range(3):  # not on every pass while it lasts
             assert agent.run_pass().status == "ok"
         assert _said(caplog) == [warning]
+        assert _in_force(agent) == 1  # in the metrics while it lasts
         run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.cni0.forwarding=1"])
         for _ in range(2):
             assert agent.run_pass().status == "ok"
         assert _said(caplog) == [warning]  # gone: nothing more said
+        assert _in_force(agent) == 0
         run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.cni0.forwarding=0"])
         assert agent.run_pass().status == "ok"
         assert _said(caplog) == [warning, warning]  # back: said again
