@@ -32,7 +32,7 @@ from k3snet._version import __version__
 from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
-from k3snet.backends.kit import ALLOW_DISRUPTIVE, option_seconds
+from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
 from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
@@ -444,7 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin_path()
     changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
     with sigterm_undoes() if changes else contextlib.nullcontext():
-        return _run(args)
+        code = _run(args)
+    held: _HeldWarnings | None = getattr(args, "held_warnings", None)
+    if held is not None and code in FAILURE_CODES:
+        held.release()  # no `!! warning:` line said them
+    return code
 
 
 @contextlib.contextmanager
@@ -655,11 +659,43 @@ def _printable_output() -> None:
             reconfigure(errors="backslashreplace")
 
 
+_SAYS_WARNINGS = frozenset({"plan", "apply", "destroy"})
+"""The commands printing the backends' warnings (``!! warning:`` lines, ``warnings``
+in their JSON) once they succeed: the backends' logs of them
+(:class:`~k3snet.backends.kit.WarningLog`) are held back (:class:`_HeldWarnings`),
+as stderr said each twice, and logged only when the command fails."""
+
+
+class _HeldWarnings(logging.Filter):
+    """Holds back the records of :class:`~k3snet.backends.kit.WarningLog` on the CLI's
+    handler; :meth:`release` logs them (a command that failed printed no warning)."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        super().__init__()
+        self.handler = handler
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if WarningLog.is_record(record):
+            self.held.append(record)
+            return False
+        return True
+
+    def release(self) -> None:
+        self.handler.removeFilter(self)
+        held, self.held = self.held, []
+        for record in held:
+            self.handler.handle(record)
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     """stderr logging for the ``k3snet`` logger: -q errors, default warnings, -v info, -vv debug."""
     level = logging.ERROR if args.quiet else (
         logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
+    if args.command in _SAYS_WARNINGS:
+        args.held_warnings = _HeldWarnings(handler)
+        handler.addFilter(args.held_warnings)
     handler.setFormatter(_JsonLogFormatter() if args.log_format == "json" else
                          _TextLogFormatter())
     logger = logging.getLogger("k3snet")

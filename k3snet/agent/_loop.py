@@ -375,6 +375,10 @@ class Agent:
     """(reads of the spec that failed in a row with a spec in force, what the pass's
     message says of them): not refusals, see :meth:`_read_failed`."""
 
+    # (the group, its node part, its cluster-wide part): the parts kept from pass to
+    # pass with their group, as what they remember is (the warnings they logged).
+    _split: tuple[BackendGroup, BackendGroup | None, BackendGroup | None] | None = None
+
     def __init__(self, source: SpecSource, make_backend: BackendFactory, desired: DesiredState,
                  options: AgentOptions, *, metrics: AgentMetrics | None = None,
                  reporter: NodeReporter | None = None,
@@ -436,7 +440,7 @@ class Agent:
         self._elector_failures = 0
         self._elector_failure: tuple[K3snetError, float] | None = None
         # "node"/"cluster" -> (the desired state, the change tokens) of the last pass
-        # that found nothing to do there: see _converge_one.
+        # that found nothing to do there: see _converge_part.
         self._synced: dict[str, tuple[State, tuple[Hashable | None, ...]]] = {}
         # (the group, the node part's change tokens read before the last pass observed,
         # whether that pass applied changes there): the watch's baseline after that pass
@@ -681,7 +685,7 @@ class Agent:
     def _owners(self) -> frozenset[int]:
         """The node part's members (by identity) that own objects now (read from the
         backends' caches, as the pass's own observe)."""
-        node = split_cluster_wide(self._group)[0] if self._group is not None else None
+        node = self._parts(self._group)[0] if self._group is not None else None
         if node is None:
             return frozenset()
         try:
@@ -786,7 +790,7 @@ class Agent:
         objects are left as they are, and the refusal is reported (see
         :meth:`_refuse_cluster`) until that part converges.
         """
-        node, cluster = split_cluster_wide(group)
+        node, cluster = self._parts(group)
         applied: list[Change] = []
         failures: list[tuple[str, Exception]] = []
         if node is not None:
@@ -813,6 +817,13 @@ class Agent:
         if failures:
             raise _PartsFailedError(failures, tuple(applied), leader)
         return tuple(applied), leader
+
+    def _parts(self, group: BackendGroup) -> tuple[BackendGroup | None, BackendGroup | None]:
+        """:func:`split_cluster_wide` of ``group``, the same parts while it is in use."""
+        split = self._split
+        if split is None or split[0] is not group:
+            split = self._split = (group, *split_cluster_wide(group))
+        return split[1], split[2]
 
     def _converge_cluster(self, spec: Spec, sha: str, cluster: BackendGroup | None, *,
                           new: bool = False
@@ -886,6 +897,23 @@ class Agent:
 
     def _converge_one(self, spec: Spec, group: BackendGroup, part: str
                       ) -> tuple[Sequence[Change], tuple[Hashable | None, ...] | None]:
+        """:meth:`_converge_part`, then the part's backends' warnings logged, each once
+        while it lasts (:meth:`~k3snet.backends.group.BackendGroup.log_warnings`), the
+        pass failed or not. Only ``plan`` and ``apply`` printed those of a backend that
+        did not log them itself (the netlink backend's forwarding switches at 0, which
+        drop the pods' traffic): the agent's log never said them."""
+        try:
+            return self._converge_part(spec, group, part)
+        finally:
+            try:
+                group.log_warnings()
+            except Exception as exc:  # noqa: BLE001 - a warning never fails the pass
+                _log.debug("cannot say the backends' warnings: %s", _one_line(exc))
+            if self.metrics is not None:
+                self.metrics.backend_warnings.labels(part=part).set(len(group.in_force))
+
+    def _converge_part(self, spec: Spec, group: BackendGroup, part: str
+                       ) -> tuple[Sequence[Change], tuple[Hashable | None, ...] | None]:
         """What one part applied, and its change tokens as read before it observed
         (``None``: unreadable).
 
@@ -1012,6 +1040,8 @@ class Agent:
     def _leadership_changed(self, leader: bool) -> None:
         if self.metrics is not None:
             self.metrics.leader.set(1 if leader else 0)
+            if not leader:  # the cluster-wide part's are looked at by its writer alone
+                self.metrics.backend_warnings.labels(part="cluster").set(0)
         if leader:
             self._wake.set()  # write the cluster-wide objects now, not an interval later
 

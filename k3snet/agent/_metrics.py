@@ -132,6 +132,13 @@ class AgentMetrics:
             self.spec_rejected.labels(reason=reason)
         for reason in SPEC_READ_ERROR_REASONS:
             self.spec_read_errors.labels(reason=reason)
+        self.backend_warnings = p.Gauge(
+            "k3snet_agent_backend_warnings",
+            "Warnings the backends have now, as the last pass looked (each logged once "
+            "while it lasts; part: node, or cluster as the Lease holder).",
+            ["part"], registry=r)
+        for part in ("node", "cluster"):
+            self.backend_warnings.labels(part=part)
         self.repair_gap = p.Gauge(
             "k3snet_agent_repair_gap_seconds",
             "Seconds a pass started by a change waits after the previous pass started "

@@ -687,10 +687,8 @@ class CalicoBackend(BackendBase):
                 foreign[name] = pool
         felix, found = self._felix()
         warnings += found
-        if tuple(warnings) != self.warnings:  # logged once, not on every agent pass
-            for warning in warnings:
-                log.warning("calico: %s", warning)
         self.warnings = tuple(warnings)
+        self.log_warnings()  # each once while it lasts, not on every agent pass
         return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix)
 
     def _list_all(self, plural: str, what: str) -> list[Any]:

@@ -11,11 +11,12 @@ undoes the parts already applied, so the group keeps the all-or-nothing rule.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
-from k3snet.backends.kit import FaultHook
-from k3snet.errors import ApplyError, ModelError, PlanError, RollbackError
+from k3snet.backends.kit import FaultHook, WarningLog
+from k3snet.errors import ApplyError, K3snetError, ModelError, PlanError, RollbackError
 from k3snet.model import ForwardBlock, NetObject
 from k3snet.model.drift import Drift
 from k3snet.model.state import State, kind_set, known_kinds
@@ -108,6 +109,10 @@ class BackendGroup:
         """The group's fault hook: an injected failure is handed to the member
         that holds that change (see :class:`~k3snet.backends.kit.FaultHook`)."""
         self._left: tuple[str, ...] = ()  # the last observe's objects no member keeps up
+        # The logs of the group's own warnings and of members without a warning_log.
+        self._logs: dict[int, WarningLog] = {}
+        self.in_force: tuple[str, ...] = ()
+        """The warnings :meth:`log_warnings` was last given (each logged when it came)."""
         for member in self.members:  # a member that takes the hint learns who is beside it
             beside = getattr(member.backend, "beside", None)
             if callable(beside):
@@ -127,6 +132,45 @@ class BackendGroup:
         found = tuple(str(w) for member in self.members
                       for w in getattr(member.backend, "warnings", ()) or ())
         return found + self._left
+
+    def log_warnings(self) -> tuple[str, ...]:
+        """Log :attr:`warnings`, each once while it lasts (again once it changed or came
+        back), and return those logged now (:attr:`in_force`: all of them); the agent
+        calls it after every pass, so a warning reaches its log whichever member has it
+        (the netlink backend's forwarding switches at 0 were said by ``plan`` and
+        ``apply`` alone).
+
+        A member's warnings go through its own ``warning_log`` when it has one (every
+        :class:`~k3snet.backends.kit.BackendBase`): what it logged after its read is
+        not logged twice. Another member's, and the group's own (objects no member
+        keeps up), through a :class:`~k3snet.backends.kit.WarningLog` the group keeps.
+        A member whose warnings cannot be read now (a
+        :class:`~k3snet.errors.K3snetError`) is passed over: a warning never fails a pass.
+        """
+        logged: list[str] = []
+        in_force: list[str] = []
+        for index, member in enumerate(self.members):
+            backend = member.backend
+            said = getattr(backend, "warning_log", None)
+            if not isinstance(said, WarningLog):
+                said = self._logs.get(index)
+                if said is None:
+                    said = self._logs[index] = WarningLog(
+                        f"k3snet.backends.{backend.name}", backend.name)
+            try:
+                now = [str(w) for w in getattr(backend, "warnings", ()) or ()]
+            except K3snetError as exc:
+                logging.getLogger(__name__).debug("the warnings of %s not read: %s",
+                                                  backend.name, exc)
+                continue
+            logged += said.say(now)
+            in_force += now
+        said = self._logs.get(-1)
+        if said is None:
+            said = self._logs[-1] = WarningLog(__name__)
+        logged += said.say(self._left)
+        self.in_force = (*in_force, *self._left)
+        return tuple(logged)
 
     def change_token(self) -> tuple[Hashable | None, ...]:
         """The members' change tokens (``None`` for a member that cannot tell).

@@ -26,7 +26,11 @@ A backend is small when the concerns all backends share come from here:
 * :class:`FaultHook`: the one fault-injection hook, which
   :func:`k3snet.testing.run_conformance` drives at every position of a plan;
 * :func:`gc_paused`: the cyclic garbage collector paused while a big read or
-  apply allocates (the one place k3snet turns it off).
+  apply allocates (the one place k3snet turns it off);
+* :class:`WarningLog` and :meth:`BackendBase.log_warnings`: a backend's ``warnings``
+  logged once while each lasts (again once it changed or came back), whoever asks:
+  the backend after its read, the agent after every pass
+  (:meth:`~k3snet.backends.group.BackendGroup.log_warnings`).
 
 A custom backend that subclasses :class:`BackendBase` gets all of this::
 
@@ -47,8 +51,10 @@ A custom backend that subclasses :class:`BackendBase` gets all of this::
 from __future__ import annotations
 
 import errno as errno_codes
+import logging
 import os
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, ClassVar, Generic, NoReturn, Protocol, Self, TypeVar
@@ -80,6 +86,7 @@ __all__ = [
     "ObserveCache",
     "OptionChecks",
     "UndoFailure",
+    "WarningLog",
     "disruptive_problems",
     "ensure_fits",
     "fit_problems",
@@ -587,6 +594,64 @@ class ObserveCache(Generic[T]):
                            f"({self.attempts} attempts); try again")
 
 
+# ---------------------------------------------------------------- warnings in the log
+
+
+class _Said(str):
+    """The format string of :class:`WarningLog`'s records, by which
+    :meth:`WarningLog.is_record` knows them (no extra field in the agent's JSON lines)."""
+
+    __slots__ = ()
+
+
+_SAID, _SAID_BY = _Said("%s"), _Said("%s: %s")
+
+
+class WarningLog:
+    """Log warnings once while each lasts: :meth:`say` is given what is worth saying
+    now (a backend's ``warnings``), as often as it is read, and logs at ``WARNING``
+    only those it was not given the last time: a warning that stays is logged once,
+    not on every agent pass; one that changed (another interface named), or went
+    away and came back, is logged again.
+
+    ``logger``: a :class:`logging.Logger` or its name; ``who``: the backend's name,
+    put before each warning (``iptables: ...``) unless the warning starts with it.
+    :meth:`is_record` tells its records from others' (``k3snet plan``, which prints
+    the warnings as ``!! warning:`` lines, holds them back from its stderr).
+    """
+
+    @staticmethod
+    def is_record(record: logging.LogRecord) -> bool:
+        """Whether ``record`` is a warning some :class:`WarningLog` logged."""
+        return isinstance(record.msg, _Said)
+
+    def __init__(self, logger: logging.Logger | str, who: str = "") -> None:
+        self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
+        self.who = who
+        self._said: frozenset[str] = frozenset()
+        # The backend after a read in its worker thread, the agent after its pass.
+        self._lock = threading.Lock()
+
+    @property
+    def said(self) -> frozenset[str]:
+        """The warnings given last: each was logged when it first came."""
+        return self._said
+
+    def say(self, warnings: Iterable[object]) -> tuple[str, ...]:
+        """Log those of ``warnings`` (each as ``str``) not given last time; returns them."""
+        now = tuple(dict.fromkeys(str(w) for w in warnings))
+        with self._lock:
+            new = tuple(w for w in now if w not in self._said)
+            self._said = frozenset(now)
+        who = self.who
+        for warning in new:
+            if who and not warning.startswith(f"{who}:"):
+                self.logger.warning(_SAID_BY, who, warning)
+            else:
+                self.logger.warning(_SAID, warning)
+        return new
+
+
 # ---------------------------------------------------------------- the base class
 
 
@@ -636,6 +701,32 @@ class BackendBase:
         (this default): the backend cannot tell; the agent's interval covers it.
         """
         return None
+
+    @property
+    def warning_log(self) -> WarningLog:
+        """This backend's :class:`WarningLog` (made on first use), which
+        :meth:`log_warnings` and the agent's
+        :meth:`~k3snet.backends.group.BackendGroup.log_warnings` both give its
+        warnings. Its logger is the backend's module's when it is one of k3snet's,
+        else ``k3snet.backends.NAME`` (the agent's log shows ``k3snet`` loggers alone)."""
+        said: WarningLog | None = self.__dict__.get("_warning_log")
+        if said is None:
+            module = type(self).__module__
+            said = WarningLog(module if module.startswith("k3snet.")
+                              else f"k3snet.backends.{self.name or type(self).__name__}",
+                              self.name)
+            self._warning_log = said
+        return said
+
+    def log_warnings(self) -> tuple[str, ...]:
+        """Log this backend's ``warnings`` (its attribute or property, when it has one)
+        through its own :class:`WarningLog`: each once while it lasts. Call it after a
+        read that found them (the nftables, iptables and Calico backends do, for a
+        library user's log); the agent calls it after every pass
+        (:meth:`~k3snet.backends.group.BackendGroup.log_warnings`), and, the log
+        being the backend's own (:attr:`warning_log`), a warning the backend logged
+        already is not logged again. Returns the warnings logged now."""
+        return self.warning_log.say(getattr(self, "warnings", None) or ())
 
     def ensure_capable(self, plan: Plan) -> None:
         """Refuse a plan with kinds this backend does not manage (PlanError)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 
 import pytest
 
@@ -14,6 +15,7 @@ from k3snet.backends.kit import (
     LibraryErrors,
     ObserveCache,
     UndoFailure,
+    WarningLog,
     ensure_fits,
     fit_problems,
     option_seconds,
@@ -309,3 +311,39 @@ def test_backend_base_gives_the_lifecycle_and_a_hook() -> None:
         assert isinstance(backend.faults, FaultHook)
         assert not backend.closed
     assert backend.closed
+
+
+# ---------------------------------------------------------------- WarningLog
+
+
+def _said(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.name, r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_warning_log_says_each_warning_once_while_it_lasts_and_again_when_it_comes_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    said = WarningLog("k3snet.backends.test", "nat-only")
+    with caplog.at_level(logging.WARNING):
+        assert said.say(["a", "nat-only: b"]) == ("a", "nat-only: b")
+        assert said.say(("a", "nat-only: b")) == ()  # the next pass: nothing new
+        assert said.say(["a"]) == ()  # b went away
+        assert said.say(["a", "nat-only: b", "c"]) == ("nat-only: b", "c")  # b came back
+        assert said.say([]) == ()
+    assert _said(caplog) == [("k3snet.backends.test", m) for m in (
+        "nat-only: a", "nat-only: b", "nat-only: b", "nat-only: c")]  # never named twice
+
+
+def test_backend_base_logs_its_warnings_on_a_k3snet_logger_for_a_backend_of_another_package(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The agent's log shows k3snet's loggers alone: a third-party backend's module
+    # logger ("tests.backends...", "acme.backend") would say nothing there.
+    class Warns(Nat):
+        warnings = ("the file is read-only",)
+
+    backend = Warns()
+    assert not Warns.__module__.startswith("k3snet.")
+    with caplog.at_level(logging.WARNING):
+        assert backend.log_warnings() == ("the file is read-only",)
+        assert backend.log_warnings() == ()
+        assert Nat().log_warnings() == ()  # no warnings at all: nothing to say
+    assert _said(caplog) == [("k3snet.backends.nat-only", "nat-only: the file is read-only")]

@@ -186,7 +186,7 @@ def test_an_incomplete_foreign_read_is_logged_once_while_it_stays_the_same(
             nft.observe()
             (warning,) = nft.warnings
             assert _logged(caplog) == [(logging.WARNING, warning)]
-            nft._log_warnings()  # what the next read finding the same gap does
+            nft.log_warnings()  # what the next read finding the same gap does
             assert _logged(caplog) == [(logging.WARNING, warning)]
     finally:
         hanging.release.set()

@@ -57,7 +57,7 @@ def test_a_policy_drop_that_does_not_accept_a_wanted_rule_is_a_warning_naming_th
         (warning,) = nft.warnings
         assert kernel.listed == listed  # judged from what the read listed
         nft.observe()  # the agent's next pass, served from the cache
-        nft._log_warnings()  # what the next read finding the same does
+        nft.log_warnings()  # what the next read finding the same does
     assert warning.startswith("nftables: ip filter chain FORWARD, ")
     assert "(policy drop)" in warning
     assert "forward accept 10.52.0.0/16 -> 192.168.2.0/24" in warning

@@ -279,7 +279,6 @@ class IptablesBackend(BackendBase):
         # k3snet's nftables tables an nftables backend beside this one manages (beside())
         self._nft_managed: frozenset[tuple[str, str]] = frozenset()
         self._native_bounded: BoundedLister | None = None
-        self._warned: tuple[str, ...] = ()  # what was last logged (said once, not every pass)
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
         self._generation: GenerationReader | None = None
         self._no_generation = False
@@ -558,13 +557,6 @@ class IptablesBackend(BackendBase):
                 texts[family] = None
         self._other_rules = other_flavour_rules(texts)
 
-    def _log_warnings(self) -> None:
-        warnings = self.warnings
-        if warnings != self._warned:  # logged once, not on every agent pass
-            for warning in warnings:
-                log.warning("iptables: %s", warning)
-            self._warned = warnings
-
     # -- lifecycle ----------------------------------------------------------------
 
     def close(self) -> None:
@@ -748,7 +740,7 @@ class IptablesBackend(BackendBase):
         self._foreign = frozenset(foreign)
         self._path_hidden = tuple(hidden)
         self._read_other_flavour(other)
-        self._log_warnings()
+        self.log_warnings()  # once while each lasts (the kit's)
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
                       foreign=self._foreign)
         # Kept only if nobody committed while the tables were read.

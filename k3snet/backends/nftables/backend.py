@@ -304,7 +304,6 @@ class NftablesBackend(BackendBase):
         self._judged: tuple[ForwardDefaults, tuple[NetObject, ...],
                             tuple[list[ForwardRule], list[MasqueradeRule | SnatRule]],
                             tuple[str, ...]] | None = None
-        self._warned: tuple[str, ...] = ()  # the warnings last logged (see _log_warnings)
         self._iptables_beside = False  # an iptables backend in use beside this one (beside())
         # Listings' own libnftables contexts, each in a helper thread (made lazily, in the
         # worker thread), so a listing that never ends can be given up on; only with
@@ -753,7 +752,7 @@ class NftablesBackend(BackendBase):
             reader = ForeignReader(kernel, self._own_tables())
             found = reader.read()
             self._defaults = reader.defaults()
-            self._log_warnings()
+            self.log_warnings()  # each once while it lasts (the kit's WarningLog)
             return found
         deadline = time.monotonic() + self.foreign_timeout
         if ahead is not None:
@@ -762,7 +761,7 @@ class NftablesBackend(BackendBase):
         else:
             found, self._foreign_unread, self._defaults = read_foreign_within(
                 bounded, self._own_tables(), deadline, self._routed())
-        self._log_warnings()
+        self.log_warnings()  # each once while it lasts (the kit's WarningLog)
         return found
 
     def _routed(self) -> RoutedBy:
@@ -789,16 +788,6 @@ class NftablesBackend(BackendBase):
                     return [(4, 0, 0, None), (6, 0, 0, None)]  # any device: no narrowing
 
         return RoutedBy(load)
-
-    def _log_warnings(self) -> None:
-        """Log :attr:`warnings` when they change, as the iptables backend does: the
-        agent shows no ``!! warning:`` line, and its foreign state read in part was
-        said nowhere on its node."""
-        warnings = self.warnings
-        if warnings != self._warned:  # once, not on every agent pass
-            for warning in warnings:
-                log.warning("%s", warning)
-            self._warned = warnings
 
     # ---------------------------------------------------------------- planning a batch
 
