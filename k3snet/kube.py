@@ -145,6 +145,10 @@ def _label_value_problem(value: Any) -> bool:
 _OPERATORS = {"In": True, "NotIn": True, "Exists": False, "DoesNotExist": False}  # values?
 
 
+def _or_none(value: Any, empty: Any) -> Any:
+    return empty if value is None else value
+
+
 def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
     """Whether the label selector ``selector`` (``metav1.LabelSelector`` as JSON data:
     ``matchLabels``, ``matchExpressions``) selects an object with ``labels``, as
@@ -165,8 +169,10 @@ def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
         return False
     if not isinstance(selector, Mapping):
         raise ValueError("not a label selector")
-    match_labels = selector.get("matchLabels") or {}
-    expressions = selector.get("matchExpressions") or []
+    # JSON null is Go's nil (none); anything else not of the field's type fails to
+    # decode, and is refused (an empty list is not "no matchLabels").
+    match_labels = _or_none(selector.get("matchLabels"), {})
+    expressions = _or_none(selector.get("matchExpressions"), [])
     if not isinstance(match_labels, Mapping) or not isinstance(expressions, list):
         raise ValueError("not a label selector")
     requirements: list[tuple[Any, str, list[Any]]] = []
@@ -178,8 +184,9 @@ def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
         if not isinstance(expression, Mapping):
             raise ValueError("not a label selector: a matchExpressions entry is no object")
         key, operator = expression.get("key"), expression.get("operator")
-        values = expression.get("values") or []
-        if operator not in _OPERATORS or _label_key_problem(key):
+        values = _or_none(expression.get("values"), [])
+        # A list or an object is unhashable: looked up as it is, a TypeError.
+        if not isinstance(operator, str) or operator not in _OPERATORS or _label_key_problem(key):
             raise ValueError(f"not a label selector: {key!r} {operator!r}")
         if (not isinstance(values, list) or bool(values) != _OPERATORS[operator]
                 or any(_label_value_problem(v) for v in values)):
