@@ -374,8 +374,8 @@ def list_pages(fetch: Callable[[dict[str, Any]], Any], doing: str, *,
     token of each answer asks for the next page. When a token has expired (410 Gone:
     the API server compacted the version the list began at), the whole list is asked
     for again in one request, as client-go's pager does. ``doing`` names the list in
-    the :class:`~k3snet.errors.BackendError` an answer without a list of items, or a
-    token the server gives again, raises.
+    the :class:`~k3snet.errors.BackendError` an answer without a list of items, a
+    token the server gives again, or one that is no text, raises.
     """
     items: list[Any] = []
     token: str | None = None
@@ -390,8 +390,11 @@ def list_pages(fetch: Callable[[dict[str, Any]], Any], doing: str, *,
         items += _items(answer, doing)
         metadata = answer.get("metadata")
         token = metadata.get("continue") if isinstance(metadata, dict) else None
-        if not token or not isinstance(token, str):
+        if token is None or token == "":
             return items
+        if not isinstance(token, str):  # the list goes on: this page is not all of it
+            raise BackendError(f"{doing}: the API server gave a continue token that is "
+                               f"no text ({type(token).__name__})")
         if token in seen:
             raise BackendError(f"{doing}: the API server gave the same continue token "
                                "twice; the list does not end")

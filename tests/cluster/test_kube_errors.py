@@ -384,6 +384,9 @@ def test_list_pages_lists_whole_once_a_continue_token_expired() -> None:
     ([1, 2],),
     ({"items": "x"},),
     ({"metadata": {"continue": "a"}, "items": [1]}, {"metadata": {"continue": "a"}, "items": [1]}),
+    # A token that is no text: the list goes on, and its first page was taken for all.
+    ({"metadata": {"continue": 7}, "items": [1]}, {"metadata": {}, "items": [2]}),
+    ({"metadata": {"continue": ["a"]}, "items": [1]}, {"metadata": {}, "items": [2]}),
 ])
 def test_list_pages_refuses_an_answer_that_is_no_list_or_never_ends(
     answers: tuple[Any, ...],
