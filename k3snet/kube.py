@@ -145,6 +145,10 @@ def _label_value_problem(value: Any) -> bool:
 _OPERATORS = {"In": True, "NotIn": True, "Exists": False, "DoesNotExist": False}  # values?
 
 
+def _or_none(value: Any, empty: Any) -> Any:
+    return empty if value is None else value
+
+
 def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
     """Whether the label selector ``selector`` (``metav1.LabelSelector`` as JSON data:
     ``matchLabels``, ``matchExpressions``) selects an object with ``labels``, as
@@ -165,8 +169,10 @@ def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
         return False
     if not isinstance(selector, Mapping):
         raise ValueError("not a label selector")
-    match_labels = selector.get("matchLabels") or {}
-    expressions = selector.get("matchExpressions") or []
+    # JSON null is Go's nil (none); anything else not of the field's type fails to
+    # decode, and is refused (an empty list is not "no matchLabels").
+    match_labels = _or_none(selector.get("matchLabels"), {})
+    expressions = _or_none(selector.get("matchExpressions"), [])
     if not isinstance(match_labels, Mapping) or not isinstance(expressions, list):
         raise ValueError("not a label selector")
     requirements: list[tuple[Any, str, list[Any]]] = []
@@ -178,8 +184,9 @@ def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
         if not isinstance(expression, Mapping):
             raise ValueError("not a label selector: a matchExpressions entry is no object")
         key, operator = expression.get("key"), expression.get("operator")
-        values = expression.get("values") or []
-        if operator not in _OPERATORS or _label_key_problem(key):
+        values = _or_none(expression.get("values"), [])
+        # A list or an object is unhashable: looked up as it is, a TypeError.
+        if not isinstance(operator, str) or operator not in _OPERATORS or _label_key_problem(key):
             raise ValueError(f"not a label selector: {key!r} {operator!r}")
         if (not isinstance(values, list) or bool(values) != _OPERATORS[operator]
                 or any(_label_value_problem(v) for v in values)):
@@ -367,8 +374,8 @@ def list_pages(fetch: Callable[[dict[str, Any]], Any], doing: str, *,
     token of each answer asks for the next page. When a token has expired (410 Gone:
     the API server compacted the version the list began at), the whole list is asked
     for again in one request, as client-go's pager does. ``doing`` names the list in
-    the :class:`~k3snet.errors.BackendError` an answer without a list of items, or a
-    token the server gives again, raises.
+    the :class:`~k3snet.errors.BackendError` an answer without a list of items, a
+    token the server gives again, or one that is no text, raises.
     """
     items: list[Any] = []
     token: str | None = None
@@ -383,8 +390,11 @@ def list_pages(fetch: Callable[[dict[str, Any]], Any], doing: str, *,
         items += _items(answer, doing)
         metadata = answer.get("metadata")
         token = metadata.get("continue") if isinstance(metadata, dict) else None
-        if not token or not isinstance(token, str):
+        if token is None or token == "":
             return items
+        if not isinstance(token, str):  # the list goes on: this page is not all of it
+            raise BackendError(f"{doing}: the API server gave a continue token that is "
+                               f"no text ({type(token).__name__})")
         if token in seen:
             raise BackendError(f"{doing}: the API server gave the same continue token "
                                "twice; the list does not end")

@@ -616,8 +616,9 @@ def _selector_text(selector: Any, where: str) -> str:
     """A label selector as ``kubectl`` writes one (``""``: empty, every node)."""
     if not isinstance(selector, dict):
         raise BackendError(f"{where}: nodeSelector is not a label selector")
-    labels = selector.get("matchLabels") or {}
-    expressions = selector.get("matchExpressions") or []
+    labels, expressions = selector.get("matchLabels"), selector.get("matchExpressions")
+    labels = {} if labels is None else labels  # null is none; an empty list is no map
+    expressions = [] if expressions is None else expressions
     if not isinstance(labels, dict) or not isinstance(expressions, list):
         raise BackendError(f"{where}: nodeSelector is not a label selector")
     parts = [f"{k}={v}" for k, v in sorted(labels.items(), key=lambda kv: str(kv[0]))]

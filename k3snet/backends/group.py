@@ -12,6 +12,7 @@ undoes the parts already applied, so the group keeps the all-or-nothing rule.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
@@ -66,6 +67,28 @@ def _seen_by(member: Member, state: State, kinds: frozenset[str],
 def _made(results: Iterable[tuple[Member, Plan, ApplyResult]]) -> list[Change]:
     """The changes of the parts the members applied, in the order they were made."""
     return [c for _, part, _ in results for c in part.changes]
+
+
+def _taken_back(exc: BaseException, own_undo: bool) -> list[Change]:
+    """What a member's failed undo took back of its part, as inverses of its changes.
+
+    Its exact undo (:attr:`ApplyResult.undo`) reports them as ``rolled_back``. The
+    inverse plan, applied as any plan, reports the inverses it made as ``done`` and
+    what its own rollback made again (the original changes) as ``rolled_back``: taken
+    back are the inverses made and not made again. A plain ApplyError took all of them
+    back; an interruption reports nothing, and nothing is counted."""
+    if not isinstance(exc, ApplyError):
+        return []
+    if own_undo:
+        return list(exc.rolled_back) if isinstance(exc, RollbackError) else []
+    again = Counter(exc.rolled_back)
+    taken: list[Change] = []
+    for change in exc.done:
+        if again[change.inverse()] > 0:
+            again[change.inverse()] -= 1
+        else:
+            taken.append(change)
+    return taken
 
 
 def _final(obj: NetObject) -> bool:
@@ -416,6 +439,7 @@ class BackendGroup:
             # A repaired drift has nothing to restore: its inverse would re-add a finding.
             inverse = Plan(changes=[c.inverse() for c in reversed(part.changes)
                                     if not isinstance(c.subject, Drift)])
+            own_undo = result.undo is not None
             try:
                 if result.undo is not None:  # the member's exact undo (ApplyResult.undo)
                     undone += result.undo()
@@ -437,7 +461,7 @@ class BackendGroup:
                     # What the failing member took back of its own, and what this
                     # member's undo took back before it failed, count.
                     rolled_back=[*(own.rolled_back if own is not None else ()), *undone,
-                                 *(exc.rolled_back if isinstance(exc, RollbackError) else ())],
+                                 *_taken_back(exc, own_undo)],
                 ) from exc
             undone += inverse.changes
         return undone

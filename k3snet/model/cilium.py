@@ -455,13 +455,18 @@ def _overrides(value: Iterable[CiliumNodeOverride]) -> tuple[CiliumNodeOverride,
 def _groups(value: Iterable[Iterable[str]] | None) -> tuple[tuple[str, ...], ...] | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        raise ModelError("node_groups must be lists of CiliumNodeConfig names")
+    wrong = ModelError("node_groups must be lists of CiliumNodeConfig names")
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise wrong
     found = set()
     for group in value:
-        if isinstance(group, str) or not all(isinstance(n, str) for n in group):
-            raise ModelError("node_groups must be lists of CiliumNodeConfig names")
-        found.add(tuple(sorted(set(group))))
+        # A number is no group (not iterable: a TypeError), and text is no list of names.
+        if isinstance(group, str | bytes) or not isinstance(group, Iterable):
+            raise wrong
+        names = tuple(group)
+        if not all(isinstance(n, str) for n in names):
+            raise wrong
+        found.add(tuple(sorted(set(names))))
     return tuple(sorted(found, key=lambda g: (len(g), g)))
 
 

@@ -377,10 +377,16 @@ def _emulator_class() -> type[Any]:
             token = params.get("continue")
             if token:
                 try:
-                    after = tuple(json.loads(base64.b64decode(token, validate=True)))
+                    after = json.loads(base64.b64decode(token, validate=True))
                 except ValueError:
+                    after = None
+                # Its own tokens only: [namespace, name] (another value was a TypeError
+                # below, which kmock answered as a 500, a server error).
+                if not (isinstance(after, list) and len(after) == 2
+                        and all(isinstance(part, str) for part in after)):
                     raise KubernetesError(status=400, reason="BadRequest",
-                                          message="continue key is not valid") from None
+                                          message="continue key is not valid")
+                after = tuple(after)
                 items = [item for item in items if _list_key(item) > after]
             limit = int(params.get("limit") or 0)
             metadata = dict(answer.get("metadata") or {})

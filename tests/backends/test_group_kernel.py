@@ -30,6 +30,7 @@ from k3snet import (
     plan,
 )
 from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.cli import (
@@ -398,3 +399,53 @@ def test_a_foreign_accept_of_one_member_does_not_meet_a_rule_another_members_dro
     assert not p.met, p.render()
     assert [n.foreign.describe() for n in p.conflicts] == [
         "drop by nftables inet admin forwarding: ip saddr 10.99.0.0/16 drop"], p.render()
+
+
+# ---------------------------------------------------------------- iptables as the rules' member
+
+
+def _iptables_rules(ns: str, mode: str) -> list[str]:
+    """Every rule of both families as iptables-save lists it, counters left out."""
+    lines = []
+    for save in (f"iptables-{mode}-save", f"ip6tables-{mode}-save"):
+        text = run_in(ns, [save]).stdout
+        lines += [f"{save} {line}" for line in text.splitlines()
+                  if line.startswith(("-A", "-N", ":", "*")) and not line.startswith("# ")]
+    return [line.split(" [")[0] if line.startswith(":") else line for line in lines]
+
+
+def _iptables_view(ns: str, mode: str) -> tuple[object, ...]:
+    routes = json.loads(run_in(ns, ["ip", "-j", "route", "show", "table", "all"]).stdout)
+    routes6 = json.loads(run_in(ns, ["ip", "-6", "-j", "route", "show", "table", "all"]).stdout)
+    return routes, routes6, _iptables_rules(ns, mode)
+
+
+@pytest.fixture(params=["nft", "legacy"])
+def iptables_group(request: pytest.FixtureRequest, ns: str, tmp_path: Path
+                   ) -> Iterator[tuple[BackendGroup, str]]:
+    mode = request.param
+    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path),
+                       IptablesBackend(ns, mode=mode)]) as made:
+        yield made, mode
+
+
+def test_a_plan_splitting_the_iptables_members_part_is_made_in_order_and_undone_at_any_change(
+        ns: str, iptables_group: tuple[BackendGroup, str]) -> None:
+    """A plan splitting the iptables member's part around netlink's is made in the plan's
+    order as three applies, and a failure at any change leaves the kernel as it was, as
+    with nftables (checked with ``iptables-save`` and ``ip -j route``)."""
+    made, mode = iptables_group
+    made.apply(plan(made.observe(), WANTED))
+    before = _iptables_view(ns, mode)
+    p = plan(made.observe(), MOVED)
+    assert [(c.action, c.kind) for c in p.changes] == [
+        ("delete", "nat"), ("delete", "forward"), ("delete", "route"), ("add", "route"),
+        ("add", "forward"), ("add", "nat")], p.render()
+    for index in range(len(p.changes)):
+        made.faults.fail_at(index)
+        with pytest.raises(ApplyError) as caught:
+            made.apply(p)
+        assert caught.value.failed == p.changes[index]
+        assert _iptables_view(ns, mode) == before, f"failure at {index}: {p.changes[index]}"
+    assert made.apply(p).applied == p.changes
+    assert plan(made.observe(), MOVED).empty

@@ -129,3 +129,27 @@ def test_an_injected_failure_fails_at_that_very_change_of_a_member_applied_in_tw
     assert group.observe().owned == observed.owned
     assert node.faults.armed is None
     assert rules.faults.armed is None
+
+
+@given(ks.states(_pool, max_owned=8, max_foreign=0), ks.states(_pool, max_owned=8,
+                                                                max_foreign=0), st.data())
+def test_done_a_failure_anywhere_reports_the_changes_before_it_and_their_inverses_last_first(
+        observed: State, desired: State, data: st.DataObject) -> None:
+    """``done`` and ``rolled_back`` stay true when a member's part is cut into runs: a
+    failure in a member's second run reports the earlier runs of every member, in the
+    plan's order, and takes them back last first."""
+    group, _, node, rules = _group(observed)
+    p = plan(group.observe(), desired)
+    if not p.changes:
+        return
+    at = data.draw(st.integers(0, len(p.changes) - 1), label="failing change")
+    group.faults.fail_at(at)
+    with pytest.raises(ApplyError) as caught:
+        group.apply(p)
+    error = caught.value
+    assert error.failed == p.changes[at]
+    assert list(error.done) == list(p.changes[:at])
+    assert list(error.rolled_back) == [c.inverse() for c in reversed(p.changes[:at])]
+    assert group.observe().owned == observed.owned
+    assert node.faults.armed is None
+    assert rules.faults.armed is None

@@ -1093,6 +1093,34 @@ def test_a_node_selector_apimachinery_refuses_is_judged_alone_with_a_warning(
     assert "\x1b" not in warned
 
 
+@pytest.mark.parametrize("expression", [
+    {"key": "zone", "operator": ["In"], "values": ["edge"]},  # unhashable: a TypeError
+    {"key": "zone", "operator": {"In": None}, "values": ["edge"]},
+])
+def test_a_node_selector_of_a_hostile_answer_is_judged_alone_not_an_internal_error(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture,
+    expression: dict[str, Any],
+) -> None:
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "odd", {"enable-ipv4-masquerade": "false"}, selector={"matchExpressions": [expression]}))
+    k3s_cilium.put(NODES, _node("server-1"))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_groups is None
+    assert [r for r in caplog.records if "cannot be read" in r.getMessage()]
+
+
+@pytest.mark.parametrize("selector", [{"matchLabels": []}, {"matchExpressions": ""}])
+def test_a_node_selector_with_an_empty_part_of_another_type_is_no_selector_of_every_node(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, selector: dict[str, Any],
+) -> None:
+    # Go decodes neither into a LabelSelector; read as "none", it selected every node.
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "odd", {"enable-ipv4-masquerade": "false"}, selector=selector))
+    with pytest.raises(BackendError, match="nodeSelector is not a label selector"):
+        backend.observe()
+
+
 def test_nodes_are_listed_only_for_node_configs_selecting_some_nodes(
     k3s_cilium: EmulatedApiServer, backend: CiliumBackend
 ) -> None:

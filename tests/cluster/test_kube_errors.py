@@ -384,6 +384,9 @@ def test_list_pages_lists_whole_once_a_continue_token_expired() -> None:
     ([1, 2],),
     ({"items": "x"},),
     ({"metadata": {"continue": "a"}, "items": [1]}, {"metadata": {"continue": "a"}, "items": [1]}),
+    # A token that is no text: the list goes on, and its first page was taken for all.
+    ({"metadata": {"continue": 7}, "items": [1]}, {"metadata": {}, "items": [2]}),
+    ({"metadata": {"continue": ["a"]}, "items": [1]}, {"metadata": {}, "items": [2]}),
 ])
 def test_list_pages_refuses_an_answer_that_is_no_list_or_never_ends(
     answers: tuple[Any, ...],
@@ -428,6 +431,17 @@ def test_selector_matches_as_apimachinery_matches(
     {"matchExpressions": [{"key": "zone", "operator": "In", "values": []}]},
     {"matchExpressions": [{"key": "zone", "operator": "Exists", "values": ["a"]}]},
     {"matchExpressions": ["zone"]},
+    # What JSON cannot decode into a LabelSelector: refused, not read as an empty part
+    # (an empty list or text was "no matchLabels", and the selector selected every node)
+    # nor a TypeError (an operator that is a list or an object is unhashable).
+    {"matchLabels": []},
+    {"matchLabels": ""},
+    {"matchExpressions": {}},
+    {"matchExpressions": [{"key": "zone", "operator": ["In"], "values": ["a"]}]},
+    {"matchExpressions": [{"key": "zone", "operator": {"In": 1}, "values": ["a"]}]},
+    {"matchExpressions": [{"key": "zone", "operator": None}]},
+    {"matchExpressions": [{"key": "zone", "operator": "Exists", "values": ""}]},
+    {"matchExpressions": [{"key": "zone", "operator": "Exists", "values": {}}]},
 ])
 def test_selector_matches_refuses_what_apimachinery_refuses(selector: Any) -> None:
     with pytest.raises(ValueError, match="not a label selector"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 
@@ -234,6 +236,13 @@ def test_on_nodes_lays_the_node_configs_of_each_node_group_together() -> None:
     assert config != attrs.evolve(config, node_groups=None)
     with pytest.raises(ModelError, match="not among the node_overrides"):
         attrs.evolve(config, node_groups=[["c-other"]])
+
+
+@pytest.mark.parametrize("groups", [5, [1], [None], [["a"], 2], "ab", [b"ab"], [[["a"]]]])
+def test_node_groups_that_are_no_lists_of_names_are_a_model_error(groups: Any) -> None:
+    """A number where a group belongs was a TypeError ("'int' object is not iterable")."""
+    with pytest.raises(ModelError, match="node_groups must be lists of CiliumNodeConfig names"):
+        CiliumConfig("configmap:kube-system/cilium-config", node_groups=groups)
 
 
 def test_node_groups_giving_one_config_are_judged_once_and_named_by_the_fewest() -> None:
