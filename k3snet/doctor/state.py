@@ -49,6 +49,8 @@ _FELIX_POOL_SET = re.compile(r"cali[46]0(all-ipam-pools|network-ip-pools)\b")
 _FLANNEL_NETWORK = re.compile(r"^FLANNEL_(IPV6_)?NETWORK=(?P<cidr>\S+)\s*$", re.MULTILINE)
 
 
+# The ipsets iptables rules match (``-m set --match-set NAME src``), the only ones read.
+_MATCH_SET = re.compile(r'--match-set\s+(?:"([^"]*)"|(\S+))')
 _INCOMPATIBLE = re.compile(r"^# Table `(\w+)' is incompatible", re.MULTILINE)
 
 
@@ -176,7 +178,9 @@ class NodeState:
             felix_pool_sets=frozenset(m[1] for text in rule_texts
                                       for m in _FELIX_POOL_SET.finditer(text)),
             calico_pools=_calico_pools(capture.json("calico-ippools.json")),
-            kernel_ipsets=ipset.parse_save(capture.text("ipset.save")),
+            kernel_ipsets=ipset.parse_save(capture.text("ipset.save"), wanted={
+                m[1] if m[1] is not None else m[2]
+                for text in rule_texts[:4] for m in _MATCH_SET.finditer(text)}),
             legacy_nat=frozenset(legacy_nat),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),
