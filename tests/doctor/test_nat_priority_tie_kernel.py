@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from k3snet.doctor import Flow, NodeState, Verdict, trace
+from k3snet.doctor import Flow, NodeState, Verdict, diagnose, trace
 from k3snet.lab.netns import run_in
 
 from .conftest import DoctorLab, Topology
@@ -84,6 +84,32 @@ def test_a_filter_chain_at_the_nat_priority_runs_before_an_iptables_legacy_nat_c
         assert answer["ok"] is False, answer
         assert found.verdict is Verdict.BLOCKED, found.render()
         assert not [s for s in found.steps if s.code == "chain-order"], found.render()
+    finally:
+        for table in ("lab_post", "lab_nat"):
+            run_in(node, ["nft", "delete", "table", "ip", table], check=False)
+
+
+def test_the_fix_s_masquerade_registers_the_nat_core_after_a_filter_chain_at_its_priority(
+        doctor_lab_without_legacy: DoctorLab) -> None:
+    """No nat chain yet: the fix's masquerade will register the NAT core, after the
+    filter chain, so that chain sees the masqueraded source, as the prediction says."""
+    doctor_lab = doctor_lab_without_legacy
+    topology = Topology(nat="none")
+    doctor_lab.configure(topology)
+    node = doctor_lab.node
+    drop_node = _FILTER.replace("ip saddr 10.42.0.0/16 drop", "ip saddr 192.168.1.5 drop")
+    try:
+        run_in(node, ["nft", "delete", "table", "ip", "nat"])
+        run_in(node, ["nft", "-f", "-"], input_text=drop_node)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+        assert d.findings[0].code == "no-masquerade", d.render()
+        assert d.after.verdict is Verdict.BLOCKED, d.render()
+        assert d.after.blocked_at is not None
+        assert d.after.blocked_at.where == "nft ip lab_post post", d.render()
+        # what the fix makes: a masquerade in a table of its own, made now
+        run_in(node, ["nft", "-f", "-"], input_text=_NAT)
+        assert doctor_lab.probe(topology.destination, 1.5, topology.port)["ok"] is False
     finally:
         for table in ("lab_post", "lab_nat"):
             run_in(node, ["nft", "delete", "table", "ip", table], check=False)
