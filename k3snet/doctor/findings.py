@@ -538,6 +538,7 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
             severity="warning",
             advice=f"make sure the NOTRACK/notrack rule in {exempt.where} is meant to match "
                    "this flow"))
+    found += _forwarding_default(state, tr)
     unknown = [s for s in tr.steps if s.outcome == "unknown"]
     if unknown:
         uncertain = [s for s in unknown if not s.certain]
@@ -561,6 +562,27 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
                              advice="run k3snet doctor (or k3snet observe --save) as root: "
                                     "reading the rulesets needs it" if root else None))
     return found
+
+
+def _forwarding_default(state: NodeState, tr: Trace) -> list[Finding]:
+    """``net.ipv4.conf.default.forwarding`` at 0 beside ``ip_forward`` at 1: every IPv4
+    interface made from now on (a routed CNI's veth for each new pod, a CNI bridge made
+    again) starts with its own switch, which decides what arriving packets the kernel
+    forwards, at 0; writing ``ip_forward = 1`` over 1 changes none of them."""
+    if tr.flow.family != 4 or state.sysctls.get("net.ipv4.ip_forward", "").strip() != "1":
+        return []
+    if state.sysctls.get("net.ipv4.conf.default.forwarding", "").strip() != "0":
+        return []
+    return [Finding(
+        "forwarding-default-off", "interfaces created from now on will not forward IPv4",
+        "sysctl net.ipv4.conf.default.forwarding = 0",
+        "the kernel forwards an IPv4 packet by the forwarding switch of the interface it "
+        "arrives on, and a new interface (a pod's veth with a routed CNI such as Calico or "
+        "Cilium, a CNI bridge made again) takes default's 0 while net.ipv4.ip_forward "
+        "stays 1: new pods' connections are dropped while this flow's are not",
+        severity="warning",
+        advice="set net.ipv4.conf.default.forwarding = 1 and name it in the spec's sysctls, "
+               "so k3snet keeps it on")]
 
 
 def _service_findings(state: NodeState, tr: Trace) -> list[Finding]:

@@ -11,12 +11,12 @@ out of a wider entry) is left out, so rules matching it stay unknown.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 import attrs
 
-__all__ = ["IPSetMembers", "parse_save"]
+__all__ = ["MAX_MEMBERS", "IPSetMembers", "parse_save"]
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -61,12 +61,40 @@ class IPSetMembers:
         return len(self.networks)
 
 
-def parse_save(text: str) -> dict[str, IPSetMembers]:
+MAX_MEMBERS = 1 << 18
+"""The most members read from one capture (of the sets rules name): a set past it is
+left out, so the rules matching it stay unknown. Calico's host set holds one address a
+node, kube-router's a policy's pods; a bundle of 256 MiB of members took a minute and
+gigabytes of memory to read whole."""
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text``, one at a time (no list of them all, no copy of it)."""
+    start, size = 0, len(text)
+    while start < size:
+        end = text.find("\n", start)
+        end = size if end < 0 else end
+        yield text[start:end]
+        start = end + 1
+
+
+def parse_save(text: str, *, wanted: Collection[str] | None = None,
+               max_members: int = MAX_MEMBERS) -> dict[str, IPSetMembers]:
     """``ipset save`` -> the members of each set whose membership it can judge (see the
-    module docstring); a line it cannot read leaves its set out."""
+    module docstring); a line it cannot read leaves its set out.
+
+    ``wanted``: the only sets read (those the captured rules name; None: every set);
+    the others' lines are passed over unparsed. A set whose members would bring the
+    count read past ``max_members`` is left out too."""
     kinds: dict[str, bool] = {}  # name -> readable
     members: dict[str, list[IPNetwork]] = {}
-    for line in text.splitlines():
+    count = 0
+    for line in _lines(text):
+        head = line.split(None, 2)
+        if len(head) < 2 or (wanted is not None and head[1] not in wanted):
+            continue
+        if head[0] == "add" and not kinds.get(head[1]):
+            continue  # a set not created, left out or past the limit: nothing to read
         try:
             # Only a comment is quoted: most lines split plainly (shlex costs ~30 us each).
             words = shlex.split(line) if '"' in line or "\\" in line else line.split()
@@ -86,8 +114,13 @@ def parse_save(text: str) -> dict[str, IPSetMembers]:
             if "nomatch" in words[3:]:
                 kinds[name] = False
                 continue
+            if count >= max_members:
+                kinds[name] = False
+                members[name] = []
+                continue
             try:
                 members[name].append(ip_network(words[2], strict=False))
+                count += 1
             except ValueError:
                 kinds[name] = False
     return {name: IPSetMembers.of(members[name]) for name, ok in kinds.items() if ok}

@@ -623,14 +623,15 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
                 return None  # the traced flow is one new connection, under every rate
             if key in _NEUTRAL or (key == "xt" and value.get("name") == "comment"):
                 continue
-            if key == "notrack":
+            if key == "notrack" or (key == "xt" and _xt_target(value) == "NOTRACK"):
                 run.untrack(text)
                 continue
             if key == "mangle" and _is_mark(value.get("key")):
                 run.packet = attrs.evolve(run.packet,
                                           mark=_mark_value(value.get("value"), run.packet))
                 continue
-            decided = _decide(chain, key, value, text, run, depth=depth)
+            decided = (_xt_decide(value, text, run) if key == "xt"
+                       else _decide(chain, key, value, text, run, depth=depth))
         except (_Unknown, *_MALFORMED):  # a shape this reader does not know: never decides
             _unknown_rule(chain, expr, index, text, run, depth=depth,
                           reason=f"cannot evaluate {_statement_text(statement)}")
@@ -780,6 +781,32 @@ def _numgen(run: _Run, numgen: Mapping[str, Any]) -> int:
     return offset + min(run.packet.pick, mod - 1)
 
 
+def _xt_target(value: Any) -> str | None:
+    """The name of an iptables-nft compat target (``{"xt": {"type": "target", "name":
+    "REJECT"}}``; nft lists no more of it), None for a match or another shape.
+
+    Some do what their name says whatever their options, and are read so: ``REJECT``
+    drops (the kernel's ``reject_tg`` answers ``NF_DROP`` after sending its answer),
+    ``MASQUERADE`` masquerades (its options choose ports), ``NOTRACK`` exempts. ``CT``
+    (iptables-nft writes ``-j NOTRACK`` as ``CT`` too) may exempt the packet or give it
+    a zone or a helper, which its hidden options say: it stays unknown, as do ``SNAT``,
+    ``DNAT`` (the address) and ``MARK`` (the value)."""
+    if isinstance(value, Mapping) and value.get("type") == "target":
+        name = value.get("name")
+        return name if isinstance(name, str) else None
+    return None
+
+
+def _xt_decide(value: Any, text: str, run: _Run) -> ChainResult:
+    """What a compat target that says what it does by its name decides (:func:`_xt_target`)."""
+    target = _xt_target(value)
+    if target == "REJECT":
+        return run.result("drop", text)  # reject_tg: NF_DROP, whatever it answers
+    if target == "MASQUERADE" and run.kind == "nat":
+        return run.result("nat", text, NatAction("masquerade"))
+    raise _Unknown
+
+
 def _unknown_rule(chain: NftChain, expr: list[Any], index: int, text: str, run: _Run, *,
                   depth: int, reason: str) -> None:
     """Record a rule whose statement ``index`` cannot be evaluated, and what it would do."""
@@ -797,6 +824,9 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
             return "drop"
         if key in ("masquerade", "snat", "dnat"):
             return "nat"
+        if key == "xt" and _xt_target(value) in ("REJECT", "MASQUERADE", "NOTRACK"):
+            return {"REJECT": "drop", "MASQUERADE": "nat"}.get(
+                str(_xt_target(value)), "none")
         if key in ("jump", "goto"):
             callee = run.ruleset.chains.get((chain.family, chain.table, str(
                 value.get("target") if isinstance(value, Mapping) else "")))

@@ -49,6 +49,8 @@ _FELIX_POOL_SET = re.compile(r"cali[46]0(all-ipam-pools|network-ip-pools)\b")
 _FLANNEL_NETWORK = re.compile(r"^FLANNEL_(IPV6_)?NETWORK=(?P<cidr>\S+)\s*$", re.MULTILINE)
 
 
+# The ipsets iptables rules match (``-m set --match-set NAME src``), the only ones read.
+_MATCH_SET = re.compile(r'--match-set\s+(?:"([^"]*)"|(\S+))')
 _INCOMPATIBLE = re.compile(r"^# Table `(\w+)' is incompatible", re.MULTILINE)
 
 
@@ -106,6 +108,10 @@ class NodeState:
     kernel_ipsets: Mapping[str, IPSetMembers] = attrs.field(factory=dict)
     """The kernel's ipsets whose members ``ipset save`` gave (sets of addresses only:
     :mod:`k3snet.doctor.ipset`)."""
+    legacy_nat: frozenset[int] = frozenset()
+    """The families whose iptables-legacy ``nat`` table exists (``iptables-legacy-save``
+    prints it, rules or not): its hooks keep the NAT core registered, from a time taken
+    as before any nftables chain (see :attr:`BaseChain.run_key`)."""
 
     @classmethod
     def from_capture(cls, capture: NodeCapture) -> NodeState:
@@ -123,6 +129,7 @@ class NodeState:
         sources: list[str] = []
         has_nft_save = False
         read_from_save: set[tuple[str, str, str | None]] = set()
+        legacy_nat: set[int] = set()
         data = capture.json("nft-ruleset.json")
         ruleset = (nftables.parse_ruleset(data).with_text(capture.text("nft-ruleset.txt"))
                    if data is not None else None)
@@ -134,6 +141,8 @@ class NodeState:
                     continue
                 has_nft_save = has_nft_save or flavour == "nft"
                 tables = iptables.parse_save(text)
+                if flavour == "legacy" and "nat" in tables:
+                    legacy_nat.add(family)
                 found = iptables.base_chains(tables, f"iptables-{flavour}", family)
                 if flavour == "nft":  # what nft's own view then leaves to this text
                     read_from_save |= _read_from_save(text, tables, family)
@@ -169,7 +178,10 @@ class NodeState:
             felix_pool_sets=frozenset(m[1] for text in rule_texts
                                       for m in _FELIX_POOL_SET.finditer(text)),
             calico_pools=_calico_pools(capture.json("calico-ippools.json")),
-            kernel_ipsets=ipset.parse_save(capture.text("ipset.save")),
+            kernel_ipsets=ipset.parse_save(capture.text("ipset.save"), wanted={
+                m[1] if m[1] is not None else m[2]
+                for text in rule_texts[:4] for m in _MATCH_SET.finditer(text)}),
+            legacy_nat=frozenset(legacy_nat),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),
             routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f, nexthops))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Final, Literal
 
@@ -330,14 +330,21 @@ class _Tracer:
         packet, as they see the kernel's translated one.
         """
         direction: Direction = packet.direction
+        core = _core_order(self.state.chains, packet.family,
+                           legacy_nat=packet.family in self.state.legacy_nat)
+        flip = self.other_order if core == "unknown" else core == "after"
         chains = sorted((c for c in self.state.chains
                          if c.hook == hook and packet.family in c.families),
-                        key=lambda c: _run_position(c, other=self.other_order))
+                        key=lambda c: _run_position(c, other=self.other_order, after_core=flip))
         self.ties.update(_unordered(hook, chains))
+        if core == "unknown":
+            for key, tied in _tied_with_core(hook, chains).items():
+                # after any chains of other tables tied at that priority, the core last
+                self.ties[key] = tuple(dict.fromkeys((*self.ties.get(key, ()), *tied)))
         natted: ChainResult | None = None
         translated = at_nat is None
         for chain in chains:
-            past = _past_nat(chain)
+            past = _past_nat(chain, after_core=flip)
             if part is not None and past != (part == "after-nat"):
                 continue
             if past and not translated:
@@ -541,8 +548,11 @@ def _other_order(t: _Tracer, verdict: Verdict, seen: IPAddress | None,
     hook = next(iter(t.ties))[0]
     tied = "; ".join(f"{', '.join(wheres)} on {on} at priority {priority}"
                      for (on, priority), wheres in t.ties.items())
+    core = any("the NAT core" in wheres[-1] for wheres in t.ties.values())
     why = (f"the kernel runs the chain registered last first ({tied}), and the capture "
-           "cannot tell which that is (nftables counts handles per table)")
+           "cannot tell which that is (nftables counts handles per table"
+           + ("; a nat chain since deleted may have registered the NAT core" if core else "")
+           + ")")
     if other.verdict is not verdict:
         t.add("original", hook, "unknown", "chain order",
               f"{why}: the other way round the verdict is {other.verdict.value}"
@@ -743,16 +753,57 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     return None
 
 
-def _run_position(chain: BaseChain, *, other: bool = False) -> tuple[int, ...]:
+def _run_position(chain: BaseChain, *, other: bool = False,
+                  after_core: bool = False) -> tuple[int, ...]:
     """Where ``chain`` runs on its hook: a nat chain at the NAT core's point (after the
     chains of that priority whose registration the capture shows), ordered among the
     nat chains by its own priority and registration; any other chain by its own.
-    ``other``: at equal priority, the other order of tables (:attr:`BaseChain.other_run_key`)."""
+    ``other``: at equal priority, the other order of tables (:attr:`BaseChain.other_run_key`).
+    ``after_core``: a chain at exactly the NAT core's priority runs after it (registered
+    before it, :func:`_core_order`)."""
     key = chain.other_run_key if other else chain.run_key
     core = _NAT_CORE.get(chain.hook)
     if chain.kind == "nat" and core is not None:
         return (core, 1, 0, 0, *key)
+    if after_core and _at_core(chain):
+        return (key[0], 2, *key[1:])
     return key
+
+
+def _at_core(chain: BaseChain) -> bool:
+    """``chain`` is no nat chain and runs at exactly the NAT core's priority of its hook
+    (``type filter hook postrouting priority srcnat``)."""
+    return chain.kind != "nat" and _NAT_CORE.get(chain.hook) == chain.priority
+
+
+def _core_order(chains: Iterable[BaseChain], family: int, *, legacy_nat: bool = False
+                ) -> Literal["before", "after", "unknown"]:
+    """Where the chains at exactly the NAT core's priority run, for ``family``: the core's
+    hooks are registered with the family's first nat chain (``nf_nat_register_fn``, all
+    of its hooks at once, while any nat chain of the family is left), and of two hooks at
+    one priority the later registered runs first. With an iptables-legacy nat table
+    (``legacy_nat``, rules or not; taken as the oldest, :attr:`BaseChain.run_key`), the
+    core is older than any nftables chain: they run ``before`` it; with only a fix's
+    planned nat chain, newer than any: ``after``; otherwise the capture cannot tell (a
+    nat chain made before or after the filter chain, or one deleted since, registered
+    it): ``unknown``."""
+    nat = [c for c in chains if c.kind == "nat" and family in c.families]
+    captured = [c for c in nat if c.order != PLANNED_ORDER]
+    if legacy_nat or any(c.order is None for c in captured) or not nat:
+        return "before"
+    return "unknown" if captured else "after"
+
+
+def _tied_with_core(hook: Hook, chains: list[BaseChain]
+                    ) -> dict[tuple[str, int], tuple[str, ...]]:
+    """The chains of ``hook`` at exactly the NAT core's priority (besides its nat chains),
+    when the capture cannot tell whether they were registered before the core."""
+    tied = tuple(c.where for c in chains if _at_core(c) and c.order is not None)
+    core = _NAT_CORE.get(hook)
+    if not tied or core is None:
+        return {}
+    return {(hook, core): (*tied, "the NAT core (the nat chains' hook, registered with "
+                           "the family's first nat chain)")}
 
 
 def _unordered(hook: Hook, chains: list[BaseChain]) -> dict[tuple[str, int], tuple[str, ...]]:
@@ -771,9 +822,12 @@ def _unordered(hook: Hook, chains: list[BaseChain]) -> dict[tuple[str, int], tup
                                    or len({c.order[0] for c in group if c.order}) > 1)}
 
 
-def _past_nat(chain: BaseChain) -> bool:
-    """``chain`` runs after the NAT core's point of its hook (sees translated packets)."""
+def _past_nat(chain: BaseChain, *, after_core: bool = False) -> bool:
+    """``chain`` runs after the NAT core's point of its hook (sees translated packets);
+    ``after_core``: one at exactly the core's priority does (:func:`_core_order`)."""
     core = _NAT_CORE.get(chain.hook)
+    if after_core and _at_core(chain):
+        return True
     return core is not None and chain.kind != "nat" and chain.run_key > (core, 1, 0, 0)
 
 

@@ -545,7 +545,9 @@ class DoctorLab:
         return answer, trace(state, Flow(t.pod, t.destination, port=t.port))
 
 
-def _build(stack: ExitStack) -> DoctorLab:
+def _build(stack: ExitStack, *, legacy: bool = True) -> DoctorLab:
+    """The lab's namespaces, links and echo server; ``legacy``: with iptables-legacy's
+    tables made first (their nat table keeps the NAT core's hooks registered)."""
     names = {role: stack.enter_context(temporary_netns(role))
              for role in ("pod", "node", "router", "db")}
     for ns in names.values():
@@ -565,8 +567,9 @@ def _build(stack: ExitStack) -> DoctorLab:
                                "netns", names[role_b]])
     # iptables-legacy's tables exist from the start, as on a node that used it at boot:
     # registered before any nftables table, they run last at equal priority.
-    run_in(names["node"], ["iptables-legacy-restore"], input_text=_EMPTY_LEGACY)
-    run_in(names["node"], ["ip6tables-legacy-restore"], input_text=_EMPTY_LEGACY)
+    if legacy:
+        run_in(names["node"], ["iptables-legacy-restore"], input_text=_EMPTY_LEGACY)
+        run_in(names["node"], ["ip6tables-legacy-restore"], input_text=_EMPTY_LEGACY)
     for role, interfaces in _ADDRESSES.items():
         for interface, addresses in interfaces.items():
             for address in addresses:
@@ -592,7 +595,7 @@ def _build(stack: ExitStack) -> DoctorLab:
         detail = server.stderr.read() if server.stderr else ""
         raise RuntimeError(f"echo server did not start: {detail}")
     lab = DoctorLab(names)
-    lab.legacy_used = True
+    lab.legacy_used = legacy
     return lab
 
 
@@ -616,3 +619,13 @@ def doctor_lab() -> Iterator[DoctorLab]:
         pytest.skip("needs root to create network namespaces")
     with ExitStack() as stack:
         yield _build(stack)
+
+
+@pytest.fixture(scope="module")
+def doctor_lab_without_legacy() -> Iterator[DoctorLab]:
+    """The lab on a node no iptables-legacy table was ever made in (configure it with no
+    legacy flavour): the NAT core's hooks come and go with nftables' nat chains."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    with ExitStack() as stack:
+        yield _build(stack, legacy=False)

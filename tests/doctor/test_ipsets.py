@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, trace
 from k3snet.doctor.bundle import AUX_FILES
-from k3snet.doctor.ipset import IPSetMembers, parse_save
+from k3snet.doctor.ipset import MAX_MEMBERS, IPSetMembers, parse_save
 
 HEALTHY = Path(__file__).parent / "golden" / "healthy"
 RULESETS = Path(__file__).parent / "rulesets"
@@ -114,3 +114,33 @@ def test_the_kernel_s_pool_sets_are_what_rules_match_over_the_pools_read() -> No
                       "ipset.save": SAVED})
     result = trace(state, FLOW)
     assert result.verdict is Verdict.REACHES, result.render()
+
+
+def test_only_the_sets_the_captured_rules_name_are_read() -> None:
+    nat = (RULESETS / "calico-nat.save").read_text().replace(
+        "dst -j MASQUERADE", "dst -m set ! --match-set cali40all-hosts-net dst -j MASQUERADE")
+    state = _state(**{"iptables-legacy-v4.save": nat, "ipset.save": SAVED})
+    assert "cali40all-hosts-net" in state.kernel_ipsets
+    assert "KUBE-DST-XYZ" not in state.kernel_ipsets  # no rule names it: never parsed
+    assert set(state.kernel_ipsets) <= {m for m in parse_save(SAVED) if m in nat}
+
+
+def test_a_set_past_the_member_limit_is_left_out_and_its_rules_stay_unknown() -> None:
+    lines = ["create small hash:ip family inet", "add small 10.0.0.1",
+             "create big hash:ip family inet"]
+    lines += [f"add big 10.1.0.{i}" for i in range(5)]
+    sets = parse_save("\n".join(lines), max_members=4)
+    assert set(sets) == {"small"}  # big's fourth member was past the limit
+    assert set(parse_save("\n".join(lines), max_members=6)) == {"small", "big"}
+
+
+def test_a_set_of_more_than_max_members_is_left_out() -> None:
+    """A bundle's ipset.save may be 256 MiB (MAX_FILE_BYTES): 15 million members took a
+    minute and gigabytes of memory, read as objects. Past MAX_MEMBERS the set is left
+    out (its rules unknown), and a set no rule names is never parsed."""
+    lines = ["create big hash:ip family inet hashsize 1024 maxelem 65536"]
+    lines += [f"add big 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+              for i in range(MAX_MEMBERS + 10)]
+    text = "\n".join(lines)
+    assert parse_save(text) == {}
+    assert parse_save(text, wanted={"other"}) == {}
