@@ -62,6 +62,7 @@ __all__ = [
     "KubeErrors",
     "configmap_ref",
     "label_selector_problem",
+    "list_node_metadata",
     "list_pages",
     "make_api_client",
     "name_problem",
@@ -401,6 +402,30 @@ def list_pages(fetch: Callable[[dict[str, Any]], Any], doing: str, *,
         seen.add(token)
     raise BackendError(f"{doing}: more than {_MAX_PAGES} pages of {page} objects; k3snet "
                        "does not read further")
+
+
+def list_node_metadata(core_api: Any, doing: str, *, timeout: Any) -> list[Any]:
+    """Every Node as its metadata alone (:data:`METADATA_ONLY`), listed
+    :data:`LIST_PAGE` at a time (:func:`list_pages`) and read as JSON, not made into
+    ``V1Node`` objects: the items' ``metadata`` (labels, annotations) is what is read.
+
+    ``core_api`` is a ``CoreV1Api``, ``timeout`` each request's; ``doing`` names the list
+    in errors (a failed request is a :class:`KubeApiError`, an answer that is no JSON a
+    :class:`~k3snet.errors.BackendError`).
+    """
+    # Imported when used: this module is read where the backend kit is not (spec checks).
+    from k3snet.backends.kit import translate_errors  # noqa: PLC0415
+
+    def fetch(page: dict[str, Any]) -> Any:
+        with translate_errors(doing, classifier=KubeErrors(timeout=timeout)):
+            nodes: Any = core_api.list_node(_request_timeout=timeout, _preload_content=False,
+                                            _headers=dict(METADATA_ONLY), **page)
+        try:
+            return json.loads(nodes.data)
+        except ValueError as exc:
+            raise BackendError(f"{doing}: the answer is not JSON ({exc})") from exc
+
+    return list_pages(fetch, doing)
 
 
 def _items(answer: Any, doing: str) -> list[Any]:

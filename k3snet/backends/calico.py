@@ -105,9 +105,9 @@ from k3snet.kube import (
     KUBECONFIG_DEFAULT,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
-    METADATA_ONLY,
     KubeApiError,
     KubeErrors,
+    list_node_metadata,
     list_pages,
     make_api_client,
 )
@@ -733,20 +733,9 @@ class CalicoBackend(BackendBase):
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         doing = "list Nodes (Calico hosts' addresses)"
-
-        def fetch(page: dict[str, Any]) -> Any:
-            with translate_errors(doing, classifier=KubeErrors(timeout=self.timeout)):
-                # Not made into V1Node objects: only the annotations are read.
-                nodes: Any = client.CoreV1Api(self._client).list_node(
-                    _request_timeout=self.timeout, _preload_content=False,
-                    _headers=dict(METADATA_ONLY), **page)
-            try:
-                return json.loads(nodes.data)
-            except ValueError as exc:
-                raise BackendError(f"{doing}: the answer is not JSON ({exc})") from exc
-
-        try:
-            items = list_pages(fetch, doing)
+        try:  # only the annotations are read
+            items = list_node_metadata(client.CoreV1Api(self._client), doing,
+                                       timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:  # no Node resource served (an emulated server): none
                 return (), ()

@@ -84,10 +84,10 @@ from k3snet.kube import (
     API_OPTION_CHECKS,
     DEFAULT_TIMEOUT,
     KUBECONFIG_DEFAULT,
-    METADATA_ONLY,
     KubeApiError,
     KubeErrors,
     configmap_ref,
+    list_node_metadata,
     list_pages,
     make_api_client,
     selector_matches,
@@ -487,20 +487,8 @@ class _Api:
         """The labels of every Node, listed :data:`~k3snet.kube.LIST_PAGE` at a time
         (``None``: the Nodes cannot be listed, 403, or are not served; a warning says so)."""
         doing = "list Nodes (the labels CiliumNodeConfigs select)"
-
-        def fetch(page: dict[str, Any]) -> Any:
-            with translate_errors(doing, classifier=KubeErrors(timeout=self.timeout)):
-                # Not made into V1Node objects: only the labels are read.
-                nodes: Any = self.core.list_node(_request_timeout=self.timeout,
-                                                 _preload_content=False,
-                                                 _headers=dict(METADATA_ONLY), **page)
-            try:
-                return json.loads(nodes.data)
-            except ValueError as exc:
-                raise BackendError(f"{doing}: the answer is not JSON ({exc})") from exc
-
-        try:
-            items = list_pages(fetch, doing)
+        try:  # only the labels are read
+            items = list_node_metadata(self.core, doing, timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status in (403, 404):
                 self.warn(f"{exc}: the CiliumNodeConfigs selecting some nodes are judged "
