@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import json
 import queue
+import struct
 import subprocess
 import sys
 import threading
@@ -137,7 +138,7 @@ CT_FLAGS = "k3snet_ct_flags"
 """The key :class:`Libnftables` adds to an ``xt`` ``CT`` target of a chain's JSON listing:
 the target's flags as the kernel holds them (``XT_CT_NOTRACK``, 1: ``--notrack`` or
 ``-j NOTRACK``), read over netlink
-(:meth:`~k3snet.backends.nfgen.GenerationReader.ct_target_flags`).
+(:meth:`~k3snet.backends.nfgen.GenerationReader.xt_targets`).
 Absent (a listing by a child ``nft``, a rule gone meanwhile): not known."""
 
 
@@ -212,7 +213,10 @@ class Libnftables:
     def _ct_flags(self, items: Iterable[dict[str, Any]]) -> None:
         """Give each iptables-nft ``-j CT`` of a chain's listing the flags the kernel holds
         for it (:data:`CT_FLAGS`): libnftables lists only the target's name, so a
-        ``--zone`` or ``--helper`` one looked as a ``--notrack`` one."""
+        ``--zone`` or ``--helper`` one looked as a ``--notrack`` one. One rule dump per
+        chain holding one (2 000 ``-j CT --zone N`` rules, OpenStack Neutron's, were a
+        round trip each: docs/performance.md, "iptables-nft's compat targets")."""
+        dumped: dict[tuple[str, str, str], dict[int, list[tuple[str, int, bytes]]]] = {}
         for item in items:
             rule = item.get("rule")
             if not isinstance(rule, dict) or not isinstance(rule.get("expr"), list):
@@ -223,14 +227,16 @@ class Libnftables:
                         and xt.get("name") == "CT"):
                     continue
                 try:
-                    self.calls += 1
-                    flags = self._generation.ct_target_flags(
-                        str(rule["family"]), str(rule["table"]), str(rule["chain"]),
-                        int(rule["handle"]))
+                    where = (str(rule["family"]), str(rule["table"]), str(rule["chain"]))
+                    if where not in dumped:
+                        self.calls += 1
+                        dumped[where] = self._generation.xt_targets(*where)
+                    targets = dumped[where].get(int(rule["handle"]), [])
                 except (BackendError, KeyError, TypeError, ValueError):
-                    flags = None  # not read: the target stays a doubt
-                if flags is not None:
-                    xt[CT_FLAGS] = flags
+                    targets = []  # not read: the target stays a doubt
+                infos = [info for name, _, info in targets if name == "CT"]
+                if len(infos) == 1 and len(infos[0]) >= 2:  # host order, as xt_CT's
+                    xt[CT_FLAGS] = int(struct.unpack_from("=H", infos[0])[0])
 
     def list_text(self, kind: str, **ref: str) -> str | None:
         """What ``nft -a list KIND REF...`` prints; ``None`` if the object does not exist;
