@@ -47,9 +47,22 @@ def test_an_opaque_xt_target_in_a_nat_chain_may_translate(name: str) -> None:
     assert plan(State(foreign=list(found)), wanted).conflicts
 
 
+@pytest.mark.parametrize("name", ["AUDIT", "SET", "TEE", "TTL", "HL", "IDLETIMER", "SECMARK"])
+def test_an_xt_target_the_kernel_continues_after_translates_nothing(name: str) -> None:
+    """The kernel's xt module returns ``XT_CONTINUE``: the packet goes on to the next
+    rule, untranslated (read as a target that may translate, a false conflict)."""
+    kernel = nat([saddr(POD), _xt(name)], [saddr(POD), {"masquerade": None}], family="ip")
+    kernel.nat_prio = 100
+    found = ForeignReader(kernel, frozenset()).read()
+    assert not any(isinstance(b, NatBlock) and "xt target" in b.rule for b in found)
+    assert MasqueradeRule(POD) in found  # the masquerade after it is met
+    wanted = State(owned=[MasqueradeRule(POD, destination=DB, out_interface="eth0")])
+    assert not plan(State(foreign=list(found)), wanted).conflicts
+
+
 def test_an_opaque_xt_target_in_a_forward_chain_accepts_nothing() -> None:
-    kernel = forward(("drop", [[saddr(POD), daddr(DB), _xt("AUDIT")],
-                               [saddr(DB), daddr(POD), _xt("AUDIT")], [CT_REPLY, ACCEPT]]))
+    kernel = forward(("drop", [[saddr(POD), daddr(DB), _xt("SOMETHING")],
+                               [saddr(DB), daddr(POD), _xt("SOMETHING")], [CT_REPLY, ACCEPT]]))
     found = ForeignReader(kernel, frozenset()).read()
     assert not any(isinstance(o, ForwardRule) for o in found)
 
@@ -104,3 +117,33 @@ def test_iptables_nfts_netmap_translates_the_pods_and_is_a_conflict(
             assert note.wanted == masquerade, p.render()
             assert isinstance(note.foreign, NatBlock), p.render()
             assert "xt target NETMAP" in note.foreign.rule
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("backend_name", ["nftables", "iptables-nft", "iptables-legacy"])
+def test_an_audit_before_the_masquerade_lets_it_translate_and_is_no_conflict(
+        require_root: None, backend_name: str) -> None:
+    """``-t nat -I POSTROUTING -s POD -j AUDIT --type accept`` before k3snet's masquerade:
+    xt_AUDIT logs and returns ``XT_CONTINUE``, the masquerade still translates (the
+    database answers, a real connection), and the plan says so in both backends (read as
+    a target that may translate, it was a false conflict)."""
+    from k3snet.backends.iptables import IptablesBackend  # noqa: PLC0415
+    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    masquerade = MasqueradeRule(POD, destination=DB, out_interface="eth0")
+    wanted = State(owned=[masquerade])
+    tool = "iptables-legacy" if backend_name == "iptables-legacy" else "iptables-nft"
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        backend = (NftablesBackend(lab.node) if backend_name == "nftables" else
+                   IptablesBackend(lab.node, mode=backend_name.split("-")[1]))  # type: ignore[arg-type]
+        with backend:
+            backend.apply(plan(backend.observe(), wanted))
+            run_in(lab.node, [tool, "-w", "-t", "nat", "-I", "POSTROUTING", "-s", POD, "-j",
+                              "AUDIT", "--type", "accept"])
+            assert lab.tcp_probe(4).ok  # translated: the database routes no pod address
+            p = plan(backend.observe(), wanted)
+            assert not p.conflicts, p.render()
+            assert p.changes == (), p.render()

@@ -106,9 +106,13 @@ __all__ = ["ForeignRead", "ForeignReader", "ForwardDefault", "ForwardDefaults", 
            "finish_foreign_read", "leftover_drift", "own_object", "parse_rule",
            "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
 
-# iptables targets that let the packet go on to the next rule (kube-proxy's MARK ...).
+# iptables targets that let the packet go on to the next rule (kube-proxy's MARK ...): the
+# kernel's xt modules whose target returns XT_CONTINUE (a TCPMSS, ECN or TCPOPTSTRIP that
+# cannot rewrite a malformed packet drops it). The iptables backend's _GOES_ON, the same.
 _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY",
-                          "DSCP", "TOS", "TCPMSS"})
+                          "DSCP", "TOS", "TCPMSS", "AUDIT", "SET", "TEE", "TTL", "HL", "ECN",
+                          "HMARK", "IDLETIMER", "LED", "RATEEST", "SECMARK", "CONNSECMARK",
+                          "TCPOPTSTRIP"})
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
 _MAX_WALKED_RULES = 4096  # bounds the walk through conditional jumps (each is followed)
