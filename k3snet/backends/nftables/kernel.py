@@ -227,11 +227,11 @@ class Libnftables:
         """Give each iptables-nft ``-j CT`` of a chain's listing the flags the kernel holds
         for it (:data:`CT_FLAGS`), and each ``-j SNAT`` its address (:data:`SNAT_TO`):
         libnftables lists only the target's name, so a ``--zone`` or ``--helper`` one
-        looked as a ``--notrack`` one, and every SNAT as one to an unknown address. One
-        rule dump per chain holding one (2 000 ``-j CT --zone N`` rules, OpenStack
-        Neutron's, were a round trip each: docs/performance.md, "iptables-nft's compat
-        targets")."""
-        dumped: dict[tuple[str, str, str], dict[int, list[tuple[str, int, bytes]]]] = {}
+        looked as a ``--notrack`` one, and every SNAT as one to an unknown address. A
+        few rules of a chain are read one request each, more with one rule dump of the
+        chain (2 000 ``-j CT --zone N`` rules, OpenStack Neutron's, were a round trip
+        each: docs/performance.md, "iptables-nft's compat targets")."""
+        wanted: dict[tuple[str, str, str], list[tuple[int, dict[str, Any]]]] = {}
         for item in items:
             rule = item.get("rule")
             if not isinstance(rule, dict) or not isinstance(rule.get("expr"), list):
@@ -241,16 +241,21 @@ class Libnftables:
                 if not (isinstance(xt, dict) and xt.get("type") == "target"
                         and xt.get("name") in ("CT", "SNAT")):
                     continue
-                name = xt["name"]
                 try:
                     where = (str(rule["family"]), str(rule["table"]), str(rule["chain"]))
-                    if where not in dumped:
-                        self.calls += 1
-                        dumped[where] = self._generation.xt_targets(*where)
-                    targets = dumped[where].get(int(rule["handle"]), [])
-                except (BackendError, KeyError, TypeError, ValueError):
-                    targets = []  # not read: the target stays a doubt
-                found = [(revision, info) for kind, revision, info in targets if kind == name]
+                    wanted.setdefault(where, []).append((int(rule["handle"]), xt))
+                except (KeyError, TypeError, ValueError):
+                    continue  # not read: the target stays a doubt
+        for where, rules in wanted.items():
+            try:
+                self.calls += 1
+                read = self._generation.xt_targets(*where, {handle for handle, _ in rules})
+            except (BackendError, KeyError):
+                continue  # not read: the targets stay doubts
+            for handle, xt in rules:
+                name = xt["name"]
+                found = [(revision, info) for kind, revision, info in read.get(handle, [])
+                         if kind == name]
                 if len(found) != 1:
                     continue
                 revision, info = found[0]
