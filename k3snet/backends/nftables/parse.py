@@ -34,9 +34,8 @@ Foreign state
     ``--random-fully`` reads as ``random_fully=False``; its ``-j SNAT --to-source ADDR``
     is read from the kernel's target data (``SNAT_TO``) as ``snat to ADDR``; one to a
     range or ports (and ``-j NETMAP``, any compat target k3snet cannot see into) is not
-    modelled: in a nat chain
-    met no later than k3snet's it may translate (a block), elsewhere it accepts
-    nothing. Forward accepts whose replies are accepted too become foreign
+    modelled: in a nat chain met no later than k3snet's it may translate (a block),
+    elsewhere it accepts nothing. Forward accepts whose replies are accepted too become foreign
     :class:`~k3snet.model.ForwardRule` objects when nothing may drop their
     packets: no earlier rule of their chain (or of a chain it jumps to), and no
     other base chain on the forward hook, since an accept ends only its own
@@ -1897,9 +1896,8 @@ def _spared_by(obj: NetObject, block: NatBlock) -> NetObject | None:
 def _translates_opaquely(match: Match) -> bool:
     """An iptables-nft compat target k3snet cannot see into (``xt target SNAT`` whose
     address the kernel's data did not give as one, ``xt target NETMAP``, any other): in
-    a nat chain
-    on the postrouting hook it may translate the connection, an SNAT to an address
-    k3snet does not model (as the iptables backend reads a target it does not know
+    a nat chain on the postrouting hook it may translate the connection, an SNAT to an
+    address k3snet does not model (as the iptables backend reads a target it does not know
     there: a doubt counts against k3snet)."""
     return match.verdict is not None and match.verdict.startswith("xt ")
 
