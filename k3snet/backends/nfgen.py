@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Collection
 
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
@@ -38,6 +39,7 @@ _NFTA_RULE_EXPRESSIONS = 4
 _NFTA_EXPR_NAME = 1
 _NFTA_EXPR_DATA = 2
 _NFTA_TARGET_NAME = 1
+_NFTA_TARGET_REV = 2
 _NFTA_TARGET_INFO = 3
 _NFTA_TABLE_NAME = 1
 _NFTA_TABLE_FLAGS = 2
@@ -67,6 +69,9 @@ _ENOENT = 2
 _NLMSG_ERROR = 2
 _NLM_F_REQUEST = 1
 _CAPABILITY = "CAP_NET_ADMIN"
+ONE_BY_ONE = 16
+"""Up to this many rules' compat targets are read one ``GETRULE`` each, more with one
+dump of their chain (:meth:`GenerationReader.xt_targets`)."""
 
 
 class GenerationReader:
@@ -207,28 +212,8 @@ class GenerationReader:
     def _tables(self) -> list[tuple[tuple[str, str, int], bool]]:
         """Every table as ((family, name, handle), owned by a process)."""
         with translate_errors("list the nftables tables", capability=_CAPABILITY):
-            self._seq += 1
-            message = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
-            self._sock.send(struct.pack("=IHHII", 16 + len(message), _NFT_MSG_GETTABLE,
-                                        _NLM_F_REQUEST | _NLM_F_DUMP, self._seq, 0) + message)
-            found: list[tuple[tuple[str, str, int], bool]] = []
-            while True:
-                data = self._sock.recv(1 << 16)
-                offset = 0
-                while offset + 16 <= len(data):
-                    length, answer, _flags, seq = struct.unpack_from("=IHHI", data, offset)
-                    if length < 16:
-                        return found
-                    if seq == self._seq:
-                        if answer == _NLMSG_DONE:
-                            return found
-                        if answer == _NLMSG_ERROR:
-                            (errno,) = struct.unpack_from("=i", data, offset + 16)
-                            if errno:
-                                raise OSError(-errno, os.strerror(-errno))
-                            return found
-                        found.append(_table(data[offset:offset + length]))
-                    offset += (length + 3) & ~3
+            return [_table(message)
+                    for message in self._dump(_NFT_MSG_GETTABLE, socket.AF_UNSPEC, b"")]
 
     def _request(self, kind: int, family: int, body: bytes) -> dict[int, bytes] | None:
         """One request and its answer's attributes; ``None`` when the object does not exist
@@ -249,32 +234,79 @@ class GenerationReader:
             raise OSError(-errno, os.strerror(-errno))
         return _attributes(data[:length], 20)  # after nlmsghdr and nfgenmsg
 
-    def ct_target_flags(self, family: str, table: str, chain: str, handle: int) -> int | None:
-        """The flags of the ``CT`` target of rule ``handle`` of chain ``chain`` of table
-        ``family table`` (``xt_ct_target_info``'s first field: ``XT_CT_NOTRACK`` is 1), as
-        the kernel holds them; ``None``: no such rule, or no ``CT`` target in it.
+    def xt_targets(self, family: str, table: str, chain: str,
+                   handles: Collection[int] | None = None
+                   ) -> dict[int, list[tuple[str, int, bytes]]]:
+        """The compat targets of chain ``chain`` of table ``family table``'s rules, as the
+        kernel holds them: rule handle -> each ``target`` expression's (name, revision,
+        data), for the rules holding one (of ``handles`` only, when given); empty when
+        the chain is gone.
 
         iptables-nft writes ``-j CT`` (``--notrack``, ``--zone``, ``--helper``; ``-j
-        NOTRACK`` too) as a compat target, and libnftables lists only its name, in JSON
-        and, built without libxtables, in text: the kernel's answer to one ``GETRULE``
-        holds the target's data (``NFTA_TARGET_INFO``)."""
-        body = (_attribute(_NFTA_RULE_TABLE, table.encode() + b"\0")
-                + _attribute(_NFTA_RULE_CHAIN, chain.encode() + b"\0")
-                + _attribute(_NFTA_RULE_HANDLE, struct.pack(">Q", handle)))
-        with translate_errors(f"read nftables rule {family} {table} {chain} {handle}",
+        NOTRACK`` too) and ``-j SNAT`` as compat targets, and libnftables lists only
+        their names, in JSON and, built without libxtables, in text: the kernel's rules
+        hold the target's data (``NFTA_TARGET_INFO``, ``xt_ct_target_info`` for ``CT``).
+        Up to :data:`ONE_BY_ONE` ``handles``: one ``GETRULE`` each; more, or none
+        given: one ``GETRULE`` dump of the chain (a dump of 5 000 rules costs ~10 ms,
+        a request ~25 µs: docs/performance.md, "iptables-nft's compat targets")."""
+        place = (_attribute(_NFTA_RULE_TABLE, table.encode() + b"\0")
+                 + _attribute(_NFTA_RULE_CHAIN, chain.encode() + b"\0"))
+        found: dict[int, list[tuple[str, int, bytes]]] = {}
+        with translate_errors(f"read nftables chain {family} {table} {chain}'s rules",
                               capability=_CAPABILITY):
-            attributes = self._request(_NFT_MSG_GETRULE, _NFPROTO[family], body)
-        if attributes is None:
-            return None
-        for _, element in _attribute_list(attributes.get(_NFTA_RULE_EXPRESSIONS, b"")):
-            expression = _attributes(element, 0)
-            if expression.get(_NFTA_EXPR_NAME, b"").split(b"\0", 1)[0] != b"target":
+            if handles is not None and len(handles) <= ONE_BY_ONE:
+                for handle in handles:
+                    attributes = self._request(
+                        _NFT_MSG_GETRULE, _NFPROTO[family],
+                        place + _attribute(_NFTA_RULE_HANDLE, struct.pack(">Q", handle)))
+                    targets = _targets(attributes) if attributes is not None else []
+                    if targets:
+                        found[handle] = targets
+                return found
+            messages = self._dump(_NFT_MSG_GETRULE, _NFPROTO[family], place)
+        wanted = None if handles is None else set(handles)
+        for message in messages:
+            if b"target\0" not in message:
+                continue  # no compat target (most rules): not decoded
+            attributes = _attributes(message, 20)
+            handle_data = attributes.get(_NFTA_RULE_HANDLE, b"")
+            if (len(handle_data) < 8
+                    or _text(attributes.get(_NFTA_RULE_TABLE, b"")) != table.encode()
+                    or _text(attributes.get(_NFTA_RULE_CHAIN, b"")) != chain.encode()):
+                continue  # a kernel that did not filter the dump by chain
+            handle = int(struct.unpack_from(">Q", handle_data)[0])
+            if wanted is not None and handle not in wanted:
                 continue
-            target = _attributes(expression.get(_NFTA_EXPR_DATA, b""), 0)
-            info = target.get(_NFTA_TARGET_INFO, b"")
-            if target.get(_NFTA_TARGET_NAME, b"").split(b"\0", 1)[0] == b"CT" and len(info) >= 2:
-                return int(struct.unpack_from("=H", info)[0])  # host order, as xt_CT's
-        return None
+            targets = _targets(attributes)
+            if targets:
+                found[handle] = targets
+        return found
+
+    def _dump(self, kind: int, family: int, body: bytes) -> list[bytes]:
+        """One dump request and its answers (each message whole); none when what it names
+        does not exist (ENOENT); other refusals as :class:`OSError`."""
+        self._seq += 1
+        message = struct.pack("=BBH", family, 0, 0) + body
+        self._sock.send(struct.pack("=IHHII", 16 + len(message), kind,
+                                    _NLM_F_REQUEST | _NLM_F_DUMP, self._seq, 0) + message)
+        found: list[bytes] = []
+        while True:
+            data = self._sock.recv(1 << 17)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, answer, _flags, seq = struct.unpack_from("=IHHI", data, offset)
+                if length < 16:
+                    return found
+                if seq == self._seq:
+                    if answer == _NLMSG_DONE:
+                        return found
+                    if answer == _NLMSG_ERROR:
+                        (errno,) = struct.unpack_from("=i", data, offset + 16)
+                        if errno and -errno != _ENOENT:
+                            raise OSError(-errno, os.strerror(-errno))
+                        return found
+                    found.append(data[offset:offset + length])
+                offset += (length + 3) & ~3
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
@@ -315,6 +347,26 @@ def _table(message: bytes) -> tuple[tuple[str, str, int], bool]:
     handle = attributes.get(_NFTA_TABLE_HANDLE, b"")
     return ((_NFPROTO_NAMES.get(family, str(family)), name.decode(errors="replace"),
              struct.unpack_from(">Q", handle)[0] if len(handle) >= 8 else 0), owned)
+
+
+def _targets(rule: dict[int, bytes]) -> list[tuple[str, int, bytes]]:
+    """(name, revision, data) of each compat ``target`` expression of a rule's attributes."""
+    targets = []
+    for _, element in _attribute_list(rule.get(_NFTA_RULE_EXPRESSIONS, b"")):
+        expression = _attributes(element, 0)
+        if _text(expression.get(_NFTA_EXPR_NAME, b"")) != b"target":
+            continue
+        target = _attributes(expression.get(_NFTA_EXPR_DATA, b""), 0)
+        revision = target.get(_NFTA_TARGET_REV, b"")
+        targets.append((_text(target.get(_NFTA_TARGET_NAME, b"")).decode(errors="replace"),
+                        int(struct.unpack_from(">I", revision)[0]) if len(revision) >= 4
+                        else 0, target.get(_NFTA_TARGET_INFO, b"")))
+    return targets
+
+
+def _text(data: bytes) -> bytes:
+    """A string attribute's bytes, up to its NUL."""
+    return data.split(b"\0", 1)[0]
 
 
 def _attribute(kind: int, data: bytes) -> bytes:

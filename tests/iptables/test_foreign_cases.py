@@ -448,6 +448,17 @@ NAT_BLOCK_CASES: dict[str, tuple[str, set[tuple[str, str, str, str, str | None, 
     "a target k3snet does not know in POSTROUTING": (
         f"-A POSTROUTING -s {POD} -j FULLCONENAT",
         {("snat", f"-A POSTROUTING -s {POD} -j FULLCONENAT", POD, "None", None, "None")}),
+    # A target the kernel's module ends with XT_CONTINUE translates nothing: the packet
+    # goes on to the next rule (a false conflict of k3snet's masquerade, read as one that
+    # may translate).
+    "an audit, a set and a connmark in POSTROUTING go on": (
+        f"-A POSTROUTING -s {POD} -j AUDIT --type accept\n"
+        f"-A POSTROUTING -s {POD} -j SET --add-set seen src\n"
+        f"-A POSTROUTING -s {POD} -j CONNMARK --set-xmark 0x1/0x1", set()),
+    "an audit in a chain jumped to goes on to the masquerade after it": (
+        f"-A POSTROUTING -j OTHER\n-A OTHER -j AUDIT --type accept\n"
+        f"-A OTHER -s {POD} -j MASQUERADE",
+        {("masquerade", f"-A OTHER -s {POD} -j MASQUERADE", POD, "None", None, "None")}),
     "a netmap in a chain jumped to": (
         f"-A POSTROUTING -d {B} -j OTHER\n-A OTHER -j NETMAP --to 192.0.2.0/24",
         {("snat", "-A OTHER -j NETMAP --to 192.0.2.0/24", "None", B, None, "None")}),

@@ -200,8 +200,11 @@ def foreign_nat(dump: TableDump | None, family: int) -> set[NetObject]:
 
 
 _GOES_ON = frozenset({None, "MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY",
-                      "DSCP", "TOS", "TCPMSS"})
-"""Targets after which a packet goes on to the next rule."""
+                      "DSCP", "TOS", "TCPMSS", "AUDIT", "SET", "TEE", "TTL", "HL", "ECN", "HMARK",
+                      "IDLETIMER", "LED", "RATEEST", "SECMARK", "CONNSECMARK", "TCPOPTSTRIP"})
+"""Targets after which a packet goes on to the next rule: the kernel's xt modules whose
+target returns ``XT_CONTINUE`` (``-j AUDIT``, ``-j SET --add-set`` ... in a nat chain
+translate nothing)."""
 
 
 def _takes_all(tokens: Line) -> bool:

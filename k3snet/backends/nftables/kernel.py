@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import json
 import queue
+import struct
 import subprocess
 import sys
 import threading
@@ -137,8 +139,20 @@ CT_FLAGS = "k3snet_ct_flags"
 """The key :class:`Libnftables` adds to an ``xt`` ``CT`` target of a chain's JSON listing:
 the target's flags as the kernel holds them (``XT_CT_NOTRACK``, 1: ``--notrack`` or
 ``-j NOTRACK``), read over netlink
-(:meth:`~k3snet.backends.nfgen.GenerationReader.ct_target_flags`).
+(:meth:`~k3snet.backends.nfgen.GenerationReader.xt_targets`).
 Absent (a listing by a child ``nft``, a rule gone meanwhile): not known."""
+
+SNAT_TO = "k3snet_snat_to"
+"""The key :class:`Libnftables` adds to an ``xt`` ``SNAT`` target of a chain's JSON listing
+(iptables-nft's ``-j SNAT --to-source ADDR``, whose address libnftables does not list):
+``{"addr": ADDR, "flags": [...]}`` (nft's words: ``random``, ``persistent``,
+``fully-random``) as the kernel holds them, for a translation to one address and no
+ports only. Absent (a range, ports, a revision k3snet does not know, not read): an SNAT
+to an address k3snet does not model, as before."""
+
+# nf_nat_range's flags (NF_NAT_RANGE_*): what an SNAT to one address may carry.
+_NAT_MAP_IPS = 1
+_NAT_FLAG_WORDS = {4: "random", 8: "persistent", 16: "fully-random"}
 
 
 class Libnftables:
@@ -205,14 +219,19 @@ class Libnftables:
                 return None
             raise BackendError(f"nft {what!r} failed: {first_lines(_with_capability(error))}")
         items = listed_items(output, what)
-        if kind == "chain" and '"CT"' in output:
-            self._ct_flags(items)
+        if kind == "chain" and ('"CT"' in output or '"SNAT"' in output):
+            self._xt_data(items)
         return items
 
-    def _ct_flags(self, items: Iterable[dict[str, Any]]) -> None:
+    def _xt_data(self, items: Iterable[dict[str, Any]]) -> None:
         """Give each iptables-nft ``-j CT`` of a chain's listing the flags the kernel holds
-        for it (:data:`CT_FLAGS`): libnftables lists only the target's name, so a
-        ``--zone`` or ``--helper`` one looked as a ``--notrack`` one."""
+        for it (:data:`CT_FLAGS`), and each ``-j SNAT`` its address (:data:`SNAT_TO`):
+        libnftables lists only the target's name, so a ``--zone`` or ``--helper`` one
+        looked as a ``--notrack`` one, and every SNAT as one to an unknown address. A
+        few rules of a chain are read one request each, more with one rule dump of the
+        chain (2 000 ``-j CT --zone N`` rules, OpenStack Neutron's, were a round trip
+        each: docs/performance.md, "iptables-nft's compat targets")."""
+        wanted: dict[tuple[str, str, str], list[tuple[int, dict[str, Any]]]] = {}
         for item in items:
             rule = item.get("rule")
             if not isinstance(rule, dict) or not isinstance(rule.get("expr"), list):
@@ -220,17 +239,32 @@ class Libnftables:
             for statement in rule["expr"]:
                 xt = statement.get("xt") if isinstance(statement, dict) else None
                 if not (isinstance(xt, dict) and xt.get("type") == "target"
-                        and xt.get("name") == "CT"):
+                        and xt.get("name") in ("CT", "SNAT")):
                     continue
                 try:
-                    self.calls += 1
-                    flags = self._generation.ct_target_flags(
-                        str(rule["family"]), str(rule["table"]), str(rule["chain"]),
-                        int(rule["handle"]))
-                except (BackendError, KeyError, TypeError, ValueError):
-                    flags = None  # not read: the target stays a doubt
-                if flags is not None:
-                    xt[CT_FLAGS] = flags
+                    where = (str(rule["family"]), str(rule["table"]), str(rule["chain"]))
+                    wanted.setdefault(where, []).append((int(rule["handle"]), xt))
+                except (KeyError, TypeError, ValueError):
+                    continue  # not read: the target stays a doubt
+        for where, rules in wanted.items():
+            try:
+                self.calls += 1
+                read = self._generation.xt_targets(*where, {handle for handle, _ in rules})
+            except (BackendError, KeyError):
+                continue  # not read: the targets stay doubts
+            for handle, xt in rules:
+                name = xt["name"]
+                found = [(revision, info) for kind, revision, info in read.get(handle, [])
+                         if kind == name]
+                if len(found) != 1:
+                    continue
+                revision, info = found[0]
+                if name == "CT" and len(info) >= 2:  # host order, as xt_CT's
+                    xt[CT_FLAGS] = int(struct.unpack_from("=H", info)[0])
+                elif name == "SNAT":
+                    to = _snat_to(where[0], revision, info)
+                    if to is not None:
+                        xt[SNAT_TO] = to
 
     def list_text(self, kind: str, **ref: str) -> str | None:
         """What ``nft -a list KIND REF...`` prints; ``None`` if the object does not exist;
@@ -281,6 +315,32 @@ class Libnftables:
         output = nft.nft_ctx_get_output_buffer(self._ctx) or b""
         error = nft.nft_ctx_get_error_buffer(self._ctx) or b""
         return int(rc), output.decode(errors="replace"), error.decode(errors="replace")
+
+
+def _snat_to(family: str, revision: int, info: bytes) -> dict[str, Any] | None:
+    """What an xt ``SNAT`` target's data (``revision``) translates to, as :data:`SNAT_TO`
+    holds it, when it is one address with no ports; else ``None``. Revision 0 is
+    ``nf_nat_ipv4_multi_range_compat`` (iptables' IPv4 one: a range count, then flags,
+    addresses in network order, ports), 1 ``nf_nat_range`` and 2 ``nf_nat_range2``
+    (flags, then ``nf_inet_addr`` minimum and maximum: ip6tables')."""
+    size = 4 if family == "ip" else 16 if family == "ip6" else 0
+    if not size:
+        return None
+    if revision == 0 and size == 4 and len(info) >= 20:
+        count, flags = struct.unpack_from("=II", info)
+        if count != 1:
+            return None
+        low, high = info[8:12], info[12:16]
+    elif revision in (1, 2) and len(info) >= 40:
+        (flags,) = struct.unpack_from("=I", info)
+        low, high = info[4:4 + size], info[20:20 + size]
+    else:
+        return None
+    if not flags & _NAT_MAP_IPS or low != high or flags & ~(_NAT_MAP_IPS | 4 | 8 | 16):
+        return None  # a range, ports, an offset or a map: not one address
+    address = ipaddress.ip_address(low)
+    return {"addr": str(address),
+            "flags": [word for bit, word in _NAT_FLAG_WORDS.items() if flags & bit]}
 
 
 @contextlib.contextmanager

@@ -31,10 +31,11 @@ Foreign state
     set mark (kube-proxy's "masquerade me" mark 0x4000) is ignored: those packets
     are masqueraded by kube-proxy. iptables-nft writes ``-j MASQUERADE`` as a
     compat target whose options libnftables' JSON hides, so its
-    ``--random-fully`` reads as ``random_fully=False``; its ``-j SNAT`` (and ``-j
-    NETMAP``, any compat target k3snet cannot see into) is not modelled: in a nat chain
-    met no later than k3snet's it may translate (a block), elsewhere it accepts
-    nothing. Forward accepts whose replies are accepted too become foreign
+    ``--random-fully`` reads as ``random_fully=False``; its ``-j SNAT --to-source ADDR``
+    is read from the kernel's target data (``SNAT_TO``) as ``snat to ADDR``; one to a
+    range or ports (and ``-j NETMAP``, any compat target k3snet cannot see into) is not
+    modelled: in a nat chain met no later than k3snet's it may translate (a block),
+    elsewhere it accepts nothing. Forward accepts whose replies are accepted too become foreign
     :class:`~k3snet.model.ForwardRule` objects when nothing may drop their
     packets: no earlier rule of their chain (or of a chain it jumps to), and no
     other base chain on the forward hook, since an accept ends only its own
@@ -60,6 +61,7 @@ from k3snet.backends.nftables.cache import Cache, Repair, Table
 from k3snet.backends.nftables.kernel import (
     CT_FLAGS,
     SLOW_LISTING,
+    SNAT_TO,
     BoundedLister,
     ListingTimeoutError,
     Lists,
@@ -106,9 +108,13 @@ __all__ = ["ForeignRead", "ForeignReader", "ForwardDefault", "ForwardDefaults", 
            "finish_foreign_read", "leftover_drift", "own_object", "parse_rule",
            "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
 
-# iptables targets that let the packet go on to the next rule (kube-proxy's MARK ...).
+# iptables targets that let the packet go on to the next rule (kube-proxy's MARK ...): the
+# kernel's xt modules whose target returns XT_CONTINUE (a TCPMSS, ECN or TCPOPTSTRIP that
+# cannot rewrite a malformed packet drops it). The iptables backend's _GOES_ON, the same.
 _XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY",
-                          "DSCP", "TOS", "TCPMSS"})
+                          "DSCP", "TOS", "TCPMSS", "AUDIT", "SET", "TEE", "TTL", "HL", "ECN",
+                          "HMARK", "IDLETIMER", "LED", "RATEEST", "SECMARK", "CONNSECMARK",
+                          "TCPOPTSTRIP"})
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
 _MAX_WALKED_RULES = 4096  # bounds the walk through conditional jumps (each is followed)
@@ -323,12 +329,32 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         else:
             out.ct_doubt = True
         out.extras += 1
+    elif kind == "target" and name == "SNAT" and _snat_to(body.get(SNAT_TO)) is not None:
+        # iptables-nft's -j SNAT --to-source ADDR, whose address the kernel's data gave
+        # the listing (SNAT_TO): read as nft's `snat to ADDR` (a range, ports: below).
+        to = body[SNAT_TO]
+        out.verdict = "snat"
+        out.nat_addr = to["addr"]
+        out.nat_flags = tuple(to["flags"])
+        out.nat_extra = bool(set(out.nat_flags) - {"fully-random"})
+        out.extras += 1
     elif kind == "target":
         # An iptables target k3snet cannot see into: in a nat chain it may translate
         # (-j SNAT, -j NETMAP: _translates_opaquely), elsewhere it may drop.
         out.verdict = f"xt {name}"
     else:
         out.unknown += 1
+
+
+def _snat_to(value: object) -> str | None:
+    """The address of an xt ``SNAT``'s :data:`SNAT_TO`, when it is that shape."""
+    if not isinstance(value, dict):
+        return None
+    addr, flags = value.get("addr"), value.get("flags")
+    if not isinstance(addr, str) or not isinstance(flags, list) or not all(
+            isinstance(flag, str) for flag in flags):
+        return None
+    return addr
 
 
 def _vmap_expanded(expr: list[Any]) -> list[list[Any]]:
@@ -1868,10 +1894,10 @@ def _spared_by(obj: NetObject, block: NatBlock) -> NetObject | None:
 
 
 def _translates_opaquely(match: Match) -> bool:
-    """An iptables-nft compat target k3snet cannot see into (``xt target SNAT``, whose
-    address libnftables' JSON hides, ``xt target NETMAP``, any other): in a nat chain
-    on the postrouting hook it may translate the connection, an SNAT to an address
-    k3snet does not model (as the iptables backend reads a target it does not know
+    """An iptables-nft compat target k3snet cannot see into (``xt target SNAT`` whose
+    address the kernel's data did not give as one, ``xt target NETMAP``, any other): in
+    a nat chain on the postrouting hook it may translate the connection, an SNAT to an
+    address k3snet does not model (as the iptables backend reads a target it does not know
     there: a doubt counts against k3snet)."""
     return match.verdict is not None and match.verdict.startswith("xt ")
 
