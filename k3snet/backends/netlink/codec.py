@@ -89,6 +89,8 @@ RTM_DELROUTE = 25
 RTM_GETROUTE = 26
 RTM_NEWNEXTHOP = 104
 RTM_DELNEXTHOP = 105
+RTM_NEWNETCONF = 80
+RTM_DELNETCONF = 81
 
 RTA_DST = 1
 RTA_SRC = 2
@@ -134,6 +136,11 @@ RTNLGRP_NEXTHOP: Final = 32
 """Nexthop objects' notifications: a group number beyond the bind mask (joined with
 ``NETLINK_ADD_MEMBERSHIP``). Deleting a nexthop object deletes the IPv4 routes
 through it without a route notification."""
+RTNLGRP_IPV4_NETCONF: Final = 24
+"""IPv4 ``RTM_NEWNETCONF`` notifications: the kernel sends one whenever a ``forwarding``
+switch changes (``net.ipv4.ip_forward``: one for ``all``, ``default`` and every
+interface), and one for each interface registered or gone (joined by the socket
+driver's monitor alone: the facts watch has no use for them)."""
 
 NLMSG: Final = struct.Struct("=IHHII")
 """nlmsghdr: length, type, flags, sequence number, port id."""
