@@ -196,3 +196,31 @@ def test_pods_veths_made_while_default_is_off_leave_the_warnings_text_as_it_was(
         _sysctl(ns, "net.ipv4.conf.d0.forwarding=0")  # an older interface: a real change
         assert "off on d0, cni0, eth0p, veth0 and interfaces created after them" in (
             backend.warnings[0])
+
+
+@pytest.mark.lab
+def test_a_bridge_ports_switch_at_0_drops_nothing_and_is_not_named_the_bridges_is(
+        tmp_path: Path) -> None:
+    # A flannel node: the pod's veth is a port of the bridge holding the pods' gateway
+    # address (cni0 here is the veth, br0 the bridge). What arrives on a port is
+    # received by the bridge: its switch decides, the port's never.
+    with SeedLab.create() as lab:
+        backends = ["--backend", "netlink", "--backend", "nftables", "--netns", lab.node]
+        applied = _k3snet("apply", "-f", str(SPEC_PATH), *backends, state_dir=lab.state_dir)
+        assert applied.returncode == 0, applied.stderr
+        for argv in (["ip", "link", "add", "br0", "type", "bridge"],
+                     ["ip", "addr", "del", "10.42.0.1/24", "dev", "cni0"],
+                     ["ip", "link", "set", "cni0", "master", "br0"],
+                     ["ip", "addr", "add", "10.42.0.1/24", "dev", "br0"],
+                     ["ip", "link", "set", "br0", "up"]):
+            run_in(lab.node, argv)
+        _sysctl(lab.node, "net.ipv4.conf.default.forwarding=0",
+                "net.ipv4.conf.cni0.forwarding=0", "net.ipv4.conf.br0.forwarding=1")
+        assert lab.tcp_probe(4).ok  # the port's 0: nothing dropped
+        with NetlinkBackend(lab.node, state_dir=lab.state_dir) as backend:
+            backend.expect(State(owned=[_FORWARD]))
+            assert not [w for w in backend.warnings if "IPv4 forwarding is off" in w]
+            _sysctl(lab.node, "net.ipv4.conf.br0.forwarding=0")
+            assert not lab.tcp_probe(4, timeout=1.0).ok  # the bridge's 0 drops
+            [named] = [w for w in backend.warnings if "IPv4 forwarding is off" in w]
+            assert "off on br0 " in named

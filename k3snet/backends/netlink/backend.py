@@ -147,6 +147,8 @@ _MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never o
 _RA_PROTOCOL = 9  # RTPROT_RA: routes the kernel learned from router advertisements
 _DEFAULT_TABLE = 253  # RT_TABLE_DEFAULT: the IPv4 default rule's, after main
 _SHOWN_INTERFACES = 4  # interfaces a forwarding warning names, the oldest
+# Devices that receive what arrives on their ports or slaves (skb->dev becomes theirs).
+_RECEIVING_MASTERS = frozenset({"bridge", "bond"})
 _NO_INDEX = 1 << 32  # an interface the link dump did not hold (gone meanwhile): last
 _DEFAULT_RULE_TABLES = frozenset({255, MAIN_TABLE, _DEFAULT_TABLE})  # local, main, default
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
@@ -299,8 +301,8 @@ class NetlinkBackend(BackendBase):
         # expect()'s sysctls (name -> value): what the warnings judge forwarding by.
         self._wanted_sysctls: dict[str, str] | None = None
         # The forwarding switches as last read, with the switches' version then.
-        self._switches_read: tuple[int, tuple[str | None, dict[str, str],
-                                              dict[str, int]]] | None = None
+        self._switches_read: tuple[int, tuple[str | None, dict[str, str], dict[str, int],
+                                              frozenset[str]]] | None = None
         self.driver: str = driver if isinstance(driver, str) else getattr(
             driver, "__name__", type(driver).__name__)
         self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
@@ -402,6 +404,8 @@ class NetlinkBackend(BackendBase):
         the spec names no such switch itself. IPv6 forwards by
         ``net.ipv6.conf.all.forwarding`` alone: its interfaces' switches are not named.
 
+        A bridge's port or a bond's slave is not named: what arrives on it is received
+        by the bridge or the bond, whose switch decides (a flannel node's pod veths).
         The text names the oldest interfaces at 0 (by link index), at most four, "and
         interfaces created after them" beyond: it stays the same while pods come and
         go, so the agent logs it once per real change (an older interface turned off).
@@ -415,12 +419,12 @@ class NetlinkBackend(BackendBase):
         on = wanted.get("net.ipv4.ip_forward", wanted.get("net.ipv4.conf.all.forwarding"))
         if on in (None, "0"):
             return ()
-        now, switches, order = self._forwarding_switches()
+        now, switches, order, ports = self._forwarding_switches()
         if normal("net.ipv4.ip_forward", now) in (None, "0"):
             return ()  # the plan writes it: the kernel sets every switch, default's too
         off = [switch for switch, value in switches.items() if value == "0"
                and switch.endswith(".forwarding") and switch not in wanted
-               and switch != "net.ipv4.conf.lo.forwarding"]
+               and switch != "net.ipv4.conf.lo.forwarding" and interface_of(switch) not in ports]
         found: list[str] = []
         # Oldest first (by link index), a few named: a pod's veth, new, comes last and
         # changes no text (with default's switch at 0 each one is off: its warning was
@@ -449,9 +453,14 @@ class NetlinkBackend(BackendBase):
                 "sysctls (net.ipv4.conf.default.forwarding: 1)")
         return tuple(found)
 
-    def _forwarding_switches(self) -> tuple[str | None, dict[str, str], dict[str, int]]:
+    def _forwarding_switches(self) -> tuple[str | None, dict[str, str], dict[str, int],
+                                            frozenset[str]]:
         """``net.ipv4.ip_forward`` as read, the IPv4 ``forwarding`` switches of ``default``
-        and of each interface (:func:`spread_values`), and the link indexes by name.
+        and of each interface (:func:`spread_values`), the link indexes by name, and the
+        names of a bridge's ports and a bond's slaves: what arrives on those is received
+        by the bridge or the bond (``skb->dev``), whose switch decides, never theirs (a
+        flannel node's pod veths, cni0's ports, each at 0 with ``default`` at 0, drop
+        nothing while cni0 is at 1).
 
         Read from the kernel again only when it may have changed one: a netconf
         notification (the kernel sends one for each switch that changes), a link one
@@ -474,8 +483,12 @@ class NetlinkBackend(BackendBase):
                 read_sysctls(root, ["net.ipv4.ip_forward"])["net.ipv4.ip_forward"],
                 spread_values(root, "net.ipv4.ip_forward")))
             self._count()
-            order = {link.name: link.index for link in self._routes.links().values()}
-        read = (now, switches, order)
+            links = self._routes.links()
+            order = {link.name: link.index for link in links.values()}
+            ports = frozenset(link.name for link in links.values()
+                              if link.master is not None and link.master in links
+                              and links[link.master].kind in _RECEIVING_MASTERS)
+        read = (now, switches, order, ports)
         if version is not None:
             self._switches_read = (version, read)
         return read
