@@ -1530,7 +1530,8 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     if spec is None and not args.backend:
         return _destroy_found(args)
     with _backend(args, spec) as backend:
-        return _destroy_through(args, [backend], lambda: backend.warnings)
+        return _destroy_through(args, [backend], lambda: backend.warnings,
+                                look_again=lambda: _look_again(backend))
 
 
 def _destroy_found(args: argparse.Namespace) -> int:
@@ -1543,14 +1544,30 @@ def _destroy_found(args: argparse.Namespace) -> int:
     _check_backend_opt_targets(args, names)
     with discover_owners({name: _options(name, args) for name in sorted(names)}) as found:
         print(found.summary(), file=_human(args))
-        return _destroy_through(args, found.groups, lambda: found.warnings, found=found)
+        return _destroy_through(args, found.groups, lambda: found.warnings, found=found,
+                                look_again=found.look_again)
+
+
+def _look_again(backend: BackendGroup) -> None:
+    """Observe ``backend`` again after a removal, for warnings of what holds now (see
+    :meth:`~k3snet.backends.discover.Discovery.look_again`); one it cannot read says so."""
+    try:
+        backend.observe()
+    except K3snetError as exc:
+        logging.getLogger(__name__).warning(
+            "the backends could not be read again after the removal (%s): their "
+            "warnings below are those read before it", exc)
 
 
 def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
                      warnings: Callable[[], Sequence[str]], *,
+                     look_again: Callable[[], None],
                      found: Discovery | None = None) -> int:
     """Remove what ``groups`` own, one after the other; ``warnings()``: what to say after
-    each read; ``found``: the discovery the groups come from (said in the document)."""
+    each read; ``look_again()``: read the backends again once something was removed (the
+    warnings read before it named what the removal took: k3snet's nftables table, said
+    by the iptables backend as left behind); ``found``: the discovery the groups come
+    from (said in the document)."""
     as_json, human = _json(args), _human(args)
     preview = destroy_each(groups, dry_run=True, lock_timeout=args.lock_timeout)
     if preview.plan.empty:
@@ -1582,6 +1599,8 @@ def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
         print(done.plan.render())  # not listed on stdout, or the node changed since
     if done.result is not None and not as_json:
         print(_result_text(done.plan, done.result))
+    if done.result is not None and done.result.applied:
+        look_again()
     _print_destroy(args, done, warnings=warnings(), found=found)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK

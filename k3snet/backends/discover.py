@@ -69,6 +69,8 @@ class Discovery:
     unavailable: tuple[str, ...]
     """One line per backend that could not look (``iptables-legacy: ... not found``)."""
     _looked: tuple[Backend, ...] = ()
+    _unread: dict[int, str] = attrs.field(factory=dict, init=False)
+    """Why :meth:`look_again` could not read a backend, by its position in ``_looked``."""
 
     @property
     def groups(self) -> tuple[BackendGroup, ...]:
@@ -91,9 +93,29 @@ class Discovery:
         worth saying (an iptables chain named ``K3SNET-*`` that is not k3snet's ...)."""
         found = [f"{line}: not looked through, k3snet's objects there (if any) stay"
                  for line in self.unavailable]
-        for backend in self._looked:
+        for index, backend in enumerate(self._looked):
+            unread = self._unread.get(index)
+            if unread is not None:
+                found.append(unread)
+                continue
             found += [str(w) for w in getattr(backend, "warnings", ()) or ()]
         return tuple(found)
+
+    def look_again(self) -> None:
+        """Read through every backend that looked once more (``observe``), so that
+        :attr:`warnings` says what holds now: call it after a removal. Each backend's
+        warnings are those of its last read: after ``k3snet destroy``, the nftables
+        backend's, read before the iptables backend's removal, named k3snet's iptables
+        chains, and an idle iptables backend's, read before anything was removed,
+        k3snet's nftables table, both gone. A backend that cannot read now is named
+        in :attr:`warnings` in place of its warnings."""
+        self._unread.clear()
+        for index, backend in enumerate(self._looked):
+            try:
+                backend.observe()
+            except K3snetError as exc:
+                self._unread[index] = (f"{getattr(backend, 'name', backend)}: not read again "
+                                       f"after the removal ({exc}); its warnings are not said")
 
     def summary(self) -> str:
         """``Looked through netlink, nftables, iptables-nft, iptables-legacy: k3snet's

@@ -127,8 +127,8 @@ class Route(NetObject):
     ``metric=None`` and ``scope=None`` mean the kernel's defaults and are
     normalised at construction (metric 0 for IPv4, 1024 for IPv6; scope ``link``
     for a route without gateway, else ``universe``), so a route read back from
-    the kernel equals the one written. A route via a gateway is never of scope
-    ``host``: the kernel refuses it, and so does the model.
+    the kernel equals the one written. An IPv4 route via a gateway is never of scope
+    ``host`` nor ``link``: the kernel refuses it, and so does the model.
 
     >>> Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0").describe()
     'route 192.168.2.0/24 via 192.168.1.1 dev eth0 table main metric 0 proto k3snet'
@@ -183,6 +183,14 @@ class Route(NetObject):
             # Whatever the node: "Route with host scope can not have a gateway".
             raise ModelError(f"route {dst} via {address_text(gateway)}: a route of scope host "
                              "has no gateway (the kernel refuses it); leave the scope out")
+        elif scope == "link" and gateway is not None:
+            # The kernel looks the gateway up among routes of scope host (fib_check_nh_v4_gw):
+            # "Nexthop has invalid gateway", and with onlink "Nexthop has invalid scope".
+            # Only a gateway that is the node's own address passes: a route to itself.
+            raise ModelError(f"route {dst} via {address_text(gateway)}: a route of scope link "
+                             "has no gateway (the kernel refuses it: \"Nexthop has invalid "
+                             "gateway\", with onlink \"invalid scope\"; a route via a "
+                             "gateway is of scope universe); leave the scope out")
         elif scope is None:
             scope = "universe" if gateway is not None else "link"
         object.__setattr__(self, "scope", scope)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from k3snet.lab.netns import run_in, temporary_netns
+from tests.netlink.links import count_switch_reads
 
 pytestmark = pytest.mark.kernel
 
@@ -105,3 +106,33 @@ def test_a_pod_bridges_forwarding_switch_at_0_is_logged_once_while_it_lasts_kern
         assert len(_said(caplog)) == 3
         assert "cni0" in changed
         assert "eth0" in changed
+
+
+def test_pods_veths_made_while_default_is_off_are_not_logged_again_at_each_start_kernel(
+        require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    reads = count_switch_reads(monkeypatch)
+    with _agent(tmp_path, monkeypatch) as (agent, ns), caplog.at_level(logging.WARNING):
+        assert agent.run_pass().status == "ok"
+        run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.default.forwarding=0",
+                    "net.ipv4.conf.cni0.forwarding=0"])
+        for pod in range(8):
+            run_in(ns, ["ip", "link", "add", f"veth{pod}", "type", "veth", "peer", "name",
+                        f"p{pod}"])
+        assert agent.run_pass().status == "ok"
+        said = _said(caplog)
+        assert len(said) == 1
+        assert "off on cni0, " in said[0]
+        reads.clear()
+        for _ in range(3):  # a no-op pass reads no switch
+            assert agent.run_pass().status == "ok"
+        assert reads == []
+        for pod in range(8, 12):  # pods start: the same situation, nothing logged again
+            run_in(ns, ["ip", "link", "add", f"veth{pod}", "type", "veth", "peer", "name",
+                        f"p{pod}"])
+            assert agent.run_pass().status == "ok"
+        assert _said(caplog) == said
+        run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.cni0.forwarding=1"])  # noticed at once
+        assert agent.run_pass().status == "ok"
+        [now] = _said(caplog)[1:]
+        assert "cni0" not in now

@@ -151,3 +151,33 @@ def test_a_destroy_through_several_backends_holds_the_namespace_lock_from_first_
     assert seen == [False, False]  # the lock is never free for another between them
     with namespace_lock([None], timeout=0):  # and free again after
         pass
+
+
+class _Reading(MemoryBackend):
+    """Warnings of what its last observe saw; a read that may fail."""
+
+    def __init__(self, said: list[str], fails: bool = False) -> None:
+        super().__init__()
+        self.said, self.fails = said, fails
+        self.warnings: tuple[str, ...] = ()
+
+    def observe(self) -> State:
+        if self.fails:
+            raise BackendUnavailableError("the tool went away")
+        self.warnings = tuple(self.said)
+        return super().observe()
+
+
+def test_look_again_gives_warnings_of_what_holds_after_a_removal() -> None:
+    table = ["nftables table inet k3snet holds rules k3snet's nftables backend wrote"]
+    stays, gone = _Reading(["chain K3SNET-ADMIN is not k3snet's"]), _Reading(table)
+    broken = _Reading(table)
+    for backend in (stays, gone, broken):
+        backend.observe()
+    found = discover.Discovery((), ("a", "b", "c"), (), (stays, gone, broken))
+    assert found.warnings == (*stays.said, *table, *table)
+    gone.said, broken.fails = [], True  # the removal took the table; a read fails
+    found.look_again()
+    assert found.warnings[0] == "chain K3SNET-ADMIN is not k3snet's"
+    [unread] = found.warnings[1:]
+    assert "not read again after the removal (the tool went away)" in unread

@@ -101,6 +101,20 @@ def test_route_refuses_a_gateway_of_host_scope() -> None:
     assert Route("fd05::/64", gateway="fd00::2", scope="host").scope == "universe"  # no scope
 
 
+def test_route_refuses_an_ipv4_gateway_of_link_scope() -> None:
+    # `ip route add 10.5.0.0/16 via 10.0.0.2 dev d0 scope link`: "Nexthop has invalid
+    # gateway" (with onlink: "invalid scope"); the plan said it would add it
+    # (tests/netlink/test_route_scopes.py has the kernel's answers).
+    with pytest.raises(ModelError, match="scope link has no gateway"):
+        Route("10.5.0.0/16", gateway="10.0.0.2", device="eth0", scope="link")
+    with pytest.raises(ModelError, match="scope link has no gateway"):
+        Route.from_dict({"destination": "10.5.0.0/16", "gateway": "10.0.0.2", "scope": "link"})
+    assert Route("10.5.0.0/16", device="eth0", scope="link").scope == "link"
+    # IPv6 routes have no scope: the kernel takes the route, and reads it back as universe.
+    assert Route("fd05::/64", gateway="fd00::2", device="eth0",
+                 scope="link").scope == "universe"
+
+
 def test_route_refuses_a_link_local_gateway_without_device() -> None:
     # The kernel refuses it whatever the node ("Egress device not specified"): said at
     # the model, and so at the spec's path, not at the apply.

@@ -37,7 +37,11 @@ CASES: dict[str, Case] = {
     "snat family": lambda: SnatRule("10.42.0.0/16", to_address="fd00::5"),
     # routes
     "route": lambda: Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0", metric=5,
-                           table=100, scope="link", protocol="static"),
+                           table=100, protocol="static"),
+    "route scope link": lambda: Route("192.168.2.0/24", device="eth0", metric=5, table=100,
+                                      scope="link", protocol="static"),
+    "route scope link via gateway": lambda: Route("192.168.2.0/24", gateway="192.168.1.1",
+                                                  device="eth0", scope="link"),
     "route v6": lambda: Route("fd00:2::/64", gateway="fe80::1%eth0"),
     "route v6 zone and device": lambda: Route("fd00:2::/64", gateway="fe80::1%eth0",
                                               device="eth1"),

@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import pytest
+
+from k3snet.backends.netlink.sysctls import spread_values
 from k3snet.lab.netns import run_in, temporary_netns
 
 
@@ -29,3 +33,16 @@ def d0_namespace(prefix: str, *addresses: str) -> Iterator[str]:
             ip(name, "addr", "add", address, "dev", "d0",
                *(["nodad"] if ":" in address else []))
         yield name
+
+
+def count_switch_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The netlink backend's reads of the forwarding switches from now on, one entry each
+    (the sysctl whose spread was read)."""
+    reads: list[str] = []
+
+    def counted(root: Path, name: str) -> dict[str, str]:
+        reads.append(name)
+        return spread_values(root, name)
+
+    monkeypatch.setattr("k3snet.backends.netlink.backend.spread_values", counted)
+    return reads

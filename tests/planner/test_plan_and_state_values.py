@@ -110,8 +110,8 @@ def test_route_describe_shows_table_and_scope_only_when_not_the_default() -> Non
         "route 192.168.2.0/24 dev eth0 table main metric 0 proto k3snet")
     assert Route("192.168.2.0/24", device="eth0", scope="host", table=100).describe() == (
         "route 192.168.2.0/24 dev eth0 table 100 metric 0 scope host proto k3snet")
-    assert Route("192.168.2.0/24", gateway="192.168.1.1", scope="link").describe() == (
-        "route 192.168.2.0/24 via 192.168.1.1 table main metric 0 scope link proto k3snet")
+    assert Route("192.168.2.0/24", gateway="192.168.1.1", scope="universe").describe() == (
+        "route 192.168.2.0/24 via 192.168.1.1 table main metric 0 proto k3snet")
     assert Route("fd01:2::/64", device="eth0").describe() == (
         "route fd01:2::/64 dev eth0 table main metric 1024 proto k3snet")
 

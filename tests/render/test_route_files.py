@@ -30,7 +30,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "render"
 WIDE = State(owned=[
     *STATE.owned,
     Route("10.3.0.0/24", device="bond0", scope="host"),
-    Route("10.4.0.0/24", gateway="10.0.0.3", device="bond0", scope="link", protocol=4),
+    Route("10.4.0.0/24", gateway="10.0.0.3", device="bond0", protocol=4),
     Route("fd03::/64", device="bond0", scope="universe"),
     Route("fd04::/64", gateway="fd00::3", device="e0", scope="link", metric=7),
 ])

@@ -163,6 +163,30 @@ def test_destroy_naming_no_backend_removes_what_nftables_and_iptables_legacy_bot
         assert "Nothing to destroy" in again.stdout
 
 
+def test_destroys_warnings_say_what_holds_after_the_removal(tmp_path: Path) -> None:
+    # Each backend's warnings were those of its last read: the nftables backend's, read
+    # before the iptables backend's removal, named k3snet's iptables chains, and the
+    # iptables backend's (an idle flavour's too) k3snet's nftables table, both gone.
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["iptables-nft-restore", "--noflush"], input_text=LOOK_ALIKE_IPTABLES)
+        run_in(lab.node, ["ip6tables-nft-restore", "--noflush"], input_text=ADMIN_IP6TABLES)
+        for backends in (["--backend", "netlink", "--backend", "nftables"],
+                         ["--backend", "iptables", "--backend-opt", "iptables.mode=nft"]):
+            applied = _run("apply", "-f", str(SPEC_PATH), *backends, "--netns", lab.node,
+                           lab=lab, lock_dir=tmp_path)
+            assert applied.returncode == 0, applied.stderr
+        assert "table inet k3snet holds rules" in applied.stdout
+
+        gone = _run("destroy", "--netns", lab.node, "--auto-approve", lab=lab,
+                    lock_dir=tmp_path)
+        assert gone.returncode == 0, gone.stderr
+        assert "iptables-nft (" in gone.stdout
+        assert "table inet k3snet holds rules" not in gone.stdout + gone.stderr
+        assert "hold chains k3snet's iptables backend wrote" not in gone.stdout + gone.stderr
+        # What stays is still said: the admin's chain named like k3snet's.
+        assert "chain K3SNET-ADMIN is not k3snet's" in gone.stdout
+
+
 def test_destroy_naming_a_backend_keeps_to_it(tmp_path: Path) -> None:
     # Named backends are used as before: nothing else is looked through or removed.
     with SeedLab.create() as lab:

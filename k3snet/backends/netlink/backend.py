@@ -96,6 +96,7 @@ from k3snet.backends.netlink.sysctls import (
     interface_of,
     namespace_identity,
     normal,
+    on_procfs,
     read_sysctls,
     restore_spread,
     spread_to,
@@ -145,6 +146,10 @@ _BATCH_MESSAGES = 1024
 _MIN_PROTOCOL = 5  # 0..4 are unspec, redirect, kernel, boot and static: never ours
 _RA_PROTOCOL = 9  # RTPROT_RA: routes the kernel learned from router advertisements
 _DEFAULT_TABLE = 253  # RT_TABLE_DEFAULT: the IPv4 default rule's, after main
+_SHOWN_INTERFACES = 4  # interfaces a forwarding warning names, the oldest
+# Devices that receive what arrives on their ports or slaves (skb->dev becomes theirs).
+_RECEIVING_MASTERS = frozenset({"bridge", "bond"})
+_NO_INDEX = 1 << 32  # an interface the link dump did not hold (gone meanwhile): last
 _DEFAULT_RULE_TABLES = frozenset({255, MAIN_TABLE, _DEFAULT_TABLE})  # local, main, default
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
 _CAPABILITY = "CAP_NET_ADMIN"
@@ -295,6 +300,9 @@ class NetlinkBackend(BackendBase):
         self._observed: tuple[tuple[int, int], State] | None = None
         # expect()'s sysctls (name -> value): what the warnings judge forwarding by.
         self._wanted_sysctls: dict[str, str] | None = None
+        # The forwarding switches as last read, with the switches' version then.
+        self._switches_read: tuple[int, tuple[str | None, dict[str, str], dict[str, int],
+                                              frozenset[str]]] | None = None
         self.driver: str = driver if isinstance(driver, str) else getattr(
             driver, "__name__", type(driver).__name__)
         self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
@@ -305,6 +313,9 @@ class NetlinkBackend(BackendBase):
             identity = namespace_identity(netns)
             self._driver = self._open_driver(driver)
             self._routes = RouteCache(self._driver, protocol, self.tables, where)
+            # Whether the kernel announces each change of the switches read under proc_sys.
+            self._announced = (getattr(self._driver, "follows_forwarding", False)
+                               and on_procfs(self.proc_sys))
         except OSError as exc:
             self._runner.close()
             raise BackendError(f"cannot open rtnetlink in {where}: {exc}") from exc
@@ -378,7 +389,8 @@ class NetlinkBackend(BackendBase):
     @property
     def warnings(self) -> tuple[str, ...]:
         """What the namespace holds that defeats the sysctls k3snet wants
-        (``!! warning:`` under ``k3snet plan`` and ``apply``), read from the kernel now.
+        (``!! warning:`` under ``k3snet plan`` and ``apply``), as the kernel holds it now
+        (read again once it announced a change: :meth:`_forwarding_switches`).
 
         IPv4 forwarding is decided by the switch of the interface a packet *arrives on*
         (``net.ipv4.conf.<if>.forwarding``, ``ip_route_input_slow``), not by
@@ -391,6 +403,12 @@ class NetlinkBackend(BackendBase):
         turn IPv4 forwarding on, the kernel's is on already (a write of it spreads) and
         the spec names no such switch itself. IPv6 forwards by
         ``net.ipv6.conf.all.forwarding`` alone: its interfaces' switches are not named.
+
+        A bridge's port or a bond's slave is not named: what arrives on it is received
+        by the bridge or the bond, whose switch decides (a flannel node's pod veths).
+        The text names the oldest interfaces at 0 (by link index), at most four, "and
+        interfaces created after them" beyond: it stays the same while pods come and
+        go, so the agent logs it once per real change (an older interface turned off).
         """
         wanted = self._wanted_sysctls
         if wanted is None:
@@ -401,24 +419,24 @@ class NetlinkBackend(BackendBase):
         on = wanted.get("net.ipv4.ip_forward", wanted.get("net.ipv4.conf.all.forwarding"))
         if on in (None, "0"):
             return ()
-        root = self.proc_sys
-        with translate_errors(f"read the forwarding switches of {self._where}",
-                              capability=_CAPABILITY):
-            now, switches = self._runner.call(lambda: (
-                read_sysctls(root, ["net.ipv4.ip_forward"])["net.ipv4.ip_forward"],
-                spread_values(root, "net.ipv4.ip_forward")))
-        self._count()
+        now, switches, order, ports = self._forwarding_switches()
         if normal("net.ipv4.ip_forward", now) in (None, "0"):
             return ()  # the plan writes it: the kernel sets every switch, default's too
         off = [switch for switch, value in switches.items() if value == "0"
                and switch.endswith(".forwarding") and switch not in wanted
-               and switch != "net.ipv4.conf.lo.forwarding"]
+               and switch != "net.ipv4.conf.lo.forwarding" and interface_of(switch) not in ports]
         found: list[str] = []
-        interfaces = [name for switch in off if (name := interface_of(switch)) is not None]
+        # Oldest first (by link index), a few named: a pod's veth, new, comes last and
+        # changes no text (with default's switch at 0 each one is off: its warning was
+        # logged again at every pod start). An older interface turned off is named.
+        interfaces = sorted(((name, switch) for switch in off
+                             if (name := interface_of(switch)) is not None),
+                            key=lambda each: (order.get(each[0], _NO_INDEX), each[0]))
         if interfaces:
-            shown = ", ".join(interfaces[:8]) + (
-                f" and {len(interfaces) - 8} more" if len(interfaces) > 8 else "")
-            first = next(s for s in off if interface_of(s) is not None)
+            shown = ", ".join(name for name, _ in interfaces[:_SHOWN_INTERFACES]) + (
+                " and interfaces created after them" if len(interfaces) > _SHOWN_INTERFACES
+                else "")
+            first = interfaces[0][1]
             found.append(
                 f"netlink: IPv4 forwarding is off on {shown} in {self._where} "
                 f"({first} = 0 ...) although net.ipv4.ip_forward is 1: the kernel forwards "
@@ -434,6 +452,46 @@ class NetlinkBackend(BackendBase):
                 "kernel forwards no IPv4 packet arriving on it; name it in the spec's "
                 "sysctls (net.ipv4.conf.default.forwarding: 1)")
         return tuple(found)
+
+    def _forwarding_switches(self) -> tuple[str | None, dict[str, str], dict[str, int],
+                                            frozenset[str]]:
+        """``net.ipv4.ip_forward`` as read, the IPv4 ``forwarding`` switches of ``default``
+        and of each interface (:func:`spread_values`), the link indexes by name, and the
+        names of a bridge's ports and a bond's slaves: what arrives on those is received
+        by the bridge or the bond (``skb->dev``), whose switch decides, never theirs (a
+        flannel node's pod veths, cni0's ports, each at 0 with ``default`` at 0, drop
+        nothing while cni0 is at 1).
+
+        Read from the kernel again only when it may have changed one: a netconf
+        notification (the kernel sends one for each switch that changes), a link one
+        (an interface came, went or was renamed) or a lost one arrived since the last
+        read (the socket driver, ``proc_sys`` on a proc file system). Read on every
+        agent pass, the switches of 100 pods' veths were 100 file reads of a pass that
+        had nothing else to do (docs/performance.md, "The forwarding switches").
+        """
+        version: int | None = None
+        with translate_errors(f"read the forwarding switches of {self._where}",
+                              capability=_CAPABILITY):
+            if self._announced:
+                self._routes.sync()
+                version = self._routes.switches_version
+                kept = self._switches_read
+                if kept is not None and kept[0] == version:
+                    return kept[1]
+            root = self.proc_sys
+            now, switches = self._runner.call(lambda: (
+                read_sysctls(root, ["net.ipv4.ip_forward"])["net.ipv4.ip_forward"],
+                spread_values(root, "net.ipv4.ip_forward")))
+            self._count()
+            links = self._routes.links()
+            order = {link.name: link.index for link in links.values()}
+            ports = frozenset(link.name for link in links.values()
+                              if link.master is not None and link.master in links
+                              and links[link.master].kind in _RECEIVING_MASTERS)
+        read = (now, switches, order, ports)
+        if version is not None:
+            self._switches_read = (version, read)
+        return read
 
     def route_dumps(self) -> list[list[bytes]] | None:
         """Each family's raw route messages of every table, IPv4's then IPv6's, for

@@ -89,6 +89,8 @@ RTM_DELROUTE = 25
 RTM_GETROUTE = 26
 RTM_NEWNEXTHOP = 104
 RTM_DELNEXTHOP = 105
+RTM_NEWNETCONF = 80
+RTM_DELNETCONF = 81
 
 RTA_DST = 1
 RTA_SRC = 2
@@ -102,6 +104,9 @@ RTA_VIA = 18
 RTA_ENCAP = 22
 RTA_NH_ID = 30
 IFLA_IFNAME = 3
+IFLA_MASTER = 10
+IFLA_LINKINFO = 18
+IFLA_INFO_KIND = 1
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 NLA_TYPE_MASK = 0x3FFF
@@ -134,6 +139,11 @@ RTNLGRP_NEXTHOP: Final = 32
 """Nexthop objects' notifications: a group number beyond the bind mask (joined with
 ``NETLINK_ADD_MEMBERSHIP``). Deleting a nexthop object deletes the IPv4 routes
 through it without a route notification."""
+RTNLGRP_IPV4_NETCONF: Final = 24
+"""IPv4 ``RTM_NEWNETCONF`` notifications: the kernel sends one whenever a ``forwarding``
+switch changes (``net.ipv4.ip_forward``: one for ``all``, ``default`` and every
+interface), and one for each interface registered or gone (joined by the socket
+driver's monitor alone: the facts watch has no use for them)."""
 
 NLMSG: Final = struct.Struct("=IHHII")
 """nlmsghdr: length, type, flags, sequence number, port id."""
@@ -443,15 +453,25 @@ class Link:
     index: int
     name: str
     up: bool
+    master: int | None = None
+    """The index of the device it is enslaved to (a bridge's port, a bond's slave)."""
+    kind: str | None = None
+    """Its type as ``ip -d link`` says it (``bridge``, ``veth``, ``bond`` ...), if any."""
 
 
 def decode_link(msg: bytes) -> Link | None:
     """The link a raw ``RTM_NEWLINK`` message describes (``None`` without a name)."""
     _family, _kind, index, flags, _change = IFINFO.unpack_from(msg, HDR)
-    name = attrs_of(msg, HDR + IFINFO.size).get(IFLA_IFNAME)
+    found = attrs_of(msg, HDR + IFINFO.size)
+    name = found.get(IFLA_IFNAME)
     if name is None:
         return None
-    return Link(index, name.rstrip(b"\0").decode(errors="replace"), bool(flags & IFF_UP))
+    master = found.get(IFLA_MASTER)
+    info = found.get(IFLA_LINKINFO)
+    kind = None if info is None else attrs_of(info, 0).get(IFLA_INFO_KIND)
+    return Link(index, name.rstrip(b"\0").decode(errors="replace"), bool(flags & IFF_UP),
+                U32.unpack(master)[0] if master is not None and len(master) == 4 else None,
+                None if kind is None else kind.rstrip(b"\0").decode(errors="replace"))
 
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

@@ -76,7 +76,12 @@ class RouteDriver(Protocol):
         ...
 
     def notifications(self) -> tuple[list[bytes], bool]:
-        """Pending raw notifications (netlink messages), and whether some were lost."""
+        """Pending raw notifications (netlink messages), and whether some were lost.
+
+        Optional: a driver with ``follows_forwarding = True`` reports IPv4
+        ``RTM_NEWNETCONF`` ones too (every change of a ``forwarding`` switch); the
+        backend then reads the switches for its warnings only after one of those, a
+        link notification or a loss (else on every call)."""
         ...
 
     def close(self) -> None:

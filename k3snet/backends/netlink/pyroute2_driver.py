@@ -209,7 +209,11 @@ class Pyroute2Driver:
             for msg in self._dump(ipr, ipr.link):
                 name = msg.get("ifname")
                 if name is not None:
-                    links[msg["index"]] = Link(msg["index"], name, bool(msg["flags"] & IFF_UP))
+                    info = msg.get_attr("IFLA_LINKINFO")
+                    links[msg["index"]] = Link(
+                        msg["index"], name, bool(msg["flags"] & IFF_UP),
+                        msg.get_attr("IFLA_MASTER"),
+                        None if info is None else info.get_attr("IFLA_INFO_KIND"))
             return links
 
         return self._run(job)

@@ -3,7 +3,8 @@
 Requests are batched: up to 1024 go out in one ``sendmsg`` and only the last asks
 for an acknowledgement (the kernel handles the whole datagram before ``sendmsg``
 returns and answers every failure anyway). A second socket listens to route,
-link and address notifications, so the backend can keep its route view warm.
+link and address notifications, so the backend can keep its route view warm, and to
+IPv4 netconf ones, so it reads the ``forwarding`` switches only after one changed.
 The sockets are created inside the target namespace (by the namespace's worker
 thread) and belong to it whatever thread uses them later.
 """
@@ -32,10 +33,13 @@ from k3snet.backends.netlink.codec import (
     NLMSG,
     NLMSG_DONE,
     NLMSG_ERROR,
+    RTM_DELNETCONF,
     RTM_GETADDR,
     RTM_GETLINK,
     RTM_GETROUTE,
     RTM_GETRULE,
+    RTM_NEWNETCONF,
+    RTNLGRP_IPV4_NETCONF,
     RTNLGRP_NEXTHOP,
     SO_RCVBUFFORCE,
     SO_SNDBUFFORCE,
@@ -71,6 +75,7 @@ _BATCH_BYTES = 128 * 1024
 _SNDBUF = 1 << 20
 _RCVBUF = 4 << 20
 _MONITOR_RCVBUF = 32 << 20
+_NETCONF = frozenset({RTM_NEWNETCONF, RTM_DELNETCONF})
 
 
 def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
@@ -115,21 +120,28 @@ def _open_request() -> socket.socket:
     return request
 
 
-def _open_sockets() -> tuple[socket.socket, socket.socket]:
-    """A request socket and a notification socket, in the calling thread's namespace."""
+def _open_sockets() -> tuple[socket.socket, socket.socket, bool]:
+    """A request socket and a notification socket, in the calling thread's namespace, and
+    whether the latter hears IPv4 ``forwarding`` switches change (RTNLGRP_IPV4_NETCONF)."""
     request = _open_request()
     try:
         monitor = open_monitor()
     except BaseException:
         request.close()
         raise
-    return request, monitor
+    try:
+        monitor.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_IPV4_NETCONF)
+    except OSError:  # a kernel without it (before 3.8): the switches are read every time
+        return request, monitor, False
+    return request, monitor, True
 
 
 def open_socket_driver(runner: NetnsRunner, count: Callable[[], None]) -> SocketDriver:
     """A :class:`SocketDriver` whose sockets ``runner`` created in its namespace."""
-    request, monitor = runner.call(_open_sockets)
-    return SocketDriver(request, monitor, count)
+    request, monitor, netconf = runner.call(_open_sockets)
+    driver = SocketDriver(request, monitor, count)
+    driver.follows_forwarding = netconf
+    return driver
 
 
 def open_dump_driver(runner: NetnsRunner) -> SocketDriver:
@@ -148,6 +160,10 @@ class SocketDriver:
     """
 
     follows_changes: Final = True
+    follows_forwarding = False
+    """Whether :meth:`notifications` also reports IPv4 ``RTM_NEWNETCONF`` (every change of
+    a ``forwarding`` switch): :func:`open_socket_driver`'s joins that group (see
+    :class:`~.driver.RouteDriver`)."""
 
     def __init__(self, request: socket.socket, monitor: socket.socket,
                  count: Callable[[], None]) -> None:
@@ -377,12 +393,13 @@ class SocketDriver:
         """Pending notifications, and whether some were lost (the socket overran)."""
         found: list[bytes] = []
         lost, self._lost_seen = self._lost_seen, False
+        routes_moved = False
         buf = self._buf
         while True:
             try:
                 size = self.monitor.recv_into(buf, 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                if found or lost:
+                if routes_moved or lost:
                     self._kept_dumps = {}  # something changed: a kept dump may be stale
                 return found, lost
             except OSError as exc:
@@ -390,5 +407,7 @@ class SocketDriver:
                     raise
                 lost = True
                 continue
-            found.extend(bytes(buf[offset:offset + length])
-                         for offset, length, *_ in messages(buf, size))
+            for offset, length, kind, *_ in messages(buf, size):
+                found.append(bytes(buf[offset:offset + length]))
+                # A forwarding switch changed: no route did.
+                routes_moved = routes_moved or kind not in _NETCONF

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "interface_of",
     "namespace_identity",
     "normal",
+    "on_procfs",
     "read_sysctls",
     "restore_spread",
     "spread_to",
@@ -125,6 +127,35 @@ def spread_values(root: Path, name: str) -> dict[str, str]:
         if value is not None:
             found[switch] = value
     return found
+
+
+def on_procfs(root: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """Whether ``root`` lies on a proc file system (``/proc/sys``, a pod's
+    ``/host/proc/sys``): its switches are the kernel's, which announces their changes.
+    A directory standing in for it (tests) is not: its files change unannounced.
+    ``mountinfo``: the mounts to look in (the mount with the longest mount point
+    holding ``root`` is the one; the last of a mount point stacked over)."""
+    try:
+        path = os.path.realpath(root)
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return False
+    best, kind = -1, ""
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = _unescape(parts[4])
+        holds = path == point or path.startswith(point.rstrip("/") + "/")
+        if holds and len(point) >= best:
+            best, kind = len(point), rest.split()[0]
+    return kind == "proc"
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo field as the path it names (spaces and such are octal escapes)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def restore_spread(root: Path, values: Mapping[str, str]) -> None:

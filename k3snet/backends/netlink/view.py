@@ -23,10 +23,12 @@ from k3snet.backends.netlink.codec import (
     NLM_F_REPLACE,
     RTM_DELADDR,
     RTM_DELLINK,
+    RTM_DELNETCONF,
     RTM_DELNEXTHOP,
     RTM_DELROUTE,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    RTM_NEWNETCONF,
     RTM_NEWNEXTHOP,
     RTM_NEWROUTE,
     Link,
@@ -73,6 +75,8 @@ class RouteCache:
         # Notifications the node facts may have changed with (see facts_version).
         self._facts_moves = 0
         self._facts_blind = frozenset({protocol, K3SNET_ROUTE_PROTOCOL})
+        # Netconf, link and lost notifications: a forwarding switch may have changed.
+        self._switch_moves = 0
 
     def expect(self, routes: Iterable[Route]) -> None:
         """A hint for the next dump: these routes are likely there (changes no result)."""
@@ -129,6 +133,14 @@ class RouteCache:
         of its own."""
         return self._facts_moves
 
+    @property
+    def switches_version(self) -> int:
+        """Moves with every notification that may come with a changed IPv4 ``forwarding``
+        switch: netconf (a switch changed: the kernel announces each, when the driver
+        listens to them), link (an interface came, went or was renamed) and lost ones.
+        Read it after :meth:`sync`."""
+        return self._switch_moves
+
     def _token(self) -> int:
         self.sync()
         return self._generation
@@ -161,14 +173,19 @@ class RouteCache:
         messages, lost = self.driver.notifications()
         if lost:
             self._facts_moves += 1
+            self._switch_moves += 1
             self.forget()
             return
         for msg in messages:
             _length, kind, flags, _seq, pid = header_of(msg)
+            if kind in (RTM_NEWNETCONF, RTM_DELNETCONF):
+                self._switch_moves += 1  # nothing the facts or the routes hold
+                continue
             if not (kind in (RTM_NEWROUTE, RTM_DELROUTE) and not flags & NLM_F_REPLACE
                     and len(msg) > HDR + 5 and msg[HDR + 5] in self._facts_blind):
                 self._facts_moves += 1  # byte 5 of the rtmsg: the route's protocol
             if kind in (RTM_NEWLINK, RTM_DELLINK):
+                self._switch_moves += 1
                 # IPv4 drops routes of a vanished device without a notification.
                 self.forget()
             elif kind in (RTM_NEWADDR, RTM_DELADDR):

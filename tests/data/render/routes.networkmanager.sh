@@ -22,8 +22,8 @@ case "${1:-}" in
         error=$(ip route add 10.3.0.0/24 dev bond0 scope host metric 0 proto 211 2>&1) ||
             [ -n "$(ip route show exact 10.3.0.0/24 dev bond0 scope host metric 0 proto 211)" ] ||
             { echo "k3snet: $error" >&2; status=1; }
-        error=$(ip route add 10.4.0.0/24 via 10.0.0.3 dev bond0 scope link metric 0 proto 4 2>&1) ||
-            [ -n "$(ip route show exact 10.4.0.0/24 via 10.0.0.3 dev bond0 scope link metric 0 proto 4)" ] ||
+        error=$(ip route add 10.4.0.0/24 via 10.0.0.3 dev bond0 metric 0 proto 4 2>&1) ||
+            [ -n "$(ip route show exact 10.4.0.0/24 via 10.0.0.3 dev bond0 metric 0 proto 4)" ] ||
             { echo "k3snet: $error" >&2; status=1; }
         error=$(ip -6 route add fd03::/64 dev bond0 metric 1024 proto 211 2>&1) ||
             [ -n "$(ip -6 route show exact fd03::/64 dev bond0 metric 1024 proto 211)" ] ||

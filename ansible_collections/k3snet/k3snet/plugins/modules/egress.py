@@ -521,6 +521,8 @@ def run_discovered(module: AnsibleModule) -> dict[str, Any]:
         with sigterm_undoes():
             done = destroy_each(found.groups, dry_run=module.check_mode,
                                 check=module.check_mode, lock_timeout=params["lock_timeout"])
+        if done.result is not None and done.result.applied:
+            found.look_again()  # else the warnings name what the removal took
         for warning in found.warnings:
             module.warn(warning)
         discovered = {"held": {o.label: o.owned for o in found.owners},
