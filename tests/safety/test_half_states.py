@@ -112,6 +112,17 @@ def _kept_flow_works(ns: str, mode: str) -> list[str]:
     return missing
 
 
+def _described(pid: int) -> str:
+    """A process's command line and state, for a failure's message."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        state = next((line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if line.startswith("State:")), "")
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} {argv.strip()!r} {state}"
+
+
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 @pytest.mark.parametrize("survive", [1, 2, 3])
 def test_a_kill_between_tables_keeps_the_kept_flow_working_and_a_rerun_converges(
@@ -130,11 +141,14 @@ def test_a_kill_between_tables_keeps_the_kept_flow_working_and_a_rerun_converges
     assert child.returncode == -signal.SIGKILL, child.stderr
     # The killed apply's restore process outlives it: it reads the end of its input,
     # commits the tables sent whole and exits. Wait for it (not a timed assertion).
-    for _ in range(600):
+    # Up to two minutes: on a loaded machine (the whole suite beside other work) one
+    # was still there after 30 s.
+    for _ in range(2400):
         if not netns_pids(ns):
             break
         time.sleep(0.05)
-    assert netns_pids(ns) == ()
+    left = netns_pids(ns)
+    assert left == (), f"still running in {ns}: {[_described(pid) for pid in left]}"
     with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
         half = backend.observe()
         # Killed half way: neither the old state nor the new one ...
