@@ -31,6 +31,7 @@ __all__ = [
     "SYN",
     "SYN_ACK",
     "TCP_FLAGS",
+    "XT_MARKING",
     "BaseChain",
     "Budget",
     "ChainResult",
@@ -53,6 +54,13 @@ IPNetwork = IPv4Network | IPv6Network
 
 #: Protocol names and numbers the evaluators understand.
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132}
+
+
+#: iptables targets that go on after setting the packet's mark, which the evaluators
+#: follow: ``MARK`` by its options, ``CONNMARK --restore-mark`` and ``HMARK`` to what a
+#: capture cannot tell (the rest of :data:`~k3snet.render.iptables.rules.XT_CONTINUE`
+#: changes nothing the doctor follows).
+XT_MARKING = frozenset({"MARK", "CONNMARK", "HMARK"})
 
 
 #: TCP's flag bits by name (nftables' names; iptables' are these in capitals).
