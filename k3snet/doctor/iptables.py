@@ -27,6 +27,7 @@ from k3snet.doctor.packet import (
     PROTOCOLS,
     TCP_FLAGS,
     XT_MARKING,
+    XT_TTL,
     BaseChain,
     ChainResult,
     ChainRun,
@@ -471,6 +472,8 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
     if target == "RETURN":
         # Returning skips the rest of the chain, where the verdict may be decided.
         return "unknown"
+    if target in XT_TTL and _expires(rule.target_args):
+        return "drop"
     if target is None or target in _CONTINUE:
         return "none"
     if target == "ACCEPT":
@@ -504,6 +507,11 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
         run.packet = attrs.evolve(run.packet, mark=_set_mark(mark, rule.target_args)
                                   if target == "MARK" else None)
         run.path.append(rule.text)
+        return None
+    if target in XT_TTL and _expires(rule.target_args):
+        run.unknowns.append(Uncertain(
+            rule.text, "the TTL (hop limit) it sets expires a forwarded packet, at this node "
+            "before the forward chains, else at the next router", "drop"))
         return None
     if target is None or target in _CONTINUE or target == "CONNMARK":
         return None
@@ -590,6 +598,20 @@ def _nat_action(target: str, args: tuple[str, ...]) -> NatAction | None:
             except ValueError:
                 return None
     return None
+
+
+def _expires(args: tuple[str, ...]) -> bool:
+    """``-j TTL --ttl-set N`` / ``-j HL --hl-set N`` of 1 or less, or a decrement of 63 or
+    more (Linux starts at 64): a forwarded packet expires. An option not understood
+    counts as expiring (unknown, not "reaches")."""
+    for option, value in itertools.pairwise(args):
+        if option in ("--ttl-set", "--hl-set", "--ttl-dec", "--hl-dec"):
+            try:
+                number = int(value)
+            except ValueError:
+                return True
+            return number <= 1 if option.endswith("-set") else number >= 63
+    return not any(a in ("--ttl-inc", "--hl-inc") for a in args)
 
 
 def _netmap(packet: Packet, args: tuple[str, ...]) -> NatAction | None:

@@ -33,6 +33,7 @@ from k3snet.doctor.packet import (
     PROTOCOLS,
     TCP_FLAGS,
     XT_MARKING,
+    XT_TTL,
     BaseChain,
     ChainResult,
     ChainRun,
@@ -628,7 +629,8 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,  # noqa: PLR0912 - pe
             if key == "notrack" or (key == "xt" and _xt_target(value) == "NOTRACK"):
                 run.untrack(text)
                 continue
-            if key == "xt" and _xt_target(value) in XT_CONTINUE:
+            # TTL, HL: the TTL they set is not listed (1 expires the packet): unknown.
+            if key == "xt" and _xt_target(value) in XT_CONTINUE - XT_TTL:
                 if _xt_target(value) in XT_MARKING:  # its value (or restore) not listed
                     run.packet = attrs.evolve(run.packet, mark=None)
                 continue
@@ -830,6 +832,8 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
             return "drop"
         if key in ("masquerade", "snat", "dnat"):
             return "nat"
+        if key == "xt" and _xt_target(value) in XT_TTL:
+            return "drop"
         if key == "xt" and _xt_target(value) in XT_CONTINUE:
             continue
         if key == "xt" and _xt_target(value) in (

@@ -80,3 +80,45 @@ def test_netmap_before_the_masquerade_translates_the_source_to_its_prefix(
     assert not conntrack or f"dst={seen}" in conntrack, conntrack
     assert found.source_seen == seen, found.render()
     assert found.verdict is not Verdict.REACHES, found.render()
+
+
+_EXPIRING = {
+    "prerouting-ttl-set-1": ["-t", "mangle", "-I", "PREROUTING", "-s", "10.42.0.0/16", "-j",
+                             "TTL", "--ttl-set", "1"],
+    "forward-ttl-set-1": ["-t", "mangle", "-I", "FORWARD", "-s", "10.42.0.0/16", "-j", "TTL",
+                          "--ttl-set", "1"],
+}
+
+
+@pytest.mark.parametrize("view", ["iptables-save", "nft"])
+@pytest.mark.parametrize("case", list(_EXPIRING))
+def test_a_ttl_set_to_1_on_the_pods_flow_is_not_read_as_reaching(
+        doctor_lab: DoctorLab, case: str, view: str) -> None:
+    """``-j TTL --ttl-set 1`` goes on (XT_CONTINUE) but the forwarded packet expires: in
+    PREROUTING at this node (ip_forward drops a TTL of 1), in FORWARD at the next router.
+    The doctor said "reaches"; it is unknown now (nft's view does not list the TTL)."""
+    topology = Topology(nat="masq-nft")
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["iptables-nft", *_EXPIRING[case]])
+    probe = doctor_lab.start_probe(topology.destination, 1.5, topology.port)
+    capture = doctor_lab.capture()
+    state = NodeState.from_capture(capture if view == "iptables-save"
+                                   else _without_iptables_save(capture))
+    answer = probe.answer()
+    found = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+    assert answer["ok"] is False, answer
+    assert found.verdict is Verdict.UNKNOWN, found.render()
+
+
+def test_a_ttl_set_high_read_from_iptables_save_leaves_the_flow_reaching(
+        doctor_lab: DoctorLab) -> None:
+    topology = Topology(nat="masq-nft")
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["iptables-nft", "-t", "mangle", "-I", "FORWARD", "-j", "TTL",
+                             "--ttl-set", "64"])
+    probe = doctor_lab.start_probe(topology.destination, 1.5, topology.port)
+    state = NodeState.from_capture(doctor_lab.capture())
+    answer = probe.answer()
+    found = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+    assert answer["ok"] is True, answer
+    assert found.verdict is Verdict.REACHES, found.render()
