@@ -49,7 +49,8 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "routes-v6.json": ("ip", "-6", "-j", "route", "show", "table", "all"),
     "rules-v4.json": ("ip", "-4", "-j", "rule", "show"),
     "rules-v6.json": ("ip", "-6", "-j", "rule", "show"),
-    "addr.json": ("ip", "-j", "addr", "show"),
+    # -d: a port's master kind (info_slave_kind), whose switch forwards what it receives.
+    "addr.json": ("ip", "-j", "-d", "addr", "show"),
     "sysctl.txt": (
         "sysctl", "-a", "-r",
         r"^net\.ipv(4\.ip_forward|4\.conf\..*\.(forwarding|rp_filter|src_valid_mark)"

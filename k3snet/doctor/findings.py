@@ -573,13 +573,19 @@ def _forwarding_default(state: NodeState, tr: Trace) -> list[Finding]:
         return []
     if state.sysctls.get("net.ipv4.conf.default.forwarding", "").strip() != "0":
         return []
+    bridge = tr.ingress if tr.ingress in {
+        master for master, kind in state.masters.values() if kind in (None, "bridge")} else None
+    why = ("the kernel forwards an IPv4 packet by the forwarding switch of the interface it "
+           "arrives on, and a new interface takes default's 0 while net.ipv4.ip_forward "
+           "stays 1: ")
+    why += (f"new pods' veths are ports of {bridge}, whose own switch forwards what arrives "
+            f"on them, but {bridge} made again (deleted, or made at boot after the sysctls "
+            "are set) would drop the connections of every pod behind it" if bridge else
+            "new pods' veths with a routed CNI such as Calico or Cilium (a CNI bridge made "
+            "again too) drop their connections while this flow's are not")
     return [Finding(
         "forwarding-default-off", "interfaces created from now on will not forward IPv4",
-        "sysctl net.ipv4.conf.default.forwarding = 0",
-        "the kernel forwards an IPv4 packet by the forwarding switch of the interface it "
-        "arrives on, and a new interface (a pod's veth with a routed CNI such as Calico or "
-        "Cilium, a CNI bridge made again) takes default's 0 while net.ipv4.ip_forward "
-        "stays 1: new pods' connections are dropped while this flow's are not",
+        "sysctl net.ipv4.conf.default.forwarding = 0", why,
         severity="warning",
         advice="set net.ipv4.conf.default.forwarding = 1 and name it in the spec's sysctls, "
                "so k3snet keeps it on")]

@@ -26,6 +26,8 @@ import attrs
 from k3snet.doctor.packet import (
     PROTOCOLS,
     TCP_FLAGS,
+    XT_MARKING,
+    XT_TTL,
     BaseChain,
     ChainResult,
     ChainRun,
@@ -38,7 +40,7 @@ from k3snet.doctor.packet import (
     port_in,
     trial_certain,
 )
-from k3snet.render.iptables.rules import save_lines
+from k3snet.render.iptables.rules import XT_CONTINUE, save_lines
 
 __all__ = ["Chain", "Rule", "Table", "base_chains", "parse_save"]
 
@@ -55,11 +57,11 @@ _HOOKS: Final[dict[tuple[str, str], tuple[Hook, int, Literal["filter", "nat"]]]]
     ("mangle", "POSTROUTING"): ("postrouting", -150, "filter"),
     ("nat", "POSTROUTING"): ("postrouting", 100, "nat"),
 }
-# Targets that do not end the chain and change nothing the doctor follows.
-_CONTINUE: Final = frozenset({
-    "LOG", "NFLOG", "ULOG", "TRACE", "CT", "NOTRACK", "TCPMSS", "CHECKSUM", "CLASSIFY",
-    "DSCP", "TOS", "TTL", "HL", "SECMARK", "CONNSECMARK", "AUDIT", "IDLETIMER", "LED",
-})
+# Targets that do not end the chain and change nothing else the doctor follows (the
+# backends' list; -j CT without --notrack gives a zone or a helper).
+_CONTINUE: Final = (XT_CONTINUE - XT_MARKING) | {"CT", "NOTRACK"}
+# A program reading the queue decides; with none the kernel drops (--queue-bypass: goes on).
+_QUEUES: Final = frozenset({"NFQUEUE", "QUEUE"})
 _MAX_DEPTH = 64
 _CT_STATES = {"NEW": "new", "ESTABLISHED": "established", "RELATED": "related",
               "INVALID": "invalid", "UNTRACKED": "untracked", "SNAT": "snat", "DNAT": "dnat"}
@@ -470,14 +472,18 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
     if target == "RETURN":
         # Returning skips the rest of the chain, where the verdict may be decided.
         return "unknown"
+    if target in XT_TTL and _expires(rule.target_args):
+        return "drop"
     if target is None or target in _CONTINUE:
         return "none"
     if target == "ACCEPT":
         return "accept"
     if target in ("DROP", "REJECT"):
         return "drop"
-    if target in ("MASQUERADE", "SNAT", "DNAT"):
+    if target in ("MASQUERADE", "SNAT", "DNAT", "NETMAP"):
         return "nat"
+    if target in _QUEUES:
+        return "drop" if "--queue-bypass" not in rule.target_args else "unknown"
     if target in table.chains:
         trial = _Run(run.packet, budget=run.budget)
         result = _evaluate_chain(table, table.chains[target], trial, kind, depth + 1)
@@ -489,14 +495,25 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
     return "unknown"
 
 
-def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - per target
+def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911, PLR0912 - per target
                   depth: int) -> ChainResult | str | None:
     target = rule.target
     mark = run.packet.mark
     if target == "NOTRACK" or (target == "CT" and "--notrack" in rule.target_args):
         run.untrack(rule.text)
         return None
-    if target is None or target in _CONTINUE:
+    if target == "MARK" or (target == "CONNMARK" and "--restore-mark" in rule.target_args
+                            ) or target == "HMARK":
+        run.packet = attrs.evolve(run.packet, mark=_set_mark(mark, rule.target_args)
+                                  if target == "MARK" else None)
+        run.path.append(rule.text)
+        return None
+    if target in XT_TTL and _expires(rule.target_args):
+        run.unknowns.append(Uncertain(
+            rule.text, "the TTL (hop limit) it sets expires a forwarded packet, at this node "
+            "before the forward chains, else at the next router", "drop"))
+        return None
+    if target is None or target in _CONTINUE or target == "CONNMARK":
         return None
     if target == "ACCEPT":
         return run.result("accept", rule.text)
@@ -505,10 +522,19 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
     if target == "RETURN":
         run.path.append(rule.text)
         return "return"
-    if target == "MARK":
-        run.packet = attrs.evolve(run.packet, mark=_set_mark(mark, rule.target_args))
-        run.path.append(rule.text)
+    if target in _QUEUES:
+        effect = "drop" if "--queue-bypass" not in rule.target_args else "unknown"
+        run.unknowns.append(Uncertain(
+            rule.text, f"a program reading the queue decides ({target}); with none the "
+            "kernel drops the packet" if effect == "drop" else
+            f"a program reading the queue decides ({target}); with none it goes on", effect))
         return None
+    if target == "NETMAP" and kind == "nat":
+        action = _netmap(run.packet, rule.target_args)
+        if action is None:
+            run.unknowns.append(Uncertain(rule.text, "NETMAP target not understood", "nat"))
+            return None
+        return run.result("nat", rule.text, action)
     if target in ("MASQUERADE", "SNAT", "DNAT") and kind == "nat":
         action = _nat_action(target, rule.target_args)
         if action is None:
@@ -571,6 +597,38 @@ def _nat_action(target: str, args: tuple[str, ...]) -> NatAction | None:
                 return NatAction("dnat", ip_address(address), port)
             except ValueError:
                 return None
+    return None
+
+
+def _expires(args: tuple[str, ...]) -> bool:
+    """``-j TTL --ttl-set N`` / ``-j HL --hl-set N`` of 1 or less, or a decrement of 63 or
+    more (Linux starts at 64): a forwarded packet expires. An option not understood
+    counts as expiring (unknown, not "reaches")."""
+    for option, value in itertools.pairwise(args):
+        if option in ("--ttl-set", "--hl-set", "--ttl-dec", "--hl-dec"):
+            try:
+                number = int(value)
+            except ValueError:
+                return True
+            return number <= 1 if option.endswith("-set") else number >= 63
+    return not any(a in ("--ttl-inc", "--hl-inc") for a in args)
+
+
+def _netmap(packet: Packet, args: tuple[str, ...]) -> NatAction | None:
+    """``-j NETMAP --to PREFIX``: the host part kept, the network part replaced; of the
+    source in postrouting (the packet has its way out), None elsewhere (not followed)."""
+    if packet.oif is None:
+        return None
+    for option, value in itertools.pairwise(args):
+        if option == "--to":
+            try:
+                to = ip_network(value, strict=False)
+            except ValueError:
+                return None
+            if to.version != packet.family:
+                return None
+            host = int(packet.src) & int(to.hostmask)
+            return NatAction("snat", type(packet.src)(int(to.network_address) | host))
     return None
 
 

@@ -32,6 +32,8 @@ import attrs
 from k3snet.doctor.packet import (
     PROTOCOLS,
     TCP_FLAGS,
+    XT_MARKING,
+    XT_TTL,
     BaseChain,
     ChainResult,
     ChainRun,
@@ -42,6 +44,7 @@ from k3snet.doctor.packet import (
     port_in,
     trial_certain,
 )
+from k3snet.render.iptables.rules import XT_CONTINUE
 
 __all__ = ["Ruleset", "base_chains", "maybe_dormant", "parse_ruleset"]
 
@@ -603,7 +606,7 @@ def _run_chain(chain: NftChain, run: _Run, depth: int = 0) -> ChainResult | None
     return None
 
 
-def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
+def _run_rule(chain: NftChain, expr: list[Any], run: _Run,  # noqa: PLR0912 - per statement
               depth: int) -> ChainResult | str | None:
     text = rule_text(chain, expr)
     for index, statement in enumerate(expr):
@@ -625,6 +628,11 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,
                 continue
             if key == "notrack" or (key == "xt" and _xt_target(value) == "NOTRACK"):
                 run.untrack(text)
+                continue
+            # TTL, HL: the TTL they set is not listed (1 expires the packet): unknown.
+            if key == "xt" and _xt_target(value) in XT_CONTINUE - XT_TTL:
+                if _xt_target(value) in XT_MARKING:  # its value (or restore) not listed
+                    run.packet = attrs.evolve(run.packet, mark=None)
                 continue
             if key == "mangle" and _is_mark(value.get("key")):
                 run.packet = attrs.evolve(run.packet,
@@ -824,9 +832,15 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
             return "drop"
         if key in ("masquerade", "snat", "dnat"):
             return "nat"
-        if key == "xt" and _xt_target(value) in ("REJECT", "MASQUERADE", "NOTRACK"):
-            return {"REJECT": "drop", "MASQUERADE": "nat"}.get(
-                str(_xt_target(value)), "none")
+        if key == "xt" and _xt_target(value) in XT_TTL:
+            return "drop"
+        if key == "xt" and _xt_target(value) in XT_CONTINUE:
+            continue
+        if key == "xt" and _xt_target(value) in (
+                "REJECT", "MASQUERADE", "NOTRACK", "NFQUEUE", "QUEUE", "NETMAP"):
+            # A queue nothing reads drops (its --queue-bypass is not listed).
+            return {"REJECT": "drop", "MASQUERADE": "nat", "NFQUEUE": "drop",
+                    "QUEUE": "drop", "NETMAP": "nat"}.get(str(_xt_target(value)), "none")
         if key in ("jump", "goto"):
             callee = run.ruleset.chains.get((chain.family, chain.table, str(
                 value.get("target") if isinstance(value, Mapping) else "")))

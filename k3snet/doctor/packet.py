@@ -31,6 +31,8 @@ __all__ = [
     "SYN",
     "SYN_ACK",
     "TCP_FLAGS",
+    "XT_MARKING",
+    "XT_TTL",
     "BaseChain",
     "Budget",
     "ChainResult",
@@ -53,6 +55,18 @@ IPNetwork = IPv4Network | IPv6Network
 
 #: Protocol names and numbers the evaluators understand.
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132}
+
+
+#: iptables targets that go on after setting the packet's mark, which the evaluators
+#: follow: ``MARK`` by its options, ``CONNMARK --restore-mark`` and ``HMARK`` to what a
+#: capture cannot tell (the rest of :data:`~k3snet.render.iptables.rules.XT_CONTINUE`
+#: changes nothing the doctor follows).
+XT_MARKING = frozenset({"MARK", "CONNMARK", "HMARK"})
+
+#: iptables targets that go on after setting the packet's TTL (hop limit): set to 1 or 0
+#: the forwarded packet expires, at this node before the forward chains (``ip_forward``
+#: drops a TTL of 1 or less) or at the next router after them.
+XT_TTL = frozenset({"TTL", "HL"})
 
 
 #: TCP's flag bits by name (nftables' names; iptables' are these in capitals).

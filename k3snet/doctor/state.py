@@ -79,6 +79,22 @@ def _bridges(data: object) -> frozenset[str]:
                      if isinstance(link, Mapping) and isinstance(link.get("master"), str))
 
 
+def _masters(data: object) -> dict[str, tuple[str, str | None]]:
+    """``ip -j -d addr`` -> each port's master and the master's kind as the port tells it
+    (``info_slave_kind``: ``bridge``, ``bond``, ``vrf`` ...; None in a capture made
+    without ``-d``)."""
+    found: dict[str, tuple[str, str | None]] = {}
+    for link in data if isinstance(data, list) else []:
+        if not isinstance(link, Mapping):
+            continue
+        name, master = link.get("ifname"), link.get("master")
+        if isinstance(name, str) and isinstance(master, str):
+            info = link.get("linkinfo")
+            kind = info.get("info_slave_kind") if isinstance(info, Mapping) else None
+            found[name] = (master, kind if isinstance(kind, str) else None)
+    return found
+
+
 def _maybe_dormant(chain: BaseChain, dormant: bool | None, family: str) -> BaseChain:
     """An iptables-nft ``chain`` whose nftables table may be dormant (None) made uncertain."""
     table = chain.where.split()[-2]
@@ -101,6 +117,9 @@ class NodeState:
     missing: Mapping[str, str] = attrs.field(factory=dict)
     links: Mapping[str, str] = attrs.field(factory=dict)
     """The interfaces that are ``down`` or have ``no-carrier`` (the others are absent)."""
+    masters: Mapping[str, tuple[str, str | None]] = attrs.field(factory=dict)
+    """Each port's master and its kind (``bridge``, ``bond``, ``vrf`` ...; None: the
+    capture does not say)."""
     felix_pool_sets: frozenset[str] = frozenset()
     """Which of Felix's pool sets the captured rules name (``all-ipam-pools``, Felix
     before v3.31.7 and v3.32.1; ``network-ip-pools``, later ones): whether Felix NATs
@@ -184,6 +203,7 @@ class NodeState:
             legacy_nat=frozenset(legacy_nat),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),
+            masters=_masters(capture.json("addr.json")),
             routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f, nexthops))
                     for f in (4, 6)},
             rules={f: tuple(parse_rules(capture.json(f"rules-v{f}.json"), f)) for f in (4, 6)},

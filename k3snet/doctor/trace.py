@@ -409,11 +409,15 @@ class _Tracer:
         """The forwarding switch for ``packet``'s input interface; False if off."""
         direction: Direction = packet.direction
         if packet.family == 4:
-            iface = (packet.iif or "").replace(".", "/")
+            receiver = self.receiver(packet.iif or "")
+            port = (f" (a port of {receiver}, whose switch decides)"
+                    if receiver != packet.iif else "")
+            iface = receiver.replace(".", "/")
             name = f"net.ipv4.conf.{iface}.forwarding"
             if name not in self.state.sysctls:
                 name = "net.ipv4.ip_forward"
         else:
+            port = ""
             name = "net.ipv6.conf.all.forwarding"
             # Linux 6.17+: an interface's force_forwarding forwards what arrives on it
             # whatever ``all`` says (ip6_forward).
@@ -427,10 +431,23 @@ class _Tracer:
             return True
         if value.strip() == "0":
             self.add(direction, "forwarding", "drop", name, "0: the node does not forward "
-                     f"packets arriving on {packet.iif}", "forwarding-off")
+                     f"packets arriving on {packet.iif}{port}", "forwarding-off")
             return False
-        self.add(direction, "forwarding", "pass", name, value)
+        self.add(direction, "forwarding", "pass", name, value + port)
         return True
+
+    def receiver(self, iif: str) -> str:
+        """The interface the IP stack takes a packet arriving on ``iif`` to come in on:
+        a bridge's or bond's port hands what it receives to its master (a pod's veth in
+        ``cni0``: ``cni0``'s switch forwards it); a VRF's port stays itself. A master
+        whose kind the capture does not say (made without ``ip -d``) is taken as a
+        bridge, the master pods' veths have."""
+        seen = {iif}
+        while (master := self.state.masters.get(iif)) is not None and master[1] in (
+                None, "bridge", "bond") and master[0] not in seen:  # a bond in a bridge
+            iif = master[0]
+            seen.add(iif)
+        return iif
 
     def link_up(self, oif: str) -> bool:
         """Whether ``oif`` can carry the packet; False (a drop step) if it is down or up
@@ -583,7 +600,11 @@ def _ingress(t: _Tracer) -> str | None:
         return None
     t.add("original", "ingress", "info", iif,
           f"{flow.source} arrives on {iif} ({pod_route.describe()})")
-    return iif
+    receiver = t.receiver(iif)
+    if receiver != iif:  # the IP stack (its hooks, routing, forwarding) sees the master
+        t.add("original", "ingress", "info", receiver,
+              f"{iif} is a port of {receiver}: the node receives the packet on {receiver}")
+    return receiver
 
 
 def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR0911 - a stage each

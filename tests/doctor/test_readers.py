@@ -192,9 +192,11 @@ def test_iptables_nft_tables_are_not_counted_twice() -> None:
 
 def test_mark_set_by_an_unfollowed_rule_makes_mark_matches_unknown() -> None:
     save = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
-            "-A PREROUTING -j CONNMARK --restore-mark\nCOMMIT\n")
+            "-A PREROUTING -j CONNMARK --restore-mark\n"
+            "-A FORWARD -m mark --mark 0x1 -j DROP\nCOMMIT\n")
     result = trace(_state(**{"iptables-nft-v4.save": save + K3S_NAT}), FLOW)
-    assert any("CONNMARK" in s.detail for s in result.steps if s.outcome == "unknown")
+    assert any("--mark 0x1" in s.detail for s in result.steps if s.outcome == "unknown"), (
+        result.render())
 
 
 def test_policy_rules_and_tables() -> None:

@@ -60,6 +60,7 @@ from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.render.iptables.rules import (
     PREFIX,
+    XT_CONTINUE,
     Line,
     RuleFields,
     format_line,
@@ -199,12 +200,10 @@ def foreign_nat(dump: TableDump | None, family: int) -> set[NetObject]:
     return found
 
 
-_GOES_ON = frozenset({None, "MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY",
-                      "DSCP", "TOS", "TCPMSS", "AUDIT", "SET", "TEE", "TTL", "HL", "ECN", "HMARK",
-                      "IDLETIMER", "LED", "RATEEST", "SECMARK", "CONNSECMARK", "TCPOPTSTRIP"})
-"""Targets after which a packet goes on to the next rule: the kernel's xt modules whose
-target returns ``XT_CONTINUE`` (``-j AUDIT``, ``-j SET --add-set`` ... in a nat chain
-translate nothing)."""
+_GOES_ON: frozenset[str | None] = frozenset({None}) | XT_CONTINUE
+"""Targets after which a packet goes on to the next rule (none: a rule that only counts;
+:data:`~k3snet.render.iptables.rules.XT_CONTINUE`: ``-j AUDIT``, ``-j SET --add-set`` ...
+in a nat chain translate nothing)."""
 
 
 def _takes_all(tokens: Line) -> bool:

@@ -92,6 +92,7 @@ from k3snet.model import (
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
+from k3snet.render.iptables.rules import XT_CONTINUE
 from k3snet.render.nftables import (
     CHAIN_HOOKS,
     FORWARD_CHAIN,
@@ -108,13 +109,6 @@ __all__ = ["ForeignRead", "ForeignReader", "ForwardDefault", "ForwardDefaults", 
            "finish_foreign_read", "leftover_drift", "own_object", "parse_rule",
            "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
 
-# iptables targets that let the packet go on to the next rule (kube-proxy's MARK ...): the
-# kernel's xt modules whose target returns XT_CONTINUE (a TCPMSS, ECN or TCPOPTSTRIP that
-# cannot rewrite a malformed packet drops it). The iptables backend's _GOES_ON, the same.
-_XT_CONTINUE = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY",
-                          "DSCP", "TOS", "TCPMSS", "AUDIT", "SET", "TEE", "TTL", "HL", "ECN",
-                          "HMARK", "IDLETIMER", "LED", "RATEEST", "SECMARK", "CONNSECMARK",
-                          "TCPOPTSTRIP"})
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
 _MAX_WALKED_RULES = 4096  # bounds the walk through conditional jumps (each is followed)
@@ -300,7 +294,7 @@ def _parse_statement(name: str, body: Any, out: Match) -> None:
 def _parse_xt(body: dict[str, Any], out: Match) -> None:
     """iptables-nft's compat expressions (``-m comment``, ``-j MASQUERADE`` ...)."""
     kind, name = body.get("type"), body.get("name")
-    if (kind == "match" and name == "comment") or (kind == "target" and name in _XT_CONTINUE):
+    if (kind == "match" and name == "comment") or (kind == "target" and name in XT_CONTINUE):
         out.extras += 1
     elif kind == "target" and name == "MASQUERADE":
         # libnftables' JSON hides the target's options, so a --random-fully is not

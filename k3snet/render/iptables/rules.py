@@ -78,6 +78,7 @@ __all__ = [
     "PREFIX",
     "TABLES",
     "TAG",
+    "XT_CONTINUE",
     "Hook",
     "Line",
     "RuleFields",
@@ -106,6 +107,16 @@ __all__ = [
 
 Line = tuple[str, ...]
 """One rule as tokens, without the leading ``-A CHAIN`` (addresses normalised)."""
+
+XT_CONTINUE: Final = frozenset({
+    "MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "CHECKSUM", "CLASSIFY", "DSCP", "TOS",
+    "TCPMSS", "AUDIT", "SET", "TEE", "TTL", "HL", "ECN", "HMARK", "IDLETIMER", "LED",
+    "RATEEST", "SECMARK", "CONNSECMARK", "TCPOPTSTRIP"})
+"""iptables targets after which the packet goes on to the next rule: the kernel's xt
+modules whose target returns ``XT_CONTINUE`` (a TCPMSS, ECN or TCPOPTSTRIP that cannot
+rewrite a malformed packet drops it). One list for the iptables and nftables backends
+(iptables-nft's compat targets) and the doctor; ``-j CT`` and ``-j NOTRACK`` go on too,
+each reader handles them apart (an untracked packet)."""
 
 LAYOUT_VERSION: Final = "1"
 TAG: Final = "k3snet"
