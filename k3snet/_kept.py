@@ -29,9 +29,15 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["code_identity", "input_problem", "make_directory", "prune", "read_input",
+__all__ = ["STATE_ROOT", "code_identity", "input_problem", "make_directory", "prune", "read_input",
            "read_trusted", "refuse_foreign_input", "replace_atomically", "state_directory",
            "trusted", "untrusted", "write_atomic", "write_output", "write_output_in"]
+
+STATE_ROOT = Path("/run/k3snet")
+"""k3snet's state directory when no ``state_dir`` option or ``$K3SNET_STATE_DIR`` names
+another: the netlink backend's sysctl records, the iptables backend's made chains, the
+spec cache and the nftables backend's kept read live under it (one constant, read by
+each of them)."""
 
 
 def state_directory(name: str, default_root: Path, switch: str) -> Path | None:

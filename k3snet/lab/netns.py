@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from k3snet._kept import STATE_ROOT
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "NAME_PREFIX",
@@ -54,7 +56,7 @@ _ROLE = re.compile(r"[a-z][a-z0-9]{0,7}")
 # What iproute2 accepts and what we create: no path separators, no dots-only names.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-_STATE_ROOT = Path("/run/k3snet")  # the backends' default state_dir (netlink's DEFAULT_STATE_ROOT)
+_STATE_ROOT = STATE_ROOT  # the backends' default state_dir
 # What k3snet's backends keep in a namespace's directory there: the netlink backend's
 # sysctl record and its lock, the iptables backend's record of built-in chains it made,
 # and the temporaries each is written through.

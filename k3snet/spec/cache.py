@@ -57,6 +57,7 @@ import attrs
 
 from k3snet._gc import gc_paused
 from k3snet._kept import (
+    STATE_ROOT,
     code_identity,
     prune,
     read_input,
@@ -82,7 +83,7 @@ CACHE_FORMAT = 3
 MAX_ENTRIES = 32
 """How many parsed specs (one per spec path) the cache keeps; the oldest go first."""
 
-_DEFAULT_ROOT = Path("/run/k3snet")  # the netlink backend's DEFAULT_STATE_ROOT
+_DEFAULT_ROOT = STATE_ROOT
 
 
 def cache_directory() -> Path | None:

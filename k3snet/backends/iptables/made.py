@@ -30,13 +30,13 @@ from typing import Final
 
 import attrs
 
-from k3snet._kept import read_trusted, replace_atomically
+from k3snet._kept import STATE_ROOT, read_trusted, replace_atomically
 
 __all__ = ["DEFAULT_ROOT", "Made", "MadeRecord"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT = Path("/run/k3snet")  # the netlink backend's DEFAULT_STATE_ROOT (not Final:
+DEFAULT_ROOT = STATE_ROOT  # k3snet._kept's, the backends' default (not Final:
 # the project's tests move it)
 _NAME: Final = "iptables-made.json"
 _NAMED_HOST: Final = "iptables-made-netns.json"

@@ -74,6 +74,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
+from k3snet._kept import STATE_ROOT
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.kit import (
     BackendBase,
@@ -128,7 +129,7 @@ from k3snet.planner import Change, Plan
 
 __all__ = ["DEFAULT_STATE_ROOT", "WATCHED_SYSCTLS", "NetlinkBackend", "check_route_protocol"]
 
-DEFAULT_STATE_ROOT: Final = Path("/run/k3snet")
+DEFAULT_STATE_ROOT: Final = STATE_ROOT
 """Where sysctl state files live by default: ``DEFAULT_STATE_ROOT/<netns or 'host'>/``."""
 
 WATCHED_SYSCTLS: Final = (

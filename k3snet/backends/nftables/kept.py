@@ -55,7 +55,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from k3snet._kept import code_identity, prune, read_trusted, state_directory, write_atomic
+from k3snet._kept import (
+    STATE_ROOT,
+    code_identity,
+    prune,
+    read_trusted,
+    state_directory,
+    write_atomic,
+)
 from k3snet._version import __version__
 from k3snet.backends.nftables.cache import Cache, Table, rule_count
 from k3snet.backends.nftables.parse import table_of
@@ -71,7 +78,7 @@ FORMAT: Final = 1
 MAX_ENTRIES: Final = 32
 """How many kept tables (one per namespace and table) the directory holds."""
 
-_DEFAULT_ROOT: Final = Path("/run/k3snet")  # the netlink backend's DEFAULT_STATE_ROOT
+_DEFAULT_ROOT: Final = STATE_ROOT
 _LIMIT: Final = 64 << 20  # bytes read at most: ~60 bytes a rule plus its text
 _PACKAGE: Final = Path(__file__).parent.parent.parent
 _CODE: Final = (Path(__file__).parent, _PACKAGE / "render", _PACKAGE / "model")
