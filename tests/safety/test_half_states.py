@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +82,25 @@ backend.apply(Plan.from_json(open(plan_file).read()))
 """
 
 
+# Runs argv[1:] as a subreaper: the processes orphaned by its death are reparented
+# to this one, which waits for them all; prints the run's exit status.
+REAPER = """
+import ctypes, os, subprocess, sys
+PR_SET_CHILD_SUBREAPER = 36
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+run = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                     check=False)
+sys.stderr.write(run.stderr)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+print(run.returncode)
+"""
+
+
 @pytest.fixture
 def ns(require_root: None) -> Iterator[str]:
     """A fresh, empty network namespace."""
@@ -113,14 +131,19 @@ def _kept_flow_works(ns: str, mode: str) -> list[str]:
 
 
 def _described(pid: int) -> str:
-    """A process's command line and state, for a failure's message."""
+    """A process's command line, state and kernel stack, for a failure's message."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         state = next((line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                      if line.startswith("State:")), "")
+                      if line.startswith(("State:", "PPid:"))), "")
     except OSError:
         return f"{pid} (gone)"
-    return f"{pid} {argv.strip()!r} {state}"
+    try:
+        stack = " < ".join(line.split()[-1] for line in
+                           Path(f"/proc/{pid}/stack").read_text().splitlines()[:6])
+    except OSError:
+        stack = "(no stack)"
+    return f"{pid} {argv.strip()!r} {state} in {stack}"
 
 
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
@@ -134,19 +157,22 @@ def test_a_kill_between_tables_keeps_the_kept_flow_working_and_a_rerun_converges
         change = plan(backend.observe(), AFTER)
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(change.to_json())
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD, ns, mode, str(survive), str(plan_file)],
-        capture_output=True, text=True, timeout=120, check=False,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
-    assert child.returncode == -signal.SIGKILL, child.stderr
     # The killed apply's restore process outlives it: it reads the end of its input,
-    # commits the tables sent whole and exits. Wait for it (not a timed assertion).
-    # Up to two minutes: on a loaded machine (the whole suite beside other work) one
-    # was still there after 30 s.
-    for _ in range(2400):
-        if not netns_pids(ns):
-            break
-        time.sleep(0.05)
+    # commits the tables sent whole and exits. The child runs under a subreaper that
+    # reaps that orphan when it exits, so its end is known exactly: an orphan left to
+    # PID 1 can stay a zombie for seconds, or longer, where PID 1 reaps slowly (a
+    # container's init), and the namespace still lists it.
+    try:
+        reaper = subprocess.run(
+            [sys.executable, "-c", REAPER, sys.executable, "-c", CHILD, ns, mode, str(survive),
+             str(plan_file)],
+            capture_output=True, text=True, timeout=300, check=False,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    except subprocess.TimeoutExpired:
+        left = netns_pids(ns)
+        pytest.fail(f"not ended in 5 min in {ns}: {[_described(pid) for pid in left]}")
+    assert reaper.returncode == 0, reaper.stderr
+    assert int(reaper.stdout) == -signal.SIGKILL, reaper.stderr
     left = netns_pids(ns)
     assert left == (), f"still running in {ns}: {[_described(pid) for pid in left]}"
     with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
