@@ -135,7 +135,9 @@ def render_ifupdown(
     ``static`` with ``address`` lines when ``addresses`` gives the interface
     addresses of that family (``{"eth0": ["192.168.1.10/24"]}``), and ``manual``
     otherwise: ifupdown applies every stanza of an interface, so a ``manual``
-    one adds the routes next to the interface's own configuration.
+    one adds the routes next to the interface's own configuration. An address is
+    written as :mod:`ipaddress` reads it (``10.0.0.1/24``, ``fd00::1/64``); one with an
+    IPv6 zone (``fe80::1%eth0/64``) is refused.
     """
     routes = _routes(state, "ifupdown")
     protocols = sorted({r.protocol for r in routes})
@@ -144,8 +146,8 @@ def render_ifupdown(
              *IFUPDOWN_INSTALL]
     for (device, family), group in _by_device(routes).items():
         inet = "inet" if family == 4 else "inet6"
-        own = [a for a in (addresses or {}).get(device, ())
-               if _family_of_interface(a) == family]
+        own = [a for a in map(_interface_text, (addresses or {}).get(device, ()))
+               if (":" in a) == (family == 6)]  # IPv6 text has colons, IPv4 none
         lines += ["", f"iface {device} {inet} {'static' if own else 'manual'}"]
         lines += [f"    address {address}" for address in own]
         failed = "false"  # each line is its own `sh -c`: its exit status is the line's
@@ -250,13 +252,22 @@ def render_networkmanager(state: State) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _family_of_interface(address: str) -> int:
+def _interface_text(address: str) -> str:
+    """``address`` (an interface address, ``10.0.0.1/24``) as ifupdown's ``address`` line
+    gets it: as :mod:`ipaddress` read it, never the text given, which may hold more."""
     import ipaddress  # noqa: PLC0415 - only the addresses argument needs it
 
     try:
-        return ipaddress.ip_interface(address).version
-    except ValueError as exc:
+        interface = ipaddress.ip_interface(address)
+    except (TypeError, ValueError) as exc:
         raise ModelError(f"{address!r} is not an interface address (like 10.0.0.1/24)") from exc
+    # ipaddress takes an IPv6 zone of any characters but % and / (a line break too):
+    # written as given, it became lines of their own (a `pre-up` run as root), and
+    # `ip addr add` refuses any zone.
+    if isinstance(interface, ipaddress.IPv6Interface) and interface.scope_id is not None:
+        raise ModelError(f"interface address {address[:60]!r} has a zone (%...): ifupdown's "
+                         "address takes none; give the address and prefix alone")
+    return interface.with_prefixlen
 
 
 def _quoted(value: object) -> str:
