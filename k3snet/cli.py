@@ -2079,7 +2079,10 @@ def _render_networkmanager(spec: Spec, args: argparse.Namespace) -> dict[str, st
 
 
 def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
-    from k3snet.render.routes import netplan_placement, render_netplan  # noqa: PLC0415 - lazy
+    from k3snet.render.routes import (  # noqa: PLC0415 - lazy
+        netplan_placement,
+        render_netplan,
+    )
 
     state = _rendered_state(spec, args)
     ids: dict[str, str] = {}
@@ -2092,8 +2095,23 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     for device in sorted(set(ids) - devices):
         print(f"k3snet: warning: --netplan-id {device}={ids[device]}: no route of the spec "
               f"goes through {device}; ignored", file=sys.stderr)
-    sections, placed = netplan_placement(_netplan_documents(args.out), devices, ids=ids)
+    documents = _netplan_documents(args.out)
+    # In /etc/netplan, or beside other netplan files, those read are the node's: a device
+    # none configures is refused. A staging directory holding none cannot tell.
+    every_file = args.out is not None and (bool(documents) or _netplan_etc(args.out))
+    sections, placed = netplan_placement(documents, devices, ids=ids, every_file=every_file)
+    if args.out is not None and not every_file:
+        for device in sorted(devices - set(placed)):
+            print(f"k3snet: warning: no netplan file in {args.out} configures {device}: "
+                  f"installed where none does, the file makes netplan configure {device} "
+                  "with the routes alone at the next boot (no address, no DHCP); written "
+                  "with -o /etc/netplan, that is refused", file=sys.stderr)
     return {NETPLAN_FILE: render_netplan(state, sections=sections, ids=placed)}
+
+
+def _netplan_etc(out: Path) -> bool:
+    """Whether ``render netplan -o OUT`` writes where netplan reads (``/etc/netplan``)."""
+    return out.resolve() == Path("/etc/netplan")
 
 
 def _netplan_documents(out: Path | None) -> dict[str, object]:
@@ -2105,9 +2123,8 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
 
     if out is None:
         return {}
-    etc = out.resolve() == Path("/etc/netplan")
     paths: dict[str, Path] = {}
-    for directory in (_NETPLAN_DIRS if etc else (out,)):
+    for directory in (_NETPLAN_DIRS if _netplan_etc(out) else (out,)):
         if directory.is_dir():
             paths.update((p.name, p) for p in sorted(directory.glob("*.yaml")))
     paths.pop(NETPLAN_FILE, None)  # the file this replaces

@@ -379,7 +379,7 @@ def _netplan_definitions(documents: Mapping[str, object]
 
 def netplan_placement(
     documents: Mapping[str, object], devices: Iterable[str], *,
-    ids: Mapping[str, str] | None = None,
+    ids: Mapping[str, str] | None = None, every_file: bool = False,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Where netplan's other files put each of ``devices``: ``(sections, ids)`` for
     :func:`render_netplan` (device -> section, device -> id; a device no file names is
@@ -396,6 +396,14 @@ def netplan_placement(
     device (a ``name`` glob that covers it, or only a MAC address or driver): such a
     device is refused unless ``ids`` says which definition configures it. So is one that
     two definitions name.
+
+    ``every_file``: ``documents`` are all the netplan files the node reads, so a device
+    none of them configures is refused. k3snet's file would make a definition of it
+    holding the routes alone, and netplan would take the device from whatever configured
+    it (NetworkManager, ifupdown, a networkd file of the admin's) at the next boot: with
+    the networkd renderer it came up with no address and no DHCP, under
+    ``renderer: NetworkManager`` (Ubuntu desktop's ``01-network-manager-all.yaml``) in a
+    second profile, link-local only and without the routes.
     """
     from fnmatch import fnmatchcase  # noqa: PLC0415 - only netplan placement needs it
 
@@ -403,7 +411,8 @@ def netplan_placement(
     by_id = {netplan_id: section for _, section, netplan_id, _ in definitions}
     sections: dict[str, str] = {}
     placed: dict[str, str] = {}
-    for device in sorted(set(devices)):
+    wanted = sorted(set(devices))
+    for device in wanted:
         validate_interface_name(device)
         chosen = (ids or {}).get(device)
         if chosen is not None:
@@ -439,7 +448,24 @@ def netplan_placement(
                 f"configure {device}; networkd would apply either it or k3snet's "
                 f"definition of {device} at boot, never both. Say which definition "
                 f"configures {device} (--netplan-id {device}=ID)")
+    _refuse_unconfigured([d for d in wanted if every_file and d not in placed], documents)
     return sections, placed
+
+
+def _refuse_unconfigured(devices: Sequence[str], documents: Iterable[str]) -> None:
+    """Refuse k3snet's netplan file naming ``devices``, which no definition of the
+    netplan files ``documents`` (their names) configures."""
+    if not devices:
+        return
+    device, read = devices[0], ", ".join(sorted(documents)) or "none"
+    raise ModelError(
+        f"no netplan definition configures {device} (netplan files: {read}): k3snet's file "
+        f"would make one holding the routes alone, and at the next boot netplan would take "
+        f"{device} from what configures it now (NetworkManager, ifupdown, a networkd "
+        "file): up with no address and no DHCP, or under renderer NetworkManager in a "
+        f"second profile, link-local only, without the routes. Render the file of what "
+        f"configures {device} (k3snet render networkd, networkmanager or ifupdown), or "
+        f"add {device} to a netplan definition first")
 
 
 def _network_file_parents(network_files: Mapping[str, str],
