@@ -16,6 +16,7 @@ import os
 import shlex
 import signal
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1948,6 +1949,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         # below the one given, never through another user's link.
         print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES,
                               private=name in PRIVATE_FILES))
+    if args.what == "networkd":  # the one boot file named after what it holds
+        for path in _remove_earlier_networkd(args.out, files):
+            print(f"k3snet: removed {path} (an earlier render's, which this one does not "
+                  "write: networkd would go on reading it)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -2182,6 +2187,61 @@ def _networkd_others(out: Path | None) -> dict[str, str]:
         if not text.startswith(_NETWORKD_OWN):  # an earlier render's: this one replaces it
             others[name] = text
     return others
+
+
+_NETWORKD_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NETWORKD_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_earlier_networkd(out: Path, written: Mapping[str, str]) -> list[Path]:
+    """Remove k3snet's files of an earlier ``render networkd -o OUT`` that ``written`` (this
+    render's, by name below OUT) leaves out: a ``90-k3snet-DEV.network`` or a
+    ``FILE.network.d/90-k3snet-routes.conf`` starting with k3snet's mark. Left there,
+    networkd went on reading them at boot: a drop-in of a file since named no longer (a
+    ``Name=*`` file, its routes on every link) beside the new one, a device's file of
+    routes the spec no longer has. Links are neither followed nor removed, nor read
+    (each directory is opened once, the names looked up in it)."""
+    removed: list[Path] = []
+    top = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for entry in sorted(os.listdir(top)):
+            if entry.startswith("90-k3snet-") and entry.endswith(".network"):
+                if entry not in written and _networkd_own_file(top, entry):
+                    os.unlink(entry, dir_fd=top)
+                    removed.append(out / entry)
+                continue
+            name = f"{entry}/90-k3snet-routes.conf"
+            if not entry.endswith(".network.d") or entry.startswith(".") or name in written:
+                continue
+            try:
+                below = os.open(entry, _NETWORKD_DIR_FLAGS, dir_fd=top)
+            except OSError:  # a link, or no directory
+                continue
+            try:
+                if _networkd_own_file(below, "90-k3snet-routes.conf"):
+                    os.unlink("90-k3snet-routes.conf", dir_fd=below)
+                    removed.append(out / name)
+            finally:
+                os.close(below)
+    finally:
+        os.close(top)
+    return removed
+
+
+def _networkd_own_file(directory: int, name: str) -> bool:
+    """Whether ``name`` in the directory open as ``directory`` is a regular file (no
+    link) whose text starts with k3snet's mark."""
+    try:
+        fd = os.open(name, _NETWORKD_FILE_FLAGS, dir_fd=directory)
+    except OSError:
+        return False
+    try:
+        return (stat.S_ISREG(os.fstat(fd).st_mode)
+                and os.read(fd, len(_NETWORKD_OWN)) == _NETWORKD_OWN.encode())
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
