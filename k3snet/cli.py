@@ -2206,7 +2206,9 @@ def _remove_earlier_networkd(out: Path, written: Mapping[str, str]) -> list[Path
     try:
         for entry in sorted(os.listdir(top)):
             if entry.startswith("90-k3snet-") and entry.endswith(".network"):
-                if entry not in written and _networkd_own_file(top, entry):
+                # Kept as the parent of this render's drop-in (--network-file named it).
+                parent = f"{entry}.d/90-k3snet-routes.conf" in written
+                if entry not in written and not parent and _networkd_own_file(top, entry):
                     os.unlink(entry, dir_fd=top)
                     removed.append(out / entry)
                 continue
