@@ -2055,10 +2055,106 @@ def _boot_routes(spec: Spec, args: argparse.Namespace) -> State:
     return with_route_protocol(_rendered_state(spec, args), protocol)
 
 
+IFUPDOWN_FILE = "k3snet-routes"
+IFUPDOWN_INTERFACES = Path("/etc/network/interfaces")
+"""The file ifupdown reads first; ``render ifupdown -o`` judges where it reads the file
+written (the tests point it elsewhere)."""
+MAX_IFUPDOWN_BYTES = 1 << 20
+
+
 def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_ifupdown  # noqa: PLC0415 - lazy
 
-    return {"k3snet-routes": render_ifupdown(_boot_routes(spec, args))}
+    state = _boot_routes(spec, args)
+    text = render_ifupdown(state)  # its own refusals first (a route without device)
+    if args.out is not None:
+        devices = {str(o.device) for o in state.owned if isinstance(o, Route)}
+        _refuse_ifupdown_order(IFUPDOWN_INTERFACES, args.out / IFUPDOWN_FILE, devices)
+    return {IFUPDOWN_FILE: text}
+
+
+def _refuse_ifupdown_order(interfaces: Path, target: Path, devices: set[str]) -> None:
+    """Refuse ``target`` (where ``render ifupdown -o`` writes) when ifupdown, reading
+    ``interfaces`` and what it sources, reads it before the ``iface`` stanza of one of
+    ``devices`` that configures the device: ifupdown runs an interface's stanzas in the
+    order it read them and stops at the first that fails, and k3snet's ``up ip route add
+    ... via GW`` fails until the device has its address (Debian sources
+    ``interfaces.d/*`` on its first line)."""
+    # ("iface", DEV, file, line) and ("ours", "", the file sourcing target, line)
+    read: list[tuple[str, str, Path, int]] = []
+    _ifupdown_read(interfaces, target.resolve(), read, set())
+    ours = next(((file, line) for kind, _, file, line in read if kind == "ours"), None)
+    if ours is None:
+        return
+    for device in sorted(devices):
+        stanzas = [(file, line) for kind, name, file, line in read
+                   if kind == "iface" and name == device]
+        if stanzas and read.index(("ours", "", *ours)) < read.index(
+                ("iface", device, *stanzas[0])):
+            where = "" if stanzas[0][0] == ours[0] else f" of {stanzas[0][0]}"
+            raise ModelError(
+                f"{ours[0]} reads {target} (line {ours[1]}) before {device}'s own "
+                f"stanza (line {stanzas[0][1]}{where}): ifupdown runs {device}'s stanzas in "
+                f"that order and stops at the first that fails, and k3snet's `up ip route "
+                f"add ... via GW` fails until {device} has its address, so {device}'s own "
+                f"stanza would never run at boot ({device} without its address). Write "
+                f"the file elsewhere (/etc/network) and source it at the end of {interfaces}")
+
+
+def _ifupdown_read(file: Path, target: Path, read: list[tuple[str, str, Path, int]],
+                   seen: set[Path]) -> None:
+    """What ifupdown reads of ``file``, in order, into ``read``: each ``iface`` stanza's
+    device, and where a ``source`` or ``source-directory`` line reads ``target`` (that
+    line of ``file``). A file is read once, as ifupdown's config.c does."""
+    if file in seen:
+        return
+    seen.add(file)
+    try:
+        text = read_input(file, MAX_IFUPDOWN_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return  # ifupdown warns and goes on
+    continued = False
+    for number, line in enumerate(text.splitlines(), 1):
+        was_continued, continued = continued, line.endswith("\\")
+        if was_continued:
+            continue  # the rest of the line before (a backslash ends it)
+        words = line.rstrip("\\").split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] in ("source", "source-directory", "source-dir"):
+            for path in (p for pattern in words[1:]
+                         for p in _ifupdown_sourced(words[0], pattern, file.parent, target)):
+                if path.resolve() == target:
+                    read.append(("ours", "", file, number))
+                else:
+                    _ifupdown_read(path, target, read, seen)
+        elif words[0] == "iface" and len(words) > 1:
+            read.append(("iface", words[1], file, number))
+
+
+def _ifupdown_sourced(keyword: str, pattern: str, base: Path, target: Path) -> list[Path]:
+    """The files a ``source`` (globs) or ``source-directory`` (names of letters, digits,
+    ``_`` and ``-``) line's ``pattern`` reads, in order, a relative one of ``base``;
+    ``target``, not written yet, among them where it would be."""
+    import fnmatch  # noqa: PLC0415 - only render ifupdown -o reads interfaces files
+    import glob  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    pattern = pattern if pattern.startswith("/") else f"{base}/{pattern}"
+    if keyword == "source":
+        paths = set(glob.glob(pattern))
+        if fnmatch.fnmatchcase(target.name, os.path.basename(pattern)) and any(
+                Path(d).resolve() == target.parent for d in glob.glob(os.path.dirname(pattern))):
+            paths.add(str(target))
+        return [Path(p) for p in sorted(paths)]
+    found: list[Path] = []
+    for directory in map(Path, sorted(glob.glob(pattern))):
+        names = {target.name} if directory.resolve() == target.parent else set()
+        with contextlib.suppress(OSError):
+            names |= set(os.listdir(directory))
+        found += [directory / name for name in sorted(names)
+                  if re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+    return found
 
 
 NETPLAN_FILE = "90-k3snet.yaml"

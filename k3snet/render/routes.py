@@ -121,7 +121,9 @@ def ip_route_args(route: Route) -> list[str]:
 def render_ifupdown(
     state: State, *, addresses: Mapping[str, Sequence[str]] | None = None
 ) -> str:
-    """An ``/etc/network/interfaces.d`` file bringing the owned routes up with their interface.
+    """An ifupdown file bringing the owned routes up with their interface
+    (``/etc/network/k3snet-routes``, sourced at the end of ``/etc/network/interfaces``:
+    :data:`IFUPDOWN_INSTALL`).
 
     One stanza per interface and family, with an ``up`` line adding and a ``down``
     line deleting each route (deleted in reverse order); ifupdown runs each line

@@ -648,3 +648,60 @@ def test_render_networkd_again_removes_its_earlier_files_this_render_does_not_wr
                  "--network-file", "eth0=10-eth0.network"]) == 0
     assert (tmp_path / "90-k3snet-eth1.network").is_file()
     capsys.readouterr()
+
+
+DEBIAN_INTERFACES = """\
+# This file describes the network interfaces available on your system
+source /etc/network/interfaces.d/*
+
+auto lo
+iface lo inet loopback
+
+allow-hotplug eth0
+iface eth0 inet static
+    address 192.168.1.10/24
+"""
+
+
+@pytest.mark.parametrize(("layout", "refused"), [
+    ("debian", True),          # interfaces.d sourced on the first line, eth0 below it
+    ("cloud", False),          # eth0 in interfaces.d/50-cloud-init, which sorts first
+    ("end", False),            # the install note's way: sourced at the end
+    ("unsourced", False),      # not read by ifupdown at all (a staging directory)
+])
+def test_render_ifupdown_into_a_place_read_before_the_devices_own_stanza_is_refused(
+        layout: str, refused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # ifupdown runs an interface's stanzas in the order it reads them and stops at the
+    # first that fails (main.c, do_interface): k3snet's `up ip route add ... via GW` ran
+    # before eth0 had its address, failed, and eth0's own stanza never ran: the node came
+    # up without eth0's address. Debian sources interfaces.d/* on its first line.
+    import k3snet.cli  # noqa: PLC0415 - the test points the CLI's interfaces file here
+
+    etc = tmp_path / "network"
+    (etc / "interfaces.d").mkdir(parents=True)
+    interfaces = etc / "interfaces"
+    main_file = DEBIAN_INTERFACES.replace("/etc/network", str(etc))
+    out = etc / "interfaces.d"
+    if layout == "cloud":
+        main_file = main_file.split("\nallow-hotplug")[0] + "\n"
+        (out / "50-cloud-init").write_text(
+            "allow-hotplug eth0\niface eth0 inet dhcp\n")
+    elif layout == "end":
+        main_file = main_file.replace(f"source {etc}/interfaces.d/*\n", "")
+        main_file += f"source {etc}/k3snet-routes\n"
+        out = etc
+    elif layout == "unsourced":
+        out = tmp_path / "staging"
+    interfaces.write_text(main_file)
+    monkeypatch.setattr(k3snet.cli, "IFUPDOWN_INTERFACES", interfaces)
+    code = main(["render", "ifupdown", "-f", str(SEED), "-o", str(out)])
+    err = capsys.readouterr().err
+    if refused:
+        assert code == 1, err
+        assert f"{interfaces} reads {out / 'k3snet-routes'} (line 2) before eth0's own " \
+               "stanza (line 8)" in err, err
+        assert not (out / "k3snet-routes").exists()
+    else:
+        assert code == 0, err
+        assert (out / "k3snet-routes").is_file()
