@@ -2106,9 +2106,9 @@ def _ifupdown_read(file: Path, target: Path, read: list[tuple[str, str, Path, in
     """What ifupdown reads of ``file``, in order, into ``read``: each ``iface`` stanza's
     device, and where a ``source`` or ``source-directory`` line reads ``target`` (that
     line of ``file``). A file is read once, as ifupdown's config.c does."""
-    if file in seen:
+    if file.resolve() in seen:  # resolved: links naming one file in turn end too
         return
-    seen.add(file)
+    seen.add(file.resolve())
     try:
         text = read_input(file, MAX_IFUPDOWN_BYTES).decode("utf-8", "replace")
     except OSError:
