@@ -73,7 +73,7 @@ from k3snet.errors import (
 )
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
-from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route
+from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
 from k3snet.model.state import State
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile
 from k3snet.planner import Change, Plan, plan
@@ -2388,7 +2388,71 @@ def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
               "route from router advertisements (no networkd or NetworkManager) comes up "
               "without it; add net.ipv6.conf.IF.accept_ra: 2 to the spec's sysctls for "
               "that interface (see the file's comment)", file=sys.stderr)
-    return {"90-k3snet.conf": render_sysctl_d(state)}
+    if args.out is not None:
+        wanted = {o.name: o.value for o in state.owned if isinstance(o, Sysctl)}
+        for later in _sysctl_overrides(args.out, wanted):
+            print(f"k3snet: warning: {later}", file=sys.stderr)
+    return {SYSCTL_FILE: render_sysctl_d(state)}
+
+
+SYSCTL_FILE = "90-k3snet.conf"
+_SYSCTL_DIRS = (Path("/lib/sysctl.d"), Path("/usr/lib/sysctl.d"),
+                Path("/usr/local/lib/sysctl.d"), Path("/run/sysctl.d"), Path("/etc/sysctl.d"))
+"""Where systemd-sysctl reads ``*.conf`` files, a name in a later one replacing it in an
+earlier one (``/etc`` wins); all of them are applied in name order."""
+
+
+def _sysctl_overrides(out: Path, wanted: Mapping[str, str]) -> list[str]:
+    """The lines of the files systemd-sysctl reads after ``SYSCTL_FILE`` in ``out`` (for
+    /etc/sysctl.d, those of every directory it reads) that set one of ``wanted`` (name ->
+    k3snet's value) to another value: the last value of a key wins at boot. Masked
+    files (links to /dev/null) are none; a key may be a glob."""
+    import fnmatch  # noqa: PLC0415 - only render sysctl -o reads the other files
+
+    from k3snet.model.sysctl import ALIASES  # noqa: PLC0415
+
+    etc = out.resolve() == _SYSCTL_DIRS[-1]
+    paths: dict[str, Path] = {}
+    for directory in (_SYSCTL_DIRS if etc else (out,)):
+        if directory.is_dir():
+            paths.update((p.name, p) for p in directory.glob("*.conf"))
+    said = []
+    for name, path in sorted(paths.items()):
+        if name <= SYSCTL_FILE or path.resolve() == Path("/dev/null"):
+            continue
+        try:
+            text = read_input(path, MAX_NETWORK_FILE_BYTES).decode("utf-8", "replace")
+        except OSError:
+            continue  # systemd-sysctl says it cannot read it
+        for number, line in enumerate(text.splitlines(), 1):
+            text_key, sep, value = line.strip().lstrip("-").partition("=")
+            key = _sysctl_key(text_key) if sep and not line.lstrip().startswith(
+                ("#", ";")) else None
+            value = " ".join(value.split())
+            if key is None:
+                continue
+            for mine, mine_value in sorted(wanted.items()):
+                names = (mine, ALIASES.get(mine, mine))  # ip_forward is all.forwarding
+                if any(fnmatch.fnmatchcase(n, key) for n in names) and value != mine_value:
+                    shown = key if key in names else f"{key} ({mine} among them)"
+                    said.append(f"{path} (line {number}) sets {shown} = {value}, read after "
+                                f"{SYSCTL_FILE}: at boot its value wins over k3snet's "
+                                f"{mine_value}")
+    return said
+
+
+def _sysctl_key(text: str) -> str | None:
+    """A sysctl.d line's key as k3snet names sysctls (a glob kept as one, dotted), or
+    ``None`` for a key outside ``net.*``."""
+    key = text.strip()
+    if any(c in key for c in "*?["):
+        if 0 <= key.find("/") < key.find(".") or "." not in key:
+            key = key.translate(str.maketrans("./", "/."))
+        return key if key.startswith("net.") else None
+    try:
+        return Sysctl(key, "0").name
+    except ModelError:
+        return None
 
 
 def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

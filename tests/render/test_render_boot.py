@@ -705,3 +705,30 @@ def test_render_ifupdown_into_a_place_read_before_the_devices_own_stanza_is_refu
     else:
         assert code == 0, err
         assert (out / "k3snet-routes").is_file()
+
+
+def test_render_sysctl_says_a_later_file_that_sets_its_keys_otherwise(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # systemd-sysctl applies the files in name order, the last value of a key winning:
+    # a hardening image's 99-cis.conf with `net.ipv4.ip_forward = 0` turned forwarding
+    # off at every boot after k3snet's file turned it on, and render said nothing of it.
+    (tmp_path / "99-cis.conf").write_text(
+        "# CIS 3.1.1\nnet.ipv4.ip_forward = 0\n-net/ipv4/conf/all/rp_filter=2\n"
+        "net.ipv4.conf.*.send_redirects = 0\n")
+    (tmp_path / "10-early.conf").write_text("net.ipv4.ip_forward = 0\n")  # before: fine
+    (tmp_path / "99-same.conf").write_text("net.ipv4.ip_forward=1\n")  # the same value
+    (tmp_path / "95-alias.conf").write_text("net/ipv4/conf/all/forwarding = 0\n")
+    (tmp_path / "99-masked.conf").symlink_to("/dev/null")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text().split("masquerade:")[0]
+                    + "sysctls:\n  net.ipv4.conf.all.rp_filter: 0\n")
+    assert main(["render", "sysctl", "-f", str(spec), "-o", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert (f"k3snet: warning: {tmp_path / '99-cis.conf'} (line 2) sets net.ipv4.ip_forward "
+            "= 0, read after 90-k3snet.conf: at boot its value wins over k3snet's 1") in err
+    assert "(line 3) sets net.ipv4.conf.all.rp_filter = 2" in err, err
+    assert "10-early.conf" not in err
+    assert "99-same.conf" not in err
+    assert (f"{tmp_path / '95-alias.conf'} (line 1) sets net.ipv4.conf.all.forwarding = 0, "
+            "read after 90-k3snet.conf: at boot its value wins over k3snet's 1") in err, err
+    assert err.count("read after 90-k3snet.conf") == 3, err
