@@ -16,6 +16,7 @@ import os
 import shlex
 import signal
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -72,7 +73,7 @@ from k3snet.errors import (
 )
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
-from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route
+from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
 from k3snet.model.state import State
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile
 from k3snet.planner import Change, Plan, plan
@@ -1948,6 +1949,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         # below the one given, never through another user's link.
         print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES,
                               private=name in PRIVATE_FILES))
+    if args.what == "networkd":  # the one boot file named after what it holds
+        for path in _remove_earlier_networkd(args.out, files):
+            print(f"k3snet: removed {path} (an earlier render's, which this one does not "
+                  "write: networkd would go on reading it)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -2050,10 +2055,106 @@ def _boot_routes(spec: Spec, args: argparse.Namespace) -> State:
     return with_route_protocol(_rendered_state(spec, args), protocol)
 
 
+IFUPDOWN_FILE = "k3snet-routes"
+IFUPDOWN_INTERFACES = Path("/etc/network/interfaces")
+"""The file ifupdown reads first; ``render ifupdown -o`` judges where it reads the file
+written (the tests point it elsewhere)."""
+MAX_IFUPDOWN_BYTES = 1 << 20
+
+
 def _render_ifupdown(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import render_ifupdown  # noqa: PLC0415 - lazy
 
-    return {"k3snet-routes": render_ifupdown(_boot_routes(spec, args))}
+    state = _boot_routes(spec, args)
+    text = render_ifupdown(state)  # its own refusals first (a route without device)
+    if args.out is not None:
+        devices = {str(o.device) for o in state.owned if isinstance(o, Route)}
+        _refuse_ifupdown_order(IFUPDOWN_INTERFACES, args.out / IFUPDOWN_FILE, devices)
+    return {IFUPDOWN_FILE: text}
+
+
+def _refuse_ifupdown_order(interfaces: Path, target: Path, devices: set[str]) -> None:
+    """Refuse ``target`` (where ``render ifupdown -o`` writes) when ifupdown, reading
+    ``interfaces`` and what it sources, reads it before the ``iface`` stanza of one of
+    ``devices`` that configures the device: ifupdown runs an interface's stanzas in the
+    order it read them and stops at the first that fails, and k3snet's ``up ip route add
+    ... via GW`` fails until the device has its address (Debian sources
+    ``interfaces.d/*`` on its first line)."""
+    # ("iface", DEV, file, line) and ("ours", "", the file sourcing target, line)
+    read: list[tuple[str, str, Path, int]] = []
+    _ifupdown_read(interfaces, target.resolve(), read, set())
+    ours = next(((file, line) for kind, _, file, line in read if kind == "ours"), None)
+    if ours is None:
+        return
+    for device in sorted(devices):
+        stanzas = [(file, line) for kind, name, file, line in read
+                   if kind == "iface" and name == device]
+        if stanzas and read.index(("ours", "", *ours)) < read.index(
+                ("iface", device, *stanzas[0])):
+            where = "" if stanzas[0][0] == ours[0] else f" of {stanzas[0][0]}"
+            raise ModelError(
+                f"{ours[0]} reads {target} (line {ours[1]}) before {device}'s own "
+                f"stanza (line {stanzas[0][1]}{where}): ifupdown runs {device}'s stanzas in "
+                f"that order and stops at the first that fails, and k3snet's `up ip route "
+                f"add ... via GW` fails until {device} has its address, so {device}'s own "
+                f"stanza would never run at boot ({device} without its address). Write "
+                f"the file elsewhere (/etc/network) and source it at the end of {interfaces}")
+
+
+def _ifupdown_read(file: Path, target: Path, read: list[tuple[str, str, Path, int]],
+                   seen: set[Path]) -> None:
+    """What ifupdown reads of ``file``, in order, into ``read``: each ``iface`` stanza's
+    device, and where a ``source`` or ``source-directory`` line reads ``target`` (that
+    line of ``file``). A file is read once, as ifupdown's config.c does."""
+    if file.resolve() in seen:  # resolved: links naming one file in turn end too
+        return
+    seen.add(file.resolve())
+    try:
+        text = read_input(file, MAX_IFUPDOWN_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return  # ifupdown warns and goes on
+    continued = False
+    for number, line in enumerate(text.splitlines(), 1):
+        was_continued, continued = continued, line.endswith("\\")
+        if was_continued:
+            continue  # the rest of the line before (a backslash ends it)
+        words = line.rstrip("\\").split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] in ("source", "source-directory", "source-dir"):
+            for path in (p for pattern in words[1:]
+                         for p in _ifupdown_sourced(words[0], pattern, file.parent, target)):
+                if path.resolve() == target:
+                    read.append(("ours", "", file, number))
+                else:
+                    _ifupdown_read(path, target, read, seen)
+        elif words[0] == "iface" and len(words) > 1:
+            read.append(("iface", words[1], file, number))
+
+
+def _ifupdown_sourced(keyword: str, pattern: str, base: Path, target: Path) -> list[Path]:
+    """The files a ``source`` (globs) or ``source-directory`` (names of letters, digits,
+    ``_`` and ``-``) line's ``pattern`` reads, in order, a relative one of ``base``;
+    ``target``, not written yet, among them where it would be."""
+    import fnmatch  # noqa: PLC0415 - only render ifupdown -o reads interfaces files
+    import glob  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    pattern = pattern if pattern.startswith("/") else f"{base}/{pattern}"
+    if keyword == "source":
+        paths = set(glob.glob(pattern))
+        if fnmatch.fnmatchcase(target.name, os.path.basename(pattern)) and any(
+                Path(d).resolve() == target.parent for d in glob.glob(os.path.dirname(pattern))):
+            paths.add(str(target))
+        return [Path(p) for p in sorted(paths)]
+    found: list[Path] = []
+    for directory in map(Path, sorted(glob.glob(pattern))):
+        names = {target.name} if directory.resolve() == target.parent else set()
+        with contextlib.suppress(OSError):
+            names |= set(os.listdir(directory))
+        found += [directory / name for name in sorted(names)
+                  if re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+    return found
 
 
 NETPLAN_FILE = "90-k3snet.yaml"
@@ -2079,7 +2180,10 @@ def _render_networkmanager(spec: Spec, args: argparse.Namespace) -> dict[str, st
 
 
 def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
-    from k3snet.render.routes import netplan_placement, render_netplan  # noqa: PLC0415 - lazy
+    from k3snet.render.routes import (  # noqa: PLC0415 - lazy
+        netplan_placement,
+        render_netplan,
+    )
 
     state = _rendered_state(spec, args)
     ids: dict[str, str] = {}
@@ -2092,8 +2196,23 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     for device in sorted(set(ids) - devices):
         print(f"k3snet: warning: --netplan-id {device}={ids[device]}: no route of the spec "
               f"goes through {device}; ignored", file=sys.stderr)
-    sections, placed = netplan_placement(_netplan_documents(args.out), devices, ids=ids)
+    documents = _netplan_documents(args.out)
+    # In /etc/netplan, or beside other netplan files, those read are the node's: a device
+    # none configures is refused. A staging directory holding none cannot tell.
+    every_file = args.out is not None and (bool(documents) or _netplan_etc(args.out))
+    sections, placed = netplan_placement(documents, devices, ids=ids, every_file=every_file)
+    if args.out is not None and not every_file:
+        for device in sorted(devices - set(placed)):
+            print(f"k3snet: warning: no netplan file in {args.out} configures {device}: "
+                  f"installed where none does, the file makes netplan configure {device} "
+                  "with the routes alone at the next boot (no address, no DHCP); written "
+                  "with -o /etc/netplan, that is refused", file=sys.stderr)
     return {NETPLAN_FILE: render_netplan(state, sections=sections, ids=placed)}
+
+
+def _netplan_etc(out: Path) -> bool:
+    """Whether ``render netplan -o OUT`` writes where netplan reads (``/etc/netplan``)."""
+    return out.resolve() == Path("/etc/netplan")
 
 
 def _netplan_documents(out: Path | None) -> dict[str, object]:
@@ -2105,9 +2224,8 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
 
     if out is None:
         return {}
-    etc = out.resolve() == Path("/etc/netplan")
     paths: dict[str, Path] = {}
-    for directory in (_NETPLAN_DIRS if etc else (out,)):
+    for directory in (_NETPLAN_DIRS if _netplan_etc(out) else (out,)):
         if directory.is_dir():
             paths.update((p.name, p) for p in sorted(directory.glob("*.yaml")))
     paths.pop(NETPLAN_FILE, None)  # the file this replaces
@@ -2167,6 +2285,63 @@ def _networkd_others(out: Path | None) -> dict[str, str]:
     return others
 
 
+_NETWORKD_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NETWORKD_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_earlier_networkd(out: Path, written: Mapping[str, str]) -> list[Path]:
+    """Remove k3snet's files of an earlier ``render networkd -o OUT`` that ``written`` (this
+    render's, by name below OUT) leaves out: a ``90-k3snet-DEV.network`` or a
+    ``FILE.network.d/90-k3snet-routes.conf`` starting with k3snet's mark. Left there,
+    networkd went on reading them at boot: a drop-in of a file since named no longer (a
+    ``Name=*`` file, its routes on every link) beside the new one, a device's file of
+    routes the spec no longer has. Links are neither followed nor removed, nor read
+    (each directory is opened once, the names looked up in it)."""
+    removed: list[Path] = []
+    top = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for entry in sorted(os.listdir(top)):
+            if entry.startswith("90-k3snet-") and entry.endswith(".network"):
+                # Kept as the parent of this render's drop-in (--network-file named it).
+                parent = f"{entry}.d/90-k3snet-routes.conf" in written
+                if entry not in written and not parent and _networkd_own_file(top, entry):
+                    os.unlink(entry, dir_fd=top)
+                    removed.append(out / entry)
+                continue
+            name = f"{entry}/90-k3snet-routes.conf"
+            if not entry.endswith(".network.d") or entry.startswith(".") or name in written:
+                continue
+            try:
+                below = os.open(entry, _NETWORKD_DIR_FLAGS, dir_fd=top)
+            except OSError:  # a link, or no directory
+                continue
+            try:
+                if _networkd_own_file(below, "90-k3snet-routes.conf"):
+                    os.unlink("90-k3snet-routes.conf", dir_fd=below)
+                    removed.append(out / name)
+            finally:
+                os.close(below)
+    finally:
+        os.close(top)
+    return removed
+
+
+def _networkd_own_file(directory: int, name: str) -> bool:
+    """Whether ``name`` in the directory open as ``directory`` is a regular file (no
+    link) whose text starts with k3snet's mark."""
+    try:
+        fd = os.open(name, _NETWORKD_FILE_FLAGS, dir_fd=directory)
+    except OSError:
+        return False
+    try:
+        return (stat.S_ISREG(os.fstat(fd).st_mode)
+                and os.read(fd, len(_NETWORKD_OWN)) == _NETWORKD_OWN.encode())
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     from k3snet.render.routes import networkd_doubts, render_networkd  # noqa: PLC0415 - lazy
 
@@ -2213,7 +2388,71 @@ def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
               "route from router advertisements (no networkd or NetworkManager) comes up "
               "without it; add net.ipv6.conf.IF.accept_ra: 2 to the spec's sysctls for "
               "that interface (see the file's comment)", file=sys.stderr)
-    return {"90-k3snet.conf": render_sysctl_d(state)}
+    if args.out is not None:
+        wanted = {o.name: o.value for o in state.owned if isinstance(o, Sysctl)}
+        for later in _sysctl_overrides(args.out, wanted):
+            print(f"k3snet: warning: {later}", file=sys.stderr)
+    return {SYSCTL_FILE: render_sysctl_d(state)}
+
+
+SYSCTL_FILE = "90-k3snet.conf"
+_SYSCTL_DIRS = (Path("/lib/sysctl.d"), Path("/usr/lib/sysctl.d"),
+                Path("/usr/local/lib/sysctl.d"), Path("/run/sysctl.d"), Path("/etc/sysctl.d"))
+"""Where systemd-sysctl reads ``*.conf`` files, a name in a later one replacing it in an
+earlier one (``/etc`` wins); all of them are applied in name order."""
+
+
+def _sysctl_overrides(out: Path, wanted: Mapping[str, str]) -> list[str]:
+    """The lines of the files systemd-sysctl reads after ``SYSCTL_FILE`` in ``out`` (for
+    /etc/sysctl.d, those of every directory it reads) that set one of ``wanted`` (name ->
+    k3snet's value) to another value: the last value of a key wins at boot. Masked
+    files (links to /dev/null) are none; a key may be a glob."""
+    import fnmatch  # noqa: PLC0415 - only render sysctl -o reads the other files
+
+    from k3snet.model.sysctl import ALIASES  # noqa: PLC0415
+
+    etc = out.resolve() == _SYSCTL_DIRS[-1]
+    paths: dict[str, Path] = {}
+    for directory in (_SYSCTL_DIRS if etc else (out,)):
+        if directory.is_dir():
+            paths.update((p.name, p) for p in directory.glob("*.conf"))
+    said = []
+    for name, path in sorted(paths.items()):
+        if name <= SYSCTL_FILE or path.resolve() == Path("/dev/null"):
+            continue
+        try:
+            text = read_input(path, MAX_NETWORK_FILE_BYTES).decode("utf-8", "replace")
+        except OSError:
+            continue  # systemd-sysctl says it cannot read it
+        for number, line in enumerate(text.splitlines(), 1):
+            text_key, sep, value = line.strip().lstrip("-").partition("=")
+            key = _sysctl_key(text_key) if sep and not line.lstrip().startswith(
+                ("#", ";")) else None
+            value = " ".join(value.split())
+            if key is None:
+                continue
+            for mine, mine_value in sorted(wanted.items()):
+                names = (mine, ALIASES.get(mine, mine))  # ip_forward is all.forwarding
+                if any(fnmatch.fnmatchcase(n, key) for n in names) and value != mine_value:
+                    shown = key if key in names else f"{key} ({mine} among them)"
+                    said.append(f"{path} (line {number}) sets {shown} = {value}, read after "
+                                f"{SYSCTL_FILE}: at boot its value wins over k3snet's "
+                                f"{mine_value}")
+    return said
+
+
+def _sysctl_key(text: str) -> str | None:
+    """A sysctl.d line's key as k3snet names sysctls (a glob kept as one, dotted), or
+    ``None`` for a key outside ``net.*``."""
+    key = text.strip()
+    if any(c in key for c in "*?["):
+        if 0 <= key.find("/") < key.find(".") or "." not in key:
+            key = key.translate(str.maketrans("./", "/."))
+        return key if key.startswith("net.") else None
+    try:
+        return Sysctl(key, "0").name
+    except ModelError:
+        return None
 
 
 def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:

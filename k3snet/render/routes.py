@@ -121,7 +121,9 @@ def ip_route_args(route: Route) -> list[str]:
 def render_ifupdown(
     state: State, *, addresses: Mapping[str, Sequence[str]] | None = None
 ) -> str:
-    """An ``/etc/network/interfaces.d`` file bringing the owned routes up with their interface.
+    """An ifupdown file bringing the owned routes up with their interface
+    (``/etc/network/k3snet-routes``, sourced at the end of ``/etc/network/interfaces``:
+    :data:`IFUPDOWN_INSTALL`).
 
     One stanza per interface and family, with an ``up`` line adding and a ``down``
     line deleting each route (deleted in reverse order); ifupdown runs each line
@@ -135,7 +137,9 @@ def render_ifupdown(
     ``static`` with ``address`` lines when ``addresses`` gives the interface
     addresses of that family (``{"eth0": ["192.168.1.10/24"]}``), and ``manual``
     otherwise: ifupdown applies every stanza of an interface, so a ``manual``
-    one adds the routes next to the interface's own configuration.
+    one adds the routes next to the interface's own configuration. An address is
+    written as :mod:`ipaddress` reads it (``10.0.0.1/24``, ``fd00::1/64``); one with an
+    IPv6 zone (``fe80::1%eth0/64``) is refused.
     """
     routes = _routes(state, "ifupdown")
     protocols = sorted({r.protocol for r in routes})
@@ -144,8 +148,8 @@ def render_ifupdown(
              *IFUPDOWN_INSTALL]
     for (device, family), group in _by_device(routes).items():
         inet = "inet" if family == 4 else "inet6"
-        own = [a for a in (addresses or {}).get(device, ())
-               if _family_of_interface(a) == family]
+        own = [a for a in map(_interface_text, (addresses or {}).get(device, ()))
+               if (":" in a) == (family == 6)]  # IPv6 text has colons, IPv4 none
         lines += ["", f"iface {device} {inet} {'static' if own else 'manual'}"]
         lines += [f"    address {address}" for address in own]
         failed = "false"  # each line is its own `sh -c`: its exit status is the line's
@@ -250,13 +254,22 @@ def render_networkmanager(state: State) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _family_of_interface(address: str) -> int:
+def _interface_text(address: str) -> str:
+    """``address`` (an interface address, ``10.0.0.1/24``) as ifupdown's ``address`` line
+    gets it: as :mod:`ipaddress` read it, never the text given, which may hold more."""
     import ipaddress  # noqa: PLC0415 - only the addresses argument needs it
 
     try:
-        return ipaddress.ip_interface(address).version
-    except ValueError as exc:
+        interface = ipaddress.ip_interface(address)
+    except (TypeError, ValueError) as exc:
         raise ModelError(f"{address!r} is not an interface address (like 10.0.0.1/24)") from exc
+    # ipaddress takes an IPv6 zone of any characters but % and / (a line break too):
+    # written as given, it became lines of their own (a `pre-up` run as root), and
+    # `ip addr add` refuses any zone.
+    if isinstance(interface, ipaddress.IPv6Interface) and interface.scope_id is not None:
+        raise ModelError(f"interface address {address[:60]!r} has a zone (%...): ifupdown's "
+                         "address takes none; give the address and prefix alone")
+    return interface.with_prefixlen
 
 
 def _quoted(value: object) -> str:
@@ -368,7 +381,7 @@ def _netplan_definitions(documents: Mapping[str, object]
 
 def netplan_placement(
     documents: Mapping[str, object], devices: Iterable[str], *,
-    ids: Mapping[str, str] | None = None,
+    ids: Mapping[str, str] | None = None, every_file: bool = False,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Where netplan's other files put each of ``devices``: ``(sections, ids)`` for
     :func:`render_netplan` (device -> section, device -> id; a device no file names is
@@ -385,6 +398,14 @@ def netplan_placement(
     device (a ``name`` glob that covers it, or only a MAC address or driver): such a
     device is refused unless ``ids`` says which definition configures it. So is one that
     two definitions name.
+
+    ``every_file``: ``documents`` are all the netplan files the node reads, so a device
+    none of them configures is refused. k3snet's file would make a definition of it
+    holding the routes alone, and netplan would take the device from whatever configured
+    it (NetworkManager, ifupdown, a networkd file of the admin's) at the next boot: with
+    the networkd renderer it came up with no address and no DHCP, under
+    ``renderer: NetworkManager`` (Ubuntu desktop's ``01-network-manager-all.yaml``) in a
+    second profile, link-local only and without the routes.
     """
     from fnmatch import fnmatchcase  # noqa: PLC0415 - only netplan placement needs it
 
@@ -392,7 +413,8 @@ def netplan_placement(
     by_id = {netplan_id: section for _, section, netplan_id, _ in definitions}
     sections: dict[str, str] = {}
     placed: dict[str, str] = {}
-    for device in sorted(set(devices)):
+    wanted = sorted(set(devices))
+    for device in wanted:
         validate_interface_name(device)
         chosen = (ids or {}).get(device)
         if chosen is not None:
@@ -428,7 +450,24 @@ def netplan_placement(
                 f"configure {device}; networkd would apply either it or k3snet's "
                 f"definition of {device} at boot, never both. Say which definition "
                 f"configures {device} (--netplan-id {device}=ID)")
+    _refuse_unconfigured([d for d in wanted if every_file and d not in placed], documents)
     return sections, placed
+
+
+def _refuse_unconfigured(devices: Sequence[str], documents: Iterable[str]) -> None:
+    """Refuse k3snet's netplan file naming ``devices``, which no definition of the
+    netplan files ``documents`` (their names) configures."""
+    if not devices:
+        return
+    device, read = devices[0], ", ".join(sorted(documents)) or "none"
+    raise ModelError(
+        f"no netplan definition configures {device} (netplan files: {read}): k3snet's file "
+        f"would make one holding the routes alone, and at the next boot netplan would take "
+        f"{device} from what configures it now (NetworkManager, ifupdown, a networkd "
+        "file): up with no address and no DHCP, or under renderer NetworkManager in a "
+        f"second profile, link-local only, without the routes. Render the file of what "
+        f"configures {device} (k3snet render networkd, networkmanager or ifupdown), or "
+        f"add {device} to a netplan definition first")
 
 
 def _network_file_parents(network_files: Mapping[str, str],

@@ -10,6 +10,7 @@ values go through the real tools (``nft``, ``iptables-restore``, ``ip``) in
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -265,3 +266,18 @@ def test_an_interface_name_that_is_only_a_plus_is_refused() -> None:
     with pytest.raises(ModelError, match="leave the interface out"):
         MasqueradeRule("10.0.0.0/8", out_interface="+")
     assert MasqueradeRule("10.0.0.0/8", out_interface="eth+").out_interface == "eth+"
+
+
+@given(strategies.hostile_text())
+def test_hostile_text_as_an_ifupdown_address_is_refused_or_written_as_one_address_line(
+        value: str) -> None:
+    # render_ifupdown's addresses= is text a library caller passes through: an IPv6 zone
+    # holding a line break wrote an ifupdown line of its own (a pre-up command).
+    routes = [BASES["route4"], BASES["route6"]]
+    try:
+        text = render_ifupdown(State(owned=routes), addresses={"eth0": [value]})
+    except ModelError:
+        return
+    assert sorted(read_ifupdown(text)) == sorted(routes)  # no line but the known shapes
+    (line,) = [line.split() for line in text.splitlines() if "address" in line.split()[:1]]
+    assert line[1] == ipaddress.ip_interface(line[1]).with_prefixlen

@@ -170,3 +170,79 @@ def test_the_file_networkd_applies_holds_the_admins_dhcp_and_k3snets_routes(
     applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
     assert applied["Network"][0].get("DHCP") == "ipv4"  # the admin's configuration
     assert {"Destination": "192.168.2.0/24", "Gateway": "192.168.1.1"} in applied["Route"]
+
+
+# ------------------------------------------------- a device no netplan file configures
+
+NETWORK_MANAGER_ALL = {"network": {"version": 2, "renderer": "NetworkManager"}}
+
+
+def test_a_device_no_file_configures_is_refused_when_the_files_are_all_the_nodes() -> None:
+    with pytest.raises(ModelError, match=r"no netplan definition configures eth1 \(netplan "
+                                         r"files: 01-netcfg\.yaml\).*no address and no DHCP"):
+        netplan_placement({"01-netcfg.yaml": PLAIN}, ["eth1"], every_file=True)
+    with pytest.raises(ModelError, match=r"netplan files: none"):
+        netplan_placement({}, ["eth0"], every_file=True)
+    assert netplan_placement({"01-netcfg.yaml": PLAIN}, ["eth0"], every_file=True) == (
+        {"eth0": "ethernets"}, {"eth0": "eth0"})
+
+
+@pytest.mark.parametrize("admin", [None, NETWORK_MANAGER_ALL],
+                         ids=["no-netplan-file", "renderer-networkmanager"])
+def test_render_netplan_beside_the_nodes_files_refuses_a_device_none_configures(
+        admin: dict[str, Any] | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Ubuntu desktop's only netplan file sets NetworkManager as the renderer, and eth0 is
+    # a NetworkManager profile's: written, k3snet's file gave eth0 a netplan definition
+    # holding the routes alone, which netplan turned into a second NetworkManager profile,
+    # link-local only and without the routes (the next test shows it). With no netplan
+    # file at all, netplan's networkd took eth0 from ifupdown or NetworkManager.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    if admin is not None:
+        (etc / "01-network-manager-all.yaml").write_text(yaml.safe_dump(admin))
+    else:  # an empty /etc/netplan: the files read are the node's, whatever their number
+        import k3snet.cli  # noqa: PLC0415 - the test points the CLI's /etc/netplan here
+
+        monkeypatch.setattr(k3snet.cli, "_NETPLAN_DIRS", (etc,))
+        monkeypatch.setattr(k3snet.cli, "_netplan_etc", lambda out: out == etc)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
+    err = capsys.readouterr().err
+    assert "no netplan definition configures eth0" in err, err
+    assert not (etc / "90-k3snet.yaml").exists()
+
+
+def test_render_netplan_into_a_directory_of_no_netplan_file_warns_of_a_device_none_configures(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(staging)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: no netplan file in {staging} configures eth0" in err, err
+    assert (staging / "90-k3snet.yaml").exists()
+
+
+@needs_netplan
+def test_netplan_makes_a_link_local_profile_of_a_device_only_k3snets_file_names(
+        tmp_path: Path) -> None:
+    """What the refusal above prevents, as the real netplan makes it."""
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-network-manager-all.yaml").write_text(yaml.safe_dump(NETWORK_MANAGER_ALL))
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode == 0, done.stderr
+    profile = (tmp_path / "run/NetworkManager/system-connections/netplan-eth0.nmconnection")
+    text = profile.read_text()
+    assert "interface-name=eth0" in text
+    assert "method=link-local" in text
+    assert "192.168.2.0" not in text

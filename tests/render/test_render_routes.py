@@ -110,6 +110,26 @@ def test_ifupdown_static_stanza_needs_an_address() -> None:
         render_ifupdown(STATE, addresses={"d0": ["not-an-address"]})
 
 
+@pytest.mark.parametrize("address", [
+    "fd00::1%x\n    pre-up touch owned\n#/64",  # a zone may hold any text but % and /
+    "fe80::1%d0/64",  # ip addr add refuses a zone: the stanza fails at every ifup
+])
+def test_an_ifupdown_address_with_a_zone_is_refused_not_written_as_lines(address: str) -> None:
+    # ipaddress takes an IPv6 zone of any characters (a line break too): written as
+    # given, an address became an `address` line and a `pre-up` command run as root.
+    with pytest.raises(ModelError, match="zone"):
+        render_ifupdown(STATE, addresses={"d0": [address]})
+
+
+def test_ifupdown_addresses_are_written_as_ipaddress_reads_them() -> None:
+    # Only what was checked is written: the text given may say it otherwise.
+    text = render_ifupdown(STATE, addresses={"d0": ["10.0.0.1/255.255.255.0",
+                                                    "FD00:0::1/64"]})
+    found = stanzas(text)
+    assert found["iface d0 inet static"][0] == "address 10.0.0.1/24"
+    assert found["iface d0 inet6 static"][0] == "address fd00::1/64"
+
+
 @pytest.mark.parametrize("render", [render_ifupdown, render_netplan, render_networkd,
                                     render_networkmanager])
 def test_routes_without_device_are_refused(render: object) -> None:
