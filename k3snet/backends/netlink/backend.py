@@ -86,7 +86,15 @@ from k3snet.backends.kit import (
     option_flag,
     translate_errors,
 )
-from k3snet.backends.netlink.codec import Link, LookupRule, NetlinkError
+from k3snet.backends.netlink.codec import (
+    FR_ACT_BLACKHOLE,
+    FR_ACT_PROHIBIT,
+    FR_ACT_TO_TBL,
+    FR_ACT_UNREACHABLE,
+    Link,
+    LookupRule,
+    NetlinkError,
+)
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netlink.sysctls import (
@@ -151,7 +159,18 @@ _SHOWN_INTERFACES = 4  # interfaces a forwarding warning names, the oldest
 # Devices that receive what arrives on their ports or slaves (skb->dev becomes theirs).
 _RECEIVING_MASTERS = frozenset({"bridge", "bond"})
 _NO_INDEX = 1 << 32  # an interface the link dump did not hold (gone meanwhile): last
-_DEFAULT_RULE_TABLES = frozenset({255, MAIN_TABLE, _DEFAULT_TABLE})  # local, main, default
+_LOCAL_TABLE = 255
+# The rules a namespace starts with, for a driver that reads none (pyroute2).
+_DEFAULT_RULES = (
+    LookupRule(4, 0, _LOCAL_TABLE, None, None, None),
+    LookupRule(4, 32766, MAIN_TABLE, None, None, None),
+    LookupRule(4, 32767, _DEFAULT_TABLE, None, None, None),
+    LookupRule(6, 0, _LOCAL_TABLE, None, None, None),
+    LookupRule(6, 32766, MAIN_TABLE, None, None, None),
+)
+# Rule actions ending a lookup with an error (the route add: "invalid gateway").
+_REJECTING = {FR_ACT_BLACKHOLE: "blackhole", FR_ACT_UNREACHABLE: "unreachable",
+              FR_ACT_PROHIBIT: "prohibit"}
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
 _CAPABILITY = "CAP_NET_ADMIN"
 
@@ -742,14 +761,14 @@ class NetlinkBackend(BackendBase):
                 local.setdefault(iface.ip, set()).update(() if name is None else (name,))
                 if iface.version == 4 and iface.network.prefixlen < 31:
                     broadcasts.add(iface.network.broadcast_address)
-        # The administrator's rules sending lookups to other tables (optional of a driver:
-        # without it, the default rules alone).
+        # The policy rules in the kernel's order (optional of a driver: without it, the
+        # rules a namespace starts with).
         read_rules: Callable[[], Sequence[LookupRule]] | None = getattr(
             self._driver, "rules", None)
-        rules = [rule for rule in (read_rules() if read_rules is not None else ())
-                 if rule.table not in _DEFAULT_RULE_TABLES]
-        tables = frozenset({r.table for r in gateways} | {rule.table for rule in rules}
-                           | {MAIN_TABLE, _DEFAULT_TABLE})
+        rules = list(read_rules()) if read_rules is not None else list(_DEFAULT_RULES)
+        tables = frozenset({r.table for r in gateways} | {MAIN_TABLE, _DEFAULT_TABLE}
+                           | {rule.table for rule in rules if rule.action == FR_ACT_TO_TBL
+                              and rule.table != _LOCAL_TABLE})
         lookup = _GatewayTables(tables, local, frozenset(broadcasts), rules)
         for route in (*view.owned.values(), *view.foreign):
             lookup.add(route)
@@ -1237,15 +1256,17 @@ class _GatewayTables:
                  broadcasts: frozenset[Address] = frozenset(),
                  rules: Sequence[LookupRule] = ()) -> None:
         self.tables = tables
-        self.rules = rules  # the administrator's, to other tables than local, main, default
+        self.rules = rules or _DEFAULT_RULES  # in the kernel's order
         self.local: Mapping[Address, set[str]] = local or {}  # the devices by local address
         self.broadcasts = broadcasts  # IPv4: of the local addresses' prefixes
         # (table, family) -> prefix length -> the destination's address as an integer.
         self._routes: dict[tuple[int, int], dict[int, dict[int, list[Route | RouteBlock]]]]
         self._routes = {}
         self._lengths: dict[tuple[int, int], list[int]] = {}  # longest first
-        # (table, gateway, device) -> the answer: thousands of routes share a gateway.
-        self._answers: dict[tuple[int, Address, str | None], bool] = {}
+        # (table, gateway, device) -> the answer, and the rule ending the lookup before a
+        # table holding the gateway (None: no rule did): thousands of routes share one.
+        self._answers: dict[tuple[int, Address, str | None], tuple[bool, LookupRule | None]]
+        self._answers = {}
         # The gateways answered, as sorted integers per family, and their answers' keys:
         # a route's destination finds those it holds by bisection.
         self._answered: dict[int, list[int]] = {4: [], 6: []}
@@ -1296,15 +1317,16 @@ class _GatewayTables:
         """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
         ``ip6_route_check_nh``, through the policy rules).
 
-        It looks the gateway up in the route's own table, then, when that finds nothing
-        fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, and the tables
-        of the administrator's rules that lookup may match (:meth:`_ruled`; with the
-        socket driver, which reads them). With a device, only routes through it are
-        looked at. IPv4 skips routes of scope ``universe`` (those via a gateway) and
-        takes a device route of scope ``link`` or ``host``, or a local address, never the
-        broadcast address of a local prefix (the ``local`` table's broadcast route
-        answers first); IPv6 takes the best match (longest prefix, then lowest metric)
-        when it is a device route, without a gateway.
+        It looks the gateway up in the route's own table (IPv4: unless ``main``), then,
+        when that finds nothing fit, through the rules in their order (:meth:`_walk`):
+        the first whose table answers decides, a ``blackhole``, ``unreachable`` or
+        ``prohibit`` rule matching it ends the lookup refused (:meth:`refused_by`).
+        With a device, only routes through it are looked at. IPv4 skips routes of scope
+        ``universe`` (those via a gateway) and takes a device route of scope ``link`` or
+        ``host``, or a local address (the ``local`` table), never the broadcast address
+        of a local prefix (the ``local`` table's broadcast route); IPv6 takes a table's
+        best match (longest prefix, then lowest metric) when it is a device route,
+        without a gateway, and goes on to the next rule only when the table has none.
         """
         gateway, device = route.gateway, route.device
         assert gateway is not None
@@ -1318,49 +1340,80 @@ class _GatewayTables:
             if not keys:
                 bisect.insort(self._answered[gateway.version], int(gateway))
             keys.append(key)
-        return answer
+        return answer[0]
 
-    def _reachable4(self, table: int, gateway: Address, device: str | None) -> bool:
+    def refused_by(self, route: Route) -> LookupRule | None:
+        """The rule whose action ended the lookup of ``route``'s gateway before a table
+        holding it (after :meth:`reachable` said no), else ``None``."""
+        assert route.gateway is not None
+        answer = self._answers.get((route.table, route.gateway, route.device))
+        return None if answer is None else answer[1]
+
+    def _walk(self, gateway: Address, device: str | None,
+              answer: Callable[[int], bool | None]) -> tuple[bool, LookupRule | None]:
+        """The kernel's lookup of ``gateway`` through the rules (``fib_rules_lookup``):
+        each matching rule in order, its table asked (``answer``: True found fit, False
+        found unfit, the lookup ends there; None: nothing there, the next rule) or its
+        action ending the lookup. IPv4's lookup comes in by ``lo``, IPv6's by no
+        interface; its out-interface is ``device``.
+
+        A rule that only *may* match (not ``exact``), or one met after a ``goto`` or
+        ``nop`` (not followed), never ends it refused: a gateway the kernel may take is
+        no problem of the dry run (the kernel answers at the apply, taken back whole on
+        a refusal)."""
+        incoming = "lo" if gateway.version == 4 else None
+        sure = True  # every rule before was followed as the kernel does
+        for rule in self.rules:
+            if not rule.matches(gateway, incoming, device):
+                continue
+            ends = sure and rule.exact
+            if rule.action == FR_ACT_TO_TBL:
+                found = answer(rule.table)
+                if found:
+                    return True, None
+                if found is False and ends:
+                    return False, None
+            elif rule.action in _REJECTING:
+                if ends:
+                    return False, rule
+            else:  # goto, nop, or an action unknown here: where the lookup goes on
+                sure = False
+        return False, None
+
+    def _reachable4(self, table: int, gateway: Address, device: str | None
+                    ) -> tuple[bool, LookupRule | None]:
         def direct(looked: int) -> bool:
             return any(isinstance(r, Route) and r.gateway is None and r.device is not None
                        and r.scope != "universe" and device in (None, r.device)
                        for routes in self.covering(looked, gateway) for r in routes)
 
+        def answer(looked: int) -> bool | None:
+            if looked == _LOCAL_TABLE:
+                if gateway in self.broadcasts:
+                    return False
+                local = self.local.get(gateway)
+                return True if local is not None and device in (None, *local) else None
+            return True if direct(looked) else None
+
         if table != MAIN_TABLE and direct(table):
-            return True
-        # The rules: local, main, default, and the administrator's.
-        if gateway in self.broadcasts:
-            return False
-        local = self.local.get(gateway)
-        if local is not None and (device is None or device in local):
-            return True
-        return direct(MAIN_TABLE) or direct(_DEFAULT_TABLE) or any(
-            direct(looked) for looked in self._ruled(gateway, device))
+            return True, None
+        return self._walk(gateway, device, answer)
 
-    def _ruled(self, gateway: Address, device: str | None) -> list[int]:
-        """The tables the administrator's rules may send the lookup of ``gateway`` to:
-        IPv4's comes in by ``lo``, IPv6's by no interface; its out-interface is
-        ``device`` (none without one). Taken as they come, whatever their priority: a
-        gateway any of them makes on-link is no problem of the dry run (the kernel
-        answers at the apply, which is taken back whole on a refusal)."""
-        incoming = "lo" if gateway.version == 4 else None
-        return [rule.table for rule in self.rules
-                if rule.family == gateway.version
-                and (rule.destination is None or gateway in rule.destination)
-                and rule.in_interface in (None, incoming)
-                and (rule.out_interface is None or rule.out_interface == device)]
-
-    def _reachable6(self, table: int, gateway: Address, device: str | None) -> bool:
-        for looked in dict.fromkeys((table, MAIN_TABLE, *self._ruled(gateway, device))):
+    def _reachable6(self, table: int, gateway: Address, device: str | None
+                    ) -> tuple[bool, LookupRule | None]:
+        def answer(looked: int) -> bool | None:
             for routes in self.covering(looked, gateway):
                 here = [r for r in routes
                         if device is None or getattr(r, "device", None) == device]
                 if here:
                     best = min(here, key=lambda r: r.metric or 0)
-                    if isinstance(best, Route) and best.gateway is None:
-                        return True
-                    break  # the kernel's answer for this table: a gateway, or a reject route
-        return False
+                    # A gateway or a reject route: the kernel's answer for this table.
+                    return isinstance(best, Route) and best.gateway is None
+            return None
+
+        if answer(table):
+            return True, None
+        return self._walk(gateway, device, answer)
 
 
 def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
@@ -1385,7 +1438,11 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
         tables = [_table_name(t) for t in dict.fromkeys(
             (route.table, MAIN_TABLE, *((_DEFAULT_TABLE,) if gateway.version == 4 else ())))]
         named = f"{', '.join(tables[:-1])} or {tables[-1]}" if len(tables) > 1 else tables[0]
-        why = (("it is the broadcast address of a local prefix" if gateway in lookup.broadcasts
+        rule = lookup.refused_by(route)
+        why = (f"the policy rule at priority {rule.priority} ({_REJECTING[rule.action]}) ends "
+               "the kernel's lookup of it before a table holding it"
+               if rule is not None else
+               ("it is the broadcast address of a local prefix" if gateway in lookup.broadcasts
                 else f"no device route of scope link or host in table {named} holds it, nor "
                 "is it a local address") if gateway.version == 4 else
                f"its best match in table {named} is no device route (a route via a gateway, "

@@ -224,8 +224,9 @@ class SocketDriver:
         return found
 
     def rules(self) -> list[LookupRule]:
-        """The policy rules of both families a gateway's lookup may pass to another
-        table (:func:`~.codec.decode_rule`), in priority order (optional: see
+        """The policy rules of both families a gateway's lookup may meet
+        (:func:`~.codec.decode_rule`), ``local``'s, ``main``'s and ``default``'s too, in
+        the kernel's order: by priority, those of one priority as dumped (optional: see
         :class:`~.driver.RouteDriver`)."""
         found = [rule for family in (socket.AF_INET, socket.AF_INET6)
                  for msg in self.dump(RTM_GETRULE, rule_dump_request(family), missing_ok=True)
