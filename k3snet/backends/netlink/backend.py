@@ -102,6 +102,7 @@ from k3snet.backends.netlink.sysctls import (
     SPREADING_INVERTED,
     SysctlState,
     SysctlStore,
+    announced,
     interface_of,
     namespace_identity,
     normal,
@@ -323,6 +324,9 @@ class NetlinkBackend(BackendBase):
         # The forwarding switches as last read, with the switches' version then.
         self._switches_read: tuple[int, tuple[str | None, dict[str, str], dict[str, int],
                                               frozenset[str]]] | None = None
+        # change_token(): the sysctls observe reports that the kernel does not announce,
+        # as of (the netconf and link version, the state file's signature) then.
+        self._unheard: tuple[tuple[int, object], list[str]] | None = None
         self.driver: str = driver if isinstance(driver, str) else getattr(
             driver, "__name__", type(driver).__name__)
         self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
@@ -336,6 +340,8 @@ class NetlinkBackend(BackendBase):
             # Whether the kernel announces each change of the switches read under proc_sys.
             self._announced = (getattr(self._driver, "follows_forwarding", False)
                                and on_procfs(self.proc_sys))
+            # Whether it announces each change of the sysctls announced() names, IPv6's too.
+            self._netconf = self._announced and getattr(self._driver, "follows_netconf", False)
         except OSError as exc:
             self._runner.close()
             raise BackendError(f"cannot open rtnetlink in {where}: {exc}") from exc
@@ -530,8 +536,7 @@ class NetlinkBackend(BackendBase):
 
     def change_token(self) -> Hashable | None:
         """The route view's version after reading the pending notifications (no dump),
-        and the sysctls ``observe`` reports (a few small files: the kernel announces no
-        sysctl change).
+        and what moves with the sysctls ``observe`` reports (:meth:`_sysctls_token`).
 
         It changes with any route, link, address or nexthop-object change in the
         namespace, ours included; ``None`` with a driver that reads no notifications (pyroute2).
@@ -540,8 +545,36 @@ class NetlinkBackend(BackendBase):
         if version is None:
             return None
         with translate_errors(f"read the sysctls of {self._where}", capability=_CAPABILITY):
+            return version, self._sysctls_token()
+
+    def _sysctls_token(self) -> Hashable:
+        """What moves whenever the sysctls ``observe`` reports may have changed.
+
+        With the socket driver and ``proc_sys`` on a proc file system, the kernel
+        announces each change of the forwarding and ``rp_filter`` switches
+        (:func:`~.sysctls.announced`: :data:`WATCHED_SYSCTLS` and what most specs own):
+        those are not read, the netconf and link notifications' version stands for them,
+        and the state file's signature for what is owned. Only the others (an
+        ``accept_ra``, a ``watch_sysctls`` entry) are read: a no-op agent pass read every
+        reported sysctl's file and the state file, through the namespace's thread
+        (docs/performance.md, "The change token's sysctls"). Otherwise every one is read.
+        """
+        if not self._netconf:
             owned, foreign = self._observe_sysctls()
-        return version, tuple(owned), tuple(foreign)
+            return tuple(owned), tuple(foreign)
+        self._routes.sync()
+        key = (self._routes.switches_version, self._store.signature())
+        kept = self._unheard
+        if kept is None or kept[0] != key:
+            data, _indexes = self._load_sysctls()
+            names = self._watch | data.released | set(data.owned)
+            kept = self._unheard = (key, sorted(n for n in names if not announced(n)))
+        unheard = kept[1]
+        if not unheard:
+            return key
+        root = self.proc_sys
+        values = self._runner.call(lambda: read_sysctls(root, unheard))
+        return key, tuple(values.items())
 
     def route_token(self) -> tuple[int, int] | None:
         """The route view's version after reading the pending notifications (no dump):

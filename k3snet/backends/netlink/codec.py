@@ -155,9 +155,12 @@ RTNLGRP_NEXTHOP: Final = 32
 through it without a route notification."""
 RTNLGRP_IPV4_NETCONF: Final = 24
 """IPv4 ``RTM_NEWNETCONF`` notifications: the kernel sends one whenever a ``forwarding``
-switch changes (``net.ipv4.ip_forward``: one for ``all``, ``default`` and every
-interface), and one for each interface registered or gone (joined by the socket
-driver's monitor alone: the facts watch has no use for them)."""
+or ``rp_filter`` switch changes (``net.ipv4.ip_forward``: one for ``all``, ``default``
+and every interface), and one for each interface registered or gone (joined by the
+socket driver's monitor alone: the facts watch has no use for them)."""
+RTNLGRP_IPV6_NETCONF: Final = 25
+"""IPv6 ``RTM_NEWNETCONF`` notifications: one whenever a ``forwarding`` switch changes
+(``net.ipv6.conf.all.forwarding``: one for ``all`` and every interface)."""
 
 NLMSG: Final = struct.Struct("=IHHII")
 """nlmsghdr: length, type, flags, sequence number, port id."""
