@@ -330,6 +330,7 @@ class NetlinkBackend(BackendBase):
         self.driver: str = driver if isinstance(driver, str) else getattr(
             driver, "__name__", type(driver).__name__)
         self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
+        self._silent_fd: int | None = None  # see _deletes_unannounced
         # Not "the host's": under `ip netns exec NS` (no --netns) it is NS.
         where = f"network namespace {netns!r}" if netns else "this process's network namespace"
         self._where = where
@@ -337,15 +338,19 @@ class NetlinkBackend(BackendBase):
             identity = namespace_identity(netns)
             self._driver = self._open_driver(driver)
             self._routes = RouteCache(self._driver, protocol, self.tables, where)
+            self._silent_fd = self._runner.call(partial(_open_silent_switch, self.proc_sys))
+            self._routes.silent = self._deletes_unannounced
             # Whether the kernel announces each change of the switches read under proc_sys.
             self._announced = (getattr(self._driver, "follows_forwarding", False)
                                and on_procfs(self.proc_sys))
             # Whether it announces each change of the sysctls announced() names, IPv6's too.
             self._netconf = self._announced and getattr(self._driver, "follows_netconf", False)
         except OSError as exc:
+            self._close_silent_switch()
             self._runner.close()
             raise BackendError(f"cannot open rtnetlink in {where}: {exc}") from exc
         except BaseException:
+            self._close_silent_switch()
             self._runner.close()
             raise
         # One directory per namespace under the root, so that two namespaces never
@@ -382,6 +387,7 @@ class NetlinkBackend(BackendBase):
         try:
             self._driver.close()
         finally:
+            self._close_silent_switch()
             self._runner.close()
             super().close()
 
@@ -594,13 +600,35 @@ class NetlinkBackend(BackendBase):
 
     def _read_notifications(self) -> bool:
         """Bring the route view up to the pending notifications (no dump); False with a
-        driver that reads none (pyroute2)."""
-        if not self._driver.follows_changes:
+        driver that reads none (pyroute2), or while the kernel may delete routes without
+        one (:meth:`_deletes_unannounced`)."""
+        if not self._driver.follows_changes or self._deletes_unannounced():
             return False
         with translate_errors(f"read the notifications of {self._where}",
                               capability=_CAPABILITY):
             self._routes.sync()
         return True
+
+    def _close_silent_switch(self) -> None:
+        fd, self._silent_fd = self._silent_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _deletes_unannounced(self) -> bool:
+        """Whether the kernel may now delete IPv6 routes without a notification:
+        ``net.ipv6.route.skip_notify_on_dev_down = 1`` (FRR's advice for nodes of many
+        routes), and ``disable_ipv6`` turned on for an interface without an IPv6 address
+        (a WireGuard tunnel) then deletes the routes through it with no notification at
+        all. The route view is then dumped at every public call, and the tokens are
+        ``None`` (cannot tell), as with the pyroute2 driver. Read through a file kept
+        open in the namespace (``pread``: a few µs, no thread hop)."""
+        fd = self._silent_fd
+        if fd is None:
+            return False
+        try:
+            return os.pread(fd, 16, 0).strip() not in (b"", b"0")
+        except OSError:
+            return False
 
     def _count(self) -> None:
         self._operations += 1
@@ -1202,6 +1230,17 @@ class NetlinkBackend(BackendBase):
             restores.remove(undo)
             raise
         self._count()
+
+
+def _open_silent_switch(root: Path) -> int | None:
+    """``net.ipv6.route.skip_notify_on_dev_down`` under ``root``, opened in the calling
+    thread's namespace (a proc file keeps it), or ``None`` (a kernel without it, before
+    5.1, or without IPv6: it announces every deletion)."""
+    try:
+        return os.open(root / "net/ipv6/route/skip_notify_on_dev_down",
+                       os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:
