@@ -91,6 +91,7 @@ from k3snet.backends.netlink.codec import (
     FR_ACT_PROHIBIT,
     FR_ACT_TO_TBL,
     FR_ACT_UNREACHABLE,
+    UNNAMED_DEVICE_ROUTE,
     Link,
     LookupRule,
     NetlinkError,
@@ -1455,8 +1456,9 @@ class _GatewayTables:
     def _reachable4(self, table: int, gateway: Address, device: str | None
                     ) -> tuple[bool, LookupRule | None]:
         def direct(looked: int) -> bool:
-            return any(isinstance(r, Route) and r.gateway is None and r.device is not None
-                       and r.scope != "universe" and device in (None, r.device)
+            return any((isinstance(r, Route) and r.gateway is None and r.device is not None
+                        and r.scope != "universe" and device in (None, r.device))
+                       or (device is None and _unnamed_device_route(r))
                        for routes in self.covering(looked, gateway) for r in routes)
 
         def answer(looked: int) -> bool | None:
@@ -1480,12 +1482,19 @@ class _GatewayTables:
                 if here:
                     best = min(here, key=lambda r: r.metric or 0)
                     # A gateway or a reject route: the kernel's answer for this table.
-                    return isinstance(best, Route) and best.gateway is None
+                    return ((isinstance(best, Route) and best.gateway is None)
+                            or _unnamed_device_route(best))
             return None
 
         if answer(table):
             return True, None
         return self._walk(gateway, device, answer)
+
+
+def _unnamed_device_route(route: Route | RouteBlock) -> bool:
+    """Whether ``route`` is a device route through a device the model cannot name (a
+    route given with a device names one it can: never that one)."""
+    return isinstance(route, RouteBlock) and route.what == UNNAMED_DEVICE_ROUTE
 
 
 def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
