@@ -35,6 +35,7 @@ __all__ = [
     "SPREADING_INVERTED",
     "SysctlState",
     "SysctlStore",
+    "announced",
     "interface_of",
     "namespace_identity",
     "normal",
