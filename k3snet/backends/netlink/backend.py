@@ -435,7 +435,9 @@ class NetlinkBackend(BackendBase):
         a 0: named here when the wanted sysctls (:meth:`expect`'s, else those owned)
         turn IPv4 forwarding on, the kernel's is on already (a write of it spreads) and
         the spec names no such switch itself. IPv6 forwards by
-        ``net.ipv6.conf.all.forwarding`` alone: its interfaces' switches are not named.
+        ``net.ipv6.conf.all.forwarding`` alone: its interfaces' switches are not named;
+        a default route learned from router advertisements that the kernel no longer
+        renews under IPv6 forwarding is (:meth:`_advertisement_warnings`).
 
         A bridge's port or a bond's slave is not named: what arrives on it is received
         by the bridge or the bond, whose switch decides (a flannel node's pod veths).
@@ -449,6 +451,56 @@ class NetlinkBackend(BackendBase):
             if observed is None:
                 return ()
             wanted = {o.name: o.value for o in observed[1].owned if type(o) is Sysctl}
+        return self._ipv4_warnings(wanted) + self._advertisement_warnings(wanted)
+
+    def _advertisement_warnings(self, wanted: Mapping[str, str]) -> tuple[str, ...]:
+        """The default routes learned from router advertisements that the kernel no longer
+        renews while IPv6 forwarding is wanted on: an interface whose IPv6 ``forwarding``
+        is on ignores advertisements unless its ``accept_ra`` is 2 (``ipv6_accept_ra``).
+        ``check`` refuses turning forwarding on over such a route; an ``accept_ra``
+        changed from 2 to 1 afterwards (netplan's ``accept-ra: true``, an administrator)
+        is announced by no notification, and the route then expires within its lifetime
+        (1800 s by default) and is not learned again: read at every call while such a
+        route is in the last observe's view."""
+        if wanted.get("net.ipv6.conf.all.forwarding") in (None, "0"):
+            return ()
+        observed = self._observed
+        if observed is None or not self._routes.in_scope(MAIN_TABLE):
+            return ()
+        learned = sorted((r for r in observed[1].foreign if isinstance(r, Route)
+                          and r.family == 6 and r.protocol == _RA_PROTOCOL
+                          and r.destination.prefixlen == 0 and r.device is not None
+                          and r.table == MAIN_TABLE), key=lambda r: r.sort_key)
+        if not learned:
+            return ()
+        names: dict[str, tuple[str, str]] = {}
+        for route in learned:
+            assert route.device is not None
+            with contextlib.suppress(ModelError):  # a name no sysctl can spell: not judged
+                names[route.device] = (
+                    Sysctl(f"net/ipv6/conf/{route.device}/accept_ra", "0").name,
+                    Sysctl(f"net/ipv6/conf/{route.device}/forwarding", "0").name)
+        root = self.proc_sys
+        values = self._runner.call(lambda: read_sysctls(
+            root, [name for pair in names.values() for name in pair]))
+        found: list[str] = []
+        for route in learned:
+            pair = names.get(str(route.device))
+            if pair is None:
+                continue
+            accept, forwarding = (normal(name, values.get(name)) for name in pair)
+            if forwarding in (None, "0") or accept in (None, "2"):
+                continue
+            found.append(
+                f"netlink: {pair[0]} is {accept} in {self._where} while IPv6 forwarding is "
+                f"on there: the kernel ignores the router advertisements arriving on "
+                f"{route.device}, so the {route.describe()} learned from them expires and is "
+                f"not learned again (the node loses its IPv6 default route); name it in the "
+                f"spec's sysctls ({pair[0]}: 2)")
+        return tuple(found)
+
+    def _ipv4_warnings(self, wanted: Mapping[str, str]) -> tuple[str, ...]:
+        """The IPv4 forwarding switches at 0 (see :attr:`warnings`)."""
         on = wanted.get("net.ipv4.ip_forward", wanted.get("net.ipv4.conf.all.forwarding"))
         if on in (None, "0"):
             return ()
